@@ -1,0 +1,141 @@
+"""The dependency bundle: string resolution (`"echo"`, `"claude-…"`, `"sqlite:…"`) and defaults."""
+
+from __future__ import annotations
+
+from contextvars import ContextVar
+from typing import Any
+
+from loomgraph.graph.context import Deps
+from loomgraph.protocols import (
+    AuditLog,
+    Budget,
+    Hooks,
+    Memory,
+    Model,
+    Permissions,
+    RunRecord,
+    Runtime,
+    Telemetry,
+    ToolHost,
+)
+
+# The runtime session: the run the current task works for. Tools (also those run in worker
+# threads, which copy the context) and background work read the run's identity from here.
+current_run: ContextVar[RunRecord | None] = ContextVar("loomgraph_current_run", default=None)
+
+
+class ConfigError(ValueError):
+    """An Agent argument that names nothing loomgraph knows; the message lists what exists."""
+
+
+def resolve_model(model: str | Model) -> Model:
+    """A Model for `"echo"`, `"claude-…"`, `"openai-compat:NAME"`, or a Model object."""
+    if not isinstance(model, str):
+        if isinstance(model, Model):
+            return model
+        raise ConfigError(f"model must be a name or an object with `name` and `stream()`, "
+                          f"got {type(model).__name__}")
+    if model == "echo":
+        from loomgraph.models.echo import EchoModel
+
+        return EchoModel()
+    if model.startswith("claude-"):
+        from loomgraph.models.anthropic import AnthropicModel
+
+        return AnthropicModel(model)
+    if model.startswith("openai-compat:"):
+        from loomgraph.models.openai_compat import OpenAICompatModel
+
+        return OpenAICompatModel(model.partition(":")[2])
+    raise ConfigError(f"unknown model {model!r}; use 'echo', a 'claude-…' model name, "
+                      "'openai-compat:NAME', or a Model object (e.g. ScriptedModel)")
+
+
+def _split_spec(spec: str) -> tuple[str, str]:
+    scheme, sep, rest = spec.partition(":")
+    if spec.startswith(("postgres://", "postgresql://")):
+        return "postgres", spec
+    return (scheme, rest) if sep else (spec, "")
+
+
+def resolve_memory(memory: str | Memory | None) -> Memory:
+    """A Memory for None (nothing kept), `"memory"`, `"sqlite:PATH"`, `"postgres://…"` or an object."""
+    if memory is None:
+        from loomgraph.memory.null import NoMemory
+
+        return NoMemory()
+    if not isinstance(memory, str):
+        return _checked(memory, Memory, "memory")
+    scheme, rest = _split_spec(memory)
+    if scheme == "memory":
+        from loomgraph.memory.null import InMemoryMemory
+
+        return InMemoryMemory()
+    return _backend("memory", scheme, rest, {
+        "sqlite": ("loomgraph.memory.sqlite", "SqliteMemory"),
+        "postgres": ("loomgraph.memory.postgres", "PostgresMemory"),
+    })
+
+
+def resolve_runtime(runtime: str | Runtime | None) -> Runtime:
+    """A Runtime for None (in memory), `"memory"`, `"sqlite:PATH"`, `"postgres://…"` or an object."""
+    if runtime is None or runtime == "memory":
+        from loomgraph.runtime.memory import InMemoryRuntime
+
+        return InMemoryRuntime()
+    if not isinstance(runtime, str):
+        return _checked(runtime, Runtime, "runtime")
+    scheme, rest = _split_spec(runtime)
+    return _backend("runtime", scheme, rest, {
+        "sqlite": ("loomgraph.runtime.sqlite", "SqliteRuntime"),
+        "postgres": ("loomgraph.runtime.postgres", "PostgresRuntime"),
+    })
+
+
+def _backend(what: str, scheme: str, arg: str, known: dict[str, tuple[str, str]]) -> Any:
+    import importlib
+
+    if scheme not in known:
+        raise ConfigError(f"unknown {what} {scheme!r}; use None, 'memory', "
+                          + ", ".join(f"'{k}:…'" for k in known) + f", or a {what} object")
+    module_name, cls_name = known[scheme]
+    try:
+        cls = getattr(importlib.import_module(module_name), cls_name)
+    except ImportError as err:
+        raise ConfigError(f"{what} backend {scheme!r} is not available: {err}") from None
+    return cls(arg)
+
+
+def _checked(obj: Any, protocol: type, what: str) -> Any:
+    if not isinstance(obj, protocol):
+        raise ConfigError(f"{what} object {type(obj).__name__} does not implement the "
+                          f"{protocol.__name__} protocol")
+    return obj
+
+
+def build_deps(
+    *, model: str | Model, memory: str | Memory | None = None, tools: Any = None,
+    runtime: str | Runtime | None = None, budget: Budget | None = None,
+    permissions: Permissions | None = None, hooks: Hooks | None = None,
+    telemetry: Telemetry | None = None, audit_log: AuditLog | None = None,
+) -> Deps:
+    """The bundle for an Agent: every missing piece is its no-op default."""
+    from loomgraph.governance.null import AllowAll, NoBudget, NoHooks
+    from loomgraph.observability import NoAuditLog, NoTelemetry
+    from loomgraph.tools import as_tool_host
+
+    host: ToolHost = as_tool_host(tools)
+    return Deps(
+        model=resolve_model(model),
+        tools=host,
+        runtime=resolve_runtime(runtime),
+        memory=resolve_memory(memory),
+        budget=_checked(budget, Budget, "budget") if budget is not None else NoBudget(),
+        permissions=_checked(permissions, Permissions, "permissions")
+        if permissions is not None else AllowAll(),
+        hooks=_checked(hooks, Hooks, "hooks") if hooks is not None else NoHooks(),
+        telemetry=_checked(telemetry, Telemetry, "telemetry")
+        if telemetry is not None else NoTelemetry(),
+        audit_log=_checked(audit_log, AuditLog, "audit_log")
+        if audit_log is not None else NoAuditLog(),
+    )

@@ -1,0 +1,74 @@
+"""A validated graph made ready to run: node instances, compiled conditions, the state schema."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from loomgraph.graph.conditions import compile_condition, condition_scope
+from loomgraph.graph.errors import ConditionError
+from loomgraph.graph.registry import NodeKind, node_kind
+from loomgraph.graph.spec import END, Graph
+from loomgraph.graph.state import StateSchema
+
+
+@dataclass(slots=True, frozen=True)
+class Route:
+    """One outgoing edge: its position in the file, its condition (if any) and its target."""
+
+    index: int
+    target: str
+    when: str | None
+    test: Callable[..., Any] | None
+
+
+class CompiledGraph:
+    """Everything the interpreter needs from a graph, computed once per graph."""
+
+    def __init__(self, graph: Graph) -> None:
+        self.graph = graph
+        self.name = graph.name
+        self.hash = graph.content_hash()
+        self.schema = StateSchema(graph)
+        self.nodes: dict[str, NodeKind] = {}
+        for name, spec in graph.nodes.items():
+            cls = node_kind(spec.kind)
+            self.nodes[name] = cls(name, spec, cls.Params.model_validate(spec.params))
+            self.nodes[name].bind(graph)
+        self.reads = {name: tuple(n.reads()) for name, n in self.nodes.items()}
+        self.writes = {name: frozenset(n.writes()) for name, n in self.nodes.items()}
+        self.routes: dict[str, tuple[Route, ...]] = {}
+        for index, edge in enumerate(graph.edges):
+            test = compile_condition(edge.when) if edge.when else None
+            route = Route(index, edge.target, edge.when, test)
+            self.routes[edge.source] = (*self.routes.get(edge.source, ()), route)
+        self.node_limits = {
+            name: spec.max_visits or graph.limits.max_node_visits
+            for name, spec in graph.nodes.items()
+        }
+
+    def next_node(self, node: str, state: Mapping[str, Any]) -> tuple[str, int]:
+        """The target and file index of the first edge from `node` whose condition holds."""
+        scope: dict[str, Any] | None = None
+        for route in self.routes.get(node, ()):
+            if route.test is None:
+                return route.target, route.index
+            if scope is None:
+                scope = condition_scope(state)
+            try:
+                holds = route.test(**scope)
+            except Exception as err:
+                raise ConditionError(node, route.index, route.when or "", err) from err
+            if holds:
+                return route.target, route.index
+        # Validation guarantees a default edge or END reachability; a node with no edge ends.
+        return END, -1
+
+
+def compile_graph(graph: Graph) -> CompiledGraph:
+    """The compiled form of a graph, cached on the graph (graphs are not edited once run)."""
+    compiled = graph._compiled
+    if not isinstance(compiled, CompiledGraph):
+        compiled = graph._compiled = CompiledGraph(graph)
+    return compiled

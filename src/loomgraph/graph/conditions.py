@@ -1,0 +1,54 @@
+"""Edge conditions and prompt templates as Jinja2 in a sandbox: no Python runs from a file."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from functools import cache
+from typing import Any
+
+from jinja2 import TemplateSyntaxError, meta
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+
+@cache
+def environment() -> ImmutableSandboxedEnvironment:
+    """The one sandboxed environment for conditions and templates (immutable: no .append)."""
+    return ImmutableSandboxedEnvironment(autoescape=False, keep_trailing_newline=True)
+
+
+def compile_condition(expression: str) -> Callable[..., Any]:
+    """Compile an edge condition; raises jinja2.TemplateSyntaxError when it does not parse."""
+    return environment().compile_expression(expression, undefined_to_none=False)
+
+
+def compile_template(source: str) -> Callable[[Mapping[str, Any]], str]:
+    """Compile a prompt template into a function of the state."""
+    template = environment().from_string(source)
+    return template.render
+
+
+def syntax_problem(source: str, *, expression: bool) -> str | None:
+    """Why a condition or template does not compile, or None when it does."""
+    try:
+        if expression:
+            compile_condition(source)
+        else:
+            environment().parse(source)
+    except TemplateSyntaxError as err:
+        return f"line {err.lineno}: {err.message}" if err.lineno > 1 else str(err.message)
+    return None
+
+
+def names_used(source: str, *, expression: bool) -> set[str]:
+    """The top-level names a condition or template refers to (for read checks)."""
+    text = "{{ " + source + " }}" if expression else source
+    try:
+        return set(meta.find_undeclared_variables(environment().parse(text)))
+    except TemplateSyntaxError:
+        return set()
+
+
+def condition_scope(state: Mapping[str, Any]) -> dict[str, Any]:
+    """What a condition or template sees: every state field, `state`, and `last_message`."""
+    messages = state.get("messages") or ()
+    return {**state, "state": state, "last_message": messages[-1] if messages else {}}

@@ -1,0 +1,296 @@
+"""The node context: run identity, the dependency bundle, events, and journaled effects.
+
+Nodes never talk to the journal, the budget or the permission layer themselves: every model
+and tool call goes through `NodeContext`, so every node is gated and journaled the same way.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from loomgraph.events import MODEL_CHUNK, TOOL_CALL, TOOL_RESULT, Event
+from loomgraph.protocols import (
+    AuditLog,
+    Budget,
+    BudgetScope,
+    EffectRecord,
+    Hooks,
+    Memory,
+    Model,
+    ModelError,
+    ModelRequest,
+    ModelResponse,
+    Permissions,
+    Reservation,
+    Runtime,
+    Telemetry,
+    ToolCall,
+    ToolHost,
+    ToolResult,
+    Usage,
+)
+
+if TYPE_CHECKING:
+    from loomgraph.graph.spec import Graph
+
+EventSink = Callable[[Event], Awaitable[None]]
+
+# How many times a model step is tried again when its stream broke after it started.
+STEP_RETRIES = 2
+
+
+@dataclass(slots=True)
+class Deps:
+    """The dependency bundle a run executes against; every field is a protocol."""
+
+    model: Model
+    tools: ToolHost
+    runtime: Runtime
+    memory: Memory
+    budget: Budget
+    permissions: Permissions
+    hooks: Hooks
+    telemetry: Telemetry
+    audit_log: AuditLog
+
+
+class RunStopped(Exception):
+    """Raised inside a node to end the run with a non-failure status (an interrupt)."""
+
+    def __init__(self, status: str, reason: str, detail: Mapping[str, Any] | None = None) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+        self.detail = dict(detail or {})
+
+
+@dataclass(slots=True)
+class RunScope:
+    """What every node of one run shares: identity, dependencies, the event sink, the seq."""
+
+    run_id: str
+    user_id: str | None
+    session_id: str | None
+    deps: Deps
+    sink: EventSink
+    system: str = ""
+    seq: int = 0
+    model_calls: int = 0
+    budget_scope: BudgetScope = field(init=False)
+    # Extra, JSON-shaped values a caller passes to nodes (e.g. the output schema).
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.budget_scope = BudgetScope(self.run_id, self.user_id)
+
+    async def emit(
+        self, kind: str, payload: dict[str, Any], node: str | None, seq: int | None = None
+    ) -> None:
+        """Send one event; by default it carries the seq of the transition being made."""
+        await self.sink(Event(kind, payload, self.run_id, self.seq + 1 if seq is None else seq,
+                              node, self.user_id, self.session_id, time.time()))
+
+
+class NodeContext:
+    """What a node gets besides its state: identity, dependencies and journaled helpers."""
+
+    __slots__ = ("_slot", "node", "path", "scope", "visit")
+
+    def __init__(self, scope: RunScope, node: str, visit: int, path: str = "") -> None:
+        self.scope = scope
+        self.node = node
+        self.visit = visit
+        self.path = path
+        self._slot = 0
+
+    @property
+    def deps(self) -> Deps:
+        """The dependency bundle."""
+        return self.scope.deps
+
+    @property
+    def run_id(self) -> str:
+        """The id of the run."""
+        return self.scope.run_id
+
+    @property
+    def user_id(self) -> str | None:
+        """The user the run is for."""
+        return self.scope.user_id
+
+    @property
+    def system(self) -> str:
+        """The system prompt: the agent's instructions plus what memory seeded."""
+        return self.scope.system
+
+    @property
+    def qualified_node(self) -> str:
+        """The node's name with its subgraph path, e.g. `plan/execute/model`."""
+        return self.path + self.node
+
+    async def emit(self, kind: str, payload: dict[str, Any]) -> None:
+        """Send an event from this node."""
+        await self.scope.emit(kind, payload, self.qualified_node)
+
+    def next_key(self) -> str:
+        """The idempotency key of this node visit's next effect (run, node, visit, slot)."""
+        self._slot += 1
+        return f"{self.scope.run_id}:{self.qualified_node}:{self.visit}:{self._slot}"
+
+    async def _begin(self, key: str, kind: str, intent: dict[str, Any]) -> EffectRecord | None:
+        prior = await self.deps.runtime.begin_effect(
+            EffectRecord(self.scope.run_id, key, kind, intent))
+        if prior is not None and prior.status != "done":
+            await self.emit("effect_unknown_after_crash", {"key": key, "kind": kind})
+        return prior
+
+    # ------------------------------------------------------------------ model
+
+    async def call_model(self, request: ModelRequest) -> ModelResponse:
+        """One journaled, budgeted, traced model turn; text chunks are emitted as they come."""
+        deps = self.deps
+        key = self.next_key()
+        request.run_id, request.call_index = self.scope.run_id, self.scope.model_calls
+        self.scope.model_calls += 1
+        prior = await self._begin(key, "model", {"model": deps.model.name})
+        if prior is not None and prior.status == "done" and prior.outcome is not None:
+            return _response_from(prior.outcome)
+        for attempt in range(STEP_RETRIES + 1):
+            reservation = await deps.budget.reserve(Reservation(
+                self.scope.budget_scope, "model", _model_estimate(request)))
+            try:
+                response = await self._stream(request)
+            except ModelError as err:
+                await deps.budget.settle(reservation, err.usage)
+                if err.retry_step and attempt < STEP_RETRIES:
+                    await self.emit("model_retry", {"error": str(err), "attempt": attempt + 1})
+                    continue
+                await deps.runtime.end_effect(self.scope.run_id, key, {"error": str(err)},
+                                              "failed")
+                raise
+            except BaseException:
+                await deps.budget.release(reservation)
+                raise
+            await deps.budget.settle(reservation, response.usage)
+            break
+        await deps.runtime.end_effect(self.scope.run_id, key, _response_data(response), "done")
+        await deps.audit_log.record("model_call", run_id=self.scope.run_id,
+                                    user_id=self.scope.user_id, actor=self.qualified_node,
+                                    payload={"model": deps.model.name, "usage": response.usage})
+        return response
+
+    async def _stream(self, request: ModelRequest) -> ModelResponse:
+        model = self.deps.model
+        response = ModelResponse()
+        texts: list[str] = []
+        with self.deps.telemetry.span(f"chat {model.name}", {
+            "gen_ai.operation.name": "chat", "gen_ai.request.model": model.name,
+        }) as span:
+            async for chunk in model.stream(request):
+                kind = chunk.get("type")
+                if kind == "text":
+                    texts.append(chunk["text"])
+                    await self.emit(MODEL_CHUNK, {"chunk": chunk})
+                elif kind == "tool_call":
+                    response.tool_calls.append(chunk["call"])
+                elif kind == "usage":
+                    _add_usage(response.usage, chunk["usage"])
+                elif kind == "finish":
+                    response.finish_reason = chunk.get("finish_reason", "end_turn")
+            response.usage["model_calls"] = 1
+            span.set_attribute("gen_ai.usage.input_tokens", response.usage.get("input_tokens", 0))
+            span.set_attribute("gen_ai.usage.output_tokens",
+                               response.usage.get("output_tokens", 0))
+        response.text = "".join(texts)
+        return response
+
+    # ------------------------------------------------------------------ tools
+
+    async def call_tool(self, call: ToolCall) -> ToolResult:
+        """One journaled, permission-checked, budgeted tool call; failures become error results."""
+        deps, scope = self.deps, self.scope
+        key = self.next_key()
+        await self.emit(TOOL_CALL, {"call": call})
+        spec = deps.tools.spec(call["tool"])
+        if spec is None:
+            names = ", ".join(s["name"] for s in deps.tools.specs()) or "none"
+            result = ToolResult(content=f"unknown tool {call['tool']!r}; available tools: "
+                                f"{names}", is_error=True, error_type="unknown_tool")
+            return await self._tool_done(call, result)
+        decision = await deps.permissions.check(call, spec, user_id=scope.user_id)
+        if decision.verdict == "allow":
+            hook = await deps.hooks.before_tool(call)
+            if hook is not None and hook.verdict == "deny":
+                decision = hook
+        if decision.verdict == "ask":
+            raise RunStopped("awaiting_approval", f"tool {call['tool']!r} needs approval",
+                             {"call": call, "rule": decision.rule})
+        if decision.verdict != "allow":
+            result = ToolResult(content=f"permission denied for {call['tool']!r}: "
+                                f"{decision.reason or decision.rule or 'denied'}",
+                                is_error=True, error_type="permission_denied")
+            return await self._tool_done(call, result)
+        prior = await self._begin(key, "tool", {"call": call})
+        if prior is not None and prior.status == "done" and prior.outcome is not None:
+            return await self._tool_done(call, ToolResult(**prior.outcome))  # type: ignore[typeddict-item]
+        reservation = await deps.budget.reserve(
+            Reservation(scope.budget_scope, "tool", {"tool_calls": 1}))
+        try:
+            with deps.telemetry.span(f"execute_tool {call['tool']}", {
+                "gen_ai.operation.name": "execute_tool", "gen_ai.tool.name": call["tool"],
+                "gen_ai.tool.call.id": call["id"],
+            }):
+                result = await deps.tools.call(call, idempotency_key=key)
+        except BaseException:
+            await deps.budget.release(reservation)
+            raise
+        await deps.budget.settle(reservation, {"tool_calls": 1})
+        await deps.runtime.end_effect(scope.run_id, key, dict(result), "done")
+        return await self._tool_done(call, result)
+
+    async def _tool_done(self, call: ToolCall, result: ToolResult) -> ToolResult:
+        await self.deps.hooks.after_tool(call, result)
+        await self.emit(TOOL_RESULT, {"call": call, "result": result})
+        return result
+
+    # ------------------------------------------------------------------ subgraphs
+
+    async def run_subgraph(self, graph: Graph, values: Mapping[str, Any]) -> dict[str, Any]:
+        """Run another graph as part of this node; its transitions nest under this node."""
+        from loomgraph.graph.compiled import compile_graph
+        from loomgraph.graph.interpreter import run_graph
+
+        compiled = compile_graph(graph)
+        outcome = await run_graph(compiled, self.scope, compiled.schema.initial(values),
+                                  path=f"{self.qualified_node}/")
+        if outcome.status != "completed":
+            if outcome.error is not None:
+                raise outcome.error
+            raise RunStopped(outcome.status, outcome.reason)
+        return outcome.state
+
+
+def _model_estimate(request: ModelRequest) -> Usage:
+    """The worst case of a model call: the prompt's size (≈4 characters a token) + max_tokens."""
+    chars = len(request.system) + sum(len(m["content"]) for m in request.messages)
+    return {"input_tokens": chars // 4 + 1, "output_tokens": request.max_tokens or 4096,
+            "model_calls": 1}
+
+
+def _add_usage(total: Usage, more: Usage) -> None:
+    for key, value in more.items():
+        total[key] = total.get(key, 0) + value  # type: ignore[literal-required]
+
+
+def _response_data(response: ModelResponse) -> dict[str, Any]:
+    return {"text": response.text, "tool_calls": response.tool_calls, "usage": response.usage,
+            "finish_reason": response.finish_reason}
+
+
+def _response_from(data: Mapping[str, Any]) -> ModelResponse:
+    return ModelResponse(text=data.get("text", ""), tool_calls=list(data.get("tool_calls", [])),
+                         usage=dict(data.get("usage", {})),  # type: ignore[arg-type]
+                         finish_reason=data.get("finish_reason", "end_turn"))

@@ -1,0 +1,72 @@
+"""Typed errors of the graph layer."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """One thing wrong with a graph: where it is and which rule it breaks."""
+
+    rule: str
+    message: str
+    file: str | None = None
+    line: int | None = None
+
+    def __str__(self) -> str:
+        where = f"{self.file or '<graph>'}:{self.line}" if self.line else (self.file or "<graph>")
+        return f"{where}: [{self.rule}] {self.message}"
+
+
+class GraphError(Exception):
+    """Base class of the errors the graph layer raises."""
+
+
+class GraphValidationError(GraphError):
+    """A graph failed validation; `problems` lists every problem found, not only the first."""
+
+    def __init__(self, problems: list[Problem]) -> None:
+        self.problems = problems
+        lines = "\n".join(f"  {p}" for p in problems)
+        super().__init__(f"invalid graph ({len(problems)} problem(s)):\n{lines}")
+
+    @property
+    def rules(self) -> set[str]:
+        """The names of the rules that failed."""
+        return {p.rule for p in self.problems}
+
+    @property
+    def file(self) -> str | None:
+        """The file of the first problem."""
+        return self.problems[0].file if self.problems else None
+
+    @property
+    def line(self) -> int | None:
+        """The line of the first problem."""
+        return self.problems[0].line if self.problems else None
+
+
+class ConditionError(GraphError):
+    """An edge condition raised while it was evaluated."""
+
+    def __init__(self, node: str, edge: int, expression: str, cause: BaseException) -> None:
+        super().__init__(
+            f"condition of edge #{edge} from node {node!r} failed: {expression!r}: "
+            f"{type(cause).__name__}: {cause}"
+        )
+        self.node = node
+        self.edge = edge
+        self.expression = expression
+
+
+class NodeError(GraphError):
+    """A node raised; the run ends with status `failed` naming the node."""
+
+    def __init__(self, node: str, cause: BaseException) -> None:
+        super().__init__(f"node {node!r} failed: {type(cause).__name__}: {cause}")
+        self.node = node
+
+
+class StateError(GraphError):
+    """A patch wrote a value that does not fit the declared field type, or an unknown field."""

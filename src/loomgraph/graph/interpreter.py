@@ -1,0 +1,99 @@
+"""The one generic interpreter: it runs any compiled graph against a dependency bundle.
+
+It knows no node kind and no backend by name: nodes run through their `NodeContext`, and the
+journal, budget and hooks are reached only through the protocols in the bundle.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from loomgraph.events import ERROR, NODE_COMPLETED, NODE_STARTED
+from loomgraph.graph.compiled import CompiledGraph
+from loomgraph.graph.context import NodeContext, RunScope, RunStopped
+from loomgraph.graph.errors import GraphError, NodeError, StateError
+from loomgraph.graph.spec import END
+from loomgraph.protocols import BudgetExceeded, Reservation, Transition
+
+
+@dataclass(slots=True)
+class Outcome:
+    """How a graph invocation ended, and the state it ended with."""
+
+    status: str
+    reason: str
+    state: dict[str, Any]
+    node: str | None = None
+    visits: dict[str, int] = field(default_factory=dict)
+    error: BaseException | None = None
+    detail: dict[str, Any] = field(default_factory=dict)
+
+
+async def run_graph(
+    graph: CompiledGraph, scope: RunScope, state: dict[str, Any], *,
+    start: str | None = None, visits: dict[str, int] | None = None, path: str = "",
+) -> Outcome:
+    """Run from `start` (default: the entry) until END, an interrupt, a limit or an error."""
+    deps = scope.deps
+    limits = graph.graph.limits
+    visits = visits if visits is not None else {}
+    total = sum(visits.values())
+    node = start or graph.graph.entry
+    while node != END:
+        visit = visits.get(node, 0) + 1
+        if total >= limits.max_visits or visit > graph.node_limits[node]:
+            cap = "run" if total >= limits.max_visits else f"node {node!r}"
+            limit = limits.max_visits if total >= limits.max_visits else graph.node_limits[node]
+            reason = f"visit limit of {cap} reached ({limit}) before {path}{node}"
+            return Outcome("limit_reached", reason, state, node, visits)
+        visits[node] = visit
+        total += 1
+        ctx = NodeContext(scope, node, visit, path)
+        qualified = ctx.qualified_node
+        try:
+            reservation = await deps.budget.reserve(
+                Reservation(scope.budget_scope, "node", {}))
+            await ctx.emit(NODE_STARTED, {"node": qualified, "visit": visit})
+            view = {name: state.get(name) for name in graph.reads[node]}
+            await deps.hooks.before_node(qualified, view)
+            with deps.telemetry.span(f"loom.node {qualified}", {"loom.node": qualified}):
+                patch = await graph.nodes[node].run(view, ctx)
+            await deps.budget.settle(reservation, {})
+            patch = _checked(graph, node, patch)
+            graph.schema.apply(state, patch)
+            await deps.hooks.after_node(qualified, patch)
+            target, _edge = graph.next_node(node, state)
+        except BudgetExceeded as err:
+            await ctx.emit("budget_exceeded", {"cap": err.cap, "reason": str(err)})
+            return Outcome("budget_exhausted", str(err), state, node, visits, err)
+        except RunStopped as stop:
+            return Outcome(stop.status, stop.reason, state, node, visits, detail=stop.detail)
+        except GraphError as err:
+            await ctx.emit(ERROR, {"error": str(err), "type": type(err).__name__})
+            return Outcome("failed", str(err), state, node, visits, err)
+        except Exception as err:
+            wrapped = NodeError(qualified, err)
+            await ctx.emit(ERROR, {"error": str(wrapped), "type": type(err).__name__})
+            return Outcome("failed", str(wrapped), state, node, visits, wrapped)
+        scope.seq += 1
+        await deps.runtime.append_transition(Transition(
+            scope.run_id, scope.seq, qualified, visit, patch, target,
+            patch.get("usage") or {}, time.time()))
+        await scope.emit(NODE_COMPLETED, {"node": qualified, "visit": visit, "next": target,
+                                          "patch": patch}, qualified, scope.seq)
+        node = target
+    return Outcome("completed", "", state, None, visits)
+
+
+def _checked(graph: CompiledGraph, node: str, patch: Any) -> dict[str, Any]:
+    """A node's patch, checked against the fields it declared it writes and their types."""
+    if not isinstance(patch, dict):
+        raise StateError(f"node {node!r} returned {type(patch).__name__}, not a dict patch")
+    allowed = graph.writes[node]
+    for name in patch:
+        if name not in allowed:
+            raise StateError(f"node {node!r} wrote {name!r}, which it does not declare in "
+                             f"`writes` ({', '.join(sorted(allowed)) or 'nothing'})")
+    return graph.schema.check(patch)

@@ -1,0 +1,148 @@
+"""Load graphs from YAML (keeping line numbers), from dicts, or by built-in name; dump to YAML."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from loomgraph.graph.errors import GraphValidationError, Problem
+from loomgraph.graph.spec import Graph
+
+Lines = dict[tuple[str | int, ...], int]
+
+_MAX_YAML_BYTES = 1_000_000
+
+
+class _Loader(yaml.SafeLoader):
+    """A safe loader that refuses aliases, so an alias bomb is never expanded."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise _AliasRefused(event.start_mark.line + 1)
+        return super().compose_node(parent, index)
+
+
+class _AliasRefused(Exception):
+    def __init__(self, line: int) -> None:
+        self.line = line
+
+
+def _to_data(
+    loader: _Loader, node: yaml.Node, path: tuple[str | int, ...], lines: Lines,
+    problems: list[Problem], file: str | None,
+) -> Any:
+    """Build plain data from a YAML node, recording each path's line and duplicate keys."""
+    lines[path] = node.start_mark.line + 1
+    if isinstance(node, yaml.MappingNode):
+        out: dict[Any, Any] = {}
+        for key_node, value_node in node.value:
+            key = loader.construct_object(key_node)
+            if not isinstance(key, str | int):
+                key = str(key)
+            if key in out:
+                problems.append(Problem(
+                    "duplicate-name", f"key {key!r} appears twice in {_dotted(path)}",
+                    file, key_node.start_mark.line + 1))
+            out[key] = _to_data(loader, value_node, (*path, key), lines, problems, file)
+        return out
+    if isinstance(node, yaml.SequenceNode):
+        return [
+            _to_data(loader, item, (*path, i), lines, problems, file)
+            for i, item in enumerate(node.value)
+        ]
+    return loader.construct_object(node)
+
+
+def _dotted(path: tuple[str | int, ...]) -> str:
+    return ".".join(str(p) for p in path) or "the top level"
+
+
+def parse_yaml(text: str, file: str | None = None) -> tuple[Any, Lines, list[Problem]]:
+    """Parse YAML text into plain data and a map from data paths to source lines."""
+    if len(text) > _MAX_YAML_BYTES:
+        return None, {}, [Problem("yaml-too-large", f"graph file over {_MAX_YAML_BYTES} bytes",
+                                  file, None)]
+    loader = _Loader(text)
+    lines: Lines = {}
+    problems: list[Problem] = []
+    try:
+        root = loader.get_single_node()
+        data = None if root is None else _to_data(loader, root, (), lines, problems, file)
+    except _AliasRefused as refused:
+        return None, {}, [Problem("yaml-alias", "YAML aliases (*name) are refused in graph "
+                                  "files, so an alias bomb cannot expand", file, refused.line)]
+    except yaml.MarkedYAMLError as err:
+        line = err.problem_mark.line + 1 if err.problem_mark else None
+        return None, {}, [Problem("yaml-syntax", str(err.problem or err), file, line)]
+    except yaml.YAMLError as err:
+        return None, {}, [Problem("yaml-syntax", str(err), file, None)]
+    finally:
+        loader.dispose()
+    return data, lines, problems
+
+
+def graph_from_data(
+    data: Any, *, file: str | None = None, lines: Lines | None = None,
+    problems: list[Problem] | None = None, validate: bool = True,
+) -> Graph:
+    """Build and validate a Graph from plain data; raise GraphValidationError listing all problems."""
+    problems = list(problems or [])
+    lines = lines or {}
+    if not isinstance(data, Mapping):
+        kind = "empty" if data is None else type(data).__name__
+        problems.append(Problem("not-a-mapping", f"a graph must be a mapping, got {kind}",
+                                file, lines.get(())))
+        raise GraphValidationError(problems)
+    try:
+        graph = Graph.model_validate(data)
+    except ValidationError as err:
+        for e in err.errors():
+            loc = tuple(e["loc"])
+            line = _nearest_line(lines, loc)
+            problems.append(Problem("schema", f"{_dotted(loc)}: {e['msg']}", file, line))
+        raise GraphValidationError(problems) from None
+    graph._source = file
+    graph._lines = dict(lines)
+    if validate:
+        from loomgraph.graph.validate import validate_graph
+
+        problems.extend(validate_graph(graph))
+    if problems:
+        raise GraphValidationError(problems)
+    return graph
+
+
+def _nearest_line(lines: Lines, loc: tuple[Any, ...]) -> int | None:
+    while loc:
+        if loc in lines:
+            return lines[loc]
+        loc = loc[:-1]
+    return lines.get(())
+
+
+def graph_from_yaml(text: str, *, file: str | None = None) -> Graph:
+    """Load and validate a graph from YAML text."""
+    data, lines, problems = parse_yaml(text, file)
+    if data is None and problems:
+        raise GraphValidationError(problems)
+    return graph_from_data(data, file=file, lines=lines, problems=problems)
+
+
+def load_graph_file(path: str | Path) -> Graph:
+    """Load and validate a graph file."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise GraphValidationError([Problem("unreadable-file", str(err), str(path))]) from None
+    return graph_from_yaml(text, file=str(path))
+
+
+def graph_to_yaml(graph: Graph) -> str:
+    """The graph as YAML text; loading it back gives an equal graph."""
+    return yaml.safe_dump(graph.to_data(), sort_keys=False, allow_unicode=True, width=100)

@@ -1,0 +1,118 @@
+"""The graph spec: pydantic models for graphs, nodes, edges and state declarations."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
+
+END = "END"
+SCHEMA_VERSION = 1
+
+Reducer = Literal["replace", "append", "merge", "add"]
+
+
+class StateField(BaseModel):
+    """A typed field a graph adds to the run state, and how patches combine into it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: str = Field("any", description="str, int, float, bool, any, list[T], dict[K, V], "
+                      "T | None, or a pydantic model by import path (pkg.module:Model)")
+    reducer: Reducer = "replace"
+    default: Any = None
+    description: str = ""
+
+
+class EdgeSpec(BaseModel):
+    """An edge; conditional edges are tried in file order, the first that holds wins."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    source: str = Field(alias="from")
+    target: str = Field(alias="to", description="a node name or END")
+    when: str | None = Field(None, description="a sandboxed Jinja2 expression over the state")
+
+
+class NodeSpec(BaseModel):
+    """A node: its kind, what it reads and writes, and its kind's parameters (extra keys)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    kind: str
+    description: str = ""
+    reads: list[str] | None = None
+    writes: list[str] | None = None
+    max_visits: int | None = Field(None, ge=1, description="visits of this node per run")
+
+    @property
+    def params(self) -> dict[str, Any]:
+        """The parameters of the node's kind: every key that is not a common field."""
+        return dict(self.model_extra or {})
+
+
+class Limits(BaseModel):
+    """Visit limits; a run that reaches one ends with status `limit_reached`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_visits: int = Field(50, ge=1, description="node visits per run")
+    max_node_visits: int = Field(25, ge=1, description="visits of any one node per run")
+
+
+class Graph(BaseModel):
+    """A loop strategy: typed state, nodes, edges, an entry node and limits."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    schema_version: int = SCHEMA_VERSION
+    name: str
+    version: str = "1"
+    description: str = ""
+    state: dict[str, StateField] = Field(default_factory=dict)
+    entry: str = ""
+    nodes: dict[str, NodeSpec] = Field(default_factory=dict)
+    edges: list[EdgeSpec] = Field(default_factory=list)
+    limits: Limits = Field(default_factory=Limits)
+
+    # Where the graph came from, for error messages; not part of the graph's value.
+    _source: str | None = PrivateAttr(default=None)
+    _lines: dict[tuple[str | int, ...], int] = PrivateAttr(default_factory=dict)
+    _compiled: object = PrivateAttr(default=None)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Graph):
+            return NotImplemented
+        return self.to_data() == other.to_data()
+
+    __hash__ = None  # type: ignore[assignment]
+
+    @property
+    def source(self) -> str | None:
+        """The file the graph was loaded from, if any."""
+        return self._source
+
+    def line_of(self, *path: str | int) -> int | None:
+        """The source line of a path like ("nodes", "model", "kind"), or of its nearest parent."""
+        while path:
+            if (line := self._lines.get(path)) is not None:
+                return line
+            path = path[:-1]
+        return None
+
+    def to_data(self) -> dict[str, Any]:
+        """The graph as plain data, as it would be written to YAML."""
+        return self.model_dump(by_alias=True, exclude_defaults=True, mode="json") | {
+            "name": self.name
+        }
+
+    def content_hash(self) -> str:
+        """A stable hash of the graph's content (not of its formatting)."""
+        canonical = json.dumps(self.to_data(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+    def outgoing(self, node: str) -> list[EdgeSpec]:
+        """The edges leaving a node, in file order."""
+        return [e for e in self.edges if e.source == node]

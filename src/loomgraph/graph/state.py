@@ -1,0 +1,207 @@
+"""Run state: built-in fields, declared field types, and the reducers that apply patches."""
+
+from __future__ import annotations
+
+import copy
+import importlib
+import re
+from collections.abc import Callable, Mapping
+from typing import Any, Optional, Union
+
+from pydantic import BaseModel, TypeAdapter, ValidationError
+
+from loomgraph.graph.errors import StateError
+from loomgraph.graph.spec import Graph, Reducer, StateField
+
+# Fields every graph has. `input` is the prompt of the run.
+BUILTIN_FIELDS: dict[str, StateField] = {
+    "input": StateField(type="str", reducer="replace", default=""),
+    "messages": StateField(type="any", reducer="append", default=[]),
+    "usage": StateField(type="any", reducer="add", default={}),
+    "output": StateField(type="any", reducer="replace", default=None),
+}
+# Names a condition or template may use besides the state fields.
+DERIVED_NAMES = frozenset({"state", "last_message"})
+
+
+# --------------------------------------------------------------------------- types
+
+
+class TypeSyntaxError(ValueError):
+    """A state field type string that does not parse or names nothing importable."""
+
+
+_SIMPLE: dict[str, Any] = {
+    "str": str, "int": int, "float": float, "bool": bool, "any": Any, "Any": Any,
+    "None": type(None), "none": type(None), "list": list, "dict": dict,
+}
+_TOKEN = re.compile(r"\s*([A-Za-z_][\w.:]*|\[|\]|,|\|)")
+
+
+def parse_type(text: str) -> Any:
+    """Turn a type string like `list[dict[str, int]] | None` into a Python type, without eval."""
+    tokens = _tokens(text)
+    result, rest = _parse_union(tokens)
+    if rest:
+        raise TypeSyntaxError(f"unexpected {rest[0]!r} in type {text!r}")
+    return result
+
+
+def _tokens(text: str) -> list[str]:
+    out, pos = [], 0
+    while pos < len(text.rstrip()):
+        match = _TOKEN.match(text, pos)
+        if not match:
+            raise TypeSyntaxError(f"cannot read type {text!r} at {text[pos:]!r}")
+        out.append(match.group(1))
+        pos = match.end()
+    return out
+
+
+def _parse_union(tokens: list[str]) -> tuple[Any, list[str]]:
+    first, tokens = _parse_atom(tokens)
+    options = [first]
+    while tokens and tokens[0] == "|":
+        option, tokens = _parse_atom(tokens[1:])
+        options.append(option)
+    return (options[0] if len(options) == 1 else Union[tuple(options)]), tokens  # noqa: UP007
+
+
+def _parse_atom(tokens: list[str]) -> tuple[Any, list[str]]:
+    if not tokens or tokens[0] in "[],|":
+        raise TypeSyntaxError(f"expected a type name, got {tokens[:1] or 'the end'}")
+    name, tokens = tokens[0], tokens[1:]
+    base = _SIMPLE.get(name)
+    if base is None:
+        base = _import_model(name)
+    if not tokens or tokens[0] != "[":
+        return base, tokens
+    args = []
+    tokens = tokens[1:]
+    while True:
+        arg, tokens = _parse_union(tokens)
+        args.append(arg)
+        if not tokens:
+            raise TypeSyntaxError("unclosed '['")
+        sep, tokens = tokens[0], tokens[1:]
+        if sep == "]":
+            break
+        if sep != ",":
+            raise TypeSyntaxError(f"expected ',' or ']', got {sep!r}")
+    if base is list and len(args) == 1:
+        return list[args[0]], tokens  # type: ignore[valid-type]
+    if base is dict and len(args) == 2:
+        return dict[args[0], args[1]], tokens  # type: ignore[valid-type]
+    if name in ("Optional",) and len(args) == 1:
+        return Optional[args[0]], tokens  # noqa: UP045
+    raise TypeSyntaxError(f"{name}[...] takes {'one' if base is list else 'two'} argument(s)")
+
+
+def _import_model(path: str) -> Any:
+    if name_ok := (":" in path or "." in path):
+        module_name, _, attr = path.replace(":", ".").rpartition(".")
+        try:
+            found = getattr(importlib.import_module(module_name), attr)
+        except (ImportError, AttributeError) as err:
+            raise TypeSyntaxError(f"cannot import type {path!r}: {err}") from None
+        if isinstance(found, type) and issubclass(found, BaseModel):
+            return found
+    raise TypeSyntaxError(
+        f"unknown type {path!r}: use str, int, float, bool, any, list[T], dict[K, V], T | None "
+        + ("or a pydantic model" if name_ok else "or a pydantic model by import path")
+    )
+
+
+# --------------------------------------------------------------------------- reducers
+
+
+def _replace(_old: Any, new: Any) -> Any:
+    return new
+
+
+def _append(old: Any, new: Any) -> Any:
+    # In place: the state owns its lists (see StateSchema.initial), and copying would make a
+    # long conversation quadratic.
+    if old is None:
+        old = []
+    if isinstance(new, list):
+        old.extend(new)
+    else:
+        old.append(new)
+    return old
+
+
+def _merge(old: Any, new: Any) -> Any:
+    return {**(old or {}), **new}
+
+
+def _add(old: Any, new: Any) -> Any:
+    if isinstance(new, Mapping):
+        out = old if isinstance(old, dict) else {}
+        for key, value in new.items():
+            out[key] = out.get(key, 0) + value
+        return out
+    if old is None:
+        return new
+    return old + new
+
+
+REDUCERS: dict[Reducer, Callable[[Any, Any], Any]] = {
+    "replace": _replace, "append": _append, "merge": _merge, "add": _add,
+}
+
+
+class StateSchema:
+    """The fields of one graph's state, with a validator and a reducer per field."""
+
+    def __init__(self, graph: Graph) -> None:
+        self.fields: dict[str, StateField] = {**BUILTIN_FIELDS, **graph.state}
+        self.reducers = {name: REDUCERS[f.reducer] for name, f in self.fields.items()}
+        # Only declared, non-`any` fields are checked: validation costs time on every patch.
+        self.adapters: dict[str, TypeAdapter[Any]] = {}
+        for name, f in graph.state.items():
+            if f.type not in ("any", "Any"):
+                self.adapters[name] = TypeAdapter(parse_type(f.type))
+
+    def initial(self, values: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """A fresh state: defaults (copied, never shared between runs), then `values`."""
+        state = {name: _fresh(f.default) for name, f in self.fields.items()}
+        if values:
+            state.update({k: _fresh(v) for k, v in self.check(dict(values)).items()})
+        return state
+
+    def check(self, patch: dict[str, Any]) -> dict[str, Any]:
+        """Validate the typed fields of a patch into JSON-shaped values; raise StateError."""
+        for name, value in patch.items():
+            if name not in self.fields:
+                raise StateError(f"unknown state field {name!r}")
+            adapter = self.adapters.get(name)
+            if adapter is None:
+                continue
+            if self.fields[name].reducer == "append" and not isinstance(value, list):
+                value = [value]
+            try:
+                patch[name] = adapter.dump_python(adapter.validate_python(value), mode="json")
+            except ValidationError as err:
+                raise StateError(f"state field {name!r}: {err.errors()[0]['msg']}") from None
+        return patch
+
+    def apply(self, state: dict[str, Any], patch: Mapping[str, Any]) -> None:
+        """Apply a (checked) patch to the state in place, each field through its reducer."""
+        reducers = self.reducers
+        for name, value in patch.items():
+            state[name] = reducers[name](state.get(name), value)
+
+
+def _fresh(value: Any) -> Any:
+    return copy.deepcopy(value) if isinstance(value, list | dict) else value
+
+
+def final_output(state: Mapping[str, Any]) -> Any:
+    """The run's answer: the `output` field, else the text of the last assistant message."""
+    if state.get("output") is not None:
+        return state["output"]
+    for message in reversed(state.get("messages") or ()):
+        if message.get("role") == "assistant":
+            return message.get("content", "")
+    return ""

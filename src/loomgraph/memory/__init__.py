@@ -1,0 +1,5 @@
+"""Memory backends."""
+
+from loomgraph.memory.null import InMemoryMemory, NoMemory
+
+__all__ = ["InMemoryMemory", "NoMemory"]

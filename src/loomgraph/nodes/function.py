@@ -1,0 +1,64 @@
+"""`function`: call a user function by import path; it returns a patch."""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from loomgraph.graph.context import NodeContext
+from loomgraph.graph.registry import NodeKind, register_node
+from loomgraph.graph.spec import Graph
+
+
+class FunctionParams(BaseModel):
+    """Parameters of a `function` node."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    call: str = Field(description="import path of the function, `package.module:function`")
+
+
+def import_callable(path: str) -> Callable[..., Any]:
+    """The callable at `package.module:attr` (or `package.module.attr`)."""
+    module_name, sep, attr = path.partition(":")
+    if not sep:
+        module_name, _, attr = path.rpartition(".")
+    if not module_name or not attr:
+        raise ImportError(f"{path!r} is not an import path like package.module:function")
+    target: Any = importlib.import_module(module_name)
+    for part in attr.split("."):
+        target = getattr(target, part)
+    if not callable(target):
+        raise ImportError(f"{path!r} is not callable")
+    return target  # type: ignore[no-any-return]
+
+
+@register_node("function")
+class FunctionNode(NodeKind):
+    """Call `fn(state)` or `fn(state, ctx)`, sync or async; its dict return value is the patch."""
+
+    Params = FunctionParams
+
+    def check(self, graph: Graph) -> list[str]:
+        """The function must import."""
+        try:
+            import_callable(self.params.call)  # type: ignore[attr-defined]
+        except (ImportError, AttributeError) as err:
+            return [f"cannot import function {self.params.call!r}: {err}"]  # type: ignore[attr-defined]
+        return []
+
+    def bind(self, graph: Graph) -> None:
+        """Import the function once."""
+        self.fn = import_callable(self.params.call)  # type: ignore[attr-defined]
+        self.wants_ctx = len(inspect.signature(self.fn).parameters) >= 2
+        self.is_async = inspect.iscoroutinefunction(self.fn)
+
+    async def run(self, state: Mapping[str, Any], ctx: NodeContext) -> dict[str, Any]:
+        """Call the function with the fields it reads."""
+        args = (state, ctx) if self.wants_ctx else (state,)
+        result = await self.fn(*args) if self.is_async else self.fn(*args)
+        return result if result is not None else {}  # type: ignore[no-any-return]

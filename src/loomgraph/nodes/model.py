@@ -1,0 +1,39 @@
+"""`model`: one model turn over the conversation, with the agent's tools on offer."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+from loomgraph.graph.context import NodeContext
+from loomgraph.graph.registry import NodeKind, register_node
+from loomgraph.protocols import ModelRequest
+
+
+class ModelParams(BaseModel):
+    """Parameters of a `model` node."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    tools: bool = True
+    max_tokens: int | None = None
+
+
+@register_node("model")
+class ModelNode(NodeKind):
+    """Ask the model for its next turn and append it to the conversation."""
+
+    Params = ModelParams
+    default_reads = ("messages",)
+    default_writes = ("messages", "usage")
+
+    async def run(self, state: Mapping[str, Any], ctx: NodeContext) -> dict[str, Any]:
+        """Append the model's turn (text and tool calls) and count its usage."""
+        params: ModelParams = self.params  # type: ignore[assignment]
+        request = ModelRequest(
+            messages=state["messages"], system=ctx.system,
+            tools=ctx.deps.tools.specs() if params.tools else (), max_tokens=params.max_tokens)
+        response = await ctx.call_model(request)
+        return {"messages": [response.to_message()], "usage": response.usage}

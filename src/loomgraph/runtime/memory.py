@@ -1,0 +1,97 @@
+"""`InMemoryRuntime`: the journal kept in process memory (the default; nothing survives exit)."""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from dataclasses import replace
+from typing import Any
+
+from loomgraph.protocols import EffectRecord, EffectStatus, RunRecord, RunStatus, Transition
+
+
+class UnknownRun(KeyError):
+    """No run with this id is in the journal."""
+
+    def __init__(self, run_id: str) -> None:
+        super().__init__(f"unknown run {run_id!r}")
+        self.run_id = run_id
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+class InMemoryRuntime:
+    """A journal in dicts and lists; keeps the most recent `max_runs` runs."""
+
+    def __init__(self, max_runs: int = 1000) -> None:
+        self.max_runs = max_runs
+        self._runs: OrderedDict[str, RunRecord] = OrderedDict()
+        self._transitions: dict[str, list[Transition]] = {}
+        self._effects: dict[str, dict[str, EffectRecord]] = {}
+
+    async def start_run(self, run: RunRecord) -> None:
+        """Record a new run, forgetting the oldest finished one when full."""
+        now = time.time()
+        self._runs[run.run_id] = replace(run, created_at=run.created_at or now, updated_at=now)
+        self._transitions.setdefault(run.run_id, [])
+        self._effects.setdefault(run.run_id, {})
+        while len(self._runs) > self.max_runs:
+            old = next(iter(self._runs))
+            if self._runs[old].status == "running":
+                break
+            self._forget(old)
+
+    def _forget(self, run_id: str) -> None:
+        self._runs.pop(run_id, None)
+        self._transitions.pop(run_id, None)
+        self._effects.pop(run_id, None)
+
+    async def load_run(self, run_id: str) -> RunRecord | None:
+        """A run's record, or None."""
+        return self._runs.get(run_id)
+
+    async def append_transition(self, transition: Transition) -> None:
+        """Append one transition."""
+        self._transitions[transition.run_id].append(transition)
+
+    async def transitions(self, run_id: str) -> list[Transition]:
+        """Every transition of a run, in order."""
+        if run_id not in self._runs:
+            raise UnknownRun(run_id)
+        return list(self._transitions[run_id])
+
+    async def begin_effect(self, effect: EffectRecord) -> EffectRecord | None:
+        """Journal an intent; return the earlier record when this key was seen before."""
+        effects = self._effects[effect.run_id]
+        prior = effects.get(effect.key)
+        if prior is None:
+            effects[effect.key] = effect
+            return None
+        if prior.status != "done":
+            prior.status = "unknown_after_crash"
+            prior.attempts += 1
+        return prior
+
+    async def end_effect(
+        self, run_id: str, key: str, outcome: dict[str, Any], status: EffectStatus
+    ) -> None:
+        """Journal the outcome of an effect."""
+        effect = self._effects[run_id][key]
+        effect.outcome, effect.status = outcome, status
+
+    async def effects(self, run_id: str) -> list[EffectRecord]:
+        """Every effect of a run, in the order they began."""
+        return list(self._effects.get(run_id, {}).values())
+
+    async def finish_run(
+        self, run_id: str, status: RunStatus, reason: str, result: dict[str, Any] | None
+    ) -> None:
+        """Record how a run ended."""
+        run = self._runs[run_id]
+        run.status, run.reason, run.result, run.updated_at = status, reason, result, time.time()
+        self._runs.move_to_end(run_id)
+
+    async def runs(self, user_id: str | None = None) -> list[RunRecord]:
+        """Runs, newest last, optionally of one user."""
+        return [r for r in self._runs.values() if user_id is None or r.user_id == user_id]
