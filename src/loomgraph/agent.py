@@ -14,6 +14,7 @@ from typing import Any
 from pydantic import TypeAdapter, ValidationError
 
 from loomgraph import nodes as _builtin_nodes  # noqa: F401  (registers the built-in kinds)
+from loomgraph.checkpoints import Checkpoint, GraphChanged, Position, history, position
 from loomgraph.deps import build_deps, current_run
 from loomgraph.events import RUN_COMPLETED, RUN_STARTED, Event
 from loomgraph.graph.compiled import CompiledGraph, compile_graph
@@ -33,6 +34,8 @@ from loomgraph.protocols import (
     RunRecord,
     Runtime,
     Telemetry,
+    Transition,
+    UnknownRun,
     Usage,
 )
 
@@ -156,6 +159,67 @@ class Agent:
                     await task
 
 
+    # ------------------------------------------------------------------ the journal
+
+    async def _journal(self, run_id: str) -> tuple[RunRecord, list[Transition]]:
+        runtime = self.deps.runtime
+        record = await runtime.load_run(run_id)
+        if record is None:
+            raise UnknownRun(run_id)
+        return record, await runtime.transitions(run_id)
+
+    async def resume(self, run_id: str, *, accept_graph_change: bool = False) -> RunResult:
+        """Continue an interrupted or crashed run from its journal; finished effects replay."""
+        record, transitions = await self._journal(run_id)
+        if record.status in _FINAL and record.result is not None:
+            return RunResult(**record.result)  # a finished run: nothing is executed again
+        if record.graph_hash != self.compiled.hash and not accept_graph_change:
+            raise GraphChanged(
+                f"run {run_id} was made with graph {record.graph_name!r} version "
+                f"{record.graph_hash}; this agent has version {self.compiled.hash}. "
+                "Pass accept_graph_change=True to resume with the new graph.")
+        at = position(self.compiled, record, transitions)
+        session = AgentSession(self, _prompt(record), user_id=record.user_id,
+                               session_id=record.session_id, run_id=run_id)
+        return await session.continue_from(self.deps.hooks.on_event, record, at, new_run=False)
+
+    async def fork(
+        self, run_id: str, *, at: int, patch: dict[str, Any] | None = None
+    ) -> RunResult:
+        """Start a new run from checkpoint `at` of another run, its state optionally patched."""
+        record, transitions = await self._journal(run_id)
+        if at and not any(t.seq == at for t in transitions):
+            raise ValueError(f"run {run_id} has no checkpoint {at}; it has "
+                             f"1..{transitions[-1].seq if transitions else 0}")
+        where = position(self.compiled, record, transitions, upto=at)
+        if patch:
+            self.compiled.schema.apply(where.state, self.compiled.schema.check(dict(patch)))
+        session = AgentSession(self, _prompt(record), user_id=record.user_id,
+                               session_id=record.session_id)
+        forked = session._record(parent_run_id=run_id, parent_seq=at,
+                                 initial={"state": where.state, "system": (record.initial or {})
+                                          .get("system", self.instructions)})
+        fresh = Position(where.state, where.visits, where.next_node, 0)
+        return await session.continue_from(self.deps.hooks.on_event, forked, fresh,
+                                           new_run=True)
+
+    async def history(self, run_id: str) -> list[Checkpoint]:
+        """Every transition of a run, with the state after it."""
+        record, transitions = await self._journal(run_id)
+        return history(self.compiled, record, transitions)
+
+    async def runs(self, user_id: str | None = None) -> list[RunRecord]:
+        """The runs in the journal, optionally of one user."""
+        return await self.deps.runtime.runs(user_id)
+
+
+_FINAL = frozenset({"completed", "limit_reached", "budget_exhausted"})
+
+
+def _prompt(record: RunRecord) -> str:
+    return str(((record.initial or {}).get("state") or {}).get("input", ""))
+
+
 def _mutable_host(host: Any) -> Any:
     if not (hasattr(host, "add") and hasattr(host, "remove")):
         raise TypeError(f"tool host {type(host).__name__} does not support add/remove")
@@ -167,55 +231,87 @@ class AgentSession:
 
     def __init__(
         self, agent: Agent, prompt: str, *, user_id: str | None, session_id: str | None,
-        output_schema: Any = None,
+        output_schema: Any = None, run_id: str | None = None,
     ) -> None:
         self.agent = agent
         self.prompt = prompt
         self.user_id = user_id
         self.session_id = session_id
         self.output_schema = output_schema
-        self.run_id = uuid.uuid4().hex
+        self.run_id = run_id or uuid.uuid4().hex
+
+    def _record(self, **fields: Any) -> RunRecord:
+        now = time.time()
+        compiled = self.agent.compiled
+        return RunRecord(self.run_id, compiled.name, compiled.hash, self.user_id,
+                         self.session_id, created_at=now, updated_at=now, **fields)
 
     async def execute(self, sink: EventSink) -> RunResult:
         """Runtime session → root span → audit → memory seed → interpreter → episode → result."""
-        agent, deps = self.agent, self.agent.deps
-        started = time.time()
-        record = RunRecord(self.run_id, agent.compiled.name, agent.compiled.hash, self.user_id,
-                           self.session_id, created_at=started, updated_at=started)
+        record = self._record()
+        async with self._opened(record, sink) as scope:
+            state = await self._seed(scope)
+            record.initial = {"state": {"input": state["input"], "messages": state["messages"]},
+                              "system": scope.system}
+            await self.agent.deps.runtime.start_run(record)
+            return await self._drive(scope, state, None, None)
+
+    async def continue_from(
+        self, sink: EventSink, record: RunRecord, at: Position, *, new_run: bool
+    ) -> RunResult:
+        """Go on from a checkpoint: the same run (resume) or a new one (fork)."""
+        async with self._opened(record, sink) as scope:
+            scope.system = (record.initial or {}).get("system", self.agent.instructions)
+            if new_run:
+                await self.agent.deps.runtime.start_run(record)
+            else:
+                scope.seq = at.seq
+            scope.model_calls = int((at.state.get("usage") or {}).get("model_calls", 0))
+            return await self._drive(scope, at.state, at.next_node, at.visits)
+
+    @contextlib.asynccontextmanager
+    async def _opened(self, record: RunRecord, sink: EventSink) -> AsyncIterator[RunScope]:
+        deps, compiled = self.agent.deps, self.agent.compiled
+        self.started = time.time()
         token = current_run.set(record)
         try:
             with deps.telemetry.span("loom.run", {
-                "loom.run_id": self.run_id, "loom.graph": agent.compiled.name,
+                "loom.run_id": self.run_id, "loom.graph": compiled.name,
                 "gen_ai.conversation.id": self.session_id or "",
             }):
-                await deps.runtime.start_run(record)
                 scope = RunScope(self.run_id, self.user_id, self.session_id, deps, sink)
-                await self._audit("run_started", {"graph": agent.compiled.name,
-                                                  "graph_hash": agent.compiled.hash})
-                await scope.emit(RUN_STARTED, {"prompt": self.prompt,
-                                               "graph": agent.compiled.name}, None, 0)
-                state = await self._seed(scope)
-                try:
-                    outcome = await run_graph(agent.compiled, scope, state)
-                except asyncio.CancelledError:
-                    await deps.runtime.finish_run(self.run_id, "cancelled", "cancelled by the "
-                                                  "caller", None)
-                    raise
-                result = self._result(outcome, started)
-                if result.ok:
-                    await deps.memory.remember(Episode(
-                        self.user_id, self.session_id, self.run_id, self.prompt,
-                        str(result.output), _tool_names(outcome.state), time.time()))
-                await deps.runtime.finish_run(self.run_id, result.status,  # type: ignore[arg-type]
-                                              result.reason, result.to_dict())
-                await self._audit("run_completed", {"status": result.status,
-                                                    "reason": result.reason})
-                await scope.emit(RUN_COMPLETED, {"status": result.status, "reason": result.reason,
-                                                 "output": result.output,
-                                                 "result": result.to_dict()}, None, scope.seq)
-                return result
+                await self._audit("run_started", {"graph": compiled.name,
+                                                  "graph_hash": compiled.hash})
+                await scope.emit(RUN_STARTED, {"prompt": self.prompt, "graph": compiled.name},
+                                 None, 0)
+                yield scope
         finally:
             current_run.reset(token)
+
+    async def _drive(
+        self, scope: RunScope, state: dict[str, Any], start: str | None,
+        visits: dict[str, int] | None,
+    ) -> RunResult:
+        deps = self.agent.deps
+        try:
+            outcome = await run_graph(self.agent.compiled, scope, state, start=start,
+                                      visits=visits)
+        except asyncio.CancelledError:
+            await deps.runtime.finish_run(self.run_id, "cancelled", "cancelled by the caller",
+                                          None)
+            raise
+        result = self._result(outcome)
+        if result.ok:
+            await deps.memory.remember(Episode(
+                self.user_id, self.session_id, self.run_id, self.prompt, str(result.output),
+                _tool_names(outcome.state), time.time()))
+        await deps.runtime.finish_run(self.run_id, result.status,  # type: ignore[arg-type]
+                                      result.reason, result.to_dict())
+        await self._audit("run_completed", {"status": result.status, "reason": result.reason})
+        await scope.emit(RUN_COMPLETED, {"status": result.status, "reason": result.reason,
+                                         "output": result.output, "result": result.to_dict()},
+                         None, scope.seq)
+        return result
 
     async def _audit(self, action: str, payload: dict[str, Any]) -> None:
         await self.agent.deps.audit_log.record(action, run_id=self.run_id, user_id=self.user_id,
@@ -233,7 +329,7 @@ class AgentSession:
             "messages": [*history, {"role": "user", "content": self.prompt}],
         })
 
-    def _result(self, outcome: Outcome, started: float) -> RunResult:
+    def _result(self, outcome: Outcome) -> RunResult:
         state = outcome.state
         usage: Usage = dict(state.get("usage") or {})  # type: ignore[assignment]
         result = RunResult(
@@ -241,7 +337,7 @@ class AgentSession:
             user_id=self.user_id, status=outcome.status, reason=outcome.reason,
             turns=int(usage.get("model_calls", 0)), node_visits=dict(outcome.visits),
             usage=usage, pending=outcome.detail or None,
-            timings={"started": started, "duration_s": time.time() - started})
+            timings={"started": self.started, "duration_s": time.time() - self.started})
         if self.output_schema is not None and result.ok:
             try:
                 result.parsed = _parse(self.output_schema, result.output)

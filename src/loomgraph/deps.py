@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from contextvars import ContextVar
-from typing import Any
+from typing import Any, cast
 
 from loomgraph.graph.context import Deps
 from loomgraph.protocols import (
@@ -42,11 +42,11 @@ def resolve_model(model: str | Model) -> Model:
     if model.startswith("claude-"):
         from loomgraph.models.anthropic import AnthropicModel
 
-        return AnthropicModel(model)
+        return cast(Model, AnthropicModel(model))
     if model.startswith("openai-compat:"):
         from loomgraph.models.openai_compat import OpenAICompatModel
 
-        return OpenAICompatModel(model.partition(":")[2])
+        return cast(Model, OpenAICompatModel(model.partition(":")[2]))
     raise ConfigError(f"unknown model {model!r}; use 'echo', a 'claude-…' model name, "
                       "'openai-compat:NAME', or a Model object (e.g. ScriptedModel)")
 
@@ -59,37 +59,37 @@ def _split_spec(spec: str) -> tuple[str, str]:
 
 
 def resolve_memory(memory: str | Memory | None) -> Memory:
-    """A Memory for None (nothing kept), `"memory"`, `"sqlite:PATH"`, `"postgres://…"` or an object."""
+    """A Memory for None (keeps nothing), "memory", "sqlite:PATH", "postgres://…" or an object."""
     if memory is None:
         from loomgraph.memory.null import NoMemory
 
         return NoMemory()
     if not isinstance(memory, str):
-        return _checked(memory, Memory, "memory")
+        return cast(Memory, _checked(memory, Memory, "memory"))
     scheme, rest = _split_spec(memory)
     if scheme == "memory":
         from loomgraph.memory.null import InMemoryMemory
 
         return InMemoryMemory()
-    return _backend("memory", scheme, rest, {
+    return cast(Memory, _backend("memory", scheme, rest, {
         "sqlite": ("loomgraph.memory.sqlite", "SqliteMemory"),
         "postgres": ("loomgraph.memory.postgres", "PostgresMemory"),
-    })
+    }))
 
 
 def resolve_runtime(runtime: str | Runtime | None) -> Runtime:
-    """A Runtime for None (in memory), `"memory"`, `"sqlite:PATH"`, `"postgres://…"` or an object."""
+    """A Runtime for None or "memory" (in process), "sqlite:PATH", "postgres://…" or an object."""
     if runtime is None or runtime == "memory":
         from loomgraph.runtime.memory import InMemoryRuntime
 
         return InMemoryRuntime()
     if not isinstance(runtime, str):
-        return _checked(runtime, Runtime, "runtime")
+        return cast(Runtime, _checked(runtime, Runtime, "runtime"))
     scheme, rest = _split_spec(runtime)
-    return _backend("runtime", scheme, rest, {
+    return cast(Runtime, _backend("runtime", scheme, rest, {
         "sqlite": ("loomgraph.runtime.sqlite", "SqliteRuntime"),
         "postgres": ("loomgraph.runtime.postgres", "PostgresRuntime"),
-    })
+    }))
 
 
 def _backend(what: str, scheme: str, arg: str, known: dict[str, tuple[str, str]]) -> Any:

@@ -237,6 +237,17 @@ class EffectRecord:
     attempts: int = 1
 
 
+class UnknownRun(KeyError):
+    """No run with this id is in the journal."""
+
+    def __init__(self, run_id: str) -> None:
+        super().__init__(f"unknown run {run_id!r}")
+        self.run_id = run_id
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
 @runtime_checkable
 class Runtime(Protocol):
     """The journal of runs: transitions as deltas, and side effects as intent/outcome."""

@@ -79,6 +79,7 @@ class RunScope:
     system: str = ""
     seq: int = 0
     model_calls: int = 0
+    snapshot_seq: int = 0
     budget_scope: BudgetScope = field(init=False)
     # Extra, JSON-shaped values a caller passes to nodes (e.g. the output schema).
     options: dict[str, Any] = field(default_factory=dict)
@@ -282,7 +283,7 @@ def _model_estimate(request: ModelRequest) -> Usage:
 
 def _add_usage(total: Usage, more: Usage) -> None:
     for key, value in more.items():
-        total[key] = total.get(key, 0) + value  # type: ignore[literal-required]
+        total[key] = total.get(key, 0) + value  # type: ignore[literal-required,operator]
 
 
 def _response_data(response: ModelResponse) -> dict[str, Any]:

@@ -6,6 +6,7 @@ journal, budget and hooks are reached only through the protocols in the bundle.
 
 from __future__ import annotations
 
+import copy
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -15,7 +16,10 @@ from loomgraph.graph.compiled import CompiledGraph
 from loomgraph.graph.context import NodeContext, RunScope, RunStopped
 from loomgraph.graph.errors import GraphError, NodeError, StateError
 from loomgraph.graph.spec import END
-from loomgraph.protocols import BudgetExceeded, Reservation, Transition
+from loomgraph.protocols import BudgetExceeded, Reservation, Transition, Usage
+
+# A full state goes into the journal every this many transitions; the rest are patches.
+SNAPSHOT_EVERY = 50
 
 
 @dataclass(slots=True)
@@ -61,7 +65,7 @@ async def run_graph(
             with deps.telemetry.span(f"loom.node {qualified}", {"loom.node": qualified}):
                 patch = await graph.nodes[node].run(view, ctx)
             await deps.budget.settle(reservation, {})
-            patch = _checked(graph, node, patch)
+            patch = check_patch(graph, node, patch)
             graph.schema.apply(state, patch)
             await deps.hooks.after_node(qualified, patch)
             target, _edge = graph.next_node(node, state)
@@ -78,16 +82,19 @@ async def run_graph(
             await ctx.emit(ERROR, {"error": str(wrapped), "type": type(err).__name__})
             return Outcome("failed", str(wrapped), state, node, visits, wrapped)
         scope.seq += 1
+        snapshot = None
+        if not path and scope.seq - scope.snapshot_seq >= SNAPSHOT_EVERY:
+            snapshot, scope.snapshot_seq = copy.deepcopy(state), scope.seq
         await deps.runtime.append_transition(Transition(
             scope.run_id, scope.seq, qualified, visit, patch, target,
-            patch.get("usage") or {}, time.time()))
+            patch.get("usage") or Usage(), time.time(), snapshot))
         await scope.emit(NODE_COMPLETED, {"node": qualified, "visit": visit, "next": target,
                                           "patch": patch}, qualified, scope.seq)
         node = target
     return Outcome("completed", "", state, None, visits)
 
 
-def _checked(graph: CompiledGraph, node: str, patch: Any) -> dict[str, Any]:
+def check_patch(graph: CompiledGraph, node: str, patch: Any) -> dict[str, Any]:
     """A node's patch, checked against the fields it declared it writes and their types."""
     if not isinstance(patch, dict):
         raise StateError(f"node {node!r} returned {type(patch).__name__}, not a dict patch")

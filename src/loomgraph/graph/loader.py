@@ -22,7 +22,7 @@ class _Loader(yaml.SafeLoader):
 
     def compose_node(self, parent: Any, index: Any) -> Any:
         if self.check_event(yaml.AliasEvent):
-            event = self.peek_event()
+            event = self.peek_event()  # type: ignore[no-untyped-call]
             raise _AliasRefused(event.start_mark.line + 1)
         return super().compose_node(parent, index)
 
@@ -90,7 +90,7 @@ def graph_from_data(
     data: Any, *, file: str | None = None, lines: Lines | None = None,
     problems: list[Problem] | None = None, validate: bool = True,
 ) -> Graph:
-    """Build and validate a Graph from plain data; raise GraphValidationError listing all problems."""
+    """Build and validate a Graph from data; raise GraphValidationError with every problem."""
     problems = list(problems or [])
     lines = lines or {}
     if not isinstance(data, Mapping):

@@ -75,7 +75,7 @@ class Graph(BaseModel):
     entry: str = ""
     nodes: dict[str, NodeSpec] = Field(default_factory=dict)
     edges: list[EdgeSpec] = Field(default_factory=list)
-    limits: Limits = Field(default_factory=Limits)
+    limits: Limits = Field(default_factory=lambda: Limits())
 
     # Where the graph came from, for error messages; not part of the graph's value.
     _source: str | None = PrivateAttr(default=None)

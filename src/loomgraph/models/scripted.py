@@ -33,12 +33,12 @@ def as_turn(value: TurnLike, index: int = 0) -> Turn:
     if isinstance(value, str):
         return Turn(text=value)
     calls = [
-        ToolCall(id=c.get("id") or f"call_{index}_{i}", tool=c["tool"], args=dict(c.get("args", {})))
+        ToolCall(id=c.get("id") or f"call_{index}_{i}", tool=c["tool"],
+                 args=dict(c.get("args", {})))
         for i, c in enumerate(value.get("tool_calls", []))
     ]
-    usage = value.get("usage")
-    return Turn(value.get("text", ""), calls,
-                Usage(**usage) if usage else Usage(input_tokens=10, output_tokens=5),
+    usage: Usage = value.get("usage") or Usage(input_tokens=10, output_tokens=5)
+    return Turn(value.get("text", ""), calls, usage,
                 value.get("finish_reason"))
 
 

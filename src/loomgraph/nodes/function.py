@@ -42,18 +42,19 @@ class FunctionNode(NodeKind):
     """Call `fn(state)` or `fn(state, ctx)`, sync or async; its dict return value is the patch."""
 
     Params = FunctionParams
+    params: FunctionParams
 
     def check(self, graph: Graph) -> list[str]:
         """The function must import."""
         try:
-            import_callable(self.params.call)  # type: ignore[attr-defined]
+            import_callable(self.params.call)
         except (ImportError, AttributeError) as err:
-            return [f"cannot import function {self.params.call!r}: {err}"]  # type: ignore[attr-defined]
+            return [f"cannot import function {self.params.call!r}: {err}"]
         return []
 
     def bind(self, graph: Graph) -> None:
         """Import the function once."""
-        self.fn = import_callable(self.params.call)  # type: ignore[attr-defined]
+        self.fn = import_callable(self.params.call)
         self.wants_ctx = len(inspect.signature(self.fn).parameters) >= 2
         self.is_async = inspect.iscoroutinefunction(self.fn)
 
@@ -61,4 +62,4 @@ class FunctionNode(NodeKind):
         """Call the function with the fields it reads."""
         args = (state, ctx) if self.wants_ctx else (state,)
         result = await self.fn(*args) if self.is_async else self.fn(*args)
-        return result if result is not None else {}  # type: ignore[no-any-return]
+        return result if result is not None else {}

@@ -39,13 +39,14 @@ class LLMNode(NodeKind):
     """Render the prompt, ask the model once, and store its answer (validated when typed)."""
 
     Params = LLMParams
+    params: LLMParams
     templates = ("prompt", "system")
 
     def reads(self) -> list[str]:
         """Declared reads, or the state fields the templates use."""
         if self.spec.reads is not None:
             return list(self.spec.reads)
-        p: LLMParams = self.params  # type: ignore[assignment]
+        p = self.params
         used = names_used(p.prompt, expression=False) | names_used(p.system or "", expression=False)
         return sorted(used - DERIVED_NAMES | ({"messages"} if "last_message" in used else set()))
 
@@ -53,11 +54,11 @@ class LLMNode(NodeKind):
         """The output field and usage."""
         if self.spec.writes is not None:
             return list(self.spec.writes)
-        return [self.params.output, "usage"]  # type: ignore[attr-defined]
+        return [self.params.output, "usage"]
 
     def bind(self, graph: Graph) -> None:
         """Compile the templates and the answer's type once."""
-        p: LLMParams = self.params  # type: ignore[assignment]
+        p = self.params
         self.prompt: Callable[[Mapping[str, Any]], str] = compile_template(p.prompt)
         self.system_template = compile_template(p.system) if p.system else None
         self.adapter: TypeAdapter[Any] | None = None
@@ -73,7 +74,7 @@ class LLMNode(NodeKind):
 
     async def run(self, state: Mapping[str, Any], ctx: NodeContext) -> dict[str, Any]:
         """Ask once; a structured answer is forced through the `respond` tool."""
-        p: LLMParams = self.params  # type: ignore[assignment]
+        p = self.params
         scope = condition_scope(state)
         request = ModelRequest(
             messages=[{"role": "user", "content": self.prompt(scope)}],
@@ -104,4 +105,4 @@ class LLMNode(NodeKind):
             return self.adapter.dump_python(self.adapter.validate_python(raw), mode="json")
         except ValidationError as err:
             raise StructuredOutputError(f"node {self.name!r}: answer does not fit "
-                                        f"{self.params.schema_!r}: {err}") from None  # type: ignore[attr-defined]
+                                        f"{self.params.schema_!r}: {err}") from None

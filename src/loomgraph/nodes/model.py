@@ -26,12 +26,13 @@ class ModelNode(NodeKind):
     """Ask the model for its next turn and append it to the conversation."""
 
     Params = ModelParams
+    params: ModelParams
     default_reads = ("messages",)
     default_writes = ("messages", "usage")
 
     async def run(self, state: Mapping[str, Any], ctx: NodeContext) -> dict[str, Any]:
         """Append the model's turn (text and tool calls) and count its usage."""
-        params: ModelParams = self.params  # type: ignore[assignment]
+        params = self.params
         request = ModelRequest(
             messages=state["messages"], system=ctx.system,
             tools=ctx.deps.tools.specs() if params.tools else (), max_tokens=params.max_tokens)

@@ -34,21 +34,22 @@ class SubgraphNode(NodeKind):
     """Run the child graph to its end; its transitions are journaled under this node."""
 
     Params = SubgraphParams
+    params: SubgraphParams
 
     def reads(self) -> list[str]:
         """Declared reads, or the parent fields the inputs take."""
         if self.spec.reads is not None:
             return list(self.spec.reads)
-        return sorted(set(self.params.inputs.values()))  # type: ignore[attr-defined]
+        return sorted(set(self.params.inputs.values()))
 
     def writes(self) -> list[str]:
         """Declared writes, or the parent fields the outputs fill, plus usage."""
         if self.spec.writes is not None:
             return list(self.spec.writes)
-        return sorted(set(self.params.outputs) | {"usage"})  # type: ignore[attr-defined]
+        return sorted(set(self.params.outputs) | {"usage"})
 
     def _resolve(self, graph: Graph) -> Graph:
-        name: str = self.params.graph  # type: ignore[attr-defined]
+        name: str = self.params.graph
         if graph.source and name.endswith((".yaml", ".yml")):
             candidate = Path(graph.source).parent / name
             if candidate.is_file():
@@ -60,7 +61,7 @@ class SubgraphNode(NodeKind):
         try:
             self._resolve(graph)
         except Exception as err:
-            return [f"subgraph {self.params.graph!r}: {err}"]  # type: ignore[attr-defined]
+            return [f"subgraph {self.params.graph!r}: {err}"]
         return []
 
     def bind(self, graph: Graph) -> None:
@@ -69,7 +70,7 @@ class SubgraphNode(NodeKind):
 
     async def run(self, state: Mapping[str, Any], ctx: NodeContext) -> dict[str, Any]:
         """Map inputs in, run the child, map outputs back, and carry its usage up."""
-        p: SubgraphParams = self.params  # type: ignore[assignment]
+        p = self.params
         values = {child: state.get(parent) for child, parent in p.inputs.items()}
         if not values.get("messages") and values.get("input"):
             values["messages"] = [{"role": "user", "content": str(values["input"])}]

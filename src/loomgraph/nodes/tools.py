@@ -26,6 +26,7 @@ class ToolsNode(NodeKind):
     """Execute every tool call of the last assistant message and append one result each."""
 
     Params = ToolsParams
+    params: ToolsParams
     default_reads = ("messages",)
     default_writes = ("messages",)
 
@@ -40,7 +41,7 @@ class ToolsNode(NodeKind):
         if len(calls) == 1:
             results = [await ctx.call_tool(calls[0])]
         else:
-            limit = asyncio.Semaphore(self.params.concurrency)  # type: ignore[attr-defined]
+            limit = asyncio.Semaphore(self.params.concurrency)
 
             async def one(call: ToolCall) -> ToolResult:
                 async with limit:

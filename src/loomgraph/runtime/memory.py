@@ -7,18 +7,16 @@ from collections import OrderedDict
 from dataclasses import replace
 from typing import Any
 
-from loomgraph.protocols import EffectRecord, EffectStatus, RunRecord, RunStatus, Transition
+from loomgraph.protocols import (
+    EffectRecord,
+    EffectStatus,
+    RunRecord,
+    RunStatus,
+    Transition,
+    UnknownRun,
+)
 
-
-class UnknownRun(KeyError):
-    """No run with this id is in the journal."""
-
-    def __init__(self, run_id: str) -> None:
-        super().__init__(f"unknown run {run_id!r}")
-        self.run_id = run_id
-
-    def __str__(self) -> str:
-        return str(self.args[0])
+__all__ = ["InMemoryRuntime", "UnknownRun"]
 
 
 class InMemoryRuntime:

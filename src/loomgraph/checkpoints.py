@@ -1,0 +1,102 @@
+"""Checkpoints: rebuild a run's state at any seq from its journal, and compare two of them."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from loomgraph.graph.compiled import CompiledGraph
+from loomgraph.graph.errors import GraphError
+from loomgraph.graph.spec import END
+from loomgraph.protocols import RunRecord, Transition
+
+
+class GraphChanged(GraphError):
+    """A run is resumed with a graph whose content differs from the one it was made with."""
+
+
+@dataclass(slots=True)
+class Checkpoint:
+    """The state of a run after one transition."""
+
+    seq: int
+    node: str
+    visit: int
+    next_node: str
+    patch: dict[str, Any]
+    state: dict[str, Any]
+
+
+@dataclass(slots=True)
+class Position:
+    """Where a run stands after some transitions: its state, visits and the next node."""
+
+    state: dict[str, Any]
+    visits: dict[str, int]
+    next_node: str
+    seq: int
+
+
+def is_top_level(transition: Transition) -> bool:
+    """True for transitions of the run's own graph (a subgraph's have `/` in their node)."""
+    return "/" not in transition.node
+
+
+def position(
+    graph: CompiledGraph, run: RunRecord, transitions: Sequence[Transition],
+    upto: int | None = None,
+) -> Position:
+    """The state after transition `upto` (default: the last), from the newest snapshot on."""
+    initial = (run.initial or {}).get("state", {})
+    state = graph.schema.initial(initial)
+    visits: dict[str, int] = {}
+    next_node, seq = graph.graph.entry, 0
+    chosen = [t for t in transitions if upto is None or t.seq <= upto]
+    start = 0
+    for i in range(len(chosen) - 1, -1, -1):
+        snapshot = chosen[i].snapshot
+        if snapshot is not None and is_top_level(chosen[i]):
+            state = copy.deepcopy(snapshot)
+            start = i + 1
+            break
+    for t in chosen[:start]:
+        if is_top_level(t):
+            visits[t.node] = max(visits.get(t.node, 0), t.visit)
+    for t in chosen[start:]:
+        if is_top_level(t):
+            graph.schema.apply(state, t.patch)
+            visits[t.node] = max(visits.get(t.node, 0), t.visit)
+    for t in reversed(chosen):
+        if is_top_level(t):
+            next_node, seq = t.next_node, t.seq
+            break
+    if chosen:
+        seq = chosen[-1].seq
+    return Position(state, visits, next_node, seq)
+
+
+def history(
+    graph: CompiledGraph, run: RunRecord, transitions: Sequence[Transition]
+) -> list[Checkpoint]:
+    """Every transition of a run with the run's state after it."""
+    state = graph.schema.initial((run.initial or {}).get("state", {}))
+    out = []
+    for t in transitions:
+        if is_top_level(t):
+            graph.schema.apply(state, t.patch)
+        out.append(Checkpoint(t.seq, t.node, t.visit, t.next_node, t.patch,
+                              copy.deepcopy(state)))
+    return out
+
+
+def diff(before: dict[str, Any], after: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """The fields that differ between two states, as (before, after) pairs."""
+    return {k: (before.get(k), after.get(k)) for k in sorted(set(before) | set(after))
+            if before.get(k) != after.get(k)}
+
+
+def is_finished(next_node: str) -> bool:
+    """True when the run had reached END."""
+    return next_node == END

@@ -1,0 +1,144 @@
+"""The `loomgraph` command: run, validate, render, schema."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+# Exit codes: 0 fine, 1 the run or the graph failed, 2 bad usage or input.
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="loomgraph", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run an agent on a prompt and stream its events")
+    run.add_argument("prompt")
+    run.add_argument("--graph", default="react", help="built-in graph name or YAML file")
+    run.add_argument("--model", default="echo", help="echo, claude-…, openai-compat:NAME")
+    run.add_argument("--tools", nargs="*", default=[], metavar="MODULE:ATTR",
+                     help="tools to offer: functions, or lists of functions, by import path")
+    run.add_argument("--instructions", default="You are a helpful assistant.")
+    run.add_argument("--user", default=None)
+    run.add_argument("--session", default=None)
+    run.add_argument("--json", action="store_true", help="print events as JSON lines")
+    validate = sub.add_parser("validate", help="check graph files; print every problem")
+    validate.add_argument("files", nargs="+")
+    render = sub.add_parser("render", help="draw a graph: .svg, .dot or .mmd (Mermaid)")
+    render.add_argument("graph", help="built-in graph name or YAML file")
+    render.add_argument("-o", "--output", required=True)
+    sub.add_parser("schema", help="print the JSON Schema of graph files")
+    sub.add_parser("graphs", help="list the built-in graphs")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `loomgraph` command; returns the exit code."""
+    args = _parser().parse_args(argv)
+    from loomgraph.graph.errors import GraphError
+
+    try:
+        if args.command == "run":
+            return asyncio.run(_run(args))
+        if args.command == "validate":
+            return _validate(args.files)
+        if args.command == "render":
+            return _render(args.graph, args.output)
+        if args.command == "schema":
+            from loomgraph.graph.schema import graph_json_schema
+
+            print(json.dumps(graph_json_schema(), indent=2))
+            return EXIT_OK
+        from loomgraph.graph.library import builtin_names
+
+        print("\n".join(builtin_names()))
+        return EXIT_OK
+    except (GraphError, ValueError, ImportError, OSError) as err:
+        print(f"loomgraph: {err}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+def _import(path: str) -> Any:
+    from loomgraph.nodes.function import import_callable
+
+    module_name, _, attr = path.partition(":")
+    import importlib
+
+    target: Any = importlib.import_module(module_name)
+    if not attr:
+        return target
+    try:
+        return import_callable(path)
+    except ImportError:
+        return getattr(target, attr)  # a list of tools is not callable
+
+
+async def _run(args: argparse.Namespace) -> int:
+    from loomgraph.agent import Agent
+
+    tools: list[Any] = []
+    for path in args.tools:
+        found = _import(path)
+        tools.extend(found if isinstance(found, list | tuple) else [found])
+    agent = Agent(args.instructions, model=args.model, tools=tools, architecture=args.graph)
+    status = "failed"
+    async for event in agent.stream(args.prompt, user_id=args.user, session_id=args.session):
+        if args.json:
+            print(json.dumps(event.to_dict(), default=str), flush=True)
+        else:
+            print_event(event)
+        if event.kind == "run_completed":
+            status = event.payload["status"]
+    return EXIT_OK if status == "completed" else EXIT_FAILED
+
+
+def print_event(event: Any) -> None:
+    """Print one event as a short human-readable line (model text streams inline)."""
+    p = event.payload
+    detail = {
+        "model_chunk": lambda: repr(p["chunk"].get("text", "")),
+        "run_started": lambda: f"graph={p['graph']} prompt={p['prompt']!r}",
+        "node_started": lambda: f"{p['node']} (visit {p['visit']})",
+        "tool_call": lambda: f"{p['call']['tool']}({json.dumps(p['call']['args'])})",
+        "tool_result": lambda: f"{p['call']['tool']} -> {p['result'].get('content', '')!r}"
+        + (" [error]" if p["result"].get("is_error") else ""),
+        "node_completed": lambda: f"{p['node']} -> {p['next']}",
+        "run_completed": lambda: f"status={p['status']} output={p['output']!r}"
+        + (f" reason={p['reason']}" if p["reason"] else ""),
+    }.get(event.kind, lambda: json.dumps(p, default=str)[:200])()
+    print(f"[{event.seq:>3}] {event.kind:<15} {detail}", flush=True)
+
+
+def _validate(files: Sequence[str]) -> int:
+    from loomgraph.graph.errors import GraphValidationError
+    from loomgraph.graph.loader import load_graph_file
+
+    failed = False
+    for file in files:
+        try:
+            load_graph_file(file)
+        except GraphValidationError as err:
+            failed = True
+            for problem in err.problems:
+                print(problem)
+        else:
+            print(f"{file}: ok")
+    return EXIT_FAILED if failed else EXIT_OK
+
+
+def _render(graph: str, output: str) -> int:
+    from loomgraph.graph.library import load_graph
+    from loomgraph.graph.render import render
+
+    render(load_graph(graph), Path(output))
+    print(f"wrote {output}")
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
