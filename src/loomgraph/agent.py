@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -197,7 +198,8 @@ class Agent:
         session = AgentSession(self, _prompt(record), user_id=record.user_id,
                                session_id=record.session_id)
         forked = session._record(parent_run_id=run_id, parent_seq=at,
-                                 initial={"state": where.state, "system": (record.initial or {})
+                                 initial={"state": copy.deepcopy(where.state),
+                                          "system": (record.initial or {})
                                           .get("system", self.instructions)})
         fresh = Position(where.state, where.visits, where.next_node, 0)
         return await session.continue_from(self.deps.hooks.on_event, forked, fresh,
@@ -251,7 +253,9 @@ class AgentSession:
         record = self._record()
         async with self._opened(record, sink) as scope:
             state = await self._seed(scope)
-            record.initial = {"state": {"input": state["input"], "messages": state["messages"]},
+            # A copy: the run appends to its own message list in place.
+            record.initial = {"state": {"input": state["input"],
+                                        "messages": list(state["messages"])},
                               "system": scope.system}
             await self.agent.deps.runtime.start_run(record)
             return await self._drive(scope, state, None, None)

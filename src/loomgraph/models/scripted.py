@@ -19,14 +19,15 @@ class Turn:
     finish_reason: str | None = None
 
 
-TurnLike = Turn | str | dict[str, Any]
+# A turn may also be an exception (instance or class): the model raises it, as a provider would.
+TurnLike = Turn | str | dict[str, Any] | BaseException | type[BaseException]
 
 
 class ScriptExhausted(RuntimeError):
     """A run asked the scripted model for more turns than its script has."""
 
 
-def as_turn(value: TurnLike, index: int = 0) -> Turn:
+def as_turn(value: Turn | str | dict[str, Any], index: int = 0) -> Turn:
     """A Turn from a Turn, a string (text only) or a dict with text/tool_calls/usage."""
     if isinstance(value, Turn):
         return value
@@ -55,17 +56,23 @@ class ScriptedModel:
         name: str = "scripted", chunk_size: int = 0,
     ) -> None:
         self.name = name
-        self._script = turns if callable(turns) else [as_turn(t, i) for i, t in enumerate(turns)]
+        self._script = turns if callable(turns) else list(turns)
         self._chunk_size = chunk_size  # >0: split text into chunks of this many characters
 
     def turn_for(self, request: ModelRequest) -> Turn:
-        """The turn a request gets."""
-        if callable(self._script):
-            return as_turn(self._script(request), request.call_index)
-        if request.call_index >= len(self._script):
-            raise ScriptExhausted(f"script of {len(self._script)} turn(s) exhausted at model "
-                                  f"call {request.call_index + 1} of run {request.run_id}")
-        return self._script[request.call_index]
+        """The turn a request gets (raising it, when the script says the provider fails)."""
+        if isinstance(self._script, list):
+            if request.call_index >= len(self._script):
+                raise ScriptExhausted(f"script of {len(self._script)} turn(s) exhausted at "
+                                      f"model call {request.call_index + 1} of run "
+                                      f"{request.run_id}")
+            turn = self._script[request.call_index]
+        else:
+            turn = self._script(request)
+        if isinstance(turn, BaseException) or (
+                isinstance(turn, type) and issubclass(turn, BaseException)):
+            raise turn
+        return as_turn(turn, request.call_index)
 
     async def stream(self, request: ModelRequest) -> AsyncIterator[ModelChunk]:
         """Stream the turn: text chunks, tool calls, usage, finish."""

@@ -34,7 +34,7 @@ class ModelNode(NodeKind):
         """Append the model's turn (text and tool calls) and count its usage."""
         params = self.params
         request = ModelRequest(
-            messages=state["messages"], system=ctx.system,
+            messages=list(state["messages"]), system=ctx.system,  # a copy: the state grows
             tools=ctx.deps.tools.specs() if params.tools else (), max_tokens=params.max_tokens)
         response = await ctx.call_model(request)
         return {"messages": [response.to_message()], "usage": response.usage}

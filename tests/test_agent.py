@@ -1,0 +1,237 @@
+"""The Agent surface: defaults, concurrency, streaming, tools, memory, resume and fork."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from pathlib import Path
+
+import pytest
+from pydantic import BaseModel
+
+from loomgraph import Agent, tool
+from loomgraph.checkpoints import GraphChanged
+from loomgraph.deps import ConfigError, current_run
+from loomgraph.graph.errors import GraphValidationError
+from loomgraph.graph.library import UnknownGraph
+from loomgraph.graph.loader import graph_from_yaml
+from loomgraph.memory import InMemoryMemory
+from loomgraph.models import EchoModel, ScriptedModel
+from loomgraph.protocols import ModelRequest, UnknownRun
+from loomgraph.runtime import InMemoryRuntime
+
+
+async def add(a: int, b: int) -> int:
+    """Add two integers."""
+    return a + b
+
+
+async def test_model_is_the_only_required_argument() -> None:
+    result = await Agent("You echo.", model="echo").run("hello")
+    assert result.status == "completed" and result.output == "hello"
+    assert isinstance(Agent(model=EchoModel()).deps.model, EchoModel)
+
+
+def test_bad_configuration_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="unknown model 'gpt-9'.*'echo'"):
+        Agent(model="gpt-9")
+    with pytest.raises(UnknownGraph, match="built-in graphs: .*react"):
+        Agent(model="echo", architecture="nonsense")
+    with pytest.raises(UnknownGraph, match="no graph file"):
+        Agent(model="echo", architecture=tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: bad\nentry: nowhere\nnodes: {}\n")
+    with pytest.raises(GraphValidationError):
+        Agent(model="echo", architecture=bad)
+    with pytest.raises(ConfigError, match="runtime"):
+        Agent(model="echo", runtime="carrier-pigeon:x")
+    with pytest.raises(ConfigError, match="Memory protocol"):
+        Agent(model="echo", memory=object())  # type: ignore[arg-type]
+
+
+async def test_hundred_concurrent_runs_of_different_users_do_not_cross() -> None:
+    def script(request: ModelRequest) -> dict[str, object]:
+        prompt = request.messages[0]["content"]
+        if request.call_index == 0:
+            return {"tool_calls": [{"tool": "whoami", "args": {"name": prompt}}]}
+        return {"text": f"answer for {prompt}: {request.messages[-1]['content']}"}
+
+    async def whoami(name: str) -> str:
+        """Say who asks."""
+        await asyncio.sleep(0)  # let the other runs interleave
+        run = current_run.get()
+        return f"{name}/{run.user_id if run else '?'}"
+
+    agent = Agent("x", model=ScriptedModel(script), tools=[whoami])
+
+    async def one(i: int) -> tuple[int, list[object], object]:
+        events = [e async for e in agent.stream(f"p{i}", user_id=f"user{i}",
+                                                 session_id=f"s{i}")]
+        return i, events, events[-1].payload["result"]
+
+    for i, events, result in await asyncio.gather(*(one(i) for i in range(100))):
+        assert result["output"] == f"answer for p{i}: p{i}/user{i}"  # type: ignore[index]
+        assert {e.user_id for e in events} == {f"user{i}"}  # type: ignore[attr-defined]
+        assert len({e.run_id for e in events}) == 1  # type: ignore[attr-defined]
+
+
+async def test_breaking_out_of_stream_cancels_the_run_cleanly() -> None:
+    started = asyncio.Event()
+    never = asyncio.Event()
+
+    async def wait_forever() -> str:
+        """Never returns by itself."""
+        started.set()
+        await never.wait()
+        return "unreachable"
+
+    runtime = InMemoryRuntime()
+    agent = Agent("x", model=ScriptedModel([{"tool_calls": [{"tool": "wait_forever"}]}]),
+                  tools=[wait_forever], runtime=runtime)
+    run_id = None
+    # aclosing() closes the generator at once; a bare `break` closes it when it is collected.
+    async with contextlib.aclosing(agent.stream("go")) as events:
+        async for event in events:
+            run_id = event.run_id
+            if event.kind == "tool_call":
+                break
+    assert run_id is not None and started.is_set()
+    record = await runtime.load_run(run_id)
+    assert record is not None and record.status == "cancelled"
+
+
+async def test_add_and_remove_tool() -> None:
+    script = ScriptedModel([{"tool_calls": [{"tool": "add", "args": {"a": 1, "b": 1}}]}, "ok"])
+    agent = Agent("x", model=script)
+    agent.add_tool(add)
+    events = [e async for e in agent.stream("go")]
+    assert next(e for e in events if e.kind == "tool_result").payload["result"]["content"] == "2"
+    agent.remove_tool("add")
+    events = [e async for e in agent.stream("go")]
+    result = next(e for e in events if e.kind == "tool_result").payload["result"]
+    assert result["error_type"] == "unknown_tool"
+
+
+async def test_decorated_tool_is_offered_with_its_schema() -> None:
+    @tool(name="lookup", description="Look a word up.")
+    def lookup(word: str) -> str:
+        return word.upper()
+
+    seen: list[ModelRequest] = []
+
+    def script(request: ModelRequest) -> str:
+        seen.append(request)
+        return "done"
+
+    await Agent("x", model=ScriptedModel(script), tools=[lookup]).run("go")
+    spec = seen[0].tools[0]
+    assert spec["name"] == "lookup" and spec["description"] == "Look a word up."
+    assert spec["parameters"]["properties"]["word"]["type"] == "string"
+
+
+async def test_a_session_continues_across_runs_and_users_are_apart() -> None:
+    memory = InMemoryMemory()
+    agent = Agent("x", model="echo", memory=memory)
+    await agent.run("my name is Ada", user_id="alice", session_id="conv")
+    seen: list[ModelRequest] = []
+
+    def script(request: ModelRequest) -> str:
+        seen.append(request)
+        return "ok"
+
+    other = Agent("x", model=ScriptedModel(script), memory=memory)
+    await other.run("who am I?", user_id="alice", session_id="conv")
+    await other.run("who am I?", user_id="bob", session_id="conv")
+    alice, bob = ([m["content"] for m in r.messages] for r in seen)
+    assert alice == ["my name is Ada", "my name is Ada", "who am I?"]
+    assert bob == ["who am I?"]
+
+
+class Weather(BaseModel):
+    city: str
+    celsius: float
+
+
+async def test_output_schema_parses_the_answer() -> None:
+    agent = Agent("x", model=ScriptedModel(['{"city": "Tokyo", "celsius": 21.5}']))
+    result = await agent.run("weather?", output_schema=Weather)
+    assert result.parsed == Weather(city="Tokyo", celsius=21.5)
+    bad = await Agent("x", model=ScriptedModel(["sunny"])).run("w", output_schema=Weather)
+    assert bad.status == "failed" and "schema" in bad.reason
+
+
+async def test_resume_a_finished_run_executes_nothing() -> None:
+    calls: list[int] = []
+
+    async def count(n: int) -> int:
+        """Count calls."""
+        calls.append(n)
+        return n
+
+    agent = Agent("x", model=ScriptedModel([{"tool_calls": [{"tool": "count",
+                                                             "args": {"n": 1}}]}, "done"]),
+                  tools=[count])
+    first = await agent.run("go")
+    again = await agent.resume(first.run_id)
+    assert again.output == first.output == "done" and calls == [1]
+    with pytest.raises(UnknownRun, match="nope"):
+        await agent.resume("nope")
+
+
+async def test_resume_after_an_interrupt_replays_finished_effects() -> None:
+    calls: list[int] = []
+    gate = {"open": False}
+
+    async def count(n: int) -> int:
+        """Count calls; fails the first time the gate is shut."""
+        calls.append(n)
+        return n
+
+    def script(request: ModelRequest) -> object:
+        if request.call_index == 0:
+            return {"tool_calls": [{"tool": "count", "args": {"n": 7}}]}
+        if not gate["open"]:
+            raise RuntimeError("provider down")
+        return "seven"
+
+    runtime = InMemoryRuntime()
+    agent = Agent("x", model=ScriptedModel(script), tools=[count], runtime=runtime)
+    failed = await agent.run("go")
+    assert failed.status == "failed" and "provider down" in failed.reason
+    gate["open"] = True
+    resumed = await agent.resume(failed.run_id)
+    assert resumed.status == "completed" and resumed.output == "seven"
+    assert calls == [7]  # the tool ran once: its transition was already journaled
+    assert [c.node for c in await agent.history(failed.run_id)] == ["model", "tools", "model"]
+
+
+async def test_resume_refuses_a_changed_graph(tmp_path: Path) -> None:
+    runtime = InMemoryRuntime()
+    a = Agent("x", model=ScriptedModel([RuntimeError("down"), "ok"]), runtime=runtime)
+    failed = await a.run("go")
+    assert failed.status == "failed"
+    changed = graph_from_yaml((Path(__file__).parents[1] / "graphs/react.yaml").read_text()
+                              .replace('version: "1"', 'version: "2"'))
+    b = Agent("x", model=ScriptedModel(["ok"]), runtime=runtime, architecture=changed)
+    with pytest.raises(GraphChanged, match=a.compiled.hash):
+        await b.resume(failed.run_id)
+    assert (await b.resume(failed.run_id, accept_graph_change=True)).status == "completed"
+
+
+async def test_fork_starts_a_new_run_from_a_checkpoint_with_a_patch() -> None:
+    agent = Agent("x", model=ScriptedModel([{"tool_calls": [{"tool": "add",
+                                                            "args": {"a": 1, "b": 2}}]},
+                                            "three", "forked answer"]), tools=[add])
+    first = await agent.run("go")
+    history = await agent.history(first.run_id)
+    fork = await agent.fork(first.run_id, at=2, patch={"messages": [
+        {"role": "user", "content": "and now?"}]})
+    assert fork.run_id != first.run_id and fork.status == "completed"
+    runs = {r.run_id: r for r in await agent.runs()}
+    assert runs[fork.run_id].parent_run_id == first.run_id
+    assert runs[fork.run_id].parent_seq == 2
+    forked = await agent.history(fork.run_id)
+    assert forked[0].state["messages"][-2]["content"] == "and now?"
+    assert history[1].state["messages"][-1]["role"] == "tool"
+    with pytest.raises(ValueError, match="no checkpoint 99"):
+        await agent.fork(first.run_id, at=99)
