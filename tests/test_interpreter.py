@@ -12,6 +12,7 @@ from pydantic import BaseModel
 from loomgraph import Agent, NodeKind, register_node
 from loomgraph.graph.context import NodeContext
 from loomgraph.graph.loader import graph_from_yaml
+from loomgraph.graph.registry import _REGISTRY
 from loomgraph.models import ScriptedModel
 from loomgraph.testing import run_node
 
@@ -100,9 +101,12 @@ async def test_writing_an_undeclared_field_fails_the_run() -> None:
         async def run(self, state: Mapping[str, Any], ctx: NodeContext) -> dict[str, Any]:
             return {"messages": ["sneaky"]}
 
-    graph = graph_from_yaml("name: r\nentry: r\nnodes:\n  r: {kind: test_rogue}\n"
-                            "edges:\n  - {from: r, to: END}\n")
-    result = await Agent("x", model="echo", architecture=graph).run("go")
+    try:
+        graph = graph_from_yaml("name: r\nentry: r\nnodes:\n  r: {kind: test_rogue}\n"
+                                "edges:\n  - {from: r, to: END}\n")
+        result = await Agent("x", model="echo", architecture=graph).run("go")
+    finally:
+        _REGISTRY.pop("test_rogue")  # keep the registry as other tests expect it
     assert result.status == "failed" and "does not declare" in result.reason
 
 

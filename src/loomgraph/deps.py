@@ -131,6 +131,7 @@ def build_deps(
         runtime=resolve_runtime(runtime),
         memory=resolve_memory(memory),
         budget=_checked(budget, Budget, "budget") if budget is not None else NoBudget(),
+        budgeted=budget is not None,
         permissions=_checked(permissions, Permissions, "permissions")
         if permissions is not None else AllowAll(),
         hooks=_checked(hooks, Hooks, "hooks") if hooks is not None else NoHooks(),

@@ -6,7 +6,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from loomgraph.graph.conditions import compile_condition, condition_scope
+from loomgraph.graph.conditions import compile_condition, condition_scope, names_used
 from loomgraph.graph.errors import ConditionError
 from loomgraph.graph.registry import NodeKind, node_kind
 from loomgraph.graph.spec import END, Graph
@@ -21,6 +21,7 @@ class Route:
     target: str
     when: str | None
     test: Callable[..., Any] | None
+    names: frozenset[str]
 
 
 class CompiledGraph:
@@ -41,7 +42,8 @@ class CompiledGraph:
         self.routes: dict[str, tuple[Route, ...]] = {}
         for index, edge in enumerate(graph.edges):
             test = compile_condition(edge.when) if edge.when else None
-            route = Route(index, edge.target, edge.when, test)
+            names = frozenset(names_used(edge.when, expression=True)) if edge.when else frozenset()
+            route = Route(index, edge.target, edge.when, test, names)
             self.routes[edge.source] = (*self.routes.get(edge.source, ()), route)
         self.node_limits = {
             name: spec.max_visits or graph.limits.max_node_visits
@@ -57,7 +59,8 @@ class CompiledGraph:
             if scope is None:
                 scope = condition_scope(state)
             try:
-                holds = route.test(**scope)
+                # Only the names the condition uses: Jinja copies its whole context per call.
+                holds = route.test(**{k: scope[k] for k in route.names if k in scope})
             except Exception as err:
                 raise ConditionError(node, route.index, route.when or "", err) from err
             if holds:

@@ -55,6 +55,8 @@ class Deps:
     hooks: Hooks
     telemetry: Telemetry
     audit_log: AuditLog
+    # False when the budget has no caps: reservations (and estimating them) are skipped.
+    budgeted: bool = True
 
 
 class RunStopped(Exception):
@@ -148,6 +150,13 @@ class NodeContext:
             await self.emit("effect_unknown_after_crash", {"key": key, "kind": kind})
         return prior
 
+    async def _reserve(self, kind: str, request: ModelRequest | None) -> Reservation:
+        amount: Usage = {"tool_calls": 1}
+        if request is not None:
+            amount = _model_estimate(request) if self.deps.budgeted else {"model_calls": 1}
+        return await self.deps.budget.reserve(
+            Reservation(self.scope.budget_scope, kind, amount))  # type: ignore[arg-type]
+
     # ------------------------------------------------------------------ model
 
     async def call_model(self, request: ModelRequest) -> ModelResponse:
@@ -160,8 +169,7 @@ class NodeContext:
         if prior is not None and prior.status == "done" and prior.outcome is not None:
             return _response_from(prior.outcome)
         for attempt in range(STEP_RETRIES + 1):
-            reservation = await deps.budget.reserve(Reservation(
-                self.scope.budget_scope, "model", _model_estimate(request)))
+            reservation = await self._reserve("model", request)
             try:
                 response = await self._stream(request)
             except ModelError as err:
@@ -237,8 +245,7 @@ class NodeContext:
         prior = await self._begin(key, "tool", {"call": call})
         if prior is not None and prior.status == "done" and prior.outcome is not None:
             return await self._tool_done(call, ToolResult(**prior.outcome))  # type: ignore[typeddict-item]
-        reservation = await deps.budget.reserve(
-            Reservation(scope.budget_scope, "tool", {"tool_calls": 1}))
+        reservation = await self._reserve("tool", None)
         try:
             with deps.telemetry.span(f"execute_tool {call['tool']}", {
                 "gen_ai.operation.name": "execute_tool", "gen_ai.tool.name": call["tool"],

@@ -6,7 +6,6 @@ journal, budget and hooks are reached only through the protocols in the bundle.
 
 from __future__ import annotations
 
-import copy
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,6 +15,7 @@ from loomgraph.graph.compiled import CompiledGraph
 from loomgraph.graph.context import NodeContext, RunScope, RunStopped
 from loomgraph.graph.errors import GraphError, NodeError, StateError
 from loomgraph.graph.spec import END
+from loomgraph.graph.state import snapshot_of
 from loomgraph.protocols import BudgetExceeded, Reservation, Transition, Usage
 
 # A full state goes into the journal every this many transitions; the rest are patches.
@@ -84,7 +84,7 @@ async def run_graph(
         scope.seq += 1
         snapshot = None
         if not path and scope.seq - scope.snapshot_seq >= SNAPSHOT_EVERY:
-            snapshot, scope.snapshot_seq = copy.deepcopy(state), scope.seq
+            snapshot, scope.snapshot_seq = snapshot_of(state), scope.seq
         await deps.runtime.append_transition(Transition(
             scope.run_id, scope.seq, qualified, visit, patch, target,
             patch.get("usage") or Usage(), time.time(), snapshot))

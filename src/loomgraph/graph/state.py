@@ -197,6 +197,17 @@ def _fresh(value: Any) -> Any:
     return copy.deepcopy(value) if isinstance(value, list | dict) else value
 
 
+def snapshot_of(state: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy of the state that later patches cannot change.
+
+    Reducers change only top-level lists and dicts in place (values inside them are
+    replaced, never edited), so copying one level deep is enough, and far cheaper than a
+    deep copy of a long conversation.
+    """
+    return {k: list(v) if isinstance(v, list) else dict(v) if isinstance(v, dict) else v
+            for k, v in state.items()}
+
+
 def final_output(state: Mapping[str, Any]) -> Any:
     """The run's answer: the `output` field, else the text of the last assistant message."""
     if state.get("output") is not None:

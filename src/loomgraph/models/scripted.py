@@ -56,7 +56,9 @@ class ScriptedModel:
         name: str = "scripted", chunk_size: int = 0,
     ) -> None:
         self.name = name
-        self._script = turns if callable(turns) else list(turns)
+        self._script = turns if callable(turns) else [
+            t if isinstance(t, BaseException | type) else as_turn(t, i)
+            for i, t in enumerate(turns)]
         self._chunk_size = chunk_size  # >0: split text into chunks of this many characters
 
     def turn_for(self, request: ModelRequest) -> Turn:

@@ -1,0 +1,63 @@
+"""Observability: a tamper-evident audit log and OpenTelemetry tracing and metrics.
+
+Importing this package loads neither OpenTelemetry nor asyncpg: `OTelTelemetry` imports
+OpenTelemetry when built, `PostgresAuditLog` imports asyncpg when it first connects.
+"""
+
+from __future__ import annotations
+
+from .audit_chain import (
+    GENESIS_HASH,
+    AuditAction,
+    AuditEntry,
+    AuditHead,
+    AuditLogError,
+    VerifyResult,
+)
+from .file_audit import FileAuditLog
+from .noop import NoAuditLog, NoTelemetry
+from .otel import OTelTelemetry, TracedSpan
+from .postgres_audit import PostgresAuditLog
+from .semconv import (
+    RUN_SPAN,
+    chat_attributes,
+    chat_span_name,
+    messages_json,
+    node_attributes,
+    node_span_name,
+    response_attributes,
+    run_attributes,
+    set_attributes,
+    system_instructions_json,
+    tool_attributes,
+    tool_span_name,
+    usage_attributes,
+)
+
+__all__ = [
+    "GENESIS_HASH",
+    "RUN_SPAN",
+    "AuditAction",
+    "AuditEntry",
+    "AuditHead",
+    "AuditLogError",
+    "FileAuditLog",
+    "NoAuditLog",
+    "NoTelemetry",
+    "OTelTelemetry",
+    "PostgresAuditLog",
+    "TracedSpan",
+    "VerifyResult",
+    "chat_attributes",
+    "chat_span_name",
+    "messages_json",
+    "node_attributes",
+    "node_span_name",
+    "response_attributes",
+    "run_attributes",
+    "set_attributes",
+    "system_instructions_json",
+    "tool_attributes",
+    "tool_span_name",
+    "usage_attributes",
+]

@@ -1,0 +1,292 @@
+"""The audit entry format and its hash chain, shared by every audit log backend.
+
+An entry is one JSON object with the fields `seq, prev_hash, hash, time, run_id, user_id,
+actor, action, payload`, serialised canonically (sorted keys, no spaces, UTF-8). `hash` is
+SHA-256 (or HMAC-SHA256 with a key) over the canonical entry without `hash`; since that
+includes `prev_hash`, each entry commits to everything before it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any, NamedTuple, TypedDict
+
+GENESIS_HASH = "0" * 64
+"""The `prev_hash` of the first entry."""
+
+ENTRY_FIELDS = frozenset(
+    {"seq", "prev_hash", "hash", "time", "run_id", "user_id", "actor", "action", "payload"}
+)
+
+
+class AuditAction(StrEnum):
+    """The actions the framework records; the log itself accepts any action string."""
+
+    RUN_STARTED = "run_started"
+    RUN_COMPLETED = "run_completed"
+    MODEL_CALL = "model_call"
+    TOOL_REQUEST = "tool_request"
+    TOOL_RESULT = "tool_result"
+    PERMISSION_DECISION = "permission_decision"
+    APPROVAL = "approval"
+    BUDGET_RESERVE = "budget_reserve"
+    BUDGET_BLOCK = "budget_block"
+    TRANSITION = "transition"
+    CRASH_RECOVERED = "crash_recovered"
+
+
+class AuditEntry(TypedDict):
+    """One audit log entry, as stored."""
+
+    seq: int
+    prev_hash: str
+    hash: str
+    time: float
+    run_id: str
+    user_id: str | None
+    actor: str
+    action: str
+    payload: dict[str, Any]
+
+
+class AuditHead(NamedTuple):
+    """The seq and hash of the last entry; `(0, GENESIS_HASH)` for an empty log."""
+
+    seq: int
+    hash: str
+
+
+EMPTY_HEAD = AuditHead(0, GENESIS_HASH)
+
+
+@dataclass(frozen=True, slots=True)
+class VerifyResult:
+    """The outcome of checking a whole chain.
+
+    `entries` counts the entries that verified before the first problem; `head` is the
+    last of them. `first_bad_seq` is the seq at which the chain breaks (for a missing
+    entry, the seq that is missing).
+    """
+
+    ok: bool
+    entries: int
+    first_bad_seq: int | None = None
+    problem: str = ""
+    head: AuditHead = EMPTY_HEAD
+
+
+class AuditLogError(Exception):
+    """The audit log cannot be appended to safely (torn tail, broken last entry, wrong key)."""
+
+
+def dumps(value: Any) -> str:
+    """The canonical JSON text of a value: sorted keys, no spaces, non-ASCII kept."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def normalize_payload(payload: Mapping[str, Any]) -> dict[str, Any]:
+    """The payload as it reads back from JSON; values JSON cannot hold become their str().
+
+    Round-tripping before hashing makes the hashed value exactly what a verifier parses
+    (tuples become lists, non-string keys become strings), so verification never fails on
+    a conversion the writer made silently.
+    """
+    text = json.dumps(dict(payload), sort_keys=True, default=str, ensure_ascii=False)
+    result: dict[str, Any] = json.loads(text)
+    return result
+
+
+def coerce_key(key: bytes | str | None) -> bytes | None:
+    """An HMAC key as bytes (str keys are UTF-8 encoded); None or empty means unkeyed."""
+    if key is None:
+        return None
+    raw = key.encode("utf-8") if isinstance(key, str) else bytes(key)
+    if not raw:
+        raise ValueError("an empty audit key would give no protection; pass None instead")
+    return raw
+
+
+def entry_hash(entry: Mapping[str, Any], key: bytes | None) -> str:
+    """The hash of an entry: over its canonical form without the `hash` field."""
+    body = {k: v for k, v in entry.items() if k != "hash"}
+    data = dumps(body).encode("utf-8")
+    if key is None:
+        return hashlib.sha256(data).hexdigest()
+    return hmac.new(key, data, hashlib.sha256).hexdigest()
+
+
+def make_entry(
+    *,
+    seq: int,
+    prev_hash: str,
+    at: float,
+    action: str,
+    run_id: str,
+    user_id: str | None,
+    actor: str,
+    payload: dict[str, Any],
+    key: bytes | None,
+) -> AuditEntry:
+    """A new entry chained onto `prev_hash`, hash filled in; `payload` already normalised."""
+    entry: AuditEntry = {
+        "seq": seq,
+        "prev_hash": prev_hash,
+        "hash": "",
+        "time": at,
+        "run_id": str(run_id),
+        "user_id": None if user_id is None else str(user_id),
+        "actor": str(actor),
+        "action": str(action),
+        "payload": payload,
+    }
+    entry["hash"] = entry_hash(entry, key)
+    return entry
+
+
+def parse_entry(text: str) -> AuditEntry:
+    """Parse one line into an entry, raising ValueError when it is not a well-formed one."""
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"not valid JSON ({exc.msg})") from None
+    if not isinstance(obj, dict):
+        raise ValueError("not a JSON object")
+    keys = set(obj)
+    if keys != ENTRY_FIELDS:
+        extra, missing = sorted(keys - ENTRY_FIELDS), sorted(ENTRY_FIELDS - keys)
+        raise ValueError(f"wrong fields (extra {extra}, missing {missing})")
+    checks: list[tuple[str, bool]] = [
+        ("seq", isinstance(obj["seq"], int) and not isinstance(obj["seq"], bool)),
+        ("prev_hash", isinstance(obj["prev_hash"], str)),
+        ("hash", isinstance(obj["hash"], str)),
+        (
+            "time",
+            isinstance(obj["time"], int | float) and not isinstance(obj["time"], bool),
+        ),
+        ("run_id", isinstance(obj["run_id"], str)),
+        ("user_id", obj["user_id"] is None or isinstance(obj["user_id"], str)),
+        ("actor", isinstance(obj["actor"], str)),
+        ("action", isinstance(obj["action"], str)),
+        ("payload", isinstance(obj["payload"], dict)),
+    ]
+    for name, good in checks:
+        if not good:
+            raise ValueError(f"field {name!r} has the wrong type")
+    entry: AuditEntry = obj  # type: ignore[assignment]  # checked field by field above
+    return entry
+
+
+class ChainVerifier:
+    """Checks entries one at a time, in log order, and stops at the first break."""
+
+    def __init__(self, key: bytes | None, expected_head: tuple[int, str] | None = None) -> None:
+        """Verify with `key` (None for plain SHA-256), optionally against a recorded head."""
+        self._key = key
+        self._expected = None if expected_head is None else AuditHead(*expected_head)
+        self._hash_at_expected: str | None = None
+        self.count = 0
+        self.prev_hash = GENESIS_HASH
+        self.failure: tuple[int, str] | None = None
+
+    @property
+    def failed(self) -> bool:
+        """Whether a problem was found; later entries are then not checked."""
+        return self.failure is not None
+
+    def fail(self, seq: int, problem: str) -> None:
+        """Record a problem at `seq` unless an earlier one was already found."""
+        if self.failure is None:
+            self.failure = (seq, problem)
+
+    def feed(
+        self,
+        text: str,
+        *,
+        complete: bool = True,
+        check: Callable[[AuditEntry], str | None] | None = None,
+    ) -> AuditEntry | None:
+        """Check the next line (without its newline); None once the chain is broken.
+
+        `check` may name a further problem with an otherwise intact entry (a backend's
+        own consistency rule); it is reported at that entry.
+        """
+        if self.failure is not None:
+            return None
+        expected = self.count + 1
+        if not complete:
+            # The final write never finished (no newline): the entry was never acknowledged,
+            # but it is reported rather than skipped so nobody can hide an entry this way.
+            self.fail(expected, f"torn last line: entry {expected} was only partly written")
+            return None
+        try:
+            entry = parse_entry(text)
+        except ValueError as exc:
+            self.fail(expected, f"malformed entry at line {expected}: {exc}")
+            return None
+        seq = entry["seq"]
+        if seq > expected:
+            self.fail(expected, f"entry {expected} is missing (found seq {seq} in its place)")
+            return None
+        if seq < expected:
+            self.fail(
+                expected,
+                f"seq {seq} found where {expected} was expected (inserted, duplicated or "
+                "reordered entry)",
+            )
+            return None
+        if entry["prev_hash"] != self.prev_hash:
+            self.fail(
+                expected,
+                f"prev_hash of entry {expected} does not match the hash of entry "
+                f"{expected - 1} (an entry was inserted, removed or replaced)",
+            )
+            return None
+        if entry_hash(entry, self._key) != entry["hash"]:
+            self.fail(expected, f"hash mismatch at entry {expected}: edited, or wrong key")
+            return None
+        if dumps(entry) != text:
+            self.fail(expected, f"entry {expected} is not in canonical form (edited)")
+            return None
+        problem = None if check is None else check(entry)
+        if problem is not None:
+            self.fail(expected, problem)
+            return None
+        self.count = expected
+        self.prev_hash = entry["hash"]
+        if self._expected is not None and expected == self._expected.seq:
+            self._hash_at_expected = entry["hash"]
+        return entry
+
+    def result(self) -> VerifyResult:
+        """The verdict once every entry has been fed."""
+        head = AuditHead(self.count, self.prev_hash)
+        if self.failure is not None:
+            seq, problem = self.failure
+            return VerifyResult(False, self.count, seq, problem, head)
+        want = self._expected
+        if want is not None:
+            if self.count < want.seq:
+                return VerifyResult(
+                    False,
+                    self.count,
+                    self.count + 1,
+                    f"truncated: the log ends at seq {self.count} but the recorded head is "
+                    f"seq {want.seq}",
+                    head,
+                )
+            actual = GENESIS_HASH if want.seq == 0 else self._hash_at_expected
+            if actual != want.hash:
+                return VerifyResult(
+                    False,
+                    self.count,
+                    want.seq,
+                    f"entry {want.seq} differs from the recorded head: the log was rewritten "
+                    f"at or before seq {want.seq}",
+                    head,
+                )
+        return VerifyResult(True, self.count, None, "", head)

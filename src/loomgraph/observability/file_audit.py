@@ -1,0 +1,278 @@
+"""A hash-chained JSONL audit log that several processes can append to at once."""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import os
+import time
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from .audit_chain import (
+    EMPTY_HEAD,
+    AuditEntry,
+    AuditHead,
+    AuditLogError,
+    ChainVerifier,
+    VerifyResult,
+    coerce_key,
+    dumps,
+    entry_hash,
+    make_entry,
+    normalize_payload,
+    parse_entry,
+)
+
+_TAIL_BLOCK = 8192
+
+
+class FileAuditLog:
+    """An append-only JSONL file, one canonical hash-chained entry per line.
+
+    Appends take an exclusive `flock` on the file itself, read the last line for the seq
+    and hash to chain onto, write the new line with one `write` and `fsync` it, so any
+    number of processes on one host can share a file. `flock` is not reliable on network
+    file systems; keep the log on a local disk.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], key: bytes | str | None = None) -> None:
+        """A log at `path` (created on first append); with `key`, hashes are HMAC-SHA256."""
+        self._path = Path(path)
+        self._key = coerce_key(key)
+
+    @property
+    def path(self) -> Path:
+        """Where the log lives."""
+        return self._path
+
+    @property
+    def keyed(self) -> bool:
+        """Whether entries are HMAC-SHA256 (True) or plain SHA-256 (False)."""
+        return self._key is not None
+
+    # ----------------------------------------------------------------------- writing
+
+    async def record(
+        self,
+        action: str,
+        *,
+        run_id: str,
+        user_id: str | None,
+        actor: str,
+        payload: Mapping[str, Any],
+    ) -> None:
+        """Append one entry without blocking the event loop (the I/O runs in a thread)."""
+        await asyncio.to_thread(
+            self.append, action, run_id=run_id, user_id=user_id, actor=actor, payload=payload
+        )
+
+    def append(
+        self,
+        action: str,
+        *,
+        run_id: str,
+        user_id: str | None,
+        actor: str,
+        payload: Mapping[str, Any],
+    ) -> AuditEntry:
+        """Append one entry, durable (fsynced) when this returns; blocking."""
+        # Normalise before taking the lock so other writers wait only for the I/O.
+        body = normalize_payload(payload)
+        flags = os.O_RDWR | os.O_APPEND | os.O_CREAT | getattr(os, "O_CLOEXEC", 0)
+        fd = os.open(self._path, flags, 0o640)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            size = os.fstat(fd).st_size
+            head = self._head_of(fd, size)
+            entry = make_entry(
+                seq=head.seq + 1,
+                prev_hash=head.hash,
+                at=time.time(),
+                action=action,
+                run_id=run_id,
+                user_id=user_id,
+                actor=actor,
+                payload=body,
+                key=self._key,
+            )
+            _write_all(fd, (dumps(entry) + "\n").encode("utf-8"))
+            os.fsync(fd)
+            if size == 0:
+                # A new file's directory entry must be durable too, or a crash loses the log.
+                _fsync_dir(self._path.parent)
+            return entry
+        finally:
+            os.close(fd)  # closing also releases the flock
+
+    def repair(self) -> bytes:
+        """Cut off a torn last line left by a crash mid-append; return the bytes removed.
+
+        Appends refuse to chain onto a torn line, so call this during crash recovery (and
+        record the removed bytes, e.g. in a `crash_recovered` entry).
+        """
+        if not self._path.exists():
+            return b""
+        fd = os.open(self._path, os.O_RDWR | getattr(os, "O_CLOEXEC", 0))
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            size = os.fstat(fd).st_size
+            last = _last_line(fd, size)
+            if not last or last.endswith(b"\n"):
+                return b""
+            os.ftruncate(fd, size - len(last))
+            os.fsync(fd)
+            return last
+        finally:
+            os.close(fd)
+
+    # ----------------------------------------------------------------------- reading
+
+    def head(self) -> AuditHead:
+        """The (seq, hash) of the last complete entry; `(0, GENESIS_HASH)` when empty.
+
+        Keep it somewhere the log's writers cannot change, and pass it to `verify` later
+        to detect a truncated or rewritten tail.
+        """
+        fd = self._open_read()
+        if fd is None:
+            return EMPTY_HEAD
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH)
+            size = os.fstat(fd).st_size
+            last = _last_line(fd, size)
+            if last and not last.endswith(b"\n"):
+                last = _last_line(fd, size - len(last))  # the head is the last complete entry
+            if not last:
+                return EMPTY_HEAD
+            try:
+                entry = parse_entry(last.decode("utf-8").rstrip("\n"))
+            except (ValueError, UnicodeDecodeError) as exc:
+                raise AuditLogError(f"the last entry of {self._path} is malformed: {exc}") from None
+            return AuditHead(entry["seq"], entry["hash"])
+        finally:
+            os.close(fd)
+
+    def entries(self, *, run_id: str | None = None) -> Iterator[AuditEntry]:
+        """Every entry in order (only one run's with `run_id`); not verified.
+
+        Raises AuditLogError at a malformed or torn line, after yielding those before it.
+        """
+        for number, (raw, complete) in enumerate(self._lines(), start=1):
+            if not complete:
+                raise AuditLogError(f"torn last line (line {number}) in {self._path}")
+            try:
+                entry = parse_entry(raw.decode("utf-8").rstrip("\n"))
+            except (ValueError, UnicodeDecodeError) as exc:
+                raise AuditLogError(f"malformed line {number} in {self._path}: {exc}") from None
+            if run_id is None or entry["run_id"] == run_id:
+                yield entry
+
+    def verify(self, expected_head: tuple[int, str] | None = None) -> VerifyResult:
+        """Check the whole chain (and, given a recorded head, that the tail is intact)."""
+        verifier = ChainVerifier(self._key, expected_head)
+        for raw, complete in self._lines():
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                verifier.fail(verifier.count + 1, f"entry {verifier.count + 1} is not UTF-8")
+                break
+            verifier.feed(text[:-1] if complete else text, complete=complete)
+            if verifier.failed:
+                break
+        return verifier.result()
+
+    async def averify(self, expected_head: tuple[int, str] | None = None) -> VerifyResult:
+        """`verify` in a thread, for use inside an event loop."""
+        return await asyncio.to_thread(self.verify, expected_head)
+
+    # ----------------------------------------------------------------------- internals
+
+    def _open_read(self) -> int | None:
+        try:
+            return os.open(self._path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        except FileNotFoundError:
+            return None
+
+    def _lines(self) -> Iterator[tuple[bytes, bool]]:
+        """Each line with whether it ends in a newline, up to the size seen under a lock."""
+        fd = self._open_read()
+        if fd is None:
+            return
+        with open(fd, "rb", closefd=True) as f:
+            # Appends finish under the exclusive lock, so the size seen under a shared lock
+            # ends on a line boundary (or on a torn line left by a crash), and the prefix up
+            # to it never changes; reading it needs no lock.
+            fcntl.flock(fd, fcntl.LOCK_SH)
+            limit = os.fstat(fd).st_size
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            read = 0
+            while read < limit:
+                raw = f.readline(limit - read)
+                if not raw:
+                    break
+                read += len(raw)
+                yield raw, raw.endswith(b"\n")
+
+    def _head_of(self, fd: int, size: int) -> AuditHead:
+        """The head to chain onto; refuses a torn or broken last line."""
+        last = _last_line(fd, size)
+        if not last:
+            return EMPTY_HEAD
+        if not last.endswith(b"\n"):
+            raise AuditLogError(
+                f"{self._path} ends in a torn line (a crash during an append); "
+                "call FileAuditLog.repair() before appending"
+            )
+        try:
+            entry = parse_entry(last[:-1].decode("utf-8"))
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise AuditLogError(f"the last entry of {self._path} is malformed: {exc}") from None
+        if entry_hash(entry, self._key) != entry["hash"]:
+            # Chaining onto an entry this key cannot verify would make the whole log
+            # unverifiable; most often the key is wrong (or the log was tampered with).
+            raise AuditLogError(
+                f"the last entry of {self._path} does not verify with this key "
+                "(wrong key, or the entry was edited)"
+            )
+        return AuditHead(entry["seq"], entry["hash"])
+
+
+def _last_line(fd: int, size: int) -> bytes:
+    """The bytes after the last newline before the final byte: the last line, newline kept."""
+    if size <= 0:
+        return b""
+    buf = b""
+    pos = size
+    block = _TAIL_BLOCK
+    while True:
+        start = max(0, pos - block)
+        buf = os.pread(fd, pos - start, start) + buf
+        cut = buf.rfind(b"\n", 0, len(buf) - 1)
+        if cut >= 0:
+            return buf[cut + 1 :]
+        if start == 0:
+            return buf
+        pos = start
+        block *= 2  # long lines: grow the read so the scan stays linear
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        view = view[written:]
+
+
+def _fsync_dir(directory: Path) -> None:
+    try:
+        dfd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return  # some platforms cannot open directories; the data itself is fsynced
+    try:
+        os.fsync(dfd)
+    except OSError:
+        pass
+    finally:
+        os.close(dfd)

@@ -1,0 +1,239 @@
+"""Span names and attribute names: OpenTelemetry GenAI semantic conventions plus `loom.*`.
+
+Callers build attributes with these helpers rather than spelling keys by hand, so every
+span carries the names GenAI-aware backends understand. The GenAI conventions are still
+"development" status; the names follow opentelemetry-semantic-conventions 0.5x/0.6x
+(`gen_ai.provider.name` replaced `gen_ai.system`; content goes in
+`gen_ai.input.messages` / `gen_ai.output.messages`).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from ..protocols import Message, Span, Usage
+
+# --------------------------------------------------------------------------- span names
+
+RUN_SPAN = "loom.run"
+"""The root span of one run."""
+
+
+def node_span_name(node: str) -> str:
+    """`loom.node {node}`: one span per node visit, child of `loom.run`."""
+    return f"loom.node {node}"
+
+
+def chat_span_name(model: str) -> str:
+    """`chat {model}`: one model call, child of its node span."""
+    return f"chat {model}"
+
+
+def tool_span_name(tool: str) -> str:
+    """`execute_tool {tool}`: one tool call, child of its node span."""
+    return f"execute_tool {tool}"
+
+
+# --------------------------------------------------------------------------- attribute names
+
+GEN_AI_OPERATION_NAME = "gen_ai.operation.name"
+GEN_AI_PROVIDER_NAME = "gen_ai.provider.name"
+GEN_AI_REQUEST_MODEL = "gen_ai.request.model"
+GEN_AI_REQUEST_MAX_TOKENS = "gen_ai.request.max_tokens"
+GEN_AI_RESPONSE_MODEL = "gen_ai.response.model"
+GEN_AI_RESPONSE_ID = "gen_ai.response.id"
+GEN_AI_RESPONSE_FINISH_REASONS = "gen_ai.response.finish_reasons"
+GEN_AI_USAGE_INPUT_TOKENS = "gen_ai.usage.input_tokens"
+GEN_AI_USAGE_OUTPUT_TOKENS = "gen_ai.usage.output_tokens"
+GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS = "gen_ai.usage.cache_read.input_tokens"
+GEN_AI_USAGE_CACHE_CREATION_INPUT_TOKENS = "gen_ai.usage.cache_creation.input_tokens"
+GEN_AI_TOOL_NAME = "gen_ai.tool.name"
+GEN_AI_TOOL_CALL_ID = "gen_ai.tool.call.id"
+GEN_AI_TOOL_TYPE = "gen_ai.tool.type"
+GEN_AI_CONVERSATION_ID = "gen_ai.conversation.id"
+GEN_AI_AGENT_NAME = "gen_ai.agent.name"
+GEN_AI_TOKEN_TYPE = "gen_ai.token.type"
+ERROR_TYPE = "error.type"
+USER_ID = "user.id"
+
+# Content: recorded only when the telemetry was built with capture_content=True.
+GEN_AI_INPUT_MESSAGES = "gen_ai.input.messages"
+GEN_AI_OUTPUT_MESSAGES = "gen_ai.output.messages"
+GEN_AI_SYSTEM_INSTRUCTIONS = "gen_ai.system_instructions"
+GEN_AI_TOOL_CALL_ARGUMENTS = "gen_ai.tool.call.arguments"
+GEN_AI_TOOL_CALL_RESULT = "gen_ai.tool.call.result"
+CONTENT_ATTRIBUTES = frozenset(
+    {
+        GEN_AI_INPUT_MESSAGES,
+        GEN_AI_OUTPUT_MESSAGES,
+        GEN_AI_SYSTEM_INSTRUCTIONS,
+        GEN_AI_TOOL_CALL_ARGUMENTS,
+        GEN_AI_TOOL_CALL_RESULT,
+    }
+)
+
+# loomgraph's own attributes (no convention covers them).
+LOOM_RUN_ID = "loom.run.id"
+LOOM_PARENT_RUN_ID = "loom.run.parent_id"
+LOOM_GRAPH_NAME = "loom.graph.name"
+LOOM_GRAPH_HASH = "loom.graph.hash"
+LOOM_RUN_STATUS = "loom.run.status"
+LOOM_NODE_NAME = "loom.node.name"
+LOOM_NODE_VISIT = "loom.node.visit"
+LOOM_COST_USD = "loom.usage.cost_usd"
+
+# Operation names (values of gen_ai.operation.name).
+OP_CHAT = "chat"
+OP_EXECUTE_TOOL = "execute_tool"
+OP_INVOKE_AGENT = "invoke_agent"
+
+# Metric names.
+METRIC_TOKEN_USAGE = "gen_ai.client.token.usage"
+METRIC_OPERATION_DURATION = "gen_ai.client.operation.duration"
+METRIC_COST = "loom.usage.cost"
+
+
+# --------------------------------------------------------------------------- attribute helpers
+
+
+def _without_none(attributes: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in attributes.items() if v is not None}
+
+
+def run_attributes(
+    *,
+    run_id: str,
+    graph_name: str,
+    graph_hash: str | None = None,
+    session_id: str | None = None,
+    user_id: str | None = None,
+    parent_run_id: str | None = None,
+) -> dict[str, Any]:
+    """Attributes of the `loom.run` span; the session id becomes `gen_ai.conversation.id`."""
+    return _without_none(
+        {
+            GEN_AI_OPERATION_NAME: OP_INVOKE_AGENT,
+            GEN_AI_AGENT_NAME: graph_name,
+            GEN_AI_CONVERSATION_ID: session_id,
+            LOOM_RUN_ID: run_id,
+            LOOM_GRAPH_NAME: graph_name,
+            LOOM_GRAPH_HASH: graph_hash,
+            LOOM_PARENT_RUN_ID: parent_run_id,
+            USER_ID: user_id,
+        }
+    )
+
+
+def node_attributes(*, node: str, run_id: str, visit: int | None = None) -> dict[str, Any]:
+    """Attributes of a `loom.node {node}` span."""
+    return _without_none({LOOM_NODE_NAME: node, LOOM_RUN_ID: run_id, LOOM_NODE_VISIT: visit})
+
+
+def chat_attributes(
+    *,
+    model: str,
+    provider: str | None = None,
+    max_tokens: int | None = None,
+    session_id: str | None = None,
+) -> dict[str, Any]:
+    """Attributes of a `chat {model}` span at its start."""
+    return _without_none(
+        {
+            GEN_AI_OPERATION_NAME: OP_CHAT,
+            GEN_AI_REQUEST_MODEL: model,
+            GEN_AI_PROVIDER_NAME: provider,
+            GEN_AI_REQUEST_MAX_TOKENS: max_tokens,
+            GEN_AI_CONVERSATION_ID: session_id,
+        }
+    )
+
+
+def response_attributes(
+    *,
+    finish_reasons: Sequence[str] | str | None = None,
+    response_model: str | None = None,
+    response_id: str | None = None,
+) -> dict[str, Any]:
+    """Attributes describing a finished model response."""
+    reasons = [finish_reasons] if isinstance(finish_reasons, str) else finish_reasons
+    return _without_none(
+        {
+            GEN_AI_RESPONSE_FINISH_REASONS: None if reasons is None else list(reasons),
+            GEN_AI_RESPONSE_MODEL: response_model,
+            GEN_AI_RESPONSE_ID: response_id,
+        }
+    )
+
+
+def usage_attributes(usage: Usage) -> dict[str, Any]:
+    """`gen_ai.usage.*` attributes (plus `loom.usage.cost_usd`) for the keys present."""
+    pairs = (
+        ("input_tokens", GEN_AI_USAGE_INPUT_TOKENS),
+        ("output_tokens", GEN_AI_USAGE_OUTPUT_TOKENS),
+        ("cache_read_tokens", GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS),
+        ("cache_write_tokens", GEN_AI_USAGE_CACHE_CREATION_INPUT_TOKENS),
+        ("cost_usd", LOOM_COST_USD),
+    )
+    raw: Mapping[str, Any] = usage
+    return {name: raw[key] for key, name in pairs if raw.get(key) is not None}
+
+
+def tool_attributes(*, tool: str, call_id: str | None = None) -> dict[str, Any]:
+    """Attributes of an `execute_tool {tool}` span."""
+    return _without_none(
+        {
+            GEN_AI_OPERATION_NAME: OP_EXECUTE_TOOL,
+            GEN_AI_TOOL_NAME: tool,
+            GEN_AI_TOOL_CALL_ID: call_id,
+            GEN_AI_TOOL_TYPE: "function",
+        }
+    )
+
+
+def set_attributes(span: Span, attributes: Mapping[str, Any]) -> None:
+    """Set several attributes on a span (the Span protocol has only `set_attribute`)."""
+    for key, value in attributes.items():
+        span.set_attribute(key, value)
+
+
+# --------------------------------------------------------------------------- content
+
+
+def messages_json(messages: Iterable[Message]) -> str:
+    """Messages as the JSON string `gen_ai.input.messages` / `output.messages` expect.
+
+    Each message becomes `{"role", "parts": [...]}` with text, tool_call and
+    tool_call_response parts. The system prompt goes separately, in
+    `gen_ai.system_instructions` (see `system_instructions_json`).
+    """
+    out: list[dict[str, Any]] = []
+    for message in messages:
+        parts: list[dict[str, Any]] = []
+        if message["role"] == "tool":
+            parts.append(
+                {
+                    "type": "tool_call_response",
+                    "id": message.get("tool_call_id"),
+                    "response": message["content"],
+                }
+            )
+        elif message["content"]:
+            parts.append({"type": "text", "content": message["content"]})
+        for call in message.get("tool_calls", ()):
+            parts.append(
+                {
+                    "type": "tool_call",
+                    "id": call["id"],
+                    "name": call["tool"],
+                    "arguments": call["args"],
+                }
+            )
+        out.append({"role": message["role"], "parts": parts})
+    return json.dumps(out, ensure_ascii=False, default=str)
+
+
+def system_instructions_json(system: str) -> str:
+    """The system prompt as the JSON string `gen_ai.system_instructions` expects."""
+    return json.dumps([{"type": "text", "content": system}], ensure_ascii=False)

@@ -1,0 +1,153 @@
+"""`ToolRegistry`: a `ToolHost` over in-process Python functions."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+from loomgraph.protocols import ToolCall, ToolHost, ToolResult, ToolSpec
+from loomgraph.tools import results
+from loomgraph.tools.tool import Tool, check_timeout
+
+_log = logging.getLogger(__name__)
+
+ToolLike = Callable[..., Any]  # a plain function or a Tool
+
+
+class ToolRegistry:
+    """Named tools, their specs, and their execution with validation and timeouts.
+
+    `timeout` is the default limit in seconds for each call (None for no limit); a tool's
+    own `@tool(timeout=...)` overrides it. `call` turns every tool-level failure into an
+    error result and only lets `asyncio.CancelledError` through.
+    """
+
+    def __init__(
+        self, tools: Iterable[ToolLike] | None = None, *, timeout: float | None = 60.0
+    ) -> None:
+        self.timeout = check_timeout("<default>", timeout)
+        self._tools: dict[str, Tool[..., Any]] = {}
+        self._specs: list[ToolSpec] | None = None
+        for fn in tools or ():
+            self.add(fn)
+
+    @classmethod
+    def as_tool_host(cls, obj: object, *, timeout: float | None = 60.0) -> ToolHost:
+        """A ToolHost from None, a list or tuple of functions/tools, or an existing ToolHost."""
+        if obj is None:
+            return cls(timeout=timeout)
+        if isinstance(obj, list | tuple):
+            return cls(obj, timeout=timeout)
+        if isinstance(obj, ToolHost) and not isinstance(obj, type):  # a class is no host
+            return obj
+        single = callable(obj) and not isinstance(obj, type)
+        hint = " (wrap a single function in a list: [fn])" if single else ""
+        raise TypeError(
+            "expected None, a list of tool functions or an object implementing ToolHost "
+            f"(specs, spec, call), got {type(obj).__name__}{hint}"
+        )
+
+    # ----------------------------------------------------------------- membership
+
+    def add(self, fn: ToolLike) -> Tool[..., Any]:
+        """Register a function or `@tool`; a duplicate name raises ValueError."""
+        item = fn if isinstance(fn, Tool) else Tool(fn)
+        if item.name in self._tools:
+            raise ValueError(f"a tool named {item.name!r} is already registered")
+        self._tools[item.name] = item
+        self._specs = None
+        return item
+
+    def remove(self, name: str) -> None:
+        """Unregister a tool; an unknown name raises KeyError."""
+        if name not in self._tools:
+            raise KeyError(f"no tool named {name!r}; registered: {', '.join(self._tools)}")
+        del self._tools[name]
+        self._specs = None
+
+    def names(self) -> list[str]:
+        """The registered tool names, in registration order."""
+        return list(self._tools)
+
+    def get(self, name: str) -> Tool[..., Any] | None:
+        """The registered tool of that name, or None."""
+        return self._tools.get(name)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._tools
+
+    def __len__(self) -> int:
+        return len(self._tools)
+
+    def __iter__(self) -> Iterator[Tool[..., Any]]:
+        return iter(list(self._tools.values()))
+
+    # ----------------------------------------------------------------- ToolHost
+
+    def specs(self) -> list[ToolSpec]:
+        """The specs of every tool, in registration order; treat them as read-only."""
+        if self._specs is None:
+            self._specs = [t.spec for t in self._tools.values()]
+        # Fresh outer dicts, so a caller adding keys (e.g. cache hints) changes no one else.
+        return [s.copy() for s in self._specs]
+
+    def spec(self, name: str) -> ToolSpec | None:
+        """One tool's spec, or None when no such tool exists."""
+        item = self._tools.get(name)
+        return None if item is None else item.spec.copy()
+
+    async def call(self, call: ToolCall, *, idempotency_key: str) -> ToolResult:
+        """Validate and run one call; failures become error results, never exceptions."""
+        name = call.get("tool")
+        item = self._tools.get(name) if isinstance(name, str) else None
+        if item is None:
+            return results.unknown_tool(name, self._tools)
+        args = call.get("args")
+        if args is None:
+            args = {}  # some models send no input at all for a tool without parameters
+        elif not isinstance(args, dict):
+            return results.not_an_object(item.name, args)
+        try:
+            pos, kwargs = item.bind(args, idempotency_key)
+        except Exception as exc:  # a user validator may raise more than ValidationError
+            return results.invalid_arguments(item.name, exc)
+
+        limit = item.timeout if item.timeout is not None else self.timeout
+        deadline = None if limit is None else asyncio.timeout(limit)
+        try:
+            if deadline is None:
+                value = await _run(item, pos, kwargs)
+            elif item.is_async:  # inlined: the hot path, one coroutine fewer
+                async with deadline:
+                    value = await item.fn(*pos, **kwargs)
+            else:
+                async with deadline:
+                    value = await _run(item, pos, kwargs)
+            return results.success(value)
+        except TimeoutError as exc:
+            # Our deadline, or a TimeoutError the tool raised itself?
+            if deadline is not None and deadline.expired() and limit is not None:
+                return results.timed_out(item.name, limit)
+            return _raised(item, exc)
+        except Exception as exc:
+            return _raised(item, exc)
+
+
+async def _run(item: Tool[..., Any], pos: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    if item.is_async:
+        return await item.fn(*pos, **kwargs)
+    # A thread cannot be killed: on timeout the call is abandoned, not stopped, and the
+    # thread runs on in the background until the function returns.
+    return await asyncio.to_thread(item.fn, *pos, **kwargs)
+
+
+def _raised(item: Tool[..., Any], exc: BaseException) -> ToolResult:
+    _log.debug("tool %r raised", item.name, exc_info=exc)
+    return results.tool_exception(exc)
+
+
+def as_tool_host(obj: object, *, timeout: float | None = 60.0) -> ToolHost:
+    """A ToolHost from None, a list or tuple of functions/tools, or an existing ToolHost."""
+    return ToolRegistry.as_tool_host(obj, timeout=timeout)

@@ -1,0 +1,127 @@
+"""Tool results: return values as text, and every failure as an error the model can read."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Iterable
+from typing import Any, Final, Literal
+
+from pydantic import BaseModel, ValidationError
+
+from loomgraph.protocols import ToolResult
+
+ToolErrorType = Literal["unknown_tool", "invalid_arguments", "tool_exception", "timeout"]
+"""The `error_type` values a `ToolRegistry` puts in error results."""
+
+UNKNOWN_TOOL: Final = "unknown_tool"
+INVALID_ARGUMENTS: Final = "invalid_arguments"
+TOOL_EXCEPTION: Final = "tool_exception"
+TIMEOUT: Final = "timeout"
+
+_MAX_INPUT_REPR = 80
+
+
+def to_content(value: Any) -> str:
+    """The text the model sees for a tool's return value."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, BaseModel):
+        return value.model_dump_json()
+    return _ENCODER.encode(value)
+
+
+def _json_default(value: Any) -> Any:
+    # Models and dataclasses nested in lists or dicts become JSON too, not their repr.
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode="json")
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.asdict(value)
+    return str(value)
+
+
+# One encoder for all calls: json.dumps with options builds a new one each time.
+_ENCODER = json.JSONEncoder(default=_json_default, ensure_ascii=False)
+
+
+def success(value: Any) -> ToolResult:
+    """The result of a call that returned `value`."""
+    return {"content": to_content(value), "is_error": False}
+
+
+def error(error_type: str, content: str) -> ToolResult:
+    """An error result."""
+    return {"content": content, "is_error": True, "error_type": error_type}
+
+
+def unknown_tool(name: object, available: Iterable[str]) -> ToolResult:
+    """The model called a tool that does not exist."""
+    names = ", ".join(available)
+    listing = f"Available tools: {names}." if names else "No tools are available."
+    return error(UNKNOWN_TOOL, f"Unknown tool {name!r}. {listing}")
+
+
+def not_an_object(tool: str, args: object) -> ToolResult:
+    """The arguments were not a JSON object."""
+    return error(
+        INVALID_ARGUMENTS,
+        f"Invalid arguments for tool {tool!r}: expected a JSON object of named arguments, "
+        f"got {_json_type(args)}.",
+    )
+
+
+def _json_type(value: object) -> str:
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int | float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list | tuple):
+        return "array"
+    return type(value).__name__
+
+
+def invalid_arguments(tool: str, exc: Exception) -> ToolResult:
+    """The arguments failed validation; one line per bad field, saying why."""
+    if not isinstance(exc, ValidationError):
+        return error(INVALID_ARGUMENTS, f"Invalid arguments for tool {tool!r}: {_describe(exc)}")
+    lines = [f"Invalid arguments for tool {tool!r}:"]
+    for problem in exc.errors(include_url=False):
+        where = _location(problem["loc"])
+        if problem["type"] == "extra_forbidden":
+            lines.append(f"- {where}: unexpected argument; this tool has no such parameter")
+            continue
+        line = f"- {where}: {problem['msg']}"
+        if problem["type"] != "missing" and problem["loc"]:
+            shown = repr(problem["input"])
+            if len(shown) > _MAX_INPUT_REPR:
+                shown = shown[: _MAX_INPUT_REPR - 3] + "..."
+            line += f" (got {shown})"
+        lines.append(line)
+    return error(INVALID_ARGUMENTS, "\n".join(lines))
+
+
+def _location(loc: tuple[int | str, ...]) -> str:
+    """`("items", 0, "name")` → `items[0].name`."""
+    text = ""
+    for part in loc:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text or "(arguments)"
+
+
+def tool_exception(exc: BaseException) -> ToolResult:
+    """The tool raised `exc`."""
+    return error(TOOL_EXCEPTION, _describe(exc))
+
+
+def _describe(exc: BaseException) -> str:
+    """`ExcType: message`, or only the type when there is no message."""
+    message = str(exc)
+    name = type(exc).__name__
+    return f"{name}: {message}" if message else name
+
+
+def timed_out(tool: str, seconds: float) -> ToolResult:
+    """The tool did not finish within its timeout."""
+    return error(TIMEOUT, f"Tool {tool!r} timed out after {seconds:g} seconds.")

@@ -1,0 +1,175 @@
+"""The `Tool` wrapper and the `@tool` decorator."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import math
+import re
+from collections.abc import Callable
+from typing import Any, Generic, ParamSpec, TypeVar, overload
+
+from loomgraph.protocols import ToolSpec
+from loomgraph.tools.docstrings import parse_docstring
+from loomgraph.tools.schema import KEY_PARAM, Arguments, build_arguments
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+# What Anthropic and OpenAI accept as a tool name.
+_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+class Tool(Generic[P, R]):
+    """A function the model may call, with its spec and argument validator built once.
+
+    Calling a `Tool` calls the function unchanged, so decorated functions stay usable
+    from ordinary code and tests.
+    """
+
+    name: str
+    description: str
+    destructive: bool
+    timeout: float | None
+    is_async: bool
+
+    def __init__(
+        self,
+        fn: Callable[P, R],
+        *,
+        name: str | None = None,
+        description: str | None = None,
+        destructive: bool = False,
+        timeout: float | None = None,
+    ) -> None:
+        if isinstance(fn, Tool):
+            fn = fn.fn  # re-wrapping a tool: start again from its function
+        if not callable(fn):
+            raise TypeError(f"a tool must be a function, got {type(fn).__name__}: {fn!r}")
+        if inspect.isgeneratorfunction(fn) or inspect.isasyncgenfunction(fn):
+            raise TypeError(f"tool {fn!r}: generator functions cannot be tools; return a value")
+        target = _unwrap(fn)
+        tool_name = name if name is not None else getattr(target, "__name__", "")
+        if not isinstance(tool_name, str) or not _NAME.match(tool_name):
+            raise ValueError(
+                f"invalid tool name {tool_name!r}: use 1-64 letters, digits, '_' or '-' "
+                "(pass name=... for lambdas and callable objects)"
+            )
+        if not isinstance(destructive, bool):
+            raise TypeError(f"tool {tool_name!r}: destructive must be a bool")
+        doc = parse_docstring(inspect.getdoc(target))
+        functools.update_wrapper(self, fn)
+        self.fn: Callable[P, R] = fn
+        self.name = tool_name
+        self.description = doc.description if description is None else description
+        self.destructive = destructive
+        self.timeout = check_timeout(tool_name, timeout)
+        self.is_async = inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
+            getattr(fn, "__call__", None)  # noqa: B004 - an object whose __call__ is async
+        )
+        self.arguments: Arguments = build_arguments(fn, tool_name=tool_name, arg_docs=doc.args)
+        self.spec: ToolSpec = {
+            "name": tool_name,
+            "description": self.description,
+            "parameters": self.arguments.parameters,
+            "destructive": destructive,
+        }
+
+    @property
+    def parameters(self) -> dict[str, Any]:
+        """The JSON Schema of the arguments, as the model sees it."""
+        return self.arguments.parameters
+
+    @property
+    def wants_key(self) -> bool:
+        """Whether the function takes an `idempotency_key` parameter."""
+        return self.arguments.wants_key
+
+    def bind(
+        self, args: dict[str, Any], idempotency_key: str
+    ) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        """Validate the model's arguments into (args, kwargs); raises pydantic.ValidationError."""
+        spec = self.arguments
+        instance = spec.validator.validate_python(args)
+        values = instance.__dict__
+        kwargs = {param: values[field] for field, param in spec.fields}
+        if spec.extra and instance.__pydantic_extra__:
+            # Only the host may supply the key, never the model.
+            extras = instance.__pydantic_extra__
+            kwargs.update({k: v for k, v in extras.items() if k != KEY_PARAM})
+        if spec.wants_key:
+            kwargs[KEY_PARAM] = idempotency_key
+        if spec.positional:
+            return tuple(kwargs.pop(p) for p in spec.positional), kwargs
+        return (), kwargs
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        """Call the function directly, without validation or timeout."""
+        return self.fn(*args, **kwargs)
+
+    def __repr__(self) -> str:
+        return f"<Tool {self.name}>"
+
+
+def _unwrap(fn: Callable[..., Any]) -> Any:
+    """The function behind partials, whose own name and docstring are partial's."""
+    while isinstance(fn, functools.partial):
+        fn = fn.func
+    return fn
+
+
+def check_timeout(name: str, timeout: float | None) -> float | None:
+    """`timeout` if it is None or a positive, finite number of seconds; raise otherwise."""
+    if timeout is None:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float):
+        raise TypeError(f"tool {name!r}: timeout must be a number of seconds or None")
+    if not (timeout > 0 and math.isfinite(timeout)):
+        raise ValueError(f"tool {name!r}: timeout must be positive and finite, got {timeout}")
+    return float(timeout)
+
+
+@overload
+def tool(
+    fn: Callable[P, R],
+    /,
+    *,
+    name: str | None = None,
+    description: str | None = None,
+    destructive: bool = False,
+    timeout: float | None = None,
+) -> Tool[P, R]: ...
+
+
+@overload
+def tool(
+    fn: None = None,
+    /,
+    *,
+    name: str | None = None,
+    description: str | None = None,
+    destructive: bool = False,
+    timeout: float | None = None,
+) -> Callable[[Callable[P, R]], Tool[P, R]]: ...
+
+
+def tool(
+    fn: Callable[P, R] | None = None,
+    /,
+    *,
+    name: str | None = None,
+    description: str | None = None,
+    destructive: bool = False,
+    timeout: float | None = None,
+) -> Tool[P, R] | Callable[[Callable[P, R]], Tool[P, R]]:
+    """Make a function a tool; use as `@tool`, `@tool(...)` or `tool(fn, ...)`.
+
+    `name` defaults to the function's name and `description` to its docstring's first
+    paragraph; `destructive` is passed on to permission checks; `timeout` (seconds)
+    overrides the host's default.
+    """
+
+    def wrap(f: Callable[P, R]) -> Tool[P, R]:
+        return Tool(f, name=name, description=description, destructive=destructive, timeout=timeout)
+
+    return wrap if fn is None else wrap(fn)
