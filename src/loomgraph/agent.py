@@ -279,10 +279,11 @@ class AgentSession:
         self.started = time.time()
         token = current_run.set(record)
         try:
-            with deps.telemetry.span("loom.run", {
-                "loom.run_id": self.run_id, "loom.graph": compiled.name,
-                "gen_ai.conversation.id": self.session_id or "",
-            }):
+            attributes = {"loom.run.id": self.run_id, "loom.graph.name": compiled.name,
+                          "gen_ai.operation.name": "invoke_agent"}
+            if self.session_id is not None:
+                attributes["gen_ai.conversation.id"] = self.session_id
+            with deps.telemetry.span("loom.run", attributes):
                 scope = RunScope(self.run_id, self.user_id, self.session_id, deps, sink)
                 await self._audit("run_started", {"graph": compiled.name,
                                                   "graph_hash": compiled.hash})

@@ -49,7 +49,7 @@ async def run_node(
         raise KeyError(f"graph {compiled.name!r} has no node {node!r}; nodes: "
                        f"{', '.join(compiled.nodes)}")
     if model is None or not isinstance(model, Model):
-        model = ScriptedModel(model or [])  # type: ignore[arg-type]
+        model = ScriptedModel(model or [])
     runtime = InMemoryRuntime()
     deps = build_deps(model=model, tools=tools, runtime=runtime)
     events: list[Event] = []

@@ -62,7 +62,8 @@ async def run_graph(
             await ctx.emit(NODE_STARTED, {"node": qualified, "visit": visit})
             view = {name: state.get(name) for name in graph.reads[node]}
             await deps.hooks.before_node(qualified, view)
-            with deps.telemetry.span(f"loom.node {qualified}", {"loom.node": qualified}):
+            with deps.telemetry.span(f"loom.node {qualified}", {
+                    "loom.node.name": qualified, "loom.run.id": scope.run_id}):
                 patch = await graph.nodes[node].run(view, ctx)
             await deps.budget.settle(reservation, {})
             patch = check_patch(graph, node, patch)

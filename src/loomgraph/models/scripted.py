@@ -68,7 +68,7 @@ class ScriptedModel:
                 raise ScriptExhausted(f"script of {len(self._script)} turn(s) exhausted at "
                                       f"model call {request.call_index + 1} of run "
                                       f"{request.run_id}")
-            turn = self._script[request.call_index]
+            turn: TurnLike = self._script[request.call_index]
         else:
             turn = self._script(request)
         if isinstance(turn, BaseException) or (
