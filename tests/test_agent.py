@@ -33,9 +33,9 @@ async def test_model_is_the_only_required_argument() -> None:
 
 
 def test_bad_configuration_is_a_clear_error(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="unknown model 'gpt-9'.*'echo'"):
+    with pytest.raises(ConfigError, match=r"unknown model 'gpt-9'.*'echo'"):
         Agent(model="gpt-9")
-    with pytest.raises(UnknownGraph, match="built-in graphs: .*react"):
+    with pytest.raises(UnknownGraph, match=r"built-in graphs: .*react"):
         Agent(model="echo", architecture="nonsense")
     with pytest.raises(UnknownGraph, match="no graph file"):
         Agent(model="echo", architecture=tmp_path / "missing.yaml")

@@ -12,7 +12,7 @@ from loomgraph.graph.conditions import compile_template, condition_scope, names_
 from loomgraph.graph.context import NodeContext
 from loomgraph.graph.registry import NodeKind, register_node
 from loomgraph.graph.spec import Graph
-from loomgraph.graph.state import DERIVED_NAMES, parse_type
+from loomgraph.graph.state import DERIVED_NAMES, TypeSyntaxError, parse_type
 from loomgraph.protocols import ModelRequest, ToolSpec
 
 RESPOND_TOOL = "respond"
@@ -55,6 +55,15 @@ class LLMNode(NodeKind):
         if self.spec.writes is not None:
             return list(self.spec.writes)
         return [self.params.output, "usage"]
+
+    def check(self, graph: Graph) -> list[str]:
+        """The answer's type must parse."""
+        if self.params.schema_:
+            try:
+                parse_type(self.params.schema_)
+            except TypeSyntaxError as err:
+                return [f"schema: {err}"]
+        return []
 
     def bind(self, graph: Graph) -> None:
         """Compile the templates and the answer's type once."""

@@ -1,0 +1,299 @@
+"""Load-time validation of a graph: every problem at once, each with file, line and rule name.
+
+The rules are documented in docs/validation.md. Node-kind and state rules live here; the
+flow rules (entry, edges, reachability, loops) in `validate_flow`.
+"""
+
+from __future__ import annotations
+
+import types
+from collections.abc import Iterable
+from contextvars import ContextVar
+from pathlib import Path
+from typing import Any, Union, get_args, get_origin
+
+from pydantic import BaseModel, ValidationError
+
+from loomgraph.graph.conditions import names_used, syntax_problem
+from loomgraph.graph.errors import Problem
+from loomgraph.graph.registry import NodeKind, UnknownNodeKind, known_kinds, node_kind
+from loomgraph.graph.spec import END, SCHEMA_VERSION, Graph, NodeSpec
+from loomgraph.graph.state import BUILTIN_FIELDS, DERIVED_NAMES, parse_type
+from loomgraph.graph.validate_flow import (
+    check_edges,
+    check_entry,
+    check_flow,
+    did_you_mean,
+    problem_at,
+)
+
+SUPPORTED_SCHEMA_VERSIONS = (SCHEMA_VERSION,)
+RESERVED_FIELDS = frozenset(BUILTIN_FIELDS) | DERIVED_NAMES
+
+# Graph files being validated in this context: a subgraph that includes its own file would
+# otherwise recurse until the stack runs out.
+_validating: ContextVar[frozenset[str]] = ContextVar("loomgraph_validating", default=frozenset())
+
+
+def validate_graph(graph: Graph) -> list[Problem]:
+    """Every problem of a graph, each with file, line and rule name."""
+    key = str(Path(graph.source).resolve()) if graph.source else None
+    active = _validating.get()
+    if key is not None and key in active:
+        return [problem_at(graph, "subgraph-cycle", f"graph {graph.name!r} ({graph.source}) "
+                           "runs itself as a subgraph, directly or through other graphs, so "
+                           "it would never finish loading")]
+    token = _validating.set(active | {key}) if key is not None else None
+    try:
+        problems = _all_problems(graph)
+    finally:
+        if token is not None:
+            _validating.reset(token)
+    return sorted(problems, key=lambda p: (p.line is None, p.line or 0))
+
+
+def _all_problems(graph: Graph) -> list[Problem]:
+    instances, problems = check_kinds(graph)
+    known = known_fields(graph, instances)
+    problems += check_schema_version(graph)
+    problems += check_reserved_names(graph)
+    problems += check_state_types(graph)
+    problems += check_kind_rules(graph, instances)
+    problems += check_templates(graph)
+    problems += check_reads(graph, instances, known)
+    problems += check_writes(graph, instances)
+    problems += check_conditions(graph, known)
+    problems += check_entry(graph)
+    problems += check_edges(graph)
+    problems += check_flow(graph)
+    return problems
+
+
+# --------------------------------------------------------------------------- graph-level
+
+
+def check_schema_version(graph: Graph) -> list[Problem]:
+    """`schema-version`: a schema_version this loomgraph cannot read."""
+    if graph.schema_version in SUPPORTED_SCHEMA_VERSIONS:
+        return []
+    supported = ", ".join(str(v) for v in SUPPORTED_SCHEMA_VERSIONS)
+    return [problem_at(graph, "schema-version", f"schema_version {graph.schema_version} is not "
+                       f"supported; supported: {supported}", "schema_version")]
+
+
+def check_reserved_names(graph: Graph) -> list[Problem]:
+    """`reserved-name`: a node named END, or a state field named like a builtin or derived name."""
+    problems = []
+    if END in graph.nodes:
+        problems.append(problem_at(graph, "reserved-name", f"a node cannot be named {END}: "
+                                   "edges to END end the run", "nodes", END))
+    for name in graph.state:
+        if name in RESERVED_FIELDS:
+            what = "a built-in state field" if name in BUILTIN_FIELDS else "a name conditions use"
+            problems.append(problem_at(
+                graph, "reserved-name", f"state field {name!r} shadows {what}; reserved: "
+                f"{', '.join(sorted(RESERVED_FIELDS))}", "state", name))
+    return problems
+
+
+def check_state_types(graph: Graph) -> list[Problem]:
+    """`bad-type` (a type string that does not parse) and `bad-reducer-type`."""
+    problems = []
+    for name, field in graph.state.items():
+        try:
+            parsed = parse_type(field.type)
+        except Exception as err:  # an imported module may raise anything
+            problems.append(problem_at(graph, "bad-type", f"state field {name!r}: {err}",
+                                       "state", name, "type"))
+            continue
+        if (why := _reducer_mismatch(field.reducer, parsed)) is not None:
+            problems.append(problem_at(
+                graph, "bad-reducer-type", f"state field {name!r}: reducer {field.reducer!r} "
+                f"{why}, not {field.type!r}", "state", name, "reducer"))
+    return problems
+
+
+def _reducer_mismatch(reducer: str, parsed: Any) -> str | None:
+    """Why a reducer cannot combine values of a type, or None when it can."""
+    options = [o for o in _union_options(parsed) if o is not type(None)]
+    if any(o is Any for o in options):
+        return None
+    bases = [get_origin(o) or o for o in options]
+    if reducer == "append" and list not in bases:
+        return "needs a list type like list[str]"
+    if reducer == "merge" and not any(
+        b is dict or (isinstance(b, type) and issubclass(b, BaseModel)) for b in bases
+    ):
+        return "needs a dict type like dict[str, int]"
+    if reducer == "add" and any(b in (str, bool) for b in bases):
+        return "needs a number, list or dict[str, int] type"
+    return None
+
+
+def _union_options(parsed: Any) -> list[Any]:
+    if get_origin(parsed) in (Union, types.UnionType):
+        return [o for arg in get_args(parsed) for o in _union_options(arg)]
+    return [parsed]
+
+
+# --------------------------------------------------------------------------- node kinds
+
+
+def check_kinds(graph: Graph) -> tuple[dict[str, NodeKind], list[Problem]]:
+    """`unknown-node-kind` and `bad-params`; the node instances of the nodes that passed."""
+    instances: dict[str, NodeKind] = {}
+    problems: list[Problem] = []
+    for name, spec in graph.nodes.items():
+        try:
+            kind = node_kind(spec.kind)
+        except UnknownNodeKind:
+            problems.append(problem_at(
+                graph, "unknown-node-kind", f"node {name!r}: unknown kind {spec.kind!r}"
+                f"{did_you_mean(spec.kind, known_kinds())}; registered kinds: "
+                f"{', '.join(known_kinds())}", "nodes", name, "kind"))
+            continue
+        try:
+            params = kind.Params.model_validate(spec.params)
+        except ValidationError as err:
+            accepted = ", ".join(f.alias or n for n, f in kind.Params.model_fields.items())
+            for e in err.errors():
+                param = ".".join(str(part) for part in e["loc"]) or "params"
+                hint = f"; {spec.kind} nodes take: {accepted or 'no params'}" \
+                    if e["type"] == "extra_forbidden" else ""
+                problems.append(problem_at(
+                    graph, "bad-params", f"node {name!r} ({spec.kind}): param {param!r}: "
+                    f"{e['msg']}{hint}", "nodes", name, *e["loc"]))
+            continue
+        try:
+            instances[name] = kind(name, spec, params)
+        except Exception as err:
+            problems.append(problem_at(graph, "kind-check", f"node {name!r} ({spec.kind}): "
+                                       f"{type(err).__name__}: {err}", "nodes", name))
+    return instances, problems
+
+
+def check_kind_rules(graph: Graph, instances: dict[str, NodeKind]) -> list[Problem]:
+    """`kind-check`: what each node's kind says is wrong (`NodeKind.check`)."""
+    problems = []
+    for name, node in instances.items():
+        try:
+            messages = node.check(graph)
+        except Exception as err:  # a third-party check must not hide the other problems
+            messages = [f"check failed: {type(err).__name__}: {err}"]
+        problems += [problem_at(graph, "kind-check", f"node {name!r}: {message}",
+                                "nodes", name) for message in messages]
+    return problems
+
+
+def _templates(graph: Graph) -> Iterable[tuple[str, str, str]]:
+    """(node, param, source) of every template param of a known kind."""
+    for name, spec in graph.nodes.items():
+        try:
+            kind = node_kind(spec.kind)
+        except UnknownNodeKind:
+            continue
+        for param in kind.templates:
+            source = spec.params.get(param)
+            if isinstance(source, str):
+                yield name, param, source
+
+
+def check_templates(graph: Graph) -> list[Problem]:
+    """`bad-template`: a template param that does not compile."""
+    return [
+        problem_at(graph, "bad-template", f"node {name!r}: template {param!r} does not "
+                   f"compile: {why}", "nodes", name, param)
+        for name, param, source in _templates(graph)
+        if (why := syntax_problem(source, expression=False)) is not None
+    ]
+
+
+# --------------------------------------------------------------------------- fields
+
+
+def _reads(spec: NodeSpec, node: NodeKind | None) -> list[str]:
+    return node.reads() if node is not None else list(spec.reads or ())
+
+
+def _writes(spec: NodeSpec, node: NodeKind | None) -> list[str]:
+    return node.writes() if node is not None else list(spec.writes or ())
+
+
+def known_fields(graph: Graph, instances: dict[str, NodeKind]) -> set[str]:
+    """The fields a run has: builtins, declared state, and whatever some node writes."""
+    known = set(BUILTIN_FIELDS) | set(graph.state)
+    for name, spec in graph.nodes.items():
+        known.update(_writes(spec, instances.get(name)))
+    return known
+
+
+def _field_path(spec: NodeSpec, key: str, field: str) -> tuple[str | int, ...]:
+    """The most specific place a node names a field: its reads/writes list, else a param."""
+    listed = spec.reads if key == "reads" else spec.writes
+    if listed is not None and field in listed:
+        return (key, listed.index(field))
+    for param, value in spec.params.items():
+        if value == field:
+            return (param,)
+        if isinstance(value, dict):
+            for k, v in value.items():
+                if field in (k, v):
+                    return (param, k)
+        if isinstance(value, list) and field in value:
+            return (param, value.index(field))
+    return ()
+
+
+def check_reads(graph: Graph, instances: dict[str, NodeKind], known: set[str]) -> list[Problem]:
+    """`undefined-read`: a node or one of its templates reads a field nothing sets."""
+    problems: list[Problem] = []
+    reported: set[tuple[str, str]] = set()
+    for name, param, source in _templates(graph):
+        for field in sorted(names_used(source, expression=False) - known - DERIVED_NAMES):
+            reported.add((name, field))
+            problems.append(problem_at(
+                graph, "undefined-read", f"node {name!r}: template {param!r} uses {field!r}, "
+                f"which is not a state field{did_you_mean(field, known)}", "nodes", name, param))
+    for name, spec in graph.nodes.items():
+        for field in _reads(spec, instances.get(name)):
+            if field in known or (name, field) in reported:
+                continue
+            reported.add((name, field))
+            problems.append(problem_at(
+                graph, "undefined-read", f"node {name!r} reads {field!r}, which no node writes "
+                f"and `state:` does not declare{did_you_mean(field, known)}",
+                "nodes", name, *_field_path(spec, "reads", field)))
+    return problems
+
+
+def check_writes(graph: Graph, instances: dict[str, NodeKind]) -> list[Problem]:
+    """`undeclared-write`: a node writes a field that is not a builtin nor declared in `state`."""
+    declared = set(BUILTIN_FIELDS) | set(graph.state)
+    problems = []
+    for name, spec in graph.nodes.items():
+        for field in dict.fromkeys(_writes(spec, instances.get(name))):
+            if field not in declared:
+                problems.append(problem_at(
+                    graph, "undeclared-write", f"node {name!r} writes {field!r}, which is not "
+                    f"a state field; declare it under `state:` with a type"
+                    f"{did_you_mean(field, declared)}",
+                    "nodes", name, *_field_path(spec, "writes", field)))
+    return problems
+
+
+def check_conditions(graph: Graph, known: set[str]) -> list[Problem]:
+    """`bad-condition` (a `when` that does not compile) and `undefined-read` in a `when`."""
+    problems = []
+    for i, edge in enumerate(graph.edges):
+        if edge.when is None:
+            continue
+        if (why := syntax_problem(edge.when, expression=True)) is not None:
+            problems.append(problem_at(graph, "bad-condition", f"condition {edge.when!r} does "
+                                       f"not compile: {why}", "edges", i, "when"))
+            continue
+        for field in sorted(names_used(edge.when, expression=True) - known - DERIVED_NAMES):
+            problems.append(problem_at(
+                graph, "undefined-read", f"condition {edge.when!r} uses {field!r}, which is not "
+                f"a state field{did_you_mean(field, known | DERIVED_NAMES)}",
+                "edges", i, "when"))
+    return problems

@@ -1,0 +1,62 @@
+"""The `loomgraph` command, run as a real subprocess."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).parents[1]
+
+
+def loomgraph(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "loomgraph.cli", *args], capture_output=True,
+                          text=True, cwd=cwd, timeout=120)
+
+
+def test_run_streams_events_and_exits_zero() -> None:
+    done = loomgraph("run", "hello there", "--model", "echo")
+    assert done.returncode == 0, done.stderr
+    assert "run_started" in done.stdout and "model_chunk" in done.stdout
+    assert "status=completed output='hello there'" in done.stdout
+
+
+def test_run_with_tools_by_import_path_prints_json_events() -> None:
+    done = loomgraph("run", "x", "--model", "echo", "--tools", "examples.quickstart:calculator",
+                     "--json")
+    assert done.returncode == 0, done.stderr
+    events = [json.loads(line) for line in done.stdout.splitlines()]
+    assert events[0]["kind"] == "run_started" and events[-1]["kind"] == "run_completed"
+
+
+def test_validate_prints_every_problem_with_file_and_line(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: bad\nentry: a\nnodes:\n  a: {kind: modle}\n"
+                   "edges:\n  - {from: a, to: nowhere}\n")
+    done = loomgraph("validate", str(bad))
+    assert done.returncode == 1
+    assert f"{bad}:4: [unknown-node-kind]" in done.stdout
+    assert f"{bad}:6: [unknown-endpoint]" in done.stdout
+    ok = loomgraph("validate", str(ROOT / "graphs/react.yaml"))
+    assert ok.returncode == 0 and "ok" in ok.stdout
+
+
+@pytest.mark.parametrize("suffix", [".svg", ".dot", ".mmd"])
+def test_render_writes_each_format(tmp_path: Path, suffix: str) -> None:
+    out = tmp_path / f"react{suffix}"
+    done = loomgraph("render", "react", "-o", str(out))
+    assert done.returncode == 0, done.stderr
+    text = out.read_text()
+    assert "tools" in text and "model" in text
+    assert ("<svg" in text) == (suffix == ".svg")
+
+
+def test_schema_and_usage_errors() -> None:
+    schema = json.loads(loomgraph("schema").stdout)
+    assert "nodes" in schema["properties"]
+    missing = loomgraph("render", "no-such-graph", "-o", "x.svg")
+    assert missing.returncode == 2 and "built-in graphs" in missing.stderr
+    assert loomgraph("frobnicate").returncode == 2
