@@ -1,0 +1,113 @@
+"""What the HTTP model adapters share: prompt-size check, SDK client per event loop, retries."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncGenerator, AsyncIterator
+from typing import Any, ClassVar
+
+from loomgraph.models.errors import ModelPromptTooLarge
+from loomgraph.models.pricing import PriceOverride, with_cost
+from loomgraph.models.retry import RetryPolicy, retrying
+from loomgraph.protocols import ModelChunk, ModelRequest, Usage
+
+# About 4 MB of text: far above any model's context window in tokens, but it stops a runaway
+# prompt (a tool that returned a whole file system) before it costs an upload and a 413.
+DEFAULT_MAX_PROMPT_CHARS = 4_000_000
+
+
+def prompt_chars(request: ModelRequest) -> int:
+    """How many characters a request sends: system, messages, tool arguments and tool specs."""
+    total = len(request.system)
+    for message in request.messages:
+        total += len(message.get("content") or "")
+        for call in message.get("tool_calls") or ():
+            total += len(call.get("tool", "")) + len(json.dumps(call.get("args") or {}))
+    if request.tools:
+        total += len(json.dumps(list(request.tools)))
+    return total
+
+
+class HTTPModel:
+    """Base of the SDK-backed adapters; subclasses build the client and run one attempt."""
+
+    provider: ClassVar[str] = "model"
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        max_tokens: int,
+        temperature: float | None,
+        timeout: float,
+        max_retries: int,
+        max_prompt_chars: int,
+        retry_base_delay: float,
+        retry_max_delay: float,
+        retry_policy: RetryPolicy | None,
+        prices: PriceOverride | None,
+    ) -> None:
+        self.name = name
+        self.max_tokens = max_tokens
+        self.temperature = temperature
+        self.timeout = timeout
+        self.max_prompt_chars = max_prompt_chars
+        self.prices = prices
+        self.retry_policy = retry_policy or RetryPolicy(
+            max_retries=max_retries, base_delay=retry_base_delay, max_delay=retry_max_delay
+        )
+        self._client: Any = None
+        # An SDK client's connection pool belongs to the loop it was first used on; a second
+        # `asyncio.run()` with the same model object needs a client of its own.
+        self._client_loop: asyncio.AbstractEventLoop | None = None
+
+    @property
+    def label(self) -> str:
+        """How errors name this model."""
+        return f"{self.provider} model {self.name!r}"
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.name!r})"
+
+    async def stream(self, request: ModelRequest) -> AsyncIterator[ModelChunk]:
+        """Stream one turn, retrying failures that happen before anything was streamed."""
+        size = prompt_chars(request)
+        if size > self.max_prompt_chars:
+            raise ModelPromptTooLarge(
+                f"{self.label}: prompt of {size} characters is over max_prompt_chars="
+                f"{self.max_prompt_chars}; not sent"
+            )
+        client = self._client_for_loop()
+        params = self._params(request)
+        async for chunk in retrying(
+            lambda: self._attempt(client, params), policy=self.retry_policy
+        ):
+            yield chunk
+
+    async def aclose(self) -> None:
+        """Close the SDK client (and its connections) if one was made."""
+        client, self._client, self._client_loop = self._client, None, None
+        if client is not None:
+            await client.close()
+
+    def _client_for_loop(self) -> Any:
+        loop = asyncio.get_running_loop()
+        if self._client is None or self._client_loop is not loop:
+            self._client = self._make_client()
+            self._client_loop = loop
+        return self._client
+
+    def _usage(self, usage: Usage) -> Usage:
+        return with_cost(self.name, usage, self.prices)
+
+    # ------------------------------------------------------------------ for subclasses
+
+    def _make_client(self) -> Any:
+        raise NotImplementedError
+
+    def _params(self, request: ModelRequest) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def _attempt(self, client: Any, params: dict[str, Any]) -> AsyncGenerator[ModelChunk, None]:
+        raise NotImplementedError

@@ -1,0 +1,228 @@
+"""Typed errors of the model adapters, and how an HTTP status maps onto them.
+
+Every class here is a `loomgraph.protocols.ModelError`, so callers that only care that "the
+model call failed" catch that; callers that care why catch the subclass. Each error knows
+whether loomgraph's own retry loop may try the call again (`retryable`) and how long the
+provider asked us to wait (`retry_after`, from the `retry-after` header).
+"""
+
+from __future__ import annotations
+
+import email.utils
+import time
+from collections.abc import Mapping
+from typing import ClassVar
+
+from loomgraph.protocols import ModelError, Usage
+
+__all__ = [
+    "AdapterError",
+    "ModelAuthError",
+    "ModelBadResponse",
+    "ModelConfigError",
+    "ModelConnectionError",
+    "ModelMissingKey",
+    "ModelOverloaded",
+    "ModelPromptTooLarge",
+    "ModelRateLimited",
+    "ModelRequestError",
+    "ModelServerError",
+    "ModelStreamBroken",
+    "ModelTimeout",
+    "body_error",
+    "error_for_status",
+    "parse_retry_after",
+]
+
+
+class AdapterError(ModelError):
+    """Base of the adapters' errors: a `ModelError` that knows whether it may be retried."""
+
+    retryable_by_default: ClassVar[bool] = False
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        request_id: str | None = None,
+        retry_step: bool = False,
+        usage: Usage | None = None,
+        retryable: bool | None = None,
+        retry_after: float | None = None,
+        error_type: str | None = None,
+    ) -> None:
+        super().__init__(
+            message, status=status, request_id=request_id, retry_step=retry_step, usage=usage
+        )
+        self.retryable = self.retryable_by_default if retryable is None else retryable
+        self.retry_after = retry_after
+        self.error_type = error_type
+        self.attempts = 1
+
+
+class ModelConfigError(AdapterError):
+    """The adapter is misconfigured (found before anything was sent)."""
+
+
+class ModelMissingKey(ModelConfigError):
+    """No API key was given and the environment variable that supplies one is unset."""
+
+
+class ModelRequestError(AdapterError):
+    """The provider rejected the request as invalid (400, 404, 409, 422, ...); not retried."""
+
+
+class ModelPromptTooLarge(ModelRequestError):
+    """The prompt is over the configured limit (checked before sending) or the API's (413)."""
+
+
+class ModelAuthError(AdapterError):
+    """The key was refused (401) or lacks permission (403); not retried."""
+
+
+class ModelRateLimited(AdapterError):
+    """429: too many requests; retried after `retry-after`."""
+
+    retryable_by_default = True
+
+
+class ModelOverloaded(AdapterError):
+    """529 (or an `overloaded_error` event): the provider is overloaded; retried."""
+
+    retryable_by_default = True
+
+
+class ModelServerError(AdapterError):
+    """A 5xx from the provider; 500, 502, 503 and 504 are retried."""
+
+    retryable_by_default = True
+
+
+class ModelConnectionError(AdapterError):
+    """The connection failed or dropped before a complete answer; retried."""
+
+    retryable_by_default = True
+
+
+class ModelTimeout(ModelConnectionError):
+    """The request timed out; retried."""
+
+
+class ModelBadResponse(AdapterError):
+    """The model produced something unusable (e.g. tool arguments that are not a JSON object).
+
+    Retried like a broken stream: the call as a whole may succeed next time.
+    """
+
+    retryable_by_default = True
+
+
+class ModelStreamBroken(AdapterError):
+    """A stream failed after chunks were already handed out; the whole step must be retried.
+
+    Always carries `retry_step=True` and the usage the provider billed for the attempt.
+    """
+
+
+# Anthropic names the error in the body (`error.type`); an SSE `error` event arrives on a 200
+# response, so the type is the only way to tell an overload from a bad request there.
+_TYPE_STATUS: dict[str, int] = {
+    "invalid_request_error": 400,
+    "authentication_error": 401,
+    "permission_error": 403,
+    "not_found_error": 404,
+    "request_too_large": 413,
+    "rate_limit_error": 429,
+    "api_error": 500,
+    "timeout_error": 504,
+    "overloaded_error": 529,
+}
+
+_RETRIED_5XX = frozenset({500, 502, 503, 504})
+
+
+def error_for_status(
+    status: int | None,
+    *,
+    label: str,
+    detail: str = "",
+    error_type: str | None = None,
+    request_id: str | None = None,
+    retry_after: float | None = None,
+) -> AdapterError:
+    """The typed error for an HTTP status (or, on a 200 stream, the body's error type)."""
+    if (status is None or status < 400) and error_type in _TYPE_STATUS:
+        status = _TYPE_STATUS[error_type]
+    cls: type[AdapterError]
+    retryable: bool | None = None
+    if status in (401, 403):
+        cls = ModelAuthError
+    elif status == 413:
+        cls = ModelPromptTooLarge
+    elif status == 429:
+        cls = ModelRateLimited
+    elif status == 529:
+        cls = ModelOverloaded
+    elif status == 408:
+        cls = ModelTimeout
+    elif status is not None and status >= 500:
+        cls = ModelServerError
+        retryable = status in _RETRIED_5XX
+    elif status is None:
+        # An error without a status (e.g. an error object inside a stream) is the server's.
+        cls = ModelServerError
+    else:
+        cls = ModelRequestError
+    parts = [f"{label}: HTTP {status if status is not None else '?'}"]
+    if error_type:
+        parts.append(f" {error_type}")
+    if detail:
+        parts.append(f": {detail}")
+    parts.append(f" (request id {request_id or 'unknown'})")
+    return cls(
+        "".join(parts),
+        status=status,
+        request_id=request_id,
+        retryable=retryable,
+        retry_after=retry_after,
+        error_type=error_type,
+    )
+
+
+def body_error(body: object) -> tuple[str | None, str]:
+    """The error type and message of an API error body (`{"error": {"type", "message"}}`)."""
+    if isinstance(body, dict):
+        error = body.get("error", body)
+        if isinstance(error, dict):
+            etype = error.get("type") or error.get("code")
+            message = error.get("message")
+            return (etype if isinstance(etype, str) else None, str(message or ""))
+        if isinstance(error, str):
+            return None, error[:500]
+    if isinstance(body, str):
+        return None, body[:500]
+    return None, ""
+
+
+def parse_retry_after(headers: Mapping[str, str] | None) -> float | None:
+    """Seconds to wait from `retry-after-ms` or `retry-after` (seconds or HTTP date), or None."""
+    if not headers:
+        return None
+    millis = headers.get("retry-after-ms")
+    if millis:
+        try:
+            return max(float(millis) / 1000.0, 0.0)
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if not value:
+        return None
+    try:
+        return max(float(value), 0.0)
+    except ValueError:
+        pass
+    parsed = email.utils.parsedate_tz(value)
+    if parsed is None:
+        return None
+    return max(float(email.utils.mktime_tz(parsed)) - time.time(), 0.0)

@@ -1,0 +1,113 @@
+"""loomgraph's own retry loop for streamed model calls.
+
+The SDKs' built-in retries are switched off (`max_retries=0`) because they cannot see the
+stream: a call that fails after it started streaming must not be retried silently, since the
+caller already holds part of the answer. This module retries a call only while nothing of it
+has been handed out, and otherwise raises `ModelStreamBroken` so the agent retries the whole
+step. The usage billed for failed attempts is carried into the next attempt's usage chunk (or
+the final error), so money spent on retries is never lost from the books.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from contextlib import aclosing
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+from loomgraph.models.errors import AdapterError, ModelStreamBroken
+from loomgraph.protocols import ModelChunk, Usage
+
+__all__ = ["RetryPolicy", "add_usage", "retrying"]
+
+_NUMERIC_USAGE_KEYS = (
+    "input_tokens",
+    "output_tokens",
+    "cache_read_tokens",
+    "cache_write_tokens",
+    "cost_usd",
+    "model_calls",
+    "tool_calls",
+)
+
+
+def add_usage(a: Usage, b: Usage) -> Usage:
+    """The field-wise sum of two usages (missing keys count as zero, absent in both stay so)."""
+    left: dict[str, Any] = dict(a)
+    right: dict[str, Any] = dict(b)
+    out: dict[str, Any] = {}
+    for key in _NUMERIC_USAGE_KEYS:
+        if key in left or key in right:
+            out[key] = left.get(key, 0) + right.get(key, 0)
+    return cast(Usage, out)
+
+
+@dataclass(slots=True)
+class RetryPolicy:
+    """How often and how long to wait: exponential backoff with jitter, or `retry-after`.
+
+    `max_retries` counts retries, so at most `max_retries + 1` attempts are made. The n-th
+    retry (from 0) waits `base_delay * 2**n`, capped at `max_delay`, reduced by up to
+    `jitter` (a fraction) at random so that many clients do not retry in lockstep. When the
+    provider sent `retry-after`, that wait is used instead (capped at `max_retry_after`).
+    `sleep` is injectable so tests can record the waits instead of sleeping.
+    """
+
+    max_retries: int = 4
+    base_delay: float = 0.5
+    max_delay: float = 30.0
+    jitter: float = 0.5
+    max_retry_after: float = 60.0
+    sleep: Callable[[float], Awaitable[None]] = field(default=asyncio.sleep)
+
+    def delay(self, retry: int, retry_after: float | None = None) -> float:
+        """Seconds to wait before retry number `retry` (0-based)."""
+        if retry_after is not None:
+            return min(max(retry_after, 0.0), self.max_retry_after)
+        backoff = min(self.base_delay * (2.0**retry), self.max_delay)
+        return backoff * (1.0 - self.jitter * random.random())
+
+
+async def retrying(
+    attempt: Callable[[], AsyncGenerator[ModelChunk, None]],
+    *,
+    policy: RetryPolicy,
+) -> AsyncIterator[ModelChunk]:
+    """Run `attempt()` until it completes, retrying retryable errors raised before any chunk."""
+    carried = Usage()  # billed by earlier failed attempts
+    tries = 0
+    while True:
+        tries += 1
+        yielded = False
+        try:
+            async with aclosing(attempt()) as chunks:
+                async for chunk in chunks:
+                    if chunk.get("type") == "usage" and carried:
+                        chunk = ModelChunk(
+                            type="usage", usage=add_usage(carried, chunk.get("usage", Usage()))
+                        )
+                    yielded = True
+                    yield chunk
+            return
+        except AdapterError as err:
+            err.usage = add_usage(carried, err.usage)
+            err.attempts = tries
+            if yielded:
+                broken = ModelStreamBroken(
+                    f"{err.args[0]}; the stream broke after output was streamed, retry the step",
+                    status=err.status,
+                    request_id=err.request_id,
+                    retry_step=True,
+                    usage=err.usage,
+                    error_type=err.error_type,
+                )
+                broken.attempts = tries
+                raise broken from err
+            if not err.retryable or tries > policy.max_retries:
+                if tries > 1:
+                    err.args = (f"{err.args[0]} (gave up after {tries} attempts)",)
+                raise
+            carried = err.usage
+            await policy.sleep(policy.delay(tries - 1, err.retry_after))
