@@ -1,0 +1,81 @@
+"""Typed errors of the durable runtime journals; each names the file, server or run concerned."""
+
+from __future__ import annotations
+
+from loomgraph.runtime.memory import UnknownRun
+
+__all__ = [
+    "JournalCorrupted",
+    "JournalEncodingError",
+    "JournalError",
+    "JournalUnavailable",
+    "JournalVersionError",
+    "RunConflict",
+    "UnknownEffect",
+    "UnknownRun",
+]
+
+
+class JournalError(Exception):
+    """Base class of the errors a durable journal raises (UnknownRun is a KeyError instead)."""
+
+
+class JournalCorrupted(JournalError):
+    """The journal file is not a database, or its content is damaged; nothing was written."""
+
+    def __init__(self, where: str, detail: str) -> None:
+        super().__init__(f"journal {where} is corrupted or not a loomgraph journal: {detail}")
+        self.where = where
+        self.detail = detail
+
+
+class JournalVersionError(JournalError):
+    """The journal was written with a schema version this loomgraph does not read."""
+
+    def __init__(self, where: str, found: str | int, supported: int) -> None:
+        super().__init__(
+            f"journal {where} has schema version {found}; this loomgraph reads version "
+            f"{supported} only (upgrade loomgraph, or use another journal)"
+        )
+        self.where = where
+        self.found = found
+        self.supported = supported
+
+
+class JournalUnavailable(JournalError):
+    """The journal cannot be reached: unopenable file, wrong DSN, server down, lock timeout."""
+
+    def __init__(self, where: str, detail: str) -> None:
+        super().__init__(f"journal {where} is unavailable: {detail}")
+        self.where = where
+        self.detail = detail
+
+
+class JournalEncodingError(JournalError, TypeError):
+    """A value to journal is not plain JSON (journals never pickle); nothing was written."""
+
+
+class RunConflict(JournalError):
+    """Another writer got there first: a seq already recorded, or a run leased by another owner."""
+
+    def __init__(
+        self, run_id: str, detail: str, *, owner: str | None = None,
+        expires_at: float | None = None,
+    ) -> None:
+        super().__init__(f"run {run_id!r}: {detail}")
+        self.run_id = run_id
+        self.detail = detail
+        self.owner = owner
+        self.expires_at = expires_at
+
+
+class UnknownEffect(JournalError, KeyError):
+    """`end_effect` for a key whose intent was never journaled."""
+
+    def __init__(self, run_id: str, key: str) -> None:
+        super().__init__(f"run {run_id!r} has no effect with key {key!r}")
+        self.run_id = run_id
+        self.key = key
+
+    def __str__(self) -> str:
+        return str(self.args[0])

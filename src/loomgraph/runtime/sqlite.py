@@ -1,0 +1,281 @@
+"""`SqliteRuntime`: the durable journal in one SQLite file (WAL mode, safe for many processes)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sqlite3
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from types import TracebackType
+from typing import Any, Literal
+
+import aiosqlite
+
+from loomgraph.runtime.codec import (
+    SCHEMA_VERSION,
+    Constraint,
+    Cursor,
+    Dialect,
+    SqlJournal,
+    ddl,
+)
+from loomgraph.runtime.errors import (
+    JournalCorrupted,
+    JournalError,
+    JournalUnavailable,
+    JournalVersionError,
+)
+
+SQLITE = Dialect(prefix="", integer="INTEGER", real="REAL", json="TEXT",
+                 serial="INTEGER PRIMARY KEY",
+                 now="((julianday('now') - 2440587.5) * 86400.0)")
+_HEADER = b"SQLite format 3\x00"
+_CORRUPT = ("SQLITE_CORRUPT", "SQLITE_NOTADB")
+
+
+class _SqliteCursor:
+    """Runs statements on the runtime's one connection, with constraint errors translated."""
+
+    def __init__(self, conn: aiosqlite.Connection) -> None:
+        self._conn = conn
+
+    async def execute(self, sql: str, args: Sequence[Any]) -> int:
+        """Run one statement; the number of rows it changed."""
+        try:
+            cursor = await self._conn.execute(sql, args)
+        except sqlite3.IntegrityError as err:
+            name = getattr(err, "sqlite_errorname", "")
+            if name == "SQLITE_CONSTRAINT_FOREIGNKEY":
+                raise Constraint("foreign_key", str(err)) from None
+            if name in ("SQLITE_CONSTRAINT_PRIMARYKEY", "SQLITE_CONSTRAINT_UNIQUE"):
+                raise Constraint("unique", str(err)) from None
+            raise
+        return cursor.rowcount
+
+    async def fetch(self, sql: str, args: Sequence[Any]) -> list[Sequence[Any]]:
+        """Run one query; its rows."""
+        return list(await self._conn.execute_fetchall(sql, args))
+
+
+class SqliteRuntime(SqlJournal):
+    """A journal in one SQLite file; several processes may write it at once.
+
+    One connection per object, opened on first use; every statement of this object is
+    serialised by an asyncio lock, and each write is one `BEGIN IMMEDIATE` transaction, so
+    waiting for another process's write lock goes through `busy_timeout` instead of failing
+    with "database is locked".
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        snapshot_every: int = 100,
+        lease_seconds: float = 30.0,
+        busy_timeout: float = 30.0,
+        synchronous: Literal["NORMAL", "FULL"] = "NORMAL",
+        verify: bool = True,
+    ) -> None:
+        self.path = os.fspath(path)
+        super().__init__(SQLITE, repr(self.path), snapshot_every=snapshot_every,
+                         lease_seconds=lease_seconds)
+        if synchronous not in ("NORMAL", "FULL"):
+            raise ValueError(f"synchronous must be 'NORMAL' or 'FULL', not {synchronous!r}")
+        self.busy_timeout = busy_timeout
+        self.synchronous = synchronous
+        self.verify = verify
+        self._conn: aiosqlite.Connection | None = None
+        self._lock: asyncio.Lock | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def __repr__(self) -> str:
+        return f"SqliteRuntime({self.path!r})"
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def connect(self) -> None:
+        """Open, check and (when new) create the journal now rather than on first use."""
+        async with self._session():
+            pass
+
+    async def close(self) -> None:
+        """Close the connection; the next use opens it again."""
+        if self._conn is None:
+            return
+        async with self._locked():
+            conn, self._conn = self._conn, None
+            if conn is not None:
+                await conn.close()
+
+    async def __aenter__(self) -> SqliteRuntime:
+        await self.connect()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def checkpoint(self) -> None:
+        """Move the write-ahead log into the database file and truncate the log."""
+        async with self._session() as conn:
+            await conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+    # ------------------------------------------------------------------ sessions
+
+    @asynccontextmanager
+    async def _locked(self) -> AsyncIterator[None]:
+        loop = asyncio.get_running_loop()
+        if self._lock is None or self._loop is not loop:
+            # An asyncio.Lock belongs to one event loop; a later asyncio.run() gets its own.
+            self._lock, self._loop = asyncio.Lock(), loop
+        async with self._lock:
+            yield
+
+    @asynccontextmanager
+    async def _session(self) -> AsyncIterator[aiosqlite.Connection]:
+        async with self._locked():
+            try:
+                if self._conn is None:
+                    self._conn = await self._open()
+                yield self._conn
+            except sqlite3.Error as err:
+                raise self._translate(err) from err
+
+    @asynccontextmanager
+    async def _read(self) -> AsyncIterator[Cursor]:
+        async with self._session() as conn:
+            yield _SqliteCursor(conn)
+
+    @asynccontextmanager
+    async def _write(self) -> AsyncIterator[Cursor]:
+        # IMMEDIATE takes the write lock up front, where busy_timeout applies; a deferred
+        # transaction upgrading from read to write could fail with "database is locked".
+        # (A lone write statement via _read() is begun the same way by SQLite itself.)
+        async with self._session() as conn:
+            await conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield _SqliteCursor(conn)
+            except BaseException:
+                if conn.in_transaction:
+                    await conn.execute("ROLLBACK")
+                raise
+            await conn.execute("COMMIT")
+
+    def _translate(self, err: sqlite3.Error) -> JournalError:
+        name = getattr(err, "sqlite_errorname", "")
+        text = str(err)
+        if name.startswith(_CORRUPT) or text.startswith(("no such table", "no such column")):
+            return JournalCorrupted(self.location, text)
+        if name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")):
+            return JournalUnavailable(self.location, f"{text} for longer than "
+                                      f"busy_timeout={self.busy_timeout}s")
+        return JournalUnavailable(self.location, text)
+
+    # ------------------------------------------------------------------ opening
+
+    async def _open(self) -> aiosqlite.Connection:
+        """Connect, refuse foreign or damaged files before writing anything, then set up."""
+        memory = self.path == ":memory:"
+        if not memory:
+            self._check_file()
+        conn = aiosqlite.connect(self.path, isolation_level=None)
+        # aiosqlite's worker thread is not a daemon: an unclosed runtime would keep the
+        # process from exiting. Every write is committed when it returns, so nothing is lost.
+        thread = getattr(conn, "_thread", None)
+        if thread is not None:
+            thread.daemon = True
+        try:
+            await conn
+        except sqlite3.Error as err:
+            raise JournalUnavailable(self.location, str(err)) from None
+        try:
+            await conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
+            version = await _schema_version(conn)
+            if version is not None and version != str(SCHEMA_VERSION):
+                raise JournalVersionError(self.location, version, SCHEMA_VERSION)
+            if self.verify and not memory:
+                await self._verify(conn)
+            if not memory:
+                await self._enable_wal(conn)
+            await conn.execute(f"PRAGMA synchronous = {self.synchronous}")
+            await conn.execute("PRAGMA foreign_keys = ON")
+            if version is None:
+                await conn.execute("BEGIN IMMEDIATE")
+                for statement in ddl(SQLITE):
+                    await conn.execute(statement)
+                await conn.execute("COMMIT")
+        except BaseException:
+            await conn.close()
+            raise
+        return conn
+
+    async def _enable_wal(self, conn: aiosqlite.Connection) -> None:
+        """Switch a new file to WAL mode (the mode then stays with the file).
+
+        The switch needs an exclusive lock and SQLite does not apply busy_timeout to it, so
+        processes creating one journal together retry here, within busy_timeout.
+        """
+        loop = asyncio.get_running_loop()
+        deadline, delay = loop.time() + self.busy_timeout, 0.001
+        statement = "PRAGMA journal_mode"  # first only look: a journal is WAL already
+        while True:
+            try:
+                mode = next(iter(await conn.execute_fetchall(statement)))[0]
+            except sqlite3.OperationalError as err:
+                busy = getattr(err, "sqlite_errorname", "").startswith("SQLITE_BUSY")
+                if not busy or loop.time() > deadline:
+                    raise
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 0.05)
+                continue
+            if str(mode).lower() == "wal":
+                return
+            if statement.endswith("WAL"):
+                raise JournalUnavailable(self.location, f"cannot switch to WAL mode ({mode})")
+            statement = "PRAGMA journal_mode = WAL"
+
+    def _check_file(self) -> None:
+        try:
+            with open(self.path, "rb") as f:
+                head = f.read(100)
+        except FileNotFoundError:
+            parent = os.path.dirname(os.path.abspath(self.path))
+            if not os.path.isdir(parent):
+                raise JournalUnavailable(self.location,
+                                         f"directory {parent!r} does not exist") from None
+            return  # a new journal
+        except OSError as err:
+            raise JournalUnavailable(self.location, err.strerror or str(err)) from None
+        if head and not head.startswith(_HEADER):
+            raise JournalCorrupted(self.location, "not an SQLite database (no SQLite header)")
+        if 0 < len(head) < 100:
+            raise JournalCorrupted(self.location, f"truncated to {len(head)} bytes")
+        if head:
+            # SQLite writes whole pages only; a partial last page means a cut-off file.
+            page = int.from_bytes(head[16:18], "big")
+            page = 65536 if page == 1 else page
+            size = os.path.getsize(self.path)
+            if page and size % page:
+                raise JournalCorrupted(self.location, f"truncated: {size} bytes is not a whole "
+                                       f"number of {page}-byte pages")
+
+    async def _verify(self, conn: aiosqlite.Connection) -> None:
+        """`PRAGMA quick_check`: catches torn, truncated or overwritten pages before any write."""
+        rows = list(await conn.execute_fetchall("PRAGMA quick_check(5)"))
+        problems = [str(r[0]) for r in rows]
+        if problems != ["ok"]:
+            raise JournalCorrupted(self.location, "; ".join(problems).replace("\n", "; "))
+
+
+async def _schema_version(conn: aiosqlite.Connection) -> str | None:
+    """The version in journal_meta, or None for a file without a journal yet."""
+    tables = await conn.execute_fetchall(
+        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'journal_meta'")
+    if not list(tables):
+        return None
+    rows = list(await conn.execute_fetchall(
+        "SELECT value FROM journal_meta WHERE key = 'schema_version'"))
+    return str(rows[0][0]) if rows else None
