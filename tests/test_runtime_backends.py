@@ -6,6 +6,8 @@ Postgres tests run against the real server (see tests/pg.py), each in a schema o
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import gc
 import hashlib
 import os
 import random
@@ -318,6 +320,9 @@ async def test_two_runtimes_race_for_one_effect(durable: Factory) -> None:
         assert prior.attempts == 2
 
 
+# The first loop's Postgres pool cannot be closed once that loop is gone; its sockets are
+# freed (with a ResourceWarning) when collected, here, inside this test.
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 def test_usable_from_two_event_loops(durable: Factory) -> None:
     rt = durable()
 
@@ -331,6 +336,7 @@ def test_usable_from_two_event_loops(durable: Factory) -> None:
 
     asyncio.run(first())
     asyncio.run(second())
+    gc.collect()
 
 
 # --------------------------------------------------------------------------- SQLite
@@ -455,6 +461,27 @@ async def test_sqlite_append_is_committed_when_it_returns(tmp_path: Path) -> Non
         raw.close()
 
 
+async def test_sqlite_cancelled_writes_leave_no_transaction_open(tmp_path: Path) -> None:
+    path = tmp_path / "journal.db"
+    async with SqliteRuntime(path) as rt:
+        await rt.start_run(run())
+        for seq in range(1, 40):
+            task = asyncio.ensure_future(
+                rt.append_transition(step("r1", seq, snapshot={"s": seq})))
+            for _ in range(seq % 8):  # cancel it at a different point each time
+                await asyncio.sleep(0)
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await rt.append_transition(step("r1", 100, snapshot={"s": 100}))
+        with sqlite3.connect(path, timeout=0.5) as raw:  # nobody holds the write lock
+            raw.execute("INSERT INTO journal_meta VALUES ('probe', 'x')")
+        raw.close()
+        seqs = [t.seq for t in await rt.transitions("r1")]
+        assert seqs[-1] == 100
+        assert all(t.snapshot == {"s": t.seq} for t in await rt.transitions("r1"))
+
+
 _SQLITE_WRITER = """
 import asyncio, sys, time
 from loomgraph.protocols import EffectRecord, RunRecord, Transition
@@ -523,10 +550,9 @@ def test_sqlite_two_processes_write_one_file(tmp_path: Path) -> None:
 
 
 @pytest.mark.postgres
-async def test_postgres_unreachable_server_names_host_not_password() -> None:
+async def test_postgres_unreachable_server_names_host_not_password(pg_dsn: str) -> None:
     from loomgraph.runtime.postgres import PostgresRuntime
 
-    pg.require_postgres()  # asyncpg must be importable
     rt = PostgresRuntime("postgresql://postgres:s3cret@127.0.0.1:1/test", connect_timeout=5)
     with pytest.raises(JournalUnavailable) as info:
         await rt.load_run("r1")
@@ -547,7 +573,7 @@ async def test_postgres_wrong_database_or_user(pg_dsn: str) -> None:
 
 @pytest.mark.postgres
 async def test_postgres_unknown_schema_version(pg_schema: str) -> None:
-    import asyncpg
+    import asyncpg  # type: ignore[import-untyped]
 
     from loomgraph.runtime.postgres import PostgresRuntime
 

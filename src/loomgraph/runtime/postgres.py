@@ -84,7 +84,7 @@ class PostgresRuntime(SqlJournal):
         *,
         schema: str = "public",
         lease_seconds: float = 30.0,
-        snapshot_every: int = 100,
+        snapshot_every: int = 200,
         pool_size: int = 4,
         connect_timeout: float = 10.0,
     ) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import sqlite3
 from collections.abc import AsyncIterator, Sequence
@@ -71,7 +72,7 @@ class SqliteRuntime(SqlJournal):
         self,
         path: str | os.PathLike[str],
         *,
-        snapshot_every: int = 100,
+        snapshot_every: int = 200,
         lease_seconds: float = 30.0,
         busy_timeout: float = 30.0,
         synchronous: Literal["NORMAL", "FULL"] = "NORMAL",
@@ -141,6 +142,8 @@ class SqliteRuntime(SqlJournal):
                 if self._conn is None:
                     self._conn = await self._open()
                 yield self._conn
+            except sqlite3.IntegrityError:
+                raise  # a record that breaks a NOT NULL column: the caller's bug, not the file's
             except sqlite3.Error as err:
                 raise self._translate(err) from err
 
@@ -155,11 +158,13 @@ class SqliteRuntime(SqlJournal):
         # transaction upgrading from read to write could fail with "database is locked".
         # (A lone write statement via _read() is begun the same way by SQLite itself.)
         async with self._session() as conn:
-            await conn.execute("BEGIN IMMEDIATE")
             try:
+                await conn.execute("BEGIN IMMEDIATE")
                 yield _SqliteCursor(conn)
             except BaseException:
-                if conn.in_transaction:
+                # Unconditional: after a cancellation the BEGIN may still be queued on the
+                # worker thread; a ROLLBACK queued behind it ends it either way.
+                with contextlib.suppress(sqlite3.OperationalError):
                     await conn.execute("ROLLBACK")
                 raise
             await conn.execute("COMMIT")
