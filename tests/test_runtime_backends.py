@@ -654,3 +654,16 @@ def test_lazy_imports() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True, env={**os.environ}).stdout.split()
     assert out[0] == "False"
+
+
+@pytest.mark.parametrize("dsn, shown", [
+    ("postgresql://app:s3cret@db.internal:5432/prod", "postgresql://app@db.internal:5432/prod"),
+    ("postgres://app:s3cret@db:notaport/prod", "postgres://app@db:notaport/prod"),
+    ("postgres://app:s3@cret@db/prod", "postgres://app@db/prod"),
+    ("postgres://app:s3cret@/prod?host=/run/pg", "postgres://app@localhost (/run/pg)/prod"),
+    ("host=db password=s3cret", "<not a postgres:// URL>"),
+])
+def test_postgres_dsn_is_described_without_password(dsn: str, shown: str) -> None:
+    from loomgraph.runtime.postgres import describe_dsn
+
+    assert describe_dsn(dsn) == shown

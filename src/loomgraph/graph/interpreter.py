@@ -19,7 +19,7 @@ from loomgraph.graph.state import snapshot_of
 from loomgraph.protocols import BudgetExceeded, Reservation, Transition, Usage
 
 # A full state goes into the journal every this many transitions; the rest are patches.
-SNAPSHOT_EVERY = 50
+SNAPSHOT_EVERY = 200
 
 
 @dataclass(slots=True)

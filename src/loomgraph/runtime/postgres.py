@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from types import TracebackType
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 from loomgraph.runtime.codec import SCHEMA_VERSION, Constraint, Cursor, Dialect, SqlJournal, ddl
 from loomgraph.runtime.errors import JournalCorrupted, JournalUnavailable, JournalVersionError
@@ -37,14 +37,14 @@ def dialect(schema: str) -> Dialect:
 
 def describe_dsn(dsn: str) -> str:
     """A DSN without its password, for error messages."""
-    try:
-        url = urlsplit(dsn)
-        port = url.port
-    except ValueError:
-        return "<malformed DSN>"
-    user = f"{url.username}@" if url.username else ""
-    where = (url.hostname or "localhost") + (f":{port}" if port else "")
-    return f"{url.scheme or 'postgres'}://{user}{where}{url.path}"
+    url = urlsplit(dsn)
+    if not url.scheme:
+        return "<not a postgres:// URL>"
+    user, _, host = url.netloc.rpartition("@")  # host[:port] exactly as written
+    user = user.partition(":")[0]
+    socket = parse_qs(url.query).get("host", [""])[0]
+    where = host or (f"localhost ({socket})" if socket else "localhost")
+    return f"{url.scheme}://{user + '@' if user else ''}{where}{url.path}"
 
 
 class _PgCursor:
