@@ -12,7 +12,8 @@ import time
 from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol, TypeVar, cast
+from types import TracebackType
+from typing import Any, Literal, Protocol, Self, TypeVar, cast
 
 from loomgraph.protocols import EffectRecord, EffectStatus, RunRecord, RunStatus, Transition, Usage
 from loomgraph.runtime.errors import (
@@ -264,6 +265,24 @@ class SqlJournal:
         self.snapshot_every = snapshot_every
         self.lease_seconds = lease_seconds
         self._sql = statements(dialect)
+
+    async def connect(self) -> None:
+        """Open (and when new, create) the journal now rather than on first use."""
+        raise NotImplementedError
+
+    async def close(self) -> None:
+        """Let go of connections; the next use opens them again."""
+        raise NotImplementedError
+
+    async def __aenter__(self) -> Self:
+        await self.connect()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
 
     def _read(self) -> AbstractAsyncContextManager[Cursor]:
         raise NotImplementedError

@@ -8,7 +8,6 @@ import os
 import sqlite3
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from types import TracebackType
 from typing import Any, Literal
 
 import aiosqlite
@@ -108,16 +107,6 @@ class SqliteRuntime(SqlJournal):
             conn, self._conn = self._conn, None
             if conn is not None:
                 await conn.close()
-
-    async def __aenter__(self) -> SqliteRuntime:
-        await self.connect()
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
 
     async def checkpoint(self) -> None:
         """Move the write-ahead log into the database file and truncate the log."""
