@@ -7,6 +7,7 @@ conversion. This module imports nothing of loomgraph's.
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
@@ -96,6 +97,17 @@ class ModelRequest:
     # included), so a scripted model can answer per run without shared state.
     run_id: str = ""
     call_index: int = 0
+
+    def prompt_chars(self) -> int:
+        """How many characters the request sends: system, messages, tool calls, tool specs."""
+        total = len(self.system)
+        for message in self.messages:
+            total += len(message.get("content") or "")
+            for call in message.get("tool_calls") or ():
+                total += len(call.get("tool", "")) + len(json.dumps(call.get("args") or {}))
+        if self.tools:
+            total += len(json.dumps(list(self.tools)))
+        return total
 
 
 @dataclass(slots=True)

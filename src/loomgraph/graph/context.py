@@ -283,9 +283,8 @@ class NodeContext:
 
 def _model_estimate(request: ModelRequest) -> Usage:
     """The worst case of a model call: the prompt's size (≈4 characters a token) + max_tokens."""
-    chars = len(request.system) + sum(len(m["content"]) for m in request.messages)
-    return {"input_tokens": chars // 4 + 1, "output_tokens": request.max_tokens or 4096,
-            "model_calls": 1}
+    return {"input_tokens": request.prompt_chars() // 4 + 1,
+            "output_tokens": request.max_tokens or 4096, "model_calls": 1}
 
 
 def _add_usage(total: Usage, more: Usage) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any, ClassVar
 
@@ -15,18 +14,6 @@ from loomgraph.protocols import ModelChunk, ModelRequest, Usage
 # About 4 MB of text: far above any model's context window in tokens, but it stops a runaway
 # prompt (a tool that returned a whole file system) before it costs an upload and a 413.
 DEFAULT_MAX_PROMPT_CHARS = 4_000_000
-
-
-def prompt_chars(request: ModelRequest) -> int:
-    """How many characters a request sends: system, messages, tool arguments and tool specs."""
-    total = len(request.system)
-    for message in request.messages:
-        total += len(message.get("content") or "")
-        for call in message.get("tool_calls") or ():
-            total += len(call.get("tool", "")) + len(json.dumps(call.get("args") or {}))
-    if request.tools:
-        total += len(json.dumps(list(request.tools)))
-    return total
 
 
 class HTTPModel:
@@ -72,7 +59,7 @@ class HTTPModel:
 
     async def stream(self, request: ModelRequest) -> AsyncIterator[ModelChunk]:
         """Stream one turn, retrying failures that happen before anything was streamed."""
-        size = prompt_chars(request)
+        size = request.prompt_chars()
         if size > self.max_prompt_chars:
             raise ModelPromptTooLarge(
                 f"{self.label}: prompt of {size} characters is over max_prompt_chars="

@@ -17,10 +17,6 @@ class EchoModel:
         """One text chunk echoing the last message, then usage and finish."""
         last = request.messages[-1]["content"] if request.messages else ""
         yield {"type": "text", "text": last}
-        yield {"type": "usage", "usage": {"input_tokens": _tokens(request), "output_tokens":
-                                          max(1, len(last) // 4)}}
+        yield {"type": "usage", "usage": {"input_tokens": max(1, request.prompt_chars() // 4),
+                                          "output_tokens": max(1, len(last) // 4)}}
         yield {"type": "finish", "finish_reason": "end_turn"}
-
-
-def _tokens(request: ModelRequest) -> int:
-    return max(1, (len(request.system) + sum(len(m["content"]) for m in request.messages)) // 4)
