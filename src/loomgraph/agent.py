@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import copy
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -23,7 +22,7 @@ from loomgraph.graph.context import Deps, EventSink, RunScope
 from loomgraph.graph.interpreter import Outcome, run_graph
 from loomgraph.graph.library import load_graph
 from loomgraph.graph.spec import Graph
-from loomgraph.graph.state import final_output
+from loomgraph.graph.state import final_output, snapshot_of
 from loomgraph.protocols import (
     AuditLog,
     Budget,
@@ -198,7 +197,7 @@ class Agent:
         session = AgentSession(self, _prompt(record), user_id=record.user_id,
                                session_id=record.session_id)
         forked = session._record(parent_run_id=run_id, parent_seq=at,
-                                 initial={"state": copy.deepcopy(where.state),
+                                 initial={"state": snapshot_of(where.state),
                                           "system": (record.initial or {})
                                           .get("system", self.instructions)})
         fresh = Position(where.state, where.visits, where.next_node, 0)

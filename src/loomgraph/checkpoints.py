@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from loomgraph.graph.compiled import CompiledGraph
 from loomgraph.graph.errors import GraphError
-from loomgraph.graph.spec import END
+from loomgraph.graph.state import snapshot_of
 from loomgraph.protocols import RunRecord, Transition
 
 
@@ -49,31 +48,20 @@ def position(
     upto: int | None = None,
 ) -> Position:
     """The state after transition `upto` (default: the last), from the newest snapshot on."""
-    initial = (run.initial or {}).get("state", {})
-    state = graph.schema.initial(initial)
-    visits: dict[str, int] = {}
-    next_node, seq = graph.graph.entry, 0
-    chosen = [t for t in transitions if upto is None or t.seq <= upto]
-    start = 0
+    chosen = [t for t in transitions if is_top_level(t) and (upto is None or t.seq <= upto)]
+    state, start = _first_state(graph, run), 0
     for i in range(len(chosen) - 1, -1, -1):
         snapshot = chosen[i].snapshot
-        if snapshot is not None and is_top_level(chosen[i]):
-            state = copy.deepcopy(snapshot)
-            start = i + 1
+        if snapshot is not None:
+            state, start = snapshot_of(snapshot), i + 1
             break
-    for t in chosen[:start]:
-        if is_top_level(t):
-            visits[t.node] = max(visits.get(t.node, 0), t.visit)
     for t in chosen[start:]:
-        if is_top_level(t):
-            graph.schema.apply(state, t.patch)
-            visits[t.node] = max(visits.get(t.node, 0), t.visit)
-    for t in reversed(chosen):
-        if is_top_level(t):
-            next_node, seq = t.next_node, t.seq
-            break
-    if chosen:
-        seq = chosen[-1].seq
+        graph.schema.apply(state, t.patch)
+    visits: dict[str, int] = {}
+    for t in chosen:
+        visits[t.node] = max(visits.get(t.node, 0), t.visit)
+    next_node = chosen[-1].next_node if chosen else graph.graph.entry
+    seq = max((t.seq for t in transitions if upto is None or t.seq <= upto), default=0)
     return Position(state, visits, next_node, seq)
 
 
@@ -81,22 +69,20 @@ def history(
     graph: CompiledGraph, run: RunRecord, transitions: Sequence[Transition]
 ) -> list[Checkpoint]:
     """Every transition of a run with the run's state after it."""
-    state = graph.schema.initial((run.initial or {}).get("state", {}))
+    state = _first_state(graph, run)
     out = []
     for t in transitions:
         if is_top_level(t):
             graph.schema.apply(state, t.patch)
-        out.append(Checkpoint(t.seq, t.node, t.visit, t.next_node, t.patch,
-                              copy.deepcopy(state)))
+        out.append(Checkpoint(t.seq, t.node, t.visit, t.next_node, t.patch, snapshot_of(state)))
     return out
+
+
+def _first_state(graph: CompiledGraph, run: RunRecord) -> dict[str, Any]:
+    return graph.schema.initial((run.initial or {}).get("state", {}))
 
 
 def diff(before: dict[str, Any], after: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
     """The fields that differ between two states, as (before, after) pairs."""
     return {k: (before.get(k), after.get(k)) for k in sorted(set(before) | set(after))
             if before.get(k) != after.get(k)}
-
-
-def is_finished(next_node: str) -> bool:
-    """True when the run had reached END."""
-    return next_node == END
