@@ -124,19 +124,19 @@ def build_deps(
     from loomgraph.observability import NoAuditLog, NoTelemetry
     from loomgraph.tools import as_tool_host
 
+    def given(obj: Any, protocol: type, what: str, default: type) -> Any:
+        return default() if obj is None else _checked(obj, protocol, what)
+
     host: ToolHost = as_tool_host(tools)
     return Deps(
         model=resolve_model(model),
         tools=host,
         runtime=resolve_runtime(runtime),
         memory=resolve_memory(memory),
-        budget=_checked(budget, Budget, "budget") if budget is not None else NoBudget(),
+        budget=given(budget, Budget, "budget", NoBudget),
         budgeted=budget is not None,
-        permissions=_checked(permissions, Permissions, "permissions")
-        if permissions is not None else AllowAll(),
-        hooks=_checked(hooks, Hooks, "hooks") if hooks is not None else NoHooks(),
-        telemetry=_checked(telemetry, Telemetry, "telemetry")
-        if telemetry is not None else NoTelemetry(),
-        audit_log=_checked(audit_log, AuditLog, "audit_log")
-        if audit_log is not None else NoAuditLog(),
+        permissions=given(permissions, Permissions, "permissions", AllowAll),
+        hooks=given(hooks, Hooks, "hooks", NoHooks),
+        telemetry=given(telemetry, Telemetry, "telemetry", NoTelemetry),
+        audit_log=given(audit_log, AuditLog, "audit_log", NoAuditLog),
     )

@@ -72,10 +72,13 @@ class LLMNode(NodeKind):
         self.system_template = compile_template(p.system) if p.system else None
         self.adapter: TypeAdapter[Any] | None = None
         self.tool: ToolSpec | None = None
+        self.wrapped = False
         if p.schema_:
             self.adapter = TypeAdapter(parse_type(p.schema_))
             schema = self.adapter.json_schema()
-            if schema.get("type") != "object":  # tool inputs must be objects: wrap the value
+            # Tool inputs must be objects: any other answer type is wrapped as {"value": ...}.
+            self.wrapped = schema.get("type") != "object"
+            if self.wrapped:
                 schema = {"type": "object", "properties": {"value": schema},
                           "required": ["value"]}
             self.tool = {"name": RESPOND_TOOL, "description": "Give the answer.",
@@ -98,8 +101,6 @@ class LLMNode(NodeKind):
 
     def _structured(self, calls: list[Any], text: str) -> Any:
         assert self.adapter is not None and self.tool is not None
-        wrapped = "value" in self.tool["parameters"]["properties"] and \
-            self.tool["parameters"].get("required") == ["value"]
         raw: Any = next((c["args"] for c in calls if c["tool"] == RESPOND_TOOL), None)
         if raw is None:
             try:
@@ -108,7 +109,7 @@ class LLMNode(NodeKind):
                 raise StructuredOutputError(
                     f"node {self.name!r}: the model gave no `respond` call and its text is "
                     f"not JSON: {text[:200]!r}") from None
-        elif wrapped and isinstance(raw, dict):
+        elif self.wrapped and isinstance(raw, dict):
             raw = raw.get("value")
         try:
             return self.adapter.dump_python(self.adapter.validate_python(raw), mode="json")
