@@ -17,6 +17,7 @@ from loomgraph.graph.library import UnknownGraph
 from loomgraph.graph.loader import graph_from_yaml
 from loomgraph.memory import InMemoryMemory
 from loomgraph.models import EchoModel, ScriptedModel
+from loomgraph.nodes.structured import OutputValidationError
 from loomgraph.protocols import ModelRequest, UnknownRun
 from loomgraph.runtime import InMemoryRuntime
 
@@ -152,12 +153,51 @@ class Weather(BaseModel):
     celsius: float
 
 
-async def test_output_schema_parses_the_answer() -> None:
+async def test_output_schema_parses_a_fitting_answer_without_another_call() -> None:
     agent = Agent("x", model=ScriptedModel(['{"city": "Tokyo", "celsius": 21.5}']))
     result = await agent.run("weather?", output_schema=Weather)
     assert result.parsed == Weather(city="Tokyo", celsius=21.5)
-    bad = await Agent("x", model=ScriptedModel(["sunny"])).run("w", output_schema=Weather)
-    assert bad.status == "failed" and "schema" in bad.reason
+    assert result.turns == 1
+
+
+async def test_output_schema_forces_the_answer_and_retries_once_on_errors() -> None:
+    seen: list[ModelRequest] = []
+    turns = ["It is sunny in Tokyo.",
+             {"tool_calls": [{"tool": "respond", "args": {"city": "Tokyo"}}]},
+             {"tool_calls": [{"tool": "respond", "args": {"city": "Tokyo", "celsius": 21}}]}]
+
+    def script(request: ModelRequest) -> object:
+        seen.append(request)
+        return turns[request.call_index]
+
+    agent = Agent("x", model=ScriptedModel(script))
+    result = await agent.run("weather?", output_schema=Weather)
+    assert result.parsed == Weather(city="Tokyo", celsius=21.0)
+    assert seen[1].tool_choice == "respond" and seen[1].tools[0]["name"] == "respond"
+    feedback = seen[2].messages[-1]
+    assert feedback["role"] == "tool" and feedback["is_error"] and "celsius" in feedback["content"]
+    history = await agent.history(result.run_id)
+    assert history[-1].node == "structured_output"
+    assert history[-1].state["output"] == {"city": "Tokyo", "celsius": 21.0}
+
+
+async def test_an_answer_that_never_fits_raises_with_the_last_raw_output() -> None:
+    bad = {"tool_calls": [{"tool": "respond", "args": {"city": "Tokyo", "celsius": "warm"}}]}
+    runtime = InMemoryRuntime()
+    agent = Agent("x", model=ScriptedModel(["sunny", bad, bad, bad]), runtime=runtime)
+    with pytest.raises(OutputValidationError) as err:
+        await agent.run("w", output_schema=Weather)
+    assert err.value.raw == {"city": "Tokyo", "celsius": "warm"}
+    assert "3 attempt(s)" in str(err.value)
+    [record] = await runtime.runs()
+    assert record.status == "failed" and "structured_output" in record.reason
+
+
+async def test_echo_answers_a_schema_with_the_prompt() -> None:
+    result = await Agent("x", model="echo").run('{"city": "Lima", "celsius": 19}',
+                                                output_schema=Weather)
+    assert result.parsed == Weather(city="Lima", celsius=19)
+    assert (await Agent("x", model="echo").run("7", output_schema=int)).parsed == 7
 
 
 async def test_resume_a_finished_run_executes_nothing() -> None:

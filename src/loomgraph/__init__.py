@@ -9,16 +9,18 @@ if TYPE_CHECKING:
     from loomgraph.events import Event
     from loomgraph.graph.registry import NodeKind, register_node
     from loomgraph.graph.spec import Graph
+    from loomgraph.nodes.structured import OutputValidationError
     from loomgraph.tools import tool
 
-__all__ = ["Agent", "AgentSession", "Event", "Graph", "NodeKind", "RunResult", "register_node",
-           "tool"]
+__all__ = ["Agent", "AgentSession", "Event", "Graph", "NodeKind", "OutputValidationError",
+           "RunResult", "register_node", "tool"]
 
 _EXPORTS = {
     "Agent": "loomgraph.agent", "AgentSession": "loomgraph.agent",
     "RunResult": "loomgraph.agent", "Event": "loomgraph.events",
     "Graph": "loomgraph.graph.spec", "NodeKind": "loomgraph.graph.registry",
     "register_node": "loomgraph.graph.registry", "tool": "loomgraph.tools",
+    "OutputValidationError": "loomgraph.nodes.structured",
 }
 
 

@@ -11,8 +11,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pydantic import TypeAdapter, ValidationError
-
 from loomgraph import nodes as _builtin_nodes  # noqa: F401  (registers the built-in kinds)
 from loomgraph.checkpoints import Checkpoint, GraphChanged, Position, history, position
 from loomgraph.deps import build_deps, current_run
@@ -23,6 +21,12 @@ from loomgraph.graph.interpreter import Outcome, run_graph
 from loomgraph.graph.library import load_graph
 from loomgraph.graph.spec import Graph
 from loomgraph.graph.state import final_output, snapshot_of
+from loomgraph.nodes.structured import (
+    DEFAULT_RETRIES,
+    FinishNode,
+    OutputValidationError,
+    StructuredAnswer,
+)
 from loomgraph.protocols import (
     AuditLog,
     Budget,
@@ -112,28 +116,35 @@ class Agent:
 
     def session(
         self, prompt: str, *, user_id: str | None = None, session_id: str | None = None,
-        output_schema: Any = None,
+        output_schema: Any = None, output_retries: int = DEFAULT_RETRIES,
     ) -> AgentSession:
         """A fresh session for one run."""
         return AgentSession(self, prompt, user_id=user_id, session_id=session_id,
-                            output_schema=output_schema)
+                            output_schema=output_schema, output_retries=output_retries)
 
     async def run(
         self, prompt: str, *, user_id: str | None = None, session_id: str | None = None,
-        output_schema: Any = None,
+        output_schema: Any = None, output_retries: int = DEFAULT_RETRIES,
     ) -> RunResult:
-        """Run to the end and return the result (the same as draining `stream()`)."""
-        hooks = self.deps.hooks
-        return await self.session(prompt, user_id=user_id, session_id=session_id,
-                                  output_schema=output_schema).execute(hooks.on_event)
+        """Run to the end and return the result (the same as draining `stream()`).
+
+        With `output_schema`, `RunResult.parsed` holds the answer validated into that type;
+        an answer that never fits raises `OutputValidationError` (after the run is journaled).
+        """
+        session = self.session(prompt, user_id=user_id, session_id=session_id,
+                               output_schema=output_schema, output_retries=output_retries)
+        result = await session.execute(self.deps.hooks.on_event)
+        if session.error is not None:
+            raise session.error
+        return result
 
     async def stream(
         self, prompt: str, *, user_id: str | None = None, session_id: str | None = None,
-        output_schema: Any = None,
+        output_schema: Any = None, output_retries: int = DEFAULT_RETRIES,
     ) -> AsyncIterator[Event]:
         """The run's events as they happen; leaving the loop early cancels the run cleanly."""
         session = self.session(prompt, user_id=user_id, session_id=session_id,
-                               output_schema=output_schema)
+                               output_schema=output_schema, output_retries=output_retries)
         queue: asyncio.Queue[Any] = asyncio.Queue(_STREAM_BUFFER)
         on_event = self.deps.hooks.on_event
 
@@ -152,6 +163,8 @@ class Agent:
             while (item := await queue.get()) is not _DONE:
                 yield item
             await task  # surfaces an infrastructure error, if the run raised one
+            if session.error is not None:
+                raise session.error
         finally:
             if not task.done():
                 task.cancel()
@@ -232,13 +245,17 @@ class AgentSession:
 
     def __init__(
         self, agent: Agent, prompt: str, *, user_id: str | None, session_id: str | None,
-        output_schema: Any = None, run_id: str | None = None,
+        output_schema: Any = None, output_retries: int = DEFAULT_RETRIES,
+        run_id: str | None = None,
     ) -> None:
         self.agent = agent
         self.prompt = prompt
         self.user_id = user_id
         self.session_id = session_id
-        self.output_schema = output_schema
+        self.finish = FinishNode(StructuredAnswer(output_schema, label="the run's answer"),
+                                 retries=output_retries) if output_schema is not None else None
+        # An error the caller gets raised after the run is journaled (an unfit answer).
+        self.error: OutputValidationError | None = None
         self.run_id = run_id or uuid.uuid4().hex
 
     def _record(self, **fields: Any) -> RunRecord:
@@ -299,7 +316,7 @@ class AgentSession:
         deps = self.agent.deps
         try:
             outcome = await run_graph(self.agent.compiled, scope, state, start=start,
-                                      visits=visits)
+                                      visits=visits, finish=self.finish)
         except asyncio.CancelledError:
             await deps.runtime.finish_run(self.run_id, "cancelled", "cancelled by the caller",
                                           None)
@@ -342,19 +359,12 @@ class AgentSession:
             turns=int(usage.get("model_calls", 0)), node_visits=dict(outcome.visits),
             usage=usage, pending=outcome.detail or None,
             timings={"started": self.started, "duration_s": time.time() - self.started})
-        if self.output_schema is not None and result.ok:
-            try:
-                result.parsed = _parse(self.output_schema, result.output)
-            except ValidationError as err:
-                result.status, result.reason = "failed", f"output does not fit the schema: {err}"
+        if self.finish is not None and result.ok:
+            result.parsed = self.finish.answer.validate(result.output)
+        cause = getattr(outcome.error, "cause", None)
+        if isinstance(cause, OutputValidationError):
+            self.error = cause
         return result
-
-
-def _parse(schema: Any, output: Any) -> Any:
-    adapter: TypeAdapter[Any] = TypeAdapter(schema)
-    if isinstance(output, str) and schema is not str:
-        return adapter.validate_json(output)
-    return adapter.validate_python(output)
 
 
 def _tool_names(state: dict[str, Any]) -> list[str]:

@@ -66,6 +66,7 @@ class NodeError(GraphError):
     def __init__(self, node: str, cause: BaseException) -> None:
         super().__init__(f"node {node!r} failed: {type(cause).__name__}: {cause}")
         self.node = node
+        self.cause = cause
 
 
 class StateError(GraphError):

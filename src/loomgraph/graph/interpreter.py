@@ -14,6 +14,7 @@ from loomgraph.events import ERROR, NODE_COMPLETED, NODE_STARTED
 from loomgraph.graph.compiled import CompiledGraph
 from loomgraph.graph.context import NodeContext, RunScope, RunStopped
 from loomgraph.graph.errors import GraphError, NodeError, StateError
+from loomgraph.graph.registry import NodeKind
 from loomgraph.graph.spec import END
 from loomgraph.graph.state import snapshot_of
 from loomgraph.protocols import BudgetExceeded, Reservation, Transition, Usage
@@ -38,9 +39,13 @@ class Outcome:
 async def run_graph(
     graph: CompiledGraph, scope: RunScope, state: dict[str, Any], *,
     start: str | None = None, visits: dict[str, int] | None = None, path: str = "",
+    finish: NodeKind | None = None,
 ) -> Outcome:
-    """Run from `start` (default: the entry) until END, an interrupt, a limit or an error."""
-    deps = scope.deps
+    """Run from `start` (default: the entry) until END, an interrupt, a limit or an error.
+
+    `finish`, when given, is one more step run once when the graph reaches END (the run's
+    structured answer): gated, journaled and reported like any node, named `finish.name`.
+    """
     limits = graph.graph.limits
     visits = visits if visits is not None else {}
     total = sum(visits.values())
@@ -54,52 +59,73 @@ async def run_graph(
             return Outcome("limit_reached", reason, state, node, visits)
         visits[node] = visit
         total += 1
-        ctx = NodeContext(scope, node, visit, path)
-        qualified = ctx.qualified_node
-        try:
-            reservation = await deps.budget.reserve(
-                Reservation(scope.budget_scope, "node", {}))
-            await ctx.emit(NODE_STARTED, {"node": qualified, "visit": visit})
-            view = {name: state.get(name) for name in graph.reads[node]}
-            await deps.hooks.before_node(qualified, view)
-            with deps.telemetry.span(f"loom.node {qualified}", {
-                    "loom.node.name": qualified, "loom.run.id": scope.run_id}):
-                patch = await graph.nodes[node].run(view, ctx)
-            await deps.budget.settle(reservation, {})
-            patch = check_patch(graph, node, patch)
-            graph.schema.apply(state, patch)
-            await deps.hooks.after_node(qualified, patch)
-            target, _edge = graph.next_node(node, state)
-        except BudgetExceeded as err:
-            await ctx.emit("budget_exceeded", {"cap": err.cap, "reason": str(err)})
-            return Outcome("budget_exhausted", str(err), state, node, visits, err)
-        except RunStopped as stop:
-            return Outcome(stop.status, stop.reason, state, node, visits, detail=stop.detail)
-        except GraphError as err:
-            await ctx.emit(ERROR, {"error": str(err), "type": type(err).__name__})
-            return Outcome("failed", str(err), state, node, visits, err)
-        except Exception as err:
-            wrapped = NodeError(qualified, err)
-            await ctx.emit(ERROR, {"error": str(wrapped), "type": type(err).__name__})
-            return Outcome("failed", str(wrapped), state, node, visits, wrapped)
-        scope.seq += 1
-        snapshot = None
-        if not path and scope.seq - scope.snapshot_seq >= SNAPSHOT_EVERY:
-            snapshot, scope.snapshot_seq = snapshot_of(state), scope.seq
-        await deps.runtime.append_transition(Transition(
-            scope.run_id, scope.seq, qualified, visit, patch, target,
-            patch.get("usage") or Usage(), time.time(), snapshot))
-        await scope.emit(NODE_COMPLETED, {"node": qualified, "visit": visit, "next": target,
-                                          "patch": patch}, qualified, scope.seq)
-        node = target
+        step = await _step(graph, scope, state, NodeContext(scope, node, visit, path),
+                           graph.nodes[node], graph.reads[node], graph.writes[node])
+        if isinstance(step, Outcome):
+            step.visits = visits
+            return step
+        node = step
+    if finish is not None and finish.name not in visits:
+        visits[finish.name] = 1
+        step = await _step(graph, scope, state, NodeContext(scope, finish.name, 1, path),
+                           finish, tuple(finish.reads()), frozenset(finish.writes()))
+        if isinstance(step, Outcome):
+            step.visits = visits
+            return step
     return Outcome("completed", "", state, None, visits)
 
 
-def check_patch(graph: CompiledGraph, node: str, patch: Any) -> dict[str, Any]:
+async def _step(
+    graph: CompiledGraph, scope: RunScope, state: dict[str, Any], ctx: NodeContext,
+    kind: NodeKind, reads: tuple[str, ...], writes: frozenset[str],
+) -> str | Outcome:
+    """One node visit, journaled; the next node, or the Outcome the run ends with."""
+    deps, node, visit, qualified = scope.deps, ctx.node, ctx.visit, ctx.qualified_node
+    try:
+        reservation = await deps.budget.reserve(Reservation(scope.budget_scope, "node", {}))
+        await ctx.emit(NODE_STARTED, {"node": qualified, "visit": visit})
+        view = {name: state.get(name) for name in reads}
+        await deps.hooks.before_node(qualified, view)
+        with deps.telemetry.span(f"loom.node {qualified}", {
+                "loom.node.name": qualified, "loom.run.id": scope.run_id}):
+            patch = await kind.run(view, ctx)
+        await deps.budget.settle(reservation, {})
+        patch = check_patch(graph, node, patch, writes)
+        graph.schema.apply(state, patch)
+        await deps.hooks.after_node(qualified, patch)
+        target = graph.next_node(node, state)[0] if node in graph.nodes else END
+    except BudgetExceeded as err:
+        await ctx.emit("budget_exceeded", {"cap": err.cap, "reason": str(err)})
+        return Outcome("budget_exhausted", str(err), state, node, error=err)
+    except RunStopped as stop:
+        return Outcome(stop.status, stop.reason, state, node, detail=stop.detail)
+    except GraphError as err:
+        await ctx.emit(ERROR, {"error": str(err), "type": type(err).__name__})
+        return Outcome("failed", str(err), state, node, error=err)
+    except Exception as err:
+        wrapped = NodeError(qualified, err)
+        await ctx.emit(ERROR, {"error": str(wrapped), "type": type(err).__name__})
+        return Outcome("failed", str(wrapped), state, node, error=wrapped)
+    scope.seq += 1
+    snapshot = None
+    if not ctx.path and scope.seq - scope.snapshot_seq >= SNAPSHOT_EVERY:
+        snapshot, scope.snapshot_seq = snapshot_of(state), scope.seq
+    await deps.runtime.append_transition(Transition(
+        scope.run_id, scope.seq, qualified, visit, patch, target,
+        patch.get("usage") or Usage(), time.time(), snapshot))
+    await scope.emit(NODE_COMPLETED, {"node": qualified, "visit": visit, "next": target,
+                                      "patch": patch}, qualified, scope.seq)
+    return target
+
+
+def check_patch(
+    graph: CompiledGraph, node: str, patch: Any, allowed: frozenset[str] | None = None
+) -> dict[str, Any]:
     """A node's patch, checked against the fields it declared it writes and their types."""
     if not isinstance(patch, dict):
         raise StateError(f"node {node!r} returned {type(patch).__name__}, not a dict patch")
-    allowed = graph.writes[node]
+    if allowed is None:
+        allowed = graph.writes[node]
     for name in patch:
         if name not in allowed:
             raise StateError(f"node {node!r} wrote {name!r}, which it does not declare in "

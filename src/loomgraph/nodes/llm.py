@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from loomgraph.graph.conditions import compile_template, condition_scope, names_used
 from loomgraph.graph.context import NodeContext
 from loomgraph.graph.registry import NodeKind, register_node
 from loomgraph.graph.spec import Graph
 from loomgraph.graph.state import DERIVED_NAMES, TypeSyntaxError, parse_type
-from loomgraph.protocols import ModelRequest, ToolSpec
-
-RESPOND_TOOL = "respond"
+from loomgraph.nodes.structured import DEFAULT_RETRIES, StructuredAnswer
+from loomgraph.protocols import Message, ModelRequest
 
 
 class LLMParams(BaseModel):
@@ -28,15 +26,12 @@ class LLMParams(BaseModel):
     schema_: str | None = Field(None, alias="schema", description="type of a structured answer")
     system: str | None = Field(None, description="Jinja2 template; default: the agent's")
     max_tokens: int | None = None
-
-
-class StructuredOutputError(ValueError):
-    """The model's answer did not fit the declared schema."""
+    retries: int = Field(DEFAULT_RETRIES, ge=0, description="tries again on an invalid answer")
 
 
 @register_node("llm")
 class LLMNode(NodeKind):
-    """Render the prompt, ask the model once, and store its answer (validated when typed)."""
+    """Render the prompt, ask the model, and store its answer (validated when typed)."""
 
     Params = LLMParams
     params: LLMParams
@@ -70,49 +65,19 @@ class LLMNode(NodeKind):
         p = self.params
         self.prompt: Callable[[Mapping[str, Any]], str] = compile_template(p.prompt)
         self.system_template = compile_template(p.system) if p.system else None
-        self.adapter: TypeAdapter[Any] | None = None
-        self.tool: ToolSpec | None = None
-        self.wrapped = False
-        if p.schema_:
-            self.adapter = TypeAdapter(parse_type(p.schema_))
-            schema = self.adapter.json_schema()
-            # Tool inputs must be objects: any other answer type is wrapped as {"value": ...}.
-            self.wrapped = schema.get("type") != "object"
-            if self.wrapped:
-                schema = {"type": "object", "properties": {"value": schema},
-                          "required": ["value"]}
-            self.tool = {"name": RESPOND_TOOL, "description": "Give the answer.",
-                         "parameters": schema}
+        self.answer = StructuredAnswer(parse_type(p.schema_), label=f"node {self.name!r}") \
+            if p.schema_ else None
 
     async def run(self, state: Mapping[str, Any], ctx: NodeContext) -> dict[str, Any]:
-        """Ask once; a structured answer is forced through the `respond` tool."""
+        """Ask once; a structured answer is forced through the `respond` tool and validated."""
         p = self.params
         scope = condition_scope(state)
-        request = ModelRequest(
-            messages=[{"role": "user", "content": self.prompt(scope)}],
-            system=self.system_template(scope) if self.system_template else ctx.system,
-            tools=[self.tool] if self.tool else (), max_tokens=p.max_tokens,
-            tool_choice=RESPOND_TOOL if self.tool else None)
-        response = await ctx.call_model(request)
-        value: Any = response.text
-        if self.adapter is not None:
-            value = self._structured(response.tool_calls, response.text)
-        return {p.output: value, "usage": response.usage}
-
-    def _structured(self, calls: list[Any], text: str) -> Any:
-        assert self.adapter is not None and self.tool is not None
-        raw: Any = next((c["args"] for c in calls if c["tool"] == RESPOND_TOOL), None)
-        if raw is None:
-            try:
-                raw = json.loads(text)
-            except ValueError:
-                raise StructuredOutputError(
-                    f"node {self.name!r}: the model gave no `respond` call and its text is "
-                    f"not JSON: {text[:200]!r}") from None
-        elif self.wrapped and isinstance(raw, dict):
-            raw = raw.get("value")
-        try:
-            return self.adapter.dump_python(self.adapter.validate_python(raw), mode="json")
-        except ValidationError as err:
-            raise StructuredOutputError(f"node {self.name!r}: answer does not fit "
-                                        f"{self.params.schema_!r}: {err}") from None
+        messages: list[Message] = [{"role": "user", "content": self.prompt(scope)}]
+        system = self.system_template(scope) if self.system_template else ctx.system
+        if self.answer is not None:
+            value, usage = await self.answer.ask(ctx, messages, system=system,
+                                                 retries=p.retries, max_tokens=p.max_tokens)
+            return {p.output: self.answer.to_data(value), "usage": usage}
+        response = await ctx.call_model(ModelRequest(messages=messages, system=system,
+                                                     max_tokens=p.max_tokens))
+        return {p.output: response.text, "usage": response.usage}
