@@ -39,3 +39,38 @@ async def test_resume_from_the_sqlite_journal_in_a_new_agent(tmp_path: Path) -> 
     assert [c.node for c in history] == ["model", "tools", "model"]
     assert (await second.runs(user_id="alice"))[0].run_id == failed.run_id
     await runtime.close()
+
+
+async def test_a_run_in_progress_cannot_be_resumed_by_another_worker(tmp_path: Path) -> None:
+    import asyncio
+
+    import pytest
+
+    from loomgraph.runtime import RunConflict
+
+    inside, release = asyncio.Event(), asyncio.Event()
+    ledger: list[str] = []
+
+    async def slow(idempotency_key: str) -> str:
+        """Wait until released."""
+        ledger.append(idempotency_key)
+        inside.set()
+        await release.wait()
+        return "done"
+
+    path = tmp_path / "journal.db"
+    script = ScriptedModel([{"tool_calls": [{"tool": "slow"}]}, "finished"])
+    worker_a = Agent("x", model=script, tools=[slow], runtime=SqliteRuntime(str(path)))
+    worker_b = Agent("x", model=script, tools=[slow], runtime=SqliteRuntime(str(path)))
+    session = worker_a.session("go")
+    running = asyncio.create_task(session.execute(worker_a.deps.hooks.on_event))
+    await inside.wait()
+    with pytest.raises(RunConflict):
+        await worker_b.resume(session.run_id)
+    release.set()
+    assert (await running).output == "finished"
+    assert len(ledger) == 1  # worker B executed nothing
+    again = await worker_b.resume(session.run_id)  # finished: the stored result, no work
+    assert again.output == "finished" and len(ledger) == 1
+    for agent in (worker_a, worker_b):
+        await agent.deps.runtime.close()  # type: ignore[attr-defined]

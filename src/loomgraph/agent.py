@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import socket
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -35,6 +37,7 @@ from loomgraph.protocols import (
     Memory,
     Model,
     Permissions,
+    RunLeases,
     RunRecord,
     Runtime,
     Telemetry,
@@ -183,7 +186,9 @@ class Agent:
 
     async def resume(self, run_id: str, *, accept_graph_change: bool = False) -> RunResult:
         """Continue an interrupted or crashed run from its journal; finished effects replay."""
-        record, transitions = await self._journal(run_id)
+        record = await self.deps.runtime.load_run(run_id)
+        if record is None:
+            raise UnknownRun(run_id)
         if record.status in _FINAL and record.result is not None:
             return RunResult(**record.result)  # a finished run: nothing is executed again
         if record.graph_hash != self.compiled.hash and not accept_graph_change:
@@ -191,10 +196,13 @@ class Agent:
                 f"run {run_id} was made with graph {record.graph_name!r} version "
                 f"{record.graph_hash}; this agent has version {self.compiled.hash}. "
                 "Pass accept_graph_change=True to resume with the new graph.")
-        at = position(self.compiled, record, transitions)
         session = AgentSession(self, _prompt(record), user_id=record.user_id,
                                session_id=record.session_id, run_id=run_id)
-        return await session.continue_from(self.deps.hooks.on_event, record, at, new_run=False)
+        async with _leased(self.deps.runtime, run_id):
+            # Read where the run stands only once it is ours: another worker may have moved it.
+            at = position(self.compiled, record, await self.deps.runtime.transitions(run_id))
+            return await session.continue_from(self.deps.hooks.on_event, record, at,
+                                               new_run=False)
 
     async def fork(
         self, run_id: str, *, at: int, patch: dict[str, Any] | None = None
@@ -228,6 +236,41 @@ class Agent:
 
 
 _FINAL = frozenset({"completed", "limit_reached", "budget_exhausted"})
+_WORKER = f"{socket.gethostname()}:{os.getpid()}"
+
+
+@contextlib.asynccontextmanager
+async def _leased(runtime: Runtime, run_id: str) -> AsyncIterator[None]:
+    """Hold the run's lease while the body runs, renewing it; a journal without leases is
+    used by one process, and needs none."""
+    if not isinstance(runtime, RunLeases):
+        yield
+        return
+    owner = f"{_WORKER}:{uuid.uuid4().hex[:8]}"
+    await runtime.acquire_lease(run_id, owner)  # raises RunConflict when another worker has it
+    body = asyncio.current_task()
+
+    async def renew() -> None:
+        while True:
+            await asyncio.sleep(runtime.lease_seconds / 3)
+            try:
+                await runtime.renew_lease(run_id, owner)
+            except Exception:
+                # The lease is lost (or the journal is gone): stop rather than race another
+                # worker that may now own the run.
+                if body is not None:
+                    body.cancel()
+                return
+
+    renewing = asyncio.create_task(renew())
+    try:
+        yield
+    finally:
+        renewing.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await renewing
+        with contextlib.suppress(Exception):
+            await runtime.release_lease(run_id, owner)
 
 
 def _prompt(record: RunRecord) -> str:
@@ -274,7 +317,8 @@ class AgentSession:
                                         "messages": list(state["messages"])},
                               "system": scope.system}
             await self.agent.deps.runtime.start_run(record)
-            return await self._drive(scope, state, None, None)
+            async with _leased(self.agent.deps.runtime, self.run_id):
+                return await self._drive(scope, state, None, None)
 
     async def continue_from(
         self, sink: EventSink, record: RunRecord, at: Position, *, new_run: bool

@@ -305,6 +305,25 @@ class Runtime(Protocol):
         ...
 
 
+@runtime_checkable
+class RunLeases(Protocol):
+    """A journal shared by many workers: a run is advanced by the one holding its lease."""
+
+    lease_seconds: float
+
+    async def acquire_lease(self, run_id: str, owner: str, ttl: float | None = None) -> Any:
+        """Take the run's lease, or raise when another live owner holds it."""
+        ...
+
+    async def renew_lease(self, run_id: str, owner: str, ttl: float | None = None) -> Any:
+        """Extend a lease this owner holds, or raise when it was lost."""
+        ...
+
+    async def release_lease(self, run_id: str, owner: str) -> bool:
+        """Give the lease back."""
+        ...
+
+
 # --------------------------------------------------------------------------- memory
 
 
