@@ -168,6 +168,7 @@ class NodeContext:
         prior = await self._begin(key, "model", {"model": deps.model.name})
         if prior is not None and prior.status == "done" and prior.outcome is not None:
             return _response_from(prior.outcome)
+        billed: Usage = {}  # what broken attempts cost: charged, and counted in the answer's usage
         for attempt in range(STEP_RETRIES + 1):
             reservation = await self._reserve("model", request)
             try:
@@ -175,6 +176,7 @@ class NodeContext:
             except ModelError as err:
                 await deps.budget.settle(reservation, err.usage)
                 if err.retry_step and attempt < STEP_RETRIES:
+                    _add_usage(billed, err.usage)
                     await self.emit("model_retry", {"error": str(err), "attempt": attempt + 1})
                     continue
                 await deps.runtime.end_effect(self.scope.run_id, key, {"error": str(err)},
@@ -185,6 +187,7 @@ class NodeContext:
                 raise
             await deps.budget.settle(reservation, response.usage)
             break
+        _add_usage(response.usage, billed)
         await deps.runtime.end_effect(self.scope.run_id, key, _response_data(response), "done")
         await deps.audit_log.record("model_call", run_id=self.scope.run_id,
                                     user_id=self.scope.user_id, actor=self.qualified_node,
