@@ -1,4 +1,4 @@
-"""A whole Agent run on `model="claude-…"`: the real `anthropic` SDK against a loopback server."""
+"""Whole Agent runs on `claude-…` and `openai-compat:…` models: real SDKs, loopback servers."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import pytest
 from pydantic import BaseModel
 
-from fake_servers import FakeServer, Reply, api_error, sse_message
+from fake_servers import FakeServer, Reply, api_error, chat_stream, sse_message
 from loomgraph import Agent
 from loomgraph.runtime import InMemoryRuntime
 
@@ -119,3 +119,42 @@ async def test_a_stream_cut_mid_tool_call_is_retried_as_a_whole_step(server: Fak
     assert result["status"] == "completed" and result["output"] == "ok"
     # The broken attempt's billed input tokens are counted along with the two good turns.
     assert result["usage"]["input_tokens"] == 40 + 40 + 60
+
+
+async def test_structured_output_that_fails_validation_once_then_passes(
+    server: FakeServer,
+) -> None:
+    server.add(
+        Reply(events=sse_message([("text", ["seven"])])),
+        Reply(events=sse_message([("tool", ("toolu_1", "respond", ['{"total": "seven"}']))],
+                                 stop_reason="tool_use")),
+        Reply(events=sse_message([("tool", ("toolu_2", "respond", ['{"total": 7}']))],
+                                 stop_reason="tool_use")),
+    )
+    result = await Agent("x", model="claude-sonnet-4-6").run("3+4?", output_schema=Answer)
+    assert result.parsed == Answer(total=7)
+    feedback = server.bodies[2]["messages"][-1]["content"][0]
+    assert feedback["type"] == "tool_result" and feedback["is_error"] is True
+    assert feedback["tool_use_id"] == "toolu_1" and "total" in str(feedback["content"])
+
+
+async def test_openai_compatible_react_run_with_structured_output(
+    server: FakeServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OPENAI_BASE_URL", server.url + "/v1")
+    server.add(
+        Reply(events=chat_stream(tools=[("call_1", "add", ['{"a": 3,', ' "b": 4}']),
+                                        ("call_2", "mul", ['{"a": 1, "b": 7}'])],
+                                 finish="tool_calls")),
+        Reply(events=chat_stream(text=["It is 7."])),
+        Reply(events=chat_stream(tools=[("call_3", "respond", ['{"total": 7}'])],
+                                 finish="tool_calls")),
+    )
+    agent = Agent("x", model="openai-compat:qwen3:8b", tools=[add, mul])
+    result = await agent.run("3+4?", output_schema=Answer)
+    assert result.parsed == Answer(total=7) and result.turns == 3
+    tool_turns = [m for m in server.bodies[1]["messages"] if m["role"] == "tool"]
+    assert [(m["tool_call_id"], m["content"]) for m in tool_turns] == [("call_1", "7"),
+                                                                       ("call_2", "7")]
+    assert server.bodies[2]["tool_choice"] == {"type": "function",
+                                                "function": {"name": "respond"}}
