@@ -46,6 +46,7 @@ RULE_FILES = [
     "bad-reducer-type",
     "reserved-name",
     "no-nodes",
+    "bad-retry",
     # the loader
     "yaml-syntax",
     "yaml-alias",
@@ -515,3 +516,14 @@ nodes:
         _REGISTRY.pop("test-exploding", None)
     assert rules_and_lines(problems) == {("kind-check", 4), ("undefined-read", 4)}
     assert any("RuntimeError: boom" in p.message for p in problems)
+
+
+def test_on_error_must_name_a_node_and_counts_as_a_route() -> None:
+    problems = problems_in("name: e\nentry: a\nnodes:\n  a: {kind: model, on_error: fixx}\n"
+                           "  fix: {kind: model}\nedges:\n  - {from: a, to: END}\n"
+                           "  - {from: fix, to: END}\n")
+    assert ("unknown-endpoint", 4) in rules_and_lines(problems)
+    assert "did you mean 'fix'" in " ".join(p.message for p in problems)
+    # A handler reached only through on_error is not unreachable.
+    load_text("name: e\nentry: a\nnodes:\n  a: {kind: model, on_error: fix}\n"
+              "  fix: {kind: model}\nedges:\n  - {from: a, to: END}\n  - {from: fix, to: END}\n")

@@ -6,6 +6,7 @@ journal, budget and hooks are reached only through the protocols in the bundle.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -88,7 +89,11 @@ async def _step(
         await deps.hooks.before_node(qualified, view)
         with deps.telemetry.span(f"loom.node {qualified}", {
                 "loom.node.name": qualified, "loom.run.id": scope.run_id}):
-            patch = await kind.run(view, ctx)
+            spec = kind.spec
+            if spec.retry is None and spec.timeout is None:
+                patch = await kind.run(view, ctx)
+            else:
+                patch = await _run_with_policy(kind, view, ctx)
         await deps.budget.settle(reservation, {})
         patch = check_patch(graph, node, patch, writes)
         graph.schema.apply(state, patch)
@@ -99,13 +104,15 @@ async def _step(
         return Outcome("budget_exhausted", str(err), state, node, error=err)
     except RunStopped as stop:
         return Outcome(stop.status, stop.reason, state, node, detail=stop.detail)
-    except GraphError as err:
-        await ctx.emit(ERROR, {"error": str(err), "type": type(err).__name__})
-        return Outcome("failed", str(err), state, node, error=err)
     except Exception as err:
-        wrapped = NodeError(qualified, err)
-        await ctx.emit(ERROR, {"error": str(wrapped), "type": type(err).__name__})
-        return Outcome("failed", str(wrapped), state, node, error=wrapped)
+        error = err if isinstance(err, GraphError) else NodeError(qualified, err)
+        await ctx.emit(ERROR, {"error": str(error), "type": type(err).__name__})
+        if kind.spec.on_error is None:
+            return Outcome("failed", str(error), state, node, error=error)
+        # Routed to the handler node, with what failed in the `error` field.
+        patch = {"error": {"node": qualified, "type": type(err).__name__, "message": str(err)}}
+        graph.schema.apply(state, patch)
+        target = kind.spec.on_error
     scope.seq += 1
     snapshot = None
     if not ctx.path and scope.seq - scope.snapshot_seq >= SNAPSHOT_EVERY:
@@ -116,6 +123,34 @@ async def _step(
     await scope.emit(NODE_COMPLETED, {"node": qualified, "visit": visit, "next": target,
                                       "patch": patch}, qualified, scope.seq)
     return target
+
+
+async def _run_with_policy(kind: NodeKind, view: dict[str, Any], ctx: NodeContext) -> Any:
+    """Run a node under its `timeout` and `retry` policies."""
+    spec = kind.spec
+    attempts = spec.retry.attempts if spec.retry else 1
+    for attempt in range(1, attempts + 1):
+        try:
+            if spec.timeout is None:
+                return await kind.run(view, ctx)
+            try:
+                async with asyncio.timeout(spec.timeout):
+                    return await kind.run(view, ctx)
+            except TimeoutError:
+                raise TimeoutError(f"node {ctx.qualified_node!r} took longer than its timeout "
+                                   f"of {spec.timeout} s") from None
+        except (BudgetExceeded, RunStopped):
+            raise
+        except Exception as err:
+            if spec.retry is None or attempt == attempts or not spec.retry.retries(err):
+                raise
+            delay = spec.retry.backoff * 2 ** (attempt - 1)
+            await ctx.emit("node_retry", {"node": ctx.qualified_node, "attempt": attempt,
+                                          "error": f"{type(err).__name__}: {err}",
+                                          "delay_s": delay})
+            if delay:
+                await asyncio.sleep(delay)
+    raise AssertionError("unreachable: the last attempt returns or raises")
 
 
 def check_patch(

@@ -8,6 +8,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
+from loomgraph.graph.policies import RetryPolicy
+
 END = "END"
 SCHEMA_VERSION = 1
 
@@ -46,6 +48,10 @@ class NodeSpec(BaseModel):
     reads: list[str] | None = None
     writes: list[str] | None = None
     max_visits: int | None = Field(None, ge=1, description="visits of this node per run")
+    retry: RetryPolicy | None = None
+    timeout: float | None = Field(None, gt=0, description="seconds one visit may take")
+    on_error: str | None = Field(
+        None, description="node a failure goes to (after retries), with the error in `error`")
 
     @property
     def params(self) -> dict[str, Any]:

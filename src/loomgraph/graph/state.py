@@ -19,6 +19,8 @@ BUILTIN_FIELDS: dict[str, StateField] = {
     "messages": StateField(type="any", reducer="append", default=[]),
     "usage": StateField(type="any", reducer="add", default={}),
     "output": StateField(type="any", reducer="replace", default=None),
+    # The last failure routed by a node's `on_error` edge: node, type and message.
+    "error": StateField(type="any", reducer="replace", default=None),
 }
 # Names a condition or template may use besides the state fields.
 DERIVED_NAMES = frozenset({"state", "last_message"})

@@ -23,6 +23,7 @@ from loomgraph.graph.validate_flow import (
     check_edges,
     check_entry,
     check_flow,
+    check_policies,
     did_you_mean,
     problem_at,
 )
@@ -65,6 +66,7 @@ def _all_problems(graph: Graph) -> list[Problem]:
     problems += check_conditions(graph, known)
     problems += check_entry(graph)
     problems += check_edges(graph)
+    problems += check_policies(graph)
     problems += check_flow(graph)
     return problems
 

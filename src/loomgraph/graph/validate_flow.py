@@ -14,6 +14,7 @@ from collections.abc import Iterable
 import networkx as nx  # type: ignore[import-untyped,unused-ignore]
 
 from loomgraph.graph.errors import Problem
+from loomgraph.graph.policies import known_error_type
 from loomgraph.graph.spec import END, Graph
 
 Path = tuple[str | int, ...]
@@ -123,10 +124,30 @@ def flow_graph(graph: Graph) -> nx.DiGraph:
             flow.add_edge(edge.source, target, index=i, default=edge.when is None)
         if edge.when is None:
             closed.add(edge.source)
-    for name in graph.nodes:
+    for name, spec in graph.nodes.items():
         if name not in closed:
             flow.add_edge(name, EXIT, index=None, default=False)
+        # A failure can route to the `on_error` handler: a way in, and out of a loop.
+        if spec.on_error in graph.nodes and not flow.has_edge(name, spec.on_error):
+            flow.add_edge(name, spec.on_error, index=None, default=False)
     return flow
+
+
+def check_policies(graph: Graph) -> list[Problem]:
+    """`unknown-endpoint` for an `on_error` naming no node; `bad-retry` for unknown errors."""
+    problems: list[Problem] = []
+    for name, spec in graph.nodes.items():
+        if spec.on_error is not None and spec.on_error not in graph.nodes:
+            problems.append(problem_at(
+                graph, "unknown-endpoint", f"node {name!r}: on_error {spec.on_error!r} is no "
+                f"node{did_you_mean(spec.on_error, graph.nodes)}", "nodes", name, "on_error"))
+        for i, error in enumerate(spec.retry.errors if spec.retry else ()):
+            if not known_error_type(error):
+                problems.append(problem_at(
+                    graph, "bad-retry", f"node {name!r}: retry on unknown error type "
+                    f"{error!r}; use a built-in exception name (e.g. TimeoutError) or a "
+                    "loomgraph error (e.g. ModelRateLimited)", "nodes", name, "retry", "errors", i))
+    return problems
 
 
 def closed_loops(flow: nx.DiGraph) -> list[set[str]]:
