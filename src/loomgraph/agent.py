@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import socket
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -14,7 +12,14 @@ from pathlib import Path
 from typing import Any
 
 from loomgraph import nodes as _builtin_nodes  # noqa: F401  (registers the built-in kinds)
-from loomgraph.checkpoints import Checkpoint, GraphChanged, Position, history, position
+from loomgraph.checkpoints import (
+    Checkpoint,
+    GraphChanged,
+    Position,
+    history,
+    position,
+    resume_value,
+)
 from loomgraph.deps import build_deps, current_run
 from loomgraph.events import RUN_COMPLETED, RUN_STARTED, Event
 from loomgraph.graph.compiled import CompiledGraph, compile_graph
@@ -23,6 +28,7 @@ from loomgraph.graph.interpreter import Outcome, run_graph
 from loomgraph.graph.library import load_graph
 from loomgraph.graph.spec import Graph
 from loomgraph.graph.state import final_output, snapshot_of
+from loomgraph.leases import hold_lease
 from loomgraph.nodes.structured import (
     DEFAULT_RETRIES,
     FinishNode,
@@ -37,7 +43,6 @@ from loomgraph.protocols import (
     Memory,
     Model,
     Permissions,
-    RunLeases,
     RunRecord,
     Runtime,
     Telemetry,
@@ -46,6 +51,7 @@ from loomgraph.protocols import (
     Usage,
 )
 
+_NO_VALUE: Any = object()
 _STREAM_BUFFER = 32  # events a slow consumer may fall behind before the run waits for it
 _DONE = object()
 
@@ -184,11 +190,19 @@ class Agent:
             raise UnknownRun(run_id)
         return record, await runtime.transitions(run_id)
 
-    async def resume(self, run_id: str, *, accept_graph_change: bool = False) -> RunResult:
-        """Continue an interrupted or crashed run from its journal; finished effects replay."""
+    async def resume(
+        self, run_id: str, *, accept_graph_change: bool = False, value: Any = _NO_VALUE,
+    ) -> RunResult:
+        """Continue an interrupted or crashed run from its journal; finished effects replay.
+
+        `value` answers an `interrupt` node: it is validated against the type the node asked
+        for before anything runs, and written to the node's output field.
+        """
         record = await self.deps.runtime.load_run(run_id)
         if record is None:
             raise UnknownRun(run_id)
+        # A value answers a waiting run; given to any other, it is refused (not ignored).
+        options = {} if value is _NO_VALUE else {"resume_value": resume_value(record, value)}
         if record.status in _FINAL and record.result is not None:
             return RunResult(**record.result)  # a finished run: nothing is executed again
         if record.graph_hash != self.compiled.hash and not accept_graph_change:
@@ -198,11 +212,11 @@ class Agent:
                 "Pass accept_graph_change=True to resume with the new graph.")
         session = AgentSession(self, _prompt(record), user_id=record.user_id,
                                session_id=record.session_id, run_id=run_id)
-        async with _leased(self.deps.runtime, run_id):
+        async with hold_lease(self.deps.runtime, run_id):
             # Read where the run stands only once it is ours: another worker may have moved it.
             at = position(self.compiled, record, await self.deps.runtime.transitions(run_id))
             return await session.continue_from(self.deps.hooks.on_event, record, at,
-                                               new_run=False)
+                                               new_run=False, options=options)
 
     async def fork(
         self, run_id: str, *, at: int, patch: dict[str, Any] | None = None
@@ -236,41 +250,9 @@ class Agent:
 
 
 _FINAL = frozenset({"completed", "limit_reached", "budget_exhausted"})
-_WORKER = f"{socket.gethostname()}:{os.getpid()}"
 
 
-@contextlib.asynccontextmanager
-async def _leased(runtime: Runtime, run_id: str) -> AsyncIterator[None]:
-    """Hold the run's lease while the body runs, renewing it; a journal without leases is
-    used by one process, and needs none."""
-    if not isinstance(runtime, RunLeases):
-        yield
-        return
-    owner = f"{_WORKER}:{uuid.uuid4().hex[:8]}"
-    await runtime.acquire_lease(run_id, owner)  # raises RunConflict when another worker has it
-    body = asyncio.current_task()
 
-    async def renew() -> None:
-        while True:
-            await asyncio.sleep(runtime.lease_seconds / 3)
-            try:
-                await runtime.renew_lease(run_id, owner)
-            except Exception:
-                # The lease is lost (or the journal is gone): stop rather than race another
-                # worker that may now own the run.
-                if body is not None:
-                    body.cancel()
-                return
-
-    renewing = asyncio.create_task(renew())
-    try:
-        yield
-    finally:
-        renewing.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await renewing
-        with contextlib.suppress(Exception):
-            await runtime.release_lease(run_id, owner)
 
 
 def _prompt(record: RunRecord) -> str:
@@ -317,14 +299,16 @@ class AgentSession:
                                         "messages": list(state["messages"])},
                               "system": scope.system}
             await self.agent.deps.runtime.start_run(record)
-            async with _leased(self.agent.deps.runtime, self.run_id):
+            async with hold_lease(self.agent.deps.runtime, self.run_id):
                 return await self._drive(scope, state, None, None)
 
     async def continue_from(
-        self, sink: EventSink, record: RunRecord, at: Position, *, new_run: bool
+        self, sink: EventSink, record: RunRecord, at: Position, *, new_run: bool,
+        options: dict[str, Any] | None = None,
     ) -> RunResult:
         """Go on from a checkpoint: the same run (resume) or a new one (fork)."""
         async with self._opened(record, sink) as scope:
+            scope.options.update(options or {})
             scope.system = (record.initial or {}).get("system", self.agent.instructions)
             if new_run:
                 await self.agent.deps.runtime.start_run(record)

@@ -6,14 +6,35 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from pydantic import TypeAdapter, ValidationError
+
 from loomgraph.graph.compiled import CompiledGraph
 from loomgraph.graph.errors import GraphError
-from loomgraph.graph.state import snapshot_of
+from loomgraph.graph.state import parse_type, snapshot_of
 from loomgraph.protocols import RunRecord, Transition
 
 
 class GraphChanged(GraphError):
     """A run is resumed with a graph whose content differs from the one it was made with."""
+
+
+class ResumeError(ValueError):
+    """A resume that cannot be done as asked: nothing was executed."""
+
+
+def resume_value(record: RunRecord, value: Any) -> tuple[str, Any]:
+    """The interrupted node and the value validated against the type it asked for."""
+    pending = (record.result or {}).get("pending") or {}
+    if record.status != "interrupted" or "type" not in pending:
+        raise ResumeError(f"run {record.run_id} is not waiting for a value "
+                          f"(status {record.status!r})")
+    adapter: TypeAdapter[Any] = TypeAdapter(parse_type(pending["type"]))
+    try:
+        checked = adapter.validate_python(value)
+    except ValidationError as err:
+        raise ResumeError(f"run {record.run_id} waits at {pending['node']!r} for a "
+                          f"{pending['type']}; the value does not fit: {err}") from None
+    return pending["node"], adapter.dump_python(checked, mode="json")
 
 
 @dataclass(slots=True)

@@ -138,6 +138,14 @@ class NodeContext:
         """Send an event from this node."""
         await self.scope.emit(kind, payload, self.qualified_node)
 
+    def take_resume_value(self) -> tuple[bool, Any]:
+        """(True, value) when the run was resumed with a value for this node; once only."""
+        supplied = self.scope.options.get("resume_value")
+        if supplied is None or supplied[0] != self.qualified_node:
+            return False, None
+        del self.scope.options["resume_value"]
+        return True, supplied[1]
+
     def next_key(self) -> str:
         """The idempotency key of this node visit's next effect (run, node, visit, slot)."""
         self._slot += 1

@@ -1,9 +1,10 @@
 """The built-in node kinds; importing this package registers them."""
 
 from loomgraph.nodes.function import FunctionNode
+from loomgraph.nodes.interrupt import InterruptNode
 from loomgraph.nodes.llm import LLMNode
 from loomgraph.nodes.model import ModelNode
 from loomgraph.nodes.subgraph import SubgraphNode
 from loomgraph.nodes.tools import ToolsNode
 
-__all__ = ["FunctionNode", "LLMNode", "ModelNode", "SubgraphNode", "ToolsNode"]
+__all__ = ["FunctionNode", "InterruptNode", "LLMNode", "ModelNode", "SubgraphNode", "ToolsNode"]

@@ -1,0 +1,68 @@
+"""`interrupt`: stop the run for a person, and go on when they answer with a typed value."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+
+from loomgraph.graph.conditions import compile_template, condition_scope, names_used
+from loomgraph.graph.context import NodeContext, RunStopped
+from loomgraph.graph.registry import NodeKind, register_node
+from loomgraph.graph.spec import Graph
+from loomgraph.graph.state import DERIVED_NAMES, TypeSyntaxError, parse_type
+
+
+class InterruptParams(BaseModel):
+    """Parameters of an `interrupt` node."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    request: str = Field(description="type of the value the run waits for, e.g. pkg.mod:Model")
+    message: str = Field("", description="Jinja2 template: what the person is asked")
+    output: str = Field(description="the state field the value is written to")
+
+
+@register_node("interrupt")
+class InterruptNode(NodeKind):
+    """End the run as `interrupted` with a typed request; `agent.resume(run_id, value=...)`
+    validates the value against the type and continues here, writing it to `output`."""
+
+    Params = InterruptParams
+    params: InterruptParams
+    templates = ("message",)
+
+    def reads(self) -> list[str]:
+        """Declared reads, or the fields the message uses."""
+        if self.spec.reads is not None:
+            return list(self.spec.reads)
+        return sorted(names_used(self.params.message, expression=False) - DERIVED_NAMES)
+
+    def writes(self) -> list[str]:
+        """The output field."""
+        return list(self.spec.writes) if self.spec.writes is not None else [self.params.output]
+
+    def check(self, graph: Graph) -> list[str]:
+        """The request type must parse."""
+        try:
+            parse_type(self.params.request)
+        except TypeSyntaxError as err:
+            return [f"request: {err}"]
+        return []
+
+    def bind(self, graph: Graph) -> None:
+        """Compile the message and the request type once."""
+        self.message = compile_template(self.params.message)
+        self.adapter: TypeAdapter[Any] = TypeAdapter(parse_type(self.params.request))
+
+    async def run(self, state: Mapping[str, Any], ctx: NodeContext) -> dict[str, Any]:
+        """Write the value the run was resumed with, or stop and ask for it."""
+        supplied, value = ctx.take_resume_value()
+        if supplied:
+            return {self.params.output: value}
+        raise RunStopped("interrupted", f"waiting at {ctx.qualified_node!r} for a "
+                         f"{self.params.request}", {
+                             "node": ctx.qualified_node, "type": self.params.request,
+                             "message": self.message(condition_scope(state)),
+                             "schema": self.adapter.json_schema()})
