@@ -277,19 +277,37 @@ class NodeContext:
 
     # ------------------------------------------------------------------ subgraphs
 
-    async def run_subgraph(self, graph: Graph, values: Mapping[str, Any]) -> dict[str, Any]:
-        """Run another graph as part of this node; its transitions nest under this node."""
+    async def run_subgraph(
+        self, graph: Graph, values: Mapping[str, Any], *, branch: str | None = None
+    ) -> dict[str, Any]:
+        """Run another graph as part of this node; its transitions nest under this node (and
+        under `branch`, when one node runs the graph several times)."""
         from loomgraph.graph.compiled import compile_graph
         from loomgraph.graph.interpreter import run_graph
 
         compiled = compile_graph(graph)
+        path = f"{self.qualified_node}/" + (f"{branch}/" if branch is not None else "")
         outcome = await run_graph(compiled, self.scope, compiled.schema.initial(values),
-                                  path=f"{self.qualified_node}/")
+                                  path=path)
         if outcome.status != "completed":
             if outcome.error is not None:
                 raise outcome.error
-            raise RunStopped(outcome.status, outcome.reason)
+            raise RunStopped(outcome.status, outcome.reason, outcome.detail)
         return outcome.state
+
+    async def effect(
+        self, name: str, intent: dict[str, Any],
+        run: Callable[[], Awaitable[dict[str, Any]]],
+    ) -> dict[str, Any]:
+        """Run `run` once per run, node visit and `name`: journaled as intent and outcome, and
+        replayed from the journal (not run again) when the run is resumed."""
+        key = f"{self.scope.run_id}:{self.qualified_node}:{self.visit}:{name}"
+        prior = await self._begin(key, name.split(":")[0], intent)
+        if prior is not None and prior.status == "done" and prior.outcome is not None:
+            return prior.outcome
+        outcome = await run()
+        await self.deps.runtime.end_effect(self.scope.run_id, key, outcome, "done")
+        return outcome
 
 
 def _model_estimate(request: ModelRequest) -> Usage:

@@ -15,12 +15,17 @@ from loomgraph.graph.spec import Graph
 from loomgraph.graph.state import final_output
 
 
-class SubgraphParams(BaseModel):
-    """Parameters of a `subgraph` node."""
+class ChildGraphParams(BaseModel):
+    """Parameters of a node that runs another graph."""
 
     model_config = ConfigDict(extra="forbid")
 
     graph: str = Field(description="a built-in graph name, or a YAML path relative to this file")
+
+
+class SubgraphParams(ChildGraphParams):
+    """Parameters of a `subgraph` node."""
+
     inputs: dict[str, str] = Field(
         default_factory=lambda: {"input": "input"},
         description="child field <- parent field")
@@ -29,27 +34,13 @@ class SubgraphParams(BaseModel):
         description="parent field <- child field (`output` is the child's final answer)")
 
 
-@register_node("subgraph")
-class SubgraphNode(NodeKind):
-    """Run the child graph to its end; its transitions are journaled under this node."""
+class ChildGraphNode(NodeKind):
+    """Base of the kinds that run another graph: finds and checks the child graph."""
 
-    Params = SubgraphParams
-    params: SubgraphParams
-
-    def reads(self) -> list[str]:
-        """Declared reads, or the parent fields the inputs take."""
-        if self.spec.reads is not None:
-            return list(self.spec.reads)
-        return sorted(set(self.params.inputs.values()))
-
-    def writes(self) -> list[str]:
-        """Declared writes, or the parent fields the outputs fill, plus usage."""
-        if self.spec.writes is not None:
-            return list(self.spec.writes)
-        return sorted(set(self.params.outputs) | {"usage"})
+    params: ChildGraphParams
 
     def _resolve(self, graph: Graph) -> Graph:
-        name: str = self.params.graph
+        name = self.params.graph
         if graph.source and name.endswith((".yaml", ".yml")):
             candidate = Path(graph.source).parent / name
             if candidate.is_file():
@@ -67,6 +58,26 @@ class SubgraphNode(NodeKind):
     def bind(self, graph: Graph) -> None:
         """Resolve the child graph once."""
         self.child = self._resolve(graph)
+
+
+@register_node("subgraph")
+class SubgraphNode(ChildGraphNode):
+    """Run the child graph to its end; its transitions are journaled under this node."""
+
+    Params = SubgraphParams
+    params: SubgraphParams
+
+    def reads(self) -> list[str]:
+        """Declared reads, or the parent fields the inputs take."""
+        if self.spec.reads is not None:
+            return list(self.spec.reads)
+        return sorted(set(self.params.inputs.values()))
+
+    def writes(self) -> list[str]:
+        """Declared writes, or the parent fields the outputs fill, plus usage."""
+        if self.spec.writes is not None:
+            return list(self.spec.writes)
+        return sorted(set(self.params.outputs) | {"usage"})
 
     async def run(self, state: Mapping[str, Any], ctx: NodeContext) -> dict[str, Any]:
         """Map inputs in, run the child, map outputs back, and carry its usage up."""

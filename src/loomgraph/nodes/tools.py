@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
+import functools
 from collections.abc import Mapping
 from typing import Any
 
@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from loomgraph.graph.context import NodeContext
 from loomgraph.graph.registry import NodeKind, register_node
+from loomgraph.nodes.concurrency import run_all
 from loomgraph.protocols import Message, ToolCall, ToolResult
 
 
@@ -38,16 +39,8 @@ class ToolsNode(NodeKind):
             else []
         if not calls:
             return {}
-        if len(calls) == 1:
-            results = [await ctx.call_tool(calls[0])]
-        else:
-            limit = asyncio.Semaphore(self.params.concurrency)
-
-            async def one(call: ToolCall) -> ToolResult:
-                async with limit:
-                    return await ctx.call_tool(call)
-
-            results = list(await asyncio.gather(*(one(c) for c in calls)))
+        jobs = [functools.partial(ctx.call_tool, call) for call in calls]
+        results = await run_all(jobs, self.params.concurrency)
         return {"messages": [_tool_message(c, r) for c, r in zip(calls, results, strict=True)]}
 
 

@@ -1,0 +1,98 @@
+"""`map`: run a subgraph once per item of a list, in parallel, and join the results."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Mapping
+from typing import Any
+
+from pydantic import Field
+
+from loomgraph.graph.context import NodeContext
+from loomgraph.graph.registry import register_node
+from loomgraph.graph.spec import Graph
+from loomgraph.graph.state import final_output, parse_type
+from loomgraph.nodes.concurrency import run_all
+from loomgraph.nodes.subgraph import ChildGraphNode, ChildGraphParams
+
+
+class MapParams(ChildGraphParams):
+    """Parameters of a `map` node."""
+
+    inputs: dict[str, str] = Field(
+        default_factory=dict, description="child field <- parent field, the same for every item")
+    over: str = Field(description="the list field whose items are mapped")
+    item: str = Field("input", description="the child field each item goes into")
+    result: str = Field("output", description="the child field taken as the branch's result "
+                                              "(`output` is the child's final answer)")
+    output: str = Field(description="the field the list of results is written to, through its "
+                                    "reducer")
+    concurrency: int = Field(4, ge=1, description="branches run at once")
+
+
+@register_node("map")
+class MapNode(ChildGraphNode):
+    """Each item runs the child graph as its own journaled branch; results keep item order.
+
+    A finished branch's result is journaled, so after a crash only unfinished branches run
+    again.
+    """
+
+    Params = MapParams
+    params: MapParams
+
+    def reads(self) -> list[str]:
+        """Declared reads, or the list and the input fields."""
+        if self.spec.reads is not None:
+            return list(self.spec.reads)
+        return sorted({self.params.over, *self.params.inputs.values()})
+
+    def writes(self) -> list[str]:
+        """The results field and usage."""
+        if self.spec.writes is not None:
+            return list(self.spec.writes)
+        return [self.params.output, "usage"]
+
+    def check(self, graph: Graph) -> list[str]:
+        """The child must exist, and `over` must be a list field."""
+        problems = super().check(graph)
+        field = graph.state.get(self.params.over)
+        if field is not None and field.type not in ("any", "Any"):
+            try:
+                kind = getattr(parse_type(field.type), "__origin__", None)
+            except ValueError:
+                kind = None
+            if kind is not list:
+                problems.append(f"map over {self.params.over!r}, which is a {field.type}, "
+                                "not a list")
+        elif self.params.over in ("input", "output", "usage"):
+            problems.append(f"map over {self.params.over!r}, which is not a list field")
+        return problems
+
+    async def run(self, state: Mapping[str, Any], ctx: NodeContext) -> dict[str, Any]:
+        """Run one branch per item (at most `concurrency` at once) and join their results."""
+        p = self.params
+        items = state.get(p.over) or []
+        if not isinstance(items, list):
+            raise TypeError(f"map over {p.over!r}: expected a list, got {type(items).__name__}")
+        shared = {child: state.get(parent) for child, parent in p.inputs.items()
+                  if child != p.item}
+
+        async def branch(index: int, item: Any) -> dict[str, Any]:
+            async def run_branch() -> dict[str, Any]:
+                values = {**shared, p.item: item}
+                if p.item == "input" and not values.get("messages"):
+                    values["messages"] = [{"role": "user", "content": str(item)}]
+                final = await ctx.run_subgraph(self.child, values, branch=str(index))
+                value = final_output(final) if p.result == "output" else final.get(p.result)
+                return {"result": value, "usage": final.get("usage") or {}}
+
+            return await ctx.effect(f"branch:{index}", {"item": item}, run_branch)
+
+        done = await run_all([functools.partial(branch, i, item)
+                              for i, item in enumerate(items)], p.concurrency)
+        usage: dict[str, Any] = {}
+        for branch_done in done:
+            for key, amount in branch_done["usage"].items():
+                usage[key] = usage.get(key, 0) + amount
+        return {p.output: [d["result"] for d in done], "usage": usage}

@@ -1,0 +1,107 @@
+"""The `map` node: one journaled branch per item, in parallel, results in item order."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from loomgraph import Agent
+from loomgraph.graph.errors import GraphValidationError
+from loomgraph.graph.loader import graph_from_yaml
+from loomgraph.models import ScriptedModel
+from loomgraph.protocols import ModelChunk, ModelRequest
+from loomgraph.runtime import SqliteRuntime
+
+GRAPH = """
+name: fanout
+entry: split
+state:
+  cities: {type: 'list[str]'}
+  reports: {type: 'list[str]', reducer: append, default: []}
+nodes:
+  split: {kind: function, call: 'tests.test_map:split', reads: [input], writes: [cities]}
+  each: {kind: map, graph: react, over: cities, output: reports, concurrency: 2}
+edges:
+  - {from: split, to: each}
+  - {from: each, to: END}
+"""
+
+
+def split(state: Mapping[str, Any]) -> dict[str, Any]:
+    """The cities named in the prompt."""
+    return {"cities": state["input"].split()}
+
+
+def report(request: ModelRequest) -> str:
+    return f"report on {request.messages[0]['content']}"
+
+
+class Gate(ScriptedModel):
+    """Lets a model call finish only once `width` calls are in flight together."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__(report)
+        self.width, self.running, self.peak = width, 0, 0
+        self.full = asyncio.Event()
+
+    async def stream(self, request: ModelRequest) -> AsyncIterator[ModelChunk]:
+        self.running += 1
+        self.peak = max(self.peak, self.running)
+        if self.running == self.width:
+            self.full.set()
+        await self.full.wait()
+        async for chunk in super().stream(request):
+            yield chunk
+        self.running -= 1
+
+
+async def test_items_run_as_parallel_branches_and_results_keep_item_order() -> None:
+    model = Gate(width=2)
+    agent = Agent("x", model=model, architecture=graph_from_yaml(GRAPH))
+    result = await agent.run("Lima Oslo Pune Kyiv")
+    assert result.status == "completed", result.reason
+    history = await agent.history(result.run_id)
+    assert history[-1].state["reports"] == [f"report on {c}" for c in
+                                            ("Lima", "Oslo", "Pune", "Kyiv")]
+    assert model.peak == 2  # the concurrency limit held, and branches did overlap
+    branch_nodes = {c.node for c in history if c.node.startswith("each/")}
+    assert branch_nodes == {f"each/{i}/model" for i in range(4)}
+    assert result.usage["model_calls"] == 4
+
+
+async def test_after_a_failure_only_unfinished_branches_run_again(tmp_path: Path) -> None:
+    asked: list[str] = []
+    broken = {"Pune"}
+
+    def flaky(request: ModelRequest) -> str:
+        city = request.messages[0]["content"]
+        asked.append(city)
+        if city in broken:
+            raise ConnectionError(f"no data for {city}")
+        return f"report on {city}"
+
+    runtime = SqliteRuntime(str(tmp_path / "journal.db"))
+    graph = graph_from_yaml(GRAPH.replace("concurrency: 2", "concurrency: 1"))
+    agent = Agent("x", model=ScriptedModel(flaky), architecture=graph, runtime=runtime)
+    failed = await agent.run("Lima Oslo Pune Kyiv")
+    assert failed.status == "failed" and "Pune" in failed.reason
+    broken.clear()
+    asked.clear()
+    done = await agent.resume(failed.run_id)
+    assert done.status == "completed"
+    assert asked == ["Pune", "Kyiv"]  # Lima and Oslo were journaled, not run again
+    history = await agent.history(failed.run_id)
+    assert history[-1].state["reports"] == [f"report on {c}" for c in
+                                            ("Lima", "Oslo", "Pune", "Kyiv")]
+    await runtime.close()
+
+
+def test_map_over_a_field_that_is_not_a_list_is_invalid() -> None:
+    bad = GRAPH.replace("cities: {type: 'list[str]'}", "cities: {type: str}")
+    with pytest.raises(GraphValidationError) as err:
+        graph_from_yaml(bad)
+    assert "kind-check" in err.value.rules and "not a list" in str(err.value)
