@@ -50,14 +50,16 @@ class CompiledGraph:
             for name, spec in graph.nodes.items()
         }
 
-    def next_node(self, node: str, state: Mapping[str, Any]) -> tuple[str, int]:
+    def next_node(
+        self, node: str, state: Mapping[str, Any], visits: Mapping[str, int] | None = None
+    ) -> tuple[str, int]:
         """The target and file index of the first edge from `node` whose condition holds."""
         scope: dict[str, Any] | None = None
         for route in self.routes.get(node, ()):
             if route.test is None:
                 return route.target, route.index
             if scope is None:
-                scope = condition_scope(state)
+                scope = condition_scope(state, visits)
             try:
                 # Only the names the condition uses: Jinja copies its whole context per call.
                 holds = route.test(**{k: scope[k] for k in route.names if k in scope})

@@ -48,7 +48,11 @@ def names_used(source: str, *, expression: bool) -> set[str]:
         return set()
 
 
-def condition_scope(state: Mapping[str, Any]) -> dict[str, Any]:
-    """What a condition or template sees: every state field, `state`, and `last_message`."""
+def condition_scope(
+    state: Mapping[str, Any], visits: Mapping[str, int] | None = None
+) -> dict[str, Any]:
+    """What a condition or template sees: every state field, `state`, `last_message`, and
+    `visits` (how often each node ran so far, e.g. `visits.replan < 3`)."""
     messages = state.get("messages") or ()
-    return {**state, "state": state, "last_message": messages[-1] if messages else {}}
+    return {**state, "state": state, "last_message": messages[-1] if messages else {},
+            "visits": visits or {}}

@@ -100,13 +100,18 @@ class RunScope:
 class NodeContext:
     """What a node gets besides its state: identity, dependencies and journaled helpers."""
 
-    __slots__ = ("_slot", "node", "path", "scope", "visit")
+    __slots__ = ("_slot", "key_path", "node", "path", "scope", "visit")
 
-    def __init__(self, scope: RunScope, node: str, visit: int, path: str = "") -> None:
+    def __init__(
+        self, scope: RunScope, node: str, visit: int, path: str = "", key_path: str = ""
+    ) -> None:
         self.scope = scope
         self.node = node
         self.visit = visit
         self.path = path
+        # Like `path`, with the visit of each enclosing node: a subgraph run twice by one node
+        # (two visits, or two map branches) must not share effect keys.
+        self.key_path = key_path
         self._slot = 0
 
     @property
@@ -149,7 +154,7 @@ class NodeContext:
     def next_key(self) -> str:
         """The idempotency key of this node visit's next effect (run, node, visit, slot)."""
         self._slot += 1
-        return f"{self.scope.run_id}:{self.qualified_node}:{self.visit}:{self._slot}"
+        return f"{self.scope.run_id}:{self.key_path}{self.node}:{self.visit}:{self._slot}"
 
     async def _begin(self, key: str, kind: str, intent: dict[str, Any]) -> EffectRecord | None:
         prior = await self.deps.runtime.begin_effect(
@@ -286,9 +291,11 @@ class NodeContext:
         from loomgraph.graph.interpreter import run_graph
 
         compiled = compile_graph(graph)
-        path = f"{self.qualified_node}/" + (f"{branch}/" if branch is not None else "")
-        outcome = await run_graph(compiled, self.scope, compiled.schema.initial(values),
-                                  path=path)
+        inner = f"{branch}/" if branch is not None else ""
+        outcome = await run_graph(
+            compiled, self.scope, compiled.schema.initial(values),
+            path=f"{self.qualified_node}/{inner}",
+            key_path=f"{self.key_path}{self.node}.{self.visit}/{inner}")
         if outcome.status != "completed":
             if outcome.error is not None:
                 raise outcome.error
@@ -301,7 +308,7 @@ class NodeContext:
     ) -> dict[str, Any]:
         """Run `run` once per run, node visit and `name`: journaled as intent and outcome, and
         replayed from the journal (not run again) when the run is resumed."""
-        key = f"{self.scope.run_id}:{self.qualified_node}:{self.visit}:{name}"
+        key = f"{self.scope.run_id}:{self.key_path}{self.node}:{self.visit}:{name}"
         prior = await self._begin(key, name.split(":")[0], intent)
         if prior is not None and prior.status == "done" and prior.outcome is not None:
             return prior.outcome

@@ -40,7 +40,7 @@ class Outcome:
 async def run_graph(
     graph: CompiledGraph, scope: RunScope, state: dict[str, Any], *,
     start: str | None = None, visits: dict[str, int] | None = None, path: str = "",
-    finish: NodeKind | None = None,
+    key_path: str = "", finish: NodeKind | None = None,
 ) -> Outcome:
     """Run from `start` (default: the entry) until END, an interrupt, a limit or an error.
 
@@ -60,16 +60,16 @@ async def run_graph(
             return Outcome("limit_reached", reason, state, node, visits)
         visits[node] = visit
         total += 1
-        step = await _step(graph, scope, state, NodeContext(scope, node, visit, path),
-                           graph.nodes[node], graph.reads[node], graph.writes[node])
+        step = await _step(graph, scope, state, NodeContext(scope, node, visit, path, key_path),
+                           graph.nodes[node], graph.reads[node], graph.writes[node], visits)
         if isinstance(step, Outcome):
             step.visits = visits
             return step
         node = step
     if finish is not None and finish.name not in visits:
         visits[finish.name] = 1
-        step = await _step(graph, scope, state, NodeContext(scope, finish.name, 1, path),
-                           finish, tuple(finish.reads()), frozenset(finish.writes()))
+        step = await _step(graph, scope, state, NodeContext(scope, finish.name, 1, path, key_path),
+                           finish, tuple(finish.reads()), frozenset(finish.writes()), visits)
         if isinstance(step, Outcome):
             step.visits = visits
             return step
@@ -78,7 +78,7 @@ async def run_graph(
 
 async def _step(
     graph: CompiledGraph, scope: RunScope, state: dict[str, Any], ctx: NodeContext,
-    kind: NodeKind, reads: tuple[str, ...], writes: frozenset[str],
+    kind: NodeKind, reads: tuple[str, ...], writes: frozenset[str], visits: dict[str, int],
 ) -> str | Outcome:
     """One node visit, journaled; the next node, or the Outcome the run ends with."""
     deps, node, visit, qualified = scope.deps, ctx.node, ctx.visit, ctx.qualified_node
@@ -98,7 +98,7 @@ async def _step(
         patch = check_patch(graph, node, patch, writes)
         graph.schema.apply(state, patch)
         await deps.hooks.after_node(qualified, patch)
-        target = graph.next_node(node, state)[0] if node in graph.nodes else END
+        target = graph.next_node(node, state, visits)[0] if node in graph.nodes else END
     except BudgetExceeded as err:
         await ctx.emit("budget_exceeded", {"cap": err.cap, "reason": str(err)})
         return Outcome("budget_exhausted", str(err), state, node, error=err)

@@ -35,6 +35,8 @@ class NodeKind:
     templates: ClassVar[tuple[str, ...]] = ()
     default_reads: ClassVar[tuple[str, ...]] = ()
     default_writes: ClassVar[tuple[str, ...]] = ()
+    # Names the kind's templates see besides the state (e.g. `item` in a map).
+    template_names: ClassVar[frozenset[str]] = frozenset()
     kind_name: ClassVar[str] = ""
 
     def __init__(self, name: str, spec: NodeSpec, params: BaseModel) -> None:

@@ -23,7 +23,7 @@ BUILTIN_FIELDS: dict[str, StateField] = {
     "error": StateField(type="any", reducer="replace", default=None),
 }
 # Names a condition or template may use besides the state fields.
-DERIVED_NAMES = frozenset({"state", "last_message"})
+DERIVED_NAMES = frozenset({"state", "last_message", "visits"})
 
 
 # --------------------------------------------------------------------------- types

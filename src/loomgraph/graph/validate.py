@@ -251,7 +251,9 @@ def check_reads(graph: Graph, instances: dict[str, NodeKind], known: set[str]) -
     problems: list[Problem] = []
     reported: set[tuple[str, str]] = set()
     for name, param, source in _templates(graph):
-        for field in sorted(names_used(source, expression=False) - known - DERIVED_NAMES):
+        extra = instances[name].template_names if name in instances else frozenset()
+        for field in sorted(names_used(source, expression=False) - known - DERIVED_NAMES
+                            - extra):
             reported.add((name, field))
             problems.append(problem_at(
                 graph, "undefined-read", f"node {name!r}: template {param!r} uses {field!r}, "

@@ -21,7 +21,8 @@ class MapParams(ChildGraphParams):
 
     inputs: dict[str, str] = Field(
         default_factory=dict, description="child field <- parent field, the same for every item")
-    over: str = Field(description="the list field whose items are mapped")
+    over: str = Field(description="the list field whose items are mapped; a dotted path "
+                                  "(`plan.steps`) reaches into a field")
     item: str = Field("input", description="the child field each item goes into")
     result: str = Field("output", description="the child field taken as the branch's result "
                                               "(`output` is the child's final answer)")
@@ -40,12 +41,14 @@ class MapNode(ChildGraphNode):
 
     Params = MapParams
     params: MapParams
+    template_names = frozenset({"item"})
 
     def reads(self) -> list[str]:
         """Declared reads, or the list and the input fields."""
         if self.spec.reads is not None:
             return list(self.spec.reads)
-        return sorted({self.params.over, *self.params.inputs.values()})
+        field = self.params.over.split(".")[0]
+        return sorted({field, *self.params.inputs.values()} | self.prompt_reads())
 
     def writes(self) -> list[str]:
         """The results field and usage."""
@@ -56,7 +59,7 @@ class MapNode(ChildGraphNode):
     def check(self, graph: Graph) -> list[str]:
         """The child must exist, and `over` must be a list field."""
         problems = super().check(graph)
-        field = graph.state.get(self.params.over)
+        field = None if "." in self.params.over else graph.state.get(self.params.over)
         if field is not None and field.type not in ("any", "Any"):
             try:
                 kind = getattr(parse_type(field.type), "__origin__", None)
@@ -72,7 +75,10 @@ class MapNode(ChildGraphNode):
     async def run(self, state: Mapping[str, Any], ctx: NodeContext) -> dict[str, Any]:
         """Run one branch per item (at most `concurrency` at once) and join their results."""
         p = self.params
-        items = state.get(p.over) or []
+        items: Any = state
+        for part in p.over.split("."):
+            items = items.get(part) if isinstance(items, Mapping) else None
+        items = items or []
         if not isinstance(items, list):
             raise TypeError(f"map over {p.over!r}: expected a list, got {type(items).__name__}")
         shared = {child: state.get(parent) for child, parent in p.inputs.items()
@@ -80,9 +86,7 @@ class MapNode(ChildGraphNode):
 
         async def branch(index: int, item: Any) -> dict[str, Any]:
             async def run_branch() -> dict[str, Any]:
-                values = {**shared, p.item: item}
-                if p.item == "input" and not values.get("messages"):
-                    values["messages"] = [{"role": "user", "content": str(item)}]
+                values = self.child_values({**shared, p.item: item}, state, item=item)
                 final = await ctx.run_subgraph(self.child, values, branch=str(index))
                 value = final_output(final) if p.result == "output" else final.get(p.result)
                 return {"result": value, "usage": final.get("usage") or {}}

@@ -8,11 +8,12 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from loomgraph.graph.conditions import compile_template, condition_scope, names_used
 from loomgraph.graph.context import NodeContext
 from loomgraph.graph.library import load_graph
 from loomgraph.graph.registry import NodeKind, register_node
 from loomgraph.graph.spec import Graph
-from loomgraph.graph.state import final_output
+from loomgraph.graph.state import DERIVED_NAMES, final_output
 
 
 class ChildGraphParams(BaseModel):
@@ -21,6 +22,9 @@ class ChildGraphParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     graph: str = Field(description="a built-in graph name, or a YAML path relative to this file")
+    prompt: str | None = Field(
+        None, description="Jinja2 template of the child's input (its first user message), over "
+                          "the state (and `item`, in a map); default: the mapped `input`")
 
 
 class SubgraphParams(ChildGraphParams):
@@ -35,9 +39,27 @@ class SubgraphParams(ChildGraphParams):
 
 
 class ChildGraphNode(NodeKind):
-    """Base of the kinds that run another graph: finds and checks the child graph."""
+    """Base of the kinds that run another graph: finds and checks the child graph, and builds
+    the child's first state."""
 
     params: ChildGraphParams
+    templates = ("prompt",)
+
+    def prompt_reads(self) -> set[str]:
+        """The state fields the prompt template uses."""
+        used = names_used(self.params.prompt or "", expression=False)
+        return used - DERIVED_NAMES - self.template_names
+
+    def child_values(
+        self, values: dict[str, Any], state: Mapping[str, Any], **extra: Any
+    ) -> dict[str, Any]:
+        """The child's first values: `values`, the rendered prompt as its input, and that input
+        as the first user message."""
+        if self.prompt is not None:
+            values["input"] = self.prompt({**condition_scope(state), **extra})
+        if not values.get("messages") and values.get("input"):
+            values["messages"] = [{"role": "user", "content": str(values["input"])}]
+        return values
 
     def _resolve(self, graph: Graph) -> Graph:
         name = self.params.graph
@@ -56,8 +78,9 @@ class ChildGraphNode(NodeKind):
         return []
 
     def bind(self, graph: Graph) -> None:
-        """Resolve the child graph once."""
+        """Resolve the child graph and compile the prompt once."""
         self.child = self._resolve(graph)
+        self.prompt = compile_template(self.params.prompt) if self.params.prompt else None
 
 
 @register_node("subgraph")
@@ -71,7 +94,7 @@ class SubgraphNode(ChildGraphNode):
         """Declared reads, or the parent fields the inputs take."""
         if self.spec.reads is not None:
             return list(self.spec.reads)
-        return sorted(set(self.params.inputs.values()))
+        return sorted(set(self.params.inputs.values()) | self.prompt_reads())
 
     def writes(self) -> list[str]:
         """Declared writes, or the parent fields the outputs fill, plus usage."""
@@ -83,9 +106,7 @@ class SubgraphNode(ChildGraphNode):
         """Map inputs in, run the child, map outputs back, and carry its usage up."""
         p = self.params
         values = {child: state.get(parent) for child, parent in p.inputs.items()}
-        if not values.get("messages") and values.get("input"):
-            values["messages"] = [{"role": "user", "content": str(values["input"])}]
-        final = await ctx.run_subgraph(self.child, values)
+        final = await ctx.run_subgraph(self.child, self.child_values(values, state))
         patch = {parent: final_output(final) if child == "output" else final.get(child)
                  for parent, child in p.outputs.items()}
         patch["usage"] = final.get("usage") or {}

@@ -1,0 +1,42 @@
+"""Types and small steps the built-in strategy graphs use (plan-and-execute, reflexion).
+
+They are ordinary public pieces — pydantic models named by import path in the YAML, and
+functions for `function` nodes — so a strategy needs nothing from the core beyond node kinds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+
+class Plan(BaseModel):
+    """A plan: steps to run next, or, when `done`, the final answer."""
+
+    steps: list[str] = Field(default_factory=list, description="the steps still to do")
+    parallel: bool = Field(False, description="the steps do not depend on each other")
+    done: bool = Field(False, description="the task is finished; `answer` is the answer")
+    answer: str = ""
+
+
+class Evaluation(BaseModel):
+    """How well an attempt did the task."""
+
+    score: float = Field(ge=0.0, le=1.0)
+    feedback: str = ""
+
+
+def final_answer(state: Mapping[str, Any]) -> dict[str, Any]:
+    """The run's answer: the plan's answer, else the last attempt or step result."""
+    plan = state.get("plan") or {}
+    if plan.get("answer"):
+        return {"output": plan["answer"]}
+    for field in ("answer", "results"):
+        value = state.get(field)
+        if isinstance(value, list) and value:
+            return {"output": value[-1]}
+        if isinstance(value, str) and value:
+            return {"output": value}
+    return {"output": ""}

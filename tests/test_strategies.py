@@ -1,0 +1,109 @@
+"""The built-in strategies end to end on ScriptedModel, every edge, paths read from the journal."""
+
+from __future__ import annotations
+
+import json
+
+from loomgraph import Agent
+from loomgraph.models import ScriptedModel
+from loomgraph.protocols import ModelRequest
+
+
+async def lookup(topic: str) -> str:
+    """Look a topic up."""
+    return f"facts about {topic}"
+
+
+def respond(**answer: object) -> dict[str, object]:
+    return {"tool_calls": [{"tool": "respond", "args": answer}]}
+
+
+def top_level(history: list) -> list[str]:  # type: ignore[type-arg]
+    return [c.node for c in history if "/" not in c.node]
+
+
+def plan_execute_script(replans: list[dict[str, object]], first: dict[str, object]):  # type: ignore[no-untyped-def]
+    """Planner and replanner answers by prompt; each step researched with one tool call."""
+    asked_replan = []
+
+    def script(request: ModelRequest) -> object:
+        prompt = request.messages[0]["content"]
+        if request.tool_choice == "respond":
+            if prompt.startswith("Make a short plan"):
+                return respond(**first)
+            asked_replan.append(prompt)
+            return respond(**replans[len(asked_replan) - 1])
+        step = prompt.split("Do this step: ")[1].strip()
+        if request.messages[-1]["role"] == "tool":
+            return f"done {step}: {request.messages[-1]['content']}"
+        return {"tool_calls": [{"tool": "lookup", "args": {"topic": step}}]}
+
+    return script, asked_replan
+
+
+async def test_plan_execute_parallel_then_serial_then_done() -> None:
+    script, asked = plan_execute_script(
+        [{"steps": ["compare"], "parallel": False}, {"done": True, "answer": "A beats B"}],
+        {"steps": ["A", "B"], "parallel": True})
+    agent = Agent("x", model=ScriptedModel(script), tools=[lookup], architecture="plan-execute")
+    result = await agent.run("Which is better, A or B?")
+    assert result.status == "completed" and result.output == "A beats B"
+    history = await agent.history(result.run_id)
+    assert top_level(history) == ["plan", "execute_parallel", "replan", "execute_serial",
+                                  "replan", "finish"]
+    assert history[-1].state["results"] == ["done A: facts about A", "done B: facts about B",
+                                            "done compare: facts about compare"]
+    assert "done A: facts about A" in asked[0]  # the replanner saw the results
+    assert {c.node for c in history if c.node.startswith("execute_parallel/")} == {
+        "execute_parallel/0/model", "execute_parallel/0/tools",
+        "execute_parallel/1/model", "execute_parallel/1/tools"}
+
+
+async def test_plan_execute_serial_first_and_the_replan_cap() -> None:
+    never_done = {"steps": ["more"], "parallel": True}
+    script, asked = plan_execute_script([never_done] * 5, {"steps": ["X"], "parallel": False})
+    agent = Agent("x", model=ScriptedModel(script), tools=[lookup], architecture="plan-execute")
+    result = await agent.run("an endless task")
+    assert result.status == "completed"
+    history = await agent.history(result.run_id)
+    assert top_level(history) == ["plan", "execute_serial", "replan", "execute_parallel",
+                                  "replan", "execute_parallel", "replan", "finish"]
+    assert len(asked) == 3 and result.output == "done more: facts about more"
+
+
+def reflexion_script(scores: list[float]):  # type: ignore[no-untyped-def]
+    attempts: list[str] = []
+
+    def script(request: ModelRequest) -> object:
+        prompt = request.messages[0]["content"]
+        if request.tool_choice == "respond":  # evaluate
+            return respond(score=scores[len(attempts) - 1], feedback="cite a source")
+        if prompt.startswith("Task:"):  # reflect
+            return f"lesson {len(attempts)}: cite a source"
+        attempts.append(prompt)
+        return f"answer {len(attempts)}"
+
+    return script, attempts
+
+
+async def test_reflexion_reflects_once_then_passes() -> None:
+    script, attempts = reflexion_script([0.3, 0.9])
+    agent = Agent("x", model=ScriptedModel(script), architecture="reflexion")
+    result = await agent.run("Explain tides.")
+    assert result.status == "completed" and result.output == "answer 2"
+    history = await agent.history(result.run_id)
+    assert top_level(history) == ["attempt", "evaluate", "reflect", "attempt", "evaluate",
+                                  "finish"]
+    assert "lesson 1: cite a source" in attempts[1] and "Lessons" not in attempts[0]
+    assert history[-1].state["lessons"] == ["lesson 1: cite a source"]
+    assert history[-1].state["evaluation"] == {"score": 0.9, "feedback": "cite a source"}
+
+
+async def test_reflexion_stops_after_three_attempts() -> None:
+    script, attempts = reflexion_script([0.1, 0.2, 0.3])
+    agent = Agent("x", model=ScriptedModel(script), architecture="reflexion")
+    result = await agent.run("Explain tides.")
+    assert result.status == "completed" and result.output == "answer 3"
+    history = await agent.history(result.run_id)
+    assert top_level(history).count("attempt") == 3 and top_level(history)[-1] == "finish"
+    assert json.dumps(history[-1].state["lessons"]).count("lesson") == 2
