@@ -107,3 +107,16 @@ async def test_reflexion_stops_after_three_attempts() -> None:
     history = await agent.history(result.run_id)
     assert top_level(history).count("attempt") == 3 and top_level(history)[-1] == "finish"
     assert json.dumps(history[-1].state["lessons"]).count("lesson") == 2
+
+
+def test_every_built_in_graph_has_its_diagram_in_the_docs() -> None:
+    from pathlib import Path
+
+    from loomgraph.graph.library import builtin_names, load_graph
+
+    docs = Path(__file__).parents[1] / "docs"
+    text = (docs / "architectures.md").read_text()
+    for name in builtin_names():
+        svg = (docs / "graphs" / f"{name}.svg").read_text()
+        assert all(node in svg for node in load_graph(name).nodes), name
+        assert f"graphs/{name}.svg" in text, name
