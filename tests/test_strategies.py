@@ -104,6 +104,7 @@ async def test_reflexion_stops_after_three_attempts() -> None:
     agent = Agent("x", model=ScriptedModel(script), architecture="reflexion")
     result = await agent.run("Explain tides.")
     assert result.status == "completed" and result.output == "answer 3"
+    assert len(attempts) == 3
     history = await agent.history(result.run_id)
     assert top_level(history).count("attempt") == 3 and top_level(history)[-1] == "finish"
     assert json.dumps(history[-1].state["lessons"]).count("lesson") == 2
@@ -120,3 +121,37 @@ def test_every_built_in_graph_has_its_diagram_in_the_docs() -> None:
         svg = (docs / "graphs" / f"{name}.svg").read_text()
         assert all(node in svg for node in load_graph(name).nodes), name
         assert f"graphs/{name}.svg" in text, name
+
+
+async def test_resume_and_fork_inside_a_subgraph() -> None:
+    script, attempts = reflexion_script([0.3, 0.9, 0.9])
+    down = {"on": True}
+
+    def flaky(request: ModelRequest) -> object:
+        # The second attempt's model call fails once, as a provider outage would.
+        if "Lessons" in request.messages[0]["content"] and down["on"] \
+                and request.tool_choice is None:
+            down["on"] = False
+            raise ConnectionError("provider down")
+        return script(request)
+
+    agent = Agent("x", model=ScriptedModel(flaky), architecture="reflexion")
+    failed = await agent.run("Explain tides.")
+    assert failed.status == "failed" and "attempt/model" in failed.reason
+    assert len(attempts) == 1
+    done = await agent.resume(failed.run_id)
+    assert done.status == "completed" and done.output == "answer 2"
+    assert len(attempts) == 2  # attempt 1, its evaluation and the lesson were not redone
+    history = await agent.history(failed.run_id)
+    assert top_level(history) == ["attempt", "evaluate", "reflect", "attempt", "evaluate",
+                                  "finish"]
+
+    # Forking at a checkpoint inside the subgraph restarts that subgraph from the parent's
+    # state there: here, the second attempt, with the lesson already in place.
+    inner = next(c.seq for c in history if c.node == "attempt/model" and c.seq > 3)
+    forked = await agent.fork(failed.run_id, at=inner)
+    assert forked.status == "completed", forked.reason
+    fork_history = await agent.history(forked.run_id)
+    assert top_level(fork_history)[0] == "attempt"
+    assert fork_history[0].state["lessons"] == ["lesson 1: cite a source"]
+    assert "lesson 1" in attempts[2]  # the forked attempt ran again, with the lesson
