@@ -7,7 +7,7 @@ import contextlib
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -80,7 +80,9 @@ class RunResult:
 
     def to_dict(self) -> dict[str, Any]:
         """The result as JSON-shaped data (what the journal stores)."""
-        data = asdict(self)
+        # Shallow on purpose (asdict deep-copies, and this runs twice per run): every field
+        # is JSON-shaped already, and the result is not changed after the run.
+        data = {f.name: getattr(self, f.name) for f in fields(self)}
         if self.parsed is not None and hasattr(self.parsed, "model_dump"):
             data["parsed"] = self.parsed.model_dump(mode="json")
         return data
@@ -212,7 +214,7 @@ class Agent:
                 "Pass accept_graph_change=True to resume with the new graph.")
         session = AgentSession(self, _prompt(record), user_id=record.user_id,
                                session_id=record.session_id, run_id=run_id)
-        async with hold_lease(self.deps.runtime, run_id):
+        async with hold_lease(self.deps.leases, run_id):
             # Read where the run stands only once it is ours: another worker may have moved it.
             at = position(self.compiled, record, await self.deps.runtime.transitions(run_id))
             return await session.continue_from(self.deps.hooks.on_event, record, at,
@@ -299,7 +301,7 @@ class AgentSession:
                                         "messages": list(state["messages"])},
                               "system": scope.system}
             await self.agent.deps.runtime.start_run(record)
-            async with hold_lease(self.agent.deps.runtime, self.run_id):
+            async with hold_lease(self.agent.deps.leases, self.run_id):
                 return await self._drive(scope, state, None, None)
 
     async def continue_from(
@@ -354,11 +356,12 @@ class AgentSession:
             await deps.memory.remember(Episode(
                 self.user_id, self.session_id, self.run_id, self.prompt, str(result.output),
                 _tool_names(outcome.state), time.time()))
+        data = result.to_dict()
         await deps.runtime.finish_run(self.run_id, result.status,  # type: ignore[arg-type]
-                                      result.reason, result.to_dict())
+                                      result.reason, data)
         await self._audit("run_completed", {"status": result.status, "reason": result.reason})
         await scope.emit(RUN_COMPLETED, {"status": result.status, "reason": result.reason,
-                                         "output": result.output, "result": result.to_dict()},
+                                         "output": result.output, "result": data},
                          None, scope.seq)
         return result
 

@@ -13,6 +13,7 @@ from loomgraph.protocols import (
     Memory,
     Model,
     Permissions,
+    RunLeases,
     RunRecord,
     Runtime,
     Telemetry,
@@ -128,10 +129,12 @@ def build_deps(
         return default() if obj is None else _checked(obj, protocol, what)
 
     host: ToolHost = as_tool_host(tools)
+    journal = resolve_runtime(runtime)
     return Deps(
         model=resolve_model(model),
         tools=host,
-        runtime=resolve_runtime(runtime),
+        runtime=journal,
+        leases=journal if isinstance(journal, RunLeases) else None,
         memory=resolve_memory(memory),
         budget=given(budget, Budget, "budget", NoBudget),
         budgeted=budget is not None,

@@ -9,16 +9,16 @@ import socket
 import uuid
 from collections.abc import AsyncIterator
 
-from loomgraph.protocols import RunLeases, Runtime
+from loomgraph.protocols import RunLeases
 
 _WORKER = f"{socket.gethostname()}:{os.getpid()}"
 
 
 @contextlib.asynccontextmanager
-async def hold_lease(runtime: Runtime, run_id: str) -> AsyncIterator[None]:
+async def hold_lease(runtime: RunLeases | None, run_id: str) -> AsyncIterator[None]:
     """Hold the run's lease while the body runs, renewing it; a journal without leases is
     used by one process, and needs none."""
-    if not isinstance(runtime, RunLeases):
+    if runtime is None:
         yield
         return
     owner = f"{_WORKER}:{uuid.uuid4().hex[:8]}"

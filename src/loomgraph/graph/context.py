@@ -25,6 +25,7 @@ from loomgraph.protocols import (
     ModelResponse,
     Permissions,
     Reservation,
+    RunLeases,
     Runtime,
     Telemetry,
     ToolCall,
@@ -57,6 +58,8 @@ class Deps:
     audit_log: AuditLog
     # False when the budget has no caps: reservations (and estimating them) are skipped.
     budgeted: bool = True
+    # The runtime again when it offers leases (checked once: protocol checks are slow).
+    leases: RunLeases | None = None
 
 
 class RunStopped(Exception):
