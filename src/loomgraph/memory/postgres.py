@@ -1,0 +1,277 @@
+"""`PostgresMemory`: long-term memory in PostgreSQL, with full-text recall and row-level security.
+
+asyncpg is imported when a PostgresMemory is made, so importing loomgraph without the
+`postgres` extra still works.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from functools import lru_cache
+from typing import Any
+from urllib.parse import urlsplit
+
+from loomgraph.memory.errors import MemoryBackendError, MemoryCorrupted, MemoryUnavailable
+from loomgraph.memory.records import Fact, MemoryLimits
+from loomgraph.memory.sql import (
+    EPISODE_COLS,
+    FACT_COLS,
+    SCHEMA_VERSION,
+    TABLES,
+    Cursor,
+    SqlMemory,
+    episode_of,
+    fact_of,
+)
+from loomgraph.protocols import Episode
+from loomgraph.runtime.postgres import describe_dsn
+
+# The setting the row-level security policies read. It holds 'u:' + the user id: once set in
+# a session, an ended SET LOCAL leaves '' behind (not NULL), which must match no user, not
+# even the anonymous one (user id '').
+SETTING = "loomgraph.user_id"
+
+
+def _asyncpg() -> Any:
+    try:
+        import asyncpg  # type: ignore[import-untyped,unused-ignore]
+    except ImportError as err:
+        raise ImportError("PostgresMemory needs asyncpg: pip install 'loomgraph[postgres]'"
+                          ) from err
+    return asyncpg
+
+
+def _ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+@lru_cache(maxsize=256)
+def _numbered(sql: str) -> str:
+    """`?` placeholders as asyncpg's `$1, $2, …` (the shared SQL has no literal `?`)."""
+    parts = sql.split("?")
+    return parts[0] + "".join(f"${i}{part}" for i, part in enumerate(parts[1:], 1))
+
+
+def ddl(schema: str) -> list[str]:
+    """The tables, indexes and row-level security policies, in `schema`."""
+    p = _ident(schema) + "."
+    mine = f"'u:' || user_id = current_setting('{SETTING}', true)"
+    statements = [
+        f"CREATE TABLE {p}memory_meta (key text PRIMARY KEY, value text NOT NULL)",
+        f"CREATE TABLE {p}memory_episodes (id bigserial PRIMARY KEY, user_id text NOT NULL, "
+        "session_id text, run_id text NOT NULL, prompt text NOT NULL, output text NOT NULL, "
+        "tool_calls text NOT NULL, at double precision NOT NULL, search tsvector GENERATED "
+        "ALWAYS AS (to_tsvector('english'::regconfig, prompt || ' ' || output)) STORED, "
+        "UNIQUE (user_id, run_id))",
+        f"CREATE INDEX ON {p}memory_episodes (user_id, session_id, at)",
+        f"CREATE INDEX ON {p}memory_episodes USING gin (search)",
+        f"CREATE TABLE {p}memory_facts (id bigserial PRIMARY KEY, user_id text NOT NULL, "
+        "key text NOT NULL, subject text NOT NULL, predicate text NOT NULL, "
+        "object text NOT NULL, confidence double precision NOT NULL, source_run text, "
+        "valid_from double precision NOT NULL, valid_to double precision, search tsvector "
+        "GENERATED ALWAYS AS (to_tsvector('english'::regconfig, subject || ' ' || predicate "
+        "|| ' ' || object)) STORED)",
+        # At most one current fact per (user, subject, predicate), whatever the writers do.
+        f"CREATE UNIQUE INDEX ON {p}memory_facts (user_id, key) WHERE valid_to IS NULL",
+        f"CREATE INDEX ON {p}memory_facts (user_id, valid_from)",
+        f"CREATE INDEX ON {p}memory_facts USING gin (search)",
+        f"CREATE TABLE {p}memory_blocks (user_id text NOT NULL, name text NOT NULL, "
+        "text text NOT NULL, created_at double precision NOT NULL, "
+        "updated_at double precision NOT NULL, PRIMARY KEY (user_id, name))",
+        f"INSERT INTO {p}memory_meta VALUES ('schema_version', '{SCHEMA_VERSION}')",
+    ]
+    for table in TABLES[1:]:
+        # FORCE: the policies bind the tables' owner too (superusers and BYPASSRLS roles
+        # are never bound; connect as an ordinary role for the policies to matter).
+        statements += [f"ALTER TABLE {p}{table} ENABLE ROW LEVEL SECURITY",
+                       f"ALTER TABLE {p}{table} FORCE ROW LEVEL SECURITY",
+                       f"CREATE POLICY memory_by_user ON {p}{table} USING ({mine}) "
+                       f"WITH CHECK ({mine})"]
+    return statements
+
+
+class _Cursor:
+    def __init__(self, con: Any) -> None:
+        self._con = con
+
+    async def fetch(self, sql: str, *args: Any) -> list[Sequence[Any]]:
+        rows: list[Sequence[Any]] = await self._con.fetch(_numbered(sql), *args)
+        return rows
+
+    async def execute(self, sql: str, *args: Any) -> int:
+        status: str = await self._con.execute(_numbered(sql), *args)
+        last = status.rsplit(" ", 1)[-1]
+        return int(last) if last.isdigit() else 0
+
+
+class PostgresMemory(SqlMemory):
+    """Memory in PostgreSQL tables (in `schema`), shared by any number of workers.
+
+    Every transaction first sets `loomgraph.user_id` for itself (`SET LOCAL`), and the
+    tables' row-level security policies admit only that user's rows, on top of the
+    `user_id = …` every statement carries. A pool of `pool_size` connections is opened on
+    first use.
+    """
+
+    def __init__(self, dsn: str, *, schema: str = "public", limits: MemoryLimits | None = None,
+                 pool_size: int = 4, connect_timeout: float = 10.0) -> None:
+        super().__init__(limits)
+        self._pg = _asyncpg()
+        self.dsn = dsn
+        self.schema = schema
+        self.prefix = _ident(schema) + "."
+        self.where = f"postgres memory {describe_dsn(dsn)} (schema {schema!r})"
+        self.pool_size = pool_size
+        self.connect_timeout = connect_timeout
+        self._pool: Any = None
+        self._lock: asyncio.Lock | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def __repr__(self) -> str:
+        return f"PostgresMemory({describe_dsn(self.dsn)!r}, schema={self.schema!r})"
+
+    async def connect(self) -> None:
+        """Connect, check and (when new) create the tables now rather than on first use."""
+        await self._ensure_pool()
+
+    async def close(self) -> None:
+        """Close the pool; the next use opens a new one."""
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            await pool.close()
+
+    # ------------------------------------------------------------------ sessions
+
+    async def _ensure_pool(self) -> Any:
+        loop = asyncio.get_running_loop()
+        if self._loop is not loop:
+            # A pool's connections belong to the loop that made them; a later asyncio.run()
+            # cannot use them, so it gets a pool of its own.
+            if self._pool is not None:
+                with contextlib.suppress(Exception):
+                    self._pool.terminate()
+            self._pool, self._lock, self._loop = None, asyncio.Lock(), loop
+        if self._pool is None:
+            assert self._lock is not None
+            async with self._lock:
+                if self._pool is None:
+                    self._pool = await self._open()
+        return self._pool
+
+    @asynccontextmanager
+    async def _tx(self, key: str, *, write: bool = False) -> AsyncIterator[Cursor]:
+        pool = await self._ensure_pool()
+        try:
+            async with pool.acquire() as con, con.transaction(readonly=not write):
+                # is_local=true: the setting ends with the transaction, so a pooled
+                # connection never carries one user's identity into another's work.
+                await con.execute("SELECT set_config($1, $2, true)", SETTING, "u:" + key)
+                yield _Cursor(con)
+        except Exception as err:
+            translated = self._translate(err)
+            if translated is err:
+                raise
+            raise translated from err
+
+    async def _lock_user(self, cur: Cursor, key: str) -> None:
+        # Two workers superseding the same fact must not both see it current.
+        await cur.execute("SELECT pg_advisory_xact_lock(hashtext(?))",
+                          f"loomgraph.memory:{self.schema}:{key}")
+
+    def _translate(self, err: Exception) -> Exception:
+        pg = self._pg
+        if isinstance(err, MemoryBackendError):
+            return err
+        if isinstance(err, pg.UndefinedTableError | pg.UndefinedColumnError):
+            return MemoryCorrupted(self.where, str(err))
+        if isinstance(err, OSError | TimeoutError | pg.InterfaceError
+                      | pg.PostgresConnectionError | pg.CannotConnectNowError
+                      | pg.TooManyConnectionsError | pg.InvalidCatalogNameError
+                      | pg.InvalidAuthorizationSpecificationError):
+            return MemoryUnavailable(self.where, self._scrub(f"{type(err).__name__}: {err}"))
+        if isinstance(err, pg.PostgresError):
+            return MemoryBackendError(self.where, self._scrub(f"{type(err).__name__}: {err}"))
+        return err
+
+    def _scrub(self, text: str) -> str:
+        with contextlib.suppress(ValueError):
+            password = urlsplit(self.dsn).password
+            if password:
+                text = text.replace(password, "***")
+        return text
+
+    # ------------------------------------------------------------------ search
+
+    async def _search_episodes(self, key: str, terms: list[str], exclude_session: str | None,
+                               limit: int) -> list[Episode]:
+        cols = ", ".join(f"e.{c.strip()}" for c in EPISODE_COLS.split(","))
+        other, args = "", [" or ".join(terms), key]
+        if exclude_session is not None:
+            other, args = " AND e.session_id IS DISTINCT FROM ?", [*args, exclude_session]
+        async with self._tx(key) as cur:
+            # websearch_to_tsquery never raises on odd input; ts_rank normalisation 1
+            # keeps long answers from winning on length alone.
+            rows = await cur.fetch(
+                f"SELECT {cols} FROM {self.t('memory_episodes')} e, "
+                "websearch_to_tsquery('english', ?) q WHERE e.search @@ q AND e.user_id = ?"
+                f"{other} ORDER BY ts_rank(e.search, q, 1) DESC, e.at DESC, e.id DESC LIMIT ?",
+                *args, limit)
+        return [episode_of(key, r) for r in rows]
+
+    async def _search_facts(self, key: str, terms: list[str], limit: int) -> list[Fact]:
+        cols = ", ".join(f"x.{c.strip()}" for c in FACT_COLS.split(","))
+        async with self._tx(key) as cur:
+            rows = await cur.fetch(
+                f"SELECT {cols} FROM {self.t('memory_facts')} x, "
+                "websearch_to_tsquery('english', ?) q WHERE x.search @@ q AND x.user_id = ? "
+                "AND x.valid_to IS NULL ORDER BY ts_rank(x.search, q, 1) DESC, "
+                "x.valid_from DESC, x.id DESC LIMIT ?", " or ".join(terms), key, limit)
+        return [fact_of(key, r) for r in rows]
+
+    # ------------------------------------------------------------------ opening
+
+    async def _open(self) -> Any:
+        """Connect; create the schema and tables when missing; refuse damaged or other ones."""
+        pg = self._pg
+        try:
+            pool = await pg.create_pool(self.dsn, min_size=1, max_size=self.pool_size,
+                                        timeout=self.connect_timeout)
+        except (OSError, TimeoutError, ValueError, pg.PostgresError, pg.InterfaceError) as err:
+            raise MemoryUnavailable(self.where,
+                                    self._scrub(f"{type(err).__name__}: {err}")) from None
+        try:
+            async with pool.acquire() as con, con.transaction():
+                # Workers starting together must not race on creating the tables.
+                await con.execute("SELECT pg_advisory_xact_lock(hashtext($1))",
+                                  f"loomgraph.memory:{self.schema}")
+                await self._create_or_check(con)
+        except BaseException as err:
+            pool.terminate()
+            if isinstance(err, Exception):
+                raise self._translate(err) from None
+            raise
+        return pool
+
+    async def _create_or_check(self, con: Any) -> None:
+        found = {t: await con.fetchval("SELECT to_regclass($1)", f"{self.prefix}{t}")
+                 for t in TABLES}
+        if found["memory_meta"] is None:
+            if any(found.values()):
+                raise MemoryCorrupted(self.where, "memory tables without memory_meta")
+            if await con.fetchval("SELECT to_regnamespace($1)", _ident(self.schema)) is None:
+                # Only when missing: even IF NOT EXISTS needs CREATE on the whole database.
+                await con.execute(f"CREATE SCHEMA {_ident(self.schema)}")
+            for statement in ddl(self.schema):
+                await con.execute(statement)
+            return
+        version = await con.fetchval(
+            f"SELECT value FROM {self.prefix}memory_meta WHERE key = 'schema_version'")
+        if version != str(SCHEMA_VERSION):
+            raise MemoryCorrupted(self.where, f"schema version {version or 'none'}; this "
+                                  f"loomgraph reads version {SCHEMA_VERSION}")
+        missing = [t for t, oid in found.items() if oid is None]
+        if missing:
+            raise MemoryCorrupted(self.where, f"missing table(s): {', '.join(missing)}")

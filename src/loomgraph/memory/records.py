@@ -1,0 +1,278 @@
+"""What memory stores (facts, working blocks), its limits, and the text logic every backend shares.
+
+The backends differ only in where rows live and how full-text ranking is computed; the
+query terms, fact validation, supersession rule, seed layout and history shape are here so
+the three behave the same.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass, replace
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+from loomgraph.protocols import Episode, Message
+
+T = TypeVar("T")
+
+MAX_FIELD_CHARS = 1000  # one subject, predicate or object
+MAX_NAME_CHARS = 64  # one working block name
+MAX_QUERY_TERMS = 32  # a long prompt must not become a huge OR query
+
+
+@dataclass(slots=True)
+class Fact:
+    """A subject-predicate-object statement about a user, valid from a time until superseded."""
+
+    subject: str
+    predicate: str
+    object: str
+    confidence: float = 1.0
+    source_run: str | None = None
+    valid_from: float = 0.0  # 0: the time it is stored
+    valid_to: float | None = None  # set when a newer fact with another object replaces it
+    user_id: str | None = None
+    id: int | None = None
+
+    @property
+    def current(self) -> bool:
+        """True while no newer fact has superseded this one."""
+        return self.valid_to is None
+
+    def text(self) -> str:
+        """The statement as one line of plain text."""
+        return f"{self.subject} {self.predicate} {self.object}"
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-shaped data."""
+        return asdict(self)
+
+
+@dataclass(slots=True)
+class WorkingBlock:
+    """A named text block pinned into every prompt of one user (persona, preferences, …)."""
+
+    name: str
+    text: str
+    updated_at: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-shaped data."""
+        return asdict(self)
+
+
+@dataclass(frozen=True, slots=True)
+class MemoryLimits:
+    """How much memory goes into a run: by count and by characters."""
+
+    turns: int = 20  # prompt/answer pairs of this session that `history` returns
+    facts: int = 10  # current facts in the seed
+    episodes: int = 3  # past episodes of other sessions in the seed
+    seed_chars: int = 4000  # the whole seed text
+    episode_chars: int = 600  # one episode in the seed
+    block_chars: int = 2000  # one working block; `set_block` refuses longer text
+
+    def __post_init__(self) -> None:
+        for name, value in asdict(self).items():
+            if not isinstance(value, int) or value < 0:
+                raise ValueError(f"MemoryLimits.{name} must be a non-negative int, not {value!r}")
+
+
+# --------------------------------------------------------------------------- identity
+
+
+def user_key(user_id: str | None) -> str:
+    """The partition a user id maps to: None (an anonymous run) is the partition ''."""
+    if user_id is not None and not isinstance(user_id, str):
+        raise TypeError(f"user_id must be a str or None, not {type(user_id).__name__}")
+    return user_id or ""
+
+
+def as_time(value: float | datetime | None) -> float | None:
+    """Epoch seconds from a float or a datetime (naive ones are taken as UTC)."""
+    if value is None or isinstance(value, int | float):
+        return None if value is None else float(value)
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return value.timestamp()
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def _clean(value: Any, what: str) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"fact {what} must be a non-empty string, not {value!r}")
+    text = " ".join(value.split())
+    if len(text) > MAX_FIELD_CHARS:
+        raise ValueError(f"fact {what} is longer than {MAX_FIELD_CHARS} characters")
+    return text
+
+
+def prepare_facts(user_id: str | None, facts: Iterable[Fact], now: float) -> list[Fact]:
+    """Checked copies stamped with the user and a start time; raises before any write."""
+    prepared = []
+    for fact in facts:
+        if not isinstance(fact, Fact):
+            raise TypeError(f"expected a Fact, got {type(fact).__name__}")
+        confidence = fact.confidence
+        if isinstance(confidence, bool) or not isinstance(confidence, int | float) \
+                or not 0.0 <= confidence <= 1.0:
+            raise ValueError(f"fact confidence must be a number in [0, 1], not {confidence!r}")
+        prepared.append(replace(
+            fact, subject=_clean(fact.subject, "subject"),
+            predicate=_clean(fact.predicate, "predicate"), object=_clean(fact.object, "object"),
+            confidence=float(confidence), user_id=user_id, valid_from=fact.valid_from or now,
+            valid_to=None, id=None))
+    return prepared
+
+
+def fact_key(fact: Fact) -> str:
+    """What makes two facts about the same thing: subject and predicate, case-insensitive."""
+    return f"{fact.subject.casefold()}\x1f{fact.predicate.casefold()}"
+
+
+def same_object(a: str, b: str) -> bool:
+    """Whether two objects say the same (then the old fact stays, with the higher confidence)."""
+    return " ".join(a.casefold().split()) == " ".join(b.casefold().split())
+
+
+def check_block(name: Any, text: Any, limits: MemoryLimits) -> None:
+    """Refuse a block name or text that would not fit a prompt."""
+    if not isinstance(name, str) or not name.strip() or len(name) > MAX_NAME_CHARS:
+        raise ValueError(f"block name must be 1-{MAX_NAME_CHARS} characters, not {name!r}")
+    if not isinstance(text, str):
+        raise TypeError(f"block text must be a str, not {type(text).__name__}")
+    if len(text) > limits.block_chars:
+        raise ValueError(f"block {name!r} is {len(text)} characters; the limit is "
+                         f"{limits.block_chars} (MemoryLimits.block_chars)")
+
+
+# --------------------------------------------------------------------------- query terms
+
+_WORD = re.compile(r"[^\W_]+")
+_STOP_WORDS = """
+a about after again all also am an and any are as at be been before being but by can could
+did do does doing for from had has have having he her here hers him his how i if in into is
+it its just me more most my no nor not now of off on once only or other our ours out over
+own please same she should so some such than that the their theirs them then there these
+they this those through to too under until up very was we were what when where which while
+who whom why will with would you your yours yourself tell know remember"""
+_STOP = frozenset(_STOP_WORDS.split())
+
+
+def query_terms(text: str) -> list[str]:
+    """The distinct search words of a query: lower case, no stop words, at most 32."""
+    seen: dict[str, None] = {}
+    for word in _WORD.findall(text.casefold()):
+        if len(word) > 1 and word not in _STOP:
+            seen.setdefault(word, None)
+    return list(seen)[:MAX_QUERY_TERMS]
+
+
+def stem(word: str) -> str:
+    """Plurals to singular, so the in-memory ranking matches `cats` to `cat` as FTS does."""
+    if len(word) > 4 and word.endswith("ies"):
+        return word[:-3] + "y"
+    if len(word) > 3 and word.endswith("s") and not word.endswith(("ss", "us", "is")):
+        return word[:-1]
+    return word
+
+
+def bm25_rank(terms: Sequence[str], docs: Sequence[tuple[str, float, T]], limit: int) -> list[T]:
+    """Docs `(text, time, item)` matching any term, best BM25 score first, newer first on ties."""
+    wanted = {stem(t) for t in terms}
+    if not wanted or limit <= 0:
+        return []
+    tokens = [[stem(w) for w in _WORD.findall(text.casefold())] for text, _, _ in docs]
+    avg = sum(map(len, tokens)) / len(tokens) if tokens else 1.0
+    df = Counter(t for toks in tokens for t in set(toks) & wanted)
+    scored = []
+    for (_, at, item), toks in zip(docs, tokens, strict=True):
+        counts = Counter(t for t in toks if t in wanted)
+        score = 0.0
+        for term, tf in counts.items():
+            idf = math.log(1 + (len(docs) - df[term] + 0.5) / (df[term] + 0.5))
+            score += idf * tf * 2.2 / (tf + 1.2 * (0.25 + 0.75 * len(toks) / (avg or 1.0)))
+        if score > 0:
+            scored.append((score, at, item))
+    scored.sort(key=lambda s: (-s[0], -s[1]))
+    return [item for _, _, item in scored[:limit]]
+
+
+# --------------------------------------------------------------------------- output shapes
+
+
+def turns(episodes: Iterable[Episode]) -> list[Message]:
+    """Episodes as the conversation they were: each prompt, then its answer."""
+    messages: list[Message] = []
+    for ep in episodes:
+        messages += [{"role": "user", "content": ep.prompt},
+                     {"role": "assistant", "content": ep.output}]
+    return messages
+
+
+def _day(at: float) -> str:
+    return datetime.fromtimestamp(at, UTC).strftime("%Y-%m-%d")
+
+
+def _clip(text: str, size: int) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= size else text[: max(size - 1, 0)] + "…"
+
+
+def compose_seed(blocks: Sequence[WorkingBlock], facts: Sequence[Fact],
+                 episodes: Sequence[Episode], limits: MemoryLimits) -> str:
+    """The seed text: working blocks, then facts, then past episodes, within `seed_chars`."""
+    parts: list[str] = []
+    room = limits.seed_chars
+
+    def add(header: str, items: Iterable[T], show: Callable[[T], str]) -> None:
+        nonlocal room
+        lines, used = [header], len(header) + 2  # the header and the blank line before it
+        for item in items:
+            line = show(item)
+            if used + len(line) + 1 > room:
+                break  # items come best first; a cut-off statement would mislead
+            lines.append(line)
+            used += len(line) + 1
+        if len(lines) > 1:
+            parts.append("\n".join(lines))
+            room -= used
+
+    def episode_line(ep: Episode) -> str:
+        half = max(limits.episode_chars // 2 - 20, 20)
+        return (f"- {_day(ep.at)}: the user said \"{_clip(ep.prompt, half)}\"; "
+                f"you answered \"{_clip(ep.output, half)}\"")
+
+    def fact_line(fact: Fact) -> str:
+        sure = "" if fact.confidence >= 1.0 else f" (confidence {fact.confidence:.2f})"
+        return f"- {fact.text()}{sure}"
+
+    add("## Working memory", blocks, lambda b: f"[{b.name}]\n{b.text}")
+    add("## Facts about the user", facts, fact_line)
+    add("## Relevant earlier conversations", episodes, episode_line)
+    return "\n\n".join(parts)
+
+
+def episode_dict(ep: Episode) -> dict[str, Any]:
+    """An episode as JSON-shaped data."""
+    return {"session_id": ep.session_id, "run_id": ep.run_id, "prompt": ep.prompt,
+            "output": ep.output, "tool_calls": list(ep.tool_calls), "at": ep.at}
+
+
+def now() -> float:
+    """The current time in epoch seconds."""
+    return time.time()
+
+
+__all__ = [
+    "Fact", "MemoryLimits", "WorkingBlock", "as_time", "bm25_rank", "check_block",
+    "compose_seed", "episode_dict", "fact_key", "prepare_facts", "query_terms", "same_object",
+    "turns", "user_key",
+]

@@ -1,0 +1,305 @@
+"""`SqliteMemory`: long-term memory in one SQLite file (WAL, FTS5 recall), for many processes."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import sqlite3
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+import aiosqlite
+
+from loomgraph.memory.errors import MemoryBackendError, MemoryCorrupted, MemoryUnavailable
+from loomgraph.memory.records import Fact, MemoryLimits
+from loomgraph.memory.sql import (
+    EPISODE_COLS,
+    FACT_COLS,
+    SCHEMA_VERSION,
+    TABLES,
+    Cursor,
+    SqlMemory,
+    episode_of,
+    fact_of,
+)
+from loomgraph.protocols import Episode
+
+_HEADER = b"SQLite format 3\x00"
+
+
+def _fts(table: str, columns: str) -> list[str]:
+    """An FTS5 index kept in step with `table` by triggers (external content: no text copy)."""
+    cols = [c.strip() for c in columns.split(",")]
+    new = ", ".join(f"new.{c}" for c in cols)
+    old = ", ".join(f"old.{c}" for c in cols)
+    return [
+        f"CREATE VIRTUAL TABLE {table}_fts USING fts5({columns}, content='{table}', "
+        "content_rowid='id', tokenize='porter unicode61')",
+        f"CREATE TRIGGER {table}_ai AFTER INSERT ON {table} BEGIN "
+        f"INSERT INTO {table}_fts (rowid, {columns}) VALUES (new.id, {new}); END",
+        f"CREATE TRIGGER {table}_ad AFTER DELETE ON {table} BEGIN "
+        f"INSERT INTO {table}_fts ({table}_fts, rowid, {columns}) "
+        f"VALUES ('delete', old.id, {old}); END",
+        f"CREATE TRIGGER {table}_au AFTER UPDATE ON {table} BEGIN "
+        f"INSERT INTO {table}_fts ({table}_fts, rowid, {columns}) "
+        f"VALUES ('delete', old.id, {old}); "
+        f"INSERT INTO {table}_fts (rowid, {columns}) VALUES (new.id, {new}); END",
+    ]
+
+
+DDL = [
+    "CREATE TABLE memory_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    "CREATE TABLE memory_episodes (id INTEGER PRIMARY KEY, user_id TEXT NOT NULL, "
+    "session_id TEXT, run_id TEXT NOT NULL, prompt TEXT NOT NULL, output TEXT NOT NULL, "
+    "tool_calls TEXT NOT NULL, at REAL NOT NULL, UNIQUE (user_id, run_id))",
+    "CREATE INDEX memory_episodes_session ON memory_episodes (user_id, session_id, at)",
+    *_fts("memory_episodes", "prompt, output"),
+    "CREATE TABLE memory_facts (id INTEGER PRIMARY KEY, user_id TEXT NOT NULL, "
+    "key TEXT NOT NULL, subject TEXT NOT NULL, predicate TEXT NOT NULL, object TEXT NOT NULL, "
+    "confidence REAL NOT NULL, source_run TEXT, valid_from REAL NOT NULL, valid_to REAL)",
+    # At most one current fact per (user, subject, predicate), whatever the writers do.
+    "CREATE UNIQUE INDEX memory_facts_current ON memory_facts (user_id, key) "
+    "WHERE valid_to IS NULL",
+    "CREATE INDEX memory_facts_user ON memory_facts (user_id, valid_from)",
+    *_fts("memory_facts", "subject, predicate, object"),
+    "CREATE TABLE memory_blocks (user_id TEXT NOT NULL, name TEXT NOT NULL, "
+    "text TEXT NOT NULL, created_at REAL NOT NULL, updated_at REAL NOT NULL, "
+    "PRIMARY KEY (user_id, name))",
+    f"INSERT INTO memory_meta VALUES ('schema_version', '{SCHEMA_VERSION}')",
+]
+_REQUIRED = (*TABLES, "memory_episodes_fts", "memory_facts_fts")
+
+
+def match_query(terms: Sequence[str]) -> str:
+    """An FTS5 query matching any of the terms (each quoted, so no term is an operator)."""
+    return " OR ".join('"' + t.replace('"', '""') + '"' for t in terms)
+
+
+class _Cursor:
+    def __init__(self, conn: aiosqlite.Connection) -> None:
+        self._conn = conn
+
+    async def fetch(self, sql: str, *args: Any) -> list[Sequence[Any]]:
+        return list(await self._conn.execute_fetchall(sql, args))
+
+    async def execute(self, sql: str, *args: Any) -> int:
+        return (await self._conn.execute(sql, args)).rowcount
+
+
+class SqliteMemory(SqlMemory):
+    """Memory in one SQLite file; it may share the file with a SqliteRuntime journal.
+
+    One connection per object, opened on first use; statements of one object are serialised
+    by an asyncio lock, and each write is one `BEGIN IMMEDIATE` transaction, so other
+    processes' writes are waited for (up to `busy_timeout`) instead of failing.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], *, limits: MemoryLimits | None = None,
+                 busy_timeout: float = 30.0, verify: bool = True) -> None:
+        super().__init__(limits)
+        self.path = os.fspath(path)
+        self.where = f"sqlite memory {self.path!r}"
+        self.busy_timeout = busy_timeout
+        self.verify = verify
+        self._conn: aiosqlite.Connection | None = None
+        self._lock: asyncio.Lock | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def __repr__(self) -> str:
+        return f"SqliteMemory({self.path!r})"
+
+    async def connect(self) -> None:
+        """Open, check and (when new) create the tables now rather than on first use."""
+        async with self._session():
+            pass
+
+    async def close(self) -> None:
+        """Close the connection; the next use opens it again."""
+        if self._conn is not None:
+            async with self._locked():
+                conn, self._conn = self._conn, None
+                if conn is not None:
+                    await conn.close()
+
+    # ------------------------------------------------------------------ sessions
+
+    @asynccontextmanager
+    async def _locked(self) -> AsyncIterator[None]:
+        loop = asyncio.get_running_loop()
+        if self._lock is None or self._loop is not loop:
+            # An asyncio.Lock belongs to one loop; a later asyncio.run() needs its own.
+            self._lock, self._loop = asyncio.Lock(), loop
+        async with self._lock:
+            yield
+
+    @asynccontextmanager
+    async def _session(self) -> AsyncIterator[aiosqlite.Connection]:
+        async with self._locked():
+            try:
+                if self._conn is None:
+                    self._conn = await self._open()
+                yield self._conn
+            except sqlite3.Error as err:
+                raise self._translate(err) from err
+
+    @asynccontextmanager
+    async def _tx(self, key: str, *, write: bool = False) -> AsyncIterator[Cursor]:
+        async with self._session() as conn:
+            # A write takes the lock up front (IMMEDIATE), where busy_timeout applies; a
+            # deferred one upgrading from read to write could fail with "database is locked".
+            try:
+                await conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+                yield _Cursor(conn)
+            except BaseException:
+                # Unconditional: after a cancellation the BEGIN may still be queued on the
+                # worker thread; a ROLLBACK queued behind it ends it either way.
+                with contextlib.suppress(sqlite3.Error):
+                    await conn.execute("ROLLBACK")
+                raise
+            await conn.execute("COMMIT")
+
+    def _translate(self, err: sqlite3.Error) -> MemoryBackendError:
+        name = getattr(err, "sqlite_errorname", "")
+        text = str(err)
+        if name.startswith(("SQLITE_CORRUPT", "SQLITE_NOTADB")) or text.startswith(
+                ("no such table", "no such column")):
+            return MemoryCorrupted(self.where, text)
+        if name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")):
+            return MemoryUnavailable(self.where, f"{text} for longer than "
+                                     f"busy_timeout={self.busy_timeout}s")
+        if name.startswith(("SQLITE_CANTOPEN", "SQLITE_IOERR", "SQLITE_READONLY",
+                            "SQLITE_FULL", "SQLITE_PERM", "SQLITE_AUTH")):
+            return MemoryUnavailable(self.where, text)
+        return MemoryBackendError(self.where, text)  # e.g. a constraint a trigger raised
+
+    # ------------------------------------------------------------------ search
+
+    async def _search_episodes(self, key: str, terms: list[str], exclude_session: str | None,
+                               limit: int) -> list[Episode]:
+        cols = ", ".join(f"e.{c.strip()}" for c in EPISODE_COLS.split(","))
+        other, args = "", [match_query(terms), key]
+        if exclude_session is not None:
+            other, args = " AND e.session_id IS NOT ?", [*args, exclude_session]
+        async with self._tx(key) as cur:
+            rows = await cur.fetch(
+                f"SELECT {cols} FROM memory_episodes_fts f JOIN memory_episodes e "
+                "ON e.id = f.rowid WHERE memory_episodes_fts MATCH ? AND e.user_id = ?"
+                f"{other} ORDER BY bm25(memory_episodes_fts), e.at DESC, e.id DESC LIMIT ?",
+                *args, limit)
+        return [episode_of(key, r) for r in rows]
+
+    async def _search_facts(self, key: str, terms: list[str], limit: int) -> list[Fact]:
+        cols = ", ".join(f"x.{c.strip()}" for c in FACT_COLS.split(","))
+        async with self._tx(key) as cur:
+            rows = await cur.fetch(
+                f"SELECT {cols} FROM memory_facts_fts f JOIN memory_facts x ON x.id = f.rowid "
+                "WHERE memory_facts_fts MATCH ? AND x.user_id = ? AND x.valid_to IS NULL "
+                "ORDER BY bm25(memory_facts_fts), x.valid_from DESC, x.id DESC LIMIT ?",
+                match_query(terms), key, limit)
+        return [fact_of(key, r) for r in rows]
+
+    # ------------------------------------------------------------------ opening
+
+    async def _open(self) -> aiosqlite.Connection:
+        """Connect; refuse foreign or damaged files before writing anything; create tables."""
+        memory = self.path == ":memory:"
+        if not memory:
+            self._check_file()
+        conn = aiosqlite.connect(self.path, isolation_level=None)
+        # aiosqlite's worker thread is not a daemon: an unclosed memory would keep the process
+        # from exiting. Every write is committed when it returns, so nothing is lost.
+        thread = getattr(conn, "_thread", None)
+        if thread is not None:
+            thread.daemon = True
+        try:
+            await conn
+        except sqlite3.Error as err:
+            raise MemoryUnavailable(self.where, str(err)) from None
+        try:
+            await conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
+            if self.verify and not memory:
+                rows = [str(r[0]) for r in await conn.execute_fetchall("PRAGMA quick_check(5)")]
+                if rows != ["ok"]:
+                    raise MemoryCorrupted(self.where, "; ".join(rows).replace("\n", "; "))
+            if not memory:
+                await self._enable_wal(conn)
+            await conn.execute("BEGIN IMMEDIATE")
+            try:
+                await self._create_or_check(conn)
+            except BaseException:
+                await conn.execute("ROLLBACK")
+                raise
+            await conn.execute("COMMIT")
+        except BaseException as err:
+            await conn.close()
+            if isinstance(err, sqlite3.Error):
+                raise self._translate(err) from err
+            raise
+        return conn
+
+    async def _create_or_check(self, conn: aiosqlite.Connection) -> None:
+        names = {str(r[0]) for r in await conn.execute_fetchall(
+            "SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if "memory_meta" not in names:
+            if any(n.startswith("memory_") for n in names):
+                raise MemoryCorrupted(self.where, "memory tables without memory_meta")
+            for statement in DDL:
+                await conn.execute(statement)
+            return
+        rows = list(await conn.execute_fetchall(
+            "SELECT value FROM memory_meta WHERE key = 'schema_version'"))
+        if not rows or rows[0][0] != str(SCHEMA_VERSION):
+            found = rows[0][0] if rows else "none"
+            raise MemoryCorrupted(self.where, f"schema version {found}; this loomgraph reads "
+                                  f"version {SCHEMA_VERSION}")
+        missing = [t for t in _REQUIRED if t not in names]
+        if missing:
+            raise MemoryCorrupted(self.where, f"missing table(s): {', '.join(missing)}")
+
+    async def _enable_wal(self, conn: aiosqlite.Connection) -> None:
+        """Switch the file to WAL; SQLite applies no busy_timeout to that, so retry briefly."""
+        loop = asyncio.get_running_loop()
+        deadline, delay = loop.time() + self.busy_timeout, 0.001
+        statement = "PRAGMA journal_mode"  # first only look: the file may be WAL already
+        while True:
+            try:
+                mode = str(next(iter(await conn.execute_fetchall(statement)))[0])
+            except sqlite3.OperationalError as err:
+                busy = getattr(err, "sqlite_errorname", "").startswith("SQLITE_BUSY")
+                if not busy or loop.time() > deadline:
+                    raise
+                await asyncio.sleep(delay)  # another process holds the lock for a moment
+                delay = min(delay * 2, 0.05)
+                continue
+            if mode.lower() == "wal":
+                return
+            if statement.endswith("WAL"):
+                raise MemoryUnavailable(self.where, f"cannot switch to WAL mode ({mode})")
+            statement = "PRAGMA journal_mode = WAL"
+
+    def _check_file(self) -> None:
+        try:
+            with open(self.path, "rb") as f:
+                head = f.read(100)
+        except FileNotFoundError:
+            parent = os.path.dirname(os.path.abspath(self.path))
+            if not os.path.isdir(parent):
+                raise MemoryUnavailable(self.where,
+                                        f"directory {parent!r} does not exist") from None
+            return  # a new file
+        except OSError as err:
+            raise MemoryUnavailable(self.where, err.strerror or str(err)) from None
+        if head and not head.startswith(_HEADER):
+            raise MemoryCorrupted(self.where, "not an SQLite database (no SQLite header)")
+        if 0 < len(head) < 100:
+            raise MemoryCorrupted(self.where, f"truncated to {len(head)} bytes")
+        if head:
+            # SQLite writes whole pages only; a partial last page means a cut-off file.
+            page = int.from_bytes(head[16:18], "big")
+            page = 65536 if page == 1 else page
+            size = os.path.getsize(self.path)
+            if page and size % page:
+                raise MemoryCorrupted(self.where, f"truncated: {size} bytes is not a whole "
+                                      f"number of {page}-byte pages")
