@@ -92,8 +92,8 @@ async def test_reflexion_reflects_once_then_passes() -> None:
     result = await agent.run("Explain tides.")
     assert result.status == "completed" and result.output == "answer 2"
     history = await agent.history(result.run_id)
-    assert top_level(history) == ["attempt", "evaluate", "reflect", "attempt", "evaluate",
-                                  "finish"]
+    assert top_level(history) == ["attempt", "evaluate", "reflect", "remember", "attempt",
+                                  "evaluate", "finish"]
     assert "lesson 1: cite a source" in attempts[1] and "Lessons" not in attempts[0]
     assert history[-1].state["lessons"] == ["lesson 1: cite a source"]
     assert history[-1].state["evaluation"] == {"score": 0.9, "feedback": "cite a source"}
@@ -143,8 +143,8 @@ async def test_resume_and_fork_inside_a_subgraph() -> None:
     assert done.status == "completed" and done.output == "answer 2"
     assert len(attempts) == 2  # attempt 1, its evaluation and the lesson were not redone
     history = await agent.history(failed.run_id)
-    assert top_level(history) == ["attempt", "evaluate", "reflect", "attempt", "evaluate",
-                                  "finish"]
+    assert top_level(history) == ["attempt", "evaluate", "reflect", "remember", "attempt",
+                                  "evaluate", "finish"]
 
     # Forking at a checkpoint inside the subgraph restarts that subgraph from the parent's
     # state there: here, the second attempt, with the lesson already in place.

@@ -5,11 +5,12 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from loomgraph.agent import Agent, AgentSession, RunResult
+    from loomgraph.agent import Agent, AgentSession
     from loomgraph.events import Event
     from loomgraph.graph.registry import NodeKind, register_node
     from loomgraph.graph.spec import Graph
     from loomgraph.nodes.structured import OutputValidationError
+    from loomgraph.result import RunResult
     from loomgraph.tools import tool
 
 __all__ = ["Agent", "AgentSession", "Event", "Graph", "NodeKind", "OutputValidationError",
@@ -17,7 +18,7 @@ __all__ = ["Agent", "AgentSession", "Event", "Graph", "NodeKind", "OutputValidat
 
 _EXPORTS = {
     "Agent": "loomgraph.agent", "AgentSession": "loomgraph.agent",
-    "RunResult": "loomgraph.agent", "Event": "loomgraph.events",
+    "RunResult": "loomgraph.result", "Event": "loomgraph.events",
     "Graph": "loomgraph.graph.spec", "NodeKind": "loomgraph.graph.registry",
     "register_node": "loomgraph.graph.registry", "tool": "loomgraph.tools",
     "OutputValidationError": "loomgraph.nodes.structured",

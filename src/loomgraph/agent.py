@@ -7,11 +7,11 @@ import contextlib
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from loomgraph import nodes as _builtin_nodes  # noqa: F401  (registers the built-in kinds)
+from loomgraph.agent_memory import wire_memory
 from loomgraph.checkpoints import (
     Checkpoint,
     GraphChanged,
@@ -50,42 +50,11 @@ from loomgraph.protocols import (
     UnknownRun,
     Usage,
 )
+from loomgraph.result import RunResult
 
 _NO_VALUE: Any = object()
 _STREAM_BUFFER = 32  # events a slow consumer may fall behind before the run waits for it
 _DONE = object()
-
-
-@dataclass(slots=True)
-class RunResult:
-    """How a run ended: its answer, status, usage and timings."""
-
-    output: Any
-    run_id: str
-    session_id: str | None
-    user_id: str | None
-    status: str
-    reason: str = ""
-    parsed: Any = None
-    turns: int = 0
-    node_visits: dict[str, int] = field(default_factory=dict)
-    usage: Usage = field(default_factory=lambda: Usage())
-    timings: dict[str, float] = field(default_factory=dict)
-    pending: dict[str, Any] | None = None
-
-    @property
-    def ok(self) -> bool:
-        """True when the run completed."""
-        return self.status == "completed"
-
-    def to_dict(self) -> dict[str, Any]:
-        """The result as JSON-shaped data (what the journal stores)."""
-        # Shallow on purpose (asdict deep-copies, and this runs twice per run): every field
-        # is JSON-shaped already, and the result is not changed after the run.
-        data = {f.name: getattr(self, f.name) for f in fields(self)}
-        if self.parsed is not None and hasattr(self.parsed, "model_dump"):
-            data["parsed"] = self.parsed.model_dump(mode="json")
-        return data
 
 
 class Agent:
@@ -109,6 +78,9 @@ class Agent:
         telemetry: Telemetry | None = None,
         runtime: str | Runtime | None = None,
         architecture: str | Path | Graph = "react",
+        auto_extract: bool | None = None,
+        extract_model: str | Model | None = None,
+        memory_tools: bool = False,
     ) -> None:
         self.instructions = instructions
         self.graph = load_graph(architecture)
@@ -116,6 +88,17 @@ class Agent:
         self.deps: Deps = build_deps(
             model=model, memory=memory, tools=tools, runtime=runtime, budget=budget,
             permissions=permissions, hooks=hooks, telemetry=telemetry, audit_log=audit_log)
+        self.extraction = wire_memory(self, auto_extract=auto_extract,
+                                      extract_model=extract_model, with_tools=memory_tools)
+
+    async def aclose(self) -> None:
+        """Wait for pending fact extractions, then close the memory and the journal."""
+        if self.extraction is not None:
+            await self.extraction.drain()
+        for backend in (self.deps.memory, self.deps.runtime):
+            close = getattr(backend, "close", None)
+            if close is not None:
+                await close()
 
     def add_tool(self, fn: Callable[..., Any]) -> None:
         """Offer one more tool to later runs."""
@@ -353,9 +336,11 @@ class AgentSession:
             raise
         result = self._result(outcome)
         if result.ok:
-            await deps.memory.remember(Episode(
-                self.user_id, self.session_id, self.run_id, self.prompt, str(result.output),
-                _tool_names(outcome.state), time.time()))
+            episode = Episode(self.user_id, self.session_id, self.run_id, self.prompt,
+                              str(result.output), _tool_names(outcome.state), time.time())
+            await deps.memory.remember(episode)
+            if self.agent.extraction is not None:
+                self.agent.extraction.schedule(episode)
         data = result.to_dict()
         await deps.runtime.finish_run(self.run_id, result.status,  # type: ignore[arg-type]
                                       result.reason, data)

@@ -11,6 +11,8 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from loomgraph.graph.context import NodeContext
+
 
 class Plan(BaseModel):
     """A plan: steps to run next, or, when `done`, the final answer."""
@@ -40,3 +42,28 @@ def final_answer(state: Mapping[str, Any]) -> dict[str, Any]:
         if isinstance(value, str) and value:
             return {"output": value}
     return {"output": ""}
+
+
+LESSONS_BLOCK = "lessons"
+MAX_LESSONS = 20
+
+
+async def remember_lessons(state: Mapping[str, Any], ctx: NodeContext) -> dict[str, Any]:
+    """Keep the run's lessons in the user's working memory, when the agent has a memory store,
+    so later runs start with them; journaled, so a resume does not write them twice."""
+    lessons = list(state.get("lessons") or [])
+    memory = ctx.deps.memory
+    get_blocks = getattr(memory, "get_blocks", None)
+    set_block = getattr(memory, "set_block", None)
+    if not lessons or get_blocks is None or set_block is None:
+        return {}
+
+    async def write() -> dict[str, Any]:
+        kept = (await get_blocks(ctx.user_id)).get(LESSONS_BLOCK, "")
+        old = [line[2:] for line in kept.splitlines() if line.startswith("- ")]
+        merged = list(dict.fromkeys([*old, *lessons]))[-MAX_LESSONS:]
+        await set_block(ctx.user_id, LESSONS_BLOCK, "\n".join(f"- {m}" for m in merged))
+        return {"lessons": merged}
+
+    await ctx.effect("memory:lessons", {"lessons": lessons}, write)
+    return {}

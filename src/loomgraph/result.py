@@ -1,0 +1,40 @@
+"""`RunResult`: how a run ended."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from loomgraph.protocols import Usage
+
+
+@dataclass(slots=True)
+class RunResult:
+    """How a run ended: its answer, status, usage and timings."""
+
+    output: Any
+    run_id: str
+    session_id: str | None
+    user_id: str | None
+    status: str
+    reason: str = ""
+    parsed: Any = None
+    turns: int = 0
+    node_visits: dict[str, int] = field(default_factory=dict)
+    usage: Usage = field(default_factory=lambda: Usage())
+    timings: dict[str, float] = field(default_factory=dict)
+    pending: dict[str, Any] | None = None
+
+    @property
+    def ok(self) -> bool:
+        """True when the run completed."""
+        return self.status == "completed"
+
+    def to_dict(self) -> dict[str, Any]:
+        """The result as JSON-shaped data (what the journal stores)."""
+        # Shallow on purpose (asdict deep-copies, and this runs twice per run): every field
+        # is JSON-shaped already, and the result is not changed after the run.
+        data = {f.name: getattr(self, f.name) for f in fields(self)}
+        if self.parsed is not None and hasattr(self.parsed, "model_dump"):
+            data["parsed"] = self.parsed.model_dump(mode="json")
+        return data
