@@ -1,5 +1,43 @@
-"""Governance: budgets, permissions and hooks."""
+"""Governance: budgets, permissions and hooks.
 
+Importing this package does not import asyncpg: `PostgresLedger` imports it when made.
+"""
+
+from loomgraph.governance.budget import BudgetConfig, BudgetWarning, Caps, StandardBudget
+from loomgraph.governance.hooks import HookError, Hooks
+from loomgraph.governance.ledger import (
+    NANO_USD,
+    Hold,
+    InMemoryLedger,
+    Ledger,
+    Totals,
+)
 from loomgraph.governance.null import AllowAll, NoBudget, NoHooks
+from loomgraph.governance.permissions import Mode, Policy, StandardPermissions
+from loomgraph.governance.rules import Rule, canonical, parse_rule
+from loomgraph.governance.sql_ledger import PostgresLedger, SqliteLedger
 
-__all__ = ["AllowAll", "NoBudget", "NoHooks"]
+__all__ = [
+    "NANO_USD",
+    "AllowAll",
+    "BudgetConfig",
+    "BudgetWarning",
+    "Caps",
+    "Hold",
+    "HookError",
+    "Hooks",
+    "InMemoryLedger",
+    "Ledger",
+    "Mode",
+    "NoBudget",
+    "NoHooks",
+    "Policy",
+    "PostgresLedger",
+    "Rule",
+    "SqliteLedger",
+    "StandardBudget",
+    "StandardPermissions",
+    "Totals",
+    "canonical",
+    "parse_rule",
+]

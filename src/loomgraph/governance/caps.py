@@ -1,0 +1,120 @@
+"""Budget configuration: the caps of one scope (`Caps`), and `BudgetConfig` — global caps, caps
+per user, the warning threshold and how reservations are priced.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+
+from loomgraph.governance.ledger import METRICS, NANO_USD
+from loomgraph.models.pricing import PriceOverride
+
+__all__ = ["ANONYMOUS", "BudgetConfig", "BudgetWarning", "Caps", "user_scope"]
+
+CAP_NAMES = (*METRICS, "wall_clock_s")
+ANONYMOUS = "(anonymous)"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Caps:
+    """Upper limits for one scope; None means no cap. Cost in USD, wall clock in seconds."""
+
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+    total_tokens: int | None = None
+    cost_usd: float | None = None
+    model_calls: int | None = None
+    tool_calls: int | None = None
+    node_visits: int | None = None
+    wall_clock_s: float | None = None
+
+    def __post_init__(self) -> None:
+        for name in CAP_NAMES:
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, int | float) or value < 0 \
+                    or not math.isfinite(value):
+                raise ValueError(f"budget cap {name} must be a non-negative number or None, "
+                                 f"not {value!r}")
+
+    def limits(self) -> dict[str, int]:
+        """The ledger caps (cost in nano-dollars), without wall clock and unset caps."""
+        out: dict[str, int] = {}
+        for name in METRICS:
+            value = getattr(self, name)
+            if value is not None:
+                # Round the cap down: a cap never admits more than the user wrote.
+                out[name] = math.floor(value * NANO_USD + 1e-6) if name == "cost_usd" \
+                    else int(value)
+        return out
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BudgetConfig(Caps):
+    """Global caps (the fields of `Caps`), caps per user, warning threshold and pricing.
+
+    The top-level caps hold for all runs sharing the ledger together; `per_user` caps hold for
+    each user separately (runs without a user count as one user, `(anonymous)`); `users`
+    gives some users caps of their own instead of `per_user`.
+    """
+
+    per_user: Caps | None = None
+    users: Mapping[str, Caps] = field(default_factory=dict)
+    warn_at: float | None = 0.8
+    prices: PriceOverride | None = None
+    model: str | None = None
+    input_margin: float = 1.0
+
+    def __post_init__(self) -> None:
+        Caps.__post_init__(self)
+        for caps in (self.per_user, *self.users.values()):
+            if caps is not None and not isinstance(caps, Caps):
+                raise TypeError(f"per-user caps must be Caps, not {type(caps).__name__}")
+            if isinstance(caps, BudgetConfig) and (caps.per_user or caps.users):
+                raise ValueError("per-user caps cannot have per-user caps of their own")
+        if self.warn_at is not None and not 0 < self.warn_at <= 1:
+            raise ValueError(f"warn_at must be in (0, 1] or None, not {self.warn_at!r}")
+        if not self.input_margin >= 1:
+            raise ValueError(f"input_margin must be at least 1, not {self.input_margin!r}")
+
+    def user_caps(self, user_id: str | None) -> Caps | None:
+        """The caps that hold for one user, or None."""
+        if user_id is not None and user_id in self.users:
+            return self.users[user_id]
+        return self.per_user
+
+    def deadline_for(self, start: float, user_id: str | None = None) -> float | None:
+        """A run's absolute deadline: start + the smallest wall_clock_s that applies."""
+        found = self.wall_clock_cap(user_id)
+        return None if found is None else start + found[1]
+
+    def wall_clock_cap(self, user_id: str | None) -> tuple[str, float] | None:
+        """The binding wall-clock cap as (cap name, seconds), or None."""
+        candidates = []
+        if self.wall_clock_s is not None:
+            candidates.append(("global:wall_clock_s", self.wall_clock_s))
+        caps = self.user_caps(user_id)
+        if caps is not None and caps.wall_clock_s is not None:
+            candidates.append((f"{user_scope(user_id)}:wall_clock_s", caps.wall_clock_s))
+        return min(candidates, key=lambda c: c[1]) if candidates else None
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetWarning:
+    """A cap passed the warning threshold: `cap` is `scope:metric`, e.g. `user:alice:cost_usd`."""
+
+    cap: str
+    fraction: float
+    run_id: str
+    user_id: str | None
+
+
+WarningCallback = Callable[[BudgetWarning], Awaitable[None] | None]
+
+
+def user_scope(user_id: str | None) -> str:
+    """The ledger scope of a user's caps."""
+    return f"user:{ANONYMOUS if user_id is None else user_id}"

@@ -1,0 +1,240 @@
+"""`Hooks`: user callbacks around nodes, tools and events, registered with decorators.
+
+```python
+hooks = Hooks(timeout=5.0)
+
+@hooks.before_tool
+def no_rm(call):
+    if call["tool"] == "shell" and "rm " in call["args"].get("cmd", ""):
+        return "no deleting"            # a reason: the call is denied
+```
+
+The same object implements the `Hooks` protocol the interpreter calls: `hooks.before_tool(f)`
+registers when `f` is callable and runs the registered callbacks otherwise (a ToolCall, a node
+name or an Event is never callable). Callbacks may be sync or async; sync ones run in a worker
+thread (unless `threads=False`), so a slow hook never blocks other runs.
+
+A `before_tool` callback may deny (return a deny Decision, False or a reason string), never
+approve: anything else lets the call through to the permission decision already made. A
+callback that raises or outlives `timeout` denies the call (for `before_tool`) and is
+reported — to `on_error` and in `hooks.errors` — never raised into the run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from dataclasses import dataclass
+from typing import Any, TypeVar, overload
+
+from loomgraph.events import Event
+from loomgraph.protocols import Decision, ToolCall, ToolResult
+
+__all__ = ["HookError", "Hooks"]
+
+log = logging.getLogger(__name__)
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+KINDS = ("before_node", "after_node", "before_tool", "after_tool", "on_event")
+
+
+@dataclass(frozen=True, slots=True)
+class HookError:
+    """A hook that failed: where (`kind`), which callback (`hook`) and the error."""
+
+    kind: str
+    hook: str
+    error: str
+    exception: BaseException | None = None
+
+
+ErrorCallback = Callable[[HookError], Awaitable[None] | None]
+
+
+class _Failed(Exception):
+    """A callback raised or timed out; carries the report."""
+
+    def __init__(self, report: HookError) -> None:
+        super().__init__(report.error)
+        self.report = report
+
+
+class Hooks:
+    """Callbacks for `before_node`, `after_node`, `before_tool`, `after_tool` and `on_event`.
+
+    `timeout` (seconds, None for none) bounds each callback; `on_error` (sync or async) hears
+    of every failure, and the latest `max_errors` are kept in `errors`.
+    """
+
+    def __init__(
+        self,
+        timeout: float | None = 5.0,
+        *,
+        on_error: ErrorCallback | None = None,
+        threads: bool = True,
+        max_errors: int = 1000,
+    ) -> None:
+        if timeout is not None and not timeout > 0:
+            raise ValueError(f"timeout must be positive or None, not {timeout!r}")
+        self.timeout = timeout
+        self.on_error = on_error
+        self.threads = threads
+        self.errors: deque[HookError] = deque(maxlen=max_errors)
+        self._callbacks: dict[str, list[Callable[..., Any]]] = {kind: [] for kind in KINDS}
+
+    def register(self, kind: str, fn: _F) -> _F:
+        """Add a callback of one kind; returns it unchanged (so it works as a decorator)."""
+        if kind not in self._callbacks:
+            raise ValueError(f"unknown hook kind {kind!r}; use one of {', '.join(KINDS)}")
+        if not callable(fn):
+            raise TypeError(f"a {kind} hook must be callable, not {type(fn).__name__}")
+        self._callbacks[kind].append(fn)
+        return fn
+
+    def callbacks(self, kind: str) -> list[Callable[..., Any]]:
+        """The callbacks of one kind, in the order they run."""
+        return list(self._callbacks[kind])
+
+    # ------------------------------------------------------------------ decorator or call
+
+    @overload
+    def before_node(self, node: _F) -> _F: ...
+    @overload
+    def before_node(self, node: str, state: Mapping[str, Any]) -> Coroutine[Any, Any, None]: ...
+    def before_node(self, node: Any, state: Any = None) -> Any:
+        """Register a callback `(node, state)`, or run them before a node."""
+        if callable(node):
+            return self.register("before_node", node)
+        return self._notify("before_node", node, state)
+
+    @overload
+    def after_node(self, node: _F) -> _F: ...
+    @overload
+    def after_node(self, node: str, patch: Mapping[str, Any]) -> Coroutine[Any, Any, None]: ...
+    def after_node(self, node: Any, patch: Any = None) -> Any:
+        """Register a callback `(node, patch)`, or run them after a node."""
+        if callable(node):
+            return self.register("after_node", node)
+        return self._notify("after_node", node, patch)
+
+    @overload
+    def before_tool(self, call: _F) -> _F: ...
+    @overload
+    def before_tool(self, call: ToolCall) -> Coroutine[Any, Any, Decision | None]: ...
+    def before_tool(self, call: Any) -> Any:
+        """Register a callback `(call)` that may deny, or run them before a tool call."""
+        if callable(call):
+            return self.register("before_tool", call)
+        return self._before_tool(call)
+
+    @overload
+    def after_tool(self, call: _F) -> _F: ...
+    @overload
+    def after_tool(self, call: ToolCall, result: ToolResult) -> Coroutine[Any, Any, None]: ...
+    def after_tool(self, call: Any, result: Any = None) -> Any:
+        """Register a callback `(call, result)`, or run them after a tool call."""
+        if callable(call):
+            return self.register("after_tool", call)
+        return self._notify("after_tool", call, result)
+
+    @overload
+    def on_event(self, event: _F) -> _F: ...
+    @overload
+    def on_event(self, event: Event) -> Coroutine[Any, Any, None]: ...
+    def on_event(self, event: Any) -> Any:
+        """Register a callback `(event)`, or run them for one event."""
+        if callable(event):
+            return self.register("on_event", event)
+        return self._notify("on_event", event)
+
+    # ------------------------------------------------------------------ running
+
+    async def _notify(self, kind: str, *args: Any) -> None:
+        for fn in list(self._callbacks[kind]):
+            try:
+                await self._invoke(kind, fn, args)
+            except _Failed as failed:
+                await self._report(failed.report)
+
+    async def _before_tool(self, call: ToolCall) -> Decision | None:
+        for fn in list(self._callbacks["before_tool"]):
+            name = _name(fn)
+            try:
+                result = await self._invoke("before_tool", fn, (call,))
+            except _Failed as failed:
+                await self._report(failed.report)
+                return Decision("deny", f"hook:{name}", f"hook {name} failed: {failed}")
+            denied = _denial(name, result)
+            if denied is not None:
+                if denied.rule == "hook:junk":
+                    report = HookError("before_tool", name, denied.reason)
+                    await self._report(report)
+                    return Decision("deny", f"hook:{name}", denied.reason)
+                return denied
+        return None
+
+    async def _invoke(self, kind: str, fn: Callable[..., Any], args: tuple[Any, ...]) -> Any:
+        """Run one callback within the timeout; a failure becomes `_Failed`."""
+        timeout = self.timeout
+        try:
+            if inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
+                    getattr(fn, "__call__", None)):  # noqa: B004 - async callable objects
+                return await asyncio.wait_for(fn(*args), timeout)
+            if self.threads:
+                # The thread cannot be stopped: after a timeout it finishes in the background.
+                result = await asyncio.wait_for(asyncio.to_thread(fn, *args), timeout)
+            else:
+                start = time.monotonic()
+                result = fn(*args)
+                if timeout is not None and time.monotonic() - start > timeout:
+                    raise TimeoutError(f"took {time.monotonic() - start:.3f}s")
+            if inspect.isawaitable(result):
+                result = await asyncio.wait_for(result, timeout)
+            return result
+        except asyncio.CancelledError:
+            raise
+        except TimeoutError as err:
+            text = str(err) or f"exceeded its {timeout}s timeout"
+            raise _Failed(HookError(kind, _name(fn), f"TimeoutError: {text}", err)) from None
+        except Exception as err:
+            raise _Failed(HookError(kind, _name(fn), f"{type(err).__name__}: {err}",
+                                    err)) from None
+
+    async def _report(self, report: HookError) -> None:
+        self.errors.append(report)
+        log.warning("hook %s (%s) failed: %s", report.hook, report.kind, report.error)
+        if self.on_error is None:
+            return
+        try:
+            result = self.on_error(report)
+            if inspect.isawaitable(result):
+                await result
+        except Exception:
+            log.exception("hooks on_error callback failed")
+
+
+def _denial(name: str, result: Any) -> Decision | None:
+    """What a before_tool result means: a deny Decision, or None to let the call through."""
+    if result is None or result is True:
+        return None
+    if isinstance(result, Decision):
+        if result.verdict != "deny":
+            return None  # hooks never approve (nor ask): the permission decision stands
+        rule = f"hook:{name}:{result.rule}" if result.rule else f"hook:{name}"
+        return Decision("deny", rule, result.reason or f"denied by hook {name}")
+    if result is False:
+        return Decision("deny", f"hook:{name}", f"denied by hook {name}")
+    if isinstance(result, str):
+        return Decision("deny", f"hook:{name}", result or f"denied by hook {name}")
+    return Decision("deny", "hook:junk", f"hook {name} returned {result!r}, not a Decision, "
+                    "bool, str or None")
+
+
+def _name(fn: Callable[..., Any]) -> str:
+    """`fn`'s qualified name without `outer.<locals>.`, e.g. `no_rm` or `Guard.check`."""
+    name = str(getattr(fn, "__qualname__", None) or type(fn).__name__)
+    return name.rsplit("<locals>.", 1)[-1]

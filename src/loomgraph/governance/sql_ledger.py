@@ -1,0 +1,349 @@
+"""Durable budget ledgers: `SqliteLedger` (one file, many processes) and `PostgresLedger`.
+
+Both keep three tables — scope totals, open holds, run clocks — and share every statement
+and the transaction body (`_SqlLedger.transact`); a backend only says how to open a
+transaction and how to lock the scopes in it. SQLite's `BEGIN IMMEDIATE` takes the database
+write lock before the totals are read, so read-check-write is atomic across processes;
+PostgreSQL takes one transaction-level advisory lock per scope, in sorted order (no deadlock),
+so runs of different users do not wait for each other.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import os
+import re
+import sqlite3
+from abc import abstractmethod
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
+from typing import Any, Protocol
+
+import aiosqlite
+
+from loomgraph.governance.ledger import (
+    Decide,
+    Hold,
+    Ledger,
+    LedgerView,
+    Totals,
+    _scope_names,
+    apply_change,
+)
+
+__all__ = ["PostgresLedger", "SqliteLedger"]
+
+_IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
+
+
+class _Cursor(Protocol):
+    async def execute(self, sql: str, args: Sequence[Any]) -> None: ...
+
+    async def fetch(self, sql: str, args: Sequence[Any]) -> list[Sequence[Any]]: ...
+
+
+def _ddl(prefix: str, real: str) -> list[str]:
+    return [
+        f"CREATE TABLE IF NOT EXISTS {prefix}loom_budget_scopes (scope TEXT PRIMARY KEY, "
+        "spent TEXT NOT NULL, reserved TEXT NOT NULL)",
+        f"CREATE TABLE IF NOT EXISTS {prefix}loom_budget_holds (id TEXT PRIMARY KEY, "
+        f"run_id TEXT NOT NULL, scopes TEXT NOT NULL, amounts TEXT NOT NULL, "
+        f"created_at {real} NOT NULL)",
+        f"CREATE INDEX IF NOT EXISTS loom_budget_holds_run ON {prefix}loom_budget_holds "
+        "(run_id)",
+        f"CREATE TABLE IF NOT EXISTS {prefix}loom_budget_runs (run_id TEXT PRIMARY KEY, "
+        f"started_at {real} NOT NULL, deadline {real})",
+    ]
+
+
+def _dump(amounts: Mapping[str, int]) -> str:
+    return json.dumps({k: v for k, v in sorted(amounts.items()) if v}, separators=(",", ":"))
+
+
+def _load(text: str) -> dict[str, int]:
+    return {str(k): int(v) for k, v in json.loads(text).items()}
+
+
+def _hold(row: Sequence[Any]) -> Hold:
+    return Hold(str(row[0]), str(row[1]), tuple(json.loads(row[2])), _load(row[3]),
+                float(row[4]))
+
+
+class _SqlLedger(Ledger):
+    """The transaction body shared by the SQL ledgers; statements use `?` placeholders."""
+
+    def __init__(self, prefix: str) -> None:
+        p = prefix
+        self._sql = {
+            "hold": f"SELECT id, run_id, scopes, amounts, created_at FROM {p}loom_budget_holds "
+                    "WHERE id = ?",
+            "holds": f"SELECT id, run_id, scopes, amounts, created_at FROM {p}loom_budget_holds "
+                     "ORDER BY created_at, id",
+            "run_holds": f"SELECT id, run_id, scopes, amounts, created_at FROM "
+                         f"{p}loom_budget_holds WHERE run_id = ? ORDER BY created_at, id",
+            "totals": f"SELECT scope, spent, reserved FROM {p}loom_budget_scopes WHERE scope = ?",
+            "upsert": f"INSERT INTO {p}loom_budget_scopes (scope, spent, reserved) "
+                      "VALUES (?, ?, ?) ON CONFLICT (scope) DO UPDATE SET "
+                      "spent = excluded.spent, reserved = excluded.reserved",
+            "insert_hold": f"INSERT INTO {p}loom_budget_holds (id, run_id, scopes, amounts, "
+                           "created_at) VALUES (?, ?, ?, ?, ?)",
+            "delete_hold": f"DELETE FROM {p}loom_budget_holds WHERE id = ?",
+            "clock_insert": f"INSERT INTO {p}loom_budget_runs (run_id, started_at, deadline) "
+                            "VALUES (?, ?, ?) ON CONFLICT (run_id) DO NOTHING",
+            "clock": f"SELECT started_at, deadline FROM {p}loom_budget_runs WHERE run_id = ?",
+            "forget": f"DELETE FROM {p}loom_budget_runs WHERE run_id = ?",
+        }
+
+    @abstractmethod
+    def _transaction(self) -> contextlib.AbstractAsyncContextManager[_Cursor]:
+        """A cursor inside one committed-on-exit, rolled-back-on-error transaction."""
+
+    async def _lock_scopes(self, cur: _Cursor, scopes: Sequence[str]) -> None:
+        """Serialise transactions on these scopes (SQLite's write lock already does)."""
+
+    async def transact(
+        self, scopes: Sequence[str], hold_id: str | None, decide: Decide
+    ) -> dict[str, Totals]:
+        """Read the totals and the hold, decide, write — in one transaction."""
+        async with self._transaction() as cur:
+            locked = sorted(set(scopes))
+            await self._lock_scopes(cur, locked)
+            hold = None
+            if hold_id is not None:
+                rows = await cur.fetch(self._sql["hold"], [hold_id])
+                hold = _hold(rows[0]) if rows else None
+            names = _scope_names(scopes, hold)
+            await self._lock_scopes(cur, [n for n in names if n not in locked])
+            totals: dict[str, Totals] = {}
+            for name in names:
+                rows = await cur.fetch(self._sql["totals"], [name])
+                totals[name] = Totals(_load(rows[0][1]), _load(rows[0][2])) if rows else Totals()
+            change = decide(LedgerView(totals, hold))
+            updated = apply_change(totals, change)
+            for name, total in updated.items():
+                await cur.execute(self._sql["upsert"],
+                                  [name, _dump(total.spent), _dump(total.reserved)])
+            if change.remove is not None:
+                await cur.execute(self._sql["delete_hold"], [change.remove.id])
+            if change.hold is not None:
+                h = change.hold
+                await cur.execute(self._sql["insert_hold"], [
+                    h.id, h.run_id, json.dumps(list(h.scopes)), _dump(h.amounts), h.created_at])
+            return updated
+
+    async def totals(self, scope: str) -> Totals:
+        """One scope's totals, read in a transaction of its own."""
+        async with self._transaction() as cur:
+            rows = await cur.fetch(self._sql["totals"], [scope])
+        return Totals(_load(rows[0][1]), _load(rows[0][2])) if rows else Totals()
+
+    async def holds(self, run_id: str | None = None) -> list[Hold]:
+        """Open holds, oldest first."""
+        async with self._transaction() as cur:
+            if run_id is None:
+                rows = await cur.fetch(self._sql["holds"], [])
+            else:
+                rows = await cur.fetch(self._sql["run_holds"], [run_id])
+        return [_hold(r) for r in rows]
+
+    async def run_clock(
+        self, run_id: str, started_at: float, deadline: float | None
+    ) -> tuple[float, float | None]:
+        """Insert the clock unless the run has one; return the stored one."""
+        async with self._transaction() as cur:
+            await cur.execute(self._sql["clock_insert"], [run_id, started_at, deadline])
+            row = (await cur.fetch(self._sql["clock"], [run_id]))[0]
+        return float(row[0]), None if row[1] is None else float(row[1])
+
+    async def forget_run(self, run_id: str) -> None:
+        """Delete the run's clock."""
+        async with self._transaction() as cur:
+            await cur.execute(self._sql["forget"], [run_id])
+
+
+# ---------------------------------------------------------------------------- SQLite
+
+
+class _SqliteCursor:
+    def __init__(self, conn: aiosqlite.Connection) -> None:
+        self._conn = conn
+
+    async def execute(self, sql: str, args: Sequence[Any]) -> None:
+        await self._conn.execute(sql, args)
+
+    async def fetch(self, sql: str, args: Sequence[Any]) -> list[Sequence[Any]]:
+        return list(await self._conn.execute_fetchall(sql, args))
+
+
+class SqliteLedger(_SqlLedger):
+    """A ledger in an SQLite file (it may be the runtime journal's file), safe for processes.
+
+    One connection per object and event loop; each transaction is `BEGIN IMMEDIATE`, which
+    takes the database's write lock before reading, so two processes can never both read the
+    same totals and both reserve; waiting for the lock goes through `busy_timeout`.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], *, busy_timeout: float = 30.0) -> None:
+        super().__init__("")
+        self.path = os.fspath(path)
+        self.busy_timeout = busy_timeout
+        self._conn: aiosqlite.Connection | None = None
+        self._mutex: asyncio.Lock | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def __repr__(self) -> str:
+        return f"SqliteLedger({self.path!r})"
+
+    async def close(self) -> None:
+        """Close the connection."""
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                await conn.close()
+
+    @asynccontextmanager
+    async def _transaction(self) -> AsyncIterator[_Cursor]:
+        loop = asyncio.get_running_loop()
+        if self._mutex is None or self._loop is not loop:
+            # A connection's futures and an asyncio.Lock belong to one event loop.
+            await self.close()
+            self._mutex, self._loop = asyncio.Lock(), loop
+        async with self._mutex:
+            if self._conn is None:
+                self._conn = await self._open()
+            conn = self._conn
+            await conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield _SqliteCursor(conn)
+            except BaseException:
+                # Unconditional: after a cancellation the BEGIN may still be queued on the
+                # worker thread; a ROLLBACK queued behind it ends it either way.
+                with contextlib.suppress(sqlite3.Error):
+                    await conn.execute("ROLLBACK")
+                raise
+            await conn.execute("COMMIT")
+
+    async def _open(self) -> aiosqlite.Connection:
+        conn = aiosqlite.connect(self.path, isolation_level=None)
+        thread = getattr(conn, "_thread", None)
+        if thread is not None:
+            thread.daemon = True  # an unclosed ledger must not keep the process alive
+        await conn
+        try:
+            await conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
+            # WAL lets readers go on during a write; switching needs an exclusive lock that
+            # busy_timeout does not cover, and the mode only affects speed, so a busy switch
+            # is simply skipped (a later connection will make it).
+            with contextlib.suppress(sqlite3.OperationalError):
+                await conn.execute("PRAGMA journal_mode = WAL")
+            await conn.execute("BEGIN IMMEDIATE")
+            for statement in _ddl("", "REAL"):
+                await conn.execute(statement)
+            await conn.execute("COMMIT")
+        except BaseException:
+            await conn.close()
+            raise
+        return conn
+
+
+# ---------------------------------------------------------------------------- PostgreSQL
+
+
+def _asyncpg() -> Any:
+    try:
+        import asyncpg  # type: ignore[import-untyped,unused-ignore]
+    except ImportError as err:
+        raise ImportError("PostgresLedger needs asyncpg: pip install 'loomgraph[postgres]'"
+                          ) from err
+    return asyncpg
+
+
+def _numbered(sql: str) -> str:
+    """`?` placeholders as asyncpg's `$1, $2, …` (the ledger's SQL has no literal `?`)."""
+    count = iter(range(1, sql.count("?") + 1))
+    return re.sub(r"\?", lambda _: f"${next(count)}", sql)
+
+
+class _PgCursor:
+    def __init__(self, con: Any) -> None:
+        self._con = con
+
+    async def execute(self, sql: str, args: Sequence[Any]) -> None:
+        await self._con.execute(_numbered(sql), *args)
+
+    async def fetch(self, sql: str, args: Sequence[Any]) -> list[Sequence[Any]]:
+        rows: list[Sequence[Any]] = await self._con.fetch(_numbered(sql), *args)
+        return rows
+
+
+class PostgresLedger(_SqlLedger):
+    """A ledger in PostgreSQL tables (in `schema`), shared by any number of processes.
+
+    Each transaction takes `pg_advisory_xact_lock` on every scope it reads, in sorted order,
+    before reading: transactions on one user serialise, those on different users do not
+    (unless a global cap puts every reservation on the `global` scope).
+    """
+
+    def __init__(self, dsn: str, *, schema: str = "public", pool_size: int = 4) -> None:
+        if not _IDENT.fullmatch(schema):
+            raise ValueError(f"invalid schema name {schema!r}")
+        super().__init__(f'"{schema}".')
+        self._pg = _asyncpg()
+        self.dsn = dsn
+        self.schema = schema
+        self.pool_size = pool_size
+        self._pool: Any = None
+        self._mutex: asyncio.Lock | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def __repr__(self) -> str:
+        return f"PostgresLedger(schema={self.schema!r})"
+
+    async def close(self) -> None:
+        """Close the pool."""
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            await pool.close()
+
+    def _key(self, scope: str) -> int:
+        digest = hashlib.sha256(f"loomgraph.budget:{self.schema}:{scope}".encode()).digest()
+        return int.from_bytes(digest[:8], "big", signed=True)
+
+    async def _lock_scopes(self, cur: _Cursor, scopes: Sequence[str]) -> None:
+        for scope in sorted(scopes):
+            await cur.fetch("SELECT pg_advisory_xact_lock(?)", [self._key(scope)])
+
+    async def _ensure_pool(self) -> Any:
+        loop = asyncio.get_running_loop()
+        if self._loop is not loop:
+            # A pool's connections belong to the loop that made them.
+            if self._pool is not None:
+                with contextlib.suppress(Exception):
+                    self._pool.terminate()
+            self._pool, self._mutex, self._loop = None, asyncio.Lock(), loop
+        assert self._mutex is not None
+        async with self._mutex:
+            if self._pool is None:
+                pool = await self._pg.create_pool(self.dsn, min_size=1,
+                                                  max_size=self.pool_size)
+                try:
+                    async with pool.acquire() as con, con.transaction():
+                        # Creators racing on CREATE TABLE IF NOT EXISTS collide in the catalog.
+                        await con.execute("SELECT pg_advisory_xact_lock($1)", self._key(""))
+                        await con.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"')
+                        for statement in _ddl(f'"{self.schema}".', "DOUBLE PRECISION"):
+                            await con.execute(statement)
+                except BaseException:
+                    pool.terminate()
+                    raise
+                self._pool = pool
+        return self._pool
+
+    @asynccontextmanager
+    async def _transaction(self) -> AsyncIterator[_Cursor]:
+        pool = await self._ensure_pool()
+        async with pool.acquire() as con, con.transaction():
+            yield _PgCursor(con)

@@ -1,0 +1,229 @@
+"""Hooks: decorator registration, sync and async callbacks, before_tool may deny but never
+approve, and failures (raises, timeouts, junk) deny or are reported, never raised."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from typing import Any
+
+import pytest
+
+from loomgraph.events import Event
+from loomgraph.governance import HookError, Hooks
+from loomgraph.protocols import Decision, ToolCall, ToolResult
+from loomgraph.protocols import Hooks as HooksProtocol
+
+CALL: ToolCall = {"id": "c1", "tool": "shell", "args": {"cmd": "rm -rf /"}}
+RESULT: ToolResult = {"content": "ok"}
+EVENT = Event("node_started", {"node": "a"}, "r1", 1, "a", "alice", None, 0.0)
+
+
+def test_implements_the_protocol_and_decorators_return_the_function() -> None:
+    hooks = Hooks()
+    assert isinstance(hooks, HooksProtocol)
+
+    def fn(call: ToolCall) -> None:
+        return None
+
+    assert hooks.before_tool(fn) is fn
+    assert hooks.callbacks("before_tool") == [fn]
+    with pytest.raises(ValueError, match="unknown hook kind"):
+        hooks.register("before_everything", fn)
+    with pytest.raises(ValueError, match="timeout"):
+        Hooks(timeout=0)
+
+
+async def test_every_kind_runs_sync_and_async_callbacks_in_order() -> None:
+    hooks = Hooks(timeout=5.0)
+    seen: list[tuple[str, Any]] = []
+
+    @hooks.before_node
+    def before_node(node: str, state: Any) -> None:
+        seen.append(("before_node", (node, dict(state))))
+
+    @hooks.after_node
+    async def after_node(node: str, patch: Any) -> None:
+        seen.append(("after_node", (node, dict(patch))))
+
+    @hooks.before_tool
+    async def before_tool(call: ToolCall) -> None:
+        seen.append(("before_tool", call["id"]))
+
+    @hooks.after_tool
+    def after_tool(call: ToolCall, result: ToolResult) -> None:
+        seen.append(("after_tool", result["content"]))
+
+    @hooks.on_event
+    def first(event: Event) -> None:
+        seen.append(("on_event 1", event.kind))
+
+    @hooks.on_event
+    async def second(event: Event) -> None:
+        seen.append(("on_event 2", event.kind))
+
+    await hooks.before_node("a", {"x": 1})
+    await hooks.after_node("a", {"y": 2})
+    assert await hooks.before_tool(CALL) is None
+    await hooks.after_tool(CALL, RESULT)
+    await hooks.on_event(EVENT)
+    assert seen == [("before_node", ("a", {"x": 1})), ("after_node", ("a", {"y": 2})),
+                    ("before_tool", "c1"), ("after_tool", "ok"),
+                    ("on_event 1", "node_started"), ("on_event 2", "node_started")]
+    assert list(hooks.errors) == []
+
+
+async def test_sync_hooks_run_off_the_event_loop_unless_told_otherwise() -> None:
+    threads: list[int] = []
+    hooks, inline = Hooks(), Hooks(threads=False)
+    for h in (hooks, inline):
+        h.on_event(lambda event: threads.append(threading.get_ident()))
+    await hooks.on_event(EVENT)
+    await inline.on_event(EVENT)
+    assert threads[0] != threading.get_ident()
+    assert threads[1] == threading.get_ident()
+
+
+@pytest.mark.parametrize(("returned", "rule", "reason"), [
+    (False, "hook:deny_it", "denied by hook deny_it"),
+    ("no deleting", "hook:deny_it", "no deleting"),
+    (Decision("deny", "no-rm", "rm is off"), "hook:deny_it:no-rm", "rm is off"),
+])
+async def test_before_tool_may_deny(returned: Any, rule: str, reason: str) -> None:
+    hooks = Hooks()
+
+    @hooks.before_tool
+    def deny_it(call: ToolCall) -> Any:
+        return returned
+
+    decision = await hooks.before_tool(CALL)
+    assert decision == Decision("deny", rule, reason)
+
+
+@pytest.mark.parametrize("returned", [None, True, Decision("allow", "x"), Decision("ask")])
+async def test_before_tool_never_approves(returned: Any) -> None:
+    hooks = Hooks()
+    later: list[str] = []
+    hooks.before_tool(lambda call: returned)
+
+    @hooks.before_tool
+    def veto(call: ToolCall) -> str:
+        later.append("ran")
+        return "vetoed"
+
+    # An allow from the first hook neither approves the call nor skips the next hook.
+    decision = await hooks.before_tool(CALL)
+    assert decision is not None and decision.verdict == "deny"
+    assert later == ["ran"]
+
+
+async def test_first_denial_stops_the_chain() -> None:
+    hooks = Hooks()
+    ran: list[str] = []
+    hooks.before_tool(lambda call: ran.append("one") or False)
+    hooks.before_tool(lambda call: ran.append("two"))
+    assert (await hooks.before_tool(CALL)) is not None
+    assert ran == ["one"]
+
+
+async def test_a_raising_before_tool_hook_denies_and_is_reported() -> None:
+    reported: list[HookError] = []
+    hooks = Hooks(on_error=reported.append)
+
+    @hooks.before_tool
+    def broken(call: ToolCall) -> None:
+        raise KeyError("args")
+
+    decision = await hooks.before_tool(CALL)
+    assert decision is not None and decision.verdict == "deny"
+    assert decision.rule.endswith("broken") and "KeyError" in decision.reason
+    assert [(e.kind, e.hook.endswith("broken")) for e in reported] == [("before_tool", True)]
+    assert list(hooks.errors) == reported
+
+
+async def test_a_slow_before_tool_hook_times_out_and_denies() -> None:
+    release = asyncio.Event()  # never set: the hook would wait forever
+    hooks = Hooks(timeout=0.05)
+
+    @hooks.before_tool
+    async def stuck(call: ToolCall) -> None:
+        await release.wait()
+
+    decision = await hooks.before_tool(CALL)
+    assert decision is not None and decision.verdict == "deny"
+    assert "TimeoutError" in decision.reason
+    assert hooks.errors[0].error.startswith("TimeoutError")
+
+
+async def test_a_slow_sync_hook_in_a_thread_times_out() -> None:
+    gate = threading.Event()
+    hooks = Hooks(timeout=0.05)
+    hooks.before_tool(lambda call: gate.wait(5))
+    try:
+        decision = await hooks.before_tool(CALL)
+    finally:
+        gate.set()  # let the worker thread finish
+    assert decision is not None and "TimeoutError" in decision.reason
+
+
+async def test_junk_from_before_tool_denies_and_is_reported() -> None:
+    hooks = Hooks()
+    hooks.before_tool(lambda call: 42)
+    decision = await hooks.before_tool(CALL)
+    assert decision is not None and decision.verdict == "deny" and "42" in decision.reason
+    assert "42" in hooks.errors[0].error
+
+
+@pytest.mark.parametrize("kind", ["before_node", "after_node", "after_tool", "on_event"])
+async def test_failures_elsewhere_are_reported_never_raised(kind: str) -> None:
+    reports: list[HookError] = []
+
+    async def on_error(error: HookError) -> None:
+        reports.append(error)
+
+    hooks = Hooks(timeout=0.05, on_error=on_error)
+    release = asyncio.Event()
+    after: list[str] = []
+
+    async def stuck(*args: Any) -> None:
+        await release.wait()
+
+    def broken(*args: Any) -> None:
+        raise RuntimeError("boom")
+
+    hooks.register(kind, stuck)
+    hooks.register(kind, broken)
+    hooks.register(kind, lambda *args: after.append("ran"))
+    args = {"before_node": ("a", {}), "after_node": ("a", {}), "after_tool": (CALL, RESULT),
+            "on_event": (EVENT,)}[kind]
+    await getattr(hooks, kind)(*args)  # does not raise
+    assert [r.error.split(":")[0] for r in reports] == ["TimeoutError", "RuntimeError"]
+    assert all(r.kind == kind for r in reports)
+    assert after == ["ran"]  # the callbacks after a failed one still run
+
+
+async def test_a_broken_on_error_callback_is_swallowed() -> None:
+    def on_error(error: HookError) -> None:
+        raise RuntimeError("on_error itself broke")
+
+    hooks = Hooks(on_error=on_error)
+    hooks.on_event(lambda event: 1 / 0)
+    await hooks.on_event(EVENT)
+    assert "ZeroDivisionError" in hooks.errors[0].error
+
+
+async def test_cancellation_is_not_swallowed() -> None:
+    hooks = Hooks(timeout=None)
+    started = asyncio.Event()
+
+    @hooks.on_event
+    async def forever(event: Event) -> None:
+        started.set()
+        await asyncio.Event().wait()
+
+    task = asyncio.ensure_future(hooks.on_event(EVENT))
+    await started.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert list(hooks.errors) == []
