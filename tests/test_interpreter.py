@@ -42,11 +42,11 @@ async def test_event_order_and_payloads() -> None:
     events = [e async for e in agent.stream("go", user_id="u1", session_id="s1")]
     kinds = [e.kind for e in events]
     assert kinds == ["run_started", "node_started", "node_completed", "node_started",
-                     "tool_call", "tool_result", "node_completed", "node_started",
-                     "model_chunk", "node_completed", "run_completed"]
+                     "tool_call", "permission_decision", "tool_result", "node_completed",
+                     "node_started", "model_chunk", "node_completed", "run_completed"]
     call = events[4].payload["call"]
     assert call["tool"] == "add" and call["args"] == {"a": 2, "b": 3} and call["id"]
-    assert events[8].payload["chunk"]["text"] == "done"
+    assert events[9].payload["chunk"]["text"] == "done"
     assert all(e.user_id == "u1" and e.session_id == "s1" for e in events)
     assert [e.seq for e in events if e.kind == "node_completed"] == [1, 2, 3]
     assert events[-1].payload["result"]["output"] == "done"
@@ -149,7 +149,7 @@ async def test_run_node_helper_returns_patch_events_and_effects() -> None:
     assert run.effects[0].status == "done"
     tools_run = await run_node("react", "tools", run.state, tools=[add])
     assert tools_run.patch["messages"][0]["content"] == "5"
-    assert tools_run.kinds() == ["tool_call", "tool_result"]
+    assert tools_run.kinds() == ["tool_call", "permission_decision", "tool_result"]
     assert [e.kind for e in tools_run.effects] == ["tool"]
 
 

@@ -16,14 +16,17 @@ from loomgraph.checkpoints import (
     Checkpoint,
     GraphChanged,
     Position,
+    approval,
     history,
     position,
     resume_value,
 )
 from loomgraph.deps import build_deps, current_run
 from loomgraph.events import RUN_COMPLETED, RUN_STARTED, Event
+from loomgraph.governance.hooks import Hooks as GovernanceHooks
+from loomgraph.governance.null import NoHooks
 from loomgraph.graph.compiled import CompiledGraph, compile_graph
-from loomgraph.graph.context import Deps, EventSink, RunScope
+from loomgraph.graph.context import Deps, EventSink, RunScope, active_scope
 from loomgraph.graph.interpreter import Outcome, run_graph
 from loomgraph.graph.library import load_graph
 from loomgraph.graph.spec import Graph
@@ -81,13 +84,15 @@ class Agent:
         auto_extract: bool | None = None,
         extract_model: str | Model | None = None,
         memory_tools: bool = False,
+        approval_handler: Callable[..., Any] | None = None,
     ) -> None:
         self.instructions = instructions
         self.graph = load_graph(architecture)
         self.compiled: CompiledGraph = compile_graph(self.graph)
         self.deps: Deps = build_deps(
             model=model, memory=memory, tools=tools, runtime=runtime, budget=budget,
-            permissions=permissions, hooks=hooks, telemetry=telemetry, audit_log=audit_log)
+            permissions=permissions, hooks=hooks, telemetry=telemetry, audit_log=audit_log,
+            approval_handler=approval_handler)
         self.extraction = wire_memory(self, auto_extract=auto_extract,
                                       extract_model=extract_model, with_tools=memory_tools)
 
@@ -99,6 +104,16 @@ class Agent:
             close = getattr(backend, "close", None)
             if close is not None:
                 await close()
+
+    @property
+    def hooks(self) -> GovernanceHooks:
+        """The agent's hooks, to register with decorators (`@agent.hooks.before_tool`)."""
+        if isinstance(self.deps.hooks, NoHooks):  # made on first use: no cost until then
+            self.deps.hooks = GovernanceHooks()
+        if not isinstance(self.deps.hooks, GovernanceHooks):
+            raise TypeError(f"this agent's hooks are a {type(self.deps.hooks).__name__}; "
+                            "register on that object instead")
+        return self.deps.hooks
 
     def add_tool(self, fn: Callable[..., Any]) -> None:
         """Offer one more tool to later runs."""
@@ -177,17 +192,24 @@ class Agent:
 
     async def resume(
         self, run_id: str, *, accept_graph_change: bool = False, value: Any = _NO_VALUE,
+        approve: Any = _NO_VALUE,
     ) -> RunResult:
         """Continue an interrupted or crashed run from its journal; finished effects replay.
 
         `value` answers an `interrupt` node: it is validated against the type the node asked
-        for before anything runs, and written to the node's output field.
+        for before anything runs, and written to the node's output field. `approve` answers
+        a run awaiting approval — True, False, or {"args": edited} (checked against the rules
+        again) — and binds to that one pending call.
         """
         record = await self.deps.runtime.load_run(run_id)
         if record is None:
             raise UnknownRun(run_id)
-        # A value answers a waiting run; given to any other, it is refused (not ignored).
-        options = {} if value is _NO_VALUE else {"resume_value": resume_value(record, value)}
+        # An answer is for a waiting run; given to any other, it is refused (not ignored).
+        options: dict[str, Any] = {}
+        if value is not _NO_VALUE:
+            options["resume_value"] = resume_value(record, value)
+        if approve is not _NO_VALUE:
+            options["approval"] = approval(record, approve)
         if record.status in _FINAL and record.result is not None:
             return RunResult(**record.result)  # a finished run: nothing is executed again
         if record.graph_hash != self.compiled.hash and not accept_graph_change:
@@ -198,7 +220,11 @@ class Agent:
         session = AgentSession(self, _prompt(record), user_id=record.user_id,
                                session_id=record.session_id, run_id=run_id)
         async with hold_lease(self.deps.leases, run_id):
-            # Read where the run stands only once it is ours: another worker may have moved it.
+            # Read where the run stands only once it is ours: another worker may have moved
+            # it on, or finished it, while this one waited.
+            record = await self.deps.runtime.load_run(run_id) or record
+            if record.status in _FINAL and record.result is not None:
+                return RunResult(**record.result)
             at = position(self.compiled, record, await self.deps.runtime.transitions(run_id))
             return await session.continue_from(self.deps.hooks.on_event, record, at,
                                                new_run=False, options=options)
@@ -298,7 +324,7 @@ class AgentSession:
             if new_run:
                 await self.agent.deps.runtime.start_run(record)
             else:
-                scope.seq = at.seq
+                scope.seq = scope.snapshot_seq = at.seq
             scope.model_calls = int((at.state.get("usage") or {}).get("model_calls", 0))
             return await self._drive(scope, at.state, at.next_node, at.visits)
 
@@ -314,11 +340,21 @@ class AgentSession:
                 attributes["gen_ai.conversation.id"] = self.session_id
             with deps.telemetry.span("loom.run", attributes):
                 scope = RunScope(self.run_id, self.user_id, self.session_id, deps, sink)
-                await self._audit("run_started", {"graph": compiled.name,
-                                                  "graph_hash": compiled.hash})
-                await scope.emit(RUN_STARTED, {"prompt": self.prompt, "graph": compiled.name},
-                                 None, 0)
-                yield scope
+                active = active_scope.set(scope)
+                try:
+                    if deps.run_clock is not None:  # the deadline is kept with the run
+                        record.deadline = await deps.run_clock.begin_run(
+                            scope.budget_scope, started_at=self.started,
+                            deadline=record.deadline)
+                    await self._audit("run_started", {"graph": compiled.name,
+                                                      "graph_hash": compiled.hash})
+                    await scope.emit(RUN_STARTED, {"prompt": self.prompt,
+                                                   "graph": compiled.name}, None, 0)
+                    yield scope
+                finally:
+                    active_scope.reset(active)
+                    if deps.run_clock is not None:
+                        await deps.run_clock.end_run(scope.budget_scope)
         finally:
             current_run.reset(token)
 

@@ -37,6 +37,21 @@ def resume_value(record: RunRecord, value: Any) -> tuple[str, Any]:
     return pending["node"], adapter.dump_python(checked, mode="json")
 
 
+def approval(record: RunRecord, approve: Any) -> tuple[str, Any]:
+    """The pending call's id and the approval for it: True, False or {"args": edited}."""
+    pending = (record.result or {}).get("pending") or {}
+    call = pending.get("call")
+    if record.status != "awaiting_approval" or not call:
+        raise ResumeError(f"run {record.run_id} is not waiting for an approval "
+                          f"(status {record.status!r}); an approval is used once")
+    edited = isinstance(approve, dict) and set(approve) == {"args"} \
+        and isinstance(approve["args"], dict)
+    if not (approve is True or approve is False or edited):
+        raise ResumeError("approve must be True, False or {'args': {...}} (edited arguments), "
+                          f"got {approve!r}")
+    return call["id"], approve
+
+
 @dataclass(slots=True)
 class Checkpoint:
     """The state of a run after one transition."""

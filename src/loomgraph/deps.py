@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextvars import ContextVar
 from typing import Any, cast
 
-from loomgraph.graph.context import Deps
+from loomgraph.graph.context import Deps, active_scope
 from loomgraph.protocols import (
     AuditLog,
     Budget,
@@ -13,6 +14,7 @@ from loomgraph.protocols import (
     Memory,
     Model,
     Permissions,
+    RunClock,
     RunLeases,
     RunRecord,
     Runtime,
@@ -119,6 +121,7 @@ def build_deps(
     runtime: str | Runtime | None = None, budget: Budget | None = None,
     permissions: Permissions | None = None, hooks: Hooks | None = None,
     telemetry: Telemetry | None = None, audit_log: AuditLog | None = None,
+    approval_handler: Callable[..., Any] | None = None,
 ) -> Deps:
     """The bundle for an Agent: every missing piece is its no-op default."""
     from loomgraph.governance.null import AllowAll, NoBudget, NoHooks
@@ -130,16 +133,51 @@ def build_deps(
 
     host: ToolHost = as_tool_host(tools)
     journal = resolve_runtime(runtime)
+    chosen = resolve_model(model)
+    if budget is not None:
+        _fit_budget(budget, chosen, journal)
     return Deps(
-        model=resolve_model(model),
+        model=chosen,
         tools=host,
         runtime=journal,
         leases=journal if isinstance(journal, RunLeases) else None,
         memory=resolve_memory(memory),
         budget=given(budget, Budget, "budget", NoBudget),
         budgeted=budget is not None,
+        run_clock=budget if isinstance(budget, RunClock) else None,
+        approval_handler=approval_handler,
         permissions=given(permissions, Permissions, "permissions", AllowAll),
         hooks=given(hooks, Hooks, "hooks", NoHooks),
         telemetry=given(telemetry, Telemetry, "telemetry", NoTelemetry),
         audit_log=given(audit_log, AuditLog, "audit_log", NoAuditLog),
     )
+
+
+def _fit_budget(budget: Any, model: Model, journal: Runtime) -> None:
+    """Price a StandardBudget's reservations with the agent's model, keep its ledger next to
+    a durable journal (so caps hold across processes), and turn its warnings into events."""
+    from loomgraph.governance.budget import StandardBudget
+    from loomgraph.governance.ledger import InMemoryLedger
+    from loomgraph.governance.sql_ledger import PostgresLedger, SqliteLedger
+    from loomgraph.runtime.postgres import PostgresRuntime
+    from loomgraph.runtime.sqlite import SqliteRuntime
+
+    if not isinstance(budget, StandardBudget):
+        return
+    if budget.model is None:
+        budget.model = model.name
+    if type(budget.ledger) is InMemoryLedger:  # the default: the journal's store is better
+        if isinstance(journal, SqliteRuntime) and journal.path != ":memory:":
+            budget.ledger = SqliteLedger(journal.path)
+        elif isinstance(journal, PostgresRuntime):
+            budget.ledger = PostgresLedger(journal.dsn, schema=journal.schema)
+    if budget.on_warning is None:
+        budget.on_warning = _warn_run
+
+
+async def _warn_run(warning: Any) -> None:
+    """A budget warning, as a `budget_warning` event of the run that crossed the threshold."""
+    scope = active_scope.get()
+    if scope is not None and scope.run_id == warning.run_id:
+        await scope.emit("budget_warning", {"cap": warning.cap, "fraction": warning.fraction},
+                         None)

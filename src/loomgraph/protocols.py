@@ -404,6 +404,22 @@ class Budget(Protocol):
         ...
 
 
+@runtime_checkable
+class RunClock(Protocol):
+    """A budget that follows each run from start to end (wall-clock caps, leftover holds)."""
+
+    async def begin_run(
+        self, scope: BudgetScope, *, started_at: float | None = None,
+        deadline: float | None = None,
+    ) -> float | None:
+        """Start or resume a run's clock; the run's absolute deadline, if any."""
+        ...
+
+    async def end_run(self, scope: BudgetScope) -> None:
+        """The run stopped: release what it still holds."""
+        ...
+
+
 Verdict = Literal["allow", "deny", "ask"]
 
 

@@ -6,8 +6,10 @@ and tool call goes through `NodeContext`, so every node is gated and journaled t
 
 from __future__ import annotations
 
+import inspect
 import time
 from collections.abc import Awaitable, Callable, Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -16,6 +18,7 @@ from loomgraph.protocols import (
     AuditLog,
     Budget,
     BudgetScope,
+    Decision,
     EffectRecord,
     Hooks,
     Memory,
@@ -25,12 +28,14 @@ from loomgraph.protocols import (
     ModelResponse,
     Permissions,
     Reservation,
+    RunClock,
     RunLeases,
     Runtime,
     Telemetry,
     ToolCall,
     ToolHost,
     ToolResult,
+    ToolSpec,
     Usage,
 )
 
@@ -38,6 +43,10 @@ if TYPE_CHECKING:
     from loomgraph.graph.spec import Graph
 
 EventSink = Callable[[Event], Awaitable[None]]
+
+# The run the current task works for, so callbacks of shared objects (a budget's warnings)
+# can reach the right run's events.
+active_scope: ContextVar[RunScope | None] = ContextVar("loomgraph_active_scope", default=None)
 
 # How many times a model step is tried again when its stream broke after it started.
 STEP_RETRIES = 2
@@ -58,8 +67,13 @@ class Deps:
     audit_log: AuditLog
     # False when the budget has no caps: reservations (and estimating them) are skipped.
     budgeted: bool = True
+    # Decides `ask` verdicts in-process: (call, decision) -> True | False | {"args": ...} |
+    # None (None: stop the run and wait for `agent.resume(run_id, approve=...)`).
+    approval_handler: Callable[..., Any] | None = None
     # The runtime again when it offers leases (checked once: protocol checks are slow).
     leases: RunLeases | None = None
+    # The budget again when it follows runs from start to end.
+    run_clock: RunClock | None = None
 
 
 class RunStopped(Exception):
@@ -169,6 +183,9 @@ class NodeContext:
     async def _reserve(self, kind: str, request: ModelRequest | None) -> Reservation:
         amount: Usage = {"tool_calls": 1}
         if request is not None:
+            if request.max_tokens is None:
+                # What the adapter will send, so the output can never exceed the reservation.
+                request.max_tokens = getattr(self.deps.model, "max_tokens", None)
             amount = _model_estimate(request) if self.deps.budgeted else {"model_calls": 1}
         return await self.deps.budget.reserve(
             Reservation(self.scope.budget_scope, kind, amount))  # type: ignore[arg-type]
@@ -205,9 +222,7 @@ class NodeContext:
             break
         _add_usage(response.usage, billed)
         await deps.runtime.end_effect(self.scope.run_id, key, _response_data(response), "done")
-        await deps.audit_log.record("model_call", run_id=self.scope.run_id,
-                                    user_id=self.scope.user_id, actor=self.qualified_node,
-                                    payload={"model": deps.model.name, "usage": response.usage})
+        await self._audit("model_call", {"model": deps.model.name, "usage": response.usage})
         return response
 
     async def _stream(self, request: ModelRequest) -> ModelResponse:
@@ -248,14 +263,7 @@ class NodeContext:
             result = ToolResult(content=f"unknown tool {call['tool']!r}; available tools: "
                                 f"{names}", is_error=True, error_type="unknown_tool")
             return await self._tool_done(call, result)
-        decision = await deps.permissions.check(call, spec, user_id=scope.user_id)
-        if decision.verdict == "allow":
-            hook = await deps.hooks.before_tool(call)
-            if hook is not None and hook.verdict == "deny":
-                decision = hook
-        if decision.verdict == "ask":
-            raise RunStopped("awaiting_approval", f"tool {call['tool']!r} needs approval",
-                             {"call": call, "rule": decision.rule})
+        decision, call = await self._decide(call, spec)
         if decision.verdict != "allow":
             result = ToolResult(content=f"permission denied for {call['tool']!r}: "
                                 f"{decision.reason or decision.rule or 'denied'}",
@@ -265,6 +273,7 @@ class NodeContext:
         if prior is not None and prior.status == "done" and prior.outcome is not None:
             return await self._tool_done(call, ToolResult(**prior.outcome))  # type: ignore[typeddict-item]
         reservation = await self._reserve("tool", None)
+        await self._audit("tool_request", {"call": call, "rule": decision.rule})
         try:
             with deps.telemetry.span(f"execute_tool {call['tool']}", {
                 "gen_ai.operation.name": "execute_tool", "gen_ai.tool.name": call["tool"],
@@ -278,7 +287,70 @@ class NodeContext:
         await deps.runtime.end_effect(scope.run_id, key, dict(result), "done")
         return await self._tool_done(call, result)
 
+    async def _decide(self, call: ToolCall, spec: ToolSpec) -> tuple[Decision, ToolCall]:
+        """The permission verdict for a call (asking for approval when a rule says so), after
+        the hooks had their say; reported as an event and in the audit log."""
+        deps, scope = self.deps, self.scope
+        decision = await deps.permissions.check(call, spec, user_id=scope.user_id)
+        if decision.verdict == "ask":
+            decision, call = await self._approval(call, spec, decision)
+        if decision.verdict == "allow":
+            hook = await deps.hooks.before_tool(call)
+            if hook is not None and hook.verdict == "deny":  # hooks may deny, never approve
+                decision = hook
+        report = {"call_id": call["id"], "tool": call["tool"], "verdict": decision.verdict,
+                  "rule": decision.rule, "reason": decision.reason}
+        await self.emit("permission_decision", report)
+        await self._audit("permission_decision", report)
+        return decision, call
+
+    async def _approval(
+        self, call: ToolCall, spec: ToolSpec, asked: Decision
+    ) -> tuple[Decision, ToolCall]:
+        """Settle an `ask`: with the approval the run was resumed with (bound to this call),
+        one journaled before a crash, or the approval handler; else stop the run to wait."""
+        key = f"approval:{call['id']}"
+        answer: Any = None
+        supplied = self.scope.options.get("approval")
+        if supplied is not None and supplied[0] == call["id"]:
+            del self.scope.options["approval"]
+            answer = supplied[1]
+        elif (earlier := await self._journaled(key)) is not None:
+            answer = earlier["answer"]
+        elif self.deps.approval_handler is not None:
+            answer = self.deps.approval_handler(call, asked)
+            if inspect.isawaitable(answer):
+                answer = await answer
+        if answer is None:
+            raise RunStopped("awaiting_approval", f"tool {call['tool']!r} needs approval "
+                             f"({asked.rule})", {"call": call, "rule": asked.rule,
+                                                 "node": self.qualified_node})
+        answer = (await self.effect(key, {"call": call}, lambda: _answered(answer)))["answer"]
+        await self._audit("approval", {"call_id": call["id"], "answer": answer})
+        if answer is False:
+            return Decision("deny", "approval:denied", "the user denied this call"), call
+        if isinstance(answer, dict):
+            call = ToolCall(id=call["id"], tool=call["tool"], args=dict(answer["args"]))
+            again = await self.deps.permissions.check(call, spec, user_id=self.scope.user_id)
+            if again.verdict == "deny":  # edited arguments meet the rules again
+                return again, call
+        return Decision("allow", "approval:granted", asked.rule), call
+
+    async def _journaled(self, name: str) -> dict[str, Any] | None:
+        key = f"{self.scope.run_id}:{self.key_path}{self.node}:{self.visit}:{name}"
+        for effect in await self.deps.runtime.effects(self.scope.run_id):
+            if effect.key == key and effect.status == "done":
+                return effect.outcome
+        return None
+
+    async def _audit(self, action: str, payload: dict[str, Any]) -> None:
+        await self.deps.audit_log.record(action, run_id=self.scope.run_id,
+                                         user_id=self.scope.user_id,
+                                         actor=self.qualified_node, payload=payload)
+
     async def _tool_done(self, call: ToolCall, result: ToolResult) -> ToolResult:
+        await self._audit("tool_result", {"call_id": call["id"], "tool": call["tool"],
+                                          "is_error": result.get("is_error", False)})
         await self.deps.hooks.after_tool(call, result)
         await self.emit(TOOL_RESULT, {"call": call, "result": result})
         return result
@@ -320,10 +392,14 @@ class NodeContext:
         return outcome
 
 
+async def _answered(answer: Any) -> dict[str, Any]:
+    return {"answer": answer}
+
+
 def _model_estimate(request: ModelRequest) -> Usage:
     """The worst case of a model call: the prompt's size (≈4 characters a token) + max_tokens."""
     return {"input_tokens": request.prompt_chars() // 4 + 1,
-            "output_tokens": request.max_tokens or 4096, "model_calls": 1}
+            "output_tokens": request.max_tokens or 4096, "model_calls": 1}  # see _reserve
 
 
 def _add_usage(total: Usage, more: Usage) -> None:

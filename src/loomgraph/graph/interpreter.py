@@ -82,6 +82,7 @@ async def _step(
 ) -> str | Outcome:
     """One node visit, journaled; the next node, or the Outcome the run ends with."""
     deps, node, visit, qualified = scope.deps, ctx.node, ctx.visit, ctx.qualified_node
+    reservation = None
     try:
         reservation = await deps.budget.reserve(Reservation(scope.budget_scope, "node", {}))
         await ctx.emit(NODE_STARTED, {"node": qualified, "visit": visit})
@@ -95,12 +96,16 @@ async def _step(
             else:
                 patch = await _run_with_policy(kind, view, ctx)
         await deps.budget.settle(reservation, {})
+        reservation = None
         patch = check_patch(graph, node, patch, writes)
         graph.schema.apply(state, patch)
         await deps.hooks.after_node(qualified, patch)
         target = graph.next_node(node, state, visits)[0] if node in graph.nodes else END
     except BudgetExceeded as err:
         await ctx.emit("budget_exceeded", {"cap": err.cap, "reason": str(err)})
+        await deps.audit_log.record("budget_block", run_id=scope.run_id, user_id=scope.user_id,
+                                    actor=qualified, payload={"cap": err.cap,
+                                                              "reason": str(err)})
         return Outcome("budget_exhausted", str(err), state, node, error=err)
     except RunStopped as stop:
         return Outcome(stop.status, stop.reason, state, node, detail=stop.detail)
@@ -113,6 +118,9 @@ async def _step(
         patch = {"error": {"node": qualified, "type": type(err).__name__, "message": str(err)}}
         graph.schema.apply(state, patch)
         target = kind.spec.on_error
+    finally:
+        if reservation is not None:  # the visit happened, even if it failed or stopped
+            await deps.budget.settle(reservation, {})
     scope.seq += 1
     snapshot = None
     if not ctx.path and scope.seq - scope.snapshot_seq >= SNAPSHOT_EVERY:
