@@ -1,0 +1,404 @@
+"""`loomgraph runs list|show|resume|fork|diff` and `render --run`: journaled runs from the shell."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from loomgraph.governance.null import NoHooks
+from loomgraph.protocols import RunRecord, Runtime, Transition, UnknownRun
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+class UsageError(Exception):
+    """Bad input on the command line: an unknown run, seq, journal or graph (exit code 2)."""
+
+
+# ------------------------------------------------------------------ parsers
+
+
+def add_agent_options(parser: argparse.ArgumentParser, graph_default: str | None) -> None:
+    """The options that make an Agent: graph, model, tools (as `loomgraph run` takes them)."""
+    parser.add_argument("--graph", default=graph_default,
+                        help="built-in graph name or YAML file"
+                        + ("" if graph_default else " (default: the run's graph)"))
+    parser.add_argument("--model", default="echo",
+                        help="echo, claude-…, openai-compat:NAME, or MODULE:ATTR naming a "
+                        "Model object (or a function returning one)")
+    parser.add_argument("--tools", nargs="*", default=[], metavar="MODULE:ATTR",
+                        help="tools to offer: functions, or lists of functions, by import path")
+
+
+def add_runtime_option(parser: argparse.ArgumentParser, *, required: bool) -> None:
+    """`--runtime`: the journal, `sqlite:PATH` or `postgres://…`."""
+    parser.add_argument("--runtime", required=required, metavar="JOURNAL",
+                        help="the journal: sqlite:PATH or postgres://user@host/db")
+
+
+def add_runs_parser(sub: Any) -> None:
+    """Add `runs` and its subcommands to the `loomgraph` subparsers."""
+    runs = sub.add_parser("runs", help="list, show, resume, fork and diff journaled runs")
+    cmds = runs.add_subparsers(dest="runs_command", required=True)
+
+    listing = cmds.add_parser("list", help="the runs: status, user, graph, created")
+    listing.add_argument("--user", default=None, help="only this user's runs")
+    show = cmds.add_parser("show", help="a run's transitions, final state and result")
+    show.add_argument("run_id")
+    show.add_argument("--graph", default=None, help="graph to rebuild the state with "
+                      "(default: the run's graph)")
+    resume = cmds.add_parser("resume", help="continue a crashed, failed or cancelled run")
+    resume.add_argument("run_id")
+    add_agent_options(resume, None)
+    resume.add_argument("--accept-graph-change", action="store_true",
+                        help="resume even though the graph changed since the run was made")
+    resume.add_argument("--break-dead-lease", action="store_true",
+                        help="first release a lease held by a worker process of this host "
+                        "that is no longer running (after a crash)")
+    fork = cmds.add_parser("fork", help="start a new run from a checkpoint of another")
+    fork.add_argument("run_id")
+    fork.add_argument("--at", type=int, required=True, metavar="SEQ")
+    fork.add_argument("--patch", default=None, metavar="JSON",
+                      help='state patch applied with the reducers, e.g. \'{"input": "…"}\'')
+    add_agent_options(fork, None)
+    diff = cmds.add_parser("diff", help="what changed in the state between two checkpoints")
+    diff.add_argument("run_id")
+    diff.add_argument("seq_a", type=int)
+    diff.add_argument("seq_b", type=int)
+    diff.add_argument("--graph", default=None)
+    for cmd in (listing, show, resume, fork, diff):
+        add_runtime_option(cmd, required=True)
+        cmd.add_argument("--json", action="store_true", help="print JSON")
+
+
+# ------------------------------------------------------------------ entry points
+
+
+def handle(args: argparse.Namespace) -> int:
+    """Run one `loomgraph runs …` command; returns the exit code."""
+    command: Callable[[argparse.Namespace, Runtime], Awaitable[int]] = {
+        "list": _list, "show": _show, "resume": _resume, "fork": _fork, "diff": _diff,
+    }[args.runs_command]
+    return _journaled(args, command)
+
+
+def render_run(args: argparse.Namespace) -> int:
+    """`loomgraph render GRAPH --run RUN_ID --runtime …`: the diagram with the run's path."""
+    if not args.runtime:
+        return _usage("render --run needs --runtime (sqlite:PATH or postgres://…)")
+    return _journaled(args, _render)
+
+
+def _journaled(args: argparse.Namespace,
+               command: Callable[[argparse.Namespace, Runtime], Awaitable[int]]) -> int:
+    """Open the journal, run the command, close the journal; errors become exit codes."""
+    from loomgraph.graph.errors import GraphError
+    from loomgraph.runtime.errors import JournalError, RunConflict
+
+    async def go() -> int:
+        runtime = open_journal(args.runtime)
+        try:
+            return await command(args, runtime)
+        finally:
+            close = getattr(runtime, "close", None)
+            if close is not None:
+                await close()
+
+    try:
+        return asyncio.run(go())
+    except RunConflict as err:  # another worker is advancing the run: not ours to run now
+        hint = (" (if that worker crashed: wait for the lease to expire, or pass "
+                "--break-dead-lease on its host)" if err.owner else "")
+        print(f"loomgraph: {err}{hint}", file=sys.stderr)
+        return EXIT_FAILED
+    except (UsageError, UnknownRun, JournalError, GraphError, ValueError, ImportError,
+            OSError) as err:  # GraphChanged is a GraphError
+        return _usage(str(err))
+
+
+def _usage(message: str) -> int:
+    print(f"loomgraph: {message}", file=sys.stderr)
+    return EXIT_USAGE
+
+
+def open_journal(spec: str, *, create: bool = False) -> Runtime:
+    """The journal a `--runtime` names; unless `create`, an SQLite file must exist already."""
+    from loomgraph.deps import resolve_runtime
+
+    if spec.startswith("sqlite:") and not create:
+        path = spec.removeprefix("sqlite:")
+        if path != ":memory:" and not Path(path).is_file():
+            # Opening would create an empty journal; a typo should not look like "no runs".
+            raise UsageError(f"no journal at {path!r}")
+    elif spec == "memory":
+        raise UsageError("--runtime memory keeps nothing between commands; "
+                         "use sqlite:PATH or postgres://…")
+    return resolve_runtime(spec)
+
+
+def _imported(path: str) -> Any:
+    """The object at `module:attr` (attr may be dotted), or the module for `module`."""
+    import importlib
+
+    module_name, _, attr = path.partition(":")
+    target: Any = importlib.import_module(module_name)
+    for part in filter(None, attr.split(".")):
+        target = getattr(target, part)
+    return target
+
+
+def load_model(spec: str) -> Any:
+    """`--model`: a name the Agent resolves, or `MODULE:ATTR` naming a Model or a factory."""
+    if spec == "echo" or spec.startswith(("claude-", "openai-compat:")) or ":" not in spec:
+        return spec
+    target = _imported(spec)
+    return target if hasattr(target, "stream") else target()
+
+
+def load_tools(paths: Sequence[str]) -> list[Any]:
+    """Tools by import path (`module:function`, or `module:LIST` of functions)."""
+    tools: list[Any] = []
+    for path in paths:
+        found = _imported(path)
+        tools.extend(found if isinstance(found, list | tuple) else [found])
+    return tools
+
+
+# ------------------------------------------------------------------ reading
+
+
+async def _record(runtime: Runtime, run_id: str) -> tuple[RunRecord, list[Transition]]:
+    record = await runtime.load_run(run_id)
+    if record is None:
+        raise UsageError(f"unknown run {run_id!r}")
+    return record, await runtime.transitions(run_id)
+
+
+def _compiled(graph: str | None, record: RunRecord) -> Any:
+    """The compiled graph to rebuild a run's state with (the run's own by default)."""
+    from loomgraph.graph.compiled import compile_graph
+    from loomgraph.graph.library import load_graph
+
+    compiled = compile_graph(load_graph(graph or record.graph_name))
+    if compiled.hash != record.graph_hash:
+        print(f"loomgraph: warning: run {record.run_id} was made with graph "
+              f"{record.graph_name!r} version {record.graph_hash}; rebuilding its state with "
+              f"version {compiled.hash}", file=sys.stderr)
+    return compiled
+
+
+def _when(at: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(at)) if at else "-"
+
+
+def _record_data(record: RunRecord) -> dict[str, Any]:
+    data = asdict(record)
+    data.pop("initial", None)  # the first state: `show` prints the state separately
+    return data
+
+
+def _transition_data(t: Transition) -> dict[str, Any]:
+    return {"seq": t.seq, "node": t.node, "visit": t.visit, "next": t.next_node,
+            "patch": t.patch, "usage": t.usage, "at": t.at, "snapshot": t.snapshot is not None}
+
+
+async def _list(args: argparse.Namespace, runtime: Runtime) -> int:
+    records = await runtime.runs(args.user)
+    if args.json:
+        for record in records:
+            print(json.dumps(_record_data(record), default=str))
+        return EXIT_OK
+    rows = [(r.run_id, r.status, r.user_id or "-", r.graph_name, _when(r.created_at),
+             f"{r.parent_run_id}@{r.parent_seq}" if r.parent_run_id else "") for r in records]
+    _table(("RUN", "STATUS", "USER", "GRAPH", "CREATED", "FORKED FROM"), rows)
+    return EXIT_OK
+
+
+def _table(head: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+    widths = [max(len(str(c)) for c in col) for col in zip(head, *rows, strict=False)]
+    for row in (head, *rows):
+        print("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+
+
+async def _show(args: argparse.Namespace, runtime: Runtime) -> int:
+    from loomgraph.checkpoints import position
+
+    record, transitions = await _record(runtime, args.run_id)
+    effects = await runtime.effects(args.run_id)
+    state = position(_compiled(args.graph, record), record, transitions).state
+    if args.json:
+        print(json.dumps({"run": _record_data(record),
+                          "transitions": [_transition_data(t) for t in transitions],
+                          "effects": [asdict(e) for e in effects], "state": state,
+                          "result": record.result}, default=str))
+        return EXIT_OK
+    print(f"run {record.run_id}  status={record.status}  graph={record.graph_name} "
+          f"({record.graph_hash})")
+    print(f"user={record.user_id or '-'}  session={record.session_id or '-'}  "
+          f"created={_when(record.created_at)}  updated={_when(record.updated_at)}"
+          + (f"  forked from {record.parent_run_id}@{record.parent_seq}"
+             if record.parent_run_id else ""))
+    if record.reason:
+        print(f"reason: {record.reason}")
+    print()
+    _table(("SEQ", "NODE", "VISIT", "NEXT"),
+           [(t.seq, t.node, t.visit, t.next_node) for t in transitions])
+    statuses: dict[str, int] = {}
+    for effect in effects:
+        statuses[effect.status] = statuses.get(effect.status, 0) + 1
+    retried = [e.key for e in effects if e.attempts > 1]
+    print(f"\neffects: {len(effects)} ("
+          + ", ".join(f"{n} {s}" for s, n in sorted(statuses.items())) + ")"
+          + (f"; executed again after a crash: {', '.join(retried)}" if retried else ""))
+    print("\nstate:")
+    print(json.dumps(state, indent=2, ensure_ascii=False, default=str))
+    if record.result is not None:
+        print(f"\noutput: {json.dumps(record.result.get('output'), ensure_ascii=False)}")
+    return EXIT_OK
+
+
+async def _diff(args: argparse.Namespace, runtime: Runtime) -> int:
+    from loomgraph.checkpoints import diff, position
+
+    record, transitions = await _record(runtime, args.run_id)
+    last = max((t.seq for t in transitions), default=0)
+    for seq in (args.seq_a, args.seq_b):
+        if not 0 <= seq <= last:
+            raise UsageError(f"run {args.run_id} has no checkpoint {seq}; it has 0..{last} "
+                             "(0 is the first state)")
+    compiled = _compiled(args.graph, record)
+    before = position(compiled, record, transitions, upto=args.seq_a).state
+    after = position(compiled, record, transitions, upto=args.seq_b).state
+    changes = diff(before, after)
+    if args.json:
+        print(json.dumps({k: {"before": a, "after": b} for k, (a, b) in changes.items()},
+                         default=str))
+        return EXIT_OK
+    if not changes:
+        print(f"no change between {args.seq_a} and {args.seq_b}")
+    for name, (old, new) in changes.items():
+        print(f"{name}:")
+        if isinstance(old, list) and isinstance(new, list) and new[:len(old)] == old:
+            for item in new[len(old):]:  # an append reducer: show only what was added
+                print(f"  + {_compact(item)}")
+        else:
+            print(f"  - {_compact(old)}\n  + {_compact(new)}")
+    return EXIT_OK
+
+
+def _compact(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, default=str)
+
+
+# ------------------------------------------------------------------ running
+
+
+def _agent(args: argparse.Namespace, runtime: Runtime, record: RunRecord) -> Any:
+    """An Agent for resuming or forking `record`: its graph unless --graph, the given tools."""
+    from loomgraph.agent import Agent
+
+    return Agent("", model=load_model(args.model), tools=load_tools(args.tools), runtime=runtime,
+                 architecture=args.graph or record.graph_name, hooks=_Printer(args.json))
+
+
+class _Printer(NoHooks):
+    """Hooks that print each event of the run, as `loomgraph run` does."""
+
+    def __init__(self, as_json: bool) -> None:
+        self.as_json = as_json
+
+    async def on_event(self, event: Any) -> None:
+        """Print the event."""
+        from loomgraph.cli import print_event
+
+        if self.as_json:
+            print(json.dumps(event.to_dict(), default=str), flush=True)
+        else:
+            print_event(event)
+
+
+def _ended(result: Any, as_json: bool) -> int:
+    if as_json:
+        print(json.dumps({"result": result.to_dict()}, default=str))
+    else:
+        print(f"run {result.run_id}: status={result.status} output={result.output!r}"
+              + (f" reason={result.reason}" if result.reason else ""))
+    return EXIT_OK if result.ok else EXIT_FAILED
+
+
+async def _resume(args: argparse.Namespace, runtime: Runtime) -> int:
+    record, _ = await _record(runtime, args.run_id)
+    if args.break_dead_lease:
+        await _break_dead_lease(runtime, args.run_id)
+    agent = _agent(args, runtime, record)
+    result = await agent.resume(args.run_id, accept_graph_change=args.accept_graph_change)
+    return _ended(result, args.json)
+
+
+async def _break_dead_lease(runtime: Any, run_id: str) -> None:
+    """Release the run's lease when its owner is a process of this host that has gone.
+
+    Owners are `host:pid:…`. Only a lease whose host is this one and whose pid no longer
+    runs is released: on another host, or with an owner of another form, a live worker
+    cannot be told from a dead one, so the lease is left to expire.
+    """
+    import os
+    import socket
+
+    lease = await runtime.lease(run_id) if hasattr(runtime, "lease") else None
+    if lease is None:
+        return
+    host, _, rest = lease.owner.partition(":")
+    pid = rest.partition(":")[0]
+    if host != socket.gethostname() or not pid.isdigit():
+        raise UsageError(f"run {run_id} is leased by {lease.owner!r}, not a process of this "
+                         "host; wait for the lease to expire")
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        await runtime.release_lease(run_id, lease.owner)
+        print(f"loomgraph: released the lease of {lease.owner!r} (process {pid} is gone)",
+              file=sys.stderr)
+        return
+    except PermissionError:
+        pass  # the pid exists under another user
+    raise UsageError(f"run {run_id} is leased by {lease.owner!r}, whose process {pid} is "
+                     "still running")
+
+
+async def _fork(args: argparse.Namespace, runtime: Runtime) -> int:
+    record, _ = await _record(runtime, args.run_id)
+    patch = None
+    if args.patch is not None:
+        try:
+            patch = json.loads(args.patch)
+        except json.JSONDecodeError as err:
+            raise UsageError(f"--patch is not JSON: {err}") from None
+        if not isinstance(patch, dict):
+            raise UsageError("--patch must be a JSON object of state fields")
+    agent = _agent(args, runtime, record)
+    result = await agent.fork(args.run_id, at=args.at, patch=patch)
+    return _ended(result, args.json)
+
+
+async def _render(args: argparse.Namespace, runtime: Runtime) -> int:
+    from loomgraph.graph.library import load_graph
+    from loomgraph.graph.render import RunOverlay, render
+
+    record, transitions = await _record(runtime, args.run)
+    graph = load_graph(args.graph)
+    if graph.name != record.graph_name:
+        raise UsageError(f"run {record.run_id} was made with graph {record.graph_name!r}, "
+                         f"not {graph.name!r}")
+    overlay = RunOverlay.from_transitions(transitions, status=record.status)
+    render(graph, Path(args.output), run=overlay)
+    print(f"wrote {args.output} (run {record.run_id}, status {record.status}, "
+          f"{len(transitions)} transitions)")
+    return EXIT_OK

@@ -1,0 +1,260 @@
+"""A subprocess for the crash matrix: one ReAct run on a durable journal, killed on purpose.
+
+    python tests/crash_worker.py run    --journal sqlite:PATH --ledger FILE [--point P --n N]
+    python tests/crash_worker.py resume --journal sqlite:PATH --ledger FILE --run-id ID
+                                        [--hold]
+
+`--journal` is `sqlite:PATH` or a `postgres://` DSN (then `--schema` names the schema).
+The worker prints JSON lines and flushes each: `{"run_id": …, "pid": …}` first, `{"crash": …}` just
+before it SIGKILLs itself, `{"holding": …}` when `--hold` makes a tool wait for a line on
+stdin, `{"conflict": …}` (exit 3) when resume met RunConflict, and `{"result": …}` at the end.
+
+Crash points (P) and what N counts:
+- `before_intent`, `after_intent`: the Nth `begin_effect`, before / after the journal call;
+- `after_effect`: the Nth effect itself has run (the tool wrote its ledger line, or the model
+  streamed its turn) but its outcome is not journaled yet;
+- `after_outcome`: the Nth `end_effect`, after the journal call;
+- `after_transition`: the Nth `append_transition`, after the journal call.
+
+The kill comes from inside (`os.kill(os.getpid(), SIGKILL)`), so it is deterministic; the
+core is not changed: the runtime and the model are wrapped here, test-only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import sys
+from collections.abc import AsyncIterator
+from typing import Any
+
+from loomgraph import Agent
+from loomgraph.events import Event
+from loomgraph.governance.null import NoHooks
+from loomgraph.models import ScriptedModel
+from loomgraph.protocols import (
+    EffectRecord,
+    EffectStatus,
+    ModelChunk,
+    ModelRequest,
+    RunRecord,
+    RunStatus,
+    Runtime,
+    Transition,
+)
+from loomgraph.runtime.errors import RunConflict
+
+POINTS = ("before_intent", "after_intent", "after_effect", "after_outcome", "after_transition")
+
+# model → 2 parallel tool calls → model → 1 tool call → final answer:
+# 6 effects (3 model calls, 3 tool calls) and 5 transitions.
+SCRIPT: list[Any] = [
+    {"text": "Looking both up.", "tool_calls": [
+        {"tool": "lookup", "args": {"city": "Paris"}},
+        {"tool": "lookup", "args": {"city": "Tokyo"}}]},
+    {"text": "Adding.", "tool_calls": [{"tool": "add", "args": {"a": 2, "b": 3}}]},
+    "Paris is in France, Tokyo in Japan, and 2 + 3 = 5.",
+]
+EFFECTS, TRANSITIONS = 6, 5
+INSTRUCTIONS = "You answer geography and sums."
+PROMPT = "Where are Paris and Tokyo, and what is 2 + 3?"
+
+
+def say(**fields: Any) -> None:
+    """One JSON line on stdout, flushed at once (the test reads it before any kill)."""
+    sys.stdout.write(json.dumps(fields) + "\n")
+    sys.stdout.flush()
+
+
+class Killer:
+    """Where to die, and the counters that say when."""
+
+    def __init__(self, point: str | None, n: int) -> None:
+        self.point, self.n = point, n
+        self.begun = 0
+        self.index: dict[str, int] = {}  # effect key -> its begin order in this process
+        self.model_effect = 0  # the index of the model effect being executed
+        self.model_key = ""  # and its key
+        self.transitions = 0
+        self.executed: list[str] = []  # keys of effects this process really executed
+        self.unknown: list[str] = []  # keys the journal reported unknown_after_crash
+
+    def maybe_die(self, point: str, index: int, **detail: Any) -> None:
+        """SIGKILL this process when (point, index) is the chosen crash point."""
+        if point == self.point and index == self.n:
+            say(crash=point, n=index, **detail)
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+class KillingRuntime:
+    """Delegates to a real journal, dying before or after the chosen call."""
+
+    def __init__(self, inner: Any, killer: Killer) -> None:
+        self.inner, self.killer = inner, killer
+
+    def __getattr__(self, name: str) -> Any:
+        # Leases, snapshots, connect/close: whatever else the agent asks of the journal.
+        return getattr(self.inner, name)
+
+    async def start_run(self, run: RunRecord) -> None:
+        await self.inner.start_run(run)
+
+    async def load_run(self, run_id: str) -> RunRecord | None:
+        return await self.inner.load_run(run_id)  # type: ignore[no-any-return]
+
+    async def append_transition(self, transition: Transition) -> None:
+        await self.inner.append_transition(transition)
+        self.killer.transitions += 1
+        self.killer.maybe_die("after_transition", self.killer.transitions,
+                              node=transition.node, visit=transition.visit)
+
+    async def transitions(self, run_id: str) -> list[Transition]:
+        return await self.inner.transitions(run_id)  # type: ignore[no-any-return]
+
+    async def begin_effect(self, effect: EffectRecord) -> EffectRecord | None:
+        k = self.killer
+        k.begun += 1
+        index = k.begun
+        k.index[effect.key] = index
+        k.maybe_die("before_intent", index, key=effect.key, kind=effect.kind)
+        prior: EffectRecord | None = await self.inner.begin_effect(effect)
+        if prior is not None and prior.status == "unknown_after_crash":
+            k.unknown.append(effect.key)
+        if effect.kind == "model":
+            k.model_effect, k.model_key = index, effect.key
+        k.maybe_die("after_intent", index, key=effect.key, kind=effect.kind)
+        return prior
+
+    async def end_effect(
+        self, run_id: str, key: str, outcome: dict[str, Any], status: EffectStatus
+    ) -> None:
+        await self.inner.end_effect(run_id, key, outcome, status)
+        self.killer.maybe_die("after_outcome", self.killer.index[key], key=key)
+
+    async def finish_run(
+        self, run_id: str, status: RunStatus, reason: str, result: dict[str, Any] | None
+    ) -> None:
+        await self.inner.finish_run(run_id, status, reason, result)
+
+    async def effects(self, run_id: str) -> list[EffectRecord]:
+        return await self.inner.effects(run_id)  # type: ignore[no-any-return]
+
+    async def runs(self, user_id: str | None = None) -> list[RunRecord]:
+        return await self.inner.runs(user_id)  # type: ignore[no-any-return]
+
+
+class KillingModel:
+    """The scripted model, dying after it streamed the chosen model effect's whole turn."""
+
+    def __init__(self, killer: Killer) -> None:
+        self.inner, self.killer = ScriptedModel(SCRIPT), killer
+        self.name = self.inner.name
+
+    async def stream(self, request: ModelRequest) -> AsyncIterator[ModelChunk]:
+        k = self.killer
+        k.executed.append(k.model_key)
+        async for chunk in self.inner.stream(request):
+            yield chunk
+            if chunk.get("type") == "finish":
+                k.maybe_die("after_effect", k.model_effect, key=k.model_key, kind="model")
+
+
+def make_tools(ledger: str, killer: Killer, hold: bool) -> list[Any]:
+    """Tools that write one `key<TAB>args` line per call to the ledger, durably."""
+
+    def write(key: str, args: dict[str, Any]) -> None:
+        with open(ledger, "a", encoding="utf-8") as f:
+            f.write(f"{key}\t{json.dumps(args, sort_keys=True)}\n")
+            f.flush()
+            os.fsync(f.fileno())
+        killer.executed.append(key)
+        killer.maybe_die("after_effect", killer.index[key], key=key, kind="tool")
+
+    async def lookup(city: str, idempotency_key: str) -> str:
+        """Find the country of a city."""
+        if hold:
+            # The lease holder waits here, mid-run, until the test says go on.
+            say(holding=idempotency_key)
+            await asyncio.to_thread(sys.stdin.readline)
+        write(idempotency_key, {"city": city})
+        return {"Paris": "France", "Tokyo": "Japan"}.get(city, "unknown")
+
+    async def add(a: int, b: int, idempotency_key: str) -> int:
+        """Add two numbers."""
+        if hold:
+            say(holding=idempotency_key)
+            await asyncio.to_thread(sys.stdin.readline)
+        write(idempotency_key, {"a": a, "b": b})
+        return a + b
+
+    return [lookup, add]
+
+
+class UnknownEffects(NoHooks):
+    """Collects the keys of `effect_unknown_after_crash` events."""
+
+    def __init__(self) -> None:
+        self.keys: list[str] = []
+
+    async def on_event(self, event: Event) -> None:
+        if event.kind == "effect_unknown_after_crash":
+            self.keys.append(event.payload["key"])
+
+
+def open_journal(spec: str, schema: str | None) -> Runtime:
+    """The real journal the run is recorded in."""
+    if spec.startswith("sqlite:"):
+        from loomgraph.runtime.sqlite import SqliteRuntime
+
+        return SqliteRuntime(spec.removeprefix("sqlite:"))
+    from loomgraph.runtime.postgres import PostgresRuntime
+
+    return PostgresRuntime(spec, schema=schema or "public")
+
+
+async def main(args: argparse.Namespace) -> int:
+    killer = Killer(args.point, args.n)
+    inner = open_journal(args.journal, args.schema)
+    hooks = UnknownEffects()
+    agent = Agent(INSTRUCTIONS, model=KillingModel(killer),
+                  tools=make_tools(args.ledger, killer, args.hold),
+                  runtime=KillingRuntime(inner, killer), hooks=hooks)
+    events = hooks.keys
+    try:
+        if args.mode == "run":
+            session = agent.session(PROMPT, user_id="crash-test")
+            say(run_id=session.run_id, pid=os.getpid())  # before anything can crash
+            result = await session.execute(hooks.on_event)
+        else:
+            try:
+                result = await agent.resume(args.run_id)
+            except RunConflict as err:
+                say(conflict=str(err), executed=killer.executed)
+                return 3
+        say(result=result.to_dict(), executed=killer.executed, unknown=killer.unknown,
+            unknown_events=events)
+        return 0
+    finally:
+        await inner.close()  # type: ignore[attr-defined]
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    """The worker's arguments."""
+    parser = argparse.ArgumentParser()
+    parser.add_argument("mode", choices=["run", "resume"])
+    parser.add_argument("--journal", required=True)
+    parser.add_argument("--schema", default=None)
+    parser.add_argument("--ledger", required=True)
+    parser.add_argument("--point", choices=POINTS, default=None)
+    parser.add_argument("--n", type=int, default=0)
+    parser.add_argument("--run-id", default=None)
+    parser.add_argument("--hold", action="store_true",
+                        help="tools wait for a stdin line before they act (lease tests)")
+    return parser.parse_args(argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(asyncio.run(main(parse(sys.argv[1:]))))
