@@ -1,4 +1,4 @@
-"""The `loomgraph` command: run, validate, render, schema."""
+"""The `loomgraph` command: run, validate, render, schema, graphs, runs."""
 
 from __future__ import annotations
 
@@ -10,6 +10,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from loomgraph import cli_runs
+
 # Exit codes: 0 fine, 1 the run or the graph failed, 2 bad usage or input.
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -20,20 +22,29 @@ def _parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run an agent on a prompt and stream its events")
     run.add_argument("prompt")
     run.add_argument("--graph", default="react", help="built-in graph name or YAML file")
-    run.add_argument("--model", default="echo", help="echo, claude-…, openai-compat:NAME")
+    run.add_argument("--model", default="echo", help="echo, claude-…, openai-compat:NAME, "
+                     "or MODULE:ATTR naming a Model object (or a function returning one)")
     run.add_argument("--tools", nargs="*", default=[], metavar="MODULE:ATTR",
                      help="tools to offer: functions, or lists of functions, by import path")
     run.add_argument("--instructions", default="You are a helpful assistant.")
     run.add_argument("--user", default=None)
     run.add_argument("--session", default=None)
     run.add_argument("--json", action="store_true", help="print events as JSON lines")
+    cli_runs.add_runtime_option(run, required=False)
     validate = sub.add_parser("validate", help="check graph files; print every problem")
     validate.add_argument("files", nargs="+")
     render = sub.add_parser("render", help="draw a graph: .svg, .dot or .mmd (Mermaid)")
     render.add_argument("graph", help="built-in graph name or YAML file")
     render.add_argument("-o", "--output", required=True)
+    render.add_argument("--run", default=None, metavar="RUN_ID",
+                        help="draw this run's path, visit counts and where it stopped")
+    cli_runs.add_runtime_option(render, required=False)
     sub.add_parser("schema", help="print the JSON Schema of graph files")
     sub.add_parser("graphs", help="list the built-in graphs")
+    new_graph = sub.add_parser("new-graph", help="write a commented starting graph, NAME.yaml")
+    new_graph.add_argument("name", help="the graph's name: letters, digits, - and _")
+    new_graph.add_argument("-o", "--output-dir", default=".", help="folder to write it in")
+    cli_runs.add_runs_parser(sub)
     return parser
 
 
@@ -41,14 +52,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `loomgraph` command; returns the exit code."""
     args = _parser().parse_args(argv)
     from loomgraph.graph.errors import GraphError
+    from loomgraph.runtime.errors import JournalError
 
     try:
         if args.command == "run":
             return asyncio.run(_run(args))
         if args.command == "validate":
             return _validate(args.files)
+        if args.command == "runs":
+            return cli_runs.handle(args)
         if args.command == "render":
+            if args.run is not None:
+                return cli_runs.render_run(args)
             return _render(args.graph, args.output)
+        if args.command == "new-graph":
+            from loomgraph.scaffold import write_new_graph
+
+            print(f"wrote {write_new_graph(args.name, Path(args.output_dir))}")
+            return EXIT_OK
         if args.command == "schema":
             from loomgraph.graph.schema import graph_json_schema
 
@@ -58,42 +79,33 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         print("\n".join(builtin_names()))
         return EXIT_OK
-    except (GraphError, ValueError, ImportError, OSError) as err:
+    except (GraphError, JournalError, ValueError, ImportError, OSError,
+            cli_runs.UsageError) as err:
         print(f"loomgraph: {err}", file=sys.stderr)
         return EXIT_USAGE
-
-
-def _import(path: str) -> Any:
-    from loomgraph.nodes.function import import_callable
-
-    module_name, _, attr = path.partition(":")
-    import importlib
-
-    target: Any = importlib.import_module(module_name)
-    if not attr:
-        return target
-    try:
-        return import_callable(path)
-    except ImportError:
-        return getattr(target, attr)  # a list of tools is not callable
 
 
 async def _run(args: argparse.Namespace) -> int:
     from loomgraph.agent import Agent
 
-    tools: list[Any] = []
-    for path in args.tools:
-        found = _import(path)
-        tools.extend(found if isinstance(found, list | tuple) else [found])
-    agent = Agent(args.instructions, model=args.model, tools=tools, architecture=args.graph)
+    runtime = cli_runs.open_journal(args.runtime, create=True) if args.runtime else None
+    agent = Agent(args.instructions, model=cli_runs.load_model(args.model),
+                  tools=cli_runs.load_tools(args.tools), architecture=args.graph,
+                  runtime=runtime)
     status = "failed"
-    async for event in agent.stream(args.prompt, user_id=args.user, session_id=args.session):
-        if args.json:
-            print(json.dumps(event.to_dict(), default=str), flush=True)
-        else:
-            print_event(event)
-        if event.kind == "run_completed":
-            status = event.payload["status"]
+    try:
+        async for event in agent.stream(args.prompt, user_id=args.user,
+                                        session_id=args.session):
+            if args.json:
+                print(json.dumps(event.to_dict(), default=str), flush=True)
+            else:
+                print_event(event)
+            if event.kind == "run_completed":
+                status = event.payload["status"]
+    finally:
+        close = getattr(agent.deps.runtime, "close", None)
+        if close is not None:
+            await close()
     return EXIT_OK if status == "completed" else EXIT_FAILED
 
 
@@ -102,7 +114,7 @@ def print_event(event: Any) -> None:
     p = event.payload
     detail = {
         "model_chunk": lambda: repr(p["chunk"].get("text", "")),
-        "run_started": lambda: f"graph={p['graph']} prompt={p['prompt']!r}",
+        "run_started": lambda: f"run={event.run_id} graph={p['graph']} prompt={p['prompt']!r}",
         "node_started": lambda: f"{p['node']} (visit {p['visit']})",
         "tool_call": lambda: f"{p['call']['tool']}({json.dumps(p['call']['args'])})",
         "tool_result": lambda: f"{p['call']['tool']} -> {p['result'].get('content', '')!r}"
