@@ -49,6 +49,7 @@ async def test_facts_are_extracted_after_the_run_and_seed_the_next(tmp_path: Pat
     await again.run("Where do I live?", user_id="alice", session_id="s2")
     assert "Porto" in seen[-1].system
     await again.aclose()
+    await memory.close()
 
 
 async def test_a_failing_extraction_is_reported_not_raised(tmp_path: Path) -> None:
