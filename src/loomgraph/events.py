@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 # The kinds a run emits. Third-party node kinds may emit their own.
 RUN_STARTED: Final = "run_started"
@@ -16,12 +15,12 @@ ERROR: Final = "error"
 RUN_COMPLETED: Final = "run_completed"
 
 
-@dataclass(slots=True, frozen=True)
-class Event:
-    """One thing that happened in a run.
+class Event(NamedTuple):
+    """One thing that happened in a run; immutable.
 
     `seq` is the journal sequence number of the transition the event belongs to, so an
-    event can be traced to the checkpoint that follows it.
+    event can be traced to the checkpoint that follows it. (A named tuple rather than a
+    frozen dataclass: a run makes several events a step, and this is ~5x cheaper to build.)
     """
 
     kind: str
@@ -35,4 +34,4 @@ class Event:
 
     def to_dict(self) -> dict[str, Any]:
         """The event as plain JSON-shaped data."""
-        return asdict(self)
+        return self._asdict()

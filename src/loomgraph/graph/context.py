@@ -106,6 +106,23 @@ class RunScope:
     def __post_init__(self) -> None:
         self.budget_scope = BudgetScope(self.run_id, self.user_id)
 
+    async def reserve(self, kind: str, amount: Usage) -> Reservation | None:
+        """Set an amount aside in the budget (nothing to do when the budget has no caps)."""
+        if not self.deps.budgeted:
+            return None
+        return await self.deps.budget.reserve(
+            Reservation(self.budget_scope, kind, amount))  # type: ignore[arg-type]
+
+    async def settle(self, reservation: Reservation | None, actual: Usage) -> None:
+        """Replace a reservation by what was spent."""
+        if reservation is not None:
+            await self.deps.budget.settle(reservation, actual)
+
+    async def release(self, reservation: Reservation | None) -> None:
+        """Give a reservation back unspent."""
+        if reservation is not None:
+            await self.deps.budget.release(reservation)
+
     async def emit(
         self, kind: str, payload: dict[str, Any], node: str | None, seq: int | None = None
     ) -> None:
@@ -180,15 +197,13 @@ class NodeContext:
             await self.emit("effect_unknown_after_crash", {"key": key, "kind": kind})
         return prior
 
-    async def _reserve(self, kind: str, request: ModelRequest | None) -> Reservation:
-        amount: Usage = {"tool_calls": 1}
-        if request is not None:
-            if request.max_tokens is None:
-                # What the adapter will send, so the output can never exceed the reservation.
-                request.max_tokens = getattr(self.deps.model, "max_tokens", None)
-            amount = _model_estimate(request) if self.deps.budgeted else {"model_calls": 1}
-        return await self.deps.budget.reserve(
-            Reservation(self.scope.budget_scope, kind, amount))  # type: ignore[arg-type]
+    async def _reserve_model(self, request: ModelRequest) -> Reservation | None:
+        if not self.deps.budgeted:
+            return None
+        if request.max_tokens is None:
+            # What the adapter will send, so the output can never exceed the reservation.
+            request.max_tokens = getattr(self.deps.model, "max_tokens", None)
+        return await self.scope.reserve("model", _model_estimate(request))
 
     # ------------------------------------------------------------------ model
 
@@ -203,11 +218,11 @@ class NodeContext:
             return _response_from(prior.outcome)
         billed: Usage = {}  # what broken attempts cost: charged, and counted in the answer's usage
         for attempt in range(STEP_RETRIES + 1):
-            reservation = await self._reserve("model", request)
+            reservation = await self._reserve_model(request)
             try:
                 response = await self._stream(request)
             except ModelError as err:
-                await deps.budget.settle(reservation, err.usage)
+                await self.scope.settle(reservation, err.usage)
                 if err.retry_step and attempt < STEP_RETRIES:
                     _add_usage(billed, err.usage)
                     await self.emit("model_retry", {"error": str(err), "attempt": attempt + 1})
@@ -216,9 +231,9 @@ class NodeContext:
                                               "failed")
                 raise
             except BaseException:
-                await deps.budget.release(reservation)
+                await self.scope.release(reservation)
                 raise
-            await deps.budget.settle(reservation, response.usage)
+            await self.scope.settle(reservation, response.usage)
             break
         _add_usage(response.usage, billed)
         await deps.runtime.end_effect(self.scope.run_id, key, _response_data(response), "done")
@@ -272,7 +287,7 @@ class NodeContext:
         prior = await self._begin(key, "tool", {"call": call})
         if prior is not None and prior.status == "done" and prior.outcome is not None:
             return await self._tool_done(call, ToolResult(**prior.outcome))  # type: ignore[typeddict-item]
-        reservation = await self._reserve("tool", None)
+        reservation = await scope.reserve("tool", {"tool_calls": 1})
         await self._audit("tool_request", {"call": call, "rule": decision.rule})
         try:
             with deps.telemetry.span(f"execute_tool {call['tool']}", {
@@ -281,9 +296,9 @@ class NodeContext:
             }):
                 result = await deps.tools.call(call, idempotency_key=key)
         except BaseException:
-            await deps.budget.release(reservation)
+            await scope.release(reservation)
             raise
-        await deps.budget.settle(reservation, {"tool_calls": 1})
+        await scope.settle(reservation, {"tool_calls": 1})
         await deps.runtime.end_effect(scope.run_id, key, dict(result), "done")
         return await self._tool_done(call, result)
 

@@ -18,7 +18,7 @@ from loomgraph.graph.errors import GraphError, NodeError, StateError
 from loomgraph.graph.registry import NodeKind
 from loomgraph.graph.spec import END
 from loomgraph.graph.state import snapshot_of
-from loomgraph.protocols import BudgetExceeded, Reservation, Transition, Usage
+from loomgraph.protocols import BudgetExceeded, Transition, Usage
 
 # A full state goes into the journal every this many transitions; the rest are patches.
 SNAPSHOT_EVERY = 200
@@ -84,7 +84,7 @@ async def _step(
     deps, node, visit, qualified = scope.deps, ctx.node, ctx.visit, ctx.qualified_node
     reservation = None
     try:
-        reservation = await deps.budget.reserve(Reservation(scope.budget_scope, "node", {}))
+        reservation = await scope.reserve("node", {})
         await ctx.emit(NODE_STARTED, {"node": qualified, "visit": visit})
         view = {name: state.get(name) for name in reads}
         await deps.hooks.before_node(qualified, view)
@@ -95,7 +95,7 @@ async def _step(
                 patch = await kind.run(view, ctx)
             else:
                 patch = await _run_with_policy(kind, view, ctx)
-        await deps.budget.settle(reservation, {})
+        await scope.settle(reservation, {})
         reservation = None
         patch = check_patch(graph, node, patch, writes)
         graph.schema.apply(state, patch)
@@ -119,8 +119,8 @@ async def _step(
         graph.schema.apply(state, patch)
         target = kind.spec.on_error
     finally:
-        if reservation is not None:  # the visit happened, even if it failed or stopped
-            await deps.budget.settle(reservation, {})
+        # The visit happened, even if it failed or stopped.
+        await scope.settle(reservation, {})
     scope.seq += 1
     snapshot = None
     if not ctx.path and scope.seq - scope.snapshot_seq >= SNAPSHOT_EVERY:
