@@ -6,19 +6,19 @@ and tool call goes through `NodeContext`, so every node is gated and journaled t
 
 from __future__ import annotations
 
-import inspect
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from loomgraph.events import MODEL_CHUNK, TOOL_CALL, TOOL_RESULT, Event
+from loomgraph.events import MODEL_CHUNK, Event
+from loomgraph.graph.errors import RunStopped
+from loomgraph.graph.tool_calls import call_tool
 from loomgraph.protocols import (
     AuditLog,
     Budget,
     BudgetScope,
-    Decision,
     EffectRecord,
     Hooks,
     Memory,
@@ -35,7 +35,6 @@ from loomgraph.protocols import (
     ToolCall,
     ToolHost,
     ToolResult,
-    ToolSpec,
     Usage,
 )
 
@@ -74,16 +73,6 @@ class Deps:
     leases: RunLeases | None = None
     # The budget again when it follows runs from start to end.
     run_clock: RunClock | None = None
-
-
-class RunStopped(Exception):
-    """Raised inside a node to end the run with a non-failure status (an interrupt)."""
-
-    def __init__(self, status: str, reason: str, detail: Mapping[str, Any] | None = None) -> None:
-        super().__init__(reason)
-        self.status = status
-        self.reason = reason
-        self.detail = dict(detail or {})
 
 
 @dataclass(slots=True)
@@ -269,106 +258,12 @@ class NodeContext:
 
     async def call_tool(self, call: ToolCall) -> ToolResult:
         """One journaled, permission-checked, budgeted tool call; failures become error results."""
-        deps, scope = self.deps, self.scope
-        key = self.next_key()
-        await self.emit(TOOL_CALL, {"call": call})
-        spec = deps.tools.spec(call["tool"])
-        if spec is None:
-            names = ", ".join(s["name"] for s in deps.tools.specs()) or "none"
-            result = ToolResult(content=f"unknown tool {call['tool']!r}; available tools: "
-                                f"{names}", is_error=True, error_type="unknown_tool")
-            return await self._tool_done(call, result)
-        decision, call = await self._decide(call, spec)
-        if decision.verdict != "allow":
-            result = ToolResult(content=f"permission denied for {call['tool']!r}: "
-                                f"{decision.reason or decision.rule or 'denied'}",
-                                is_error=True, error_type="permission_denied")
-            return await self._tool_done(call, result)
-        prior = await self._begin(key, "tool", {"call": call})
-        if prior is not None and prior.status == "done" and prior.outcome is not None:
-            return await self._tool_done(call, ToolResult(**prior.outcome))  # type: ignore[typeddict-item]
-        reservation = await scope.reserve("tool", {"tool_calls": 1})
-        await self._audit("tool_request", {"call": call, "rule": decision.rule})
-        try:
-            with deps.telemetry.span(f"execute_tool {call['tool']}", {
-                "gen_ai.operation.name": "execute_tool", "gen_ai.tool.name": call["tool"],
-                "gen_ai.tool.call.id": call["id"],
-            }):
-                result = await deps.tools.call(call, idempotency_key=key)
-        except BaseException:
-            await scope.release(reservation)
-            raise
-        await scope.settle(reservation, {"tool_calls": 1})
-        await deps.runtime.end_effect(scope.run_id, key, dict(result), "done")
-        return await self._tool_done(call, result)
-
-    async def _decide(self, call: ToolCall, spec: ToolSpec) -> tuple[Decision, ToolCall]:
-        """The permission verdict for a call (asking for approval when a rule says so), after
-        the hooks had their say; reported as an event and in the audit log."""
-        deps, scope = self.deps, self.scope
-        decision = await deps.permissions.check(call, spec, user_id=scope.user_id)
-        if decision.verdict == "ask":
-            decision, call = await self._approval(call, spec, decision)
-        if decision.verdict == "allow":
-            hook = await deps.hooks.before_tool(call)
-            if hook is not None and hook.verdict == "deny":  # hooks may deny, never approve
-                decision = hook
-        report = {"call_id": call["id"], "tool": call["tool"], "verdict": decision.verdict,
-                  "rule": decision.rule, "reason": decision.reason}
-        await self.emit("permission_decision", report)
-        await self._audit("permission_decision", report)
-        return decision, call
-
-    async def _approval(
-        self, call: ToolCall, spec: ToolSpec, asked: Decision
-    ) -> tuple[Decision, ToolCall]:
-        """Settle an `ask`: with the approval the run was resumed with (bound to this call),
-        one journaled before a crash, or the approval handler; else stop the run to wait."""
-        key = f"approval:{call['id']}"
-        answer: Any = None
-        supplied = self.scope.options.get("approval")
-        if supplied is not None and supplied[0] == call["id"]:
-            del self.scope.options["approval"]
-            answer = supplied[1]
-        elif (earlier := await self._journaled(key)) is not None:
-            answer = earlier["answer"]
-        elif self.deps.approval_handler is not None:
-            answer = self.deps.approval_handler(call, asked)
-            if inspect.isawaitable(answer):
-                answer = await answer
-        if answer is None:
-            raise RunStopped("awaiting_approval", f"tool {call['tool']!r} needs approval "
-                             f"({asked.rule})", {"call": call, "rule": asked.rule,
-                                                 "node": self.qualified_node})
-        answer = (await self.effect(key, {"call": call}, lambda: _answered(answer)))["answer"]
-        await self._audit("approval", {"call_id": call["id"], "answer": answer})
-        if answer is False:
-            return Decision("deny", "approval:denied", "the user denied this call"), call
-        if isinstance(answer, dict):
-            call = ToolCall(id=call["id"], tool=call["tool"], args=dict(answer["args"]))
-            again = await self.deps.permissions.check(call, spec, user_id=self.scope.user_id)
-            if again.verdict == "deny":  # edited arguments meet the rules again
-                return again, call
-        return Decision("allow", "approval:granted", asked.rule), call
-
-    async def _journaled(self, name: str) -> dict[str, Any] | None:
-        key = f"{self.scope.run_id}:{self.key_path}{self.node}:{self.visit}:{name}"
-        for effect in await self.deps.runtime.effects(self.scope.run_id):
-            if effect.key == key and effect.status == "done":
-                return effect.outcome
-        return None
+        return await call_tool(self, call)
 
     async def _audit(self, action: str, payload: dict[str, Any]) -> None:
         await self.deps.audit_log.record(action, run_id=self.scope.run_id,
                                          user_id=self.scope.user_id,
                                          actor=self.qualified_node, payload=payload)
-
-    async def _tool_done(self, call: ToolCall, result: ToolResult) -> ToolResult:
-        await self._audit("tool_result", {"call_id": call["id"], "tool": call["tool"],
-                                          "is_error": result.get("is_error", False)})
-        await self.deps.hooks.after_tool(call, result)
-        await self.emit(TOOL_RESULT, {"call": call, "result": result})
-        return result
 
     # ------------------------------------------------------------------ subgraphs
 
@@ -405,10 +300,6 @@ class NodeContext:
         outcome = await run()
         await self.deps.runtime.end_effect(self.scope.run_id, key, outcome, "done")
         return outcome
-
-
-async def _answered(answer: Any) -> dict[str, Any]:
-    return {"answer": answer}
 
 
 def _model_estimate(request: ModelRequest) -> Usage:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +69,16 @@ class NodeError(GraphError):
         super().__init__(f"node {node!r} failed: {type(cause).__name__}: {cause}")
         self.node = node
         self.cause = cause
+
+
+class RunStopped(Exception):
+    """Raised inside a node to end the run with a non-failure status (an interrupt)."""
+
+    def __init__(self, status: str, reason: str, detail: Mapping[str, Any] | None = None) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+        self.detail = dict(detail or {})
 
 
 class StateError(GraphError):

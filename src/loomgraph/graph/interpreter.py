@@ -13,8 +13,8 @@ from typing import Any
 
 from loomgraph.events import ERROR, NODE_COMPLETED, NODE_STARTED
 from loomgraph.graph.compiled import CompiledGraph
-from loomgraph.graph.context import NodeContext, RunScope, RunStopped
-from loomgraph.graph.errors import GraphError, NodeError, StateError
+from loomgraph.graph.context import NodeContext, RunScope
+from loomgraph.graph.errors import GraphError, NodeError, RunStopped, StateError
 from loomgraph.graph.registry import NodeKind
 from loomgraph.graph.spec import END
 from loomgraph.graph.state import snapshot_of
