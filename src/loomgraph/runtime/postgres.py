@@ -14,8 +14,9 @@ from contextlib import asynccontextmanager
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from loomgraph.runtime.codec import SCHEMA_VERSION, Constraint, Cursor, Dialect, SqlJournal, ddl
+from loomgraph.runtime.codec import SCHEMA_VERSION, Dialect, ddl
 from loomgraph.runtime.errors import JournalCorrupted, JournalUnavailable, JournalVersionError
+from loomgraph.runtime.sql_journal import Constraint, Cursor, SqlJournal
 
 
 def _asyncpg() -> Any:

@@ -12,20 +12,14 @@ from typing import Any, Literal
 
 import aiosqlite
 
-from loomgraph.runtime.codec import (
-    SCHEMA_VERSION,
-    Constraint,
-    Cursor,
-    Dialect,
-    SqlJournal,
-    ddl,
-)
+from loomgraph.runtime.codec import SCHEMA_VERSION, Dialect, ddl
 from loomgraph.runtime.errors import (
     JournalCorrupted,
     JournalError,
     JournalUnavailable,
     JournalVersionError,
 )
+from loomgraph.runtime.sql_journal import Constraint, Cursor, SqlJournal
 
 SQLITE = Dialect(prefix="", integer="INTEGER", real="REAL", json="TEXT",
                  serial="INTEGER PRIMARY KEY",

@@ -1,0 +1,261 @@
+"""`SqlJournal`: the Runtime protocol written once over SQL, for SQLite and Postgres.
+
+Each backend only supplies a connection and two context managers (`_read`, `_write`) that
+hand out a `Cursor` and translate driver errors; every Runtime method is written once here,
+so the two backends cannot drift apart in semantics.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from contextlib import AbstractAsyncContextManager
+from types import TracebackType
+from typing import Any, Literal, Protocol, Self, TypeVar
+
+from loomgraph.protocols import EffectRecord, EffectStatus, RunRecord, RunStatus, Transition
+from loomgraph.runtime.codec import (
+    SCHEMA_VERSION,
+    Dialect,
+    Lease,
+    check_version,
+    dumps,
+    effect_from_row,
+    effect_row,
+    loads,
+    run_from_row,
+    run_row,
+    statements,
+    transition_from_row,
+    transition_row,
+)
+from loomgraph.runtime.errors import (
+    JournalCorrupted,
+    RunConflict,
+    UnknownEffect,
+    UnknownRun,
+)
+
+T = TypeVar("T")
+_MAX_SEQ = 2**62
+
+
+class Cursor(Protocol):
+    """What a backend hands the shared logic inside `_read()` / `_write()`."""
+
+    async def execute(self, sql: str, args: Sequence[Any]) -> int:
+        """Run one statement; the number of rows it changed."""
+        ...
+
+    async def fetch(self, sql: str, args: Sequence[Any]) -> list[Sequence[Any]]:
+        """Run one query; its rows."""
+        ...
+
+
+class Constraint(Exception):
+    """A backend's constraint violation, translated so the shared logic can name the run."""
+
+    def __init__(self, kind: Literal["unique", "foreign_key"], detail: str) -> None:
+        super().__init__(detail)
+        self.kind = kind
+
+
+class SqlJournal:
+    """The Runtime protocol over SQL; subclasses provide connections and error translation.
+
+    `_read()` gives a cursor outside any explicit transaction, where each statement commits
+    on its own; `_write()` gives one inside a write transaction. A write of one statement
+    goes through `_read()` (one round trip: the statement is its own transaction).
+    """
+
+    def __init__(
+        self, dialect: Dialect, location: str, *, snapshot_every: int, lease_seconds: float
+    ) -> None:
+        if snapshot_every < 0 or lease_seconds <= 0:
+            raise ValueError("snapshot_every must be >= 0 and lease_seconds > 0")
+        self.location = location  # the file or server, as errors name it
+        # How often the interpreter should attach a full-state snapshot to a transition
+        # (0: never); the journal stores whatever snapshot a transition carries.
+        self.snapshot_every = snapshot_every
+        self.lease_seconds = lease_seconds
+        self._sql = statements(dialect)
+
+    async def connect(self) -> None:
+        """Open (and when new, create) the journal now rather than on first use."""
+        raise NotImplementedError
+
+    async def close(self) -> None:
+        """Let go of connections; the next use opens them again."""
+        raise NotImplementedError
+
+    async def __aenter__(self) -> Self:
+        await self.connect()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    def _read(self) -> AbstractAsyncContextManager[Cursor]:
+        raise NotImplementedError
+
+    def _write(self) -> AbstractAsyncContextManager[Cursor]:
+        raise NotImplementedError
+
+    async def _exec(self, name: str, args: Sequence[Any]) -> int:
+        async with self._read() as cur:
+            return await cur.execute(self._sql[name], args)
+
+    async def _fetch(self, name: str, args: Sequence[Any]) -> list[Sequence[Any]]:
+        async with self._read() as cur:
+            return await cur.fetch(self._sql[name], args)
+
+    def _decode(self, convert: Callable[[Sequence[Any]], T], rows: list[Sequence[Any]]) -> list[T]:
+        """Rows as records; a row that is not what this journal writes is corruption."""
+        try:
+            return [convert(r) for r in rows]
+        except (ValueError, TypeError, IndexError) as err:
+            raise JournalCorrupted(self.location, f"unreadable row: {err}") from None
+
+    async def start_run(self, run: RunRecord) -> None:
+        """Record a new run (a second start of the same id replaces its record, as in memory)."""
+        await self._exec("start_run", run_row(run, time.time()))
+
+    async def load_run(self, run_id: str) -> RunRecord | None:
+        """A run's record, or None."""
+        rows = await self._fetch("load_run", (run_id,))
+        return self._decode(run_from_row, rows)[0] if rows else None
+
+    async def append_transition(self, transition: Transition) -> None:
+        """Append one transition (and its snapshot, if any); committed when this returns."""
+        t = transition
+        row = transition_row(t)
+        try:
+            if t.snapshot is None:
+                await self._exec("add_transition", row)
+                return
+            snap = dumps(t.snapshot, f"run {t.run_id!r} transition {t.seq}: snapshot")
+            async with self._write() as cur:
+                await cur.execute(self._sql["add_transition"], row)
+                await cur.execute(self._sql["add_snapshot"],
+                                  (t.run_id, t.seq, snap, SCHEMA_VERSION))
+        except Constraint as err:
+            raise _named(err, t.run_id, f"transition seq {t.seq} is already recorded") from None
+
+    async def transitions(self, run_id: str) -> list[Transition]:
+        """Every transition of a run, in order, each with its snapshot if one was stored."""
+        rows = await self._fetch("transitions", (run_id,))
+        if not rows and not await self._fetch("run_exists", (run_id,)):
+            raise UnknownRun(run_id)
+        return self._decode(transition_from_row, rows)
+
+    async def latest_snapshot(
+        self, run_id: str, at_or_before: int | None = None
+    ) -> tuple[int, dict[str, Any]] | None:
+        """The (seq, state) of the newest snapshot at or before a seq, or None."""
+        limit = _MAX_SEQ if at_or_before is None else at_or_before
+        rows = await self._fetch("latest_snapshot", (run_id, limit))
+        if rows:
+            return self._decode(lambda r: _snapshot_from_row(run_id, r), rows)[0]
+        if not await self._fetch("run_exists", (run_id,)):
+            raise UnknownRun(run_id)
+        return None
+
+    async def begin_effect(self, effect: EffectRecord) -> EffectRecord | None:
+        """Journal an intent; return the earlier record when this key was seen before.
+
+        An earlier record that is not `done` becomes `unknown_after_crash` with one more
+        attempt, in the same transaction as the read that returns it.
+        """
+        key = (effect.run_id, effect.key)
+        try:
+            # INSERT ... ON CONFLICT DO NOTHING is atomic on its own: the common case (a new
+            # key) costs one statement; only a key seen before needs the transaction below.
+            if await self._exec("add_effect", effect_row(effect)):
+                return None
+        except Constraint as err:
+            raise _named(err, effect.run_id, f"effect {effect.key!r} conflicts") from None
+        async with self._write() as cur:
+            await cur.execute(self._sql["retry_effect"], key)
+            rows = await cur.fetch(self._sql["load_effect"], key)
+        return self._decode(effect_from_row, rows)[0]
+
+    async def end_effect(
+        self, run_id: str, key: str, outcome: dict[str, Any], status: EffectStatus
+    ) -> None:
+        """Journal the outcome of an effect."""
+        text = dumps(outcome, f"run {run_id!r} effect {key!r}: outcome")
+        if not await self._exec("end_effect", (text, status, run_id, key)):
+            if not await self._fetch("run_exists", (run_id,)):
+                raise UnknownRun(run_id)
+            raise UnknownEffect(run_id, key)
+
+    async def finish_run(
+        self, run_id: str, status: RunStatus, reason: str, result: dict[str, Any] | None
+    ) -> None:
+        """Record how a run ended."""
+        text = None if result is None else dumps(result, f"run {run_id!r}: result")
+        if not await self._exec("finish_run", (status, reason, text, time.time(), run_id)):
+            raise UnknownRun(run_id)
+
+    async def effects(self, run_id: str) -> list[EffectRecord]:
+        """Every effect of a run, in the order they began ([] for an unknown run)."""
+        return self._decode(effect_from_row, await self._fetch("effects", (run_id,)))
+
+    async def runs(self, user_id: str | None = None) -> list[RunRecord]:
+        """Runs in the order they were started, optionally of one user."""
+        if user_id is None:
+            rows = await self._fetch("runs", ())
+        else:
+            rows = await self._fetch("user_runs", (user_id,))
+        return self._decode(run_from_row, rows)
+
+    # ------------------------------------------------------------------ leases
+
+    async def acquire_lease(self, run_id: str, owner: str, ttl: float | None = None) -> Lease:
+        """Take (or extend) the lease on a run; RunConflict while another owner holds it."""
+        ttl = float(self.lease_seconds if ttl is None else ttl)
+        try:
+            async with self._write() as cur:
+                taken = await cur.execute(self._sql["take_lease"], (run_id, owner, ttl))
+                holder, expires_at, now = (await cur.fetch(self._sql["lease"], (run_id,)))[0]
+        except Constraint as err:
+            raise _named(err, run_id, "lease conflict") from None
+        if not taken:
+            raise RunConflict(run_id, f"leased by {holder!r} for another "
+                              f"{expires_at - now:.1f}s", owner=holder, expires_at=expires_at)
+        return Lease(run_id, owner, expires_at)
+
+    async def renew_lease(self, run_id: str, owner: str, ttl: float | None = None) -> Lease:
+        """Extend a lease this owner holds; RunConflict when it was lost to another owner."""
+        ttl = float(self.lease_seconds if ttl is None else ttl)
+        async with self._write() as cur:
+            renewed = await cur.execute(self._sql["renew_lease"], (ttl, run_id, owner))
+            rows = await cur.fetch(self._sql["lease"], (run_id,))
+        if not renewed:
+            holder = rows[0][0] if rows else None
+            raise RunConflict(run_id, f"{owner!r} no longer holds the lease (holder: "
+                              f"{holder!r})", owner=holder)
+        return Lease(run_id, owner, rows[0][1])
+
+    async def release_lease(self, run_id: str, owner: str) -> bool:
+        """Give a lease back; False when this owner did not hold it."""
+        return bool(await self._exec("release_lease", (run_id, owner)))
+
+    async def lease(self, run_id: str) -> Lease | None:
+        """The current lease on a run, expired or not, or None."""
+        rows = await self._fetch("lease", (run_id,))
+        return Lease(run_id, rows[0][0], rows[0][1]) if rows else None
+
+
+def _snapshot_from_row(run_id: str, row: Sequence[Any]) -> tuple[int, dict[str, Any]]:
+    check_version(row[2], f"snapshot {row[0]} of run {run_id!r}")
+    return int(row[0]), loads(row[1])
+
+
+def _named(err: Constraint, run_id: str, unique_detail: str) -> Exception:
+    if err.kind == "foreign_key":
+        return UnknownRun(run_id)
+    return RunConflict(run_id, unique_detail)
