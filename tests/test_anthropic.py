@@ -26,8 +26,8 @@ from loomgraph.models.errors import (
     ModelStreamBroken,
     ModelTimeout,
 )
-from loomgraph.models.pricing import Price, compute_cost, price_for
 from loomgraph.models.retry import RetryPolicy
+from loomgraph.pricing import Price, compute_cost, price_for
 from loomgraph.protocols import Message, ModelChunk, ModelError, ModelRequest, ToolSpec, Usage
 
 MODEL = "claude-sonnet-4-6"

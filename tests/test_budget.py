@@ -29,7 +29,7 @@ from loomgraph.governance import (
     SqliteLedger,
     StandardBudget,
 )
-from loomgraph.models.pricing import Price, compute_cost
+from loomgraph.pricing import Price, compute_cost
 from loomgraph.protocols import Budget, BudgetExceeded, BudgetScope, Reservation, Usage
 
 pg_schema = pg.pg_schema

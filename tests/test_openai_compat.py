@@ -21,8 +21,8 @@ from loomgraph.models.errors import (
     ModelStreamBroken,
 )
 from loomgraph.models.openai_compat import OpenAICompatModel
-from loomgraph.models.pricing import Price
 from loomgraph.models.retry import RetryPolicy
+from loomgraph.pricing import Price
 from loomgraph.protocols import Message, ModelChunk, ModelError, ModelRequest, ToolSpec
 
 TOOLS: list[ToolSpec] = [

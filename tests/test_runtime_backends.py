@@ -664,6 +664,6 @@ def test_lazy_imports() -> None:
     ("host=db password=s3cret", "<not a postgres:// URL>"),
 ])
 def test_postgres_dsn_is_described_without_password(dsn: str, shown: str) -> None:
-    from loomgraph.runtime.postgres import describe_dsn
+    from loomgraph.dsn import describe_dsn
 
     assert describe_dsn(dsn) == shown

@@ -1,7 +1,7 @@
 """`StandardBudget`: caps that are never exceeded, by reserving the worst case before an effect.
 
 Before a model call the budget reserves its worst case — the counted prompt plus `max_tokens`
-of output, priced with the one price table (`models/pricing.py`) — and before a tool call or a
+of output, priced with the one price table (`loomgraph/pricing.py`) — and before a tool call or a
 node visit one call or visit. The reservation succeeds only if, for every capped scope
 (`global`, `user:<id>`) and every capped metric, `spent + reserved + amount <= cap`; the check
 and the recording of the reservation happen in one ledger transaction, so concurrent runs and
@@ -43,7 +43,7 @@ from loomgraph.governance.ledger import (
     LedgerView,
     Totals,
 )
-from loomgraph.models.pricing import compute_cost
+from loomgraph.pricing import compute_cost
 from loomgraph.protocols import BudgetExceeded, BudgetScope, Reservation, Usage
 
 __all__ = ["BudgetConfig", "BudgetWarning", "Caps", "StandardBudget"]

@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 
 from loomgraph.governance.ledger import METRICS, NANO_USD
-from loomgraph.models.pricing import PriceOverride
+from loomgraph.pricing import PriceOverride
 
 __all__ = ["ANONYMOUS", "BudgetConfig", "BudgetWarning", "Caps", "user_scope"]
 

@@ -14,6 +14,7 @@ from functools import lru_cache
 from typing import Any
 from urllib.parse import urlsplit
 
+from loomgraph.dsn import describe_dsn
 from loomgraph.memory.errors import MemoryBackendError, MemoryCorrupted, MemoryUnavailable
 from loomgraph.memory.records import Fact, MemoryLimits
 from loomgraph.memory.sql import (
@@ -27,7 +28,6 @@ from loomgraph.memory.sql import (
     fact_of,
 )
 from loomgraph.protocols import Episode
-from loomgraph.runtime.postgres import describe_dsn
 
 # The setting the row-level security policies read. It holds 'u:' + the user id: once set in
 # a session, an ended SET LOCAL leaves '' behind (not NULL), which must match no user, not

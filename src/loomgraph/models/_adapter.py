@@ -7,8 +7,8 @@ from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any, ClassVar
 
 from loomgraph.models.errors import ModelPromptTooLarge
-from loomgraph.models.pricing import PriceOverride, with_cost
 from loomgraph.models.retry import RetryPolicy, retrying
+from loomgraph.pricing import PriceOverride, with_cost
 from loomgraph.protocols import ModelChunk, ModelRequest, Usage
 
 # About 4 MB of text: far above any model's context window in tokens, but it stops a runaway

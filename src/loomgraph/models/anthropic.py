@@ -23,8 +23,8 @@ from loomgraph.models.errors import (
     error_for_status,
     parse_retry_after,
 )
-from loomgraph.models.pricing import PriceOverride
 from loomgraph.models.retry import RetryPolicy
+from loomgraph.pricing import PriceOverride
 from loomgraph.protocols import Message, ModelChunk, ModelRequest, ToolCall, ToolSpec, Usage
 
 __all__ = [

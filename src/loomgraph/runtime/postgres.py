@@ -12,8 +12,9 @@ import re
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import urlsplit
 
+from loomgraph.dsn import describe_dsn
 from loomgraph.runtime.codec import SCHEMA_VERSION, Dialect, ddl
 from loomgraph.runtime.errors import JournalCorrupted, JournalUnavailable, JournalVersionError
 from loomgraph.runtime.sql_journal import Constraint, Cursor, SqlJournal
@@ -33,18 +34,6 @@ def dialect(schema: str) -> Dialect:
     return Dialect(prefix=_ident(schema) + ".", integer="BIGINT", real="DOUBLE PRECISION",
                    json="json", serial="BIGSERIAL PRIMARY KEY",
                    now="extract(epoch from clock_timestamp())::float8")
-
-
-def describe_dsn(dsn: str) -> str:
-    """A DSN without its password, for error messages."""
-    url = urlsplit(dsn)
-    if not url.scheme:
-        return "<not a postgres:// URL>"
-    user, _, host = url.netloc.rpartition("@")  # host[:port] exactly as written
-    user = user.partition(":")[0]
-    socket = parse_qs(url.query).get("host", [""])[0]
-    where = host or (f"localhost ({socket})" if socket else "localhost")
-    return f"{url.scheme}://{user + '@' if user else ''}{where}{url.path}"
 
 
 class _PgCursor:
