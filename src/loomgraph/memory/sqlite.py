@@ -25,8 +25,7 @@ from loomgraph.memory.sql import (
     fact_of,
 )
 from loomgraph.protocols import Episode
-
-_HEADER = b"SQLite format 3\x00"
+from loomgraph.sqlite_files import SqliteFileProblem, check_sqlite_file, enable_wal
 
 
 def _fts(table: str, columns: str) -> list[str]:
@@ -206,7 +205,10 @@ class SqliteMemory(SqlMemory):
         """Connect; refuse foreign or damaged files before writing anything; create tables."""
         memory = self.path == ":memory:"
         if not memory:
-            self._check_file()
+            try:
+                check_sqlite_file(self.path)
+            except SqliteFileProblem as problem:
+                raise _typed(problem, self.where) from None
         conn = aiosqlite.connect(self.path, isolation_level=None)
         # aiosqlite's worker thread is not a daemon: an unclosed memory would keep the process
         # from exiting. Every write is committed when it returns, so nothing is lost.
@@ -224,7 +226,10 @@ class SqliteMemory(SqlMemory):
                 if rows != ["ok"]:
                     raise MemoryCorrupted(self.where, "; ".join(rows).replace("\n", "; "))
             if not memory:
-                await self._enable_wal(conn)
+                try:
+                    await enable_wal(conn, self.busy_timeout)
+                except SqliteFileProblem as problem:
+                    raise _typed(problem, self.where) from None
             await conn.execute("BEGIN IMMEDIATE")
             try:
                 await self._create_or_check(conn)
@@ -258,48 +263,7 @@ class SqliteMemory(SqlMemory):
         if missing:
             raise MemoryCorrupted(self.where, f"missing table(s): {', '.join(missing)}")
 
-    async def _enable_wal(self, conn: aiosqlite.Connection) -> None:
-        """Switch the file to WAL; SQLite applies no busy_timeout to that, so retry briefly."""
-        loop = asyncio.get_running_loop()
-        deadline, delay = loop.time() + self.busy_timeout, 0.001
-        statement = "PRAGMA journal_mode"  # first only look: the file may be WAL already
-        while True:
-            try:
-                mode = str(next(iter(await conn.execute_fetchall(statement)))[0])
-            except sqlite3.OperationalError as err:
-                busy = getattr(err, "sqlite_errorname", "").startswith("SQLITE_BUSY")
-                if not busy or loop.time() > deadline:
-                    raise
-                await asyncio.sleep(delay)  # another process holds the lock for a moment
-                delay = min(delay * 2, 0.05)
-                continue
-            if mode.lower() == "wal":
-                return
-            if statement.endswith("WAL"):
-                raise MemoryUnavailable(self.where, f"cannot switch to WAL mode ({mode})")
-            statement = "PRAGMA journal_mode = WAL"
 
-    def _check_file(self) -> None:
-        try:
-            with open(self.path, "rb") as f:
-                head = f.read(100)
-        except FileNotFoundError:
-            parent = os.path.dirname(os.path.abspath(self.path))
-            if not os.path.isdir(parent):
-                raise MemoryUnavailable(self.where,
-                                        f"directory {parent!r} does not exist") from None
-            return  # a new file
-        except OSError as err:
-            raise MemoryUnavailable(self.where, err.strerror or str(err)) from None
-        if head and not head.startswith(_HEADER):
-            raise MemoryCorrupted(self.where, "not an SQLite database (no SQLite header)")
-        if 0 < len(head) < 100:
-            raise MemoryCorrupted(self.where, f"truncated to {len(head)} bytes")
-        if head:
-            # SQLite writes whole pages only; a partial last page means a cut-off file.
-            page = int.from_bytes(head[16:18], "big")
-            page = 65536 if page == 1 else page
-            size = os.path.getsize(self.path)
-            if page and size % page:
-                raise MemoryCorrupted(self.where, f"truncated: {size} bytes is not a whole "
-                                      f"number of {page}-byte pages")
+def _typed(problem: SqliteFileProblem, where: str) -> Exception:
+    cls = MemoryUnavailable if problem.kind == "unavailable" else MemoryCorrupted
+    return cls(where, str(problem))

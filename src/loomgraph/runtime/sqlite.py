@@ -20,11 +20,11 @@ from loomgraph.runtime.errors import (
     JournalVersionError,
 )
 from loomgraph.runtime.sql_journal import Constraint, Cursor, SqlJournal
+from loomgraph.sqlite_files import SqliteFileProblem, check_sqlite_file, enable_wal
 
 SQLITE = Dialect(prefix="", integer="INTEGER", real="REAL", json="TEXT",
                  serial="INTEGER PRIMARY KEY",
                  now="((julianday('now') - 2440587.5) * 86400.0)")
-_HEADER = b"SQLite format 3\x00"
 _CORRUPT = ("SQLITE_CORRUPT", "SQLITE_NOTADB")
 
 
@@ -168,7 +168,10 @@ class SqliteRuntime(SqlJournal):
         """Connect, refuse foreign or damaged files before writing anything, then set up."""
         memory = self.path == ":memory:"
         if not memory:
-            self._check_file()
+            try:
+                check_sqlite_file(self.path)
+            except SqliteFileProblem as problem:
+                raise _typed(problem, self.location) from None
         conn = aiosqlite.connect(self.path, isolation_level=None)
         # aiosqlite's worker thread is not a daemon: an unclosed runtime would keep the
         # process from exiting. Every write is committed when it returns, so nothing is lost.
@@ -187,7 +190,10 @@ class SqliteRuntime(SqlJournal):
             if self.verify and not memory:
                 await self._verify(conn)
             if not memory:
-                await self._enable_wal(conn)
+                try:
+                    await enable_wal(conn, self.busy_timeout)
+                except SqliteFileProblem as problem:
+                    raise _typed(problem, self.location) from None
             await conn.execute(f"PRAGMA synchronous = {self.synchronous}")
             await conn.execute("PRAGMA foreign_keys = ON")
             if version is None:
@@ -199,56 +205,6 @@ class SqliteRuntime(SqlJournal):
             await conn.close()
             raise
         return conn
-
-    async def _enable_wal(self, conn: aiosqlite.Connection) -> None:
-        """Switch a new file to WAL mode (the mode then stays with the file).
-
-        The switch needs an exclusive lock and SQLite does not apply busy_timeout to it, so
-        processes creating one journal together retry here, within busy_timeout.
-        """
-        loop = asyncio.get_running_loop()
-        deadline, delay = loop.time() + self.busy_timeout, 0.001
-        statement = "PRAGMA journal_mode"  # first only look: a journal is WAL already
-        while True:
-            try:
-                mode = next(iter(await conn.execute_fetchall(statement)))[0]
-            except sqlite3.OperationalError as err:
-                busy = getattr(err, "sqlite_errorname", "").startswith("SQLITE_BUSY")
-                if not busy or loop.time() > deadline:
-                    raise
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 0.05)
-                continue
-            if str(mode).lower() == "wal":
-                return
-            if statement.endswith("WAL"):
-                raise JournalUnavailable(self.location, f"cannot switch to WAL mode ({mode})")
-            statement = "PRAGMA journal_mode = WAL"
-
-    def _check_file(self) -> None:
-        try:
-            with open(self.path, "rb") as f:
-                head = f.read(100)
-        except FileNotFoundError:
-            parent = os.path.dirname(os.path.abspath(self.path))
-            if not os.path.isdir(parent):
-                raise JournalUnavailable(self.location,
-                                         f"directory {parent!r} does not exist") from None
-            return  # a new journal
-        except OSError as err:
-            raise JournalUnavailable(self.location, err.strerror or str(err)) from None
-        if head and not head.startswith(_HEADER):
-            raise JournalCorrupted(self.location, "not an SQLite database (no SQLite header)")
-        if 0 < len(head) < 100:
-            raise JournalCorrupted(self.location, f"truncated to {len(head)} bytes")
-        if head:
-            # SQLite writes whole pages only; a partial last page means a cut-off file.
-            page = int.from_bytes(head[16:18], "big")
-            page = 65536 if page == 1 else page
-            size = os.path.getsize(self.path)
-            if page and size % page:
-                raise JournalCorrupted(self.location, f"truncated: {size} bytes is not a whole "
-                                       f"number of {page}-byte pages")
 
     async def _verify(self, conn: aiosqlite.Connection) -> None:
         """`PRAGMA quick_check`: catches torn, truncated or overwritten pages before any write."""
@@ -267,3 +223,8 @@ async def _schema_version(conn: aiosqlite.Connection) -> str | None:
     rows = list(await conn.execute_fetchall(
         "SELECT value FROM journal_meta WHERE key = 'schema_version'"))
     return str(rows[0][0]) if rows else None
+
+
+def _typed(problem: SqliteFileProblem, where: str) -> Exception:
+    cls = JournalUnavailable if problem.kind == "unavailable" else JournalCorrupted
+    return cls(where, str(problem))
