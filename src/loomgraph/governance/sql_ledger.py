@@ -33,6 +33,7 @@ from loomgraph.governance.ledger import (
     _scope_names,
     apply_change,
 )
+from loomgraph.pg_pool import LoopPool
 
 __all__ = ["PostgresLedger", "SqliteLedger"]
 
@@ -295,18 +296,14 @@ class PostgresLedger(_SqlLedger):
         self.dsn = dsn
         self.schema = schema
         self.pool_size = pool_size
-        self._pool: Any = None
-        self._mutex: asyncio.Lock | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._pools = LoopPool(self._open)
 
     def __repr__(self) -> str:
         return f"PostgresLedger(schema={self.schema!r})"
 
     async def close(self) -> None:
         """Close the pool."""
-        pool, self._pool = self._pool, None
-        if pool is not None:
-            await pool.close()
+        await self._pools.close()
 
     def _key(self, scope: str) -> int:
         digest = hashlib.sha256(f"loomgraph.budget:{self.schema}:{scope}".encode()).digest()
@@ -316,34 +313,22 @@ class PostgresLedger(_SqlLedger):
         for scope in sorted(scopes):
             await cur.fetch("SELECT pg_advisory_xact_lock(?)", [self._key(scope)])
 
-    async def _ensure_pool(self) -> Any:
-        loop = asyncio.get_running_loop()
-        if self._loop is not loop:
-            # A pool's connections belong to the loop that made them.
-            if self._pool is not None:
-                with contextlib.suppress(Exception):
-                    self._pool.terminate()
-            self._pool, self._mutex, self._loop = None, asyncio.Lock(), loop
-        assert self._mutex is not None
-        async with self._mutex:
-            if self._pool is None:
-                pool = await self._pg.create_pool(self.dsn, min_size=1,
-                                                  max_size=self.pool_size)
-                try:
-                    async with pool.acquire() as con, con.transaction():
-                        # Creators racing on CREATE TABLE IF NOT EXISTS collide in the catalog.
-                        await con.execute("SELECT pg_advisory_xact_lock($1)", self._key(""))
-                        await con.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"')
-                        for statement in _ddl(f'"{self.schema}".', "DOUBLE PRECISION"):
-                            await con.execute(statement)
-                except BaseException:
-                    pool.terminate()
-                    raise
-                self._pool = pool
-        return self._pool
+    async def _open(self) -> Any:
+        pool = await self._pg.create_pool(self.dsn, min_size=1, max_size=self.pool_size)
+        try:
+            async with pool.acquire() as con, con.transaction():
+                # Creators racing on CREATE TABLE IF NOT EXISTS collide in the catalog.
+                await con.execute("SELECT pg_advisory_xact_lock($1)", self._key(""))
+                await con.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"')
+                for statement in _ddl(f'"{self.schema}".', "DOUBLE PRECISION"):
+                    await con.execute(statement)
+        except BaseException:
+            pool.terminate()
+            raise
+        return pool
 
     @asynccontextmanager
     async def _transaction(self) -> AsyncIterator[_Cursor]:
-        pool = await self._ensure_pool()
+        pool = await self._pools.get()
         async with pool.acquire() as con, con.transaction():
             yield _PgCursor(con)

@@ -6,7 +6,6 @@ asyncpg is imported when a PostgresMemory is made, so importing loomgraph withou
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -27,6 +26,7 @@ from loomgraph.memory.sql import (
     episode_of,
     fact_of,
 )
+from loomgraph.pg_pool import LoopPool
 from loomgraph.protocols import Episode
 
 # The setting the row-level security policies read. It holds 'u:' + the user id: once set in
@@ -126,44 +126,24 @@ class PostgresMemory(SqlMemory):
         self.where = f"postgres memory {describe_dsn(dsn)} (schema {schema!r})"
         self.pool_size = pool_size
         self.connect_timeout = connect_timeout
-        self._pool: Any = None
-        self._lock: asyncio.Lock | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._pools = LoopPool(self._open)
 
     def __repr__(self) -> str:
         return f"PostgresMemory({describe_dsn(self.dsn)!r}, schema={self.schema!r})"
 
     async def connect(self) -> None:
         """Connect, check and (when new) create the tables now rather than on first use."""
-        await self._ensure_pool()
+        await self._pools.get()
 
     async def close(self) -> None:
         """Close the pool; the next use opens a new one."""
-        pool, self._pool = self._pool, None
-        if pool is not None:
-            await pool.close()
+        await self._pools.close()
 
     # ------------------------------------------------------------------ sessions
 
-    async def _ensure_pool(self) -> Any:
-        loop = asyncio.get_running_loop()
-        if self._loop is not loop:
-            # A pool's connections belong to the loop that made them; a later asyncio.run()
-            # cannot use them, so it gets a pool of its own.
-            if self._pool is not None:
-                with contextlib.suppress(Exception):
-                    self._pool.terminate()
-            self._pool, self._lock, self._loop = None, asyncio.Lock(), loop
-        if self._pool is None:
-            assert self._lock is not None
-            async with self._lock:
-                if self._pool is None:
-                    self._pool = await self._open()
-        return self._pool
-
     @asynccontextmanager
     async def _tx(self, key: str, *, write: bool = False) -> AsyncIterator[Cursor]:
-        pool = await self._ensure_pool()
+        pool = await self._pools.get()
         try:
             async with pool.acquire() as con, con.transaction(readonly=not write):
                 # is_local=true: the setting ends with the transaction, so a pooled

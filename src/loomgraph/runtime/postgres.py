@@ -6,7 +6,6 @@ asyncpg is imported when a PostgresRuntime is made, so importing loomgraph witho
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import re
 from collections.abc import AsyncIterator, Sequence
@@ -15,6 +14,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from loomgraph.dsn import describe_dsn
+from loomgraph.pg_pool import LoopPool
 from loomgraph.runtime.codec import SCHEMA_VERSION, Dialect, ddl
 from loomgraph.runtime.errors import JournalCorrupted, JournalUnavailable, JournalVersionError
 from loomgraph.runtime.sql_journal import Constraint, Cursor, SqlJournal
@@ -85,9 +85,7 @@ class PostgresRuntime(SqlJournal):
         self.pool_size = pool_size
         self.connect_timeout = connect_timeout
         self._sql = {name: _numbered(sql) for name, sql in self._sql.items()}
-        self._pool: Any = None
-        self._lock: asyncio.Lock | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._pools = LoopPool(self._open)
 
     def __repr__(self) -> str:
         return f"PostgresRuntime({describe_dsn(self.dsn)!r}, schema={self.schema!r})"
@@ -96,35 +94,17 @@ class PostgresRuntime(SqlJournal):
 
     async def connect(self) -> None:
         """Connect, check and (when new) create the journal now rather than on first use."""
-        await self._ensure_pool()
+        await self._pools.get()
 
     async def close(self) -> None:
         """Close the pool; the next use opens a new one."""
-        pool, self._pool = self._pool, None
-        if pool is not None:
-            await pool.close()
+        await self._pools.close()
 
     # ------------------------------------------------------------------ sessions
 
-    async def _ensure_pool(self) -> Any:
-        loop = asyncio.get_running_loop()
-        if self._loop is not loop:
-            # A pool's connections belong to the loop that made them; a later asyncio.run()
-            # cannot use them, so it gets a pool of its own.
-            if self._pool is not None:
-                with contextlib.suppress(Exception):
-                    self._pool.terminate()
-            self._pool, self._lock, self._loop = None, asyncio.Lock(), loop
-        if self._pool is None:
-            assert self._lock is not None
-            async with self._lock:
-                if self._pool is None:
-                    self._pool = await self._open()
-        return self._pool
-
     @asynccontextmanager
     async def _read(self) -> AsyncIterator[Cursor]:
-        pool = await self._ensure_pool()
+        pool = await self._pools.get()
         try:
             async with pool.acquire() as con:
                 yield _PgCursor(con, self._pg)
@@ -136,7 +116,7 @@ class PostgresRuntime(SqlJournal):
 
     @asynccontextmanager
     async def _write(self) -> AsyncIterator[Cursor]:
-        pool = await self._ensure_pool()
+        pool = await self._pools.get()
         try:
             async with pool.acquire() as con, con.transaction():
                 yield _PgCursor(con, self._pg)
