@@ -75,3 +75,44 @@ async def enable_wal(conn: aiosqlite.Connection, busy_timeout: float) -> None:
         if statement.endswith("WAL"):
             raise SqliteFileProblem("unavailable", f"cannot switch to WAL mode ({mode})")
         statement = "PRAGMA journal_mode = WAL"
+
+
+_CORRUPT = ("SQLITE_CORRUPT", "SQLITE_NOTADB")
+
+
+async def open_sqlite(path: str, *, busy_timeout: float, verify: bool) -> aiosqlite.Connection:
+    """A connection to a checked file: refused before anything is written when the file is not
+    an intact database (`verify` adds `PRAGMA quick_check`), with a busy timeout, in WAL mode.
+
+    Raises SqliteFileProblem; other sqlite3 errors are left to the caller to translate.
+    """
+    in_memory = path == ":memory:"
+    if not in_memory:
+        check_sqlite_file(path)
+    conn = aiosqlite.connect(path, isolation_level=None)
+    # aiosqlite's worker thread is not a daemon: an unclosed store would keep the process
+    # from exiting. Every write is committed when it returns, so nothing is lost.
+    thread = getattr(conn, "_thread", None)
+    if thread is not None:
+        thread.daemon = True
+    try:
+        await conn
+    except sqlite3.Error as err:
+        raise SqliteFileProblem("unavailable", str(err)) from None
+    try:
+        await conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
+        if verify and not in_memory:
+            rows = [str(r[0]) for r in await conn.execute_fetchall("PRAGMA quick_check(5)")]
+            if rows != ["ok"]:
+                raise SqliteFileProblem("corrupted", "; ".join(rows).replace("\n", "; "))
+        if not in_memory:
+            await enable_wal(conn, busy_timeout)
+    except sqlite3.DatabaseError as err:
+        await conn.close()
+        if getattr(err, "sqlite_errorname", "") in _CORRUPT:
+            raise SqliteFileProblem("corrupted", str(err)) from None
+        raise
+    except BaseException:
+        await conn.close()
+        raise
+    return conn

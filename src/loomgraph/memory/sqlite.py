@@ -25,7 +25,7 @@ from loomgraph.memory.sql import (
     fact_of,
 )
 from loomgraph.protocols import Episode
-from loomgraph.sqlite_files import SqliteFileProblem, check_sqlite_file, enable_wal
+from loomgraph.sqlite_files import SqliteFileProblem, open_sqlite
 
 
 def _fts(table: str, columns: str) -> list[str]:
@@ -203,33 +203,14 @@ class SqliteMemory(SqlMemory):
 
     async def _open(self) -> aiosqlite.Connection:
         """Connect; refuse foreign or damaged files before writing anything; create tables."""
-        memory = self.path == ":memory:"
-        if not memory:
-            try:
-                check_sqlite_file(self.path)
-            except SqliteFileProblem as problem:
-                raise _typed(problem, self.where) from None
-        conn = aiosqlite.connect(self.path, isolation_level=None)
-        # aiosqlite's worker thread is not a daemon: an unclosed memory would keep the process
-        # from exiting. Every write is committed when it returns, so nothing is lost.
-        thread = getattr(conn, "_thread", None)
-        if thread is not None:
-            thread.daemon = True
         try:
-            await conn
+            conn = await open_sqlite(self.path, busy_timeout=self.busy_timeout,
+                                     verify=self.verify)
+        except SqliteFileProblem as problem:
+            raise _typed(problem, self.where) from None
         except sqlite3.Error as err:
-            raise MemoryUnavailable(self.where, str(err)) from None
+            raise self._translate(err) from err
         try:
-            await conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
-            if self.verify and not memory:
-                rows = [str(r[0]) for r in await conn.execute_fetchall("PRAGMA quick_check(5)")]
-                if rows != ["ok"]:
-                    raise MemoryCorrupted(self.where, "; ".join(rows).replace("\n", "; "))
-            if not memory:
-                try:
-                    await enable_wal(conn, self.busy_timeout)
-                except SqliteFileProblem as problem:
-                    raise _typed(problem, self.where) from None
             await conn.execute("BEGIN IMMEDIATE")
             try:
                 await self._create_or_check(conn)

@@ -20,7 +20,7 @@ from loomgraph.runtime.errors import (
     JournalVersionError,
 )
 from loomgraph.runtime.sql_journal import Constraint, Cursor, SqlJournal
-from loomgraph.sqlite_files import SqliteFileProblem, check_sqlite_file, enable_wal
+from loomgraph.sqlite_files import SqliteFileProblem, open_sqlite
 
 SQLITE = Dialect(prefix="", integer="INTEGER", real="REAL", json="TEXT",
                  serial="INTEGER PRIMARY KEY",
@@ -166,34 +166,17 @@ class SqliteRuntime(SqlJournal):
 
     async def _open(self) -> aiosqlite.Connection:
         """Connect, refuse foreign or damaged files before writing anything, then set up."""
-        memory = self.path == ":memory:"
-        if not memory:
-            try:
-                check_sqlite_file(self.path)
-            except SqliteFileProblem as problem:
-                raise _typed(problem, self.location) from None
-        conn = aiosqlite.connect(self.path, isolation_level=None)
-        # aiosqlite's worker thread is not a daemon: an unclosed runtime would keep the
-        # process from exiting. Every write is committed when it returns, so nothing is lost.
-        thread = getattr(conn, "_thread", None)
-        if thread is not None:
-            thread.daemon = True
         try:
-            await conn
+            conn = await open_sqlite(self.path, busy_timeout=self.busy_timeout,
+                                     verify=self.verify)
+        except SqliteFileProblem as problem:
+            raise _typed(problem, self.location) from None
         except sqlite3.Error as err:
-            raise JournalUnavailable(self.location, str(err)) from None
+            raise self._translate(err) from err
         try:
-            await conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
             version = await _schema_version(conn)
             if version is not None and version != str(SCHEMA_VERSION):
                 raise JournalVersionError(self.location, version, SCHEMA_VERSION)
-            if self.verify and not memory:
-                await self._verify(conn)
-            if not memory:
-                try:
-                    await enable_wal(conn, self.busy_timeout)
-                except SqliteFileProblem as problem:
-                    raise _typed(problem, self.location) from None
             await conn.execute(f"PRAGMA synchronous = {self.synchronous}")
             await conn.execute("PRAGMA foreign_keys = ON")
             if version is None:
@@ -205,13 +188,6 @@ class SqliteRuntime(SqlJournal):
             await conn.close()
             raise
         return conn
-
-    async def _verify(self, conn: aiosqlite.Connection) -> None:
-        """`PRAGMA quick_check`: catches torn, truncated or overwritten pages before any write."""
-        rows = list(await conn.execute_fetchall("PRAGMA quick_check(5)"))
-        problems = [str(r[0]) for r in rows]
-        if problems != ["ok"]:
-            raise JournalCorrupted(self.location, "; ".join(problems).replace("\n", "; "))
 
 
 async def _schema_version(conn: aiosqlite.Connection) -> str | None:
