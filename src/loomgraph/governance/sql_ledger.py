@@ -216,8 +216,10 @@ class SqliteLedger(_SqlLedger):
             if self._conn is None:
                 self._conn = await self._open()
             conn = self._conn
-            await conn.execute("BEGIN IMMEDIATE")
             try:
+                # Inside the try: a reservation cancelled while BEGIN waits for another
+                # process's write lock must still end the transaction it will have begun.
+                await conn.execute("BEGIN IMMEDIATE")
                 yield _SqliteCursor(conn)
             except BaseException:
                 # Unconditional: after a cancellation the BEGIN may still be queued on the
