@@ -40,7 +40,9 @@ class ToolsNode(NodeKind):
         if not calls:
             return {}
         jobs = [functools.partial(ctx.call_tool, call) for call in calls]
-        results = await run_all(jobs, self.params.concurrency)
+        # A call that stops the run (an approval, the budget) lets the calls already under
+        # way finish and be journaled: cancelling them would leave their effects unknown.
+        results = await run_all(jobs, self.params.concurrency, cancel_on_error=False)
         return {"messages": [_tool_message(c, r) for c, r in zip(calls, results, strict=True)]}
 
 
