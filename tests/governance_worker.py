@@ -29,8 +29,8 @@ from loomgraph.protocols import ToolCall
 
 # Paths the `direct` node reads, by visit; the tests' permission oracle knows them.
 DIRECT_PATHS = ("/data/a.txt", "/etc/passwd", "/data/../etc/passwd", "/tmp/x")
-# Every tool call made by a `direct` node: call id -> (tool, original args).
-DIRECT_CALLS: dict[str, tuple[str, dict[str, Any]]] = {}
+# Every tool call made by a `direct` node: call id -> (tool, original args, user).
+DIRECT_CALLS: dict[str, tuple[str, dict[str, Any], str | None]] = {}
 
 
 def direct_call_id(run_id: str, visit: int) -> str:
@@ -48,7 +48,7 @@ async def direct(state: Mapping[str, Any], ctx: NodeContext) -> dict[str, Any]:
     """A function node that calls a tool itself, through the permission layer and budget."""
     ref = direct_call_id(ctx.run_id, ctx.visit)
     args = {"path": DIRECT_PATHS[ctx.visit % len(DIRECT_PATHS)], "ref": ref}
-    DIRECT_CALLS[ref] = ("read", dict(args))
+    DIRECT_CALLS[ref] = ("read", dict(args), ctx.user_id)
     await ctx.call_tool(ToolCall(id=ref, tool="read", args=args))
     return {}
 

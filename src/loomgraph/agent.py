@@ -14,6 +14,7 @@ from loomgraph.checkpoints import (
     Checkpoint,
     GraphChanged,
     Position,
+    ResumeError,
     approval,
     history,
     position,
@@ -203,6 +204,7 @@ class Agent:
             options["resume_value"] = resume_value(record, value)
         if approve is not _NO_VALUE:
             options["approval"] = approval(record, approve)
+            await _not_answered(self.deps.runtime, record, options["approval"][0])
         if record.status in _FINAL and record.result is not None:
             return RunResult(**record.result)  # a finished run: nothing is executed again
         if record.graph_hash != self.compiled.hash and not accept_graph_change:
@@ -257,6 +259,16 @@ _FINAL = frozenset({"completed", "limit_reached", "budget_exhausted"})
 
 
 
+
+
+async def _not_answered(runtime: Runtime, record: RunRecord, call_id: str) -> None:
+    """Refuse a second approval of one call (say, after a crash right after the first was
+    journaled): the first answer stands, and a plain resume goes on with it."""
+    suffix = f":approval:{call_id}"
+    for effect in await runtime.effects(record.run_id):
+        if effect.key.endswith(suffix) and effect.status == "done":
+            raise ResumeError(f"call {call_id} of run {record.run_id} was already answered "
+                              "(approvals are used once); resume without approve= to go on")
 
 
 def _prompt(record: RunRecord) -> str:
