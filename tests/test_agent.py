@@ -275,3 +275,13 @@ async def test_fork_starts_a_new_run_from_a_checkpoint_with_a_patch() -> None:
     assert history[1].state["messages"][-1]["role"] == "tool"
     with pytest.raises(ValueError, match="no checkpoint 99"):
         await agent.fork(first.run_id, at=99)
+
+
+def test_a_graph_built_in_python_is_validated_like_a_file() -> None:
+    from loomgraph.graph.spec import EdgeSpec, Graph, NodeSpec
+
+    bad = Graph(name="py", entry="model", nodes={"model": NodeSpec(kind="model")},
+                edges=[EdgeSpec(source="model", target="nowhere")])
+    with pytest.raises(GraphValidationError) as err:
+        Agent(model="echo", architecture=bad)
+    assert "unknown-endpoint" in err.value.rules

@@ -156,3 +156,14 @@ async def test_the_wall_clock_deadline_is_kept_with_the_run(tmp_path: Path) -> N
     assert record is not None and record.deadline is not None
     assert abs(record.deadline - (record.created_at + 600)) < 5
     await runtime.close()
+
+
+async def test_an_unknown_tool_is_a_journaled_deny(tmp_path: Path) -> None:
+    audit = FileAuditLog(tmp_path / "audit.jsonl")
+    agent = Agent("x", model=ScriptedModel([calls(("rm_rf", {})), "ok"]), tools=[read],
+                  permissions=StandardPermissions(mode="bypass"), audit_log=audit)
+    events = [e async for e in agent.stream("go")]
+    [decision] = [e.payload for e in events if e.kind == "permission_decision"]
+    assert (decision["verdict"], decision["rule"]) == ("deny", "unknown_tool")
+    assert any(e["action"] == "permission_decision" and e["payload"]["rule"] == "unknown_tool"
+               for e in audit.entries())

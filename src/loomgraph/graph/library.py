@@ -5,7 +5,7 @@ from __future__ import annotations
 from functools import cache
 from pathlib import Path
 
-from loomgraph.graph.errors import GraphError
+from loomgraph.graph.errors import GraphError, GraphValidationError
 from loomgraph.graph.loader import load_graph_file
 from loomgraph.graph.spec import Graph
 
@@ -37,6 +37,13 @@ def _load_cached(path: Path, mtime_ns: int) -> Graph:
 def load_graph(architecture: str | Path | Graph) -> Graph:
     """A validated graph for a built-in name, a YAML path or a Graph object."""
     if isinstance(architecture, Graph):
+        if not architecture._validated:  # built in Python: validated like a file, once
+            from loomgraph.graph.validate import validate_graph
+
+            problems = validate_graph(architecture)
+            if problems:
+                raise GraphValidationError(problems)
+            architecture._validated = True
         return architecture
     text = str(architecture)
     builtin = builtin_dir() / f"{text.replace('-', '_')}.yaml"

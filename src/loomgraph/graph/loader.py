@@ -114,6 +114,7 @@ def graph_from_data(
         problems.extend(validate_graph(graph))
     if problems:
         raise GraphValidationError(problems)
+    graph._validated = validate
     return graph
 
 

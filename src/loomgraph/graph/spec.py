@@ -87,6 +87,7 @@ class Graph(BaseModel):
     _source: str | None = PrivateAttr(default=None)
     _lines: dict[tuple[str | int, ...], int] = PrivateAttr(default_factory=dict)
     _compiled: object = PrivateAttr(default=None)
+    _validated: bool = PrivateAttr(default=False)
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Graph):

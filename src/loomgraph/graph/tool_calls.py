@@ -23,7 +23,8 @@ async def call_tool(ctx: NodeContext, call: ToolCall) -> ToolResult:
     key = ctx.next_key()
     await ctx.emit(TOOL_CALL, {"call": call})
     spec = deps.tools.spec(call["tool"])
-    if spec is None:
+    if spec is None:  # never run, whatever the policy says
+        await _report(ctx, call, Decision("deny", "unknown_tool", "no such tool"))
         names = ", ".join(s["name"] for s in deps.tools.specs()) or "none"
         result = ToolResult(content=f"unknown tool {call['tool']!r}; available tools: "
                             f"{names}", is_error=True, error_type="unknown_tool")
@@ -65,11 +66,16 @@ async def _decide(
         hook = await deps.hooks.before_tool(call)
         if hook is not None and hook.verdict == "deny":  # hooks may deny, never approve
             decision = hook
+    await _report(ctx, call, decision)
+    return decision, call
+
+
+async def _report(ctx: NodeContext, call: ToolCall, decision: Decision) -> None:
+    """A decision as a `permission_decision` event and audit entry, naming its rule."""
     report = {"call_id": call["id"], "tool": call["tool"], "verdict": decision.verdict,
               "rule": decision.rule, "reason": decision.reason}
     await ctx.emit("permission_decision", report)
     await ctx._audit("permission_decision", report)
-    return decision, call
 
 async def _approval(
     ctx: NodeContext, call: ToolCall, spec: ToolSpec, asked: Decision
