@@ -155,7 +155,7 @@ async def test_the_wall_clock_deadline_is_kept_with_the_run(tmp_path: Path) -> N
     record = await runtime.load_run(result.run_id)
     assert record is not None and record.deadline is not None
     assert abs(record.deadline - (record.created_at + 600)) < 5
-    await runtime.close()
+    await agent.aclose()  # the journal, and the ledger that moved into its file
 
 
 async def test_an_unknown_tool_is_a_journaled_deny(tmp_path: Path) -> None:

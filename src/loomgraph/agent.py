@@ -91,10 +91,12 @@ class Agent:
                                       extract_model=extract_model, with_tools=memory_tools)
 
     async def aclose(self) -> None:
-        """Wait for pending fact extractions, then close the memory and the journal."""
+        """Wait for pending fact extractions, then close the memory, the journal and the
+        budget's ledger."""
         if self.extraction is not None:
             await self.extraction.drain()
-        for backend in (self.deps.memory, self.deps.runtime):
+        ledger = getattr(self.deps.budget, "ledger", None)
+        for backend in (self.deps.memory, self.deps.runtime, ledger):
             close = getattr(backend, "close", None)
             if close is not None:
                 await close()
