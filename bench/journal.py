@@ -27,8 +27,8 @@ from pathlib import Path
 from typing import Any
 
 from loomgraph import Agent, Graph
-from loomgraph.graph.library import load_graph
-from loomgraph.graph.loader import graph_from_data
+from loomgraph.authoring.library import load_graph
+from loomgraph.authoring.loader import graph_from_data
 from loomgraph.models import ScriptedModel
 from loomgraph.runtime.sqlite import SqliteRuntime
 
@@ -55,28 +55,42 @@ def append_kb(state: dict[str, Any]) -> dict[str, Any]:
 
 def kb_loop(steps: int) -> Graph:
     """A one-node loop that appends ~1 KB to a list field `steps` times."""
-    return graph_from_data({
-        "schema_version": 1, "name": "kb_loop", "version": "1", "entry": "step",
-        "state": {"notes": {"type": "list[str]", "reducer": "append", "default": []}},
-        "nodes": {"step": {"kind": "function", "call": f"{__name__}:append_kb",
-                           "reads": [], "writes": ["notes"]}},
-        "edges": [{"from": "step", "to": "step", "when": f"notes | length < {steps}"},
-                  {"from": "step", "to": "END"}],
-        "limits": {"max_visits": steps + 1, "max_node_visits": steps + 1},
-    })
+    return graph_from_data(
+        {
+            "schema_version": 1,
+            "name": "kb_loop",
+            "version": "1",
+            "entry": "step",
+            "state": {"notes": {"type": "list[str]", "reducer": "append", "default": []}},
+            "nodes": {
+                "step": {
+                    "kind": "function",
+                    "call": f"{__name__}:append_kb",
+                    "reads": [],
+                    "writes": ["notes"],
+                }
+            },
+            "edges": [
+                {"from": "step", "to": "step", "when": f"notes | length < {steps}"},
+                {"from": "step", "to": "END"},
+            ],
+            "limits": {"max_visits": steps + 1, "max_node_visits": steps + 1},
+        }
+    )
 
 
 async def per_turn(turns: int, repeat: int, folder: Path, dsn: str | None) -> dict[str, float]:
     """Median µs per ReAct turn for each journal, measured alternately."""
     model = ScriptedModel([*([CALL] * turns), "done"])
-    journals: dict[str, Any] = {"in-memory": None,
-                                "sqlite": SqliteRuntime(folder / "react.db")}
+    journals: dict[str, Any] = {"in-memory": None, "sqlite": SqliteRuntime(folder / "react.db")}
     if dsn:
         from loomgraph.runtime.postgres import PostgresRuntime
 
         journals["postgres"] = PostgresRuntime(dsn, schema=f"bench_{os.getpid()}")
-    agents = {name: Agent("bench", model=model, tools=[noop], architecture=long_react(),
-                          runtime=rt) for name, rt in journals.items()}
+    agents = {
+        name: Agent("bench", model=model, tools=[noop], architecture=long_react(), runtime=rt)
+        for name, rt in journals.items()
+    }
     times: dict[str, list[float]] = {name: [] for name in agents}
     for agent in agents.values():  # warm up: open files, pools, caches
         await agent.run("go")
@@ -117,8 +131,7 @@ async def storage(steps: int, folder: Path) -> dict[str, float]:
     assert len(transitions) == steps
     out["patch_bytes"] = sum(len(json.dumps(t.patch)) for t in transitions)
     # A checkpointer storing the whole state at every step: state i holds i notes.
-    out["full_state_bytes"] = sum(len(json.dumps({"notes": [KB] * i}))
-                                  for i in range(1, steps + 1))
+    out["full_state_bytes"] = sum(len(json.dumps({"notes": [KB] * i})) for i in range(1, steps + 1))
 
     path = folder / "kb_loop.db"
     runtime = SqliteRuntime(path)
@@ -141,8 +154,12 @@ def main() -> None:
     parser.add_argument("--turns", type=int, default=50)
     parser.add_argument("--repeat", type=int, default=20)
     parser.add_argument("--steps", type=int, default=300)
-    parser.add_argument("--postgres", default=None, metavar="DSN",
-                        help="also measure a PostgresRuntime (a scratch schema is dropped)")
+    parser.add_argument(
+        "--postgres",
+        default=None,
+        metavar="DSN",
+        help="also measure a PostgresRuntime (a scratch schema is dropped)",
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
@@ -153,13 +170,19 @@ def main() -> None:
     for name, us in turns.items():
         print(f"  {name:<10} {us:8.1f} µs/turn   {us / base:5.1f}x in-memory")
     print(f"{args.steps} transitions with a ~1 KB patch each:")
-    print(f"  SQLite file (after checkpoint)    {sizes['sqlite_bytes'] / 1024:8.0f} KiB "
-          f"({sizes['snapshots']:.0f} snapshot(s))")
-    print(f"  without a durable journal         {0:8.0f} KiB on disk; the patches are "
-          f"{sizes['patch_bytes'] / 1024:.0f} KiB of JSON")
+    print(
+        f"  SQLite file (after checkpoint)    {sizes['sqlite_bytes'] / 1024:8.0f} KiB "
+        f"({sizes['snapshots']:.0f} snapshot(s))"
+    )
+    print(
+        f"  without a durable journal         {0:8.0f} KiB on disk; the patches are "
+        f"{sizes['patch_bytes'] / 1024:.0f} KiB of JSON"
+    )
     print(f"  whole state at every step         {sizes['full_state_bytes'] / 1024:8.0f} KiB")
-    print(f"  time per transition: in-memory {sizes['memory_us']:.0f} µs, "
-          f"SQLite {sizes['sqlite_us']:.0f} µs")
+    print(
+        f"  time per transition: in-memory {sizes['memory_us']:.0f} µs, "
+        f"SQLite {sizes['sqlite_us']:.0f} µs"
+    )
 
 
 if __name__ == "__main__":

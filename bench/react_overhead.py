@@ -7,7 +7,7 @@
    doing the same model and tool calls with no framework, measured in the same process, and
    as the ratio of the two.
 2. `--runs` concurrent 3-turn runs with a model that sleeps 20 ms a turn: wall time over the
-   ideal (3 × 20 ms, as if the framework cost nothing).
+   ideal (3 x 20 ms, as if the framework cost nothing).
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ import time
 from collections.abc import AsyncIterator
 
 from loomgraph import Agent, Graph
-from loomgraph.graph.library import load_graph
-from loomgraph.graph.loader import graph_from_data
+from loomgraph.authoring.library import load_graph
+from loomgraph.authoring.loader import graph_from_data
 from loomgraph.models import ScriptedModel
 from loomgraph.protocols import ModelChunk, ModelRequest
 
@@ -77,8 +77,10 @@ class SleepyModel:
     async def stream(self, request: ModelRequest) -> AsyncIterator[ModelChunk]:
         await asyncio.sleep(0.02)
         if request.call_index < 2:
-            yield {"type": "tool_call", "call": {"id": f"c{request.call_index}", "tool": "noop",
-                                                 "args": {"x": 1}}}
+            yield {
+                "type": "tool_call",
+                "call": {"id": f"c{request.call_index}", "tool": "noop", "args": {"x": 1}},
+            }
         else:
             yield {"type": "text", "text": "done"}
         yield {"type": "finish", "finish_reason": "end_turn"}

@@ -15,13 +15,19 @@ import sys
 from pathlib import Path
 
 from loomgraph import Agent, tool
-from loomgraph.cli import print_event
-from loomgraph.graph.render import render
+from loomgraph.authoring.render import render
+from loomgraph.cli.main import print_event
 from loomgraph.models import ScriptedModel
 from loomgraph.protocols import ModelRequest
 
-_OPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul,
-        ast.Div: operator.truediv, ast.Pow: operator.pow, ast.USub: operator.neg}
+_OPS = {
+    ast.Add: operator.add,
+    ast.Sub: operator.sub,
+    ast.Mult: operator.mul,
+    ast.Div: operator.truediv,
+    ast.Pow: operator.pow,
+    ast.USub: operator.neg,
+}
 
 CAPITALS = {"japan": "Tokyo", "france": "Paris", "kenya": "Nairobi", "peru": "Lima"}
 
@@ -63,20 +69,28 @@ def planner(request: ModelRequest) -> dict[str, object]:
     """A zero-key stand-in for a model: call both tools at once, then answer from results."""
     results = [m["content"] for m in request.messages if m["role"] == "tool"]
     if not results:
-        return {"text": "Let me compute that and look up the capital.", "tool_calls": [
-            {"tool": "calculator", "args": {"expression": "23 * 7 + 1"}},
-            {"tool": "capital_of", "args": {"country": "Japan"}},
-        ]}
+        return {
+            "text": "Let me compute that and look up the capital.",
+            "tool_calls": [
+                {"tool": "calculator", "args": {"expression": "23 * 7 + 1"}},
+                {"tool": "capital_of", "args": {"country": "Japan"}},
+            ],
+        }
     return {"text": f"23 * 7 + 1 = {results[0]}, and the capital of Japan is {results[1]}."}
 
 
 async def main(svg: Path) -> int:
     """Run the agent, print each event as it streams, and draw the graph."""
-    agent = Agent("You are a helpful assistant.", model=ScriptedModel(planner, chunk_size=12),
-                  tools=[calculator, capital_of], architecture="react")
+    agent = Agent(
+        "You are a helpful assistant.",
+        model=ScriptedModel(planner, chunk_size=12),
+        tools=[calculator, capital_of],
+        architecture="react",
+    )
     status = "failed"
-    async for event in agent.stream("What is 23 * 7 + 1, and what is the capital of Japan?",
-                                    user_id="alice", session_id="demo"):
+    async for event in agent.stream(
+        "What is 23 * 7 + 1, and what is the capital of Japan?", user_id="alice", session_id="demo"
+    ):
         print_event(event)
         status = event.payload.get("status", status)
     render(agent.graph, svg)

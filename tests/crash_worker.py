@@ -32,7 +32,6 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from loomgraph import Agent
-from loomgraph.events import Event
 from loomgraph.governance.null import NoHooks
 from loomgraph.models import ScriptedModel
 from loomgraph.protocols import (
@@ -45,6 +44,7 @@ from loomgraph.protocols import (
     Runtime,
     Transition,
 )
+from loomgraph.protocols.events import Event
 from loomgraph.runtime.errors import RunConflict
 
 POINTS = ("before_intent", "after_intent", "after_effect", "after_outcome", "after_transition")
@@ -52,9 +52,13 @@ POINTS = ("before_intent", "after_intent", "after_effect", "after_outcome", "aft
 # model → 2 parallel tool calls → model → 1 tool call → final answer:
 # 6 effects (3 model calls, 3 tool calls) and 5 transitions.
 SCRIPT: list[Any] = [
-    {"text": "Looking both up.", "tool_calls": [
-        {"tool": "lookup", "args": {"city": "Paris"}},
-        {"tool": "lookup", "args": {"city": "Tokyo"}}]},
+    {
+        "text": "Looking both up.",
+        "tool_calls": [
+            {"tool": "lookup", "args": {"city": "Paris"}},
+            {"tool": "lookup", "args": {"city": "Tokyo"}},
+        ],
+    },
     {"text": "Adding.", "tool_calls": [{"tool": "add", "args": {"a": 2, "b": 3}}]},
     "Paris is in France, Tokyo in Japan, and 2 + 3 = 5.",
 ]
@@ -108,8 +112,12 @@ class KillingRuntime:
     async def append_transition(self, transition: Transition) -> None:
         await self.inner.append_transition(transition)
         self.killer.transitions += 1
-        self.killer.maybe_die("after_transition", self.killer.transitions,
-                              node=transition.node, visit=transition.visit)
+        self.killer.maybe_die(
+            "after_transition",
+            self.killer.transitions,
+            node=transition.node,
+            visit=transition.visit,
+        )
 
     async def transitions(self, run_id: str) -> list[Transition]:
         return await self.inner.transitions(run_id)  # type: ignore[no-any-return]
@@ -219,9 +227,13 @@ async def main(args: argparse.Namespace) -> int:
     killer = Killer(args.point, args.n)
     inner = open_journal(args.journal, args.schema)
     hooks = UnknownEffects()
-    agent = Agent(INSTRUCTIONS, model=KillingModel(killer),
-                  tools=make_tools(args.ledger, killer, args.hold),
-                  runtime=KillingRuntime(inner, killer), hooks=hooks)
+    agent = Agent(
+        INSTRUCTIONS,
+        model=KillingModel(killer),
+        tools=make_tools(args.ledger, killer, args.hold),
+        runtime=KillingRuntime(inner, killer),
+        hooks=hooks,
+    )
     events = hooks.keys
     try:
         if args.mode == "run":
@@ -234,8 +246,12 @@ async def main(args: argparse.Namespace) -> int:
             except RunConflict as err:
                 say(conflict=str(err), executed=killer.executed)
                 return 3
-        say(result=result.to_dict(), executed=killer.executed, unknown=killer.unknown,
-            unknown_events=events)
+        say(
+            result=result.to_dict(),
+            executed=killer.executed,
+            unknown=killer.unknown,
+            unknown_events=events,
+        )
         return 0
     finally:
         await inner.close()  # type: ignore[attr-defined]
@@ -251,8 +267,11 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--point", choices=POINTS, default=None)
     parser.add_argument("--n", type=int, default=0)
     parser.add_argument("--run-id", default=None)
-    parser.add_argument("--hold", action="store_true",
-                        help="tools wait for a stdin line before they act (lease tests)")
+    parser.add_argument(
+        "--hold",
+        action="store_true",
+        help="tools wait for a stdin line before they act (lease tests)",
+    )
     return parser.parse_args(argv)
 
 

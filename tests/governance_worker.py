@@ -24,7 +24,7 @@ import sys
 from collections.abc import Mapping
 from typing import Any
 
-from loomgraph.graph.context import NodeContext
+from loomgraph.engine.context import NodeContext
 from loomgraph.protocols import ToolCall
 
 # Paths the `direct` node reads, by visit; the tests' permission oracle knows them.
@@ -75,16 +75,19 @@ async def work(args: argparse.Namespace) -> int:
 
     def script(request: Any) -> Any:
         if request.call_index + 1 < args.calls:
-            return {"tool_calls": [{"tool": "note", "args": {"n": request.call_index}}],
-                    "usage": {"input_tokens": 20, "output_tokens": 10}}
+            return {
+                "tool_calls": [{"tool": "note", "args": {"n": request.call_index}}],
+                "usage": {"input_tokens": 20, "output_tokens": 10},
+            }
         return {"text": "done", "usage": {"input_tokens": 20, "output_tokens": 10}}
 
     def note(n: int) -> str:
         """Take a note."""
         return f"noted {n}"
 
-    config = BudgetConfig(model="claude-sonnet-4-5",
-                          per_user=Caps(model_calls=args.cap, cost_usd=args.cost_cap))
+    config = BudgetConfig(
+        model="claude-sonnet-4-5", per_user=Caps(model_calls=args.cap, cost_usd=args.cost_cap)
+    )
     runtime: Any
     if args.journal.startswith("sqlite:"):
         runtime = args.journal  # the Agent puts the budget's ledger in the same file
@@ -95,16 +98,22 @@ async def work(args: argparse.Namespace) -> int:
 
         runtime = PostgresRuntime(args.journal, schema=args.schema)
         budget = StandardBudget(config, PostgresLedger(args.journal, schema=args.schema))
-    agent = Agent("Take notes.", model=ScriptedModel(script, name="claude-sonnet-4-5"),
-                  tools=[note], runtime=runtime, budget=budget)
+    agent = Agent(
+        "Take notes.",
+        model=ScriptedModel(script, name="claude-sonnet-4-5"),
+        tools=[note],
+        runtime=runtime,
+        budget=budget,
+    )
     try:
         # Connected (tables made) before the gate, so the runs start together.
         await agent.deps.runtime.connect()  # type: ignore[attr-defined]
         await budget.totals("user:alice")
         say(ready=os.getpid(), ledger=type(budget.ledger).__name__)
         await asyncio.to_thread(sys.stdin.readline)
-        results = await asyncio.gather(*(agent.run(f"notes {os.getpid()}/{i}", user_id="alice")
-                                         for i in range(args.runs)))
+        results = await asyncio.gather(
+            *(agent.run(f"notes {os.getpid()}/{i}", user_id="alice") for i in range(args.runs))
+        )
         say(results=[r.to_dict() for r in results])
         return 0
     finally:

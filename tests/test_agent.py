@@ -10,11 +10,11 @@ import pytest
 from pydantic import BaseModel
 
 from loomgraph import Agent, tool
-from loomgraph.checkpoints import GraphChanged
-from loomgraph.deps import ConfigError, current_run
+from loomgraph.agent.checkpoints import GraphChanged
+from loomgraph.agent.deps import ConfigError, current_run
+from loomgraph.authoring.library import UnknownGraph
+from loomgraph.authoring.loader import graph_from_yaml
 from loomgraph.graph.errors import GraphValidationError
-from loomgraph.graph.library import UnknownGraph
-from loomgraph.graph.loader import graph_from_yaml
 from loomgraph.memory import InMemoryMemory
 from loomgraph.models import EchoModel, ScriptedModel
 from loomgraph.nodes.structured import OutputValidationError
@@ -66,8 +66,7 @@ async def test_hundred_concurrent_runs_of_different_users_do_not_cross() -> None
     agent = Agent("x", model=ScriptedModel(script), tools=[whoami])
 
     async def one(i: int) -> tuple[int, list[object], object]:
-        events = [e async for e in agent.stream(f"p{i}", user_id=f"user{i}",
-                                                 session_id=f"s{i}")]
+        events = [e async for e in agent.stream(f"p{i}", user_id=f"user{i}", session_id=f"s{i}")]
         return i, events, events[-1].payload["result"]
 
     for i, events, result in await asyncio.gather(*(one(i) for i in range(100))):
@@ -87,8 +86,12 @@ async def test_breaking_out_of_stream_cancels_the_run_cleanly() -> None:
         return "unreachable"
 
     runtime = InMemoryRuntime()
-    agent = Agent("x", model=ScriptedModel([{"tool_calls": [{"tool": "wait_forever"}]}]),
-                  tools=[wait_forever], runtime=runtime)
+    agent = Agent(
+        "x",
+        model=ScriptedModel([{"tool_calls": [{"tool": "wait_forever"}]}]),
+        tools=[wait_forever],
+        runtime=runtime,
+    )
     run_id = None
     # aclosing() closes the generator at once; a bare `break` closes it when it is collected.
     async with contextlib.aclosing(agent.stream("go")) as events:
@@ -162,9 +165,11 @@ async def test_output_schema_parses_a_fitting_answer_without_another_call() -> N
 
 async def test_output_schema_forces_the_answer_and_retries_once_on_errors() -> None:
     seen: list[ModelRequest] = []
-    turns = ["It is sunny in Tokyo.",
-             {"tool_calls": [{"tool": "respond", "args": {"city": "Tokyo"}}]},
-             {"tool_calls": [{"tool": "respond", "args": {"city": "Tokyo", "celsius": 21}}]}]
+    turns = [
+        "It is sunny in Tokyo.",
+        {"tool_calls": [{"tool": "respond", "args": {"city": "Tokyo"}}]},
+        {"tool_calls": [{"tool": "respond", "args": {"city": "Tokyo", "celsius": 21}}]},
+    ]
 
     def script(request: ModelRequest) -> object:
         seen.append(request)
@@ -194,8 +199,9 @@ async def test_an_answer_that_never_fits_raises_with_the_last_raw_output() -> No
 
 
 async def test_echo_answers_a_schema_with_the_prompt() -> None:
-    result = await Agent("x", model="echo").run('{"city": "Lima", "celsius": 19}',
-                                                output_schema=Weather)
+    result = await Agent("x", model="echo").run(
+        '{"city": "Lima", "celsius": 19}', output_schema=Weather
+    )
     assert result.parsed == Weather(city="Lima", celsius=19)
     assert (await Agent("x", model="echo").run("7", output_schema=int)).parsed == 7
 
@@ -208,9 +214,11 @@ async def test_resume_a_finished_run_executes_nothing() -> None:
         calls.append(n)
         return n
 
-    agent = Agent("x", model=ScriptedModel([{"tool_calls": [{"tool": "count",
-                                                             "args": {"n": 1}}]}, "done"]),
-                  tools=[count])
+    agent = Agent(
+        "x",
+        model=ScriptedModel([{"tool_calls": [{"tool": "count", "args": {"n": 1}}]}, "done"]),
+        tools=[count],
+    )
     first = await agent.run("go")
     again = await agent.resume(first.run_id)
     assert again.output == first.output == "done" and calls == [1]
@@ -250,8 +258,11 @@ async def test_resume_refuses_a_changed_graph(tmp_path: Path) -> None:
     a = Agent("x", model=ScriptedModel([RuntimeError("down"), "ok"]), runtime=runtime)
     failed = await a.run("go")
     assert failed.status == "failed"
-    changed = graph_from_yaml((Path(__file__).parents[1] / "graphs/react.yaml").read_text()
-                              .replace('version: "1"', 'version: "2"'))
+    changed = graph_from_yaml(
+        (Path(__file__).parents[1] / "graphs/react.yaml")
+        .read_text()
+        .replace('version: "1"', 'version: "2"')
+    )
     b = Agent("x", model=ScriptedModel(["ok"]), runtime=runtime, architecture=changed)
     with pytest.raises(GraphChanged, match=a.compiled.hash):
         await b.resume(failed.run_id)
@@ -259,13 +270,18 @@ async def test_resume_refuses_a_changed_graph(tmp_path: Path) -> None:
 
 
 async def test_fork_starts_a_new_run_from_a_checkpoint_with_a_patch() -> None:
-    agent = Agent("x", model=ScriptedModel([{"tool_calls": [{"tool": "add",
-                                                            "args": {"a": 1, "b": 2}}]},
-                                            "three", "forked answer"]), tools=[add])
+    agent = Agent(
+        "x",
+        model=ScriptedModel(
+            [{"tool_calls": [{"tool": "add", "args": {"a": 1, "b": 2}}]}, "three", "forked answer"]
+        ),
+        tools=[add],
+    )
     first = await agent.run("go")
     history = await agent.history(first.run_id)
-    fork = await agent.fork(first.run_id, at=2, patch={"messages": [
-        {"role": "user", "content": "and now?"}]})
+    fork = await agent.fork(
+        first.run_id, at=2, patch={"messages": [{"role": "user", "content": "and now?"}]}
+    )
     assert fork.run_id != first.run_id and fork.status == "completed"
     runs = {r.run_id: r for r in await agent.runs()}
     assert runs[fork.run_id].parent_run_id == first.run_id
@@ -280,8 +296,12 @@ async def test_fork_starts_a_new_run_from_a_checkpoint_with_a_patch() -> None:
 def test_a_graph_built_in_python_is_validated_like_a_file() -> None:
     from loomgraph.graph.spec import EdgeSpec, Graph, NodeSpec
 
-    bad = Graph(name="py", entry="model", nodes={"model": NodeSpec(kind="model")},
-                edges=[EdgeSpec(source="model", target="nowhere")])
+    bad = Graph(
+        name="py",
+        entry="model",
+        nodes={"model": NodeSpec(kind="model")},
+        edges=[EdgeSpec(source="model", target="nowhere")],
+    )
     with pytest.raises(GraphValidationError) as err:
         Agent(model="echo", architecture=bad)
     assert "unknown-endpoint" in err.value.rules

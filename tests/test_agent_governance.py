@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from loomgraph import Agent, tool
-from loomgraph.checkpoints import ResumeError
+from loomgraph.agent.checkpoints import ResumeError
 from loomgraph.governance import BudgetConfig, Caps, StandardBudget, StandardPermissions
 from loomgraph.models import ScriptedModel
 from loomgraph.observability import FileAuditLog
@@ -50,7 +50,8 @@ async def test_a_model_call_over_the_cap_is_never_made() -> None:
     assert "user:bob:model_calls" in result["reason"]
     assert asked == [0, 1]  # the third call would have overshot: it was never made
     assert [e.payload["cap"] for e in events if e.kind == "budget_exceeded"] == [
-        "user:bob:model_calls"]
+        "user:bob:model_calls"
+    ]
     assert any(e.kind == "budget_warning" for e in events)
     totals = await budget.totals("user:bob")
     assert totals.spent["model_calls"] == 2 and not totals.reserved.get("model_calls")
@@ -60,19 +61,28 @@ async def test_a_denied_path_is_never_read_and_the_rule_is_named(tmp_path: Path)
     ledger.clear()
     audit = FileAuditLog(tmp_path / "audit.jsonl")
     permissions = StandardPermissions(allow=["read(path=/data/**)"], mode="strict")
-    script = ScriptedModel([calls(("read", {"path": "/data/../etc/passwd"}),
-                                  ("read", {"path": "/data/notes"})), "done"])
+    script = ScriptedModel(
+        [
+            calls(("read", {"path": "/data/../etc/passwd"}), ("read", {"path": "/data/notes"})),
+            "done",
+        ]
+    )
     agent = Agent("x", model=script, tools=[read], permissions=permissions, audit_log=audit)
     events = [e async for e in agent.stream("go")]
     decisions = [e.payload for e in events if e.kind == "permission_decision"]
     assert [(d["verdict"], d["rule"]) for d in decisions] == [
-        ("deny", "mode:strict:deny"), ("allow", "allow:read(path=/data/**)")]
+        ("deny", "mode:strict:deny"),
+        ("allow", "allow:read(path=/data/**)"),
+    ]
     assert ledger == ["read /data/notes"]
     results = [e.payload["result"] for e in events if e.kind == "tool_result"]
     assert results[0]["error_type"] == "permission_denied"
     entries = list(audit.entries())
-    allowed = {e["payload"]["call_id"] for e in entries
-               if e["action"] == "permission_decision" and e["payload"]["verdict"] == "allow"}
+    allowed = {
+        e["payload"]["call_id"]
+        for e in entries
+        if e["action"] == "permission_decision" and e["payload"]["verdict"] == "allow"
+    }
     executed = [e["payload"]["call"]["id"] for e in entries if e["action"] == "tool_request"]
     assert executed and set(executed) <= allowed
     assert audit.verify().ok
@@ -82,8 +92,9 @@ async def test_ask_is_a_durable_interrupt_answered_once(tmp_path: Path) -> None:
     ledger.clear()
     runtime = SqliteRuntime(str(tmp_path / "journal.db"))
     script = ScriptedModel([calls(("delete", {"path": "/tmp/x"})), "gone"])
-    agent = Agent("x", model=script, tools=[delete], runtime=runtime,
-                  permissions=StandardPermissions())  # default mode: destructive tools ask
+    agent = Agent(
+        "x", model=script, tools=[delete], runtime=runtime, permissions=StandardPermissions()
+    )  # default mode: destructive tools ask
     first = await agent.run("clean up")
     assert first.status == "awaiting_approval" and ledger == []
     assert first.pending is not None and first.pending["call"]["tool"] == "delete"
@@ -122,10 +133,16 @@ async def test_an_approval_handler_decides_in_process() -> None:
         seen.append(f"{call['tool']}:{decision.rule}")
         return call["args"]["path"].startswith("/tmp/")
 
-    script = ScriptedModel([calls(("delete", {"path": "/tmp/a"}),
-                                  ("delete", {"path": "/home/b"})), "done"])
-    agent = Agent("x", model=script, tools=[delete], permissions=StandardPermissions(),
-                  approval_handler=handler)
+    script = ScriptedModel(
+        [calls(("delete", {"path": "/tmp/a"}), ("delete", {"path": "/home/b"})), "done"]
+    )
+    agent = Agent(
+        "x",
+        model=script,
+        tools=[delete],
+        permissions=StandardPermissions(),
+        approval_handler=handler,
+    )
     result = await agent.run("clean")
     assert result.status == "completed" and ledger == ["delete /tmp/a"]
     assert seen == ["delete:mode:default:destructive"] * 2
@@ -133,9 +150,12 @@ async def test_an_approval_handler_decides_in_process() -> None:
 
 async def test_hooks_registered_on_the_agent_can_deny_but_not_approve() -> None:
     ledger.clear()
-    agent = Agent("x", model=ScriptedModel([calls(("read", {"path": "/a"}),
-                                                  ("delete", {"path": "/b"})), "done"]),
-                  tools=[read, delete], permissions=StandardPermissions(deny=["delete"]))
+    agent = Agent(
+        "x",
+        model=ScriptedModel([calls(("read", {"path": "/a"}), ("delete", {"path": "/b"})), "done"]),
+        tools=[read, delete],
+        permissions=StandardPermissions(deny=["delete"]),
+    )
 
     @agent.hooks.before_tool
     def no_reading(call: dict[str, Any]) -> Any:
@@ -160,10 +180,17 @@ async def test_the_wall_clock_deadline_is_kept_with_the_run(tmp_path: Path) -> N
 
 async def test_an_unknown_tool_is_a_journaled_deny(tmp_path: Path) -> None:
     audit = FileAuditLog(tmp_path / "audit.jsonl")
-    agent = Agent("x", model=ScriptedModel([calls(("rm_rf", {})), "ok"]), tools=[read],
-                  permissions=StandardPermissions(mode="bypass"), audit_log=audit)
+    agent = Agent(
+        "x",
+        model=ScriptedModel([calls(("rm_rf", {})), "ok"]),
+        tools=[read],
+        permissions=StandardPermissions(mode="bypass"),
+        audit_log=audit,
+    )
     events = [e async for e in agent.stream("go")]
     [decision] = [e.payload for e in events if e.kind == "permission_decision"]
     assert (decision["verdict"], decision["rule"]) == ("deny", "unknown_tool")
-    assert any(e["action"] == "permission_decision" and e["payload"]["rule"] == "unknown_tool"
-               for e in audit.entries())
+    assert any(
+        e["action"] == "permission_decision" and e["payload"]["rule"] == "unknown_tool"
+        for e in audit.entries()
+    )

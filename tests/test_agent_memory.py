@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from loomgraph import Agent
-from loomgraph.deps import ConfigError
+from loomgraph.agent.deps import ConfigError
 from loomgraph.memory import SqliteMemory
 from loomgraph.models import ScriptedModel
 from loomgraph.protocols import ModelRequest
@@ -31,16 +31,31 @@ class Recorder:
 
 async def test_facts_are_extracted_after_the_run_and_seed_the_next(tmp_path: Path) -> None:
     memory = SqliteMemory(tmp_path / "bot.db")
-    extractor = ScriptedModel([{"tool_calls": [{"tool": "record_facts", "args": {"facts": [
-        {"subject": "user", "predicate": "lives in", "object": "Porto"}]}}]}])
+    extractor = ScriptedModel(
+        [
+            {
+                "tool_calls": [
+                    {
+                        "tool": "record_facts",
+                        "args": {
+                            "facts": [
+                                {"subject": "user", "predicate": "lives in", "object": "Porto"}
+                            ]
+                        },
+                    }
+                ]
+            }
+        ]
+    )
     seen: list[ModelRequest] = []
 
     def answer(request: ModelRequest) -> str:
         seen.append(request)
         return "Noted."
 
-    agent = Agent("x", model=ScriptedModel(answer), memory=memory, auto_extract=True,
-                  extract_model=extractor)
+    agent = Agent(
+        "x", model=ScriptedModel(answer), memory=memory, auto_extract=True, extract_model=extractor
+    )
     await agent.run("I live in Porto.", user_id="alice", session_id="s1")
     await agent.aclose()  # waits for the extraction
     facts = await memory.facts("alice")
@@ -54,9 +69,14 @@ async def test_facts_are_extracted_after_the_run_and_seed_the_next(tmp_path: Pat
 
 async def test_a_failing_extraction_is_reported_not_raised(tmp_path: Path) -> None:
     hooks = Recorder()
-    agent = Agent("x", model=ScriptedModel(["ok"]), memory=SqliteMemory(tmp_path / "m.db"),
-                  auto_extract=True, extract_model=ScriptedModel([RuntimeError("down")]),
-                  hooks=hooks)
+    agent = Agent(
+        "x",
+        model=ScriptedModel(["ok"]),
+        memory=SqliteMemory(tmp_path / "m.db"),
+        auto_extract=True,
+        extract_model=ScriptedModel([RuntimeError("down")]),
+        hooks=hooks,
+    )
     result = await agent.run("hello", user_id="bob")
     assert result.ok
     await agent.aclose()
@@ -74,8 +94,19 @@ async def test_extraction_is_off_by_default_for_zero_key_models(tmp_path: Path) 
 
 async def test_memory_tools_edit_the_users_own_blocks(tmp_path: Path) -> None:
     memory = SqliteMemory(tmp_path / "m.db")
-    script = ScriptedModel([{"tool_calls": [{"tool": "update_block", "args": {
-        "name": "preferences", "text": "likes short answers"}}]}, "Saved."])
+    script = ScriptedModel(
+        [
+            {
+                "tool_calls": [
+                    {
+                        "tool": "update_block",
+                        "args": {"name": "preferences", "text": "likes short answers"},
+                    }
+                ]
+            },
+            "Saved.",
+        ]
+    )
     agent = Agent("x", model=script, memory=memory, memory_tools=True)
     await agent.run("Keep it short from now on.", user_id="carol")
     assert await memory.get_blocks("carol") == {"preferences": "likes short answers"}

@@ -33,13 +33,19 @@ async def mul(a: int, b: int) -> int:
 
 async def test_react_run_with_parallel_tool_calls(server: FakeServer) -> None:
     server.add(
-        Reply(events=sse_message([
-            ("text", ["Let me ", "compute."]),
-            ("tool", ("toolu_1", "add", ['{"a": 2,', ' "b": 3}'])),
-            ("tool", ("toolu_2", "mul", ['{"a": 4, "b": 5}'])),
-        ], stop_reason="tool_use", input_tokens=50, output_tokens=20)),
-        Reply(events=sse_message([("text", ["5 and ", "20."])], input_tokens=80,
-                                 output_tokens=6)),
+        Reply(
+            events=sse_message(
+                [
+                    ("text", ["Let me ", "compute."]),
+                    ("tool", ("toolu_1", "add", ['{"a": 2,', ' "b": 3}'])),
+                    ("tool", ("toolu_2", "mul", ['{"a": 4, "b": 5}'])),
+                ],
+                stop_reason="tool_use",
+                input_tokens=50,
+                output_tokens=20,
+            )
+        ),
+        Reply(events=sse_message([("text", ["5 and ", "20."])], input_tokens=80, output_tokens=6)),
     )
     agent = Agent("You compute.", model="claude-sonnet-4-6", tools=[add, mul])
     events = [e async for e in agent.stream("2+3 and 4*5?", user_id="alice")]
@@ -47,7 +53,9 @@ async def test_react_run_with_parallel_tool_calls(server: FakeServer) -> None:
     assert chunks == ["Let me ", "compute.", "5 and ", "20."]
     calls = [e.payload["call"] for e in events if e.kind == "tool_call"]
     assert [(c["id"], c["tool"], c["args"]) for c in calls] == [
-        ("toolu_1", "add", {"a": 2, "b": 3}), ("toolu_2", "mul", {"a": 4, "b": 5})]
+        ("toolu_1", "add", {"a": 2, "b": 3}),
+        ("toolu_2", "mul", {"a": 4, "b": 5}),
+    ]
     result = events[-1].payload["result"]
     assert result["status"] == "completed" and result["output"] == "5 and 20."
     assert result["usage"]["input_tokens"] == 130 and result["usage"]["model_calls"] == 2
@@ -58,7 +66,9 @@ async def test_react_run_with_parallel_tool_calls(server: FakeServer) -> None:
     results = second["messages"][-1]
     assert results["role"] == "user"
     assert [(b["tool_use_id"], b["content"]) for b in results["content"]] == [
-        ("toolu_1", "5"), ("toolu_2", "20")]
+        ("toolu_1", "5"),
+        ("toolu_2", "20"),
+    ]
 
 
 class Answer(BaseModel):
@@ -68,8 +78,11 @@ class Answer(BaseModel):
 async def test_structured_output_through_the_forced_tool(server: FakeServer) -> None:
     server.add(
         Reply(events=sse_message([("text", ["It is 7."])])),
-        Reply(events=sse_message([("tool", ("toolu_9", "respond", ['{"total": 7}']))],
-                                 stop_reason="tool_use")),
+        Reply(
+            events=sse_message(
+                [("tool", ("toolu_9", "respond", ['{"total": 7}']))], stop_reason="tool_use"
+            )
+        ),
     )
     agent = Agent("x", model="claude-sonnet-4-6")
     result = await agent.run("3+4?", output_schema=Answer)
@@ -99,9 +112,11 @@ async def test_a_stream_cut_mid_tool_call_is_retried_as_a_whole_step(server: Fak
         calls.append(n)
         return n
 
-    tool_turn = sse_message([("text", ["Working."]),
-                             ("tool", ("toolu_1", "record", ['{"n":', ' 1}']))],
-                            stop_reason="tool_use", input_tokens=40)
+    tool_turn = sse_message(
+        [("text", ["Working."]), ("tool", ("toolu_1", "record", ['{"n":', " 1}"]))],
+        stop_reason="tool_use",
+        input_tokens=40,
+    )
     # Cut inside the tool_use block, after the text was streamed: the adapter cannot retry
     # invisibly, so the step is tried again as a whole.
     server.add(
@@ -126,10 +141,16 @@ async def test_structured_output_that_fails_validation_once_then_passes(
 ) -> None:
     server.add(
         Reply(events=sse_message([("text", ["seven"])])),
-        Reply(events=sse_message([("tool", ("toolu_1", "respond", ['{"total": "seven"}']))],
-                                 stop_reason="tool_use")),
-        Reply(events=sse_message([("tool", ("toolu_2", "respond", ['{"total": 7}']))],
-                                 stop_reason="tool_use")),
+        Reply(
+            events=sse_message(
+                [("tool", ("toolu_1", "respond", ['{"total": "seven"}']))], stop_reason="tool_use"
+            )
+        ),
+        Reply(
+            events=sse_message(
+                [("tool", ("toolu_2", "respond", ['{"total": 7}']))], stop_reason="tool_use"
+            )
+        ),
     )
     result = await Agent("x", model="claude-sonnet-4-6").run("3+4?", output_schema=Answer)
     assert result.parsed == Answer(total=7)
@@ -143,18 +164,26 @@ async def test_openai_compatible_react_run_with_structured_output(
 ) -> None:
     monkeypatch.setenv("OPENAI_BASE_URL", server.url + "/v1")
     server.add(
-        Reply(events=chat_stream(tools=[("call_1", "add", ['{"a": 3,', ' "b": 4}']),
-                                        ("call_2", "mul", ['{"a": 1, "b": 7}'])],
-                                 finish="tool_calls")),
+        Reply(
+            events=chat_stream(
+                tools=[
+                    ("call_1", "add", ['{"a": 3,', ' "b": 4}']),
+                    ("call_2", "mul", ['{"a": 1, "b": 7}']),
+                ],
+                finish="tool_calls",
+            )
+        ),
         Reply(events=chat_stream(text=["It is 7."])),
-        Reply(events=chat_stream(tools=[("call_3", "respond", ['{"total": 7}'])],
-                                 finish="tool_calls")),
+        Reply(
+            events=chat_stream(tools=[("call_3", "respond", ['{"total": 7}'])], finish="tool_calls")
+        ),
     )
     agent = Agent("x", model="openai-compat:qwen3:8b", tools=[add, mul])
     result = await agent.run("3+4?", output_schema=Answer)
     assert result.parsed == Answer(total=7) and result.turns == 3
     tool_turns = [m for m in server.bodies[1]["messages"] if m["role"] == "tool"]
-    assert [(m["tool_call_id"], m["content"]) for m in tool_turns] == [("call_1", "7"),
-                                                                       ("call_2", "7")]
-    assert server.bodies[2]["tool_choice"] == {"type": "function",
-                                                "function": {"name": "respond"}}
+    assert [(m["tool_call_id"], m["content"]) for m in tool_turns] == [
+        ("call_1", "7"),
+        ("call_2", "7"),
+    ]
+    assert server.bodies[2]["tool_choice"] == {"type": "function", "function": {"name": "respond"}}

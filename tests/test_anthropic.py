@@ -27,8 +27,8 @@ from loomgraph.models.errors import (
     ModelTimeout,
 )
 from loomgraph.models.retry import RetryPolicy
-from loomgraph.pricing import Price, compute_cost, price_for
 from loomgraph.protocols import Message, ModelChunk, ModelError, ModelRequest, ToolSpec, Usage
+from loomgraph.protocols.pricing import Price, compute_cost, price_for
 
 MODEL = "claude-sonnet-4-6"
 

@@ -29,8 +29,8 @@ from loomgraph.governance import (
     SqliteLedger,
     StandardBudget,
 )
-from loomgraph.pricing import Price, compute_cost
 from loomgraph.protocols import Budget, BudgetExceeded, BudgetScope, Reservation, Usage
+from loomgraph.protocols.pricing import Price, compute_cost
 
 pg_schema = pg.pg_schema
 MODEL = "claude-sonnet-4-5"  # $3 in, $15 out, $3.75 cache write per million tokens
@@ -40,8 +40,9 @@ BOB = BudgetScope("run-b", "bob")
 
 def model_call(scope: BudgetScope = ALICE, prompt: int = 100, max_out: int = 200) -> Reservation:
     """A model reservation shaped like NodeContext makes it."""
-    return Reservation(scope, "model", {"input_tokens": prompt, "output_tokens": max_out,
-                                        "model_calls": 1})
+    return Reservation(
+        scope, "model", {"input_tokens": prompt, "output_tokens": max_out, "model_calls": 1}
+    )
 
 
 def tool_call(scope: BudgetScope = ALICE) -> Reservation:
@@ -81,8 +82,11 @@ CASES: dict[str, tuple[Any, Any, int]] = {
 async def test_every_cap_blocks_at_its_limit_and_records_nothing(cap: str, level: str) -> None:
     limit, make, fits = CASES[cap]
     caps = {cap: limit}
-    config = BudgetConfig(model=MODEL, **caps) if level == "global" else \
-        BudgetConfig(model=MODEL, per_user=Caps(**caps))
+    config = (
+        BudgetConfig(model=MODEL, **caps)
+        if level == "global"
+        else BudgetConfig(model=MODEL, per_user=Caps(**caps))
+    )
     budget = StandardBudget(config)
     scope = "global" if level == "global" else "user:alice"
     for _ in range(fits):
@@ -98,8 +102,9 @@ async def test_every_cap_blocks_at_its_limit_and_records_nothing(cap: str, level
 
 
 async def test_per_user_caps_are_separate_and_users_override() -> None:
-    budget = StandardBudget(BudgetConfig(per_user=Caps(tool_calls=1),
-                                         users={"bob": Caps(tool_calls=3)}))
+    budget = StandardBudget(
+        BudgetConfig(per_user=Caps(tool_calls=1), users={"bob": Caps(tool_calls=3)})
+    )
     await budget.reserve(tool_call(ALICE))
     with pytest.raises(BudgetExceeded, match="user:alice:tool_calls"):
         await budget.reserve(tool_call(ALICE))
@@ -127,8 +132,10 @@ async def test_global_cap_counts_all_users_together() -> None:
 async def test_reserve_prices_the_worst_case_with_the_price_table() -> None:
     budget = StandardBudget(BudgetConfig(model=MODEL, cost_usd=10.0))
     held = await budget.reserve(model_call(prompt=1000, max_out=500))
-    worst = max(compute_cost(MODEL, {"input_tokens": 1000, "output_tokens": 500}),
-                compute_cost(MODEL, {"cache_write_tokens": 1000, "output_tokens": 500}))
+    worst = max(
+        compute_cost(MODEL, {"input_tokens": 1000, "output_tokens": 500}),
+        compute_cost(MODEL, {"cache_write_tokens": 1000, "output_tokens": 500}),
+    )
     assert held.id
     assert held.amount["cost_usd"] == pytest.approx(worst, abs=1e-9)
     reserved = (await budget.totals()).reserved
@@ -144,13 +151,13 @@ async def test_settle_replaces_the_reservation_with_the_actual_amount() -> None:
     totals = await budget.totals()
     assert totals.reserved.get("cost_usd", 0) == 0 and totals.reserved.get("total_tokens", 0) == 0
     assert totals.spent["total_tokens"] == 940  # cached prompt tokens count as input
-    assert totals.spent["cost_usd"] == pytest.approx(compute_cost(MODEL, actual) * NANO_USD,
-                                                     abs=1)
+    assert totals.spent["cost_usd"] == pytest.approx(compute_cost(MODEL, actual) * NANO_USD, abs=1)
     assert totals.spent["model_calls"] == 1  # the call happened even if usage omits it
     held = await budget.reserve(model_call())
     await budget.settle(held, {"input_tokens": 1, "cost_usd": 0.5})  # a given cost is used
     assert (await budget.totals()).spent["cost_usd"] == pytest.approx(
-        (compute_cost(MODEL, actual) + 0.5) * NANO_USD, abs=2)
+        (compute_cost(MODEL, actual) + 0.5) * NANO_USD, abs=2
+    )
 
 
 async def test_release_gives_the_reservation_back_and_unknown_ids_are_harmless() -> None:
@@ -187,8 +194,9 @@ async def test_node_visits_count_on_settle_and_tools_count_calls() -> None:
 
 
 async def test_prices_override_and_input_margin() -> None:
-    table = StandardBudget(BudgetConfig(model="my-model", cost_usd=1.0,
-                                        prices={"my-model": Price(1.0, 2.0)}))
+    table = StandardBudget(
+        BudgetConfig(model="my-model", cost_usd=1.0, prices={"my-model": Price(1.0, 2.0)})
+    )
     held = await table.reserve(model_call(prompt=1_000_000, max_out=0))
     assert held.amount["cost_usd"] == pytest.approx(1.0)
     fn = StandardBudget(BudgetConfig(cost_usd=1.0, prices=lambda model, usage: 0.25))
@@ -236,18 +244,23 @@ async def test_warning_once_per_cap_and_scope() -> None:
     async def on_warning(warning: BudgetWarning) -> None:
         heard.append(warning)
 
-    budget = StandardBudget(BudgetConfig(tool_calls=10, per_user=Caps(tool_calls=5)),
-                            on_warning=on_warning)
+    budget = StandardBudget(
+        BudgetConfig(tool_calls=10, per_user=Caps(tool_calls=5)), on_warning=on_warning
+    )
     for _ in range(3):
         await budget.settle(await budget.reserve(tool_call()), {})
     assert heard == []
     await budget.settle(await budget.reserve(tool_call()), {})  # alice at 4/5 = 80%
-    assert [(w.cap, w.fraction, w.user_id) for w in heard] == [("user:alice:tool_calls", 0.8,
-                                                                "alice")]
+    assert [(w.cap, w.fraction, w.user_id) for w in heard] == [
+        ("user:alice:tool_calls", 0.8, "alice")
+    ]
     for _ in range(4):
         await budget.settle(await budget.reserve(tool_call(BOB)), {})  # global at 8/10
-    assert [w.cap for w in budget.warnings()] == ["user:alice:tool_calls",
-                                                  "global:tool_calls", "user:bob:tool_calls"]
+    assert [w.cap for w in budget.warnings()] == [
+        "user:alice:tool_calls",
+        "global:tool_calls",
+        "user:bob:tool_calls",
+    ]
     await budget.settle(await budget.reserve(tool_call(BOB)), {})
     assert len(heard) == 3  # once per cap and scope
 
@@ -329,8 +342,9 @@ def _ledger(kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> Ledger
 
 
 LEDGERS = ["memory", "sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
-CONCURRENT = BudgetConfig(model=MODEL, cost_usd=1.0,
-                          per_user=Caps(cost_usd=0.1, output_tokens=6_000, model_calls=40))
+CONCURRENT = BudgetConfig(
+    model=MODEL, cost_usd=1.0, per_user=Caps(cost_usd=0.1, output_tokens=6_000, model_calls=40)
+)
 
 
 @pytest.fixture(params=LEDGERS)
@@ -362,8 +376,9 @@ async def test_fifty_concurrent_tasks_of_one_user_never_pass_a_cap(ledger: Ledge
                 return done
             await check()
             await asyncio.sleep(0)  # yield, so the 50 tasks interleave even in memory
-            await budget.settle(held, {"input_tokens": rng.randint(1, 100),
-                                       "output_tokens": rng.randint(1, 200)})
+            await budget.settle(
+                held, {"input_tokens": rng.randint(1, 100), "output_tokens": rng.randint(1, 200)}
+            )
             await check()
             done += 1
 
@@ -377,8 +392,10 @@ async def test_fifty_concurrent_tasks_of_one_user_never_pass_a_cap(ledger: Ledge
 def test_all_ledgers_agree(tmp_path: Path, request: pytest.FixtureRequest) -> None:
     """The check logic is written once: the same script gives the same totals everywhere."""
     with_pg = pg._unavailable_reason() is None or pg.postgres_required()
-    ledgers = [_ledger(kind, tmp_path, request)
-               for kind in ["memory", "sqlite"] + (["postgres"] if with_pg else [])]
+    ledgers = [
+        _ledger(kind, tmp_path, request)
+        for kind in ["memory", "sqlite"] + (["postgres"] if with_pg else [])
+    ]
     seen = [asyncio.run(_script(ledger)) for ledger in ledgers]
     assert all(s == seen[0] for s in seen)
     assert seen[0][0] == ["ok", "ok", "ok", "user:alice:total_tokens"]
@@ -401,25 +418,48 @@ async def _script(ledger: Ledger) -> tuple[list[str], dict[str, int]]:
 
 # ---------------------------------------------------------------------------- properties
 
-OPS = st.lists(st.tuples(st.sampled_from(["reserve", "settle", "release"]),
-                         st.sampled_from(["model", "tool", "node"]),
-                         st.integers(0, 400), st.integers(0, 400), st.floats(0, 1.2),
-                         st.sampled_from(["alice", "bob"])), max_size=40)
+OPS = st.lists(
+    st.tuples(
+        st.sampled_from(["reserve", "settle", "release"]),
+        st.sampled_from(["model", "tool", "node"]),
+        st.integers(0, 400),
+        st.integers(0, 400),
+        st.floats(0, 1.2),
+        st.sampled_from(["alice", "bob"]),
+    ),
+    max_size=40,
+)
 SMALL = st.none() | st.integers(0, 8)
-CAPS = st.builds(Caps, input_tokens=st.none() | st.integers(0, 2000),
-                 output_tokens=st.none() | st.integers(0, 2000),
-                 total_tokens=st.none() | st.integers(0, 3000),
-                 cost_usd=st.none() | st.floats(0, 0.05), model_calls=SMALL, tool_calls=SMALL,
-                 node_visits=SMALL)
+CAPS = st.builds(
+    Caps,
+    input_tokens=st.none() | st.integers(0, 2000),
+    output_tokens=st.none() | st.integers(0, 2000),
+    total_tokens=st.none() | st.integers(0, 3000),
+    cost_usd=st.none() | st.floats(0, 0.05),
+    model_calls=SMALL,
+    tool_calls=SMALL,
+    node_visits=SMALL,
+)
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(ops=OPS, global_caps=CAPS, user_caps=CAPS)
-def test_property_spent_plus_reserved_within_cap(ops: list[Any], global_caps: Caps,
-                                                 user_caps: Caps) -> None:
+def test_property_spent_plus_reserved_within_cap(
+    ops: list[Any], global_caps: Caps, user_caps: Caps
+) -> None:
     """Random reserve/settle/release (actual ≤ reserved): committed ≤ cap, spent never drops."""
-    caps = {name: getattr(global_caps, name) for name in ("input_tokens", "output_tokens",
-            "total_tokens", "cost_usd", "model_calls", "tool_calls", "node_visits")}
+    caps = {
+        name: getattr(global_caps, name)
+        for name in (
+            "input_tokens",
+            "output_tokens",
+            "total_tokens",
+            "cost_usd",
+            "model_calls",
+            "tool_calls",
+            "node_visits",
+        )
+    }
     budget = StandardBudget(BudgetConfig(model=MODEL, per_user=user_caps, **caps))
 
     async def run() -> None:
@@ -428,8 +468,11 @@ def test_property_spent_plus_reserved_within_cap(ops: list[Any], global_caps: Ca
         for op, kind, prompt, out, share, user in ops:
             scope = BudgetScope(f"run-{user}", user)
             if op == "reserve":
-                amount: Usage = {"input_tokens": prompt, "output_tokens": out,
-                                 "model_calls": 1} if kind == "model" else {}
+                amount: Usage = (
+                    {"input_tokens": prompt, "output_tokens": out, "model_calls": 1}
+                    if kind == "model"
+                    else {}
+                )
                 if kind == "tool":
                     amount = {"tool_calls": 1}
                 with contextlib.suppress(BudgetExceeded):
@@ -440,11 +483,16 @@ def test_property_spent_plus_reserved_within_cap(ops: list[Any], global_caps: Ca
                     await budget.release(r)
                 else:
                     f = min(share, 1.0)
-                    await budget.settle(r, {
-                        "input_tokens": int(r.amount.get("input_tokens", 0) * f),
-                        "output_tokens": int(r.amount.get("output_tokens", 0) * f)})
+                    await budget.settle(
+                        r,
+                        {
+                            "input_tokens": int(r.amount.get("input_tokens", 0) * f),
+                            "output_tokens": int(r.amount.get("output_tokens", 0) * f),
+                        },
+                    )
             for name, limits in budget.scopes(scope) + budget.scopes(
-                    BudgetScope("x", "bob" if user == "alice" else "alice")):
+                BudgetScope("x", "bob" if user == "alice" else "alice")
+            ):
                 totals = await budget.totals(name)
                 for metric, cap in limits.items():
                     assert totals.committed(metric) <= cap, (name, metric)
@@ -507,9 +555,15 @@ CHILD = textwrap.dedent("""
 
 def _two_processes(kind: str, target: str, schema: str = "") -> list[dict[str, Any]]:
     """Run 2 x 10 reservers of one user; both processes start on one signal."""
-    procs = [subprocess.Popen([sys.executable, "-c", CHILD, kind, target, schema],
-                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-             for _ in range(2)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", CHILD, kind, target, schema],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
     for proc in procs:
         assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
     for proc in procs:
@@ -525,8 +579,9 @@ def _two_processes(kind: str, target: str, schema: str = "") -> list[dict[str, A
 
 
 async def _check_shared_total(ledger: Ledger, results: list[dict[str, Any]]) -> None:
-    budget = StandardBudget(BudgetConfig(model=MODEL, per_user=Caps(cost_usd=0.2,
-                                                                    output_tokens=12000)), ledger)
+    budget = StandardBudget(
+        BudgetConfig(model=MODEL, per_user=Caps(cost_usd=0.2, output_tokens=12000)), ledger
+    )
     limits = dict(budget.scopes(ALICE))["user:alice"]
     totals = await budget.totals("user:alice")
     await ledger.close()
@@ -536,8 +591,10 @@ async def _check_shared_total(ledger: Ledger, results: list[dict[str, Any]]) -> 
     for metric, cap in limits.items():
         assert totals.spent.get(metric, 0) <= cap
     # Each process alone could exhaust the cap; together they stopped at it.
-    assert totals.spent["cost_usd"] > limits["cost_usd"] - 2 * 3_375_000 or \
-        totals.spent["output_tokens"] > 12000 - 2 * 200
+    assert (
+        totals.spent["cost_usd"] > limits["cost_usd"] - 2 * 3_375_000
+        or totals.spent["output_tokens"] > 12000 - 2 * 200
+    )
 
 
 def test_two_processes_share_one_sqlite_cap(tmp_path: Path) -> None:
@@ -551,5 +608,4 @@ def test_two_processes_share_one_postgres_cap(pg_schema: str) -> None:
     from loomgraph.governance import PostgresLedger
 
     results = _two_processes("postgres", pg.postgres_dsn(), pg_schema)
-    asyncio.run(_check_shared_total(PostgresLedger(pg.postgres_dsn(), schema=pg_schema),
-                                    results))
+    asyncio.run(_check_shared_total(PostgresLedger(pg.postgres_dsn(), schema=pg_schema), results))

@@ -13,8 +13,13 @@ ROOT = Path(__file__).parents[1]
 
 
 def loomgraph(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "loomgraph.cli", *args], capture_output=True,
-                          text=True, cwd=cwd, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "loomgraph.cli.main", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=120,
+    )
 
 
 def test_run_streams_events_and_exits_zero() -> None:
@@ -25,8 +30,9 @@ def test_run_streams_events_and_exits_zero() -> None:
 
 
 def test_run_with_tools_by_import_path_prints_json_events() -> None:
-    done = loomgraph("run", "x", "--model", "echo", "--tools", "examples.quickstart:calculator",
-                     "--json")
+    done = loomgraph(
+        "run", "x", "--model", "echo", "--tools", "examples.quickstart:calculator", "--json"
+    )
     assert done.returncode == 0, done.stderr
     events = [json.loads(line) for line in done.stdout.splitlines()]
     assert events[0]["kind"] == "run_started" and events[-1]["kind"] == "run_completed"
@@ -34,8 +40,9 @@ def test_run_with_tools_by_import_path_prints_json_events() -> None:
 
 def test_validate_prints_every_problem_with_file_and_line(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
-    bad.write_text("name: bad\nentry: a\nnodes:\n  a: {kind: modle}\n"
-                   "edges:\n  - {from: a, to: nowhere}\n")
+    bad.write_text(
+        "name: bad\nentry: a\nnodes:\n  a: {kind: modle}\nedges:\n  - {from: a, to: nowhere}\n"
+    )
     done = loomgraph("validate", str(bad))
     assert done.returncode == 1
     assert f"{bad}:4: [unknown-node-kind]" in done.stdout

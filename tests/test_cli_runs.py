@@ -62,17 +62,24 @@ def env(tmp_path: Path) -> dict[str, Any]:
     """A journal path, a ledger, and the helper module on the subprocesses' path."""
     (tmp_path / "cli_helpers.py").write_text(HELPERS)
     ledger = tmp_path / "ledger.tsv"
-    variables = dict(os.environ, CLI_LEDGER=str(ledger),
-                     PYTHONPATH=os.pathsep.join([str(tmp_path), str(TESTS),
-                                                 os.environ.get("PYTHONPATH", "")]))
-    return {"db": tmp_path / "journal.db", "ledger": ledger, "env": variables,
-            "dir": tmp_path}
+    variables = dict(
+        os.environ,
+        CLI_LEDGER=str(ledger),
+        PYTHONPATH=os.pathsep.join([str(tmp_path), str(TESTS), os.environ.get("PYTHONPATH", "")]),
+    )
+    return {"db": tmp_path / "journal.db", "ledger": ledger, "env": variables, "dir": tmp_path}
 
 
 def loomgraph(env: dict[str, Any], *args: str) -> subprocess.CompletedProcess[str]:
     """Run the real command."""
-    return subprocess.run([sys.executable, "-m", "loomgraph.cli", *args], capture_output=True,
-                          text=True, cwd=env["dir"], env=env["env"], timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "loomgraph.cli.main", *args],
+        capture_output=True,
+        text=True,
+        cwd=env["dir"],
+        env=env["env"],
+        timeout=120,
+    )
 
 
 def journal(env: dict[str, Any]) -> list[str]:
@@ -81,14 +88,28 @@ def journal(env: dict[str, Any]) -> list[str]:
 
 def ledger(env: dict[str, Any]) -> Counter[str]:
     path: Path = env["ledger"]
-    return Counter(line.split("\t")[0] for line in path.read_text().splitlines()) \
-        if path.exists() else Counter()
+    return (
+        Counter(line.split("\t")[0] for line in path.read_text().splitlines())
+        if path.exists()
+        else Counter()
+    )
 
 
 def failed_run(env: dict[str, Any]) -> str:
     """`loomgraph run --runtime`: a durable run whose second model call fails."""
-    done = loomgraph(env, "run", "Where are Paris and Tokyo?", "--model", "cli_helpers:BROKEN",
-                     "--tools", "cli_helpers:TOOLS", "--user", "alice", "--json", *journal(env))
+    done = loomgraph(
+        env,
+        "run",
+        "Where are Paris and Tokyo?",
+        "--model",
+        "cli_helpers:BROKEN",
+        "--tools",
+        "cli_helpers:TOOLS",
+        "--user",
+        "alice",
+        "--json",
+        *journal(env),
+    )
     assert done.returncode == 1, done.stderr  # the run failed
     events = [json.loads(line) for line in done.stdout.splitlines()]
     assert events[-1]["kind"] == "run_completed" and events[-1]["payload"]["status"] == "failed"
@@ -107,7 +128,9 @@ def test_run_with_a_runtime_is_durable_and_listed(env: dict[str, Any]) -> None:
     assert listed.returncode == 0, listed.stderr
     runs = [json.loads(line) for line in listed.stdout.splitlines()]
     assert [(r["run_id"], r["status"], r["user_id"], r["graph_name"]) for r in runs] == [
-        (run_id, "completed", "bob", "react"), (failed, "failed", "alice", "react")]
+        (run_id, "completed", "bob", "react"),
+        (failed, "failed", "alice", "react"),
+    ]
     text = loomgraph(env, "runs", "list", *journal(env))
     assert text.returncode == 0
     header, *rows = text.stdout.splitlines()
@@ -124,9 +147,13 @@ def test_show_prints_transitions_state_and_result(env: dict[str, Any]) -> None:
     data = json.loads(shown.stdout)
     assert data["run"]["status"] == "failed" and "provider down" in data["run"]["reason"]
     assert [(t["seq"], t["node"], t["visit"], t["next"]) for t in data["transitions"]] == [
-        (1, "model", 1, "tools"), (2, "tools", 1, "model")]
+        (1, "model", 1, "tools"),
+        (2, "tools", 1, "model"),
+    ]
     assert [m["content"] for m in data["state"]["messages"] if m["role"] == "tool"] == [
-        "France", "Japan"]
+        "France",
+        "Japan",
+    ]
     assert data["result"]["status"] == "failed"
     text = loomgraph(env, "runs", "show", run_id, *journal(env)).stdout
     assert f"run {run_id}  status=failed" in text
@@ -137,8 +164,17 @@ def test_show_prints_transitions_state_and_result(env: dict[str, Any]) -> None:
 def test_resume_continues_a_failed_run_without_rerunning_its_tools(env: dict[str, Any]) -> None:
     run_id = failed_run(env)
     assert sorted(ledger(env).values()) == [1, 1]
-    resumed = loomgraph(env, "runs", "resume", run_id, "--model", "cli_helpers:RECOVERED",
-                        "--tools", "cli_helpers:TOOLS", *journal(env))
+    resumed = loomgraph(
+        env,
+        "runs",
+        "resume",
+        run_id,
+        "--model",
+        "cli_helpers:RECOVERED",
+        "--tools",
+        "cli_helpers:TOOLS",
+        *journal(env),
+    )
     assert resumed.returncode == 0, resumed.stderr
     assert "node_completed  model -> END" in resumed.stdout
     assert "status=completed output='France and Japan.'" in resumed.stdout
@@ -147,29 +183,61 @@ def test_resume_continues_a_failed_run_without_rerunning_its_tools(env: dict[str
     assert shown["run"]["status"] == "completed"
     assert [t["node"] for t in shown["transitions"]] == ["model", "tools", "model"]
     # A finished run: resuming again returns its result and executes nothing.
-    again = loomgraph(env, "runs", "resume", run_id, "--model", "cli_helpers:BROKEN",
-                      "--tools", "cli_helpers:TOOLS", *journal(env), "--json")
+    again = loomgraph(
+        env,
+        "runs",
+        "resume",
+        run_id,
+        "--model",
+        "cli_helpers:BROKEN",
+        "--tools",
+        "cli_helpers:TOOLS",
+        *journal(env),
+        "--json",
+    )
     assert again.returncode == 0, again.stderr
     assert json.loads(again.stdout.splitlines()[-1])["result"]["output"] == "France and Japan."
 
 
 def test_resume_that_fails_again_exits_one(env: dict[str, Any]) -> None:
     run_id = failed_run(env)
-    again = loomgraph(env, "runs", "resume", run_id, "--model", "cli_helpers:BROKEN",
-                      "--tools", "cli_helpers:TOOLS", *journal(env))
+    again = loomgraph(
+        env,
+        "runs",
+        "resume",
+        run_id,
+        "--model",
+        "cli_helpers:BROKEN",
+        "--tools",
+        "cli_helpers:TOOLS",
+        *journal(env),
+    )
     assert again.returncode == 1
     assert "status=failed" in again.stdout and "provider down" in again.stdout
 
 
 def test_resume_after_a_crash_breaks_only_a_dead_workers_lease(env: dict[str, Any]) -> None:
     crashed = subprocess.run(
-        [sys.executable, str(TESTS / "crash_worker.py"), "run", "--journal",
-         f"sqlite:{env['db']}", "--ledger", str(env["ledger"]), "--point", "after_effect",
-         "--n", "2"], capture_output=True, text=True, timeout=120)
+        [
+            sys.executable,
+            str(TESTS / "crash_worker.py"),
+            "run",
+            "--journal",
+            f"sqlite:{env['db']}",
+            "--ledger",
+            str(env["ledger"]),
+            "--point",
+            "after_effect",
+            "--n",
+            "2",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert crashed.returncode == -signal.SIGKILL, crashed.stderr
     run_id = json.loads(crashed.stdout.splitlines()[0])["run_id"]
-    options = ["--model", "cli_helpers:crash_script", "--tools", "cli_helpers:TOOLS",
-               *journal(env)]
+    options = ["--model", "cli_helpers:crash_script", "--tools", "cli_helpers:TOOLS", *journal(env)]
     # The killed worker still holds the run's lease.
     refused = loomgraph(env, "runs", "resume", run_id, *options)
     assert refused.returncode == 1
@@ -191,9 +259,22 @@ async def test_fork_starts_a_new_run_from_a_checkpoint_with_a_patch(
 ) -> None:
     run_id = failed_run(env)
     patch = json.dumps({"messages": [{"role": "user", "content": "And Rome?"}]})
-    forked = loomgraph(env, "runs", "fork", run_id, "--at", "2", "--patch", patch,
-                       "--model", "echo", "--tools", "cli_helpers:TOOLS", *journal(env),
-                       "--json")
+    forked = loomgraph(
+        env,
+        "runs",
+        "fork",
+        run_id,
+        "--at",
+        "2",
+        "--patch",
+        patch,
+        "--model",
+        "echo",
+        "--tools",
+        "cli_helpers:TOOLS",
+        *journal(env),
+        "--json",
+    )
     assert forked.returncode == 0, forked.stderr
     result = json.loads(forked.stdout.splitlines()[-1])["result"]
     assert result["status"] == "completed" and result["output"] == "And Rome?"
@@ -214,7 +295,7 @@ def test_diff_prints_what_changed_between_two_checkpoints(env: dict[str, Any]) -
     assert done.returncode == 0, done.stderr
     changes = json.loads(done.stdout)
     assert set(changes) == {"messages"}
-    added = changes["messages"]["after"][len(changes["messages"]["before"]):]
+    added = changes["messages"]["after"][len(changes["messages"]["before"]) :]
     assert [m["content"] for m in added] == ["France", "Japan"]
     text = loomgraph(env, "runs", "diff", run_id, "0", "1", *journal(env)).stdout
     assert "messages:\n  + " in text and "usage:" in text
@@ -235,8 +316,10 @@ def test_render_run_draws_the_path_and_highlights_where_it_failed(
     assert "#dc2626" in model_line  # failed: the node it stopped at, in red
     assert "\N{MULTIPLICATION SIGN}1" in dot  # edges taken, with counts
     svg = env["dir"] / "run.svg"
-    assert loomgraph(env, "render", "react", "--run", run_id, *journal(env),
-                     "-o", str(svg)).returncode == 0
+    assert (
+        loomgraph(env, "render", "react", "--run", run_id, *journal(env), "-o", str(svg)).returncode
+        == 0
+    )
     assert "<svg" in svg.read_text()
 
 

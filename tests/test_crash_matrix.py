@@ -38,8 +38,11 @@ pg_schema = pg.pg_schema
 
 # The (node, visit) path of every run of the script, crashed or not.
 PATH = [("model", 1), ("tools", 1), ("model", 2), ("tools", 2), ("model", 3)]
-TOOL_KEYS = {"tools:1:1": {"city": "Paris"}, "tools:1:2": {"city": "Tokyo"},
-             "tools:2:1": {"a": 2, "b": 3}}
+TOOL_KEYS = {
+    "tools:1:1": {"city": "Paris"},
+    "tools:1:2": {"city": "Tokyo"},
+    "tools:2:1": {"a": 2, "b": 3},
+}
 
 
 @dataclass(frozen=True)
@@ -75,9 +78,12 @@ class Worker:
 
 def run_worker(journal: Journal, ledger: Path, *args: str) -> Worker:
     """Run one worker to its end (normal exit or its own SIGKILL)."""
-    done = subprocess.run([sys.executable, WORKER, *args, *journal.args(),
-                           "--ledger", str(ledger)], capture_output=True, text=True,
-                          timeout=120)
+    done = subprocess.run(
+        [sys.executable, WORKER, *args, *journal.args(), "--ledger", str(ledger)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     lines = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
     return Worker(done.returncode, lines, done.stderr)
 
@@ -93,7 +99,7 @@ def ledger_lines(ledger: Path) -> list[tuple[str, dict[str, Any]]]:
 def suffix(run_id: str, key: str) -> str:
     """An effect key without its run id (`tools:1:2`)."""
     assert key.startswith(run_id + ":"), key
-    return key[len(run_id) + 1:]
+    return key[len(run_id) + 1 :]
 
 
 async def journal_view(journal: Journal, run_id: str) -> dict[str, Any]:
@@ -104,9 +110,12 @@ async def journal_view(journal: Journal, run_id: str) -> dict[str, Any]:
         record = await runtime.load_run(run_id)
         assert record is not None
         history = await agent.history(run_id)
-        return {"record": record, "transitions": await runtime.transitions(run_id),
-                "effects": {e.key: e for e in await runtime.effects(run_id)},
-                "state": history[-1].state if history else None}
+        return {
+            "record": record,
+            "transitions": await runtime.transitions(run_id),
+            "effects": {e.key: e for e in await runtime.effects(run_id)},
+            "state": history[-1].state if history else None,
+        }
     finally:
         await runtime.close()  # type: ignore[attr-defined]
 
@@ -138,8 +147,11 @@ def reference(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     assert done.returncode == 0, done.stderr
     run_id = done.lines[0]["run_id"]
     view = asyncio.run(journal_view(journal, run_id))
-    return {"state": view["state"], "result": done.last("result")["result"],
-            "ledger": [(suffix(run_id, k), a) for k, a in ledger_lines(ledger)]}
+    return {
+        "state": view["state"],
+        "result": done.last("result")["result"],
+        "ledger": [(suffix(run_id, k), a) for k, a in ledger_lines(ledger)],
+    }
 
 
 def test_the_uncrashed_reference_run(reference: dict[str, Any]) -> None:
@@ -270,9 +282,13 @@ async def crashed_run(journal: Journal, ledger: Path) -> str:
 
 def worker_process(journal: Journal, ledger: Path, *args: str) -> subprocess.Popen[str]:
     """A worker started in the background, its stdin and stdout piped."""
-    return subprocess.Popen([sys.executable, WORKER, *args, *journal.args(),
-                             "--ledger", str(ledger)], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, WORKER, *args, *journal.args(), "--ledger", str(ledger)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def finish(process: subprocess.Popen[str]) -> Worker:
@@ -382,8 +398,13 @@ async def test_a_resume_that_got_the_lease_after_the_run_finished_does_not_finis
 
     def agent(runtime: Any) -> Agent:
         tools = W.make_tools(str(ledger), runtime.killer, hold=False)
-        return Agent(W.INSTRUCTIONS, model=ScriptedModel(W.SCRIPT), tools=tools,
-                     runtime=runtime, memory=memory)
+        return Agent(
+            W.INSTRUCTIONS,
+            model=ScriptedModel(W.SCRIPT),
+            tools=tools,
+            runtime=runtime,
+            memory=memory,
+        )
 
     try:
         b_task = asyncio.create_task(agent(b_runtime).resume(run_id))

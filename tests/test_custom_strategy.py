@@ -74,28 +74,55 @@ print(json.dumps({
 
 
 def _env(site: Path | None) -> dict[str, str]:
-    env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1", PIP_ROOT_USER_ACTION="ignore",
-               PIP_DISABLE_PIP_VERSION_CHECK="1")
+    env = dict(
+        os.environ,
+        PYTHONDONTWRITEBYTECODE="1",
+        PIP_ROOT_USER_ACTION="ignore",
+        PIP_DISABLE_PIP_VERSION_CHECK="1",
+    )
     if site is not None:
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(site), env.get("PYTHONPATH")]))
     return env
 
 
 def _python(args: list[str], site: Path | None, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, *args], env=_env(site), cwd=cwd, capture_output=True,
-                          text=True, timeout=TIMEOUT, check=False)
+    return subprocess.run(
+        [sys.executable, *args],
+        env=_env(site),
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        check=False,
+    )
 
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A temporary folder the example package is pip-installed into (once per module)."""
     if importlib.util.find_spec("hatchling") is None:
-        pytest.fail("building the example package needs hatchling in this environment "
-                    "(it is in loomgraph's `dev` extra): pip install 'hatchling>=1.21'")
+        pytest.fail(
+            "building the example package needs hatchling in this environment "
+            "(it is in loomgraph's `dev` extra): pip install 'hatchling>=1.21'"
+        )
     target = tmp_path_factory.mktemp("site")
-    done = _python(["-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
-                    "--no-index", "--no-cache-dir", "--target", str(target), str(EXAMPLE)],
-                   None, target)
+    done = _python(
+        [
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--no-deps",
+            "--no-build-isolation",
+            "--no-index",
+            "--no-cache-dir",
+            "--target",
+            str(target),
+            str(EXAMPLE),
+        ],
+        None,
+        target,
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     assert (target / "loomgraph_debate" / "vote.py").is_file()
     return target
@@ -106,33 +133,47 @@ def test_the_main_environment_does_not_have_the_example(tmp_path: Path) -> None:
         importlib.metadata.distribution("loomgraph-debate")  # uninstall it if this fails
     assert importlib.util.find_spec("loomgraph_debate") is None
     # Without the package installed, the graph names a kind nobody registered.
-    done = _python(["-c", "from loomgraph import Agent; import sys; "
-                    "Agent(model='echo', architecture=sys.argv[1])", str(EXAMPLE_GRAPH)],
-                   None, tmp_path)
+    done = _python(
+        [
+            "-c",
+            "from loomgraph import Agent; import sys; "
+            "Agent(model='echo', architecture=sys.argv[1])",
+            str(EXAMPLE_GRAPH),
+        ],
+        None,
+        tmp_path,
+    )
     assert done.returncode != 0
     assert "unknown-node-kind" in done.stderr and "'vote'" in done.stderr
 
 
 def test_installed_the_kind_is_found_by_entry_point_and_the_graph_runs(
-        site: Path, tmp_path: Path) -> None:
+    site: Path, tmp_path: Path
+) -> None:
     done = _python(["-c", RUN_INSTALLED_GRAPH], site, tmp_path)
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout.strip().splitlines()[-1])
     assert report["imported_before"] is False
     assert report["entry_point"] == "vote = loomgraph_debate.vote:VoteNode"
-    assert Path(report["module"]).is_relative_to(site)       # the installed copy
+    assert Path(report["module"]).is_relative_to(site)  # the installed copy
     assert report["kind"] == "VoteNode"
     assert report["status"] == "completed"
     assert report["output"] == "Canberra"
     assert report["votes"] == ["Canberra", "Sydney", "canberra", "Canberra", "Perth"]
     assert report["agreement"] == pytest.approx(0.6)
-    assert report["path"] == [["research/model", "tools"], ["research/tools", "model"],
-                              ["research/model", "END"], ["research", "vote"], ["vote", "END"]]
+    assert report["path"] == [
+        ["research/model", "tools"],
+        ["research/tools", "model"],
+        ["research/model", "END"],
+        ["research", "vote"],
+        ["vote", "END"],
+    ]
 
 
 def test_installed_the_example_package_own_tests_pass(site: Path, tmp_path: Path) -> None:
-    done = _python(["-m", "pytest", "-q", "-p", "no:cacheprovider", str(EXAMPLE / "tests")],
-                   site, tmp_path)
+    done = _python(
+        ["-m", "pytest", "-q", "-p", "no:cacheprovider", str(EXAMPLE / "tests")], site, tmp_path
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     passed = re.search(r"(\d+) passed", done.stdout)
     assert passed is not None and int(passed.group(1)) >= 8, done.stdout

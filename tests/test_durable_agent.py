@@ -24,8 +24,7 @@ async def test_resume_from_the_sqlite_journal_in_a_new_agent(tmp_path: Path) -> 
         raise RuntimeError("provider down")
 
     path = tmp_path / "journal.db"
-    first = Agent("x", model=ScriptedModel(failing), tools=[charge],
-                  runtime=f"sqlite:{path}")
+    first = Agent("x", model=ScriptedModel(failing), tools=[charge], runtime=f"sqlite:{path}")
     failed = await first.run("pay", user_id="alice")
     assert failed.status == "failed"
     await first.deps.runtime.close()  # type: ignore[attr-defined]

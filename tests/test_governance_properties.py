@@ -64,7 +64,9 @@ from hypothesis.stateful import (
 import governance_worker as gw
 import pg
 from loomgraph import Agent, tool
-from loomgraph.checkpoints import ResumeError
+from loomgraph.agent.checkpoints import ResumeError
+from loomgraph.agent.result import RunResult
+from loomgraph.authoring.validate import validate_graph
 from loomgraph.governance import (
     NANO_USD,
     BudgetConfig,
@@ -76,11 +78,9 @@ from loomgraph.governance import (
     StandardPermissions,
 )
 from loomgraph.graph.spec import EdgeSpec, Graph, Limits, NodeSpec
-from loomgraph.graph.validate import validate_graph
 from loomgraph.models import ScriptedModel
 from loomgraph.observability import FileAuditLog
 from loomgraph.protocols import ModelError, ModelRequest
-from loomgraph.result import RunResult
 from loomgraph.runtime import InMemoryRuntime
 from loomgraph.runtime.sqlite import SqliteRuntime
 
@@ -88,8 +88,15 @@ pg_schema = pg.pg_schema
 
 MODEL = "claude-sonnet-4-5"  # in the price table, so cost caps are real
 USERS: tuple[str | None, ...] = ("alice", "bob", None)
-METRICS = ("input_tokens", "output_tokens", "total_tokens", "cost_usd", "model_calls",
-           "tool_calls", "node_visits")
+METRICS = (
+    "input_tokens",
+    "output_tokens",
+    "total_tokens",
+    "cost_usd",
+    "model_calls",
+    "tool_calls",
+    "node_visits",
+)
 TOOLS = ("read", "delete", "search")  # `delete` is destructive
 UNKNOWN = "launch"  # a tool the model calls that does not exist
 ARG = {"read": "path", "delete": "path", "search": "q", UNKNOWN: "x"}
@@ -99,9 +106,9 @@ QUERIES = ("cats", "rm -rf /", "weather today")
 # stays within a segment and `**` crosses `/`.
 PATH_GLOBS: dict[str, Callable[[str], bool]] = {
     "/data/**": lambda p: p.startswith("/data/"),
-    "/data/*": lambda p: p.startswith("/data/") and "/" not in p[len("/data/"):],
+    "/data/*": lambda p: p.startswith("/data/") and "/" not in p[len("/data/") :],
     "/etc/**": lambda p: p.startswith("/etc/"),
-    "/tmp/*": lambda p: p.startswith("/tmp/") and "/" not in p[len("/tmp/"):],
+    "/tmp/*": lambda p: p.startswith("/tmp/") and "/" not in p[len("/tmp/") :],
 }
 QUERY_GLOBS = ("*", "c*", "rm *")
 POLICY_RESULTS = ("allow", "deny", "ask", "default", "raise", "junk")
@@ -177,14 +184,22 @@ class PermissionModel:
     def build(self) -> StandardPermissions:
         per_user = None
         if self.bob is not None:
-            per_user = {"bob": {"allow": [r.text for r in self.bob["allow"]],
-                                "ask": [r.text for r in self.bob["ask"]],
-                                "deny": [r.text for r in self.bob["deny"]],
-                                **({"mode": self.bob["mode"]} if self.bob["mode"] else {})}}
+            per_user = {
+                "bob": {
+                    "allow": [r.text for r in self.bob["allow"]],
+                    "ask": [r.text for r in self.bob["ask"]],
+                    "deny": [r.text for r in self.bob["deny"]],
+                    **({"mode": self.bob["mode"]} if self.bob["mode"] else {}),
+                }
+            }
         return StandardPermissions(
-            allow=[r.text for r in self.allow], ask=[r.text for r in self.ask],
-            deny=[r.text for r in self.deny], mode=self.mode,  # type: ignore[arg-type]
-            per_user=per_user, policy=self.policy if self.policy_table is not None else None)
+            allow=[r.text for r in self.allow],
+            ask=[r.text for r in self.ask],
+            deny=[r.text for r in self.deny],
+            mode=self.mode,  # type: ignore[arg-type]
+            per_user=per_user,
+            policy=self.policy if self.policy_table is not None else None,
+        )
 
     def policy(self, call: dict[str, Any], spec: Any, user_id: str | None) -> str:
         assert self.policy_table is not None
@@ -230,8 +245,9 @@ class PermissionModel:
     def hook_denies(self, tool_name: str, args: dict[str, Any]) -> bool:
         return self.hook and tool_name == "search" and str(args.get("q", "")).startswith("rm")
 
-    def outcome(self, tool_name: str, args: dict[str, Any], user: str | None,
-                answer: Any) -> tuple[str, str, dict[str, Any]]:
+    def outcome(
+        self, tool_name: str, args: dict[str, Any], user: str | None, answer: Any
+    ) -> tuple[str, str, dict[str, Any]]:
         """The final (verdict, rule, args) of a call, given the approval answer (if asked)."""
         verdict, label = self.decide(tool_name, args, user)
         if verdict == "ask":
@@ -258,12 +274,22 @@ async def no_rm(call: dict[str, Any]) -> str | None:
 
 
 permission_models = st.builds(
-    PermissionModel, allow=rule_lists, ask=rule_lists, deny=rule_lists, mode=modes,
-    policy_table=st.one_of(st.none(), st.fixed_dictionaries(
-        {t: st.sampled_from(POLICY_RESULTS) for t in TOOLS})),
-    bob=st.one_of(st.none(), st.fixed_dictionaries(
-        {"allow": rule_lists, "ask": rule_lists, "deny": rule_lists, "mode": modes})),
-    hook=st.booleans())
+    PermissionModel,
+    allow=rule_lists,
+    ask=rule_lists,
+    deny=rule_lists,
+    mode=modes,
+    policy_table=st.one_of(
+        st.none(), st.fixed_dictionaries({t: st.sampled_from(POLICY_RESULTS) for t in TOOLS})
+    ),
+    bob=st.one_of(
+        st.none(),
+        st.fixed_dictionaries(
+            {"allow": rule_lists, "ask": rule_lists, "deny": rule_lists, "mode": modes}
+        ),
+    ),
+    hook=st.booleans(),
+)
 
 
 # ---------------------------------------------------------------------------- budgets
@@ -291,9 +317,12 @@ def budget_configs(draw: st.DrawFn) -> BudgetConfig:
     per_user = draw(st.one_of(st.none(), caps()))
     users = draw(st.one_of(st.just({}), st.fixed_dictionaries({"bob": caps()})))
     return BudgetConfig(
-        **draw(caps()), per_user=None if per_user is None else Caps(**per_user),
+        **draw(caps()),
+        per_user=None if per_user is None else Caps(**per_user),
         users={u: Caps(**c) for u, c in users.items()},
-        warn_at=draw(st.sampled_from((None, 0.5, 0.8))), model=MODEL)
+        warn_at=draw(st.sampled_from((None, 0.5, 0.8))),
+        model=MODEL,
+    )
 
 
 def user_scope(user: str | None) -> str:
@@ -303,6 +332,7 @@ def user_scope(user: str | None) -> str:
 
 def capped_scopes(config: BudgetConfig) -> dict[str, dict[str, float]]:
     """Every ledger scope with caps, and its caps as the user wrote them (cost in USD)."""
+
     def written(c: Caps | None) -> dict[str, float]:
         return {m: getattr(c, m) for m in METRICS if c is not None and getattr(c, m) is not None}
 
@@ -326,28 +356,39 @@ def graphs(draw: st.DrawFn) -> Graph | str:
         "model": NodeSpec(kind="model", **({"max_tokens": max_tokens} if max_tokens else {})),
         "tools": NodeSpec(kind="tools", concurrency=draw(st.integers(1, 3))),
     }
-    edges = [EdgeSpec(source="model", target="tools",
-                      when="last_message.tool_calls | length > 0"),
-             EdgeSpec(source="model", target="after" if after else "END")]
+    edges = [
+        EdgeSpec(source="model", target="tools", when="last_message.tool_calls | length > 0"),
+        EdgeSpec(source="model", target="after" if after else "END"),
+    ]
     if prep:
-        nodes["prep"] = NodeSpec(kind="function", call="governance_worker:prep",
-                                 reads=["input"], writes=[])
+        nodes["prep"] = NodeSpec(
+            kind="function", call="governance_worker:prep", reads=["input"], writes=[]
+        )
         edges.append(EdgeSpec(source="prep", target="model"))
     if after:
-        nodes["after"] = NodeSpec(kind="function", call="governance_worker:after",
-                                  reads=["messages"], writes=["output"])
+        nodes["after"] = NodeSpec(
+            kind="function", call="governance_worker:after", reads=["messages"], writes=["output"]
+        )
         edges.append(EdgeSpec(source="after", target="END"))
     if direct:  # a function node that calls a tool itself, after each tools node
-        nodes["direct"] = NodeSpec(kind="function", call="governance_worker:direct",
-                                   reads=[], writes=[])
-        edges += [EdgeSpec(source="tools", target="direct"),
-                  EdgeSpec(source="direct", target="model")]
+        nodes["direct"] = NodeSpec(
+            kind="function", call="governance_worker:direct", reads=[], writes=[]
+        )
+        edges += [
+            EdgeSpec(source="tools", target="direct"),
+            EdgeSpec(source="direct", target="model"),
+        ]
     else:
         edges.append(EdgeSpec(source="tools", target="model"))
-    graph = Graph(name=f"gov-{int(prep)}{int(direct)}{int(after)}-{max_tokens}",
-                  entry="prep" if prep else "model", nodes=nodes, edges=edges,
-                  limits=Limits(max_visits=draw(st.integers(4, 40)),
-                                max_node_visits=draw(st.integers(2, 12))))
+    graph = Graph(
+        name=f"gov-{int(prep)}{int(direct)}{int(after)}-{max_tokens}",
+        entry="prep" if prep else "model",
+        nodes=nodes,
+        edges=edges,
+        limits=Limits(
+            max_visits=draw(st.integers(4, 40)), max_node_visits=draw(st.integers(2, 12))
+        ),
+    )
     assert validate_graph(graph) == []
     return graph
 
@@ -368,12 +409,14 @@ class TurnPlan:
 
 turn_plans = st.builds(
     TurnPlan,
-    calls=st.lists(st.tuples(st.sampled_from((*TOOLS, UNKNOWN)), st.integers(0, 4)),
-                   max_size=3).map(tuple),
+    calls=st.lists(
+        st.tuples(st.sampled_from((*TOOLS, UNKNOWN)), st.integers(0, 4)), max_size=3
+    ).map(tuple),
     prompt_pct=st.integers(0, 100),
     cached=st.tuples(st.integers(0, 100), st.integers(0, 100)),
     output_pct=st.integers(0, 100),
-    fail=st.sampled_from((*[None] * 8, "retry", "model_error", "runtime")))
+    fail=st.sampled_from((*[None] * 8, "retry", "model_error", "runtime")),
+)
 scripts = st.lists(turn_plans, min_size=1, max_size=4)
 crashes = st.one_of(st.none(), st.none(), st.tuples(st.integers(1, 60), st.booleans()))
 
@@ -386,8 +429,12 @@ def usage_within(request: ModelRequest, plan: TurnPlan) -> dict[str, int]:
     read = prompt * plan.cached[0] // 100
     write = (prompt - read) * plan.cached[1] // 100
     output = (request.max_tokens or 4096) * plan.output_pct // 100
-    return {"input_tokens": prompt - read - write, "cache_read_tokens": read,
-            "cache_write_tokens": write, "output_tokens": output}
+    return {
+        "input_tokens": prompt - read - write,
+        "cache_read_tokens": read,
+        "cache_write_tokens": write,
+        "output_tokens": output,
+    }
 
 
 # ---------------------------------------------------------------------------- processes
@@ -398,8 +445,9 @@ class Crash(BaseException):
 
 
 PROC: contextvars.ContextVar[Proc | None] = contextvars.ContextVar("gov_proc", default=None)
-JOURNAL_WRITES = frozenset({"start_run", "begin_effect", "end_effect", "append_transition",
-                            "finish_run"})
+JOURNAL_WRITES = frozenset(
+    {"start_run", "begin_effect", "end_effect", "append_transition", "finish_run"}
+)
 
 
 class Proc:
@@ -543,9 +591,17 @@ class GovernanceMachine(RuleBasedStateMachine):
     # ------------------------------------------------------------------ set-up
 
     # Subclasses draw the set-up (an @initialize rule) and call this.
-    def setup(self, graph: Graph | str, permissions: PermissionModel, config: BudgetConfig,
-              journal: str, ledger: str, handler: dict[str, Any] | None,
-              max_tokens: int | None, keyed: bool) -> None:
+    def setup(
+        self,
+        graph: Graph | str,
+        permissions: PermissionModel,
+        config: BudgetConfig,
+        journal: str,
+        ledger: str,
+        handler: dict[str, Any] | None,
+        max_tokens: int | None,
+        keyed: bool,
+    ) -> None:
         self.graph = graph
         self.oracle = permissions
         self.permissions = permissions.build()
@@ -557,8 +613,9 @@ class GovernanceMachine(RuleBasedStateMachine):
         # are closed, as the OS would); these objects are the test's own, for checking.
         # In memory: one object, shared by the processes.
         self.journal_path = str(self.dir / "journal.db") if journal == "sqlite" else None
-        self.ledger_path = (self.journal_path or str(self.dir / "ledger.db")) \
-            if ledger == "sqlite" else None
+        self.ledger_path = (
+            (self.journal_path or str(self.dir / "ledger.db")) if ledger == "sqlite" else None
+        )
         self.journal: Any = self._journal() or InMemoryRuntime()
         self.ledger: Any = self._ledger() or InMemoryLedger()
         self.audit = FileAuditLog(self.dir / "audit.jsonl", key=b"k" if keyed else None)
@@ -600,8 +657,7 @@ class GovernanceMachine(RuleBasedStateMachine):
                 self.problems.append(f"run {run_id} resumed still holding {left}")
         if proc is not None:
             proc.alive()
-        self.executed.append(Executed(name, args, args["ref"], key, run_id,
-                                      self.audit.head().seq))
+        self.executed.append(Executed(name, args, args["ref"], key, run_id, self.audit.head().seq))
 
     def _approve(self, call: dict[str, Any], decision: Any) -> Any:
         """The in-process approval handler: the answer already given for this call, if any,
@@ -609,8 +665,9 @@ class GovernanceMachine(RuleBasedStateMachine):
         tool_name, args, user = self.original(call["id"])
         expected = self.oracle.decide(tool_name, args, user)
         if (decision.verdict, decision.rule) != expected or call["args"] != args:
-            self.problems.append(f"approval handler asked about {call} with {decision}, "
-                                 f"expected {expected}")
+            self.problems.append(
+                f"approval handler asked about {call} with {decision}, expected {expected}"
+            )
         assert self.handler_table is not None
         answer = self.answers.get(call["id"], self.handler_table[call["tool"]])
         if answer is not None:
@@ -627,21 +684,27 @@ class GovernanceMachine(RuleBasedStateMachine):
     def _ledger(self) -> SqliteLedger | None:
         return SqliteLedger(self.ledger_path, busy_timeout=5.0) if self.ledger_path else None
 
-    async def in_process(self, crash: tuple[int, bool] | None,
-                         body: Callable[[Agent], Awaitable[None]]) -> None:
+    async def in_process(
+        self, crash: tuple[int, bool] | None, body: Callable[[Agent], Awaitable[None]]
+    ) -> None:
         """Run `body` with a fresh process: an Agent over the journal, ledger and audit log
         (its own connections to the SQLite files, closed when it ends or dies)."""
         proc = Proc(crash)
         journal, ledger = self._journal(), self._ledger()
         model = ScriptedModel(self._respond, name=MODEL)
         model.max_tokens = self.max_tokens  # type: ignore[attr-defined]
-        agent = Agent("Use the tools.", model=model, tools=self.tools,
-                      runtime=DyingRuntime(journal or self.journal, proc),
-                      budget=StandardBudget(self.config, DyingLedger(ledger or self.ledger, proc)),
-                      permissions=self.permissions, hooks=self.hooks,
-                      audit_log=DyingAudit(self.audit, proc),  # type: ignore[arg-type]
-                      approval_handler=self._approve if self.handler_table else None,
-                      architecture=self.graph)
+        agent = Agent(
+            "Use the tools.",
+            model=model,
+            tools=self.tools,
+            runtime=DyingRuntime(journal or self.journal, proc),
+            budget=StandardBudget(self.config, DyingLedger(ledger or self.ledger, proc)),
+            permissions=self.permissions,
+            hooks=self.hooks,
+            audit_log=DyingAudit(self.audit, proc),  # type: ignore[arg-type]
+            approval_handler=self._approve if self.handler_table else None,
+            architecture=self.graph,
+        )
         token = PROC.set(proc)
         try:
             await body(agent)
@@ -651,8 +714,9 @@ class GovernanceMachine(RuleBasedStateMachine):
                 if own is not None:
                     await own.close()
 
-    def run_in_process(self, crash: tuple[int, bool] | None,
-                       body: Callable[[Agent], Awaitable[Any]]) -> Any:
+    def run_in_process(
+        self, crash: tuple[int, bool] | None, body: Callable[[Agent], Awaitable[Any]]
+    ) -> Any:
         out: list[Any] = []
 
         async def keep(agent: Agent) -> None:
@@ -676,8 +740,9 @@ class GovernanceMachine(RuleBasedStateMachine):
             self.failed_once.add((prompt, i))  # transient: the next attempt succeeds
             if plan.fail == "runtime":
                 raise RuntimeError(f"scripted failure {prompt}/{i}")
-            raise ModelError(f"scripted failure {prompt}/{i}", retry_step=plan.fail == "retry",
-                             usage=usage)
+            raise ModelError(
+                f"scripted failure {prompt}/{i}", retry_step=plan.fail == "retry", usage=usage
+            )
         if not plan.calls:
             return {"text": f"answer {prompt}/{i}", "usage": usage}
         calls = []
@@ -702,8 +767,9 @@ class GovernanceMachine(RuleBasedStateMachine):
                 return str(record.run_id)
         return None
 
-    async def _settle(self, outcome: Any, *, prompt: str | None = None,
-                      run_id: str | None = None) -> RunResult | None:
+    async def _settle(
+        self, outcome: Any, *, prompt: str | None = None, run_id: str | None = None
+    ) -> RunResult | None:
         """File one run's outcome: a result, or the crash of its process."""
         if isinstance(outcome, Crash):
             run_id = run_id or (await self._run_id_of(prompt) if prompt else None)
@@ -713,12 +779,12 @@ class GovernanceMachine(RuleBasedStateMachine):
             self.crashed.add(run_id)
             # Effects begun but not finished when the process died: the only ones that may
             # run again (with the same key) on resume.
-            self.unfinished |= {e.key for e in await self.journal.effects(run_id)
-                                if e.status != "done"}
+            self.unfinished |= {
+                e.key for e in await self.journal.effects(run_id) if e.status != "done"
+            }
             # What it still holds counts against the caps until a resume releases it.
             self.stale_holds[run_id] = {h.id for h in await self.ledger.holds(run_id)}
-            lease = await self.journal.lease(run_id) if hasattr(self.journal, "lease") \
-                else None
+            lease = await self.journal.lease(run_id) if hasattr(self.journal, "lease") else None
             if lease is not None:  # the dead process still holds it: release, as an operator
                 await self.journal.release_lease(run_id, lease.owner)
             return None
@@ -738,12 +804,19 @@ class GovernanceMachine(RuleBasedStateMachine):
             self.failed.add(result.run_id)
         elif result.status == "budget_exhausted":
             user = result.user_id if result.user_id is not None else "(anonymous)"
-            named = [f"{scope}:{metric}" for scope, limits in self.limits.items()
-                     if scope in ("global", f"user:{user}")
-                     for metric in limits if f"'{scope}:{metric}'" in result.reason]
+            named = [
+                f"{scope}:{metric}"
+                for scope, limits in self.limits.items()
+                if scope in ("global", f"user:{user}")
+                for metric in limits
+                if f"'{scope}:{metric}'" in result.reason
+            ]
             assert named, f"no configured cap named in {result.reason!r}"
-            blocks = [e["payload"]["cap"] for e in self.audit.entries(run_id=result.run_id)
-                      if e["action"] == "budget_block"]
+            blocks = [
+                e["payload"]["cap"]
+                for e in self.audit.entries(run_id=result.run_id)
+                if e["action"] == "budget_block"
+            ]
             assert blocks and blocks[-1] in named, (blocks, named)
         else:
             assert result.status in FINAL, result
@@ -764,17 +837,29 @@ class GovernanceMachine(RuleBasedStateMachine):
 
     # ------------------------------------------------------------------ rules
 
-    @rule(user=st.sampled_from(USERS), mixed=st.booleans(),
-          turns=st.lists(scripts, min_size=1, max_size=4), crash=crashes)
-    def run_concurrently(self, user: str | None, mixed: bool, turns: list[list[TurnPlan]],
-                         crash: tuple[int, bool] | None) -> None:
+    @rule(
+        user=st.sampled_from(USERS),
+        mixed=st.booleans(),
+        turns=st.lists(scripts, min_size=1, max_size=4),
+        crash=crashes,
+    )
+    def run_concurrently(
+        self,
+        user: str | None,
+        mixed: bool,
+        turns: list[list[TurnPlan]],
+        crash: tuple[int, bool] | None,
+    ) -> None:
         """Several runs at once (of one user, or of several), in one process."""
-        runs = [(self._prompt(USERS[(USERS.index(user) + i) % 3] if mixed else user, t))
-                for i, t in enumerate(turns)]
+        runs = [
+            (self._prompt(USERS[(USERS.index(user) + i) % 3] if mixed else user, t))
+            for i, t in enumerate(turns)
+        ]
 
         async def go(agent: Agent) -> list[Any]:
-            return await asyncio.gather(*(agent.run(p, user_id=self.users[p]) for p in runs),
-                                        return_exceptions=True)
+            return await asyncio.gather(
+                *(agent.run(p, user_id=self.users[p]) for p in runs), return_exceptions=True
+            )
 
         outcomes = self.run_in_process(crash, go)
         for prompt, outcome in zip(runs, outcomes, strict=True):
@@ -795,8 +880,7 @@ class GovernanceMachine(RuleBasedStateMachine):
         chosen = sorted({pool[i % len(pool)] for i in picks})
 
         async def go(agent: Agent) -> list[Any]:
-            return await asyncio.gather(*(agent.resume(r) for r in chosen),
-                                        return_exceptions=True)
+            return await asyncio.gather(*(agent.resume(r) for r in chosen), return_exceptions=True)
 
         outcomes = self.run_in_process(crash, go)
         for run_id, outcome in zip(chosen, outcomes, strict=True):
@@ -817,11 +901,18 @@ class GovernanceMachine(RuleBasedStateMachine):
         self.run_in_process(None, go)
         assert len(self.executed) == before
 
-    @rule(choices=st.lists(st.tuples(st.sampled_from(("yes", "no", "edit")),
-                                     st.integers(0, 4)), min_size=1, max_size=4),
-          crash=crashes, again=st.booleans())
-    def approve(self, choices: list[tuple[str, int]], crash: tuple[int, bool] | None,
-                again: bool) -> None:
+    @rule(
+        choices=st.lists(
+            st.tuples(st.sampled_from(("yes", "no", "edit")), st.integers(0, 4)),
+            min_size=1,
+            max_size=4,
+        ),
+        crash=crashes,
+        again=st.booleans(),
+    )
+    def approve(
+        self, choices: list[tuple[str, int]], crash: tuple[int, bool] | None, again: bool
+    ) -> None:
         """Answer pending approvals through `resume(approve=...)`, several runs at once, in
         a fresh process; an answer is used once."""
         if not self.awaiting:
@@ -835,11 +926,13 @@ class GovernanceMachine(RuleBasedStateMachine):
             edited = {"args": {arg: others[value % len(others)], "ref": call["id"]}}
             # A call answered before (and asked again after a crash) gets the same answer.
             answered[run_id] = self.answers.setdefault(
-                call["id"], {"yes": True, "no": False, "edit": edited}[kind])
+                call["id"], {"yes": True, "no": False, "edit": edited}[kind]
+            )
 
         async def go(agent: Agent) -> list[Any]:
-            return await asyncio.gather(*(agent.resume(r, approve=a)
-                                          for r, a in answered.items()), return_exceptions=True)
+            return await asyncio.gather(
+                *(agent.resume(r, approve=a) for r, a in answered.items()), return_exceptions=True
+            )
 
         outcomes = self.run_in_process(crash, go)
         for run_id, outcome in zip(answered, outcomes, strict=True):
@@ -863,9 +956,11 @@ class GovernanceMachine(RuleBasedStateMachine):
                 committed = totals.committed(metric)
                 bound = cap * NANO_USD if metric == "cost_usd" else cap
                 if committed > bound:
-                    self.problems.append(f"{when}: {scope}:{metric} spent "
-                                         f"{totals.spent.get(metric, 0)} + reserved "
-                                         f"{totals.reserved.get(metric, 0)} > cap {bound}")
+                    self.problems.append(
+                        f"{when}: {scope}:{metric} spent "
+                        f"{totals.spent.get(metric, 0)} + reserved "
+                        f"{totals.reserved.get(metric, 0)} > cap {bound}"
+                    )
 
     @invariant()
     def governance_holds(self) -> None:
@@ -884,12 +979,16 @@ class GovernanceMachine(RuleBasedStateMachine):
                 self.spent[scope, metric] = now
             # Every tool that ran was charged one tool call, except one its process died
             # running before the charge was recorded (it runs, and is charged, again).
-            ran = [e for e in self.executed
-                   if scope == "global" or scope == user_scope(self.original(e.ref)[2])]
+            ran = [
+                e
+                for e in self.executed
+                if scope == "global" or scope == user_scope(self.original(e.ref)[2])
+            ]
             cut = sum(1 for e in ran if e.key in self.unfinished)
             charged = totals.spent.get("tool_calls", 0)
-            assert len(ran) - cut <= charged <= len(ran), \
+            assert len(ran) - cut <= charged <= len(ran), (
                 f"{scope}: {len(ran)} tools ran ({cut} cut by a crash), {charged} charged"
+            )
         for hold in await self.ledger.holds():
             assert hold.run_id in self.crashed, f"hold left by run {hold.run_id}: {hold}"
         assert not self.problems, self.problems
@@ -898,8 +997,9 @@ class GovernanceMachine(RuleBasedStateMachine):
         # arguments it was allowed with, and twice (with one key) only after a crash.
         for e in self.executed:
             tool_name, args, user = self.original(e.ref)
-            verdict, rule_name, allowed = self.oracle.outcome(tool_name, args, user,
-                                                             self.answers.get(e.ref))
+            verdict, rule_name, allowed = self.oracle.outcome(
+                tool_name, args, user, self.answers.get(e.ref)
+            )
             assert verdict == "allow", f"{e} ran, but its verdict is {verdict} ({rule_name})"
             assert e.tool == tool_name and e.args == allowed, (e, allowed)
         ran = {e.ref for e in self.executed}
@@ -923,17 +1023,22 @@ class GovernanceMachine(RuleBasedStateMachine):
             if entry["action"] == "permission_decision":
                 ref = payload["call_id"]
                 tool_name, args, user = self.original(ref)
-                verdict, rule_name, _ = self.oracle.outcome(tool_name, args, user,
-                                                           self.answers.get(ref))
-                assert (payload["verdict"], payload["rule"]) == (verdict, rule_name), \
-                    (payload, verdict, rule_name)
+                verdict, rule_name, _ = self.oracle.outcome(
+                    tool_name, args, user, self.answers.get(ref)
+                )
+                assert (payload["verdict"], payload["rule"]) == (verdict, rule_name), (
+                    payload,
+                    verdict,
+                    rule_name,
+                )
                 if verdict == "allow":
                     allowed_at.setdefault((entry["run_id"], ref), entry["seq"])
             elif entry["action"] == "tool_request":
                 requested_at.setdefault((entry["run_id"], payload["call"]["id"]), entry["seq"])
         for e in self.executed:
-            assert allowed_at.get((e.run_id, e.ref), 1 << 60) <= e.audit_seq, \
+            assert allowed_at.get((e.run_id, e.ref), 1 << 60) <= e.audit_seq, (
                 f"{e} ran with no earlier allow in the audit log"
+            )
             assert requested_at.get((e.run_id, e.ref), 1 << 60) <= e.audit_seq, e
 
 
@@ -950,8 +1055,12 @@ handlers = st.fixed_dictionaries({t: st.sampled_from((True, False, None)) for t 
 class AnyGovernance(GovernanceMachine):
     """Everything random: rules, caps, the approval handler."""
 
-    @initialize(permissions=permission_models, config=budget_configs(),
-                handler=st.one_of(st.none(), handlers), **SETUP)
+    @initialize(
+        permissions=permission_models,
+        config=budget_configs(),
+        handler=st.one_of(st.none(), handlers),
+        **SETUP,
+    )
     def init(self, **drawn: Any) -> None:
         self.setup(**drawn)
 
@@ -959,15 +1068,26 @@ class AnyGovernance(GovernanceMachine):
 class ApprovalGovernance(GovernanceMachine):
     """Rules that ask a lot, few caps, mostly no approval handler: approvals and edits."""
 
-    @initialize(permissions=st.builds(
-        PermissionModel, allow=rule_lists, ask=st.lists(rule_specs(), min_size=1, max_size=3),
-        deny=st.lists(rule_specs(), max_size=1),
-        mode=st.sampled_from(("default", "default", "accept_edits", "strict")),
-        policy_table=st.one_of(st.none(), st.fixed_dictionaries(
-            {t: st.sampled_from(("ask", "ask", "allow", "default")) for t in TOOLS})),
-        bob=st.none(), hook=st.booleans()),
+    @initialize(
+        permissions=st.builds(
+            PermissionModel,
+            allow=rule_lists,
+            ask=st.lists(rule_specs(), min_size=1, max_size=3),
+            deny=st.lists(rule_specs(), max_size=1),
+            mode=st.sampled_from(("default", "default", "accept_edits", "strict")),
+            policy_table=st.one_of(
+                st.none(),
+                st.fixed_dictionaries(
+                    {t: st.sampled_from(("ask", "ask", "allow", "default")) for t in TOOLS}
+                ),
+            ),
+            bob=st.none(),
+            hook=st.booleans(),
+        ),
         config=st.one_of(st.just(BudgetConfig(model=MODEL)), budget_configs()),
-        handler=st.one_of(st.none(), st.none(), handlers), **SETUP)
+        handler=st.one_of(st.none(), st.none(), handlers),
+        **SETUP,
+    )
     def init(self, **drawn: Any) -> None:
         self.setup(**drawn)
 
@@ -975,26 +1095,44 @@ class ApprovalGovernance(GovernanceMachine):
 class BudgetGovernance(GovernanceMachine):
     """Permissive rules and caps for every user: budgets under concurrency and crashes."""
 
-    @initialize(permissions=st.builds(
-        PermissionModel, allow=st.just([]), ask=st.just([]),
-        deny=st.lists(rule_specs(), max_size=1), mode=st.sampled_from(("accept_edits", "bypass")),
-        policy_table=st.none(), bob=st.none(), hook=st.just(False)),
-        config=st.builds(BudgetConfig, per_user=caps().map(lambda c: Caps(**c)),
-                         warn_at=st.sampled_from((None, 0.8)), model=st.just(MODEL),
-                         **{m: st.one_of(st.none(), v) for m, v in CAP_VALUES.items()
-                            if m in ("model_calls", "cost_usd", "tool_calls")}),
-        handler=st.none(), **SETUP)
+    @initialize(
+        permissions=st.builds(
+            PermissionModel,
+            allow=st.just([]),
+            ask=st.just([]),
+            deny=st.lists(rule_specs(), max_size=1),
+            mode=st.sampled_from(("accept_edits", "bypass")),
+            policy_table=st.none(),
+            bob=st.none(),
+            hook=st.just(False),
+        ),
+        config=st.builds(
+            BudgetConfig,
+            per_user=caps().map(lambda c: Caps(**c)),
+            warn_at=st.sampled_from((None, 0.8)),
+            model=st.just(MODEL),
+            **{
+                m: st.one_of(st.none(), v)
+                for m, v in CAP_VALUES.items()
+                if m in ("model_calls", "cost_usd", "tool_calls")
+            },
+        ),
+        handler=st.none(),
+        **SETUP,
+    )
     def init(self, **drawn: Any) -> None:
         self.setup(**drawn)
 
 
-MACHINE_SETTINGS = settings(max_examples=25, stateful_step_count=15, deadline=None,
-                            suppress_health_check=[HealthCheck.too_slow,
-                                                   HealthCheck.filter_too_much])
+MACHINE_SETTINGS = settings(
+    max_examples=25,
+    stateful_step_count=15,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+)
 
 
-def test_governance_invariants_hold_for_random_rules_caps_runs_crashes_and_approvals(
-        ) -> None:
+def test_governance_invariants_hold_for_random_rules_caps_runs_crashes_and_approvals() -> None:
     run_state_machine_as_test(AnyGovernance, settings=MACHINE_SETTINGS)
 
 
@@ -1010,7 +1148,8 @@ def test_governance_invariants_hold_for_tight_caps_under_concurrency_and_crashes
 
 
 async def test_a_reservation_cancelled_while_waiting_for_sqlite_leaves_the_ledger_usable(
-        tmp_path: Path) -> None:
+    tmp_path: Path,
+) -> None:
     """A budget reservation cancelled while its `BEGIN IMMEDIATE` waits for SQLite's write
     lock (held by another process) must not leave the ledger's connection inside a
     transaction. Here a node's `timeout` cancels it; a sibling tool call's BudgetExceeded or
@@ -1018,9 +1157,12 @@ async def test_a_reservation_cancelled_while_waiting_for_sqlite_leaves_the_ledge
     do the same, and the state machines above meet it that way now and then."""
     db = tmp_path / "ledger.db"
     budget = StandardBudget(BudgetConfig(per_user=Caps(model_calls=10)), SqliteLedger(db))
-    graph = Graph(name="slow", entry="model",
-                  nodes={"model": NodeSpec(kind="model", timeout=0.2)},
-                  edges=[EdgeSpec(source="model", target="END")])
+    graph = Graph(
+        name="slow",
+        entry="model",
+        nodes={"model": NodeSpec(kind="model", timeout=0.2)},
+        edges=[EdgeSpec(source="model", target="END")],
+    )
     other = sqlite3.connect(db, isolation_level=None, timeout=5)  # another process's
     hooks, armed = Hooks(), []
 
@@ -1032,8 +1174,13 @@ async def test_a_reservation_cancelled_while_waiting_for_sqlite_leaves_the_ledge
             other.execute("BEGIN IMMEDIATE")
             asyncio.get_running_loop().call_later(0.6, other.execute, "ROLLBACK")
 
-    agent = Agent("x", model=ScriptedModel(["one", "two", "three"]), budget=budget,
-                  hooks=hooks, architecture=graph)
+    agent = Agent(
+        "x",
+        model=ScriptedModel(["one", "two", "three"]),
+        budget=budget,
+        hooks=hooks,
+        architecture=graph,
+    )
     try:
         assert (await agent.run("first", user_id="alice")).status == "completed"
         armed.append(True)
@@ -1051,7 +1198,8 @@ async def test_a_reservation_cancelled_while_waiting_for_sqlite_leaves_the_ledge
 
 
 async def test_a_call_that_ran_beside_an_approval_stop_is_charged_once_and_runs_once(
-        tmp_path: Path) -> None:
+    tmp_path: Path,
+) -> None:
     """Two calls in one turn: `read` runs, while `delete` waits for an approval handler that
     then leaves the decision to a person (None). The run stops `awaiting_approval`; the read
     ran, so it must be charged and journaled — and replayed, not run again, on resume."""
@@ -1075,11 +1223,26 @@ async def test_a_call_that_ran_beside_an_approval_stop_is_charged_once_and_runs_
 
     runtime = SqliteRuntime(tmp_path / "journal.db")  # the budget's ledger goes in its file
     budget = StandardBudget(BudgetConfig(per_user=Caps(tool_calls=2)))
-    script = ScriptedModel([{"tool_calls": [{"tool": "read", "args": {"path": "/a"}},
-                                            {"tool": "delete", "args": {"path": "/b"}}]},
-                            "done"])
-    agent = Agent("x", model=script, tools=[read, delete], runtime=runtime, budget=budget,
-                  permissions=StandardPermissions(), approval_handler=handler)
+    script = ScriptedModel(
+        [
+            {
+                "tool_calls": [
+                    {"tool": "read", "args": {"path": "/a"}},
+                    {"tool": "delete", "args": {"path": "/b"}},
+                ]
+            },
+            "done",
+        ]
+    )
+    agent = Agent(
+        "x",
+        model=script,
+        tools=[read, delete],
+        runtime=runtime,
+        budget=budget,
+        permissions=StandardPermissions(),
+        approval_handler=handler,
+    )
     try:
         first = await agent.run("go", user_id="alice")
         assert first.status == "awaiting_approval" and len(ran) == 1
@@ -1088,8 +1251,10 @@ async def test_a_call_that_ran_beside_an_approval_stop_is_charged_once_and_runs_
         done = await agent.resume(first.run_id, approve=True)
         assert done.status == "completed"
         effects = {e.key: e for e in await runtime.effects(first.run_id)}
-        assert len(ran) == 1, f"read ran {len(ran)} times, attempts " \
+        assert len(ran) == 1, (
+            f"read ran {len(ran)} times, attempts "
             f"{effects[ran[0]].attempts}, although nothing crashed"
+        )
         # Two tools ran: the cap of two tool calls was not exceeded, and both were charged.
         assert (await budget.totals("user:alice")).spent.get("tool_calls") == 2
     finally:
@@ -1098,7 +1263,8 @@ async def test_a_call_that_ran_beside_an_approval_stop_is_charged_once_and_runs_
 
 
 async def test_a_second_approval_after_a_crash_is_refused_not_silently_overridden(
-        tmp_path: Path) -> None:
+    tmp_path: Path,
+) -> None:
     """The process answering an approval dies right after the answer (yes) was journaled;
     the run is still `awaiting_approval` in the journal. A second, different answer (no) must
     be refused with ResumeError — not accepted and then ignored while the call runs — and a
@@ -1115,21 +1281,29 @@ async def test_a_second_approval_after_a_crash_is_refused_not_silently_overridde
     journal = SqliteRuntime(tmp_path / "journal.db")
 
     def agent(runtime: Any) -> Agent:
-        return Agent("x", model=ScriptedModel(script), tools=[delete], runtime=runtime,
-                     permissions=StandardPermissions())  # default mode: delete asks
+        return Agent(
+            "x",
+            model=ScriptedModel(script),
+            tools=[delete],
+            runtime=runtime,
+            permissions=StandardPermissions(),
+        )  # default mode: delete asks
 
     try:
         first = await agent(journal).run("clean up")
         assert first.status == "awaiting_approval"
         for n in range(1, 20):  # die after the Nth journal write, until the yes is journaled
             with pytest.raises(Crash):
-                await agent(DyingRuntime(journal, Proc((n, True)))).resume(first.run_id,
-                                                                           approve=True)
+                await agent(DyingRuntime(journal, Proc((n, True)))).resume(
+                    first.run_id, approve=True
+                )
             lease = await journal.lease(first.run_id)
             if lease is not None:  # the dead process's lease, released as an operator would
                 await journal.release_lease(first.run_id, lease.owner)
-            if any(":approval:" in e.key and e.status == "done"
-                   for e in await journal.effects(first.run_id)):
+            if any(
+                ":approval:" in e.key and e.status == "done"
+                for e in await journal.effects(first.run_id)
+            ):
                 break
         record = await journal.load_run(first.run_id)
         assert record is not None and record.status == "awaiting_approval" and ran == []
@@ -1147,13 +1321,27 @@ async def test_a_second_approval_after_a_crash_is_refused_not_silently_overridde
 WORKER = Path(__file__).with_name("governance_worker.py")
 
 
-def run_two_processes(*args: str, runs: int = 10, calls: int = 10,
-                      cap: int = 15) -> list[dict[str, Any]]:
+def run_two_processes(
+    *args: str, runs: int = 10, calls: int = 10, cap: int = 15
+) -> list[dict[str, Any]]:
     """Two worker processes, each starting `runs` runs of alice at once after one gate."""
-    command = [sys.executable, str(WORKER), *args, "--runs", str(runs), "--calls", str(calls),
-               "--cap", str(cap), "--cost-cap", "1.0"]
-    procs = [subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                              text=True) for _ in range(2)]
+    command = [
+        sys.executable,
+        str(WORKER),
+        *args,
+        "--runs",
+        str(runs),
+        "--calls",
+        str(calls),
+        "--cap",
+        str(cap),
+        "--cost-cap",
+        "1.0",
+    ]
+    procs = [
+        subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
     try:
         for proc in procs:  # both connected and waiting at the gate
             assert proc.stdout is not None
@@ -1175,8 +1363,7 @@ def run_two_processes(*args: str, runs: int = 10, calls: int = 10,
                 proc.wait()
 
 
-async def check_one_cap(results: list[dict[str, Any]], ledger: Any, runtime: Any,
-                        cap: int) -> None:
+async def check_one_cap(results: list[dict[str, Any]], ledger: Any, runtime: Any, cap: int) -> None:
     """The 20 runs together spent exactly the cap, never more; the stopped ones say so."""
     try:
         totals = await ledger.totals("user:alice")
@@ -1201,7 +1388,8 @@ async def check_one_cap(results: list[dict[str, Any]], ledger: Any, runtime: Any
 
 
 async def test_twenty_runs_of_one_user_in_two_processes_share_one_sqlite_cap(
-        tmp_path: Path) -> None:
+    tmp_path: Path,
+) -> None:
     db = tmp_path / "shared.db"
     results = run_two_processes("--journal", f"sqlite:{db}")
     # The Agent put the ledger in the journal's file: one file holds both.
@@ -1213,12 +1401,13 @@ async def test_twenty_runs_of_one_user_in_two_processes_share_one_sqlite_cap(
 
 @pytest.mark.postgres
 async def test_twenty_runs_of_one_user_in_two_processes_share_one_postgres_cap(
-        pg_schema: str) -> None:
+    pg_schema: str,
+) -> None:
     from loomgraph.governance import PostgresLedger
     from loomgraph.runtime.postgres import PostgresRuntime
 
     dsn = pg.postgres_dsn()
-    results = await asyncio.to_thread(run_two_processes, "--journal", dsn,
-                                      "--schema", pg_schema)
-    await check_one_cap(results, PostgresLedger(dsn, schema=pg_schema),
-                        PostgresRuntime(dsn, schema=pg_schema), 15)
+    results = await asyncio.to_thread(run_two_processes, "--journal", dsn, "--schema", pg_schema)
+    await check_one_cap(
+        results, PostgresLedger(dsn, schema=pg_schema), PostgresRuntime(dsn, schema=pg_schema), 15
+    )

@@ -8,12 +8,12 @@ import pytest
 from jinja2.exceptions import SecurityError
 
 import loomgraph.nodes  # noqa: F401
+from loomgraph.authoring.library import UnknownGraph, builtin_names, load_graph
+from loomgraph.authoring.loader import graph_from_data, graph_from_yaml, graph_to_yaml
+from loomgraph.authoring.schema import SCHEMA_FILE, graph_json_schema
 from loomgraph.graph.compiled import compile_graph
 from loomgraph.graph.conditions import compile_condition, compile_template, condition_scope
 from loomgraph.graph.errors import ConditionError, StateError
-from loomgraph.graph.library import UnknownGraph, builtin_names, load_graph
-from loomgraph.graph.loader import graph_from_data, graph_from_yaml, graph_to_yaml
-from loomgraph.graph.schema import SCHEMA_FILE, graph_json_schema
 from loomgraph.graph.spec import EdgeSpec, Graph, NodeSpec, StateField
 from loomgraph.graph.state import StateSchema, TypeSyntaxError, parse_type
 
@@ -27,20 +27,27 @@ def test_react_round_trip_load_dump_load_is_equal() -> None:
 
 def test_graph_from_dict_and_built_in_python_are_equal() -> None:
     data = {
-        "name": "tiny", "entry": "model",
+        "name": "tiny",
+        "entry": "model",
         "nodes": {"model": {"kind": "model"}},
         "edges": [{"from": "model", "to": "END"}],
     }
     from_dict = graph_from_data(data)
-    built = Graph(name="tiny", entry="model", nodes={"model": NodeSpec(kind="model")},
-                  edges=[EdgeSpec(source="model", target="END")])
+    built = Graph(
+        name="tiny",
+        entry="model",
+        nodes={"model": NodeSpec(kind="model")},
+        edges=[EdgeSpec(source="model", target="END")],
+    )
     assert from_dict == built
     assert graph_from_yaml(graph_to_yaml(built)) == built
 
 
 def test_line_numbers_are_kept() -> None:
-    graph = graph_from_yaml("name: x\nentry: a\nnodes:\n  a:\n    kind: model\n"
-                            "edges:\n  - {from: a, to: END}\n", file="x.yaml")
+    graph = graph_from_yaml(
+        "name: x\nentry: a\nnodes:\n  a:\n    kind: model\nedges:\n  - {from: a, to: END}\n",
+        file="x.yaml",
+    )
     assert graph.source == "x.yaml"
     assert graph.line_of("nodes", "a", "kind") == 5
     assert graph.line_of("edges", 0) == 7
@@ -48,15 +55,17 @@ def test_line_numbers_are_kept() -> None:
 
 def test_content_hash_ignores_formatting_but_not_content() -> None:
     a = graph_from_yaml("name: x\nentry: a\nnodes: {a: {kind: model}}\nedges: [{from: a, to: END}]")
-    b = graph_from_yaml("# comment\nname: x\nentry: a\nnodes:\n  a:\n    kind: model\n"
-                        "edges:\n  - from: a\n    to: END\n")
+    b = graph_from_yaml(
+        "# comment\nname: x\nentry: a\nnodes:\n  a:\n    kind: model\n"
+        "edges:\n  - from: a\n    to: END\n"
+    )
     c = graph_from_yaml("name: y\nentry: a\nnodes: {a: {kind: model}}\nedges: [{from: a, to: END}]")
     assert a.content_hash() == b.content_hash() != c.content_hash()
 
 
 def test_shipped_json_schema_is_up_to_date_and_describes_graphs() -> None:
     schema = graph_json_schema()
-    assert json.loads(SCHEMA_FILE.read_text()) == schema, "run python -m loomgraph.graph.schema"
+    assert json.loads(SCHEMA_FILE.read_text()) == schema, "run python -m loomgraph.authoring.schema"
     assert {"name", "nodes", "edges", "entry", "state", "limits"} <= set(schema["properties"])
     assert "from" in schema["$defs"]["EdgeSpec"]["properties"]
 
@@ -70,13 +79,16 @@ def test_unknown_architecture_lists_builtins() -> None:
     assert "react" in builtin_names()
 
 
-@pytest.mark.parametrize(("text", "good", "bad"), [
-    ("int", 3, "x"),
-    ("list[int]", [1, 2], ["a"]),
-    ("dict[str, float]", {"a": 1.5}, {"a": "b"}),
-    ("str | None", None, 3),
-    ("list[dict[str, bool]]", [{"a": True}], [{"a": "maybe"}]),
-])
+@pytest.mark.parametrize(
+    ("text", "good", "bad"),
+    [
+        ("int", 3, "x"),
+        ("list[int]", [1, 2], ["a"]),
+        ("dict[str, float]", {"a": 1.5}, {"a": "b"}),
+        ("str | None", None, 3),
+        ("list[dict[str, bool]]", [{"a": True}], [{"a": "maybe"}]),
+    ],
+)
 def test_type_strings_parse_and_validate(text: str, good: object, bad: object) -> None:
     from pydantic import TypeAdapter, ValidationError
 
@@ -101,13 +113,17 @@ def _schema(**fields: StateField) -> StateSchema:
 
 
 def test_reducers() -> None:
-    schema = _schema(notes=StateField(type="list[str]", reducer="append", default=[]),
-                     count=StateField(type="int", reducer="add", default=0),
-                     facts=StateField(type="dict[str, int]", reducer="merge", default={}),
-                     title=StateField(type="str", default=""))
+    schema = _schema(
+        notes=StateField(type="list[str]", reducer="append", default=[]),
+        count=StateField(type="int", reducer="add", default=0),
+        facts=StateField(type="dict[str, int]", reducer="merge", default={}),
+        title=StateField(type="str", default=""),
+    )
     state = schema.initial()
-    for patch in ({"notes": "a", "count": 2, "facts": {"x": 1}, "title": "t1"},
-                  {"notes": ["b", "c"], "count": 3, "facts": {"y": 2}, "title": "t2"}):
+    for patch in (
+        {"notes": "a", "count": 2, "facts": {"x": 1}, "title": "t1"},
+        {"notes": ["b", "c"], "count": 3, "facts": {"y": 2}, "title": "t2"},
+    ):
         schema.apply(state, schema.check(dict(patch)))
     assert state["notes"] == ["a", "b", "c"]
     assert state["count"] == 5
@@ -137,8 +153,7 @@ def test_conditions_see_state_and_last_message() -> None:
     test = compile_condition("last_message.tool_calls | length > 0")
     with_calls = {"messages": [{"role": "assistant", "content": "", "tool_calls": [{}]}]}
     assert test(**condition_scope(with_calls)) is True
-    assert test(**condition_scope({"messages": [{"role": "assistant", "content": "hi"}]})) \
-        is False
+    assert test(**condition_scope({"messages": [{"role": "assistant", "content": "hi"}]})) is False
     assert compile_template("Task: {{ input }}")(condition_scope({"input": "x"})) == "Task: x"
 
 
@@ -154,7 +169,8 @@ def test_conditions_run_no_python() -> None:
 def test_condition_that_raises_names_node_edge_and_expression() -> None:
     graph = graph_from_yaml(
         "name: c\nentry: a\nnodes:\n  a: {kind: model}\nedges:\n"
-        "  - {from: a, to: END, when: '1 / 0 > 1'}\n  - {from: a, to: END}\n")
+        "  - {from: a, to: END, when: '1 / 0 > 1'}\n  - {from: a, to: END}\n"
+    )
     with pytest.raises(ConditionError) as err:
         compile_graph(graph).next_node("a", {"messages": []})
     assert err.value.node == "a" and err.value.edge == 0

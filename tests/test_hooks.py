@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 
-from loomgraph.events import Event
 from loomgraph.governance import HookError, Hooks
 from loomgraph.protocols import Decision, ToolCall, ToolResult
 from loomgraph.protocols import Hooks as HooksProtocol
+from loomgraph.protocols.events import Event
 
 CALL: ToolCall = {"id": "c1", "tool": "shell", "args": {"cmd": "rm -rf /"}}
 RESULT: ToolResult = {"content": "ok"}
@@ -67,9 +67,14 @@ async def test_every_kind_runs_sync_and_async_callbacks_in_order() -> None:
     assert await hooks.before_tool(CALL) is None
     await hooks.after_tool(CALL, RESULT)
     await hooks.on_event(EVENT)
-    assert seen == [("before_node", ("a", {"x": 1})), ("after_node", ("a", {"y": 2})),
-                    ("before_tool", "c1"), ("after_tool", "ok"),
-                    ("on_event 1", "node_started"), ("on_event 2", "node_started")]
+    assert seen == [
+        ("before_node", ("a", {"x": 1})),
+        ("after_node", ("a", {"y": 2})),
+        ("before_tool", "c1"),
+        ("after_tool", "ok"),
+        ("on_event 1", "node_started"),
+        ("on_event 2", "node_started"),
+    ]
     assert list(hooks.errors) == []
 
 
@@ -84,11 +89,14 @@ async def test_sync_hooks_run_off_the_event_loop_unless_told_otherwise() -> None
     assert threads[1] == threading.get_ident()
 
 
-@pytest.mark.parametrize(("returned", "rule", "reason"), [
-    (False, "hook:deny_it", "denied by hook deny_it"),
-    ("no deleting", "hook:deny_it", "no deleting"),
-    (Decision("deny", "no-rm", "rm is off"), "hook:deny_it:no-rm", "rm is off"),
-])
+@pytest.mark.parametrize(
+    ("returned", "rule", "reason"),
+    [
+        (False, "hook:deny_it", "denied by hook deny_it"),
+        ("no deleting", "hook:deny_it", "no deleting"),
+        (Decision("deny", "no-rm", "rm is off"), "hook:deny_it:no-rm", "rm is off"),
+    ],
+)
 async def test_before_tool_may_deny(returned: Any, rule: str, reason: str) -> None:
     hooks = Hooks()
 
@@ -194,8 +202,12 @@ async def test_failures_elsewhere_are_reported_never_raised(kind: str) -> None:
     hooks.register(kind, stuck)
     hooks.register(kind, broken)
     hooks.register(kind, lambda *args: after.append("ran"))
-    args = {"before_node": ("a", {}), "after_node": ("a", {}), "after_tool": (CALL, RESULT),
-            "on_event": (EVENT,)}[kind]
+    args = {
+        "before_node": ("a", {}),
+        "after_node": ("a", {}),
+        "after_tool": (CALL, RESULT),
+        "on_event": (EVENT,),
+    }[kind]
     await getattr(hooks, kind)(*args)  # does not raise
     assert [r.error.split(":")[0] for r in reports] == ["TimeoutError", "RuntimeError"]
     assert all(r.kind == kind for r in reports)

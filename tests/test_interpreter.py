@@ -10,8 +10,8 @@ from typing import Any
 from pydantic import BaseModel
 
 from loomgraph import Agent, NodeKind, register_node
-from loomgraph.graph.context import NodeContext
-from loomgraph.graph.loader import graph_from_yaml
+from loomgraph.authoring.loader import graph_from_yaml
+from loomgraph.engine.context import NodeContext
 from loomgraph.graph.registry import _REGISTRY
 from loomgraph.models import ScriptedModel
 from loomgraph.testing import run_node
@@ -41,9 +41,20 @@ async def test_event_order_and_payloads() -> None:
     agent = Agent("x", model=ScriptedModel([CALC, "done"]), tools=[add])
     events = [e async for e in agent.stream("go", user_id="u1", session_id="s1")]
     kinds = [e.kind for e in events]
-    assert kinds == ["run_started", "node_started", "node_completed", "node_started",
-                     "tool_call", "permission_decision", "tool_result", "node_completed",
-                     "node_started", "model_chunk", "node_completed", "run_completed"]
+    assert kinds == [
+        "run_started",
+        "node_started",
+        "node_completed",
+        "node_started",
+        "tool_call",
+        "permission_decision",
+        "tool_result",
+        "node_completed",
+        "node_started",
+        "model_chunk",
+        "node_completed",
+        "run_completed",
+    ]
     call = events[4].payload["call"]
     assert call["tool"] == "add" and call["args"] == {"a": 2, "b": 3} and call["id"]
     assert events[9].payload["chunk"]["text"] == "done"
@@ -61,10 +72,12 @@ async def test_a_model_that_never_stops_hits_the_visit_limit() -> None:
 
 
 async def test_unknown_tool_and_bad_arguments_reach_the_model_not_the_caller() -> None:
-    script = ScriptedModel([
-        {"tool_calls": [{"tool": "nope", "args": {}}, {"tool": "add", "args": {"a": "x"}}]},
-        "sorry",
-    ])
+    script = ScriptedModel(
+        [
+            {"tool_calls": [{"tool": "nope", "args": {}}, {"tool": "add", "args": {"a": "x"}}]},
+            "sorry",
+        ]
+    )
     agent = Agent("x", model=script, tools=[add])
     events = [e async for e in agent.stream("go")]
     results = [e.payload["result"] for e in events if e.kind == "tool_result"]
@@ -84,8 +97,10 @@ async def test_node_exception_fails_the_run_naming_the_node() -> None:
     module = types.ModuleType("lg_test_boom")
     module.boom = boom  # type: ignore[attr-defined]
     sys.modules["lg_test_boom"] = module
-    graph = graph_from_yaml("name: b\nentry: f\nnodes:\n  f: {kind: function, call: "
-                            "'lg_test_boom:boom'}\nedges:\n  - {from: f, to: END}\n")
+    graph = graph_from_yaml(
+        "name: b\nentry: f\nnodes:\n  f: {kind: function, call: "
+        "'lg_test_boom:boom'}\nedges:\n  - {from: f, to: END}\n"
+    )
     agent = Agent("x", model="echo", architecture=graph)
     events = [e async for e in agent.stream("go")]
     error = next(e for e in events if e.kind == "error")
@@ -102,8 +117,9 @@ async def test_writing_an_undeclared_field_fails_the_run() -> None:
             return {"messages": ["sneaky"]}
 
     try:
-        graph = graph_from_yaml("name: r\nentry: r\nnodes:\n  r: {kind: test_rogue}\n"
-                                "edges:\n  - {from: r, to: END}\n")
+        graph = graph_from_yaml(
+            "name: r\nentry: r\nnodes:\n  r: {kind: test_rogue}\nedges:\n  - {from: r, to: END}\n"
+        )
         result = await Agent("x", model="echo", architecture=graph).run("go")
     finally:
         _REGISTRY.pop("test_rogue")  # keep the registry as other tests expect it
@@ -123,11 +139,15 @@ async def test_llm_node_structured_output_and_subgraph(tmp_path: Path) -> None:
         " schema: 'tests.test_interpreter:Plan'}\n"
         "  work: {kind: subgraph, graph: react, inputs: {input: input},"
         " outputs: {answer: output}}\n"
-        "edges:\n  - {from: plan, to: work}\n  - {from: work, to: END}\n")
-    model = ScriptedModel([
-        {"tool_calls": [{"tool": "respond", "args": {"steps": ["add", "report"]}}]},
-        CALC, "five",
-    ])
+        "edges:\n  - {from: plan, to: work}\n  - {from: work, to: END}\n"
+    )
+    model = ScriptedModel(
+        [
+            {"tool_calls": [{"tool": "respond", "args": {"steps": ["add", "report"]}}]},
+            CALC,
+            "five",
+        ]
+    )
     agent = Agent("x", model=model, tools=[add], architecture=tmp_path / "outer.yaml")
     events = [e async for e in agent.stream("2+3")]
     result = events[-1].payload["result"]
@@ -142,8 +162,13 @@ async def test_llm_node_structured_output_and_subgraph(tmp_path: Path) -> None:
 
 
 async def test_run_node_helper_returns_patch_events_and_effects() -> None:
-    run = await run_node("react", "model", {"messages": [{"role": "user", "content": "hi"}]},
-                         model=[CALC], tools=[add])
+    run = await run_node(
+        "react",
+        "model",
+        {"messages": [{"role": "user", "content": "hi"}]},
+        model=[CALC],
+        tools=[add],
+    )
     assert run.patch["messages"][0]["tool_calls"][0]["tool"] == "add"
     assert [e.kind for e in run.effects] == ["model"]
     assert run.effects[0].status == "done"
@@ -166,9 +191,16 @@ async def test_parallel_tool_calls_come_back_in_call_order() -> None:
         release.set()
         return x * 10
 
-    turn = {"tool_calls": [{"id": "c1", "tool": "slow", "args": {"x": 1}},
-                           {"id": "c2", "tool": "fast", "args": {"x": 2}}]}
-    run = await run_node("react", "tools",
-                         {"messages": [{"role": "assistant", "content": "", **turn}]},
-                         tools=[slow, fast])
+    turn = {
+        "tool_calls": [
+            {"id": "c1", "tool": "slow", "args": {"x": 1}},
+            {"id": "c2", "tool": "fast", "args": {"x": 2}},
+        ]
+    }
+    run = await run_node(
+        "react",
+        "tools",
+        {"messages": [{"role": "assistant", "content": "", **turn}]},
+        tools=[slow, fast],
+    )
     assert [m["content"] for m in run.patch["messages"]] == ["1", "20"]

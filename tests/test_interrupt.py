@@ -8,9 +8,9 @@ import pytest
 from pydantic import BaseModel
 
 from loomgraph import Agent
-from loomgraph.checkpoints import ResumeError
+from loomgraph.agent.checkpoints import ResumeError
+from loomgraph.authoring.loader import graph_from_yaml
 from loomgraph.graph.errors import GraphValidationError
-from loomgraph.graph.loader import graph_from_yaml
 from loomgraph.models import ScriptedModel
 from loomgraph.runtime import SqliteRuntime
 

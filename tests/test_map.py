@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 
 from loomgraph import Agent
+from loomgraph.authoring.loader import graph_from_yaml
 from loomgraph.graph.errors import GraphValidationError
-from loomgraph.graph.loader import graph_from_yaml
 from loomgraph.models import ScriptedModel
 from loomgraph.protocols import ModelChunk, ModelRequest
 from loomgraph.runtime import SqliteRuntime
@@ -65,8 +65,9 @@ async def test_items_run_as_parallel_branches_and_results_keep_item_order() -> N
     result = await agent.run("Lima Oslo Pune Kyiv")
     assert result.status == "completed", result.reason
     history = await agent.history(result.run_id)
-    assert history[-1].state["reports"] == [f"report on {c}" for c in
-                                            ("Lima", "Oslo", "Pune", "Kyiv")]
+    assert history[-1].state["reports"] == [
+        f"report on {c}" for c in ("Lima", "Oslo", "Pune", "Kyiv")
+    ]
     assert model.peak == 2  # the concurrency limit held, and branches did overlap
     branch_nodes = {c.node for c in history if c.node.startswith("each/")}
     assert branch_nodes == {f"each/{i}/model" for i in range(4)}
@@ -95,8 +96,9 @@ async def test_after_a_failure_only_unfinished_branches_run_again(tmp_path: Path
     assert done.status == "completed"
     assert asked == ["Pune", "Kyiv"]  # Lima and Oslo were journaled, not run again
     history = await agent.history(failed.run_id)
-    assert history[-1].state["reports"] == [f"report on {c}" for c in
-                                            ("Lima", "Oslo", "Pune", "Kyiv")]
+    assert history[-1].state["reports"] == [
+        f"report on {c}" for c in ("Lima", "Oslo", "Pune", "Kyiv")
+    ]
     await runtime.close()
 
 

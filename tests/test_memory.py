@@ -21,7 +21,7 @@ import pytest
 
 import pg
 from loomgraph import Agent
-from loomgraph.deps import resolve_memory
+from loomgraph.agent.deps import resolve_memory
 from loomgraph.memory import (
     Fact,
     InMemoryMemory,
@@ -50,6 +50,7 @@ def _factory(kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> Facto
             if limits is not None:
                 shared.limits = limits
             return shared
+
         return make_memory
     if kind == "sqlite":
         path = tmp_path / "memory.db"
@@ -72,16 +73,21 @@ def durable(request: pytest.FixtureRequest, tmp_path: Path) -> Factory:
     return _factory(request.param, request, tmp_path)
 
 
-def ep(user: str | None, session: str | None, run: str, prompt: str, output: str = "ok",
-       at: float = 0.0) -> Episode:
+def ep(
+    user: str | None,
+    session: str | None,
+    run: str,
+    prompt: str,
+    output: str = "ok",
+    at: float = 0.0,
+) -> Episode:
     return Episode(user, session, run, prompt, output, [], at)
 
 
 # --------------------------------------------------------------------------- behaviour suite
 
 
-async def test_history_is_the_last_turns_of_this_users_session_oldest_first(
-        make: Factory) -> None:
+async def test_history_is_the_last_turns_of_this_users_session_oldest_first(make: Factory) -> None:
     async with make(MemoryLimits(turns=2)) as memory:
         assert isinstance(memory, Memory)
         for i in range(3):
@@ -89,10 +95,12 @@ async def test_history_is_the_last_turns_of_this_users_session_oldest_first(
         await memory.remember(ep("alice", "c2", "other", "elsewhere", at=9))
         await memory.remember(ep("bob", "c1", "bob1", "bob's turn", at=9))
         history = await memory.history(user_id="alice", session_id="c1")
-        assert history == [{"role": "user", "content": "prompt 1"},
-                           {"role": "assistant", "content": "answer 1"},
-                           {"role": "user", "content": "prompt 2"},
-                           {"role": "assistant", "content": "answer 2"}]
+        assert history == [
+            {"role": "user", "content": "prompt 1"},
+            {"role": "assistant", "content": "answer 1"},
+            {"role": "user", "content": "prompt 2"},
+            {"role": "assistant", "content": "answer 2"},
+        ]
         assert await memory.history(user_id="alice", session_id=None) == []
         await memory.remember(ep("alice", "c1", "r2", "prompt 2 again", "answer", 5))
         assert len(await memory.episodes("alice", session_id="c1")) == 3  # replaced, not added
@@ -105,20 +113,38 @@ async def test_seed_is_blocks_then_facts_then_other_sessions_episodes(make: Fact
         await memory.remember(ep("alice", "old", "r1", "My cat Miso hates the vacuum", at=1))
         await memory.remember(ep("alice", "now", "r2", "My cat Miso sleeps a lot", at=2))
         seed = await memory.seed(user_id="alice", session_id="now", query="cat Miso")
-        persona, fact, episode = (seed.index(s) for s in
-                                  ("veterinarian", "a cat named Miso", "hates the vacuum"))
+        persona, fact, episode = (
+            seed.index(s) for s in ("veterinarian", "a cat named Miso", "hates the vacuum")
+        )
         assert persona < fact < episode
         assert "sleeps a lot" not in seed  # this session's turns come through history()
 
 
 async def test_recall_ranks_the_relevant_episode_first_when_it_is_not_the_newest(
-        make: Factory) -> None:
+    make: Factory,
+) -> None:
     async with make() as memory:
-        await memory.remember(ep("alice", "s1", "r1", "I adopted a kitten called Miso",
-                                 "What a lovely kitten name", at=1))
+        await memory.remember(
+            ep(
+                "alice",
+                "s1",
+                "r1",
+                "I adopted a kitten called Miso",
+                "What a lovely kitten name",
+                at=1,
+            )
+        )
         for i in range(2, 8):
-            await memory.remember(ep("alice", f"s{i}", f"r{i}", f"Plan my trip to city {i}",
-                                     "Here is a plan with a kitten cafe visit", at=i))
+            await memory.remember(
+                ep(
+                    "alice",
+                    f"s{i}",
+                    f"r{i}",
+                    f"Plan my trip to city {i}",
+                    "Here is a plan with a kitten cafe visit",
+                    at=i,
+                )
+            )
         found = await memory.search_episodes("alice", "what was my kitten called?")
         assert found[0].run_id == "r1"
         seed = await memory.seed(user_id="alice", session_id="new", query="kitten called")
@@ -176,8 +202,10 @@ async def test_working_blocks(make: Factory) -> None:
         await memory.set_block("alice", "persona", "a vet")
         await memory.set_block("alice", "prefs", "short answers")
         await memory.set_block("alice", "persona", "a retired vet")
-        assert await memory.get_blocks("alice") == {"persona": "a retired vet",
-                                                   "prefs": "short answers"}
+        assert await memory.get_blocks("alice") == {
+            "persona": "a retired vet",
+            "prefs": "short answers",
+        }
         with pytest.raises(ValueError, match="block_chars"):
             await memory.set_block("alice", "prefs", "x" * 51)
         assert await memory.delete_block("alice", "prefs") is True
@@ -185,8 +213,7 @@ async def test_working_blocks(make: Factory) -> None:
         assert list(await memory.get_blocks("alice")) == ["persona"]
 
 
-async def test_two_users_with_the_same_session_see_nothing_of_each_other(
-        make: Factory) -> None:
+async def test_two_users_with_the_same_session_see_nothing_of_each_other(make: Factory) -> None:
     async with make() as memory:
         await memory.remember(ep("alice", "shared", "a1", "alice secret garden", at=1))
         await memory.add_fact("alice", "alice", "has", "secret garden")
@@ -212,9 +239,13 @@ async def test_forget_by_session_by_time_and_everything(make: Factory) -> None:
         await memory.remember(ep("alice", "s1", "r1", "one", at=100))
         await memory.remember(ep("alice", "s1", "r2", "two", at=300))
         await memory.remember(ep("alice", "s2", "r3", "three", at=200))
-        await memory.add_facts("alice", [Fact("user", "said", "one", source_run="r1",
-                                              valid_from=100),
-                                         Fact("user", "knows", "x", valid_from=250)])
+        await memory.add_facts(
+            "alice",
+            [
+                Fact("user", "said", "one", source_run="r1", valid_from=100),
+                Fact("user", "knows", "x", valid_from=250),
+            ],
+        )
         await memory.set_block("alice", "persona", "p")
         await memory.remember(ep("bob", "s1", "b1", "bob", at=100))
         assert await memory.forget("alice", session_id="s1", before=200) == 2  # r1 + its fact
@@ -243,9 +274,16 @@ async def test_export_and_profile(make: Factory) -> None:
         assert data["blocks"][0]["name"] == "persona" and data["blocks"][0]["text"] == "a vet"
         profile = await memory.profile("alice")
         assert profile | {"newest_facts": None} == {
-            "user_id": "alice", "episodes": 2, "sessions": 2, "facts": 1,
-            "superseded_facts": 1, "blocks": {"persona": "a vet"}, "first_seen": 10.0,
-            "last_seen": 20.0, "newest_facts": None}
+            "user_id": "alice",
+            "episodes": 2,
+            "sessions": 2,
+            "facts": 1,
+            "superseded_facts": 1,
+            "blocks": {"persona": "a vet"},
+            "first_seen": 10.0,
+            "last_seen": 20.0,
+            "newest_facts": None,
+        }
         assert profile["newest_facts"] == ["user lives in Porto"]
 
 
@@ -267,10 +305,11 @@ async def test_100_concurrent_operations_of_20_users_never_cross(make: Factory) 
                 await memory.add_fact(user, "user", "grows", f"garden tomatoes {mark}")
             elif kind == 2:
                 await memory.set_block(user, "notes", f"{mark} garden")
-            reads = [await memory.seed(user_id=user, session_id="other",
-                                       query="garden tomatoes"),
-                     json.dumps(await memory.history(user_id=user, session_id="shared")),
-                     json.dumps(await memory.export(user))]
+            reads = [
+                await memory.seed(user_id=user, session_id="other", query="garden tomatoes"),
+                json.dumps(await memory.history(user_id=user, session_id="shared")),
+                json.dumps(await memory.export(user)),
+            ]
             return {m for text in reads for m in _markers(text)} - {mark}
 
         leaks = await asyncio.gather(*(operation(i) for i in range(100)))
@@ -293,10 +332,16 @@ async def test_100_concurrent_runs_of_20_users_on_one_agent(make: Factory) -> No
 
     async with make() as memory:
         agent = Agent("x", model=ScriptedModel(script), memory=memory)
-        results = await asyncio.gather(*(
-            agent.run(f"marker{i % 20:02d}x asks about garden tomatoes", user_id=f"u{i % 20}",
-                      session_id="shared" if i % 2 else f"s{i % 3}")
-            for i in range(100)))
+        results = await asyncio.gather(
+            *(
+                agent.run(
+                    f"marker{i % 20:02d}x asks about garden tomatoes",
+                    user_id=f"u{i % 20}",
+                    session_id="shared" if i % 2 else f"s{i % 3}",
+                )
+                for i in range(100)
+            )
+        )
         assert all(r.ok for r in results) and not leaks
         history = await memory.history(user_id="u3", session_id="shared")
         assert history and _markers(json.dumps(history)) == {"marker03x"}
@@ -336,13 +381,17 @@ async def test_a_database_error_mid_write_rolls_the_whole_write_back(durable: Fa
     async with durable() as memory:
         await memory.add_fact("alice", "user", "likes", "tea")
         if isinstance(memory, SqliteMemory):
-            trigger = ("CREATE TRIGGER boom BEFORE INSERT ON memory_facts WHEN new.object = "
-                       "'boom' BEGIN SELECT RAISE(ABORT, 'boom refused'); END;")
+            trigger = (
+                "CREATE TRIGGER boom BEFORE INSERT ON memory_facts WHEN new.object = "
+                "'boom' BEGIN SELECT RAISE(ABORT, 'boom refused'); END;"
+            )
         else:
-            trigger = ("CREATE FUNCTION boom() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
-                       "IF new.object = 'boom' THEN RAISE 'boom refused'; END IF; RETURN new; "
-                       "END $$; CREATE TRIGGER boom BEFORE INSERT ON memory_facts "
-                       "FOR EACH ROW EXECUTE FUNCTION boom();")
+            trigger = (
+                "CREATE FUNCTION boom() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+                "IF new.object = 'boom' THEN RAISE 'boom refused'; END IF; RETURN new; "
+                "END $$; CREATE TRIGGER boom BEFORE INSERT ON memory_facts "
+                "FOR EACH ROW EXECUTE FUNCTION boom();"
+            )
         await _sql(memory, trigger)
         facts = [Fact("user", "likes", "coffee"), Fact("user", "owns", "boom")]
         with pytest.raises(MemoryBackendError, match="boom refused") as caught:
@@ -374,12 +423,16 @@ async def test_another_schema_version_is_refused(durable: Factory) -> None:
 # --------------------------------------------------------------------------- SQLite
 
 
-@pytest.mark.parametrize(("content", "expected"), [
-    (b"this is a text file, not a database" * 10, "no SQLite header"),
-    (b"SQLite format 3\x00" + b"\x10\x00" + b"\x00" * 60, "truncated"),
-])
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        (b"this is a text file, not a database" * 10, "no SQLite header"),
+        (b"SQLite format 3\x00" + b"\x10\x00" + b"\x00" * 60, "truncated"),
+    ],
+)
 async def test_sqlite_refuses_files_that_are_not_intact_databases(
-        tmp_path: Path, content: bytes, expected: str) -> None:
+    tmp_path: Path, content: bytes, expected: str
+) -> None:
     path = tmp_path / "notes.db"
     path.write_bytes(content)
     with pytest.raises(MemoryCorrupted, match=rf"sqlite memory .*{expected}"):
@@ -396,7 +449,7 @@ async def test_sqlite_finds_damaged_pages_before_writing(tmp_path: Path) -> None
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     data = bytearray(path.read_bytes())
     middle = len(data) // 2 // 4096 * 4096
-    data[middle:middle + 8192] = b"\xff" * 8192  # overwrite pages in the middle
+    data[middle : middle + 8192] = b"\xff" * 8192  # overwrite pages in the middle
     path.write_bytes(bytes(data))
     with pytest.raises(MemoryCorrupted, match="sqlite memory"):
         await SqliteMemory(path).connect()
@@ -451,12 +504,23 @@ async def test_a_conversation_continues_in_a_second_process(tmp_path: Path) -> N
     script = tmp_path / "second.py"
     script.write_text(SECOND_PROCESS)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    done = subprocess.run([sys.executable, str(script), str(db)], capture_output=True,
-                          text=True, timeout=120, env=env, check=False)
+    done = subprocess.run(
+        [sys.executable, str(script), str(db)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        check=False,
+    )
     assert done.returncode == 0, done.stderr
     alice, bob = json.loads(done.stdout.strip().splitlines()[-1])
-    assert alice == ["my name is Ada", "my name is Ada", "I live in Lisbon", "I live in Lisbon",
-                     "what did I say first?"]
+    assert alice == [
+        "my name is Ada",
+        "my name is Ada",
+        "I live in Lisbon",
+        "I live in Lisbon",
+        "what did I say first?",
+    ]
     assert bob == ["hello"]
     async with SqliteMemory(db) as memory:
         turns = await memory.history(user_id="alice", session_id="conv")
@@ -467,12 +531,16 @@ async def test_a_conversation_continues_in_a_second_process(tmp_path: Path) -> N
 
 
 @pytest.mark.postgres
-@pytest.mark.parametrize(("dsn", "detail"), [
-    ("postgresql://postgres:hunter2@127.0.0.1:5432/no_such_database_x", "no_such_database_x"),
-    ("postgresql://postgres:hunter2@127.0.0.1:1/test", "127.0.0.1:1"),
-])
+@pytest.mark.parametrize(
+    ("dsn", "detail"),
+    [
+        ("postgresql://postgres:hunter2@127.0.0.1:5432/no_such_database_x", "no_such_database_x"),
+        ("postgresql://postgres:hunter2@127.0.0.1:1/test", "127.0.0.1:1"),
+    ],
+)
 async def test_postgres_wrong_dsn_or_unreachable_server_is_unavailable(
-        pg_schema: str, dsn: str, detail: str) -> None:
+    pg_schema: str, dsn: str, detail: str
+) -> None:
     from loomgraph.memory.postgres import PostgresMemory
 
     memory = PostgresMemory(dsn, schema=pg_schema, connect_timeout=5)
@@ -509,12 +577,15 @@ async def test_postgres_row_level_security_admits_only_the_set_user(pg_schema: s
                 await conn.execute("SELECT set_config('loomgraph.user_id', 'u:alice', true)")
                 assert [r[0] for r in await conn.fetch(f"SELECT run_id FROM {table}")] == ["a1"]
                 with pytest.raises(asyncpg.InsufficientPrivilegeError):
-                    await conn.execute(f"INSERT INTO {table} (user_id, run_id, prompt, output, "
-                                       "tool_calls, at) VALUES ('bob', 'x', '', '', '[]', 0)")
+                    await conn.execute(
+                        f"INSERT INTO {table} (user_id, run_id, prompt, output, "
+                        "tool_calls, at) VALUES ('bob', 'x', '', '', '[]', 0)"
+                    )
         finally:
             await conn.close()
             await memory.close()
     finally:
-        await admin.execute(f"DROP SCHEMA {pg_schema} CASCADE; DROP OWNED BY {role}; "
-                            f"DROP ROLE {role}")
+        await admin.execute(
+            f"DROP SCHEMA {pg_schema} CASCADE; DROP OWNED BY {role}; DROP ROLE {role}"
+        )
         await admin.close()

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from loomgraph import Agent
-from loomgraph.deps import current_run
+from loomgraph.agent.deps import current_run
 from loomgraph.memory import (
     ExtractionError,
     Extractor,
@@ -24,16 +24,26 @@ from loomgraph.memory.sqlite import SqliteMemory
 from loomgraph.models.scripted import ScriptedModel
 from loomgraph.protocols import Episode, ModelChunk, ModelRequest
 
-EPISODE = Episode("alice", "s1", "run-1", "I moved to Porto last month, I'm vegetarian",
-                  "Welcome to Porto!", ["maps"], 100.0)
-FACTS = [{"subject": "user", "predicate": "lives in", "object": "Porto", "confidence": 0.9},
-         {"subject": "user", "predicate": "diet", "object": "vegetarian"}]
+EPISODE = Episode(
+    "alice",
+    "s1",
+    "run-1",
+    "I moved to Porto last month, I'm vegetarian",
+    "Welcome to Porto!",
+    ["maps"],
+    100.0,
+)
+FACTS = [
+    {"subject": "user", "predicate": "lives in", "object": "Porto", "confidence": 0.9},
+    {"subject": "user", "predicate": "diet", "object": "vegetarian"},
+]
 
 
 def recording(turn: object, seen: list[ModelRequest]) -> ScriptedModel:
     def script(request: ModelRequest) -> object:
         seen.append(request)
         return turn
+
     return ScriptedModel(script)  # type: ignore[arg-type]
 
 
@@ -42,25 +52,31 @@ async def test_extract_facts_forces_the_record_facts_tool() -> None:
     model = recording({"tool_calls": [{"tool": RECORD_FACTS, "args": {"facts": FACTS}}]}, seen)
     facts = await extract_facts(model, EPISODE)
     assert [(f.subject, f.predicate, f.object, f.confidence) for f in facts] == [
-        ("user", "lives in", "Porto", 0.9), ("user", "diet", "vegetarian", 1.0)]
+        ("user", "lives in", "Porto", 0.9),
+        ("user", "diet", "vegetarian", 1.0),
+    ]
     assert all(f.user_id == "alice" and f.source_run == "run-1" for f in facts)
     request = seen[0]
     assert request.tool_choice == RECORD_FACTS and list(request.tools) == [FACTS_TOOL]
     assert "I moved to Porto" in request.messages[0]["content"]
 
 
-@pytest.mark.parametrize("text", [
-    '{"facts": [{"subject": "user", "predicate": "lives in", "object": "Porto"}]}',
-    'Here you go:\n```json\n[{"subject": "user", "predicate": "lives in", '
-    '"object": "Porto"}]\n```',
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"facts": [{"subject": "user", "predicate": "lives in", "object": "Porto"}]}',
+        'Here you go:\n```json\n[{"subject": "user", "predicate": "lives in", '
+        '"object": "Porto"}]\n```',
+    ],
+)
 async def test_extract_facts_accepts_json_text(text: str) -> None:
     facts = await extract_facts(ScriptedModel([text]), EPISODE)
     assert [f.object for f in facts] == ["Porto"]
 
 
-@pytest.mark.parametrize("text", ["I could not find any facts.",
-                                  '{"facts": [{"subject": "user"}]}', '{"facts": "none"}'])
+@pytest.mark.parametrize(
+    "text", ["I could not find any facts.", '{"facts": [{"subject": "user"}]}', '{"facts": "none"}']
+)
 async def test_extract_facts_refuses_answers_without_usable_facts(text: str) -> None:
     with pytest.raises(ExtractionError):
         await extract_facts(ScriptedModel([text]), EPISODE)
@@ -78,8 +94,10 @@ class GatedModel:
     async def stream(self, request: ModelRequest) -> AsyncIterator[ModelChunk]:
         self.started.set()
         await self.gate.wait()
-        yield {"type": "tool_call",
-               "call": {"id": "c1", "tool": RECORD_FACTS, "args": {"facts": FACTS}}}
+        yield {
+            "type": "tool_call",
+            "call": {"id": "c1", "tool": RECORD_FACTS, "args": {"facts": FACTS}},
+        }
 
 
 @pytest.fixture(params=["memory", "sqlite"])
@@ -146,11 +164,12 @@ async def test_forget_cancels_the_users_pending_extraction(store: MemoryStore) -
 async def test_memory_tools_write_for_the_user_the_getter_names() -> None:
     memory = InMemoryMemory()
     user = "alice"
-    remember_fact, update_block, recall = memory_tools(memory, lambda: user,
-                                                       run_id_getter=lambda: "run-9",
-                                                       editable_blocks={"notes"})
+    remember_fact, update_block, recall = memory_tools(
+        memory, lambda: user, run_id_getter=lambda: "run-9", editable_blocks={"notes"}
+    )
     assert await remember_fact("user", "likes", "green tea", 0.8) == (
-        "remembered: user likes green tea")
+        "remembered: user likes green tea"
+    )
     assert (await memory.facts("alice"))[0].source_run == "run-9"
     await update_block("notes", "prefers short answers")
     assert await memory.get_blocks("alice") == {"notes": "prefers short answers"}
@@ -173,15 +192,20 @@ async def test_an_agent_edits_its_own_working_memory_through_the_tools() -> None
     def script(request: ModelRequest) -> object:
         seen.append(request)
         if request.messages[-1]["role"] == "user" and "remember" in str(
-                request.messages[-1]["content"]):
-            return {"tool_calls": [
-                {"tool": "update_block", "args": {"name": "prefs", "text": "likes haiku"}},
-                {"tool": "remember_fact", "args": {"subject": "user", "predicate": "likes",
-                                                   "object": "haiku"}}]}
+            request.messages[-1]["content"]
+        ):
+            return {
+                "tool_calls": [
+                    {"tool": "update_block", "args": {"name": "prefs", "text": "likes haiku"}},
+                    {
+                        "tool": "remember_fact",
+                        "args": {"subject": "user", "predicate": "likes", "object": "haiku"},
+                    },
+                ]
+            }
         return "ok"
 
-    agent = Agent("x", model=ScriptedModel(script), memory=memory,
-                  tools=memory_tools(memory, user))
+    agent = Agent("x", model=ScriptedModel(script), memory=memory, tools=memory_tools(memory, user))
     await agent.run("please remember I like haiku", user_id="alice", session_id="a")
     await agent.run("write me a poem about haiku", user_id="alice", session_id="b")
     await agent.run("write me a poem about haiku", user_id="bob", session_id="b")

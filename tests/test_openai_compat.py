@@ -22,8 +22,8 @@ from loomgraph.models.errors import (
 )
 from loomgraph.models.openai_compat import OpenAICompatModel
 from loomgraph.models.retry import RetryPolicy
-from loomgraph.pricing import Price
 from loomgraph.protocols import Message, ModelChunk, ModelError, ModelRequest, ToolSpec
+from loomgraph.protocols.pricing import Price
 
 TOOLS: list[ToolSpec] = [
     {

@@ -40,11 +40,26 @@ def test_is_permissions() -> None:
 # ---------------------------------------------------------------------------- rule syntax
 
 
-@pytest.mark.parametrize("rule", [
-    "", "  ", "read(", "read()", "read(path)", "read(path=)", "read(path=/a,)", "read(1=x)",
-    "read(path=/a, path=/b)", "re ad", "read(path=\"/a)", "read(path=\"/a\" x)",
-    "read(path=/a\"b)", "read)(", "read(a.=x)",
-])
+@pytest.mark.parametrize(
+    "rule",
+    [
+        "",
+        "  ",
+        "read(",
+        "read()",
+        "read(path)",
+        "read(path=)",
+        "read(path=/a,)",
+        "read(1=x)",
+        "read(path=/a, path=/b)",
+        "re ad",
+        'read(path="/a)',
+        'read(path="/a" x)',
+        'read(path=/a"b)',
+        "read)(",
+        "read(a.=x)",
+    ],
+)
 def test_bad_rules_raise_naming_the_rule(rule: str) -> None:
     with pytest.raises(ValueError, match="invalid permission rule") as info:
         StandardPermissions(allow=[rule])
@@ -65,11 +80,17 @@ def test_rule_forms_parse() -> None:
 
 
 async def test_each_rule_form_matches() -> None:
-    perms = StandardPermissions(deny=["shell(cmd=rm *)", "mcp_*",
-                                      "fetch(url=https://evil.example/*)",
-                                      "write(path=/data/*, mode=overwrite)",
-                                      "read(opts.recursive=true)", "read(limit=[5-9]?)"],
-                                mode="bypass")
+    perms = StandardPermissions(
+        deny=[
+            "shell(cmd=rm *)",
+            "mcp_*",
+            "fetch(url=https://evil.example/*)",
+            "write(path=/data/*, mode=overwrite)",
+            "read(opts.recursive=true)",
+            "read(limit=[5-9]?)",
+        ],
+        mode="bypass",
+    )
     assert await verdict(perms, call("shell", cmd="rm -rf /")) == "deny"
     assert await verdict(perms, call("shell", cmd="ls")) == "allow"
     assert await verdict(perms, call("shell")) == "allow"  # no cmd: the rule does not apply
@@ -91,8 +112,9 @@ async def test_each_rule_form_matches() -> None:
 
 
 async def test_list_arguments_deny_on_any_allow_on_every() -> None:
-    perms = StandardPermissions(deny=["shell(paths=/etc/**)"], allow=["write(paths=/tmp/**)"],
-                                mode="strict")
+    perms = StandardPermissions(
+        deny=["shell(paths=/etc/**)"], allow=["write(paths=/tmp/**)"], mode="strict"
+    )
     assert await verdict(perms, call("shell", paths=["/tmp/a", "/etc/passwd"])) == "deny"
     assert await verdict(perms, call("write", paths=["/tmp/a", "/tmp/b/c"])) == "allow"
     assert await verdict(perms, call("write", paths=["/tmp/a", "/home/x"])) == "deny"
@@ -112,8 +134,9 @@ def test_canonical_form() -> None:
 
 
 async def test_paths_are_canonical_before_matching() -> None:
-    perms = StandardPermissions(allow=["read(path=/data/**)"], deny=["read(path=/etc/**)"],
-                                mode="strict")
+    perms = StandardPermissions(
+        allow=["read(path=/data/**)"], deny=["read(path=/etc/**)"], mode="strict"
+    )
     assert await verdict(perms, call("read", path="/data/a/b.txt")) == "allow"
     traversal = await decide(perms, call("read", path="/data/../etc/passwd"))
     assert traversal.verdict == "deny" and traversal.rule == "deny:read(path=/etc/**)"
@@ -139,8 +162,11 @@ async def test_star_stays_in_a_segment_for_paths_only() -> None:
 
 
 async def test_deny_then_ask_then_allow_first_match_wins() -> None:
-    perms = StandardPermissions(allow=["shell", "read"], ask=["shell(cmd=git *)", "read"],
-                                deny=["shell(cmd=git push*)", "shell(cmd=*)"])
+    perms = StandardPermissions(
+        allow=["shell", "read"],
+        ask=["shell(cmd=git *)", "read"],
+        deny=["shell(cmd=git push*)", "shell(cmd=*)"],
+    )
     denied = await decide(perms, call("shell", cmd="git push origin"))
     assert (denied.verdict, denied.rule) == ("deny", "deny:shell(cmd=git push*)")
     asked = await decide(perms, call("read", path="/a"))
@@ -149,20 +175,24 @@ async def test_deny_then_ask_then_allow_first_match_wins() -> None:
     assert (allowed.verdict, allowed.rule) == ("allow", "allow:shell")
 
 
-@pytest.mark.parametrize(("mode", "plain", "destructive", "asked", "denied"), [
-    ("default", "allow", "ask", "ask", "deny"),
-    ("accept_edits", "allow", "allow", "ask", "deny"),
-    ("bypass", "allow", "allow", "allow", "deny"),
-    ("strict", "deny", "deny", "ask", "deny"),
-])
+@pytest.mark.parametrize(
+    ("mode", "plain", "destructive", "asked", "denied"),
+    [
+        ("default", "allow", "ask", "ask", "deny"),
+        ("accept_edits", "allow", "allow", "ask", "deny"),
+        ("bypass", "allow", "allow", "allow", "deny"),
+        ("strict", "deny", "deny", "ask", "deny"),
+    ],
+)
 async def test_modes(mode: Any, plain: str, destructive: str, asked: str, denied: str) -> None:
     perms = StandardPermissions(ask=["fetch"], deny=["shell"], mode=mode)
     read = await decide(perms, call("read", path="/a"))
     assert read.verdict == plain and read.rule.startswith(f"mode:{mode}:")
     write = await decide(perms, call("write", path="/a"))
     assert write.verdict == destructive
-    assert write.rule == ("mode:default:destructive" if mode == "default"
-                          else f"mode:{mode}:{destructive}")
+    assert write.rule == (
+        "mode:default:destructive" if mode == "default" else f"mode:{mode}:{destructive}"
+    )
     assert await verdict(perms, call("fetch", url="u")) == asked
     assert await verdict(perms, call("shell", cmd="x")) == denied
 
@@ -189,10 +219,14 @@ def test_unknown_mode() -> None:
 
 async def test_per_user_rules_add_to_the_global_ones() -> None:
     perms = StandardPermissions(
-        deny=["shell(cmd=rm *)"], mode="strict",
-        per_user={"alice": {"allow": ["shell", "read"]},
-                  "bob": StandardPermissions(allow=["shell(cmd=rm *)"], mode="bypass"),
-                  "carol": {"mode": "default"}})
+        deny=["shell(cmd=rm *)"],
+        mode="strict",
+        per_user={
+            "alice": {"allow": ["shell", "read"]},
+            "bob": StandardPermissions(allow=["shell(cmd=rm *)"], mode="bypass"),
+            "carol": {"mode": "default"},
+        },
+    )
     assert await verdict(perms, call("read", path="/a")) == "deny"  # strict, no rule
     alice = await decide(perms, call("read", path="/a"), "alice")
     assert (alice.verdict, alice.rule) == ("allow", "user:alice:allow:read")
@@ -232,8 +266,7 @@ async def test_policy_decides_after_the_rules() -> None:
     fetch = await decide(perms, call("fetch", url="u"))
     assert (fetch.verdict, fetch.rule, fetch.reason) == ("deny", "policy:no-network", "offline")
     assert await verdict(perms, call("write", path="/a"), "admin") == "allow"
-    assert (await decide(perms, call("write", path="/a"), "bob")).rule == \
-        "mode:default:destructive"
+    assert (await decide(perms, call("write", path="/a"), "bob")).rule == "mode:default:destructive"
 
 
 async def test_async_policy_and_per_user_policy() -> None:
@@ -249,10 +282,16 @@ def _raises(c: ToolCall, spec: ToolSpec | None, user: str | None) -> str:
     raise RuntimeError("policy store down")
 
 
-@pytest.mark.parametrize("policy", [
-    _raises, lambda c, s, u: None, lambda c, s, u: 42, lambda c, s, u: "maybe",
-    lambda c, s, u: Decision("sometimes"),  # type: ignore[arg-type]
-])
+@pytest.mark.parametrize(
+    "policy",
+    [
+        _raises,
+        lambda c, s, u: None,
+        lambda c, s, u: 42,
+        lambda c, s, u: "maybe",
+        lambda c, s, u: Decision("sometimes"),  # type: ignore[arg-type]
+    ],
+)
 async def test_a_raising_or_junk_policy_denies(policy: Any) -> None:
     perms = StandardPermissions(mode="bypass", policy=policy)
     result = await decide(perms, call("read", path="/a"))
@@ -264,33 +303,63 @@ async def test_a_raising_or_junk_policy_denies(policy: Any) -> None:
 
 TOOLS = ["read", "write", "shell", "fetch"]
 SEGMENTS = st.sampled_from(["data", "etc", "secret", "..", ".", "", "a b", "x"])
-PATHS = st.lists(SEGMENTS, min_size=1, max_size=6).map(lambda parts: "/" + "/".join(parts)) | \
-    st.sampled_from(["/data/../secret/x", "//secret/x", "/secret/./x", "/x/../../secret/a/b"])
-GLOBS = st.sampled_from(["/data/**", "/etc/**", "/secret/*", "*", "/data/*", "**/x",
-                         "/etc/passwd", "x*"])
-RULES = st.builds(lambda tool, glob: tool if glob is None else f"{tool}(path={glob})",
-                  st.sampled_from([*TOOLS, "*", "re*"]), st.none() | GLOBS)
+PATHS = st.lists(SEGMENTS, min_size=1, max_size=6).map(
+    lambda parts: "/" + "/".join(parts)
+) | st.sampled_from(["/data/../secret/x", "//secret/x", "/secret/./x", "/x/../../secret/a/b"])
+GLOBS = st.sampled_from(
+    ["/data/**", "/etc/**", "/secret/*", "*", "/data/*", "**/x", "/etc/passwd", "x*"]
+)
+RULES = st.builds(
+    lambda tool, glob: tool if glob is None else f"{tool}(path={glob})",
+    st.sampled_from([*TOOLS, "*", "re*"]),
+    st.none() | GLOBS,
+)
 RULE_LISTS = st.lists(RULES, max_size=4)
-ENTRIES = st.fixed_dictionaries({"allow": RULE_LISTS, "ask": RULE_LISTS,
-                                 "mode": st.sampled_from(["default", "accept_edits", "bypass",
-                                                          "strict"])})
+ENTRIES = st.fixed_dictionaries(
+    {
+        "allow": RULE_LISTS,
+        "ask": RULE_LISTS,
+        "mode": st.sampled_from(["default", "accept_edits", "bypass", "strict"]),
+    }
+)
 
 
 @settings(max_examples=300, deadline=None)
-@given(deny=RULE_LISTS, allow=RULE_LISTS, ask=RULE_LISTS, user_entry=ENTRIES,
-       mode=st.sampled_from(["default", "accept_edits", "bypass", "strict"]),
-       always_allow=st.booleans(), tool=st.sampled_from(TOOLS),
-       paths=st.lists(PATHS, min_size=1, max_size=3), as_list=st.booleans(),
-       user=st.sampled_from(["alice", "bob", None]))
+@given(
+    deny=RULE_LISTS,
+    allow=RULE_LISTS,
+    ask=RULE_LISTS,
+    user_entry=ENTRIES,
+    mode=st.sampled_from(["default", "accept_edits", "bypass", "strict"]),
+    always_allow=st.booleans(),
+    tool=st.sampled_from(TOOLS),
+    paths=st.lists(PATHS, min_size=1, max_size=3),
+    as_list=st.booleans(),
+    user=st.sampled_from(["alice", "bob", None]),
+)
 def test_property_a_call_matched_by_a_deny_rule_is_never_allowed(
-    deny: list[str], allow: list[str], ask: list[str], user_entry: dict[str, Any], mode: Any,
-    always_allow: bool, tool: str, paths: list[str], as_list: bool, user: str | None,
+    deny: list[str],
+    allow: list[str],
+    ask: list[str],
+    user_entry: dict[str, Any],
+    mode: Any,
+    always_allow: bool,
+    tool: str,
+    paths: list[str],
+    as_list: bool,
+    user: str | None,
 ) -> None:
     import asyncio
 
     policy = (lambda c, s, u: "allow") if always_allow else None
-    perms = StandardPermissions(allow=allow, ask=ask, deny=[*deny, "read(path=/secret/**)"],
-                                mode=mode, per_user={"alice": user_entry}, policy=policy)
+    perms = StandardPermissions(
+        allow=allow,
+        ask=ask,
+        deny=[*deny, "read(path=/secret/**)"],
+        mode=mode,
+        per_user={"alice": user_entry},
+        policy=policy,
+    )
     c = call(tool, path=paths if as_list else paths[0])
     result = asyncio.run(perms.check(c, SPECS[tool], user_id=user))
     rules = [parse_rule(r) for r in deny]
@@ -298,7 +367,10 @@ def test_property_a_call_matched_by_a_deny_rule_is_never_allowed(
         assert result.verdict == "deny", (c, deny, result)
     # An independent oracle for traversal: whatever the path's spelling, once normalised it
     # is inside /secret, so reading it is denied.
-    inside = [posixpath.normpath("/" + p.lstrip("/")).startswith("/secret/")
-              for p in (paths if as_list else paths[:1]) if " " not in p]
+    inside = [
+        posixpath.normpath("/" + p.lstrip("/")).startswith("/secret/")
+        for p in (paths if as_list else paths[:1])
+        if " " not in p
+    ]
     if tool == "read" and any(inside):
         assert result.verdict == "deny", (c, result)

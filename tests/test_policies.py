@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from loomgraph import Agent
-from loomgraph.graph.loader import graph_from_yaml
+from loomgraph.authoring.loader import graph_from_yaml
 
 calls: list[str] = []
 never = asyncio.Event()
@@ -47,16 +47,24 @@ for fn in (flaky, broken, stuck, handle):
 
 
 def graph(node: str, *, handler: bool = False) -> Any:
-    fix = ("  fix: {kind: function, call: 'lg_policy_fns:handle', reads: [error], "
-           "writes: [output]}\n") if handler else ""
+    fix = (
+        (
+            "  fix: {kind: function, call: 'lg_policy_fns:handle', reads: [error], "
+            "writes: [output]}\n"
+        )
+        if handler
+        else ""
+    )
     edges = "  - {from: work, to: END}\n" + ("  - {from: fix, to: END}\n" if handler else "")
     return graph_from_yaml(f"name: p\nentry: work\nnodes:\n{node}\n{fix}edges:\n{edges}")
 
 
 async def test_retry_on_a_listed_error_until_it_works() -> None:
     calls.clear()
-    g = graph("  work: {kind: function, call: 'lg_policy_fns:flaky', writes: [output],\n"
-              "         retry: {attempts: 3, errors: [ConnectionError]}}")
+    g = graph(
+        "  work: {kind: function, call: 'lg_policy_fns:flaky', writes: [output],\n"
+        "         retry: {attempts: 3, errors: [ConnectionError]}}"
+    )
     events = [e async for e in Agent("x", model="echo", architecture=g).stream("go")]
     assert events[-1].payload["output"] == "up" and calls == ["flaky"] * 3
     retries = [e.payload for e in events if e.kind == "node_retry"]
@@ -66,15 +74,18 @@ async def test_retry_on_a_listed_error_until_it_works() -> None:
 
 async def test_an_error_not_listed_is_not_retried() -> None:
     calls.clear()
-    g = graph("  work: {kind: function, call: 'lg_policy_fns:broken', writes: [output],\n"
-              "         retry: {attempts: 5, errors: [ConnectionError]}}")
+    g = graph(
+        "  work: {kind: function, call: 'lg_policy_fns:broken', writes: [output],\n"
+        "         retry: {attempts: 5, errors: [ConnectionError]}}"
+    )
     result = await Agent("x", model="echo", architecture=g).run("go")
     assert result.status == "failed" and "bad input" in result.reason and calls == ["broken"]
 
 
 async def test_timeout_fails_the_visit_naming_the_node_and_seconds() -> None:
-    g = graph("  work: {kind: function, call: 'lg_policy_fns:stuck', writes: [output],"
-              " timeout: 0.05}")
+    g = graph(
+        "  work: {kind: function, call: 'lg_policy_fns:stuck', writes: [output], timeout: 0.05}"
+    )
     result = await Agent("x", model="echo", architecture=g).run("go")
     assert result.status == "failed"
     assert "'work' took longer than its timeout of 0.05 s" in result.reason
@@ -82,8 +93,11 @@ async def test_timeout_fails_the_visit_naming_the_node_and_seconds() -> None:
 
 async def test_on_error_routes_the_failure_to_a_handler() -> None:
     calls.clear()
-    g = graph("  work: {kind: function, call: 'lg_policy_fns:broken', writes: [output],\n"
-              "         retry: {attempts: 2}, on_error: fix}", handler=True)
+    g = graph(
+        "  work: {kind: function, call: 'lg_policy_fns:broken', writes: [output],\n"
+        "         retry: {attempts: 2}, on_error: fix}",
+        handler=True,
+    )
     agent = Agent("x", model="echo", architecture=g)
     result = await agent.run("go")
     assert result.status == "completed" and result.output == "handled ValueError from work"

@@ -10,13 +10,15 @@ import pytest
 from loomgraph.graph import registry
 
 
-def test_a_kind_from_an_installed_distribution_is_found(tmp_path: Path,
-                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_kind_from_an_installed_distribution_is_found(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     (tmp_path / "shout_nodes.py").write_text(
         "from loomgraph import NodeKind\n"
         "class Shout(NodeKind):\n"
         "    default_reads = ('input',)\n    default_writes = ('output',)\n"
-        "    async def run(self, state, ctx):\n        return {'output': state['input'].upper()}\n")
+        "    async def run(self, state, ctx):\n        return {'output': state['input'].upper()}\n"
+    )
     dist = tmp_path / "shout_nodes-1.0.dist-info"
     dist.mkdir()
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: shout-nodes\nVersion: 1.0\n")

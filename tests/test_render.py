@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 import loomgraph.nodes  # noqa: F401  -- registers the built-in kinds the YAML uses
-from loomgraph.graph.library import load_graph
-from loomgraph.graph.render import RenderError, RunOverlay, render, to_dot, to_mermaid, to_svg
+from loomgraph.authoring.library import load_graph
+from loomgraph.authoring.render import RenderError, RunOverlay, render, to_dot, to_mermaid, to_svg
 from loomgraph.graph.spec import END, EdgeSpec, Graph, NodeSpec
 from loomgraph.protocols import Transition
 
@@ -72,8 +72,9 @@ def test_dot_shows_nodes_kinds_io_conditions_entry_and_end(react: Graph) -> None
     assert "writes: messages, usage" in dot
     assert "writes: messages</FONT>" in dot
     # The conditional edge: its condition, its order, dashed; the default edge says `else`.
-    assert re.search(r'model -> tools \[label="\[1\] ' + re.escape(CONDITION) + '".*style=dashed',
-                     dot)
+    assert re.search(
+        r'model -> tools \[label="\[1\] ' + re.escape(CONDITION) + '".*style=dashed', dot
+    )
     assert re.search(r'model -> END \[label="\[2\] else"', dot)
     # A node with one outgoing edge gets no order number and no label.
     assert re.search(r'tools -> model \[label=""', dot)
@@ -98,9 +99,12 @@ def test_dot_accepts_a_builtin_name_and_a_path(react: Graph) -> None:
 
 
 def test_broken_graph_still_draws() -> None:
-    graph = Graph(name="broken", entry="x",
-                  nodes={"x": NodeSpec(kind="no-such-kind", writes=["out"])},
-                  edges=[EdgeSpec(source="x", target="ghost")])
+    graph = Graph(
+        name="broken",
+        entry="x",
+        nodes={"x": NodeSpec(kind="no-such-kind", writes=["out"])},
+        edges=[EdgeSpec(source="x", target="ghost")],
+    )
     dot = to_dot(graph)
     assert "<I>no-such-kind</I>" in dot and "writes: out" in dot and "x -> ghost" in dot
     assert "u_ghost" in to_mermaid(graph)
@@ -113,8 +117,15 @@ def test_broken_graph_still_draws() -> None:
 def test_svg_through_real_dot(react: Graph) -> None:
     svg = to_svg(react)
     text = svg_text(svg_root(svg))
-    for needle in ("model", "tools", "END", "reads: messages", "writes: messages, usage",
-                   CONDITION, "else"):
+    for needle in (
+        "model",
+        "tools",
+        "END",
+        "reads: messages",
+        "writes: messages, usage",
+        CONDITION,
+        "else",
+    ):
         assert needle in text
 
 
@@ -129,7 +140,8 @@ def test_svg_of_awkward_text_is_valid() -> None:
 
 
 def test_missing_dot_binary_is_a_clear_error(
-        react: Graph, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    react: Graph, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     empty = tmp_path / "empty-bin"
     empty.mkdir()
     monkeypatch.setenv("PATH", str(empty))
@@ -172,12 +184,13 @@ def test_mermaid_structure(react: Graph) -> None:
     nodes, edges = parse_mermaid(text)
     assert set(nodes) == {"__start__", "__end__", "n_model", "n_tools"}
     assert nodes["__end__"] == '((("END")))'  # double circle
-    assert "<b>model</b><br/><i>model</i><br/>reads: messages<br/>writes: messages, usage" in (
-        nodes["n_model"])
+    assert (
+        "<b>model</b><br/><i>model</i><br/>reads: messages<br/>writes: messages, usage"
+        in (nodes["n_model"])
+    )
     assert edges == [
         ("__start__", "-->", "n_model", None),
-        ("n_model", "-.->", "n_tools",
-         "#91;1#93; last_message.tool_calls #124; length #gt; 0"),
+        ("n_model", "-.->", "n_tools", "#91;1#93; last_message.tool_calls #124; length #gt; 0"),
         ("n_model", "-->", "__end__", "#91;2#93; else"),
         ("n_tools", "-->", "n_model", None),
     ]
@@ -187,19 +200,30 @@ def test_mermaid_escapes_what_breaks_it() -> None:
     text = to_mermaid(python_graph())
     nodes, edges = parse_mermaid(text)  # no raw quote, pipe, bracket or angle in any label
     (label,) = [lbl for src, _, dst, lbl in edges if (src, dst) == ("n_plan", "n_act")]
-    assert label == ("#91;1#93; messages#91;-1#93;.content == #quot;go#quot; "
-                     "and state#91;#quot;n#quot;#93; #gt; 1")
+    assert label == (
+        "#91;1#93; messages#91;-1#93;.content == #quot;go#quot; "
+        "and state#91;#quot;n#quot;#93; #gt; 1"
+    )
     assert "reads: messages, plan_notes" in nodes["n_act"]
     # The description (quotes, <, &) goes into a comment line, on one line.
     assert '%% py-built v1: A "quoted" <plan> & act loop' in text
 
 
 def test_mermaid_ids_avoid_end_keyword_and_clashes() -> None:
-    graph = Graph(name="ids", entry="end",
-                  nodes={"end": NodeSpec(kind="tools"), "a-b": NodeSpec(kind="tools"),
-                         "a_b": NodeSpec(kind="tools")},
-                  edges=[EdgeSpec(source="end", target="a-b"), EdgeSpec(source="a-b", target="a_b"),
-                         EdgeSpec(source="a_b", target=END)])
+    graph = Graph(
+        name="ids",
+        entry="end",
+        nodes={
+            "end": NodeSpec(kind="tools"),
+            "a-b": NodeSpec(kind="tools"),
+            "a_b": NodeSpec(kind="tools"),
+        },
+        edges=[
+            EdgeSpec(source="end", target="a-b"),
+            EdgeSpec(source="a-b", target="a_b"),
+            EdgeSpec(source="a_b", target=END),
+        ],
+    )
     nodes, edges = parse_mermaid(to_mermaid(graph))
     assert {"n_end", "n_a_b", "n_a_b_2"} <= set(nodes)
     assert ("n_a_b", "-->", "n_a_b_2", None) in edges
@@ -209,14 +233,19 @@ def test_mermaid_ids_avoid_end_keyword_and_clashes() -> None:
 
 
 def test_overlay_from_transitions() -> None:
-    steps = [step("model", "tools", 1), step("tools", "model", 2), step("model", "tools", 3),
-             step("tools/inner", END, 4)]  # a subgraph's step is not an edge of this graph
+    steps = [
+        step("model", "tools", 1),
+        step("tools", "model", 2),
+        step("model", "tools", 3),
+        step("tools/inner", END, 4),
+    ]  # a subgraph's step is not an edge of this graph
     run = RunOverlay.from_transitions(steps, status="failed")
     assert run.visits == {"model": 2, "tools": 1}
     assert run.path == [("model", "tools"), ("tools", "model"), ("model", "tools")]
     assert run.stopped_at == "tools"  # the node the run went on to, and failed in
     assert RunOverlay.from_transitions([], status="failed", stopped_at="model").stopped_at == (
-        "model")
+        "model"
+    )
 
 
 def test_dot_overlay_marks_visits_taken_edges_and_failure(react: Graph) -> None:
@@ -230,8 +259,7 @@ def test_dot_overlay_marks_visits_taken_edges_and_failure(react: Graph) -> None:
 
 
 def test_overlay_limit_is_orange_and_completed_marks_end(react: Graph) -> None:
-    limit = {"visits": {"model": 25, "tools": 25}, "stopped_at": "model",
-             "status": "limit_reached"}
+    limit = {"visits": {"model": 25, "tools": 25}, "stopped_at": "model", "status": "limit_reached"}
     assert re.search(r'\tmodel \[label=.*color="#ea580c"', to_dot(react, run=limit))
     done = RunOverlay.from_transitions([step("model", END)])
     assert done.stopped_at == END
@@ -264,11 +292,13 @@ def test_overlay_mapping_with_only_a_path_and_bad_keys(react: Graph) -> None:
 # --------------------------------------------------------------------------- files
 
 
-@pytest.mark.parametrize("suffix", [".dot", ".gv", ".mmd", ".mermaid", ".MMD",
-                                    pytest.param(".svg", marks=needs_dot)])
+@pytest.mark.parametrize(
+    "suffix", [".dot", ".gv", ".mmd", ".mermaid", ".MMD", pytest.param(".svg", marks=needs_dot)]
+)
 def test_render_writes_by_suffix(react: Graph, tmp_path: Path, suffix: str) -> None:
-    out = render(react, tmp_path / f"react{suffix}",
-                 run=RunOverlay(path=[("model", END)], stopped_at=END))
+    out = render(
+        react, tmp_path / f"react{suffix}", run=RunOverlay(path=[("model", END)], stopped_at=END)
+    )
     assert out == tmp_path / f"react{suffix}"
     text = out.read_text(encoding="utf-8")
     kind = suffix.lower()

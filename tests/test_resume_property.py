@@ -76,13 +76,15 @@ def script_of(turns: list[list[tuple[str, int]]], answer: str) -> list[Any]:
     """Model turns: each a list of tool calls (tool, argument), then the final answer."""
     out: list[Any] = []
     for calls in turns:
-        out.append({"text": "", "tool_calls": [
-            {"tool": tool, "args": {"x": x}} for tool, x in calls]})
+        out.append(
+            {"text": "", "tool_calls": [{"tool": tool, "args": {"x": x}} for tool, x in calls]}
+        )
     return [*out, answer]
 
 
-def make_agent(path: Path, script: list[Any], ledger: list[str], at: int | None = None,
-               after: bool = False) -> tuple[Agent, CrashingRuntime]:
+def make_agent(
+    path: Path, script: list[Any], ledger: list[str], at: int | None = None, after: bool = False
+) -> tuple[Agent, CrashingRuntime]:
     """An Agent on the SQLite file, its journal wrapped to crash at write `at`."""
 
     async def double(x: int, idempotency_key: str) -> int:
@@ -96,8 +98,7 @@ def make_agent(path: Path, script: list[Any], ledger: list[str], at: int | None 
         return -x
 
     runtime = CrashingRuntime(SqliteRuntime(path, verify=False), at, after)
-    agent = Agent("Compute.", model=ScriptedModel(script), tools=[double, negate],
-                  runtime=runtime)
+    agent = Agent("Compute.", model=ScriptedModel(script), tools=[double, negate], runtime=runtime)
     return agent, runtime
 
 
@@ -128,8 +129,9 @@ async def resume_and_read(agent: Agent, runtime: CrashingRuntime, run_id: str) -
     return result, history[-1].state if history else None, transitions, effects
 
 
-tool_calls = st.lists(st.tuples(st.sampled_from(["double", "negate"]),
-                                st.integers(-5, 5)), min_size=1, max_size=3)
+tool_calls = st.lists(
+    st.tuples(st.sampled_from(["double", "negate"]), st.integers(-5, 5)), min_size=1, max_size=3
+)
 scripts = st.tuples(st.lists(tool_calls, max_size=3), st.text(max_size=20))
 
 
@@ -149,7 +151,8 @@ def test_resume_after_any_crash_gives_the_uncrashed_final_state(
         total = runtime.writes
         agent, runtime = make_agent(base / "reference.db", script, ledger)
         expected, ref_state, ref_transitions, _ = asyncio.run(
-            resume_and_read(agent, runtime, ref_id))
+            resume_and_read(agent, runtime, ref_id)
+        )
         assert expected.status == "completed"
         assert len(ledger) == sum(len(t) for t in turns)
 
@@ -165,8 +168,7 @@ def test_resume_after_any_crash_gives_the_uncrashed_final_state(
             with pytest.raises(UnknownRun):
                 asyncio.run(resume_and_read(agent, runtime, run_id))
             return
-        result, state, transitions, effects = asyncio.run(
-            resume_and_read(agent, runtime, run_id))
+        result, state, transitions, effects = asyncio.run(resume_and_read(agent, runtime, run_id))
 
     assert result.status == "completed" and result.output == expected.output
     assert state == ref_state

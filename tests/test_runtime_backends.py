@@ -88,8 +88,17 @@ def run(run_id: str = "r1", user: str | None = "u1", **kw: Any) -> RunRecord:
 
 
 def step(run_id: str, seq: int, patch: Any = None, **kw: Any) -> Transition:
-    return Transition(run_id, seq, "model", seq, {"n": seq} if patch is None else patch,
-                      "tools", {"input_tokens": seq}, 1000.0 + seq, **kw)
+    return Transition(
+        run_id,
+        seq,
+        "model",
+        seq,
+        {"n": seq} if patch is None else patch,
+        "tools",
+        {"input_tokens": seq},
+        1000.0 + seq,
+        **kw,
+    )
 
 
 # --------------------------------------------------------------------------- behaviour suite
@@ -102,13 +111,22 @@ async def test_implements_the_protocol(make: Factory) -> None:
 
 async def test_start_and_load_run(make: Factory) -> None:
     async with opened(make) as rt:
-        record = run(parent_run_id="r0", parent_seq=3, deadline=99.5, created_at=12.0,
-                     initial={"state": {"input": "héllo ✓"}, "system": "be brief"})
+        record = run(
+            parent_run_id="r0",
+            parent_seq=3,
+            deadline=99.5,
+            created_at=12.0,
+            initial={"state": {"input": "héllo ✓"}, "system": "be brief"},
+        )
         await rt.start_run(record)
         loaded = await rt.load_run("r1")
         assert loaded is not None
         assert (loaded.graph_name, loaded.graph_hash, loaded.user_id, loaded.session_id) == (
-            "react", "hash1", "u1", "s1")
+            "react",
+            "hash1",
+            "u1",
+            "s1",
+        )
         assert (loaded.parent_run_id, loaded.parent_seq, loaded.deadline) == ("r0", 3, 99.5)
         assert loaded.created_at == 12.0 and loaded.updated_at >= 12.0
         assert loaded.status == "running" and loaded.result is None
@@ -127,8 +145,11 @@ async def test_created_at_defaults_to_now(make: Factory) -> None:
 async def test_transitions_in_order_with_snapshots(make: Factory) -> None:
     async with opened(make) as rt:
         await rt.start_run(run())
-        patch = {"messages": [{"role": "assistant", "content": "ünïcode ✓", "n": [1, 2.5]}],
-                 "flag": None, "nested": {"a": {"b": True}}}
+        patch = {
+            "messages": [{"role": "assistant", "content": "ünïcode ✓", "n": [1, 2.5]}],
+            "flag": None,
+            "nested": {"a": {"b": True}},
+        }
         await rt.append_transition(step("r1", 1, patch))
         await rt.append_transition(step("r1", 2, snapshot={"messages": [], "count": 2}))
         await rt.append_transition(step("r1", 3))
@@ -194,7 +215,10 @@ async def test_finish_run(make: Factory) -> None:
         loaded = await rt.load_run("r1")
         assert loaded is not None
         assert (loaded.status, loaded.reason, loaded.result) == (
-            "limit_reached", "max 3 visits", {"output": "partial"})
+            "limit_reached",
+            "max 3 visits",
+            {"output": "partial"},
+        )
         assert loaded.updated_at > loaded.created_at
 
 
@@ -236,8 +260,9 @@ async def test_latest_snapshot(durable: Factory) -> None:
     async with opened(durable) as rt:
         await rt.start_run(run())
         for seq in range(1, 8):
-            await rt.append_transition(step("r1", seq, snapshot={"at": seq} if seq % 3 == 0
-                                            else None))
+            await rt.append_transition(
+                step("r1", seq, snapshot={"at": seq} if seq % 3 == 0 else None)
+            )
         assert await rt.latest_snapshot("r1") == (6, {"at": 6})
         assert await rt.latest_snapshot("r1", at_or_before=5) == (3, {"at": 3})
         assert await rt.latest_snapshot("r1", at_or_before=2) is None
@@ -303,9 +328,9 @@ async def test_two_runtimes_race_for_one_lease(durable: Factory) -> None:
     async with opened(durable) as first, opened(durable) as second:
         await first.start_run(run())
         await second.connect()
-        results = await asyncio.gather(first.acquire_lease("r1", "a"),
-                                       second.acquire_lease("r1", "b"),
-                                       return_exceptions=True)
+        results = await asyncio.gather(
+            first.acquire_lease("r1", "a"), second.acquire_lease("r1", "b"), return_exceptions=True
+        )
         assert sorted(type(r).__name__ for r in results) == ["Lease", "RunConflict"]
 
 
@@ -359,13 +384,18 @@ async def test_sqlite_settings(tmp_path: Path) -> None:
     async with SqliteRuntime(str(path), busy_timeout=7) as rt:
         await rt.start_run(run())
         async with rt._session() as conn:
-            pragmas = {p: next(iter(await conn.execute_fetchall(f"PRAGMA {p}")))[0]
-                       for p in ("journal_mode", "busy_timeout", "foreign_keys", "synchronous")}
-    assert pragmas == {"journal_mode": "wal", "busy_timeout": 7000, "foreign_keys": 1,
-                       "synchronous": 1}
+            pragmas = {
+                p: next(iter(await conn.execute_fetchall(f"PRAGMA {p}")))[0]
+                for p in ("journal_mode", "busy_timeout", "foreign_keys", "synchronous")
+            }
+    assert pragmas == {
+        "journal_mode": "wal",
+        "busy_timeout": 7000,
+        "foreign_keys": 1,
+        "synchronous": 1,
+    }
     with sqlite3.connect(path) as raw:
-        assert raw.execute("SELECT value FROM journal_meta").fetchall() == [
-            (str(SCHEMA_VERSION),)]
+        assert raw.execute("SELECT value FROM journal_meta").fetchall() == [(str(SCHEMA_VERSION),)]
         tables = {r[0] for r in raw.execute("SELECT name FROM sqlite_master WHERE type='table'")}
     assert {"runs", "transitions", "snapshots", "effects", "leases", "journal_meta"} <= tables
 
@@ -400,7 +430,7 @@ async def test_sqlite_damaged_journal(tmp_path: Path, damage: str) -> None:
     await _filled_journal(path)
     data = bytearray(path.read_bytes())
     if damage == "garbage":
-        data[4096 * 5:4096 * 8] = b"\xde\xad\xbe\xef" * 3072
+        data[4096 * 5 : 4096 * 8] = b"\xde\xad\xbe\xef" * 3072
     elif damage == "truncated":
         data = data[: len(data) // 2]
     elif damage == "cut_last_page":
@@ -466,8 +496,7 @@ async def test_sqlite_cancelled_writes_leave_no_transaction_open(tmp_path: Path)
     async with SqliteRuntime(path) as rt:
         await rt.start_run(run())
         for seq in range(1, 40):
-            task = asyncio.ensure_future(
-                rt.append_transition(step("r1", seq, snapshot={"s": seq})))
+            task = asyncio.ensure_future(rt.append_transition(step("r1", seq, snapshot={"s": seq})))
             for _ in range(seq % 8):  # cancel it at a different point each time
                 await asyncio.sleep(0)
             task.cancel()
@@ -508,8 +537,12 @@ asyncio.run(main())
 
 def _start_together(commands: list[list[str]]) -> list[tuple[str, str]]:
     """Run processes that print `ready`, release them at once, and return (stdout, stderr)."""
-    procs = [subprocess.Popen(c, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True) for c in commands]
+    procs = [
+        subprocess.Popen(
+            c, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        for c in commands
+    ]
     try:
         for p in procs:
             assert p.stdout is not None
@@ -529,8 +562,12 @@ def _start_together(commands: list[list[str]]) -> list[tuple[str, str]]:
 def test_sqlite_two_processes_write_one_file(tmp_path: Path) -> None:
     path = str(tmp_path / "shared.db")
     count = 300
-    results = _start_together([[sys.executable, "-c", _SQLITE_WRITER, path, run_id, str(count)]
-                               for run_id in ("ra", "rb")])
+    results = _start_together(
+        [
+            [sys.executable, "-c", _SQLITE_WRITER, path, run_id, str(count)]
+            for run_id in ("ra", "rb")
+        ]
+    )
     for out, err in results:
         assert out.strip() == "done", err
         assert "locked" not in err
@@ -538,8 +575,7 @@ def test_sqlite_two_processes_write_one_file(tmp_path: Path) -> None:
     async def check() -> None:
         async with SqliteRuntime(path) as rt:
             for run_id in ("ra", "rb"):
-                assert [t.seq for t in await rt.transitions(run_id)] == list(
-                    range(1, count + 1))
+                assert [t.seq for t in await rt.transitions(run_id)] == list(range(1, count + 1))
                 assert all(e.status == "done" for e in await rt.effects(run_id))
                 assert len(await rt.effects(run_id)) == count // 10
 
@@ -564,8 +600,10 @@ async def test_postgres_wrong_database_or_user(pg_dsn: str) -> None:
     from loomgraph.runtime.postgres import PostgresRuntime
 
     base = pg_dsn.rsplit("/", 1)[0]
-    for dsn, words in [(f"{base}/no_such_db_x", "no_such_db_x"),
-                       ("postgresql://nobody_x:pw1234@127.0.0.1:5432/test", "nobody_x")]:
+    for dsn, words in [
+        (f"{base}/no_such_db_x", "no_such_db_x"),
+        ("postgresql://nobody_x:pw1234@127.0.0.1:5432/test", "nobody_x"),
+    ]:
         with pytest.raises(JournalUnavailable, match=words) as info:
             await PostgresRuntime(dsn).connect()
         assert "pw1234" not in str(info.value)
@@ -621,8 +659,12 @@ def test_postgres_two_processes_race_for_one_run(pg_schema: str) -> None:
             await rt.start_run(run("contested"))
 
     asyncio.run(setup())
-    results = _start_together([[sys.executable, "-c", _PG_LEASER, dsn, pg_schema, owner]
-                               for owner in ("worker-1", "worker-2", "worker-3")])
+    results = _start_together(
+        [
+            [sys.executable, "-c", _PG_LEASER, dsn, pg_schema, owner]
+            for owner in ("worker-1", "worker-2", "worker-3")
+        ]
+    )
     outcomes = sorted(out.strip() for out, _ in results)
     assert outcomes == ["lost", "lost", "won"], results
 
@@ -634,8 +676,10 @@ async def test_postgres_schemas_are_separate_journals(pg_schema: str) -> None:
     dsn = pg.postgres_dsn()
     other = pg.unique_name("loomtest")
     try:
-        async with PostgresRuntime(dsn, schema=pg_schema) as a, \
-                PostgresRuntime(dsn, schema=other) as b:
+        async with (
+            PostgresRuntime(dsn, schema=pg_schema) as a,
+            PostgresRuntime(dsn, schema=other) as b,
+        ):
             await a.start_run(run())
             assert await b.load_run("r1") is None
     finally:
@@ -649,21 +693,27 @@ async def test_postgres_schemas_are_separate_journals(pg_schema: str) -> None:
 
 
 def test_lazy_imports() -> None:
-    code = ("import sys, loomgraph.runtime, loomgraph.runtime.postgres; "
-            "print('asyncpg' in sys.modules, 'aiosqlite' in sys.modules)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True, env={**os.environ}).stdout.split()
+    code = (
+        "import sys, loomgraph.runtime, loomgraph.runtime.postgres; "
+        "print('asyncpg' in sys.modules, 'aiosqlite' in sys.modules)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, env={**os.environ}
+    ).stdout.split()
     assert out[0] == "False"
 
 
-@pytest.mark.parametrize("dsn, shown", [
-    ("postgresql://app:s3cret@db.internal:5432/prod", "postgresql://app@db.internal:5432/prod"),
-    ("postgres://app:s3cret@db:notaport/prod", "postgres://app@db:notaport/prod"),
-    ("postgres://app:s3@cret@db/prod", "postgres://app@db/prod"),
-    ("postgres://app:s3cret@/prod?host=/run/pg", "postgres://app@localhost (/run/pg)/prod"),
-    ("host=db password=s3cret", "<not a postgres:// URL>"),
-])
+@pytest.mark.parametrize(
+    "dsn, shown",
+    [
+        ("postgresql://app:s3cret@db.internal:5432/prod", "postgresql://app@db.internal:5432/prod"),
+        ("postgres://app:s3cret@db:notaport/prod", "postgres://app@db:notaport/prod"),
+        ("postgres://app:s3@cret@db/prod", "postgres://app@db/prod"),
+        ("postgres://app:s3cret@/prod?host=/run/pg", "postgres://app@localhost (/run/pg)/prod"),
+        ("host=db password=s3cret", "<not a postgres:// URL>"),
+    ],
+)
 def test_postgres_dsn_is_described_without_password(dsn: str, shown: str) -> None:
-    from loomgraph.dsn import describe_dsn
+    from loomgraph._storage.dsn import describe_dsn
 
     assert describe_dsn(dsn) == shown

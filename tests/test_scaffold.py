@@ -1,4 +1,4 @@
-"""`loomgraph.scaffold`: the commented starting graph that `loomgraph new-graph NAME` writes."""
+"""`loomgraph.authoring.scaffold`: the starting graph that `loomgraph new-graph NAME` writes."""
 
 from __future__ import annotations
 
@@ -8,11 +8,11 @@ from typing import Any
 import pytest
 
 from loomgraph import Agent, tool
-from loomgraph.graph.loader import graph_from_yaml, graph_to_yaml, load_graph_file
-from loomgraph.graph.validate import validate_graph
+from loomgraph.authoring.loader import graph_from_yaml, graph_to_yaml, load_graph_file
+from loomgraph.authoring.scaffold import new_graph_yaml, write_new_graph
+from loomgraph.authoring.validate import validate_graph
 from loomgraph.models import ScriptedModel
 from loomgraph.protocols import ModelRequest
-from loomgraph.scaffold import new_graph_yaml, write_new_graph
 
 
 @tool
@@ -29,7 +29,10 @@ def test_the_written_file_is_a_valid_graph_that_round_trips(tmp_path: Path) -> N
     assert graph.name == "my-strategy"
     assert graph.entry == "model"
     assert {n: s.kind for n, s in graph.nodes.items()} == {
-        "model": "model", "tools": "tools", "polish": "llm"}
+        "model": "model",
+        "tools": "tools",
+        "polish": "llm",
+    }
     assert "style" in graph.state
     assert graph.nodes["model"].retry is not None and graph.nodes["model"].timeout == 120
     assert graph_from_yaml(graph_to_yaml(graph)) == graph
@@ -38,9 +41,27 @@ def test_the_written_file_is_a_valid_graph_that_round_trips(tmp_path: Path) -> N
 def test_every_section_is_explained() -> None:
     text = new_graph_yaml("explained")
     comments = "\n".join(line for line in text.splitlines() if line.lstrip().startswith("#"))
-    for topic in ("reducer", "replace", "append", "merge", "add", "kind", "reads", "writes",
-                  "when", "file order", "END", "max_visits", "max_node_visits", "retry",
-                  "timeout", "on_error", "entry", "loomgraph validate", "loomgraph render"):
+    for topic in (
+        "reducer",
+        "replace",
+        "append",
+        "merge",
+        "add",
+        "kind",
+        "reads",
+        "writes",
+        "when",
+        "file order",
+        "END",
+        "max_visits",
+        "max_node_visits",
+        "retry",
+        "timeout",
+        "on_error",
+        "entry",
+        "loomgraph validate",
+        "loomgraph render",
+    ):
         assert topic in comments, topic
     for section in ("state:", "nodes:", "edges:", "limits:"):
         before = text.split(f"\n{section}")[0].splitlines()[-1]
@@ -50,20 +71,31 @@ def test_every_section_is_explained() -> None:
 async def test_the_starting_graph_runs_on_a_scripted_model(tmp_path: Path) -> None:
     prompts: list[str] = []
     turns: list[str | dict[str, Any]] = [
-        {"tool_calls": [{"tool": "add", "args": {"a": 2, "b": 3}}]}, "2 + 3 is 5.", "Five."]
+        {"tool_calls": [{"tool": "add", "args": {"a": 2, "b": 3}}]},
+        "2 + 3 is 5.",
+        "Five.",
+    ]
 
     def model(request: ModelRequest) -> str | dict[str, Any]:
         prompts.append(str(request.messages[-1].get("content")))
         return turns[request.call_index]
 
-    agent = Agent("You add numbers.", model=ScriptedModel(model), tools=[add],
-                  architecture=write_new_graph("adder", tmp_path))
+    agent = Agent(
+        "You add numbers.",
+        model=ScriptedModel(model),
+        tools=[add],
+        architecture=write_new_graph("adder", tmp_path),
+    )
     result = await agent.run("What is 2 + 3?")
     assert result.status == "completed"
     assert result.output == "Five."
     history = await agent.history(result.run_id)
     assert [(c.node, c.next_node) for c in history] == [
-        ("model", "tools"), ("tools", "model"), ("model", "polish"), ("polish", "END")]
+        ("model", "tools"),
+        ("tools", "model"),
+        ("model", "polish"),
+        ("polish", "END"),
+    ]
     # The polish prompt got the question, the default style and the model's answer.
     assert "What is 2 + 3?" in prompts[-1]
     assert "clear and concise" in prompts[-1] and "2 + 3 is 5." in prompts[-1]
@@ -74,8 +106,9 @@ def test_names_that_yaml_would_misread_stay_strings(name: str, tmp_path: Path) -
     assert load_graph_file(write_new_graph(name, tmp_path)).name == name
 
 
-@pytest.mark.parametrize("name", ["", "my graph", "../escape", "a/b", "-flag", "_x", "naïve",
-                                  "x" * 101, "name.yaml"])
+@pytest.mark.parametrize(
+    "name", ["", "my graph", "../escape", "a/b", "-flag", "_x", "naïve", "x" * 101, "name.yaml"]
+)
 def test_a_bad_name_is_a_clear_error_and_writes_nothing(name: str, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"invalid graph name .*letters, digits, '-' and '_'"):
         write_new_graph(name, tmp_path)

@@ -44,19 +44,32 @@ def plan_execute_script(replans: list[dict[str, object]], first: dict[str, objec
 async def test_plan_execute_parallel_then_serial_then_done() -> None:
     script, asked = plan_execute_script(
         [{"steps": ["compare"], "parallel": False}, {"done": True, "answer": "A beats B"}],
-        {"steps": ["A", "B"], "parallel": True})
+        {"steps": ["A", "B"], "parallel": True},
+    )
     agent = Agent("x", model=ScriptedModel(script), tools=[lookup], architecture="plan-execute")
     result = await agent.run("Which is better, A or B?")
     assert result.status == "completed" and result.output == "A beats B"
     history = await agent.history(result.run_id)
-    assert top_level(history) == ["plan", "execute_parallel", "replan", "execute_serial",
-                                  "replan", "finish"]
-    assert history[-1].state["results"] == ["done A: facts about A", "done B: facts about B",
-                                            "done compare: facts about compare"]
+    assert top_level(history) == [
+        "plan",
+        "execute_parallel",
+        "replan",
+        "execute_serial",
+        "replan",
+        "finish",
+    ]
+    assert history[-1].state["results"] == [
+        "done A: facts about A",
+        "done B: facts about B",
+        "done compare: facts about compare",
+    ]
     assert "done A: facts about A" in asked[0]  # the replanner saw the results
     assert {c.node for c in history if c.node.startswith("execute_parallel/")} == {
-        "execute_parallel/0/model", "execute_parallel/0/tools",
-        "execute_parallel/1/model", "execute_parallel/1/tools"}
+        "execute_parallel/0/model",
+        "execute_parallel/0/tools",
+        "execute_parallel/1/model",
+        "execute_parallel/1/tools",
+    }
 
 
 async def test_plan_execute_serial_first_and_the_replan_cap() -> None:
@@ -66,8 +79,16 @@ async def test_plan_execute_serial_first_and_the_replan_cap() -> None:
     result = await agent.run("an endless task")
     assert result.status == "completed"
     history = await agent.history(result.run_id)
-    assert top_level(history) == ["plan", "execute_serial", "replan", "execute_parallel",
-                                  "replan", "execute_parallel", "replan", "finish"]
+    assert top_level(history) == [
+        "plan",
+        "execute_serial",
+        "replan",
+        "execute_parallel",
+        "replan",
+        "execute_parallel",
+        "replan",
+        "finish",
+    ]
     assert len(asked) == 3 and result.output == "done more: facts about more"
 
 
@@ -92,8 +113,15 @@ async def test_reflexion_reflects_once_then_passes() -> None:
     result = await agent.run("Explain tides.")
     assert result.status == "completed" and result.output == "answer 2"
     history = await agent.history(result.run_id)
-    assert top_level(history) == ["attempt", "evaluate", "reflect", "remember", "attempt",
-                                  "evaluate", "finish"]
+    assert top_level(history) == [
+        "attempt",
+        "evaluate",
+        "reflect",
+        "remember",
+        "attempt",
+        "evaluate",
+        "finish",
+    ]
     assert "lesson 1: cite a source" in attempts[1] and "Lessons" not in attempts[0]
     assert history[-1].state["lessons"] == ["lesson 1: cite a source"]
     assert history[-1].state["evaluation"] == {"score": 0.9, "feedback": "cite a source"}
@@ -113,7 +141,7 @@ async def test_reflexion_stops_after_three_attempts() -> None:
 def test_every_built_in_graph_has_its_diagram_in_the_docs() -> None:
     from pathlib import Path
 
-    from loomgraph.graph.library import builtin_names, load_graph
+    from loomgraph.authoring.library import builtin_names, load_graph
 
     docs = Path(__file__).parents[1] / "docs"
     text = (docs / "architectures.md").read_text()
@@ -129,8 +157,11 @@ async def test_resume_and_fork_inside_a_subgraph() -> None:
 
     def flaky(request: ModelRequest) -> object:
         # The second attempt's model call fails once, as a provider outage would.
-        if "Lessons" in request.messages[0]["content"] and down["on"] \
-                and request.tool_choice is None:
+        if (
+            "Lessons" in request.messages[0]["content"]
+            and down["on"]
+            and request.tool_choice is None
+        ):
             down["on"] = False
             raise ConnectionError("provider down")
         return script(request)
@@ -143,8 +174,15 @@ async def test_resume_and_fork_inside_a_subgraph() -> None:
     assert done.status == "completed" and done.output == "answer 2"
     assert len(attempts) == 2  # attempt 1, its evaluation and the lesson were not redone
     history = await agent.history(failed.run_id)
-    assert top_level(history) == ["attempt", "evaluate", "reflect", "remember", "attempt",
-                                  "evaluate", "finish"]
+    assert top_level(history) == [
+        "attempt",
+        "evaluate",
+        "reflect",
+        "remember",
+        "attempt",
+        "evaluate",
+        "finish",
+    ]
 
     # Forking at a checkpoint inside the subgraph restarts that subgraph from the parent's
     # state there: here, the second attempt, with the lesson already in place.

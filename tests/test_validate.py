@@ -12,12 +12,12 @@ from pathlib import Path
 import pytest
 
 import loomgraph.nodes  # noqa: F401  (registers the built-in node kinds)
+from loomgraph.authoring.library import builtin_dir, load_graph
+from loomgraph.authoring.loader import graph_from_data, graph_from_yaml, load_graph_file
+from loomgraph.authoring.validate import validate_graph
+from loomgraph.authoring.validate_flow import check_flow
 from loomgraph.graph.errors import GraphValidationError, Problem
-from loomgraph.graph.library import builtin_dir, load_graph
-from loomgraph.graph.loader import graph_from_data, graph_from_yaml, load_graph_file
 from loomgraph.graph.spec import Graph
-from loomgraph.graph.validate import validate_graph
-from loomgraph.graph.validate_flow import check_flow
 
 HERE = Path(__file__).parent
 BAD = HERE / "graphs" / "bad"
@@ -172,7 +172,7 @@ def test_library_refuses_a_bad_file() -> None:
 
 
 def test_an_agent_cannot_be_built_from_a_bad_file() -> None:
-    from loomgraph.agent import Agent
+    from loomgraph.agent.agent import Agent
     from loomgraph.models.echo import EchoModel
 
     with pytest.raises(GraphValidationError):
@@ -519,11 +519,15 @@ nodes:
 
 
 def test_on_error_must_name_a_node_and_counts_as_a_route() -> None:
-    problems = problems_in("name: e\nentry: a\nnodes:\n  a: {kind: model, on_error: fixx}\n"
-                           "  fix: {kind: model}\nedges:\n  - {from: a, to: END}\n"
-                           "  - {from: fix, to: END}\n")
+    problems = problems_in(
+        "name: e\nentry: a\nnodes:\n  a: {kind: model, on_error: fixx}\n"
+        "  fix: {kind: model}\nedges:\n  - {from: a, to: END}\n"
+        "  - {from: fix, to: END}\n"
+    )
     assert ("unknown-endpoint", 4) in rules_and_lines(problems)
     assert "did you mean 'fix'" in " ".join(p.message for p in problems)
     # A handler reached only through on_error is not unreachable.
-    load_text("name: e\nentry: a\nnodes:\n  a: {kind: model, on_error: fix}\n"
-              "  fix: {kind: model}\nedges:\n  - {from: a, to: END}\n  - {from: fix, to: END}\n")
+    load_text(
+        "name: e\nentry: a\nnodes:\n  a: {kind: model, on_error: fix}\n"
+        "  fix: {kind: model}\nedges:\n  - {from: a, to: END}\n  - {from: fix, to: END}\n"
+    )

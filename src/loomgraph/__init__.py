@@ -5,23 +5,36 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from loomgraph.agent import Agent
-    from loomgraph.events import Event
+    from loomgraph.agent.agent import Agent
+    from loomgraph.agent.result import RunResult
+    from loomgraph.agent.session import AgentSession
     from loomgraph.graph.registry import NodeKind, register_node
     from loomgraph.graph.spec import Graph
     from loomgraph.nodes.structured import OutputValidationError
-    from loomgraph.result import RunResult
-    from loomgraph.session import AgentSession
+    from loomgraph.protocols.events import Event
     from loomgraph.tools import tool
 
-__all__ = ["Agent", "AgentSession", "Event", "Graph", "NodeKind", "OutputValidationError",
-           "RunResult", "register_node", "tool"]
+__all__ = [
+    "Agent",
+    "AgentSession",
+    "Event",
+    "Graph",
+    "NodeKind",
+    "OutputValidationError",
+    "RunResult",
+    "register_node",
+    "tool",
+]
 
 _EXPORTS = {
-    "Agent": "loomgraph.agent", "AgentSession": "loomgraph.session",
-    "RunResult": "loomgraph.result", "Event": "loomgraph.events",
-    "Graph": "loomgraph.graph.spec", "NodeKind": "loomgraph.graph.registry",
-    "register_node": "loomgraph.graph.registry", "tool": "loomgraph.tools",
+    "Agent": "loomgraph.agent.agent",
+    "AgentSession": "loomgraph.agent.session",
+    "RunResult": "loomgraph.agent.result",
+    "Event": "loomgraph.protocols.events",
+    "Graph": "loomgraph.graph.spec",
+    "NodeKind": "loomgraph.graph.registry",
+    "register_node": "loomgraph.graph.registry",
+    "tool": "loomgraph.tools",
     "OutputValidationError": "loomgraph.nodes.structured",
 }
 

@@ -9,15 +9,15 @@ from pathlib import Path
 from typing import Any
 
 from loomgraph import nodes as _builtin_nodes  # noqa: F401  (registers the built-in kinds)
-from loomgraph.deps import build_deps
-from loomgraph.events import Event
+from loomgraph.agent.deps import build_deps
+from loomgraph.authoring.library import load_graph
+from loomgraph.engine.context import NodeContext, RunScope
+from loomgraph.engine.interpreter import check_patch
 from loomgraph.graph.compiled import compile_graph
-from loomgraph.graph.context import NodeContext, RunScope
-from loomgraph.graph.interpreter import check_patch
-from loomgraph.graph.library import load_graph
 from loomgraph.graph.spec import Graph
 from loomgraph.models.scripted import ScriptedModel, TurnLike
 from loomgraph.protocols import EffectRecord, Model, RunRecord
+from loomgraph.protocols.events import Event
 from loomgraph.runtime.memory import InMemoryRuntime
 
 __all__ = ["NodeRun", "run_node"]
@@ -38,16 +38,23 @@ class NodeRun:
 
 
 async def run_node(
-    graph: Graph | str | Path, node: str, state: Mapping[str, Any] | None = None, *,
+    graph: Graph | str | Path,
+    node: str,
+    state: Mapping[str, Any] | None = None,
+    *,
     model: Model | Sequence[TurnLike] | Callable[..., Any] | None = None,
-    tools: Any = None, system: str = "", visit: int = 1, user_id: str | None = "test-user",
+    tools: Any = None,
+    system: str = "",
+    visit: int = 1,
+    user_id: str | None = "test-user",
 ) -> NodeRun:
     """Run `node` of `graph` once against `state` with fakes (ScriptedModel, tools, in-memory
     journal), checking its patch as the interpreter would, and return what it did."""
     compiled = compile_graph(load_graph(graph))
     if node not in compiled.nodes:
-        raise KeyError(f"graph {compiled.name!r} has no node {node!r}; nodes: "
-                       f"{', '.join(compiled.nodes)}")
+        raise KeyError(
+            f"graph {compiled.name!r} has no node {node!r}; nodes: {', '.join(compiled.nodes)}"
+        )
     if model is None or not isinstance(model, Model):
         model = ScriptedModel(model or [])
     runtime = InMemoryRuntime()

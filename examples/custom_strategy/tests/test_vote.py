@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 from loomgraph import Agent, Graph, tool
+from loomgraph.authoring.loader import graph_from_data
 from loomgraph.graph.errors import GraphValidationError
-from loomgraph.graph.loader import graph_from_data
 from loomgraph.graph.registry import node_kind
 from loomgraph.models import ScriptedModel
 from loomgraph.protocols import ModelRequest
@@ -21,19 +21,31 @@ from loomgraph.testing import run_node
 from loomgraph_debate import VoteNode, graph_path
 
 GRAPH = graph_path("self_consistency")
-QUESTION = {"input": "What is the capital of Australia?",
-            "findings": "lookup(Australia) returned Canberra."}
+QUESTION = {
+    "input": "What is the capital of Australia?",
+    "findings": "lookup(Australia) returned Canberra.",
+}
 
 
 def vote_graph(**params: Any) -> Graph:
     """A one-node graph around a `vote` node with these parameters."""
-    return graph_from_data({
-        "name": "vote-only", "entry": "vote",
-        "state": {"votes": {"type": "list[str]"}, "agreement": {"type": "float"}},
-        "nodes": {"vote": {"kind": "vote", "prompt": "{{ input }}", "votes": "votes",
-                           "agreement": "agreement", **params}},
-        "edges": [{"from": "vote", "to": "END"}],
-    })
+    return graph_from_data(
+        {
+            "name": "vote-only",
+            "entry": "vote",
+            "state": {"votes": {"type": "list[str]"}, "agreement": {"type": "float"}},
+            "nodes": {
+                "vote": {
+                    "kind": "vote",
+                    "prompt": "{{ input }}",
+                    "votes": "votes",
+                    "agreement": "agreement",
+                    **params,
+                }
+            },
+            "edges": [{"from": "vote", "to": "END"}],
+        }
+    )
 
 
 def test_the_kind_is_registered_by_the_entry_point() -> None:
@@ -44,8 +56,13 @@ def test_the_kind_is_registered_by_the_entry_point() -> None:
 
 async def test_the_majority_answer_wins_and_every_vote_is_kept() -> None:
     seen: list[ModelRequest] = []
-    replies = ["Sydney is largest, but ANSWER: Canberra", "ANSWER: Sydney",
-               "ANSWER: canberra.", "I think ANSWER: Melbourne", "ANSWER:  Canberra"]
+    replies = [
+        "Sydney is largest, but ANSWER: Canberra",
+        "ANSWER: Sydney",
+        "ANSWER: canberra.",
+        "I think ANSWER: Melbourne",
+        "ANSWER:  Canberra",
+    ]
 
     def model(request: ModelRequest) -> str:
         seen.append(request)
@@ -53,7 +70,7 @@ async def test_the_majority_answer_wins_and_every_vote_is_kept() -> None:
 
     run = await run_node(GRAPH, "vote", QUESTION, model=model)
 
-    assert run.patch["output"] == "Canberra"          # 3 of 5, compared loosely
+    assert run.patch["output"] == "Canberra"  # 3 of 5, compared loosely
     assert run.patch["votes"] == ["Canberra", "Sydney", "canberra.", "Melbourne", "Canberra"]
     assert run.patch["agreement"] == pytest.approx(0.6)
     assert run.patch["usage"]["model_calls"] == 5
@@ -71,36 +88,53 @@ async def test_the_majority_answer_wins_and_every_vote_is_kept() -> None:
 
 
 async def test_a_tie_goes_to_the_answer_that_came_first() -> None:
-    run = await run_node(vote_graph(samples=4, concurrency=1), "vote", {"input": "?"},
-                         model=["blue", "Green", "green", "Blue!"])
+    run = await run_node(
+        vote_graph(samples=4, concurrency=1),
+        "vote",
+        {"input": "?"},
+        model=["blue", "Green", "green", "Blue!"],
+    )
     assert run.patch["output"] == "blue"
     assert run.patch["agreement"] == pytest.approx(0.5)
 
 
 async def test_exact_matching_keeps_variants_apart() -> None:
-    run = await run_node(vote_graph(samples=3, loose=False), "vote", {"input": "?"},
-                         model=["Blue", "blue", "blue"])
+    run = await run_node(
+        vote_graph(samples=3, loose=False), "vote", {"input": "?"}, model=["Blue", "blue", "blue"]
+    )
     assert run.patch["output"] == "blue"
     assert run.patch["agreement"] == pytest.approx(2 / 3)
 
 
 async def test_replies_without_an_answer_abstain() -> None:
-    run = await run_node(vote_graph(samples=3, extract=r"ANSWER:\s*(\w+)"), "vote",
-                         {"input": "?"}, model=["no idea", "ANSWER: 7", "still thinking"])
+    run = await run_node(
+        vote_graph(samples=3, extract=r"ANSWER:\s*(\w+)"),
+        "vote",
+        {"input": "?"},
+        model=["no idea", "ANSWER: 7", "still thinking"],
+    )
     assert run.patch["votes"] == ["", "7", ""]
     assert run.patch["output"] == "7"
-    assert run.patch["agreement"] == pytest.approx(1 / 3)   # of all samples, not of answers
+    assert run.patch["agreement"] == pytest.approx(1 / 3)  # of all samples, not of answers
 
-    none = await run_node(vote_graph(samples=2, extract=r"ANSWER:\s*(\w+)"), "vote",
-                          {"input": "?"}, model=["hmm", "hmm"])
+    none = await run_node(
+        vote_graph(samples=2, extract=r"ANSWER:\s*(\w+)"),
+        "vote",
+        {"input": "?"},
+        model=["hmm", "hmm"],
+    )
     assert none.patch["output"] == ""
     assert none.patch["agreement"] == 0.0
 
 
 async def test_a_failed_sample_fails_the_node_with_its_own_error() -> None:
     with pytest.raises(ConnectionError):
-        await run_node(vote_graph(samples=3), "vote", {"input": "?"},
-                       model=["a", ConnectionError("provider down"), "a"])
+        await run_node(
+            vote_graph(samples=3),
+            "vote",
+            {"input": "?"},
+            model=["a", ConnectionError("provider down"), "a"],
+        )
 
 
 async def test_a_resumed_run_asks_again_only_for_the_samples_that_failed() -> None:
@@ -116,8 +150,7 @@ async def test_a_resumed_run_asks_again_only_for_the_samples_that_failed() -> No
         return ["A", "B", "A"][request.call_index]
 
     # One sample at a time, so the first two are surely finished when the third fails.
-    agent = Agent("", model=ScriptedModel(model),
-                  architecture=vote_graph(samples=3, concurrency=1))
+    agent = Agent("", model=ScriptedModel(model), architecture=vote_graph(samples=3, concurrency=1))
     failed = await agent.run("?")
     assert failed.status == "failed" and "ConnectionError" in failed.reason
     before = len(asked)
@@ -126,7 +159,7 @@ async def test_a_resumed_run_asks_again_only_for_the_samples_that_failed() -> No
     resumed = await agent.resume(failed.run_id)
     assert resumed.status == "completed"
     assert before == 3
-    assert asked[before:] == [2]                  # samples 0 and 1 came from the journal
+    assert asked[before:] == [2]  # samples 0 and 1 came from the journal
     assert resumed.output == "A"
     history = await agent.history(failed.run_id)
     assert history[-1].state["votes"] == ["A", "B", "A"]
@@ -152,7 +185,8 @@ def lookup(country: str) -> str:
 
 RESEARCH: list[str | dict[str, Any]] = [
     {"tool_calls": [{"tool": "lookup", "args": {"country": "Australia"}}]},
-    "lookup(Australia) returned Canberra."]
+    "lookup(Australia) returned Canberra.",
+]
 
 
 async def _path(agent: Agent, prompt: str) -> tuple[Any, list[tuple[str, str]]]:
@@ -162,8 +196,16 @@ async def _path(agent: Agent, prompt: str) -> tuple[Any, list[tuple[str, str]]]:
 
 
 async def test_the_graph_ends_on_a_clear_majority() -> None:
-    model = ScriptedModel([*RESEARCH, "ANSWER: Canberra", "ANSWER: Sydney", "ANSWER: Canberra",
-                           "ANSWER: Canberra", "ANSWER: Canberra"])
+    model = ScriptedModel(
+        [
+            *RESEARCH,
+            "ANSWER: Canberra",
+            "ANSWER: Sydney",
+            "ANSWER: Canberra",
+            "ANSWER: Canberra",
+            "ANSWER: Canberra",
+        ]
+    )
     agent = Agent("Answer questions.", model=model, tools=[lookup], architecture=GRAPH)
     result, path = await _path(agent, "What is the capital of Australia?")
     assert result.status == "completed"
@@ -172,10 +214,19 @@ async def test_the_graph_ends_on_a_clear_majority() -> None:
 
 
 async def test_a_split_vote_goes_to_the_judge() -> None:
-    model = ScriptedModel([*RESEARCH, "ANSWER: Canberra", "ANSWER: Sydney", "ANSWER: Perth",
-                           "ANSWER: Sydney", "nothing", "Canberra"])
+    model = ScriptedModel(
+        [
+            *RESEARCH,
+            "ANSWER: Canberra",
+            "ANSWER: Sydney",
+            "ANSWER: Perth",
+            "ANSWER: Sydney",
+            "nothing",
+            "Canberra",
+        ]
+    )
     agent = Agent("Answer questions.", model=model, tools=[lookup], architecture=GRAPH)
     result, path = await _path(agent, "What is the capital of Australia?")
     assert result.status == "completed"
-    assert result.output == "Canberra"     # the judge's answer, not the 2-vote "Sydney"
+    assert result.output == "Canberra"  # the judge's answer, not the 2-vote "Sydney"
     assert path == [("research", "vote"), ("vote", "judge"), ("judge", "END")]

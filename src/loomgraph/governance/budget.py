@@ -43,8 +43,8 @@ from loomgraph.governance.ledger import (
     LedgerView,
     Totals,
 )
-from loomgraph.pricing import compute_cost
 from loomgraph.protocols import BudgetExceeded, BudgetScope, Reservation, Usage
+from loomgraph.protocols.pricing import compute_cost
 
 __all__ = ["BudgetConfig", "BudgetWarning", "Caps", "StandardBudget"]
 
@@ -99,9 +99,11 @@ class StandardBudget:
         cost = 0.0
         if prompt or output:
             # A prompt token may be billed as input, cache write or cache read: take the dearest.
-            cost = max(self._cost({"input_tokens": prompt, "output_tokens": output}),
-                       self._cost({"cache_write_tokens": prompt, "output_tokens": output}),
-                       self._cost({"cache_read_tokens": prompt, "output_tokens": output}))
+            cost = max(
+                self._cost({"input_tokens": prompt, "output_tokens": output}),
+                self._cost({"cache_write_tokens": prompt, "output_tokens": output}),
+                self._cost({"cache_read_tokens": prompt, "output_tokens": output}),
+            )
         cost = max(cost, float(amount.get("cost_usd", 0.0)))
         return _metrics(tokens, cost, _counts(reservation, amount))
 
@@ -123,18 +125,25 @@ class StandardBudget:
         await self._check_clock(reservation.scope)
         scopes = self.scopes(reservation.scope)
         unpriced = self.model is None and not callable(self.config.prices)
-        if reservation.kind == "model" and unpriced and any(
-                "cost_usd" in limits for _, limits in scopes):
-            raise ValueError("a cost_usd cap needs BudgetConfig(model=...) (or budget.model) "
-                             "to price model reservations")
+        if (
+            reservation.kind == "model"
+            and unpriced
+            and any("cost_usd" in limits for _, limits in scopes)
+        ):
+            raise ValueError(
+                "a cost_usd cap needs BudgetConfig(model=...) (or budget.model) "
+                "to price model reservations"
+            )
         amounts = self.worst_case(reservation)
         rid = reservation.id or uuid.uuid4().hex
-        priced = Reservation(reservation.scope, reservation.kind,
-                             _usage_of(reservation.amount, amounts), rid)
+        priced = Reservation(
+            reservation.scope, reservation.kind, _usage_of(reservation.amount, amounts), rid
+        )
         if not scopes:
             return priced
-        hold = Hold(rid, reservation.scope.run_id, tuple(name for name, _ in scopes), amounts,
-                    self._clock())
+        hold = Hold(
+            rid, reservation.scope.run_id, tuple(name for name, _ in scopes), amounts, self._clock()
+        )
 
         def decide(view: LedgerView) -> Change:
             for name, limits in scopes:
@@ -142,8 +151,7 @@ class StandardBudget:
                 for metric, cap in limits.items():
                     need = amounts.get(metric, 0)
                     if need > 0 and totals.committed(metric) + need > cap:
-                        raise BudgetExceeded(f"{name}:{metric}", _detail(metric, totals, need,
-                                                                         cap))
+                        raise BudgetExceeded(f"{name}:{metric}", _detail(metric, totals, need, cap))
             return Change(hold=hold)
 
         await self.ledger.transact(hold.scopes, None, decide)
@@ -161,8 +169,9 @@ class StandardBudget:
             # Without its hold (settled twice, or released after a crash) the amount was
             # still spent: charge it to the scopes the reservation's owner has now.
             hold = view.hold
-            return Change(remove=hold, spend=spend,
-                          spend_scopes=hold.scopes if hold is not None else names)
+            return Change(
+                remove=hold, spend=spend, spend_scopes=hold.scopes if hold is not None else names
+            )
 
         updated = await self.ledger.transact(names, reservation.id or None, decide)
         await self._warn(scopes, updated, reservation.scope)
@@ -180,7 +189,10 @@ class StandardBudget:
         return self.config.deadline_for(start, user_id)
 
     async def begin_run(
-        self, scope: BudgetScope, *, started_at: float | None = None,
+        self,
+        scope: BudgetScope,
+        *,
+        started_at: float | None = None,
         deadline: float | None = None,
     ) -> float | None:
         """Start (or resume) a run's clock and release holds a crashed attempt left behind.
@@ -228,12 +240,17 @@ class StandardBudget:
         now = self._clock()
         cap = binding[0]
         if now >= deadline:
-            raise BudgetExceeded(cap, f"run {scope.run_id!r} passed its deadline "
-                                 f"{now - deadline:.1f}s ago ({deadline - start:g}s allowed)")
+            raise BudgetExceeded(
+                cap,
+                f"run {scope.run_id!r} passed its deadline "
+                f"{now - deadline:.1f}s ago ({deadline - start:g}s allowed)",
+            )
         warn_at = self.config.warn_at
         if warn_at is not None and deadline > start and now - start >= warn_at * (deadline - start):
-            await self._emit(f"{scope.run_id}\n{cap}", BudgetWarning(
-                cap, (now - start) / (deadline - start), scope.run_id, scope.user_id))
+            await self._emit(
+                f"{scope.run_id}\n{cap}",
+                BudgetWarning(cap, (now - start) / (deadline - start), scope.run_id, scope.user_id),
+            )
 
     # ------------------------------------------------------------------ warnings and totals
 
@@ -245,8 +262,12 @@ class StandardBudget:
         """A ledger scope's totals (`global` or `user:<id>`; cost in nano-dollars)."""
         return await self.ledger.totals(scope)
 
-    async def _warn(self, scopes: list[tuple[str, dict[str, int]]],
-                    updated: Mapping[str, Totals], scope: BudgetScope) -> None:
+    async def _warn(
+        self,
+        scopes: list[tuple[str, dict[str, int]]],
+        updated: Mapping[str, Totals],
+        scope: BudgetScope,
+    ) -> None:
         warn_at = self.config.warn_at
         if warn_at is None:
             return
@@ -258,8 +279,9 @@ class StandardBudget:
                 spent = totals.spent.get(metric, 0)
                 if cap > 0 and spent >= warn_at * cap:
                     cap_name = f"{name}:{metric}"
-                    await self._emit(cap_name, BudgetWarning(cap_name, spent / cap,
-                                                             scope.run_id, scope.user_id))
+                    await self._emit(
+                        cap_name, BudgetWarning(cap_name, spent / cap, scope.run_id, scope.user_id)
+                    )
 
     async def _emit(self, key: str, warning: BudgetWarning) -> None:
         if key in self._warned:
@@ -279,8 +301,11 @@ class StandardBudget:
 
 def _prompt_tokens(usage: Usage) -> int:
     """Every prompt token, cached or not (adapters report the three parts separately)."""
-    return int(usage.get("input_tokens", 0) + usage.get("cache_read_tokens", 0)
-               + usage.get("cache_write_tokens", 0))
+    return int(
+        usage.get("input_tokens", 0)
+        + usage.get("cache_read_tokens", 0)
+        + usage.get("cache_write_tokens", 0)
+    )
 
 
 def _counts(reservation: Reservation, usage: Usage) -> dict[str, int]:
@@ -297,9 +322,14 @@ def _counts(reservation: Reservation, usage: Usage) -> dict[str, int]:
 
 def _metrics(usage: Usage, cost: float, counts: Mapping[str, int]) -> dict[str, int]:
     prompt, output = _prompt_tokens(usage), int(usage.get("output_tokens", 0))
-    out = {"input_tokens": prompt, "output_tokens": output, "total_tokens": prompt + output,
-           # Round cost up: a reservation never holds less than the price.
-           "cost_usd": math.ceil(max(cost, 0.0) * NANO_USD - 1e-6), **counts}
+    out = {
+        "input_tokens": prompt,
+        "output_tokens": output,
+        "total_tokens": prompt + output,
+        # Round cost up: a reservation never holds less than the price.
+        "cost_usd": math.ceil(max(cost, 0.0) * NANO_USD - 1e-6),
+        **counts,
+    }
     return {k: v for k, v in out.items() if v}
 
 
@@ -314,6 +344,7 @@ def _detail(metric: str, totals: Totals, need: int, cap: int) -> str:
     def fmt(value: int) -> str:
         return f"${value / NANO_USD:.6f}" if metric == "cost_usd" else str(value)
 
-    return (f"spent {fmt(totals.spent.get(metric, 0))} + reserved "
-            f"{fmt(totals.reserved.get(metric, 0))} + this {fmt(need)} > cap {fmt(cap)}")
-
+    return (
+        f"spent {fmt(totals.spent.get(metric, 0))} + reserved "
+        f"{fmt(totals.reserved.get(metric, 0))} + this {fmt(need)} > cap {fmt(cap)}"
+    )

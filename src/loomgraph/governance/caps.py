@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 
 from loomgraph.governance.ledger import METRICS, NANO_USD
-from loomgraph.pricing import PriceOverride
+from loomgraph.protocols.pricing import PriceOverride
 
 __all__ = ["ANONYMOUS", "BudgetConfig", "BudgetWarning", "Caps", "user_scope"]
 
@@ -35,10 +35,15 @@ class Caps:
             value = getattr(self, name)
             if value is None:
                 continue
-            if isinstance(value, bool) or not isinstance(value, int | float) or value < 0 \
-                    or not math.isfinite(value):
-                raise ValueError(f"budget cap {name} must be a non-negative number or None, "
-                                 f"not {value!r}")
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, int | float)
+                or value < 0
+                or not math.isfinite(value)
+            ):
+                raise ValueError(
+                    f"budget cap {name} must be a non-negative number or None, not {value!r}"
+                )
 
     def limits(self) -> dict[str, int]:
         """The ledger caps (cost in nano-dollars), without wall clock and unset caps."""
@@ -47,8 +52,9 @@ class Caps:
             value = getattr(self, name)
             if value is not None:
                 # Round the cap down: a cap never admits more than the user wrote.
-                out[name] = math.floor(value * NANO_USD + 1e-6) if name == "cost_usd" \
-                    else int(value)
+                out[name] = (
+                    math.floor(value * NANO_USD + 1e-6) if name == "cost_usd" else int(value)
+                )
         return out
 
 

@@ -31,8 +31,8 @@ from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar, overload
 
-from loomgraph.events import Event
 from loomgraph.protocols import Decision, ToolCall, ToolResult
+from loomgraph.protocols.events import Event
 
 __all__ = ["HookError", "Hooks"]
 
@@ -181,8 +181,9 @@ class Hooks:
         """Run one callback within the timeout; a failure becomes `_Failed`."""
         timeout = self.timeout
         try:
-            if inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
-                    getattr(fn, "__call__", None)):  # noqa: B004 - async callable objects
+            # An object with an async __call__ is a coroutine function too.
+            call = getattr(fn, "__call__", None)  # noqa: B004
+            if inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(call):
                 return await asyncio.wait_for(fn(*args), timeout)
             if self.threads:
                 # The thread cannot be stopped: after a timeout it finishes in the background.
@@ -201,8 +202,7 @@ class Hooks:
             text = str(err) or f"exceeded its {timeout}s timeout"
             raise _Failed(HookError(kind, _name(fn), f"TimeoutError: {text}", err)) from None
         except Exception as err:
-            raise _Failed(HookError(kind, _name(fn), f"{type(err).__name__}: {err}",
-                                    err)) from None
+            raise _Failed(HookError(kind, _name(fn), f"{type(err).__name__}: {err}", err)) from None
 
     async def _report(self, report: HookError) -> None:
         self.errors.append(report)
@@ -230,8 +230,9 @@ def _denial(name: str, result: Any) -> Decision | None:
         return Decision("deny", f"hook:{name}", f"denied by hook {name}")
     if isinstance(result, str):
         return Decision("deny", f"hook:{name}", result or f"denied by hook {name}")
-    return Decision("deny", "hook:junk", f"hook {name} returned {result!r}, not a Decision, "
-                    "bool, str or None")
+    return Decision(
+        "deny", "hook:junk", f"hook {name} returned {result!r}, not a Decision, bool, str or None"
+    )
 
 
 def _name(fn: Callable[..., Any]) -> str:

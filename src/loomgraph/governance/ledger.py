@@ -33,8 +33,15 @@ __all__ = [
 ]
 
 # Every amount a ledger keeps, in this order; `cost_usd` is held in nano-dollars.
-METRICS = ("input_tokens", "output_tokens", "total_tokens", "cost_usd", "model_calls",
-           "tool_calls", "node_visits")
+METRICS = (
+    "input_tokens",
+    "output_tokens",
+    "total_tokens",
+    "cost_usd",
+    "model_calls",
+    "tool_calls",
+    "node_visits",
+)
 NANO_USD = 1_000_000_000
 
 Amounts = dict[str, int]

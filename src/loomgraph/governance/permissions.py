@@ -30,7 +30,8 @@ Mode = Literal["default", "accept_edits", "bypass", "strict"]
 MODES: tuple[str, ...] = get_args(Mode)
 PolicyResult: TypeAlias = Decision | str
 Policy: TypeAlias = Callable[
-    [ToolCall, ToolSpec | None, str | None], PolicyResult | Awaitable[PolicyResult]]
+    [ToolCall, ToolSpec | None, str | None], PolicyResult | Awaitable[PolicyResult]
+]
 UserEntry: TypeAlias = "StandardPermissions | Mapping[str, Any]"
 _ENTRY_KEYS = frozenset({"allow", "ask", "deny", "mode", "policy"})
 
@@ -86,8 +87,10 @@ class StandardPermissions:
         self._sets: dict[str | None, RuleSet] = {}
 
     def __repr__(self) -> str:
-        return (f"StandardPermissions(deny={len(self.deny)}, ask={len(self.ask)}, "
-                f"allow={len(self.allow)}, mode={self.mode!r}, users={len(self.per_user)})")
+        return (
+            f"StandardPermissions(deny={len(self.deny)}, ask={len(self.ask)}, "
+            f"allow={len(self.allow)}, mode={self.mode!r}, users={len(self.per_user)})"
+        )
 
     def rules_for(self, user_id: str | None) -> RuleSet:
         """The merged rules, mode and policy that hold for one user."""
@@ -100,8 +103,9 @@ class StandardPermissions:
             own = tuple(LabelledRule(r, f"{kind}:{r.text}") for r in getattr(self, kind))
             if user is None:
                 return own
-            return own + tuple(LabelledRule(r, f"user:{user_id}:{kind}:{r.text}")
-                               for r in getattr(user, kind))
+            return own + tuple(
+                LabelledRule(r, f"user:{user_id}:{kind}:{r.text}") for r in getattr(user, kind)
+            )
 
         mode = user.given_mode if user is not None and user.given_mode else self.mode
         policy = user.policy if user is not None and user.policy is not None else self.policy
@@ -122,8 +126,9 @@ class StandardPermissions:
         for entry in rules.ask:
             if entry.rule.matches(call):
                 if rules.mode == "bypass":
-                    return Decision("allow", "mode:bypass",
-                                    f"ask rule {entry.rule.text!r} bypassed")
+                    return Decision(
+                        "allow", "mode:bypass", f"ask rule {entry.rule.text!r} bypassed"
+                    )
                 return Decision("ask", entry.name, f"rule {entry.rule.text!r} asks")
         for entry in rules.allow:
             if entry.rule.matches(call, every=True):
@@ -141,8 +146,9 @@ def _mode_default(mode: Mode, spec: ToolSpec) -> Decision:
     if mode == "strict":
         return Decision("deny", "mode:strict:deny", "strict mode: no rule allows this call")
     if mode == "default" and spec.get("destructive"):
-        return Decision("ask", "mode:default:destructive",
-                        f"tool {spec.get('name')!r} is destructive")
+        return Decision(
+            "ask", "mode:default:destructive", f"tool {spec.get('name')!r} is destructive"
+        )
     return Decision("allow", f"mode:{mode}:allow")
 
 
@@ -156,8 +162,7 @@ async def _ask_policy(
         if inspect.isawaitable(result):
             result = await result
     except Exception as err:
-        return Decision("deny", "policy:error",
-                        f"policy {name} raised {type(err).__name__}: {err}")
+        return Decision("deny", "policy:error", f"policy {name} raised {type(err).__name__}: {err}")
     if isinstance(result, Decision) and result.verdict in ("allow", "deny", "ask"):
         rule = f"policy:{result.rule}" if result.rule else f"policy:{name}"
         return Decision(result.verdict, rule, result.reason)
@@ -165,8 +170,12 @@ async def _ask_policy(
         return Decision(result, f"policy:{name}")  # type: ignore[arg-type]
     if result == "default":
         return None
-    return Decision("deny", "policy:error", f"policy {name} returned {result!r}, not a "
-                    "Decision or one of 'allow', 'deny', 'ask', 'default'")
+    return Decision(
+        "deny",
+        "policy:error",
+        f"policy {name} returned {result!r}, not a "
+        "Decision or one of 'allow', 'deny', 'ask', 'default'",
+    )
 
 
 def _parse_all(rules: Iterable[str], kind: str) -> list[Rule]:
@@ -181,12 +190,16 @@ def _user_entry(user_id: str, entry: UserEntry) -> StandardPermissions:
     elif isinstance(entry, Mapping):
         unknown = set(entry) - _ENTRY_KEYS
         if unknown:
-            raise ValueError(f"per_user[{user_id!r}]: unknown keys {sorted(unknown)}; use "
-                             f"{', '.join(sorted(_ENTRY_KEYS))}")
+            raise ValueError(
+                f"per_user[{user_id!r}]: unknown keys {sorted(unknown)}; use "
+                f"{', '.join(sorted(_ENTRY_KEYS))}"
+            )
         found = StandardPermissions(**entry)
     else:
-        raise TypeError(f"per_user[{user_id!r}] must be StandardPermissions or a dict, not "
-                        f"{type(entry).__name__}")
+        raise TypeError(
+            f"per_user[{user_id!r}] must be StandardPermissions or a dict, not "
+            f"{type(entry).__name__}"
+        )
     if found.per_user:
         raise ValueError(f"per_user[{user_id!r}] cannot have per-user entries of its own")
     return found

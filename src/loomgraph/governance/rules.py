@@ -40,12 +40,16 @@ class Rule:
     args: tuple[tuple[str, str], ...] = ()
     _tool_re: re.Pattern[str] = field(init=False, repr=False, compare=False)
     _globs: tuple[tuple[re.Pattern[str], re.Pattern[str]], ...] = field(
-        init=False, repr=False, compare=False)
+        init=False, repr=False, compare=False
+    )
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "_tool_re", glob_regex(self.tool, path=False))
-        object.__setattr__(self, "_globs", tuple(
-            (glob_regex(g, path=False), glob_regex(g, path=True)) for _, g in self.args))
+        object.__setattr__(
+            self,
+            "_globs",
+            tuple((glob_regex(g, path=False), glob_regex(g, path=True)) for _, g in self.args),
+        )
 
     def matches(self, call: ToolCall, *, every: bool = False) -> bool:
         """Whether the call is covered; `every` (for allow rules): in all elements and readings.
@@ -61,8 +65,11 @@ class Rule:
             if value is _MISSING:
                 return False
             items = value if isinstance(value, list | tuple) else [value]
-            hits = ((path_re if is_path else text_re).fullmatch(text) is not None
-                    for item in items for text, is_path in readings(item))
+            hits = (
+                (path_re if is_path else text_re).fullmatch(text) is not None
+                for item in items
+                for text, is_path in readings(item)
+            )
             if not (all(hits) if every else any(hits)):
                 return False
         return True
@@ -126,7 +133,7 @@ def _parse_args(inner: str, bad: Any) -> list[tuple[str, str]]:
             end = n if end < 0 else end
             value, i = inner[i:end].strip(), end
             if not value:
-                raise bad(f"argument {name!r} has an empty glob (quote it: {name}=\"\")")
+                raise bad(f'argument {name!r} has an empty glob (quote it: {name}="")')
             if any(q in value for q in "\"'"):
                 raise bad(f"argument {name!r}: quote the whole value, not part of it")
         out.append((name, value))
@@ -169,7 +176,7 @@ def glob_regex(pattern: str, *, path: bool) -> re.Pattern[str]:
         elif ch == "?":
             out.append(one)
         elif ch == "[" and (close := _class_end(pattern, i)) > 0:
-            body = pattern[i + 1:close]
+            body = pattern[i + 1 : close]
             negate = body.startswith("!")
             body = body[1:] if negate else body
             body = body.replace("\\", "\\\\").replace("^", "\\^")
@@ -207,14 +214,14 @@ def readings(value: Any) -> list[tuple[str, bool]]:
         if value is None or isinstance(value, bool | int | float):
             return [(json.dumps(value), False)]
         try:
-            return [(json.dumps(value, sort_keys=True, separators=(",", ":"), default=str),
-                     False)]
+            return [(json.dumps(value, sort_keys=True, separators=(",", ":"), default=str), False)]
         except (TypeError, ValueError):
             return [(str(value), False)]
     if _is_path(value):
         return [(_normpath(value), True)]
-    words = re.sub(r"\S+", lambda m: _normpath(m.group()) if _is_path(m.group())
-                   else m.group(), value)
+    words = re.sub(
+        r"\S+", lambda m: _normpath(m.group()) if _is_path(m.group()) else m.group(), value
+    )
     out = [(words, False)]
     if "://" not in value and value.startswith(("/", "~", "./", "../")):
         out.append((_normpath(value), True))

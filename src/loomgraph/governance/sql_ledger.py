@@ -24,6 +24,7 @@ from typing import Any, Protocol
 
 import aiosqlite
 
+from loomgraph._storage.pg_pool import LoopPool
 from loomgraph.governance.ledger import (
     Decide,
     Hold,
@@ -33,7 +34,6 @@ from loomgraph.governance.ledger import (
     _scope_names,
     apply_change,
 )
-from loomgraph.pg_pool import LoopPool
 
 __all__ = ["PostgresLedger", "SqliteLedger"]
 
@@ -53,8 +53,7 @@ def _ddl(prefix: str, real: str) -> list[str]:
         f"CREATE TABLE IF NOT EXISTS {prefix}loom_budget_holds (id TEXT PRIMARY KEY, "
         f"run_id TEXT NOT NULL, scopes TEXT NOT NULL, amounts TEXT NOT NULL, "
         f"created_at {real} NOT NULL)",
-        f"CREATE INDEX IF NOT EXISTS loom_budget_holds_run ON {prefix}loom_budget_holds "
-        "(run_id)",
+        f"CREATE INDEX IF NOT EXISTS loom_budget_holds_run ON {prefix}loom_budget_holds (run_id)",
         f"CREATE TABLE IF NOT EXISTS {prefix}loom_budget_runs (run_id TEXT PRIMARY KEY, "
         f"started_at {real} NOT NULL, deadline {real})",
     ]
@@ -69,8 +68,7 @@ def _load(text: str) -> dict[str, int]:
 
 
 def _hold(row: Sequence[Any]) -> Hold:
-    return Hold(str(row[0]), str(row[1]), tuple(json.loads(row[2])), _load(row[3]),
-                float(row[4]))
+    return Hold(str(row[0]), str(row[1]), tuple(json.loads(row[2])), _load(row[3]), float(row[4]))
 
 
 class _SqlLedger(Ledger):
@@ -80,20 +78,20 @@ class _SqlLedger(Ledger):
         p = prefix
         self._sql = {
             "hold": f"SELECT id, run_id, scopes, amounts, created_at FROM {p}loom_budget_holds "
-                    "WHERE id = ?",
+            "WHERE id = ?",
             "holds": f"SELECT id, run_id, scopes, amounts, created_at FROM {p}loom_budget_holds "
-                     "ORDER BY created_at, id",
+            "ORDER BY created_at, id",
             "run_holds": f"SELECT id, run_id, scopes, amounts, created_at FROM "
-                         f"{p}loom_budget_holds WHERE run_id = ? ORDER BY created_at, id",
+            f"{p}loom_budget_holds WHERE run_id = ? ORDER BY created_at, id",
             "totals": f"SELECT scope, spent, reserved FROM {p}loom_budget_scopes WHERE scope = ?",
             "upsert": f"INSERT INTO {p}loom_budget_scopes (scope, spent, reserved) "
-                      "VALUES (?, ?, ?) ON CONFLICT (scope) DO UPDATE SET "
-                      "spent = excluded.spent, reserved = excluded.reserved",
+            "VALUES (?, ?, ?) ON CONFLICT (scope) DO UPDATE SET "
+            "spent = excluded.spent, reserved = excluded.reserved",
             "insert_hold": f"INSERT INTO {p}loom_budget_holds (id, run_id, scopes, amounts, "
-                           "created_at) VALUES (?, ?, ?, ?, ?)",
+            "created_at) VALUES (?, ?, ?, ?, ?)",
             "delete_hold": f"DELETE FROM {p}loom_budget_holds WHERE id = ?",
             "clock_insert": f"INSERT INTO {p}loom_budget_runs (run_id, started_at, deadline) "
-                            "VALUES (?, ?, ?) ON CONFLICT (run_id) DO NOTHING",
+            "VALUES (?, ?, ?) ON CONFLICT (run_id) DO NOTHING",
             "clock": f"SELECT started_at, deadline FROM {p}loom_budget_runs WHERE run_id = ?",
             "forget": f"DELETE FROM {p}loom_budget_runs WHERE run_id = ?",
         }
@@ -125,14 +123,17 @@ class _SqlLedger(Ledger):
             change = decide(LedgerView(totals, hold))
             updated = apply_change(totals, change)
             for name, total in updated.items():
-                await cur.execute(self._sql["upsert"],
-                                  [name, _dump(total.spent), _dump(total.reserved)])
+                await cur.execute(
+                    self._sql["upsert"], [name, _dump(total.spent), _dump(total.reserved)]
+                )
             if change.remove is not None:
                 await cur.execute(self._sql["delete_hold"], [change.remove.id])
             if change.hold is not None:
                 h = change.hold
-                await cur.execute(self._sql["insert_hold"], [
-                    h.id, h.run_id, json.dumps(list(h.scopes)), _dump(h.amounts), h.created_at])
+                await cur.execute(
+                    self._sql["insert_hold"],
+                    [h.id, h.run_id, json.dumps(list(h.scopes)), _dump(h.amounts), h.created_at],
+                )
             return updated
 
     async def totals(self, scope: str) -> Totals:
@@ -259,8 +260,9 @@ def _asyncpg() -> Any:
     try:
         import asyncpg  # type: ignore[import-untyped,unused-ignore]
     except ImportError as err:
-        raise ImportError("PostgresLedger needs asyncpg: pip install 'loomgraph[postgres]'"
-                          ) from err
+        raise ImportError(
+            "PostgresLedger needs asyncpg: pip install 'loomgraph[postgres]'"
+        ) from err
     return asyncpg
 
 

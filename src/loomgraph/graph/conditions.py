@@ -54,5 +54,9 @@ def condition_scope(
     """What a condition or template sees: every state field, `state`, `last_message`, and
     `visits` (how often each node ran so far, e.g. `visits.replan < 3`)."""
     messages = state.get("messages") or ()
-    return {**state, "state": state, "last_message": messages[-1] if messages else {},
-            "visits": visits or {}}
+    return {
+        **state,
+        "state": state,
+        "last_message": messages[-1] if messages else {},
+        "visits": visits or {},
+    }

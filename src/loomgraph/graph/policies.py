@@ -21,7 +21,8 @@ class RetryPolicy(BaseModel):
     errors: list[str] = Field(
         default_factory=lambda: ["Exception"],
         description="error type names that are retried (an error matches a name of its class "
-                    "or of any base class), e.g. TimeoutError, ModelRateLimited")
+        "or of any base class), e.g. TimeoutError, ModelRateLimited",
+    )
 
     def retries(self, error: BaseException) -> bool:
         """True when `error` is of a type this policy retries."""
@@ -32,11 +33,27 @@ class RetryPolicy(BaseModel):
 @cache
 def _loomgraph_error_names() -> frozenset[str]:
     # Model errors are raised by adapters (loaded lazily), so their names are listed here.
-    names = {"ModelError", "ModelRateLimited", "ModelOverloaded", "ModelAuthError",
-             "ModelRequestError", "ModelServerError", "ModelConnectionError", "ModelTimeout",
-             "ModelMissingKey", "ModelPromptTooLarge", "ModelStreamBroken", "ModelBadResponse",
-             "ModelConfigError", "OutputValidationError", "StateError", "ConditionError",
-             "NodeError", "ScriptExhausted", "StructuredOutputError"}
+    names = {
+        "ModelError",
+        "ModelRateLimited",
+        "ModelOverloaded",
+        "ModelAuthError",
+        "ModelRequestError",
+        "ModelServerError",
+        "ModelConnectionError",
+        "ModelTimeout",
+        "ModelMissingKey",
+        "ModelPromptTooLarge",
+        "ModelStreamBroken",
+        "ModelBadResponse",
+        "ModelConfigError",
+        "OutputValidationError",
+        "StateError",
+        "ConditionError",
+        "NodeError",
+        "ScriptExhausted",
+        "StructuredOutputError",
+    }
     stack: list[type] = [ModelError]
     while stack:
         cls = stack.pop()
@@ -48,5 +65,6 @@ def _loomgraph_error_names() -> frozenset[str]:
 def known_error_type(name: str) -> bool:
     """True for the name of a built-in exception or of an error loomgraph raises."""
     found = getattr(builtins, name, None)
-    return (isinstance(found, type) and issubclass(found, BaseException)) or \
-        name in _loomgraph_error_names()
+    return (
+        isinstance(found, type) and issubclass(found, BaseException)
+    ) or name in _loomgraph_error_names()

@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict
 from loomgraph.graph.errors import GraphError
 
 if TYPE_CHECKING:
-    from loomgraph.graph.context import NodeContext
+    from loomgraph.engine.context import NodeContext
     from loomgraph.graph.spec import Graph, NodeSpec
 
 ENTRY_POINT_GROUP = "loomgraph.nodes"

@@ -21,8 +21,11 @@ class StateField(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    type: str = Field("any", description="str, int, float, bool, any, list[T], dict[K, V], "
-                      "T | None, or a pydantic model by import path (pkg.module:Model)")
+    type: str = Field(
+        "any",
+        description="str, int, float, bool, any, list[T], dict[K, V], "
+        "T | None, or a pydantic model by import path (pkg.module:Model)",
+    )
     reducer: Reducer = "replace"
     default: Any = None
     description: str = ""
@@ -51,7 +54,8 @@ class NodeSpec(BaseModel):
     retry: RetryPolicy | None = None
     timeout: float | None = Field(None, gt=0, description="seconds one visit may take")
     on_error: str | None = Field(
-        None, description="node a failure goes to (after retries), with the error in `error`")
+        None, description="node a failure goes to (after retries), with the error in `error`"
+    )
 
     @property
     def params(self) -> dict[str, Any]:

@@ -34,8 +34,16 @@ class TypeSyntaxError(ValueError):
 
 
 _SIMPLE: dict[str, Any] = {
-    "str": str, "int": int, "float": float, "bool": bool, "any": Any, "Any": Any,
-    "None": type(None), "none": type(None), "list": list, "dict": dict,
+    "str": str,
+    "int": int,
+    "float": float,
+    "bool": bool,
+    "any": Any,
+    "Any": Any,
+    "None": type(None),
+    "none": type(None),
+    "list": list,
+    "dict": dict,
 }
 _TOKEN = re.compile(r"\s*([A-Za-z_][\w.:]*|\[|\]|,|\|)")
 
@@ -149,7 +157,10 @@ def _add(old: Any, new: Any) -> Any:
 
 
 REDUCERS: dict[Reducer, Callable[[Any, Any], Any]] = {
-    "replace": _replace, "append": _append, "merge": _merge, "add": _add,
+    "replace": _replace,
+    "append": _append,
+    "merge": _merge,
+    "add": _add,
 }
 
 
@@ -206,8 +217,10 @@ def snapshot_of(state: Mapping[str, Any]) -> dict[str, Any]:
     replaced, never edited), so copying one level deep is enough, and far cheaper than a
     deep copy of a long conversation.
     """
-    return {k: list(v) if isinstance(v, list) else dict(v) if isinstance(v, dict) else v
-            for k, v in state.items()}
+    return {
+        k: list(v) if isinstance(v, list) else dict(v) if isinstance(v, dict) else v
+        for k, v in state.items()
+    }
 
 
 def final_output(state: Mapping[str, Any]) -> Any:

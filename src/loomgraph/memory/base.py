@@ -54,8 +54,12 @@ class MemoryStore(ABC):
         await self.connect()
         return self
 
-    async def __aexit__(self, exc_type: type[BaseException] | None,
-                        exc: BaseException | None, tb: TracebackType | None) -> None:
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         await self.close()
 
     # ------------------------------------------------------------------ the Memory protocol
@@ -65,8 +69,11 @@ class MemoryStore(ABC):
         key, terms = user_key(user_id), query_terms(query)
         blocks = await self._blocks(key)
         facts = await self._search_facts(key, terms, self.limits.facts) if terms else []
-        episodes = (await self._search_episodes(key, terms, session_id, self.limits.episodes)
-                    if terms else [])
+        episodes = (
+            await self._search_episodes(key, terms, session_id, self.limits.episodes)
+            if terms
+            else []
+        )
         return compose_seed(blocks, facts, episodes, self.limits)
 
     async def history(self, *, user_id: str | None, session_id: str | None) -> list[Message]:
@@ -83,34 +90,55 @@ class MemoryStore(ABC):
 
     # ------------------------------------------------------------------ episodes
 
-    async def episodes(self, user_id: str | None, *, session_id: str | None = None,
-                       limit: int | None = None) -> list[Episode]:
+    async def episodes(
+        self, user_id: str | None, *, session_id: str | None = None, limit: int | None = None
+    ) -> list[Episode]:
         """A user's episodes (of one session, if given), oldest first; `limit` keeps the newest."""
         found = await self._episodes(user_key(user_id), session_id, limit)
         for ep in found:
             ep.user_id = user_id
         return found
 
-    async def search_episodes(self, user_id: str | None, query: str, *,
-                              exclude_session: str | None = None,
-                              limit: int | None = None) -> list[Episode]:
+    async def search_episodes(
+        self,
+        user_id: str | None,
+        query: str,
+        *,
+        exclude_session: str | None = None,
+        limit: int | None = None,
+    ) -> list[Episode]:
         """The user's episodes matching `query`, best first (newer first on equal rank)."""
         terms = query_terms(query)
         if not terms:
             return []
-        found = await self._search_episodes(user_key(user_id), terms, exclude_session,
-                                            self.limits.episodes if limit is None else limit)
+        found = await self._search_episodes(
+            user_key(user_id),
+            terms,
+            exclude_session,
+            self.limits.episodes if limit is None else limit,
+        )
         for ep in found:
             ep.user_id = user_id
         return found
 
     # ------------------------------------------------------------------ facts
 
-    async def add_fact(self, user_id: str | None, subject: str, predicate: str, object: str,
-                       *, confidence: float = 1.0, source_run: str | None = None) -> Fact:
+    async def add_fact(
+        self,
+        user_id: str | None,
+        subject: str,
+        predicate: str,
+        object: str,
+        *,
+        confidence: float = 1.0,
+        source_run: str | None = None,
+    ) -> Fact:
         """Record one fact; one with the same subject and predicate but another object ends."""
-        return (await self.add_facts(user_id, [Fact(subject, predicate, object, confidence,
-                                                    source_run)]))[0]
+        return (
+            await self.add_facts(
+                user_id, [Fact(subject, predicate, object, confidence, source_run)]
+            )
+        )[0]
 
     async def add_facts(self, user_id: str | None, facts: Iterable[Fact]) -> list[Fact]:
         """Record facts in one transaction (all or none), as stored, in order.
@@ -127,22 +155,25 @@ class MemoryStore(ABC):
             fact.user_id = user_id
         return stored
 
-    async def facts(self, user_id: str | None, *, include_superseded: bool = False,
-                    limit: int | None = None) -> list[Fact]:
+    async def facts(
+        self, user_id: str | None, *, include_superseded: bool = False, limit: int | None = None
+    ) -> list[Fact]:
         """A user's facts, newest first; only current ones unless `include_superseded`."""
         found = await self._facts(user_key(user_id), include_superseded, limit)
         for fact in found:
             fact.user_id = user_id
         return found
 
-    async def search_facts(self, user_id: str | None, query: str, *,
-                           limit: int | None = None) -> list[Fact]:
+    async def search_facts(
+        self, user_id: str | None, query: str, *, limit: int | None = None
+    ) -> list[Fact]:
         """The user's current facts matching `query`, best first (newer first on equal rank)."""
         terms = query_terms(query)
         if not terms:
             return []
-        found = await self._search_facts(user_key(user_id), terms,
-                                         self.limits.facts if limit is None else limit)
+        found = await self._search_facts(
+            user_key(user_id), terms, self.limits.facts if limit is None else limit
+        )
         for fact in found:
             fact.user_id = user_id
         return found
@@ -173,8 +204,12 @@ class MemoryStore(ABC):
         if hook not in self._forget_hooks:
             self._forget_hooks.append(hook)
 
-    async def forget(self, user_id: str | None, session_id: str | None = None,
-                     before: float | datetime | None = None) -> int:
+    async def forget(
+        self,
+        user_id: str | None,
+        session_id: str | None = None,
+        before: float | datetime | None = None,
+    ) -> int:
         """Delete the user's memory, or one session's / what is older; the rows deleted.
 
         With neither filter: everything of the user. With `session_id`: that session's
@@ -193,8 +228,9 @@ class MemoryStore(ABC):
             "user_id": user_id,
             "exported_at": now(),
             "episodes": [episode_dict(ep) for ep in await self._episodes(key, None, None)],
-            "facts": [{**f.to_dict(), "user_id": user_id}
-                      for f in await self._facts(key, True, None)],
+            "facts": [
+                {**f.to_dict(), "user_id": user_id} for f in await self._facts(key, True, None)
+            ],
             "blocks": [b.to_dict() for b in await self._blocks(key)],
         }
 
@@ -203,9 +239,12 @@ class MemoryStore(ABC):
         key = user_key(user_id)
         counts = await self._counts(key)
         newest = await self._facts(key, False, 5)
-        return {"user_id": user_id, **counts,
-                "newest_facts": [f.text() for f in newest],
-                "blocks": {b.name: b.text for b in await self._blocks(key)}}
+        return {
+            "user_id": user_id,
+            **counts,
+            "newest_facts": [f.text() for f in newest],
+            "blocks": {b.name: b.text for b in await self._blocks(key)},
+        }
 
     # ------------------------------------------------------------------ primitives
     # `key` is the user's partition (user_key); backends never see a None user.
@@ -218,19 +257,20 @@ class MemoryStore(ABC):
         """The newest `limit` episodes of a session, oldest first."""
 
     @abstractmethod
-    async def _episodes(self, key: str, session_id: str | None,
-                        limit: int | None) -> list[Episode]: ...
+    async def _episodes(
+        self, key: str, session_id: str | None, limit: int | None
+    ) -> list[Episode]: ...
 
     @abstractmethod
-    async def _search_episodes(self, key: str, terms: list[str], exclude_session: str | None,
-                               limit: int) -> list[Episode]: ...
+    async def _search_episodes(
+        self, key: str, terms: list[str], exclude_session: str | None, limit: int
+    ) -> list[Episode]: ...
 
     @abstractmethod
     async def _add_facts(self, key: str, facts: list[Fact]) -> list[Fact]: ...
 
     @abstractmethod
-    async def _facts(self, key: str, include_superseded: bool,
-                     limit: int | None) -> list[Fact]: ...
+    async def _facts(self, key: str, include_superseded: bool, limit: int | None) -> list[Fact]: ...
 
     @abstractmethod
     async def _search_facts(self, key: str, terms: list[str], limit: int) -> list[Fact]: ...

@@ -18,8 +18,7 @@ class MemoryCorrupted(MemoryBackendError):
     """Not a database, damaged content, a missing table or an unknown schema version."""
 
     def __init__(self, where: str, detail: str) -> None:
-        super().__init__(where, detail,
-                         f"{where} is corrupted or not a loomgraph memory: {detail}")
+        super().__init__(where, detail, f"{where} is corrupted or not a loomgraph memory: {detail}")
 
 
 class MemoryUnavailable(MemoryBackendError):

@@ -27,16 +27,27 @@ FACTS_TOOL: ToolSpec = {
     "description": "Record the lasting facts this conversation revealed about the user.",
     "parameters": {
         "type": "object",
-        "properties": {"facts": {"type": "array", "items": {
-            "type": "object",
-            "properties": {
-                "subject": {"type": "string", "description": "'user', or who/what it is about"},
-                "predicate": {"type": "string", "description": "the relation, e.g. 'lives in'"},
-                "object": {"type": "string", "description": "the value, e.g. 'Lisbon'"},
-                "confidence": {"type": "number", "minimum": 0, "maximum": 1},
-            },
-            "required": ["subject", "predicate", "object"],
-        }}},
+        "properties": {
+            "facts": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "properties": {
+                        "subject": {
+                            "type": "string",
+                            "description": "'user', or who/what it is about",
+                        },
+                        "predicate": {
+                            "type": "string",
+                            "description": "the relation, e.g. 'lives in'",
+                        },
+                        "object": {"type": "string", "description": "the value, e.g. 'Lisbon'"},
+                        "confidence": {"type": "number", "minimum": 0, "maximum": 1},
+                    },
+                    "required": ["subject", "predicate", "object"],
+                },
+            }
+        },
         "required": ["facts"],
     },
 }
@@ -57,8 +68,7 @@ class ExtractionError(ValueError):
 
 def _transcript(episode: Episode) -> str:
     tools = f"\n(Tools used: {', '.join(episode.tool_calls)})" if episode.tool_calls else ""
-    return (f"User: {episode.prompt[:_EXCERPT]}\n\nAssistant: {episode.output[:_EXCERPT]}"
-            f"{tools}")
+    return f"User: {episode.prompt[:_EXCERPT]}\n\nAssistant: {episode.output[:_EXCERPT]}{tools}"
 
 
 def _json_in(text: str) -> Any:
@@ -68,7 +78,7 @@ def _json_in(text: str) -> Any:
     if starts:
         start = min(starts)
         end = text.rfind("}" if text[start] == "{" else "]")
-        candidates.append(text[start:end + 1])
+        candidates.append(text[start : end + 1])
     for candidate in candidates:
         try:
             return json.loads(candidate)
@@ -90,23 +100,39 @@ def parse_facts(payload: Any, episode: Episode, max_facts: int = 20) -> list[Fac
         if not all(isinstance(p, str) and p.strip() for p in parts):
             continue
         raw = item.get("confidence", 1.0)
-        confidence = (min(max(float(raw), 0.0), 1.0)
-                      if isinstance(raw, int | float) and not isinstance(raw, bool) else 1.0)
-        facts.append(Fact(str(parts[0]), str(parts[1]), str(parts[2]), confidence,
-                          episode.run_id, user_id=episode.user_id))
+        confidence = (
+            min(max(float(raw), 0.0), 1.0)
+            if isinstance(raw, int | float) and not isinstance(raw, bool)
+            else 1.0
+        )
+        facts.append(
+            Fact(
+                str(parts[0]),
+                str(parts[1]),
+                str(parts[2]),
+                confidence,
+                episode.run_id,
+                user_id=episode.user_id,
+            )
+        )
     if items and not facts:
-        raise ExtractionError(f"none of the {len(items)} facts had a subject, predicate "
-                              "and object")
+        raise ExtractionError(f"none of the {len(items)} facts had a subject, predicate and object")
     return facts[:max_facts]
 
 
-async def extract_facts(model: Model, episode: Episode, *, max_facts: int = 20,
-                        max_tokens: int = 1024) -> list[Fact]:
+async def extract_facts(
+    model: Model, episode: Episode, *, max_facts: int = 20, max_tokens: int = 1024
+) -> list[Fact]:
     """Ask `model` for the facts in `episode` (forcing the `record_facts` tool)."""
     messages: list[Message] = [{"role": "user", "content": _transcript(episode)}]
-    request = ModelRequest(messages=messages, system=SYSTEM, tools=[FACTS_TOOL],
-                           tool_choice=RECORD_FACTS, max_tokens=max_tokens,
-                           run_id=f"extract-{episode.run_id}")
+    request = ModelRequest(
+        messages=messages,
+        system=SYSTEM,
+        tools=[FACTS_TOOL],
+        tool_choice=RECORD_FACTS,
+        max_tokens=max_tokens,
+        run_id=f"extract-{episode.run_id}",
+    )
     text: list[str] = []
     calls: list[ToolCall] = []
     async for chunk in model.stream(request):
@@ -134,8 +160,13 @@ OnFacts = Callable[[Episode, list[Fact]], Awaitable[None] | None]
 class Extractor:
     """Runs fact extraction as background tasks; nothing it does raises into the caller."""
 
-    def __init__(self, *, on_error: OnError | None = None, on_facts: OnFacts | None = None,
-                 max_facts: int = 20) -> None:
+    def __init__(
+        self,
+        *,
+        on_error: OnError | None = None,
+        on_facts: OnFacts | None = None,
+        max_facts: int = 20,
+    ) -> None:
         self.on_error = on_error
         self.on_facts = on_facts
         self.max_facts = max_facts
@@ -152,7 +183,8 @@ class Extractor:
         if callable(register):
             register(self.cancel)  # so forget() cancels before it deletes
         task = asyncio.get_running_loop().create_task(
-            self._run(memory, model, episode), name=f"loomgraph-extract-{episode.run_id}")
+            self._run(memory, model, episode), name=f"loomgraph-extract-{episode.run_id}"
+        )
         self._tasks[task] = user_key(episode.user_id)
         task.add_done_callback(lambda t: self._tasks.pop(t, None))
         return task
@@ -181,12 +213,17 @@ class Extractor:
             return
         await self._callback(self.on_facts, episode, stored)
 
-    async def _callback(self, callback: Callable[..., Any] | None, episode: Episode,
-                        value: Any) -> None:
+    async def _callback(
+        self, callback: Callable[..., Any] | None, episode: Episode, value: Any
+    ) -> None:
         if callback is None:
             if isinstance(value, BaseException):
-                log.warning("fact extraction for run %s failed: %s: %s", episode.run_id,
-                            type(value).__name__, value)
+                log.warning(
+                    "fact extraction for run %s failed: %s: %s",
+                    episode.run_id,
+                    type(value).__name__,
+                    value,
+                )
             return
         try:
             result = callback(episode, value)

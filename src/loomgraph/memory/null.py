@@ -75,15 +75,18 @@ class InMemoryMemory(MemoryStore):
         mine = [e for e in self._ordered(key) if e.session_id == session_id]
         return [self._copy(e, key) for e in mine[-limit:]]
 
-    async def _episodes(self, key: str, session_id: str | None,
-                        limit: int | None) -> list[Episode]:
+    async def _episodes(self, key: str, session_id: str | None, limit: int | None) -> list[Episode]:
         found = [e for e in self._ordered(key) if session_id is None or e.session_id == session_id]
         return [self._copy(e, key) for e in (found[-limit:] if limit is not None else found)]
 
-    async def _search_episodes(self, key: str, terms: list[str], exclude_session: str | None,
-                               limit: int) -> list[Episode]:
-        docs = [(f"{e.prompt} {e.output}", e.at, e) for e in self._ordered(key)
-                if exclude_session is None or e.session_id != exclude_session]
+    async def _search_episodes(
+        self, key: str, terms: list[str], exclude_session: str | None, limit: int
+    ) -> list[Episode]:
+        docs = [
+            (f"{e.prompt} {e.output}", e.at, e)
+            for e in self._ordered(key)
+            if exclude_session is None or e.session_id != exclude_session
+        ]
         return [self._copy(e, key) for e in bm25_rank(terms, docs, limit)]
 
     # ------------------------------------------------------------------ facts
@@ -105,11 +108,13 @@ class InMemoryMemory(MemoryStore):
             stored.append(replace(new))
         return stored
 
-    async def _facts(self, key: str, include_superseded: bool,
-                     limit: int | None) -> list[Fact]:
+    async def _facts(self, key: str, include_superseded: bool, limit: int | None) -> list[Fact]:
         data = self._users.get(key)
-        found = [replace(f) for f in reversed(data.facts if data else [])
-                 if include_superseded or f.current]
+        found = [
+            replace(f)
+            for f in reversed(data.facts if data else [])
+            if include_superseded or f.current
+        ]
         found.sort(key=lambda f: -f.valid_from)
         return found[:limit] if limit is not None else found
 
@@ -145,8 +150,11 @@ class InMemoryMemory(MemoryStore):
         def old(at: float) -> bool:
             return before is None or at < before
 
-        gone = {r for r, e in data.episodes.items()
-                if (session_id is None or e.session_id == session_id) and old(e.at)}
+        gone = {
+            r
+            for r, e in data.episodes.items()
+            if (session_id is None or e.session_id == session_id) and old(e.at)
+        }
         if session_id is not None:
             facts = [f for f in data.facts if f.source_run in gone]
             blocks: list[str] = []
@@ -167,9 +175,12 @@ class InMemoryMemory(MemoryStore):
         data = self._users.get(key) or _UserData()
         times = [e.at for e in data.episodes.values()]
         current = sum(1 for f in data.facts if f.current)
-        return {"episodes": len(times),
-                "sessions": len({e.session_id for e in data.episodes.values()} - {None}),
-                "facts": current, "superseded_facts": len(data.facts) - current,
-                "blocks": len(data.blocks),
-                "first_seen": min(times) if times else None,
-                "last_seen": max(times) if times else None}
+        return {
+            "episodes": len(times),
+            "sessions": len({e.session_id for e in data.episodes.values()} - {None}),
+            "facts": current,
+            "superseded_facts": len(data.facts) - current,
+            "blocks": len(data.blocks),
+            "first_seen": min(times) if times else None,
+            "last_seen": max(times) if times else None,
+        }

@@ -13,7 +13,8 @@ from functools import lru_cache
 from typing import Any
 from urllib.parse import urlsplit
 
-from loomgraph.dsn import describe_dsn
+from loomgraph._storage.dsn import describe_dsn
+from loomgraph._storage.pg_pool import LoopPool
 from loomgraph.memory.errors import MemoryBackendError, MemoryCorrupted, MemoryUnavailable
 from loomgraph.memory.records import Fact, MemoryLimits
 from loomgraph.memory.sql import (
@@ -26,7 +27,6 @@ from loomgraph.memory.sql import (
     episode_of,
     fact_of,
 )
-from loomgraph.pg_pool import LoopPool
 from loomgraph.protocols import Episode
 
 # The setting the row-level security policies read. It holds 'u:' + the user id: once set in
@@ -39,8 +39,9 @@ def _asyncpg() -> Any:
     try:
         import asyncpg  # type: ignore[import-untyped,unused-ignore]
     except ImportError as err:
-        raise ImportError("PostgresMemory needs asyncpg: pip install 'loomgraph[postgres]'"
-                          ) from err
+        raise ImportError(
+            "PostgresMemory needs asyncpg: pip install 'loomgraph[postgres]'"
+        ) from err
     return asyncpg
 
 
@@ -86,10 +87,11 @@ def ddl(schema: str) -> list[str]:
     for table in TABLES[1:]:
         # FORCE: the policies bind the tables' owner too (superusers and BYPASSRLS roles
         # are never bound; connect as an ordinary role for the policies to matter).
-        statements += [f"ALTER TABLE {p}{table} ENABLE ROW LEVEL SECURITY",
-                       f"ALTER TABLE {p}{table} FORCE ROW LEVEL SECURITY",
-                       f"CREATE POLICY memory_by_user ON {p}{table} USING ({mine}) "
-                       f"WITH CHECK ({mine})"]
+        statements += [
+            f"ALTER TABLE {p}{table} ENABLE ROW LEVEL SECURITY",
+            f"ALTER TABLE {p}{table} FORCE ROW LEVEL SECURITY",
+            f"CREATE POLICY memory_by_user ON {p}{table} USING ({mine}) WITH CHECK ({mine})",
+        ]
     return statements
 
 
@@ -116,8 +118,15 @@ class PostgresMemory(SqlMemory):
     first use.
     """
 
-    def __init__(self, dsn: str, *, schema: str = "public", limits: MemoryLimits | None = None,
-                 pool_size: int = 4, connect_timeout: float = 10.0) -> None:
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        schema: str = "public",
+        limits: MemoryLimits | None = None,
+        pool_size: int = 4,
+        connect_timeout: float = 10.0,
+    ) -> None:
         super().__init__(limits)
         self._pg = _asyncpg()
         self.dsn = dsn
@@ -158,8 +167,9 @@ class PostgresMemory(SqlMemory):
 
     async def _lock_user(self, cur: Cursor, key: str) -> None:
         # Two workers superseding the same fact must not both see it current.
-        await cur.execute("SELECT pg_advisory_xact_lock(hashtext(?))",
-                          f"loomgraph.memory:{self.schema}:{key}")
+        await cur.execute(
+            "SELECT pg_advisory_xact_lock(hashtext(?))", f"loomgraph.memory:{self.schema}:{key}"
+        )
 
     def _translate(self, err: Exception) -> Exception:
         pg = self._pg
@@ -167,10 +177,17 @@ class PostgresMemory(SqlMemory):
             return err
         if isinstance(err, pg.UndefinedTableError | pg.UndefinedColumnError):
             return MemoryCorrupted(self.where, str(err))
-        if isinstance(err, OSError | TimeoutError | pg.InterfaceError
-                      | pg.PostgresConnectionError | pg.CannotConnectNowError
-                      | pg.TooManyConnectionsError | pg.InvalidCatalogNameError
-                      | pg.InvalidAuthorizationSpecificationError):
+        if isinstance(
+            err,
+            OSError
+            | TimeoutError
+            | pg.InterfaceError
+            | pg.PostgresConnectionError
+            | pg.CannotConnectNowError
+            | pg.TooManyConnectionsError
+            | pg.InvalidCatalogNameError
+            | pg.InvalidAuthorizationSpecificationError,
+        ):
             return MemoryUnavailable(self.where, self._scrub(f"{type(err).__name__}: {err}"))
         if isinstance(err, pg.PostgresError):
             return MemoryBackendError(self.where, self._scrub(f"{type(err).__name__}: {err}"))
@@ -185,8 +202,9 @@ class PostgresMemory(SqlMemory):
 
     # ------------------------------------------------------------------ search
 
-    async def _search_episodes(self, key: str, terms: list[str], exclude_session: str | None,
-                               limit: int) -> list[Episode]:
+    async def _search_episodes(
+        self, key: str, terms: list[str], exclude_session: str | None, limit: int
+    ) -> list[Episode]:
         cols = ", ".join(f"e.{c.strip()}" for c in EPISODE_COLS.split(","))
         other, args = "", [" or ".join(terms), key]
         if exclude_session is not None:
@@ -198,7 +216,9 @@ class PostgresMemory(SqlMemory):
                 f"SELECT {cols} FROM {self.t('memory_episodes')} e, "
                 "websearch_to_tsquery('english', ?) q WHERE e.search @@ q AND e.user_id = ?"
                 f"{other} ORDER BY ts_rank(e.search, q, 1) DESC, e.at DESC, e.id DESC LIMIT ?",
-                *args, limit)
+                *args,
+                limit,
+            )
         return [episode_of(key, r) for r in rows]
 
     async def _search_facts(self, key: str, terms: list[str], limit: int) -> list[Fact]:
@@ -208,7 +228,11 @@ class PostgresMemory(SqlMemory):
                 f"SELECT {cols} FROM {self.t('memory_facts')} x, "
                 "websearch_to_tsquery('english', ?) q WHERE x.search @@ q AND x.user_id = ? "
                 "AND x.valid_to IS NULL ORDER BY ts_rank(x.search, q, 1) DESC, "
-                "x.valid_from DESC, x.id DESC LIMIT ?", " or ".join(terms), key, limit)
+                "x.valid_from DESC, x.id DESC LIMIT ?",
+                " or ".join(terms),
+                key,
+                limit,
+            )
         return [fact_of(key, r) for r in rows]
 
     # ------------------------------------------------------------------ opening
@@ -217,16 +241,19 @@ class PostgresMemory(SqlMemory):
         """Connect; create the schema and tables when missing; refuse damaged or other ones."""
         pg = self._pg
         try:
-            pool = await pg.create_pool(self.dsn, min_size=1, max_size=self.pool_size,
-                                        timeout=self.connect_timeout)
+            pool = await pg.create_pool(
+                self.dsn, min_size=1, max_size=self.pool_size, timeout=self.connect_timeout
+            )
         except (OSError, TimeoutError, ValueError, pg.PostgresError, pg.InterfaceError) as err:
-            raise MemoryUnavailable(self.where,
-                                    self._scrub(f"{type(err).__name__}: {err}")) from None
+            raise MemoryUnavailable(
+                self.where, self._scrub(f"{type(err).__name__}: {err}")
+            ) from None
         try:
             async with pool.acquire() as con, con.transaction():
                 # Workers starting together must not race on creating the tables.
-                await con.execute("SELECT pg_advisory_xact_lock(hashtext($1))",
-                                  f"loomgraph.memory:{self.schema}")
+                await con.execute(
+                    "SELECT pg_advisory_xact_lock(hashtext($1))", f"loomgraph.memory:{self.schema}"
+                )
                 await self._create_or_check(con)
         except BaseException as err:
             pool.terminate()
@@ -236,8 +263,9 @@ class PostgresMemory(SqlMemory):
         return pool
 
     async def _create_or_check(self, con: Any) -> None:
-        found = {t: await con.fetchval("SELECT to_regclass($1)", f"{self.prefix}{t}")
-                 for t in TABLES}
+        found = {
+            t: await con.fetchval("SELECT to_regclass($1)", f"{self.prefix}{t}") for t in TABLES
+        }
         if found["memory_meta"] is None:
             if any(found.values()):
                 raise MemoryCorrupted(self.where, "memory tables without memory_meta")
@@ -248,10 +276,14 @@ class PostgresMemory(SqlMemory):
                 await con.execute(statement)
             return
         version = await con.fetchval(
-            f"SELECT value FROM {self.prefix}memory_meta WHERE key = 'schema_version'")
+            f"SELECT value FROM {self.prefix}memory_meta WHERE key = 'schema_version'"
+        )
         if version != str(SCHEMA_VERSION):
-            raise MemoryCorrupted(self.where, f"schema version {version or 'none'}; this "
-                                  f"loomgraph reads version {SCHEMA_VERSION}")
+            raise MemoryCorrupted(
+                self.where,
+                f"schema version {version or 'none'}; this "
+                f"loomgraph reads version {SCHEMA_VERSION}",
+            )
         missing = [t for t, oid in found.items() if oid is None]
         if missing:
             raise MemoryCorrupted(self.where, f"missing table(s): {', '.join(missing)}")

@@ -121,14 +121,25 @@ def prepare_facts(user_id: str | None, facts: Iterable[Fact], now: float) -> lis
         if not isinstance(fact, Fact):
             raise TypeError(f"expected a Fact, got {type(fact).__name__}")
         confidence = fact.confidence
-        if isinstance(confidence, bool) or not isinstance(confidence, int | float) \
-                or not 0.0 <= confidence <= 1.0:
+        if (
+            isinstance(confidence, bool)
+            or not isinstance(confidence, int | float)
+            or not 0.0 <= confidence <= 1.0
+        ):
             raise ValueError(f"fact confidence must be a number in [0, 1], not {confidence!r}")
-        prepared.append(replace(
-            fact, subject=_clean(fact.subject, "subject"),
-            predicate=_clean(fact.predicate, "predicate"), object=_clean(fact.object, "object"),
-            confidence=float(confidence), user_id=user_id, valid_from=fact.valid_from or now,
-            valid_to=None, id=None))
+        prepared.append(
+            replace(
+                fact,
+                subject=_clean(fact.subject, "subject"),
+                predicate=_clean(fact.predicate, "predicate"),
+                object=_clean(fact.object, "object"),
+                confidence=float(confidence),
+                user_id=user_id,
+                valid_from=fact.valid_from or now,
+                valid_to=None,
+                id=None,
+            )
+        )
     return prepared
 
 
@@ -149,8 +160,10 @@ def check_block(name: Any, text: Any, limits: MemoryLimits) -> None:
     if not isinstance(text, str):
         raise TypeError(f"block text must be a str, not {type(text).__name__}")
     if len(text) > limits.block_chars:
-        raise ValueError(f"block {name!r} is {len(text)} characters; the limit is "
-                         f"{limits.block_chars} (MemoryLimits.block_chars)")
+        raise ValueError(
+            f"block {name!r} is {len(text)} characters; the limit is "
+            f"{limits.block_chars} (MemoryLimits.block_chars)"
+        )
 
 
 # --------------------------------------------------------------------------- query terms
@@ -212,8 +225,10 @@ def turns(episodes: Iterable[Episode]) -> list[Message]:
     """Episodes as the conversation they were: each prompt, then its answer."""
     messages: list[Message] = []
     for ep in episodes:
-        messages += [{"role": "user", "content": ep.prompt},
-                     {"role": "assistant", "content": ep.output}]
+        messages += [
+            {"role": "user", "content": ep.prompt},
+            {"role": "assistant", "content": ep.output},
+        ]
     return messages
 
 
@@ -226,8 +241,12 @@ def _clip(text: str, size: int) -> str:
     return text if len(text) <= size else text[: max(size - 1, 0)] + "…"
 
 
-def compose_seed(blocks: Sequence[WorkingBlock], facts: Sequence[Fact],
-                 episodes: Sequence[Episode], limits: MemoryLimits) -> str:
+def compose_seed(
+    blocks: Sequence[WorkingBlock],
+    facts: Sequence[Fact],
+    episodes: Sequence[Episode],
+    limits: MemoryLimits,
+) -> str:
     """The seed text: working blocks, then facts, then past episodes, within `seed_chars`."""
     parts: list[str] = []
     room = limits.seed_chars
@@ -247,8 +266,10 @@ def compose_seed(blocks: Sequence[WorkingBlock], facts: Sequence[Fact],
 
     def episode_line(ep: Episode) -> str:
         half = max(limits.episode_chars // 2 - 20, 20)
-        return (f"- {_day(ep.at)}: the user said \"{_clip(ep.prompt, half)}\"; "
-                f"you answered \"{_clip(ep.output, half)}\"")
+        return (
+            f'- {_day(ep.at)}: the user said "{_clip(ep.prompt, half)}"; '
+            f'you answered "{_clip(ep.output, half)}"'
+        )
 
     def fact_line(fact: Fact) -> str:
         sure = "" if fact.confidence >= 1.0 else f" (confidence {fact.confidence:.2f})"
@@ -262,8 +283,14 @@ def compose_seed(blocks: Sequence[WorkingBlock], facts: Sequence[Fact],
 
 def episode_dict(ep: Episode) -> dict[str, Any]:
     """An episode as JSON-shaped data."""
-    return {"session_id": ep.session_id, "run_id": ep.run_id, "prompt": ep.prompt,
-            "output": ep.output, "tool_calls": list(ep.tool_calls), "at": ep.at}
+    return {
+        "session_id": ep.session_id,
+        "run_id": ep.run_id,
+        "prompt": ep.prompt,
+        "output": ep.output,
+        "tool_calls": list(ep.tool_calls),
+        "at": ep.at,
+    }
 
 
 def now() -> float:
@@ -272,7 +299,18 @@ def now() -> float:
 
 
 __all__ = [
-    "Fact", "MemoryLimits", "WorkingBlock", "as_time", "bm25_rank", "check_block",
-    "compose_seed", "episode_dict", "fact_key", "prepare_facts", "query_terms", "same_object",
-    "turns", "user_key",
+    "Fact",
+    "MemoryLimits",
+    "WorkingBlock",
+    "as_time",
+    "bm25_rank",
+    "check_block",
+    "compose_seed",
+    "episode_dict",
+    "fact_key",
+    "prepare_facts",
+    "query_terms",
+    "same_object",
+    "turns",
+    "user_key",
 ]

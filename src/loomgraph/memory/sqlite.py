@@ -12,6 +12,7 @@ from typing import Any
 
 import aiosqlite
 
+from loomgraph._storage.sqlite_files import SqliteFileProblem, open_sqlite
 from loomgraph.memory.errors import MemoryBackendError, MemoryCorrupted, MemoryUnavailable
 from loomgraph.memory.records import Fact, MemoryLimits
 from loomgraph.memory.sql import (
@@ -25,7 +26,6 @@ from loomgraph.memory.sql import (
     fact_of,
 )
 from loomgraph.protocols import Episode
-from loomgraph.sqlite_files import SqliteFileProblem, open_sqlite
 
 
 def _fts(table: str, columns: str) -> list[str]:
@@ -95,8 +95,14 @@ class SqliteMemory(SqlMemory):
     processes' writes are waited for (up to `busy_timeout`) instead of failing.
     """
 
-    def __init__(self, path: str | os.PathLike[str], *, limits: MemoryLimits | None = None,
-                 busy_timeout: float = 30.0, verify: bool = True) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        limits: MemoryLimits | None = None,
+        busy_timeout: float = 30.0,
+        verify: bool = True,
+    ) -> None:
         super().__init__(limits)
         self.path = os.fspath(path)
         self.where = f"sqlite memory {self.path!r}"
@@ -163,20 +169,31 @@ class SqliteMemory(SqlMemory):
         name = getattr(err, "sqlite_errorname", "")
         text = str(err)
         if name.startswith(("SQLITE_CORRUPT", "SQLITE_NOTADB")) or text.startswith(
-                ("no such table", "no such column")):
+            ("no such table", "no such column")
+        ):
             return MemoryCorrupted(self.where, text)
         if name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")):
-            return MemoryUnavailable(self.where, f"{text} for longer than "
-                                     f"busy_timeout={self.busy_timeout}s")
-        if name.startswith(("SQLITE_CANTOPEN", "SQLITE_IOERR", "SQLITE_READONLY",
-                            "SQLITE_FULL", "SQLITE_PERM", "SQLITE_AUTH")):
+            return MemoryUnavailable(
+                self.where, f"{text} for longer than busy_timeout={self.busy_timeout}s"
+            )
+        if name.startswith(
+            (
+                "SQLITE_CANTOPEN",
+                "SQLITE_IOERR",
+                "SQLITE_READONLY",
+                "SQLITE_FULL",
+                "SQLITE_PERM",
+                "SQLITE_AUTH",
+            )
+        ):
             return MemoryUnavailable(self.where, text)
         return MemoryBackendError(self.where, text)  # e.g. a constraint a trigger raised
 
     # ------------------------------------------------------------------ search
 
-    async def _search_episodes(self, key: str, terms: list[str], exclude_session: str | None,
-                               limit: int) -> list[Episode]:
+    async def _search_episodes(
+        self, key: str, terms: list[str], exclude_session: str | None, limit: int
+    ) -> list[Episode]:
         cols = ", ".join(f"e.{c.strip()}" for c in EPISODE_COLS.split(","))
         other, args = "", [match_query(terms), key]
         if exclude_session is not None:
@@ -186,7 +203,9 @@ class SqliteMemory(SqlMemory):
                 f"SELECT {cols} FROM memory_episodes_fts f JOIN memory_episodes e "
                 "ON e.id = f.rowid WHERE memory_episodes_fts MATCH ? AND e.user_id = ?"
                 f"{other} ORDER BY bm25(memory_episodes_fts), e.at DESC, e.id DESC LIMIT ?",
-                *args, limit)
+                *args,
+                limit,
+            )
         return [episode_of(key, r) for r in rows]
 
     async def _search_facts(self, key: str, terms: list[str], limit: int) -> list[Fact]:
@@ -196,7 +215,10 @@ class SqliteMemory(SqlMemory):
                 f"SELECT {cols} FROM memory_facts_fts f JOIN memory_facts x ON x.id = f.rowid "
                 "WHERE memory_facts_fts MATCH ? AND x.user_id = ? AND x.valid_to IS NULL "
                 "ORDER BY bm25(memory_facts_fts), x.valid_from DESC, x.id DESC LIMIT ?",
-                match_query(terms), key, limit)
+                match_query(terms),
+                key,
+                limit,
+            )
         return [fact_of(key, r) for r in rows]
 
     # ------------------------------------------------------------------ opening
@@ -204,8 +226,7 @@ class SqliteMemory(SqlMemory):
     async def _open(self) -> aiosqlite.Connection:
         """Connect; refuse foreign or damaged files before writing anything; create tables."""
         try:
-            conn = await open_sqlite(self.path, busy_timeout=self.busy_timeout,
-                                     verify=self.verify)
+            conn = await open_sqlite(self.path, busy_timeout=self.busy_timeout, verify=self.verify)
         except SqliteFileProblem as problem:
             raise _typed(problem, self.where) from None
         except sqlite3.Error as err:
@@ -226,20 +247,28 @@ class SqliteMemory(SqlMemory):
         return conn
 
     async def _create_or_check(self, conn: aiosqlite.Connection) -> None:
-        names = {str(r[0]) for r in await conn.execute_fetchall(
-            "SELECT name FROM sqlite_master WHERE type = 'table'")}
+        names = {
+            str(r[0])
+            for r in await conn.execute_fetchall(
+                "SELECT name FROM sqlite_master WHERE type = 'table'"
+            )
+        }
         if "memory_meta" not in names:
             if any(n.startswith("memory_") for n in names):
                 raise MemoryCorrupted(self.where, "memory tables without memory_meta")
             for statement in DDL:
                 await conn.execute(statement)
             return
-        rows = list(await conn.execute_fetchall(
-            "SELECT value FROM memory_meta WHERE key = 'schema_version'"))
+        rows = list(
+            await conn.execute_fetchall(
+                "SELECT value FROM memory_meta WHERE key = 'schema_version'"
+            )
+        )
         if not rows or rows[0][0] != str(SCHEMA_VERSION):
             found = rows[0][0] if rows else "none"
-            raise MemoryCorrupted(self.where, f"schema version {found}; this loomgraph reads "
-                                  f"version {SCHEMA_VERSION}")
+            raise MemoryCorrupted(
+                self.where, f"schema version {found}; this loomgraph reads version {SCHEMA_VERSION}"
+            )
         missing = [t for t in _REQUIRED if t not in names]
         if missing:
             raise MemoryCorrupted(self.where, f"missing table(s): {', '.join(missing)}")

@@ -27,8 +27,9 @@ def memory_tools(
     them along); `editable_blocks`, when given, limits which blocks the agent may change.
     """
 
-    async def remember_fact(subject: str, predicate: str, object: str,
-                            confidence: float = 1.0) -> str:
+    async def remember_fact(
+        subject: str, predicate: str, object: str, confidence: float = 1.0
+    ) -> str:
         """Record a lasting fact about the user; it replaces an older one with the same
         subject and predicate.
 
@@ -39,8 +40,9 @@ def memory_tools(
             confidence: how sure you are, from 0 to 1.
         """
         run_id = run_id_getter() if run_id_getter is not None else None
-        fact = await memory.add_fact(user_id_getter(), subject, predicate, object,
-                                     confidence=confidence, source_run=run_id)
+        fact = await memory.add_fact(
+            user_id_getter(), subject, predicate, object, confidence=confidence, source_run=run_id
+        )
         return f"remembered: {fact.text()}"
 
     async def update_block(name: str, text: str) -> str:
@@ -52,8 +54,10 @@ def memory_tools(
             text: its whole new content; empty text deletes the block.
         """
         if editable_blocks is not None and name not in editable_blocks:
-            raise ValueError(f"block {name!r} is not editable; editable: "
-                             f"{', '.join(sorted(editable_blocks)) or 'none'}")
+            raise ValueError(
+                f"block {name!r} is not editable; editable: "
+                f"{', '.join(sorted(editable_blocks)) or 'none'}"
+            )
         user_id = user_id_getter()
         if not text.strip():
             deleted = await memory.delete_block(user_id, name)
@@ -71,8 +75,9 @@ def memory_tools(
         facts = await memory.search_facts(user_id, query)
         episodes = await memory.search_episodes(user_id, query)
         lines = [f"- fact: {f.text()}" for f in facts]
-        lines += [f"- earlier, the user said {e.prompt!r} and you answered {e.output!r}"
-                  for e in episodes]
+        lines += [
+            f"- earlier, the user said {e.prompt!r} and you answered {e.output!r}" for e in episodes
+        ]
         return "\n".join(lines) or "nothing found"
 
     return [remember_fact, update_block, recall]

@@ -8,8 +8,8 @@ from typing import Any, ClassVar
 
 from loomgraph.models.errors import ModelPromptTooLarge
 from loomgraph.models.retry import RetryPolicy, retrying
-from loomgraph.pricing import PriceOverride, with_cost
 from loomgraph.protocols import ModelChunk, ModelRequest, Usage
+from loomgraph.protocols.pricing import PriceOverride, with_cost
 
 # About 4 MB of text: far above any model's context window in tokens, but it stops a runaway
 # prompt (a tool that returned a whole file system) before it costs an upload and a 413.

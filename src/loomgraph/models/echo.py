@@ -20,13 +20,23 @@ class EchoModel:
         last = request.messages[-1]["content"] if request.messages else ""
         if request.tool_choice:
             # Forced to answer through a tool: the echoed text, as JSON when it is JSON.
-            yield {"type": "tool_call", "call": {"id": f"echo_{request.call_index}",
-                                                 "tool": request.tool_choice,
-                                                 "args": _as_args(last)}}
+            yield {
+                "type": "tool_call",
+                "call": {
+                    "id": f"echo_{request.call_index}",
+                    "tool": request.tool_choice,
+                    "args": _as_args(last),
+                },
+            }
         else:
             yield {"type": "text", "text": last}
-        yield {"type": "usage", "usage": {"input_tokens": max(1, request.prompt_chars() // 4),
-                                          "output_tokens": max(1, len(last) // 4)}}
+        yield {
+            "type": "usage",
+            "usage": {
+                "input_tokens": max(1, request.prompt_chars() // 4),
+                "output_tokens": max(1, len(last) // 4),
+            },
+        }
         yield {"type": "finish", "finish_reason": "end_turn"}
 
 

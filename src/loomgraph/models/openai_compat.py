@@ -26,8 +26,8 @@ from loomgraph.models.errors import (
     parse_retry_after,
 )
 from loomgraph.models.retry import RetryPolicy
-from loomgraph.pricing import PriceOverride
 from loomgraph.protocols import Message, ModelChunk, ModelRequest, ToolCall, ToolSpec, Usage
+from loomgraph.protocols.pricing import PriceOverride
 
 __all__ = [
     "ENV_API_KEY",

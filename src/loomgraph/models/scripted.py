@@ -34,13 +34,13 @@ def as_turn(value: Turn | str | dict[str, Any], index: int = 0) -> Turn:
     if isinstance(value, str):
         return Turn(text=value)
     calls = [
-        ToolCall(id=c.get("id") or f"call_{index}_{i}", tool=c["tool"],
-                 args=dict(c.get("args", {})))
+        ToolCall(
+            id=c.get("id") or f"call_{index}_{i}", tool=c["tool"], args=dict(c.get("args", {}))
+        )
         for i, c in enumerate(value.get("tool_calls", []))
     ]
     usage: Usage = value.get("usage") or Usage(input_tokens=10, output_tokens=5)
-    return Turn(value.get("text", ""), calls, usage,
-                value.get("finish_reason"))
+    return Turn(value.get("text", ""), calls, usage, value.get("finish_reason"))
 
 
 class ScriptedModel:
@@ -52,27 +52,38 @@ class ScriptedModel:
     """
 
     def __init__(
-        self, turns: Sequence[TurnLike] | Callable[[ModelRequest], TurnLike], *,
-        name: str = "scripted", chunk_size: int = 0,
+        self,
+        turns: Sequence[TurnLike] | Callable[[ModelRequest], TurnLike],
+        *,
+        name: str = "scripted",
+        chunk_size: int = 0,
     ) -> None:
         self.name = name
-        self._script = turns if callable(turns) else [
-            t if isinstance(t, BaseException | type) else as_turn(t, i)
-            for i, t in enumerate(turns)]
+        self._script = (
+            turns
+            if callable(turns)
+            else [
+                t if isinstance(t, BaseException | type) else as_turn(t, i)
+                for i, t in enumerate(turns)
+            ]
+        )
         self._chunk_size = chunk_size  # >0: split text into chunks of this many characters
 
     def turn_for(self, request: ModelRequest) -> Turn:
         """The turn a request gets (raising it, when the script says the provider fails)."""
         if isinstance(self._script, list):
             if request.call_index >= len(self._script):
-                raise ScriptExhausted(f"script of {len(self._script)} turn(s) exhausted at "
-                                      f"model call {request.call_index + 1} of run "
-                                      f"{request.run_id}")
+                raise ScriptExhausted(
+                    f"script of {len(self._script)} turn(s) exhausted at "
+                    f"model call {request.call_index + 1} of run "
+                    f"{request.run_id}"
+                )
             turn: TurnLike = self._script[request.call_index]
         else:
             turn = self._script(request)
         if isinstance(turn, BaseException) or (
-                isinstance(turn, type) and issubclass(turn, BaseException)):
+            isinstance(turn, type) and issubclass(turn, BaseException)
+        ):
             raise turn
         return as_turn(turn, request.call_index)
 
@@ -81,7 +92,7 @@ class ScriptedModel:
         turn = self.turn_for(request)
         size = self._chunk_size or len(turn.text) or 1
         for start in range(0, len(turn.text), size):
-            yield {"type": "text", "text": turn.text[start:start + size]}
+            yield {"type": "text", "text": turn.text[start : start + size]}
         for call in turn.tool_calls:
             yield {"type": "tool_call", "call": call}
         yield {"type": "usage", "usage": turn.usage}

@@ -8,5 +8,12 @@ from loomgraph.nodes.model import ModelNode
 from loomgraph.nodes.subgraph import SubgraphNode
 from loomgraph.nodes.tools import ToolsNode
 
-__all__ = ["FunctionNode", "InterruptNode", "LLMNode", "MapNode", "ModelNode", "SubgraphNode",
-           "ToolsNode"]
+__all__ = [
+    "FunctionNode",
+    "InterruptNode",
+    "LLMNode",
+    "MapNode",
+    "ModelNode",
+    "SubgraphNode",
+    "ToolsNode",
+]

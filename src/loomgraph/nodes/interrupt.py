@@ -7,8 +7,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
+from loomgraph.engine.context import NodeContext
 from loomgraph.graph.conditions import compile_template, condition_scope, names_used
-from loomgraph.graph.context import NodeContext
 from loomgraph.graph.errors import RunStopped
 from loomgraph.graph.registry import NodeKind, register_node
 from loomgraph.graph.spec import Graph
@@ -62,8 +62,13 @@ class InterruptNode(NodeKind):
         supplied, value = ctx.take_resume_value()
         if supplied:
             return {self.params.output: value}
-        raise RunStopped("interrupted", f"waiting at {ctx.qualified_node!r} for a "
-                         f"{self.params.request}", {
-                             "node": ctx.qualified_node, "type": self.params.request,
-                             "message": self.message(condition_scope(state)),
-                             "schema": self.adapter.json_schema()})
+        raise RunStopped(
+            "interrupted",
+            f"waiting at {ctx.qualified_node!r} for a {self.params.request}",
+            {
+                "node": ctx.qualified_node,
+                "type": self.params.request,
+                "message": self.message(condition_scope(state)),
+                "schema": self.adapter.json_schema(),
+            },
+        )

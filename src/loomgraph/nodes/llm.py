@@ -7,8 +7,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from loomgraph.engine.context import NodeContext
 from loomgraph.graph.conditions import compile_template, condition_scope, names_used
-from loomgraph.graph.context import NodeContext
 from loomgraph.graph.registry import NodeKind, register_node
 from loomgraph.graph.spec import Graph
 from loomgraph.graph.state import DERIVED_NAMES, TypeSyntaxError, parse_type
@@ -65,8 +65,11 @@ class LLMNode(NodeKind):
         p = self.params
         self.prompt: Callable[[Mapping[str, Any]], str] = compile_template(p.prompt)
         self.system_template = compile_template(p.system) if p.system else None
-        self.answer = StructuredAnswer(parse_type(p.schema_), label=f"node {self.name!r}") \
-            if p.schema_ else None
+        self.answer = (
+            StructuredAnswer(parse_type(p.schema_), label=f"node {self.name!r}")
+            if p.schema_
+            else None
+        )
 
     async def run(self, state: Mapping[str, Any], ctx: NodeContext) -> dict[str, Any]:
         """Ask once; a structured answer is forced through the `respond` tool and validated."""
@@ -75,9 +78,11 @@ class LLMNode(NodeKind):
         messages: list[Message] = [{"role": "user", "content": self.prompt(scope)}]
         system = self.system_template(scope) if self.system_template else ctx.system
         if self.answer is not None:
-            value, usage = await self.answer.ask(ctx, messages, system=system,
-                                                 retries=p.retries, max_tokens=p.max_tokens)
+            value, usage = await self.answer.ask(
+                ctx, messages, system=system, retries=p.retries, max_tokens=p.max_tokens
+            )
             return {p.output: self.answer.to_data(value), "usage": usage}
-        response = await ctx.call_model(ModelRequest(messages=messages, system=system,
-                                                     max_tokens=p.max_tokens))
+        response = await ctx.call_model(
+            ModelRequest(messages=messages, system=system, max_tokens=p.max_tokens)
+        )
         return {p.output: response.text, "usage": response.usage}

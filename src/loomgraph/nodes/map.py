@@ -8,7 +8,7 @@ from typing import Any
 
 from pydantic import Field
 
-from loomgraph.graph.context import NodeContext
+from loomgraph.engine.context import NodeContext
 from loomgraph.graph.registry import register_node
 from loomgraph.graph.spec import Graph
 from loomgraph.graph.state import final_output, parse_type
@@ -20,14 +20,21 @@ class MapParams(ChildGraphParams):
     """Parameters of a `map` node."""
 
     inputs: dict[str, str] = Field(
-        default_factory=dict, description="child field <- parent field, the same for every item")
-    over: str = Field(description="the list field whose items are mapped; a dotted path "
-                                  "(`plan.steps`) reaches into a field")
+        default_factory=dict, description="child field <- parent field, the same for every item"
+    )
+    over: str = Field(
+        description="the list field whose items are mapped; a dotted path "
+        "(`plan.steps`) reaches into a field"
+    )
     item: str = Field("input", description="the child field each item goes into")
-    result: str = Field("output", description="the child field taken as the branch's result "
-                                              "(`output` is the child's final answer)")
-    output: str = Field(description="the field the list of results is written to, through its "
-                                    "reducer")
+    result: str = Field(
+        "output",
+        description="the child field taken as the branch's result "
+        "(`output` is the child's final answer)",
+    )
+    output: str = Field(
+        description="the field the list of results is written to, through its reducer"
+    )
     concurrency: int = Field(4, ge=1, description="branches run at once")
 
 
@@ -66,8 +73,9 @@ class MapNode(ChildGraphNode):
             except ValueError:
                 kind = None
             if kind is not list:
-                problems.append(f"map over {self.params.over!r}, which is a {field.type}, "
-                                "not a list")
+                problems.append(
+                    f"map over {self.params.over!r}, which is a {field.type}, not a list"
+                )
         elif self.params.over in ("input", "output", "usage"):
             problems.append(f"map over {self.params.over!r}, which is not a list field")
         return problems
@@ -81,8 +89,7 @@ class MapNode(ChildGraphNode):
         items = items or []
         if not isinstance(items, list):
             raise TypeError(f"map over {p.over!r}: expected a list, got {type(items).__name__}")
-        shared = {child: state.get(parent) for child, parent in p.inputs.items()
-                  if child != p.item}
+        shared = {child: state.get(parent) for child, parent in p.inputs.items() if child != p.item}
 
         async def branch(index: int, item: Any) -> dict[str, Any]:
             async def run_branch() -> dict[str, Any]:
@@ -93,8 +100,9 @@ class MapNode(ChildGraphNode):
 
             return await ctx.effect(f"branch:{index}", {"item": item}, run_branch)
 
-        done = await run_all([functools.partial(branch, i, item)
-                              for i, item in enumerate(items)], p.concurrency)
+        done = await run_all(
+            [functools.partial(branch, i, item) for i, item in enumerate(items)], p.concurrency
+        )
         usage: dict[str, Any] = {}
         for branch_done in done:
             for key, amount in branch_done["usage"].items():

@@ -7,7 +7,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from loomgraph.graph.context import NodeContext
+from loomgraph.engine.context import NodeContext
 from loomgraph.graph.registry import NodeKind, register_node
 from loomgraph.protocols import ModelRequest
 
@@ -34,7 +34,10 @@ class ModelNode(NodeKind):
         """Append the model's turn (text and tool calls) and count its usage."""
         params = self.params
         request = ModelRequest(
-            messages=list(state["messages"]), system=ctx.system,  # a copy: the state grows
-            tools=ctx.deps.tools.specs() if params.tools else (), max_tokens=params.max_tokens)
+            messages=list(state["messages"]),
+            system=ctx.system,  # a copy: the state grows
+            tools=ctx.deps.tools.specs() if params.tools else (),
+            max_tokens=params.max_tokens,
+        )
         response = await ctx.call_model(request)
         return {"messages": [response.to_message()], "usage": response.usage}

@@ -12,7 +12,7 @@ from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
 
-from loomgraph.graph.context import NodeContext
+from loomgraph.engine.context import NodeContext
 from loomgraph.graph.registry import NodeKind, NoParams
 from loomgraph.graph.spec import NodeSpec
 from loomgraph.graph.state import final_output
@@ -42,8 +42,11 @@ class StructuredAnswer:
         self.wrapped = schema.get("type") != "object"
         if self.wrapped:
             schema = {"type": "object", "properties": {"value": schema}, "required": ["value"]}
-        self.tool: ToolSpec = {"name": RESPOND_TOOL, "description": "Give the final answer.",
-                               "parameters": schema}
+        self.tool: ToolSpec = {
+            "name": RESPOND_TOOL,
+            "description": "Give the final answer.",
+            "parameters": schema,
+        }
 
     def raw_answer(self, response: ModelResponse) -> Any:
         """The answer in a response: the `respond` call's input, else the text as JSON."""
@@ -67,8 +70,13 @@ class StructuredAnswer:
         return self.adapter.dump_python(value, mode="json")
 
     async def ask(
-        self, ctx: NodeContext, messages: Sequence[Message], *, system: str,
-        retries: int = DEFAULT_RETRIES, max_tokens: int | None = None,
+        self,
+        ctx: NodeContext,
+        messages: Sequence[Message],
+        *,
+        system: str,
+        retries: int = DEFAULT_RETRIES,
+        max_tokens: int | None = None,
     ) -> tuple[Any, Usage]:
         """Force the answer out of the model; on invalid answers, show it the errors and retry."""
         conversation = list(messages)
@@ -76,9 +84,15 @@ class StructuredAnswer:
         raw: Any = None
         errors: list[Any] = []
         for _attempt in range(retries + 1):
-            response = await ctx.call_model(ModelRequest(
-                messages=conversation, system=system, tools=[self.tool],
-                tool_choice=RESPOND_TOOL, max_tokens=max_tokens))
+            response = await ctx.call_model(
+                ModelRequest(
+                    messages=conversation,
+                    system=system,
+                    tools=[self.tool],
+                    tool_choice=RESPOND_TOOL,
+                    max_tokens=max_tokens,
+                )
+            )
             for key, value in response.usage.items():
                 usage[key] = usage.get(key, 0) + value  # type: ignore[literal-required,operator]
             raw = self.raw_answer(response)
@@ -88,8 +102,10 @@ class StructuredAnswer:
                 errors = err.errors(include_url=False)
                 conversation += _feedback(response, err)
         raise OutputValidationError(
-            f"{self.label} did not fit the schema after {retries + 1} attempt(s): "
-            f"{errors}", raw=raw, errors=errors)
+            f"{self.label} did not fit the schema after {retries + 1} attempt(s): {errors}",
+            raw=raw,
+            errors=errors,
+        )
 
 
 def _feedback(response: ModelResponse, err: ValidationError) -> list[Message]:
@@ -98,9 +114,16 @@ def _feedback(response: ModelResponse, err: ValidationError) -> list[Message]:
     call = next((c for c in response.tool_calls if c["tool"] == RESPOND_TOOL), None)
     if call is None:
         return [response.to_message(), {"role": "user", "content": text}]
-    return [{"role": "assistant", "content": response.text, "tool_calls": [call]},
-            {"role": "tool", "tool_call_id": call["id"], "name": RESPOND_TOOL, "content": text,
-             "is_error": True}]
+    return [
+        {"role": "assistant", "content": response.text, "tool_calls": [call]},
+        {
+            "role": "tool",
+            "tool_call_id": call["id"],
+            "name": RESPOND_TOOL,
+            "content": text,
+            "is_error": True,
+        },
+    ]
 
 
 FINISH_NODE = "structured_output"
@@ -126,6 +149,7 @@ class FinishNode(NodeKind):
             return {"output": self.answer.to_data(self.answer.validate(final_output(state)))}
         except ValidationError:
             pass
-        value, usage = await self.answer.ask(ctx, state["messages"] or [], system=ctx.system,
-                                             retries=self.retries)
+        value, usage = await self.answer.ask(
+            ctx, state["messages"] or [], system=ctx.system, retries=self.retries
+        )
         return {"output": self.answer.to_data(value), "usage": usage}

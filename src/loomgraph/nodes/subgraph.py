@@ -8,9 +8,9 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from loomgraph.authoring.library import load_graph
+from loomgraph.engine.context import NodeContext
 from loomgraph.graph.conditions import compile_template, condition_scope, names_used
-from loomgraph.graph.context import NodeContext
-from loomgraph.graph.library import load_graph
 from loomgraph.graph.registry import NodeKind, register_node
 from loomgraph.graph.spec import Graph
 from loomgraph.graph.state import DERIVED_NAMES, final_output
@@ -23,19 +23,22 @@ class ChildGraphParams(BaseModel):
 
     graph: str = Field(description="a built-in graph name, or a YAML path relative to this file")
     prompt: str | None = Field(
-        None, description="Jinja2 template of the child's input (its first user message), over "
-                          "the state (and `item`, in a map); default: the mapped `input`")
+        None,
+        description="Jinja2 template of the child's input (its first user message), over "
+        "the state (and `item`, in a map); default: the mapped `input`",
+    )
 
 
 class SubgraphParams(ChildGraphParams):
     """Parameters of a `subgraph` node."""
 
     inputs: dict[str, str] = Field(
-        default_factory=lambda: {"input": "input"},
-        description="child field <- parent field")
+        default_factory=lambda: {"input": "input"}, description="child field <- parent field"
+    )
     outputs: dict[str, str] = Field(
         default_factory=lambda: {"output": "output"},
-        description="parent field <- child field (`output` is the child's final answer)")
+        description="parent field <- child field (`output` is the child's final answer)",
+    )
 
 
 class ChildGraphNode(NodeKind):
@@ -107,7 +110,9 @@ class SubgraphNode(ChildGraphNode):
         p = self.params
         values = {child: state.get(parent) for child, parent in p.inputs.items()}
         final = await ctx.run_subgraph(self.child, self.child_values(values, state))
-        patch = {parent: final_output(final) if child == "output" else final.get(child)
-                 for parent, child in p.outputs.items()}
+        patch = {
+            parent: final_output(final) if child == "output" else final.get(child)
+            for parent, child in p.outputs.items()
+        }
         patch["usage"] = final.get("usage") or {}
         return patch

@@ -8,7 +8,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from loomgraph.graph.context import NodeContext
+from loomgraph.engine.context import NodeContext
 from loomgraph.graph.registry import NodeKind, register_node
 from loomgraph.nodes.concurrency import run_all
 from loomgraph.protocols import Message, ToolCall, ToolResult
@@ -35,8 +35,9 @@ class ToolsNode(NodeKind):
         """Run the calls (at most `concurrency` at once) and append their results in order."""
         messages = state["messages"]
         last = messages[-1] if messages else {}
-        calls: list[ToolCall] = last.get("tool_calls") or [] if last.get("role") == "assistant" \
-            else []
+        calls: list[ToolCall] = (
+            last.get("tool_calls") or [] if last.get("role") == "assistant" else []
+        )
         if not calls:
             return {}
         jobs = [functools.partial(ctx.call_tool, call) for call in calls]
@@ -47,5 +48,10 @@ class ToolsNode(NodeKind):
 
 
 def _tool_message(call: ToolCall, result: ToolResult) -> Message:
-    return {"role": "tool", "tool_call_id": call["id"], "name": call["tool"],
-            "content": result.get("content", ""), "is_error": result.get("is_error", False)}
+    return {
+        "role": "tool",
+        "tool_call_id": call["id"],
+        "name": call["tool"],
+        "content": result.get("content", ""),
+        "is_error": result.get("is_error", False),
+    }

@@ -21,13 +21,27 @@ if TYPE_CHECKING:
     from loomgraph.runtime.postgres import PostgresRuntime
     from loomgraph.runtime.sqlite import SqliteRuntime
 
-__all__ = ["InMemoryRuntime", "JournalCorrupted", "JournalError", "JournalUnavailable",
-           "JournalVersionError", "PostgresRuntime", "RunConflict", "SqliteRuntime",
-           "UnknownRun"]
+__all__ = [
+    "InMemoryRuntime",
+    "JournalCorrupted",
+    "JournalError",
+    "JournalUnavailable",
+    "JournalVersionError",
+    "PostgresRuntime",
+    "RunConflict",
+    "SqliteRuntime",
+    "UnknownRun",
+]
 
-_LAZY = {"SqliteRuntime": "sqlite", "PostgresRuntime": "postgres", "JournalError": "errors",
-         "JournalCorrupted": "errors", "JournalUnavailable": "errors",
-         "JournalVersionError": "errors", "RunConflict": "errors"}
+_LAZY = {
+    "SqliteRuntime": "sqlite",
+    "PostgresRuntime": "postgres",
+    "JournalError": "errors",
+    "JournalCorrupted": "errors",
+    "JournalUnavailable": "errors",
+    "JournalVersionError": "errors",
+    "RunConflict": "errors",
+}
 
 
 def __getattr__(name: str) -> Any:

@@ -47,8 +47,10 @@ def check_version(v: int | None, where: str) -> None:
 
 # --------------------------------------------------------------------------- rows
 
-RUN_COLUMNS = ("run_id, graph_name, graph_hash, user_id, session_id, status, reason, "
-               "parent_run_id, parent_seq, deadline, created_at, updated_at, result, initial, v")
+RUN_COLUMNS = (
+    "run_id, graph_name, graph_hash, user_id, session_id, status, reason, "
+    "parent_run_id, parent_seq, deadline, created_at, updated_at, result, initial, v"
+)
 TRANSITION_COLUMNS = "run_id, seq, node, visit, patch, next_node, usage, at, v"
 EFFECT_COLUMNS = "run_id, key, kind, intent, outcome, status, attempts, v"
 
@@ -56,29 +58,60 @@ EFFECT_COLUMNS = "run_id, key, kind, intent, outcome, status, attempts, v"
 def run_row(run: RunRecord, now: float) -> tuple[Any, ...]:
     """The runs row of a new run; created_at defaults to now, updated_at is now."""
     where = f"run {run.run_id!r}"
-    return (run.run_id, run.graph_name, run.graph_hash, run.user_id, run.session_id,
-            run.status, run.reason, run.parent_run_id, run.parent_seq, run.deadline,
-            run.created_at or now, now,
-            None if run.result is None else dumps(run.result, f"{where}: result"),
-            None if run.initial is None else dumps(run.initial, f"{where}: initial"),
-            SCHEMA_VERSION)
+    return (
+        run.run_id,
+        run.graph_name,
+        run.graph_hash,
+        run.user_id,
+        run.session_id,
+        run.status,
+        run.reason,
+        run.parent_run_id,
+        run.parent_seq,
+        run.deadline,
+        run.created_at or now,
+        now,
+        None if run.result is None else dumps(run.result, f"{where}: result"),
+        None if run.initial is None else dumps(run.initial, f"{where}: initial"),
+        SCHEMA_VERSION,
+    )
 
 
 def run_from_row(row: Sequence[Any]) -> RunRecord:
     """A RunRecord from a row selected with RUN_COLUMNS."""
     check_version(row[14], f"row of run {row[0]!r}")
     return RunRecord(
-        run_id=row[0], graph_name=row[1], graph_hash=row[2], user_id=row[3],
-        session_id=row[4], status=cast(RunStatus, row[5]), reason=row[6],
-        parent_run_id=row[7], parent_seq=row[8], deadline=row[9], created_at=row[10],
-        updated_at=row[11], result=loads(row[12]), initial=loads(row[13]))
+        run_id=row[0],
+        graph_name=row[1],
+        graph_hash=row[2],
+        user_id=row[3],
+        session_id=row[4],
+        status=cast(RunStatus, row[5]),
+        reason=row[6],
+        parent_run_id=row[7],
+        parent_seq=row[8],
+        deadline=row[9],
+        created_at=row[10],
+        updated_at=row[11],
+        result=loads(row[12]),
+        initial=loads(row[13]),
+    )
 
 
 def transition_row(t: Transition) -> tuple[Any, ...]:
     """The transitions row of a transition (its snapshot goes to its own table)."""
     where = f"run {t.run_id!r} transition {t.seq}"
-    return (t.run_id, t.seq, t.node, t.visit, dumps(t.patch, f"{where}: patch"), t.next_node,
-            dumps(t.usage, f"{where}: usage"), t.at, SCHEMA_VERSION)
+    return (
+        t.run_id,
+        t.seq,
+        t.node,
+        t.visit,
+        dumps(t.patch, f"{where}: patch"),
+        t.next_node,
+        dumps(t.usage, f"{where}: usage"),
+        t.at,
+        SCHEMA_VERSION,
+    )
 
 
 def transition_from_row(row: Sequence[Any]) -> Transition:
@@ -87,24 +120,45 @@ def transition_from_row(row: Sequence[Any]) -> Transition:
     check_version(row[8], where)
     check_version(row[10], f"snapshot of {where}")
     return Transition(
-        run_id=row[0], seq=row[1], node=row[2], visit=row[3], patch=loads(row[4]),
-        next_node=row[5], usage=cast(Usage, loads(row[6])), at=row[7], snapshot=loads(row[9]))
+        run_id=row[0],
+        seq=row[1],
+        node=row[2],
+        visit=row[3],
+        patch=loads(row[4]),
+        next_node=row[5],
+        usage=cast(Usage, loads(row[6])),
+        at=row[7],
+        snapshot=loads(row[9]),
+    )
 
 
 def effect_row(e: EffectRecord) -> tuple[Any, ...]:
     """The effects row of a newly begun effect."""
     where = f"run {e.run_id!r} effect {e.key!r}"
-    return (e.run_id, e.key, e.kind, dumps(e.intent, f"{where}: intent"),
-            None if e.outcome is None else dumps(e.outcome, f"{where}: outcome"),
-            e.status, e.attempts, SCHEMA_VERSION)
+    return (
+        e.run_id,
+        e.key,
+        e.kind,
+        dumps(e.intent, f"{where}: intent"),
+        None if e.outcome is None else dumps(e.outcome, f"{where}: outcome"),
+        e.status,
+        e.attempts,
+        SCHEMA_VERSION,
+    )
 
 
 def effect_from_row(row: Sequence[Any]) -> EffectRecord:
     """An EffectRecord from a row selected with EFFECT_COLUMNS."""
     check_version(row[7], f"row of effect {row[1]!r} of run {row[0]!r}")
-    return EffectRecord(run_id=row[0], key=row[1], kind=row[2], intent=loads(row[3]),
-                        outcome=loads(row[4]), status=cast(EffectStatus, row[5]),
-                        attempts=row[6])
+    return EffectRecord(
+        run_id=row[0],
+        key=row[1],
+        kind=row[2],
+        intent=loads(row[3]),
+        outcome=loads(row[4]),
+        status=cast(EffectStatus, row[5]),
+        attempts=row[6],
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,40 +221,37 @@ def statements(d: Dialect) -> dict[str, str]:
     updated = [c.strip() for c in RUN_COLUMNS.split(",")][1:]
     return {
         "start_run": f"INSERT INTO {p}runs ({RUN_COLUMNS}) VALUES ({_marks(15)}) "
-                     "ON CONFLICT (run_id) DO UPDATE SET "
-                     + ", ".join(f"{c} = excluded.{c}" for c in updated),
+        "ON CONFLICT (run_id) DO UPDATE SET " + ", ".join(f"{c} = excluded.{c}" for c in updated),
         "load_run": f"SELECT {RUN_COLUMNS} FROM {p}runs WHERE run_id = ?",
         "runs": f"SELECT {RUN_COLUMNS} FROM {p}runs ORDER BY n",
         "user_runs": f"SELECT {RUN_COLUMNS} FROM {p}runs WHERE user_id = ? ORDER BY n",
         "run_exists": f"SELECT 1 FROM {p}runs WHERE run_id = ?",
         "finish_run": f"UPDATE {p}runs SET status = ?, reason = ?, result = ?, updated_at = ? "
-                      "WHERE run_id = ?",
-        "add_transition": f"INSERT INTO {p}transitions ({TRANSITION_COLUMNS}) "
-                          f"VALUES ({_marks(9)})",
+        "WHERE run_id = ?",
+        "add_transition": f"INSERT INTO {p}transitions ({TRANSITION_COLUMNS}) VALUES ({_marks(9)})",
         "add_snapshot": f"INSERT INTO {p}snapshots (run_id, seq, state, v) VALUES (?, ?, ?, ?)",
-        "transitions": "SELECT " + ", ".join(f"t.{c.strip()}" for c in
-                                             TRANSITION_COLUMNS.split(","))
-                       + f", s.state, s.v FROM {p}transitions t LEFT JOIN {p}snapshots s "
-                       "ON s.run_id = t.run_id AND s.seq = t.seq WHERE t.run_id = ? "
-                       "ORDER BY t.seq",
+        "transitions": "SELECT "
+        + ", ".join(f"t.{c.strip()}" for c in TRANSITION_COLUMNS.split(","))
+        + f", s.state, s.v FROM {p}transitions t LEFT JOIN {p}snapshots s "
+        "ON s.run_id = t.run_id AND s.seq = t.seq WHERE t.run_id = ? "
+        "ORDER BY t.seq",
         "latest_snapshot": f"SELECT seq, state, v FROM {p}snapshots WHERE run_id = ? AND "
-                           "seq <= ? ORDER BY seq DESC LIMIT 1",
+        "seq <= ? ORDER BY seq DESC LIMIT 1",
         "add_effect": f"INSERT INTO {p}effects ({EFFECT_COLUMNS}) VALUES ({_marks(8)}) "
-                      "ON CONFLICT (run_id, key) DO NOTHING",
+        "ON CONFLICT (run_id, key) DO NOTHING",
         "retry_effect": f"UPDATE {p}effects SET status = 'unknown_after_crash', "
-                        "attempts = attempts + 1 WHERE run_id = ? AND key = ? "
-                        "AND status <> 'done'",
+        "attempts = attempts + 1 WHERE run_id = ? AND key = ? "
+        "AND status <> 'done'",
         "load_effect": f"SELECT {EFFECT_COLUMNS} FROM {p}effects WHERE run_id = ? AND key = ?",
-        "end_effect": f"UPDATE {p}effects SET outcome = ?, status = ? "
-                      "WHERE run_id = ? AND key = ?",
+        "end_effect": f"UPDATE {p}effects SET outcome = ?, status = ? WHERE run_id = ? AND key = ?",
         "effects": f"SELECT {EFFECT_COLUMNS} FROM {p}effects WHERE run_id = ? ORDER BY n",
         "take_lease": f"INSERT INTO {p}leases AS cur (run_id, owner, acquired_at, expires_at) "
-                      f"VALUES (?, ?, {now}, {now} + ?) ON CONFLICT (run_id) DO UPDATE SET "
-                      "owner = excluded.owner, acquired_at = excluded.acquired_at, "
-                      "expires_at = excluded.expires_at WHERE cur.owner = excluded.owner "
-                      f"OR cur.expires_at <= {now}",
+        f"VALUES (?, ?, {now}, {now} + ?) ON CONFLICT (run_id) DO UPDATE SET "
+        "owner = excluded.owner, acquired_at = excluded.acquired_at, "
+        "expires_at = excluded.expires_at WHERE cur.owner = excluded.owner "
+        f"OR cur.expires_at <= {now}",
         "renew_lease": f"UPDATE {p}leases SET expires_at = {now} + ? "
-                       "WHERE run_id = ? AND owner = ?",
+        "WHERE run_id = ? AND owner = ?",
         "release_lease": f"DELETE FROM {p}leases WHERE run_id = ? AND owner = ?",
         "lease": f"SELECT owner, expires_at, {now} FROM {p}leases WHERE run_id = ?",
     }

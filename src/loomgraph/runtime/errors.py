@@ -59,7 +59,11 @@ class RunConflict(JournalError):
     """Another writer got there first: a seq already recorded, or a run leased by another owner."""
 
     def __init__(
-        self, run_id: str, detail: str, *, owner: str | None = None,
+        self,
+        run_id: str,
+        detail: str,
+        *,
+        owner: str | None = None,
         expires_at: float | None = None,
     ) -> None:
         super().__init__(f"run {run_id!r}: {detail}")

@@ -13,8 +13,8 @@ from contextlib import asynccontextmanager
 from typing import Any
 from urllib.parse import urlsplit
 
-from loomgraph.dsn import describe_dsn
-from loomgraph.pg_pool import LoopPool
+from loomgraph._storage.dsn import describe_dsn
+from loomgraph._storage.pg_pool import LoopPool
 from loomgraph.runtime.codec import SCHEMA_VERSION, Dialect, ddl
 from loomgraph.runtime.errors import JournalCorrupted, JournalUnavailable, JournalVersionError
 from loomgraph.runtime.sql_journal import Constraint, Cursor, SqlJournal
@@ -24,16 +24,22 @@ def _asyncpg() -> Any:
     try:
         import asyncpg  # type: ignore[import-untyped,unused-ignore]
     except ImportError as err:
-        raise ImportError("PostgresRuntime needs asyncpg: pip install 'loomgraph[postgres]'"
-                          ) from err
+        raise ImportError(
+            "PostgresRuntime needs asyncpg: pip install 'loomgraph[postgres]'"
+        ) from err
     return asyncpg
 
 
 def dialect(schema: str) -> Dialect:
     """The Postgres flavour of the journal's SQL, with tables in `schema`."""
-    return Dialect(prefix=_ident(schema) + ".", integer="BIGINT", real="DOUBLE PRECISION",
-                   json="json", serial="BIGSERIAL PRIMARY KEY",
-                   now="extract(epoch from clock_timestamp())::float8")
+    return Dialect(
+        prefix=_ident(schema) + ".",
+        integer="BIGINT",
+        real="DOUBLE PRECISION",
+        json="json",
+        serial="BIGSERIAL PRIMARY KEY",
+        now="extract(epoch from clock_timestamp())::float8",
+    )
 
 
 class _PgCursor:
@@ -77,8 +83,12 @@ class PostgresRuntime(SqlJournal):
         pool_size: int = 4,
         connect_timeout: float = 10.0,
     ) -> None:
-        super().__init__(dialect(schema), f"{describe_dsn(dsn)} (schema {schema!r})",
-                         snapshot_every=snapshot_every, lease_seconds=lease_seconds)
+        super().__init__(
+            dialect(schema),
+            f"{describe_dsn(dsn)} (schema {schema!r})",
+            snapshot_every=snapshot_every,
+            lease_seconds=lease_seconds,
+        )
         self._pg = _asyncpg()
         self.dsn = dsn
         self.schema = schema
@@ -131,9 +141,15 @@ class PostgresRuntime(SqlJournal):
         pg = self._pg
         if isinstance(err, pg.UndefinedTableError):
             return JournalCorrupted(self.location, str(err))
-        if isinstance(err, OSError | TimeoutError | pg.InterfaceError
-                      | pg.PostgresConnectionError | pg.CannotConnectNowError
-                      | pg.TooManyConnectionsError):
+        if isinstance(
+            err,
+            OSError
+            | TimeoutError
+            | pg.InterfaceError
+            | pg.PostgresConnectionError
+            | pg.CannotConnectNowError
+            | pg.TooManyConnectionsError,
+        ):
             return JournalUnavailable(self.location, self._scrub(f"{type(err).__name__}: {err}"))
         return err
 
@@ -150,16 +166,19 @@ class PostgresRuntime(SqlJournal):
         """Connect; create the schema and tables when missing; refuse another schema version."""
         pg = self._pg
         try:
-            pool = await pg.create_pool(self.dsn, min_size=1, max_size=self.pool_size,
-                                        timeout=self.connect_timeout)
+            pool = await pg.create_pool(
+                self.dsn, min_size=1, max_size=self.pool_size, timeout=self.connect_timeout
+            )
         except (OSError, TimeoutError, ValueError, pg.PostgresError, pg.InterfaceError) as err:
-            raise JournalUnavailable(self.location,
-                                     self._scrub(f"{type(err).__name__}: {err}")) from None
+            raise JournalUnavailable(
+                self.location, self._scrub(f"{type(err).__name__}: {err}")
+            ) from None
         try:
             async with pool.acquire() as con, con.transaction():
                 # Workers starting together must not race on CREATE TABLE IF NOT EXISTS.
-                await con.execute("SELECT pg_advisory_xact_lock(hashtext($1))",
-                                  f"loomgraph.journal:{self.schema}")
+                await con.execute(
+                    "SELECT pg_advisory_xact_lock(hashtext($1))", f"loomgraph.journal:{self.schema}"
+                )
                 version = await self._version(con)
                 if version is not None and version != str(SCHEMA_VERSION):
                     raise JournalVersionError(self.location, version, SCHEMA_VERSION)
@@ -179,7 +198,8 @@ class PostgresRuntime(SqlJournal):
         if await con.fetchval("SELECT to_regclass($1)", table) is None:
             return None
         value: str | None = await con.fetchval(
-            f"SELECT value FROM {table} WHERE key = 'schema_version'")
+            f"SELECT value FROM {table} WHERE key = 'schema_version'"
+        )
         return value
 
 

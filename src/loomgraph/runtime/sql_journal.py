@@ -93,7 +93,9 @@ class SqlJournal:
         return self
 
     async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None,
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
         await self.close()
@@ -139,8 +141,9 @@ class SqlJournal:
             snap = dumps(t.snapshot, f"run {t.run_id!r} transition {t.seq}: snapshot")
             async with self._write() as cur:
                 await cur.execute(self._sql["add_transition"], row)
-                await cur.execute(self._sql["add_snapshot"],
-                                  (t.run_id, t.seq, snap, SCHEMA_VERSION))
+                await cur.execute(
+                    self._sql["add_snapshot"], (t.run_id, t.seq, snap, SCHEMA_VERSION)
+                )
         except Constraint as err:
             raise _named(err, t.run_id, f"transition seq {t.seq} is already recorded") from None
 
@@ -224,8 +227,12 @@ class SqlJournal:
         except Constraint as err:
             raise _named(err, run_id, "lease conflict") from None
         if not taken:
-            raise RunConflict(run_id, f"leased by {holder!r} for another "
-                              f"{expires_at - now:.1f}s", owner=holder, expires_at=expires_at)
+            raise RunConflict(
+                run_id,
+                f"leased by {holder!r} for another {expires_at - now:.1f}s",
+                owner=holder,
+                expires_at=expires_at,
+            )
         return Lease(run_id, owner, expires_at)
 
     async def renew_lease(self, run_id: str, owner: str, ttl: float | None = None) -> Lease:
@@ -236,8 +243,9 @@ class SqlJournal:
             rows = await cur.fetch(self._sql["lease"], (run_id,))
         if not renewed:
             holder = rows[0][0] if rows else None
-            raise RunConflict(run_id, f"{owner!r} no longer holds the lease (holder: "
-                              f"{holder!r})", owner=holder)
+            raise RunConflict(
+                run_id, f"{owner!r} no longer holds the lease (holder: {holder!r})", owner=holder
+            )
         return Lease(run_id, owner, rows[0][1])
 
     async def release_lease(self, run_id: str, owner: str) -> bool:

@@ -12,6 +12,7 @@ from typing import Any, Literal
 
 import aiosqlite
 
+from loomgraph._storage.sqlite_files import SqliteFileProblem, open_sqlite
 from loomgraph.runtime.codec import SCHEMA_VERSION, Dialect, ddl
 from loomgraph.runtime.errors import (
     JournalCorrupted,
@@ -20,11 +21,15 @@ from loomgraph.runtime.errors import (
     JournalVersionError,
 )
 from loomgraph.runtime.sql_journal import Constraint, Cursor, SqlJournal
-from loomgraph.sqlite_files import SqliteFileProblem, open_sqlite
 
-SQLITE = Dialect(prefix="", integer="INTEGER", real="REAL", json="TEXT",
-                 serial="INTEGER PRIMARY KEY",
-                 now="((julianday('now') - 2440587.5) * 86400.0)")
+SQLITE = Dialect(
+    prefix="",
+    integer="INTEGER",
+    real="REAL",
+    json="TEXT",
+    serial="INTEGER PRIMARY KEY",
+    now="((julianday('now') - 2440587.5) * 86400.0)",
+)
 _CORRUPT = ("SQLITE_CORRUPT", "SQLITE_NOTADB")
 
 
@@ -72,8 +77,9 @@ class SqliteRuntime(SqlJournal):
         verify: bool = True,
     ) -> None:
         self.path = os.fspath(path)
-        super().__init__(SQLITE, repr(self.path), snapshot_every=snapshot_every,
-                         lease_seconds=lease_seconds)
+        super().__init__(
+            SQLITE, repr(self.path), snapshot_every=snapshot_every, lease_seconds=lease_seconds
+        )
         if synchronous not in ("NORMAL", "FULL"):
             raise ValueError(f"synchronous must be 'NORMAL' or 'FULL', not {synchronous!r}")
         self.busy_timeout = busy_timeout
@@ -158,8 +164,9 @@ class SqliteRuntime(SqlJournal):
         if name.startswith(_CORRUPT) or text.startswith(("no such table", "no such column")):
             return JournalCorrupted(self.location, text)
         if name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")):
-            return JournalUnavailable(self.location, f"{text} for longer than "
-                                      f"busy_timeout={self.busy_timeout}s")
+            return JournalUnavailable(
+                self.location, f"{text} for longer than busy_timeout={self.busy_timeout}s"
+            )
         return JournalUnavailable(self.location, text)
 
     # ------------------------------------------------------------------ opening
@@ -167,8 +174,7 @@ class SqliteRuntime(SqlJournal):
     async def _open(self) -> aiosqlite.Connection:
         """Connect, refuse foreign or damaged files before writing anything, then set up."""
         try:
-            conn = await open_sqlite(self.path, busy_timeout=self.busy_timeout,
-                                     verify=self.verify)
+            conn = await open_sqlite(self.path, busy_timeout=self.busy_timeout, verify=self.verify)
         except SqliteFileProblem as problem:
             raise _typed(problem, self.location) from None
         except sqlite3.Error as err:
@@ -193,11 +199,13 @@ class SqliteRuntime(SqlJournal):
 async def _schema_version(conn: aiosqlite.Connection) -> str | None:
     """The version in journal_meta, or None for a file without a journal yet."""
     tables = await conn.execute_fetchall(
-        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'journal_meta'")
+        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'journal_meta'"
+    )
     if not list(tables):
         return None
-    rows = list(await conn.execute_fetchall(
-        "SELECT value FROM journal_meta WHERE key = 'schema_version'"))
+    rows = list(
+        await conn.execute_fetchall("SELECT value FROM journal_meta WHERE key = 'schema_version'")
+    )
     return str(rows[0][0]) if rows else None
 
 

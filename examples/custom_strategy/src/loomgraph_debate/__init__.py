@@ -13,9 +13,14 @@ from loomgraph_debate.vote import VoteNode, VoteParams
 __all__ = ["GRAPHS", "VoteNode", "VoteParams", "graph_path"]
 
 # The graph files shipped with the package (in a source checkout: the folder next to `src`).
-GRAPHS = next((p for p in (Path(__file__).parent / "graphs",
-                           Path(__file__).resolve().parents[2] / "graphs") if p.is_dir()),
-              Path(__file__).parent / "graphs")
+GRAPHS = next(
+    (
+        p
+        for p in (Path(__file__).parent / "graphs", Path(__file__).resolve().parents[2] / "graphs")
+        if p.is_dir()
+    ),
+    Path(__file__).parent / "graphs",
+)
 
 
 def graph_path(name: str = "self_consistency") -> Path:

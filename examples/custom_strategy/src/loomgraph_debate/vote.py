@@ -20,8 +20,8 @@ from collections.abc import Callable, Mapping
 from typing import Any, cast
 
 from loomgraph import NodeKind
+from loomgraph.engine.context import NodeContext
 from loomgraph.graph.conditions import compile_template, condition_scope, names_used
-from loomgraph.graph.context import NodeContext
 from loomgraph.graph.spec import Graph
 from loomgraph.graph.state import DERIVED_NAMES
 from loomgraph.protocols import Message, ModelRequest, ModelResponse, Usage
@@ -41,15 +41,24 @@ class VoteParams(BaseModel):
     samples: int = Field(5, ge=1, le=25, description="how many times the model is asked")
     concurrency: int = Field(4, ge=1, description="samples asked at once")
     extract: str | None = Field(
-        None, description="regular expression finding the answer in a reply (its first group, "
-        "else the whole match; the last match counts); default: the whole reply")
-    loose: bool = Field(True, description="count answers equal when they differ only in "
-                        "case, spacing or trailing punctuation")
+        None,
+        description="regular expression finding the answer in a reply (its first group, "
+        "else the whole match; the last match counts); default: the whole reply",
+    )
+    loose: bool = Field(
+        True,
+        description="count answers equal when they differ only in "
+        "case, spacing or trailing punctuation",
+    )
     output: str = Field("output", description="the state field the winning answer goes into")
-    votes: str | None = Field(None, description="state field (list[str]) for every sample's "
-                              "answer, in sample order; '' where no answer was found")
-    agreement: str | None = Field(None, description="state field (float) for the winner's "
-                                  "share of all samples, 0 to 1")
+    votes: str | None = Field(
+        None,
+        description="state field (list[str]) for every sample's "
+        "answer, in sample order; '' where no answer was found",
+    )
+    agreement: str | None = Field(
+        None, description="state field (float) for the winner's share of all samples, 0 to 1"
+    )
     max_tokens: int | None = Field(None, ge=1)
 
 
@@ -65,8 +74,7 @@ class VoteNode(NodeKind):
         if self.spec.reads is not None:
             return list(self.spec.reads)
         p = self.params
-        used = names_used(p.prompt, expression=False) | names_used(p.system or "",
-                                                                  expression=False)
+        used = names_used(p.prompt, expression=False) | names_used(p.system or "", expression=False)
         return sorted(used - DERIVED_NAMES | ({"messages"} if "last_message" in used else set()))
 
     def writes(self) -> list[str]:
@@ -104,8 +112,9 @@ class VoteNode(NodeKind):
         async def sample() -> ModelResponse:
             async with gate:
                 # A fresh request each time: the context stamps its run id and call index.
-                return await ctx.call_model(ModelRequest(
-                    messages=list(messages), system=system, max_tokens=p.max_tokens))
+                return await ctx.call_model(
+                    ModelRequest(messages=list(messages), system=system, max_tokens=p.max_tokens)
+                )
 
         try:
             async with asyncio.TaskGroup() as group:
@@ -118,8 +127,10 @@ class VoteNode(NodeKind):
         answers = [self.answer_in(r.text) for r in responses]
         winner, count, counts = self.tally(answers)
         agreement = count / p.samples
-        await ctx.emit(VOTE_TALLY, {"votes": answers, "counts": counts, "winner": winner,
-                                    "agreement": agreement})
+        await ctx.emit(
+            VOTE_TALLY,
+            {"votes": answers, "counts": counts, "winner": winner, "agreement": agreement},
+        )
         patch: dict[str, Any] = {p.output: winner, "usage": _total_usage(responses)}
         if p.votes:
             patch[p.votes] = answers

@@ -12,9 +12,8 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from loomgraph.events import MODEL_CHUNK, Event
+from loomgraph.engine.tool_gate import call_tool
 from loomgraph.graph.errors import RunStopped
-from loomgraph.graph.tool_calls import call_tool
 from loomgraph.protocols import (
     AuditLog,
     Budget,
@@ -37,6 +36,7 @@ from loomgraph.protocols import (
     ToolResult,
     Usage,
 )
+from loomgraph.protocols.events import MODEL_CHUNK, Event
 
 if TYPE_CHECKING:
     from loomgraph.graph.spec import Graph
@@ -99,8 +99,7 @@ class RunScope:
         """Set an amount aside in the budget (nothing to do when the budget has no caps)."""
         if not self.deps.budgeted:
             return None
-        return await self.deps.budget.reserve(
-            Reservation(self.budget_scope, kind, amount))  # type: ignore[arg-type]
+        return await self.deps.budget.reserve(Reservation(self.budget_scope, kind, amount))  # type: ignore[arg-type]
 
     async def settle(self, reservation: Reservation | None, actual: Usage) -> None:
         """Replace a reservation by what was spent."""
@@ -116,8 +115,18 @@ class RunScope:
         self, kind: str, payload: dict[str, Any], node: str | None, seq: int | None = None
     ) -> None:
         """Send one event; by default it carries the seq of the transition being made."""
-        await self.sink(Event(kind, payload, self.run_id, self.seq + 1 if seq is None else seq,
-                              node, self.user_id, self.session_id, time.time()))
+        await self.sink(
+            Event(
+                kind,
+                payload,
+                self.run_id,
+                self.seq + 1 if seq is None else seq,
+                node,
+                self.user_id,
+                self.session_id,
+                time.time(),
+            )
+        )
 
 
 class NodeContext:
@@ -181,7 +190,8 @@ class NodeContext:
 
     async def _begin(self, key: str, kind: str, intent: dict[str, Any]) -> EffectRecord | None:
         prior = await self.deps.runtime.begin_effect(
-            EffectRecord(self.scope.run_id, key, kind, intent))
+            EffectRecord(self.scope.run_id, key, kind, intent)
+        )
         if prior is not None and prior.status != "done":
             await self.emit("effect_unknown_after_crash", {"key": key, "kind": kind})
         return prior
@@ -216,8 +226,7 @@ class NodeContext:
                     _add_usage(billed, err.usage)
                     await self.emit("model_retry", {"error": str(err), "attempt": attempt + 1})
                     continue
-                await deps.runtime.end_effect(self.scope.run_id, key, {"error": str(err)},
-                                              "failed")
+                await deps.runtime.end_effect(self.scope.run_id, key, {"error": str(err)}, "failed")
                 raise
             except BaseException:
                 await self.scope.release(reservation)
@@ -233,9 +242,13 @@ class NodeContext:
         model = self.deps.model
         response = ModelResponse()
         texts: list[str] = []
-        with self.deps.telemetry.span(f"chat {model.name}", {
-            "gen_ai.operation.name": "chat", "gen_ai.request.model": model.name,
-        }) as span:
+        with self.deps.telemetry.span(
+            f"chat {model.name}",
+            {
+                "gen_ai.operation.name": "chat",
+                "gen_ai.request.model": model.name,
+            },
+        ) as span:
             async for chunk in model.stream(request):
                 kind = chunk.get("type")
                 if kind == "text":
@@ -249,8 +262,7 @@ class NodeContext:
                     response.finish_reason = chunk.get("finish_reason", "end_turn")
             response.usage["model_calls"] = 1
             span.set_attribute("gen_ai.usage.input_tokens", response.usage.get("input_tokens", 0))
-            span.set_attribute("gen_ai.usage.output_tokens",
-                               response.usage.get("output_tokens", 0))
+            span.set_attribute("gen_ai.usage.output_tokens", response.usage.get("output_tokens", 0))
         response.text = "".join(texts)
         return response
 
@@ -261,9 +273,13 @@ class NodeContext:
         return await call_tool(self, call)
 
     async def _audit(self, action: str, payload: dict[str, Any]) -> None:
-        await self.deps.audit_log.record(action, run_id=self.scope.run_id,
-                                         user_id=self.scope.user_id,
-                                         actor=self.qualified_node, payload=payload)
+        await self.deps.audit_log.record(
+            action,
+            run_id=self.scope.run_id,
+            user_id=self.scope.user_id,
+            actor=self.qualified_node,
+            payload=payload,
+        )
 
     # ------------------------------------------------------------------ subgraphs
 
@@ -272,15 +288,18 @@ class NodeContext:
     ) -> dict[str, Any]:
         """Run another graph as part of this node; its transitions nest under this node (and
         under `branch`, when one node runs the graph several times)."""
+        from loomgraph.engine.interpreter import run_graph
         from loomgraph.graph.compiled import compile_graph
-        from loomgraph.graph.interpreter import run_graph
 
         compiled = compile_graph(graph)
         inner = f"{branch}/" if branch is not None else ""
         outcome = await run_graph(
-            compiled, self.scope, compiled.schema.initial(values),
+            compiled,
+            self.scope,
+            compiled.schema.initial(values),
             path=f"{self.qualified_node}/{inner}",
-            key_path=f"{self.key_path}{self.node}.{self.visit}/{inner}")
+            key_path=f"{self.key_path}{self.node}.{self.visit}/{inner}",
+        )
         if outcome.status != "completed":
             if outcome.error is not None:
                 raise outcome.error
@@ -288,7 +307,9 @@ class NodeContext:
         return outcome.state
 
     async def effect(
-        self, name: str, intent: dict[str, Any],
+        self,
+        name: str,
+        intent: dict[str, Any],
         run: Callable[[], Awaitable[dict[str, Any]]],
     ) -> dict[str, Any]:
         """Run `run` once per run, node visit and `name`: journaled as intent and outcome, and
@@ -304,8 +325,11 @@ class NodeContext:
 
 def _model_estimate(request: ModelRequest) -> Usage:
     """The worst case of a model call: the prompt's size (≈4 characters a token) + max_tokens."""
-    return {"input_tokens": request.prompt_chars() // 4 + 1,
-            "output_tokens": request.max_tokens or 4096, "model_calls": 1}  # see _reserve
+    return {
+        "input_tokens": request.prompt_chars() // 4 + 1,
+        "output_tokens": request.max_tokens or 4096,
+        "model_calls": 1,
+    }  # see _reserve
 
 
 def _add_usage(total: Usage, more: Usage) -> None:
@@ -314,11 +338,18 @@ def _add_usage(total: Usage, more: Usage) -> None:
 
 
 def _response_data(response: ModelResponse) -> dict[str, Any]:
-    return {"text": response.text, "tool_calls": response.tool_calls, "usage": response.usage,
-            "finish_reason": response.finish_reason}
+    return {
+        "text": response.text,
+        "tool_calls": response.tool_calls,
+        "usage": response.usage,
+        "finish_reason": response.finish_reason,
+    }
 
 
 def _response_from(data: Mapping[str, Any]) -> ModelResponse:
-    return ModelResponse(text=data.get("text", ""), tool_calls=list(data.get("tool_calls", [])),
-                         usage=dict(data.get("usage", {})),  # type: ignore[arg-type]
-                         finish_reason=data.get("finish_reason", "end_turn"))
+    return ModelResponse(
+        text=data.get("text", ""),
+        tool_calls=list(data.get("tool_calls", [])),
+        usage=dict(data.get("usage", {})),  # type: ignore[arg-type]
+        finish_reason=data.get("finish_reason", "end_turn"),
+    )

@@ -11,14 +11,14 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from loomgraph.events import ERROR, NODE_COMPLETED, NODE_STARTED
+from loomgraph.engine.context import NodeContext, RunScope
 from loomgraph.graph.compiled import CompiledGraph
-from loomgraph.graph.context import NodeContext, RunScope
 from loomgraph.graph.errors import GraphError, NodeError, RunStopped, StateError
 from loomgraph.graph.registry import NodeKind
 from loomgraph.graph.spec import END
 from loomgraph.graph.state import snapshot_of
 from loomgraph.protocols import BudgetExceeded, Transition, Usage
+from loomgraph.protocols.events import ERROR, NODE_COMPLETED, NODE_STARTED
 
 # A full state goes into the journal every this many transitions; the rest are patches.
 SNAPSHOT_EVERY = 200
@@ -38,9 +38,15 @@ class Outcome:
 
 
 async def run_graph(
-    graph: CompiledGraph, scope: RunScope, state: dict[str, Any], *,
-    start: str | None = None, visits: dict[str, int] | None = None, path: str = "",
-    key_path: str = "", finish: NodeKind | None = None,
+    graph: CompiledGraph,
+    scope: RunScope,
+    state: dict[str, Any],
+    *,
+    start: str | None = None,
+    visits: dict[str, int] | None = None,
+    path: str = "",
+    key_path: str = "",
+    finish: NodeKind | None = None,
 ) -> Outcome:
     """Run from `start` (default: the entry) until END, an interrupt, a limit or an error.
 
@@ -60,16 +66,32 @@ async def run_graph(
             return Outcome("limit_reached", reason, state, node, visits)
         visits[node] = visit
         total += 1
-        step = await _step(graph, scope, state, NodeContext(scope, node, visit, path, key_path),
-                           graph.nodes[node], graph.reads[node], graph.writes[node], visits)
+        step = await _step(
+            graph,
+            scope,
+            state,
+            NodeContext(scope, node, visit, path, key_path),
+            graph.nodes[node],
+            graph.reads[node],
+            graph.writes[node],
+            visits,
+        )
         if isinstance(step, Outcome):
             step.visits = visits
             return step
         node = step
     if finish is not None and finish.name not in visits:
         visits[finish.name] = 1
-        step = await _step(graph, scope, state, NodeContext(scope, finish.name, 1, path, key_path),
-                           finish, tuple(finish.reads()), frozenset(finish.writes()), visits)
+        step = await _step(
+            graph,
+            scope,
+            state,
+            NodeContext(scope, finish.name, 1, path, key_path),
+            finish,
+            tuple(finish.reads()),
+            frozenset(finish.writes()),
+            visits,
+        )
         if isinstance(step, Outcome):
             step.visits = visits
             return step
@@ -77,8 +99,14 @@ async def run_graph(
 
 
 async def _step(
-    graph: CompiledGraph, scope: RunScope, state: dict[str, Any], ctx: NodeContext,
-    kind: NodeKind, reads: tuple[str, ...], writes: frozenset[str], visits: dict[str, int],
+    graph: CompiledGraph,
+    scope: RunScope,
+    state: dict[str, Any],
+    ctx: NodeContext,
+    kind: NodeKind,
+    reads: tuple[str, ...],
+    writes: frozenset[str],
+    visits: dict[str, int],
 ) -> str | Outcome:
     """One node visit, journaled; the next node, or the Outcome the run ends with."""
     deps, node, visit, qualified = scope.deps, ctx.node, ctx.visit, ctx.qualified_node
@@ -88,8 +116,9 @@ async def _step(
         await ctx.emit(NODE_STARTED, {"node": qualified, "visit": visit})
         view = {name: state.get(name) for name in reads}
         await deps.hooks.before_node(qualified, view)
-        with deps.telemetry.span(f"loom.node {qualified}", {
-                "loom.node.name": qualified, "loom.run.id": scope.run_id}):
+        with deps.telemetry.span(
+            f"loom.node {qualified}", {"loom.node.name": qualified, "loom.run.id": scope.run_id}
+        ):
             spec = kind.spec
             if spec.retry is None and spec.timeout is None:
                 patch = await kind.run(view, ctx)
@@ -103,9 +132,13 @@ async def _step(
         target = graph.next_node(node, state, visits)[0] if node in graph.nodes else END
     except BudgetExceeded as err:
         await ctx.emit("budget_exceeded", {"cap": err.cap, "reason": str(err)})
-        await deps.audit_log.record("budget_block", run_id=scope.run_id, user_id=scope.user_id,
-                                    actor=qualified, payload={"cap": err.cap,
-                                                              "reason": str(err)})
+        await deps.audit_log.record(
+            "budget_block",
+            run_id=scope.run_id,
+            user_id=scope.user_id,
+            actor=qualified,
+            payload={"cap": err.cap, "reason": str(err)},
+        )
         return Outcome("budget_exhausted", str(err), state, node, error=err)
     except RunStopped as stop:
         return Outcome(stop.status, stop.reason, state, node, detail=stop.detail)
@@ -125,11 +158,25 @@ async def _step(
     snapshot = None
     if not ctx.path and scope.seq - scope.snapshot_seq >= SNAPSHOT_EVERY:
         snapshot, scope.snapshot_seq = snapshot_of(state), scope.seq
-    await deps.runtime.append_transition(Transition(
-        scope.run_id, scope.seq, qualified, visit, patch, target,
-        patch.get("usage") or Usage(), time.time(), snapshot))
-    await scope.emit(NODE_COMPLETED, {"node": qualified, "visit": visit, "next": target,
-                                      "patch": patch}, qualified, scope.seq)
+    await deps.runtime.append_transition(
+        Transition(
+            scope.run_id,
+            scope.seq,
+            qualified,
+            visit,
+            patch,
+            target,
+            patch.get("usage") or Usage(),
+            time.time(),
+            snapshot,
+        )
+    )
+    await scope.emit(
+        NODE_COMPLETED,
+        {"node": qualified, "visit": visit, "next": target, "patch": patch},
+        qualified,
+        scope.seq,
+    )
     return target
 
 
@@ -145,17 +192,24 @@ async def _run_with_policy(kind: NodeKind, view: dict[str, Any], ctx: NodeContex
                 async with asyncio.timeout(spec.timeout):
                     return await kind.run(view, ctx)
             except TimeoutError:
-                raise TimeoutError(f"node {ctx.qualified_node!r} took longer than its timeout "
-                                   f"of {spec.timeout} s") from None
+                raise TimeoutError(
+                    f"node {ctx.qualified_node!r} took longer than its timeout of {spec.timeout} s"
+                ) from None
         except (BudgetExceeded, RunStopped):
             raise
         except Exception as err:
             if spec.retry is None or attempt == attempts or not spec.retry.retries(err):
                 raise
             delay = spec.retry.backoff * 2 ** (attempt - 1)
-            await ctx.emit("node_retry", {"node": ctx.qualified_node, "attempt": attempt,
-                                          "error": f"{type(err).__name__}: {err}",
-                                          "delay_s": delay})
+            await ctx.emit(
+                "node_retry",
+                {
+                    "node": ctx.qualified_node,
+                    "attempt": attempt,
+                    "error": f"{type(err).__name__}: {err}",
+                    "delay_s": delay,
+                },
+            )
             if delay:
                 await asyncio.sleep(delay)
     raise AssertionError("unreachable: the last attempt returns or raises")
@@ -171,6 +225,8 @@ def check_patch(
         allowed = graph.writes[node]
     for name in patch:
         if name not in allowed:
-            raise StateError(f"node {node!r} wrote {name!r}, which it does not declare in "
-                             f"`writes` ({', '.join(sorted(allowed)) or 'nothing'})")
+            raise StateError(
+                f"node {node!r} wrote {name!r}, which it does not declare in "
+                f"`writes` ({', '.join(sorted(allowed)) or 'nothing'})"
+            )
     return graph.schema.check(patch)

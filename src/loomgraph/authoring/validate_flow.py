@@ -60,16 +60,33 @@ def _names(names: Iterable[str]) -> str:
 def check_entry(graph: Graph) -> list[Problem]:
     """`no-nodes`, `missing-entry` and `unknown-entry`."""
     if not graph.nodes:
-        return [problem_at(graph, "no-nodes", "the graph has no nodes; add at least one "
-                           "under `nodes:` and name it in `entry:`", "nodes")]
+        return [
+            problem_at(
+                graph,
+                "no-nodes",
+                "the graph has no nodes; add at least one under `nodes:` and name it in `entry:`",
+                "nodes",
+            )
+        ]
     if not graph.entry:
-        return [problem_at(graph, "missing-entry", "no `entry:`; name the node the run starts "
-                           f"at (nodes: {_names(graph.nodes)})", "entry")]
+        return [
+            problem_at(
+                graph,
+                "missing-entry",
+                f"no `entry:`; name the node the run starts at (nodes: {_names(graph.nodes)})",
+                "entry",
+            )
+        ]
     if graph.entry not in graph.nodes:
-        return [problem_at(
-            graph, "unknown-entry",
-            f"entry {graph.entry!r} is not a node{did_you_mean(graph.entry, graph.nodes)}; "
-            f"nodes: {_names(graph.nodes)}", "entry")]
+        return [
+            problem_at(
+                graph,
+                "unknown-entry",
+                f"entry {graph.entry!r} is not a node{did_you_mean(graph.entry, graph.nodes)}; "
+                f"nodes: {_names(graph.nodes)}",
+                "entry",
+            )
+        ]
     return []
 
 
@@ -79,27 +96,57 @@ def check_edges(graph: Graph) -> list[Problem]:
     first_default: dict[str, int] = {}  # node -> index of its first unconditional edge
     for i, edge in enumerate(graph.edges):
         if edge.source == END and END not in graph.nodes:
-            problems.append(problem_at(graph, "unknown-endpoint", "an edge cannot start at END: "
-                                       "the run has ended there", "edges", i, "from"))
+            problems.append(
+                problem_at(
+                    graph,
+                    "unknown-endpoint",
+                    "an edge cannot start at END: the run has ended there",
+                    "edges",
+                    i,
+                    "from",
+                )
+            )
         elif edge.source not in graph.nodes:
-            problems.append(problem_at(
-                graph, "unknown-endpoint", f"edge from {edge.source!r}: no such node"
-                f"{did_you_mean(edge.source, graph.nodes)}; nodes: {_names(graph.nodes)}",
-                "edges", i, "from"))
+            problems.append(
+                problem_at(
+                    graph,
+                    "unknown-endpoint",
+                    f"edge from {edge.source!r}: no such node"
+                    f"{did_you_mean(edge.source, graph.nodes)}; nodes: {_names(graph.nodes)}",
+                    "edges",
+                    i,
+                    "from",
+                )
+            )
         if edge.target != END and edge.target not in graph.nodes:
-            problems.append(problem_at(
-                graph, "unknown-endpoint", f"edge to {edge.target!r}: no such node and not END"
-                f"{did_you_mean(edge.target, [*graph.nodes, END])}", "edges", i, "to"))
+            problems.append(
+                problem_at(
+                    graph,
+                    "unknown-endpoint",
+                    f"edge to {edge.target!r}: no such node and not END"
+                    f"{did_you_mean(edge.target, [*graph.nodes, END])}",
+                    "edges",
+                    i,
+                    "to",
+                )
+            )
         if edge.source not in graph.nodes:
             continue
         if edge.source in first_default:
             j = first_default[edge.source]
-            problems.append(problem_at(
-                graph, "shadowed-edge",
-                f"edge from {edge.source!r} to {edge.target!r} is never taken: the edge from "
-                f"{edge.source!r} to {graph.edges[j].target!r} on line "
-                f"{graph.line_of('edges', j)} has no `when`, and edges are tried in file order; "
-                "move this edge above it or remove it", "edges", i))
+            problems.append(
+                problem_at(
+                    graph,
+                    "shadowed-edge",
+                    f"edge from {edge.source!r} to {edge.target!r} is never taken: the edge from "
+                    f"{edge.source!r} to {graph.edges[j].target!r} on line "
+                    f"{graph.line_of('edges', j)} has no `when`, and edges are tried in file "
+                    "order; "
+                    "move this edge above it or remove it",
+                    "edges",
+                    i,
+                )
+            )
         elif edge.when is None:
             first_default[edge.source] = i
     return problems
@@ -138,15 +185,33 @@ def check_policies(graph: Graph) -> list[Problem]:
     problems: list[Problem] = []
     for name, spec in graph.nodes.items():
         if spec.on_error is not None and spec.on_error not in graph.nodes:
-            problems.append(problem_at(
-                graph, "unknown-endpoint", f"node {name!r}: on_error {spec.on_error!r} is no "
-                f"node{did_you_mean(spec.on_error, graph.nodes)}", "nodes", name, "on_error"))
+            problems.append(
+                problem_at(
+                    graph,
+                    "unknown-endpoint",
+                    f"node {name!r}: on_error {spec.on_error!r} is no "
+                    f"node{did_you_mean(spec.on_error, graph.nodes)}",
+                    "nodes",
+                    name,
+                    "on_error",
+                )
+            )
         for i, error in enumerate(spec.retry.errors if spec.retry else ()):
             if not known_error_type(error):
-                problems.append(problem_at(
-                    graph, "bad-retry", f"node {name!r}: retry on unknown error type "
-                    f"{error!r}; use a built-in exception name (e.g. TimeoutError) or a "
-                    "loomgraph error (e.g. ModelRateLimited)", "nodes", name, "retry", "errors", i))
+                problems.append(
+                    problem_at(
+                        graph,
+                        "bad-retry",
+                        f"node {name!r}: retry on unknown error type "
+                        f"{error!r}; use a built-in exception name (e.g. TimeoutError) or a "
+                        "loomgraph error (e.g. ModelRateLimited)",
+                        "nodes",
+                        name,
+                        "retry",
+                        "errors",
+                        i,
+                    )
+                )
     return problems
 
 
@@ -172,22 +237,40 @@ def check_flow(graph: Graph) -> list[Problem]:
     if graph.entry in graph.nodes:
         reached = nx.descendants(flow, graph.entry) | {graph.entry}
         problems += [
-            problem_at(graph, "unreachable-node", f"node {name!r} is never run: no edge leads to "
-                       f"it from the entry {graph.entry!r}", "nodes", name)
-            for name in graph.nodes if name not in reached
+            problem_at(
+                graph,
+                "unreachable-node",
+                f"node {name!r} is never run: no edge leads to it from the entry {graph.entry!r}",
+                "nodes",
+                name,
+            )
+            for name in graph.nodes
+            if name not in reached
         ]
-    loops = sorted((sorted(loop, key=order.__getitem__) for loop in closed_loops(flow)),
-                   key=lambda loop: order[loop[0]])
+    loops = sorted(
+        (sorted(loop, key=order.__getitem__) for loop in closed_loops(flow)),
+        key=lambda loop: order[loop[0]],
+    )
     for loop in loops:
-        index = min(data["index"] for u, _, data in flow.out_edges(loop, data=True)
-                    if data["default"])
-        what = (f"node {loop[0]!r} loops to itself" if len(loop) == 1
-                else f"nodes {' -> '.join(repr(n) for n in loop)} form a loop")
-        problems.append(problem_at(
-            graph, "cycle-without-exit",
-            f"{what} with no way out: every edge that can be taken stays in the loop, so a run "
-            "only stops at the visit limit; add an edge with a `when` that leaves it (e.g. to "
-            "END) before the unconditional one", "edges", index))
+        index = min(
+            data["index"] for u, _, data in flow.out_edges(loop, data=True) if data["default"]
+        )
+        what = (
+            f"node {loop[0]!r} loops to itself"
+            if len(loop) == 1
+            else f"nodes {' -> '.join(repr(n) for n in loop)} form a loop"
+        )
+        problems.append(
+            problem_at(
+                graph,
+                "cycle-without-exit",
+                f"{what} with no way out: every edge that can be taken stays in the loop, so a run "
+                "only stops at the visit limit; add an edge with a `when` that leaves it (e.g. to "
+                "END) before the unconditional one",
+                "edges",
+                index,
+            )
+        )
     trapped = set().union(*loops)
     can_end = nx.ancestors(flow, EXIT)
     for name in graph.nodes:
@@ -195,7 +278,14 @@ def check_flow(graph: Graph) -> list[Problem]:
             continue
         ahead = nx.descendants(flow, name) & trapped
         into = _names(sorted(ahead, key=order.__getitem__))
-        problems.append(problem_at(
-            graph, "no-path-to-end", f"node {name!r} can never reach END: every route from it "
-            f"runs into the endless loop of {into}", "nodes", name))
+        problems.append(
+            problem_at(
+                graph,
+                "no-path-to-end",
+                f"node {name!r} can never reach END: every route from it "
+                f"runs into the endless loop of {into}",
+                "nodes",
+                name,
+            )
+        )
     return problems

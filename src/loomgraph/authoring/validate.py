@@ -14,12 +14,7 @@ from typing import Any, Union, get_args, get_origin
 
 from pydantic import BaseModel, ValidationError
 
-from loomgraph.graph.conditions import names_used, syntax_problem
-from loomgraph.graph.errors import Problem
-from loomgraph.graph.registry import NodeKind, UnknownNodeKind, known_kinds, node_kind
-from loomgraph.graph.spec import END, SCHEMA_VERSION, Graph, NodeSpec
-from loomgraph.graph.state import BUILTIN_FIELDS, DERIVED_NAMES, parse_type
-from loomgraph.graph.validate_flow import (
+from loomgraph.authoring.validate_flow import (
     check_edges,
     check_entry,
     check_flow,
@@ -27,6 +22,11 @@ from loomgraph.graph.validate_flow import (
     did_you_mean,
     problem_at,
 )
+from loomgraph.graph.conditions import names_used, syntax_problem
+from loomgraph.graph.errors import Problem
+from loomgraph.graph.registry import NodeKind, UnknownNodeKind, known_kinds, node_kind
+from loomgraph.graph.spec import END, SCHEMA_VERSION, Graph, NodeSpec
+from loomgraph.graph.state import BUILTIN_FIELDS, DERIVED_NAMES, parse_type
 
 SUPPORTED_SCHEMA_VERSIONS = (SCHEMA_VERSION,)
 RESERVED_FIELDS = frozenset(BUILTIN_FIELDS) | DERIVED_NAMES
@@ -41,9 +41,15 @@ def validate_graph(graph: Graph) -> list[Problem]:
     key = str(Path(graph.source).resolve()) if graph.source else None
     active = _validating.get()
     if key is not None and key in active:
-        return [problem_at(graph, "subgraph-cycle", f"graph {graph.name!r} ({graph.source}) "
-                           "runs itself as a subgraph, directly or through other graphs, so "
-                           "it would never finish loading")]
+        return [
+            problem_at(
+                graph,
+                "subgraph-cycle",
+                f"graph {graph.name!r} ({graph.source}) "
+                "runs itself as a subgraph, directly or through other graphs, so "
+                "it would never finish loading",
+            )
+        ]
     token = _validating.set(active | {key}) if key is not None else None
     try:
         problems = _all_problems(graph)
@@ -79,22 +85,42 @@ def check_schema_version(graph: Graph) -> list[Problem]:
     if graph.schema_version in SUPPORTED_SCHEMA_VERSIONS:
         return []
     supported = ", ".join(str(v) for v in SUPPORTED_SCHEMA_VERSIONS)
-    return [problem_at(graph, "schema-version", f"schema_version {graph.schema_version} is not "
-                       f"supported; supported: {supported}", "schema_version")]
+    return [
+        problem_at(
+            graph,
+            "schema-version",
+            f"schema_version {graph.schema_version} is not supported; supported: {supported}",
+            "schema_version",
+        )
+    ]
 
 
 def check_reserved_names(graph: Graph) -> list[Problem]:
     """`reserved-name`: a node named END, or a state field named like a builtin or derived name."""
     problems = []
     if END in graph.nodes:
-        problems.append(problem_at(graph, "reserved-name", f"a node cannot be named {END}: "
-                                   "edges to END end the run", "nodes", END))
+        problems.append(
+            problem_at(
+                graph,
+                "reserved-name",
+                f"a node cannot be named {END}: edges to END end the run",
+                "nodes",
+                END,
+            )
+        )
     for name in graph.state:
         if name in RESERVED_FIELDS:
             what = "a built-in state field" if name in BUILTIN_FIELDS else "a name conditions use"
-            problems.append(problem_at(
-                graph, "reserved-name", f"state field {name!r} shadows {what}; reserved: "
-                f"{', '.join(sorted(RESERVED_FIELDS))}", "state", name))
+            problems.append(
+                problem_at(
+                    graph,
+                    "reserved-name",
+                    f"state field {name!r} shadows {what}; reserved: "
+                    f"{', '.join(sorted(RESERVED_FIELDS))}",
+                    "state",
+                    name,
+                )
+            )
     return problems
 
 
@@ -105,13 +131,21 @@ def check_state_types(graph: Graph) -> list[Problem]:
         try:
             parsed = parse_type(field.type)
         except Exception as err:  # an imported module may raise anything
-            problems.append(problem_at(graph, "bad-type", f"state field {name!r}: {err}",
-                                       "state", name, "type"))
+            problems.append(
+                problem_at(graph, "bad-type", f"state field {name!r}: {err}", "state", name, "type")
+            )
             continue
         if (why := _reducer_mismatch(field.reducer, parsed)) is not None:
-            problems.append(problem_at(
-                graph, "bad-reducer-type", f"state field {name!r}: reducer {field.reducer!r} "
-                f"{why}, not {field.type!r}", "state", name, "reducer"))
+            problems.append(
+                problem_at(
+                    graph,
+                    "bad-reducer-type",
+                    f"state field {name!r}: reducer {field.reducer!r} {why}, not {field.type!r}",
+                    "state",
+                    name,
+                    "reducer",
+                )
+            )
     return problems
 
 
@@ -149,10 +183,18 @@ def check_kinds(graph: Graph) -> tuple[dict[str, NodeKind], list[Problem]]:
         try:
             kind = node_kind(spec.kind)
         except UnknownNodeKind:
-            problems.append(problem_at(
-                graph, "unknown-node-kind", f"node {name!r}: unknown kind {spec.kind!r}"
-                f"{did_you_mean(spec.kind, known_kinds())}; registered kinds: "
-                f"{', '.join(known_kinds())}", "nodes", name, "kind"))
+            problems.append(
+                problem_at(
+                    graph,
+                    "unknown-node-kind",
+                    f"node {name!r}: unknown kind {spec.kind!r}"
+                    f"{did_you_mean(spec.kind, known_kinds())}; registered kinds: "
+                    f"{', '.join(known_kinds())}",
+                    "nodes",
+                    name,
+                    "kind",
+                )
+            )
             continue
         try:
             params = kind.Params.model_validate(spec.params)
@@ -160,17 +202,34 @@ def check_kinds(graph: Graph) -> tuple[dict[str, NodeKind], list[Problem]]:
             accepted = ", ".join(f.alias or n for n, f in kind.Params.model_fields.items())
             for e in err.errors():
                 param = ".".join(str(part) for part in e["loc"]) or "params"
-                hint = f"; {spec.kind} nodes take: {accepted or 'no params'}" \
-                    if e["type"] == "extra_forbidden" else ""
-                problems.append(problem_at(
-                    graph, "bad-params", f"node {name!r} ({spec.kind}): param {param!r}: "
-                    f"{e['msg']}{hint}", "nodes", name, *e["loc"]))
+                hint = (
+                    f"; {spec.kind} nodes take: {accepted or 'no params'}"
+                    if e["type"] == "extra_forbidden"
+                    else ""
+                )
+                problems.append(
+                    problem_at(
+                        graph,
+                        "bad-params",
+                        f"node {name!r} ({spec.kind}): param {param!r}: {e['msg']}{hint}",
+                        "nodes",
+                        name,
+                        *e["loc"],
+                    )
+                )
             continue
         try:
             instances[name] = kind(name, spec, params)
         except Exception as err:
-            problems.append(problem_at(graph, "kind-check", f"node {name!r} ({spec.kind}): "
-                                       f"{type(err).__name__}: {err}", "nodes", name))
+            problems.append(
+                problem_at(
+                    graph,
+                    "kind-check",
+                    f"node {name!r} ({spec.kind}): {type(err).__name__}: {err}",
+                    "nodes",
+                    name,
+                )
+            )
     return instances, problems
 
 
@@ -182,8 +241,10 @@ def check_kind_rules(graph: Graph, instances: dict[str, NodeKind]) -> list[Probl
             messages = node.check(graph)
         except Exception as err:  # a third-party check must not hide the other problems
             messages = [f"check failed: {type(err).__name__}: {err}"]
-        problems += [problem_at(graph, "kind-check", f"node {name!r}: {message}",
-                                "nodes", name) for message in messages]
+        problems += [
+            problem_at(graph, "kind-check", f"node {name!r}: {message}", "nodes", name)
+            for message in messages
+        ]
     return problems
 
 
@@ -203,8 +264,14 @@ def _templates(graph: Graph) -> Iterable[tuple[str, str, str]]:
 def check_templates(graph: Graph) -> list[Problem]:
     """`bad-template`: a template param that does not compile."""
     return [
-        problem_at(graph, "bad-template", f"node {name!r}: template {param!r} does not "
-                   f"compile: {why}", "nodes", name, param)
+        problem_at(
+            graph,
+            "bad-template",
+            f"node {name!r}: template {param!r} does not compile: {why}",
+            "nodes",
+            name,
+            param,
+        )
         for name, param, source in _templates(graph)
         if (why := syntax_problem(source, expression=False)) is not None
     ]
@@ -252,21 +319,35 @@ def check_reads(graph: Graph, instances: dict[str, NodeKind], known: set[str]) -
     reported: set[tuple[str, str]] = set()
     for name, param, source in _templates(graph):
         extra = instances[name].template_names if name in instances else frozenset()
-        for field in sorted(names_used(source, expression=False) - known - DERIVED_NAMES
-                            - extra):
+        for field in sorted(names_used(source, expression=False) - known - DERIVED_NAMES - extra):
             reported.add((name, field))
-            problems.append(problem_at(
-                graph, "undefined-read", f"node {name!r}: template {param!r} uses {field!r}, "
-                f"which is not a state field{did_you_mean(field, known)}", "nodes", name, param))
+            problems.append(
+                problem_at(
+                    graph,
+                    "undefined-read",
+                    f"node {name!r}: template {param!r} uses {field!r}, "
+                    f"which is not a state field{did_you_mean(field, known)}",
+                    "nodes",
+                    name,
+                    param,
+                )
+            )
     for name, spec in graph.nodes.items():
         for field in _reads(spec, instances.get(name)):
             if field in known or (name, field) in reported:
                 continue
             reported.add((name, field))
-            problems.append(problem_at(
-                graph, "undefined-read", f"node {name!r} reads {field!r}, which no node writes "
-                f"and `state:` does not declare{did_you_mean(field, known)}",
-                "nodes", name, *_field_path(spec, "reads", field)))
+            problems.append(
+                problem_at(
+                    graph,
+                    "undefined-read",
+                    f"node {name!r} reads {field!r}, which no node writes "
+                    f"and `state:` does not declare{did_you_mean(field, known)}",
+                    "nodes",
+                    name,
+                    *_field_path(spec, "reads", field),
+                )
+            )
     return problems
 
 
@@ -277,11 +358,18 @@ def check_writes(graph: Graph, instances: dict[str, NodeKind]) -> list[Problem]:
     for name, spec in graph.nodes.items():
         for field in dict.fromkeys(_writes(spec, instances.get(name))):
             if field not in declared:
-                problems.append(problem_at(
-                    graph, "undeclared-write", f"node {name!r} writes {field!r}, which is not "
-                    f"a state field; declare it under `state:` with a type"
-                    f"{did_you_mean(field, declared)}",
-                    "nodes", name, *_field_path(spec, "writes", field)))
+                problems.append(
+                    problem_at(
+                        graph,
+                        "undeclared-write",
+                        f"node {name!r} writes {field!r}, which is not "
+                        f"a state field; declare it under `state:` with a type"
+                        f"{did_you_mean(field, declared)}",
+                        "nodes",
+                        name,
+                        *_field_path(spec, "writes", field),
+                    )
+                )
     return problems
 
 
@@ -292,12 +380,27 @@ def check_conditions(graph: Graph, known: set[str]) -> list[Problem]:
         if edge.when is None:
             continue
         if (why := syntax_problem(edge.when, expression=True)) is not None:
-            problems.append(problem_at(graph, "bad-condition", f"condition {edge.when!r} does "
-                                       f"not compile: {why}", "edges", i, "when"))
+            problems.append(
+                problem_at(
+                    graph,
+                    "bad-condition",
+                    f"condition {edge.when!r} does not compile: {why}",
+                    "edges",
+                    i,
+                    "when",
+                )
+            )
             continue
         for field in sorted(names_used(edge.when, expression=True) - known - DERIVED_NAMES):
-            problems.append(problem_at(
-                graph, "undefined-read", f"condition {edge.when!r} uses {field!r}, which is not "
-                f"a state field{did_you_mean(field, known | DERIVED_NAMES)}",
-                "edges", i, "when"))
+            problems.append(
+                problem_at(
+                    graph,
+                    "undefined-read",
+                    f"condition {edge.when!r} uses {field!r}, which is not "
+                    f"a state field{did_you_mean(field, known | DERIVED_NAMES)}",
+                    "edges",
+                    i,
+                    "when",
+                )
+            )
     return problems

@@ -5,8 +5,8 @@ from __future__ import annotations
 from functools import cache
 from pathlib import Path
 
+from loomgraph.authoring.loader import load_graph_file
 from loomgraph.graph.errors import GraphError, GraphValidationError
-from loomgraph.graph.loader import load_graph_file
 from loomgraph.graph.spec import Graph
 
 
@@ -38,7 +38,7 @@ def load_graph(architecture: str | Path | Graph) -> Graph:
     """A validated graph for a built-in name, a YAML path or a Graph object."""
     if isinstance(architecture, Graph):
         if not architecture._validated:  # built in Python: validated like a file, once
-            from loomgraph.graph.validate import validate_graph
+            from loomgraph.authoring.validate import validate_graph
 
             problems = validate_graph(architecture)
             if problems:

@@ -9,13 +9,13 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
-from loomgraph.checkpoints import Position
-from loomgraph.deps import current_run
-from loomgraph.events import RUN_COMPLETED, RUN_STARTED
-from loomgraph.graph.context import EventSink, RunScope, active_scope
-from loomgraph.graph.interpreter import Outcome, run_graph
+from loomgraph.agent.checkpoints import Position
+from loomgraph.agent.deps import current_run
+from loomgraph.agent.leases import hold_lease
+from loomgraph.agent.result import RunResult
+from loomgraph.engine.context import EventSink, RunScope, active_scope
+from loomgraph.engine.interpreter import Outcome, run_graph
 from loomgraph.graph.state import final_output
-from loomgraph.leases import hold_lease
 from loomgraph.nodes.structured import (
     DEFAULT_RETRIES,
     FinishNode,
@@ -23,26 +23,37 @@ from loomgraph.nodes.structured import (
     StructuredAnswer,
 )
 from loomgraph.protocols import Episode, RunRecord, Usage
-from loomgraph.result import RunResult
+from loomgraph.protocols.events import RUN_COMPLETED, RUN_STARTED
 
 if TYPE_CHECKING:
-    from loomgraph.agent import Agent
+    from loomgraph.agent.agent import Agent
 
 
 class AgentSession:
     """One run of an Agent: identity, the event sink, and the run order of the design."""
 
     def __init__(
-        self, agent: Agent, prompt: str, *, user_id: str | None, session_id: str | None,
-        output_schema: Any = None, output_retries: int = DEFAULT_RETRIES,
+        self,
+        agent: Agent,
+        prompt: str,
+        *,
+        user_id: str | None,
+        session_id: str | None,
+        output_schema: Any = None,
+        output_retries: int = DEFAULT_RETRIES,
         run_id: str | None = None,
     ) -> None:
         self.agent = agent
         self.prompt = prompt
         self.user_id = user_id
         self.session_id = session_id
-        self.finish = FinishNode(StructuredAnswer(output_schema, label="the run's answer"),
-                                 retries=output_retries) if output_schema is not None else None
+        self.finish = (
+            FinishNode(
+                StructuredAnswer(output_schema, label="the run's answer"), retries=output_retries
+            )
+            if output_schema is not None
+            else None
+        )
         # An error the caller gets raised after the run is journaled (an unfit answer).
         self.error: OutputValidationError | None = None
         self.run_id = run_id or uuid.uuid4().hex
@@ -50,8 +61,16 @@ class AgentSession:
     def _record(self, **fields: Any) -> RunRecord:
         now = time.time()
         compiled = self.agent.compiled
-        return RunRecord(self.run_id, compiled.name, compiled.hash, self.user_id,
-                         self.session_id, created_at=now, updated_at=now, **fields)
+        return RunRecord(
+            self.run_id,
+            compiled.name,
+            compiled.hash,
+            self.user_id,
+            self.session_id,
+            created_at=now,
+            updated_at=now,
+            **fields,
+        )
 
     async def execute(self, sink: EventSink) -> RunResult:
         """Runtime session → root span → audit → memory seed → interpreter → episode → result."""
@@ -59,15 +78,21 @@ class AgentSession:
         async with self._opened(record, sink) as scope:
             state = await self._seed(scope)
             # A copy: the run appends to its own message list in place.
-            record.initial = {"state": {"input": state["input"],
-                                        "messages": list(state["messages"])},
-                              "system": scope.system}
+            record.initial = {
+                "state": {"input": state["input"], "messages": list(state["messages"])},
+                "system": scope.system,
+            }
             await self.agent.deps.runtime.start_run(record)
             async with hold_lease(self.agent.deps.leases, self.run_id):
                 return await self._drive(scope, state, None, None)
 
     async def continue_from(
-        self, sink: EventSink, record: RunRecord, at: Position, *, new_run: bool,
+        self,
+        sink: EventSink,
+        record: RunRecord,
+        at: Position,
+        *,
+        new_run: bool,
         options: dict[str, Any] | None = None,
     ) -> RunResult:
         """Go on from a checkpoint: the same run (resume) or a new one (fork)."""
@@ -87,8 +112,11 @@ class AgentSession:
         self.started = time.time()
         token = current_run.set(record)
         try:
-            attributes = {"loom.run.id": self.run_id, "loom.graph.name": compiled.name,
-                          "gen_ai.operation.name": "invoke_agent"}
+            attributes = {
+                "loom.run.id": self.run_id,
+                "loom.graph.name": compiled.name,
+                "gen_ai.operation.name": "invoke_agent",
+            }
             if self.session_id is not None:
                 attributes["gen_ai.conversation.id"] = self.session_id
             with deps.telemetry.span("loom.run", attributes):
@@ -97,12 +125,14 @@ class AgentSession:
                 try:
                     if deps.run_clock is not None:  # the deadline is kept with the run
                         record.deadline = await deps.run_clock.begin_run(
-                            scope.budget_scope, started_at=self.started,
-                            deadline=record.deadline)
-                    await self._audit("run_started", {"graph": compiled.name,
-                                                      "graph_hash": compiled.hash})
-                    await scope.emit(RUN_STARTED, {"prompt": self.prompt,
-                                                   "graph": compiled.name}, None, 0)
+                            scope.budget_scope, started_at=self.started, deadline=record.deadline
+                        )
+                    await self._audit(
+                        "run_started", {"graph": compiled.name, "graph_hash": compiled.hash}
+                    )
+                    await scope.emit(
+                        RUN_STARTED, {"prompt": self.prompt, "graph": compiled.name}, None, 0
+                    )
                     yield scope
                 finally:
                     active_scope.reset(active)
@@ -112,58 +142,91 @@ class AgentSession:
             current_run.reset(token)
 
     async def _drive(
-        self, scope: RunScope, state: dict[str, Any], start: str | None,
+        self,
+        scope: RunScope,
+        state: dict[str, Any],
+        start: str | None,
         visits: dict[str, int] | None,
     ) -> RunResult:
         deps = self.agent.deps
         try:
-            outcome = await run_graph(self.agent.compiled, scope, state, start=start,
-                                      visits=visits, finish=self.finish)
+            outcome = await run_graph(
+                self.agent.compiled, scope, state, start=start, visits=visits, finish=self.finish
+            )
         except asyncio.CancelledError:
-            await deps.runtime.finish_run(self.run_id, "cancelled", "cancelled by the caller",
-                                          None)
+            await deps.runtime.finish_run(self.run_id, "cancelled", "cancelled by the caller", None)
             raise
         result = self._result(outcome)
         if result.ok:
-            episode = Episode(self.user_id, self.session_id, self.run_id, self.prompt,
-                              str(result.output), _tool_names(outcome.state), time.time())
+            episode = Episode(
+                self.user_id,
+                self.session_id,
+                self.run_id,
+                self.prompt,
+                str(result.output),
+                _tool_names(outcome.state),
+                time.time(),
+            )
             await deps.memory.remember(episode)
             if self.agent.extraction is not None:
                 self.agent.extraction.schedule(episode)
         data = result.to_dict()
-        await deps.runtime.finish_run(self.run_id, result.status,  # type: ignore[arg-type]
-                                      result.reason, data)
+        await deps.runtime.finish_run(
+            self.run_id,
+            result.status,  # type: ignore[arg-type]
+            result.reason,
+            data,
+        )
         await self._audit("run_completed", {"status": result.status, "reason": result.reason})
-        await scope.emit(RUN_COMPLETED, {"status": result.status, "reason": result.reason,
-                                         "output": result.output, "result": data},
-                         None, scope.seq)
+        await scope.emit(
+            RUN_COMPLETED,
+            {
+                "status": result.status,
+                "reason": result.reason,
+                "output": result.output,
+                "result": data,
+            },
+            None,
+            scope.seq,
+        )
         return result
 
     async def _audit(self, action: str, payload: dict[str, Any]) -> None:
-        await self.agent.deps.audit_log.record(action, run_id=self.run_id, user_id=self.user_id,
-                                               actor="agent", payload=payload)
+        await self.agent.deps.audit_log.record(
+            action, run_id=self.run_id, user_id=self.user_id, actor="agent", payload=payload
+        )
 
     async def _seed(self, scope: RunScope) -> dict[str, Any]:
         """The first state: memory's seed in the system prompt, the session's turns, the prompt."""
         memory = self.agent.deps.memory
-        seed = await memory.seed(user_id=self.user_id, session_id=self.session_id,
-                                 query=self.prompt)
+        seed = await memory.seed(
+            user_id=self.user_id, session_id=self.session_id, query=self.prompt
+        )
         scope.system = self.agent.instructions + (f"\n\n{seed}" if seed else "")
         history = await memory.history(user_id=self.user_id, session_id=self.session_id)
-        return self.agent.compiled.schema.initial({
-            "input": self.prompt,
-            "messages": [*history, {"role": "user", "content": self.prompt}],
-        })
+        return self.agent.compiled.schema.initial(
+            {
+                "input": self.prompt,
+                "messages": [*history, {"role": "user", "content": self.prompt}],
+            }
+        )
 
     def _result(self, outcome: Outcome) -> RunResult:
         state = outcome.state
         usage: Usage = dict(state.get("usage") or {})  # type: ignore[assignment]
         result = RunResult(
-            output=final_output(state), run_id=self.run_id, session_id=self.session_id,
-            user_id=self.user_id, status=outcome.status, reason=outcome.reason,
-            turns=int(usage.get("model_calls", 0)), node_visits=dict(outcome.visits),
-            usage=usage, pending=outcome.detail or None,
-            timings={"started": self.started, "duration_s": time.time() - self.started})
+            output=final_output(state),
+            run_id=self.run_id,
+            session_id=self.session_id,
+            user_id=self.user_id,
+            status=outcome.status,
+            reason=outcome.reason,
+            turns=int(usage.get("model_calls", 0)),
+            node_visits=dict(outcome.visits),
+            usage=usage,
+            pending=outcome.detail or None,
+            timings={"started": self.started, "duration_s": time.time() - self.started},
+        )
         if self.finish is not None and result.ok:
             result.parsed = self.finish.answer.validate(result.output)
         cause = getattr(outcome.error, "cause", None)

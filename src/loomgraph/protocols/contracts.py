@@ -409,7 +409,10 @@ class RunClock(Protocol):
     """A budget that follows each run from start to end (wall-clock caps, leftover holds)."""
 
     async def begin_run(
-        self, scope: BudgetScope, *, started_at: float | None = None,
+        self,
+        scope: BudgetScope,
+        *,
+        started_at: float | None = None,
         deadline: float | None = None,
     ) -> float | None:
         """Start or resume a run's clock; the run's absolute deadline, if any."""

@@ -6,7 +6,7 @@ from collections.abc import Callable
 from contextvars import ContextVar
 from typing import Any, cast
 
-from loomgraph.graph.context import Deps, active_scope
+from loomgraph.engine.context import Deps, active_scope
 from loomgraph.protocols import (
     AuditLog,
     Budget,
@@ -36,8 +36,10 @@ def resolve_model(model: str | Model) -> Model:
     if not isinstance(model, str):
         if isinstance(model, Model):
             return model
-        raise ConfigError(f"model must be a name or an object with `name` and `stream()`, "
-                          f"got {type(model).__name__}")
+        raise ConfigError(
+            f"model must be a name or an object with `name` and `stream()`, "
+            f"got {type(model).__name__}"
+        )
     if model == "echo":
         from loomgraph.models.echo import EchoModel
 
@@ -50,8 +52,10 @@ def resolve_model(model: str | Model) -> Model:
         from loomgraph.models.openai_compat import OpenAICompatModel
 
         return cast(Model, OpenAICompatModel(model.partition(":")[2]))
-    raise ConfigError(f"unknown model {model!r}; use 'echo', a 'claude-…' model name, "
-                      "'openai-compat:NAME', or a Model object (e.g. ScriptedModel)")
+    raise ConfigError(
+        f"unknown model {model!r}; use 'echo', a 'claude-…' model name, "
+        "'openai-compat:NAME', or a Model object (e.g. ScriptedModel)"
+    )
 
 
 def _split_spec(spec: str) -> tuple[str, str]:
@@ -74,10 +78,18 @@ def resolve_memory(memory: str | Memory | None) -> Memory:
         from loomgraph.memory.null import InMemoryMemory
 
         return InMemoryMemory()
-    return cast(Memory, _backend("memory", scheme, rest, {
-        "sqlite": ("loomgraph.memory.sqlite", "SqliteMemory"),
-        "postgres": ("loomgraph.memory.postgres", "PostgresMemory"),
-    }))
+    return cast(
+        Memory,
+        _backend(
+            "memory",
+            scheme,
+            rest,
+            {
+                "sqlite": ("loomgraph.memory.sqlite", "SqliteMemory"),
+                "postgres": ("loomgraph.memory.postgres", "PostgresMemory"),
+            },
+        ),
+    )
 
 
 def resolve_runtime(runtime: str | Runtime | None) -> Runtime:
@@ -89,18 +101,29 @@ def resolve_runtime(runtime: str | Runtime | None) -> Runtime:
     if not isinstance(runtime, str):
         return cast(Runtime, _checked(runtime, Runtime, "runtime"))
     scheme, rest = _split_spec(runtime)
-    return cast(Runtime, _backend("runtime", scheme, rest, {
-        "sqlite": ("loomgraph.runtime.sqlite", "SqliteRuntime"),
-        "postgres": ("loomgraph.runtime.postgres", "PostgresRuntime"),
-    }))
+    return cast(
+        Runtime,
+        _backend(
+            "runtime",
+            scheme,
+            rest,
+            {
+                "sqlite": ("loomgraph.runtime.sqlite", "SqliteRuntime"),
+                "postgres": ("loomgraph.runtime.postgres", "PostgresRuntime"),
+            },
+        ),
+    )
 
 
 def _backend(what: str, scheme: str, arg: str, known: dict[str, tuple[str, str]]) -> Any:
     import importlib
 
     if scheme not in known:
-        raise ConfigError(f"unknown {what} {scheme!r}; use None, 'memory', "
-                          + ", ".join(f"'{k}:…'" for k in known) + f", or a {what} object")
+        raise ConfigError(
+            f"unknown {what} {scheme!r}; use None, 'memory', "
+            + ", ".join(f"'{k}:…'" for k in known)
+            + f", or a {what} object"
+        )
     module_name, cls_name = known[scheme]
     try:
         cls = getattr(importlib.import_module(module_name), cls_name)
@@ -111,16 +134,24 @@ def _backend(what: str, scheme: str, arg: str, known: dict[str, tuple[str, str]]
 
 def _checked(obj: Any, protocol: type, what: str) -> Any:
     if not isinstance(obj, protocol):
-        raise ConfigError(f"{what} object {type(obj).__name__} does not implement the "
-                          f"{protocol.__name__} protocol")
+        raise ConfigError(
+            f"{what} object {type(obj).__name__} does not implement the "
+            f"{protocol.__name__} protocol"
+        )
     return obj
 
 
 def build_deps(
-    *, model: str | Model, memory: str | Memory | None = None, tools: Any = None,
-    runtime: str | Runtime | None = None, budget: Budget | None = None,
-    permissions: Permissions | None = None, hooks: Hooks | None = None,
-    telemetry: Telemetry | None = None, audit_log: AuditLog | None = None,
+    *,
+    model: str | Model,
+    memory: str | Memory | None = None,
+    tools: Any = None,
+    runtime: str | Runtime | None = None,
+    budget: Budget | None = None,
+    permissions: Permissions | None = None,
+    hooks: Hooks | None = None,
+    telemetry: Telemetry | None = None,
+    audit_log: AuditLog | None = None,
     approval_handler: Callable[..., Any] | None = None,
 ) -> Deps:
     """The bundle for an Agent: every missing piece is its no-op default."""
@@ -179,5 +210,4 @@ async def _warn_run(warning: Any) -> None:
     """A budget warning, as a `budget_warning` event of the run that crossed the threshold."""
     scope = active_scope.get()
     if scope is not None and scope.run_id == warning.run_id:
-        await scope.emit("budget_warning", {"cap": warning.cap, "fraction": warning.fraction},
-                         None)
+        await scope.emit("budget_warning", {"cap": warning.cap, "fraction": warning.fraction}, None)

@@ -11,7 +11,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from loomgraph.graph.context import NodeContext
+from loomgraph.engine.context import NodeContext
 
 
 class Plan(BaseModel):

@@ -32,8 +32,7 @@ def check_sqlite_file(path: str) -> None:
     except FileNotFoundError:
         parent = os.path.dirname(os.path.abspath(path))
         if not os.path.isdir(parent):
-            raise SqliteFileProblem("unavailable",
-                                    f"directory {parent!r} does not exist") from None
+            raise SqliteFileProblem("unavailable", f"directory {parent!r} does not exist") from None
         return  # a new file
     except OSError as err:
         raise SqliteFileProblem("unavailable", err.strerror or str(err)) from None
@@ -47,8 +46,9 @@ def check_sqlite_file(path: str) -> None:
         page = 65536 if page == 1 else page
         size = os.path.getsize(path)
         if page and size % page:
-            raise SqliteFileProblem("corrupted", f"truncated: {size} bytes is not a whole "
-                                    f"number of {page}-byte pages")
+            raise SqliteFileProblem(
+                "corrupted", f"truncated: {size} bytes is not a whole number of {page}-byte pages"
+            )
 
 
 async def enable_wal(conn: aiosqlite.Connection, busy_timeout: float) -> None:

@@ -33,8 +33,12 @@ class _AliasRefused(Exception):
 
 
 def _to_data(
-    loader: _Loader, node: yaml.Node, path: tuple[str | int, ...], lines: Lines,
-    problems: list[Problem], file: str | None,
+    loader: _Loader,
+    node: yaml.Node,
+    path: tuple[str | int, ...],
+    lines: Lines,
+    problems: list[Problem],
+    file: str | None,
 ) -> Any:
     """Build plain data from a YAML node, recording each path's line and duplicate keys."""
     lines[path] = node.start_mark.line + 1
@@ -45,9 +49,14 @@ def _to_data(
             if not isinstance(key, str | int):
                 key = str(key)
             if key in out:
-                problems.append(Problem(
-                    "duplicate-name", f"key {key!r} appears twice in {_dotted(path)}",
-                    file, key_node.start_mark.line + 1))
+                problems.append(
+                    Problem(
+                        "duplicate-name",
+                        f"key {key!r} appears twice in {_dotted(path)}",
+                        file,
+                        key_node.start_mark.line + 1,
+                    )
+                )
             out[key] = _to_data(loader, value_node, (*path, key), lines, problems, file)
         return out
     if isinstance(node, yaml.SequenceNode):
@@ -65,8 +74,11 @@ def _dotted(path: tuple[str | int, ...]) -> str:
 def parse_yaml(text: str, file: str | None = None) -> tuple[Any, Lines, list[Problem]]:
     """Parse YAML text into plain data and a map from data paths to source lines."""
     if len(text) > _MAX_YAML_BYTES:
-        return None, {}, [Problem("yaml-too-large", f"graph file over {_MAX_YAML_BYTES} bytes",
-                                  file, None)]
+        return (
+            None,
+            {},
+            [Problem("yaml-too-large", f"graph file over {_MAX_YAML_BYTES} bytes", file, None)],
+        )
     loader = _Loader(text)
     lines: Lines = {}
     problems: list[Problem] = []
@@ -74,8 +86,19 @@ def parse_yaml(text: str, file: str | None = None) -> tuple[Any, Lines, list[Pro
         root = loader.get_single_node()
         data = None if root is None else _to_data(loader, root, (), lines, problems, file)
     except _AliasRefused as refused:
-        return None, {}, [Problem("yaml-alias", "YAML aliases (*name) are refused in graph "
-                                  "files, so an alias bomb cannot expand", file, refused.line)]
+        return (
+            None,
+            {},
+            [
+                Problem(
+                    "yaml-alias",
+                    "YAML aliases (*name) are refused in graph "
+                    "files, so an alias bomb cannot expand",
+                    file,
+                    refused.line,
+                )
+            ],
+        )
     except yaml.MarkedYAMLError as err:
         line = err.problem_mark.line + 1 if err.problem_mark else None
         return None, {}, [Problem("yaml-syntax", str(err.problem or err), file, line)]
@@ -87,16 +110,21 @@ def parse_yaml(text: str, file: str | None = None) -> tuple[Any, Lines, list[Pro
 
 
 def graph_from_data(
-    data: Any, *, file: str | None = None, lines: Lines | None = None,
-    problems: list[Problem] | None = None, validate: bool = True,
+    data: Any,
+    *,
+    file: str | None = None,
+    lines: Lines | None = None,
+    problems: list[Problem] | None = None,
+    validate: bool = True,
 ) -> Graph:
     """Build and validate a Graph from data; raise GraphValidationError with every problem."""
     problems = list(problems or [])
     lines = lines or {}
     if not isinstance(data, Mapping):
         kind = "empty" if data is None else type(data).__name__
-        problems.append(Problem("not-a-mapping", f"a graph must be a mapping, got {kind}",
-                                file, lines.get(())))
+        problems.append(
+            Problem("not-a-mapping", f"a graph must be a mapping, got {kind}", file, lines.get(()))
+        )
         raise GraphValidationError(problems)
     try:
         graph = Graph.model_validate(data)
@@ -109,7 +137,7 @@ def graph_from_data(
     graph._source = file
     graph._lines = dict(lines)
     if validate:
-        from loomgraph.graph.validate import validate_graph
+        from loomgraph.authoring.validate import validate_graph
 
         problems.extend(validate_graph(graph))
     if problems:

@@ -9,12 +9,12 @@ from __future__ import annotations
 import inspect
 from typing import TYPE_CHECKING, Any
 
-from loomgraph.events import TOOL_CALL, TOOL_RESULT
 from loomgraph.graph.errors import RunStopped
 from loomgraph.protocols import Decision, ToolCall, ToolResult, ToolSpec
+from loomgraph.protocols.events import TOOL_CALL, TOOL_RESULT
 
 if TYPE_CHECKING:
-    from loomgraph.graph.context import NodeContext
+    from loomgraph.engine.context import NodeContext
 
 
 async def call_tool(ctx: NodeContext, call: ToolCall) -> ToolResult:
@@ -26,14 +26,20 @@ async def call_tool(ctx: NodeContext, call: ToolCall) -> ToolResult:
     if spec is None:  # never run, whatever the policy says
         await _report(ctx, call, Decision("deny", "unknown_tool", "no such tool"))
         names = ", ".join(s["name"] for s in deps.tools.specs()) or "none"
-        result = ToolResult(content=f"unknown tool {call['tool']!r}; available tools: "
-                            f"{names}", is_error=True, error_type="unknown_tool")
+        result = ToolResult(
+            content=f"unknown tool {call['tool']!r}; available tools: {names}",
+            is_error=True,
+            error_type="unknown_tool",
+        )
         return await _tool_done(ctx, call, result)
     decision, call = await _decide(ctx, call, spec)
     if decision.verdict != "allow":
-        result = ToolResult(content=f"permission denied for {call['tool']!r}: "
-                            f"{decision.reason or decision.rule or 'denied'}",
-                            is_error=True, error_type="permission_denied")
+        result = ToolResult(
+            content=f"permission denied for {call['tool']!r}: "
+            f"{decision.reason or decision.rule or 'denied'}",
+            is_error=True,
+            error_type="permission_denied",
+        )
         return await _tool_done(ctx, call, result)
     prior = await ctx._begin(key, "tool", {"call": call})
     if prior is not None and prior.status == "done" and prior.outcome is not None:
@@ -41,10 +47,14 @@ async def call_tool(ctx: NodeContext, call: ToolCall) -> ToolResult:
     reservation = await scope.reserve("tool", {"tool_calls": 1})
     await ctx._audit("tool_request", {"call": call, "rule": decision.rule})
     try:
-        with deps.telemetry.span(f"execute_tool {call['tool']}", {
-            "gen_ai.operation.name": "execute_tool", "gen_ai.tool.name": call["tool"],
-            "gen_ai.tool.call.id": call["id"],
-        }):
+        with deps.telemetry.span(
+            f"execute_tool {call['tool']}",
+            {
+                "gen_ai.operation.name": "execute_tool",
+                "gen_ai.tool.name": call["tool"],
+                "gen_ai.tool.call.id": call["id"],
+            },
+        ):
             result = await deps.tools.call(call, idempotency_key=key)
     except BaseException:
         await scope.release(reservation)
@@ -53,9 +63,8 @@ async def call_tool(ctx: NodeContext, call: ToolCall) -> ToolResult:
     await deps.runtime.end_effect(scope.run_id, key, dict(result), "done")
     return await _tool_done(ctx, call, result)
 
-async def _decide(
-    ctx: NodeContext, call: ToolCall, spec: ToolSpec
-) -> tuple[Decision, ToolCall]:
+
+async def _decide(ctx: NodeContext, call: ToolCall, spec: ToolSpec) -> tuple[Decision, ToolCall]:
     """The permission verdict for a call (asking for approval when a rule says so), after
     the hooks had their say; reported as an event and in the audit log."""
     deps, scope = ctx.deps, ctx.scope
@@ -72,10 +81,16 @@ async def _decide(
 
 async def _report(ctx: NodeContext, call: ToolCall, decision: Decision) -> None:
     """A decision as a `permission_decision` event and audit entry, naming its rule."""
-    report = {"call_id": call["id"], "tool": call["tool"], "verdict": decision.verdict,
-              "rule": decision.rule, "reason": decision.reason}
+    report = {
+        "call_id": call["id"],
+        "tool": call["tool"],
+        "verdict": decision.verdict,
+        "rule": decision.rule,
+        "reason": decision.reason,
+    }
     await ctx.emit("permission_decision", report)
     await ctx._audit("permission_decision", report)
+
 
 async def _approval(
     ctx: NodeContext, call: ToolCall, spec: ToolSpec, asked: Decision
@@ -95,9 +110,11 @@ async def _approval(
         if inspect.isawaitable(answer):
             answer = await answer
     if answer is None:
-        raise RunStopped("awaiting_approval", f"tool {call['tool']!r} needs approval "
-                         f"({asked.rule})", {"call": call, "rule": asked.rule,
-                                             "node": ctx.qualified_node})
+        raise RunStopped(
+            "awaiting_approval",
+            f"tool {call['tool']!r} needs approval ({asked.rule})",
+            {"call": call, "rule": asked.rule, "node": ctx.qualified_node},
+        )
     answer = (await ctx.effect(key, {"call": call}, lambda: _answered(answer)))["answer"]
     await ctx._audit("approval", {"call_id": call["id"], "answer": answer})
     if answer is False:
@@ -109,6 +126,7 @@ async def _approval(
             return again, call
     return Decision("allow", "approval:granted", asked.rule), call
 
+
 async def _journaled(ctx: NodeContext, name: str) -> dict[str, Any] | None:
     key = f"{ctx.scope.run_id}:{ctx.key_path}{ctx.node}:{ctx.visit}:{name}"
     for effect in await ctx.deps.runtime.effects(ctx.scope.run_id):
@@ -116,9 +134,12 @@ async def _journaled(ctx: NodeContext, name: str) -> dict[str, Any] | None:
             return effect.outcome
     return None
 
+
 async def _tool_done(ctx: NodeContext, call: ToolCall, result: ToolResult) -> ToolResult:
-    await ctx._audit("tool_result", {"call_id": call["id"], "tool": call["tool"],
-                                      "is_error": result.get("is_error", False)})
+    await ctx._audit(
+        "tool_result",
+        {"call_id": call["id"], "tool": call["tool"], "is_error": result.get("is_error", False)},
+    )
     await ctx.deps.hooks.after_tool(call, result)
     await ctx.emit(TOOL_RESULT, {"call": call, "result": result})
     return result

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from loomgraph import cli_runs
+from loomgraph.cli import runs as cli_runs
 
 # Exit codes: 0 fine, 1 the run or the graph failed, 2 bad usage or input.
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -22,10 +22,19 @@ def _parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run an agent on a prompt and stream its events")
     run.add_argument("prompt")
     run.add_argument("--graph", default="react", help="built-in graph name or YAML file")
-    run.add_argument("--model", default="echo", help="echo, claude-…, openai-compat:NAME, "
-                     "or MODULE:ATTR naming a Model object (or a function returning one)")
-    run.add_argument("--tools", nargs="*", default=[], metavar="MODULE:ATTR",
-                     help="tools to offer: functions, or lists of functions, by import path")
+    run.add_argument(
+        "--model",
+        default="echo",
+        help="echo, claude-…, openai-compat:NAME, "
+        "or MODULE:ATTR naming a Model object (or a function returning one)",
+    )
+    run.add_argument(
+        "--tools",
+        nargs="*",
+        default=[],
+        metavar="MODULE:ATTR",
+        help="tools to offer: functions, or lists of functions, by import path",
+    )
     run.add_argument("--instructions", default="You are a helpful assistant.")
     run.add_argument("--user", default=None)
     run.add_argument("--session", default=None)
@@ -36,8 +45,12 @@ def _parser() -> argparse.ArgumentParser:
     render = sub.add_parser("render", help="draw a graph: .svg, .dot or .mmd (Mermaid)")
     render.add_argument("graph", help="built-in graph name or YAML file")
     render.add_argument("-o", "--output", required=True)
-    render.add_argument("--run", default=None, metavar="RUN_ID",
-                        help="draw this run's path, visit counts and where it stopped")
+    render.add_argument(
+        "--run",
+        default=None,
+        metavar="RUN_ID",
+        help="draw this run's path, visit counts and where it stopped",
+    )
     cli_runs.add_runtime_option(render, required=False)
     sub.add_parser("schema", help="print the JSON Schema of graph files")
     sub.add_parser("graphs", help="list the built-in graphs")
@@ -66,36 +79,38 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return cli_runs.render_run(args)
             return _render(args.graph, args.output)
         if args.command == "new-graph":
-            from loomgraph.scaffold import write_new_graph
+            from loomgraph.authoring.scaffold import write_new_graph
 
             print(f"wrote {write_new_graph(args.name, Path(args.output_dir))}")
             return EXIT_OK
         if args.command == "schema":
-            from loomgraph.graph.schema import graph_json_schema
+            from loomgraph.authoring.schema import graph_json_schema
 
             print(json.dumps(graph_json_schema(), indent=2))
             return EXIT_OK
-        from loomgraph.graph.library import builtin_names
+        from loomgraph.authoring.library import builtin_names
 
         print("\n".join(builtin_names()))
         return EXIT_OK
-    except (GraphError, JournalError, ValueError, ImportError, OSError,
-            cli_runs.UsageError) as err:
+    except (GraphError, JournalError, ValueError, ImportError, OSError, cli_runs.UsageError) as err:
         print(f"loomgraph: {err}", file=sys.stderr)
         return EXIT_USAGE
 
 
 async def _run(args: argparse.Namespace) -> int:
-    from loomgraph.agent import Agent
+    from loomgraph.agent.agent import Agent
 
     runtime = cli_runs.open_journal(args.runtime, create=True) if args.runtime else None
-    agent = Agent(args.instructions, model=cli_runs.load_model(args.model),
-                  tools=cli_runs.load_tools(args.tools), architecture=args.graph,
-                  runtime=runtime)
+    agent = Agent(
+        args.instructions,
+        model=cli_runs.load_model(args.model),
+        tools=cli_runs.load_tools(args.tools),
+        architecture=args.graph,
+        runtime=runtime,
+    )
     status = "failed"
     try:
-        async for event in agent.stream(args.prompt, user_id=args.user,
-                                        session_id=args.session):
+        async for event in agent.stream(args.prompt, user_id=args.user, session_id=args.session):
             if args.json:
                 print(json.dumps(event.to_dict(), default=str), flush=True)
             else:
@@ -117,18 +132,22 @@ def print_event(event: Any) -> None:
         "run_started": lambda: f"run={event.run_id} graph={p['graph']} prompt={p['prompt']!r}",
         "node_started": lambda: f"{p['node']} (visit {p['visit']})",
         "tool_call": lambda: f"{p['call']['tool']}({json.dumps(p['call']['args'])})",
-        "tool_result": lambda: f"{p['call']['tool']} -> {p['result'].get('content', '')!r}"
-        + (" [error]" if p["result"].get("is_error") else ""),
+        "tool_result": lambda: (
+            f"{p['call']['tool']} -> {p['result'].get('content', '')!r}"
+            + (" [error]" if p["result"].get("is_error") else "")
+        ),
         "node_completed": lambda: f"{p['node']} -> {p['next']}",
-        "run_completed": lambda: f"status={p['status']} output={p['output']!r}"
-        + (f" reason={p['reason']}" if p["reason"] else ""),
+        "run_completed": lambda: (
+            f"status={p['status']} output={p['output']!r}"
+            + (f" reason={p['reason']}" if p["reason"] else "")
+        ),
     }.get(event.kind, lambda: json.dumps(p, default=str)[:200])()
     print(f"[{event.seq:>3}] {event.kind:<15} {detail}", flush=True)
 
 
 def _validate(files: Sequence[str]) -> int:
+    from loomgraph.authoring.loader import load_graph_file
     from loomgraph.graph.errors import GraphValidationError
-    from loomgraph.graph.loader import load_graph_file
 
     failed = False
     for file in files:
@@ -144,8 +163,8 @@ def _validate(files: Sequence[str]) -> int:
 
 
 def _render(graph: str, output: str) -> int:
-    from loomgraph.graph.library import load_graph
-    from loomgraph.graph.render import render
+    from loomgraph.authoring.library import load_graph
+    from loomgraph.authoring.render import render
 
     render(load_graph(graph), Path(output))
     print(f"wrote {output}")

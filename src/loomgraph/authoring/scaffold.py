@@ -141,7 +141,8 @@ def _check_name(name: str) -> str:
     if not isinstance(name, str) or GRAPH_NAME.fullmatch(name) is None:
         raise ValueError(
             f"invalid graph name {name!r}: use 1 to 100 letters, digits, '-' and '_', "
-            "starting with a letter or digit (e.g. 'my-strategy')")
+            "starting with a letter or digit (e.g. 'my-strategy')"
+        )
     return name
 
 
@@ -162,6 +163,8 @@ def write_new_graph(name: str, directory: Path) -> Path:
         with path.open("x", encoding="utf-8") as file:
             file.write(text)
     except FileExistsError:
-        raise FileExistsError(f"{path} already exists; not overwriting it (choose another "
-                              "name or directory, or delete the file first)") from None
+        raise FileExistsError(
+            f"{path} already exists; not overwriting it (choose another "
+            "name or directory, or delete the file first)"
+        ) from None
     return path

@@ -27,20 +27,35 @@ class UsageError(Exception):
 
 def add_agent_options(parser: argparse.ArgumentParser, graph_default: str | None) -> None:
     """The options that make an Agent: graph, model, tools (as `loomgraph run` takes them)."""
-    parser.add_argument("--graph", default=graph_default,
-                        help="built-in graph name or YAML file"
-                        + ("" if graph_default else " (default: the run's graph)"))
-    parser.add_argument("--model", default="echo",
-                        help="echo, claude-…, openai-compat:NAME, or MODULE:ATTR naming a "
-                        "Model object (or a function returning one)")
-    parser.add_argument("--tools", nargs="*", default=[], metavar="MODULE:ATTR",
-                        help="tools to offer: functions, or lists of functions, by import path")
+    parser.add_argument(
+        "--graph",
+        default=graph_default,
+        help="built-in graph name or YAML file"
+        + ("" if graph_default else " (default: the run's graph)"),
+    )
+    parser.add_argument(
+        "--model",
+        default="echo",
+        help="echo, claude-…, openai-compat:NAME, or MODULE:ATTR naming a "
+        "Model object (or a function returning one)",
+    )
+    parser.add_argument(
+        "--tools",
+        nargs="*",
+        default=[],
+        metavar="MODULE:ATTR",
+        help="tools to offer: functions, or lists of functions, by import path",
+    )
 
 
 def add_runtime_option(parser: argparse.ArgumentParser, *, required: bool) -> None:
     """`--runtime`: the journal, `sqlite:PATH` or `postgres://…`."""
-    parser.add_argument("--runtime", required=required, metavar="JOURNAL",
-                        help="the journal: sqlite:PATH or postgres://user@host/db")
+    parser.add_argument(
+        "--runtime",
+        required=required,
+        metavar="JOURNAL",
+        help="the journal: sqlite:PATH or postgres://user@host/db",
+    )
 
 
 def add_runs_parser(sub: Any) -> None:
@@ -52,21 +67,32 @@ def add_runs_parser(sub: Any) -> None:
     listing.add_argument("--user", default=None, help="only this user's runs")
     show = cmds.add_parser("show", help="a run's transitions, final state and result")
     show.add_argument("run_id")
-    show.add_argument("--graph", default=None, help="graph to rebuild the state with "
-                      "(default: the run's graph)")
+    show.add_argument(
+        "--graph", default=None, help="graph to rebuild the state with (default: the run's graph)"
+    )
     resume = cmds.add_parser("resume", help="continue a crashed, failed or cancelled run")
     resume.add_argument("run_id")
     add_agent_options(resume, None)
-    resume.add_argument("--accept-graph-change", action="store_true",
-                        help="resume even though the graph changed since the run was made")
-    resume.add_argument("--break-dead-lease", action="store_true",
-                        help="first release a lease held by a worker process of this host "
-                        "that is no longer running (after a crash)")
+    resume.add_argument(
+        "--accept-graph-change",
+        action="store_true",
+        help="resume even though the graph changed since the run was made",
+    )
+    resume.add_argument(
+        "--break-dead-lease",
+        action="store_true",
+        help="first release a lease held by a worker process of this host "
+        "that is no longer running (after a crash)",
+    )
     fork = cmds.add_parser("fork", help="start a new run from a checkpoint of another")
     fork.add_argument("run_id")
     fork.add_argument("--at", type=int, required=True, metavar="SEQ")
-    fork.add_argument("--patch", default=None, metavar="JSON",
-                      help='state patch applied with the reducers, e.g. \'{"input": "…"}\'')
+    fork.add_argument(
+        "--patch",
+        default=None,
+        metavar="JSON",
+        help='state patch applied with the reducers, e.g. \'{"input": "…"}\'',
+    )
     add_agent_options(fork, None)
     diff = cmds.add_parser("diff", help="what changed in the state between two checkpoints")
     diff.add_argument("run_id")
@@ -84,7 +110,11 @@ def add_runs_parser(sub: Any) -> None:
 def handle(args: argparse.Namespace) -> int:
     """Run one `loomgraph runs …` command; returns the exit code."""
     command: Callable[[argparse.Namespace, Runtime], Awaitable[int]] = {
-        "list": _list, "show": _show, "resume": _resume, "fork": _fork, "diff": _diff,
+        "list": _list,
+        "show": _show,
+        "resume": _resume,
+        "fork": _fork,
+        "diff": _diff,
     }[args.runs_command]
     return _journaled(args, command)
 
@@ -96,8 +126,9 @@ def render_run(args: argparse.Namespace) -> int:
     return _journaled(args, _render)
 
 
-def _journaled(args: argparse.Namespace,
-               command: Callable[[argparse.Namespace, Runtime], Awaitable[int]]) -> int:
+def _journaled(
+    args: argparse.Namespace, command: Callable[[argparse.Namespace, Runtime], Awaitable[int]]
+) -> int:
     """Open the journal, run the command, close the journal; errors become exit codes."""
     from loomgraph.graph.errors import GraphError
     from loomgraph.runtime.errors import JournalError, RunConflict
@@ -114,12 +145,23 @@ def _journaled(args: argparse.Namespace,
     try:
         return asyncio.run(go())
     except RunConflict as err:  # another worker is advancing the run: not ours to run now
-        hint = (" (if that worker crashed: wait for the lease to expire, or pass "
-                "--break-dead-lease on its host)" if err.owner else "")
+        hint = (
+            " (if that worker crashed: wait for the lease to expire, or pass "
+            "--break-dead-lease on its host)"
+            if err.owner
+            else ""
+        )
         print(f"loomgraph: {err}{hint}", file=sys.stderr)
         return EXIT_FAILED
-    except (UsageError, UnknownRun, JournalError, GraphError, ValueError, ImportError,
-            OSError) as err:  # GraphChanged is a GraphError
+    except (
+        UsageError,
+        UnknownRun,
+        JournalError,
+        GraphError,
+        ValueError,
+        ImportError,
+        OSError,
+    ) as err:  # GraphChanged is a GraphError
         return _usage(str(err))
 
 
@@ -130,7 +172,7 @@ def _usage(message: str) -> int:
 
 def open_journal(spec: str, *, create: bool = False) -> Runtime:
     """The journal a `--runtime` names; unless `create`, an SQLite file must exist already."""
-    from loomgraph.deps import resolve_runtime
+    from loomgraph.agent.deps import resolve_runtime
 
     if spec.startswith("sqlite:") and not create:
         path = spec.removeprefix("sqlite:")
@@ -138,8 +180,9 @@ def open_journal(spec: str, *, create: bool = False) -> Runtime:
             # Opening would create an empty journal; a typo should not look like "no runs".
             raise UsageError(f"no journal at {path!r}")
     elif spec == "memory":
-        raise UsageError("--runtime memory keeps nothing between commands; "
-                         "use sqlite:PATH or postgres://…")
+        raise UsageError(
+            "--runtime memory keeps nothing between commands; use sqlite:PATH or postgres://…"
+        )
     return resolve_runtime(spec)
 
 
@@ -183,14 +226,17 @@ async def _record(runtime: Runtime, run_id: str) -> tuple[RunRecord, list[Transi
 
 def _compiled(graph: str | None, record: RunRecord) -> Any:
     """The compiled graph to rebuild a run's state with (the run's own by default)."""
+    from loomgraph.authoring.library import load_graph
     from loomgraph.graph.compiled import compile_graph
-    from loomgraph.graph.library import load_graph
 
     compiled = compile_graph(load_graph(graph or record.graph_name))
     if compiled.hash != record.graph_hash:
-        print(f"loomgraph: warning: run {record.run_id} was made with graph "
-              f"{record.graph_name!r} version {record.graph_hash}; rebuilding its state with "
-              f"version {compiled.hash}", file=sys.stderr)
+        print(
+            f"loomgraph: warning: run {record.run_id} was made with graph "
+            f"{record.graph_name!r} version {record.graph_hash}; rebuilding its state with "
+            f"version {compiled.hash}",
+            file=sys.stderr,
+        )
     return compiled
 
 
@@ -205,8 +251,16 @@ def _record_data(record: RunRecord) -> dict[str, Any]:
 
 
 def _transition_data(t: Transition) -> dict[str, Any]:
-    return {"seq": t.seq, "node": t.node, "visit": t.visit, "next": t.next_node,
-            "patch": t.patch, "usage": t.usage, "at": t.at, "snapshot": t.snapshot is not None}
+    return {
+        "seq": t.seq,
+        "node": t.node,
+        "visit": t.visit,
+        "next": t.next_node,
+        "patch": t.patch,
+        "usage": t.usage,
+        "at": t.at,
+        "snapshot": t.snapshot is not None,
+    }
 
 
 async def _list(args: argparse.Namespace, runtime: Runtime) -> int:
@@ -215,8 +269,17 @@ async def _list(args: argparse.Namespace, runtime: Runtime) -> int:
         for record in records:
             print(json.dumps(_record_data(record), default=str))
         return EXIT_OK
-    rows = [(r.run_id, r.status, r.user_id or "-", r.graph_name, _when(r.created_at),
-             f"{r.parent_run_id}@{r.parent_seq}" if r.parent_run_id else "") for r in records]
+    rows = [
+        (
+            r.run_id,
+            r.status,
+            r.user_id or "-",
+            r.graph_name,
+            _when(r.created_at),
+            f"{r.parent_run_id}@{r.parent_seq}" if r.parent_run_id else "",
+        )
+        for r in records
+    ]
     _table(("RUN", "STATUS", "USER", "GRAPH", "CREATED", "FORKED FROM"), rows)
     return EXIT_OK
 
@@ -228,35 +291,55 @@ def _table(head: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
 
 
 async def _show(args: argparse.Namespace, runtime: Runtime) -> int:
-    from loomgraph.checkpoints import position
+    from loomgraph.agent.checkpoints import position
 
     record, transitions = await _record(runtime, args.run_id)
     effects = await runtime.effects(args.run_id)
     state = position(_compiled(args.graph, record), record, transitions).state
     if args.json:
-        print(json.dumps({"run": _record_data(record),
-                          "transitions": [_transition_data(t) for t in transitions],
-                          "effects": [asdict(e) for e in effects], "state": state,
-                          "result": record.result}, default=str))
+        print(
+            json.dumps(
+                {
+                    "run": _record_data(record),
+                    "transitions": [_transition_data(t) for t in transitions],
+                    "effects": [asdict(e) for e in effects],
+                    "state": state,
+                    "result": record.result,
+                },
+                default=str,
+            )
+        )
         return EXIT_OK
-    print(f"run {record.run_id}  status={record.status}  graph={record.graph_name} "
-          f"({record.graph_hash})")
-    print(f"user={record.user_id or '-'}  session={record.session_id or '-'}  "
-          f"created={_when(record.created_at)}  updated={_when(record.updated_at)}"
-          + (f"  forked from {record.parent_run_id}@{record.parent_seq}"
-             if record.parent_run_id else ""))
+    print(
+        f"run {record.run_id}  status={record.status}  graph={record.graph_name} "
+        f"({record.graph_hash})"
+    )
+    print(
+        f"user={record.user_id or '-'}  session={record.session_id or '-'}  "
+        f"created={_when(record.created_at)}  updated={_when(record.updated_at)}"
+        + (
+            f"  forked from {record.parent_run_id}@{record.parent_seq}"
+            if record.parent_run_id
+            else ""
+        )
+    )
     if record.reason:
         print(f"reason: {record.reason}")
     print()
-    _table(("SEQ", "NODE", "VISIT", "NEXT"),
-           [(t.seq, t.node, t.visit, t.next_node) for t in transitions])
+    _table(
+        ("SEQ", "NODE", "VISIT", "NEXT"),
+        [(t.seq, t.node, t.visit, t.next_node) for t in transitions],
+    )
     statuses: dict[str, int] = {}
     for effect in effects:
         statuses[effect.status] = statuses.get(effect.status, 0) + 1
     retried = [e.key for e in effects if e.attempts > 1]
-    print(f"\neffects: {len(effects)} ("
-          + ", ".join(f"{n} {s}" for s, n in sorted(statuses.items())) + ")"
-          + (f"; executed again after a crash: {', '.join(retried)}" if retried else ""))
+    print(
+        f"\neffects: {len(effects)} ("
+        + ", ".join(f"{n} {s}" for s, n in sorted(statuses.items()))
+        + ")"
+        + (f"; executed again after a crash: {', '.join(retried)}" if retried else "")
+    )
     print("\nstate:")
     print(json.dumps(state, indent=2, ensure_ascii=False, default=str))
     if record.result is not None:
@@ -265,28 +348,31 @@ async def _show(args: argparse.Namespace, runtime: Runtime) -> int:
 
 
 async def _diff(args: argparse.Namespace, runtime: Runtime) -> int:
-    from loomgraph.checkpoints import diff, position
+    from loomgraph.agent.checkpoints import diff, position
 
     record, transitions = await _record(runtime, args.run_id)
     last = max((t.seq for t in transitions), default=0)
     for seq in (args.seq_a, args.seq_b):
         if not 0 <= seq <= last:
-            raise UsageError(f"run {args.run_id} has no checkpoint {seq}; it has 0..{last} "
-                             "(0 is the first state)")
+            raise UsageError(
+                f"run {args.run_id} has no checkpoint {seq}; it has 0..{last} "
+                "(0 is the first state)"
+            )
     compiled = _compiled(args.graph, record)
     before = position(compiled, record, transitions, upto=args.seq_a).state
     after = position(compiled, record, transitions, upto=args.seq_b).state
     changes = diff(before, after)
     if args.json:
-        print(json.dumps({k: {"before": a, "after": b} for k, (a, b) in changes.items()},
-                         default=str))
+        print(
+            json.dumps({k: {"before": a, "after": b} for k, (a, b) in changes.items()}, default=str)
+        )
         return EXIT_OK
     if not changes:
         print(f"no change between {args.seq_a} and {args.seq_b}")
     for name, (old, new) in changes.items():
         print(f"{name}:")
-        if isinstance(old, list) and isinstance(new, list) and new[:len(old)] == old:
-            for item in new[len(old):]:  # an append reducer: show only what was added
+        if isinstance(old, list) and isinstance(new, list) and new[: len(old)] == old:
+            for item in new[len(old) :]:  # an append reducer: show only what was added
                 print(f"  + {_compact(item)}")
         else:
             print(f"  - {_compact(old)}\n  + {_compact(new)}")
@@ -302,10 +388,16 @@ def _compact(value: Any) -> str:
 
 def _agent(args: argparse.Namespace, runtime: Runtime, record: RunRecord) -> Any:
     """An Agent for resuming or forking `record`: its graph unless --graph, the given tools."""
-    from loomgraph.agent import Agent
+    from loomgraph.agent.agent import Agent
 
-    return Agent("", model=load_model(args.model), tools=load_tools(args.tools), runtime=runtime,
-                 architecture=args.graph or record.graph_name, hooks=_Printer(args.json))
+    return Agent(
+        "",
+        model=load_model(args.model),
+        tools=load_tools(args.tools),
+        runtime=runtime,
+        architecture=args.graph or record.graph_name,
+        hooks=_Printer(args.json),
+    )
 
 
 class _Printer(NoHooks):
@@ -316,7 +408,7 @@ class _Printer(NoHooks):
 
     async def on_event(self, event: Any) -> None:
         """Print the event."""
-        from loomgraph.cli import print_event
+        from loomgraph.cli.main import print_event
 
         if self.as_json:
             print(json.dumps(event.to_dict(), default=str), flush=True)
@@ -328,8 +420,10 @@ def _ended(result: Any, as_json: bool) -> int:
     if as_json:
         print(json.dumps({"result": result.to_dict()}, default=str))
     else:
-        print(f"run {result.run_id}: status={result.status} output={result.output!r}"
-              + (f" reason={result.reason}" if result.reason else ""))
+        print(
+            f"run {result.run_id}: status={result.status} output={result.output!r}"
+            + (f" reason={result.reason}" if result.reason else "")
+        )
     return EXIT_OK if result.ok else EXIT_FAILED
 
 
@@ -358,19 +452,24 @@ async def _break_dead_lease(runtime: Any, run_id: str) -> None:
     host, _, rest = lease.owner.partition(":")
     pid = rest.partition(":")[0]
     if host != socket.gethostname() or not pid.isdigit():
-        raise UsageError(f"run {run_id} is leased by {lease.owner!r}, not a process of this "
-                         "host; wait for the lease to expire")
+        raise UsageError(
+            f"run {run_id} is leased by {lease.owner!r}, not a process of this "
+            "host; wait for the lease to expire"
+        )
     try:
         os.kill(int(pid), 0)
     except ProcessLookupError:
         await runtime.release_lease(run_id, lease.owner)
-        print(f"loomgraph: released the lease of {lease.owner!r} (process {pid} is gone)",
-              file=sys.stderr)
+        print(
+            f"loomgraph: released the lease of {lease.owner!r} (process {pid} is gone)",
+            file=sys.stderr,
+        )
         return
     except PermissionError:
         pass  # the pid exists under another user
-    raise UsageError(f"run {run_id} is leased by {lease.owner!r}, whose process {pid} is "
-                     "still running")
+    raise UsageError(
+        f"run {run_id} is leased by {lease.owner!r}, whose process {pid} is still running"
+    )
 
 
 async def _fork(args: argparse.Namespace, runtime: Runtime) -> int:
@@ -389,16 +488,19 @@ async def _fork(args: argparse.Namespace, runtime: Runtime) -> int:
 
 
 async def _render(args: argparse.Namespace, runtime: Runtime) -> int:
-    from loomgraph.graph.library import load_graph
-    from loomgraph.graph.render import RunOverlay, render
+    from loomgraph.authoring.library import load_graph
+    from loomgraph.authoring.render import RunOverlay, render
 
     record, transitions = await _record(runtime, args.run)
     graph = load_graph(args.graph)
     if graph.name != record.graph_name:
-        raise UsageError(f"run {record.run_id} was made with graph {record.graph_name!r}, "
-                         f"not {graph.name!r}")
+        raise UsageError(
+            f"run {record.run_id} was made with graph {record.graph_name!r}, not {graph.name!r}"
+        )
     overlay = RunOverlay.from_transitions(transitions, status=record.status)
     render(graph, Path(args.output), run=overlay)
-    print(f"wrote {args.output} (run {record.run_id}, status {record.status}, "
-          f"{len(transitions)} transitions)")
+    print(
+        f"wrote {args.output} (run {record.run_id}, status {record.status}, "
+        f"{len(transitions)} transitions)"
+    )
     return EXIT_OK

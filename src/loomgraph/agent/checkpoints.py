@@ -26,14 +26,17 @@ def resume_value(record: RunRecord, value: Any) -> tuple[str, Any]:
     """The interrupted node and the value validated against the type it asked for."""
     pending = (record.result or {}).get("pending") or {}
     if record.status != "interrupted" or "type" not in pending:
-        raise ResumeError(f"run {record.run_id} is not waiting for a value "
-                          f"(status {record.status!r})")
+        raise ResumeError(
+            f"run {record.run_id} is not waiting for a value (status {record.status!r})"
+        )
     adapter: TypeAdapter[Any] = TypeAdapter(parse_type(pending["type"]))
     try:
         checked = adapter.validate_python(value)
     except ValidationError as err:
-        raise ResumeError(f"run {record.run_id} waits at {pending['node']!r} for a "
-                          f"{pending['type']}; the value does not fit: {err}") from None
+        raise ResumeError(
+            f"run {record.run_id} waits at {pending['node']!r} for a "
+            f"{pending['type']}; the value does not fit: {err}"
+        ) from None
     return pending["node"], adapter.dump_python(checked, mode="json")
 
 
@@ -42,13 +45,18 @@ def approval(record: RunRecord, approve: Any) -> tuple[str, Any]:
     pending = (record.result or {}).get("pending") or {}
     call = pending.get("call")
     if record.status != "awaiting_approval" or not call:
-        raise ResumeError(f"run {record.run_id} is not waiting for an approval "
-                          f"(status {record.status!r}); an approval is used once")
-    edited = isinstance(approve, dict) and set(approve) == {"args"} \
-        and isinstance(approve["args"], dict)
+        raise ResumeError(
+            f"run {record.run_id} is not waiting for an approval "
+            f"(status {record.status!r}); an approval is used once"
+        )
+    edited = (
+        isinstance(approve, dict) and set(approve) == {"args"} and isinstance(approve["args"], dict)
+    )
     if not (approve is True or approve is False or edited):
-        raise ResumeError("approve must be True, False or {'args': {...}} (edited arguments), "
-                          f"got {approve!r}")
+        raise ResumeError(
+            "approve must be True, False or {'args': {...}} (edited arguments), "
+            f"got {approve!r}"
+        )
     return call["id"], approve
 
 
@@ -80,7 +88,9 @@ def is_top_level(transition: Transition) -> bool:
 
 
 def position(
-    graph: CompiledGraph, run: RunRecord, transitions: Sequence[Transition],
+    graph: CompiledGraph,
+    run: RunRecord,
+    transitions: Sequence[Transition],
     upto: int | None = None,
 ) -> Position:
     """The state after transition `upto` (default: the last), from the newest snapshot on."""
@@ -120,5 +130,8 @@ def _first_state(graph: CompiledGraph, run: RunRecord) -> dict[str, Any]:
 
 def diff(before: dict[str, Any], after: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
     """The fields that differ between two states, as (before, after) pairs."""
-    return {k: (before.get(k), after.get(k)) for k in sorted(set(before) | set(after))
-            if before.get(k) != after.get(k)}
+    return {
+        k: (before.get(k), after.get(k))
+        for k in sorted(set(before) | set(after))
+        if before.get(k) != after.get(k)
+    }

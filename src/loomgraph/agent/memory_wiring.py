@@ -5,16 +5,16 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING
 
-from loomgraph.deps import ConfigError, current_run, resolve_model
-from loomgraph.events import Event
+from loomgraph.agent.deps import ConfigError, current_run, resolve_model
 from loomgraph.memory import MemoryStore
 from loomgraph.memory.extract import Extractor
 from loomgraph.memory.tools import memory_tools
 from loomgraph.models import EchoModel, ScriptedModel
 from loomgraph.protocols import Episode, Hooks, Model, Telemetry
+from loomgraph.protocols.events import Event
 
 if TYPE_CHECKING:
-    from loomgraph.agent import Agent
+    from loomgraph.agent.agent import Agent
 
 EXTRACTION_FAILED = "memory_extraction_failed"
 
@@ -22,8 +22,9 @@ EXTRACTION_FAILED = "memory_extraction_failed"
 class MemoryExtraction:
     """Turns finished runs into facts in the background; a failure is reported, never raised."""
 
-    def __init__(self, memory: MemoryStore, model: Model, hooks: Hooks,
-                 telemetry: Telemetry) -> None:
+    def __init__(
+        self, memory: MemoryStore, model: Model, hooks: Hooks, telemetry: Telemetry
+    ) -> None:
         self.memory, self.model, self.hooks, self.telemetry = memory, model, hooks, telemetry
         self.extractor = Extractor(on_error=self._failed)
 
@@ -39,13 +40,25 @@ class MemoryExtraction:
         with self.telemetry.span("memory.extract", {"loom.run.id": episode.run_id}) as span:
             span.set_attribute("error.type", type(error).__name__)
         # The run's own event stream has ended by now: the hooks' on_event hears about it.
-        await self.hooks.on_event(Event(
-            EXTRACTION_FAILED, {"error": f"{type(error).__name__}: {error}"}, episode.run_id,
-            0, None, episode.user_id, episode.session_id, time.time()))
+        await self.hooks.on_event(
+            Event(
+                EXTRACTION_FAILED,
+                {"error": f"{type(error).__name__}: {error}"},
+                episode.run_id,
+                0,
+                None,
+                episode.user_id,
+                episode.session_id,
+                time.time(),
+            )
+        )
 
 
 def wire_memory(
-    agent: Agent, *, auto_extract: bool | None, extract_model: str | Model | None,
+    agent: Agent,
+    *,
+    auto_extract: bool | None,
+    extract_model: str | Model | None,
     with_tools: bool,
 ) -> MemoryExtraction | None:
     """Add the memory tools when asked, and set up extraction: on by default, except on the
@@ -53,12 +66,15 @@ def wire_memory(
     memory = agent.deps.memory
     if not isinstance(memory, MemoryStore):
         if auto_extract or with_tools:
-            raise ConfigError("auto_extract and memory_tools need a memory backend: "
-                              "memory='memory', 'sqlite:PATH' or 'postgres://…'")
+            raise ConfigError(
+                "auto_extract and memory_tools need a memory backend: "
+                "memory='memory', 'sqlite:PATH' or 'postgres://…'"
+            )
         return None
     if with_tools:
-        for fn in memory_tools(memory, lambda: _run_field("user_id"),
-                               run_id_getter=lambda: _run_field("run_id")):
+        for fn in memory_tools(
+            memory, lambda: _run_field("user_id"), run_id_getter=lambda: _run_field("run_id")
+        ):
             agent.add_tool(fn)
     model = resolve_model(extract_model) if extract_model is not None else agent.deps.model
     if auto_extract is None:

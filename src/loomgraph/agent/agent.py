@@ -9,8 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from loomgraph import nodes as _builtin_nodes  # noqa: F401  (registers the built-in kinds)
-from loomgraph.agent_memory import wire_memory
-from loomgraph.checkpoints import (
+from loomgraph.agent.checkpoints import (
     Checkpoint,
     GraphChanged,
     Position,
@@ -20,16 +19,18 @@ from loomgraph.checkpoints import (
     position,
     resume_value,
 )
-from loomgraph.deps import build_deps
-from loomgraph.events import Event
+from loomgraph.agent.deps import build_deps
+from loomgraph.agent.leases import hold_lease
+from loomgraph.agent.memory_wiring import wire_memory
+from loomgraph.agent.result import RunResult
+from loomgraph.agent.session import AgentSession
+from loomgraph.authoring.library import load_graph
+from loomgraph.engine.context import Deps
 from loomgraph.governance.hooks import Hooks as GovernanceHooks
 from loomgraph.governance.null import NoHooks
 from loomgraph.graph.compiled import CompiledGraph, compile_graph
-from loomgraph.graph.context import Deps
-from loomgraph.graph.library import load_graph
 from loomgraph.graph.spec import Graph
 from loomgraph.graph.state import snapshot_of
-from loomgraph.leases import hold_lease
 from loomgraph.nodes.structured import (
     DEFAULT_RETRIES,
 )
@@ -46,8 +47,7 @@ from loomgraph.protocols import (
     Transition,
     UnknownRun,
 )
-from loomgraph.result import RunResult
-from loomgraph.session import AgentSession
+from loomgraph.protocols.events import Event
 
 _NO_VALUE: Any = object()
 _STREAM_BUFFER = 32  # events a slow consumer may fall behind before the run waits for it
@@ -84,11 +84,20 @@ class Agent:
         self.graph = load_graph(architecture)
         self.compiled: CompiledGraph = compile_graph(self.graph)
         self.deps: Deps = build_deps(
-            model=model, memory=memory, tools=tools, runtime=runtime, budget=budget,
-            permissions=permissions, hooks=hooks, telemetry=telemetry, audit_log=audit_log,
-            approval_handler=approval_handler)
-        self.extraction = wire_memory(self, auto_extract=auto_extract,
-                                      extract_model=extract_model, with_tools=memory_tools)
+            model=model,
+            memory=memory,
+            tools=tools,
+            runtime=runtime,
+            budget=budget,
+            permissions=permissions,
+            hooks=hooks,
+            telemetry=telemetry,
+            audit_log=audit_log,
+            approval_handler=approval_handler,
+        )
+        self.extraction = wire_memory(
+            self, auto_extract=auto_extract, extract_model=extract_model, with_tools=memory_tools
+        )
 
     async def aclose(self) -> None:
         """Wait for pending fact extractions, then close the memory, the journal and the
@@ -107,8 +116,10 @@ class Agent:
         if isinstance(self.deps.hooks, NoHooks):  # made on first use: no cost until then
             self.deps.hooks = GovernanceHooks()
         if not isinstance(self.deps.hooks, GovernanceHooks):
-            raise TypeError(f"this agent's hooks are a {type(self.deps.hooks).__name__}; "
-                            "register on that object instead")
+            raise TypeError(
+                f"this agent's hooks are a {type(self.deps.hooks).__name__}; "
+                "register on that object instead"
+            )
         return self.deps.hooks
 
     def add_tool(self, fn: Callable[..., Any]) -> None:
@@ -120,36 +131,67 @@ class Agent:
         _mutable_host(self.deps.tools).remove(name)
 
     def session(
-        self, prompt: str, *, user_id: str | None = None, session_id: str | None = None,
-        output_schema: Any = None, output_retries: int = DEFAULT_RETRIES,
+        self,
+        prompt: str,
+        *,
+        user_id: str | None = None,
+        session_id: str | None = None,
+        output_schema: Any = None,
+        output_retries: int = DEFAULT_RETRIES,
     ) -> AgentSession:
         """A fresh session for one run."""
-        return AgentSession(self, prompt, user_id=user_id, session_id=session_id,
-                            output_schema=output_schema, output_retries=output_retries)
+        return AgentSession(
+            self,
+            prompt,
+            user_id=user_id,
+            session_id=session_id,
+            output_schema=output_schema,
+            output_retries=output_retries,
+        )
 
     async def run(
-        self, prompt: str, *, user_id: str | None = None, session_id: str | None = None,
-        output_schema: Any = None, output_retries: int = DEFAULT_RETRIES,
+        self,
+        prompt: str,
+        *,
+        user_id: str | None = None,
+        session_id: str | None = None,
+        output_schema: Any = None,
+        output_retries: int = DEFAULT_RETRIES,
     ) -> RunResult:
         """Run to the end and return the result (the same as draining `stream()`).
 
         With `output_schema`, `RunResult.parsed` holds the answer validated into that type;
         an answer that never fits raises `OutputValidationError` (after the run is journaled).
         """
-        session = self.session(prompt, user_id=user_id, session_id=session_id,
-                               output_schema=output_schema, output_retries=output_retries)
+        session = self.session(
+            prompt,
+            user_id=user_id,
+            session_id=session_id,
+            output_schema=output_schema,
+            output_retries=output_retries,
+        )
         result = await session.execute(self.deps.hooks.on_event)
         if session.error is not None:
             raise session.error
         return result
 
     async def stream(
-        self, prompt: str, *, user_id: str | None = None, session_id: str | None = None,
-        output_schema: Any = None, output_retries: int = DEFAULT_RETRIES,
+        self,
+        prompt: str,
+        *,
+        user_id: str | None = None,
+        session_id: str | None = None,
+        output_schema: Any = None,
+        output_retries: int = DEFAULT_RETRIES,
     ) -> AsyncIterator[Event]:
         """The run's events as they happen; leaving the loop early cancels the run cleanly."""
-        session = self.session(prompt, user_id=user_id, session_id=session_id,
-                               output_schema=output_schema, output_retries=output_retries)
+        session = self.session(
+            prompt,
+            user_id=user_id,
+            session_id=session_id,
+            output_schema=output_schema,
+            output_retries=output_retries,
+        )
         queue: asyncio.Queue[Any] = asyncio.Queue(_STREAM_BUFFER)
         on_event = self.deps.hooks.on_event
 
@@ -176,7 +218,6 @@ class Agent:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
 
-
     # ------------------------------------------------------------------ the journal
 
     async def _journal(self, run_id: str) -> tuple[RunRecord, list[Transition]]:
@@ -187,7 +228,11 @@ class Agent:
         return record, await runtime.transitions(run_id)
 
     async def resume(
-        self, run_id: str, *, accept_graph_change: bool = False, value: Any = _NO_VALUE,
+        self,
+        run_id: str,
+        *,
+        accept_graph_change: bool = False,
+        value: Any = _NO_VALUE,
         approve: Any = _NO_VALUE,
     ) -> RunResult:
         """Continue an interrupted or crashed run from its journal; finished effects replay.
@@ -213,9 +258,15 @@ class Agent:
             raise GraphChanged(
                 f"run {run_id} was made with graph {record.graph_name!r} version "
                 f"{record.graph_hash}; this agent has version {self.compiled.hash}. "
-                "Pass accept_graph_change=True to resume with the new graph.")
-        session = AgentSession(self, _prompt(record), user_id=record.user_id,
-                               session_id=record.session_id, run_id=run_id)
+                "Pass accept_graph_change=True to resume with the new graph."
+            )
+        session = AgentSession(
+            self,
+            _prompt(record),
+            user_id=record.user_id,
+            session_id=record.session_id,
+            run_id=run_id,
+        )
         async with hold_lease(self.deps.leases, run_id):
             # Read where the run stands only once it is ours: another worker may have moved
             # it on, or finished it, while this one waited.
@@ -223,29 +274,34 @@ class Agent:
             if record.status in _FINAL and record.result is not None:
                 return RunResult(**record.result)
             at = position(self.compiled, record, await self.deps.runtime.transitions(run_id))
-            return await session.continue_from(self.deps.hooks.on_event, record, at,
-                                               new_run=False, options=options)
+            return await session.continue_from(
+                self.deps.hooks.on_event, record, at, new_run=False, options=options
+            )
 
-    async def fork(
-        self, run_id: str, *, at: int, patch: dict[str, Any] | None = None
-    ) -> RunResult:
+    async def fork(self, run_id: str, *, at: int, patch: dict[str, Any] | None = None) -> RunResult:
         """Start a new run from checkpoint `at` of another run, its state optionally patched."""
         record, transitions = await self._journal(run_id)
         if at and not any(t.seq == at for t in transitions):
-            raise ValueError(f"run {run_id} has no checkpoint {at}; it has "
-                             f"1..{transitions[-1].seq if transitions else 0}")
+            raise ValueError(
+                f"run {run_id} has no checkpoint {at}; it has "
+                f"1..{transitions[-1].seq if transitions else 0}"
+            )
         where = position(self.compiled, record, transitions, upto=at)
         if patch:
             self.compiled.schema.apply(where.state, self.compiled.schema.check(dict(patch)))
-        session = AgentSession(self, _prompt(record), user_id=record.user_id,
-                               session_id=record.session_id)
-        forked = session._record(parent_run_id=run_id, parent_seq=at,
-                                 initial={"state": snapshot_of(where.state),
-                                          "system": (record.initial or {})
-                                          .get("system", self.instructions)})
+        session = AgentSession(
+            self, _prompt(record), user_id=record.user_id, session_id=record.session_id
+        )
+        forked = session._record(
+            parent_run_id=run_id,
+            parent_seq=at,
+            initial={
+                "state": snapshot_of(where.state),
+                "system": (record.initial or {}).get("system", self.instructions),
+            },
+        )
         fresh = Position(where.state, where.visits, where.next_node, 0)
-        return await session.continue_from(self.deps.hooks.on_event, forked, fresh,
-                                           new_run=True)
+        return await session.continue_from(self.deps.hooks.on_event, forked, fresh, new_run=True)
 
     async def history(self, run_id: str) -> list[Checkpoint]:
         """Every transition of a run, with the state after it."""
@@ -260,17 +316,16 @@ class Agent:
 _FINAL = frozenset({"completed", "limit_reached", "budget_exhausted"})
 
 
-
-
-
 async def _not_answered(runtime: Runtime, record: RunRecord, call_id: str) -> None:
     """Refuse a second approval of one call (say, after a crash right after the first was
     journaled): the first answer stands, and a plain resume goes on with it."""
     suffix = f":approval:{call_id}"
     for effect in await runtime.effects(record.run_id):
         if effect.key.endswith(suffix) and effect.status == "done":
-            raise ResumeError(f"call {call_id} of run {record.run_id} was already answered "
-                              "(approvals are used once); resume without approve= to go on")
+            raise ResumeError(
+                f"call {call_id} of run {record.run_id} was already answered "
+                "(approvals are used once); resume without approve= to go on"
+            )
 
 
 def _prompt(record: RunRecord) -> str:

@@ -67,7 +67,10 @@ class RunOverlay:
 
     @classmethod
     def from_transitions(
-        cls, transitions: Iterable[_Step], *, status: str = "completed",
+        cls,
+        transitions: Iterable[_Step],
+        *,
+        status: str = "completed",
         stopped_at: str | None = None,
     ) -> RunOverlay:
         """An overlay from journal transitions; `stopped_at` defaults to the last target."""
@@ -85,10 +88,16 @@ class RunOverlay:
             return run
         unknown = set(run) - {"visits", "path", "stopped_at", "status"}
         if unknown:
-            raise RenderError(f"unknown run overlay keys: {', '.join(sorted(unknown))}; "
-                              "expected visits, path, stopped_at, status")
-        return cls(visits=dict(run.get("visits") or {}), path=list(run.get("path") or []),
-                   stopped_at=run.get("stopped_at"), status=str(run.get("status", "completed")))
+            raise RenderError(
+                f"unknown run overlay keys: {', '.join(sorted(unknown))}; "
+                "expected visits, path, stopped_at, status"
+            )
+        return cls(
+            visits=dict(run.get("visits") or {}),
+            path=list(run.get("path") or []),
+            stopped_at=run.get("stopped_at"),
+            status=str(run.get("status", "completed")),
+        )
 
     def taken(self) -> Counter[tuple[str, str]]:
         """How many times each (from, to) edge was taken."""
@@ -141,8 +150,10 @@ def _io(graph: Graph) -> dict[str, tuple[list[str], list[str]]]:
             defaults = (list(kind.default_reads), list(kind.default_writes))
         except GraphError:
             defaults = ([], [])
-        out[name] = (spec.reads if spec.reads is not None else defaults[0],
-                     spec.writes if spec.writes is not None else defaults[1])
+        out[name] = (
+            spec.reads if spec.reads is not None else defaults[0],
+            spec.writes if spec.writes is not None else defaults[1],
+        )
     return out
 
 
@@ -169,7 +180,7 @@ def _wrap(fields: Sequence[str], per_line: int = 3) -> list[str]:
     """Field names a few per line, so a node with many fields stays narrow."""
     if not fields:
         return ["—"]
-    return [", ".join(fields[i:i + per_line]) for i in range(0, len(fields), per_line)]
+    return [", ".join(fields[i : i + per_line]) for i in range(0, len(fields), per_line)]
 
 
 def _free_id(base: str, taken: Iterable[str]) -> str:
@@ -184,7 +195,7 @@ def _load(graph: Graph | str | Path) -> Graph:
     # Register the built-in kinds, for validation and their reads/writes defaults; imported
     # lazily because the node kinds import the graph package this module belongs to.
     import loomgraph.nodes  # noqa: F401
-    from loomgraph.graph.library import load_graph
+    from loomgraph.authoring.library import load_graph
 
     if isinstance(graph, Graph):
         return graph
@@ -195,20 +206,25 @@ def _load(graph: Graph | str | Path) -> Graph:
 # --------------------------------------------------------------------------- Graphviz
 
 
-def _dot_label(name: str, kind: str, reads: list[str], writes: list[str],
-               visits: int | None) -> str:
+def _dot_label(
+    name: str, kind: str, reads: list[str], writes: list[str], visits: int | None
+) -> str:
     """An HTML-like label: name, kind, then reads and writes (Burr-style)."""
+
     def e(text: str) -> str:
         return html.escape(text, quote=False)  # quotes are plain text inside an HTML label
 
-    rows = [f'<TR><TD><B>{e(name)}</B></TD></TR>',
-            f'<TR><TD><FONT POINT-SIZE="10" COLOR="#6b7280"><I>{e(kind)}</I></FONT></TD></TR>',
-            '<HR/>']
+    rows = [
+        f"<TR><TD><B>{e(name)}</B></TD></TR>",
+        f'<TR><TD><FONT POINT-SIZE="10" COLOR="#6b7280"><I>{e(kind)}</I></FONT></TD></TR>',
+        "<HR/>",
+    ]
     for title, fields in (("reads", reads), ("writes", writes)):
         for i, line in enumerate(_wrap(fields)):
             head = f"{title}: " if i == 0 else ""
-            rows.append(f'<TR><TD ALIGN="LEFT"><FONT POINT-SIZE="10">'
-                        f'{head}{e(line)}</FONT></TD></TR>')
+            rows.append(
+                f'<TR><TD ALIGN="LEFT"><FONT POINT-SIZE="10">{head}{e(line)}</FONT></TD></TR>'
+            )
     if visits is not None:
         rows.append(f'<TR><TD><FONT POINT-SIZE="10"><B>visits: {visits}</B></FONT></TD></TR>')
     table = '<TABLE BORDER="0" CELLBORDER="0" CELLSPACING="0" CELLPADDING="2">'
@@ -219,21 +235,50 @@ def _digraph(graph: Graph, run: RunOverlay | None) -> graphviz.Digraph:
     io = _io(graph)
     dot = graphviz.Digraph(name=graph.name)
     title = f"{graph.name} v{graph.version}"
-    dot.attr(rankdir="TB", labelloc="t", label=graphviz.escape(title),
-             tooltip=graphviz.escape(graph.description or title), fontname="Helvetica")
-    dot.attr("node", fontname="Helvetica", shape="box", style="rounded,filled",
-             fillcolor="white", color="#374151")
+    dot.attr(
+        rankdir="TB",
+        labelloc="t",
+        label=graphviz.escape(title),
+        tooltip=graphviz.escape(graph.description or title),
+        fontname="Helvetica",
+    )
+    dot.attr(
+        "node",
+        fontname="Helvetica",
+        shape="box",
+        style="rounded,filled",
+        fillcolor="white",
+        color="#374151",
+    )
     dot.attr("edge", fontname="Helvetica", fontsize="10", color="#374151")
     stop = run.stop_colour() if run else None
 
     start_id = _free_id("__start__", graph.nodes)
-    dot.node(start_id, label="", shape="circle", style="filled", fillcolor="black",
-             width="0.18", height="0.18", fixedsize="true", tooltip="start")
+    dot.node(
+        start_id,
+        label="",
+        shape="circle",
+        style="filled",
+        fillcolor="black",
+        width="0.18",
+        height="0.18",
+        fixedsize="true",
+        tooltip="start",
+    )
     end_style = {"fillcolor": "#f3f4f6"}
     if run and run.stopped_at == END and stop:
         end_style = {"color": stop, "penwidth": "3", "fillcolor": _STOP_FILL[stop]}
-    dot.node(END, label="END", shape="doublecircle", style="filled", fontsize="10",
-             width="0.5", fixedsize="true", tooltip="end of the run", **end_style)
+    dot.node(
+        END,
+        label="END",
+        shape="doublecircle",
+        style="filled",
+        fontsize="10",
+        width="0.5",
+        fixedsize="true",
+        tooltip="end of the run",
+        **end_style,
+    )
 
     for name, spec in graph.nodes.items():
         reads, writes = io.get(name, ([], []))
@@ -243,12 +288,20 @@ def _digraph(graph: Graph, run: RunOverlay | None) -> graphviz.Digraph:
             attrs["fillcolor"] = _VISITED_FILL
         if run and run.stopped_at == name and stop:
             attrs.update(color=stop, penwidth="3", fillcolor=_STOP_FILL[stop])
-        dot.node(name, label=_dot_label(name, spec.kind, reads, writes, count),
-                 tooltip=graphviz.escape(spec.description or name), **attrs)
+        dot.node(
+            name,
+            label=_dot_label(name, spec.kind, reads, writes, count),
+            tooltip=graphviz.escape(spec.description or name),
+            **attrs,
+        )
 
     entered = bool(run and (run.visits or run.path))
-    dot.edge(start_id, graph.entry or END, arrowsize="0.7",
-             **({"penwidth": "2.5", "color": _TAKEN} if entered else {}))
+    dot.edge(
+        start_id,
+        graph.entry or END,
+        arrowsize="0.7",
+        **({"penwidth": "2.5", "color": _TAKEN} if entered else {}),
+    )
     taken = run.taken() if run else Counter()
     for edge in _edges(graph):
         text = _edge_text(edge)
@@ -260,8 +313,13 @@ def _digraph(graph: Graph, run: RunOverlay | None) -> graphviz.Digraph:
         if times:
             attrs.update(penwidth="2.5", color=_TAKEN)
             text = f"{text}  {_TIMES}{times}".strip()
-        dot.edge(edge.spec.source, edge.spec.target, label=graphviz.escape(text) if text else "",
-                 tooltip=graphviz.escape(edge.spec.when or text or "default"), **attrs)
+        dot.edge(
+            edge.spec.source,
+            edge.spec.target,
+            label=graphviz.escape(text) if text else "",
+            tooltip=graphviz.escape(edge.spec.when or text or "default"),
+            **attrs,
+        )
     return dot
 
 
@@ -293,9 +351,22 @@ def to_svg(graph: Graph | str | Path, *, run: RunLike = None) -> str:
 
 # Characters that end or confuse a Mermaid label, as Mermaid entity codes (`#name;`/`#nn;`).
 _MERMAID_ENTITIES = {
-    '"': "#quot;", "<": "#lt;", ">": "#gt;", "&": "#amp;", "#": "#35;", "|": "#124;",
-    "[": "#91;", "]": "#93;", "(": "#40;", ")": "#41;", "{": "#123;", "}": "#125;",
-    "`": "#96;", ";": "#59;", "\n": " ", "\r": " ",
+    '"': "#quot;",
+    "<": "#lt;",
+    ">": "#gt;",
+    "&": "#amp;",
+    "#": "#35;",
+    "|": "#124;",
+    "[": "#91;",
+    "]": "#93;",
+    "(": "#40;",
+    ")": "#41;",
+    "{": "#123;",
+    "}": "#125;",
+    "`": "#96;",
+    ";": "#59;",
+    "\n": " ",
+    "\r": " ",
 }
 
 
@@ -325,15 +396,20 @@ def to_mermaid(graph: Graph | str | Path, *, run: RunLike = None) -> str:
     stop = overlay.stop_colour() if overlay else None
     description = " ".join((g.description or "").split())
     # The comment goes after the header: older Mermaid versions reject anything before it.
-    lines = ["flowchart TD",
-             f"    %% {g.name} v{g.version}" + (f": {description}" if description else ""),
-             '    __start__(("start"))',
-             '    __end__((("END")))']
+    lines = [
+        "flowchart TD",
+        f"    %% {g.name} v{g.version}" + (f": {description}" if description else ""),
+        '    __start__(("start"))',
+        '    __end__((("END")))',
+    ]
     for name, spec in g.nodes.items():
         reads, writes = io.get(name, ([], []))
-        parts = [f"<b>{_mm(name)}</b>", f"<i>{_mm(spec.kind)}</i>",
-                 "reads: " + _mm(", ".join(reads) or "—"),
-                 "writes: " + _mm(", ".join(writes) or "—")]
+        parts = [
+            f"<b>{_mm(name)}</b>",
+            f"<i>{_mm(spec.kind)}</i>",
+            "reads: " + _mm(", ".join(reads) or "—"),
+            "writes: " + _mm(", ".join(writes) or "—"),
+        ]
         if overlay and overlay.visits.get(name):
             parts.append(f"visits: {overlay.visits[name]}")
         lines.append(f'    {ids[name]}["{"<br/>".join(parts)}"]')
@@ -359,10 +435,12 @@ def to_mermaid(graph: Graph | str | Path, *, run: RunLike = None) -> str:
         lines.append(f"    {node_id(edge.spec.source)} {arrow}{label} {node_id(edge.spec.target)}")
     lines += link_styles
 
-    lines += ["    classDef startMarker fill:#000,stroke:#000,color:#fff",
-              "    classDef endMarker fill:#f3f4f6,stroke:#374151",
-              "    class __start__ startMarker",
-              "    class __end__ endMarker"]
+    lines += [
+        "    classDef startMarker fill:#000,stroke:#000,color:#fff",
+        "    classDef endMarker fill:#f3f4f6,stroke:#374151",
+        "    class __start__ startMarker",
+        "    class __end__ endMarker",
+    ]
     if overlay:
         # One class per node: a stop highlight replaces the visited fill rather than mixing.
         stopped = overlay.stopped_at if stop else None
@@ -371,16 +449,22 @@ def to_mermaid(graph: Graph | str | Path, *, run: RunLike = None) -> str:
         if visited:
             lines.append(f"    class {','.join(visited)} visited")
         if stop and stopped in ids:
-            lines.append(f"    classDef stopped fill:{_STOP_FILL[stop]},stroke:{stop},"
-                         "stroke-width:4px")
+            lines.append(
+                f"    classDef stopped fill:{_STOP_FILL[stop]},stroke:{stop},stroke-width:4px"
+            )
             lines.append(f"    class {ids[stopped]} stopped")
     return "\n".join(lines) + "\n"
 
 
 # --------------------------------------------------------------------------- files
 
-_WRITERS = {".svg": to_svg, ".dot": to_dot, ".gv": to_dot, ".mmd": to_mermaid,
-            ".mermaid": to_mermaid}
+_WRITERS = {
+    ".svg": to_svg,
+    ".dot": to_dot,
+    ".gv": to_dot,
+    ".mmd": to_mermaid,
+    ".mermaid": to_mermaid,
+}
 
 
 def render(graph: Graph | str | Path, path: str | Path, *, run: RunLike = None) -> Path:
@@ -388,7 +472,9 @@ def render(graph: Graph | str | Path, path: str | Path, *, run: RunLike = None) 
     target = Path(path)
     writer = _WRITERS.get(target.suffix.lower())
     if writer is None:
-        raise RenderError(f"cannot render to {target.name!r}: unknown suffix "
-                          f"{target.suffix or '(none)'!r}; supported: {', '.join(_WRITERS)}")
+        raise RenderError(
+            f"cannot render to {target.name!r}: unknown suffix "
+            f"{target.suffix or '(none)'!r}; supported: {', '.join(_WRITERS)}"
+        )
     target.write_text(writer(graph, run=run), encoding="utf-8")
     return target

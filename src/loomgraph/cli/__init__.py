@@ -1,0 +1,1 @@
+"""The `loomgraph` command line."""
