@@ -14,7 +14,7 @@ from loomgraph.agent.checkpoints import GraphChanged
 from loomgraph.agent.deps import ConfigError, current_run
 from loomgraph.authoring.library import UnknownGraph
 from loomgraph.authoring.loader import graph_from_yaml
-from loomgraph.graph.errors import GraphValidationError
+from loomgraph.errors import GraphValidationError
 from loomgraph.memory import InMemoryMemory
 from loomgraph.models import EchoModel, ScriptedModel
 from loomgraph.nodes.structured import OutputValidationError

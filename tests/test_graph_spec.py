@@ -11,9 +11,9 @@ import loomgraph.nodes  # noqa: F401
 from loomgraph.authoring.library import UnknownGraph, builtin_names, load_graph
 from loomgraph.authoring.loader import graph_from_data, graph_from_yaml, graph_to_yaml
 from loomgraph.authoring.schema import SCHEMA_FILE, graph_json_schema
+from loomgraph.errors import ConditionError, StateError
 from loomgraph.graph.compiled import compile_graph
 from loomgraph.graph.conditions import compile_condition, compile_template, condition_scope
-from loomgraph.graph.errors import ConditionError, StateError
 from loomgraph.graph.spec import EdgeSpec, Graph, NodeSpec, StateField
 from loomgraph.graph.state import StateSchema, TypeSyntaxError, parse_type
 

@@ -10,7 +10,7 @@ from pydantic import BaseModel
 from loomgraph import Agent
 from loomgraph.agent.checkpoints import ResumeError
 from loomgraph.authoring.loader import graph_from_yaml
-from loomgraph.graph.errors import GraphValidationError
+from loomgraph.errors import GraphValidationError
 from loomgraph.models import ScriptedModel
 from loomgraph.runtime import SqliteRuntime
 

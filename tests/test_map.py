@@ -11,7 +11,7 @@ import pytest
 
 from loomgraph import Agent
 from loomgraph.authoring.loader import graph_from_yaml
-from loomgraph.graph.errors import GraphValidationError
+from loomgraph.errors import GraphValidationError
 from loomgraph.models import ScriptedModel
 from loomgraph.protocols import ModelChunk, ModelRequest
 from loomgraph.runtime import SqliteRuntime

@@ -16,7 +16,7 @@ from loomgraph.authoring.library import builtin_dir, load_graph
 from loomgraph.authoring.loader import graph_from_data, graph_from_yaml, load_graph_file
 from loomgraph.authoring.validate import validate_graph
 from loomgraph.authoring.validate_flow import check_flow
-from loomgraph.graph.errors import GraphValidationError, Problem
+from loomgraph.errors import GraphValidationError, Problem
 from loomgraph.graph.spec import Graph
 
 HERE = Path(__file__).parent

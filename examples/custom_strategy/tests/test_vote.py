@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from loomgraph import Agent, Graph, tool
 from loomgraph.authoring.loader import graph_from_data
-from loomgraph.graph.errors import GraphValidationError
+from loomgraph.errors import GraphValidationError
 from loomgraph.graph.registry import node_kind
 from loomgraph.models import ScriptedModel
 from loomgraph.protocols import ModelRequest

@@ -8,8 +8,8 @@ from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
 
+from loomgraph.errors import GraphError
 from loomgraph.graph.compiled import CompiledGraph
-from loomgraph.graph.errors import GraphError
 from loomgraph.graph.state import parse_type, snapshot_of
 from loomgraph.protocols import RunRecord, Transition
 

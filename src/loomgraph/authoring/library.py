@@ -6,7 +6,7 @@ from functools import cache
 from pathlib import Path
 
 from loomgraph.authoring.loader import load_graph_file
-from loomgraph.graph.errors import GraphError, GraphValidationError
+from loomgraph.errors import GraphError, GraphValidationError
 from loomgraph.graph.spec import Graph
 
 

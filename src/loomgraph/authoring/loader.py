@@ -9,7 +9,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from loomgraph.graph.errors import GraphValidationError, Problem
+from loomgraph.errors import GraphValidationError, Problem
 from loomgraph.graph.spec import Graph
 
 Lines = dict[tuple[str | int, ...], int]

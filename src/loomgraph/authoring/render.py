@@ -19,7 +19,7 @@ from typing import Any, Protocol
 # The unused-ignore code keeps this line valid if pyproject later adds a graphviz override.
 import graphviz  # type: ignore[import-untyped, unused-ignore]
 
-from loomgraph.graph.errors import GraphError
+from loomgraph.errors import GraphError
 from loomgraph.graph.spec import END, EdgeSpec, Graph
 
 __all__ = [

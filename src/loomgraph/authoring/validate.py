@@ -22,8 +22,8 @@ from loomgraph.authoring.validate_flow import (
     did_you_mean,
     problem_at,
 )
+from loomgraph.errors import Problem
 from loomgraph.graph.conditions import names_used, syntax_problem
-from loomgraph.graph.errors import Problem
 from loomgraph.graph.registry import NodeKind, UnknownNodeKind, known_kinds, node_kind
 from loomgraph.graph.spec import END, SCHEMA_VERSION, Graph, NodeSpec
 from loomgraph.graph.state import BUILTIN_FIELDS, DERIVED_NAMES, parse_type

@@ -13,7 +13,7 @@ from collections.abc import Iterable
 
 import networkx as nx  # type: ignore[import-untyped,unused-ignore]
 
-from loomgraph.graph.errors import Problem
+from loomgraph.errors import Problem
 from loomgraph.graph.policies import known_error_type
 from loomgraph.graph.spec import END, Graph
 

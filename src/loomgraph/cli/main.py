@@ -64,7 +64,7 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `loomgraph` command; returns the exit code."""
     args = _parser().parse_args(argv)
-    from loomgraph.graph.errors import GraphError
+    from loomgraph.errors import GraphError
     from loomgraph.runtime.errors import JournalError
 
     try:
@@ -147,7 +147,7 @@ def print_event(event: Any) -> None:
 
 def _validate(files: Sequence[str]) -> int:
     from loomgraph.authoring.loader import load_graph_file
-    from loomgraph.graph.errors import GraphValidationError
+    from loomgraph.errors import GraphValidationError
 
     failed = False
     for file in files:

@@ -130,7 +130,7 @@ def _journaled(
     args: argparse.Namespace, command: Callable[[argparse.Namespace, Runtime], Awaitable[int]]
 ) -> int:
     """Open the journal, run the command, close the journal; errors become exit codes."""
-    from loomgraph.graph.errors import GraphError
+    from loomgraph.errors import GraphError
     from loomgraph.runtime.errors import JournalError, RunConflict
 
     async def go() -> int:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from loomgraph.engine.tool_gate import call_tool
-from loomgraph.graph.errors import RunStopped
+from loomgraph.errors import RunStopped
 from loomgraph.protocols import (
     AuditLog,
     Budget,

@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from loomgraph.engine.context import NodeContext, RunScope
+from loomgraph.errors import GraphError, NodeError, RunStopped, StateError
 from loomgraph.graph.compiled import CompiledGraph
-from loomgraph.graph.errors import GraphError, NodeError, RunStopped, StateError
 from loomgraph.graph.registry import NodeKind
 from loomgraph.graph.spec import END
 from loomgraph.graph.state import snapshot_of

@@ -9,7 +9,7 @@ from __future__ import annotations
 import inspect
 from typing import TYPE_CHECKING, Any
 
-from loomgraph.graph.errors import RunStopped
+from loomgraph.errors import RunStopped
 from loomgraph.protocols import Decision, ToolCall, ToolResult, ToolSpec
 from loomgraph.protocols.events import TOOL_CALL, TOOL_RESULT
 

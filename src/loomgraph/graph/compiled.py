@@ -6,8 +6,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from loomgraph.errors import ConditionError
 from loomgraph.graph.conditions import compile_condition, condition_scope, names_used
-from loomgraph.graph.errors import ConditionError
 from loomgraph.graph.registry import NodeKind, node_kind
 from loomgraph.graph.spec import END, Graph
 from loomgraph.graph.state import StateSchema

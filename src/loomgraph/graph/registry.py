@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from pydantic import BaseModel, ConfigDict
 
-from loomgraph.graph.errors import GraphError
+from loomgraph.errors import GraphError
 
 if TYPE_CHECKING:
     from loomgraph.engine.context import NodeContext

@@ -10,7 +10,7 @@ from typing import Any, Optional, Union
 
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
-from loomgraph.graph.errors import StateError
+from loomgraph.errors import StateError
 from loomgraph.graph.spec import Graph, Reducer, StateField
 
 # Fields every graph has. `input` is the prompt of the run.

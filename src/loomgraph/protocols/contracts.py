@@ -13,6 +13,8 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, TypedDict, runtime_checkable
 
+from loomgraph.errors import LoomgraphError
+
 # --------------------------------------------------------------------------- messages
 
 
@@ -127,7 +129,7 @@ class ModelResponse:
         return message
 
 
-class ModelError(Exception):
+class ModelError(LoomgraphError):
     """A model call failed. Adapters raise subclasses naming the status and request id.
 
     `retry_step` is true when the whole step may be tried again (a stream that broke after
@@ -249,7 +251,7 @@ class EffectRecord:
     attempts: int = 1
 
 
-class UnknownRun(KeyError):
+class UnknownRun(LoomgraphError, KeyError):
     """No run with this id is in the journal."""
 
     def __init__(self, run_id: str) -> None:
@@ -378,7 +380,7 @@ class Reservation:
     id: str = ""
 
 
-class BudgetExceeded(Exception):
+class BudgetExceeded(LoomgraphError):
     """A reservation would take a budget past one of its caps."""
 
     def __init__(self, cap: str, detail: str = "") -> None:

@@ -1,4 +1,7 @@
-"""Typed errors of the graph layer."""
+"""Every typed error of loomgraph descends from `LoomgraphError`.
+
+Imports nothing of loomgraph's, so every layer can raise these.
+"""
 
 from __future__ import annotations
 
@@ -21,7 +24,11 @@ class Problem:
         return f"{where}: [{self.rule}] {self.message}"
 
 
-class GraphError(Exception):
+class LoomgraphError(Exception):
+    """The root of every error loomgraph raises on purpose."""
+
+
+class GraphError(LoomgraphError):
     """Base class of the errors the graph layer raises."""
 
 
@@ -71,7 +78,7 @@ class NodeError(GraphError):
         self.cause = cause
 
 
-class RunStopped(Exception):
+class RunStopped(LoomgraphError):
     """Raised inside a node to end the run with a non-failure status (an interrupt)."""
 
     def __init__(self, status: str, reason: str, detail: Mapping[str, Any] | None = None) -> None:
