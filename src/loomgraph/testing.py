@@ -8,11 +8,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from loomgraph import nodes as _builtin_nodes  # noqa: F401  (registers the built-in kinds)
 from loomgraph.agent.deps import build_deps
 from loomgraph.authoring.library import load_graph
-from loomgraph.engine.context import NodeContext, RunScope
-from loomgraph.engine.interpreter import check_patch
+from loomgraph.engine.context import NodeContext
+from loomgraph.engine.interpreter import check_patch, run_child
+from loomgraph.engine.scope import RunScope
 from loomgraph.graph.compiled import compile_graph
 from loomgraph.graph.spec import Graph
 from loomgraph.models.scripted import ScriptedModel, TurnLike
@@ -66,7 +66,7 @@ async def run_node(
 
     run_id = f"test-{uuid.uuid4().hex[:8]}"
     await runtime.start_run(RunRecord(run_id, compiled.name, compiled.hash, user_id, None))
-    scope = RunScope(run_id, user_id, None, deps, sink, system=system)
+    scope = RunScope(run_id, user_id, None, deps, sink, run_child, system=system)
     full = compiled.schema.initial(state)
     view = {name: full.get(name) for name in compiled.reads[node]}
     patch = await compiled.nodes[node].run(view, NodeContext(scope, node, visit))

@@ -8,7 +8,6 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
-from loomgraph import nodes as _builtin_nodes  # noqa: F401  (registers the built-in kinds)
 from loomgraph.agent.checkpoints import (
     Checkpoint,
     GraphChanged,
@@ -25,7 +24,7 @@ from loomgraph.agent.memory_wiring import wire_memory
 from loomgraph.agent.result import RunResult
 from loomgraph.agent.session import AgentSession
 from loomgraph.authoring.library import load_graph
-from loomgraph.engine.context import Deps
+from loomgraph.engine.effects import EffectKey, ResumeInput
 from loomgraph.governance.hooks import Hooks as GovernanceHooks
 from loomgraph.governance.null import NoHooks
 from loomgraph.graph.compiled import CompiledGraph, compile_graph
@@ -47,6 +46,7 @@ from loomgraph.protocols import (
     Transition,
     UnknownRun,
 )
+from loomgraph.protocols.bundle import Deps
 from loomgraph.protocols.events import Event
 
 _NO_VALUE: Any = object()
@@ -140,13 +140,23 @@ class Agent:
         output_retries: int = DEFAULT_RETRIES,
     ) -> AgentSession:
         """A fresh session for one run."""
-        return AgentSession(
-            self,
+        return self._session(
             prompt,
             user_id=user_id,
             session_id=session_id,
             output_schema=output_schema,
             output_retries=output_retries,
+        )
+
+    def _session(self, prompt: str, **options: Any) -> AgentSession:
+        extraction = self.extraction
+        return AgentSession(
+            self.compiled,
+            self.deps,
+            self.instructions,
+            prompt,
+            on_episode=extraction.schedule if extraction is not None else None,
+            **options,
         )
 
     async def run(
@@ -246,12 +256,12 @@ class Agent:
         if record is None:
             raise UnknownRun(run_id)
         # An answer is for a waiting run; given to any other, it is refused (not ignored).
-        options: dict[str, Any] = {}
+        answer: ResumeInput | None = None
         if value is not _NO_VALUE:
-            options["resume_value"] = resume_value(record, value)
+            answer = resume_value(record, value)
         if approve is not _NO_VALUE:
-            options["approval"] = approval(record, approve)
-            await _not_answered(self.deps.runtime, record, options["approval"][0])
+            answer = approval(record, approve)
+            await _not_answered(self.deps.runtime, record, answer.call_id)
         if record.status in _FINAL and record.result is not None:
             return RunResult(**record.result)  # a finished run: nothing is executed again
         if record.graph_hash != self.compiled.hash and not accept_graph_change:
@@ -260,12 +270,8 @@ class Agent:
                 f"{record.graph_hash}; this agent has version {self.compiled.hash}. "
                 "Pass accept_graph_change=True to resume with the new graph."
             )
-        session = AgentSession(
-            self,
-            _prompt(record),
-            user_id=record.user_id,
-            session_id=record.session_id,
-            run_id=run_id,
+        session = self._session(
+            _prompt(record), user_id=record.user_id, session_id=record.session_id, run_id=run_id
         )
         async with hold_lease(self.deps.leases, run_id):
             # Read where the run stands only once it is ours: another worker may have moved
@@ -275,7 +281,7 @@ class Agent:
                 return RunResult(**record.result)
             at = position(self.compiled, record, await self.deps.runtime.transitions(run_id))
             return await session.continue_from(
-                self.deps.hooks.on_event, record, at, new_run=False, options=options
+                self.deps.hooks.on_event, record, at, new_run=False, resume=answer
             )
 
     async def fork(self, run_id: str, *, at: int, patch: dict[str, Any] | None = None) -> RunResult:
@@ -289,8 +295,8 @@ class Agent:
         where = position(self.compiled, record, transitions, upto=at)
         if patch:
             self.compiled.schema.apply(where.state, self.compiled.schema.check(dict(patch)))
-        session = AgentSession(
-            self, _prompt(record), user_id=record.user_id, session_id=record.session_id
+        session = self._session(
+            _prompt(record), user_id=record.user_id, session_id=record.session_id
         )
         forked = session._record(
             parent_run_id=run_id,
@@ -319,9 +325,8 @@ _FINAL = frozenset({"completed", "limit_reached", "budget_exhausted"})
 async def _not_answered(runtime: Runtime, record: RunRecord, call_id: str) -> None:
     """Refuse a second approval of one call (say, after a crash right after the first was
     journaled): the first answer stands, and a plain resume goes on with it."""
-    suffix = f":approval:{call_id}"
     for effect in await runtime.effects(record.run_id):
-        if effect.key.endswith(suffix) and effect.status == "done":
+        if EffectKey.is_approval_of(effect.key, call_id) and effect.status == "done":
             raise ResumeError(
                 f"call {call_id} of run {record.run_id} was already answered "
                 "(approvals are used once); resume without approve= to go on"

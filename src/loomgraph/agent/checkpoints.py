@@ -8,6 +8,7 @@ from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
 
+from loomgraph.engine.effects import Approval, ResumeValue
 from loomgraph.errors import GraphError
 from loomgraph.graph.compiled import CompiledGraph
 from loomgraph.graph.state import parse_type, snapshot_of
@@ -22,7 +23,7 @@ class ResumeError(ValueError):
     """A resume that cannot be done as asked: nothing was executed."""
 
 
-def resume_value(record: RunRecord, value: Any) -> tuple[str, Any]:
+def resume_value(record: RunRecord, value: Any) -> ResumeValue:
     """The interrupted node and the value validated against the type it asked for."""
     pending = (record.result or {}).get("pending") or {}
     if record.status != "interrupted" or "type" not in pending:
@@ -37,11 +38,12 @@ def resume_value(record: RunRecord, value: Any) -> tuple[str, Any]:
             f"run {record.run_id} waits at {pending['node']!r} for a "
             f"{pending['type']}; the value does not fit: {err}"
         ) from None
-    return pending["node"], adapter.dump_python(checked, mode="json")
+    return ResumeValue(pending["node"], adapter.dump_python(checked, mode="json"))
 
 
-def approval(record: RunRecord, approve: Any) -> tuple[str, Any]:
-    """The pending call's id and the approval for it: True, False or {"args": edited}."""
+def approval(record: RunRecord, approve: Any) -> Approval:
+    """The approval of the pending call: an `Approval` naming that call, or the shorthands
+    True, False or {"args": edited}, bound to the one pending call."""
     pending = (record.result or {}).get("pending") or {}
     call = pending.get("call")
     if record.status != "awaiting_approval" or not call:
@@ -49,6 +51,13 @@ def approval(record: RunRecord, approve: Any) -> tuple[str, Any]:
             f"run {record.run_id} is not waiting for an approval "
             f"(status {record.status!r}); an approval is used once"
         )
+    if isinstance(approve, Approval):
+        if approve.call_id != call["id"]:
+            raise ResumeError(
+                f"run {record.run_id} waits for an approval of call {call['id']}, "
+                f"not of call {approve.call_id}"
+            )
+        return approve
     edited = (
         isinstance(approve, dict) and set(approve) == {"args"} and isinstance(approve["args"], dict)
     )
@@ -57,7 +66,9 @@ def approval(record: RunRecord, approve: Any) -> tuple[str, Any]:
             "approve must be True, False or {'args': {...}} (edited arguments), "
             f"got {approve!r}"
         )
-    return call["id"], approve
+    if edited:
+        return Approval(call["id"], True, dict(approve["args"]))
+    return Approval(call["id"], bool(approve))
 
 
 @dataclass(slots=True)

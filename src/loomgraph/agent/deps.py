@@ -6,7 +6,7 @@ from collections.abc import Callable
 from contextvars import ContextVar
 from typing import Any, cast
 
-from loomgraph.engine.context import Deps, active_scope
+from loomgraph.engine.scope import active_scope
 from loomgraph.protocols import (
     AuditLog,
     Budget,
@@ -21,6 +21,7 @@ from loomgraph.protocols import (
     Telemetry,
     ToolHost,
 )
+from loomgraph.protocols.bundle import Deps
 
 # The runtime session: the run the current task works for. Tools (also those run in worker
 # threads, which copy the context) and background work read the run's identity from here.

@@ -6,15 +6,17 @@ import asyncio
 import contextlib
 import time
 import uuid
-from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, Any
+from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 from loomgraph.agent.checkpoints import Position
 from loomgraph.agent.deps import current_run
 from loomgraph.agent.leases import hold_lease
 from loomgraph.agent.result import RunResult
-from loomgraph.engine.context import EventSink, RunScope, active_scope
-from loomgraph.engine.interpreter import Outcome, run_graph
+from loomgraph.engine.effects import ResumeInput
+from loomgraph.engine.interpreter import Outcome, run_child, run_extra_step, run_graph
+from loomgraph.engine.scope import EventSink, RunScope, active_scope
+from loomgraph.graph.compiled import CompiledGraph
 from loomgraph.graph.state import final_output
 from loomgraph.nodes.structured import (
     DEFAULT_RETRIES,
@@ -23,10 +25,8 @@ from loomgraph.nodes.structured import (
     StructuredAnswer,
 )
 from loomgraph.protocols import Episode, RunRecord, Usage
+from loomgraph.protocols.bundle import Deps
 from loomgraph.protocols.events import RUN_COMPLETED, RUN_STARTED
-
-if TYPE_CHECKING:
-    from loomgraph.agent.agent import Agent
 
 
 class AgentSession:
@@ -34,7 +34,9 @@ class AgentSession:
 
     def __init__(
         self,
-        agent: Agent,
+        graph: CompiledGraph,
+        deps: Deps,
+        instructions: str,
         prompt: str,
         *,
         user_id: str | None,
@@ -42,8 +44,13 @@ class AgentSession:
         output_schema: Any = None,
         output_retries: int = DEFAULT_RETRIES,
         run_id: str | None = None,
+        on_episode: Callable[[Episode], None] | None = None,
     ) -> None:
-        self.agent = agent
+        self.graph = graph
+        self.deps = deps
+        self.instructions = instructions
+        # Told of every completed run's episode once memory has it (fact extraction).
+        self.on_episode = on_episode
         self.prompt = prompt
         self.user_id = user_id
         self.session_id = session_id
@@ -60,7 +67,7 @@ class AgentSession:
 
     def _record(self, **fields: Any) -> RunRecord:
         now = time.time()
-        compiled = self.agent.compiled
+        compiled = self.graph
         return RunRecord(
             self.run_id,
             compiled.name,
@@ -82,8 +89,8 @@ class AgentSession:
                 "state": {"input": state["input"], "messages": list(state["messages"])},
                 "system": scope.system,
             }
-            await self.agent.deps.runtime.start_run(record)
-            async with hold_lease(self.agent.deps.leases, self.run_id):
+            await self.deps.runtime.start_run(record)
+            async with hold_lease(self.deps.leases, self.run_id):
                 return await self._drive(scope, state, None, None)
 
     async def continue_from(
@@ -93,14 +100,14 @@ class AgentSession:
         at: Position,
         *,
         new_run: bool,
-        options: dict[str, Any] | None = None,
+        resume: ResumeInput | None = None,
     ) -> RunResult:
         """Go on from a checkpoint: the same run (resume) or a new one (fork)."""
         async with self._opened(record, sink) as scope:
-            scope.options.update(options or {})
-            scope.system = (record.initial or {}).get("system", self.agent.instructions)
+            scope.resume = resume
+            scope.system = (record.initial or {}).get("system", self.instructions)
             if new_run:
-                await self.agent.deps.runtime.start_run(record)
+                await self.deps.runtime.start_run(record)
             else:
                 scope.seq = scope.snapshot_seq = at.seq
             scope.model_calls = int((at.state.get("usage") or {}).get("model_calls", 0))
@@ -108,7 +115,7 @@ class AgentSession:
 
     @contextlib.asynccontextmanager
     async def _opened(self, record: RunRecord, sink: EventSink) -> AsyncIterator[RunScope]:
-        deps, compiled = self.agent.deps, self.agent.compiled
+        deps, compiled = self.deps, self.graph
         self.started = time.time()
         token = current_run.set(record)
         try:
@@ -120,7 +127,7 @@ class AgentSession:
             if self.session_id is not None:
                 attributes["gen_ai.conversation.id"] = self.session_id
             with deps.telemetry.span("loom.run", attributes):
-                scope = RunScope(self.run_id, self.user_id, self.session_id, deps, sink)
+                scope = RunScope(self.run_id, self.user_id, self.session_id, deps, sink, run_child)
                 active = active_scope.set(scope)
                 try:
                     if deps.run_clock is not None:  # the deadline is kept with the run
@@ -148,11 +155,13 @@ class AgentSession:
         start: str | None,
         visits: dict[str, int] | None,
     ) -> RunResult:
-        deps = self.agent.deps
+        deps = self.deps
         try:
-            outcome = await run_graph(
-                self.agent.compiled, scope, state, start=start, visits=visits, finish=self.finish
-            )
+            outcome = await run_graph(self.graph, scope, state, start=start, visits=visits)
+            if self.finish is not None and outcome.status == "completed":
+                outcome = await run_extra_step(
+                    self.graph, scope, outcome.state, self.finish, outcome.visits
+                )
         except asyncio.CancelledError:
             await deps.runtime.finish_run(self.run_id, "cancelled", "cancelled by the caller", None)
             raise
@@ -168,8 +177,8 @@ class AgentSession:
                 time.time(),
             )
             await deps.memory.remember(episode)
-            if self.agent.extraction is not None:
-                self.agent.extraction.schedule(episode)
+            if self.on_episode is not None:
+                self.on_episode(episode)
         data = result.to_dict()
         await deps.runtime.finish_run(
             self.run_id,
@@ -192,19 +201,19 @@ class AgentSession:
         return result
 
     async def _audit(self, action: str, payload: dict[str, Any]) -> None:
-        await self.agent.deps.audit_log.record(
+        await self.deps.audit_log.record(
             action, run_id=self.run_id, user_id=self.user_id, actor="agent", payload=payload
         )
 
     async def _seed(self, scope: RunScope) -> dict[str, Any]:
         """The first state: memory's seed in the system prompt, the session's turns, the prompt."""
-        memory = self.agent.deps.memory
+        memory = self.deps.memory
         seed = await memory.seed(
             user_id=self.user_id, session_id=self.session_id, query=self.prompt
         )
-        scope.system = self.agent.instructions + (f"\n\n{seed}" if seed else "")
+        scope.system = self.instructions + (f"\n\n{seed}" if seed else "")
         history = await memory.history(user_id=self.user_id, session_id=self.session_id)
-        return self.agent.compiled.schema.initial(
+        return self.graph.schema.initial(
             {
                 "input": self.prompt,
                 "messages": [*history, {"role": "user", "content": self.prompt}],

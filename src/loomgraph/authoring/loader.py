@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from functools import cache
 from pathlib import Path
 from typing import Any
 
 import yaml
 from pydantic import ValidationError
 
-from loomgraph.errors import GraphValidationError, Problem
+from loomgraph.errors import GraphError, GraphValidationError, Problem
 from loomgraph.graph.spec import Graph
 
 Lines = dict[tuple[str | int, ...], int]
@@ -136,6 +137,7 @@ def graph_from_data(
         raise GraphValidationError(problems) from None
     graph._source = file
     graph._lines = dict(lines)
+    graph._resolver = resolve_graph_ref
     if validate:
         from loomgraph.authoring.validate import validate_graph
 
@@ -170,6 +172,48 @@ def load_graph_file(path: str | Path) -> Graph:
     except (OSError, UnicodeDecodeError) as err:
         raise GraphValidationError([Problem("unreadable-file", str(err), str(path))]) from None
     return graph_from_yaml(text, file=str(path))
+
+
+@cache
+def builtin_dir() -> Path:
+    """The folder of the built-in graph files (inside the wheel, or the source checkout)."""
+    here = Path(__file__).resolve().parent.parent
+    for candidate in (here / "graphs", here.parent.parent / "graphs"):
+        if candidate.is_dir():
+            return candidate
+    raise GraphError(f"built-in graphs not found next to {here}")
+
+
+def builtin_path(name: str) -> Path:
+    """Where the built-in graph `name` (e.g. `plan-execute`) would be."""
+    return builtin_dir() / f"{name.replace('-', '_')}.yaml"
+
+
+def load_graph_file_cached(path: Path) -> Graph:
+    """A graph file, loaded once for as long as the file is unchanged."""
+    resolved = path.resolve()
+    return _load_cached(resolved, resolved.stat().st_mtime_ns)
+
+
+@cache
+def _load_cached(path: Path, mtime_ns: int) -> Graph:
+    return load_graph_file(path)
+
+
+def resolve_graph_ref(ref: str, parent: Graph) -> Graph:
+    """The graph a node of `parent` names: a YAML path relative to `parent`'s file (or to the
+    working directory), else a built-in graph name."""
+    if ref.endswith((".yaml", ".yml")):
+        if parent.source:
+            candidate = Path(parent.source).parent / ref
+            if candidate.is_file():
+                return load_graph_file_cached(candidate)
+        if Path(ref).is_file():
+            return load_graph_file_cached(Path(ref))
+    builtin = builtin_path(ref)
+    if not builtin.is_file():
+        raise GraphError(f"no graph {ref!r}: neither a graph file nor a built-in graph")
+    return load_graph_file_cached(builtin)
 
 
 def graph_to_yaml(graph: Graph) -> str:

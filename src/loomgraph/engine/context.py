@@ -1,4 +1,4 @@
-"""The node context: run identity, the dependency bundle, events, and journaled effects.
+"""The node context: what a node gets besides its state.
 
 Nodes never talk to the journal, the budget or the permission layer themselves: every model
 and tool call goes through `NodeContext`, so every node is gated and journaled the same way.
@@ -6,127 +6,27 @@ and tool call goes through `NodeContext`, so every node is gated and journaled t
 
 from __future__ import annotations
 
-import time
 from collections.abc import Awaitable, Callable, Mapping
-from contextvars import ContextVar
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from loomgraph.engine.tool_gate import call_tool
-from loomgraph.errors import RunStopped
+from loomgraph.engine.effects import EffectKey, ResumeValue
+from loomgraph.engine.scope import RunScope
+from loomgraph.engine.tool_gate import ToolGate
+from loomgraph.graph.compiled import CompiledGraph
 from loomgraph.protocols import (
-    AuditLog,
-    Budget,
-    BudgetScope,
-    EffectRecord,
-    Hooks,
-    Memory,
-    Model,
     ModelError,
     ModelRequest,
     ModelResponse,
-    Permissions,
     Reservation,
-    RunClock,
-    RunLeases,
-    Runtime,
-    Telemetry,
     ToolCall,
-    ToolHost,
     ToolResult,
     Usage,
 )
-from loomgraph.protocols.events import MODEL_CHUNK, Event
-
-if TYPE_CHECKING:
-    from loomgraph.graph.spec import Graph
-
-EventSink = Callable[[Event], Awaitable[None]]
-
-# The run the current task works for, so callbacks of shared objects (a budget's warnings)
-# can reach the right run's events.
-active_scope: ContextVar[RunScope | None] = ContextVar("loomgraph_active_scope", default=None)
+from loomgraph.protocols.bundle import Deps
+from loomgraph.protocols.events import MODEL_CHUNK, MODEL_RETRY
 
 # How many times a model step is tried again when its stream broke after it started.
 STEP_RETRIES = 2
-
-
-@dataclass(slots=True)
-class Deps:
-    """The dependency bundle a run executes against; every field is a protocol."""
-
-    model: Model
-    tools: ToolHost
-    runtime: Runtime
-    memory: Memory
-    budget: Budget
-    permissions: Permissions
-    hooks: Hooks
-    telemetry: Telemetry
-    audit_log: AuditLog
-    # False when the budget has no caps: reservations (and estimating them) are skipped.
-    budgeted: bool = True
-    # Decides `ask` verdicts in-process: (call, decision) -> True | False | {"args": ...} |
-    # None (None: stop the run and wait for `agent.resume(run_id, approve=...)`).
-    approval_handler: Callable[..., Any] | None = None
-    # The runtime again when it offers leases (checked once: protocol checks are slow).
-    leases: RunLeases | None = None
-    # The budget again when it follows runs from start to end.
-    run_clock: RunClock | None = None
-
-
-@dataclass(slots=True)
-class RunScope:
-    """What every node of one run shares: identity, dependencies, the event sink, the seq."""
-
-    run_id: str
-    user_id: str | None
-    session_id: str | None
-    deps: Deps
-    sink: EventSink
-    system: str = ""
-    seq: int = 0
-    model_calls: int = 0
-    snapshot_seq: int = 0
-    budget_scope: BudgetScope = field(init=False)
-    # Extra, JSON-shaped values a caller passes to nodes (e.g. the output schema).
-    options: dict[str, Any] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        self.budget_scope = BudgetScope(self.run_id, self.user_id)
-
-    async def reserve(self, kind: str, amount: Usage) -> Reservation | None:
-        """Set an amount aside in the budget (nothing to do when the budget has no caps)."""
-        if not self.deps.budgeted:
-            return None
-        return await self.deps.budget.reserve(Reservation(self.budget_scope, kind, amount))  # type: ignore[arg-type]
-
-    async def settle(self, reservation: Reservation | None, actual: Usage) -> None:
-        """Replace a reservation by what was spent."""
-        if reservation is not None:
-            await self.deps.budget.settle(reservation, actual)
-
-    async def release(self, reservation: Reservation | None) -> None:
-        """Give a reservation back unspent."""
-        if reservation is not None:
-            await self.deps.budget.release(reservation)
-
-    async def emit(
-        self, kind: str, payload: dict[str, Any], node: str | None, seq: int | None = None
-    ) -> None:
-        """Send one event; by default it carries the seq of the transition being made."""
-        await self.sink(
-            Event(
-                kind,
-                payload,
-                self.run_id,
-                self.seq + 1 if seq is None else seq,
-                node,
-                self.user_id,
-                self.session_id,
-                time.time(),
-            )
-        )
 
 
 class NodeContext:
@@ -177,24 +77,20 @@ class NodeContext:
 
     def take_resume_value(self) -> tuple[bool, Any]:
         """(True, value) when the run was resumed with a value for this node; once only."""
-        supplied = self.scope.options.get("resume_value")
-        if supplied is None or supplied[0] != self.qualified_node:
+        supplied = self.scope.resume
+        if not isinstance(supplied, ResumeValue) or supplied.node != self.qualified_node:
             return False, None
-        del self.scope.options["resume_value"]
-        return True, supplied[1]
+        self.scope.resume = None
+        return True, supplied.value
 
-    def next_key(self) -> str:
+    def effect_key(self, slot: str) -> EffectKey:
+        """The key of this node visit's effect named `slot`."""
+        return EffectKey(self.scope.run_id, self.key_path + self.node, self.visit, slot)
+
+    def next_key(self) -> EffectKey:
         """The idempotency key of this node visit's next effect (run, node, visit, slot)."""
         self._slot += 1
-        return f"{self.scope.run_id}:{self.key_path}{self.node}:{self.visit}:{self._slot}"
-
-    async def _begin(self, key: str, kind: str, intent: dict[str, Any]) -> EffectRecord | None:
-        prior = await self.deps.runtime.begin_effect(
-            EffectRecord(self.scope.run_id, key, kind, intent)
-        )
-        if prior is not None and prior.status != "done":
-            await self.emit("effect_unknown_after_crash", {"key": key, "kind": kind})
-        return prior
+        return self.effect_key(str(self._slot))
 
     async def _reserve_model(self, request: ModelRequest) -> Reservation | None:
         if not self.deps.budgeted:
@@ -212,7 +108,9 @@ class NodeContext:
         key = self.next_key()
         request.run_id, request.call_index = self.scope.run_id, self.scope.model_calls
         self.scope.model_calls += 1
-        prior = await self._begin(key, "model", {"model": deps.model.name})
+        prior = await self.scope.begin_effect(
+            key, "model", {"model": deps.model.name}, self.qualified_node
+        )
         if prior is not None and prior.status == "done" and prior.outcome is not None:
             return _response_from(prior.outcome)
         billed: Usage = {}  # what broken attempts cost: charged, and counted in the answer's usage
@@ -224,9 +122,9 @@ class NodeContext:
                 await self.scope.settle(reservation, err.usage)
                 if err.retry_step and attempt < STEP_RETRIES:
                     _add_usage(billed, err.usage)
-                    await self.emit("model_retry", {"error": str(err), "attempt": attempt + 1})
+                    await self.emit(MODEL_RETRY, {"error": str(err), "attempt": attempt + 1})
                     continue
-                await deps.runtime.end_effect(self.scope.run_id, key, {"error": str(err)}, "failed")
+                await self.scope.end_effect(key, {"error": str(err)}, "failed")
                 raise
             except BaseException:
                 await self.scope.release(reservation)
@@ -234,8 +132,12 @@ class NodeContext:
             await self.scope.settle(reservation, response.usage)
             break
         _add_usage(response.usage, billed)
-        await deps.runtime.end_effect(self.scope.run_id, key, _response_data(response), "done")
-        await self._audit("model_call", {"model": deps.model.name, "usage": response.usage})
+        await self.scope.end_effect(key, _response_data(response))
+        await self.scope.audit(
+            "model_call",
+            self.qualified_node,
+            {"model": deps.model.name, "usage": response.usage},
+        )
         return response
 
     async def _stream(self, request: ModelRequest) -> ModelResponse:
@@ -270,41 +172,23 @@ class NodeContext:
 
     async def call_tool(self, call: ToolCall) -> ToolResult:
         """One journaled, permission-checked, budgeted tool call; failures become error results."""
-        return await call_tool(self, call)
-
-    async def _audit(self, action: str, payload: dict[str, Any]) -> None:
-        await self.deps.audit_log.record(
-            action,
-            run_id=self.scope.run_id,
-            user_id=self.scope.user_id,
-            actor=self.qualified_node,
-            payload=payload,
-        )
+        return await ToolGate(self.scope, self.qualified_node).call(call, self.next_key())
 
     # ------------------------------------------------------------------ subgraphs
 
     async def run_subgraph(
-        self, graph: Graph, values: Mapping[str, Any], *, branch: str | None = None
+        self, graph: CompiledGraph, values: Mapping[str, Any], *, branch: str | None = None
     ) -> dict[str, Any]:
         """Run another graph as part of this node; its transitions nest under this node (and
-        under `branch`, when one node runs the graph several times)."""
-        from loomgraph.engine.interpreter import run_graph
-        from loomgraph.graph.compiled import compile_graph
-
-        compiled = compile_graph(graph)
+        under `branch`, when one node runs the graph several times). Its final state."""
         inner = f"{branch}/" if branch is not None else ""
-        outcome = await run_graph(
-            compiled,
+        return await self.scope.run_child(
+            graph,
             self.scope,
-            compiled.schema.initial(values),
+            graph.schema.initial(values),
             path=f"{self.qualified_node}/{inner}",
             key_path=f"{self.key_path}{self.node}.{self.visit}/{inner}",
         )
-        if outcome.status != "completed":
-            if outcome.error is not None:
-                raise outcome.error
-            raise RunStopped(outcome.status, outcome.reason, outcome.detail)
-        return outcome.state
 
     async def effect(
         self,
@@ -314,12 +198,12 @@ class NodeContext:
     ) -> dict[str, Any]:
         """Run `run` once per run, node visit and `name`: journaled as intent and outcome, and
         replayed from the journal (not run again) when the run is resumed."""
-        key = f"{self.scope.run_id}:{self.key_path}{self.node}:{self.visit}:{name}"
-        prior = await self._begin(key, name.split(":")[0], intent)
+        key = self.effect_key(name)
+        prior = await self.scope.begin_effect(key, name.split(":")[0], intent, self.qualified_node)
         if prior is not None and prior.status == "done" and prior.outcome is not None:
             return prior.outcome
         outcome = await run()
-        await self.deps.runtime.end_effect(self.scope.run_id, key, outcome, "done")
+        await self.scope.end_effect(key, outcome)
         return outcome
 
 

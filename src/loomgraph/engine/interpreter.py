@@ -11,14 +11,21 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from loomgraph.engine.context import NodeContext, RunScope
+from loomgraph.engine.context import NodeContext
+from loomgraph.engine.scope import RunScope
 from loomgraph.errors import GraphError, NodeError, RunStopped, StateError
 from loomgraph.graph.compiled import CompiledGraph
 from loomgraph.graph.registry import NodeKind
 from loomgraph.graph.spec import END
 from loomgraph.graph.state import snapshot_of
 from loomgraph.protocols import BudgetExceeded, Transition, Usage
-from loomgraph.protocols.events import ERROR, NODE_COMPLETED, NODE_STARTED
+from loomgraph.protocols.events import (
+    BUDGET_EXCEEDED,
+    ERROR,
+    NODE_COMPLETED,
+    NODE_RETRY,
+    NODE_STARTED,
+)
 
 # A full state goes into the journal every this many transitions; the rest are patches.
 SNAPSHOT_EVERY = 200
@@ -46,13 +53,8 @@ async def run_graph(
     visits: dict[str, int] | None = None,
     path: str = "",
     key_path: str = "",
-    finish: NodeKind | None = None,
 ) -> Outcome:
-    """Run from `start` (default: the entry) until END, an interrupt, a limit or an error.
-
-    `finish`, when given, is one more step run once when the graph reaches END (the run's
-    structured answer): gated, journaled and reported like any node, named `finish.name`.
-    """
+    """Run from `start` (default: the entry) until END, an interrupt, a limit or an error."""
     limits = graph.graph.limits
     visits = visits if visits is not None else {}
     total = sum(visits.values())
@@ -80,22 +82,45 @@ async def run_graph(
             step.visits = visits
             return step
         node = step
-    if finish is not None and finish.name not in visits:
-        visits[finish.name] = 1
-        step = await _step(
-            graph,
-            scope,
-            state,
-            NodeContext(scope, finish.name, 1, path, key_path),
-            finish,
-            tuple(finish.reads()),
-            frozenset(finish.writes()),
-            visits,
-        )
-        if isinstance(step, Outcome):
-            step.visits = visits
-            return step
     return Outcome("completed", "", state, None, visits)
+
+
+async def run_extra_step(
+    graph: CompiledGraph,
+    scope: RunScope,
+    state: dict[str, Any],
+    step: NodeKind,
+    visits: dict[str, int],
+) -> Outcome:
+    """Run one step that is not a node of the graph (an Agent's structured-answer step), once,
+    after the graph completed: gated, journaled and reported like a node named `step.name`."""
+    if step.name not in visits:
+        visits[step.name] = 1
+        ctx = NodeContext(scope, step.name, 1)
+        reads, writes = tuple(step.reads()), frozenset(step.writes())
+        outcome = await _step(graph, scope, state, ctx, step, reads, writes, visits)
+        if isinstance(outcome, Outcome):
+            outcome.visits = visits
+            return outcome
+    return Outcome("completed", "", state, None, visits)
+
+
+async def run_child(
+    graph: CompiledGraph,
+    scope: RunScope,
+    state: dict[str, Any],
+    *,
+    path: str,
+    key_path: str,
+) -> dict[str, Any]:
+    """Run a child graph within a run (a `ChildRunner`); its final state, or raise how it
+    stopped: the child's error, or `RunStopped` with its status."""
+    outcome = await run_graph(graph, scope, state, path=path, key_path=key_path)
+    if outcome.status != "completed":
+        if outcome.error is not None:
+            raise outcome.error
+        raise RunStopped(outcome.status, outcome.reason, outcome.detail)
+    return outcome.state
 
 
 async def _step(
@@ -131,14 +156,8 @@ async def _step(
         await deps.hooks.after_node(qualified, patch)
         target = graph.next_node(node, state, visits)[0] if node in graph.nodes else END
     except BudgetExceeded as err:
-        await ctx.emit("budget_exceeded", {"cap": err.cap, "reason": str(err)})
-        await deps.audit_log.record(
-            "budget_block",
-            run_id=scope.run_id,
-            user_id=scope.user_id,
-            actor=qualified,
-            payload={"cap": err.cap, "reason": str(err)},
-        )
+        await ctx.emit(BUDGET_EXCEEDED, {"cap": err.cap, "reason": str(err)})
+        await scope.audit("budget_block", qualified, {"cap": err.cap, "reason": str(err)})
         return Outcome("budget_exhausted", str(err), state, node, error=err)
     except RunStopped as stop:
         return Outcome(stop.status, stop.reason, state, node, detail=stop.detail)
@@ -202,7 +221,7 @@ async def _run_with_policy(kind: NodeKind, view: dict[str, Any], ctx: NodeContex
                 raise
             delay = spec.retry.backoff * 2 ** (attempt - 1)
             await ctx.emit(
-                "node_retry",
+                NODE_RETRY,
                 {
                     "node": ctx.qualified_node,
                     "attempt": attempt,

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
+from loomgraph.errors import GraphError
 from loomgraph.graph.policies import RetryPolicy
 
 END = "END"
@@ -92,6 +94,8 @@ class Graph(BaseModel):
     _lines: dict[tuple[str | int, ...], int] = PrivateAttr(default_factory=dict)
     _compiled: object = PrivateAttr(default=None)
     _validated: bool = PrivateAttr(default=False)
+    # Finds the graphs this one's nodes name (set by whoever loaded it: see authoring.loader).
+    _resolver: Callable[[str, Graph], Graph] | None = PrivateAttr(default=None)
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Graph):
@@ -104,6 +108,15 @@ class Graph(BaseModel):
     def source(self) -> str | None:
         """The file the graph was loaded from, if any."""
         return self._source
+
+    def resolve_graph(self, ref: str) -> Graph:
+        """The graph a node of this one names: a built-in name or a path relative to this file."""
+        if self._resolver is None:
+            raise GraphError(
+                f"graph {self.name!r} names the graph {ref!r}, but was not loaded through "
+                "loomgraph.authoring (load_graph or a graph file), which knows where graphs are"
+            )
+        return self._resolver(ref, self)
 
     def line_of(self, *path: str | int) -> int | None:
         """The source line of a path like ("nodes", "model", "kind"), or of its nearest parent."""

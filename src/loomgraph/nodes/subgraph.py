@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from loomgraph.authoring.library import load_graph
 from loomgraph.engine.context import NodeContext
+from loomgraph.graph.compiled import compile_graph
 from loomgraph.graph.conditions import compile_template, condition_scope, names_used
 from loomgraph.graph.registry import NodeKind, register_node
 from loomgraph.graph.spec import Graph
@@ -64,25 +63,17 @@ class ChildGraphNode(NodeKind):
             values["messages"] = [{"role": "user", "content": str(values["input"])}]
         return values
 
-    def _resolve(self, graph: Graph) -> Graph:
-        name = self.params.graph
-        if graph.source and name.endswith((".yaml", ".yml")):
-            candidate = Path(graph.source).parent / name
-            if candidate.is_file():
-                return load_graph(candidate)
-        return load_graph(name)
-
     def check(self, graph: Graph) -> list[str]:
         """The child graph must exist and be valid."""
         try:
-            self._resolve(graph)
+            graph.resolve_graph(self.params.graph)
         except Exception as err:
             return [f"subgraph {self.params.graph!r}: {err}"]
         return []
 
     def bind(self, graph: Graph) -> None:
         """Resolve the child graph and compile the prompt once."""
-        self.child = self._resolve(graph)
+        self.child = compile_graph(graph.resolve_graph(self.params.graph))
         self.prompt = compile_template(self.params.prompt) if self.params.prompt else None
 
 

@@ -13,6 +13,11 @@ TOOL_RESULT: Final = "tool_result"
 NODE_COMPLETED: Final = "node_completed"
 ERROR: Final = "error"
 RUN_COMPLETED: Final = "run_completed"
+PERMISSION_DECISION: Final = "permission_decision"
+BUDGET_EXCEEDED: Final = "budget_exceeded"
+MODEL_RETRY: Final = "model_retry"
+NODE_RETRY: Final = "node_retry"
+EFFECT_UNKNOWN_AFTER_CRASH: Final = "effect_unknown_after_crash"
 
 
 class Event(NamedTuple):

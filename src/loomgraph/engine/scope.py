@@ -1,0 +1,126 @@
+"""`RunScope`: what every node of one run shares — identity, dependencies, the event sink,
+the transition counter, the journal of effects and the answer the run was resumed with."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from loomgraph.engine.effects import EffectKey, ResumeInput
+from loomgraph.graph.compiled import CompiledGraph
+from loomgraph.protocols import BudgetScope, EffectRecord, EffectStatus, Reservation, Usage
+from loomgraph.protocols.bundle import Deps
+from loomgraph.protocols.events import EFFECT_UNKNOWN_AFTER_CRASH, Event
+
+EventSink = Callable[[Event], Awaitable[None]]
+
+# The run the current task works for, so callbacks of shared objects (a budget's warnings)
+# can reach the right run's events.
+active_scope: ContextVar[RunScope | None] = ContextVar("loomgraph_active_scope", default=None)
+
+
+class ChildRunner(Protocol):
+    """Runs a child graph to its end within a run (the interpreter hands one to each scope)."""
+
+    async def __call__(
+        self,
+        graph: CompiledGraph,
+        scope: RunScope,
+        state: dict[str, Any],
+        *,
+        path: str,
+        key_path: str,
+    ) -> dict[str, Any]:
+        """The child's final state; raises when the child did not complete."""
+        ...
+
+
+@dataclass(slots=True)
+class RunScope:
+    """What every node of one run shares: identity, dependencies, the event sink, the seq."""
+
+    run_id: str
+    user_id: str | None
+    session_id: str | None
+    deps: Deps
+    sink: EventSink
+    run_child: ChildRunner
+    system: str = ""
+    seq: int = 0
+    model_calls: int = 0
+    snapshot_seq: int = 0
+    budget_scope: BudgetScope = field(init=False)
+    # The answer the run was resumed with, until the node or call it is for takes it.
+    resume: ResumeInput | None = None
+
+    def __post_init__(self) -> None:
+        self.budget_scope = BudgetScope(self.run_id, self.user_id)
+
+    async def reserve(self, kind: str, amount: Usage) -> Reservation | None:
+        """Set an amount aside in the budget (nothing to do when the budget has no caps)."""
+        if not self.deps.budgeted:
+            return None
+        return await self.deps.budget.reserve(
+            Reservation(self.budget_scope, kind, amount)  # type: ignore[arg-type]
+        )
+
+    async def settle(self, reservation: Reservation | None, actual: Usage) -> None:
+        """Replace a reservation by what was spent."""
+        if reservation is not None:
+            await self.deps.budget.settle(reservation, actual)
+
+    async def release(self, reservation: Reservation | None) -> None:
+        """Give a reservation back unspent."""
+        if reservation is not None:
+            await self.deps.budget.release(reservation)
+
+    async def emit(
+        self, kind: str, payload: dict[str, Any], node: str | None, seq: int | None = None
+    ) -> None:
+        """Send one event; by default it carries the seq of the transition being made."""
+        await self.sink(
+            Event(
+                kind,
+                payload,
+                self.run_id,
+                self.seq + 1 if seq is None else seq,
+                node,
+                self.user_id,
+                self.session_id,
+                time.time(),
+            )
+        )
+
+    async def audit(self, action: str, actor: str, payload: dict[str, Any]) -> None:
+        """Append one entry to the audit log, for this run and user."""
+        await self.deps.audit_log.record(
+            action, run_id=self.run_id, user_id=self.user_id, actor=actor, payload=payload
+        )
+
+    async def begin_effect(
+        self, key: EffectKey, kind: str, intent: dict[str, Any], node: str
+    ) -> EffectRecord | None:
+        """Journal an effect's intent; the earlier record when the key was seen before (an
+        unfinished one is reported as `effect_unknown_after_crash`)."""
+        prior = await self.deps.runtime.begin_effect(
+            EffectRecord(self.run_id, str(key), kind, intent)
+        )
+        if prior is not None and prior.status != "done":
+            await self.emit(EFFECT_UNKNOWN_AFTER_CRASH, {"key": str(key), "kind": kind}, node)
+        return prior
+
+    async def end_effect(
+        self, key: EffectKey, outcome: dict[str, Any], status: EffectStatus = "done"
+    ) -> None:
+        """Journal an effect's outcome."""
+        await self.deps.runtime.end_effect(self.run_id, str(key), outcome, status)
+
+    async def finished_effect(self, key: EffectKey) -> dict[str, Any] | None:
+        """The outcome of an effect that finished earlier in this run, or None."""
+        for effect in await self.deps.runtime.effects(self.run_id):
+            if effect.key == str(key) and effect.status == "done":
+                return effect.outcome
+        return None

@@ -1,0 +1,49 @@
+"""`Deps`: the dependency bundle a run executes against.
+
+The bundle is the contract between the wiring layer (`loomgraph.agent.deps` builds it from an
+Agent's arguments) and the engine (which reaches every backend only through it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from loomgraph.protocols.contracts import (
+    AuditLog,
+    Budget,
+    Hooks,
+    Memory,
+    Model,
+    Permissions,
+    RunClock,
+    RunLeases,
+    Runtime,
+    Telemetry,
+    ToolHost,
+)
+
+
+@dataclass(slots=True)
+class Deps:
+    """The dependency bundle a run executes against; every field is a protocol."""
+
+    model: Model
+    tools: ToolHost
+    runtime: Runtime
+    memory: Memory
+    budget: Budget
+    permissions: Permissions
+    hooks: Hooks
+    telemetry: Telemetry
+    audit_log: AuditLog
+    # False when the budget has no caps: reservations (and estimating them) are skipped.
+    budgeted: bool = True
+    # Decides `ask` verdicts in-process: (call, decision) -> True | False | {"args": ...} |
+    # None (None: stop the run and wait for `agent.resume(run_id, approve=...)`).
+    approval_handler: Callable[..., Any] | None = None
+    # The runtime again when it offers leases (checked once: protocol checks are slow).
+    leases: RunLeases | None = None
+    # The budget again when it follows runs from start to end.
+    run_clock: RunClock | None = None
