@@ -13,6 +13,7 @@ from loomgraph.errors import GraphError
 from loomgraph.graph.compiled import CompiledGraph
 from loomgraph.graph.state import parse_type, snapshot_of
 from loomgraph.protocols import RunRecord, Transition
+from loomgraph.protocols.paths import NodePath
 
 
 class GraphChanged(GraphError):
@@ -95,7 +96,7 @@ class Position:
 
 def is_top_level(transition: Transition) -> bool:
     """True for transitions of the run's own graph (a subgraph's have `/` in their node)."""
-    return "/" not in transition.node
+    return NodePath.parse(transition.node).is_top_level
 
 
 def position(

@@ -21,6 +21,7 @@ import graphviz  # type: ignore[import-untyped, unused-ignore]
 
 from loomgraph.errors import GraphError
 from loomgraph.graph.spec import END, EdgeSpec, Graph
+from loomgraph.protocols.paths import NodePath
 
 __all__ = [
     "RenderError",
@@ -76,7 +77,7 @@ class RunOverlay:
         """An overlay from journal transitions; `stopped_at` defaults to the last target."""
         # Steps inside subgraphs carry qualified names (`plan/model`) and their own END;
         # they are not edges of this graph, so they are left out.
-        steps = [(t.node, t.next_node) for t in transitions if "/" not in t.node]
+        steps = [(t.node, t.next_node) for t in transitions if NodePath.parse(t.node).is_top_level]
         if stopped_at is None and steps:
             stopped_at = steps[-1][1]
         return cls(path=steps, stopped_at=stopped_at, status=status)

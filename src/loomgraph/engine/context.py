@@ -24,6 +24,7 @@ from loomgraph.protocols import (
 )
 from loomgraph.protocols.bundle import Deps
 from loomgraph.protocols.events import MODEL_CHUNK, MODEL_RETRY
+from loomgraph.protocols.paths import NodePath
 
 # How many times a model step is tried again when its stream broke after it started.
 STEP_RETRIES = 2
@@ -181,13 +182,14 @@ class NodeContext:
     ) -> dict[str, Any]:
         """Run another graph as part of this node; its transitions nest under this node (and
         under `branch`, when one node runs the graph several times). Its final state."""
-        inner = f"{branch}/" if branch is not None else ""
+        sep = NodePath.SEPARATOR
+        inner = f"{branch}{sep}" if branch is not None else ""
         return await self.scope.run_child(
             graph,
             self.scope,
             graph.schema.initial(values),
-            path=f"{self.qualified_node}/{inner}",
-            key_path=f"{self.key_path}{self.node}.{self.visit}/{inner}",
+            path=f"{self.qualified_node}{sep}{inner}",
+            key_path=f"{self.key_path}{self.node}.{self.visit}{sep}{inner}",
         )
 
     async def effect(
