@@ -14,7 +14,7 @@ with where each class lives (relative to `loomgraph.`):
     │   ├── StateError                      errors
     │   ├── UnknownNodeKind                 graph.registry
     │   ├── UnknownGraph                    authoring.library
-    │   ├── RenderError                     authoring.render
+    │   ├── RenderError                     authoring.diagram (and .render)
     │   └── GraphChanged                    agent.checkpoints
     ├── RunStopped                          errors
     ├── TypeSyntaxError + ValueError        graph.state

@@ -8,7 +8,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from loomgraph import nodes as _builtin_nodes  # noqa: F401  (registers the built-in kinds)
 from loomgraph.agent.deps import build_deps
 from loomgraph.authoring.library import load_graph
 from loomgraph.engine.context import NodeContext, RunScope
