@@ -16,7 +16,7 @@ from pathlib import Path
 
 from loomgraph import Agent, tool
 from loomgraph.authoring.render import render
-from loomgraph.cli.main import print_event
+from loomgraph.cli.output import print_event
 from loomgraph.models import ScriptedModel
 from loomgraph.protocols import ModelRequest
 

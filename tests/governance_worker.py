@@ -24,7 +24,7 @@ import sys
 from collections.abc import Mapping
 from typing import Any
 
-from loomgraph.engine.context import NodeContext
+from loomgraph.graph.node_context import NodeContext
 from loomgraph.protocols import ToolCall
 
 # Paths the `direct` node reads, by visit; the tests' permission oracle knows them.

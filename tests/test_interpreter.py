@@ -11,7 +11,7 @@ from pydantic import BaseModel
 
 from loomgraph import Agent, NodeKind, register_node
 from loomgraph.authoring.loader import graph_from_yaml
-from loomgraph.engine.context import NodeContext
+from loomgraph.graph.node_context import NodeContext
 from loomgraph.graph.registry import _REGISTRY
 from loomgraph.models import ScriptedModel
 from loomgraph.testing import run_node

@@ -1,6 +1,61 @@
 """Every typed error of loomgraph descends from `LoomgraphError`.
 
-Imports nothing of loomgraph's, so every layer can raise these.
+Imports nothing of loomgraph's, so every layer can raise these. The classes defined here
+are the root and the graph errors; the others live beside the code that raises them and
+subclass the root (`tests/test_error_tree.py` checks every public one). Where callers may
+already catch a builtin, the builtin stays a base too (shown as `+ ValueError`). The tree,
+with where each class lives (relative to `loomgraph.`):
+
+    LoomgraphError                          errors
+    ├── GraphError                          errors
+    │   ├── GraphValidationError            errors
+    │   ├── ConditionError                  errors
+    │   ├── NodeError                       errors
+    │   ├── StateError                      errors
+    │   ├── UnknownNodeKind                 graph.registry
+    │   ├── UnknownGraph                    authoring.library
+    │   ├── RenderError                     authoring.diagram (and .render)
+    │   └── GraphChanged                    agent.checkpoints
+    ├── RunStopped                          errors
+    ├── TypeSyntaxError + ValueError        graph.state
+    ├── OutputValidationError + ValueError  nodes.structured
+    ├── ResumeError + ValueError            agent.checkpoints
+    ├── ConfigError + ValueError            agent.deps
+    ├── UnknownRun + KeyError               protocols
+    ├── BudgetExceeded                      protocols
+    ├── ModelError                          protocols
+    │   └── AdapterError                    models.errors
+    │       ├── ModelConfigError            models.errors
+    │       │   └── ModelMissingKey         models.errors
+    │       ├── ModelRequestError           models.errors
+    │       │   └── ModelPromptTooLarge     models.errors
+    │       ├── ModelAuthError              models.errors
+    │       ├── ModelRateLimited            models.errors
+    │       ├── ModelOverloaded             models.errors
+    │       ├── ModelServerError            models.errors
+    │       ├── ModelConnectionError        models.errors
+    │       │   └── ModelTimeout            models.errors
+    │       ├── ModelBadResponse            models.errors
+    │       └── ModelStreamBroken           models.errors
+    ├── ScriptExhausted + RuntimeError      models.scripted
+    ├── JournalError                        runtime.errors
+    │   ├── JournalCorrupted                runtime.errors
+    │   ├── JournalVersionError             runtime.errors
+    │   ├── JournalUnavailable              runtime.errors
+    │   ├── JournalEncodingError + TypeError  runtime.errors
+    │   ├── RunConflict                     runtime.errors
+    │   └── UnknownEffect + KeyError        runtime.errors
+    ├── MemoryBackendError                  memory.errors
+    │   ├── MemoryCorrupted                 memory.errors
+    │   └── MemoryUnavailable               memory.errors
+    ├── ExtractionError + ValueError        memory.extract
+    ├── AuditLogError                       observability.audit_chain
+    ├── SqliteFileProblem                   _storage.sqlite_files
+    └── UsageError                          cli.runs
+
+Three exceptions stay outside on purpose: they are raised and caught inside one module and
+never reach a caller — `authoring.loader._AliasRefused`, `governance.hooks._Failed` and
+`runtime.sql_journal.Constraint`.
 """
 
 from __future__ import annotations

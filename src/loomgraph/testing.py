@@ -10,7 +10,7 @@ from typing import Any
 
 from loomgraph.agent.deps import build_deps
 from loomgraph.authoring.library import load_graph
-from loomgraph.engine.context import NodeContext
+from loomgraph.engine.context import VisitContext
 from loomgraph.engine.interpreter import check_patch, run_child
 from loomgraph.engine.scope import RunScope
 from loomgraph.graph.compiled import compile_graph
@@ -69,7 +69,7 @@ async def run_node(
     scope = RunScope(run_id, user_id, None, deps, sink, run_child, system=system)
     full = compiled.schema.initial(state)
     view = {name: full.get(name) for name in compiled.reads[node]}
-    patch = await compiled.nodes[node].run(view, NodeContext(scope, node, visit))
+    patch = await compiled.nodes[node].run(view, VisitContext(scope, node, visit))
     patch = check_patch(compiled, node, patch)
     compiled.schema.apply(full, patch)
     return NodeRun(patch, events, await runtime.effects(run_id), full)

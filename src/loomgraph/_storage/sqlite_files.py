@@ -13,10 +13,12 @@ from typing import Literal
 
 import aiosqlite
 
+from loomgraph.errors import LoomgraphError
+
 _HEADER = b"SQLite format 3\x00"
 
 
-class SqliteFileProblem(Exception):
+class SqliteFileProblem(LoomgraphError):
     """A file that cannot be opened as an SQLite database, and whether it is damaged."""
 
     def __init__(self, kind: Literal["unavailable", "corrupted"], message: str) -> None:

@@ -9,7 +9,7 @@ from typing import Any
 from pydantic import TypeAdapter, ValidationError
 
 from loomgraph.engine.effects import Approval, ResumeValue
-from loomgraph.errors import GraphError
+from loomgraph.errors import GraphError, LoomgraphError
 from loomgraph.graph.compiled import CompiledGraph
 from loomgraph.graph.state import parse_type, snapshot_of
 from loomgraph.protocols import RunRecord, Transition
@@ -20,7 +20,7 @@ class GraphChanged(GraphError):
     """A run is resumed with a graph whose content differs from the one it was made with."""
 
 
-class ResumeError(ValueError):
+class ResumeError(LoomgraphError, ValueError):
     """A resume that cannot be done as asked: nothing was executed."""
 
 

@@ -7,6 +7,7 @@ from contextvars import ContextVar
 from typing import Any, cast
 
 from loomgraph.engine.scope import active_scope
+from loomgraph.errors import LoomgraphError
 from loomgraph.protocols import (
     AuditLog,
     Budget,
@@ -28,7 +29,7 @@ from loomgraph.protocols.bundle import Deps
 current_run: ContextVar[RunRecord | None] = ContextVar("loomgraph_current_run", default=None)
 
 
-class ConfigError(ValueError):
+class ConfigError(LoomgraphError, ValueError):
     """An Agent argument that names nothing loomgraph knows; the message lists what exists."""
 
 

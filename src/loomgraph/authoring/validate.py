@@ -1,19 +1,26 @@
 """Load-time validation of a graph: every problem at once, each with file, line and rule name.
 
 The rules are documented in docs/validation.md. Node-kind and state rules live here; the
-flow rules (entry, edges, reachability, loops) in `validate_flow`.
+rules on the fields nodes and conditions read and write in `validate_fields`; the flow rules
+(entry, edges, reachability, loops) in `validate_flow`.
 """
 
 from __future__ import annotations
 
 import types
-from collections.abc import Iterable
 from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Union, get_args, get_origin
 
 from pydantic import BaseModel, ValidationError
 
+from loomgraph.authoring.validate_fields import (
+    check_conditions,
+    check_reads,
+    check_writes,
+    known_fields,
+    templates_of,
+)
 from loomgraph.authoring.validate_flow import (
     check_edges,
     check_entry,
@@ -23,9 +30,9 @@ from loomgraph.authoring.validate_flow import (
     problem_at,
 )
 from loomgraph.errors import Problem
-from loomgraph.graph.conditions import names_used, syntax_problem
+from loomgraph.graph.conditions import syntax_problem
 from loomgraph.graph.registry import NodeKind, UnknownNodeKind, known_kinds, node_kind
-from loomgraph.graph.spec import END, SCHEMA_VERSION, Graph, NodeSpec
+from loomgraph.graph.spec import END, SCHEMA_VERSION, Graph
 from loomgraph.graph.state import BUILTIN_FIELDS, DERIVED_NAMES, parse_type
 
 SUPPORTED_SCHEMA_VERSIONS = (SCHEMA_VERSION,)
@@ -248,19 +255,6 @@ def check_kind_rules(graph: Graph, instances: dict[str, NodeKind]) -> list[Probl
     return problems
 
 
-def _templates(graph: Graph) -> Iterable[tuple[str, str, str]]:
-    """(node, param, source) of every template param of a known kind."""
-    for name, spec in graph.nodes.items():
-        try:
-            kind = node_kind(spec.kind)
-        except UnknownNodeKind:
-            continue
-        for param in kind.templates:
-            source = spec.params.get(param)
-            if isinstance(source, str):
-                yield name, param, source
-
-
 def check_templates(graph: Graph) -> list[Problem]:
     """`bad-template`: a template param that does not compile."""
     return [
@@ -272,135 +266,6 @@ def check_templates(graph: Graph) -> list[Problem]:
             name,
             param,
         )
-        for name, param, source in _templates(graph)
+        for name, param, source in templates_of(graph)
         if (why := syntax_problem(source, expression=False)) is not None
     ]
-
-
-# --------------------------------------------------------------------------- fields
-
-
-def _reads(spec: NodeSpec, node: NodeKind | None) -> list[str]:
-    return node.reads() if node is not None else list(spec.reads or ())
-
-
-def _writes(spec: NodeSpec, node: NodeKind | None) -> list[str]:
-    return node.writes() if node is not None else list(spec.writes or ())
-
-
-def known_fields(graph: Graph, instances: dict[str, NodeKind]) -> set[str]:
-    """The fields a run has: builtins, declared state, and whatever some node writes."""
-    known = set(BUILTIN_FIELDS) | set(graph.state)
-    for name, spec in graph.nodes.items():
-        known.update(_writes(spec, instances.get(name)))
-    return known
-
-
-def _field_path(spec: NodeSpec, key: str, field: str) -> tuple[str | int, ...]:
-    """The most specific place a node names a field: its reads/writes list, else a param."""
-    listed = spec.reads if key == "reads" else spec.writes
-    if listed is not None and field in listed:
-        return (key, listed.index(field))
-    for param, value in spec.params.items():
-        if value == field:
-            return (param,)
-        if isinstance(value, dict):
-            for k, v in value.items():
-                if field in (k, v):
-                    return (param, k)
-        if isinstance(value, list) and field in value:
-            return (param, value.index(field))
-    return ()
-
-
-def check_reads(graph: Graph, instances: dict[str, NodeKind], known: set[str]) -> list[Problem]:
-    """`undefined-read`: a node or one of its templates reads a field nothing sets."""
-    problems: list[Problem] = []
-    reported: set[tuple[str, str]] = set()
-    for name, param, source in _templates(graph):
-        extra = instances[name].template_names if name in instances else frozenset()
-        for field in sorted(names_used(source, expression=False) - known - DERIVED_NAMES - extra):
-            reported.add((name, field))
-            problems.append(
-                problem_at(
-                    graph,
-                    "undefined-read",
-                    f"node {name!r}: template {param!r} uses {field!r}, "
-                    f"which is not a state field{did_you_mean(field, known)}",
-                    "nodes",
-                    name,
-                    param,
-                )
-            )
-    for name, spec in graph.nodes.items():
-        for field in _reads(spec, instances.get(name)):
-            if field in known or (name, field) in reported:
-                continue
-            reported.add((name, field))
-            problems.append(
-                problem_at(
-                    graph,
-                    "undefined-read",
-                    f"node {name!r} reads {field!r}, which no node writes "
-                    f"and `state:` does not declare{did_you_mean(field, known)}",
-                    "nodes",
-                    name,
-                    *_field_path(spec, "reads", field),
-                )
-            )
-    return problems
-
-
-def check_writes(graph: Graph, instances: dict[str, NodeKind]) -> list[Problem]:
-    """`undeclared-write`: a node writes a field that is not a builtin nor declared in `state`."""
-    declared = set(BUILTIN_FIELDS) | set(graph.state)
-    problems = []
-    for name, spec in graph.nodes.items():
-        for field in dict.fromkeys(_writes(spec, instances.get(name))):
-            if field not in declared:
-                problems.append(
-                    problem_at(
-                        graph,
-                        "undeclared-write",
-                        f"node {name!r} writes {field!r}, which is not "
-                        f"a state field; declare it under `state:` with a type"
-                        f"{did_you_mean(field, declared)}",
-                        "nodes",
-                        name,
-                        *_field_path(spec, "writes", field),
-                    )
-                )
-    return problems
-
-
-def check_conditions(graph: Graph, known: set[str]) -> list[Problem]:
-    """`bad-condition` (a `when` that does not compile) and `undefined-read` in a `when`."""
-    problems = []
-    for i, edge in enumerate(graph.edges):
-        if edge.when is None:
-            continue
-        if (why := syntax_problem(edge.when, expression=True)) is not None:
-            problems.append(
-                problem_at(
-                    graph,
-                    "bad-condition",
-                    f"condition {edge.when!r} does not compile: {why}",
-                    "edges",
-                    i,
-                    "when",
-                )
-            )
-            continue
-        for field in sorted(names_used(edge.when, expression=True) - known - DERIVED_NAMES):
-            problems.append(
-                problem_at(
-                    graph,
-                    "undefined-read",
-                    f"condition {edge.when!r} uses {field!r}, which is not "
-                    f"a state field{did_you_mean(field, known | DERIVED_NAMES)}",
-                    "edges",
-                    i,
-                    "when",
-                )
-            )
-    return problems

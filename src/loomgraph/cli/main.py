@@ -8,12 +8,9 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 from loomgraph.cli import runs as cli_runs
-
-# Exit codes: 0 fine, 1 the run or the graph failed, 2 bad usage or input.
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+from loomgraph.cli.output import EXIT_FAILED, EXIT_OK, EXIT_USAGE, emit_event
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -111,10 +108,7 @@ async def _run(args: argparse.Namespace) -> int:
     status = "failed"
     try:
         async for event in agent.stream(args.prompt, user_id=args.user, session_id=args.session):
-            if args.json:
-                print(json.dumps(event.to_dict(), default=str), flush=True)
-            else:
-                print_event(event)
+            emit_event(event, args.json)
             if event.kind == "run_completed":
                 status = event.payload["status"]
     finally:
@@ -122,27 +116,6 @@ async def _run(args: argparse.Namespace) -> int:
         if close is not None:
             await close()
     return EXIT_OK if status == "completed" else EXIT_FAILED
-
-
-def print_event(event: Any) -> None:
-    """Print one event as a short human-readable line (model text streams inline)."""
-    p = event.payload
-    detail = {
-        "model_chunk": lambda: repr(p["chunk"].get("text", "")),
-        "run_started": lambda: f"run={event.run_id} graph={p['graph']} prompt={p['prompt']!r}",
-        "node_started": lambda: f"{p['node']} (visit {p['visit']})",
-        "tool_call": lambda: f"{p['call']['tool']}({json.dumps(p['call']['args'])})",
-        "tool_result": lambda: (
-            f"{p['call']['tool']} -> {p['result'].get('content', '')!r}"
-            + (" [error]" if p["result"].get("is_error") else "")
-        ),
-        "node_completed": lambda: f"{p['node']} -> {p['next']}",
-        "run_completed": lambda: (
-            f"status={p['status']} output={p['output']!r}"
-            + (f" reason={p['reason']}" if p["reason"] else "")
-        ),
-    }.get(event.kind, lambda: json.dumps(p, default=str)[:200])()
-    print(f"[{event.seq:>3}] {event.kind:<15} {detail}", flush=True)
 
 
 def _validate(files: Sequence[str]) -> int:

@@ -6,19 +6,27 @@ import argparse
 import asyncio
 import json
 import sys
-import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from loomgraph.cli.output import (
+    EXIT_FAILED,
+    EXIT_OK,
+    emit_event,
+    print_diff,
+    print_result,
+    print_run,
+    print_runs,
+    usage,
+)
+from loomgraph.errors import GraphError, LoomgraphError
 from loomgraph.governance.null import NoHooks
 from loomgraph.protocols import RunRecord, Runtime, Transition, UnknownRun
+from loomgraph.runtime.errors import JournalError, RunConflict
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
-
-class UsageError(Exception):
+class UsageError(LoomgraphError):
     """Bad input on the command line: an unknown run, seq, journal or graph (exit code 2)."""
 
 
@@ -122,7 +130,7 @@ def handle(args: argparse.Namespace) -> int:
 def render_run(args: argparse.Namespace) -> int:
     """`loomgraph render GRAPH --run RUN_ID --runtime …`: the diagram with the run's path."""
     if not args.runtime:
-        return _usage("render --run needs --runtime (sqlite:PATH or postgres://…)")
+        return usage("render --run needs --runtime (sqlite:PATH or postgres://…)")
     return _journaled(args, _render)
 
 
@@ -130,8 +138,6 @@ def _journaled(
     args: argparse.Namespace, command: Callable[[argparse.Namespace, Runtime], Awaitable[int]]
 ) -> int:
     """Open the journal, run the command, close the journal; errors become exit codes."""
-    from loomgraph.errors import GraphError
-    from loomgraph.runtime.errors import JournalError, RunConflict
 
     async def go() -> int:
         runtime = open_journal(args.runtime)
@@ -162,12 +168,7 @@ def _journaled(
         ImportError,
         OSError,
     ) as err:  # GraphChanged is a GraphError
-        return _usage(str(err))
-
-
-def _usage(message: str) -> int:
-    print(f"loomgraph: {message}", file=sys.stderr)
-    return EXIT_USAGE
+        return usage(str(err))
 
 
 def open_journal(spec: str, *, create: bool = False) -> Runtime:
@@ -240,54 +241,9 @@ def _compiled(graph: str | None, record: RunRecord) -> Any:
     return compiled
 
 
-def _when(at: float) -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(at)) if at else "-"
-
-
-def _record_data(record: RunRecord) -> dict[str, Any]:
-    data = asdict(record)
-    data.pop("initial", None)  # the first state: `show` prints the state separately
-    return data
-
-
-def _transition_data(t: Transition) -> dict[str, Any]:
-    return {
-        "seq": t.seq,
-        "node": t.node,
-        "visit": t.visit,
-        "next": t.next_node,
-        "patch": t.patch,
-        "usage": t.usage,
-        "at": t.at,
-        "snapshot": t.snapshot is not None,
-    }
-
-
 async def _list(args: argparse.Namespace, runtime: Runtime) -> int:
-    records = await runtime.runs(args.user)
-    if args.json:
-        for record in records:
-            print(json.dumps(_record_data(record), default=str))
-        return EXIT_OK
-    rows = [
-        (
-            r.run_id,
-            r.status,
-            r.user_id or "-",
-            r.graph_name,
-            _when(r.created_at),
-            f"{r.parent_run_id}@{r.parent_seq}" if r.parent_run_id else "",
-        )
-        for r in records
-    ]
-    _table(("RUN", "STATUS", "USER", "GRAPH", "CREATED", "FORKED FROM"), rows)
+    print_runs(await runtime.runs(args.user), args.json)
     return EXIT_OK
-
-
-def _table(head: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
-    widths = [max(len(str(c)) for c in col) for col in zip(head, *rows, strict=False)]
-    for row in (head, *rows):
-        print("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
 
 
 async def _show(args: argparse.Namespace, runtime: Runtime) -> int:
@@ -296,54 +252,7 @@ async def _show(args: argparse.Namespace, runtime: Runtime) -> int:
     record, transitions = await _record(runtime, args.run_id)
     effects = await runtime.effects(args.run_id)
     state = position(_compiled(args.graph, record), record, transitions).state
-    if args.json:
-        print(
-            json.dumps(
-                {
-                    "run": _record_data(record),
-                    "transitions": [_transition_data(t) for t in transitions],
-                    "effects": [asdict(e) for e in effects],
-                    "state": state,
-                    "result": record.result,
-                },
-                default=str,
-            )
-        )
-        return EXIT_OK
-    print(
-        f"run {record.run_id}  status={record.status}  graph={record.graph_name} "
-        f"({record.graph_hash})"
-    )
-    print(
-        f"user={record.user_id or '-'}  session={record.session_id or '-'}  "
-        f"created={_when(record.created_at)}  updated={_when(record.updated_at)}"
-        + (
-            f"  forked from {record.parent_run_id}@{record.parent_seq}"
-            if record.parent_run_id
-            else ""
-        )
-    )
-    if record.reason:
-        print(f"reason: {record.reason}")
-    print()
-    _table(
-        ("SEQ", "NODE", "VISIT", "NEXT"),
-        [(t.seq, t.node, t.visit, t.next_node) for t in transitions],
-    )
-    statuses: dict[str, int] = {}
-    for effect in effects:
-        statuses[effect.status] = statuses.get(effect.status, 0) + 1
-    retried = [e.key for e in effects if e.attempts > 1]
-    print(
-        f"\neffects: {len(effects)} ("
-        + ", ".join(f"{n} {s}" for s, n in sorted(statuses.items()))
-        + ")"
-        + (f"; executed again after a crash: {', '.join(retried)}" if retried else "")
-    )
-    print("\nstate:")
-    print(json.dumps(state, indent=2, ensure_ascii=False, default=str))
-    if record.result is not None:
-        print(f"\noutput: {json.dumps(record.result.get('output'), ensure_ascii=False)}")
+    print_run(record, transitions, effects, state, args.json)
     return EXIT_OK
 
 
@@ -361,26 +270,8 @@ async def _diff(args: argparse.Namespace, runtime: Runtime) -> int:
     compiled = _compiled(args.graph, record)
     before = position(compiled, record, transitions, upto=args.seq_a).state
     after = position(compiled, record, transitions, upto=args.seq_b).state
-    changes = diff(before, after)
-    if args.json:
-        print(
-            json.dumps({k: {"before": a, "after": b} for k, (a, b) in changes.items()}, default=str)
-        )
-        return EXIT_OK
-    if not changes:
-        print(f"no change between {args.seq_a} and {args.seq_b}")
-    for name, (old, new) in changes.items():
-        print(f"{name}:")
-        if isinstance(old, list) and isinstance(new, list) and new[: len(old)] == old:
-            for item in new[len(old) :]:  # an append reducer: show only what was added
-                print(f"  + {_compact(item)}")
-        else:
-            print(f"  - {_compact(old)}\n  + {_compact(new)}")
+    print_diff(diff(before, after), args.seq_a, args.seq_b, args.json)
     return EXIT_OK
-
-
-def _compact(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False, default=str)
 
 
 # ------------------------------------------------------------------ running
@@ -408,23 +299,7 @@ class _Printer(NoHooks):
 
     async def on_event(self, event: Any) -> None:
         """Print the event."""
-        from loomgraph.cli.main import print_event
-
-        if self.as_json:
-            print(json.dumps(event.to_dict(), default=str), flush=True)
-        else:
-            print_event(event)
-
-
-def _ended(result: Any, as_json: bool) -> int:
-    if as_json:
-        print(json.dumps({"result": result.to_dict()}, default=str))
-    else:
-        print(
-            f"run {result.run_id}: status={result.status} output={result.output!r}"
-            + (f" reason={result.reason}" if result.reason else "")
-        )
-    return EXIT_OK if result.ok else EXIT_FAILED
+        emit_event(event, self.as_json)
 
 
 async def _resume(args: argparse.Namespace, runtime: Runtime) -> int:
@@ -433,7 +308,7 @@ async def _resume(args: argparse.Namespace, runtime: Runtime) -> int:
         await _break_dead_lease(runtime, args.run_id)
     agent = _agent(args, runtime, record)
     result = await agent.resume(args.run_id, accept_graph_change=args.accept_graph_change)
-    return _ended(result, args.json)
+    return print_result(result, args.json)
 
 
 async def _break_dead_lease(runtime: Any, run_id: str) -> None:
@@ -484,7 +359,7 @@ async def _fork(args: argparse.Namespace, runtime: Runtime) -> int:
             raise UsageError("--patch must be a JSON object of state fields")
     agent = _agent(args, runtime, record)
     result = await agent.fork(args.run_id, at=args.at, patch=patch)
-    return _ended(result, args.json)
+    return print_result(result, args.json)
 
 
 async def _render(args: argparse.Namespace, runtime: Runtime) -> int:

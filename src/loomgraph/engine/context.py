@@ -12,7 +12,8 @@ from typing import Any
 from loomgraph.engine.effects import EffectKey, ResumeValue
 from loomgraph.engine.scope import RunScope
 from loomgraph.engine.tool_gate import ToolGate
-from loomgraph.graph.compiled import CompiledGraph
+from loomgraph.graph.compiled import compile_graph
+from loomgraph.graph.spec import Graph
 from loomgraph.protocols import (
     ModelError,
     ModelRequest,
@@ -30,8 +31,8 @@ from loomgraph.protocols.paths import NodePath
 STEP_RETRIES = 2
 
 
-class NodeContext:
-    """What a node gets besides its state: identity, dependencies and journaled helpers."""
+class VisitContext:
+    """The `NodeContext` of one node visit: identity, dependencies and journaled helpers."""
 
     __slots__ = ("_slot", "key_path", "node", "path", "scope", "visit")
 
@@ -178,16 +179,17 @@ class NodeContext:
     # ------------------------------------------------------------------ subgraphs
 
     async def run_subgraph(
-        self, graph: CompiledGraph, values: Mapping[str, Any], *, branch: str | None = None
+        self, graph: Graph, values: Mapping[str, Any], *, branch: str | None = None
     ) -> dict[str, Any]:
         """Run another graph as part of this node; its transitions nest under this node (and
         under `branch`, when one node runs the graph several times). Its final state."""
         sep = NodePath.SEPARATOR
         inner = f"{branch}{sep}" if branch is not None else ""
+        compiled = compile_graph(graph)
         return await self.scope.run_child(
-            graph,
+            compiled,
             self.scope,
-            graph.schema.initial(values),
+            compiled.schema.initial(values),
             path=f"{self.qualified_node}{sep}{inner}",
             key_path=f"{self.key_path}{self.node}.{self.visit}{sep}{inner}",
         )

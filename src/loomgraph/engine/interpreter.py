@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from loomgraph.engine.context import NodeContext
+from loomgraph.engine.context import VisitContext
 from loomgraph.engine.scope import RunScope
 from loomgraph.errors import GraphError, NodeError, RunStopped, StateError
 from loomgraph.graph.compiled import CompiledGraph
@@ -72,7 +72,7 @@ async def run_graph(
             graph,
             scope,
             state,
-            NodeContext(scope, node, visit, path, key_path),
+            VisitContext(scope, node, visit, path, key_path),
             graph.nodes[node],
             graph.reads[node],
             graph.writes[node],
@@ -96,7 +96,7 @@ async def run_extra_step(
     after the graph completed: gated, journaled and reported like a node named `step.name`."""
     if step.name not in visits:
         visits[step.name] = 1
-        ctx = NodeContext(scope, step.name, 1)
+        ctx = VisitContext(scope, step.name, 1)
         reads, writes = tuple(step.reads()), frozenset(step.writes())
         outcome = await _step(graph, scope, state, ctx, step, reads, writes, visits)
         if isinstance(outcome, Outcome):
@@ -127,7 +127,7 @@ async def _step(
     graph: CompiledGraph,
     scope: RunScope,
     state: dict[str, Any],
-    ctx: NodeContext,
+    ctx: VisitContext,
     kind: NodeKind,
     reads: tuple[str, ...],
     writes: frozenset[str],
@@ -199,7 +199,7 @@ async def _step(
     return target
 
 
-async def _run_with_policy(kind: NodeKind, view: dict[str, Any], ctx: NodeContext) -> Any:
+async def _run_with_policy(kind: NodeKind, view: dict[str, Any], ctx: VisitContext) -> Any:
     """Run a node under its `timeout` and `retry` policies."""
     spec = kind.spec
     attempts = spec.retry.attempts if spec.retry else 1

@@ -4,15 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from importlib.metadata import entry_points
-from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 from pydantic import BaseModel, ConfigDict
 
 from loomgraph.errors import GraphError
-
-if TYPE_CHECKING:
-    from loomgraph.engine.context import NodeContext
-    from loomgraph.graph.spec import Graph, NodeSpec
+from loomgraph.graph.node_context import NodeContext
+from loomgraph.graph.spec import Graph, NodeSpec
 
 ENTRY_POINT_GROUP = "loomgraph.nodes"
 

@@ -10,7 +10,7 @@ from typing import Any, Optional, Union
 
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
-from loomgraph.errors import StateError
+from loomgraph.errors import LoomgraphError, StateError
 from loomgraph.graph.spec import Graph, Reducer, StateField
 
 # Fields every graph has. `input` is the prompt of the run.
@@ -29,7 +29,7 @@ DERIVED_NAMES = frozenset({"state", "last_message", "visits"})
 # --------------------------------------------------------------------------- types
 
 
-class TypeSyntaxError(ValueError):
+class TypeSyntaxError(LoomgraphError, ValueError):
     """A state field type string that does not parse or names nothing importable."""
 
 

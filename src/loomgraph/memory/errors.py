@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from loomgraph.errors import LoomgraphError
+
 __all__ = ["MemoryBackendError", "MemoryCorrupted", "MemoryUnavailable"]
 
 
-class MemoryBackendError(Exception):
+class MemoryBackendError(LoomgraphError):
     """Base class of memory backend errors (not the builtin `MemoryError`)."""
 
     def __init__(self, where: str, detail: str, message: str | None = None) -> None:

@@ -16,6 +16,7 @@ import re
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
+from loomgraph.errors import LoomgraphError
 from loomgraph.memory.records import Fact, user_key
 from loomgraph.protocols import Episode, Message, Model, ModelRequest, ToolCall, ToolSpec
 
@@ -62,7 +63,7 @@ _EXCERPT = 6000  # characters of prompt and of answer sent to the extracting mod
 _FENCE = re.compile(r"```(?:json)?\s*(.*?)```", re.DOTALL)
 
 
-class ExtractionError(ValueError):
+class ExtractionError(LoomgraphError, ValueError):
     """The model's answer held no usable list of facts."""
 
 

@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from loomgraph.errors import LoomgraphError
 from loomgraph.protocols import ModelChunk, ModelRequest, ToolCall, Usage
 
 
@@ -23,7 +24,7 @@ class Turn:
 TurnLike = Turn | str | dict[str, Any] | BaseException | type[BaseException]
 
 
-class ScriptExhausted(RuntimeError):
+class ScriptExhausted(LoomgraphError, RuntimeError):
     """A run asked the scripted model for more turns than its script has."""
 
 

@@ -8,7 +8,7 @@ from typing import Any
 
 from pydantic import Field
 
-from loomgraph.engine.context import NodeContext
+from loomgraph.graph.node_context import NodeContext
 from loomgraph.graph.registry import register_node
 from loomgraph.graph.spec import Graph
 from loomgraph.graph.state import final_output, parse_type

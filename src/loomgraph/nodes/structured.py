@@ -12,7 +12,8 @@ from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
 
-from loomgraph.engine.context import NodeContext
+from loomgraph.errors import LoomgraphError
+from loomgraph.graph.node_context import NodeContext
 from loomgraph.graph.registry import NodeKind, NoParams
 from loomgraph.graph.spec import NodeSpec
 from loomgraph.graph.state import final_output
@@ -22,7 +23,7 @@ RESPOND_TOOL = "respond"
 DEFAULT_RETRIES = 2
 
 
-class OutputValidationError(ValueError):
+class OutputValidationError(LoomgraphError, ValueError):
     """The model's answer did not fit the schema after every retry; `raw` is its last answer."""
 
     def __init__(self, message: str, *, raw: Any, errors: list[Any]) -> None:

@@ -7,9 +7,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from loomgraph.engine.context import NodeContext
-from loomgraph.graph.compiled import compile_graph
 from loomgraph.graph.conditions import compile_template, condition_scope, names_used
+from loomgraph.graph.node_context import NodeContext
 from loomgraph.graph.registry import NodeKind, register_node
 from loomgraph.graph.spec import Graph
 from loomgraph.graph.state import DERIVED_NAMES, final_output
@@ -73,7 +72,7 @@ class ChildGraphNode(NodeKind):
 
     def bind(self, graph: Graph) -> None:
         """Resolve the child graph and compile the prompt once."""
-        self.child = compile_graph(graph.resolve_graph(self.params.graph))
+        self.child = graph.resolve_graph(self.params.graph)
         self.prompt = compile_template(self.params.prompt) if self.params.prompt else None
 
 

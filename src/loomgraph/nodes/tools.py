@@ -8,7 +8,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from loomgraph.engine.context import NodeContext
+from loomgraph.graph.node_context import NodeContext
 from loomgraph.graph.registry import NodeKind, register_node
 from loomgraph.nodes.concurrency import run_all
 from loomgraph.protocols import Message, ToolCall, ToolResult

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, NamedTuple, TypedDict
 
+from loomgraph.errors import LoomgraphError
+
 GENESIS_HASH = "0" * 64
 """The `prev_hash` of the first entry."""
 
@@ -80,7 +82,7 @@ class VerifyResult:
     head: AuditHead = EMPTY_HEAD
 
 
-class AuditLogError(Exception):
+class AuditLogError(LoomgraphError):
     """The audit log cannot be appended to safely (torn tail, broken last entry, wrong key)."""
 
 

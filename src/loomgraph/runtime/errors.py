@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from loomgraph.errors import LoomgraphError
 from loomgraph.runtime.memory import UnknownRun
 
 __all__ = [
@@ -16,7 +17,7 @@ __all__ = [
 ]
 
 
-class JournalError(Exception):
+class JournalError(LoomgraphError):
     """Base class of the errors a durable journal raises (UnknownRun is a KeyError instead)."""
 
 

@@ -11,7 +11,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from loomgraph.engine.context import NodeContext
+from loomgraph.graph.node_context import NodeContext
 
 
 class Plan(BaseModel):

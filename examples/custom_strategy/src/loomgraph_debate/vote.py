@@ -19,8 +19,7 @@ from collections import Counter
 from collections.abc import Callable, Mapping
 from typing import Any, cast
 
-from loomgraph import NodeKind
-from loomgraph.engine.context import NodeContext
+from loomgraph import NodeContext, NodeKind
 from loomgraph.graph.conditions import compile_template, condition_scope, names_used
 from loomgraph.graph.spec import Graph
 from loomgraph.graph.state import DERIVED_NAMES

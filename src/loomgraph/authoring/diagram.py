@@ -1,0 +1,194 @@
+"""What every diagram of a graph draws, whatever its format, and the run overlay.
+
+A node shows its name, its kind and the state fields it reads and writes; an edge shows its
+`when` condition and, when its node has several edges, its position (the first that holds
+wins). A run overlay adds visit counts, the edges taken and the node where the run stopped.
+The formats are in `render_dot` (Graphviz DOT, SVG) and `render_mermaid`; `render` is the
+public entry point.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from loomgraph.errors import GraphError
+from loomgraph.graph.spec import EdgeSpec, Graph
+from loomgraph.protocols.paths import NodePath
+
+
+class RenderError(GraphError):
+    """A diagram could not be produced: no `dot` binary, `dot` failed, or an unknown format."""
+
+
+class _Step(Protocol):
+    """What the overlay needs from a journal transition."""
+
+    @property
+    def node(self) -> str: ...
+
+    @property
+    def next_node(self) -> str: ...
+
+
+# Statuses drawn orange: the run stopped on purpose or at a cap, it did not break.
+_STOPPED = {"limit_reached", "budget_exhausted", "interrupted", "awaiting_approval", "cancelled"}
+
+
+@dataclass(slots=True)
+class RunOverlay:
+    """A run's path to draw over its graph: visits per node, edges taken, where it stopped."""
+
+    visits: dict[str, int] = field(default_factory=dict)
+    path: list[tuple[str, str]] = field(default_factory=list)
+    stopped_at: str | None = None
+    status: str = "completed"
+
+    def __post_init__(self) -> None:
+        self.path = [(str(a), str(b)) for a, b in self.path]
+        # A path alone is enough: every step taken is a visit of its source node.
+        if not self.visits and self.path:
+            self.visits = dict(Counter(a for a, _ in self.path))
+
+    @classmethod
+    def from_transitions(
+        cls,
+        transitions: Iterable[_Step],
+        *,
+        status: str = "completed",
+        stopped_at: str | None = None,
+    ) -> RunOverlay:
+        """An overlay from journal transitions; `stopped_at` defaults to the last target."""
+        # Steps inside subgraphs carry qualified names (`plan/model`) and their own END;
+        # they are not edges of this graph, so they are left out.
+        steps = [(t.node, t.next_node) for t in transitions if NodePath.parse(t.node).is_top_level]
+        if stopped_at is None and steps:
+            stopped_at = steps[-1][1]
+        return cls(path=steps, stopped_at=stopped_at, status=status)
+
+    @classmethod
+    def coerce(cls, run: RunOverlay | Mapping[str, Any] | None) -> RunOverlay | None:
+        """An overlay from an overlay, a mapping of its fields, or None."""
+        if run is None or isinstance(run, RunOverlay):
+            return run
+        unknown = set(run) - {"visits", "path", "stopped_at", "status"}
+        if unknown:
+            raise RenderError(
+                f"unknown run overlay keys: {', '.join(sorted(unknown))}; "
+                "expected visits, path, stopped_at, status"
+            )
+        return cls(
+            visits=dict(run.get("visits") or {}),
+            path=list(run.get("path") or []),
+            stopped_at=run.get("stopped_at"),
+            status=str(run.get("status", "completed")),
+        )
+
+    def taken(self) -> Counter[tuple[str, str]]:
+        """How many times each (from, to) edge was taken."""
+        return Counter(self.path)
+
+    def stop_colour(self) -> str | None:
+        """The highlight colour of the node where the run stopped, if it is highlighted."""
+        if self.stopped_at is None or self.status == "running":
+            return None
+        if self.status == "failed":
+            return "#dc2626"
+        if self.status == "completed":
+            return "#16a34a"
+        return "#ea580c"  # any other stop (limits, budget, interrupts) is a deliberate halt
+
+
+RunLike = RunOverlay | Mapping[str, Any] | None
+
+VISITED_FILL = "#dbeafe"
+STOP_FILL = {"#dc2626": "#fee2e2", "#16a34a": "#dcfce7", "#ea580c": "#ffedd5"}
+CONDITIONAL = "#2563eb"
+TAKEN = "#1d4ed8"
+TIMES = "\N{MULTIPLICATION SIGN}"
+
+
+# --------------------------------------------------------------------------- shared model
+
+
+@dataclass(slots=True)
+class Edge:
+    """An edge as drawn: its spec, its position among its node's edges, whether it is `else`."""
+
+    spec: EdgeSpec
+    order: int | None  # 1-based position among its node's edges, when there are several
+    is_else: bool  # an unconditioned edge of a node that also has conditional ones
+
+
+def node_io(graph: Graph) -> dict[str, tuple[list[str], list[str]]]:
+    """Reads and writes per node, with the kinds' defaults filled in."""
+    from loomgraph.graph.compiled import compile_graph
+    from loomgraph.graph.registry import node_kind
+
+    try:
+        nodes = compile_graph(graph).nodes
+        return {name: (n.reads(), n.writes()) for name, n in nodes.items()}
+    except Exception:
+        pass  # a broken graph is still worth drawing while it is edited; validation reports it
+    out: dict[str, tuple[list[str], list[str]]] = {}
+    for name, spec in graph.nodes.items():
+        try:
+            kind = node_kind(spec.kind)
+            defaults = (list(kind.default_reads), list(kind.default_writes))
+        except GraphError:
+            defaults = ([], [])
+        out[name] = (
+            spec.reads if spec.reads is not None else defaults[0],
+            spec.writes if spec.writes is not None else defaults[1],
+        )
+    return out
+
+
+def edges_of(graph: Graph) -> list[Edge]:
+    """The edges in file order, with their order numbers and `else` flags."""
+    out = []
+    for edge in graph.edges:
+        siblings = graph.outgoing(edge.source)
+        # By identity: two identical edges (a harmless duplicate) still get their own numbers.
+        position = next(i for i, e in enumerate(siblings, start=1) if e is edge)
+        order = position if len(siblings) > 1 else None
+        is_else = edge.when is None and any(e.when for e in siblings)
+        out.append(Edge(edge, order, is_else))
+    return out
+
+
+def edge_text(edge: Edge) -> str:
+    """An edge's label: its position among its node's edges, then its condition or `else`."""
+    cond = edge.spec.when or ("else" if edge.is_else else "")
+    prefix = f"[{edge.order}] " if edge.order is not None else ""
+    return f"{prefix}{cond}".strip()
+
+
+def wrap(fields: Sequence[str], per_line: int = 3) -> list[str]:
+    """Field names a few per line, so a node with many fields stays narrow."""
+    if not fields:
+        return ["—"]
+    return [", ".join(fields[i : i + per_line]) for i in range(0, len(fields), per_line)]
+
+
+def free_id(base: str, taken: Iterable[str]) -> str:
+    """`base`, wrapped in underscores until no name in `taken` is the same."""
+    used = set(taken)
+    while base in used:
+        base = f"_{base}_"
+    return base
+
+
+def load(graph: Graph | str | Path) -> Graph:
+    """The graph, loaded if named; every public function starts here."""
+    # Node kinds (built-in ones too) come from the registry, which loads the `loomgraph.nodes`
+    # entry points on the first lookup: nothing here imports the node kinds.
+    from loomgraph.authoring.library import load_graph
+
+    if isinstance(graph, Graph):
+        return graph
+
+    return load_graph(graph)

@@ -1,0 +1,158 @@
+"""Field rules of graph validation: what nodes, templates and conditions read and write.
+
+Every field read must be set by something (a builtin, `state:` or a node's writes); every
+field written must be declared. Checked by `validate.validate_graph`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from loomgraph.authoring.validate_flow import did_you_mean, problem_at
+from loomgraph.errors import Problem
+from loomgraph.graph.conditions import names_used, syntax_problem
+from loomgraph.graph.registry import NodeKind, UnknownNodeKind, node_kind
+from loomgraph.graph.spec import Graph, NodeSpec
+from loomgraph.graph.state import BUILTIN_FIELDS, DERIVED_NAMES
+
+
+def templates_of(graph: Graph) -> Iterable[tuple[str, str, str]]:
+    """(node, param, source) of every template param of a known kind."""
+    for name, spec in graph.nodes.items():
+        try:
+            kind = node_kind(spec.kind)
+        except UnknownNodeKind:
+            continue
+        for param in kind.templates:
+            source = spec.params.get(param)
+            if isinstance(source, str):
+                yield name, param, source
+
+
+# --------------------------------------------------------------------------- fields
+
+
+def _reads(spec: NodeSpec, node: NodeKind | None) -> list[str]:
+    return node.reads() if node is not None else list(spec.reads or ())
+
+
+def _writes(spec: NodeSpec, node: NodeKind | None) -> list[str]:
+    return node.writes() if node is not None else list(spec.writes or ())
+
+
+def known_fields(graph: Graph, instances: dict[str, NodeKind]) -> set[str]:
+    """The fields a run has: builtins, declared state, and whatever some node writes."""
+    known = set(BUILTIN_FIELDS) | set(graph.state)
+    for name, spec in graph.nodes.items():
+        known.update(_writes(spec, instances.get(name)))
+    return known
+
+
+def _field_path(spec: NodeSpec, key: str, field: str) -> tuple[str | int, ...]:
+    """The most specific place a node names a field: its reads/writes list, else a param."""
+    listed = spec.reads if key == "reads" else spec.writes
+    if listed is not None and field in listed:
+        return (key, listed.index(field))
+    for param, value in spec.params.items():
+        if value == field:
+            return (param,)
+        if isinstance(value, dict):
+            for k, v in value.items():
+                if field in (k, v):
+                    return (param, k)
+        if isinstance(value, list) and field in value:
+            return (param, value.index(field))
+    return ()
+
+
+def check_reads(graph: Graph, instances: dict[str, NodeKind], known: set[str]) -> list[Problem]:
+    """`undefined-read`: a node or one of its templates reads a field nothing sets."""
+    problems: list[Problem] = []
+    reported: set[tuple[str, str]] = set()
+    for name, param, source in templates_of(graph):
+        extra = instances[name].template_names if name in instances else frozenset()
+        for field in sorted(names_used(source, expression=False) - known - DERIVED_NAMES - extra):
+            reported.add((name, field))
+            problems.append(
+                problem_at(
+                    graph,
+                    "undefined-read",
+                    f"node {name!r}: template {param!r} uses {field!r}, "
+                    f"which is not a state field{did_you_mean(field, known)}",
+                    "nodes",
+                    name,
+                    param,
+                )
+            )
+    for name, spec in graph.nodes.items():
+        for field in _reads(spec, instances.get(name)):
+            if field in known or (name, field) in reported:
+                continue
+            reported.add((name, field))
+            problems.append(
+                problem_at(
+                    graph,
+                    "undefined-read",
+                    f"node {name!r} reads {field!r}, which no node writes "
+                    f"and `state:` does not declare{did_you_mean(field, known)}",
+                    "nodes",
+                    name,
+                    *_field_path(spec, "reads", field),
+                )
+            )
+    return problems
+
+
+def check_writes(graph: Graph, instances: dict[str, NodeKind]) -> list[Problem]:
+    """`undeclared-write`: a node writes a field that is not a builtin nor declared in `state`."""
+    declared = set(BUILTIN_FIELDS) | set(graph.state)
+    problems = []
+    for name, spec in graph.nodes.items():
+        for field in dict.fromkeys(_writes(spec, instances.get(name))):
+            if field not in declared:
+                problems.append(
+                    problem_at(
+                        graph,
+                        "undeclared-write",
+                        f"node {name!r} writes {field!r}, which is not "
+                        f"a state field; declare it under `state:` with a type"
+                        f"{did_you_mean(field, declared)}",
+                        "nodes",
+                        name,
+                        *_field_path(spec, "writes", field),
+                    )
+                )
+    return problems
+
+
+def check_conditions(graph: Graph, known: set[str]) -> list[Problem]:
+    """`bad-condition` (a `when` that does not compile) and `undefined-read` in a `when`."""
+    problems = []
+    for i, edge in enumerate(graph.edges):
+        if edge.when is None:
+            continue
+        if (why := syntax_problem(edge.when, expression=True)) is not None:
+            problems.append(
+                problem_at(
+                    graph,
+                    "bad-condition",
+                    f"condition {edge.when!r} does not compile: {why}",
+                    "edges",
+                    i,
+                    "when",
+                )
+            )
+            continue
+        for field in sorted(names_used(edge.when, expression=True) - known - DERIVED_NAMES):
+            problems.append(
+                problem_at(
+                    graph,
+                    "undefined-read",
+                    f"condition {edge.when!r} uses {field!r}, which is not "
+                    f"a state field{did_you_mean(field, known | DERIVED_NAMES)}",
+                    "edges",
+                    i,
+                    "when",
+                )
+            )
+    return problems

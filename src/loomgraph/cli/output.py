@@ -1,0 +1,207 @@
+"""What the `loomgraph` command prints: events, tables, JSON lines, results and exit codes.
+
+Shared by `cli.main` and `cli.runs`; imports neither.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict
+from typing import Any
+
+from loomgraph.protocols import EffectRecord, RunRecord, Transition
+
+# Exit codes: 0 fine, 1 the run or the graph failed, 2 bad usage or input.
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+def usage(message: str) -> int:
+    """Print `loomgraph: message` on stderr; returns the bad-usage exit code."""
+    print(f"loomgraph: {message}", file=sys.stderr)
+    return EXIT_USAGE
+
+
+# ------------------------------------------------------------------ events
+
+
+def print_event(event: Any) -> None:
+    """Print one event as a short human-readable line (model text streams inline)."""
+    p = event.payload
+    detail = {
+        "model_chunk": lambda: repr(p["chunk"].get("text", "")),
+        "run_started": lambda: f"run={event.run_id} graph={p['graph']} prompt={p['prompt']!r}",
+        "node_started": lambda: f"{p['node']} (visit {p['visit']})",
+        "tool_call": lambda: f"{p['call']['tool']}({json.dumps(p['call']['args'])})",
+        "tool_result": lambda: (
+            f"{p['call']['tool']} -> {p['result'].get('content', '')!r}"
+            + (" [error]" if p["result"].get("is_error") else "")
+        ),
+        "node_completed": lambda: f"{p['node']} -> {p['next']}",
+        "run_completed": lambda: (
+            f"status={p['status']} output={p['output']!r}"
+            + (f" reason={p['reason']}" if p["reason"] else "")
+        ),
+    }.get(event.kind, lambda: json.dumps(p, default=str)[:200])()
+    print(f"[{event.seq:>3}] {event.kind:<15} {detail}", flush=True)
+
+
+def emit_event(event: Any, as_json: bool) -> None:
+    """Print one event: a JSON line with `--json`, else a human-readable line."""
+    if as_json:
+        print(json.dumps(event.to_dict(), default=str), flush=True)
+    else:
+        print_event(event)
+
+
+def print_result(result: Any, as_json: bool) -> int:
+    """Print how a resumed or forked run ended; returns its exit code."""
+    if as_json:
+        print(json.dumps({"result": result.to_dict()}, default=str))
+    else:
+        print(
+            f"run {result.run_id}: status={result.status} output={result.output!r}"
+            + (f" reason={result.reason}" if result.reason else "")
+        )
+    return EXIT_OK if result.ok else EXIT_FAILED
+
+
+# ------------------------------------------------------------------ tables and records
+
+
+def table(head: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+    """Print rows under a header, in left-aligned columns."""
+    widths = [max(len(str(c)) for c in col) for col in zip(head, *rows, strict=False)]
+    for row in (head, *rows):
+        print("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+
+
+def when(at: float) -> str:
+    """A timestamp as local `YYYY-MM-DD HH:MM:SS`, or `-` when unset."""
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(at)) if at else "-"
+
+
+def compact(value: Any) -> str:
+    """A value as one line of JSON."""
+    return json.dumps(value, ensure_ascii=False, default=str)
+
+
+def record_data(record: RunRecord) -> dict[str, Any]:
+    """A run record as JSON-ready data, without its first state."""
+    data = asdict(record)
+    data.pop("initial", None)  # the first state: `show` prints the state separately
+    return data
+
+
+def transition_data(t: Transition) -> dict[str, Any]:
+    """A transition as JSON-ready data (whether it has a snapshot, not the snapshot)."""
+    return {
+        "seq": t.seq,
+        "node": t.node,
+        "visit": t.visit,
+        "next": t.next_node,
+        "patch": t.patch,
+        "usage": t.usage,
+        "at": t.at,
+        "snapshot": t.snapshot is not None,
+    }
+
+
+def print_runs(records: Sequence[RunRecord], as_json: bool) -> None:
+    """`runs list`: one line (or JSON line) per run."""
+    if as_json:
+        for record in records:
+            print(json.dumps(record_data(record), default=str))
+        return
+    rows = [
+        (
+            r.run_id,
+            r.status,
+            r.user_id or "-",
+            r.graph_name,
+            when(r.created_at),
+            f"{r.parent_run_id}@{r.parent_seq}" if r.parent_run_id else "",
+        )
+        for r in records
+    ]
+    table(("RUN", "STATUS", "USER", "GRAPH", "CREATED", "FORKED FROM"), rows)
+
+
+def print_run(
+    record: RunRecord,
+    transitions: Sequence[Transition],
+    effects: Sequence[EffectRecord],
+    state: Any,
+    as_json: bool,
+) -> None:
+    """`runs show`: a run's record, transitions, effects, state and result."""
+    if as_json:
+        print(
+            json.dumps(
+                {
+                    "run": record_data(record),
+                    "transitions": [transition_data(t) for t in transitions],
+                    "effects": [asdict(e) for e in effects],
+                    "state": state,
+                    "result": record.result,
+                },
+                default=str,
+            )
+        )
+        return
+    print(
+        f"run {record.run_id}  status={record.status}  graph={record.graph_name} "
+        f"({record.graph_hash})"
+    )
+    print(
+        f"user={record.user_id or '-'}  session={record.session_id or '-'}  "
+        f"created={when(record.created_at)}  updated={when(record.updated_at)}"
+        + (
+            f"  forked from {record.parent_run_id}@{record.parent_seq}"
+            if record.parent_run_id
+            else ""
+        )
+    )
+    if record.reason:
+        print(f"reason: {record.reason}")
+    print()
+    table(
+        ("SEQ", "NODE", "VISIT", "NEXT"),
+        [(t.seq, t.node, t.visit, t.next_node) for t in transitions],
+    )
+    statuses: dict[str, int] = {}
+    for effect in effects:
+        statuses[effect.status] = statuses.get(effect.status, 0) + 1
+    retried = [e.key for e in effects if e.attempts > 1]
+    print(
+        f"\neffects: {len(effects)} ("
+        + ", ".join(f"{n} {s}" for s, n in sorted(statuses.items()))
+        + ")"
+        + (f"; executed again after a crash: {', '.join(retried)}" if retried else "")
+    )
+    print("\nstate:")
+    print(json.dumps(state, indent=2, ensure_ascii=False, default=str))
+    if record.result is not None:
+        print(f"\noutput: {json.dumps(record.result.get('output'), ensure_ascii=False)}")
+
+
+def print_diff(
+    changes: Mapping[str, tuple[Any, Any]], seq_a: int, seq_b: int, as_json: bool
+) -> None:
+    """`runs diff`: the state fields that changed between two checkpoints."""
+    if as_json:
+        print(
+            json.dumps({k: {"before": a, "after": b} for k, (a, b) in changes.items()}, default=str)
+        )
+        return
+    if not changes:
+        print(f"no change between {seq_a} and {seq_b}")
+    for name, (old, new) in changes.items():
+        print(f"{name}:")
+        if isinstance(old, list) and isinstance(new, list) and new[: len(old)] == old:
+            for item in new[len(old) :]:  # an append reducer: show only what was added
+                print(f"  + {compact(item)}")
+        else:
+            print(f"  - {compact(old)}\n  + {compact(new)}")

@@ -1,0 +1,85 @@
+"""`NodeContext`: what a node kind may ask of the run it is part of.
+
+Node kinds are written against this protocol, not against the engine: the interpreter hands
+each node visit an object that fulfils it (`loomgraph.engine.context.VisitContext`), and
+`loomgraph.testing` hands one with fakes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, Protocol
+
+from loomgraph.graph.spec import Graph
+from loomgraph.protocols import ModelRequest, ModelResponse, ToolCall, ToolResult
+from loomgraph.protocols.bundle import Deps
+
+
+class NodeContext(Protocol):
+    """What a node gets besides its state: identity, dependencies and journaled helpers."""
+
+    @property
+    def node(self) -> str:
+        """The node's name in its graph."""
+        ...
+
+    @property
+    def visit(self) -> int:
+        """Which visit of the node this is (1 for the first)."""
+        ...
+
+    @property
+    def qualified_node(self) -> str:
+        """The node's name with its subgraph path, e.g. `plan/execute/model`."""
+        ...
+
+    @property
+    def run_id(self) -> str:
+        """The id of the run."""
+        ...
+
+    @property
+    def user_id(self) -> str | None:
+        """The user the run is for."""
+        ...
+
+    @property
+    def system(self) -> str:
+        """The system prompt: the agent's instructions plus what memory seeded."""
+        ...
+
+    @property
+    def deps(self) -> Deps:
+        """The dependency bundle (read it; effects go through the helpers below)."""
+        ...
+
+    async def emit(self, kind: str, payload: dict[str, Any]) -> None:
+        """Send an event from this node."""
+        ...
+
+    def take_resume_value(self) -> tuple[bool, Any]:
+        """(True, value) when the run was resumed with a value for this node; once only."""
+        ...
+
+    async def call_model(self, request: ModelRequest) -> ModelResponse:
+        """One journaled, budgeted, traced model turn."""
+        ...
+
+    async def call_tool(self, call: ToolCall) -> ToolResult:
+        """One journaled, permission-checked, budgeted tool call."""
+        ...
+
+    async def run_subgraph(
+        self, graph: Graph, values: Mapping[str, Any], *, branch: str | None = None
+    ) -> dict[str, Any]:
+        """Run another graph as part of this node; its final state."""
+        ...
+
+    async def effect(
+        self,
+        name: str,
+        intent: dict[str, Any],
+        run: Callable[[], Awaitable[dict[str, Any]]],
+    ) -> dict[str, Any]:
+        """Run `run` once per run, node visit and `name`, replayed from the journal on resume."""
+        ...
