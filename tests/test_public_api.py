@@ -85,7 +85,7 @@ def test_every_public_name_resolves_and_is_listed() -> None:
     for name in loomgraph.__all__:
         assert getattr(loomgraph, name) is not None
         assert name in dir(loomgraph)
-    assert loomgraph.NodeContext.__module__ == "loomgraph.engine.context"
+    assert loomgraph.NodeContext.__module__ == "loomgraph.graph.node_context"
     assert issubclass(loomgraph.OutputValidationError, loomgraph.LoomgraphError)
     with pytest.raises(AttributeError):
         _ = loomgraph.NotAName  # type: ignore[attr-defined]
