@@ -36,8 +36,9 @@ from loomgraph.governance.ledger import (
     _scope_names,
     apply_change,
 )
+from loomgraph.protocols.ledger import LedgerSite, SqliteSite
 
-__all__ = ["PostgresLedger", "SqliteLedger"]
+__all__ = ["PostgresLedger", "SqliteLedger", "ledger_at"]
 
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 
@@ -263,3 +264,10 @@ class PostgresLedger(_SqlLedger):
     async def _transaction(self) -> AsyncIterator[Cursor]:
         async with self._pools.cursor() as cur:
             yield cur
+
+
+def ledger_at(site: LedgerSite) -> Ledger:
+    """A ledger in a journal's database: its SQLite file, or its Postgres schema."""
+    if isinstance(site, SqliteSite):
+        return SqliteLedger(site.path)
+    return PostgresLedger(site.dsn, schema=site.schema)

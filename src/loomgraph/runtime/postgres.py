@@ -11,6 +11,7 @@ from typing import Any
 
 from loomgraph._storage.dsn import describe_dsn
 from loomgraph._storage.pg_pool import LoopPool, import_asyncpg, open_pool, quote_ident, scrub
+from loomgraph.protocols.ledger import LedgerSite, PostgresSite
 from loomgraph.runtime.codec import SCHEMA_VERSION, Dialect, ddl
 from loomgraph.runtime.errors import JournalCorrupted, JournalUnavailable, JournalVersionError
 from loomgraph.runtime.sql_journal import Cursor, SqlJournal
@@ -70,6 +71,11 @@ class PostgresRuntime(SqlJournal):
     async def close(self) -> None:
         """Close the pool; the next use opens a new one."""
         await self._pools.close()
+
+    @property
+    def ledger_site(self) -> LedgerSite | None:
+        """This database and schema, to keep a budget ledger in."""
+        return PostgresSite(self.dsn, self.schema)
 
     # ------------------------------------------------------------------ sessions
 

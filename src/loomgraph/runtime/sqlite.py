@@ -13,6 +13,7 @@ import aiosqlite
 from loomgraph._storage.cursor import SqliteCursor
 from loomgraph._storage.sqlite_conn import SqliteConnection
 from loomgraph._storage.sqlite_files import SqliteFileProblem, open_sqlite
+from loomgraph.protocols.ledger import LedgerSite, SqliteSite
 from loomgraph.runtime.codec import SCHEMA_VERSION, Dialect, ddl
 from loomgraph.runtime.errors import (
     JournalCorrupted,
@@ -80,6 +81,11 @@ class SqliteRuntime(SqlJournal):
         """Move the write-ahead log into the database file and truncate the log."""
         async with self._db.session() as conn:
             await conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+    @property
+    def ledger_site(self) -> LedgerSite | None:
+        """This file, to keep a budget ledger in (None for an in-memory database)."""
+        return None if self.path == ":memory:" else SqliteSite(self.path)
 
     # ------------------------------------------------------------------ sessions
 
