@@ -44,11 +44,13 @@ async def open_pool(
     pool_size: int,
     setup: Callable[[Any], Awaitable[None]],
     timeout: float | None = None,
+    lock: str | None = None,
     unavailable: Callable[[str], Exception] | None = None,
     translate: Translate = keep,
 ) -> Any:
     """A pool whose first connection ran `setup` (create or check the tables) in one
-    transaction; the pool is terminated when `setup` fails.
+    transaction, under the advisory lock named `lock` when given (workers starting together
+    must not race on creating tables); the pool is terminated when `setup` fails.
 
     A pool that cannot be made raises `unavailable(detail)` (the password scrubbed), when
     given; an error of `setup` is raised as `translate(err)`.
@@ -59,15 +61,35 @@ async def open_pool(
     except (OSError, TimeoutError, ValueError, pg.PostgresError, pg.InterfaceError) as err:
         if unavailable is None:
             raise
-        raise unavailable(scrub(dsn, f"{type(err).__name__}: {err}")) from None
+        raise unavailable(failure(dsn, err)) from None
     try:
         with translated(translate, hide_cause=True):
             async with pool.acquire() as con, con.transaction():
+                if lock is not None:
+                    await con.execute("SELECT pg_advisory_xact_lock(hashtext($1))", lock)
                 await setup(con)
     except BaseException:
         pool.terminate()
         raise
     return pool
+
+
+def connection_failed(pg: Any, err: Exception) -> bool:
+    """Whether `err` says the database cannot be reached (rather than a statement failed)."""
+    return isinstance(
+        err,
+        OSError
+        | TimeoutError
+        | pg.InterfaceError
+        | pg.PostgresConnectionError
+        | pg.CannotConnectNowError
+        | pg.TooManyConnectionsError,
+    )
+
+
+def failure(dsn: str, err: Exception) -> str:
+    """An error as a message names it: its type and text, the password masked."""
+    return scrub(dsn, f"{type(err).__name__}: {err}")
 
 
 class LoopPool:

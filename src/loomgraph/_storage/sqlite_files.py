@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sqlite3
+from collections.abc import Iterable
 from typing import Literal
 
 import aiosqlite
@@ -90,6 +91,14 @@ async def connect_sqlite(path: str) -> aiosqlite.Connection:
         thread.daemon = True
     await conn
     return conn
+
+
+async def execute_all(conn: aiosqlite.Connection, statements: Iterable[str]) -> None:
+    """Run statements (tables, indexes) in one write transaction."""
+    await conn.execute("BEGIN IMMEDIATE")
+    for statement in statements:
+        await conn.execute(statement)
+    await conn.execute("COMMIT")
 
 
 async def set_busy_timeout(conn: aiosqlite.Connection, busy_timeout: float) -> None:

@@ -26,7 +26,7 @@ import aiosqlite
 from loomgraph._storage.cursor import Cursor, SqliteCursor
 from loomgraph._storage.pg_pool import LoopPool, import_asyncpg, open_pool
 from loomgraph._storage.sqlite_conn import SqliteConnection
-from loomgraph._storage.sqlite_files import connect_sqlite, set_busy_timeout
+from loomgraph._storage.sqlite_files import connect_sqlite, execute_all, set_busy_timeout
 from loomgraph.governance.ledger import (
     Decide,
     Hold,
@@ -204,10 +204,7 @@ class SqliteLedger(_SqlLedger):
             # is simply skipped (a later connection will make it).
             with contextlib.suppress(sqlite3.OperationalError):
                 await conn.execute("PRAGMA journal_mode = WAL")
-            await conn.execute("BEGIN IMMEDIATE")
-            for statement in _ddl("", "REAL"):
-                await conn.execute(statement)
-            await conn.execute("COMMIT")
+            await execute_all(conn, _ddl("", "REAL"))
         except BaseException:
             await conn.close()
             raise

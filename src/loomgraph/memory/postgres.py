@@ -11,7 +11,14 @@ from typing import Any
 
 from loomgraph._storage.cursor import Cursor
 from loomgraph._storage.dsn import describe_dsn
-from loomgraph._storage.pg_pool import LoopPool, import_asyncpg, open_pool, quote_ident, scrub
+from loomgraph._storage.pg_pool import (
+    LoopPool,
+    connection_failed,
+    failure,
+    import_asyncpg,
+    open_pool,
+    quote_ident,
+)
 from loomgraph.memory.errors import MemoryBackendError, MemoryCorrupted, MemoryUnavailable
 from loomgraph.memory.records import Fact, MemoryLimits
 from loomgraph.memory.sql import (
@@ -133,24 +140,13 @@ class PostgresMemory(SqlMemory):
             return err
         if isinstance(err, pg.UndefinedTableError | pg.UndefinedColumnError):
             return MemoryCorrupted(self.where, str(err))
-        if isinstance(
-            err,
-            OSError
-            | TimeoutError
-            | pg.InterfaceError
-            | pg.PostgresConnectionError
-            | pg.CannotConnectNowError
-            | pg.TooManyConnectionsError
-            | pg.InvalidCatalogNameError
-            | pg.InvalidAuthorizationSpecificationError,
+        if connection_failed(pg, err) or isinstance(
+            err, pg.InvalidCatalogNameError | pg.InvalidAuthorizationSpecificationError
         ):
-            return MemoryUnavailable(self.where, self._scrub(f"{type(err).__name__}: {err}"))
+            return MemoryUnavailable(self.where, failure(self.dsn, err))
         if isinstance(err, pg.PostgresError):
-            return MemoryBackendError(self.where, self._scrub(f"{type(err).__name__}: {err}"))
+            return MemoryBackendError(self.where, failure(self.dsn, err))
         return err
-
-    def _scrub(self, text: str) -> str:
-        return scrub(self.dsn, text)
 
     # ------------------------------------------------------------------ search
 
@@ -193,17 +189,11 @@ class PostgresMemory(SqlMemory):
             self.dsn,
             pool_size=self.pool_size,
             timeout=self.connect_timeout,
-            setup=self._setup,
+            lock=f"loomgraph.memory:{self.schema}",
+            setup=self._create_or_check,
             unavailable=lambda detail: MemoryUnavailable(self.where, detail),
             translate=self._translate,
         )
-
-    async def _setup(self, con: Any) -> None:
-        # Workers starting together must not race on creating the tables.
-        await con.execute(
-            "SELECT pg_advisory_xact_lock(hashtext($1))", f"loomgraph.memory:{self.schema}"
-        )
-        await self._create_or_check(con)
 
     async def _create_or_check(self, con: Any) -> None:
         found = {

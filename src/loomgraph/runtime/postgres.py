@@ -10,7 +10,15 @@ from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 from loomgraph._storage.dsn import describe_dsn
-from loomgraph._storage.pg_pool import LoopPool, import_asyncpg, open_pool, quote_ident, scrub
+from loomgraph._storage.pg_pool import (
+    LoopPool,
+    connection_failed,
+    failure,
+    import_asyncpg,
+    open_pool,
+    quote_ident,
+    scrub,
+)
 from loomgraph.protocols.ledger import LedgerSite, PostgresSite
 from loomgraph.runtime.codec import SCHEMA_VERSION, Dialect, ddl
 from loomgraph.runtime.errors import JournalCorrupted, JournalUnavailable, JournalVersionError
@@ -95,20 +103,9 @@ class PostgresRuntime(SqlJournal):
         pg = self._pg
         if isinstance(err, pg.UndefinedTableError):
             return JournalCorrupted(self.location, str(err))
-        if isinstance(
-            err,
-            OSError
-            | TimeoutError
-            | pg.InterfaceError
-            | pg.PostgresConnectionError
-            | pg.CannotConnectNowError
-            | pg.TooManyConnectionsError,
-        ):
-            return JournalUnavailable(self.location, self._scrub(f"{type(err).__name__}: {err}"))
+        if connection_failed(pg, err):
+            return JournalUnavailable(self.location, failure(self.dsn, err))
         return err
-
-    def _scrub(self, text: str) -> str:
-        return scrub(self.dsn, text)
 
     # ------------------------------------------------------------------ opening
 
@@ -119,16 +116,13 @@ class PostgresRuntime(SqlJournal):
             self.dsn,
             pool_size=self.pool_size,
             timeout=self.connect_timeout,
+            lock=f"loomgraph.journal:{self.schema}",
             setup=self._setup,
             unavailable=lambda detail: JournalUnavailable(self.location, detail),
             translate=self._setup_failed,
         )
 
     async def _setup(self, con: Any) -> None:
-        # Workers starting together must not race on CREATE TABLE IF NOT EXISTS.
-        await con.execute(
-            "SELECT pg_advisory_xact_lock(hashtext($1))", f"loomgraph.journal:{self.schema}"
-        )
         version = await self._version(con)
         if version is not None and version != str(SCHEMA_VERSION):
             raise JournalVersionError(self.location, version, SCHEMA_VERSION)
@@ -140,7 +134,7 @@ class PostgresRuntime(SqlJournal):
     def _setup_failed(self, err: Exception) -> Exception:
         pg = self._pg
         if isinstance(err, pg.PostgresError | OSError | pg.InterfaceError):
-            return JournalUnavailable(self.location, self._scrub(str(err)))
+            return JournalUnavailable(self.location, scrub(self.dsn, str(err)))
         return err
 
     async def _version(self, con: Any) -> str | None:

@@ -12,7 +12,7 @@ import aiosqlite
 
 from loomgraph._storage.cursor import SqliteCursor
 from loomgraph._storage.sqlite_conn import SqliteConnection
-from loomgraph._storage.sqlite_files import SqliteFileProblem, open_sqlite
+from loomgraph._storage.sqlite_files import SqliteFileProblem, execute_all, open_sqlite
 from loomgraph.protocols.ledger import LedgerSite, SqliteSite
 from loomgraph.runtime.codec import SCHEMA_VERSION, Dialect, ddl
 from loomgraph.runtime.errors import (
@@ -130,10 +130,7 @@ class SqliteRuntime(SqlJournal):
             await conn.execute(f"PRAGMA synchronous = {self.synchronous}")
             await conn.execute("PRAGMA foreign_keys = ON")
             if version is None:
-                await conn.execute("BEGIN IMMEDIATE")
-                for statement in ddl(SQLITE):
-                    await conn.execute(statement)
-                await conn.execute("COMMIT")
+                await execute_all(conn, ddl(SQLITE))
         except BaseException:
             await conn.close()
             raise
