@@ -9,16 +9,9 @@ from __future__ import annotations
 from contextlib import AbstractAsyncContextManager
 from typing import Any
 
+from loomgraph._storage import pg_pool
 from loomgraph._storage.cursor import Cursor
 from loomgraph._storage.dsn import describe_dsn
-from loomgraph._storage.pg_pool import (
-    LoopPool,
-    connection_failed,
-    failure,
-    import_asyncpg,
-    open_pool,
-    quote_ident,
-)
 from loomgraph.memory.errors import MemoryBackendError, MemoryCorrupted, MemoryUnavailable
 from loomgraph.memory.records import Fact, MemoryLimits
 from loomgraph.memory.sql import (
@@ -40,7 +33,7 @@ SETTING = "loomgraph.user_id"
 
 def ddl(schema: str) -> list[str]:
     """The tables, indexes and row-level security policies, in `schema`."""
-    p = quote_ident(schema) + "."
+    p = pg_pool.quote_ident(schema) + "."
     mine = f"'u:' || user_id = current_setting('{SETTING}', true)"
     statements = [
         f"CREATE TABLE {p}memory_meta (key text PRIMARY KEY, value text NOT NULL)",
@@ -96,14 +89,14 @@ class PostgresMemory(SqlMemory):
         connect_timeout: float = 10.0,
     ) -> None:
         super().__init__(limits)
-        self._pg = import_asyncpg("PostgresMemory")
+        self._pg = pg_pool.import_asyncpg("PostgresMemory")
         self.dsn = dsn
         self.schema = schema
-        self.prefix = quote_ident(schema) + "."
+        self.prefix = pg_pool.quote_ident(schema) + "."
         self.where = f"postgres memory {describe_dsn(dsn)} (schema {schema!r})"
         self.pool_size = pool_size
         self.connect_timeout = connect_timeout
-        self._pools = LoopPool(self._open)
+        self._pools = pg_pool.LoopPool(self._open)
 
     def __repr__(self) -> str:
         return f"PostgresMemory({describe_dsn(self.dsn)!r}, schema={self.schema!r})"
@@ -140,12 +133,12 @@ class PostgresMemory(SqlMemory):
             return err
         if isinstance(err, pg.UndefinedTableError | pg.UndefinedColumnError):
             return MemoryCorrupted(self.where, str(err))
-        if connection_failed(pg, err) or isinstance(
+        if pg_pool.connection_failed(pg, err) or isinstance(
             err, pg.InvalidCatalogNameError | pg.InvalidAuthorizationSpecificationError
         ):
-            return MemoryUnavailable(self.where, failure(self.dsn, err))
+            return MemoryUnavailable(self.where, pg_pool.failure(self.dsn, err))
         if isinstance(err, pg.PostgresError):
-            return MemoryBackendError(self.where, failure(self.dsn, err))
+            return MemoryBackendError(self.where, pg_pool.failure(self.dsn, err))
         return err
 
     # ------------------------------------------------------------------ search
@@ -184,7 +177,7 @@ class PostgresMemory(SqlMemory):
 
     async def _open(self) -> Any:
         """Connect; create the schema and tables when missing; refuse damaged or other ones."""
-        return await open_pool(
+        return await pg_pool.open_pool(
             self._pg,
             self.dsn,
             pool_size=self.pool_size,
@@ -202,9 +195,12 @@ class PostgresMemory(SqlMemory):
         if found["memory_meta"] is None:
             if any(found.values()):
                 raise MemoryCorrupted(self.where, "memory tables without memory_meta")
-            if await con.fetchval("SELECT to_regnamespace($1)", quote_ident(self.schema)) is None:
+            if (
+                await con.fetchval("SELECT to_regnamespace($1)", pg_pool.quote_ident(self.schema))
+                is None
+            ):
                 # Only when missing: even IF NOT EXISTS needs CREATE on the whole database.
-                await con.execute(f"CREATE SCHEMA {quote_ident(self.schema)}")
+                await con.execute(f"CREATE SCHEMA {pg_pool.quote_ident(self.schema)}")
             for statement in ddl(self.schema):
                 await con.execute(statement)
             return
