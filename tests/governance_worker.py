@@ -108,8 +108,8 @@ async def work(args: argparse.Namespace) -> int:
     try:
         # Connected (tables made) before the gate, so the runs start together.
         await agent.deps.runtime.connect()  # type: ignore[attr-defined]
-        await budget.totals("user:alice")
-        say(ready=os.getpid(), ledger=type(budget.ledger).__name__)
+        await agent.deps.budget.totals("user:alice")
+        say(ready=os.getpid(), ledger=type(agent.deps.budget.ledger).__name__)
         await asyncio.to_thread(sys.stdin.readline)
         results = await asyncio.gather(
             *(agent.run(f"notes {os.getpid()}/{i}", user_id="alice") for i in range(args.runs))
@@ -117,7 +117,7 @@ async def work(args: argparse.Namespace) -> int:
         say(results=[r.to_dict() for r in results])
         return 0
     finally:
-        await budget.ledger.close()
+        await agent.deps.budget.ledger.close()
         await agent.aclose()
 
 

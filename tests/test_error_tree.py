@@ -10,7 +10,7 @@ import loomgraph
 from loomgraph.errors import LoomgraphError
 
 # Raised and caught inside one module, never seen by a caller.
-INTERNAL = {"loomgraph.runtime.sql_journal.Constraint"}
+INTERNAL = {"loomgraph._storage.cursor.Constraint"}
 
 
 def _exception_classes() -> dict[str, type[BaseException]]:

@@ -1247,7 +1247,7 @@ async def test_a_call_that_ran_beside_an_approval_stop_is_charged_once_and_runs_
         first = await agent.run("go", user_id="alice")
         assert first.status == "awaiting_approval" and len(ran) == 1
         # What ran was charged (a tool call is spent, not merely held and then released).
-        assert (await budget.totals("user:alice")).spent.get("tool_calls") == 1
+        assert (await agent.deps.budget.totals("user:alice")).spent.get("tool_calls") == 1
         done = await agent.resume(first.run_id, approve=True)
         assert done.status == "completed"
         effects = {e.key: e for e in await runtime.effects(first.run_id)}
@@ -1256,9 +1256,9 @@ async def test_a_call_that_ran_beside_an_approval_stop_is_charged_once_and_runs_
             f"{effects[ran[0]].attempts}, although nothing crashed"
         )
         # Two tools ran: the cap of two tool calls was not exceeded, and both were charged.
-        assert (await budget.totals("user:alice")).spent.get("tool_calls") == 2
+        assert (await agent.deps.budget.totals("user:alice")).spent.get("tool_calls") == 2
     finally:
-        await budget.ledger.close()
+        await agent.deps.budget.ledger.close()
         await runtime.close()
 
 

@@ -383,7 +383,7 @@ async def test_sqlite_settings(tmp_path: Path) -> None:
     path = tmp_path / "j.db"
     async with SqliteRuntime(str(path), busy_timeout=7) as rt:
         await rt.start_run(run())
-        async with rt._session() as conn:
+        async with rt._db.session() as conn:
             pragmas = {
                 p: next(iter(await conn.execute_fetchall(f"PRAGMA {p}")))[0]
                 for p in ("journal_mode", "busy_timeout", "foreign_keys", "synchronous")

@@ -1,35 +1,119 @@
-"""An asyncpg pool per event loop, shared by every Postgres backend (which must not import one
-another): a pool's connections belong to the loop that made them, so a later `asyncio.run()`
-gets a pool of its own."""
+"""asyncpg pools as every Postgres backend (journal, memory, ledger) opens and uses them: one
+pool per event loop, created with its tables in one transaction, connections handed out with
+the backend's errors translated. Backends must not import one another, so this is shared here."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
+from urllib.parse import urlsplit
+
+from loomgraph._storage.cursor import PgCursor
+from loomgraph._storage.loop_lock import LoopLock
+from loomgraph._storage.translate import Translate, keep, translated
+
+
+def import_asyncpg(who: str) -> Any:
+    """The asyncpg module, or an ImportError that says how to install it."""
+    try:
+        import asyncpg  # type: ignore[import-untyped,unused-ignore]
+    except ImportError as err:
+        raise ImportError(f"{who} needs asyncpg: pip install 'loomgraph[postgres]'") from err
+    return asyncpg
+
+
+def quote_ident(name: str) -> str:
+    """An SQL identifier, quoted."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+def scrub(dsn: str, text: str) -> str:
+    """`text` with the DSN's password masked."""
+    with contextlib.suppress(ValueError):
+        password = urlsplit(dsn).password
+        if password:
+            text = text.replace(password, "***")
+    return text
+
+
+async def open_pool(
+    pg: Any,
+    dsn: str,
+    *,
+    pool_size: int,
+    setup: Callable[[Any], Awaitable[None]],
+    timeout: float | None = None,
+    lock: str | None = None,
+    unavailable: Callable[[str], Exception] | None = None,
+    translate: Translate = keep,
+) -> Any:
+    """A pool whose first connection ran `setup` (create or check the tables) in one
+    transaction, under the advisory lock named `lock` when given (workers starting together
+    must not race on creating tables); the pool is terminated when `setup` fails.
+
+    A pool that cannot be made raises `unavailable(detail)` (the password scrubbed), when
+    given; an error of `setup` is raised as `translate(err)`.
+    """
+    options = {} if timeout is None else {"timeout": timeout}
+    try:
+        pool = await pg.create_pool(dsn, min_size=1, max_size=pool_size, **options)
+    except (OSError, TimeoutError, ValueError, pg.PostgresError, pg.InterfaceError) as err:
+        if unavailable is None:
+            raise
+        raise unavailable(failure(dsn, err)) from None
+    try:
+        with translated(translate, hide_cause=True):
+            async with pool.acquire() as con, con.transaction():
+                if lock is not None:
+                    await con.execute("SELECT pg_advisory_xact_lock(hashtext($1))", lock)
+                await setup(con)
+    except BaseException:
+        pool.terminate()
+        raise
+    return pool
+
+
+def connection_failed(pg: Any, err: Exception) -> bool:
+    """Whether `err` says the database cannot be reached (rather than a statement failed)."""
+    return isinstance(
+        err,
+        OSError
+        | TimeoutError
+        | pg.InterfaceError
+        | pg.PostgresConnectionError
+        | pg.CannotConnectNowError
+        | pg.TooManyConnectionsError,
+    )
+
+
+def failure(dsn: str, err: Exception) -> str:
+    """An error as a message names it: its type and text, the password masked."""
+    return scrub(dsn, f"{type(err).__name__}: {err}")
 
 
 class LoopPool:
-    """Opens the pool on first use in each event loop (once, however many tasks ask)."""
+    """Opens the pool on first use in each event loop (once, however many tasks ask).
+
+    A pool's connections belong to the loop that made them, so a later `asyncio.run()` gets
+    a pool of its own.
+    """
 
     def __init__(self, open_pool: Callable[[], Awaitable[Any]]) -> None:
         self._open = open_pool
         self._pool: Any = None
-        self._lock: asyncio.Lock | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._lock = LoopLock()
 
     async def get(self) -> Any:
         """The running loop's pool."""
-        loop = asyncio.get_running_loop()
-        if self._loop is not loop:
+        lock, new = self._lock.current()
+        if new:
             if self._pool is not None:
                 with contextlib.suppress(Exception):
                     self._pool.terminate()  # the old loop's pool cannot be closed from here
-            self._pool, self._lock, self._loop = None, asyncio.Lock(), loop
+            self._pool = None
         if self._pool is None:
-            assert self._lock is not None
-            async with self._lock:
+            async with lock:
                 if self._pool is None:
                     self._pool = await self._open()
         return self._pool
@@ -39,3 +123,26 @@ class LoopPool:
         pool, self._pool = self._pool, None
         if pool is not None:
             await pool.close()
+
+    @contextlib.asynccontextmanager
+    async def cursor(
+        self,
+        *,
+        transaction: bool = True,
+        readonly: bool = False,
+        translate: Translate = keep,
+        hide_cause: bool = True,
+        pg: Any = None,
+        constraints: bool = False,
+        before: Callable[[Any], Awaitable[None]] | None = None,
+    ) -> AsyncIterator[PgCursor]:
+        """A cursor on a pooled connection, inside a transaction unless `transaction=False`
+        (each statement its own); `before` runs first on the connection; errors translated."""
+        pool = await self.get()
+        with translated(translate, hide_cause=hide_cause):
+            async with pool.acquire() as con:
+                tx = con.transaction(readonly=readonly) if transaction else None
+                async with tx if tx is not None else contextlib.nullcontext():
+                    if before is not None:
+                        await before(con)
+                    yield PgCursor(con, pg, constraints=constraints)

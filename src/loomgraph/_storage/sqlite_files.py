@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sqlite3
+from collections.abc import Iterable
 from typing import Literal
 
 import aiosqlite
@@ -82,6 +83,31 @@ async def enable_wal(conn: aiosqlite.Connection, busy_timeout: float) -> None:
 _CORRUPT = ("SQLITE_CORRUPT", "SQLITE_NOTADB")
 
 
+async def connect_sqlite(path: str) -> aiosqlite.Connection:
+    """A connection in autocommit mode (transactions are begun explicitly)."""
+    conn = aiosqlite.connect(path, isolation_level=None)
+    # aiosqlite's worker thread is not a daemon: an unclosed store would keep the process
+    # from exiting. Every write is committed when it returns, so nothing is lost.
+    thread = getattr(conn, "_thread", None)
+    if thread is not None:
+        thread.daemon = True
+    await conn
+    return conn
+
+
+async def execute_all(conn: aiosqlite.Connection, statements: Iterable[str]) -> None:
+    """Run statements (tables, indexes) in one write transaction."""
+    await conn.execute("BEGIN IMMEDIATE")
+    for statement in statements:
+        await conn.execute(statement)
+    await conn.execute("COMMIT")
+
+
+async def set_busy_timeout(conn: aiosqlite.Connection, busy_timeout: float) -> None:
+    """Wait up to `busy_timeout` seconds for another process's lock instead of failing."""
+    await conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
+
+
 async def open_sqlite(path: str, *, busy_timeout: float, verify: bool) -> aiosqlite.Connection:
     """A connection to a checked file: refused before anything is written when the file is not
     an intact database (`verify` adds `PRAGMA quick_check`), with a busy timeout, in WAL mode.
@@ -91,18 +117,12 @@ async def open_sqlite(path: str, *, busy_timeout: float, verify: bool) -> aiosql
     in_memory = path == ":memory:"
     if not in_memory:
         check_sqlite_file(path)
-    conn = aiosqlite.connect(path, isolation_level=None)
-    # aiosqlite's worker thread is not a daemon: an unclosed store would keep the process
-    # from exiting. Every write is committed when it returns, so nothing is lost.
-    thread = getattr(conn, "_thread", None)
-    if thread is not None:
-        thread.daemon = True
     try:
-        await conn
+        conn = await connect_sqlite(path)
     except sqlite3.Error as err:
         raise SqliteFileProblem("unavailable", str(err)) from None
     try:
-        await conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
+        await set_busy_timeout(conn, busy_timeout)
         if verify and not in_memory:
             rows = [str(r[0]) for r in await conn.execute_fetchall("PRAGMA quick_check(5)")]
             if rows != ["ok"]:

@@ -48,6 +48,7 @@ from loomgraph.protocols import (
 )
 from loomgraph.protocols.bundle import Deps
 from loomgraph.protocols.events import Event
+from loomgraph.protocols.ledger import Bindable
 
 _NO_VALUE: Any = object()
 _STREAM_BUFFER = 32  # events a slow consumer may fall behind before the run waits for it
@@ -96,19 +97,22 @@ class Agent:
             approval_handler=approval_handler,
         )
         self.extraction = wire_memory(
-            self, auto_extract=auto_extract, extract_model=extract_model, with_tools=memory_tools
+            self.deps,
+            self.add_tool,
+            auto_extract=auto_extract,
+            extract_model=extract_model,
+            with_tools=memory_tools,
         )
 
     async def aclose(self) -> None:
         """Wait for pending fact extractions, then close the memory, the journal and the
-        budget's ledger."""
+        budget's ledger (through the budget this Agent bound)."""
         if self.extraction is not None:
             await self.extraction.drain()
-        ledger = getattr(self.deps.budget, "ledger", None)
-        for backend in (self.deps.memory, self.deps.runtime, ledger):
-            close = getattr(backend, "close", None)
-            if close is not None:
-                await close()
+        await self.deps.memory.close()
+        await self.deps.runtime.close()
+        if isinstance(self.deps.budget, Bindable):
+            await self.deps.budget.close()
 
     @property
     def hooks(self) -> GovernanceHooks:

@@ -23,6 +23,7 @@ from loomgraph.protocols import (
     ToolHost,
 )
 from loomgraph.protocols.bundle import Deps
+from loomgraph.protocols.ledger import Bindable, LedgerHost
 
 # The runtime session: the run the current task works for. Tools (also those run in worker
 # threads, which copy the context) and background work read the run's identity from here.
@@ -167,8 +168,11 @@ def build_deps(
     host: ToolHost = as_tool_host(tools)
     journal = resolve_runtime(runtime)
     chosen = resolve_model(model)
-    if budget is not None:
-        _fit_budget(budget, chosen, journal)
+    if isinstance(budget, Bindable):
+        # Price with the agent's model, keep the default ledger next to a durable journal
+        # (so caps hold across processes), turn warnings into events: on a bound copy.
+        site = journal.ledger_site if isinstance(journal, LedgerHost) else None
+        budget = budget.bind(model=chosen.name, site=site, on_warning=_warn_run)
     return Deps(
         model=chosen,
         tools=host,
@@ -184,28 +188,6 @@ def build_deps(
         telemetry=given(telemetry, Telemetry, "telemetry", NoTelemetry),
         audit_log=given(audit_log, AuditLog, "audit_log", NoAuditLog),
     )
-
-
-def _fit_budget(budget: Any, model: Model, journal: Runtime) -> None:
-    """Price a StandardBudget's reservations with the agent's model, keep its ledger next to
-    a durable journal (so caps hold across processes), and turn its warnings into events."""
-    from loomgraph.governance.budget import StandardBudget
-    from loomgraph.governance.ledger import InMemoryLedger
-    from loomgraph.governance.sql_ledger import PostgresLedger, SqliteLedger
-    from loomgraph.runtime.postgres import PostgresRuntime
-    from loomgraph.runtime.sqlite import SqliteRuntime
-
-    if not isinstance(budget, StandardBudget):
-        return
-    if budget.model is None:
-        budget.model = model.name
-    if type(budget.ledger) is InMemoryLedger:  # the default: the journal's store is better
-        if isinstance(journal, SqliteRuntime) and journal.path != ":memory:":
-            budget.ledger = SqliteLedger(journal.path)
-        elif isinstance(journal, PostgresRuntime):
-            budget.ledger = PostgresLedger(journal.dsn, schema=journal.schema)
-    if budget.on_warning is None:
-        budget.on_warning = _warn_run
 
 
 async def _warn_run(warning: Any) -> None:

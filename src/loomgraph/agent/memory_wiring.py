@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import Any
 
 from loomgraph.agent.deps import ConfigError, current_run, resolve_model
 from loomgraph.memory import MemoryStore
@@ -11,10 +12,8 @@ from loomgraph.memory.extract import Extractor
 from loomgraph.memory.tools import memory_tools
 from loomgraph.models import EchoModel, ScriptedModel
 from loomgraph.protocols import Episode, Hooks, Model, Telemetry
+from loomgraph.protocols.bundle import Deps
 from loomgraph.protocols.events import Event
-
-if TYPE_CHECKING:
-    from loomgraph.agent.agent import Agent
 
 EXTRACTION_FAILED = "memory_extraction_failed"
 
@@ -55,15 +54,16 @@ class MemoryExtraction:
 
 
 def wire_memory(
-    agent: Agent,
+    deps: Deps,
+    add_tool: Callable[[Callable[..., Any]], None],
     *,
     auto_extract: bool | None,
     extract_model: str | Model | None,
     with_tools: bool,
 ) -> MemoryExtraction | None:
     """Add the memory tools when asked, and set up extraction: on by default, except on the
-    zero-key models (their 'facts' would be echoes)."""
-    memory = agent.deps.memory
+    zero-key models (their 'facts' would be echoes). `add_tool` offers a tool to the runs."""
+    memory = deps.memory
     if not isinstance(memory, MemoryStore):
         if auto_extract or with_tools:
             raise ConfigError(
@@ -75,13 +75,13 @@ def wire_memory(
         for fn in memory_tools(
             memory, lambda: _run_field("user_id"), run_id_getter=lambda: _run_field("run_id")
         ):
-            agent.add_tool(fn)
-    model = resolve_model(extract_model) if extract_model is not None else agent.deps.model
+            add_tool(fn)
+    model = resolve_model(extract_model) if extract_model is not None else deps.model
     if auto_extract is None:
         auto_extract = not isinstance(model, EchoModel | ScriptedModel)
     if not auto_extract:
         return None
-    return MemoryExtraction(memory, model, agent.deps.hooks, agent.deps.telemetry)
+    return MemoryExtraction(memory, model, deps.hooks, deps.telemetry)
 
 
 def _run_field(name: str) -> str | None:

@@ -19,6 +19,7 @@ and then blocks every later reservation on that cap.
 
 from __future__ import annotations
 
+import copy
 import inspect
 import logging
 import math
@@ -43,7 +44,9 @@ from loomgraph.governance.ledger import (
     LedgerView,
     Totals,
 )
+from loomgraph.governance.sql_ledger import ledger_at
 from loomgraph.protocols import BudgetExceeded, BudgetScope, Reservation, Usage
+from loomgraph.protocols.ledger import LedgerSite
 from loomgraph.protocols.pricing import compute_cost
 
 __all__ = ["BudgetConfig", "BudgetWarning", "Caps", "StandardBudget"]
@@ -76,6 +79,32 @@ class StandardBudget:
         self._warned: set[str] = set()
         self._warnings: deque[BudgetWarning] = deque(maxlen=1000)
         self._clocks: dict[str, tuple[float, float | None]] = {}
+
+    # ------------------------------------------------------------------ binding
+
+    def bind(
+        self, *, model: str, site: LedgerSite | None, on_warning: WarningCallback
+    ) -> StandardBudget:
+        """This budget as one Agent uses it; this object is left unchanged.
+
+        The bound budget shares the caps, the warnings given and the runs' clocks with this
+        one. It prices with `model` unless this budget has a model, reports to `on_warning`
+        unless it has a callback, and keeps its ledger at `site` (the Agent's durable
+        journal, so caps hold across processes) while this budget is on the default
+        in-memory ledger.
+        """
+        bound = copy.copy(self)
+        if bound.model is None:
+            bound.model = model
+        if site is not None and type(self.ledger) is InMemoryLedger:
+            bound.ledger = ledger_at(site)
+        if bound.on_warning is None:
+            bound.on_warning = on_warning
+        return bound
+
+    async def close(self) -> None:
+        """Close the ledger's connections (the next use opens them again)."""
+        await self.ledger.close()
 
     # ------------------------------------------------------------------ scopes and amounts
 
@@ -224,7 +253,8 @@ class StandardBudget:
         had_deadline = self._clocks.pop(scope.run_id, (0.0, None))[1] is not None
         if had_deadline or self.config.wall_clock_cap(scope.user_id) is not None:
             await self.ledger.forget_run(scope.run_id)
-        self._warned = {k for k in self._warned if not k.startswith(f"{scope.run_id}\n")}
+        # In place: a bound copy of this budget shares the set.
+        self._warned -= {k for k in self._warned if k.startswith(f"{scope.run_id}\n")}
 
     async def _check_clock(self, scope: BudgetScope) -> None:
         binding = self.config.wall_clock_cap(scope.user_id)

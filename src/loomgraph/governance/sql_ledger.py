@@ -10,7 +10,6 @@ so runs of different users do not wait for each other.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import hashlib
 import json
@@ -20,11 +19,14 @@ import sqlite3
 from abc import abstractmethod
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
-from typing import Any, Protocol
+from typing import Any
 
 import aiosqlite
 
-from loomgraph._storage.pg_pool import LoopPool
+from loomgraph._storage.cursor import Cursor, SqliteCursor
+from loomgraph._storage.pg_pool import LoopPool, import_asyncpg, open_pool
+from loomgraph._storage.sqlite_conn import SqliteConnection
+from loomgraph._storage.sqlite_files import connect_sqlite, execute_all, set_busy_timeout
 from loomgraph.governance.ledger import (
     Decide,
     Hold,
@@ -34,16 +36,11 @@ from loomgraph.governance.ledger import (
     _scope_names,
     apply_change,
 )
+from loomgraph.protocols.ledger import LedgerSite, SqliteSite
 
-__all__ = ["PostgresLedger", "SqliteLedger"]
+__all__ = ["PostgresLedger", "SqliteLedger", "ledger_at"]
 
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
-
-
-class _Cursor(Protocol):
-    async def execute(self, sql: str, args: Sequence[Any]) -> None: ...
-
-    async def fetch(self, sql: str, args: Sequence[Any]) -> list[Sequence[Any]]: ...
 
 
 def _ddl(prefix: str, real: str) -> list[str]:
@@ -97,10 +94,10 @@ class _SqlLedger(Ledger):
         }
 
     @abstractmethod
-    def _transaction(self) -> contextlib.AbstractAsyncContextManager[_Cursor]:
+    def _transaction(self) -> contextlib.AbstractAsyncContextManager[Cursor]:
         """A cursor inside one committed-on-exit, rolled-back-on-error transaction."""
 
-    async def _lock_scopes(self, cur: _Cursor, scopes: Sequence[str]) -> None:
+    async def _lock_scopes(self, cur: Cursor, scopes: Sequence[str]) -> None:
         """Serialise transactions on these scopes (SQLite's write lock already does)."""
 
     async def transact(
@@ -169,17 +166,6 @@ class _SqlLedger(Ledger):
 # ---------------------------------------------------------------------------- SQLite
 
 
-class _SqliteCursor:
-    def __init__(self, conn: aiosqlite.Connection) -> None:
-        self._conn = conn
-
-    async def execute(self, sql: str, args: Sequence[Any]) -> None:
-        await self._conn.execute(sql, args)
-
-    async def fetch(self, sql: str, args: Sequence[Any]) -> list[Sequence[Any]]:
-        return list(await self._conn.execute_fetchall(sql, args))
-
-
 class SqliteLedger(_SqlLedger):
     """A ledger in an SQLite file (it may be the runtime journal's file), safe for processes.
 
@@ -192,61 +178,33 @@ class SqliteLedger(_SqlLedger):
         super().__init__("")
         self.path = os.fspath(path)
         self.busy_timeout = busy_timeout
-        self._conn: aiosqlite.Connection | None = None
-        self._mutex: asyncio.Lock | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
+        # A connection's futures and an asyncio.Lock belong to one event loop: a new loop
+        # gets a new connection.
+        self._db = SqliteConnection(self._open, per_loop=True)
 
     def __repr__(self) -> str:
         return f"SqliteLedger({self.path!r})"
 
     async def close(self) -> None:
         """Close the connection."""
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            with contextlib.suppress(Exception):
-                await conn.close()
+        with contextlib.suppress(Exception):
+            await self._db.close()
 
     @asynccontextmanager
-    async def _transaction(self) -> AsyncIterator[_Cursor]:
-        loop = asyncio.get_running_loop()
-        if self._mutex is None or self._loop is not loop:
-            # A connection's futures and an asyncio.Lock belong to one event loop.
-            await self.close()
-            self._mutex, self._loop = asyncio.Lock(), loop
-        async with self._mutex:
-            if self._conn is None:
-                self._conn = await self._open()
-            conn = self._conn
-            try:
-                # Inside the try: a reservation cancelled while BEGIN waits for another
-                # process's write lock must still end the transaction it will have begun.
-                await conn.execute("BEGIN IMMEDIATE")
-                yield _SqliteCursor(conn)
-            except BaseException:
-                # Unconditional: after a cancellation the BEGIN may still be queued on the
-                # worker thread; a ROLLBACK queued behind it ends it either way.
-                with contextlib.suppress(sqlite3.Error):
-                    await conn.execute("ROLLBACK")
-                raise
-            await conn.execute("COMMIT")
+    async def _transaction(self) -> AsyncIterator[Cursor]:
+        async with self._db.transaction() as conn:
+            yield SqliteCursor(conn)
 
     async def _open(self) -> aiosqlite.Connection:
-        conn = aiosqlite.connect(self.path, isolation_level=None)
-        thread = getattr(conn, "_thread", None)
-        if thread is not None:
-            thread.daemon = True  # an unclosed ledger must not keep the process alive
-        await conn
+        conn = await connect_sqlite(self.path)
         try:
-            await conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
+            await set_busy_timeout(conn, self.busy_timeout)
             # WAL lets readers go on during a write; switching needs an exclusive lock that
             # busy_timeout does not cover, and the mode only affects speed, so a busy switch
             # is simply skipped (a later connection will make it).
             with contextlib.suppress(sqlite3.OperationalError):
                 await conn.execute("PRAGMA journal_mode = WAL")
-            await conn.execute("BEGIN IMMEDIATE")
-            for statement in _ddl("", "REAL"):
-                await conn.execute(statement)
-            await conn.execute("COMMIT")
+            await execute_all(conn, _ddl("", "REAL"))
         except BaseException:
             await conn.close()
             raise
@@ -254,34 +212,6 @@ class SqliteLedger(_SqlLedger):
 
 
 # ---------------------------------------------------------------------------- PostgreSQL
-
-
-def _asyncpg() -> Any:
-    try:
-        import asyncpg  # type: ignore[import-untyped,unused-ignore]
-    except ImportError as err:
-        raise ImportError(
-            "PostgresLedger needs asyncpg: pip install 'loomgraph[postgres]'"
-        ) from err
-    return asyncpg
-
-
-def _numbered(sql: str) -> str:
-    """`?` placeholders as asyncpg's `$1, $2, …` (the ledger's SQL has no literal `?`)."""
-    count = iter(range(1, sql.count("?") + 1))
-    return re.sub(r"\?", lambda _: f"${next(count)}", sql)
-
-
-class _PgCursor:
-    def __init__(self, con: Any) -> None:
-        self._con = con
-
-    async def execute(self, sql: str, args: Sequence[Any]) -> None:
-        await self._con.execute(_numbered(sql), *args)
-
-    async def fetch(self, sql: str, args: Sequence[Any]) -> list[Sequence[Any]]:
-        rows: list[Sequence[Any]] = await self._con.fetch(_numbered(sql), *args)
-        return rows
 
 
 class PostgresLedger(_SqlLedger):
@@ -296,7 +226,7 @@ class PostgresLedger(_SqlLedger):
         if not _IDENT.fullmatch(schema):
             raise ValueError(f"invalid schema name {schema!r}")
         super().__init__(f'"{schema}".')
-        self._pg = _asyncpg()
+        self._pg = import_asyncpg("PostgresLedger")
         self.dsn = dsn
         self.schema = schema
         self.pool_size = pool_size
@@ -313,26 +243,28 @@ class PostgresLedger(_SqlLedger):
         digest = hashlib.sha256(f"loomgraph.budget:{self.schema}:{scope}".encode()).digest()
         return int.from_bytes(digest[:8], "big", signed=True)
 
-    async def _lock_scopes(self, cur: _Cursor, scopes: Sequence[str]) -> None:
+    async def _lock_scopes(self, cur: Cursor, scopes: Sequence[str]) -> None:
         for scope in sorted(scopes):
             await cur.fetch("SELECT pg_advisory_xact_lock(?)", [self._key(scope)])
 
     async def _open(self) -> Any:
-        pool = await self._pg.create_pool(self.dsn, min_size=1, max_size=self.pool_size)
-        try:
-            async with pool.acquire() as con, con.transaction():
-                # Creators racing on CREATE TABLE IF NOT EXISTS collide in the catalog.
-                await con.execute("SELECT pg_advisory_xact_lock($1)", self._key(""))
-                await con.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"')
-                for statement in _ddl(f'"{self.schema}".', "DOUBLE PRECISION"):
-                    await con.execute(statement)
-        except BaseException:
-            pool.terminate()
-            raise
-        return pool
+        return await open_pool(self._pg, self.dsn, pool_size=self.pool_size, setup=self._setup)
+
+    async def _setup(self, con: Any) -> None:
+        # Creators racing on CREATE TABLE IF NOT EXISTS collide in the catalog.
+        await con.execute("SELECT pg_advisory_xact_lock($1)", self._key(""))
+        await con.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"')
+        for statement in _ddl(f'"{self.schema}".', "DOUBLE PRECISION"):
+            await con.execute(statement)
 
     @asynccontextmanager
-    async def _transaction(self) -> AsyncIterator[_Cursor]:
-        pool = await self._pools.get()
-        async with pool.acquire() as con, con.transaction():
-            yield _PgCursor(con)
+    async def _transaction(self) -> AsyncIterator[Cursor]:
+        async with self._pools.cursor() as cur:
+            yield cur
+
+
+def ledger_at(site: LedgerSite) -> Ledger:
+    """A ledger in a journal's database: its SQLite file, or its Postgres schema."""
+    if isinstance(site, SqliteSite):
+        return SqliteLedger(site.path)
+    return PostgresLedger(site.dsn, schema=site.schema)

@@ -6,15 +6,12 @@ asyncpg is imported when a PostgresMemory is made, so importing loomgraph withou
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
-from functools import lru_cache
+from contextlib import AbstractAsyncContextManager
 from typing import Any
-from urllib.parse import urlsplit
 
+from loomgraph._storage import pg_pool
+from loomgraph._storage.cursor import Cursor
 from loomgraph._storage.dsn import describe_dsn
-from loomgraph._storage.pg_pool import LoopPool
 from loomgraph.memory.errors import MemoryBackendError, MemoryCorrupted, MemoryUnavailable
 from loomgraph.memory.records import Fact, MemoryLimits
 from loomgraph.memory.sql import (
@@ -22,7 +19,6 @@ from loomgraph.memory.sql import (
     FACT_COLS,
     SCHEMA_VERSION,
     TABLES,
-    Cursor,
     SqlMemory,
     episode_of,
     fact_of,
@@ -35,30 +31,9 @@ from loomgraph.protocols import Episode
 SETTING = "loomgraph.user_id"
 
 
-def _asyncpg() -> Any:
-    try:
-        import asyncpg  # type: ignore[import-untyped,unused-ignore]
-    except ImportError as err:
-        raise ImportError(
-            "PostgresMemory needs asyncpg: pip install 'loomgraph[postgres]'"
-        ) from err
-    return asyncpg
-
-
-def _ident(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
-
-
-@lru_cache(maxsize=256)
-def _numbered(sql: str) -> str:
-    """`?` placeholders as asyncpg's `$1, $2, …` (the shared SQL has no literal `?`)."""
-    parts = sql.split("?")
-    return parts[0] + "".join(f"${i}{part}" for i, part in enumerate(parts[1:], 1))
-
-
 def ddl(schema: str) -> list[str]:
     """The tables, indexes and row-level security policies, in `schema`."""
-    p = _ident(schema) + "."
+    p = pg_pool.quote_ident(schema) + "."
     mine = f"'u:' || user_id = current_setting('{SETTING}', true)"
     statements = [
         f"CREATE TABLE {p}memory_meta (key text PRIMARY KEY, value text NOT NULL)",
@@ -95,20 +70,6 @@ def ddl(schema: str) -> list[str]:
     return statements
 
 
-class _Cursor:
-    def __init__(self, con: Any) -> None:
-        self._con = con
-
-    async def fetch(self, sql: str, *args: Any) -> list[Sequence[Any]]:
-        rows: list[Sequence[Any]] = await self._con.fetch(_numbered(sql), *args)
-        return rows
-
-    async def execute(self, sql: str, *args: Any) -> int:
-        status: str = await self._con.execute(_numbered(sql), *args)
-        last = status.rsplit(" ", 1)[-1]
-        return int(last) if last.isdigit() else 0
-
-
 class PostgresMemory(SqlMemory):
     """Memory in PostgreSQL tables (in `schema`), shared by any number of workers.
 
@@ -128,14 +89,14 @@ class PostgresMemory(SqlMemory):
         connect_timeout: float = 10.0,
     ) -> None:
         super().__init__(limits)
-        self._pg = _asyncpg()
+        self._pg = pg_pool.import_asyncpg("PostgresMemory")
         self.dsn = dsn
         self.schema = schema
-        self.prefix = _ident(schema) + "."
+        self.prefix = pg_pool.quote_ident(schema) + "."
         self.where = f"postgres memory {describe_dsn(dsn)} (schema {schema!r})"
         self.pool_size = pool_size
         self.connect_timeout = connect_timeout
-        self._pools = LoopPool(self._open)
+        self._pools = pg_pool.LoopPool(self._open)
 
     def __repr__(self) -> str:
         return f"PostgresMemory({describe_dsn(self.dsn)!r}, schema={self.schema!r})"
@@ -150,25 +111,20 @@ class PostgresMemory(SqlMemory):
 
     # ------------------------------------------------------------------ sessions
 
-    @asynccontextmanager
-    async def _tx(self, key: str, *, write: bool = False) -> AsyncIterator[Cursor]:
-        pool = await self._pools.get()
-        try:
-            async with pool.acquire() as con, con.transaction(readonly=not write):
-                # is_local=true: the setting ends with the transaction, so a pooled
-                # connection never carries one user's identity into another's work.
-                await con.execute("SELECT set_config($1, $2, true)", SETTING, "u:" + key)
-                yield _Cursor(con)
-        except Exception as err:
-            translated = self._translate(err)
-            if translated is err:
-                raise
-            raise translated from err
+    def _tx(self, key: str, *, write: bool = False) -> AbstractAsyncContextManager[Cursor]:
+        async def as_user(con: Any) -> None:
+            # is_local=true: the setting ends with the transaction, so a pooled
+            # connection never carries one user's identity into another's work.
+            await con.execute("SELECT set_config($1, $2, true)", SETTING, "u:" + key)
+
+        return self._pools.cursor(
+            readonly=not write, translate=self._translate, hide_cause=False, before=as_user
+        )
 
     async def _lock_user(self, cur: Cursor, key: str) -> None:
         # Two workers superseding the same fact must not both see it current.
         await cur.execute(
-            "SELECT pg_advisory_xact_lock(hashtext(?))", f"loomgraph.memory:{self.schema}:{key}"
+            "SELECT pg_advisory_xact_lock(hashtext(?))", [f"loomgraph.memory:{self.schema}:{key}"]
         )
 
     def _translate(self, err: Exception) -> Exception:
@@ -177,28 +133,13 @@ class PostgresMemory(SqlMemory):
             return err
         if isinstance(err, pg.UndefinedTableError | pg.UndefinedColumnError):
             return MemoryCorrupted(self.where, str(err))
-        if isinstance(
-            err,
-            OSError
-            | TimeoutError
-            | pg.InterfaceError
-            | pg.PostgresConnectionError
-            | pg.CannotConnectNowError
-            | pg.TooManyConnectionsError
-            | pg.InvalidCatalogNameError
-            | pg.InvalidAuthorizationSpecificationError,
+        if pg_pool.connection_failed(pg, err) or isinstance(
+            err, pg.InvalidCatalogNameError | pg.InvalidAuthorizationSpecificationError
         ):
-            return MemoryUnavailable(self.where, self._scrub(f"{type(err).__name__}: {err}"))
+            return MemoryUnavailable(self.where, pg_pool.failure(self.dsn, err))
         if isinstance(err, pg.PostgresError):
-            return MemoryBackendError(self.where, self._scrub(f"{type(err).__name__}: {err}"))
+            return MemoryBackendError(self.where, pg_pool.failure(self.dsn, err))
         return err
-
-    def _scrub(self, text: str) -> str:
-        with contextlib.suppress(ValueError):
-            password = urlsplit(self.dsn).password
-            if password:
-                text = text.replace(password, "***")
-        return text
 
     # ------------------------------------------------------------------ search
 
@@ -216,8 +157,7 @@ class PostgresMemory(SqlMemory):
                 f"SELECT {cols} FROM {self.t('memory_episodes')} e, "
                 "websearch_to_tsquery('english', ?) q WHERE e.search @@ q AND e.user_id = ?"
                 f"{other} ORDER BY ts_rank(e.search, q, 1) DESC, e.at DESC, e.id DESC LIMIT ?",
-                *args,
-                limit,
+                [*args, limit],
             )
         return [episode_of(key, r) for r in rows]
 
@@ -229,9 +169,7 @@ class PostgresMemory(SqlMemory):
                 "websearch_to_tsquery('english', ?) q WHERE x.search @@ q AND x.user_id = ? "
                 "AND x.valid_to IS NULL ORDER BY ts_rank(x.search, q, 1) DESC, "
                 "x.valid_from DESC, x.id DESC LIMIT ?",
-                " or ".join(terms),
-                key,
-                limit,
+                [" or ".join(terms), key, limit],
             )
         return [fact_of(key, r) for r in rows]
 
@@ -239,28 +177,16 @@ class PostgresMemory(SqlMemory):
 
     async def _open(self) -> Any:
         """Connect; create the schema and tables when missing; refuse damaged or other ones."""
-        pg = self._pg
-        try:
-            pool = await pg.create_pool(
-                self.dsn, min_size=1, max_size=self.pool_size, timeout=self.connect_timeout
-            )
-        except (OSError, TimeoutError, ValueError, pg.PostgresError, pg.InterfaceError) as err:
-            raise MemoryUnavailable(
-                self.where, self._scrub(f"{type(err).__name__}: {err}")
-            ) from None
-        try:
-            async with pool.acquire() as con, con.transaction():
-                # Workers starting together must not race on creating the tables.
-                await con.execute(
-                    "SELECT pg_advisory_xact_lock(hashtext($1))", f"loomgraph.memory:{self.schema}"
-                )
-                await self._create_or_check(con)
-        except BaseException as err:
-            pool.terminate()
-            if isinstance(err, Exception):
-                raise self._translate(err) from None
-            raise
-        return pool
+        return await pg_pool.open_pool(
+            self._pg,
+            self.dsn,
+            pool_size=self.pool_size,
+            timeout=self.connect_timeout,
+            lock=f"loomgraph.memory:{self.schema}",
+            setup=self._create_or_check,
+            unavailable=lambda detail: MemoryUnavailable(self.where, detail),
+            translate=self._translate,
+        )
 
     async def _create_or_check(self, con: Any) -> None:
         found = {
@@ -269,9 +195,12 @@ class PostgresMemory(SqlMemory):
         if found["memory_meta"] is None:
             if any(found.values()):
                 raise MemoryCorrupted(self.where, "memory tables without memory_meta")
-            if await con.fetchval("SELECT to_regnamespace($1)", _ident(self.schema)) is None:
+            if (
+                await con.fetchval("SELECT to_regnamespace($1)", pg_pool.quote_ident(self.schema))
+                is None
+            ):
                 # Only when missing: even IF NOT EXISTS needs CREATE on the whole database.
-                await con.execute(f"CREATE SCHEMA {_ident(self.schema)}")
+                await con.execute(f"CREATE SCHEMA {pg_pool.quote_ident(self.schema)}")
             for statement in ddl(self.schema):
                 await con.execute(statement)
             return

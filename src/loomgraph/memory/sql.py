@@ -11,8 +11,9 @@ import json
 from abc import abstractmethod
 from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager
-from typing import Any, Protocol
+from typing import Any
 
+from loomgraph._storage.cursor import Cursor
 from loomgraph.memory.base import MemoryStore
 from loomgraph.memory.records import Fact, WorkingBlock, fact_key, same_object
 from loomgraph.protocols import Episode
@@ -21,18 +22,6 @@ EPISODE_COLS = "session_id, run_id, prompt, output, tool_calls, at"
 FACT_COLS = "id, subject, predicate, object, confidence, source_run, valid_from, valid_to"
 TABLES = ("memory_meta", "memory_episodes", "memory_facts", "memory_blocks")
 SCHEMA_VERSION = 1
-
-
-class Cursor(Protocol):
-    """Statements inside one transaction of one user."""
-
-    async def fetch(self, sql: str, *args: Any) -> list[Sequence[Any]]:
-        """Run a query; its rows."""
-        ...
-
-    async def execute(self, sql: str, *args: Any) -> int:
-        """Run a statement; the number of rows it changed."""
-        ...
 
 
 def episode_of(key: str, row: Sequence[Any]) -> Episode:
@@ -80,13 +69,15 @@ class SqlMemory(MemoryStore):
                 "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (user_id, run_id) DO UPDATE SET "
                 "session_id = excluded.session_id, prompt = excluded.prompt, "
                 "output = excluded.output, tool_calls = excluded.tool_calls, at = excluded.at",
-                key,
-                episode.session_id,
-                episode.run_id,
-                str(episode.prompt),
-                str(episode.output),
-                json.dumps([str(c) for c in episode.tool_calls]),
-                float(episode.at),
+                [
+                    key,
+                    episode.session_id,
+                    episode.run_id,
+                    str(episode.prompt),
+                    str(episode.output),
+                    json.dumps([str(c) for c in episode.tool_calls]),
+                    float(episode.at),
+                ],
             )
 
     async def _recent(self, key: str, session_id: str, limit: int) -> list[Episode]:
@@ -94,9 +85,7 @@ class SqlMemory(MemoryStore):
             rows = await cur.fetch(
                 f"SELECT {EPISODE_COLS} FROM {self.t('memory_episodes')} "
                 "WHERE user_id = ? AND session_id = ? ORDER BY at DESC, id DESC LIMIT ?",
-                key,
-                session_id,
-                limit,
+                [key, session_id, limit],
             )
         return [episode_of(key, r) for r in reversed(rows)]
 
@@ -111,7 +100,7 @@ class SqlMemory(MemoryStore):
         if limit is not None:
             sql, args = sql + " LIMIT ?", [*args, limit]
         async with self._tx(key) as cur:
-            rows = await cur.fetch(sql, *args)
+            rows = await cur.fetch(sql, args)
         return [episode_of(key, r) for r in reversed(rows)]
 
     # ------------------------------------------------------------------ facts
@@ -126,8 +115,7 @@ class SqlMemory(MemoryStore):
                 rows = await cur.fetch(
                     f"SELECT {FACT_COLS} FROM {table} WHERE user_id = ? "
                     "AND key = ? AND valid_to IS NULL",
-                    key,
-                    k,
+                    [key, k],
                 )
                 old = fact_of(key, rows[0]) if rows else None
                 if old is not None and same_object(old.object, fact.object):
@@ -135,31 +123,29 @@ class SqlMemory(MemoryStore):
                         old.confidence = fact.confidence
                         await cur.execute(
                             f"UPDATE {table} SET confidence = ? WHERE user_id = ? AND id = ?",
-                            fact.confidence,
-                            key,
-                            old.id,
+                            [fact.confidence, key, old.id],
                         )
                     stored.append(old)
                     continue
                 if old is not None:
                     await cur.execute(
                         f"UPDATE {table} SET valid_to = ? WHERE user_id = ? AND id = ?",
-                        fact.valid_from,
-                        key,
-                        old.id,
+                        [fact.valid_from, key, old.id],
                     )
                 rows = await cur.fetch(
                     f"INSERT INTO {table} (user_id, key, subject, predicate, object, "
                     "confidence, source_run, valid_from) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
                     "RETURNING id",
-                    key,
-                    k,
-                    fact.subject,
-                    fact.predicate,
-                    fact.object,
-                    fact.confidence,
-                    fact.source_run,
-                    fact.valid_from,
+                    [
+                        key,
+                        k,
+                        fact.subject,
+                        fact.predicate,
+                        fact.object,
+                        fact.confidence,
+                        fact.source_run,
+                        fact.valid_from,
+                    ],
                 )
                 fact.id = int(rows[0][0])
                 stored.append(fact)
@@ -175,7 +161,7 @@ class SqlMemory(MemoryStore):
         if limit is not None:
             sql, args = sql + " LIMIT ?", [key, limit]
         async with self._tx(key) as cur:
-            rows = await cur.fetch(sql, *args)
+            rows = await cur.fetch(sql, args)
         return [fact_of(key, r) for r in rows]
 
     # ------------------------------------------------------------------ blocks
@@ -186,11 +172,7 @@ class SqlMemory(MemoryStore):
                 f"INSERT INTO {self.t('memory_blocks')} (user_id, name, text, created_at, "
                 "updated_at) VALUES (?, ?, ?, ?, ?) ON CONFLICT (user_id, name) DO UPDATE SET "
                 "text = excluded.text, updated_at = excluded.updated_at",
-                key,
-                name,
-                text,
-                at,
-                at,
+                [key, name, text, at, at],
             )
 
     async def _blocks(self, key: str) -> list[WorkingBlock]:
@@ -199,14 +181,14 @@ class SqlMemory(MemoryStore):
                 f"SELECT name, text, updated_at FROM "
                 f"{self.t('memory_blocks')} WHERE user_id = ? "
                 "ORDER BY created_at, name",
-                key,
+                [key],
             )
         return [WorkingBlock(r[0], r[1], float(r[2])) for r in rows]
 
     async def _delete_block(self, key: str, name: str) -> int:
         async with self._tx(key, write=True) as cur:
             return await cur.execute(
-                f"DELETE FROM {self.t('memory_blocks')} WHERE user_id = ? AND name = ?", key, name
+                f"DELETE FROM {self.t('memory_blocks')} WHERE user_id = ? AND name = ?", [key, name]
             )
 
     # ------------------------------------------------------------------ the user's data
@@ -225,19 +207,18 @@ class SqlMemory(MemoryStore):
                 count += await cur.execute(
                     f"DELETE FROM {facts} WHERE user_id = ? AND source_run IN "
                     f"(SELECT run_id FROM {episodes} WHERE {where})",
-                    key,
-                    *args,
+                    [key, *args],
                 )
             else:
                 old = "" if before is None else " AND valid_from < ?"
                 count += await cur.execute(
-                    f"DELETE FROM {facts} WHERE user_id = ?{old}", key, *args[1:]
+                    f"DELETE FROM {facts} WHERE user_id = ?{old}", [key, *args[1:]]
                 )
                 old = "" if before is None else " AND updated_at < ?"
                 count += await cur.execute(
-                    f"DELETE FROM {blocks} WHERE user_id = ?{old}", key, *args[1:]
+                    f"DELETE FROM {blocks} WHERE user_id = ?{old}", [key, *args[1:]]
                 )
-            count += await cur.execute(f"DELETE FROM {episodes} WHERE {where}", *args)
+            count += await cur.execute(f"DELETE FROM {episodes} WHERE {where}", args)
         return count
 
     async def _counts(self, key: str) -> dict[str, Any]:
@@ -246,19 +227,19 @@ class SqlMemory(MemoryStore):
                 await cur.fetch(
                     f"SELECT count(*), count(DISTINCT session_id), min(at), max(at) "
                     f"FROM {self.t('memory_episodes')} WHERE user_id = ?",
-                    key,
+                    [key],
                 )
             )[0]
             facts = (
                 await cur.fetch(
                     "SELECT count(*), coalesce(sum(CASE WHEN valid_to IS NULL THEN 1 ELSE 0 END), "
                     f"0) FROM {self.t('memory_facts')} WHERE user_id = ?",
-                    key,
+                    [key],
                 )
             )[0]
             blocks = (
                 await cur.fetch(
-                    f"SELECT count(*) FROM {self.t('memory_blocks')} WHERE user_id = ?", key
+                    f"SELECT count(*) FROM {self.t('memory_blocks')} WHERE user_id = ?", [key]
                 )
             )[0]
         return {

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import os
 import sqlite3
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from typing import Any
 
 import aiosqlite
 
+from loomgraph._storage.cursor import Cursor, SqliteCursor
+from loomgraph._storage.sqlite_conn import SqliteConnection
 from loomgraph._storage.sqlite_files import SqliteFileProblem, open_sqlite
 from loomgraph.memory.errors import MemoryBackendError, MemoryCorrupted, MemoryUnavailable
 from loomgraph.memory.records import Fact, MemoryLimits
@@ -20,7 +19,6 @@ from loomgraph.memory.sql import (
     FACT_COLS,
     SCHEMA_VERSION,
     TABLES,
-    Cursor,
     SqlMemory,
     episode_of,
     fact_of,
@@ -76,17 +74,6 @@ def match_query(terms: Sequence[str]) -> str:
     return " OR ".join('"' + t.replace('"', '""') + '"' for t in terms)
 
 
-class _Cursor:
-    def __init__(self, conn: aiosqlite.Connection) -> None:
-        self._conn = conn
-
-    async def fetch(self, sql: str, *args: Any) -> list[Sequence[Any]]:
-        return list(await self._conn.execute_fetchall(sql, args))
-
-    async def execute(self, sql: str, *args: Any) -> int:
-        return (await self._conn.execute(sql, args)).rowcount
-
-
 class SqliteMemory(SqlMemory):
     """Memory in one SQLite file; it may share the file with a SqliteRuntime journal.
 
@@ -108,64 +95,31 @@ class SqliteMemory(SqlMemory):
         self.where = f"sqlite memory {self.path!r}"
         self.busy_timeout = busy_timeout
         self.verify = verify
-        self._conn: aiosqlite.Connection | None = None
-        self._lock: asyncio.Lock | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._db = SqliteConnection(self._open, translate=self._translate)
 
     def __repr__(self) -> str:
         return f"SqliteMemory({self.path!r})"
 
     async def connect(self) -> None:
         """Open, check and (when new) create the tables now rather than on first use."""
-        async with self._session():
+        async with self._db.session():
             pass
 
     async def close(self) -> None:
         """Close the connection; the next use opens it again."""
-        if self._conn is not None:
-            async with self._locked():
-                conn, self._conn = self._conn, None
-                if conn is not None:
-                    await conn.close()
+        await self._db.close()
 
     # ------------------------------------------------------------------ sessions
 
     @asynccontextmanager
-    async def _locked(self) -> AsyncIterator[None]:
-        loop = asyncio.get_running_loop()
-        if self._lock is None or self._loop is not loop:
-            # An asyncio.Lock belongs to one loop; a later asyncio.run() needs its own.
-            self._lock, self._loop = asyncio.Lock(), loop
-        async with self._lock:
-            yield
-
-    @asynccontextmanager
-    async def _session(self) -> AsyncIterator[aiosqlite.Connection]:
-        async with self._locked():
-            try:
-                if self._conn is None:
-                    self._conn = await self._open()
-                yield self._conn
-            except sqlite3.Error as err:
-                raise self._translate(err) from err
-
-    @asynccontextmanager
     async def _tx(self, key: str, *, write: bool = False) -> AsyncIterator[Cursor]:
-        async with self._session() as conn:
-            # A write takes the lock up front (IMMEDIATE), where busy_timeout applies; a
-            # deferred one upgrading from read to write could fail with "database is locked".
-            try:
-                await conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
-                yield _Cursor(conn)
-            except BaseException:
-                # Unconditional: after a cancellation the BEGIN may still be queued on the
-                # worker thread; a ROLLBACK queued behind it ends it either way.
-                with contextlib.suppress(sqlite3.Error):
-                    await conn.execute("ROLLBACK")
-                raise
-            await conn.execute("COMMIT")
+        # A write takes the lock up front (IMMEDIATE), where busy_timeout applies.
+        async with self._db.transaction("BEGIN IMMEDIATE" if write else "BEGIN") as conn:
+            yield SqliteCursor(conn)
 
-    def _translate(self, err: sqlite3.Error) -> MemoryBackendError:
+    def _translate(self, err: Exception) -> Exception:
+        if not isinstance(err, sqlite3.Error):
+            return err
         name = getattr(err, "sqlite_errorname", "")
         text = str(err)
         if name.startswith(("SQLITE_CORRUPT", "SQLITE_NOTADB")) or text.startswith(
@@ -203,8 +157,7 @@ class SqliteMemory(SqlMemory):
                 f"SELECT {cols} FROM memory_episodes_fts f JOIN memory_episodes e "
                 "ON e.id = f.rowid WHERE memory_episodes_fts MATCH ? AND e.user_id = ?"
                 f"{other} ORDER BY bm25(memory_episodes_fts), e.at DESC, e.id DESC LIMIT ?",
-                *args,
-                limit,
+                [*args, limit],
             )
         return [episode_of(key, r) for r in rows]
 
@@ -215,9 +168,7 @@ class SqliteMemory(SqlMemory):
                 f"SELECT {cols} FROM memory_facts_fts f JOIN memory_facts x ON x.id = f.rowid "
                 "WHERE memory_facts_fts MATCH ? AND x.user_id = ? AND x.valid_to IS NULL "
                 "ORDER BY bm25(memory_facts_fts), x.valid_from DESC, x.id DESC LIMIT ?",
-                match_query(terms),
-                key,
-                limit,
+                [match_query(terms), key, limit],
             )
         return [fact_of(key, r) for r in rows]
 
@@ -229,8 +180,6 @@ class SqliteMemory(SqlMemory):
             conn = await open_sqlite(self.path, busy_timeout=self.busy_timeout, verify=self.verify)
         except SqliteFileProblem as problem:
             raise _typed(problem, self.where) from None
-        except sqlite3.Error as err:
-            raise self._translate(err) from err
         try:
             await conn.execute("BEGIN IMMEDIATE")
             try:
@@ -239,10 +188,8 @@ class SqliteMemory(SqlMemory):
                 await conn.execute("ROLLBACK")
                 raise
             await conn.execute("COMMIT")
-        except BaseException as err:
+        except BaseException:
             await conn.close()
-            if isinstance(err, sqlite3.Error):
-                raise self._translate(err) from err
             raise
         return conn
 

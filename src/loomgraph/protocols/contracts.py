@@ -306,6 +306,10 @@ class Runtime(Protocol):
         """Runs, oldest first, optionally of one user."""
         ...
 
+    async def close(self) -> None:
+        """Let go of connections; the next use opens them again."""
+        ...
+
 
 @runtime_checkable
 class RunLeases(Protocol):
@@ -356,6 +360,10 @@ class Memory(Protocol):
 
     async def remember(self, episode: Episode) -> None:
         """Store a finished run."""
+        ...
+
+    async def close(self) -> None:
+        """Let go of connections; the next use opens them again."""
         ...
 
 

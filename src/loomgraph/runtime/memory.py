@@ -40,6 +40,9 @@ class InMemoryRuntime:
                 break
             self._forget(old)
 
+    async def close(self) -> None:
+        """Nothing to let go of."""
+
     def _forget(self, run_id: str) -> None:
         self._runs.pop(run_id, None)
         self._transitions.pop(run_id, None)

@@ -11,8 +11,9 @@ import time
 from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from types import TracebackType
-from typing import Any, Literal, Protocol, Self, TypeVar
+from typing import Any, Self, TypeVar
 
+from loomgraph._storage.cursor import Constraint, Cursor
 from loomgraph.protocols import EffectRecord, EffectStatus, RunRecord, RunStatus, Transition
 from loomgraph.runtime.codec import (
     SCHEMA_VERSION,
@@ -36,28 +37,10 @@ from loomgraph.runtime.errors import (
     UnknownRun,
 )
 
+__all__ = ["Constraint", "Cursor", "SqlJournal"]
+
 T = TypeVar("T")
 _MAX_SEQ = 2**62
-
-
-class Cursor(Protocol):
-    """What a backend hands the shared logic inside `_read()` / `_write()`."""
-
-    async def execute(self, sql: str, args: Sequence[Any]) -> int:
-        """Run one statement; the number of rows it changed."""
-        ...
-
-    async def fetch(self, sql: str, args: Sequence[Any]) -> list[Sequence[Any]]:
-        """Run one query; its rows."""
-        ...
-
-
-class Constraint(Exception):
-    """A backend's constraint violation, translated so the shared logic can name the run."""
-
-    def __init__(self, kind: Literal["unique", "foreign_key"], detail: str) -> None:
-        super().__init__(detail)
-        self.kind = kind
 
 
 class SqlJournal:

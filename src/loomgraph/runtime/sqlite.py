@@ -2,25 +2,25 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import os
 import sqlite3
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any, Literal
+from typing import Literal
 
 import aiosqlite
 
-from loomgraph._storage.sqlite_files import SqliteFileProblem, open_sqlite
+from loomgraph._storage.cursor import SqliteCursor
+from loomgraph._storage.sqlite_conn import SqliteConnection
+from loomgraph._storage.sqlite_files import SqliteFileProblem, execute_all, open_sqlite
+from loomgraph.protocols.ledger import LedgerSite, SqliteSite
 from loomgraph.runtime.codec import SCHEMA_VERSION, Dialect, ddl
 from loomgraph.runtime.errors import (
     JournalCorrupted,
-    JournalError,
     JournalUnavailable,
     JournalVersionError,
 )
-from loomgraph.runtime.sql_journal import Constraint, Cursor, SqlJournal
+from loomgraph.runtime.sql_journal import Cursor, SqlJournal
 
 SQLITE = Dialect(
     prefix="",
@@ -31,30 +31,6 @@ SQLITE = Dialect(
     now="((julianday('now') - 2440587.5) * 86400.0)",
 )
 _CORRUPT = ("SQLITE_CORRUPT", "SQLITE_NOTADB")
-
-
-class _SqliteCursor:
-    """Runs statements on the runtime's one connection, with constraint errors translated."""
-
-    def __init__(self, conn: aiosqlite.Connection) -> None:
-        self._conn = conn
-
-    async def execute(self, sql: str, args: Sequence[Any]) -> int:
-        """Run one statement; the number of rows it changed."""
-        try:
-            cursor = await self._conn.execute(sql, args)
-        except sqlite3.IntegrityError as err:
-            name = getattr(err, "sqlite_errorname", "")
-            if name == "SQLITE_CONSTRAINT_FOREIGNKEY":
-                raise Constraint("foreign_key", str(err)) from None
-            if name in ("SQLITE_CONSTRAINT_PRIMARYKEY", "SQLITE_CONSTRAINT_UNIQUE"):
-                raise Constraint("unique", str(err)) from None
-            raise
-        return cursor.rowcount
-
-    async def fetch(self, sql: str, args: Sequence[Any]) -> list[Sequence[Any]]:
-        """Run one query; its rows."""
-        return list(await self._conn.execute_fetchall(sql, args))
 
 
 class SqliteRuntime(SqlJournal):
@@ -85,9 +61,7 @@ class SqliteRuntime(SqlJournal):
         self.busy_timeout = busy_timeout
         self.synchronous = synchronous
         self.verify = verify
-        self._conn: aiosqlite.Connection | None = None
-        self._lock: asyncio.Lock | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._db = SqliteConnection(self._open, translate=self._translate)
 
     def __repr__(self) -> str:
         return f"SqliteRuntime({self.path!r})"
@@ -96,69 +70,41 @@ class SqliteRuntime(SqlJournal):
 
     async def connect(self) -> None:
         """Open, check and (when new) create the journal now rather than on first use."""
-        async with self._session():
+        async with self._db.session():
             pass
 
     async def close(self) -> None:
         """Close the connection; the next use opens it again."""
-        if self._conn is None:
-            return
-        async with self._locked():
-            conn, self._conn = self._conn, None
-            if conn is not None:
-                await conn.close()
+        await self._db.close()
 
     async def checkpoint(self) -> None:
         """Move the write-ahead log into the database file and truncate the log."""
-        async with self._session() as conn:
+        async with self._db.session() as conn:
             await conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+    @property
+    def ledger_site(self) -> LedgerSite | None:
+        """This file, to keep a budget ledger in (None for an in-memory database)."""
+        return None if self.path == ":memory:" else SqliteSite(self.path)
 
     # ------------------------------------------------------------------ sessions
 
     @asynccontextmanager
-    async def _locked(self) -> AsyncIterator[None]:
-        loop = asyncio.get_running_loop()
-        if self._lock is None or self._loop is not loop:
-            # An asyncio.Lock belongs to one event loop; a later asyncio.run() gets its own.
-            self._lock, self._loop = asyncio.Lock(), loop
-        async with self._lock:
-            yield
-
-    @asynccontextmanager
-    async def _session(self) -> AsyncIterator[aiosqlite.Connection]:
-        async with self._locked():
-            try:
-                if self._conn is None:
-                    self._conn = await self._open()
-                yield self._conn
-            except sqlite3.IntegrityError:
-                raise  # a record that breaks a NOT NULL column: the caller's bug, not the file's
-            except sqlite3.Error as err:
-                raise self._translate(err) from err
-
-    @asynccontextmanager
     async def _read(self) -> AsyncIterator[Cursor]:
-        async with self._session() as conn:
-            yield _SqliteCursor(conn)
+        async with self._db.session() as conn:
+            yield SqliteCursor(conn, constraints=True)
 
     @asynccontextmanager
     async def _write(self) -> AsyncIterator[Cursor]:
-        # IMMEDIATE takes the write lock up front, where busy_timeout applies; a deferred
-        # transaction upgrading from read to write could fail with "database is locked".
-        # (A lone write statement via _read() is begun the same way by SQLite itself.)
-        async with self._session() as conn:
-            try:
-                await conn.execute("BEGIN IMMEDIATE")
-                yield _SqliteCursor(conn)
-            except BaseException:
-                # Unconditional: after a cancellation the BEGIN may still be queued on the
-                # worker thread; a ROLLBACK queued behind it ends it either way.
-                with contextlib.suppress(sqlite3.OperationalError):
-                    await conn.execute("ROLLBACK")
-                raise
-            await conn.execute("COMMIT")
+        # (A lone write statement via _read() is begun IMMEDIATE by SQLite itself.)
+        async with self._db.transaction() as conn:
+            yield SqliteCursor(conn, constraints=True)
 
-    def _translate(self, err: sqlite3.Error) -> JournalError:
+    def _translate(self, err: Exception) -> Exception:
+        if not isinstance(err, sqlite3.Error) or isinstance(err, sqlite3.IntegrityError):
+            # An IntegrityError is a record that breaks a NOT NULL column: the caller's bug,
+            # not the file's.
+            return err
         name = getattr(err, "sqlite_errorname", "")
         text = str(err)
         if name.startswith(_CORRUPT) or text.startswith(("no such table", "no such column")):
@@ -177,8 +123,6 @@ class SqliteRuntime(SqlJournal):
             conn = await open_sqlite(self.path, busy_timeout=self.busy_timeout, verify=self.verify)
         except SqliteFileProblem as problem:
             raise _typed(problem, self.location) from None
-        except sqlite3.Error as err:
-            raise self._translate(err) from err
         try:
             version = await _schema_version(conn)
             if version is not None and version != str(SCHEMA_VERSION):
@@ -186,10 +130,7 @@ class SqliteRuntime(SqlJournal):
             await conn.execute(f"PRAGMA synchronous = {self.synchronous}")
             await conn.execute("PRAGMA foreign_keys = ON")
             if version is None:
-                await conn.execute("BEGIN IMMEDIATE")
-                for statement in ddl(SQLITE):
-                    await conn.execute(statement)
-                await conn.execute("COMMIT")
+                await execute_all(conn, ddl(SQLITE))
         except BaseException:
             await conn.close()
             raise

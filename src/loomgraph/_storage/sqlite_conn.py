@@ -1,0 +1,88 @@
+"""One SQLite connection per backend object, opened on first use and used by one task at a
+time: the session and transaction code of the SQLite journal, memory and budget ledger."""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import aiosqlite
+
+from loomgraph._storage.loop_lock import LoopLock
+from loomgraph._storage.translate import Translate, keep, translated
+
+
+class SqliteConnection:
+    """A lazily opened connection; every use holds the running loop's lock.
+
+    `open` makes the connection (checked, set up); `translate` turns the errors of a session
+    into the backend's own. With `per_loop`, a connection is not carried into another event
+    loop: the old one is closed first.
+    """
+
+    def __init__(
+        self,
+        open: Callable[[], Awaitable[aiosqlite.Connection]],
+        *,
+        translate: Translate = keep,
+        per_loop: bool = False,
+    ) -> None:
+        self._open = open
+        self._translate = translate
+        self._per_loop = per_loop
+        self._conn: aiosqlite.Connection | None = None
+        self._lock = LoopLock()
+
+    @contextlib.asynccontextmanager
+    async def _locked(self) -> AsyncIterator[None]:
+        lock, new = self._lock.current()
+        if new and self._per_loop:
+            with contextlib.suppress(Exception):  # the old loop's connection, if any
+                await self._drop()
+        async with lock:
+            yield
+
+    async def _drop(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            await conn.close()
+
+    async def close(self) -> None:
+        """Close the connection; the next use opens it again."""
+        if self._conn is None:
+            return
+        async with self._locked():
+            await self._drop()
+
+    @contextlib.asynccontextmanager
+    async def session(self) -> AsyncIterator[aiosqlite.Connection]:
+        """The connection, opened if need be, for this task alone (errors translated)."""
+        async with self._locked():
+            with translated(self._translate):
+                if self._conn is None:
+                    self._conn = await self._open()
+                yield self._conn
+
+    @contextlib.asynccontextmanager
+    async def transaction(
+        self, begin: str = "BEGIN IMMEDIATE"
+    ) -> AsyncIterator[aiosqlite.Connection]:
+        """A session inside one transaction: committed on exit, rolled back on error.
+
+        IMMEDIATE takes the write lock up front, where busy_timeout applies; a deferred
+        transaction upgrading from read to write could fail with "database is locked".
+        """
+        async with self.session() as conn:
+            try:
+                # Inside the try: a transaction cancelled while BEGIN waits for another
+                # process's write lock must still end the transaction it will have begun.
+                await conn.execute(begin)
+                yield conn
+            except BaseException:
+                # Unconditional: after a cancellation the BEGIN may still be queued on the
+                # worker thread; a ROLLBACK queued behind it ends it either way.
+                with contextlib.suppress(sqlite3.Error):
+                    await conn.execute("ROLLBACK")
+                raise
+            await conn.execute("COMMIT")
