@@ -35,6 +35,7 @@ from loomgraph.nodes.structured import (
     DEFAULT_RETRIES,
 )
 from loomgraph.protocols import (
+    FINAL_STATUSES,
     AuditLog,
     Budget,
     Hooks,
@@ -253,7 +254,7 @@ class Agent:
             options["approval"] = approval(record, approve)
             await _not_answered(self.deps.runtime, record, options["approval"][0])
         if record.status in _FINAL and record.result is not None:
-            return RunResult(**record.result)  # a finished run: nothing is executed again
+            return RunResult.from_dict(record.result)  # a finished run: nothing is executed again
         if record.graph_hash != self.compiled.hash and not accept_graph_change:
             raise GraphChanged(
                 f"run {run_id} was made with graph {record.graph_name!r} version "
@@ -272,7 +273,7 @@ class Agent:
             # it on, or finished it, while this one waited.
             record = await self.deps.runtime.load_run(run_id) or record
             if record.status in _FINAL and record.result is not None:
-                return RunResult(**record.result)
+                return RunResult.from_dict(record.result)
             at = position(self.compiled, record, await self.deps.runtime.transitions(run_id))
             return await session.continue_from(
                 self.deps.hooks.on_event, record, at, new_run=False, options=options
@@ -313,7 +314,7 @@ class Agent:
         return await self.deps.runtime.runs(user_id)
 
 
-_FINAL = frozenset({"completed", "limit_reached", "budget_exhausted"})
+_FINAL = FINAL_STATUSES
 
 
 async def _not_answered(runtime: Runtime, record: RunRecord, call_id: str) -> None:

@@ -11,12 +11,12 @@ from loomgraph.memory.extract import Extractor
 from loomgraph.memory.tools import memory_tools
 from loomgraph.models import EchoModel, ScriptedModel
 from loomgraph.protocols import Episode, Hooks, Model, Telemetry
-from loomgraph.protocols.events import Event
+from loomgraph.protocols.events import MEMORY_EXTRACTION_FAILED, Event
 
 if TYPE_CHECKING:
     from loomgraph.agent.agent import Agent
 
-EXTRACTION_FAILED = "memory_extraction_failed"
+EXTRACTION_FAILED = MEMORY_EXTRACTION_FAILED  # the kind now lives with the others
 
 
 class MemoryExtraction:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from contextvars import ContextVar
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from loomgraph.engine.tool_gate import call_tool
@@ -19,6 +19,7 @@ from loomgraph.protocols import (
     Budget,
     BudgetScope,
     EffectRecord,
+    EffectStatus,
     Hooks,
     Memory,
     Model,
@@ -215,7 +216,7 @@ class NodeContext:
         prior = await self._begin(key, "model", {"model": deps.model.name})
         if prior is not None and prior.status == "done" and prior.outcome is not None:
             return _response_from(prior.outcome)
-        billed: Usage = {}  # what broken attempts cost: charged, and counted in the answer's usage
+        billed = Usage()  # what broken attempts cost: charged, and counted in the answer's usage
         for attempt in range(STEP_RETRIES + 1):
             reservation = await self._reserve_model(request)
             try:
@@ -223,19 +224,24 @@ class NodeContext:
             except ModelError as err:
                 await self.scope.settle(reservation, err.usage)
                 if err.retry_step and attempt < STEP_RETRIES:
-                    _add_usage(billed, err.usage)
+                    billed += err.usage
                     await self.emit("model_retry", {"error": str(err), "attempt": attempt + 1})
                     continue
-                await deps.runtime.end_effect(self.scope.run_id, key, {"error": str(err)}, "failed")
+                await deps.runtime.end_effect(
+                    self.scope.run_id, key, {"error": str(err)}, EffectStatus.FAILED
+                )
                 raise
             except BaseException:
                 await self.scope.release(reservation)
                 raise
             await self.scope.settle(reservation, response.usage)
             break
-        _add_usage(response.usage, billed)
-        await deps.runtime.end_effect(self.scope.run_id, key, _response_data(response), "done")
-        await self._audit("model_call", {"model": deps.model.name, "usage": response.usage})
+        response.usage += billed
+        await deps.runtime.end_effect(
+            self.scope.run_id, key, _response_data(response), EffectStatus.DONE
+        )
+        usage = response.usage.to_dict()
+        await self._audit("model_call", {"model": deps.model.name, "usage": usage})
         return response
 
     async def _stream(self, request: ModelRequest) -> ModelResponse:
@@ -257,12 +263,13 @@ class NodeContext:
                 elif kind == "tool_call":
                     response.tool_calls.append(chunk["call"])
                 elif kind == "usage":
-                    _add_usage(response.usage, chunk["usage"])
+                    more = chunk["usage"]  # a third-party model may still send a dict
+                    response.usage += more if isinstance(more, Usage) else Usage.from_dict(more)
                 elif kind == "finish":
                     response.finish_reason = chunk.get("finish_reason", "end_turn")
-            response.usage["model_calls"] = 1
-            span.set_attribute("gen_ai.usage.input_tokens", response.usage.get("input_tokens", 0))
-            span.set_attribute("gen_ai.usage.output_tokens", response.usage.get("output_tokens", 0))
+            response.usage = replace(response.usage, model_calls=1)
+            span.set_attribute("gen_ai.usage.input_tokens", response.usage.input_tokens)
+            span.set_attribute("gen_ai.usage.output_tokens", response.usage.output_tokens)
         response.text = "".join(texts)
         return response
 
@@ -319,29 +326,24 @@ class NodeContext:
         if prior is not None and prior.status == "done" and prior.outcome is not None:
             return prior.outcome
         outcome = await run()
-        await self.deps.runtime.end_effect(self.scope.run_id, key, outcome, "done")
+        await self.deps.runtime.end_effect(self.scope.run_id, key, outcome, EffectStatus.DONE)
         return outcome
 
 
 def _model_estimate(request: ModelRequest) -> Usage:
     """The worst case of a model call: the prompt's size (≈4 characters a token) + max_tokens."""
-    return {
-        "input_tokens": request.prompt_chars() // 4 + 1,
-        "output_tokens": request.max_tokens or 4096,
-        "model_calls": 1,
-    }  # see _reserve
-
-
-def _add_usage(total: Usage, more: Usage) -> None:
-    for key, value in more.items():
-        total[key] = total.get(key, 0) + value  # type: ignore[literal-required,operator]
+    return Usage(
+        input_tokens=request.prompt_chars() // 4 + 1,
+        output_tokens=request.max_tokens or 4096,
+        model_calls=1,
+    )  # see _reserve
 
 
 def _response_data(response: ModelResponse) -> dict[str, Any]:
     return {
         "text": response.text,
         "tool_calls": response.tool_calls,
-        "usage": response.usage,
+        "usage": response.usage.to_dict(),
         "finish_reason": response.finish_reason,
     }
 
@@ -350,6 +352,6 @@ def _response_from(data: Mapping[str, Any]) -> ModelResponse:
     return ModelResponse(
         text=data.get("text", ""),
         tool_calls=list(data.get("tool_calls", [])),
-        usage=dict(data.get("usage", {})),  # type: ignore[arg-type]
+        usage=Usage.from_dict(data.get("usage", {}), trusted=True),
         finish_reason=data.get("finish_reason", "end_turn"),
     )

@@ -10,7 +10,7 @@ import inspect
 from typing import TYPE_CHECKING, Any
 
 from loomgraph.errors import RunStopped
-from loomgraph.protocols import Decision, ToolCall, ToolResult, ToolSpec
+from loomgraph.protocols import Decision, EffectStatus, ToolCall, ToolResult, ToolSpec, Usage
 from loomgraph.protocols.events import TOOL_CALL, TOOL_RESULT
 
 if TYPE_CHECKING:
@@ -44,7 +44,7 @@ async def call_tool(ctx: NodeContext, call: ToolCall) -> ToolResult:
     prior = await ctx._begin(key, "tool", {"call": call})
     if prior is not None and prior.status == "done" and prior.outcome is not None:
         return await _tool_done(ctx, call, ToolResult(**prior.outcome))  # type: ignore[typeddict-item]
-    reservation = await scope.reserve("tool", {"tool_calls": 1})
+    reservation = await scope.reserve("tool", Usage(tool_calls=1))
     await ctx._audit("tool_request", {"call": call, "rule": decision.rule})
     try:
         with deps.telemetry.span(
@@ -59,8 +59,8 @@ async def call_tool(ctx: NodeContext, call: ToolCall) -> ToolResult:
     except BaseException:
         await scope.release(reservation)
         raise
-    await scope.settle(reservation, {"tool_calls": 1})
-    await deps.runtime.end_effect(scope.run_id, key, dict(result), "done")
+    await scope.settle(reservation, Usage(tool_calls=1))
+    await deps.runtime.end_effect(scope.run_id, key, dict(result), EffectStatus.DONE)
     return await _tool_done(ctx, call, result)
 
 

@@ -32,6 +32,9 @@ class NoMemory:
     async def remember(self, episode: Episode) -> None:
         """Forget it."""
 
+    async def close(self) -> None:
+        """Nothing to close."""
+
 
 @dataclass(slots=True)
 class _UserData:
