@@ -76,6 +76,7 @@ def test_usage_from_external_data_refuses_unknown_keys_and_non_numbers() -> None
         Usage.from_dict({"input_tokens": True})
     # The journal's own rows are trusted: no checks.
     assert Usage.from_dict({"output_tokens": 2}, trusted=True) == Usage(output_tokens=2)
+    assert Usage.from_dict({"output_tokens": 2, "x": 1}, trusted=True) == Usage(output_tokens=2)
 
 
 def test_run_result_keeps_usage_typed_and_its_dict_json_shaped() -> None:
@@ -214,3 +215,37 @@ def test_close_is_optional_at_runtime_only() -> None:
 
     assert not implements(NoCall(), ToolHost)
     assert not implements(object(), AuditLog)
+
+
+async def test_every_built_in_backend_has_close(tmp_path: Path) -> None:
+    from loomgraph.governance import StandardBudget
+    from loomgraph.governance.null import NoBudget
+    from loomgraph.memory.null import InMemoryMemory, NoMemory
+    from loomgraph.observability import FileAuditLog, NoAuditLog
+    from loomgraph.protocols import Budget, Memory, Runtime
+    from loomgraph.runtime.memory import InMemoryRuntime
+    from loomgraph.tools.registry import ToolRegistry
+
+    backends: list[tuple[Any, type]] = [
+        (NoBudget(), Budget),
+        (StandardBudget(), Budget),
+        (NoAuditLog(), AuditLog),
+        (FileAuditLog(tmp_path / "audit.jsonl"), AuditLog),
+        (NoMemory(), Memory),
+        (InMemoryMemory(), Memory),
+        (ToolRegistry(), ToolHost),
+        (InMemoryRuntime(), Runtime),
+    ]
+    for backend, protocol in backends:
+        assert isinstance(backend, protocol), type(backend).__name__
+        await backend.close()
+        await backend.close()  # closing twice is harmless
+
+
+def test_model_error_takes_a_usage_or_its_dict_shape() -> None:
+    from loomgraph.protocols import ModelError
+
+    assert ModelError("x").usage == Usage()
+    assert ModelError("x", usage=Usage(input_tokens=3)).usage == Usage(input_tokens=3)
+    legacy: Any = {"input_tokens": 3}
+    assert ModelError("x", usage=legacy).usage == Usage(input_tokens=3)

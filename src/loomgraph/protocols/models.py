@@ -91,6 +91,8 @@ class ModelError(LoomgraphError):
         self.status = status
         self.request_id = request_id
         self.retry_step = retry_step
+        if usage is not None and not isinstance(usage, Usage):
+            usage = Usage.from_dict(usage)  # a third-party model may still pass a dict
         self.usage: Usage = usage or Usage()
 
 

@@ -72,10 +72,11 @@ class Usage:
         """A usage from its JSON shape; missing keys are zero.
 
         Unknown keys and non-numbers are refused with a ValueError, unless `trusted` (data
-        loomgraph wrote itself, such as journal rows), which skips the checks.
+        loomgraph wrote itself, such as journal rows): then nothing is checked, and a key
+        that is not a field (an old journal may hold one a node wrote) is passed over.
         """
         if trusted:
-            return cls(**data)
+            return cls(**{k: v for k, v in data.items() if k in _FIELD_SET})
         unknown = sorted(set(data) - _FIELD_SET)
         if unknown:
             raise ValueError(
