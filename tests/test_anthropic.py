@@ -199,21 +199,18 @@ async def test_usage_and_cost_reported(server: FakeServer) -> None:
         )
     )
     usage = assemble(await collect(make(server), ask())).usage
-    assert usage["input_tokens"] == 1000
-    assert usage["output_tokens"] == 200  # message_delta's cumulative count wins
-    assert usage["cache_read_tokens"] == 3000
-    assert usage["cache_write_tokens"] == 400
+    assert usage.input_tokens == 1000
+    assert usage.output_tokens == 200  # message_delta's cumulative count wins
+    assert usage.cache_read_tokens == 3000
+    assert usage.cache_write_tokens == 400
     expected = (1000 * 3 + 200 * 15 + 400 * 3.75 + 3000 * 0.3) / 1e6
-    assert usage["cost_usd"] == pytest.approx(expected)
+    assert usage.cost_usd == pytest.approx(expected)
 
 
 def test_price_table() -> None:
-    million: Usage = {
-        "input_tokens": 10**6,
-        "output_tokens": 10**6,
-        "cache_write_tokens": 10**6,
-        "cache_read_tokens": 10**6,
-    }
+    million: Usage = Usage(
+        input_tokens=10**6, output_tokens=10**6, cache_write_tokens=10**6, cache_read_tokens=10**6
+    )
     assert compute_cost("claude-sonnet-4-5-20250929", million) == pytest.approx(3 + 15 + 3.75 + 0.3)
     assert price_for("claude-opus-4-5-20251101") == Price(5.0, 25.0, 6.25, 0.5)
     assert price_for("claude-opus-4-1-20250805") == Price(15.0, 75.0, 18.75, 1.5)
@@ -227,7 +224,7 @@ def test_price_table() -> None:
 async def test_price_override_on_the_model(server: FakeServer) -> None:
     server.add(Reply(events=sse_message([("text", ["hi"])], input_tokens=10**6, output_tokens=0)))
     model = make(server, prices={"claude-sonnet-4-6": Price(input=1.0, output=2.0)})
-    assert assemble(await collect(model, ask())).usage["cost_usd"] == pytest.approx(1.0)
+    assert assemble(await collect(model, ask())).usage.cost_usd == pytest.approx(1.0)
 
 
 async def test_prompt_caching_breakpoints(server: FakeServer) -> None:
@@ -407,8 +404,8 @@ async def test_stream_cut_inside_tool_use_after_text_breaks_the_step(
     assert len(server.requests) == 1  # not retried inside: text was already out
     err = info.value
     assert err.retry_step is True
-    assert err.usage["input_tokens"] == 1234  # billed per message_start
-    assert err.usage["cost_usd"] == pytest.approx((1234 * 3 + 1 * 15) / 1e6)
+    assert err.usage.input_tokens == 1234  # billed per message_start
+    assert err.usage.cost_usd == pytest.approx((1234 * 3 + 1 * 15) / 1e6)
     assert err.request_id == "req_001" and "req_001" in str(err)
 
 
@@ -421,7 +418,7 @@ async def test_stream_cut_inside_tool_use_before_output_is_retried(server: FakeS
     assert response.text == "done" and response.tool_calls == []
     assert len(server.requests) == 2
     # the failed attempt's billed input is carried into the final usage
-    assert response.usage["input_tokens"] == 1234 + 10
+    assert response.usage.input_tokens == 1234 + 10
 
 
 async def test_sse_error_event_mid_stream(server: FakeServer) -> None:
@@ -433,7 +430,7 @@ async def test_sse_error_event_mid_stream(server: FakeServer) -> None:
     assert info.value.retry_step is True
     assert info.value.status == 529
     assert isinstance(info.value.__cause__, ModelOverloaded)
-    assert info.value.usage["input_tokens"] == 10
+    assert info.value.usage.input_tokens == 10
 
 
 async def test_sse_error_event_before_output_is_retried(server: FakeServer) -> None:

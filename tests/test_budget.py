@@ -41,16 +41,16 @@ BOB = BudgetScope("run-b", "bob")
 def model_call(scope: BudgetScope = ALICE, prompt: int = 100, max_out: int = 200) -> Reservation:
     """A model reservation shaped like NodeContext makes it."""
     return Reservation(
-        scope, "model", {"input_tokens": prompt, "output_tokens": max_out, "model_calls": 1}
+        scope, "model", Usage(input_tokens=prompt, output_tokens=max_out, model_calls=1)
     )
 
 
 def tool_call(scope: BudgetScope = ALICE) -> Reservation:
-    return Reservation(scope, "tool", {"tool_calls": 1})
+    return Reservation(scope, "tool", Usage(tool_calls=1))
 
 
 def node_visit(scope: BudgetScope = ALICE) -> Reservation:
-    return Reservation(scope, "node", {})
+    return Reservation(scope, "node", Usage())
 
 
 async def committed(budget: StandardBudget, scope: str) -> dict[str, int]:
@@ -133,11 +133,11 @@ async def test_reserve_prices_the_worst_case_with_the_price_table() -> None:
     budget = StandardBudget(BudgetConfig(model=MODEL, cost_usd=10.0))
     held = await budget.reserve(model_call(prompt=1000, max_out=500))
     worst = max(
-        compute_cost(MODEL, {"input_tokens": 1000, "output_tokens": 500}),
-        compute_cost(MODEL, {"cache_write_tokens": 1000, "output_tokens": 500}),
+        compute_cost(MODEL, Usage(input_tokens=1000, output_tokens=500)),
+        compute_cost(MODEL, Usage(cache_write_tokens=1000, output_tokens=500)),
     )
     assert held.id
-    assert held.amount["cost_usd"] == pytest.approx(worst, abs=1e-9)
+    assert held.amount.cost_usd == pytest.approx(worst, abs=1e-9)
     reserved = (await budget.totals()).reserved
     assert reserved["cost_usd"] == pytest.approx(worst * NANO_USD, abs=1)
     assert reserved["input_tokens"] == 1000 and reserved["output_tokens"] == 500
@@ -146,7 +146,7 @@ async def test_reserve_prices_the_worst_case_with_the_price_table() -> None:
 async def test_settle_replaces_the_reservation_with_the_actual_amount() -> None:
     budget = StandardBudget(BudgetConfig(model=MODEL, cost_usd=10.0, total_tokens=10_000))
     held = await budget.reserve(model_call(prompt=1000, max_out=500))
-    actual: Usage = {"input_tokens": 700, "cache_read_tokens": 200, "output_tokens": 40}
+    actual: Usage = Usage(input_tokens=700, cache_read_tokens=200, output_tokens=40)
     await budget.settle(held, actual)
     totals = await budget.totals()
     assert totals.reserved.get("cost_usd", 0) == 0 and totals.reserved.get("total_tokens", 0) == 0
@@ -154,7 +154,7 @@ async def test_settle_replaces_the_reservation_with_the_actual_amount() -> None:
     assert totals.spent["cost_usd"] == pytest.approx(compute_cost(MODEL, actual) * NANO_USD, abs=1)
     assert totals.spent["model_calls"] == 1  # the call happened even if usage omits it
     held = await budget.reserve(model_call())
-    await budget.settle(held, {"input_tokens": 1, "cost_usd": 0.5})  # a given cost is used
+    await budget.settle(held, Usage(input_tokens=1, cost_usd=0.5))  # a given cost is used
     assert (await budget.totals()).spent["cost_usd"] == pytest.approx(
         (compute_cost(MODEL, actual) + 0.5) * NANO_USD, abs=2
     )
@@ -172,7 +172,7 @@ async def test_release_gives_the_reservation_back_and_unknown_ids_are_harmless()
 async def test_settling_beyond_the_reservation_is_recorded_and_blocks_later_ones() -> None:
     budget = StandardBudget(BudgetConfig(model=MODEL, cost_usd=0.01))
     held = await budget.reserve(model_call(prompt=10, max_out=10))
-    await budget.settle(held, {"input_tokens": 10, "output_tokens": 10, "cost_usd": 0.02})
+    await budget.settle(held, Usage(input_tokens=10, output_tokens=10, cost_usd=0.02))
     assert (await budget.totals()).spent["cost_usd"] == 2 * NANO_USD // 100
     with pytest.raises(BudgetExceeded, match="global:cost_usd"):
         await budget.reserve(model_call(prompt=1, max_out=1))
@@ -181,14 +181,16 @@ async def test_settling_beyond_the_reservation_is_recorded_and_blocks_later_ones
 
 async def test_settle_without_a_hold_still_charges() -> None:
     budget = StandardBudget(BudgetConfig(tool_calls=5))
-    await budget.settle(Reservation(ALICE, "tool", {"tool_calls": 1}, "gone"), {"tool_calls": 1})
+    await budget.settle(
+        Reservation(ALICE, "tool", Usage(tool_calls=1), "gone"), Usage(tool_calls=1)
+    )
     assert (await budget.totals()).spent["tool_calls"] == 1
 
 
 async def test_node_visits_count_on_settle_and_tools_count_calls() -> None:
     budget = StandardBudget(BudgetConfig(node_visits=10, tool_calls=10))
-    await budget.settle(await budget.reserve(node_visit()), {})
-    await budget.settle(await budget.reserve(tool_call()), {"tool_calls": 1})
+    await budget.settle(await budget.reserve(node_visit()), Usage())
+    await budget.settle(await budget.reserve(tool_call()), Usage(tool_calls=1))
     spent = (await budget.totals()).spent
     assert spent == {"node_visits": 1, "tool_calls": 1}
 
@@ -198,9 +200,9 @@ async def test_prices_override_and_input_margin() -> None:
         BudgetConfig(model="my-model", cost_usd=1.0, prices={"my-model": Price(1.0, 2.0)})
     )
     held = await table.reserve(model_call(prompt=1_000_000, max_out=0))
-    assert held.amount["cost_usd"] == pytest.approx(1.0)
+    assert held.amount.cost_usd == pytest.approx(1.0)
     fn = StandardBudget(BudgetConfig(cost_usd=1.0, prices=lambda model, usage: 0.25))
-    assert (await fn.reserve(model_call())).amount["cost_usd"] == pytest.approx(0.25)
+    assert (await fn.reserve(model_call())).amount.cost_usd == pytest.approx(0.25)
     margin = StandardBudget(BudgetConfig(input_tokens=1000, input_margin=1.5))
     await margin.reserve(model_call(prompt=600))
     with pytest.raises(BudgetExceeded, match="input_tokens"):
@@ -212,7 +214,7 @@ async def test_a_cost_cap_without_a_model_refuses_to_guess() -> None:
     with pytest.raises(ValueError, match="model"):
         await budget.reserve(model_call())
     budget.model = MODEL
-    assert (await budget.reserve(model_call())).amount["cost_usd"] > 0
+    assert (await budget.reserve(model_call())).amount.cost_usd > 0
 
 
 def test_config_validation() -> None:
@@ -230,7 +232,7 @@ def test_config_validation() -> None:
 async def test_no_caps_means_no_ledger_traffic() -> None:
     budget = StandardBudget(BudgetConfig())
     held = await budget.reserve(model_call())
-    await budget.settle(held, {"input_tokens": 5})
+    await budget.settle(held, Usage(input_tokens=5))
     assert await budget.ledger.holds() == []
     assert (await budget.totals()).spent == {}
 
@@ -248,20 +250,20 @@ async def test_warning_once_per_cap_and_scope() -> None:
         BudgetConfig(tool_calls=10, per_user=Caps(tool_calls=5)), on_warning=on_warning
     )
     for _ in range(3):
-        await budget.settle(await budget.reserve(tool_call()), {})
+        await budget.settle(await budget.reserve(tool_call()), Usage())
     assert heard == []
-    await budget.settle(await budget.reserve(tool_call()), {})  # alice at 4/5 = 80%
+    await budget.settle(await budget.reserve(tool_call()), Usage())  # alice at 4/5 = 80%
     assert [(w.cap, w.fraction, w.user_id) for w in heard] == [
         ("user:alice:tool_calls", 0.8, "alice")
     ]
     for _ in range(4):
-        await budget.settle(await budget.reserve(tool_call(BOB)), {})  # global at 8/10
+        await budget.settle(await budget.reserve(tool_call(BOB)), Usage())  # global at 8/10
     assert [w.cap for w in budget.warnings()] == [
         "user:alice:tool_calls",
         "global:tool_calls",
         "user:bob:tool_calls",
     ]
-    await budget.settle(await budget.reserve(tool_call(BOB)), {})
+    await budget.settle(await budget.reserve(tool_call(BOB)), Usage())
     assert len(heard) == 3  # once per cap and scope
 
 
@@ -270,7 +272,7 @@ async def test_a_broken_warning_callback_does_not_break_settle() -> None:
         raise RuntimeError("boom")
 
     budget = StandardBudget(BudgetConfig(tool_calls=1), on_warning=broken)
-    await budget.settle(await budget.reserve(tool_call()), {})
+    await budget.settle(await budget.reserve(tool_call()), Usage())
     assert (await budget.totals()).spent["tool_calls"] == 1
     assert budget.warnings()[0].cap == "global:tool_calls"
 
@@ -377,7 +379,7 @@ async def test_fifty_concurrent_tasks_of_one_user_never_pass_a_cap(ledger: Ledge
             await check()
             await asyncio.sleep(0)  # yield, so the 50 tasks interleave even in memory
             await budget.settle(
-                held, {"input_tokens": rng.randint(1, 100), "output_tokens": rng.randint(1, 200)}
+                held, Usage(input_tokens=rng.randint(1, 100), output_tokens=rng.randint(1, 200))
             )
             await check()
             done += 1
@@ -407,7 +409,7 @@ async def _script(ledger: Ledger) -> tuple[list[str], dict[str, int]]:
     for prompt in (300, 300, 300, 300):
         try:
             held = await budget.reserve(model_call(prompt=prompt, max_out=100))
-            await budget.settle(held, {"input_tokens": prompt - 50, "output_tokens": 10})
+            await budget.settle(held, Usage(input_tokens=prompt - 50, output_tokens=10))
             outcomes.append("ok")
         except BudgetExceeded as err:
             outcomes.append(err.cap)
@@ -469,12 +471,12 @@ def test_property_spent_plus_reserved_within_cap(
             scope = BudgetScope(f"run-{user}", user)
             if op == "reserve":
                 amount: Usage = (
-                    {"input_tokens": prompt, "output_tokens": out, "model_calls": 1}
+                    Usage(input_tokens=prompt, output_tokens=out, model_calls=1)
                     if kind == "model"
-                    else {}
+                    else Usage()
                 )
                 if kind == "tool":
-                    amount = {"tool_calls": 1}
+                    amount = Usage(tool_calls=1)
                 with contextlib.suppress(BudgetExceeded):
                     held.append(await budget.reserve(Reservation(scope, kind, amount)))
             elif held:
@@ -485,10 +487,10 @@ def test_property_spent_plus_reserved_within_cap(
                     f = min(share, 1.0)
                     await budget.settle(
                         r,
-                        {
-                            "input_tokens": int(r.amount.get("input_tokens", 0) * f),
-                            "output_tokens": int(r.amount.get("output_tokens", 0) * f),
-                        },
+                        Usage(
+                            input_tokens=int(r.amount.input_tokens * f),
+                            output_tokens=int(r.amount.output_tokens * f),
+                        ),
                     )
             for name, limits in budget.scopes(scope) + budget.scopes(
                 BudgetScope("x", "bob" if user == "alice" else "alice")
@@ -509,7 +511,7 @@ CHILD = textwrap.dedent("""
     import asyncio, json, os, random, sys
     from loomgraph.governance import (BudgetConfig, Caps, PostgresLedger, SqliteLedger,
                                       StandardBudget)
-    from loomgraph.protocols import BudgetExceeded, BudgetScope, Reservation
+    from loomgraph.protocols import BudgetExceeded, BudgetScope, Reservation, Usage
 
     kind, target, schema = sys.argv[1:4]
 
@@ -535,13 +537,13 @@ CHILD = textwrap.dedent("""
             scope = BudgetScope(f"run-{os.getpid()}-{i}", "alice")
             while True:
                 try:
-                    held = await budget.reserve(Reservation(scope, "model", {
-                        "input_tokens": 100, "output_tokens": 200, "model_calls": 1}))
+                    held = await budget.reserve(Reservation(scope, "model", Usage(
+                        input_tokens=100, output_tokens=200, model_calls=1)))
                 except BudgetExceeded:
                     return
                 await check()
-                await budget.settle(held, {"input_tokens": rng.randint(50, 100),
-                                           "output_tokens": rng.randint(1, 200)})
+                await budget.settle(held, Usage(input_tokens=rng.randint(50, 100),
+                                                output_tokens=rng.randint(1, 200)))
                 await check()
                 done += 1
 

@@ -80,7 +80,7 @@ from loomgraph.governance import (
 from loomgraph.graph.spec import EdgeSpec, Graph, Limits, NodeSpec
 from loomgraph.models import ScriptedModel
 from loomgraph.observability import FileAuditLog
-from loomgraph.protocols import ModelError, ModelRequest
+from loomgraph.protocols import ModelError, ModelRequest, Usage
 from loomgraph.runtime import InMemoryRuntime
 from loomgraph.runtime.sqlite import SqliteRuntime
 
@@ -741,7 +741,9 @@ class GovernanceMachine(RuleBasedStateMachine):
             if plan.fail == "runtime":
                 raise RuntimeError(f"scripted failure {prompt}/{i}")
             raise ModelError(
-                f"scripted failure {prompt}/{i}", retry_step=plan.fail == "retry", usage=usage
+                f"scripted failure {prompt}/{i}",
+                retry_step=plan.fail == "retry",
+                usage=Usage.from_dict(usage),
             )
         if not plan.calls:
             return {"text": f"answer {prompt}/{i}", "usage": usage}

@@ -29,7 +29,7 @@ async def test_react_loop_runs_tools_and_answers() -> None:
     result = await agent.run("what is 2+3?")
     assert result.status == "completed" and result.output == "2 + 3 = 5"
     assert result.node_visits == {"model": 2, "tools": 1}
-    assert result.turns == 2 and result.usage["input_tokens"] == 20
+    assert result.turns == 2 and result.usage.input_tokens == 20
     history = await agent.history(result.run_id)
     assert [c.node for c in history] == ["model", "tools", "model"]
     assert [c.next_node for c in history] == ["tools", "model", "END"]

@@ -71,7 +71,7 @@ async def test_items_run_as_parallel_branches_and_results_keep_item_order() -> N
     assert model.peak == 2  # the concurrency limit held, and branches did overlap
     branch_nodes = {c.node for c in history if c.node.startswith("each/")}
     assert branch_nodes == {f"each/{i}/model" for i in range(4)}
-    assert result.usage["model_calls"] == 4
+    assert result.usage.model_calls == 4
 
 
 async def test_after_a_failure_only_unfinished_branches_run_again(tmp_path: Path) -> None:

@@ -22,7 +22,7 @@ from loomgraph.models.errors import (
 )
 from loomgraph.models.openai_compat import OpenAICompatModel
 from loomgraph.models.retry import RetryPolicy
-from loomgraph.protocols import Message, ModelChunk, ModelError, ModelRequest, ToolSpec
+from loomgraph.protocols import Message, ModelChunk, ModelError, ModelRequest, ToolSpec, Usage
 from loomgraph.protocols.pricing import Price
 
 TOOLS: list[ToolSpec] = [
@@ -221,15 +221,15 @@ async def test_usage_with_cached_tokens_and_cost(server: FakeServer) -> None:
         ]
     )
     usage = assemble(await collect(make(server), ask())).usage
-    assert usage == {
-        "input_tokens": 400,
-        "output_tokens": 100,
-        "cache_read_tokens": 600,
-        "cache_write_tokens": 0,
-        "cost_usd": 0.0,
-    }  # unknown local model: free
+    assert usage == Usage(
+        input_tokens=400,
+        output_tokens=100,
+        cache_read_tokens=600,
+        cache_write_tokens=0,
+        cost_usd=0.0,
+    )  # unknown local model: free
     priced = make(server, prices={"qwen3": Price(input=1.0, output=2.0, cache_read=0.5)})
-    cost = assemble(await collect(priced, ask())).usage["cost_usd"]
+    cost = assemble(await collect(priced, ask())).usage.cost_usd
     assert cost == pytest.approx((400 * 1.0 + 100 * 2.0 + 600 * 0.5) / 1e6)
 
 

@@ -13,7 +13,7 @@ import loomgraph.nodes  # noqa: F401  -- registers the built-in kinds the YAML u
 from loomgraph.authoring.library import load_graph
 from loomgraph.authoring.render import RenderError, RunOverlay, render, to_dot, to_mermaid, to_svg
 from loomgraph.graph.spec import END, EdgeSpec, Graph, NodeSpec
-from loomgraph.protocols import Transition
+from loomgraph.protocols import Transition, Usage
 
 REACT = Path(__file__).resolve().parent.parent / "graphs" / "react.yaml"
 CONDITION = "last_message.tool_calls | length > 0"
@@ -46,7 +46,7 @@ def python_graph(plan_to_act: str = 'messages[-1].content == "go" and state["n"]
 
 
 def step(node: str, next_node: str, seq: int = 0) -> Transition:
-    return Transition("run-1", seq, node, 1, {}, next_node, {}, 0.0)
+    return Transition("run-1", seq, node, 1, {}, next_node, Usage(), 0.0)
 
 
 def svg_root(svg: str) -> ET.Element:

@@ -24,7 +24,17 @@ from typing import Any
 import pytest
 
 import pg
-from loomgraph.protocols import EffectRecord, RunRecord, Runtime, Transition
+from loomgraph.protocols import (
+    EffectRecord,
+    EffectStatus,
+    RunReader,
+    RunRecord,
+    RunStatus,
+    Runtime,
+    RunWriter,
+    Transition,
+    Usage,
+)
 from loomgraph.runtime.codec import SCHEMA_VERSION
 from loomgraph.runtime.errors import (
     JournalCorrupted,
@@ -95,7 +105,7 @@ def step(run_id: str, seq: int, patch: Any = None, **kw: Any) -> Transition:
         seq,
         {"n": seq} if patch is None else patch,
         "tools",
-        {"input_tokens": seq},
+        Usage(input_tokens=seq),
         1000.0 + seq,
         **kw,
     )
@@ -107,6 +117,7 @@ def step(run_id: str, seq: int, patch: Any = None, **kw: Any) -> Transition:
 async def test_implements_the_protocol(make: Factory) -> None:
     async with opened(make) as rt:
         assert isinstance(rt, Runtime)
+        assert isinstance(rt, RunWriter) and isinstance(rt, RunReader)
 
 
 async def test_start_and_load_run(make: Factory) -> None:
@@ -158,7 +169,7 @@ async def test_transitions_in_order_with_snapshots(make: Factory) -> None:
         assert got[0].patch == patch and got[0].snapshot is None
         assert got[1].snapshot == {"messages": [], "count": 2}
         assert got[2] == step("r1", 3)
-        assert got[0].usage == {"input_tokens": 1} and got[0].at == 1001.0
+        assert got[0].usage == Usage(input_tokens=1) and got[0].at == 1001.0
 
 
 async def test_transitions_of_unknown_run(make: Factory) -> None:
@@ -206,6 +217,41 @@ async def test_effects_in_the_order_they_began(make: Factory) -> None:
         assert effects[1].status == "failed" and effects[1].outcome == {"error": "boom"}
         assert effects[0].status == "pending" and effects[0].outcome is None
         assert await rt.effects("nope") == []
+
+
+async def test_one_effect_by_key(make: Factory) -> None:
+    async with opened(make) as rt:
+        await rt.start_run(run())
+        await rt.start_run(run("r2"))
+        for key in ["z", "a", "m"]:
+            await rt.begin_effect(EffectRecord("r1", key, "tool", {"k": key}))
+        await rt.begin_effect(EffectRecord("r2", "a", "model", {"k": "other run"}))
+        await rt.end_effect("r1", "a", {"content": "sent"}, EffectStatus.DONE)
+        found = await rt.effect("r1", "a")
+        assert found is not None
+        assert (found.run_id, found.key, found.kind) == ("r1", "a", "tool")
+        assert found.intent == {"k": "a"}
+        assert found.status is EffectStatus.DONE and found.outcome == {"content": "sent"}
+        pending = await rt.effect("r1", "m")
+        assert pending is not None and pending.status is EffectStatus.PENDING
+        assert pending.outcome is None and pending.attempts == 1
+        other = await rt.effect("r2", "a")
+        assert other is not None and other.kind == "model"
+        assert await rt.effect("r1", "nope") is None
+        assert await rt.effect("nope", "a") is None
+
+
+async def test_statuses_read_back_as_enums(make: Factory) -> None:
+    async with opened(make) as rt:
+        await rt.start_run(run())
+        loaded = await rt.load_run("r1")
+        assert loaded is not None and loaded.status is RunStatus.RUNNING
+        await rt.finish_run("r1", RunStatus.BUDGET_EXHAUSTED, "cap", None)
+        loaded = await rt.load_run("r1")
+        assert loaded is not None and loaded.status is RunStatus.BUDGET_EXHAUSTED
+        assert loaded.status.final and loaded.status == "budget_exhausted"
+        (listed,) = await rt.runs()
+        assert listed.status is RunStatus.BUDGET_EXHAUSTED
 
 
 async def test_finish_run(make: Factory) -> None:
@@ -513,7 +559,7 @@ async def test_sqlite_cancelled_writes_leave_no_transaction_open(tmp_path: Path)
 
 _SQLITE_WRITER = """
 import asyncio, sys, time
-from loomgraph.protocols import EffectRecord, RunRecord, Transition
+from loomgraph.protocols import EffectRecord, RunRecord, Transition, Usage
 from loomgraph.runtime.sqlite import SqliteRuntime
 
 path, run_id, count = sys.argv[1], sys.argv[2], int(sys.argv[3])
@@ -524,7 +570,7 @@ async def main():
         print("ready", flush=True)
         sys.stdin.readline()
         for seq in range(1, count + 1):
-            await rt.append_transition(Transition(run_id, seq, "n", seq, {"i": seq}, "n", {},
+            await rt.append_transition(Transition(run_id, seq, "n", seq, {"i": seq}, "n", Usage(),
                                                   time.time()))
             if seq % 10 == 0:
                 await rt.begin_effect(EffectRecord(run_id, f"k{seq}", "tool", {}))

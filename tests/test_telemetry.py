@@ -71,7 +71,7 @@ def _run_one_turn(telemetry: Telemetry, *, fail_tool: bool = False) -> None:
     ):
         chat_attrs = chat_attributes(model="claude-x", provider="anthropic")
         with telemetry.span(chat_span_name("claude-x"), chat_attrs) as span:
-            usage: Usage = {"input_tokens": 120, "output_tokens": 30, "cost_usd": 0.25}
+            usage: Usage = Usage(input_tokens=120, output_tokens=30, cost_usd=0.25)
             set_attributes(span, usage_attributes(usage))
             set_attributes(span, response_attributes(finish_reasons="tool_use"))
         try:
@@ -97,7 +97,7 @@ def test_no_telemetry_is_a_shared_no_op() -> None:
     with pytest.raises(KeyError), telemetry.span("c", {}):
         raise KeyError("propagates")
     _run_one_turn(telemetry, fail_tool=True)
-    telemetry.record_usage("m", {"input_tokens": 1})
+    telemetry.record_usage("m", Usage(input_tokens=1))
 
 
 def test_importing_observability_loads_no_otel_or_asyncpg() -> None:
@@ -295,9 +295,9 @@ def test_failed_operation_duration_carries_error_type() -> None:
 def test_record_usage_directly() -> None:
     otel = Otel()
     otel.telemetry.record_usage(
-        "gpt-x", {"input_tokens": 10, "output_tokens": 5, "cost_usd": 0.5}, provider="openai"
+        "gpt-x", Usage(input_tokens=10, output_tokens=5, cost_usd=0.5), provider="openai"
     )
-    otel.telemetry.record_usage("gpt-x", {"input_tokens": 7, "cost_usd": 0.25}, provider="openai")
+    otel.telemetry.record_usage("gpt-x", Usage(input_tokens=7, cost_usd=0.25), provider="openai")
     metrics = otel.metrics()
     tokens = {p.attributes["gen_ai.token.type"]: p for p in metrics["gen_ai.client.token.usage"]}
     assert (tokens["input"].sum, tokens["input"].count) == (17, 2)
@@ -313,7 +313,7 @@ def test_record_usage_directly() -> None:
 
 def test_helpers_drop_missing_values() -> None:
     assert node_attributes(node="n", run_id="r") == {"loom.node.name": "n", "loom.run.id": "r"}
-    assert usage_attributes({"output_tokens": 3}) == {"gen_ai.usage.output_tokens": 3}
+    assert usage_attributes(Usage(output_tokens=3)) == {"gen_ai.usage.output_tokens": 3}
     assert response_attributes(finish_reasons=["stop", "length"]) == {
         "gen_ai.response.finish_reasons": ["stop", "length"]
     }

@@ -34,8 +34,10 @@ from loomgraph.nodes.structured import (
     DEFAULT_RETRIES,
 )
 from loomgraph.protocols import (
+    FINAL_STATUSES,
     AuditLog,
     Budget,
+    Deps,
     Hooks,
     Memory,
     Model,
@@ -46,7 +48,6 @@ from loomgraph.protocols import (
     Transition,
     UnknownRun,
 )
-from loomgraph.protocols.bundle import Deps
 from loomgraph.protocols.events import Event
 from loomgraph.protocols.ledger import Bindable
 
@@ -267,7 +268,7 @@ class Agent:
             answer = approval(record, approve)
             await _not_answered(self.deps.runtime, record, answer.call_id)
         if record.status in _FINAL and record.result is not None:
-            return RunResult(**record.result)  # a finished run: nothing is executed again
+            return RunResult.from_dict(record.result)  # a finished run: nothing is executed again
         if record.graph_hash != self.compiled.hash and not accept_graph_change:
             raise GraphChanged(
                 f"run {run_id} was made with graph {record.graph_name!r} version "
@@ -282,7 +283,7 @@ class Agent:
             # it on, or finished it, while this one waited.
             record = await self.deps.runtime.load_run(run_id) or record
             if record.status in _FINAL and record.result is not None:
-                return RunResult(**record.result)
+                return RunResult.from_dict(record.result)
             at = position(self.compiled, record, await self.deps.runtime.transitions(run_id))
             return await session.continue_from(
                 self.deps.hooks.on_event, record, at, new_run=False, resume=answer
@@ -323,7 +324,7 @@ class Agent:
         return await self.deps.runtime.runs(user_id)
 
 
-_FINAL = frozenset({"completed", "limit_reached", "budget_exhausted"})
+_FINAL = FINAL_STATUSES
 
 
 async def _not_answered(runtime: Runtime, record: RunRecord, call_id: str) -> None:

@@ -9,8 +9,10 @@ from typing import Any, cast
 from loomgraph.engine.scope import active_scope
 from loomgraph.errors import LoomgraphError
 from loomgraph.protocols import (
+    BUDGET_WARNING,
     AuditLog,
     Budget,
+    Deps,
     Hooks,
     Memory,
     Model,
@@ -21,8 +23,8 @@ from loomgraph.protocols import (
     Runtime,
     Telemetry,
     ToolHost,
+    implements,
 )
-from loomgraph.protocols.bundle import Deps
 from loomgraph.protocols.ledger import Bindable, LedgerHost
 
 # The runtime session: the run the current task works for. Tools (also those run in worker
@@ -136,7 +138,7 @@ def _backend(what: str, scheme: str, arg: str, known: dict[str, tuple[str, str]]
 
 
 def _checked(obj: Any, protocol: type, what: str) -> Any:
-    if not isinstance(obj, protocol):
+    if not implements(obj, protocol):
         raise ConfigError(
             f"{what} object {type(obj).__name__} does not implement the "
             f"{protocol.__name__} protocol"
@@ -194,4 +196,4 @@ async def _warn_run(warning: Any) -> None:
     """A budget warning, as a `budget_warning` event of the run that crossed the threshold."""
     scope = active_scope.get()
     if scope is not None and scope.run_id == warning.run_id:
-        await scope.emit("budget_warning", {"cap": warning.cap, "fraction": warning.fraction}, None)
+        await scope.emit(BUDGET_WARNING, {"cap": warning.cap, "fraction": warning.fraction}, None)

@@ -11,11 +11,10 @@ from loomgraph.memory import MemoryStore
 from loomgraph.memory.extract import Extractor
 from loomgraph.memory.tools import memory_tools
 from loomgraph.models import EchoModel, ScriptedModel
-from loomgraph.protocols import Episode, Hooks, Model, Telemetry
-from loomgraph.protocols.bundle import Deps
-from loomgraph.protocols.events import Event
+from loomgraph.protocols import Deps, Episode, Hooks, Model, Telemetry
+from loomgraph.protocols.events import MEMORY_EXTRACTION_FAILED, Event
 
-EXTRACTION_FAILED = "memory_extraction_failed"
+EXTRACTION_FAILED = MEMORY_EXTRACTION_FAILED  # the kind lives with the others
 
 
 class MemoryExtraction:

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from loomgraph.protocols import Usage
+from loomgraph.protocols import RunStatus, Usage
 
 
 @dataclass(slots=True)
@@ -16,25 +17,37 @@ class RunResult:
     run_id: str
     session_id: str | None
     user_id: str | None
-    status: str
+    status: RunStatus
     reason: str = ""
     parsed: Any = None
     turns: int = 0
     node_visits: dict[str, int] = field(default_factory=dict)
-    usage: Usage = field(default_factory=lambda: Usage())
+    usage: Usage = field(default_factory=Usage)
     timings: dict[str, float] = field(default_factory=dict)
     pending: dict[str, Any] | None = None
+
+    def __post_init__(self) -> None:
+        self.status = RunStatus(self.status)
 
     @property
     def ok(self) -> bool:
         """True when the run completed."""
-        return self.status == "completed"
+        return self.status == RunStatus.COMPLETED
 
     def to_dict(self) -> dict[str, Any]:
         """The result as JSON-shaped data (what the journal stores)."""
-        # Shallow on purpose (asdict deep-copies, and this runs twice per run): every field
-        # is JSON-shaped already, and the result is not changed after the run.
+        # Shallow on purpose (asdict deep-copies, and this runs twice per run): every other
+        # field is JSON-shaped already, and the result is not changed after the run.
         data = {f.name: getattr(self, f.name) for f in fields(self)}
+        data["status"] = str(self.status)
+        data["usage"] = self.usage.to_dict()
         if self.parsed is not None and hasattr(self.parsed, "model_dump"):
             data["parsed"] = self.parsed.model_dump(mode="json")
         return data
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> RunResult:
+        """A result from `to_dict()`'s shape, as the journal keeps it."""
+        values = dict(data)
+        values["usage"] = Usage.from_dict(values.get("usage") or {}, trusted=True)
+        return cls(**values)

@@ -24,8 +24,7 @@ from loomgraph.nodes.structured import (
     OutputValidationError,
     StructuredAnswer,
 )
-from loomgraph.protocols import Episode, RunRecord, Usage
-from loomgraph.protocols.bundle import Deps
+from loomgraph.protocols import Deps, Episode, RunRecord, RunStatus, Usage
 from loomgraph.protocols.events import RUN_COMPLETED, RUN_STARTED
 
 
@@ -163,7 +162,9 @@ class AgentSession:
                     self.graph, scope, outcome.state, self.finish, outcome.visits
                 )
         except asyncio.CancelledError:
-            await deps.runtime.finish_run(self.run_id, "cancelled", "cancelled by the caller", None)
+            await deps.runtime.finish_run(
+                self.run_id, RunStatus.CANCELLED, "cancelled by the caller", None
+            )
             raise
         result = self._result(outcome)
         if result.ok:
@@ -182,7 +183,7 @@ class AgentSession:
         data = result.to_dict()
         await deps.runtime.finish_run(
             self.run_id,
-            result.status,  # type: ignore[arg-type]
+            result.status,
             result.reason,
             data,
         )
@@ -222,15 +223,15 @@ class AgentSession:
 
     def _result(self, outcome: Outcome) -> RunResult:
         state = outcome.state
-        usage: Usage = dict(state.get("usage") or {})  # type: ignore[assignment]
+        usage = Usage.from_dict(state.get("usage") or {})
         result = RunResult(
             output=final_output(state),
             run_id=self.run_id,
             session_id=self.session_id,
             user_id=self.user_id,
-            status=outcome.status,
+            status=RunStatus(outcome.status),
             reason=outcome.reason,
-            turns=int(usage.get("model_calls", 0)),
+            turns=usage.model_calls,
             node_visits=dict(outcome.visits),
             usage=usage,
             pending=outcome.detail or None,

@@ -103,7 +103,7 @@ def transition_data(t: Transition) -> dict[str, Any]:
         "visit": t.visit,
         "next": t.next_node,
         "patch": t.patch,
-        "usage": t.usage,
+        "usage": t.usage.to_dict(),
         "at": t.at,
         "snapshot": t.snapshot is not None,
     }

@@ -7,6 +7,7 @@ and tool call goes through `NodeContext`, so every node is gated and journaled t
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import replace
 from typing import Any
 
 from loomgraph.engine.effects import EffectKey, ResumeValue
@@ -15,6 +16,8 @@ from loomgraph.engine.tool_gate import ToolGate
 from loomgraph.graph.compiled import compile_graph
 from loomgraph.graph.spec import Graph
 from loomgraph.protocols import (
+    Deps,
+    EffectStatus,
     ModelError,
     ModelRequest,
     ModelResponse,
@@ -23,7 +26,6 @@ from loomgraph.protocols import (
     ToolResult,
     Usage,
 )
-from loomgraph.protocols.bundle import Deps
 from loomgraph.protocols.events import MODEL_CHUNK, MODEL_RETRY
 from loomgraph.protocols.paths import NodePath
 
@@ -115,7 +117,7 @@ class VisitContext:
         )
         if prior is not None and prior.status == "done" and prior.outcome is not None:
             return _response_from(prior.outcome)
-        billed: Usage = {}  # what broken attempts cost: charged, and counted in the answer's usage
+        billed = Usage()  # what broken attempts cost: charged, and counted in the answer's usage
         for attempt in range(STEP_RETRIES + 1):
             reservation = await self._reserve_model(request)
             try:
@@ -123,22 +125,22 @@ class VisitContext:
             except ModelError as err:
                 await self.scope.settle(reservation, err.usage)
                 if err.retry_step and attempt < STEP_RETRIES:
-                    _add_usage(billed, err.usage)
+                    billed += err.usage
                     await self.emit(MODEL_RETRY, {"error": str(err), "attempt": attempt + 1})
                     continue
-                await self.scope.end_effect(key, {"error": str(err)}, "failed")
+                await self.scope.end_effect(key, {"error": str(err)}, EffectStatus.FAILED)
                 raise
             except BaseException:
                 await self.scope.release(reservation)
                 raise
             await self.scope.settle(reservation, response.usage)
             break
-        _add_usage(response.usage, billed)
+        response.usage += billed
         await self.scope.end_effect(key, _response_data(response))
         await self.scope.audit(
             "model_call",
             self.qualified_node,
-            {"model": deps.model.name, "usage": response.usage},
+            {"model": deps.model.name, "usage": response.usage.to_dict()},
         )
         return response
 
@@ -161,12 +163,13 @@ class VisitContext:
                 elif kind == "tool_call":
                     response.tool_calls.append(chunk["call"])
                 elif kind == "usage":
-                    _add_usage(response.usage, chunk["usage"])
+                    more = chunk["usage"]  # a third-party model may still send a dict
+                    response.usage += more if isinstance(more, Usage) else Usage.from_dict(more)
                 elif kind == "finish":
                     response.finish_reason = chunk.get("finish_reason", "end_turn")
-            response.usage["model_calls"] = 1
-            span.set_attribute("gen_ai.usage.input_tokens", response.usage.get("input_tokens", 0))
-            span.set_attribute("gen_ai.usage.output_tokens", response.usage.get("output_tokens", 0))
+            response.usage = replace(response.usage, model_calls=1)
+            span.set_attribute("gen_ai.usage.input_tokens", response.usage.input_tokens)
+            span.set_attribute("gen_ai.usage.output_tokens", response.usage.output_tokens)
         response.text = "".join(texts)
         return response
 
@@ -213,23 +216,18 @@ class VisitContext:
 
 def _model_estimate(request: ModelRequest) -> Usage:
     """The worst case of a model call: the prompt's size (≈4 characters a token) + max_tokens."""
-    return {
-        "input_tokens": request.prompt_chars() // 4 + 1,
-        "output_tokens": request.max_tokens or 4096,
-        "model_calls": 1,
-    }  # see _reserve
-
-
-def _add_usage(total: Usage, more: Usage) -> None:
-    for key, value in more.items():
-        total[key] = total.get(key, 0) + value  # type: ignore[literal-required,operator]
+    return Usage(
+        input_tokens=request.prompt_chars() // 4 + 1,
+        output_tokens=request.max_tokens or 4096,
+        model_calls=1,
+    )  # see _reserve
 
 
 def _response_data(response: ModelResponse) -> dict[str, Any]:
     return {
         "text": response.text,
         "tool_calls": response.tool_calls,
-        "usage": response.usage,
+        "usage": response.usage.to_dict(),
         "finish_reason": response.finish_reason,
     }
 
@@ -238,6 +236,6 @@ def _response_from(data: Mapping[str, Any]) -> ModelResponse:
     return ModelResponse(
         text=data.get("text", ""),
         tool_calls=list(data.get("tool_calls", [])),
-        usage=dict(data.get("usage", {})),  # type: ignore[arg-type]
+        usage=Usage.from_dict(data.get("usage", {}), trusted=True),
         finish_reason=data.get("finish_reason", "end_turn"),
     )

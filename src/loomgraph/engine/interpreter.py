@@ -137,7 +137,7 @@ async def _step(
     deps, node, visit, qualified = scope.deps, ctx.node, ctx.visit, ctx.qualified_node
     reservation = None
     try:
-        reservation = await scope.reserve("node", {})
+        reservation = await scope.reserve("node", Usage())
         await ctx.emit(NODE_STARTED, {"node": qualified, "visit": visit})
         view = {name: state.get(name) for name in reads}
         await deps.hooks.before_node(qualified, view)
@@ -149,7 +149,7 @@ async def _step(
                 patch = await kind.run(view, ctx)
             else:
                 patch = await _run_with_policy(kind, view, ctx)
-        await scope.settle(reservation, {})
+        await scope.settle(reservation, Usage())
         reservation = None
         patch = check_patch(graph, node, patch, writes)
         graph.schema.apply(state, patch)
@@ -172,7 +172,7 @@ async def _step(
         target = kind.spec.on_error
     finally:
         # The visit happened, even if it failed or stopped.
-        await scope.settle(reservation, {})
+        await scope.settle(reservation, Usage())
     scope.seq += 1
     snapshot = None
     if not ctx.path and scope.seq - scope.snapshot_seq >= SNAPSHOT_EVERY:
@@ -185,7 +185,7 @@ async def _step(
             visit,
             patch,
             target,
-            patch.get("usage") or Usage(),
+            Usage.from_dict(patch.get("usage") or {}),
             time.time(),
             snapshot,
         )

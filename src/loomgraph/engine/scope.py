@@ -11,8 +11,7 @@ from typing import Any, Protocol
 
 from loomgraph.engine.effects import EffectKey, ResumeInput
 from loomgraph.graph.compiled import CompiledGraph
-from loomgraph.protocols import BudgetScope, EffectRecord, EffectStatus, Reservation, Usage
-from loomgraph.protocols.bundle import Deps
+from loomgraph.protocols import BudgetScope, Deps, EffectRecord, EffectStatus, Reservation, Usage
 from loomgraph.protocols.events import EFFECT_UNKNOWN_AFTER_CRASH, Event
 
 EventSink = Callable[[Event], Awaitable[None]]
@@ -113,7 +112,7 @@ class RunScope:
         return prior
 
     async def end_effect(
-        self, key: EffectKey, outcome: dict[str, Any], status: EffectStatus = "done"
+        self, key: EffectKey, outcome: dict[str, Any], status: EffectStatus = EffectStatus.DONE
     ) -> None:
         """Journal an effect's outcome."""
         await self.deps.runtime.end_effect(self.run_id, str(key), outcome, status)

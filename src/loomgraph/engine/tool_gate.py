@@ -13,7 +13,7 @@ from typing import Any
 from loomgraph.engine.effects import Approval, EffectKey
 from loomgraph.engine.scope import RunScope
 from loomgraph.errors import RunStopped
-from loomgraph.protocols import Decision, ToolCall, ToolResult, ToolSpec
+from loomgraph.protocols import Decision, ToolCall, ToolResult, ToolSpec, Usage
 from loomgraph.protocols.events import PERMISSION_DECISION, TOOL_CALL, TOOL_RESULT
 
 
@@ -53,7 +53,7 @@ class ToolGate:
         prior = await scope.begin_effect(key, "tool", {"call": call}, self.node)
         if prior is not None and prior.status == "done" and prior.outcome is not None:
             return await self._done(call, ToolResult(**prior.outcome))  # type: ignore[typeddict-item]
-        reservation = await scope.reserve("tool", {"tool_calls": 1})
+        reservation = await scope.reserve("tool", Usage(tool_calls=1))
         await scope.audit("tool_request", self.node, {"call": call, "rule": decision.rule})
         try:
             attributes = {
@@ -66,7 +66,7 @@ class ToolGate:
         except BaseException:
             await scope.release(reservation)
             raise
-        await scope.settle(reservation, {"tool_calls": 1})
+        await scope.settle(reservation, Usage(tool_calls=1))
         await scope.end_effect(key, dict(result))
         return await self._done(call, result)
 

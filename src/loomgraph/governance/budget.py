@@ -27,6 +27,7 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 
 from loomgraph.governance.caps import (
     BudgetConfig,
@@ -122,23 +123,24 @@ class StandardBudget:
     def worst_case(self, reservation: Reservation) -> dict[str, int]:
         """What a reservation holds in the ledger: its amount at worst, priced."""
         amount = reservation.amount
-        prompt = math.ceil(_prompt_tokens(amount) * self.config.input_margin)
-        output = int(amount.get("output_tokens", 0))
-        tokens: Usage = {"input_tokens": prompt, "output_tokens": output}
+        prompt = math.ceil(amount.prompt_tokens * self.config.input_margin)
+        output = amount.output_tokens
+        tokens = Usage(input_tokens=prompt, output_tokens=output)
         cost = 0.0
         if prompt or output:
             # A prompt token may be billed as input, cache write or cache read: take the dearest.
             cost = max(
-                self._cost({"input_tokens": prompt, "output_tokens": output}),
-                self._cost({"cache_write_tokens": prompt, "output_tokens": output}),
-                self._cost({"cache_read_tokens": prompt, "output_tokens": output}),
+                self._cost(tokens),
+                self._cost(Usage(cache_write_tokens=prompt, output_tokens=output)),
+                self._cost(Usage(cache_read_tokens=prompt, output_tokens=output)),
             )
-        cost = max(cost, float(amount.get("cost_usd", 0.0)))
+        cost = max(cost, float(amount.cost_usd))
         return _metrics(tokens, cost, _counts(reservation, amount))
 
     def measure(self, reservation: Reservation, actual: Usage) -> dict[str, int]:
-        """What a settled effect spent; counts the actual usage omits are the reserved ones."""
-        cost = float(actual["cost_usd"]) if "cost_usd" in actual else self._cost(actual)
+        """What a settled effect spent; counts the actual usage omits (leaves at zero) are the
+        reserved ones, and a zero cost is priced from the tokens."""
+        cost = float(actual.cost_usd) if actual.cost_usd else self._cost(actual)
         return _metrics(actual, cost, _counts(reservation, actual))
 
     def _cost(self, usage: Usage) -> float:
@@ -329,29 +331,20 @@ class StandardBudget:
             log.exception("budget on_warning callback failed for %s", warning.cap)
 
 
-def _prompt_tokens(usage: Usage) -> int:
-    """Every prompt token, cached or not (adapters report the three parts separately)."""
-    return int(
-        usage.get("input_tokens", 0)
-        + usage.get("cache_read_tokens", 0)
-        + usage.get("cache_write_tokens", 0)
-    )
-
-
 def _counts(reservation: Reservation, usage: Usage) -> dict[str, int]:
     """Calls and visits: as `usage` states them, else as the reservation's kind implies."""
     reserved = reservation.amount
     default_model = 1 if reservation.kind == "model" else 0
     default_tool = 1 if reservation.kind == "tool" else 0
     return {
-        "model_calls": int(usage.get("model_calls", reserved.get("model_calls", default_model))),
-        "tool_calls": int(usage.get("tool_calls", reserved.get("tool_calls", default_tool))),
+        "model_calls": usage.model_calls or reserved.model_calls or default_model,
+        "tool_calls": usage.tool_calls or reserved.tool_calls or default_tool,
         "node_visits": 1 if reservation.kind == "node" else 0,
     }
 
 
 def _metrics(usage: Usage, cost: float, counts: Mapping[str, int]) -> dict[str, int]:
-    prompt, output = _prompt_tokens(usage), int(usage.get("output_tokens", 0))
+    prompt, output = usage.prompt_tokens, usage.output_tokens
     out = {
         "input_tokens": prompt,
         "output_tokens": output,
@@ -365,9 +358,7 @@ def _metrics(usage: Usage, cost: float, counts: Mapping[str, int]) -> dict[str, 
 
 def _usage_of(amount: Usage, metrics: Mapping[str, int]) -> Usage:
     """The reservation's amount as returned to the caller, with its priced cost."""
-    out = Usage(**amount)
-    out["cost_usd"] = metrics.get("cost_usd", 0) / NANO_USD
-    return out
+    return replace(amount, cost_usd=metrics.get("cost_usd", 0) / NANO_USD)
 
 
 def _detail(metric: str, totals: Totals, need: int, cap: int) -> str:

@@ -23,6 +23,9 @@ class NoBudget:
     async def release(self, reservation: Reservation) -> None:
         """Nothing to release."""
 
+    async def close(self) -> None:
+        """Nothing to close."""
+
 
 class AllowAll:
     """Permissions that allow every call to a known tool (unknown tools never run)."""

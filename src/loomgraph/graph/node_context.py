@@ -11,8 +11,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Protocol
 
 from loomgraph.graph.spec import Graph
-from loomgraph.protocols import ModelRequest, ModelResponse, ToolCall, ToolResult
-from loomgraph.protocols.bundle import Deps
+from loomgraph.protocols import Deps, ModelRequest, ModelResponse, ToolCall, ToolResult
 
 
 class NodeContext(Protocol):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import AsyncGenerator, Iterator, Sequence
+from dataclasses import replace
 from typing import Any
 
 from loomgraph.models._adapter import DEFAULT_MAX_PROMPT_CHARS, HTTPModel
@@ -182,7 +183,7 @@ class _Turn:
         ):
             value = getattr(usage, theirs, None)
             if isinstance(value, int):
-                self.usage[ours] = value  # type: ignore[literal-required]
+                self.usage = replace(self.usage, **{ours: value})
 
 
 def _tool_call(block: dict[str, Any]) -> ToolCall:

@@ -6,7 +6,7 @@ import json
 from collections.abc import AsyncIterator
 from typing import Any
 
-from loomgraph.protocols import ModelChunk, ModelRequest
+from loomgraph.protocols import ModelChunk, ModelRequest, Usage
 
 
 class EchoModel:
@@ -32,10 +32,10 @@ class EchoModel:
             yield {"type": "text", "text": last}
         yield {
             "type": "usage",
-            "usage": {
-                "input_tokens": max(1, request.prompt_chars() // 4),
-                "output_tokens": max(1, len(last) // 4),
-            },
+            "usage": Usage(
+                input_tokens=max(1, request.prompt_chars() // 4),
+                output_tokens=max(1, len(last) // 4),
+            ),
         }
         yield {"type": "finish", "finish_reason": "end_turn"}
 

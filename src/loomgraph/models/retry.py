@@ -15,33 +15,11 @@ import random
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from contextlib import aclosing
 from dataclasses import dataclass, field
-from typing import Any, cast
 
 from loomgraph.models.errors import AdapterError, ModelStreamBroken
 from loomgraph.protocols import ModelChunk, Usage
 
-__all__ = ["RetryPolicy", "add_usage", "retrying"]
-
-_NUMERIC_USAGE_KEYS = (
-    "input_tokens",
-    "output_tokens",
-    "cache_read_tokens",
-    "cache_write_tokens",
-    "cost_usd",
-    "model_calls",
-    "tool_calls",
-)
-
-
-def add_usage(a: Usage, b: Usage) -> Usage:
-    """The field-wise sum of two usages (missing keys count as zero, absent in both stay so)."""
-    left: dict[str, Any] = dict(a)
-    right: dict[str, Any] = dict(b)
-    out: dict[str, Any] = {}
-    for key in _NUMERIC_USAGE_KEYS:
-        if key in left or key in right:
-            out[key] = left.get(key, 0) + right.get(key, 0)
-    return cast(Usage, out)
+__all__ = ["RetryPolicy", "retrying"]
 
 
 @dataclass(slots=True)
@@ -85,14 +63,13 @@ async def retrying(
             async with aclosing(attempt()) as chunks:
                 async for chunk in chunks:
                     if chunk.get("type") == "usage" and carried:
-                        chunk = ModelChunk(
-                            type="usage", usage=add_usage(carried, chunk.get("usage", Usage()))
-                        )
+                        billed = carried + chunk.get("usage", Usage())
+                        chunk = ModelChunk(type="usage", usage=billed)
                     yielded = True
                     yield chunk
             return
         except AdapterError as err:
-            err.usage = add_usage(carried, err.usage)
+            err.usage = carried + err.usage
             err.attempts = tries
             if yielded:
                 broken = ModelStreamBroken(

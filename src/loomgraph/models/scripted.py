@@ -9,6 +9,8 @@ from typing import Any
 from loomgraph.errors import LoomgraphError
 from loomgraph.protocols import ModelChunk, ModelRequest, ToolCall, Usage
 
+_DEFAULT_USAGE = Usage(input_tokens=10, output_tokens=5)
+
 
 @dataclass(slots=True)
 class Turn:
@@ -16,7 +18,7 @@ class Turn:
 
     text: str = ""
     tool_calls: list[ToolCall] = field(default_factory=list)
-    usage: Usage = field(default_factory=lambda: Usage(input_tokens=10, output_tokens=5))
+    usage: Usage = field(default_factory=lambda: _DEFAULT_USAGE)
     finish_reason: str | None = None
 
 
@@ -40,7 +42,8 @@ def as_turn(value: Turn | str | dict[str, Any], index: int = 0) -> Turn:
         )
         for i, c in enumerate(value.get("tool_calls", []))
     ]
-    usage: Usage = value.get("usage") or Usage(input_tokens=10, output_tokens=5)
+    raw = value.get("usage")
+    usage = raw if isinstance(raw, Usage) else Usage.from_dict(raw) if raw else _DEFAULT_USAGE
     return Turn(value.get("text", ""), calls, usage, value.get("finish_reason"))
 
 

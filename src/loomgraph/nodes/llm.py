@@ -81,8 +81,8 @@ class LLMNode(NodeKind):
             value, usage = await self.answer.ask(
                 ctx, messages, system=system, retries=p.retries, max_tokens=p.max_tokens
             )
-            return {p.output: self.answer.to_data(value), "usage": usage}
+            return {p.output: self.answer.to_data(value), "usage": usage.to_dict()}
         response = await ctx.call_model(
             ModelRequest(messages=messages, system=system, max_tokens=p.max_tokens)
         )
-        return {p.output: response.text, "usage": response.usage}
+        return {p.output: response.text, "usage": response.usage.to_dict()}

@@ -14,6 +14,7 @@ from loomgraph.graph.spec import Graph
 from loomgraph.graph.state import final_output, parse_type
 from loomgraph.nodes.concurrency import run_all
 from loomgraph.nodes.subgraph import ChildGraphNode, ChildGraphParams
+from loomgraph.protocols import Usage
 
 
 class MapParams(ChildGraphParams):
@@ -103,8 +104,5 @@ class MapNode(ChildGraphNode):
         done = await run_all(
             [functools.partial(branch, i, item) for i, item in enumerate(items)], p.concurrency
         )
-        usage: dict[str, Any] = {}
-        for branch_done in done:
-            for key, amount in branch_done["usage"].items():
-                usage[key] = usage.get(key, 0) + amount
-        return {p.output: [d["result"] for d in done], "usage": usage}
+        usage = sum((Usage.from_dict(d["usage"]) for d in done), Usage())
+        return {p.output: [d["result"] for d in done], "usage": usage.to_dict()}

@@ -40,4 +40,4 @@ class ModelNode(NodeKind):
             max_tokens=params.max_tokens,
         )
         response = await ctx.call_model(request)
-        return {"messages": [response.to_message()], "usage": response.usage}
+        return {"messages": [response.to_message()], "usage": response.usage.to_dict()}

@@ -81,7 +81,7 @@ class StructuredAnswer:
     ) -> tuple[Any, Usage]:
         """Force the answer out of the model; on invalid answers, show it the errors and retry."""
         conversation = list(messages)
-        usage: Usage = {}
+        usage = Usage()
         raw: Any = None
         errors: list[Any] = []
         for _attempt in range(retries + 1):
@@ -94,8 +94,7 @@ class StructuredAnswer:
                     max_tokens=max_tokens,
                 )
             )
-            for key, value in response.usage.items():
-                usage[key] = usage.get(key, 0) + value  # type: ignore[literal-required,operator]
+            usage += response.usage
             raw = self.raw_answer(response)
             try:
                 return self.validate(raw), usage
@@ -153,4 +152,4 @@ class FinishNode(NodeKind):
         value, usage = await self.answer.ask(
             ctx, state["messages"] or [], system=ctx.system, retries=self.retries
         )
-        return {"output": self.answer.to_data(value), "usage": usage}
+        return {"output": self.answer.to_data(value), "usage": usage.to_dict()}

@@ -54,6 +54,9 @@ class FileAuditLog:
 
     # ----------------------------------------------------------------------- writing
 
+    async def close(self) -> None:
+        """Nothing to close: every append opens and closes the file."""
+
     async def record(
         self,
         action: str,

@@ -26,6 +26,9 @@ class NoAuditLog:
     ) -> None:
         """Discard the entry."""
 
+    async def close(self) -> None:
+        """Nothing to close."""
+
 
 class _NoSpan:
     """A span and its own context manager; stateless, so one instance serves every call."""

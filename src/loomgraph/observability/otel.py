@@ -187,19 +187,15 @@ class OTelTelemetry:
             attrs[ERROR_TYPE] = error
         self._duration.record(seconds, attrs)
         if operation == OP_CHAT:
-            usage = Usage()
-            if GEN_AI_USAGE_INPUT_TOKENS in seen:
-                usage["input_tokens"] = seen[GEN_AI_USAGE_INPUT_TOKENS]
-            if GEN_AI_USAGE_OUTPUT_TOKENS in seen:
-                usage["output_tokens"] = seen[GEN_AI_USAGE_OUTPUT_TOKENS]
-            if LOOM_COST_USD in seen:
-                usage["cost_usd"] = seen[LOOM_COST_USD]
-            if usage:
-                self.record_usage(
-                    str(seen.get(GEN_AI_REQUEST_MODEL, "")),
-                    usage,
-                    provider=seen.get(GEN_AI_PROVIDER_NAME),
-                )
+            # The attributes the span was given, zero counts included (they were reported).
+            self._record(
+                str(seen.get(GEN_AI_REQUEST_MODEL, "")),
+                seen.get(GEN_AI_USAGE_INPUT_TOKENS),
+                seen.get(GEN_AI_USAGE_OUTPUT_TOKENS),
+                seen.get(LOOM_COST_USD),
+                provider=seen.get(GEN_AI_PROVIDER_NAME),
+                operation=OP_CHAT,
+            )
 
     def record_usage(
         self,
@@ -209,15 +205,33 @@ class OTelTelemetry:
         provider: str | None = None,
         operation: str = OP_CHAT,
     ) -> None:
-        """Record token usage and cost not already reported through a `chat` span."""
+        """Record token usage and cost not already reported through a `chat` span (zero
+        counts are not recorded: a `Usage` does not tell them from counts never reported)."""
+        self._record(
+            model,
+            usage.input_tokens or None,
+            usage.output_tokens or None,
+            usage.cost_usd,
+            provider=provider,
+            operation=operation,
+        )
+
+    def _record(
+        self,
+        model: str,
+        input_tokens: Any,
+        output_tokens: Any,
+        cost: Any,
+        *,
+        provider: str | None,
+        operation: str,
+    ) -> None:
         attrs: dict[str, Any] = {GEN_AI_OPERATION_NAME: operation, GEN_AI_REQUEST_MODEL: model}
         if provider is not None:
             attrs[GEN_AI_PROVIDER_NAME] = provider
-        for key, token_type in (("input_tokens", "input"), ("output_tokens", "output")):
-            count = usage.get(key)
+        for count, token_type in ((input_tokens, "input"), (output_tokens, "output")):
             if isinstance(count, int) and count >= 0:
                 self._tokens.record(count, {**attrs, GEN_AI_TOKEN_TYPE: token_type})
-        cost = usage.get("cost_usd")
         if isinstance(cost, int | float) and cost > 0:
             self._cost.add(float(cost), attrs)
 

@@ -168,7 +168,7 @@ def response_attributes(
 
 
 def usage_attributes(usage: Usage) -> dict[str, Any]:
-    """`gen_ai.usage.*` attributes (plus `loom.usage.cost_usd`) for the keys present."""
+    """`gen_ai.usage.*` attributes (plus `loom.usage.cost_usd`) for the non-zero fields."""
     pairs = (
         ("input_tokens", GEN_AI_USAGE_INPUT_TOKENS),
         ("output_tokens", GEN_AI_USAGE_OUTPUT_TOKENS),
@@ -176,8 +176,8 @@ def usage_attributes(usage: Usage) -> dict[str, Any]:
         ("cache_write_tokens", GEN_AI_USAGE_CACHE_CREATION_INPUT_TOKENS),
         ("cost_usd", LOOM_COST_USD),
     )
-    raw: Mapping[str, Any] = usage
-    return {name: raw[key] for key, name in pairs if raw.get(key) is not None}
+    raw = usage.to_dict()
+    return {name: raw[key] for key, name in pairs if key in raw}
 
 
 def tool_attributes(*, tool: str, call_id: str | None = None) -> dict[str, Any]:

@@ -1,3 +1,156 @@
-"""The contracts: data types, backend protocols and event kinds. Imports nothing of ours."""
+"""The contracts: data types, backend protocols and event kinds.
 
-from loomgraph.protocols.contracts import *  # noqa: F403
+One module per concept; every public name is re-exported here, so
+`from loomgraph.protocols import X` works for all of them. This package imports nothing of
+loomgraph's except `loomgraph.errors`.
+"""
+
+from loomgraph.protocols.bundle import Deps
+from loomgraph.protocols.checks import OPTIONAL_MEMBERS, implements
+from loomgraph.protocols.events import (
+    BUDGET_EXCEEDED,
+    BUDGET_WARNING,
+    EFFECT_UNKNOWN_AFTER_CRASH,
+    ERROR,
+    EVENT_KINDS,
+    MEMORY_EXTRACTION_FAILED,
+    MODEL_CHUNK,
+    MODEL_RETRY,
+    NODE_COMPLETED,
+    NODE_RETRY,
+    NODE_STARTED,
+    PERMISSION_DECISION,
+    RUN_COMPLETED,
+    RUN_STARTED,
+    TOOL_CALL,
+    TOOL_RESULT,
+    Event,
+)
+from loomgraph.protocols.governance import (
+    Budget,
+    BudgetExceeded,
+    BudgetScope,
+    Decision,
+    Hooks,
+    Permissions,
+    Reservation,
+    RunClock,
+    Verdict,
+)
+from loomgraph.protocols.ledger import Bindable, LedgerHost, LedgerSite, PostgresSite, SqliteSite
+from loomgraph.protocols.memory import Episode, Memory
+from loomgraph.protocols.messages import Message, ToolCall, ToolResult, ToolSpec
+from loomgraph.protocols.models import Model, ModelChunk, ModelError, ModelRequest, ModelResponse
+from loomgraph.protocols.observability import AuditLog, Span, Telemetry
+from loomgraph.protocols.paths import NodePath
+from loomgraph.protocols.pricing import (
+    DEFAULT_PRICES,
+    Price,
+    PriceOverride,
+    compute_cost,
+    price_for,
+    register_price,
+    with_cost,
+)
+from loomgraph.protocols.runtime import (
+    FINAL_STATUSES,
+    EffectRecord,
+    EffectStatus,
+    RunLeases,
+    RunReader,
+    RunRecord,
+    RunStatus,
+    Runtime,
+    RunWriter,
+    Transition,
+    UnknownRun,
+)
+from loomgraph.protocols.tools import ToolHost
+from loomgraph.protocols.usage import USAGE_FIELDS, Usage
+
+__all__ = [  # noqa: RUF022 - grouped by concept, not sorted
+    # messages: the conversation
+    "Message",
+    "ToolCall",
+    "ToolResult",
+    "ToolSpec",
+    # usage: tokens, calls and cost as one value
+    "USAGE_FIELDS",
+    "Usage",
+    # models
+    "Model",
+    "ModelChunk",
+    "ModelError",
+    "ModelRequest",
+    "ModelResponse",
+    # pricing
+    "DEFAULT_PRICES",
+    "Price",
+    "PriceOverride",
+    "compute_cost",
+    "price_for",
+    "register_price",
+    "with_cost",
+    # tools
+    "ToolHost",
+    # runtime: the journal
+    "FINAL_STATUSES",
+    "EffectRecord",
+    "EffectStatus",
+    "RunLeases",
+    "RunReader",
+    "RunRecord",
+    "RunStatus",
+    "RunWriter",
+    "Runtime",
+    "Transition",
+    "UnknownRun",
+    # memory
+    "Episode",
+    "Memory",
+    # governance: budgets, permissions, hooks
+    "Budget",
+    "BudgetExceeded",
+    "BudgetScope",
+    "Decision",
+    "Hooks",
+    "Permissions",
+    "Reservation",
+    "RunClock",
+    "Verdict",
+    # ledger: where a journal keeps a budget's ledger, and budgets bound to it
+    "Bindable",
+    "LedgerHost",
+    "LedgerSite",
+    "PostgresSite",
+    "SqliteSite",
+    # the dependency bundle a run executes against
+    "Deps",
+    # paths: a node's place in a run
+    "NodePath",
+    # observability
+    "AuditLog",
+    "Span",
+    "Telemetry",
+    # checks: a backend object against its protocol, at runtime
+    "OPTIONAL_MEMBERS",
+    "implements",
+    # events: what a run tells its consumer
+    "Event",
+    "EVENT_KINDS",
+    "BUDGET_EXCEEDED",
+    "BUDGET_WARNING",
+    "EFFECT_UNKNOWN_AFTER_CRASH",
+    "ERROR",
+    "MEMORY_EXTRACTION_FAILED",
+    "MODEL_CHUNK",
+    "MODEL_RETRY",
+    "NODE_COMPLETED",
+    "NODE_RETRY",
+    "NODE_STARTED",
+    "PERMISSION_DECISION",
+    "RUN_COMPLETED",
+    "RUN_STARTED",
+    "TOOL_CALL",
+    "TOOL_RESULT",
+]

@@ -10,19 +10,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from loomgraph.protocols.contracts import (
-    AuditLog,
-    Budget,
-    Hooks,
-    Memory,
-    Model,
-    Permissions,
-    RunClock,
-    RunLeases,
-    Runtime,
-    Telemetry,
-    ToolHost,
-)
+from loomgraph.protocols.governance import Budget, Hooks, Permissions, RunClock
+from loomgraph.protocols.memory import Memory
+from loomgraph.protocols.models import Model
+from loomgraph.protocols.observability import AuditLog, Telemetry
+from loomgraph.protocols.runtime import RunLeases, Runtime
+from loomgraph.protocols.tools import ToolHost
+
+__all__ = ["Deps"]
 
 
 @dataclass(slots=True)

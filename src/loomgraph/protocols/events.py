@@ -13,11 +13,35 @@ TOOL_RESULT: Final = "tool_result"
 NODE_COMPLETED: Final = "node_completed"
 ERROR: Final = "error"
 RUN_COMPLETED: Final = "run_completed"
-PERMISSION_DECISION: Final = "permission_decision"
-BUDGET_EXCEEDED: Final = "budget_exceeded"
-MODEL_RETRY: Final = "model_retry"
-NODE_RETRY: Final = "node_retry"
-EFFECT_UNKNOWN_AFTER_CRASH: Final = "effect_unknown_after_crash"
+NODE_RETRY: Final = "node_retry"  # a node failed and its `retry` policy runs it again
+MODEL_RETRY: Final = "model_retry"  # a model stream broke; the step is tried again
+EFFECT_UNKNOWN_AFTER_CRASH: Final = "effect_unknown_after_crash"  # intent without outcome
+PERMISSION_DECISION: Final = "permission_decision"  # allow/deny/ask, naming the rule
+BUDGET_WARNING: Final = "budget_warning"  # spending passed `warn_at` of a cap
+BUDGET_EXCEEDED: Final = "budget_exceeded"  # a reservation was refused; the run stops
+# Heard only by the hooks' on_event: the run's own stream has ended by then.
+MEMORY_EXTRACTION_FAILED: Final = "memory_extraction_failed"
+
+# Every kind loomgraph itself emits.
+EVENT_KINDS: frozenset[str] = frozenset(
+    {
+        RUN_STARTED,
+        NODE_STARTED,
+        MODEL_CHUNK,
+        TOOL_CALL,
+        TOOL_RESULT,
+        NODE_COMPLETED,
+        ERROR,
+        RUN_COMPLETED,
+        NODE_RETRY,
+        MODEL_RETRY,
+        EFFECT_UNKNOWN_AFTER_CRASH,
+        PERMISSION_DECISION,
+        BUDGET_WARNING,
+        BUDGET_EXCEEDED,
+        MEMORY_EXTRACTION_FAILED,
+    }
+)
 
 
 class Event(NamedTuple):

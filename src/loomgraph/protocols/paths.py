@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
+__all__ = ["NodePath"]
+
 
 @dataclass(frozen=True, slots=True)
 class NodePath:

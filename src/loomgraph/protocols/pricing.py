@@ -15,10 +15,10 @@ cache-write rate. Long-prompt surcharges are not modelled.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TypeAlias
 
-from loomgraph.protocols import Usage
+from loomgraph.protocols.usage import Usage
 
 __all__ = [
     "DEFAULT_PRICES",
@@ -97,16 +97,14 @@ def compute_cost(model: str, usage: Usage, prices: PriceOverride | None = None) 
     if price is None:
         return 0.0
     total = (
-        usage.get("input_tokens", 0) * price.input
-        + usage.get("output_tokens", 0) * price.output
-        + usage.get("cache_write_tokens", 0) * price.cache_write
-        + usage.get("cache_read_tokens", 0) * price.cache_read
+        usage.input_tokens * price.input
+        + usage.output_tokens * price.output
+        + usage.cache_write_tokens * price.cache_write
+        + usage.cache_read_tokens * price.cache_read
     )
     return total / 1_000_000
 
 
 def with_cost(model: str, usage: Usage, prices: PriceOverride | None = None) -> Usage:
     """A copy of `usage` with `cost_usd` set from its token counts."""
-    out = Usage(**usage)
-    out["cost_usd"] = compute_cost(model, usage, prices)
-    return out
+    return replace(usage, cost_usd=compute_cost(model, usage, prices))

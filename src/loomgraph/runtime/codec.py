@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar, cast
+from typing import Any, TypeVar
 
 from loomgraph.protocols import EffectRecord, EffectStatus, RunRecord, RunStatus, Transition, Usage
 from loomgraph.runtime.errors import (
@@ -64,7 +64,7 @@ def run_row(run: RunRecord, now: float) -> tuple[Any, ...]:
         run.graph_hash,
         run.user_id,
         run.session_id,
-        run.status,
+        str(run.status),
         run.reason,
         run.parent_run_id,
         run.parent_seq,
@@ -86,7 +86,7 @@ def run_from_row(row: Sequence[Any]) -> RunRecord:
         graph_hash=row[2],
         user_id=row[3],
         session_id=row[4],
-        status=cast(RunStatus, row[5]),
+        status=RunStatus(row[5]),
         reason=row[6],
         parent_run_id=row[7],
         parent_seq=row[8],
@@ -108,7 +108,7 @@ def transition_row(t: Transition) -> tuple[Any, ...]:
         t.visit,
         dumps(t.patch, f"{where}: patch"),
         t.next_node,
-        dumps(t.usage, f"{where}: usage"),
+        dumps(t.usage.to_dict(), f"{where}: usage"),
         t.at,
         SCHEMA_VERSION,
     )
@@ -126,7 +126,7 @@ def transition_from_row(row: Sequence[Any]) -> Transition:
         visit=row[3],
         patch=loads(row[4]),
         next_node=row[5],
-        usage=cast(Usage, loads(row[6])),
+        usage=Usage.from_dict(loads(row[6]), trusted=True),
         at=row[7],
         snapshot=loads(row[9]),
     )
@@ -141,7 +141,7 @@ def effect_row(e: EffectRecord) -> tuple[Any, ...]:
         e.kind,
         dumps(e.intent, f"{where}: intent"),
         None if e.outcome is None else dumps(e.outcome, f"{where}: outcome"),
-        e.status,
+        str(e.status),
         e.attempts,
         SCHEMA_VERSION,
     )
@@ -156,7 +156,7 @@ def effect_from_row(row: Sequence[Any]) -> EffectRecord:
         kind=row[2],
         intent=loads(row[3]),
         outcome=loads(row[4]),
-        status=cast(EffectStatus, row[5]),
+        status=EffectStatus(row[5]),
         attempts=row[6],
     )
 

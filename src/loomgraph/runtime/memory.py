@@ -31,17 +31,16 @@ class InMemoryRuntime:
     async def start_run(self, run: RunRecord) -> None:
         """Record a new run, forgetting the oldest finished one when full."""
         now = time.time()
-        self._runs[run.run_id] = replace(run, created_at=run.created_at or now, updated_at=now)
+        self._runs[run.run_id] = replace(
+            run, status=RunStatus(run.status), created_at=run.created_at or now, updated_at=now
+        )
         self._transitions.setdefault(run.run_id, [])
         self._effects.setdefault(run.run_id, {})
         while len(self._runs) > self.max_runs:
             old = next(iter(self._runs))
-            if self._runs[old].status == "running":
+            if self._runs[old].status == RunStatus.RUNNING:
                 break
             self._forget(old)
-
-    async def close(self) -> None:
-        """Nothing to let go of."""
 
     def _forget(self, run_id: str) -> None:
         self._runs.pop(run_id, None)
@@ -69,8 +68,8 @@ class InMemoryRuntime:
         if prior is None:
             effects[effect.key] = effect
             return None
-        if prior.status != "done":
-            prior.status = "unknown_after_crash"
+        if prior.status != EffectStatus.DONE:
+            prior.status = EffectStatus.UNKNOWN_AFTER_CRASH
             prior.attempts += 1
         return prior
 
@@ -79,20 +78,28 @@ class InMemoryRuntime:
     ) -> None:
         """Journal the outcome of an effect."""
         effect = self._effects[run_id][key]
-        effect.outcome, effect.status = outcome, status
+        effect.outcome, effect.status = outcome, EffectStatus(status)
 
     async def effects(self, run_id: str) -> list[EffectRecord]:
         """Every effect of a run, in the order they began."""
         return list(self._effects.get(run_id, {}).values())
+
+    async def effect(self, run_id: str, key: str) -> EffectRecord | None:
+        """One effect of a run by its key, or None."""
+        return self._effects.get(run_id, {}).get(key)
 
     async def finish_run(
         self, run_id: str, status: RunStatus, reason: str, result: dict[str, Any] | None
     ) -> None:
         """Record how a run ended."""
         run = self._runs[run_id]
-        run.status, run.reason, run.result, run.updated_at = status, reason, result, time.time()
+        run.status, run.reason = RunStatus(status), reason
+        run.result, run.updated_at = result, time.time()
         self._runs.move_to_end(run_id)
 
     async def runs(self, user_id: str | None = None) -> list[RunRecord]:
         """Runs, newest last, optionally of one user."""
         return [r for r in self._runs.values() if user_id is None or r.user_id == user_id]
+
+    async def close(self) -> None:
+        """Nothing to close: the journal lives in this process."""

@@ -173,7 +173,7 @@ class SqlJournal:
     ) -> None:
         """Journal the outcome of an effect."""
         text = dumps(outcome, f"run {run_id!r} effect {key!r}: outcome")
-        if not await self._exec("end_effect", (text, status, run_id, key)):
+        if not await self._exec("end_effect", (text, str(status), run_id, key)):
             if not await self._fetch("run_exists", (run_id,)):
                 raise UnknownRun(run_id)
             raise UnknownEffect(run_id, key)
@@ -183,12 +183,17 @@ class SqlJournal:
     ) -> None:
         """Record how a run ended."""
         text = None if result is None else dumps(result, f"run {run_id!r}: result")
-        if not await self._exec("finish_run", (status, reason, text, time.time(), run_id)):
+        if not await self._exec("finish_run", (str(status), reason, text, time.time(), run_id)):
             raise UnknownRun(run_id)
 
     async def effects(self, run_id: str) -> list[EffectRecord]:
         """Every effect of a run, in the order they began ([] for an unknown run)."""
         return self._decode(effect_from_row, await self._fetch("effects", (run_id,)))
+
+    async def effect(self, run_id: str, key: str) -> EffectRecord | None:
+        """One effect of a run by its key, or None (one lookup on the (run_id, key) index)."""
+        rows = await self._fetch("load_effect", (run_id, key))
+        return self._decode(effect_from_row, rows)[0] if rows else None
 
     async def runs(self, user_id: str | None = None) -> list[RunRecord]:
         """Runs in the order they were started, optionally of one user."""

@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any
+from typing import Any, cast
 
-from loomgraph.protocols import ToolCall, ToolHost, ToolResult, ToolSpec
+from loomgraph.protocols import ToolCall, ToolHost, ToolResult, ToolSpec, implements
 from loomgraph.tools import results
 from loomgraph.tools.tool import Tool, check_timeout
 
@@ -40,8 +40,8 @@ class ToolRegistry:
             return cls(timeout=timeout)
         if isinstance(obj, list | tuple):
             return cls(obj, timeout=timeout)
-        if isinstance(obj, ToolHost) and not isinstance(obj, type):  # a class is no host
-            return obj
+        if implements(obj, ToolHost) and not isinstance(obj, type):  # a class is no host
+            return cast(ToolHost, obj)
         single = callable(obj) and not isinstance(obj, type)
         hint = " (wrap a single function in a list: [fn])" if single else ""
         raise TypeError(
@@ -97,6 +97,9 @@ class ToolRegistry:
         """One tool's spec, or None when no such tool exists."""
         item = self._tools.get(name)
         return None if item is None else item.spec.copy()
+
+    async def close(self) -> None:
+        """Nothing to close: the tools are plain functions."""
 
     async def call(self, call: ToolCall, *, idempotency_key: str) -> ToolResult:
         """Validate and run one call; failures become error results, never exceptions."""

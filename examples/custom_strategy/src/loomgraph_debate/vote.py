@@ -17,7 +17,7 @@ import asyncio
 import re
 from collections import Counter
 from collections.abc import Callable, Mapping
-from typing import Any, cast
+from typing import Any
 
 from loomgraph import NodeContext, NodeKind
 from loomgraph.graph.conditions import compile_template, condition_scope, names_used
@@ -169,9 +169,6 @@ def _loose_key(answer: str) -> str:
     return " ".join(answer.casefold().split()).rstrip(".!?;:, ")
 
 
-def _total_usage(responses: list[ModelResponse]) -> Usage:
-    total: dict[str, Any] = {}
-    for response in responses:
-        for key, value in response.usage.items():
-            total[key] = total.get(key, 0) + value
-    return cast(Usage, total)
+def _total_usage(responses: list[ModelResponse]) -> dict[str, Any]:
+    """The samples' usage, in the JSON shape the state's `usage` field keeps."""
+    return sum((r.usage for r in responses), Usage()).to_dict()

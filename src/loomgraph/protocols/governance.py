@@ -1,0 +1,145 @@
+"""Governance: budgets and their reservations, permission decisions, and hooks."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol, runtime_checkable
+
+from loomgraph.errors import LoomgraphError
+from loomgraph.protocols.messages import ToolCall, ToolResult, ToolSpec
+from loomgraph.protocols.usage import Usage
+
+__all__ = [
+    "Budget",
+    "BudgetExceeded",
+    "BudgetScope",
+    "Decision",
+    "Hooks",
+    "Permissions",
+    "Reservation",
+    "RunClock",
+    "Verdict",
+]
+
+# --------------------------------------------------------------------------- budgets
+
+
+@dataclass(slots=True, frozen=True)
+class BudgetScope:
+    """Whose money a reservation spends."""
+
+    run_id: str
+    user_id: str | None
+
+
+@dataclass(slots=True)
+class Reservation:
+    """An amount set aside before an effect, settled or released after."""
+
+    scope: BudgetScope
+    kind: Literal["model", "tool", "node"]
+    amount: Usage
+    id: str = ""
+
+
+class BudgetExceeded(LoomgraphError):
+    """A reservation would take a budget past one of its caps."""
+
+    def __init__(self, cap: str, detail: str = "") -> None:
+        super().__init__(f"budget cap {cap!r} reached" + (f": {detail}" if detail else ""))
+        self.cap = cap
+        self.detail = detail
+
+
+@runtime_checkable
+class Budget(Protocol):
+    """Reserve the worst case before an effect, settle the actual amount after."""
+
+    async def reserve(self, reservation: Reservation) -> Reservation:
+        """Set an amount aside, or raise BudgetExceeded naming the cap."""
+        ...
+
+    async def settle(self, reservation: Reservation, actual: Usage) -> None:
+        """Replace a reservation by what was actually spent."""
+        ...
+
+    async def release(self, reservation: Reservation) -> None:
+        """Give a reservation back unspent."""
+        ...
+
+    async def close(self) -> None:
+        """Release what the budget holds (its ledger's connections)."""
+        ...
+
+
+@runtime_checkable
+class RunClock(Protocol):
+    """A budget that follows each run from start to end (wall-clock caps, leftover holds)."""
+
+    async def begin_run(
+        self,
+        scope: BudgetScope,
+        *,
+        started_at: float | None = None,
+        deadline: float | None = None,
+    ) -> float | None:
+        """Start or resume a run's clock; the run's absolute deadline, if any."""
+        ...
+
+    async def end_run(self, scope: BudgetScope) -> None:
+        """The run stopped: release what it still holds."""
+        ...
+
+
+# --------------------------------------------------------------------------- permissions
+
+Verdict = Literal["allow", "deny", "ask"]
+
+
+@dataclass(slots=True, frozen=True)
+class Decision:
+    """A permission verdict and the rule that decided it."""
+
+    verdict: Verdict
+    rule: str = ""
+    reason: str = ""
+
+
+@runtime_checkable
+class Permissions(Protocol):
+    """Decides whether a tool call may run."""
+
+    async def check(
+        self, call: ToolCall, spec: ToolSpec | None, *, user_id: str | None
+    ) -> Decision:
+        """allow, deny or ask for one call."""
+        ...
+
+
+# --------------------------------------------------------------------------- hooks
+
+
+@runtime_checkable
+class Hooks(Protocol):
+    """User callbacks around nodes, tools and events; `before_tool` may deny, never approve."""
+
+    async def before_node(self, node: str, state: Mapping[str, Any]) -> None:
+        """Called before a node runs."""
+        ...
+
+    async def after_node(self, node: str, patch: Mapping[str, Any]) -> None:
+        """Called after a node returned its patch."""
+        ...
+
+    async def before_tool(self, call: ToolCall) -> Decision | None:
+        """Return a deny Decision to stop the call; anything else lets it through."""
+        ...
+
+    async def after_tool(self, call: ToolCall, result: ToolResult) -> None:
+        """Called after a tool call finished."""
+        ...
+
+    async def on_event(self, event: Any) -> None:
+        """Called for every event of a run."""
+        ...

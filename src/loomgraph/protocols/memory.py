@@ -1,0 +1,44 @@
+"""Long-term memory: episodes of finished runs, and the protocol that keeps them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+from loomgraph.protocols.messages import Message
+
+__all__ = ["Episode", "Memory"]
+
+
+@dataclass(slots=True)
+class Episode:
+    """One finished run, as memory keeps it."""
+
+    user_id: str | None
+    session_id: str | None
+    run_id: str
+    prompt: str
+    output: str
+    tool_calls: list[str] = field(default_factory=list)
+    at: float = 0.0
+
+
+@runtime_checkable
+class Memory(Protocol):
+    """Long-term memory, partitioned by user."""
+
+    async def seed(self, *, user_id: str | None, session_id: str | None, query: str) -> str:
+        """Text to add to the system prompt at the start of a run ('' for nothing)."""
+        ...
+
+    async def history(self, *, user_id: str | None, session_id: str | None) -> list[Message]:
+        """The earlier turns of this session, oldest first."""
+        ...
+
+    async def remember(self, episode: Episode) -> None:
+        """Store a finished run."""
+        ...
+
+    async def close(self) -> None:
+        """Release connections; the next use opens them again."""
+        ...

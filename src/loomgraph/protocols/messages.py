@@ -1,0 +1,46 @@
+"""The conversation: messages, tool calls, tool specs and tool results (JSON-shaped dicts)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal, TypedDict
+
+__all__ = ["Message", "ToolCall", "ToolResult", "ToolSpec"]
+
+
+class ToolCall(TypedDict):
+    """A tool call requested by the model."""
+
+    id: str
+    tool: str
+    args: dict[str, Any]
+
+
+class _MessageBase(TypedDict):
+    role: Literal["user", "assistant", "tool"]
+    content: str
+
+
+class Message(_MessageBase, total=False):
+    """One conversation turn; `tool` messages answer one call each, in call order."""
+
+    tool_calls: list[ToolCall]
+    tool_call_id: str
+    name: str
+    is_error: bool
+
+
+class ToolSpec(TypedDict, total=False):
+    """What the model is told about a tool: name, description and JSON Schema of arguments."""
+
+    name: str
+    description: str
+    parameters: dict[str, Any]
+    destructive: bool
+
+
+class ToolResult(TypedDict, total=False):
+    """The outcome of one tool call as the model will see it."""
+
+    content: str
+    is_error: bool
+    error_type: str

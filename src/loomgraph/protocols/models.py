@@ -1,0 +1,111 @@
+"""Models: the streamed chunks of a turn, the request, the assembled response, the error."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from typing import Literal, Protocol, TypedDict, runtime_checkable
+
+from loomgraph.errors import LoomgraphError
+from loomgraph.protocols.messages import Message, ToolCall, ToolSpec
+from loomgraph.protocols.usage import Usage
+
+__all__ = ["Model", "ModelChunk", "ModelError", "ModelRequest", "ModelResponse"]
+
+
+class ModelChunk(TypedDict, total=False):
+    """One streamed piece of a model turn.
+
+    `type` is `text` (with `text`), `tool_call` (with a complete `call`), `usage` (with
+    `usage`, a `Usage`) or `finish` (with `finish_reason`).
+    """
+
+    type: Literal["text", "tool_call", "usage", "finish"]
+    text: str
+    call: ToolCall
+    usage: Usage
+    finish_reason: str
+
+
+@dataclass(slots=True)
+class ModelRequest:
+    """Everything a model needs for one turn."""
+
+    messages: Sequence[Message]
+    system: str = ""
+    tools: Sequence[ToolSpec] = ()
+    max_tokens: int | None = None
+    tool_choice: str | None = None  # a tool name the model must call, or None for auto
+    # Which run asks, and how many model calls the run made before this one (replayed ones
+    # included), so a scripted model can answer per run without shared state.
+    run_id: str = ""
+    call_index: int = 0
+
+    def prompt_chars(self) -> int:
+        """How many characters the request sends: system, messages, tool calls, tool specs."""
+        total = len(self.system)
+        for message in self.messages:
+            total += len(message.get("content") or "")
+            for call in message.get("tool_calls") or ():
+                total += len(call.get("tool", "")) + len(json.dumps(call.get("args") or {}))
+        if self.tools:
+            total += len(json.dumps(list(self.tools)))
+        return total
+
+
+@dataclass(slots=True)
+class ModelResponse:
+    """A finished model turn, assembled from its chunks."""
+
+    text: str = ""
+    tool_calls: list[ToolCall] = field(default_factory=list)
+    usage: Usage = field(default_factory=Usage)
+    finish_reason: str = "end_turn"
+
+    def to_message(self) -> Message:
+        """The assistant message this turn adds to the conversation."""
+        message: Message = {"role": "assistant", "content": self.text}
+        if self.tool_calls:
+            message["tool_calls"] = self.tool_calls
+        return message
+
+
+class ModelError(LoomgraphError):
+    """A model call failed. Adapters raise subclasses naming the status and request id.
+
+    `retry_step` is true when the whole step may be tried again (a stream that broke after
+    it started); `usage` is what the provider already billed for the failed attempt.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        request_id: str | None = None,
+        retry_step: bool = False,
+        usage: Usage | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.request_id = request_id
+        self.retry_step = retry_step
+        if usage is not None and not isinstance(usage, Usage):
+            usage = Usage.from_dict(usage)  # a third-party model may still pass a dict
+        self.usage: Usage = usage or Usage()
+
+
+@runtime_checkable
+class Model(Protocol):
+    """A chat model that streams its turn as chunks.
+
+    Models have no `close()`: a model holds no resource loomgraph opened (adapters own
+    their SDK clients, which close themselves when collected).
+    """
+
+    name: str
+
+    def stream(self, request: ModelRequest) -> AsyncIterator[ModelChunk]:
+        """Stream one turn."""
+        ...

@@ -1,0 +1,93 @@
+"""`Usage`: token counts, calls and cost of one or more model or tool calls, as one value."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import Any
+
+__all__ = ["USAGE_FIELDS", "Usage"]
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """Token counts, call counts and cost; every field defaults to zero.
+
+    Usages add up with `+`. `to_dict()` is the JSON shape the journal, events and the graph
+    state keep (zero fields left out); `from_dict()` reads it back.
+    """
+
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_read_tokens: int = 0
+    cache_write_tokens: int = 0
+    model_calls: int = 0
+    tool_calls: int = 0
+    cost_usd: float = 0.0
+
+    def __add__(self, other: Usage) -> Usage:
+        if not isinstance(other, Usage):
+            return NotImplemented
+        return Usage(
+            self.input_tokens + other.input_tokens,
+            self.output_tokens + other.output_tokens,
+            self.cache_read_tokens + other.cache_read_tokens,
+            self.cache_write_tokens + other.cache_write_tokens,
+            self.model_calls + other.model_calls,
+            self.tool_calls + other.tool_calls,
+            self.cost_usd + other.cost_usd,
+        )
+
+    def __radd__(self, other: object) -> Usage:
+        # `sum(usages)` starts from 0.
+        if other == 0:
+            return self
+        return NotImplemented
+
+    def __bool__(self) -> bool:
+        """False when every field is zero (as an empty usage dict was)."""
+        return any(getattr(self, name) for name in USAGE_FIELDS)
+
+    @property
+    def prompt_tokens(self) -> int:
+        """Every prompt token, cached or not (adapters report the three parts separately)."""
+        return self.input_tokens + self.cache_read_tokens + self.cache_write_tokens
+
+    @property
+    def total_tokens(self) -> int:
+        """Prompt tokens (cached or not) plus output tokens."""
+        return self.prompt_tokens + self.output_tokens
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON shape: a dict of the non-zero fields."""
+        out: dict[str, Any] = {}
+        for name in USAGE_FIELDS:
+            value = getattr(self, name)
+            if value:
+                out[name] = value
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], *, trusted: bool = False) -> Usage:
+        """A usage from its JSON shape; missing keys are zero.
+
+        Unknown keys and non-numbers are refused with a ValueError, unless `trusted` (data
+        loomgraph wrote itself, such as journal rows): then nothing is checked, and a key
+        that is not a field (an old journal may hold one a node wrote) is passed over.
+        """
+        if trusted:
+            return cls(**{k: v for k, v in data.items() if k in _FIELD_SET})
+        unknown = sorted(set(data) - _FIELD_SET)
+        if unknown:
+            raise ValueError(
+                f"unknown usage key(s) {', '.join(map(repr, unknown))}; "
+                f"a usage has {', '.join(USAGE_FIELDS)}"
+            )
+        for key, value in data.items():
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise ValueError(f"usage {key!r} must be a number, not {value!r}")
+        return cls(**data)
+
+
+USAGE_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(Usage))
+_FIELD_SET = frozenset(USAGE_FIELDS)
