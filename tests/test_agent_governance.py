@@ -97,7 +97,7 @@ async def test_ask_is_a_durable_interrupt_answered_once(tmp_path: Path) -> None:
     )  # default mode: destructive tools ask
     first = await agent.run("clean up")
     assert first.status == "awaiting_approval" and ledger == []
-    assert first.pending is not None and first.pending["call"]["tool"] == "delete"
+    assert first.pending is not None and first.pending.call["tool"] == "delete"
     with pytest.raises(ResumeError, match="True, False"):
         await agent.resume(first.run_id, approve="yes please")
     done = await agent.resume(first.run_id, approve=True)

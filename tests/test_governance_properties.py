@@ -765,7 +765,7 @@ class GovernanceMachine(RuleBasedStateMachine):
 
     async def _run_id_of(self, prompt: str) -> str | None:
         for record in await self.journal.runs():
-            if ((record.initial or {}).get("state") or {}).get("input") == prompt:
+            if record.initial is not None and record.initial.prompt == prompt:
                 return str(record.run_id)
         return None
 
@@ -798,7 +798,7 @@ class GovernanceMachine(RuleBasedStateMachine):
         assert record is not None and record.status == result.status, (record, result)
         if result.status == "awaiting_approval":
             assert result.pending is not None
-            call = result.pending["call"]
+            call = result.pending.call
             assert call["id"] not in {e.ref for e in self.executed}, call
             self.awaiting[result.run_id] = call
         elif result.status == "failed":

@@ -48,9 +48,9 @@ async def test_interrupt_and_resume_with_a_typed_value(tmp_path: Path) -> None:
     agent = Agent("x", model=model, runtime=runtime, architecture=graph_from_yaml(GRAPH))
     first = await agent.run("Ann's mail")
     assert first.status == "interrupted"
-    assert first.pending is not None and first.pending["node"] == "ask"
-    assert first.pending["message"] == "Send this? Dear Ann, yes."
-    assert first.pending["schema"]["properties"]["approved"]["type"] == "boolean"
+    assert first.pending is not None and first.pending.node == "ask"
+    assert first.pending.message == "Send this? Dear Ann, yes."
+    assert first.pending.schema["properties"]["approved"]["type"] == "boolean"
 
     with pytest.raises(ResumeError, match="approved"):
         await agent.resume(first.run_id, value={"note": "no verdict"})

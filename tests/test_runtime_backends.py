@@ -29,6 +29,7 @@ from loomgraph.protocols import (
     EffectStatus,
     RunReader,
     RunRecord,
+    RunStart,
     RunStatus,
     Runtime,
     RunWriter,
@@ -127,7 +128,7 @@ async def test_start_and_load_run(make: Factory) -> None:
             parent_seq=3,
             deadline=99.5,
             created_at=12.0,
-            initial={"state": {"input": "héllo ✓"}, "system": "be brief"},
+            initial=RunStart({"input": "héllo ✓"}, "be brief"),
         )
         await rt.start_run(record)
         loaded = await rt.load_run("r1")
@@ -141,7 +142,7 @@ async def test_start_and_load_run(make: Factory) -> None:
         assert (loaded.parent_run_id, loaded.parent_seq, loaded.deadline) == ("r0", 3, 99.5)
         assert loaded.created_at == 12.0 and loaded.updated_at >= 12.0
         assert loaded.status == "running" and loaded.result is None
-        assert loaded.initial == {"state": {"input": "héllo ✓"}, "system": "be brief"}
+        assert loaded.initial == RunStart({"input": "héllo ✓"}, "be brief")
         assert await rt.load_run("nope") is None
 
 

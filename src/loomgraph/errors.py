@@ -16,7 +16,7 @@ with where each class lives (relative to `loomgraph.`):
     │   ├── UnknownGraph                    authoring.library
     │   ├── RenderError                     authoring.diagram (and .render)
     │   └── GraphChanged                    agent.checkpoints
-    ├── RunStopped                          errors
+    ├── RunStopped                          protocols
     ├── TypeSyntaxError + ValueError        graph.state
     ├── OutputValidationError + ValueError  nodes.structured
     ├── ResumeError + ValueError            agent.checkpoints
@@ -60,9 +60,7 @@ never reach a caller — `authoring.loader._AliasRefused`, `governance.hooks._Fa
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,16 +129,6 @@ class NodeError(GraphError):
         super().__init__(f"node {node!r} failed: {type(cause).__name__}: {cause}")
         self.node = node
         self.cause = cause
-
-
-class RunStopped(LoomgraphError):
-    """Raised inside a node to end the run with a non-failure status (an interrupt)."""
-
-    def __init__(self, status: str, reason: str, detail: Mapping[str, Any] | None = None) -> None:
-        super().__init__(reason)
-        self.status = status
-        self.reason = reason
-        self.detail = dict(detail or {})
 
 
 class StateError(GraphError):

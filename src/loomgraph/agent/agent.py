@@ -15,6 +15,7 @@ from loomgraph.agent.checkpoints import (
     ResumeError,
     approval,
     history,
+    pending_of,
     position,
     resume_value,
 )
@@ -38,11 +39,13 @@ from loomgraph.protocols import (
     AuditLog,
     Budget,
     Deps,
+    EffectStatus,
     Hooks,
     Memory,
     Model,
     Permissions,
     RunRecord,
+    RunStart,
     Runtime,
     Telemetry,
     Transition,
@@ -306,10 +309,10 @@ class Agent:
         forked = session._record(
             parent_run_id=run_id,
             parent_seq=at,
-            initial={
-                "state": snapshot_of(where.state),
-                "system": (record.initial or {}).get("system", self.instructions),
-            },
+            initial=RunStart(
+                snapshot_of(where.state),
+                record.initial.system if record.initial else self.instructions,
+            ),
         )
         fresh = Position(where.state, where.visits, where.next_node, 0)
         return await session.continue_from(self.deps.hooks.on_event, forked, fresh, new_run=True)
@@ -330,16 +333,24 @@ _FINAL = FINAL_STATUSES
 async def _not_answered(runtime: Runtime, record: RunRecord, call_id: str) -> None:
     """Refuse a second approval of one call (say, after a crash right after the first was
     journaled): the first answer stands, and a plain resume goes on with it."""
-    for effect in await runtime.effects(record.run_id):
-        if EffectKey.is_approval_of(effect.key, call_id) and effect.status == "done":
-            raise ResumeError(
-                f"call {call_id} of run {record.run_id} was already answered "
-                "(approvals are used once); resume without approve= to go on"
-            )
+    pending = pending_of(record)
+    if pending is not None and pending.key:
+        answer = await runtime.effect(record.run_id, pending.key)
+        answered = answer is not None and answer.status == EffectStatus.DONE
+    else:  # a run journaled before pending requests named their key
+        answered = any(
+            EffectKey.is_approval_of(e.key, call_id) and e.status == EffectStatus.DONE
+            for e in await runtime.effects(record.run_id)
+        )
+    if answered:
+        raise ResumeError(
+            f"call {call_id} of run {record.run_id} was already answered "
+            "(approvals are used once); resume without approve= to go on"
+        )
 
 
 def _prompt(record: RunRecord) -> str:
-    return str(((record.initial or {}).get("state") or {}).get("input", ""))
+    return record.initial.prompt if record.initial else ""
 
 
 def _mutable_host(host: Any) -> Any:

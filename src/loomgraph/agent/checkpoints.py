@@ -12,7 +12,7 @@ from loomgraph.engine.effects import Approval, ResumeValue
 from loomgraph.errors import GraphError, LoomgraphError
 from loomgraph.graph.compiled import CompiledGraph
 from loomgraph.graph.state import parse_type, snapshot_of
-from loomgraph.protocols import RunRecord, Transition
+from loomgraph.protocols import Pending, RunRecord, RunStatus, Transition
 from loomgraph.protocols.paths import NodePath
 
 
@@ -24,30 +24,36 @@ class ResumeError(LoomgraphError, ValueError):
     """A resume that cannot be done as asked: nothing was executed."""
 
 
+def pending_of(record: RunRecord) -> Pending | None:
+    """What a stopped run waits for, as its journaled result says."""
+    data = (record.result or {}).get("pending")
+    return None if data is None else Pending.from_dict(data)
+
+
 def resume_value(record: RunRecord, value: Any) -> ResumeValue:
     """The interrupted node and the value validated against the type it asked for."""
-    pending = (record.result or {}).get("pending") or {}
-    if record.status != "interrupted" or "type" not in pending:
+    pending = pending_of(record)
+    if record.status != RunStatus.INTERRUPTED or pending is None or not pending.type:
         raise ResumeError(
             f"run {record.run_id} is not waiting for a value (status {record.status!r})"
         )
-    adapter: TypeAdapter[Any] = TypeAdapter(parse_type(pending["type"]))
+    adapter: TypeAdapter[Any] = TypeAdapter(parse_type(pending.type))
     try:
         checked = adapter.validate_python(value)
     except ValidationError as err:
         raise ResumeError(
-            f"run {record.run_id} waits at {pending['node']!r} for a "
-            f"{pending['type']}; the value does not fit: {err}"
+            f"run {record.run_id} waits at {pending.node!r} for a "
+            f"{pending.type}; the value does not fit: {err}"
         ) from None
-    return ResumeValue(pending["node"], adapter.dump_python(checked, mode="json"))
+    return ResumeValue(pending.node, adapter.dump_python(checked, mode="json"))
 
 
 def approval(record: RunRecord, approve: Any) -> Approval:
     """The approval of the pending call: an `Approval` naming that call, or the shorthands
     True, False or {"args": edited}, bound to the one pending call."""
-    pending = (record.result or {}).get("pending") or {}
-    call = pending.get("call")
-    if record.status != "awaiting_approval" or not call:
+    pending = pending_of(record)
+    call = pending.call if pending is not None else None
+    if record.status != RunStatus.AWAITING_APPROVAL or not call:
         raise ResumeError(
             f"run {record.run_id} is not waiting for an approval "
             f"(status {record.status!r}); an approval is used once"
@@ -137,7 +143,7 @@ def history(
 
 
 def _first_state(graph: CompiledGraph, run: RunRecord) -> dict[str, Any]:
-    return graph.schema.initial((run.initial or {}).get("state", {}))
+    return graph.schema.initial(run.initial.state if run.initial else {})
 
 
 def diff(before: dict[str, Any], after: dict[str, Any]) -> dict[str, tuple[Any, Any]]:

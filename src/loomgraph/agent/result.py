@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from loomgraph.protocols import RunStatus, Usage
+from loomgraph.protocols import Pending, RunStatus, Usage
 
 
 @dataclass(slots=True)
@@ -24,7 +24,8 @@ class RunResult:
     node_visits: dict[str, int] = field(default_factory=dict)
     usage: Usage = field(default_factory=Usage)
     timings: dict[str, float] = field(default_factory=dict)
-    pending: dict[str, Any] | None = None
+    # What a run that stopped waits for: an approval of one call, or a value.
+    pending: Pending | None = None
 
     def __post_init__(self) -> None:
         self.status = RunStatus(self.status)
@@ -41,6 +42,7 @@ class RunResult:
         data = {f.name: getattr(self, f.name) for f in fields(self)}
         data["status"] = str(self.status)
         data["usage"] = self.usage.to_dict()
+        data["pending"] = None if self.pending is None else self.pending.to_dict()
         if self.parsed is not None and hasattr(self.parsed, "model_dump"):
             data["parsed"] = self.parsed.model_dump(mode="json")
         return data
@@ -50,4 +52,6 @@ class RunResult:
         """A result from `to_dict()`'s shape, as the journal keeps it."""
         values = dict(data)
         values["usage"] = Usage.from_dict(values.get("usage") or {}, trusted=True)
+        pending = values.get("pending")
+        values["pending"] = None if pending is None else Pending.from_dict(pending)
         return cls(**values)

@@ -24,7 +24,7 @@ from loomgraph.nodes.structured import (
     OutputValidationError,
     StructuredAnswer,
 )
-from loomgraph.protocols import Deps, Episode, RunRecord, RunStatus, Usage
+from loomgraph.protocols import Deps, Episode, RunRecord, RunStart, RunStatus, Usage
 from loomgraph.protocols.events import RUN_COMPLETED, RUN_STARTED
 
 
@@ -84,10 +84,9 @@ class AgentSession:
         async with self._opened(record, sink) as scope:
             state = await self._seed(scope)
             # A copy: the run appends to its own message list in place.
-            record.initial = {
-                "state": {"input": state["input"], "messages": list(state["messages"])},
-                "system": scope.system,
-            }
+            record.initial = RunStart(
+                {"input": state["input"], "messages": list(state["messages"])}, scope.system
+            )
             await self.deps.runtime.start_run(record)
             async with hold_lease(self.deps.leases, self.run_id):
                 return await self._drive(scope, state, None, None)
@@ -104,7 +103,7 @@ class AgentSession:
         """Go on from a checkpoint: the same run (resume) or a new one (fork)."""
         async with self._opened(record, sink) as scope:
             scope.resume = resume
-            scope.system = (record.initial or {}).get("system", self.instructions)
+            scope.system = record.initial.system if record.initial else self.instructions
             if new_run:
                 await self.deps.runtime.start_run(record)
             else:
@@ -157,7 +156,7 @@ class AgentSession:
         deps = self.deps
         try:
             outcome = await run_graph(self.graph, scope, state, start=start, visits=visits)
-            if self.finish is not None and outcome.status == "completed":
+            if self.finish is not None and outcome.status == RunStatus.COMPLETED:
                 outcome = await run_extra_step(
                     self.graph, scope, outcome.state, self.finish, outcome.visits
                 )
@@ -234,7 +233,7 @@ class AgentSession:
             turns=usage.model_calls,
             node_visits=dict(outcome.visits),
             usage=usage,
-            pending=outcome.detail or None,
+            pending=outcome.pending,
             timings={"started": self.started, "duration_s": time.time() - self.started},
         )
         if self.finish is not None and result.ok:

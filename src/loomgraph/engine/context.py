@@ -115,7 +115,7 @@ class VisitContext:
         prior = await self.scope.begin_effect(
             key, "model", {"model": deps.model.name}, self.qualified_node
         )
-        if prior is not None and prior.status == "done" and prior.outcome is not None:
+        if prior is not None and prior.status == EffectStatus.DONE and prior.outcome is not None:
             return _response_from(prior.outcome)
         billed = Usage()  # what broken attempts cost: charged, and counted in the answer's usage
         for attempt in range(STEP_RETRIES + 1):
@@ -207,7 +207,7 @@ class VisitContext:
         replayed from the journal (not run again) when the run is resumed."""
         key = self.effect_key(name)
         prior = await self.scope.begin_effect(key, name.split(":")[0], intent, self.qualified_node)
-        if prior is not None and prior.status == "done" and prior.outcome is not None:
+        if prior is not None and prior.status == EffectStatus.DONE and prior.outcome is not None:
             return prior.outcome
         outcome = await run()
         await self.scope.end_effect(key, outcome)

@@ -13,12 +13,19 @@ from typing import Any
 
 from loomgraph.engine.context import VisitContext
 from loomgraph.engine.scope import RunScope
-from loomgraph.errors import GraphError, NodeError, RunStopped, StateError
+from loomgraph.errors import GraphError, NodeError, StateError
 from loomgraph.graph.compiled import CompiledGraph
 from loomgraph.graph.registry import NodeKind
 from loomgraph.graph.spec import END
 from loomgraph.graph.state import snapshot_of
-from loomgraph.protocols import BudgetExceeded, Transition, Usage
+from loomgraph.protocols import (
+    BudgetExceeded,
+    Pending,
+    RunStatus,
+    RunStopped,
+    Transition,
+    Usage,
+)
 from loomgraph.protocols.events import (
     BUDGET_EXCEEDED,
     ERROR,
@@ -35,13 +42,13 @@ SNAPSHOT_EVERY = 200
 class Outcome:
     """How a graph invocation ended, and the state it ended with."""
 
-    status: str
+    status: RunStatus
     reason: str
     state: dict[str, Any]
     node: str | None = None
     visits: dict[str, int] = field(default_factory=dict)
     error: BaseException | None = None
-    detail: dict[str, Any] = field(default_factory=dict)
+    pending: Pending | None = None
 
 
 async def run_graph(
@@ -65,7 +72,7 @@ async def run_graph(
             cap = "run" if total >= limits.max_visits else f"node {node!r}"
             limit = limits.max_visits if total >= limits.max_visits else graph.node_limits[node]
             reason = f"visit limit of {cap} reached ({limit}) before {path}{node}"
-            return Outcome("limit_reached", reason, state, node, visits)
+            return Outcome(RunStatus.LIMIT_REACHED, reason, state, node, visits)
         visits[node] = visit
         total += 1
         step = await _step(
@@ -82,7 +89,7 @@ async def run_graph(
             step.visits = visits
             return step
         node = step
-    return Outcome("completed", "", state, None, visits)
+    return Outcome(RunStatus.COMPLETED, "", state, None, visits)
 
 
 async def run_extra_step(
@@ -102,7 +109,7 @@ async def run_extra_step(
         if isinstance(outcome, Outcome):
             outcome.visits = visits
             return outcome
-    return Outcome("completed", "", state, None, visits)
+    return Outcome(RunStatus.COMPLETED, "", state, None, visits)
 
 
 async def run_child(
@@ -116,10 +123,10 @@ async def run_child(
     """Run a child graph within a run (a `ChildRunner`); its final state, or raise how it
     stopped: the child's error, or `RunStopped` with its status."""
     outcome = await run_graph(graph, scope, state, path=path, key_path=key_path)
-    if outcome.status != "completed":
+    if outcome.status != RunStatus.COMPLETED:
         if outcome.error is not None:
             raise outcome.error
-        raise RunStopped(outcome.status, outcome.reason, outcome.detail)
+        raise RunStopped(outcome.status, outcome.reason, outcome.pending)
     return outcome.state
 
 
@@ -158,14 +165,14 @@ async def _step(
     except BudgetExceeded as err:
         await ctx.emit(BUDGET_EXCEEDED, {"cap": err.cap, "reason": str(err)})
         await scope.audit("budget_block", qualified, {"cap": err.cap, "reason": str(err)})
-        return Outcome("budget_exhausted", str(err), state, node, error=err)
+        return Outcome(RunStatus.BUDGET_EXHAUSTED, str(err), state, node, error=err)
     except RunStopped as stop:
-        return Outcome(stop.status, stop.reason, state, node, detail=stop.detail)
+        return Outcome(stop.status, stop.reason, state, node, pending=stop.pending)
     except Exception as err:
         error = err if isinstance(err, GraphError) else NodeError(qualified, err)
         await ctx.emit(ERROR, {"error": str(error), "type": type(err).__name__})
         if kind.spec.on_error is None:
-            return Outcome("failed", str(error), state, node, error=error)
+            return Outcome(RunStatus.FAILED, str(error), state, node, error=error)
         # Routed to the handler node, with what failed in the `error` field.
         patch = {"error": {"node": qualified, "type": type(err).__name__, "message": str(err)}}
         graph.schema.apply(state, patch)

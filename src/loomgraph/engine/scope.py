@@ -107,7 +107,7 @@ class RunScope:
         prior = await self.deps.runtime.begin_effect(
             EffectRecord(self.run_id, str(key), kind, intent)
         )
-        if prior is not None and prior.status != "done":
+        if prior is not None and prior.status != EffectStatus.DONE:
             await self.emit(EFFECT_UNKNOWN_AFTER_CRASH, {"key": str(key), "kind": kind}, node)
         return prior
 
@@ -119,7 +119,7 @@ class RunScope:
 
     async def finished_effect(self, key: EffectKey) -> dict[str, Any] | None:
         """The outcome of an effect that finished earlier in this run, or None."""
-        for effect in await self.deps.runtime.effects(self.run_id):
-            if effect.key == str(key) and effect.status == "done":
-                return effect.outcome
-        return None
+        effect = await self.deps.runtime.effect(self.run_id, str(key))
+        if effect is None or effect.status != EffectStatus.DONE:
+            return None
+        return effect.outcome

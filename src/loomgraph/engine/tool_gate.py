@@ -12,8 +12,17 @@ from typing import Any
 
 from loomgraph.engine.effects import Approval, EffectKey
 from loomgraph.engine.scope import RunScope
-from loomgraph.errors import RunStopped
-from loomgraph.protocols import Decision, ToolCall, ToolResult, ToolSpec, Usage
+from loomgraph.protocols import (
+    Decision,
+    EffectStatus,
+    Pending,
+    RunStatus,
+    RunStopped,
+    ToolCall,
+    ToolResult,
+    ToolSpec,
+    Usage,
+)
 from loomgraph.protocols.events import PERMISSION_DECISION, TOOL_CALL, TOOL_RESULT
 
 
@@ -51,7 +60,7 @@ class ToolGate:
             )
             return await self._done(call, result)
         prior = await scope.begin_effect(key, "tool", {"call": call}, self.node)
-        if prior is not None and prior.status == "done" and prior.outcome is not None:
+        if prior is not None and prior.status == EffectStatus.DONE and prior.outcome is not None:
             return await self._done(call, ToolResult(**prior.outcome))  # type: ignore[typeddict-item]
         reservation = await scope.reserve("tool", Usage(tool_calls=1))
         await scope.audit("tool_request", self.node, {"call": call, "rule": decision.rule})
@@ -112,9 +121,9 @@ class ToolGate:
             fresh = await self._fresh_answer(call, asked)
             if fresh is None:
                 raise RunStopped(
-                    "awaiting_approval",
+                    RunStatus.AWAITING_APPROVAL,
                     f"tool {call['tool']!r} needs approval ({asked.rule})",
-                    {"call": call, "rule": asked.rule, "node": self.node},
+                    Pending(self.node, call=call, rule=asked.rule, key=str(approval_key)),
                 )
             answer = fresh
             await scope.begin_effect(approval_key, "approval", {"call": call}, self.node)

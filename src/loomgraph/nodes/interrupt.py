@@ -7,12 +7,12 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
-from loomgraph.errors import RunStopped
 from loomgraph.graph.conditions import compile_template, condition_scope, names_used
 from loomgraph.graph.node_context import NodeContext
 from loomgraph.graph.registry import NodeKind, register_node
 from loomgraph.graph.spec import Graph
 from loomgraph.graph.state import DERIVED_NAMES, TypeSyntaxError, parse_type
+from loomgraph.protocols import Pending, RunStatus, RunStopped
 
 
 class InterruptParams(BaseModel):
@@ -63,12 +63,12 @@ class InterruptNode(NodeKind):
         if supplied:
             return {self.params.output: value}
         raise RunStopped(
-            "interrupted",
+            RunStatus.INTERRUPTED,
             f"waiting at {ctx.qualified_node!r} for a {self.params.request}",
-            {
-                "node": ctx.qualified_node,
-                "type": self.params.request,
-                "message": self.message(condition_scope(state)),
-                "schema": self.adapter.json_schema(),
-            },
+            Pending(
+                ctx.qualified_node,
+                type=self.params.request,
+                message=self.message(condition_scope(state)),
+                schema=self.adapter.json_schema(),
+            ),
         )

@@ -11,16 +11,20 @@ from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 from loomgraph.errors import LoomgraphError
+from loomgraph.protocols.messages import ToolCall
 from loomgraph.protocols.usage import Usage
 
 __all__ = [
     "FINAL_STATUSES",
     "EffectRecord",
     "EffectStatus",
+    "Pending",
     "RunLeases",
     "RunReader",
     "RunRecord",
+    "RunStart",
     "RunStatus",
+    "RunStopped",
     "RunWriter",
     "Runtime",
     "Transition",
@@ -79,8 +83,79 @@ class RunRecord:
     created_at: float = 0.0
     updated_at: float = 0.0
     result: dict[str, Any] | None = None
-    # What the run started from: {"state": first state values, "system": system prompt}.
-    initial: dict[str, Any] | None = None
+    # What the run started from, so a resume or a fork can rebuild its first state.
+    initial: RunStart | None = None
+
+
+@dataclass(slots=True, frozen=True)
+class RunStart:
+    """What a run started from: its first state values and its system prompt."""
+
+    state: dict[str, Any]
+    system: str = ""
+
+    @property
+    def prompt(self) -> str:
+        """The run's input, its first user message."""
+        return str(self.state.get("input", ""))
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON shape the journal keeps."""
+        return {"state": self.state, "system": self.system}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RunStart:
+        """A start the journal kept."""
+        return cls(dict(data.get("state") or {}), str(data.get("system", "")))
+
+
+@dataclass(slots=True, frozen=True)
+class Pending:
+    """What a stopped run waits for: an approval of one tool call (`call`), or a value of a
+    given type for an `interrupt` node (`type`)."""
+
+    node: str
+    # An approval: the call, the rule that asked, and the journal key its answer goes under.
+    call: ToolCall | None = None
+    rule: str = ""
+    key: str = ""
+    # A value: the type asked for (as written in the graph), the message, its JSON Schema.
+    type: str = ""
+    message: str = ""
+    schema: dict[str, Any] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON shape results keep (empty fields left out)."""
+        data: dict[str, Any] = {"node": self.node}
+        for name in ("call", "rule", "key", "type", "message", "schema"):
+            value = getattr(self, name)
+            if value:
+                data[name] = value
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Pending:
+        """A pending request a result kept."""
+        return cls(
+            node=str(data.get("node", "")),
+            call=data.get("call"),
+            rule=str(data.get("rule", "")),
+            key=str(data.get("key", "")),
+            type=str(data.get("type", "")),
+            message=str(data.get("message", "")),
+            schema=data.get("schema"),
+        )
+
+
+class RunStopped(LoomgraphError):
+    """Raised inside a node to end the run with a non-failure status: waiting for an approval
+    or for a value (`pending` says which)."""
+
+    def __init__(self, status: RunStatus, reason: str, pending: Pending | None = None) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+        self.pending = pending
 
 
 @dataclass(slots=True)

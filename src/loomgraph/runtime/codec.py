@@ -7,7 +7,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from loomgraph.protocols import EffectRecord, EffectStatus, RunRecord, RunStatus, Transition, Usage
+from loomgraph.protocols import (
+    EffectRecord,
+    EffectStatus,
+    RunRecord,
+    RunStart,
+    RunStatus,
+    Transition,
+    Usage,
+)
 from loomgraph.runtime.errors import (
     JournalEncodingError,
     JournalVersionError,
@@ -72,7 +80,7 @@ def run_row(run: RunRecord, now: float) -> tuple[Any, ...]:
         run.created_at or now,
         now,
         None if run.result is None else dumps(run.result, f"{where}: result"),
-        None if run.initial is None else dumps(run.initial, f"{where}: initial"),
+        None if run.initial is None else dumps(run.initial.to_dict(), f"{where}: initial"),
         SCHEMA_VERSION,
     )
 
@@ -94,7 +102,7 @@ def run_from_row(row: Sequence[Any]) -> RunRecord:
         created_at=row[10],
         updated_at=row[11],
         result=loads(row[12]),
-        initial=loads(row[13]),
+        initial=_run_start(loads(row[13])),
     )
 
 
@@ -262,3 +270,7 @@ def _marks(n: int) -> str:
 
 
 # --------------------------------------------------------------------------- the journal
+
+
+def _run_start(data: Any) -> RunStart | None:
+    return None if data is None else RunStart.from_dict(data)
