@@ -11,7 +11,7 @@
    next to the same loop without a durable journal (the in-memory journal: nothing on disk;
    the JSON bytes of the patches it holds are shown as the floor), and next to what storing
    the whole state at every step would take (what a per-step checkpointer stores). The
-   interpreter adds a full-state snapshot every 200 transitions (`SNAPSHOT_EVERY`).
+   interpreter adds a full-state snapshot every `snapshot_every` transitions (200 by default).
 """
 
 from __future__ import annotations

@@ -34,9 +34,6 @@ from loomgraph.protocols.events import (
     NODE_STARTED,
 )
 
-# A full state goes into the journal every this many transitions; the rest are patches.
-SNAPSHOT_EVERY = 200
-
 
 @dataclass(slots=True)
 class Outcome:
@@ -182,7 +179,8 @@ async def _step(
         await scope.settle(reservation, Usage())
     scope.seq += 1
     snapshot = None
-    if not ctx.path and scope.seq - scope.snapshot_seq >= SNAPSHOT_EVERY:
+    every = deps.runtime.snapshot_every
+    if every and not ctx.path and scope.seq - scope.snapshot_seq >= every:
         snapshot, scope.snapshot_seq = snapshot_of(state), scope.seq
     await deps.runtime.append_transition(
         Transition(

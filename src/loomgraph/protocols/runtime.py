@@ -203,6 +203,10 @@ class UnknownRun(LoomgraphError, KeyError):
 class RunWriter(Protocol):
     """What a run writes as it goes: its record, transitions as deltas, effects, its end."""
 
+    # Every how many transitions the writer wants a full-state snapshot with one (0: never);
+    # the rest carry only their patch.
+    snapshot_every: int
+
     async def start_run(self, run: RunRecord) -> None:
         """Record a new run."""
         ...

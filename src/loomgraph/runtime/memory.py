@@ -22,6 +22,9 @@ __all__ = ["InMemoryRuntime", "UnknownRun"]
 class InMemoryRuntime:
     """A journal in dicts and lists; keeps the most recent `max_runs` runs."""
 
+    # Nothing is rebuilt from a journal in memory often enough to need snapshots.
+    snapshot_every = 0
+
     def __init__(self, max_runs: int = 1000) -> None:
         self.max_runs = max_runs
         self._runs: OrderedDict[str, RunRecord] = OrderedDict()
