@@ -50,9 +50,9 @@ from loomgraph.protocols import (
     Telemetry,
     Transition,
     UnknownRun,
+    close_backend,
 )
 from loomgraph.protocols.events import Event
-from loomgraph.protocols.ledger import Bindable
 
 _NO_VALUE: Any = object()
 _STREAM_BUFFER = 32  # events a slow consumer may fall behind before the run waits for it
@@ -113,10 +113,8 @@ class Agent:
         budget's ledger (through the budget this Agent bound)."""
         if self.extraction is not None:
             await self.extraction.drain()
-        await self.deps.memory.close()
-        await self.deps.runtime.close()
-        if isinstance(self.deps.budget, Bindable):
-            await self.deps.budget.close()
+        for backend in (self.deps.memory, self.deps.runtime, self.deps.budget):
+            await close_backend(backend)
 
     @property
     def hooks(self) -> GovernanceHooks:

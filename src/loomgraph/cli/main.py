@@ -112,9 +112,7 @@ async def _run(args: argparse.Namespace) -> int:
             if event.kind == "run_completed":
                 status = event.payload["status"]
     finally:
-        close = getattr(agent.deps.runtime, "close", None)
-        if close is not None:
-            await close()
+        await agent.aclose()
     return EXIT_OK if status == "completed" else EXIT_FAILED
 
 

@@ -22,7 +22,7 @@ from loomgraph.cli.output import (
 )
 from loomgraph.errors import GraphError, LoomgraphError
 from loomgraph.governance.null import NoHooks
-from loomgraph.protocols import RunRecord, Runtime, Transition, UnknownRun
+from loomgraph.protocols import RunRecord, Runtime, Transition, UnknownRun, close_backend
 from loomgraph.runtime.errors import JournalError, RunConflict
 
 
@@ -144,9 +144,7 @@ def _journaled(
         try:
             return await command(args, runtime)
         finally:
-            close = getattr(runtime, "close", None)
-            if close is not None:
-                await close()
+            await close_backend(runtime)
 
     try:
         return asyncio.run(go())

@@ -6,7 +6,7 @@ loomgraph's except `loomgraph.errors`.
 """
 
 from loomgraph.protocols.bundle import Deps
-from loomgraph.protocols.checks import OPTIONAL_MEMBERS, implements
+from loomgraph.protocols.checks import OPTIONAL_MEMBERS, close_backend, implements
 from loomgraph.protocols.events import (
     BUDGET_EXCEEDED,
     BUDGET_WARNING,
@@ -140,6 +140,7 @@ __all__ = [  # noqa: RUF022 - grouped by concept, not sorted
     "Telemetry",
     # checks: a backend object against its protocol, at runtime
     "OPTIONAL_MEMBERS",
+    "close_backend",
     "implements",
     # events: what a run tells its consumer
     "Event",

@@ -11,10 +11,18 @@ from __future__ import annotations
 import functools
 from typing import Generic, Protocol
 
-__all__ = ["OPTIONAL_MEMBERS", "implements"]
+__all__ = ["OPTIONAL_MEMBERS", "close_backend", "implements"]
 
 # Members a backend may lack at runtime (static type checking still asks for them).
 OPTIONAL_MEMBERS = frozenset({"close"})
+
+
+async def close_backend(backend: object) -> None:
+    """Close a backend. One written before `close()` joined its protocol (see
+    OPTIONAL_MEMBERS) holds nothing loomgraph must let go of, and is left as it is."""
+    close = getattr(backend, "close", None)
+    if close is not None:
+        await close()
 
 
 def implements(obj: object, protocol: type) -> bool:
