@@ -244,6 +244,8 @@ def _value(s: _Scanner, name: str, *, closers: str) -> str:
         ch = s.text[s.i]
         if depth == 0 and ch in closers:
             break
+        if ch == ")" and depth == 0:
+            break  # closes nothing of the value's own: the end of an argument list or set
         if ch in "{(":
             depth += 1
         elif ch in "})":
