@@ -142,7 +142,7 @@ async def test_an_allow_glob_never_matches_an_absent_argument() -> None:
 @pytest.mark.parametrize(
     "value",
     [
-        "/data/ａ",  # fullwidth a: NFKC turns it into `a`
+        "/data/\uff41",  # fullwidth a: NFKC turns it into `a`
         "/dat\u0430/x",  # Cyrillic a in a Latin word
         "/data/x.",  # a trailing dot
         "/data/...",
@@ -157,5 +157,5 @@ async def test_lookalikes_and_odd_spellings_never_match_an_allow_rule(value: str
 async def test_a_deny_rule_sees_through_lookalikes() -> None:
     perms = StandardPermissions(deny=["send_email(to=*@evil.com)"], mode="bypass")
     assert await verdict(perms, call("send_email", to=["x@\u0435vil.com"])) == "deny"  # Cyrillic
-    assert await verdict(perms, call("send_email", to=["x@ｅvil.com"])) == "deny"  # fullwidth
+    assert await verdict(perms, call("send_email", to=["x@\uff45vil.com"])) == "deny"  # fullwidth
     assert await verdict(perms, call("send_email", to=["x@EVIL.com"])) == "deny"

@@ -220,7 +220,7 @@ def _parse_yaml(text: str, file: str) -> tuple[Any, Lines]:
         root = loader.get_single_node()
         data = None if root is None else _to_data(loader, root, (), lines, file)
     except PermissionConfigError as err:
-        raise err.at(file, err.line) if err.file is None else err from None
+        raise err.at(file, None) from None
     except yaml.MarkedYAMLError as err:
         line = err.problem_mark.line + 1 if err.problem_mark else None
         raise PermissionConfigError(str(err.problem or err), file=file, line=line) from None

@@ -21,10 +21,10 @@ class PermissionConfigError(LoomgraphError, ValueError):
         super().__init__(f"{_where(file, line)}{message}")
 
     def at(self, file: str | None, line: int | None) -> PermissionConfigError:
-        """The same error, located in a file (kept when it already has a location)."""
-        if self.file is not None or self.line is not None:
+        """The same error located in a file; a line it already names is kept."""
+        if self.file is not None:
             return self
-        return type(self)(self.message, file=file, line=line)
+        return type(self)(self.message, file=file, line=self.line or line)
 
 
 class PermissionTypeError(PermissionConfigError, TypeError):
@@ -55,7 +55,9 @@ class RuleSyntaxError(PermissionConfigError):
         return str(self.args[0])
 
     def at(self, file: str | None, line: int | None) -> RuleSyntaxError:
-        """The same error, located in a file."""
-        if self.file is not None or self.line is not None:
+        """The same error located in a file; a line it already names is kept."""
+        if self.file is not None:
             return self
-        return RuleSyntaxError(self.rule, self.position, self.problem, file=file, line=line)
+        return RuleSyntaxError(
+            self.rule, self.position, self.problem, file=file, line=self.line or line
+        )
