@@ -216,9 +216,12 @@ class StandardPermissions:
     def to_data(self) -> dict[str, Any]:
         """Everything that decides, as canonical JSON-shaped data (what `fingerprint` hashes)."""
         data = self._own_data(top=True)
-        data["per_user"] = {
-            uid: user._own_data(top=False) for uid, user in sorted(self.per_user.items())
-        }
+        data["per_user"] = {}
+        for uid, user in sorted(self.per_user.items()):
+            own = user._own_data(top=False)
+            # A dict entry inherits the global sets: list only what the user adds or changes.
+            own["sets"] = {k: v for k, v in own["sets"].items() if data["sets"].get(k) != v}
+            data["per_user"][uid] = own
         data["pinnable"] = _pinnable(data)
         return data
 
