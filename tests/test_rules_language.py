@@ -317,3 +317,17 @@ def test_canonical_text_round_trips(text: str) -> None:
         rule.conds,
         rule.canonical_text,
     )
+
+
+def test_the_documented_examples_parse() -> None:
+    import ast
+    import re
+    from pathlib import Path
+
+    doc = Path(__file__).parent.parent / "docs" / "governance.md"
+    text = doc.read_text()
+    block = text[text.index("Examples for real tools:") : text.index("**Lists.**")]
+    rules = [r for found in re.findall(r"= (\[.*\])", block) for r in ast.literal_eval(found)]
+    assert len(rules) > 15
+    for rule in rules:
+        parse_rule(rule)
