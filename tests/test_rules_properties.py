@@ -11,8 +11,10 @@ random shell strings:
 from __future__ import annotations
 
 import asyncio
+import atexit
 import os
 import shlex
+import shutil
 import tempfile
 from functools import cache
 from typing import Any
@@ -30,6 +32,7 @@ SHELL: Any = {"name": "shell"}
 def tree() -> tuple[str, str]:
     """base/root (allowed) and base/outside, with symlinks in and out and a loop."""
     base = os.path.realpath(tempfile.mkdtemp(prefix="lg-rules-"))
+    atexit.register(shutil.rmtree, base, ignore_errors=True)
     root, outside = os.path.join(base, "root"), os.path.join(base, "outside")
     os.makedirs(os.path.join(root, "a", "deep"))
     os.makedirs(outside)
