@@ -10,11 +10,21 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from loomgraph.governance import StandardPermissions, canonical, parse_rule
+from loomgraph.governance import (
+    PermissionConfigError,
+    RuleSyntaxError,
+    StandardPermissions,
+    canonical,
+    parse_rule,
+)
 from loomgraph.protocols import Decision, Permissions, ToolCall, ToolSpec
 
 SPECS: dict[str, ToolSpec] = {
-    "read": {"name": "read", "destructive": False},
+    "read": {
+        "name": "read",
+        "destructive": False,
+        "parameters": {"properties": {"path": {}, "opts": {}, "limit": {"default": 10}}},
+    },
     "write": {"name": "write", "destructive": True},
     "shell": {"name": "shell", "destructive": True},
     "fetch": {"name": "fetch"},
@@ -61,8 +71,10 @@ def test_is_permissions() -> None:
     ],
 )
 def test_bad_rules_raise_naming_the_rule(rule: str) -> None:
-    with pytest.raises(ValueError, match="invalid permission rule") as info:
+    with pytest.raises(RuleSyntaxError, match="invalid permission rule") as info:
         StandardPermissions(allow=[rule])
+    assert isinstance(info.value, ValueError) and info.value.rule == rule
+    assert 0 <= info.value.position <= len(rule)
     assert repr(rule.strip()) in str(info.value) or repr(rule) in str(info.value)
 
 
@@ -93,7 +105,8 @@ async def test_each_rule_form_matches() -> None:
     )
     assert await verdict(perms, call("shell", cmd="rm -rf /")) == "deny"
     assert await verdict(perms, call("shell", cmd="ls")) == "allow"
-    assert await verdict(perms, call("shell")) == "allow"  # no cmd: the rule does not apply
+    # no cmd, and no schema saying shell takes none: it could be anything, so the deny holds
+    assert await verdict(perms, call("shell")) == "deny"
     SPECS["mcp_search"] = {"name": "mcp_search"}
     try:
         assert await verdict(perms, call("mcp_search", q="x")) == "deny"
@@ -107,8 +120,14 @@ async def test_each_rule_form_matches() -> None:
     # nested (dotted) and non-string arguments match on their JSON form
     assert await verdict(perms, call("read", opts={"recursive": True})) == "deny"
     assert await verdict(perms, call("read", opts={"recursive": False})) == "allow"
-    assert await verdict(perms, call("read", limit=70)) == "deny"
-    assert await verdict(perms, call("read", limit=7)) == "allow"
+    no = {"recursive": False}
+    assert await verdict(perms, call("read", limit=70, opts=no)) == "deny"
+    assert await verdict(perms, call("read", limit=7, opts=no)) == "allow"
+    # left out, an argument stands for its schema default (10 does not match [5-9]?) ...
+    assert await verdict(perms, call("read", opts=no)) == "allow"
+    # ... or, without one, for any value: `opts.recursive` could be true
+    assert await verdict(perms, call("read", limit=7)) == "deny"
+    assert await verdict(perms, call("read", limit=7, opts={})) == "deny"
 
 
 async def test_list_arguments_deny_on_any_allow_on_every() -> None:
@@ -210,7 +229,7 @@ async def test_unknown_tools_are_always_denied() -> None:
 
 
 def test_unknown_mode() -> None:
-    with pytest.raises(ValueError, match="unknown permission mode"):
+    with pytest.raises(PermissionConfigError, match="unknown permission mode"):
         StandardPermissions(mode="yolo")  # type: ignore[arg-type]
 
 

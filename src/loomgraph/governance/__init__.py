@@ -14,7 +14,12 @@ from loomgraph.governance.ledger import (
 )
 from loomgraph.governance.null import AllowAll, NoBudget, NoHooks
 from loomgraph.governance.permissions import Mode, Policy, StandardPermissions
-from loomgraph.governance.rules import Rule, canonical, parse_rule
+from loomgraph.governance.rule_errors import (
+    PermissionConfigError,
+    PermissionTypeError,
+    RuleSyntaxError,
+)
+from loomgraph.governance.rules import Rule, SetSource, canonical, parse_rule
 from loomgraph.governance.sql_ledger import PostgresLedger, SqliteLedger
 
 __all__ = [
@@ -31,9 +36,13 @@ __all__ = [
     "Mode",
     "NoBudget",
     "NoHooks",
+    "PermissionConfigError",
+    "PermissionTypeError",
     "Policy",
     "PostgresLedger",
     "Rule",
+    "RuleSyntaxError",
+    "SetSource",
     "SqliteLedger",
     "StandardBudget",
     "StandardPermissions",

@@ -10,30 +10,41 @@ How one call is decided, first answer wins:
 4. the mode: `default` asks for destructive tools and allows the rest, `accept_edits` and
    `bypass` allow everything, `strict` denies everything (only rules and the policy allow).
 
+An ask rule may carry `unless` rules: when every ask rule that matches a call is excused by
+one of its `unless` rules (matched as strictly as an allow rule), the call is allowed.
+
 Per-user entries add their rules to the global ones (the global deny rules therefore hold
 for every user); their mode and policy, when given, replace the global ones.
 """
 
 from __future__ import annotations
 
+import hashlib
 import inspect
+import json
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal, TypeAlias, get_args
 
-from loomgraph.governance.rules import Rule, parse_rule
+from loomgraph.governance import permission_files
+from loomgraph.governance.rule_errors import PermissionConfigError, PermissionTypeError
+from loomgraph.governance.rules import Rule, SetSource, parse_rule
 from loomgraph.protocols import Decision, ToolCall, ToolSpec
 
 __all__ = ["Mode", "Policy", "StandardPermissions"]
 
 Mode = Literal["default", "accept_edits", "bypass", "strict"]
 MODES: tuple[str, ...] = get_args(Mode)
+assert MODES == permission_files.MODES  # one list of modes, spelled twice for the type
 PolicyResult: TypeAlias = Decision | str
 Policy: TypeAlias = Callable[
     [ToolCall, ToolSpec | None, str | None], PolicyResult | Awaitable[PolicyResult]
 ]
 UserEntry: TypeAlias = "StandardPermissions | Mapping[str, Any]"
-_ENTRY_KEYS = frozenset({"allow", "ask", "deny", "mode", "policy"})
+RuleEntry: TypeAlias = "str | Mapping[str, Any]"
+_ENTRY_KEYS = frozenset({"allow", "ask", "deny", "mode", "policy", "sets", "approval_timeout_s"})
+FORMAT = "loomgraph.permissions/1"
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,38 +64,63 @@ class RuleSet:
     allow: tuple[LabelledRule, ...]
     mode: Mode
     policy: Policy | None
+    sets: Mapping[str, SetSource]
 
 
 class StandardPermissions:
-    """Rules `tool` or `tool(arg=glob, ...)`, checked deny → ask → allow, then policy, then mode.
+    """Rules checked deny → ask (with `unless`) → allow, then the policy, then the mode.
 
-    Rules are parsed here: a malformed rule raises ValueError naming it. `per_user` maps a
-    user id to a StandardPermissions or a dict of the same keyword arguments.
+    Rules are parsed here: a malformed one raises RuleSyntaxError (a ValueError) naming it and
+    the position. `per_user` maps a user id to a StandardPermissions or a dict of the same
+    keyword arguments; `sets` maps a name used as `$name` in rules to strings or to a
+    callable returning them (called at each check). `approval_timeout_s` is kept for the
+    engine: see `approval_timeout`.
     """
 
     def __init__(
         self,
         allow: Iterable[str] = (),
-        ask: Iterable[str] = (),
+        ask: Iterable[RuleEntry] = (),
         deny: Iterable[str] = (),
         mode: Mode | None = None,
         per_user: Mapping[str, UserEntry] | None = None,
         policy: Policy | None = None,
+        sets: Mapping[str, SetSource] | None = None,
+        approval_timeout_s: float | None = None,
     ) -> None:
         if mode is not None and mode not in MODES:
-            raise ValueError(f"unknown permission mode {mode!r}; use one of {', '.join(MODES)}")
+            raise PermissionConfigError(
+                f"unknown permission mode {mode!r}; use one of {', '.join(MODES)}"
+            )
         if policy is not None and not callable(policy):
-            raise TypeError(f"policy must be callable, not {type(policy).__name__}")
+            raise PermissionTypeError(f"policy must be callable, not {type(policy).__name__}")
+        self.sets: dict[str, SetSource] = _check_sets(sets)
+        self.approval_timeout_s = _timeout(approval_timeout_s, "approval_timeout_s")
         self.allow = tuple(_parse_all(allow, "allow"))
-        self.ask = tuple(_parse_all(ask, "ask"))
+        self.rule_timeouts: dict[str, float] = {}
+        self.ask = tuple(self._parse_ask(ask))
         self.deny = tuple(_parse_all(deny, "deny"))
         self.given_mode = mode
         self.mode: Mode = mode or "default"
         self.policy = policy
+        for rule in (*self.allow, *self.ask, *self.deny):
+            _check_set_names(rule, self.sets)
         self.per_user: dict[str, StandardPermissions] = {}
         for user_id, entry in (per_user or {}).items():
-            self.per_user[user_id] = _user_entry(user_id, entry)
-        self._sets: dict[str | None, RuleSet] = {}
+            self.per_user[user_id] = _user_entry(user_id, entry, self.sets)
+        self._rule_sets: dict[str | None, RuleSet] = {}
+
+    @classmethod
+    def from_dict(
+        cls, data: Mapping[str, Any], *, policy: Policy | None = None
+    ) -> StandardPermissions:
+        """Permissions from plain data shaped like a permission file; unknown keys are errors."""
+        return cls(**permission_files.kwargs_from_data(data), policy=policy)
+
+    @classmethod
+    def from_file(cls, path: str | Path, *, policy: Policy | None = None) -> StandardPermissions:
+        """Permissions from a YAML file; errors name the file and line."""
+        return cls(**permission_files.kwargs_from_file(path), policy=policy)
 
     def __repr__(self) -> str:
         return (
@@ -92,9 +128,20 @@ class StandardPermissions:
             f"allow={len(self.allow)}, mode={self.mode!r}, users={len(self.per_user)})"
         )
 
+    def _parse_ask(self, entries: Iterable[RuleEntry]) -> list[Rule]:
+        if isinstance(entries, str | Mapping):
+            raise PermissionTypeError(f"ask must be a list of rules, not {entries!r}")
+        out = []
+        for entry in entries:
+            rule, timeout = permission_files.ask_entry(entry)
+            out.append(rule)
+            if timeout is not None:
+                self.rule_timeouts[rule.text] = timeout
+        return out
+
     def rules_for(self, user_id: str | None) -> RuleSet:
-        """The merged rules, mode and policy that hold for one user."""
-        found = self._sets.get(user_id)
+        """The merged rules, mode, policy and sets that hold for one user."""
+        found = self._rule_sets.get(user_id)
         if found is not None:
             return found
         user = self.per_user.get(user_id) if user_id is not None else None
@@ -109,9 +156,21 @@ class StandardPermissions:
 
         mode = user.given_mode if user is not None and user.given_mode else self.mode
         policy = user.policy if user is not None and user.policy is not None else self.policy
-        found = RuleSet(label("deny"), label("ask"), label("allow"), mode, policy)
-        self._sets[user_id] = found
+        sets = {**self.sets, **(user.sets if user is not None else {})}
+        found = RuleSet(label("deny"), label("ask"), label("allow"), mode, policy, sets)
+        self._rule_sets[user_id] = found
         return found
+
+    def approval_timeout(self, rule: str) -> float | None:
+        """Seconds an ask decided by `rule` (a Decision's rule name) may wait, or None."""
+        for uid, user in self.per_user.items():
+            prefix = f"user:{uid}:ask:"
+            if rule.startswith(prefix):
+                found = user.rule_timeouts.get(rule[len(prefix) :], user.approval_timeout_s)
+                return found if found is not None else self.approval_timeout_s
+        if rule.startswith("ask:") and rule[4:] in self.rule_timeouts:
+            return self.rule_timeouts[rule[4:]]
+        return self.approval_timeout_s
 
     async def check(
         self, call: ToolCall, spec: ToolSpec | None, *, user_id: str | None
@@ -120,18 +179,31 @@ class StandardPermissions:
         if spec is None:
             return Decision("deny", "unknown_tool", f"no tool named {call.get('tool')!r}")
         rules = self.rules_for(user_id)
+        sets = rules.sets
         for entry in rules.deny:
-            if entry.rule.matches(call):
+            if entry.rule.matches(call, spec=spec, sets=sets):
                 return Decision("deny", entry.name, f"denied by rule {entry.rule.text!r}")
+        excused: Decision | None = None
         for entry in rules.ask:
-            if entry.rule.matches(call):
-                if rules.mode == "bypass":
-                    return Decision(
-                        "allow", "mode:bypass", f"ask rule {entry.rule.text!r} bypassed"
-                    )
-                return Decision("ask", entry.name, f"rule {entry.rule.text!r} asks")
+            if not entry.rule.matches(call, spec=spec, sets=sets):
+                continue
+            excuse = entry.rule.excused_by(call, spec=spec, sets=sets)
+            if excuse is not None:
+                # Every matching ask rule must be excused: a later one may still ask.
+                prefix = entry.name[: len(entry.name) - len(f"ask:{entry.rule.text}")]
+                excused = excused or Decision(
+                    "allow",
+                    f"{prefix}unless:{excuse.text}",
+                    f"ask rule {entry.rule.text!r} excused by {excuse.text!r}",
+                )
+                continue
+            if rules.mode == "bypass":
+                return Decision("allow", "mode:bypass", f"ask rule {entry.rule.text!r} bypassed")
+            return Decision("ask", entry.name, f"rule {entry.rule.text!r} asks")
+        if excused is not None:
+            return excused
         for entry in rules.allow:
-            if entry.rule.matches(call, every=True):
+            if entry.rule.matches(call, every=True, spec=spec, sets=sets):
                 return Decision("allow", entry.name, f"allowed by rule {entry.rule.text!r}")
         if rules.policy is not None:
             decided = await _ask_policy(rules.policy, call, spec, user_id)
@@ -140,6 +212,41 @@ class StandardPermissions:
                     return Decision("allow", "mode:bypass", f"{decided.rule} asks; bypassed")
                 return decided
         return _mode_default(rules.mode, spec)
+
+    def to_data(self) -> dict[str, Any]:
+        """Everything that decides, as canonical JSON-shaped data (what `fingerprint` hashes)."""
+        data = self._own_data(top=True)
+        data["per_user"] = {}
+        for uid, user in sorted(self.per_user.items()):
+            own = user._own_data(top=False)
+            # A dict entry inherits the global sets: list only what the user adds or changes.
+            own["sets"] = {k: v for k, v in own["sets"].items() if data["sets"].get(k) != v}
+            data["per_user"][uid] = own
+        data["pinnable"] = _pinnable(data)
+        return data
+
+    def fingerprint(self) -> str:
+        """`sha256:<hex>` of `to_data()`: equal for policies that decide every call alike."""
+        text = json.dumps(self.to_data(), sort_keys=True, separators=(",", ":"))
+        return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
+
+    def _own_data(self, *, top: bool) -> dict[str, Any]:
+        ask = [
+            {"rule": r.canonical_text, "approval_timeout_s": self.rule_timeouts[r.text]}
+            if r.text in self.rule_timeouts
+            else r.canonical_text
+            for r in self.ask
+        ]
+        return {
+            **({"format": FORMAT} if top else {}),
+            "mode": self.mode if top else self.given_mode,
+            "deny": [r.canonical_text for r in self.deny],
+            "ask": ask,
+            "allow": [r.canonical_text for r in self.allow],
+            "policy": None if self.policy is None else {"callable": _qualname(self.policy)},
+            "sets": {name: _set_data(source) for name, source in sorted(self.sets.items())},
+            "approval_timeout_s": self.approval_timeout_s,
+        }
 
 
 def _mode_default(mode: Mode, spec: ToolSpec) -> Decision:
@@ -179,27 +286,84 @@ async def _ask_policy(
 
 
 def _parse_all(rules: Iterable[str], kind: str) -> list[Rule]:
-    if isinstance(rules, str):
-        raise TypeError(f"{kind} must be a list of rules, not one string ({rules!r})")
-    return [parse_rule(r) for r in rules]
+    if isinstance(rules, str | Mapping):
+        raise PermissionTypeError(f"{kind} must be a list of rules, not {rules!r}")
+    return [parse_rule(r, unless=False) for r in rules]
 
 
-def _user_entry(user_id: str, entry: UserEntry) -> StandardPermissions:
+def _check_sets(sets: Mapping[str, SetSource] | None) -> dict[str, SetSource]:
+    out: dict[str, SetSource] = {}
+    for name, source in (sets or {}).items():
+        if callable(source):
+            out[name] = source
+        elif isinstance(source, str) or not isinstance(source, Iterable):
+            raise PermissionTypeError(
+                f"set {name!r} must be a list of strings or a callable returning them"
+            )
+        else:
+            items = list(source)
+            if not all(isinstance(i, str) for i in items):
+                raise PermissionTypeError(f"set {name!r} must hold only strings")
+            out[name] = frozenset(items)
+    return out
+
+
+def _check_set_names(rule: Rule, sets: Mapping[str, SetSource]) -> None:
+    unknown = sorted(rule.set_names - set(sets))
+    if unknown:
+        raise PermissionConfigError(
+            f"rule {rule.text!r} uses unknown set(s) {', '.join('$' + u for u in unknown)}"
+        )
+
+
+def _timeout(value: Any, what: str) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+        raise PermissionConfigError(f"{what} must be a positive number of seconds, not {value!r}")
+    return float(value)
+
+
+def _qualname(fn: Any) -> str:
+    name = getattr(fn, "__qualname__", None) or type(fn).__qualname__
+    return f"{getattr(fn, '__module__', None) or '?'}.{name}"
+
+
+def _set_data(source: SetSource) -> Any:
+    if callable(source):
+        return {"callable": _qualname(source)}
+    return sorted(source)
+
+
+def _pinnable(data: Any) -> bool:
+    """False when something that decides is code (a policy or a callable set)."""
+    if isinstance(data, dict):
+        return "callable" not in data and all(_pinnable(v) for v in data.values())
+    if isinstance(data, list):
+        return all(_pinnable(v) for v in data)
+    return True
+
+
+def _user_entry(
+    user_id: str, entry: UserEntry, sets: Mapping[str, SetSource]
+) -> StandardPermissions:
     if isinstance(entry, StandardPermissions):
         found = entry
     elif isinstance(entry, Mapping):
         unknown = set(entry) - _ENTRY_KEYS
         if unknown:
-            raise ValueError(
+            raise PermissionConfigError(
                 f"per_user[{user_id!r}]: unknown keys {sorted(unknown)}; use "
                 f"{', '.join(sorted(_ENTRY_KEYS))}"
             )
-        found = StandardPermissions(**entry)
+        found = StandardPermissions(**{**entry, "sets": {**sets, **(entry.get("sets") or {})}})
     else:
-        raise TypeError(
+        raise PermissionTypeError(
             f"per_user[{user_id!r}] must be StandardPermissions or a dict, not "
             f"{type(entry).__name__}"
         )
     if found.per_user:
-        raise ValueError(f"per_user[{user_id!r}] cannot have per-user entries of its own")
+        raise PermissionConfigError(
+            f"per_user[{user_id!r}] cannot have per-user entries of its own"
+        )
     return found

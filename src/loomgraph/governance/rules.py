@@ -1,202 +1,108 @@
-"""Permission rules: `tool` or `tool(arg=glob, ...)`, parsed strictly, matched on canonical args.
+"""Permission rules: parsed strictly (`rule_syntax`), matched on canonical readings.
 
-A rule names a tool (a glob, so `mcp_*` works) and optionally constrains arguments by globs.
-Arguments are compared in canonical form: every path-like word is normalised
-(`/data/../etc/passwd` is `/etc/passwd`, `//etc` is `/etc`), numbers and booleans are JSON
-(`3`, `true`), objects are canonical JSON. In a value that is one path, `*` and `?` stay within
-one path segment and `**` crosses `/`; in any other value `*` matches anything, so
-`shell(cmd=rm *)` matches `rm -rf /`.
+A rule names a tool (a glob, so `mcp_*` works) and optionally constrains arguments: globs
+(`path=/data/**`, `to=*@{corp.com,corp.org}`), list quantifiers (`to=all(*@corp.com)`),
+absent/present (`cc=<absent>`), sets (`to in [a@x.com, b@x.com]`, `to in $team`) and numeric
+comparisons (`amount<=100`). An ask rule may carry `unless` rules that excuse it.
 
-A list argument matches a deny or ask rule when any element matches, an allow rule only when
-every element does; a string with spaces that starts like a path (`/my docs/../x`, or a
-command line `/bin/ls /tmp`) is read both as one path and word by word, and again a deny or
-ask rule needs one reading to match, an allow rule all of them. So an ambiguity can make a
-call ask or be denied, never make it allowed.
+Matching follows one principle: an ambiguity can make a call be denied or asked about, never
+make it allowed. A deny or ask rule (`every=False`) matches when any element of a list and any
+reading of a value matches, and an argument the call leaves out counts as "could be anything"
+(unless the tool's schema shows it does not take it, or gives its default). An allow rule
+(`every=True`) needs every element and every reading to match, never matches an absent
+argument except with `<absent>`, and never matches a value `canonical.strict_readings`
+refuses (lookalikes, shell operators in paths and commands, ...).
 """
 
 from __future__ import annotations
 
-import json
-import posixpath
-import re
-from dataclasses import dataclass, field
-from typing import Any
+import math
+import operator
+from collections.abc import Callable, Collection, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, cast
 
-from loomgraph.protocols import ToolCall
+from loomgraph.governance.canonical import generous_readings, readings, strict_readings
+from loomgraph.governance.globs import glob_regex
+from loomgraph.governance.rule_errors import PermissionConfigError
+from loomgraph.governance.rule_syntax import Cond, ParsedRule, parse_text, render
+from loomgraph.protocols import ToolCall, ToolSpec
 
-__all__ = ["Rule", "canonical", "glob_regex", "parse_rule", "readings"]
+__all__ = ["Rule", "SetSource", "canonical", "glob_regex", "parse_rule", "readings"]
 
-_TOOL = re.compile(r"[A-Za-z0-9_\-.:*?\[\]!]+")
-_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
+SetSource = Collection[str] | Callable[[], Iterable[str]]
 _MISSING = object()
+_NOT_TAKEN = object()
+# Argument names read as shell commands when neither the rule nor the tool says otherwise.
+COMMAND_NAMES = frozenset({"cmd", "command", "commands", "script", "cmdline", "command_line"})
+_CMP: dict[str, Callable[[float, float], bool]] = {
+    "<": operator.lt,
+    "<=": operator.le,
+    ">": operator.gt,
+    ">=": operator.ge,
+    "==": operator.eq,
+    "!=": operator.ne,
+}
 
 
 @dataclass(frozen=True, slots=True)
 class Rule:
-    """One parsed rule: its text, tool glob and (argument name, value glob) constraints."""
+    """One parsed rule: its text, tool glob, argument conditions and `unless` rules."""
 
     text: str
     tool: str
-    args: tuple[tuple[str, str], ...] = ()
-    _tool_re: re.Pattern[str] = field(init=False, repr=False, compare=False)
-    _globs: tuple[tuple[re.Pattern[str], re.Pattern[str]], ...] = field(
-        init=False, repr=False, compare=False
-    )
+    conds: tuple[Cond, ...] = ()
+    unless: tuple[Rule, ...] = ()
 
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "_tool_re", glob_regex(self.tool, path=False))
-        object.__setattr__(
-            self,
-            "_globs",
-            tuple((glob_regex(g, path=False), glob_regex(g, path=True)) for _, g in self.args),
-        )
+    @property
+    def args(self) -> tuple[tuple[str, str], ...]:
+        """The (argument, glob) pairs of the glob conditions."""
+        return tuple((c.name, c.glob) for c in self.conds if c.op == "glob")
 
-    def matches(self, call: ToolCall, *, every: bool = False) -> bool:
-        """Whether the call is covered; `every` (for allow rules): in all elements and readings.
+    @property
+    def canonical_text(self) -> str:
+        """One spelling per meaning: what the fingerprint hashes."""
+        return render(_to_parsed(self))
 
-        Without `every` (deny and ask rules) one element of a list, and one reading of a value
-        that can be read two ways, is enough.
-        """
-        if not self._tool_re.fullmatch(str(call.get("tool", ""))):
+    @property
+    def set_names(self) -> frozenset[str]:
+        """The named sets (`$team`) this rule and its `unless` rules use."""
+        own = {c.set_name for c in self.conds if c.set_name is not None}
+        return frozenset(own).union(*(u.set_names for u in self.unless))
+
+    def matches(
+        self,
+        call: ToolCall,
+        *,
+        every: bool = False,
+        spec: ToolSpec | None = None,
+        sets: Mapping[str, SetSource] | None = None,
+    ) -> bool:
+        """Whether the call is covered; `every` (for allow rules): in all elements and readings."""
+        if not glob_regex(self.tool, path=False).fullmatch(str(call.get("tool", ""))):
             return False
         args = call.get("args") or {}
-        for (name, _), (text_re, path_re) in zip(self.args, self._globs, strict=True):
-            value = _lookup(args, name)
-            if value is _MISSING:
-                return False
-            items = value if isinstance(value, list | tuple) else [value]
-            hits = (
-                (path_re if is_path else text_re).fullmatch(text) is not None
-                for item in items
-                for text, is_path in readings(item)
-            )
-            if not (all(hits) if every else any(hits)):
-                return False
-        return True
+        view = cast(Mapping[str, Any], spec or {})
+        return all(_cond_matches(c, args, view, every, sets or {}) for c in self.conds)
+
+    def excused_by(
+        self,
+        call: ToolCall,
+        *,
+        spec: ToolSpec | None = None,
+        sets: Mapping[str, SetSource] | None = None,
+    ) -> Rule | None:
+        """The first `unless` rule that matches the call as strictly as an allow rule."""
+        for rule in self.unless:
+            if rule.matches(call, every=True, spec=spec, sets=sets):
+                return rule
+        return None
 
 
-def parse_rule(text: str) -> Rule:
-    """Parse `tool` or `tool(arg=glob, ...)`; a ValueError names the rule and the problem."""
-    if not isinstance(text, str):
-        raise ValueError(f"permission rule {text!r} is not a string")
-    rule = text.strip()
-
-    def bad(problem: str) -> ValueError:
-        return ValueError(f"invalid permission rule {text!r}: {problem}")
-
-    head, paren, rest = rule.partition("(")
-    head = head.strip()
-    if not head:
-        raise bad("no tool name")
-    if not _TOOL.fullmatch(head):
-        raise bad(f"tool name {head!r} may use only letters, digits, _ - . : and * ? [ ]")
-    if not paren:
-        return Rule(rule, head)
-    if not rest.endswith(")"):
-        raise bad("missing ')' at the end")
-    args = _parse_args(rest[:-1], bad)
-    if not args:
-        raise bad("empty argument list; write just the tool name")
-    return Rule(rule, head, tuple(args))
-
-
-def _parse_args(inner: str, bad: Any) -> list[tuple[str, str]]:
-    """`name=value, ...` where a value is bare (no comma) or quoted with ' or \"."""
-    out: list[tuple[str, str]] = []
-    i, n = 0, len(inner)
-    while True:
-        while i < n and inner[i].isspace():
-            i += 1
-        if i >= n:
-            if out:
-                raise bad("trailing ','")
-            return out
-        eq = inner.find("=", i)
-        if eq < 0:
-            raise bad(f"expected name=glob, got {inner[i:].strip()!r}")
-        name = inner[i:eq].strip()
-        if not _NAME.fullmatch(name):
-            raise bad(f"argument name {name!r} is not an identifier (or dotted path)")
-        if any(name == seen for seen, _ in out):
-            raise bad(f"argument {name!r} appears twice")
-        i = eq + 1
-        while i < n and inner[i].isspace():
-            i += 1
-        if i < n and inner[i] in "\"'":
-            value, i = _quoted(inner, i, bad)
-            while i < n and inner[i].isspace():
-                i += 1
-            if i < n and inner[i] != ",":
-                raise bad(f"unexpected {inner[i:].strip()!r} after the quoted value of {name!r}")
-        else:
-            end = inner.find(",", i)
-            end = n if end < 0 else end
-            value, i = inner[i:end].strip(), end
-            if not value:
-                raise bad(f'argument {name!r} has an empty glob (quote it: {name}="")')
-            if any(q in value for q in "\"'"):
-                raise bad(f"argument {name!r}: quote the whole value, not part of it")
-        out.append((name, value))
-        if i >= n:
-            return out
-        i += 1  # the comma
-
-
-def _quoted(text: str, i: int, bad: Any) -> tuple[str, int]:
-    quote, i, chars = text[i], i + 1, []
-    while i < len(text):
-        ch = text[i]
-        if ch == "\\" and i + 1 < len(text):
-            chars.append(text[i + 1])
-            i += 2
-            continue
-        if ch == quote:
-            return "".join(chars), i + 1
-        chars.append(ch)
-        i += 1
-    raise bad(f"unterminated {quote} quote")
-
-
-def glob_regex(pattern: str, *, path: bool) -> re.Pattern[str]:
-    """A compiled fnmatch-style glob; with `path`, `*` and `?` do not cross `/`, `**` does."""
-    out, i, n = [], 0, len(pattern)
-    star, one = ("[^/]*", "[^/]") if path else (".*", ".")
-    while i < n:
-        ch = pattern[i]
-        if pattern.startswith("**", i):
-            i += 2
-            if path and pattern.startswith("/", i):
-                out.append("(?:.*/)?")  # `a/**/b` also matches `a/b`
-                i += 1
-            else:
-                out.append(".*")
-            continue
-        if ch == "*":
-            out.append(star)
-        elif ch == "?":
-            out.append(one)
-        elif ch == "[" and (close := _class_end(pattern, i)) > 0:
-            body = pattern[i + 1 : close]
-            negate = body.startswith("!")
-            body = body[1:] if negate else body
-            body = body.replace("\\", "\\\\").replace("^", "\\^")
-            out.append(f"[{'^' if negate else ''}{body}]")
-            i = close
-        else:
-            out.append(re.escape(ch))
-        i += 1
-    return re.compile("".join(out), re.DOTALL)
-
-
-def _class_end(pattern: str, start: int) -> int:
-    """The index of the `]` closing a character class at `start`, or -1 (then `[` is literal)."""
-    j = start + 1
-    if j < len(pattern) and pattern[j] == "!":
-        j += 1
-    if j < len(pattern) and pattern[j] == "]":
-        j += 1
-    close = pattern.find("]", j)
-    return close
+def parse_rule(text: str, *, unless: bool = True) -> Rule:
+    """Parse a rule; a RuleSyntaxError names the rule, the problem and its position."""
+    parsed = parse_text(text, unless_allowed=unless)
+    return _from_parsed(text.strip(), parsed)
 
 
 def canonical(value: Any) -> str:
@@ -204,41 +110,120 @@ def canonical(value: Any) -> str:
     return readings(value)[0][0]
 
 
-def readings(value: Any) -> list[tuple[str, bool]]:
-    """Every way a value can be read, as (text, is one path).
-
-    A string with whitespace that starts like a path may be one path with spaces or a command
-    line: it has both readings, the whole string normalised as a path and word by word.
-    """
-    if not isinstance(value, str):
-        if value is None or isinstance(value, bool | int | float):
-            return [(json.dumps(value), False)]
-        try:
-            return [(json.dumps(value, sort_keys=True, separators=(",", ":"), default=str), False)]
-        except (TypeError, ValueError):
-            return [(str(value), False)]
-    if _is_path(value):
-        return [(_normpath(value), True)]
-    words = re.sub(
-        r"\S+", lambda m: _normpath(m.group()) if _is_path(m.group()) else m.group(), value
-    )
-    out = [(words, False)]
-    if "://" not in value and value.startswith(("/", "~", "./", "../")):
-        out.append((_normpath(value), True))
-    return out
+def _from_parsed(text: str, parsed: ParsedRule) -> Rule:
+    unless = tuple(_from_parsed(render(u), u) for u in parsed.unless)
+    return Rule(text, parsed.tool, parsed.conds, unless)
 
 
-def _is_path(text: str) -> bool:
-    """A single word that names a file: has a `/` (or is `.`/`..`/`~…`), not a URL."""
-    if not text or "://" in text or any(c.isspace() for c in text):
+def _to_parsed(rule: Rule) -> ParsedRule:
+    return ParsedRule(rule.tool, rule.conds, tuple(_to_parsed(u) for u in rule.unless))
+
+
+def _cond_matches(
+    cond: Cond, args: Any, spec: Mapping[str, Any], every: bool, sets: Mapping[str, SetSource]
+) -> bool:
+    value = _lookup(args, cond.name)
+    if cond.op == "absent" or cond.op == "present":
+        return (value is _MISSING) == (cond.op == "absent")
+    if value is _MISSING:
+        if every:
+            return False  # an allow rule's pattern never covers an argument left out
+        value = _absent_value(spec, cond.name)
+        if value is _NOT_TAKEN:
+            return False
+        if value is _MISSING:
+            return True  # its value is unknown: it could be anything the pattern names
+    kind = cond.kind or _declared_kind(spec, cond.name)
+    items = value if isinstance(value, list | tuple) else [value]
+    quant = cond.quant or ("all" if every else "any")
+    hits = (_element(cond, item, kind, every, sets) for item in items)
+    return all(hits) if quant == "all" else any(hits)
+
+
+def _element(
+    cond: Cond, item: Any, kind: str | None, every: bool, sets: Mapping[str, SetSource]
+) -> bool:
+    if cond.op == "cmp":
+        number = _number(item, strict=every)
+        if number is None:
+            return not every  # not comparable: a deny or ask rule cannot rule it out
+        return _CMP[cond.cmp](number, cond.number)
+    found = strict_readings(item, kind) if every else generous_readings(item, kind)
+    if found is None:
         return False
-    return "/" in text or text in (".", "..") or text.startswith("~")
+    if cond.op == "in":
+        try:
+            members = _members(cond, sets)
+        except PermissionConfigError:
+            raise
+        except Exception:
+            return not every  # a set that cannot be read: deny and ask rules still hold
+        if every:
+            return all(text in members for text, _ in found)
+        folded = {m.casefold() for m in members}
+        return any(text in members or text.casefold() in folded for text, _ in found)
+    text_re = glob_regex(cond.glob, path=False, fold=not every)
+    path_re = glob_regex(cond.glob, path=True, fold=not every)
+    hits = ((path_re if one_path else text_re).fullmatch(text) for text, one_path in found)
+    return all(h is not None for h in hits) if every else any(h is not None for h in hits)
 
 
-def _normpath(text: str) -> str:
-    norm = posixpath.normpath(text)
-    # POSIX keeps a leading `//` (implementation-defined); the kernel reads it as `/`.
-    return "/" + norm.lstrip("/") if norm.startswith("//") else norm
+def _members(cond: Cond, sets: Mapping[str, SetSource]) -> frozenset[str]:
+    if cond.items is not None:
+        source: Any = cond.items
+    else:
+        name = cast(str, cond.set_name)
+        if name not in sets:
+            raise PermissionConfigError(f"unknown set ${name}; define it in sets=")
+        source = sets[name]
+        if callable(source):
+            source = source()
+    return frozenset(canonical(m) for m in source)
+
+
+def _number(item: Any, *, strict: bool) -> float | None:
+    if isinstance(item, bool):
+        return None
+    if isinstance(item, int | float):
+        number = float(item)
+    elif isinstance(item, str) and not strict:
+        try:
+            number = float(item.strip())
+        except ValueError:
+            return None
+    else:
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _declared_kind(spec: Mapping[str, Any], name: str) -> str | None:
+    """path or command, from the tool's spec (`path_params`, `command_params`, schema format)."""
+    if name in (spec.get("path_params") or ()):
+        return "path"
+    if name in (spec.get("command_params") or ()):
+        return "command"
+    prop = _schema_property(spec, name)
+    if isinstance(prop, Mapping) and prop.get("format") in ("path", "file-path"):
+        return "path"
+    return "command" if name.rsplit(".", 1)[-1] in COMMAND_NAMES else None
+
+
+def _schema_property(spec: Mapping[str, Any], name: str) -> Any:
+    params = spec.get("parameters")
+    props = params.get("properties") if isinstance(params, Mapping) else None
+    if not isinstance(props, Mapping):
+        return _MISSING
+    return props.get(name.split(".")[0], _NOT_TAKEN)
+
+
+def _absent_value(spec: Mapping[str, Any], name: str) -> Any:
+    """What an argument left out stands for: its schema default, not taken, or unknown."""
+    prop = _schema_property(spec, name)
+    if prop is _NOT_TAKEN or prop is _MISSING:
+        return prop
+    if "." not in name and isinstance(prop, Mapping) and "default" in prop:
+        return prop["default"]
+    return _MISSING
 
 
 def _lookup(args: Any, name: str) -> Any:

@@ -1,0 +1,249 @@
+"""Permission files: YAML (or plain data) checked key by key into StandardPermissions arguments.
+
+    mode: strict
+    approval_timeout_s: 600
+    sets:
+      payees: [alice@bank.example, bob@bank.example]
+      team: {file: team.txt}          # one entry a line; `#` starts a comment
+    deny:  ["send_email(to=any(*@evil.example))"]
+    ask:
+      - "transfer unless transfer(amount<=100, to in $payees)"
+      - {rule: wire, unless: ["wire(amount<=10)"], approval_timeout_s: 60}
+    allow: ["read_inbox", "send_email(to=all(*@corp.example), cc=<absent>)"]
+    per_user:
+      alice: {mode: default, allow: ["transfer(amount<=1000)"]}
+
+Every error is a PermissionConfigError (a RuleSyntaxError for a rule) naming file and line.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from loomgraph.governance.rule_errors import (
+    PermissionConfigError,
+    PermissionTypeError,
+    RuleSyntaxError,
+)
+from loomgraph.governance.rule_syntax import parse_text
+from loomgraph.governance.rules import Rule, parse_rule
+
+__all__ = ["MODES", "ask_entry", "kwargs_from_data", "kwargs_from_file"]
+
+Lines = dict[tuple[str | int, ...], int]
+TOP_KEYS = ("mode", "allow", "ask", "deny", "per_user", "sets", "approval_timeout_s")
+USER_KEYS = ("mode", "allow", "ask", "deny", "sets", "approval_timeout_s")
+ASK_KEYS = ("rule", "unless", "approval_timeout_s")
+MODES = ("default", "accept_edits", "bypass", "strict")
+_MAX_BYTES = 1_000_000
+
+
+def ask_entry(entry: Any) -> tuple[Rule, float | None]:
+    """An ask rule, as text or `{rule:, unless: [...], approval_timeout_s:}`, and its timeout."""
+    if isinstance(entry, str):
+        return parse_rule(entry), None
+    if not isinstance(entry, Mapping):
+        raise PermissionTypeError(f"an ask rule must be text or a mapping, not {entry!r}")
+    unknown = sorted(set(entry) - set(ASK_KEYS))
+    if unknown or "rule" not in entry:
+        raise PermissionConfigError(
+            f"an ask mapping takes {', '.join(ASK_KEYS)} (rule required); got {sorted(entry)}"
+        )
+    base = parse_rule(entry["rule"], unless=False)
+    unless = entry.get("unless") or []
+    if isinstance(unless, str) or not isinstance(unless, list):
+        raise PermissionTypeError("unless must be a list of rules")
+    extra = tuple(parse_rule(u, unless=False) for u in unless)
+    rule = Rule(base.text, base.tool, base.conds, extra)
+    text = rule.canonical_text if extra else base.text
+    timeout = entry.get("approval_timeout_s")
+    if timeout is not None and (
+        isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0
+    ):
+        raise PermissionConfigError(f"approval_timeout_s must be positive, not {timeout!r}")
+    return Rule(text, rule.tool, rule.conds, extra), None if timeout is None else float(timeout)
+
+
+def kwargs_from_file(path: str | Path) -> dict[str, Any]:
+    """Read a YAML permission file into StandardPermissions keyword arguments."""
+    file = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise PermissionConfigError(f"cannot read permission file: {err}", file=file) from err
+    if len(text) > _MAX_BYTES:
+        raise PermissionConfigError(f"larger than {_MAX_BYTES} bytes", file=file)
+    data, lines = _parse_yaml(text, file)
+    return kwargs_from_data(data, file=file, lines=lines, base_dir=Path(path).parent)
+
+
+def kwargs_from_data(
+    data: Any,
+    *,
+    file: str | None = None,
+    lines: Lines | None = None,
+    base_dir: Path | None = None,
+) -> dict[str, Any]:
+    """Check plain data key by key and return StandardPermissions keyword arguments."""
+    lines = lines or {}
+
+    def fail(err: PermissionConfigError, path: tuple[str | int, ...]) -> PermissionConfigError:
+        for cut in range(len(path), -1, -1):
+            if path[:cut] in lines:
+                return err.at(file, lines[path[:cut]])
+        return err.at(file, None)
+
+    def entry(value: Any, path: tuple[str | int, ...], keys: tuple[str, ...]) -> dict[str, Any]:
+        if not isinstance(value, Mapping):
+            raise fail(PermissionTypeError("expected a mapping"), path)
+        out: dict[str, Any] = {}
+        for key, item in value.items():
+            where = (*path, key)
+            if key not in keys:
+                raise fail(
+                    PermissionConfigError(f"unknown key {key!r}; use {', '.join(keys)}"), where
+                )
+            if key in ("allow", "deny", "ask"):
+                out[key] = rules(item, where, key)
+            elif key == "sets":
+                out[key] = sets(item, where)
+            else:
+                out[key] = item
+        return out
+
+    def rules(value: Any, path: tuple[str | int, ...], kind: str) -> list[Any]:
+        if not isinstance(value, list):
+            raise fail(PermissionTypeError(f"{kind} must be a list of rules"), path)
+        for i, item in enumerate(value):
+            try:
+                if kind == "ask":
+                    ask_entry(item)
+                elif not isinstance(item, str):
+                    raise PermissionTypeError(f"a {kind} rule must be text, not {item!r}")
+                else:
+                    parse_text(item, unless_allowed=False)
+            except (PermissionConfigError, RuleSyntaxError) as err:
+                raise fail(err, (*path, i)) from None
+        return list(value)
+
+    def sets(value: Any, path: tuple[str | int, ...]) -> dict[str, Any]:
+        if not isinstance(value, Mapping):
+            raise fail(PermissionTypeError("sets must map names to lists"), path)
+        out: dict[str, Any] = {}
+        for name, items in value.items():
+            if isinstance(items, Mapping) and set(items) == {"file"}:
+                items = _set_file(base_dir, items["file"], fail, (*path, name))
+            if not isinstance(items, list) or not all(isinstance(i, str) for i in items):
+                raise fail(
+                    PermissionTypeError(f"set {name!r}: a list of strings or {{file: PATH}}"),
+                    (*path, name),
+                )
+            out[str(name)] = items
+        return out
+
+    top = entry(data, (), TOP_KEYS)
+    users = top.get("per_user") or {}
+    if not isinstance(users, Mapping):
+        raise fail(PermissionTypeError("per_user must map user ids to entries"), ("per_user",))
+    if users:
+        top["per_user"] = {
+            str(uid): entry(u, ("per_user", uid), USER_KEYS) for uid, u in users.items()
+        }
+    _check_values(top, fail, {})
+    for uid, user in (top.get("per_user") or {}).items():
+        _check_values(
+            user, lambda err, p, uid=uid: fail(err, ("per_user", uid, *p)), top.get("sets") or {}
+        )
+    return top
+
+
+def _check_values(kwargs: dict[str, Any], fail: Any, sets: Mapping[str, Any]) -> None:
+    """Mode, timeouts and set names, checked here so the error can show a line."""
+    path: tuple[str | int, ...] = ()
+    mode = kwargs.get("mode")
+    if mode is not None and mode not in MODES:
+        raise fail(
+            PermissionConfigError(f"unknown mode {mode!r}; use {', '.join(MODES)}"), ("mode",)
+        )
+    timeout = kwargs.get("approval_timeout_s")
+    if timeout is not None and (
+        isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0
+    ):
+        raise fail(
+            PermissionConfigError("approval_timeout_s must be positive"), ("approval_timeout_s",)
+        )
+    known = {**sets, **(kwargs.get("sets") or {})}
+    for kind in ("deny", "ask", "allow"):
+        for i, item in enumerate(kwargs.get(kind) or []):
+            rule = ask_entry(item)[0] if kind == "ask" else parse_rule(item, unless=False)
+            unknown = sorted(rule.set_names - set(known))
+            if unknown:
+                problem = f"rule uses unknown set(s) {', '.join('$' + u for u in unknown)}"
+                raise fail(PermissionConfigError(problem), (*path, kind, i))
+
+
+def _set_file(base: Path | None, name: Any, fail: Any, path: tuple[str | int, ...]) -> list[str]:
+    if not isinstance(name, str):
+        raise fail(PermissionTypeError("file must be a path"), path)
+    target = (base or Path.cwd()) / name
+    try:
+        text = target.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise fail(
+            PermissionConfigError(f"cannot read set file {str(target)!r}: {err}"), path
+        ) from None
+    return [
+        ln.strip() for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")
+    ]
+
+
+class _Loader(yaml.SafeLoader):
+    """A safe loader that refuses aliases, so an alias bomb is never expanded."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()  # type: ignore[no-untyped-call]
+            raise PermissionConfigError(
+                "YAML aliases are not allowed", line=event.start_mark.line + 1
+            )
+        return super().compose_node(parent, index)
+
+
+def _parse_yaml(text: str, file: str) -> tuple[Any, Lines]:
+    loader = _Loader(text)
+    lines: Lines = {}
+    try:
+        root = loader.get_single_node()
+        data = None if root is None else _to_data(loader, root, (), lines, file)
+    except PermissionConfigError as err:
+        raise err.at(file, None) from None
+    except yaml.MarkedYAMLError as err:
+        line = err.problem_mark.line + 1 if err.problem_mark else None
+        raise PermissionConfigError(str(err.problem or err), file=file, line=line) from None
+    finally:
+        loader.dispose()
+    return data, lines
+
+
+def _to_data(
+    loader: _Loader, node: yaml.Node, path: tuple[str | int, ...], lines: Lines, file: str
+) -> Any:
+    lines[path] = node.start_mark.line + 1
+    if isinstance(node, yaml.MappingNode):
+        out: dict[Any, Any] = {}
+        for key_node, value_node in node.value:
+            key = loader.construct_object(key_node)
+            key = key if isinstance(key, str | int) else str(key)
+            if key in out:
+                raise PermissionConfigError(
+                    f"key {key!r} appears twice", file=file, line=key_node.start_mark.line + 1
+                )
+            out[key] = _to_data(loader, value_node, (*path, key), lines, file)
+        return out
+    if isinstance(node, yaml.SequenceNode):
+        return [_to_data(loader, n, (*path, i), lines, file) for i, n in enumerate(node.value)]
+    return loader.construct_object(node)
