@@ -49,13 +49,16 @@ with where each class lives (relative to `loomgraph.`):
     │   ├── MemoryCorrupted                 memory.errors
     │   └── MemoryUnavailable               memory.errors
     ├── ExtractionError + ValueError        memory.extract
+    ├── PermissionConfigError + ValueError  governance.rule_errors
+    │   ├── PermissionTypeError + TypeError governance.rule_errors
+    │   └── RuleSyntaxError                 governance.rule_errors
     ├── AuditLogError                       observability.audit_chain
     ├── SqliteFileProblem                   _storage.sqlite_files
     └── UsageError                          cli.runs
 
 Three exceptions stay outside on purpose: they are raised and caught inside one module and
 never reach a caller — `authoring.loader._AliasRefused`, `governance.hooks._Failed` and
-`runtime.sql_journal.Constraint`.
+`_storage.cursor.Constraint`.
 """
 
 from __future__ import annotations

@@ -35,7 +35,14 @@ class ToolSpec(TypedDict, total=False):
     name: str
     description: str
     parameters: dict[str, Any]
+    # Governance hints: a destructive tool asks by default; an egress tool sends data out of
+    # the system; a trusted tool's results are not treated as untrusted input.
     destructive: bool
+    egress: bool
+    trusted: bool
+    # The arguments that are file paths (matched after resolving symlinks) or shell commands.
+    path_params: list[str]
+    command_params: list[str]
 
 
 class ToolResult(TypedDict, total=False):
