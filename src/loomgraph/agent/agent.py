@@ -9,10 +9,10 @@ from pathlib import Path
 from typing import Any
 
 from loomgraph.agent.checkpoints import (
+    ApprovalUsed,
     Checkpoint,
     GraphChanged,
     Position,
-    ResumeError,
     approval,
     history,
     pending_of,
@@ -20,6 +20,7 @@ from loomgraph.agent.checkpoints import (
     resume_value,
 )
 from loomgraph.agent.deps import build_deps
+from loomgraph.agent.governance_state import check_policy, describe_policy
 from loomgraph.agent.leases import hold_lease
 from loomgraph.agent.memory_wiring import wire_memory
 from loomgraph.agent.result import RunResult
@@ -250,24 +251,22 @@ class Agent:
         accept_graph_change: bool = False,
         value: Any = _NO_VALUE,
         approve: Any = _NO_VALUE,
+        override_policy: bool = False,
     ) -> RunResult:
         """Continue an interrupted or crashed run from its journal; finished effects replay.
 
         `value` answers an `interrupt` node: it is validated against the type the node asked
         for before anything runs, and written to the node's output field. `approve` answers
-        a run awaiting approval — True, False, or {"args": edited} (checked against the rules
-        again) — and binds to that one pending call.
+        a run awaiting approval: an `Approval(call_id, allow, args=edited, approver=...)`
+        naming the pending call, or the shorthands True, False, {"args": edited}, which bind to
+        that one pending call. Edited arguments meet the rules again. A run is resumed under
+        the permission policy it was pinned to; another one is refused (`PolicyChanged`)
+        unless `override_policy=True`, which is audited.
         """
         record = await self.deps.runtime.load_run(run_id)
         if record is None:
             raise UnknownRun(run_id)
-        # An answer is for a waiting run; given to any other, it is refused (not ignored).
-        answer: ResumeInput | None = None
-        if value is not _NO_VALUE:
-            answer = resume_value(record, value)
-        if approve is not _NO_VALUE:
-            answer = approval(record, approve)
-            await _not_answered(self.deps.runtime, record, answer.call_id)
+        answer = await self._answer(record, value, approve)
         if record.status in _FINAL and record.result is not None:
             return RunResult.from_dict(record.result)  # a finished run: nothing is executed again
         if record.graph_hash != self.compiled.hash and not accept_graph_change:
@@ -283,12 +282,34 @@ class Agent:
             # Read where the run stands only once it is ours: another worker may have moved
             # it on, or finished it, while this one waited.
             record = await self.deps.runtime.load_run(run_id) or record
+            # Checked again under the lease: of two approvals of one call, one wins.
+            answer = await self._answer(record, value, approve)
             if record.status in _FINAL and record.result is not None:
                 return RunResult.from_dict(record.result)
+            changed = check_policy(record, self.deps.permissions, override=override_policy)
+            if changed is not None:
+                await self.deps.audit_log.record(
+                    "policy_override",
+                    run_id=run_id,
+                    user_id=record.user_id,
+                    actor="agent",
+                    payload=changed,
+                )
             at = position(self.compiled, record, await self.deps.runtime.transitions(run_id))
             return await session.continue_from(
                 self.deps.hooks.on_event, record, at, new_run=False, resume=answer
             )
+
+    async def _answer(self, record: RunRecord, value: Any, approve: Any) -> ResumeInput | None:
+        """The answer a resume brings, checked against what the run waits for: an answer for
+        a run that does not wait for it is refused, not ignored."""
+        if value is not _NO_VALUE:
+            return resume_value(record, value)
+        if approve is not _NO_VALUE:
+            answer = approval(record, approve)
+            await _not_answered(self.deps.runtime, record, answer.call_id)
+            return answer
+        return None
 
     async def fork(self, run_id: str, *, at: int, patch: dict[str, Any] | None = None) -> RunResult:
         """Start a new run from checkpoint `at` of another run, its state optionally patched."""
@@ -310,6 +331,7 @@ class Agent:
             initial=RunStart(
                 snapshot_of(where.state),
                 record.initial.system if record.initial else self.instructions,
+                describe_policy(self.deps.permissions),
             ),
         )
         fresh = Position(where.state, where.visits, where.next_node, 0)
@@ -341,7 +363,7 @@ async def _not_answered(runtime: Runtime, record: RunRecord, call_id: str) -> No
             for e in await runtime.effects(record.run_id)
         )
     if answered:
-        raise ResumeError(
+        raise ApprovalUsed(
             f"call {call_id} of run {record.run_id} was already answered "
             "(approvals are used once); resume without approve= to go on"
         )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -22,6 +23,31 @@ class GraphChanged(GraphError):
 
 class ResumeError(LoomgraphError, ValueError):
     """A resume that cannot be done as asked: nothing was executed."""
+
+
+class ApprovalRefused(ResumeError):
+    """An approval that cannot be used: nothing was executed, the run still waits."""
+
+
+class ApprovalNotPending(ApprovalRefused):
+    """The approval names a call the run is not waiting for (answered, never asked, another
+    run's), or the run waits for no approval."""
+
+
+class ApprovalUsed(ApprovalRefused):
+    """The call was already answered: an approval is used once."""
+
+
+class ApprovalExpired(ApprovalRefused):
+    """The request's deadline passed: the call is denied when the run is resumed."""
+
+
+def _in_time(record: RunRecord, pending: Pending) -> None:
+    if pending.deadline is not None and time.time() > pending.deadline:
+        raise ApprovalExpired(
+            f"the approval request for call {pending.call and pending.call['id']} of run "
+            f"{record.run_id} expired; resume without approve= to go on (the call is denied)"
+        )
 
 
 def pending_of(record: RunRecord) -> Pending | None:
@@ -53,18 +79,20 @@ def approval(record: RunRecord, approve: Any) -> Approval:
     True, False or {"args": edited}, bound to the one pending call."""
     pending = pending_of(record)
     call = pending.call if pending is not None else None
-    if record.status != RunStatus.AWAITING_APPROVAL or not call:
-        raise ResumeError(
+    if record.status != RunStatus.AWAITING_APPROVAL or pending is None or not call:
+        raise ApprovalNotPending(
             f"run {record.run_id} is not waiting for an approval "
             f"(status {record.status!r}); an approval is used once"
         )
     if isinstance(approve, Approval):
         if approve.call_id != call["id"]:
-            raise ResumeError(
+            raise ApprovalNotPending(
                 f"run {record.run_id} waits for an approval of call {call['id']}, "
                 f"not of call {approve.call_id}"
             )
+        _in_time(record, pending)
         return approve
+    _in_time(record, pending)
     edited = (
         isinstance(approve, dict) and set(approve) == {"args"} and isinstance(approve["args"], dict)
     )

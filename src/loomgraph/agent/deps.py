@@ -17,6 +17,7 @@ from loomgraph.protocols import (
     Memory,
     Model,
     Permissions,
+    PinnablePolicy,
     RunClock,
     RunLeases,
     RunRecord,
@@ -160,7 +161,8 @@ def build_deps(
     approval_handler: Callable[..., Any] | None = None,
 ) -> Deps:
     """The bundle for an Agent: every missing piece is its no-op default."""
-    from loomgraph.governance.null import AllowAll, NoBudget, NoHooks
+    from loomgraph.governance.null import NoBudget, NoHooks
+    from loomgraph.governance.permissions import StandardPermissions
     from loomgraph.observability import NoAuditLog, NoTelemetry
     from loomgraph.tools import as_tool_host
 
@@ -175,6 +177,7 @@ def build_deps(
         # (so caps hold across processes), turn warnings into events: on a bound copy.
         site = journal.ledger_site if isinstance(journal, LedgerHost) else None
         budget = budget.bind(model=chosen.name, site=site, on_warning=_warn_run)
+    permissions = given(permissions, Permissions, "permissions", StandardPermissions)
     return Deps(
         model=chosen,
         tools=host,
@@ -185,7 +188,9 @@ def build_deps(
         budgeted=budget is not None,
         run_clock=budget if isinstance(budget, RunClock) else None,
         approval_handler=approval_handler,
-        permissions=given(permissions, Permissions, "permissions", AllowAll),
+        # With no configuration a destructive tool asks (the `default` mode), never runs unasked.
+        permissions=permissions,
+        on_tainted=permissions.on_tainted if isinstance(permissions, PinnablePolicy) else "ask",
         hooks=given(hooks, Hooks, "hooks", NoHooks),
         telemetry=given(telemetry, Telemetry, "telemetry", NoTelemetry),
         audit_log=given(audit_log, AuditLog, "audit_log", NoAuditLog),

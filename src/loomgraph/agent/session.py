@@ -11,6 +11,7 @@ from typing import Any
 
 from loomgraph.agent.checkpoints import Position
 from loomgraph.agent.deps import current_run
+from loomgraph.agent.governance_state import describe_policy, restore
 from loomgraph.agent.leases import hold_lease
 from loomgraph.agent.result import RunResult
 from loomgraph.engine.effects import ResumeInput
@@ -85,7 +86,9 @@ class AgentSession:
             state = await self._seed(scope)
             # A copy: the run appends to its own message list in place.
             record.initial = RunStart(
-                {"input": state["input"], "messages": list(state["messages"])}, scope.system
+                {"input": state["input"], "messages": list(state["messages"])},
+                scope.system,
+                describe_policy(self.deps.permissions),
             )
             await self.deps.runtime.start_run(record)
             async with hold_lease(self.deps.leases, self.run_id):
@@ -108,6 +111,7 @@ class AgentSession:
                 await self.deps.runtime.start_run(record)
             else:
                 scope.seq = scope.snapshot_seq = at.seq
+                await restore(scope, self.deps.runtime, self.deps.tools)
             scope.model_calls = int((at.state.get("usage") or {}).get("model_calls", 0))
             return await self._drive(scope, at.state, at.next_node, at.visits)
 

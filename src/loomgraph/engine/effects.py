@@ -11,8 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-# The slot of the approval of one tool call, by call id.
+# The slot of the approval of one tool call, by call id, and of the request for it.
 APPROVAL_SLOT = "approval:"
+REQUEST_SLOT = "approval-request:"
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,6 +34,11 @@ class EffectKey:
     def approval(cls, run_id: str, path: str, visit: int, call_id: str) -> EffectKey:
         """The key under which the answer to one call's approval request is journaled."""
         return cls(run_id, path, visit, APPROVAL_SLOT + call_id)
+
+    @classmethod
+    def approval_request(cls, run_id: str, path: str, visit: int, call_id: str) -> EffectKey:
+        """The key under which the request for one call's approval is journaled."""
+        return cls(run_id, path, visit, REQUEST_SLOT + call_id)
 
     @staticmethod
     def is_approval_of(key: str, call_id: str) -> bool:
@@ -56,6 +62,9 @@ class Approval:
     call_id: str
     allow: bool
     args: dict[str, Any] | None = None
+    # Who answered, as the caller names them (recorded in the journal and the audit log).
+    approver: str = ""
+    reason: str = ""
 
     def journaled(self) -> Any:
         """The answer as the journal keeps it: True, False or {"args": edited}."""
@@ -64,11 +73,11 @@ class Approval:
         return {"args": dict(self.args)} if self.args is not None else True
 
     @classmethod
-    def from_journal(cls, call_id: str, answer: Any) -> Approval:
-        """The approval a journaled answer stands for."""
+    def from_journal(cls, call_id: str, answer: Any, approver: str = "") -> Approval:
+        """The approval a journaled answer (or an approval handler's) stands for."""
         if isinstance(answer, dict):
-            return cls(call_id, True, dict(answer["args"]))
-        return cls(call_id, bool(answer))
+            return cls(call_id, True, dict(answer["args"]), approver)
+        return cls(call_id, bool(answer), approver=approver)
 
 
 ResumeInput = ResumeValue | Approval

@@ -54,6 +54,11 @@ class RunScope:
     budget_scope: BudgetScope = field(init=False)
     # The answer the run was resumed with, until the node or call it is for takes it.
     resume: ResumeInput | None = None
+    # The keys of the approval requests journaled before this run was resumed: those calls
+    # run only with an explicit approval, whatever the permissions say now.
+    requested: frozenset[str] = frozenset()
+    # The run's untrusted tool results so far (normalised), to tell tainted calls.
+    untrusted: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.budget_scope = BudgetScope(self.run_id, self.user_id)

@@ -7,17 +7,15 @@ each is gated, journaled and reported the same way.
 
 from __future__ import annotations
 
-import inspect
 from typing import Any
 
-from loomgraph.engine.effects import Approval, EffectKey
+from loomgraph.engine.approvals import ApprovalDesk
+from loomgraph.engine.effects import EffectKey
 from loomgraph.engine.scope import RunScope
+from loomgraph.engine.taint import is_tainted, normalise
 from loomgraph.protocols import (
     Decision,
     EffectStatus,
-    Pending,
-    RunStatus,
-    RunStopped,
     ToolCall,
     ToolResult,
     ToolSpec,
@@ -61,7 +59,8 @@ class ToolGate:
             return await self._done(call, result)
         prior = await scope.begin_effect(key, "tool", {"call": call}, self.node)
         if prior is not None and prior.status == EffectStatus.DONE and prior.outcome is not None:
-            return await self._done(call, ToolResult(**prior.outcome))  # type: ignore[typeddict-item]
+            replayed = ToolResult(**prior.outcome)  # type: ignore[typeddict-item]
+            return await self._done(call, replayed, spec)
         reservation = await scope.reserve("tool", Usage(tool_calls=1))
         await scope.audit("tool_request", self.node, {"call": call, "rule": decision.rule})
         try:
@@ -77,86 +76,55 @@ class ToolGate:
             raise
         await scope.settle(reservation, Usage(tool_calls=1))
         await scope.end_effect(key, dict(result))
-        return await self._done(call, result)
+        return await self._done(call, result, spec)
 
     async def decide(
         self, call: ToolCall, spec: ToolSpec, key: EffectKey
     ) -> tuple[Decision, ToolCall]:
         """The permission verdict for a call (asking for approval when a rule says so), after
         the hooks had their say; reported as an event and in the audit log."""
-        deps = self.scope.deps
-        decision = await deps.permissions.check(call, spec, user_id=self.scope.user_id)
+        scope, deps = self.scope, self.scope.deps
+        desk = ApprovalDesk(scope, self.node, call, key)
+        tainted = bool(scope.untrusted) and is_tainted(call["args"], scope.untrusted)
+        if desk.was_requested:  # asked before the run stopped: only an approval releases it
+            decision = Decision("ask", "approval:pending", "asked before the run stopped")
+        else:
+            decision = await deps.permissions.check(call, spec, user_id=scope.user_id)
+            if tainted and spec.get("egress") and decision.verdict == "allow":
+                decision = Decision(
+                    deps.on_tainted,
+                    "taint:egress",
+                    "its arguments carry text from an untrusted tool result",
+                )
         if decision.verdict == "ask":
-            decision, call = await self._approval(call, spec, decision, key)
+            decision, call = await desk.settle(spec, decision, tainted=tainted)
         if decision.verdict == "allow":
             hook = await deps.hooks.before_tool(call)
             if hook is not None and hook.verdict == "deny":  # hooks may deny, never approve
                 decision = hook
-        await self.report(call, decision)
+        await self.report(call, decision, tainted=tainted)
         return decision, call
 
-    async def report(self, call: ToolCall, decision: Decision) -> None:
+    async def report(self, call: ToolCall, decision: Decision, *, tainted: bool = False) -> None:
         """A decision as a `permission_decision` event and audit entry, naming its rule."""
-        report = {
+        report: dict[str, Any] = {
             "call_id": call["id"],
             "tool": call["tool"],
             "verdict": decision.verdict,
             "rule": decision.rule,
             "reason": decision.reason,
         }
+        if tainted:
+            report["tainted"] = True
         await self.scope.emit(PERMISSION_DECISION, report, self.node)
         await self.scope.audit(PERMISSION_DECISION, self.node, report)
 
-    async def _approval(
-        self, call: ToolCall, spec: ToolSpec, asked: Decision, key: EffectKey
-    ) -> tuple[Decision, ToolCall]:
-        """Settle an `ask`: with the approval the run was resumed with (bound to this call),
-        one journaled before a crash, or the approval handler; else stop the run to wait."""
+    async def _done(
+        self, call: ToolCall, result: ToolResult, spec: ToolSpec | None = None
+    ) -> ToolResult:
         scope = self.scope
-        approval_key = EffectKey.approval(key.run_id, key.path, key.visit, call["id"])
-        earlier = await scope.finished_effect(approval_key)
-        if earlier is not None:  # answered before a crash: that answer stands
-            answer = Approval.from_journal(call["id"], earlier["answer"])
-        else:
-            fresh = await self._fresh_answer(call, asked)
-            if fresh is None:
-                raise RunStopped(
-                    RunStatus.AWAITING_APPROVAL,
-                    f"tool {call['tool']!r} needs approval ({asked.rule})",
-                    Pending(self.node, call=call, rule=asked.rule, key=str(approval_key)),
-                )
-            answer = fresh
-            await scope.begin_effect(approval_key, "approval", {"call": call}, self.node)
-            await scope.end_effect(approval_key, {"answer": answer.journaled()})
-        await scope.audit(
-            "approval", self.node, {"call_id": call["id"], "answer": answer.journaled()}
-        )
-        if not answer.allow:
-            return Decision("deny", "approval:denied", "the user denied this call"), call
-        if answer.args is not None:
-            call = ToolCall(id=call["id"], tool=call["tool"], args=dict(answer.args))
-            again = await scope.deps.permissions.check(call, spec, user_id=scope.user_id)
-            if again.verdict == "deny":  # edited arguments meet the rules again
-                return again, call
-        return Decision("allow", "approval:granted", asked.rule), call
-
-    async def _fresh_answer(self, call: ToolCall, asked: Decision) -> Approval | None:
-        """The approval the run was resumed with for this call, or the handler's answer."""
-        scope = self.scope
-        supplied = scope.resume
-        if isinstance(supplied, Approval) and supplied.call_id == call["id"]:
-            scope.resume = None
-            return supplied
-        handler = scope.deps.approval_handler
-        if handler is None:
-            return None
-        answer: Any = handler(call, asked)
-        if inspect.isawaitable(answer):
-            answer = await answer
-        return None if answer is None else Approval.from_journal(call["id"], answer)
-
-    async def _done(self, call: ToolCall, result: ToolResult) -> ToolResult:
-        scope = self.scope
+        if spec is not None and not spec.get("trusted"):
+            scope.untrusted.append(normalise(result.get("content", "")))
         await scope.audit(
             "tool_result",
             self.node,

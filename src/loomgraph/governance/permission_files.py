@@ -35,7 +35,7 @@ from loomgraph.governance.rules import Rule, parse_rule
 __all__ = ["MODES", "ask_entry", "kwargs_from_data", "kwargs_from_file"]
 
 Lines = dict[tuple[str | int, ...], int]
-TOP_KEYS = ("mode", "allow", "ask", "deny", "per_user", "sets", "approval_timeout_s")
+TOP_KEYS = ("mode", "allow", "ask", "deny", "per_user", "sets", "approval_timeout_s", "on_tainted")
 USER_KEYS = ("mode", "allow", "ask", "deny", "sets", "approval_timeout_s")
 ASK_KEYS = ("rule", "unless", "approval_timeout_s")
 MODES = ("default", "accept_edits", "bypass", "strict")

@@ -30,7 +30,7 @@ from typing import Any, Literal, TypeAlias, get_args
 from loomgraph.governance import permission_files
 from loomgraph.governance.rule_errors import PermissionConfigError, PermissionTypeError
 from loomgraph.governance.rules import Rule, SetSource, parse_rule
-from loomgraph.protocols import Decision, ToolCall, ToolSpec
+from loomgraph.protocols import Decision, ToolCall, ToolSpec, Verdict
 
 __all__ = ["Mode", "Policy", "StandardPermissions"]
 
@@ -87,6 +87,7 @@ class StandardPermissions:
         policy: Policy | None = None,
         sets: Mapping[str, SetSource] | None = None,
         approval_timeout_s: float | None = None,
+        on_tainted: Verdict = "ask",
     ) -> None:
         if mode is not None and mode not in MODES:
             raise PermissionConfigError(
@@ -94,6 +95,12 @@ class StandardPermissions:
             )
         if policy is not None and not callable(policy):
             raise PermissionTypeError(f"policy must be callable, not {type(policy).__name__}")
+        if on_tainted not in ("ask", "deny", "allow"):
+            raise PermissionConfigError(
+                f"on_tainted must be 'ask', 'deny' or 'allow', not {on_tainted!r}"
+            )
+        # What an egress tool's call gets when its arguments carry untrusted text.
+        self.on_tainted: Verdict = on_tainted
         self.sets: dict[str, SetSource] = _check_sets(sets)
         self.approval_timeout_s = _timeout(approval_timeout_s, "approval_timeout_s")
         self.allow = tuple(_parse_all(allow, "allow"))
@@ -246,6 +253,7 @@ class StandardPermissions:
             "policy": None if self.policy is None else {"callable": _qualname(self.policy)},
             "sets": {name: _set_data(source) for name, source in sorted(self.sets.items())},
             "approval_timeout_s": self.approval_timeout_s,
+            **({"on_tainted": self.on_tainted} if top else {}),
         }
 
 

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from loomgraph.protocols.governance import Budget, Hooks, Permissions, RunClock
+from loomgraph.protocols.governance import Budget, Hooks, Permissions, RunClock, Verdict
 from loomgraph.protocols.memory import Memory
 from loomgraph.protocols.models import Model
 from loomgraph.protocols.observability import AuditLog, Telemetry
@@ -38,6 +38,9 @@ class Deps:
     # Decides `ask` verdicts in-process: (call, decision) -> True | False | {"args": ...} |
     # None (None: stop the run and wait for `agent.resume(run_id, approve=...)`).
     approval_handler: Callable[..., Any] | None = None
+    # What an egress tool's call gets when its arguments carry untrusted text and the rules
+    # would allow it.
+    on_tainted: Verdict = "ask"
     # The runtime again when it offers leases (checked once: protocol checks are slow).
     leases: RunLeases | None = None
     # The budget again when it follows runs from start to end.

@@ -17,6 +17,7 @@ __all__ = [
     "Decision",
     "Hooks",
     "Permissions",
+    "PinnablePolicy",
     "Reservation",
     "RunClock",
     "Verdict",
@@ -114,6 +115,27 @@ class Permissions(Protocol):
         self, call: ToolCall, spec: ToolSpec | None, *, user_id: str | None
     ) -> Decision:
         """allow, deny or ask for one call."""
+        ...
+
+
+@runtime_checkable
+class PinnablePolicy(Protocol):
+    """A permission policy that can say exactly what it is, so a run can be pinned to it, and
+    how long an `ask` may wait for its answer."""
+
+    # What an egress tool's call gets when its arguments carry untrusted text.
+    on_tainted: Verdict
+
+    def fingerprint(self) -> str:
+        """A stable hash of everything that decides: equal for policies that decide alike."""
+        ...
+
+    def to_data(self) -> dict[str, Any]:
+        """Everything that decides, as JSON-shaped data."""
+        ...
+
+    def approval_timeout(self, rule: str) -> float | None:
+        """Seconds an ask decided by `rule` may wait for its answer, or None for ever."""
         ...
 
 

@@ -89,10 +89,12 @@ class RunRecord:
 
 @dataclass(slots=True, frozen=True)
 class RunStart:
-    """What a run started from: its first state values and its system prompt."""
+    """What a run started from: its first state values, its system prompt, and the
+    permission policy it is pinned to (`{"fingerprint": ..., "policy": ...}`)."""
 
     state: dict[str, Any]
     system: str = ""
+    policy: dict[str, Any] | None = None
 
     @property
     def prompt(self) -> str:
@@ -101,12 +103,15 @@ class RunStart:
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON shape the journal keeps."""
-        return {"state": self.state, "system": self.system}
+        data: dict[str, Any] = {"state": self.state, "system": self.system}
+        if self.policy is not None:
+            data["policy"] = self.policy
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RunStart:
         """A start the journal kept."""
-        return cls(dict(data.get("state") or {}), str(data.get("system", "")))
+        return cls(dict(data.get("state") or {}), str(data.get("system", "")), data.get("policy"))
 
 
 @dataclass(slots=True, frozen=True)
@@ -119,6 +124,10 @@ class Pending:
     call: ToolCall | None = None
     rule: str = ""
     key: str = ""
+    tainted: bool = False
+    # When the request was made, and when an unanswered one is denied (None: never).
+    asked_at: float | None = None
+    deadline: float | None = None
     # A value: the type asked for (as written in the graph), the message, its JSON Schema.
     type: str = ""
     message: str = ""
@@ -127,7 +136,17 @@ class Pending:
     def to_dict(self) -> dict[str, Any]:
         """The JSON shape results keep (empty fields left out)."""
         data: dict[str, Any] = {"node": self.node}
-        for name in ("call", "rule", "key", "type", "message", "schema"):
+        for name in (
+            "call",
+            "rule",
+            "key",
+            "tainted",
+            "asked_at",
+            "deadline",
+            "type",
+            "message",
+            "schema",
+        ):
             value = getattr(self, name)
             if value:
                 data[name] = value
@@ -141,6 +160,9 @@ class Pending:
             call=data.get("call"),
             rule=str(data.get("rule", "")),
             key=str(data.get("key", "")),
+            tainted=bool(data.get("tainted", False)),
+            asked_at=data.get("asked_at"),
+            deadline=data.get("deadline"),
             type=str(data.get("type", "")),
             message=str(data.get("message", "")),
             schema=data.get("schema"),
