@@ -16,6 +16,7 @@ from loomgraph.engine.taint import is_tainted, normalise
 from loomgraph.protocols import (
     Decision,
     EffectStatus,
+    RunStopped,
     ToolCall,
     ToolResult,
     ToolSpec,
@@ -97,7 +98,11 @@ class ToolGate:
                     "its arguments carry text from an untrusted tool result",
                 )
         if decision.verdict == "ask":
-            decision, call = await desk.settle(spec, decision, tainted=tainted)
+            try:
+                decision, call = await desk.settle(spec, decision, tainted=tainted)
+            except RunStopped:  # the run waits for an answer: say so, as for any decision
+                await self.report(call, decision, tainted=tainted)
+                raise
         if decision.verdict == "allow":
             hook = await deps.hooks.before_tool(call)
             if hook is not None and hook.verdict == "deny":  # hooks may deny, never approve

@@ -30,6 +30,8 @@ class Tool(Generic[P, R]):
     name: str
     description: str
     destructive: bool
+    egress: bool
+    trusted: bool
     timeout: float | None
     is_async: bool
 
@@ -40,6 +42,8 @@ class Tool(Generic[P, R]):
         name: str | None = None,
         description: str | None = None,
         destructive: bool = False,
+        egress: bool = False,
+        trusted: bool = False,
         timeout: float | None = None,
     ) -> None:
         if isinstance(fn, Tool):
@@ -55,14 +59,21 @@ class Tool(Generic[P, R]):
                 f"invalid tool name {tool_name!r}: use 1-64 letters, digits, '_' or '-' "
                 "(pass name=... for lambdas and callable objects)"
             )
-        if not isinstance(destructive, bool):
-            raise TypeError(f"tool {tool_name!r}: destructive must be a bool")
+        for flag, value in (
+            ("destructive", destructive),
+            ("egress", egress),
+            ("trusted", trusted),
+        ):
+            if not isinstance(value, bool):
+                raise TypeError(f"tool {tool_name!r}: {flag} must be a bool")
         doc = parse_docstring(inspect.getdoc(target))
         functools.update_wrapper(self, fn)
         self.fn: Callable[P, R] = fn
         self.name = tool_name
         self.description = doc.description if description is None else description
         self.destructive = destructive
+        self.egress = egress
+        self.trusted = trusted
         self.timeout = check_timeout(tool_name, timeout)
         self.is_async = inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
             getattr(fn, "__call__", None)  # noqa: B004 - an object whose __call__ is async
@@ -74,6 +85,10 @@ class Tool(Generic[P, R]):
             "parameters": self.arguments.parameters,
             "destructive": destructive,
         }
+        if egress:
+            self.spec["egress"] = True
+        if trusted:
+            self.spec["trusted"] = True
 
     @property
     def parameters(self) -> dict[str, Any]:
@@ -137,6 +152,8 @@ def tool(
     name: str | None = None,
     description: str | None = None,
     destructive: bool = False,
+    egress: bool = False,
+    trusted: bool = False,
     timeout: float | None = None,
 ) -> Tool[P, R]: ...
 
@@ -149,6 +166,8 @@ def tool(
     name: str | None = None,
     description: str | None = None,
     destructive: bool = False,
+    egress: bool = False,
+    trusted: bool = False,
     timeout: float | None = None,
 ) -> Callable[[Callable[P, R]], Tool[P, R]]: ...
 
@@ -160,16 +179,27 @@ def tool(
     name: str | None = None,
     description: str | None = None,
     destructive: bool = False,
+    egress: bool = False,
+    trusted: bool = False,
     timeout: float | None = None,
 ) -> Tool[P, R] | Callable[[Callable[P, R]], Tool[P, R]]:
     """Make a function a tool; use as `@tool`, `@tool(...)` or `tool(fn, ...)`.
 
     `name` defaults to the function's name and `description` to its docstring's first
-    paragraph; `destructive` is passed on to permission checks; `timeout` (seconds)
-    overrides the host's default.
+    paragraph; `destructive` (asks by default), `egress` (sends data out: its calls that
+    carry untrusted text are asked about) and `trusted` (its results are not untrusted input)
+    are passed on to permission checks; `timeout` (seconds) overrides the host's default.
     """
 
     def wrap(f: Callable[P, R]) -> Tool[P, R]:
-        return Tool(f, name=name, description=description, destructive=destructive, timeout=timeout)
+        return Tool(
+            f,
+            name=name,
+            description=description,
+            destructive=destructive,
+            egress=egress,
+            trusted=trusted,
+            timeout=timeout,
+        )
 
     return wrap if fn is None else wrap(fn)
