@@ -9,6 +9,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from loomgraph.cli import approvals as cli_approvals
 from loomgraph.cli import runs as cli_runs
 from loomgraph.cli.output import EXIT_FAILED, EXIT_OK, EXIT_USAGE, emit_event
 
@@ -37,6 +38,13 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--session", default=None)
     run.add_argument("--json", action="store_true", help="print events as JSON lines")
     cli_runs.add_runtime_option(run, required=False)
+    cli_runs.add_permissions_option(run)
+    run.add_argument(
+        "--approve",
+        action="store_true",
+        help="ask on this terminal when a rule says ask (without it: with --runtime the run "
+        "stops to wait for `loomgraph runs approve`, else ask means deny)",
+    )
     validate = sub.add_parser("validate", help="check graph files; print every problem")
     validate.add_argument("files", nargs="+")
     render = sub.add_parser("render", help="draw a graph: .svg, .dot or .mmd (Mermaid)")
@@ -54,7 +62,7 @@ def _parser() -> argparse.ArgumentParser:
     new_graph = sub.add_parser("new-graph", help="write a commented starting graph, NAME.yaml")
     new_graph.add_argument("name", help="the graph's name: letters, digits, - and _")
     new_graph.add_argument("-o", "--output-dir", default=".", help="folder to write it in")
-    cli_runs.add_runs_parser(sub)
+    cli_approvals.add_parsers(cli_runs.add_runs_parser(sub))
     return parser
 
 
@@ -70,6 +78,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "validate":
             return _validate(args.files)
         if args.command == "runs":
+            if args.runs_command in cli_approvals.COMMANDS:
+                return cli_approvals.handle(args)
             return cli_runs.handle(args)
         if args.command == "render":
             if args.run is not None:
@@ -104,6 +114,8 @@ async def _run(args: argparse.Namespace) -> int:
         tools=cli_runs.load_tools(args.tools),
         architecture=args.graph,
         runtime=runtime,
+        permissions=cli_runs.load_permissions(args.permissions),
+        approval_handler=cli_approvals.approver_for(args),
     )
     status = "failed"
     try:

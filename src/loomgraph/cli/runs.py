@@ -56,6 +56,17 @@ def add_agent_options(parser: argparse.ArgumentParser, graph_default: str | None
     )
 
 
+def add_permissions_option(parser: argparse.ArgumentParser) -> None:
+    """`--permissions FILE`: the rules a run is governed by (and pinned to)."""
+    parser.add_argument(
+        "--permissions",
+        default=None,
+        metavar="FILE",
+        help="a permission file (YAML: mode, allow, ask, deny, per_user, sets); a run is "
+        "resumed only under the permissions it started with",
+    )
+
+
 def add_runtime_option(parser: argparse.ArgumentParser, *, required: bool) -> None:
     """`--runtime`: the journal, `sqlite:PATH` or `postgres://…`."""
     parser.add_argument(
@@ -66,8 +77,9 @@ def add_runtime_option(parser: argparse.ArgumentParser, *, required: bool) -> No
     )
 
 
-def add_runs_parser(sub: Any) -> None:
-    """Add `runs` and its subcommands to the `loomgraph` subparsers."""
+def add_runs_parser(sub: Any) -> Any:
+    """Add `runs` and its subcommands to the `loomgraph` subparsers; the subcommands' group,
+    for other modules to add theirs."""
     runs = sub.add_parser("runs", help="list, show, resume, fork and diff journaled runs")
     cmds = runs.add_subparsers(dest="runs_command", required=True)
 
@@ -107,9 +119,12 @@ def add_runs_parser(sub: Any) -> None:
     diff.add_argument("seq_a", type=int)
     diff.add_argument("seq_b", type=int)
     diff.add_argument("--graph", default=None)
+    for cmd in (resume, fork):
+        add_permissions_option(cmd)
     for cmd in (listing, show, resume, fork, diff):
         add_runtime_option(cmd, required=True)
         cmd.add_argument("--json", action="store_true", help="print JSON")
+    return cmds
 
 
 # ------------------------------------------------------------------ entry points
@@ -124,17 +139,17 @@ def handle(args: argparse.Namespace) -> int:
         "fork": _fork,
         "diff": _diff,
     }[args.runs_command]
-    return _journaled(args, command)
+    return journaled(args, command)
 
 
 def render_run(args: argparse.Namespace) -> int:
     """`loomgraph render GRAPH --run RUN_ID --runtime …`: the diagram with the run's path."""
     if not args.runtime:
         return usage("render --run needs --runtime (sqlite:PATH or postgres://…)")
-    return _journaled(args, _render)
+    return journaled(args, _render)
 
 
-def _journaled(
+def journaled(
     args: argparse.Namespace, command: Callable[[argparse.Namespace, Runtime], Awaitable[int]]
 ) -> int:
     """Open the journal, run the command, close the journal; errors become exit codes."""
@@ -216,7 +231,7 @@ def load_tools(paths: Sequence[str]) -> list[Any]:
 # ------------------------------------------------------------------ reading
 
 
-async def _record(runtime: Runtime, run_id: str) -> tuple[RunRecord, list[Transition]]:
+async def load_record(runtime: Runtime, run_id: str) -> tuple[RunRecord, list[Transition]]:
     record = await runtime.load_run(run_id)
     if record is None:
         raise UsageError(f"unknown run {run_id!r}")
@@ -247,7 +262,7 @@ async def _list(args: argparse.Namespace, runtime: Runtime) -> int:
 async def _show(args: argparse.Namespace, runtime: Runtime) -> int:
     from loomgraph.agent.checkpoints import position
 
-    record, transitions = await _record(runtime, args.run_id)
+    record, transitions = await load_record(runtime, args.run_id)
     effects = await runtime.effects(args.run_id)
     state = position(_compiled(args.graph, record), record, transitions).state
     print_run(record, transitions, effects, state, args.json)
@@ -257,7 +272,7 @@ async def _show(args: argparse.Namespace, runtime: Runtime) -> int:
 async def _diff(args: argparse.Namespace, runtime: Runtime) -> int:
     from loomgraph.agent.checkpoints import diff, position
 
-    record, transitions = await _record(runtime, args.run_id)
+    record, transitions = await load_record(runtime, args.run_id)
     last = max((t.seq for t in transitions), default=0)
     for seq in (args.seq_a, args.seq_b):
         if not 0 <= seq <= last:
@@ -275,8 +290,11 @@ async def _diff(args: argparse.Namespace, runtime: Runtime) -> int:
 # ------------------------------------------------------------------ running
 
 
-def _agent(args: argparse.Namespace, runtime: Runtime, record: RunRecord) -> Any:
-    """An Agent for resuming or forking `record`: its graph unless --graph, the given tools."""
+def agent_for(
+    args: argparse.Namespace, runtime: Runtime, record: RunRecord, permissions: Any = None
+) -> Any:
+    """An Agent for resuming or forking `record`: its graph unless --graph, the given tools
+    and permissions (a run resumes only under the policy it is pinned to)."""
     from loomgraph.agent.agent import Agent
 
     return Agent(
@@ -286,7 +304,17 @@ def _agent(args: argparse.Namespace, runtime: Runtime, record: RunRecord) -> Any
         runtime=runtime,
         architecture=args.graph or record.graph_name,
         hooks=_Printer(args.json),
+        permissions=permissions,
     )
+
+
+def load_permissions(path: str | None) -> Any:
+    """The permissions of `--permissions FILE`, or None for the defaults."""
+    if path is None:
+        return None
+    from loomgraph.governance.permissions import StandardPermissions
+
+    return StandardPermissions.from_file(path)
 
 
 class _Printer(NoHooks):
@@ -301,10 +329,10 @@ class _Printer(NoHooks):
 
 
 async def _resume(args: argparse.Namespace, runtime: Runtime) -> int:
-    record, _ = await _record(runtime, args.run_id)
+    record, _ = await load_record(runtime, args.run_id)
     if args.break_dead_lease:
         await _break_dead_lease(runtime, args.run_id)
-    agent = _agent(args, runtime, record)
+    agent = agent_for(args, runtime, record, load_permissions(args.permissions))
     result = await agent.resume(args.run_id, accept_graph_change=args.accept_graph_change)
     return print_result(result, args.json)
 
@@ -346,7 +374,7 @@ async def _break_dead_lease(runtime: Any, run_id: str) -> None:
 
 
 async def _fork(args: argparse.Namespace, runtime: Runtime) -> int:
-    record, _ = await _record(runtime, args.run_id)
+    record, _ = await load_record(runtime, args.run_id)
     patch = None
     if args.patch is not None:
         try:
@@ -355,7 +383,7 @@ async def _fork(args: argparse.Namespace, runtime: Runtime) -> int:
             raise UsageError(f"--patch is not JSON: {err}") from None
         if not isinstance(patch, dict):
             raise UsageError("--patch must be a JSON object of state fields")
-    agent = _agent(args, runtime, record)
+    agent = agent_for(args, runtime, record, load_permissions(args.permissions))
     result = await agent.fork(args.run_id, at=args.at, patch=patch)
     return print_result(result, args.json)
 
@@ -364,7 +392,7 @@ async def _render(args: argparse.Namespace, runtime: Runtime) -> int:
     from loomgraph.authoring.library import load_graph
     from loomgraph.authoring.render import RunOverlay, render
 
-    record, transitions = await _record(runtime, args.run)
+    record, transitions = await load_record(runtime, args.run)
     graph = load_graph(args.graph)
     if graph.name != record.graph_name:
         raise UsageError(

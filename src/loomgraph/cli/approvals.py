@@ -1,0 +1,140 @@
+"""Approvals from outside Python: `loomgraph runs pending | approve | deny`, the
+`--permissions FILE` option, and who answers an `ask` during `loomgraph run`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from loomgraph.cli import runs as cli_runs
+from loomgraph.cli.output import EXIT_OK, print_result
+from loomgraph.engine.effects import Approval
+from loomgraph.protocols import Decision, RunStatus, Runtime, ToolCall
+
+NO_APPROVER = (
+    "nobody can approve it here: pass --approve to be asked on this terminal, or --runtime "
+    "to stop the run and answer later with `loomgraph runs approve`"
+)
+
+
+def approver_for(args: argparse.Namespace) -> Any:
+    """Who answers an `ask` in `loomgraph run`: the person at the terminal (--approve), the
+    journal (a durable --runtime: the run stops and waits), or nobody (then ask means deny)."""
+    if args.approve:
+        return ask_on_terminal
+    if args.runtime:
+        return None
+    return deny_unattended
+
+
+def deny_unattended(call: ToolCall, decision: Decision) -> Approval:
+    """With nobody to ask, ask means deny, with a reason that says how to be asked."""
+    return Approval(call["id"], False, approver="nobody", reason=NO_APPROVER)
+
+
+def ask_on_terminal(call: ToolCall, decision: Decision) -> bool:
+    """Ask the person at the terminal; anything but yes is no."""
+    print(
+        f"\nloomgraph: {call['tool']}({json.dumps(call['args'])}) needs approval "
+        f"({decision.rule}{': ' + decision.reason if decision.reason else ''}). Allow? [y/N] ",
+        end="",
+        file=sys.stderr,
+        flush=True,
+    )
+    answer = sys.stdin.readline().strip().lower()
+    return answer in ("y", "yes")
+
+
+def add_parsers(cmds: Any) -> list[argparse.ArgumentParser]:
+    """Add `runs pending`, `runs approve` and `runs deny`; the parsers made."""
+    pending = cmds.add_parser(
+        "pending", help="runs awaiting approval: the call, its arguments, the rule that asked"
+    )
+    pending.add_argument("--user", default=None, help="only this user's runs")
+    approve = cmds.add_parser("approve", help="approve a pending call and resume its run")
+    deny = cmds.add_parser("deny", help="deny a pending call and resume its run")
+    for cmd in (approve, deny):
+        cmd.add_argument("run_id", help="the run awaiting approval")
+        cmd.add_argument("call_id", help="the pending call's id (see `runs pending`)")
+        cmd.add_argument(
+            "--as", dest="approver", default="", metavar="APPROVER", help="who answers"
+        )
+        cli_runs.add_agent_options(cmd, None)
+        cli_runs.add_permissions_option(cmd)
+    approve.add_argument(
+        "--args", default=None, metavar="JSON", help="edited arguments (checked again)"
+    )
+    deny.add_argument("--reason", default="", help="why, for the model and the audit log")
+    for cmd in (pending, approve, deny):
+        cli_runs.add_runtime_option(cmd, required=True)
+        cmd.add_argument("--json", action="store_true", help="print JSON lines")
+    return [pending, approve, deny]
+
+
+COMMANDS = frozenset({"pending", "approve", "deny"})
+
+
+def handle(args: argparse.Namespace) -> int:
+    """Run `runs pending | approve | deny`; returns the exit code."""
+    command = _pending if args.runs_command == "pending" else _answer
+    return cli_runs.journaled(args, command)
+
+
+async def _pending(args: argparse.Namespace, runtime: Runtime) -> int:
+    from loomgraph.agent.checkpoints import pending_of
+
+    rows = []
+    for record in await runtime.runs(args.user):
+        pending = pending_of(record)
+        if record.status != RunStatus.AWAITING_APPROVAL or pending is None or not pending.call:
+            continue
+        rows.append(
+            {
+                "run_id": record.run_id,
+                "user_id": record.user_id,
+                "call_id": pending.call["id"],
+                "tool": pending.call["tool"],
+                "args": pending.call["args"],
+                "rule": pending.rule,
+                "node": pending.node,
+                "tainted": pending.tainted,
+                "deadline": pending.deadline,
+            }
+        )
+    if args.json:
+        for row in rows:
+            print(json.dumps(row))
+        return EXIT_OK
+    for row in rows:
+        taint = " [tainted]" if row["tainted"] else ""
+        print(
+            f"{row['run_id']}  {row['call_id']}  {row['tool']}({json.dumps(row['args'])})  "
+            f"rule={row['rule']}{taint}"
+        )
+    if not rows:
+        print("no run awaits approval", file=sys.stderr)
+    return EXIT_OK
+
+
+async def _answer(args: argparse.Namespace, runtime: Runtime) -> int:
+    record, _ = await cli_runs.load_record(runtime, args.run_id)
+    edited = None
+    if args.runs_command == "approve" and args.args is not None:
+        try:
+            edited = json.loads(args.args)
+        except json.JSONDecodeError as err:
+            raise cli_runs.UsageError(f"--args is not JSON: {err}") from None
+        if not isinstance(edited, dict):
+            raise cli_runs.UsageError("--args must be a JSON object of arguments")
+    answer = Approval(
+        args.call_id,
+        args.runs_command == "approve",
+        edited,
+        approver=args.approver,
+        reason=args.reason if args.runs_command == "deny" else "",
+    )
+    agent = cli_runs.agent_for(args, runtime, record, cli_runs.load_permissions(args.permissions))
+    result = await agent.resume(args.run_id, approve=answer)
+    return print_result(result, args.json)

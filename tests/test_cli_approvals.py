@@ -1,0 +1,156 @@
+"""Approvals from the shell: `loomgraph run --approve / --permissions`, `runs pending`,
+`runs approve` and `runs deny`, through the real command in a subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+HELPERS = '''
+import os
+from loomgraph import tool
+from loomgraph.models import ScriptedModel
+
+
+@tool(destructive=True)
+def pay(to: str, amount: int) -> str:
+    """Pay someone."""
+    with open(os.environ["CLI_LEDGER"], "a") as f:
+        f.write(f"{to}\\t{amount}\\n")
+    return f"paid {amount} to {to}"
+
+
+TOOLS = [pay]
+PAY = ScriptedModel([{"tool_calls": [{"tool": "pay", "args": {"to": "acme", "amount": 5}}]},
+                     "done"])
+'''
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> dict[str, Any]:
+    (tmp_path / "approval_helpers.py").write_text(HELPERS)
+    variables = dict(
+        os.environ,
+        CLI_LEDGER=str(tmp_path / "ledger.tsv"),
+        PYTHONPATH=os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]),
+    )
+    return {"dir": tmp_path, "env": variables, "db": tmp_path / "journal.db"}
+
+
+def loomgraph(env: dict[str, Any], *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "loomgraph.cli.main", *args],
+        capture_output=True,
+        text=True,
+        cwd=env["dir"],
+        env=env["env"],
+        input=stdin,
+        timeout=120,
+    )
+
+
+def paid(env: dict[str, Any]) -> list[str]:
+    ledger: Path = env["dir"] / "ledger.tsv"
+    return ledger.read_text().splitlines() if ledger.exists() else []
+
+
+AGENT = ["--model", "approval_helpers:PAY", "--tools", "approval_helpers:TOOLS"]
+
+
+def journal(env: dict[str, Any]) -> list[str]:
+    return ["--runtime", f"sqlite:{env['db']}"]
+
+
+def test_with_nobody_to_ask_a_destructive_call_is_denied_and_says_how_to_be_asked(
+    env: dict[str, Any],
+) -> None:
+    done = loomgraph(env, "run", "pay acme", *AGENT)
+    assert done.returncode == 0, done.stderr
+    assert "nobody can approve it here" in done.stdout and "--approve" in done.stdout
+    assert paid(env) == []
+
+
+def test_approve_on_the_terminal(env: dict[str, Any]) -> None:
+    done = loomgraph(env, "run", "pay acme", *AGENT, "--approve", stdin="y\n")
+    assert done.returncode == 0, done.stderr
+    assert "needs approval" in done.stderr
+    assert paid(env) == ["acme\t5"]
+
+
+def test_a_durable_run_waits_is_listed_and_is_approved_once(env: dict[str, Any]) -> None:
+    waiting = loomgraph(env, "run", "pay acme", *AGENT, *journal(env))
+    assert waiting.returncode == 1 and paid(env) == []
+    listed = loomgraph(env, "runs", "pending", *journal(env), "--json")
+    assert listed.returncode == 0, listed.stderr
+    (row,) = [json.loads(line) for line in listed.stdout.splitlines()]
+    assert row["tool"] == "pay" and row["args"] == {"to": "acme", "amount": 5}
+    assert row["rule"] == "mode:default:destructive"
+    approve = ["runs", "approve", row["run_id"], row["call_id"], "--as", "alice"]
+    done = loomgraph(env, *approve, *AGENT, *journal(env))
+    assert done.returncode == 0, done.stderr
+    assert paid(env) == ["acme\t5"]
+    again = loomgraph(env, *approve, *AGENT, *journal(env))
+    assert again.returncode == 2 and "not waiting for an approval" in again.stderr
+    assert paid(env) == ["acme\t5"]
+    assert loomgraph(env, "runs", "pending", *journal(env), "--json").stdout == ""
+
+
+def test_deny_with_a_reason_and_edited_arguments_on_approve(env: dict[str, Any]) -> None:
+    first = loomgraph(env, "run", "pay acme", *AGENT, *journal(env))
+    assert first.returncode == 1
+    rows = loomgraph(env, "runs", "pending", *journal(env), "--json").stdout.splitlines()
+    row = json.loads(rows[0])
+    denied = loomgraph(
+        env, "runs", "deny", row["run_id"], row["call_id"], "--reason", "not today",
+        *AGENT, *journal(env),
+    )  # fmt: skip
+    assert denied.returncode == 0, denied.stderr
+    assert "not today" in denied.stdout and paid(env) == []
+    second = loomgraph(env, "run", "pay acme", *AGENT, *journal(env))
+    assert second.returncode == 1
+    row = json.loads(loomgraph(env, "runs", "pending", *journal(env), "--json").stdout)
+    bad = loomgraph(
+        env, "runs", "approve", row["run_id"], row["call_id"], "--args", "[1]",
+        *AGENT, *journal(env),
+    )  # fmt: skip
+    assert bad.returncode == 2 and "JSON object" in bad.stderr and paid(env) == []
+    edited = loomgraph(
+        env, "runs", "approve", row["run_id"], row["call_id"],
+        "--args", '{"to": "acme", "amount": 1}', *AGENT, *journal(env),
+    )  # fmt: skip
+    assert edited.returncode == 0, edited.stderr
+    assert paid(env) == ["acme\t1"]
+
+
+def test_permissions_file_governs_the_run_and_pins_its_resume(env: dict[str, Any]) -> None:
+    policy = env["dir"] / "policy.yaml"
+    policy.write_text("mode: default\nask:\n  - pay(amount>1)\nallow:\n  - pay\n")
+    waiting = loomgraph(env, "run", "pay", *AGENT, *journal(env), "--permissions", str(policy))
+    assert waiting.returncode == 1, waiting.stderr
+    row = json.loads(loomgraph(env, "runs", "pending", *journal(env), "--json").stdout)
+    assert row["rule"].startswith("ask:pay")
+    # Without the file, the resume is refused: the run is pinned to the policy it started with.
+    refused = loomgraph(
+        env, "runs", "approve", row["run_id"], row["call_id"], *AGENT, *journal(env)
+    )
+    assert refused.returncode == 2 and "pinned to permission policy" in refused.stderr
+    assert paid(env) == []
+    done = loomgraph(
+        env, "runs", "approve", row["run_id"], row["call_id"], *AGENT, *journal(env),
+        "--permissions", str(policy),
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert paid(env) == ["acme\t5"]
+
+
+def test_a_malformed_permission_file_is_a_usage_error(env: dict[str, Any]) -> None:
+    policy = env["dir"] / "policy.yaml"
+    policy.write_text("ask:\n  - pay(amount>>1)\n")
+    bad = loomgraph(env, "run", "pay", *AGENT, "--permissions", str(policy))
+    assert bad.returncode == 2 and "policy.yaml" in bad.stderr and paid(env) == []
