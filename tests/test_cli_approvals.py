@@ -154,3 +154,30 @@ def test_a_malformed_permission_file_is_a_usage_error(env: dict[str, Any]) -> No
     policy.write_text("ask:\n  - pay(amount>>1)\n")
     bad = loomgraph(env, "run", "pay", *AGENT, "--permissions", str(policy))
     assert bad.returncode == 2 and "policy.yaml" in bad.stderr and paid(env) == []
+
+
+def test_two_concurrent_approvals_of_one_call_pay_once(env: dict[str, Any]) -> None:
+    waiting = loomgraph(env, "run", "pay acme", *AGENT, *journal(env))
+    assert waiting.returncode == 1
+    row = json.loads(loomgraph(env, "runs", "pending", *journal(env), "--json").stdout)
+    command = [
+        sys.executable, "-m", "loomgraph.cli.main", "runs", "approve",
+        row["run_id"], row["call_id"], *AGENT, *journal(env),
+    ]  # fmt: skip
+    both = [
+        subprocess.Popen(
+            command,
+            cwd=env["dir"],
+            env=env["env"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
+    outcomes = [(p.wait(timeout=120), p.communicate()[1]) for p in both]
+    codes = sorted(code for code, _ in outcomes)
+    assert codes[0] == 0 and codes[1] != 0, outcomes
+    loser = next(err for code, err in outcomes if code != 0)
+    assert "leased by" in loser or "not waiting for an approval" in loser, loser
+    assert paid(env) == ["acme\t5"]
