@@ -618,7 +618,9 @@ class GovernanceMachine(RuleBasedStateMachine):
         )
         self.journal: Any = self._journal() or InMemoryRuntime()
         self.ledger: Any = self._ledger() or InMemoryLedger()
-        self.audit = FileAuditLog(self.dir / "audit.jsonl", key=b"k" if keyed else None)
+        self.audit = FileAuditLog(
+            self.dir / "audit.jsonl", key=b"k" if keyed else None, unsigned=not keyed
+        )
         self.hooks = Hooks()
         if permissions.hook:
             self.hooks.before_tool(no_rm)

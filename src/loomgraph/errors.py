@@ -53,6 +53,8 @@ with where each class lives (relative to `loomgraph.`):
     │   ├── PermissionTypeError + TypeError governance.rule_errors
     │   └── RuleSyntaxError                 governance.rule_errors
     ├── AuditLogError                       observability.audit_chain
+    │   └── AuditConfigError + ValueError   observability.audit_key
+    │       └── AuditKeyMissing             observability.audit_key
     ├── SqliteFileProblem                   _storage.sqlite_files
     └── UsageError                          cli.runs
 
