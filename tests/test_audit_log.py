@@ -525,3 +525,36 @@ async def test_postgres_truncation_and_wrong_key(pg_schema: str) -> None:
 def test_postgres_rejects_bad_table_names() -> None:
     with pytest.raises(ValueError, match="invalid table name"):
         PostgresAuditLog("postgresql://unused", table="audit; DROP TABLE x")
+
+
+_KILLED_WRITER = """
+import sys
+from loomgraph.observability import FileAuditLog
+
+log = FileAuditLog(sys.argv[1], key=b"audit-secret")
+big = "x" * 200_000  # long lines: a kill often lands in the middle of a write
+while True:
+    entry = log.append("tool_result", run_id="r", user_id=None, actor="t", payload={"b": big})
+    print(entry["seq"], flush=True)  # acknowledged: record() would have returned
+"""
+
+
+def test_every_acknowledged_append_survives_sigkill(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _KILLED_WRITER, str(path)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert proc.stdout is not None
+        acked = [int(proc.stdout.readline()) for _ in range(20)]
+    finally:
+        proc.kill()
+        proc.wait(timeout=60)
+        if proc.stdout is not None:
+            proc.stdout.close()
+    log = FileAuditLog(path, key=KEY)  # heals a torn tail if the kill left one
+    log.append("crash_recovered", run_id="r", user_id=None, actor="runtime", payload={})
+    result = log.verify()
+    assert result.ok, result.problem
+    seqs = {e["seq"]: e["action"] for e in log.entries()}
+    assert all(seqs[s] == "tool_result" for s in acked)
