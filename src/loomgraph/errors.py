@@ -30,6 +30,7 @@ with where each class lives (relative to `loomgraph.`):
     │       ├── ModelRequestError           models.errors
     │       │   └── ModelPromptTooLarge     models.errors
     │       ├── ModelAuthError              models.errors
+    │       ├── ModelQuotaExhausted         models.errors
     │       ├── ModelRateLimited            models.errors
     │       ├── ModelOverloaded             models.errors
     │       ├── ModelServerError            models.errors

@@ -23,6 +23,7 @@ from loomgraph.models.errors import (
     body_error,
     error_for_status,
     parse_retry_after,
+    quota_exhausted,
 )
 from loomgraph.models.retry import RetryPolicy
 from loomgraph.protocols import Message, ModelChunk, ModelRequest, ToolCall, ToolSpec, Usage
@@ -334,6 +335,7 @@ class AnthropicModel(HTTPModel):
                 error_type=error_type,
                 request_id=exc.request_id or request_id,
                 retry_after=parse_retry_after(exc.response.headers),
+                quota=quota_exhausted(exc.body),
             )
         if isinstance(exc, anthropic.APITimeoutError) or _is_timeout(exc):
             return ModelTimeout(

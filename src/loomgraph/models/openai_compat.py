@@ -24,6 +24,7 @@ from loomgraph.models.errors import (
     body_error,
     error_for_status,
     parse_retry_after,
+    quota_exhausted,
 )
 from loomgraph.models.retry import RetryPolicy
 from loomgraph.protocols import Message, ModelChunk, ModelRequest, ToolCall, ToolSpec, Usage
@@ -288,6 +289,7 @@ class OpenAICompatModel(HTTPModel):
                 error_type=error_type,
                 request_id=exc.request_id or request_id,
                 retry_after=parse_retry_after(exc.response.headers),
+                quota=quota_exhausted(exc.body),
             )
         if isinstance(exc, openai.APITimeoutError):
             return ModelTimeout(
@@ -312,5 +314,6 @@ class OpenAICompatModel(HTTPModel):
                 detail=detail or exc.message,
                 error_type=error_type,
                 request_id=request_id,
+                quota=quota_exhausted(exc.body),
             )
         raise exc
