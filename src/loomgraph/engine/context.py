@@ -28,6 +28,7 @@ from loomgraph.protocols import (
 )
 from loomgraph.protocols.events import MODEL_CHUNK, MODEL_RETRY
 from loomgraph.protocols.paths import NodePath
+from loomgraph.protocols.usage import estimate_output_tokens, estimate_prompt_tokens, floor_usage
 
 # How many times a model step is tried again when its stream broke after it started.
 STEP_RETRIES = 2
@@ -120,9 +121,11 @@ class VisitContext:
         billed = Usage()  # what broken attempts cost: charged, and counted in the answer's usage
         for attempt in range(STEP_RETRIES + 1):
             reservation = await self._reserve_model(request)
+            streamed: list[str] = []
             try:
-                response = await self._stream(request)
+                response = await self._stream(request, streamed)
             except ModelError as err:
+                err.usage = _broken_usage(request, err.usage, streamed)
                 await self.scope.settle(reservation, err.usage)
                 if err.retry_step and attempt < STEP_RETRIES:
                     billed += err.usage
@@ -144,10 +147,9 @@ class VisitContext:
         )
         return response
 
-    async def _stream(self, request: ModelRequest) -> ModelResponse:
+    async def _stream(self, request: ModelRequest, texts: list[str]) -> ModelResponse:
         model = self.deps.model
         response = ModelResponse()
-        texts: list[str] = []
         with self.deps.telemetry.span(
             f"chat {model.name}",
             {
@@ -221,6 +223,17 @@ def _model_estimate(request: ModelRequest) -> Usage:
         output_tokens=request.max_tokens or 4096,
         model_calls=1,
     )  # see _reserve
+
+
+def _broken_usage(request: ModelRequest, usage: Usage, streamed: list[str]) -> Usage:
+    """A failed call's usage, at least what it streamed (for models that report too little)."""
+    if not streamed:
+        return usage  # nothing came back: the model's own account (e.g. a 400) stands
+    return floor_usage(
+        usage,
+        prompt_tokens=estimate_prompt_tokens(request.prompt_chars()),
+        output_tokens=estimate_output_tokens("".join(streamed), len(streamed)),
+    )
 
 
 def _response_data(response: ModelResponse) -> dict[str, Any]:

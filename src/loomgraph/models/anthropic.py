@@ -13,7 +13,7 @@ from collections.abc import AsyncGenerator, Iterator, Sequence
 from dataclasses import replace
 from typing import Any
 
-from loomgraph.models._adapter import DEFAULT_MAX_PROMPT_CHARS, HTTPModel
+from loomgraph.models._adapter import DEFAULT_MAX_PROMPT_CHARS, HTTPModel, StreamTally
 from loomgraph.models.errors import (
     AdapterError,
     ModelBadResponse,
@@ -132,7 +132,8 @@ def anthropic_tools(tools: Sequence[ToolSpec], *, caching: bool = False) -> list
 class _Turn:
     """The state of one streamed message: open tool blocks, usage so far, stop reason."""
 
-    def __init__(self) -> None:
+    def __init__(self, tally: StreamTally) -> None:
+        self.tally = tally
         self.tool_blocks: dict[int, dict[str, Any]] = {}
         self.usage = Usage()
         self.stop_reason: str | None = None
@@ -154,12 +155,15 @@ class _Turn:
                     "initial": initial if isinstance(initial, dict) else {},
                 }
             elif block.type == "text" and getattr(block, "text", ""):
+                self.tally.add(block.text)
                 yield ModelChunk(type="text", text=block.text)
         elif kind == "content_block_delta":
             delta = event.delta
             if delta.type == "text_delta" and delta.text:
+                self.tally.add(delta.text)
                 yield ModelChunk(type="text", text=delta.text)
             elif delta.type == "input_json_delta" and event.index in self.tool_blocks:
+                self.tally.add(delta.partial_json)
                 self.tool_blocks[event.index]["parts"].append(delta.partial_json or "")
         elif kind == "content_block_stop":
             # Only now is the tool call complete; a partial block is never handed out.
@@ -278,14 +282,14 @@ class AnthropicModel(HTTPModel):
         return params
 
     async def _attempt(
-        self, client: Any, params: dict[str, Any]
+        self, client: Any, params: dict[str, Any], tally: StreamTally
     ) -> AsyncGenerator[ModelChunk, None]:
         try:
             stream = await client.messages.create(**params)
         except Exception as exc:
             raise self._translate(exc) from exc
         request_id: str | None = stream.response.headers.get("request-id")
-        turn = _Turn()
+        turn = _Turn(tally)
         try:
             while True:
                 try:
@@ -294,7 +298,7 @@ class AnthropicModel(HTTPModel):
                     break
                 except Exception as exc:
                     err = self._translate(exc, request_id=request_id, streaming=True)
-                    err.usage = self._usage(turn.usage)
+                    err.usage = self._usage(tally.floor(turn.usage))
                     raise err from exc
                 try:
                     chunks = list(turn.feed(event))
@@ -302,7 +306,7 @@ class AnthropicModel(HTTPModel):
                     raise ModelBadResponse(
                         f"{self.label}: invalid tool input JSON: {exc} (request id {request_id})",
                         request_id=request_id,
-                        usage=self._usage(turn.usage),
+                        usage=self._usage(tally.floor(turn.usage)),
                     ) from exc
                 for chunk in chunks:
                     yield chunk
@@ -312,7 +316,7 @@ class AnthropicModel(HTTPModel):
             raise ModelConnectionError(
                 f"{self.label}: the stream ended before message_stop (request id {request_id})",
                 request_id=request_id,
-                usage=self._usage(turn.usage),
+                usage=self._usage(tally.floor(turn.usage)),
             )
         yield ModelChunk(type="usage", usage=self._usage(turn.usage))
         reason = turn.stop_reason or "end_turn"

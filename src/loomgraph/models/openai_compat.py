@@ -14,7 +14,7 @@ import uuid
 from collections.abc import AsyncGenerator, Sequence
 from typing import Any
 
-from loomgraph.models._adapter import DEFAULT_MAX_PROMPT_CHARS, HTTPModel
+from loomgraph.models._adapter import DEFAULT_MAX_PROMPT_CHARS, HTTPModel, StreamTally
 from loomgraph.models.errors import (
     AdapterError,
     ModelBadResponse,
@@ -208,7 +208,7 @@ class OpenAICompatModel(HTTPModel):
         return params
 
     async def _attempt(
-        self, client: Any, params: dict[str, Any]
+        self, client: Any, params: dict[str, Any], tally: StreamTally
     ) -> AsyncGenerator[ModelChunk, None]:
         try:
             stream = await client.chat.completions.create(**params)
@@ -216,7 +216,7 @@ class OpenAICompatModel(HTTPModel):
             raise self._translate(exc) from exc
         request_id: str | None = stream.response.headers.get("x-request-id")
         slots: dict[int, dict[str, Any]] = {}
-        usage = Usage()
+        usage: Usage | None = None  # None until the server sends its usage
         finish: str | None = None
         called = False
         try:
@@ -227,7 +227,7 @@ class OpenAICompatModel(HTTPModel):
                     break
                 except Exception as exc:
                     err = self._translate(exc, request_id=request_id, streaming=True)
-                    err.usage = self._usage(usage)
+                    err.usage = self._usage(tally.floor(usage or Usage()))
                     raise err from exc
                 if getattr(chunk, "usage", None) is not None:
                     usage = _usage(chunk.usage)
@@ -236,6 +236,7 @@ class OpenAICompatModel(HTTPModel):
                         continue  # n > 1 is never requested
                     delta = choice.delta
                     if delta is not None and delta.content:
+                        tally.add(delta.content)
                         yield ModelChunk(type="text", text=delta.content)
                     for part in (delta.tool_calls if delta is not None else None) or ():
                         slot = slots.setdefault(part.index, {"id": "", "name": "", "parts": []})
@@ -243,6 +244,7 @@ class OpenAICompatModel(HTTPModel):
                         if part.function is not None:
                             slot["name"] = part.function.name or slot["name"]
                             slot["parts"].append(part.function.arguments or "")
+                            tally.add(part.function.arguments)
                     if choice.finish_reason:
                         finish = choice.finish_reason
                         # Only a finished choice has complete tool calls.
@@ -253,7 +255,7 @@ class OpenAICompatModel(HTTPModel):
                                 f"{self.label}: invalid tool arguments JSON: {exc} "
                                 f"(request id {request_id})",
                                 request_id=request_id,
-                                usage=self._usage(usage),
+                                usage=self._usage(tally.floor(usage or Usage())),
                             ) from exc
                         slots.clear()
                         for call in calls:
@@ -265,9 +267,11 @@ class OpenAICompatModel(HTTPModel):
             raise ModelConnectionError(
                 f"{self.label}: the stream ended before a finish_reason (request id {request_id})",
                 request_id=request_id,
-                usage=self._usage(usage),
+                usage=self._usage(tally.floor(usage or Usage())),
             )
-        yield ModelChunk(type="usage", usage=self._usage(usage))
+        # A server that never sends usage (some local ones) is charged the estimate.
+        billed = usage if usage is not None else tally.floor(Usage())
+        yield ModelChunk(type="usage", usage=self._usage(billed))
         # Some local servers say "stop" after tool calls; the calls are what counts.
         reason = "tool_use" if called else _FINISH_REASONS.get(finish, finish)
         yield ModelChunk(type="finish", finish_reason=reason)
