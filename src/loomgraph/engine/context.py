@@ -97,12 +97,18 @@ class VisitContext:
         self._slot += 1
         return self.effect_key(str(self._slot))
 
-    async def _reserve_model(self, request: ModelRequest) -> Reservation | None:
+    async def _reserve_model(self, request: ModelRequest, asked: int | None) -> Reservation | None:
         if not self.deps.budgeted:
             return None
-        if request.max_tokens is None:
-            # What the adapter will send, so the output can never exceed the reservation.
-            request.max_tokens = getattr(self.deps.model, "max_tokens", None)
+        if asked is None:
+            # Sized to the caps (a budget with `fit_output`) and sent to the provider as
+            # max_tokens, so the output can never exceed the reservation.
+            limit = getattr(self.deps.model, "max_tokens", None)
+            fit = getattr(self.deps.budget, "fit_output", None)
+            prompt = estimate_prompt_tokens(request.prompt_chars())
+            request.max_tokens = (
+                limit if fit is None else await fit(self.scope.budget_scope, prompt, limit)
+            )
         return await self.scope.reserve("model", _model_estimate(request))
 
     # ------------------------------------------------------------------ model
@@ -119,8 +125,9 @@ class VisitContext:
         if prior is not None and prior.status == EffectStatus.DONE and prior.outcome is not None:
             return _response_from(prior.outcome)
         billed = Usage()  # what broken attempts cost: charged, and counted in the answer's usage
+        asked = request.max_tokens  # the caller's own limit; else sized to the caps each try
         for attempt in range(STEP_RETRIES + 1):
-            reservation = await self._reserve_model(request)
+            reservation = await self._reserve_model(request, asked)
             streamed: list[str] = []
             try:
                 response = await self._stream(request, streamed)
