@@ -8,6 +8,7 @@ from typing import Any, ClassVar
 
 from loomgraph.models.errors import ModelPromptTooLarge
 from loomgraph.models.retry import RetryPolicy, retrying
+from loomgraph.models.tool_args import DEFAULT_LIMITS, ToolArgLimits
 from loomgraph.protocols import ModelChunk, ModelRequest, Usage
 from loomgraph.protocols.pricing import PriceOverride, with_cost
 from loomgraph.protocols.usage import estimate_output_tokens, estimate_prompt_tokens, floor_usage
@@ -63,8 +64,10 @@ class HTTPModel:
         retry_max_delay: float,
         retry_policy: RetryPolicy | None,
         prices: PriceOverride | None,
+        tool_arg_limits: ToolArgLimits | None = None,
     ) -> None:
         self.name = name
+        self.tool_arg_limits = tool_arg_limits or DEFAULT_LIMITS
         self.max_tokens = max_tokens
         self.temperature = temperature
         self.timeout = timeout

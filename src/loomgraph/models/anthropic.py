@@ -7,7 +7,6 @@ whether part of the answer was already streamed.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import AsyncGenerator, Iterator, Sequence
 from dataclasses import replace
@@ -26,6 +25,12 @@ from loomgraph.models.errors import (
     quota_exhausted,
 )
 from loomgraph.models.retry import RetryPolicy
+from loomgraph.models.tool_args import (
+    ToolArgLimits,
+    ToolArgsRejected,
+    check_tool_args,
+    parse_tool_args,
+)
 from loomgraph.protocols import Message, ModelChunk, ModelRequest, ToolCall, ToolSpec, Usage
 from loomgraph.protocols.pricing import PriceOverride
 
@@ -132,8 +137,9 @@ def anthropic_tools(tools: Sequence[ToolSpec], *, caching: bool = False) -> list
 class _Turn:
     """The state of one streamed message: open tool blocks, usage so far, stop reason."""
 
-    def __init__(self, tally: StreamTally) -> None:
+    def __init__(self, tally: StreamTally, limits: ToolArgLimits) -> None:
         self.tally = tally
+        self.limits = limits
         self.tool_blocks: dict[int, dict[str, Any]] = {}
         self.usage = Usage()
         self.stop_reason: str | None = None
@@ -169,7 +175,7 @@ class _Turn:
             # Only now is the tool call complete; a partial block is never handed out.
             block = self.tool_blocks.pop(event.index, None)
             if block is not None:
-                yield ModelChunk(type="tool_call", call=_tool_call(block))
+                yield ModelChunk(type="tool_call", call=_tool_call(block, self.limits))
         elif kind == "message_delta":
             self.stop_reason = getattr(event.delta, "stop_reason", None) or self.stop_reason
             self._take_usage(getattr(event, "usage", None))
@@ -191,12 +197,14 @@ class _Turn:
                 self.usage = replace(self.usage, **{ours: value})
 
 
-def _tool_call(block: dict[str, Any]) -> ToolCall:
+def _tool_call(block: dict[str, Any], limits: ToolArgLimits) -> ToolCall:
     raw = "".join(block["parts"]).strip()
-    args = json.loads(raw) if raw else block["initial"]
-    if not isinstance(args, dict):
-        raise ValueError(f"tool input is a {type(args).__name__}, not an object")
+    args = parse_tool_args(raw, limits) if raw else check_tool_args(block["initial"], limits)
     return {"id": block["id"], "tool": block["name"], "args": args}
+
+
+def _rejected(exc: ValueError) -> str | None:
+    return "tool_args_rejected" if isinstance(exc, ToolArgsRejected) else None
 
 
 def _is_timeout(exc: BaseException) -> bool:
@@ -226,6 +234,7 @@ class AnthropicModel(HTTPModel):
         retry_max_delay: float = 30.0,
         retry_policy: RetryPolicy | None = None,
         prices: PriceOverride | None = None,
+        tool_arg_limits: ToolArgLimits | None = None,
     ) -> None:
         super().__init__(
             name,
@@ -238,6 +247,7 @@ class AnthropicModel(HTTPModel):
             retry_max_delay=retry_max_delay,
             retry_policy=retry_policy,
             prices=prices,
+            tool_arg_limits=tool_arg_limits,
         )
         self.prompt_caching = prompt_caching
         # Keys and URLs are read at the first call, not here: a model named in a graph file
@@ -289,7 +299,7 @@ class AnthropicModel(HTTPModel):
         except Exception as exc:
             raise self._translate(exc) from exc
         request_id: str | None = stream.response.headers.get("request-id")
-        turn = _Turn(tally)
+        turn = _Turn(tally, self.tool_arg_limits)
         try:
             while True:
                 try:
@@ -305,6 +315,7 @@ class AnthropicModel(HTTPModel):
                 except ValueError as exc:
                     raise ModelBadResponse(
                         f"{self.label}: invalid tool input JSON: {exc} (request id {request_id})",
+                        error_type=_rejected(exc),
                         request_id=request_id,
                         usage=self._usage(tally.floor(turn.usage)),
                     ) from exc

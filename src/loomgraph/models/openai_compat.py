@@ -27,6 +27,11 @@ from loomgraph.models.errors import (
     quota_exhausted,
 )
 from loomgraph.models.retry import RetryPolicy
+from loomgraph.models.tool_args import (
+    ToolArgLimits,
+    ToolArgsRejected,
+    parse_tool_args,
+)
 from loomgraph.protocols import Message, ModelChunk, ModelRequest, ToolCall, ToolSpec, Usage
 from loomgraph.protocols.pricing import PriceOverride
 
@@ -112,11 +117,8 @@ def openai_tools(tools: Sequence[ToolSpec]) -> list[dict[str, Any]]:
     return out
 
 
-def _assemble(slot: dict[str, Any]) -> ToolCall:
-    raw = "".join(slot["parts"]).strip()
-    args = json.loads(raw) if raw else {}
-    if not isinstance(args, dict):
-        raise ValueError(f"tool arguments are a {type(args).__name__}, not an object")
+def _assemble(slot: dict[str, Any], limits: ToolArgLimits) -> ToolCall:
+    args = parse_tool_args("".join(slot["parts"]), limits)
     return {"id": slot["id"] or f"call_{uuid.uuid4().hex[:12]}", "tool": slot["name"], "args": args}
 
 
@@ -154,6 +156,7 @@ class OpenAICompatModel(HTTPModel):
         retry_max_delay: float = 30.0,
         retry_policy: RetryPolicy | None = None,
         prices: PriceOverride | None = None,
+        tool_arg_limits: ToolArgLimits | None = None,
     ) -> None:
         super().__init__(
             name,
@@ -166,6 +169,7 @@ class OpenAICompatModel(HTTPModel):
             retry_max_delay=retry_max_delay,
             retry_policy=retry_policy,
             prices=prices,
+            tool_arg_limits=tool_arg_limits,
         )
         self._base_url = base_url
         self._api_key = api_key
@@ -249,11 +253,16 @@ class OpenAICompatModel(HTTPModel):
                         finish = choice.finish_reason
                         # Only a finished choice has complete tool calls.
                         try:
-                            calls = [_assemble(slots[i]) for i in sorted(slots)]
+                            calls = [
+                                _assemble(slots[i], self.tool_arg_limits) for i in sorted(slots)
+                            ]
                         except ValueError as exc:
                             raise ModelBadResponse(
                                 f"{self.label}: invalid tool arguments JSON: {exc} "
                                 f"(request id {request_id})",
+                                error_type="tool_args_rejected"
+                                if isinstance(exc, ToolArgsRejected)
+                                else None,
                                 request_id=request_id,
                                 usage=self._usage(tally.floor(usage or Usage())),
                             ) from exc
