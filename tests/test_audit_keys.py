@@ -203,3 +203,13 @@ def test_cli_verify_reports_a_torn_tail_without_moving_it(
     assert "torn" in capsys.readouterr().out
     assert path.read_text(encoding="utf-8").endswith('{"seq":3,"act')
     assert not list(tmp_path.glob("*.quarantine-*"))
+
+
+def test_a_read_only_log_opens_and_verifies(tmp_path: Path) -> None:
+    path = tmp_path / "a.jsonl"
+    _fill(FileAuditLog(path, key=KEY), 3)
+    path.chmod(0o444)
+    try:
+        assert FileAuditLog(path, key=KEY).verify().ok  # opening does not need write access
+    finally:
+        path.chmod(0o644)

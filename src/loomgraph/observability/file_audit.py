@@ -59,8 +59,8 @@ class FileAuditLog:
         """
         self._path = Path(path)
         self._key = resolve_audit_key(key, key_file=key_file, key_env=key_env, unsigned=unsigned)
-        if heal and self._path.exists():
-            self.repair()
+        if heal and self._ends_torn():
+            self.repair()  # only now is write access needed: read-only users can still open
 
     @property
     def path(self) -> Path:
@@ -252,6 +252,17 @@ class FileAuditLog:
         return await asyncio.to_thread(self.verify, expected_head)
 
     # ----------------------------------------------------------------------- internals
+
+    def _ends_torn(self) -> bool:
+        """Whether the file's last byte is not a newline (checked without a lock or writing)."""
+        fd = self._open_read()
+        if fd is None:
+            return False
+        try:
+            size = os.fstat(fd).st_size
+            return size > 0 and os.pread(fd, 1, size - 1) != b"\n"
+        finally:
+            os.close(fd)
 
     def _open_read(self) -> int | None:
         try:
