@@ -59,7 +59,7 @@ async def test_a_model_call_over_the_cap_is_never_made() -> None:
 
 async def test_a_denied_path_is_never_read_and_the_rule_is_named(tmp_path: Path) -> None:
     ledger.clear()
-    audit = FileAuditLog(tmp_path / "audit.jsonl")
+    audit = FileAuditLog(tmp_path / "audit.jsonl", unsigned=True)
     permissions = StandardPermissions(allow=["read(path=/data/**)"], mode="strict")
     script = ScriptedModel(
         [
@@ -179,7 +179,7 @@ async def test_the_wall_clock_deadline_is_kept_with_the_run(tmp_path: Path) -> N
 
 
 async def test_an_unknown_tool_is_a_journaled_deny(tmp_path: Path) -> None:
-    audit = FileAuditLog(tmp_path / "audit.jsonl")
+    audit = FileAuditLog(tmp_path / "audit.jsonl", unsigned=True)
     agent = Agent(
         "x",
         model=ScriptedModel([calls(("rm_rf", {})), "ok"]),

@@ -20,6 +20,7 @@ from loomgraph.models.errors import (
     ModelMissingKey,
     ModelOverloaded,
     ModelPromptTooLarge,
+    ModelQuotaExhausted,
     ModelRateLimited,
     ModelRequestError,
     ModelServerError,
@@ -405,7 +406,10 @@ async def test_stream_cut_inside_tool_use_after_text_breaks_the_step(
     err = info.value
     assert err.retry_step is True
     assert err.usage.input_tokens == 1234  # billed per message_start
-    assert err.usage.cost_usd == pytest.approx((1234 * 3 + 1 * 15) / 1e6)
+    # output: message_start said 1; what was streamed ("Calling add." and '{"a": 1', 19
+    # characters in 2 deltas) is estimated at ceil(19 / 4) = 5 tokens, which is more
+    assert err.usage.output_tokens == 5
+    assert err.usage.cost_usd == pytest.approx((1234 * 3 + 5 * 15) / 1e6)
     assert err.request_id == "req_001" and "req_001" in str(err)
 
 
@@ -510,3 +514,71 @@ def test_sdk_is_imported_lazily() -> None:
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+
+
+# --------------------------------------------------------------------------- quota exhausted
+
+
+def _spend_limit_429() -> Reply:
+    # No retry-after, and the code in error.details: the monthly spend cap, not a rate limit.
+    return Reply(
+        429,
+        body={
+            "type": "error",
+            "error": {
+                "type": "rate_limit_error",
+                "message": "You have reached your monthly spend limit.",
+                "details": {"error_code": "enforced_spend_limit_reached"},
+            },
+        },
+    )
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        pytest.param(_spend_limit_429(), id="429-enforced-spend-limit"),
+        pytest.param(
+            api_error(
+                400,
+                "invalid_request_error",
+                "You have reached your specified API usage limits. You will regain access on "
+                "2026-12-01 at 00:00 UTC.",
+            ),
+            id="400-usage-limits",
+        ),
+        pytest.param(
+            api_error(
+                400,
+                "invalid_request_error",
+                "Your credit balance is too low to access the Anthropic API.",
+            ),
+            id="400-credit-balance",
+        ),
+        pytest.param(api_error(402, "billing_error", "payment required"), id="402-billing"),
+        pytest.param(
+            api_error(
+                429, "rate_limit_error", "Your workspace spend limit is reached", retry_after="9"
+            ),
+            id="429-workspace-spend-limit",
+        ),
+    ],
+)
+async def test_quota_exhausted_is_not_retried(server: FakeServer, reply: Reply) -> None:
+    server.add(reply, Reply(events=sse_message([("text", ["never"])])))
+    sleeps = Sleeps()
+    with pytest.raises(ModelQuotaExhausted) as info:
+        await collect(make(server, sleeps=sleeps), ask())
+    assert len(server.requests) == 1
+    assert sleeps.delays == []
+    assert not info.value.retryable
+    assert info.value.status == reply.status and "req_001" in str(info.value)
+
+
+async def test_plain_rate_limit_is_still_retried(server: FakeServer) -> None:
+    server.add(
+        api_error(429, "rate_limit_error", "Number of request tokens has exceeded your rate limit"),
+        Reply(events=sse_message([("text", ["ok"])])),
+    )
+    assert assemble(await collect(make(server), ask())).text == "ok"
+    assert len(server.requests) == 2

@@ -618,7 +618,9 @@ class GovernanceMachine(RuleBasedStateMachine):
         )
         self.journal: Any = self._journal() or InMemoryRuntime()
         self.ledger: Any = self._ledger() or InMemoryLedger()
-        self.audit = FileAuditLog(self.dir / "audit.jsonl", key=b"k" if keyed else None)
+        self.audit = FileAuditLog(
+            self.dir / "audit.jsonl", key=b"k" if keyed else None, unsigned=not keyed
+        )
         self.hooks = Hooks()
         if permissions.hook:
             self.hooks.before_tool(no_rm)
@@ -1025,6 +1027,13 @@ class GovernanceMachine(RuleBasedStateMachine):
             if entry["action"] == "permission_decision":
                 ref = payload["call_id"]
                 tool_name, args, user = self.original(ref)
+                if payload["verdict"] == "ask":
+                    # The run stopped to ask (or, resumed with no answer, still waits): the
+                    # rule that asked, or the journaled request that binds the call.
+                    asked = self.oracle.decide(tool_name, args, user)
+                    assert asked[0] == "ask", (payload, asked)
+                    assert payload["rule"] in (asked[1], "approval:pending"), (payload, asked)
+                    continue
                 verdict, rule_name, _ = self.oracle.outcome(
                     tool_name, args, user, self.answers.get(ref)
                 )

@@ -15,6 +15,7 @@ from loomgraph.models.errors import (
     ModelConfigError,
     ModelOverloaded,
     ModelPromptTooLarge,
+    ModelQuotaExhausted,
     ModelRateLimited,
     ModelRequestError,
     ModelServerError,
@@ -359,3 +360,59 @@ async def test_huge_prompt_rejected_before_sending(server: FakeServer) -> None:
     with pytest.raises(ModelPromptTooLarge):
         await collect(make(server), ask("x" * 10_000_000))
     assert server.requests == []
+
+
+# --------------------------------------------------------------------------- quota exhausted
+
+
+@pytest.mark.parametrize(
+    "code",
+    [
+        "insufficient_quota",
+        "credit_balance_exhausted",
+        "organization_spend_limit_exceeded",
+        "project_spend_limit_exceeded",
+        "organization_usage_limit_exceeded",
+    ],
+)
+async def test_insufficient_quota_is_not_retried(server: FakeServer, code: str) -> None:
+    server.add(
+        Reply(
+            429,
+            body={
+                "error": {
+                    "message": "You exceeded your current quota, please check your plan and "
+                    "billing details.",
+                    "type": "insufficient_quota",
+                    "code": code,
+                }
+            },
+        ),
+        Reply(events=chat_stream(["never"])),
+    )
+    sleeps = Sleeps()
+    with pytest.raises(ModelQuotaExhausted) as info:
+        await collect(make(server, sleeps=sleeps), ask())
+    assert len(server.requests) == 1 and sleeps.delays == []
+    assert info.value.status == 429 and "req_001" in str(info.value)
+    assert not info.value.retryable
+
+
+async def test_rate_limit_429_is_still_retried(server: FakeServer) -> None:
+    server.add(
+        Reply(
+            429,
+            headers={"retry-after": "2"},
+            body={
+                "error": {
+                    "message": "Rate limit reached for requests",
+                    "type": "requests",
+                    "code": "rate_limit_exceeded",
+                }
+            },
+        ),
+        Reply(events=chat_stream(["ok"])),
+    )
+    sleeps = Sleeps()
+    assert assemble(await collect(make(server, sleeps=sleeps), ask())).text == "ok"
+    assert sleeps.delays == [2.0]

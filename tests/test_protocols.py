@@ -228,7 +228,7 @@ async def test_every_built_in_backend_has_close(tmp_path: Path) -> None:
         (NoBudget(), Budget),
         (StandardBudget(), Budget),
         (NoAuditLog(), AuditLog),
-        (FileAuditLog(tmp_path / "audit.jsonl"), AuditLog),
+        (FileAuditLog(tmp_path / "audit.jsonl", unsigned=True), AuditLog),
         (NoMemory(), Memory),
         (InMemoryMemory(), Memory),
         (ToolRegistry(), ToolHost),

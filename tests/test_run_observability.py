@@ -22,7 +22,7 @@ async def test_span_tree_of_a_react_run_and_its_audit_trail(tmp_path: Path) -> N
     exporter = InMemorySpanExporter()
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
-    audit = FileAuditLog(tmp_path / "audit.jsonl")
+    audit = FileAuditLog(tmp_path / "audit.jsonl", unsigned=True)
     script = ScriptedModel([{"tool_calls": [{"tool": "add", "args": {"a": 1, "b": 2}}]}, "3"])
     agent = Agent(
         "x", model=script, tools=[add], telemetry=OTelTelemetry(provider), audit_log=audit

@@ -30,6 +30,7 @@ with where each class lives (relative to `loomgraph.`):
     │       ├── ModelRequestError           models.errors
     │       │   └── ModelPromptTooLarge     models.errors
     │       ├── ModelAuthError              models.errors
+    │       ├── ModelQuotaExhausted         models.errors
     │       ├── ModelRateLimited            models.errors
     │       ├── ModelOverloaded             models.errors
     │       ├── ModelServerError            models.errors
@@ -38,6 +39,7 @@ with where each class lives (relative to `loomgraph.`):
     │       ├── ModelBadResponse            models.errors
     │       └── ModelStreamBroken           models.errors
     ├── ScriptExhausted + RuntimeError      models.scripted
+    ├── ToolArgsRejected + ValueError       models.tool_args
     ├── JournalError                        runtime.errors
     │   ├── JournalCorrupted                runtime.errors
     │   ├── JournalVersionError             runtime.errors
@@ -53,6 +55,8 @@ with where each class lives (relative to `loomgraph.`):
     │   ├── PermissionTypeError + TypeError governance.rule_errors
     │   └── RuleSyntaxError                 governance.rule_errors
     ├── AuditLogError                       observability.audit_chain
+    │   └── AuditConfigError + ValueError   observability.audit_key
+    │       └── AuditKeyMissing             observability.audit_key
     ├── SqliteFileProblem                   _storage.sqlite_files
     └── UsageError                          cli.runs
 

@@ -1,4 +1,4 @@
-"""The `loomgraph` command: run, validate, render, schema, graphs, runs."""
+"""The `loomgraph` command: run, validate, render, schema, graphs, runs, audit."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from loomgraph.cli import approvals as cli_approvals
+from loomgraph.cli import audit as cli_audit
 from loomgraph.cli import runs as cli_runs
 from loomgraph.cli.output import EXIT_FAILED, EXIT_OK, EXIT_USAGE, emit_event
 
@@ -63,6 +64,7 @@ def _parser() -> argparse.ArgumentParser:
     new_graph.add_argument("name", help="the graph's name: letters, digits, - and _")
     new_graph.add_argument("-o", "--output-dir", default=".", help="folder to write it in")
     cli_approvals.add_parsers(cli_runs.add_runs_parser(sub))
+    cli_audit.add_audit_parser(sub)
     return parser
 
 
@@ -70,6 +72,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `loomgraph` command; returns the exit code."""
     args = _parser().parse_args(argv)
     from loomgraph.errors import GraphError
+    from loomgraph.observability.audit_chain import AuditLogError
     from loomgraph.runtime.errors import JournalError
 
     try:
@@ -81,6 +84,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.runs_command in cli_approvals.COMMANDS:
                 return cli_approvals.handle(args)
             return cli_runs.handle(args)
+        if args.command == "audit":
+            return cli_audit.handle(args)
         if args.command == "render":
             if args.run is not None:
                 return cli_runs.render_run(args)
@@ -99,7 +104,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         print("\n".join(builtin_names()))
         return EXIT_OK
-    except (GraphError, JournalError, ValueError, ImportError, OSError, cli_runs.UsageError) as err:
+    except (
+        GraphError,
+        JournalError,
+        AuditLogError,
+        ValueError,
+        ImportError,
+        OSError,
+        cli_runs.UsageError,
+    ) as err:
         print(f"loomgraph: {err}", file=sys.stderr)
         return EXIT_USAGE
 

@@ -28,6 +28,7 @@ from loomgraph.protocols import (
 )
 from loomgraph.protocols.events import MODEL_CHUNK, MODEL_RETRY
 from loomgraph.protocols.paths import NodePath
+from loomgraph.protocols.usage import estimate_output_tokens, estimate_prompt_tokens, floor_usage
 
 # How many times a model step is tried again when its stream broke after it started.
 STEP_RETRIES = 2
@@ -96,12 +97,18 @@ class VisitContext:
         self._slot += 1
         return self.effect_key(str(self._slot))
 
-    async def _reserve_model(self, request: ModelRequest) -> Reservation | None:
+    async def _reserve_model(self, request: ModelRequest, asked: int | None) -> Reservation | None:
         if not self.deps.budgeted:
             return None
-        if request.max_tokens is None:
-            # What the adapter will send, so the output can never exceed the reservation.
-            request.max_tokens = getattr(self.deps.model, "max_tokens", None)
+        if asked is None:
+            # Sized to the caps (a budget with `fit_output`) and sent to the provider as
+            # max_tokens, so the output can never exceed the reservation.
+            limit = getattr(self.deps.model, "max_tokens", None)
+            fit = getattr(self.deps.budget, "fit_output", None)
+            prompt = estimate_prompt_tokens(request.prompt_chars())
+            request.max_tokens = (
+                limit if fit is None else await fit(self.scope.budget_scope, prompt, limit)
+            )
         return await self.scope.reserve("model", _model_estimate(request))
 
     # ------------------------------------------------------------------ model
@@ -118,11 +125,14 @@ class VisitContext:
         if prior is not None and prior.status == EffectStatus.DONE and prior.outcome is not None:
             return _response_from(prior.outcome)
         billed = Usage()  # what broken attempts cost: charged, and counted in the answer's usage
+        asked = request.max_tokens  # the caller's own limit; else sized to the caps each try
         for attempt in range(STEP_RETRIES + 1):
-            reservation = await self._reserve_model(request)
+            reservation = await self._reserve_model(request, asked)
+            streamed: list[str] = []
             try:
-                response = await self._stream(request)
+                response = await self._stream(request, streamed)
             except ModelError as err:
+                err.usage = _broken_usage(request, err.usage, streamed)
                 await self.scope.settle(reservation, err.usage)
                 if err.retry_step and attempt < STEP_RETRIES:
                     billed += err.usage
@@ -144,10 +154,9 @@ class VisitContext:
         )
         return response
 
-    async def _stream(self, request: ModelRequest) -> ModelResponse:
+    async def _stream(self, request: ModelRequest, texts: list[str]) -> ModelResponse:
         model = self.deps.model
         response = ModelResponse()
-        texts: list[str] = []
         with self.deps.telemetry.span(
             f"chat {model.name}",
             {
@@ -221,6 +230,17 @@ def _model_estimate(request: ModelRequest) -> Usage:
         output_tokens=request.max_tokens or 4096,
         model_calls=1,
     )  # see _reserve
+
+
+def _broken_usage(request: ModelRequest, usage: Usage, streamed: list[str]) -> Usage:
+    """A failed call's usage, at least what it streamed (for models that report too little)."""
+    if not streamed:
+        return usage  # nothing came back: the model's own account (e.g. a 400) stands
+    return floor_usage(
+        usage,
+        prompt_tokens=estimate_prompt_tokens(request.prompt_chars()),
+        output_tokens=estimate_output_tokens("".join(streamed), len(streamed)),
+    )
 
 
 def _response_data(response: ModelResponse) -> dict[str, Any]:

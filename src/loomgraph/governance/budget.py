@@ -36,6 +36,7 @@ from loomgraph.governance.caps import (
     WarningCallback,
     user_scope,
 )
+from loomgraph.governance.fit import output_room
 from loomgraph.governance.ledger import (
     NANO_USD,
     Change,
@@ -53,6 +54,9 @@ from loomgraph.protocols.pricing import compute_cost
 __all__ = ["BudgetConfig", "BudgetWarning", "Caps", "StandardBudget"]
 
 log = logging.getLogger(__name__)
+
+DEFAULT_MAX = 4096
+"""Output tokens reserved when neither the model nor the config gives a limit."""
 
 
 class StandardBudget:
@@ -187,6 +191,26 @@ class StandardBudget:
 
         await self.ledger.transact(hold.scopes, None, decide)
         return priced
+
+    async def fit_output(self, scope: BudgetScope, prompt_tokens: int, limit: int | None) -> int:
+        """The output tokens a model call may reserve now: the smallest of `limit` (the
+        model's), `config.default_max_tokens` and what every token and cost cap has left after
+        the prompt; raises BudgetExceeded, naming the cap, when not even the prompt fits."""
+        want = min(x for x in (limit, self.config.default_max_tokens, DEFAULT_MAX) if x)
+        scopes = self.scopes(scope)
+        if not scopes:
+            return want
+        totals = {name: await self.ledger.totals(name) for name, _ in scopes}
+        prompt = math.ceil(prompt_tokens * self.config.input_margin)
+
+        def cost_of(prompt_tokens: int, output: int) -> int:
+            amount = Usage(input_tokens=prompt_tokens, output_tokens=output)
+            return self.worst_case(Reservation(scope, "model", amount)).get("cost_usd", 0)
+
+        # worst_case applies the margin itself, so it is given the raw prompt.
+        return output_room(
+            scopes, totals, prompt, want, lambda _p, out: cost_of(prompt_tokens, out)
+        )
 
     async def settle(self, reservation: Reservation, actual: Usage) -> None:
         """Replace the held amount by the actual one (charged in full even past a cap)."""

@@ -73,6 +73,7 @@ class BudgetConfig(Caps):
     prices: PriceOverride | None = None
     model: str | None = None
     input_margin: float = 1.0
+    default_max_tokens: int | None = 4096
 
     def __post_init__(self) -> None:
         Caps.__post_init__(self)
@@ -83,6 +84,13 @@ class BudgetConfig(Caps):
                 raise ValueError("per-user caps cannot have per-user caps of their own")
         if self.warn_at is not None and not 0 < self.warn_at <= 1:
             raise ValueError(f"warn_at must be in (0, 1] or None, not {self.warn_at!r}")
+        if self.default_max_tokens is not None and (
+            isinstance(self.default_max_tokens, bool)
+            or not isinstance(self.default_max_tokens, int)
+            or self.default_max_tokens < 1
+        ):
+            wrong = self.default_max_tokens
+            raise ValueError(f"default_max_tokens must be a positive int or None, not {wrong!r}")
         if not self.input_margin >= 1:
             raise ValueError(f"input_margin must be at least 1, not {self.input_margin!r}")
 

@@ -8,12 +8,42 @@ from typing import Any, ClassVar
 
 from loomgraph.models.errors import ModelPromptTooLarge
 from loomgraph.models.retry import RetryPolicy, retrying
+from loomgraph.models.tool_args import DEFAULT_LIMITS, ToolArgLimits
 from loomgraph.protocols import ModelChunk, ModelRequest, Usage
 from loomgraph.protocols.pricing import PriceOverride, with_cost
+from loomgraph.protocols.usage import estimate_output_tokens, estimate_prompt_tokens, floor_usage
 
 # About 4 MB of text: far above any model's context window in tokens, but it stops a runaway
 # prompt (a tool that returned a whole file system) before it costs an upload and a 413.
 DEFAULT_MAX_PROMPT_CHARS = 4_000_000
+
+
+class StreamTally:
+    """What one attempt has streamed: characters of text and tool-call JSON, and deltas.
+
+    When a stream breaks before the provider's usage arrives (or a server sends none), the
+    attempt is charged `floor(usage)`: at least the prompt's estimate when no prompt tokens
+    were reported, and at least the output estimate of what was streamed (characters / 4,
+    never below the number of deltas).
+    """
+
+    __slots__ = ("chars", "deltas", "prompt_tokens")
+
+    def __init__(self, prompt_tokens: int) -> None:
+        self.prompt_tokens = prompt_tokens
+        self.chars = 0
+        self.deltas = 0
+
+    def add(self, piece: str | None) -> None:
+        """Count one delta of text or tool-call JSON."""
+        if piece:
+            self.chars += len(piece)
+            self.deltas += 1
+
+    def floor(self, usage: Usage) -> Usage:
+        """`usage` raised to what this attempt streamed, where the provider reported less."""
+        output = estimate_output_tokens(self.chars, self.deltas)
+        return floor_usage(usage, prompt_tokens=self.prompt_tokens, output_tokens=output)
 
 
 class HTTPModel:
@@ -34,8 +64,10 @@ class HTTPModel:
         retry_max_delay: float,
         retry_policy: RetryPolicy | None,
         prices: PriceOverride | None,
+        tool_arg_limits: ToolArgLimits | None = None,
     ) -> None:
         self.name = name
+        self.tool_arg_limits = tool_arg_limits or DEFAULT_LIMITS
         self.max_tokens = max_tokens
         self.temperature = temperature
         self.timeout = timeout
@@ -67,8 +99,9 @@ class HTTPModel:
             )
         client = self._client_for_loop()
         params = self._params(request)
+        prompt = estimate_prompt_tokens(size)
         async for chunk in retrying(
-            lambda: self._attempt(client, params), policy=self.retry_policy
+            lambda: self._attempt(client, params, StreamTally(prompt)), policy=self.retry_policy
         ):
             yield chunk
 
@@ -96,5 +129,7 @@ class HTTPModel:
     def _params(self, request: ModelRequest) -> dict[str, Any]:
         raise NotImplementedError
 
-    def _attempt(self, client: Any, params: dict[str, Any]) -> AsyncGenerator[ModelChunk, None]:
+    def _attempt(
+        self, client: Any, params: dict[str, Any], tally: StreamTally
+    ) -> AsyncGenerator[ModelChunk, None]:
         raise NotImplementedError

@@ -7,13 +7,12 @@ whether part of the answer was already streamed.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import AsyncGenerator, Iterator, Sequence
 from dataclasses import replace
 from typing import Any
 
-from loomgraph.models._adapter import DEFAULT_MAX_PROMPT_CHARS, HTTPModel
+from loomgraph.models._adapter import DEFAULT_MAX_PROMPT_CHARS, HTTPModel, StreamTally
 from loomgraph.models.errors import (
     AdapterError,
     ModelBadResponse,
@@ -23,8 +22,15 @@ from loomgraph.models.errors import (
     body_error,
     error_for_status,
     parse_retry_after,
+    quota_exhausted,
 )
 from loomgraph.models.retry import RetryPolicy
+from loomgraph.models.tool_args import (
+    ToolArgLimits,
+    ToolArgsRejected,
+    check_tool_args,
+    parse_tool_args,
+)
 from loomgraph.protocols import Message, ModelChunk, ModelRequest, ToolCall, ToolSpec, Usage
 from loomgraph.protocols.pricing import PriceOverride
 
@@ -131,7 +137,9 @@ def anthropic_tools(tools: Sequence[ToolSpec], *, caching: bool = False) -> list
 class _Turn:
     """The state of one streamed message: open tool blocks, usage so far, stop reason."""
 
-    def __init__(self) -> None:
+    def __init__(self, tally: StreamTally, limits: ToolArgLimits) -> None:
+        self.tally = tally
+        self.limits = limits
         self.tool_blocks: dict[int, dict[str, Any]] = {}
         self.usage = Usage()
         self.stop_reason: str | None = None
@@ -153,18 +161,21 @@ class _Turn:
                     "initial": initial if isinstance(initial, dict) else {},
                 }
             elif block.type == "text" and getattr(block, "text", ""):
+                self.tally.add(block.text)
                 yield ModelChunk(type="text", text=block.text)
         elif kind == "content_block_delta":
             delta = event.delta
             if delta.type == "text_delta" and delta.text:
+                self.tally.add(delta.text)
                 yield ModelChunk(type="text", text=delta.text)
             elif delta.type == "input_json_delta" and event.index in self.tool_blocks:
+                self.tally.add(delta.partial_json)
                 self.tool_blocks[event.index]["parts"].append(delta.partial_json or "")
         elif kind == "content_block_stop":
             # Only now is the tool call complete; a partial block is never handed out.
             block = self.tool_blocks.pop(event.index, None)
             if block is not None:
-                yield ModelChunk(type="tool_call", call=_tool_call(block))
+                yield ModelChunk(type="tool_call", call=_tool_call(block, self.limits))
         elif kind == "message_delta":
             self.stop_reason = getattr(event.delta, "stop_reason", None) or self.stop_reason
             self._take_usage(getattr(event, "usage", None))
@@ -186,12 +197,14 @@ class _Turn:
                 self.usage = replace(self.usage, **{ours: value})
 
 
-def _tool_call(block: dict[str, Any]) -> ToolCall:
+def _tool_call(block: dict[str, Any], limits: ToolArgLimits) -> ToolCall:
     raw = "".join(block["parts"]).strip()
-    args = json.loads(raw) if raw else block["initial"]
-    if not isinstance(args, dict):
-        raise ValueError(f"tool input is a {type(args).__name__}, not an object")
+    args = parse_tool_args(raw, limits) if raw else check_tool_args(block["initial"], limits)
     return {"id": block["id"], "tool": block["name"], "args": args}
+
+
+def _rejected(exc: ValueError) -> str | None:
+    return "tool_args_rejected" if isinstance(exc, ToolArgsRejected) else None
 
 
 def _is_timeout(exc: BaseException) -> bool:
@@ -221,6 +234,7 @@ class AnthropicModel(HTTPModel):
         retry_max_delay: float = 30.0,
         retry_policy: RetryPolicy | None = None,
         prices: PriceOverride | None = None,
+        tool_arg_limits: ToolArgLimits | None = None,
     ) -> None:
         super().__init__(
             name,
@@ -233,6 +247,7 @@ class AnthropicModel(HTTPModel):
             retry_max_delay=retry_max_delay,
             retry_policy=retry_policy,
             prices=prices,
+            tool_arg_limits=tool_arg_limits,
         )
         self.prompt_caching = prompt_caching
         # Keys and URLs are read at the first call, not here: a model named in a graph file
@@ -277,14 +292,14 @@ class AnthropicModel(HTTPModel):
         return params
 
     async def _attempt(
-        self, client: Any, params: dict[str, Any]
+        self, client: Any, params: dict[str, Any], tally: StreamTally
     ) -> AsyncGenerator[ModelChunk, None]:
         try:
             stream = await client.messages.create(**params)
         except Exception as exc:
             raise self._translate(exc) from exc
         request_id: str | None = stream.response.headers.get("request-id")
-        turn = _Turn()
+        turn = _Turn(tally, self.tool_arg_limits)
         try:
             while True:
                 try:
@@ -293,15 +308,16 @@ class AnthropicModel(HTTPModel):
                     break
                 except Exception as exc:
                     err = self._translate(exc, request_id=request_id, streaming=True)
-                    err.usage = self._usage(turn.usage)
+                    err.usage = self._usage(tally.floor(turn.usage))
                     raise err from exc
                 try:
                     chunks = list(turn.feed(event))
                 except ValueError as exc:
                     raise ModelBadResponse(
                         f"{self.label}: invalid tool input JSON: {exc} (request id {request_id})",
+                        error_type=_rejected(exc),
                         request_id=request_id,
-                        usage=self._usage(turn.usage),
+                        usage=self._usage(tally.floor(turn.usage)),
                     ) from exc
                 for chunk in chunks:
                     yield chunk
@@ -311,7 +327,7 @@ class AnthropicModel(HTTPModel):
             raise ModelConnectionError(
                 f"{self.label}: the stream ended before message_stop (request id {request_id})",
                 request_id=request_id,
-                usage=self._usage(turn.usage),
+                usage=self._usage(tally.floor(turn.usage)),
             )
         yield ModelChunk(type="usage", usage=self._usage(turn.usage))
         reason = turn.stop_reason or "end_turn"
@@ -334,6 +350,7 @@ class AnthropicModel(HTTPModel):
                 error_type=error_type,
                 request_id=exc.request_id or request_id,
                 retry_after=parse_retry_after(exc.response.headers),
+                quota=quota_exhausted(exc.body),
             )
         if isinstance(exc, anthropic.APITimeoutError) or _is_timeout(exc):
             return ModelTimeout(

@@ -9,6 +9,7 @@ provider asked us to wait (`retry_after`, from the `retry-after` header).
 from __future__ import annotations
 
 import email.utils
+import re
 import time
 from collections.abc import Mapping
 from typing import ClassVar
@@ -24,6 +25,7 @@ __all__ = [
     "ModelMissingKey",
     "ModelOverloaded",
     "ModelPromptTooLarge",
+    "ModelQuotaExhausted",
     "ModelRateLimited",
     "ModelRequestError",
     "ModelServerError",
@@ -32,6 +34,7 @@ __all__ = [
     "body_error",
     "error_for_status",
     "parse_retry_after",
+    "quota_exhausted",
 ]
 
 
@@ -79,6 +82,14 @@ class ModelPromptTooLarge(ModelRequestError):
 
 class ModelAuthError(AdapterError):
     """The key was refused (401) or lacks permission (403); not retried."""
+
+
+class ModelQuotaExhausted(AdapterError):
+    """The account's spend limit, quota or credit is used up (a 429, 400 or 402 saying so).
+
+    Not retried: waiting seconds does not restore access; a person has to raise the limit or
+    add credit. Told apart from a rate limit by the body (see `quota_exhausted`).
+    """
 
 
 class ModelRateLimited(AdapterError):
@@ -141,6 +152,48 @@ _TYPE_STATUS: dict[str, int] = {
 
 _RETRIED_5XX = frozenset({500, 502, 503, 504})
 
+# Error codes meaning "no money left", wherever a provider puts them: Anthropic's
+# `error.type` (`billing_error`, HTTP 402) and `error.details.error_code`
+# (`enforced_spend_limit_reached`, on a 429 without retry-after); OpenAI's `error.type`
+# (`insufficient_quota`) and `error.code` (the specific billing cause), on a 429.
+_QUOTA_CODES = frozenset(
+    {
+        "billing_error",
+        "enforced_spend_limit_reached",
+        "insufficient_quota",
+        "credit_balance_exhausted",
+        "organization_spend_limit_exceeded",
+        "project_spend_limit_exceeded",
+        "organization_usage_limit_exceeded",
+        "billing_hard_limit_reached",
+    }
+)
+# The messages, for servers that only say it in words: Anthropic's spend limits on a 400
+# ("You have reached your specified API usage limits"), a low credit balance, OpenAI's
+# "You exceeded your current quota", and OpenAI-compatible proxies that copy them.
+_QUOTA_TEXT = re.compile(
+    r"spend(?:ing)? limit|api usage limit|credit balance|exceeded your current quota"
+    r"|insufficient[ _](?:quota|credits?|funds|balance)",
+    re.IGNORECASE,
+)
+
+
+def quota_exhausted(body: object) -> bool:
+    """Whether an API error body says the spend limit, quota or credit is used up."""
+    error = body.get("error", body) if isinstance(body, dict) else body
+    if isinstance(error, str):
+        return bool(_QUOTA_TEXT.search(error))
+    if not isinstance(error, dict):
+        return False
+    details = error.get("details")
+    codes = [error.get("type"), error.get("code")]
+    if isinstance(details, dict):
+        codes.append(details.get("error_code"))
+    if any(isinstance(c, str) and c in _QUOTA_CODES for c in codes):
+        return True
+    message = error.get("message")
+    return isinstance(message, str) and bool(_QUOTA_TEXT.search(message))
+
 
 def error_for_status(
     status: int | None,
@@ -150,13 +203,20 @@ def error_for_status(
     error_type: str | None = None,
     request_id: str | None = None,
     retry_after: float | None = None,
+    quota: bool = False,
 ) -> AdapterError:
-    """The typed error for an HTTP status (or, on a 200 stream, the body's error type)."""
+    """The typed error for an HTTP status (or, on a 200 stream, the body's error type).
+
+    `quota` (from `quota_exhausted(body)`) turns a 4xx or status-less error into
+    `ModelQuotaExhausted`, whatever the status says.
+    """
     if (status is None or status < 400) and error_type in _TYPE_STATUS:
         status = _TYPE_STATUS[error_type]
     cls: type[AdapterError]
     retryable: bool | None = None
-    if status in (401, 403):
+    if status == 402 or (quota and (status is None or 400 <= status < 500)):
+        cls = ModelQuotaExhausted
+    elif status in (401, 403):
         cls = ModelAuthError
     elif status == 413:
         cls = ModelPromptTooLarge

@@ -14,7 +14,7 @@ import uuid
 from collections.abc import AsyncGenerator, Sequence
 from typing import Any
 
-from loomgraph.models._adapter import DEFAULT_MAX_PROMPT_CHARS, HTTPModel
+from loomgraph.models._adapter import DEFAULT_MAX_PROMPT_CHARS, HTTPModel, StreamTally
 from loomgraph.models.errors import (
     AdapterError,
     ModelBadResponse,
@@ -24,8 +24,14 @@ from loomgraph.models.errors import (
     body_error,
     error_for_status,
     parse_retry_after,
+    quota_exhausted,
 )
 from loomgraph.models.retry import RetryPolicy
+from loomgraph.models.tool_args import (
+    ToolArgLimits,
+    ToolArgsRejected,
+    parse_tool_args,
+)
 from loomgraph.protocols import Message, ModelChunk, ModelRequest, ToolCall, ToolSpec, Usage
 from loomgraph.protocols.pricing import PriceOverride
 
@@ -111,11 +117,8 @@ def openai_tools(tools: Sequence[ToolSpec]) -> list[dict[str, Any]]:
     return out
 
 
-def _assemble(slot: dict[str, Any]) -> ToolCall:
-    raw = "".join(slot["parts"]).strip()
-    args = json.loads(raw) if raw else {}
-    if not isinstance(args, dict):
-        raise ValueError(f"tool arguments are a {type(args).__name__}, not an object")
+def _assemble(slot: dict[str, Any], limits: ToolArgLimits) -> ToolCall:
+    args = parse_tool_args("".join(slot["parts"]), limits)
     return {"id": slot["id"] or f"call_{uuid.uuid4().hex[:12]}", "tool": slot["name"], "args": args}
 
 
@@ -153,6 +156,7 @@ class OpenAICompatModel(HTTPModel):
         retry_max_delay: float = 30.0,
         retry_policy: RetryPolicy | None = None,
         prices: PriceOverride | None = None,
+        tool_arg_limits: ToolArgLimits | None = None,
     ) -> None:
         super().__init__(
             name,
@@ -165,6 +169,7 @@ class OpenAICompatModel(HTTPModel):
             retry_max_delay=retry_max_delay,
             retry_policy=retry_policy,
             prices=prices,
+            tool_arg_limits=tool_arg_limits,
         )
         self._base_url = base_url
         self._api_key = api_key
@@ -207,7 +212,7 @@ class OpenAICompatModel(HTTPModel):
         return params
 
     async def _attempt(
-        self, client: Any, params: dict[str, Any]
+        self, client: Any, params: dict[str, Any], tally: StreamTally
     ) -> AsyncGenerator[ModelChunk, None]:
         try:
             stream = await client.chat.completions.create(**params)
@@ -215,7 +220,7 @@ class OpenAICompatModel(HTTPModel):
             raise self._translate(exc) from exc
         request_id: str | None = stream.response.headers.get("x-request-id")
         slots: dict[int, dict[str, Any]] = {}
-        usage = Usage()
+        usage: Usage | None = None  # None until the server sends its usage
         finish: str | None = None
         called = False
         try:
@@ -226,7 +231,7 @@ class OpenAICompatModel(HTTPModel):
                     break
                 except Exception as exc:
                     err = self._translate(exc, request_id=request_id, streaming=True)
-                    err.usage = self._usage(usage)
+                    err.usage = self._usage(tally.floor(usage or Usage()))
                     raise err from exc
                 if getattr(chunk, "usage", None) is not None:
                     usage = _usage(chunk.usage)
@@ -235,6 +240,7 @@ class OpenAICompatModel(HTTPModel):
                         continue  # n > 1 is never requested
                     delta = choice.delta
                     if delta is not None and delta.content:
+                        tally.add(delta.content)
                         yield ModelChunk(type="text", text=delta.content)
                     for part in (delta.tool_calls if delta is not None else None) or ():
                         slot = slots.setdefault(part.index, {"id": "", "name": "", "parts": []})
@@ -242,17 +248,23 @@ class OpenAICompatModel(HTTPModel):
                         if part.function is not None:
                             slot["name"] = part.function.name or slot["name"]
                             slot["parts"].append(part.function.arguments or "")
+                            tally.add(part.function.arguments)
                     if choice.finish_reason:
                         finish = choice.finish_reason
                         # Only a finished choice has complete tool calls.
                         try:
-                            calls = [_assemble(slots[i]) for i in sorted(slots)]
+                            calls = [
+                                _assemble(slots[i], self.tool_arg_limits) for i in sorted(slots)
+                            ]
                         except ValueError as exc:
                             raise ModelBadResponse(
                                 f"{self.label}: invalid tool arguments JSON: {exc} "
                                 f"(request id {request_id})",
+                                error_type="tool_args_rejected"
+                                if isinstance(exc, ToolArgsRejected)
+                                else None,
                                 request_id=request_id,
-                                usage=self._usage(usage),
+                                usage=self._usage(tally.floor(usage or Usage())),
                             ) from exc
                         slots.clear()
                         for call in calls:
@@ -264,9 +276,11 @@ class OpenAICompatModel(HTTPModel):
             raise ModelConnectionError(
                 f"{self.label}: the stream ended before a finish_reason (request id {request_id})",
                 request_id=request_id,
-                usage=self._usage(usage),
+                usage=self._usage(tally.floor(usage or Usage())),
             )
-        yield ModelChunk(type="usage", usage=self._usage(usage))
+        # A server that never sends usage (some local ones) is charged the estimate.
+        billed = usage if usage is not None else tally.floor(Usage())
+        yield ModelChunk(type="usage", usage=self._usage(billed))
         # Some local servers say "stop" after tool calls; the calls are what counts.
         reason = "tool_use" if called else _FINISH_REASONS.get(finish, finish)
         yield ModelChunk(type="finish", finish_reason=reason)
@@ -288,6 +302,7 @@ class OpenAICompatModel(HTTPModel):
                 error_type=error_type,
                 request_id=exc.request_id or request_id,
                 retry_after=parse_retry_after(exc.response.headers),
+                quota=quota_exhausted(exc.body),
             )
         if isinstance(exc, openai.APITimeoutError):
             return ModelTimeout(
@@ -312,5 +327,6 @@ class OpenAICompatModel(HTTPModel):
                 detail=detail or exc.message,
                 error_type=error_type,
                 request_id=request_id,
+                quota=quota_exhausted(exc.body),
             )
         raise exc

@@ -14,6 +14,7 @@ from .audit_chain import (
     AuditLogError,
     VerifyResult,
 )
+from .audit_key import DEFAULT_KEY_ENV, AuditConfigError, AuditKeyMissing, resolve_audit_key
 from .file_audit import FileAuditLog
 from .noop import NoAuditLog, NoTelemetry
 from .otel import OTelTelemetry, TracedSpan
@@ -35,11 +36,14 @@ from .semconv import (
 )
 
 __all__ = [
+    "DEFAULT_KEY_ENV",
     "GENESIS_HASH",
     "RUN_SPAN",
     "AuditAction",
+    "AuditConfigError",
     "AuditEntry",
     "AuditHead",
+    "AuditKeyMissing",
     "AuditLogError",
     "FileAuditLog",
     "NoAuditLog",
@@ -53,6 +57,7 @@ __all__ = [
     "messages_json",
     "node_attributes",
     "node_span_name",
+    "resolve_audit_key",
     "response_attributes",
     "run_attributes",
     "set_attributes",

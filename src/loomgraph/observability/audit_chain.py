@@ -2,8 +2,11 @@
 
 An entry is one JSON object with the fields `seq, prev_hash, hash, time, run_id, user_id,
 actor, action, payload`, serialised canonically (sorted keys, no spaces, UTF-8). `hash` is
-SHA-256 (or HMAC-SHA256 with a key) over the canonical entry without `hash`; since that
-includes `prev_hash`, each entry commits to everything before it.
+the entry's MAC: HMAC-SHA256 with the log's key over the canonical entry without `hash`;
+since that includes `prev_hash` (the previous MAC), each entry commits to everything before
+it, and nobody without the key can recompute the chain. An explicitly unsigned log (tests)
+uses plain SHA-256 and marks every entry `"unsigned": true`, so a verifier with a key
+refuses it.
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ GENESIS_HASH = "0" * 64
 ENTRY_FIELDS = frozenset(
     {"seq", "prev_hash", "hash", "time", "run_id", "user_id", "actor", "action", "payload"}
 )
+UNSIGNED_FIELD = "unsigned"
+"""Present (always `true`) in every entry of a log written without a key."""
 
 
 class AuditAction(StrEnum):
@@ -40,10 +45,11 @@ class AuditAction(StrEnum):
     BUDGET_BLOCK = "budget_block"
     TRANSITION = "transition"
     CRASH_RECOVERED = "crash_recovered"
+    AUDIT_QUARANTINED = "audit_quarantined"
 
 
 class AuditEntry(TypedDict):
-    """One audit log entry, as stored."""
+    """One audit log entry, as stored (plus `"unsigned": true` in an unsigned log)."""
 
     seq: int
     prev_hash: str
@@ -57,10 +63,28 @@ class AuditEntry(TypedDict):
 
 
 class AuditHead(NamedTuple):
-    """The seq and hash of the last entry; `(0, GENESIS_HASH)` for an empty log."""
+    """The seq and MAC (`hash`) of the last entry; `(0, GENESIS_HASH)` for an empty log."""
 
     seq: int
     hash: str
+
+    @property
+    def mac(self) -> str:
+        """The last entry's MAC (the same as `hash`)."""
+        return self.hash
+
+    def __str__(self) -> str:
+        """`SEQ:MAC`, the form `loomgraph audit verify --head` takes."""
+        return f"{self.seq}:{self.hash}"
+
+    @classmethod
+    def parse(cls, text: str) -> AuditHead:
+        """Read `SEQ:MAC` back; raises ValueError when it is not that."""
+        seq, sep, mac = text.strip().partition(":")
+        if not sep or not seq.isdigit() or len(mac) != 64:
+            raise ValueError(f"not a head of the form SEQ:MAC (64 hex digits): {text!r}")
+        int(mac, 16)
+        return cls(int(seq), mac.lower())
 
 
 EMPTY_HEAD = AuditHead(0, GENESIS_HASH)
@@ -103,18 +127,8 @@ def normalize_payload(payload: Mapping[str, Any]) -> dict[str, Any]:
     return result
 
 
-def coerce_key(key: bytes | str | None) -> bytes | None:
-    """An HMAC key as bytes (str keys are UTF-8 encoded); None or empty means unkeyed."""
-    if key is None:
-        return None
-    raw = key.encode("utf-8") if isinstance(key, str) else bytes(key)
-    if not raw:
-        raise ValueError("an empty audit key would give no protection; pass None instead")
-    return raw
-
-
 def entry_hash(entry: Mapping[str, Any], key: bytes | None) -> str:
-    """The hash of an entry: over its canonical form without the `hash` field."""
+    """The MAC of an entry over its canonical form without `hash` (SHA-256 without a key)."""
     body = {k: v for k, v in entry.items() if k != "hash"}
     data = dumps(body).encode("utf-8")
     if key is None:
@@ -146,6 +160,8 @@ def make_entry(
         "action": str(action),
         "payload": payload,
     }
+    if key is None:
+        entry[UNSIGNED_FIELD] = True  # type: ignore[literal-required]  # optional marker
     entry["hash"] = entry_hash(entry, key)
     return entry
 
@@ -159,6 +175,10 @@ def parse_entry(text: str) -> AuditEntry:
     if not isinstance(obj, dict):
         raise ValueError("not a JSON object")
     keys = set(obj)
+    if UNSIGNED_FIELD in keys:
+        if obj[UNSIGNED_FIELD] is not True:
+            raise ValueError(f"field {UNSIGNED_FIELD!r} must be true when present")
+        keys.discard(UNSIGNED_FIELD)
     if keys != ENTRY_FIELDS:
         extra, missing = sorted(keys - ENTRY_FIELDS), sorted(ENTRY_FIELDS - keys)
         raise ValueError(f"wrong fields (extra {extra}, missing {missing})")
@@ -187,7 +207,7 @@ class ChainVerifier:
     """Checks entries one at a time, in log order, and stops at the first break."""
 
     def __init__(self, key: bytes | None, expected_head: tuple[int, str] | None = None) -> None:
-        """Verify with `key` (None for plain SHA-256), optionally against a recorded head."""
+        """Verify with `key` (None: an unsigned log), optionally against a recorded head."""
         self._key = key
         self._expected = None if expected_head is None else AuditHead(*expected_head)
         self._hash_at_expected: str | None = None
@@ -246,6 +266,15 @@ class ChainVerifier:
                 expected,
                 f"prev_hash of entry {expected} does not match the hash of entry "
                 f"{expected - 1} (an entry was inserted, removed or replaced)",
+            )
+            return None
+        unsigned = UNSIGNED_FIELD in entry
+        if unsigned != (self._key is None):
+            self.fail(
+                expected,
+                f"entry {expected} is unsigned in a keyed log (rewritten without the key)"
+                if unsigned
+                else f"entry {expected} is keyed but no key was given to verify it",
             )
             return None
         if entry_hash(entry, self._key) != entry["hash"]:

@@ -1,9 +1,10 @@
-"""A hash-chained JSONL audit log that several processes can append to at once."""
+"""A keyed, hash-chained JSONL audit log that several processes can append to at once."""
 
 from __future__ import annotations
 
 import asyncio
 import fcntl
+import hashlib
 import os
 import time
 from collections.abc import Iterator, Mapping
@@ -12,18 +13,19 @@ from typing import Any
 
 from .audit_chain import (
     EMPTY_HEAD,
+    AuditAction,
     AuditEntry,
     AuditHead,
     AuditLogError,
     ChainVerifier,
     VerifyResult,
-    coerce_key,
     dumps,
     entry_hash,
     make_entry,
     normalize_payload,
     parse_entry,
 )
+from .audit_key import resolve_audit_key
 
 _TAIL_BLOCK = 8192
 
@@ -35,12 +37,30 @@ class FileAuditLog:
     and hash to chain onto, write the new line with one `write` and `fsync` it, so any
     number of processes on one host can share a file. `flock` is not reliable on network
     file systems; keep the log on a local disk.
+
+    A torn last line (a crash in the middle of an append, never acknowledged) is moved to
+    `<path>.quarantine-<time>` when the log is opened or appended to, and an
+    `audit_quarantined` entry records it; appending then goes on.
     """
 
-    def __init__(self, path: str | os.PathLike[str], key: bytes | str | None = None) -> None:
-        """A log at `path` (created on first append); with `key`, hashes are HMAC-SHA256."""
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        key: bytes | str | None = None,
+        *,
+        key_file: str | os.PathLike[str] | None = None,
+        key_env: str | None = None,
+        unsigned: bool = False,
+        heal: bool = True,
+    ) -> None:
+        """A log at `path` keyed from `key`, `key_file` or `$key_env` (see resolve_audit_key).
+
+        `heal=False` leaves a torn tail in place when opening (for read-only checks).
+        """
         self._path = Path(path)
-        self._key = coerce_key(key)
+        self._key = resolve_audit_key(key, key_file=key_file, key_env=key_env, unsigned=unsigned)
+        if heal and self._ends_torn():
+            self.repair()  # only now is write access needed: read-only users can still open
 
     @property
     def path(self) -> Path:
@@ -88,47 +108,88 @@ class FileAuditLog:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             size = os.fstat(fd).st_size
-            head = self._head_of(fd, size)
-            entry = make_entry(
-                seq=head.seq + 1,
-                prev_hash=head.hash,
-                at=time.time(),
-                action=action,
-                run_id=run_id,
-                user_id=user_id,
-                actor=actor,
-                payload=body,
-                key=self._key,
-            )
-            _write_all(fd, (dumps(entry) + "\n").encode("utf-8"))
-            os.fsync(fd)
-            if size == 0:
-                # A new file's directory entry must be durable too, or a crash loses the log.
-                _fsync_dir(self._path.parent)
-            return entry
+            if self._quarantine_torn_tail(fd, size):
+                size = os.fstat(fd).st_size
+            return self._append_locked(fd, size, action, run_id, user_id, actor, body)
         finally:
             os.close(fd)  # closing also releases the flock
 
     def repair(self) -> bytes:
-        """Cut off a torn last line left by a crash mid-append; return the bytes removed.
+        """Move a torn last line aside (recorded in the log); return the bytes moved.
 
-        Appends refuse to chain onto a torn line, so call this during crash recovery (and
-        record the removed bytes, e.g. in a `crash_recovered` entry).
+        Opening the log and every append do this already; it is public for tools that
+        want to heal a log without writing anything else.
         """
-        if not self._path.exists():
+        try:
+            # O_APPEND: the quarantine entry must go at the end, not at offset 0.
+            fd = os.open(self._path, os.O_RDWR | os.O_APPEND | getattr(os, "O_CLOEXEC", 0))
+        except FileNotFoundError:
             return b""
-        fd = os.open(self._path, os.O_RDWR | getattr(os, "O_CLOEXEC", 0))
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
-            size = os.fstat(fd).st_size
-            last = _last_line(fd, size)
-            if not last or last.endswith(b"\n"):
-                return b""
-            os.ftruncate(fd, size - len(last))
-            os.fsync(fd)
-            return last
+            return self._quarantine_torn_tail(fd, os.fstat(fd).st_size)
         finally:
             os.close(fd)
+
+    def _append_locked(
+        self,
+        fd: int,
+        size: int,
+        action: str,
+        run_id: str,
+        user_id: str | None,
+        actor: str,
+        body: dict[str, Any],
+    ) -> AuditEntry:
+        """Chain one entry onto the file's last line and fsync it; the flock is held."""
+        head = self._head_of(fd, size)
+        entry = make_entry(
+            seq=head.seq + 1,
+            prev_hash=head.hash,
+            at=time.time(),
+            action=action,
+            run_id=run_id,
+            user_id=user_id,
+            actor=actor,
+            payload=body,
+            key=self._key,
+        )
+        _write_all(fd, (dumps(entry) + "\n").encode("utf-8"))
+        os.fsync(fd)
+        if size == 0:
+            # A new file's directory entry must be durable too, or a crash loses the log.
+            _fsync_dir(self._path.parent)
+        return entry
+
+    def _quarantine_torn_tail(self, fd: int, size: int) -> bytes:
+        """With the flock held: move a torn last line to a quarantine file and record it.
+
+        The torn bytes are durable in the quarantine file before the log is cut, so a
+        crash in between loses nothing; the entry that follows names the file and the
+        bytes' SHA-256 (not the bytes: they may hold content the log must not).
+        """
+        last = _last_line(fd, size)
+        if not last or last.endswith(b"\n"):
+            return b""
+        quarantine = _write_quarantine(self._path, last)
+        os.ftruncate(fd, size - len(last))
+        os.fsync(fd)
+        payload = {
+            "file": quarantine.name,
+            "bytes": len(last),
+            "sha256": hashlib.sha256(last).hexdigest(),
+            "reason": "torn last line (a crash during an append); the entry was never acknowledged",
+        }
+        self._append_locked(
+            fd,
+            size - len(last),
+            AuditAction.AUDIT_QUARANTINED,
+            "",
+            None,
+            "audit_log",
+            payload,
+        )
+        return last
 
     # ----------------------------------------------------------------------- reading
 
@@ -192,6 +253,17 @@ class FileAuditLog:
 
     # ----------------------------------------------------------------------- internals
 
+    def _ends_torn(self) -> bool:
+        """Whether the file's last byte is not a newline (checked without a lock or writing)."""
+        fd = self._open_read()
+        if fd is None:
+            return False
+        try:
+            size = os.fstat(fd).st_size
+            return size > 0 and os.pread(fd, 1, size - 1) != b"\n"
+        finally:
+            os.close(fd)
+
     def _open_read(self) -> int | None:
         try:
             return os.open(self._path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
@@ -219,20 +291,19 @@ class FileAuditLog:
                 yield raw, raw.endswith(b"\n")
 
     def _head_of(self, fd: int, size: int) -> AuditHead:
-        """The head to chain onto; refuses a torn or broken last line."""
+        """The head to chain onto; refuses a broken last line (a torn one is moved first)."""
         last = _last_line(fd, size)
         if not last:
             return EMPTY_HEAD
-        if not last.endswith(b"\n"):
-            raise AuditLogError(
-                f"{self._path} ends in a torn line (a crash during an append); "
-                "call FileAuditLog.repair() before appending"
-            )
+        if not last.endswith(b"\n"):  # pragma: no cover - quarantined before this is called
+            raise AuditLogError(f"{self._path} ends in a torn line")
         try:
             entry = parse_entry(last[:-1].decode("utf-8"))
         except (ValueError, UnicodeDecodeError) as exc:
             raise AuditLogError(f"the last entry of {self._path} is malformed: {exc}") from None
-        if entry_hash(entry, self._key) != entry["hash"]:
+        if ("unsigned" in entry) != (self._key is None) or entry_hash(entry, self._key) != entry[
+            "hash"
+        ]:
             # Chaining onto an entry this key cannot verify would make the whole log
             # unverifiable; most often the key is wrong (or the log was tampered with).
             raise AuditLogError(
@@ -259,6 +330,26 @@ def _last_line(fd: int, size: int) -> bytes:
             return buf
         pos = start
         block *= 2  # long lines: grow the read so the scan stays linear
+
+
+def _write_quarantine(path: Path, data: bytes) -> Path:
+    """Write `data` to a new `<path>.quarantine-<UTC time>[-n]` file, durably."""
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+    for n in range(1000):
+        target = path.with_name(f"{path.name}.quarantine-{stamp}" + (f"-{n}" if n else ""))
+        try:
+            qfd = os.open(target, flags, 0o640)
+        except FileExistsError:
+            continue
+        try:
+            _write_all(qfd, data)
+            os.fsync(qfd)
+        finally:
+            os.close(qfd)
+        _fsync_dir(path.parent)
+        return target
+    raise AuditLogError(f"cannot create a quarantine file next to {path}")  # pragma: no cover
 
 
 def _write_all(fd: int, data: bytes) -> None:

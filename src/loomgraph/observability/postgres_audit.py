@@ -1,10 +1,11 @@
-"""The hash-chained audit log in PostgreSQL, on asyncpg (an optional dependency)."""
+"""The keyed, hash-chained audit log in PostgreSQL, on asyncpg (an optional dependency)."""
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
 import json
+import os
 import re
 import time
 from collections.abc import AsyncIterator, Mapping
@@ -13,16 +14,19 @@ from typing import Any
 
 from .audit_chain import (
     EMPTY_HEAD,
+    UNSIGNED_FIELD,
     AuditEntry,
     AuditHead,
+    AuditLogError,
     ChainVerifier,
     VerifyResult,
-    coerce_key,
     dumps,
+    entry_hash,
     make_entry,
     normalize_payload,
     parse_entry,
 )
+from .audit_key import resolve_audit_key
 
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 
@@ -46,15 +50,18 @@ class PostgresAuditLog:
         key: bytes | str | None = None,
         table: str = "loom_audit",
         *,
+        key_file: str | os.PathLike[str] | None = None,
+        key_env: str | None = None,
+        unsigned: bool = False,
         min_size: int = 1,
         max_size: int = 4,
     ) -> None:
-        """A log in `table` (optionally `schema.table`) of the database at `dsn`."""
+        """A log in `table` (or `schema.table`) at `dsn`, keyed as FileAuditLog is."""
         parts = table.split(".")
         if len(parts) > 2 or not all(_IDENT.fullmatch(p) for p in parts):
             raise ValueError(f"invalid table name {table!r}: use name or schema.name")
         self._dsn = dsn
-        self._key = coerce_key(key)
+        self._key = resolve_audit_key(key, key_file=key_file, key_env=key_env, unsigned=unsigned)
         self._table = ".".join(f'"{p}"' for p in parts)
         self._index = f'"{parts[-1]}_run_id_idx"'
         digest = hashlib.sha256(f"loomgraph.audit:{table}".encode()).digest()
@@ -159,9 +166,9 @@ class PostgresAuditLog:
         async with pool.acquire() as conn, conn.transaction():
             await conn.execute("SELECT pg_advisory_xact_lock($1)", self._lock_key)
             row = await conn.fetchrow(
-                f"SELECT seq, hash FROM {self._table} ORDER BY seq DESC LIMIT 1"
+                f"SELECT seq, hash, line FROM {self._table} ORDER BY seq DESC LIMIT 1"
             )
-            head = EMPTY_HEAD if row is None else AuditHead(row["seq"], row["hash"])
+            head = EMPTY_HEAD if row is None else self._chainable(row)
             entry = make_entry(
                 seq=head.seq + 1,
                 prev_hash=head.hash,
@@ -188,6 +195,21 @@ class PostgresAuditLog:
                 dumps(entry),
             )
         return entry
+
+    def _chainable(self, row: Any) -> AuditHead:
+        """The head to chain onto, refusing a last row this key cannot verify."""
+        try:
+            last = parse_entry(row["line"])
+        except ValueError as exc:
+            raise AuditLogError(f"the last entry of {self._table} is malformed: {exc}") from None
+        signed_ok = (UNSIGNED_FIELD in last) == (self._key is None)
+        mac = entry_hash(last, self._key)
+        if not signed_ok or mac != last["hash"] or mac != row["hash"]:
+            raise AuditLogError(
+                f"the last entry of {self._table} does not verify with this key "
+                "(wrong key, or the entry was edited)"
+            )
+        return AuditHead(row["seq"], row["hash"])
 
     # ----------------------------------------------------------------------- reading
 

@@ -70,7 +70,14 @@ from loomgraph.protocols.runtime import (
     UnknownRun,
 )
 from loomgraph.protocols.tools import ToolHost
-from loomgraph.protocols.usage import USAGE_FIELDS, Usage
+from loomgraph.protocols.usage import (
+    CHARS_PER_TOKEN,
+    USAGE_FIELDS,
+    Usage,
+    estimate_output_tokens,
+    estimate_prompt_tokens,
+    floor_usage,
+)
 
 __all__ = [  # noqa: RUF022 - grouped by concept, not sorted
     # messages: the conversation
@@ -78,9 +85,13 @@ __all__ = [  # noqa: RUF022 - grouped by concept, not sorted
     "ToolCall",
     "ToolResult",
     "ToolSpec",
-    # usage: tokens, calls and cost as one value
+    # usage: tokens, calls and cost as one value; the tokenizer-free estimates
+    "CHARS_PER_TOKEN",
     "USAGE_FIELDS",
     "Usage",
+    "estimate_output_tokens",
+    "estimate_prompt_tokens",
+    "floor_usage",
     # models
     "Model",
     "ModelChunk",

@@ -3,10 +3,20 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
-__all__ = ["USAGE_FIELDS", "Usage"]
+__all__ = [
+    "CHARS_PER_TOKEN",
+    "USAGE_FIELDS",
+    "Usage",
+    "estimate_output_tokens",
+    "estimate_prompt_tokens",
+    "floor_usage",
+]
+
+CHARS_PER_TOKEN = 4
+"""The one token estimate loomgraph makes without a tokenizer: about 4 characters a token."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,3 +101,33 @@ class Usage:
 
 USAGE_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(Usage))
 _FIELD_SET = frozenset(USAGE_FIELDS)
+
+
+def estimate_prompt_tokens(prompt_chars: int) -> int:
+    """A prompt's tokens from its size: characters / 4, plus one (what a reservation holds)."""
+    return prompt_chars // CHARS_PER_TOKEN + 1
+
+
+def estimate_output_tokens(streamed: str | int, deltas: int) -> int:
+    """Output tokens of what was streamed: characters / 4 rounded up, never below `deltas`.
+
+    `streamed` is the text and tool-call JSON received (or its length); `deltas` the number
+    of stream events that carried some of it: a provider sends at least one token an event.
+    """
+    chars = streamed if isinstance(streamed, int) else len(streamed)
+    return max(-(-chars // CHARS_PER_TOKEN), deltas)
+
+
+def floor_usage(usage: Usage, *, prompt_tokens: int, output_tokens: int) -> Usage:
+    """`usage` raised to an estimate where the provider reported less (a cut stream).
+
+    The prompt estimate is used only when no prompt tokens were reported at all (a reported
+    count is the provider's own, exact); output is the larger of the two. When anything was
+    raised, `cost_usd` is cleared so it is priced again from the tokens.
+    """
+    raised = usage
+    if usage.prompt_tokens == 0 and prompt_tokens > 0:
+        raised = replace(raised, input_tokens=prompt_tokens)
+    if usage.output_tokens < output_tokens:
+        raised = replace(raised, output_tokens=output_tokens)
+    return raised if raised == usage else replace(raised, cost_usd=0.0)

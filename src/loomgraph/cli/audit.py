@@ -1,0 +1,64 @@
+"""`loomgraph audit verify|head`: check a file audit log's chain, export its head."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from loomgraph.cli.output import EXIT_FAILED, EXIT_OK, usage
+
+
+def add_audit_parser(sub: Any) -> None:
+    """Add `audit` and its subcommands to the `loomgraph` subparsers."""
+    audit = sub.add_parser("audit", help="verify an audit log file, or print its head")
+    cmds = audit.add_subparsers(dest="audit_command", required=True)
+    verify = cmds.add_parser("verify", help="check the chain; exit 1 at the first bad entry")
+    verify.add_argument("file")
+    verify.add_argument(
+        "--head",
+        default=None,
+        metavar="SEQ:MAC",
+        help="a head exported earlier (`loomgraph audit head`): catches a truncated tail",
+    )
+    head = cmds.add_parser("head", help="print the last entry's SEQ:MAC, to store elsewhere")
+    head.add_argument("file")
+    for parser in (verify, head):
+        keys = parser.add_mutually_exclusive_group()
+        keys.add_argument(
+            "--key-env",
+            default=None,
+            metavar="NAME",
+            help="the key's variable (default: $LOOMGRAPH_AUDIT_KEY)",
+        )
+        keys.add_argument("--key-file", default=None, metavar="PATH")
+        keys.add_argument("--unsigned", action="store_true", help="a log written without a key")
+
+
+def handle(args: argparse.Namespace) -> int:
+    """Run one `loomgraph audit …` command; returns the exit code."""
+    from loomgraph.observability import AuditHead, FileAuditLog
+
+    # heal=False: checking a log must not change it (a torn tail is reported, not moved).
+    log = FileAuditLog(
+        args.file,
+        key_file=args.key_file,
+        key_env=args.key_env,
+        unsigned=args.unsigned,
+        heal=False,
+    )
+    if args.audit_command == "head":
+        print(log.head())
+        return EXIT_OK
+    expected = None
+    if args.head is not None:
+        try:
+            expected = AuditHead.parse(args.head)
+        except ValueError as err:
+            return usage(str(err))
+    result = log.verify(expected_head=expected)
+    if result.ok:
+        print(f"ok: {result.entries} entries, head {result.head}")
+        return EXIT_OK
+    print(f"FAILED at seq {result.first_bad_seq}: {result.problem}")
+    print(f"{result.entries} entries verified before it, up to {result.head}")
+    return EXIT_FAILED
