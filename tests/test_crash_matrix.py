@@ -225,6 +225,7 @@ async def crash_and_resume(
     for key, effect in effects.items():
         assert effect.status == "done", effect
         assert effect.attempts == (2 if key in open_before else 1), effect
+        assert effect.recovered == (key in open_before), effect  # the crash stays visible
 
 
 def matrix(full: bool) -> Iterator[Any]:

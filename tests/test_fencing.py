@@ -169,12 +169,36 @@ async def test_a_journal_made_before_fencing_gains_the_columns(tmp_path: Path) -
     async with opened(lambda: SqliteRuntime(str(path))) as rt:
         await rt.start_run(record())
         await rt.acquire_lease("r1", "a")
+        await rt.begin_effect(EffectRecord("r1", "k", "tool", {}))
     raw = sqlite3.connect(path)
     raw.execute("ALTER TABLE leases DROP COLUMN token")
     raw.execute("ALTER TABLE runs DROP COLUMN recoveries")
+    raw.execute("ALTER TABLE effects DROP COLUMN recovered")
     raw.commit()
     raw.close()
     async with opened(lambda: SqliteRuntime(str(path))) as rt:
         assert (await rt.load_run("r1")).recoveries == 0
         assert (await rt.lease("r1")).token == 1
         assert (await rt.acquire_lease("r1", "b", take_from="a")).token == 2
+        prior = await rt.begin_effect(EffectRecord("r1", "k", "tool", {}))
+        assert prior is not None and prior.recovered and prior.attempts == 2
+
+
+async def test_an_effect_reexecuted_after_a_crash_stays_marked(durable: Factory) -> None:
+    async with opened(durable) as rt:
+        await rt.start_run(record())
+        assert await rt.begin_effect(EffectRecord("r1", "k", "tool", {})) is None
+        prior = await rt.begin_effect(EffectRecord("r1", "k", "tool", {}))  # after a crash
+        assert prior is not None and prior.status == "unknown_after_crash" and prior.recovered
+        await rt.end_effect("r1", "k", {"ok": 1}, EffectStatus.DONE)
+        (done,) = await rt.effects("r1")
+        assert (done.status, done.attempts, done.recovered) == ("done", 2, True)
+
+
+def test_diff_accepts_two_checkpoints() -> None:
+    from loomgraph.agent.checkpoints import Checkpoint, diff
+
+    a = Checkpoint(1, "model", 1, "tools", {}, {"x": 1, "y": [1]})
+    b = Checkpoint(2, "tools", 1, "END", {}, {"x": 1, "y": [1, 2]})
+    assert diff(a, b) == {"y": ([1], [1, 2])}
+    assert diff(a.state, b) == diff(a, b.state) == diff(a, b)

@@ -56,6 +56,7 @@ from loomgraph.protocols.runtime import (
     FINAL_STATUSES,
     EffectRecord,
     EffectStatus,
+    Lease,
     Pending,
     RunLeases,
     RunReader,
@@ -67,6 +68,7 @@ from loomgraph.protocols.runtime import (
     RunWriter,
     Transition,
     UnknownRun,
+    current_fence,
 )
 from loomgraph.protocols.tools import ToolHost
 from loomgraph.protocols.usage import USAGE_FIELDS, Usage
@@ -100,6 +102,7 @@ __all__ = [  # noqa: RUF022 - grouped by concept, not sorted
     "FINAL_STATUSES",
     "EffectRecord",
     "EffectStatus",
+    "Lease",
     "Pending",
     "RunLeases",
     "RunReader",
@@ -111,6 +114,7 @@ __all__ = [  # noqa: RUF022 - grouped by concept, not sorted
     "Runtime",
     "Transition",
     "UnknownRun",
+    "current_fence",
     # memory
     "Episode",
     "Memory",

@@ -193,6 +193,9 @@ class EffectRecord:
     outcome: dict[str, Any] | None = None
     status: EffectStatus = EffectStatus.PENDING
     attempts: int = 1
+    # True once the journal found the effect unfinished after a crash (it was then
+    # `unknown_after_crash`); it stays True after the re-execution ends it `done`.
+    recovered: bool = False
 
 
 class UnknownRun(LoomgraphError, KeyError):

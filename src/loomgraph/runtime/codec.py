@@ -64,6 +64,8 @@ RUN_COLUMNS = (
 RUN_READ = RUN_COLUMNS + ", recoveries"
 TRANSITION_COLUMNS = "run_id, seq, node, visit, patch, next_node, usage, at, v"
 EFFECT_COLUMNS = "run_id, key, kind, intent, outcome, status, attempts, v"
+# What an effects row is read with: the columns a begin writes, then the crash mark.
+EFFECT_READ = EFFECT_COLUMNS + ", recovered"
 
 
 def run_row(run: RunRecord, now: float) -> tuple[Any, ...]:
@@ -170,6 +172,7 @@ def effect_from_row(row: Sequence[Any]) -> EffectRecord:
         outcome=loads(row[4]),
         status=EffectStatus(row[5]),
         attempts=row[6],
+        recovered=bool(row[8]) if len(row) > 8 else False,
     )
 
 
@@ -214,7 +217,7 @@ def ddl(d: Dialect) -> list[str]:
         f"CREATE TABLE IF NOT EXISTS {p}effects (n {d.serial}, run_id TEXT NOT NULL "
         f"REFERENCES {p}runs (run_id), key TEXT NOT NULL, kind TEXT NOT NULL, "
         f"intent {j} NOT NULL, outcome {j}, status TEXT NOT NULL, attempts {i} NOT NULL, "
-        f"v {i} NOT NULL, UNIQUE (run_id, key))",
+        f"v {i} NOT NULL, recovered {i} NOT NULL DEFAULT 0, UNIQUE (run_id, key))",
         f"CREATE TABLE IF NOT EXISTS {p}leases (run_id TEXT PRIMARY KEY REFERENCES "
         f"{p}runs (run_id), owner TEXT NOT NULL, acquired_at {r} NOT NULL, "
         f"expires_at {r} NOT NULL, token {i} NOT NULL DEFAULT 1)",
@@ -228,6 +231,7 @@ def ddl(d: Dialect) -> list[str]:
 ADDED_COLUMNS = (
     ("runs", "recoveries", "NOT NULL DEFAULT 0"),
     ("leases", "token", "NOT NULL DEFAULT 1"),
+    ("effects", "recovered", "NOT NULL DEFAULT 0"),
 )
 
 
@@ -270,12 +274,12 @@ def statements(d: Dialect) -> dict[str, str]:
         "add_effect_fenced": f"{effect}SELECT {_marks(8)} WHERE {fence} "
         "ON CONFLICT (run_id, key) DO NOTHING",
         "retry_effect": f"UPDATE {p}effects SET status = 'unknown_after_crash', "
-        "attempts = attempts + 1 WHERE run_id = ? AND key = ? "
+        "attempts = attempts + 1, recovered = 1 WHERE run_id = ? AND key = ? "
         "AND status <> 'done'",
-        "load_effect": f"SELECT {EFFECT_COLUMNS} FROM {p}effects WHERE run_id = ? AND key = ?",
+        "load_effect": f"SELECT {EFFECT_READ} FROM {p}effects WHERE run_id = ? AND key = ?",
         "end_effect": end,
         "end_effect_fenced": f"{end} AND {fence}",
-        "effects": f"SELECT {EFFECT_COLUMNS} FROM {p}effects WHERE run_id = ? ORDER BY n",
+        "effects": f"SELECT {EFFECT_READ} FROM {p}effects WHERE run_id = ? ORDER BY n",
         "fence": f"SELECT 1 WHERE {fence}",
         "recovery": recovery,
         "recovery_fenced": f"{recovery} AND {fence}",

@@ -75,6 +75,7 @@ class InMemoryRuntime:
         if prior.status != EffectStatus.DONE:
             prior.status = EffectStatus.UNKNOWN_AFTER_CRASH
             prior.attempts += 1
+            prior.recovered = True
         return prior
 
     async def end_effect(
