@@ -202,3 +202,31 @@ def test_diff_accepts_two_checkpoints() -> None:
     b = Checkpoint(2, "tools", 1, "END", {}, {"x": 1, "y": [1, 2]})
     assert diff(a, b) == {"y": ([1], [1, 2])}
     assert diff(a.state, b) == diff(a, b.state) == diff(a, b)
+
+
+@pytest.mark.postgres
+async def test_a_postgres_journal_made_before_fencing_gains_the_columns(pg_schema: str) -> None:
+    import asyncpg
+
+    from loomgraph.runtime.postgres import PostgresRuntime
+
+    def make() -> Any:
+        return PostgresRuntime(pg.postgres_dsn(), schema=pg_schema)
+
+    async with opened(make) as rt:
+        await rt.start_run(record())
+        await rt.acquire_lease("r1", "a")
+    con = await asyncpg.connect(pg.postgres_dsn())
+    try:
+        for table, column in (
+            ("leases", "token"),
+            ("runs", "recoveries"),
+            ("effects", "recovered"),
+        ):
+            await con.execute(f'ALTER TABLE "{pg_schema}".{table} DROP COLUMN {column}')
+    finally:
+        await con.close()
+    async with opened(make) as rt:
+        assert (await rt.load_run("r1")).recoveries == 0
+        assert (await rt.lease("r1")).token == 1
+        assert (await rt.acquire_lease("r1", "b", take_from="a")).token == 2

@@ -127,10 +127,12 @@ async def hold_lease(runtime: RunLeases | None, run_id: str) -> AsyncIterator[An
             raise
         if body is not None:
             body.uncancel()  # the cancel was ours, not the caller's
-        if isinstance(err, asyncio.CancelledError | LeaseLost):
-            token = getattr(lease, "token", 0)
-            raise LeaseLost(run_id, token, f"lease lost while running: {lost[0]}") from lost[0]
-        raise
+        if not isinstance(err, asyncio.CancelledError | LeaseLost):
+            raise
+        if not isinstance(lost[0], RunConflict):
+            raise lost[0] from err  # the journal failed (unreachable): say so, not "lost"
+        token = getattr(lease, "token", 0)
+        raise LeaseLost(run_id, token, f"lease lost while running: {lost[0]}") from lost[0]
     finally:
         current_fence.reset(fence)
         renewing.cancel()
