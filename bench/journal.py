@@ -12,6 +12,9 @@
    the JSON bytes of the patches it holds are shown as the floor), and next to what storing
    the whole state at every step would take (what a per-step checkpointer stores). The
    interpreter adds a full-state snapshot every `snapshot_every` transitions (200 by default).
+3. **Fencing**: µs per `append_transition` (a ~100-byte patch) straight on the journal,
+   unfenced and fenced (conditional on the writer's lease token, as every run's writes are
+   when the journal has leases), in alternating batches; medians and the ratio.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from loomgraph import Agent, Graph
 from loomgraph.authoring.library import load_graph
 from loomgraph.authoring.loader import graph_from_data
 from loomgraph.models import ScriptedModel
+from loomgraph.protocols import RunRecord, Transition, Usage
 from loomgraph.runtime.sqlite import SqliteRuntime
 
 CALL = {"tool_calls": [{"tool": "noop", "args": {"x": 1}}], "usage": {"input_tokens": 1}}
@@ -148,6 +152,38 @@ async def storage(steps: int, folder: Path) -> dict[str, float]:
     return out
 
 
+async def fencing(batches: int, folder: Path, dsn: str | None) -> dict[str, tuple[float, float]]:
+    """Median µs per append_transition, unfenced and fenced, per durable journal."""
+    journals: dict[str, Any] = {"sqlite": SqliteRuntime(folder / "fence.db")}
+    if dsn:
+        from loomgraph.runtime.postgres import PostgresRuntime
+
+        journals["postgres"] = PostgresRuntime(dsn, schema=f"bench_fence_{os.getpid()}")
+    out: dict[str, tuple[float, float]] = {}
+    per_batch = 200
+    for name, rt in journals.items():
+        runs = {"plain": f"plain-{name}", "fenced": f"fenced-{name}"}
+        for run_id in runs.values():
+            await rt.start_run(RunRecord(run_id, "bench", "h", None, None))
+        lease = await rt.acquire_lease(runs["fenced"], "bench")
+        seqs = {"plain": 0, "fenced": 0}
+        times: dict[str, list[float]] = {"plain": [], "fenced": []}
+        for _ in range(batches):
+            for kind, run_id in runs.items():
+                fence = lease if kind == "fenced" else None
+                start = time.perf_counter()
+                for _ in range(per_batch):
+                    seqs[kind] += 1
+                    step = Transition(run_id, seqs[kind], "n", 1, {"x": KB[:90]}, "n", Usage(), 0.0)
+                    await rt.append_transition(step, fence=fence)
+                times[kind].append((time.perf_counter() - start) / per_batch * 1e6)
+        out[name] = (statistics.median(times["plain"]), statistics.median(times["fenced"]))
+        if name == "postgres" and dsn:
+            await _drop_schema(dsn, f"bench_fence_{os.getpid()}")
+        await rt.close()
+    return out
+
+
 def main() -> None:
     """Run both measurements and print them."""
     parser = argparse.ArgumentParser()
@@ -165,6 +201,7 @@ def main() -> None:
         folder = Path(tmp)
         turns = asyncio.run(per_turn(args.turns, args.repeat, folder, args.postgres))
         sizes = asyncio.run(storage(args.steps, folder))
+        fenced = asyncio.run(fencing(max(args.repeat // 2, 3), folder, args.postgres))
     base = turns["in-memory"]
     print(f"ReAct turn, {args.turns} tool turns per run, median of {args.repeat} runs:")
     for name, us in turns.items():
@@ -183,6 +220,9 @@ def main() -> None:
         f"  time per transition: in-memory {sizes['memory_us']:.0f} µs, "
         f"SQLite {sizes['sqlite_us']:.0f} µs"
     )
+    print("append_transition, unfenced vs fenced by the lease token (median µs):")
+    for name, (plain, fence) in fenced.items():
+        print(f"  {name:<10} {plain:8.1f} → {fence:8.1f} µs   {fence / plain:5.2f}x")
 
 
 if __name__ == "__main__":

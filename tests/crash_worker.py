@@ -7,7 +7,12 @@
 `--journal` is `sqlite:PATH` or a `postgres://` DSN (then `--schema` names the schema).
 The worker prints JSON lines and flushes each: `{"run_id": …, "pid": …}` first, `{"crash": …}` just
 before it SIGKILLs itself, `{"holding": …}` when `--hold` makes a tool wait for a line on
-stdin, `{"conflict": …}` (exit 3) when resume met RunConflict, and `{"result": …}` at the end.
+stdin, `{"conflict": …}` (exit 3) when resume met RunConflict, `{"lease_lost": …}` (exit 4)
+when another worker took the run over meanwhile, and `{"result": …}` at the end.
+`retry` is `agent.retry` (a dead letter's recoveries forgotten); `--poison` makes the `add`
+tool SIGKILL its process every time. `--lease-seconds` sets the journal's lease;
+`--wait-lease S` makes resume retry a lease held by a live worker for up to S seconds
+(until it expires) instead of exiting 3.
 
 Crash points (P) and what N counts:
 - `before_intent`, `after_intent`: the Nth `begin_effect`, before / after the journal call;
@@ -45,7 +50,7 @@ from loomgraph.protocols import (
     Transition,
 )
 from loomgraph.protocols.events import Event
-from loomgraph.runtime.errors import RunConflict
+from loomgraph.runtime.errors import LeaseLost, RunConflict
 
 POINTS = ("before_intent", "after_intent", "after_effect", "after_outcome", "after_transition")
 
@@ -78,6 +83,7 @@ class Killer:
 
     def __init__(self, point: str | None, n: int) -> None:
         self.point, self.n = point, n
+        self.poison = False  # `add` kills the process whenever it is called
         self.begun = 0
         self.index: dict[str, int] = {}  # effect key -> its begin order in this process
         self.model_effect = 0  # the index of the model effect being executed
@@ -192,6 +198,9 @@ def make_tools(ledger: str, killer: Killer, hold: bool) -> list[Any]:
 
     async def add(a: int, b: int, idempotency_key: str) -> int:
         """Add two numbers."""
+        if killer.poison:  # a tool that kills its process every time it is called
+            say(crash="poison", key=idempotency_key)
+            os.kill(os.getpid(), signal.SIGKILL)
         if hold:
             say(holding=idempotency_key)
             await asyncio.to_thread(sys.stdin.readline)
@@ -212,20 +221,35 @@ class UnknownEffects(NoHooks):
             self.keys.append(event.payload["key"])
 
 
-def open_journal(spec: str, schema: str | None) -> Runtime:
+def open_journal(spec: str, schema: str | None, lease_seconds: float = 30.0) -> Runtime:
     """The real journal the run is recorded in."""
     if spec.startswith("sqlite:"):
         from loomgraph.runtime.sqlite import SqliteRuntime
 
-        return SqliteRuntime(spec.removeprefix("sqlite:"))
+        return SqliteRuntime(spec.removeprefix("sqlite:"), lease_seconds=lease_seconds)
     from loomgraph.runtime.postgres import PostgresRuntime
 
-    return PostgresRuntime(spec, schema=schema or "public")
+    return PostgresRuntime(spec, schema=schema or "public", lease_seconds=lease_seconds)
+
+
+async def resume(agent: Agent, run_id: str, wait: float) -> Any:
+    """Resume the run; with `wait`, retry a live worker's lease until it expires."""
+    deadline = asyncio.get_running_loop().time() + wait
+    while True:
+        try:
+            return await agent.resume(run_id)
+        except LeaseLost:
+            raise
+        except RunConflict:
+            if asyncio.get_running_loop().time() >= deadline:
+                raise
+            await asyncio.sleep(0.05)  # polling the lease's expiry, bounded by `wait`
 
 
 async def main(args: argparse.Namespace) -> int:
     killer = Killer(args.point, args.n)
-    inner = open_journal(args.journal, args.schema)
+    killer.poison = args.poison
+    inner = open_journal(args.journal, args.schema, args.lease_seconds)
     hooks = UnknownEffects()
     agent = Agent(
         INSTRUCTIONS,
@@ -240,33 +264,40 @@ async def main(args: argparse.Namespace) -> int:
             session = agent.session(PROMPT, user_id="crash-test")
             say(run_id=session.run_id, pid=os.getpid())  # before anything can crash
             result = await session.execute(hooks.on_event)
+        elif args.mode == "retry":
+            result = await agent.retry(args.run_id)
         else:
-            try:
-                result = await agent.resume(args.run_id)
-            except RunConflict as err:
-                say(conflict=str(err), executed=killer.executed)
-                return 3
-        say(
-            result=result.to_dict(),
-            executed=killer.executed,
-            unknown=killer.unknown,
-            unknown_events=events,
-        )
-        return 0
+            result = await resume(agent, args.run_id, args.wait_lease)
+    except LeaseLost as err:  # another worker took the run over: this one wrote nothing more
+        say(lease_lost=str(err), executed=killer.executed)
+        return 4
+    except RunConflict as err:
+        say(conflict=str(err), executed=killer.executed)
+        return 3
     finally:
         await inner.close()  # type: ignore[attr-defined]
+    say(
+        result=result.to_dict(),
+        executed=killer.executed,
+        unknown=killer.unknown,
+        unknown_events=events,
+    )
+    return 0
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
     """The worker's arguments."""
     parser = argparse.ArgumentParser()
-    parser.add_argument("mode", choices=["run", "resume"])
+    parser.add_argument("mode", choices=["run", "resume", "retry"])
     parser.add_argument("--journal", required=True)
     parser.add_argument("--schema", default=None)
     parser.add_argument("--ledger", required=True)
     parser.add_argument("--point", choices=POINTS, default=None)
     parser.add_argument("--n", type=int, default=0)
     parser.add_argument("--run-id", default=None)
+    parser.add_argument("--lease-seconds", type=float, default=30.0)
+    parser.add_argument("--wait-lease", type=float, default=0.0)
+    parser.add_argument("--poison", action="store_true", help="`add` SIGKILLs its process")
     parser.add_argument(
         "--hold",
         action="store_true",

@@ -225,6 +225,7 @@ async def crash_and_resume(
     for key, effect in effects.items():
         assert effect.status == "done", effect
         assert effect.attempts == (2 if key in open_before else 1), effect
+        assert effect.recovered == (key in open_before), effect  # the crash stays visible
 
 
 def matrix(full: bool) -> Iterator[Any]:
@@ -370,10 +371,12 @@ class LateLease(W.KillingRuntime):
         self.go, self.waiting = go, waiting
         self.finished: list[str] = []
 
-    async def acquire_lease(self, run_id: str, owner: str, ttl: float | None = None) -> Any:
+    async def acquire_lease(
+        self, run_id: str, owner: str, ttl: float | None = None, **kw: Any
+    ) -> Any:
         self.waiting.set()
         await self.go.wait()
-        return await self.inner.acquire_lease(run_id, owner, ttl)
+        return await self.inner.acquire_lease(run_id, owner, ttl, **kw)
 
     async def finish_run(self, run_id: str, status: Any, reason: str, result: Any) -> None:
         self.finished.append(status)

@@ -104,6 +104,7 @@ def test_statuses_keep_their_journal_strings() -> None:
         "interrupted",
         "awaiting_approval",
         "cancelled",
+        "dead_letter",
     ]
     assert [s.value for s in EffectStatus] == ["pending", "done", "failed", "unknown_after_crash"]
     assert RunStatus("completed") is RunStatus.COMPLETED and RunStatus.FAILED == "failed"

@@ -23,6 +23,7 @@ from loomgraph.agent.deps import build_deps
 from loomgraph.agent.governance_state import check_policy, describe_policy
 from loomgraph.agent.leases import hold_lease
 from loomgraph.agent.memory_wiring import wire_memory
+from loomgraph.agent.recovery import DEFAULT_MAX_RECOVERIES, begin_recovery, reset_recoveries
 from loomgraph.agent.result import RunResult
 from loomgraph.agent.session import AgentSession
 from loomgraph.authoring.library import load_graph
@@ -85,8 +86,11 @@ class Agent:
         extract_model: str | Model | None = None,
         memory_tools: bool = False,
         approval_handler: Callable[..., Any] | None = None,
+        max_recoveries: int = DEFAULT_MAX_RECOVERIES,
     ) -> None:
         self.instructions = instructions
+        # Resumes of a crashed or failed run before it becomes a dead letter.
+        self.max_recoveries = max_recoveries
         self.graph = load_graph(architecture)
         self.compiled: CompiledGraph = compile_graph(self.graph)
         self.deps: Deps = build_deps(
@@ -295,6 +299,9 @@ class Agent:
                     actor="agent",
                     payload=changed,
                 )
+            gave_up = await begin_recovery(self.deps.runtime, record, self.max_recoveries)
+            if gave_up is not None:  # too many failed recoveries: now a dead letter
+                return gave_up
             at = position(self.compiled, record, await self.deps.runtime.transitions(run_id))
             return await session.continue_from(
                 self.deps.hooks.on_event, record, at, new_run=False, resume=answer
@@ -310,6 +317,11 @@ class Agent:
             await _not_answered(self.deps.runtime, record, answer.call_id)
             return answer
         return None
+
+    async def retry(self, run_id: str, *, accept_graph_change: bool = False) -> RunResult:
+        """Resume a dead letter (or any run) with its count of failed recoveries forgotten."""
+        await reset_recoveries(self.deps.runtime, run_id)
+        return await self.resume(run_id, accept_graph_change=accept_graph_change)
 
     async def fork(self, run_id: str, *, at: int, patch: dict[str, Any] | None = None) -> RunResult:
         """Start a new run from checkpoint `at` of another run, its state optionally patched."""

@@ -174,8 +174,14 @@ def _first_state(graph: CompiledGraph, run: RunRecord) -> dict[str, Any]:
     return graph.schema.initial(run.initial.state if run.initial else {})
 
 
-def diff(before: dict[str, Any], after: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
-    """The fields that differ between two states, as (before, after) pairs."""
+def diff(
+    before: dict[str, Any] | Checkpoint, after: dict[str, Any] | Checkpoint
+) -> dict[str, tuple[Any, Any]]:
+    """The fields that differ between two states (or checkpoints), as (before, after) pairs."""
+    if isinstance(before, Checkpoint):
+        before = before.state
+    if isinstance(after, Checkpoint):
+        after = after.state
     return {
         k: (before.get(k), after.get(k))
         for k in sorted(set(before) | set(after))

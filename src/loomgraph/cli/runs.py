@@ -22,7 +22,14 @@ from loomgraph.cli.output import (
 )
 from loomgraph.errors import GraphError, LoomgraphError
 from loomgraph.governance.null import NoHooks
-from loomgraph.protocols import RunRecord, Runtime, Transition, UnknownRun, close_backend
+from loomgraph.protocols import (
+    RunRecord,
+    RunStatus,
+    Runtime,
+    Transition,
+    UnknownRun,
+    close_backend,
+)
 from loomgraph.runtime.errors import JournalError, RunConflict
 
 
@@ -85,6 +92,12 @@ def add_runs_parser(sub: Any) -> Any:
 
     listing = cmds.add_parser("list", help="the runs: status, user, graph, created")
     listing.add_argument("--user", default=None, help="only this user's runs")
+    listing.add_argument(
+        "--status",
+        default=None,
+        choices=[str(s) for s in RunStatus],
+        help="only runs with this status (dead_letter: runs given up after failed recoveries)",
+    )
     show = cmds.add_parser("show", help="a run's transitions, final state and result")
     show.add_argument("run_id")
     show.add_argument(
@@ -101,8 +114,18 @@ def add_runs_parser(sub: Any) -> Any:
     resume.add_argument(
         "--break-dead-lease",
         action="store_true",
-        help="first release a lease held by a worker process of this host "
-        "that is no longer running (after a crash)",
+        help="accepted for compatibility; a lease held by a dead worker process of this "
+        "host is now always taken over at once",
+    )
+    retry = cmds.add_parser(
+        "retry", help="resume a dead letter (or any run), its failed recoveries forgotten"
+    )
+    retry.add_argument("run_id")
+    add_agent_options(retry, None)
+    retry.add_argument(
+        "--accept-graph-change",
+        action="store_true",
+        help="resume even though the graph changed since the run was made",
     )
     fork = cmds.add_parser("fork", help="start a new run from a checkpoint of another")
     fork.add_argument("run_id")
@@ -119,9 +142,9 @@ def add_runs_parser(sub: Any) -> Any:
     diff.add_argument("seq_a", type=int)
     diff.add_argument("seq_b", type=int)
     diff.add_argument("--graph", default=None)
-    for cmd in (resume, fork):
+    for cmd in (resume, retry, fork):
         add_permissions_option(cmd)
-    for cmd in (listing, show, resume, fork, diff):
+    for cmd in (listing, show, resume, retry, fork, diff):
         add_runtime_option(cmd, required=True)
         cmd.add_argument("--json", action="store_true", help="print JSON")
     return cmds
@@ -136,6 +159,7 @@ def handle(args: argparse.Namespace) -> int:
         "list": _list,
         "show": _show,
         "resume": _resume,
+        "retry": _resume,
         "fork": _fork,
         "diff": _diff,
     }[args.runs_command]
@@ -165,8 +189,8 @@ def journaled(
         return asyncio.run(go())
     except RunConflict as err:  # another worker is advancing the run: not ours to run now
         hint = (
-            " (if that worker crashed: wait for the lease to expire, or pass "
-            "--break-dead-lease on its host)"
+            " (a live worker, or one on another host: if it crashed, its lease expires "
+            "after lease_seconds; on its own host a dead worker's lease is taken over at once)"
             if err.owner
             else ""
         )
@@ -255,7 +279,10 @@ def _compiled(graph: str | None, record: RunRecord) -> Any:
 
 
 async def _list(args: argparse.Namespace, runtime: Runtime) -> int:
-    print_runs(await runtime.runs(args.user), args.json)
+    runs = await runtime.runs(args.user)
+    if args.status is not None:
+        runs = [r for r in runs if r.status == args.status]
+    print_runs(runs, args.json)
     return EXIT_OK
 
 
@@ -330,47 +357,10 @@ class _Printer(NoHooks):
 
 async def _resume(args: argparse.Namespace, runtime: Runtime) -> int:
     record, _ = await load_record(runtime, args.run_id)
-    if args.break_dead_lease:
-        await _break_dead_lease(runtime, args.run_id)
     agent = agent_for(args, runtime, record, load_permissions(args.permissions))
-    result = await agent.resume(args.run_id, accept_graph_change=args.accept_graph_change)
+    go_on = agent.retry if args.runs_command == "retry" else agent.resume
+    result = await go_on(args.run_id, accept_graph_change=args.accept_graph_change)
     return print_result(result, args.json)
-
-
-async def _break_dead_lease(runtime: Any, run_id: str) -> None:
-    """Release the run's lease when its owner is a process of this host that has gone.
-
-    Owners are `host:pid:…`. Only a lease whose host is this one and whose pid no longer
-    runs is released: on another host, or with an owner of another form, a live worker
-    cannot be told from a dead one, so the lease is left to expire.
-    """
-    import os
-    import socket
-
-    lease = await runtime.lease(run_id) if hasattr(runtime, "lease") else None
-    if lease is None:
-        return
-    host, _, rest = lease.owner.partition(":")
-    pid = rest.partition(":")[0]
-    if host != socket.gethostname() or not pid.isdigit():
-        raise UsageError(
-            f"run {run_id} is leased by {lease.owner!r}, not a process of this "
-            "host; wait for the lease to expire"
-        )
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        await runtime.release_lease(run_id, lease.owner)
-        print(
-            f"loomgraph: released the lease of {lease.owner!r} (process {pid} is gone)",
-            file=sys.stderr,
-        )
-        return
-    except PermissionError:
-        pass  # the pid exists under another user
-    raise UsageError(
-        f"run {run_id} is leased by {lease.owner!r}, whose process {pid} is still running"
-    )
 
 
 async def _fork(args: argparse.Namespace, runtime: Runtime) -> int:

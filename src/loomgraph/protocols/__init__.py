@@ -57,6 +57,7 @@ from loomgraph.protocols.runtime import (
     FINAL_STATUSES,
     EffectRecord,
     EffectStatus,
+    Lease,
     Pending,
     RunLeases,
     RunReader,
@@ -68,6 +69,7 @@ from loomgraph.protocols.runtime import (
     RunWriter,
     Transition,
     UnknownRun,
+    current_fence,
 )
 from loomgraph.protocols.tools import ToolHost
 from loomgraph.protocols.usage import (
@@ -112,6 +114,7 @@ __all__ = [  # noqa: RUF022 - grouped by concept, not sorted
     "FINAL_STATUSES",
     "EffectRecord",
     "EffectStatus",
+    "Lease",
     "Pending",
     "RunLeases",
     "RunReader",
@@ -123,6 +126,7 @@ __all__ = [  # noqa: RUF022 - grouped by concept, not sorted
     "Runtime",
     "Transition",
     "UnknownRun",
+    "current_fence",
     # memory
     "Episode",
     "Memory",

@@ -7,6 +7,7 @@ and the CLI read through; a `Runtime` is both, and can be closed.
 from __future__ import annotations
 
 import enum
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
@@ -18,6 +19,7 @@ __all__ = [
     "FINAL_STATUSES",
     "EffectRecord",
     "EffectStatus",
+    "Lease",
     "Pending",
     "RunLeases",
     "RunReader",
@@ -29,6 +31,7 @@ __all__ = [
     "Runtime",
     "Transition",
     "UnknownRun",
+    "current_fence",
 ]
 
 
@@ -43,6 +46,8 @@ class RunStatus(enum.StrEnum):
     INTERRUPTED = "interrupted"
     AWAITING_APPROVAL = "awaiting_approval"
     CANCELLED = "cancelled"
+    # Given up after too many failed recoveries: kept, listed, resumed only by `retry`.
+    DEAD_LETTER = "dead_letter"
 
     @property
     def final(self) -> bool:
@@ -85,6 +90,8 @@ class RunRecord:
     result: dict[str, Any] | None = None
     # What the run started from, so a resume or a fork can rebuild its first state.
     initial: RunStart | None = None
+    # How many resumes of this run after a crash or failure have begun (dead letters).
+    recoveries: int = 0
 
 
 @dataclass(slots=True, frozen=True)
@@ -208,6 +215,9 @@ class EffectRecord:
     outcome: dict[str, Any] | None = None
     status: EffectStatus = EffectStatus.PENDING
     attempts: int = 1
+    # True once the journal found the effect unfinished after a crash (it was then
+    # `unknown_after_crash`); it stays True after the re-execution ends it `done`.
+    recovered: bool = False
 
 
 class UnknownRun(LoomgraphError, KeyError):
@@ -288,14 +298,34 @@ class Runtime(RunWriter, RunReader, Protocol):
         ...
 
 
+@dataclass(frozen=True, slots=True)
+class Lease:
+    """Who may advance a run, until when (seconds since the epoch, database clock), and the
+    fencing token of this holding: it grows with every new holder of the run's lease."""
+
+    run_id: str
+    owner: str
+    expires_at: float
+    token: int = 0
+
+
+# The lease the current task holds, set by whoever holds it (the agent's `hold_lease`):
+# a journal with leases makes every write to that run conditional on its token being
+# current, so a worker that lost the lease (a zombie) writes nothing.
+current_fence: ContextVar[Lease | None] = ContextVar("loomgraph_current_fence", default=None)
+
+
 @runtime_checkable
 class RunLeases(Protocol):
     """A journal shared by many workers: a run is advanced by the one holding its lease."""
 
     lease_seconds: float
 
-    async def acquire_lease(self, run_id: str, owner: str, ttl: float | None = None) -> Any:
-        """Take the run's lease, or raise when another live owner holds it."""
+    async def acquire_lease(
+        self, run_id: str, owner: str, ttl: float | None = None, *, take_from: str | None = None
+    ) -> Any:
+        """Take the run's lease, or raise when another live owner holds it; `take_from`
+        names an owner known to be dead whose lease may be taken before it expires."""
         ...
 
     async def renew_lease(self, run_id: str, owner: str, ttl: float | None = None) -> Any:

@@ -16,6 +16,7 @@ from loomgraph.protocols import (
     Transition,
     Usage,
 )
+from loomgraph.protocols.runtime import FINAL_STATUSES, Lease
 from loomgraph.runtime.errors import (
     JournalEncodingError,
     JournalVersionError,
@@ -59,8 +60,12 @@ RUN_COLUMNS = (
     "run_id, graph_name, graph_hash, user_id, session_id, status, reason, "
     "parent_run_id, parent_seq, deadline, created_at, updated_at, result, initial, v"
 )
+# What a runs row is read with: the columns a start writes, then the recovery counter.
+RUN_READ = RUN_COLUMNS + ", recoveries"
 TRANSITION_COLUMNS = "run_id, seq, node, visit, patch, next_node, usage, at, v"
 EFFECT_COLUMNS = "run_id, key, kind, intent, outcome, status, attempts, v"
+# What an effects row is read with: the columns a begin writes, then the crash mark.
+EFFECT_READ = EFFECT_COLUMNS + ", recovered"
 
 
 def run_row(run: RunRecord, now: float) -> tuple[Any, ...]:
@@ -103,6 +108,7 @@ def run_from_row(row: Sequence[Any]) -> RunRecord:
         updated_at=row[11],
         result=loads(row[12]),
         initial=_run_start(loads(row[13])),
+        recoveries=int(row[15]) if len(row) > 15 else 0,
     )
 
 
@@ -166,17 +172,11 @@ def effect_from_row(row: Sequence[Any]) -> EffectRecord:
         outcome=loads(row[4]),
         status=EffectStatus(row[5]),
         attempts=row[6],
+        recovered=bool(row[8]) if len(row) > 8 else False,
     )
 
 
-@dataclass(frozen=True, slots=True)
-class Lease:
-    """Who may advance a run, until when (seconds since the epoch, database clock)."""
-
-    run_id: str
-    owner: str
-    expires_at: float
-
+__all__ = ["Lease"]  # re-exported: it lives in the protocols, where the agent sees it
 
 # --------------------------------------------------------------------------- SQL
 
@@ -191,6 +191,9 @@ class Dialect:
     json: str  # the type of JSON columns; values are always compact JSON text
     serial: str  # an auto-increasing primary key, for "in the order they began"
     now: str  # the database clock in epoch seconds, so leases never trust a client clock
+    # Appended to the fencing check's read of a lease row: Postgres locks the row (FOR
+    # SHARE) so a takeover waits for the fenced write's commit; SQLite writes one at a time.
+    share_lock: str = ""
 
 
 def ddl(d: Dialect) -> list[str]:
@@ -202,7 +205,7 @@ def ddl(d: Dialect) -> list[str]:
         f"graph_name TEXT NOT NULL, graph_hash TEXT NOT NULL, user_id TEXT, session_id TEXT, "
         f"status TEXT NOT NULL, reason TEXT NOT NULL, parent_run_id TEXT, parent_seq {i}, "
         f"deadline {r}, created_at {r} NOT NULL, updated_at {r} NOT NULL, result {j}, "
-        f"initial {j}, v {i} NOT NULL)",
+        f"initial {j}, v {i} NOT NULL, recoveries {i} NOT NULL DEFAULT 0)",
         f"CREATE INDEX IF NOT EXISTS runs_user ON {p}runs (user_id)",
         f"CREATE TABLE IF NOT EXISTS {p}transitions (run_id TEXT NOT NULL REFERENCES "
         f"{p}runs (run_id), seq {i} NOT NULL, node TEXT NOT NULL, visit {i} NOT NULL, "
@@ -214,29 +217,51 @@ def ddl(d: Dialect) -> list[str]:
         f"CREATE TABLE IF NOT EXISTS {p}effects (n {d.serial}, run_id TEXT NOT NULL "
         f"REFERENCES {p}runs (run_id), key TEXT NOT NULL, kind TEXT NOT NULL, "
         f"intent {j} NOT NULL, outcome {j}, status TEXT NOT NULL, attempts {i} NOT NULL, "
-        f"v {i} NOT NULL, UNIQUE (run_id, key))",
+        f"v {i} NOT NULL, recovered {i} NOT NULL DEFAULT 0, UNIQUE (run_id, key))",
         f"CREATE TABLE IF NOT EXISTS {p}leases (run_id TEXT PRIMARY KEY REFERENCES "
         f"{p}runs (run_id), owner TEXT NOT NULL, acquired_at {r} NOT NULL, "
-        f"expires_at {r} NOT NULL)",
+        f"expires_at {r} NOT NULL, token {i} NOT NULL DEFAULT 1)",
         f"INSERT INTO {p}journal_meta (key, value) VALUES ('schema_version', "
         f"'{SCHEMA_VERSION}') ON CONFLICT (key) DO NOTHING",
     ]
+
+
+# Columns added to version-1 journals made before fencing and dead letters; a journal
+# opened without them gains them (ALTER TABLE ... ADD COLUMN), its version unchanged.
+ADDED_COLUMNS = (
+    ("runs", "recoveries", "NOT NULL DEFAULT 0"),
+    ("leases", "token", "NOT NULL DEFAULT 1"),
+    ("effects", "recovered", "NOT NULL DEFAULT 0"),
+)
 
 
 def statements(d: Dialect) -> dict[str, str]:
     """Every statement the journal runs, with `?` placeholders, formatted once per journal."""
     p, now = d.prefix, d.now
     updated = [c.strip() for c in RUN_COLUMNS.split(",")][1:]
+    # True when the writer's fencing token is the run's current one (the run id, the token).
+    fence = f"EXISTS (SELECT 1 FROM {p}leases WHERE run_id = ? AND token = ?{d.share_lock})"
+    final = ", ".join(f"'{s}'" for s in sorted(FINAL_STATUSES))
+    transition = f"INSERT INTO {p}transitions ({TRANSITION_COLUMNS}) "
+    effect = f"INSERT INTO {p}effects ({EFFECT_COLUMNS}) "
+    finish = (
+        f"UPDATE {p}runs SET status = ?, reason = ?, result = ?, updated_at = ? "
+        f"WHERE run_id = ? AND status NOT IN ({final})"
+    )
+    end = f"UPDATE {p}effects SET outcome = ?, status = ? WHERE run_id = ? AND key = ?"
+    recovery = f"UPDATE {p}runs SET recoveries = recoveries + 1 WHERE run_id = ?"
     return {
         "start_run": f"INSERT INTO {p}runs ({RUN_COLUMNS}) VALUES ({_marks(15)}) "
         "ON CONFLICT (run_id) DO UPDATE SET " + ", ".join(f"{c} = excluded.{c}" for c in updated),
-        "load_run": f"SELECT {RUN_COLUMNS} FROM {p}runs WHERE run_id = ?",
-        "runs": f"SELECT {RUN_COLUMNS} FROM {p}runs ORDER BY n",
-        "user_runs": f"SELECT {RUN_COLUMNS} FROM {p}runs WHERE user_id = ? ORDER BY n",
+        "load_run": f"SELECT {RUN_READ} FROM {p}runs WHERE run_id = ?",
+        "runs": f"SELECT {RUN_READ} FROM {p}runs ORDER BY n",
+        "user_runs": f"SELECT {RUN_READ} FROM {p}runs WHERE user_id = ? ORDER BY n",
         "run_exists": f"SELECT 1 FROM {p}runs WHERE run_id = ?",
-        "finish_run": f"UPDATE {p}runs SET status = ?, reason = ?, result = ?, updated_at = ? "
-        "WHERE run_id = ?",
-        "add_transition": f"INSERT INTO {p}transitions ({TRANSITION_COLUMNS}) VALUES ({_marks(9)})",
+        "run_status": f"SELECT status FROM {p}runs WHERE run_id = ?",
+        "finish_run": finish,
+        "finish_run_fenced": f"{finish} AND {fence}",
+        "add_transition": f"{transition}VALUES ({_marks(9)})",
+        "add_transition_fenced": f"{transition}SELECT {_marks(9)} WHERE {fence}",
         "add_snapshot": f"INSERT INTO {p}snapshots (run_id, seq, state, v) VALUES (?, ?, ?, ?)",
         "transitions": "SELECT "
         + ", ".join(f"t.{c.strip()}" for c in TRANSITION_COLUMNS.split(","))
@@ -245,23 +270,34 @@ def statements(d: Dialect) -> dict[str, str]:
         "ORDER BY t.seq",
         "latest_snapshot": f"SELECT seq, state, v FROM {p}snapshots WHERE run_id = ? AND "
         "seq <= ? ORDER BY seq DESC LIMIT 1",
-        "add_effect": f"INSERT INTO {p}effects ({EFFECT_COLUMNS}) VALUES ({_marks(8)}) "
+        "add_effect": f"{effect}VALUES ({_marks(8)}) ON CONFLICT (run_id, key) DO NOTHING",
+        "add_effect_fenced": f"{effect}SELECT {_marks(8)} WHERE {fence} "
         "ON CONFLICT (run_id, key) DO NOTHING",
         "retry_effect": f"UPDATE {p}effects SET status = 'unknown_after_crash', "
-        "attempts = attempts + 1 WHERE run_id = ? AND key = ? "
+        "attempts = attempts + 1, recovered = 1 WHERE run_id = ? AND key = ? "
         "AND status <> 'done'",
-        "load_effect": f"SELECT {EFFECT_COLUMNS} FROM {p}effects WHERE run_id = ? AND key = ?",
-        "end_effect": f"UPDATE {p}effects SET outcome = ?, status = ? WHERE run_id = ? AND key = ?",
-        "effects": f"SELECT {EFFECT_COLUMNS} FROM {p}effects WHERE run_id = ? ORDER BY n",
-        "take_lease": f"INSERT INTO {p}leases AS cur (run_id, owner, acquired_at, expires_at) "
-        f"VALUES (?, ?, {now}, {now} + ?) ON CONFLICT (run_id) DO UPDATE SET "
+        "load_effect": f"SELECT {EFFECT_READ} FROM {p}effects WHERE run_id = ? AND key = ?",
+        "end_effect": end,
+        "end_effect_fenced": f"{end} AND {fence}",
+        "effects": f"SELECT {EFFECT_READ} FROM {p}effects WHERE run_id = ? ORDER BY n",
+        "fence": f"SELECT 1 WHERE {fence}",
+        "recovery": recovery,
+        "recovery_fenced": f"{recovery} AND {fence}",
+        "reset_recoveries": f"UPDATE {p}runs SET recoveries = 0 WHERE run_id = ?",
+        # A new owner takes a free, expired or (take_from) dead owner's lease with the next
+        # token; the owner itself extends its lease and keeps its token.
+        "take_lease": f"INSERT INTO {p}leases AS cur (run_id, owner, acquired_at, expires_at, "
+        f"token) VALUES (?, ?, {now}, {now} + ?, 1) ON CONFLICT (run_id) DO UPDATE SET "
         "owner = excluded.owner, acquired_at = excluded.acquired_at, "
-        "expires_at = excluded.expires_at WHERE cur.owner = excluded.owner "
-        f"OR cur.expires_at <= {now}",
+        "expires_at = excluded.expires_at, token = CASE WHEN cur.owner = excluded.owner "
+        "THEN cur.token ELSE cur.token + 1 END WHERE cur.owner = excluded.owner "
+        f"OR cur.expires_at <= {now} OR cur.owner = ?",
         "renew_lease": f"UPDATE {p}leases SET expires_at = {now} + ? "
         "WHERE run_id = ? AND owner = ?",
-        "release_lease": f"DELETE FROM {p}leases WHERE run_id = ? AND owner = ?",
-        "lease": f"SELECT owner, expires_at, {now} FROM {p}leases WHERE run_id = ?",
+        # The row (and its token) stays, so the next holder's token is still a larger one.
+        "release_lease": f"UPDATE {p}leases SET owner = '', expires_at = {now} "
+        "WHERE run_id = ? AND owner = ? AND owner <> ''",
+        "lease": f"SELECT owner, expires_at, {now}, token FROM {p}leases WHERE run_id = ?",
     }
 
 

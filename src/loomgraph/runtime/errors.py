@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from loomgraph.errors import LoomgraphError
-from loomgraph.runtime.memory import UnknownRun
+from loomgraph.protocols.runtime import UnknownRun
 
 __all__ = [
     "JournalCorrupted",
@@ -11,7 +11,9 @@ __all__ = [
     "JournalError",
     "JournalUnavailable",
     "JournalVersionError",
+    "LeaseLost",
     "RunConflict",
+    "RunFinished",
     "UnknownEffect",
     "UnknownRun",
 ]
@@ -72,6 +74,29 @@ class RunConflict(JournalError):
         self.detail = detail
         self.owner = owner
         self.expires_at = expires_at
+
+
+class LeaseLost(RunConflict):
+    """The writer's fencing token is no longer the run's current one: another worker took
+    the run over (or the lease was released). Nothing was written; stop working on the run."""
+
+    def __init__(
+        self, run_id: str, token: int, detail: str = "", *, owner: str | None = None
+    ) -> None:
+        super().__init__(
+            run_id,
+            detail or f"lease lost: fencing token {token} is no longer current; nothing written",
+            owner=owner,
+        )
+        self.token = token
+
+
+class RunFinished(RunConflict):
+    """`finish_run` on a run whose status is final already: its status and result stay."""
+
+    def __init__(self, run_id: str, status: str) -> None:
+        super().__init__(run_id, f"already finished ({status}); its status and result stay")
+        self.status = status
 
 
 class UnknownEffect(JournalError, KeyError):

@@ -15,6 +15,7 @@ from loomgraph.protocols import (
     Transition,
     UnknownRun,
 )
+from loomgraph.runtime.errors import RunFinished
 
 __all__ = ["InMemoryRuntime", "UnknownRun"]
 
@@ -74,6 +75,7 @@ class InMemoryRuntime:
         if prior.status != EffectStatus.DONE:
             prior.status = EffectStatus.UNKNOWN_AFTER_CRASH
             prior.attempts += 1
+            prior.recovered = True
         return prior
 
     async def end_effect(
@@ -94,11 +96,23 @@ class InMemoryRuntime:
     async def finish_run(
         self, run_id: str, status: RunStatus, reason: str, result: dict[str, Any] | None
     ) -> None:
-        """Record how a run ended."""
+        """Record how a run ended; a run already finished keeps its status (`RunFinished`)."""
         run = self._runs[run_id]
+        if run.status.final:
+            raise RunFinished(run_id, str(run.status))
         run.status, run.reason = RunStatus(status), reason
         run.result, run.updated_at = result, time.time()
         self._runs.move_to_end(run_id)
+
+    async def record_recovery(self, run_id: str) -> int:
+        """Count one more recovery (a resume after a crash or failure); the new count."""
+        run = self._runs[run_id]
+        run.recoveries += 1
+        return run.recoveries
+
+    async def reset_recoveries(self, run_id: str) -> None:
+        """Forget a run's failed recoveries (an operator's retry)."""
+        self._runs[run_id].recoveries = 0
 
     async def runs(self, user_id: str | None = None) -> list[RunRecord]:
         """Runs, newest last, optionally of one user."""

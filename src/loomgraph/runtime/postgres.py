@@ -20,7 +20,7 @@ from loomgraph._storage.pg_pool import (
     scrub,
 )
 from loomgraph.protocols.ledger import LedgerSite, PostgresSite
-from loomgraph.runtime.codec import SCHEMA_VERSION, Dialect, ddl
+from loomgraph.runtime.codec import ADDED_COLUMNS, SCHEMA_VERSION, Dialect, ddl
 from loomgraph.runtime.errors import JournalCorrupted, JournalUnavailable, JournalVersionError
 from loomgraph.runtime.sql_journal import Cursor, SqlJournal
 
@@ -34,6 +34,7 @@ def dialect(schema: str) -> Dialect:
         json="json",
         serial="BIGSERIAL PRIMARY KEY",
         now="extract(epoch from clock_timestamp())::float8",
+        share_lock=" FOR SHARE",
     )
 
 
@@ -130,6 +131,20 @@ class PostgresRuntime(SqlJournal):
             await con.execute(f"CREATE SCHEMA IF NOT EXISTS {quote_ident(self.schema)}")
             for statement in ddl(dialect(self.schema)):
                 await con.execute(statement)
+        d = dialect(self.schema)
+        for table, column, constraint in ADDED_COLUMNS:  # journals made before these
+            # Checked first: ALTER TABLE locks the table even when the column exists.
+            if not await con.fetchval(
+                "SELECT 1 FROM information_schema.columns WHERE table_schema = $1 "
+                "AND table_name = $2 AND column_name = $3",
+                self.schema,
+                table,
+                column,
+            ):
+                await con.execute(
+                    f"ALTER TABLE {d.prefix}{table} ADD COLUMN IF NOT EXISTS {column} "
+                    f"{d.integer} {constraint}"
+                )
 
     def _setup_failed(self, err: Exception) -> Exception:
         pg = self._pg

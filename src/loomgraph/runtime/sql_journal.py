@@ -15,10 +15,10 @@ from typing import Any, Self, TypeVar
 
 from loomgraph._storage.cursor import Constraint, Cursor
 from loomgraph.protocols import EffectRecord, EffectStatus, RunRecord, RunStatus, Transition
+from loomgraph.protocols.runtime import Lease, current_fence
 from loomgraph.runtime.codec import (
     SCHEMA_VERSION,
     Dialect,
-    Lease,
     check_version,
     dumps,
     effect_from_row,
@@ -32,7 +32,9 @@ from loomgraph.runtime.codec import (
 )
 from loomgraph.runtime.errors import (
     JournalCorrupted,
+    LeaseLost,
     RunConflict,
+    RunFinished,
     UnknownEffect,
     UnknownRun,
 )
@@ -113,22 +115,58 @@ class SqlJournal:
         rows = await self._fetch("load_run", (run_id,))
         return self._decode(run_from_row, rows)[0] if rows else None
 
-    async def append_transition(self, transition: Transition) -> None:
-        """Append one transition (and its snapshot, if any); committed when this returns."""
+    async def append_transition(
+        self, transition: Transition, *, fence: Lease | None = None
+    ) -> None:
+        """Append one transition (and its snapshot, if any); committed when this returns.
+
+        Fenced (see `_fence`): written only while the writer's token is current, else
+        `LeaseLost` and nothing is written.
+        """
         t = transition
         row = transition_row(t)
+        lease = self._fence(t.run_id, fence)
+        name, args = self._fenced("add_transition", row, lease)
         try:
             if t.snapshot is None:
-                await self._exec("add_transition", row)
+                if not await self._exec(name, args):
+                    raise await self._refused(t.run_id, lease)
                 return
             snap = dumps(t.snapshot, f"run {t.run_id!r} transition {t.seq}: snapshot")
             async with self._write() as cur:
-                await cur.execute(self._sql["add_transition"], row)
+                if not await cur.execute(self._sql[name], args):
+                    raise await self._refused(t.run_id, lease, cur)
                 await cur.execute(
                     self._sql["add_snapshot"], (t.run_id, t.seq, snap, SCHEMA_VERSION)
                 )
         except Constraint as err:
             raise _named(err, t.run_id, f"transition seq {t.seq} is already recorded") from None
+
+    def _fence(self, run_id: str, fence: Lease | None) -> Lease | None:
+        """The lease a write to `run_id` is fenced with: the one given, else the one the
+        current task holds (`current_fence`) when it is this run's; None: unfenced."""
+        lease = fence if fence is not None else current_fence.get()
+        return lease if lease is not None and lease.run_id == run_id else None
+
+    def _fenced(
+        self, name: str, args: Sequence[Any], lease: Lease | None
+    ) -> tuple[str, Sequence[Any]]:
+        """The statement and arguments of a write, conditional on the lease when fenced."""
+        if lease is None:
+            return name, args
+        return f"{name}_fenced", (*args, lease.run_id, lease.token)
+
+    async def _refused(
+        self, run_id: str, lease: Lease | None, cur: Cursor | None = None
+    ) -> Exception:
+        """Why a write to a run changed no row: the run is unknown, or the lease was lost."""
+        if cur is not None:
+            exists = await cur.fetch(self._sql["run_exists"], (run_id,))
+        else:
+            exists = await self._fetch("run_exists", (run_id,))
+        if not exists or lease is None:
+            return UnknownRun(run_id)
+        return LeaseLost(run_id, lease.token)
 
     async def transitions(self, run_id: str) -> list[Transition]:
         """Every transition of a run, in order, each with its snapshot if one was stored."""
@@ -149,41 +187,88 @@ class SqlJournal:
             raise UnknownRun(run_id)
         return None
 
-    async def begin_effect(self, effect: EffectRecord) -> EffectRecord | None:
+    async def begin_effect(
+        self, effect: EffectRecord, *, fence: Lease | None = None
+    ) -> EffectRecord | None:
         """Journal an intent; return the earlier record when this key was seen before.
 
         An earlier record that is not `done` becomes `unknown_after_crash` with one more
-        attempt, in the same transaction as the read that returns it.
+        attempt, in the same transaction as the read that returns it. Fenced.
         """
         key = (effect.run_id, effect.key)
+        lease = self._fence(effect.run_id, fence)
         try:
             # INSERT ... ON CONFLICT DO NOTHING is atomic on its own: the common case (a new
             # key) costs one statement; only a key seen before needs the transaction below.
-            if await self._exec("add_effect", effect_row(effect)):
+            if await self._exec(*self._fenced("add_effect", effect_row(effect), lease)):
                 return None
         except Constraint as err:
             raise _named(err, effect.run_id, f"effect {effect.key!r} conflicts") from None
         async with self._write() as cur:
+            if lease is not None and not await cur.fetch(
+                self._sql["fence"], (lease.run_id, lease.token)
+            ):
+                raise await self._refused(effect.run_id, lease, cur)
             await cur.execute(self._sql["retry_effect"], key)
             rows = await cur.fetch(self._sql["load_effect"], key)
+        if not rows:
+            raise UnknownRun(effect.run_id)
         return self._decode(effect_from_row, rows)[0]
 
     async def end_effect(
-        self, run_id: str, key: str, outcome: dict[str, Any], status: EffectStatus
+        self,
+        run_id: str,
+        key: str,
+        outcome: dict[str, Any],
+        status: EffectStatus,
+        *,
+        fence: Lease | None = None,
     ) -> None:
-        """Journal the outcome of an effect."""
+        """Journal the outcome of an effect (fenced)."""
         text = dumps(outcome, f"run {run_id!r} effect {key!r}: outcome")
-        if not await self._exec("end_effect", (text, str(status), run_id, key)):
+        lease = self._fence(run_id, fence)
+        if not await self._exec(
+            *self._fenced("end_effect", (text, str(status), run_id, key), lease)
+        ):
             if not await self._fetch("run_exists", (run_id,)):
                 raise UnknownRun(run_id)
+            if lease is not None and not await self._fetch("fence", (run_id, lease.token)):
+                raise LeaseLost(run_id, lease.token)
             raise UnknownEffect(run_id, key)
 
     async def finish_run(
-        self, run_id: str, status: RunStatus, reason: str, result: dict[str, Any] | None
+        self,
+        run_id: str,
+        status: RunStatus,
+        reason: str,
+        result: dict[str, Any] | None,
+        *,
+        fence: Lease | None = None,
     ) -> None:
-        """Record how a run ended."""
+        """Record how a run ended; a run already finished (a final status) keeps its status
+        and result (`RunFinished`). Fenced."""
         text = None if result is None else dumps(result, f"run {run_id!r}: result")
-        if not await self._exec("finish_run", (str(status), reason, text, time.time(), run_id)):
+        lease = self._fence(run_id, fence)
+        args = (str(status), reason, text, time.time(), run_id)
+        if not await self._exec(*self._fenced("finish_run", args, lease)):
+            rows = await self._fetch("run_status", (run_id,))
+            if not rows:
+                raise UnknownRun(run_id)
+            if lease is not None and not await self._fetch("fence", (run_id, lease.token)):
+                raise LeaseLost(run_id, lease.token)
+            raise RunFinished(run_id, rows[0][0])
+
+    async def record_recovery(self, run_id: str, *, fence: Lease | None = None) -> int:
+        """Count one more recovery (a resume after a crash or failure); the new count."""
+        lease = self._fence(run_id, fence)
+        if not await self._exec(*self._fenced("recovery", (run_id,), lease)):
+            raise await self._refused(run_id, lease)
+        record = await self.load_run(run_id)
+        return 0 if record is None else record.recoveries
+
+    async def reset_recoveries(self, run_id: str) -> None:
+        """Forget a run's failed recoveries (an operator's retry)."""
+        if not await self._exec("reset_recoveries", (run_id,)):
             raise UnknownRun(run_id)
 
     async def effects(self, run_id: str) -> list[EffectRecord]:
@@ -205,13 +290,19 @@ class SqlJournal:
 
     # ------------------------------------------------------------------ leases
 
-    async def acquire_lease(self, run_id: str, owner: str, ttl: float | None = None) -> Lease:
-        """Take (or extend) the lease on a run; RunConflict while another owner holds it."""
+    async def acquire_lease(
+        self, run_id: str, owner: str, ttl: float | None = None, *, take_from: str | None = None
+    ) -> Lease:
+        """Take (or extend) the lease on a run; RunConflict while another owner holds it.
+
+        `take_from` names an owner whose lease may be taken although it has not expired
+        (the caller knows that owner is dead); a new owner gets the next fencing token.
+        """
         ttl = float(self.lease_seconds if ttl is None else ttl)
         try:
             async with self._write() as cur:
-                taken = await cur.execute(self._sql["take_lease"], (run_id, owner, ttl))
-                holder, expires_at, now = (await cur.fetch(self._sql["lease"], (run_id,)))[0]
+                taken = await cur.execute(self._sql["take_lease"], (run_id, owner, ttl, take_from))
+                holder, expires_at, now, token = (await cur.fetch(self._sql["lease"], (run_id,)))[0]
         except Constraint as err:
             raise _named(err, run_id, "lease conflict") from None
         if not taken:
@@ -221,7 +312,7 @@ class SqlJournal:
                 owner=holder,
                 expires_at=expires_at,
             )
-        return Lease(run_id, owner, expires_at)
+        return Lease(run_id, owner, expires_at, int(token))
 
     async def renew_lease(self, run_id: str, owner: str, ttl: float | None = None) -> Lease:
         """Extend a lease this owner holds; RunConflict when it was lost to another owner."""
@@ -230,20 +321,25 @@ class SqlJournal:
             renewed = await cur.execute(self._sql["renew_lease"], (ttl, run_id, owner))
             rows = await cur.fetch(self._sql["lease"], (run_id,))
         if not renewed:
-            holder = rows[0][0] if rows else None
-            raise RunConflict(
-                run_id, f"{owner!r} no longer holds the lease (holder: {holder!r})", owner=holder
+            holder = rows[0][0] if rows and rows[0][0] else None
+            raise LeaseLost(
+                run_id,
+                int(rows[0][3]) if rows else 0,
+                f"{owner!r} no longer holds the lease (holder: {holder!r})",
+                owner=holder,
             )
-        return Lease(run_id, owner, rows[0][1])
+        return Lease(run_id, owner, rows[0][1], int(rows[0][3]))
 
     async def release_lease(self, run_id: str, owner: str) -> bool:
         """Give a lease back; False when this owner did not hold it."""
         return bool(await self._exec("release_lease", (run_id, owner)))
 
     async def lease(self, run_id: str) -> Lease | None:
-        """The current lease on a run, expired or not, or None."""
+        """The current lease on a run, expired or not, or None (never taken, or released)."""
         rows = await self._fetch("lease", (run_id,))
-        return Lease(run_id, rows[0][0], rows[0][1]) if rows else None
+        if not rows or not rows[0][0]:
+            return None
+        return Lease(run_id, rows[0][0], rows[0][1], int(rows[0][3]))
 
 
 def _snapshot_from_row(run_id: str, row: Sequence[Any]) -> tuple[int, dict[str, Any]]:

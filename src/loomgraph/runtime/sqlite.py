@@ -14,7 +14,7 @@ from loomgraph._storage.cursor import SqliteCursor
 from loomgraph._storage.sqlite_conn import SqliteConnection
 from loomgraph._storage.sqlite_files import SqliteFileProblem, execute_all, open_sqlite
 from loomgraph.protocols.ledger import LedgerSite, SqliteSite
-from loomgraph.runtime.codec import SCHEMA_VERSION, Dialect, ddl
+from loomgraph.runtime.codec import ADDED_COLUMNS, SCHEMA_VERSION, Dialect, ddl
 from loomgraph.runtime.errors import (
     JournalCorrupted,
     JournalUnavailable,
@@ -131,6 +131,8 @@ class SqliteRuntime(SqlJournal):
             await conn.execute("PRAGMA foreign_keys = ON")
             if version is None:
                 await execute_all(conn, ddl(SQLITE))
+            else:
+                await _add_columns(conn)
         except BaseException:
             await conn.close()
             raise
@@ -148,6 +150,27 @@ async def _schema_version(conn: aiosqlite.Connection) -> str | None:
         await conn.execute_fetchall("SELECT value FROM journal_meta WHERE key = 'schema_version'")
     )
     return str(rows[0][0]) if rows else None
+
+
+async def _add_columns(conn: aiosqlite.Connection) -> None:
+    """Give a journal made before fencing and dead letters their columns (once)."""
+    missing = [
+        (table, column, constraint)
+        for table, column, constraint in ADDED_COLUMNS
+        if column not in {r[1] for r in await conn.execute_fetchall(f"PRAGMA table_info({table})")}
+    ]
+    if not missing:
+        return
+    await conn.execute("BEGIN IMMEDIATE")
+    try:
+        for table, column, constraint in missing:
+            have = {r[1] for r in await conn.execute_fetchall(f"PRAGMA table_info({table})")}
+            if column not in have:  # another process may have added it meanwhile
+                await conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} INTEGER {constraint}")
+        await conn.execute("COMMIT")
+    except BaseException:
+        await conn.execute("ROLLBACK")
+        raise
 
 
 def _typed(problem: SqliteFileProblem, where: str) -> Exception:

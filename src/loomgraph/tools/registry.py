@@ -20,8 +20,9 @@ class ToolRegistry:
     """Named tools, their specs, and their execution with validation and timeouts.
 
     `timeout` is the default limit in seconds for each call (None for no limit); a tool's
-    own `@tool(timeout=...)` overrides it. `call` turns every tool-level failure into an
-    error result and only lets `asyncio.CancelledError` through.
+    own `@tool(timeout=...)` overrides it. `call` turns every failure of a tool into an
+    error result — also `SystemExit`, `KeyboardInterrupt` and any other `BaseException` —
+    and only lets the cancellation of the calling task through.
     """
 
     def __init__(
@@ -134,7 +135,16 @@ class ToolRegistry:
             if deadline is not None and deadline.expired() and limit is not None:
                 return results.timed_out(item.name, limit)
             return _raised(item, exc)
-        except Exception as exc:
+        except asyncio.CancelledError as exc:
+            # The run's own cancellation goes on; a CancelledError the tool raised while
+            # its task is not being cancelled is the tool's failure like any other.
+            task = asyncio.current_task()
+            if task is None or task.cancelling():
+                raise
+            return _raised(item, exc)
+        except BaseException as exc:
+            # SystemExit, KeyboardInterrupt, GeneratorExit (also from a worker thread, which
+            # hands them to this coroutine) end the call, not the run or its host.
             return _raised(item, exc)
 
 

@@ -1,0 +1,64 @@
+"""Dead letters: a run whose recoveries keep failing is set aside instead of resumed forever.
+
+Every resume of a run that crashed, failed or was cancelled counts one recovery in the
+journal (`runs.recoveries`) before it goes on. A resume that finds `max_recoveries` of them
+already counted makes the run `dead_letter` (with the last error as its reason) and runs
+nothing; a dead letter is resumed only by an operator's `retry`, which forgets the count.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from loomgraph.agent.checkpoints import ResumeError
+from loomgraph.agent.result import RunResult
+from loomgraph.protocols import RunRecord, RunStatus
+
+DEFAULT_MAX_RECOVERIES = 3
+
+# The statuses a resume recovers from (not final, not waiting for an answer).
+RECOVERED = frozenset({RunStatus.RUNNING, RunStatus.FAILED, RunStatus.CANCELLED})
+
+
+class RunDeadLettered(ResumeError):
+    """The run is a dead letter: it is resumed only by `agent.retry` / `runs retry`."""
+
+    def __init__(self, record: RunRecord) -> None:
+        super().__init__(
+            f"run {record.run_id} is a dead letter ({record.reason}); retry it with "
+            f"agent.retry({record.run_id!r}) or `loomgraph runs retry {record.run_id}`"
+        )
+        self.run_id = record.run_id
+        self.reason = record.reason
+
+
+async def begin_recovery(runtime: Any, record: RunRecord, limit: int) -> RunResult | None:
+    """Count a recovery of `record` (read under its lease); the dead-letter result instead
+    when `limit` recoveries failed already. A journal that counts none is never given up on."""
+    if record.status == RunStatus.DEAD_LETTER:
+        raise RunDeadLettered(record)
+    count = getattr(runtime, "record_recovery", None)
+    if record.status not in RECOVERED or count is None:
+        return None
+    if record.recoveries < limit:
+        await count(record.run_id)
+        return None
+    last = record.reason or "the worker died during the recovery; no error was journaled"
+    reason = f"gave up after {record.recoveries} failed recoveries; last: {last}"
+    result = RunResult(
+        None, record.run_id, record.session_id, record.user_id, RunStatus.DEAD_LETTER, reason
+    )
+    await runtime.finish_run(record.run_id, RunStatus.DEAD_LETTER, reason, result.to_dict())
+    return result
+
+
+async def reset_recoveries(runtime: Any, run_id: str) -> None:
+    """Forget a run's failed recoveries; a dead letter becomes a failed run again, which a
+    resume recovers."""
+    record = await runtime.load_run(run_id)
+    reset = getattr(runtime, "reset_recoveries", None)
+    if record is None or reset is None:
+        return
+    await reset(run_id)
+    if record.status == RunStatus.DEAD_LETTER:
+        await runtime.finish_run(run_id, RunStatus.FAILED, record.reason, record.result)

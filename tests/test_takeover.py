@@ -1,0 +1,214 @@
+"""Takeover with real processes: a SIGKILLed worker's lease is taken over at once on its host,
+and a SIGSTOPped worker that lost its lease (a zombie) never changes the run once it goes on.
+
+Both on SQLite files and on the Postgres server, with `crash_worker.py` (see its docstring).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import pg
+from loomgraph.agent import leases
+from test_crash_matrix import (
+    PATH,
+    Journal,
+    journal_view,
+    ledger_lines,
+    run_worker,
+    suffix,
+)
+
+WORKER = str(Path(__file__).with_name("crash_worker.py"))
+pg_schema = pg.pg_schema
+BACKENDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+
+
+@pytest.fixture(params=BACKENDS)
+def journal(request: pytest.FixtureRequest, tmp_path: Path) -> Journal:
+    """A fresh journal on each backend."""
+    if request.param == "sqlite":
+        return Journal(f"sqlite:{tmp_path / 'journal.db'}")
+    return Journal(pg.postgres_dsn(), request.getfixturevalue("pg_schema"))
+
+
+# --------------------------------------------------------------------------- dead owners
+
+
+def test_owner_is_dead_only_for_a_gone_process_of_this_host() -> None:
+    me = f"{leases._HOST}:{os.getpid()}:{leases.process_start(os.getpid())}:n"
+    assert not leases.owner_is_dead(me)
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait(60)  # reaped: its pid names no process now (or a later, different one)
+    start = leases.process_start(os.getpid())
+    assert start is not None
+    gone = f"{leases._HOST}:{child.pid}:1@{start.partition('@')[2]}:n"
+    assert leases.owner_is_dead(gone)
+    reused = f"{leases._HOST}:{os.getpid()}:1@{start.partition('@')[2]}:n"  # pid reused
+    assert leases.owner_is_dead(reused)
+    assert not leases.owner_is_dead(f"elsewhere:{child.pid}:1@{start.partition('@')[2]}:n")
+    assert not leases.owner_is_dead(f"{leases._HOST}:{child.pid}:1@otherboot.1:n")
+    assert leases.owner_is_dead(f"{leases._HOST}:{child.pid}:n")  # pid-only owners
+    assert not leases.owner_is_dead("worker-a")
+
+
+def test_a_stopped_process_is_not_dead() -> None:
+    child = subprocess.Popen(
+        [sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE
+    )
+    try:
+        os.kill(child.pid, signal.SIGSTOP)
+        start = leases.process_start(child.pid)
+        assert start is not None
+        assert not leases.owner_is_dead(f"{leases._HOST}:{child.pid}:{start}:n")
+    finally:
+        os.kill(child.pid, signal.SIGCONT)
+        child.communicate(b"", timeout=60)
+
+
+async def test_resume_right_after_sigkill_takes_the_dead_workers_lease(
+    journal: Journal, tmp_path: Path
+) -> None:
+    ledger = tmp_path / "ledger.tsv"
+    crashed = run_worker(journal, ledger, "run", "--point", "after_effect", "--n", "2")
+    assert crashed.returncode == -signal.SIGKILL, crashed.stderr
+    run_id, pid = crashed.lines[0]["run_id"], crashed.lines[0]["pid"]
+    runtime: Any = journal.open()
+    try:
+        lease = await runtime.lease(run_id)  # the dead worker's, live for another ~30 s
+        assert lease is not None and f":{pid}:" in lease.owner and lease.token == 1
+    finally:
+        await runtime.close()
+    resumed = run_worker(journal, ledger, "resume", "--run-id", run_id)  # no wait, no flag
+    assert resumed.returncode == 0, resumed.stderr
+    assert resumed.last("result")["result"]["status"] == "completed"
+    view = await journal_view(journal, run_id)
+    assert [(t.node, t.visit) for t in view["transitions"]] == PATH
+
+
+# --------------------------------------------------------------------------- zombies
+
+
+class Background:
+    """A worker in the background; its JSON lines arrive on a queue (bounded waits)."""
+
+    def __init__(self, journal: Journal, ledger: Path, *args: str) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, WORKER, *args, *journal.args(), "--ledger", str(ledger)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self.lines: queue.Queue[dict[str, Any]] = queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            if line.startswith("{"):
+                self.lines.put(json.loads(line))
+
+    def expect(self, key: str) -> dict[str, Any]:
+        """The next line carrying `key` (waiting at most 60 s)."""
+        while True:
+            line = self.lines.get(timeout=60)
+            if key in line:
+                return line
+
+    def finish(self) -> tuple[int, str]:
+        """Close stdin (held tools go on) and wait for the exit code."""
+        _, err = self.process.communicate("", timeout=120)
+        return self.process.returncode, err
+
+
+async def expire_lease(journal: Journal, run_id: str) -> None:
+    """Move the run's lease into the past, as if its holder had been stopped that long."""
+    if journal.spec.startswith("sqlite:"):
+        raw = sqlite3.connect(journal.spec.removeprefix("sqlite:"), timeout=30)
+        with raw:
+            raw.execute("UPDATE leases SET expires_at = 0 WHERE run_id = ?", (run_id,))
+        raw.close()
+        return
+    import asyncpg
+
+    con = await asyncpg.connect(journal.spec)
+    try:
+        await con.execute(
+            f'UPDATE "{journal.schema}".leases SET expires_at = 0 WHERE run_id = $1', run_id
+        )
+    finally:
+        await con.close()
+
+
+async def snapshot(journal: Journal, run_id: str) -> dict[str, Any]:
+    """Everything a zombie could change: the record, transitions, effects, the lease."""
+    view = await journal_view(journal, run_id)
+    record = view["record"]
+    return {
+        "status": record.status,
+        "reason": record.reason,
+        "result": record.result,
+        "updated_at": record.updated_at,
+        "transitions": [(t.seq, t.node, t.visit, t.patch) for t in view["transitions"]],
+        "effects": {k: (e.status, e.attempts, e.outcome) for k, e in view["effects"].items()},
+        "state": view["state"],
+    }
+
+
+@pytest.mark.parametrize("wake", ["renewal", "tool"])
+async def test_a_zombie_worker_never_changes_the_run_another_finished(
+    journal: Journal, tmp_path: Path, wake: str
+) -> None:
+    """A holds the run (inside a tool), is SIGSTOPped past its lease; B takes the run over
+    and completes it; A is continued. A gets LeaseLost and writes nothing: through its lease
+    renewal (`renewal`) or through the fenced outcome of the tool it was in (`tool`)."""
+    ledger = tmp_path / "ledger.tsv"
+    a = Background(journal, ledger, "run", "--hold", "--lease-seconds", "6")
+    run_id = a.expect("run_id")["run_id"]
+    holding = a.expect("holding")["holding"]
+    os.kill(a.process.pid, signal.SIGSTOP)
+    try:
+        await expire_lease(journal, run_id)
+        b = run_worker(journal, ledger, "resume", "--run-id", run_id)
+        assert b.returncode == 0, b.stderr
+        assert b.last("result")["result"]["status"] == "completed"
+        done = await snapshot(journal, run_id)
+        ledger_done = ledger_lines(ledger)
+    finally:
+        os.kill(a.process.pid, signal.SIGCONT)
+    if wake == "tool":
+        assert a.process.stdin is not None
+        a.process.stdin.write("go\n")  # one held tool goes on, acts, and journals its outcome
+        a.process.stdin.flush()
+    lost = a.expect("lease_lost")
+    code, err = a.finish()
+    assert code == 4, err
+    assert "lease" in lost["lease_lost"]
+    assert await snapshot(journal, run_id) == done  # status, result, rows: all unchanged
+    assert done["status"] == "completed" and done["transitions"][-1][0] == len(PATH)
+    extra = ledger_lines(ledger)[len(ledger_done) :]
+    if wake == "renewal":
+        assert extra == []
+    else:  # the zombie's held tool acted (under its idempotency key), but journaled nothing
+        assert {k for k, _ in extra} <= {holding, *(k for k, _ in ledger_done if "tools:1:" in k)}
+    counts = Counter(k for k, _ in ledger_done)
+    assert {suffix(run_id, k) for k in counts} == {"tools:1:1", "tools:1:2", "tools:2:1"}
+    runtime: Any = journal.open()
+    try:
+        lease = await runtime.lease(run_id)
+        assert lease is None  # B released it; A's release (another owner) changed nothing
+    finally:
+        await runtime.close()
