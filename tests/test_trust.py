@@ -103,7 +103,7 @@ async def test_a_pending_approval_survives_a_resume_under_an_allow_all_agent(
 
 async def test_a_policy_override_is_audited(tmp_path: Path) -> None:
     runtime = journal(tmp_path)
-    audit = FileAuditLog(tmp_path / "audit.jsonl")
+    audit = FileAuditLog(tmp_path / "audit.jsonl", unsigned=True)
     script = [calls(("send_email", {"to": "bob@corp.example", "body": "hi"})), "done"]
     asking = Agent(
         "x",
@@ -216,7 +216,7 @@ async def test_an_edited_approval_records_both_argument_hashes_and_the_approver(
         model=ScriptedModel([calls(("pay", {"to": "acme", "amount": 500})), "ok"]),
         tools=[pay],
         runtime=runtime,
-        audit_log=FileAuditLog(tmp_path / "audit.jsonl"),
+        audit_log=FileAuditLog(tmp_path / "audit.jsonl", unsigned=True),
     )
     first = await agent.run("pay")
     assert first.pending is not None and first.pending.call is not None
