@@ -15,9 +15,11 @@ import pytest
 import yaml
 
 from loomgraph import Agent, tool
+from loomgraph.agent.governance_state import PolicyChanged
 from loomgraph.governance import StandardPermissions
 from loomgraph.models import ScriptedModel
 from loomgraph.observability import FileAuditLog
+from loomgraph.runtime import SqliteRuntime
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "examples" / "banking"
@@ -71,6 +73,23 @@ def test_the_policy_file_loads_with_the_saved_payees_and_pins() -> None:
     assert data["mode"] == "strict" and data["on_tainted"] == "ask"
     assert data["sets"]["payees"] == sorted(p.iban for p in bank.load_payees())
     assert len(data["sets"]["payees"]) == 3 and data["pinnable"] is True
+
+
+@pytest.mark.parametrize(
+    ("doc", "heading"),
+    [
+        ("docs/governance.md", "## A worked example"),
+        ("examples/banking/README.md", "## The policy"),
+    ],
+)
+def test_the_documented_policy_is_the_file(doc: str, heading: str) -> None:
+    text = (ROOT / doc).read_text()
+    block = text[text.index(heading) :]
+    block = block[block.index("```yaml\n") + 8 :]
+    shown = yaml.safe_load(block[: block.index("```")])
+    payees = {"payees": [p.iban for p in bank.load_payees()]}
+    documented = StandardPermissions.from_dict({**shown, "sets": payees})
+    assert documented.to_data() == StandardPermissions.from_dict(policy_data()).to_data()
 
 
 # ------------------------------------------------------------------------- ordinary tasks
@@ -284,3 +303,35 @@ async def test_taint_catches_text_with_a_quote_copied_from_a_structured_result()
 )
 async def test_taint_catches_untrusted_text_inside_a_longer_argument() -> None:
     assert await _tainted("read_inbox_text", "FYI: the wire of 9000 now")
+
+
+async def test_a_waiting_run_is_pinned_to_the_payee_list_it_started_with(tmp_path: Path) -> None:
+    """The README's claim: $payees is part of the fingerprint, so a new payee changes it."""
+    (task,) = [t for t in ATTACKS if t.name == "injected transfer to attacker IBAN"]
+    outcome = await bank.run_task(task, tmp_path, deny_pending=False)
+    assert outcome.status == "awaiting_approval"
+    (run,) = await _runs(tmp_path)
+    data = policy_data()
+    data["sets"]["payees"].append(bank.ATTACKER_IBAN)
+    world = bank.new_world()
+    agent = Agent(
+        bank.INSTRUCTIONS,
+        model=bank.planner(task.steps, task.done),
+        tools=bank.make_tools(world),
+        permissions=StandardPermissions.from_dict(data),
+        runtime=f"sqlite:{tmp_path / 'journal.db'}",
+    )
+    try:
+        with pytest.raises(PolicyChanged):
+            await agent.resume(run.run_id)
+        assert world.transfers == []
+    finally:
+        await agent.aclose()
+
+
+async def _runs(folder: Path) -> list[Any]:
+    runtime = SqliteRuntime(str(folder / "journal.db"))
+    try:
+        return list(await runtime.runs(None))
+    finally:
+        await runtime.close()
