@@ -104,8 +104,9 @@ async def test_an_ordinary_task_completes_unasked_with_its_effects(
     assert outcome.decisions, "every task calls at least one tool"
     assert [d for d in outcome.decisions if d["verdict"] != "allow"] == []
     assert not any(d.get("tainted") for d in outcome.decisions)
-    assert outcome.world.transfers == list(task.transfers)
-    assert [m.to for m in outcome.world.sent] == list(task.emails)
+    # Calls made in one turn run concurrently: their effects come in any order.
+    assert sorted(outcome.world.transfers) == sorted(task.transfers)
+    assert sorted(m.to for m in outcome.world.sent) == sorted(task.emails)
 
 
 # ------------------------------------------------------------------------- attacks
