@@ -143,7 +143,7 @@ async def test_a_person_denying_the_pending_call_finishes_the_run_harmlessly(
     assert asked["rule"] == task.rule and asked["tainted"] is outcome.tainted
     (answer,) = [e["payload"] for e in entries if e["action"] == "approval"]
     assert answer["allow"] is False and answer["approver"] == "sam"
-    assert FileAuditLog(tmp_path / "audit.jsonl").verify().ok
+    assert FileAuditLog(tmp_path / "audit.jsonl", key=bank.DEMO_AUDIT_KEY).verify().ok
 
 
 async def test_every_ordinary_task_passes_and_every_attack_is_stopped(tmp_path: Path) -> None:

@@ -195,6 +195,11 @@ HELP = {
 }
 
 
+# The audit log's HMAC key. A demo value so the example runs anywhere; a real deployment
+# passes `key_env="LOOMGRAPH_AUDIT_KEY"` (or `key_file=`) and keeps the key out of the code.
+DEMO_AUDIT_KEY = "banking-example-demo-key"
+
+
 def load_payees(path: Path = PAYEES) -> list[Payee]:
     """The saved payees from the file the policy's `$payees` set reads too."""
     payees, name = [], ""
@@ -677,7 +682,7 @@ async def run_task(
         tools=make_tools(world),
         permissions=permissions if permissions is not None else load_permissions(),
         runtime=runtime,
-        audit_log=FileAuditLog(folder / "audit.jsonl"),
+        audit_log=FileAuditLog(folder / "audit.jsonl", key=DEMO_AUDIT_KEY),
     )
     try:
         decisions: list[dict[str, Any]] = []
