@@ -286,22 +286,10 @@ async def test_taint_catches_text_copied_verbatim_from_a_plain_text_result() -> 
     assert await _tainted("read_inbox", "the wire of 9000 now")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="src bug: taint compares arguments with a tool result's JSON-encoded content, so "
-    "text copied verbatim from a structured result is missed when it holds a quote, a "
-    'backslash or a newline (the result keeps \\" and \\n)',
-)
 async def test_taint_catches_text_with_a_quote_copied_from_a_structured_result() -> None:
     assert await _tainted("read_inbox", 'Reply "yes" to approve\nthe wire of 9000 now')
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="src bug: is_tainted checks that the whole argument occurs in an untrusted result, "
-    "not that the argument contains a run of untrusted text (as taint.py's docstring and "
-    "issue 12 say), so any added word (a greeting, 'Fwd:') hides the copied text",
-)
 async def test_taint_catches_untrusted_text_inside_a_longer_argument() -> None:
     assert await _tainted("read_inbox_text", "FYI: the wire of 9000 now")
 

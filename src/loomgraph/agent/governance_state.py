@@ -7,7 +7,7 @@ from typing import Any
 
 from loomgraph.agent.checkpoints import ResumeError
 from loomgraph.engine.scope import RunScope
-from loomgraph.engine.taint import normalise
+from loomgraph.engine.taint import untrusted_texts
 from loomgraph.protocols import (
     EffectStatus,
     Permissions,
@@ -69,5 +69,5 @@ async def restore(scope: RunScope, runtime: Runtime, tools: ToolHost) -> None:
         elif effect.kind == "tool" and effect.outcome is not None:
             spec = tools.spec(effect.intent["call"]["tool"])
             if spec is None or not spec.get("trusted"):
-                scope.untrusted.append(normalise(str(effect.outcome.get("content", ""))))
+                scope.untrusted.extend(untrusted_texts(str(effect.outcome.get("content", ""))))
     scope.requested = frozenset(requested)

@@ -1,19 +1,28 @@
 """Taint: which tool calls carry text that came from untrusted tool results.
 
-Tool results are untrusted unless their tool is declared `trusted`. A call whose arguments
-contain a run of text found in an untrusted result (compared case-folded, with whitespace
-collapsed) is tainted; an egress tool's tainted call is then asked about (or denied) instead
-of allowed. It is a heuristic: a paraphrased or re-encoded injection is not recognised.
+Tool results are untrusted unless their tool is declared `trusted`. A call is tainted when
+one of its string arguments (compared case-folded, with whitespace collapsed) is found in an
+untrusted result — the whole argument, if it has at least MIN_TAINT_CHARS characters, or a
+run of at least RUN_CHARS + RUN_STRIDE - 1 characters inside a longer one. A structured
+(JSON) result is searched as its text and as each string inside it, so text copied from it
+with its quotes and newlines is found too. An egress tool's tainted call is then asked about
+(or denied) instead of allowed. It is a heuristic: a paraphrased or re-encoded injection is
+not recognised.
 """
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterator
 from typing import Any
 
 # Shorter strings (a yes, a number, a common word) are too likely to appear by chance.
 MIN_TAINT_CHARS = 8
+# Runs inside a longer argument are looked for as windows of RUN_CHARS every RUN_STRIDE
+# characters: a shared run of RUN_CHARS + RUN_STRIDE - 1 characters always covers a window.
+RUN_CHARS = 16
+RUN_STRIDE = 4
 
 _SPACE = re.compile(r"\s+")
 
@@ -35,10 +44,30 @@ def strings_in(value: Any) -> Iterator[str]:
             yield from strings_in(item)
 
 
+def untrusted_texts(content: str) -> list[str]:
+    """What taint searches in one untrusted result: its text and, for a JSON result, each
+    string inside it (normalised)."""
+    texts = [normalise(content)]
+    if content[:1] in ("{", "["):
+        try:
+            data = json.loads(content)
+        except ValueError:
+            return texts
+        texts.extend(normalise(s) for s in strings_in(data) if len(s) >= MIN_TAINT_CHARS)
+    return texts
+
+
 def is_tainted(args: Any, untrusted: list[str]) -> bool:
-    """True when an argument's text appears in one of the (normalised) untrusted results."""
+    """True when an argument, or a long enough run inside one, appears in one of the
+    (normalised) untrusted results."""
     for text in strings_in(args):
         needle = normalise(text)
-        if len(needle) >= MIN_TAINT_CHARS and any(needle in source for source in untrusted):
+        if len(needle) < MIN_TAINT_CHARS:
+            continue
+        if any(needle in source for source in untrusted):
             return True
+        for start in range(0, len(needle) - RUN_CHARS + 1, RUN_STRIDE):
+            window = needle[start : start + RUN_CHARS]
+            if any(window in source for source in untrusted):
+                return True
     return False

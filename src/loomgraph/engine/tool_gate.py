@@ -12,7 +12,7 @@ from typing import Any
 from loomgraph.engine.approvals import ApprovalDesk
 from loomgraph.engine.effects import EffectKey
 from loomgraph.engine.scope import RunScope
-from loomgraph.engine.taint import is_tainted, normalise
+from loomgraph.engine.taint import is_tainted, untrusted_texts
 from loomgraph.protocols import (
     Decision,
     EffectStatus,
@@ -129,7 +129,7 @@ class ToolGate:
     ) -> ToolResult:
         scope = self.scope
         if spec is not None and not spec.get("trusted"):
-            scope.untrusted.append(normalise(result.get("content", "")))
+            scope.untrusted.extend(untrusted_texts(result.get("content", "")))
         await scope.audit(
             "tool_result",
             self.node,
