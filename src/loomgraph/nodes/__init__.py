@@ -1,4 +1,5 @@
-"""The built-in node kinds; importing this package registers them."""
+"""The built-in node kinds. The registry finds them through the `loomgraph.nodes` entry
+points, as it finds third-party kinds; nothing imports this package to register them."""
 
 from loomgraph.nodes.function import FunctionNode
 from loomgraph.nodes.interrupt import InterruptNode
