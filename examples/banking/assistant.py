@@ -26,8 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from loomgraph import Agent, tool
-from loomgraph.engine.effects import Approval
+from loomgraph import Agent, Approval, tool
 from loomgraph.governance import StandardPermissions
 from loomgraph.models import ScriptedModel
 from loomgraph.observability import FileAuditLog

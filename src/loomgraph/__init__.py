@@ -13,6 +13,7 @@ if TYPE_CHECKING:
     from loomgraph.agent.agent import Agent
     from loomgraph.agent.result import RunResult
     from loomgraph.agent.session import AgentSession
+    from loomgraph.engine.effects import Approval
     from loomgraph.errors import LoomgraphError
     from loomgraph.graph.node_context import NodeContext
     from loomgraph.graph.registry import NodeKind, register_node
@@ -27,6 +28,8 @@ _EXPORTS = {
     "AgentSession": "loomgraph.agent.session",
     "RunResult": "loomgraph.agent.result",
     "Event": "loomgraph.protocols.events",
+    # Approvals: a person's answer to a pending tool call, for `agent.resume(approve=...)`.
+    "Approval": "loomgraph.engine.effects",
     # Tools: a Python function as a tool the model can call.
     "tool": "loomgraph.tools",
     # Strategies: a graph, and new node kinds with what a node gets when it runs.
@@ -42,6 +45,7 @@ _EXPORTS = {
 __all__ = [
     "Agent",
     "AgentSession",
+    "Approval",
     "Event",
     "Graph",
     "LoomgraphError",
