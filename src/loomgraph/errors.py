@@ -54,6 +54,7 @@ with where each class lives (relative to `loomgraph.`):
     ├── PermissionConfigError + ValueError  governance.rule_errors
     │   ├── PermissionTypeError + TypeError governance.rule_errors
     │   └── RuleSyntaxError                 governance.rule_errors
+    ├── ToolArgsInvalid                     engine.tool_gate
     ├── AuditLogError                       observability.audit_chain
     │   └── AuditConfigError + ValueError   observability.audit_key
     │       └── AuditKeyMissing             observability.audit_key

@@ -87,6 +87,7 @@ class Agent:
         memory_tools: bool = False,
         approval_handler: Callable[..., Any] | None = None,
         max_recoveries: int = DEFAULT_MAX_RECOVERIES,
+        max_invalid_tool_args: int = 3,
     ) -> None:
         self.instructions = instructions
         # Resumes of a crashed or failed run before it becomes a dead letter.
@@ -104,6 +105,7 @@ class Agent:
             telemetry=telemetry,
             audit_log=audit_log,
             approval_handler=approval_handler,
+            max_invalid_tool_args=max_invalid_tool_args,
         )
         self.extraction = wire_memory(
             self.deps,

@@ -159,6 +159,7 @@ def build_deps(
     telemetry: Telemetry | None = None,
     audit_log: AuditLog | None = None,
     approval_handler: Callable[..., Any] | None = None,
+    max_invalid_tool_args: int = 3,
 ) -> Deps:
     """The bundle for an Agent: every missing piece is its no-op default."""
     from loomgraph.governance.null import NoBudget, NoHooks
@@ -188,6 +189,7 @@ def build_deps(
         budgeted=budget is not None,
         run_clock=budget if isinstance(budget, RunClock) else None,
         approval_handler=approval_handler,
+        max_invalid_tool_args=max_invalid_tool_args,
         # With no configuration a destructive tool asks (the `default` mode), never runs unasked.
         permissions=permissions,
         on_tainted=permissions.on_tainted if isinstance(permissions, PinnablePolicy) else "ask",

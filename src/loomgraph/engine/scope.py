@@ -59,6 +59,8 @@ class RunScope:
     requested: frozenset[str] = frozenset()
     # The run's untrusted tool results so far (normalised), to tell tainted calls.
     untrusted: list[str] = field(default_factory=list)
+    # Per tool, how many calls in a row it rejected for their arguments.
+    invalid_args: dict[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.budget_scope = BudgetScope(self.run_id, self.user_id)

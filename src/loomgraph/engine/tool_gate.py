@@ -13,7 +13,9 @@ from loomgraph.engine.approvals import ApprovalDesk
 from loomgraph.engine.effects import EffectKey
 from loomgraph.engine.scope import RunScope
 from loomgraph.engine.taint import is_tainted, untrusted_texts
+from loomgraph.errors import LoomgraphError
 from loomgraph.protocols import (
+    INVALID_ARGUMENTS,
     Decision,
     EffectStatus,
     RunStopped,
@@ -23,6 +25,19 @@ from loomgraph.protocols import (
     Usage,
 )
 from loomgraph.protocols.events import PERMISSION_DECISION, TOOL_CALL, TOOL_RESULT
+
+
+class ToolArgsInvalid(LoomgraphError):
+    """The model called one tool with arguments it rejects too many times in a row."""
+
+    def __init__(self, tool: str, times: int, last_error: str) -> None:
+        super().__init__(
+            f"tool {tool!r} rejected the model's arguments {times} times in a row; "
+            f"last: {last_error}"
+        )
+        self.tool = tool
+        self.times = times
+        self.last_error = last_error
 
 
 class ToolGate:
@@ -77,7 +92,20 @@ class ToolGate:
             raise
         await scope.settle(reservation, Usage(tool_calls=1))
         await scope.end_effect(key, dict(result))
-        return await self._done(call, result, spec)
+        done = await self._done(call, result, spec)
+        self._count_invalid(call, result)
+        return done
+
+    def _count_invalid(self, call: ToolCall, result: ToolResult) -> None:
+        """Fail the run once a tool rejected the model's arguments too many times in a row:
+        a model that cannot produce valid arguments would otherwise loop to a visit limit."""
+        counts, tool_name = self.scope.invalid_args, call["tool"]
+        if result.get("error_type") != INVALID_ARGUMENTS:
+            counts.pop(tool_name, None)
+            return
+        counts[tool_name] = counts.get(tool_name, 0) + 1
+        if counts[tool_name] >= self.scope.deps.max_invalid_tool_args:
+            raise ToolArgsInvalid(tool_name, counts[tool_name], result.get("content", ""))
 
     async def decide(
         self, call: ToolCall, spec: ToolSpec, key: EffectKey

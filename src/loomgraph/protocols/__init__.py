@@ -40,7 +40,13 @@ from loomgraph.protocols.governance import (
 )
 from loomgraph.protocols.ledger import Bindable, LedgerHost, LedgerSite, PostgresSite, SqliteSite
 from loomgraph.protocols.memory import Episode, Memory
-from loomgraph.protocols.messages import Message, ToolCall, ToolResult, ToolSpec
+from loomgraph.protocols.messages import (
+    INVALID_ARGUMENTS,
+    Message,
+    ToolCall,
+    ToolResult,
+    ToolSpec,
+)
 from loomgraph.protocols.models import Model, ModelChunk, ModelError, ModelRequest, ModelResponse
 from loomgraph.protocols.observability import AuditLog, Span, Telemetry
 from loomgraph.protocols.paths import NodePath
@@ -83,6 +89,7 @@ from loomgraph.protocols.usage import (
 
 __all__ = [  # noqa: RUF022 - grouped by concept, not sorted
     # messages: the conversation
+    "INVALID_ARGUMENTS",
     "Message",
     "ToolCall",
     "ToolResult",

@@ -41,6 +41,9 @@ class Deps:
     # What an egress tool's call gets when its arguments carry untrusted text and the rules
     # would allow it.
     on_tainted: Verdict = "ask"
+    # After this many calls in a row of one tool with arguments it rejects, the run fails
+    # (ToolArgsInvalid) instead of letting the model retry until a visit limit.
+    max_invalid_tool_args: int = 3
     # The runtime again when it offers leases (checked once: protocol checks are slow).
     leases: RunLeases | None = None
     # The budget again when it follows runs from start to end.

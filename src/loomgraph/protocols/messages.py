@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal, TypedDict
+from typing import Any, Final, Literal, TypedDict
 
-__all__ = ["Message", "ToolCall", "ToolResult", "ToolSpec"]
+__all__ = ["INVALID_ARGUMENTS", "Message", "ToolCall", "ToolResult", "ToolSpec"]
+
+# The `error_type` of a tool result whose call's arguments do not fit the tool's schema: the
+# engine counts these (a model that cannot produce valid arguments must not loop).
+INVALID_ARGUMENTS: Final = "invalid_arguments"
 
 
 class ToolCall(TypedDict):

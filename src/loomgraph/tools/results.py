@@ -9,13 +9,12 @@ from typing import Any, Final, Literal
 
 from pydantic import BaseModel, ValidationError
 
-from loomgraph.protocols import ToolResult
+from loomgraph.protocols import INVALID_ARGUMENTS, ToolResult
 
 ToolErrorType = Literal["unknown_tool", "invalid_arguments", "tool_exception", "timeout"]
 """The `error_type` values a `ToolRegistry` puts in error results."""
 
 UNKNOWN_TOOL: Final = "unknown_tool"
-INVALID_ARGUMENTS: Final = "invalid_arguments"
 TOOL_EXCEPTION: Final = "tool_exception"
 TIMEOUT: Final = "timeout"
 
