@@ -56,5 +56,6 @@ async def test_extra_fields_are_invalid_arguments() -> None:
     agent = Agent("x", model=ScriptedModel([call(a=1, b=2, c=3), "ok"]), tools=[add])
     events = [e async for e in agent.stream("add")]
     (result,) = [e.payload["result"] for e in events if e.kind == "tool_result"]
-    assert result["error_type"] == "invalid_arguments" and "- c: unexpected argument" in result["content"]
+    assert result["error_type"] == "invalid_arguments"
+    assert "- c: unexpected argument" in result["content"]
     assert ran == []
