@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from loomgraph import Agent
+from loomgraph.agent.checkpoints import ResumeError
 from loomgraph.models import ScriptedModel
 from loomgraph.protocols import ModelRequest
 from loomgraph.runtime import SqliteRuntime
@@ -73,3 +76,39 @@ async def test_a_run_in_progress_cannot_be_resumed_by_another_worker(tmp_path: P
     assert again.output == "finished" and len(ledger) == 1
     for agent in (worker_a, worker_b):
         await agent.deps.runtime.close()  # type: ignore[attr-defined]
+
+
+async def test_resume_stream_yields_the_resumed_part_with_the_shapes_of_stream(
+    tmp_path: Path,
+) -> None:
+    def failing(request: ModelRequest) -> object:
+        if request.call_index == 0:
+            return {"tool_calls": [{"tool": "echo_back", "args": {"text": "hi"}}]}
+        raise RuntimeError("provider down")
+
+    def echo_back(text: str) -> str:
+        """Echo the text."""
+        return text
+
+    path = f"sqlite:{tmp_path / 'journal.db'}"
+    first = Agent("x", model=ScriptedModel(failing), tools=[echo_back], runtime=path)
+    failed = await first.run("go")
+    assert failed.status == "failed"
+    await first.aclose()
+    second = Agent("x", model=ScriptedModel(lambda r: "done"), tools=[echo_back], runtime=path)
+    events = [e async for e in second.resume_stream(failed.run_id)]
+    kinds = [e.kind for e in events]
+    assert kinds[0] == "run_started" and kinds[-1] == "run_completed"
+    assert all(e.run_id == failed.run_id for e in events)
+    # Only the resumed part: the journaled first model turn and tool call are not re-emitted.
+    assert "tool_call" not in kinds and "model_chunk" in kinds
+    assert events[-1].payload["result"]["status"] == "completed"
+    assert events[-1].payload["output"] == "done"
+    seqs = [e.seq for e in events if e.kind == "node_completed"]
+    assert seqs == sorted(seqs) and seqs[0] > 2  # it goes on after the journaled transitions
+    # A refusal surfaces from the stream, as from resume().
+    again = second.resume_stream(failed.run_id, approve=True)
+    with pytest.raises(ResumeError):
+        async for _ in again:
+            pass
+    await second.aclose()

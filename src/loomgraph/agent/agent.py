@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -26,8 +24,10 @@ from loomgraph.agent.memory_wiring import wire_memory
 from loomgraph.agent.recovery import DEFAULT_MAX_RECOVERIES, begin_recovery, reset_recoveries
 from loomgraph.agent.result import RunResult
 from loomgraph.agent.session import AgentSession
+from loomgraph.agent.streaming import event_stream
 from loomgraph.authoring.library import load_graph
 from loomgraph.engine.effects import EffectKey, ResumeInput
+from loomgraph.engine.scope import EventSink
 from loomgraph.governance.hooks import Hooks as GovernanceHooks
 from loomgraph.governance.null import NoHooks
 from loomgraph.graph.compiled import CompiledGraph, compile_graph
@@ -57,8 +57,6 @@ from loomgraph.protocols import (
 from loomgraph.protocols.events import Event
 
 _NO_VALUE: Any = object()
-_STREAM_BUFFER = 32  # events a slow consumer may fall behind before the run waits for it
-_DONE = object()
 
 
 class Agent:
@@ -198,7 +196,7 @@ class Agent:
             raise session.error
         return result
 
-    async def stream(
+    def stream(
         self,
         prompt: str,
         *,
@@ -215,31 +213,7 @@ class Agent:
             output_schema=output_schema,
             output_retries=output_retries,
         )
-        queue: asyncio.Queue[Any] = asyncio.Queue(_STREAM_BUFFER)
-        on_event = self.deps.hooks.on_event
-
-        async def sink(event: Event) -> None:
-            await on_event(event)
-            await queue.put(event)
-
-        async def produce() -> RunResult:
-            try:
-                return await session.execute(sink)
-            finally:
-                await queue.put(_DONE)  # interrupted by cancel() when the consumer has left
-
-        task = asyncio.create_task(produce())
-        try:
-            while (item := await queue.get()) is not _DONE:
-                yield item
-            await task  # surfaces an infrastructure error, if the run raised one
-            if session.error is not None:
-                raise session.error
-        finally:
-            if not task.done():
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+        return event_stream(session.execute, self.deps.hooks.on_event, lambda: session.error)
 
     # ------------------------------------------------------------------ the journal
 
@@ -269,6 +243,32 @@ class Agent:
         the permission policy it was pinned to; another one is refused (`PolicyChanged`)
         unless `override_policy=True`, which is audited.
         """
+        return await self._resume(
+            self.deps.hooks.on_event,
+            run_id,
+            accept_graph_change=accept_graph_change,
+            value=value,
+            approve=approve,
+            override_policy=override_policy,
+        )
+
+    def resume_stream(self, run_id: str, **options: Any) -> AsyncIterator[Event]:
+        """`resume()` as a stream: the events of the resumed part, shaped as `stream()`'s."""
+        return event_stream(
+            lambda sink: self._resume(sink, run_id, **options), self.deps.hooks.on_event
+        )
+
+    async def _resume(
+        self,
+        sink: EventSink,
+        run_id: str,
+        *,
+        accept_graph_change: bool = False,
+        value: Any = _NO_VALUE,
+        approve: Any = _NO_VALUE,
+        override_policy: bool = False,
+    ) -> RunResult:
+        """`resume`, its events going to `sink`."""
         record = await self.deps.runtime.load_run(run_id)
         if record is None:
             raise UnknownRun(run_id)
@@ -305,9 +305,7 @@ class Agent:
             if gave_up is not None:  # too many failed recoveries: now a dead letter
                 return gave_up
             at = position(self.compiled, record, await self.deps.runtime.transitions(run_id))
-            return await session.continue_from(
-                self.deps.hooks.on_event, record, at, new_run=False, resume=answer
-            )
+            return await session.continue_from(sink, record, at, new_run=False, resume=answer)
 
     async def _answer(self, record: RunRecord, value: Any, approve: Any) -> ResumeInput | None:
         """The answer a resume brings, checked against what the run waits for: an answer for

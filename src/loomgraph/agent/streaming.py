@@ -1,0 +1,50 @@
+"""Runs as streams of events: one producer task, a bounded queue, clean cancellation."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+from loomgraph.agent.result import RunResult
+from loomgraph.engine.scope import EventSink
+from loomgraph.protocols import Event
+
+_STREAM_BUFFER = 32  # events a slow consumer may fall behind before the run waits for it
+_DONE = object()
+
+
+async def event_stream(
+    run: Callable[[EventSink], Awaitable[RunResult]],
+    on_event: EventSink,
+    error: Callable[[], BaseException | None] = lambda: None,
+) -> AsyncIterator[Event]:
+    """The events of `run(sink)` as they happen (each also given to `on_event` first);
+    leaving the loop early cancels the run cleanly. `error()` is raised after the last event
+    when the run ended with an error its caller must see (an answer that did not fit)."""
+    queue: asyncio.Queue[Any] = asyncio.Queue(_STREAM_BUFFER)
+
+    async def sink(event: Event) -> None:
+        await on_event(event)
+        await queue.put(event)
+
+    async def produce() -> RunResult:
+        try:
+            return await run(sink)
+        finally:
+            await queue.put(_DONE)  # interrupted by cancel() when the consumer has left
+
+    task = asyncio.create_task(produce())
+    try:
+        while (item := await queue.get()) is not _DONE:
+            yield item
+        await task  # surfaces an infrastructure error, if the run raised one
+        failure = error()
+        if failure is not None:
+            raise failure
+    finally:
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
