@@ -97,7 +97,7 @@ async def test_crash_with_missing_shm_recovers_everything(tmp_path: Path) -> Non
         assert await rt.load_run("r2") is not None
 
 
-@pytest.mark.parametrize("wal", ["missing", "cut", "foreign"])
+@pytest.mark.parametrize("wal", ["missing", "cut", "foreign", "foreign_shm"])
 async def test_lost_wal_is_refused_before_anything(tmp_path: Path, wal: str) -> None:
     path = tmp_path / "journal.db"
     await _crashed_journal(path)
@@ -107,10 +107,11 @@ async def test_lost_wal_is_refused_before_anything(tmp_path: Path, wal: str) -> 
     elif wal == "cut":
         data = wal_file.read_bytes()
         wal_file.write_bytes(data[: len(data) // 2])
-    else:
+    else:  # another crashed database's -wal (or -shm) in place of ours
         other = tmp_path / "other.db"
         await _crashed_journal(other)
-        shutil.copyfile(f"{other}-wal", wal_file)
+        suffix = "-shm" if wal == "foreign_shm" else "-wal"
+        shutil.copyfile(f"{other}{suffix}", f"{path}{suffix}")
     before = _files(path)
     for _ in range(2):  # refused again: nothing was rebuilt by the first attempt
         rt = SqliteRuntime(path)
@@ -121,7 +122,7 @@ async def test_lost_wal_is_refused_before_anything(tmp_path: Path, wal: str) -> 
         assert info.value.integrity == "ok"  # the main file alone is intact
         assert "quick_check: ok" in str(info.value)
         assert _files(path) == before
-    expected = {"missing": "is missing", "cut": "cut short", "foreign": "does not belong"}[wal]
+    expected = {"missing": "is missing", "cut": "cut short"}.get(wal, "does not belong")
     assert expected in info.value.detail
     assert isinstance(info.value, JournalCorrupted)
 
