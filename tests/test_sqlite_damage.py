@@ -228,3 +228,20 @@ async def test_flipped_bytes_after_a_crash_write_nothing(tmp_path: Path) -> None
         await SqliteRuntime(path).load_run("r1")
     after = _files(path)
     assert (after[""], after["-wal"]) == (before[""], before["-wal"])
+
+
+async def test_agent_resume_of_a_lost_run_says_possibly_lost(tmp_path: Path) -> None:
+    from loomgraph import Agent
+    from loomgraph.models import ScriptedModel
+
+    path = tmp_path / "journal.db"
+    await _crashed_journal(path)
+    Path(f"{path}-wal").unlink()
+    agent = Agent("x", model=ScriptedModel(lambda r: "hi"), runtime=f"sqlite:{path}")
+    with pytest.raises(JournalDamaged, match="accept_damage=True"):
+        await agent.resume("r1")
+    runtime = SqliteRuntime(path, accept_damage=True)
+    agent = Agent("x", model=ScriptedModel(lambda r: "hi"), runtime=runtime)
+    with pytest.raises(RunPossiblyLost, match=r"journal\.db.*may have been lost"):
+        await agent.resume("r1")
+    await runtime.close()
