@@ -22,6 +22,7 @@ with where each class lives (relative to `loomgraph.`):
     ├── ResumeError + ValueError            agent.checkpoints
     ├── ConfigError + ValueError            agent.deps
     ├── UnknownRun + KeyError               protocols
+    │   └── RunPossiblyLost                 runtime.errors
     ├── BudgetExceeded                      protocols
     ├── ModelError                          protocols
     │   └── AdapterError                    models.errors
@@ -42,6 +43,7 @@ with where each class lives (relative to `loomgraph.`):
     ├── ToolArgsRejected + ValueError       models.tool_args
     ├── JournalError                        runtime.errors
     │   ├── JournalCorrupted                runtime.errors
+    │   │   └── JournalDamaged              runtime.errors
     │   ├── JournalVersionError             runtime.errors
     │   ├── JournalUnavailable              runtime.errors
     │   ├── JournalEncodingError + TypeError  runtime.errors

@@ -9,8 +9,10 @@ from __future__ import annotations
 import asyncio
 import os
 import sqlite3
+import struct
 from collections.abc import Iterable
-from typing import Literal
+from pathlib import Path
+from typing import Literal, NamedTuple
 
 import aiosqlite
 
@@ -22,9 +24,91 @@ _HEADER = b"SQLite format 3\x00"
 class SqliteFileProblem(LoomgraphError):
     """A file that cannot be opened as an SQLite database, and whether it is damaged."""
 
-    def __init__(self, kind: Literal["unavailable", "corrupted"], message: str) -> None:
+    def __init__(
+        self, kind: Literal["unavailable", "corrupted"], message: str, integrity: str = ""
+    ) -> None:
         super().__init__(message)
         self.kind = kind
+        # What `PRAGMA quick_check` said of the file (or why it could not run); "" if unasked.
+        self.integrity = integrity
+        self.loss: WalLoss | None = None  # set when committed WAL frames are what is missing
+
+
+def integrity_of(path: str, *, immutable: bool = False) -> str:
+    """`PRAGMA quick_check` of a file, on a read-only connection: "ok", the problems found,
+    or the error that kept it from running. Never writes the database file; a read-only
+    connection may create an empty `-wal`/`-shm` beside it. `immutable` reads the main file
+    alone (ignoring `-wal`/`-shm`) and creates nothing."""
+    uri = Path(path).absolute().as_uri() + ("?immutable=1" if immutable else "?mode=ro")
+    try:
+        conn = sqlite3.connect(uri, uri=True)
+    except sqlite3.Error as err:
+        return f"cannot open: {err}"
+    try:
+        rows = [str(r[0]) for r in conn.execute("PRAGMA quick_check(5)")]
+        return "; ".join(rows).replace("\n", "; ")
+    except sqlite3.Error as err:
+        return f"quick_check failed: {err}"
+    finally:
+        conn.close()
+
+
+class WalLoss(NamedTuple):
+    """Committed transactions the `-shm` records but the `-wal` beside it no longer holds."""
+
+    foreign: bool  # the -wal is another one (not merely missing or cut short)
+    detail: str
+
+
+def lost_wal_frames(path: str) -> WalLoss | None:
+    """Compare a database's `-shm` with its `-wal`, without opening either through SQLite.
+
+    After a crash both stay behind: the `-shm` header says how many WAL frames are committed
+    (mxFrame), how many are already copied into the database (nBackfill) and the WAL's salt.
+    Frames beyond nBackfill live only in the `-wal`; when it is missing, shorter than they
+    need, or carries another salt (another database's log), SQLite would open the file without
+    them (or apply foreign pages), silently. None: nothing lost, or nothing to tell (no -shm).
+    """
+    try:
+        with open(path + "-shm", "rb") as f:
+            shm = f.read(100)
+    except OSError:
+        return None  # no -shm: SQLite rebuilds it from the -wal, which loses nothing
+    if len(shm) < 100 or shm[:48] != shm[48:96] or not shm[12]:
+        return None  # never initialised, or mid-update by a live writer: nothing to claim
+    version, _, _, _, _, page, frames = struct.unpack("=IIIBBHI", shm[:20])
+    backfilled = struct.unpack("=I", shm[96:100])[0]
+    if version != 3007000 or frames <= backfilled:
+        return None  # everything committed is in the database file already
+    page = page if page > 1 else 65536 if page == 1 else 0
+    pending = frames - backfilled
+    wal = path + "-wal"
+    try:
+        with open(wal, "rb") as f:
+            head = f.read(32)
+        size = os.path.getsize(wal)
+    except FileNotFoundError:
+        return WalLoss(
+            False,
+            f"{wal} is missing, but {path}-shm records {pending} committed "
+            "WAL frame(s) not yet in the database: those transactions are lost",
+        )
+    except OSError as err:
+        return WalLoss(False, f"{wal} cannot be read: {err.strerror or err}")
+    if len(head) < 32 or head[16:24] != shm[32:40]:
+        return WalLoss(
+            True,
+            f"{wal} does not belong to {path}-shm (another salt): it is not "
+            f"the log of the {pending} committed frame(s) the -shm records",
+        )
+    need = 32 + frames * (24 + page)
+    if page and size < need:
+        return WalLoss(
+            False,
+            f"{wal} is cut short ({size} of {need} bytes): some of the "
+            f"{pending} committed WAL frame(s) the -shm records are lost",
+        )
+    return None
 
 
 def check_sqlite_file(path: str) -> None:
@@ -40,9 +124,13 @@ def check_sqlite_file(path: str) -> None:
     except OSError as err:
         raise SqliteFileProblem("unavailable", err.strerror or str(err)) from None
     if head and not head.startswith(_HEADER):
-        raise SqliteFileProblem("corrupted", "not an SQLite database (no SQLite header)")
+        raise SqliteFileProblem(
+            "corrupted", "not an SQLite database (no SQLite header)", "not a database"
+        )
     if 0 < len(head) < 100:
-        raise SqliteFileProblem("corrupted", f"truncated to {len(head)} bytes")
+        raise SqliteFileProblem(
+            "corrupted", f"truncated to {len(head)} bytes", integrity_of(path, immutable=True)
+        )
     if head:
         # SQLite writes whole pages only; a partial last page means a cut-off file.
         page = int.from_bytes(head[16:18], "big")
@@ -50,7 +138,9 @@ def check_sqlite_file(path: str) -> None:
         size = os.path.getsize(path)
         if page and size % page:
             raise SqliteFileProblem(
-                "corrupted", f"truncated: {size} bytes is not a whole number of {page}-byte pages"
+                "corrupted",
+                f"truncated: {size} bytes is not a whole number of {page}-byte pages",
+                integrity_of(path, immutable=True),
             )
 
 
@@ -108,31 +198,42 @@ async def set_busy_timeout(conn: aiosqlite.Connection, busy_timeout: float) -> N
     await conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
 
 
-async def open_sqlite(path: str, *, busy_timeout: float, verify: bool) -> aiosqlite.Connection:
+async def open_sqlite(
+    path: str, *, busy_timeout: float, verify: bool, accept_lost_wal: bool = False
+) -> aiosqlite.Connection:
     """A connection to a checked file: refused before anything is written when the file is not
-    an intact database (`verify` adds `PRAGMA quick_check`), with a busy timeout, in WAL mode.
+    an intact database, or its `-wal` lost committed frames (unless `accept_lost_wal`);
+    `verify` adds `PRAGMA quick_check` on a read-only connection first (which never
+    checkpoints into the file). Then a busy timeout and WAL mode.
 
     Raises SqliteFileProblem; other sqlite3 errors are left to the caller to translate.
     """
     in_memory = path == ":memory:"
     if not in_memory:
         check_sqlite_file(path)
+        loss = lost_wal_frames(path)
+        if loss is not None and (loss.foreign or not accept_lost_wal):
+            problem = SqliteFileProblem(
+                "corrupted", loss.detail, integrity_of(path, immutable=True)
+            )
+            problem.loss = loss
+            raise problem
+        if verify and os.path.exists(path):
+            result = await asyncio.to_thread(integrity_of, path)
+            if result != "ok":
+                raise SqliteFileProblem("corrupted", f"quick_check: {result}", result)
     try:
         conn = await connect_sqlite(path)
     except sqlite3.Error as err:
         raise SqliteFileProblem("unavailable", str(err)) from None
     try:
         await set_busy_timeout(conn, busy_timeout)
-        if verify and not in_memory:
-            rows = [str(r[0]) for r in await conn.execute_fetchall("PRAGMA quick_check(5)")]
-            if rows != ["ok"]:
-                raise SqliteFileProblem("corrupted", "; ".join(rows).replace("\n", "; "))
         if not in_memory:
             await enable_wal(conn, busy_timeout)
     except sqlite3.DatabaseError as err:
         await conn.close()
         if getattr(err, "sqlite_errorname", "") in _CORRUPT:
-            raise SqliteFileProblem("corrupted", str(err)) from None
+            raise SqliteFileProblem("corrupted", str(err), str(err)) from None
         raise
     except BaseException:
         await conn.close()

@@ -7,6 +7,7 @@ from loomgraph.protocols.runtime import UnknownRun
 
 __all__ = [
     "JournalCorrupted",
+    "JournalDamaged",
     "JournalEncodingError",
     "JournalError",
     "JournalUnavailable",
@@ -14,6 +15,7 @@ __all__ = [
     "LeaseLost",
     "RunConflict",
     "RunFinished",
+    "RunPossiblyLost",
     "UnknownEffect",
     "UnknownRun",
 ]
@@ -30,6 +32,35 @@ class JournalCorrupted(JournalError):
         super().__init__(f"journal {where} is corrupted or not a loomgraph journal: {detail}")
         self.where = where
         self.detail = detail
+
+
+class JournalDamaged(JournalCorrupted):
+    """The journal file (or its `-wal`/`-shm`) is damaged: refused when opened, before anything
+    was resumed or written. `integrity` is what `PRAGMA quick_check` said of the file."""
+
+    def __init__(self, where: str, detail: str, integrity: str) -> None:
+        JournalError.__init__(
+            self,
+            f"journal {where} is damaged: {detail} (quick_check: {integrity}); nothing was "
+            "read or written",
+        )
+        self.where = where
+        self.detail = detail
+        self.integrity = integrity
+
+
+class RunPossiblyLost(UnknownRun):
+    """A run id not in a journal known to have lost committed transactions (a `-wal` lost
+    after a crash, opened anyway with `accept_damage=True`): the run may have been lost."""
+
+    def __init__(self, run_id: str, where: str, damage: str) -> None:
+        UnknownRun.__init__(self, run_id)
+        self.args = (
+            f"run {run_id!r} is not in journal {where}, which lost committed transactions "
+            f"({damage}): the run may have been lost",
+        )
+        self.where = where
+        self.damage = damage
 
 
 class JournalVersionError(JournalError):

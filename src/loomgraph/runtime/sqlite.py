@@ -2,23 +2,34 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import sqlite3
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import Literal
+from typing import Any, Literal
 
 import aiosqlite
 
 from loomgraph._storage.cursor import SqliteCursor
 from loomgraph._storage.sqlite_conn import SqliteConnection
-from loomgraph._storage.sqlite_files import SqliteFileProblem, execute_all, open_sqlite
+from loomgraph._storage.sqlite_files import (
+    SqliteFileProblem,
+    WalLoss,
+    execute_all,
+    lost_wal_frames,
+    open_sqlite,
+)
 from loomgraph.protocols.ledger import LedgerSite, SqliteSite
+from loomgraph.protocols.runtime import RunRecord
 from loomgraph.runtime.codec import ADDED_COLUMNS, SCHEMA_VERSION, Dialect, ddl
 from loomgraph.runtime.errors import (
     JournalCorrupted,
+    JournalDamaged,
     JournalUnavailable,
     JournalVersionError,
+    RunPossiblyLost,
+    UnknownRun,
 )
 from loomgraph.runtime.sql_journal import Cursor, SqlJournal
 
@@ -40,6 +51,11 @@ class SqliteRuntime(SqlJournal):
     serialised by an asyncio lock, and each write is one `BEGIN IMMEDIATE` transaction, so
     waiting for another process's write lock goes through `busy_timeout` instead of failing
     with "database is locked".
+
+    A damaged file is refused when opened, before anything is read or written
+    (`JournalDamaged`). A `-wal` lost after a crash is refused too unless `accept_damage=True`:
+    then the journal opens without the lost transactions and remembers the loss, and a run id
+    it does not hold raises `RunPossiblyLost` instead of returning None.
     """
 
     def __init__(
@@ -51,6 +67,7 @@ class SqliteRuntime(SqlJournal):
         busy_timeout: float = 30.0,
         synchronous: Literal["NORMAL", "FULL"] = "NORMAL",
         verify: bool = True,
+        accept_damage: bool = False,
     ) -> None:
         self.path = os.fspath(path)
         super().__init__(
@@ -61,6 +78,8 @@ class SqliteRuntime(SqlJournal):
         self.busy_timeout = busy_timeout
         self.synchronous = synchronous
         self.verify = verify
+        self.accept_damage = accept_damage
+        self._damage: str | None = None  # the recorded loss of committed transactions, if any
         self._db = SqliteConnection(self._open, translate=self._translate)
 
     def __repr__(self) -> str:
@@ -86,6 +105,16 @@ class SqliteRuntime(SqlJournal):
     def ledger_site(self) -> LedgerSite | None:
         """This file, to keep a budget ledger in (None for an in-memory database)."""
         return None if self.path == ":memory:" else SqliteSite(self.path)
+
+    # ------------------------------------------------------------------ lost runs
+
+    async def load_run(self, run_id: str) -> RunRecord | None:
+        """A run's record; None, or `RunPossiblyLost` when the journal is known to have lost
+        committed transactions."""
+        record = await super().load_run(run_id)
+        if record is None and self._damage is not None:
+            raise RunPossiblyLost(run_id, self.location, self._damage)
+        return record
 
     # ------------------------------------------------------------------ sessions
 
@@ -119,8 +148,16 @@ class SqliteRuntime(SqlJournal):
 
     async def _open(self) -> aiosqlite.Connection:
         """Connect, refuse foreign or damaged files before writing anything, then set up."""
+        loss: WalLoss | None = None
+        if self.accept_damage and self.path != ":memory:":
+            loss = lost_wal_frames(self.path)  # read before SQLite rebuilds the -shm
         try:
-            conn = await open_sqlite(self.path, busy_timeout=self.busy_timeout, verify=self.verify)
+            conn = await open_sqlite(
+                self.path,
+                busy_timeout=self.busy_timeout,
+                verify=self.verify,
+                accept_lost_wal=self.accept_damage,
+            )
         except SqliteFileProblem as problem:
             raise _typed(problem, self.location) from None
         try:
@@ -133,10 +170,50 @@ class SqliteRuntime(SqlJournal):
                 await execute_all(conn, ddl(SQLITE))
             else:
                 await _add_columns(conn)
+            if loss is not None:
+                await conn.execute(
+                    "INSERT OR REPLACE INTO journal_meta (key, value) VALUES ('damage', ?)",
+                    (loss.detail,),
+                )
+            rows = list(
+                await conn.execute_fetchall("SELECT value FROM journal_meta WHERE key = 'damage'")
+            )
+            self._damage = str(rows[0][0]) if rows else None
         except BaseException:
             await conn.close()
             raise
         return conn
+
+
+def _possibly_lost(method: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+    """The journal method, with `UnknownRun` turned into `RunPossiblyLost` when the journal
+    is known to have lost committed transactions."""
+
+    @functools.wraps(method)
+    async def wrapper(self: SqliteRuntime, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return await method(self, *args, **kwargs)
+        except UnknownRun as err:
+            if type(err) is not UnknownRun or self._damage is None:
+                raise
+            raise RunPossiblyLost(err.run_id, self.location, self._damage) from None
+
+    return wrapper
+
+
+# Every method that raises UnknownRun for a run id it does not hold.
+for _name in (
+    "append_transition",
+    "transitions",
+    "latest_snapshot",
+    "begin_effect",
+    "end_effect",
+    "finish_run",
+    "record_recovery",
+    "reset_recoveries",
+    "acquire_lease",
+):
+    setattr(SqliteRuntime, _name, _possibly_lost(getattr(SqlJournal, _name)))
 
 
 async def _schema_version(conn: aiosqlite.Connection) -> str | None:
@@ -174,5 +251,14 @@ async def _add_columns(conn: aiosqlite.Connection) -> None:
 
 
 def _typed(problem: SqliteFileProblem, where: str) -> Exception:
-    cls = JournalUnavailable if problem.kind == "unavailable" else JournalCorrupted
-    return cls(where, str(problem))
+    if problem.kind == "unavailable":
+        return JournalUnavailable(where, str(problem))
+    detail = str(problem)
+    if problem.loss is not None and not problem.loss.foreign:
+        detail += (
+            "; to open it without them, pass accept_damage=True (a run it no longer holds "
+            "then raises RunPossiblyLost)"
+        )
+    elif problem.loss is not None:
+        detail += "; move that -wal aside first"
+    return JournalDamaged(where, detail, problem.integrity or "not run")
