@@ -13,10 +13,12 @@ from loomgraph.runtime.memory import InMemoryRuntime, UnknownRun
 if TYPE_CHECKING:
     from loomgraph.runtime.errors import (
         JournalCorrupted,
+        JournalDamaged,
         JournalError,
         JournalUnavailable,
         JournalVersionError,
         RunConflict,
+        RunPossiblyLost,
     )
     from loomgraph.runtime.postgres import PostgresRuntime
     from loomgraph.runtime.sqlite import SqliteRuntime
@@ -24,11 +26,13 @@ if TYPE_CHECKING:
 __all__ = [
     "InMemoryRuntime",
     "JournalCorrupted",
+    "JournalDamaged",
     "JournalError",
     "JournalUnavailable",
     "JournalVersionError",
     "PostgresRuntime",
     "RunConflict",
+    "RunPossiblyLost",
     "SqliteRuntime",
     "UnknownRun",
 ]
@@ -41,6 +45,8 @@ _LAZY = {
     "JournalUnavailable": "errors",
     "JournalVersionError": "errors",
     "RunConflict": "errors",
+    "JournalDamaged": "errors",
+    "RunPossiblyLost": "errors",
 }
 
 
