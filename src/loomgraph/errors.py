@@ -57,6 +57,7 @@ with where each class lives (relative to `loomgraph.`):
     │   ├── PermissionTypeError + TypeError governance.rule_errors
     │   └── RuleSyntaxError                 governance.rule_errors
     ├── ToolArgsInvalid                     engine.tool_gate
+    ├── InputTooLarge + ValueError          errors
     ├── AuditLogError                       observability.audit_chain
     │   └── AuditConfigError + ValueError   observability.audit_key
     │       └── AuditKeyMissing             observability.audit_key
@@ -139,6 +140,16 @@ class NodeError(GraphError):
         super().__init__(f"node {node!r} failed: {type(cause).__name__}: {cause}")
         self.node = node
         self.cause = cause
+
+
+class InputTooLarge(LoomgraphError, ValueError):
+    """A prompt larger than the Agent's size limit; nothing was written."""
+
+    def __init__(self, what: str, size: int, limit: int) -> None:
+        super().__init__(f"{what} is {size} characters; the limit is {limit} (size_limits=)")
+        self.what = what
+        self.size = size
+        self.limit = limit
 
 
 class StateError(GraphError):

@@ -49,6 +49,7 @@ from loomgraph.protocols import (
     RunRecord,
     RunStart,
     Runtime,
+    SizeLimits,
     Telemetry,
     Transition,
     UnknownRun,
@@ -86,6 +87,7 @@ class Agent:
         approval_handler: Callable[..., Any] | None = None,
         max_recoveries: int = DEFAULT_MAX_RECOVERIES,
         max_invalid_tool_args: int = 3,
+        size_limits: SizeLimits | None = None,
     ) -> None:
         self.instructions = instructions
         # Resumes of a crashed or failed run before it becomes a dead letter.
@@ -104,6 +106,7 @@ class Agent:
             audit_log=audit_log,
             approval_handler=approval_handler,
             max_invalid_tool_args=max_invalid_tool_args,
+            size_limits=size_limits,
         )
         self.extraction = wire_memory(
             self.deps,

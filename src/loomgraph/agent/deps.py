@@ -22,6 +22,7 @@ from loomgraph.protocols import (
     RunLeases,
     RunRecord,
     Runtime,
+    SizeLimits,
     Telemetry,
     ToolHost,
     implements,
@@ -160,6 +161,7 @@ def build_deps(
     audit_log: AuditLog | None = None,
     approval_handler: Callable[..., Any] | None = None,
     max_invalid_tool_args: int = 3,
+    size_limits: SizeLimits | None = None,
 ) -> Deps:
     """The bundle for an Agent: every missing piece is its no-op default."""
     from loomgraph.governance.null import NoBudget, NoHooks
@@ -190,6 +192,7 @@ def build_deps(
         run_clock=budget if isinstance(budget, RunClock) else None,
         approval_handler=approval_handler,
         max_invalid_tool_args=max_invalid_tool_args,
+        size_limits=size_limits or SizeLimits(),
         # With no configuration a destructive tool asks (the `default` mode), never runs unasked.
         permissions=permissions,
         on_tainted=permissions.on_tainted if isinstance(permissions, PinnablePolicy) else "ask",

@@ -17,6 +17,7 @@ from loomgraph.agent.result import RunResult
 from loomgraph.engine.effects import ResumeInput
 from loomgraph.engine.interpreter import Outcome, run_child, run_extra_step, run_graph
 from loomgraph.engine.scope import EventSink, RunScope, active_scope
+from loomgraph.errors import InputTooLarge
 from loomgraph.graph.compiled import CompiledGraph
 from loomgraph.graph.state import final_output
 from loomgraph.nodes.structured import (
@@ -81,6 +82,9 @@ class AgentSession:
 
     async def execute(self, sink: EventSink) -> RunResult:
         """Runtime session → root span → audit → memory seed → interpreter → episode → result."""
+        limit = self.deps.size_limits.prompt_chars
+        if len(self.prompt) > limit:  # refused before anything is written
+            raise InputTooLarge("the prompt", len(self.prompt), limit)
         record = self._record()
         async with self._opened(record, sink) as scope:
             state = await self._seed(scope)

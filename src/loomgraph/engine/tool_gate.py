@@ -7,6 +7,7 @@ each is gated, journaled and reported the same way.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from loomgraph.engine.approvals import ApprovalDesk
@@ -64,6 +65,11 @@ class ToolGate:
                 error_type="unknown_tool",
             )
             return await self._done(call, result)
+        too_large = self._args_too_large(call)
+        if too_large is not None:  # never run, never journaled whole
+            done = await self._done(call, too_large)
+            self._count_invalid(call, too_large)
+            return done
         decision, call = await self.decide(call, spec, key)
         if decision.verdict != "allow":
             reason = decision.reason or decision.rule or "denied"
@@ -91,10 +97,36 @@ class ToolGate:
             await scope.release(reservation)
             raise
         await scope.settle(reservation, Usage(tool_calls=1))
+        result = self._cut(result)
         await scope.end_effect(key, dict(result))
         done = await self._done(call, result, spec)
         self._count_invalid(call, result)
         return done
+
+    def _args_too_large(self, call: ToolCall) -> ToolResult | None:
+        """An error result for arguments over the size limit, or None."""
+        limit = self.scope.deps.size_limits.tool_args_chars
+        size = len(json.dumps(call["args"], ensure_ascii=False, default=str))
+        if size <= limit:
+            return None
+        return ToolResult(
+            content=f"Invalid arguments for tool {call['tool']!r}: they are {size} characters; "
+            f"at most {limit} are accepted.",
+            is_error=True,
+            error_type=INVALID_ARGUMENTS,
+        )
+
+    def _cut(self, result: ToolResult) -> ToolResult:
+        """The result, cut to the size limit with a marker the model sees."""
+        limit = self.scope.deps.size_limits.tool_result_chars
+        content = result.get("content", "")
+        if len(content) <= limit:
+            return result
+        marker = (
+            f"\n[... cut: the tool returned {len(content)} characters; the first {limit} "
+            "are shown and kept]"
+        )
+        return ToolResult(**{**result, "content": content[:limit] + marker})
 
     def _count_invalid(self, call: ToolCall, result: ToolResult) -> None:
         """Fail the run once a tool rejected the model's arguments too many times in a row:

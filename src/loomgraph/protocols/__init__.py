@@ -5,7 +5,7 @@ One module per concept; every public name is re-exported here, so
 loomgraph's except `loomgraph.errors`.
 """
 
-from loomgraph.protocols.bundle import Deps
+from loomgraph.protocols.bundle import Deps, SizeLimits
 from loomgraph.protocols.checks import OPTIONAL_MEMBERS, close_backend, implements
 from loomgraph.protocols.events import (
     BUDGET_EXCEEDED,
@@ -156,6 +156,7 @@ __all__ = [  # noqa: RUF022 - grouped by concept, not sorted
     "SqliteSite",
     # the dependency bundle a run executes against
     "Deps",
+    "SizeLimits",
     # paths: a node's place in a run
     "NodePath",
     # observability

@@ -17,7 +17,18 @@ from loomgraph.protocols.observability import AuditLog, Telemetry
 from loomgraph.protocols.runtime import RunLeases, Runtime
 from loomgraph.protocols.tools import ToolHost
 
-__all__ = ["Deps"]
+__all__ = ["Deps", "SizeLimits"]
+
+
+@dataclass(frozen=True, slots=True)
+class SizeLimits:
+    """How large, in characters, what a run takes in may be: a bigger prompt is refused before
+    anything is written, bigger tool arguments are a tool error (the tool does not run), and a
+    bigger tool result is cut, with a marker the model sees, before it is journaled."""
+
+    prompt_chars: int = 1_000_000
+    tool_args_chars: int = 1_000_000
+    tool_result_chars: int = 1_000_000
 
 
 @dataclass(slots=True)
@@ -44,6 +55,7 @@ class Deps:
     # After this many calls in a row of one tool with arguments it rejects, the run fails
     # (ToolArgsInvalid) instead of letting the model retry until a visit limit.
     max_invalid_tool_args: int = 3
+    size_limits: SizeLimits = SizeLimits()
     # The runtime again when it offers leases (checked once: protocol checks are slow).
     leases: RunLeases | None = None
     # The budget again when it follows runs from start to end.

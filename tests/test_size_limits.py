@@ -1,0 +1,85 @@
+"""Size limits: a prompt too large is refused before anything is written, tool arguments too
+large never reach the tool, and a tool result too large is cut (with a marker) before it is
+journaled."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from loomgraph import Agent
+from loomgraph.errors import InputTooLarge
+from loomgraph.models import ScriptedModel
+from loomgraph.protocols import SizeLimits
+from loomgraph.runtime import SqliteRuntime
+
+ran: list[int] = []
+
+
+def big_output(n: int) -> str:
+    """Return n characters."""
+    ran.append(n)
+    return "x" * n
+
+
+def note(text: str) -> str:
+    """Keep a note."""
+    ran.append(len(text))
+    return "kept"
+
+
+def calls(tool: str, **args: Any) -> dict[str, Any]:
+    return {"tool_calls": [{"tool": tool, "args": args}]}
+
+
+async def test_a_prompt_over_the_limit_is_refused_before_anything_is_written(
+    tmp_path: Path,
+) -> None:
+    runtime = SqliteRuntime(str(tmp_path / "journal.db"))
+    agent = Agent(
+        "x", model=ScriptedModel(["ok"]), runtime=runtime, size_limits=SizeLimits(prompt_chars=10)
+    )
+    with pytest.raises(InputTooLarge, match="the prompt is 11 characters; the limit is 10"):
+        await agent.run("x" * 11)
+    assert await runtime.runs() == []
+    assert (await agent.run("x" * 10)).status == "completed"
+    await runtime.close()
+
+
+async def test_a_tool_result_over_the_limit_is_cut_before_it_is_journaled(tmp_path: Path) -> None:
+    ran.clear()
+    runtime = SqliteRuntime(str(tmp_path / "journal.db"))
+    agent = Agent(
+        "x",
+        model=ScriptedModel([calls("big_output", n=20_000), "done"]),
+        tools=[big_output],
+        runtime=runtime,
+        size_limits=SizeLimits(tool_result_chars=1_000),
+    )
+    result = await agent.run("go")
+    assert result.status == "completed" and ran == [20_000]
+    (effect,) = [e for e in await runtime.effects(result.run_id) if e.kind == "tool"]
+    assert effect.outcome is not None
+    content = effect.outcome["content"]
+    assert content.startswith("x" * 1_000) and len(content) < 1_200
+    assert "the tool returned 20000 characters" in content
+    history = await agent.history(result.run_id)
+    message = history[1].patch["messages"][0]["content"]
+    assert message == content  # what the model saw is what the journal kept
+    await runtime.close()
+
+
+async def test_tool_arguments_over_the_limit_never_reach_the_tool() -> None:
+    ran.clear()
+    agent = Agent(
+        "x",
+        model=ScriptedModel([calls("note", text="y" * 5_000), "gave up"]),
+        tools=[note],
+        size_limits=SizeLimits(tool_args_chars=1_000),
+    )
+    events = [e async for e in agent.stream("go")]
+    (result,) = [e.payload["result"] for e in events if e.kind == "tool_result"]
+    assert result["error_type"] == "invalid_arguments" and "at most 1000" in result["content"]
+    assert ran == [] and events[-1].payload["status"] == "completed"
