@@ -50,6 +50,12 @@ class ApprovalDesk:
         """True when this call's approval was requested before the run stopped."""
         return str(self.request_key) in self.scope.requested
 
+    async def asked_before(self) -> Decision:
+        """The `ask` the journaled request was made under (its rule and reason)."""
+        request = await self.scope.finished_effect(self.request_key) or {}
+        rule = request.get("rule") or "approval:pending"
+        return Decision("ask", rule, request.get("reason") or "asked before the run stopped")
+
     async def settle(
         self, spec: ToolSpec, asked: Decision, *, tainted: bool = False
     ) -> tuple[Decision, ToolCall]:

@@ -148,7 +148,7 @@ class ToolGate:
         desk = ApprovalDesk(scope, self.node, call, key)
         tainted = bool(scope.untrusted) and is_tainted(call["args"], scope.untrusted)
         if desk.was_requested:  # asked before the run stopped: only an approval releases it
-            decision = Decision("ask", "approval:pending", "asked before the run stopped")
+            decision = await desk.asked_before()
         else:
             decision = await deps.permissions.check(call, spec, user_id=scope.user_id)
             if tainted and spec.get("egress") and decision.verdict == "allow":
