@@ -7,7 +7,7 @@ from typing import Any
 
 from loomgraph.agent.checkpoints import ResumeError
 from loomgraph.engine.scope import RunScope
-from loomgraph.engine.taint import untrusted_texts
+from loomgraph.engine.taint import note_result
 from loomgraph.protocols import (
     EffectStatus,
     Permissions,
@@ -68,6 +68,5 @@ async def restore(scope: RunScope, runtime: Runtime, tools: ToolHost) -> None:
             requested.append(effect.key)
         elif effect.kind == "tool" and effect.outcome is not None:
             spec = tools.spec(effect.intent["call"]["tool"])
-            if spec is None or not spec.get("trusted"):
-                scope.untrusted.extend(untrusted_texts(str(effect.outcome.get("content", ""))))
+            note_result(scope.untrusted, spec, str(effect.outcome.get("content", "")))
     scope.requested = frozenset(requested)

@@ -58,7 +58,7 @@ class RunScope:
     # run only with an explicit approval, whatever the permissions say now.
     requested: frozenset[str] = frozenset()
     # The run's untrusted tool results so far (normalised), to tell tainted calls.
-    untrusted: list[str] = field(default_factory=list)
+    untrusted: set[str] = field(default_factory=set)
     # Per tool, how many calls in a row it rejected for their arguments.
     invalid_args: dict[str, int] = field(default_factory=dict)
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 # Shorter strings (a yes, a number, a common word) are too likely to appear by chance.
@@ -57,7 +57,14 @@ def untrusted_texts(content: str) -> list[str]:
     return texts
 
 
-def is_tainted(args: Any, untrusted: list[str]) -> bool:
+def note_result(untrusted: set[str], spec: Mapping[str, Any] | None, content: str) -> None:
+    """Remember a tool's result as untrusted text, unless its tool is declared trusted (a
+    tool no longer offered counts as untrusted)."""
+    if spec is None or not spec.get("trusted"):
+        untrusted.update(untrusted_texts(content))
+
+
+def is_tainted(args: Any, untrusted: Iterable[str]) -> bool:
     """True when an argument, or a long enough run inside one, appears in one of the
     (normalised) untrusted results."""
     for text in strings_in(args):

@@ -13,7 +13,7 @@ from typing import Any
 from loomgraph.engine.approvals import ApprovalDesk
 from loomgraph.engine.effects import EffectKey
 from loomgraph.engine.scope import RunScope
-from loomgraph.engine.taint import is_tainted, untrusted_texts
+from loomgraph.engine.taint import is_tainted, note_result
 from loomgraph.errors import LoomgraphError
 from loomgraph.protocols import (
     INVALID_ARGUMENTS,
@@ -188,8 +188,8 @@ class ToolGate:
         self, call: ToolCall, result: ToolResult, spec: ToolSpec | None = None
     ) -> ToolResult:
         scope = self.scope
-        if spec is not None and not spec.get("trusted"):
-            scope.untrusted.extend(untrusted_texts(result.get("content", "")))
+        if spec is not None:  # a tool's own result, not an error of the gate's
+            note_result(scope.untrusted, spec, result.get("content", ""))
         await scope.audit(
             "tool_result",
             self.node,
