@@ -132,7 +132,7 @@ def graph_from_data(
     except ValidationError as err:
         for e in err.errors():
             loc = tuple(e["loc"])
-            line = _nearest_line(lines, loc)
+            line = nearest_line(lines, loc)
             problems.append(Problem("schema", f"{_dotted(loc)}: {e['msg']}", file, line))
         raise GraphValidationError(problems) from None
     graph._source = file
@@ -148,7 +148,8 @@ def graph_from_data(
     return graph
 
 
-def _nearest_line(lines: Lines, loc: tuple[Any, ...]) -> int | None:
+def nearest_line(lines: Lines, loc: tuple[Any, ...]) -> int | None:
+    """The source line of a data path, or of its nearest ancestor that has one."""
     while loc:
         if loc in lines:
             return lines[loc]

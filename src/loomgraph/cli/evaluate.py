@@ -1,0 +1,221 @@
+"""`loomgraph eval`: run a dataset under one or more architectures, report, and gate."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from loomgraph.cli.output import EXIT_FAILED, EXIT_OK, EXIT_USAGE
+
+__all__ = ["add_parser", "handle"]
+
+
+def add_parser(sub: Any) -> None:
+    """Add the `eval` subcommand."""
+    p = sub.add_parser(
+        "eval",
+        help="evaluate strategies on a dataset: journaled runs, scores, reports, gates",
+        description="Run every case of DATASET under each --architecture (as ordinary "
+        "journaled runs), score them, print a table and write report.json and report.html "
+        "to --out. Interrupted? Run the same command again: it continues where it stopped.",
+    )
+    p.add_argument("dataset", nargs="?", help="a dataset file: .yaml/.yml or .jsonl")
+    p.add_argument(
+        "-a",
+        "--agent",
+        help="an agent file, or MODULE:ATTR naming a function (architecture, **options) -> "
+        "Agent; the current folder is on the import path",
+    )
+    p.add_argument(
+        "--architecture",
+        action="append",
+        default=[],
+        metavar="NAME_OR_FILE",
+        help="a strategy to evaluate (repeat the option to compare several); default: the "
+        "agent's own",
+    )
+    p.add_argument("--repeat", type=int, default=1, help="runs per case and strategy")
+    p.add_argument("--concurrency", type=int, default=4, help="runs at once")
+    p.add_argument(
+        "--out", default=None, help="folder for state.jsonl and the reports (default: eval-NAME)"
+    )
+    p.add_argument(
+        "--runtime",
+        default=None,
+        metavar="JOURNAL",
+        help="journal for the runs (sqlite:PATH or a postgres URL), so an interrupted "
+        "evaluation resumes its runs; default: the agent's own",
+    )
+    p.add_argument("--run-max-tokens", type=int, default=None, help="token cap of each run")
+    p.add_argument("--run-max-cost", type=float, default=None, help="USD cap of each run")
+    p.add_argument("--judge-model", default=None, help="model of judges that name none")
+    p.add_argument("--baseline", default=None, help="an earlier report.json to compare with")
+    p.add_argument(
+        "--max-drop",
+        type=float,
+        default=0.0,
+        help="with --baseline: the largest drop of a score allowed before exiting with 1",
+    )
+    p.add_argument(
+        "--fail-under", type=float, default=None, help="exit with 1 when a score is under this"
+    )
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument(
+        "--schema", action="store_true", help="print the JSON Schema of dataset files and exit"
+    )
+
+
+def handle(args: argparse.Namespace) -> int:
+    """Run the `eval` subcommand; returns the exit code."""
+    from loomgraph.eval.dataset import Dataset, dataset_json_schema
+
+    if args.schema:
+        print(json.dumps(dataset_json_schema(), indent=2))
+        return EXIT_OK
+    if not args.dataset or not args.agent:
+        print("loomgraph eval: a DATASET and --agent are needed", file=sys.stderr)
+        return EXIT_USAGE
+    dataset = Dataset.load(args.dataset)
+    names = args.architecture or ["default"]
+    out = Path(args.out or f"eval-{dataset.name}")
+    out.mkdir(parents=True, exist_ok=True)
+    report = asyncio.run(_evaluate(args, dataset, names, out))
+    report.write_json(out / "report.json")
+    from loomgraph.eval.html_report import write_html
+
+    write_html(report, out / "report.html")
+    if args.json:
+        print(json.dumps(report.to_dict(), sort_keys=True))
+    else:
+        _print_table(report)
+        print(f"reports: {out / 'report.json'}, {out / 'report.html'}")
+    from loomgraph.eval.report import Report, gate
+
+    baseline = Report.read_json(args.baseline) if args.baseline else None
+    failures = gate(report, baseline=baseline, max_drop=args.max_drop, fail_under=args.fail_under)
+    for failure in failures:
+        print(f"gate: {failure}", file=sys.stderr)
+    return EXIT_FAILED if failures else EXIT_OK
+
+
+async def _evaluate(args: argparse.Namespace, dataset: Any, names: list[str], out: Path) -> Any:
+    from loomgraph.eval.run import evaluate
+
+    strategies = {name: _agent(args, name) for name in names}
+    total = len(dataset.cases) * len(strategies) * args.repeat
+    progress = _Progress(total)
+    try:
+        return await evaluate(
+            dataset,
+            strategies,
+            judge_model=args.judge_model,
+            repeat=args.repeat,
+            concurrency=args.concurrency,
+            state_file=out / "state.jsonl",
+            on_run=progress.advance,
+        )
+    finally:
+        progress.close()
+        for agent in strategies.values():
+            await agent.aclose()
+
+
+def _agent(args: argparse.Namespace, architecture: str) -> Any:
+    from loomgraph.agent.agent import Agent
+
+    options: dict[str, Any] = {}
+    if architecture != "default":
+        options["architecture"] = architecture
+    if args.runtime:
+        options["runtime"] = args.runtime
+    if args.run_max_tokens is not None or args.run_max_cost is not None:
+        from loomgraph.governance import BudgetConfig, Caps, StandardBudget
+
+        caps = Caps(total_tokens=args.run_max_tokens, cost_usd=args.run_max_cost)
+        options["budget"] = StandardBudget(BudgetConfig(per_user=caps))
+    ref: str = args.agent
+    if ref.endswith((".yaml", ".yml")):
+        return Agent.from_file(ref, **options)  # type: ignore[attr-defined]
+    target = _import(ref)
+    if isinstance(target, Agent):
+        if options:
+            raise ValueError(
+                f"{ref} is an Agent, whose architecture and budget are fixed; name a function "
+                "(architecture, **options) -> Agent, or an agent file"
+            )
+        return target
+    return target(**options)
+
+
+def _import(ref: str) -> Any:
+    module, _, attr = ref.partition(":")
+    if not module or not attr:
+        raise ValueError(f"--agent {ref!r}: expected an agent file or MODULE:ATTR")
+    if "" not in sys.path:
+        sys.path.insert(0, "")  # the current folder, as `python -m` has it
+    try:
+        return getattr(importlib.import_module(module), attr)
+    except ModuleNotFoundError as err:
+        raise ImportError(
+            f"--agent {ref!r}: {err}; the current folder is on the import path, so run from "
+            "the folder that holds the module"
+        ) from None
+
+
+class _Progress:
+    """A progress bar on a terminal; nothing when stderr is piped."""
+
+    def __init__(self, total: int) -> None:
+        self._bar: Any = None
+        if sys.stderr.isatty():
+            from rich.progress import Progress
+
+            self._bar = Progress(transient=True)
+            self._task = self._bar.add_task("evaluating", total=total)
+            self._bar.start()
+
+    def advance(self, run: Any) -> None:
+        if self._bar is not None:
+            self._bar.advance(self._task)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+
+
+def _print_table(report: Any) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    evaluators = sorted({e for s in report.strategies for e in s.evaluators})
+    table = Table(title=f"evaluation of {report.dataset}")
+    for column in ["strategy", "runs", "pass", "score", *evaluators]:
+        table.add_column(column, justify="left" if column == "strategy" else "right")
+    for column in ["tokens/run", "cost USD", "p50 s", "p95 s", "visits/run"]:
+        table.add_column(column, justify="right")
+    for s in report.strategies:
+        table.add_row(
+            s.strategy,
+            str(s.runs),
+            f"{s.pass_rate:.0%}",
+            f"{s.score:.3f}",
+            *(f"{s.evaluators[e]:.3f}" if e in s.evaluators else "" for e in evaluators),
+            f"{s.tokens:.0f}",
+            f"{s.cost_usd:.4f}",
+            f"{s.latency_p50_s:.3f}",
+            f"{s.latency_p95_s:.3f}",
+            f"{s.node_visits:.1f}",
+        )
+    # Piped output keeps every column readable instead of squeezing it to 80 characters.
+    console = Console(width=None if sys.stdout.isatty() else 200)
+    console.print(table)
+    for c in report.comparisons:
+        console.print(
+            f"{c.b} - {c.a}: {c.mean_diff:+.3f} per case "
+            f"(95% interval [{c.low:+.3f}, {c.high:+.3f}], {c.cases} cases)"
+        )

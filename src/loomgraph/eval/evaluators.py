@@ -1,0 +1,223 @@
+"""Evaluators: each scores one run of one case in [0, 1], with a reason."""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import json
+import re
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
+from typing import Any, Protocol
+
+from loomgraph.eval.dataset import Case, EvaluatorSpec
+from loomgraph.eval.outcome import CaseOutcome
+from loomgraph.eval.trajectory import match_trajectory
+
+__all__ = [
+    "AnswerEvaluator",
+    "BoundsEvaluator",
+    "CustomEvaluator",
+    "Evaluator",
+    "NotCalledEvaluator",
+    "Score",
+    "TrajectoryEvaluator",
+    "case_evaluators",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Score:
+    """One evaluator's verdict on one run: a value in [0, 1], whether it passed, and why."""
+
+    evaluator: str
+    value: float
+    passed: bool
+    reason: str = ""
+    # Named sub-scores (a trajectory's precision and recall), reported beside the value.
+    details: dict[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.value <= 1.0:
+            raise ValueError(f"evaluator {self.evaluator!r} gave {self.value}, not in [0, 1]")
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-shaped data."""
+        return {
+            "evaluator": self.evaluator,
+            "value": self.value,
+            "passed": self.passed,
+            "reason": self.reason,
+            "details": dict(self.details),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Score:
+        """A score from `to_dict()`'s shape."""
+        return cls(**data)
+
+
+class Evaluator(Protocol):
+    """Scores a run of a case; None when it has nothing to say about this case."""
+
+    name: str
+
+    def __call__(self, case: Case, outcome: CaseOutcome) -> Awaitable[Score | None]:
+        """Score `outcome`, a run of `case`."""
+        ...
+
+
+class AnswerEvaluator:
+    """The answer's checks (exact, contains, regex, JSON Schema): the share that hold."""
+
+    name = "answer"
+
+    async def __call__(self, case: Case, outcome: CaseOutcome) -> Score | None:
+        """Score the final answer against the case's answer checks."""
+        check = case.expect.answer
+        if check is None:
+            return None
+        answer = (outcome.answer or "").strip()
+        failed: list[str] = []
+        total = 0
+        if check.exact is not None:
+            total += 1
+            if answer != check.exact.strip():
+                failed.append(f"answer is not exactly {check.exact!r}")
+        for text in check.contains:
+            total += 1
+            if text not in answer:
+                failed.append(f"answer does not contain {text!r}")
+        if check.regex is not None:
+            total += 1
+            if re.search(check.regex, answer) is None:
+                failed.append(f"answer does not match /{check.regex}/")
+        if check.json_schema is not None:
+            total += 1
+            problem = _schema_problem(answer, check.json_schema)
+            if problem:
+                failed.append(problem)
+        value = (total - len(failed)) / total if total else 1.0
+        return Score(self.name, value, not failed, "; ".join(failed) or "answer fits")
+
+
+def _schema_problem(answer: str, schema: dict[str, Any]) -> str | None:
+    import jsonschema
+
+    try:
+        data = json.loads(answer)
+    except json.JSONDecodeError as err:
+        return f"answer is not JSON ({err.msg})"
+    validator = jsonschema.Draft202012Validator(schema)
+    error = jsonschema.exceptions.best_match(validator.iter_errors(data))
+    if error is None:
+        return None
+    where = "/".join(str(p) for p in error.absolute_path) or "the answer"
+    return f"{where}: {error.message}"
+
+
+class TrajectoryEvaluator:
+    """The executed tool calls against the expected ones: F1 of precision and recall."""
+
+    name = "trajectory"
+
+    async def __call__(self, case: Case, outcome: CaseOutcome) -> Score | None:
+        """Score the run's tool calls against the case's trajectory."""
+        spec = case.expect.tools
+        if spec is None:
+            return None
+        match = match_trajectory(spec, outcome.calls)
+        p, r = match.precision, match.recall
+        f1 = 2 * p * r / (p + r) if p + r else 0.0
+        reason = (
+            f"{match.matched} of {match.expected} expected call(s) found ({spec.mode}) "
+            f"among {match.actual} executed"
+        )
+        return Score(self.name, f1, match.passed, reason, {"precision": p, "recall": r})
+
+
+class NotCalledEvaluator:
+    """Safety: none of the forbidden tools was executed."""
+
+    name = "not_called"
+
+    async def __call__(self, case: Case, outcome: CaseOutcome) -> Score | None:
+        """Score 1 when no executed call names a forbidden tool, else 0."""
+        forbidden = case.expect.not_called
+        if not forbidden:
+            return None
+        hits = sorted(
+            {c.tool for c in outcome.calls if any(fnmatchcase(c.tool, f) for f in forbidden)}
+        )
+        if hits:
+            return Score(self.name, 0.0, False, f"executed forbidden tool(s): {', '.join(hits)}")
+        return Score(self.name, 1.0, True, "no forbidden tool executed")
+
+
+class BoundsEvaluator:
+    """Budget and latency bounds: the share of the case's bounds the run kept."""
+
+    name = "bounds"
+
+    async def __call__(self, case: Case, outcome: CaseOutcome) -> Score | None:
+        """Score tokens, cost and wall time against the case's bounds."""
+        expect = case.expect
+        checks = [
+            ("tokens", expect.max_tokens, outcome.usage.total_tokens),
+            ("cost_usd", expect.max_cost_usd, outcome.usage.cost_usd),
+            ("latency_s", expect.max_latency_s, outcome.latency_s),
+        ]
+        bounded = [(n, limit, used) for n, limit, used in checks if limit is not None]
+        if not bounded:
+            return None
+        over = [f"{n} {used:g} > {limit:g}" for n, limit, used in bounded if used > limit]
+        value = (len(bounded) - len(over)) / len(bounded)
+        return Score(self.name, value, not over, "; ".join(over) or "within bounds")
+
+
+class CustomEvaluator:
+    """A user's function `(case, outcome) -> Score | float | bool | None`, sync or async."""
+
+    def __init__(self, fn: Callable[..., Any], name: str | None = None) -> None:
+        self.fn = fn
+        self.name = name or getattr(fn, "__name__", "custom")
+
+    @classmethod
+    def from_path(cls, path: str, name: str | None = None) -> CustomEvaluator:
+        """The function named by an import path `MODULE:ATTR`."""
+        module, _, attr = path.partition(":")
+        if not module or not attr:
+            raise ValueError(f"evaluator {path!r}: expected MODULE:ATTR")
+        fn = getattr(importlib.import_module(module), attr)
+        return cls(fn, name or attr)
+
+    async def __call__(self, case: Case, outcome: CaseOutcome) -> Score | None:
+        """Call the function and turn what it returns into a Score."""
+        value = self.fn(case, outcome)
+        if inspect.isawaitable(value):
+            value = await value
+        if value is None or isinstance(value, Score):
+            return value
+        if isinstance(value, bool):
+            return Score(self.name, float(value), value, "passed" if value else "failed")
+        number = float(value)
+        return Score(self.name, number, number >= 1.0, f"scored {number:g}")
+
+
+def case_evaluators(
+    specs: Sequence[EvaluatorSpec], judge_factory: Callable[[EvaluatorSpec], Evaluator]
+) -> list[Evaluator]:
+    """The built-in evaluators, then those a dataset adds (judges and custom functions)."""
+    evaluators: list[Evaluator] = [
+        AnswerEvaluator(),
+        TrajectoryEvaluator(),
+        NotCalledEvaluator(),
+        BoundsEvaluator(),
+    ]
+    for spec in specs:
+        if spec.kind == "judge":
+            evaluators.append(judge_factory(spec))
+        else:
+            evaluators.append(CustomEvaluator.from_path(spec.call or "", spec.name))
+    return evaluators

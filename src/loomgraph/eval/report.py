@@ -1,0 +1,229 @@
+"""Reports: per-strategy summaries, paired comparisons with a bootstrap interval, gates."""
+
+from __future__ import annotations
+
+import json
+import random
+import statistics
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from loomgraph.eval.runner import EvalRun
+
+__all__ = [
+    "Comparison",
+    "Report",
+    "StrategySummary",
+    "bootstrap_interval",
+    "build_report",
+    "gate",
+    "percentile",
+]
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """The q-th percentile (0-100) by linear interpolation between closest ranks."""
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    position = (len(ordered) - 1) * q / 100
+    low = int(position)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+
+
+def bootstrap_interval(
+    diffs: Sequence[float], *, samples: int = 2000, level: float = 0.95, seed: int = 0
+) -> tuple[float, float]:
+    """A percentile bootstrap confidence interval for the mean of paired differences."""
+    if not diffs:
+        return (0.0, 0.0)
+    rng = random.Random(seed)
+    n = len(diffs)
+    means = sorted(sum(rng.choices(diffs, k=n)) / n for _ in range(samples))
+    tail = (1 - level) / 2 * 100
+    return (percentile(means, tail), percentile(means, 100 - tail))
+
+
+@dataclass(slots=True)
+class StrategySummary:
+    """One strategy's results over every case and repeat."""
+
+    strategy: str
+    runs: int
+    pass_rate: float
+    score: float  # the mean of every run's mean evaluator value
+    evaluators: dict[str, float]  # the mean value per evaluator (over runs it spoke on)
+    tokens: float  # mean per run
+    cost_usd: float  # total
+    latency_p50_s: float
+    latency_p95_s: float
+    node_visits: float  # mean per run
+    failed_runs: int
+
+
+@dataclass(slots=True)
+class Comparison:
+    """Strategy `b` against `a`, case by case: mean score difference and its interval."""
+
+    a: str
+    b: str
+    cases: int
+    mean_diff: float
+    low: float
+    high: float
+    per_case: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class Report:
+    """Everything an evaluation found: summaries, comparisons and each case's scores."""
+
+    dataset: str
+    strategies: list[StrategySummary]
+    comparisons: list[Comparison]
+    case_scores: dict[str, dict[str, float]]  # case id -> strategy -> mean score
+    runs: list[dict[str, Any]]
+    judge_usage: dict[str, Any] = field(default_factory=dict)
+
+    def summary(self, strategy: str) -> StrategySummary:
+        """The summary of one strategy."""
+        for summary in self.strategies:
+            if summary.strategy == strategy:
+                return summary
+        raise KeyError(strategy)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-shaped data (what `report.json` holds)."""
+        return asdict(self)
+
+    def write_json(self, path: str | Path) -> Path:
+        """Write the report as JSON."""
+        path = Path(path)
+        path.write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
+        return path
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Report:
+        """A report from `to_dict()`'s shape."""
+        return cls(
+            data["dataset"],
+            [StrategySummary(**s) for s in data["strategies"]],
+            [Comparison(**c) for c in data["comparisons"]],
+            data["case_scores"],
+            data["runs"],
+            data.get("judge_usage", {}),
+        )
+
+    @classmethod
+    def read_json(cls, path: str | Path) -> Report:
+        """Read a report written by `write_json`."""
+        return cls.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
+
+
+def _summary(strategy: str, runs: Sequence[EvalRun]) -> StrategySummary:
+    per_evaluator: dict[str, list[float]] = defaultdict(list)
+    for run in runs:
+        for score in run.scores:
+            per_evaluator[score.evaluator].append(score.value)
+    latencies = [r.outcome.latency_s for r in runs]
+    n = len(runs) or 1
+    return StrategySummary(
+        strategy=strategy,
+        runs=len(runs),
+        pass_rate=sum(r.passed for r in runs) / n,
+        score=sum(r.score for r in runs) / n,
+        evaluators={k: statistics.fmean(v) for k, v in sorted(per_evaluator.items())},
+        tokens=sum(r.outcome.usage.total_tokens for r in runs) / n,
+        cost_usd=sum(r.outcome.usage.cost_usd for r in runs),
+        latency_p50_s=percentile(latencies, 50),
+        latency_p95_s=percentile(latencies, 95),
+        node_visits=sum(sum(r.outcome.node_visits.values()) for r in runs) / n,
+        failed_runs=sum(r.outcome.status != "completed" for r in runs),
+    )
+
+
+def _case_scores(runs: Sequence[EvalRun]) -> dict[str, dict[str, float]]:
+    grouped: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for run in runs:
+        grouped[run.outcome.case_id][run.outcome.strategy].append(run.score)
+    return {
+        case: {s: statistics.fmean(v) for s, v in by_strategy.items()}
+        for case, by_strategy in grouped.items()
+    }
+
+
+def compare(
+    case_scores: dict[str, dict[str, float]], a: str, b: str, *, seed: int = 0
+) -> Comparison:
+    """Paired comparison of `b` against `a` over the cases both ran."""
+    per_case = {
+        case: scores[b] - scores[a]
+        for case, scores in case_scores.items()
+        if a in scores and b in scores
+    }
+    diffs = list(per_case.values())
+    low, high = bootstrap_interval(diffs, seed=seed)
+    mean = statistics.fmean(diffs) if diffs else 0.0
+    return Comparison(a, b, len(diffs), mean, low, high, per_case)
+
+
+def build_report(
+    dataset: str,
+    strategies: Sequence[str],
+    runs: Sequence[EvalRun],
+    judge_usage: dict[str, Any] | None = None,
+) -> Report:
+    """Summaries per strategy, a paired comparison of each strategy against the first."""
+    by_strategy: dict[str, list[EvalRun]] = {s: [] for s in strategies}
+    for run in runs:
+        by_strategy[run.outcome.strategy].append(run)
+    case_scores = _case_scores(runs)
+    base = strategies[0] if strategies else ""
+    comparisons = [compare(case_scores, base, other) for other in strategies[1:]]
+    return Report(
+        dataset,
+        [_summary(s, by_strategy[s]) for s in strategies],
+        comparisons,
+        case_scores,
+        [r.to_dict() for r in runs],
+        judge_usage or {},
+    )
+
+
+def gate(
+    report: Report,
+    *,
+    baseline: Report | None = None,
+    max_drop: float = 0.0,
+    fail_under: float | None = None,
+) -> list[str]:
+    """What fails the gate: a strategy's score under `fail_under`, or more than `max_drop`
+    below the same strategy's score (or any evaluator's mean) in `baseline`."""
+    failures: list[str] = []
+    for summary in report.strategies:
+        if fail_under is not None and summary.score < fail_under:
+            failures.append(
+                f"{summary.strategy}: score {summary.score:.3f} is under {fail_under:.3f}"
+            )
+        if baseline is None:
+            continue
+        try:
+            before = baseline.summary(summary.strategy)
+        except KeyError:
+            continue
+        pairs = [("score", before.score, summary.score)] + [
+            (f"{name} score", value, summary.evaluators[name])
+            for name, value in before.evaluators.items()
+            if name in summary.evaluators
+        ]
+        for what, old, new in pairs:
+            if old - new > max_drop + 1e-12:
+                failures.append(
+                    f"{summary.strategy}: {what} dropped from {old:.3f} to {new:.3f} "
+                    f"(more than {max_drop:.3f})"
+                )
+    return failures
