@@ -181,7 +181,7 @@ class CustomEvaluator:
 
     def __init__(self, fn: Callable[..., Any], name: str | None = None) -> None:
         self.fn = fn
-        self.name = name or getattr(fn, "__name__", "custom")
+        self.name: str = name or str(getattr(fn, "__name__", "custom"))
 
     @classmethod
     def from_path(cls, path: str, name: str | None = None) -> CustomEvaluator:
