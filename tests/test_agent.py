@@ -250,7 +250,7 @@ async def test_resume_after_an_interrupt_replays_finished_effects() -> None:
     resumed = await agent.resume(failed.run_id)
     assert resumed.status == "completed" and resumed.output == "seven"
     assert calls == [7]  # the tool ran once: its transition was already journaled
-    assert [c.node for c in await agent.history(failed.run_id)] == ["model", "tools", "model"]
+    assert [c.node for c in await agent.history(failed.run_id)] == ["", "model", "tools", "model"]
 
 
 async def test_resume_refuses_a_changed_graph(tmp_path: Path) -> None:
@@ -287,8 +287,9 @@ async def test_fork_starts_a_new_run_from_a_checkpoint_with_a_patch() -> None:
     assert runs[fork.run_id].parent_run_id == first.run_id
     assert runs[fork.run_id].parent_seq == 2
     forked = await agent.history(fork.run_id)
-    assert forked[0].state["messages"][-2]["content"] == "and now?"
-    assert history[1].state["messages"][-1]["role"] == "tool"
+    assert forked[0].seq == 0 and forked[0].state["messages"][-1]["content"] == "and now?"
+    assert forked[1].state["messages"][-2]["content"] == "and now?"
+    assert history[2].state["messages"][-1]["role"] == "tool"
     with pytest.raises(ValueError, match="no checkpoint 99"):
         await agent.fork(first.run_id, at=99)
 

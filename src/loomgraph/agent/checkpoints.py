@@ -18,7 +18,21 @@ from loomgraph.protocols.paths import NodePath
 
 
 class GraphChanged(GraphError):
-    """A run is resumed with a graph whose content differs from the one it was made with."""
+    """A run cannot go on with the graph asked for: its own graph is not kept or does not
+    compile here, or its position (at `seq`) has a `node` or state `field` the other graph
+    lacks."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        run_id: str = "",
+        seq: int | None = None,
+        node: str | None = None,
+        field: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.run_id, self.seq, self.node, self.field = run_id, seq, node, field
 
 
 class ResumeError(LoomgraphError, ValueError):
@@ -108,7 +122,8 @@ def approval(record: RunRecord, approve: Any) -> Approval:
 
 @dataclass(slots=True)
 class Checkpoint:
-    """The state of a run after one transition."""
+    """The state of a run after one transition; seq 0 is the first state, before any node
+    ran (its `node` is empty and `next_node` the node the run began with)."""
 
     seq: int
     node: str
@@ -160,9 +175,10 @@ def position(
 def history(
     graph: CompiledGraph, run: RunRecord, transitions: Sequence[Transition]
 ) -> list[Checkpoint]:
-    """Every transition of a run with the run's state after it."""
+    """The run's first state (seq 0), then every transition with the run's state after it."""
     state = _first_state(graph, run)
-    out = []
+    first = next((t.node for t in transitions if is_top_level(t)), graph.graph.entry)
+    out = [Checkpoint(0, "", 0, first, {}, snapshot_of(state))]
     for t in transitions:
         if is_top_level(t):
             graph.schema.apply(state, t.patch)
