@@ -28,6 +28,8 @@ pg_schema = pg.pg_schema
 DURABLE = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
 
 ledger: list[str] = []
+
+
 def rename_tools(graph: str) -> str:
     """The graph with its `tools` node renamed `act`."""
     for before, after in (("  tools:\n", "  act:\n"), ("to: tools\n", "to: act\n")):

@@ -7,13 +7,12 @@ from pathlib import Path
 from typing import Any
 
 from loomgraph.agent.checkpoints import (
-    ApprovalUsed,
     Checkpoint,
     Position,
     ResumeError,
     approval,
     history,
-    pending_of,
+    not_answered,
     position,
     resume_value,
 )
@@ -39,7 +38,7 @@ from loomgraph.agent.result import RunResult
 from loomgraph.agent.session import AgentSession
 from loomgraph.agent.streaming import event_stream
 from loomgraph.authoring.library import load_graph
-from loomgraph.engine.effects import EffectKey, ResumeInput
+from loomgraph.engine.effects import ResumeInput
 from loomgraph.engine.scope import EventSink
 from loomgraph.governance.hooks import Hooks as GovernanceHooks
 from loomgraph.governance.null import NoHooks
@@ -54,7 +53,6 @@ from loomgraph.protocols import (
     AuditLog,
     Budget,
     Deps,
-    EffectStatus,
     Hooks,
     Memory,
     Model,
@@ -352,7 +350,7 @@ class Agent:
             return resume_value(record, value)
         if approve is not _NO_VALUE:
             answer = approval(record, approve)
-            await _not_answered(self.deps.runtime, record, answer.call_id)
+            await not_answered(self.deps.runtime, record, answer.call_id)
             return answer
         return None
 
@@ -408,25 +406,6 @@ class Agent:
 
 
 _FINAL = FINAL_STATUSES
-
-
-async def _not_answered(runtime: Runtime, record: RunRecord, call_id: str) -> None:
-    """Refuse a second approval of one call (say, after a crash right after the first was
-    journaled): the first answer stands, and a plain resume goes on with it."""
-    pending = pending_of(record)
-    if pending is not None and pending.key:
-        answer = await runtime.effect(record.run_id, pending.key)
-        answered = answer is not None and answer.status == EffectStatus.DONE
-    else:  # a run journaled before pending requests named their key
-        answered = any(
-            EffectKey.is_approval_of(e.key, call_id) and e.status == EffectStatus.DONE
-            for e in await runtime.effects(record.run_id)
-        )
-    if answered:
-        raise ApprovalUsed(
-            f"call {call_id} of run {record.run_id} was already answered "
-            "(approvals are used once); resume without approve= to go on"
-        )
 
 
 def _prompt(record: RunRecord) -> str:

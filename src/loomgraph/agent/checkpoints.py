@@ -9,11 +9,11 @@ from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
 
-from loomgraph.engine.effects import Approval, ResumeValue
+from loomgraph.engine.effects import Approval, EffectKey, ResumeValue
 from loomgraph.errors import GraphError, LoomgraphError
 from loomgraph.graph.compiled import CompiledGraph
 from loomgraph.graph.state import parse_type, snapshot_of
-from loomgraph.protocols import Pending, RunRecord, RunStatus, Transition
+from loomgraph.protocols import EffectStatus, Pending, RunReader, RunRecord, RunStatus, Transition
 from loomgraph.protocols.paths import NodePath
 
 
@@ -118,6 +118,25 @@ def approval(record: RunRecord, approve: Any) -> Approval:
     if edited:
         return Approval(call["id"], True, dict(approve["args"]))
     return Approval(call["id"], bool(approve))
+
+
+async def not_answered(runtime: RunReader, record: RunRecord, call_id: str) -> None:
+    """Refuse a second approval of one call (say, after a crash right after the first was
+    journaled): the first answer stands, and a plain resume goes on with it."""
+    pending = pending_of(record)
+    if pending is not None and pending.key:
+        answer = await runtime.effect(record.run_id, pending.key)
+        answered = answer is not None and answer.status == EffectStatus.DONE
+    else:  # a run journaled before pending requests named their key
+        answered = any(
+            EffectKey.is_approval_of(e.key, call_id) and e.status == EffectStatus.DONE
+            for e in await runtime.effects(record.run_id)
+        )
+    if answered:
+        raise ApprovalUsed(
+            f"call {call_id} of run {record.run_id} was already answered "
+            "(approvals are used once); resume without approve= to go on"
+        )
 
 
 @dataclass(slots=True)
