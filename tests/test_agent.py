@@ -10,7 +10,7 @@ import pytest
 from pydantic import BaseModel
 
 from loomgraph import Agent, tool
-from loomgraph.agent.checkpoints import GraphChanged
+from loomgraph.agent.checkpoints import ResumeError
 from loomgraph.agent.deps import ConfigError, current_run
 from loomgraph.authoring.library import UnknownGraph
 from loomgraph.authoring.loader import graph_from_yaml
@@ -250,10 +250,10 @@ async def test_resume_after_an_interrupt_replays_finished_effects() -> None:
     resumed = await agent.resume(failed.run_id)
     assert resumed.status == "completed" and resumed.output == "seven"
     assert calls == [7]  # the tool ran once: its transition was already journaled
-    assert [c.node for c in await agent.history(failed.run_id)] == ["model", "tools", "model"]
+    assert [c.node for c in await agent.history(failed.run_id)] == ["", "model", "tools", "model"]
 
 
-async def test_resume_refuses_a_changed_graph(tmp_path: Path) -> None:
+async def test_resume_moves_to_a_changed_graph_only_when_asked(tmp_path: Path) -> None:
     runtime = InMemoryRuntime()
     a = Agent("x", model=ScriptedModel([RuntimeError("down"), "ok"]), runtime=runtime)
     failed = await a.run("go")
@@ -264,9 +264,12 @@ async def test_resume_refuses_a_changed_graph(tmp_path: Path) -> None:
         .replace('version: "1"', 'version: "2"')
     )
     b = Agent("x", model=ScriptedModel(["ok"]), runtime=runtime, architecture=changed)
-    with pytest.raises(GraphChanged, match=a.compiled.hash):
-        await b.resume(failed.run_id)
-    assert (await b.resume(failed.run_id, accept_graph_change=True)).status == "completed"
+    assert b.compiled.hash != a.compiled.hash
+    with pytest.raises(ResumeError, match="'pinned' or 'current'"):
+        await b.resume(failed.run_id, graph="new")  # type: ignore[arg-type]
+    assert (await b.resume(failed.run_id, graph="current")).status == "completed"
+    record = await runtime.load_run(failed.run_id)
+    assert record is not None and record.graph_hash == b.compiled.hash  # moved for good
 
 
 async def test_fork_starts_a_new_run_from_a_checkpoint_with_a_patch() -> None:
@@ -287,8 +290,9 @@ async def test_fork_starts_a_new_run_from_a_checkpoint_with_a_patch() -> None:
     assert runs[fork.run_id].parent_run_id == first.run_id
     assert runs[fork.run_id].parent_seq == 2
     forked = await agent.history(fork.run_id)
-    assert forked[0].state["messages"][-2]["content"] == "and now?"
-    assert history[1].state["messages"][-1]["role"] == "tool"
+    assert forked[0].seq == 0 and forked[0].state["messages"][-1]["content"] == "and now?"
+    assert forked[1].state["messages"][-2]["content"] == "and now?"
+    assert history[2].state["messages"][-1]["role"] == "tool"
     with pytest.raises(ValueError, match="no checkpoint 99"):
         await agent.fork(first.run_id, at=99)
 

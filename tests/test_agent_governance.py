@@ -121,7 +121,7 @@ async def test_edited_arguments_are_checked_again_and_a_refusal_denies() -> None
     refused = await agent.resume(again.run_id, approve=False)
     assert refused.status == "completed" and ledger == []
     history = await agent.history(again.run_id)
-    tool_message = history[1].patch["messages"][0]
+    tool_message = history[2].patch["messages"][0]
     assert tool_message["is_error"] and "denied" in tool_message["content"]
 
 

@@ -128,7 +128,7 @@ async def test_a_stream_cut_mid_tool_call_is_retried_as_a_whole_step(server: Fak
     events = [e async for e in agent.stream("go")]
     assert [e.kind for e in events].count("model_retry") == 1
     history = await agent.history(events[-1].run_id)
-    assert history[0].patch["messages"][0]["content"] == "Working."  # stored once, complete
+    assert history[1].patch["messages"][0]["content"] == "Working."  # stored once, complete
     assert calls == [1]  # the half tool call never ran; the complete one ran once
     result = events[-1].payload["result"]
     assert result["status"] == "completed" and result["output"] == "ok"

@@ -248,7 +248,12 @@ def test_resume_after_a_crash_takes_over_the_dead_workers_lease(env: dict[str, A
     assert counts[f"{run_id}:tools:1:1"] == 2  # ran, crashed before its outcome, ran again
     assert counts[f"{run_id}:tools:1:2"] == 1 and counts[f"{run_id}:tools:2:1"] == 1
     shown = loomgraph(env, "runs", "show", run_id, *journal(env)).stdout
-    assert f"executed again after a crash: {run_id}:tools:1:1" in shown
+    assert f"unknown_after_crash, executed again after a crash: {run_id}:tools:1:1" in shown, shown
+    data = json.loads(loomgraph(env, "runs", "show", run_id, *journal(env), "--json").stdout)
+    effects = {e["key"]: e for e in data["effects"]}
+    crashed = effects[f"{run_id}:tools:1:1"]  # its row keeps the crash, though it is done now
+    assert (crashed["status"], crashed["attempts"], crashed["recovered"]) == ("done", 2, True)
+    assert not effects[f"{run_id}:tools:1:2"]["recovered"]
 
 
 async def test_fork_starts_a_new_run_from_a_checkpoint_with_a_patch(
@@ -365,3 +370,36 @@ async def test_resume_uses_the_runs_own_graph_by_default(env: dict[str, Any]) ->
     done = loomgraph(env, "runs", "resume", failed.run_id, "--model", "echo", *journal(env))
     assert done.returncode == 0, done.stderr
     assert "status=completed output='hi'" in done.stdout
+
+
+def test_resume_goes_on_with_the_pinned_graph_and_moves_only_when_it_fits(
+    env: dict[str, Any],
+) -> None:
+    graph = env["dir"] / "mine.yaml"
+    react = (ROOT / "graphs" / "react.yaml").read_text().replace("name: react", "name: mine")
+    graph.write_text(react)
+    options = ["--model", "cli_helpers:RECOVERED", "--tools", "cli_helpers:TOOLS", *journal(env)]
+    started = loomgraph(
+        env, "run", "Where?", "--graph", str(graph), "--model", "cli_helpers:BROKEN",
+        "--tools", "cli_helpers:TOOLS", "--json", *journal(env),
+    )  # fmt: skip
+    assert started.returncode == 1, started.stderr
+    run_id = json.loads(started.stdout.splitlines()[0])["run_id"]
+    # The file changes: its tools node is renamed. Moving the run there is refused, naming
+    # the node it visited and the seq it stopped at; nothing is run.
+    graph.write_text(
+        react.replace("  tools:\n", "  act:\n")
+        .replace("to: tools\n", "to: act\n")
+        .replace("from: tools\n", "from: act\n")
+    )
+    moved = loomgraph(env, "runs", "resume", run_id, "--graph", str(graph), *options)
+    assert moved.returncode == 2, moved.stdout + moved.stderr
+    assert "node 'tools'" in moved.stderr and "seq 2" in moved.stderr
+    # By default it goes on with the graph it started with, as the journal keeps it.
+    resumed = loomgraph(env, "runs", "resume", run_id, *options)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "status=completed output='France and Japan.'" in resumed.stdout
+    shown = json.loads(loomgraph(env, "runs", "show", run_id, *journal(env), "--json").stdout)
+    assert [t["node"] for t in shown["transitions"]] == ["model", "tools", "model"]
+    helped = loomgraph(env, "runs", "resume", "--help")
+    assert "pinned|current|GRAPH" in helped.stdout and "accept-graph-change" not in helped.stdout

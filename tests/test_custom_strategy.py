@@ -162,6 +162,7 @@ def test_installed_the_kind_is_found_by_entry_point_and_the_graph_runs(
     assert report["votes"] == ["Canberra", "Sydney", "canberra", "Canberra", "Perth"]
     assert report["agreement"] == pytest.approx(0.6)
     assert report["path"] == [
+        ["", "research"],  # seq 0: the first state
         ["research/model", "tools"],
         ["research/tools", "model"],
         ["research/model", "END"],

@@ -38,7 +38,7 @@ async def test_resume_from_the_sqlite_journal_in_a_new_agent(tmp_path: Path) -> 
     assert resumed.status == "completed" and resumed.output == "paid"
     assert len(ledger) == 1  # the charge was not made twice
     history = await second.history(failed.run_id)
-    assert [c.node for c in history] == ["model", "tools", "model"]
+    assert [c.node for c in history] == ["", "model", "tools", "model"]
     assert (await second.runs(user_id="alice"))[0].run_id == failed.run_id
     await runtime.close()
 

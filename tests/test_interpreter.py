@@ -31,9 +31,9 @@ async def test_react_loop_runs_tools_and_answers() -> None:
     assert result.node_visits == {"model": 2, "tools": 1}
     assert result.turns == 2 and result.usage.input_tokens == 20
     history = await agent.history(result.run_id)
-    assert [c.node for c in history] == ["model", "tools", "model"]
-    assert [c.next_node for c in history] == ["tools", "model", "END"]
-    tool_message = history[1].patch["messages"][0]
+    assert [c.node for c in history] == ["", "model", "tools", "model"]  # seq 0: first state
+    assert [c.next_node for c in history] == ["model", "tools", "model", "END"]
+    tool_message = history[2].patch["messages"][0]
     assert tool_message["role"] == "tool" and tool_message["content"] == "5"
 
 
@@ -156,7 +156,7 @@ async def test_llm_node_structured_output_and_subgraph(tmp_path: Path) -> None:
     assert history[-1].state["plan"] == {"steps": ["add", "report"]}
     assert history[-1].state["answer"] == "five"
     nodes = [c.node for c in history]
-    assert nodes == ["plan", "work/model", "work/tools", "work/model", "work"]
+    assert nodes == ["", "plan", "work/model", "work/tools", "work/model", "work"]
     assert any(e.node == "work/tools" and e.kind == "tool_call" for e in events)
     assert result["usage"]["model_calls"] == 3
 

@@ -59,8 +59,8 @@ async def test_interrupt_and_resume_with_a_typed_value(tmp_path: Path) -> None:
     done = await agent.resume(first.run_id, value={"approved": True, "note": "ok"})
     assert done.status == "completed" and done.output == "sent"
     history = await agent.history(first.run_id)
-    assert [c.node for c in history] == ["draft", "ask", "send"]  # draft ran once
-    assert history[1].state["decision"] == {"approved": True, "note": "ok"}
+    assert [c.node for c in history] == ["", "draft", "ask", "send"]  # draft ran once
+    assert history[2].state["decision"] == {"approved": True, "note": "ok"}
     assert done.turns == 2
     with pytest.raises(ResumeError, match="not waiting"):
         await agent.resume(first.run_id, value={"approved": False})

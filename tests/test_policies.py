@@ -103,5 +103,9 @@ async def test_on_error_routes_the_failure_to_a_handler() -> None:
     assert result.status == "completed" and result.output == "handled ValueError from work"
     assert calls == ["broken", "broken"]  # retried first, then routed
     history = await agent.history(result.run_id)
-    assert [(c.node, c.next_node) for c in history] == [("work", "fix"), ("fix", "END")]
-    assert history[0].patch["error"]["message"] == "bad input"
+    assert [(c.node, c.next_node) for c in history] == [
+        ("", "work"),
+        ("work", "fix"),
+        ("fix", "END"),
+    ]
+    assert history[1].patch["error"]["message"] == "bad input"

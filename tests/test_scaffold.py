@@ -91,6 +91,7 @@ async def test_the_starting_graph_runs_on_a_scripted_model(tmp_path: Path) -> No
     assert result.output == "Five."
     history = await agent.history(result.run_id)
     assert [(c.node, c.next_node) for c in history] == [
+        ("", "model"),  # seq 0: the first state
         ("model", "tools"),
         ("tools", "model"),
         ("model", "polish"),

@@ -66,7 +66,7 @@ async def test_a_tool_result_over_the_limit_is_cut_before_it_is_journaled(tmp_pa
     assert content.startswith("x" * 1_000) and len(content) < 1_200
     assert "the tool returned 20000 characters" in content
     history = await agent.history(result.run_id)
-    message = history[1].patch["messages"][0]["content"]
+    message = history[2].patch["messages"][0]["content"]
     assert message == content  # what the model saw is what the journal kept
     await runtime.close()
 

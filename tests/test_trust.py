@@ -260,7 +260,7 @@ async def test_an_expired_approval_is_refused_and_a_plain_resume_denies_and_goes
     done = await agent.resume(first.run_id)
     assert done.status == "completed" and done.output == "gave up" and sent == []
     history = await agent.history(first.run_id)
-    tool_message = history[1].patch["messages"][0]
+    tool_message = history[2].patch["messages"][0]
     assert tool_message["is_error"] and "approval timed out" in tool_message["content"]
     await runtime.close()
 

@@ -7,13 +7,12 @@ from pathlib import Path
 from typing import Any
 
 from loomgraph.agent.checkpoints import (
-    ApprovalUsed,
     Checkpoint,
-    GraphChanged,
     Position,
+    ResumeError,
     approval,
     history,
-    pending_of,
+    not_answered,
     position,
     resume_value,
 )
@@ -21,12 +20,25 @@ from loomgraph.agent.deps import build_deps
 from loomgraph.agent.governance_state import check_policy, describe_policy
 from loomgraph.agent.leases import hold_lease
 from loomgraph.agent.memory_wiring import wire_memory
-from loomgraph.agent.recovery import DEFAULT_MAX_RECOVERIES, begin_recovery, reset_recoveries
+from loomgraph.agent.pinning import (
+    GRAPH_CHOICES,
+    GraphChoice,
+    check_move,
+    move_run,
+    not_kept,
+    run_graph,
+)
+from loomgraph.agent.recovery import (
+    DEFAULT_MAX_RECOVERIES,
+    begin_recovery,
+    end_recovery,
+    reset_recoveries,
+)
 from loomgraph.agent.result import RunResult
 from loomgraph.agent.session import AgentSession
 from loomgraph.agent.streaming import event_stream
 from loomgraph.authoring.library import load_graph
-from loomgraph.engine.effects import EffectKey, ResumeInput
+from loomgraph.engine.effects import ResumeInput
 from loomgraph.engine.scope import EventSink
 from loomgraph.governance.hooks import Hooks as GovernanceHooks
 from loomgraph.governance.null import NoHooks
@@ -41,7 +53,6 @@ from loomgraph.protocols import (
     AuditLog,
     Budget,
     Deps,
-    EffectStatus,
     Hooks,
     Memory,
     Model,
@@ -94,6 +105,8 @@ class Agent:
         self.max_recoveries = max_recoveries
         self.graph = load_graph(architecture)
         self.compiled: CompiledGraph = compile_graph(self.graph)
+        # The graphs runs of this journal started with, compiled from the journal, by hash.
+        self._kept: dict[str, CompiledGraph] = {}
         self.deps: Deps = build_deps(
             model=model,
             memory=memory,
@@ -162,10 +175,12 @@ class Agent:
             output_retries=output_retries,
         )
 
-    def _session(self, prompt: str, **options: Any) -> AgentSession:
+    def _session(
+        self, prompt: str, *, compiled: CompiledGraph | None = None, **options: Any
+    ) -> AgentSession:
         extraction = self.extraction
         return AgentSession(
-            self.compiled,
+            compiled or self.compiled,
             self.deps,
             self.instructions,
             prompt,
@@ -231,12 +246,18 @@ class Agent:
         self,
         run_id: str,
         *,
-        accept_graph_change: bool = False,
+        graph: GraphChoice = "pinned",
         value: Any = _NO_VALUE,
         approve: Any = _NO_VALUE,
         override_policy: bool = False,
     ) -> RunResult:
         """Continue an interrupted or crashed run from its journal; finished effects replay.
+
+        The run goes on with the graph it started with, as the journal keeps it, even when
+        this Agent's graph changed since (`graph="pinned"`). `graph="current"` moves it to
+        this Agent's graph, if the run's position (the node it goes on at, the nodes it
+        visited, its state fields and their types) is valid there; otherwise `GraphChanged`
+        names the node or field and the seq. A moved run stays on its new graph.
 
         `value` answers an `interrupt` node: it is validated against the type the node asked
         for before anything runs, and written to the node's output field. `approve` answers
@@ -249,7 +270,7 @@ class Agent:
         return await self._resume(
             self.deps.hooks.on_event,
             run_id,
-            accept_graph_change=accept_graph_change,
+            graph=graph,
             value=value,
             approve=approve,
             override_policy=override_policy,
@@ -266,36 +287,45 @@ class Agent:
         sink: EventSink,
         run_id: str,
         *,
-        accept_graph_change: bool = False,
+        graph: GraphChoice = "pinned",
         value: Any = _NO_VALUE,
         approve: Any = _NO_VALUE,
         override_policy: bool = False,
     ) -> RunResult:
         """`resume`, its events going to `sink`."""
-        record = await self.deps.runtime.load_run(run_id)
+        if graph not in GRAPH_CHOICES:
+            raise ResumeError(f"graph must be 'pinned' or 'current', not {graph!r}")
+        runtime = self.deps.runtime
+        record = await runtime.load_run(run_id)
         if record is None:
             raise UnknownRun(run_id)
         answer = await self._answer(record, value, approve)
         if record.status in _FINAL and record.result is not None:
             return RunResult.from_dict(record.result)  # a finished run: nothing is executed again
-        if record.graph_hash != self.compiled.hash and not accept_graph_change:
-            raise GraphChanged(
-                f"run {run_id} was made with graph {record.graph_name!r} version "
-                f"{record.graph_hash}; this agent has version {self.compiled.hash}. "
-                "Pass accept_graph_change=True to resume with the new graph."
-            )
+        own = await run_graph(runtime, record, self.compiled, self._kept)
+        if graph == "pinned" and own is None:
+            raise not_kept(record, self.compiled)
+        target = own if graph == "pinned" and own is not None else self.compiled
         session = self._session(
-            _prompt(record), user_id=record.user_id, session_id=record.session_id, run_id=run_id
+            _prompt(record),
+            compiled=target,
+            user_id=record.user_id,
+            session_id=record.session_id,
+            run_id=run_id,
         )
         async with hold_lease(self.deps.leases, run_id):
             # Read where the run stands only once it is ours: another worker may have moved
             # it on, or finished it, while this one waited.
-            record = await self.deps.runtime.load_run(run_id) or record
+            record = await runtime.load_run(run_id) or record
             # Checked again under the lease: of two approvals of one call, one wins.
             answer = await self._answer(record, value, approve)
             if record.status in _FINAL and record.result is not None:
                 return RunResult.from_dict(record.result)
             changed = check_policy(record, self.deps.permissions, override=override_policy)
+            transitions = await runtime.transitions(run_id)
+            at = position(own or target, record, transitions)
+            if target is not own:  # checked before anything is written or counted
+                at.state = check_move(record, at, transitions, own, target)
             if changed is not None:
                 await self.deps.audit_log.record(
                     "policy_override",
@@ -304,11 +334,14 @@ class Agent:
                     actor="agent",
                     payload=changed,
                 )
-            gave_up = await begin_recovery(self.deps.runtime, record, self.max_recoveries)
+            gave_up = await begin_recovery(runtime, record, self.max_recoveries)
             if gave_up is not None:  # too many failed recoveries: now a dead letter
                 return gave_up
-            at = position(self.compiled, record, await self.deps.runtime.transitions(run_id))
-            return await session.continue_from(sink, record, at, new_run=False, resume=answer)
+            if target is not own:
+                await move_run(runtime, record, target)
+            result = await session.continue_from(sink, record, at, new_run=False, resume=answer)
+            await end_recovery(runtime, record, result)
+            return result
 
     async def _answer(self, record: RunRecord, value: Any, approve: Any) -> ResumeInput | None:
         """The answer a resume brings, checked against what the run waits for: an answer for
@@ -317,24 +350,32 @@ class Agent:
             return resume_value(record, value)
         if approve is not _NO_VALUE:
             answer = approval(record, approve)
-            await _not_answered(self.deps.runtime, record, answer.call_id)
+            await not_answered(self.deps.runtime, record, answer.call_id)
             return answer
         return None
 
-    async def retry(self, run_id: str, *, accept_graph_change: bool = False) -> RunResult:
-        """Resume a dead letter (or any run) with its count of failed recoveries forgotten."""
+    async def retry(self, run_id: str, *, graph: GraphChoice = "pinned") -> RunResult:
+        """Resume a dead letter (or any run) with its count of failed recoveries forgotten;
+        `graph` as for `resume`."""
         await reset_recoveries(self.deps.runtime, run_id)
-        return await self.resume(run_id, accept_graph_change=accept_graph_change)
+        return await self.resume(run_id, graph=graph)
 
     async def fork(self, run_id: str, *, at: int, patch: dict[str, Any] | None = None) -> RunResult:
-        """Start a new run from checkpoint `at` of another run, its state optionally patched."""
+        """Start a new run from checkpoint `at` of another run, its state optionally patched.
+
+        The state is rebuilt with the graph the run started with; the new run goes on with
+        this Agent's graph, if that state fits it (else `GraphChanged`).
+        """
         record, transitions = await self._journal(run_id)
         if at and not any(t.seq == at for t in transitions):
             raise ValueError(
                 f"run {run_id} has no checkpoint {at}; it has "
                 f"1..{transitions[-1].seq if transitions else 0}"
             )
-        where = position(self.compiled, record, transitions, upto=at)
+        own = await run_graph(self.deps.runtime, record, self.compiled, self._kept)
+        where = position(own or self.compiled, record, transitions, upto=at)
+        if own is not self.compiled:
+            where.state = check_move(record, where, transitions, own, self.compiled)
         if patch:
             self.compiled.schema.apply(where.state, self.compiled.schema.check(dict(patch)))
         session = self._session(
@@ -353,9 +394,11 @@ class Agent:
         return await session.continue_from(self.deps.hooks.on_event, forked, fresh, new_run=True)
 
     async def history(self, run_id: str) -> list[Checkpoint]:
-        """Every transition of a run, with the state after it."""
+        """The run's first state (seq 0), then every transition with the state after it,
+        rebuilt with the graph the run started with (when the journal keeps it)."""
         record, transitions = await self._journal(run_id)
-        return history(self.compiled, record, transitions)
+        own = await run_graph(self.deps.runtime, record, self.compiled, self._kept)
+        return history(own or self.compiled, record, transitions)
 
     async def runs(self, user_id: str | None = None) -> list[RunRecord]:
         """The runs in the journal, optionally of one user."""
@@ -363,25 +406,6 @@ class Agent:
 
 
 _FINAL = FINAL_STATUSES
-
-
-async def _not_answered(runtime: Runtime, record: RunRecord, call_id: str) -> None:
-    """Refuse a second approval of one call (say, after a crash right after the first was
-    journaled): the first answer stands, and a plain resume goes on with it."""
-    pending = pending_of(record)
-    if pending is not None and pending.key:
-        answer = await runtime.effect(record.run_id, pending.key)
-        answered = answer is not None and answer.status == EffectStatus.DONE
-    else:  # a run journaled before pending requests named their key
-        answered = any(
-            EffectKey.is_approval_of(e.key, call_id) and e.status == EffectStatus.DONE
-            for e in await runtime.effects(record.run_id)
-        )
-    if answered:
-        raise ApprovalUsed(
-            f"call {call_id} of run {record.run_id} was already answered "
-            "(approvals are used once); resume without approve= to go on"
-        )
 
 
 def _prompt(record: RunRecord) -> str:

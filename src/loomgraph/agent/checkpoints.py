@@ -9,16 +9,30 @@ from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
 
-from loomgraph.engine.effects import Approval, ResumeValue
+from loomgraph.engine.effects import Approval, EffectKey, ResumeValue
 from loomgraph.errors import GraphError, LoomgraphError
 from loomgraph.graph.compiled import CompiledGraph
 from loomgraph.graph.state import parse_type, snapshot_of
-from loomgraph.protocols import Pending, RunRecord, RunStatus, Transition
+from loomgraph.protocols import EffectStatus, Pending, RunReader, RunRecord, RunStatus, Transition
 from loomgraph.protocols.paths import NodePath
 
 
 class GraphChanged(GraphError):
-    """A run is resumed with a graph whose content differs from the one it was made with."""
+    """A run cannot go on with the graph asked for: its own graph is not kept or does not
+    compile here, or its position (at `seq`) has a `node` or state `field` the other graph
+    lacks."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        run_id: str = "",
+        seq: int | None = None,
+        node: str | None = None,
+        field: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.run_id, self.seq, self.node, self.field = run_id, seq, node, field
 
 
 class ResumeError(LoomgraphError, ValueError):
@@ -106,9 +120,29 @@ def approval(record: RunRecord, approve: Any) -> Approval:
     return Approval(call["id"], bool(approve))
 
 
+async def not_answered(runtime: RunReader, record: RunRecord, call_id: str) -> None:
+    """Refuse a second approval of one call (say, after a crash right after the first was
+    journaled): the first answer stands, and a plain resume goes on with it."""
+    pending = pending_of(record)
+    if pending is not None and pending.key:
+        answer = await runtime.effect(record.run_id, pending.key)
+        answered = answer is not None and answer.status == EffectStatus.DONE
+    else:  # a run journaled before pending requests named their key
+        answered = any(
+            EffectKey.is_approval_of(e.key, call_id) and e.status == EffectStatus.DONE
+            for e in await runtime.effects(record.run_id)
+        )
+    if answered:
+        raise ApprovalUsed(
+            f"call {call_id} of run {record.run_id} was already answered "
+            "(approvals are used once); resume without approve= to go on"
+        )
+
+
 @dataclass(slots=True)
 class Checkpoint:
-    """The state of a run after one transition."""
+    """The state of a run after one transition; seq 0 is the first state, before any node
+    ran (its `node` is empty and `next_node` the node the run began with)."""
 
     seq: int
     node: str
@@ -160,9 +194,10 @@ def position(
 def history(
     graph: CompiledGraph, run: RunRecord, transitions: Sequence[Transition]
 ) -> list[Checkpoint]:
-    """Every transition of a run with the run's state after it."""
+    """The run's first state (seq 0), then every transition with the run's state after it."""
     state = _first_state(graph, run)
-    out = []
+    first = next((t.node for t in transitions if is_top_level(t)), graph.graph.entry)
+    out = [Checkpoint(0, "", 0, first, {}, snapshot_of(state))]
     for t in transitions:
         if is_top_level(t):
             graph.schema.apply(state, t.patch)

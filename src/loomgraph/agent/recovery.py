@@ -4,6 +4,8 @@ Every resume of a run that crashed, failed or was cancelled counts one recovery 
 journal (`runs.recoveries`) before it goes on. A resume that finds `max_recoveries` of them
 already counted makes the run `dead_letter` (with the last error as its reason) and runs
 nothing; a dead letter is resumed only by an operator's `retry`, which forgets the count.
+A recovery that goes on to wait for a person (an approval, an `interrupt` value) succeeded:
+the count is forgotten then too.
 """
 
 from __future__ import annotations
@@ -50,6 +52,19 @@ async def begin_recovery(runtime: Any, record: RunRecord, limit: int) -> RunResu
     )
     await runtime.finish_run(record.run_id, RunStatus.DEAD_LETTER, reason, result.to_dict())
     return result
+
+
+# The stops where a run waits for a person: reaching one is progress, not a failure.
+WAITING = frozenset({RunStatus.AWAITING_APPROVAL, RunStatus.INTERRUPTED})
+
+
+async def end_recovery(runtime: Any, record: RunRecord, result: RunResult) -> None:
+    """Forget the failed recoveries of a run that went on to wait for a person, so a run
+    that waits legitimately (perhaps for days, through later crashes) does not drift
+    toward `dead_letter`."""
+    reset = getattr(runtime, "reset_recoveries", None)
+    if reset is not None and result.status in WAITING:
+        await reset(record.run_id)
 
 
 async def reset_recoveries(runtime: Any, run_id: str) -> None:

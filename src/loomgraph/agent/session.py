@@ -13,6 +13,7 @@ from loomgraph.agent.checkpoints import Position
 from loomgraph.agent.deps import current_run
 from loomgraph.agent.governance_state import describe_policy, restore
 from loomgraph.agent.leases import hold_lease
+from loomgraph.agent.pinning import graph_key, pin
 from loomgraph.agent.result import RunResult
 from loomgraph.engine.effects import ResumeInput
 from loomgraph.engine.interpreter import Outcome, run_child, run_extra_step, run_graph
@@ -72,7 +73,7 @@ class AgentSession:
         return RunRecord(
             self.run_id,
             compiled.name,
-            compiled.hash,
+            graph_key(compiled),
             self.user_id,
             self.session_id,
             created_at=now,
@@ -94,6 +95,7 @@ class AgentSession:
                 scope.system,
                 describe_policy(self.deps.permissions),
             )
+            await pin(self.deps.runtime, self.graph)  # the graph the run is pinned to
             await self.deps.runtime.start_run(record)
             async with hold_lease(self.deps.leases, self.run_id):
                 return await self._drive(scope, state, None, None)
@@ -111,13 +113,16 @@ class AgentSession:
         async with self._opened(record, sink) as scope:
             scope.resume = resume
             scope.system = record.initial.system if record.initial else self.instructions
-            if new_run:
-                await self.deps.runtime.start_run(record)
-            else:
+            scope.model_calls = int((at.state.get("usage") or {}).get("model_calls", 0))
+            if not new_run:  # the caller holds the run's lease
                 scope.seq = scope.snapshot_seq = at.seq
                 await restore(scope, self.deps.runtime, self.deps.tools)
-            scope.model_calls = int((at.state.get("usage") or {}).get("model_calls", 0))
-            return await self._drive(scope, at.state, at.next_node, at.visits)
+                return await self._drive(scope, at.state, at.next_node, at.visits)
+            await pin(self.deps.runtime, self.graph)
+            await self.deps.runtime.start_run(record)
+            # A new run (a fork) is written under its own lease, like any run.
+            async with hold_lease(self.deps.leases, self.run_id):
+                return await self._drive(scope, at.state, at.next_node, at.visits)
 
     @contextlib.asynccontextmanager
     async def _opened(self, record: RunRecord, sink: EventSink) -> AsyncIterator[RunScope]:
@@ -174,6 +179,10 @@ class AgentSession:
             )
             raise
         result = self._result(outcome)
+        data = result.to_dict()
+        # The outcome first: a worker that lost the run's lease (a zombie) is refused here
+        # (LeaseLost), before it could replace the run's episode in memory with its own.
+        await deps.runtime.finish_run(self.run_id, result.status, result.reason, data)
         if result.ok:
             episode = Episode(
                 self.user_id,
@@ -187,13 +196,6 @@ class AgentSession:
             await deps.memory.remember(episode)
             if self.on_episode is not None:
                 self.on_episode(episode)
-        data = result.to_dict()
-        await deps.runtime.finish_run(
-            self.run_id,
-            result.status,
-            result.reason,
-            data,
-        )
         await self._audit("run_completed", {"status": result.status, "reason": result.reason})
         await scope.emit(
             RUN_COMPLETED,

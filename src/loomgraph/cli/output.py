@@ -174,12 +174,18 @@ def print_run(
     statuses: dict[str, int] = {}
     for effect in effects:
         statuses[effect.status] = statuses.get(effect.status, 0) + 1
-    retried = [e.key for e in effects if e.attempts > 1]
+    # An effect found unfinished after a crash was `unknown_after_crash` until it ran again;
+    # its row keeps that (`recovered`), whatever its status now.
+    retried = [e.key for e in effects if e.recovered or e.attempts > 1]
     print(
         f"\neffects: {len(effects)} ("
         + ", ".join(f"{n} {s}" for s, n in sorted(statuses.items()))
         + ")"
-        + (f"; executed again after a crash: {', '.join(retried)}" if retried else "")
+        + (
+            f"; unknown_after_crash, executed again after a crash: {', '.join(retried)}"
+            if retried
+            else ""
+        )
     )
     print("\nstate:")
     print(json.dumps(state, indent=2, ensure_ascii=False, default=str))

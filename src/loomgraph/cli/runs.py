@@ -40,14 +40,18 @@ class UsageError(LoomgraphError):
 # ------------------------------------------------------------------ parsers
 
 
-def add_agent_options(parser: argparse.ArgumentParser, graph_default: str | None) -> None:
-    """The options that make an Agent: graph, model, tools (as `loomgraph run` takes them)."""
-    parser.add_argument(
-        "--graph",
-        default=graph_default,
-        help="built-in graph name or YAML file"
-        + ("" if graph_default else " (default: the run's graph)"),
-    )
+def add_agent_options(
+    parser: argparse.ArgumentParser, graph_default: str | None, *, graph: bool = True
+) -> None:
+    """The options that make an Agent: graph, model, tools (as `loomgraph run` takes them);
+    without `graph`, the caller adds its own `--graph`."""
+    if graph:
+        parser.add_argument(
+            "--graph",
+            default=graph_default,
+            help="built-in graph name or YAML file"
+            + ("" if graph_default else " (default: the run's graph)"),
+        )
     parser.add_argument(
         "--model",
         default="echo",
@@ -105,12 +109,7 @@ def add_runs_parser(sub: Any) -> Any:
     )
     resume = cmds.add_parser("resume", help="continue a crashed, failed or cancelled run")
     resume.add_argument("run_id")
-    add_agent_options(resume, None)
-    resume.add_argument(
-        "--accept-graph-change",
-        action="store_true",
-        help="resume even though the graph changed since the run was made",
-    )
+    add_agent_options(resume, None, graph=False)
     resume.add_argument(
         "--break-dead-lease",
         action="store_true",
@@ -121,12 +120,18 @@ def add_runs_parser(sub: Any) -> Any:
         "retry", help="resume a dead letter (or any run), its failed recoveries forgotten"
     )
     retry.add_argument("run_id")
-    add_agent_options(retry, None)
-    retry.add_argument(
-        "--accept-graph-change",
-        action="store_true",
-        help="resume even though the graph changed since the run was made",
-    )
+    add_agent_options(retry, None, graph=False)
+    for cmd in (resume, retry):
+        cmd.add_argument(
+            "--graph",
+            default="pinned",
+            metavar="pinned|current|GRAPH",
+            help="pinned (default): go on with the graph the run started with, as the journal "
+            "keeps it, even if its file changed since; current: move the run to its graph as "
+            "the file (or built-in) reads now; GRAPH: move it to this built-in graph or YAML "
+            "file. A move is made only if the run's position (its node, visits and state "
+            "fields) is valid in the new graph; otherwise it names the node or field and seq",
+        )
     fork = cmds.add_parser("fork", help="start a new run from a checkpoint of another")
     fork.add_argument("run_id")
     fork.add_argument("--at", type=int, required=True, metavar="SEQ")
@@ -262,17 +267,23 @@ async def load_record(runtime: Runtime, run_id: str) -> tuple[RunRecord, list[Tr
     return record, await runtime.transitions(run_id)
 
 
-def _compiled(graph: str | None, record: RunRecord) -> Any:
-    """The compiled graph to rebuild a run's state with (the run's own by default)."""
+async def _compiled(runtime: Runtime, graph: str | None, record: RunRecord) -> Any:
+    """The compiled graph to rebuild a run's state with: `graph` when given, else the one
+    the run started with as the journal keeps it (else its graph by name, as it reads now)."""
+    from loomgraph.agent.pinning import compile_pinned, graph_key
     from loomgraph.authoring.library import load_graph
     from loomgraph.graph.compiled import compile_graph
 
+    if graph is None:
+        kept = await runtime.graph(record.graph_hash)
+        if kept is not None:
+            return compile_pinned(kept)
     compiled = compile_graph(load_graph(graph or record.graph_name))
-    if compiled.hash != record.graph_hash:
+    if graph_key(compiled) != record.graph_hash:
         print(
             f"loomgraph: warning: run {record.run_id} was made with graph "
             f"{record.graph_name!r} version {record.graph_hash}; rebuilding its state with "
-            f"version {compiled.hash}",
+            f"version {graph_key(compiled)}",
             file=sys.stderr,
         )
     return compiled
@@ -291,7 +302,7 @@ async def _show(args: argparse.Namespace, runtime: Runtime) -> int:
 
     record, transitions = await load_record(runtime, args.run_id)
     effects = await runtime.effects(args.run_id)
-    state = position(_compiled(args.graph, record), record, transitions).state
+    state = position(await _compiled(runtime, args.graph, record), record, transitions).state
     print_run(record, transitions, effects, state, args.json)
     return EXIT_OK
 
@@ -307,7 +318,7 @@ async def _diff(args: argparse.Namespace, runtime: Runtime) -> int:
                 f"run {args.run_id} has no checkpoint {seq}; it has 0..{last} "
                 "(0 is the first state)"
             )
-    compiled = _compiled(args.graph, record)
+    compiled = await _compiled(runtime, args.graph, record)
     before = position(compiled, record, transitions, upto=args.seq_a).state
     after = position(compiled, record, transitions, upto=args.seq_b).state
     print_diff(diff(before, after), args.seq_a, args.seq_b, args.json)
@@ -318,10 +329,15 @@ async def _diff(args: argparse.Namespace, runtime: Runtime) -> int:
 
 
 def agent_for(
-    args: argparse.Namespace, runtime: Runtime, record: RunRecord, permissions: Any = None
+    args: argparse.Namespace,
+    runtime: Runtime,
+    record: RunRecord,
+    permissions: Any = None,
+    architecture: Any = None,
 ) -> Any:
-    """An Agent for resuming or forking `record`: its graph unless --graph, the given tools
-    and permissions (a run resumes only under the policy it is pinned to)."""
+    """An Agent for resuming or forking `record`: `architecture`, else --graph, else the
+    run's graph by name; the given tools and permissions (a run resumes only under the
+    policy it is pinned to)."""
     from loomgraph.agent.agent import Agent
 
     return Agent(
@@ -329,7 +345,7 @@ def agent_for(
         model=load_model(args.model),
         tools=load_tools(args.tools),
         runtime=runtime,
-        architecture=args.graph or record.graph_name,
+        architecture=architecture or args.graph or record.graph_name,
         hooks=_Printer(args.json),
         permissions=permissions,
     )
@@ -356,10 +372,18 @@ class _Printer(NoHooks):
 
 
 async def _resume(args: argparse.Namespace, runtime: Runtime) -> int:
+    from loomgraph.agent.pinning import compile_pinned
+
     record, _ = await load_record(runtime, args.run_id)
-    agent = agent_for(args, runtime, record, load_permissions(args.permissions))
+    choice = "pinned" if args.graph == "pinned" else "current"
+    architecture: Any = {"pinned": None, "current": record.graph_name}.get(args.graph, args.graph)
+    if choice == "pinned":
+        # The run's own graph, from the journal: its file may have changed or gone since.
+        kept = await runtime.graph(record.graph_hash)
+        architecture = compile_pinned(kept).graph if kept is not None else record.graph_name
+    agent = agent_for(args, runtime, record, load_permissions(args.permissions), architecture)
     go_on = agent.retry if args.runs_command == "retry" else agent.resume
-    result = await go_on(args.run_id, accept_graph_change=args.accept_graph_change)
+    result = await go_on(args.run_id, graph=choice)
     return print_result(result, args.json)
 
 

@@ -21,6 +21,7 @@ __all__ = [
     "EffectStatus",
     "Lease",
     "Pending",
+    "PinnedGraph",
     "RunLeases",
     "RunReader",
     "RunRecord",
@@ -220,6 +221,20 @@ class EffectRecord:
     recovered: bool = False
 
 
+@dataclass(slots=True, frozen=True)
+class PinnedGraph:
+    """The exact graph runs started with, kept once per hash (`RunRecord.graph_hash`).
+
+    `spec` is the graph as plain data (`{"graph": ..., "children": {ref: {...}}}`: the
+    graph's own spec and, under each name its nodes run, the child graph's, nested the same
+    way), so it can be compiled again wherever the journal is read.
+    """
+
+    hash: str
+    name: str
+    spec: dict[str, Any]
+
+
 class UnknownRun(LoomgraphError, KeyError):
     """No run with this id is in the journal."""
 
@@ -241,6 +256,15 @@ class RunWriter(Protocol):
 
     async def start_run(self, run: RunRecord) -> None:
         """Record a new run."""
+        ...
+
+    async def put_graph(self, graph: PinnedGraph) -> None:
+        """Keep a graph runs start with, under its hash; a hash kept already stays as it is."""
+        ...
+
+    async def move_run(self, run_id: str, graph: PinnedGraph) -> None:
+        """Pin a run to another graph (kept as by `put_graph`): its later resumes go on
+        with that one."""
         ...
 
     async def append_transition(self, transition: Transition) -> None:
@@ -274,6 +298,10 @@ class RunReader(Protocol):
 
     async def transitions(self, run_id: str) -> list[Transition]:
         """Every transition of a run, in order."""
+        ...
+
+    async def graph(self, graph_hash: str) -> PinnedGraph | None:
+        """The graph kept under a hash, or None (a run made before graphs were kept)."""
         ...
 
     async def effects(self, run_id: str) -> list[EffectRecord]:

@@ -10,6 +10,7 @@ from typing import Any, TypeVar
 from loomgraph.protocols import (
     EffectRecord,
     EffectStatus,
+    PinnedGraph,
     RunRecord,
     RunStart,
     RunStatus,
@@ -161,6 +162,15 @@ def effect_row(e: EffectRecord) -> tuple[Any, ...]:
     )
 
 
+def graph_from_row(row: Sequence[Any]) -> PinnedGraph:
+    """A PinnedGraph from a graphs row (hash, name, spec, v)."""
+    check_version(row[3], f"graph {row[0]!r}")
+    spec = loads(row[2])
+    if not isinstance(spec, dict):
+        raise ValueError(f"graph {row[0]!r}: the spec is not a mapping")
+    return PinnedGraph(row[0], row[1], spec)
+
+
 def effect_from_row(row: Sequence[Any]) -> EffectRecord:
     """An EffectRecord from a row selected with EFFECT_COLUMNS."""
     check_version(row[7], f"row of effect {row[1]!r} of run {row[0]!r}")
@@ -221,9 +231,19 @@ def ddl(d: Dialect) -> list[str]:
         f"CREATE TABLE IF NOT EXISTS {p}leases (run_id TEXT PRIMARY KEY REFERENCES "
         f"{p}runs (run_id), owner TEXT NOT NULL, acquired_at {r} NOT NULL, "
         f"expires_at {r} NOT NULL, token {i} NOT NULL DEFAULT 1)",
+        graphs_table(d),
         f"INSERT INTO {p}journal_meta (key, value) VALUES ('schema_version', "
         f"'{SCHEMA_VERSION}') ON CONFLICT (key) DO NOTHING",
     ]
+
+
+def graphs_table(d: Dialect) -> str:
+    """The table of the graphs runs started with, one row per hash (`runs.graph_hash`);
+    journals made before it gain it when opened."""
+    return (
+        f"CREATE TABLE IF NOT EXISTS {d.prefix}graphs (hash TEXT PRIMARY KEY, "
+        f"name TEXT NOT NULL, spec {d.json} NOT NULL, v {d.integer} NOT NULL)"
+    )
 
 
 # Columns added to version-1 journals made before fencing and dead letters; a journal
@@ -250,6 +270,7 @@ def statements(d: Dialect) -> dict[str, str]:
     )
     end = f"UPDATE {p}effects SET outcome = ?, status = ? WHERE run_id = ? AND key = ?"
     recovery = f"UPDATE {p}runs SET recoveries = recoveries + 1 WHERE run_id = ?"
+    move = f"UPDATE {p}runs SET graph_name = ?, graph_hash = ? WHERE run_id = ?"
     return {
         "start_run": f"INSERT INTO {p}runs ({RUN_COLUMNS}) VALUES ({_marks(15)}) "
         "ON CONFLICT (run_id) DO UPDATE SET " + ", ".join(f"{c} = excluded.{c}" for c in updated),
@@ -283,6 +304,11 @@ def statements(d: Dialect) -> dict[str, str]:
         "fence": f"SELECT 1 WHERE {fence}",
         "recovery": recovery,
         "recovery_fenced": f"{recovery} AND {fence}",
+        "put_graph": f"INSERT INTO {p}graphs (hash, name, spec, v) VALUES (?, ?, ?, ?) "
+        "ON CONFLICT (hash) DO NOTHING",
+        "graph": f"SELECT hash, name, spec, v FROM {p}graphs WHERE hash = ?",
+        "move_run": move,
+        "move_run_fenced": f"{move} AND {fence}",
         "reset_recoveries": f"UPDATE {p}runs SET recoveries = 0 WHERE run_id = ?",
         # A new owner takes a free, expired or (take_from) dead owner's lease with the next
         # token; the owner itself extends its lease and keeps its token.

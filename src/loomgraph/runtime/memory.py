@@ -10,6 +10,7 @@ from typing import Any
 from loomgraph.protocols import (
     EffectRecord,
     EffectStatus,
+    PinnedGraph,
     RunRecord,
     RunStatus,
     Transition,
@@ -31,6 +32,8 @@ class InMemoryRuntime:
         self._runs: OrderedDict[str, RunRecord] = OrderedDict()
         self._transitions: dict[str, list[Transition]] = {}
         self._effects: dict[str, dict[str, EffectRecord]] = {}
+        # Kept when their runs are forgotten: one per distinct graph, few and small.
+        self._graphs: dict[str, PinnedGraph] = {}
 
     async def start_run(self, run: RunRecord) -> None:
         """Record a new run, forgetting the oldest finished one when full."""
@@ -45,6 +48,22 @@ class InMemoryRuntime:
             if self._runs[old].status == RunStatus.RUNNING:
                 break
             self._forget(old)
+
+    async def put_graph(self, graph: PinnedGraph) -> None:
+        """Keep a graph under its hash (once)."""
+        self._graphs.setdefault(graph.hash, graph)
+
+    async def move_run(self, run_id: str, graph: PinnedGraph) -> None:
+        """Pin a run to another graph."""
+        run = self._runs.get(run_id)
+        if run is None:
+            raise UnknownRun(run_id)
+        await self.put_graph(graph)
+        run.graph_name, run.graph_hash = graph.name, graph.hash
+
+    async def graph(self, graph_hash: str) -> PinnedGraph | None:
+        """The graph kept under a hash, or None."""
+        return self._graphs.get(graph_hash)
 
     def _forget(self, run_id: str) -> None:
         self._runs.pop(run_id, None)

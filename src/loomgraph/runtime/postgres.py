@@ -20,7 +20,7 @@ from loomgraph._storage.pg_pool import (
     scrub,
 )
 from loomgraph.protocols.ledger import LedgerSite, PostgresSite
-from loomgraph.runtime.codec import ADDED_COLUMNS, SCHEMA_VERSION, Dialect, ddl
+from loomgraph.runtime.codec import ADDED_COLUMNS, SCHEMA_VERSION, Dialect, ddl, graphs_table
 from loomgraph.runtime.errors import JournalCorrupted, JournalUnavailable, JournalVersionError
 from loomgraph.runtime.sql_journal import Cursor, SqlJournal
 
@@ -132,6 +132,8 @@ class PostgresRuntime(SqlJournal):
             for statement in ddl(dialect(self.schema)):
                 await con.execute(statement)
         d = dialect(self.schema)
+        if await con.fetchval("SELECT to_regclass($1)", f"{d.prefix}graphs") is None:
+            await con.execute(graphs_table(d))  # a journal made before graphs were kept
         for table, column, constraint in ADDED_COLUMNS:  # journals made before these
             # Checked first: ALTER TABLE locks the table even when the column exists.
             if not await con.fetchval(

@@ -14,7 +14,14 @@ from types import TracebackType
 from typing import Any, Self, TypeVar
 
 from loomgraph._storage.cursor import Constraint, Cursor
-from loomgraph.protocols import EffectRecord, EffectStatus, RunRecord, RunStatus, Transition
+from loomgraph.protocols import (
+    EffectRecord,
+    EffectStatus,
+    PinnedGraph,
+    RunRecord,
+    RunStatus,
+    Transition,
+)
 from loomgraph.protocols.runtime import Lease, current_fence
 from loomgraph.runtime.codec import (
     SCHEMA_VERSION,
@@ -23,6 +30,7 @@ from loomgraph.runtime.codec import (
     dumps,
     effect_from_row,
     effect_row,
+    graph_from_row,
     loads,
     run_from_row,
     run_row,
@@ -64,6 +72,7 @@ class SqlJournal:
         self.snapshot_every = snapshot_every
         self.lease_seconds = lease_seconds
         self._sql = statements(dialect)
+        self._graphs_kept: set[str] = set()  # hashes this object stored or found stored
 
     async def connect(self) -> None:
         """Open (and when new, create) the journal now rather than on first use."""
@@ -114,6 +123,30 @@ class SqlJournal:
         """A run's record, or None."""
         rows = await self._fetch("load_run", (run_id,))
         return self._decode(run_from_row, rows)[0] if rows else None
+
+    async def put_graph(self, graph: PinnedGraph) -> None:
+        """Keep a graph under its hash; a hash kept already is left as it is (rows are never
+        removed, so each hash is written once per journal object)."""
+        if graph.hash in self._graphs_kept:
+            return
+        spec = dumps(graph.spec, f"graph {graph.name!r} ({graph.hash})")
+        await self._exec("put_graph", (graph.hash, graph.name, spec, SCHEMA_VERSION))
+        self._graphs_kept.add(graph.hash)
+
+    async def move_run(
+        self, run_id: str, graph: PinnedGraph, *, fence: Lease | None = None
+    ) -> None:
+        """Pin a run to another graph (kept first); fenced."""
+        await self.put_graph(graph)
+        lease = self._fence(run_id, fence)
+        args = (graph.name, graph.hash, run_id)
+        if not await self._exec(*self._fenced("move_run", args, lease)):
+            raise await self._refused(run_id, lease)
+
+    async def graph(self, graph_hash: str) -> PinnedGraph | None:
+        """The graph kept under a hash, or None."""
+        rows = await self._fetch("graph", (graph_hash,))
+        return self._decode(graph_from_row, rows)[0] if rows else None
 
     async def append_transition(
         self, transition: Transition, *, fence: Lease | None = None

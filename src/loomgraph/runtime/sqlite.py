@@ -22,7 +22,7 @@ from loomgraph._storage.sqlite_files import (
 )
 from loomgraph.protocols.ledger import LedgerSite, SqliteSite
 from loomgraph.protocols.runtime import RunRecord
-from loomgraph.runtime.codec import ADDED_COLUMNS, SCHEMA_VERSION, Dialect, ddl
+from loomgraph.runtime.codec import ADDED_COLUMNS, SCHEMA_VERSION, Dialect, ddl, graphs_table
 from loomgraph.runtime.errors import (
     JournalCorrupted,
     JournalDamaged,
@@ -212,6 +212,7 @@ for _name in (
     "record_recovery",
     "reset_recoveries",
     "acquire_lease",
+    "move_run",
 ):
     setattr(SqliteRuntime, _name, _possibly_lost(getattr(SqlJournal, _name)))
 
@@ -230,16 +231,24 @@ async def _schema_version(conn: aiosqlite.Connection) -> str | None:
 
 
 async def _add_columns(conn: aiosqlite.Connection) -> None:
-    """Give a journal made before fencing and dead letters their columns (once)."""
+    """Give a journal made before fencing, dead letters and kept graphs their columns and
+    the graphs table (once)."""
     missing = [
         (table, column, constraint)
         for table, column, constraint in ADDED_COLUMNS
         if column not in {r[1] for r in await conn.execute_fetchall(f"PRAGMA table_info({table})")}
     ]
-    if not missing:
+    no_graphs = not list(
+        await conn.execute_fetchall(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'graphs'"
+        )
+    )
+    if not missing and not no_graphs:
         return
     await conn.execute("BEGIN IMMEDIATE")
     try:
+        if no_graphs:
+            await conn.execute(graphs_table(SQLITE))
         for table, column, constraint in missing:
             have = {r[1] for r in await conn.execute_fetchall(f"PRAGMA table_info({table})")}
             if column not in have:  # another process may have added it meanwhile
