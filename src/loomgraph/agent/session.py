@@ -95,6 +95,7 @@ class AgentSession:
                 describe_policy(self.deps.permissions),
             )
             await self.deps.runtime.start_run(record)
+            await self._announce(scope)  # only once the run is journaled
             async with hold_lease(self.deps.leases, self.run_id):
                 return await self._drive(scope, state, None, None)
 
@@ -116,6 +117,7 @@ class AgentSession:
             else:
                 scope.seq = scope.snapshot_seq = at.seq
                 await restore(scope, self.deps.runtime, self.deps.tools)
+            await self._announce(scope)
             scope.model_calls = int((at.state.get("usage") or {}).get("model_calls", 0))
             return await self._drive(scope, at.state, at.next_node, at.visits)
 
@@ -143,9 +145,6 @@ class AgentSession:
                     await self._audit(
                         "run_started", {"graph": compiled.name, "graph_hash": compiled.hash}
                     )
-                    await scope.emit(
-                        RUN_STARTED, {"prompt": self.prompt, "graph": compiled.name}, None, 0
-                    )
                     yield scope
                 finally:
                     active_scope.reset(active)
@@ -153,6 +152,10 @@ class AgentSession:
                         await deps.run_clock.end_run(scope.budget_scope)
         finally:
             current_run.reset(token)
+
+    async def _announce(self, scope: RunScope) -> None:
+        """The `run_started` event, sent once the run's record is in the journal."""
+        await scope.emit(RUN_STARTED, {"prompt": self.prompt, "graph": self.graph.name}, None, 0)
 
     async def _drive(
         self,
