@@ -63,14 +63,8 @@ from loomgraph.protocols import (
 from loomgraph.protocols.events import Event
 from loomgraph.runtime.errors import LeaseLost, RunConflict
 
-POINTS = (
-    "before_intent",
-    "after_intent",
-    "after_effect",
-    "after_outcome",
-    "after_transition",
-    "mid_stream",
-)
+POINTS = ("before_intent", "after_intent", "after_effect", "after_outcome", "after_transition")
+STREAM_POINTS = ("mid_stream",)  # only with --vary (a turn in several chunks)
 
 # model → 2 parallel tool calls → model → 1 tool call → final answer:
 # 6 effects (3 model calls, 3 tool calls) and 5 transitions.
@@ -386,7 +380,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--journal", required=True)
     parser.add_argument("--schema", default=None)
     parser.add_argument("--ledger", required=True)
-    parser.add_argument("--point", choices=POINTS, default=None)
+    parser.add_argument("--point", choices=POINTS + STREAM_POINTS, default=None)
     parser.add_argument("--n", type=int, default=0)
     parser.add_argument("--run-id", default=None)
     parser.add_argument("--lease-seconds", type=float, default=30.0)

@@ -156,8 +156,8 @@ async def test_a_call_cut_off_by_its_nodes_timeout_is_voided_before_the_retry(
     tmp_path: Path,
 ) -> None:
     data = load_graph("react").to_data()
-    data["nodes"]["model"]["timeout"] = 0.2
-    data["nodes"]["model"]["retry"] = {"attempts": 2, "errors": ["TimeoutError"]}
+    data["nodes"]["model"]["timeout"] = 5.0  # the first call stalls; the next answers at once
+    data["nodes"]["model"]["retry"] = {"attempts": 3, "errors": ["TimeoutError"]}
     runtime = SqliteRuntime(tmp_path / "j.db")
     agent = Agent("x", model=StallingModel(), architecture=graph_from_data(data), runtime=runtime)
     try:
