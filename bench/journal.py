@@ -1,6 +1,7 @@
 """What the durable journal costs: time per ReAct turn and bytes per transition.
 
     python bench/journal.py [--turns 50] [--repeat 20] [--steps 300] [--postgres DSN]
+                            [--fencing-only]
 
 1. **µs per ReAct turn**: one run of `--turns` tool turns (ScriptedModel, a no-op async tool)
    with the in-memory journal and with `SqliteRuntime` (WAL, synchronous=NORMAL), measured
@@ -196,7 +197,15 @@ def main() -> None:
         metavar="DSN",
         help="also measure a PostgresRuntime (a scratch schema is dropped)",
     )
+    parser.add_argument(
+        "--fencing-only", action="store_true", help="measure the cost of fencing alone (3.)"
+    )
     args = parser.parse_args()
+    if args.fencing_only:
+        with tempfile.TemporaryDirectory() as tmp:
+            fenced = asyncio.run(fencing(max(args.repeat // 2, 3), Path(tmp), args.postgres))
+        print_fencing(fenced)
+        return
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         turns = asyncio.run(per_turn(args.turns, args.repeat, folder, args.postgres))
@@ -220,6 +229,11 @@ def main() -> None:
         f"  time per transition: in-memory {sizes['memory_us']:.0f} µs, "
         f"SQLite {sizes['sqlite_us']:.0f} µs"
     )
+    print_fencing(fenced)
+
+
+def print_fencing(fenced: dict[str, tuple[float, float]]) -> None:
+    """The fencing measurement, as printed."""
     print("append_transition, unfenced vs fenced by the lease token (median µs):")
     for name, (plain, fence) in fenced.items():
         print(f"  {name:<10} {plain:8.1f} → {fence:8.1f} µs   {fence / plain:5.2f}x")

@@ -14,10 +14,19 @@ tool SIGKILL its process every time. `--lease-seconds` sets the journal's lease;
 `--wait-lease S` makes resume retry a lease held by a live worker for up to S seconds
 (until it expires) instead of exiting 3.
 
+`--events FILE` runs the agent as a consumer would: through `agent.stream()` (or
+`agent.resume_stream()`), each event written to FILE as a JSON line (its `provisional` flag
+added) before the next is read; before a chosen crash the worker waits until the consumer has
+written every event sent so far, so FILE holds exactly what the consumer saw. `--vary` makes
+the model's text differ in every process (the pid in it) and arrive in several chunks, as a
+real model answers a repeated call differently.
+
 Crash points (P) and what N counts:
 - `before_intent`, `after_intent`: the Nth `begin_effect`, before / after the journal call;
 - `after_effect`: the Nth effect itself has run (the tool wrote its ledger line, or the model
   streamed its turn) but its outcome is not journaled yet;
+- `mid_stream`: the Nth effect, a model call, has streamed its second text chunk (use
+  `--vary`, whose turns come in several chunks);
 - `after_outcome`: the Nth `end_effect`, after the journal call;
 - `after_transition`: the Nth `append_transition`, after the journal call.
 
@@ -33,12 +42,14 @@ import json
 import os
 import signal
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from loomgraph import Agent
+from loomgraph.agent.streaming import event_stream
 from loomgraph.governance.null import NoHooks
 from loomgraph.models import ScriptedModel
+from loomgraph.models.scripted import Turn, as_turn
 from loomgraph.protocols import (
     EffectRecord,
     EffectStatus,
@@ -53,6 +64,7 @@ from loomgraph.protocols.events import Event
 from loomgraph.runtime.errors import LeaseLost, RunConflict
 
 POINTS = ("before_intent", "after_intent", "after_effect", "after_outcome", "after_transition")
+STREAM_POINTS = ("mid_stream",)  # only with --vary (a turn in several chunks)
 
 # model → 2 parallel tool calls → model → 1 tool call → final answer:
 # 6 effects (3 model calls, 3 tool calls) and 5 transitions.
@@ -91,6 +103,14 @@ class Killer:
         self.transitions = 0
         self.executed: list[str] = []  # keys of effects this process really executed
         self.unknown: list[str] = []  # keys the journal reported unknown_after_crash
+        # With `--events`: waits until the consumer has written every event sent so far.
+        self.drain: Callable[[], Awaitable[None]] | None = None
+
+    async def reach(self, point: str, index: int, **detail: Any) -> None:
+        """`maybe_die`, once the consumer (if any) has seen every event sent before it."""
+        if point == self.point and index == self.n and self.drain is not None:
+            await self.drain()
+        self.maybe_die(point, index, **detail)
 
     def maybe_die(self, point: str, index: int, **detail: Any) -> None:
         """SIGKILL this process when (point, index) is the chosen crash point."""
@@ -118,7 +138,7 @@ class KillingRuntime:
     async def append_transition(self, transition: Transition) -> None:
         await self.inner.append_transition(transition)
         self.killer.transitions += 1
-        self.killer.maybe_die(
+        await self.killer.reach(
             "after_transition",
             self.killer.transitions,
             node=transition.node,
@@ -133,20 +153,20 @@ class KillingRuntime:
         k.begun += 1
         index = k.begun
         k.index[effect.key] = index
-        k.maybe_die("before_intent", index, key=effect.key, kind=effect.kind)
+        await k.reach("before_intent", index, key=effect.key, kind=effect.kind)
         prior: EffectRecord | None = await self.inner.begin_effect(effect)
         if prior is not None and prior.status == "unknown_after_crash":
             k.unknown.append(effect.key)
         if effect.kind == "model":
             k.model_effect, k.model_key = index, effect.key
-        k.maybe_die("after_intent", index, key=effect.key, kind=effect.kind)
+        await k.reach("after_intent", index, key=effect.key, kind=effect.kind)
         return prior
 
     async def end_effect(
         self, run_id: str, key: str, outcome: dict[str, Any], status: EffectStatus
     ) -> None:
         await self.inner.end_effect(run_id, key, outcome, status)
-        self.killer.maybe_die("after_outcome", self.killer.index[key], key=key)
+        await self.killer.reach("after_outcome", self.killer.index[key], key=key)
 
     async def finish_run(
         self, run_id: str, status: RunStatus, reason: str, result: dict[str, Any] | None
@@ -163,17 +183,31 @@ class KillingRuntime:
 class KillingModel:
     """The scripted model, dying after it streamed the chosen model effect's whole turn."""
 
-    def __init__(self, killer: Killer) -> None:
+    def __init__(self, killer: Killer, vary: bool = False) -> None:
         self.inner, self.killer = ScriptedModel(SCRIPT), killer
-        self.name = self.inner.name
+        if vary:  # this process's own wording, in chunks of 8 characters
+            self.inner = ScriptedModel(varied, chunk_size=8)
+        self.name = "scripted"
 
     async def stream(self, request: ModelRequest) -> AsyncIterator[ModelChunk]:
         k = self.killer
         k.executed.append(k.model_key)
+        texts = 0
         async for chunk in self.inner.stream(request):
             yield chunk
+            if chunk.get("type") == "text":
+                texts += 1
+                if texts == 2:
+                    await k.reach("mid_stream", k.model_effect, key=k.model_key, kind="model")
             if chunk.get("type") == "finish":
-                k.maybe_die("after_effect", k.model_effect, key=k.model_key, kind="model")
+                await k.reach("after_effect", k.model_effect, key=k.model_key, kind="model")
+
+
+def varied(request: ModelRequest) -> Turn:
+    """The script's turn for this call, its text naming this process."""
+    turn = as_turn(SCRIPT[request.call_index], request.call_index)
+    turn.text = f"{turn.text} (worker {os.getpid()})"
+    return turn
 
 
 def make_tools(ledger: str, killer: Killer, hold: bool) -> list[Any]:
@@ -215,8 +249,10 @@ class UnknownEffects(NoHooks):
 
     def __init__(self) -> None:
         self.keys: list[str] = []
+        self.sent = 0  # every event the run sent (a stream's consumer gets them after this)
 
     async def on_event(self, event: Event) -> None:
+        self.sent += 1
         if event.kind == "effect_unknown_after_crash":
             self.keys.append(event.payload["key"])
 
@@ -246,21 +282,73 @@ async def resume(agent: Agent, run_id: str, wait: float) -> Any:
             await asyncio.sleep(0.05)  # polling the lease's expiry, bounded by `wait`
 
 
+class Consumer:
+    """Reads a run's event stream as an application would, writing each event to a file."""
+
+    def __init__(self, path: str, killer: Killer, hooks: UnknownEffects) -> None:
+        self.file = open(path, "a", encoding="utf-8")  # noqa: SIM115 (closed in consume)
+        self.written = 0
+        self.seen = asyncio.Condition()
+        hooks.sent = 0
+        self.hooks = hooks
+        killer.drain = self.drained
+
+    async def drained(self) -> None:
+        """Wait until every event sent so far is in the file."""
+        async with self.seen:
+            await self.seen.wait_for(lambda: self.written >= self.hooks.sent)
+
+    async def consume(self, events: AsyncIterator[Event]) -> dict[str, Any]:
+        """Write every event; the run's result, from its `run_completed` event."""
+        result: dict[str, Any] = {}
+        try:
+            async for event in events:
+                line = {**event.to_dict(), "provisional": event.provisional}
+                self.file.write(json.dumps(line, default=str) + "\n")
+                self.file.flush()  # in the kernel: a SIGKILL of this process keeps it
+                if event.kind == "run_completed":
+                    result = event.payload["result"]
+                async with self.seen:
+                    self.written += 1
+                    self.seen.notify_all()
+        finally:
+            self.file.close()
+        return result
+
+
+class StreamResult:
+    """A run's result as the `run_completed` event carried it."""
+
+    def __init__(self, data: dict[str, Any]) -> None:
+        self.data = data
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.data
+
+
 async def main(args: argparse.Namespace) -> int:
     killer = Killer(args.point, args.n)
     killer.poison = args.poison
     inner = open_journal(args.journal, args.schema, args.lease_seconds)
     hooks = UnknownEffects()
+    consumer = Consumer(args.events, killer, hooks) if args.events else None
     agent = Agent(
         INSTRUCTIONS,
-        model=KillingModel(killer),
+        model=KillingModel(killer, args.vary),
         tools=make_tools(args.ledger, killer, args.hold),
         runtime=KillingRuntime(inner, killer),
         hooks=hooks,
     )
     events = hooks.keys
     try:
-        if args.mode == "run":
+        if consumer is not None and args.mode == "run":
+            session = agent.session(PROMPT, user_id="crash-test")
+            say(run_id=session.run_id, pid=os.getpid())
+            stream = event_stream(session.execute, hooks.on_event)
+            result = StreamResult(await consumer.consume(stream))
+        elif consumer is not None and args.mode == "resume":
+            result = StreamResult(await consumer.consume(agent.resume_stream(args.run_id)))
+        elif args.mode == "run":
             session = agent.session(PROMPT, user_id="crash-test")
             say(run_id=session.run_id, pid=os.getpid())  # before anything can crash
             result = await session.execute(hooks.on_event)
@@ -292,12 +380,14 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--journal", required=True)
     parser.add_argument("--schema", default=None)
     parser.add_argument("--ledger", required=True)
-    parser.add_argument("--point", choices=POINTS, default=None)
+    parser.add_argument("--point", choices=POINTS + STREAM_POINTS, default=None)
     parser.add_argument("--n", type=int, default=0)
     parser.add_argument("--run-id", default=None)
     parser.add_argument("--lease-seconds", type=float, default=30.0)
     parser.add_argument("--wait-lease", type=float, default=0.0)
     parser.add_argument("--poison", action="store_true", help="`add` SIGKILLs its process")
+    parser.add_argument("--events", default=None, help="consume the run's stream into FILE")
+    parser.add_argument("--vary", action="store_true", help="each process words turns anew")
     parser.add_argument(
         "--hold",
         action="store_true",

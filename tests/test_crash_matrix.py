@@ -6,8 +6,8 @@ point of the chosen effect or transition. A second worker process resumes the ru
 the final state equals an uncrashed run's; no finished node ran again; no finished effect ran
 again; each ledger key has one line, two (with the same key) only for an effect that ran but
 whose outcome the crash kept from the journal, and the journal reported exactly those as
-`unknown_after_crash`. On SQLite every point of every effect and transition is tried; on
-PostgreSQL a representative set. The last tests resume one run from two processes at once:
+`unknown_after_crash`. Every point of every effect and transition is tried, on SQLite and
+on PostgreSQL. The last tests resume one run from two processes at once:
 exactly one may advance it (the per-run lease).
 """
 
@@ -246,7 +246,7 @@ async def test_crash_matrix_sqlite(
 
 
 @pytest.mark.postgres
-@pytest.mark.parametrize(("point", "n"), list(matrix(full=False)))
+@pytest.mark.parametrize(("point", "n"), list(matrix(full=True)))
 async def test_crash_matrix_postgres(
     tmp_path: Path, pg_schema: str, point: str, n: int, reference: dict[str, Any]
 ) -> None:

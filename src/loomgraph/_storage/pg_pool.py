@@ -4,6 +4,7 @@ the backend's errors translated. Backends must not import one another, so this i
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -44,6 +45,7 @@ async def open_pool(
     pool_size: int,
     setup: Callable[[Any], Awaitable[None]],
     timeout: float | None = None,
+    command_timeout: float | None = None,
     lock: str | None = None,
     unavailable: Callable[[str], Exception] | None = None,
     translate: Translate = keep,
@@ -52,10 +54,17 @@ async def open_pool(
     transaction, under the advisory lock named `lock` when given (workers starting together
     must not race on creating tables); the pool is terminated when `setup` fails.
 
-    A pool that cannot be made raises `unavailable(detail)` (the password scrubbed), when
-    given; an error of `setup` is raised as `translate(err)`.
+    `timeout` bounds making a connection; `command_timeout` bounds every statement (the
+    driver gives up with TimeoutError), and the server ends a transaction left idle for
+    twice as long (a client whose connection hangs mid-transaction must not keep its
+    locks). A pool that cannot be made raises `unavailable(detail)` (the password
+    scrubbed), when given; an error of `setup` is raised as `translate(err)`.
     """
-    options = {} if timeout is None else {"timeout": timeout}
+    options: dict[str, Any] = {} if timeout is None else {"timeout": timeout}
+    if command_timeout is not None:
+        options["command_timeout"] = command_timeout
+        idle_ms = max(int(command_timeout * 2000), 1000)
+        options["server_settings"] = {"idle_in_transaction_session_timeout": str(idle_ms)}
     try:
         pool = await pg.create_pool(dsn, min_size=1, max_size=pool_size, **options)
     except (OSError, TimeoutError, ValueError, pg.PostgresError, pg.InterfaceError) as err:
@@ -89,7 +98,8 @@ def connection_failed(pg: Any, err: Exception) -> bool:
 
 def failure(dsn: str, err: Exception) -> str:
     """An error as a message names it: its type and text, the password masked."""
-    return scrub(dsn, f"{type(err).__name__}: {err}")
+    text = str(err) or ("no answer in time" if isinstance(err, TimeoutError) else "")
+    return scrub(dsn, f"{type(err).__name__}: {text}")
 
 
 class LoopPool:
@@ -99,10 +109,15 @@ class LoopPool:
     a pool of its own.
     """
 
-    def __init__(self, open_pool: Callable[[], Awaitable[Any]]) -> None:
+    def __init__(
+        self, open_pool: Callable[[], Awaitable[Any]], timeout: float | None = None
+    ) -> None:
         self._open = open_pool
         self._pool: Any = None
         self._lock = LoopLock()
+        # Bounds taking a connection from the pool, giving it back, and closing the pool
+        # (an unreachable server must not make any of them wait forever); None: unbounded.
+        self.timeout = timeout
 
     async def get(self) -> Any:
         """The running loop's pool."""
@@ -121,8 +136,17 @@ class LoopPool:
     async def close(self) -> None:
         """Close the pool; the next use opens a new one."""
         pool, self._pool = self._pool, None
-        if pool is not None:
+        if pool is None:
+            return
+        if self.timeout is None:
             await pool.close()
+            return
+        try:
+            # A graceful close waits for the server's goodbye, which a hung one never sends.
+            async with asyncio.timeout(self.timeout):
+                await pool.close()
+        except (TimeoutError, OSError):
+            pool.terminate()
 
     @contextlib.asynccontextmanager
     async def cursor(
@@ -140,7 +164,7 @@ class LoopPool:
         (each statement its own); `before` runs first on the connection; errors translated."""
         pool = await self.get()
         with translated(translate, hide_cause=hide_cause):
-            async with pool.acquire() as con:
+            async with pool.acquire(timeout=self.timeout) as con:
                 tx = con.transaction(readonly=readonly) if transaction else None
                 async with tx if tx is not None else contextlib.nullcontext():
                     if before is not None:

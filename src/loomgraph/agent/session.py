@@ -97,6 +97,7 @@ class AgentSession:
             )
             await pin(self.deps.runtime, self.graph)  # the graph the run is pinned to
             await self.deps.runtime.start_run(record)
+            await self._announce(scope)  # only once the run is journaled
             async with hold_lease(self.deps.leases, self.run_id):
                 return await self._drive(scope, state, None, None)
 
@@ -117,9 +118,11 @@ class AgentSession:
             if not new_run:  # the caller holds the run's lease
                 scope.seq = scope.snapshot_seq = at.seq
                 await restore(scope, self.deps.runtime, self.deps.tools)
+                await self._announce(scope)
                 return await self._drive(scope, at.state, at.next_node, at.visits)
             await pin(self.deps.runtime, self.graph)
             await self.deps.runtime.start_run(record)
+            await self._announce(scope)
             # A new run (a fork) is written under its own lease, like any run.
             async with hold_lease(self.deps.leases, self.run_id):
                 return await self._drive(scope, at.state, at.next_node, at.visits)
@@ -148,9 +151,6 @@ class AgentSession:
                     await self._audit(
                         "run_started", {"graph": compiled.name, "graph_hash": compiled.hash}
                     )
-                    await scope.emit(
-                        RUN_STARTED, {"prompt": self.prompt, "graph": compiled.name}, None, 0
-                    )
                     yield scope
                 finally:
                     active_scope.reset(active)
@@ -158,6 +158,10 @@ class AgentSession:
                         await deps.run_clock.end_run(scope.budget_scope)
         finally:
             current_run.reset(token)
+
+    async def _announce(self, scope: RunScope) -> None:
+        """The `run_started` event, sent once the run's record is in the journal."""
+        await scope.emit(RUN_STARTED, {"prompt": self.prompt, "graph": self.graph.name}, None, 0)
 
     async def _drive(
         self,

@@ -26,7 +26,7 @@ from loomgraph.protocols import (
     ToolResult,
     Usage,
 )
-from loomgraph.protocols.events import MODEL_CHUNK, MODEL_RETRY
+from loomgraph.protocols.events import MODEL_CHUNK, MODEL_RETRY, OUTPUT_VOID, VoidReason
 from loomgraph.protocols.paths import NodePath
 from loomgraph.protocols.usage import estimate_output_tokens, estimate_prompt_tokens, floor_usage
 
@@ -37,7 +37,7 @@ STEP_RETRIES = 2
 class VisitContext:
     """The `NodeContext` of one node visit: identity, dependencies and journaled helpers."""
 
-    __slots__ = ("_slot", "key_path", "node", "path", "scope", "visit")
+    __slots__ = ("_cut_off", "_slot", "key_path", "node", "path", "scope", "visit")
 
     def __init__(
         self, scope: RunScope, node: str, visit: int, path: str = "", key_path: str = ""
@@ -50,6 +50,9 @@ class VisitContext:
         # (two visits, or two map branches) must not share effect keys.
         self.key_path = key_path
         self._slot = 0
+        # A model call of this visit that streamed chunks and was then cut off (a node timeout
+        # cancelled it): voided before the visit's next call, when the node is tried again.
+        self._cut_off: str | None = None
 
     @property
     def deps(self) -> Deps:
@@ -119,29 +122,41 @@ class VisitContext:
         key = self.next_key()
         request.run_id, request.call_index = self.scope.run_id, self.scope.model_calls
         self.scope.model_calls += 1
+        if self._cut_off is not None:
+            await self._void(self._cut_off, VoidReason.ABANDONED)
+            self._cut_off = None
         prior = await self.scope.begin_effect(
             key, "model", {"model": deps.model.name}, self.qualified_node
         )
         if prior is not None and prior.status == EffectStatus.DONE and prior.outcome is not None:
             return _response_from(prior.outcome)
+        call_id = str(key)
+        if prior is not None:  # run again: what an earlier attempt streamed may have gone out
+            await self._void(call_id, VoidReason.RECOVERED)
         billed = Usage()  # what broken attempts cost: charged, and counted in the answer's usage
         asked = request.max_tokens  # the caller's own limit; else sized to the caps each try
         for attempt in range(STEP_RETRIES + 1):
             reservation = await self._reserve_model(request, asked)
             streamed: list[str] = []
             try:
-                response = await self._stream(request, streamed)
+                response = await self._stream(request, call_id, streamed)
             except ModelError as err:
                 err.usage = _broken_usage(request, err.usage, streamed)
                 await self.scope.settle(reservation, err.usage)
                 if err.retry_step and attempt < STEP_RETRIES:
                     billed += err.usage
                     await self.emit(MODEL_RETRY, {"error": str(err), "attempt": attempt + 1})
+                    if streamed:
+                        await self._void(call_id, VoidReason.RETRY)
                     continue
                 await self.scope.end_effect(key, {"error": str(err)}, EffectStatus.FAILED)
+                if streamed:
+                    await self._void(call_id, VoidReason.FAILED)
                 raise
             except BaseException:
                 await self.scope.release(reservation)
+                if streamed:  # no event now: the run may be cancelled, its consumer gone
+                    self._cut_off = call_id
                 raise
             await self.scope.settle(reservation, response.usage)
             break
@@ -154,7 +169,11 @@ class VisitContext:
         )
         return response
 
-    async def _stream(self, request: ModelRequest, texts: list[str]) -> ModelResponse:
+    async def _void(self, call_id: str, reason: VoidReason) -> None:
+        """Tell the consumer that the chunks `call_id` streamed so far stand for nothing."""
+        await self.emit(OUTPUT_VOID, {"call_id": call_id, "reason": reason.value})
+
+    async def _stream(self, request: ModelRequest, call_id: str, texts: list[str]) -> ModelResponse:
         model = self.deps.model
         response = ModelResponse()
         with self.deps.telemetry.span(
@@ -168,7 +187,10 @@ class VisitContext:
                 kind = chunk.get("type")
                 if kind == "text":
                     texts.append(chunk["text"])
-                    await self.emit(MODEL_CHUNK, {"chunk": chunk})
+                    # Provisional until the call's outcome is journaled (docs/runtime.md).
+                    await self.emit(
+                        MODEL_CHUNK, {"chunk": chunk, "call_id": call_id, "provisional": True}
+                    )
                 elif kind == "tool_call":
                     response.tool_calls.append(chunk["call"])
                 elif kind == "usage":

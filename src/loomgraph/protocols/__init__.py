@@ -19,12 +19,15 @@ from loomgraph.protocols.events import (
     NODE_COMPLETED,
     NODE_RETRY,
     NODE_STARTED,
+    OUTPUT_VOID,
     PERMISSION_DECISION,
+    PROVISIONAL_KINDS,
     RUN_COMPLETED,
     RUN_STARTED,
     TOOL_CALL,
     TOOL_RESULT,
     Event,
+    VoidReason,
 )
 from loomgraph.protocols.governance import (
     Budget,
@@ -182,9 +185,12 @@ __all__ = [  # noqa: RUF022 - grouped by concept, not sorted
     "NODE_COMPLETED",
     "NODE_RETRY",
     "NODE_STARTED",
+    "OUTPUT_VOID",
     "PERMISSION_DECISION",
+    "PROVISIONAL_KINDS",
     "RUN_COMPLETED",
     "RUN_STARTED",
     "TOOL_CALL",
     "TOOL_RESULT",
+    "VoidReason",
 ]

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from enum import StrEnum
 from typing import Any, Final, NamedTuple
 
 # The kinds a run emits. Third-party node kinds may emit their own.
 RUN_STARTED: Final = "run_started"
 NODE_STARTED: Final = "node_started"
-MODEL_CHUNK: Final = "model_chunk"
+MODEL_CHUNK: Final = "model_chunk"  # provisional text of one model call (payload `call_id`)
 TOOL_CALL: Final = "tool_call"
 TOOL_RESULT: Final = "tool_result"
 NODE_COMPLETED: Final = "node_completed"
@@ -19,6 +20,7 @@ EFFECT_UNKNOWN_AFTER_CRASH: Final = "effect_unknown_after_crash"  # intent witho
 PERMISSION_DECISION: Final = "permission_decision"  # allow/deny/ask, naming the rule
 BUDGET_WARNING: Final = "budget_warning"  # spending passed `warn_at` of a cap
 BUDGET_EXCEEDED: Final = "budget_exceeded"  # a reservation was refused; the run stops
+OUTPUT_VOID: Final = "output_void"  # the chunks of `call_id` sent so far stand for nothing
 # Heard only by the hooks' on_event: the run's own stream has ended by then.
 MEMORY_EXTRACTION_FAILED: Final = "memory_extraction_failed"
 
@@ -40,8 +42,39 @@ EVENT_KINDS: frozenset[str] = frozenset(
         BUDGET_WARNING,
         BUDGET_EXCEEDED,
         MEMORY_EXTRACTION_FAILED,
+        OUTPUT_VOID,
     }
 )
+
+# The kinds that are *provisional*: what they report may be missing from the journal after a
+# crash (a model's streamed text, a retry, a warning, an error a resumed run tries again).
+# Every other kind is emitted after the journal write that records it, or reports what the
+# resumed run records again; docs/runtime.md ("What a consumer sees") lists each kind's record.
+PROVISIONAL_KINDS: frozenset[str] = frozenset(
+    {
+        MODEL_CHUNK,
+        MODEL_RETRY,
+        NODE_RETRY,
+        OUTPUT_VOID,
+        ERROR,
+        BUDGET_WARNING,
+        BUDGET_EXCEEDED,
+        MEMORY_EXTRACTION_FAILED,
+    }
+)
+
+
+class VoidReason(StrEnum):
+    """Why an `output_void` event voids the chunks one model call streamed so far."""
+
+    # The call is run again after a crash (or an earlier stop) left it without an outcome.
+    RECOVERED = "recovered"
+    # The stream broke after chunks went out; the call is tried again at once (`model_retry`).
+    RETRY = "retry"
+    # The call failed: no answer of it is journaled.
+    FAILED = "failed"
+    # The call was cut off (a node timeout); the node visit makes another call.
+    ABANDONED = "abandoned"
 
 
 class Event(NamedTuple):
@@ -60,6 +93,12 @@ class Event(NamedTuple):
     user_id: str | None
     session_id: str | None
     at: float
+
+    @property
+    def provisional(self) -> bool:
+        """Whether what the event reports may be missing from the journal after a crash (a
+        model chunk, voided by a later `output_void` of its `call_id`; see PROVISIONAL_KINDS)."""
+        return self.kind in PROVISIONAL_KINDS
 
     def to_dict(self) -> dict[str, Any]:
         """The event as plain JSON-shaped data."""

@@ -17,7 +17,6 @@ from loomgraph._storage.pg_pool import (
     import_asyncpg,
     open_pool,
     quote_ident,
-    scrub,
 )
 from loomgraph.protocols.ledger import LedgerSite, PostgresSite
 from loomgraph.runtime.codec import ADDED_COLUMNS, SCHEMA_VERSION, Dialect, ddl, graphs_table
@@ -43,6 +42,10 @@ class PostgresRuntime(SqlJournal):
 
     A pool of `pool_size` connections is opened on first use. Leases (`acquire_lease`) let
     one worker at a time advance a run; they expire by the database clock.
+
+    `connect_timeout` bounds making a connection and `command_timeout` every statement
+    (seconds): a server that is gone or does not answer raises `JournalUnavailable` within
+    them instead of blocking the run (docs/runtime.md, "Postgres outages").
     """
 
     def __init__(
@@ -54,7 +57,10 @@ class PostgresRuntime(SqlJournal):
         snapshot_every: int = 200,
         pool_size: int = 4,
         connect_timeout: float = 10.0,
+        command_timeout: float = 15.0,
     ) -> None:
+        if connect_timeout <= 0 or command_timeout <= 0:
+            raise ValueError("connect_timeout and command_timeout must be > 0 seconds")
         super().__init__(
             dialect(schema),
             f"{describe_dsn(dsn)} (schema {schema!r})",
@@ -66,7 +72,9 @@ class PostgresRuntime(SqlJournal):
         self.schema = schema
         self.pool_size = pool_size
         self.connect_timeout = connect_timeout
-        self._pools = LoopPool(self._open)
+        self.command_timeout = command_timeout
+        # Waiting for a pooled connection may mean making one, then a statement on it.
+        self._pools = LoopPool(self._open, timeout=connect_timeout + command_timeout)
 
     def __repr__(self) -> str:
         return f"PostgresRuntime({describe_dsn(self.dsn)!r}, schema={self.schema!r})"
@@ -104,6 +112,12 @@ class PostgresRuntime(SqlJournal):
         pg = self._pg
         if isinstance(err, pg.UndefinedTableError):
             return JournalCorrupted(self.location, str(err))
+        if isinstance(err, TimeoutError):
+            return JournalUnavailable(
+                self.location,
+                f"TimeoutError: no answer in time (connect_timeout {self.connect_timeout} s, "
+                f"command_timeout {self.command_timeout} s)",
+            )
         if connection_failed(pg, err):
             return JournalUnavailable(self.location, failure(self.dsn, err))
         return err
@@ -117,6 +131,7 @@ class PostgresRuntime(SqlJournal):
             self.dsn,
             pool_size=self.pool_size,
             timeout=self.connect_timeout,
+            command_timeout=self.command_timeout,
             lock=f"loomgraph.journal:{self.schema}",
             setup=self._setup,
             unavailable=lambda detail: JournalUnavailable(self.location, detail),
@@ -151,7 +166,7 @@ class PostgresRuntime(SqlJournal):
     def _setup_failed(self, err: Exception) -> Exception:
         pg = self._pg
         if isinstance(err, pg.PostgresError | OSError | pg.InterfaceError):
-            return JournalUnavailable(self.location, scrub(self.dsn, str(err)))
+            return JournalUnavailable(self.location, failure(self.dsn, err))
         return err
 
     async def _version(self, con: Any) -> str | None:
