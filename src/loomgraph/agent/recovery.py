@@ -68,4 +68,4 @@ async def crashed_usage(deps: Deps, run_id: str) -> Usage:
     """What the run's crashed attempts were charged when it was opened again (at their
     reservations, see `governance.crash_charges`); zero for a budget that does not charge."""
     read = getattr(deps.budget, "crashed_usage", None) if deps.budgeted else None
-    return Usage() if read is None else await read(run_id)  # type: ignore[no-any-return]
+    return Usage() if read is None else await read(run_id)

@@ -188,7 +188,8 @@ class VisitContext:
                     elif kind == "finish":
                         response.finish_reason = chunk.get("finish_reason", "end_turn")
                     elif kind == "attempt":
-                        billed = replace(chunk.get("usage", Usage()), model_calls=1)
+                        # The ledger counts the attempt's model call from its reservation.
+                        billed = chunk.get("usage", Usage())
                         await attempts.retried(billed, chunk.get("error", ""))
                         await self.emit(
                             MODEL_RETRY, {"error": chunk.get("error", ""), "provider": True}
