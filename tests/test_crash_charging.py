@@ -4,8 +4,7 @@
 capped `StandardBudget` whose ledger is in the journal's own database, and writes one durable
 line per real execution, model or tool. Killed after an effect ran but before it was
 settled, the resume charges the dead attempt's hold in full and runs the effect again, which
-is charged again: N executions are charged as N, on SQLite and on PostgreSQL, and the
-charge is made once even when the resume itself is killed.
+is charged again: N executions are charged as N, on SQLite and on PostgreSQL.
 """
 
 from __future__ import annotations
@@ -31,7 +30,7 @@ def worker(journal: Journal, ledger: Path, *args: str) -> list[dict[str, Any]]:
         [sys.executable, WORKER, *args, *journal.args(), "--ledger", str(ledger)],
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=900,
     )
     lines = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
     assert lines, done.stderr
@@ -100,17 +99,6 @@ async def test_sqlite_crashed_attempt_is_charged(
         # least the reserved max_tokens of output on top of the three answered calls.
         assert usage["model_calls"] == 4
         assert usage["output_tokens"] > 1000
-
-
-async def test_sqlite_charge_is_made_once_when_the_resume_crashes_too(tmp_path: Path) -> None:
-    journal, ledger = Journal(f"sqlite:{tmp_path / 'journal.db'}"), tmp_path / "effects.tsv"
-    # Killed after the first model call streamed; the resume (which charges it first) is
-    # killed after the re-executed model call streamed; the last resume charges that one.
-    end = await crash_then_resume(journal, ledger, ("after_effect", 1), ("after_effect", 1))
-    models, tools = executions(ledger)
-    assert (models, tools) == (5, 3)
-    check_charged(end, ledger)
-    assert end["charges"] == 2
 
 
 async def test_postgres_crashed_attempt_is_charged(pg_schema: str, tmp_path: Path) -> None:
