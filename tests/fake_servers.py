@@ -378,15 +378,15 @@ class Sleeps:
 
 
 def assemble(chunks: list[ModelChunk]) -> ModelResponse:
-    """The response a list of chunks adds up to."""
+    """The response a list of chunks adds up to (its usage: every attempt's)."""
     response = ModelResponse()
     for chunk in chunks:
         if chunk["type"] == "text":
             response.text += chunk["text"]
         elif chunk["type"] == "tool_call":
             response.tool_calls.append(chunk["call"])
-        elif chunk["type"] == "usage":
-            response.usage = chunk["usage"]
+        elif chunk["type"] in ("usage", "attempt"):
+            response.usage += chunk["usage"]  # a retried attempt billed its own
         else:
             response.finish_reason = chunk["finish_reason"]
     return response

@@ -421,7 +421,7 @@ async def test_stream_cut_inside_tool_use_before_output_is_retried(server: FakeS
     response = assemble(await collect(make(server), ask()))
     assert response.text == "done" and response.tool_calls == []
     assert len(server.requests) == 2
-    # the failed attempt's billed input is carried into the final usage
+    # the failed attempt's billed input is reported (an `attempt` chunk) before the retry
     assert response.usage.input_tokens == 1234 + 10
 
 

@@ -319,15 +319,22 @@ async def test_wall_clock_deadline_blocks_and_warns(tmp_path: Path) -> None:
     assert await fresh.begin_run(ALICE, deadline=1020.0) == 1020.0
 
 
-async def test_begin_run_releases_holds_a_crashed_attempt_left() -> None:
-    budget = StandardBudget(BudgetConfig(tool_calls=1))
+async def test_begin_run_charges_holds_a_crashed_attempt_left() -> None:
+    budget = StandardBudget(BudgetConfig(tool_calls=2))
     await budget.reserve(tool_call())  # the process "crashes" holding it
-    restarted = StandardBudget(BudgetConfig(tool_calls=1), budget.ledger)
+    restarted = StandardBudget(BudgetConfig(tool_calls=2), budget.ledger)
     await restarted.begin_run(ALICE)
     assert await restarted.ledger.holds() == []
+    # The call may have run: charged at its reservation, once, however often the run opens.
+    await restarted.begin_run(ALICE)
+    assert (await restarted.totals()).spent == {"tool_calls": 1}
+    assert [c.amounts for c in await restarted.charges(ALICE.run_id)] == [{"tool_calls": 1}]
+    assert (await restarted.crashed_usage(ALICE.run_id)).tool_calls == 1
     await restarted.reserve(tool_call())
+    with pytest.raises(BudgetExceeded):
+        await restarted.reserve(tool_call())
     await restarted.end_run(ALICE)
-    assert (await restarted.totals()).committed("tool_calls") == 0
+    assert (await restarted.totals()).committed("tool_calls") == 1
 
 
 # ---------------------------------------------------------------------------- concurrency

@@ -515,6 +515,9 @@ class DyingLedger:
     async def holds(self, run_id: str | None = None) -> Any:
         return await self.proc.call(self.inner.holds, run_id)
 
+    async def charges(self, run_id: str) -> Any:
+        return await self.proc.call(self.inner.charges, run_id)
+
     async def run_clock(self, run_id: str, started_at: float, deadline: float | None) -> Any:
         return await self.proc.call(self.inner.run_clock, run_id, started_at, deadline)
 
@@ -566,6 +569,7 @@ class GovernanceMachine(RuleBasedStateMachine):
         self.executed: list[Executed] = []
         self.answers: dict[str, Any] = {}  # call id -> the approval given
         self.crashed: set[str] = set()  # runs whose process died, not resumed since
+        self.ever_crashed: set[str] = set()
         self.unfinished: set[str] = set()  # effect keys left unfinished by a crash
         self.stale_holds: dict[str, set[str]] = {}  # run id -> holds its dead process left
         self.failed: set[str] = set()
@@ -781,6 +785,7 @@ class GovernanceMachine(RuleBasedStateMachine):
                 return None  # died before the run was journaled: nothing to resume
             self._forget(run_id)
             self.crashed.add(run_id)
+            self.ever_crashed.add(run_id)
             # Effects begun but not finished when the process died: the only ones that may
             # run again (with the same key) on resume.
             self.unfinished |= {
@@ -990,7 +995,13 @@ class GovernanceMachine(RuleBasedStateMachine):
             ]
             cut = sum(1 for e in ran if e.key in self.unfinished)
             charged = totals.spent.get("tool_calls", 0)
-            assert len(ran) - cut <= charged <= len(ran), (
+            # A hold a dead process left is charged on resume, whether its tool ran or not
+            # (counted over every crashed run: a bound, whichever user's scope this is).
+            crash_charged = 0
+            for run_id in self.ever_crashed:
+                for charge in await self.ledger.charges(run_id):
+                    crash_charged += charge.amounts.get("tool_calls", 0)
+            assert len(ran) - cut <= charged <= len(ran) + crash_charged, (
                 f"{scope}: {len(ran)} tools ran ({cut} cut by a crash), {charged} charged"
             )
         for hold in await self.ledger.holds():

@@ -14,7 +14,7 @@ from typing import Any
 
 from loomgraph.agent.checkpoints import ResumeError
 from loomgraph.agent.result import RunResult
-from loomgraph.protocols import RunRecord, RunStatus
+from loomgraph.protocols import Deps, RunRecord, RunStatus, Usage
 
 DEFAULT_MAX_RECOVERIES = 3
 
@@ -77,3 +77,10 @@ async def reset_recoveries(runtime: Any, run_id: str) -> None:
     await reset(run_id)
     if record.status == RunStatus.DEAD_LETTER:
         await runtime.finish_run(run_id, RunStatus.FAILED, record.reason, record.result)
+
+
+async def crashed_usage(deps: Deps, run_id: str) -> Usage:
+    """What the run's crashed attempts were charged when it was opened again (at their
+    reservations, see `governance.crash_charges`); zero for a budget that does not charge."""
+    read = getattr(deps.budget, "crashed_usage", None) if deps.budgeted else None
+    return Usage() if read is None else await read(run_id)

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from loomgraph.protocols import Pending, RunStatus, Usage
+from loomgraph.protocols import ModelError, Pending, RunStatus, Usage
 
 
 @dataclass(slots=True)
@@ -55,3 +55,11 @@ class RunResult:
         pending = values.get("pending")
         values["pending"] = None if pending is None else Pending.from_dict(pending)
         return cls(**values)
+
+
+def failed_step_usage(error: BaseException | None) -> Usage:
+    """What the step a run failed on was billed (its model attempts, carried on the error):
+    the step wrote no state, so its usage is not in the state's."""
+    while error is not None and not isinstance(error, ModelError):
+        error = getattr(error, "cause", None) or error.__cause__
+    return error.usage if error is not None else Usage()

@@ -14,7 +14,8 @@ from loomgraph.agent.deps import current_run
 from loomgraph.agent.governance_state import describe_policy, restore
 from loomgraph.agent.leases import hold_lease
 from loomgraph.agent.pinning import graph_key, pin
-from loomgraph.agent.result import RunResult
+from loomgraph.agent.recovery import crashed_usage
+from loomgraph.agent.result import RunResult, failed_step_usage
 from loomgraph.engine.effects import ResumeInput
 from loomgraph.engine.interpreter import Outcome, run_child, run_extra_step, run_graph
 from loomgraph.engine.scope import EventSink, RunScope, active_scope
@@ -183,6 +184,8 @@ class AgentSession:
             )
             raise
         result = self._result(outcome)
+        # Charged but not in the state: the failed step's attempts, crashed attempts.
+        result.usage += failed_step_usage(outcome.error) + await crashed_usage(deps, self.run_id)
         data = result.to_dict()
         # The outcome first: a worker that lost the run's lease (a zombie) is refused here
         # (LeaseLost), before it could replace the run's episode in memory with its own.

@@ -7,9 +7,11 @@ and tool call goes through `NodeContext`, so every node is gated and journaled t
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
+from contextlib import aclosing
 from dataclasses import replace
 from typing import Any
 
+from loomgraph.engine.attempts import ModelAttempts
 from loomgraph.engine.effects import EffectKey, ResumeValue
 from loomgraph.engine.scope import RunScope
 from loomgraph.engine.tool_gate import ToolGate
@@ -117,7 +119,10 @@ class VisitContext:
     # ------------------------------------------------------------------ model
 
     async def call_model(self, request: ModelRequest) -> ModelResponse:
-        """One journaled, budgeted, traced model turn; text chunks are emitted as they come."""
+        """One journaled, budgeted, traced model turn; text chunks are emitted as they come.
+
+        Every attempt is reserved and charged for what it billed (see `engine.attempts`); the
+        answer's usage counts them all, and so does the error of a call that failed."""
         deps = self.deps
         key = self.next_key()
         request.run_id, request.call_index = self.scope.run_id, self.scope.model_calls
@@ -133,34 +138,37 @@ class VisitContext:
         call_id = str(key)
         if prior is not None:  # run again: what an earlier attempt streamed may have gone out
             await self._void(call_id, VoidReason.RECOVERED)
-        billed = Usage()  # what broken attempts cost: charged, and counted in the answer's usage
+        attempts = ModelAttempts(self.scope, key)
         asked = request.max_tokens  # the caller's own limit; else sized to the caps each try
-        for attempt in range(STEP_RETRIES + 1):
-            reservation = await self._reserve_model(request, asked)
+        for step in range(STEP_RETRIES + 1):
+            attempts.held(await self._reserve_model(request, asked), _model_estimate(request))
             streamed: list[str] = []
             try:
-                response = await self._stream(request, call_id, streamed)
+                response = await self._stream(request, call_id, streamed, attempts)
             except ModelError as err:
-                err.usage = _broken_usage(request, err.usage, streamed)
-                await self.scope.settle(reservation, err.usage)
-                if err.retry_step and attempt < STEP_RETRIES:
-                    billed += err.usage
-                    await self.emit(MODEL_RETRY, {"error": str(err), "attempt": attempt + 1})
+                usage = _broken_usage(request, err.usage, streamed)
+                await attempts.failed(usage, str(err))
+                if err.retry_step and step < STEP_RETRIES:
+                    await self.emit(MODEL_RETRY, {"error": str(err), "attempt": step + 1})
                     if streamed:
                         await self._void(call_id, VoidReason.RETRY)
                     continue
+                err.usage = attempts.billed  # the whole call's, for the run's usage
                 await self.scope.end_effect(key, {"error": str(err)}, EffectStatus.FAILED)
                 if streamed:
                     await self._void(call_id, VoidReason.FAILED)
                 raise
             except BaseException:
-                await self.scope.release(reservation)
+                # Cancelled (or out of budget before a retry): the request may have been
+                # billed, so what it streamed and its prompt are charged.
+                if attempts.reservation is not None:
+                    await attempts.settle(_cancelled_usage(request, streamed))
                 if streamed:  # no event now: the run may be cancelled, its consumer gone
                     self._cut_off = call_id
                 raise
-            await self.scope.settle(reservation, response.usage)
+            await attempts.settle(response.usage)
             break
-        response.usage += billed
+        response.usage += attempts.billed
         await self.scope.end_effect(key, _response_data(response))
         await self.scope.audit(
             "model_call",
@@ -173,7 +181,9 @@ class VisitContext:
         """Tell the consumer that the chunks `call_id` streamed so far stand for nothing."""
         await self.emit(OUTPUT_VOID, {"call_id": call_id, "reason": reason.value})
 
-    async def _stream(self, request: ModelRequest, call_id: str, texts: list[str]) -> ModelResponse:
+    async def _stream(
+        self, request: ModelRequest, call_id: str, texts: list[str], attempts: ModelAttempts
+    ) -> ModelResponse:
         model = self.deps.model
         response = ModelResponse()
         with self.deps.telemetry.span(
@@ -183,21 +193,29 @@ class VisitContext:
                 "gen_ai.request.model": model.name,
             },
         ) as span:
-            async for chunk in model.stream(request):
-                kind = chunk.get("type")
-                if kind == "text":
-                    texts.append(chunk["text"])
-                    # Provisional until the call's outcome is journaled (docs/runtime.md).
-                    await self.emit(
-                        MODEL_CHUNK, {"chunk": chunk, "call_id": call_id, "provisional": True}
-                    )
-                elif kind == "tool_call":
-                    response.tool_calls.append(chunk["call"])
-                elif kind == "usage":
-                    more = chunk["usage"]  # a third-party model may still send a dict
-                    response.usage += more if isinstance(more, Usage) else Usage.from_dict(more)
-                elif kind == "finish":
-                    response.finish_reason = chunk.get("finish_reason", "end_turn")
+            async with aclosing(model.stream(request)) as chunks:  # type: ignore[type-var]
+                async for chunk in chunks:
+                    kind = chunk.get("type")
+                    if kind == "text":
+                        texts.append(chunk["text"])
+                        # Provisional until the call's outcome is journaled (docs/runtime.md).
+                        await self.emit(
+                            MODEL_CHUNK, {"chunk": chunk, "call_id": call_id, "provisional": True}
+                        )
+                    elif kind == "tool_call":
+                        response.tool_calls.append(chunk["call"])
+                    elif kind == "usage":
+                        more = chunk["usage"]  # a third-party model may still send a dict
+                        response.usage += more if isinstance(more, Usage) else Usage.from_dict(more)
+                    elif kind == "finish":
+                        response.finish_reason = chunk.get("finish_reason", "end_turn")
+                    elif kind == "attempt":
+                        # The ledger counts the attempt's model call from its reservation.
+                        billed = chunk.get("usage", Usage())
+                        await attempts.retried(billed, chunk.get("error", ""))
+                        await self.emit(
+                            MODEL_RETRY, {"error": chunk.get("error", ""), "provider": True}
+                        )
             response.usage = replace(response.usage, model_calls=1)
             span.set_attribute("gen_ai.usage.input_tokens", response.usage.input_tokens)
             span.set_attribute("gen_ai.usage.output_tokens", response.usage.output_tokens)
@@ -261,8 +279,23 @@ def _broken_usage(request: ModelRequest, usage: Usage, streamed: list[str]) -> U
     return floor_usage(
         usage,
         prompt_tokens=estimate_prompt_tokens(request.prompt_chars()),
-        output_tokens=estimate_output_tokens("".join(streamed), len(streamed)),
+        output_tokens=_streamed_tokens(request, streamed),
     )
+
+
+def _cancelled_usage(request: ModelRequest, streamed: list[str]) -> Usage:
+    """A call stopped from outside (cancelled) was sent: its prompt and what it streamed."""
+    return Usage(
+        input_tokens=estimate_prompt_tokens(request.prompt_chars()),
+        output_tokens=_streamed_tokens(request, streamed),
+        model_calls=1,
+    )
+
+
+def _streamed_tokens(request: ModelRequest, streamed: list[str]) -> int:
+    """The output estimate of what was streamed, at most the max_tokens the model was sent."""
+    tokens = estimate_output_tokens("".join(streamed), len(streamed))
+    return min(tokens, request.max_tokens) if request.max_tokens else tokens
 
 
 def _response_data(response: ModelResponse) -> dict[str, Any]:

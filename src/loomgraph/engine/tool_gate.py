@@ -94,7 +94,8 @@ class ToolGate:
             with deps.telemetry.span(f"execute_tool {call['tool']}", attributes):
                 result = await deps.tools.call(call, idempotency_key=str(key))
         except BaseException:
-            await scope.release(reservation)
+            # Cancelled or broken mid-call: the tool may have acted, so the call is charged.
+            await scope.settle(reservation, Usage(tool_calls=1))
             raise
         await scope.settle(reservation, Usage(tool_calls=1))
         result = self._cut(result)

@@ -27,8 +27,8 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Callable, Mapping
-from dataclasses import replace
 
+from loomgraph.governance.amounts import counts_of, detail_of, metrics_of, priced_usage
 from loomgraph.governance.caps import (
     BudgetConfig,
     BudgetWarning,
@@ -36,10 +36,11 @@ from loomgraph.governance.caps import (
     WarningCallback,
     user_scope,
 )
+from loomgraph.governance.crash_charges import charge_left_holds, charged_usage
 from loomgraph.governance.fit import output_room
 from loomgraph.governance.ledger import (
-    NANO_USD,
     Change,
+    Charge,
     Hold,
     InMemoryLedger,
     Ledger,
@@ -139,13 +140,13 @@ class StandardBudget:
                 self._cost(Usage(cache_read_tokens=prompt, output_tokens=output)),
             )
         cost = max(cost, float(amount.cost_usd))
-        return _metrics(tokens, cost, _counts(reservation, amount))
+        return metrics_of(tokens, cost, counts_of(reservation, amount))
 
     def measure(self, reservation: Reservation, actual: Usage) -> dict[str, int]:
         """What a settled effect spent; counts the actual usage omits (leaves at zero) are the
         reserved ones, and a zero cost is priced from the tokens."""
         cost = float(actual.cost_usd) if actual.cost_usd else self._cost(actual)
-        return _metrics(actual, cost, _counts(reservation, actual))
+        return metrics_of(actual, cost, counts_of(reservation, actual))
 
     def _cost(self, usage: Usage) -> float:
         prices = self.config.prices
@@ -172,7 +173,7 @@ class StandardBudget:
         amounts = self.worst_case(reservation)
         rid = reservation.id or uuid.uuid4().hex
         priced = Reservation(
-            reservation.scope, reservation.kind, _usage_of(reservation.amount, amounts), rid
+            reservation.scope, reservation.kind, priced_usage(reservation.amount, amounts), rid
         )
         if not scopes:
             return priced
@@ -186,7 +187,9 @@ class StandardBudget:
                 for metric, cap in limits.items():
                     need = amounts.get(metric, 0)
                     if need > 0 and totals.committed(metric) + need > cap:
-                        raise BudgetExceeded(f"{name}:{metric}", _detail(metric, totals, need, cap))
+                        raise BudgetExceeded(
+                            f"{name}:{metric}", detail_of(metric, totals, need, cap)
+                        )
             return Change(hold=hold)
 
         await self.ledger.transact(hold.scopes, None, decide)
@@ -250,15 +253,23 @@ class StandardBudget:
         started_at: float | None = None,
         deadline: float | None = None,
     ) -> float | None:
-        """Start (or resume) a run's clock and release holds a crashed attempt left behind.
+        """Start (or resume) a run's clock and charge the holds a crashed attempt left behind
+        (see `crash_charges`: an effect whose outcome is unknown is charged its reservation).
 
         The first recorded clock of a run wins, so a resume keeps the original deadline; pass
         the deadline stored with the run (`RunRecord.deadline`) to keep it even when the
         ledger forgot the run. Returns the run's deadline.
         """
-        for hold in await self.ledger.holds(scope.run_id):
-            await self.ledger.transact((), hold.id, lambda view: Change(remove=view.hold))
+        await charge_left_holds(self.ledger, scope.run_id, self._clock())
         return await self._start_clock(scope, started_at, deadline)
+
+    async def charges(self, run_id: str) -> list[Charge]:
+        """The holds of `run_id` charged because their process died (for audits and views)."""
+        return await self.ledger.charges(run_id)
+
+    async def crashed_usage(self, run_id: str) -> Usage:
+        """What crashed attempts of `run_id` were charged, as usage the run's total includes."""
+        return charged_usage(await self.ledger.charges(run_id))
 
     async def _start_clock(
         self, scope: BudgetScope, started_at: float | None, deadline: float | None
@@ -353,43 +364,3 @@ class StandardBudget:
         except Exception:
             # A broken callback must not break the accounting of an effect that happened.
             log.exception("budget on_warning callback failed for %s", warning.cap)
-
-
-def _counts(reservation: Reservation, usage: Usage) -> dict[str, int]:
-    """Calls and visits: as `usage` states them, else as the reservation's kind implies."""
-    reserved = reservation.amount
-    default_model = 1 if reservation.kind == "model" else 0
-    default_tool = 1 if reservation.kind == "tool" else 0
-    return {
-        "model_calls": usage.model_calls or reserved.model_calls or default_model,
-        "tool_calls": usage.tool_calls or reserved.tool_calls or default_tool,
-        "node_visits": 1 if reservation.kind == "node" else 0,
-    }
-
-
-def _metrics(usage: Usage, cost: float, counts: Mapping[str, int]) -> dict[str, int]:
-    prompt, output = usage.prompt_tokens, usage.output_tokens
-    out = {
-        "input_tokens": prompt,
-        "output_tokens": output,
-        "total_tokens": prompt + output,
-        # Round cost up: a reservation never holds less than the price.
-        "cost_usd": math.ceil(max(cost, 0.0) * NANO_USD - 1e-6),
-        **counts,
-    }
-    return {k: v for k, v in out.items() if v}
-
-
-def _usage_of(amount: Usage, metrics: Mapping[str, int]) -> Usage:
-    """The reservation's amount as returned to the caller, with its priced cost."""
-    return replace(amount, cost_usd=metrics.get("cost_usd", 0) / NANO_USD)
-
-
-def _detail(metric: str, totals: Totals, need: int, cap: int) -> str:
-    def fmt(value: int) -> str:
-        return f"${value / NANO_USD:.6f}" if metric == "cost_usd" else str(value)
-
-    return (
-        f"spent {fmt(totals.spent.get(metric, 0))} + reserved "
-        f"{fmt(totals.reserved.get(metric, 0))} + this {fmt(need)} > cap {fmt(cap)}"
-    )

@@ -24,6 +24,7 @@ __all__ = [
     "METRICS",
     "NANO_USD",
     "Change",
+    "Charge",
     "Hold",
     "InMemoryLedger",
     "Ledger",
@@ -75,13 +76,26 @@ class Hold:
 
 
 @dataclass(slots=True, frozen=True)
+class Charge:
+    """A hold charged in full because its effect's outcome is unknown (its process died
+    between reserve and settle); kept per run, under the hold's id, so it is made once."""
+
+    id: str
+    run_id: str
+    amounts: Mapping[str, int]
+    created_at: float = 0.0
+
+
+@dataclass(slots=True, frozen=True)
 class Change:
-    """What one transaction does: open a hold, drop one, and/or add spending to scopes."""
+    """What one transaction does: open a hold, drop one, and/or add spending to scopes;
+    `charge` records why a hold was spent without a settle."""
 
     hold: Hold | None = None
     remove: Hold | None = None
     spend: Mapping[str, int] = field(default_factory=dict)
     spend_scopes: tuple[str, ...] = ()
+    charge: Charge | None = None
 
 
 @dataclass(slots=True, frozen=True)
@@ -146,6 +160,10 @@ class Ledger(ABC):
         """The open holds, optionally of one run, oldest first."""
 
     @abstractmethod
+    async def charges(self, run_id: str) -> list[Charge]:
+        """The holds of a run charged after a crash, oldest first."""
+
+    @abstractmethod
     async def run_clock(
         self, run_id: str, started_at: float, deadline: float | None
     ) -> tuple[float, float | None]:
@@ -177,6 +195,7 @@ class InMemoryLedger(Ledger):
         self._lock = threading.Lock()
         self._totals: dict[str, Totals] = {}
         self._holds: dict[str, Hold] = {}
+        self._charges: dict[str, Charge] = {}
         self._clocks: dict[str, tuple[float, float | None]] = {}
 
     async def transact(
@@ -194,6 +213,8 @@ class InMemoryLedger(Ledger):
                 self._holds.pop(change.remove.id, None)
             if change.hold is not None:
                 self._holds[change.hold.id] = change.hold
+            if change.charge is not None:
+                self._charges.setdefault(change.charge.id, change.charge)
             return updated
 
     async def totals(self, scope: str) -> Totals:
@@ -206,6 +227,12 @@ class InMemoryLedger(Ledger):
         with self._lock:
             found = [h for h in self._holds.values() if run_id is None or h.run_id == run_id]
         return sorted(found, key=lambda h: h.created_at)
+
+    async def charges(self, run_id: str) -> list[Charge]:
+        """The run's crash charges, oldest first."""
+        with self._lock:
+            found = [c for c in self._charges.values() if c.run_id == run_id]
+        return sorted(found, key=lambda c: c.created_at)
 
     async def run_clock(
         self, run_id: str, started_at: float, deadline: float | None

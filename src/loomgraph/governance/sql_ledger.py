@@ -28,6 +28,7 @@ from loomgraph._storage.pg_pool import LoopPool, import_asyncpg, open_pool
 from loomgraph._storage.sqlite_conn import SqliteConnection
 from loomgraph._storage.sqlite_files import connect_sqlite, execute_all, set_busy_timeout
 from loomgraph.governance.ledger import (
+    Charge,
     Decide,
     Hold,
     Ledger,
@@ -51,6 +52,10 @@ def _ddl(prefix: str, real: str) -> list[str]:
         f"run_id TEXT NOT NULL, scopes TEXT NOT NULL, amounts TEXT NOT NULL, "
         f"created_at {real} NOT NULL)",
         f"CREATE INDEX IF NOT EXISTS loom_budget_holds_run ON {prefix}loom_budget_holds (run_id)",
+        f"CREATE TABLE IF NOT EXISTS {prefix}loom_budget_charges (id TEXT PRIMARY KEY, "
+        f"run_id TEXT NOT NULL, amounts TEXT NOT NULL, created_at {real} NOT NULL)",
+        f"CREATE INDEX IF NOT EXISTS loom_budget_charges_run ON {prefix}loom_budget_charges "
+        "(run_id)",
         f"CREATE TABLE IF NOT EXISTS {prefix}loom_budget_runs (run_id TEXT PRIMARY KEY, "
         f"started_at {real} NOT NULL, deadline {real})",
     ]
@@ -87,6 +92,11 @@ class _SqlLedger(Ledger):
             "insert_hold": f"INSERT INTO {p}loom_budget_holds (id, run_id, scopes, amounts, "
             "created_at) VALUES (?, ?, ?, ?, ?)",
             "delete_hold": f"DELETE FROM {p}loom_budget_holds WHERE id = ?",
+            # A charge is made once: a second one for the same hold is ignored.
+            "insert_charge": f"INSERT INTO {p}loom_budget_charges (id, run_id, amounts, "
+            "created_at) VALUES (?, ?, ?, ?) ON CONFLICT (id) DO NOTHING",
+            "charges": f"SELECT id, run_id, amounts, created_at FROM {p}loom_budget_charges "
+            "WHERE run_id = ? ORDER BY created_at, id",
             "clock_insert": f"INSERT INTO {p}loom_budget_runs (run_id, started_at, deadline) "
             "VALUES (?, ?, ?) ON CONFLICT (run_id) DO NOTHING",
             "clock": f"SELECT started_at, deadline FROM {p}loom_budget_runs WHERE run_id = ?",
@@ -131,6 +141,11 @@ class _SqlLedger(Ledger):
                     self._sql["insert_hold"],
                     [h.id, h.run_id, json.dumps(list(h.scopes)), _dump(h.amounts), h.created_at],
                 )
+            if change.charge is not None:
+                c = change.charge
+                await cur.execute(
+                    self._sql["insert_charge"], [c.id, c.run_id, _dump(c.amounts), c.created_at]
+                )
             return updated
 
     async def totals(self, scope: str) -> Totals:
@@ -147,6 +162,12 @@ class _SqlLedger(Ledger):
             else:
                 rows = await cur.fetch(self._sql["run_holds"], [run_id])
         return [_hold(r) for r in rows]
+
+    async def charges(self, run_id: str) -> list[Charge]:
+        """The run's crash charges, oldest first."""
+        async with self._transaction() as cur:
+            rows = await cur.fetch(self._sql["charges"], [run_id])
+        return [Charge(str(r[0]), str(r[1]), _load(r[2]), float(r[3])) for r in rows]
 
     async def run_clock(
         self, run_id: str, started_at: float, deadline: float | None

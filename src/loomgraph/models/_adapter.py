@@ -24,13 +24,15 @@ class StreamTally:
     When a stream breaks before the provider's usage arrives (or a server sends none), the
     attempt is charged `floor(usage)`: at least the prompt's estimate when no prompt tokens
     were reported, and at least the output estimate of what was streamed (characters / 4,
-    never below the number of deltas).
+    never below the number of deltas, never above `max_output`: the provider bills no more
+    than the `max_tokens` it was sent, which is what the budget reserved).
     """
 
-    __slots__ = ("chars", "deltas", "prompt_tokens")
+    __slots__ = ("chars", "deltas", "max_output", "prompt_tokens")
 
-    def __init__(self, prompt_tokens: int) -> None:
+    def __init__(self, prompt_tokens: int, max_output: int | None = None) -> None:
         self.prompt_tokens = prompt_tokens
+        self.max_output = max_output
         self.chars = 0
         self.deltas = 0
 
@@ -43,6 +45,8 @@ class StreamTally:
     def floor(self, usage: Usage) -> Usage:
         """`usage` raised to what this attempt streamed, where the provider reported less."""
         output = estimate_output_tokens(self.chars, self.deltas)
+        if self.max_output:
+            output = min(output, self.max_output)
         return floor_usage(usage, prompt_tokens=self.prompt_tokens, output_tokens=output)
 
 
@@ -99,9 +103,10 @@ class HTTPModel:
             )
         client = self._client_for_loop()
         params = self._params(request)
-        prompt = estimate_prompt_tokens(size)
+        prompt, most = estimate_prompt_tokens(size), params.get("max_tokens")
         async for chunk in retrying(
-            lambda: self._attempt(client, params, StreamTally(prompt)), policy=self.retry_policy
+            lambda: self._attempt(client, params, StreamTally(prompt, most)),
+            policy=self.retry_policy,
         ):
             yield chunk
 

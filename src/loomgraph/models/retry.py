@@ -4,8 +4,9 @@ The SDKs' built-in retries are switched off (`max_retries=0`) because they canno
 stream: a call that fails after it started streaming must not be retried silently, since the
 caller already holds part of the answer. This module retries a call only while nothing of it
 has been handed out, and otherwise raises `ModelStreamBroken` so the agent retries the whole
-step. The usage billed for failed attempts is carried into the next attempt's usage chunk (or
-the final error), so money spent on retries is never lost from the books.
+step. Each failed attempt it retries is reported as an `attempt` chunk with the usage it
+billed, so the agent charges and journals every attempt, each under a reservation of its
+own; the final `usage` chunk (or error) is the last attempt's alone.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from contextlib import aclosing
 from dataclasses import dataclass, field
 
 from loomgraph.models.errors import AdapterError, ModelStreamBroken
-from loomgraph.protocols import ModelChunk, Usage
+from loomgraph.protocols import ModelChunk
 
 __all__ = ["RetryPolicy", "retrying"]
 
@@ -53,23 +54,23 @@ async def retrying(
     *,
     policy: RetryPolicy,
 ) -> AsyncIterator[ModelChunk]:
-    """Run `attempt()` until it completes, retrying retryable errors raised before any chunk."""
-    carried = Usage()  # billed by earlier failed attempts
+    """Run `attempt()` until it completes, retrying retryable errors raised before any chunk.
+
+    Before each retry an `attempt` chunk reports the failed attempt and what it billed, so
+    the caller can charge and journal it (and check its budget) before the next one is sent.
+    """
     tries = 0
     while True:
         tries += 1
         yielded = False
+        failed: AdapterError | None = None
         try:
             async with aclosing(attempt()) as chunks:
                 async for chunk in chunks:
-                    if chunk.get("type") == "usage" and carried:
-                        billed = carried + chunk.get("usage", Usage())
-                        chunk = ModelChunk(type="usage", usage=billed)
                     yielded = True
                     yield chunk
             return
         except AdapterError as err:
-            err.usage = carried + err.usage
             err.attempts = tries
             if yielded:
                 broken = ModelStreamBroken(
@@ -86,5 +87,6 @@ async def retrying(
                 if tries > 1:
                     err.args = (f"{err.args[0]} (gave up after {tries} attempts)",)
                 raise
-            carried = err.usage
-            await policy.sleep(policy.delay(tries - 1, err.retry_after))
+            failed = err
+        yield ModelChunk(type="attempt", attempt=tries, error=str(failed), usage=failed.usage)
+        await policy.sleep(policy.delay(tries - 1, failed.retry_after))

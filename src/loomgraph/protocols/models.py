@@ -18,14 +18,18 @@ class ModelChunk(TypedDict, total=False):
     """One streamed piece of a model turn.
 
     `type` is `text` (with `text`), `tool_call` (with a complete `call`), `usage` (with
-    `usage`, a `Usage`) or `finish` (with `finish_reason`).
+    `usage`, a `Usage`), `finish` (with `finish_reason`) or `attempt`: an attempt that failed
+    before it streamed anything and is retried by the model itself (with its number
+    `attempt`, its `error` and the `usage` it billed, which the final `usage` does not repeat).
     """
 
-    type: Literal["text", "tool_call", "usage", "finish"]
+    type: Literal["text", "tool_call", "usage", "finish", "attempt"]
     text: str
     call: ToolCall
     usage: Usage
     finish_reason: str
+    attempt: int
+    error: str
 
 
 @dataclass(slots=True)

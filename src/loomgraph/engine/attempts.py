@@ -1,0 +1,68 @@
+"""The attempts of one model call: each is reserved, charged for what it billed, journaled.
+
+A model call may take several attempts: the model's own retries of an attempt that failed
+before it streamed anything (an `attempt` chunk, see `loomgraph.models.retry`) and the
+step retries of a stream that broke after it started. Each attempt has a reservation of its
+own (so the caps are checked again before every retry), is settled with what it billed, and
+a failed one is journaled as a `model_attempt` effect of its own, finished with status
+`failed`, under the call's key plus `.attempt<N>`.
+"""
+
+from __future__ import annotations
+
+from loomgraph.engine.effects import EffectKey
+from loomgraph.engine.scope import RunScope
+from loomgraph.protocols import EffectRecord, EffectStatus, Reservation, Usage
+
+ATTEMPT_KIND = "model_attempt"
+
+
+class ModelAttempts:
+    """The reservation in force for a model call and what its failed attempts billed."""
+
+    __slots__ = ("_amount", "_number", "billed", "key", "reservation", "scope")
+
+    def __init__(self, scope: RunScope, key: EffectKey) -> None:
+        self.scope = scope
+        self.key = key
+        self.reservation: Reservation | None = None
+        self.billed = Usage()  # what failed attempts billed, all charged already
+        self._amount = Usage()
+        self._number = 0
+
+    def held(self, reservation: Reservation | None, amount: Usage) -> None:
+        """An attempt starts under `reservation` (the worst case `amount`)."""
+        self.reservation, self._amount = reservation, amount
+
+    async def settle(self, usage: Usage) -> None:
+        """Charge the attempt in force `usage` (what it billed)."""
+        reservation, self.reservation = self.reservation, None
+        await self.scope.settle(reservation, usage)
+
+    async def failed(self, usage: Usage, error: str) -> None:
+        """An attempt failed after billing `usage`: charge it and journal it."""
+        await self.settle(usage)
+        self.billed += usage
+        await self._journal(usage, error)
+
+    async def retried(self, usage: Usage, error: str) -> None:
+        """The model retries an attempt itself: charge and journal the failed one, then hold
+        the same worst case for the next (BudgetExceeded when the caps have no room left)."""
+        await self.failed(usage, error)
+        self.reservation = await self.scope.reserve("model", self._amount)
+
+    async def _journal(self, usage: Usage, error: str) -> None:
+        runtime, run_id = self.scope.deps.runtime, self.scope.run_id
+        while True:
+            # Numbered past the attempts a crashed execution of this call journaled already.
+            self._number += 1
+            key = EffectKey(
+                run_id, self.key.path, self.key.visit, f"{self.key.slot}.attempt{self._number}"
+            )
+            if await runtime.effect(run_id, str(key)) is None:
+                break
+        outcome = {"attempt": self._number, "error": error, "usage": usage.to_dict()}
+        await runtime.begin_effect(
+            EffectRecord(run_id, str(key), ATTEMPT_KIND, {"of": str(self.key)})
+        )
+        await runtime.end_effect(run_id, str(key), outcome, EffectStatus.FAILED)
