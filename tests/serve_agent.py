@@ -40,7 +40,9 @@ def script(request: Any) -> Any:
     """`pay ...` pays acme 5; `steps N` calls `step` N times; anything else is echoed."""
     prompt, i = _prompt(request), request.call_index
     if prompt.startswith("pay") and i == 0:
-        return {"tool_calls": [{"id": "call_pay", "tool": "pay", "args": {"to": "acme", "amount": 5}}]}
+        return {
+            "tool_calls": [{"id": "call_pay", "tool": "pay", "args": {"to": "acme", "amount": 5}}]
+        }
     if prompt.startswith("steps "):
         n = int(prompt.split()[1])
         if i < n:

@@ -11,11 +11,11 @@ from typing import Any
 
 import httpx
 import pytest
-from serve_agent import PAID, make_agent
 
 from loomgraph.observability import FileAuditLog
 from loomgraph.protocols import EffectStatus
 from loomgraph.serve import DevModeRefused, create_app
+from serve_agent import PAID, make_agent
 
 
 class Served:
@@ -82,8 +82,9 @@ async def test_a_run_over_http_is_the_callers_and_is_listed(tmp_path: Path) -> N
         background = await s.post("bob", "/v1/runs", {"input": "later", "background": True})
         assert background.status_code == 202
         bob_run = background.json()["run_id"]
-        assert (await s.settled(bob_run)) == {"error": {"type": "not_found", "message": (
-            f"no run {bob_run!r}")}}  # alice cannot see bob's run
+        assert (await s.settled(bob_run)) == {
+            "error": {"type": "not_found", "message": (f"no run {bob_run!r}")}
+        }  # alice cannot see bob's run
         await s.app.state.service.hub.wait(bob_run)
         mine = (await s.get("bob", f"/v1/runs/{bob_run}")).json()
         assert mine["status"] == "completed" and mine["user_id"] == "bob"
@@ -91,11 +92,16 @@ async def test_a_run_over_http_is_the_callers_and_is_listed(tmp_path: Path) -> N
 
 async def test_listing_pages_newest_first_and_filters_by_status(tmp_path: Path) -> None:
     async with served(tmp_path) as s:
-        ids = [(await s.post("alice", "/v1/runs", {"input": f"r{i}"})).json()["run_id"] for i in range(3)]
+        ids = [
+            (await s.post("alice", "/v1/runs", {"input": f"r{i}"})).json()["run_id"]
+            for i in range(3)
+        ]
         waiting = (await s.post("alice", "/v1/runs", {"input": "pay acme"})).json()["run_id"]
         first = (await s.get("alice", "/v1/runs", params={"limit": 2})).json()
         assert [r["run_id"] for r in first["runs"]] == [waiting, ids[2]]
-        second = (await s.get("alice", "/v1/runs", params={"limit": 2, "cursor": first["cursor"]})).json()
+        second = (
+            await s.get("alice", "/v1/runs", params={"limit": 2, "cursor": first["cursor"]})
+        ).json()
         assert [r["run_id"] for r in second["runs"]] == [ids[1], ids[0]]
         assert second["cursor"] is None
         pending = (await s.get("alice", "/v1/runs", params={"status": "awaiting_approval"})).json()
@@ -163,7 +169,7 @@ async def test_approval_by_the_owner_as_approver_records_who_approved(tmp_path: 
         )
         assert ok.status_code == 202, ok.text
         assert (await s.settled(run_id))["status"] == "completed"
-        assert PAID == [edited]
+        assert [edited] == PAID
         again = await s.post("alice", f"/v1/runs/{run_id}/approvals/call_pay", {"allow": True})
         assert error(again)[0] == 409
         answers = [e for e in await s.agent.deps.runtime.effects(run_id) if e.kind == "approval"]

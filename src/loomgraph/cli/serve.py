@@ -89,7 +89,9 @@ async def _add_key(args: argparse.Namespace) -> int:
         await agent.aclose()
     role = " (approver)" if args.approver else ""
     print(key)
-    print(f"key for {args.user}{role}; it is shown only now (only its hash is kept)", file=sys.stderr)
+    print(
+        f"key for {args.user}{role}; it is shown only now (only its hash is kept)", file=sys.stderr
+    )
     return EXIT_OK
 
 

@@ -13,7 +13,7 @@ from starlette.routing import Route
 from loomgraph.agent.run_events import EventId
 from loomgraph.protocols import RunStatus
 from loomgraph.serve.auth import Caller, authenticate
-from loomgraph.serve.errors import BadRequest, ServeError, TooLarge, status_of
+from loomgraph.serve.errors import BadRequest, Invalid, TooLarge, status_of
 from loomgraph.serve.service import Service
 from loomgraph.serve.views import dumps, run_json, sse_frame
 
@@ -56,13 +56,6 @@ async def read_json(request: Request, service: Service) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise BadRequest("the body must be a JSON object")
     return data
-
-
-class Invalid(ServeError):
-    """A field of the body has the wrong type or value."""
-
-    status = 422
-    kind = "validation"
 
 
 def field(data: dict[str, Any], name: str, kind: type | tuple[type, ...], default: Any) -> Any:

@@ -15,7 +15,9 @@ from loomgraph.runtime.errors import RunConflict, RunFinished
 
 __all__ = [
     "BadRequest",
+    "Conflict",
     "Forbidden",
+    "Invalid",
     "NotFound",
     "ServeError",
     "TooLarge",
@@ -61,6 +63,20 @@ class TooLarge(ServeError):
 
     status = 413
     kind = "too_large"
+
+
+class Conflict(ServeError):
+    """The run is not in a state that allows this (driven elsewhere, already cancelled)."""
+
+    status = 409
+    kind = "run_conflict"
+
+
+class Invalid(ServeError, ValueError):
+    """A field of the body has the wrong type or value, or is missing."""
+
+    status = 422
+    kind = "validation"
 
 
 # loomgraph's typed errors as (status, type), most specific first: the first match wins.

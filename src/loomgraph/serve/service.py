@@ -17,18 +17,11 @@ from loomgraph.authoring.render_dot import to_svg
 from loomgraph.engine.effects import Approval
 from loomgraph.protocols import RunRecord, RunStatus, Transition
 from loomgraph.serve.auth import Auth, Caller
-from loomgraph.serve.errors import BadRequest, Forbidden, NotFound, ServeError
+from loomgraph.serve.errors import BadRequest, Conflict, Forbidden, NotFound
 from loomgraph.serve.hub import RunHub
 from loomgraph.serve.store import RunPage, ServeStore
 
-__all__ = ["Conflict", "Service"]
-
-
-class Conflict(ServeError):
-    """The run is not in a state that allows this (driven elsewhere, already finished)."""
-
-    status = 409
-    kind = "run_conflict"
+__all__ = ["Service"]
 
 
 @dataclass
