@@ -4,7 +4,7 @@ over SSE (journal → client) as a ratio to the same events streamed in-process.
 
     PYTHONPATH=src python3 bench/serve_load.py            # --clients 200 --live 50 --short 1000
 
-Latency of an event = when the client has it − the event's `at` (when the run made it), on
+Latency of an event = when the client has it minus the event's `at` (when the run made it), on
 one machine's clock. The in-process baseline streams the same runs with `agent.stream()`.
 """
 

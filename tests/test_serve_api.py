@@ -49,14 +49,16 @@ async def served(tmp_path: Path, **options: Any) -> AsyncIterator[Served]:
     )
     app = create_app(agent, **options)
     transport = httpx.ASGITransport(app=app)
-    async with app.router.lifespan_context(app):
-        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
-            s = Served(agent, app, client)
-            store = app.state.service.store
-            s.keys["alice"] = await store.add_key("alice", approver=True)
-            s.keys["bob"] = await store.add_key("bob", approver=True)
-            s.keys["dave"] = await store.add_key("dave")
-            yield s
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=transport, base_url="http://test") as client,
+    ):
+        s = Served(agent, app, client)
+        store = app.state.service.store
+        s.keys["alice"] = await store.add_key("alice", approver=True)
+        s.keys["bob"] = await store.add_key("bob", approver=True)
+        s.keys["dave"] = await store.add_key("dave")
+        yield s
     await agent.aclose()
 
 
