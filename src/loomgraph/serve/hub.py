@@ -66,18 +66,23 @@ class RunHub:
         task = self._tasks.get(run_id)
         return task is not None and not task.done()
 
-    async def start(self, run_id: str, events: AsyncIterator[Event]) -> Event | None:
-        """Drive a run from its event stream in the background; its first event (None when
-        it had none). An error raised before the first event (a refused resume) is raised
-        here and nothing runs."""
+    async def start(
+        self, run_id: str, events: AsyncIterator[Event], *, past: frozenset[str] = frozenset()
+    ) -> Event | None:
+        """Drive a run from its event stream in the background; its first event not of a
+        kind in `past` (None when the run ended first). An error raised before that (a
+        refused resume) is raised here, and nothing more runs."""
         stream = aiter(events)
-        try:
-            first = await anext(stream)
-        except StopAsyncIteration:
-            self.notify(run_id)
-            return None
+        while True:
+            try:
+                event = await anext(stream)
+            except StopAsyncIteration:
+                self.notify(run_id)
+                return None
+            if event.kind not in past:
+                break
         self._tasks[run_id] = asyncio.create_task(self._drain(run_id, stream))
-        return first
+        return event
 
     async def _drain(self, run_id: str, stream: AsyncIterator[Event]) -> None:
         try:

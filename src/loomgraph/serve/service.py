@@ -16,12 +16,15 @@ from loomgraph.authoring.diagram import RunOverlay
 from loomgraph.authoring.render_dot import to_svg
 from loomgraph.engine.effects import Approval
 from loomgraph.protocols import RunRecord, RunStatus, Transition
+from loomgraph.protocols.events import RUN_STARTED
 from loomgraph.serve.auth import Auth, Caller
 from loomgraph.serve.errors import BadRequest, Conflict, Forbidden, NotFound
 from loomgraph.serve.hub import RunHub
 from loomgraph.serve.store import RunPage, ServeStore
 
 __all__ = ["Service"]
+
+_BEFORE_JOURNAL = frozenset({RUN_STARTED})
 
 
 @dataclass
@@ -124,7 +127,9 @@ class Service:
         stream = event_stream(
             session.execute, self.agent.deps.hooks.on_event, lambda: session.error
         )
-        await self.hub.start(session.run_id, stream)
+        # `run_started` comes before the run is journaled: wait for the next event, so the
+        # run can be read as soon as its id is answered.
+        await self.hub.start(session.run_id, stream, past=_BEFORE_JOURNAL)
         return session.run_id
 
     async def finished(self, caller: Caller, run_id: str) -> RunRecord:
