@@ -84,17 +84,21 @@ def dev_auth(host: str, fallback: Auth | None = None) -> Auth:
             return Caller(user, approver=True)
         if fallback is None:
             return None
-        answer = fallback(request)
-        return await answer if inspect.isawaitable(answer) else answer
+        return await _ask(fallback, request)
 
     return auth
 
 
-async def authenticate(auth: Auth, request: Any) -> Caller:
-    """The caller of a request, or Unauthorized."""
-    answer = auth(request)
+async def _ask(auth: Auth, request: Any) -> Caller | str | None:
+    answer: Any = auth(request)
     if inspect.isawaitable(answer):
         answer = await answer
+    return answer if isinstance(answer, Caller | str) else None
+
+
+async def authenticate(auth: Auth, request: Any) -> Caller:
+    """The caller of a request, or Unauthorized."""
+    answer = await _ask(auth, request)
     if isinstance(answer, str) and answer:
         return Caller(answer)
     if isinstance(answer, Caller) and answer.user_id:
