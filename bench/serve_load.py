@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import statistics
 import sys
 import tempfile
@@ -114,6 +115,7 @@ async def short_runs(url: str, count: int, concurrency: int) -> dict[str, Any]:
 
 def measure(clients: int, live: int, steps: int, short: int, concurrency: int) -> dict[str, Any]:
     """Run every measure against a fresh server; the numbers."""
+    os.environ["SERVE_STEP_DELAY"] = "0.05"  # the in-process baseline's steps, as the server's
     with tempfile.TemporaryDirectory() as tmp:
         env = environment(Path(tmp) / "journal.db", SERVE_STEP_DELAY="0.05")
         server = start_server(env, "--dev", "--log-level", "warning")
