@@ -118,7 +118,7 @@ def measure(clients: int, live: int, steps: int, short: int, concurrency: int) -
     os.environ["SERVE_STEP_DELAY"] = "0.05"  # the in-process baseline's steps, as the server's
     with tempfile.TemporaryDirectory() as tmp:
         env = environment(Path(tmp) / "journal.db", SERVE_STEP_DELAY="0.05")
-        server = start_server(env, "--dev", "--log-level", "warning")
+        server = start_server(env, "--dev")
         try:
             base = asyncio.run(in_process(live, steps, Path(tmp) / "baseline.db"))
             sse = asyncio.run(live_clients(server.url, clients, live, steps))

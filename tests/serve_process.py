@@ -37,7 +37,7 @@ def loomgraph(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[st
         text=True,
         env=env,
         cwd=TESTS,
-        timeout=300,
+        timeout=900,
     )
 
 
@@ -64,7 +64,7 @@ class Server:
             self.process.wait(timeout=60)
 
 
-def start_server(env: dict[str, str], *options: str, timeout: float = 240) -> Server:
+def start_server(env: dict[str, str], *options: str, timeout: float = 900) -> Server:
     """Start `loomgraph serve` and wait (bounded) until uvicorn says it is up."""
     port = free_port()
     process = subprocess.Popen(
