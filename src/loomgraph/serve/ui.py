@@ -38,8 +38,9 @@ TEMPLATES.env.filters["compact"] = lambda v: json.dumps(v, default=str)[:160]
 Page = Callable[[Request, Service, Caller], Awaitable[Response]]
 
 
-def _render(request: Request, name: str, status: int = 200, **context: Any) -> Response:
-    return TEMPLATES.TemplateResponse(request, name, context, status_code=status)
+def _render(request: Request, name: str, http_status: int = 200, **context: Any) -> Response:
+    # (not `status`: a page's context has a `status` of its own, the filter)
+    return TEMPLATES.TemplateResponse(request, name, context, status_code=http_status)
 
 
 # ---------------------------------------------------------------------- runs page
