@@ -62,6 +62,16 @@ with where each class lives (relative to `loomgraph.`):
     │   └── AuditConfigError + ValueError   observability.audit_key
     │       └── AuditKeyMissing             observability.audit_key
     ├── SqliteFileProblem                   _storage.sqlite_files
+    ├── BadEventId + ValueError             agent.run_events
+    ├── ServeError                          serve.errors
+    │   ├── BadRequest + ValueError         serve.errors
+    │   ├── Unauthorized                    serve.errors
+    │   │   └── DevModeRefused + ValueError serve.auth
+    │   ├── Forbidden                       serve.errors
+    │   ├── NotFound                        serve.errors
+    │   ├── Conflict                        serve.errors
+    │   ├── Invalid + ValueError            serve.errors
+    │   └── TooLarge                        serve.errors
     └── UsageError                          cli.runs
 
 Three exceptions stay outside on purpose: they are raised and caught inside one module and

@@ -35,6 +35,7 @@ from loomgraph.agent.recovery import (
     reset_recoveries,
 )
 from loomgraph.agent.result import RunResult
+from loomgraph.agent.run_events import EventId, JournalEvent, follow_events
 from loomgraph.agent.session import AgentSession
 from loomgraph.agent.streaming import event_stream
 from loomgraph.authoring.library import load_graph
@@ -399,6 +400,15 @@ class Agent:
         record, transitions = await self._journal(run_id)
         own = await run_graph(self.deps.runtime, record, self.compiled, self._kept)
         return history(own or self.compiled, record, transitions)
+
+    def events(
+        self, run_id: str, *, after: EventId | str | None = None, poll_interval: float = 0.5
+    ) -> AsyncIterator[JournalEvent]:
+        """The run's events read from the journal after `after` (a stable id, `"seq.index"`),
+        then followed until the run stops, wherever it runs (see `agent.run_events`)."""
+        if isinstance(after, str):
+            after = EventId.parse(after)
+        return follow_events(self.deps.runtime, run_id, after=after, poll_interval=poll_interval)
 
     async def runs(self, user_id: str | None = None) -> list[RunRecord]:
         """The runs in the journal, optionally of one user."""

@@ -1,0 +1,255 @@
+"""A run's events read back from its journal, and followed while it goes on: one source for
+whoever watches a run from outside the process that drives it (the HTTP server, workers).
+
+The journal keeps transitions and effects, not events, so the events are derived from them,
+the same way every time: each committed transition `seq` gives `node_started`, then one or two
+events per effect of that node visit (tool calls and results, approval requests and answers),
+then `node_completed`. Their ids, `EventId(seq, index)` written `"seq.index"`, are therefore
+stable: a watcher that reconnects after `"7.2"` gets exactly the events after it, none lost and
+none twice. `run_started` is `0.0`. When the run stops (finished, or waiting for an approval
+or a value), a `run_completed` event with the status follows, id `"seq.end"` (`index` -1), and
+the source ends. Model text arrives inside `node_completed`'s patch; streamed chunks are not
+journaled, so they are not in this source.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from loomgraph.errors import LoomgraphError
+from loomgraph.protocols import EffectRecord, EffectStatus, RunRecord, RunStatus, Transition
+from loomgraph.protocols.events import (
+    NODE_COMPLETED,
+    NODE_STARTED,
+    PERMISSION_DECISION,
+    RUN_COMPLETED,
+    RUN_STARTED,
+    TOOL_CALL,
+    TOOL_RESULT,
+    Event,
+)
+from loomgraph.protocols.runtime import RunReader, UnknownRun
+
+__all__ = ["BadEventId", "EventId", "JournalEvent", "follow_events", "journal_events"]
+
+_END = -1  # the index of the event a stop makes
+
+
+class BadEventId(LoomgraphError, ValueError):
+    """An event id that is not `seq.index` (or `seq.end`)."""
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class EventId:
+    """Where one journaled event stands: the transition it belongs to and its place there
+    (`index` -1 for the stop event after the transition `seq`)."""
+
+    seq: int
+    index: int
+
+    def __str__(self) -> str:
+        return f"{self.seq}.{'end' if self.index == _END else self.index}"
+
+    @classmethod
+    def parse(cls, text: str) -> EventId:
+        """An id from its text form; a bare number `N` means "after every event of N"."""
+        seq, dot, index = text.strip().partition(".")
+        try:
+            if not dot:
+                return cls(int(seq), 1 << 30)
+            return cls(int(seq), _END if index == "end" else int(index))
+        except ValueError:
+            raise BadEventId(
+                f"event id {text!r} is not 'SEQ.INDEX', 'SEQ.end' or a sequence number"
+            ) from None
+
+    def comes_after(self, other: EventId | None) -> bool:
+        """True when this event follows `other` in the run (every event follows None)."""
+        if other is None:
+            return True
+        if self.seq != other.seq:
+            return self.seq > other.seq
+        mine = (1 << 31) if self.index == _END else self.index
+        theirs = (1 << 31) if other.index == _END else other.index
+        return mine > theirs
+
+
+@dataclass(frozen=True, slots=True)
+class JournalEvent:
+    """One event derived from the journal, with its stable id."""
+
+    id: EventId
+    event: Event
+
+
+def _event(
+    record: RunRecord, kind: str, payload: dict[str, Any], seq: int, node: str | None, at: float
+) -> Event:
+    return Event(kind, payload, record.run_id, seq, node, record.user_id, record.session_id, at)
+
+
+def _effects_by_visit(
+    run_id: str, effects: Sequence[EffectRecord]
+) -> dict[tuple[str, int], list[EffectRecord]]:
+    """Effects grouped by the node visit that made them (from their keys)."""
+    grouped: dict[tuple[str, int], list[EffectRecord]] = {}
+    prefix = run_id + ":"
+    for effect in effects:
+        if not effect.key.startswith(prefix):
+            continue
+        path, _, rest = effect.key[len(prefix) :].partition(":")
+        visit, _, _slot = rest.partition(":")
+        if visit.isdigit():
+            grouped.setdefault((path, int(visit)), []).append(effect)
+    return grouped
+
+
+def _effect_events(effect: EffectRecord) -> list[tuple[str, dict[str, Any]]]:
+    """What one effect tells a watcher: a call and its result, or an approval asked/answered."""
+    intent, outcome = effect.intent, effect.outcome or {}
+    if effect.kind == "tool":
+        out: list[tuple[str, dict[str, Any]]] = [(TOOL_CALL, {"call": intent.get("call")})]
+        if effect.status == EffectStatus.DONE:
+            out.append((TOOL_RESULT, {"call": intent.get("call"), "result": outcome}))
+        return out
+    if effect.kind == "approval_request":
+        call = intent.get("call") or {}
+        return [
+            (
+                PERMISSION_DECISION,
+                {
+                    "verdict": "ask",
+                    "rule": intent.get("rule", ""),
+                    "reason": intent.get("reason", ""),
+                    "tool": call.get("tool"),
+                    "call_id": call.get("id"),
+                },
+            )
+        ]
+    if effect.kind == "approval" and effect.status == EffectStatus.DONE:
+        call = intent.get("call") or {}
+        answer = outcome.get("answer")
+        return [
+            (
+                PERMISSION_DECISION,
+                {
+                    "verdict": "allow" if answer else "deny",
+                    "rule": "approval:granted" if answer else "approval:denied",
+                    "tool": call.get("tool"),
+                    "call_id": call.get("id"),
+                    "approver": outcome.get("by", ""),
+                    "edited": isinstance(answer, dict),
+                },
+            )
+        ]
+    return []
+
+
+def journal_events(
+    record: RunRecord,
+    transitions: Sequence[Transition],
+    effects: Sequence[EffectRecord],
+    after: EventId | None = None,
+) -> list[JournalEvent]:
+    """The events the journal holds for a run, after `after`, stop event included when the
+    run is not running."""
+    out: list[JournalEvent] = []
+
+    def add(eid: EventId, event: Event) -> None:
+        if eid.comes_after(after):
+            out.append(JournalEvent(eid, event))
+
+    if record.initial is not None or transitions:
+        prompt = record.initial.prompt if record.initial else ""
+        add(
+            EventId(0, 0),
+            _event(
+                record,
+                RUN_STARTED,
+                {"prompt": prompt, "graph": record.graph_name},
+                0,
+                None,
+                record.created_at,
+            ),
+        )
+    grouped = _effects_by_visit(record.run_id, effects) if transitions else {}
+    for t in transitions:
+        if after is not None and t.seq < after.seq:
+            continue
+        i = 0
+        add(
+            EventId(t.seq, i),
+            _event(record, NODE_STARTED, {"node": t.node, "visit": t.visit}, t.seq, t.node, t.at),
+        )
+        for effect in grouped.get((t.node, t.visit), ()):
+            for kind, payload in _effect_events(effect):
+                i += 1
+                add(EventId(t.seq, i), _event(record, kind, payload, t.seq, t.node, t.at))
+        i += 1
+        payload = {"node": t.node, "visit": t.visit, "next": t.next_node, "patch": t.patch}
+        add(EventId(t.seq, i), _event(record, NODE_COMPLETED, payload, t.seq, t.node, t.at))
+    if record.status != RunStatus.RUNNING:
+        last = transitions[-1].seq if transitions else 0
+        result = record.result or {}
+        payload = {
+            "status": str(record.status),
+            "reason": record.reason,
+            "output": result.get("output"),
+            "result": record.result,
+        }
+        add(
+            EventId(last, _END),
+            _event(record, RUN_COMPLETED, payload, last, None, record.updated_at),
+        )
+    return out
+
+
+# Waits until the run may have changed, or `timeout` seconds passed.
+Changed = Callable[[str, float], Awaitable[None]]
+
+
+async def _poll(run_id: str, timeout: float) -> None:
+    await asyncio.sleep(timeout)
+
+
+async def follow_events(
+    runtime: RunReader,
+    run_id: str,
+    *,
+    after: EventId | None = None,
+    changed: Changed | None = None,
+    poll_interval: float = 0.5,
+    load: Callable[[str], Awaitable[RunRecord | None]] | None = None,
+) -> AsyncIterator[JournalEvent]:
+    """The run's journaled events after `after`, then each new one as it is journaled,
+    until the run stops; wherever the run is driven from (any process sharing the journal).
+
+    `changed(run_id, timeout)` returns when the run may have moved on (a process that drives
+    the run can wake its watchers at once); without it the journal is read every
+    `poll_interval` seconds. `load` reads the run record (default `runtime.load_run`): a
+    caller that may only see some runs passes a reader filtered by user. An unknown run
+    raises `UnknownRun`.
+    """
+    wait = changed or _poll
+    read = load or runtime.load_run
+    seen_seq = -1
+    while True:
+        record = await read(run_id)
+        if record is None:
+            raise UnknownRun(run_id)
+        stopped = record.status != RunStatus.RUNNING
+        transitions = await runtime.transitions(run_id)
+        newest = transitions[-1].seq if transitions else 0
+        if newest != seen_seq or stopped:
+            # Effects are read only when a transition is new: they belong to transitions.
+            effects = await runtime.effects(run_id) if newest != seen_seq else []
+            for item in journal_events(record, transitions, effects, after):
+                yield item
+                after = item.id
+            seen_seq = newest
+        if stopped:
+            return
+        await wait(run_id, poll_interval)

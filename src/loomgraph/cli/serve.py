@@ -1,0 +1,120 @@
+"""`loomgraph serve --agent FILE|MODULE:ATTR` and `loomgraph keys add USER`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import sys
+from pathlib import Path
+from typing import Any
+
+from loomgraph.cli.output import EXIT_OK, EXIT_USAGE
+
+__all__ = ["add_parser", "handle", "load_agent"]
+
+
+def add_parser(subparsers: Any) -> None:
+    """Add `serve` and `keys` to the command's subparsers."""
+    serve = subparsers.add_parser("serve", help="serve an agent over HTTP, with the run viewer")
+    serve.add_argument(
+        "--agent",
+        required=True,
+        help="an agent file (.yaml) or MODULE:ATTR naming an Agent (or a function making one)",
+    )
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument(
+        "--dev",
+        action="store_true",
+        help="development: trust an X-User-Id header (only on a loopback address)",
+    )
+    serve.add_argument("--log-level", default="info")
+    keys = subparsers.add_parser("keys", help="API keys of the server (stored hashed)")
+    cmds = keys.add_subparsers(dest="keys_command", required=True)
+    add = cmds.add_parser("add", help="make a key for USER and print it (shown once)")
+    add.add_argument("user")
+    add.add_argument("--agent", required=True, help="the agent (its journal keeps the keys)")
+    add.add_argument("--approver", action="store_true", help="may answer approvals")
+    add.add_argument("--label", default="", help="a note to tell keys apart")
+
+
+def load_agent(spec: str) -> Any:
+    """The Agent an agent file or a `MODULE:ATTR` names."""
+    from loomgraph.agent.agent import Agent
+
+    if spec.endswith((".yaml", ".yml")):
+        from_file = getattr(Agent, "from_file", None)
+        if from_file is None:
+            raise ValueError(f"{spec}: this loomgraph cannot read agent files; use MODULE:ATTR")
+        return from_file(Path(spec))
+    module, sep, attr = spec.partition(":")
+    if not sep or not module or not attr:
+        raise ValueError(f"--agent {spec!r}: expected an agent file (.yaml) or MODULE:ATTR")
+    if "." not in sys.path:
+        sys.path.insert(0, ".")
+    value = getattr(importlib.import_module(module), attr)
+    agent = value if isinstance(value, Agent) else value()
+    if not isinstance(agent, Agent):
+        raise ValueError(f"--agent {spec!r} is a {type(agent).__name__}, not an Agent")
+    return agent
+
+
+def handle(args: argparse.Namespace) -> int:
+    """Run `serve` or `keys`."""
+    if args.command == "keys":
+        return asyncio.run(_add_key(args))
+    return _serve(args)
+
+
+async def _add_key(args: argparse.Namespace) -> int:
+    from loomgraph.serve.store import MemoryStore, open_store
+
+    agent = load_agent(args.agent)
+    try:
+        connect = getattr(agent.deps.runtime, "connect", None)
+        if connect is not None:
+            await connect()
+        store = open_store(agent.deps.runtime)
+        if isinstance(store, MemoryStore):
+            print(
+                "loomgraph: this agent's journal is in memory; keys would be lost. "
+                "Give the agent a durable runtime (sqlite: or postgres:)",
+                file=sys.stderr,
+            )
+            return EXIT_USAGE
+        key = await store.add_key(args.user, approver=args.approver, label=args.label)
+        await store.close()
+    finally:
+        await agent.aclose()
+    role = " (approver)" if args.approver else ""
+    print(key)
+    print(
+        f"key for {args.user}{role}; it is shown only now (only its hash is kept)", file=sys.stderr
+    )
+    return EXIT_OK
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from loomgraph.serve.app import create_app
+    from loomgraph.serve.auth import DevModeRefused
+
+    agent = load_agent(args.agent)
+    try:
+        app = create_app(agent, dev=args.dev, host=args.host)
+    except DevModeRefused as err:
+        print(f"loomgraph: refused: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    if args.dev:
+        print(
+            f"loomgraph: development mode: X-User-Id is trusted (bound to {args.host} only)",
+            file=sys.stderr,
+        )
+    print(f"loomgraph: serving on http://{args.host}:{args.port} (viewer at /ui)", file=sys.stderr)
+    try:
+        uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
+    finally:
+        asyncio.run(agent.aclose())
+    return EXIT_OK

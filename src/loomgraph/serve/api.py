@@ -1,0 +1,255 @@
+"""The `/v1` HTTP API: runs, their events (SSE), checkpoints, approvals, resume, fork, cancel."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from loomgraph.agent.run_events import EventId
+from loomgraph.protocols import RunStatus
+from loomgraph.serve.auth import Caller, authenticate
+from loomgraph.serve.errors import BadRequest, Invalid, TooLarge, status_of
+from loomgraph.serve.service import Service
+from loomgraph.serve.views import dumps, run_json, sse_frame
+
+__all__ = ["api_routes", "error_response", "read_json"]
+
+
+class Json(JSONResponse):
+    """A JSON response; values JSON does not know are given as their text."""
+
+    def render(self, content: Any) -> bytes:
+        return dumps(content).encode()
+
+
+Handler = Callable[[Request, Service, Caller], Awaitable[Response]]
+
+
+def error_response(err: BaseException) -> JSONResponse:
+    """An error as `{"error": {"type", "message"}}` with its status code."""
+    status, kind = status_of(err)
+    message = str(err) if status < 500 else f"{type(err).__name__}: {err}"
+    return Json({"error": {"type": kind, "message": message}}, status_code=status)
+
+
+async def read_json(request: Request, service: Service) -> dict[str, Any]:
+    """The request's JSON object body ({} when empty), within the size limit."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > service.max_body:
+        raise TooLarge(f"the body is {declared} bytes; the limit is {service.max_body}")
+    body = b""
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > service.max_body:
+            raise TooLarge(f"the body is over the limit of {service.max_body} bytes")
+    if not body.strip():
+        return {}
+    try:
+        data = json.loads(body)
+    except ValueError as err:
+        raise BadRequest(f"the body is not JSON: {err}") from None
+    if not isinstance(data, dict):
+        raise BadRequest("the body must be a JSON object")
+    return data
+
+
+def field(data: dict[str, Any], name: str, kind: type | tuple[type, ...], default: Any) -> Any:
+    """A body field of the given type, or Invalid naming it."""
+    value = data.get(name, default)
+    if value is default:
+        return value
+    if not isinstance(value, kind) or (isinstance(value, bool) and kind is int):
+        names = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
+        raise Invalid(f"field {name!r} must be {names}, got {type(value).__name__}")
+    return value
+
+
+def int_param(request: Request, name: str, default: int | None = None) -> int:
+    """An integer query or path parameter, or BadRequest."""
+    raw = request.path_params.get(name, request.query_params.get(name))
+    if raw is None:
+        if default is None:
+            raise BadRequest(f"parameter {name!r} is required")
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise BadRequest(f"parameter {name!r} must be an integer, got {raw!r}") from None
+
+
+def sse(frames: AsyncIterator[str]) -> StreamingResponse:
+    """A text/event-stream response."""
+    headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    return StreamingResponse(frames, media_type="text/event-stream", headers=headers)
+
+
+async def _frames(service: Service, caller: Caller, run_id: str, after: EventId | None) -> Any:
+    async for item in service.events(caller, run_id, after):
+        yield sse_frame(item)
+
+
+# ---------------------------------------------------------------------- handlers
+
+
+async def create_run(request: Request, service: Service, caller: Caller) -> Response:
+    data = await read_json(request, service)
+    prompt = field(data, "input", str, None)
+    if prompt is None:
+        raise Invalid("field 'input' is required")
+    session_id = field(data, "session_id", str, None)
+    stream = field(data, "stream", bool, False)
+    background = field(data, "background", bool, False)
+    run_id = await service.start(caller, prompt, session_id)
+    if stream:
+        return sse(_frames(service, caller, run_id, None))
+    if background:
+        return Json({"run_id": run_id, "status": "running"}, status_code=202)
+    record = await service.finished(caller, run_id)
+    body = record.result or run_json(record, detail=True)
+    if record.status == RunStatus.BUDGET_EXHAUSTED:
+        error = {"type": "budget_exhausted", "message": record.reason}
+        return Json({"error": error, "result": body}, status_code=429)
+    return Json(body, status_code=201)
+
+
+async def list_runs(request: Request, service: Service, caller: Caller) -> Response:
+    q = request.query_params
+    page = await service.runs(
+        caller,
+        status=q.get("status"),
+        graph=q.get("graph"),
+        limit=int_param(request, "limit", 50),
+        cursor=q.get("cursor") or None,
+    )
+    return Json({"runs": [run_json(r) for r in page.runs], "cursor": page.cursor})
+
+
+async def get_run(request: Request, service: Service, caller: Caller) -> Response:
+    record = await service.run(caller, request.path_params["run_id"])
+    return Json(run_json(record, detail=True))
+
+
+async def run_events(request: Request, service: Service, caller: Caller) -> Response:
+    run_id = request.path_params["run_id"]
+    raw = request.headers.get("last-event-id") or request.query_params.get("after")
+    after = EventId.parse(raw) if raw else None
+    await service.run(caller, run_id)  # 404 before the stream starts
+    return sse(_frames(service, caller, run_id, after))
+
+
+async def list_checkpoints(request: Request, service: Service, caller: Caller) -> Response:
+    points = await service.checkpoints(caller, request.path_params["run_id"])
+    rows = [
+        {"seq": c.seq, "node": c.node, "visit": c.visit, "next": c.next_node, "patch": c.patch}
+        for c in points
+    ]
+    return Json({"checkpoints": rows})
+
+
+async def get_checkpoint(request: Request, service: Service, caller: Caller) -> Response:
+    seq = int_param(request, "seq")
+    state = await service.state(caller, request.path_params["run_id"], seq)
+    return Json({"seq": seq, "state": state})
+
+
+async def get_diff(request: Request, service: Service, caller: Caller) -> Response:
+    a, b = int_param(request, "a"), int_param(request, "b")
+    changes = await service.diff(caller, request.path_params["run_id"], a, b)
+    return Json({"a": a, "b": b, "changes": changes})
+
+
+async def answer_approval(request: Request, service: Service, caller: Caller) -> Response:
+    data = await read_json(request, service)
+    allow = field(data, "allow", bool, None)
+    if allow is None:
+        raise Invalid("field 'allow' (true or false) is required")
+    args = field(data, "args", dict, None)
+    reason = field(data, "reason", str, "")
+    run_id = request.path_params["run_id"]
+    await service.approve(caller, run_id, request.path_params["call_id"], allow, args, reason)
+    return Json({"run_id": run_id, "status": "running"}, status_code=202)
+
+
+async def resume_run(request: Request, service: Service, caller: Caller) -> Response:
+    data = await read_json(request, service)
+    if "value" not in data:
+        raise Invalid("field 'value' is required")
+    run_id = request.path_params["run_id"]
+    await service.resume(caller, run_id, data["value"])
+    return Json({"run_id": run_id, "status": "running"}, status_code=202)
+
+
+async def fork_run(request: Request, service: Service, caller: Caller) -> Response:
+    data = await read_json(request, service)
+    at = field(data, "at", int, None)
+    if at is None or at < 0:
+        raise Invalid("field 'at' (a checkpoint seq, 0 or more) is required")
+    patch = field(data, "patch", dict, None)
+    result = await service.fork(caller, request.path_params["run_id"], at, patch)
+    return Json(result, status_code=201)
+
+
+async def cancel_run(request: Request, service: Service, caller: Caller) -> Response:
+    record = await service.cancel(caller, request.path_params["run_id"])
+    return Json(run_json(record, detail=True))
+
+
+async def graph_svg(request: Request, service: Service, caller: Caller) -> Response:
+    return Response(await service.graph_svg(), media_type="image/svg+xml")
+
+
+async def run_svg(request: Request, service: Service, caller: Caller) -> Response:
+    svg = await service.run_svg(caller, request.path_params["run_id"])
+    return Response(svg, media_type="image/svg+xml")
+
+
+# ---------------------------------------------------------------------- routes
+
+# (method, path, handler, success status, summary): the routes and the OpenAPI document.
+ENDPOINTS: tuple[tuple[str, str, Handler, int, str], ...] = (
+    ("POST", "/v1/runs", create_run, 201, "Start a run (JSON result, 202 background, or SSE)"),
+    ("GET", "/v1/runs", list_runs, 200, "The caller's runs, newest first"),
+    ("GET", "/v1/runs/{run_id}", get_run, 200, "A run: record, status, result, pending"),
+    ("GET", "/v1/runs/{run_id}/events", run_events, 200, "The run's events (SSE), live"),
+    ("GET", "/v1/runs/{run_id}/checkpoints", list_checkpoints, 200, "Every checkpoint"),
+    ("GET", "/v1/runs/{run_id}/checkpoints/{seq}", get_checkpoint, 200, "State at a seq"),
+    ("GET", "/v1/runs/{run_id}/diff", get_diff, 200, "What changed between checkpoints a, b"),
+    (
+        "POST",
+        "/v1/runs/{run_id}/approvals/{call_id}",
+        answer_approval,
+        202,
+        "Approve or deny a pending call (approver role)",
+    ),
+    ("POST", "/v1/runs/{run_id}/resume", resume_run, 202, "Give an interrupted run its value"),
+    ("POST", "/v1/runs/{run_id}/fork", fork_run, 201, "A new run from a checkpoint"),
+    ("POST", "/v1/runs/{run_id}/cancel", cancel_run, 200, "Cancel a run"),
+    ("GET", "/v1/graph.svg", graph_svg, 200, "The agent's graph as SVG"),
+    ("GET", "/v1/runs/{run_id}/graph.svg", run_svg, 200, "The graph with the run's path"),
+)
+
+
+def guarded(service: Service, handler: Handler) -> Callable[[Request], Awaitable[Response]]:
+    """A handler run for an authenticated caller, its errors answered as JSON."""
+
+    async def endpoint(request: Request) -> Response:
+        try:
+            caller = await authenticate(service.auth, request)
+            return await handler(request, service, caller)
+        except Exception as err:
+            return error_response(err)
+
+    return endpoint
+
+
+def api_routes(service: Service) -> list[Route]:
+    """The API's routes, bound to `service`."""
+    return [
+        Route(path, guarded(service, handler), methods=[method])
+        for method, path, handler, _, _ in ENDPOINTS
+    ]

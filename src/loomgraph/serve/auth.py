@@ -1,0 +1,106 @@
+"""Who is calling: pluggable authentication, API keys, and the loopback-only development mode.
+
+An `auth` is any callable from the request to a `Caller`, a user id (a caller without the
+approver role) or None (not authenticated); it may be async. The user id it gives is the only
+user id the request acts as.
+"""
+
+from __future__ import annotations
+
+import inspect
+import ipaddress
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from loomgraph.serve.errors import Unauthorized
+from loomgraph.serve.store import ServeStore
+
+__all__ = ["Auth", "Caller", "DevModeRefused", "api_key_auth", "authenticate", "dev_auth"]
+
+DEV_HEADER = "x-user-id"
+# The viewer's cookies (set by its sign-in page; SameSite=Strict, HttpOnly).
+KEY_COOKIE = "loomgraph_key"
+DEV_COOKIE = "loomgraph_user"
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """An authenticated caller: the user id runs are kept under, and the approver role."""
+
+    user_id: str
+    approver: bool = False
+
+
+Auth = Callable[[Any], "Caller | str | Awaitable[Caller | str | None] | None"]
+
+
+class DevModeRefused(Unauthorized, ValueError):
+    """`--dev` on an address other than loopback: anyone could claim to be anyone."""
+
+
+def api_key_auth(store: ServeStore) -> Auth:
+    """Authenticate `Authorization: Bearer KEY` (or `X-API-Key: KEY`, or the viewer's
+    cookie) against the stored hashes."""
+
+    async def auth(request: Any) -> Caller | None:
+        header = request.headers.get("authorization", "")
+        scheme, _, token = header.partition(" ")
+        key = token.strip() if scheme.lower() == "bearer" else ""
+        key = key or request.headers.get("x-api-key", "").strip()
+        key = key or request.cookies.get(KEY_COOKIE, "").strip()
+        if not key:
+            return None
+        found = await store.key(key)
+        return None if found is None else Caller(found.user_id, found.approver)
+
+    return auth
+
+
+def is_loopback(host: str) -> bool:
+    """True for 127.0.0.0/8, ::1 and localhost."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def dev_auth(host: str, fallback: Auth | None = None) -> Auth:
+    """Development only: trust an `X-User-Id` header or the viewer's `loomgraph_user` cookie
+    (with the approver role). Refused unless
+    the server is bound to loopback; requests without the header go to `fallback`."""
+    if not is_loopback(host):
+        raise DevModeRefused(
+            f"--dev trusts an X-User-Id header and is only allowed on loopback; "
+            f"the server is bound to {host!r}"
+        )
+
+    async def auth(request: Any) -> Caller | str | None:
+        user = request.headers.get(DEV_HEADER, "").strip()
+        user = user or request.cookies.get(DEV_COOKIE, "").strip()
+        if user:
+            return Caller(user, approver=True)
+        if fallback is None:
+            return None
+        return await _ask(fallback, request)
+
+    return auth
+
+
+async def _ask(auth: Auth, request: Any) -> Caller | str | None:
+    answer: Any = auth(request)
+    if inspect.isawaitable(answer):
+        answer = await answer
+    return answer if isinstance(answer, Caller | str) else None
+
+
+async def authenticate(auth: Auth, request: Any) -> Caller:
+    """The caller of a request, or Unauthorized."""
+    answer = await _ask(auth, request)
+    if isinstance(answer, str) and answer:
+        return Caller(answer)
+    if isinstance(answer, Caller) and answer.user_id:
+        return answer
+    raise Unauthorized("authentication required: send 'Authorization: Bearer <API key>'")

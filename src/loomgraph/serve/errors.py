@@ -1,0 +1,109 @@
+"""The server's errors, and the one table from loomgraph's typed errors to HTTP statuses.
+
+Every error answer is `{"error": {"type": ..., "message": ...}}`. A run the caller may not see
+is 404 exactly as an unknown run is (never 403: that would confirm it exists).
+"""
+
+from __future__ import annotations
+
+from loomgraph.agent.checkpoints import ApprovalRefused, ApprovalUsed, GraphChanged, ResumeError
+from loomgraph.agent.run_events import BadEventId
+from loomgraph.errors import InputTooLarge, LoomgraphError, StateError
+from loomgraph.nodes.structured import OutputValidationError
+from loomgraph.protocols import BudgetExceeded, UnknownRun
+from loomgraph.runtime.errors import RunConflict, RunFinished
+
+__all__ = [
+    "BadRequest",
+    "Conflict",
+    "Forbidden",
+    "Invalid",
+    "NotFound",
+    "ServeError",
+    "TooLarge",
+    "Unauthorized",
+    "status_of",
+]
+
+
+class ServeError(LoomgraphError):
+    """An HTTP request the server refuses; `status` is the answer's status code."""
+
+    status = 400
+    kind = "bad_request"
+
+
+class BadRequest(ServeError, ValueError):
+    """A request that is not what the endpoint takes (not JSON, a wrong field type...)."""
+
+
+class Unauthorized(ServeError):
+    """No credentials, or credentials nobody has."""
+
+    status = 401
+    kind = "unauthorized"
+
+
+class Forbidden(ServeError):
+    """The caller may see the run but lacks the role to do this (approvals)."""
+
+    status = 403
+    kind = "forbidden"
+
+
+class NotFound(ServeError):
+    """No such run for this caller (unknown, or another user's), or no such page."""
+
+    status = 404
+    kind = "not_found"
+
+
+class TooLarge(ServeError):
+    """The request body is over the server's limit."""
+
+    status = 413
+    kind = "too_large"
+
+
+class Conflict(ServeError):
+    """The run is not in a state that allows this (driven elsewhere, already cancelled)."""
+
+    status = 409
+    kind = "run_conflict"
+
+
+class Invalid(ServeError, ValueError):
+    """A field of the body has the wrong type or value, or is missing."""
+
+    status = 422
+    kind = "validation"
+
+
+# loomgraph's typed errors as (status, type), most specific first: the first match wins.
+ERROR_STATUS: tuple[tuple[type[BaseException], int, str], ...] = (
+    (ServeError, 0, ""),  # carries its own
+    (UnknownRun, 404, "not_found"),
+    (BadEventId, 400, "bad_request"),
+    (ApprovalUsed, 409, "approval_used"),
+    (ApprovalRefused, 409, "approval_refused"),  # not pending (answered, never asked), expired
+    (GraphChanged, 409, "graph_changed"),
+    (RunFinished, 409, "run_finished"),
+    (RunConflict, 409, "run_conflict"),
+    (InputTooLarge, 413, "too_large"),
+    (ResumeError, 422, "validation"),
+    (StateError, 422, "validation"),
+    (OutputValidationError, 422, "validation"),
+    (BudgetExceeded, 429, "budget_exhausted"),
+    (LoomgraphError, 500, "internal"),
+    (ValueError, 400, "bad_request"),
+)
+
+
+def status_of(err: BaseException) -> tuple[int, str]:
+    """The status and error type an exception is answered with."""
+    for cls, status, kind in ERROR_STATUS:
+        if isinstance(err, cls):
+            if isinstance(err, ServeError):
+                return err.status, err.kind
+            return status, kind
+    return 500, "internal"

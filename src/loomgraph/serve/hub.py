@@ -1,0 +1,120 @@
+"""The runs this server process drives: each a task draining the run's event stream, and a
+wake-up for whoever follows that run's journal (so watchers need not wait for a poll)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+from loomgraph.protocols.events import NODE_COMPLETED, RUN_COMPLETED, Event
+
+__all__ = ["RunHub"]
+
+log = logging.getLogger("loomgraph.serve")
+
+# Events after which the journal holds something new for watchers.
+_JOURNALED = frozenset({NODE_COMPLETED, RUN_COMPLETED})
+
+
+class RunHub:
+    """Drives runs in the background and wakes their watchers when the journal moved on."""
+
+    def __init__(self) -> None:
+        self._tasks: dict[str, asyncio.Task[Any]] = {}
+        self._version: dict[str, int] = {}
+        self._wakers: dict[str, asyncio.Event] = {}
+
+    # ------------------------------------------------------------------ wake-ups
+
+    def version(self, run_id: str) -> int:
+        """How many times the run's journal moved on in this process."""
+        return self._version.get(run_id, 0)
+
+    def notify(self, run_id: str) -> None:
+        """The run's journal moved on: wake its watchers."""
+        self._version[run_id] = self._version.get(run_id, 0) + 1
+        waker = self._wakers.pop(run_id, None)
+        if waker is not None:
+            waker.set()
+
+    async def wait_past(self, run_id: str, seen: int, timeout: float) -> None:
+        """Return once the run moved on past version `seen`, or after `timeout` seconds."""
+        if self.version(run_id) > seen:
+            return
+        waker = self._wakers.setdefault(run_id, asyncio.Event())
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(waker.wait(), timeout)
+
+    def watcher(self, run_id: str) -> Any:
+        """A `changed(run_id, timeout)` for one watcher of `run_id` (see `follow_events`)."""
+        seen = self.version(run_id)
+
+        async def changed(rid: str, timeout: float) -> None:
+            nonlocal seen
+            await self.wait_past(rid, seen, timeout)
+            seen = self.version(rid)
+
+        return changed
+
+    # ------------------------------------------------------------------ runs
+
+    def driving(self, run_id: str) -> bool:
+        """True while this process drives the run."""
+        task = self._tasks.get(run_id)
+        return task is not None and not task.done()
+
+    async def start(
+        self, run_id: str, events: AsyncIterator[Event], *, past: frozenset[str] = frozenset()
+    ) -> Event | None:
+        """Drive a run from its event stream in the background; its first event not of a
+        kind in `past` (None when the run ended first). An error raised before that (a
+        refused resume) is raised here, and nothing more runs."""
+        stream = aiter(events)
+        while True:
+            try:
+                event = await anext(stream)
+            except StopAsyncIteration:
+                self.notify(run_id)
+                return None
+            if event.kind not in past:
+                break
+        self._tasks[run_id] = asyncio.create_task(self._drain(run_id, stream))
+        return event
+
+    async def _drain(self, run_id: str, stream: AsyncIterator[Event]) -> None:
+        try:
+            async for event in stream:
+                if event.kind in _JOURNALED:
+                    self.notify(run_id)
+        except asyncio.CancelledError:
+            raise
+        except Exception as err:  # the journal has the run's status; this is for operators
+            log.warning("run %s ended with %s: %s", run_id, type(err).__name__, err)
+        finally:
+            self._tasks.pop(run_id, None)
+            self.notify(run_id)
+
+    async def wait(self, run_id: str) -> None:
+        """Until the run this process drives ends (at once when it drives none)."""
+        task = self._tasks.get(run_id)
+        if task is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.shield(task)
+
+    async def cancel(self, run_id: str) -> bool:
+        """Cancel a run this process drives (journaled as cancelled); False if it drives none."""
+        task = self._tasks.get(run_id)
+        if task is None or task.done():
+            return False
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        return True
+
+    async def close(self) -> None:
+        """Cancel every run still driven (each is journaled as cancelled)."""
+        for run_id in list(self._tasks):
+            await self.cancel(run_id)

@@ -1,0 +1,194 @@
+"""What the API and the viewer do, for one authenticated caller: every read goes through the
+store with the caller's user id in the query, so another user's run is not found."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from loomgraph.agent.agent import Agent
+from loomgraph.agent.checkpoints import Checkpoint, diff, history, position
+from loomgraph.agent.run_events import EventId, JournalEvent, follow_events
+from loomgraph.agent.streaming import event_stream
+from loomgraph.authoring.diagram import RunOverlay
+from loomgraph.authoring.render_dot import to_svg
+from loomgraph.engine.effects import Approval
+from loomgraph.protocols import RunRecord, RunStatus, Transition
+from loomgraph.protocols.events import RUN_STARTED
+from loomgraph.serve.auth import Auth, Caller
+from loomgraph.serve.errors import BadRequest, Conflict, Forbidden, NotFound
+from loomgraph.serve.hub import RunHub
+from loomgraph.serve.store import RunPage, ServeStore
+
+__all__ = ["Service"]
+
+_BEFORE_JOURNAL = frozenset({RUN_STARTED})
+
+
+@dataclass
+class Service:
+    """The server's parts: the agent, the key and run store, the runs it drives, auth."""
+
+    agent: Agent
+    store: ServeStore
+    auth: Auth
+    hub: RunHub = field(default_factory=RunHub)
+    poll_interval: float = 0.5
+    max_body: int = 1 << 20
+    dev: bool = False
+    _graph_svg: str | None = None
+
+    # ------------------------------------------------------------------ reads
+
+    async def run(self, caller: Caller, run_id: str) -> RunRecord:
+        """The caller's run, or NotFound (also for another user's run)."""
+        record = await self.store.run(run_id, caller.user_id)
+        if record is None:
+            raise NotFound(f"no run {run_id!r}")
+        return record
+
+    async def runs(
+        self,
+        caller: Caller,
+        *,
+        status: str | None,
+        graph: str | None,
+        limit: int,
+        cursor: str | None,
+    ) -> RunPage:
+        """A page of the caller's runs, newest first."""
+        try:
+            wanted = RunStatus(status) if status else None
+        except ValueError:
+            known = ", ".join(s.value for s in RunStatus)
+            raise BadRequest(f"unknown status {status!r}; one of: {known}") from None
+        if not 1 <= limit <= 500:
+            raise BadRequest(f"limit must be 1..500, got {limit}")
+        if cursor is not None and not cursor.isdigit():
+            raise BadRequest(f"cursor {cursor!r} is not one this server gave")
+        return await self.store.runs(
+            caller.user_id, status=wanted, graph=graph or None, limit=limit, cursor=cursor
+        )
+
+    async def _journal(self, caller: Caller, run_id: str) -> tuple[RunRecord, list[Transition]]:
+        record = await self.run(caller, run_id)
+        return record, await self.agent.deps.runtime.transitions(run_id)
+
+    async def checkpoints(self, caller: Caller, run_id: str) -> list[Checkpoint]:
+        """Every checkpoint of the caller's run, with the state after it."""
+        record, transitions = await self._journal(caller, run_id)
+        return history(self.agent.compiled, record, transitions)
+
+    async def state(self, caller: Caller, run_id: str, seq: int) -> dict[str, Any]:
+        """The state of the caller's run after transition `seq` (0: its first state)."""
+        record, transitions = await self._journal(caller, run_id)
+        if seq and not any(t.seq == seq for t in transitions):
+            raise NotFound(f"run {run_id!r} has no checkpoint {seq}")
+        return position(self.agent.compiled, record, transitions, upto=seq).state
+
+    async def diff(self, caller: Caller, run_id: str, a: int, b: int) -> dict[str, Any]:
+        """The fields that differ between two checkpoints, as {"before", "after"}."""
+        before = await self.state(caller, run_id, a)
+        after = await self.state(caller, run_id, b)
+        return {k: {"before": x, "after": y} for k, (x, y) in diff(before, after).items()}
+
+    async def graph_svg(self) -> str:
+        """The agent's graph as SVG (drawn once)."""
+        if self._graph_svg is None:
+            self._graph_svg = await asyncio.to_thread(to_svg, self.agent.graph)
+        return self._graph_svg
+
+    async def run_svg(self, caller: Caller, run_id: str) -> str:
+        """The graph with the caller's run drawn over it."""
+        record, transitions = await self._journal(caller, run_id)
+        overlay = RunOverlay.from_transitions(transitions, status=str(record.status))
+        return await asyncio.to_thread(to_svg, self.agent.graph, run=overlay)
+
+    def events(
+        self, caller: Caller, run_id: str, after: EventId | None
+    ) -> AsyncIterator[JournalEvent]:
+        """The caller's run's events after `after`, following it live."""
+        return follow_events(
+            self.agent.deps.runtime,
+            run_id,
+            after=after,
+            changed=self.hub.watcher(run_id),
+            poll_interval=self.poll_interval,
+            load=lambda rid: self.store.run(rid, caller.user_id),
+        )
+
+    # ------------------------------------------------------------------ writes
+
+    async def start(self, caller: Caller, prompt: str, session_id: str | None) -> str:
+        """Start a run as the caller, driven in the background; its id."""
+        session = self.agent.session(prompt, user_id=caller.user_id, session_id=session_id)
+        stream = event_stream(
+            session.execute, self.agent.deps.hooks.on_event, lambda: session.error
+        )
+        # `run_started` comes before the run is journaled: wait for the next event, so the
+        # run can be read as soon as its id is answered.
+        await self.hub.start(session.run_id, stream, past=_BEFORE_JOURNAL)
+        return session.run_id
+
+    async def finished(self, caller: Caller, run_id: str) -> RunRecord:
+        """The run's record once this process stopped driving it."""
+        await self.hub.wait(run_id)
+        return await self.run(caller, run_id)
+
+    async def approve(
+        self,
+        caller: Caller,
+        run_id: str,
+        call_id: str,
+        allow: bool,
+        args: dict[str, Any] | None,
+        reason: str = "",
+    ) -> None:
+        """Answer a pending call as the caller (who must be an approver); the run goes on."""
+        await self.run(caller, run_id)
+        if not caller.approver:
+            raise Forbidden(f"user {caller.user_id!r} may not answer approvals (no approver role)")
+        answer = Approval(call_id, allow, args, approver=caller.user_id, reason=reason)
+        await self._resume(run_id, approve=answer)
+
+    async def resume(self, caller: Caller, run_id: str, value: Any) -> None:
+        """Give an interrupted run of the caller's the value it waits for."""
+        await self.run(caller, run_id)
+        await self._resume(run_id, value=value)
+
+    async def _resume(self, run_id: str, **answer: Any) -> None:
+        if self.hub.driving(run_id):
+            raise Conflict(f"run {run_id!r} is running")
+        await self.hub.start(run_id, self.agent.resume_stream(run_id, **answer))
+
+    async def fork(
+        self, caller: Caller, run_id: str, at: int, patch: dict[str, Any] | None
+    ) -> dict[str, Any]:
+        """A new run from checkpoint `at` of the caller's run; its result."""
+        _, transitions = await self._journal(caller, run_id)
+        if at and not any(t.seq == at for t in transitions):
+            raise NotFound(f"run {run_id!r} has no checkpoint {at}")
+        result = await self.agent.fork(run_id, at=at, patch=patch)
+        self.hub.notify(result.run_id)
+        return result.to_dict()
+
+    async def cancel(self, caller: Caller, run_id: str) -> RunRecord:
+        """Cancel the caller's run: a run driven here is stopped, a waiting one is closed."""
+        record = await self.run(caller, run_id)
+        if await self.hub.cancel(run_id):
+            record = await self.run(caller, run_id)
+            if record.status != RunStatus.RUNNING:
+                return record
+            # Cancelled while it was starting, before the session's own handler could
+            # journal it: without this the journal would say "running" for ever.
+        elif record.status == RunStatus.RUNNING:
+            raise Conflict(f"run {run_id!r} is driven by another process; cancel it there")
+        elif record.status == RunStatus.CANCELLED:
+            raise Conflict(f"run {run_id!r} is already cancelled")
+        await self.agent.deps.runtime.finish_run(
+            run_id, RunStatus.CANCELLED, f"cancelled by {caller.user_id}", record.result
+        )
+        self.hub.notify(run_id)
+        return await self.run(caller, run_id)

@@ -1,0 +1,296 @@
+"""What the server keeps and reads in the journal's database: API keys (hashed), and runs read
+with the caller's user id in the query, never filtered after.
+
+The SQL store opens its own connection to the journal's file or server (the journal's own
+connection is not shared), in a table of its own, `serve_api_keys`, created on first use. An
+in-memory journal gets an in-memory store (development: nothing is kept).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import secrets
+import time
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from loomgraph._storage.cursor import Cursor, PgCursor, SqliteCursor
+from loomgraph._storage.pg_pool import LoopPool, import_asyncpg, open_pool, quote_ident
+from loomgraph._storage.sqlite_conn import SqliteConnection
+from loomgraph._storage.sqlite_files import open_sqlite
+from loomgraph.protocols import RunRecord, RunStatus, Runtime
+from loomgraph.runtime.codec import RUN_READ, run_from_row
+
+__all__ = ["ApiKey", "RunPage", "ServeStore", "hash_key", "open_store"]
+
+KEY_PREFIX = "lg_"
+
+
+def hash_key(key: str) -> str:
+    """The stored form of a key (keys are 256 random bits, so a plain SHA-256 is enough)."""
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKey:
+    """Who a key authenticates, and whether they may answer approvals."""
+
+    user_id: str
+    approver: bool = False
+    label: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class RunPage:
+    """One page of a user's runs, newest first, and the cursor of the next page (None: last)."""
+
+    runs: list[RunRecord]
+    cursor: str | None
+
+
+class ServeStore(Protocol):
+    """Keys and per-user run reads."""
+
+    async def add_key(self, user_id: str, *, approver: bool = False, label: str = "") -> str:
+        """Store a new key's hash; the key itself, shown once."""
+        ...
+
+    async def key(self, key: str) -> ApiKey | None:
+        """Who a key authenticates, or None."""
+        ...
+
+    async def run(self, run_id: str, user_id: str) -> RunRecord | None:
+        """The run when it is this user's, else None."""
+        ...
+
+    async def runs(
+        self,
+        user_id: str,
+        *,
+        status: RunStatus | None = None,
+        graph: str | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> RunPage:
+        """A page of this user's runs, newest first."""
+        ...
+
+    async def close(self) -> None:
+        """Release connections."""
+        ...
+
+
+def new_key() -> str:
+    """A fresh API key."""
+    return KEY_PREFIX + secrets.token_urlsafe(32)
+
+
+class MemoryStore:
+    """The store of an in-memory journal: keys in a dict, runs read from the journal."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self._runtime = runtime
+        self._keys: dict[str, ApiKey] = {}
+
+    async def add_key(self, user_id: str, *, approver: bool = False, label: str = "") -> str:
+        """Keep a new key's hash; the key."""
+        key = new_key()
+        self._keys[hash_key(key)] = ApiKey(user_id, approver, label)
+        return key
+
+    async def key(self, key: str) -> ApiKey | None:
+        """Who a key authenticates, or None."""
+        return self._keys.get(hash_key(key))
+
+    async def run(self, run_id: str, user_id: str) -> RunRecord | None:
+        """The run when it is this user's."""
+        for record in await self._runtime.runs(user_id):
+            if record.run_id == run_id:
+                return record
+        return None
+
+    async def runs(
+        self,
+        user_id: str,
+        *,
+        status: RunStatus | None = None,
+        graph: str | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> RunPage:
+        """A page of this user's runs, newest first (the cursor is a position)."""
+        rows = list(reversed(await self._runtime.runs(user_id)))
+        rows = [
+            r
+            for r in rows
+            if (status is None or r.status == status) and (graph is None or r.graph_name == graph)
+        ]
+        start = int(cursor or 0)
+        page = rows[start : start + limit]
+        more = start + limit < len(rows)
+        return RunPage(page, str(start + limit) if more else None)
+
+    async def close(self) -> None:
+        """Nothing to release."""
+
+
+class SqlStore:
+    """The store in the journal's SQLite file or Postgres schema."""
+
+    def __init__(self, prefix: str, placeholder_cursor: Any) -> None:
+        self._p = prefix
+        self._cursor = placeholder_cursor
+
+    def _ddl(self) -> list[str]:
+        return [
+            f"CREATE TABLE IF NOT EXISTS {self._p}serve_api_keys (key_hash TEXT PRIMARY KEY, "
+            "user_id TEXT NOT NULL, approver INTEGER NOT NULL, label TEXT NOT NULL, "
+            "created_at DOUBLE PRECISION NOT NULL)"
+        ]
+
+    @contextlib.asynccontextmanager
+    async def _cur(self) -> AsyncIterator[Cursor]:
+        async with self._cursor() as cur:
+            yield cur
+
+    async def add_key(self, user_id: str, *, approver: bool = False, label: str = "") -> str:
+        """Store a new key's hash; the key."""
+        key = new_key()
+        async with self._cur() as cur:
+            await cur.execute(
+                f"INSERT INTO {self._p}serve_api_keys VALUES (?, ?, ?, ?, ?)",
+                (hash_key(key), user_id, int(approver), label, time.time()),
+            )
+        return key
+
+    async def key(self, key: str) -> ApiKey | None:
+        """Who a key authenticates, or None."""
+        async with self._cur() as cur:
+            rows = await cur.fetch(
+                f"SELECT user_id, approver, label FROM {self._p}serve_api_keys WHERE key_hash = ?",
+                (hash_key(key),),
+            )
+        return ApiKey(rows[0][0], bool(rows[0][1]), rows[0][2]) if rows else None
+
+    async def run(self, run_id: str, user_id: str) -> RunRecord | None:
+        """The run when it is this user's (both in the query)."""
+        async with self._cur() as cur:
+            rows = await cur.fetch(
+                f"SELECT {RUN_READ} FROM {self._p}runs WHERE run_id = ? AND user_id = ?",
+                (run_id, user_id),
+            )
+        return run_from_row(rows[0]) if rows else None
+
+    async def runs(
+        self,
+        user_id: str,
+        *,
+        status: RunStatus | None = None,
+        graph: str | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> RunPage:
+        """A page of this user's runs, newest first; the cursor is the journal's row number."""
+        where, args = ["user_id = ?"], list[Any]([user_id])
+        if status is not None:
+            where.append("status = ?")
+            args.append(str(status))
+        if graph is not None:
+            where.append("graph_name = ?")
+            args.append(graph)
+        if cursor is not None:
+            where.append("n < ?")
+            args.append(int(cursor))
+        sql = (
+            f"SELECT {RUN_READ}, n FROM {self._p}runs WHERE {' AND '.join(where)} "
+            f"ORDER BY n DESC LIMIT {int(limit) + 1}"
+        )
+        async with self._cur() as cur:
+            rows: Sequence[Sequence[Any]] = await cur.fetch(sql, args)
+        page = [run_from_row(tuple(r)[:-1]) for r in rows[:limit]]
+        more = len(rows) > limit
+        return RunPage(page, str(rows[limit - 1][-1]) if more and limit else None)
+
+    async def close(self) -> None:
+        """Overridden by each backend."""
+
+
+class SqliteStore(SqlStore):
+    """The store in the journal's SQLite file."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._db = SqliteConnection(self._open)
+        super().__init__("", self._session)
+
+    async def _open(self) -> Any:
+        conn = await open_sqlite(self.path, busy_timeout=30.0, verify=False)
+        await conn.execute("BEGIN IMMEDIATE")
+        for statement in self._ddl():
+            await conn.execute(statement)
+        await conn.execute("COMMIT")
+        return conn
+
+    @contextlib.asynccontextmanager
+    async def _session(self) -> AsyncIterator[Cursor]:
+        async with self._db.session() as conn:
+            yield SqliteCursor(conn)
+
+    async def close(self) -> None:
+        """Close the connection."""
+        await self._db.close()
+
+
+class PostgresStore(SqlStore):
+    """The store in the journal's Postgres schema."""
+
+    def __init__(self, dsn: str, schema: str) -> None:
+        self._pg = import_asyncpg("the key store")
+        self.dsn, self.schema = dsn, schema
+        self._pools = LoopPool(self._open)
+        super().__init__(quote_ident(schema) + ".", self._session)
+
+    async def _open(self) -> Any:
+        async def setup(con: Any) -> None:
+            await con.execute(f"CREATE SCHEMA IF NOT EXISTS {quote_ident(self.schema)}")
+            for statement in self._ddl():
+                await con.execute(statement)
+
+        return await open_pool(
+            self._pg, self.dsn, pool_size=4, setup=setup, lock=f"loomgraph.serve:{self.schema}"
+        )
+
+    @contextlib.asynccontextmanager
+    async def _session(self) -> AsyncIterator[Cursor]:
+        async with self._pools.cursor(transaction=False) as cur:
+            yield _PgRows(cur)
+
+    async def close(self) -> None:
+        """Close the pool."""
+        await self._pools.close()
+
+
+class _PgRows:
+    """A Postgres cursor whose rows are plain tuples."""
+
+    def __init__(self, cur: PgCursor) -> None:
+        self._cur = cur
+
+    async def execute(self, sql: str, args: Sequence[Any] = ()) -> int:
+        return await self._cur.execute(sql, args)
+
+    async def fetch(self, sql: str, args: Sequence[Any] = ()) -> list[Sequence[Any]]:
+        return [tuple(r) for r in await self._cur.fetch(sql, args)]
+
+
+def open_store(runtime: Runtime) -> ServeStore:
+    """The store beside a journal: in its SQLite file or Postgres schema, else in memory."""
+    path = getattr(runtime, "path", None)
+    if isinstance(path, str) and path != ":memory:" and hasattr(runtime, "ledger_site"):
+        return SqliteStore(path)
+    dsn, schema = getattr(runtime, "dsn", None), getattr(runtime, "schema", None)
+    if isinstance(dsn, str) and isinstance(schema, str):
+        return PostgresStore(dsn, schema)
+    return MemoryStore(runtime)

@@ -1,0 +1,241 @@
+"""The run viewer at `/ui`: server-rendered pages (Jinja2) kept live by the vendored htmx.
+
+Pages poll small fragments while a run is live; a fragment that has nothing new answers 204
+(htmx then leaves the page alone, so nothing jumps), and one whose run changed status asks
+for a reload (`HX-Refresh`). Forms that change something are sent by htmx only: a POST
+without the `HX-Request` header is refused, which a cross-site form cannot add.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, RedirectResponse, Response
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+from starlette.templating import Jinja2Templates
+
+from loomgraph.agent.checkpoints import diff, pending_of
+from loomgraph.agent.run_events import journal_events
+from loomgraph.protocols import RunStatus
+from loomgraph.serve.auth import DEV_COOKIE, KEY_COOKIE, Caller, authenticate
+from loomgraph.serve.errors import BadRequest, ServeError, Unauthorized, status_of
+from loomgraph.serve.service import Service
+from loomgraph.serve.views import run_json
+
+__all__ = ["ui_routes"]
+
+HERE = Path(__file__).parent
+TEMPLATES = Jinja2Templates(directory=str(HERE / "templates"))
+TEMPLATES.env.filters["pretty"] = lambda v: json.dumps(v, indent=2, sort_keys=True, default=str)
+TEMPLATES.env.filters["compact"] = lambda v: json.dumps(v, default=str)[:160]
+
+Page = Callable[[Request, Service, Caller], Awaitable[Response]]
+
+
+def _render(request: Request, name: str, http_status: int = 200, **context: Any) -> Response:
+    # (not `status`: a page's context has a `status` of its own, the filter)
+    return TEMPLATES.TemplateResponse(request, name, context, status_code=http_status)
+
+
+# ---------------------------------------------------------------------- runs page
+
+
+async def runs_page(request: Request, service: Service, caller: Caller) -> Response:
+    return _render(request, "runs.html", **await _rows_context(request, service, caller))
+
+
+async def runs_rows(request: Request, service: Service, caller: Caller) -> Response:
+    return _render(request, "rows.html", **await _rows_context(request, service, caller))
+
+
+async def _rows_context(request: Request, service: Service, caller: Caller) -> dict[str, Any]:
+    status = request.query_params.get("status") or None
+    graph = request.query_params.get("graph") or None
+    page = await service.runs(caller, status=status, graph=graph, limit=100, cursor=None)
+    return {
+        "caller": caller,
+        "runs": [run_json(r) for r in page.runs],
+        "statuses": [s.value for s in RunStatus],
+        "status": status or "",
+        "graph": graph or "",
+        "graphs": [service.agent.graph.name],
+        "query": f"status={quote(status or '')}&graph={quote(graph or '')}",
+    }
+
+
+# ---------------------------------------------------------------------- one run
+
+
+async def _run_context(service: Service, caller: Caller, run_id: str) -> dict[str, Any]:
+    record = await service.run(caller, run_id)
+    runtime = service.agent.deps.runtime
+    transitions = await runtime.transitions(run_id)
+    events = journal_events(record, transitions, await runtime.effects(run_id))
+    pending = pending_of(record)
+    return {
+        "caller": caller,
+        "run": run_json(record, detail=True),
+        "live": record.status == RunStatus.RUNNING,
+        "events": events,
+        "count": len(events),
+        "last_seq": transitions[-1].seq if transitions else 0,
+        "svg": await service.run_svg(caller, run_id),
+        "pending": pending if pending is not None and pending.call else None,
+    }
+
+
+async def run_page(request: Request, service: Service, caller: Caller) -> Response:
+    context = await _run_context(service, caller, request.path_params["run_id"])
+    return _render(request, "run.html", **context)
+
+
+async def run_live(request: Request, service: Service, caller: Caller) -> Response:
+    context = await _run_context(service, caller, request.path_params["run_id"])
+    if context["run"]["status"] != request.query_params.get("status"):
+        return Response(status_code=200, headers={"HX-Refresh": "true"})
+    if str(context["count"]) == request.query_params.get("n"):
+        return Response(status_code=204)  # nothing new: the page stays as it is
+    return _render(request, "live.html", **context)
+
+
+async def checkpoint(request: Request, service: Service, caller: Caller) -> Response:
+    run_id = request.path_params["run_id"]
+    raw = request.query_params.get("seq", "0")
+    if not raw.isdigit():
+        raise BadRequest(f"seq must be a number, got {raw!r}")
+    seq = int(raw)
+    state = await service.state(caller, run_id, seq)
+    before = await service.state(caller, run_id, seq - 1) if seq > 0 else {}
+    changes = diff(before, state) if seq > 0 else {}
+    return _render(request, "checkpoint.html", run_id=run_id, seq=seq, state=state, changes=changes)
+
+
+# ---------------------------------------------------------------------- actions
+
+
+def _form_bool(value: Any) -> bool:
+    return str(value).lower() in ("1", "true", "yes", "on")
+
+
+async def approve(request: Request, service: Service, caller: Caller) -> Response:
+    form = await request.form()
+    run_id, call_id = request.path_params["run_id"], request.path_params["call_id"]
+    args: dict[str, Any] | None = None
+    text = str(form.get("args") or "").strip()
+    allow = _form_bool(form.get("allow"))
+    if allow and text:
+        try:
+            args = json.loads(text)
+        except ValueError as err:
+            raise BadRequest(f"the arguments are not JSON: {err}") from None
+        if not isinstance(args, dict):
+            raise BadRequest("the arguments must be a JSON object")
+    record = await service.run(caller, run_id)
+    pending = pending_of(record)
+    if args is not None and pending is not None and pending.call and args == pending.call["args"]:
+        args = None  # unchanged: a plain approval
+    await service.approve(caller, run_id, call_id, allow, args)
+    return Response(status_code=200, headers={"HX-Refresh": "true"})
+
+
+async def fork(request: Request, service: Service, caller: Caller) -> Response:
+    form = await request.form()
+    raw = str(form.get("at") or "")
+    if not raw.isdigit():
+        raise BadRequest(f"at must be a checkpoint number, got {raw!r}")
+    result = await service.fork(caller, request.path_params["run_id"], int(raw), None)
+    return Response(status_code=200, headers={"HX-Redirect": f"/ui/runs/{result['run_id']}"})
+
+
+# ---------------------------------------------------------------------- sign-in
+
+
+async def login_page(request: Request, service: Service) -> Response:
+    return _render(request, "login.html", dev=service.dev, error="")
+
+
+async def login(request: Request, service: Service) -> Response:
+    form = await request.form()
+    key, user = str(form.get("key") or "").strip(), str(form.get("user") or "").strip()
+    response = RedirectResponse("/ui", status_code=303)
+    options: dict[str, Any] = {"httponly": True, "samesite": "strict", "path": "/"}
+    if key:
+        if await service.store.key(key) is None:
+            return _render(request, "login.html", 401, dev=service.dev, error="Unknown key.")
+        response.set_cookie(KEY_COOKIE, key, **options)
+    elif user and service.dev:
+        response.set_cookie(DEV_COOKIE, user, **options)
+    else:
+        return _render(request, "login.html", 400, dev=service.dev, error="Enter an API key.")
+    return response
+
+
+async def logout(request: Request, service: Service) -> Response:
+    response = RedirectResponse("/ui/login", status_code=303)
+    response.delete_cookie(KEY_COOKIE, path="/")
+    response.delete_cookie(DEV_COOKIE, path="/")
+    return response
+
+
+def _page(service: Service, page: Page, *, write: bool = False) -> Any:
+    async def endpoint(request: Request) -> Response:
+        try:
+            if write and request.headers.get("hx-request") != "true":
+                raise BadRequest("changes are made from the viewer's pages (HX-Request)")
+            caller = await authenticate(service.auth, request)
+            return await page(request, service, caller)
+        except Unauthorized:
+            if request.headers.get("hx-request") == "true":
+                return Response(status_code=401, headers={"HX-Redirect": "/ui/login"})
+            return RedirectResponse("/ui/login", status_code=303)
+        except Exception as err:
+            status, kind = status_of(err)
+            message = (
+                str(err)
+                if isinstance(err, ServeError | ValueError) or status < 500
+                else (f"{type(err).__name__}: {err}")
+            )
+            if request.headers.get("hx-request") == "true":
+                html = f'<p class="error" role="alert">{_escape(message)}</p>'
+                return HTMLResponse(html, status_code=200, headers={"HX-Retarget": "#notice"})
+            return _render(request, "error.html", status, kind=kind, message=message)
+
+    return endpoint
+
+
+def _escape(text: str) -> str:
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def ui_routes(service: Service) -> list[Route | Mount]:
+    """The viewer's routes, bound to `service`."""
+
+    def plain(fn: Callable[[Request, Service], Awaitable[Response]]) -> Any:
+        async def endpoint(request: Request) -> Response:
+            return await fn(request, service)
+
+        return endpoint
+
+    return [
+        Route("/ui", _page(service, runs_page)),
+        Route("/ui/rows", _page(service, runs_rows)),
+        Route("/ui/login", plain(login_page), methods=["GET"]),
+        Route("/ui/login", plain(login), methods=["POST"]),
+        Route("/ui/logout", plain(logout), methods=["POST", "GET"]),
+        Route("/ui/runs/{run_id}", _page(service, run_page)),
+        Route("/ui/runs/{run_id}/live", _page(service, run_live)),
+        Route("/ui/runs/{run_id}/checkpoint", _page(service, checkpoint)),
+        Route(
+            "/ui/runs/{run_id}/approvals/{call_id}",
+            _page(service, approve, write=True),
+            methods=["POST"],
+        ),
+        Route("/ui/runs/{run_id}/fork", _page(service, fork, write=True), methods=["POST"]),
+        Mount("/ui/static", StaticFiles(directory=str(HERE / "static")), name="static"),
+    ]

@@ -1,0 +1,55 @@
+"""Runs, checkpoints and events as the API answers them (JSON-shaped data)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from loomgraph.agent.checkpoints import pending_of
+from loomgraph.agent.run_events import JournalEvent
+from loomgraph.protocols import RunRecord, Usage
+
+__all__ = ["dumps", "run_json", "sse_frame", "usage_of"]
+
+
+def dumps(value: Any) -> str:
+    """Compact JSON; anything unknown as its text."""
+    return json.dumps(value, separators=(",", ":"), default=str)
+
+
+def usage_of(record: RunRecord) -> Usage:
+    """What a run spent, as its result says (zero while it runs)."""
+    return Usage.from_dict((record.result or {}).get("usage") or {}, trusted=True)
+
+
+def run_json(record: RunRecord, *, detail: bool = False) -> dict[str, Any]:
+    """A run record as the API shows it; `detail` adds the result and pending approvals."""
+    usage = usage_of(record)
+    data: dict[str, Any] = {
+        "run_id": record.run_id,
+        "status": str(record.status),
+        "reason": record.reason,
+        "graph": record.graph_name,
+        "graph_hash": record.graph_hash,
+        "user_id": record.user_id,
+        "session_id": record.session_id,
+        "parent_run_id": record.parent_run_id,
+        "parent_seq": record.parent_seq,
+        "created_at": record.created_at,
+        "updated_at": record.updated_at,
+        "duration_s": max(0.0, record.updated_at - record.created_at),
+        "tokens": usage.input_tokens + usage.output_tokens,
+        "cost_usd": usage.cost_usd,
+    }
+    if detail:
+        pending = pending_of(record)
+        data["input"] = record.initial.prompt if record.initial else ""
+        data["result"] = record.result
+        data["pending"] = [] if pending is None else [pending.to_dict()]
+    return data
+
+
+def sse_frame(item: JournalEvent) -> str:
+    """One journaled event as a server-sent event, its stable id as the SSE id."""
+    event = item.event
+    return f"id: {item.id}\nevent: {event.kind}\ndata: {dumps(event.to_dict())}\n\n"

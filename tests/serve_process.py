@@ -1,0 +1,140 @@
+"""A real `loomgraph serve` process on a loopback port, for the process, browser and load tests."""
+
+from __future__ import annotations
+
+import os
+import select
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+TESTS = Path(__file__).parent
+AGENT = "serve_agent:make_agent"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def environment(journal: Path, **extra: str) -> dict[str, str]:
+    path = [str(TESTS), os.environ.get("PYTHONPATH", "")]
+    return dict(os.environ, SERVE_JOURNAL=str(journal), PYTHONPATH=os.pathsep.join(path), **extra)
+
+
+def loomgraph(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "loomgraph.cli.main", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=TESTS,
+        timeout=900,
+    )
+
+
+def add_key(env: dict[str, str], user: str, *options: str) -> str:
+    done = loomgraph(env, "keys", "add", user, "--agent", AGENT, *options)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
+
+
+@dataclass
+class Server:
+    """A running server: its URL, process and what it printed on start."""
+
+    url: str
+    process: subprocess.Popen[str]
+    said: list[str] = field(default_factory=list)
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(timeout=60)
+
+
+def start_server(env: dict[str, str], *options: str, timeout: float = 900) -> Server:
+    """Start `loomgraph serve` and wait (bounded) until uvicorn says it is up."""
+    port = free_port()
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "loomgraph.cli.main",
+            "serve",
+            "--agent",
+            AGENT,
+            "--port",
+            str(port),
+            "--log-level",
+            "info",
+            *options,
+        ],
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        text=True,
+        env=env,
+        cwd=TESTS,
+    )
+    server = Server(f"http://127.0.0.1:{port}", process)
+    deadline = time.monotonic() + timeout
+    assert process.stderr is not None
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([process.stderr], [], [], deadline - time.monotonic())
+        if not ready:
+            break
+        line = process.stderr.readline()
+        if not line:
+            break  # the process ended
+        server.said.append(line)
+        if "Application startup complete" in line:
+            return server
+    server.stop()
+    raise AssertionError("the server did not start:\n" + "".join(server.said))
+
+
+@dataclass
+class Sse:
+    """One server-sent event."""
+
+    id: str | None
+    event: str
+    data: dict[str, Any]
+
+
+async def sse_events(response: httpx.Response) -> AsyncIterator[Sse]:
+    """The events of an event-stream response, as they arrive."""
+    fields: dict[str, str] = {}
+    async for line in response.aiter_lines():
+        if not line:
+            if "data" in fields:
+                import json
+
+                yield Sse(
+                    fields.get("id"), fields.get("event", "message"), json.loads(fields["data"])
+                )
+            fields = {}
+            continue
+        name, _, value = line.partition(":")
+        fields[name] = value[1:] if value.startswith(" ") else value
+
+
+def drain_stderr(server: Server) -> Iterator[str]:
+    """What the server printed since start (without blocking)."""
+    assert server.process.stderr is not None
+    while select.select([server.process.stderr], [], [], 0)[0]:
+        line = server.process.stderr.readline()
+        if not line:
+            return
+        yield line

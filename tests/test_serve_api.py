@@ -1,0 +1,322 @@
+"""The HTTP API against the app in-process (httpx's ASGI transport): every endpoint, every
+error status, API keys and roles, and that another user's run is a 404 that changes nothing."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from loomgraph.observability import FileAuditLog
+from loomgraph.protocols import EffectStatus
+from loomgraph.serve import DevModeRefused, create_app
+from serve_agent import PAID, make_agent
+
+
+class Served:
+    """An app, its agent and a client, with keys for alice (approver), bob, dave."""
+
+    def __init__(self, agent: Any, app: Any, client: httpx.AsyncClient) -> None:
+        self.agent, self.app, self.client = agent, app, client
+        self.keys: dict[str, str] = {}
+
+    def auth(self, user: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.keys[user]}"}
+
+    async def post(self, user: str, path: str, body: Any = None, **kw: Any) -> httpx.Response:
+        return await self.client.post(path, json=body, headers=self.auth(user), **kw)
+
+    async def get(self, user: str, path: str, **kw: Any) -> httpx.Response:
+        return await self.client.get(path, headers=self.auth(user), **kw)
+
+    async def settled(self, run_id: str) -> dict[str, Any]:
+        """The run once this process stopped driving it."""
+        await self.app.state.service.hub.wait(run_id)
+        return (await self.get("alice", f"/v1/runs/{run_id}")).json()
+
+
+@contextlib.asynccontextmanager
+async def served(tmp_path: Path, **options: Any) -> AsyncIterator[Served]:
+    PAID.clear()
+    agent = make_agent(
+        str(tmp_path / "journal.db"),
+        audit_log=FileAuditLog(tmp_path / "audit.jsonl", unsigned=True),
+    )
+    app = create_app(agent, **options)
+    transport = httpx.ASGITransport(app=app)
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=transport, base_url="http://test") as client,
+    ):
+        s = Served(agent, app, client)
+        store = app.state.service.store
+        s.keys["alice"] = await store.add_key("alice", approver=True)
+        s.keys["bob"] = await store.add_key("bob", approver=True)
+        s.keys["dave"] = await store.add_key("dave")
+        yield s
+    await agent.aclose()
+
+
+def error(response: httpx.Response) -> tuple[int, str]:
+    body = response.json()
+    assert set(body["error"]) == {"type", "message"} and body["error"]["message"]
+    return response.status_code, body["error"]["type"]
+
+
+async def test_a_run_over_http_is_the_callers_and_is_listed(tmp_path: Path) -> None:
+    async with served(tmp_path) as s:
+        done = await s.post("alice", "/v1/runs", {"input": "hello", "session_id": "s1"})
+        assert done.status_code == 201, done.text
+        result = done.json()
+        assert result["output"] == "done: hello" and result["status"] == "completed"
+        assert result["user_id"] == "alice" and result["session_id"] == "s1"
+        run_id = result["run_id"]
+        record = (await s.get("alice", f"/v1/runs/{run_id}")).json()
+        assert record["status"] == "completed" and record["pending"] == []
+        listed = (await s.get("alice", "/v1/runs")).json()
+        assert [r["run_id"] for r in listed["runs"]] == [run_id]
+        assert (await s.get("bob", "/v1/runs")).json()["runs"] == []
+        background = await s.post("bob", "/v1/runs", {"input": "later", "background": True})
+        assert background.status_code == 202
+        bob_run = background.json()["run_id"]
+        assert (await s.settled(bob_run)) == {
+            "error": {"type": "not_found", "message": (f"no run {bob_run!r}")}
+        }  # alice cannot see bob's run
+        await s.app.state.service.hub.wait(bob_run)
+        mine = (await s.get("bob", f"/v1/runs/{bob_run}")).json()
+        assert mine["status"] == "completed" and mine["user_id"] == "bob"
+
+
+async def test_listing_pages_newest_first_and_filters_by_status(tmp_path: Path) -> None:
+    async with served(tmp_path) as s:
+        ids = [
+            (await s.post("alice", "/v1/runs", {"input": f"r{i}"})).json()["run_id"]
+            for i in range(3)
+        ]
+        waiting = (await s.post("alice", "/v1/runs", {"input": "pay acme"})).json()["run_id"]
+        first = (await s.get("alice", "/v1/runs", params={"limit": 2})).json()
+        assert [r["run_id"] for r in first["runs"]] == [waiting, ids[2]]
+        second = (
+            await s.get("alice", "/v1/runs", params={"limit": 2, "cursor": first["cursor"]})
+        ).json()
+        assert [r["run_id"] for r in second["runs"]] == [ids[1], ids[0]]
+        assert second["cursor"] is None
+        pending = (await s.get("alice", "/v1/runs", params={"status": "awaiting_approval"})).json()
+        assert [r["run_id"] for r in pending["runs"]] == [waiting]
+
+
+async def test_authentication_is_required_and_a_wrong_key_is_401(tmp_path: Path) -> None:
+    async with served(tmp_path) as s:
+        assert error(await s.client.get("/v1/runs")) == (401, "unauthorized")
+        bad = {"Authorization": "Bearer lg_not-a-key"}
+        assert error(await s.client.get("/v1/runs", headers=bad)) == (401, "unauthorized")
+        assert error(await s.client.get("/v1/runs", headers={"X-User-Id": "alice"})) == (
+            401,
+            "unauthorized",
+        )  # the header means nothing outside --dev
+        assert (await s.client.get("/healthz")).json()["status"] == "ok"
+
+
+async def test_bad_input_gets_the_right_status_and_nothing_is_stored(tmp_path: Path) -> None:
+    async with served(tmp_path, max_body=2000) as s:
+        h = s.auth("alice")
+        not_json = await s.client.post("/v1/runs", content=b"{nope", headers=h)
+        assert error(not_json) == (400, "bad_request")
+        assert error(await s.post("alice", "/v1/runs", [1, 2])) == (400, "bad_request")
+        assert error(await s.post("alice", "/v1/runs", {"input": 5})) == (422, "validation")
+        assert error(await s.post("alice", "/v1/runs", {})) == (422, "validation")
+        assert error(await s.post("alice", "/v1/runs", {"input": "x", "stream": "yes"})) == (
+            422,
+            "validation",
+        )
+        big = await s.post("alice", "/v1/runs", {"input": "x" * 5000})
+        assert error(big) == (413, "too_large")
+        assert error(await s.get("alice", "/v1/runs", params={"limit": 0})) == (400, "bad_request")
+        assert error(await s.get("alice", "/v1/runs", params={"status": "bogus"})) == (
+            400,
+            "bad_request",
+        )
+        assert error(await s.get("alice", "/v1/runs", params={"cursor": "x"})) == (
+            400,
+            "bad_request",
+        )
+        assert error(await s.get("alice", "/v1/nothing")) == (404, "not_found")
+        assert (await s.get("alice", "/v1/runs")).json()["runs"] == []  # nothing was started
+
+
+async def test_a_prompt_over_the_agents_limit_is_413(tmp_path: Path) -> None:
+    async with served(tmp_path) as s:
+        limit = s.agent.deps.size_limits.prompt_chars
+        s.app.state.service.max_body = limit * 4
+        too_long = await s.post("alice", "/v1/runs", {"input": "y" * (limit + 1)})
+        assert error(too_long) == (413, "too_large")
+        assert (await s.get("alice", "/v1/runs")).json()["runs"] == []
+
+
+async def test_approval_by_the_owner_as_approver_records_who_approved(tmp_path: Path) -> None:
+    async with served(tmp_path) as s:
+        stopped = await s.post("alice", "/v1/runs", {"input": "pay acme"})
+        assert stopped.status_code == 201 and stopped.json()["status"] == "awaiting_approval"
+        run_id = stopped.json()["run_id"]
+        (pending,) = (await s.get("alice", f"/v1/runs/{run_id}")).json()["pending"]
+        assert pending["call"]["id"] == "call_pay" and pending["call"]["tool"] == "pay"
+        edited = {"to": "acme", "amount": 3}
+        ok = await s.post(
+            "alice", f"/v1/runs/{run_id}/approvals/call_pay", {"allow": True, "args": edited}
+        )
+        assert ok.status_code == 202, ok.text
+        assert (await s.settled(run_id))["status"] == "completed"
+        assert [edited] == PAID
+        again = await s.post("alice", f"/v1/runs/{run_id}/approvals/call_pay", {"allow": True})
+        assert error(again)[0] == 409
+        answers = [e for e in await s.agent.deps.runtime.effects(run_id) if e.kind == "approval"]
+        assert answers[0].status == EffectStatus.DONE and answers[0].outcome["by"] == "alice"
+        audit = [json.loads(x) for x in (tmp_path / "audit.jsonl").read_text().splitlines()]
+        (entry,) = [e["payload"] for e in audit if e["action"] == "approval"]
+        assert entry["approver"] == "alice" and entry["allow"] is True
+
+
+async def test_approvals_need_the_approver_role(tmp_path: Path) -> None:
+    async with served(tmp_path) as s:
+        run_id = (await s.post("dave", "/v1/runs", {"input": "pay acme"})).json()["run_id"]
+        refused = await s.post("dave", f"/v1/runs/{run_id}/approvals/call_pay", {"allow": True})
+        assert error(refused) == (403, "forbidden")
+        assert PAID == []
+        assert (await s.get("dave", f"/v1/runs/{run_id}")).json()["status"] == "awaiting_approval"
+        wrong_call = await s.post("alice", "/v1/runs", {"input": "pay acme"})
+        other = wrong_call.json()["run_id"]
+        bad = await s.post("alice", f"/v1/runs/{other}/approvals/call_nope", {"allow": True})
+        assert error(bad) == (409, "approval_refused")
+        missing = await s.post("alice", f"/v1/runs/{other}/approvals/call_pay", {})
+        assert error(missing) == (422, "validation")
+
+
+async def test_another_users_run_is_404_everywhere_and_nothing_changes(tmp_path: Path) -> None:
+    async with served(tmp_path) as s:
+        run_id = (await s.post("alice", "/v1/runs", {"input": "pay acme"})).json()["run_id"]
+        before = (await s.get("alice", f"/v1/runs/{run_id}")).json()
+        transitions = len(await s.agent.deps.runtime.transitions(run_id))
+        base = f"/v1/runs/{run_id}"
+        attempts = [
+            ("GET", base, None),
+            ("GET", f"{base}/events", None),
+            ("GET", f"{base}/checkpoints", None),
+            ("GET", f"{base}/checkpoints/1", None),
+            ("GET", f"{base}/diff?a=0&b=1", None),
+            ("GET", f"{base}/graph.svg", None),
+            ("POST", f"{base}/approvals/call_pay", {"allow": True}),
+            ("POST", f"{base}/resume", {"value": 1}),
+            ("POST", f"{base}/fork", {"at": 1}),
+            ("POST", f"{base}/cancel", None),
+        ]
+        for method, path, body in attempts:
+            answer = await s.client.request(method, path, json=body, headers=s.auth("bob"))
+            assert error(answer) == (404, "not_found"), (method, path, answer.text)
+            unknown = path.replace(run_id, "0" * 32)
+            answer = await s.client.request(method, unknown, json=body, headers=s.auth("bob"))
+            assert error(answer) == (404, "not_found")  # the same answer as an unknown run
+        after = (await s.get("alice", f"/v1/runs/{run_id}")).json()
+        assert after == before and PAID == []
+        assert len(await s.agent.deps.runtime.transitions(run_id)) == transitions
+        assert [r["user_id"] for r in (await s.get("alice", "/v1/runs")).json()["runs"]] == [
+            "alice"
+        ]  # bob's fork made no run
+
+
+async def test_checkpoints_state_and_diff(tmp_path: Path) -> None:
+    async with served(tmp_path) as s:
+        run_id = (await s.post("alice", "/v1/runs", {"input": "steps 2"})).json()["run_id"]
+        points = (await s.get("alice", f"/v1/runs/{run_id}/checkpoints")).json()["checkpoints"]
+        seqs = [p["seq"] for p in points]
+        assert seqs[-1] >= 4 and points[0]["node"]
+        state = (await s.get("alice", f"/v1/runs/{run_id}/checkpoints/{seqs[-1]}")).json()
+        assert "done: steps 2" in json.dumps(state["state"]["messages"])
+        first = (await s.get("alice", f"/v1/runs/{run_id}/checkpoints/0")).json()["state"]
+        assert first["messages"][-1]["content"] == "steps 2"
+        changes = (await s.get("alice", f"/v1/runs/{run_id}/diff?a=0&b={seqs[-1]}")).json()
+        assert "messages" in changes["changes"]
+        assert changes["changes"]["messages"]["before"] == first["messages"]
+        assert error(await s.get("alice", f"/v1/runs/{run_id}/checkpoints/999")) == (
+            404,
+            "not_found",
+        )
+        assert error(await s.get("alice", f"/v1/runs/{run_id}/diff?a=0")) == (400, "bad_request")
+        assert error(await s.get("alice", f"/v1/runs/{run_id}/events?after=x.y")) == (
+            400,
+            "bad_request",
+        )
+
+
+async def test_fork_resume_and_cancel(tmp_path: Path) -> None:
+    async with served(tmp_path) as s:
+        run_id = (await s.post("alice", "/v1/runs", {"input": "steps 2"})).json()["run_id"]
+        forked = await s.post("alice", f"/v1/runs/{run_id}/fork", {"at": 2})
+        assert forked.status_code == 201, forked.text
+        child = (await s.get("alice", f"/v1/runs/{forked.json()['run_id']}")).json()
+        assert child["parent_run_id"] == run_id and child["parent_seq"] == 2
+        assert child["status"] == "completed"
+        nowhere = await s.post("alice", f"/v1/runs/{run_id}/fork", {"at": 999})
+        assert error(nowhere) == (404, "not_found")
+        assert error(await s.post("alice", f"/v1/runs/{run_id}/fork", {"at": "2"})) == (
+            422,
+            "validation",
+        )
+        not_waiting = await s.post("alice", f"/v1/runs/{run_id}/resume", {"value": 1})
+        assert error(not_waiting) == (422, "validation")
+        assert error(await s.post("alice", f"/v1/runs/{run_id}/cancel")) == (409, "run_finished")
+        waiting = (await s.post("alice", "/v1/runs", {"input": "pay acme"})).json()["run_id"]
+        cancelled = await s.post("alice", f"/v1/runs/{waiting}/cancel")
+        assert cancelled.status_code == 200 and cancelled.json()["status"] == "cancelled"
+        assert error(await s.post("alice", f"/v1/runs/{waiting}/cancel"))[0] == 409
+        late = await s.post("alice", f"/v1/runs/{waiting}/approvals/call_pay", {"allow": True})
+        assert error(late) == (409, "approval_refused") and PAID == []
+
+
+async def test_cancel_stops_a_run_driven_here(tmp_path: Path, monkeypatch: Any) -> None:
+    monkeypatch.setenv("SERVE_STEP_DELAY", "0.2")
+    async with served(tmp_path) as s:
+        started = await s.post("alice", "/v1/runs", {"input": "steps 50", "background": True})
+        run_id = started.json()["run_id"]
+        assert (await s.get("alice", f"/v1/runs/{run_id}")).json()["status"] == "running"
+        cancelled = await s.post("alice", f"/v1/runs/{run_id}/cancel")
+        assert cancelled.json()["status"] == "cancelled"
+
+
+async def test_graph_openapi_and_health(tmp_path: Path) -> None:
+    async with served(tmp_path) as s:
+        svg = await s.get("alice", "/v1/graph.svg")
+        assert svg.headers["content-type"].startswith("image/svg+xml") and "<svg" in svg.text
+        run_id = (await s.post("alice", "/v1/runs", {"input": "hi"})).json()["run_id"]
+        overlay = await s.get("alice", f"/v1/runs/{run_id}/graph.svg")
+        assert "<svg" in overlay.text and overlay.text != svg.text
+        spec = (await s.client.get("/openapi.json")).json()
+        assert spec["openapi"].startswith("3.")
+        assert "/v1/runs/{run_id}/approvals/{call_id}" in spec["paths"]
+        assert "404" in spec["paths"]["/v1/runs/{run_id}"]["get"]["responses"]
+
+
+async def test_dev_mode_trusts_x_user_id_only_on_loopback(tmp_path: Path) -> None:
+    agent = make_agent(str(tmp_path / "j.db"))
+    with pytest.raises(DevModeRefused, match="loopback"):
+        create_app(agent, dev=True, host="0.0.0.0")
+    await agent.aclose()
+    async with served(tmp_path, dev=True, host="127.0.0.1") as s:
+        mine = await s.client.post("/v1/runs", json={"input": "hi"}, headers={"X-User-Id": "eve"})
+        assert mine.status_code == 201 and mine.json()["user_id"] == "eve"
+        listed = await s.client.get("/v1/runs", headers={"X-User-Id": "mallory"})
+        assert listed.json()["runs"] == []
+
+
+async def test_a_custom_auth_callable_decides_the_user(tmp_path: Path) -> None:
+    def by_header(request: Any) -> str | None:
+        return request.headers.get("x-team-user")
+
+    async with served(tmp_path, auth=by_header) as s:
+        made = await s.client.post("/v1/runs", json={"input": "hi"}, headers={"x-team-user": "t1"})
+        assert made.json()["user_id"] == "t1"
+        assert error(await s.client.get("/v1/runs")) == (401, "unauthorized")

@@ -1,0 +1,134 @@
+"""A real `loomgraph serve` process (uvicorn on a loopback port) driven with httpx: keys made
+by `loomgraph keys add`, SSE that replays from the journal and follows the live run, and a
+reconnect with `Last-Event-ID` that loses and repeats nothing."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from serve_process import (
+    Server,
+    add_key,
+    environment,
+    loomgraph,
+    sse_events,
+    start_server,
+)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    journal = tmp_path_factory.mktemp("serve") / "journal.db"
+    env = environment(journal, SERVE_STEP_DELAY="0.05")
+    keys = {"alice": add_key(env, "alice", "--approver"), "bob": add_key(env, "bob")}
+    running: Server = start_server(env)
+    try:
+        yield {"url": running.url, "keys": keys, "journal": journal, "env": env}
+    finally:
+        running.stop()
+
+
+def client(server: dict[str, Any], user: str) -> httpx.AsyncClient:
+    headers = {"Authorization": f"Bearer {server['keys'][user]}"}
+    return httpx.AsyncClient(base_url=server["url"], headers=headers, timeout=120)
+
+
+def test_keys_are_stored_hashed_and_printed_once(server: dict[str, Any]) -> None:
+    import sqlite3
+
+    key = server["keys"]["alice"]
+    assert key.startswith("lg_") and len(key) > 40
+    with sqlite3.connect(server["journal"]) as db:
+        rows = db.execute("SELECT key_hash, user_id, approver FROM serve_api_keys").fetchall()
+    assert ("alice", 1) in [(r[1], r[2]) for r in rows]
+    assert all(key not in r[0] for r in rows)
+
+
+def test_dev_mode_is_refused_off_loopback_and_says_so(server: dict[str, Any]) -> None:
+    done = loomgraph(
+        server["env"],
+        "serve",
+        "--agent",
+        "serve_agent:make_agent",
+        "--dev",
+        "--host",
+        "0.0.0.0",
+        "--port",
+        "1",
+    )
+    assert done.returncode == 2
+    assert "refused" in done.stderr and "loopback" in done.stderr
+
+
+async def collect(response: httpx.Response, stop_after: int | None = None) -> list[Any]:
+    got = []
+    async for event in sse_events(response):
+        got.append(event)
+        if stop_after is not None and len(got) >= stop_after:
+            break
+    return got
+
+
+async def test_sse_reconnect_with_last_event_id_loses_and_repeats_nothing(
+    server: dict[str, Any],
+) -> None:
+    async with client(server, "alice") as http:
+        started = await http.post("/v1/runs", json={"input": "steps 6", "background": True})
+        assert started.status_code == 202
+        run_id = started.json()["run_id"]
+        async with http.stream("GET", f"/v1/runs/{run_id}/events") as first:
+            assert first.headers["content-type"].startswith("text/event-stream")
+            before = await collect(first, stop_after=5)
+        last = before[-1].id
+        async with http.stream(
+            "GET", f"/v1/runs/{run_id}/events", headers={"Last-Event-ID": last}
+        ) as second:
+            after = await collect(second)
+        assert after[-1].event == "run_completed"
+        assert after[-1].data["payload"]["status"] == "completed"
+        async with http.stream("GET", f"/v1/runs/{run_id}/events") as whole:
+            replay = await collect(whole)
+        ids = [e.id for e in before + after]
+        assert len(ids) == len(set(ids))  # nothing twice
+        assert ids == [e.id for e in replay]  # nothing lost
+        assert [e.data for e in before + after] == [e.data for e in replay]
+        kinds = [e.event for e in replay]
+        assert kinds.count("tool_call") == 6 and kinds.count("tool_result") == 6
+        async with http.stream("GET", f"/v1/runs/{run_id}/events?after={ids[3]}") as tail:
+            assert [e.id for e in await collect(tail)] == ids[4:]
+
+
+async def test_post_with_stream_true_is_an_event_stream_of_the_run(
+    server: dict[str, Any],
+) -> None:
+    async with client(server, "alice") as http:
+        async with http.stream("POST", "/v1/runs", json={"input": "steps 2", "stream": True}) as r:
+            assert r.status_code == 200
+            events = await collect(r)
+        assert events[0].event == "run_started" and events[0].id == "0.0"
+        assert events[-1].event == "run_completed"
+        assert events[-1].data["payload"]["output"] == "done: steps 2"
+
+
+async def test_following_a_run_that_waits_then_is_approved(server: dict[str, Any]) -> None:
+    async with client(server, "alice") as http, client(server, "bob") as other:
+        stopped = (await http.post("/v1/runs", json={"input": "pay acme"})).json()
+        run_id = stopped["run_id"]
+        assert stopped["status"] == "awaiting_approval"
+        assert (await other.get(f"/v1/runs/{run_id}/events")).status_code == 404
+        async with http.stream("GET", f"/v1/runs/{run_id}/events") as waiting:
+            first = await collect(waiting)
+        assert first[-1].data["payload"]["status"] == "awaiting_approval"
+        ok = await http.post(f"/v1/runs/{run_id}/approvals/call_pay", json={"allow": True})
+        assert ok.status_code == 202
+        async with http.stream(
+            "GET", f"/v1/runs/{run_id}/events", headers={"Last-Event-ID": first[-1].id}
+        ) as rest:
+            more = await collect(rest)
+        assert more[-1].data["payload"]["status"] == "completed"
+        approvals = [e.data["payload"] for e in more if e.event == "permission_decision"]
+        assert any(p.get("approver") == "alice" and p["verdict"] == "allow" for p in approvals)
