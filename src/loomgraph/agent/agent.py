@@ -38,6 +38,7 @@ from loomgraph.nodes.structured import (
 )
 from loomgraph.protocols import (
     FINAL_STATUSES,
+    AuditAction,
     AuditLog,
     Budget,
     Deps,
@@ -298,13 +299,15 @@ class Agent:
             changed = check_policy(record, self.deps.permissions, override=override_policy)
             if changed is not None:
                 await self.deps.audit_log.record(
-                    "policy_override",
+                    AuditAction.POLICY_OVERRIDE,
                     run_id=run_id,
                     user_id=record.user_id,
                     actor="agent",
                     payload=changed,
                 )
-            gave_up = await begin_recovery(self.deps.runtime, record, self.max_recoveries)
+            gave_up = await begin_recovery(
+                self.deps.runtime, record, self.max_recoveries, self.deps.audit_log
+            )
             if gave_up is not None:  # too many failed recoveries: now a dead letter
                 return gave_up
             at = position(self.compiled, record, await self.deps.runtime.transitions(run_id))

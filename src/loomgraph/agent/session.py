@@ -14,6 +14,7 @@ from loomgraph.agent.deps import current_run
 from loomgraph.agent.governance_state import describe_policy, restore
 from loomgraph.agent.leases import hold_lease
 from loomgraph.agent.result import RunResult
+from loomgraph.engine import audit_trail as trail
 from loomgraph.engine.effects import ResumeInput
 from loomgraph.engine.interpreter import Outcome, run_child, run_extra_step, run_graph
 from loomgraph.engine.scope import EventSink, RunScope, active_scope
@@ -26,7 +27,15 @@ from loomgraph.nodes.structured import (
     OutputValidationError,
     StructuredAnswer,
 )
-from loomgraph.protocols import Deps, Episode, RunRecord, RunStart, RunStatus, Usage
+from loomgraph.protocols import (
+    AuditAction,
+    Deps,
+    Episode,
+    RunRecord,
+    RunStart,
+    RunStatus,
+    Usage,
+)
 from loomgraph.protocols.events import RUN_COMPLETED, RUN_STARTED
 
 
@@ -140,9 +149,18 @@ class AgentSession:
                         record.deadline = await deps.run_clock.begin_run(
                             scope.budget_scope, started_at=self.started, deadline=record.deadline
                         )
-                    await self._audit(
-                        "run_started", {"graph": compiled.name, "graph_hash": compiled.hash}
-                    )
+                    if scope.auditing:
+                        await scope.audit(
+                            AuditAction.RUN_STARTED,
+                            trail.RUN_ACTOR,
+                            trail.run_started(
+                                compiled.name,
+                                compiled.hash,
+                                self.session_id,
+                                continued=record.initial is not None,
+                                prompt=self.prompt if scope.audit_content else None,
+                            ),
+                        )
                     await scope.emit(
                         RUN_STARTED, {"prompt": self.prompt, "graph": compiled.name}, None, 0
                     )
@@ -169,9 +187,11 @@ class AgentSession:
                     self.graph, scope, outcome.state, self.finish, outcome.visits
                 )
         except asyncio.CancelledError:
-            await deps.runtime.finish_run(
-                self.run_id, RunStatus.CANCELLED, "cancelled by the caller", None
-            )
+            reason = "cancelled by the caller"
+            await deps.runtime.finish_run(self.run_id, RunStatus.CANCELLED, reason, None)
+            if scope.auditing:
+                ended = trail.run_completed(RunStatus.CANCELLED, reason, Usage())
+                await scope.audit(AuditAction.RUN_COMPLETED, trail.RUN_ACTOR, ended)
             raise
         result = self._result(outcome)
         if result.ok:
@@ -194,7 +214,15 @@ class AgentSession:
             result.reason,
             data,
         )
-        await self._audit("run_completed", {"status": result.status, "reason": result.reason})
+        if scope.auditing:
+            ended = trail.run_completed(
+                result.status,
+                result.reason,
+                result.usage,
+                output=result.output,
+                content=scope.audit_content,
+            )
+            await scope.audit(AuditAction.RUN_COMPLETED, trail.RUN_ACTOR, ended)
         await scope.emit(
             RUN_COMPLETED,
             {
@@ -207,11 +235,6 @@ class AgentSession:
             scope.seq,
         )
         return result
-
-    async def _audit(self, action: str, payload: dict[str, Any]) -> None:
-        await self.deps.audit_log.record(
-            action, run_id=self.run_id, user_id=self.user_id, actor="agent", payload=payload
-        )
 
     async def _seed(self, scope: RunScope) -> dict[str, Any]:
         """The first state: memory's seed in the system prompt, the session's turns, the prompt."""

@@ -10,12 +10,14 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import replace
 from typing import Any
 
+from loomgraph.engine import audit_trail as trail
 from loomgraph.engine.effects import EffectKey, ResumeValue
 from loomgraph.engine.scope import RunScope
 from loomgraph.engine.tool_gate import ToolGate
 from loomgraph.graph.compiled import compile_graph
 from loomgraph.graph.spec import Graph
 from loomgraph.protocols import (
+    AuditAction,
     Deps,
     EffectStatus,
     ModelError,
@@ -147,11 +149,11 @@ class VisitContext:
             break
         response.usage += billed
         await self.scope.end_effect(key, _response_data(response))
-        await self.scope.audit(
-            "model_call",
-            self.qualified_node,
-            {"model": deps.model.name, "usage": response.usage.to_dict()},
-        )
+        if self.scope.auditing:
+            done = trail.model_call(
+                deps.model.name, request, response, content=self.scope.audit_content
+            )
+            await self.scope.audit(AuditAction.MODEL_CALL, self.qualified_node, done)
         return response
 
     async def _stream(self, request: ModelRequest, texts: list[str]) -> ModelResponse:

@@ -48,7 +48,7 @@ from loomgraph.protocols.messages import (
     ToolSpec,
 )
 from loomgraph.protocols.models import Model, ModelChunk, ModelError, ModelRequest, ModelResponse
-from loomgraph.protocols.observability import AuditLog, Span, Telemetry
+from loomgraph.protocols.observability import AuditAction, AuditLog, AuditMode, Span, Telemetry
 from loomgraph.protocols.paths import NodePath
 from loomgraph.protocols.pricing import (
     DEFAULT_PRICES,
@@ -160,7 +160,9 @@ __all__ = [  # noqa: RUF022 - grouped by concept, not sorted
     # paths: a node's place in a run
     "NodePath",
     # observability
+    "AuditAction",
     "AuditLog",
+    "AuditMode",
     "Span",
     "Telemetry",
     # checks: a backend object against its protocol, at runtime
