@@ -575,7 +575,7 @@ async def test_postgres_forged_row_inserted_in_the_middle_is_detected(pg_schema:
             await conn.execute(f"UPDATE {t} SET seq = 1 - seq WHERE seq < 0")
             await conn.execute(
                 f"INSERT INTO {t} SELECT 5, time, run_id, user_id, actor, action, $1::jsonb,"
-                " $2, $3, $4 FROM {t} WHERE seq = 4",
+                f" $2, $3, $4 FROM {t} WHERE seq = 4",
                 dumps(forged["payload"]),
                 forged["prev_hash"],
                 forged["hash"],
