@@ -83,7 +83,7 @@ async def test_a_denied_path_is_never_read_and_the_rule_is_named(tmp_path: Path)
         for e in entries
         if e["action"] == "permission_decision" and e["payload"]["verdict"] == "allow"
     }
-    executed = [e["payload"]["call"]["id"] for e in entries if e["action"] == "tool_request"]
+    executed = [e["payload"]["call_id"] for e in entries if e["action"] == "tool_request"]
     assert executed and set(executed) <= allowed
     assert audit.verify().ok
 

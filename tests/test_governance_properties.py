@@ -1056,7 +1056,7 @@ class GovernanceMachine(RuleBasedStateMachine):
                 if verdict == "allow":
                     allowed_at.setdefault((entry["run_id"], ref), entry["seq"])
             elif entry["action"] == "tool_request":
-                requested_at.setdefault((entry["run_id"], payload["call"]["id"]), entry["seq"])
+                requested_at.setdefault((entry["run_id"], payload["call_id"]), entry["seq"])
         for e in self.executed:
             assert allowed_at.get((e.run_id, e.ref), 1 << 60) <= e.audit_seq, (
                 f"{e} ran with no earlier allow in the audit log"

@@ -51,6 +51,7 @@ from loomgraph.nodes.structured import (
 )
 from loomgraph.protocols import (
     FINAL_STATUSES,
+    AuditAction,
     AuditLog,
     Budget,
     Deps,
@@ -329,13 +330,15 @@ class Agent:
                 at.state = check_move(record, at, transitions, own, target)
             if changed is not None:
                 await self.deps.audit_log.record(
-                    "policy_override",
+                    AuditAction.POLICY_OVERRIDE,
                     run_id=run_id,
                     user_id=record.user_id,
                     actor="agent",
                     payload=changed,
                 )
-            gave_up = await begin_recovery(runtime, record, self.max_recoveries)
+            gave_up = await begin_recovery(
+                runtime, record, self.max_recoveries, self.deps.audit_log
+            )
             if gave_up is not None:  # too many failed recoveries: now a dead letter
                 return gave_up
             if target is not own:

@@ -14,7 +14,15 @@ from typing import Any
 
 from loomgraph.agent.checkpoints import ResumeError
 from loomgraph.agent.result import RunResult
-from loomgraph.protocols import Deps, RunRecord, RunStatus, Usage
+from loomgraph.protocols import (
+    AuditAction,
+    AuditLog,
+    AuditMode,
+    Deps,
+    RunRecord,
+    RunStatus,
+    Usage,
+)
 
 DEFAULT_MAX_RECOVERIES = 3
 
@@ -34,16 +42,22 @@ class RunDeadLettered(ResumeError):
         self.reason = record.reason
 
 
-async def begin_recovery(runtime: Any, record: RunRecord, limit: int) -> RunResult | None:
+async def begin_recovery(
+    runtime: Any, record: RunRecord, limit: int, audit_log: AuditLog | None = None
+) -> RunResult | None:
     """Count a recovery of `record` (read under its lease); the dead-letter result instead
-    when `limit` recoveries failed already. A journal that counts none is never given up on."""
+    when `limit` recoveries failed already. A journal that counts none is never given up on.
+    Both are audited (`crash_recovered`, `dead_letter`) in `audit_log`."""
     if record.status == RunStatus.DEAD_LETTER:
         raise RunDeadLettered(record)
     count = getattr(runtime, "record_recovery", None)
     if record.status not in RECOVERED or count is None:
         return None
+    # As found: an in-memory journal updates this very record.
+    found = (str(record.status), record.recoveries, record.reason)
     if record.recoveries < limit:
-        await count(record.run_id)
+        counted = await count(record.run_id)
+        await _audit(audit_log, AuditAction.CRASH_RECOVERED, record, found, int(counted))
         return None
     last = record.reason or "the worker died during the recovery; no error was journaled"
     reason = f"gave up after {record.recoveries} failed recoveries; last: {last}"
@@ -51,6 +65,7 @@ async def begin_recovery(runtime: Any, record: RunRecord, limit: int) -> RunResu
         None, record.run_id, record.session_id, record.user_id, RunStatus.DEAD_LETTER, reason
     )
     await runtime.finish_run(record.run_id, RunStatus.DEAD_LETTER, reason, result.to_dict())
+    await _audit(audit_log, AuditAction.DEAD_LETTER, record, found, found[1])
     return result
 
 
@@ -65,6 +80,23 @@ async def end_recovery(runtime: Any, record: RunRecord, result: RunResult) -> No
     reset = getattr(runtime, "reset_recoveries", None)
     if reset is not None and result.status in WAITING:
         await reset(record.run_id)
+
+
+async def _audit(
+    audit_log: AuditLog | None,
+    action: AuditAction,
+    record: RunRecord,
+    found: tuple[str, int, str],
+    recoveries: int,
+) -> None:
+    """The recovery entry: the status the run was found in, how often it was recovered, and
+    its last journaled error (the effects it left unknown follow as entries of their own)."""
+    if audit_log is None or not AuditMode.of(audit_log).enabled:
+        return
+    payload = {"status": found[0], "recoveries": recoveries, "reason": found[2]}
+    await audit_log.record(
+        action, run_id=record.run_id, user_id=record.user_id, actor="runtime", payload=payload
+    )
 
 
 async def reset_recoveries(runtime: Any, run_id: str) -> None:

@@ -16,6 +16,7 @@ from loomgraph.agent.leases import hold_lease
 from loomgraph.agent.pinning import graph_key, pin
 from loomgraph.agent.recovery import crashed_usage
 from loomgraph.agent.result import RunResult, failed_step_usage
+from loomgraph.engine import audit_trail as trail
 from loomgraph.engine.effects import ResumeInput
 from loomgraph.engine.interpreter import Outcome, run_child, run_extra_step, run_graph
 from loomgraph.engine.scope import EventSink, RunScope, active_scope
@@ -28,7 +29,15 @@ from loomgraph.nodes.structured import (
     OutputValidationError,
     StructuredAnswer,
 )
-from loomgraph.protocols import Deps, Episode, RunRecord, RunStart, RunStatus, Usage
+from loomgraph.protocols import (
+    AuditAction,
+    Deps,
+    Episode,
+    RunRecord,
+    RunStart,
+    RunStatus,
+    Usage,
+)
 from loomgraph.protocols.events import RUN_COMPLETED, RUN_STARTED
 
 
@@ -149,9 +158,18 @@ class AgentSession:
                         record.deadline = await deps.run_clock.begin_run(
                             scope.budget_scope, started_at=self.started, deadline=record.deadline
                         )
-                    await self._audit(
-                        "run_started", {"graph": compiled.name, "graph_hash": compiled.hash}
-                    )
+                    if scope.auditing:
+                        await scope.audit(
+                            AuditAction.RUN_STARTED,
+                            trail.RUN_ACTOR,
+                            trail.run_started(
+                                compiled.name,
+                                compiled.hash,
+                                self.session_id,
+                                continued=record.initial is not None,
+                                prompt=self.prompt if scope.audit_content else None,
+                            ),
+                        )
                     yield scope
                 finally:
                     active_scope.reset(active)
@@ -179,9 +197,11 @@ class AgentSession:
                     self.graph, scope, outcome.state, self.finish, outcome.visits
                 )
         except asyncio.CancelledError:
-            await deps.runtime.finish_run(
-                self.run_id, RunStatus.CANCELLED, "cancelled by the caller", None
-            )
+            reason = "cancelled by the caller"
+            await deps.runtime.finish_run(self.run_id, RunStatus.CANCELLED, reason, None)
+            if scope.auditing:
+                ended = trail.run_completed(RunStatus.CANCELLED, reason, Usage())
+                await scope.audit(AuditAction.RUN_COMPLETED, trail.RUN_ACTOR, ended)
             raise
         result = self._result(outcome)
         # Charged but not in the state: the failed step's attempts, crashed attempts.
@@ -203,7 +223,15 @@ class AgentSession:
             await deps.memory.remember(episode)
             if self.on_episode is not None:
                 self.on_episode(episode)
-        await self._audit("run_completed", {"status": result.status, "reason": result.reason})
+        if scope.auditing:
+            ended = trail.run_completed(
+                result.status,
+                result.reason,
+                result.usage,
+                output=result.output,
+                content=scope.audit_content,
+            )
+            await scope.audit(AuditAction.RUN_COMPLETED, trail.RUN_ACTOR, ended)
         await scope.emit(
             RUN_COMPLETED,
             {
@@ -216,11 +244,6 @@ class AgentSession:
             scope.seq,
         )
         return result
-
-    async def _audit(self, action: str, payload: dict[str, Any]) -> None:
-        await self.deps.audit_log.record(
-            action, run_id=self.run_id, user_id=self.user_id, actor="agent", payload=payload
-        )
 
     async def _seed(self, scope: RunScope) -> dict[str, Any]:
         """The first state: memory's seed in the system prompt, the session's turns, the prompt."""

@@ -8,15 +8,15 @@ passed is denied, and the run goes on.
 
 from __future__ import annotations
 
-import hashlib
 import inspect
-import json
 import time
 from typing import Any
 
+from loomgraph.engine.audit_trail import args_hash
 from loomgraph.engine.effects import Approval, EffectKey
 from loomgraph.engine.scope import RunScope
 from loomgraph.protocols import (
+    AuditAction,
     Decision,
     Pending,
     PinnablePolicy,
@@ -26,11 +26,7 @@ from loomgraph.protocols import (
     ToolSpec,
 )
 
-
-def args_hash(args: Any) -> str:
-    """A stable hash of a call's arguments, for the audit log (which keeps no argument)."""
-    text = json.dumps(args, sort_keys=True, separators=(",", ":"), default=str)
-    return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
+__all__ = ["ApprovalDesk", "args_hash"]
 
 
 class ApprovalDesk:
@@ -70,7 +66,8 @@ class ApprovalDesk:
             await scope.begin_effect(self.answer_key, "approval", {"call": call}, self.node)
             outcome = {"answer": answer.journaled(), "by": answer.approver}
             await scope.end_effect(self.answer_key, outcome)
-        await self._audit(answer)
+        if scope.auditing:
+            await self._audit(answer)
         if not answer.allow:
             reason = answer.reason or "the user denied this call"
             return Decision("deny", "approval:denied", reason), call
@@ -93,17 +90,16 @@ class ApprovalDesk:
             request = self._request(asked, tainted)
             await scope.begin_effect(self.request_key, "approval_request", request, self.node)
             await scope.end_effect(self.request_key, request)
-            await scope.audit(
-                "approval_requested",
-                self.node,
-                {
+            if scope.auditing:
+                asking = {
                     "call_id": call["id"],
                     "tool": call["tool"],
                     "rule": request["rule"],
                     "args_hash": args_hash(call["args"]),
                     "tainted": tainted,
-                },
-            )
+                    "deadline": request["deadline"],
+                }
+                await scope.audit(AuditAction.APPROVAL_REQUESTED, self.node, asking)
         raise RunStopped(
             RunStatus.AWAITING_APPROVAL,
             f"tool {call['tool']!r} needs approval ({request['rule']})",
@@ -165,4 +161,4 @@ class ApprovalDesk:
             entry["edited_args_hash"] = args_hash(answer.args)
         if answer.reason:
             entry["reason"] = answer.reason
-        await self.scope.audit("approval", self.node, entry)
+        await self.scope.audit(AuditAction.APPROVAL, self.node, entry)

@@ -11,6 +11,7 @@ from contextlib import aclosing
 from dataclasses import replace
 from typing import Any
 
+from loomgraph.engine import audit_trail as trail
 from loomgraph.engine.attempts import ModelAttempts
 from loomgraph.engine.effects import EffectKey, ResumeValue
 from loomgraph.engine.scope import RunScope
@@ -18,6 +19,7 @@ from loomgraph.engine.tool_gate import ToolGate
 from loomgraph.graph.compiled import compile_graph
 from loomgraph.graph.spec import Graph
 from loomgraph.protocols import (
+    AuditAction,
     Deps,
     EffectStatus,
     ModelError,
@@ -170,11 +172,11 @@ class VisitContext:
             break
         response.usage += attempts.billed
         await self.scope.end_effect(key, _response_data(response))
-        await self.scope.audit(
-            "model_call",
-            self.qualified_node,
-            {"model": deps.model.name, "usage": response.usage.to_dict()},
-        )
+        if self.scope.auditing:
+            done = trail.model_call(
+                deps.model.name, request, response, content=self.scope.audit_content
+            )
+            await self.scope.audit(AuditAction.MODEL_CALL, self.qualified_node, done)
         return response
 
     async def _void(self, call_id: str, reason: VoidReason) -> None:

@@ -11,6 +11,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from loomgraph.engine import audit_trail as trail
 from loomgraph.engine.context import VisitContext
 from loomgraph.engine.scope import RunScope
 from loomgraph.errors import GraphError, NodeError, StateError
@@ -19,6 +20,7 @@ from loomgraph.graph.registry import NodeKind
 from loomgraph.graph.spec import END
 from loomgraph.graph.state import snapshot_of
 from loomgraph.protocols import (
+    AuditAction,
     BudgetExceeded,
     Pending,
     RunStatus,
@@ -161,7 +163,9 @@ async def _step(
         target = graph.next_node(node, state, visits)[0] if node in graph.nodes else END
     except BudgetExceeded as err:
         await ctx.emit(BUDGET_EXCEEDED, {"cap": err.cap, "reason": str(err)})
-        await scope.audit("budget_block", qualified, {"cap": err.cap, "reason": str(err)})
+        if scope.auditing:
+            block = {"cap": err.cap, "reason": str(err)}
+            await scope.audit(AuditAction.BUDGET_BLOCK, qualified, block)
         return Outcome(RunStatus.BUDGET_EXHAUSTED, str(err), state, node, error=err)
     except RunStopped as stop:
         return Outcome(stop.status, stop.reason, state, node, pending=stop.pending)
@@ -195,6 +199,9 @@ async def _step(
             snapshot,
         )
     )
+    if scope.auditing:
+        moved = trail.transition(scope.seq, qualified, visit, target)
+        await scope.audit(AuditAction.TRANSITION, qualified, moved)
     await scope.emit(
         NODE_COMPLETED,
         {"node": qualified, "visit": visit, "next": target, "patch": patch},

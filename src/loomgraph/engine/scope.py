@@ -9,9 +9,19 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from loomgraph.engine import audit_trail as trail
 from loomgraph.engine.effects import EffectKey, ResumeInput
 from loomgraph.graph.compiled import CompiledGraph
-from loomgraph.protocols import BudgetScope, Deps, EffectRecord, EffectStatus, Reservation, Usage
+from loomgraph.protocols import (
+    AuditAction,
+    AuditMode,
+    BudgetScope,
+    Deps,
+    EffectRecord,
+    EffectStatus,
+    Reservation,
+    Usage,
+)
 from loomgraph.protocols.events import EFFECT_UNKNOWN_AFTER_CRASH, Event
 
 EventSink = Callable[[Event], Awaitable[None]]
@@ -61,27 +71,43 @@ class RunScope:
     untrusted: set[str] = field(default_factory=set)
     # Per tool, how many calls in a row it rejected for their arguments.
     invalid_args: dict[str, int] = field(default_factory=dict)
+    # Read once from the audit log: whether to record anything (the no-op log: no entry is
+    # even built) and whether entries carry content.
+    auditing: bool = field(init=False)
+    audit_content: bool = field(init=False)
 
     def __post_init__(self) -> None:
         self.budget_scope = BudgetScope(self.run_id, self.user_id)
+        mode = AuditMode.of(self.deps.audit_log)
+        self.auditing, self.audit_content = mode.enabled, mode.content
 
     async def reserve(self, kind: str, amount: Usage) -> Reservation | None:
         """Set an amount aside in the budget (nothing to do when the budget has no caps)."""
         if not self.deps.budgeted:
             return None
-        return await self.deps.budget.reserve(
+        held = await self.deps.budget.reserve(
             Reservation(self.budget_scope, kind, amount)  # type: ignore[arg-type]
         )
+        # A node visit's empty hold is left out: its transition entry says it happened.
+        if self.auditing and amount:
+            await self.audit(AuditAction.BUDGET_RESERVE, trail.BUDGET_ACTOR, trail.budget(held))
+        return held
 
     async def settle(self, reservation: Reservation | None, actual: Usage) -> None:
         """Replace a reservation by what was spent."""
         if reservation is not None:
             await self.deps.budget.settle(reservation, actual)
+            if self.auditing and (reservation.amount or actual):
+                payload = trail.budget(reservation, actual)
+                await self.audit(AuditAction.BUDGET_SETTLE, trail.BUDGET_ACTOR, payload)
 
     async def release(self, reservation: Reservation | None) -> None:
         """Give a reservation back unspent."""
         if reservation is not None:
             await self.deps.budget.release(reservation)
+            if self.auditing and reservation.amount:
+                payload = trail.budget(reservation)
+                await self.audit(AuditAction.BUDGET_RELEASE, trail.BUDGET_ACTOR, payload)
 
     async def emit(
         self, kind: str, payload: dict[str, Any], node: str | None, seq: int | None = None
@@ -100,8 +126,9 @@ class RunScope:
             )
         )
 
-    async def audit(self, action: str, actor: str, payload: dict[str, Any]) -> None:
-        """Append one entry to the audit log, for this run and user."""
+    async def audit(self, action: AuditAction, actor: str, payload: dict[str, Any]) -> None:
+        """Append one entry to the audit log, for this run and user (callers check
+        `auditing` first, so a run with the no-op log builds no payload)."""
         await self.deps.audit_log.record(
             action, run_id=self.run_id, user_id=self.user_id, actor=actor, payload=payload
         )
@@ -116,6 +143,9 @@ class RunScope:
         )
         if prior is not None and prior.status != EffectStatus.DONE:
             await self.emit(EFFECT_UNKNOWN_AFTER_CRASH, {"key": str(key), "kind": kind}, node)
+            if self.auditing:
+                unknown = {"key": str(key), "kind": kind, "node": node, "status": prior.status}
+                await self.audit(AuditAction.EFFECT_UNKNOWN, trail.RUNTIME_ACTOR, unknown)
         return prior
 
     async def end_effect(

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from loomgraph.engine import audit_trail as trail
 from loomgraph.engine.approvals import ApprovalDesk
 from loomgraph.engine.effects import EffectKey
 from loomgraph.engine.scope import RunScope
@@ -17,6 +18,7 @@ from loomgraph.engine.taint import is_tainted, note_result
 from loomgraph.errors import LoomgraphError
 from loomgraph.protocols import (
     INVALID_ARGUMENTS,
+    AuditAction,
     Decision,
     EffectStatus,
     RunStopped,
@@ -82,9 +84,11 @@ class ToolGate:
         prior = await scope.begin_effect(key, "tool", {"call": call}, self.node)
         if prior is not None and prior.status == EffectStatus.DONE and prior.outcome is not None:
             replayed = ToolResult(**prior.outcome)  # type: ignore[typeddict-item]
-            return await self._done(call, replayed, spec)
+            return await self._done(call, replayed, spec, replayed=True)
         reservation = await scope.reserve("tool", Usage(tool_calls=1))
-        await scope.audit("tool_request", self.node, {"call": call, "rule": decision.rule})
+        if scope.auditing:
+            request = trail.tool_request(call, decision.rule, content=scope.audit_content)
+            await scope.audit(AuditAction.TOOL_REQUEST, self.node, request)
         try:
             attributes = {
                 "gen_ai.operation.name": "execute_tool",
@@ -183,23 +187,24 @@ class ToolGate:
         if tainted:
             report["tainted"] = True
         await self.scope.emit(PERMISSION_DECISION, report, self.node)
-        await self.scope.audit(PERMISSION_DECISION, self.node, report)
+        if self.scope.auditing:
+            entry = trail.decision(report, call)
+            await self.scope.audit(AuditAction.PERMISSION_DECISION, self.node, entry)
 
     async def _done(
-        self, call: ToolCall, result: ToolResult, spec: ToolSpec | None = None
+        self,
+        call: ToolCall,
+        result: ToolResult,
+        spec: ToolSpec | None = None,
+        *,
+        replayed: bool = False,
     ) -> ToolResult:
         scope = self.scope
         if spec is not None:  # a tool's own result, not an error of the gate's
             note_result(scope.untrusted, spec, result.get("content", ""))
-        await scope.audit(
-            "tool_result",
-            self.node,
-            {
-                "call_id": call["id"],
-                "tool": call["tool"],
-                "is_error": result.get("is_error", False),
-            },
-        )
+        if scope.auditing:
+            done = trail.tool_result(call, result, replayed=replayed, content=scope.audit_content)
+            await scope.audit(AuditAction.TOOL_RESULT, self.node, done)
         await scope.deps.hooks.after_tool(call, result)
         await scope.emit(TOOL_RESULT, {"call": call, "result": result}, self.node)
         return result

@@ -16,10 +16,27 @@ import hmac
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from enum import StrEnum
 from typing import Any, NamedTuple, TypedDict
 
 from loomgraph.errors import LoomgraphError
+from loomgraph.protocols.observability import AuditAction
+
+__all__ = [
+    "ENTRY_FIELDS",
+    "GENESIS_HASH",
+    "UNSIGNED_FIELD",
+    "AuditAction",
+    "AuditEntry",
+    "AuditHead",
+    "AuditLogError",
+    "ChainVerifier",
+    "VerifyResult",
+    "dumps",
+    "entry_hash",
+    "make_entry",
+    "normalize_payload",
+    "parse_entry",
+]
 
 GENESIS_HASH = "0" * 64
 """The `prev_hash` of the first entry."""
@@ -29,23 +46,6 @@ ENTRY_FIELDS = frozenset(
 )
 UNSIGNED_FIELD = "unsigned"
 """Present (always `true`) in every entry of a log written without a key."""
-
-
-class AuditAction(StrEnum):
-    """The actions the framework records; the log itself accepts any action string."""
-
-    RUN_STARTED = "run_started"
-    RUN_COMPLETED = "run_completed"
-    MODEL_CALL = "model_call"
-    TOOL_REQUEST = "tool_request"
-    TOOL_RESULT = "tool_result"
-    PERMISSION_DECISION = "permission_decision"
-    APPROVAL = "approval"
-    BUDGET_RESERVE = "budget_reserve"
-    BUDGET_BLOCK = "budget_block"
-    TRANSITION = "transition"
-    CRASH_RECOVERED = "crash_recovered"
-    AUDIT_QUARANTINED = "audit_quarantined"
 
 
 class AuditEntry(TypedDict):

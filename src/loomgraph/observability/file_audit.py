@@ -51,14 +51,18 @@ class FileAuditLog:
         key_file: str | os.PathLike[str] | None = None,
         key_env: str | None = None,
         unsigned: bool = False,
+        capture_content: bool = False,
         heal: bool = True,
     ) -> None:
         """A log at `path` keyed from `key`, `key_file` or `$key_env` (see resolve_audit_key).
 
+        `capture_content=True` makes runs record prompts, answers, tool arguments and tool
+        output too (docs/observability.md lists where); by default they never do.
         `heal=False` leaves a torn tail in place when opening (for read-only checks).
         """
         self._path = Path(path)
         self._key = resolve_audit_key(key, key_file=key_file, key_env=key_env, unsigned=unsigned)
+        self.capture_content = capture_content
         if heal and self._ends_torn():
             self.repair()  # only now is write access needed: read-only users can still open
 
@@ -110,7 +114,17 @@ class FileAuditLog:
             size = os.fstat(fd).st_size
             if self._quarantine_torn_tail(fd, size):
                 size = os.fstat(fd).st_size
-            return self._append_locked(fd, size, action, run_id, user_id, actor, body)
+            entry = self._append_locked(fd, size, action, run_id, user_id, actor, body, sync=False)
+            # fsync after unlocking: the next writer chains onto this line while it is being
+            # made durable, and writers syncing at once share one journal commit (group
+            # commit). fsync flushes the whole file, so when a later entry is acknowledged,
+            # every entry before it is durable too.
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.fsync(fd)
+            if size == 0:
+                # A new file's directory entry must be durable too, or a crash loses the log.
+                _fsync_dir(self._path.parent)
+            return entry
         finally:
             os.close(fd)  # closing also releases the flock
 
@@ -140,8 +154,11 @@ class FileAuditLog:
         user_id: str | None,
         actor: str,
         body: dict[str, Any],
+        *,
+        sync: bool = True,
     ) -> AuditEntry:
-        """Chain one entry onto the file's last line and fsync it; the flock is held."""
+        """Chain one entry onto the file's last line (fsynced unless `sync=False`); the
+        flock is held."""
         head = self._head_of(fd, size)
         entry = make_entry(
             seq=head.seq + 1,
@@ -155,10 +172,10 @@ class FileAuditLog:
             key=self._key,
         )
         _write_all(fd, (dumps(entry) + "\n").encode("utf-8"))
-        os.fsync(fd)
-        if size == 0:
-            # A new file's directory entry must be durable too, or a crash loses the log.
-            _fsync_dir(self._path.parent)
+        if sync:
+            os.fsync(fd)
+            if size == 0:
+                _fsync_dir(self._path.parent)
         return entry
 
     def _quarantine_torn_tail(self, fd: int, size: int) -> bytes:

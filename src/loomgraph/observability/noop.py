@@ -15,6 +15,9 @@ class NoAuditLog:
 
     __slots__ = ()
 
+    enabled = False
+    """Tells a run to build no audit entry at all (see `AuditMode.of`)."""
+
     async def record(
         self,
         action: str,

@@ -53,15 +53,18 @@ class PostgresAuditLog:
         key_file: str | os.PathLike[str] | None = None,
         key_env: str | None = None,
         unsigned: bool = False,
+        capture_content: bool = False,
         min_size: int = 1,
         max_size: int = 4,
     ) -> None:
-        """A log in `table` (or `schema.table`) at `dsn`, keyed as FileAuditLog is."""
+        """A log in `table` (or `schema.table`) at `dsn`, keyed and capturing content as
+        FileAuditLog does."""
         parts = table.split(".")
         if len(parts) > 2 or not all(_IDENT.fullmatch(p) for p in parts):
             raise ValueError(f"invalid table name {table!r}: use name or schema.name")
         self._dsn = dsn
         self._key = resolve_audit_key(key, key_file=key_file, key_env=key_env, unsigned=unsigned)
+        self.capture_content = capture_content
         self._table = ".".join(f'"{p}"' for p in parts)
         self._index = f'"{parts[-1]}_run_id_idx"'
         digest = hashlib.sha256(f"loomgraph.audit:{table}".encode()).digest()

@@ -51,7 +51,7 @@ from loomgraph.protocols.messages import (
     ToolSpec,
 )
 from loomgraph.protocols.models import Model, ModelChunk, ModelError, ModelRequest, ModelResponse
-from loomgraph.protocols.observability import AuditLog, Span, Telemetry
+from loomgraph.protocols.observability import AuditAction, AuditLog, AuditMode, Span, Telemetry
 from loomgraph.protocols.paths import NodePath
 from loomgraph.protocols.pricing import (
     DEFAULT_PRICES,
@@ -165,7 +165,9 @@ __all__ = [  # noqa: RUF022 - grouped by concept, not sorted
     # paths: a node's place in a run
     "NodePath",
     # observability
+    "AuditAction",
     "AuditLog",
+    "AuditMode",
     "Span",
     "Telemetry",
     # checks: a backend object against its protocol, at runtime

@@ -1,0 +1,152 @@
+"""The audit trail's payloads: what each entry a run records holds.
+
+Entries carry names, ids, counts, statuses and SHA-256 hashes of arguments. Prompts, model
+answers, tool arguments, tool output, memory and run state are added only when the audit
+log captures content (`capture_content=True`, read once per run as `RunScope.audit_content`);
+keys and credentials never are. docs/observability.md lists every entry. Callers build a
+payload only when `RunScope.auditing` is true, so the no-op log costs no work per step.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+from loomgraph.protocols import (
+    Message,
+    ModelRequest,
+    ModelResponse,
+    Reservation,
+    ToolCall,
+    ToolResult,
+    Usage,
+)
+
+__all__ = [
+    "BUDGET_ACTOR",
+    "RUNTIME_ACTOR",
+    "RUN_ACTOR",
+    "args_hash",
+    "budget",
+    "decision",
+    "model_call",
+    "run_completed",
+    "run_started",
+    "tool_request",
+    "tool_result",
+    "transition",
+]
+
+# The actors of entries no node makes.
+RUN_ACTOR = "agent"
+BUDGET_ACTOR = "budget"
+RUNTIME_ACTOR = "runtime"
+
+
+def args_hash(args: Any) -> str:
+    """A stable hash of a call's arguments, for the audit log (which keeps no argument)."""
+    text = json.dumps(args, sort_keys=True, separators=(",", ":"), default=str)
+    return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
+
+
+def run_started(
+    graph: str, graph_hash: str, session_id: str | None, *, continued: bool, prompt: str | None
+) -> dict[str, Any]:
+    """`run_started`: the graph and its version, whether the run goes on from a checkpoint
+    (a resume or a fork); the prompt only with content capture."""
+    payload: dict[str, Any] = {"graph": graph, "graph_hash": graph_hash, "continued": continued}
+    if session_id is not None:
+        payload["session_id"] = session_id
+    if prompt is not None:
+        payload["prompt"] = prompt
+    return payload
+
+
+def run_completed(
+    status: str, reason: str, usage: Usage, *, output: Any = None, content: bool = False
+) -> dict[str, Any]:
+    """`run_completed`: how the run ended and what it used; the output only with capture."""
+    payload: dict[str, Any] = {"status": str(status), "reason": reason, "usage": usage.to_dict()}
+    if content:
+        payload["output"] = output
+    return payload
+
+
+def model_call(
+    model: str, request: ModelRequest, response: ModelResponse, *, content: bool
+) -> dict[str, Any]:
+    """`model_call`: the model, usage, why it stopped and which tools it asked for."""
+    payload: dict[str, Any] = {
+        "model": model,
+        "usage": response.usage.to_dict(),
+        "finish_reason": response.finish_reason,
+        "tool_calls": [_call_ref(call, content) for call in response.tool_calls],
+    }
+    if content:
+        payload["system"] = request.system
+        payload["messages"] = [_message(m) for m in request.messages]
+        payload["text"] = response.text
+    return payload
+
+
+def tool_request(call: ToolCall, rule: str, *, content: bool) -> dict[str, Any]:
+    """`tool_request`: a call about to run, with the rule that allowed it."""
+    payload = _call_ref(call, content)
+    payload["rule"] = rule
+    return payload
+
+
+def tool_result(
+    call: ToolCall, result: ToolResult, *, replayed: bool, content: bool
+) -> dict[str, Any]:
+    """`tool_result`: whether the call failed (and how); its output only with capture."""
+    payload: dict[str, Any] = {
+        "call_id": call["id"],
+        "tool": call["tool"],
+        "is_error": bool(result.get("is_error", False)),
+    }
+    if result.get("error_type"):
+        payload["error_type"] = result.get("error_type")
+    if replayed:
+        payload["replayed"] = True
+    if content:
+        payload["content"] = result.get("content", "")
+    return payload
+
+
+def decision(report: dict[str, Any], call: ToolCall) -> dict[str, Any]:
+    """`permission_decision`: the decision as its event reports it, plus the arguments' hash."""
+    return {**report, "args_hash": args_hash(call["args"])}
+
+
+def budget(reservation: Reservation, actual: Usage | None = None) -> dict[str, Any]:
+    """`budget_reserve` / `_settle` / `_release`: the hold and, once settled, what was spent."""
+    payload: dict[str, Any] = {
+        "kind": reservation.kind,
+        "reservation": reservation.id,
+        "amount": reservation.amount.to_dict(),
+    }
+    if actual is not None:
+        payload["actual"] = actual.to_dict()
+    return payload
+
+
+def transition(seq: int, node: str, visit: int, target: str) -> dict[str, Any]:
+    """`transition`: which node ran (which visit), at which seq, and where the run goes next."""
+    return {"seq": seq, "node": node, "visit": visit, "next": target}
+
+
+def _call_ref(call: ToolCall, content: bool) -> dict[str, Any]:
+    ref: dict[str, Any] = {
+        "call_id": call["id"],
+        "tool": call["tool"],
+        "args_hash": args_hash(call["args"]),
+    }
+    if content:
+        ref["args"] = call["args"]
+    return ref
+
+
+def _message(message: Message) -> dict[str, Any]:
+    return dict(message)
