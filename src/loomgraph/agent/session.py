@@ -26,7 +26,15 @@ from loomgraph.nodes.structured import (
     OutputValidationError,
     StructuredAnswer,
 )
-from loomgraph.protocols import Deps, Episode, RunRecord, RunStart, RunStatus, Usage
+from loomgraph.protocols import (
+    Deps,
+    Episode,
+    RunRecord,
+    RunStart,
+    RunStatus,
+    StartableToolHost,
+    Usage,
+)
 from loomgraph.protocols.events import RUN_COMPLETED, RUN_STARTED
 
 
@@ -122,6 +130,8 @@ class AgentSession:
     @contextlib.asynccontextmanager
     async def _opened(self, record: RunRecord, sink: EventSink) -> AsyncIterator[RunScope]:
         deps, compiled = self.deps, self.graph
+        if isinstance(deps.tools, StartableToolHost):  # MCP servers: connect, list, check
+            await deps.tools.start()
         self.started = time.time()
         token = current_run.set(record)
         try:
