@@ -11,6 +11,7 @@ from pathlib import Path
 
 from loomgraph.cli import approvals as cli_approvals
 from loomgraph.cli import audit as cli_audit
+from loomgraph.cli import mcp_serve as cli_mcp_serve
 from loomgraph.cli import runs as cli_runs
 from loomgraph.cli.output import EXIT_FAILED, EXIT_OK, EXIT_USAGE, emit_event
 
@@ -65,6 +66,7 @@ def _parser() -> argparse.ArgumentParser:
     new_graph.add_argument("-o", "--output-dir", default=".", help="folder to write it in")
     cli_approvals.add_parsers(cli_runs.add_runs_parser(sub))
     cli_audit.add_audit_parser(sub)
+    cli_mcp_serve.add_parser(sub)
     return parser
 
 
@@ -86,6 +88,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cli_runs.handle(args)
         if args.command == "audit":
             return cli_audit.handle(args)
+        if args.command == "mcp-serve":
+            return cli_mcp_serve.handle(args)
         if args.command == "render":
             if args.run is not None:
                 return cli_runs.render_run(args)

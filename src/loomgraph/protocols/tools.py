@@ -9,7 +9,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from loomgraph.protocols.messages import ToolCall, ToolResult, ToolSpec
 
-__all__ = ["ToolHost", "ToolRun", "StartableToolHost", "tool_run"]
+__all__ = ["StartableToolHost", "ToolHost", "ToolRun", "tool_run"]
 
 
 @runtime_checkable

@@ -31,9 +31,7 @@ def parse_docstring(doc: str | None) -> Docstring:
     if bare:  # give the parser a summary line to skip
         text = "-\n\n" + text
     parsed = docstring_parser.parse(text)
-    args = {
-        param.arg_name.lstrip("*"): _flat(param.description or "") for param in parsed.params
-    }
+    args = {param.arg_name.lstrip("*"): _flat(param.description or "") for param in parsed.params}
     if bare:
         return Docstring("", args)
     summary = parsed.short_description or ""

@@ -194,6 +194,3 @@ async def _run(item: Tool[..., Any], pos: tuple[Any, ...], kwargs: dict[str, Any
 def _raised(item: Tool[..., Any], exc: BaseException) -> ToolResult:
     _log.debug("tool %r raised", item.name, exc_info=exc)
     return results.tool_exception(exc)
-
-
-

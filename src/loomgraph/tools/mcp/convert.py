@@ -62,8 +62,11 @@ def to_result(result: Any) -> ToolResult:
     """A `CallToolResult` as the text the model adapters send; `isError` → an error result."""
     content = render(result.content, result.structured_content)
     if result.is_error:
-        return {"content": content or "the tool reported an error", "is_error": True,
-                "error_type": "tool_exception"}
+        return {
+            "content": content or "the tool reported an error",
+            "is_error": True,
+            "error_type": "tool_exception",
+        }
     return {"content": content, "is_error": False}
 
 
@@ -83,7 +86,9 @@ def render(blocks: Iterable[Any], structured: Any) -> str:
         elif kind == "resource":
             parts.append(_resource(block.resource))
         elif kind == "resource_link":
-            parts.append(f"[resource link: {block.uri}" + (f" — {block.name}]" if block.name else "]"))
+            parts.append(
+                f"[resource link: {block.uri}" + (f" — {block.name}]" if block.name else "]")
+            )
         else:
             parts.append(f"[{kind or 'unknown'} content]")
     if structured is not None and not has_text:

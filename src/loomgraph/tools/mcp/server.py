@@ -119,7 +119,7 @@ class _Link:
                     await self.refresh()
                 self.ready.set_result(None)
                 await self.stop.wait()
-        except BaseException as exc:  # noqa: BLE001 - reported to whoever waits for the start
+        except BaseException as exc:
             if not self.ready.done():
                 self.ready.set_exception(
                     MCPServerError(server.name, f"cannot start {server.describe()}: {_say(exc)}")
@@ -199,7 +199,7 @@ class MCPServer:
         prefix: str | None = None,
         trust: bool = False,
         timeout: float | None = 60.0,
-        start_timeout: float | None = 30.0,
+        start_timeout: float | None = 60.0,
     ) -> None:
         if not isinstance(name, str) or not _NAME.match(name):
             raise ValueError(f"invalid MCP server name {name!r}: use 1-64 letters, digits, _ or -")
@@ -229,16 +229,22 @@ class MCPServer:
         prefix: str | None = None,
         trust: bool = False,
         timeout: float | None = 60.0,
+        start_timeout: float | None = 60.0,
         env: Mapping[str, str] | None = None,
         cwd: str | None = None,
     ) -> MCPServer:
-        """A server run as a subprocess speaking MCP over its stdin and stdout."""
+        """A server run as a subprocess speaking MCP over its stdin and stdout.
+
+        `timeout` bounds each call (seconds; None for none), `start_timeout` the start and
+        the first listing; `env` is added to a minimal environment (PATH, HOME, ...).
+        """
         return cls(
             _Stdio(command, tuple(args), env, cwd),
             name=name,
             prefix=prefix,
             trust=trust,
             timeout=timeout,
+            start_timeout=start_timeout,
         )
 
     @classmethod
@@ -251,10 +257,16 @@ class MCPServer:
         prefix: str | None = None,
         trust: bool = False,
         timeout: float | None = 60.0,
+        start_timeout: float | None = 60.0,
     ) -> MCPServer:
         """A server reached over streamable HTTP, sending `headers` (say, Authorization)."""
         return cls(
-            _Http(url, dict(headers or {})), name=name, prefix=prefix, trust=trust, timeout=timeout
+            _Http(url, dict(headers or {})),
+            name=name,
+            prefix=prefix,
+            trust=trust,
+            timeout=timeout,
+            start_timeout=start_timeout,
         )
 
     def describe(self) -> str:
@@ -366,7 +378,7 @@ class MCPServer:
             )
         except asyncio.CancelledError:
             raise  # the SDK has sent `notifications/cancelled` on the way out
-        except Exception as exc:  # noqa: BLE001 - every failure is the model's to read
+        except Exception as exc:
             return await self._failed(name, exc)
         return to_result(result)
 
