@@ -12,7 +12,7 @@ import threading
 from pathlib import Path
 
 WORKER = str(Path(__file__).with_name("mcp_crash_worker.py"))
-WAIT = 600.0  # bounded: the machine may be slow to start Python twice over
+WAIT = 1800.0  # bounded: a loaded machine may take minutes to start Python and the server
 
 
 def ledger(state: Path) -> list[str]:

@@ -7,8 +7,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from mcp_servers import PYTHON, bad_server_script
-
 from loomgraph import Agent
 from loomgraph.governance import StandardPermissions
 from loomgraph.models import ScriptedModel
@@ -16,6 +14,7 @@ from loomgraph.protocols import EffectStatus
 from loomgraph.runtime import InMemoryRuntime
 from loomgraph.tools import MCPServer
 from loomgraph.tools.mcp import SERVER_ERROR
+from mcp_servers import PYTHON, bad_server_script
 
 
 def call(name: str) -> dict[str, Any]:
@@ -26,7 +25,13 @@ async def test_crash_hang_garbage_and_lies(tmp_path: Path) -> None:
     script = bad_server_script(tmp_path)
     (tmp_path / "marker").write_text("keep me")
     server = MCPServer.stdio(
-        PYTHON, str(script), "any", str(tmp_path), name="bad", prefix="bad", timeout=20,
+        PYTHON,
+        str(script),
+        "any",
+        str(tmp_path),
+        name="bad",
+        prefix="bad",
+        timeout=20,
         start_timeout=600,
     )
     runtime = InMemoryRuntime()
@@ -42,9 +47,7 @@ async def test_crash_hang_garbage_and_lies(tmp_path: Path) -> None:
             "never reached",
         ]
     )
-    permissions = StandardPermissions(
-        allow=["bad_ping", "bad_crash", "bad_hang", "bad_garbage"]
-    )
+    permissions = StandardPermissions(allow=["bad_ping", "bad_crash", "bad_hang", "bad_garbage"])
     async with Agent(
         "x", model=model, tools=[server], runtime=runtime, permissions=permissions
     ) as agent:

@@ -72,9 +72,7 @@ class Database:
 
 
 @tool
-async def order_status(
-    order_id: str, db: Annotated[Database, Injected], ctx: ToolContext
-) -> str:
+async def order_status(order_id: str, db: Annotated[Database, Injected], ctx: ToolContext) -> str:
     """Look an order up.
 
     Args:

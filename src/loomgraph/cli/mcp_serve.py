@@ -5,8 +5,6 @@ answer, status and run id) and `resume` (answers a run awaiting approval, or goe
 one that stopped). The `mcp` SDK is imported only when the command runs.
 """
 
-from __future__ import annotations
-
 import argparse
 import contextlib
 import importlib
@@ -18,12 +16,13 @@ from typing import Any
 from loomgraph.agent.agent import Agent
 from loomgraph.agent.result import RunResult
 from loomgraph.cli.output import EXIT_OK
+from loomgraph.errors import LoomgraphError
 from loomgraph.protocols.events import RUN_COMPLETED, Event
 
 _PROGRESS_CHARS = 300  # a progress message is a line a client shows, not the whole payload
 
 
-class AgentNotFound(ValueError):
+class AgentNotFound(LoomgraphError, ValueError):
     """`--agent` does not name an Agent (or a function returning one)."""
 
 

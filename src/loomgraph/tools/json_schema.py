@@ -7,11 +7,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from loomgraph.errors import LoomgraphError
 from loomgraph.tools.context import Injection
 from loomgraph.tools.schema import KEY_PARAM, injection_of
 
 
-class JsonArgumentsInvalid(ValueError):
+class JsonArgumentsInvalid(LoomgraphError, ValueError):
     """The model's arguments do not match the tool's JSON Schema (one line per problem)."""
 
 

@@ -97,6 +97,7 @@ class _Link:
         self.tools: dict[str, Any] = {}  # original name -> mcp Tool
         self.ready: asyncio.Future[None] = self.loop.create_future()
         self.stop = asyncio.Event()
+        self.refreshing: asyncio.Task[None] | None = None
         self.task = asyncio.create_task(self._hold(), name=f"mcp:{server.name}")
 
     @property
@@ -151,7 +152,7 @@ class _Link:
         if getattr(message, "method", None) == "notifications/tools/list_changed":
             # Not awaited here: this runs on the session's receive loop, which must go on to
             # receive the listing's answer.
-            self.loop.create_task(self._refresh_quietly())
+            self.refreshing = self.loop.create_task(self._refresh_quietly())
         elif isinstance(message, Exception):
             _log.warning("MCP server %r sent something unreadable: %s", self.server.name, message)
 
