@@ -58,9 +58,9 @@ async def test_from_schema_shows_the_schema_and_validates_with_it() -> None:
 
 
 def test_from_schema_refuses_a_schema_that_is_not_one() -> None:
-    with pytest.raises(ValueError, match="'broken'.*not a valid JSON Schema"):
+    with pytest.raises(ValueError, match=r"'broken'.*not a valid JSON Schema"):
         Tool.from_schema("broken", "x", {"type": "object", "properties": 3}, lambda: None)
-    with pytest.raises(ValueError, match="'listy'.*object"):
+    with pytest.raises(ValueError, match=r"'listy'.*object"):
         Tool.from_schema("listy", "x", {"type": "array"}, lambda: None)
 
 
@@ -122,7 +122,7 @@ async def test_the_model_cannot_set_an_injected_parameter() -> None:
 
 
 def test_a_missing_dependency_is_refused_when_the_agent_is_built() -> None:
-    with pytest.raises(MissingToolDependency, match="'order_status'.*'db'.*has: none"):
+    with pytest.raises(MissingToolDependency, match=r"'order_status'.*'db'.*has: none"):
         Agent("x", model="echo", tools=[order_status])
 
 
