@@ -49,13 +49,15 @@ def to_spec(tool: Any, name: str, trust: Trust) -> ToolSpec:
     parameters = dict(tool.input_schema or {})
     parameters.setdefault("type", "object")
     parameters.setdefault("properties", {})
-    spec: ToolSpec = {
+    flags = trust.flags(tool.annotations)
+    return {
         "name": name,
         "description": tool.description or tool.title or "",
         "parameters": parameters,
+        "destructive": flags["destructive"],
+        "egress": flags["egress"],
+        "trusted": flags["trusted"],
     }
-    spec.update(trust.flags(tool.annotations))  # type: ignore[typeddict-item]
-    return spec
 
 
 def to_result(result: Any) -> ToolResult:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, cast
 
 from loomgraph.errors import LoomgraphError
 from loomgraph.protocols import ToolCall, ToolHost, ToolResult, ToolSpec
@@ -81,7 +81,7 @@ class ServerToolHost:
         for name, server in self._owner.items():
             spec = server.spec(name)
             if spec is not None:
-                out.append(dict(spec))  # type: ignore[arg-type]
+                out.append(spec.copy())
         return out
 
     def spec(self, name: str) -> ToolSpec | None:
@@ -90,11 +90,12 @@ class ServerToolHost:
         if server is None:
             return self.local.spec(name)
         spec = server.spec(name)
-        return None if spec is None else ToolSpec(**spec)
+        return None if spec is None else spec.copy()
 
     async def call(self, call: ToolCall, *, idempotency_key: str) -> ToolResult:
         """Route a call to its server, or to the local tools."""
-        server = self._owner.get(call.get("tool"))  # type: ignore[arg-type]
+        name = call.get("tool")
+        server = self._owner.get(name) if isinstance(name, str) else None
         if server is None:
             return await self.local.call(call, idempotency_key=idempotency_key)
         args = call.get("args")
@@ -117,12 +118,12 @@ class ServerToolHost:
         name = getattr(fn, "name", None) or getattr(fn, "__name__", None)
         if name in self._owner:
             raise ToolNameCollision(name, f"MCP server {self._owner[name].name!r}", "a local tool")
-        return self.local.add(fn)  # type: ignore[attr-defined]
+        return cast(Any, self.local).add(fn)
 
     def provide(self, deps: Any) -> None:
         """Pass `tool_deps` on to the local tools."""
-        self.local.provide(deps)  # type: ignore[attr-defined]
+        cast(Any, self.local).provide(deps)
 
     def remove(self, name: str) -> None:
         """Unregister a local tool."""
-        self.local.remove(name)  # type: ignore[attr-defined]
+        cast(Any, self.local).remove(name)

@@ -363,10 +363,9 @@ class MCPServer:
         if session is None:
             return server_error(self.name, name, "the connection closed")
         run = tool_run.get()
-        progress = None
-        if run is not None:
 
-            async def progress(done: float, total: float | None, message: str | None) -> None:
+        async def progress(done: float, total: float | None, message: str | None) -> None:
+            if run is not None:  # progress becomes a `tool_progress` event of the run
                 await run.progress(message or "", {"progress": done, "total": total})
 
         try:
