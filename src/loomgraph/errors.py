@@ -72,6 +72,11 @@ with where each class lives (relative to `loomgraph.`):
     │   ├── Conflict                        serve.errors
     │   ├── Invalid + ValueError            serve.errors
     │   └── TooLarge                        serve.errors
+    ├── MCPServerError                      tools.mcp.server
+    ├── ToolNameCollision + ValueError      tools.mcp.host
+    ├── MissingToolDependency + LookupError tools.context
+    ├── JsonArgumentsInvalid + ValueError   tools.json_schema
+    ├── AgentNotFound + ValueError          cli.mcp_serve
     └── UsageError                          cli.runs
 
 Three exceptions stay outside on purpose: they are raised and caught inside one module and

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -101,6 +101,7 @@ class Agent:
         max_recoveries: int = DEFAULT_MAX_RECOVERIES,
         max_invalid_tool_args: int = 3,
         size_limits: SizeLimits | None = None,
+        tool_deps: Mapping[Any, Any] | None = None,
     ) -> None:
         self.instructions = instructions
         # Resumes of a crashed or failed run before it becomes a dead letter.
@@ -122,6 +123,7 @@ class Agent:
             approval_handler=approval_handler,
             max_invalid_tool_args=max_invalid_tool_args,
             size_limits=size_limits,
+            tool_deps=tool_deps,
         )
         self.extraction = wire_memory(
             self.deps,
@@ -132,12 +134,20 @@ class Agent:
         )
 
     async def aclose(self) -> None:
-        """Wait for pending fact extractions, then close the memory, the journal and the
-        budget's ledger (through the budget this Agent bound)."""
+        """Wait for pending fact extractions, then close the memory, the journal, the
+        budget's ledger (through the budget this Agent bound) and the tools (stopping MCP
+        servers)."""
         if self.extraction is not None:
             await self.extraction.drain()
         for backend in (self.deps.memory, self.deps.runtime, self.deps.budget):
             await close_backend(backend)
+        await self.deps.tools.close()
+
+    async def __aenter__(self) -> Agent:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
 
     @property
     def hooks(self) -> GovernanceHooks:

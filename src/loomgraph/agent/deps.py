@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from contextvars import ContextVar
 from typing import Any, cast
 
@@ -162,6 +162,7 @@ def build_deps(
     approval_handler: Callable[..., Any] | None = None,
     max_invalid_tool_args: int = 3,
     size_limits: SizeLimits | None = None,
+    tool_deps: Mapping[Any, Any] | None = None,
 ) -> Deps:
     """The bundle for an Agent: every missing piece is its no-op default."""
     from loomgraph.governance.null import NoBudget, NoHooks
@@ -172,7 +173,7 @@ def build_deps(
     def given(obj: Any, protocol: type, what: str, default: type) -> Any:
         return default() if obj is None else _checked(obj, protocol, what)
 
-    host: ToolHost = as_tool_host(tools)
+    host: ToolHost = as_tool_host(tools, deps=tool_deps)
     journal = resolve_runtime(runtime)
     chosen = resolve_model(model)
     if isinstance(budget, Bindable):

@@ -36,6 +36,7 @@ from loomgraph.protocols import (
     RunRecord,
     RunStart,
     RunStatus,
+    StartableToolHost,
     Usage,
 )
 from loomgraph.protocols.events import RUN_COMPLETED, RUN_STARTED
@@ -140,6 +141,8 @@ class AgentSession:
     @contextlib.asynccontextmanager
     async def _opened(self, record: RunRecord, sink: EventSink) -> AsyncIterator[RunScope]:
         deps, compiled = self.deps, self.graph
+        if isinstance(deps.tools, StartableToolHost):  # MCP servers: connect, list, check
+            await deps.tools.start()
         self.started = time.time()
         token = current_run.set(record)
         try:

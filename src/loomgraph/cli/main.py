@@ -12,6 +12,7 @@ from pathlib import Path
 from loomgraph.cli import approvals as cli_approvals
 from loomgraph.cli import audit as cli_audit
 from loomgraph.cli import evaluate as cli_evaluate
+from loomgraph.cli import mcp_serve as cli_mcp_serve
 from loomgraph.cli import runs as cli_runs
 from loomgraph.cli import serve as cli_serve
 from loomgraph.cli.output import EXIT_FAILED, EXIT_OK, EXIT_USAGE, emit_event
@@ -68,8 +69,8 @@ def _parser() -> argparse.ArgumentParser:
     cli_approvals.add_parsers(cli_runs.add_runs_parser(sub))
     cli_audit.add_audit_parser(sub)
     cli_evaluate.add_parser(sub)
-
     cli_serve.add_parser(sub)
+    cli_mcp_serve.add_parser(sub)
     return parser
 
 
@@ -93,9 +94,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cli_audit.handle(args)
         if args.command == "eval":
             return cli_evaluate.handle(args)
-
         if args.command in ("serve", "keys"):
             return cli_serve.handle(args)
+        if args.command == "mcp-serve":
+            return cli_mcp_serve.handle(args)
         if args.command == "render":
             if args.run is not None:
                 return cli_runs.render_run(args)

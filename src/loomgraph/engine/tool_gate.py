@@ -24,10 +24,12 @@ from loomgraph.protocols import (
     RunStopped,
     ToolCall,
     ToolResult,
+    ToolRun,
     ToolSpec,
     Usage,
+    tool_run,
 )
-from loomgraph.protocols.events import PERMISSION_DECISION, TOOL_CALL, TOOL_RESULT
+from loomgraph.protocols.events import PERMISSION_DECISION, TOOL_CALL, TOOL_PROGRESS, TOOL_RESULT
 
 
 class ToolArgsInvalid(LoomgraphError):
@@ -95,8 +97,12 @@ class ToolGate:
                 "gen_ai.tool.name": call["tool"],
                 "gen_ai.tool.call.id": call["id"],
             }
-            with deps.telemetry.span(f"execute_tool {call['tool']}", attributes):
-                result = await deps.tools.call(call, idempotency_key=str(key))
+            token = tool_run.set(self._tool_run(call))
+            try:
+                with deps.telemetry.span(f"execute_tool {call['tool']}", attributes):
+                    result = await deps.tools.call(call, idempotency_key=str(key))
+            finally:
+                tool_run.reset(token)
         except BaseException:
             # Cancelled or broken mid-call: the tool may have acted, so the call is charged.
             await scope.settle(reservation, Usage(tool_calls=1))
@@ -107,6 +113,16 @@ class ToolGate:
         done = await self._done(call, result, spec)
         self._count_invalid(call, result)
         return done
+
+    def _tool_run(self, call: ToolCall) -> ToolRun:
+        """What the tool host may know of the run (ToolContext), with a progress reporter."""
+        scope, node = self.scope, self.node
+
+        async def progress(message: str, data: dict[str, Any]) -> None:
+            payload = {"call_id": call["id"], "tool": call["tool"], "message": message, **data}
+            await scope.emit(TOOL_PROGRESS, payload, node)
+
+        return ToolRun(scope.run_id, scope.user_id, scope.session_id, node, progress)
 
     def _args_too_large(self, call: ToolCall) -> ToolResult | None:
         """An error result for arguments over the size limit, or None."""

@@ -81,7 +81,7 @@ from loomgraph.protocols.runtime import (
     UnknownRun,
     current_fence,
 )
-from loomgraph.protocols.tools import ToolHost
+from loomgraph.protocols.tools import StartableToolHost, ToolHost, ToolRun, tool_run
 from loomgraph.protocols.usage import (
     CHARS_PER_TOKEN,
     USAGE_FIELDS,
@@ -120,7 +120,10 @@ __all__ = [  # noqa: RUF022 - grouped by concept, not sorted
     "register_price",
     "with_cost",
     # tools
+    "StartableToolHost",
     "ToolHost",
+    "ToolRun",
+    "tool_run",
     # runtime: the journal
     "FINAL_STATUSES",
     "EffectRecord",

@@ -21,6 +21,7 @@ PERMISSION_DECISION: Final = "permission_decision"  # allow/deny/ask, naming the
 BUDGET_WARNING: Final = "budget_warning"  # spending passed `warn_at` of a cap
 BUDGET_EXCEEDED: Final = "budget_exceeded"  # a reservation was refused; the run stops
 OUTPUT_VOID: Final = "output_void"  # the chunks of `call_id` sent so far stand for nothing
+TOOL_PROGRESS: Final = "tool_progress"  # a running tool reported progress (ToolContext)
 # Heard only by the hooks' on_event: the run's own stream has ended by then.
 MEMORY_EXTRACTION_FAILED: Final = "memory_extraction_failed"
 
@@ -40,6 +41,7 @@ EVENT_KINDS: frozenset[str] = frozenset(
         EFFECT_UNKNOWN_AFTER_CRASH,
         PERMISSION_DECISION,
         BUDGET_WARNING,
+        TOOL_PROGRESS,
         BUDGET_EXCEEDED,
         MEMORY_EXTRACTION_FAILED,
         OUTPUT_VOID,

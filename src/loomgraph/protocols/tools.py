@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Protocol, runtime_checkable
+from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
 
 from loomgraph.protocols.messages import ToolCall, ToolResult, ToolSpec
 
-__all__ = ["ToolHost"]
+__all__ = ["StartableToolHost", "ToolHost", "ToolRun", "tool_run"]
 
 
 @runtime_checkable
@@ -28,3 +31,30 @@ class ToolHost(Protocol):
     async def close(self) -> None:
         """Release what the tools hold (connections, processes)."""
         ...
+
+
+@runtime_checkable
+class StartableToolHost(ToolHost, Protocol):
+    """A host whose tools are known only once it has started (say, MCP servers to list)."""
+
+    async def start(self) -> None:
+        """Connect what is not connected and list its tools; called before each run.
+        Raises a LoomgraphError naming the problem (a name collision, a server that
+        cannot start)."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class ToolRun:
+    """The run a tool call belongs to, as the engine tells the tool host."""
+
+    run_id: str
+    user_id: str | None
+    session_id: str | None
+    node: str
+    # Reports progress of the running call as a `tool_progress` event of the run.
+    progress: Callable[[str, dict[str, Any]], Awaitable[None]]
+
+
+tool_run: ContextVar[ToolRun | None] = ContextVar("loomgraph_tool_run", default=None)
+"""The run of the tool call under way in this task (None outside a run's tool call)."""

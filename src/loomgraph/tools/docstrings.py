@@ -1,4 +1,5 @@
-"""Reading a tool's description and argument descriptions from its Google-style docstring."""
+"""A tool's description and argument descriptions from its docstring, in Google, NumPy,
+Sphinx (reST) or Epydoc style (read by the `docstring-parser` library)."""
 
 from __future__ import annotations
 
@@ -6,11 +7,9 @@ import inspect
 import re
 from dataclasses import dataclass, field
 
-# Section headers that open the argument list, and any header that closes it.
-_ARGS_HEADERS = frozenset({"args", "arguments", "parameters", "params"})
-_SECTION = re.compile(r"^([A-Za-z][A-Za-z ]*):\s*$")
-# `name: text`, `name (type): text`, `*args: text`, `**kwargs (dict): text`
-_ENTRY = re.compile(r"^\*{0,2}(?P<name>[A-Za-z_]\w*)\s*(?:\([^)]*\))?\s*:(?P<text>.*)$")
+# A docstring that opens straight with its argument section has no description.
+_OPENS_WITH_SECTION = re.compile(r"^(args|arguments|parameters|params)\s*:?\s*$", re.IGNORECASE)
+_SPACE = re.compile(r"\s+")
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,54 +21,25 @@ class Docstring:
 
 
 def parse_docstring(doc: str | None) -> Docstring:
-    """Split a docstring into its first paragraph and the entries of its `Args:` section."""
+    """The first paragraph of a docstring, and the description of each argument."""
     if not doc:
         return Docstring()
-    lines = inspect.cleandoc(doc).splitlines()
-    return Docstring(description=_first_paragraph(lines), args=_args_section(lines))
+    import docstring_parser  # lazily: `import loomgraph` stays light
+
+    text = inspect.cleandoc(doc)
+    bare = bool(_OPENS_WITH_SECTION.match(text.splitlines()[0].strip()))
+    if bare:  # give the parser a summary line to skip
+        text = "-\n\n" + text
+    parsed = docstring_parser.parse(text)
+    args = {param.arg_name.lstrip("*"): _flat(param.description or "") for param in parsed.params}
+    if bare:
+        return Docstring("", args)
+    summary = parsed.short_description or ""
+    if parsed.long_description and not parsed.blank_after_short_description:
+        # The summary goes on past its first line: keep the whole first paragraph.
+        summary = f"{summary} {parsed.long_description.split(chr(10) * 2)[0]}"
+    return Docstring(_flat(summary), args)
 
 
-def _first_paragraph(lines: list[str]) -> str:
-    paragraph: list[str] = []
-    for line in lines:
-        stripped = line.strip()
-        if not stripped or _SECTION.match(stripped):
-            break  # a blank line ends the paragraph; a docstring may also open with `Args:`
-        paragraph.append(stripped)
-    return " ".join(paragraph)
-
-
-def _indent(line: str) -> int:
-    return len(line) - len(line.lstrip())
-
-
-def _args_section(lines: list[str]) -> dict[str, str]:
-    args: dict[str, str] = {}
-    start = next(
-        (
-            i
-            for i, line in enumerate(lines)
-            if (m := _SECTION.match(line.strip())) and m.group(1).lower() in _ARGS_HEADERS
-        ),
-        None,
-    )
-    if start is None:
-        return args
-    header_indent = _indent(lines[start])
-    entry_indent: int | None = None
-    current: str | None = None
-    for line in lines[start + 1 :]:
-        if not line.strip():
-            continue
-        indent = _indent(line)
-        if indent <= header_indent:
-            break  # the next section, e.g. `Returns:`
-        if entry_indent is None:
-            entry_indent = indent
-        if indent == entry_indent and (m := _ENTRY.match(line.strip())):
-            current = m.group("name")
-            args[current] = m.group("text").strip()
-        elif current is not None and indent > entry_indent:
-            # A continuation line of the current entry.
-            args[current] = f"{args[current]} {line.strip()}".strip()
-    return args
+def _flat(text: str) -> str:
+    return _SPACE.sub(" ", text).strip()

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, cast
 
 from loomgraph.protocols import ToolCall, ToolHost, ToolResult, ToolSpec, implements
 from loomgraph.tools import results
+from loomgraph.tools.context import MissingToolDependency, context_for, resolve
 from loomgraph.tools.tool import Tool, check_timeout
 
 _log = logging.getLogger(__name__)
@@ -20,27 +21,36 @@ class ToolRegistry:
     """Named tools, their specs, and their execution with validation and timeouts.
 
     `timeout` is the default limit in seconds for each call (None for no limit); a tool's
-    own `@tool(timeout=...)` overrides it. `call` turns every failure of a tool into an
+    own `@tool(timeout=...)` overrides it. `deps` are the values of parameters marked
+    `Injected` (by key or type); a tool needing one that is missing is refused when added.
+    `call` turns every failure of a tool into an
     error result — also `SystemExit`, `KeyboardInterrupt` and any other `BaseException` —
     and only lets the cancellation of the calling task through.
     """
 
     def __init__(
-        self, tools: Iterable[ToolLike] | None = None, *, timeout: float | None = 60.0
+        self,
+        tools: Iterable[ToolLike] | None = None,
+        *,
+        timeout: float | None = 60.0,
+        deps: Mapping[Any, Any] | None = None,
     ) -> None:
         self.timeout = check_timeout("<default>", timeout)
+        self.deps: Mapping[Any, Any] = dict(deps or {})
         self._tools: dict[str, Tool[..., Any]] = {}
         self._specs: list[ToolSpec] | None = None
         for fn in tools or ():
             self.add(fn)
 
     @classmethod
-    def as_tool_host(cls, obj: object, *, timeout: float | None = 60.0) -> ToolHost:
+    def as_tool_host(
+        cls, obj: object, *, timeout: float | None = 60.0, deps: Mapping[Any, Any] | None = None
+    ) -> ToolHost:
         """A ToolHost from None, a list or tuple of functions/tools, or an existing ToolHost."""
         if obj is None:
-            return cls(timeout=timeout)
+            return cls(timeout=timeout, deps=deps)
         if isinstance(obj, list | tuple):
-            return cls(obj, timeout=timeout)
+            return cls(obj, timeout=timeout, deps=deps)
         if implements(obj, ToolHost) and not isinstance(obj, type):  # a class is no host
             return cast(ToolHost, obj)
         single = callable(obj) and not isinstance(obj, type)
@@ -57,9 +67,22 @@ class ToolRegistry:
         item = fn if isinstance(fn, Tool) else Tool(fn)
         if item.name in self._tools:
             raise ValueError(f"a tool named {item.name!r} is already registered")
+        for need in item.injected:
+            if not need.context:
+                resolve(item.name, need, self.deps)  # raises MissingToolDependency
         self._tools[item.name] = item
         self._specs = None
         return item
+
+    def provide(self, deps: Mapping[Any, Any]) -> None:
+        """Use `deps` for `Injected` parameters; raises MissingToolDependency for a tool
+        whose dependency is still missing."""
+        merged = {**self.deps, **deps}
+        for item in self._tools.values():
+            for need in item.injected:
+                if not need.context:
+                    resolve(item.name, need, merged)
+        self.deps = merged
 
     def remove(self, name: str) -> None:
         """Unregister a tool; an unknown name raises KeyError."""
@@ -114,7 +137,10 @@ class ToolRegistry:
         elif not isinstance(args, dict):
             return results.not_an_object(item.name, args)
         try:
-            pos, kwargs = item.bind(args, idempotency_key)
+            injected = self._inject(item, call, idempotency_key) if item.injected else None
+            pos, kwargs = item.bind(args, idempotency_key, injected)
+        except MissingToolDependency as exc:
+            return results.tool_exception(exc)
         except Exception as exc:  # a user validator may raise more than ValidationError
             return results.invalid_arguments(item.name, exc)
 
@@ -147,6 +173,15 @@ class ToolRegistry:
             # hands them to this coroutine) end the call, not the run or its host.
             return _raised(item, exc)
 
+    def _inject(self, item: Tool[..., Any], call: ToolCall, key: str) -> dict[str, Any]:
+        values: dict[str, Any] = {}
+        for need in item.injected:
+            if need.context:
+                values[need.param] = context_for(str(call.get("id", "")), item.name, key)
+            else:
+                values[need.param] = resolve(item.name, need, self.deps)
+        return values
+
 
 async def _run(item: Tool[..., Any], pos: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     if item.is_async:
@@ -159,8 +194,3 @@ async def _run(item: Tool[..., Any], pos: tuple[Any, ...], kwargs: dict[str, Any
 def _raised(item: Tool[..., Any], exc: BaseException) -> ToolResult:
     _log.debug("tool %r raised", item.name, exc_info=exc)
     return results.tool_exception(exc)
-
-
-def as_tool_host(obj: object, *, timeout: float | None = 60.0) -> ToolHost:
-    """A ToolHost from None, a list or tuple of functions/tools, or an existing ToolHost."""
-    return ToolRegistry.as_tool_host(obj, timeout=timeout)

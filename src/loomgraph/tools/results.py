@@ -10,9 +10,12 @@ from typing import Any, Final, Literal
 from pydantic import BaseModel, ValidationError
 
 from loomgraph.protocols import INVALID_ARGUMENTS, ToolResult
+from loomgraph.tools.json_schema import JsonArgumentsInvalid
 
-ToolErrorType = Literal["unknown_tool", "invalid_arguments", "tool_exception", "timeout"]
-"""The `error_type` values a `ToolRegistry` puts in error results."""
+ToolErrorType = Literal[
+    "unknown_tool", "invalid_arguments", "tool_exception", "timeout", "mcp_server_error"
+]
+"""The `error_type` values of error results (`mcp_server_error`: an MCP server failed)."""
 
 UNKNOWN_TOOL: Final = "unknown_tool"
 TOOL_EXCEPTION: Final = "tool_exception"
@@ -83,6 +86,8 @@ def _json_type(value: object) -> str:
 
 def invalid_arguments(tool: str, exc: Exception) -> ToolResult:
     """The arguments failed validation; one line per bad field, saying why."""
+    if isinstance(exc, JsonArgumentsInvalid):
+        return error(INVALID_ARGUMENTS, f"Invalid arguments for tool {tool!r}:{exc}")
     if not isinstance(exc, ValidationError):
         return error(INVALID_ARGUMENTS, f"Invalid arguments for tool {tool!r}: {_describe(exc)}")
     lines = [f"Invalid arguments for tool {tool!r}:"]

@@ -13,6 +13,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from pydantic.fields import FieldInfo
 from pydantic_core import SchemaValidator
 
+from loomgraph.tools.context import Injected, Injection, ToolContext
+
 KEY_PARAM = "idempotency_key"
 """The parameter through which a tool receives the idempotency key of its call."""
 
@@ -38,6 +40,7 @@ class Arguments:
     wants_key: bool
     extra: bool  # the function takes **kwargs, so unknown arguments are passed through
     parameters: dict[str, Any]  # the JSON Schema the model sees
+    injected: tuple[Injection, ...] = ()  # parameters loomgraph fills, hidden from the model
 
 
 def build_arguments(
@@ -55,6 +58,7 @@ def build_arguments(
     definitions: dict[str, Any] = {}
     fields: list[tuple[str, str]] = []
     positional: list[str] = []
+    injected: list[Injection] = []
     wants_key = extra = False
     for param in signature.parameters.values():
         if param.kind is param.VAR_POSITIONAL:
@@ -66,6 +70,10 @@ def build_arguments(
             positional.append(param.name)
         if param.name == KEY_PARAM:
             wants_key = True
+            continue
+        injection = injection_of(param)
+        if injection is not None:
+            injected.append(injection)
             continue
         field_name = f"f{len(fields)}"
         fields.append((field_name, param.name))
@@ -93,7 +101,25 @@ def build_arguments(
         wants_key=wants_key,
         extra=extra,
         parameters=clean_schema(raw),
+        injected=tuple(injected),
     )
+
+
+def injection_of(param: inspect.Parameter) -> Injection | None:
+    """How loomgraph fills `param` (a `ToolContext`, or a dependency marked `Injected`), or
+    None for a parameter the model gives."""
+    annotation = param.annotation
+    base = typing.get_args(annotation)[0] if _is_annotated(annotation) else annotation
+    if base is ToolContext:
+        return Injection(param.name, context=True)
+    if not _is_annotated(annotation):
+        return None
+    for meta in typing.get_args(annotation)[1:]:
+        if meta is Injected:
+            return Injection(param.name, dep_type=base)
+        if isinstance(meta, Injected):
+            return Injection(param.name, dep=meta.key, dep_type=base)
+    return None
 
 
 def _field(param: inspect.Parameter, doc: str | None) -> tuple[Any, FieldInfo]:

@@ -6,11 +6,13 @@ import functools
 import inspect
 import math
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, Generic, ParamSpec, TypeVar, overload
 
 from loomgraph.protocols import ToolSpec
+from loomgraph.tools.context import Injection
 from loomgraph.tools.docstrings import parse_docstring
+from loomgraph.tools.json_schema import JsonArguments
 from loomgraph.tools.schema import KEY_PARAM, Arguments, build_arguments
 
 P = ParamSpec("P")
@@ -45,6 +47,7 @@ class Tool(Generic[P, R]):
         egress: bool = False,
         trusted: bool = False,
         timeout: float | None = None,
+        parameters: dict[str, Any] | None = None,
     ) -> None:
         if isinstance(fn, Tool):
             fn = fn.fn  # re-wrapping a tool: start again from its function
@@ -78,11 +81,19 @@ class Tool(Generic[P, R]):
         self.is_async = inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
             getattr(fn, "__call__", None)  # noqa: B004 - an object whose __call__ is async
         )
-        self.arguments: Arguments = build_arguments(fn, tool_name=tool_name, arg_docs=doc.args)
+        # Given parameters (Tool.from_schema) are what the model sees and what validates.
+        self.json_arguments = (
+            None if parameters is None else JsonArguments.build(fn, tool_name, parameters)
+        )
+        self.arguments: Arguments | None = (
+            build_arguments(fn, tool_name=tool_name, arg_docs=doc.args)
+            if parameters is None
+            else None
+        )
         self.spec: ToolSpec = {
             "name": tool_name,
             "description": self.description,
-            "parameters": self.arguments.parameters,
+            "parameters": self.parameters,
             "destructive": destructive,
         }
         if egress:
@@ -90,21 +101,72 @@ class Tool(Generic[P, R]):
         if trusted:
             self.spec["trusted"] = True
 
+    @classmethod
+    def from_schema(
+        cls,
+        name: str,
+        description: str,
+        parameters: dict[str, Any],
+        fn: Callable[..., Any],
+        *,
+        destructive: bool = False,
+        egress: bool = False,
+        trusted: bool = False,
+        timeout: float | None = None,
+    ) -> Tool[..., Any]:
+        """A tool whose arguments the model sees as exactly `parameters` (a JSON Schema of an
+        object), validated against it with `jsonschema` before `fn(**arguments)` runs.
+
+        `fn`'s own `ToolContext`, `Injected` and `idempotency_key` parameters are filled
+        by loomgraph as for any tool. A schema that is not valid JSON Schema raises ValueError.
+        """
+        return cls(
+            fn,
+            name=name,
+            description=description,
+            destructive=destructive,
+            egress=egress,
+            trusted=trusted,
+            timeout=timeout,
+            parameters=parameters,
+        )
+
     @property
     def parameters(self) -> dict[str, Any]:
         """The JSON Schema of the arguments, as the model sees it."""
+        if self.json_arguments is not None:
+            return self.json_arguments.parameters
+        assert self.arguments is not None
         return self.arguments.parameters
 
     @property
     def wants_key(self) -> bool:
         """Whether the function takes an `idempotency_key` parameter."""
+        if self.json_arguments is not None:
+            return self.json_arguments.wants_key
+        assert self.arguments is not None
         return self.arguments.wants_key
 
+    @property
+    def injected(self) -> tuple[Injection, ...]:
+        """The parameters loomgraph fills (context, dependencies), hidden from the model."""
+        if self.json_arguments is not None:
+            return self.json_arguments.injected
+        assert self.arguments is not None
+        return self.arguments.injected
+
     def bind(
-        self, args: dict[str, Any], idempotency_key: str
+        self,
+        args: dict[str, Any],
+        idempotency_key: str,
+        injected: Mapping[str, Any] | None = None,
     ) -> tuple[tuple[Any, ...], dict[str, Any]]:
-        """Validate the model's arguments into (args, kwargs); raises pydantic.ValidationError."""
+        """Validate the model's arguments into (args, kwargs), adding the injected values;
+        raises pydantic.ValidationError (or JsonArgumentsInvalid for `from_schema` tools)."""
+        if self.json_arguments is not None:
+            return self.json_arguments.bind(args, idempotency_key, injected or {})
         spec = self.arguments
+        assert spec is not None
         instance = spec.validator.validate_python(args)
         values = instance.__dict__
         kwargs = {param: values[field] for field, param in spec.fields}
@@ -114,6 +176,8 @@ class Tool(Generic[P, R]):
             kwargs.update({k: v for k, v in extras.items() if k != KEY_PARAM})
         if spec.wants_key:
             kwargs[KEY_PARAM] = idempotency_key
+        if injected:
+            kwargs.update(injected)
         if spec.positional:
             return tuple(kwargs.pop(p) for p in spec.positional), kwargs
         return (), kwargs

@@ -1,0 +1,88 @@
+"""Arguments given as a JSON Schema (`Tool.from_schema`), validated with `jsonschema`."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from loomgraph.errors import LoomgraphError
+from loomgraph.tools.context import Injection
+from loomgraph.tools.schema import KEY_PARAM, injection_of
+
+
+class JsonArgumentsInvalid(LoomgraphError, ValueError):
+    """The model's arguments do not match the tool's JSON Schema (one line per problem)."""
+
+
+@dataclass(frozen=True, slots=True)
+class JsonArguments:
+    """A given JSON Schema, its compiled validator, and what the function wants filled in."""
+
+    parameters: dict[str, Any]
+    validator: Any  # a jsonschema Validator
+    wants_key: bool
+    injected: tuple[Injection, ...]
+    positional: tuple[str, ...]
+    hidden: frozenset[str]  # names the model may not set: the key and injected parameters
+
+    @classmethod
+    def build(cls, fn: Callable[..., Any], tool_name: str, schema: dict[str, Any]) -> JsonArguments:
+        """Check `schema` (raises ValueError naming the tool) and scan `fn`'s parameters."""
+        from jsonschema import SchemaError
+        from jsonschema.validators import validator_for
+
+        if not isinstance(schema, dict) or schema.get("type", "object") != "object":
+            raise ValueError(
+                f"tool {tool_name!r}: parameters must be a JSON Schema of an object "
+                f"(type 'object'), got {schema!r}"
+            )
+        parameters = {"type": "object", "properties": {}, **schema}
+        validator_cls = validator_for(parameters)
+        try:
+            validator_cls.check_schema(parameters)
+        except SchemaError as exc:
+            raise ValueError(
+                f"tool {tool_name!r}: parameters is not a valid JSON Schema: {exc.message}"
+            ) from None
+        try:
+            signature = inspect.signature(fn, eval_str=True)
+        except (NameError, SyntaxError) as exc:
+            raise TypeError(f"tool {tool_name!r}: cannot resolve its type hints ({exc})") from exc
+        injected = [i for p in signature.parameters.values() if (i := injection_of(p))]
+        params = signature.parameters
+        return cls(
+            parameters=parameters,
+            validator=validator_cls(parameters),
+            wants_key=KEY_PARAM in params,
+            injected=tuple(injected),
+            positional=tuple(n for n, p in params.items() if p.kind is p.POSITIONAL_ONLY),
+            hidden=frozenset({KEY_PARAM, *(i.param for i in injected)}),
+        )
+
+    def bind(
+        self, args: dict[str, Any], idempotency_key: str, injected: Mapping[str, Any]
+    ) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        """Validate `args` against the schema and add what loomgraph fills in."""
+        problems = sorted(self.validator.iter_errors(args), key=lambda e: list(e.path))
+        if problems:
+            lines = [f"- {_where(e.absolute_path)}: {e.message}" for e in problems]
+            raise JsonArgumentsInvalid("\n" + "\n".join(lines))
+        smuggled = self.hidden.intersection(args)
+        if smuggled:
+            raise JsonArgumentsInvalid(f"{', '.join(sorted(smuggled))}: not the model's to set")
+        kwargs = dict(args)
+        if self.wants_key:
+            kwargs[KEY_PARAM] = idempotency_key
+        kwargs.update(injected)
+        if self.positional:
+            return tuple(kwargs.pop(p) for p in self.positional if p in kwargs), kwargs
+        return (), kwargs
+
+
+def _where(path: Any) -> str:
+    text = ""
+    for part in path:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text or "(arguments)"

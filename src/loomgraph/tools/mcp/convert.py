@@ -1,0 +1,116 @@
+"""MCP tools as loomgraph tool specs, and MCP call results as loomgraph tool results.
+
+Only plain values cross this module's boundary: `mcp` types are read by attribute, so this
+module never imports the SDK itself.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any, Final
+
+from loomgraph.protocols import ToolResult, ToolSpec
+
+SERVER_ERROR: Final = "mcp_server_error"
+"""The `error_type` of a call that failed because its MCP server failed (died, hung, sent
+garbage), as opposed to the tool reporting an error itself (`tool_exception`)."""
+
+IDEMPOTENCY_META: Final = "io.loomgraph/idempotency-key"
+"""The `_meta` key under which each `tools/call` request carries its idempotency key."""
+
+
+@dataclass(frozen=True, slots=True)
+class Trust:
+    """How a server's tools are treated: every flag is the safe one unless `trusted`."""
+
+    trusted: bool = False
+
+    def flags(self, annotations: Any) -> dict[str, bool]:
+        """`destructive`, `egress` and `trusted` of one tool, from its annotations when the
+        server is trusted (MCP's defaults: not read-only, destructive, open-world)."""
+        if not self.trusted:
+            return {"destructive": True, "egress": True, "trusted": False}
+        read_only = _hint(annotations, "read_only_hint", default=False)
+        destructive = not read_only and _hint(annotations, "destructive_hint", default=True)
+        open_world = _hint(annotations, "open_world_hint", default=True)
+        # An open-world tool brings outside text in, even from a trusted server.
+        return {"destructive": destructive, "egress": open_world, "trusted": not open_world}
+
+
+def _hint(annotations: Any, name: str, *, default: bool) -> bool:
+    value = getattr(annotations, name, None) if annotations is not None else None
+    return default if value is None else bool(value)
+
+
+def to_spec(tool: Any, name: str, trust: Trust) -> ToolSpec:
+    """The spec the model sees for one listed MCP tool, under its (maybe prefixed) name."""
+    parameters = dict(tool.input_schema or {})
+    parameters.setdefault("type", "object")
+    parameters.setdefault("properties", {})
+    flags = trust.flags(tool.annotations)
+    return {
+        "name": name,
+        "description": tool.description or tool.title or "",
+        "parameters": parameters,
+        "destructive": flags["destructive"],
+        "egress": flags["egress"],
+        "trusted": flags["trusted"],
+    }
+
+
+def to_result(result: Any) -> ToolResult:
+    """A `CallToolResult` as the text the model adapters send; `isError` → an error result."""
+    content = render(result.content, result.structured_content)
+    if result.is_error:
+        return {
+            "content": content or "the tool reported an error",
+            "is_error": True,
+            "error_type": "tool_exception",
+        }
+    return {"content": content, "is_error": False}
+
+
+def render(blocks: Iterable[Any], structured: Any) -> str:
+    """Text blocks as they are; structured content as JSON when no text says it; images,
+    audio, resources and links as one line each naming what they are."""
+    parts: list[str] = []
+    has_text = False
+    for block in blocks:
+        kind = getattr(block, "type", "")
+        if kind == "text":
+            has_text = True
+            parts.append(block.text)
+        elif kind in ("image", "audio"):
+            size = len(block.data) * 3 // 4  # base64
+            parts.append(f"[{kind}: {block.mime_type}, {size} bytes]")
+        elif kind == "resource":
+            parts.append(_resource(block.resource))
+        elif kind == "resource_link":
+            parts.append(
+                f"[resource link: {block.uri}" + (f" — {block.name}]" if block.name else "]")
+            )
+        else:
+            parts.append(f"[{kind or 'unknown'} content]")
+    if structured is not None and not has_text:
+        parts.insert(0, json.dumps(structured, ensure_ascii=False))
+    return "\n".join(parts)
+
+
+def _resource(resource: Any) -> str:
+    text = getattr(resource, "text", None)
+    mime = getattr(resource, "mime_type", None) or "unknown type"
+    if isinstance(text, str):
+        return f"[resource {resource.uri} ({mime})]\n{text}"
+    blob = getattr(resource, "blob", "") or ""
+    return f"[resource {resource.uri}: {mime}, {len(blob) * 3 // 4} bytes]"
+
+
+def server_error(server: str, tool: str, problem: str) -> ToolResult:
+    """The call failed because its server did: the model sees why, the run goes on."""
+    return {
+        "content": f"MCP server {server!r} failed during a call of {tool!r}: {problem}",
+        "is_error": True,
+        "error_type": SERVER_ERROR,
+    }

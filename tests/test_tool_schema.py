@@ -1,0 +1,181 @@
+"""Tools from a JSON Schema, injected context and dependencies, and docstrings of every style."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import pytest
+
+from loomgraph import Agent
+from loomgraph.governance import StandardPermissions
+from loomgraph.models import ScriptedModel
+from loomgraph.tools import (
+    Injected,
+    MissingToolDependency,
+    Tool,
+    ToolContext,
+    ToolRegistry,
+    tool,
+)
+
+SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "query": {"type": "string", "minLength": 3},
+        "status": {"enum": ["open", "closed"]},
+    },
+    "required": ["query"],
+    "additionalProperties": False,
+}
+
+
+async def test_from_schema_shows_the_schema_and_validates_with_it() -> None:
+    seen: list[dict[str, Any]] = []
+
+    def search(**kwargs: Any) -> str:
+        seen.append(kwargs)
+        return "3 tickets"
+
+    item = Tool.from_schema("search_tickets", "Search tickets.", SCHEMA, search, egress=True)
+    assert item.spec["parameters"] == SCHEMA
+    assert item.spec["description"] == "Search tickets."
+    assert item.spec["egress"] and not item.spec["destructive"]
+    registry = ToolRegistry([item])
+    good = await registry.call(
+        {"id": "1", "tool": "search_tickets", "args": {"query": "printer", "status": "open"}},
+        idempotency_key="k",
+    )
+    assert good == {"content": "3 tickets", "is_error": False}
+    bad = await registry.call(
+        {"id": "2", "tool": "search_tickets", "args": {"query": "x", "status": "lost", "n": 1}},
+        idempotency_key="k",
+    )
+    assert bad["is_error"] and bad["error_type"] == "invalid_arguments"
+    assert "query: 'x' is too short" in bad["content"]
+    assert "status: 'lost' is not one of ['open', 'closed']" in bad["content"]
+    assert "'n' was unexpected" in bad["content"]
+    assert seen == [{"query": "printer", "status": "open"}]  # the bad call never ran
+
+
+def test_from_schema_refuses_a_schema_that_is_not_one() -> None:
+    with pytest.raises(ValueError, match=r"'broken'.*not a valid JSON Schema"):
+        Tool.from_schema("broken", "x", {"type": "object", "properties": 3}, lambda: None)
+    with pytest.raises(ValueError, match=r"'listy'.*object"):
+        Tool.from_schema("listy", "x", {"type": "array"}, lambda: None)
+
+
+class Database:
+    """A stand-in database handle."""
+
+    def __init__(self) -> None:
+        self.rows = {"A-1": "shipped"}
+
+
+@tool
+async def order_status(order_id: str, db: Annotated[Database, Injected], ctx: ToolContext) -> str:
+    """Look an order up.
+
+    Args:
+        order_id: The order number.
+    """
+    await ctx.progress("querying", order=order_id)
+    return f"{db.rows.get(order_id, 'unknown')} for {ctx.user_id} in {ctx.run_id}"
+
+
+def test_injected_parameters_are_hidden_from_the_model() -> None:
+    params = order_status.spec["parameters"]
+    assert set(params["properties"]) == {"order_id"}
+    assert params["properties"]["order_id"]["description"] == "The order number."
+
+
+async def test_context_and_dependencies_are_filled_in_a_run() -> None:
+    db = Database()
+    model = ScriptedModel(
+        [{"tool_calls": [{"tool": "order_status", "args": {"order_id": "A-1"}}]}, "done"]
+    )
+    agent = Agent(
+        "x",
+        model=model,
+        tools=[order_status],
+        tool_deps={"db": db},
+        permissions=StandardPermissions(allow=["order_status"]),
+    )
+    events = [e async for e in agent.stream("where is A-1?", user_id="ann")]
+    run_id = events[0].run_id
+    (result,) = [e.payload["result"] for e in events if e.kind == "tool_result"]
+    assert result["content"] == f"shipped for ann in {run_id}"
+    (progress,) = [e.payload for e in events if e.kind == "tool_progress"]
+    assert progress["message"] == "querying" and progress["order"] == "A-1"
+    assert progress["tool"] == "order_status"
+    # Keyed by type works as well.
+    by_type = Agent("x", model=model, tools=[order_status], tool_deps={Database: db})
+    assert by_type.deps.tools.spec("order_status") is not None
+
+
+async def test_the_model_cannot_set_an_injected_parameter() -> None:
+    registry = ToolRegistry([order_status], deps={"db": Database()})
+    result = await registry.call(
+        {"id": "1", "tool": "order_status", "args": {"order_id": "A-1", "db": "x"}},
+        idempotency_key="k",
+    )
+    assert result["is_error"] and result["error_type"] == "invalid_arguments"
+
+
+def test_a_missing_dependency_is_refused_when_the_agent_is_built() -> None:
+    with pytest.raises(MissingToolDependency, match=r"'order_status'.*'db'.*has: none"):
+        Agent("x", model="echo", tools=[order_status])
+
+
+def test_from_schema_tools_get_context_and_key_too() -> None:
+    def run(ctx: ToolContext, idempotency_key: str, **kwargs: Any) -> str:
+        return f"{ctx.call_id} {idempotency_key} {kwargs}"
+
+    item = Tool.from_schema("s", "d", SCHEMA, run)
+    assert item.wants_key and [i.param for i in item.injected] == ["ctx"]
+
+
+def google(city: str, days: int) -> None:
+    """Forecast the weather.
+
+    Args:
+        city: The city.
+        days (int): How many days
+            ahead.
+    """
+
+
+def numpy_style(city: str, days: int) -> None:
+    """Forecast the weather.
+
+    Parameters
+    ----------
+    city : str
+        The city.
+    days : int
+        How many days ahead.
+    """
+
+
+def sphinx(city: str, days: int) -> None:
+    """Forecast the weather.
+
+    :param city: The city.
+    :param days: How many days ahead.
+    """
+
+
+def epydoc(city: str, days: int) -> None:
+    """Forecast the weather.
+
+    @param city: The city.
+    @param days: How many days ahead.
+    """
+
+
+@pytest.mark.parametrize("fn", [google, numpy_style, sphinx, epydoc])
+def test_docstring_styles_give_argument_descriptions(fn: Any) -> None:
+    spec = Tool(fn).spec
+    assert spec["description"] == "Forecast the weather."
+    props = spec["parameters"]["properties"]
+    assert props["city"]["description"] == "The city."
+    assert props["days"]["description"] == "How many days ahead."
