@@ -20,6 +20,9 @@ from loomgraph.authoring.agent_spec import CapsSpec
 
 HERE = Path(__file__).parent / "agent_files"
 KEY = "k" * 32
+SECRET_MODEL = (
+    "schema_version: 1\nname: b\nmodel: {name: anthropic:claude-x, api_key: '${TEST_LLM_KEY}'}\n"
+)
 
 
 @pytest.fixture
@@ -102,7 +105,9 @@ def test_inline_graph_and_graph_file_next_to_the_agent_file(folder: Path) -> Non
         "  edges:\n    - {from: judge, to: END}\n",
     )
     assert Agent.from_file(inline).graph.name == "inline"
-    by_file = write(folder, "schema_version: 1\nname: b\narchitecture: judge_graph.yaml\n", "b.yaml")
+    by_file = write(
+        folder, "schema_version: 1\nname: b\narchitecture: judge_graph.yaml\n", "b.yaml"
+    )
     assert Agent.from_file(by_file).graph.name == "judged"
 
 
@@ -118,13 +123,16 @@ def test_env_substitution_and_no_secret_is_ever_shown(
     monkeypatch.setenv("TEST_LLM_KEY", "sk-very-secret-value")
     path = write(
         folder,
-        "schema_version: 1\nname: b\nmodel: {name: anthropic:claude-x, api_key: '${TEST_LLM_KEY}'}\n"
-        "tools: [nope_module:tool]\n",
+        SECRET_MODEL + "tools: [nope_module:tool]\n",
     )
     with pytest.raises(AgentFileError) as caught:
         load_agent_file(path)
     assert "sk-very-secret-value" not in str(caught.value)
-    good = write(folder, "schema_version: 1\nname: b\nmodel: {name: anthropic:claude-x, api_key: '${TEST_LLM_KEY}'}\n", "g.yaml")
+    good = write(
+        folder,
+        SECRET_MODEL,
+        "g.yaml",
+    )
     spec = load_agent_file(good).spec
     assert spec.model_spec.api_key == "sk-very-secret-value"  # the value is used ...
     assert "sk-very-secret-value" not in repr(spec)  # ... never shown
@@ -168,7 +176,9 @@ def test_every_problem_at_once_with_lines_and_suggestions(folder: Path) -> None:
     assert ":1: [schema] schema_version" in text and "version is 1" in text
     assert ":3: [unknown-key] unknown key 'instructons'" in text
     assert "did you mean 'instructions'?" in text
-    assert ":4: [unknown-key] unknown key 'temprature' in model (did you mean 'temperature'?)" in text
+    assert (
+        ":4: [unknown-key] unknown key 'temprature' in model (did you mean 'temperature'?)" in text
+    )
     assert ":6: [unknown-key] unknown key 'comand' in tools.0 (did you mean 'command'?)" in text
     assert ":6: [schema] tools.0: missing key 'command'" in text
     assert ":7: [schema] budget.per_user.total_tokens" in text
@@ -187,7 +197,10 @@ def test_every_problem_at_once_with_lines_and_suggestions(folder: Path) -> None:
         ("instructions: a\ninstructions_file: prompt.md\n", "not both"),
         ("instructions_file: missing.md\n", "[instructions-file] no instructions file"),
         ("instructions_file: broken.md\n", "Jinja2 template error"),
-        ("telemetry: {otlp_endpoint: '${NOT_SET_ANYWHERE}'}\n", "[env-missing] ${NOT_SET_ANYWHERE}"),
+        (
+            "telemetry: {otlp_endpoint: '${NOT_SET_ANYWHERE}'}\n",
+            "[env-missing] ${NOT_SET_ANYWHERE}",
+        ),
         ("permissions: {mode: sloppy}\n", "[permissions]"),
     ],
 )

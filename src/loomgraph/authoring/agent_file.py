@@ -154,7 +154,7 @@ def _schema_problems(err: ValidationError, data: Any, lines: Lines, file: str) -
         for loc, p in found
         if not any(t in p.message for t in branch_types)
         or not any(
-            o[: len(loc)] == loc and o != loc or q.rule != p.rule and o == loc
+            (o[: len(loc)] == loc and o != loc) or (q.rule != p.rule and o == loc)
             for o, q in found
             if q is not p
         )
