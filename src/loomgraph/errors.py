@@ -21,6 +21,7 @@ with where each class lives (relative to `loomgraph.`):
     ├── OutputValidationError + ValueError  nodes.structured
     ├── ResumeError + ValueError            agent.checkpoints
     ├── ConfigError + ValueError            agent.deps
+    ├── AgentFileError + ValueError         authoring.agent_file
     ├── UnknownRun + KeyError               protocols
     │   └── RunPossiblyLost                 runtime.errors
     ├── BudgetExceeded                      protocols

@@ -17,6 +17,7 @@ from loomgraph.agent.checkpoints import (
     resume_value,
 )
 from loomgraph.agent.deps import build_deps
+from loomgraph.agent.from_file import agent_arguments
 from loomgraph.agent.governance_state import check_policy, describe_policy
 from loomgraph.agent.leases import hold_lease
 from loomgraph.agent.memory_wiring import wire_memory
@@ -102,7 +103,9 @@ class Agent:
         max_invalid_tool_args: int = 3,
         size_limits: SizeLimits | None = None,
         tool_deps: Mapping[Any, Any] | None = None,
+        name: str = "",
     ) -> None:
+        self.name = name
         self.instructions = instructions
         # Resumes of a crashed or failed run before it becomes a dead letter.
         self.max_recoveries = max_recoveries
@@ -132,6 +135,13 @@ class Agent:
             extract_model=extract_model,
             with_tools=memory_tools,
         )
+
+    @classmethod
+    def from_file(cls, path: str | Path, **overrides: Any) -> Agent:
+        """An Agent from an agent file (docs/agent-files.md); keyword arguments replace what
+        the file says (say, `model=ScriptedModel(...)` in tests). Raises AgentFileError
+        listing every problem of the file."""
+        return cls(**agent_arguments(path, overrides))
 
     async def aclose(self) -> None:
         """Wait for pending fact extractions, then close the memory, the journal, the

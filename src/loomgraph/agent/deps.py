@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from contextvars import ContextVar
+from pathlib import Path
 from typing import Any, cast
 
 from loomgraph.engine.scope import active_scope
@@ -38,8 +39,23 @@ class ConfigError(LoomgraphError, ValueError):
     """An Agent argument that names nothing loomgraph knows; the message lists what exists."""
 
 
-def resolve_model(model: str | Model) -> Model:
-    """A Model for `"echo"`, `"claude-…"`, `"openai-compat:NAME"`, or a Model object."""
+MODEL_FORMS = (
+    "'echo', 'claude-NAME', 'anthropic:NAME', 'openai:NAME' (an OpenAI-compatible server: "
+    "OPENAI_BASE_URL or base_url), 'MODULE:ATTR' naming a Model object or a function "
+    "returning one, or a Model object (e.g. ScriptedModel)"
+)
+
+
+def resolve_model(
+    model: str | Model,
+    options: Mapping[str, Any] | None = None,
+    *,
+    near: str | Path | None = None,
+) -> Model:
+    """A Model for a name (`echo`, `claude-…`, `anthropic:NAME`, `openai:NAME`,
+    `MODULE:ATTR`) or a Model object. `options` (max_tokens, temperature, base_url, …) go
+    to the adapter; `near` is the file whose folder a MODULE:ATTR is looked for in first."""
+    options = dict(options or {})
     if not isinstance(model, str):
         if isinstance(model, Model):
             return model
@@ -47,22 +63,49 @@ def resolve_model(model: str | Model) -> Model:
             f"model must be a name or an object with `name` and `stream()`, "
             f"got {type(model).__name__}"
         )
+    scheme, sep, rest = model.partition(":")
     if model == "echo":
         from loomgraph.models.echo import EchoModel
 
-        return EchoModel()
-    if model.startswith("claude-"):
+        return _adapter(EchoModel, (), options, model)
+    if model.startswith("claude-") or (scheme == "anthropic" and rest):
         from loomgraph.models.anthropic import AnthropicModel
 
-        return cast(Model, AnthropicModel(model))
-    if model.startswith("openai-compat:"):
+        return cast(Model, _adapter(AnthropicModel, (rest or model,), options, model))
+    if scheme in ("openai", "openai-compat") and rest:
         from loomgraph.models.openai_compat import OpenAICompatModel
 
-        return cast(Model, OpenAICompatModel(model.partition(":")[2]))
-    raise ConfigError(
-        f"unknown model {model!r}; use 'echo', a 'claude-…' model name, "
-        "'openai-compat:NAME', or a Model object (e.g. ScriptedModel)"
-    )
+        return cast(Model, _adapter(OpenAICompatModel, (rest,), options, model))
+    if sep and rest and scheme not in ("anthropic", "openai", "openai-compat"):
+        return _imported_model(model, options, near)
+    raise ConfigError(f"unknown model {model!r}; use {MODEL_FORMS}")
+
+
+def _adapter(cls: Any, args: tuple[Any, ...], options: dict[str, Any], name: str) -> Any:
+    try:
+        return cls(*args, **options)
+    except TypeError as err:
+        raise ConfigError(f"model {name!r}: {err}") from None
+
+
+def _imported_model(spec: str, options: dict[str, Any], near: str | Path | None) -> Model:
+    """The Model a `MODULE:ATTR` names: the object itself, or what calling it returns."""
+    from loomgraph.graph.imports import import_object
+
+    try:
+        target = import_object(spec, near=near, what="model")
+    except ImportError as err:
+        raise ConfigError(f"unknown model {spec!r}: {err}; use {MODEL_FORMS}") from None
+    if not isinstance(target, Model):
+        if not callable(target):
+            raise ConfigError(f"model {spec!r} is neither a Model nor a function returning one")
+        target = target(**options)
+    elif options:
+        raise ConfigError(
+            f"model {spec!r} is a Model object; settings ({', '.join(options)}) apply only to "
+            "a named model or to a function returning one"
+        )
+    return cast(Model, _checked(target, Model, "model"))
 
 
 def _split_spec(spec: str) -> tuple[str, str]:

@@ -8,6 +8,7 @@ import json
 import sys
 from typing import Any
 
+from loomgraph.cli import agent_args
 from loomgraph.cli import runs as cli_runs
 from loomgraph.cli.output import EXIT_OK, print_result
 from loomgraph.engine.effects import Approval
@@ -53,6 +54,7 @@ def add_parsers(cmds: Any) -> list[argparse.ArgumentParser]:
         "pending", help="runs awaiting approval: the call, its arguments, the rule that asked"
     )
     pending.add_argument("--user", default=None, help="only this user's runs")
+    agent_args.add_agent_file_option(pending)
     approve = cmds.add_parser("approve", help="approve a pending call and resume its run")
     deny = cmds.add_parser("deny", help="deny a pending call and resume its run")
     for cmd in (approve, deny):

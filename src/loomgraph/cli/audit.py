@@ -13,7 +13,7 @@ def add_audit_parser(sub: Any) -> None:
     audit = sub.add_parser("audit", help="verify an audit log file, or print its head")
     cmds = audit.add_subparsers(dest="audit_command", required=True)
     verify = cmds.add_parser("verify", help="check the chain; exit 1 at the first bad entry")
-    verify.add_argument("file")
+    verify.add_argument("file", help="the audit log (JSON Lines)")
     verify.add_argument(
         "--head",
         default=None,
@@ -21,7 +21,7 @@ def add_audit_parser(sub: Any) -> None:
         help="a head exported earlier (`loomgraph audit head`): catches a truncated tail",
     )
     head = cmds.add_parser("head", help="print the last entry's SEQ:MAC, to store elsewhere")
-    head.add_argument("file")
+    head.add_argument("file", help="the audit log (JSON Lines)")
     for parser in (verify, head):
         keys = parser.add_mutually_exclusive_group()
         keys.add_argument(
@@ -30,7 +30,7 @@ def add_audit_parser(sub: Any) -> None:
             metavar="NAME",
             help="the key's variable (default: $LOOMGRAPH_AUDIT_KEY)",
         )
-        keys.add_argument("--key-file", default=None, metavar="PATH")
+        keys.add_argument("--key-file", default=None, metavar="PATH", help="a file holding the key")
         keys.add_argument("--unsigned", action="store_true", help="a log written without a key")
 
 

@@ -1,59 +1,72 @@
-"""The `loomgraph` command: run, validate, render, schema, graphs, runs, audit."""
+"""loomgraph: run agents, check and draw their graphs, inspect and resume journaled runs."""
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
-import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
+from loomgraph.cli import agent_args
 from loomgraph.cli import approvals as cli_approvals
 from loomgraph.cli import audit as cli_audit
 from loomgraph.cli import evaluate as cli_evaluate
 from loomgraph.cli import mcp_serve as cli_mcp_serve
+from loomgraph.cli import run as cli_run
 from loomgraph.cli import runs as cli_runs
 from loomgraph.cli import serve as cli_serve
-from loomgraph.cli.output import EXIT_FAILED, EXIT_OK, EXIT_USAGE, emit_event
+from loomgraph.cli.console import say, warn
+from loomgraph.cli.diagrams import write_diagram
+from loomgraph.cli.output import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, usage
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="loomgraph", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-    run = sub.add_parser("run", help="run an agent on a prompt and stream its events")
-    run.add_argument("prompt")
-    run.add_argument("--graph", default="react", help="built-in graph name or YAML file")
-    run.add_argument(
-        "--model",
-        default="echo",
-        help="echo, claude-…, openai-compat:NAME, "
-        "or MODULE:ATTR naming a Model object (or a function returning one)",
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("loomgraph")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+class _VersionAction(argparse.Action):
+    """`--version`: print the version and exit (the metadata is read only then)."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, **kw: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, help="print the version and exit")
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: Any, **kw: Any) -> None:
+        print(f"loomgraph {_version()}")
+        parser.exit()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The `loomgraph` argument parser (every argument has help text; a test walks it)."""
+    parser = argparse.ArgumentParser(
+        prog="loomgraph",
+        description=__doc__,
+        epilog="exit codes: 0 ok, 1 run or check failed, 2 bad usage, 3 awaiting approval "
+        "(or an interrupt's answer), 4 budget exhausted, 130 stopped by Ctrl-C. "
+        "--json prints JSON Lines. Docs: docs/cli.md",
     )
-    run.add_argument(
-        "--tools",
-        nargs="*",
-        default=[],
-        metavar="MODULE:ATTR",
-        help="tools to offer: functions, or lists of functions, by import path",
+    parser.add_argument("--version", action=_VersionAction)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    cli_run.add_run_parser(sub)
+    validate = sub.add_parser("validate", help="check graph and agent files; print every problem")
+    validate.add_argument("files", nargs="*", metavar="FILE", help="graph or agent files (YAML)")
+    agent_args.add_agent_file_option(validate)
+    render = sub.add_parser("render", help="draw a graph: .svg, .png, .pdf, .dot or .mmd (Mermaid)")
+    render.add_argument(
+        "graph",
+        nargs="?",
+        default=None,
+        help="built-in graph name or YAML file (default: the --agent file's graph)",
     )
-    run.add_argument("--instructions", default="You are a helpful assistant.")
-    run.add_argument("--user", default=None)
-    run.add_argument("--session", default=None)
-    run.add_argument("--json", action="store_true", help="print events as JSON lines")
-    cli_runs.add_runtime_option(run, required=False)
-    cli_runs.add_permissions_option(run)
-    run.add_argument(
-        "--approve",
-        action="store_true",
-        help="ask on this terminal when a rule says ask (without it: with --runtime the run "
-        "stops to wait for `loomgraph runs approve`, else ask means deny)",
+    agent_args.add_agent_file_option(render)
+    render.add_argument(
+        "-o", "--output", required=True, help="the file to write; its suffix picks the format"
     )
-    validate = sub.add_parser("validate", help="check graph files; print every problem")
-    validate.add_argument("files", nargs="+")
-    render = sub.add_parser("render", help="draw a graph: .svg, .dot or .mmd (Mermaid)")
-    render.add_argument("graph", help="built-in graph name or YAML file")
-    render.add_argument("-o", "--output", required=True)
     render.add_argument(
         "--run",
         default=None,
@@ -61,7 +74,10 @@ def _parser() -> argparse.ArgumentParser:
         help="draw this run's path, visit counts and where it stopped",
     )
     cli_runs.add_runtime_option(render, required=False)
-    sub.add_parser("schema", help="print the JSON Schema of graph files")
+    schema = sub.add_parser("schema", help="print the JSON Schema of graph (or agent) files")
+    schema.add_argument(
+        "--agent", action="store_true", help="the schema of agent files instead of graph files"
+    )
     sub.add_parser("graphs", help="list the built-in graphs")
     new_graph = sub.add_parser("new-graph", help="write a commented starting graph, NAME.yaml")
     new_graph.add_argument("name", help="the graph's name: letters, digits, - and _")
@@ -76,16 +92,25 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `loomgraph` command; returns the exit code."""
-    args = _parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+        return _dispatch(args)
+    except KeyboardInterrupt:
+        warn("interrupted", style="yellow")
+        return EXIT_INTERRUPTED
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    from loomgraph.authoring.agent_file import AgentFileError
     from loomgraph.errors import GraphError
     from loomgraph.observability.audit_chain import AuditLogError
     from loomgraph.runtime.errors import JournalError
 
     try:
         if args.command == "run":
-            return asyncio.run(_run(args))
+            return cli_run.handle(args)
         if args.command == "validate":
-            return _validate(args.files)
+            return _validate(args)
         if args.command == "runs":
             if args.runs_command in cli_approvals.COMMANDS:
                 return cli_approvals.handle(args)
@@ -101,21 +126,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "render":
             if args.run is not None:
                 return cli_runs.render_run(args)
-            return _render(args.graph, args.output)
+            return _render(args)
         if args.command == "new-graph":
             from loomgraph.authoring.scaffold import write_new_graph
 
-            print(f"wrote {write_new_graph(args.name, Path(args.output_dir))}")
+            say(f"wrote {write_new_graph(args.name, Path(args.output_dir))}")
             return EXIT_OK
         if args.command == "schema":
-            from loomgraph.authoring.schema import graph_json_schema
-
-            print(json.dumps(graph_json_schema(), indent=2))
-            return EXIT_OK
+            return _schema(args.agent)
         from loomgraph.authoring.library import builtin_names
 
         print("\n".join(builtin_names()))
         return EXIT_OK
+    except AgentFileError as err:
+        for problem in err.problems:
+            warn(str(problem), style="red")
+        return EXIT_USAGE
     except (
         GraphError,
         JournalError,
@@ -125,57 +151,64 @@ def main(argv: Sequence[str] | None = None) -> int:
         OSError,
         cli_runs.UsageError,
     ) as err:
-        print(f"loomgraph: {err}", file=sys.stderr)
-        return EXIT_USAGE
+        return usage(str(err))
 
 
-async def _run(args: argparse.Namespace) -> int:
-    from loomgraph.agent.agent import Agent
+def _schema(agent: bool) -> int:
+    if agent:
+        from loomgraph.authoring.agent_file import agent_json_schema
 
-    runtime = cli_runs.open_journal(args.runtime, create=True) if args.runtime else None
-    agent = Agent(
-        args.instructions,
-        model=cli_runs.load_model(args.model),
-        tools=cli_runs.load_tools(args.tools),
-        architecture=args.graph,
-        runtime=runtime,
-        permissions=cli_runs.load_permissions(args.permissions),
-        approval_handler=cli_approvals.approver_for(args),
-    )
-    status = "failed"
+        print(json.dumps(agent_json_schema(), indent=2))
+    else:
+        from loomgraph.authoring.schema import graph_json_schema
+
+        print(json.dumps(graph_json_schema(), indent=2))
+    return EXIT_OK
+
+
+def _is_agent_file(path: str) -> bool:
+    """An agent file has `schema_version` and no `nodes` (a graph file has `nodes`)."""
+    import yaml
+
     try:
-        async for event in agent.stream(args.prompt, user_id=args.user, session_id=args.session):
-            emit_event(event, args.json)
-            if event.kind == "run_completed":
-                status = event.payload["status"]
-    finally:
-        await agent.aclose()
-    return EXIT_OK if status == "completed" else EXIT_FAILED
+        head = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return False
+    return isinstance(head, dict) and "nodes" not in head and "schema_version" in head
 
 
-def _validate(files: Sequence[str]) -> int:
+def _validate(args: argparse.Namespace) -> int:
+    from loomgraph.authoring.agent_file import AgentFileError, load_agent_file
     from loomgraph.authoring.loader import load_graph_file
     from loomgraph.errors import GraphValidationError
 
+    files = [*args.files, *([args.agent] if args.agent else [])]
+    if not files:
+        return usage("validate needs FILE arguments or --agent FILE")
     failed = False
     for file in files:
         try:
-            load_graph_file(file)
-        except GraphValidationError as err:
+            if file == args.agent or _is_agent_file(file):
+                load_agent_file(file)
+            else:
+                load_graph_file(file)
+        except (GraphValidationError, AgentFileError) as err:
             failed = True
             for problem in err.problems:
-                print(problem)
+                say(str(problem), "red")
         else:
-            print(f"{file}: ok")
+            say(f"{file}: ok", "green")
     return EXIT_FAILED if failed else EXIT_OK
 
 
-def _render(graph: str, output: str) -> int:
+def _render(args: argparse.Namespace) -> int:
     from loomgraph.authoring.library import load_graph
-    from loomgraph.authoring.render import render
 
-    render(load_graph(graph), Path(output))
-    print(f"wrote {output}")
+    graph = agent_args.graph_of(args, None)
+    if graph is None:
+        return usage("render needs a GRAPH or --agent FILE")
+    write_diagram(load_graph(graph), Path(args.output))
+    say(f"wrote {args.output}", "green")
     return EXIT_OK
 
 

@@ -6,21 +6,48 @@ Shared by `cli.main` and `cli.runs`; imports neither.
 from __future__ import annotations
 
 import json
-import sys
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from typing import Any
 
-from loomgraph.protocols import EffectRecord, RunRecord, Transition
+from loomgraph.cli.console import colour, console, say, warn
+from loomgraph.protocols import EffectRecord, RunRecord, RunStatus, Transition
 
-# Exit codes: 0 fine, 1 the run or the graph failed, 2 bad usage or input.
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+_STYLES = {
+    "run_started": "bold cyan",
+    "node_started": "cyan",
+    "tool_call": "magenta",
+    "tool_result": "green",
+    "node_completed": "dim",
+    "error": "bold red",
+    "budget_warning": "yellow",
+    "budget_exceeded": "bold red",
+    "permission_decision": "yellow",
+}
+
+# Exit codes (docs/cli.md): 0 fine, 1 the run or the check failed, 2 bad usage or input,
+# 3 the run waits for an answer (an approval, or an interrupt's value), 4 its budget ran out,
+# 130 stopped by Ctrl-C.
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_WAITING, EXIT_BUDGET = 0, 1, 2, 3, 4
+EXIT_INTERRUPTED = 130
+
+_EXIT_OF_STATUS = {
+    RunStatus.COMPLETED: EXIT_OK,
+    RunStatus.AWAITING_APPROVAL: EXIT_WAITING,
+    RunStatus.INTERRUPTED: EXIT_WAITING,
+    RunStatus.BUDGET_EXHAUSTED: EXIT_BUDGET,
+}
+
+
+def exit_code(status: str) -> int:
+    """The exit code for a run that ended with `status`."""
+    return _EXIT_OF_STATUS.get(RunStatus(status), EXIT_FAILED)
 
 
 def usage(message: str) -> int:
     """Print `loomgraph: message` on stderr; returns the bad-usage exit code."""
-    print(f"loomgraph: {message}", file=sys.stderr)
+    warn(message)
     return EXIT_USAGE
 
 
@@ -45,7 +72,12 @@ def print_event(event: Any) -> None:
             + (f" reason={p['reason']}" if p["reason"] else "")
         ),
     }.get(event.kind, lambda: json.dumps(p, default=str)[:200])()
-    print(f"[{event.seq:>3}] {event.kind:<15} {detail}", flush=True)
+    line = f"[{event.seq:>3}] {event.kind:<15} {detail}"
+    if event.kind == "run_completed":
+        style = "bold green" if p["status"] == "completed" else "bold red"
+    else:
+        style = _STYLES.get(event.kind, "")
+    say(line, style)
 
 
 def emit_event(event: Any, as_json: bool) -> None:
@@ -61,18 +93,29 @@ def print_result(result: Any, as_json: bool) -> int:
     if as_json:
         print(json.dumps({"result": result.to_dict()}, default=str))
     else:
-        print(
+        say(
             f"run {result.run_id}: status={result.status} output={result.output!r}"
-            + (f" reason={result.reason}" if result.reason else "")
+            + (f" reason={result.reason}" if result.reason else ""),
+            "bold green" if result.ok else "bold red",
         )
-    return EXIT_OK if result.ok else EXIT_FAILED
+    return exit_code(result.status)
 
 
 # ------------------------------------------------------------------ tables and records
 
 
 def table(head: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
-    """Print rows under a header, in left-aligned columns."""
+    """Print rows under a header: a rich table on a terminal, else left-aligned columns."""
+    if colour():
+        from rich.table import Table
+
+        grid = Table(box=None, header_style="bold cyan", pad_edge=False)
+        for name in head:
+            grid.add_column(name, no_wrap=True)
+        for row in rows:
+            grid.add_row(*(str(c) for c in row))
+        console().print(grid)
+        return
     widths = [max(len(str(c)) for c in col) for col in zip(head, *rows, strict=False)]
     for row in (head, *rows):
         print("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())

@@ -6,10 +6,12 @@ import argparse
 import asyncio
 import json
 import sys
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+from loomgraph.cli import agent_args
+from loomgraph.cli.diagrams import write_diagram
 from loomgraph.cli.output import (
     EXIT_FAILED,
     EXIT_OK,
@@ -43,27 +45,30 @@ class UsageError(LoomgraphError):
 def add_agent_options(
     parser: argparse.ArgumentParser, graph_default: str | None, *, graph: bool = True
 ) -> None:
-    """The options that make an Agent: graph, model, tools (as `loomgraph run` takes them);
-    without `graph`, the caller adds its own `--graph`."""
+    """The options that make an Agent: agent file, graph, model, tools; without `graph`, the
+    caller adds its own `--graph`."""
+    if not any("--agent" in a.option_strings for a in parser._actions):
+        agent_args.add_agent_file_option(parser)
     if graph:
         parser.add_argument(
             "--graph",
-            default=graph_default,
-            help="built-in graph name or YAML file"
-            + ("" if graph_default else " (default: the run's graph)"),
+            default=None,
+            help="built-in graph name or YAML file (default: the agent file's, else "
+            + (f"{graph_default})" if graph_default else "the run's graph)"),
         )
     parser.add_argument(
         "--model",
-        default="echo",
-        help="echo, claude-…, openai-compat:NAME, or MODULE:ATTR naming a "
-        "Model object (or a function returning one)",
+        default=None,
+        help="echo, claude-NAME, anthropic:NAME, openai:NAME, or MODULE:ATTR naming a "
+        "Model object or a function returning one (default: the agent file's, else echo)",
     )
     parser.add_argument(
         "--tools",
         nargs="*",
-        default=[],
+        default=None,
         metavar="MODULE:ATTR",
-        help="tools to offer: functions, or lists of functions, by import path",
+        help="tools to offer: functions, or lists of functions, by import path "
+        "(looked for in the current directory first)",
     )
 
 
@@ -80,11 +85,13 @@ def add_permissions_option(parser: argparse.ArgumentParser) -> None:
 
 def add_runtime_option(parser: argparse.ArgumentParser, *, required: bool) -> None:
     """`--runtime`: the journal, `sqlite:PATH` or `postgres://…`."""
+    # Never required by argparse: `--agent FILE` may name the journal instead.
+    del required
     parser.add_argument(
         "--runtime",
-        required=required,
+        default=None,
         metavar="JOURNAL",
-        help="the journal: sqlite:PATH or postgres://user@host/db",
+        help="the journal: sqlite:PATH or postgres://user@host/db (default: the agent file's)",
     )
 
 
@@ -103,12 +110,12 @@ def add_runs_parser(sub: Any) -> Any:
         help="only runs with this status (dead_letter: runs given up after failed recoveries)",
     )
     show = cmds.add_parser("show", help="a run's transitions, final state and result")
-    show.add_argument("run_id")
+    show.add_argument("run_id", help="the run (see `runs list`)")
     show.add_argument(
         "--graph", default=None, help="graph to rebuild the state with (default: the run's graph)"
     )
     resume = cmds.add_parser("resume", help="continue a crashed, failed or cancelled run")
-    resume.add_argument("run_id")
+    resume.add_argument("run_id", help="the run to continue")
     add_agent_options(resume, None, graph=False)
     resume.add_argument(
         "--break-dead-lease",
@@ -119,11 +126,12 @@ def add_runs_parser(sub: Any) -> Any:
     retry = cmds.add_parser(
         "retry", help="resume a dead letter (or any run), its failed recoveries forgotten"
     )
-    retry.add_argument("run_id")
+    retry.add_argument("run_id", help="the run to retry")
     add_agent_options(retry, None, graph=False)
     for cmd in (resume, retry):
         cmd.add_argument(
             "--graph",
+            dest="graph_choice",
             default="pinned",
             metavar="pinned|current|GRAPH",
             help="pinned (default): go on with the graph the run started with, as the journal "
@@ -133,8 +141,14 @@ def add_runs_parser(sub: Any) -> Any:
             "fields) is valid in the new graph; otherwise it names the node or field and seq",
         )
     fork = cmds.add_parser("fork", help="start a new run from a checkpoint of another")
-    fork.add_argument("run_id")
-    fork.add_argument("--at", type=int, required=True, metavar="SEQ")
+    fork.add_argument("run_id", help="the run to fork")
+    fork.add_argument(
+        "--at",
+        type=int,
+        required=True,
+        metavar="SEQ",
+        help="the checkpoint to start from (a transition's seq; 0 is the first state)",
+    )
     fork.add_argument(
         "--patch",
         default=None,
@@ -143,15 +157,19 @@ def add_runs_parser(sub: Any) -> Any:
     )
     add_agent_options(fork, None)
     diff = cmds.add_parser("diff", help="what changed in the state between two checkpoints")
-    diff.add_argument("run_id")
-    diff.add_argument("seq_a", type=int)
-    diff.add_argument("seq_b", type=int)
-    diff.add_argument("--graph", default=None)
+    diff.add_argument("run_id", help="the run")
+    diff.add_argument("seq_a", type=int, help="the earlier checkpoint (0 is the first state)")
+    diff.add_argument("seq_b", type=int, help="the later checkpoint")
+    diff.add_argument(
+        "--graph", default=None, help="graph to rebuild the states with (default: the run's)"
+    )
     for cmd in (resume, retry, fork):
         add_permissions_option(cmd)
+    for cmd in (listing, show, diff):
+        agent_args.add_agent_file_option(cmd)
     for cmd in (listing, show, resume, retry, fork, diff):
         add_runtime_option(cmd, required=True)
-        cmd.add_argument("--json", action="store_true", help="print JSON")
+        cmd.add_argument("--json", action="store_true", help="print JSON Lines")
     return cmds
 
 
@@ -173,8 +191,8 @@ def handle(args: argparse.Namespace) -> int:
 
 def render_run(args: argparse.Namespace) -> int:
     """`loomgraph render GRAPH --run RUN_ID --runtime …`: the diagram with the run's path."""
-    if not args.runtime:
-        return usage("render --run needs --runtime (sqlite:PATH or postgres://…)")
+    if not agent_args.runtime_of(args):
+        return usage("render --run needs --runtime (sqlite:PATH or postgres://…) or --agent FILE")
     return journaled(args, _render)
 
 
@@ -184,7 +202,10 @@ def journaled(
     """Open the journal, run the command, close the journal; errors become exit codes."""
 
     async def go() -> int:
-        runtime = open_journal(args.runtime)
+        journal = agent_args.runtime_of(args)
+        if not journal:
+            raise UsageError("no journal: pass --runtime sqlite:PATH|postgres://… or --agent FILE")
+        runtime = open_journal(journal)
         try:
             return await command(args, runtime)
         finally:
@@ -227,34 +248,6 @@ def open_journal(spec: str, *, create: bool = False) -> Runtime:
             "--runtime memory keeps nothing between commands; use sqlite:PATH or postgres://…"
         )
     return resolve_runtime(spec)
-
-
-def _imported(path: str) -> Any:
-    """The object at `module:attr` (attr may be dotted), or the module for `module`."""
-    import importlib
-
-    module_name, _, attr = path.partition(":")
-    target: Any = importlib.import_module(module_name)
-    for part in filter(None, attr.split(".")):
-        target = getattr(target, part)
-    return target
-
-
-def load_model(spec: str) -> Any:
-    """`--model`: a name the Agent resolves, or `MODULE:ATTR` naming a Model or a factory."""
-    if spec == "echo" or spec.startswith(("claude-", "openai-compat:")) or ":" not in spec:
-        return spec
-    target = _imported(spec)
-    return target if hasattr(target, "stream") else target()
-
-
-def load_tools(paths: Sequence[str]) -> list[Any]:
-    """Tools by import path (`module:function`, or `module:LIST` of functions)."""
-    tools: list[Any] = []
-    for path in paths:
-        found = _imported(path)
-        tools.extend(found if isinstance(found, list | tuple) else [found])
-    return tools
 
 
 # ------------------------------------------------------------------ reading
@@ -335,17 +328,14 @@ def agent_for(
     permissions: Any = None,
     architecture: Any = None,
 ) -> Any:
-    """An Agent for resuming or forking `record`: `architecture`, else --graph, else the
-    run's graph by name; the given tools and permissions (a run resumes only under the
-    policy it is pinned to)."""
-    from loomgraph.agent.agent import Agent
-
-    return Agent(
-        "",
-        model=load_model(args.model),
-        tools=load_tools(args.tools),
+    """An Agent for resuming or forking `record`: `architecture`, else --graph or the agent
+    file's graph, else the run's graph by name; the given tools and permissions (a run
+    resumes only under the policy it is pinned to)."""
+    return agent_args.build_agent(
+        args,
+        instructions=None if args.agent else "",
         runtime=runtime,
-        architecture=architecture or args.graph or record.graph_name,
+        architecture=architecture or (None if args.agent else record.graph_name),
         hooks=_Printer(args.json),
         permissions=permissions,
     )
@@ -375,8 +365,10 @@ async def _resume(args: argparse.Namespace, runtime: Runtime) -> int:
     from loomgraph.agent.pinning import compile_pinned
 
     record, _ = await load_record(runtime, args.run_id)
-    choice = "pinned" if args.graph == "pinned" else "current"
-    architecture: Any = {"pinned": None, "current": record.graph_name}.get(args.graph, args.graph)
+    choice = "pinned" if args.graph_choice == "pinned" else "current"
+    architecture: Any = {"pinned": None, "current": record.graph_name}.get(
+        args.graph_choice, args.graph_choice
+    )
     if choice == "pinned":
         # The run's own graph, from the journal: its file may have changed or gone since.
         kept = await runtime.graph(record.graph_hash)
@@ -404,16 +396,16 @@ async def _fork(args: argparse.Namespace, runtime: Runtime) -> int:
 
 async def _render(args: argparse.Namespace, runtime: Runtime) -> int:
     from loomgraph.authoring.library import load_graph
-    from loomgraph.authoring.render import RunOverlay, render
+    from loomgraph.authoring.render import RunOverlay
 
     record, transitions = await load_record(runtime, args.run)
-    graph = load_graph(args.graph)
+    graph = load_graph(agent_args.graph_of(args, record.graph_name))
     if graph.name != record.graph_name:
         raise UsageError(
             f"run {record.run_id} was made with graph {record.graph_name!r}, not {graph.name!r}"
         )
     overlay = RunOverlay.from_transitions(transitions, status=record.status)
-    render(graph, Path(args.output), run=overlay)
+    write_diagram(graph, Path(args.output), run=overlay)
     print(
         f"wrote {args.output} (run {record.run_id}, status {record.status}, "
         f"{len(transitions)} transitions)"

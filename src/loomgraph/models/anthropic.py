@@ -31,7 +31,15 @@ from loomgraph.models.tool_args import (
     check_tool_args,
     parse_tool_args,
 )
-from loomgraph.protocols import Message, ModelChunk, ModelRequest, ToolCall, ToolSpec, Usage
+from loomgraph.protocols import (
+    Message,
+    ModelChunk,
+    ModelRequest,
+    Sampling,
+    ToolCall,
+    ToolSpec,
+    Usage,
+)
 from loomgraph.protocols.pricing import PriceOverride
 
 __all__ = [
@@ -226,6 +234,10 @@ class AnthropicModel(HTTPModel):
         base_url: str | None = None,
         max_tokens: int = 4096,
         temperature: float | None = None,
+        top_p: float | None = None,
+        top_k: int | None = None,
+        stop_sequences: Sequence[str] = (),
+        seed: int | None = None,
         timeout: float = 60.0,
         max_retries: int = 4,
         prompt_caching: bool = False,
@@ -250,6 +262,7 @@ class AnthropicModel(HTTPModel):
             tool_arg_limits=tool_arg_limits,
         )
         self.prompt_caching = prompt_caching
+        self.sampling = Sampling(temperature, top_p, top_k, tuple(stop_sequences), seed)
         # Keys and URLs are read at the first call, not here: a model named in a graph file
         # must construct without credentials (for validation, dry runs and tests).
         self._api_key = api_key
@@ -285,11 +298,27 @@ class AnthropicModel(HTTPModel):
             params["tools"] = anthropic_tools(request.tools, caching=self.prompt_caching)
         if request.tool_choice:
             params["tool_choice"] = {"type": "tool", "name": request.tool_choice}
-        if self.temperature is not None:
-            # Recent SDKs dropped `temperature` from create()'s signature (newer models fix
-            # it); older models still accept it in the body, so it goes there directly.
-            params["extra_body"] = {"temperature": self.temperature}
+        sampling = request.sampling(self._defaults())
+        if sampling.stop_sequences:
+            params["stop_sequences"] = list(sampling.stop_sequences)
+        # Recent SDKs dropped `temperature`, `top_p` and `top_k` from create()'s signature
+        # (newer models fix them); older models still accept them in the body.
+        body = {
+            name: value
+            for name, value in (
+                ("temperature", sampling.temperature),
+                ("top_p", sampling.top_p),
+                ("top_k", sampling.top_k),
+            )
+            if value is not None
+        }
+        if body:
+            params["extra_body"] = body
         return params
+
+    def _defaults(self) -> Sampling:
+        # `temperature` may be set on the model after construction (the base keeps it).
+        return replace(self.sampling, temperature=self.temperature)
 
     async def _attempt(
         self, client: Any, params: dict[str, Any], tally: StreamTally

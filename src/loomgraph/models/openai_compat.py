@@ -12,6 +12,7 @@ import json
 import os
 import uuid
 from collections.abc import AsyncGenerator, Sequence
+from dataclasses import replace
 from typing import Any
 
 from loomgraph.models._adapter import DEFAULT_MAX_PROMPT_CHARS, HTTPModel, StreamTally
@@ -32,7 +33,15 @@ from loomgraph.models.tool_args import (
     ToolArgsRejected,
     parse_tool_args,
 )
-from loomgraph.protocols import Message, ModelChunk, ModelRequest, ToolCall, ToolSpec, Usage
+from loomgraph.protocols import (
+    Message,
+    ModelChunk,
+    ModelRequest,
+    Sampling,
+    ToolCall,
+    ToolSpec,
+    Usage,
+)
 from loomgraph.protocols.pricing import PriceOverride
 
 __all__ = [
@@ -149,6 +158,10 @@ class OpenAICompatModel(HTTPModel):
         api_key: str | None = None,
         max_tokens: int = 4096,
         temperature: float | None = None,
+        top_p: float | None = None,
+        top_k: int | None = None,
+        stop_sequences: Sequence[str] = (),
+        seed: int | None = None,
         timeout: float = 60.0,
         max_retries: int = 4,
         max_prompt_chars: int = DEFAULT_MAX_PROMPT_CHARS,
@@ -173,6 +186,7 @@ class OpenAICompatModel(HTTPModel):
         )
         self._base_url = base_url
         self._api_key = api_key
+        self.sampling = Sampling(temperature, top_p, top_k, tuple(stop_sequences), seed)
 
     def _make_client(self) -> Any:
         base_url = self._base_url or os.environ.get(ENV_BASE_URL)
@@ -207,8 +221,16 @@ class OpenAICompatModel(HTTPModel):
             params["tools"] = openai_tools(request.tools)
         if request.tool_choice:
             params["tool_choice"] = {"type": "function", "function": {"name": request.tool_choice}}
-        if self.temperature is not None:
-            params["temperature"] = self.temperature
+        sampling = request.sampling(replace(self.sampling, temperature=self.temperature))
+        for name, value in (
+            ("temperature", sampling.temperature),
+            ("top_p", sampling.top_p),
+            ("seed", sampling.seed),
+        ):
+            if value is not None:
+                params[name] = value
+        if sampling.stop_sequences:
+            params["stop"] = list(sampling.stop_sequences)
         return params
 
     async def _attempt(

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import importlib
 import inspect
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from loomgraph.graph.imports import import_object
 from loomgraph.graph.node_context import NodeContext
 from loomgraph.graph.registry import NodeKind, register_node
 from loomgraph.graph.spec import Graph
@@ -22,16 +22,10 @@ class FunctionParams(BaseModel):
     call: str = Field(description="import path of the function, `package.module:function`")
 
 
-def import_callable(path: str) -> Callable[..., Any]:
-    """The callable at `package.module:attr` (or `package.module.attr`)."""
-    module_name, sep, attr = path.partition(":")
-    if not sep:
-        module_name, _, attr = path.rpartition(".")
-    if not module_name or not attr:
-        raise ImportError(f"{path!r} is not an import path like package.module:function")
-    target: Any = importlib.import_module(module_name)
-    for part in attr.split("."):
-        target = getattr(target, part)
+def import_callable(path: str, near: str | None = None) -> Callable[..., Any]:
+    """The callable at `package.module:attr` (or `package.module.attr`), looked for next to
+    the graph file `near` and in the current directory first."""
+    target = import_object(path, near=near, what="function")
     if not callable(target):
         raise ImportError(f"{path!r} is not callable")
     return target  # type: ignore[no-any-return]
@@ -47,14 +41,14 @@ class FunctionNode(NodeKind):
     def check(self, graph: Graph) -> list[str]:
         """The function must import."""
         try:
-            import_callable(self.params.call)
-        except (ImportError, AttributeError) as err:
-            return [f"cannot import function {self.params.call!r}: {err}"]
+            import_callable(self.params.call, graph.source)
+        except ImportError as err:
+            return [str(err)]
         return []
 
     def bind(self, graph: Graph) -> None:
         """Import the function once."""
-        self.fn = import_callable(self.params.call)
+        self.fn = import_callable(self.params.call, graph.source)
         self.wants_ctx = len(inspect.signature(self.fn).parameters) >= 2
         self.is_async = inspect.iscoroutinefunction(self.fn)
 

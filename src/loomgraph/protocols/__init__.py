@@ -50,7 +50,14 @@ from loomgraph.protocols.messages import (
     ToolResult,
     ToolSpec,
 )
-from loomgraph.protocols.models import Model, ModelChunk, ModelError, ModelRequest, ModelResponse
+from loomgraph.protocols.models import (
+    Model,
+    ModelChunk,
+    ModelError,
+    ModelRequest,
+    ModelResponse,
+    Sampling,
+)
 from loomgraph.protocols.observability import AuditAction, AuditLog, AuditMode, Span, Telemetry
 from loomgraph.protocols.paths import NodePath
 from loomgraph.protocols.pricing import (
@@ -111,6 +118,7 @@ __all__ = [  # noqa: RUF022 - grouped by concept, not sorted
     "ModelError",
     "ModelRequest",
     "ModelResponse",
+    "Sampling",
     # pricing
     "DEFAULT_PRICES",
     "Price",

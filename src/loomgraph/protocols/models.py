@@ -5,13 +5,13 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
-from typing import Literal, Protocol, TypedDict, runtime_checkable
+from typing import Any, Literal, Protocol, TypedDict, runtime_checkable
 
 from loomgraph.errors import LoomgraphError
 from loomgraph.protocols.messages import Message, ToolCall, ToolSpec
 from loomgraph.protocols.usage import Usage
 
-__all__ = ["Model", "ModelChunk", "ModelError", "ModelRequest", "ModelResponse"]
+__all__ = ["Model", "ModelChunk", "ModelError", "ModelRequest", "ModelResponse", "Sampling"]
 
 
 class ModelChunk(TypedDict, total=False):
@@ -32,6 +32,18 @@ class ModelChunk(TypedDict, total=False):
     error: str
 
 
+@dataclass(frozen=True, slots=True)
+class Sampling:
+    """The common sampling settings of a model call; None (or no stop sequences) leaves the
+    provider's default. `top_k` is Anthropic's, `seed` the OpenAI API's: the other ignores it."""
+
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    stop_sequences: tuple[str, ...] = ()
+    seed: int | None = None
+
+
 @dataclass(slots=True)
 class ModelRequest:
     """Everything a model needs for one turn."""
@@ -41,6 +53,12 @@ class ModelRequest:
     tools: Sequence[ToolSpec] = ()
     max_tokens: int | None = None
     tool_choice: str | None = None  # a tool name the model must call, or None for auto
+    # Sampling: None (or no stop sequences) leaves the model's own setting in force.
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    stop_sequences: Sequence[str] = ()
+    seed: int | None = None
     # Which run asks, and how many model calls the run made before this one (replayed ones
     # included), so a scripted model can answer per run without shared state.
     run_id: str = ""
@@ -56,6 +74,20 @@ class ModelRequest:
         if self.tools:
             total += len(json.dumps(list(self.tools)))
         return total
+
+    def sampling(self, defaults: Sampling = Sampling()) -> Sampling:
+        """The settings this call samples with: the request's own, else the model's defaults."""
+        return Sampling(
+            temperature=_first(self.temperature, defaults.temperature),
+            top_p=_first(self.top_p, defaults.top_p),
+            top_k=_first(self.top_k, defaults.top_k),
+            stop_sequences=tuple(self.stop_sequences) or defaults.stop_sequences,
+            seed=_first(self.seed, defaults.seed),
+        )
+
+
+def _first(value: Any, default: Any) -> Any:
+    return default if value is None else value
 
 
 @dataclass(slots=True)

@@ -1,0 +1,164 @@
+"""The pydantic models of agent files (`agent.yaml`): one source for loading and the JSON Schema.
+
+Every model forbids unknown keys. Building the Agent from them is `agent.from_file`'s work;
+these models only say what a file may contain.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, PositiveInt
+
+from loomgraph.authoring.secrets import redact
+
+AGENT_SCHEMA_VERSION = 1
+
+
+class _Spec(BaseModel):
+    """Base of the agent-file models: unknown keys are errors; repr never shows a secret."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    def __repr__(self) -> str:
+        return redact(super().__repr__())
+
+    def __str__(self) -> str:
+        return redact(super().__str__())
+
+
+class ModelSpec(_Spec):
+    """A model with settings: `{name: claude-opus-4-7, max_tokens: 1024, temperature: 0.2}`."""
+
+    name: str = Field(
+        description="echo, claude-NAME, anthropic:NAME, openai:NAME, or MODULE:ATTR naming "
+        "a Model (or a function returning one, called with the other settings)"
+    )
+    max_tokens: PositiveInt | None = Field(None, description="default cap on output tokens")
+    temperature: Annotated[float, Field(ge=0, le=2)] | None = None
+    top_p: Annotated[float, Field(gt=0, le=1)] | None = None
+    top_k: PositiveInt | None = Field(None, description="Anthropic models only")
+    stop_sequences: list[str] | None = None
+    seed: int | None = Field(None, description="OpenAI-compatible servers only")
+    base_url: str | None = Field(None, description="the server (default: $OPENAI_BASE_URL …)")
+    api_key: str | None = Field(None, description="write ${ENV_VAR}, never the key itself")
+    timeout: NonNegativeFloat | None = None
+    max_retries: Annotated[int, Field(ge=0)] | None = None
+
+    def options(self) -> dict[str, Any]:
+        """The settings given, as the adapter's keyword arguments."""
+        return self.model_dump(exclude={"name"}, exclude_none=True)
+
+
+class MCPStdioSpec(_Spec):
+    """An MCP server run as a subprocess: `{mcp: stdio, command: [python, -m, srv], name: x}`."""
+
+    mcp: Literal["stdio"]
+    command: Annotated[list[str], Field(min_length=1)]
+    name: str
+    prefix: str | None = None
+    trust: bool = False
+    timeout: NonNegativeFloat | None = 60.0
+    env: dict[str, str] | None = None
+    cwd: str | None = None
+
+
+class MCPHttpSpec(_Spec):
+    """An MCP server over streamable HTTP: `{mcp: http, url: …, headers: {…}, name: x}`."""
+
+    mcp: Literal["http"]
+    url: str
+    name: str
+    headers: dict[str, str] | None = Field(None, description="values as ${ENV_VAR} for secrets")
+    prefix: str | None = None
+    trust: bool = False
+    timeout: NonNegativeFloat | None = 60.0
+
+
+MCPSpec = Annotated[MCPStdioSpec | MCPHttpSpec, Field(discriminator="mcp")]
+ToolEntry = str | MCPSpec
+
+
+class CapsSpec(_Spec):
+    """Caps of one scope (the fields of `loomgraph.governance.Caps`)."""
+
+    input_tokens: PositiveInt | None = None
+    output_tokens: PositiveInt | None = None
+    total_tokens: PositiveInt | None = None
+    cost_usd: NonNegativeFloat | None = None
+    model_calls: PositiveInt | None = None
+    tool_calls: PositiveInt | None = None
+    node_visits: PositiveInt | None = None
+    wall_clock_s: NonNegativeFloat | None = None
+
+
+class BudgetSpec(CapsSpec):
+    """Global caps, caps per user (`per_user`), some users' own caps, the warning threshold."""
+
+    per_user: CapsSpec | None = None
+    users: dict[str, CapsSpec] | None = None
+    warn_at: Annotated[float, Field(gt=0, le=1)] | None = 0.8
+
+
+class AuditLogSpec(_Spec):
+    """A file audit log, keyed from an environment variable or a key file (or unsigned)."""
+
+    file: str
+    key_env: str | None = Field(
+        None, description="the key's variable (default LOOMGRAPH_AUDIT_KEY)"
+    )
+    key_file: str | None = None
+    unsigned: bool = False
+
+
+class TelemetrySpec(_Spec):
+    """OpenTelemetry spans and metrics, exported over OTLP/HTTP when an endpoint is given."""
+
+    otlp_endpoint: str | None = Field(None, description="e.g. http://127.0.0.1:4318")
+    capture_content: bool = False
+    service_name: str | None = None
+
+
+class AgentSpec(_Spec):
+    """A whole Agent in one file (docs/agent-files.md)."""
+
+    schema_version: Literal[1] = Field(description="the agent-file format: 1")
+    name: Annotated[str, Field(min_length=1)]
+    instructions: str | None = None
+    instructions_file: str | None = Field(
+        None, description="a Jinja2 template, relative to this file (instead of instructions)"
+    )
+    model: str | ModelSpec = "echo"
+    architecture: str | dict[str, Any] = Field(
+        "react", description="a built-in graph name, a graph file, or an inline graph"
+    )
+    tools: list[ToolEntry] = Field(default_factory=list)
+    memory: str | None = Field(None, description="memory, sqlite:PATH or postgres://…")
+    runtime: str | None = Field(None, description="memory, sqlite:PATH or postgres://…")
+    budget: BudgetSpec | None = None
+    permissions: str | dict[str, Any] | None = Field(
+        None, description="a permission file, or its content inline (mode, allow, ask, deny …)"
+    )
+    audit_log: AuditLogSpec | None = None
+    telemetry: TelemetrySpec | None = None
+
+    @property
+    def model_spec(self) -> ModelSpec:
+        """The model as a ModelSpec (a bare name has no settings)."""
+        return self.model if isinstance(self.model, ModelSpec) else ModelSpec(name=self.model)
+
+
+_MODEL_NAME = re.compile(
+    r"^(echo|claude-\S+|(anthropic|openai|openai-compat):\S+|[A-Za-z_][\w.]*:[A-Za-z_][\w.]*)$"
+)
+
+
+def model_name_problem(name: str) -> str | None:
+    """Why `name` is no model name loomgraph knows, or None."""
+    if _MODEL_NAME.match(name):
+        return None
+    return (
+        f"unknown model {name!r}; use echo, claude-NAME, anthropic:NAME, openai:NAME "
+        "(an OpenAI-compatible server) or MODULE:ATTR naming a Model"
+    )

@@ -1,0 +1,94 @@
+"""`--agent FILE` (`-a`): every command that runs or inspects an agent can take its agent
+file; options given on the command line override what the file says."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from loomgraph.authoring.agent_file import AgentFile, load_agent_file
+from loomgraph.graph.imports import import_object
+
+AGENT_HELP = (
+    "an agent file (docs/agent-files.md): its model, tools, graph, journal, permissions, "
+    "budget …; options given here override it"
+)
+
+
+def add_agent_file_option(parser: argparse.ArgumentParser) -> None:
+    """Add `-a/--agent FILE`."""
+    parser.add_argument("-a", "--agent", default=None, metavar="FILE", help=AGENT_HELP)
+
+
+@cache
+def _load(path: str) -> AgentFile:
+    return load_agent_file(path)
+
+
+def agent_file(args: argparse.Namespace) -> AgentFile | None:
+    """The agent file `--agent` names (loaded once), or None."""
+    path = getattr(args, "agent", None)
+    return _load(str(Path(path).resolve())) if path else None
+
+
+def runtime_of(args: argparse.Namespace) -> str | None:
+    """The journal: `--runtime`, else the agent file's `runtime`."""
+    if getattr(args, "runtime", None):
+        return str(args.runtime)
+    loaded = agent_file(args)
+    return loaded.backend(loaded.spec.runtime) if loaded else None
+
+
+def graph_of(args: argparse.Namespace, fallback: str | None) -> Any:
+    """The graph: `--graph`, else the agent file's, else `fallback`."""
+    if getattr(args, "graph", None):
+        return args.graph
+    loaded = agent_file(args)
+    return loaded.graph if loaded else fallback
+
+
+def load_model(spec: str) -> Any:
+    """`--model`: a name the Agent resolves (`MODULE:ATTR` is found from the current
+    directory first)."""
+    return spec
+
+
+def load_tools(paths: Sequence[str]) -> list[Any]:
+    """Tools by import path (`module:function`, or `module:LIST` of functions), looked for
+    in the current directory first."""
+    tools: list[Any] = []
+    for path in paths:
+        found = import_object(path, what="tool")
+        tools.extend(found if isinstance(found, list | tuple) else [found])
+    return tools
+
+
+def build_agent(
+    args: argparse.Namespace,
+    *,
+    default_graph: Any = "react",
+    instructions: str | None = None,
+    **objects: Any,
+) -> Any:
+    """The Agent of `--agent` with the command line's options over it, or one made from the
+    options alone. `objects` (runtime, permissions, hooks, approval_handler) are given as is;
+    None values are left to the file."""
+    from loomgraph.agent.agent import Agent
+
+    overrides: dict[str, Any] = {k: v for k, v in objects.items() if v is not None}
+    if getattr(args, "model", None) is not None:
+        overrides["model"] = load_model(args.model)
+    if getattr(args, "tools", None) is not None:
+        overrides["tools"] = load_tools(args.tools)
+    if getattr(args, "graph", None):
+        overrides["architecture"] = args.graph
+    if instructions is not None:
+        overrides["instructions"] = instructions
+    if getattr(args, "agent", None):
+        return Agent.from_file(args.agent, **overrides)
+    overrides.setdefault("model", "echo")
+    overrides.setdefault("architecture", default_graph)
+    return Agent(overrides.pop("instructions", ""), **overrides)

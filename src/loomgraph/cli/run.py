@@ -1,0 +1,99 @@
+"""`loomgraph run`: run an agent on a prompt, its events streamed (live view on a terminal);
+Ctrl-C stops the run cleanly and says how to resume it."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+from contextlib import nullcontext
+from typing import Any
+
+from loomgraph.cli import agent_args
+from loomgraph.cli import approvals as cli_approvals
+from loomgraph.cli import runs as cli_runs
+from loomgraph.cli.console import colour, warn
+from loomgraph.cli.output import EXIT_FAILED, EXIT_INTERRUPTED, emit_event, exit_code
+
+
+def add_run_parser(sub: Any) -> None:
+    """Add `run` to the `loomgraph` subparsers."""
+    run = sub.add_parser("run", help="run an agent on a prompt and stream its events")
+    run.add_argument("prompt", help="what the user asks")
+    agent_args.add_agent_file_option(run)
+    cli_runs.add_agent_options(run, "react")
+    run.add_argument(
+        "--instructions",
+        default=None,
+        help="the system prompt (default: the agent file's, else 'You are a helpful assistant.')",
+    )
+    run.add_argument("--user", default=None, help="the user the run is for (budgets, memory)")
+    run.add_argument("--session", default=None, help="a session id grouping runs of one chat")
+    run.add_argument(
+        "--json", action="store_true", help="print events as JSON Lines (one object a line)"
+    )
+    cli_runs.add_runtime_option(run, required=False)
+    cli_runs.add_permissions_option(run)
+    run.add_argument(
+        "--approve",
+        action="store_true",
+        help="ask on this terminal when a rule says ask (without it: with a journal the run "
+        "stops to wait for `loomgraph runs approve`, else ask means deny)",
+    )
+
+
+def handle(args: argparse.Namespace) -> int:
+    """Run `loomgraph run`; returns the exit code (130 after Ctrl-C)."""
+    started: dict[str, str] = {}
+    try:
+        return asyncio.run(_run(args, started))
+    except KeyboardInterrupt:
+        run_id, journal = started.get("run_id"), agent_args.runtime_of(args)
+        if run_id is None:
+            warn("stopped before the run started", style="yellow")
+        elif journal and journal != "memory":
+            warn(
+                f"stopped; resume with: loomgraph runs resume {run_id} --runtime {journal}",
+                style="yellow",
+            )
+        else:
+            warn(f"stopped run {run_id}; it had no journal (--runtime), so it cannot be resumed")
+        return EXIT_INTERRUPTED
+
+
+async def _run(args: argparse.Namespace, started: dict[str, str]) -> int:
+    journal = agent_args.runtime_of(args)
+    runtime = cli_runs.open_journal(journal, create=True) if journal else None
+    args.runtime = journal  # who answers an ask depends on whether there is a journal
+    default = None if args.agent else "You are a helpful assistant."
+    agent = agent_args.build_agent(
+        args,
+        instructions=args.instructions or default,
+        runtime=runtime,
+        permissions=cli_runs.load_permissions(args.permissions),
+        approval_handler=cli_approvals.approver_for(args),
+    )
+    status = "failed"
+    live = not args.json and colour()
+    try:
+        view = _live_view() if live else nullcontext()
+        with view as watching:
+            async for event in agent.stream(
+                args.prompt, user_id=args.user, session_id=args.session
+            ):
+                if event.kind == "run_started":
+                    started["run_id"] = event.run_id
+                if watching is not None:
+                    watching.see(event)
+                if event.kind != "model_chunk" or not live:
+                    emit_event(event, args.json)
+                if event.kind == "run_completed":
+                    status = event.payload["status"]
+    finally:
+        await agent.aclose()
+    return exit_code(status) if status else EXIT_FAILED
+
+
+def _live_view() -> Any:
+    from loomgraph.cli.live import LiveView
+
+    return LiveView()

@@ -1,0 +1,80 @@
+"""Objects named by import path (`module:attr`), found next to the file that names them.
+
+Graph and agent files name functions, tools and models as `module:attr`. A user keeps those
+modules beside the file (`judge_fn.py` next to `graph.yaml`) or in the directory they run
+from, so both are searched before the installed packages, and a failed import says where
+it looked.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+__all__ = ["import_object", "search_folders"]
+
+
+def search_folders(near: str | Path | None = None) -> list[Path]:
+    """Where a `module:attr` name is looked for first: the naming file's folder, then the
+    current directory (before the installed packages)."""
+    folders: list[Path] = []
+    if near is not None:
+        folder = Path(near)
+        folders.append((folder if folder.is_dir() else folder.parent).resolve())
+    cwd = Path(os.getcwd()).resolve()
+    if cwd not in folders:
+        folders.append(cwd)
+    return folders
+
+
+@contextmanager
+def _on_path(folders: list[Path]) -> Iterator[None]:
+    # Put for the import only: a module once imported stays in sys.modules, so what it
+    # names keeps working; a later file's folder does not shadow installed packages for good.
+    added = [str(f) for f in folders if str(f) not in sys.path]
+    sys.path[:0] = added
+    try:
+        yield
+    finally:
+        for entry in added:
+            if entry in sys.path:
+                sys.path.remove(entry)
+
+
+def import_object(path: str, *, near: str | Path | None = None, what: str = "object") -> Any:
+    """The object at `module:attr` (attr may be dotted; `module.attr` works too), importing
+    the module from `near`'s folder or the current directory first. ImportError says where
+    it looked, and suggests an attribute for a misspelt one."""
+    module_name, sep, attr = path.partition(":")
+    if not sep:
+        module_name, _, attr = path.rpartition(".")
+    if not module_name or not attr:
+        raise ImportError(f"{what} {path!r} is not an import path like module:name")
+    folders = search_folders(near)
+    try:
+        with _on_path(folders):
+            target: Any = importlib.import_module(module_name)
+    except ModuleNotFoundError as err:
+        looked = ", ".join(str(f) for f in folders)
+        raise ImportError(
+            f"cannot import {what} {path!r}: {err} (looked in {looked} and the installed "
+            f"packages; `{module_name}` must be a Python module there, e.g. "
+            f"{module_name.replace('.', '/')}.py)"
+        ) from None
+    for part in attr.split("."):
+        try:
+            target = getattr(target, part)
+        except AttributeError:
+            names = [n for n in dir(target) if not n.startswith("_")]
+            close = difflib.get_close_matches(part, names, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ImportError(
+                f"cannot import {what} {path!r}: {module_name} has no {part!r}{hint}"
+            ) from None
+    return target
