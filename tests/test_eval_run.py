@@ -207,4 +207,4 @@ def test_schema_and_usage_errors(tmp_path: Path) -> None:
     invalid = loomgraph("eval", str(bad), "-a", "agents:make_agent")
     assert invalid.returncode == 2 and f"{bad}:2" in invalid.stderr
     unknown = loomgraph("eval", "cases.yaml", "-a", "nowhere:make")
-    assert unknown.returncode == 2 and "current folder is on the import path" in unknown.stderr
+    assert unknown.returncode == 2 and "cannot import agent 'nowhere:make'" in unknown.stderr

@@ -10,7 +10,7 @@ from mcp.client.session import ClientSession
 from mcp.client.stdio import StdioServerParameters, stdio_client
 
 import loomgraph
-from loomgraph.cli.mcp_serve import AgentNotFound, load_agent
+from loomgraph.cli.agent_args import AgentNotFound, load_agent
 from mcp_servers import PYTHON
 
 ROOT = Path(__file__).resolve().parents[1]

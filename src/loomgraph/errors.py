@@ -77,7 +77,7 @@ with where each class lives (relative to `loomgraph.`):
     ├── ToolNameCollision + ValueError      tools.mcp.host
     ├── MissingToolDependency + LookupError tools.context
     ├── JsonArgumentsInvalid + ValueError   tools.json_schema
-    ├── AgentNotFound + ValueError          cli.mcp_serve
+    ├── AgentNotFound + ValueError          cli.agent_args
     └── UsageError                          cli.runs
 
 Three exceptions stay outside on purpose: they are raised and caught inside one module and

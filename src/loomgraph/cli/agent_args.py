@@ -10,12 +10,41 @@ from pathlib import Path
 from typing import Any
 
 from loomgraph.authoring.agent_file import AgentFile, load_agent_file
+from loomgraph.errors import LoomgraphError
 from loomgraph.graph.imports import import_object
 
 AGENT_HELP = (
     "an agent file (docs/agent-files.md): its model, tools, graph, journal, permissions, "
     "budget …; options given here override it"
 )
+
+
+class AgentNotFound(LoomgraphError, ValueError):
+    """`--agent` names neither an agent file nor an Agent (or a function returning one)."""
+
+
+def load_agent(spec: str, **overrides: Any) -> Any:
+    """The Agent `--agent` names: an agent file (`overrides` over what it says), or
+    `MODULE:ATTR` naming an Agent or a function `(**overrides) -> Agent`, imported from the
+    current folder first."""
+    import inspect
+
+    from loomgraph.agent.agent import Agent
+
+    if spec.endswith((".yaml", ".yml")):
+        return Agent.from_file(spec, **overrides)
+    if ":" not in spec:
+        raise AgentNotFound(f"--agent {spec!r}: use an agent file (.yaml) or MODULE:ATTR")
+    target = import_object(spec, what="agent")
+    if isinstance(target, Agent) and overrides:
+        raise AgentNotFound(
+            f"--agent {spec!r} is an Agent, so its {', '.join(sorted(overrides))} cannot be "
+            "set; name a function (**options) -> Agent, or an agent file"
+        )
+    agent = target(**overrides) if inspect.isfunction(target) else target
+    if not isinstance(agent, Agent):
+        raise AgentNotFound(f"--agent {spec!r} is a {type(agent).__name__}, not an Agent")
+    return agent
 
 
 def add_agent_file_option(parser: argparse.ArgumentParser) -> None:

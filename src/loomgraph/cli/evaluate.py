@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib
 import json
 import sys
 from pathlib import Path
@@ -126,8 +125,6 @@ async def _evaluate(args: argparse.Namespace, dataset: Any, names: list[str], ou
 
 
 def _agent(args: argparse.Namespace, architecture: str) -> Any:
-    from loomgraph.agent.agent import Agent
-
     options: dict[str, Any] = {}
     if architecture != "default":
         options["architecture"] = architecture
@@ -138,33 +135,9 @@ def _agent(args: argparse.Namespace, architecture: str) -> Any:
 
         caps = Caps(total_tokens=args.run_max_tokens, cost_usd=args.run_max_cost)
         options["budget"] = StandardBudget(BudgetConfig(per_user=caps))
-    ref: str = args.agent
-    if ref.endswith((".yaml", ".yml")):
-        return Agent.from_file(ref, **options)  # type: ignore[attr-defined]
-    target = _import(ref)
-    if isinstance(target, Agent):
-        if options:
-            raise ValueError(
-                f"{ref} is an Agent, whose architecture and budget are fixed; name a function "
-                "(architecture, **options) -> Agent, or an agent file"
-            )
-        return target
-    return target(**options)
+    from loomgraph.cli.agent_args import load_agent
 
-
-def _import(ref: str) -> Any:
-    module, _, attr = ref.partition(":")
-    if not module or not attr:
-        raise ValueError(f"--agent {ref!r}: expected an agent file or MODULE:ATTR")
-    if "" not in sys.path:
-        sys.path.insert(0, "")  # the current folder, as `python -m` has it
-    try:
-        return getattr(importlib.import_module(module), attr)
-    except ModuleNotFoundError as err:
-        raise ImportError(
-            f"--agent {ref!r}: {err}; the current folder is on the import path, so run from "
-            "the folder that holds the module"
-        ) from None
+    return load_agent(args.agent, **options)
 
 
 class _Progress:

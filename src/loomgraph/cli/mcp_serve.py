@@ -7,23 +7,17 @@ one that stopped). The `mcp` SDK is imported only when the command runs.
 
 import argparse
 import contextlib
-import importlib
-import inspect
 import json
 from collections.abc import AsyncIterator
 from typing import Any
 
 from loomgraph.agent.agent import Agent
 from loomgraph.agent.result import RunResult
+from loomgraph.cli.agent_args import load_agent
 from loomgraph.cli.output import EXIT_OK
-from loomgraph.errors import LoomgraphError
 from loomgraph.protocols.events import RUN_COMPLETED, Event
 
 _PROGRESS_CHARS = 300  # a progress message is a line a client shows, not the whole payload
-
-
-class AgentNotFound(LoomgraphError, ValueError):
-    """`--agent` does not name an Agent (or a function returning one)."""
 
 
 def add_parser(subparsers: Any) -> None:
@@ -51,26 +45,6 @@ def handle(args: argparse.Namespace) -> int:
     else:
         app.run("streamable-http", host=args.host, port=args.http)
     return EXIT_OK
-
-
-def load_agent(spec: str) -> Agent:
-    """The Agent an `--agent` value names."""
-    if spec.endswith((".yaml", ".yml")):
-        from_file = getattr(Agent, "from_file", None)
-        if from_file is None:
-            raise AgentNotFound(f"{spec}: agent files need Agent.from_file, not in this version")
-        agent = from_file(spec)
-    else:
-        module_name, sep, attr = spec.partition(":")
-        if not sep or not attr:
-            raise AgentNotFound(f"--agent {spec!r}: use MODULE:ATTR or an agent file (.yaml)")
-        target: Any = importlib.import_module(module_name)
-        for part in attr.split("."):
-            target = getattr(target, part)
-        agent = target() if inspect.isfunction(target) else target
-    if not isinstance(agent, Agent):
-        raise AgentNotFound(f"--agent {spec!r} is a {type(agent).__name__}, not an Agent")
-    return agent
 
 
 def build_server(agent: Agent) -> Any:

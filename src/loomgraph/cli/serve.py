@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib
 import sys
-from pathlib import Path
 from typing import Any
 
+from loomgraph.cli.agent_args import load_agent
 from loomgraph.cli.output import EXIT_OK, EXIT_USAGE
 
-__all__ = ["add_parser", "handle", "load_agent"]
+__all__ = ["add_parser", "handle"]
 
 
 def add_parser(subparsers: Any) -> None:
@@ -37,27 +36,6 @@ def add_parser(subparsers: Any) -> None:
     add.add_argument("--agent", required=True, help="the agent (its journal keeps the keys)")
     add.add_argument("--approver", action="store_true", help="may answer approvals")
     add.add_argument("--label", default="", help="a note to tell keys apart")
-
-
-def load_agent(spec: str) -> Any:
-    """The Agent an agent file or a `MODULE:ATTR` names."""
-    from loomgraph.agent.agent import Agent
-
-    if spec.endswith((".yaml", ".yml")):
-        from_file = getattr(Agent, "from_file", None)
-        if from_file is None:
-            raise ValueError(f"{spec}: this loomgraph cannot read agent files; use MODULE:ATTR")
-        return from_file(Path(spec))
-    module, sep, attr = spec.partition(":")
-    if not sep or not module or not attr:
-        raise ValueError(f"--agent {spec!r}: expected an agent file (.yaml) or MODULE:ATTR")
-    if "." not in sys.path:
-        sys.path.insert(0, ".")
-    value = getattr(importlib.import_module(module), attr)
-    agent = value if isinstance(value, Agent) else value()
-    if not isinstance(agent, Agent):
-        raise ValueError(f"--agent {spec!r} is a {type(agent).__name__}, not an Agent")
-    return agent
 
 
 def handle(args: argparse.Namespace) -> int:
