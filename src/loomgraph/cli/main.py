@@ -57,6 +57,9 @@ def _parser() -> argparse.ArgumentParser:
         metavar="RUN_ID",
         help="draw this run's path, visit counts and where it stopped",
     )
+    render.add_argument(
+        "--expand", action="store_true", help="draw the graphs map/subgraph nodes run, inline"
+    )
     cli_runs.add_runtime_option(render, required=False)
     sub.add_parser("schema", help="print the JSON Schema of graph files")
     sub.add_parser("graphs", help="list the built-in graphs")
@@ -89,7 +92,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "render":
             if args.run is not None:
                 return cli_runs.render_run(args)
-            return _render(args.graph, args.output)
+            return _render(args.graph, args.output, expand=args.expand)
         if args.command == "new-graph":
             from loomgraph.authoring.scaffold import write_new_graph
 
@@ -158,11 +161,11 @@ def _validate(files: Sequence[str]) -> int:
     return EXIT_FAILED if failed else EXIT_OK
 
 
-def _render(graph: str, output: str) -> int:
+def _render(graph: str, output: str, *, expand: bool = False) -> int:
     from loomgraph.authoring.library import load_graph
     from loomgraph.authoring.render import render
 
-    render(load_graph(graph), Path(output))
+    render(load_graph(graph), Path(output), expand=expand)
     print(f"wrote {output}")
     return EXIT_OK
 

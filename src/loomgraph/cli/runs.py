@@ -388,8 +388,8 @@ async def _render(args: argparse.Namespace, runtime: Runtime) -> int:
         raise UsageError(
             f"run {record.run_id} was made with graph {record.graph_name!r}, not {graph.name!r}"
         )
-    overlay = RunOverlay.from_transitions(transitions, status=record.status)
-    render(graph, Path(args.output), run=overlay)
+    overlay = RunOverlay.from_record(record, transitions)
+    render(graph, Path(args.output), run=overlay, expand=getattr(args, "expand", False))
     print(
         f"wrote {args.output} (run {record.run_id}, status {record.status}, "
         f"{len(transitions)} transitions)"
