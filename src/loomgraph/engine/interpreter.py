@@ -18,6 +18,7 @@ from loomgraph.graph.compiled import CompiledGraph
 from loomgraph.graph.registry import NodeKind
 from loomgraph.graph.spec import END
 from loomgraph.graph.state import snapshot_of
+from loomgraph.protocols import semconv
 from loomgraph.protocols import (
     BudgetExceeded,
     Pending,
@@ -146,7 +147,8 @@ async def _step(
         view = {name: state.get(name) for name in reads}
         await deps.hooks.before_node(qualified, view)
         with deps.telemetry.span(
-            f"loom.node {qualified}", {"loom.node.name": qualified, "loom.run.id": scope.run_id}
+            semconv.node_span_name(qualified),
+            semconv.node_attributes(node=qualified, run_id=scope.run_id, visit=visit),
         ):
             spec = kind.spec
             if spec.retry is None and spec.timeout is None:

@@ -15,6 +15,7 @@ from loomgraph.engine.effects import EffectKey
 from loomgraph.engine.scope import RunScope
 from loomgraph.engine.taint import is_tainted, note_result
 from loomgraph.errors import LoomgraphError
+from loomgraph.protocols import semconv
 from loomgraph.protocols import (
     INVALID_ARGUMENTS,
     Decision,
@@ -86,13 +87,14 @@ class ToolGate:
         reservation = await scope.reserve("tool", Usage(tool_calls=1))
         await scope.audit("tool_request", self.node, {"call": call, "rule": decision.rule})
         try:
-            attributes = {
-                "gen_ai.operation.name": "execute_tool",
-                "gen_ai.tool.name": call["tool"],
-                "gen_ai.tool.call.id": call["id"],
-            }
-            with deps.telemetry.span(f"execute_tool {call['tool']}", attributes):
+            attributes = semconv.tool_attributes(tool=call["tool"], call_id=call["id"])
+            if getattr(deps.telemetry, "capture_content", False):
+                attributes[semconv.GEN_AI_TOOL_CALL_ARGUMENTS] = call["args"]
+            with deps.telemetry.span(semconv.tool_span_name(call["tool"]), attributes) as span:
                 result = await deps.tools.call(call, idempotency_key=str(key))
+                if result.get("is_error"):
+                    span.set_attribute(semconv.ERROR_TYPE, "tool_error")
+                span.set_attribute(semconv.GEN_AI_TOOL_CALL_RESULT, result.get("content"))
         except BaseException:
             await scope.release(reservation)
             raise

@@ -18,8 +18,9 @@ from .audit_key import DEFAULT_KEY_ENV, AuditConfigError, AuditKeyMissing, resol
 from .file_audit import FileAuditLog
 from .noop import NoAuditLog, NoTelemetry
 from .otel import OTelTelemetry, TracedSpan
+from .otlp import OTLPTelemetry, otlp
 from .postgres_audit import PostgresAuditLog
-from .semconv import (
+from ..protocols.semconv import (
     RUN_SPAN,
     chat_attributes,
     chat_span_name,
@@ -48,6 +49,7 @@ __all__ = [
     "FileAuditLog",
     "NoAuditLog",
     "NoTelemetry",
+    "OTLPTelemetry",
     "OTelTelemetry",
     "PostgresAuditLog",
     "TracedSpan",
@@ -57,6 +59,7 @@ __all__ = [
     "messages_json",
     "node_attributes",
     "node_span_name",
+    "otlp",
     "resolve_audit_key",
     "response_attributes",
     "run_attributes",
