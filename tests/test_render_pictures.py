@@ -59,8 +59,8 @@ def node_box(obj: dict[str, Any]) -> Box:
 
 
 def overlap(a: Box, b: Box, slack: float = -3.0) -> bool:
-    """Whether two boxes come closer than 3 points (a label right after another, like
-    `×6×6`, reads as one)."""
+    """Whether two boxes come closer than 3 points (a label right after another reads as
+    one, like the two taken-counts issue 16 saw run together)."""
     return (
         a[0] + slack < b[2] and b[0] + slack < a[2] and a[1] + slack < b[3] and b[1] + slack < a[3]
     )

@@ -53,9 +53,9 @@ def test_attribute_names_are_the_conventions_own() -> None:
     assert semconv.USER_ID == user_attributes.USER_ID
     assert semconv.ERROR_TYPE == error_attributes.ERROR_TYPE
     ops = gen_ai.GenAiOperationNameValues
-    assert semconv.OP_CHAT == ops.CHAT.value
-    assert semconv.OP_EXECUTE_TOOL == ops.EXECUTE_TOOL.value
-    assert semconv.OP_INVOKE_AGENT == ops.INVOKE_AGENT.value
+    assert ops.CHAT.value == semconv.OP_CHAT
+    assert ops.EXECUTE_TOOL.value == semconv.OP_EXECUTE_TOOL
+    assert ops.INVOKE_AGENT.value == semconv.OP_INVOKE_AGENT
     # The documented loomgraph attributes keep their names.
     assert semconv.LOOM_COST_USD == "loom.usage.cost_usd"
     assert (semconv.LOOM_GRAPH_HASH, semconv.LOOM_NODE_VISIT) == (

@@ -26,8 +26,7 @@ from loomgraph.nodes.structured import (
     OutputValidationError,
     StructuredAnswer,
 )
-from loomgraph.protocols import semconv
-from loomgraph.protocols import Deps, Episode, RunRecord, RunStart, RunStatus, Usage
+from loomgraph.protocols import Deps, Episode, RunRecord, RunStart, RunStatus, Usage, semconv
 from loomgraph.protocols.events import RUN_COMPLETED, RUN_STARTED
 
 

@@ -103,7 +103,11 @@ class RunOverlay:
         """The run's line of the diagram title: id, status, reason, usage and cost."""
         parts = [f"run {self.run_id}" if self.run_id else "run", self.status]
         if self.reason:
-            reason = self.reason if len(self.reason) <= 80 else self.reason[:79] + "\N{HORIZONTAL ELLIPSIS}"
+            reason = (
+                self.reason
+                if len(self.reason) <= 80
+                else self.reason[:79] + "\N{HORIZONTAL ELLIPSIS}"
+            )
             parts.append(reason)
         if self.usage:
             parts.append(

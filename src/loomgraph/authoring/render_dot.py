@@ -51,9 +51,7 @@ def _dot_label(
         f'<TR><TD><FONT POINT-SIZE="10" COLOR="#6b7280"><I>{_e(kind)}</I></FONT></TD></TR>',
     ]
     if detail:
-        rows.append(
-            f'<TR><TD><FONT POINT-SIZE="10" COLOR="#6b21a8">{_e(detail)}</FONT></TD></TR>'
-        )
+        rows.append(f'<TR><TD><FONT POINT-SIZE="10" COLOR="#6b21a8">{_e(detail)}</FONT></TD></TR>')
     rows.append("<HR/>")
     for title, fields in (("reads", reads), ("writes", writes)):
         for i, line in enumerate(wrap(fields)):

@@ -25,8 +25,8 @@ from loomgraph.protocols import (
     ToolCall,
     ToolResult,
     Usage,
+    semconv,
 )
-from loomgraph.protocols import semconv
 from loomgraph.protocols.events import MODEL_CHUNK, MODEL_RETRY
 from loomgraph.protocols.paths import NodePath
 from loomgraph.protocols.usage import estimate_output_tokens, estimate_prompt_tokens, floor_usage

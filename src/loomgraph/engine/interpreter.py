@@ -18,7 +18,6 @@ from loomgraph.graph.compiled import CompiledGraph
 from loomgraph.graph.registry import NodeKind
 from loomgraph.graph.spec import END
 from loomgraph.graph.state import snapshot_of
-from loomgraph.protocols import semconv
 from loomgraph.protocols import (
     BudgetExceeded,
     Pending,
@@ -26,6 +25,7 @@ from loomgraph.protocols import (
     RunStopped,
     Transition,
     Usage,
+    semconv,
 )
 from loomgraph.protocols.events import (
     BUDGET_EXCEEDED,

@@ -15,7 +15,6 @@ from loomgraph.engine.effects import EffectKey
 from loomgraph.engine.scope import RunScope
 from loomgraph.engine.taint import is_tainted, note_result
 from loomgraph.errors import LoomgraphError
-from loomgraph.protocols import semconv
 from loomgraph.protocols import (
     INVALID_ARGUMENTS,
     Decision,
@@ -25,6 +24,7 @@ from loomgraph.protocols import (
     ToolResult,
     ToolSpec,
     Usage,
+    semconv,
 )
 from loomgraph.protocols.events import PERMISSION_DECISION, TOOL_CALL, TOOL_RESULT
 

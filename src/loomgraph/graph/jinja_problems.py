@@ -103,7 +103,11 @@ def _column(source: str, message: str) -> int | None:
 def _idiom_hint(source: str, message: str) -> str:
     """The Jinja spelling of a Python idiom the source (or the error) shows, or ''."""
     hints = []
-    if (m := re.search(r"No test named '(\w+)'", message)) and m.group(1) in ("None", "True", "False"):
+    if (m := re.search(r"No test named '(\w+)'", message)) and m.group(1) in (
+        "None",
+        "True",
+        "False",
+    ):
         fixed = _LOWER_TESTS.sub(lambda t: t.group(1) + t.group(2).lower(), source)
         hints.append(f"write `{fixed}` (Jinja tests are lower case)")
     if (m := re.search(r"No filter named '(\w+)'", message)) and m.group(1) in _FILTER_FOR_CALL:
@@ -155,10 +159,7 @@ def _call_problems(tree: nodes.Template, source: str, *, expression: bool) -> li
             hint = "; use a Jinja filter or test, or compute the value in a `function` node"
         what = "condition" if expression else "template"
         at = _find(source, r"\b" + re.escape(name) + r"\s*\(")
-        out.append(
-            f"calls {name!r}{at}, but a {what} can "
-            f"call no functions ({JINJA_NOTE}){hint}"
-        )
+        out.append(f"calls {name!r}{at}, but a {what} can call no functions ({JINJA_NOTE}){hint}")
     return out
 
 

@@ -6,20 +6,6 @@ OpenTelemetry when built, `PostgresAuditLog` imports asyncpg when it first conne
 
 from __future__ import annotations
 
-from .audit_chain import (
-    GENESIS_HASH,
-    AuditAction,
-    AuditEntry,
-    AuditHead,
-    AuditLogError,
-    VerifyResult,
-)
-from .audit_key import DEFAULT_KEY_ENV, AuditConfigError, AuditKeyMissing, resolve_audit_key
-from .file_audit import FileAuditLog
-from .noop import NoAuditLog, NoTelemetry
-from .otel import OTelTelemetry, TracedSpan
-from .otlp import OTLPTelemetry, otlp
-from .postgres_audit import PostgresAuditLog
 from ..protocols.semconv import (
     RUN_SPAN,
     chat_attributes,
@@ -35,6 +21,20 @@ from ..protocols.semconv import (
     tool_span_name,
     usage_attributes,
 )
+from .audit_chain import (
+    GENESIS_HASH,
+    AuditAction,
+    AuditEntry,
+    AuditHead,
+    AuditLogError,
+    VerifyResult,
+)
+from .audit_key import DEFAULT_KEY_ENV, AuditConfigError, AuditKeyMissing, resolve_audit_key
+from .file_audit import FileAuditLog
+from .noop import NoAuditLog, NoTelemetry
+from .otel import OTelTelemetry, TracedSpan
+from .otlp import OTLPTelemetry, otlp
+from .postgres_audit import PostgresAuditLog
 
 __all__ = [
     "DEFAULT_KEY_ENV",
