@@ -312,7 +312,7 @@ def test_render_writes_by_suffix(react: Graph, tmp_path: Path, suffix: str) -> N
 
 def test_render_unknown_suffix_lists_supported(react: Graph, tmp_path: Path) -> None:
     with pytest.raises(RenderError) as info:
-        render(react, tmp_path / "react.png")
-    for suffix in (".svg", ".dot", ".gv", ".mmd", ".mermaid"):
+        render(react, tmp_path / "react.jpg")
+    for suffix in (".svg", ".png", ".pdf", ".dot", ".gv", ".mmd", ".mermaid"):
         assert suffix in str(info.value)
-    assert not (tmp_path / "react.png").exists()
+    assert not (tmp_path / "react.jpg").exists()

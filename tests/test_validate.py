@@ -40,6 +40,7 @@ RULE_FILES = [
     "shadowed-edge",
     "undefined-read",
     "undeclared-write",
+    "missing-write",
     "bad-condition",
     "bad-template",
     "bad-type",

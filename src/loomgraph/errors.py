@@ -137,15 +137,31 @@ class GraphValidationError(GraphError):
 
 
 class ConditionError(GraphError):
-    """An edge condition raised while it was evaluated."""
+    """An edge condition raised while it was evaluated.
 
-    def __init__(self, node: str, edge: int, expression: str, cause: BaseException) -> None:
+    `position` numbers the edge among its node's edges from 1, as diagrams label it (`[2]`);
+    `edge` is its index in the file's `edges:` list, from 0.
+    """
+
+    def __init__(
+        self,
+        node: str,
+        edge: int,
+        expression: str,
+        cause: BaseException,
+        *,
+        position: int | None = None,
+        target: str | None = None,
+    ) -> None:
+        which = f"edge [{position}]" if position is not None else "the edge"
+        to = f" to {target!r}" if target is not None else ""
         super().__init__(
-            f"condition of edge #{edge} from node {node!r} failed: {expression!r}: "
+            f"condition of {which} from node {node!r}{to} failed: {expression!r}: "
             f"{type(cause).__name__}: {cause}"
         )
         self.node = node
         self.edge = edge
+        self.position = position
         self.expression = expression
 
 

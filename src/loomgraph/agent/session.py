@@ -38,6 +38,7 @@ from loomgraph.protocols import (
     RunStatus,
     StartableToolHost,
     Usage,
+    semconv,
 )
 from loomgraph.protocols.events import RUN_COMPLETED, RUN_STARTED
 
@@ -146,14 +147,15 @@ class AgentSession:
         self.started = time.time()
         token = current_run.set(record)
         try:
-            attributes = {
-                "loom.run.id": self.run_id,
-                "loom.graph.name": compiled.name,
-                "gen_ai.operation.name": "invoke_agent",
-            }
-            if self.session_id is not None:
-                attributes["gen_ai.conversation.id"] = self.session_id
-            with deps.telemetry.span("loom.run", attributes):
+            attributes = semconv.run_attributes(
+                run_id=self.run_id,
+                graph_name=compiled.name,
+                graph_hash=compiled.hash,
+                session_id=self.session_id,
+                user_id=self.user_id,
+                parent_run_id=record.parent_run_id,
+            )
+            with deps.telemetry.span(semconv.RUN_SPAN, attributes):
                 scope = RunScope(self.run_id, self.user_id, self.session_id, deps, sink, run_child)
                 active = active_scope.set(scope)
                 try:

@@ -16,8 +16,9 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from loomgraph.errors import GraphError
-from loomgraph.graph.spec import EdgeSpec, Graph
+from loomgraph.graph.spec import END, EdgeSpec, Graph, NodeSpec
 from loomgraph.protocols.paths import NodePath
+from loomgraph.protocols.usage import Usage
 
 
 class RenderError(GraphError):
@@ -33,6 +34,9 @@ class _Step(Protocol):
     @property
     def next_node(self) -> str: ...
 
+    @property
+    def usage(self) -> Usage: ...
+
 
 # Statuses drawn orange: the run stopped on purpose or at a cap, it did not break.
 _STOPPED = {"limit_reached", "budget_exhausted", "interrupted", "awaiting_approval", "cancelled"}
@@ -46,6 +50,10 @@ class RunOverlay:
     path: list[tuple[str, str]] = field(default_factory=list)
     stopped_at: str | None = None
     status: str = "completed"
+    # For the title: which run, why it stopped, what it used.
+    run_id: str | None = None
+    reason: str = ""
+    usage: Usage | None = None
 
     def __post_init__(self) -> None:
         self.path = [(str(a), str(b)) for a, b in self.path]
@@ -60,31 +68,76 @@ class RunOverlay:
         *,
         status: str = "completed",
         stopped_at: str | None = None,
+        run_id: str | None = None,
+        reason: str = "",
     ) -> RunOverlay:
         """An overlay from journal transitions; `stopped_at` defaults to the last target."""
         # Steps inside subgraphs carry qualified names (`plan/model`) and their own END;
-        # they are not edges of this graph, so they are left out.
-        steps = [(t.node, t.next_node) for t in transitions if NodePath.parse(t.node).is_top_level]
+        # they are not edges of this graph, so they are left out (a subgraph node's own
+        # transition already carries its child's usage).
+        top = [t for t in transitions if NodePath.parse(t.node).is_top_level]
+        steps = [(t.node, t.next_node) for t in top]
         if stopped_at is None and steps:
             stopped_at = steps[-1][1]
-        return cls(path=steps, stopped_at=stopped_at, status=status)
+        usage = sum((t.usage for t in top), Usage())
+        return cls(
+            path=steps,
+            stopped_at=stopped_at,
+            status=str(status),
+            run_id=run_id,
+            reason=reason,
+            usage=usage,
+        )
+
+    @classmethod
+    def from_record(cls, record: Any, transitions: Iterable[_Step]) -> RunOverlay:
+        """An overlay of a journaled run (a `RunRecord` and its transitions), with its title."""
+        return cls.from_transitions(
+            transitions,
+            status=str(getattr(record.status, "value", record.status)),
+            run_id=record.run_id,
+            reason=record.reason,
+        )
+
+    def title(self) -> str:
+        """The run's line of the diagram title: id, status, reason, usage and cost."""
+        parts = [f"run {self.run_id}" if self.run_id else "run", self.status]
+        if self.reason:
+            reason = (
+                self.reason
+                if len(self.reason) <= 80
+                else self.reason[:79] + "\N{HORIZONTAL ELLIPSIS}"
+            )
+            parts.append(reason)
+        if self.usage:
+            parts.append(
+                f"{self.usage.total_tokens:,} tokens ({self.usage.input_tokens:,} in, "
+                f"{self.usage.output_tokens:,} out)"
+            )
+            parts.append(f"${self.usage.cost_usd:.4f}")
+        return " \N{MIDDLE DOT} ".join(parts)
 
     @classmethod
     def coerce(cls, run: RunOverlay | Mapping[str, Any] | None) -> RunOverlay | None:
         """An overlay from an overlay, a mapping of its fields, or None."""
         if run is None or isinstance(run, RunOverlay):
             return run
-        unknown = set(run) - {"visits", "path", "stopped_at", "status"}
+        known = {"visits", "path", "stopped_at", "status", "run_id", "reason", "usage"}
+        unknown = set(run) - known
         if unknown:
             raise RenderError(
                 f"unknown run overlay keys: {', '.join(sorted(unknown))}; "
-                "expected visits, path, stopped_at, status"
+                f"expected {', '.join(sorted(known))}"
             )
+        usage = run.get("usage")
         return cls(
             visits=dict(run.get("visits") or {}),
             path=list(run.get("path") or []),
             stopped_at=run.get("stopped_at"),
             status=str(run.get("status", "completed")),
+            run_id=run.get("run_id"),
+            reason=str(run.get("reason") or ""),
+            usage=Usage.from_dict(usage) if isinstance(usage, Mapping) else usage,
         )
 
     def taken(self) -> Counter[tuple[str, str]]:
@@ -158,6 +211,48 @@ def edges_of(graph: Graph) -> list[Edge]:
         is_else = edge.when is None and any(e.when for e in siblings)
         out.append(Edge(edge, order, is_else))
     return out
+
+
+def back_edges(graph: Graph) -> set[int]:
+    """File indexes of the edges that lead back to a node on the way to them (the loops'
+    return edges), found depth first from the entry in file order: drawn to the side, so
+    they do not lie on top of the edge they return along."""
+    out: set[int] = set()
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+
+    def visit(node: str) -> None:
+        state[node] = 1
+        for i, edge in enumerate(graph.edges):
+            if edge.source != node or edge.target == END or edge.target not in graph.nodes:
+                continue
+            if state.get(edge.target) == 1:
+                out.add(i)
+            elif edge.target not in state:
+                visit(edge.target)
+        state[node] = 2
+
+    for start in [graph.entry, *graph.nodes]:
+        if start in graph.nodes and start not in state:
+            visit(start)
+    return out
+
+
+def node_detail(spec: NodeSpec) -> str | None:
+    """What a node runs, for kinds that run another graph: `map` and `subgraph`."""
+    params = spec.params
+    if spec.kind == "map" and params.get("graph"):
+        each = params.get("over", "?")
+        return f"for each of {each} \N{RIGHTWARDS ARROW} {params['graph']}"
+    if spec.kind == "subgraph" and params.get("graph"):
+        return f"runs {params['graph']}"
+    return None
+
+
+LEGEND = (
+    ("visited node (visits: n)", VISITED_FILL),
+    ("edge taken \N{MULTIPLICATION SIGN}n", TAKEN),
+    ("condition ([n] = order tried)", CONDITIONAL),
+)
 
 
 def edge_text(edge: Edge) -> str:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from loomgraph.authoring.diagram import RenderError, RunLike, RunOverlay
-from loomgraph.authoring.render_dot import to_dot, to_svg
+from loomgraph.authoring.render_dot import to_dot, to_image, to_svg
 from loomgraph.authoring.render_mermaid import to_mermaid
 from loomgraph.graph.spec import Graph
 
@@ -21,27 +21,36 @@ __all__ = [
     "RunOverlay",
     "render",
     "to_dot",
+    "to_image",
     "to_mermaid",
     "to_svg",
 ]
 
-_WRITERS = {
+_TEXT = {
     ".svg": to_svg,
     ".dot": to_dot,
     ".gv": to_dot,
-    ".mmd": to_mermaid,
-    ".mermaid": to_mermaid,
 }
+_IMAGES = {".png": "png", ".pdf": "pdf"}
 
 
-def render(graph: Graph | str | Path, path: str | Path, *, run: RunLike = None) -> Path:
-    """Write a diagram of the graph to `path`, in the format its suffix names."""
+def render(
+    graph: Graph | str | Path, path: str | Path, *, run: RunLike = None, expand: bool = False
+) -> Path:
+    """Write a diagram of the graph to `path`, in the format its suffix names (.svg, .png,
+    .pdf, .dot, .mmd); `expand` draws the graphs `map`/`subgraph` nodes run inline."""
     target = Path(path)
-    writer = _WRITERS.get(target.suffix.lower())
-    if writer is None:
+    suffix = target.suffix.lower()
+    if suffix in _IMAGES:
+        target.write_bytes(to_image(graph, _IMAGES[suffix], run=run, expand=expand))
+    elif suffix in _TEXT:
+        target.write_text(_TEXT[suffix](graph, run=run, expand=expand), encoding="utf-8")
+    elif suffix in (".mmd", ".mermaid"):
+        target.write_text(to_mermaid(graph, run=run), encoding="utf-8")
+    else:
+        supported = ", ".join([*_TEXT, *_IMAGES, ".mmd", ".mermaid"])
         raise RenderError(
             f"cannot render to {target.name!r}: unknown suffix "
-            f"{target.suffix or '(none)'!r}; supported: {', '.join(_WRITERS)}"
+            f"{target.suffix or '(none)'!r}; supported: {supported}"
         )
-    target.write_text(writer(graph, run=run), encoding="utf-8")
     return target

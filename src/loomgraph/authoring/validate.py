@@ -30,7 +30,7 @@ from loomgraph.authoring.validate_flow import (
     problem_at,
 )
 from loomgraph.errors import Problem
-from loomgraph.graph.conditions import syntax_problem
+from loomgraph.graph.jinja_problems import source_problems
 from loomgraph.graph.registry import NodeKind, UnknownNodeKind, known_kinds, node_kind
 from loomgraph.graph.spec import END, SCHEMA_VERSION, Graph
 from loomgraph.graph.state import BUILTIN_FIELDS, DERIVED_NAMES, parse_type
@@ -195,7 +195,8 @@ def check_kinds(graph: Graph) -> tuple[dict[str, NodeKind], list[Problem]]:
                     graph,
                     "unknown-node-kind",
                     f"node {name!r}: unknown kind {spec.kind!r}"
-                    f"{did_you_mean(spec.kind, known_kinds())}; registered kinds: "
+                    f"{did_you_mean(spec.kind, known_kinds(), ignore_case=True)}; "
+                    "registered kinds: "
                     f"{', '.join(known_kinds())}",
                     "nodes",
                     name,
@@ -256,16 +257,12 @@ def check_kind_rules(graph: Graph, instances: dict[str, NodeKind]) -> list[Probl
 
 
 def check_templates(graph: Graph) -> list[Problem]:
-    """`bad-template`: a template param that does not compile."""
+    """`bad-template`: a template param that is not valid Jinja, calls a function or reads a
+    private name."""
     return [
         problem_at(
-            graph,
-            "bad-template",
-            f"node {name!r}: template {param!r} does not compile: {why}",
-            "nodes",
-            name,
-            param,
+            graph, "bad-template", f"node {name!r}: template {param!r} {why}", "nodes", name, param
         )
         for name, param, source in templates_of(graph)
-        if (why := syntax_problem(source, expression=False)) is not None
+        for why in source_problems(source, expression=False)
     ]

@@ -10,7 +10,8 @@ from collections.abc import Iterable
 
 from loomgraph.authoring.validate_flow import did_you_mean, problem_at
 from loomgraph.errors import Problem
-from loomgraph.graph.conditions import names_used, syntax_problem
+from loomgraph.graph.conditions import names_used
+from loomgraph.graph.jinja_problems import source_problems
 from loomgraph.graph.registry import NodeKind, UnknownNodeKind, node_kind
 from loomgraph.graph.spec import Graph, NodeSpec
 from loomgraph.graph.state import BUILTIN_FIELDS, DERIVED_NAMES
@@ -104,11 +105,13 @@ def check_reads(graph: Graph, instances: dict[str, NodeKind], known: set[str]) -
 
 
 def check_writes(graph: Graph, instances: dict[str, NodeKind]) -> list[Problem]:
-    """`undeclared-write`: a node writes a field that is not a builtin nor declared in `state`."""
+    """`undeclared-write` (a node writes a field that is not a builtin nor declared in `state`)
+    and `missing-write` (a node's `writes:` leaves out a field its kind writes)."""
     declared = set(BUILTIN_FIELDS) | set(graph.state)
     problems = []
     for name, spec in graph.nodes.items():
-        for field in dict.fromkeys(_writes(spec, instances.get(name))):
+        node = instances.get(name)
+        for field in dict.fromkeys(_writes(spec, node)):
             if field not in declared:
                 problems.append(
                     problem_at(
@@ -122,26 +125,40 @@ def check_writes(graph: Graph, instances: dict[str, NodeKind]) -> list[Problem]:
                         *_field_path(spec, "writes", field),
                     )
                 )
+        if node is None or spec.writes is None:
+            continue
+        listed = set(node.writes())
+        for field in node.kind_writes():
+            if field not in listed:
+                problems.append(
+                    problem_at(
+                        graph,
+                        "missing-write",
+                        f"node {name!r} ({spec.kind}) writes {field!r}, but its `writes:` "
+                        f"leaves it out, so the run would fail at this node; add {field!r} "
+                        "to `writes:`, or drop `writes:` to use the kind's own list",
+                        "nodes",
+                        name,
+                        "writes",
+                    )
+                )
     return problems
 
 
 def check_conditions(graph: Graph, known: set[str]) -> list[Problem]:
-    """`bad-condition` (a `when` that does not compile) and `undefined-read` in a `when`."""
+    """`bad-condition` (a `when` that is not valid Jinja, calls a function or reads a private
+    name) and `undefined-read` in a `when`."""
     problems = []
     for i, edge in enumerate(graph.edges):
         if edge.when is None:
             continue
-        if (why := syntax_problem(edge.when, expression=True)) is not None:
-            problems.append(
+        if wrong := source_problems(edge.when, expression=True):
+            problems += [
                 problem_at(
-                    graph,
-                    "bad-condition",
-                    f"condition {edge.when!r} does not compile: {why}",
-                    "edges",
-                    i,
-                    "when",
+                    graph, "bad-condition", f"condition {edge.when!r} {why}", "edges", i, "when"
                 )
-            )
+                for why in wrong
+            ]
             continue
         for field in sorted(names_used(edge.when, expression=True) - known - DERIVED_NAMES):
             problems.append(

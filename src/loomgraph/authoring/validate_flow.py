@@ -41,11 +41,13 @@ def problem_at(graph: Graph, rule: str, message: str, *path: str | int) -> Probl
     return Problem(rule, message, graph.source, line)
 
 
-def did_you_mean(name: str, options: Iterable[str]) -> str:
+def did_you_mean(name: str, options: Iterable[str], *, ignore_case: bool = False) -> str:
     """A ` (did you mean 'x'?)` hint for a misspelt name, or ''."""
     options = list(options)
     if name.lower() == END.lower() and name != END:
         return f" (did you mean {END}?)"
+    if ignore_case and (same := [o for o in options if o.lower() == name.lower()]):
+        return f" (did you mean {same[0]!r}?)"
     close = difflib.get_close_matches(name, options, n=1)
     return f" (did you mean {close[0]!r}?)" if close else ""
 

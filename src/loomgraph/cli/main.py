@@ -17,7 +17,6 @@ from loomgraph.cli import run as cli_run
 from loomgraph.cli import runs as cli_runs
 from loomgraph.cli import serve as cli_serve
 from loomgraph.cli.console import say, warn
-from loomgraph.cli.diagrams import write_diagram
 from loomgraph.cli.output import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, usage
 
 
@@ -72,6 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         metavar="RUN_ID",
         help="draw this run's path, visit counts and where it stopped",
+    )
+    render.add_argument(
+        "--expand", action="store_true", help="draw the graphs map/subgraph nodes run, inline"
     )
     cli_runs.add_runtime_option(render, required=False)
     schema = sub.add_parser("schema", help="print the JSON Schema of graph (or agent) files")
@@ -203,11 +205,12 @@ def _validate(args: argparse.Namespace) -> int:
 
 def _render(args: argparse.Namespace) -> int:
     from loomgraph.authoring.library import load_graph
+    from loomgraph.authoring.render import render
 
     graph = agent_args.graph_of(args, None)
     if graph is None:
         return usage("render needs a GRAPH or --agent FILE")
-    write_diagram(load_graph(graph), Path(args.output))
+    render(load_graph(graph), Path(args.output), expand=args.expand)
     say(f"wrote {args.output}", "green")
     return EXIT_OK
 

@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 from loomgraph.cli import agent_args
-from loomgraph.cli.diagrams import write_diagram
 from loomgraph.cli.output import (
     EXIT_FAILED,
     EXIT_OK,
@@ -396,7 +395,7 @@ async def _fork(args: argparse.Namespace, runtime: Runtime) -> int:
 
 async def _render(args: argparse.Namespace, runtime: Runtime) -> int:
     from loomgraph.authoring.library import load_graph
-    from loomgraph.authoring.render import RunOverlay
+    from loomgraph.authoring.render import RunOverlay, render
 
     record, transitions = await load_record(runtime, args.run)
     graph = load_graph(agent_args.graph_of(args, record.graph_name))
@@ -404,8 +403,8 @@ async def _render(args: argparse.Namespace, runtime: Runtime) -> int:
         raise UsageError(
             f"run {record.run_id} was made with graph {record.graph_name!r}, not {graph.name!r}"
         )
-    overlay = RunOverlay.from_transitions(transitions, status=record.status)
-    write_diagram(graph, Path(args.output), run=overlay)
+    overlay = RunOverlay.from_record(record, transitions)
+    render(graph, Path(args.output), run=overlay, expand=getattr(args, "expand", False))
     print(
         f"wrote {args.output} (run {record.run_id}, status {record.status}, "
         f"{len(transitions)} transitions)"

@@ -29,6 +29,7 @@ from loomgraph.protocols import (
     ToolCall,
     ToolResult,
     Usage,
+    semconv,
 )
 from loomgraph.protocols.events import MODEL_CHUNK, MODEL_RETRY, OUTPUT_VOID, VoidReason
 from loomgraph.protocols.paths import NodePath
@@ -186,15 +187,19 @@ class VisitContext:
     async def _stream(
         self, request: ModelRequest, call_id: str, texts: list[str], attempts: ModelAttempts
     ) -> ModelResponse:
-        model = self.deps.model
+        model, telemetry = self.deps.model, self.deps.telemetry
         response = ModelResponse()
-        with self.deps.telemetry.span(
-            f"chat {model.name}",
-            {
-                "gen_ai.operation.name": "chat",
-                "gen_ai.request.model": model.name,
-            },
-        ) as span:
+        attributes = semconv.chat_attributes(
+            model=model.name,
+            provider=semconv.provider_of(model),
+            max_tokens=request.max_tokens,
+            session_id=self.scope.session_id,
+        )
+        # Content is serialised only when it will be kept (capture_content=True).
+        capture = bool(getattr(telemetry, "capture_content", False))
+        if capture:
+            attributes |= semconv.chat_input_attributes(request.messages, request.system)
+        with telemetry.span(semconv.chat_span_name(model.name), attributes) as span:
             async with aclosing(model.stream(request)) as chunks:  # type: ignore[type-var]
                 async for chunk in chunks:
                     kind = chunk.get("type")
@@ -219,9 +224,18 @@ class VisitContext:
                             MODEL_RETRY, {"error": chunk.get("error", ""), "provider": True}
                         )
             response.usage = replace(response.usage, model_calls=1)
-            span.set_attribute("gen_ai.usage.input_tokens", response.usage.input_tokens)
-            span.set_attribute("gen_ai.usage.output_tokens", response.usage.output_tokens)
-        response.text = "".join(texts)
+            response.text = "".join(texts)
+            done = {
+                semconv.GEN_AI_USAGE_INPUT_TOKENS: response.usage.input_tokens,
+                semconv.GEN_AI_USAGE_OUTPUT_TOKENS: response.usage.output_tokens,
+                **semconv.usage_attributes(response.usage),
+                **semconv.response_attributes(finish_reasons=[response.finish_reason]),
+            }
+            if capture:
+                done |= semconv.chat_output_attributes(
+                    response.to_message(), response.finish_reason
+                )
+            semconv.set_attributes(span, done)
         return response
 
     # ------------------------------------------------------------------ tools

@@ -27,6 +27,7 @@ from loomgraph.protocols import (
     RunStopped,
     Transition,
     Usage,
+    semconv,
 )
 from loomgraph.protocols.events import (
     BUDGET_EXCEEDED,
@@ -148,7 +149,8 @@ async def _step(
         view = {name: state.get(name) for name in reads}
         await deps.hooks.before_node(qualified, view)
         with deps.telemetry.span(
-            f"loom.node {qualified}", {"loom.node.name": qualified, "loom.run.id": scope.run_id}
+            semconv.node_span_name(qualified),
+            semconv.node_attributes(node=qualified, run_id=scope.run_id, visit=visit),
         ):
             spec = kind.spec
             if spec.retry is None and spec.timeout is None:

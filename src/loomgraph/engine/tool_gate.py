@@ -27,6 +27,7 @@ from loomgraph.protocols import (
     ToolRun,
     ToolSpec,
     Usage,
+    semconv,
     tool_run,
 )
 from loomgraph.protocols.events import PERMISSION_DECISION, TOOL_CALL, TOOL_PROGRESS, TOOL_RESULT
@@ -92,15 +93,18 @@ class ToolGate:
             request = trail.tool_request(call, decision.rule, content=scope.audit_content)
             await scope.audit(AuditAction.TOOL_REQUEST, self.node, request)
         try:
-            attributes = {
-                "gen_ai.operation.name": "execute_tool",
-                "gen_ai.tool.name": call["tool"],
-                "gen_ai.tool.call.id": call["id"],
-            }
+            attributes = semconv.tool_attributes(tool=call["tool"], call_id=call["id"])
+            capture = bool(getattr(deps.telemetry, "capture_content", False))
+            if capture:
+                attributes[semconv.GEN_AI_TOOL_CALL_ARGUMENTS] = call["args"]
             token = tool_run.set(self._tool_run(call))
             try:
-                with deps.telemetry.span(f"execute_tool {call['tool']}", attributes):
+                with deps.telemetry.span(semconv.tool_span_name(call["tool"]), attributes) as span:
                     result = await deps.tools.call(call, idempotency_key=str(key))
+                    if result.get("is_error"):
+                        span.set_attribute(semconv.ERROR_TYPE, "tool_error")
+                    if capture:
+                        span.set_attribute(semconv.GEN_AI_TOOL_CALL_RESULT, result.get("content"))
             finally:
                 tool_run.reset(token)
         except BaseException:

@@ -18,6 +18,7 @@ class Route:
     """One outgoing edge: its position in the file, its condition (if any) and its target."""
 
     index: int
+    position: int  # among its node's edges, from 1, as diagrams number it
     target: str
     when: str | None
     test: Callable[..., Any] | None
@@ -43,8 +44,9 @@ class CompiledGraph:
         for index, edge in enumerate(graph.edges):
             test = compile_condition(edge.when) if edge.when else None
             names = frozenset(names_used(edge.when, expression=True)) if edge.when else frozenset()
-            route = Route(index, edge.target, edge.when, test, names)
-            self.routes[edge.source] = (*self.routes.get(edge.source, ()), route)
+            siblings = self.routes.get(edge.source, ())
+            route = Route(index, len(siblings) + 1, edge.target, edge.when, test, names)
+            self.routes[edge.source] = (*siblings, route)
         self.node_limits = {
             name: spec.max_visits or graph.limits.max_node_visits
             for name, spec in graph.nodes.items()
@@ -64,7 +66,15 @@ class CompiledGraph:
                 # Only the names the condition uses: Jinja copies its whole context per call.
                 holds = route.test(**{k: scope[k] for k in route.names if k in scope})
             except Exception as err:
-                raise ConditionError(node, route.index, route.when or "", err) from err
+                routes = self.routes[node]
+                raise ConditionError(
+                    node,
+                    route.index,
+                    route.when or "",
+                    err,
+                    position=route.position if len(routes) > 1 else None,
+                    target=route.target,
+                ) from err
             if holds:
                 return route.target, route.index
         # Validation guarantees a default edge or END reachability; a node with no edge ends.

@@ -6,7 +6,7 @@ from collections.abc import Callable, Mapping
 from functools import cache
 from typing import Any
 
-from jinja2 import TemplateSyntaxError, meta
+from jinja2 import TemplateSyntaxError, meta, nodes
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 
@@ -27,25 +27,16 @@ def compile_template(source: str) -> Callable[[Mapping[str, Any]], str]:
     return template.render
 
 
-def syntax_problem(source: str, *, expression: bool) -> str | None:
-    """Why a condition or template does not compile, or None when it does."""
-    try:
-        if expression:
-            compile_condition(source)
-        else:
-            environment().parse(source)
-    except TemplateSyntaxError as err:
-        return f"line {err.lineno}: {err.message}" if err.lineno > 1 else str(err.message)
-    return None
-
-
 def names_used(source: str, *, expression: bool) -> set[str]:
-    """The top-level names a condition or template refers to (for read checks)."""
+    """The top-level names a condition or template refers to (for read checks); a name called
+    like a function (`len(x)`) is no state field, and validation reports the call."""
     text = "{{ " + source + " }}" if expression else source
     try:
-        return set(meta.find_undeclared_variables(environment().parse(text)))
+        tree = environment().parse(text)
     except TemplateSyntaxError:
         return set()
+    called = {c.node.name for c in tree.find_all(nodes.Call) if isinstance(c.node, nodes.Name)}
+    return set(meta.find_undeclared_variables(tree)) - called
 
 
 def condition_scope(

@@ -27,12 +27,20 @@ class NodeKind:
     A kind declares its `Params` (a pydantic model of the YAML keys it accepts), which of
     them are Jinja2 `templates`, and the fields it reads and writes when the YAML does not
     say. `run` gets the fields the node reads and a `NodeContext`, and returns a patch.
+
+    What a kind writes is declared so that validation can check a node's `writes:` against
+    it (`missing-write`): `default_writes` (fixed fields), `output_params` (params whose
+    value names a field, like `llm`'s `output`) and `implicit_writes` (bookkeeping such as
+    `usage` that is part of every node's `writes` without being listed). A kind whose fields
+    depend on its params in another way overrides `kind_writes`.
     """
 
     Params: ClassVar[type[BaseModel]] = NoParams
     templates: ClassVar[tuple[str, ...]] = ()
     default_reads: ClassVar[tuple[str, ...]] = ()
     default_writes: ClassVar[tuple[str, ...]] = ()
+    output_params: ClassVar[tuple[str, ...]] = ()
+    implicit_writes: ClassVar[tuple[str, ...]] = ()
     # Names the kind's templates see besides the state (e.g. `item` in a map).
     template_names: ClassVar[frozenset[str]] = frozenset()
     kind_name: ClassVar[str] = ""
@@ -47,8 +55,16 @@ class NodeKind:
         return list(self.spec.reads if self.spec.reads is not None else self.default_reads)
 
     def writes(self) -> list[str]:
-        """The state fields this node may write."""
-        return list(self.spec.writes if self.spec.writes is not None else self.default_writes)
+        """The state fields this node may write: its `writes:` (or the kind's), and the
+        kind's `implicit_writes`."""
+        listed = self.spec.writes if self.spec.writes is not None else self.kind_writes()
+        return list(dict.fromkeys([*listed, *self.implicit_writes]))
+
+    def kind_writes(self) -> list[str]:
+        """The fields the kind itself writes with these params, whatever `writes:` says."""
+        named = [getattr(self.params, p) for p in self.output_params]
+        fields = [*self.default_writes, *named, *self.implicit_writes]
+        return list(dict.fromkeys(f for f in fields if isinstance(f, str)))
 
     def bind(self, graph: Graph) -> None:
         """Called once when the graph is compiled (e.g. to resolve a subgraph's file)."""

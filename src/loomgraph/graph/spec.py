@@ -5,9 +5,9 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, WithJsonSchema
 
 from loomgraph.errors import GraphError
 from loomgraph.graph.policies import RetryPolicy
@@ -16,6 +16,22 @@ END = "END"
 SCHEMA_VERSION = 1
 
 Reducer = Literal["replace", "append", "merge", "add"]
+
+
+def _version_text(value: Any) -> Any:
+    """`version: 1` and `version: 1.2` are read as the strings "1" and "1.2"."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return str(value)
+    return value
+
+
+Version = Annotated[
+    str,
+    BeforeValidator(_version_text),
+    WithJsonSchema(
+        {"type": ["string", "number"], "description": "the graph's own version, e.g. 1 or 2.1"}
+    ),
+]
 
 
 class StateField(BaseModel):
@@ -81,7 +97,7 @@ class Graph(BaseModel):
 
     schema_version: int = SCHEMA_VERSION
     name: str
-    version: str = "1"
+    version: Version = "1"
     description: str = ""
     state: dict[str, StateField] = Field(default_factory=dict)
     entry: str = ""

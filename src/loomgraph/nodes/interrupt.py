@@ -33,16 +33,13 @@ class InterruptNode(NodeKind):
     Params = InterruptParams
     params: InterruptParams
     templates = ("message",)
+    output_params = ("output",)
 
     def reads(self) -> list[str]:
         """Declared reads, or the fields the message uses."""
         if self.spec.reads is not None:
             return list(self.spec.reads)
         return sorted(names_used(self.params.message, expression=False) - DERIVED_NAMES)
-
-    def writes(self) -> list[str]:
-        """The output field."""
-        return list(self.spec.writes) if self.spec.writes is not None else [self.params.output]
 
     def check(self, graph: Graph) -> list[str]:
         """The request type must parse."""

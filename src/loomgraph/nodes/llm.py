@@ -36,6 +36,8 @@ class LLMNode(NodeKind):
     Params = LLMParams
     params: LLMParams
     templates = ("prompt", "system")
+    output_params = ("output",)
+    implicit_writes = ("usage",)
 
     def reads(self) -> list[str]:
         """Declared reads, or the state fields the templates use."""
@@ -44,12 +46,6 @@ class LLMNode(NodeKind):
         p = self.params
         used = names_used(p.prompt, expression=False) | names_used(p.system or "", expression=False)
         return sorted(used - DERIVED_NAMES | ({"messages"} if "last_message" in used else set()))
-
-    def writes(self) -> list[str]:
-        """The output field and usage."""
-        if self.spec.writes is not None:
-            return list(self.spec.writes)
-        return [self.params.output, "usage"]
 
     def check(self, graph: Graph) -> list[str]:
         """The answer's type must parse."""

@@ -50,6 +50,8 @@ class MapNode(ChildGraphNode):
     Params = MapParams
     params: MapParams
     template_names = frozenset({"item"})
+    output_params = ("output",)
+    implicit_writes = ("usage",)
 
     def reads(self) -> list[str]:
         """Declared reads, or the list and the input fields."""
@@ -57,12 +59,6 @@ class MapNode(ChildGraphNode):
             return list(self.spec.reads)
         field = self.params.over.split(".")[0]
         return sorted({field, *self.params.inputs.values()} | self.prompt_reads())
-
-    def writes(self) -> list[str]:
-        """The results field and usage."""
-        if self.spec.writes is not None:
-            return list(self.spec.writes)
-        return [self.params.output, "usage"]
 
     def check(self, graph: Graph) -> list[str]:
         """The child must exist, and `over` must be a list field."""

@@ -28,7 +28,8 @@ class ModelNode(NodeKind):
     Params = ModelParams
     params: ModelParams
     default_reads = ("messages",)
-    default_writes = ("messages", "usage")
+    default_writes = ("messages",)
+    implicit_writes = ("usage",)
 
     async def run(self, state: Mapping[str, Any], ctx: NodeContext) -> dict[str, Any]:
         """Append the model's turn (text and tool calls) and count its usage."""

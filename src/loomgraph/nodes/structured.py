@@ -136,7 +136,8 @@ class FinishNode(NodeKind):
     """
 
     default_reads = ("messages", "output")
-    default_writes = ("output", "usage")
+    default_writes = ("output",)
+    implicit_writes = ("usage",)
 
     def __init__(self, answer: StructuredAnswer, *, retries: int = DEFAULT_RETRIES) -> None:
         super().__init__(FINISH_NODE, NodeSpec(kind=FINISH_NODE), NoParams())

@@ -82,6 +82,7 @@ class SubgraphNode(ChildGraphNode):
 
     Params = SubgraphParams
     params: SubgraphParams
+    implicit_writes = ("usage",)
 
     def reads(self) -> list[str]:
         """Declared reads, or the parent fields the inputs take."""
@@ -89,10 +90,8 @@ class SubgraphNode(ChildGraphNode):
             return list(self.spec.reads)
         return sorted(set(self.params.inputs.values()) | self.prompt_reads())
 
-    def writes(self) -> list[str]:
-        """Declared writes, or the parent fields the outputs fill, plus usage."""
-        if self.spec.writes is not None:
-            return list(self.spec.writes)
+    def kind_writes(self) -> list[str]:
+        """The parent fields the outputs fill, and usage."""
         return sorted(set(self.params.outputs) | {"usage"})
 
     async def run(self, state: Mapping[str, Any], ctx: NodeContext) -> dict[str, Any]:

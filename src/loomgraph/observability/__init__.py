@@ -6,20 +6,7 @@ OpenTelemetry when built, `PostgresAuditLog` imports asyncpg when it first conne
 
 from __future__ import annotations
 
-from .audit_chain import (
-    GENESIS_HASH,
-    AuditAction,
-    AuditEntry,
-    AuditHead,
-    AuditLogError,
-    VerifyResult,
-)
-from .audit_key import DEFAULT_KEY_ENV, AuditConfigError, AuditKeyMissing, resolve_audit_key
-from .file_audit import FileAuditLog
-from .noop import NoAuditLog, NoTelemetry
-from .otel import OTelTelemetry, TracedSpan
-from .postgres_audit import PostgresAuditLog
-from .semconv import (
+from ..protocols.semconv import (
     RUN_SPAN,
     chat_attributes,
     chat_span_name,
@@ -34,6 +21,20 @@ from .semconv import (
     tool_span_name,
     usage_attributes,
 )
+from .audit_chain import (
+    GENESIS_HASH,
+    AuditAction,
+    AuditEntry,
+    AuditHead,
+    AuditLogError,
+    VerifyResult,
+)
+from .audit_key import DEFAULT_KEY_ENV, AuditConfigError, AuditKeyMissing, resolve_audit_key
+from .file_audit import FileAuditLog
+from .noop import NoAuditLog, NoTelemetry
+from .otel import OTelTelemetry, TracedSpan
+from .otlp import OTLPTelemetry, otlp
+from .postgres_audit import PostgresAuditLog
 
 __all__ = [
     "DEFAULT_KEY_ENV",
@@ -48,6 +49,7 @@ __all__ = [
     "FileAuditLog",
     "NoAuditLog",
     "NoTelemetry",
+    "OTLPTelemetry",
     "OTelTelemetry",
     "PostgresAuditLog",
     "TracedSpan",
@@ -57,6 +59,7 @@ __all__ = [
     "messages_json",
     "node_attributes",
     "node_span_name",
+    "otlp",
     "resolve_audit_key",
     "response_attributes",
     "run_attributes",

@@ -13,7 +13,7 @@ from contextlib import AbstractContextManager, contextmanager
 from typing import TYPE_CHECKING, Any
 
 from ..protocols import Span, Usage
-from .semconv import (
+from ..protocols.semconv import (
     CONTENT_ATTRIBUTES,
     ERROR_TYPE,
     GEN_AI_OPERATION_NAME,

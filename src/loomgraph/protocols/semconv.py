@@ -13,7 +13,9 @@ import json
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from ..protocols import Message, Span, Usage
+from .messages import Message
+from .observability import Span
+from .usage import Usage
 
 # --------------------------------------------------------------------------- span names
 
@@ -126,6 +128,16 @@ def run_attributes(
     )
 
 
+def provider_of(model: object) -> str:
+    """`gen_ai.provider.name` of a model (required on chat spans): its `provider` attribute
+    (`anthropic`, `openai`, ...), else the top package of its class (`loomgraph` for the
+    echo and scripted models)."""
+    provider = getattr(model, "provider", None)
+    if isinstance(provider, str) and provider:
+        return provider
+    return type(model).__module__.split(".")[0]
+
+
 def node_attributes(*, node: str, run_id: str, visit: int | None = None) -> dict[str, Any]:
     """Attributes of a `loom.node {node}` span."""
     return _without_none({LOOM_NODE_NAME: node, LOOM_RUN_ID: run_id, LOOM_NODE_VISIT: visit})
@@ -180,16 +192,37 @@ def usage_attributes(usage: Usage) -> dict[str, Any]:
     return {name: raw[key] for key, name in pairs if key in raw}
 
 
-def tool_attributes(*, tool: str, call_id: str | None = None) -> dict[str, Any]:
-    """Attributes of an `execute_tool {tool}` span."""
+def tool_attributes(
+    *, tool: str, call_id: str | None = None, tool_type: str = "function"
+) -> dict[str, Any]:
+    """Attributes of an `execute_tool {tool}` span (`tool_type`: function, extension or
+    datastore, as the conventions name them)."""
     return _without_none(
         {
             GEN_AI_OPERATION_NAME: OP_EXECUTE_TOOL,
             GEN_AI_TOOL_NAME: tool,
             GEN_AI_TOOL_CALL_ID: call_id,
-            GEN_AI_TOOL_TYPE: "function",
+            GEN_AI_TOOL_TYPE: tool_type,
         }
     )
+
+
+def chat_input_attributes(messages: Iterable[Message], system: str | None) -> dict[str, Any]:
+    """The content of a chat request (`gen_ai.input.messages`, `gen_ai.system_instructions`):
+    set only by callers that capture content."""
+    return _without_none(
+        {
+            GEN_AI_INPUT_MESSAGES: messages_json(messages),
+            GEN_AI_SYSTEM_INSTRUCTIONS: system_instructions_json(system) if system else None,
+        }
+    )
+
+
+def chat_output_attributes(message: Message, finish_reason: str) -> dict[str, Any]:
+    """The content of a chat response (`gen_ai.output.messages`, with its finish reason)."""
+    (out,) = json.loads(messages_json([message]))
+    out["finish_reason"] = finish_reason
+    return {GEN_AI_OUTPUT_MESSAGES: json.dumps([out], ensure_ascii=False, default=str)}
 
 
 def set_attributes(span: Span, attributes: Mapping[str, Any]) -> None:

@@ -1,0 +1,179 @@
+"""Why a condition or template is wrong, said for someone who wrote Python: the column, and
+the Jinja spelling of common Python idioms (`len(x)` is `x | length`, `is None` is `is none`).
+
+Conditions and templates are Jinja2 in a sandbox (see `conditions`); everything here runs at
+load time, so a graph that validates does not fail at run time on a call or a private name.
+"""
+
+from __future__ import annotations
+
+import re
+
+from jinja2 import TemplateSyntaxError, nodes
+
+from loomgraph.graph.conditions import compile_condition, environment
+
+JINJA_NOTE = "conditions and templates are Jinja expressions, not Python"
+
+# Python builtins a condition might call, and the Jinja filter that does the same.
+_FILTER_FOR_CALL = {
+    "len": "length",
+    "str": "string",
+    "int": "int",
+    "float": "float",
+    "list": "list",
+    "sorted": "sort",
+    "sum": "sum",
+    "min": "min",
+    "max": "max",
+    "abs": "abs",
+    "round": "round",
+    "reversed": "reverse",
+    "set": "unique",
+}
+_TEST_FOR_CALL = {"isinstance": "x is string / number / mapping / sequence", "bool": "x is true"}
+_LOWER_TESTS = re.compile(r"(\bis\s+(?:not\s+)?)(None|True|False)\b")
+_GOT = re.compile(r"(?:got|named) '([^']*)'")
+_CHAR_AT = re.compile(r"unexpected char .* at (\d+)")
+
+
+def source_problems(source: str, *, expression: bool) -> list[str]:
+    """Every problem of a condition (`expression`) or template, each message complete."""
+    why = _syntax_problem(source, expression=expression)
+    if why is not None:
+        return [why]
+    try:
+        tree = environment().parse("{{ " + source + " }}" if expression else source)
+    except TemplateSyntaxError:  # pragma: no cover - the syntax check above parsed it
+        return []
+    return _call_problems(tree, source, expression=expression) + _private_problems(tree, source)
+
+
+# --------------------------------------------------------------------------- syntax
+
+
+def _compile(source: str, *, expression: bool) -> None:
+    if expression:
+        compile_condition(source)
+    else:
+        environment().compile(source)
+
+
+def _error(source: str, *, expression: bool) -> TemplateSyntaxError | None:
+    try:
+        _compile(source, expression=expression)
+    except TemplateSyntaxError as err:
+        return err
+    return None
+
+
+def _syntax_problem(source: str, *, expression: bool) -> str | None:
+    err = _error(source, expression=expression)
+    if err is None:
+        return None
+    message = str(err.message or err)
+    where = f"line {err.lineno}" if not expression and err.lineno > 1 else None
+    if expression:
+        column = _column(source, message)
+        where = f"column {column}" if column is not None else None
+    at = f" at {where}" if where else ""
+    return f"is not valid Jinja ({JINJA_NOTE}){at}: {message}{_idiom_hint(source, message)}"
+
+
+def _column(source: str, message: str) -> int | None:
+    """The 1-based column of the error in a one-line expression, found by parsing prefixes."""
+    if (char := _CHAR_AT.search(message)) is not None:
+        return int(char.group(1)) + 1
+    if len(source) > 500:
+        return None
+    if message.startswith("chunk after expression"):
+        # The expression ended early: the error is where the longest valid prefix stops.
+        for end in range(len(source), 0, -1):
+            if _error(source[:end], expression=True) is None:
+                return end + len(source[end:]) - len(source[end:].lstrip()) + 1
+        return None
+    for end in range(1, len(source) + 1):
+        err = _error(source[:end], expression=True)
+        if err is not None and str(err.message) == message:
+            got = _GOT.search(message)
+            return end - len(got.group(1)) + 1 if got else end
+    return None
+
+
+def _idiom_hint(source: str, message: str) -> str:
+    """The Jinja spelling of a Python idiom the source (or the error) shows, or ''."""
+    hints = []
+    if (m := re.search(r"No test named '(\w+)'", message)) and m.group(1) in (
+        "None",
+        "True",
+        "False",
+    ):
+        fixed = _LOWER_TESTS.sub(lambda t: t.group(1) + t.group(2).lower(), source)
+        hints.append(f"write `{fixed}` (Jinja tests are lower case)")
+    if (m := re.search(r"No filter named '(\w+)'", message)) and m.group(1) in _FILTER_FOR_CALL:
+        hints.append(f"the filter is `| {_FILTER_FOR_CALL[m.group(1)]}`")
+    if re.search(r"\bfor\b", source):
+        hints.append(
+            "comprehensions are Python; use filters such as `select`, `selectattr` or `map`"
+        )
+    if "&&" in source or "||" in source:
+        hints.append("write `and` / `or`")
+    if re.search(r"!(?!=)", source):
+        hints.append("write `not x`")
+    if re.search(r"\blambda\b", source):
+        hints.append("there are no lambdas; use filters and tests")
+    return "; " + "; ".join(hints) if hints else ""
+
+
+# --------------------------------------------------------------------------- calls, names
+
+
+def _text(node: nodes.Node) -> str:
+    """Source-like text of a simple expression (a name, an attribute chain, a constant)."""
+    if isinstance(node, nodes.Name):
+        return node.name
+    if isinstance(node, nodes.Getattr):
+        return f"{_text(node.node)}.{node.attr}"
+    if isinstance(node, nodes.Const):
+        return repr(node.value)
+    return "x"
+
+
+def _find(source: str, pattern: str) -> str:
+    match = re.search(pattern, source)
+    return f" at column {match.start() + 1}" if match and "\n" not in source else ""
+
+
+def _call_problems(tree: nodes.Template, source: str, *, expression: bool) -> list[str]:
+    out = []
+    for call in tree.find_all(nodes.Call):
+        if not isinstance(call.node, nodes.Name):
+            continue  # a method of a value (`output.startswith('y')`) is allowed
+        name = call.node.name
+        arg = _text(call.args[0]) if call.args else "x"
+        if name in _FILTER_FOR_CALL:
+            hint = f"; write `{arg} | {_FILTER_FOR_CALL[name]}`"
+        elif name in _TEST_FOR_CALL:
+            hint = f"; write `{_TEST_FOR_CALL[name].replace('x', arg, 1)}`"
+        else:
+            hint = "; use a Jinja filter or test, or compute the value in a `function` node"
+        what = "condition" if expression else "template"
+        at = _find(source, r"\b" + re.escape(name) + r"\s*\(")
+        out.append(f"calls {name!r}{at}, but a {what} can call no functions ({JINJA_NOTE}){hint}")
+    return out
+
+
+def _private_problems(tree: nodes.Template, source: str) -> list[str]:
+    names: list[str] = [n.attr for n in tree.find_all(nodes.Getattr)]
+    for item in tree.find_all(nodes.Getitem):
+        if isinstance(item.arg, nodes.Const) and isinstance(item.arg.value, str):
+            names.append(item.arg.value)
+    for flt in tree.find_all(nodes.Filter):
+        if flt.name == "attr" and flt.args and isinstance(flt.args[0], nodes.Const):
+            names.append(str(flt.args[0].value))
+    return [
+        f"reads {name!r}{_find(source, re.escape(name))}: names starting with _ are not "
+        "reachable from conditions and templates (the sandbox refuses them)"
+        for name in dict.fromkeys(names)
+        if name.startswith("_")
+    ]
