@@ -67,7 +67,7 @@ def resolve_model(
     if model == "echo":
         from loomgraph.models.echo import EchoModel
 
-        return _adapter(EchoModel, (), options, model)
+        return cast(Model, _adapter(EchoModel, (), options, model))
     if model.startswith("claude-") or (scheme == "anthropic" and rest):
         from loomgraph.models.anthropic import AnthropicModel
 

@@ -60,7 +60,7 @@ def build_server(agent: Agent) -> Any:
         finally:
             await agent.aclose()  # stops the agent's own MCP servers, closes its journal
 
-    app: Any = SDKServer("loomgraph", instructions=agent.instructions or None, lifespan=lifespan)
+    app = SDKServer("loomgraph", instructions=agent.instructions or None, lifespan=lifespan)
 
     @app.tool(name="run", annotations=ToolAnnotations(openWorldHint=True))
     async def run(
