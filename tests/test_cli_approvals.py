@@ -85,7 +85,7 @@ def test_approve_on_the_terminal(env: dict[str, Any]) -> None:
 
 def test_a_durable_run_waits_is_listed_and_is_approved_once(env: dict[str, Any]) -> None:
     waiting = loomgraph(env, "run", "pay acme", *AGENT, *journal(env))
-    assert waiting.returncode == 1 and paid(env) == []
+    assert waiting.returncode == 3 and paid(env) == []  # 3: awaiting approval
     listed = loomgraph(env, "runs", "pending", *journal(env), "--json")
     assert listed.returncode == 0, listed.stderr
     (row,) = [json.loads(line) for line in listed.stdout.splitlines()]
@@ -103,7 +103,7 @@ def test_a_durable_run_waits_is_listed_and_is_approved_once(env: dict[str, Any])
 
 def test_deny_with_a_reason_and_edited_arguments_on_approve(env: dict[str, Any]) -> None:
     first = loomgraph(env, "run", "pay acme", *AGENT, *journal(env))
-    assert first.returncode == 1
+    assert first.returncode == 3
     rows = loomgraph(env, "runs", "pending", *journal(env), "--json").stdout.splitlines()
     row = json.loads(rows[0])
     denied = loomgraph(
@@ -113,7 +113,7 @@ def test_deny_with_a_reason_and_edited_arguments_on_approve(env: dict[str, Any])
     assert denied.returncode == 0, denied.stderr
     assert "not today" in denied.stdout and paid(env) == []
     second = loomgraph(env, "run", "pay acme", *AGENT, *journal(env))
-    assert second.returncode == 1
+    assert second.returncode == 3
     row = json.loads(loomgraph(env, "runs", "pending", *journal(env), "--json").stdout)
     bad = loomgraph(
         env, "runs", "approve", row["run_id"], row["call_id"], "--args", "[1]",
@@ -132,7 +132,7 @@ def test_permissions_file_governs_the_run_and_pins_its_resume(env: dict[str, Any
     policy = env["dir"] / "policy.yaml"
     policy.write_text("mode: default\nask:\n  - pay(amount>1)\nallow:\n  - pay\n")
     waiting = loomgraph(env, "run", "pay", *AGENT, *journal(env), "--permissions", str(policy))
-    assert waiting.returncode == 1, waiting.stderr
+    assert waiting.returncode == 3, waiting.stderr
     row = json.loads(loomgraph(env, "runs", "pending", *journal(env), "--json").stdout)
     assert row["rule"].startswith("ask:pay")
     # Without the file, the resume is refused: the run is pinned to the policy it started with.
@@ -158,7 +158,7 @@ def test_a_malformed_permission_file_is_a_usage_error(env: dict[str, Any]) -> No
 
 def test_two_concurrent_approvals_of_one_call_pay_once(env: dict[str, Any]) -> None:
     waiting = loomgraph(env, "run", "pay acme", *AGENT, *journal(env))
-    assert waiting.returncode == 1
+    assert waiting.returncode == 3
     row = json.loads(loomgraph(env, "runs", "pending", *journal(env), "--json").stdout)
     command = [
         sys.executable, "-m", "loomgraph.cli.main", "runs", "approve",
