@@ -7,11 +7,13 @@ import argparse
 from collections.abc import Sequence
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from loomgraph.authoring.agent_file import AgentFile, load_agent_file
 from loomgraph.errors import LoomgraphError
 from loomgraph.graph.imports import import_object
+
+if TYPE_CHECKING:  # agent files are read when a command needs one, not when the CLI starts
+    from loomgraph.authoring.agent_file import AgentFile
 
 AGENT_HELP = (
     "an agent file (docs/agent-files.md): its model, tools, graph, journal, permissions, "
@@ -54,6 +56,8 @@ def add_agent_file_option(parser: argparse.ArgumentParser) -> None:
 
 @cache
 def _load(path: str) -> AgentFile:
+    from loomgraph.authoring.agent_file import load_agent_file
+
     return load_agent_file(path)
 
 

@@ -9,13 +9,15 @@ import argparse
 import contextlib
 import json
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from loomgraph.agent.agent import Agent
-from loomgraph.agent.result import RunResult
 from loomgraph.cli.agent_args import load_agent
 from loomgraph.cli.output import EXIT_OK
 from loomgraph.protocols.events import RUN_COMPLETED, Event
+
+if TYPE_CHECKING:  # the Agent is imported when the command runs, not when the CLI starts
+    from loomgraph.agent.agent import Agent
+    from loomgraph.agent.result import RunResult
 
 _PROGRESS_CHARS = 300  # a progress message is a line a client shows, not the whole payload
 
@@ -47,7 +49,7 @@ def handle(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def build_server(agent: Agent) -> Any:
+def build_server(agent: "Agent") -> Any:
     """An MCP server (the SDK's `MCPServer`) whose tools run and resume `agent`'s runs."""
     from mcp.server.mcpserver import Context
     from mcp.server.mcpserver import MCPServer as SDKServer
@@ -99,6 +101,8 @@ async def _follow(stream: AsyncIterator[Event], ctx: Any) -> dict[str, Any]:
             outcome = event.payload.get("result") or {}
     if not outcome:
         raise RuntimeError("the run ended without a result")
+    from loomgraph.agent.result import RunResult
+
     return _summary(RunResult.from_dict(outcome))
 
 
@@ -109,7 +113,7 @@ def _line(event: Event) -> str:
     return f"{event.kind} {detail}"
 
 
-def _summary(result: RunResult) -> dict[str, Any]:
+def _summary(result: "RunResult") -> dict[str, Any]:
     summary: dict[str, Any] = {
         "run_id": result.run_id,
         "status": str(result.status),
