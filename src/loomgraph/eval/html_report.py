@@ -10,6 +10,7 @@ from typing import Any
 from jinja2 import Environment
 
 from loomgraph.eval.report import Report
+from loomgraph.protocols import Usage
 
 __all__ = ["PLOTS", "write_html"]
 
@@ -72,7 +73,11 @@ def _plots(report: Report) -> list[tuple[str, str, str]]:
         values = [s["value"] for s in run["scores"]]
         score = sum(values) / len(values) if values else 0.0
         usage = run["outcome"]["usage"]
-        cost = usage.get("cost_usd", 0.0) if priced else _tokens(usage)
+        cost = (
+            usage.get("cost_usd", 0.0)
+            if priced
+            else Usage.from_dict(usage, trusted=True).total_tokens
+        )
         scores[run["outcome"]["strategy"]].append(score)
         points[run["outcome"]["strategy"]].append((cost, score))
     plots = []
@@ -101,10 +106,6 @@ def _plots(report: Report) -> list[tuple[str, str, str]]:
     plots.append(("case-heatmap", "Score per case and strategy", _svg(figure)))
     plt.close(figure)
     return plots
-
-
-def _tokens(usage: dict[str, Any]) -> float:
-    return float(usage.get("input_tokens", 0) + usage.get("output_tokens", 0))
 
 
 def write_html(report: Report, path: str | Path) -> Path:
