@@ -7,8 +7,9 @@ import select
 import socket
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -55,6 +56,13 @@ class Server:
     process: subprocess.Popen[str]
     said: list[str] = field(default_factory=list)
 
+    def keep_reading(self) -> None:
+        """Read what the server prints from now on in a thread: a pipe nobody empties fills
+        up, and a server blocked writing its access log answers nothing."""
+        stream = self.process.stderr
+        assert stream is not None
+        threading.Thread(target=lambda: self.said.extend(stream), daemon=True).start()
+
     def stop(self) -> None:
         self.process.terminate()
         try:
@@ -99,6 +107,7 @@ def start_server(env: dict[str, str], *options: str, timeout: float = 900) -> Se
             break  # the process ended
         server.said.append(line)
         if "Application startup complete" in line:
+            server.keep_reading()
             return server
     server.stop()
     raise AssertionError("the server did not start:\n" + "".join(server.said))
@@ -128,13 +137,3 @@ async def sse_events(response: httpx.Response) -> AsyncIterator[Sse]:
             continue
         name, _, value = line.partition(":")
         fields[name] = value[1:] if value.startswith(" ") else value
-
-
-def drain_stderr(server: Server) -> Iterator[str]:
-    """What the server printed since start (without blocking)."""
-    assert server.process.stderr is not None
-    while select.select([server.process.stderr], [], [], 0)[0]:
-        line = server.process.stderr.readline()
-        if not line:
-            return
-        yield line

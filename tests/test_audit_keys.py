@@ -189,6 +189,11 @@ def test_cli_audit_verify_and_head(
     monkeypatch.delenv(DEFAULT_KEY_ENV, raising=False)
     assert main(["audit", "verify", str(path)]) == 2
     assert "no key" in capsys.readouterr().err
+    # A path with no log is a mistake, not an empty log that verifies.
+    missing = tmp_path / "missing.jsonl"
+    assert main(["audit", "verify", str(missing), "--unsigned"]) == 2
+    assert f"no audit log at {missing}" in capsys.readouterr().err
+    assert not missing.exists()
 
 
 def test_cli_verify_reports_a_torn_tail_without_moving_it(

@@ -128,8 +128,9 @@ async def test_a_failed_call_voids_what_it_sent(tmp_path: Path) -> None:
         ]
         assert events[-1].payload["status"] == "failed"
         assert displayed(events) == {} == await journaled_texts(runtime, run_id)
-        (effect,) = await runtime.effects(run_id)
-        assert effect.status == "failed"
+        # The call, and its one attempt journaled as a failed attempt of its own.
+        effects = {e.kind: e.status for e in await runtime.effects(run_id)}
+        assert effects == {"model": "failed", "model_attempt": "failed"}
     finally:
         await runtime.close()
 

@@ -233,7 +233,8 @@ async def test_checkpoints_state_and_diff(tmp_path: Path) -> None:
         run_id = (await s.post("alice", "/v1/runs", {"input": "steps 2"})).json()["run_id"]
         points = (await s.get("alice", f"/v1/runs/{run_id}/checkpoints")).json()["checkpoints"]
         seqs = [p["seq"] for p in points]
-        assert seqs[-1] >= 4 and points[0]["node"]
+        # Checkpoint 0 is the state the run started from; the others name their node.
+        assert seqs[0] == 0 and seqs[-1] >= 4 and all(p["node"] for p in points[1:])
         state = (await s.get("alice", f"/v1/runs/{run_id}/checkpoints/{seqs[-1]}")).json()
         assert "done: steps 2" in json.dumps(state["state"]["messages"])
         first = (await s.get("alice", f"/v1/runs/{run_id}/checkpoints/0")).json()["state"]

@@ -15,6 +15,7 @@ import pytest
 from serve_process import Server, add_key, environment, start_server
 
 webdriver = pytest.importorskip("selenium.webdriver")
+from selenium.common.exceptions import StaleElementReferenceException  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support import expected_conditions as ec  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
@@ -76,7 +77,10 @@ def start(site: dict[str, Any], prompt: str, background: bool = False) -> str:
 def status_is(text: str) -> Any:
     def check(driver: Any) -> bool:
         badges = driver.find_elements(By.CSS_SELECTOR, "[data-testid=run-status]")
-        return bool(badges) and badges[0].text.strip() == text
+        try:
+            return bool(badges) and badges[0].text.strip() == text
+        except StaleElementReferenceException:  # swapped by htmx since it was found
+            return False
 
     return check
 
@@ -101,8 +105,15 @@ def test_approve_from_the_page_and_see_the_run_complete(site: dict[str, Any]) ->
     ).get_attribute("value")
     card.find_element(By.CSS_SELECTOR, "[data-testid=approve-button]").click()
     WebDriverWait(driver, WAIT).until(status_is("completed"))
-    items = driver.find_elements(By.CSS_SELECTOR, "[data-testid=timeline-item]")
-    assert any("alice" in i.text and "allow" in i.text for i in items)
+
+    def approved_by_alice(driver: Any) -> bool:
+        items = driver.find_elements(By.CSS_SELECTOR, "[data-testid=timeline-item]")
+        try:
+            return any("alice" in i.text and "allow" in i.text for i in items)
+        except StaleElementReferenceException:
+            return False
+
+    WebDriverWait(driver, WAIT).until(approved_by_alice)
     assert not driver.find_elements(By.CSS_SELECTOR, "[data-testid=approval-card]")
 
 

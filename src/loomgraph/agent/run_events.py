@@ -15,6 +15,7 @@ journaled, so they are not in this source.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -153,9 +154,11 @@ def journal_events(
     transitions: Sequence[Transition],
     effects: Sequence[EffectRecord],
     after: EventId | None = None,
+    *,
+    stopped: bool | None = None,
 ) -> list[JournalEvent]:
     """The events the journal holds for a run, after `after`, stop event included when the
-    run is not running."""
+    run stopped (by default: when its status is not `running`)."""
     out: list[JournalEvent] = []
 
     def add(eid: EventId, event: Event) -> None:
@@ -191,7 +194,7 @@ def journal_events(
         i += 1
         payload = {"node": t.node, "visit": t.visit, "next": t.next_node, "patch": t.patch}
         add(EventId(t.seq, i), _event(record, NODE_COMPLETED, payload, t.seq, t.node, t.at))
-    if record.status != RunStatus.RUNNING:
+    if record.status != RunStatus.RUNNING if stopped is None else stopped:
         last = transitions[-1].seq if transitions else 0
         result = record.result or {}
         payload = {
@@ -213,6 +216,16 @@ Changed = Callable[[str, float], Awaitable[None]]
 
 async def _poll(run_id: str, timeout: float) -> None:
     await asyncio.sleep(timeout)
+
+
+async def _resumed(runtime: RunReader, record: RunRecord) -> bool:
+    """A run resting in a status that is not final (awaiting approval, failed, ...) is being
+    resumed while a worker holds its lease: the status changes only when that resume ends."""
+    if record.status.final:
+        return False
+    read = getattr(runtime, "lease", None)
+    lease = None if read is None else await read(record.run_id)
+    return lease is not None and lease.expires_at > time.time()
 
 
 async def follow_events(
@@ -240,13 +253,13 @@ async def follow_events(
         record = await read(run_id)
         if record is None:
             raise UnknownRun(run_id)
-        stopped = record.status != RunStatus.RUNNING
+        stopped = record.status != RunStatus.RUNNING and not await _resumed(runtime, record)
         transitions = await runtime.transitions(run_id)
         newest = transitions[-1].seq if transitions else 0
         if newest != seen_seq or stopped:
             # Effects are read only when a transition is new: they belong to transitions.
             effects = await runtime.effects(run_id) if newest != seen_seq else []
-            for item in journal_events(record, transitions, effects, after):
+            for item in journal_events(record, transitions, effects, after, stopped=stopped):
                 yield item
                 after = item.id
             seen_seq = newest

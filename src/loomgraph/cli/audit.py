@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from loomgraph.cli.console import say
 from loomgraph.cli.output import EXIT_FAILED, EXIT_OK, usage
 
 
@@ -36,8 +37,13 @@ def add_audit_parser(sub: Any) -> None:
 
 def handle(args: argparse.Namespace) -> int:
     """Run one `loomgraph audit …` command; returns the exit code."""
+    from pathlib import Path
+
     from loomgraph.observability import AuditHead, FileAuditLog
 
+    # A missing file is not an empty log: verifying the wrong path must not print "ok".
+    if not Path(args.file).is_file():
+        return usage(f"no audit log at {args.file}")
     # heal=False: checking a log must not change it (a torn tail is reported, not moved).
     log = FileAuditLog(
         args.file,
@@ -57,8 +63,8 @@ def handle(args: argparse.Namespace) -> int:
             return usage(str(err))
     result = log.verify(expected_head=expected)
     if result.ok:
-        print(f"ok: {result.entries} entries, head {result.head}")
+        say(f"ok: {result.entries} entries, head {result.head}", "green")
         return EXIT_OK
-    print(f"FAILED at seq {result.first_bad_seq}: {result.problem}")
-    print(f"{result.entries} entries verified before it, up to {result.head}")
+    say(f"FAILED at seq {result.first_bad_seq}: {result.problem}", "bold red")
+    say(f"{result.entries} entries verified before it, up to {result.head}")
     return EXIT_FAILED

@@ -21,18 +21,20 @@ def add_parser(subparsers: Any) -> None:
         required=True,
         help="an agent file (.yaml) or MODULE:ATTR naming an Agent (or a function making one)",
     )
-    serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--host", default="127.0.0.1", help="the address to listen on")
+    serve.add_argument("--port", type=int, default=8000, help="the port to listen on")
     serve.add_argument(
         "--dev",
         action="store_true",
         help="development: trust an X-User-Id header (only on a loopback address)",
     )
-    serve.add_argument("--log-level", default="info")
+    serve.add_argument(
+        "--log-level", default="info", help="uvicorn's log level (debug, info, warning, error)"
+    )
     keys = subparsers.add_parser("keys", help="API keys of the server (stored hashed)")
     cmds = keys.add_subparsers(dest="keys_command", required=True)
     add = cmds.add_parser("add", help="make a key for USER and print it (shown once)")
-    add.add_argument("user")
+    add.add_argument("user", help="the user id the key acts as")
     add.add_argument("--agent", required=True, help="the agent (its journal keeps the keys)")
     add.add_argument("--approver", action="store_true", help="may answer approvals")
     add.add_argument("--label", default="", help="a note to tell keys apart")

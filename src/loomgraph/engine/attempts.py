@@ -51,18 +51,23 @@ class ModelAttempts:
         await self.failed(usage, error)
         self.reservation = await self.scope.reserve("model", self._amount)
 
+    async def recover(self) -> None:
+        """The call runs again after a crash: count what the crashed execution's failed
+        attempts billed (charged then, journaled), and number the next attempts after them."""
+        runtime, run_id = self.scope.deps.runtime, self.scope.run_id
+        while (found := await runtime.effect(run_id, self._key(self._number + 1))) is not None:
+            self._number += 1
+            if found.outcome is not None:
+                self.billed += Usage.from_dict(found.outcome.get("usage", {}), trusted=True)
+
+    def _key(self, number: int) -> str:
+        k = self.key
+        return str(EffectKey(self.scope.run_id, k.path, k.visit, f"{k.slot}.attempt{number}"))
+
     async def _journal(self, usage: Usage, error: str) -> None:
         runtime, run_id = self.scope.deps.runtime, self.scope.run_id
-        while True:
-            # Numbered past the attempts a crashed execution of this call journaled already.
-            self._number += 1
-            key = EffectKey(
-                run_id, self.key.path, self.key.visit, f"{self.key.slot}.attempt{self._number}"
-            )
-            if await runtime.effect(run_id, str(key)) is None:
-                break
+        self._number += 1
+        key = self._key(self._number)
         outcome = {"attempt": self._number, "error": error, "usage": usage.to_dict()}
-        await runtime.begin_effect(
-            EffectRecord(run_id, str(key), ATTEMPT_KIND, {"of": str(self.key)})
-        )
-        await runtime.end_effect(run_id, str(key), outcome, EffectStatus.FAILED)
+        await runtime.begin_effect(EffectRecord(run_id, key, ATTEMPT_KIND, {"of": str(self.key)}))
+        await runtime.end_effect(run_id, key, outcome, EffectStatus.FAILED)

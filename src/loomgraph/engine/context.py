@@ -139,9 +139,10 @@ class VisitContext:
         if prior is not None and prior.status == EffectStatus.DONE and prior.outcome is not None:
             return _response_from(prior.outcome)
         call_id = str(key)
+        attempts = ModelAttempts(self.scope, key)
         if prior is not None:  # run again: what an earlier attempt streamed may have gone out
             await self._void(call_id, VoidReason.RECOVERED)
-        attempts = ModelAttempts(self.scope, key)
+            await attempts.recover()
         asked = request.max_tokens  # the caller's own limit; else sized to the caps each try
         for step in range(STEP_RETRIES + 1):
             attempts.held(await self._reserve_model(request, asked), _model_estimate(request))

@@ -25,6 +25,7 @@ from loomgraph.protocols.events import (
     RUN_COMPLETED,
     RUN_STARTED,
     TOOL_CALL,
+    TOOL_PROGRESS,
     TOOL_RESULT,
     Event,
     VoidReason,
@@ -204,6 +205,7 @@ __all__ = [  # noqa: RUF022 - grouped by concept, not sorted
     "RUN_COMPLETED",
     "RUN_STARTED",
     "TOOL_CALL",
+    "TOOL_PROGRESS",
     "TOOL_RESULT",
     "VoidReason",
 ]

@@ -161,7 +161,11 @@ class Service:
     async def _resume(self, run_id: str, **answer: Any) -> None:
         if self.hub.driving(run_id):
             raise Conflict(f"run {run_id!r} is running")
-        await self.hub.start(run_id, self.agent.resume_stream(run_id, **answer))
+        # As for a new run: answered once the resumed run is journaled as running again, so
+        # a follower asking right after the answer does not see the old resting status.
+        await self.hub.start(
+            run_id, self.agent.resume_stream(run_id, **answer), past=_BEFORE_JOURNAL
+        )
 
     async def fork(
         self, caller: Caller, run_id: str, at: int, patch: dict[str, Any] | None
