@@ -56,6 +56,10 @@ def main() -> int:
                     (By.CSS_SELECTOR, "[data-testid=checkpoint-state]")
                 )
             )
+            # Clicking the item scrolled it into view: show the page from its top (the
+            # pending approval and the graph), tall enough for the checkpoint beside them.
+            driver.set_window_size(1400, 1500)
+            driver.execute_script("window.scrollTo(0, 0)")
             driver.save_screenshot(str(out))
         finally:
             driver.quit()

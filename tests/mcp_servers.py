@@ -18,7 +18,12 @@ from mcp.server.mcpserver import Context
 from mcp.server.mcpserver import MCPServer as FastMCP
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp.server.mcpserver.utilities.types import Image
-from mcp.types import EmbeddedResource, TextResourceContents, ToolAnnotations
+from mcp.types import (
+    EmbeddedResource,
+    TextResourceContents,
+    ToolAnnotations,
+    ToolListChangedNotification,
+)
 from pydantic import BaseModel
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -116,7 +121,10 @@ class DocsServer:
         async def grow(ctx: Context) -> str:
             """Adds a tool named `fresh` and tells the client."""
             app.add_tool(lambda: "fresh result", name="fresh", description="A new tool.")
-            await ctx.session.send_tool_list_changed()
+            # Sent with the call's request id: on the call's own stream, before its answer.
+            await ctx.session.send_notification(
+                ToolListChangedNotification(), related_request_id=ctx.request_id
+            )
             return "grown"
 
     # ----------------------------------------------------------------- serving

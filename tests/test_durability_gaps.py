@@ -127,3 +127,35 @@ async def test_a_zombie_worker_stores_no_memory_episode(tmp_path: Path) -> None:
         assert run.status == "running" and run.result is None  # the new holder's to finish
     finally:
         await inner.close()
+
+
+@pytest.mark.parametrize("fork", [False, True])
+async def test_a_run_cancelled_as_it_starts_is_journaled_cancelled(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fork: bool
+) -> None:
+    """Cancelled after the run was journaled but before its graph ran (while `run_started`
+    goes out): the journal says cancelled, not running for ever; a fork's new run too."""
+    import asyncio
+
+    from loomgraph.agent.session import AgentSession
+    from loomgraph.protocols import RunStatus
+
+    runtime = SqliteRuntime(tmp_path / "journal.db")
+    agent = Agent("x", model=ScriptedModel(["one", "two"]), runtime=runtime)
+    first = await agent.run("hi") if fork else None
+
+    async def cancelled(self: AgentSession, scope: Any) -> None:
+        raise asyncio.CancelledError
+
+    monkeypatch.setattr(AgentSession, "_announce", cancelled)
+    try:
+        with pytest.raises(asyncio.CancelledError):
+            if first is not None:
+                await agent.fork(first.run_id, at=0)
+            else:
+                await agent.run("hi")
+        (record,) = [r for r in await runtime.runs() if r.status != RunStatus.COMPLETED]
+        assert record.status == RunStatus.CANCELLED
+        assert await runtime.transitions(record.run_id) == []
+    finally:
+        await runtime.close()

@@ -207,3 +207,29 @@ async def test_otlp_http_export_reaches_a_collector(receiver: Receiver) -> None:
     assert {a.key: a.value.string_value for a in resource.attributes}["service.name"] == (
         "loomgraph"
     )
+
+
+async def test_an_agent_files_otlp_endpoint_exports_under_the_agents_name(
+    receiver: Receiver, tmp_path: Any
+) -> None:
+    path = tmp_path / "agent.yaml"
+    path.write_text(
+        "schema_version: 1\nname: billing-bot\ninstructions: x\nmodel: echo\n"
+        f"telemetry: {{otlp_endpoint: '{receiver.url}'}}\n",
+        encoding="utf-8",
+    )
+    agent = Agent.from_file(path)
+    telemetry = agent.deps.telemetry
+    try:
+        assert (await agent.run("hello")).ok
+        assert telemetry.flush(timeout_s=10)  # type: ignore[attr-defined]
+        assert receiver.got.wait(10)
+    finally:
+        telemetry.shutdown()  # type: ignore[attr-defined]
+    spans = receiver.spans()
+    assert spans["loom.run"][gen_ai.GEN_AI_AGENT_NAME] == "billing-bot"
+    assert "gen_ai.input.messages" not in spans["chat echo"]  # content only when captured
+    assert "/v1/metrics" in receiver.paths
+    resource = receiver.requests[0].resource_spans[0].resource
+    attributes = {a.key: a.value.string_value for a in resource.attributes}
+    assert attributes["service.name"] == "billing-bot"

@@ -207,6 +207,7 @@ class Agent:
             self.instructions,
             prompt,
             on_episode=extraction.schedule if extraction is not None else None,
+            agent_name=self.name,
             **options,
         )
 

@@ -149,16 +149,13 @@ def _audit_log(loaded: AgentFile, spec: AuditLogSpec, problems: list[Problem]) -
 
 
 def _telemetry(spec: TelemetrySpec, name: str) -> Any:
-    from loomgraph.observability import OTelTelemetry
+    from loomgraph.observability import OTelTelemetry, otlp
 
     if spec.otlp_endpoint is None:
         return OTelTelemetry(capture_content=spec.capture_content)
-    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-    from opentelemetry.sdk.resources import Resource
-    from opentelemetry.sdk.trace import TracerProvider
-    from opentelemetry.sdk.trace.export import BatchSpanProcessor
-
-    provider = TracerProvider(resource=Resource.create({"service.name": spec.service_name or name}))
-    endpoint = spec.otlp_endpoint.rstrip("/") + "/v1/traces"
-    provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=endpoint)))
-    return OTelTelemetry(tracer_provider=provider, capture_content=spec.capture_content)
+    # The same exporter as `observability.otlp()`: traces and metrics, named after the agent.
+    return otlp(
+        spec.otlp_endpoint,
+        capture_content=spec.capture_content,
+        service_name=spec.service_name or name,
+    )

@@ -59,12 +59,14 @@ class AgentSession:
         output_retries: int = DEFAULT_RETRIES,
         run_id: str | None = None,
         on_episode: Callable[[Episode], None] | None = None,
+        agent_name: str = "",
     ) -> None:
         self.graph = graph
         self.deps = deps
         self.instructions = instructions
         # Told of every completed run's episode once memory has it (fact extraction).
         self.on_episode = on_episode
+        self.agent_name = agent_name
         self.prompt = prompt
         self.user_id = user_id
         self.session_id = session_id
@@ -78,6 +80,7 @@ class AgentSession:
         # An error the caller gets raised after the run is journaled (an unfit answer).
         self.error: OutputValidationError | None = None
         self.run_id = run_id or uuid.uuid4().hex
+        self._cancel_journaled = False
 
     def _record(self, **fields: Any) -> RunRecord:
         now = time.time()
@@ -109,9 +112,7 @@ class AgentSession:
             )
             await pin(self.deps.runtime, self.graph)  # the graph the run is pinned to
             await self.deps.runtime.start_run(record)
-            await self._announce(scope)  # only once the run is journaled
-            async with hold_lease(self.deps.leases, self.run_id):
-                return await self._drive(scope, state, None, None)
+            return await self._started(scope, state, None, None)
 
     async def continue_from(
         self,
@@ -134,10 +135,7 @@ class AgentSession:
                 return await self._drive(scope, at.state, at.next_node, at.visits)
             await pin(self.deps.runtime, self.graph)
             await self.deps.runtime.start_run(record)
-            await self._announce(scope)
-            # A new run (a fork) is written under its own lease, like any run.
-            async with hold_lease(self.deps.leases, self.run_id):
-                return await self._drive(scope, at.state, at.next_node, at.visits)
+            return await self._started(scope, at.state, at.next_node, at.visits)
 
     @contextlib.asynccontextmanager
     async def _opened(self, record: RunRecord, sink: EventSink) -> AsyncIterator[RunScope]:
@@ -154,6 +152,7 @@ class AgentSession:
                 session_id=self.session_id,
                 user_id=self.user_id,
                 parent_run_id=record.parent_run_id,
+                agent_name=self.agent_name,
             )
             with deps.telemetry.span(semconv.RUN_SPAN, attributes):
                 scope = RunScope(self.run_id, self.user_id, self.session_id, deps, sink, run_child)
@@ -187,6 +186,35 @@ class AgentSession:
         """The `run_started` event, sent once the run's record is in the journal."""
         await scope.emit(RUN_STARTED, {"prompt": self.prompt, "graph": self.graph.name}, None, 0)
 
+    async def _started(
+        self,
+        scope: RunScope,
+        state: dict[str, Any],
+        start: str | None,
+        visits: dict[str, int] | None,
+    ) -> RunResult:
+        """Drive a run just journaled as started, under its own lease (a fork's too)."""
+        try:
+            await self._announce(scope)  # only once the run is journaled
+            async with hold_lease(self.deps.leases, self.run_id):
+                return await self._drive(scope, state, start, visits)
+        except asyncio.CancelledError:
+            # Cancelled before the graph ran (announcing, taking the lease): without this
+            # the journal would say "running" for ever.
+            await self._cancelled(scope)
+            raise
+
+    async def _cancelled(self, scope: RunScope) -> None:
+        """Journal the run as cancelled by its caller, once."""
+        if self._cancel_journaled:
+            return
+        self._cancel_journaled = True
+        reason = "cancelled by the caller"
+        await self.deps.runtime.finish_run(self.run_id, RunStatus.CANCELLED, reason, None)
+        if scope.auditing:
+            ended = trail.run_completed(RunStatus.CANCELLED, reason, Usage())
+            await scope.audit(AuditAction.RUN_COMPLETED, trail.RUN_ACTOR, ended)
+
     async def _drive(
         self,
         scope: RunScope,
@@ -202,11 +230,7 @@ class AgentSession:
                     self.graph, scope, outcome.state, self.finish, outcome.visits
                 )
         except asyncio.CancelledError:
-            reason = "cancelled by the caller"
-            await deps.runtime.finish_run(self.run_id, RunStatus.CANCELLED, reason, None)
-            if scope.auditing:
-                ended = trail.run_completed(RunStatus.CANCELLED, reason, Usage())
-                await scope.audit(AuditAction.RUN_COMPLETED, trail.RUN_ACTOR, ended)
+            await self._cancelled(scope)
             raise
         result = self._result(outcome)
         # Charged but not in the state: the failed step's attempts, crashed attempts.

@@ -93,7 +93,9 @@ class ToolGate:
             request = trail.tool_request(call, decision.rule, content=scope.audit_content)
             await scope.audit(AuditAction.TOOL_REQUEST, self.node, request)
         try:
-            attributes = semconv.tool_attributes(tool=call["tool"], call_id=call["id"])
+            attributes = semconv.tool_attributes(
+                tool=call["tool"], call_id=call["id"], tool_type=spec.get("tool_type", "function")
+            )
             capture = bool(getattr(deps.telemetry, "capture_content", False))
             if capture:
                 attributes[semconv.GEN_AI_TOOL_CALL_ARGUMENTS] = call["args"]

@@ -47,6 +47,9 @@ class ToolSpec(TypedDict, total=False):
     # The arguments that are file paths (matched after resolving symlinks) or shell commands.
     path_params: list[str]
     command_params: list[str]
+    # Where the tool runs, as the OpenTelemetry GenAI conventions name it (`gen_ai.tool.type`):
+    # "function" (in this process, the default) or "extension" (an MCP server's tool).
+    tool_type: str
 
 
 class ToolResult(TypedDict, total=False):

@@ -112,12 +112,14 @@ def run_attributes(
     session_id: str | None = None,
     user_id: str | None = None,
     parent_run_id: str | None = None,
+    agent_name: str | None = None,
 ) -> dict[str, Any]:
-    """Attributes of the `loom.run` span; the session id becomes `gen_ai.conversation.id`."""
+    """Attributes of the `loom.run` span; the session id becomes `gen_ai.conversation.id`,
+    the agent's name `gen_ai.agent.name` (the graph's name for an agent with none)."""
     return _without_none(
         {
             GEN_AI_OPERATION_NAME: OP_INVOKE_AGENT,
-            GEN_AI_AGENT_NAME: graph_name,
+            GEN_AI_AGENT_NAME: agent_name or graph_name,
             GEN_AI_CONVERSATION_ID: session_id,
             LOOM_RUN_ID: run_id,
             LOOM_GRAPH_NAME: graph_name,

@@ -181,13 +181,9 @@ class Service:
     async def cancel(self, caller: Caller, run_id: str) -> RunRecord:
         """Cancel the caller's run: a run driven here is stopped, a waiting one is closed."""
         record = await self.run(caller, run_id)
-        if await self.hub.cancel(run_id):
-            record = await self.run(caller, run_id)
-            if record.status != RunStatus.RUNNING:
-                return record
-            # Cancelled while it was starting, before the session's own handler could
-            # journal it: without this the journal would say "running" for ever.
-        elif record.status == RunStatus.RUNNING:
+        if await self.hub.cancel(run_id):  # the session journals its own cancellation
+            return await self.run(caller, run_id)
+        if record.status == RunStatus.RUNNING:
             raise Conflict(f"run {run_id!r} is driven by another process; cancel it there")
         elif record.status == RunStatus.CANCELLED:
             raise Conflict(f"run {run_id!r} is already cancelled")

@@ -57,6 +57,7 @@ def to_spec(tool: Any, name: str, trust: Trust) -> ToolSpec:
         "destructive": flags["destructive"],
         "egress": flags["egress"],
         "trusted": flags["trusted"],
+        "tool_type": "extension",  # runs in another process, the server's
     }
 
 

@@ -380,6 +380,10 @@ class MCPServer:
             raise  # the SDK has sent `notifications/cancelled` on the way out
         except Exception as exc:
             return await self._failed(name, exc)
+        refreshing = link.refreshing if link is not None else None
+        if refreshing is not None and not refreshing.done():
+            # A change announced during the call (before its answer) is in the next turn.
+            await asyncio.shield(refreshing)
         return to_result(result)
 
     async def _failed(self, name: str, exc: Exception) -> ToolResult:
