@@ -11,8 +11,6 @@ import sys
 import threading
 from pathlib import Path
 
-import pytest
-
 WORKER = str(Path(__file__).with_name("mcp_crash_worker.py"))
 WAIT = 1800.0  # bounded: a loaded machine may take minutes to start Python and the server
 
