@@ -170,11 +170,11 @@ async def _check(plans: list[list[Step]], cap: int, crash: tuple[int, bool] | No
         assert record is not None and record.result is not None
         usage = Usage.from_dict(record.result["usage"], trusted=True)
         owed = provider.billed.get(run_id, Usage())
-        # A run stopped by its cap may not count an attempt billed before the refusal; a run
-        # whose process died right after a ledger commit may lack the attempt that commit
-        # settled (the ledger has it, checked above; see docs/governance.md, "Crashed attempts").
+        # A run whose process died right after a ledger commit may lack the attempt that
+        # commit settled (the ledger has it, checked above; docs/governance.md, "Crashed
+        # attempts"). A run stopped by its cap counts the attempts billed before the refusal.
         died_after_commit = crash is not None and crash[1] and run_id == crashed
-        if record.status != "budget_exhausted" and not died_after_commit:
+        if not died_after_commit:
             assert usage.output_tokens >= owed.output_tokens, (record.status, usage, owed)
             assert usage.prompt_tokens >= owed.prompt_tokens, (record.status, usage, owed)
 

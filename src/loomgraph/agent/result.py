@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from loomgraph.protocols import ModelError, Pending, RunStatus, Usage
+from loomgraph.protocols import BudgetExceeded, ModelError, Pending, RunStatus, Usage
 
 
 @dataclass(slots=True)
@@ -58,8 +58,9 @@ class RunResult:
 
 
 def failed_step_usage(error: BaseException | None) -> Usage:
-    """What the step a run failed on was billed (its model attempts, carried on the error):
-    the step wrote no state, so its usage is not in the state's."""
-    while error is not None and not isinstance(error, ModelError):
+    """What the step a run failed on was billed (its model attempts, carried on the error: a
+    `ModelError`, or the `BudgetExceeded` that refused a retry): the step wrote no state, so
+    its usage is not in the state's."""
+    while error is not None and not isinstance(error, ModelError | BudgetExceeded):
         error = getattr(error, "cause", None) or error.__cause__
     return error.usage if error is not None else Usage()

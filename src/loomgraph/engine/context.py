@@ -20,6 +20,7 @@ from loomgraph.graph.compiled import compile_graph
 from loomgraph.graph.spec import Graph
 from loomgraph.protocols import (
     AuditAction,
+    BudgetExceeded,
     Deps,
     EffectStatus,
     ModelError,
@@ -143,6 +144,25 @@ class VisitContext:
         if prior is not None:  # run again: what an earlier attempt streamed may have gone out
             await self._void(call_id, VoidReason.RECOVERED)
             await attempts.recover()
+        try:
+            response = await self._attempt(request, key, attempts)
+        except BudgetExceeded as err:  # a retry refused: the failed attempts were charged
+            err.usage = attempts.billed
+            raise
+        response.usage += attempts.billed
+        await self.scope.end_effect(key, _response_data(response))
+        if self.scope.auditing:
+            done = trail.model_call(
+                deps.model.name, request, response, content=self.scope.audit_content
+            )
+            await self.scope.audit(AuditAction.MODEL_CALL, self.qualified_node, done)
+        return response
+
+    async def _attempt(
+        self, request: ModelRequest, key: EffectKey, attempts: ModelAttempts
+    ) -> ModelResponse:
+        """The call's attempts, each reserved first: the first answer, or the error."""
+        call_id = str(key)
         asked = request.max_tokens  # the caller's own limit; else sized to the caps each try
         for step in range(STEP_RETRIES + 1):
             attempts.held(await self._reserve_model(request, asked), _model_estimate(request))
@@ -171,15 +191,8 @@ class VisitContext:
                     self._cut_off = call_id
                 raise
             await attempts.settle(response.usage)
-            break
-        response.usage += attempts.billed
-        await self.scope.end_effect(key, _response_data(response))
-        if self.scope.auditing:
-            done = trail.model_call(
-                deps.model.name, request, response, content=self.scope.audit_content
-            )
-            await self.scope.audit(AuditAction.MODEL_CALL, self.qualified_node, done)
-        return response
+            return response
+        raise AssertionError("unreachable: the last attempt returns or raises")
 
     async def _void(self, call_id: str, reason: VoidReason) -> None:
         """Tell the consumer that the chunks `call_id` streamed so far stand for nothing."""

@@ -51,6 +51,9 @@ class BudgetExceeded(LoomgraphError):
         super().__init__(f"budget cap {cap!r} reached" + (f": {detail}" if detail else ""))
         self.cap = cap
         self.detail = detail
+        # What the refused step had been billed already (a model call's failed attempts):
+        # charged, and counted in the run's usage although the step wrote no state.
+        self.usage = Usage()
 
 
 @runtime_checkable
