@@ -23,7 +23,7 @@ from loomgraph.governance import BudgetConfig, Caps, StandardBudget
 from loomgraph.memory import InMemoryMemory
 from loomgraph.models import ScriptedModel
 from loomgraph.observability import FileAuditLog, NoAuditLog, PostgresAuditLog
-from loomgraph.protocols import AuditAction, AuditMode, ModelRequest
+from loomgraph.protocols import AuditAction, AuditMode, ModelError, ModelRequest, Usage
 from loomgraph.runtime import InMemoryRuntime
 
 pg_schema = pg.pg_schema
@@ -196,6 +196,28 @@ async def test_a_budget_block_is_recorded_with_its_cap(tmp_path: Path) -> None:
     assert block["cap"] == "user:bob:tool_calls"
     ended = [e["payload"] for e in audit.entries() if e["action"] == AuditAction.RUN_COMPLETED]
     assert ended[-1]["status"] == "budget_exhausted"
+
+
+class _Overloaded:
+    """A model whose every call fails for good after billing its prompt."""
+
+    name = "overloaded"
+
+    async def stream(self, request: ModelRequest) -> Any:
+        raise ModelError("HTTP 400: prompt is too long", usage=Usage(input_tokens=7))
+        yield  # an async generator
+
+
+async def test_a_failed_model_call_is_recorded_with_its_error(tmp_path: Path) -> None:
+    audit = FileAuditLog(tmp_path / "audit.jsonl", key=KEY)
+    agent = Agent("x", model=_Overloaded(), audit_log=audit)
+    result = await agent.run("go", user_id="bob")
+    assert result.status == "failed"
+    (call,) = [e["payload"] for e in audit.entries() if e["action"] == AuditAction.MODEL_CALL]
+    assert call["finish_reason"] == "error" and call["model"] == "overloaded"
+    assert call["error"] == {"type": "ModelError", "message": "HTTP 400: prompt is too long"}
+    assert call["usage"]["input_tokens"] == 7
+    assert audit.verify().ok
 
 
 async def _cancelled_mid_tool(agent: Agent) -> str:

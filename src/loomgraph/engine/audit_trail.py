@@ -90,6 +90,17 @@ def model_call(
     return payload
 
 
+def model_call_failed(model: str, error: BaseException, usage: Usage) -> dict[str, Any]:
+    """`model_call` of a call that gave up: the model, what its attempts billed, the error
+    (its type and the provider's message, cut short)."""
+    return {
+        "model": model,
+        "usage": usage.to_dict(),
+        "finish_reason": "error",
+        "error": {"type": type(error).__name__, "message": str(error)[:500]},
+    }
+
+
 def tool_request(call: ToolCall, rule: str, *, content: bool) -> dict[str, Any]:
     """`tool_request`: a call about to run, with the rule that allowed it."""
     payload = _call_ref(call, content)

@@ -179,6 +179,9 @@ class VisitContext:
                     continue
                 err.usage = attempts.billed  # the whole call's, for the run's usage
                 await self.scope.end_effect(key, {"error": str(err)}, EffectStatus.FAILED)
+                if self.scope.auditing:
+                    failed = trail.model_call_failed(self.deps.model.name, err, err.usage)
+                    await self.scope.audit(AuditAction.MODEL_CALL, self.qualified_node, failed)
                 if streamed:
                     await self._void(call_id, VoidReason.FAILED)
                 raise
