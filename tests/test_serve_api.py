@@ -12,10 +12,17 @@ from typing import Any
 import httpx
 import pytest
 
+import pg
+from loomgraph import Agent
+from loomgraph.models import ScriptedModel
 from loomgraph.observability import FileAuditLog
 from loomgraph.protocols import EffectStatus
+from loomgraph.runtime import PostgresRuntime
 from loomgraph.serve import DevModeRefused, create_app
-from serve_agent import PAID, make_agent
+from loomgraph.serve.store import PostgresStore
+from serve_agent import PAID, make_agent, pay, script, step
+
+pg_schema = pg.pg_schema
 
 
 class Served:
@@ -41,9 +48,11 @@ class Served:
 
 
 @contextlib.asynccontextmanager
-async def served(tmp_path: Path, **options: Any) -> AsyncIterator[Served]:
+async def served(
+    tmp_path: Path, agent: Agent | None = None, **options: Any
+) -> AsyncIterator[Served]:
     PAID.clear()
-    agent = make_agent(
+    agent = agent or make_agent(
         str(tmp_path / "journal.db"),
         audit_log=FileAuditLog(tmp_path / "audit.jsonl", unsigned=True),
     )
@@ -321,3 +330,39 @@ async def test_a_custom_auth_callable_decides_the_user(tmp_path: Path) -> None:
         made = await s.client.post("/v1/runs", json={"input": "hi"}, headers={"x-team-user": "t1"})
         assert made.json()["user_id"] == "t1"
         assert error(await s.client.get("/v1/runs")) == (401, "unauthorized")
+
+
+async def test_keys_and_runs_are_read_from_the_postgres_journal(
+    tmp_path: Path, pg_schema: str
+) -> None:
+    runtime = PostgresRuntime(pg.postgres_dsn(), schema=pg_schema)
+    agent = Agent("You pay bills.", model=ScriptedModel(script), tools=[pay, step], runtime=runtime)
+    async with served(tmp_path, agent) as s:
+        assert isinstance(s.app.state.service.store, PostgresStore)
+        assert (
+            await s.client.get("/v1/runs", headers={"Authorization": "Bearer lg_x"})
+        ).status_code == 401
+        mine = [(await s.post("alice", "/v1/runs", {"input": f"hi {n}"})).json() for n in range(3)]
+        assert [r["status"] for r in mine] == ["completed"] * 3
+        first = (await s.get("alice", "/v1/runs?limit=2")).json()
+        rest = (await s.get("alice", f"/v1/runs?limit=2&cursor={first['cursor']}")).json()
+        newest_first = [r["run_id"] for r in mine][::-1]
+        assert [r["run_id"] for r in first["runs"] + rest["runs"]] == newest_first
+        assert (await s.get("bob", "/v1/runs")).json()["runs"] == []
+        assert error(await s.get("bob", f"/v1/runs/{mine[0]['run_id']}")) == (404, "not_found")
+        waiting = (await s.post("alice", "/v1/runs", {"input": "pay acme"})).json()
+        assert waiting["status"] == "awaiting_approval"
+        refused = await s.post(
+            "dave", f"/v1/runs/{waiting['run_id']}/approvals/call_pay", {"allow": True}
+        )
+        assert error(refused) == (404, "not_found")  # not dave's run: not even a 403
+    # Only the keys' hashes are in the journal's schema.
+    import asyncpg
+
+    db = await asyncpg.connect(pg.postgres_dsn())
+    try:
+        rows = await db.fetch(f"SELECT key_hash, user_id, approver FROM {pg_schema}.serve_api_keys")
+    finally:
+        await db.close()
+    assert {(r["user_id"], r["approver"]) for r in rows} == {("alice", 1), ("bob", 1), ("dave", 0)}
+    assert not {r["key_hash"] for r in rows} & set(s.keys.values())
