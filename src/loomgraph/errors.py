@@ -7,8 +7,11 @@ already catch a builtin, the builtin stays a base too (shown as `+ ValueError`).
 with where each class lives (relative to `loomgraph.`):
 
     LoomgraphError                          errors
+    ├── ProblemsError                       errors
+    │   ├── AgentFileError + ValueError     authoring.agent_file
+    │   └── DatasetError + ValueError       eval.dataset
     ├── GraphError                          errors
-    │   ├── GraphValidationError            errors
+    │   ├── GraphValidationError + ProblemsError  errors
     │   ├── ConditionError                  errors
     │   ├── NodeError                       errors
     │   ├── StateError                      errors
@@ -21,7 +24,6 @@ with where each class lives (relative to `loomgraph.`):
     ├── OutputValidationError + ValueError  nodes.structured
     ├── ResumeError + ValueError            agent.checkpoints
     ├── ConfigError + ValueError            agent.deps
-    ├── AgentFileError + ValueError         authoring.agent_file
     ├── UnknownRun + KeyError               protocols
     │   └── RunPossiblyLost                 runtime.errors
     ├── BudgetExceeded                      protocols
@@ -108,17 +110,16 @@ class LoomgraphError(Exception):
     """The root of every error loomgraph raises on purpose."""
 
 
-class GraphError(LoomgraphError):
-    """Base class of the errors the graph layer raises."""
+class ProblemsError(LoomgraphError):
+    """A file (a graph, an agent file, a dataset) is invalid; `problems` lists every problem
+    found, not only the first, each with its file and line."""
 
-
-class GraphValidationError(GraphError):
-    """A graph failed validation; `problems` lists every problem found, not only the first."""
+    subject = "input"  # what was invalid, as the message names it
 
     def __init__(self, problems: list[Problem]) -> None:
         self.problems = problems
         lines = "\n".join(f"  {p}" for p in problems)
-        super().__init__(f"invalid graph ({len(problems)} problem(s)):\n{lines}")
+        super().__init__(f"invalid {self.subject} ({len(problems)} problem(s)):\n{lines}")
 
     @property
     def rules(self) -> set[str]:
@@ -134,6 +135,16 @@ class GraphValidationError(GraphError):
     def line(self) -> int | None:
         """The line of the first problem."""
         return self.problems[0].line if self.problems else None
+
+
+class GraphError(LoomgraphError):
+    """Base class of the errors the graph layer raises."""
+
+
+class GraphValidationError(GraphError, ProblemsError):
+    """A graph failed validation; `problems` lists every problem found, not only the first."""
+
+    subject = "graph"
 
 
 class ConditionError(GraphError):

@@ -19,25 +19,21 @@ from loomgraph.authoring.agent_spec import AgentSpec, ModelSpec, model_name_prob
 from loomgraph.authoring.library import load_graph
 from loomgraph.authoring.loader import Lines, graph_from_data, parse_yaml
 from loomgraph.authoring.secrets import redact, substitute_env
-from loomgraph.errors import GraphError, GraphValidationError, LoomgraphError, Problem
+from loomgraph.errors import GraphError, GraphValidationError, Problem, ProblemsError
 from loomgraph.graph.imports import import_object
 from loomgraph.graph.spec import Graph
 
 __all__ = ["AgentFile", "AgentFileError", "agent_json_schema", "load_agent_file"]
 
 
-class AgentFileError(LoomgraphError, ValueError):
-    """An agent file that cannot be used; `problems` lists every problem found."""
+class AgentFileError(ProblemsError, ValueError):
+    """An agent file that cannot be used; `problems` lists every problem found (secrets in
+    their messages redacted)."""
+
+    subject = "agent file"
 
     def __init__(self, problems: list[Problem]) -> None:
-        self.problems = [Problem(p.rule, redact(p.message), p.file, p.line) for p in problems]
-        lines = "\n".join(f"  {p}" for p in self.problems)
-        super().__init__(f"invalid agent file ({len(self.problems)} problem(s)):\n{lines}")
-
-    @property
-    def rules(self) -> set[str]:
-        """The names of the rules broken."""
-        return {p.rule for p in self.problems}
+        super().__init__([Problem(p.rule, redact(p.message), p.file, p.line) for p in problems])
 
 
 @dataclass

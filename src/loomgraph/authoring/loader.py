@@ -130,11 +130,7 @@ def graph_from_data(
     try:
         graph = Graph.model_validate(data)
     except ValidationError as err:
-        for e in err.errors():
-            loc = tuple(e["loc"])
-            line = nearest_line(lines, loc)
-            problems.append(Problem("schema", f"{_dotted(loc)}: {e['msg']}", file, line))
-        raise GraphValidationError(problems) from None
+        raise GraphValidationError(problems + schema_problems(err, lines, file)) from None
     graph._source = file
     graph._lines = dict(lines)
     graph._resolver = resolve_graph_ref
@@ -146,6 +142,19 @@ def graph_from_data(
         raise GraphValidationError(problems)
     graph._validated = validate
     return graph
+
+
+def schema_problems(err: ValidationError, lines: Lines, file: str | None) -> list[Problem]:
+    """Pydantic's errors as `schema` problems, each at the line of its data path."""
+    return [
+        Problem(
+            "schema",
+            f"{_dotted(tuple(e['loc']))}: {e['msg']}",
+            file,
+            nearest_line(lines, tuple(e["loc"])),
+        )
+        for e in err.errors()
+    ]
 
 
 def nearest_line(lines: Lines, loc: tuple[Any, ...]) -> int | None:

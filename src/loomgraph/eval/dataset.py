@@ -9,8 +9,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from loomgraph.authoring.loader import nearest_line, parse_yaml
-from loomgraph.errors import LoomgraphError, Problem
+from loomgraph.authoring.loader import nearest_line, parse_yaml, schema_problems
+from loomgraph.errors import Problem, ProblemsError
 
 __all__ = [
     "AnswerCheck",
@@ -25,13 +25,10 @@ __all__ = [
 ]
 
 
-class DatasetError(LoomgraphError, ValueError):
+class DatasetError(ProblemsError, ValueError):
     """A dataset file is invalid; `problems` lists every problem found, with file and line."""
 
-    def __init__(self, problems: list[Problem]) -> None:
-        self.problems = problems
-        lines = "\n".join(f"  {p}" for p in problems)
-        super().__init__(f"invalid dataset ({len(problems)} problem(s)):\n{lines}")
+    subject = "dataset"
 
 
 class _Strict(BaseModel):
@@ -175,13 +172,7 @@ def _validated(
     try:
         dataset = Dataset.model_validate(data)
     except ValidationError as err:
-        for e in err.errors():
-            loc = tuple(e["loc"])
-            where = ".".join(str(p) for p in loc) or "the top level"
-            problems.append(
-                Problem("schema", f"{where}: {e['msg']}", file, nearest_line(lines, loc))
-            )
-        raise DatasetError(problems) from None
+        raise DatasetError(problems + schema_problems(err, lines, file)) from None
     seen: dict[str, int] = {}
     for index, case in enumerate(dataset.cases):
         if case.id in seen:
