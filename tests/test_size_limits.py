@@ -83,3 +83,76 @@ async def test_tool_arguments_over_the_limit_never_reach_the_tool() -> None:
     (result,) = [e.payload["result"] for e in events if e.kind == "tool_result"]
     assert result["error_type"] == "invalid_arguments" and "at most 1000" in result["content"]
     assert ran == [] and events[-1].payload["status"] == "completed"
+
+
+def _grow(state: Any) -> dict[str, Any]:
+    return {"notes": ["n" * 1_000]}
+
+
+def _rewrite(state: Any) -> dict[str, Any]:
+    return {"plan": "p" * 1_000, "count": state["count"] + 1}
+
+
+LOOPS = """
+name: loops
+entry: step
+state:
+  notes: {type: "list[str]", reducer: append, default: []}
+  plan: {type: str, default: ""}
+  count: {type: int, default: 0}
+nodes:
+  step: {kind: function, call: "lg_size_limits:%s", reads: [count], writes: [%s], max_visits: 40}
+edges:
+  - {from: step, to: step, when: "%s < 30"}
+  - {from: step, to: END}
+"""
+
+
+def _loop(fn: str, writes: str, counter: str) -> Any:
+    import sys
+    import types
+
+    from loomgraph.authoring.loader import graph_from_yaml
+
+    module = types.ModuleType("lg_size_limits")
+    module._grow = _grow  # type: ignore[attr-defined]
+    module._rewrite = _rewrite  # type: ignore[attr-defined]
+    sys.modules["lg_size_limits"] = module
+    return graph_from_yaml(LOOPS % (fn, writes, counter))
+
+
+async def test_a_state_that_would_outgrow_its_limit_fails_before_the_transition_is_written(
+    tmp_path: Path,
+) -> None:
+    runtime = SqliteRuntime(str(tmp_path / "journal.db"))
+    agent = Agent(
+        "x",
+        model="echo",
+        architecture=_loop("_grow", "notes", "notes | length"),
+        runtime=runtime,
+        size_limits=SizeLimits(state_chars=20_000),
+    )
+    result = await agent.run("go")
+    assert result.status == "failed"
+    assert "the run's state would be" in result.reason and "'step'" in result.reason
+    assert "the limit is 20,000" in result.reason
+    transitions = await runtime.transitions(result.run_id)
+    written = sum(len(t.patch.get("notes", [])) for t in transitions)
+    # Every note journaled fits; the one that did not was neither applied nor written.
+    assert 15 <= written < 20 and len(transitions) == written
+    await runtime.close()
+
+
+async def test_a_replaced_field_counts_once_however_often_it_is_rewritten(tmp_path: Path) -> None:
+    runtime = SqliteRuntime(str(tmp_path / "journal.db"))
+    agent = Agent(
+        "x",
+        model="echo",
+        architecture=_loop("_rewrite", "plan, count", "count"),
+        runtime=runtime,
+        size_limits=SizeLimits(state_chars=5_000),  # 30 rewrites of 1,000 characters
+    )
+    result = await agent.run("go")
+    assert result.status == "completed", result.reason
+    assert len(await runtime.transitions(result.run_id)) == 30
+    await runtime.close()

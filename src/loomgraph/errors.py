@@ -15,6 +15,7 @@ with where each class lives (relative to `loomgraph.`):
     │   ├── ConditionError                  errors
     │   ├── NodeError                       errors
     │   ├── StateError                      errors
+    │   │   └── StateTooLarge               engine.state_size
     │   ├── UnknownNodeKind                 graph.registry
     │   ├── UnknownGraph                    authoring.library
     │   ├── RenderError                     authoring.diagram (and .render)

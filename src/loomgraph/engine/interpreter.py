@@ -14,6 +14,7 @@ from typing import Any
 from loomgraph.engine import audit_trail as trail
 from loomgraph.engine.context import VisitContext
 from loomgraph.engine.scope import RunScope
+from loomgraph.engine.state_size import StateSize
 from loomgraph.errors import GraphError, NodeError, StateError
 from loomgraph.graph.compiled import CompiledGraph
 from loomgraph.graph.registry import NodeKind
@@ -160,6 +161,8 @@ async def _step(
         await scope.settle(reservation, Usage())
         reservation = None
         patch = check_patch(graph, node, patch, writes)
+        if not ctx.path:  # a child's state reaches the run's through the patches counted here
+            _state_size(scope, graph, state).check(qualified, patch)
         graph.schema.apply(state, patch)
         await deps.hooks.after_node(qualified, patch)
         target = graph.next_node(node, state, visits)[0] if node in graph.nodes else END
@@ -211,6 +214,14 @@ async def _step(
         scope.seq,
     )
     return target
+
+
+def _state_size(scope: RunScope, graph: CompiledGraph, state: dict[str, Any]) -> StateSize:
+    """The run's state size, measured once per process (at its start or resume)."""
+    if scope.state_size is None:
+        limit = scope.deps.size_limits.state_chars
+        scope.state_size = StateSize(graph.schema, state, limit)
+    return scope.state_size
 
 
 async def _run_with_policy(kind: NodeKind, view: dict[str, Any], ctx: VisitContext) -> Any:

@@ -11,6 +11,7 @@ from typing import Any, Protocol
 
 from loomgraph.engine import audit_trail as trail
 from loomgraph.engine.effects import EffectKey, ResumeInput
+from loomgraph.engine.state_size import StateSize
 from loomgraph.graph.compiled import CompiledGraph
 from loomgraph.protocols import (
     AuditAction,
@@ -61,6 +62,8 @@ class RunScope:
     seq: int = 0
     model_calls: int = 0
     snapshot_seq: int = 0
+    # The size of the run's state as JSON (`SizeLimits.state_chars`), from its first transition.
+    state_size: StateSize | None = None
     budget_scope: BudgetScope = field(init=False)
     # The answer the run was resumed with, until the node or call it is for takes it.
     resume: ResumeInput | None = None

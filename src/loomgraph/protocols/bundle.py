@@ -23,12 +23,16 @@ __all__ = ["Deps", "SizeLimits"]
 @dataclass(frozen=True, slots=True)
 class SizeLimits:
     """How large, in characters, what a run takes in may be: a bigger prompt is refused before
-    anything is written, bigger tool arguments are a tool error (the tool does not run), and a
-    bigger tool result is cut, with a marker the model sees, before it is journaled."""
+    anything is written, bigger tool arguments are a tool error (the tool does not run), a
+    bigger tool result is cut, with a marker the model sees, before it is journaled, and a
+    state that would outgrow `state_chars` fails the run before the transition is written."""
 
     prompt_chars: int = 1_000_000
     tool_args_chars: int = 1_000_000
     tool_result_chars: int = 1_000_000
+    # The run's whole state as JSON: a node whose patch would take it past this fails the
+    # run (`StateTooLarge`) before the transition is journaled.
+    state_chars: int = 10_000_000
 
 
 @dataclass(slots=True)

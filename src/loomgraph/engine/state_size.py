@@ -1,0 +1,62 @@
+"""How large a run's state is, in characters of JSON, kept field by field as patches apply,
+so the `state_chars` size limit is checked before a transition is journaled.
+
+Each field's size is measured once when the tracker starts (at the run's start or resume)
+and then only from patches: an `append` field grows by what is appended, a `replace` field
+takes the new value's size, and a `merge` or `add` field is bounded by its old size plus
+the patch's (an upper bound, never an underestimate).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from loomgraph.errors import StateError
+from loomgraph.graph.state import StateSchema
+
+
+class StateTooLarge(StateError):
+    """A node's patch would take the run's state past `SizeLimits.state_chars`; the patch
+    was not applied or journaled, and the run fails."""
+
+    def __init__(self, node: str, size: int, limit: int) -> None:
+        super().__init__(
+            f"after node {node!r} the run's state would be {size:,} characters of JSON; "
+            f"the limit is {limit:,} (size_limits=SizeLimits(state_chars=...))"
+        )
+        self.node = node
+        self.size = size
+        self.limit = limit
+
+
+def json_size(value: Any) -> int:
+    """The characters `value` takes as compact JSON (what the journal stores)."""
+    return len(json.dumps(value, separators=(",", ":"), ensure_ascii=False, default=str))
+
+
+class StateSize:
+    """The size of one run's state, field by field."""
+
+    __slots__ = ("_fields", "_reducers", "limit", "total")
+
+    def __init__(self, schema: StateSchema, state: Mapping[str, Any], limit: int) -> None:
+        self._reducers = {name: f.reducer for name, f in schema.fields.items()}
+        self._fields = {name: json_size(value) for name, value in state.items()}
+        self.total = sum(self._fields.values())
+        self.limit = limit
+
+    def check(self, node: str, patch: Mapping[str, Any]) -> None:
+        """Count a (checked) patch about to be applied; StateTooLarge if it does not fit."""
+        sizes = dict(self._fields)
+        for name, value in patch.items():
+            added = json_size(value)
+            if self._reducers.get(name, "replace") == "replace":
+                sizes[name] = added
+            else:
+                sizes[name] = sizes.get(name, 0) + added
+        total = sum(sizes.values())
+        if total > self.limit:
+            raise StateTooLarge(node, total, self.limit)
+        self._fields, self.total = sizes, total
