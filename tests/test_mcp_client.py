@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import subprocess
 import sys
@@ -24,7 +25,7 @@ from loomgraph.protocols import EffectStatus
 from loomgraph.runtime import InMemoryRuntime
 from loomgraph.tools import MCPServer, MCPServerError, ToolNameCollision
 from loomgraph.tools.mcp import IDEMPOTENCY_META, SERVER_ERROR
-from mcp_servers import PYTHON, TOKEN, WAIT, DocsServer
+from mcp_servers import PNG, PYTHON, TOKEN, WAIT, DocsServer
 
 TIME = ("-m", "mcp_server_time", "--local-timezone", "UTC")
 SLOW = {"start_timeout": 600.0, "timeout": 600.0}  # a loaded machine starts Python slowly
@@ -202,7 +203,10 @@ async def test_http_structured_output_images_resources_errors_and_the_key(
         results[f"docs_{name}"] for name in ("forecast", "picture", "manual", "broken")
     )
     assert json.loads(forecast["content"]) == {"city": "Oslo", "degrees": 21}
-    assert picture["content"].startswith("[image: image/png,")
+    assert picture["content"].startswith("[image: image/png,")  # for models without eyes
+    assert picture["images"] == [
+        {"media_type": "image/png", "data": base64.b64encode(PNG).decode()}
+    ]
     assert "docs://manual" in manual["content"] and "Turn it off" in manual["content"]
     assert broken["is_error"] and "the index is corrupt" in broken["content"]
     # The idempotency key travelled in _meta, and it is the journal's key for the call.
@@ -305,3 +309,62 @@ async def test_trust_lets_annotations_decide(docs: DocsServer) -> None:
 
 def test_server_error_type_is_documented() -> None:
     assert SERVER_ERROR == "mcp_server_error"
+
+
+async def test_an_mcp_image_reaches_claude_as_an_image_block(docs: DocsServer) -> None:
+    from fake_servers import FakeServer, Reply, sse_message
+    from loomgraph.models.anthropic import AnthropicModel
+
+    claude = FakeServer().start()
+    try:
+        claude.add(
+            Reply(
+                events=sse_message(
+                    [("tool", ("tu_1", "docs_picture", ["{}"]))], stop_reason="tool_use"
+                )
+            ),
+            Reply(events=sse_message([("text", ["one red pixel"])])),
+        )
+        model = AnthropicModel("claude-sonnet-4-6", api_key="test-key", base_url=claude.url)
+        async with Agent(
+            "x",
+            model=model,
+            tools=[docs_server(docs)],
+            permissions=StandardPermissions(allow=["docs_*"]),
+        ) as agent:
+            result = await agent.run("what is in the picture?")
+        assert result.output == "one red pixel"
+        (turn,) = [
+            m for m in claude.bodies[1]["messages"] if m["content"][0]["type"] == "tool_result"
+        ]
+        text, image = turn["content"][0]["content"]
+        assert text["type"] == "text" and text["text"].startswith("[image: image/png,")
+        assert image == {
+            "type": "image",
+            "source": {
+                "type": "base64",
+                "media_type": "image/png",
+                "data": base64.b64encode(PNG).decode(),
+            },
+        }
+    finally:
+        claude.stop()
+
+
+async def test_images_past_the_result_size_limit_are_left_out_and_said_so(
+    docs: DocsServer,
+) -> None:
+    from loomgraph.protocols import SizeLimits
+
+    model = ScriptedModel([calls(("docs_picture", {})), "x"])
+    async with Agent(
+        "x",
+        model=model,
+        tools=[docs_server(docs)],
+        permissions=StandardPermissions(allow=["docs_*"]),
+        size_limits=SizeLimits(tool_result_chars=60),  # the image line fits, its base64 not
+    ) as agent:
+        events = [e async for e in agent.stream("look")]
+    (picture,) = results_of(events)
+    assert "images" not in picture
+    assert "[... 1 image(s) left out:" in picture["content"]

@@ -144,16 +144,25 @@ class ToolGate:
         )
 
     def _cut(self, result: ToolResult) -> ToolResult:
-        """The result, cut to the size limit with a marker the model sees."""
+        """The result, cut to the size limit with a marker the model sees (its images, as
+        base64, count towards the limit too: over it they are left out, and said so)."""
         limit = self.scope.deps.size_limits.tool_result_chars
         content = result.get("content", "")
-        if len(content) <= limit:
+        images = result.get("images") or []
+        pictured = sum(len(image["data"]) for image in images)
+        if len(content) + pictured <= limit:
             return result
-        marker = (
-            f"\n[... cut: the tool returned {len(content)} characters; the first {limit} "
-            "are shown and kept]"
-        )
-        return ToolResult(**{**result, "content": content[:limit] + marker})
+        cut = ToolResult(**result)
+        if images:
+            cut.pop("images")
+            content += f"\n[... {len(images)} image(s) left out: {pictured} characters of base64]"
+        if len(content) > limit:
+            content = content[:limit] + (
+                f"\n[... cut: the tool returned {len(content)} characters; the first {limit} "
+                "are shown and kept]"
+            )
+        cut["content"] = content
+        return cut
 
     def _count_invalid(self, call: ToolCall, result: ToolResult) -> None:
         """Fail the run once a tool rejected the model's arguments too many times in a row:

@@ -32,6 +32,7 @@ from loomgraph.models.tool_args import (
     parse_tool_args,
 )
 from loomgraph.protocols import (
+    ImageBlock,
     Message,
     ModelChunk,
     ModelRequest,
@@ -69,6 +70,17 @@ _FINISH_REASONS = {
 }
 
 
+def _tool_result_content(text: str, images: Sequence[ImageBlock]) -> Any:
+    """A tool result's content: its text, or text and image blocks when it has images."""
+    if not images:
+        return text
+    blocks: list[dict[str, Any]] = [{"type": "text", "text": text}] if text else []
+    for image in images:
+        source = {"type": "base64", "media_type": image["media_type"], "data": image["data"]}
+        blocks.append({"type": "image", "source": source})
+    return blocks
+
+
 def anthropic_messages(messages: Sequence[Message]) -> list[dict[str, Any]]:
     """Map loomgraph messages to Messages API turns.
 
@@ -87,7 +99,7 @@ def anthropic_messages(messages: Sequence[Message]) -> list[dict[str, Any]]:
                 {
                     "type": "tool_result",
                     "tool_use_id": message.get("tool_call_id", ""),
-                    "content": content,
+                    "content": _tool_result_content(content, message.get("images") or []),
                     "is_error": bool(message.get("is_error", False)),
                 }
             )

@@ -48,10 +48,13 @@ class ToolsNode(NodeKind):
 
 
 def _tool_message(call: ToolCall, result: ToolResult) -> Message:
-    return {
+    message: Message = {
         "role": "tool",
         "tool_call_id": call["id"],
         "name": call["tool"],
         "content": result.get("content", ""),
         "is_error": result.get("is_error", False),
     }
+    if result.get("images"):
+        message["images"] = result["images"]
+    return message

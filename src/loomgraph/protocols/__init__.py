@@ -46,6 +46,7 @@ from loomgraph.protocols.ledger import Bindable, LedgerHost, LedgerSite, Postgre
 from loomgraph.protocols.memory import Episode, Memory
 from loomgraph.protocols.messages import (
     INVALID_ARGUMENTS,
+    ImageBlock,
     Message,
     ToolCall,
     ToolResult,
@@ -102,6 +103,7 @@ from loomgraph.protocols.usage import (
 __all__ = [  # noqa: RUF022 - grouped by concept, not sorted
     # messages: the conversation
     "INVALID_ARGUMENTS",
+    "ImageBlock",
     "Message",
     "ToolCall",
     "ToolResult",

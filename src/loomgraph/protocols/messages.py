@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Final, Literal, TypedDict
 
-__all__ = ["INVALID_ARGUMENTS", "Message", "ToolCall", "ToolResult", "ToolSpec"]
+__all__ = ["INVALID_ARGUMENTS", "ImageBlock", "Message", "ToolCall", "ToolResult", "ToolSpec"]
 
 # The `error_type` of a tool result whose call's arguments do not fit the tool's schema: the
 # engine counts these (a model that cannot produce valid arguments must not loop).
@@ -19,6 +19,13 @@ class ToolCall(TypedDict):
     args: dict[str, Any]
 
 
+class ImageBlock(TypedDict):
+    """An image a tool returned, as the provider APIs take it: base64 data and its type."""
+
+    media_type: str  # image/png, image/jpeg, image/gif or image/webp
+    data: str  # base64
+
+
 class _MessageBase(TypedDict):
     role: Literal["user", "assistant", "tool"]
     content: str
@@ -31,6 +38,8 @@ class Message(_MessageBase, total=False):
     tool_call_id: str
     name: str
     is_error: bool
+    # A tool message's images (from `ToolResult.images`), sent where the API takes them.
+    images: list[ImageBlock]
 
 
 class ToolSpec(TypedDict, total=False):
@@ -58,3 +67,6 @@ class ToolResult(TypedDict, total=False):
     content: str
     is_error: bool
     error_type: str
+    # Images for models that can see them (the Anthropic adapter sends them with the result;
+    # others read only `content`, which names each image).
+    images: list[ImageBlock]

@@ -11,7 +11,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Final
 
-from loomgraph.protocols import ToolResult, ToolSpec
+from loomgraph.protocols import ImageBlock, ToolResult, ToolSpec
 
 SERVER_ERROR: Final = "mcp_server_error"
 """The `error_type` of a call that failed because its MCP server failed (died, hung, sent
@@ -62,7 +62,8 @@ def to_spec(tool: Any, name: str, trust: Trust) -> ToolSpec:
 
 
 def to_result(result: Any) -> ToolResult:
-    """A `CallToolResult` as the text the model adapters send; `isError` → an error result."""
+    """A `CallToolResult` as the text the model adapters send, with its images for models
+    that can see them; `isError` → an error result."""
     content = render(result.content, result.structured_content)
     if result.is_error:
         return {
@@ -70,7 +71,19 @@ def to_result(result: Any) -> ToolResult:
             "is_error": True,
             "error_type": "tool_exception",
         }
-    return {"content": content, "is_error": False}
+    images = [
+        ImageBlock(media_type=block.mime_type, data=block.data)
+        for block in result.content
+        if getattr(block, "type", "") == "image" and block.mime_type in IMAGE_TYPES
+    ]
+    done: ToolResult = {"content": content, "is_error": False}
+    if images:
+        done["images"] = images
+    return done
+
+
+# The image types the model APIs take; another type stays a line in the text.
+IMAGE_TYPES = frozenset({"image/png", "image/jpeg", "image/gif", "image/webp"})
 
 
 def render(blocks: Iterable[Any], structured: Any) -> str:
