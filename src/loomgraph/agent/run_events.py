@@ -194,7 +194,7 @@ def journal_events(
         i += 1
         payload = {"node": t.node, "visit": t.visit, "next": t.next_node, "patch": t.patch}
         add(EventId(t.seq, i), _event(record, NODE_COMPLETED, payload, t.seq, t.node, t.at))
-    if record.status != RunStatus.RUNNING if stopped is None else stopped:
+    if (record.status != RunStatus.RUNNING) if stopped is None else stopped:
         last = transitions[-1].seq if transitions else 0
         result = record.result or {}
         payload = {

@@ -161,8 +161,8 @@ class Service:
     async def _resume(self, run_id: str, **answer: Any) -> None:
         if self.hub.driving(run_id):
             raise Conflict(f"run {run_id!r} is running")
-        # As for a new run: answered once the resumed run is journaled as running again, so
-        # a follower asking right after the answer does not see the old resting status.
+        # As for a new run: answered once the resume holds the run's lease, so a follower
+        # asking right after the answer follows the resumed run (see `follow_events`).
         await self.hub.start(
             run_id, self.agent.resume_stream(run_id, **answer), past=_BEFORE_JOURNAL
         )
