@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import pty
 import select
@@ -183,22 +184,34 @@ COMMANDS = {
     "run": ("run", "hello", "-a", "ok.yaml"),
     "validate": ("validate", "ok.yaml"),
     "graphs": ("graphs",),
+    "render": ("render", "react", "-o", "react.svg"),
     "runs-list": ("runs", "list", "-a", "ok.yaml"),
+    "runs-show": ("runs", "show", "RUN", "-a", "ok.yaml"),
+    "runs-diff": ("runs", "diff", "RUN", "0", "1", "-a", "ok.yaml"),
+    "runs-pending": ("runs", "pending", "-a", "ask.yaml"),
+    "render-run": ("render", "react", "--run", "RUN", "-a", "ok.yaml", "-o", "run.svg"),
     "audit-verify": ("audit", "verify", "missing.jsonl", "--unsigned"),
 }
+# Commands that read a run: one is made first, and RUN stands for its id.
+NEEDS_A_RUN = {"runs-list", "runs-show", "runs-diff", "render-run"}
 
 
 @pytest.mark.parametrize("name", sorted(COMMANDS))
 def test_plain_when_piped_colour_in_a_terminal(work: Path, name: str) -> None:
-    if name == "runs-list":
-        assert piped(work, "run", "first", "-a", "ok.yaml").returncode == 0
-    done = piped(work, *COMMANDS[name])
+    command = COMMANDS[name]
+    if name in NEEDS_A_RUN:
+        made = piped(work, "run", "first", "-a", "ok.yaml", "--json")
+        run_id = json.loads(made.stdout.splitlines()[-1])["run_id"]
+        command = tuple(run_id if arg == "RUN" else arg for arg in command)
+    if name == "runs-pending":
+        assert piped(work, "run", "hi", "-a", "ask.yaml").returncode == 3
+    done = piped(work, *command)
     assert ESC not in done.stdout + done.stderr, name
-    code, shown = in_terminal(work, *COMMANDS[name])
+    code, shown = in_terminal(work, *command)
     assert code == done.returncode, shown
     if name != "graphs":  # a bare list of names has nothing to colour
         assert ESC in shown, shown
-    code, shown = in_terminal(work, *COMMANDS[name], NO_COLOR="1")
+    code, shown = in_terminal(work, *command, NO_COLOR="1")
     assert ESC not in shown
 
 

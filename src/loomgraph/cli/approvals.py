@@ -10,7 +10,7 @@ from typing import Any
 
 from loomgraph.cli import agent_args
 from loomgraph.cli import runs as cli_runs
-from loomgraph.cli.output import EXIT_OK, print_result
+from loomgraph.cli.output import EXIT_OK, print_result, table
 from loomgraph.engine.effects import Approval
 from loomgraph.protocols import Decision, RunStatus, Runtime, ToolCall
 
@@ -109,14 +109,21 @@ async def _pending(args: argparse.Namespace, runtime: Runtime) -> int:
         for row in rows:
             print(json.dumps(row))
         return EXIT_OK
-    for row in rows:
-        taint = " [tainted]" if row["tainted"] else ""
-        print(
-            f"{row['run_id']}  {row['call_id']}  {row['tool']}({json.dumps(row['args'])})  "
-            f"rule={row['rule']}{taint}"
-        )
     if not rows:
         print("no run awaits approval", file=sys.stderr)
+        return EXIT_OK
+    table(
+        ("run", "call", "tool and arguments", "rule"),
+        [
+            (
+                r["run_id"],
+                r["call_id"],
+                f"{r['tool']}({json.dumps(r['args'])})",
+                r["rule"] + (" [tainted]" if r["tainted"] else ""),
+            )
+            for r in rows
+        ],
+    )
     return EXIT_OK
 
 

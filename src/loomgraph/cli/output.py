@@ -246,11 +246,12 @@ def print_diff(
         )
         return
     if not changes:
-        print(f"no change between {seq_a} and {seq_b}")
+        say(f"no change between {seq_a} and {seq_b}")
     for name, (old, new) in changes.items():
-        print(f"{name}:")
+        say(f"{name}:", "bold")
         if isinstance(old, list) and isinstance(new, list) and new[: len(old)] == old:
             for item in new[len(old) :]:  # an append reducer: show only what was added
-                print(f"  + {compact(item)}")
+                say(f"  + {compact(item)}", "green")
         else:
-            print(f"  - {compact(old)}\n  + {compact(new)}")
+            say(f"  - {compact(old)}", "red")
+            say(f"  + {compact(new)}", "green")

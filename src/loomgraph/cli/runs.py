@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from loomgraph.cli import agent_args
+from loomgraph.cli.console import say
 from loomgraph.cli.output import (
     EXIT_FAILED,
     EXIT_OK,
@@ -405,8 +406,9 @@ async def _render(args: argparse.Namespace, runtime: Runtime) -> int:
         )
     overlay = RunOverlay.from_record(record, transitions)
     render(graph, Path(args.output), run=overlay, expand=getattr(args, "expand", False))
-    print(
+    say(
         f"wrote {args.output} (run {record.run_id}, status {record.status}, "
-        f"{len(transitions)} transitions)"
+        f"{len(transitions)} transitions)",
+        "green",
     )
     return EXIT_OK
