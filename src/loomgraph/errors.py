@@ -81,7 +81,7 @@ with where each class lives (relative to `loomgraph.`):
     ├── MissingToolDependency + LookupError tools.context
     ├── JsonArgumentsInvalid + ValueError   tools.json_schema
     ├── AgentNotFound + ValueError          cli.agent_args
-    └── UsageError                          cli.runs
+    └── UsageError                          cli.journal
 
 Three exceptions stay outside on purpose: they are raised and caught inside one module and
 never reach a caller — `authoring.loader._AliasRefused`, `governance.hooks._Failed` and

@@ -125,3 +125,65 @@ def build_agent(
     overrides.setdefault("model", "echo")
     overrides.setdefault("architecture", default_graph)
     return Agent(overrides.pop("instructions", ""), **overrides)
+
+
+def add_agent_options(
+    parser: argparse.ArgumentParser, graph_default: str | None, *, graph: bool = True
+) -> None:
+    """The options that make an Agent: agent file, graph, model, tools; without `graph`, the
+    caller adds its own `--graph`."""
+    if not any("--agent" in a.option_strings for a in parser._actions):
+        add_agent_file_option(parser)
+    if graph:
+        parser.add_argument(
+            "--graph",
+            default=None,
+            help="built-in graph name or YAML file (default: the agent file's, else "
+            + (f"{graph_default})" if graph_default else "the run's graph)"),
+        )
+    parser.add_argument(
+        "--model",
+        default=None,
+        help="echo, claude-NAME, anthropic:NAME, openai:NAME, or MODULE:ATTR naming a "
+        "Model object or a function returning one (default: the agent file's, else echo)",
+    )
+    parser.add_argument(
+        "--tools",
+        nargs="*",
+        default=None,
+        metavar="MODULE:ATTR",
+        help="tools to offer: functions, or lists of functions, by import path "
+        "(looked for in the current directory first)",
+    )
+
+
+def add_permissions_option(parser: argparse.ArgumentParser) -> None:
+    """`--permissions FILE`: the rules a run is governed by (and pinned to)."""
+    parser.add_argument(
+        "--permissions",
+        default=None,
+        metavar="FILE",
+        help="a permission file (YAML: mode, allow, ask, deny, per_user, sets); a run is "
+        "resumed only under the permissions it started with",
+    )
+
+
+def add_runtime_option(parser: argparse.ArgumentParser, *, required: bool) -> None:
+    """`--runtime`: the journal, `sqlite:PATH` or `postgres://…`."""
+    # Never required by argparse: `--agent FILE` may name the journal instead.
+    del required
+    parser.add_argument(
+        "--runtime",
+        default=None,
+        metavar="JOURNAL",
+        help="the journal: sqlite:PATH or postgres://user@host/db (default: the agent file's)",
+    )
+
+
+def load_permissions(path: str | None) -> Any:
+    """The permissions of `--permissions FILE`, or None for the defaults."""
+    if path is None:
+        return None
+    from loomgraph.governance.permissions import StandardPermissions
+
+    return StandardPermissions.from_file(path)

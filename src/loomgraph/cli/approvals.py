@@ -8,8 +8,7 @@ import json
 import sys
 from typing import Any
 
-from loomgraph.cli import agent_args
-from loomgraph.cli import runs as cli_runs
+from loomgraph.cli import agent_args, journal
 from loomgraph.cli.output import EXIT_OK, print_result, table
 from loomgraph.engine.effects import Approval
 from loomgraph.protocols import Decision, RunStatus, Runtime, ToolCall
@@ -63,14 +62,14 @@ def add_parsers(cmds: Any) -> list[argparse.ArgumentParser]:
         cmd.add_argument(
             "--as", dest="approver", default="", metavar="APPROVER", help="who answers"
         )
-        cli_runs.add_agent_options(cmd, None)
-        cli_runs.add_permissions_option(cmd)
+        agent_args.add_agent_options(cmd, None)
+        agent_args.add_permissions_option(cmd)
     approve.add_argument(
         "--args", default=None, metavar="JSON", help="edited arguments (checked again)"
     )
     deny.add_argument("--reason", default="", help="why, for the model and the audit log")
     for cmd in (pending, approve, deny):
-        cli_runs.add_runtime_option(cmd, required=True)
+        agent_args.add_runtime_option(cmd, required=True)
         cmd.add_argument("--json", action="store_true", help="print JSON lines")
     return [pending, approve, deny]
 
@@ -81,7 +80,7 @@ COMMANDS = frozenset({"pending", "approve", "deny"})
 def handle(args: argparse.Namespace) -> int:
     """Run `runs pending | approve | deny`; returns the exit code."""
     command = _pending if args.runs_command == "pending" else _answer
-    return cli_runs.journaled(args, command)
+    return journal.journaled(args, command)
 
 
 async def _pending(args: argparse.Namespace, runtime: Runtime) -> int:
@@ -119,7 +118,7 @@ async def _pending(args: argparse.Namespace, runtime: Runtime) -> int:
                 r["run_id"],
                 r["call_id"],
                 f"{r['tool']}({json.dumps(r['args'])})",
-                r["rule"] + (" [tainted]" if r["tainted"] else ""),
+                f"{r['rule']}{' [tainted]' if r['tainted'] else ''}",
             )
             for r in rows
         ],
@@ -128,15 +127,15 @@ async def _pending(args: argparse.Namespace, runtime: Runtime) -> int:
 
 
 async def _answer(args: argparse.Namespace, runtime: Runtime) -> int:
-    record, _ = await cli_runs.load_record(runtime, args.run_id)
+    record, _ = await journal.load_record(runtime, args.run_id)
     edited = None
     if args.runs_command == "approve" and args.args is not None:
         try:
             edited = json.loads(args.args)
         except json.JSONDecodeError as err:
-            raise cli_runs.UsageError(f"--args is not JSON: {err}") from None
+            raise journal.UsageError(f"--args is not JSON: {err}") from None
         if not isinstance(edited, dict):
-            raise cli_runs.UsageError("--args must be a JSON object of arguments")
+            raise journal.UsageError("--args must be a JSON object of arguments")
     answer = Approval(
         args.call_id,
         args.runs_command == "approve",
@@ -144,6 +143,6 @@ async def _answer(args: argparse.Namespace, runtime: Runtime) -> int:
         approver=args.approver,
         reason=args.reason if args.runs_command == "deny" else "",
     )
-    agent = cli_runs.agent_for(args, runtime, record, cli_runs.load_permissions(args.permissions))
+    agent = journal.agent_for(args, runtime, record, agent_args.load_permissions(args.permissions))
     result = await agent.resume(args.run_id, approve=answer)
     return print_result(result, args.json)

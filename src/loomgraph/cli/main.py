@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from loomgraph.cli import agent_args
+from loomgraph.cli import agent_args, journal
 from loomgraph.cli import approvals as cli_approvals
 from loomgraph.cli import audit as cli_audit
 from loomgraph.cli import evaluate as cli_evaluate
@@ -75,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     render.add_argument(
         "--expand", action="store_true", help="draw the graphs map/subgraph nodes run, inline"
     )
-    cli_runs.add_runtime_option(render, required=False)
+    agent_args.add_runtime_option(render, required=False)
     schema = sub.add_parser("schema", help="print the JSON Schema of graph (or agent) files")
     schema.add_argument(
         "--agent", action="store_true", help="the schema of agent files instead of graph files"
@@ -151,7 +151,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         ValueError,
         ImportError,
         OSError,
-        cli_runs.UsageError,
+        journal.UsageError,
     ) as err:
         return usage(str(err))
 

@@ -10,7 +10,7 @@ from typing import Any
 
 from loomgraph.cli import agent_args
 from loomgraph.cli import approvals as cli_approvals
-from loomgraph.cli import runs as cli_runs
+from loomgraph.cli import journal as cli_journal
 from loomgraph.cli.console import colour, warn
 from loomgraph.cli.output import EXIT_FAILED, EXIT_INTERRUPTED, emit_event, exit_code
 
@@ -20,7 +20,7 @@ def add_run_parser(sub: Any) -> None:
     run = sub.add_parser("run", help="run an agent on a prompt and stream its events")
     run.add_argument("prompt", help="what the user asks")
     agent_args.add_agent_file_option(run)
-    cli_runs.add_agent_options(run, "react")
+    agent_args.add_agent_options(run, "react")
     run.add_argument(
         "--instructions",
         default=None,
@@ -31,8 +31,8 @@ def add_run_parser(sub: Any) -> None:
     run.add_argument(
         "--json", action="store_true", help="print events as JSON Lines (one object a line)"
     )
-    cli_runs.add_runtime_option(run, required=False)
-    cli_runs.add_permissions_option(run)
+    agent_args.add_runtime_option(run, required=False)
+    agent_args.add_permissions_option(run)
     run.add_argument(
         "--approve",
         action="store_true",
@@ -62,14 +62,14 @@ def handle(args: argparse.Namespace) -> int:
 
 async def _run(args: argparse.Namespace, started: dict[str, str]) -> int:
     journal = agent_args.runtime_of(args)
-    runtime = cli_runs.open_journal(journal, create=True) if journal else None
+    runtime = cli_journal.open_journal(journal, create=True) if journal else None
     args.runtime = journal  # who answers an ask depends on whether there is a journal
     default = None if args.agent else "You are a helpful assistant."
     agent = agent_args.build_agent(
         args,
         instructions=args.instructions or default,
         runtime=runtime,
-        permissions=cli_runs.load_permissions(args.permissions),
+        permissions=agent_args.load_permissions(args.permissions),
         approval_handler=cli_approvals.approver_for(args),
     )
     status = "failed"

@@ -3,96 +3,29 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from loomgraph.cli import agent_args
+from loomgraph.cli import agent_args, journal
 from loomgraph.cli.console import say
 from loomgraph.cli.output import (
-    EXIT_FAILED,
     EXIT_OK,
-    emit_event,
     print_diff,
     print_result,
     print_run,
     print_runs,
     usage,
 )
-from loomgraph.errors import GraphError, LoomgraphError
-from loomgraph.governance.null import NoHooks
 from loomgraph.protocols import (
     RunRecord,
     RunStatus,
     Runtime,
-    Transition,
-    UnknownRun,
-    close_backend,
 )
-from loomgraph.runtime.errors import JournalError, RunConflict
-
-
-class UsageError(LoomgraphError):
-    """Bad input on the command line: an unknown run, seq, journal or graph (exit code 2)."""
-
 
 # ------------------------------------------------------------------ parsers
-
-
-def add_agent_options(
-    parser: argparse.ArgumentParser, graph_default: str | None, *, graph: bool = True
-) -> None:
-    """The options that make an Agent: agent file, graph, model, tools; without `graph`, the
-    caller adds its own `--graph`."""
-    if not any("--agent" in a.option_strings for a in parser._actions):
-        agent_args.add_agent_file_option(parser)
-    if graph:
-        parser.add_argument(
-            "--graph",
-            default=None,
-            help="built-in graph name or YAML file (default: the agent file's, else "
-            + (f"{graph_default})" if graph_default else "the run's graph)"),
-        )
-    parser.add_argument(
-        "--model",
-        default=None,
-        help="echo, claude-NAME, anthropic:NAME, openai:NAME, or MODULE:ATTR naming a "
-        "Model object or a function returning one (default: the agent file's, else echo)",
-    )
-    parser.add_argument(
-        "--tools",
-        nargs="*",
-        default=None,
-        metavar="MODULE:ATTR",
-        help="tools to offer: functions, or lists of functions, by import path "
-        "(looked for in the current directory first)",
-    )
-
-
-def add_permissions_option(parser: argparse.ArgumentParser) -> None:
-    """`--permissions FILE`: the rules a run is governed by (and pinned to)."""
-    parser.add_argument(
-        "--permissions",
-        default=None,
-        metavar="FILE",
-        help="a permission file (YAML: mode, allow, ask, deny, per_user, sets); a run is "
-        "resumed only under the permissions it started with",
-    )
-
-
-def add_runtime_option(parser: argparse.ArgumentParser, *, required: bool) -> None:
-    """`--runtime`: the journal, `sqlite:PATH` or `postgres://…`."""
-    # Never required by argparse: `--agent FILE` may name the journal instead.
-    del required
-    parser.add_argument(
-        "--runtime",
-        default=None,
-        metavar="JOURNAL",
-        help="the journal: sqlite:PATH or postgres://user@host/db (default: the agent file's)",
-    )
 
 
 def add_runs_parser(sub: Any) -> Any:
@@ -116,7 +49,7 @@ def add_runs_parser(sub: Any) -> Any:
     )
     resume = cmds.add_parser("resume", help="continue a crashed, failed or cancelled run")
     resume.add_argument("run_id", help="the run to continue")
-    add_agent_options(resume, None, graph=False)
+    agent_args.add_agent_options(resume, None, graph=False)
     resume.add_argument(
         "--break-dead-lease",
         action="store_true",
@@ -127,7 +60,7 @@ def add_runs_parser(sub: Any) -> Any:
         "retry", help="resume a dead letter (or any run), its failed recoveries forgotten"
     )
     retry.add_argument("run_id", help="the run to retry")
-    add_agent_options(retry, None, graph=False)
+    agent_args.add_agent_options(retry, None, graph=False)
     for cmd in (resume, retry):
         cmd.add_argument(
             "--graph",
@@ -155,7 +88,7 @@ def add_runs_parser(sub: Any) -> Any:
         metavar="JSON",
         help='state patch applied with the reducers, e.g. \'{"input": "…"}\'',
     )
-    add_agent_options(fork, None)
+    agent_args.add_agent_options(fork, None)
     diff = cmds.add_parser("diff", help="what changed in the state between two checkpoints")
     diff.add_argument("run_id", help="the run")
     diff.add_argument("seq_a", type=int, help="the earlier checkpoint (0 is the first state)")
@@ -164,11 +97,11 @@ def add_runs_parser(sub: Any) -> Any:
         "--graph", default=None, help="graph to rebuild the states with (default: the run's)"
     )
     for cmd in (resume, retry, fork):
-        add_permissions_option(cmd)
+        agent_args.add_permissions_option(cmd)
     for cmd in (listing, show, diff):
         agent_args.add_agent_file_option(cmd)
     for cmd in (listing, show, resume, retry, fork, diff):
-        add_runtime_option(cmd, required=True)
+        agent_args.add_runtime_option(cmd, required=True)
         cmd.add_argument("--json", action="store_true", help="print JSON Lines")
     return cmds
 
@@ -186,78 +119,17 @@ def handle(args: argparse.Namespace) -> int:
         "fork": _fork,
         "diff": _diff,
     }[args.runs_command]
-    return journaled(args, command)
+    return journal.journaled(args, command)
 
 
 def render_run(args: argparse.Namespace) -> int:
     """`loomgraph render GRAPH --run RUN_ID --runtime …`: the diagram with the run's path."""
     if not agent_args.runtime_of(args):
         return usage("render --run needs --runtime (sqlite:PATH or postgres://…) or --agent FILE")
-    return journaled(args, _render)
-
-
-def journaled(
-    args: argparse.Namespace, command: Callable[[argparse.Namespace, Runtime], Awaitable[int]]
-) -> int:
-    """Open the journal, run the command, close the journal; errors become exit codes."""
-
-    async def go() -> int:
-        journal = agent_args.runtime_of(args)
-        if not journal:
-            raise UsageError("no journal: pass --runtime sqlite:PATH|postgres://… or --agent FILE")
-        runtime = open_journal(journal)
-        try:
-            return await command(args, runtime)
-        finally:
-            await close_backend(runtime)
-
-    try:
-        return asyncio.run(go())
-    except RunConflict as err:  # another worker is advancing the run: not ours to run now
-        hint = (
-            " (a live worker, or one on another host: if it crashed, its lease expires "
-            "after lease_seconds; on its own host a dead worker's lease is taken over at once)"
-            if err.owner
-            else ""
-        )
-        print(f"loomgraph: {err}{hint}", file=sys.stderr)
-        return EXIT_FAILED
-    except (
-        UsageError,
-        UnknownRun,
-        JournalError,
-        GraphError,
-        ValueError,
-        ImportError,
-        OSError,
-    ) as err:  # GraphChanged is a GraphError
-        return usage(str(err))
-
-
-def open_journal(spec: str, *, create: bool = False) -> Runtime:
-    """The journal a `--runtime` names; unless `create`, an SQLite file must exist already."""
-    from loomgraph.agent.deps import resolve_runtime
-
-    if spec.startswith("sqlite:") and not create:
-        path = spec.removeprefix("sqlite:")
-        if path != ":memory:" and not Path(path).is_file():
-            # Opening would create an empty journal; a typo should not look like "no runs".
-            raise UsageError(f"no journal at {path!r}")
-    elif spec == "memory":
-        raise UsageError(
-            "--runtime memory keeps nothing between commands; use sqlite:PATH or postgres://…"
-        )
-    return resolve_runtime(spec)
+    return journal.journaled(args, _render)
 
 
 # ------------------------------------------------------------------ reading
-
-
-async def load_record(runtime: Runtime, run_id: str) -> tuple[RunRecord, list[Transition]]:
-    record = await runtime.load_run(run_id)
-    if record is None:
-        raise UsageError(f"unknown run {run_id!r}")
-    return record, await runtime.transitions(run_id)
 
 
 async def _compiled(runtime: Runtime, graph: str | None, record: RunRecord) -> Any:
@@ -293,7 +165,7 @@ async def _list(args: argparse.Namespace, runtime: Runtime) -> int:
 async def _show(args: argparse.Namespace, runtime: Runtime) -> int:
     from loomgraph.agent.checkpoints import position
 
-    record, transitions = await load_record(runtime, args.run_id)
+    record, transitions = await journal.load_record(runtime, args.run_id)
     effects = await runtime.effects(args.run_id)
     state = position(await _compiled(runtime, args.graph, record), record, transitions).state
     print_run(record, transitions, effects, state, args.json)
@@ -303,11 +175,11 @@ async def _show(args: argparse.Namespace, runtime: Runtime) -> int:
 async def _diff(args: argparse.Namespace, runtime: Runtime) -> int:
     from loomgraph.agent.checkpoints import diff, position
 
-    record, transitions = await load_record(runtime, args.run_id)
+    record, transitions = await journal.load_record(runtime, args.run_id)
     last = max((t.seq for t in transitions), default=0)
     for seq in (args.seq_a, args.seq_b):
         if not 0 <= seq <= last:
-            raise UsageError(
+            raise journal.UsageError(
                 f"run {args.run_id} has no checkpoint {seq}; it has 0..{last} "
                 "(0 is the first state)"
             )
@@ -321,50 +193,10 @@ async def _diff(args: argparse.Namespace, runtime: Runtime) -> int:
 # ------------------------------------------------------------------ running
 
 
-def agent_for(
-    args: argparse.Namespace,
-    runtime: Runtime,
-    record: RunRecord,
-    permissions: Any = None,
-    architecture: Any = None,
-) -> Any:
-    """An Agent for resuming or forking `record`: `architecture`, else --graph or the agent
-    file's graph, else the run's graph by name; the given tools and permissions (a run
-    resumes only under the policy it is pinned to)."""
-    return agent_args.build_agent(
-        args,
-        instructions=None if args.agent else "",
-        runtime=runtime,
-        architecture=architecture or (None if args.agent else record.graph_name),
-        hooks=_Printer(args.json),
-        permissions=permissions,
-    )
-
-
-def load_permissions(path: str | None) -> Any:
-    """The permissions of `--permissions FILE`, or None for the defaults."""
-    if path is None:
-        return None
-    from loomgraph.governance.permissions import StandardPermissions
-
-    return StandardPermissions.from_file(path)
-
-
-class _Printer(NoHooks):
-    """Hooks that print each event of the run, as `loomgraph run` does."""
-
-    def __init__(self, as_json: bool) -> None:
-        self.as_json = as_json
-
-    async def on_event(self, event: Any) -> None:
-        """Print the event."""
-        emit_event(event, self.as_json)
-
-
 async def _resume(args: argparse.Namespace, runtime: Runtime) -> int:
     from loomgraph.agent.pinning import compile_pinned
 
-    record, _ = await load_record(runtime, args.run_id)
+    record, _ = await journal.load_record(runtime, args.run_id)
     choice = "pinned" if args.graph_choice == "pinned" else "current"
     architecture: Any = {"pinned": None, "current": record.graph_name}.get(
         args.graph_choice, args.graph_choice
@@ -373,23 +205,25 @@ async def _resume(args: argparse.Namespace, runtime: Runtime) -> int:
         # The run's own graph, from the journal: its file may have changed or gone since.
         kept = await runtime.graph(record.graph_hash)
         architecture = compile_pinned(kept).graph if kept is not None else record.graph_name
-    agent = agent_for(args, runtime, record, load_permissions(args.permissions), architecture)
+    agent = journal.agent_for(
+        args, runtime, record, agent_args.load_permissions(args.permissions), architecture
+    )
     go_on = agent.retry if args.runs_command == "retry" else agent.resume
     result = await go_on(args.run_id, graph=choice)
     return print_result(result, args.json)
 
 
 async def _fork(args: argparse.Namespace, runtime: Runtime) -> int:
-    record, _ = await load_record(runtime, args.run_id)
+    record, _ = await journal.load_record(runtime, args.run_id)
     patch = None
     if args.patch is not None:
         try:
             patch = json.loads(args.patch)
         except json.JSONDecodeError as err:
-            raise UsageError(f"--patch is not JSON: {err}") from None
+            raise journal.UsageError(f"--patch is not JSON: {err}") from None
         if not isinstance(patch, dict):
-            raise UsageError("--patch must be a JSON object of state fields")
-    agent = agent_for(args, runtime, record, load_permissions(args.permissions))
+            raise journal.UsageError("--patch must be a JSON object of state fields")
+    agent = journal.agent_for(args, runtime, record, agent_args.load_permissions(args.permissions))
     result = await agent.fork(args.run_id, at=args.at, patch=patch)
     return print_result(result, args.json)
 
@@ -398,10 +232,10 @@ async def _render(args: argparse.Namespace, runtime: Runtime) -> int:
     from loomgraph.authoring.library import load_graph
     from loomgraph.authoring.render import RunOverlay, render
 
-    record, transitions = await load_record(runtime, args.run)
+    record, transitions = await journal.load_record(runtime, args.run)
     graph = load_graph(agent_args.graph_of(args, record.graph_name))
     if graph.name != record.graph_name:
-        raise UsageError(
+        raise journal.UsageError(
             f"run {record.run_id} was made with graph {record.graph_name!r}, not {graph.name!r}"
         )
     overlay = RunOverlay.from_record(record, transitions)
