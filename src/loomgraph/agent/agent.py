@@ -9,39 +9,28 @@ from typing import Any
 from loomgraph.agent.checkpoints import (
     Checkpoint,
     Position,
-    ResumeError,
-    approval,
     history,
-    not_answered,
     position,
-    resume_value,
 )
 from loomgraph.agent.deps import build_deps
 from loomgraph.agent.from_file import agent_arguments
-from loomgraph.agent.governance_state import check_policy, describe_policy
-from loomgraph.agent.leases import hold_lease
+from loomgraph.agent.governance_state import describe_policy
 from loomgraph.agent.memory_wiring import wire_memory
 from loomgraph.agent.pinning import (
-    GRAPH_CHOICES,
     GraphChoice,
     check_move,
-    move_run,
-    not_kept,
     run_graph,
 )
 from loomgraph.agent.recovery import (
     DEFAULT_MAX_RECOVERIES,
-    begin_recovery,
-    end_recovery,
     reset_recoveries,
 )
 from loomgraph.agent.result import RunResult
+from loomgraph.agent.resuming import NO_VALUE, Resumer, prompt_of
 from loomgraph.agent.run_events import EventId, JournalEvent, follow_events
 from loomgraph.agent.session import AgentSession
 from loomgraph.agent.streaming import event_stream
 from loomgraph.authoring.library import load_graph
-from loomgraph.engine.effects import ResumeInput
-from loomgraph.engine.scope import EventSink
 from loomgraph.governance.hooks import Hooks as GovernanceHooks
 from loomgraph.governance.null import NoHooks
 from loomgraph.graph.compiled import CompiledGraph, compile_graph
@@ -51,8 +40,6 @@ from loomgraph.nodes.structured import (
     DEFAULT_RETRIES,
 )
 from loomgraph.protocols import (
-    FINAL_STATUSES,
-    AuditAction,
     AuditLog,
     Budget,
     Deps,
@@ -70,8 +57,6 @@ from loomgraph.protocols import (
     close_backend,
 )
 from loomgraph.protocols.events import Event
-
-_NO_VALUE: Any = object()
 
 
 class Agent:
@@ -269,8 +254,8 @@ class Agent:
         run_id: str,
         *,
         graph: GraphChoice = "pinned",
-        value: Any = _NO_VALUE,
-        approve: Any = _NO_VALUE,
+        value: Any = NO_VALUE,
+        approve: Any = NO_VALUE,
         override_policy: bool = False,
     ) -> RunResult:
         """Continue an interrupted or crashed run from its journal; finished effects replay.
@@ -289,7 +274,7 @@ class Agent:
         the permission policy it was pinned to; another one is refused (`PolicyChanged`)
         unless `override_policy=True`, which is audited.
         """
-        return await self._resume(
+        return await self._resumer().resume(
             self.deps.hooks.on_event,
             run_id,
             graph=graph,
@@ -300,83 +285,13 @@ class Agent:
 
     def resume_stream(self, run_id: str, **options: Any) -> AsyncIterator[Event]:
         """`resume()` as a stream: the events of the resumed part, shaped as `stream()`'s."""
+        resumer = self._resumer()
         return event_stream(
-            lambda sink: self._resume(sink, run_id, **options), self.deps.hooks.on_event
+            lambda sink: resumer.resume(sink, run_id, **options), self.deps.hooks.on_event
         )
 
-    async def _resume(
-        self,
-        sink: EventSink,
-        run_id: str,
-        *,
-        graph: GraphChoice = "pinned",
-        value: Any = _NO_VALUE,
-        approve: Any = _NO_VALUE,
-        override_policy: bool = False,
-    ) -> RunResult:
-        """`resume`, its events going to `sink`."""
-        if graph not in GRAPH_CHOICES:
-            raise ResumeError(f"graph must be 'pinned' or 'current', not {graph!r}")
-        runtime = self.deps.runtime
-        record = await runtime.load_run(run_id)
-        if record is None:
-            raise UnknownRun(run_id)
-        answer = await self._answer(record, value, approve)
-        if record.status in _FINAL and record.result is not None:
-            return RunResult.from_dict(record.result)  # a finished run: nothing is executed again
-        own = await run_graph(runtime, record, self.compiled, self._kept)
-        if graph == "pinned" and own is None:
-            raise not_kept(record, self.compiled)
-        target = own if graph == "pinned" and own is not None else self.compiled
-        session = self._session(
-            _prompt(record),
-            compiled=target,
-            user_id=record.user_id,
-            session_id=record.session_id,
-            run_id=run_id,
-        )
-        async with hold_lease(self.deps.leases, run_id):
-            # Read where the run stands only once it is ours: another worker may have moved
-            # it on, or finished it, while this one waited.
-            record = await runtime.load_run(run_id) or record
-            # Checked again under the lease: of two approvals of one call, one wins.
-            answer = await self._answer(record, value, approve)
-            if record.status in _FINAL and record.result is not None:
-                return RunResult.from_dict(record.result)
-            changed = check_policy(record, self.deps.permissions, override=override_policy)
-            transitions = await runtime.transitions(run_id)
-            at = position(own or target, record, transitions)
-            if target is not own:  # checked before anything is written or counted
-                at.state = check_move(record, at, transitions, own, target)
-            if changed is not None:
-                await self.deps.audit_log.record(
-                    AuditAction.POLICY_OVERRIDE,
-                    run_id=run_id,
-                    user_id=record.user_id,
-                    actor="agent",
-                    payload=changed,
-                )
-            gave_up = await begin_recovery(
-                runtime, record, self.max_recoveries, self.deps.audit_log
-            )
-            if gave_up is not None:  # too many failed recoveries: now a dead letter
-                return gave_up
-            if target is not own:
-                await move_run(runtime, record, target)
-            result = await session.continue_from(sink, record, at, new_run=False, resume=answer)
-            await end_recovery(runtime, record, result)
-            return result
-
-    async def _answer(self, record: RunRecord, value: Any, approve: Any) -> ResumeInput | None:
-        """The answer a resume brings, checked against what the run waits for: an answer for
-        a run that does not wait for it is refused, not ignored."""
-        if value is not _NO_VALUE:
-            return resume_value(record, value)
-        if approve is not _NO_VALUE:
-            answer = approval(record, approve)
-            await not_answered(self.deps.runtime, record, answer.call_id)
-            return answer
-        return None
+    def _resumer(self) -> Resumer:
+        return Resumer(self.deps, self.compiled, self._kept, self._session, self.max_recoveries)
 
     async def retry(self, run_id: str, *, graph: GraphChoice = "pinned") -> RunResult:
         """Resume a dead letter (or any run) with its count of failed recoveries forgotten;
@@ -403,7 +318,7 @@ class Agent:
         if patch:
             self.compiled.schema.apply(where.state, self.compiled.schema.check(dict(patch)))
         session = self._session(
-            _prompt(record), user_id=record.user_id, session_id=record.session_id
+            prompt_of(record), user_id=record.user_id, session_id=record.session_id
         )
         forked = session._record(
             parent_run_id=run_id,
@@ -436,13 +351,6 @@ class Agent:
     async def runs(self, user_id: str | None = None) -> list[RunRecord]:
         """The runs in the journal, optionally of one user."""
         return await self.deps.runtime.runs(user_id)
-
-
-_FINAL = FINAL_STATUSES
-
-
-def _prompt(record: RunRecord) -> str:
-    return record.initial.prompt if record.initial else ""
 
 
 def _mutable_host(host: Any) -> Any:
