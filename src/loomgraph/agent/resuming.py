@@ -18,9 +18,24 @@ from loomgraph.agent.session import AgentSession
 from loomgraph.engine.effects import ResumeInput
 from loomgraph.engine.scope import EventSink
 from loomgraph.graph.compiled import CompiledGraph
-from loomgraph.protocols import FINAL_STATUSES, AuditAction, Deps, RunRecord, UnknownRun
+from loomgraph.protocols import (
+    FINAL_STATUSES,
+    AuditAction,
+    Deps,
+    RunRecord,
+    RunStatus,
+    UnknownRun,
+)
 
-__all__ = ["NO_VALUE", "Resumer", "answer_for", "prompt_of"]
+__all__ = ["NO_VALUE", "Resumer", "RunQueued", "answer_for", "prompt_of"]
+
+
+class RunQueued(ResumeError):
+    """The run waits in the fleet's queue and has not started: a worker starts it."""
+
+    def __init__(self, run_id: str) -> None:
+        super().__init__(f"run {run_id} is queued and has not started; a worker starts it")
+        self.run_id = run_id
 
 
 class _NoValue:
@@ -65,6 +80,8 @@ class Resumer:
         record = await runtime.load_run(run_id)
         if record is None:
             raise UnknownRun(run_id)
+        if record.status == RunStatus.QUEUED:
+            raise RunQueued(run_id)
         answer = await answer_for(runtime, record, value, approve)
         if record.status in FINAL_STATUSES and record.result is not None:
             return RunResult.from_dict(record.result)  # a finished run: nothing runs again

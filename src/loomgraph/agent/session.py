@@ -93,8 +93,11 @@ class AgentSession:
             **fields,
         )
 
-    async def execute(self, sink: EventSink) -> RunResult:
-        """Runtime session → root span → audit → memory seed → interpreter → episode → result."""
+    async def execute(self, sink: EventSink, *, leased: bool = False) -> RunResult:
+        """Runtime session → root span → audit → memory seed → interpreter → episode → result.
+
+        `leased`: the caller holds the run's lease already (a fleet worker starting a queued
+        run takes it before it looks at the run, so two workers never both start it)."""
         limit = self.deps.size_limits.prompt_chars
         if len(self.prompt) > limit:  # refused before anything is written
             raise InputTooLarge("the prompt", len(self.prompt), limit)
@@ -110,6 +113,8 @@ class AgentSession:
             await pin(self.deps.runtime, self.graph)  # the graph the run is pinned to
             await self.deps.runtime.start_run(record)
             await self._announce(scope)  # only once the run is journaled
+            if leased:
+                return await self._drive(scope, state, None, None)
             async with hold_lease(self.deps.leases, self.run_id):
                 return await self._drive(scope, state, None, None)
 

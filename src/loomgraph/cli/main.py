@@ -16,6 +16,7 @@ from loomgraph.cli import mcp_serve as cli_mcp_serve
 from loomgraph.cli import run as cli_run
 from loomgraph.cli import runs as cli_runs
 from loomgraph.cli import serve as cli_serve
+from loomgraph.cli import worker as cli_worker
 from loomgraph.cli.console import say, warn
 from loomgraph.cli.output import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, usage
 
@@ -88,6 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli_audit.add_audit_parser(sub)
     cli_evaluate.add_parser(sub)
     cli_serve.add_parser(sub)
+    cli_worker.add_parser(sub)
     cli_mcp_serve.add_parser(sub)
     return parser
 
@@ -123,6 +125,8 @@ def _dispatch(args: argparse.Namespace) -> int:
             return cli_evaluate.handle(args)
         if args.command in ("serve", "keys"):
             return cli_serve.handle(args)
+        if args.command == "worker":
+            return cli_worker.handle(args)
         if args.command == "mcp-serve":
             return cli_mcp_serve.handle(args)
         if args.command == "render":
