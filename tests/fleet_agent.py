@@ -1,7 +1,8 @@
 """The agent the fleet tests run in `loomgraph worker` subprocesses: `--agent fleet_agent:make`.
 
 Configured by the environment (set by the test): `FLEET_DSN`, `FLEET_SCHEMA`,
-`FLEET_LEASE` (lease seconds), `FLEET_TURN_MS` (how long each model turn takes).
+`FLEET_LEASE` (lease seconds), `FLEET_TURN_MS` (how long each model turn takes),
+`FLEET_ASK` (the third `work` call asks for approval), `FLEET_MAX_RECOVERIES`.
 
 The model asks for two `work` calls (in one turn), then one more, then answers. `work`
 writes one ledger row per idempotency key (`INSERT … ON CONFLICT DO NOTHING`: an idempotent
@@ -21,6 +22,7 @@ from typing import Any
 import asyncpg
 
 from loomgraph import Agent
+from loomgraph.governance import StandardPermissions
 from loomgraph.models import ScriptedModel
 from loomgraph.models.scripted import Turn, as_turn
 from loomgraph.protocols import ModelRequest
@@ -99,5 +101,7 @@ def make(**overrides: Any) -> Agent:
         "runtime": runtime,
         "max_recoveries": int(os.environ.get("FLEET_MAX_RECOVERIES", "2")),
     }
+    if os.environ.get("FLEET_ASK"):  # the third call waits for a person's approval
+        options["permissions"] = StandardPermissions(allow=["work"], ask=["work(item=c)"])
     options.update(overrides)
     return Agent("You do work.", **options)
