@@ -16,8 +16,10 @@ from loomgraph._storage.pg_pool import import_asyncpg
 from loomgraph.agent.agent import Agent
 from loomgraph.agent.fleet import DEFAULT_QUEUE, FleetError, FleetQueue, RunJob, fleet_queue
 from loomgraph.engine.scope import stop_request
+from loomgraph.protocols import RunStatus
 from loomgraph.runtime.errors import JournalUnavailable, LeaseLost, RunConflict
 from loomgraph.workers.advance import advance
+from loomgraph.workers.quarantine import Quarantine
 from loomgraph.workers.slots import UserSlots
 
 __all__ = ["Worker", "WorkerOptions"]
@@ -66,7 +68,9 @@ class Worker:
             self.fleet.schema,
             self.options.per_user,
             connections=self.options.concurrency,
+            expire_seconds=self.options.heartbeat_seconds,
         )
+        self.quarantine = Quarantine()
         self._manager: Any = None
         self._stopping = False
 
@@ -121,7 +125,10 @@ class Worker:
             raise RetryRequested(timedelta(seconds=self.options.slot_retry_seconds), "user busy")
         token = stop_request.set(self._stop_check(work.run_id, context))
         try:
-            done = await advance(self.agent, self.fleet, work)
+            record = await self.agent.deps.runtime.load_run(work.run_id)
+            crashed = record is not None and record.status == RunStatus.RUNNING
+            async with self.quarantine.alone() if crashed else self.quarantine.shared():
+                done = await advance(self.agent, self.fleet, work)
             log.info("run %s: %s", work.run_id, done)
         except LeaseLost:
             # Stopped past the lease; another worker has the run. The job goes back rather
