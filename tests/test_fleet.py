@@ -458,3 +458,44 @@ async def test_runs_waiting_for_approval_hold_no_slot(
         await agent.aclose()
     assert kinds[0] == "run_started" and kinds[-1] == "run_completed"
     assert kinds.count("tool_result") == 3 and "permission_decision" in kinds
+
+
+# --------------------------------------------------------------------------- the server
+
+
+async def test_the_server_submits_to_the_fleet(
+    agent: Any, env: dict[str, str], tmp_path: Path
+) -> None:
+    import httpx
+
+    from loomgraph.serve import create_app
+
+    with pytest.raises(FleetNeedsPostgres):
+        from loomgraph import Agent
+
+        create_app(Agent("x", model="echo"), fleet=True)
+    app = create_app(agent, fleet=True, dev=True)
+    transport = httpx.ASGITransport(app=app)
+    workers = fleet(env, tmp_path, "--concurrency", "2")
+    headers = {"X-User-Id": "alice"}
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=transport, base_url="http://test") as client,
+    ):
+        queued = await client.post(
+            "/v1/runs", json={"input": "in the background", "background": True}, headers=headers
+        )
+        assert queued.status_code == 202 and queued.json()["status"] == "queued"
+        run_id = queued.json()["run_id"]
+        record = await agent.deps.runtime.load_run(run_id)
+        assert record.status == RunStatus.QUEUED  # nothing runs in the server process
+        workers.start()
+        try:
+            waited = await client.post("/v1/runs", json={"input": "waited for"}, headers=headers)
+            assert waited.status_code == 201 and waited.json()["status"] == "completed"
+            assert (await agent.wait(run_id, timeout=60)).output == "answer to in the background"
+            shown = (await client.get(f"/v1/runs/{run_id}", headers=headers)).json()
+            assert shown["status"] == "completed"
+        finally:
+            workers.stop()
+    assert [p.returncode for p in workers.procs] == [0]
