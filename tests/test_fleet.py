@@ -39,6 +39,7 @@ TESTS = Path(__file__).parent
 SRC = TESTS.parent / "src"
 LEASE = 2.0  # journal lease seconds in these tests
 HEARTBEAT = 2.0  # a job whose worker has not beaten for this long is picked again
+CLI = [sys.executable, "-m", "loomgraph.cli.main"]
 
 
 class Fleet:
@@ -51,7 +52,7 @@ class Fleet:
 
     def start(self, extra: tuple[str, ...] = ()) -> subprocess.Popen[str]:
         """Start one worker and wait (bounded) until it takes jobs."""
-        cmd = [sys.executable, "-m", "loomgraph.cli.main", "worker", "--agent", "fleet_agent:make"]
+        cmd = [*CLI, "worker", "--agent", "fleet_agent:make"]
         proc = subprocess.Popen(
             [*cmd, *self.args, *extra],
             env=self.env,
@@ -169,7 +170,7 @@ async def test_a_fleet_needs_the_postgres_journal(tmp_path: Path) -> None:
         await agent.aclose()
 
 
-async def test_bad_inputs_get_typed_errors(agent: Any, pg_schema: str) -> None:
+async def test_bad_inputs_get_typed_errors(agent: Any, env: dict[str, str], pg_schema: str) -> None:
     with pytest.raises(UnknownRun):
         await agent.wait("no-such-run", timeout=1)
     with pytest.raises(UnknownRun):
@@ -205,6 +206,18 @@ async def test_bad_inputs_get_typed_errors(agent: Any, pg_schema: str) -> None:
         await agent.cancel(run_id)
     jobs = await sql(f"SELECT count(*) FROM {pg_schema}.pgqueuer")
     assert jobs[0][0] == 0  # the cancelled run's job is gone: it never starts
+
+    # From the command line: `runs cancel`, and a worker refusing a concurrency it cannot keep.
+    other = await agent.submit("cancelled from the shell", user_id="u")
+    cancel = [*CLI, "runs", "cancel", other, "--agent", "fleet_agent:make", "--by", "ops"]
+    done = subprocess.run(cancel, env=env, cwd=TESTS, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and "cancelled" in done.stdout, done.stderr
+    assert (await agent.deps.runtime.load_run(other)).reason == "cancelled by ops"
+    again = subprocess.run(cancel, env=env, cwd=TESTS, capture_output=True, text=True, timeout=60)
+    assert again.returncode == 2 and "nothing to cancel" in again.stderr
+    worker = [*CLI, "worker", "--agent", "fleet_agent:make", "--concurrency", "1"]
+    refused = subprocess.run(worker, env=env, cwd=TESTS, capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 2 and "concurrency must be at least 2" in refused.stderr
 
 
 async def test_submit_journals_and_enqueues_in_one_transaction(

@@ -1,4 +1,5 @@
-"""`loomgraph worker --agent FILE|MODULE:ATTR`: one process of the worker fleet."""
+"""The worker fleet from the command line: `loomgraph worker --agent FILE|MODULE:ATTR` (one
+process of the fleet) and `loomgraph runs cancel RUN_ID --agent …`."""
 
 from __future__ import annotations
 
@@ -12,7 +13,10 @@ from typing import Any
 from loomgraph.cli.agent_args import load_agent
 from loomgraph.cli.output import EXIT_OK, EXIT_USAGE
 
-__all__ = ["add_parser", "handle"]
+__all__ = ["COMMANDS", "add_parser", "add_runs_parsers", "handle", "handle_runs"]
+
+# The `runs` subcommands this module adds.
+COMMANDS = frozenset({"cancel"})
 
 
 def add_parser(subparsers: Any) -> None:
@@ -50,6 +54,39 @@ def add_parser(subparsers: Any) -> None:
     worker.add_argument(
         "--log-level", default="warning", help="debug, info, warning or error (to stderr)"
     )
+
+
+def add_runs_parsers(cmds: Any) -> None:
+    """Add `runs cancel` to the `runs` subcommands."""
+    cancel = cmds.add_parser(
+        "cancel", help="cancel a fleet run: a queued one never starts, a running one stops"
+    )
+    cancel.add_argument("run_id", help="the run to cancel")
+    cancel.add_argument(
+        "--agent", required=True, help="an agent file (.yaml) or MODULE:ATTR; its journal"
+    )
+    cancel.add_argument("--by", default="cli", help="who cancels (journaled in the reason)")
+
+
+def handle_runs(args: argparse.Namespace) -> int:
+    """`runs cancel`: exit 0 when cancelled or stopping, 2 for an unknown or ended run."""
+    return asyncio.run(_cancel(args))
+
+
+async def _cancel(args: argparse.Namespace) -> int:
+    from loomgraph.agent.fleet import FleetError
+    from loomgraph.protocols import UnknownRun
+
+    agent = load_agent(args.agent)
+    try:
+        outcome = await agent.cancel(args.run_id, by=args.by)
+    except (FleetError, UnknownRun) as err:
+        print(f"loomgraph: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    finally:
+        await agent.aclose()
+    print(f"run {args.run_id}: {outcome}")
+    return EXIT_OK
 
 
 def handle(args: argparse.Namespace) -> int:
