@@ -388,9 +388,13 @@ class Agent:
         answer = {k: v for k, v in (("approve", approve), ("value", value)) if v is not NO_VALUE}
         await submitting.submit_resume(self.deps, run_id, answer=answer, priority=priority)
 
-    async def wait(self, run_id: str, *, timeout: float | None = None) -> RunResult:
+    async def wait(
+        self, run_id: str, *, timeout: float | None = None, poll_interval: float = 0.1
+    ) -> RunResult:
         """The result of a run once it stopped, wherever it runs (`RunWaitTimeout`)."""
-        return await submitting.wait(self.deps, run_id, timeout=timeout)
+        return await submitting.wait(
+            self.deps, run_id, timeout=timeout, poll_interval=poll_interval
+        )
 
     async def cancel(self, run_id: str, *, by: str = "agent.cancel") -> CancelOutcome:
         """Cancel a fleet run: a queued one never starts, a running one stops at its next
