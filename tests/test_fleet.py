@@ -512,3 +512,20 @@ async def test_the_server_submits_to_the_fleet(
         finally:
             workers.stop()
     assert [p.returncode for p in workers.procs] == [0]
+
+
+async def test_sigterm_finishes_the_runs_in_hand(
+    agent: Any, env: dict[str, str], tmp_path: Path
+) -> None:
+    workers = fleet(env, tmp_path, "--concurrency", "2")
+    proc = workers.start()
+    try:
+        slow = await agent.submit("slow, then a clean stop", user_id="s")
+        await until("the slow run's first tool call", lambda: _running_tool(agent, slow), 30)
+        proc.terminate()
+        assert proc.wait(timeout=60) == 0
+    finally:
+        workers.stop()
+    record = await agent.deps.runtime.load_run(slow)
+    assert record.status == RunStatus.COMPLETED  # finished, not cancelled or left running
+    assert record.recoveries == 0

@@ -190,9 +190,10 @@ async def wait(
     deps: Deps, run_id: str, *, timeout: float | None, poll_interval: float = 0.1
 ) -> RunResult:
     """The run's result once it stopped (finished, failed, cancelled, or waiting for a
-    person), wherever it runs; `RunWaitTimeout` after `timeout` seconds."""
+    person), wherever it runs; `RunWaitTimeout` after `timeout` seconds. A crashed run is
+    waited for while the fleet will recover it (its job is queued or picked)."""
     runtime = deps.runtime
-    fleet = queue_of(runtime)
+    fleet = await _queue(deps)
     deadline = None if timeout is None else time.monotonic() + timeout
     while True:
         record = await runtime.load_run(run_id)
@@ -218,13 +219,13 @@ async def wait(
 
 
 async def _settled(fleet: FleetQueue, record: RunRecord) -> bool:
-    """True when the run stopped and nothing will move it on by itself: not queued or
-    running, no worker holding it, no job of it waiting or picked."""
-    if record.status.in_progress:
-        return False
+    """True when nothing will move the run on by itself: no worker holds its lease and no
+    job of it is queued or picked. A run still `running` then (its worker died and no job
+    will recover it: it was not submitted, or its job failed) is settled too, so `wait`
+    never waits for ever on a run nobody advances."""
     lease = await fleet.runtime.lease(record.run_id)
     if lease is not None and lease.expires_at > time.time():
-        return False  # being resumed: the status changes when that ends
+        return False  # being advanced: the status changes when that ends
     job_id, _ = await fleet.job_of(record.run_id)
     if job_id is None:
         return True
