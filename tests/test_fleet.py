@@ -396,6 +396,10 @@ async def test_three_workers_survive_a_kill_and_a_stop(
     timed = await sql(f"SELECT user_id, run_id, started, ended FROM {pg_schema}.ledger")
     peaks = {user: _peak([(a[2], a[3], a[1]) for a in timed if a[0] == user]) for user in users}
     assert max(peaks.values()) == 2, peaks  # reached (so the check can fail), never exceeded
+    # And no worker had more than its --concurrency (4) runs inside a tool at once.
+    by_pid = await sql(f"SELECT pid, run_id, started, ended FROM {pg_schema}.ledger")
+    per_worker = {p: _peak([(r[2], r[3], r[1]) for r in by_pid if r[0] == p]) for p, *_ in by_pid}
+    assert 1 < max(per_worker.values()) <= 4, per_worker
 
 
 async def _no_live_lease_of(pid: int) -> bool:
@@ -500,6 +504,13 @@ async def test_the_server_submits_to_the_fleet(
         )
         assert queued.status_code == 202 and queued.json()["status"] == "queued"
         run_id = queued.json()["run_id"]
+        dropped = await client.post(
+            "/v1/runs", json={"input": "dropped", "background": True}, headers=headers
+        )
+        dropped_id = dropped.json()["run_id"]
+        cancelled = await client.post(f"/v1/runs/{dropped_id}/cancel", headers=headers)
+        assert cancelled.status_code == 200 and cancelled.json()["status"] == "cancelled"
+        assert cancelled.json()["reason"] == "cancelled by alice"
         record = await agent.deps.runtime.load_run(run_id)
         assert record.status == RunStatus.QUEUED  # nothing runs in the server process
         workers.start()
@@ -509,6 +520,9 @@ async def test_the_server_submits_to_the_fleet(
             assert (await agent.wait(run_id, timeout=60)).output == "answer to in the background"
             shown = (await client.get(f"/v1/runs/{run_id}", headers=headers)).json()
             assert shown["status"] == "completed"
+            again = await client.post(f"/v1/runs/{dropped_id}/cancel", headers=headers)
+            assert again.status_code == 409
+            assert (await agent.deps.runtime.effects(dropped_id)) == []  # it never started
         finally:
             workers.stop()
     assert [p.returncode for p in workers.procs] == [0]
