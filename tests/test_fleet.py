@@ -345,6 +345,10 @@ async def test_three_workers_survive_a_kill_and_a_stop(
         await until("the killed worker's runs taken over", taken_over, 60)
         assert time.monotonic() - died < HEARTBEAT + 0.5 + 10
 
+        # More slow runs, so the second worker surely has one in hand to be stopped with.
+        for i in range(len(users)):
+            run_id = await agent.submit(f"late run {i} slow", user_id=users[i])
+            runs[run_id] = users[i]
         in_stopped = await until("a run in the second worker", _leases_of(stopped.pid), 60)
         os.kill(stopped.pid, signal.SIGSTOP)
 

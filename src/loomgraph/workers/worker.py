@@ -15,6 +15,7 @@ from typing import Any
 from loomgraph._storage.pg_pool import import_asyncpg
 from loomgraph.agent.agent import Agent
 from loomgraph.agent.fleet import DEFAULT_QUEUE, FleetError, FleetQueue, RunJob, fleet_queue
+from loomgraph.agent.leases import owner_is_dead
 from loomgraph.engine.scope import stop_request
 from loomgraph.protocols import RunStatus
 from loomgraph.runtime.errors import JournalUnavailable, LeaseLost, RunConflict
@@ -38,7 +39,8 @@ class WorkerOptions:
     heartbeat_seconds: float = 10.0
     # How often an idle worker looks at the queue without a NOTIFY (a stale job sends none).
     poll_seconds: float = 1.0
-    # When the user's slots are all taken, the job is put back for this long.
+    # When the user's slots are all taken, the job is put back for this long (growing by
+    # half with each time it was put back, up to 2 s).
     slot_retry_seconds: float = 0.2
 
     def check(self) -> None:
@@ -121,12 +123,15 @@ class Worker:
 
         work = RunJob.decode(job.payload)
         slot = await self.slots.take(work.user_id)
-        if slot is None:  # the user has K runs advancing: put the job back for a moment
-            raise RetryRequested(timedelta(seconds=self.options.slot_retry_seconds), "user busy")
+        if slot is None:
+            # The user has K runs advancing: put the job back for a moment, longer each time
+            # (up to 2 s), so a user with many waiting runs does not keep the workers busy.
+            attempts = int(getattr(job, "attempts", 0) or 0)
+            delay = min(self.options.slot_retry_seconds * 1.5 ** min(attempts, 10), 2.0)
+            raise RetryRequested(timedelta(seconds=delay), "user busy")
         token = stop_request.set(self._stop_check(work.run_id, context))
         try:
-            record = await self.agent.deps.runtime.load_run(work.run_id)
-            crashed = record is not None and record.status == RunStatus.RUNNING
+            crashed = await self._crashed(work.run_id)
             async with self.quarantine.alone() if crashed else self.quarantine.shared():
                 done = await advance(self.agent, self.fleet, work)
             log.info("run %s: %s", work.run_id, done)
@@ -148,6 +153,16 @@ class Worker:
         finally:
             stop_request.reset(token)
             await asyncio.shield(self.slots.release(slot))
+
+    async def _crashed(self, run_id: str) -> bool:
+        """True when the run is journaled `running` and nobody alive holds it: its worker
+        died, and this job recovers it (a run a live worker holds is not one)."""
+        runtime: Any = self.agent.deps.runtime
+        record = await runtime.load_run(run_id)
+        if record is None or record.status != RunStatus.RUNNING:
+            return False
+        lease = await runtime.lease(run_id)
+        return lease is None or lease.expires_at <= time.time() or owner_is_dead(lease.owner)
 
     def _lease_seconds(self) -> float:
         return float(getattr(self.agent.deps.runtime, "lease_seconds", 30.0))
