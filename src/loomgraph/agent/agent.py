@@ -10,18 +10,14 @@ from typing import Any
 from loomgraph.agent import submitting
 from loomgraph.agent.checkpoints import (
     Checkpoint,
-    Position,
     history,
-    position,
 )
 from loomgraph.agent.deps import build_deps
 from loomgraph.agent.fleet import DEFAULT_QUEUE
 from loomgraph.agent.from_file import agent_arguments
-from loomgraph.agent.governance_state import describe_policy
 from loomgraph.agent.memory_wiring import wire_memory
 from loomgraph.agent.pinning import (
     GraphChoice,
-    check_move,
     run_graph,
 )
 from loomgraph.agent.recovery import (
@@ -29,7 +25,7 @@ from loomgraph.agent.recovery import (
     reset_recoveries,
 )
 from loomgraph.agent.result import RunResult
-from loomgraph.agent.resuming import NO_VALUE, Resumer, prompt_of
+from loomgraph.agent.resuming import NO_VALUE, Resumer
 from loomgraph.agent.run_events import EventId, JournalEvent, follow_events
 from loomgraph.agent.session import AgentSession
 from loomgraph.agent.streaming import event_stream
@@ -39,7 +35,6 @@ from loomgraph.governance.hooks import Hooks as GovernanceHooks
 from loomgraph.governance.null import NoHooks
 from loomgraph.graph.compiled import CompiledGraph, compile_graph
 from loomgraph.graph.spec import Graph
-from loomgraph.graph.state import snapshot_of
 from loomgraph.nodes.structured import (
     DEFAULT_RETRIES,
 )
@@ -52,7 +47,6 @@ from loomgraph.protocols import (
     Model,
     Permissions,
     RunRecord,
-    RunStart,
     Runtime,
     SizeLimits,
     Telemetry,
@@ -297,7 +291,14 @@ class Agent:
         )
 
     def _resumer(self) -> Resumer:
-        return Resumer(self.deps, self.compiled, self._kept, self._session, self.max_recoveries)
+        return Resumer(
+            self.deps,
+            self.compiled,
+            self._kept,
+            self._session,
+            self.max_recoveries,
+            self.instructions,
+        )
 
     async def retry(self, run_id: str, *, graph: GraphChoice = "pinned") -> RunResult:
         """Resume a dead letter (or any run) with its count of failed recoveries forgotten;
@@ -311,32 +312,7 @@ class Agent:
         The state is rebuilt with the graph the run started with; the new run goes on with
         this Agent's graph, if that state fits it (else `GraphChanged`).
         """
-        record, transitions = await self._journal(run_id)
-        if at and not any(t.seq == at for t in transitions):
-            raise ValueError(
-                f"run {run_id} has no checkpoint {at}; it has "
-                f"1..{transitions[-1].seq if transitions else 0}"
-            )
-        own = await run_graph(self.deps.runtime, record, self.compiled, self._kept)
-        where = position(own or self.compiled, record, transitions, upto=at)
-        if own is not self.compiled:
-            where.state = check_move(record, where, transitions, own, self.compiled)
-        if patch:
-            self.compiled.schema.apply(where.state, self.compiled.schema.check(dict(patch)))
-        session = self._session(
-            prompt_of(record), user_id=record.user_id, session_id=record.session_id
-        )
-        forked = session._record(
-            parent_run_id=run_id,
-            parent_seq=at,
-            initial=RunStart(
-                snapshot_of(where.state),
-                record.initial.system if record.initial else self.instructions,
-                describe_policy(self.deps.permissions),
-            ),
-        )
-        fresh = Position(where.state, where.visits, where.next_node, 0)
-        return await session.continue_from(self.deps.hooks.on_event, forked, fresh, new_run=True)
+        return await self._resumer().fork(self.deps.hooks.on_event, run_id, at=at, patch=patch)
 
     async def history(self, run_id: str) -> list[Checkpoint]:
         """The run's first state (seq 0), then every transition with the state after it,

@@ -1,5 +1,6 @@
-"""Resuming a journaled run: the answer it brings, the graph it goes on with, its lease and
-its count of failed recoveries (`Agent.resume` is a thin call of `resume_run`)."""
+"""Going on from a journaled run: resuming it (the answer it brings, the graph it goes on
+with, its lease, its count of failed recoveries) or forking a new run from one of its
+checkpoints. `Agent.resume` and `Agent.fork` are thin calls of `Resumer`."""
 
 from __future__ import annotations
 
@@ -7,8 +8,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from loomgraph.agent.checkpoints import ResumeError, approval, not_answered, position, resume_value
-from loomgraph.agent.governance_state import check_policy
+from loomgraph.agent.checkpoints import (
+    Position,
+    ResumeError,
+    approval,
+    not_answered,
+    position,
+    resume_value,
+)
+from loomgraph.agent.governance_state import check_policy, describe_policy
 from loomgraph.agent.leases import hold_lease
 from loomgraph.agent.pinning import GRAPH_CHOICES, GraphChoice, check_move, move_run, not_kept
 from loomgraph.agent.pinning import run_graph as kept_graph
@@ -18,11 +26,13 @@ from loomgraph.agent.session import AgentSession
 from loomgraph.engine.effects import ResumeInput
 from loomgraph.engine.scope import EventSink
 from loomgraph.graph.compiled import CompiledGraph
+from loomgraph.graph.state import snapshot_of
 from loomgraph.protocols import (
     FINAL_STATUSES,
     AuditAction,
     Deps,
     RunRecord,
+    RunStart,
     RunStatus,
     UnknownRun,
 )
@@ -53,15 +63,17 @@ SessionFactory = Callable[..., AgentSession]
 
 @dataclass(frozen=True, slots=True)
 class Resumer:
-    """What a resume needs of its Agent: the bundle, the Agent's graph, the graphs compiled
-    from the journal (by hash, shared with the Agent), a session factory and the limit of
-    failed recoveries before a run becomes a dead letter."""
+    """What going on from the journal needs of its Agent: the bundle, the Agent's graph, the
+    graphs compiled from the journal (by hash, shared with the Agent), a session factory, the
+    limit of failed recoveries before a run becomes a dead letter, and the instructions (for
+    a fork of a run the journal keeps no system prompt of)."""
 
     deps: Deps
     compiled: CompiledGraph
     kept: dict[str, CompiledGraph]
     session: SessionFactory
     max_recoveries: int
+    instructions: str = ""
 
     async def resume(
         self,
@@ -127,6 +139,42 @@ class Resumer:
             result = await session.continue_from(sink, record, at, new_run=False, resume=answer)
             await end_recovery(runtime, record, result)
             return result
+
+    async def fork(
+        self, sink: EventSink, run_id: str, *, at: int, patch: dict[str, Any] | None
+    ) -> RunResult:
+        """A new run from checkpoint `at` of `run_id`, its state optionally patched (see
+        `Agent.fork`)."""
+        runtime = self.deps.runtime
+        record = await runtime.load_run(run_id)
+        if record is None:
+            raise UnknownRun(run_id)
+        transitions = await runtime.transitions(run_id)
+        if at and not any(t.seq == at for t in transitions):
+            raise ValueError(
+                f"run {run_id} has no checkpoint {at}; it has "
+                f"1..{transitions[-1].seq if transitions else 0}"
+            )
+        own = await kept_graph(runtime, record, self.compiled, self.kept)
+        where = position(own or self.compiled, record, transitions, upto=at)
+        if own is not self.compiled:
+            where.state = check_move(record, where, transitions, own, self.compiled)
+        if patch:
+            self.compiled.schema.apply(where.state, self.compiled.schema.check(dict(patch)))
+        session = self.session(
+            prompt_of(record), user_id=record.user_id, session_id=record.session_id
+        )
+        forked = session._record(
+            parent_run_id=run_id,
+            parent_seq=at,
+            initial=RunStart(
+                snapshot_of(where.state),
+                record.initial.system if record.initial else self.instructions,
+                describe_policy(self.deps.permissions),
+            ),
+        )
+        fresh = Position(where.state, where.visits, where.next_node, 0)
+        return await session.continue_from(sink, forked, fresh, new_run=True)
 
 
 async def answer_for(
