@@ -547,3 +547,41 @@ async def test_sigterm_finishes_the_runs_in_hand(
     record = await agent.deps.runtime.load_run(slow)
     assert record.status == RunStatus.COMPLETED  # finished, not cancelled or left running
     assert record.recoveries == 0
+
+
+# --------------------------------------------------------------------------- outages
+
+
+async def test_a_postgres_outage_ends_the_workers_and_restarted_ones_recover_the_runs(
+    agent: Any, env: dict[str, str], tmp_path: Path, pg_schema: str
+) -> None:
+    from tcp_proxy import TcpProxy
+
+    await agent.submit("installs the queue", user_id="x")
+    proxy = TcpProxy("127.0.0.1", 5432)
+    port = proxy.port
+    # The workers reach Postgres through the proxy; the test's own agent does not.
+    dsn = pg.postgres_dsn().replace("127.0.0.1:5432", f"127.0.0.1:{port}")
+    workers = fleet({**env, "FLEET_DSN": dsn}, tmp_path, "--concurrency", "4")
+    first = [workers.start(), workers.start()]
+    try:
+        runs = [await agent.submit(f"slow {i}", user_id=f"u{i}") for i in range(6)]
+
+        async def two_running() -> bool:
+            rows = await sql(f"SELECT count(*) FROM {pg_schema}.leases WHERE owner <> ''")
+            return rows[0][0] >= 2
+
+        await until("two runs in hand", two_running, 60)
+        proxy.cut()  # to the workers, the server is gone: every connection closed, refused
+        for proc in first:  # their queue connection broke: they exit, as a supervisor expects
+            assert proc.wait(timeout=60) != 0
+        proxy = TcpProxy("127.0.0.1", 5432, listen=port)  # the server is back
+        workers.start()  # the supervisor's restarts
+        workers.start()
+        done = [await agent.wait(r, timeout=120) for r in runs]
+    finally:
+        workers.stop()
+        proxy.cut()
+    assert {d.status for d in done} == {RunStatus.COMPLETED}
+    ledger = await sql(f"SELECT run_id, count(*) FROM {pg_schema}.ledger GROUP BY run_id")
+    assert {r[0]: r[1] for r in ledger if r[0] in runs} == {r: 3 for r in runs}
