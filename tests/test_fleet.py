@@ -168,6 +168,21 @@ async def test_a_fleet_needs_the_postgres_journal(tmp_path: Path) -> None:
         with pytest.raises(FleetNeedsPostgres):
             await agent.wait("nope", timeout=1)
         await agent.aclose()
+    # The commands say so too, and exit 2.
+    (tmp_path / "agent.yaml").write_text(
+        "schema_version: 1\nname: t\nmodel: echo\nruntime: sqlite:./j.db\n"
+    )
+    env = dict(os.environ, PYTHONPATH=str(SRC))
+    for command in (["worker"], ["serve", "--fleet"]):
+        done = subprocess.run(
+            [*CLI, *command, "--agent", "agent.yaml"],
+            env=env,
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 2 and "needs the Postgres journal" in done.stderr, command
 
 
 async def test_bad_inputs_get_typed_errors(agent: Any, env: dict[str, str], pg_schema: str) -> None:
