@@ -603,3 +603,47 @@ async def test_a_postgres_outage_ends_the_workers_and_restarted_ones_recover_the
     assert {d.status for d in done} == {RunStatus.COMPLETED}
     ledger = await sql(f"SELECT run_id, count(*) FROM {pg_schema}.ledger GROUP BY run_id")
     assert {r[0]: r[1] for r in ledger if r[0] in runs} == {r: 3 for r in runs}
+
+
+# --------------------------------------------------------------------------- units
+
+
+async def test_a_recovery_runs_alone_and_goes_before_new_runs() -> None:
+    from loomgraph.workers.quarantine import Quarantine
+
+    q = Quarantine()
+    order: list[str] = []
+    first_in = asyncio.Event()
+    release_first = asyncio.Event()
+
+    async def ordinary(name: str, hold: asyncio.Event | None = None) -> None:
+        async with q.shared():
+            order.append(f"{name} in")
+            if hold is not None:
+                first_in.set()
+                await hold.wait()
+            order.append(f"{name} out")
+
+    async def recovery() -> None:
+        async with q.alone():
+            order.append("recovery in")
+            await asyncio.sleep(0)
+            order.append("recovery out")
+
+    first = asyncio.create_task(ordinary("first", release_first))
+    await first_in.wait()
+    rec = asyncio.create_task(recovery())
+    await _let_others_run()
+    later = asyncio.create_task(ordinary("later"))
+    await _let_others_run()
+    assert order == ["first in"]  # the recovery waits for the run in hand; new runs wait too
+    release_first.set()
+    await asyncio.wait_for(asyncio.gather(first, rec, later), 5)
+    assert order == [
+        "first in",
+        "first out",
+        "recovery in",
+        "recovery out",
+        "later in",
+        "later out",
+    ]
