@@ -647,3 +647,9 @@ async def test_a_recovery_runs_alone_and_goes_before_new_runs() -> None:
         "later in",
         "later out",
     ]
+
+
+async def _let_others_run() -> None:
+    """Yield to the event loop until every other ready task has had its turns."""
+    for _ in range(20):
+        await asyncio.sleep(0)
