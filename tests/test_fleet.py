@@ -203,6 +203,10 @@ async def test_bad_inputs_get_typed_errors(agent: Any, env: dict[str, str], pg_s
         await agent.submit("x", output_schema=Local)
     with pytest.raises(FleetError, match="time zone"):
         await agent.submit("x", run_at=datetime(2030, 1, 1))
+    with pytest.raises(FleetError, match="priority must be an int"):
+        await agent.submit("x", priority="high")
+    with pytest.raises(FleetError, match="queue must be"):
+        await agent.submit("x", queue="")
     with pytest.raises(FleetError, match="exactly one"):
         await agent.submit_resume("no-such-run")
     assert await agent.runs() == []  # nothing was journaled by the refused submits

@@ -116,8 +116,10 @@ async def submit(
     limit = deps.size_limits.prompt_chars
     if len(prompt) > limit:  # refused before anything is written
         raise InputTooLarge("the prompt", len(prompt), limit)
-    if not isinstance(priority, int):
+    if not isinstance(priority, int) or isinstance(priority, bool):
         raise FleetError(f"priority must be an int, not {type(priority).__name__}")
+    if not isinstance(queue, str) or not queue:
+        raise FleetError(f"queue must be a non-empty name, not {queue!r}")
     fleet = await _queue(deps)
     run_id = uuid.uuid4().hex
     now = time.time()
