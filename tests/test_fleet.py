@@ -546,6 +546,16 @@ async def test_the_server_submits_to_the_fleet(
             assert (await agent.wait(run_id, timeout=60)).output == "answer to in the background"
             shown = (await client.get(f"/v1/runs/{run_id}", headers=headers)).json()
             assert shown["status"] == "completed"
+            streamed = await client.post(
+                "/v1/runs", json={"input": "streamed", "stream": True}, headers=headers
+            )
+            kinds = [
+                line.removeprefix("event: ")
+                for line in streamed.text.splitlines()
+                if line.startswith("event: ")
+            ]
+            assert kinds[0] == "run_started" and kinds[-1] == "run_completed", kinds
+            assert "tool_result" in kinds
             again = await client.post(f"/v1/runs/{dropped_id}/cancel", headers=headers)
             assert again.status_code == 409
             assert (await agent.deps.runtime.effects(dropped_id)) == []  # it never started
