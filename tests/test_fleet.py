@@ -667,3 +667,25 @@ async def _let_others_run() -> None:
     """Yield to the event loop until every other ready task has had its turns."""
     for _ in range(20):
         await asyncio.sleep(0)
+
+
+async def test_a_queued_run_is_started_only_while_queued_and_leased(agent: Any) -> None:
+    from dataclasses import replace
+
+    from loomgraph.runtime.errors import LeaseLost, RunConflict
+
+    runtime = agent.deps.runtime
+    run_id = await agent.submit("started once", user_id="u")
+    queued = await runtime.load_run(run_id)
+    stale = await runtime.acquire_lease(run_id, "a stopped worker")
+    fresh = await runtime.acquire_lease(run_id, "another worker", take_from="a stopped worker")
+    started = replace(queued, status=RunStatus.RUNNING)
+    with pytest.raises(LeaseLost):  # the stopped worker wakes: it may not start the run
+        await runtime.start_queued_run(started, fence=stale)
+    assert (await runtime.load_run(run_id)).status == RunStatus.QUEUED
+    await runtime.start_queued_run(started, fence=fresh)
+    assert (await runtime.load_run(run_id)).status == RunStatus.RUNNING
+    await runtime.finish_run(run_id, RunStatus.COMPLETED, "", {"output": "x"}, fence=fresh)
+    with pytest.raises(RunConflict, match="not queued"):  # a finished run is never restarted
+        await runtime.start_queued_run(started, fence=fresh)
+    assert (await runtime.load_run(run_id)).status == RunStatus.COMPLETED

@@ -111,7 +111,13 @@ class AgentSession:
                 describe_policy(self.deps.permissions),
             )
             await pin(self.deps.runtime, self.graph)  # the graph the run is pinned to
-            await self.deps.runtime.start_run(record)
+            start = getattr(self.deps.runtime, "start_queued_run", None)
+            if leased and start is not None:
+                # A queued run becomes this one only while it is queued and the lease ours:
+                # a worker stopped past its lease must not restart a run another finished.
+                await start(record)
+            else:
+                await self.deps.runtime.start_run(record)
             await self._announce(scope)  # only once the run is journaled
             if leased:
                 return await self._drive(scope, state, None, None)
