@@ -22,9 +22,10 @@ from typing import Self
 class TcpProxy:
     """Forwards loopback connections to `host:port` until cut or hung."""
 
-    def __init__(self, host: str, port: int) -> None:
+    def __init__(self, host: str, port: int, *, listen: int = 0) -> None:
         self.target = (host, port)
-        self.listener = socket.create_server(("127.0.0.1", 0))
+        # `listen`: a port to listen on (a proxy started again where a cut one was).
+        self.listener = socket.create_server(("127.0.0.1", listen))
         self.port: int = self.listener.getsockname()[1]
         self.hanging = threading.Event()
         self.closed = threading.Event()

@@ -96,6 +96,7 @@ def test_run_result_keeps_usage_typed_and_its_dict_json_shaped() -> None:
 
 def test_statuses_keep_their_journal_strings() -> None:
     assert [s.value for s in RunStatus] == [
+        "queued",
         "running",
         "completed",
         "failed",

@@ -24,6 +24,11 @@ with where each class lives (relative to `loomgraph.`):
     ├── TypeSyntaxError + ValueError        graph.state
     ├── OutputValidationError + ValueError  nodes.structured
     ├── ResumeError + ValueError            agent.checkpoints
+    │   └── RunQueued                       agent.resuming
+    ├── FleetError                          agent.fleet
+    │   ├── FleetNeedsPostgres + TypeError  agent.fleet
+    │   ├── RunWaitTimeout + TimeoutError   agent.submitting
+    │   └── RunNotCancellable               agent.submitting
     ├── ConfigError + ValueError            agent.deps
     ├── UnknownRun + KeyError               protocols
     │   └── RunPossiblyLost                 runtime.errors

@@ -77,6 +77,11 @@ class PgCursor:
         self._pg = pg  # the asyncpg module, needed with `constraints`
         self._constraints = constraints
 
+    @property
+    def connection(self) -> Any:
+        """The asyncpg connection (inside the cursor's transaction, if it has one)."""
+        return self._con
+
     async def execute(self, sql: str, args: Sequence[Any] = ()) -> int:
         """Run one statement; the number of rows it changed."""
         try:

@@ -3,56 +3,42 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Mapping
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from loomgraph.agent import submitting
 from loomgraph.agent.checkpoints import (
     Checkpoint,
-    Position,
-    ResumeError,
-    approval,
     history,
-    not_answered,
-    position,
-    resume_value,
 )
 from loomgraph.agent.deps import build_deps
+from loomgraph.agent.fleet import DEFAULT_QUEUE
 from loomgraph.agent.from_file import agent_arguments
-from loomgraph.agent.governance_state import check_policy, describe_policy
-from loomgraph.agent.leases import hold_lease
 from loomgraph.agent.memory_wiring import wire_memory
 from loomgraph.agent.pinning import (
-    GRAPH_CHOICES,
     GraphChoice,
-    check_move,
-    move_run,
-    not_kept,
     run_graph,
 )
 from loomgraph.agent.recovery import (
     DEFAULT_MAX_RECOVERIES,
-    begin_recovery,
-    end_recovery,
     reset_recoveries,
 )
 from loomgraph.agent.result import RunResult
+from loomgraph.agent.resuming import NO_VALUE, Resumer
 from loomgraph.agent.run_events import EventId, JournalEvent, follow_events
 from loomgraph.agent.session import AgentSession
 from loomgraph.agent.streaming import event_stream
+from loomgraph.agent.submitting import CancelOutcome
 from loomgraph.authoring.library import load_graph
-from loomgraph.engine.effects import ResumeInput
-from loomgraph.engine.scope import EventSink
 from loomgraph.governance.hooks import Hooks as GovernanceHooks
 from loomgraph.governance.null import NoHooks
 from loomgraph.graph.compiled import CompiledGraph, compile_graph
 from loomgraph.graph.spec import Graph
-from loomgraph.graph.state import snapshot_of
 from loomgraph.nodes.structured import (
     DEFAULT_RETRIES,
 )
 from loomgraph.protocols import (
-    FINAL_STATUSES,
-    AuditAction,
     AuditLog,
     Budget,
     Deps,
@@ -61,7 +47,6 @@ from loomgraph.protocols import (
     Model,
     Permissions,
     RunRecord,
-    RunStart,
     Runtime,
     SizeLimits,
     Telemetry,
@@ -70,8 +55,6 @@ from loomgraph.protocols import (
     close_backend,
 )
 from loomgraph.protocols.events import Event
-
-_NO_VALUE: Any = object()
 
 
 class Agent:
@@ -187,14 +170,16 @@ class Agent:
         session_id: str | None = None,
         output_schema: Any = None,
         output_retries: int = DEFAULT_RETRIES,
+        run_id: str | None = None,
     ) -> AgentSession:
-        """A fresh session for one run."""
+        """A fresh session for one run (`run_id`: a queued run a fleet worker starts)."""
         return self._session(
             prompt,
             user_id=user_id,
             session_id=session_id,
             output_schema=output_schema,
             output_retries=output_retries,
+            run_id=run_id,
         )
 
     def _session(
@@ -270,8 +255,8 @@ class Agent:
         run_id: str,
         *,
         graph: GraphChoice = "pinned",
-        value: Any = _NO_VALUE,
-        approve: Any = _NO_VALUE,
+        value: Any = NO_VALUE,
+        approve: Any = NO_VALUE,
         override_policy: bool = False,
     ) -> RunResult:
         """Continue an interrupted or crashed run from its journal; finished effects replay.
@@ -290,7 +275,7 @@ class Agent:
         the permission policy it was pinned to; another one is refused (`PolicyChanged`)
         unless `override_policy=True`, which is audited.
         """
-        return await self._resume(
+        return await self._resumer().resume(
             self.deps.hooks.on_event,
             run_id,
             graph=graph,
@@ -301,83 +286,20 @@ class Agent:
 
     def resume_stream(self, run_id: str, **options: Any) -> AsyncIterator[Event]:
         """`resume()` as a stream: the events of the resumed part, shaped as `stream()`'s."""
+        resumer = self._resumer()
         return event_stream(
-            lambda sink: self._resume(sink, run_id, **options), self.deps.hooks.on_event
+            lambda sink: resumer.resume(sink, run_id, **options), self.deps.hooks.on_event
         )
 
-    async def _resume(
-        self,
-        sink: EventSink,
-        run_id: str,
-        *,
-        graph: GraphChoice = "pinned",
-        value: Any = _NO_VALUE,
-        approve: Any = _NO_VALUE,
-        override_policy: bool = False,
-    ) -> RunResult:
-        """`resume`, its events going to `sink`."""
-        if graph not in GRAPH_CHOICES:
-            raise ResumeError(f"graph must be 'pinned' or 'current', not {graph!r}")
-        runtime = self.deps.runtime
-        record = await runtime.load_run(run_id)
-        if record is None:
-            raise UnknownRun(run_id)
-        answer = await self._answer(record, value, approve)
-        if record.status in _FINAL and record.result is not None:
-            return RunResult.from_dict(record.result)  # a finished run: nothing is executed again
-        own = await run_graph(runtime, record, self.compiled, self._kept)
-        if graph == "pinned" and own is None:
-            raise not_kept(record, self.compiled)
-        target = own if graph == "pinned" and own is not None else self.compiled
-        session = self._session(
-            _prompt(record),
-            compiled=target,
-            user_id=record.user_id,
-            session_id=record.session_id,
-            run_id=run_id,
+    def _resumer(self) -> Resumer:
+        return Resumer(
+            self.deps,
+            self.compiled,
+            self._kept,
+            self._session,
+            self.max_recoveries,
+            self.instructions,
         )
-        async with hold_lease(self.deps.leases, run_id):
-            # Read where the run stands only once it is ours: another worker may have moved
-            # it on, or finished it, while this one waited.
-            record = await runtime.load_run(run_id) or record
-            # Checked again under the lease: of two approvals of one call, one wins.
-            answer = await self._answer(record, value, approve)
-            if record.status in _FINAL and record.result is not None:
-                return RunResult.from_dict(record.result)
-            changed = check_policy(record, self.deps.permissions, override=override_policy)
-            transitions = await runtime.transitions(run_id)
-            at = position(own or target, record, transitions)
-            if target is not own:  # checked before anything is written or counted
-                at.state = check_move(record, at, transitions, own, target)
-            if changed is not None:
-                await self.deps.audit_log.record(
-                    AuditAction.POLICY_OVERRIDE,
-                    run_id=run_id,
-                    user_id=record.user_id,
-                    actor="agent",
-                    payload=changed,
-                )
-            gave_up = await begin_recovery(
-                runtime, record, self.max_recoveries, self.deps.audit_log
-            )
-            if gave_up is not None:  # too many failed recoveries: now a dead letter
-                return gave_up
-            if target is not own:
-                await move_run(runtime, record, target)
-            result = await session.continue_from(sink, record, at, new_run=False, resume=answer)
-            await end_recovery(runtime, record, result)
-            return result
-
-    async def _answer(self, record: RunRecord, value: Any, approve: Any) -> ResumeInput | None:
-        """The answer a resume brings, checked against what the run waits for: an answer for
-        a run that does not wait for it is refused, not ignored."""
-        if value is not _NO_VALUE:
-            return resume_value(record, value)
-        if approve is not _NO_VALUE:
-            answer = approval(record, approve)
-            await not_answered(self.deps.runtime, record, answer.call_id)
-            return answer
-        return None
 
     async def retry(self, run_id: str, *, graph: GraphChoice = "pinned") -> RunResult:
         """Resume a dead letter (or any run) with its count of failed recoveries forgotten;
@@ -391,32 +313,7 @@ class Agent:
         The state is rebuilt with the graph the run started with; the new run goes on with
         this Agent's graph, if that state fits it (else `GraphChanged`).
         """
-        record, transitions = await self._journal(run_id)
-        if at and not any(t.seq == at for t in transitions):
-            raise ValueError(
-                f"run {run_id} has no checkpoint {at}; it has "
-                f"1..{transitions[-1].seq if transitions else 0}"
-            )
-        own = await run_graph(self.deps.runtime, record, self.compiled, self._kept)
-        where = position(own or self.compiled, record, transitions, upto=at)
-        if own is not self.compiled:
-            where.state = check_move(record, where, transitions, own, self.compiled)
-        if patch:
-            self.compiled.schema.apply(where.state, self.compiled.schema.check(dict(patch)))
-        session = self._session(
-            _prompt(record), user_id=record.user_id, session_id=record.session_id
-        )
-        forked = session._record(
-            parent_run_id=run_id,
-            parent_seq=at,
-            initial=RunStart(
-                snapshot_of(where.state),
-                record.initial.system if record.initial else self.instructions,
-                describe_policy(self.deps.permissions),
-            ),
-        )
-        fresh = Position(where.state, where.visits, where.next_node, 0)
-        return await session.continue_from(self.deps.hooks.on_event, forked, fresh, new_run=True)
+        return await self._resumer().fork(self.deps.hooks.on_event, run_id, at=at, patch=patch)
 
     async def history(self, run_id: str) -> list[Checkpoint]:
         """The run's first state (seq 0), then every transition with the state after it,
@@ -434,16 +331,56 @@ class Agent:
             after = EventId.parse(after)
         return follow_events(self.deps.runtime, run_id, after=after, poll_interval=poll_interval)
 
+    async def submit(
+        self,
+        prompt: str,
+        *,
+        user_id: str | None = None,
+        session_id: str | None = None,
+        output_schema: Any = None,
+        output_retries: int | None = None,
+        priority: int = 0,
+        run_at: datetime | float | None = None,
+        queue: str = DEFAULT_QUEUE,
+    ) -> str:
+        """Hand a run to the worker fleet (docs/scaling.md): journaled `queued` and enqueued
+        in one transaction; higher `priority` first, not before `run_at`. The run id."""
+        return await submitting.submit(
+            self.deps,
+            self.compiled,
+            prompt,
+            user_id=user_id,
+            session_id=session_id,
+            output_schema=output_schema,
+            output_retries=output_retries,
+            priority=priority,
+            run_at=run_at,
+            queue=queue,
+        )
+
+    async def submit_resume(
+        self, run_id: str, *, approve: Any = NO_VALUE, value: Any = NO_VALUE, priority: int = 0
+    ) -> None:
+        """Give a fleet run waiting for a person its answer; a worker goes on with it."""
+        answer = {k: v for k, v in (("approve", approve), ("value", value)) if v is not NO_VALUE}
+        await submitting.submit_resume(self.deps, run_id, answer=answer, priority=priority)
+
+    async def wait(
+        self, run_id: str, *, timeout: float | None = None, poll_interval: float = 0.1
+    ) -> RunResult:
+        """The result of a run once it stopped, wherever it runs (`RunWaitTimeout`)."""
+        return await submitting.wait(
+            self.deps, run_id, timeout=timeout, poll_interval=poll_interval
+        )
+
+    async def cancel(self, run_id: str, *, by: str = "agent.cancel") -> CancelOutcome:
+        """Cancel a fleet run: a queued one never starts, a running one stops at its next
+        effect boundary; journaled `cancelled by <by>`."""
+        return await submitting.cancel(self.deps, run_id, by=by)
+
     async def runs(self, user_id: str | None = None) -> list[RunRecord]:
         """The runs in the journal, optionally of one user."""
         return await self.deps.runtime.runs(user_id)
-
-
-_FINAL = FINAL_STATUSES
-
-
-def _prompt(record: RunRecord) -> str:
-    return record.initial.prompt if record.initial else ""
 
 
 def _mutable_host(host: Any) -> Any:

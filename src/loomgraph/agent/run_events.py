@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from loomgraph.errors import LoomgraphError
-from loomgraph.protocols import EffectRecord, EffectStatus, RunRecord, RunStatus, Transition
+from loomgraph.protocols import EffectRecord, EffectStatus, RunRecord, Transition
 from loomgraph.protocols.events import (
     NODE_COMPLETED,
     NODE_STARTED,
@@ -158,7 +158,7 @@ def journal_events(
     stopped: bool | None = None,
 ) -> list[JournalEvent]:
     """The events the journal holds for a run, after `after`, stop event included when the
-    run stopped (by default: when its status is not `running`)."""
+    run stopped (by default: when it is neither `queued` nor `running`)."""
     out: list[JournalEvent] = []
 
     def add(eid: EventId, event: Event) -> None:
@@ -194,7 +194,7 @@ def journal_events(
         i += 1
         payload = {"node": t.node, "visit": t.visit, "next": t.next_node, "patch": t.patch}
         add(EventId(t.seq, i), _event(record, NODE_COMPLETED, payload, t.seq, t.node, t.at))
-    if (record.status != RunStatus.RUNNING) if stopped is None else stopped:
+    if (not record.status.in_progress) if stopped is None else stopped:
         last = transitions[-1].seq if transitions else 0
         result = record.result or {}
         payload = {
@@ -253,7 +253,7 @@ async def follow_events(
         record = await read(run_id)
         if record is None:
             raise UnknownRun(run_id)
-        stopped = record.status != RunStatus.RUNNING and not await _resumed(runtime, record)
+        stopped = not record.status.in_progress and not await _resumed(runtime, record)
         transitions = await runtime.transitions(run_id)
         newest = transitions[-1].seq if transitions else 0
         if newest != seen_seq or stopped:

@@ -96,8 +96,11 @@ class AgentSession:
             **fields,
         )
 
-    async def execute(self, sink: EventSink) -> RunResult:
-        """Runtime session → root span → audit → memory seed → interpreter → episode → result."""
+    async def execute(self, sink: EventSink, *, leased: bool = False) -> RunResult:
+        """Runtime session → root span → audit → memory seed → interpreter → episode → result.
+
+        `leased`: the caller holds the run's lease already (a fleet worker starting a queued
+        run takes it before it looks at the run, so two workers never both start it)."""
         limit = self.deps.size_limits.prompt_chars
         if len(self.prompt) > limit:  # refused before anything is written
             raise InputTooLarge("the prompt", len(self.prompt), limit)
@@ -111,8 +114,14 @@ class AgentSession:
                 describe_policy(self.deps.permissions),
             )
             await pin(self.deps.runtime, self.graph)  # the graph the run is pinned to
-            await self.deps.runtime.start_run(record)
-            return await self._started(scope, state, None, None)
+            start = getattr(self.deps.runtime, "start_queued_run", None)
+            if leased and start is not None:
+                # A queued run becomes this one only while it is queued and the lease ours:
+                # a worker stopped past its lease must not restart a run another finished.
+                await start(record)
+            else:
+                await self.deps.runtime.start_run(record)
+            return await self._started(scope, state, None, None, leased=leased)
 
     async def continue_from(
         self,
@@ -192,10 +201,15 @@ class AgentSession:
         state: dict[str, Any],
         start: str | None,
         visits: dict[str, int] | None,
+        *,
+        leased: bool = False,
     ) -> RunResult:
-        """Drive a run just journaled as started, under its own lease (a fork's too)."""
+        """Drive a run just journaled as started, under its own lease (a fork's too; a
+        fleet worker holds the lease already: `leased`)."""
         try:
             await self._announce(scope)  # only once the run is journaled
+            if leased:
+                return await self._drive(scope, state, start, visits)
             async with hold_lease(self.deps.leases, self.run_id):
                 return await self._drive(scope, state, start, visits)
         except asyncio.CancelledError:

@@ -146,7 +146,7 @@ class RunOverlay:
 
     def stop_colour(self) -> str | None:
         """The highlight colour of the node where the run stopped, if it is highlighted."""
-        if self.stopped_at is None or self.status == "running":
+        if self.stopped_at is None or self.status in ("queued", "running"):
             return None
         if self.status == "failed":
             return "#dc2626"

@@ -12,6 +12,7 @@ from loomgraph.cli import agent_args, journal
 from loomgraph.cli import approvals as cli_approvals
 from loomgraph.cli import audit as cli_audit
 from loomgraph.cli import evaluate as cli_evaluate
+from loomgraph.cli import fleet as cli_fleet
 from loomgraph.cli import mcp_serve as cli_mcp_serve
 from loomgraph.cli import run as cli_run
 from loomgraph.cli import runs as cli_runs
@@ -84,10 +85,13 @@ def build_parser() -> argparse.ArgumentParser:
     new_graph = sub.add_parser("new-graph", help="write a commented starting graph, NAME.yaml")
     new_graph.add_argument("name", help="the graph's name: letters, digits, - and _")
     new_graph.add_argument("-o", "--output-dir", default=".", help="folder to write it in")
-    cli_approvals.add_parsers(cli_runs.add_runs_parser(sub))
+    runs_commands = cli_runs.add_runs_parser(sub)
+    cli_approvals.add_parsers(runs_commands)
+    cli_fleet.add_runs_parsers(runs_commands)
     cli_audit.add_audit_parser(sub)
     cli_evaluate.add_parser(sub)
     cli_serve.add_parser(sub)
+    cli_fleet.add_parser(sub)
     cli_mcp_serve.add_parser(sub)
     return parser
 
@@ -116,6 +120,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         if args.command == "runs":
             if args.runs_command in cli_approvals.COMMANDS:
                 return cli_approvals.handle(args)
+            if args.runs_command in cli_fleet.COMMANDS:
+                return cli_fleet.handle_runs(args)
             return cli_runs.handle(args)
         if args.command == "audit":
             return cli_audit.handle(args)
@@ -123,6 +129,8 @@ def _dispatch(args: argparse.Namespace) -> int:
             return cli_evaluate.handle(args)
         if args.command in ("serve", "keys"):
             return cli_serve.handle(args)
+        if args.command == "worker":
+            return cli_fleet.handle(args)
         if args.command == "mcp-serve":
             return cli_mcp_serve.handle(args)
         if args.command == "render":

@@ -31,6 +31,12 @@ def add_parser(subparsers: Any) -> None:
     serve.add_argument(
         "--log-level", default="info", help="uvicorn's log level (debug, info, warning, error)"
     )
+    serve.add_argument(
+        "--fleet",
+        action="store_true",
+        help="submit runs to the worker fleet (`loomgraph worker`) instead of running them "
+        "in this process; needs a postgres:// journal",
+    )
     keys = subparsers.add_parser("keys", help="API keys of the server (stored hashed)")
     cmds = keys.add_subparsers(dest="keys_command", required=True)
     add = cmds.add_parser("add", help="make a key for USER and print it (shown once)")
@@ -78,13 +84,14 @@ async def _add_key(args: argparse.Namespace) -> int:
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from loomgraph.agent.fleet import FleetNeedsPostgres
     from loomgraph.serve.app import create_app
     from loomgraph.serve.auth import DevModeRefused
 
     agent = load_agent(args.agent)
     try:
-        app = create_app(agent, dev=args.dev, host=args.host)
-    except DevModeRefused as err:
+        app = create_app(agent, dev=args.dev, host=args.host, fleet=args.fleet)
+    except (DevModeRefused, FleetNeedsPostgres) as err:
         print(f"loomgraph: refused: {err}", file=sys.stderr)
         return EXIT_USAGE
     if args.dev:

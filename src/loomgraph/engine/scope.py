@@ -21,6 +21,8 @@ from loomgraph.protocols import (
     EffectRecord,
     EffectStatus,
     Reservation,
+    RunStatus,
+    RunStopped,
     Usage,
 )
 from loomgraph.protocols.events import EFFECT_UNKNOWN_AFTER_CRASH, Event
@@ -30,6 +32,13 @@ EventSink = Callable[[Event], Awaitable[None]]
 # The run the current task works for, so callbacks of shared objects (a budget's warnings)
 # can reach the right run's events.
 active_scope: ContextVar[RunScope | None] = ContextVar("loomgraph_active_scope", default=None)
+
+# Set by whoever drives the run (a fleet worker) to stop it at its next effect boundary: an
+# async function returning why the run was cancelled, or None while it may go on. Awaited
+# before each effect's intent is journaled, so the effect before has its outcome, none is cut.
+stop_request: ContextVar[Callable[[], Awaitable[str | None]] | None] = ContextVar(
+    "loomgraph_stop_request", default=None
+)
 
 
 class ChildRunner(Protocol):
@@ -140,7 +149,11 @@ class RunScope:
         self, key: EffectKey, kind: str, intent: dict[str, Any], node: str
     ) -> EffectRecord | None:
         """Journal an effect's intent; the earlier record when the key was seen before (an
-        unfinished one is reported as `effect_unknown_after_crash`)."""
+        unfinished one is reported as `effect_unknown_after_crash`). A stop requested for the
+        run (`stop_request`) ends it here, `cancelled`, before the intent is written."""
+        stop = stop_request.get()
+        if stop is not None and (why := await stop()) is not None:
+            raise RunStopped(RunStatus.CANCELLED, why)
         prior = await self.deps.runtime.begin_effect(
             EffectRecord(self.run_id, str(key), kind, intent)
         )

@@ -39,6 +39,8 @@ __all__ = [
 class RunStatus(enum.StrEnum):
     """Where a run stands; the values are what journals and JSON keep."""
 
+    # Submitted to a worker fleet (`agent.submit`), not started yet: no worker took it.
+    QUEUED = "queued"
     RUNNING = "running"
     COMPLETED = "completed"
     FAILED = "failed"
@@ -54,6 +56,11 @@ class RunStatus(enum.StrEnum):
     def final(self) -> bool:
         """True when the run ended for good: resuming it returns its result, runs nothing."""
         return self in FINAL_STATUSES
+
+    @property
+    def in_progress(self) -> bool:
+        """True while the run is queued or running: it has not stopped, for now or for good."""
+        return self in (RunStatus.QUEUED, RunStatus.RUNNING)
 
 
 # The one definition of a final status. A failed, interrupted, cancelled or waiting run

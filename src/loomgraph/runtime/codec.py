@@ -271,9 +271,16 @@ def statements(d: Dialect) -> dict[str, str]:
     end = f"UPDATE {p}effects SET outcome = ?, status = ? WHERE run_id = ? AND key = ?"
     recovery = f"UPDATE {p}runs SET recoveries = recoveries + 1 WHERE run_id = ?"
     move = f"UPDATE {p}runs SET graph_name = ?, graph_hash = ? WHERE run_id = ?"
+    start_queued = (
+        f"UPDATE {p}runs SET "
+        + ", ".join(f"{c} = ?" for c in updated)
+        + " WHERE run_id = ? AND status = 'queued'"
+    )
     return {
         "start_run": f"INSERT INTO {p}runs ({RUN_COLUMNS}) VALUES ({_marks(15)}) "
         "ON CONFLICT (run_id) DO UPDATE SET " + ", ".join(f"{c} = excluded.{c}" for c in updated),
+        "start_queued": start_queued,
+        "start_queued_fenced": f"{start_queued} AND {fence}",
         "load_run": f"SELECT {RUN_READ} FROM {p}runs WHERE run_id = ?",
         "runs": f"SELECT {RUN_READ} FROM {p}runs ORDER BY n",
         "user_runs": f"SELECT {RUN_READ} FROM {p}runs WHERE user_id = ? ORDER BY n",

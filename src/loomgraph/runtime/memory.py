@@ -45,7 +45,7 @@ class InMemoryRuntime:
         self._effects.setdefault(run.run_id, {})
         while len(self._runs) > self.max_runs:
             old = next(iter(self._runs))
-            if self._runs[old].status == RunStatus.RUNNING:
+            if self._runs[old].status.in_progress:
                 break
             self._forget(old)
 

@@ -6,8 +6,10 @@ asyncpg is imported when a PostgresRuntime is made, so importing loomgraph witho
 
 from __future__ import annotations
 
-from contextlib import AbstractAsyncContextManager
-from typing import Any
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Any, TypeVar
 
 from loomgraph._storage.dsn import describe_dsn
 from loomgraph._storage.pg_pool import (
@@ -18,10 +20,20 @@ from loomgraph._storage.pg_pool import (
     open_pool,
     quote_ident,
 )
+from loomgraph.protocols import RunRecord
 from loomgraph.protocols.ledger import LedgerSite, PostgresSite
-from loomgraph.runtime.codec import ADDED_COLUMNS, SCHEMA_VERSION, Dialect, ddl, graphs_table
+from loomgraph.runtime.codec import (
+    ADDED_COLUMNS,
+    SCHEMA_VERSION,
+    Dialect,
+    ddl,
+    graphs_table,
+    run_row,
+)
 from loomgraph.runtime.errors import JournalCorrupted, JournalUnavailable, JournalVersionError
 from loomgraph.runtime.sql_journal import Cursor, SqlJournal
+
+T = TypeVar("T")
 
 
 def dialect(schema: str) -> Dialect:
@@ -93,6 +105,21 @@ class PostgresRuntime(SqlJournal):
     def ledger_site(self) -> LedgerSite | None:
         """This database and schema, to keep a budget ledger in."""
         return PostgresSite(self.dsn, self.schema)
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[Any]:
+        """A pooled asyncpg connection inside one transaction, for what must commit or roll
+        back together with the journal's own writes (a worker fleet's job rows); the
+        connection's errors are translated as the journal's are."""
+        async with self._write() as cur:
+            yield cur.connection  # type: ignore[attr-defined]
+
+    async def start_run_with(self, run: RunRecord, then: Callable[[Any], Awaitable[T]]) -> T:
+        """Record a new run and, in the same transaction, `then(connection)`: either both
+        commit or neither does (a fleet's submit journals a run and enqueues its job)."""
+        async with self._write() as cur:
+            await cur.execute(self._sql["start_run"], run_row(run, time.time()))
+            return await then(cur.connection)  # type: ignore[attr-defined]
 
     # ------------------------------------------------------------------ sessions
 

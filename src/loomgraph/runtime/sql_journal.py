@@ -119,6 +119,24 @@ class SqlJournal:
         """Record a new run (a second start of the same id replaces its record, as in memory)."""
         await self._exec("start_run", run_row(run, time.time()))
 
+    async def start_queued_run(self, run: RunRecord, *, fence: Lease | None = None) -> None:
+        """Start a run journaled `queued` (a worker fleet's): its record is replaced only
+        while it is still queued and, fenced, while the writer's lease is current. Otherwise
+        nothing is written: `LeaseLost` (the lease was taken over: a worker that was stopped
+        must not restart a run another one advanced, or finished), `RunConflict` (it started
+        already) or `UnknownRun`."""
+        row = run_row(run, time.time())
+        lease = self._fence(run.run_id, fence)
+        name, args = self._fenced("start_queued", (*row[1:], run.run_id), lease)
+        if await self._exec(name, args):
+            return
+        rows = await self._fetch("run_status", (run.run_id,))
+        if not rows:
+            raise UnknownRun(run.run_id)
+        if lease is not None and not await self._fetch("fence", (run.run_id, lease.token)):
+            raise LeaseLost(run.run_id, lease.token)
+        raise RunConflict(run.run_id, f"the run is {rows[0][0]}, not queued")
+
     async def load_run(self, run_id: str) -> RunRecord | None:
         """A run's record, or None."""
         rows = await self._fetch("load_run", (run_id,))

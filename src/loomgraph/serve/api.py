@@ -108,7 +108,8 @@ async def create_run(request: Request, service: Service, caller: Caller) -> Resp
     if stream:
         return sse(_frames(service, caller, run_id, None))
     if background:
-        return Json({"run_id": run_id, "status": "running"}, status_code=202)
+        status = "queued" if service.fleet else "running"
+        return Json({"run_id": run_id, "status": status}, status_code=202)
     record = await service.finished(caller, run_id)
     body = record.result or run_json(record, detail=True)
     if record.status == RunStatus.BUDGET_EXHAUSTED:

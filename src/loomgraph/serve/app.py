@@ -13,6 +13,7 @@ from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
 from loomgraph.agent.agent import Agent
+from loomgraph.agent.fleet import fleet_queue
 from loomgraph.serve.api import ENDPOINTS, Json, api_routes
 from loomgraph.serve.auth import Auth, api_key_auth, dev_auth
 from loomgraph.serve.hub import RunHub
@@ -84,6 +85,7 @@ def create_app(
     store: ServeStore | None = None,
     poll_interval: float = 0.5,
     max_body: int = 1 << 20,
+    fleet: bool = False,
 ) -> Starlette:
     """An ASGI app serving `agent`: the `/v1` API, the `/ui` viewer, `/openapi.json`,
     `/healthz`.
@@ -91,13 +93,24 @@ def create_app(
     `auth` maps a request to the caller (a `Caller`, a user id, or None); by default API keys
     stored (hashed) beside the agent's journal. `dev=True` also trusts an `X-User-Id` header,
     and is refused (`DevModeRefused`) unless `host`, where the server listens, is loopback.
+    `fleet=True` submits runs to the worker fleet (`agent.submit`; docs/scaling.md) instead
+    of driving them in this process; answers and cancels go through the fleet too.
     """
+    if fleet:
+        fleet_queue(agent.deps.runtime)  # FleetNeedsPostgres now, not at the first request
     store = store or open_store(agent.deps.runtime)
     chosen = auth or api_key_auth(store)
     if dev:
         chosen = dev_auth(host, chosen)
     service = Service(
-        agent, store, chosen, RunHub(), poll_interval=poll_interval, max_body=max_body, dev=dev
+        agent,
+        store,
+        chosen,
+        RunHub(),
+        poll_interval=poll_interval,
+        max_body=max_body,
+        dev=dev,
+        fleet=fleet,
     )
     spec = openapi(f"loomgraph agent ({agent.graph.name})")
 

@@ -12,6 +12,7 @@ from loomgraph.agent.agent import Agent
 from loomgraph.agent.checkpoints import Checkpoint, diff, history, position
 from loomgraph.agent.run_events import EventId, JournalEvent, follow_events
 from loomgraph.agent.streaming import event_stream
+from loomgraph.agent.submitting import RunNotCancellable
 from loomgraph.authoring.diagram import RunOverlay
 from loomgraph.authoring.render_dot import to_svg
 from loomgraph.engine.effects import Approval
@@ -38,6 +39,8 @@ class Service:
     poll_interval: float = 0.5
     max_body: int = 1 << 20
     dev: bool = False
+    # Runs go to the worker fleet (`agent.submit`) instead of being driven in this process.
+    fleet: bool = False
     _graph_svg: str | None = None
 
     # ------------------------------------------------------------------ reads
@@ -122,7 +125,10 @@ class Service:
     # ------------------------------------------------------------------ writes
 
     async def start(self, caller: Caller, prompt: str, session_id: str | None) -> str:
-        """Start a run as the caller, driven in the background; its id."""
+        """Start a run as the caller, driven in the background (here, or by the fleet's
+        workers when `fleet`); its id."""
+        if self.fleet:
+            return await self.agent.submit(prompt, user_id=caller.user_id, session_id=session_id)
         session = self.agent.session(prompt, user_id=caller.user_id, session_id=session_id)
         stream = event_stream(
             session.execute, self.agent.deps.hooks.on_event, lambda: session.error
@@ -133,7 +139,9 @@ class Service:
         return session.run_id
 
     async def finished(self, caller: Caller, run_id: str) -> RunRecord:
-        """The run's record once this process stopped driving it."""
+        """The run's record once this process (or the fleet) stopped driving it."""
+        if self.fleet:
+            await self.agent.wait(run_id)
         await self.hub.wait(run_id)
         return await self.run(caller, run_id)
 
@@ -159,6 +167,9 @@ class Service:
         await self._resume(run_id, value=value)
 
     async def _resume(self, run_id: str, **answer: Any) -> None:
+        if self.fleet:
+            await self.agent.submit_resume(run_id, **answer)
+            return
         if self.hub.driving(run_id):
             raise Conflict(f"run {run_id!r} is running")
         # As for a new run: answered once the resume holds the run's lease, so a follower
@@ -181,6 +192,12 @@ class Service:
     async def cancel(self, caller: Caller, run_id: str) -> RunRecord:
         """Cancel the caller's run: a run driven here is stopped, a waiting one is closed."""
         record = await self.run(caller, run_id)
+        if self.fleet:
+            try:
+                await self.agent.cancel(run_id, by=caller.user_id)
+            except RunNotCancellable as err:
+                raise Conflict(str(err)) from None
+            return await self.run(caller, run_id)
         if await self.hub.cancel(run_id):  # the session journals its own cancellation
             return await self.run(caller, run_id)
         if record.status == RunStatus.RUNNING:

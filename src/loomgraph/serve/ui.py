@@ -81,7 +81,7 @@ async def _run_context(service: Service, caller: Caller, run_id: str) -> dict[st
     return {
         "caller": caller,
         "run": run_json(record, detail=True),
-        "live": record.status == RunStatus.RUNNING,
+        "live": record.status.in_progress,
         "events": events,
         "count": len(events),
         "last_seq": transitions[-1].seq if transitions else 0,

@@ -1,0 +1,194 @@
+"""The fleet's queue: runs handed to workers through pgqueuer, a Postgres job queue.
+
+The engine (pgqueuer) decides which worker advances which run and when: its jobs table, its
+dequeue (`FOR UPDATE SKIP LOCKED`, priorities, `execute_after`), its heartbeats (a job whose
+worker stopped beating is picked again), its NOTIFY wake-ups and cancellations. The run's
+durable state stays in our journal; a job only says "advance run R" (start it, or resume it
+with a person's answer). Its tables live in the journal's Postgres schema, beside one table of
+ours, `fleet_runs`: which job a run has now, and who asked to cancel it.
+
+pgqueuer is imported when a fleet is used (`pip install 'loomgraph[fleet]'`), not with
+loomgraph.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from loomgraph.errors import LoomgraphError
+from loomgraph.protocols import Runtime
+
+__all__ = [
+    "DEFAULT_QUEUE",
+    "FleetError",
+    "FleetNeedsPostgres",
+    "FleetQueue",
+    "JobKind",
+    "RunJob",
+    "fleet_queue",
+]
+
+DEFAULT_QUEUE = "runs"
+
+
+class FleetError(LoomgraphError):
+    """Something a worker fleet was asked to do cannot be done (the message says why)."""
+
+
+class FleetNeedsPostgres(FleetError, TypeError):
+    """A fleet needs the Postgres journal: its queue lives in the same database, so a run is
+    journaled and enqueued in one transaction."""
+
+
+class JobKind(enum.StrEnum):
+    """What a job asks a worker to do with its run."""
+
+    START = "start"  # a queued run: start it
+    RESUME = "resume"  # a run waiting for a person: go on with their answer
+
+
+@dataclass(frozen=True, slots=True)
+class RunJob:
+    """The payload of one job: which run, and what a worker needs to advance it that the
+    journal does not keep yet (a queued run's prompt and options, a person's answer)."""
+
+    run_id: str
+    kind: JobKind
+    user_id: str | None = None
+    prompt: str = ""
+    session_id: str | None = None
+    # `module:QualName` of the output type, imported by the worker (a type is not data).
+    output_schema: str | None = None
+    output_retries: int | None = None
+    # {"approve": ...} or {"value": ...}, as `agent.resume` takes them.
+    answer: dict[str, Any] = field(default_factory=dict)
+
+    def encode(self) -> bytes:
+        """The payload as JSON bytes."""
+        return json.dumps(asdict(self), separators=(",", ":")).encode()
+
+    @classmethod
+    def decode(cls, payload: bytes | None) -> RunJob:
+        """A payload back; a payload this version did not write raises FleetError."""
+        try:
+            data = json.loads(payload or b"")
+            return cls(**{**data, "kind": JobKind(data["kind"])})
+        except (ValueError, TypeError, KeyError) as err:
+            raise FleetError(f"a job payload this loomgraph cannot read: {err}") from None
+
+
+@dataclass(frozen=True, slots=True)
+class FleetQueue:
+    """The queue of one journal: pgqueuer's tables and channel in the journal's schema."""
+
+    runtime: Any  # a PostgresRuntime
+    schema: str
+
+    @property
+    def channel(self) -> str:
+        """The NOTIFY channel (database-wide, so named after the schema)."""
+        return f"loomgraph.{self.schema}"
+
+    def settings(self) -> Any:
+        """pgqueuer's names: every object in the journal's schema."""
+        from pgqueuer.domain.settings import DBSettings
+
+        return DBSettings(db_schema=self.schema, channel=self.channel)
+
+    def queries(self, connection: Any) -> Any:
+        """pgqueuer's queries over one asyncpg connection (inside a transaction or not)."""
+        from pgqueuer.adapters.drivers.asyncpg import AsyncpgDriver
+        from pgqueuer.adapters.persistence import qb
+        from pgqueuer.queries import Queries
+
+        settings = self.settings()
+        return Queries(
+            AsyncpgDriver(connection),
+            qbe=qb.QueryBuilderEnvironment(settings=settings),
+            qbq=qb.QueryQueueBuilder(settings=settings),
+            qbs=qb.QuerySchedulerBuilder(settings=settings),
+        )
+
+    @property
+    def runs_table(self) -> str:
+        """Our table: each run's current job, and who asked to cancel it."""
+        return f'"{self.schema}".fleet_runs'
+
+    async def install(self) -> None:
+        """Create the queue's tables when missing (once per database schema; safe to race)."""
+        async with self.runtime.transaction() as con:
+            # One installer at a time: two workers starting together must not both create.
+            await con.execute("SELECT pg_advisory_xact_lock(hashtext($1))", self.channel)
+            queries = self.queries(con)
+            if not await queries.schema_is_installed():
+                await queries.install(create_schema=False)
+            await con.execute(
+                f"CREATE TABLE IF NOT EXISTS {self.runs_table} (run_id TEXT PRIMARY KEY, "
+                "job_id BIGINT, cancelled_by TEXT, cancelled_at DOUBLE PRECISION)"
+            )
+
+    async def enqueue(
+        self, con: Any, job: RunJob, *, queue: str, priority: int, delay: float | None
+    ) -> int:
+        """Enqueue `job` on `con` (the caller's transaction) and remember it as the run's job.
+
+        At most one job per run waits or runs at a time (its dedupe key is the run id)."""
+        from datetime import timedelta
+
+        queries = self.queries(con)
+        after = timedelta(seconds=delay) if delay else None
+        ids = await queries.enqueue(queue, job.encode(), priority, after, dedupe_key=job.run_id)
+        job_id = int(ids[0])
+        await con.execute(
+            f"INSERT INTO {self.runs_table} (run_id, job_id) VALUES ($1, $2) "
+            "ON CONFLICT (run_id) DO UPDATE SET job_id = excluded.job_id",
+            job.run_id,
+            job_id,
+        )
+        return job_id
+
+    async def job_of(self, run_id: str) -> tuple[int | None, str | None]:
+        """The run's current job id and who asked to cancel it (None, None: not a fleet run)."""
+        async with self.runtime.transaction() as con:
+            row = await con.fetchrow(
+                f"SELECT job_id, cancelled_by FROM {self.runs_table} WHERE run_id = $1", run_id
+            )
+        return (None, None) if row is None else (row[0], row[1])
+
+    async def request_cancel(self, run_id: str, by: str, *, running: bool) -> bool:
+        """Record who cancels the run, then tell the engine: a queued job is dropped (it
+        never starts), a running one's worker is notified (it stops at its next effect).
+        False when the run has no job (it was not submitted to the fleet)."""
+        import time
+
+        async with self.runtime.transaction() as con:
+            job_id = await con.fetchval(
+                f"UPDATE {self.runs_table} SET cancelled_by = $2, cancelled_at = $3 "
+                "WHERE run_id = $1 RETURNING job_id",
+                run_id,
+                by,
+                time.time(),
+            )
+            if job_id is None:
+                return False
+            queries = self.queries(con)
+            if running:
+                await queries.notify_job_cancellation([job_id])
+            else:
+                await queries.mark_job_as_cancelled([job_id])
+        return True
+
+
+def fleet_queue(runtime: Runtime) -> FleetQueue:
+    """The fleet queue of a journal; FleetNeedsPostgres for any journal but Postgres."""
+    schema = getattr(runtime, "schema", None)
+    if not hasattr(runtime, "start_run_with") or not isinstance(schema, str):
+        raise FleetNeedsPostgres(
+            f"a worker fleet needs the Postgres journal (runtime='postgres://…'), not "
+            f"{type(runtime).__name__}: its queue lives in the same database, so that a run "
+            "is journaled and enqueued in one transaction"
+        )
+    return FleetQueue(runtime, schema)

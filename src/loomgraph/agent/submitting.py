@@ -1,0 +1,267 @@
+"""Runs handed to a worker fleet: submit, submit an answer, wait for the result, cancel.
+
+`Agent.submit`, `submit_resume`, `wait` and `cancel` are thin calls of these. A submitted run
+is journaled `queued` and its job enqueued in one transaction of the Postgres journal, so no
+run is journaled but never enqueued, or enqueued but not journaled (`agent.fleet`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import time
+import uuid
+import weakref
+from datetime import UTC, datetime
+from typing import Any
+
+from loomgraph.agent.checkpoints import approval, resume_value
+from loomgraph.agent.fleet import DEFAULT_QUEUE, FleetError, FleetQueue, JobKind, RunJob
+from loomgraph.agent.fleet import fleet_queue as queue_of
+from loomgraph.agent.leases import hold_lease
+from loomgraph.agent.pinning import graph_key
+from loomgraph.agent.result import RunResult
+from loomgraph.engine.effects import Approval
+from loomgraph.errors import InputTooLarge
+from loomgraph.graph.compiled import CompiledGraph
+from loomgraph.protocols import Deps, RunRecord, RunStatus, UnknownRun
+from loomgraph.runtime.errors import RunConflict
+
+__all__ = [
+    "CancelOutcome",
+    "RunNotCancellable",
+    "RunWaitTimeout",
+    "cancel",
+    "submit",
+    "submit_resume",
+    "wait",
+]
+
+# Journals whose queue tables were checked by this process (once each, not per submit).
+_installed: weakref.WeakSet[Any] = weakref.WeakSet()
+
+
+class RunWaitTimeout(FleetError, TimeoutError):
+    """`agent.wait` gave up: the run had not stopped within the timeout."""
+
+    def __init__(self, run_id: str, timeout: float, status: str) -> None:
+        super().__init__(f"run {run_id} did not stop within {timeout} s (it is {status})")
+        self.run_id = run_id
+        self.status = status
+
+
+class RunNotCancellable(FleetError):
+    """The run ended already (completed, cancelled, a dead letter …): nothing to cancel."""
+
+    def __init__(self, run_id: str, status: str) -> None:
+        super().__init__(f"run {run_id} is {status}: there is nothing to cancel")
+        self.run_id = run_id
+        self.status = status
+
+
+class CancelOutcome(enum.StrEnum):
+    """What `agent.cancel` did."""
+
+    CANCELLED = "cancelled"  # nobody was advancing the run: it is journaled cancelled now
+    STOPPING = "stopping"  # a worker advances it: it stops at its next effect boundary
+
+
+async def _queue(deps: Deps) -> FleetQueue:
+    queue = queue_of(deps.runtime)
+    if deps.runtime not in _installed:
+        await queue.install()
+        _installed.add(deps.runtime)
+    return queue
+
+
+def _schema_path(output_schema: Any) -> str | None:
+    """`module:QualName` of an output type, which every worker can import."""
+    if output_schema is None:
+        return None
+    module = getattr(output_schema, "__module__", None)
+    name = getattr(output_schema, "__qualname__", "")
+    if not isinstance(output_schema, type) or not module or "<locals>" in name:
+        raise FleetError(
+            f"output_schema {output_schema!r} must be a class defined at module level: a "
+            "worker imports it by name (module:QualName) to check the answer"
+        )
+    return f"{module}:{name}"
+
+
+def _delay(run_at: datetime | float | None) -> float | None:
+    """Seconds from now until `run_at` (a datetime with a time zone, or epoch seconds)."""
+    if run_at is None:
+        return None
+    if isinstance(run_at, datetime):
+        if run_at.tzinfo is None:
+            raise FleetError(f"run_at {run_at!r} has no time zone; give an aware datetime")
+        return max(0.0, (run_at - datetime.now(UTC)).total_seconds())
+    return max(0.0, float(run_at) - time.time())
+
+
+async def submit(
+    deps: Deps,
+    compiled: CompiledGraph,
+    prompt: str,
+    *,
+    user_id: str | None,
+    session_id: str | None,
+    output_schema: Any,
+    output_retries: int | None,
+    priority: int,
+    run_at: datetime | float | None,
+    queue: str,
+) -> str:
+    """Journal a run as `queued` and enqueue its job, in one transaction; the run id."""
+    limit = deps.size_limits.prompt_chars
+    if len(prompt) > limit:  # refused before anything is written
+        raise InputTooLarge("the prompt", len(prompt), limit)
+    if not isinstance(priority, int) or isinstance(priority, bool):
+        raise FleetError(f"priority must be an int, not {type(priority).__name__}")
+    if not isinstance(queue, str) or not queue:
+        raise FleetError(f"queue must be a non-empty name, not {queue!r}")
+    fleet = await _queue(deps)
+    run_id = uuid.uuid4().hex
+    now = time.time()
+    record = RunRecord(
+        run_id,
+        compiled.name,
+        graph_key(compiled),
+        user_id,
+        session_id,
+        status=RunStatus.QUEUED,
+        created_at=now,
+        updated_at=now,
+    )
+    job = RunJob(
+        run_id,
+        JobKind.START,
+        user_id=user_id,
+        prompt=prompt,
+        session_id=session_id,
+        output_schema=_schema_path(output_schema),
+        output_retries=output_retries,
+    )
+    delay = _delay(run_at)
+
+    async def enqueue(con: Any) -> int:
+        return await fleet.enqueue(con, job, queue=queue, priority=priority, delay=delay)
+
+    await deps.runtime.start_run_with(record, enqueue)  # type: ignore[attr-defined]
+    return run_id
+
+
+async def submit_resume(
+    deps: Deps,
+    run_id: str,
+    *,
+    answer: dict[str, Any],
+    priority: int = 0,
+    queue: str = DEFAULT_QUEUE,
+) -> None:
+    """Enqueue the answer a waiting run needs (`approve=` or `value=`), checked first against
+    what the run waits for; a worker goes on with it."""
+    if len(answer) != 1 or not set(answer) <= {"approve", "value"}:
+        raise FleetError("submit_resume takes exactly one of approve= or value=")
+    fleet = await _queue(deps)
+    record = await deps.runtime.load_run(run_id)
+    if record is None:
+        raise UnknownRun(run_id)
+    if "value" in answer:
+        resume_value(record, answer["value"])  # the typed error now, not in a worker's log
+    else:
+        checked = approval(record, answer["approve"])
+        answer = {"approve": _approval_data(checked)}
+    job = RunJob(run_id, JobKind.RESUME, user_id=record.user_id, answer=answer)
+    async with deps.runtime.transaction() as con:  # type: ignore[attr-defined]
+        await fleet.enqueue(con, job, queue=queue, priority=priority, delay=None)
+
+
+def _approval_data(answer: Approval) -> dict[str, Any]:
+    """An approval as the data `agent.resume(approve=...)` takes back."""
+    return {
+        "call_id": answer.call_id,
+        "allow": answer.allow,
+        "args": answer.args,
+        "approver": answer.approver,
+        "reason": answer.reason,
+    }
+
+
+async def wait(
+    deps: Deps, run_id: str, *, timeout: float | None, poll_interval: float = 0.1
+) -> RunResult:
+    """The run's result once it stopped (finished, failed, cancelled, or waiting for a
+    person), wherever it runs; `RunWaitTimeout` after `timeout` seconds. A crashed run is
+    waited for while the fleet will recover it (its job is queued or picked)."""
+    runtime = deps.runtime
+    fleet = await _queue(deps)
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        record = await runtime.load_run(run_id)
+        if record is None:
+            raise UnknownRun(run_id)
+        if await _settled(fleet, record):
+            if record.result is not None:
+                return RunResult.from_dict(record.result)
+            return RunResult(
+                None,
+                run_id,
+                record.session_id,
+                record.user_id,
+                record.status,
+                record.reason,
+            )
+        if deadline is not None and time.monotonic() >= deadline:
+            raise RunWaitTimeout(run_id, timeout or 0.0, str(record.status))
+        pause = (
+            poll_interval if deadline is None else min(poll_interval, deadline - time.monotonic())
+        )
+        await asyncio.sleep(max(pause, 0.0))
+
+
+async def _settled(fleet: FleetQueue, record: RunRecord) -> bool:
+    """True when nothing will move the run on by itself: no worker holds its lease and no
+    job of it is queued or picked. A run still `running` then (its worker died and no job
+    will recover it: it was not submitted, or its job failed) is settled too, so `wait`
+    never waits for ever on a run nobody advances."""
+    lease = await fleet.runtime.lease(record.run_id)
+    if lease is not None and lease.expires_at > time.time():
+        return False  # being advanced: the status changes when that ends
+    job_id, _ = await fleet.job_of(record.run_id)
+    if job_id is None:
+        return True
+    async with fleet.runtime.transaction() as con:
+        statuses = dict(await fleet.queries(con).job_status([job_id]))
+    return statuses.get(job_id) not in ("queued", "picked")
+
+
+async def cancel(deps: Deps, run_id: str, *, by: str) -> CancelOutcome:
+    """Cancel a run from anywhere: one nobody advances is journaled `cancelled` at once (a
+    queued one never starts); one a worker advances stops at its next effect boundary."""
+    runtime = deps.runtime
+    fleet = await _queue(deps)
+    record = await runtime.load_run(run_id)
+    if record is None:
+        raise UnknownRun(run_id)
+    if record.status.final or record.status in _ENDED:
+        raise RunNotCancellable(run_id, str(record.status))
+    reason = f"cancelled by {by}"
+    try:
+        async with hold_lease(deps.leases, run_id):
+            record = await runtime.load_run(run_id) or record
+            if record.status.final or record.status in _ENDED:
+                raise RunNotCancellable(run_id, str(record.status))
+            await runtime.finish_run(run_id, RunStatus.CANCELLED, reason, record.result)
+            await fleet.request_cancel(run_id, by, running=False)
+            return CancelOutcome.CANCELLED
+    except RunConflict:
+        # A worker holds the run: record who asked, then wake the worker.
+        if not await fleet.request_cancel(run_id, by, running=True):
+            raise FleetError(
+                f"run {run_id} is advanced by a process outside the fleet; cancel it there"
+            ) from None
+        return CancelOutcome.STOPPING
+
+
+_ENDED = frozenset({RunStatus.CANCELLED, RunStatus.DEAD_LETTER})

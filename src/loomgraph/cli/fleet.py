@@ -1,0 +1,130 @@
+"""The worker fleet from the command line: `loomgraph worker --agent FILE|MODULE:ATTR` (one
+process of the fleet) and `loomgraph runs cancel RUN_ID --agent …`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from typing import Any
+
+from loomgraph.cli.agent_args import load_agent
+from loomgraph.cli.output import EXIT_OK, EXIT_USAGE
+
+__all__ = ["COMMANDS", "add_parser", "add_runs_parsers", "handle", "handle_runs"]
+
+# The `runs` subcommands this module adds.
+COMMANDS = frozenset({"cancel"})
+
+
+def add_parser(subparsers: Any) -> None:
+    """Add `worker` to the command's subparsers."""
+    worker = subparsers.add_parser(
+        "worker", help="take submitted runs from the Postgres queue and advance them"
+    )
+    worker.add_argument(
+        "--agent",
+        required=True,
+        help="an agent file (.yaml) or MODULE:ATTR naming an Agent (or a function making one); "
+        "its runtime must be a postgres:// journal",
+    )
+    worker.add_argument(
+        "--concurrency", type=int, default=8, help="runs this worker advances at once (>= 2)"
+    )
+    worker.add_argument("--queues", default="runs", help="comma-separated queues to take jobs from")
+    worker.add_argument(
+        "--per-user",
+        type=int,
+        default=0,
+        metavar="K",
+        help="at most K runs of one user advance at once, fleet-wide (0: no limit)",
+    )
+    worker.add_argument(
+        "--heartbeat",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="a run whose worker has not beaten for this long is taken by another worker",
+    )
+    worker.add_argument(
+        "--poll", type=float, default=1.0, metavar="SECONDS", help="idle look at the queue"
+    )
+    worker.add_argument(
+        "--log-level", default="warning", help="debug, info, warning or error (to stderr)"
+    )
+
+
+def add_runs_parsers(cmds: Any) -> None:
+    """Add `runs cancel` to the `runs` subcommands."""
+    cancel = cmds.add_parser(
+        "cancel", help="cancel a fleet run: a queued one never starts, a running one stops"
+    )
+    cancel.add_argument("run_id", help="the run to cancel")
+    cancel.add_argument(
+        "--agent", required=True, help="an agent file (.yaml) or MODULE:ATTR; its journal"
+    )
+    cancel.add_argument("--by", default="cli", help="who cancels (journaled in the reason)")
+
+
+def handle_runs(args: argparse.Namespace) -> int:
+    """`runs cancel`: exit 0 when cancelled or stopping, 2 for an unknown or ended run."""
+    return asyncio.run(_cancel(args))
+
+
+async def _cancel(args: argparse.Namespace) -> int:
+    from loomgraph.agent.fleet import FleetError
+    from loomgraph.protocols import UnknownRun
+
+    agent = load_agent(args.agent)
+    try:
+        outcome = await agent.cancel(args.run_id, by=args.by)
+    except (FleetError, UnknownRun) as err:
+        print(f"loomgraph: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    finally:
+        await agent.aclose()
+    print(f"run {args.run_id}: {outcome}")
+    return EXIT_OK
+
+
+def handle(args: argparse.Namespace) -> int:
+    """Run the worker until SIGTERM or SIGINT (the runs in hand are finished first)."""
+    from loomgraph.agent.fleet import FleetError
+    from loomgraph.workers.worker import Worker, WorkerOptions
+
+    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr)
+    logging.getLogger("pgqueuer").setLevel(max(logging.WARNING, logging.root.level))
+    options = WorkerOptions(
+        concurrency=args.concurrency,
+        queues=tuple(q.strip() for q in args.queues.split(",") if q.strip()),
+        per_user=args.per_user,
+        heartbeat_seconds=args.heartbeat,
+        poll_seconds=args.poll,
+    )
+    agent = load_agent(args.agent)
+    try:
+        worker = Worker(agent, options)
+    except FleetError as err:
+        print(f"loomgraph: {err}", file=sys.stderr)
+        asyncio.run(agent.aclose())
+        return EXIT_USAGE
+    asyncio.run(_run(worker))
+    return EXIT_OK
+
+
+async def _run(worker: Any) -> None:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, worker.stop)
+
+    def ready() -> None:
+        # One line on stdout when jobs are taken, for supervisors and tests.
+        print("loomgraph worker: ready", flush=True)
+
+    try:
+        await worker.run(ready=ready)
+    finally:
+        await worker.agent.aclose()
+    print("loomgraph worker: stopped", flush=True)

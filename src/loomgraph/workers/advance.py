@@ -1,0 +1,86 @@
+"""What a worker does with one job: start a queued run, resume a crashed one from its
+journal, or go on with a waiting one's answer — each under the run's lease and fencing."""
+
+from __future__ import annotations
+
+import enum
+import logging
+from typing import Any
+
+from loomgraph.agent.agent import Agent
+from loomgraph.agent.fleet import FleetQueue, JobKind, RunJob
+from loomgraph.agent.leases import hold_lease
+from loomgraph.agent.result import RunResult
+from loomgraph.engine.effects import Approval
+from loomgraph.graph.imports import import_object
+from loomgraph.protocols import RunStatus
+
+__all__ = ["Advanced", "advance"]
+
+log = logging.getLogger("loomgraph.workers")
+
+# A person's answer was given: these runs wait for it.
+_WAITING = frozenset({RunStatus.AWAITING_APPROVAL, RunStatus.INTERRUPTED})
+
+
+class Advanced(enum.StrEnum):
+    """What a job did to its run."""
+
+    STARTED = "started"
+    RESUMED = "resumed"  # after a worker died, or with a person's answer
+    CANCELLED = "cancelled"  # someone asked to cancel it before it could go on
+    NOTHING = "nothing"  # it had stopped already (finished, failed, waiting, gone)
+
+
+async def advance(agent: Agent, fleet: FleetQueue, job: RunJob) -> Advanced:
+    """Advance the run of `job` as far as it goes now.
+
+    Raises `RunConflict` while another live worker holds the run (the caller retries later)
+    and `LeaseLost` when the run was taken over meanwhile (this worker was stopped too long).
+    """
+    runtime = agent.deps.runtime
+    async with hold_lease(agent.deps.leases, job.run_id):
+        # Looked at only once the run is ours, so of two workers (a job picked again while
+        # its first worker was merely slow) one starts the run, the other finds it started.
+        record = await runtime.load_run(job.run_id)
+        if record is None:
+            log.warning("job for run %s, which the journal does not hold", job.run_id)
+            return Advanced.NOTHING
+        _, cancelled_by = await fleet.job_of(job.run_id)
+        if cancelled_by is not None and record.status in (RunStatus.QUEUED, RunStatus.RUNNING):
+            # Asked while no worker could hear it (queued, or its worker died).
+            reason = f"cancelled by {cancelled_by}"
+            await runtime.finish_run(job.run_id, RunStatus.CANCELLED, reason, record.result)
+            return Advanced.CANCELLED
+        if record.status == RunStatus.QUEUED:
+            options: dict[str, Any] = {}
+            if job.output_schema:
+                options["output_schema"] = import_object(job.output_schema, what="output schema")
+            if job.output_retries is not None:
+                options["output_retries"] = job.output_retries
+            session = agent.session(
+                job.prompt,
+                user_id=record.user_id,
+                session_id=record.session_id,
+                run_id=job.run_id,
+                **options,
+            )
+            await session.execute(agent.deps.hooks.on_event, leased=True)
+            return Advanced.STARTED
+    # Not queued: a worker started it before. Only a run journaled as running (its worker
+    # died) or one whose answer this job brings goes on; a failed, cancelled or finished run
+    # is left as it is (a job picked again must not run a failed run a second time).
+    if record.status == RunStatus.RUNNING:
+        await _resume(agent, job.run_id)
+        return Advanced.RESUMED
+    if job.kind == JobKind.RESUME and record.status in _WAITING:
+        await _resume(agent, job.run_id, **job.answer)
+        return Advanced.RESUMED
+    return Advanced.NOTHING
+
+
+async def _resume(agent: Agent, run_id: str, **answer: Any) -> RunResult:
+    """`agent.resume`, counting a recovery when the run crashed (dead letter after N)."""
+    if "approve" in answer and isinstance(answer["approve"], dict):
+        answer["approve"] = Approval(**answer["approve"])
+    return await agent.resume(run_id, **answer)

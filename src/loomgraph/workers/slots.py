@@ -1,0 +1,127 @@
+"""Per-user slots: at most K runs of one user advance at once, across the whole fleet.
+
+Each of a user's K slots is a Postgres session advisory lock `(hash of schema and user, i)`.
+A worker holds one, on a connection of its own, while it advances a run of that user. The
+server releases a lock when its connection ends: a SIGKILLed worker's sockets are closed by
+its kernel at once, and a stopped or cut-off worker's sessions are ended by the server after
+`expire_seconds` of silence (`idle_session_timeout`, PostgreSQL 14+), which a live worker
+never reaches: it pings every held connection three times as often. So a stopped worker does
+not keep its users' slots (and their runs) for ever; what it was doing when it stopped is
+then outside the count, like everything a worker does after losing a run's lease.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from loomgraph._storage.pg_pool import import_asyncpg
+
+__all__ = ["Slot", "UserSlots"]
+
+log = logging.getLogger("loomgraph.workers")
+
+
+@dataclass(frozen=True, slots=True)
+class Slot:
+    """One held slot: the connection holding the lock and the lock's two keys."""
+
+    connection: Any
+    user_key: int
+    index: int
+
+
+class UserSlots:
+    """The fleet's per-user limit, `limit` runs per user (0: no limit)."""
+
+    def __init__(
+        self, dsn: str, schema: str, limit: int, *, connections: int, expire_seconds: float
+    ) -> None:
+        if limit < 0:
+            raise ValueError(f"the per-user limit must be >= 0, got {limit}")
+        self.dsn = dsn
+        self.schema = schema
+        self.limit = limit
+        self.expire_seconds = expire_seconds
+        self._connections = connections
+        self._pool: Any = None
+        self._held: set[Slot] = set()
+        self._keeper: asyncio.Task[None] | None = None
+        # A connection runs one statement at a time: the keeper's pings and the unlocks.
+        self._io = asyncio.Lock()
+
+    async def _get_pool(self) -> Any:
+        if self._pool is None:
+            asyncpg = import_asyncpg("the fleet's per-user slots")
+            idle_ms = max(1000, int(self.expire_seconds * 1000))
+            self._pool = await asyncpg.create_pool(
+                self.dsn,
+                min_size=0,
+                max_size=self._connections,
+                timeout=10,
+                # Idle pooled connections are closed before the server would end them.
+                max_inactive_connection_lifetime=self.expire_seconds / 2,
+                server_settings={"idle_session_timeout": str(idle_ms)},
+            )
+            self._keeper = asyncio.create_task(self._keep())
+        return self._pool
+
+    async def _keep(self) -> None:
+        """Ping every held slot's connection well within `expire_seconds`."""
+        while True:
+            await asyncio.sleep(self.expire_seconds / 3)
+            async with self._io:
+                for slot in list(self._held):
+                    try:
+                        await slot.connection.execute("SELECT 1")
+                    except Exception as err:  # the slot is gone; the run goes on (its lease)
+                        self._held.discard(slot)
+                        log.warning("a per-user slot's connection failed: %s", err)
+
+    async def take(self, user_id: str | None) -> Slot | None:
+        """A free slot of the user's, held until `release`; None when all K are taken (a run
+        without a user, or no limit: a slot that holds nothing)."""
+        if not self.limit or user_id is None:
+            return Slot(None, 0, -1)
+        pool = await self._get_pool()
+        con = await pool.acquire()
+        try:
+            key = await con.fetchval("SELECT hashtext($1)", f"{self.schema}:{user_id}")
+            for index in range(self.limit):
+                if await con.fetchval("SELECT pg_try_advisory_lock($1, $2)", key, index):
+                    slot = Slot(con, int(key), index)
+                    self._held.add(slot)
+                    return slot
+        except BaseException:
+            await pool.release(con)
+            raise
+        await pool.release(con)
+        return None
+
+    async def release(self, slot: Slot) -> None:
+        """Give the slot back (a slot whose connection failed is free already)."""
+        if slot.connection is None:
+            return
+        async with self._io:
+            self._held.discard(slot)
+            try:
+                await slot.connection.execute(
+                    "SELECT pg_advisory_unlock($1, $2)", slot.user_key, slot.index
+                )
+            except Exception as err:
+                log.warning("a per-user slot could not be unlocked: %s", err)
+            finally:
+                await self._pool.release(slot.connection)
+
+    async def close(self) -> None:
+        """Close the connections (releasing any lock still held)."""
+        if self._keeper is not None:
+            self._keeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._keeper
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None

@@ -1,0 +1,107 @@
+"""The agent the fleet tests run in `loomgraph worker` subprocesses: `--agent fleet_agent:make`.
+
+Configured by the environment (set by the test): `FLEET_DSN`, `FLEET_SCHEMA`,
+`FLEET_LEASE` (lease seconds), `FLEET_TURN_MS` (how long each model turn takes),
+`FLEET_ASK` (the third `work` call asks for approval), `FLEET_MAX_RECOVERIES`.
+
+The model asks for two `work` calls (in one turn), then one more, then answers. `work`
+writes one ledger row per idempotency key (`INSERT … ON CONFLICT DO NOTHING`: an idempotent
+API absorbs a repeat with the same key) with when it ran and for whom, and one `attempts`
+row per execution; a prompt containing `poison` makes it SIGKILL its own process, every time.
+A prompt containing `slow` makes each `work` call last `FLEET_SLOW_MS` (default 1500) ms.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from typing import Any
+
+import asyncpg
+
+from loomgraph import Agent
+from loomgraph.governance import StandardPermissions
+from loomgraph.models import ScriptedModel
+from loomgraph.models.scripted import Turn, as_turn
+from loomgraph.protocols import ModelRequest
+from loomgraph.runtime.postgres import PostgresRuntime
+from loomgraph.tools.context import ToolContext
+
+LEDGER_DDL = [
+    "CREATE TABLE IF NOT EXISTS {s}.ledger (key TEXT PRIMARY KEY, run_id TEXT, user_id TEXT, "
+    "started DOUBLE PRECISION, ended DOUBLE PRECISION, pid INT)",
+    "CREATE TABLE IF NOT EXISTS {s}.attempts (key TEXT, run_id TEXT, user_id TEXT, "
+    "started DOUBLE PRECISION, ended DOUBLE PRECISION, pid INT)",
+]
+
+_pools: dict[int, Any] = {}
+
+
+async def _pool() -> Any:
+    loop = id(asyncio.get_running_loop())
+    if loop not in _pools:
+        _pools[loop] = await asyncpg.create_pool(os.environ["FLEET_DSN"], min_size=0, max_size=4)
+    return _pools[loop]
+
+
+async def work(item: str, context: ToolContext) -> str:
+    """Do one unit of work for the user (writes the side-effect ledger)."""
+    schema = os.environ["FLEET_SCHEMA"]
+    started = time.time()
+    if "poison" in item:
+        os.kill(os.getpid(), signal.SIGKILL)
+    pause = float(os.environ.get("FLEET_SLOW_MS", "1500")) if "slow" in item else 40.0
+    await asyncio.sleep(pause / 1000)
+    ended = time.time()
+    pool = await _pool()
+    args = (context.idempotency_key, context.run_id, context.user_id, started, ended, os.getpid())
+    await pool.execute(f"INSERT INTO {schema}.attempts VALUES ($1, $2, $3, $4, $5, $6)", *args)
+    await pool.execute(
+        f"INSERT INTO {schema}.ledger VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (key) DO NOTHING",
+        *args,
+    )
+    return f"done {item}"
+
+
+def _turn(request: ModelRequest) -> Turn:
+    """Two `work` calls, then one more, then the answer; the items name the prompt's words."""
+    prompt = next((m["content"] for m in request.messages if m.get("role") == "user"), "")
+    flag = " ".join(w for w in ("poison", "slow") if w in prompt)
+    if request.call_index == 0:
+        calls = [{"tool": "work", "args": {"item": f"a {flag}"}}]
+        calls.append({"tool": "work", "args": {"item": "b"}})
+        return as_turn({"tool_calls": calls}, 0)
+    if request.call_index == 1:
+        return as_turn({"tool_calls": [{"tool": "work", "args": {"item": "c"}}]}, 1)
+    return Turn(text=f"answer to {prompt}")
+
+
+class PacedModel(ScriptedModel):
+    """The scripted model, each turn taking `FLEET_TURN_MS` milliseconds (a model's latency)."""
+
+    async def stream(self, request: ModelRequest) -> Any:  # type: ignore[override]
+        await asyncio.sleep(float(os.environ.get("FLEET_TURN_MS", "20")) / 1000)
+        async for chunk in super().stream(request):
+            yield chunk
+
+
+def make(**overrides: Any) -> Agent:
+    """The fleet tests' agent on the Postgres journal the environment names."""
+    runtime = PostgresRuntime(
+        os.environ["FLEET_DSN"],
+        schema=os.environ["FLEET_SCHEMA"],
+        lease_seconds=float(os.environ.get("FLEET_LEASE", "30")),
+        pool_size=4,
+    )
+    options: dict[str, Any] = {
+        "model": PacedModel(_turn),
+        "tools": [work],
+        "runtime": runtime,
+        "max_recoveries": int(os.environ.get("FLEET_MAX_RECOVERIES", "2")),
+    }
+    if os.environ.get("FLEET_ASK"):  # the third call waits for a person's approval
+        options["permissions"] = StandardPermissions(allow=["work"], ask=["work(item=c)"])
+    options.update(overrides)
+    return Agent("You do work.", **options)
