@@ -218,9 +218,12 @@ async def _poll(run_id: str, timeout: float) -> None:
     await asyncio.sleep(timeout)
 
 
-async def _resumed(runtime: RunReader, record: RunRecord) -> bool:
-    """A run resting in a status that is not final (awaiting approval, failed, ...) is being
-    resumed while a worker holds its lease: the status changes only when that resume ends."""
+async def run_is_live(runtime: RunReader, record: RunRecord) -> bool:
+    """Whether the run may still move: queued or running, or resting in a status that is not
+    final (awaiting approval, failed, ...) while a worker holds its lease to resume it (the
+    status changes only when that resume ends)."""
+    if record.status.in_progress:
+        return True
     if record.status.final:
         return False
     read = getattr(runtime, "lease", None)
@@ -253,7 +256,7 @@ async def follow_events(
         record = await read(run_id)
         if record is None:
             raise UnknownRun(run_id)
-        stopped = not record.status.in_progress and not await _resumed(runtime, record)
+        stopped = not await run_is_live(runtime, record)
         transitions = await runtime.transitions(run_id)
         newest = transitions[-1].seq if transitions else 0
         if newest != seen_seq or stopped:

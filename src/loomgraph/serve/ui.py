@@ -21,7 +21,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
 from loomgraph.agent.checkpoints import diff, pending_of
-from loomgraph.agent.run_events import journal_events
+from loomgraph.agent.run_events import journal_events, run_is_live
 from loomgraph.protocols import RunStatus
 from loomgraph.serve.auth import DEV_COOKIE, KEY_COOKIE, Caller, authenticate
 from loomgraph.serve.errors import BadRequest, ServeError, Unauthorized, status_of
@@ -76,12 +76,14 @@ async def _run_context(service: Service, caller: Caller, run_id: str) -> dict[st
     record = await service.run(caller, run_id)
     runtime = service.agent.deps.runtime
     transitions = await runtime.transitions(run_id)
-    events = journal_events(record, transitions, await runtime.effects(run_id))
-    pending = pending_of(record)
+    live = await run_is_live(runtime, record)
+    events = journal_events(record, transitions, await runtime.effects(run_id), stopped=not live)
+    # While an answer is being acted on the run still rests as it was: no card to answer again.
+    pending = None if live else pending_of(record)
     return {
         "caller": caller,
         "run": run_json(record, detail=True),
-        "live": record.status.in_progress,
+        "live": live,
         "events": events,
         "count": len(events),
         "last_seq": transitions[-1].seq if transitions else 0,
