@@ -105,9 +105,13 @@ class VisitContext:
         self._slot += 1
         return self.effect_key(str(self._slot))
 
-    async def _reserve_model(self, request: ModelRequest, asked: int | None) -> Reservation | None:
+    async def _reserve_model(
+        self, request: ModelRequest, asked: int | None
+    ) -> tuple[Reservation | None, Usage]:
+        """The reservation of one attempt and the worst case it holds. Without caps nothing
+        is held, and the prompt is not measured (a walk over the whole conversation)."""
         if not self.deps.budgeted:
-            return None
+            return None, Usage()
         if asked is None:
             # Sized to the caps (a budget with `fit_output`) and sent to the provider as
             # max_tokens, so the output can never exceed the reservation.
@@ -117,7 +121,8 @@ class VisitContext:
             request.max_tokens = (
                 limit if fit is None else await fit(self.scope.budget_scope, prompt, limit)
             )
-        return await self.scope.reserve("model", _model_estimate(request))
+        estimate = _model_estimate(request)
+        return await self.scope.reserve("model", estimate), estimate
 
     # ------------------------------------------------------------------ model
 
@@ -145,7 +150,7 @@ class VisitContext:
             await attempts.recover()
         asked = request.max_tokens  # the caller's own limit; else sized to the caps each try
         for step in range(STEP_RETRIES + 1):
-            attempts.held(await self._reserve_model(request, asked), _model_estimate(request))
+            attempts.held(*await self._reserve_model(request, asked))
             streamed: list[str] = []
             try:
                 response = await self._stream(request, call_id, streamed, attempts)
@@ -207,9 +212,11 @@ class VisitContext:
                     if kind == "text":
                         texts.append(chunk["text"])
                         # Provisional until the call's outcome is journaled (docs/runtime.md).
-                        await self.emit(
-                            MODEL_CHUNK, {"chunk": chunk, "call_id": call_id, "provisional": True}
-                        )
+                        if self.scope.listening:
+                            await self.emit(
+                                MODEL_CHUNK,
+                                {"chunk": chunk, "call_id": call_id, "provisional": True},
+                            )
                     elif kind == "tool_call":
                         response.tool_calls.append(chunk["call"])
                     elif kind == "usage":

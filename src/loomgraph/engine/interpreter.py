@@ -145,7 +145,8 @@ async def _step(
     reservation = None
     try:
         reservation = await scope.reserve("node", Usage())
-        await ctx.emit(NODE_STARTED, {"node": qualified, "visit": visit})
+        if scope.listening:
+            await ctx.emit(NODE_STARTED, {"node": qualified, "visit": visit})
         view = {name: state.get(name) for name in reads}
         await deps.hooks.before_node(qualified, view)
         with deps.telemetry.span(
@@ -204,12 +205,13 @@ async def _step(
     if scope.auditing:
         moved = trail.transition(scope.seq, qualified, visit, target)
         await scope.audit(AuditAction.TRANSITION, qualified, moved)
-    await scope.emit(
-        NODE_COMPLETED,
-        {"node": qualified, "visit": visit, "next": target, "patch": patch},
-        qualified,
-        scope.seq,
-    )
+    if scope.listening:
+        await scope.emit(
+            NODE_COMPLETED,
+            {"node": qualified, "visit": visit, "next": target, "patch": patch},
+            qualified,
+            scope.seq,
+        )
     return target
 
 

@@ -22,7 +22,7 @@ from loomgraph.protocols import (
     Reservation,
     Usage,
 )
-from loomgraph.protocols.events import EFFECT_UNKNOWN_AFTER_CRASH, Event
+from loomgraph.protocols.events import EFFECT_UNKNOWN_AFTER_CRASH, Event, hears_events
 
 EventSink = Callable[[Event], Awaitable[None]]
 
@@ -75,11 +75,15 @@ class RunScope:
     # even built) and whether entries carry content.
     auditing: bool = field(init=False)
     audit_content: bool = field(init=False)
+    # Whether anything hears the run's events: a run whose only consumer drops them (the
+    # no-op hooks) builds none.
+    listening: bool = field(init=False)
 
     def __post_init__(self) -> None:
         self.budget_scope = BudgetScope(self.run_id, self.user_id)
         mode = AuditMode.of(self.deps.audit_log)
         self.auditing, self.audit_content = mode.enabled, mode.content
+        self.listening = hears_events(self.sink)
 
     async def reserve(self, kind: str, amount: Usage) -> Reservation | None:
         """Set an amount aside in the budget (nothing to do when the budget has no caps)."""
@@ -113,6 +117,8 @@ class RunScope:
         self, kind: str, payload: dict[str, Any], node: str | None, seq: int | None = None
     ) -> None:
         """Send one event; by default it carries the seq of the transition being made."""
+        if not self.listening:
+            return
         await self.sink(
             Event(
                 kind,

@@ -59,7 +59,8 @@ class ToolGate:
     async def call(self, call: ToolCall, key: EffectKey) -> ToolResult:
         """One journaled, permission-checked, budgeted call; failures become error results."""
         scope, deps = self.scope, self.scope.deps
-        await scope.emit(TOOL_CALL, {"call": call}, self.node)
+        if scope.listening:
+            await scope.emit(TOOL_CALL, {"call": call}, self.node)
         spec = deps.tools.spec(call["tool"])
         if spec is None:  # never run, whatever the policy says
             await self.report(call, Decision("deny", "unknown_tool", "no such tool"))
@@ -197,6 +198,8 @@ class ToolGate:
 
     async def report(self, call: ToolCall, decision: Decision, *, tainted: bool = False) -> None:
         """A decision as a `permission_decision` event and audit entry, naming its rule."""
+        if not (self.scope.listening or self.scope.auditing):
+            return
         report: dict[str, Any] = {
             "call_id": call["id"],
             "tool": call["tool"],
@@ -206,7 +209,8 @@ class ToolGate:
         }
         if tainted:
             report["tainted"] = True
-        await self.scope.emit(PERMISSION_DECISION, report, self.node)
+        if self.scope.listening:
+            await self.scope.emit(PERMISSION_DECISION, report, self.node)
         if self.scope.auditing:
             entry = trail.decision(report, call)
             await self.scope.audit(AuditAction.PERMISSION_DECISION, self.node, entry)
@@ -226,5 +230,6 @@ class ToolGate:
             done = trail.tool_result(call, result, replayed=replayed, content=scope.audit_content)
             await scope.audit(AuditAction.TOOL_RESULT, self.node, done)
         await scope.deps.hooks.after_tool(call, result)
-        await scope.emit(TOOL_RESULT, {"call": call, "result": result}, self.node)
+        if scope.listening:
+            await scope.emit(TOOL_RESULT, {"call": call, "result": result}, self.node)
         return result

@@ -9,6 +9,8 @@ from typing import Any
 from jinja2 import TemplateSyntaxError, meta, nodes
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
+from loomgraph.graph.condition_code import compile_native
+
 
 @cache
 def environment() -> ImmutableSandboxedEnvironment:
@@ -17,8 +19,14 @@ def environment() -> ImmutableSandboxedEnvironment:
 
 
 def compile_condition(expression: str) -> Callable[..., Any]:
-    """Compile an edge condition; raises jinja2.TemplateSyntaxError when it does not parse."""
-    return environment().compile_expression(expression, undefined_to_none=False)
+    """Compile an edge condition; raises jinja2.TemplateSyntaxError when it does not parse.
+
+    Jinja compiles it first (its syntax errors, its checks); the condition then runs as
+    plain closures with the sandbox's semantics when it is made only of the nodes
+    `condition_code` knows, and as Jinja's compiled expression otherwise."""
+    env = environment()
+    jinja = env.compile_expression(expression, undefined_to_none=False)
+    return compile_native(env, expression) or jinja
 
 
 def compile_template(source: str) -> Callable[[Mapping[str, Any]], str]:
