@@ -11,8 +11,7 @@ from __future__ import annotations
 import difflib
 from collections.abc import Iterable
 
-import networkx as nx  # type: ignore[import-untyped,unused-ignore]
-
+from loomgraph.authoring.flow_graph import FlowGraph
 from loomgraph.errors import Problem
 from loomgraph.graph.policies import known_error_type
 from loomgraph.graph.spec import END, Graph
@@ -154,14 +153,14 @@ def check_edges(graph: Graph) -> list[Problem]:
     return problems
 
 
-def flow_graph(graph: Graph) -> nx.DiGraph:
+def flow_graph(graph: Graph) -> FlowGraph:
     """The routes a run can take: node -> node or EXIT, each edge with its file `index`.
 
     Edges hidden behind an unconditional edge are left out; a node without an unconditional
     edge also gets a fall-through edge to EXIT. Unknown targets (reported as
     `unknown-endpoint`) count as EXIT so that one typo is not reported again as a loop.
     """
-    flow = nx.DiGraph()
+    flow = FlowGraph()
     flow.add_node(EXIT)
     flow.add_nodes_from(graph.nodes)
     closed: set[str] = set()
@@ -217,17 +216,17 @@ def check_policies(graph: Graph) -> list[Problem]:
     return problems
 
 
-def closed_loops(flow: nx.DiGraph) -> list[set[str]]:
+def closed_loops(flow: FlowGraph) -> list[set[str]]:
     """The cycles a run can enter but never leave (strongly connected, no route out)."""
     loops = []
-    for component in nx.strongly_connected_components(flow):
+    for component in flow.strongly_connected_components():
         if EXIT in component:
             continue
         first = next(iter(component))
         if len(component) == 1 and not flow.has_edge(first, first):
             continue
         if all(succ in component for node in component for succ in flow.successors(node)):
-            loops.append(set(component))
+            loops.append({n for n in component if isinstance(n, str)})  # EXIT is not in it
     return loops
 
 
@@ -237,7 +236,7 @@ def check_flow(graph: Graph) -> list[Problem]:
     order = {name: i for i, name in enumerate(graph.nodes)}
     problems: list[Problem] = []
     if graph.entry in graph.nodes:
-        reached = nx.descendants(flow, graph.entry) | {graph.entry}
+        reached = flow.descendants(graph.entry) | {graph.entry}
         problems += [
             problem_at(
                 graph,
@@ -254,9 +253,7 @@ def check_flow(graph: Graph) -> list[Problem]:
         key=lambda loop: order[loop[0]],
     )
     for loop in loops:
-        index = min(
-            data["index"] for u, _, data in flow.out_edges(loop, data=True) if data["default"]
-        )
+        index = min(data["index"] for _, _, data in flow.out_edges(loop) if data["default"])
         what = (
             f"node {loop[0]!r} loops to itself"
             if len(loop) == 1
@@ -274,11 +271,11 @@ def check_flow(graph: Graph) -> list[Problem]:
             )
         )
     trapped = set().union(*loops)
-    can_end = nx.ancestors(flow, EXIT)
+    can_end = flow.ancestors(EXIT)
     for name in graph.nodes:
         if name in can_end or name in trapped:
             continue
-        ahead = nx.descendants(flow, name) & trapped
+        ahead = trapped & flow.descendants(name)
         into = _names(sorted(ahead, key=order.__getitem__))
         problems.append(
             problem_at(

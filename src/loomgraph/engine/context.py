@@ -14,7 +14,7 @@ from typing import Any
 from loomgraph.engine import audit_trail as trail
 from loomgraph.engine.attempts import ModelAttempts
 from loomgraph.engine.effects import EffectKey, ResumeValue
-from loomgraph.engine.scope import RunScope
+from loomgraph.engine.scope import NO_ATTRIBUTES, RunScope
 from loomgraph.engine.tool_gate import ToolGate
 from loomgraph.graph.compiled import compile_graph
 from loomgraph.graph.spec import Graph
@@ -193,18 +193,21 @@ class VisitContext:
     async def _stream(
         self, request: ModelRequest, call_id: str, texts: list[str], attempts: ModelAttempts
     ) -> ModelResponse:
-        model, telemetry = self.deps.model, self.deps.telemetry
+        model, telemetry, tracing = self.deps.model, self.deps.telemetry, self.scope.tracing
         response = ModelResponse()
-        attributes = semconv.chat_attributes(
-            model=model.name,
-            provider=semconv.provider_of(model),
-            max_tokens=request.max_tokens,
-            session_id=self.scope.session_id,
-        )
+        attributes: Mapping[str, Any] = NO_ATTRIBUTES
         # Content is serialised only when it will be kept (capture_content=True).
-        capture = bool(getattr(telemetry, "capture_content", False))
-        if capture:
-            attributes |= semconv.chat_input_attributes(request.messages, request.system)
+        capture = tracing and bool(getattr(telemetry, "capture_content", False))
+        if tracing:
+            chat = semconv.chat_attributes(
+                model=model.name,
+                provider=semconv.provider_of(model),
+                max_tokens=request.max_tokens,
+                session_id=self.scope.session_id,
+            )
+            if capture:
+                chat |= semconv.chat_input_attributes(request.messages, request.system)
+            attributes = chat
         with telemetry.span(semconv.chat_span_name(model.name), attributes) as span:
             async with aclosing(model.stream(request)) as chunks:  # type: ignore[type-var]
                 async for chunk in chunks:
@@ -233,6 +236,8 @@ class VisitContext:
                         )
             response.usage = replace(response.usage, model_calls=1)
             response.text = "".join(texts)
+            if not tracing:
+                return response
             done = {
                 semconv.GEN_AI_USAGE_INPUT_TOKENS: response.usage.input_tokens,
                 semconv.GEN_AI_USAGE_OUTPUT_TOKENS: response.usage.output_tokens,

@@ -13,7 +13,7 @@ from typing import Any
 
 from loomgraph.engine import audit_trail as trail
 from loomgraph.engine.context import VisitContext
-from loomgraph.engine.scope import RunScope
+from loomgraph.engine.scope import NO_ATTRIBUTES, RunScope
 from loomgraph.errors import GraphError, NodeError, StateError
 from loomgraph.graph.compiled import CompiledGraph
 from loomgraph.graph.registry import NodeKind
@@ -149,10 +149,12 @@ async def _step(
             await ctx.emit(NODE_STARTED, {"node": qualified, "visit": visit})
         view = {name: state.get(name) for name in reads}
         await deps.hooks.before_node(qualified, view)
-        with deps.telemetry.span(
-            semconv.node_span_name(qualified),
-            semconv.node_attributes(node=qualified, run_id=scope.run_id, visit=visit),
-        ):
+        attributes = (
+            semconv.node_attributes(node=qualified, run_id=scope.run_id, visit=visit)
+            if scope.tracing
+            else NO_ATTRIBUTES
+        )
+        with deps.telemetry.span(semconv.node_span_name(qualified), attributes):
             spec = kind.spec
             if spec.retry is None and spec.timeout is None:
                 patch = await kind.run(view, ctx)

@@ -8,12 +8,13 @@ each is gated, journaled and reported the same way.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from typing import Any
 
 from loomgraph.engine import audit_trail as trail
 from loomgraph.engine.approvals import ApprovalDesk
 from loomgraph.engine.effects import EffectKey
-from loomgraph.engine.scope import RunScope
+from loomgraph.engine.scope import NO_ATTRIBUTES, RunScope
 from loomgraph.engine.taint import is_tainted, note_result
 from loomgraph.errors import LoomgraphError
 from loomgraph.protocols import (
@@ -94,10 +95,13 @@ class ToolGate:
             request = trail.tool_request(call, decision.rule, content=scope.audit_content)
             await scope.audit(AuditAction.TOOL_REQUEST, self.node, request)
         try:
-            attributes = semconv.tool_attributes(tool=call["tool"], call_id=call["id"])
-            capture = bool(getattr(deps.telemetry, "capture_content", False))
-            if capture:
-                attributes[semconv.GEN_AI_TOOL_CALL_ARGUMENTS] = call["args"]
+            capture = scope.tracing and bool(getattr(deps.telemetry, "capture_content", False))
+            attributes: Mapping[str, Any] = NO_ATTRIBUTES
+            if scope.tracing:
+                traced = semconv.tool_attributes(tool=call["tool"], call_id=call["id"])
+                if capture:
+                    traced[semconv.GEN_AI_TOOL_CALL_ARGUMENTS] = call["args"]
+                attributes = traced
             token = tool_run.set(self._tool_run(call))
             try:
                 with deps.telemetry.span(semconv.tool_span_name(call["tool"]), attributes) as span:
