@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import os
 import sqlite3
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, Literal
 
@@ -117,6 +117,10 @@ class SqliteRuntime(SqlJournal):
         return record
 
     # ------------------------------------------------------------------ sessions
+
+    async def _exec(self, name: str, args: Sequence[Any]) -> int:
+        # A lone statement, the journal's per-write path: straight to the connection.
+        return await self._db.execute(self._sql[name], args)
 
     @asynccontextmanager
     async def _read(self) -> AsyncIterator[Cursor]:
