@@ -12,6 +12,7 @@ import aiosqlite
 
 from loomgraph._storage.cursor import SqliteCursor, sqlite_constraint
 from loomgraph._storage.loop_lock import LoopLock
+from loomgraph._storage.sqlite_inline import InlineWriter
 from loomgraph._storage.translate import Translate, keep, translated
 
 
@@ -66,11 +67,15 @@ class SqliteConnection:
                     self._conn = await self._open()
                 yield self._conn
 
-    async def execute(self, sql: str, args: Sequence[Any]) -> int:
+    async def execute(
+        self, sql: str, args: Sequence[Any], *, inline: InlineWriter | None = None
+    ) -> int:
         """Run one statement on its own (its own transaction); the rows it changed.
 
         The same as a `session()` running one statement through a constraints `SqliteCursor`,
-        without the three context managers: this is the journal's per-write path."""
+        without the three context managers: this is the journal's per-write path. With
+        `inline`, the statement is first tried on that synchronous connection, and sent to
+        the worker thread only when it would have to wait for another writer's lock."""
         lock, new = self._lock.current()
         if new and self._per_loop:
             async with self.session() as conn:
@@ -78,8 +83,17 @@ class SqliteConnection:
         async with lock:
             try:
                 if self._conn is None:
-                    self._conn = await self._open()
+                    self._conn = await self._open()  # checks the file before any write
                 try:
+                    if inline is not None:
+                        if inline.checkpoint_due():
+                            # Before the write, so a failed or cancelled checkpoint leaves
+                            # nothing half done; a busy one simply does less.
+                            with contextlib.suppress(sqlite3.Error):
+                                await self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                        changed = inline.execute(sql, args)
+                        if changed is not None:
+                            return changed
                     cursor = await self._conn.execute(sql, args)
                 except sqlite3.IntegrityError as err:
                     constraint = sqlite_constraint(err)

@@ -24,7 +24,7 @@ import operator
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from jinja2 import nodes
+from jinja2 import TemplateSyntaxError, nodes
 from jinja2.parser import Parser
 from jinja2.sandbox import SandboxedEnvironment
 from jinja2.utils import _PassArg
@@ -57,13 +57,15 @@ class _Unsupported(Exception):
 
 
 def compile_native(env: SandboxedEnvironment, source: str) -> Callable[..., Any] | None:
-    """The condition as a function of keyword variables, or None to keep Jinja's own.
-
-    Call only with a source that `env.compile_expression` accepted (syntax errors are its)."""
+    """The condition as a function of keyword variables, or None to leave it to Jinja (also
+    when it does not parse: `env.compile_expression` then raises Jinja's own error)."""
     if env.intercepted_binops or env.intercepted_unops:
         return None
     parser = Parser(env, source, state="variable")
-    expr = parser.parse_expression()
+    try:
+        expr = parser.parse_expression()
+    except TemplateSyntaxError:
+        return None
     if not parser.stream.eos:
         return None
     try:

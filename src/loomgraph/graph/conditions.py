@@ -21,12 +21,14 @@ def environment() -> ImmutableSandboxedEnvironment:
 def compile_condition(expression: str) -> Callable[..., Any]:
     """Compile an edge condition; raises jinja2.TemplateSyntaxError when it does not parse.
 
-    Jinja compiles it first (its syntax errors, its checks); the condition then runs as
-    plain closures with the sandbox's semantics when it is made only of the nodes
-    `condition_code` knows, and as Jinja's compiled expression otherwise."""
+    It runs as plain closures with the sandbox's semantics when it parses and is made only
+    of the nodes `condition_code` knows; otherwise Jinja compiles it (and raises its own
+    syntax and unknown-filter errors) and it runs as Jinja's compiled expression."""
     env = environment()
-    jinja = env.compile_expression(expression, undefined_to_none=False)
-    return compile_native(env, expression) or jinja
+    native = compile_native(env, expression)
+    if native is not None:
+        return native
+    return env.compile_expression(expression, undefined_to_none=False)
 
 
 def compile_template(source: str) -> Callable[[Mapping[str, Any]], str]:
