@@ -175,9 +175,10 @@ class ToolGate:
         """The permission verdict for a call (asking for approval when a rule says so), after
         the hooks had their say; reported as an event and in the audit log."""
         scope, deps = self.scope, self.scope.deps
-        desk = ApprovalDesk(scope, self.node, call, key)
+        # Made only when a call may involve an approval: most calls are simply allowed.
+        desk = ApprovalDesk(scope, self.node, call, key) if scope.requested else None
         tainted = bool(scope.untrusted) and is_tainted(call["args"], scope.untrusted)
-        if desk.was_requested:  # asked before the run stopped: only an approval releases it
+        if desk is not None and desk.was_requested:  # only an approval releases it now
             decision = await desk.asked_before()
         else:
             decision = await deps.permissions.check(call, spec, user_id=scope.user_id)
@@ -188,6 +189,7 @@ class ToolGate:
                     "its arguments carry text from an untrusted tool result",
                 )
         if decision.verdict == "ask":
+            desk = desk or ApprovalDesk(scope, self.node, call, key)
             try:
                 decision, call = await desk.settle(spec, decision, tainted=tainted)
             except RunStopped:  # the run waits for an answer: say so, as for any decision
