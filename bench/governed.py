@@ -93,9 +93,12 @@ def build(folder: str, turns: int, governed: bool, exporter: InMemorySpanExporte
     runtime = SqliteRuntime(os.path.join(folder, "journal.db"))
     if not governed:
         return Agent(
-            "bench", model=CountingModel(turns), tools=[add], runtime=runtime,
+            "bench",
+            model=CountingModel(turns),
+            tools=[add],
+            runtime=runtime,
             architecture=long_react(),
-        )  # fmt: skip
+        )
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
     huge = 10 * turns + 100

@@ -99,9 +99,11 @@ class SqliteRuntime(SqlJournal):
 
     async def close(self) -> None:
         """Close the connections; the next use opens them again."""
-        await self._db.close()
         if self._inline is not None:
+            # First: the last connection to close checkpoints the file, which may fsync;
+            # that belongs on the worker thread, not the event loop's.
             self._inline.close()
+        await self._db.close()
 
     async def checkpoint(self) -> None:
         """Move the write-ahead log into the database file and truncate the log."""
