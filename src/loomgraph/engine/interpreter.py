@@ -37,6 +37,9 @@ from loomgraph.protocols.events import (
     NODE_STARTED,
 )
 
+# A visit's empty amount: Usage is frozen, so one instance serves every step.
+NO_USAGE = Usage()
+
 
 @dataclass(slots=True)
 class Outcome:
@@ -144,7 +147,7 @@ async def _step(
     deps, node, visit, qualified = scope.deps, ctx.node, ctx.visit, ctx.qualified_node
     reservation = None
     try:
-        reservation = await scope.reserve("node", Usage())
+        reservation = await scope.reserve("node", NO_USAGE)
         if scope.listening:
             await ctx.emit(NODE_STARTED, {"node": qualified, "visit": visit})
         view = {name: state.get(name) for name in reads}
@@ -160,7 +163,7 @@ async def _step(
                 patch = await kind.run(view, ctx)
             else:
                 patch = await _run_with_policy(kind, view, ctx)
-        await scope.settle(reservation, Usage())
+        await scope.settle(reservation, NO_USAGE)
         reservation = None
         patch = check_patch(graph, node, patch, writes)
         graph.schema.apply(state, patch)
@@ -185,7 +188,7 @@ async def _step(
         target = kind.spec.on_error
     finally:
         # The visit happened, even if it failed or stopped.
-        await scope.settle(reservation, Usage())
+        await scope.settle(reservation, NO_USAGE)
     scope.seq += 1
     snapshot = None
     every = deps.runtime.snapshot_every
@@ -199,7 +202,7 @@ async def _step(
             visit,
             patch,
             target,
-            Usage.from_dict(patch.get("usage") or {}),
+            Usage.from_dict(patch["usage"]) if patch.get("usage") else NO_USAGE,
             time.time(),
             snapshot,
         )
