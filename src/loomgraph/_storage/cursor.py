@@ -49,17 +49,25 @@ class SqliteCursor:
         try:
             cursor = await self._conn.execute(sql, args)
         except sqlite3.IntegrityError as err:
-            name = getattr(err, "sqlite_errorname", "")
-            if self._constraints and name == "SQLITE_CONSTRAINT_FOREIGNKEY":
-                raise Constraint("foreign_key", str(err)) from None
-            if self._constraints and name in _SQLITE_UNIQUE:
-                raise Constraint("unique", str(err)) from None
+            constraint = sqlite_constraint(err) if self._constraints else None
+            if constraint is not None:
+                raise constraint from None
             raise
         return cursor.rowcount
 
     async def fetch(self, sql: str, args: Sequence[Any] = ()) -> list[Sequence[Any]]:
         """Run one query; its rows."""
         return list(await self._conn.execute_fetchall(sql, args))
+
+
+def sqlite_constraint(err: sqlite3.IntegrityError) -> Constraint | None:
+    """The `Constraint` a unique or foreign-key violation stands for, or None."""
+    name = getattr(err, "sqlite_errorname", "")
+    if name == "SQLITE_CONSTRAINT_FOREIGNKEY":
+        return Constraint("foreign_key", str(err))
+    if name in _SQLITE_UNIQUE:
+        return Constraint("unique", str(err))
+    return None
 
 
 @lru_cache(maxsize=512)

@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import contextlib
 import sqlite3
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import Any
 
 import aiosqlite
 
+from loomgraph._storage.cursor import SqliteCursor, sqlite_constraint
 from loomgraph._storage.loop_lock import LoopLock
+from loomgraph._storage.sqlite_inline import InlineWriter
 from loomgraph._storage.translate import Translate, keep, translated
 
 
@@ -63,6 +66,46 @@ class SqliteConnection:
                 if self._conn is None:
                     self._conn = await self._open()
                 yield self._conn
+
+    async def execute(
+        self, sql: str, args: Sequence[Any], *, inline: InlineWriter | None = None
+    ) -> int:
+        """Run one statement on its own (its own transaction); the rows it changed.
+
+        The same as a `session()` running one statement through a constraints `SqliteCursor`,
+        without the three context managers: this is the journal's per-write path. With
+        `inline`, the statement is first tried on that synchronous connection, and sent to
+        the worker thread only when it would have to wait for another writer's lock."""
+        lock, new = self._lock.current()
+        if new and self._per_loop:
+            async with self.session() as conn:
+                return await SqliteCursor(conn, constraints=True).execute(sql, args)
+        async with lock:
+            try:
+                if self._conn is None:
+                    self._conn = await self._open()  # checks the file before any write
+                try:
+                    if inline is not None:
+                        if inline.checkpoint_due():
+                            # Before the write, so a failed or cancelled checkpoint leaves
+                            # nothing half done; a busy one simply does less.
+                            with contextlib.suppress(sqlite3.Error):
+                                await self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                        changed = inline.execute(sql, args)
+                        if changed is not None:
+                            return changed
+                    cursor = await self._conn.execute(sql, args)
+                except sqlite3.IntegrityError as err:
+                    constraint = sqlite_constraint(err)
+                    if constraint is None:
+                        raise
+                    raise constraint from None
+                return cursor.rowcount
+            except Exception as err:  # as `translated()` does for a session
+                typed = self._translate(err)
+                if typed is err:
+                    raise
+                raise typed from err
 
     @contextlib.asynccontextmanager
     async def transaction(

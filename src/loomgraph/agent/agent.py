@@ -14,7 +14,6 @@ from loomgraph.agent.checkpoints import (
 )
 from loomgraph.agent.deps import build_deps
 from loomgraph.agent.fleet import DEFAULT_QUEUE
-from loomgraph.agent.from_file import agent_arguments
 from loomgraph.agent.memory_wiring import wire_memory
 from loomgraph.agent.pinning import (
     GraphChoice,
@@ -124,6 +123,9 @@ class Agent:
         """An Agent from an agent file (docs/agent-files.md); keyword arguments replace what
         the file says (say, `model=ScriptedModel(...)` in tests). Raises AgentFileError
         listing every problem of the file."""
+        # Imported here: agent files bring YAML and their schema, which a coded agent skips.
+        from loomgraph.agent.from_file import agent_arguments
+
         return cls(**agent_arguments(path, overrides))
 
     async def aclose(self) -> None:

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
-import networkx as nx  # type: ignore[import-untyped,unused-ignore]
+if TYPE_CHECKING:
+    import networkx as nx  # type: ignore[import-untyped,unused-ignore]
 
 from loomgraph.errors import Problem
 from loomgraph.graph.policies import known_error_type
@@ -161,6 +163,9 @@ def flow_graph(graph: Graph) -> nx.DiGraph:
     edge also gets a fall-through edge to EXIT. Unknown targets (reported as
     `unknown-endpoint`) count as EXIT so that one typo is not reported again as a loop.
     """
+    # Imported here: validating a graph is the one thing that needs it (~0.1 s to import).
+    import networkx as nx  # type: ignore[import-untyped,unused-ignore]
+
     flow = nx.DiGraph()
     flow.add_node(EXIT)
     flow.add_nodes_from(graph.nodes)
@@ -219,6 +224,8 @@ def check_policies(graph: Graph) -> list[Problem]:
 
 def closed_loops(flow: nx.DiGraph) -> list[set[str]]:
     """The cycles a run can enter but never leave (strongly connected, no route out)."""
+    import networkx as nx  # type: ignore[import-untyped,unused-ignore]
+
     loops = []
     for component in nx.strongly_connected_components(flow):
         if EXIT in component:
@@ -233,6 +240,8 @@ def closed_loops(flow: nx.DiGraph) -> list[set[str]]:
 
 def check_flow(graph: Graph) -> list[Problem]:
     """`unreachable-node`, `cycle-without-exit` and `no-path-to-end`."""
+    import networkx as nx  # type: ignore[import-untyped,unused-ignore]
+
     flow = flow_graph(graph)
     order = {name: i for i, name in enumerate(graph.nodes)}
     problems: list[Problem] = []

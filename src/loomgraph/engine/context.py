@@ -14,7 +14,7 @@ from typing import Any
 from loomgraph.engine import audit_trail as trail
 from loomgraph.engine.attempts import ModelAttempts
 from loomgraph.engine.effects import EffectKey, ResumeValue
-from loomgraph.engine.scope import RunScope
+from loomgraph.engine.scope import NO_ATTRIBUTES, RunScope
 from loomgraph.engine.tool_gate import ToolGate
 from loomgraph.graph.compiled import compile_graph
 from loomgraph.graph.spec import Graph
@@ -106,9 +106,13 @@ class VisitContext:
         self._slot += 1
         return self.effect_key(str(self._slot))
 
-    async def _reserve_model(self, request: ModelRequest, asked: int | None) -> Reservation | None:
+    async def _reserve_model(
+        self, request: ModelRequest, asked: int | None
+    ) -> tuple[Reservation | None, Usage]:
+        """The reservation of one attempt and the worst case it holds. Without caps nothing
+        is held, and the prompt is not measured (a walk over the whole conversation)."""
         if not self.deps.budgeted:
-            return None
+            return None, Usage()
         if asked is None:
             # Sized to the caps (a budget with `fit_output`) and sent to the provider as
             # max_tokens, so the output can never exceed the reservation.
@@ -118,7 +122,8 @@ class VisitContext:
             request.max_tokens = (
                 limit if fit is None else await fit(self.scope.budget_scope, prompt, limit)
             )
-        return await self.scope.reserve("model", _model_estimate(request))
+        estimate = _model_estimate(request)
+        return await self.scope.reserve("model", estimate), estimate
 
     # ------------------------------------------------------------------ model
 
@@ -165,7 +170,7 @@ class VisitContext:
         call_id = str(key)
         asked = request.max_tokens  # the caller's own limit; else sized to the caps each try
         for step in range(STEP_RETRIES + 1):
-            attempts.held(await self._reserve_model(request, asked), _model_estimate(request))
+            attempts.held(*await self._reserve_model(request, asked))
             streamed: list[str] = []
             try:
                 response = await self._stream(request, call_id, streamed, attempts)
@@ -204,18 +209,21 @@ class VisitContext:
     async def _stream(
         self, request: ModelRequest, call_id: str, texts: list[str], attempts: ModelAttempts
     ) -> ModelResponse:
-        model, telemetry = self.deps.model, self.deps.telemetry
+        model, telemetry, tracing = self.deps.model, self.deps.telemetry, self.scope.tracing
         response = ModelResponse()
-        attributes = semconv.chat_attributes(
-            model=model.name,
-            provider=semconv.provider_of(model),
-            max_tokens=request.max_tokens,
-            session_id=self.scope.session_id,
-        )
+        attributes: Mapping[str, Any] = NO_ATTRIBUTES
         # Content is serialised only when it will be kept (capture_content=True).
-        capture = bool(getattr(telemetry, "capture_content", False))
-        if capture:
-            attributes |= semconv.chat_input_attributes(request.messages, request.system)
+        capture = tracing and bool(getattr(telemetry, "capture_content", False))
+        if tracing:
+            chat = semconv.chat_attributes(
+                model=model.name,
+                provider=semconv.provider_of(model),
+                max_tokens=request.max_tokens,
+                session_id=self.scope.session_id,
+            )
+            if capture:
+                chat |= semconv.chat_input_attributes(request.messages, request.system)
+            attributes = chat
         with telemetry.span(semconv.chat_span_name(model.name), attributes) as span:
             async with aclosing(model.stream(request)) as chunks:  # type: ignore[type-var]
                 async for chunk in chunks:
@@ -223,9 +231,11 @@ class VisitContext:
                     if kind == "text":
                         texts.append(chunk["text"])
                         # Provisional until the call's outcome is journaled (docs/runtime.md).
-                        await self.emit(
-                            MODEL_CHUNK, {"chunk": chunk, "call_id": call_id, "provisional": True}
-                        )
+                        if self.scope.listening:
+                            await self.emit(
+                                MODEL_CHUNK,
+                                {"chunk": chunk, "call_id": call_id, "provisional": True},
+                            )
                     elif kind == "tool_call":
                         response.tool_calls.append(chunk["call"])
                     elif kind == "usage":
@@ -242,6 +252,8 @@ class VisitContext:
                         )
             response.usage = replace(response.usage, model_calls=1)
             response.text = "".join(texts)
+            if not tracing:
+                return response
             done = {
                 semconv.GEN_AI_USAGE_INPUT_TOKENS: response.usage.input_tokens,
                 semconv.GEN_AI_USAGE_OUTPUT_TOKENS: response.usage.output_tokens,

@@ -13,7 +13,7 @@ from typing import Any
 
 from loomgraph.engine import audit_trail as trail
 from loomgraph.engine.context import VisitContext
-from loomgraph.engine.scope import RunScope
+from loomgraph.engine.scope import NO_ATTRIBUTES, RunScope
 from loomgraph.engine.state_size import StateSize
 from loomgraph.errors import GraphError, NodeError, StateError
 from loomgraph.graph.compiled import CompiledGraph
@@ -37,6 +37,9 @@ from loomgraph.protocols.events import (
     NODE_RETRY,
     NODE_STARTED,
 )
+
+# A visit's empty amount: Usage is frozen, so one instance serves every step.
+NO_USAGE = Usage()
 
 
 @dataclass(slots=True)
@@ -145,20 +148,23 @@ async def _step(
     deps, node, visit, qualified = scope.deps, ctx.node, ctx.visit, ctx.qualified_node
     reservation = None
     try:
-        reservation = await scope.reserve("node", Usage())
-        await ctx.emit(NODE_STARTED, {"node": qualified, "visit": visit})
+        reservation = await scope.reserve("node", NO_USAGE)
+        if scope.listening:
+            await ctx.emit(NODE_STARTED, {"node": qualified, "visit": visit})
         view = {name: state.get(name) for name in reads}
         await deps.hooks.before_node(qualified, view)
-        with deps.telemetry.span(
-            semconv.node_span_name(qualified),
-            semconv.node_attributes(node=qualified, run_id=scope.run_id, visit=visit),
-        ):
+        attributes = (
+            semconv.node_attributes(node=qualified, run_id=scope.run_id, visit=visit)
+            if scope.tracing
+            else NO_ATTRIBUTES
+        )
+        with deps.telemetry.span(semconv.node_span_name(qualified), attributes):
             spec = kind.spec
             if spec.retry is None and spec.timeout is None:
                 patch = await kind.run(view, ctx)
             else:
                 patch = await _run_with_policy(kind, view, ctx)
-        await scope.settle(reservation, Usage())
+        await scope.settle(reservation, NO_USAGE)
         reservation = None
         patch = check_patch(graph, node, patch, writes)
         if not ctx.path:  # a child's state reaches the run's through the patches counted here
@@ -185,7 +191,7 @@ async def _step(
         target = kind.spec.on_error
     finally:
         # The visit happened, even if it failed or stopped.
-        await scope.settle(reservation, Usage())
+        await scope.settle(reservation, NO_USAGE)
     scope.seq += 1
     snapshot = None
     every = deps.runtime.snapshot_every
@@ -199,7 +205,7 @@ async def _step(
             visit,
             patch,
             target,
-            Usage.from_dict(patch.get("usage") or {}),
+            Usage.from_dict(patch["usage"]) if patch.get("usage") else NO_USAGE,
             time.time(),
             snapshot,
         )
@@ -207,12 +213,13 @@ async def _step(
     if scope.auditing:
         moved = trail.transition(scope.seq, qualified, visit, target)
         await scope.audit(AuditAction.TRANSITION, qualified, moved)
-    await scope.emit(
-        NODE_COMPLETED,
-        {"node": qualified, "visit": visit, "next": target, "patch": patch},
-        qualified,
-        scope.seq,
-    )
+    if scope.listening:
+        await scope.emit(
+            NODE_COMPLETED,
+            {"node": qualified, "visit": visit, "next": target, "patch": patch},
+            qualified,
+            scope.seq,
+        )
     return target
 
 

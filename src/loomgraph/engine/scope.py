@@ -4,9 +4,10 @@ the transition counter, the journal of effects and the answer the run was resume
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any, Protocol
 
 from loomgraph.engine import audit_trail as trail
@@ -25,9 +26,12 @@ from loomgraph.protocols import (
     RunStopped,
     Usage,
 )
-from loomgraph.protocols.events import EFFECT_UNKNOWN_AFTER_CRASH, Event
+from loomgraph.protocols.events import EFFECT_UNKNOWN_AFTER_CRASH, Event, hears_events
 
 EventSink = Callable[[Event], Awaitable[None]]
+
+# The attributes given to the spans of a telemetry that records none (never written to).
+NO_ATTRIBUTES: Mapping[str, Any] = MappingProxyType({})
 
 # The run the current task works for, so callbacks of shared objects (a budget's warnings)
 # can reach the right run's events.
@@ -87,11 +91,19 @@ class RunScope:
     # even built) and whether entries carry content.
     auditing: bool = field(init=False)
     audit_content: bool = field(init=False)
+    # Whether anything hears the run's events: a run whose only consumer drops them (the
+    # no-op hooks) builds none.
+    listening: bool = field(init=False)
+    # Whether the telemetry records spans (the no-op one says `enabled = False`): when not,
+    # no span attributes are built.
+    tracing: bool = field(init=False)
 
     def __post_init__(self) -> None:
         self.budget_scope = BudgetScope(self.run_id, self.user_id)
         mode = AuditMode.of(self.deps.audit_log)
         self.auditing, self.audit_content = mode.enabled, mode.content
+        self.listening = hears_events(self.sink)
+        self.tracing = getattr(self.deps.telemetry, "enabled", True) is not False
 
     async def reserve(self, kind: str, amount: Usage) -> Reservation | None:
         """Set an amount aside in the budget (nothing to do when the budget has no caps)."""
@@ -125,6 +137,8 @@ class RunScope:
         self, kind: str, payload: dict[str, Any], node: str | None, seq: int | None = None
     ) -> None:
         """Send one event; by default it carries the seq of the transition being made."""
+        if not self.listening:
+            return
         await self.sink(
             Event(
                 kind,

@@ -8,12 +8,13 @@ each is gated, journaled and reported the same way.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from typing import Any
 
 from loomgraph.engine import audit_trail as trail
 from loomgraph.engine.approvals import ApprovalDesk
 from loomgraph.engine.effects import EffectKey
-from loomgraph.engine.scope import RunScope
+from loomgraph.engine.scope import NO_ATTRIBUTES, RunScope
 from loomgraph.engine.taint import is_tainted, note_result
 from loomgraph.errors import LoomgraphError
 from loomgraph.protocols import (
@@ -59,7 +60,8 @@ class ToolGate:
     async def call(self, call: ToolCall, key: EffectKey) -> ToolResult:
         """One journaled, permission-checked, budgeted call; failures become error results."""
         scope, deps = self.scope, self.scope.deps
-        await scope.emit(TOOL_CALL, {"call": call}, self.node)
+        if scope.listening:
+            await scope.emit(TOOL_CALL, {"call": call}, self.node)
         spec = deps.tools.spec(call["tool"])
         if spec is None:  # never run, whatever the policy says
             await self.report(call, Decision("deny", "unknown_tool", "no such tool"))
@@ -93,12 +95,17 @@ class ToolGate:
             request = trail.tool_request(call, decision.rule, content=scope.audit_content)
             await scope.audit(AuditAction.TOOL_REQUEST, self.node, request)
         try:
-            attributes = semconv.tool_attributes(
-                tool=call["tool"], call_id=call["id"], tool_type=spec.get("tool_type", "function")
-            )
-            capture = bool(getattr(deps.telemetry, "capture_content", False))
-            if capture:
-                attributes[semconv.GEN_AI_TOOL_CALL_ARGUMENTS] = call["args"]
+            capture = scope.tracing and bool(getattr(deps.telemetry, "capture_content", False))
+            attributes: Mapping[str, Any] = NO_ATTRIBUTES
+            if scope.tracing:
+                traced = semconv.tool_attributes(
+                    tool=call["tool"],
+                    call_id=call["id"],
+                    tool_type=spec.get("tool_type", "function"),
+                )
+                if capture:
+                    traced[semconv.GEN_AI_TOOL_CALL_ARGUMENTS] = call["args"]
+                attributes = traced
             token = tool_run.set(self._tool_run(call))
             try:
                 with deps.telemetry.span(semconv.tool_span_name(call["tool"]), attributes) as span:
@@ -181,9 +188,10 @@ class ToolGate:
         """The permission verdict for a call (asking for approval when a rule says so), after
         the hooks had their say; reported as an event and in the audit log."""
         scope, deps = self.scope, self.scope.deps
-        desk = ApprovalDesk(scope, self.node, call, key)
+        # Made only when a call may involve an approval: most calls are simply allowed.
+        desk = ApprovalDesk(scope, self.node, call, key) if scope.requested else None
         tainted = bool(scope.untrusted) and is_tainted(call["args"], scope.untrusted)
-        if desk.was_requested:  # asked before the run stopped: only an approval releases it
+        if desk is not None and desk.was_requested:  # only an approval releases it now
             decision = await desk.asked_before()
         else:
             decision = await deps.permissions.check(call, spec, user_id=scope.user_id)
@@ -194,6 +202,7 @@ class ToolGate:
                     "its arguments carry text from an untrusted tool result",
                 )
         if decision.verdict == "ask":
+            desk = desk or ApprovalDesk(scope, self.node, call, key)
             try:
                 decision, call = await desk.settle(spec, decision, tainted=tainted)
             except RunStopped:  # the run waits for an answer: say so, as for any decision
@@ -208,6 +217,8 @@ class ToolGate:
 
     async def report(self, call: ToolCall, decision: Decision, *, tainted: bool = False) -> None:
         """A decision as a `permission_decision` event and audit entry, naming its rule."""
+        if not (self.scope.listening or self.scope.auditing):
+            return
         report: dict[str, Any] = {
             "call_id": call["id"],
             "tool": call["tool"],
@@ -217,7 +228,8 @@ class ToolGate:
         }
         if tainted:
             report["tainted"] = True
-        await self.scope.emit(PERMISSION_DECISION, report, self.node)
+        if self.scope.listening:
+            await self.scope.emit(PERMISSION_DECISION, report, self.node)
         if self.scope.auditing:
             entry = trail.decision(report, call)
             await self.scope.audit(AuditAction.PERMISSION_DECISION, self.node, entry)
@@ -237,5 +249,6 @@ class ToolGate:
             done = trail.tool_result(call, result, replayed=replayed, content=scope.audit_content)
             await scope.audit(AuditAction.TOOL_RESULT, self.node, done)
         await scope.deps.hooks.after_tool(call, result)
-        await scope.emit(TOOL_RESULT, {"call": call, "result": result}, self.node)
+        if scope.listening:
+            await scope.emit(TOOL_RESULT, {"call": call, "result": result}, self.node)
         return result

@@ -1,26 +1,79 @@
 """Governance: budgets, permissions and hooks.
 
-Importing this package does not import asyncpg: `PostgresLedger` imports it when made.
+Importing this package imports none of its modules: each name is imported on first use
+(a run with the default no-op governance never loads budgets, ledgers or rule files), and
+`PostgresLedger` imports asyncpg only when made.
 """
 
-from loomgraph.governance.budget import BudgetConfig, BudgetWarning, Caps, StandardBudget
-from loomgraph.governance.hooks import HookError, Hooks
-from loomgraph.governance.ledger import (
-    NANO_USD,
-    Hold,
-    InMemoryLedger,
-    Ledger,
-    Totals,
-)
-from loomgraph.governance.null import AllowAll, NoBudget, NoHooks
-from loomgraph.governance.permissions import Mode, Policy, StandardPermissions
-from loomgraph.governance.rule_errors import (
-    PermissionConfigError,
-    PermissionTypeError,
-    RuleSyntaxError,
-)
-from loomgraph.governance.rules import Rule, SetSource, canonical, parse_rule
-from loomgraph.governance.sql_ledger import PostgresLedger, SqliteLedger
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from loomgraph.governance.budget import BudgetConfig, BudgetWarning, Caps, StandardBudget
+    from loomgraph.governance.hooks import HookError, Hooks
+    from loomgraph.governance.ledger import (
+        NANO_USD,
+        Hold,
+        InMemoryLedger,
+        Ledger,
+        Totals,
+    )
+    from loomgraph.governance.null import AllowAll, NoBudget, NoHooks
+    from loomgraph.governance.permissions import Mode, Policy, StandardPermissions
+    from loomgraph.governance.rule_errors import (
+        PermissionConfigError,
+        PermissionTypeError,
+        RuleSyntaxError,
+    )
+    from loomgraph.governance.rules import Rule, SetSource, canonical, parse_rule
+    from loomgraph.governance.sql_ledger import PostgresLedger, SqliteLedger
+
+# `canonical` is also a submodule, whose first import would bind the package attribute to
+# the module: it is imported now (stdlib only) and the attribute dropped, so the name
+# resolves below to the function, as it did when this package imported everything.
+importlib.import_module("loomgraph.governance.canonical")
+del globals()["canonical"]
+
+# Each public name and the module that defines it.
+_MODULES = {
+    "BudgetConfig": "loomgraph.governance.budget",
+    "BudgetWarning": "loomgraph.governance.budget",
+    "Caps": "loomgraph.governance.budget",
+    "StandardBudget": "loomgraph.governance.budget",
+    "HookError": "loomgraph.governance.hooks",
+    "Hooks": "loomgraph.governance.hooks",
+    "NANO_USD": "loomgraph.governance.ledger",
+    "Hold": "loomgraph.governance.ledger",
+    "InMemoryLedger": "loomgraph.governance.ledger",
+    "Ledger": "loomgraph.governance.ledger",
+    "Totals": "loomgraph.governance.ledger",
+    "AllowAll": "loomgraph.governance.null",
+    "NoBudget": "loomgraph.governance.null",
+    "NoHooks": "loomgraph.governance.null",
+    "Mode": "loomgraph.governance.permissions",
+    "Policy": "loomgraph.governance.permissions",
+    "StandardPermissions": "loomgraph.governance.permissions",
+    "PermissionConfigError": "loomgraph.governance.rule_errors",
+    "PermissionTypeError": "loomgraph.governance.rule_errors",
+    "RuleSyntaxError": "loomgraph.governance.rule_errors",
+    "Rule": "loomgraph.governance.rules",
+    "SetSource": "loomgraph.governance.rules",
+    "canonical": "loomgraph.governance.rules",
+    "parse_rule": "loomgraph.governance.rules",
+    "PostgresLedger": "loomgraph.governance.sql_ledger",
+    "SqliteLedger": "loomgraph.governance.sql_ledger",
+}
+
+
+def __getattr__(name: str) -> Any:
+    """Import a public name's module when the name is first used."""
+    module = _MODULES.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "NANO_USD",

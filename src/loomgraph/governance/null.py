@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from loomgraph.protocols import Decision, Reservation, ToolCall, ToolResult, ToolSpec, Usage
+from loomgraph.protocols.events import drops_events
 
 _ALLOW = Decision("allow", rule="default:allow-all")
 
@@ -53,5 +54,6 @@ class NoHooks:
     async def after_tool(self, call: ToolCall, result: ToolResult) -> None:
         """Nothing."""
 
+    @drops_events
     async def on_event(self, event: Any) -> None:
         """Nothing."""

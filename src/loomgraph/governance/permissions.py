@@ -116,6 +116,9 @@ class StandardPermissions:
         for user_id, entry in (per_user or {}).items():
             self.per_user[user_id] = _user_entry(user_id, entry, self.sets)
         self._rule_sets: dict[str | None, RuleSet] = {}
+        # to_data() as JSON text and its fingerprint, made once: every run pins the policy,
+        # and like the merged rule sets above, the policy is not changed once made.
+        self._described: tuple[str, str] | None = None
 
     @classmethod
     def from_dict(
@@ -222,6 +225,22 @@ class StandardPermissions:
 
     def to_data(self) -> dict[str, Any]:
         """Everything that decides, as canonical JSON-shaped data (what `fingerprint` hashes)."""
+        data: dict[str, Any] = json.loads(self._description()[0])  # a fresh copy each time
+        return data
+
+    def fingerprint(self) -> str:
+        """`sha256:<hex>` of `to_data()`: equal for policies that decide every call alike."""
+        return self._description()[1]
+
+    def _description(self) -> tuple[str, str]:
+        if self._described is None:
+            data = self._data()
+            canonical = json.dumps(data, sort_keys=True, separators=(",", ":"))
+            digest = "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()
+            self._described = json.dumps(data), digest  # to_data() keeps its key order
+        return self._described
+
+    def _data(self) -> dict[str, Any]:
         data = self._own_data(top=True)
         data["per_user"] = {}
         for uid, user in sorted(self.per_user.items()):
@@ -231,11 +250,6 @@ class StandardPermissions:
             data["per_user"][uid] = own
         data["pinnable"] = _pinnable(data)
         return data
-
-    def fingerprint(self) -> str:
-        """`sha256:<hex>` of `to_data()`: equal for policies that decide every call alike."""
-        text = json.dumps(self.to_data(), sort_keys=True, separators=(",", ":"))
-        return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
 
     def _own_data(self, *, top: bool) -> dict[str, Any]:
         ask = [

@@ -9,6 +9,8 @@ from typing import Any
 from jinja2 import TemplateSyntaxError, meta, nodes
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
+from loomgraph.graph.condition_code import compile_native
+
 
 @cache
 def environment() -> ImmutableSandboxedEnvironment:
@@ -17,8 +19,16 @@ def environment() -> ImmutableSandboxedEnvironment:
 
 
 def compile_condition(expression: str) -> Callable[..., Any]:
-    """Compile an edge condition; raises jinja2.TemplateSyntaxError when it does not parse."""
-    return environment().compile_expression(expression, undefined_to_none=False)
+    """Compile an edge condition; raises jinja2.TemplateSyntaxError when it does not parse.
+
+    It runs as plain closures with the sandbox's semantics when it parses and is made only
+    of the nodes `condition_code` knows; otherwise Jinja compiles it (and raises its own
+    syntax and unknown-filter errors) and it runs as Jinja's compiled expression."""
+    env = environment()
+    native = compile_native(env, expression)
+    if native is not None:
+        return native
+    return env.compile_expression(expression, undefined_to_none=False)
 
 
 def compile_template(source: str) -> Callable[[Mapping[str, Any]], str]:

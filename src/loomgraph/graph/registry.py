@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from importlib.metadata import entry_points
 from typing import Any, ClassVar, TypeVar
 
 from pydantic import BaseModel, ConfigDict
@@ -102,6 +101,9 @@ def register_node(name: str) -> Callable[[K], K]:
 def _load_entry_points() -> None:
     global _entry_points_loaded
     _entry_points_loaded = True
+    # Imported here: importlib.metadata costs ~20 ms, and built-in kinds never need it.
+    from importlib.metadata import entry_points
+
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         if ep.name not in _REGISTRY:
             loaded = ep.load()

@@ -1,40 +1,98 @@
 """Observability: a tamper-evident audit log and OpenTelemetry tracing and metrics.
 
-Importing this package loads neither OpenTelemetry nor asyncpg: `OTelTelemetry` imports
-OpenTelemetry when built, `PostgresAuditLog` imports asyncpg when it first connects.
+Importing this package imports none of its modules: each name is imported on first use (a
+run with the no-op defaults loads no audit chain, OpenTelemetry glue or Postgres code).
+`OTelTelemetry` imports OpenTelemetry when built, `PostgresAuditLog` imports asyncpg when it
+first connects.
 """
 
 from __future__ import annotations
 
-from ..protocols.semconv import (
-    RUN_SPAN,
-    chat_attributes,
-    chat_span_name,
-    messages_json,
-    node_attributes,
-    node_span_name,
-    response_attributes,
-    run_attributes,
-    set_attributes,
-    system_instructions_json,
-    tool_attributes,
-    tool_span_name,
-    usage_attributes,
-)
-from .audit_chain import (
-    GENESIS_HASH,
-    AuditAction,
-    AuditEntry,
-    AuditHead,
-    AuditLogError,
-    VerifyResult,
-)
-from .audit_key import DEFAULT_KEY_ENV, AuditConfigError, AuditKeyMissing, resolve_audit_key
-from .file_audit import FileAuditLog
-from .noop import NoAuditLog, NoTelemetry
-from .otel import OTelTelemetry, TracedSpan
-from .otlp import OTLPTelemetry, otlp
-from .postgres_audit import PostgresAuditLog
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ..protocols.semconv import (
+        RUN_SPAN,
+        chat_attributes,
+        chat_span_name,
+        messages_json,
+        node_attributes,
+        node_span_name,
+        response_attributes,
+        run_attributes,
+        set_attributes,
+        system_instructions_json,
+        tool_attributes,
+        tool_span_name,
+        usage_attributes,
+    )
+    from .audit_chain import (
+        GENESIS_HASH,
+        AuditAction,
+        AuditEntry,
+        AuditHead,
+        AuditLogError,
+        VerifyResult,
+    )
+    from .audit_key import DEFAULT_KEY_ENV, AuditConfigError, AuditKeyMissing, resolve_audit_key
+    from .file_audit import FileAuditLog
+    from .noop import NoAuditLog, NoTelemetry
+    from .otel import OTelTelemetry, TracedSpan
+    from .otlp import OTLPTelemetry, otlp
+    from .postgres_audit import PostgresAuditLog
+
+# `otlp` is also a submodule, whose first import would bind the package attribute to the
+# module: it is imported now (OpenTelemetry itself only when used) and the attribute
+# dropped, so the name resolves below to the function.
+importlib.import_module("loomgraph.observability.otlp")
+del globals()["otlp"]
+
+# Each public name and the module that defines it.
+_MODULES = {
+    "RUN_SPAN": "loomgraph.protocols.semconv",
+    "chat_attributes": "loomgraph.protocols.semconv",
+    "chat_span_name": "loomgraph.protocols.semconv",
+    "messages_json": "loomgraph.protocols.semconv",
+    "node_attributes": "loomgraph.protocols.semconv",
+    "node_span_name": "loomgraph.protocols.semconv",
+    "response_attributes": "loomgraph.protocols.semconv",
+    "run_attributes": "loomgraph.protocols.semconv",
+    "set_attributes": "loomgraph.protocols.semconv",
+    "system_instructions_json": "loomgraph.protocols.semconv",
+    "tool_attributes": "loomgraph.protocols.semconv",
+    "tool_span_name": "loomgraph.protocols.semconv",
+    "usage_attributes": "loomgraph.protocols.semconv",
+    "GENESIS_HASH": "loomgraph.observability.audit_chain",
+    "AuditAction": "loomgraph.observability.audit_chain",
+    "AuditEntry": "loomgraph.observability.audit_chain",
+    "AuditHead": "loomgraph.observability.audit_chain",
+    "AuditLogError": "loomgraph.observability.audit_chain",
+    "VerifyResult": "loomgraph.observability.audit_chain",
+    "DEFAULT_KEY_ENV": "loomgraph.observability.audit_key",
+    "AuditConfigError": "loomgraph.observability.audit_key",
+    "AuditKeyMissing": "loomgraph.observability.audit_key",
+    "resolve_audit_key": "loomgraph.observability.audit_key",
+    "FileAuditLog": "loomgraph.observability.file_audit",
+    "NoAuditLog": "loomgraph.observability.noop",
+    "NoTelemetry": "loomgraph.observability.noop",
+    "OTelTelemetry": "loomgraph.observability.otel",
+    "TracedSpan": "loomgraph.observability.otel",
+    "OTLPTelemetry": "loomgraph.observability.otlp",
+    "otlp": "loomgraph.observability.otlp",
+    "PostgresAuditLog": "loomgraph.observability.postgres_audit",
+}
+
+
+def __getattr__(name: str) -> Any:
+    """Import a public name's module when the name is first used."""
+    module = _MODULES.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "DEFAULT_KEY_ENV",

@@ -65,6 +65,9 @@ class NoTelemetry:
     capture_content = False
     """Never record message content (lets callers skip serialising it)."""
 
+    enabled = False
+    """Tells a run to build no span attributes at all (see `RunScope.tracing`)."""
+
     def span(self, name: str, attributes: Mapping[str, Any]) -> AbstractContextManager[Span]:
         """The shared no-op span."""
         return NO_SPAN

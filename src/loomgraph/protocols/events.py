@@ -105,3 +105,20 @@ class Event(NamedTuple):
     def to_dict(self) -> dict[str, Any]:
         """The event as plain JSON-shaped data."""
         return self._asdict()
+
+
+# The attribute that marks an event sink as one that drops every event.
+_DROPS_EVENTS = "__loomgraph_drops_events__"
+
+
+def drops_events(sink: Any) -> Any:
+    """Mark an `on_event` callback that does nothing with events (a no-op hooks object's), so
+    that a run whose only consumer it is builds no event at all."""
+    setattr(sink, _DROPS_EVENTS, True)
+    return sink
+
+
+def hears_events(sink: Any) -> bool:
+    """Whether a sink may do something with events: False only for one marked `drops_events`
+    (a bound method reads the mark of its function)."""
+    return not getattr(sink, _DROPS_EVENTS, False)

@@ -21,7 +21,10 @@ class Span(Protocol):
 
 @runtime_checkable
 class Telemetry(Protocol):
-    """Opens spans; `loom.run` → node → `chat {model}` / `execute_tool {tool}`."""
+    """Opens spans; `loom.run` → node → `chat {model}` / `execute_tool {tool}`.
+
+    An optional `enabled = False` says the spans record nothing: a run then builds no span
+    attributes (they arrive empty). A telemetry without the attribute is enabled."""
 
     def span(self, name: str, attributes: Mapping[str, Any]) -> AbstractContextManager[Span]:
         """A span for the duration of a `with` block."""

@@ -36,6 +36,8 @@ def dumps(value: Any, what: str) -> str:
         text = json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
     except (TypeError, ValueError) as err:
         raise JournalEncodingError(f"{what} is not plain JSON: {err}") from None
+    if text.isascii():  # the common case: nothing to check
+        return text
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:

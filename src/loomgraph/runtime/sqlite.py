@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import os
 import sqlite3
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, Literal
 
@@ -20,6 +20,7 @@ from loomgraph._storage.sqlite_files import (
     lost_wal_frames,
     open_sqlite,
 )
+from loomgraph._storage.sqlite_inline import InlineWriter
 from loomgraph.protocols.ledger import LedgerSite, SqliteSite
 from loomgraph.protocols.runtime import RunRecord
 from loomgraph.runtime.codec import ADDED_COLUMNS, SCHEMA_VERSION, Dialect, ddl, graphs_table
@@ -81,6 +82,10 @@ class SqliteRuntime(SqlJournal):
         self.accept_damage = accept_damage
         self._damage: str | None = None  # the recorded loss of committed transactions, if any
         self._db = SqliteConnection(self._open, translate=self._translate)
+        # One-statement writes are done on the loop's thread when they need not wait; not
+        # with FULL, whose every commit is an fsync, which must not block the event loop.
+        inline = self.path != ":memory:" and synchronous == "NORMAL"
+        self._inline = InlineWriter(self.path, synchronous=synchronous) if inline else None
 
     def __repr__(self) -> str:
         return f"SqliteRuntime({self.path!r})"
@@ -93,7 +98,11 @@ class SqliteRuntime(SqlJournal):
             pass
 
     async def close(self) -> None:
-        """Close the connection; the next use opens it again."""
+        """Close the connections; the next use opens them again."""
+        if self._inline is not None:
+            # First: the last connection to close checkpoints the file, which may fsync;
+            # that belongs on the worker thread, not the event loop's.
+            self._inline.close()
         await self._db.close()
 
     async def checkpoint(self) -> None:
@@ -117,6 +126,10 @@ class SqliteRuntime(SqlJournal):
         return record
 
     # ------------------------------------------------------------------ sessions
+
+    async def _exec(self, name: str, args: Sequence[Any]) -> int:
+        # A lone statement, the journal's per-write path: straight to the connection.
+        return await self._db.execute(self._sql[name], args, inline=self._inline)
 
     @asynccontextmanager
     async def _read(self) -> AsyncIterator[Cursor]:

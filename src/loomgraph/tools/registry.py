@@ -10,6 +10,7 @@ from typing import Any, cast
 from loomgraph.protocols import ToolCall, ToolHost, ToolResult, ToolSpec, implements
 from loomgraph.tools import results
 from loomgraph.tools.context import MissingToolDependency, context_for, resolve
+from loomgraph.tools.deadline import Deadline
 from loomgraph.tools.tool import Tool, check_timeout
 
 _log = logging.getLogger(__name__)
@@ -145,7 +146,7 @@ class ToolRegistry:
             return results.invalid_arguments(item.name, exc)
 
         limit = item.timeout if item.timeout is not None else self.timeout
-        deadline = None if limit is None else asyncio.timeout(limit)
+        deadline = None if limit is None else Deadline(limit)
         try:
             if deadline is None:
                 value = await _run(item, pos, kwargs)
