@@ -107,18 +107,19 @@ class Event(NamedTuple):
         return self._asdict()
 
 
-# The attribute that marks an event sink as one that drops every event.
-_DROPS_EVENTS = "__loomgraph_drops_events__"
+# The attribute that marks an event sink as one that drops every event (lower case: the
+# upper-case names of this module are the event kinds).
+_drops_mark = "__loomgraph_drops_events__"
 
 
 def drops_events(sink: Any) -> Any:
     """Mark an `on_event` callback that does nothing with events (a no-op hooks object's), so
     that a run whose only consumer it is builds no event at all."""
-    setattr(sink, _DROPS_EVENTS, True)
+    setattr(sink, _drops_mark, True)
     return sink
 
 
 def hears_events(sink: Any) -> bool:
     """Whether a sink may do something with events: False only for one marked `drops_events`
     (a bound method reads the mark of its function)."""
-    return not getattr(sink, _DROPS_EVENTS, False)
+    return not getattr(sink, _drops_mark, False)
