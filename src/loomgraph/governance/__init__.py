@@ -6,7 +6,9 @@ Importing this package imports none of its modules: each name is imported on fir
 """
 
 import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from loomgraph.protocols.lazy import lazy_names
 
 if TYPE_CHECKING:
     from loomgraph.governance.budget import BudgetConfig, BudgetWarning, Caps, StandardBudget
@@ -65,14 +67,7 @@ _MODULES = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    """Import a public name's module when the name is first used."""
-    module = _MODULES.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_names(__name__, _MODULES, globals())
 
 
 __all__ = [

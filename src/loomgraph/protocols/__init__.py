@@ -42,6 +42,7 @@ from loomgraph.protocols.governance import (
     RunClock,
     Verdict,
 )
+from loomgraph.protocols.lazy import lazy_names
 from loomgraph.protocols.ledger import Bindable, LedgerHost, LedgerSite, PostgresSite, SqliteSite
 from loomgraph.protocols.memory import Episode, Memory
 from loomgraph.protocols.messages import (
@@ -167,6 +168,8 @@ __all__ = [  # noqa: RUF022 - grouped by concept, not sorted
     "Reservation",
     "RunClock",
     "Verdict",
+    # lazy: a package's public names imported on first use
+    "lazy_names",
     # ledger: where a journal keeps a budget's ledger, and budgets bound to it
     "Bindable",
     "LedgerHost",

@@ -6,8 +6,9 @@ not import aiosqlite or asyncpg.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from loomgraph.protocols.lazy import lazy_names
 from loomgraph.runtime.memory import InMemoryRuntime, UnknownRun
 
 if TYPE_CHECKING:
@@ -38,22 +39,15 @@ __all__ = [
 ]
 
 _LAZY = {
-    "SqliteRuntime": "sqlite",
-    "PostgresRuntime": "postgres",
-    "JournalError": "errors",
-    "JournalCorrupted": "errors",
-    "JournalUnavailable": "errors",
-    "JournalVersionError": "errors",
-    "RunConflict": "errors",
-    "JournalDamaged": "errors",
-    "RunPossiblyLost": "errors",
+    "SqliteRuntime": "loomgraph.runtime.sqlite",
+    "PostgresRuntime": "loomgraph.runtime.postgres",
+    "JournalError": "loomgraph.runtime.errors",
+    "JournalCorrupted": "loomgraph.runtime.errors",
+    "JournalUnavailable": "loomgraph.runtime.errors",
+    "JournalVersionError": "loomgraph.runtime.errors",
+    "RunConflict": "loomgraph.runtime.errors",
+    "JournalDamaged": "loomgraph.runtime.errors",
+    "RunPossiblyLost": "loomgraph.runtime.errors",
 }
 
-
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'loomgraph.runtime' has no attribute {name!r}")
-    import importlib
-
-    return getattr(importlib.import_module(f"loomgraph.runtime.{module}"), name)
+__getattr__ = lazy_names(__name__, _LAZY, globals())

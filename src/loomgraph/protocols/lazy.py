@@ -1,0 +1,27 @@
+"""Public names of a package imported on first use (PEP 562), so importing the package costs
+nothing for the parts a program never touches."""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Mapping
+from typing import Any
+
+__all__ = ["lazy_names"]
+
+
+def lazy_names(
+    package: str, modules: Mapping[str, str], namespace: dict[str, Any]
+) -> Callable[[str], Any]:
+    """A module `__getattr__` for `package`: each name in `modules` (name -> the module that
+    defines it) is imported when first used, then kept in `namespace` (the package's globals)."""
+
+    def __getattr__(name: str) -> Any:
+        module = modules.get(name)
+        if module is None:
+            raise AttributeError(f"module {package!r} has no attribute {name!r}")
+        value = getattr(importlib.import_module(module), name)
+        namespace[name] = value
+        return value
+
+    return __getattr__
