@@ -109,6 +109,11 @@ async def test_a_fenced_out_writer_writes_nothing(durable: Factory) -> None:
             await rt.finish_run("r1", RunStatus.CANCELLED, "zombie", None, fence=old)
         with pytest.raises(LeaseLost):
             await rt.record_recovery("r1", fence=old)
+        await rt.record_recovery("r1", fence=new)
+        with pytest.raises(LeaseLost):  # a zombie cannot wipe the count of failed recoveries
+            await rt.reset_recoveries("r1", fence=old)
+        assert (await rt.load_run("r1")).recoveries == 1
+        await rt.reset_recoveries("r1", fence=new)
         assert await counts(rt, "r1") == before
         (effect,) = await rt.effects("r1")
         assert (effect.status, effect.attempts, effect.outcome) == ("pending", 1, None)

@@ -272,6 +272,7 @@ def statements(d: Dialect) -> dict[str, str]:
     )
     end = f"UPDATE {p}effects SET outcome = ?, status = ? WHERE run_id = ? AND key = ?"
     recovery = f"UPDATE {p}runs SET recoveries = recoveries + 1 WHERE run_id = ?"
+    reset = f"UPDATE {p}runs SET recoveries = 0 WHERE run_id = ?"
     move = f"UPDATE {p}runs SET graph_name = ?, graph_hash = ? WHERE run_id = ?"
     start_queued = (
         f"UPDATE {p}runs SET "
@@ -318,7 +319,8 @@ def statements(d: Dialect) -> dict[str, str]:
         "graph": f"SELECT hash, name, spec, v FROM {p}graphs WHERE hash = ?",
         "move_run": move,
         "move_run_fenced": f"{move} AND {fence}",
-        "reset_recoveries": f"UPDATE {p}runs SET recoveries = 0 WHERE run_id = ?",
+        "reset_recoveries": reset,
+        "reset_recoveries_fenced": f"{reset} AND {fence}",
         # A new owner takes a free, expired or (take_from) dead owner's lease with the next
         # token; the owner itself extends its lease and keeps its token.
         "take_lease": f"INSERT INTO {p}leases AS cur (run_id, owner, acquired_at, expires_at, "

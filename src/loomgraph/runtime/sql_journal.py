@@ -317,10 +317,12 @@ class SqlJournal:
         record = await self.load_run(run_id)
         return 0 if record is None else record.recoveries
 
-    async def reset_recoveries(self, run_id: str) -> None:
-        """Forget a run's failed recoveries (an operator's retry)."""
-        if not await self._exec("reset_recoveries", (run_id,)):
-            raise UnknownRun(run_id)
+    async def reset_recoveries(self, run_id: str, *, fence: Lease | None = None) -> None:
+        """Forget a run's failed recoveries (an operator's retry, or a recovery that reached a
+        person); fenced like every write of a run's holder, so a zombie changes nothing."""
+        lease = self._fence(run_id, fence)
+        if not await self._exec(*self._fenced("reset_recoveries", (run_id,), lease)):
+            raise await self._refused(run_id, lease)
 
     async def effects(self, run_id: str) -> list[EffectRecord]:
         """Every effect of a run, in the order they began ([] for an unknown run)."""
