@@ -2,7 +2,9 @@
 
 Configured by the environment (set by the test): `FLEET_DSN`, `FLEET_SCHEMA`,
 `FLEET_LEASE` (lease seconds), `FLEET_TURN_MS` (how long each model turn takes),
-`FLEET_ASK` (the third `work` call asks for approval), `FLEET_MAX_RECOVERIES`.
+`FLEET_ASK` (the third `work` call asks for approval), `FLEET_MAX_RECOVERIES`,
+`FLEET_INTERRUPT` (the run first waits for a number from a person, then does its work that
+many times over: the graph `HOW_MANY`).
 
 The model asks for two `work` calls (in one turn), then one more, then answers. `work`
 writes one ledger row per idempotency key (`INSERT … ON CONFLICT DO NOTHING`: an idempotent
@@ -87,6 +89,26 @@ class PacedModel(ScriptedModel):
             yield chunk
 
 
+# Waits for a person's number (`submit_resume(run_id, value=N)`), then answers with it.
+HOW_MANY = """
+name: how-many
+entry: ask
+state:
+  times: {type: int}
+nodes:
+  ask: {kind: interrupt, request: int, message: 'How many times?', output: times}
+  answer: {kind: function, call: "fleet_agent:did", reads: [times], writes: [output]}
+edges:
+  - {from: ask, to: answer}
+  - {from: answer, to: END}
+"""
+
+
+def did(state: Any) -> dict[str, Any]:
+    """The answer of a `HOW_MANY` run."""
+    return {"output": f"did the work {state['times']} times"}
+
+
 def make(**overrides: Any) -> Agent:
     """The fleet tests' agent on the Postgres journal the environment names."""
     runtime = PostgresRuntime(
@@ -103,5 +125,9 @@ def make(**overrides: Any) -> Agent:
     }
     if os.environ.get("FLEET_ASK"):  # the third call waits for a person's approval
         options["permissions"] = StandardPermissions(allow=["work"], ask=["work(item=c)"])
+    if os.environ.get("FLEET_INTERRUPT"):
+        from loomgraph.authoring.loader import graph_from_yaml
+
+        options["architecture"] = graph_from_yaml(HOW_MANY)
     options.update(overrides)
     return Agent("You do work.", **options)

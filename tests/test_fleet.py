@@ -502,6 +502,30 @@ async def test_runs_waiting_for_approval_hold_no_slot(
     assert kinds.count("tool_result") == 3 and "permission_decision" in kinds
 
 
+async def test_a_run_waiting_for_a_value_is_answered_through_the_fleet(
+    env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FLEET_INTERRUPT", "1")
+    env = {**env, "FLEET_INTERRUPT": "1"}
+    agent = fleet_agent.make()
+    workers = fleet(env, tmp_path, "--concurrency", "2")
+    workers.start()
+    try:
+        run_id = await agent.submit("count", user_id="u")
+        waiting = await agent.wait(run_id, timeout=60)
+        assert waiting.status == RunStatus.INTERRUPTED and waiting.pending is not None
+        with pytest.raises(ResumeError):  # checked when submitted, not by a worker later
+            await agent.submit_resume(run_id, value="three")
+        await agent.submit_resume(run_id, value=3)
+        done = await agent.wait(run_id, timeout=60)
+        history = await agent.history(run_id)
+    finally:
+        workers.stop()
+        await agent.aclose()
+    assert done.status == RunStatus.COMPLETED and done.output == "did the work 3 times"
+    assert history[-1].state["times"] == 3
+
+
 # --------------------------------------------------------------------------- the server
 
 
