@@ -129,3 +129,16 @@ def test_an_agent_loads_no_sdk_until_it_needs_one() -> None:
     # that use them.
     loaded = _modules_after("from loomgraph import Agent, tool")
     assert _top(loaded) & {"anthropic", "openai", "opentelemetry", "asyncpg"} == set()
+
+
+def test_an_agent_on_a_built_in_graph_is_built_without_networkx() -> None:
+    """Shipped graphs had their flow checked by the test suite (test_strategies); a user's
+    own graph is checked in full, which is when networkx is imported."""
+    built = _modules_after("from loomgraph import Agent; Agent('x', model='echo')")
+    assert "networkx" not in _top(built)
+    own = _modules_after(
+        "from loomgraph.authoring.loader import graph_from_yaml\n"
+        "graph_from_yaml('name: g\\nentry: a\\nnodes:\\n  a: {kind: model}\\n"
+        "edges:\\n  - {from: a, to: END}\\n')"
+    )
+    assert "networkx" in _top(own)

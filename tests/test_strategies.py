@@ -193,3 +193,13 @@ async def test_resume_and_fork_inside_a_subgraph() -> None:
     assert top_level(fork_history)[0] == "attempt"
     assert fork_history[1].state["lessons"] == ["lesson 1: cite a source"]
     assert "lesson 1" in attempts[2]  # the forked attempt ran again, with the lesson
+
+
+def test_every_built_in_graph_passes_every_validation_rule() -> None:
+    """Loading a built-in graph skips the flow rules (they need networkx): they are checked
+    here instead, with every other rule."""
+    from loomgraph.authoring.library import builtin_names, load_graph
+    from loomgraph.authoring.validate import validate_graph
+
+    for name in builtin_names():
+        assert validate_graph(load_graph(name), flow=True) == [], name

@@ -137,7 +137,9 @@ def graph_from_data(
     if validate:
         from loomgraph.authoring.validate import validate_graph
 
-        problems.extend(validate_graph(graph))
+        # A graph shipped with loomgraph had its flow checked by loomgraph's own test suite
+        # (tests/test_strategies.py): building an agent on one need not import networkx.
+        problems.extend(validate_graph(graph, flow=not _shipped(file)))
     if problems:
         raise GraphValidationError(problems)
     graph._validated = validate
@@ -192,6 +194,11 @@ def builtin_dir() -> Path:
         if candidate.is_dir():
             return candidate
     raise GraphError(f"built-in graphs not found next to {here}")
+
+
+def _shipped(file: str | None) -> bool:
+    """Whether `file` is one of the built-in graph files."""
+    return file is not None and Path(file).resolve().parent == builtin_dir()
 
 
 def builtin_path(name: str) -> Path:

@@ -43,8 +43,9 @@ RESERVED_FIELDS = frozenset(BUILTIN_FIELDS) | DERIVED_NAMES
 _validating: ContextVar[frozenset[str]] = ContextVar("loomgraph_validating", default=frozenset())
 
 
-def validate_graph(graph: Graph) -> list[Problem]:
-    """Every problem of a graph, each with file, line and rule name."""
+def validate_graph(graph: Graph, *, flow: bool = True) -> list[Problem]:
+    """Every problem of a graph, each with file, line and rule name; without `flow`, all but
+    the flow rules (reachability, loops without exit), which need networkx."""
     key = str(Path(graph.source).resolve()) if graph.source else None
     active = _validating.get()
     if key is not None and key in active:
@@ -59,14 +60,14 @@ def validate_graph(graph: Graph) -> list[Problem]:
         ]
     token = _validating.set(active | {key}) if key is not None else None
     try:
-        problems = _all_problems(graph)
+        problems = _all_problems(graph, flow)
     finally:
         if token is not None:
             _validating.reset(token)
     return sorted(problems, key=lambda p: (p.line is None, p.line or 0))
 
 
-def _all_problems(graph: Graph) -> list[Problem]:
+def _all_problems(graph: Graph, flow: bool) -> list[Problem]:
     instances, problems = check_kinds(graph)
     known = known_fields(graph, instances)
     problems += check_schema_version(graph)
@@ -80,7 +81,8 @@ def _all_problems(graph: Graph) -> list[Problem]:
     problems += check_entry(graph)
     problems += check_edges(graph)
     problems += check_policies(graph)
-    problems += check_flow(graph)
+    if flow:
+        problems += check_flow(graph)
     return problems
 
 
