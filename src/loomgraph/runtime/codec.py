@@ -149,6 +149,12 @@ def transition_from_row(row: Sequence[Any]) -> Transition:
     )
 
 
+def snapshot_from_row(run_id: str, row: Sequence[Any]) -> tuple[int, dict[str, Any]]:
+    """A stored snapshot (seq, state, v) of `run_id` as (seq, state)."""
+    check_version(row[2], f"snapshot {row[0]} of run {run_id!r}")
+    return int(row[0]), loads(row[1])
+
+
 def effect_row(e: EffectRecord) -> tuple[Any, ...]:
     """The effects row of a newly begun effect."""
     where = f"run {e.run_id!r} effect {e.key!r}"

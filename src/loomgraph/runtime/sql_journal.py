@@ -26,14 +26,13 @@ from loomgraph.protocols.runtime import Lease, current_fence
 from loomgraph.runtime.codec import (
     SCHEMA_VERSION,
     Dialect,
-    check_version,
     dumps,
     effect_from_row,
     effect_row,
     graph_from_row,
-    loads,
     run_from_row,
     run_row,
+    snapshot_from_row,
     statements,
     transition_from_row,
     transition_row,
@@ -233,7 +232,7 @@ class SqlJournal:
         limit = _MAX_SEQ if at_or_before is None else at_or_before
         rows = await self._fetch("latest_snapshot", (run_id, limit))
         if rows:
-            return self._decode(lambda r: _snapshot_from_row(run_id, r), rows)[0]
+            return self._decode(lambda r: snapshot_from_row(run_id, r), rows)[0]
         if not await self._fetch("run_exists", (run_id,)):
             raise UnknownRun(run_id)
         return None
@@ -393,11 +392,6 @@ class SqlJournal:
         if not rows or not rows[0][0]:
             return None
         return Lease(run_id, rows[0][0], rows[0][1], int(rows[0][3]))
-
-
-def _snapshot_from_row(run_id: str, row: Sequence[Any]) -> tuple[int, dict[str, Any]]:
-    check_version(row[2], f"snapshot {row[0]} of run {run_id!r}")
-    return int(row[0]), loads(row[1])
 
 
 def _named(err: Constraint, run_id: str, unique_detail: str) -> Exception:

@@ -12,9 +12,7 @@ import asyncio
 import contextlib
 import logging
 import re
-import sys
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from loomgraph.errors import LoomgraphError
@@ -26,6 +24,7 @@ from loomgraph.tools.mcp.convert import (
     to_result,
     to_spec,
 )
+from loomgraph.tools.mcp.transports import Http, Stdio
 from loomgraph.tools.results import error as error_result
 from loomgraph.tools.tool import check_timeout
 
@@ -44,47 +43,6 @@ class MCPServerError(LoomgraphError):
         super().__init__(f"MCP server {server!r}: {problem}")
         self.server = server
         self.problem = problem
-
-
-@dataclass(frozen=True, slots=True)
-class _Stdio:
-    command: str
-    args: tuple[str, ...]
-    env: Mapping[str, str] | None
-    cwd: str | None
-
-    def describe(self) -> str:
-        return " ".join((self.command, *self.args))
-
-    @contextlib.asynccontextmanager
-    async def open(self) -> AsyncIterator[Any]:
-        from mcp.client.stdio import StdioServerParameters, stdio_client
-
-        params = StdioServerParameters(
-            command=self.command, args=list(self.args), env=dict(self.env or {}), cwd=self.cwd
-        )
-        async with stdio_client(params, errlog=sys.stderr) as streams:
-            yield streams
-
-
-@dataclass(frozen=True, slots=True)
-class _Http:
-    url: str
-    headers: Mapping[str, str] = field(default_factory=dict)
-
-    def describe(self) -> str:
-        return self.url
-
-    @contextlib.asynccontextmanager
-    async def open(self) -> AsyncIterator[Any]:
-        from mcp.client.streamable_http import streamable_http_client
-        from mcp.shared._httpx_utils import create_mcp_http_client
-
-        async with (
-            create_mcp_http_client(headers=dict(self.headers)) as client,
-            streamable_http_client(self.url, http_client=client) as streams,
-        ):
-            yield streams
 
 
 class _Link:
@@ -194,7 +152,7 @@ class MCPServer:
 
     def __init__(
         self,
-        transport: _Stdio | _Http,
+        transport: Stdio | Http,
         *,
         name: str,
         prefix: str | None = None,
@@ -240,7 +198,7 @@ class MCPServer:
         the first listing; `env` is added to a minimal environment (PATH, HOME, ...).
         """
         return cls(
-            _Stdio(command, tuple(args), env, cwd),
+            Stdio(command, tuple(args), env, cwd),
             name=name,
             prefix=prefix,
             trust=trust,
@@ -262,7 +220,7 @@ class MCPServer:
     ) -> MCPServer:
         """A server reached over streamable HTTP, sending `headers` (say, Authorization)."""
         return cls(
-            _Http(url, dict(headers or {})),
+            Http(url, dict(headers or {})),
             name=name,
             prefix=prefix,
             trust=trust,
