@@ -5,7 +5,6 @@ Importing this package imports none of its modules: each name is imported on fir
 `PostgresLedger` imports asyncpg only when made.
 """
 
-import importlib
 from typing import TYPE_CHECKING
 
 from loomgraph.protocols.lazy import lazy_names
@@ -29,12 +28,6 @@ if TYPE_CHECKING:
     )
     from loomgraph.governance.rules import Rule, SetSource, canonical, parse_rule
     from loomgraph.governance.sql_ledger import PostgresLedger, SqliteLedger
-
-# `canonical` is also a submodule, whose first import would bind the package attribute to
-# the module: it is imported now (stdlib only) and the attribute dropped, so the name
-# resolves below to the function, as it did when this package imported everything.
-importlib.import_module("loomgraph.governance.canonical")
-del globals()["canonical"]
 
 # Each public name and the module that defines it.
 _MODULES = {
@@ -67,7 +60,8 @@ _MODULES = {
 }
 
 
-__getattr__ = lazy_names(__name__, _MODULES, globals())
+# `canonical` is also a submodule (stdlib only): the name means the function.
+__getattr__ = lazy_names(__name__, _MODULES, globals(), submodules=["canonical"])
 
 
 __all__ = [

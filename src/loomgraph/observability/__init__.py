@@ -8,7 +8,6 @@ first connects.
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING
 
 from loomgraph.protocols.lazy import lazy_names
@@ -43,12 +42,6 @@ if TYPE_CHECKING:
     from .otel import OTelTelemetry, TracedSpan
     from .otlp import OTLPTelemetry, otlp
     from .postgres_audit import PostgresAuditLog
-
-# `otlp` is also a submodule, whose first import would bind the package attribute to the
-# module: it is imported now (OpenTelemetry itself only when used) and the attribute
-# dropped, so the name resolves below to the function.
-importlib.import_module("loomgraph.observability.otlp")
-del globals()["otlp"]
 
 # Each public name and the module that defines it.
 _MODULES = {
@@ -86,7 +79,9 @@ _MODULES = {
 }
 
 
-__getattr__ = lazy_names(__name__, _MODULES, globals())
+# `otlp` is also a submodule (OpenTelemetry itself is imported only when used): the name
+# means the function.
+__getattr__ = lazy_names(__name__, _MODULES, globals(), submodules=["otlp"])
 
 
 __all__ = [
