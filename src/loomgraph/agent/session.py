@@ -80,7 +80,6 @@ class AgentSession:
         # An error the caller gets raised after the run is journaled (an unfit answer).
         self.error: OutputValidationError | None = None
         self.run_id = run_id or uuid.uuid4().hex
-        self._cancel_journaled = False
 
     def _record(self, **fields: Any) -> RunRecord:
         now = time.time()
@@ -206,23 +205,24 @@ class AgentSession:
     ) -> RunResult:
         """Drive a run just journaled as started, under its own lease (a fork's too; a
         fleet worker holds the lease already: `leased`)."""
+        driving = False
         try:
             await self._announce(scope)  # only once the run is journaled
             if leased:
+                driving = True
                 return await self._drive(scope, state, start, visits)
             async with hold_lease(self.deps.leases, self.run_id):
+                driving = True
                 return await self._drive(scope, state, start, visits)
         except asyncio.CancelledError:
             # Cancelled before the graph ran (announcing, taking the lease): without this
-            # the journal would say "running" for ever.
-            await self._cancelled(scope)
+            # the journal would say "running" for ever. `_drive` journals its own.
+            if not driving:
+                await self._cancelled(scope)
             raise
 
     async def _cancelled(self, scope: RunScope) -> None:
-        """Journal the run as cancelled by its caller, once."""
-        if self._cancel_journaled:
-            return
-        self._cancel_journaled = True
+        """Journal the run as cancelled by its caller."""
         reason = "cancelled by the caller"
         await self.deps.runtime.finish_run(self.run_id, RunStatus.CANCELLED, reason, None)
         if scope.auditing:
