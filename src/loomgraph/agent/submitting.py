@@ -198,10 +198,13 @@ async def wait(
     fleet = await _queue(deps)
     deadline = None if timeout is None else time.monotonic() + timeout
     while True:
+        settled = await _settled(fleet, run_id)
+        # Read after the check: a run that finished (and let go of its lease) between a read
+        # and the check would otherwise be answered with what it was before it finished.
         record = await runtime.load_run(run_id)
         if record is None:
             raise UnknownRun(run_id)
-        if await _settled(fleet, record):
+        if settled:
             if record.result is not None:
                 return RunResult.from_dict(record.result)
             return RunResult(
@@ -220,15 +223,15 @@ async def wait(
         await asyncio.sleep(max(pause, 0.0))
 
 
-async def _settled(fleet: FleetQueue, record: RunRecord) -> bool:
+async def _settled(fleet: FleetQueue, run_id: str) -> bool:
     """True when nothing will move the run on by itself: no worker holds its lease and no
     job of it is queued or picked. A run still `running` then (its worker died and no job
     will recover it: it was not submitted, or its job failed) is settled too, so `wait`
     never waits for ever on a run nobody advances."""
-    lease = await fleet.runtime.lease(record.run_id)
+    lease = await fleet.runtime.lease(run_id)
     if lease is not None and lease.expires_at > time.time():
         return False  # being advanced: the status changes when that ends
-    job_id, _ = await fleet.job_of(record.run_id)
+    job_id, _ = await fleet.job_of(run_id)
     if job_id is None:
         return True
     async with fleet.runtime.transaction() as con:
