@@ -49,15 +49,20 @@ class SqliteCursor:
         try:
             cursor = await self._conn.execute(sql, args)
         except sqlite3.IntegrityError as err:
-            constraint = sqlite_constraint(err) if self._constraints else None
-            if constraint is not None:
-                raise constraint from None
+            raise_constraint(err, self._constraints)
             raise
         return cursor.rowcount
 
     async def fetch(self, sql: str, args: Sequence[Any] = ()) -> list[Sequence[Any]]:
         """Run one query; its rows."""
         return list(await self._conn.execute_fetchall(sql, args))
+
+
+def raise_constraint(err: sqlite3.IntegrityError, constraints: bool) -> None:
+    """Raise the `Constraint` `err` stands for, when asked to (`constraints`) and it is one."""
+    constraint = sqlite_constraint(err) if constraints else None
+    if constraint is not None:
+        raise constraint from None
 
 
 def sqlite_constraint(err: sqlite3.IntegrityError) -> Constraint | None:

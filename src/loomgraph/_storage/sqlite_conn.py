@@ -10,9 +10,9 @@ from typing import Any
 
 import aiosqlite
 
-from loomgraph._storage.cursor import SqliteCursor, sqlite_constraint
+from loomgraph._storage.cursor import Cursor, SqliteCursor, sqlite_constraint
 from loomgraph._storage.loop_lock import LoopLock
-from loomgraph._storage.sqlite_inline import InlineWriter
+from loomgraph._storage.sqlite_inline import InlineCursor, InlineWriter
 from loomgraph._storage.translate import Translate, keep, translated
 
 
@@ -86,11 +86,7 @@ class SqliteConnection:
                     self._conn = await self._open()  # checks the file before any write
                 try:
                     if inline is not None:
-                        if inline.checkpoint_due():
-                            # Before the write, so a failed or cancelled checkpoint leaves
-                            # nothing half done; a busy one simply does less.
-                            with contextlib.suppress(sqlite3.Error):
-                                await self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                        await _checkpoint_if_due(self._conn, inline)
                         changed = inline.execute(sql, args)
                         if changed is not None:
                             return changed
@@ -116,16 +112,56 @@ class SqliteConnection:
         IMMEDIATE takes the write lock up front, where busy_timeout applies; a deferred
         transaction upgrading from read to write could fail with "database is locked".
         """
+        async with self.session() as conn, _begun(conn, begin):
+            yield conn
+
+    @contextlib.asynccontextmanager
+    async def write(
+        self, *, inline: InlineWriter | None = None, constraints: bool = False
+    ) -> AsyncIterator[Cursor]:
+        """A write transaction as a `Cursor`: on `inline`'s connection when it takes the
+        write lock at once (its statements then run without leaving the event loop's thread;
+        see `InlineWriter.commit` for its commit), else on the worker thread, waiting for the
+        lock as `transaction()` does."""
         async with self.session() as conn:
+            sync = None
+            if inline is not None:
+                await _checkpoint_if_due(conn, inline)
+                sync = inline.begin()
+            if inline is None or sync is None:
+                async with _begun(conn, "BEGIN IMMEDIATE"):
+                    yield SqliteCursor(conn, constraints=constraints)
+                return
             try:
-                # Inside the try: a transaction cancelled while BEGIN waits for another
-                # process's write lock must still end the transaction it will have begun.
-                await conn.execute(begin)
-                yield conn
+                yield InlineCursor(sync, constraints=constraints)
             except BaseException:
-                # Unconditional: after a cancellation the BEGIN may still be queued on the
-                # worker thread; a ROLLBACK queued behind it ends it either way.
-                with contextlib.suppress(sqlite3.Error):
-                    await conn.execute("ROLLBACK")
+                sync.execute("ROLLBACK")
                 raise
-            await conn.execute("COMMIT")
+            await inline.commit(sync)
+
+
+async def _checkpoint_if_due(conn: aiosqlite.Connection, inline: InlineWriter) -> None:
+    """Checkpoint the log on the worker thread once enough writes went through `inline`.
+
+    Before the write, so a failed or cancelled checkpoint leaves nothing half done; a busy
+    one simply does less."""
+    if inline.checkpoint_due():
+        with contextlib.suppress(sqlite3.Error):
+            await conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+
+
+@contextlib.asynccontextmanager
+async def _begun(conn: aiosqlite.Connection, begin: str) -> AsyncIterator[None]:
+    """One transaction on `conn`: committed on exit, rolled back on error."""
+    try:
+        # Inside the try: a transaction cancelled while BEGIN waits for another process's
+        # write lock must still end the transaction it will have begun.
+        await conn.execute(begin)
+        yield
+    except BaseException:
+        # Unconditional: after a cancellation the BEGIN may still be queued on the worker
+        # thread; a ROLLBACK queued behind it ends it either way.
+        with contextlib.suppress(sqlite3.Error):
+            await conn.execute("ROLLBACK")
+        raise
+    await conn.execute("COMMIT")

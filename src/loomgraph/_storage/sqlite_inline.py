@@ -1,4 +1,4 @@
-"""One-statement writes done at once on the event loop's thread, when they need not wait.
+"""Writes done at once on the event loop's thread, when they need not wait.
 
 An aiosqlite statement is a round trip to the connection's worker thread (~40-60 µs on a
 loaded 2-core machine, as much as SQLite's own work for a small WAL commit). A write of one
@@ -6,12 +6,14 @@ statement that can take the write lock at once is cheaper run right here, on a s
 synchronous connection to the same file with no busy timeout: SQLite either runs and commits
 it, or refuses it with SQLITE_BUSY before writing anything (another writer holds the lock).
 Only then does the caller wait for the lock the usual way, on its aiosqlite connection, so
-the event loop never blocks on another process.
+the event loop never blocks on another process. A transaction of several statements works the
+same way (`begin`): its `BEGIN IMMEDIATE` either takes the write lock at once or is refused,
+and the statements after it run under that lock without waiting for anything.
 
 Same file, same WAL, same `synchronous` and `foreign_keys` settings: a statement committed
 here is exactly as durable as one committed on the worker thread. Meant for
 `synchronous=NORMAL`, where a WAL commit is a write without an fsync; a FULL commit's fsync
-belongs on a worker thread. The caller keeps its own
+belongs on a worker thread (`commit` sends it there). The caller keeps its own
 ordering (it holds its lock around both paths). Checkpoints stay off this connection (they
 may fsync the database file); the caller runs one on its worker thread every
 `CHECKPOINT_EVERY` writes made here.
@@ -19,9 +21,13 @@ may fsync the database file); the caller runs one on its worker thread every
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
+import threading
 from collections.abc import Sequence
 from typing import Any
+
+from loomgraph._storage.cursor import raise_constraint
 
 # About SQLite's default auto-checkpoint (1,000 pages) at 2-3 pages per one-row commit.
 CHECKPOINT_EVERY = 400
@@ -36,6 +42,7 @@ class InlineWriter:
         self.path = path
         self.synchronous = synchronous
         self._conn: sqlite3.Connection | None = None
+        self._thread = 0
         self._since_checkpoint = 0
 
     def execute(self, sql: str, args: Sequence[Any]) -> int | None:
@@ -50,6 +57,39 @@ class InlineWriter:
             raise
         self._since_checkpoint += 1
         return changed
+
+    def begin(self) -> sqlite3.Connection | None:
+        """Begin a write transaction on this connection, or None when it would have to wait
+        for another writer, or when this is not the thread the connection was opened on (an
+        object used from two event loops: each transaction stays on one connection)."""
+        conn = self._conn if self._conn is not None else self._open()
+        if self._thread != threading.get_ident():
+            return None
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as err:
+            if getattr(err, "sqlite_errorname", "").startswith(("SQLITE_BUSY", "SQLITE_LOCKED")):
+                return None
+            raise
+        self._since_checkpoint += 1
+        return conn
+
+    async def commit(self, conn: sqlite3.Connection) -> None:
+        """Commit the transaction `begin` began: here with NORMAL; with FULL, whose commit is
+        an fsync, on a worker thread, so the event loop never waits for the disk."""
+        if self.synchronous != "FULL":
+            conn.execute("COMMIT")
+            return
+        done = asyncio.ensure_future(asyncio.to_thread(conn.execute, "COMMIT"))
+        try:
+            await asyncio.shield(done)
+        finally:
+            # A commit under way cannot be taken back: a cancelled caller lets it end before
+            # the connection is used again, and a failed one leaves no transaction open.
+            if not done.done():
+                await asyncio.wait([done])
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
 
     def checkpoint_due(self) -> bool:
         """Whether enough writes went through here that a checkpoint should run (once)."""
@@ -76,4 +116,25 @@ class InlineWriter:
             conn.close()
             raise
         self._conn = conn
+        self._thread = threading.get_ident()
         return conn
+
+
+class InlineCursor:
+    """The `Cursor` of a transaction begun by `InlineWriter.begin`: its awaits never suspend."""
+
+    def __init__(self, conn: sqlite3.Connection, *, constraints: bool = False) -> None:
+        self._conn = conn
+        self._constraints = constraints
+
+    async def execute(self, sql: str, args: Sequence[Any] = ()) -> int:
+        """Run one statement; the number of rows it changed."""
+        try:
+            return self._conn.execute(sql, args).rowcount
+        except sqlite3.IntegrityError as err:
+            raise_constraint(err, self._constraints)
+            raise
+
+    async def fetch(self, sql: str, args: Sequence[Any] = ()) -> list[Sequence[Any]]:
+        """Run one query; its rows."""
+        return self._conn.execute(sql, args).fetchall()

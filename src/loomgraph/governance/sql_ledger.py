@@ -19,14 +19,15 @@ import sqlite3
 from abc import abstractmethod
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, Literal
 
 import aiosqlite
 
-from loomgraph._storage.cursor import Cursor, SqliteCursor
+from loomgraph._storage.cursor import Cursor
 from loomgraph._storage.pg_pool import LoopPool, import_asyncpg, open_pool
 from loomgraph._storage.sqlite_conn import SqliteConnection
 from loomgraph._storage.sqlite_files import connect_sqlite, execute_all, set_busy_timeout
+from loomgraph._storage.sqlite_inline import InlineWriter
 from loomgraph.governance.ledger import (
     Charge,
     Decide,
@@ -193,33 +194,54 @@ class SqliteLedger(_SqlLedger):
     One connection per object and event loop; each transaction is `BEGIN IMMEDIATE`, which
     takes the database's write lock before reading, so two processes can never both read the
     same totals and both reserve; waiting for the lock goes through `busy_timeout`.
+
+    `synchronous` is SQLite's: with FULL (the default, also for a ledger kept in an Agent's
+    journal file) every transaction is fsynced before it returns, so a charge survives a
+    power cut even where the journal's last writes do not; with NORMAL it survives the
+    process's death but not the machine's. A transaction that can take the write lock at
+    once runs its statements on the event loop's thread; with FULL only its commit (the
+    fsync) goes to a worker thread.
     """
 
-    def __init__(self, path: str | os.PathLike[str], *, busy_timeout: float = 30.0) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        busy_timeout: float = 30.0,
+        synchronous: Literal["NORMAL", "FULL"] = "FULL",
+    ) -> None:
         super().__init__("")
+        if synchronous not in ("NORMAL", "FULL"):
+            raise ValueError(f"synchronous must be 'NORMAL' or 'FULL', not {synchronous!r}")
         self.path = os.fspath(path)
         self.busy_timeout = busy_timeout
+        self.synchronous = synchronous
         # A connection's futures and an asyncio.Lock belong to one event loop: a new loop
         # gets a new connection.
         self._db = SqliteConnection(self._open, per_loop=True)
+        inline = self.path != ":memory:"
+        self._inline = InlineWriter(self.path, synchronous=synchronous) if inline else None
 
     def __repr__(self) -> str:
         return f"SqliteLedger({self.path!r})"
 
     async def close(self) -> None:
-        """Close the connection."""
+        """Close the connections."""
+        if self._inline is not None:
+            self._inline.close()
         with contextlib.suppress(Exception):
             await self._db.close()
 
     @asynccontextmanager
     async def _transaction(self) -> AsyncIterator[Cursor]:
-        async with self._db.transaction() as conn:
-            yield SqliteCursor(conn)
+        async with self._db.write(inline=self._inline) as cur:
+            yield cur
 
     async def _open(self) -> aiosqlite.Connection:
         conn = await connect_sqlite(self.path)
         try:
             await set_busy_timeout(conn, self.busy_timeout)
+            await conn.execute(f"PRAGMA synchronous = {self.synchronous}")
             # WAL lets readers go on during a write; switching needs an exclusive lock that
             # busy_timeout does not cover, and the mode only affects speed, so a busy switch
             # is simply skipped (a later connection will make it).

@@ -139,8 +139,8 @@ class SqliteRuntime(SqlJournal):
     @asynccontextmanager
     async def _write(self) -> AsyncIterator[Cursor]:
         # (A lone write statement via _read() is begun IMMEDIATE by SQLite itself.)
-        async with self._db.transaction() as conn:
-            yield SqliteCursor(conn, constraints=True)
+        async with self._db.write(inline=self._inline, constraints=True) as cur:
+            yield cur
 
     def _translate(self, err: Exception) -> Exception:
         if not isinstance(err, sqlite3.Error) or isinstance(err, sqlite3.IntegrityError):
