@@ -444,7 +444,7 @@ async def test_sqlite_settings(tmp_path: Path) -> None:
     with sqlite3.connect(path) as raw:
         assert raw.execute("SELECT value FROM journal_meta").fetchall() == [(str(SCHEMA_VERSION),)]
         tables = {r[0] for r in raw.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-    assert {"runs", "transitions", "snapshots", "effects", "leases", "journal_meta"} <= tables
+    assert {"runs", "transitions", "effects", "leases", "graphs", "journal_meta"} <= tables
 
 
 async def test_sqlite_storage_grows_linearly(tmp_path: Path) -> None:
@@ -512,7 +512,7 @@ async def test_sqlite_unknown_schema_version(tmp_path: Path) -> None:
         raw.execute("UPDATE journal_meta SET value = '99' WHERE key = 'schema_version'")
     raw.close()
     before = _sha(path)
-    with pytest.raises(JournalVersionError, match=r"version 99.*version 1") as info:
+    with pytest.raises(JournalVersionError, match=rf"version 99.*version {SCHEMA_VERSION}") as info:
         async with SqliteRuntime(path):
             pass
     assert info.value.found == "99" and info.value.supported == SCHEMA_VERSION
@@ -534,7 +534,7 @@ async def test_sqlite_append_is_committed_when_it_returns(tmp_path: Path) -> Non
         await rt.append_transition(step("r1", 1, snapshot={"s": 1}))
         with sqlite3.connect(path) as raw:  # another connection sees it before close()
             assert raw.execute("SELECT seq FROM transitions").fetchall() == [(1,)]
-            assert raw.execute("SELECT state FROM snapshots").fetchall() == [('{"s":1}',)]
+            assert raw.execute("SELECT snapshot FROM transitions").fetchall() == [('{"s":1}',)]
         raw.close()
 
 
@@ -670,7 +670,9 @@ async def test_postgres_unknown_schema_version(pg_schema: str) -> None:
         await conn.execute(f"UPDATE {pg_schema}.journal_meta SET value = '7'")
     finally:
         await conn.close()
-    with pytest.raises(JournalVersionError, match=rf"{pg_schema}.*version 7.*version 1"):
+    with pytest.raises(
+        JournalVersionError, match=rf"{pg_schema}.*version 7.*version {SCHEMA_VERSION}"
+    ):
         await PostgresRuntime(dsn, schema=pg_schema).connect()
 
 
