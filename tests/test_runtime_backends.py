@@ -242,6 +242,23 @@ async def test_one_effect_by_key(make: Factory) -> None:
         assert await rt.effect("nope", "a") is None
 
 
+async def test_any_effect_key_reads_back(make: Factory) -> None:
+    # SQL journals keep a key that starts with "<run id>:" without that prefix
+    # (codec.stored_key); keys that only look like a stored one must still read back whole.
+    keys = ["r1:model:1:1", "r1::", "r1", "r1x:a", ":model:1:1", "=r1:a", "", "r2:a"]
+    async with opened(make) as rt:
+        await rt.start_run(run())
+        for key in keys:
+            assert await rt.begin_effect(EffectRecord("r1", key, "tool", {"k": key})) is None
+        for key in keys:
+            await rt.end_effect("r1", key, {"k": key}, EffectStatus.DONE)
+            found = await rt.effect("r1", key)
+            assert found is not None and (found.key, found.outcome) == (key, {"k": key})
+        assert [e.key for e in await rt.effects("r1")] == keys
+        again = await rt.begin_effect(EffectRecord("r1", "r1:model:1:1", "tool", {}))
+        assert again is not None and again.intent == {"k": "r1:model:1:1"}
+
+
 async def test_statuses_read_back_as_enums(make: Factory) -> None:
     async with opened(make) as rt:
         await rt.start_run(run())
