@@ -12,7 +12,7 @@ import pytest
 import pg
 from loomgraph.protocols import EffectStatus, Transition, Usage
 from loomgraph.protocols.runtime import EffectRecord
-from loomgraph.runtime.errors import JournalVersionError
+from loomgraph.runtime.errors import JournalCorrupted, JournalVersionError
 from loomgraph.runtime.schema import SCHEMA_VERSION
 from loomgraph.runtime.sql_journal import SqlJournal
 from loomgraph.runtime.sqlite import SqliteRuntime
@@ -132,12 +132,27 @@ async def test_sqlite_failed_migration_leaves_version_1(tmp_path: Path) -> None:
         # A table in the way makes the copy fail halfway: nothing of it may remain.
         raw.execute("CREATE TABLE transitions_v2 (x INTEGER)")
     raw.close()
-    with pytest.raises(Exception, match="transitions_v2"):
+    with pytest.raises(JournalCorrupted, match="rewriting schema version 1 as 2 failed"):
         async with SqliteRuntime(path):
             pass
     with sqlite3.connect(path) as raw:
         assert raw.execute("SELECT value FROM journal_meta").fetchall() == [("1",)]
         assert raw.execute("SELECT count(*) FROM snapshots").fetchall() == [(1,)]
+    raw.close()
+
+
+async def test_sqlite_rows_of_no_run_are_not_migrated(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    with sqlite3.connect(path) as raw:
+        for statement in v1_journal("", "INTEGER", "REAL", "TEXT", "INTEGER PRIMARY KEY"):
+            raw.execute(statement)
+        raw.execute("UPDATE transitions SET run_id = 'gone' WHERE seq = 3")  # no FKs here
+    raw.close()
+    with pytest.raises(JournalCorrupted, match="1 rows of no run; not migrated"):
+        async with SqliteRuntime(path):
+            pass
+    with sqlite3.connect(path) as raw:
+        assert raw.execute("SELECT value FROM journal_meta").fetchall() == [("1",)]
     raw.close()
 
 

@@ -31,6 +31,7 @@ from loomgraph.runtime.schema import (
     ddl,
     graphs_table,
     migrate_from_v1,
+    v1_orphans,
 )
 from loomgraph.runtime.sql_journal import Cursor, SqlJournal
 
@@ -193,6 +194,9 @@ class PostgresRuntime(SqlJournal):
         if version == "1":
             # Setup is one transaction under the advisory lock: a failure leaves the
             # journal at version 1, and no other process migrates it meanwhile.
+            orphans = await con.fetchval(v1_orphans(d))
+            if orphans:
+                raise JournalCorrupted(self.location, f"{orphans} rows of no run; not migrated")
             for statement in migrate_from_v1(d):
                 await con.execute(statement)
 

@@ -139,6 +139,20 @@ def migrate_from_v1(d: Dialect) -> list[str]:
     ]
 
 
+def v1_orphans(d: Dialect) -> str:
+    """How many rows of a version-1 journal `migrate_from_v1` could not carry over (a
+    transition or effect of no run, a snapshot of no transition): foreign keys make them
+    impossible, but a file edited without them must be refused, not shortened."""
+    p = d.prefix
+    return (
+        f"SELECT (SELECT count(*) FROM {p}transitions t WHERE NOT EXISTS (SELECT 1 FROM "
+        f"{p}runs r WHERE r.run_id = t.run_id)) + (SELECT count(*) FROM {p}effects e WHERE "
+        f"NOT EXISTS (SELECT 1 FROM {p}runs r WHERE r.run_id = e.run_id)) + (SELECT count(*) "
+        f"FROM {p}snapshots s WHERE NOT EXISTS (SELECT 1 FROM {p}transitions t WHERE "
+        "t.run_id = s.run_id AND t.seq = s.seq))"
+    )
+
+
 def statements(d: Dialect) -> dict[str, str]:
     """Every statement the journal runs, with `?` placeholders, formatted once per journal."""
     p, now = d.prefix, d.now

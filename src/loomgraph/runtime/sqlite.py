@@ -38,6 +38,7 @@ from loomgraph.runtime.schema import (
     ddl,
     graphs_table,
     migrate_from_v1,
+    v1_orphans,
 )
 from loomgraph.runtime.sql_journal import Cursor, SqlJournal
 
@@ -192,7 +193,7 @@ class SqliteRuntime(SqlJournal):
             else:
                 await _add_columns(conn)
                 if version == "1":
-                    await _migrate(conn)
+                    await _migrate(conn, self.location)
             if loss is not None:
                 await conn.execute(
                     "INSERT OR REPLACE INTO journal_meta (key, value) VALUES ('damage', ?)",
@@ -282,14 +283,22 @@ async def _add_columns(conn: aiosqlite.Connection) -> None:
         raise
 
 
-async def _migrate(conn: aiosqlite.Connection) -> None:
+async def _migrate(conn: aiosqlite.Connection, where: str) -> None:
     """Rewrite a version-1 journal as the current version, in one transaction (so a crash
     leaves it version 1), unless another process did so meanwhile."""
     await conn.execute("BEGIN IMMEDIATE")
     try:
         if await _schema_version(conn) == "1":
-            for statement in migrate_from_v1(SQLITE):
-                await conn.execute(statement)
+            orphans = next(iter(await conn.execute_fetchall(v1_orphans(SQLITE))))[0]
+            if orphans:
+                raise JournalCorrupted(where, f"{orphans} rows of no run; not migrated")
+            try:
+                for statement in migrate_from_v1(SQLITE):
+                    await conn.execute(statement)
+            except sqlite3.Error as err:
+                raise JournalCorrupted(
+                    where, f"rewriting schema version 1 as {SCHEMA_VERSION} failed: {err}"
+                ) from None
         await conn.execute("COMMIT")
     except BaseException:
         await conn.execute("ROLLBACK")
