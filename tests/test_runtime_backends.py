@@ -242,6 +242,23 @@ async def test_one_effect_by_key(make: Factory) -> None:
         assert await rt.effect("nope", "a") is None
 
 
+async def test_any_effect_key_reads_back(make: Factory) -> None:
+    # SQL journals keep a key that starts with "<run id>:" without that prefix
+    # (codec.stored_key); keys that only look like a stored one must still read back whole.
+    keys = ["r1:model:1:1", "r1::", "r1", "r1x:a", ":model:1:1", "=r1:a", "", "r2:a"]
+    async with opened(make) as rt:
+        await rt.start_run(run())
+        for key in keys:
+            assert await rt.begin_effect(EffectRecord("r1", key, "tool", {"k": key})) is None
+        for key in keys:
+            await rt.end_effect("r1", key, {"k": key}, EffectStatus.DONE)
+            found = await rt.effect("r1", key)
+            assert found is not None and (found.key, found.outcome) == (key, {"k": key})
+        assert [e.key for e in await rt.effects("r1")] == keys
+        again = await rt.begin_effect(EffectRecord("r1", "r1:model:1:1", "tool", {}))
+        assert again is not None and again.intent == {"k": "r1:model:1:1"}
+
+
 async def test_statuses_read_back_as_enums(make: Factory) -> None:
     async with opened(make) as rt:
         await rt.start_run(run())
@@ -444,7 +461,7 @@ async def test_sqlite_settings(tmp_path: Path) -> None:
     with sqlite3.connect(path) as raw:
         assert raw.execute("SELECT value FROM journal_meta").fetchall() == [(str(SCHEMA_VERSION),)]
         tables = {r[0] for r in raw.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-    assert {"runs", "transitions", "snapshots", "effects", "leases", "journal_meta"} <= tables
+    assert {"runs", "transitions", "effects", "leases", "graphs", "journal_meta"} <= tables
 
 
 async def test_sqlite_storage_grows_linearly(tmp_path: Path) -> None:
@@ -512,7 +529,7 @@ async def test_sqlite_unknown_schema_version(tmp_path: Path) -> None:
         raw.execute("UPDATE journal_meta SET value = '99' WHERE key = 'schema_version'")
     raw.close()
     before = _sha(path)
-    with pytest.raises(JournalVersionError, match=r"version 99.*version 1") as info:
+    with pytest.raises(JournalVersionError, match=rf"version 99.*version {SCHEMA_VERSION}") as info:
         async with SqliteRuntime(path):
             pass
     assert info.value.found == "99" and info.value.supported == SCHEMA_VERSION
@@ -534,7 +551,7 @@ async def test_sqlite_append_is_committed_when_it_returns(tmp_path: Path) -> Non
         await rt.append_transition(step("r1", 1, snapshot={"s": 1}))
         with sqlite3.connect(path) as raw:  # another connection sees it before close()
             assert raw.execute("SELECT seq FROM transitions").fetchall() == [(1,)]
-            assert raw.execute("SELECT state FROM snapshots").fetchall() == [('{"s":1}',)]
+            assert raw.execute("SELECT snapshot FROM transitions").fetchall() == [('{"s":1}',)]
         raw.close()
 
 
@@ -670,7 +687,9 @@ async def test_postgres_unknown_schema_version(pg_schema: str) -> None:
         await conn.execute(f"UPDATE {pg_schema}.journal_meta SET value = '7'")
     finally:
         await conn.close()
-    with pytest.raises(JournalVersionError, match=rf"{pg_schema}.*version 7.*version 1"):
+    with pytest.raises(
+        JournalVersionError, match=rf"{pg_schema}.*version 7.*version {SCHEMA_VERSION}"
+    ):
         await PostgresRuntime(dsn, schema=pg_schema).connect()
 
 

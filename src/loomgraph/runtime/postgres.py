@@ -22,15 +22,17 @@ from loomgraph._storage.pg_pool import (
 )
 from loomgraph.protocols import RunRecord
 from loomgraph.protocols.ledger import LedgerSite, PostgresSite
-from loomgraph.runtime.codec import (
+from loomgraph.runtime.codec import run_row
+from loomgraph.runtime.errors import JournalCorrupted, JournalUnavailable, JournalVersionError
+from loomgraph.runtime.schema import (
     ADDED_COLUMNS,
     SCHEMA_VERSION,
     Dialect,
     ddl,
     graphs_table,
-    run_row,
+    migrate_from_v1,
+    v1_orphans,
 )
-from loomgraph.runtime.errors import JournalCorrupted, JournalUnavailable, JournalVersionError
 from loomgraph.runtime.sql_journal import Cursor, SqlJournal
 
 T = TypeVar("T")
@@ -167,7 +169,7 @@ class PostgresRuntime(SqlJournal):
 
     async def _setup(self, con: Any) -> None:
         version = await self._version(con)
-        if version is not None and version != str(SCHEMA_VERSION):
+        if version not in (None, "1", str(SCHEMA_VERSION)):
             raise JournalVersionError(self.location, version, SCHEMA_VERSION)
         if version is None:
             await con.execute(f"CREATE SCHEMA IF NOT EXISTS {quote_ident(self.schema)}")
@@ -189,6 +191,14 @@ class PostgresRuntime(SqlJournal):
                     f"ALTER TABLE {d.prefix}{table} ADD COLUMN IF NOT EXISTS {column} "
                     f"{d.integer} {constraint}"
                 )
+        if version == "1":
+            # Setup is one transaction under the advisory lock: a failure leaves the
+            # journal at version 1, and no other process migrates it meanwhile.
+            orphans = await con.fetchval(v1_orphans(d))
+            if orphans:
+                raise JournalCorrupted(self.location, f"{orphans} rows of no run; not migrated")
+            for statement in migrate_from_v1(d):
+                await con.execute(statement)
 
     def _setup_failed(self, err: Exception) -> Exception:
         pg = self._pg

@@ -24,8 +24,6 @@ from loomgraph.protocols import (
 )
 from loomgraph.protocols.runtime import Lease, current_fence
 from loomgraph.runtime.codec import (
-    SCHEMA_VERSION,
-    Dialect,
     dumps,
     effect_from_row,
     effect_row,
@@ -33,7 +31,7 @@ from loomgraph.runtime.codec import (
     run_from_row,
     run_row,
     snapshot_from_row,
-    statements,
+    stored_key,
     transition_from_row,
     transition_row,
 )
@@ -45,6 +43,7 @@ from loomgraph.runtime.errors import (
     UnknownEffect,
     UnknownRun,
 )
+from loomgraph.runtime.schema import SCHEMA_VERSION, Dialect, statements
 
 __all__ = ["Constraint", "Cursor", "SqlJournal"]
 
@@ -174,21 +173,12 @@ class SqlJournal:
         `LeaseLost` and nothing is written.
         """
         t = transition
-        row = transition_row(t)
         lease = self._fence(t.run_id, fence)
-        name, args = self._fenced("add_transition", row, lease)
+        # One statement, snapshot included: it commits whole or not at all.
+        name, args = self._fenced("add_transition", transition_row(t), lease)
         try:
-            if t.snapshot is None:
-                if not await self._exec(name, args):
-                    raise await self._refused(t.run_id, lease)
-                return
-            snap = dumps(t.snapshot, f"run {t.run_id!r} transition {t.seq}: snapshot")
-            async with self._write() as cur:
-                if not await cur.execute(self._sql[name], args):
-                    raise await self._refused(t.run_id, lease, cur)
-                await cur.execute(
-                    self._sql["add_snapshot"], (t.run_id, t.seq, snap, SCHEMA_VERSION)
-                )
+            if not await self._exec(name, args):
+                raise await self._refused(t.run_id, lease)
         except Constraint as err:
             raise _named(err, t.run_id, f"transition seq {t.seq} is already recorded") from None
 
@@ -245,7 +235,7 @@ class SqlJournal:
         An earlier record that is not `done` becomes `unknown_after_crash` with one more
         attempt, in the same transaction as the read that returns it. Fenced.
         """
-        key = (effect.run_id, effect.key)
+        key = (effect.run_id, stored_key(effect.run_id, effect.key))
         lease = self._fence(effect.run_id, fence)
         try:
             # INSERT ... ON CONFLICT DO NOTHING is atomic on its own: the common case (a new
@@ -278,7 +268,7 @@ class SqlJournal:
         text = dumps(outcome, f"run {run_id!r} effect {key!r}: outcome")
         lease = self._fence(run_id, fence)
         if not await self._exec(
-            *self._fenced("end_effect", (text, str(status), run_id, key), lease)
+            *self._fenced("end_effect", (text, str(status), run_id, stored_key(run_id, key)), lease)
         ):
             if not await self._fetch("run_exists", (run_id,)):
                 raise UnknownRun(run_id)
@@ -329,7 +319,7 @@ class SqlJournal:
 
     async def effect(self, run_id: str, key: str) -> EffectRecord | None:
         """One effect of a run by its key, or None (one lookup on the (run_id, key) index)."""
-        rows = await self._fetch("load_effect", (run_id, key))
+        rows = await self._fetch("load_effect", (run_id, stored_key(run_id, key)))
         return self._decode(effect_from_row, rows)[0] if rows else None
 
     async def runs(self, user_id: str | None = None) -> list[RunRecord]:

@@ -23,7 +23,6 @@ from loomgraph._storage.sqlite_files import (
 from loomgraph._storage.sqlite_inline import InlineWriter
 from loomgraph.protocols.ledger import LedgerSite, SqliteSite
 from loomgraph.protocols.runtime import RunRecord
-from loomgraph.runtime.codec import ADDED_COLUMNS, SCHEMA_VERSION, Dialect, ddl, graphs_table
 from loomgraph.runtime.errors import (
     JournalCorrupted,
     JournalDamaged,
@@ -31,6 +30,15 @@ from loomgraph.runtime.errors import (
     JournalVersionError,
     RunPossiblyLost,
     UnknownRun,
+)
+from loomgraph.runtime.schema import (
+    ADDED_COLUMNS,
+    SCHEMA_VERSION,
+    Dialect,
+    ddl,
+    graphs_table,
+    migrate_from_v1,
+    v1_orphans,
 )
 from loomgraph.runtime.sql_journal import Cursor, SqlJournal
 
@@ -41,6 +49,7 @@ SQLITE = Dialect(
     json="TEXT",
     serial="INTEGER PRIMARY KEY",
     now="((julianday('now') - 2440587.5) * 86400.0)",
+    without_rowid=" WITHOUT ROWID",
 )
 _CORRUPT = ("SQLITE_CORRUPT", "SQLITE_NOTADB")
 
@@ -175,7 +184,7 @@ class SqliteRuntime(SqlJournal):
             raise _typed(problem, self.location) from None
         try:
             version = await _schema_version(conn)
-            if version is not None and version != str(SCHEMA_VERSION):
+            if version not in (None, "1", str(SCHEMA_VERSION)):
                 raise JournalVersionError(self.location, version, SCHEMA_VERSION)
             await conn.execute(f"PRAGMA synchronous = {self.synchronous}")
             await conn.execute("PRAGMA foreign_keys = ON")
@@ -183,6 +192,8 @@ class SqliteRuntime(SqlJournal):
                 await execute_all(conn, ddl(SQLITE))
             else:
                 await _add_columns(conn)
+                if version == "1":
+                    await _migrate(conn, self.location)
             if loss is not None:
                 await conn.execute(
                     "INSERT OR REPLACE INTO journal_meta (key, value) VALUES ('damage', ?)",
@@ -266,6 +277,28 @@ async def _add_columns(conn: aiosqlite.Connection) -> None:
             have = {r[1] for r in await conn.execute_fetchall(f"PRAGMA table_info({table})")}
             if column not in have:  # another process may have added it meanwhile
                 await conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} INTEGER {constraint}")
+        await conn.execute("COMMIT")
+    except BaseException:
+        await conn.execute("ROLLBACK")
+        raise
+
+
+async def _migrate(conn: aiosqlite.Connection, where: str) -> None:
+    """Rewrite a version-1 journal as the current version, in one transaction (so a crash
+    leaves it version 1), unless another process did so meanwhile."""
+    await conn.execute("BEGIN IMMEDIATE")
+    try:
+        if await _schema_version(conn) == "1":
+            orphans = next(iter(await conn.execute_fetchall(v1_orphans(SQLITE))))[0]
+            if orphans:
+                raise JournalCorrupted(where, f"{orphans} rows of no run; not migrated")
+            try:
+                for statement in migrate_from_v1(SQLITE):
+                    await conn.execute(statement)
+            except sqlite3.Error as err:
+                raise JournalCorrupted(
+                    where, f"rewriting schema version 1 as {SCHEMA_VERSION} failed: {err}"
+                ) from None
         await conn.execute("COMMIT")
     except BaseException:
         await conn.execute("ROLLBACK")

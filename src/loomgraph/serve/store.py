@@ -21,7 +21,8 @@ from loomgraph._storage.pg_pool import LoopPool, import_asyncpg, open_pool, quot
 from loomgraph._storage.sqlite_conn import SqliteConnection
 from loomgraph._storage.sqlite_files import open_sqlite
 from loomgraph.protocols import RunRecord, RunStatus, Runtime
-from loomgraph.runtime.codec import RUN_READ, run_from_row
+from loomgraph.runtime.codec import run_from_row
+from loomgraph.runtime.schema import RUN_READ
 
 __all__ = ["ApiKey", "RunPage", "ServeStore", "hash_key", "open_store"]
 
