@@ -14,7 +14,9 @@ Governed adds what a production agent turns on:
 - a keyed (HMAC-chained) `FileAuditLog`;
 - `OTelTelemetry` on an SDK tracer provider with an in-memory span exporter.
 
-Reported: µs per turn of each side and their ratio (issue 19's goal: at most 1.5x).
+Reported: µs per turn of each side and their ratio (issue 19's goal: at most 1.5x), and the
+governed turn once more with the ledger at `synchronous="NORMAL"` (`SqliteLedger(path,
+synchronous="NORMAL")`, a user's explicit choice: the default fsyncs every ledger commit).
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from loomgraph import Agent, Graph
 from loomgraph.authoring.library import load_graph
 from loomgraph.authoring.loader import graph_from_data
 from loomgraph.governance import BudgetConfig, Caps, StandardBudget, StandardPermissions
+from loomgraph.governance.sql_ledger import SqliteLedger
 from loomgraph.observability import FileAuditLog, OTelTelemetry
 from loomgraph.protocols import ModelChunk, ModelRequest
 from loomgraph.runtime.sqlite import SqliteRuntime
@@ -88,9 +91,13 @@ def approve(call: dict[str, Any], decision: Any) -> bool:
     return True
 
 
-def build(folder: str, turns: int, governed: bool, exporter: InMemorySpanExporter) -> Agent:
-    """The agent of one run, on a fresh journal file in `folder`."""
-    runtime = SqliteRuntime(os.path.join(folder, "journal.db"))
+def build(
+    folder: str, turns: int, governed: bool, exporter: InMemorySpanExporter, ledger_sync: str = ""
+) -> Agent:
+    """The agent of one run, on a fresh journal file in `folder` (its ledger in the same file,
+    at `ledger_sync` when given, else as the Agent binds it)."""
+    path = os.path.join(folder, "journal.db")
+    runtime = SqliteRuntime(path)
     if not governed:
         return Agent(
             "bench",
@@ -109,7 +116,8 @@ def build(folder: str, turns: int, governed: bool, exporter: InMemorySpanExporte
         runtime=runtime,
         architecture=long_react(),
         budget=StandardBudget(
-            BudgetConfig(per_user=Caps(model_calls=huge, tool_calls=huge, total_tokens=huge * 100))
+            BudgetConfig(per_user=Caps(model_calls=huge, tool_calls=huge, total_tokens=huge * 100)),
+            SqliteLedger(path, synchronous=ledger_sync) if ledger_sync else None,  # type: ignore[arg-type]
         ),
         permissions=StandardPermissions(ask=["add"]),
         approval_handler=approve,
@@ -118,11 +126,13 @@ def build(folder: str, turns: int, governed: bool, exporter: InMemorySpanExporte
     )
 
 
-async def one_run(turns: int, governed: bool, exporter: InMemorySpanExporter) -> float:
+async def one_run(
+    turns: int, governed: bool, exporter: InMemorySpanExporter, ledger_sync: str = ""
+) -> float:
     """µs per turn of one run on a fresh journal (setup and close not timed)."""
     folder = tempfile.mkdtemp(prefix="lg-w5-")
     try:
-        agent = build(folder, turns, governed, exporter)
+        agent = build(folder, turns, governed, exporter, ledger_sync)
         await agent.deps.runtime.connect()  # type: ignore[attr-defined]
         start = time.perf_counter()
         result = await agent.run("count", user_id=USER)
@@ -138,16 +148,17 @@ async def one_run(turns: int, governed: bool, exporter: InMemorySpanExporter) ->
         shutil.rmtree(folder, ignore_errors=True)
 
 
-async def measure(turns: int, repeat: int) -> tuple[float, float]:
-    """Medians of µs per turn, plain and governed, measured alternately."""
+async def measure(turns: int, repeat: int) -> tuple[float, float, float]:
+    """Medians of µs per turn: plain, governed, governed with a NORMAL ledger (alternately)."""
     exporter = InMemorySpanExporter()
     for governed in (False, True):  # warm-up
         await one_run(turns, governed, exporter)
-    plain, governed = [], []
+    plain, governed, normal = [], [], []
     for _ in range(repeat):
         plain.append(await one_run(turns, False, exporter))
         governed.append(await one_run(turns, True, exporter))
-    return statistics.median(plain), statistics.median(governed)
+        normal.append(await one_run(turns, True, exporter, "NORMAL"))
+    return statistics.median(plain), statistics.median(governed), statistics.median(normal)
 
 
 def main() -> None:
@@ -156,13 +167,15 @@ def main() -> None:
     parser.add_argument("--turns", type=int, default=50)
     parser.add_argument("--repeat", type=int, default=10)
     args = parser.parse_args()
-    plain, governed = asyncio.run(measure(args.turns, args.repeat))
+    plain, governed, normal = asyncio.run(measure(args.turns, args.repeat))
     print(f"load average: {os.getloadavg()[0]:.2f}")
     print("| measure | µs per turn |")
     print("|---|---:|")
     print(f"| W2, SQLite journal, no governance | {plain:,.0f} |")
     print(f"| W5, the same with production governance | {governed:,.0f} |")
     print(f"| ratio W5 / W2 | {governed / plain:.2f}x |")
+    print(f"| W5 with the ledger at NORMAL | {normal:,.0f} |")
+    print(f"| ratio of that to W2 | {normal / plain:.2f}x |")
 
 
 if __name__ == "__main__":
