@@ -152,13 +152,20 @@ async def test_ledger_durability_is_its_own_and_full_commits_off_the_loop(
     conn.set_trace_callback(
         lambda sql: committed_on.append(threading.get_ident()) if sql == "COMMIT" else None
     )
-    await budget.reserve(_tool_call())
+    held = await budget.reserve(_tool_call())
     # NORMAL commits where the statements ran; FULL's commit (an fsync) on a worker thread.
     assert committed_on and (committed_on[0] == loop_thread) == (synchronous == "NORMAL")
+    assert conn.execute("PRAGMA synchronous").fetchone()[0] == level
+    # Settling ends a hold: a power cut that lost it would leave the hold, charged in full at
+    # recovery, so it is committed at NORMAL, on the loop's thread, whatever the ledger's level.
+    committed_on.clear()
+    await budget.settle(held, Usage(tool_calls=1))
+    assert committed_on == [loop_thread]
     async with ledger._db.session() as db:
         rows = list(await db.execute_fetchall("PRAGMA synchronous"))
-    assert rows[0][0] == level
-    assert (await budget.totals("user:alice")).reserved == {"tool_calls": 1}
+    assert rows[0][0] == level  # the worker thread's connection keeps the ledger's level
+    totals = await budget.totals("user:alice")
+    assert (totals.spent, totals.reserved) == ({"tool_calls": 1}, {})
     await budget.close()
 
 

@@ -117,18 +117,25 @@ class SqliteConnection:
 
     @contextlib.asynccontextmanager
     async def write(
-        self, *, inline: InlineWriter | None = None, constraints: bool = False
+        self,
+        *,
+        inline: InlineWriter | None = None,
+        constraints: bool = False,
+        synchronous: str | None = None,
     ) -> AsyncIterator[Cursor]:
         """A write transaction as a `Cursor`: on `inline`'s connection when it takes the
         write lock at once (its statements then run without leaving the event loop's thread;
         see `InlineWriter.commit` for its commit), else on the worker thread, waiting for the
-        lock as `transaction()` does."""
+        lock as `transaction()` does. `synchronous` sets SQLite's level for this transaction's
+        commit (before it begins: SQLite allows no change inside one)."""
         async with self.session() as conn:
             sync = None
             if inline is not None:
                 await _checkpoint_if_due(conn, inline)
-                sync = inline.begin()
+                sync = inline.begin(synchronous)
             if inline is None or sync is None:
+                if synchronous is not None:
+                    await conn.execute(f"PRAGMA synchronous = {synchronous}")
                 async with _begun(conn, "BEGIN IMMEDIATE"):
                     yield SqliteCursor(conn, constraints=constraints)
                 return

@@ -42,6 +42,7 @@ class InlineWriter:
         self.path = path
         self.synchronous = synchronous
         self._conn: sqlite3.Connection | None = None
+        self._level = synchronous  # the connection's `synchronous` now (see `begin`)
         self._thread = 0
         self._since_checkpoint = 0
 
@@ -49,6 +50,7 @@ class InlineWriter:
         """Run one statement as its own transaction: the rows it changed, or None when it
         would have to wait for another writer (nothing was written then)."""
         conn = self._conn if self._conn is not None else self._open()
+        self._set_level(conn, self.synchronous)
         try:
             changed = conn.execute(sql, args).rowcount
         except sqlite3.OperationalError as err:
@@ -58,13 +60,16 @@ class InlineWriter:
         self._since_checkpoint += 1
         return changed
 
-    def begin(self) -> sqlite3.Connection | None:
-        """Begin a write transaction on this connection, or None when it would have to wait
-        for another writer, or when this is not the thread the connection was opened on (an
-        object used from two event loops: each transaction stays on one connection)."""
+    def begin(self, synchronous: str | None = None) -> sqlite3.Connection | None:
+        """Begin a write transaction on this connection, committed at `synchronous` (default:
+        the writer's own); None when it would have to wait for another writer, or when this
+        is not the thread the connection was opened on (an object used from two event
+        loops: each transaction stays on one connection)."""
         conn = self._conn if self._conn is not None else self._open()
         if self._thread != threading.get_ident():
             return None
+        # SQLite refuses to change the level inside a transaction: set it before.
+        self._set_level(conn, synchronous or self.synchronous)
         try:
             conn.execute("BEGIN IMMEDIATE")
         except sqlite3.OperationalError as err:
@@ -77,7 +82,7 @@ class InlineWriter:
     async def commit(self, conn: sqlite3.Connection) -> None:
         """Commit the transaction `begin` began: here with NORMAL; with FULL, whose commit is
         an fsync, on a worker thread, so the event loop never waits for the disk."""
-        if self.synchronous != "FULL":
+        if self._level != "FULL":
             conn.execute("COMMIT")
             return
         done = asyncio.ensure_future(asyncio.to_thread(conn.execute, "COMMIT"))
@@ -90,6 +95,11 @@ class InlineWriter:
                 await asyncio.wait([done])
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
+
+    def _set_level(self, conn: sqlite3.Connection, level: str) -> None:
+        if level != self._level:
+            conn.execute(f"PRAGMA synchronous = {level}")
+            self._level = level
 
     def checkpoint_due(self) -> bool:
         """Whether enough writes went through here that a checkpoint should run (once)."""
@@ -116,6 +126,7 @@ class InlineWriter:
             conn.close()
             raise
         self._conn = conn
+        self._level = self.synchronous
         self._thread = threading.get_ident()
         return conn
 

@@ -105,8 +105,9 @@ class _SqlLedger(Ledger):
         }
 
     @abstractmethod
-    def _transaction(self) -> contextlib.AbstractAsyncContextManager[Cursor]:
-        """A cursor inside one committed-on-exit, rolled-back-on-error transaction."""
+    def _transaction(self, durable: bool = True) -> contextlib.AbstractAsyncContextManager[Cursor]:
+        """A cursor inside one committed-on-exit, rolled-back-on-error transaction; one that
+        is not `durable` may skip what makes a commit survive a power cut."""
 
     async def _lock_scopes(self, cur: Cursor, scopes: Sequence[str]) -> None:
         """Serialise transactions on these scopes (SQLite's write lock already does)."""
@@ -114,8 +115,14 @@ class _SqlLedger(Ledger):
     async def transact(
         self, scopes: Sequence[str], hold_id: str | None, decide: Decide
     ) -> dict[str, Totals]:
-        """Read the totals and the hold, decide, write — in one transaction."""
-        async with self._transaction() as cur:
+        """Read the totals and the hold, decide, write — in one transaction.
+
+        Only a transaction that may add a hold (no `hold_id`: a reservation, or a settlement
+        of nothing held) must survive a power cut before the effect it allows. One that ends
+        a hold need not: if a power cut loses it, the hold it ended is still there, and is
+        charged at its reserved amount when the run is recovered — which only over-counts.
+        """
+        async with self._transaction(durable=hold_id is None) as cur:
             locked = sorted(set(scopes))
             await self._lock_scopes(cur, locked)
             hold = None
@@ -151,13 +158,13 @@ class _SqlLedger(Ledger):
 
     async def totals(self, scope: str) -> Totals:
         """One scope's totals, read in a transaction of its own."""
-        async with self._transaction() as cur:
+        async with self._transaction(durable=False) as cur:
             rows = await cur.fetch(self._sql["totals"], [scope])
         return Totals(_load(rows[0][1]), _load(rows[0][2])) if rows else Totals()
 
     async def holds(self, run_id: str | None = None) -> list[Hold]:
         """Open holds, oldest first."""
-        async with self._transaction() as cur:
+        async with self._transaction(durable=False) as cur:
             if run_id is None:
                 rows = await cur.fetch(self._sql["holds"], [])
             else:
@@ -166,7 +173,7 @@ class _SqlLedger(Ledger):
 
     async def charges(self, run_id: str) -> list[Charge]:
         """The run's crash charges, oldest first."""
-        async with self._transaction() as cur:
+        async with self._transaction(durable=False) as cur:
             rows = await cur.fetch(self._sql["charges"], [run_id])
         return [Charge(str(r[0]), str(r[1]), _load(r[2]), float(r[3])) for r in rows]
 
@@ -180,8 +187,8 @@ class _SqlLedger(Ledger):
         return float(row[0]), None if row[1] is None else float(row[1])
 
     async def forget_run(self, run_id: str) -> None:
-        """Delete the run's clock."""
-        async with self._transaction() as cur:
+        """Delete the run's clock (losing that to a power cut leaves a clock nobody reads)."""
+        async with self._transaction(durable=False) as cur:
             await cur.execute(self._sql["forget"], [run_id])
 
 
@@ -233,8 +240,9 @@ class SqliteLedger(_SqlLedger):
             await self._db.close()
 
     @asynccontextmanager
-    async def _transaction(self) -> AsyncIterator[Cursor]:
-        async with self._db.write(inline=self._inline) as cur:
+    async def _transaction(self, durable: bool = True) -> AsyncIterator[Cursor]:
+        level = self.synchronous if durable else "NORMAL"
+        async with self._db.write(inline=self._inline, synchronous=level) as cur:
             yield cur
 
     async def _open(self) -> aiosqlite.Connection:
@@ -301,7 +309,8 @@ class PostgresLedger(_SqlLedger):
             await con.execute(statement)
 
     @asynccontextmanager
-    async def _transaction(self) -> AsyncIterator[Cursor]:
+    async def _transaction(self, durable: bool = True) -> AsyncIterator[Cursor]:
+        # Every commit waits for the server's WAL flush (synchronous_commit as configured).
         async with self._pools.cursor() as cur:
             yield cur
 
