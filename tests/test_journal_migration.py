@@ -124,14 +124,20 @@ async def test_sqlite_version_1_is_migrated(tmp_path: Path) -> None:
         assert len(await journal.transitions(RUN)) == 4
 
 
-async def test_sqlite_failed_migration_leaves_version_1(tmp_path: Path) -> None:
+def _old_sqlite(tmp_path: Path, change: str) -> Path:
+    """A version-1 SQLite journal with one run, changed by the statement `change`."""
     path = tmp_path / "old.db"
     with sqlite3.connect(path) as raw:
         for statement in v1_journal("", "INTEGER", "REAL", "TEXT", "INTEGER PRIMARY KEY"):
             raw.execute(statement)
-        # A table in the way makes the copy fail halfway: nothing of it may remain.
-        raw.execute("CREATE TABLE transitions_v2 (x INTEGER)")
+        raw.execute(change)  # no foreign keys are enforced here
     raw.close()
+    return path
+
+
+async def test_sqlite_failed_migration_leaves_version_1(tmp_path: Path) -> None:
+    # A table in the way makes the copy fail halfway: nothing of it may remain.
+    path = _old_sqlite(tmp_path, "CREATE TABLE transitions_v2 (x INTEGER)")
     with pytest.raises(JournalCorrupted, match="rewriting schema version 1 as 2 failed"):
         async with SqliteRuntime(path):
             pass
@@ -142,12 +148,7 @@ async def test_sqlite_failed_migration_leaves_version_1(tmp_path: Path) -> None:
 
 
 async def test_sqlite_rows_of_no_run_are_not_migrated(tmp_path: Path) -> None:
-    path = tmp_path / "old.db"
-    with sqlite3.connect(path) as raw:
-        for statement in v1_journal("", "INTEGER", "REAL", "TEXT", "INTEGER PRIMARY KEY"):
-            raw.execute(statement)
-        raw.execute("UPDATE transitions SET run_id = 'gone' WHERE seq = 3")  # no FKs here
-    raw.close()
+    path = _old_sqlite(tmp_path, "UPDATE transitions SET run_id = 'gone' WHERE seq = 3")
     with pytest.raises(JournalCorrupted, match="1 rows of no run; not migrated"):
         async with SqliteRuntime(path):
             pass
@@ -157,12 +158,7 @@ async def test_sqlite_rows_of_no_run_are_not_migrated(tmp_path: Path) -> None:
 
 
 async def test_sqlite_unknown_old_version_is_refused(tmp_path: Path) -> None:
-    path = tmp_path / "old.db"
-    with sqlite3.connect(path) as raw:
-        for statement in v1_journal("", "INTEGER", "REAL", "TEXT", "INTEGER PRIMARY KEY"):
-            raw.execute(statement)
-        raw.execute("UPDATE journal_meta SET value = '0'")
-    raw.close()
+    path = _old_sqlite(tmp_path, "UPDATE journal_meta SET value = '0'")
     with pytest.raises(JournalVersionError, match="version 0"):
         async with SqliteRuntime(path):
             pass

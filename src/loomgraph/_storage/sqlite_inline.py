@@ -54,7 +54,7 @@ class InlineWriter:
         try:
             changed = conn.execute(sql, args).rowcount
         except sqlite3.OperationalError as err:
-            if getattr(err, "sqlite_errorname", "").startswith(("SQLITE_BUSY", "SQLITE_LOCKED")):
+            if _busy(err):
                 return None
             raise
         self._since_checkpoint += 1
@@ -73,7 +73,7 @@ class InlineWriter:
         try:
             conn.execute("BEGIN IMMEDIATE")
         except sqlite3.OperationalError as err:
-            if getattr(err, "sqlite_errorname", "").startswith(("SQLITE_BUSY", "SQLITE_LOCKED")):
+            if _busy(err):
                 return None
             raise
         self._since_checkpoint += 1
@@ -129,6 +129,11 @@ class InlineWriter:
         self._level = self.synchronous
         self._thread = threading.get_ident()
         return conn
+
+
+def _busy(err: sqlite3.OperationalError) -> bool:
+    """Whether SQLite refused for another writer's lock (so nothing was written)."""
+    return getattr(err, "sqlite_errorname", "").startswith(("SQLITE_BUSY", "SQLITE_LOCKED"))
 
 
 class InlineCursor:
