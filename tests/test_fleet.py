@@ -712,3 +712,34 @@ async def test_a_queued_run_is_started_only_while_queued_and_leased(agent: Any) 
     with pytest.raises(RunConflict, match="not queued"):  # a finished run is never restarted
         await runtime.start_queued_run(started, fence=fresh)
     assert (await runtime.load_run(run_id)).status == RunStatus.COMPLETED
+
+
+async def test_a_worker_that_lost_the_lease_leaves_no_audit_entry_of_a_start(
+    agent: Any, tmp_path: Path
+) -> None:
+    from loomgraph import Agent
+    from loomgraph.models import ScriptedModel
+    from loomgraph.observability import FileAuditLog
+    from loomgraph.protocols.runtime import current_fence
+    from loomgraph.runtime.errors import LeaseLost
+
+    runtime = agent.deps.runtime
+    audit = FileAuditLog(tmp_path / "audit.jsonl", unsigned=True)
+    worker = Agent("w", model=ScriptedModel(["done"]), runtime=runtime, audit_log=audit)
+    run_id = await agent.submit("started once", user_id="u")
+    stale = await runtime.acquire_lease(run_id, "a stopped worker")
+    await runtime.acquire_lease(run_id, "another worker", take_from="a stopped worker")
+
+    async def ignore(event: Any) -> None:
+        return None
+
+    fence = current_fence.set(stale)  # the stopped worker wakes, its lease taken over
+    try:
+        with pytest.raises(LeaseLost):
+            await worker.session("started once", user_id="u", run_id=run_id).execute(
+                ignore, leased=True
+            )
+    finally:
+        current_fence.reset(fence)
+    assert [e.action for e in audit.entries(run_id=run_id)] == []
+    assert (await runtime.load_run(run_id)).status == RunStatus.QUEUED

@@ -120,6 +120,9 @@ class AgentSession:
                 await start(record)
             else:
                 await self.deps.runtime.start_run(record)
+            # Only now: a worker whose lease was taken over is refused above, and must leave
+            # no entry saying it started the run.
+            await self._audit_start(scope, continued=False)
             return await self._started(scope, state, None, None, leased=leased)
 
     async def continue_from(
@@ -170,18 +173,10 @@ class AgentSession:
                         record.deadline = await deps.run_clock.begin_run(
                             scope.budget_scope, started_at=self.started, deadline=record.deadline
                         )
-                    if scope.auditing:
-                        await scope.audit(
-                            AuditAction.RUN_STARTED,
-                            trail.RUN_ACTOR,
-                            trail.run_started(
-                                compiled.name,
-                                compiled.hash,
-                                self.session_id,
-                                continued=record.initial is not None,
-                                prompt=self.prompt if scope.audit_content else None,
-                            ),
-                        )
+                    if record.initial is not None:
+                        # A run going on from a checkpoint (resumed, forked); a new run is
+                        # audited once its start is journaled (`execute`).
+                        await self._audit_start(scope, continued=True)
                     yield scope
                 finally:
                     active_scope.reset(active)
@@ -189,6 +184,19 @@ class AgentSession:
                         await deps.run_clock.end_run(scope.budget_scope)
         finally:
             current_run.reset(token)
+
+    async def _audit_start(self, scope: RunScope, *, continued: bool) -> None:
+        """The `run_started` audit entry."""
+        if scope.auditing:
+            compiled = self.graph
+            started = trail.run_started(
+                compiled.name,
+                compiled.hash,
+                self.session_id,
+                continued=continued,
+                prompt=self.prompt if scope.audit_content else None,
+            )
+            await scope.audit(AuditAction.RUN_STARTED, trail.RUN_ACTOR, started)
 
     async def _announce(self, scope: RunScope) -> None:
         """The `run_started` event, sent once the run's record is in the journal."""
