@@ -31,9 +31,13 @@ class StateTooLarge(StateError):
         self.limit = limit
 
 
+# Made once: json.dumps with options builds a new encoder at every call.
+_COMPACT = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, default=str)
+
+
 def json_size(value: Any) -> int:
     """The characters `value` takes as compact JSON (what the journal stores)."""
-    return len(json.dumps(value, separators=(",", ":"), ensure_ascii=False, default=str))
+    return len(_COMPACT.encode(value))
 
 
 class StateSize:
@@ -49,14 +53,15 @@ class StateSize:
 
     def check(self, node: str, patch: Mapping[str, Any]) -> None:
         """Count a (checked) patch about to be applied; StateTooLarge if it does not fit."""
-        sizes = dict(self._fields)
+        fields, total = self._fields, self.total
+        sizes: dict[str, int] = {}
         for name, value in patch.items():
+            old = fields.get(name, 0)
             added = json_size(value)
-            if self._reducers.get(name, "replace") == "replace":
-                sizes[name] = added
-            else:
-                sizes[name] = sizes.get(name, 0) + added
-        total = sum(sizes.values())
+            size = added if self._reducers.get(name, "replace") == "replace" else old + added
+            sizes[name] = size
+            total += size - old
         if total > self.limit:
             raise StateTooLarge(node, total, self.limit)
-        self._fields, self.total = sizes, total
+        fields.update(sizes)
+        self.total = total

@@ -7,7 +7,6 @@ each is gated, journaled and reported the same way.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from typing import Any
 
@@ -15,6 +14,7 @@ from loomgraph.engine import audit_trail as trail
 from loomgraph.engine.approvals import ApprovalDesk
 from loomgraph.engine.effects import EffectKey
 from loomgraph.engine.scope import NO_ATTRIBUTES, RunScope
+from loomgraph.engine.state_size import json_size
 from loomgraph.engine.taint import is_tainted, note_result
 from loomgraph.errors import LoomgraphError
 from loomgraph.protocols import (
@@ -140,7 +140,7 @@ class ToolGate:
     def _args_too_large(self, call: ToolCall) -> ToolResult | None:
         """An error result for arguments over the size limit, or None."""
         limit = self.scope.deps.size_limits.tool_args_chars
-        size = len(json.dumps(call["args"], ensure_ascii=False, default=str))
+        size = json_size(call["args"])
         if size <= limit:
             return None
         return ToolResult(

@@ -27,10 +27,14 @@ from loomgraph.runtime.schema import SCHEMA_VERSION
 # --------------------------------------------------------------------------- JSON
 
 
+# Made once: json.dumps with options builds a new encoder at every call.
+_COMPACT = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
 def dumps(value: Any, what: str) -> str:
     """Compact JSON text of a journaled value, or JournalEncodingError naming `what`."""
     try:
-        text = json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+        text = _COMPACT.encode(value)
     except (TypeError, ValueError) as err:
         raise JournalEncodingError(f"{what} is not plain JSON: {err}") from None
     if text.isascii():  # the common case: nothing to check
