@@ -116,6 +116,13 @@ class LoomgraphError(Exception):
     """The root of every error loomgraph raises on purpose."""
 
 
+class ServiceUnavailable(LoomgraphError):
+    """A service the run depends on (its journal) could not be reached: not the run's own
+    failure. The engine lets it through rather than journal the run as failed (nor route it
+    to `on_error`, nor retry the node), so the run stays where its journal left it and is
+    resumed as after a crash."""
+
+
 class ProblemsError(LoomgraphError):
     """A file (a graph, an agent file, a dataset) is invalid; `problems` lists every problem
     found, not only the first, each with its file and line."""

@@ -51,6 +51,10 @@ def _scope() -> str:
 
 _WORKER = f"{_HOST}:{os.getpid()}:{process_start(os.getpid()) or ''}"
 
+# Holdings of this process that ended without giving their lease back (the journal could not
+# be reached then): nothing advances their runs any more, so they are taken over at once.
+_ended: set[str] = set()
+
 
 def owner_is_dead(owner: str) -> bool:
     """True when `owner` is a process of this host (boot, pid namespace) that is gone, or
@@ -78,15 +82,18 @@ def owner_is_dead(owner: str) -> bool:
 
 
 async def take_lease(runtime: RunLeases, run_id: str, owner: str) -> Any:
-    """Acquire the run's lease; a lease of a dead owner on this host is taken over at once,
-    any other live lease raises `RunConflict`."""
+    """Acquire the run's lease; a lease of a dead owner on this host, or of a holding of this
+    process that has ended, is taken over at once; any other live lease raises
+    `RunConflict`."""
     try:
         return await runtime.acquire_lease(run_id, owner)
     except RunConflict as err:
-        if err.owner is None or not owner_is_dead(err.owner):
+        if err.owner is None or not (err.owner in _ended or owner_is_dead(err.owner)):
             raise
-        _log.info("run %s: taking over the lease of %s, whose process is gone", run_id, err.owner)
-        return await runtime.acquire_lease(run_id, owner, take_from=err.owner)
+        _log.info("run %s: taking over the lease of %s, which holds it no more", run_id, err.owner)
+        lease = await runtime.acquire_lease(run_id, owner, take_from=err.owner)
+        _ended.discard(err.owner)
+        return lease
 
 
 @contextlib.asynccontextmanager
@@ -138,5 +145,7 @@ async def hold_lease(runtime: RunLeases | None, run_id: str) -> AsyncIterator[An
         renewing.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await renewing
-        with contextlib.suppress(Exception):
+        try:
             await runtime.release_lease(run_id, owner)
+        except Exception:
+            _ended.add(owner)  # left to expire; this process may take it over at once

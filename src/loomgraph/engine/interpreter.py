@@ -15,7 +15,7 @@ from loomgraph.engine import audit_trail as trail
 from loomgraph.engine.context import VisitContext
 from loomgraph.engine.scope import NO_ATTRIBUTES, RunScope
 from loomgraph.engine.state_size import StateSize
-from loomgraph.errors import GraphError, NodeError, StateError
+from loomgraph.errors import GraphError, NodeError, ServiceUnavailable, StateError
 from loomgraph.graph.compiled import CompiledGraph
 from loomgraph.graph.registry import NodeKind
 from loomgraph.graph.spec import END
@@ -180,6 +180,8 @@ async def _step(
         return Outcome(RunStatus.BUDGET_EXHAUSTED, str(err), state, node, error=err)
     except RunStopped as stop:
         return Outcome(stop.status, stop.reason, state, node, pending=stop.pending)
+    except ServiceUnavailable:
+        raise  # not the node's failure: the run is recovered from its journal
     except Exception as err:
         error = err if isinstance(err, GraphError) else NodeError(qualified, err)
         await ctx.emit(ERROR, {"error": str(error), "type": type(err).__name__})
@@ -246,7 +248,7 @@ async def _run_with_policy(kind: NodeKind, view: dict[str, Any], ctx: VisitConte
                 raise TimeoutError(
                     f"node {ctx.qualified_node!r} took longer than its timeout of {spec.timeout} s"
                 ) from None
-        except (BudgetExceeded, RunStopped):
+        except (BudgetExceeded, RunStopped, ServiceUnavailable):
             raise
         except Exception as err:
             if spec.retry is None or attempt == attempts or not spec.retry.retries(err):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from loomgraph.errors import LoomgraphError
+from loomgraph.errors import LoomgraphError, ServiceUnavailable
 from loomgraph.protocols.runtime import UnknownRun
 
 __all__ = [
@@ -76,7 +76,7 @@ class JournalVersionError(JournalError):
         self.supported = supported
 
 
-class JournalUnavailable(JournalError):
+class JournalUnavailable(JournalError, ServiceUnavailable):
     """The journal cannot be reached: unopenable file, wrong DSN, server down, lock timeout."""
 
     def __init__(self, where: str, detail: str) -> None:
