@@ -156,9 +156,13 @@ def journal_events(
     after: EventId | None = None,
     *,
     stopped: bool | None = None,
+    last_seq: int | None = None,
 ) -> list[JournalEvent]:
     """The events the journal holds for a run, after `after`, stop event included when the
-    run stopped (by default: when it is neither `queued` nor `running`)."""
+    run stopped (by default: when it is neither `queued` nor `running`).
+
+    `transitions` may be only the newest of the run's transitions (a follower's), with
+    `last_seq` the seq of the run's last one when none of them is."""
     out: list[JournalEvent] = []
 
     def add(eid: EventId, event: Event) -> None:
@@ -195,7 +199,7 @@ def journal_events(
         payload = {"node": t.node, "visit": t.visit, "next": t.next_node, "patch": t.patch}
         add(EventId(t.seq, i), _event(record, NODE_COMPLETED, payload, t.seq, t.node, t.at))
     if (not record.status.in_progress) if stopped is None else stopped:
-        last = transitions[-1].seq if transitions else 0
+        last = transitions[-1].seq if transitions else (last_seq or 0)
         result = record.result or {}
         payload = {
             "status": str(record.status),
@@ -251,18 +255,27 @@ async def follow_events(
     """
     wait = changed or _poll
     read = load or runtime.load_run
+    # Only the transitions not seen yet are read, where the journal can (an SQL range read).
+    newer = getattr(runtime, "transitions_after", None)
     seen_seq = -1
     while True:
         record = await read(run_id)
         if record is None:
             raise UnknownRun(run_id)
         stopped = not await run_is_live(runtime, record)
-        transitions = await runtime.transitions(run_id)
-        newest = transitions[-1].seq if transitions else 0
+        known = max(seen_seq, 0)
+        if newer is not None:
+            transitions = await newer(run_id, known)
+        else:
+            transitions = [t for t in await runtime.transitions(run_id) if t.seq > known]
+        newest = transitions[-1].seq if transitions else known
         if newest != seen_seq or stopped:
             # Effects are read only when a transition is new: they belong to transitions.
             effects = await runtime.effects(run_id) if newest != seen_seq else []
-            for item in journal_events(record, transitions, effects, after, stopped=stopped):
+            events = journal_events(
+                record, transitions, effects, after, stopped=stopped, last_seq=newest
+            )
+            for item in events:
                 yield item
                 after = item.id
             seen_seq = newest

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 import time
 from collections import OrderedDict
 from dataclasses import replace
@@ -80,9 +81,14 @@ class InMemoryRuntime:
 
     async def transitions(self, run_id: str) -> list[Transition]:
         """Every transition of a run, in order."""
+        return await self.transitions_after(run_id, 0)
+
+    async def transitions_after(self, run_id: str, seq: int) -> list[Transition]:
+        """The transitions of a run after `seq`, in order."""
         if run_id not in self._runs:
             raise UnknownRun(run_id)
-        return list(self._transitions[run_id])
+        kept = self._transitions[run_id]
+        return kept[bisect.bisect_right(kept, seq, key=_seq) :]
 
     async def begin_effect(self, effect: EffectRecord) -> EffectRecord | None:
         """Journal an intent; return the earlier record when this key was seen before."""
@@ -139,3 +145,7 @@ class InMemoryRuntime:
 
     async def close(self) -> None:
         """Nothing to close: the journal lives in this process."""
+
+
+def _seq(transition: Transition) -> int:
+    return transition.seq

@@ -202,6 +202,8 @@ def statements(d: Dialect) -> dict[str, str]:
         "add_transition_fenced": f"{transition} AND {fence}",
         "transitions": f"SELECT {TRANSITION_READ} FROM {p}transitions t JOIN {p}runs r "
         "ON r.n = t.run WHERE r.run_id = ? ORDER BY t.seq",
+        "transitions_after": f"SELECT {TRANSITION_READ} FROM {p}transitions t JOIN {p}runs r "
+        "ON r.n = t.run WHERE r.run_id = ? AND t.seq > ? ORDER BY t.seq",
         "latest_snapshot": f"SELECT seq, snapshot, v FROM {p}transitions WHERE run = {run_n} "
         "AND seq <= ? AND snapshot IS NOT NULL ORDER BY seq DESC LIMIT 1",
         "add_effect": effect + effect_conflict,
