@@ -132,10 +132,20 @@ def test_an_agent_loads_no_sdk_until_it_needs_one() -> None:
 
 
 def test_an_agent_on_a_built_in_graph_is_built_without_networkx() -> None:
-    """Shipped graphs had their flow checked by the test suite (test_strategies); a user's
-    own graph is checked in full, which is when networkx is imported."""
+    """Shipped graphs had their flow checked by the test suite (test_strategies), and so had
+    any graph taking the same routes; a user's own graph is checked in full, which is when
+    networkx is imported."""
     built = _modules_after("from loomgraph import Agent; Agent('x', model='echo')")
     assert "networkx" not in _top(built)
+    # A copy with other limits takes the same routes, which were checked already.
+    copy = _modules_after(
+        "from loomgraph.authoring.library import load_graph\n"
+        "from loomgraph.authoring.loader import graph_from_data\n"
+        "data = load_graph('react').to_data()\n"
+        "data['limits'] = {'max_visits': 1000, 'max_node_visits': 500}\n"
+        "graph_from_data(data)"
+    )
+    assert "networkx" not in _top(copy)
     own = _modules_after(
         "from loomgraph.authoring.loader import graph_from_yaml\n"
         "graph_from_yaml('name: g\\nentry: a\\nnodes:\\n  a: {kind: model}\\n"

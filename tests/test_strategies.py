@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from loomgraph import Agent
 from loomgraph.models import ScriptedModel
 from loomgraph.protocols import ModelRequest
@@ -203,3 +205,24 @@ def test_every_built_in_graph_passes_every_validation_rule() -> None:
 
     for name in builtin_names():
         assert validate_graph(load_graph(name), flow=True) == [], name
+
+
+def test_a_copy_of_a_built_in_graph_with_other_routes_is_checked_in_full() -> None:
+    """Only the routes of a built-in graph (entry, nodes, on_error, edges and whether they
+    have a condition) let a copy skip the flow rules: change one and they run."""
+    from loomgraph.authoring.library import load_graph
+    from loomgraph.authoring.loader import graph_from_data
+    from loomgraph.errors import GraphValidationError
+
+    same = load_graph("react").to_data()
+    same["limits"] = {"max_visits": 7}
+    for edge in same["edges"]:
+        if edge.get("when"):
+            edge["when"] = "true"  # another condition: the same routes
+    assert graph_from_data(same).limits.max_visits == 7
+
+    looped = load_graph("react").to_data()
+    looped["edges"] = [{**e, "to": "tools"} if e["to"] == "END" else e for e in looped["edges"]]
+    with pytest.raises(GraphValidationError) as raised:
+        graph_from_data(looped)
+    assert {p.rule for p in raised.value.problems} >= {"cycle-without-exit"}

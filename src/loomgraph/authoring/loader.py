@@ -138,8 +138,10 @@ def graph_from_data(
         from loomgraph.authoring.validate import validate_graph
 
         # A graph shipped with loomgraph had its flow checked by loomgraph's own test suite
-        # (tests/test_strategies.py): building an agent on one need not import networkx.
-        problems.extend(validate_graph(graph, flow=not _shipped(file)))
+        # (tests/test_strategies.py), and so has any graph taking the same routes (a copy
+        # with other limits, prompts or models): building an agent on one need not import
+        # networkx.
+        problems.extend(validate_graph(graph, flow=not _routes_checked(graph, file)))
     if problems:
         raise GraphValidationError(problems)
     graph._validated = validate
@@ -199,6 +201,26 @@ def builtin_dir() -> Path:
 def _shipped(file: str | None) -> bool:
     """Whether `file` is one of the built-in graph files."""
     return file is not None and Path(file).resolve().parent == builtin_dir()
+
+
+def _routes_checked(graph: Graph, file: str | None) -> bool:
+    """Whether the graph is a built-in one, or takes exactly the routes of the built-in graph
+    of its name: the flow rules depend on nothing else (see `routes`)."""
+    if _shipped(file):
+        return True
+    path = builtin_path(graph.name)
+    return path.is_file() and routes(load_graph_file_cached(path)) == routes(graph)
+
+
+def routes(graph: Graph) -> tuple[Any, ...]:
+    """What the flow rules (reachability, loops, ways to END) read of a graph: its entry,
+    its nodes with their `on_error` nodes, and its edges in order, each with whether it has
+    a condition (what the condition says does not matter to them)."""
+    return (
+        graph.entry,
+        tuple((name, spec.on_error) for name, spec in graph.nodes.items()),
+        tuple((edge.source, edge.target, edge.when is None) for edge in graph.edges),
+    )
 
 
 def builtin_path(name: str) -> Path:
