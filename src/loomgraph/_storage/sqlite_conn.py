@@ -12,6 +12,7 @@ import aiosqlite
 
 from loomgraph._storage.cursor import Cursor, SqliteCursor, sqlite_constraint
 from loomgraph._storage.loop_lock import LoopLock
+from loomgraph._storage.sqlite_files import Synchronous
 from loomgraph._storage.sqlite_inline import InlineCursor, InlineWriter
 from loomgraph._storage.translate import Translate, keep, translated
 
@@ -121,7 +122,7 @@ class SqliteConnection:
         *,
         inline: InlineWriter | None = None,
         constraints: bool = False,
-        synchronous: str | None = None,
+        synchronous: Synchronous | None = None,
     ) -> AsyncIterator[Cursor]:
         """A write transaction as a `Cursor`: on `inline`'s connection when it takes the
         write lock at once (its statements then run without leaving the event loop's thread;

@@ -20,6 +20,17 @@ from loomgraph.errors import LoomgraphError
 
 _HEADER = b"SQLite format 3\x00"
 
+# SQLite's `synchronous` levels loomgraph uses with WAL: at NORMAL a commit survives the
+# process's death; at FULL also a power cut, at the cost of an fsync per commit.
+Synchronous = Literal["NORMAL", "FULL"]
+
+
+def checked_synchronous(level: Synchronous) -> Synchronous:
+    """`level`, or ValueError when it is not one of the two."""
+    if level not in ("NORMAL", "FULL"):
+        raise ValueError(f"synchronous must be 'NORMAL' or 'FULL', not {level!r}")
+    return level
+
 
 class SqliteFileProblem(LoomgraphError):
     """A file that cannot be opened as an SQLite database, and whether it is damaged."""

@@ -28,6 +28,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from loomgraph._storage.cursor import raise_constraint
+from loomgraph._storage.sqlite_files import Synchronous
 
 # About SQLite's default auto-checkpoint (1,000 pages) at 2-3 pages per one-row commit.
 CHECKPOINT_EVERY = 400
@@ -36,13 +37,13 @@ CHECKPOINT_EVERY = 400
 class InlineWriter:
     """A synchronous connection for one-statement writes that never waits for a lock."""
 
-    def __init__(self, path: str, *, synchronous: str) -> None:
+    def __init__(self, path: str, *, synchronous: Synchronous) -> None:
         if path == ":memory:":
             raise ValueError("an in-memory database has no second connection")
         self.path = path
         self.synchronous = synchronous
         self._conn: sqlite3.Connection | None = None
-        self._level = synchronous  # the connection's `synchronous` now (see `begin`)
+        self._level: Synchronous = synchronous  # the connection's now (see `begin`)
         self._thread = 0
         self._since_checkpoint = 0
 
@@ -60,7 +61,7 @@ class InlineWriter:
         self._since_checkpoint += 1
         return changed
 
-    def begin(self, synchronous: str | None = None) -> sqlite3.Connection | None:
+    def begin(self, synchronous: Synchronous | None = None) -> sqlite3.Connection | None:
         """Begin a write transaction on this connection, committed at `synchronous` (default:
         the writer's own); None when it would have to wait for another writer, or when this
         is not the thread the connection was opened on (an object used from two event
@@ -96,7 +97,7 @@ class InlineWriter:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
 
-    def _set_level(self, conn: sqlite3.Connection, level: str) -> None:
+    def _set_level(self, conn: sqlite3.Connection, level: Synchronous) -> None:
         if level != self._level:
             conn.execute(f"PRAGMA synchronous = {level}")
             self._level = level

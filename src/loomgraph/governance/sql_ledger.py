@@ -19,14 +19,20 @@ import sqlite3
 from abc import abstractmethod
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
-from typing import Any, Literal
+from typing import Any
 
 import aiosqlite
 
 from loomgraph._storage.cursor import Cursor
 from loomgraph._storage.pg_pool import LoopPool, import_asyncpg, open_pool
 from loomgraph._storage.sqlite_conn import SqliteConnection
-from loomgraph._storage.sqlite_files import connect_sqlite, execute_all, set_busy_timeout
+from loomgraph._storage.sqlite_files import (
+    Synchronous,
+    checked_synchronous,
+    connect_sqlite,
+    execute_all,
+    set_busy_timeout,
+)
 from loomgraph._storage.sqlite_inline import InlineWriter
 from loomgraph.governance.ledger import (
     Charge,
@@ -203,8 +209,9 @@ class SqliteLedger(_SqlLedger):
     same totals and both reserve; waiting for the lock goes through `busy_timeout`.
 
     `synchronous` is SQLite's: with FULL (the default, also for a ledger kept in an Agent's
-    journal file) every transaction is fsynced before it returns, so a charge survives a
-    power cut even where the journal's last writes do not; with NORMAL it survives the
+    journal file) every transaction that may add a hold is fsynced before it returns, so a
+    reservation survives a power cut even where the journal's last writes do not (see
+    `transact` for why the others need not be); with NORMAL none is, and each survives the
     process's death but not the machine's. A transaction that can take the write lock at
     once runs its statements on the event loop's thread; with FULL only its commit (the
     fsync) goes to a worker thread.
@@ -215,14 +222,12 @@ class SqliteLedger(_SqlLedger):
         path: str | os.PathLike[str],
         *,
         busy_timeout: float = 30.0,
-        synchronous: Literal["NORMAL", "FULL"] = "FULL",
+        synchronous: Synchronous = "FULL",
     ) -> None:
         super().__init__("")
-        if synchronous not in ("NORMAL", "FULL"):
-            raise ValueError(f"synchronous must be 'NORMAL' or 'FULL', not {synchronous!r}")
         self.path = os.fspath(path)
         self.busy_timeout = busy_timeout
-        self.synchronous = synchronous
+        self.synchronous = checked_synchronous(synchronous)
         # A connection's futures and an asyncio.Lock belong to one event loop: a new loop
         # gets a new connection.
         self._db = SqliteConnection(self._open, per_loop=True)
@@ -241,7 +246,7 @@ class SqliteLedger(_SqlLedger):
 
     @asynccontextmanager
     async def _transaction(self, durable: bool = True) -> AsyncIterator[Cursor]:
-        level = self.synchronous if durable else "NORMAL"
+        level: Synchronous = self.synchronous if durable else "NORMAL"
         async with self._db.write(inline=self._inline, synchronous=level) as cur:
             yield cur
 

@@ -7,7 +7,7 @@ import os
 import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
-from typing import Any, Literal
+from typing import Any
 
 import aiosqlite
 
@@ -15,7 +15,9 @@ from loomgraph._storage.cursor import SqliteCursor
 from loomgraph._storage.sqlite_conn import SqliteConnection
 from loomgraph._storage.sqlite_files import (
     SqliteFileProblem,
+    Synchronous,
     WalLoss,
+    checked_synchronous,
     execute_all,
     lost_wal_frames,
     open_sqlite,
@@ -75,7 +77,7 @@ class SqliteRuntime(SqlJournal):
         snapshot_every: int = 200,
         lease_seconds: float = 30.0,
         busy_timeout: float = 30.0,
-        synchronous: Literal["NORMAL", "FULL"] = "NORMAL",
+        synchronous: Synchronous = "NORMAL",
         verify: bool = True,
         accept_damage: bool = False,
     ) -> None:
@@ -83,10 +85,8 @@ class SqliteRuntime(SqlJournal):
         super().__init__(
             SQLITE, repr(self.path), snapshot_every=snapshot_every, lease_seconds=lease_seconds
         )
-        if synchronous not in ("NORMAL", "FULL"):
-            raise ValueError(f"synchronous must be 'NORMAL' or 'FULL', not {synchronous!r}")
         self.busy_timeout = busy_timeout
-        self.synchronous = synchronous
+        self.synchronous = checked_synchronous(synchronous)
         self.verify = verify
         self.accept_damage = accept_damage
         self._damage: str | None = None  # the recorded loss of committed transactions, if any
