@@ -156,6 +156,8 @@ async def test_accepted_loss_reports_runs_as_possibly_lost(tmp_path: Path) -> No
             await rt.load_run("r2")
         with pytest.raises(RunPossiblyLost):
             await rt.finish_run("r2", "completed", None, None)  # type: ignore[arg-type]
+        with pytest.raises(RunPossiblyLost):  # what a follower of the run reads
+            await rt.transitions_after("r2", 3)
 
 
 async def test_undamaged_journal_still_says_unknown(tmp_path: Path) -> None:

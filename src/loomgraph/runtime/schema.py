@@ -200,8 +200,7 @@ def statements(d: Dialect) -> dict[str, str]:
         "finish_run_fenced": f"{finish} AND {fence}",
         "add_transition": transition,
         "add_transition_fenced": f"{transition} AND {fence}",
-        "transitions": f"SELECT {TRANSITION_READ} FROM {p}transitions t JOIN {p}runs r "
-        "ON r.n = t.run WHERE r.run_id = ? ORDER BY t.seq",
+        # A run's transitions start at seq 1: after 0 is all of them.
         "transitions_after": f"SELECT {TRANSITION_READ} FROM {p}transitions t JOIN {p}runs r "
         "ON r.n = t.run WHERE r.run_id = ? AND t.seq > ? ORDER BY t.seq",
         "latest_snapshot": f"SELECT seq, snapshot, v FROM {p}transitions WHERE run = {run_n} "

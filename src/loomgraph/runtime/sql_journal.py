@@ -215,10 +215,7 @@ class SqlJournal:
     async def transitions_after(self, run_id: str, seq: int) -> list[Transition]:
         """The transitions of a run after `seq`, in order (one range read on the index:
         what a follower of the run has not seen yet)."""
-        if seq <= 0:
-            rows = await self._fetch("transitions", (run_id,))
-        else:
-            rows = await self._fetch("transitions_after", (run_id, seq))
+        rows = await self._fetch("transitions_after", (run_id, seq))
         if not rows and not await self._fetch("run_exists", (run_id,)):
             raise UnknownRun(run_id)
         return self._decode(transition_from_row, rows)

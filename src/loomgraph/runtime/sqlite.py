@@ -229,6 +229,7 @@ def _possibly_lost(method: Callable[..., Awaitable[Any]]) -> Callable[..., Await
 for _name in (
     "append_transition",
     "transitions",
+    "transitions_after",
     "latest_snapshot",
     "begin_effect",
     "end_effect",
