@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import os
 import shutil
 import statistics
@@ -97,24 +98,20 @@ def build(
     """The agent of one run, on a fresh journal file in `folder` (its ledger in the same file,
     at `ledger_sync` when given, else as the Agent binds it)."""
     path = os.path.join(folder, "journal.db")
-    runtime = SqliteRuntime(path)
-    if not governed:
-        return Agent(
-            "bench",
-            model=CountingModel(turns),
-            tools=[add],
-            runtime=runtime,
-            architecture=long_react(),
-        )
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    huge = 10 * turns + 100
-    return Agent(
+    agent = functools.partial(
+        Agent,
         "bench",
         model=CountingModel(turns),
         tools=[add],
-        runtime=runtime,
+        runtime=SqliteRuntime(path),
         architecture=long_react(),
+    )
+    if not governed:
+        return agent()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    huge = 10 * turns + 100
+    return agent(
         budget=StandardBudget(
             BudgetConfig(per_user=Caps(model_calls=huge, tool_calls=huge, total_tokens=huge * 100)),
             SqliteLedger(path, synchronous=ledger_sync) if ledger_sync else None,  # type: ignore[arg-type]
