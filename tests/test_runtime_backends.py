@@ -43,6 +43,7 @@ from loomgraph.runtime.errors import (
     JournalUnavailable,
     JournalVersionError,
     RunConflict,
+    RunExists,
     UnknownEffect,
     UnknownRun,
 )
@@ -295,14 +296,20 @@ async def test_runs_in_start_order_and_by_user(make: Factory) -> None:
         assert await rt.runs(user_id="zed") == []
 
 
-async def test_starting_a_run_again_replaces_its_record(make: Factory) -> None:
+async def test_starting_a_journaled_run_again_is_refused(make: Factory) -> None:
     async with opened(make) as rt:
         await rt.start_run(run())
         await rt.append_transition(step("r1", 1))
-        await rt.finish_run("r1", "interrupted", "ctrl-c", None)
-        await rt.start_run(run(graph_hash="hash2"))
+        await rt.finish_run("r1", "completed", "", {"output": "kept"})
+        with pytest.raises(RunExists, match=r"'r1'.*journaled already"):
+            await rt.start_run(run(graph_hash="hash2"))
         loaded = await rt.load_run("r1")
-        assert loaded is not None and (loaded.status, loaded.graph_hash) == ("running", "hash2")
+        assert loaded is not None
+        assert (loaded.status, loaded.graph_hash, loaded.result) == (
+            "completed",
+            "hash1",
+            {"output": "kept"},
+        )
         assert [t.seq for t in await rt.transitions("r1")] == [1]
 
 

@@ -174,7 +174,9 @@ class Agent:
         output_retries: int = DEFAULT_RETRIES,
         run_id: str | None = None,
     ) -> AgentSession:
-        """A fresh session for one run (`run_id`: a queued run a fleet worker starts)."""
+        """A fresh session for one run. `run_id`: the id of the new run (a fleet worker
+        passes the queued run it starts); executing it raises `RunExists` when a run with
+        that id is journaled already."""
         return self._session(
             prompt,
             user_id=user_id,

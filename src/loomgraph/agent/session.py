@@ -41,6 +41,7 @@ from loomgraph.protocols import (
     semconv,
 )
 from loomgraph.protocols.events import RUN_COMPLETED, RUN_STARTED
+from loomgraph.runtime.errors import RunExists
 
 
 class AgentSession:
@@ -80,6 +81,7 @@ class AgentSession:
         # An error the caller gets raised after the run is journaled (an unfit answer).
         self.error: OutputValidationError | None = None
         self.run_id = run_id or uuid.uuid4().hex
+        self._id_given = run_id is not None
 
     def _record(self, **fields: Any) -> RunRecord:
         now = time.time()
@@ -103,6 +105,15 @@ class AgentSession:
         limit = self.deps.size_limits.prompt_chars
         if len(self.prompt) > limit:  # refused before anything is written
             raise InputTooLarge("the prompt", len(self.prompt), limit)
+        # A chosen id of a journaled run is refused before the run is opened: opening starts
+        # and ends the budget's clock and holds under this id, which would charge or release
+        # that run's. (`start_run` refuses it too, for two sessions racing with one new id.)
+        if (
+            self._id_given
+            and not leased
+            and await self.deps.runtime.load_run(self.run_id) is not None
+        ):
+            raise RunExists(self.run_id)
         record = self._record()
         async with self._opened(record, sink) as scope:
             state = await self._seed(scope)

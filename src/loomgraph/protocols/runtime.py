@@ -262,7 +262,8 @@ class RunWriter(Protocol):
     snapshot_every: int
 
     async def start_run(self, run: RunRecord) -> None:
-        """Record a new run."""
+        """Record a new run; `RunExists` (a `RunConflict`), writing nothing, when a run with
+        its id is journaled already."""
         ...
 
     async def put_graph(self, graph: PinnedGraph) -> None:

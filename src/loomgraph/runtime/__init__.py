@@ -33,6 +33,7 @@ __all__ = [
     "JournalVersionError",
     "PostgresRuntime",
     "RunConflict",
+    "RunExists",
     "RunPossiblyLost",
     "SqliteRuntime",
     "UnknownRun",
@@ -46,6 +47,7 @@ _LAZY = {
     "JournalUnavailable": "loomgraph.runtime.errors",
     "JournalVersionError": "loomgraph.runtime.errors",
     "RunConflict": "loomgraph.runtime.errors",
+    "RunExists": "loomgraph.runtime.errors",
     "JournalDamaged": "loomgraph.runtime.errors",
     "RunPossiblyLost": "loomgraph.runtime.errors",
 }

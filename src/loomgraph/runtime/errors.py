@@ -14,6 +14,7 @@ __all__ = [
     "JournalVersionError",
     "LeaseLost",
     "RunConflict",
+    "RunExists",
     "RunFinished",
     "RunPossiblyLost",
     "UnknownEffect",
@@ -105,6 +106,16 @@ class RunConflict(JournalError):
         self.detail = detail
         self.owner = owner
         self.expires_at = expires_at
+
+
+class RunExists(RunConflict):
+    """A new run was given the id of a run the journal holds already; nothing was written,
+    and the journaled run is as it was."""
+
+    def __init__(self, run_id: str) -> None:
+        super().__init__(
+            run_id, "a run with this id is journaled already; a new run needs an id of its own"
+        )
 
 
 class LeaseLost(RunConflict):

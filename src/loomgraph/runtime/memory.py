@@ -17,7 +17,7 @@ from loomgraph.protocols import (
     Transition,
     UnknownRun,
 )
-from loomgraph.runtime.errors import RunFinished
+from loomgraph.runtime.errors import RunExists, RunFinished
 
 __all__ = ["InMemoryRuntime", "UnknownRun"]
 
@@ -37,13 +37,16 @@ class InMemoryRuntime:
         self._graphs: dict[str, PinnedGraph] = {}
 
     async def start_run(self, run: RunRecord) -> None:
-        """Record a new run, forgetting the oldest finished one when full."""
+        """Record a new run, forgetting the oldest finished one when full; `RunExists` when
+        the id is kept already."""
+        if run.run_id in self._runs:
+            raise RunExists(run.run_id)
         now = time.time()
         self._runs[run.run_id] = replace(
             run, status=RunStatus(run.status), created_at=run.created_at or now, updated_at=now
         )
-        self._transitions.setdefault(run.run_id, [])
-        self._effects.setdefault(run.run_id, {})
+        self._transitions[run.run_id] = []
+        self._effects[run.run_id] = {}
         while len(self._runs) > self.max_runs:
             old = next(iter(self._runs))
             if self._runs[old].status.in_progress:

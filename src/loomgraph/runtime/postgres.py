@@ -23,7 +23,12 @@ from loomgraph._storage.pg_pool import (
 from loomgraph.protocols import RunRecord
 from loomgraph.protocols.ledger import LedgerSite, PostgresSite
 from loomgraph.runtime.codec import run_row
-from loomgraph.runtime.errors import JournalCorrupted, JournalUnavailable, JournalVersionError
+from loomgraph.runtime.errors import (
+    JournalCorrupted,
+    JournalUnavailable,
+    JournalVersionError,
+    RunExists,
+)
 from loomgraph.runtime.schema import (
     ADDED_COLUMNS,
     SCHEMA_VERSION,
@@ -118,9 +123,11 @@ class PostgresRuntime(SqlJournal):
 
     async def start_run_with(self, run: RunRecord, then: Callable[[Any], Awaitable[T]]) -> T:
         """Record a new run and, in the same transaction, `then(connection)`: either both
-        commit or neither does (a fleet's submit journals a run and enqueues its job)."""
+        commit or neither does (a fleet's submit journals a run and enqueues its job);
+        `RunExists` when the id is journaled already."""
         async with self._write() as cur:
-            await cur.execute(self._sql["start_run"], run_row(run, time.time()))
+            if not await cur.execute(self._sql["start_run"], run_row(run, time.time())):
+                raise RunExists(run.run_id)
             return await then(cur.connection)  # type: ignore[attr-defined]
 
     # ------------------------------------------------------------------ sessions

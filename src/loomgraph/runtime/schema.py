@@ -188,7 +188,7 @@ def statements(d: Dialect) -> dict[str, str]:
     effects = f"SELECT {EFFECT_READ} FROM {p}effects e JOIN {p}runs r ON r.n = e.run "
     return {
         "start_run": f"INSERT INTO {p}runs ({RUN_COLUMNS}) VALUES ({_marks(15)}) "
-        "ON CONFLICT (run_id) DO UPDATE SET " + ", ".join(f"{c} = excluded.{c}" for c in updated),
+        "ON CONFLICT (run_id) DO NOTHING",
         "start_queued": start_queued,
         "start_queued_fenced": f"{start_queued} AND {fence}",
         "load_run": f"SELECT {RUN_READ} FROM {p}runs WHERE run_id = ?",

@@ -39,6 +39,7 @@ from loomgraph.runtime.errors import (
     JournalCorrupted,
     LeaseLost,
     RunConflict,
+    RunExists,
     RunFinished,
     UnknownEffect,
     UnknownRun,
@@ -114,8 +115,9 @@ class SqlJournal:
             raise JournalCorrupted(self.location, f"unreadable row: {err}") from None
 
     async def start_run(self, run: RunRecord) -> None:
-        """Record a new run (a second start of the same id replaces its record, as in memory)."""
-        await self._exec("start_run", run_row(run, time.time()))
+        """Record a new run; `RunExists` (nothing written) when the id is journaled already."""
+        if not await self._exec("start_run", run_row(run, time.time())):
+            raise RunExists(run.run_id)
 
     async def start_queued_run(self, run: RunRecord, *, fence: Lease | None = None) -> None:
         """Start a run journaled `queued` (a worker fleet's): its record is replaced only
