@@ -208,6 +208,10 @@ async def test_bad_inputs_get_typed_errors(agent: Any, env: dict[str, str], pg_s
         await agent.submit("x", queue="")
     with pytest.raises(FleetError, match="exactly one"):
         await agent.submit_resume("no-such-run")
+    with pytest.raises(FleetError, match="queue must be"):
+        await agent.submit_resume("no-such-run", approve=True, queue="")
+    with pytest.raises(FleetError, match="priority must be an int"):
+        await agent.submit_resume("no-such-run", approve=True, priority=1.5)
     assert await agent.runs() == []  # nothing was journaled by the refused submits
 
     run_id = await agent.submit("no worker runs me", user_id="u")
@@ -500,6 +504,29 @@ async def test_runs_waiting_for_approval_hold_no_slot(
         await agent.aclose()
     assert kinds[0] == "run_started" and kinds[-1] == "run_completed"
     assert kinds.count("tool_result") == 3 and "permission_decision" in kinds
+
+
+async def test_an_answer_goes_to_the_queue_its_run_was_submitted_to(
+    env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FLEET_ASK", "1")
+    env = {**env, "FLEET_ASK": "1"}
+    agent = fleet_agent.make()
+    workers = fleet(env, tmp_path, "--concurrency", "2", "--queues", "gpu")
+    workers.start()
+    try:
+        run_id = await agent.submit("ask", user_id="u", queue="gpu")
+        waiting = await agent.wait(run_id, timeout=60)
+        assert waiting.status == RunStatus.AWAITING_APPROVAL
+        # No queue named: the answer follows the run to "gpu", the only queue served.
+        await agent.submit_resume(run_id, approve=True)
+        done = await agent.wait(run_id, timeout=60)
+        queues = await sql(f'SELECT queue FROM "{env["FLEET_SCHEMA"]}".fleet_runs')
+    finally:
+        workers.stop()
+        await agent.aclose()
+    assert done.status == RunStatus.COMPLETED
+    assert [q["queue"] for q in queues] == ["gpu"]
 
 
 async def test_a_run_waiting_for_a_value_is_answered_through_the_fleet(

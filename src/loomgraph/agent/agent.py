@@ -363,11 +363,20 @@ class Agent:
         )
 
     async def submit_resume(
-        self, run_id: str, *, approve: Any = NO_VALUE, value: Any = NO_VALUE, priority: int = 0
+        self,
+        run_id: str,
+        *,
+        approve: Any = NO_VALUE,
+        value: Any = NO_VALUE,
+        priority: int = 0,
+        queue: str | None = None,
     ) -> None:
-        """Give a fleet run waiting for a person its answer; a worker goes on with it."""
+        """Give a fleet run waiting for a person its answer; a worker goes on with it (on
+        the queue the run was submitted to, unless `queue` names another)."""
         answer = {k: v for k, v in (("approve", approve), ("value", value)) if v is not NO_VALUE}
-        await submitting.submit_resume(self.deps, run_id, answer=answer, priority=priority)
+        await submitting.submit_resume(
+            self.deps, run_id, answer=answer, priority=priority, queue=queue
+        )
 
     async def wait(
         self, run_id: str, *, timeout: float | None = None, poll_interval: float = 0.1

@@ -114,7 +114,7 @@ class FleetQueue:
 
     @property
     def runs_table(self) -> str:
-        """Our table: each run's current job, and who asked to cancel it."""
+        """Our table: each run's current job, its queue, and who asked to cancel it."""
         return f'"{self.schema}".fleet_runs'
 
     async def install(self) -> None:
@@ -127,13 +127,16 @@ class FleetQueue:
                 await queries.install(create_schema=False)
             await con.execute(
                 f"CREATE TABLE IF NOT EXISTS {self.runs_table} (run_id TEXT PRIMARY KEY, "
-                "job_id BIGINT, cancelled_by TEXT, cancelled_at DOUBLE PRECISION)"
+                "job_id BIGINT, cancelled_by TEXT, cancelled_at DOUBLE PRECISION, queue TEXT)"
             )
+            # A table made before runs kept their queue: those runs answer on DEFAULT_QUEUE.
+            await con.execute(f"ALTER TABLE {self.runs_table} ADD COLUMN IF NOT EXISTS queue TEXT")
 
     async def enqueue(
         self, con: Any, job: RunJob, *, queue: str, priority: int, delay: float | None
     ) -> int:
-        """Enqueue `job` on `con` (the caller's transaction) and remember it as the run's job.
+        """Enqueue `job` on `con` (the caller's transaction) and remember it as the run's job,
+        and `queue` as the run's queue.
 
         At most one job per run waits or runs at a time (its dedupe key is the run id)."""
         from datetime import timedelta
@@ -143,12 +146,18 @@ class FleetQueue:
         ids = await queries.enqueue(queue, job.encode(), priority, after, dedupe_key=job.run_id)
         job_id = int(ids[0])
         await con.execute(
-            f"INSERT INTO {self.runs_table} (run_id, job_id) VALUES ($1, $2) "
-            "ON CONFLICT (run_id) DO UPDATE SET job_id = excluded.job_id",
+            f"INSERT INTO {self.runs_table} (run_id, job_id, queue) VALUES ($1, $2, $3) "
+            "ON CONFLICT (run_id) DO UPDATE SET job_id = excluded.job_id, queue = excluded.queue",
             job.run_id,
             job_id,
+            queue,
         )
         return job_id
+
+    async def run_queue(self, con: Any, run_id: str) -> str:
+        """The queue the run's last job went to (DEFAULT_QUEUE when none is kept)."""
+        found = await con.fetchval(f"SELECT queue FROM {self.runs_table} WHERE run_id = $1", run_id)
+        return found or DEFAULT_QUEUE
 
     async def job_of(self, run_id: str) -> tuple[int | None, str | None]:
         """The run's current job id and who asked to cancel it (None, None: not a fleet run)."""

@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from loomgraph.agent.checkpoints import approval, resume_value
-from loomgraph.agent.fleet import DEFAULT_QUEUE, FleetError, FleetQueue, JobKind, RunJob
+from loomgraph.agent.fleet import FleetError, FleetQueue, JobKind, RunJob
 from loomgraph.agent.fleet import fleet_queue as queue_of
 from loomgraph.agent.leases import hold_lease
 from loomgraph.agent.pinning import graph_key
@@ -116,10 +116,7 @@ async def submit(
     limit = deps.size_limits.prompt_chars
     if len(prompt) > limit:  # refused before anything is written
         raise InputTooLarge("the prompt", len(prompt), limit)
-    if not isinstance(priority, int) or isinstance(priority, bool):
-        raise FleetError(f"priority must be an int, not {type(priority).__name__}")
-    if not isinstance(queue, str) or not queue:
-        raise FleetError(f"queue must be a non-empty name, not {queue!r}")
+    _check_placement(priority, queue)
     fleet = await _queue(deps)
     run_id = uuid.uuid4().hex
     now = time.time()
@@ -157,12 +154,14 @@ async def submit_resume(
     *,
     answer: dict[str, Any],
     priority: int = 0,
-    queue: str = DEFAULT_QUEUE,
+    queue: str | None = None,
 ) -> None:
     """Enqueue the answer a waiting run needs (`approve=` or `value=`), checked first against
-    what the run waits for; a worker goes on with it."""
+    what the run waits for; a worker goes on with it. `queue`: the run's own by default (the
+    one it was submitted to), so the workers that serve it see the answer."""
     if len(answer) != 1 or not set(answer) <= {"approve", "value"}:
         raise FleetError("submit_resume takes exactly one of approve= or value=")
+    _check_placement(priority, queue)
     fleet = await _queue(deps)
     record = await deps.runtime.load_run(run_id)
     if record is None:
@@ -174,7 +173,17 @@ async def submit_resume(
         answer = {"approve": _approval_data(checked)}
     job = RunJob(run_id, JobKind.RESUME, user_id=record.user_id, answer=answer)
     async with deps.runtime.transaction() as con:  # type: ignore[attr-defined]
+        if queue is None:
+            queue = await fleet.run_queue(con, run_id)
         await fleet.enqueue(con, job, queue=queue, priority=priority, delay=None)
+
+
+def _check_placement(priority: int, queue: str | None) -> None:
+    """FleetError for a job's priority that is not an int, or a queue that is not a name."""
+    if not isinstance(priority, int) or isinstance(priority, bool):
+        raise FleetError(f"priority must be an int, not {type(priority).__name__}")
+    if queue is not None and (not isinstance(queue, str) or not queue):
+        raise FleetError(f"queue must be a non-empty name, not {queue!r}")
 
 
 def _approval_data(answer: Approval) -> dict[str, Any]:
