@@ -24,6 +24,7 @@ from loomgraph.protocols import (
     RunRecord,
     Runtime,
     SizeLimits,
+    StartableToolHost,
     Telemetry,
     ToolHost,
     implements,
@@ -225,6 +226,7 @@ def build_deps(
         site = journal.ledger_site if isinstance(journal, LedgerHost) else None
         budget = budget.bind(model=chosen.name, site=site, on_warning=_warn_run)
     permissions = given(permissions, Permissions, "permissions", StandardPermissions)
+    pinnable = permissions if isinstance(permissions, PinnablePolicy) else None
     return Deps(
         model=chosen,
         tools=host,
@@ -237,9 +239,11 @@ def build_deps(
         approval_handler=approval_handler,
         max_invalid_tool_args=max_invalid_tool_args,
         size_limits=size_limits or SizeLimits(),
+        startable_tools=host if isinstance(host, StartableToolHost) else None,
         # With no configuration a destructive tool asks (the `default` mode), never runs unasked.
         permissions=permissions,
-        on_tainted=permissions.on_tainted if isinstance(permissions, PinnablePolicy) else "ask",
+        pinnable=pinnable,
+        on_tainted=pinnable.on_tainted if pinnable is not None else "ask",
         hooks=given(hooks, Hooks, "hooks", NoHooks),
         telemetry=given(telemetry, Telemetry, "telemetry", NoTelemetry),
         audit_log=given(audit_log, AuditLog, "audit_log", NoAuditLog),

@@ -8,14 +8,7 @@ from typing import Any
 from loomgraph.agent.checkpoints import ResumeError
 from loomgraph.engine.scope import RunScope
 from loomgraph.engine.taint import note_result
-from loomgraph.protocols import (
-    EffectStatus,
-    Permissions,
-    PinnablePolicy,
-    RunRecord,
-    Runtime,
-    ToolHost,
-)
+from loomgraph.protocols import Deps, EffectStatus, RunRecord, Runtime, ToolHost
 
 
 class PolicyChanged(ResumeError):
@@ -32,25 +25,23 @@ class PolicyChanged(ResumeError):
         self.current = current
 
 
-def describe_policy(permissions: Permissions) -> dict[str, Any]:
+def describe_policy(deps: Deps) -> dict[str, Any]:
     """The policy as the journal pins it: its fingerprint and, when it can say, its rules."""
-    if isinstance(permissions, PinnablePolicy):
-        return {"fingerprint": permissions.fingerprint(), "policy": permissions.to_data()}
-    kind = type(permissions)
+    if deps.pinnable is not None:
+        return {"fingerprint": deps.pinnable.fingerprint(), "policy": deps.pinnable.to_data()}
+    kind = type(deps.permissions)
     # A policy that cannot describe itself is pinned by its class: a resume under another
     # class is refused; one under a differently configured object of the class is not seen.
     return {"fingerprint": f"class:{kind.__module__}.{kind.__qualname__}", "policy": None}
 
 
-def check_policy(
-    record: RunRecord, permissions: Permissions, *, override: bool
-) -> dict[str, Any] | None:
+def check_policy(record: RunRecord, deps: Deps, *, override: bool) -> dict[str, Any] | None:
     """Refuse to resume a run under another policy than its pinned one, unless `override`;
     the pinned and current fingerprints when they differ (and the override was given)."""
     pinned = record.initial.policy if record.initial is not None else None
     if pinned is None:  # journaled before runs were pinned
         return None
-    current = describe_policy(permissions)["fingerprint"]
+    current = describe_policy(deps)["fingerprint"]
     if pinned["fingerprint"] == current:
         return None
     if not override:

@@ -116,7 +116,7 @@ class Resumer:
             answer = await answer_for(runtime, record, value, approve)
             if record.status in FINAL_STATUSES and record.result is not None:
                 return RunResult.from_dict(record.result)
-            changed = check_policy(record, self.deps.permissions, override=override_policy)
+            changed = check_policy(record, self.deps, override=override_policy)
             transitions = await runtime.transitions(run_id)
             at = position(own or target, record, transitions)
             if target is not own:  # checked before anything is written or counted
@@ -170,7 +170,7 @@ class Resumer:
             initial=RunStart(
                 snapshot_of(where.state),
                 record.initial.system if record.initial else self.instructions,
-                describe_policy(self.deps.permissions),
+                describe_policy(self.deps),
             ),
         )
         fresh = Position(where.state, where.visits, where.next_node, 0)

@@ -36,7 +36,6 @@ from loomgraph.protocols import (
     RunRecord,
     RunStart,
     RunStatus,
-    StartableToolHost,
     Usage,
     semconv,
 )
@@ -121,7 +120,7 @@ class AgentSession:
             record.initial = RunStart(
                 {"input": state["input"], "messages": list(state["messages"])},
                 scope.system,
-                describe_policy(self.deps.permissions),
+                describe_policy(self.deps),
             )
             await pin(self.deps.runtime, self.graph)  # the graph the run is pinned to
             start = getattr(self.deps.runtime, "start_queued_run", None)
@@ -162,8 +161,8 @@ class AgentSession:
     @contextlib.asynccontextmanager
     async def _opened(self, record: RunRecord, sink: EventSink) -> AsyncIterator[RunScope]:
         deps, compiled = self.deps, self.graph
-        if isinstance(deps.tools, StartableToolHost):  # MCP servers: connect, list, check
-            await deps.tools.start()
+        if deps.startable_tools is not None:  # MCP servers: connect, list, check
+            await deps.startable_tools.start()
         self.started = time.time()
         token = current_run.set(record)
         try:

@@ -10,12 +10,19 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from loomgraph.protocols.governance import Budget, Hooks, Permissions, RunClock, Verdict
+from loomgraph.protocols.governance import (
+    Budget,
+    Hooks,
+    Permissions,
+    PinnablePolicy,
+    RunClock,
+    Verdict,
+)
 from loomgraph.protocols.memory import Memory
 from loomgraph.protocols.models import Model
 from loomgraph.protocols.observability import AuditLog, Telemetry
 from loomgraph.protocols.runtime import RunLeases, Runtime
-from loomgraph.protocols.tools import ToolHost
+from loomgraph.protocols.tools import StartableToolHost, ToolHost
 
 __all__ = ["Deps", "SizeLimits"]
 
@@ -64,3 +71,7 @@ class Deps:
     leases: RunLeases | None = None
     # The budget again when it follows runs from start to end.
     run_clock: RunClock | None = None
+    # The tool host again when it starts before each run (MCP servers to list).
+    startable_tools: StartableToolHost | None = None
+    # The permissions again when they can describe themselves, for pinning runs to them.
+    pinnable: PinnablePolicy | None = None
