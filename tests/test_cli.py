@@ -67,3 +67,25 @@ def test_schema_and_usage_errors() -> None:
     missing = loomgraph("render", "no-such-graph", "-o", "x.svg")
     assert missing.returncode == 2 and "built-in graphs" in missing.stderr
     assert loomgraph("frobnicate").returncode == 2
+
+
+AGENT_LOADING_COMMANDS = [
+    ("serve",),
+    ("mcp-serve",),
+    ("worker",),
+    ("runs", "cancel", "r1"),
+    ("keys", "add", "alice"),
+]
+
+
+@pytest.mark.parametrize("command", AGENT_LOADING_COMMANDS, ids=" ".join)
+def test_commands_that_load_an_agent_require_the_same_agent_option(
+    command: tuple[str, ...],
+) -> None:
+    shown = loomgraph(*command, "--help")
+    assert shown.returncode == 0, shown.stderr
+    assert "--agent FILE_OR_MODULE:ATTR" in shown.stdout
+    assert "MODULE:ATTR naming an Agent or a function making one" in " ".join(shown.stdout.split())
+    missing = loomgraph(*command)
+    assert missing.returncode == 2
+    assert "the following arguments are required: --agent" in missing.stderr

@@ -21,6 +21,18 @@ AGENT_HELP = (
 )
 
 
+def add_loaded_agent_option(parser: argparse.ArgumentParser, what: str = "") -> None:
+    """The required `--agent FILE_OR_MODULE:ATTR` of a command that loads its Agent with
+    `load_agent`; `what` says what the command needs of it."""
+    parser.add_argument(
+        "--agent",
+        required=True,
+        metavar="FILE_OR_MODULE:ATTR",
+        help="an agent file (.yaml/.yml), or MODULE:ATTR naming an Agent or a function making "
+        "one" + (f"; {what}" if what else ""),
+    )
+
+
 class AgentNotFound(LoomgraphError, ValueError):
     """`--agent` names neither an agent file nor an Agent (or a function returning one)."""
 

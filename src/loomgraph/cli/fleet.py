@@ -10,7 +10,7 @@ import signal
 import sys
 from typing import Any
 
-from loomgraph.cli.agent_args import load_agent
+from loomgraph.cli.agent_args import add_loaded_agent_option, load_agent
 from loomgraph.cli.output import EXIT_OK, EXIT_USAGE
 
 __all__ = ["COMMANDS", "add_parser", "add_runs_parsers", "handle", "handle_runs"]
@@ -24,12 +24,7 @@ def add_parser(subparsers: Any) -> None:
     worker = subparsers.add_parser(
         "worker", help="take submitted runs from the Postgres queue and advance them"
     )
-    worker.add_argument(
-        "--agent",
-        required=True,
-        help="an agent file (.yaml) or MODULE:ATTR naming an Agent (or a function making one); "
-        "its runtime must be a postgres:// journal",
-    )
+    add_loaded_agent_option(worker, "its runtime must be a postgres:// journal")
     worker.add_argument(
         "--concurrency", type=int, default=8, help="runs this worker advances at once (>= 2)"
     )
@@ -62,9 +57,7 @@ def add_runs_parsers(cmds: Any) -> None:
         "cancel", help="cancel a fleet run: a queued one never starts, a running one stops"
     )
     cancel.add_argument("run_id", help="the run to cancel")
-    cancel.add_argument(
-        "--agent", required=True, help="an agent file (.yaml) or MODULE:ATTR; its journal"
-    )
+    add_loaded_agent_option(cancel, "the run is in its journal")
     cancel.add_argument("--by", default="cli", help="who cancels (journaled in the reason)")
 
 

@@ -11,7 +11,7 @@ import json
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
-from loomgraph.cli.agent_args import load_agent
+from loomgraph.cli.agent_args import add_loaded_agent_option, load_agent
 from loomgraph.cli.output import EXIT_OK
 from loomgraph.protocols.events import RUN_COMPLETED, Event
 
@@ -27,12 +27,7 @@ def add_parser(subparsers: Any) -> None:
     serve = subparsers.add_parser(
         "mcp-serve", help="offer an agent as an MCP server (stdio, or --http PORT)"
     )
-    serve.add_argument(
-        "--agent",
-        required=True,
-        metavar="FILE_OR_MODULE:ATTR",
-        help="an agent file (.yaml/.yml), or MODULE:ATTR naming an Agent or a function making one",
-    )
+    add_loaded_agent_option(serve)
     serve.add_argument(
         "--http", type=int, default=None, metavar="PORT", help="serve streamable HTTP on PORT"
     )

@@ -7,7 +7,7 @@ import asyncio
 import sys
 from typing import Any
 
-from loomgraph.cli.agent_args import load_agent
+from loomgraph.cli.agent_args import add_loaded_agent_option, load_agent
 from loomgraph.cli.output import EXIT_OK, EXIT_USAGE
 
 __all__ = ["add_parser", "handle"]
@@ -16,11 +16,7 @@ __all__ = ["add_parser", "handle"]
 def add_parser(subparsers: Any) -> None:
     """Add `serve` and `keys` to the command's subparsers."""
     serve = subparsers.add_parser("serve", help="serve an agent over HTTP, with the run viewer")
-    serve.add_argument(
-        "--agent",
-        required=True,
-        help="an agent file (.yaml) or MODULE:ATTR naming an Agent (or a function making one)",
-    )
+    add_loaded_agent_option(serve)
     serve.add_argument("--host", default="127.0.0.1", help="the address to listen on")
     serve.add_argument("--port", type=int, default=8000, help="the port to listen on")
     serve.add_argument(
@@ -41,7 +37,7 @@ def add_parser(subparsers: Any) -> None:
     cmds = keys.add_subparsers(dest="keys_command", required=True)
     add = cmds.add_parser("add", help="make a key for USER and print it (shown once)")
     add.add_argument("user", help="the user id the key acts as")
-    add.add_argument("--agent", required=True, help="the agent (its journal keeps the keys)")
+    add_loaded_agent_option(add, "its journal keeps the keys")
     add.add_argument("--approver", action="store_true", help="may answer approvals")
     add.add_argument("--label", default="", help="a note to tell keys apart")
 
