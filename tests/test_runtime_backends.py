@@ -313,6 +313,41 @@ async def test_starting_a_journaled_run_again_is_refused(make: Factory) -> None:
         assert [t.seq for t in await rt.transitions("r1")] == [1]
 
 
+# --------------------------------------------------------------------------- in memory
+
+
+async def test_memory_keeps_the_most_recent_runs() -> None:
+    rt = InMemoryRuntime(max_runs=3)
+    for i in range(5):
+        await rt.start_run(run(f"r{i}"))
+        await rt.finish_run(f"r{i}", "completed", "", None)
+    assert [r.run_id for r in await rt.runs()] == ["r2", "r3", "r4"]
+    assert await rt.load_run("r0") is None
+    with pytest.raises(UnknownRun):
+        await rt.transitions("r1")
+
+
+async def test_memory_keeps_runs_in_progress_and_still_forgets_old_finished_ones() -> None:
+    rt = InMemoryRuntime(max_runs=3)
+    await rt.start_run(run("long"))  # the oldest run, still running throughout
+    for i in range(6):
+        await rt.start_run(run(f"r{i}"))
+        await rt.finish_run(f"r{i}", "completed", "", None)
+    kept = [r.run_id for r in await rt.runs()]
+    assert "long" in kept and len(kept) == 3
+    assert kept[1:] == ["r4", "r5"]
+
+
+async def test_memory_runs_all_in_progress_are_all_kept() -> None:
+    rt = InMemoryRuntime(max_runs=2)
+    for i in range(4):
+        await rt.start_run(run(f"r{i}"))
+    assert len(await rt.runs()) == 4  # none may be forgotten while it runs
+    await rt.finish_run("r0", "completed", "", None)
+    await rt.start_run(run("r4"))
+    assert "r0" not in [r.run_id for r in await rt.runs()]
+
+
 # --------------------------------------------------------------------------- durable journals
 
 

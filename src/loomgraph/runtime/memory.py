@@ -5,6 +5,7 @@ from __future__ import annotations
 import bisect
 import time
 from collections import OrderedDict
+from itertools import islice
 from dataclasses import replace
 from typing import Any
 
@@ -23,7 +24,8 @@ __all__ = ["InMemoryRuntime", "UnknownRun"]
 
 
 class InMemoryRuntime:
-    """A journal in dicts and lists; keeps the most recent `max_runs` runs."""
+    """A journal in dicts and lists; keeps the most recent `max_runs` runs, and every run in
+    progress (queued or running) besides."""
 
     # Nothing is rebuilt from a journal in memory often enough to need snapshots.
     snapshot_every = 0
@@ -47,11 +49,13 @@ class InMemoryRuntime:
         )
         self._transitions[run.run_id] = []
         self._effects[run.run_id] = {}
-        while len(self._runs) > self.max_runs:
-            old = next(iter(self._runs))
-            if self._runs[old].status.in_progress:
-                break
-            self._forget(old)
+        excess = len(self._runs) - self.max_runs
+        if excess > 0:
+            # Oldest first (a finished run moves to the end); a run in progress is passed
+            # over, not a stop: one long run must not keep every later one alive.
+            stopped = (rid for rid, kept in self._runs.items() if not kept.status.in_progress)
+            for old in list(islice(stopped, excess)):
+                self._forget(old)
 
     async def put_graph(self, graph: PinnedGraph) -> None:
         """Keep a graph under its hash (once)."""
