@@ -5,8 +5,8 @@ from __future__ import annotations
 import bisect
 import time
 from collections import OrderedDict
-from itertools import islice
 from dataclasses import replace
+from itertools import islice
 from typing import Any
 
 from loomgraph.protocols import (
