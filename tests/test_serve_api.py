@@ -3,14 +3,18 @@ error status, API keys and roles, and that another user's run is a 404 that chan
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
+import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import pg
 from loomgraph import Agent
@@ -295,6 +299,39 @@ async def test_cancel_stops_a_run_driven_here(tmp_path: Path, monkeypatch: Any) 
         assert (await s.get("alice", f"/v1/runs/{run_id}")).json()["status"] == "running"
         cancelled = await s.post("alice", f"/v1/runs/{run_id}/cancel")
         assert cancelled.json()["status"] == "cancelled"
+
+
+@settings(max_examples=25, deadline=None)
+@given(ticks=st.integers(min_value=0, max_value=150))
+def test_a_cancel_racing_an_approval_answers_what_the_journal_says(ticks: int) -> None:
+    """Approve and cancel at once, the cancel `ticks` loop turns later: a cancel answered
+    `cancelled` is what the run ends as; otherwise it is refused (409) and the run goes on."""
+
+    async def race() -> None:
+        with tempfile.TemporaryDirectory() as tmp:
+            async with served(Path(tmp)) as s:
+                made = await s.post("alice", "/v1/runs", {"input": "pay acme"})
+                run_id = made.json()["run_id"]
+
+                async def cancel_later() -> httpx.Response:
+                    for _ in range(ticks):
+                        await asyncio.sleep(0)
+                    return await s.post("alice", f"/v1/runs/{run_id}/cancel")
+
+                approved, cancelled = await asyncio.gather(
+                    s.post("alice", f"/v1/runs/{run_id}/approvals/call_pay", {"allow": True}),
+                    cancel_later(),
+                )
+                final = await s.settled(run_id)
+        if cancelled.status_code == 200:
+            assert cancelled.json()["status"] == "cancelled"
+            assert final["status"] == "cancelled", (approved.status_code, final)
+        else:
+            assert error(cancelled)[0] == 409
+            assert approved.status_code == 202 and final["status"] == "completed"
+            assert len(PAID) == 1
+
+    asyncio.run(race())
 
 
 async def test_graph_openapi_and_health(tmp_path: Path) -> None:

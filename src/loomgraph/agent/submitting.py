@@ -32,6 +32,7 @@ __all__ = [
     "RunNotCancellable",
     "RunWaitTimeout",
     "cancel",
+    "cancel_idle",
     "submit",
     "submit_resume",
     "wait",
@@ -258,15 +259,8 @@ async def cancel(deps: Deps, run_id: str, *, by: str) -> CancelOutcome:
         raise UnknownRun(run_id)
     if record.status.final or record.status in _ENDED:
         raise RunNotCancellable(run_id, str(record.status))
-    reason = f"cancelled by {by}"
     try:
-        async with hold_lease(deps.leases, run_id):
-            record = await runtime.load_run(run_id) or record
-            if record.status.final or record.status in _ENDED:
-                raise RunNotCancellable(run_id, str(record.status))
-            await runtime.finish_run(run_id, RunStatus.CANCELLED, reason, record.result)
-            await fleet.request_cancel(run_id, by, running=False)
-            return CancelOutcome.CANCELLED
+        await cancel_idle(deps, run_id, f"cancelled by {by}")
     except RunConflict:
         # A worker holds the run: record who asked, then wake the worker.
         if not await fleet.request_cancel(run_id, by, running=True):
@@ -274,6 +268,23 @@ async def cancel(deps: Deps, run_id: str, *, by: str) -> CancelOutcome:
                 f"run {run_id} is advanced by a process outside the fleet; cancel it there"
             ) from None
         return CancelOutcome.STOPPING
+    # A worker picking the run's job now finds it cancelled, and leaves it.
+    await fleet.request_cancel(run_id, by, running=False)
+    return CancelOutcome.CANCELLED
+
+
+async def cancel_idle(deps: Deps, run_id: str, reason: str) -> None:
+    """Journal a run nobody advances as `cancelled`, read and written under its lease, so a
+    process that took the run up meanwhile (a resume) is refused, not overwritten.
+
+    `RunConflict` while another process holds the run; `RunNotCancellable` when it ended."""
+    async with hold_lease(deps.leases, run_id):
+        record = await deps.runtime.load_run(run_id)
+        if record is None:
+            raise UnknownRun(run_id)
+        if record.status.final or record.status in _ENDED:
+            raise RunNotCancellable(run_id, str(record.status))
+        await deps.runtime.finish_run(run_id, RunStatus.CANCELLED, reason, record.result)
 
 
 _ENDED = frozenset({RunStatus.CANCELLED, RunStatus.DEAD_LETTER})

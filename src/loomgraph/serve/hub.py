@@ -70,31 +70,41 @@ class RunHub:
         self, run_id: str, events: AsyncIterator[Event], *, past: frozenset[str] = frozenset()
     ) -> Event | None:
         """Drive a run from its event stream in the background; its first event not of a
-        kind in `past` (None when the run ended first). An error raised before that (a
-        refused resume) is raised here, and nothing more runs."""
-        stream = aiter(events)
-        while True:
-            try:
-                event = await anext(stream)
-            except StopAsyncIteration:
-                self.notify(run_id)
-                return None
-            if event.kind not in past:
-                break
-        self._tasks[run_id] = asyncio.create_task(self._drain(run_id, stream))
-        return event
+        kind in `past` (None when the run ended, or was cancelled, first). An error raised
+        before that (a refused resume) is raised here, and nothing more runs."""
+        first: asyncio.Future[Event | None] = asyncio.get_running_loop().create_future()
+        # Driven, and so cancellable, from the start: a resume takes the run's lease before
+        # its first event, and a cancel arriving meanwhile must find it here.
+        self._tasks[run_id] = asyncio.create_task(self._drive(run_id, events, past, first))
+        # Shielded: a caller that goes away does not stop a run it started.
+        return await asyncio.shield(first)
 
-    async def _drain(self, run_id: str, stream: AsyncIterator[Event]) -> None:
+    async def _drive(
+        self,
+        run_id: str,
+        events: AsyncIterator[Event],
+        past: frozenset[str],
+        first: asyncio.Future[Event | None],
+    ) -> None:
         try:
-            async for event in stream:
+            async for event in events:
+                if not first.done() and event.kind not in past:
+                    first.set_result(event)
                 if event.kind in _JOURNALED:
                     self.notify(run_id)
         except asyncio.CancelledError:
             raise
-        except Exception as err:  # the journal has the run's status; this is for operators
+        except Exception as err:
+            if not first.done():  # refused before it started: the caller's error
+                first.set_exception(err)
+                return
+            # The journal has the run's status; this is for operators.
             log.warning("run %s ended with %s: %s", run_id, type(err).__name__, err)
         finally:
-            self._tasks.pop(run_id, None)
+            if not first.done():
+                first.set_result(None)
+            if self._tasks.get(run_id) is asyncio.current_task():
+                del self._tasks[run_id]
             self.notify(run_id)
 
     async def wait(self, run_id: str) -> None:

@@ -12,12 +12,13 @@ from loomgraph.agent.agent import Agent
 from loomgraph.agent.checkpoints import Checkpoint, diff, history, position
 from loomgraph.agent.run_events import EventId, JournalEvent, follow_events
 from loomgraph.agent.streaming import event_stream
-from loomgraph.agent.submitting import RunNotCancellable
+from loomgraph.agent.submitting import RunNotCancellable, cancel_idle
 from loomgraph.authoring.diagram import RunOverlay
 from loomgraph.authoring.render_dot import to_svg
 from loomgraph.engine.effects import Approval
 from loomgraph.protocols import RunRecord, RunStatus, Transition
 from loomgraph.protocols.events import RUN_STARTED
+from loomgraph.runtime.errors import RunConflict, RunFinished
 from loomgraph.serve.auth import Auth, Caller
 from loomgraph.serve.errors import BadRequest, Conflict, Forbidden, NotFound
 from loomgraph.serve.hub import RunHub
@@ -198,14 +199,26 @@ class Service:
             except RunNotCancellable as err:
                 raise Conflict(str(err)) from None
             return await self.run(caller, run_id)
-        if await self.hub.cancel(run_id):  # the session journals its own cancellation
-            return await self.run(caller, run_id)
-        if record.status == RunStatus.RUNNING:
+        stopped = await self.hub.cancel(run_id)
+        if stopped:
+            record = await self.run(caller, run_id)
+            if record.status == RunStatus.CANCELLED:
+                return record  # the session journaled its own cancellation
+            # Stopped before it journaled anything (a resume still taking the run up): the
+            # run is as it was, and nobody drives it now, so it is closed below.
+        elif record.status == RunStatus.RUNNING:
             raise Conflict(f"run {run_id!r} is driven by another process; cancel it there")
-        elif record.status == RunStatus.CANCELLED:
-            raise Conflict(f"run {run_id!r} is already cancelled")
-        await self.agent.deps.runtime.finish_run(
-            run_id, RunStatus.CANCELLED, f"cancelled by {caller.user_id}", record.result
-        )
+        if record.status.final:
+            raise RunFinished(run_id, str(record.status))
+        try:
+            await cancel_idle(self.agent.deps, run_id, f"cancelled by {caller.user_id}")
+        except RunNotCancellable as err:
+            raise Conflict(str(err)) from None
+        except RunFinished:
+            raise
+        except RunConflict:
+            # Taken up since it was read (a resume here or in another process): refused,
+            # never overwritten.
+            raise Conflict(f"run {run_id!r} is running now; cancel it again to stop it") from None
         self.hub.notify(run_id)
         return await self.run(caller, run_id)
