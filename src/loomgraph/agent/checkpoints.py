@@ -183,10 +183,10 @@ def position(
             break
     for t in chosen[start:]:
         graph.schema.apply(state, t.patch)
-    visits: dict[str, int] = {}
+    visits = dict(run.initial.visits or {}) if run.initial else {}
     for t in chosen:
         visits[t.node] = max(visits.get(t.node, 0), t.visit)
-    next_node = chosen[-1].next_node if chosen else graph.graph.entry
+    next_node = chosen[-1].next_node if chosen else _start_node(graph, run)
     seq = max((t.seq for t in transitions if upto is None or t.seq <= upto), default=0)
     return Position(state, visits, next_node, seq)
 
@@ -196,13 +196,19 @@ def history(
 ) -> list[Checkpoint]:
     """The run's first state (seq 0), then every transition with the run's state after it."""
     state = _first_state(graph, run)
-    first = next((t.node for t in transitions if is_top_level(t)), graph.graph.entry)
+    first = next((t.node for t in transitions if is_top_level(t)), _start_node(graph, run))
     out = [Checkpoint(0, "", 0, first, {}, snapshot_of(state))]
     for t in transitions:
         if is_top_level(t):
             graph.schema.apply(state, t.patch)
         out.append(Checkpoint(t.seq, t.node, t.visit, t.next_node, t.patch, snapshot_of(state)))
     return out
+
+
+def _start_node(graph: CompiledGraph, run: RunRecord) -> str:
+    """Where the run started: the graph's entry, or the node a fork started at."""
+    start = run.initial.node if run.initial else None
+    return start if start is not None else graph.graph.entry
 
 
 def _first_state(graph: CompiledGraph, run: RunRecord) -> dict[str, Any]:

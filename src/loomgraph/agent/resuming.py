@@ -160,7 +160,7 @@ class Resumer:
         if own is not self.compiled:
             where.state = check_move(record, where, transitions, own, self.compiled)
         if patch:
-            self.compiled.schema.apply(where.state, self.compiled.schema.check(dict(patch)))
+            self.compiled.schema.apply(where.state, self.compiled.schema.check_input(dict(patch)))
         session = self.session(
             prompt_of(record), user_id=record.user_id, session_id=record.session_id
         )
@@ -171,6 +171,9 @@ class Resumer:
                 snapshot_of(where.state),
                 record.initial.system if record.initial else self.instructions,
                 describe_policy(self.deps),
+                # Kept, so a fork resumed before its first transition goes on from there.
+                node=where.next_node,
+                visits=dict(where.visits),
             ),
         )
         fresh = Position(where.state, where.visits, where.next_node, 0)

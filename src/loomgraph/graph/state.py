@@ -6,12 +6,16 @@ import copy
 import importlib
 import re
 from collections.abc import Callable, Mapping
+from functools import cache
 from typing import Any, Optional, Union
 
 from pydantic import BaseModel, TypeAdapter, ValidationError
+from typing_extensions import TypedDict
 
 from loomgraph.errors import LoomgraphError, StateError
 from loomgraph.graph.spec import Graph, Reducer, StateField
+from loomgraph.protocols.messages import Message
+from loomgraph.protocols.usage import Usage
 
 # Fields every graph has. `input` is the prompt of the run.
 BUILTIN_FIELDS: dict[str, StateField] = {
@@ -204,6 +208,57 @@ class StateSchema:
         reducers = self.reducers
         for name, value in patch.items():
             state[name] = reducers[name](state.get(name), value)
+
+    def check_input(self, values: dict[str, Any]) -> dict[str, Any]:
+        """`check`, and the built-in fields too (`input` text, `messages` messages, `usage` a
+        usage, `error` a failure): for values no node produced, such as a fork's patch."""
+        values = self.check(values)
+        for name, value in values.items():
+            problem = _builtin_problem(name, value)
+            if problem:
+                raise StateError(f"state field {name!r}: {problem}")
+        return values
+
+
+class _RoutedError(TypedDict):
+    """What `on_error` routing puts in the `error` field."""
+
+    node: str
+    type: str
+    message: str
+
+
+@cache
+def _builtin_adapters() -> dict[str, TypeAdapter[Any]]:
+    # Made when first needed: only outside input is checked against these.
+    return {
+        "input": TypeAdapter(str),
+        "messages": TypeAdapter(list[Message]),
+        "error": TypeAdapter(_RoutedError | None),
+    }
+
+
+def _builtin_problem(name: str, value: Any) -> str | None:
+    """What is wrong with a built-in field's value from outside a run (None: nothing)."""
+    if name == "usage":
+        if not isinstance(value, dict):
+            return f"a usage is a mapping of counts, not {type(value).__name__}"
+        try:
+            usage = Usage.from_dict(value)
+        except ValueError as err:
+            return str(err)
+        negative = [k for k, v in usage.to_dict().items() if v < 0]
+        return f"usage counts cannot be negative: {', '.join(negative)}" if negative else None
+    adapter = _builtin_adapters().get(name)
+    if adapter is None:
+        return None
+    try:
+        adapter.validate_python(value, strict=True)
+    except ValidationError as err:
+        first = err.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        return str(first["msg"]) + (f" (at {where})" if where else "")
+    return None
 
 
 def _fresh(value: Any) -> Any:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any, Final, Literal, TypedDict
+from typing import Any, Final, Literal
+
+# pydantic validates a typing_extensions TypedDict on every Python (a fork patch's messages).
+from typing_extensions import TypedDict
 
 __all__ = ["INVALID_ARGUMENTS", "ImageBlock", "Message", "ToolCall", "ToolResult", "ToolSpec"]
 

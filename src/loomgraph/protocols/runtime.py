@@ -104,12 +104,15 @@ class RunRecord:
 
 @dataclass(slots=True, frozen=True)
 class RunStart:
-    """What a run started from: its first state values, its system prompt, and the
-    permission policy it is pinned to (`{"fingerprint": ..., "policy": ...}`)."""
+    """What a run started from: its first state values, its system prompt, the permission
+    policy it is pinned to (`{"fingerprint": ..., "policy": ...}`) and, for a fork, the node
+    it starts at and the visits its checkpoint had counted (None: the graph's entry, none)."""
 
     state: dict[str, Any]
     system: str = ""
     policy: dict[str, Any] | None = None
+    node: str | None = None
+    visits: dict[str, int] | None = None
 
     @property
     def prompt(self) -> str:
@@ -121,12 +124,21 @@ class RunStart:
         data: dict[str, Any] = {"state": self.state, "system": self.system}
         if self.policy is not None:
             data["policy"] = self.policy
+        if self.node is not None:
+            data["node"], data["visits"] = self.node, self.visits or {}
         return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RunStart:
         """A start the journal kept."""
-        return cls(dict(data.get("state") or {}), str(data.get("system", "")), data.get("policy"))
+        visits = data.get("visits")
+        return cls(
+            dict(data.get("state") or {}),
+            str(data.get("system", "")),
+            data.get("policy"),
+            data.get("node"),
+            {str(k): int(v) for k, v in visits.items()} if isinstance(visits, dict) else None,
+        )
 
 
 @dataclass(slots=True, frozen=True)
