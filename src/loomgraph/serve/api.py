@@ -12,12 +12,30 @@ from starlette.routing import Route
 
 from loomgraph.agent.run_events import EventId
 from loomgraph.protocols import RunStatus
-from loomgraph.serve.auth import Caller, authenticate
-from loomgraph.serve.errors import BadRequest, Invalid, TooLarge, status_of
+from loomgraph.serve.auth import SAFE_METHODS, Caller, authenticate
+from loomgraph.serve.errors import BadRequest, Invalid, ServeError, TooLarge, status_of
 from loomgraph.serve.service import Service
 from loomgraph.serve.views import dumps, run_json, sse_frame
 
-__all__ = ["api_routes", "error_response", "read_json"]
+__all__ = [
+    "NotText",
+    "UnsupportedMediaType",
+    "api_routes",
+    "error_response",
+    "read_json",
+    "refuse_non_text",
+]
+
+
+class UnsupportedMediaType(ServeError):
+    """A write's body declared as something other than JSON (a form's, text/plain)."""
+
+    status = 415
+    kind = "unsupported_media_type"
+
+
+class NotText(BadRequest):
+    """A string of the body that is not valid Unicode text (a lone UTF-16 surrogate)."""
 
 
 class Json(JSONResponse):
@@ -37,8 +55,58 @@ def error_response(err: BaseException) -> JSONResponse:
     return Json({"error": {"type": kind, "message": message}}, status_code=status)
 
 
+def is_json(content_type: str) -> bool:
+    """True for `application/json` (any case, any parameters such as a charset)."""
+    return content_type.partition(";")[0].strip().lower() == "application/json"
+
+
+def check_json_body(request: Request, body: bytes | None = None) -> None:
+    """UnsupportedMediaType unless a write's body, if it has one, is declared JSON; `body`:
+    the body read (else its headers tell whether there is one).
+
+    A body without a Content-Type is read as JSON: a browser's cross-site form always
+    declares one (and cannot declare JSON), a script's client often declares none.
+    """
+    headers = request.headers
+    if request.method in SAFE_METHODS:
+        return
+    if body is None:
+        length = headers.get("content-length", "0").strip()
+        if length == "0" and "transfer-encoding" not in headers:
+            return
+    elif not body:
+        return
+    content_type = headers.get("content-type")
+    if content_type is not None and not is_json(content_type):
+        raise UnsupportedMediaType(
+            f"the body is {content_type.partition(';')[0].strip()!r}; "
+            "send it as JSON with 'Content-Type: application/json'"
+        )
+
+
+def refuse_non_text(value: Any, where: str = "the body") -> None:
+    """NotText when a string in `value` (a key too, at any depth) is not valid Unicode text."""
+    todo: list[tuple[Any, str]] = [(value, where)]
+    while todo:
+        item, at = todo.pop()
+        if isinstance(item, dict):
+            todo.extend((v, f"{at}[{k!a}]") for k, v in reversed(item.items()))
+            todo.extend((k, f"a key of {at}") for k in reversed(item))
+        elif isinstance(item, list):
+            todo.extend((v, f"{at}[{i}]") for i, v in reversed(list(enumerate(item))))
+        elif isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError as err:
+                raise NotText(
+                    f"{at} is not valid Unicode text: it holds a lone surrogate "
+                    f"{item[err.start]!a} at position {err.start} (half of a UTF-16 pair)"
+                ) from None
+
+
 async def read_json(request: Request, service: Service) -> dict[str, Any]:
-    """The request's JSON object body ({} when empty), within the size limit."""
+    """The request's JSON object body ({} when empty), within the size limit, declared JSON
+    (UnsupportedMediaType), every string in it valid Unicode text (NotText)."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > service.max_body:
         raise TooLarge(f"the body is {declared} bytes; the limit is {service.max_body}")
@@ -47,6 +115,7 @@ async def read_json(request: Request, service: Service) -> dict[str, Any]:
         body += chunk
         if len(body) > service.max_body:
             raise TooLarge(f"the body is over the limit of {service.max_body} bytes")
+    check_json_body(request, body)
     if not body.strip():
         return {}
     try:
@@ -55,6 +124,7 @@ async def read_json(request: Request, service: Service) -> dict[str, Any]:
         raise BadRequest(f"the body is not JSON: {err}") from None
     if not isinstance(data, dict):
         raise BadRequest("the body must be a JSON object")
+    refuse_non_text(data)
     return data
 
 
@@ -241,6 +311,7 @@ def guarded(service: Service, handler: Handler) -> Callable[[Request], Awaitable
     async def endpoint(request: Request) -> Response:
         try:
             caller = await authenticate(service.auth, request)
+            check_json_body(request)  # also for a write that reads no body (cancel)
             return await handler(request, service, caller)
         except Exception as err:
             return error_response(err)

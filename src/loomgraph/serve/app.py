@@ -30,6 +30,7 @@ _STATUS_TEXT = {
     404: "no such run (or not the caller's)",
     409: "run conflict or approval already answered",
     413: "body too large",
+    415: "body not declared as JSON",
     422: "validation failed",
     429: "budget exhausted",
 }

@@ -3,6 +3,11 @@
 An `auth` is any callable from the request to a `Caller`, a user id (a caller without the
 approver role) or None (not authenticated); it may be async. The user id it gives is the only
 user id the request acts as.
+
+The viewer's sign-in cookies are sent by the browser with every request to the server, a
+cross-site form's too, so they authenticate only reads (GET, HEAD) and the writes of routes
+that checked their sender themselves (the viewer's htmx-only forms:
+`authenticate(..., cookie_writes=True)`). Any other write needs a key in a header.
 """
 
 from __future__ import annotations
@@ -16,12 +21,23 @@ from typing import Any
 from loomgraph.serve.errors import Unauthorized
 from loomgraph.serve.store import ServeStore
 
-__all__ = ["Auth", "Caller", "DevModeRefused", "api_key_auth", "authenticate", "dev_auth"]
+__all__ = [
+    "Auth",
+    "Caller",
+    "DevModeRefused",
+    "api_key_auth",
+    "authenticate",
+    "dev_auth",
+    "viewer_cookie",
+]
 
 DEV_HEADER = "x-user-id"
 # The viewer's cookies (set by its sign-in page; SameSite=Strict, HttpOnly).
 KEY_COOKIE = "loomgraph_key"
 DEV_COOKIE = "loomgraph_user"
+SAFE_METHODS = frozenset({"GET", "HEAD"})
+# Set in the request's scope by `authenticate`: whether the cookies may authorise a write.
+_COOKIE_WRITES = "loomgraph.cookie_writes"
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,8 +55,16 @@ class DevModeRefused(Unauthorized, ValueError):
     """`--dev` on an address other than loopback: anyone could claim to be anyone."""
 
 
+def viewer_cookie(request: Any, name: str) -> str:
+    """The viewer's cookie `name` when it may authenticate this request, else "": on a read,
+    or on a write whose route checked its sender (`authenticate(..., cookie_writes=True)`)."""
+    if request.method not in SAFE_METHODS and not request.scope.get(_COOKIE_WRITES, False):
+        return ""
+    return str(request.cookies.get(name, "")).strip()
+
+
 def api_key_auth(store: ServeStore) -> Auth:
-    """Authenticate `Authorization: Bearer KEY` (or `X-API-Key: KEY`, or the viewer's
+    """Authenticate `Authorization: Bearer KEY` (or `X-API-Key: KEY`, or on reads the viewer's
     cookie) against the stored hashes."""
 
     async def auth(request: Any) -> Caller | None:
@@ -48,7 +72,7 @@ def api_key_auth(store: ServeStore) -> Auth:
         scheme, _, token = header.partition(" ")
         key = token.strip() if scheme.lower() == "bearer" else ""
         key = key or request.headers.get("x-api-key", "").strip()
-        key = key or request.cookies.get(KEY_COOKIE, "").strip()
+        key = key or viewer_cookie(request, KEY_COOKIE)
         if not key:
             return None
         found = await store.key(key)
@@ -68,8 +92,8 @@ def is_loopback(host: str) -> bool:
 
 
 def dev_auth(host: str, fallback: Auth | None = None) -> Auth:
-    """Development only: trust an `X-User-Id` header or the viewer's `loomgraph_user` cookie
-    (with the approver role). Refused unless
+    """Development only: trust an `X-User-Id` header or (as `viewer_cookie` allows) the
+    viewer's `loomgraph_user` cookie, with the approver role. Refused unless
     the server is bound to loopback; requests without the header go to `fallback`."""
     if not is_loopback(host):
         raise DevModeRefused(
@@ -79,7 +103,7 @@ def dev_auth(host: str, fallback: Auth | None = None) -> Auth:
 
     async def auth(request: Any) -> Caller | str | None:
         user = request.headers.get(DEV_HEADER, "").strip()
-        user = user or request.cookies.get(DEV_COOKIE, "").strip()
+        user = user or viewer_cookie(request, DEV_COOKIE)
         if user:
             return Caller(user, approver=True)
         if fallback is None:
@@ -96,11 +120,20 @@ async def _ask(auth: Auth, request: Any) -> Caller | str | None:
     return answer if isinstance(answer, Caller | str) else None
 
 
-async def authenticate(auth: Auth, request: Any) -> Caller:
-    """The caller of a request, or Unauthorized."""
+async def authenticate(auth: Auth, request: Any, *, cookie_writes: bool = False) -> Caller:
+    """The caller of a request, or Unauthorized. `cookie_writes`: the route has made sure its
+    writes come from the viewer's own pages, so the viewer's cookie may authorise them."""
+    request.scope[_COOKIE_WRITES] = cookie_writes
     answer = await _ask(auth, request)
     if isinstance(answer, str) and answer:
         return Caller(answer)
     if isinstance(answer, Caller) and answer.user_id:
         return answer
-    raise Unauthorized("authentication required: send 'Authorization: Bearer <API key>'")
+    if request.method in SAFE_METHODS or cookie_writes:
+        raise Unauthorized("authentication required: send 'Authorization: Bearer <API key>'")
+    cookie = any(request.cookies.get(name) for name in (KEY_COOKIE, DEV_COOKIE))
+    note = "; the viewer's sign-in cookie authorises reads only" if cookie else ""
+    raise Unauthorized(
+        f"authentication required: writes need an API key; send 'Authorization: Bearer "
+        f"<API key>'{note}"
+    )

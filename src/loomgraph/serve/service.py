@@ -22,7 +22,7 @@ from loomgraph.runtime.errors import RunConflict, RunFinished
 from loomgraph.serve.auth import Auth, Caller
 from loomgraph.serve.errors import BadRequest, Conflict, Forbidden, NotFound
 from loomgraph.serve.hub import RunHub
-from loomgraph.serve.store import RunPage, ServeStore
+from loomgraph.serve.store import RunPage, ServeStore, cursor_number
 
 __all__ = ["Service"]
 
@@ -70,7 +70,7 @@ class Service:
             raise BadRequest(f"unknown status {status!r}; one of: {known}") from None
         if not 1 <= limit <= 500:
             raise BadRequest(f"limit must be 1..500, got {limit}")
-        if cursor is not None and not cursor.isdigit():
+        if cursor is not None and cursor_number(cursor) is None:
             raise BadRequest(f"cursor {cursor!r} is not one this server gave")
         return await self.store.runs(
             caller.user_id, status=wanted, graph=graph or None, limit=limit, cursor=cursor

@@ -24,9 +24,21 @@ from loomgraph.protocols import RunRecord, RunStatus, Runtime
 from loomgraph.runtime.codec import run_from_row
 from loomgraph.runtime.schema import RUN_READ
 
-__all__ = ["ApiKey", "RunPage", "ServeStore", "hash_key", "open_store"]
+__all__ = ["ApiKey", "RunPage", "ServeStore", "cursor_number", "hash_key", "open_store"]
 
 KEY_PREFIX = "lg_"
+# A cursor is a row number of the journal's `runs` (a 64-bit signed integer in SQLite and
+# Postgres), or a position in the in-memory list: never more than this.
+MAX_CURSOR = 2**63 - 1
+
+
+def cursor_number(cursor: str) -> int | None:
+    """The number a cursor this store gives stands for; None for one it cannot have given
+    (not ASCII digits: `int` also reads "²", " 1", "1_0"; or past the journal's integers)."""
+    if not (cursor.isascii() and cursor.isdigit()):
+        return None
+    number = int(cursor)
+    return number if number <= MAX_CURSOR else None
 
 
 def hash_key(key: str) -> str:
@@ -88,6 +100,13 @@ def new_key() -> str:
     return KEY_PREFIX + secrets.token_urlsafe(32)
 
 
+def _position(cursor: str) -> int:
+    number = cursor_number(cursor)
+    if number is None:
+        raise ValueError(f"cursor {cursor!r} is not one this store gave")
+    return number
+
+
 class MemoryStore:
     """The store of an in-memory journal: keys in a dict, runs read from the journal."""
 
@@ -128,7 +147,7 @@ class MemoryStore:
             for r in rows
             if (status is None or r.status == status) and (graph is None or r.graph_name == graph)
         ]
-        start = int(cursor or 0)
+        start = _position(cursor) if cursor else 0
         page = rows[start : start + limit]
         more = start + limit < len(rows)
         return RunPage(page, str(start + limit) if more else None)
@@ -203,7 +222,7 @@ class SqlStore:
             args.append(graph)
         if cursor is not None:
             where.append("n < ?")
-            args.append(int(cursor))
+            args.append(_position(cursor))
         sql = (
             f"SELECT {RUN_READ}, n FROM {self._p}runs WHERE {' AND '.join(where)} "
             f"ORDER BY n DESC LIMIT {int(limit) + 1}"

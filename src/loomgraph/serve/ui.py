@@ -9,6 +9,7 @@ without the `HX-Request` header is refused, which a cross-site form cannot add.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from starlette.templating import Jinja2Templates
 from loomgraph.agent.checkpoints import diff, pending_of
 from loomgraph.agent.run_events import journal_events, run_is_live
 from loomgraph.protocols import RunStatus
+from loomgraph.serve.api import refuse_non_text
 from loomgraph.serve.auth import DEV_COOKIE, KEY_COOKIE, Caller, authenticate
 from loomgraph.serve.errors import BadRequest, ServeError, Unauthorized, status_of
 from loomgraph.serve.service import Service
@@ -36,11 +38,29 @@ TEMPLATES.env.filters["pretty"] = lambda v: json.dumps(v, indent=2, sort_keys=Tr
 TEMPLATES.env.filters["compact"] = lambda v: json.dumps(v, default=str)[:160]
 
 Page = Callable[[Request, Service, Caller], Awaitable[Response]]
+# Lone UTF-16 halves: a str may hold them (the Python API takes any str), UTF-8 cannot.
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+class PageFailed(ServeError):
+    """A page could not be rendered: the server's fault, whatever the exception says."""
+
+    status = 500
+    kind = "internal"
+
+
+def _text(html: str) -> str:
+    """`html` as UTF-8 can carry it: each lone surrogate shown as U+FFFD."""
+    return _SURROGATE.sub("\ufffd", html)
 
 
 def _render(request: Request, name: str, http_status: int = 200, **context: Any) -> Response:
     # (not `status`: a page's context has a `status` of its own, the filter)
-    return TEMPLATES.TemplateResponse(request, name, context, status_code=http_status)
+    try:
+        html = TEMPLATES.get_template(name).render({"request": request, **context})
+    except Exception as err:
+        raise PageFailed(f"the page could not be rendered: {type(err).__name__}: {err}") from err
+    return HTMLResponse(_text(html), status_code=http_status)
 
 
 # ---------------------------------------------------------------------- runs page
@@ -138,6 +158,7 @@ async def approve(request: Request, service: Service, caller: Caller) -> Respons
             raise BadRequest(f"the arguments are not JSON: {err}") from None
         if not isinstance(args, dict):
             raise BadRequest("the arguments must be a JSON object")
+        refuse_non_text(args, "the arguments")
     record = await service.run(caller, run_id)
     pending = pending_of(record)
     if args is not None and pending is not None and pending.call and args == pending.call["args"]:
@@ -190,7 +211,8 @@ def _page(service: Service, page: Page, *, write: bool = False) -> Any:
         try:
             if write and request.headers.get("hx-request") != "true":
                 raise BadRequest("changes are made from the viewer's pages (HX-Request)")
-            caller = await authenticate(service.auth, request)
+            # (a write reaches here from the viewer's own pages only: the cookie may sign it)
+            caller = await authenticate(service.auth, request, cookie_writes=write)
             return await page(request, service, caller)
         except Unauthorized:
             if request.headers.get("hx-request") == "true":
@@ -204,7 +226,7 @@ def _page(service: Service, page: Page, *, write: bool = False) -> Any:
                 else (f"{type(err).__name__}: {err}")
             )
             if request.headers.get("hx-request") == "true":
-                html = f'<p class="error" role="alert">{_escape(message)}</p>'
+                html = _text(f'<p class="error" role="alert">{_escape(message)}</p>')
                 return HTMLResponse(html, status_code=200, headers={"HX-Retarget": "#notice"})
             return _render(request, "error.html", status, kind=kind, message=message)
 
