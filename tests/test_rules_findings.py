@@ -159,3 +159,47 @@ async def test_a_deny_rule_sees_through_lookalikes() -> None:
     assert await verdict(perms, call("send_email", to=["x@\u0435vil.com"])) == "deny"  # Cyrillic
     assert await verdict(perms, call("send_email", to=["x@\uff45vil.com"])) == "deny"  # fullwidth
     assert await verdict(perms, call("send_email", to=["x@EVIL.com"])) == "deny"
+
+
+# ------------------------------------------------------------ invisible and encoded spellings
+
+READ: ToolSpec = {"name": "read", "path_params": ["path"]}
+SEND: ToolSpec = {"name": "send"}
+
+
+@pytest.mark.parametrize(
+    "to",
+    ["mallory\u200b", "mal\u200dlory", "\ufeffmallory", " mallory", "mallory ", "mallory\t"],
+    ids=["zero-width space", "zero-width joiner", "byte order mark", "leading", "trailing", "tab"],
+)
+async def test_a_deny_rule_is_not_dodged_by_invisible_characters_or_spaces(to: str) -> None:
+    perms = StandardPermissions(allow=["send"], deny=["send(to=mallory)"])
+    assert await verdict(perms, call("send", to=to), SEND) == "deny"
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["file:///etc/passwd", "/data/%2e%2e/etc/passwd", "/data/..\\etc\\passwd", "%2Fetc%2Fpasswd"],
+    ids=["file url", "percent-encoded dots", "backslashes", "percent-encoded slashes"],
+)
+async def test_a_deny_rule_on_paths_reads_urls_escapes_and_backslashes(path: str) -> None:
+    perms = StandardPermissions(allow=["read(path=/data/**)"], deny=["read(path=/etc/**)"])
+    assert await verdict(perms, call("read", path=path), READ) == "deny"
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["/data/%2e%2e/etc/passwd", "/data/..\\etc\\passwd", "file:///data/a"],
+    ids=["percent-encoded dots", "backslashes", "file url"],
+)
+async def test_an_allow_rule_on_paths_does_not_take_ambiguous_spellings(path: str) -> None:
+    perms = StandardPermissions(allow=["read(path=/data/**)"])
+    destructive: ToolSpec = {**READ, "destructive": True}  # unmatched: asked, not allowed
+    decision = await perms.check(call("read", path=path), destructive, user_id=None)
+    assert (decision.verdict, decision.rule) == ("ask", "mode:default:destructive")
+
+
+async def test_plain_values_are_still_allowed() -> None:
+    perms = StandardPermissions(allow=["read(path=/data/**)", "send"], deny=["send(to=mallory)"])
+    assert await verdict(perms, call("read", path="/data/a b/c.txt"), READ) == "allow"
+    assert await verdict(perms, call("send", to="bob"), SEND) == "allow"

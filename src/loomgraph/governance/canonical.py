@@ -17,6 +17,7 @@ import re
 import shlex
 import unicodedata
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 __all__ = ["generous_readings", "readings", "strict_readings"]
 
@@ -65,6 +66,8 @@ def strict_readings(value: Any, kind: str | None) -> list[Reading] | None:
         return None  # a lookalike spelling: fullwidth letters, ligatures, compatibility forms
     if kind == "command":
         return _command_strict(value)
+    if kind == "path" and _path_spelling(value) != value:
+        return None  # a URL, %-escapes or backslashes: which file it names depends on the tool
     found = _resolved(value) if kind == "path" else _with_resolved(value)
     odd = _CONTROL.search(value) or SHELL_META & set(value) or _odd_segment(value)
     if odd and any(is_one_path for _, is_one_path in found):
@@ -79,7 +82,13 @@ def generous_readings(value: Any, kind: str | None) -> list[Reading]:
     if not isinstance(value, str):
         return readings(value)
     folded = unicodedata.normalize("NFKC", value)
-    texts = dict.fromkeys([value, folded, folded.translate(_SKELETON)])
+    bare = _visible(folded)
+    texts = dict.fromkeys(
+        [value, folded, folded.translate(_SKELETON), bare, bare.translate(_SKELETON)]
+    )
+    if kind != "command":
+        # As a tool may read a path: a file URL's path, %-escapes decoded, `\` as `/`.
+        texts |= dict.fromkeys(_path_spelling(text) for text in list(texts))
     out: list[Reading] = []
     for text in texts:
         out += _resolved(text) if kind == "path" else _with_resolved(text)
@@ -160,6 +169,19 @@ def _commands(text: str) -> list[str]:
     with contextlib.suppress(ValueError):  # unbalanced quotes: the splits above still count
         parts.append(" ".join(shlex.split(text)))
     return [p.strip() for p in parts if p.strip()]
+
+
+def _visible(text: str) -> str:
+    """The text without invisible format characters (zero-width space, joiners, BOM) and
+    without the spaces around it: what a reader sees, and what many tools compare."""
+    return "".join(c for c in text if unicodedata.category(c) != "Cf").strip()
+
+
+def _path_spelling(text: str) -> str:
+    """The path a URL-aware or Windows-aware tool may take `text` for."""
+    if text[:5].lower() == "file:":
+        text = urlsplit(text).path
+    return unquote(text).replace("\\", "/")
 
 
 def _odd_segment(value: str) -> bool:
