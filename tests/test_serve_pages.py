@@ -66,3 +66,18 @@ async def test_static_files_are_served_from_the_package(tmp_path: Path) -> None:
         assert htmx.status_code == 200 and "Zero-Clause BSD" in htmx.text and "htmx" in htmx.text
         css = await s.client.get("/ui/static/style.css")
         assert "prefers-color-scheme: dark" in css.text
+
+
+async def test_a_sign_in_posted_from_another_site_is_refused(tmp_path: Path) -> None:
+    """Login CSRF: another site must not sign the browser in with a key of its choosing."""
+    async with served(tmp_path) as s:
+        key = s.keys["alice"]
+        for foreign in ({"Origin": "http://evil.example"}, {"Sec-Fetch-Site": "cross-site"}):
+            refused = await s.client.post("/ui/login", data={"key": key}, headers=foreign)
+            assert refused.status_code == 403, foreign
+            assert "set-cookie" not in refused.headers
+            assert "another site" in refused.text
+        same = await s.client.post(
+            "/ui/login", data={"key": key}, headers={"Origin": "http://test"}
+        )
+        assert same.status_code == 303 and "loomgraph_key=" in same.headers["set-cookie"]

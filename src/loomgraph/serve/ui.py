@@ -13,7 +13,7 @@ import re
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
@@ -184,6 +184,11 @@ async def login_page(request: Request, service: Service) -> Response:
 
 
 async def login(request: Request, service: Service) -> Response:
+    if _cross_site(request):
+        # Login CSRF: another site's form would sign this browser in with its own key.
+        return _render(
+            request, "login.html", 403, dev=service.dev, error="Sign-in from another site refused."
+        )
     form = await request.form()
     key, user = str(form.get("key") or "").strip(), str(form.get("user") or "").strip()
     response = RedirectResponse("/ui", status_code=303)
@@ -197,6 +202,15 @@ async def login(request: Request, service: Service) -> Response:
     else:
         return _render(request, "login.html", 400, dev=service.dev, error="Enter an API key.")
     return response
+
+
+def _cross_site(request: Request) -> bool:
+    """True when the browser says the request comes from another site (`Sec-Fetch-Site`, or
+    an `Origin` naming another host); a client that sends neither is not a browser's form."""
+    if request.headers.get("sec-fetch-site", "") == "cross-site":
+        return True
+    origin = request.headers.get("origin")
+    return origin is not None and urlsplit(origin).netloc != request.headers.get("host", "")
 
 
 async def logout(request: Request, service: Service) -> Response:
