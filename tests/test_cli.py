@@ -75,6 +75,8 @@ AGENT_LOADING_COMMANDS = [
     ("worker",),
     ("runs", "cancel", "r1"),
     ("keys", "add", "alice"),
+    ("keys", "list"),
+    ("keys", "revoke", "0123456789ab"),
 ]
 
 

@@ -403,3 +403,33 @@ async def test_keys_and_runs_are_read_from_the_postgres_journal(
         await db.close()
     assert {(r["user_id"], r["approver"]) for r in rows} == {("alice", 1), ("bob", 1), ("dave", 0)}
     assert not {r["key_hash"] for r in rows} & set(s.keys.values())
+
+
+async def revoking(s: Served) -> None:
+    store = s.app.state.service.store
+    listed = {k.user_id: k for k in await store.keys()}
+    assert set(listed) == {"alice", "bob", "dave"} and listed["alice"].approver
+    assert all(len(k.key_id) == 12 and k.key_id not in s.keys.values() for k in listed.values())
+    assert (await s.get("bob", "/v1/runs")).status_code == 200
+    assert await store.revoke("000000000000") is None  # no such key: nothing deleted
+    gone = await store.revoke(listed["bob"].key_id)
+    assert gone is not None and gone.user_id == "bob"
+    assert error(await s.get("bob", "/v1/runs")) == (401, "unauthorized")
+    assert (await s.get("alice", "/v1/runs")).status_code == 200
+    assert {k.user_id for k in await store.keys()} == {"alice", "dave"}
+
+
+@pytest.mark.parametrize("journal", ["memory", "sqlite"])
+async def test_a_revoked_key_is_refused_at_once(tmp_path: Path, journal: str) -> None:
+    runtime = f"sqlite:{tmp_path / 'journal.db'}" if journal == "sqlite" else None
+    agent = Agent("x", model=ScriptedModel(script), tools=[pay, step], runtime=runtime)
+    async with served(tmp_path, agent) as s:
+        await revoking(s)
+
+
+@pytest.mark.postgres
+async def test_a_revoked_key_is_refused_at_once_on_postgres(tmp_path: Path, pg_schema: str) -> None:
+    runtime = PostgresRuntime(pg.postgres_dsn(), schema=pg_schema)
+    agent = Agent("x", model=ScriptedModel(script), tools=[pay, step], runtime=runtime)
+    async with served(tmp_path, agent) as s:
+        await revoking(s)

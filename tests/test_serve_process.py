@@ -132,3 +132,25 @@ async def test_following_a_run_that_waits_then_is_approved(server: dict[str, Any
         assert more[-1].data["payload"]["status"] == "completed"
         approvals = [e.data["payload"] for e in more if e.event == "permission_decision"]
         assert any(p.get("approver") == "alice" and p["verdict"] == "allow" for p in approvals)
+
+
+def test_keys_are_listed_and_a_revoked_one_is_refused_by_the_running_server(
+    server: dict[str, Any],
+) -> None:
+    env = server["env"]
+    made = loomgraph(env, "keys", "add", "carol", "--agent", "serve_agent:make_agent")
+    assert made.returncode == 0, made.stderr
+    key, key_id = made.stdout.strip(), made.stderr.split()[1]
+    listed = loomgraph(env, "keys", "list", "--agent", "serve_agent:make_agent")
+    assert listed.returncode == 0, listed.stderr
+    rows = [line.split() for line in listed.stdout.splitlines()]
+    assert [key_id, "carol", "-"] in [row[:3] for row in rows]
+    assert key not in listed.stdout  # only ids are ever shown again
+    headers = {"Authorization": f"Bearer {key}"}
+    assert httpx.get(f"{server['url']}/v1/runs", headers=headers).status_code == 200
+
+    revoked = loomgraph(env, "keys", "revoke", key_id, "--agent", "serve_agent:make_agent")
+    assert revoked.returncode == 0 and f"revoked key {key_id} of carol" in revoked.stderr
+    assert httpx.get(f"{server['url']}/v1/runs", headers=headers).status_code == 401
+    again = loomgraph(env, "keys", "revoke", key_id, "--agent", "serve_agent:make_agent")
+    assert again.returncode == 2 and "no key has the id" in again.stderr

@@ -1,10 +1,11 @@
-"""`loomgraph serve --agent FILE|MODULE:ATTR` and `loomgraph keys add USER`."""
+"""`loomgraph serve --agent FILE|MODULE:ATTR` and `loomgraph keys add|list|revoke`."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import sys
+import time
 from typing import Any
 
 from loomgraph.cli.agent_args import add_loaded_agent_option, load_agent
@@ -40,16 +41,21 @@ def add_parser(subparsers: Any) -> None:
     add_loaded_agent_option(add, "its journal keeps the keys")
     add.add_argument("--approver", action="store_true", help="may answer approvals")
     add.add_argument("--label", default="", help="a note to tell keys apart")
+    listed = cmds.add_parser("list", help="the stored keys: id, user, role, label, made")
+    add_loaded_agent_option(listed, "its journal keeps the keys")
+    revoke = cmds.add_parser("revoke", help="delete a key by its id; refused from then on")
+    revoke.add_argument("key_id", help="the key's id (see `keys list`)")
+    add_loaded_agent_option(revoke, "its journal keeps the keys")
 
 
 def handle(args: argparse.Namespace) -> int:
     """Run `serve` or `keys`."""
     if args.command == "keys":
-        return asyncio.run(_add_key(args))
+        return asyncio.run(_keys(args))
     return _serve(args)
 
 
-async def _add_key(args: argparse.Namespace) -> int:
+async def _keys(args: argparse.Namespace) -> int:
     from loomgraph.serve.store import MemoryStore, open_store
 
     agent = load_agent(args.agent)
@@ -60,21 +66,49 @@ async def _add_key(args: argparse.Namespace) -> int:
         store = open_store(agent.deps.runtime)
         if isinstance(store, MemoryStore):
             print(
-                "loomgraph: this agent's journal is in memory; keys would be lost. "
+                "loomgraph: this agent's journal is in memory; it keeps no keys. "
                 "Give the agent a durable runtime (sqlite: or postgres:)",
                 file=sys.stderr,
             )
             return EXIT_USAGE
-        key = await store.add_key(args.user, approver=args.approver, label=args.label)
-        await store.close()
+        try:
+            return await _KEY_COMMANDS[args.keys_command](store, args)
+        finally:
+            await store.close()
     finally:
         await agent.aclose()
+
+
+async def _add_key(store: Any, args: argparse.Namespace) -> int:
+    key = await store.add_key(args.user, approver=args.approver, label=args.label)
+    found = await store.key(key)
     role = " (approver)" if args.approver else ""
     print(key)
     print(
-        f"key for {args.user}{role}; it is shown only now (only its hash is kept)", file=sys.stderr
+        f"key {found.key_id} for {args.user}{role}; it is shown only now (only its hash is kept)",
+        file=sys.stderr,
     )
     return EXIT_OK
+
+
+async def _list_keys(store: Any, args: argparse.Namespace) -> int:
+    for key in await store.keys():
+        made = time.strftime("%Y-%m-%d %H:%M", time.gmtime(key.created_at))
+        role = "approver" if key.approver else "-"
+        print(f"{key.key_id}  {key.user_id}  {role}  {made} UTC  {key.label}".rstrip())
+    return EXIT_OK
+
+
+async def _revoke_key(store: Any, args: argparse.Namespace) -> int:
+    gone = await store.revoke(args.key_id)
+    if gone is None:
+        print(f"loomgraph: no key has the id {args.key_id!r} (see `keys list`)", file=sys.stderr)
+        return EXIT_USAGE
+    print(f"revoked key {gone.key_id} of {gone.user_id}", file=sys.stderr)
+    return EXIT_OK
+
+
+_KEY_COMMANDS = {"add": _add_key, "list": _list_keys, "revoke": _revoke_key}
 
 
 def _serve(args: argparse.Namespace) -> int:

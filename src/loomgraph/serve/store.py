@@ -46,13 +46,25 @@ def hash_key(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
+# A key's public id: the start of its hash, enough to name it (to revoke it), never the key.
+KEY_ID_CHARS = 12
+
+
+def key_id(key_hash: str) -> str:
+    """The id a stored key is listed and revoked by."""
+    return key_hash[:KEY_ID_CHARS]
+
+
 @dataclass(frozen=True, slots=True)
 class ApiKey:
-    """Who a key authenticates, and whether they may answer approvals."""
+    """Who a key authenticates, and whether they may answer approvals; its id and when it
+    was made, for listing and revoking."""
 
     user_id: str
     approver: bool = False
     label: str = ""
+    key_id: str = ""
+    created_at: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +84,15 @@ class ServeStore(Protocol):
 
     async def key(self, key: str) -> ApiKey | None:
         """Who a key authenticates, or None."""
+        ...
+
+    async def keys(self) -> list[ApiKey]:
+        """Every stored key (never the key itself: its id), oldest first."""
+        ...
+
+    async def revoke(self, key_id: str) -> ApiKey | None:
+        """Delete the key with this id; what it was, or None when there is none. A revoked
+        key is refused from the next request on (nothing is cached)."""
         ...
 
     async def run(self, run_id: str, user_id: str) -> RunRecord | None:
@@ -117,12 +138,24 @@ class MemoryStore:
     async def add_key(self, user_id: str, *, approver: bool = False, label: str = "") -> str:
         """Keep a new key's hash; the key."""
         key = new_key()
-        self._keys[hash_key(key)] = ApiKey(user_id, approver, label)
+        hashed = hash_key(key)
+        self._keys[hashed] = ApiKey(user_id, approver, label, key_id(hashed), time.time())
         return key
 
     async def key(self, key: str) -> ApiKey | None:
         """Who a key authenticates, or None."""
         return self._keys.get(hash_key(key))
+
+    async def keys(self) -> list[ApiKey]:
+        """Every kept key, oldest first."""
+        return list(self._keys.values())
+
+    async def revoke(self, key_id: str) -> ApiKey | None:
+        """Forget the key with this id; what it was."""
+        for hashed, found in list(self._keys.items()):
+            if found.key_id == key_id:
+                return self._keys.pop(hashed)
+        return None
 
     async def run(self, run_id: str, user_id: str) -> RunRecord | None:
         """The run when it is this user's."""
@@ -187,12 +220,33 @@ class SqlStore:
 
     async def key(self, key: str) -> ApiKey | None:
         """Who a key authenticates, or None."""
+        found = await self._keys("WHERE key_hash = ?", (hash_key(key),))
+        return found[0] if found else None
+
+    async def keys(self) -> list[ApiKey]:
+        """Every stored key, oldest first."""
+        return await self._keys("ORDER BY created_at, key_hash", ())
+
+    async def revoke(self, key_id: str) -> ApiKey | None:
+        """Delete the key with this id; what it was."""
+        if len(key_id) != KEY_ID_CHARS:
+            return None
+        where = f"WHERE substr(key_hash, 1, {KEY_ID_CHARS}) = ?"
+        found = await self._keys(where, (key_id,))
+        if len(found) != 1:
+            return None  # none, or (never seen) two keys sharing an id: delete neither
+        async with self._cur() as cur:
+            await cur.execute(f"DELETE FROM {self._p}serve_api_keys {where}", (key_id,))
+        return found[0]
+
+    async def _keys(self, where: str, args: tuple[Any, ...]) -> list[ApiKey]:
         async with self._cur() as cur:
             rows = await cur.fetch(
-                f"SELECT user_id, approver, label FROM {self._p}serve_api_keys WHERE key_hash = ?",
-                (hash_key(key),),
+                "SELECT user_id, approver, label, key_hash, created_at "
+                f"FROM {self._p}serve_api_keys {where}",
+                args,
             )
-        return ApiKey(rows[0][0], bool(rows[0][1]), rows[0][2]) if rows else None
+        return [ApiKey(r[0], bool(r[1]), r[2], key_id(r[3]), r[4]) for r in rows]
 
     async def run(self, run_id: str, user_id: str) -> RunRecord | None:
         """The run when it is this user's (both in the query)."""
