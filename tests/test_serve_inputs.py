@@ -11,7 +11,7 @@ import pytest
 
 from loomgraph.serve import ui
 from serve_agent import PAID
-from test_serve_api import served
+from test_serve_api import error, served
 
 JSON = {"Content-Type": "application/json"}
 FOREIGN = {"Origin": "http://127.0.0.1:9999"}
@@ -183,3 +183,14 @@ async def test_a_page_that_fails_to_render_is_not_the_clients_fault(
             f"/ui/runs/{run_id}/checkpoint", params={"seq": "1"}, headers={"HX-Request": "true"}
         )
         assert "could not be rendered" in fragment.text
+
+
+@pytest.mark.parametrize("word", ["NaN", "Infinity", "-Infinity"])
+async def test_a_body_with_a_number_json_does_not_have_is_400(tmp_path: Path, word: str) -> None:
+    async with served(tmp_path) as s:
+        body = '{"input": "pay acme", "n": ' + word + "}"
+        headers = {**s.auth("alice"), "Content-Type": "application/json"}
+        refused = await s.client.post("/v1/runs", content=body, headers=headers)
+        assert error(refused) == (400, "bad_request")
+        assert word in refused.json()["error"]["message"]
+        assert (await s.get("alice", "/v1/runs")).json()["runs"] == []

@@ -104,6 +104,11 @@ def refuse_non_text(value: Any, where: str = "the body") -> None:
                 ) from None
 
 
+def _not_json(word: str) -> Any:
+    # Python's json reads NaN and Infinity, which JSON does not have (nor the journal).
+    raise ValueError(f"{word} is not a JSON value")
+
+
 async def read_json(request: Request, service: Service) -> dict[str, Any]:
     """The request's JSON object body ({} when empty), within the size limit, declared JSON
     (UnsupportedMediaType), every string in it valid Unicode text (NotText)."""
@@ -119,7 +124,7 @@ async def read_json(request: Request, service: Service) -> dict[str, Any]:
     if not body.strip():
         return {}
     try:
-        data = json.loads(body)
+        data = json.loads(body, parse_constant=_not_json)
     except ValueError as err:
         raise BadRequest(f"the body is not JSON: {err}") from None
     if not isinstance(data, dict):
