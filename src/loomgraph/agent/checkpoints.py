@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -9,7 +10,7 @@ from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
 
-from loomgraph.engine.effects import Approval, EffectKey, ResumeValue
+from loomgraph.engine.effects import Approval, BoundApproval, EffectKey, ResumeValue
 from loomgraph.errors import GraphError, LoomgraphError
 from loomgraph.graph.compiled import CompiledGraph
 from loomgraph.graph.state import parse_type, snapshot_of
@@ -89,8 +90,10 @@ def resume_value(record: RunRecord, value: Any) -> ResumeValue:
 
 
 def approval(record: RunRecord, approve: Any) -> Approval:
-    """The approval of the pending call: an `Approval` naming that call, or the shorthands
-    True, False or {"args": edited}, bound to the one pending call."""
+    """The approval of the pending call, bound to its request (`Pending.key`): an `Approval`
+    naming that call, or the shorthands True, False or {"args": edited}, bound to the one
+    pending call. An answer that cannot be used raises a `ResumeError` naming the field,
+    before anything is journaled."""
     pending = pending_of(record)
     call = pending.call if pending is not None else None
     if record.status != RunStatus.AWAITING_APPROVAL or pending is None or not call:
@@ -99,25 +102,40 @@ def approval(record: RunRecord, approve: Any) -> Approval:
             f"(status {record.status!r}); an approval is used once"
         )
     if isinstance(approve, Approval):
-        if approve.call_id != call["id"]:
-            raise ApprovalNotPending(
-                f"run {record.run_id} waits for an approval of call {call['id']}, "
-                f"not of call {approve.call_id}"
-            )
-        _in_time(record, pending)
-        return approve
-    _in_time(record, pending)
-    edited = (
-        isinstance(approve, dict) and set(approve) == {"args"} and isinstance(approve["args"], dict)
-    )
-    if not (approve is True or approve is False or edited):
+        answer = approve
+    elif approve is True or approve is False:
+        answer = Approval(call["id"], approve)
+    elif isinstance(approve, dict) and set(approve) == {"args"} and approve["args"] is not None:
+        answer = Approval(call["id"], True, approve["args"])  # a non-dict is named below
+    else:
         raise ResumeError(
-            "approve must be True, False or {'args': {...}} (edited arguments), "
+            "approve must be True, False, {'args': {...}} (edited arguments) or an Approval, "
             f"got {approve!r}"
         )
-    if edited:
-        return Approval(call["id"], True, dict(approve["args"]))
-    return Approval(call["id"], bool(approve))
+    problem = answer.problem()
+    if problem is not None:  # checked here: the journal would refuse it mid-run
+        raise ResumeError(
+            f"run {record.run_id}: {problem}; nothing was journaled, the run still waits"
+        )
+    named = answer.key if isinstance(answer, BoundApproval) else ""
+    if answer.call_id != call["id"] or (named and pending.key and named != pending.key):
+        # An answer naming its request (`Pending.key`) never lands on another request
+        # for a call with the same id.
+        raise ApprovalNotPending(
+            f"run {record.run_id} waits for an approval of call {call['id']}"
+            f"{f' (request {pending.key})' if named else ''}, not of call {answer.call_id}"
+            f"{f' (request {named})' if named else ''}"
+        )
+    _in_time(record, pending)
+    return BoundApproval(
+        answer.call_id,
+        answer.allow,
+        None if answer.args is None else copy.deepcopy(answer.args),
+        answer.approver,
+        answer.reason,
+        # Only the pending request's own call may use it (a call sharing its id may not).
+        key=pending.key,
+    )
 
 
 async def not_answered(runtime: RunReader, record: RunRecord, call_id: str) -> None:

@@ -1,9 +1,11 @@
 """Approvals: settling an `ask` for one tool call, durably.
 
-A request for approval is a journaled fact bound to one call id. Once it is journaled, the
-call runs only after an explicit approval of that call id — whatever permissions a resuming
-Agent has — and the answer is journaled too, so it is used once. A request whose deadline
-passed is denied, and the run goes on.
+A request for approval is a journaled fact bound to one call: the call's own effect key
+(run, node path, visit, slot) and its call id, tool and arguments. Once it is journaled, the
+call runs only after an explicit approval of that request — whatever permissions a resuming
+Agent has — and the answer is journaled too, so it is used once. Call ids come from the model
+and need not be unique: two calls sharing one are asked, and answered, each on its own. A
+request whose deadline passed is denied, and the run goes on.
 """
 
 from __future__ import annotations
@@ -13,11 +15,13 @@ import time
 from typing import Any
 
 from loomgraph.engine.audit_trail import args_hash
-from loomgraph.engine.effects import Approval, EffectKey
+from loomgraph.engine.effects import Approval, BoundApproval, EffectKey, shown
 from loomgraph.engine.scope import RunScope
+from loomgraph.engine.state_size import json_size
 from loomgraph.protocols import (
     AuditAction,
     Decision,
+    EffectStatus,
     Pending,
     PinnablePolicy,
     RunStatus,
@@ -26,29 +30,63 @@ from loomgraph.protocols import (
     ToolSpec,
 )
 
-__all__ = ["ApprovalDesk", "args_hash"]
+__all__ = ["ApprovalDesk", "args_hash", "args_too_large"]
+
+HANDLER = "handler"
+# Answers the approval handler may give, for the reason of a refused one.
+HANDLER_ANSWERS = "True, False, None, {'args': {...}} or an Approval of this call"
+
+
+def args_too_large(call: ToolCall, limit: int) -> str | None:
+    """Why a call's arguments are over the size limit (the model's or an approver's edit:
+    one limit, one message), or None."""
+    size = json_size(call["args"])
+    if size <= limit:
+        return None
+    return (
+        f"Invalid arguments for tool {call['tool']!r}: they are {size} characters; "
+        f"at most {limit} are accepted."
+    )
+
+
+def same_call(journaled: Any, call: ToolCall) -> bool:
+    """True when a journaled call is `call`: the same id, tool and arguments."""
+    return (
+        isinstance(journaled, dict)
+        and journaled.get("id") == call["id"]
+        and journaled.get("tool") == call["tool"]
+        and journaled.get("args") == call["args"]
+    )
 
 
 class ApprovalDesk:
     """Settles the `ask` of one call of one node visit."""
 
-    __slots__ = ("answer_key", "call", "node", "request_key", "scope")
+    __slots__ = ("_key", "answer_key", "call", "legacy", "node", "request_key", "scope")
 
     def __init__(self, scope: RunScope, node: str, call: ToolCall, key: EffectKey) -> None:
         self.scope = scope
         self.node = node
         self.call = call
-        self.answer_key = EffectKey.approval(key.run_id, key.path, key.visit, call["id"])
-        self.request_key = EffectKey.approval_request(key.run_id, key.path, key.visit, call["id"])
+        # `key` is the call's own effect key: the approval is bound to that one call.
+        self._key = key
+        self.answer_key = key.approval_of(call["id"])
+        self.request_key = key.approval_request_of(call["id"])
+        # True once this call's approval was found under the keys of an older journal.
+        self.legacy = False
 
-    @property
-    def was_requested(self) -> bool:
-        """True when this call's approval was requested before the run stopped."""
-        return str(self.request_key) in self.scope.requested
-
-    async def asked_before(self) -> Decision:
-        """The `ask` the journaled request was made under (its rule and reason)."""
+    async def prior_ask(self) -> Decision | None:
+        """The `ask` a request journaled before the run stopped was made under — only an
+        approval releases the call now — or None when this call was never asked about. A
+        request found at this call's key for another call (not the same tool and arguments)
+        approves nothing: the call is denied."""
+        await self._bind(answers=False)
+        if str(self.request_key) not in self.scope.requested:
+            return None
         request = await self.scope.finished_effect(self.request_key) or {}
+        if "call" in request and not same_call(request["call"], self.call):
+            self._take_supplied()  # an answer to that request is not one to this call
+            return self._mismatch("requested")
         rule = request.get("rule") or "approval:pending"
         return Decision("ask", rule, request.get("reason") or "asked before the run stopped")
 
@@ -58,14 +96,26 @@ class ApprovalDesk:
         """The answer to `asked`: journaled before, supplied with the resume, given by the
         approval handler, or — with none of these — stop the run to wait for one."""
         scope, call = self.scope, self.call
-        earlier = await scope.finished_effect(self.answer_key)
-        if earlier is not None:  # answered before a crash: that answer stands
-            answer = Approval.from_journal(call["id"], earlier["answer"], earlier.get("by", ""))
+        await self._bind(answers=True)
+        # Taken now, whatever happens next: an answer is used, refused or expired once,
+        # never left for a later call.
+        supplied = self._take_supplied()
+        earlier = await scope.deps.runtime.effect(scope.run_id, str(self.answer_key))
+        if earlier is not None and earlier.status == EffectStatus.DONE:
+            # Answered before a crash: that answer stands, for the call it was given for.
+            if not same_call(earlier.intent.get("call"), call):
+                return self._mismatch("answered"), call
+            outcome = earlier.outcome or {}
+            answer = Approval.from_journal(
+                call["id"], outcome.get("answer"), outcome.get("by", ""), outcome.get("reason", "")
+            )
         else:
-            answer = await self._new_answer(asked, tainted)
+            answer = await self._new_answer(asked, tainted, supplied)
             await scope.begin_effect(self.answer_key, "approval", {"call": call}, self.node)
-            outcome = {"answer": answer.journaled(), "by": answer.approver}
-            await scope.end_effect(self.answer_key, outcome)
+            journaled: dict[str, Any] = {"answer": answer.journaled(), "by": answer.approver}
+            if answer.reason:  # so a replayed refusal tells the model the same reason
+                journaled["reason"] = answer.reason
+            await scope.end_effect(self.answer_key, journaled)
         if scope.auditing:
             await self._audit(answer)
         if not answer.allow:
@@ -78,14 +128,24 @@ class ApprovalDesk:
                 return again, call
         return Decision("allow", "approval:granted", asked.rule), call
 
-    async def _new_answer(self, asked: Decision, tainted: bool) -> Approval:
+    async def _new_answer(
+        self, asked: Decision, tainted: bool, supplied: Approval | None
+    ) -> Approval:
         scope, call = self.scope, self.call
         request = await scope.finished_effect(self.request_key)
         if request is not None and request.get("deadline") and time.time() > request["deadline"]:
             return Approval(call["id"], False, approver="timeout", reason="approval timed out")
-        fresh = await self._supplied(asked)
-        if fresh is not None:
-            return fresh
+        refused = None
+        if supplied is not None:
+            refused = self._too_large(supplied)
+            if refused is None:
+                return supplied
+            # Refused before anything is journaled: the run waits for another answer.
+            refused = f"the approval of call {call['id']!r} was refused: {refused}"
+        else:
+            handled = await self._handler_answer(asked)
+            if handled is not None:
+                return handled
         if request is None:
             request = self._request(asked, tainted)
             await scope.begin_effect(self.request_key, "approval_request", request, self.node)
@@ -102,7 +162,7 @@ class ApprovalDesk:
                 await scope.audit(AuditAction.APPROVAL_REQUESTED, self.node, asking)
         raise RunStopped(
             RunStatus.AWAITING_APPROVAL,
-            f"tool {call['tool']!r} needs approval ({request['rule']})",
+            refused or f"tool {call['tool']!r} needs approval ({request['rule']})",
             Pending(
                 self.node,
                 call=call,
@@ -129,24 +189,92 @@ class ApprovalDesk:
             "deadline": None if timeout is None else now + timeout,
         }
 
-    async def _supplied(self, asked: Decision) -> Approval | None:
-        """The approval the run was resumed with for this call, or the handler's answer."""
+    async def _bind(self, *, answers: bool) -> None:
+        """Use the keys of an older journal when this call was asked about (or, with
+        `answers`, answered) under them: there, the request and answer of a visit's calls with
+        one id shared one key, so they are this call's only when they name its tool and
+        arguments. Answers are looked for only for a call that asks: it costs a read."""
         scope, call = self.scope, self.call
-        supplied = scope.resume
-        if isinstance(supplied, Approval) and supplied.call_id == call["id"]:
-            scope.resume = None
-            return supplied
-        handler = scope.deps.approval_handler
+        if self.legacy or str(self.request_key) in scope.requested:
+            return
+        old_request = self._key.legacy_approval_request_of(call["id"])
+        old_answer = self._key.legacy_approval_of(call["id"])
+        if str(old_request) in scope.requested:
+            request = await scope.finished_effect(old_request) or {}
+            found = same_call(request.get("call"), call)
+        elif not answers:
+            return
+        else:  # an approval handler's answer journaled just before a crash
+            answer = await scope.deps.runtime.effect(scope.run_id, str(old_answer))
+            found = (
+                answer is not None
+                and answer.status == EffectStatus.DONE
+                and same_call(answer.intent.get("call"), call)
+            )
+        if found:
+            self.legacy = True
+            self.request_key, self.answer_key = old_request, old_answer
+
+    def _take_supplied(self) -> Approval | None:
+        """The answer the run was resumed with when it is for this call — matched by the
+        pending request's full key, not the call id alone — taken so no other call gets it."""
+        supplied = self.scope.resume
+        if not isinstance(supplied, Approval) or supplied.call_id != self.call["id"]:
+            return None
+        if isinstance(supplied, BoundApproval) and supplied.key:
+            if supplied.key != str(self.answer_key):
+                return None
+        elif not self.legacy:  # only a run journaled before pending requests named their key
+            return None
+        self.scope.resume = None
+        return supplied
+
+    async def _handler_answer(self, asked: Decision) -> Approval | None:
+        """The approval handler's answer; None to stop and wait. Anything but the answers it
+        may give denies the call, naming what it returned (fail closed, as hooks do)."""
+        handler, call = self.scope.deps.approval_handler, self.call
         if handler is None:
             return None
-        answer: Any = handler(call, asked)
-        if inspect.isawaitable(answer):
-            answer = await answer
-        if answer is None:
+        raw: Any = handler(call, asked)
+        if inspect.isawaitable(raw):
+            raw = await raw
+        if raw is None:
             return None
-        if isinstance(answer, Approval):
-            return answer
-        return Approval.from_journal(call["id"], answer, approver="handler")
+        if raw is True or raw is False:
+            answer = Approval(call["id"], raw, approver=HANDLER)
+        elif isinstance(raw, dict) and set(raw) == {"args"} and raw["args"] is not None:
+            # Arguments that are not a dict, or not plain JSON, are named below.
+            answer = Approval(call["id"], True, raw["args"], approver=HANDLER)
+        elif isinstance(raw, Approval) and raw.call_id == call["id"]:
+            answer = raw
+        else:
+            what = (
+                f"an Approval of call {raw.call_id!r}" if isinstance(raw, Approval) else shown(raw)
+            )
+            return self._refused(f"the approval handler returned {what}, not {HANDLER_ANSWERS}")
+        problem = answer.problem() or self._too_large(answer)
+        if problem is not None:
+            return self._refused(f"the approval handler's answer cannot be used: {problem}")
+        return answer
+
+    def _refused(self, why: str) -> Approval:
+        return Approval(self.call["id"], False, approver=HANDLER, reason=f"{why}; call denied")
+
+    def _too_large(self, answer: Approval) -> str | None:
+        """Edited arguments over the size limit, refused as the model's would be."""
+        if not answer.allow or answer.args is None:
+            return None
+        edited = ToolCall(id=self.call["id"], tool=self.call["tool"], args=answer.args)
+        return args_too_large(edited, self.scope.deps.size_limits.tool_args_chars)
+
+    def _mismatch(self, what: str) -> Decision:
+        call = self.call
+        return Decision(
+            "deny",
+            "approval:mismatch",
+            f"the approval {what} for call {call['id']!r} at this point of the run was for "
+            f"another call (not {call['tool']!r} with these arguments); it approves nothing",
+        )
 
     async def _audit(self, answer: Approval) -> None:
         call = self.call

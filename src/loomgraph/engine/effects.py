@@ -8,12 +8,22 @@ identical calls of one visit are two effects, and a second visit of a node is a 
 
 from __future__ import annotations
 
+import json
+import reprlib
 from dataclasses import dataclass
 from typing import Any
 
-# The slot of the approval of one tool call, by call id, and of the request for it.
+# The slot of the approval of one tool call, and of the request for it. They follow the
+# slot of the call's own effect (`3:approval:CALL_ID`): call ids come from the model and
+# are not unique, the call's effect slot is. Journals written before approvals were bound
+# to the call's slot have them without it (`approval:CALL_ID`), which a resume still reads.
 APPROVAL_SLOT = "approval:"
 REQUEST_SLOT = "approval-request:"
+
+# What the journal stores and gives back unchanged: no NaN or infinity (allow_nan=False).
+_STRICT_JSON = json.JSONEncoder(allow_nan=False)
+_SHOWN = reprlib.Repr()
+_SHOWN.maxstring = _SHOWN.maxother = 60
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,25 +34,36 @@ class EffectKey:
     # The node's path: enclosing nodes with their visits (`plan.1/`), then the node's name.
     path: str
     visit: int
-    # A counter within the visit (`1`, `2`, ...) or a name (`branch:0`, `approval:CALL_ID`).
+    # A counter within the visit (`1`, `2`, ...) or a name (`branch:0`, `3:approval:ID`).
     slot: str
 
     def __str__(self) -> str:
         return f"{self.run_id}:{self.path}:{self.visit}:{self.slot}"
 
-    @classmethod
-    def approval(cls, run_id: str, path: str, visit: int, call_id: str) -> EffectKey:
-        """The key under which the answer to one call's approval request is journaled."""
-        return cls(run_id, path, visit, APPROVAL_SLOT + call_id)
+    def approval_of(self, call_id: str) -> EffectKey:
+        """The key of the answer to the approval of the tool call journaled under this key."""
+        return EffectKey(
+            self.run_id, self.path, self.visit, f"{self.slot}:{APPROVAL_SLOT}{call_id}"
+        )
 
-    @classmethod
-    def approval_request(cls, run_id: str, path: str, visit: int, call_id: str) -> EffectKey:
-        """The key under which the request for one call's approval is journaled."""
-        return cls(run_id, path, visit, REQUEST_SLOT + call_id)
+    def approval_request_of(self, call_id: str) -> EffectKey:
+        """The key of the request for approval of the tool call journaled under this key."""
+        slot = f"{self.slot}:{REQUEST_SLOT}{call_id}"
+        return EffectKey(self.run_id, self.path, self.visit, slot)
+
+    def legacy_approval_of(self, call_id: str) -> EffectKey:
+        """The answer's key as journals written before approvals named the call's slot have it
+        (`approval:CALL_ID`, shared by every call of the visit with that id)."""
+        return EffectKey(self.run_id, self.path, self.visit, APPROVAL_SLOT + call_id)
+
+    def legacy_approval_request_of(self, call_id: str) -> EffectKey:
+        """The request's key as journals written before approvals named the call's slot have it."""
+        return EffectKey(self.run_id, self.path, self.visit, REQUEST_SLOT + call_id)
 
     @staticmethod
     def is_approval_of(key: str, call_id: str) -> bool:
-        """True when a journaled key is the approval of `call_id` (at any node and visit)."""
+        """True when a journaled key is the approval of `call_id` (at any node, visit and
+        call slot, in either key scheme)."""
         return key.endswith(f":{APPROVAL_SLOT}{call_id}")
 
 
@@ -52,6 +73,24 @@ class ResumeValue:
 
     node: str
     value: Any
+
+
+def shown(value: Any) -> str:
+    """A short description of a value for an error message: its repr (cut) and its type."""
+    return f"{_SHOWN.repr(value)} ({type(value).__name__})"
+
+
+def json_problem(value: Any) -> str | None:
+    """Why `value` is not plain JSON that the journal keeps and gives back unchanged, or None."""
+    try:
+        text = _STRICT_JSON.encode(value)
+    except (TypeError, ValueError, RecursionError) as err:
+        return str(err)
+    # Tuples and non-string keys encode, but come back as lists and strings: the journal
+    # would replay other arguments than the ones given.
+    if json.loads(text) != value:
+        return "it does not read back the same from JSON (a tuple, or a key that is not a str)"
+    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,12 +111,42 @@ class Approval:
             return False
         return {"args": dict(self.args)} if self.args is not None else True
 
+    def problem(self) -> str | None:
+        """What makes this answer unusable — a field of the wrong type, edited arguments that
+        are not plain JSON — named by its field; None when it can be used."""
+        if not isinstance(self.call_id, str) or not self.call_id:
+            return f"Approval.call_id must be the pending call's id, not {shown(self.call_id)}"
+        if not isinstance(self.allow, bool):
+            return f"Approval.allow must be True or False, not {shown(self.allow)}"
+        if self.args is not None:
+            if not isinstance(self.args, dict):
+                return f"Approval.args must be a dict of edited arguments, not {shown(self.args)}"
+            problem = json_problem(self.args)
+            if problem is not None:
+                return f"Approval.args must be plain JSON (the journal keeps them): {problem}"
+        if not isinstance(self.approver, str):
+            return f"Approval.approver must be a str, not {shown(self.approver)}"
+        if not isinstance(self.reason, str):
+            return f"Approval.reason must be a str, not {shown(self.reason)}"
+        return None
+
     @classmethod
-    def from_journal(cls, call_id: str, answer: Any, approver: str = "") -> Approval:
-        """The approval a journaled answer (or an approval handler's) stands for."""
+    def from_journal(
+        cls, call_id: str, answer: Any, approver: str = "", reason: str = ""
+    ) -> Approval:
+        """The approval a journaled answer (True, False or {"args": edited}) stands for."""
         if isinstance(answer, dict):
-            return cls(call_id, True, dict(answer["args"]), approver)
-        return cls(call_id, bool(answer), approver=approver)
+            return cls(call_id, True, dict(answer["args"]), approver, reason)
+        return cls(call_id, answer is True, approver=approver, reason=reason)
+
+
+@dataclass(frozen=True, slots=True)
+class BoundApproval(Approval):
+    """An approval checked against what its run waits for (by `agent.resume`): `key` is the
+    journal key of the pending request's answer (`Pending.key`), the one call it may settle —
+    the same call id elsewhere (another call of the turn, a later turn) is another call."""
+
+    key: str = ""
 
 
 ResumeInput = ResumeValue | Approval

@@ -11,10 +11,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from loomgraph.engine import audit_trail as trail
-from loomgraph.engine.approvals import ApprovalDesk
+from loomgraph.engine.approvals import ApprovalDesk, args_too_large
 from loomgraph.engine.effects import EffectKey
 from loomgraph.engine.scope import NO_ATTRIBUTES, RunScope
-from loomgraph.engine.state_size import json_size
 from loomgraph.engine.taint import is_tainted, note_result
 from loomgraph.errors import LoomgraphError
 from loomgraph.protocols import (
@@ -138,17 +137,12 @@ class ToolGate:
         return ToolRun(scope.run_id, scope.user_id, scope.session_id, node, progress)
 
     def _args_too_large(self, call: ToolCall) -> ToolResult | None:
-        """An error result for arguments over the size limit, or None."""
-        limit = self.scope.deps.size_limits.tool_args_chars
-        size = json_size(call["args"])
-        if size <= limit:
+        """An error result for arguments over the size limit, or None (an approver's edited
+        arguments meet the same limit, in the approval desk)."""
+        too_large = args_too_large(call, self.scope.deps.size_limits.tool_args_chars)
+        if too_large is None:
             return None
-        return ToolResult(
-            content=f"Invalid arguments for tool {call['tool']!r}: they are {size} characters; "
-            f"at most {limit} are accepted.",
-            is_error=True,
-            error_type=INVALID_ARGUMENTS,
-        )
+        return ToolResult(content=too_large, is_error=True, error_type=INVALID_ARGUMENTS)
 
     def _cut(self, result: ToolResult) -> ToolResult:
         """The result, cut to the size limit with a marker the model sees (its images, as
@@ -191,8 +185,11 @@ class ToolGate:
         # Made only when a call may involve an approval: most calls are simply allowed.
         desk = ApprovalDesk(scope, self.node, call, key) if scope.requested else None
         tainted = bool(scope.untrusted) and is_tainted(call["args"], scope.untrusted)
-        if desk is not None and desk.was_requested:  # only an approval releases it now
-            decision = await desk.asked_before()
+        # Asked about before the run stopped (this very call: its key, tool and arguments):
+        # only an approval releases it now.
+        prior = await desk.prior_ask() if desk is not None else None
+        if prior is not None:
+            decision = prior
         else:
             decision = await deps.permissions.check(call, spec, user_id=scope.user_id)
             if tainted and spec.get("egress") and decision.verdict == "allow":
