@@ -29,6 +29,7 @@ from typing import Any
 
 from loomgraph._storage.cursor import raise_constraint
 from loomgraph._storage.sqlite_files import Synchronous
+from loomgraph.protocols.tasks import finished
 
 # About SQLite's default auto-checkpoint (1,000 pages) at 2-3 pages per one-row commit.
 CHECKPOINT_EVERY = 400
@@ -86,14 +87,11 @@ class InlineWriter:
         if self._level != "FULL":
             conn.execute("COMMIT")
             return
-        done = asyncio.ensure_future(asyncio.to_thread(conn.execute, "COMMIT"))
         try:
-            await asyncio.shield(done)
-        finally:
             # A commit under way cannot be taken back: a cancelled caller lets it end before
             # the connection is used again, and a failed one leaves no transaction open.
-            if not done.done():
-                await asyncio.wait([done])
+            await finished(asyncio.to_thread(conn.execute, "COMMIT"))
+        finally:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
 

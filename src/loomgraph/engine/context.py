@@ -175,7 +175,11 @@ class VisitContext:
             try:
                 response = await self._stream(request, call_id, streamed, attempts)
             except ModelError as err:
-                usage = _broken_usage(request, err.usage, streamed)
+                usage = (
+                    _cancelled_usage(request, streamed)  # what it billed is not known
+                    if err.usage_problem
+                    else _broken_usage(request, err.usage, streamed)
+                )
                 await attempts.failed(usage, str(err))
                 if err.retry_step and step < STEP_RETRIES:
                     await self.emit(MODEL_RETRY, {"error": str(err), "attempt": step + 1})
@@ -239,13 +243,12 @@ class VisitContext:
                     elif kind == "tool_call":
                         response.tool_calls.append(chunk["call"])
                     elif kind == "usage":
-                        more = chunk["usage"]  # a third-party model may still send a dict
-                        response.usage += more if isinstance(more, Usage) else Usage.from_dict(more)
+                        response.usage += _reported(chunk["usage"], request, texts)
                     elif kind == "finish":
                         response.finish_reason = chunk.get("finish_reason", "end_turn")
                     elif kind == "attempt":
                         # The ledger counts the attempt's model call from its reservation.
-                        billed = chunk.get("usage", Usage())
+                        billed = _reported(chunk.get("usage"), request, texts)
                         await attempts.retried(billed, chunk.get("error", ""))
                         await self.emit(
                             MODEL_RETRY, {"error": chunk.get("error", ""), "provider": True}
@@ -326,6 +329,20 @@ def _broken_usage(request: ModelRequest, usage: Usage, streamed: list[str]) -> U
         prompt_tokens=estimate_prompt_tokens(request.prompt_chars()),
         output_tokens=_streamed_tokens(request, streamed),
     )
+
+
+def _reported(value: Any, request: ModelRequest, streamed: list[str]) -> Usage:
+    """The usage a model reported (a Usage or its dict), without tool calls (not the model's
+    to count); ModelError when it is impossible (a negative, NaN or fractional count), which
+    charges the call its estimate instead."""
+    try:
+        usage = Usage.reported(value)
+    except ValueError as err:
+        raise ModelError(
+            f"the model reported an impossible usage: {err}",
+            usage=_cancelled_usage(request, streamed),
+        ) from None
+    return replace(usage, tool_calls=0) if usage.tool_calls else usage
 
 
 def _cancelled_usage(request: ModelRequest, streamed: list[str]) -> Usage:

@@ -27,6 +27,7 @@ from loomgraph.protocols import (
     Usage,
 )
 from loomgraph.protocols.events import EFFECT_UNKNOWN_AFTER_CRASH, Event, hears_events
+from loomgraph.protocols.tasks import finished
 
 EventSink = Callable[[Event], Awaitable[None]]
 
@@ -118,9 +119,11 @@ class RunScope:
         return held
 
     async def settle(self, reservation: Reservation | None, actual: Usage) -> None:
-        """Replace a reservation by what was spent."""
+        """Replace a reservation by what was spent, to the end even when the run is cancelled
+        meanwhile: the spending happened, and a settlement cut off would leave the hold to
+        be released, uncharged, when the run ends."""
         if reservation is not None:
-            await self.deps.budget.settle(reservation, actual)
+            await finished(self.deps.budget.settle(reservation, actual))
             if self.auditing and (reservation.amount or actual):
                 payload = trail.budget(reservation, actual)
                 await self.audit(AuditAction.BUDGET_SETTLE, trail.BUDGET_ACTOR, payload)

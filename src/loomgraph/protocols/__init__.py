@@ -91,6 +91,7 @@ from loomgraph.protocols.runtime import (
     UnknownRun,
     current_fence,
 )
+from loomgraph.protocols.tasks import finished
 from loomgraph.protocols.tools import StartableToolHost, ToolHost, ToolRun, tool_run
 from loomgraph.protocols.usage import (
     CHARS_PER_TOKEN,
@@ -170,6 +171,8 @@ __all__ = [  # noqa: RUF022 - grouped by concept, not sorted
     "Verdict",
     # lazy: a package's public names imported on first use
     "lazy_names",
+    # tasks: a step a cancellation must not cut off
+    "finished",
     # ledger: where a journal keeps a budget's ledger, and budgets bound to it
     "Bindable",
     "LedgerHost",

@@ -58,7 +58,8 @@ class Deps:
     # False when the budget has no caps: reservations (and estimating them) are skipped.
     budgeted: bool = True
     # Decides `ask` verdicts in-process: (call, decision) -> True | False | {"args": ...} |
-    # None (None: stop the run and wait for `agent.resume(run_id, approve=...)`).
+    # an Approval of this call | None (None: stop the run and wait for
+    # `agent.resume(run_id, approve=...)`); anything else denies the call.
     approval_handler: Callable[..., Any] | None = None
     # What an egress tool's call gets when its arguments carry untrusted text and the rules
     # would allow it.

@@ -127,9 +127,24 @@ class ModelError(LoomgraphError):
         self.status = status
         self.request_id = request_id
         self.retry_step = retry_step
-        if usage is not None and not isinstance(usage, Usage):
-            usage = Usage.from_dict(usage)  # a third-party model may still pass a dict
-        self.usage: Usage = usage or Usage()
+        # Why an impossible usage an adapter gave was set aside ("" when none was).
+        self.usage_problem = ""
+        self.usage = usage or Usage()
+
+    @property
+    def usage(self) -> Usage:
+        """What the provider billed for the failed attempt (checked: see `Usage.reported`)."""
+        return self._usage
+
+    @usage.setter
+    def usage(self, value: Any) -> None:
+        # Set by adapters (a dict from a third-party one): an impossible usage would crash
+        # the accounting of a call that happened, so it counts as none reported, and the
+        # call is charged its estimate instead (see engine.context).
+        try:
+            self._usage = Usage.reported(value)
+        except ValueError as err:
+            self._usage, self.usage_problem = Usage(), str(err)
 
 
 @runtime_checkable

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 from typing import Any
@@ -93,10 +94,33 @@ class Usage:
                 f"unknown usage key(s) {', '.join(map(repr, unknown))}; "
                 f"a usage has {', '.join(USAGE_FIELDS)}"
             )
-        for key, value in data.items():
+        return cls(**data).check()
+
+    @classmethod
+    def reported(cls, value: Any) -> Usage:
+        """A usage reported from outside loomgraph (a model adapter's): a Usage or its JSON
+        shape, None for none; ValueError when it is neither or holds an impossible count."""
+        if value is None:
+            return cls()
+        if isinstance(value, Usage):
+            return value.check()
+        if not isinstance(value, Mapping):
+            raise ValueError(f"a usage is a Usage or a mapping, not {type(value).__name__}")
+        return cls.from_dict(value)
+
+    def check(self) -> Usage:
+        """This usage, when every count is a finite number of at least 0 and every count but
+        `cost_usd` a whole one; else ValueError naming the first that is not (a negative or
+        NaN count would lower what a run is charged, or switch a cap off)."""
+        for name in USAGE_FIELDS:
+            value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int | float):
-                raise ValueError(f"usage {key!r} must be a number, not {value!r}")
-        return cls(**data)
+                raise ValueError(f"usage {name!r} must be a number, not {value!r}")
+            if not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"usage {name!r} must be finite and at least 0, not {value!r}")
+            if name != "cost_usd" and value != int(value):
+                raise ValueError(f"usage {name!r} must be a whole number, not {value!r}")
+        return self
 
 
 USAGE_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(Usage))
