@@ -112,6 +112,23 @@ class Usage:
         """This usage, when every count is a finite number of at least 0 and every count but
         `cost_usd` a whole one; else ValueError naming the first that is not (a negative or
         NaN count would lower what a run is charged, or switch a cap off)."""
+        counts = (
+            self.input_tokens,
+            self.output_tokens,
+            self.cache_read_tokens,
+            self.cache_write_tokens,
+            self.model_calls,
+            self.tool_calls,
+        )
+        cost = self.cost_usd
+        # The common case, checked at once: whole counts of at least 0, a finite cost.
+        if (
+            set(map(type, counts)) == _INT
+            and min(counts) >= 0
+            and type(cost) in _NUMBER
+            and 0 <= cost < math.inf
+        ):
+            return self
         for name in USAGE_FIELDS:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int | float):
@@ -124,6 +141,8 @@ class Usage:
 
 
 USAGE_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(Usage))
+_INT: set[type] = {int}
+_NUMBER = (int, float)
 _FIELD_SET = frozenset(USAGE_FIELDS)
 
 
