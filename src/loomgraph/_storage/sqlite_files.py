@@ -45,23 +45,38 @@ class SqliteFileProblem(LoomgraphError):
         self.loss: WalLoss | None = None  # set when committed WAL frames are what is missing
 
 
-def integrity_of(path: str, *, immutable: bool = False) -> str:
+def integrity_of(path: str, *, immutable: bool = False, busy_timeout: float | None = None) -> str:
     """`PRAGMA quick_check` of a file, on a read-only connection: "ok", the problems found,
     or the error that kept it from running. Never writes the database file; a read-only
     connection may create an empty `-wal`/`-shm` beside it. `immutable` reads the main file
-    alone (ignoring `-wal`/`-shm`) and creates nothing."""
+    alone (ignoring `-wal`/`-shm`) and creates nothing.
+
+    With `busy_timeout`, another connection's lock is waited for that long, and one held
+    longer raises SqliteFileProblem("unavailable"): a locked file is not a damaged one.
+    """
     uri = Path(path).absolute().as_uri() + ("?immutable=1" if immutable else "?mode=ro")
     try:
-        conn = sqlite3.connect(uri, uri=True)
+        conn = sqlite3.connect(uri, uri=True, timeout=5.0 if busy_timeout is None else busy_timeout)
     except sqlite3.Error as err:
         return f"cannot open: {err}"
     try:
         rows = [str(r[0]) for r in conn.execute("PRAGMA quick_check(5)")]
         return "; ".join(rows).replace("\n", "; ")
     except sqlite3.Error as err:
+        if busy_timeout is not None and _busy(err):
+            raise SqliteFileProblem("unavailable", locked_for_too_long(err, busy_timeout)) from None
         return f"quick_check failed: {err}"
     finally:
         conn.close()
+
+
+def _busy(err: sqlite3.Error) -> bool:
+    """Whether SQLite refused for another connection's lock."""
+    return getattr(err, "sqlite_errorname", "").startswith(("SQLITE_BUSY", "SQLITE_LOCKED"))
+
+
+def locked_for_too_long(err: sqlite3.Error, busy_timeout: float) -> str:
+    return f"{err} for longer than busy_timeout={busy_timeout}s"
 
 
 class WalLoss(NamedTuple):
@@ -158,8 +173,9 @@ def check_sqlite_file(path: str) -> None:
 async def enable_wal(conn: aiosqlite.Connection, busy_timeout: float) -> None:
     """Switch a file to WAL mode (the mode then stays with the file).
 
-    The switch needs an exclusive lock and SQLite applies no busy_timeout to it, so processes
-    opening one new file together retry here, within `busy_timeout`.
+    The switch upgrades a read transaction to a write one, which SQLite never waits for
+    (busy_timeout does not apply), so connections opening one new file together retry here,
+    within `busy_timeout`. Each statement's rows are read to the end (see `execute_all`).
     """
     loop = asyncio.get_running_loop()
     deadline, delay = loop.time() + busy_timeout, 0.001
@@ -168,8 +184,7 @@ async def enable_wal(conn: aiosqlite.Connection, busy_timeout: float) -> None:
         try:
             mode = str(next(iter(await conn.execute_fetchall(statement)))[0])
         except sqlite3.OperationalError as err:
-            busy = getattr(err, "sqlite_errorname", "").startswith("SQLITE_BUSY")
-            if not busy or loop.time() > deadline:
+            if not _busy(err) or loop.time() > deadline:
                 raise
             await asyncio.sleep(delay)  # another process holds the lock for a moment
             delay = min(delay * 2, 0.05)
@@ -192,12 +207,27 @@ async def connect_sqlite(path: str) -> aiosqlite.Connection:
     thread = getattr(conn, "_thread", None)
     if thread is not None:
         thread.daemon = True
-    await conn
+    try:
+        await conn
+    except BaseException:
+        # A file SQLite cannot open: aiosqlite stops its thread without waiting for it, and
+        # a thread that ends after this event loop closed dies reporting to it.
+        if thread is not None and thread.is_alive():
+            await asyncio.to_thread(thread.join, 5.0)
+        raise
     return conn
 
 
 async def execute_all(conn: aiosqlite.Connection, statements: Iterable[str]) -> None:
-    """Run statements (tables, indexes) in one write transaction."""
+    """Run statements (tables, indexes) in one write transaction.
+
+    Its `BEGIN IMMEDIATE` waits for another connection's write lock (busy_timeout) only when
+    no earlier statement of `conn` is still unfinished: aiosqlite keeps a statement's cursor
+    until the next statement has run, and a statement whose rows were not all read holds its
+    read transaction that long — the BEGIN then upgrades it, and SQLite fails such an upgrade
+    at once ("database is locked") rather than risk a deadlock. So every statement before
+    this one that returns rows (a PRAGMA setting one too) is read with `execute_fetchall`.
+    """
     await conn.execute("BEGIN IMMEDIATE")
     for statement in statements:
         await conn.execute(statement)
@@ -206,7 +236,16 @@ async def execute_all(conn: aiosqlite.Connection, statements: Iterable[str]) -> 
 
 async def set_busy_timeout(conn: aiosqlite.Connection, busy_timeout: float) -> None:
     """Wait up to `busy_timeout` seconds for another process's lock instead of failing."""
-    await conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
+    # Its row is read, so the statement is finished before the next one (see execute_all).
+    await conn.execute_fetchall(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
+
+
+def sqlite_problem(path: str, err: sqlite3.Error, busy_timeout: float) -> SqliteFileProblem:
+    """An SQLite error met while opening `path`, as a SqliteFileProblem naming the file."""
+    text = locked_for_too_long(err, busy_timeout) if _busy(err) else str(err)
+    if getattr(err, "sqlite_errorname", "").startswith(_CORRUPT):
+        return SqliteFileProblem("corrupted", f"{path}: {text}", text)
+    return SqliteFileProblem("unavailable", f"{path}: {text}")
 
 
 async def open_sqlite(
@@ -230,7 +269,7 @@ async def open_sqlite(
             problem.loss = loss
             raise problem
         if verify and os.path.exists(path):
-            result = await asyncio.to_thread(integrity_of, path)
+            result = await asyncio.to_thread(integrity_of, path, busy_timeout=busy_timeout)
             if result != "ok":
                 raise SqliteFileProblem("corrupted", f"quick_check: {result}", result)
     try:

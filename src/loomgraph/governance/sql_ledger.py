@@ -27,11 +27,14 @@ from loomgraph._storage.cursor import Cursor
 from loomgraph._storage.pg_pool import LoopPool, import_asyncpg, open_pool
 from loomgraph._storage.sqlite_conn import SqliteConnection
 from loomgraph._storage.sqlite_files import (
+    SqliteFileProblem,
     Synchronous,
     checked_synchronous,
     connect_sqlite,
+    enable_wal,
     execute_all,
     set_busy_timeout,
+    sqlite_problem,
 )
 from loomgraph._storage.sqlite_inline import InlineWriter
 from loomgraph.governance.ledger import (
@@ -251,18 +254,28 @@ class SqliteLedger(_SqlLedger):
             yield cur
 
     async def _open(self) -> aiosqlite.Connection:
-        conn = await connect_sqlite(self.path)
+        """Connect, switch the file to WAL mode and make the tables, waiting up to
+        `busy_timeout` for other connections doing the same (any number of processes may
+        open one new file at once); past it, or when the file cannot be opened, raise
+        SqliteFileProblem naming the file."""
+        try:
+            conn = await connect_sqlite(self.path)
+        except sqlite3.Error as err:
+            raise sqlite_problem(self.path, err, self.busy_timeout) from None
         try:
             await set_busy_timeout(conn, self.busy_timeout)
             await conn.execute(f"PRAGMA synchronous = {self.synchronous}")
-            # WAL lets readers go on during a write; switching needs an exclusive lock that
-            # busy_timeout does not cover, and the mode only affects speed, so a busy switch
-            # is simply skipped (a later connection will make it).
-            with contextlib.suppress(sqlite3.OperationalError):
-                await conn.execute("PRAGMA journal_mode = WAL")
+            if self.path != ":memory:":
+                # Reads the pragma's row: one left unread would turn the BEGIN IMMEDIATE of
+                # execute_all into an upgrade that fails at once (see execute_all).
+                await enable_wal(conn, self.busy_timeout)
             await execute_all(conn, _ddl("", "REAL"))
-        except BaseException:
+        except BaseException as err:
             await conn.close()
+            if isinstance(err, SqliteFileProblem):
+                raise SqliteFileProblem(err.kind, f"{self.path}: {err}", err.integrity) from None
+            if isinstance(err, sqlite3.Error):
+                raise sqlite_problem(self.path, err, self.busy_timeout) from None
             raise
         return conn
 
