@@ -11,17 +11,19 @@ from typing import Any
 import pytest
 
 from fake_servers import FakeServer, Reply, Sleeps, chat_stream, sse_message
+from loomgraph import Agent
+from loomgraph.governance import BudgetConfig, StandardBudget
 from loomgraph.models.anthropic import AnthropicModel
 from loomgraph.models.errors import ModelBadResponse
 from loomgraph.models.openai_compat import OpenAICompatModel
 from loomgraph.models.retry import RetryPolicy
-from loomgraph.models.tool_args import (
+from loomgraph.protocols import ModelRequest
+from loomgraph.protocols.tool_args import (
     ToolArgLimits,
     ToolArgsRejected,
     check_tool_args,
     parse_tool_args,
 )
-from loomgraph.protocols import ModelRequest
 
 DEEP = '{"a": ' + "[" * 1000 + "]" * 1000 + "}"
 HUGE = json.dumps({"text": "x" * 5_000_000})
@@ -100,3 +102,48 @@ async def test_adapter_rejects_arguments_over_the_limits(
     assert [c for c in chunks if c["type"] == "tool_call"] == []  # never emitted
     assert info.value.error_type == "tool_args_rejected"
     assert words in str(info.value)
+
+
+# ---------------------------------------------------------------------------- any model
+
+
+def deep(levels: int) -> Any:
+    value: Any = 1
+    for _ in range(levels):
+        value = [value]
+    return value
+
+
+class CallingModel:
+    """A model of its own (not a provider adapter) that hands over `call` as a tool call."""
+
+    name = "claude-sonnet-4-5"
+
+    def __init__(self, call: Any) -> None:
+        self.call = call
+
+    async def stream(self, request: ModelRequest) -> Any:
+        yield {"type": "tool_call", "call": self.call}
+        yield {"type": "finish", "finish_reason": "tool_use"}
+
+
+UNUSABLE = [
+    ({"id": "c1", "tool": "add", "args": {"a": deep(2000)}}, "nested deeper"),
+    ({"id": "c1", "tool": "add", "args": "a=1"}, "not an object"),
+    ({"id": "c1", "args": {}}, "a `tool` name"),
+    ({"id": 7, "tool": "add", "args": {}}, "an `id`"),
+    ("add(1, 2)", "a tool call is a mapping"),
+]
+
+
+@pytest.mark.parametrize(("call", "named"), UNUSABLE, ids=[n for _, n in UNUSABLE])
+async def test_any_models_unusable_tool_call_is_a_typed_failure_and_charged(
+    call: Any, named: str
+) -> None:
+    spending = StandardBudget(BudgetConfig(model="claude-sonnet-4-5", model_calls=5))
+    result = await Agent("x", model=CallingModel(call), budget=spending).run("go")
+    assert result.status == "failed"
+    assert "unusable tool call" in result.reason and named in result.reason
+    assert "RecursionError" not in result.reason
+    totals = await spending.totals("global")
+    assert totals.spent["model_calls"] == 1 and not totals.reserved.get("model_calls")

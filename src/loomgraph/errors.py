@@ -49,7 +49,7 @@ with where each class lives (relative to `loomgraph.`):
     │       ├── ModelBadResponse            models.errors
     │       └── ModelStreamBroken           models.errors
     ├── ScriptExhausted + RuntimeError      models.scripted
-    ├── ToolArgsRejected + ValueError       models.tool_args
+    ├── ToolArgsRejected + ValueError       protocols.tool_args
     ├── JournalError                        runtime.errors
     │   ├── JournalCorrupted                runtime.errors
     │   │   └── JournalDamaged              runtime.errors

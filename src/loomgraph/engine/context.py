@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Mapping
 from contextlib import aclosing
 from dataclasses import replace
-from typing import Any
+from typing import Any, cast
 
 from loomgraph.engine import audit_trail as trail
 from loomgraph.engine.attempts import ModelAttempts
@@ -30,6 +30,7 @@ from loomgraph.protocols import (
     ToolCall,
     ToolResult,
     Usage,
+    check_tool_args,
     semconv,
 )
 from loomgraph.protocols.events import MODEL_CHUNK, MODEL_RETRY, OUTPUT_VOID, VoidReason
@@ -241,7 +242,7 @@ class VisitContext:
                                 {"chunk": chunk, "call_id": call_id, "provisional": True},
                             )
                     elif kind == "tool_call":
-                        response.tool_calls.append(chunk["call"])
+                        response.tool_calls.append(_checked_call(chunk.get("call"), request, texts))
                     elif kind == "usage":
                         response.usage += _reported(chunk["usage"], request, texts)
                     elif kind == "finish":
@@ -343,6 +344,25 @@ def _reported(value: Any, request: ModelRequest, streamed: list[str]) -> Usage:
             usage=_cancelled_usage(request, streamed),
         ) from None
     return replace(usage, tool_calls=0) if usage.tool_calls else usage
+
+
+def _checked_call(call: Any, request: ModelRequest, streamed: list[str]) -> ToolCall:
+    """A tool call a model sent, when it is one: an id and a tool name (text), and arguments
+    within the limits (any model's: the provider adapters check theirs as they parse them,
+    another model could hand over a 2,000-deep object no later step can walk). Else a
+    ModelError, and the call is charged its estimate."""
+    try:
+        if not isinstance(call, dict):
+            raise ValueError(f"a tool call is a mapping, not {type(call).__name__}")
+        if not isinstance(call.get("id"), str) or not isinstance(call.get("tool"), str):
+            raise ValueError("a tool call needs an `id` and a `tool` name, both text")
+        check_tool_args(call.get("args"))
+    except ValueError as err:  # ToolArgsRejected included
+        raise ModelError(
+            f"the model sent an unusable tool call: {err}",
+            usage=_cancelled_usage(request, streamed),
+        ) from None
+    return cast(ToolCall, call)
 
 
 def _cancelled_usage(request: ModelRequest, streamed: list[str]) -> Usage:

@@ -8,9 +8,9 @@ from typing import Any, ClassVar
 
 from loomgraph.models.errors import ModelPromptTooLarge
 from loomgraph.models.retry import RetryPolicy, retrying
-from loomgraph.models.tool_args import DEFAULT_LIMITS, ToolArgLimits
 from loomgraph.protocols import ModelChunk, ModelRequest, Usage
 from loomgraph.protocols.pricing import PriceOverride, with_cost
+from loomgraph.protocols.tool_args import DEFAULT_LIMITS, ToolArgLimits
 from loomgraph.protocols.usage import estimate_output_tokens, estimate_prompt_tokens, floor_usage
 
 # About 4 MB of text: far above any model's context window in tokens, but it stops a runaway

@@ -30,12 +30,6 @@ from loomgraph.models.errors import (
     quota_exhausted,
 )
 from loomgraph.models.retry import RetryPolicy
-from loomgraph.models.tool_args import (
-    ToolArgLimits,
-    ToolArgsRejected,
-    check_tool_args,
-    parse_tool_args,
-)
 from loomgraph.protocols import (
     ModelChunk,
     ModelRequest,
@@ -44,6 +38,12 @@ from loomgraph.protocols import (
     Usage,
 )
 from loomgraph.protocols.pricing import PriceOverride
+from loomgraph.protocols.tool_args import (
+    ToolArgLimits,
+    ToolArgsRejected,
+    check_tool_args,
+    parse_tool_args,
+)
 
 __all__ = [
     "ENV_API_KEY",

@@ -92,6 +92,12 @@ from loomgraph.protocols.runtime import (
     current_fence,
 )
 from loomgraph.protocols.tasks import finished
+from loomgraph.protocols.tool_args import (
+    ToolArgLimits,
+    ToolArgsRejected,
+    check_tool_args,
+    parse_tool_args,
+)
 from loomgraph.protocols.tools import StartableToolHost, ToolHost, ToolRun, tool_run
 from loomgraph.protocols.usage import (
     CHARS_PER_TOKEN,
@@ -173,6 +179,11 @@ __all__ = [  # noqa: RUF022 - grouped by concept, not sorted
     "lazy_names",
     # tasks: a step a cancellation must not cut off
     "finished",
+    # tool_args: a model's tool-call arguments, checked against limits
+    "ToolArgLimits",
+    "ToolArgsRejected",
+    "check_tool_args",
+    "parse_tool_args",
     # ledger: where a journal keeps a budget's ledger, and budgets bound to it
     "Bindable",
     "LedgerHost",
