@@ -50,6 +50,8 @@ with where each class lives (relative to `loomgraph.`):
     │       └── ModelStreamBroken           models.errors
     ├── ScriptExhausted + RuntimeError      models.scripted
     ├── ToolArgsRejected + ValueError       protocols.tool_args
+    ├── ServiceUnavailable                  errors
+    │   └── LedgerUnavailable               governance.ledger
     ├── JournalError                        runtime.errors
     │   ├── JournalCorrupted                runtime.errors
     │   │   └── JournalDamaged              runtime.errors

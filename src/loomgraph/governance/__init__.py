@@ -17,6 +17,7 @@ if TYPE_CHECKING:
         Hold,
         InMemoryLedger,
         Ledger,
+        LedgerUnavailable,
         Totals,
     )
     from loomgraph.governance.null import AllowAll, NoBudget, NoHooks
@@ -41,6 +42,7 @@ _MODULES = {
     "Hold": "loomgraph.governance.ledger",
     "InMemoryLedger": "loomgraph.governance.ledger",
     "Ledger": "loomgraph.governance.ledger",
+    "LedgerUnavailable": "loomgraph.governance.ledger",
     "Totals": "loomgraph.governance.ledger",
     "AllowAll": "loomgraph.governance.null",
     "NoBudget": "loomgraph.governance.null",
@@ -75,6 +77,7 @@ __all__ = [
     "Hooks",
     "InMemoryLedger",
     "Ledger",
+    "LedgerUnavailable",
     "Mode",
     "NoBudget",
     "NoHooks",

@@ -10,6 +10,10 @@ check logic is therefore written once, in `budget.py`, for every backend.
 All amounts are integers: token and call counts as they are, cost in nano-dollars
 (`NANO_USD` per USD), so adding and removing reservations never drifts by float rounding and
 `spent + reserved <= cap` is checked exactly.
+
+A ledger that cannot be reached raises `LedgerUnavailable`, a `ServiceUnavailable`: like a
+journal that cannot be reached, it is not the run's failure (docs/governance.md, "When a
+ledger cannot be reached").
 """
 
 from __future__ import annotations
@@ -20,6 +24,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Self
 
+from loomgraph.errors import ServiceUnavailable
+
 __all__ = [
     "METRICS",
     "NANO_USD",
@@ -28,6 +34,7 @@ __all__ = [
     "Hold",
     "InMemoryLedger",
     "Ledger",
+    "LedgerUnavailable",
     "LedgerView",
     "Totals",
     "apply_change",
@@ -46,6 +53,26 @@ METRICS = (
 NANO_USD = 1_000_000_000
 
 Amounts = dict[str, int]
+
+
+class LedgerUnavailable(ServiceUnavailable):
+    """The budget ledger cannot be reached: a file that cannot be opened, its lock held past
+    `busy_timeout`, a server that refuses, drops the connection or does not answer in time.
+
+    Not the run's failure: the engine lets it through, the run stays `running` in its journal
+    and is resumed as after a crash; an effect whose settlement it interrupted keeps its
+    hold, which the resume charges. `where` names the file, or the server (never its
+    password) and schema; `detail` is the cause."""
+
+    def __init__(self, where: str, detail: str) -> None:
+        super().__init__(_message(where, detail))
+        self.where = where
+        self.detail = detail
+
+
+def _message(where: str, detail: str) -> str:
+    """What a `LedgerUnavailable` says."""
+    return f"budget ledger {where} is unavailable: {detail}"
 
 
 @dataclass(slots=True)

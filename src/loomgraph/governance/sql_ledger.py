@@ -6,6 +6,12 @@ transaction and how to lock the scopes in it. SQLite's `BEGIN IMMEDIATE` takes t
 write lock before the totals are read, so read-check-write is atomic across processes;
 PostgreSQL takes one transaction-level advisory lock per scope, in sorted order (no deadlock),
 so runs of different users do not wait for each other.
+
+A ledger that cannot be reached — its SQLite file's lock held past `busy_timeout`, a file
+that cannot be opened, a Postgres server that refuses, drops the connection or does not
+answer within `connect_timeout` / `command_timeout` — raises `LedgerUnavailable`, on opening
+and on every operation; every other error (a constraint, a damaged file, a row that does not
+decode, what `decide` raises) keeps its own type.
 """
 
 from __future__ import annotations
@@ -24,7 +30,14 @@ from typing import Any
 import aiosqlite
 
 from loomgraph._storage.cursor import Cursor
-from loomgraph._storage.pg_pool import LoopPool, import_asyncpg, open_pool
+from loomgraph._storage.dsn import describe_dsn
+from loomgraph._storage.pg_pool import (
+    LoopPool,
+    connection_failed,
+    failure,
+    import_asyncpg,
+    open_pool,
+)
 from loomgraph._storage.sqlite_conn import SqliteConnection
 from loomgraph._storage.sqlite_files import (
     SqliteFileProblem,
@@ -33,6 +46,7 @@ from loomgraph._storage.sqlite_files import (
     connect_sqlite,
     enable_wal,
     execute_all,
+    locked_for_too_long,
     set_busy_timeout,
     sqlite_problem,
 )
@@ -42,8 +56,10 @@ from loomgraph.governance.ledger import (
     Decide,
     Hold,
     Ledger,
+    LedgerUnavailable,
     LedgerView,
     Totals,
+    _message,
     _scope_names,
     apply_change,
 )
@@ -203,6 +219,30 @@ class _SqlLedger(Ledger):
 
 # ---------------------------------------------------------------------------- SQLite
 
+# SQLite's answers that say the file cannot be used now, not that a statement or the file is
+# wrong: another connection's lock (held past busy_timeout), a file that cannot be opened,
+# read or written (I/O, permissions, a full disk).
+_BUSY = ("SQLITE_BUSY", "SQLITE_LOCKED")
+_UNAVAILABLE = (
+    *_BUSY,
+    "SQLITE_CANTOPEN",
+    "SQLITE_IOERR",
+    "SQLITE_READONLY",
+    "SQLITE_FULL",
+    "SQLITE_PERM",
+    "SQLITE_AUTH",
+)
+
+
+class _SqliteLedgerUnavailable(LedgerUnavailable, SqliteFileProblem):
+    """A `SqliteLedger`'s LedgerUnavailable; also the SqliteFileProblem (kind "unavailable")
+    that opening one raised before, so code that catches that still does."""
+
+    def __init__(self, where: str, detail: str) -> None:
+        SqliteFileProblem.__init__(self, "unavailable", _message(where, detail))
+        self.where = where
+        self.detail = detail
+
 
 class SqliteLedger(_SqlLedger):
     """A ledger in an SQLite file (it may be the runtime journal's file), safe for processes.
@@ -218,6 +258,10 @@ class SqliteLedger(_SqlLedger):
     process's death but not the machine's. A transaction that can take the write lock at
     once runs its statements on the event loop's thread; with FULL only its commit (the
     fsync) goes to a worker thread.
+
+    A lock another connection holds past `busy_timeout`, and a file that cannot be opened,
+    read or written, raise `LedgerUnavailable` naming the file (also a `SqliteFileProblem` of
+    kind "unavailable"); a damaged file raises `SqliteFileProblem` of kind "corrupted".
     """
 
     def __init__(
@@ -231,9 +275,10 @@ class SqliteLedger(_SqlLedger):
         self.path = os.fspath(path)
         self.busy_timeout = busy_timeout
         self.synchronous = checked_synchronous(synchronous)
+        self.location = repr(self.path)  # as errors name it
         # A connection's futures and an asyncio.Lock belong to one event loop: a new loop
         # gets a new connection.
-        self._db = SqliteConnection(self._open, per_loop=True)
+        self._db = SqliteConnection(self._open, per_loop=True, translate=self._translate)
         inline = self.path != ":memory:"
         self._inline = InlineWriter(self.path, synchronous=synchronous) if inline else None
 
@@ -253,15 +298,43 @@ class SqliteLedger(_SqlLedger):
         async with self._db.write(inline=self._inline, synchronous=level) as cur:
             yield cur
 
+    def _translate(self, err: Exception) -> Exception:
+        """An SQLite error that says the file cannot be used now as LedgerUnavailable;
+        anything else (a constraint, damage, what `decide` raised) unchanged."""
+        if not isinstance(err, sqlite3.Error):
+            return err
+        name = getattr(err, "sqlite_errorname", "")
+        if name.startswith(_BUSY):
+            detail = locked_for_too_long(err, self.busy_timeout)
+            return _SqliteLedgerUnavailable(self.location, detail)
+        if name.startswith(_UNAVAILABLE):
+            return _SqliteLedgerUnavailable(self.location, str(err))
+        return err
+
+    def _open_failed(self, err: sqlite3.Error | SqliteFileProblem) -> Exception:
+        """An error met while opening the file: LedgerUnavailable when the file cannot be
+        used now, else a SqliteFileProblem naming the file."""
+        if isinstance(err, sqlite3.Error):
+            typed = self._translate(err)
+            if typed is not err:
+                return typed
+            problem = sqlite_problem(self.path, err, self.busy_timeout)
+            if problem.kind == "unavailable":  # any other error of opening, as before
+                return _SqliteLedgerUnavailable(self.location, str(err))
+            return problem
+        if err.kind == "unavailable":
+            return _SqliteLedgerUnavailable(self.location, str(err))
+        return SqliteFileProblem(err.kind, f"{self.path}: {err}", err.integrity)
+
     async def _open(self) -> aiosqlite.Connection:
         """Connect, switch the file to WAL mode and make the tables, waiting up to
         `busy_timeout` for other connections doing the same (any number of processes may
         open one new file at once); past it, or when the file cannot be opened, raise
-        SqliteFileProblem naming the file."""
+        LedgerUnavailable naming the file (SqliteFileProblem when it is damaged)."""
         try:
             conn = await connect_sqlite(self.path)
         except sqlite3.Error as err:
-            raise sqlite_problem(self.path, err, self.busy_timeout) from None
+            raise self._open_failed(err) from None
         try:
             await set_busy_timeout(conn, self.busy_timeout)
             await conn.execute(f"PRAGMA synchronous = {self.synchronous}")
@@ -272,10 +345,8 @@ class SqliteLedger(_SqlLedger):
             await execute_all(conn, _ddl("", "REAL"))
         except BaseException as err:
             await conn.close()
-            if isinstance(err, SqliteFileProblem):
-                raise SqliteFileProblem(err.kind, f"{self.path}: {err}", err.integrity) from None
-            if isinstance(err, sqlite3.Error):
-                raise sqlite_problem(self.path, err, self.busy_timeout) from None
+            if isinstance(err, SqliteFileProblem | sqlite3.Error):
+                raise self._open_failed(err) from None
             raise
         return conn
 
@@ -289,17 +360,36 @@ class PostgresLedger(_SqlLedger):
     Each transaction takes `pg_advisory_xact_lock` on every scope it reads, in sorted order,
     before reading: transactions on one user serialise, those on different users do not
     (unless a global cap puts every reservation on the `global` scope).
+
+    `connect_timeout` bounds making a connection and `command_timeout` every statement
+    (seconds), as `PostgresRuntime`'s do: a server that refuses, drops the connection or does
+    not answer raises `LedgerUnavailable` (naming the server without its password) within
+    them instead of blocking the run.
     """
 
-    def __init__(self, dsn: str, *, schema: str = "public", pool_size: int = 4) -> None:
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        schema: str = "public",
+        pool_size: int = 4,
+        connect_timeout: float = 10.0,
+        command_timeout: float = 15.0,
+    ) -> None:
         if not _IDENT.fullmatch(schema):
             raise ValueError(f"invalid schema name {schema!r}")
+        if connect_timeout <= 0 or command_timeout <= 0:
+            raise ValueError("connect_timeout and command_timeout must be > 0 seconds")
         super().__init__(f'"{schema}".')
         self._pg = import_asyncpg("PostgresLedger")
         self.dsn = dsn
         self.schema = schema
         self.pool_size = pool_size
-        self._pools = LoopPool(self._open)
+        self.connect_timeout = connect_timeout
+        self.command_timeout = command_timeout
+        self.location = f"{describe_dsn(dsn)} (schema {schema!r})"  # as errors name it
+        # Waiting for a pooled connection may mean making one, then a statement on it.
+        self._pools = LoopPool(self._open, timeout=connect_timeout + command_timeout)
 
     def __repr__(self) -> str:
         return f"PostgresLedger(schema={self.schema!r})"
@@ -317,7 +407,39 @@ class PostgresLedger(_SqlLedger):
             await cur.fetch("SELECT pg_advisory_xact_lock(?)", [self._key(scope)])
 
     async def _open(self) -> Any:
-        return await open_pool(self._pg, self.dsn, pool_size=self.pool_size, setup=self._setup)
+        return await open_pool(
+            self._pg,
+            self.dsn,
+            pool_size=self.pool_size,
+            timeout=self.connect_timeout,
+            command_timeout=self.command_timeout,
+            setup=self._setup,
+            unavailable=lambda detail: LedgerUnavailable(self.location, detail),
+            translate=self._translate,
+        )
+
+    def _translate(self, err: Exception) -> Exception:
+        """A server that cannot be reached, or that ended or refused the work for a reason
+        of its own (shutting down, out of resources, a lock or idle timeout), as
+        LedgerUnavailable; anything else (a constraint, what `decide` raised) unchanged."""
+        pg = self._pg
+        if isinstance(err, TimeoutError):
+            return LedgerUnavailable(
+                self.location,
+                f"TimeoutError: no answer in time (connect_timeout {self.connect_timeout} s, "
+                f"command_timeout {self.command_timeout} s)",
+            )
+        if connection_failed(pg, err) or isinstance(
+            err,
+            pg.OperatorInterventionError  # shutdown, crash, cancelled, cannot connect now
+            | pg.InsufficientResourcesError  # too many connections, disk full, out of memory
+            | pg.IdleInTransactionSessionTimeoutError
+            | pg.LockNotAvailableError
+            | pg.InvalidCatalogNameError
+            | pg.InvalidAuthorizationSpecificationError,
+        ):
+            return LedgerUnavailable(self.location, failure(self.dsn, err))
+        return err
 
     async def _setup(self, con: Any) -> None:
         # Creators racing on CREATE TABLE IF NOT EXISTS collide in the catalog.
@@ -329,7 +451,9 @@ class PostgresLedger(_SqlLedger):
     @asynccontextmanager
     async def _transaction(self, durable: bool = True) -> AsyncIterator[Cursor]:
         # Every commit waits for the server's WAL flush (synchronous_commit as configured).
-        async with self._pools.cursor() as cur:
+        # The driver's error is dropped from a translated one's traceback (it may name the
+        # DSN's password).
+        async with self._pools.cursor(translate=self._translate) as cur:
             yield cur
 
 
