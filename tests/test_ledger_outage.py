@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -29,7 +29,7 @@ from urllib.parse import urlsplit, urlunsplit
 import pytest
 
 import pg
-from loomgraph import Agent
+from loomgraph import Agent, tool
 from loomgraph._storage.sqlite_files import SqliteFileProblem
 from loomgraph.errors import ServiceUnavailable
 from loomgraph.governance import (
@@ -39,7 +39,15 @@ from loomgraph.governance import (
     SqliteLedger,
     StandardBudget,
 )
-from loomgraph.governance.ledger import Change, Hold, Ledger, LedgerView
+from loomgraph.governance.ledger import (
+    Change,
+    Decide,
+    Hold,
+    InMemoryLedger,
+    Ledger,
+    LedgerView,
+    Totals,
+)
 from loomgraph.governance.null import NoHooks
 from loomgraph.models import ScriptedModel
 from loomgraph.protocols import BudgetExceeded, Event, ModelRequest, RunStatus
@@ -447,3 +455,54 @@ async def test_postgres_ledger_timeouts_have_defaults_and_are_checked() -> None:
     for bad in ({"connect_timeout": 0}, {"command_timeout": -1.0}):
         with pytest.raises(ValueError, match="timeout"):
             PostgresLedger("postgresql://u@127.0.0.1:1/db", **bad)  # type: ignore[arg-type]
+
+
+class BackByTheEnd(InMemoryLedger):
+    """Unreachable for one settlement only, and back by the time the run leaves."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fail_next_settlement = False
+
+    async def transact(
+        self, scopes: Sequence[str], hold_id: str | None, decide: Decide
+    ) -> dict[str, Totals]:
+        if self.fail_next_settlement and hold_id is not None:
+            self.fail_next_settlement = False
+            raise LedgerUnavailable("the test's ledger", "cut for one settlement")
+        return await super().transact(scopes, hold_id, decide)
+
+
+async def test_a_hold_whose_settlement_failed_is_kept_for_the_resume(tmp_path: Path) -> None:
+    """The run's end must not release what an outage left held: the resume charges it."""
+    ran: list[str] = []
+    ledger = BackByTheEnd()
+    spending = StandardBudget(BudgetConfig(tool_calls=5), ledger)
+
+    @tool
+    async def pay() -> str:
+        """Pay once."""
+        ran.append("paid")
+        # The first call's settlement meets the outage.
+        ledger.fail_next_settlement = len(ran) == 1
+        return "paid"
+
+    turns: list[Any] = [{"tool_calls": [{"tool": "pay", "args": {}}]}, "done"]
+    journal = SqliteRuntime(str(tmp_path / "journal.db"))
+    agent = Agent("x", model=ScriptedModel(turns), tools=[pay], runtime=journal, budget=spending)
+    session = agent.session("go")
+    with pytest.raises(LedgerUnavailable):
+        await session.execute(agent.deps.hooks.on_event)
+    record = await journal.load_run(session.run_id)
+    assert record is not None and record.status == "running"
+    assert [h.amounts for h in await ledger.holds(session.run_id)] == [{"tool_calls": 1}]
+
+    done = await agent.resume(session.run_id)
+    assert done.status == "completed"
+    totals = await spending.totals("global")
+    # Every execution is charged (the outcome was never journaled, as after a crash: the
+    # resume charges the kept hold, then may run the call again), and nothing stays held.
+    assert totals.spent["tool_calls"] >= len(ran) >= 1
+    assert not totals.reserved.get("tool_calls") and await ledger.holds() == []
+    assert [c.amounts for c in await ledger.charges(session.run_id)] == [{"tool_calls": 1}]
+    await agent.aclose()

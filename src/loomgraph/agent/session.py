@@ -20,7 +20,7 @@ from loomgraph.engine import audit_trail as trail
 from loomgraph.engine.effects import ResumeInput
 from loomgraph.engine.interpreter import Outcome, run_child, run_extra_step, run_graph
 from loomgraph.engine.scope import EventSink, RunScope, active_scope
-from loomgraph.errors import InputTooLarge
+from loomgraph.errors import InputTooLarge, ServiceUnavailable
 from loomgraph.graph.compiled import CompiledGraph
 from loomgraph.graph.state import final_output
 from loomgraph.nodes.structured import (
@@ -178,6 +178,7 @@ class AgentSession:
             with deps.telemetry.span(semconv.RUN_SPAN, attributes):
                 scope = RunScope(self.run_id, self.user_id, self.session_id, deps, sink, run_child)
                 active = active_scope.set(scope)
+                over = True
                 try:
                     if deps.run_clock is not None:  # the deadline is kept with the run
                         record.deadline = await deps.run_clock.begin_run(
@@ -188,9 +189,14 @@ class AgentSession:
                         # audited once its start is journaled (`execute`).
                         await self._audit_start(scope, continued=True)
                     yield scope
+                except ServiceUnavailable:
+                    # The run is not over, only cut off: its holds (a settlement the outage
+                    # stopped) and its clock stay for the resume, which charges them.
+                    over = False
+                    raise
                 finally:
                     active_scope.reset(active)
-                    if deps.run_clock is not None:
+                    if deps.run_clock is not None and over:
                         await deps.run_clock.end_run(scope.budget_scope)
         finally:
             current_run.reset(token)

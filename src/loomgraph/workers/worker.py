@@ -17,8 +17,9 @@ from loomgraph.agent.agent import Agent
 from loomgraph.agent.fleet import DEFAULT_QUEUE, FleetError, FleetQueue, RunJob, fleet_queue
 from loomgraph.agent.leases import owner_is_dead
 from loomgraph.engine.scope import stop_request
+from loomgraph.errors import ServiceUnavailable
 from loomgraph.protocols import RunStatus
-from loomgraph.runtime.errors import JournalUnavailable, LeaseLost, RunConflict
+from loomgraph.runtime.errors import LeaseLost, RunConflict
 from loomgraph.workers.advance import advance
 from loomgraph.workers.quarantine import Quarantine
 from loomgraph.workers.slots import UserSlots
@@ -147,9 +148,12 @@ class Worker:
                 # expires_at is by the database clock; this host's is close enough here.
                 wait = max(0.05, min(wait, err.expires_at - time.time()))
             raise RetryRequested(timedelta(seconds=wait), "run leased") from None
-        except JournalUnavailable:
-            # Postgres restarting or unreachable: try again once it may be back.
-            raise RetryRequested(timedelta(seconds=self.options.poll_seconds), "journal") from None
+        except ServiceUnavailable:
+            # The journal or the budget's ledger unreachable (Postgres restarting): try again
+            # once it may be back; the run is where its journal left it.
+            raise RetryRequested(
+                timedelta(seconds=self.options.poll_seconds), "service unavailable"
+            ) from None
         finally:
             stop_request.reset(token)
             await asyncio.shield(self.slots.release(slot))
