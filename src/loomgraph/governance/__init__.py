@@ -22,13 +22,14 @@ if TYPE_CHECKING:
     )
     from loomgraph.governance.null import AllowAll, NoBudget, NoHooks
     from loomgraph.governance.permissions import Mode, Policy, StandardPermissions
+    from loomgraph.governance.pg_ledger import PostgresLedger
     from loomgraph.governance.rule_errors import (
         PermissionConfigError,
         PermissionTypeError,
         RuleSyntaxError,
     )
     from loomgraph.governance.rules import Rule, SetSource, canonical, parse_rule
-    from loomgraph.governance.sql_ledger import PostgresLedger, SqliteLedger
+    from loomgraph.governance.sql_ledger import SqliteLedger
 
 # Each public name and the module that defines it.
 _MODULES = {
@@ -57,7 +58,7 @@ _MODULES = {
     "SetSource": "loomgraph.governance.rules",
     "canonical": "loomgraph.governance.rules",
     "parse_rule": "loomgraph.governance.rules",
-    "PostgresLedger": "loomgraph.governance.sql_ledger",
+    "PostgresLedger": "loomgraph.governance.pg_ledger",
     "SqliteLedger": "loomgraph.governance.sql_ledger",
 }
 

@@ -47,7 +47,7 @@ from loomgraph.governance.ledger import (
     LedgerView,
     Totals,
 )
-from loomgraph.governance.sql_ledger import ledger_at
+from loomgraph.governance.ledger_sites import ledger_at
 from loomgraph.protocols import BudgetExceeded, BudgetScope, Reservation, Usage
 from loomgraph.protocols.ledger import LedgerSite
 from loomgraph.protocols.pricing import compute_cost

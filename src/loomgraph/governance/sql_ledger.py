@@ -1,4 +1,5 @@
-"""Durable budget ledgers: `SqliteLedger` (one file, many processes) and `PostgresLedger`.
+"""Durable budget ledgers: `SqliteLedger` (one file, many processes), and what it shares with
+`PostgresLedger` (in `pg_ledger`).
 
 Both keep three tables — scope totals, open holds, run clocks — and share every statement
 and the transaction body (`_SqlLedger.transact`); a backend only says how to open a
@@ -17,7 +18,6 @@ decode, what `decide` raises) keeps its own type.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import re
@@ -30,14 +30,6 @@ from typing import Any
 import aiosqlite
 
 from loomgraph._storage.cursor import Cursor
-from loomgraph._storage.dsn import describe_dsn
-from loomgraph._storage.pg_pool import (
-    LoopPool,
-    connection_failed,
-    failure,
-    import_asyncpg,
-    open_pool,
-)
 from loomgraph._storage.sqlite_conn import SqliteConnection
 from loomgraph._storage.sqlite_files import (
     SqliteFileProblem,
@@ -63,9 +55,8 @@ from loomgraph.governance.ledger import (
     _scope_names,
     apply_change,
 )
-from loomgraph.protocols.ledger import LedgerSite, SqliteSite
 
-__all__ = ["PostgresLedger", "SqliteLedger", "ledger_at"]
+__all__ = ["SqliteLedger"]
 
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 
@@ -349,116 +340,3 @@ class SqliteLedger(_SqlLedger):
                 raise self._open_failed(err) from None
             raise
         return conn
-
-
-# ---------------------------------------------------------------------------- PostgreSQL
-
-
-class PostgresLedger(_SqlLedger):
-    """A ledger in PostgreSQL tables (in `schema`), shared by any number of processes.
-
-    Each transaction takes `pg_advisory_xact_lock` on every scope it reads, in sorted order,
-    before reading: transactions on one user serialise, those on different users do not
-    (unless a global cap puts every reservation on the `global` scope).
-
-    `connect_timeout` bounds making a connection and `command_timeout` every statement
-    (seconds), as `PostgresRuntime`'s do: a server that refuses, drops the connection or does
-    not answer raises `LedgerUnavailable` (naming the server without its password) within
-    them instead of blocking the run.
-    """
-
-    def __init__(
-        self,
-        dsn: str,
-        *,
-        schema: str = "public",
-        pool_size: int = 4,
-        connect_timeout: float = 10.0,
-        command_timeout: float = 15.0,
-    ) -> None:
-        if not _IDENT.fullmatch(schema):
-            raise ValueError(f"invalid schema name {schema!r}")
-        if connect_timeout <= 0 or command_timeout <= 0:
-            raise ValueError("connect_timeout and command_timeout must be > 0 seconds")
-        super().__init__(f'"{schema}".')
-        self._pg = import_asyncpg("PostgresLedger")
-        self.dsn = dsn
-        self.schema = schema
-        self.pool_size = pool_size
-        self.connect_timeout = connect_timeout
-        self.command_timeout = command_timeout
-        self.location = f"{describe_dsn(dsn)} (schema {schema!r})"  # as errors name it
-        # Waiting for a pooled connection may mean making one, then a statement on it.
-        self._pools = LoopPool(self._open, timeout=connect_timeout + command_timeout)
-
-    def __repr__(self) -> str:
-        return f"PostgresLedger(schema={self.schema!r})"
-
-    async def close(self) -> None:
-        """Close the pool."""
-        await self._pools.close()
-
-    def _key(self, scope: str) -> int:
-        digest = hashlib.sha256(f"loomgraph.budget:{self.schema}:{scope}".encode()).digest()
-        return int.from_bytes(digest[:8], "big", signed=True)
-
-    async def _lock_scopes(self, cur: Cursor, scopes: Sequence[str]) -> None:
-        for scope in sorted(scopes):
-            await cur.fetch("SELECT pg_advisory_xact_lock(?)", [self._key(scope)])
-
-    async def _open(self) -> Any:
-        return await open_pool(
-            self._pg,
-            self.dsn,
-            pool_size=self.pool_size,
-            timeout=self.connect_timeout,
-            command_timeout=self.command_timeout,
-            setup=self._setup,
-            unavailable=lambda detail: LedgerUnavailable(self.location, detail),
-            translate=self._translate,
-        )
-
-    def _translate(self, err: Exception) -> Exception:
-        """A server that cannot be reached, or that ended or refused the work for a reason
-        of its own (shutting down, out of resources, a lock or idle timeout), as
-        LedgerUnavailable; anything else (a constraint, what `decide` raised) unchanged."""
-        pg = self._pg
-        if isinstance(err, TimeoutError):
-            return LedgerUnavailable(
-                self.location,
-                f"TimeoutError: no answer in time (connect_timeout {self.connect_timeout} s, "
-                f"command_timeout {self.command_timeout} s)",
-            )
-        if connection_failed(pg, err) or isinstance(
-            err,
-            pg.OperatorInterventionError  # shutdown, crash, cancelled, cannot connect now
-            | pg.InsufficientResourcesError  # too many connections, disk full, out of memory
-            | pg.IdleInTransactionSessionTimeoutError
-            | pg.LockNotAvailableError
-            | pg.InvalidCatalogNameError
-            | pg.InvalidAuthorizationSpecificationError,
-        ):
-            return LedgerUnavailable(self.location, failure(self.dsn, err))
-        return err
-
-    async def _setup(self, con: Any) -> None:
-        # Creators racing on CREATE TABLE IF NOT EXISTS collide in the catalog.
-        await con.execute("SELECT pg_advisory_xact_lock($1)", self._key(""))
-        await con.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"')
-        for statement in _ddl(f'"{self.schema}".', "DOUBLE PRECISION"):
-            await con.execute(statement)
-
-    @asynccontextmanager
-    async def _transaction(self, durable: bool = True) -> AsyncIterator[Cursor]:
-        # Every commit waits for the server's WAL flush (synchronous_commit as configured).
-        # The driver's error is dropped from a translated one's traceback (it may name the
-        # DSN's password).
-        async with self._pools.cursor(translate=self._translate) as cur:
-            yield cur
-
-
-def ledger_at(site: LedgerSite) -> Ledger:
-    """A ledger in a journal's database: its SQLite file, or its Postgres schema."""
-    if isinstance(site, SqliteSite):
-        return SqliteLedger(site.path)
-    return PostgresLedger(site.dsn, schema=site.schema)

@@ -1,0 +1,126 @@
+"""`PostgresLedger`: the budget ledger in PostgreSQL tables, shared by any number of processes
+(the statements and the read-check-write it shares with the SQLite one are in `sql_ledger`)."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+from loomgraph._storage.cursor import Cursor
+from loomgraph._storage.dsn import describe_dsn
+from loomgraph._storage.pg_pool import (
+    LoopPool,
+    connection_failed,
+    failure,
+    import_asyncpg,
+    open_pool,
+)
+from loomgraph.governance.ledger import LedgerUnavailable
+from loomgraph.governance.sql_ledger import _IDENT, _ddl, _SqlLedger
+
+__all__ = ["PostgresLedger"]
+
+
+class PostgresLedger(_SqlLedger):
+    """A ledger in PostgreSQL tables (in `schema`), shared by any number of processes.
+
+    Each transaction takes `pg_advisory_xact_lock` on every scope it reads, in sorted order,
+    before reading: transactions on one user serialise, those on different users do not
+    (unless a global cap puts every reservation on the `global` scope).
+
+    `connect_timeout` bounds making a connection and `command_timeout` every statement
+    (seconds), as `PostgresRuntime`'s do: a server that refuses, drops the connection or does
+    not answer raises `LedgerUnavailable` (naming the server without its password) within
+    them instead of blocking the run.
+    """
+
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        schema: str = "public",
+        pool_size: int = 4,
+        connect_timeout: float = 10.0,
+        command_timeout: float = 15.0,
+    ) -> None:
+        if not _IDENT.fullmatch(schema):
+            raise ValueError(f"invalid schema name {schema!r}")
+        if connect_timeout <= 0 or command_timeout <= 0:
+            raise ValueError("connect_timeout and command_timeout must be > 0 seconds")
+        super().__init__(f'"{schema}".')
+        self._pg = import_asyncpg("PostgresLedger")
+        self.dsn = dsn
+        self.schema = schema
+        self.pool_size = pool_size
+        self.connect_timeout = connect_timeout
+        self.command_timeout = command_timeout
+        self.location = f"{describe_dsn(dsn)} (schema {schema!r})"  # as errors name it
+        # Waiting for a pooled connection may mean making one, then a statement on it.
+        self._pools = LoopPool(self._open, timeout=connect_timeout + command_timeout)
+
+    def __repr__(self) -> str:
+        return f"PostgresLedger(schema={self.schema!r})"
+
+    async def close(self) -> None:
+        """Close the pool."""
+        await self._pools.close()
+
+    def _key(self, scope: str) -> int:
+        digest = hashlib.sha256(f"loomgraph.budget:{self.schema}:{scope}".encode()).digest()
+        return int.from_bytes(digest[:8], "big", signed=True)
+
+    async def _lock_scopes(self, cur: Cursor, scopes: Sequence[str]) -> None:
+        for scope in sorted(scopes):
+            await cur.fetch("SELECT pg_advisory_xact_lock(?)", [self._key(scope)])
+
+    async def _open(self) -> Any:
+        return await open_pool(
+            self._pg,
+            self.dsn,
+            pool_size=self.pool_size,
+            timeout=self.connect_timeout,
+            command_timeout=self.command_timeout,
+            setup=self._setup,
+            unavailable=lambda detail: LedgerUnavailable(self.location, detail),
+            translate=self._translate,
+        )
+
+    def _translate(self, err: Exception) -> Exception:
+        """A server that cannot be reached, or that ended or refused the work for a reason
+        of its own (shutting down, out of resources, a lock or idle timeout), as
+        LedgerUnavailable; anything else (a constraint, what `decide` raised) unchanged."""
+        pg = self._pg
+        if isinstance(err, TimeoutError):
+            return LedgerUnavailable(
+                self.location,
+                f"TimeoutError: no answer in time (connect_timeout {self.connect_timeout} s, "
+                f"command_timeout {self.command_timeout} s)",
+            )
+        if connection_failed(pg, err) or isinstance(
+            err,
+            pg.OperatorInterventionError  # shutdown, crash, cancelled, cannot connect now
+            | pg.InsufficientResourcesError  # too many connections, disk full, out of memory
+            | pg.IdleInTransactionSessionTimeoutError
+            | pg.LockNotAvailableError
+            | pg.InvalidCatalogNameError
+            | pg.InvalidAuthorizationSpecificationError,
+        ):
+            return LedgerUnavailable(self.location, failure(self.dsn, err))
+        return err
+
+    async def _setup(self, con: Any) -> None:
+        # Creators racing on CREATE TABLE IF NOT EXISTS collide in the catalog.
+        await con.execute("SELECT pg_advisory_xact_lock($1)", self._key(""))
+        await con.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"')
+        for statement in _ddl(f'"{self.schema}".', "DOUBLE PRECISION"):
+            await con.execute(statement)
+
+    @asynccontextmanager
+    async def _transaction(self, durable: bool = True) -> AsyncIterator[Cursor]:
+        # Every commit waits for the server's WAL flush (synchronous_commit as configured).
+        # The driver's error is dropped from a translated one's traceback (it may name the
+        # DSN's password).
+        async with self._pools.cursor(translate=self._translate) as cur:
+            yield cur
