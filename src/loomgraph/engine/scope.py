@@ -13,6 +13,7 @@ from typing import Any, Protocol
 from loomgraph.engine import audit_trail as trail
 from loomgraph.engine.effects import EffectKey, ResumeInput
 from loomgraph.engine.state_size import StateSize
+from loomgraph.engine.taint import UntrustedText
 from loomgraph.graph.compiled import CompiledGraph
 from loomgraph.protocols import (
     AuditAction,
@@ -84,8 +85,8 @@ class RunScope:
     # The keys of the approval requests journaled before this run was resumed: those calls
     # run only with an explicit approval, whatever the permissions say now.
     requested: frozenset[str] = frozenset()
-    # The run's untrusted tool results so far (normalised), to tell tainted calls.
-    untrusted: set[str] = field(default_factory=set)
+    # The run's untrusted tool results so far, to tell tainted calls.
+    untrusted: UntrustedText = field(default_factory=UntrustedText)
     # Per tool, how many calls in a row it rejected for their arguments.
     invalid_args: dict[str, int] = field(default_factory=dict)
     # Read once from the audit log: whether to record anything (the no-op log: no entry is

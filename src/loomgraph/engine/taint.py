@@ -1,80 +1,238 @@
-"""Taint: which tool calls carry text that came from untrusted tool results.
+"""Taint: which egress tool calls carry text that came from untrusted tool results.
 
-Tool results are untrusted unless their tool is declared `trusted`. A call is tainted when
-one of its string arguments (compared case-folded, with whitespace collapsed) is found in an
-untrusted result — the whole argument, if it has at least MIN_TAINT_CHARS characters, or a
-run of at least RUN_CHARS + RUN_STRIDE - 1 characters inside a longer one. A structured
-(JSON) result is searched as its text and as each string inside it, so text copied from it
-with its quotes and newlines is found too. An egress tool's tainted call is then asked about
-(or denied) instead of allowed. It is a heuristic: a paraphrased or re-encoded injection is
+Tool results are untrusted unless their tool is declared `trusted`. Both sides are compared
+as `normalise` reads them: NFKC, invisible format characters (zero-width spaces, joiners, BOM)
+removed, case-folded, common Cyrillic and Greek lookalikes read as Latin letters, whitespace
+collapsed — as the permission matcher's generous readings do. A call is tainted when one of
+its argument values (every string, every dict key and every number, as its decimal text, at
+any depth) as normalised:
+
+- contains a run of at least LONG_RUN (19) characters that occurs in an untrusted result
+  (shorter shared runs of 16 or more are found only sometimes);
+- stripped of punctuation at both ends, has at least MIN_TAINT_CHARS (8) characters and occurs
+  in an untrusted result as whole words: starting where a word starts there and ending where
+  one ends (so `44018822913` in "account no.44018822913." and `fitwell gym` in "pay FitWell
+  Gym" are found, `ter2-pro` inside "hunter2-prod" is not);
+- contains an e-mail address or a URL (`scheme://…`, `www.…`, or `host.tld/…`) of any length
+  that occurs in an untrusted result as an address or URL.
+
+A structured (JSON) result is also read as each string and key inside it that its text spells
+with escapes, so text copied from it with its quotes and newlines is found too. Shorter values
+(a yes, a small number, a common word) never taint: they are too likely to occur by chance. An
+egress tool's tainted call is then asked about (or denied) instead of allowed; other tools'
+calls are not checked.
+
+The run keeps no untrusted text, only pieces of it (a set of normalised strings, each of which
+occurs in an untrusted result): every 16-character window at every 4th position, every
+whole-word span of 8 to 18 characters, every address and URL. Noting a result costs time and
+memory in proportion to its size (0.1 to 0.35 s and 10 to 50 MB per million characters);
+checking a call costs a few set lookups per character of its arguments, however much untrusted
+text the run has seen. It is a heuristic: a paraphrased, translated or re-encoded injection is
 not recognised.
 """
 
 from __future__ import annotations
 
+import functools
 import json
+import math
 import re
-from collections.abc import Iterable, Iterator, Mapping
+import sys
+import unicodedata
+from collections.abc import Iterator, Mapping
+from collections.abc import Set as AbstractSet
 from typing import Any
 
-# Shorter strings (a yes, a number, a common word) are too likely to appear by chance.
+# Shorter values (a yes, a number, a common word) are too likely to occur by chance.
 MIN_TAINT_CHARS = 8
-# Runs inside a longer argument are looked for as windows of RUN_CHARS every RUN_STRIDE
-# characters: a shared run of RUN_CHARS + RUN_STRIDE - 1 characters always covers a window.
+# Untrusted text is kept as windows of RUN_CHARS at every RUN_STRIDE-th position, and every
+# window of an argument is looked up: a shared run of LONG_RUN characters always covers one.
 RUN_CHARS = 16
 RUN_STRIDE = 4
+LONG_RUN = RUN_CHARS + RUN_STRIDE - 1
+# Whole-word spans this long or shorter are kept whole (longer ones are found by windows).
+_TERM_MAX = LONG_RUN - 1
 
-_SPACE = re.compile(r"\s+")
+_WORD = re.compile(r"\w+")
+_EDGES = re.compile(r"^\W+|\W+$")
+# E-mail addresses, and URLs: with a scheme, starting with www., or a dotted host with a path.
+# Each starts only where such a token can start (the look-behinds), so that a long word is not
+# rescanned from each of its characters.
+_ADDRESS = re.compile(
+    r"(?<![\w.+-])[\w.+-]++@[\w-]+(?:\.[\w-]+)+"
+    r"|(?<![\w+.-])[a-z][\w+.-]*+://[^\s<>\"'`]+"
+    r"|(?<![\w.-])[\w-]++(?:\.[\w-]++)++/[^\s<>\"'`]*"
+    r"|(?<![\w.-])www\.[\w-]+(?:\.[\w-]+)+[^\s<>\"'`]*"
+)
+_TRAILING = ".,;:!?)]}'\""
+# Characters a JSON encoder may write as an escape (all but plain printable ASCII).
+_ESCAPABLE = re.compile(r"[^ !#$%()*+,\-.0-9:;=?@A-Z\[\]^_`a-z{|}~]")
+_APART = " \u2060 "
+# Letters that look like Latin ones (lower case: compared after case-folding); as
+# governance/canonical.py's skeleton, which engine/ may not import.
+_LOOKALIKES = str.maketrans("аеорсухіјѕԁԛԝαορτυν", "aeopcyxijsdqwaoptuv")
+_LOOKALIKE = re.compile("[аеорсухіјѕԁԛԝαορτυν]")
 
 
 def normalise(text: str) -> str:
-    """Text as taint compares it: case-folded, whitespace collapsed."""
-    return _SPACE.sub(" ", text.casefold()).strip()
+    """Text as taint compares it: NFKC, invisible format characters removed, case-folded,
+    lookalike letters read as Latin, whitespace collapsed."""
+    if text.isascii():  # the common case; NFKC and the rest change nothing in ASCII
+        return " ".join(text.lower().split())
+    text = _invisible().sub("", unicodedata.normalize("NFKC", text))
+    text = unicodedata.normalize("NFKC", text.casefold())
+    if _LOOKALIKE.search(text):  # a search is 100x faster than translating every character
+        text = text.translate(_LOOKALIKES)
+    return " ".join(text.split())  # split() collapses whitespace faster than a regex
 
 
-def strings_in(value: Any) -> Iterator[str]:
-    """Every string inside a JSON-shaped value, keys excluded."""
-    if isinstance(value, str):
-        yield value
-    elif isinstance(value, dict):
-        for item in value.values():
-            yield from strings_in(item)
-    elif isinstance(value, list | tuple):
-        for item in value:
-            yield from strings_in(item)
+@functools.cache
+def _invisible() -> re.Pattern[str]:
+    """The format characters (Unicode category Cf) of this Python's Unicode version."""
+    # Cf characters live in planes 0, 1 and 14; scanning those takes ~40 ms, once, when the
+    # first non-ASCII text is read (all of Unicode would take 0.2 s). As ranges, the class
+    # is searched 10x faster than as single characters.
+    ranges: list[list[int]] = []
+    for plane in (0, 1, 14):
+        for cp in range(plane << 16, min((plane + 1) << 16, sys.maxunicode + 1)):
+            if unicodedata.category(chr(cp)) == "Cf":
+                if ranges and ranges[-1][1] == cp - 1:
+                    ranges[-1][1] = cp
+                else:
+                    ranges.append([cp, cp])
+    spans = (f"{re.escape(chr(a))}-{re.escape(chr(b))}" for a, b in ranges)
+    return re.compile("[" + "".join(spans) + "]")
 
 
-def untrusted_texts(content: str) -> list[str]:
-    """What taint searches in one untrusted result: its text and, for a JSON result, each
-    string inside it (normalised)."""
-    texts = [normalise(content)]
-    if content[:1] in ("{", "["):
+def values_in(value: Any) -> Iterator[str]:
+    """Every string, dict key and number (as decimal text) inside a JSON-shaped value."""
+    stack = [value]  # not recursive: arguments and results may be nested thousands deep
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            yield item
+        elif isinstance(item, bool) or item is None:
+            continue
+        elif isinstance(item, int):
+            try:
+                text = str(item)
+            except ValueError:  # more digits than Python converts to text
+                continue
+            yield text
+        elif isinstance(item, float):
+            if math.isfinite(item):
+                # 44018822913.0 reads as the 44018822913 an untrusted text wrote.
+                yield str(int(item)) if item.is_integer() else repr(item)
+        elif isinstance(item, dict):
+            for key, inner in item.items():
+                stack.append(key)
+                stack.append(inner)
+        elif isinstance(item, list | tuple):
+            stack.extend(item)
+
+
+def pieces(text: str) -> set[str]:
+    """What is kept of one normalised untrusted text: its windows, its whole-word spans of
+    MIN_TAINT_CHARS to 18 characters, its e-mail addresses and URLs."""
+    if len(text) < MIN_TAINT_CHARS:
+        return _addresses(text)  # most tool results are short: only an address is kept
+    found = {text[i : i + RUN_CHARS] for i in range(0, len(text) - RUN_CHARS + 1, RUN_STRIDE)}
+    add = found.add
+    spans = [match.span() for match in _WORD.finditer(text)]
+    ends = [end for _, end in spans]
+    count, first = len(ends), 0
+    for start, _ in spans:
+        # The spans from this word's start to the word ends 8 to 18 characters on; `first`
+        # only moves forward, as the starts do.
+        while first < count and ends[first] < start + MIN_TAINT_CHARS:
+            first += 1
+        last = first
+        while last < count and ends[last] <= start + _TERM_MAX:
+            add(text[start : ends[last]])
+            last += 1
+    found |= _addresses(text)
+    return found
+
+
+def _addresses(text: str) -> set[str]:
+    """The e-mail addresses and URLs in a normalised text."""
+    found: set[str] = set()
+    # Only the words around an "@", "/" or "www." are searched: a regular expression run
+    # over all the text would try each of its characters.
+    for mark in ("@", "/", "www."):
+        at = text.find(mark)
+        while at >= 0:
+            start = text.rfind(" ", 0, at) + 1
+            end = text.find(" ", at)
+            end = len(text) if end < 0 else end
+            for match in _ADDRESS.finditer(text, start, end):
+                found.add(match.group().rstrip(_TRAILING).lstrip("."))
+            at = text.find(mark, end)
+    return found
+
+
+def untrusted_texts(content: str) -> set[str]:
+    """The pieces of one untrusted result: of its text and, for a JSON result, of each string
+    and key inside it that its text spells with escapes (quotes, newlines, `\\u`...)."""
+    found = pieces(normalise(content))
+    if "\\" in content and content.lstrip()[:1] in ("{", "["):  # no backslash: no escapes
         try:
             data = json.loads(content)
-        except ValueError:
-            return texts
-        texts.extend(normalise(s) for s in strings_in(data) if len(s) >= MIN_TAINT_CHARS)
-    return texts
+        except (ValueError, RecursionError):  # not JSON, or nested too deep to parse
+            return found
+        every = "\\u" in content  # any character at all may be spelled \uXXXX
+        escaped = [normalise(text) for text in values_in(data) if every or _ESCAPABLE.search(text)]
+        # One pass over them all; what spans the separator (an invisible character, which
+        # no normalised text has) can match no argument.
+        found |= pieces(_APART.join(escaped))
+    return found
 
 
-def note_result(untrusted: set[str], spec: Mapping[str, Any] | None, content: str) -> None:
+class UntrustedText:
+    """The untrusted results a run has seen. A result is kept as it came (the run's state holds
+    the same string) and cut into pieces only when an egress call is checked, so a run that
+    calls no egress tool never pays for the pieces."""
+
+    __slots__ = ("_pending", "_pieces")
+
+    def __init__(self) -> None:
+        self._pending: list[str] = []
+        self._pieces: set[str] = set()
+
+    def __bool__(self) -> bool:
+        return bool(self._pending or self._pieces)
+
+    def add(self, content: str) -> None:
+        """Keep one untrusted result."""
+        self._pending.append(content)
+
+    def pieces(self) -> set[str]:
+        """The pieces of every result kept so far (see `untrusted_texts`)."""
+        for content in self._pending:
+            self._pieces |= untrusted_texts(content)
+        self._pending.clear()
+        return self._pieces
+
+
+def note_result(untrusted: UntrustedText, spec: Mapping[str, Any] | None, content: str) -> None:
     """Remember a tool's result as untrusted text, unless its tool is declared trusted (a
     tool no longer offered counts as untrusted)."""
     if spec is None or not spec.get("trusted"):
-        untrusted.update(untrusted_texts(content))
+        untrusted.add(content)
 
 
-def is_tainted(args: Any, untrusted: Iterable[str]) -> bool:
-    """True when an argument, or a long enough run inside one, appears in one of the
-    (normalised) untrusted results."""
-    for text in strings_in(args):
-        needle = normalise(text)
-        if len(needle) < MIN_TAINT_CHARS:
-            continue
-        if any(needle in source for source in untrusted):
-            return True
-        for start in range(0, len(needle) - RUN_CHARS + 1, RUN_STRIDE):
-            window = needle[start : start + RUN_CHARS]
-            if any(window in source for source in untrusted):
+def is_tainted(args: Any, untrusted: AbstractSet[str]) -> bool:
+    """True when an argument value carries untrusted text (see the module docstring); costs a
+    few lookups in `untrusted` per character of the arguments."""
+    for value in values_in(args):
+        text = normalise(value)
+        if len(text) >= MIN_TAINT_CHARS:
+            core = _EDGES.sub("", text)  # "(fitwell gym)" is the words "fitwell gym"
+            if len(core) >= MIN_TAINT_CHARS and core in untrusted:
                 return True
+            for start in range(len(text) - RUN_CHARS + 1):
+                if text[start : start + RUN_CHARS] in untrusted:
+                    return True
+        if any(address in untrusted for address in _addresses(text)):
+            return True
     return False

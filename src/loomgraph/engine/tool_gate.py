@@ -184,7 +184,12 @@ class ToolGate:
         scope, deps = self.scope, self.scope.deps
         # Made only when a call may involve an approval: most calls are simply allowed.
         desk = ApprovalDesk(scope, self.node, call, key) if scope.requested else None
-        tainted = bool(scope.untrusted) and is_tainted(call["args"], scope.untrusted)
+        # Only an egress tool's call can carry untrusted text out: no other call is checked.
+        tainted = (
+            bool(spec.get("egress"))
+            and bool(scope.untrusted)
+            and is_tainted(call["args"], scope.untrusted.pieces())
+        )
         # Asked about before the run stopped (this very call: its key, tool and arguments):
         # only an approval releases it now.
         prior = await desk.prior_ask() if desk is not None else None
@@ -192,7 +197,7 @@ class ToolGate:
             decision = prior
         else:
             decision = await deps.permissions.check(call, spec, user_id=scope.user_id)
-            if tainted and spec.get("egress") and decision.verdict == "allow":
+            if tainted and decision.verdict == "allow":
                 decision = Decision(
                     deps.on_tainted,
                     "taint:egress",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, cast
@@ -10,7 +11,7 @@ from typing import Any, cast
 from loomgraph.protocols import ToolCall, ToolHost, ToolResult, ToolSpec, implements
 from loomgraph.tools import results
 from loomgraph.tools.context import MissingToolDependency, context_for, resolve
-from loomgraph.tools.deadline import Deadline
+from loomgraph.tools.deadline import run_with_limit
 from loomgraph.tools.tool import Tool, check_timeout
 
 _log = logging.getLogger(__name__)
@@ -26,7 +27,9 @@ class ToolRegistry:
     `Injected` (by key or type); a tool needing one that is missing is refused when added.
     `call` turns every failure of a tool into an
     error result — also `SystemExit`, `KeyboardInterrupt` and any other `BaseException` —
-    and only lets the cancellation of the calling task through.
+    and only lets the cancellation of the calling task through. Each call runs in a task of
+    its own (`run_with_limit`), so it ends at its limit even if the tool ignores being
+    cancelled; such a tool is abandoned and runs on in the background.
     """
 
     def __init__(
@@ -146,32 +149,16 @@ class ToolRegistry:
             return results.invalid_arguments(item.name, exc)
 
         limit = item.timeout if item.timeout is not None else self.timeout
-        deadline = None if limit is None else Deadline(limit)
+        outcome = await run_with_limit(_run(item, pos, kwargs), limit, item.name)
+        if outcome is None:
+            assert limit is not None  # only a limit ends a call without an outcome
+            return results.timed_out(item.name, limit)
+        finished, value = outcome
+        if not finished:
+            return _raised(item, value)
         try:
-            if deadline is None:
-                value = await _run(item, pos, kwargs)
-            elif item.is_async:  # inlined: the hot path, one coroutine fewer
-                async with deadline:
-                    value = await item.fn(*pos, **kwargs)
-            else:
-                async with deadline:
-                    value = await _run(item, pos, kwargs)
             return results.success(value)
-        except TimeoutError as exc:
-            # Our deadline, or a TimeoutError the tool raised itself?
-            if deadline is not None and deadline.expired() and limit is not None:
-                return results.timed_out(item.name, limit)
-            return _raised(item, exc)
-        except asyncio.CancelledError as exc:
-            # The run's own cancellation goes on; a CancelledError the tool raised while
-            # its task is not being cancelled is the tool's failure like any other.
-            task = asyncio.current_task()
-            if task is None or task.cancelling():
-                raise
-            return _raised(item, exc)
-        except BaseException as exc:
-            # SystemExit, KeyboardInterrupt, GeneratorExit (also from a worker thread, which
-            # hands them to this coroutine) end the call, not the run or its host.
+        except BaseException as exc:  # a value that cannot be made text (a cycle, a bad type)
             return _raised(item, exc)
 
     def _inject(self, item: Tool[..., Any], call: ToolCall, key: str) -> dict[str, Any]:
@@ -185,11 +172,19 @@ class ToolRegistry:
 
 
 async def _run(item: Tool[..., Any], pos: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """Call the tool (a sync one in a worker thread), and await what it returns if that is
+    awaitable: a sync wrapper around an async function returns a coroutine."""
     if item.is_async:
-        return await item.fn(*pos, **kwargs)
-    # A thread cannot be killed: on timeout the call is abandoned, not stopped, and the
-    # thread runs on in the background until the function returns.
-    return await asyncio.to_thread(item.fn, *pos, **kwargs)
+        value = item.fn(*pos, **kwargs)
+    else:
+        # A thread cannot be killed: on timeout the call is abandoned, not stopped, and the
+        # thread runs on in the background until the function returns.
+        value = await asyncio.to_thread(item.fn, *pos, **kwargs)
+        if inspect.isawaitable(value):
+            item.is_async = True  # call it on the event loop from now on
+    if inspect.isawaitable(value):
+        value = await value
+    return value
 
 
 def _raised(item: Tool[..., Any], exc: BaseException) -> ToolResult:

@@ -78,6 +78,10 @@ class Tool(Generic[P, R]):
         self.egress = egress
         self.trusted = trusted
         self.timeout = check_timeout(tool_name, timeout)
+        # Called on the event loop rather than in a worker thread. A sync callable that
+        # returns an awaitable (a plain decorator around an async function, a lambda) cannot
+        # be told from its signature: the registry learns it at the first call, awaits the
+        # awaitable and sets this (`__wrapped__` is no proof: a sync wrapper may block).
         self.is_async = inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
             getattr(fn, "__call__", None)  # noqa: B004 - an object whose __call__ is async
         )
