@@ -59,6 +59,7 @@ with where each class lives (relative to `loomgraph.`):
     │   ├── JournalUnavailable              runtime.errors
     │   ├── JournalEncodingError + TypeError  runtime.errors
     │   ├── RunConflict                     runtime.errors
+    │   │   └── RunExists                   runtime.errors
     │   └── UnknownEffect + KeyError        runtime.errors
     ├── MemoryBackendError                  memory.errors
     │   ├── MemoryCorrupted                 memory.errors
@@ -76,6 +77,8 @@ with where each class lives (relative to `loomgraph.`):
     ├── BadEventId + ValueError             agent.run_events
     ├── ServeError                          serve.errors
     │   ├── BadRequest + ValueError         serve.errors
+    │   │   └── NotText                     serve.api
+    │   ├── UnsupportedMediaType            serve.api
     │   ├── Unauthorized                    serve.errors
     │   │   └── DevModeRefused + ValueError serve.auth
     │   ├── Forbidden                       serve.errors
@@ -83,7 +86,8 @@ with where each class lives (relative to `loomgraph.`):
     │   ├── Conflict                        serve.errors
     │   ├── Invalid + ValueError            serve.errors
     │   └── TooLarge                        serve.errors
-    ├── MCPServerError                      tools.mcp.server
+    ├── MCPServerError                      tools.mcp.connection
+    │   └── MCPListingTooLarge              tools.mcp.connection
     ├── ToolNameCollision + ValueError      tools.mcp.host
     ├── MissingToolDependency + LookupError tools.context
     ├── JsonArgumentsInvalid + ValueError   tools.json_schema

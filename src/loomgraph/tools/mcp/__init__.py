@@ -7,11 +7,12 @@ from __future__ import annotations
 
 from loomgraph.tools.mcp.convert import IDEMPOTENCY_META, SERVER_ERROR
 from loomgraph.tools.mcp.host import ServerToolHost, ToolNameCollision
-from loomgraph.tools.mcp.server import MCPServer, MCPServerError
+from loomgraph.tools.mcp.server import MCPListingTooLarge, MCPServer, MCPServerError
 
 __all__ = [
     "IDEMPOTENCY_META",
     "SERVER_ERROR",
+    "MCPListingTooLarge",
     "MCPServer",
     "MCPServerError",
     "ServerToolHost",

@@ -6,8 +6,9 @@ module never imports the SDK itself.
 
 from __future__ import annotations
 
+import base64
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -64,7 +65,14 @@ def to_spec(tool: Any, name: str, trust: Trust) -> ToolSpec:
 def to_result(result: Any) -> ToolResult:
     """A `CallToolResult` as the text the model adapters send, with its images for models
     that can see them; `isError` → an error result."""
-    content = render(result.content, result.structured_content)
+    blocks = list(result.content)
+    # Each image is decoded once: its line in the text and its place in `images` agree.
+    checked = {
+        i: _image(block.mime_type, block.data)
+        for i, block in enumerate(blocks)
+        if getattr(block, "type", "") == "image" and block.mime_type in IMAGE_TYPES
+    }
+    content = render(blocks, result.structured_content, checked)
     if result.is_error:
         return {
             "content": content or "the tool reported an error",
@@ -72,9 +80,9 @@ def to_result(result: Any) -> ToolResult:
             "error_type": "tool_exception",
         }
     images = [
-        ImageBlock(media_type=block.mime_type, data=block.data)
-        for block in result.content
-        if getattr(block, "type", "") == "image" and block.mime_type in IMAGE_TYPES
+        ImageBlock(media_type=blocks[i].mime_type, data=blocks[i].data)
+        for i, size in checked.items()
+        if isinstance(size, int)
     ]
     done: ToolResult = {"content": content, "is_error": False}
     if images:
@@ -82,20 +90,53 @@ def to_result(result: Any) -> ToolResult:
     return done
 
 
-# The image types the model APIs take; another type stays a line in the text.
+# The image types the model APIs take (another type stays a line in the text), with the
+# bytes each kind of file starts with.
 IMAGE_TYPES = frozenset({"image/png", "image/jpeg", "image/gif", "image/webp"})
+_MAGIC = {
+    "image/png": (b"\x89PNG\r\n\x1a\n",),
+    "image/jpeg": (b"\xff\xd8\xff",),
+    "image/gif": (b"GIF87a", b"GIF89a"),
+}
 
 
-def render(blocks: Iterable[Any], structured: Any) -> str:
+def _image(mime_type: str, data: str) -> int | str:
+    """The decoded size of an image the model APIs take, or why it cannot be sent: the data
+    is not base64, or its bytes are not the declared type (a model API refuses the whole
+    request for either, and a mislabelled file is not what the server said it sent)."""
+    try:
+        raw = base64.b64decode(data, validate=True)
+    except (ValueError, TypeError):
+        return "not valid base64"
+    if mime_type == "image/webp":
+        fits = raw[:4] == b"RIFF" and raw[8:12] == b"WEBP"
+    else:
+        fits = raw.startswith(_MAGIC[mime_type])
+    if not fits:
+        return f"declared {mime_type}, but the bytes are not {mime_type.split('/')[1].upper()}"
+    return len(raw)
+
+
+def render(
+    blocks: Iterable[Any], structured: Any, images: Mapping[int, int | str] | None = None
+) -> str:
     """Text blocks as they are; structured content as JSON when no text says it; images,
-    audio, resources and links as one line each naming what they are."""
+    audio, resources and links as one line each naming what they are (`images`: the checked
+    size, or the problem, of each image block by its place)."""
     parts: list[str] = []
     has_text = False
-    for block in blocks:
+    checked = images or {}
+    for i, block in enumerate(blocks):
         kind = getattr(block, "type", "")
         if kind == "text":
             has_text = True
             parts.append(block.text)
+        elif i in checked:
+            size = checked[i]
+            if isinstance(size, str):
+                parts.append(f"[image left out: {size}]")
+            else:
+                parts.append(f"[image: {block.mime_type}, {size} bytes]")
         elif kind in ("image", "audio"):
             size = len(block.data) * 3 // 4  # base64
             parts.append(f"[{kind}: {block.mime_type}, {size} bytes]")

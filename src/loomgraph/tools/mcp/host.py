@@ -30,9 +30,10 @@ class ToolNameCollision(LoomgraphError, ValueError):
 class ServerToolHost:
     """Local tools (a ToolHost, usually a ToolRegistry) plus the tools of MCP servers.
 
-    `start()` connects the servers (each once; a dead one again) and checks that no two
-    tools share a name. `specs()` is what the servers listed last, so a list change a server
-    announces reaches the next model turn.
+    `start()` connects the servers (each once; a dead one again); the first start checks
+    that no two tools share a name. `specs()` is what the servers listed last, so a list
+    change a server announces reaches the next model turn. A name keeps its owner: a tool a
+    server lists later under a name another server or a local tool has is left out.
     """
 
     def __init__(self, local: ToolHost, servers: Iterable[MCPServer]) -> None:
@@ -44,31 +45,50 @@ class ServerToolHost:
                 raise ValueError(f"two MCP servers are named {server.name!r}")
             seen[server.name] = server
         self._owner: dict[str, MCPServer] = {}
+        self._settled = False  # whether a start has checked every name
+        self._told: set[tuple[str, str, str]] = set()  # collisions logged: name, owner, server
         for server in self.servers:
             server.on_listed(self._reindex)
 
     async def start(self) -> None:
-        """Start the servers not running, then check the tool names (ToolNameCollision)."""
+        """Start the servers not running, then index the tool names (ToolNameCollision at
+        the first start; afterwards a newcomer to a name is left out, with a warning)."""
         for server in self.servers:
             await server.start()
-        self._owner = self._index(strict=True)
+        self._owner = self._index(strict=not self._settled)
+        self._settled = True
 
     def _reindex(self) -> None:
-        # A listing that arrives mid-run: a colliding newcomer is left out, not fatal.
-        self._owner = self._index(strict=False)
+        # A listing that arrives mid-run. Before the first start has checked the names (and
+        # nothing is routed yet), that start indexes them once every server is up.
+        if self._settled:
+            self._owner = self._index(strict=False)
 
     def _index(self, *, strict: bool) -> dict[str, MCPServer]:
-        owner: dict[str, MCPServer] = {}
+        # Ownership is kept, not rebuilt in server order: otherwise a server listed first
+        # could add a tool named like another server's and receive that tool's calls.
         local = {s["name"] for s in self.local.specs()}
+        listed = {server.name: set(server.names()) for server in self.servers}
+        owner = {
+            name: server
+            for name, server in self._owner.items()
+            if name in listed.get(server.name, ()) and name not in local
+        }
         for server in self.servers:
             for name in server.names():
                 other = owner.get(name)
+                if other is server:
+                    continue
                 if name in local or other is not None:
                     first = f"MCP server {other.name!r}" if other else "a local tool"
                     clash = ToolNameCollision(name, first, f"MCP server {server.name!r}")
                     if strict:
                         raise clash
-                    _log.warning("%s; the server's tool is not offered", clash)
+                    if (name, first, server.name) not in self._told:  # once, not per listing
+                        self._told.add((name, first, server.name))
+                        _log.warning(
+                            "%s; the later tool (of %r) is not offered", clash, server.name
+                        )
                     continue
                 owner[name] = server
         return owner

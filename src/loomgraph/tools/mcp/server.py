@@ -2,8 +2,7 @@
 an Agent offers.
 
 The `mcp` SDK is imported only when a server is first used. The connection lives in a task
-of its own (the SDK's transports are context managers that must be left by the task that
-entered them); calls from the runs' tasks go through its session.
+of its own (connection.py); calls from the runs' tasks go through its session.
 """
 
 from __future__ import annotations
@@ -11,12 +10,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from loomgraph.errors import LoomgraphError
-from loomgraph.protocols import ToolResult, ToolSpec, tool_run
+from loomgraph.protocols import INVALID_ARGUMENTS, ToolResult, ToolSpec, tool_run
+from loomgraph.tools.mcp.checks import NAME, Schema, check_arguments
+from loomgraph.tools.mcp.connection import Link, MCPListingTooLarge, MCPServerError, say
 from loomgraph.tools.mcp.convert import (
     IDEMPOTENCY_META,
     Trust,
@@ -26,120 +25,17 @@ from loomgraph.tools.mcp.convert import (
 )
 from loomgraph.tools.mcp.transports import Http, Stdio
 from loomgraph.tools.results import error as error_result
+from loomgraph.tools.results import timed_out
 from loomgraph.tools.tool import check_timeout
+
+__all__ = ["MCPListingTooLarge", "MCPServer", "MCPServerError"]
 
 _log = logging.getLogger(__name__)
 
-_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 # JSON-RPC codes the SDK raises with (mcp_types.jsonrpc), kept here to avoid importing it.
 _CONNECTION_CLOSED = -32000
 _REQUEST_TIMEOUT = -32001
-
-
-class MCPServerError(LoomgraphError):
-    """An MCP server could not be started or connected to (the message says which and why)."""
-
-    def __init__(self, server: str, problem: str) -> None:
-        super().__init__(f"MCP server {server!r}: {problem}")
-        self.server = server
-        self.problem = problem
-
-
-class _Link:
-    """One live connection: the task that holds it, its session, and its tool listing."""
-
-    def __init__(self, server: MCPServer) -> None:
-        self.server = server
-        self.loop = asyncio.get_running_loop()
-        self.session: Any = None
-        self.tools: dict[str, Any] = {}  # original name -> mcp Tool
-        self.ready: asyncio.Future[None] = self.loop.create_future()
-        self.stop = asyncio.Event()
-        self.refreshing: asyncio.Task[None] | None = None
-        self.task = asyncio.create_task(self._hold(), name=f"mcp:{server.name}")
-
-    @property
-    def alive(self) -> bool:
-        return not self.task.done() and self.loop is asyncio.get_running_loop()
-
-    async def _hold(self) -> None:
-        from mcp.client.session import ClientSession
-
-        server = self.server
-        try:
-            async with contextlib.AsyncExitStack() as stack:
-                read, write = await stack.enter_async_context(server._transport.open())
-                session = await stack.enter_async_context(
-                    ClientSession(read, write, message_handler=self._on_message)
-                )
-                with _deadline(server.start_timeout):
-                    await session.initialize()
-                    self.session = session
-                    await self.refresh()
-                self.ready.set_result(None)
-                await self.stop.wait()
-        except BaseException as exc:
-            if not self.ready.done():
-                self.ready.set_exception(
-                    MCPServerError(server.name, f"cannot start {server.describe()}: {_say(exc)}")
-                )
-            if isinstance(exc, asyncio.CancelledError):
-                raise
-        finally:
-            self.session = None
-
-    async def refresh(self) -> None:
-        """List the server's tools again (all pages)."""
-        tools: dict[str, Any] = {}
-        cursor: str | None = None
-        while True:
-            if cursor is None:
-                page = await self.session.list_tools()
-            else:
-                from mcp.types import PaginatedRequestParams
-
-                page = await self.session.list_tools(params=PaginatedRequestParams(cursor=cursor))
-            tools.update((t.name, t) for t in page.tools)
-            cursor = page.next_cursor
-            if not cursor:
-                break
-        self.tools = tools
-        self.server._listed()
-
-    async def _on_message(self, message: Any) -> None:
-        if getattr(message, "method", None) == "notifications/tools/list_changed":
-            # Not awaited here: this runs on the session's receive loop, which must go on to
-            # receive the listing's answer.
-            self.refreshing = self.loop.create_task(self._refresh_quietly())
-        elif isinstance(message, Exception):
-            _log.warning("MCP server %r sent something unreadable: %s", self.server.name, message)
-
-    async def _refresh_quietly(self) -> None:
-        try:
-            await self.refresh()
-        except Exception as exc:  # the next call or start finds out for real
-            _log.warning("MCP server %r: listing its tools failed: %s", self.server.name, exc)
-
-    async def close(self) -> None:
-        self.stop.set()
-        if self.loop is asyncio.get_running_loop():
-            with contextlib.suppress(BaseException):
-                await self.task
-
-
-@contextlib.contextmanager
-def _deadline(seconds: float | None) -> Any:
-    import anyio
-
-    with anyio.fail_after(seconds):
-        yield
-
-
-def _say(exc: BaseException) -> str:
-    if isinstance(exc, BaseExceptionGroup):
-        return "; ".join(_say(e) for e in exc.exceptions)
-    text = str(exc)
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+_INVALID_PARAMS = -32602
 
 
 class MCPServer:
@@ -149,6 +45,12 @@ class MCPServer:
     when a run first needs it, is shared by all runs of the Agent, and stops with
     `agent.aclose()`. A server that died is started again by the next call.
     """
+
+    max_pages = 100
+    """A listing of more pages is refused (MCPListingTooLarge): at start, the start fails;
+    later, the tools listed before are kept."""
+    max_tools = 1000
+    """The same for a listing of more tools."""
 
     def __init__(
         self,
@@ -160,9 +62,9 @@ class MCPServer:
         timeout: float | None = 60.0,
         start_timeout: float | None = 60.0,
     ) -> None:
-        if not isinstance(name, str) or not _NAME.match(name):
+        if not isinstance(name, str) or not NAME.match(name):
             raise ValueError(f"invalid MCP server name {name!r}: use 1-64 letters, digits, _ or -")
-        if prefix is not None and not (isinstance(prefix, str) and _NAME.match(prefix)):
+        if prefix is not None and not (isinstance(prefix, str) and NAME.match(prefix)):
             raise ValueError(f"invalid tool prefix {prefix!r}: use letters, digits, _ or -")
         if not isinstance(trust, bool):
             raise TypeError(f"MCP server {name!r}: trust must be a bool")
@@ -172,10 +74,11 @@ class MCPServer:
         self.trust = Trust(trust)
         self.timeout = check_timeout(name, timeout)
         self.start_timeout = check_timeout(name, start_timeout)
-        self._link: _Link | None = None
+        self._link: Link | None = None
         self._lock: asyncio.Lock | None = None
         self._specs: dict[str, ToolSpec] = {}  # exposed name -> spec
         self._original: dict[str, str] = {}  # exposed name -> the server's name
+        self._schemas: dict[str, Schema] = {}  # exposed name -> its checked inputSchema
         self._listeners: list[Callable[[], None]] = []
         self.listings = 0  # how many times the tools were listed (tests wait on it)
 
@@ -232,6 +135,10 @@ class MCPServer:
         """The command line or URL, for messages."""
         return self._transport.describe()
 
+    def open(self) -> contextlib.AbstractAsyncContextManager[Any]:
+        """The transport's read and write streams (the connection enters this)."""
+        return self._transport.open()
+
     def __repr__(self) -> str:
         return f"<MCPServer {self.name} {self.describe()}>"
 
@@ -252,7 +159,7 @@ class MCPServer:
                 return
             if self._link is not None:
                 await self._drop()
-            link = _Link(self)
+            link = Link(self)
             self._link = link
             try:
                 await link.ready
@@ -281,19 +188,37 @@ class MCPServer:
         """Call `listener` after every new listing of the server's tools."""
         self._listeners.append(listener)
 
-    def _listed(self) -> None:
-        link = self._link
-        tools = link.tools if link is not None else {}
+    def listed(self, link: Link) -> None:
+        """Offer the tools `link` listed (the connection calls this)."""
+        if link is not self._link:
+            return  # the listing of a connection since dropped
         specs: dict[str, ToolSpec] = {}
         original: dict[str, str] = {}
-        for tool_name, item in tools.items():
+        schemas: dict[str, Schema] = {}
+        for tool_name, item in link.tools.items():
             exposed = f"{self.prefix}_{tool_name}" if self.prefix else tool_name
-            specs[exposed] = to_spec(item, exposed, self.trust)
-            original[exposed] = tool_name
-        self._specs, self._original = specs, original
+            # Held to the rule local tool names meet: what a model API takes, and nothing
+            # that looks like another name (a separator, a look-alike letter).
+            if not NAME.match(exposed):
+                self._leave_out(exposed, "its name is not 1-64 letters, digits, '_' or '-'")
+                continue
+            spec = to_spec(item, exposed, self.trust)
+            schema = self._schemas.get(exposed)
+            if schema is None or schema.source != spec["parameters"]:
+                try:
+                    schema = Schema(spec["parameters"])
+                except ValueError as exc:
+                    self._leave_out(exposed, str(exc))
+                    continue
+            specs[exposed], original[exposed], schemas[exposed] = spec, tool_name, schema
+        self._specs, self._original, self._schemas = specs, original, schemas
         self.listings += 1
         for listener in self._listeners:
             listener()
+
+    def _leave_out(self, name: str, why: str) -> None:
+        shown = repr(name) if len(name) <= 100 else f"{name[:100]!r}... ({len(name)} characters)"
+        _log.warning("MCP server %r: tool %s is not offered: %s", self.name, shown, why)
 
     # ----------------------------------------------------------------- tools
 
@@ -312,10 +237,17 @@ class MCPServer:
     async def call(self, name: str, args: dict[str, Any], idempotency_key: str) -> ToolResult:
         """Call one tool; every failure (of the tool or of the server) is an error result."""
         original = self._original.get(name, name)
+        # Checked before anything is sent: a bad call is the model's to fix (and counted as
+        # such), and arguments the SDK cannot write would break the connection.
+        invalid = check_arguments(name, args, self._schemas.get(name))
+        if invalid is not None:
+            return invalid
         try:
             await self.start()
         except MCPServerError as exc:
             return server_error(self.name, name, exc.problem)
+        loop = asyncio.get_running_loop()
+        deadline = None if self.timeout is None else loop.time() + self.timeout
         link = self._link
         session = link.session if link is not None else None
         if session is None:
@@ -326,22 +258,32 @@ class MCPServer:
             if run is not None:  # progress becomes a `tool_progress` event of the run
                 await run.progress(message or "", {"progress": done, "total": total})
 
+        # The whole call within `timeout`, not only its request: the SDK may list the tools
+        # itself before it returns (to check structured output).
+        limit = asyncio.timeout_at(deadline)
         try:
-            result = await session.call_tool(
-                original,
-                args,
-                read_timeout_seconds=self.timeout,
-                progress_callback=progress,
-                meta={IDEMPOTENCY_META: idempotency_key},
-            )
+            async with limit:
+                result = await session.call_tool(
+                    original,
+                    args,
+                    read_timeout_seconds=self.timeout,
+                    progress_callback=progress,
+                    meta={IDEMPOTENCY_META: idempotency_key},
+                )
         except asyncio.CancelledError:
             raise  # the SDK has sent `notifications/cancelled` on the way out
         except Exception as exc:
+            if isinstance(exc, TimeoutError) and limit.expired() and self.timeout is not None:
+                return timed_out(name, self.timeout)
             return await self._failed(name, exc)
         refreshing = link.refreshing if link is not None else None
         if refreshing is not None and not refreshing.done():
-            # A change announced during the call (before its answer) is in the next turn.
-            await asyncio.shield(refreshing)
+            # A change announced during the call (before its answer) is in the next turn if
+            # it is listed within the call's time; past it, the call returns and the listing
+            # goes on by itself (the model sees the tools listed before until it lands).
+            remaining = None if deadline is None else deadline - loop.time()
+            if remaining is None or remaining > 0:
+                await asyncio.wait({refreshing}, timeout=remaining)
         return to_result(result)
 
     async def _failed(self, name: str, exc: Exception) -> ToolResult:
@@ -350,13 +292,17 @@ class MCPServer:
             return error_result(
                 "timeout", f"Tool {name!r} timed out after {self.timeout:g} seconds."
             )
+        if code == _INVALID_PARAMS:
+            # The server refused the arguments: the model's to fix, counted towards
+            # max_invalid_tool_args as a local tool's refusal is.
+            return error_result(INVALID_ARGUMENTS, f"Invalid arguments for tool {name!r}: {exc}")
         if isinstance(exc, RuntimeError) and "structured content" in str(exc):
             # The SDK checks structuredContent against the tool's outputSchema.
             return error_result("tool_exception", f"Tool {name!r} returned bad output: {exc}")
         if code is not None and code != _CONNECTION_CLOSED:
-            # A JSON-RPC error answer (unknown tool, invalid params): the server lives on.
+            # Another JSON-RPC error answer (an unknown tool, say): the server lives on.
             return error_result("tool_exception", f"Tool {name!r} failed: {exc}")
         # The connection broke: forget it, so the next call starts the server again.
         _log.warning("MCP server %r failed during %r: %s", self.name, name, exc)
         await self._drop()
-        return server_error(self.name, name, f"{_say(exc)}; it is restarted on the next call")
+        return server_error(self.name, name, f"{say(exc)}; it is restarted on the next call")

@@ -1,0 +1,193 @@
+"""One live connection to an MCP server: the task that holds it, its session, and its tool
+listing (bounded in time, pages and tools), and the errors a server that cannot be used
+raises.
+
+The SDK's transports are context managers that must be left by the task that entered them,
+so the connection lives in a task of its own; calls from the runs' tasks use its session.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Iterator
+from typing import Any, Protocol
+
+from loomgraph.errors import LoomgraphError
+
+_log = logging.getLogger(__name__)
+
+
+class _Server(Protocol):
+    """What a connection needs of its `MCPServer`."""
+
+    name: str
+    start_timeout: float | None
+    max_pages: int
+    max_tools: int
+
+    def describe(self) -> str: ...
+
+    def open(self) -> contextlib.AbstractAsyncContextManager[Any]: ...
+
+    def listed(self, link: Link) -> None: ...
+
+
+class MCPServerError(LoomgraphError):
+    """An MCP server could not be started or connected to (the message says which and why)."""
+
+    def __init__(self, server: str, problem: str) -> None:
+        super().__init__(f"MCP server {server!r}: {problem}")
+        self.server = server
+        self.problem = problem
+
+
+class MCPListingTooLarge(MCPServerError):
+    """A server's tool listing ran past `MCPServer.max_pages` pages or `max_tools` tools."""
+
+
+class Link:
+    """One live connection: the task that holds it, its session, and its tool listing."""
+
+    def __init__(self, server: _Server) -> None:
+        self.server = server
+        self.loop = asyncio.get_running_loop()
+        self.session: Any = None
+        self.tools: dict[str, Any] = {}  # original name -> mcp Tool
+        self.ready: asyncio.Future[None] = self.loop.create_future()
+        self.stop = asyncio.Event()
+        self.refreshing: asyncio.Task[None] | None = None
+        self.stale = False  # a change was announced since the listing under way started
+        self.task = asyncio.create_task(self._hold(), name=f"mcp:{server.name}")
+
+    @property
+    def alive(self) -> bool:
+        """Whether the connection holds, in the running event loop."""
+        return not self.task.done() and self.loop is asyncio.get_running_loop()
+
+    async def _hold(self) -> None:
+        from mcp.client.session import ClientSession
+
+        server = self.server
+        try:
+            async with contextlib.AsyncExitStack() as stack:
+                read, write = await stack.enter_async_context(server.open())
+                session = await stack.enter_async_context(
+                    ClientSession(read, write, message_handler=self._on_message)
+                )
+                with deadline(server.start_timeout):
+                    await session.initialize()
+                    self.session = session
+                    await self.refresh()
+                self.ready.set_result(None)
+                await self.stop.wait()
+        except BaseException as exc:
+            if not self.ready.done():
+                typed = find_error(exc, MCPServerError)  # a listing over the caps says so itself
+                self.ready.set_exception(
+                    typed
+                    or MCPServerError(server.name, f"cannot start {server.describe()}: {say(exc)}")
+                )
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+        finally:
+            self.session = None
+
+    async def refresh(self) -> None:
+        """List the server's tools again (all pages, within the caps: MCPListingTooLarge)."""
+        server = self.server
+        tools: dict[str, Any] = {}
+        cursor: str | None = None
+        for _ in range(server.max_pages):
+            if cursor is None:
+                page = await self.session.list_tools()
+            else:
+                from mcp.types import PaginatedRequestParams
+
+                page = await self.session.list_tools(params=PaginatedRequestParams(cursor=cursor))
+            tools.update((t.name, t) for t in page.tools)
+            if len(tools) > server.max_tools:
+                problem = f"it lists more than {server.max_tools} tools (MCPServer.max_tools)"
+                raise MCPListingTooLarge(server.name, problem)
+            cursor = page.next_cursor
+            if not cursor:
+                break
+        else:  # a cursor after the last page allowed: a server paging without end
+            problem = f"its tool listing runs to more than {server.max_pages} pages"
+            raise MCPListingTooLarge(server.name, f"{problem} (MCPServer.max_pages)")
+        self.tools = tools
+        server.listed(self)
+
+    async def _on_message(self, message: Any) -> None:
+        if getattr(message, "method", None) == "notifications/tools/list_changed":
+            # Not awaited here: this runs on the session's receive loop, which must go on to
+            # receive the listing's answer.
+            self.stale = True
+            if self.refreshing is None or self.refreshing.done():
+                self.refreshing = self.loop.create_task(self._refresh_while_stale())
+        elif isinstance(message, Exception):
+            _log.warning("MCP server %r sent something unreadable: %s", self.server.name, message)
+
+    async def _refresh_while_stale(self) -> None:
+        # One listing at a time, run again when a change was announced during it: a server
+        # announcing changes without end cannot pile up listings, and an older listing never
+        # lands after a newer one. Each listing is bounded by start_timeout; one that fails
+        # leaves the tools listed before in place (the next call or start finds out for real).
+        name, limit = self.server.name, self.server.start_timeout
+        while self.stale:
+            self.stale = False
+            try:
+                with deadline(limit):
+                    await self.refresh()
+            except TimeoutError:
+                _log.warning(
+                    "MCP server %r: listing its tools took longer than %g seconds "
+                    "(start_timeout); the tools listed before are kept",
+                    name,
+                    limit,
+                )
+            except MCPServerError as exc:
+                _log.warning("%s; the tools listed before are kept", exc)
+            except Exception as exc:
+                _log.warning("MCP server %r: listing its tools failed: %s", name, say(exc))
+
+    async def close(self) -> None:
+        """End the connection (and a listing under way)."""
+        self.stop.set()
+        if self.loop is asyncio.get_running_loop():
+            refreshing = self.refreshing
+            if refreshing is not None and not refreshing.done():
+                refreshing.cancel()  # its answer is of no use once the connection ends
+                with contextlib.suppress(BaseException):
+                    await refreshing
+            with contextlib.suppress(BaseException):
+                await self.task
+
+
+@contextlib.contextmanager
+def deadline(seconds: float | None) -> Iterator[None]:
+    """A block that raises TimeoutError after `seconds` (None: no limit)."""
+    import anyio
+
+    with anyio.fail_after(seconds):
+        yield
+
+
+def find_error(exc: BaseException, kind: type[MCPServerError]) -> MCPServerError | None:
+    """`exc`, or the first exception of its kind inside an exception group."""
+    if isinstance(exc, kind):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            if (found := find_error(inner, kind)) is not None:
+                return found
+    return None
+
+
+def say(exc: BaseException) -> str:
+    """An exception (or every one of a group) as `Type: message`, for messages."""
+    if isinstance(exc, BaseExceptionGroup):
+        return "; ".join(say(e) for e in exc.exceptions)
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
