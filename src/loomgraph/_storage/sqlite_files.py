@@ -63,16 +63,31 @@ def integrity_of(path: str, *, immutable: bool = False, busy_timeout: float | No
         rows = [str(r[0]) for r in conn.execute("PRAGMA quick_check(5)")]
         return "; ".join(rows).replace("\n", "; ")
     except sqlite3.Error as err:
-        if busy_timeout is not None and _busy(err):
+        if busy_timeout is not None and is_busy(err):
             raise SqliteFileProblem("unavailable", locked_for_too_long(err, busy_timeout)) from None
         return f"quick_check failed: {err}"
     finally:
         conn.close()
 
 
-def _busy(err: sqlite3.Error) -> bool:
-    """Whether SQLite refused for another connection's lock."""
-    return getattr(err, "sqlite_errorname", "").startswith(("SQLITE_BUSY", "SQLITE_LOCKED"))
+# SQLite's answers (`sqlite_errorname` prefixes) that say the file cannot be used now, not
+# that a statement or the file is wrong: another connection's lock (held past busy_timeout),
+# or a file that cannot be opened, read or written (I/O, permissions, a full disk).
+BUSY_ERRORS = ("SQLITE_BUSY", "SQLITE_LOCKED")
+UNAVAILABLE_ERRORS = (
+    *BUSY_ERRORS,
+    "SQLITE_CANTOPEN",
+    "SQLITE_IOERR",
+    "SQLITE_READONLY",
+    "SQLITE_FULL",
+    "SQLITE_PERM",
+    "SQLITE_AUTH",
+)
+
+
+def is_busy(err: sqlite3.Error) -> bool:
+    """Whether SQLite refused for another connection's lock (so nothing was written)."""
+    return getattr(err, "sqlite_errorname", "").startswith(BUSY_ERRORS)
 
 
 def locked_for_too_long(err: sqlite3.Error, busy_timeout: float) -> str:
@@ -184,7 +199,7 @@ async def enable_wal(conn: aiosqlite.Connection, busy_timeout: float) -> None:
         try:
             mode = str(next(iter(await conn.execute_fetchall(statement)))[0])
         except sqlite3.OperationalError as err:
-            if not _busy(err) or loop.time() > deadline:
+            if not is_busy(err) or loop.time() > deadline:
                 raise
             await asyncio.sleep(delay)  # another process holds the lock for a moment
             delay = min(delay * 2, 0.05)
@@ -242,7 +257,7 @@ async def set_busy_timeout(conn: aiosqlite.Connection, busy_timeout: float) -> N
 
 def sqlite_problem(path: str, err: sqlite3.Error, busy_timeout: float) -> SqliteFileProblem:
     """An SQLite error met while opening `path`, as a SqliteFileProblem naming the file."""
-    text = locked_for_too_long(err, busy_timeout) if _busy(err) else str(err)
+    text = locked_for_too_long(err, busy_timeout) if is_busy(err) else str(err)
     if getattr(err, "sqlite_errorname", "").startswith(_CORRUPT):
         return SqliteFileProblem("corrupted", f"{path}: {text}", text)
     return SqliteFileProblem("unavailable", f"{path}: {text}")

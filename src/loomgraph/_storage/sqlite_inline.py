@@ -28,7 +28,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from loomgraph._storage.cursor import raise_constraint
-from loomgraph._storage.sqlite_files import Synchronous
+from loomgraph._storage.sqlite_files import Synchronous, is_busy
 from loomgraph.protocols.tasks import finished
 
 # About SQLite's default auto-checkpoint (1,000 pages) at 2-3 pages per one-row commit.
@@ -56,7 +56,7 @@ class InlineWriter:
         try:
             changed = conn.execute(sql, args).rowcount
         except sqlite3.OperationalError as err:
-            if _busy(err):
+            if is_busy(err):
                 return None
             raise
         self._since_checkpoint += 1
@@ -75,7 +75,7 @@ class InlineWriter:
         try:
             conn.execute("BEGIN IMMEDIATE")
         except sqlite3.OperationalError as err:
-            if _busy(err):
+            if is_busy(err):
                 return None
             raise
         self._since_checkpoint += 1
@@ -128,11 +128,6 @@ class InlineWriter:
         self._level = self.synchronous
         self._thread = threading.get_ident()
         return conn
-
-
-def _busy(err: sqlite3.OperationalError) -> bool:
-    """Whether SQLite refused for another writer's lock (so nothing was written)."""
-    return getattr(err, "sqlite_errorname", "").startswith(("SQLITE_BUSY", "SQLITE_LOCKED"))
 
 
 class InlineCursor:

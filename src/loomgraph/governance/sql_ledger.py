@@ -32,6 +32,8 @@ import aiosqlite
 from loomgraph._storage.cursor import Cursor
 from loomgraph._storage.sqlite_conn import SqliteConnection
 from loomgraph._storage.sqlite_files import (
+    BUSY_ERRORS,
+    UNAVAILABLE_ERRORS,
     SqliteFileProblem,
     Synchronous,
     checked_synchronous,
@@ -213,16 +215,6 @@ class _SqlLedger(Ledger):
 # SQLite's answers that say the file cannot be used now, not that a statement or the file is
 # wrong: another connection's lock (held past busy_timeout), a file that cannot be opened,
 # read or written (I/O, permissions, a full disk).
-_BUSY = ("SQLITE_BUSY", "SQLITE_LOCKED")
-_UNAVAILABLE = (
-    *_BUSY,
-    "SQLITE_CANTOPEN",
-    "SQLITE_IOERR",
-    "SQLITE_READONLY",
-    "SQLITE_FULL",
-    "SQLITE_PERM",
-    "SQLITE_AUTH",
-)
 
 
 class _SqliteLedgerUnavailable(LedgerUnavailable, SqliteFileProblem):
@@ -295,10 +287,10 @@ class SqliteLedger(_SqlLedger):
         if not isinstance(err, sqlite3.Error):
             return err
         name = getattr(err, "sqlite_errorname", "")
-        if name.startswith(_BUSY):
+        if name.startswith(BUSY_ERRORS):
             detail = locked_for_too_long(err, self.busy_timeout)
             return _SqliteLedgerUnavailable(self.location, detail)
-        if name.startswith(_UNAVAILABLE):
+        if name.startswith(UNAVAILABLE_ERRORS):
             return _SqliteLedgerUnavailable(self.location, str(err))
         return err
 

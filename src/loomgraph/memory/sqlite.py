@@ -11,7 +11,12 @@ import aiosqlite
 
 from loomgraph._storage.cursor import Cursor, SqliteCursor
 from loomgraph._storage.sqlite_conn import SqliteConnection
-from loomgraph._storage.sqlite_files import SqliteFileProblem, open_sqlite
+from loomgraph._storage.sqlite_files import (
+    BUSY_ERRORS,
+    UNAVAILABLE_ERRORS,
+    SqliteFileProblem,
+    open_sqlite,
+)
 from loomgraph.memory.errors import MemoryBackendError, MemoryCorrupted, MemoryUnavailable
 from loomgraph.memory.records import Fact, MemoryLimits
 from loomgraph.memory.sql import (
@@ -126,20 +131,11 @@ class SqliteMemory(SqlMemory):
             ("no such table", "no such column")
         ):
             return MemoryCorrupted(self.where, text)
-        if name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")):
+        if name.startswith(BUSY_ERRORS):
             return MemoryUnavailable(
                 self.where, f"{text} for longer than busy_timeout={self.busy_timeout}s"
             )
-        if name.startswith(
-            (
-                "SQLITE_CANTOPEN",
-                "SQLITE_IOERR",
-                "SQLITE_READONLY",
-                "SQLITE_FULL",
-                "SQLITE_PERM",
-                "SQLITE_AUTH",
-            )
-        ):
+        if name.startswith(UNAVAILABLE_ERRORS):
             return MemoryUnavailable(self.where, text)
         return MemoryBackendError(self.where, text)  # e.g. a constraint a trigger raised
 

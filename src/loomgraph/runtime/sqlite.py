@@ -14,6 +14,7 @@ import aiosqlite
 from loomgraph._storage.cursor import SqliteCursor
 from loomgraph._storage.sqlite_conn import SqliteConnection
 from loomgraph._storage.sqlite_files import (
+    BUSY_ERRORS,
     SqliteFileProblem,
     Synchronous,
     WalLoss,
@@ -160,7 +161,7 @@ class SqliteRuntime(SqlJournal):
         text = str(err)
         if name.startswith(_CORRUPT) or text.startswith(("no such table", "no such column")):
             return JournalCorrupted(self.location, text)
-        if name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")):
+        if name.startswith(BUSY_ERRORS):
             return JournalUnavailable(
                 self.location, f"{text} for longer than busy_timeout={self.busy_timeout}s"
             )
