@@ -19,3 +19,8 @@ def describe_dsn(dsn: str) -> str:
     socket = parse_qs(url.query).get("host", [""])[0]
     where = host or (f"localhost ({socket})" if socket else "localhost")
     return f"{url.scheme}://{user + '@' if user else ''}{where}{url.path}"
+
+
+def describe_schema(dsn: str, schema: str) -> str:
+    """A Postgres backend's tables as error messages name them: server (no password), schema."""
+    return f"{describe_dsn(dsn)} (schema {schema!r})"

@@ -102,6 +102,25 @@ def failure(dsn: str, err: Exception) -> str:
     return scrub(dsn, f"{type(err).__name__}: {text}")
 
 
+def checked_timeouts(connect_timeout: float, command_timeout: float) -> None:
+    """ValueError unless both of a Postgres backend's time limits are positive."""
+    if connect_timeout <= 0 or command_timeout <= 0:
+        raise ValueError("connect_timeout and command_timeout must be > 0 seconds")
+
+
+def unreachable(
+    pg: Any, err: Exception, dsn: str, connect_timeout: float, command_timeout: float
+) -> str | None:
+    """Why `err` says the server cannot be reached now (a timeout names both limits; the
+    password masked), or None when it is a statement's own failure."""
+    if isinstance(err, TimeoutError):
+        return (
+            f"TimeoutError: no answer in time (connect_timeout {connect_timeout} s, "
+            f"command_timeout {command_timeout} s)"
+        )
+    return failure(dsn, err) if connection_failed(pg, err) else None
+
+
 class LoopPool:
     """Opens the pool on first use in each event loop (once, however many tasks ask).
 

@@ -9,13 +9,14 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from loomgraph._storage.cursor import Cursor
-from loomgraph._storage.dsn import describe_dsn
+from loomgraph._storage.dsn import describe_schema
 from loomgraph._storage.pg_pool import (
     LoopPool,
-    connection_failed,
+    checked_timeouts,
     failure,
     import_asyncpg,
     open_pool,
+    unreachable,
 )
 from loomgraph.governance.ledger import LedgerUnavailable
 from loomgraph.governance.sql_ledger import _IDENT, _ddl, _SqlLedger
@@ -47,8 +48,7 @@ class PostgresLedger(_SqlLedger):
     ) -> None:
         if not _IDENT.fullmatch(schema):
             raise ValueError(f"invalid schema name {schema!r}")
-        if connect_timeout <= 0 or command_timeout <= 0:
-            raise ValueError("connect_timeout and command_timeout must be > 0 seconds")
+        checked_timeouts(connect_timeout, command_timeout)
         super().__init__(f'"{schema}".')
         self._pg = import_asyncpg("PostgresLedger")
         self.dsn = dsn
@@ -56,7 +56,7 @@ class PostgresLedger(_SqlLedger):
         self.pool_size = pool_size
         self.connect_timeout = connect_timeout
         self.command_timeout = command_timeout
-        self.location = f"{describe_dsn(dsn)} (schema {schema!r})"  # as errors name it
+        self.location = describe_schema(dsn, schema)  # as errors name it
         # Waiting for a pooled connection may mean making one, then a statement on it.
         self._pools = LoopPool(self._open, timeout=connect_timeout + command_timeout)
 
@@ -92,13 +92,8 @@ class PostgresLedger(_SqlLedger):
         of its own (shutting down, out of resources, a lock or idle timeout), as
         LedgerUnavailable; anything else (a constraint, what `decide` raised) unchanged."""
         pg = self._pg
-        if isinstance(err, TimeoutError):
-            return LedgerUnavailable(
-                self.location,
-                f"TimeoutError: no answer in time (connect_timeout {self.connect_timeout} s, "
-                f"command_timeout {self.command_timeout} s)",
-            )
-        if connection_failed(pg, err) or isinstance(
+        why = unreachable(pg, err, self.dsn, self.connect_timeout, self.command_timeout)
+        if why is None and isinstance(
             err,
             pg.OperatorInterventionError  # shutdown, crash, cancelled, cannot connect now
             | pg.InsufficientResourcesError  # too many connections, disk full, out of memory
@@ -107,8 +102,8 @@ class PostgresLedger(_SqlLedger):
             | pg.InvalidCatalogNameError
             | pg.InvalidAuthorizationSpecificationError,
         ):
-            return LedgerUnavailable(self.location, failure(self.dsn, err))
-        return err
+            why = failure(self.dsn, err)
+        return err if why is None else LedgerUnavailable(self.location, why)
 
     async def _setup(self, con: Any) -> None:
         # Creators racing on CREATE TABLE IF NOT EXISTS collide in the catalog.

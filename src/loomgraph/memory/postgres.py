@@ -11,7 +11,7 @@ from typing import Any
 
 from loomgraph._storage import pg_pool
 from loomgraph._storage.cursor import Cursor
-from loomgraph._storage.dsn import describe_dsn
+from loomgraph._storage.dsn import describe_dsn, describe_schema
 from loomgraph.memory.errors import MemoryBackendError, MemoryCorrupted, MemoryUnavailable
 from loomgraph.memory.records import Fact, MemoryLimits
 from loomgraph.memory.sql import (
@@ -93,7 +93,7 @@ class PostgresMemory(SqlMemory):
         self.dsn = dsn
         self.schema = schema
         self.prefix = pg_pool.quote_ident(schema) + "."
-        self.where = f"postgres memory {describe_dsn(dsn)} (schema {schema!r})"
+        self.where = f"postgres memory {describe_schema(dsn, schema)}"
         self.pool_size = pool_size
         self.connect_timeout = connect_timeout
         self._pools = pg_pool.LoopPool(self._open)

@@ -11,14 +11,15 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any, TypeVar
 
-from loomgraph._storage.dsn import describe_dsn
+from loomgraph._storage.dsn import describe_dsn, describe_schema
 from loomgraph._storage.pg_pool import (
     LoopPool,
-    connection_failed,
+    checked_timeouts,
     failure,
     import_asyncpg,
     open_pool,
     quote_ident,
+    unreachable,
 )
 from loomgraph.protocols import RunRecord
 from loomgraph.protocols.ledger import LedgerSite, PostgresSite
@@ -78,11 +79,10 @@ class PostgresRuntime(SqlJournal):
         connect_timeout: float = 10.0,
         command_timeout: float = 15.0,
     ) -> None:
-        if connect_timeout <= 0 or command_timeout <= 0:
-            raise ValueError("connect_timeout and command_timeout must be > 0 seconds")
+        checked_timeouts(connect_timeout, command_timeout)
         super().__init__(
             dialect(schema),
-            f"{describe_dsn(dsn)} (schema {schema!r})",
+            describe_schema(dsn, schema),
             snapshot_every=snapshot_every,
             lease_seconds=lease_seconds,
         )
@@ -148,15 +148,8 @@ class PostgresRuntime(SqlJournal):
         pg = self._pg
         if isinstance(err, pg.UndefinedTableError):
             return JournalCorrupted(self.location, str(err))
-        if isinstance(err, TimeoutError):
-            return JournalUnavailable(
-                self.location,
-                f"TimeoutError: no answer in time (connect_timeout {self.connect_timeout} s, "
-                f"command_timeout {self.command_timeout} s)",
-            )
-        if connection_failed(pg, err):
-            return JournalUnavailable(self.location, failure(self.dsn, err))
-        return err
+        why = unreachable(pg, err, self.dsn, self.connect_timeout, self.command_timeout)
+        return err if why is None else JournalUnavailable(self.location, why)
 
     # ------------------------------------------------------------------ opening
 
