@@ -11,10 +11,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import gc
 import logging
 import sys
 import threading
+import weakref
 from collections.abc import Awaitable, Callable, Coroutine, Generator
+from contextvars import ContextVar
 from typing import Any, TypeVar
 
 import pytest
@@ -24,6 +27,7 @@ from hypothesis import strategies as st
 from loomgraph import Agent
 from loomgraph.models import ScriptedModel
 from loomgraph.tools import ToolRegistry, tool
+from loomgraph.tools.deadline import run_with_limit
 
 T = TypeVar("T")
 
@@ -365,3 +369,30 @@ async def test_the_awaitable_of_a_sync_callable_may_fail_like_any_tool() -> None
     registry = ToolRegistry([tool(logged(broken), name="broken")])
     result = await bounded(call(registry, "broken"))
     assert result == {"content": "SystemExit: 7", "is_error": True, "error_type": "tool_exception"}
+
+
+# ---------------------------------------------------------------------------- what a call keeps
+
+held: ContextVar[object] = ContextVar("held")
+
+
+class _Run:
+    """Stands for what a run's context variables hold (its scope, its tool context)."""
+
+
+async def test_a_finished_call_keeps_nothing_of_the_callers_context_alive() -> None:
+    # asyncio.timeout's cancelled timer keeps a copy of the context until the loop prunes
+    # it (or 60 s pass): with one, `run` would still be alive here.
+    run = _Run()
+    alive = weakref.ref(run)
+    token = held.set(run)
+
+    async def waits_once() -> str:
+        await asyncio.sleep(0)
+        return "done"
+
+    assert await run_with_limit(waits_once(), 60, "waits_once") == (True, "done")
+    held.reset(token)
+    del run
+    gc.collect()
+    assert alive() is None

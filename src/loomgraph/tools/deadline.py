@@ -1,8 +1,8 @@
 """The time limit of a tool call: the tool runs in a task of its own, and its caller waits for
 it with a timer, so the caller gets its answer at the limit whatever the tool does.
 
-A tool awaited inline (under `Deadline`, as before) could only be stopped by cancelling the
-caller's own task and hoping the cancellation came back out: a tool that swallows
+A tool awaited inline (under `asyncio.timeout`, as before) could only be stopped by cancelling
+the caller's own task and hoping the cancellation came back out: a tool that swallows
 `CancelledError` ran on, and its value was reported as a success. `run_with_limit` gives the
 tool its own task instead. At the limit the caller stops waiting, cancels the tool's task and
 gives it `GRACE` seconds to stop (so the `finally` blocks of a tool that honours the
@@ -14,9 +14,7 @@ stays in the event loop's heap until its time comes (60 s by default here) or th
 prunes cancelled timers, which it does only between iterations: a run whose awaits never
 suspend (fast tools, a local model) adds one such timer per tool call, and each one's
 context holds the run (its scope, its tool context) until then. The timers here are
-scheduled in an empty context instead. `Deadline` is `asyncio.timeout` with such a timer
-(Python 3.11's semantics): the task is cancelled at the deadline, and the cancellation leaves
-the block as `TimeoutError` unless the task was also cancelled from elsewhere.
+scheduled in an empty context instead.
 """
 
 from __future__ import annotations
@@ -25,7 +23,6 @@ import asyncio
 import contextvars
 import logging
 from collections.abc import Coroutine
-from types import TracebackType
 from typing import Any
 
 _log = logging.getLogger("loomgraph.tools.registry")
@@ -46,62 +43,6 @@ _abandoned: set[asyncio.Task[Outcome]] = set()
 
 # The timer callback reads no context variable; an empty context keeps nothing alive.
 _NO_CONTEXT = contextvars.Context()
-
-
-class Deadline:
-    """`async with Deadline(seconds):` — like `asyncio.timeout(seconds)`, for one block."""
-
-    __slots__ = ("_cancelling", "_delay", "_expired", "_handle", "_task")
-
-    def __init__(self, delay: float) -> None:
-        self._delay = delay
-        self._expired = False
-        self._handle: asyncio.Handle | None = None
-        self._task: asyncio.Task[object] | None = None
-        self._cancelling = 0
-
-    def expired(self) -> bool:
-        """Whether the deadline passed while the block ran."""
-        return self._expired
-
-    async def __aenter__(self) -> Deadline:
-        task = asyncio.current_task()
-        if task is None:
-            raise RuntimeError("Deadline should be used inside a task")
-        self._task = task
-        self._cancelling = task.cancelling()
-        loop = asyncio.get_running_loop()
-        when = loop.time() + self._delay
-        if when <= loop.time():
-            self._handle = loop.call_soon(self._on_timeout, context=_NO_CONTEXT)
-        else:
-            self._handle = loop.call_at(when, self._on_timeout, context=_NO_CONTEXT)
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if self._handle is not None:
-            self._handle.cancel()
-            self._handle = None
-        # Ours alone when no other cancellation was requested meanwhile (uncancel() is
-        # called whenever the deadline passed, as asyncio.Timeout does).
-        if (
-            self._expired
-            and self._task is not None
-            and self._task.uncancel() <= self._cancelling
-            and exc_type is asyncio.CancelledError
-        ):
-            raise TimeoutError from exc
-
-    def _on_timeout(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-        self._expired = True
-        self._handle = None
 
 
 async def run_with_limit(
@@ -161,7 +102,7 @@ class _Run:
             return True
         loop = asyncio.get_running_loop()
         self.waiter = waiter = loop.create_future()
-        # In an empty context, as Deadline's timer: a cancelled timer keeps nothing alive.
+        # In an empty context: a cancelled timer keeps nothing of the run alive.
         timer = None if until is None else loop.call_at(until, self._wake, context=_NO_CONTEXT)
         try:
             await waiter
