@@ -33,15 +33,15 @@ not recognised.
 
 from __future__ import annotations
 
-import functools
 import json
 import math
 import re
-import sys
 import unicodedata
 from collections.abc import Iterator, Mapping
 from collections.abc import Set as AbstractSet
 from typing import Any
+
+from loomgraph.protocols.spellings import as_latin, without_invisible
 
 # Shorter values (a yes, a number, a common word) are too likely to occur by chance.
 MIN_TAINT_CHARS = 8
@@ -68,10 +68,6 @@ _TRAILING = ".,;:!?)]}'\""
 # Characters a JSON encoder may write as an escape (all but plain printable ASCII).
 _ESCAPABLE = re.compile(r"[^ !#$%()*+,\-.0-9:;=?@A-Z\[\]^_`a-z{|}~]")
 _APART = " \u2060 "
-# Letters that look like Latin ones (lower case: compared after case-folding); as
-# governance/canonical.py's skeleton, which engine/ may not import.
-_LOOKALIKES = str.maketrans("аеорсухіјѕԁԛԝαορτυν", "aeopcyxijsdqwaoptuv")
-_LOOKALIKE = re.compile("[аеорсухіјѕԁԛԝαορτυν]")
 
 
 def normalise(text: str) -> str:
@@ -79,29 +75,9 @@ def normalise(text: str) -> str:
     lookalike letters read as Latin, whitespace collapsed."""
     if text.isascii():  # the common case; NFKC and the rest change nothing in ASCII
         return " ".join(text.lower().split())
-    text = _invisible().sub("", unicodedata.normalize("NFKC", text))
-    text = unicodedata.normalize("NFKC", text.casefold())
-    if _LOOKALIKE.search(text):  # a search is 100x faster than translating every character
-        text = text.translate(_LOOKALIKES)
+    text = without_invisible(unicodedata.normalize("NFKC", text))
+    text = as_latin(unicodedata.normalize("NFKC", text.casefold()))
     return " ".join(text.split())  # split() collapses whitespace faster than a regex
-
-
-@functools.cache
-def _invisible() -> re.Pattern[str]:
-    """The format characters (Unicode category Cf) of this Python's Unicode version."""
-    # Cf characters live in planes 0, 1 and 14; scanning those takes ~40 ms, once, when the
-    # first non-ASCII text is read (all of Unicode would take 0.2 s). As ranges, the class
-    # is searched 10x faster than as single characters.
-    ranges: list[list[int]] = []
-    for plane in (0, 1, 14):
-        for cp in range(plane << 16, min((plane + 1) << 16, sys.maxunicode + 1)):
-            if unicodedata.category(chr(cp)) == "Cf":
-                if ranges and ranges[-1][1] == cp - 1:
-                    ranges[-1][1] = cp
-                else:
-                    ranges.append([cp, cp])
-    spans = (f"{re.escape(chr(a))}-{re.escape(chr(b))}" for a, b in ranges)
-    return re.compile("[" + "".join(spans) + "]")
 
 
 def values_in(value: Any) -> Iterator[str]:

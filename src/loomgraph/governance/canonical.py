@@ -19,6 +19,8 @@ import unicodedata
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
+from loomgraph.protocols.spellings import as_latin, without_invisible
+
 __all__ = ["generous_readings", "readings", "strict_readings"]
 
 Reading = tuple[str, bool]  # (text, is one path)
@@ -29,11 +31,6 @@ _ALWAYS_META = frozenset("$`\n\r\x00")  # expanded or splitting even inside quot
 _OPERATOR = re.compile(r"[;&|<>()]+")
 _SUBST = re.compile(r"\$\(([^()]*)\)|`([^`]*)`")
 _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
-# Letters that look like Latin ones; enough for a deny reading, not a full confusables table.
-_SKELETON = str.maketrans(
-    "аеорсухіјѕԁԛԝАВЕКМНОРСТХІЈЅԌαορτυνΑΒΕΖΗΙΚΜΝΟΡΤΥΧℓ",
-    "aeopcyxijsdqwABEKMHOPCTXIJSGaoptuvABEZHIKMNOPTYXl",
-)
 _CJK = {"CJK", "HIRAGANA", "KATAKANA", "HANGUL", "IDEOGRAPHIC"}
 
 
@@ -83,9 +80,7 @@ def generous_readings(value: Any, kind: str | None) -> list[Reading]:
         return readings(value)
     folded = unicodedata.normalize("NFKC", value)
     bare = _visible(folded)
-    texts = dict.fromkeys(
-        [value, folded, folded.translate(_SKELETON), bare, bare.translate(_SKELETON)]
-    )
+    texts = dict.fromkeys([value, folded, as_latin(folded), bare, as_latin(bare)])
     if kind != "command":
         # As a tool may read a path: a file URL's path, %-escapes decoded, `\` as `/`.
         texts |= dict.fromkeys(_path_spelling(text) for text in list(texts))
@@ -174,7 +169,7 @@ def _commands(text: str) -> list[str]:
 def _visible(text: str) -> str:
     """The text without invisible format characters (zero-width space, joiners, BOM) and
     without the spaces around it: what a reader sees, and what many tools compare."""
-    return "".join(c for c in text if unicodedata.category(c) != "Cf").strip()
+    return without_invisible(text).strip()
 
 
 def _path_spelling(text: str) -> str:

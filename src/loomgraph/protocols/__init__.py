@@ -91,6 +91,7 @@ from loomgraph.protocols.runtime import (
     UnknownRun,
     current_fence,
 )
+from loomgraph.protocols.spellings import as_latin, without_invisible
 from loomgraph.protocols.tasks import finished
 from loomgraph.protocols.tool_args import (
     ToolArgLimits,
@@ -177,6 +178,9 @@ __all__ = [  # noqa: RUF022 - grouped by concept, not sorted
     "Verdict",
     # lazy: a package's public names imported on first use
     "lazy_names",
+    # spellings: how text is disguised (invisible characters, lookalike letters)
+    "as_latin",
+    "without_invisible",
     # tasks: a step a cancellation must not cut off
     "finished",
     # tool_args: a model's tool-call arguments, checked against limits
