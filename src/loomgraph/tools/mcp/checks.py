@@ -10,16 +10,24 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 from typing import Any
 
-from loomgraph.protocols import INVALID_ARGUMENTS, ToolResult
+from loomgraph.protocols import (
+    INVALID_ARGUMENTS,
+    ToolArgLimits,
+    ToolArgsRejected,
+    ToolResult,
+    check_tool_args,
+)
 from loomgraph.tools.results import error as error_result
 
 NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 """What Anthropic and OpenAI accept as a tool name (the rule local tools meet, tools/tool.py)."""
 
 # No Python recursion over deeper arguments: json and jsonschema recurse once per level.
-_MAX_DEPTH = 100
+# (Their size is the tool gate's limit, `SizeLimits.tool_args_chars`, not this one's.)
+_LIMITS = ToolArgLimits(max_depth=100, max_string_chars=sys.maxsize)
 
 
 class Schema:
@@ -78,8 +86,10 @@ def check_arguments(tool: str, args: dict[str, Any], schema: Schema | None) -> T
 def _not_plain_json(args: dict[str, Any]) -> str | None:
     # The SDK would fail to write these (a lone surrogate is not UTF-8) and drop the whole
     # connection, or silently send something else (NaN as null).
-    if _depth(args) > _MAX_DEPTH:
-        return f" nested more than {_MAX_DEPTH} levels deep"
+    try:
+        check_tool_args(args, _LIMITS)
+    except ToolArgsRejected as exc:
+        return f" {exc}"
     try:
         json.dumps(args, ensure_ascii=False, allow_nan=False).encode()
     except UnicodeEncodeError:
@@ -87,22 +97,6 @@ def _not_plain_json(args: dict[str, Any]) -> str | None:
     except (TypeError, ValueError) as exc:
         return f" not plain JSON ({exc})"
     return None
-
-
-def _depth(value: Any) -> int:
-    """How deeply lists and dicts nest in `value`, without recursion."""
-    deepest, stack = 0, [(value, 1)]
-    while stack:
-        item, level = stack.pop()
-        if isinstance(item, dict | list | tuple):
-            deepest = max(deepest, level)
-            if level <= _MAX_DEPTH:
-                stack.extend((child, level + 1) for child in _children(item))
-    return deepest
-
-
-def _children(item: dict[Any, Any] | list[Any] | tuple[Any, ...]) -> Any:
-    return item.values() if isinstance(item, dict) else item
 
 
 def _where(path: Any) -> str:
