@@ -19,13 +19,15 @@ from loomgraph.protocols import (
     UnknownRun,
 )
 from loomgraph.runtime.errors import RunExists, RunFinished
+from loomgraph.runtime.frozen import freeze, thaw
 
 __all__ = ["InMemoryRuntime", "UnknownRun"]
 
 
 class InMemoryRuntime:
     """A journal in dicts and lists; keeps the most recent `max_runs` runs, and every run in
-    progress (queued or running) besides."""
+    progress (queued or running) besides. A stopped run's transitions and effects are kept
+    as one compact blob (`runtime.frozen`) until it is written again (a resume)."""
 
     # Nothing is rebuilt from a journal in memory often enough to need snapshots.
     snapshot_every = 0
@@ -35,6 +37,7 @@ class InMemoryRuntime:
         self._runs: OrderedDict[str, RunRecord] = OrderedDict()
         self._transitions: dict[str, list[Transition]] = {}
         self._effects: dict[str, dict[str, EffectRecord]] = {}
+        self._frozen: dict[str, bytes] = {}
         # Kept when their runs are forgotten: one per distinct graph, few and small.
         self._graphs: dict[str, PinnedGraph] = {}
 
@@ -77,6 +80,20 @@ class InMemoryRuntime:
         self._runs.pop(run_id, None)
         self._transitions.pop(run_id, None)
         self._effects.pop(run_id, None)
+        self._frozen.pop(run_id, None)
+
+    def _thawed(self, run_id: str) -> None:
+        """Make a frozen run's records live again, before they are written."""
+        blob = self._frozen.pop(run_id, None)
+        if blob is not None:
+            self._transitions[run_id], self._effects[run_id] = thaw(run_id, blob)
+
+    def _kept(self, run_id: str) -> tuple[list[Transition], dict[str, EffectRecord]]:
+        """A run's records to read: the live ones, or fresh copies of a frozen run's."""
+        blob = self._frozen.get(run_id)
+        if blob is not None:
+            return thaw(run_id, blob)
+        return self._transitions.get(run_id, []), self._effects.get(run_id, {})
 
     async def load_run(self, run_id: str) -> RunRecord | None:
         """A run's record, or None."""
@@ -84,6 +101,7 @@ class InMemoryRuntime:
 
     async def append_transition(self, transition: Transition) -> None:
         """Append one transition."""
+        self._thawed(transition.run_id)
         self._transitions[transition.run_id].append(transition)
 
     async def transitions(self, run_id: str) -> list[Transition]:
@@ -94,11 +112,12 @@ class InMemoryRuntime:
         """The transitions of a run after `seq`, in order."""
         if run_id not in self._runs:
             raise UnknownRun(run_id)
-        kept = self._transitions[run_id]
+        kept = self._kept(run_id)[0]
         return kept[bisect.bisect_right(kept, seq, key=_seq) :]
 
     async def begin_effect(self, effect: EffectRecord) -> EffectRecord | None:
         """Journal an intent; return the earlier record when this key was seen before."""
+        self._thawed(effect.run_id)
         effects = self._effects[effect.run_id]
         prior = effects.get(effect.key)
         if prior is None:
@@ -114,16 +133,17 @@ class InMemoryRuntime:
         self, run_id: str, key: str, outcome: dict[str, Any], status: EffectStatus
     ) -> None:
         """Journal the outcome of an effect."""
+        self._thawed(run_id)
         effect = self._effects[run_id][key]
         effect.outcome, effect.status = outcome, EffectStatus(status)
 
     async def effects(self, run_id: str) -> list[EffectRecord]:
         """Every effect of a run, in the order they began."""
-        return list(self._effects.get(run_id, {}).values())
+        return list(self._kept(run_id)[1].values())
 
     async def effect(self, run_id: str, key: str) -> EffectRecord | None:
         """One effect of a run by its key, or None."""
-        return self._effects.get(run_id, {}).get(key)
+        return self._kept(run_id)[1].get(key)
 
     async def finish_run(
         self, run_id: str, status: RunStatus, reason: str, result: dict[str, Any] | None
@@ -135,6 +155,11 @@ class InMemoryRuntime:
         run.status, run.reason = RunStatus(status), reason
         run.result, run.updated_at = result, time.time()
         self._runs.move_to_end(run_id)
+        if not run.status.in_progress and run_id in self._transitions:
+            blob = freeze(self._transitions[run_id], self._effects[run_id])
+            if blob is not None:
+                self._frozen[run_id] = blob
+                del self._transitions[run_id], self._effects[run_id]
 
     async def record_recovery(self, run_id: str) -> int:
         """Count one more recovery (a resume after a crash or failure); the new count."""
