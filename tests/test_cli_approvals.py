@@ -101,6 +101,23 @@ def test_a_durable_run_waits_is_listed_and_is_approved_once(env: dict[str, Any])
     assert loomgraph(env, "runs", "pending", *journal(env), "--json").stdout == ""
 
 
+def test_an_answer_naming_its_request_settles_that_request_or_nothing(
+    env: dict[str, Any],
+) -> None:
+    waiting = loomgraph(env, "run", "pay acme", *AGENT, *journal(env))
+    assert waiting.returncode == 3
+    row = json.loads(loomgraph(env, "runs", "pending", *journal(env), "--json").stdout)
+    assert row["key"].startswith(row["run_id"]) and row["call_id"] in row["key"]
+    approve = ["runs", "approve", row["run_id"], row["call_id"]]
+    # A request the approver did not see (what a same-id call the run made later has).
+    other = loomgraph(env, *approve, "--request", row["key"] + "x", *AGENT, *journal(env))
+    assert other.returncode == 2 and "not of call" in other.stderr, other.stderr
+    assert paid(env) == []
+    done = loomgraph(env, *approve, "--request", row["key"], *AGENT, *journal(env))
+    assert done.returncode == 0, done.stderr
+    assert paid(env) == ["acme\t5"]
+
+
 def test_deny_with_a_reason_and_edited_arguments_on_approve(env: dict[str, Any]) -> None:
     first = loomgraph(env, "run", "pay acme", *AGENT, *journal(env))
     assert first.returncode == 3

@@ -194,3 +194,59 @@ async def test_a_body_with_a_number_json_does_not_have_is_400(tmp_path: Path, wo
         assert error(refused) == (400, "bad_request")
         assert word in refused.json()["error"]["message"]
         assert (await s.get("alice", "/v1/runs")).json()["runs"] == []
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "named"),
+    [
+        ("/v1/runs", {"input": "hi", "sesion_id": "s1"}, "'sesion_id'"),
+        ("/v1/runs", {"input": "hi", "x": 1, "y": 2}, "'x', 'y'"),
+    ],
+)
+async def test_a_body_field_the_endpoint_does_not_take_is_named(
+    tmp_path: Path, path: str, body: dict[str, Any], named: str
+) -> None:
+    async with served(tmp_path) as s:
+        refused = await s.post("alice", path, body)
+        assert error(refused) == (422, "validation"), refused.text
+        message = refused.json()["error"]["message"]
+        assert named in message and "'session_id'" in message  # what it does take
+        assert (await s.get("alice", "/v1/runs")).json()["runs"] == []
+
+
+async def test_an_answer_naming_its_request_settles_it_or_nothing(tmp_path: Path) -> None:
+    async with served(tmp_path) as s:
+        run_id = (await s.post("alice", "/v1/runs", {"input": "pay acme"})).json()["run_id"]
+        (pending,) = (await s.get("alice", f"/v1/runs/{run_id}")).json()["pending"]
+        assert pending["key"] and pending["call"]["id"] == "call_pay"
+        # An answer to a request this run no longer waits for (a same-id call's, earlier).
+        stale = {"allow": True, "key": pending["key"] + ":earlier"}
+        refused = await s.post("alice", f"/v1/runs/{run_id}/approvals/call_pay", stale)
+        assert error(refused) == (409, "approval_refused"), refused.text
+        assert (await s.get("alice", f"/v1/runs/{run_id}")).json()["status"] == (
+            "awaiting_approval"
+        )
+        from_page = await s.client.post(
+            f"/ui/runs/{run_id}/approvals/call_pay",
+            data={"allow": "true", "key": "another request"},
+            headers={**s.auth("alice"), "HX-Request": "true"},
+        )
+        # The viewer shows the refusal in its notice (htmx keeps the page as it is).
+        assert from_page.headers.get("hx-retarget") == "#notice", from_page.text
+        assert "not of call" in from_page.text and PAID == []
+        answer = {"allow": True, "key": pending["key"]}
+        done = await s.post("alice", f"/v1/runs/{run_id}/approvals/call_pay", answer)
+        assert done.status_code == 202, done.text
+        assert (await s.settled(run_id))["status"] == "completed" and len(PAID) == 1
+
+
+async def test_signing_out_is_a_post_from_this_site(tmp_path: Path) -> None:
+    async with served(tmp_path) as s:
+        await s.client.post("/ui/login", data={"key": s.keys["alice"]})
+        assert (await s.client.get("/ui/logout")).status_code == 405
+        foreign = await s.client.post("/ui/logout", headers=FOREIGN)
+        assert foreign.status_code == 403 and "loomgraph_key" in s.client.cookies
+        page = await s.client.get("/ui")
+        assert 'action="/ui/logout"' in page.text  # the viewer's own sign-out form
+        out = await s.client.post("/ui/logout")
+        assert out.status_code == 303 and "loomgraph_key" not in s.client.cookies

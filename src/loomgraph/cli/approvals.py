@@ -10,7 +10,7 @@ from typing import Any
 
 from loomgraph.cli import agent_args, journal
 from loomgraph.cli.output import EXIT_OK, print_result, table
-from loomgraph.engine.effects import Approval
+from loomgraph.engine.effects import Approval, BoundApproval
 from loomgraph.protocols import Decision, RunStatus, Runtime, ToolCall
 
 NO_APPROVER = (
@@ -62,6 +62,13 @@ def add_parsers(cmds: Any) -> list[argparse.ArgumentParser]:
         cmd.add_argument(
             "--as", dest="approver", default="", metavar="APPROVER", help="who answers"
         )
+        cmd.add_argument(
+            "--request",
+            default="",
+            metavar="KEY",
+            help="the request answered (`runs pending --json` key): answer it or nothing, "
+            "never a later call with the same id",
+        )
         agent_args.add_agent_options(cmd, None)
         agent_args.add_permissions_option(cmd)
     approve.add_argument(
@@ -96,6 +103,7 @@ async def _pending(args: argparse.Namespace, runtime: Runtime) -> int:
                 "run_id": record.run_id,
                 "user_id": record.user_id,
                 "call_id": pending.call["id"],
+                "key": pending.key,
                 "tool": pending.call["tool"],
                 "args": pending.call["args"],
                 "rule": pending.rule,
@@ -136,12 +144,13 @@ async def _answer(args: argparse.Namespace, runtime: Runtime) -> int:
             raise journal.UsageError(f"--args is not JSON: {err}") from None
         if not isinstance(edited, dict):
             raise journal.UsageError("--args must be a JSON object of arguments")
-    answer = Approval(
+    answer = BoundApproval(
         args.call_id,
         args.runs_command == "approve",
         edited,
         approver=args.approver,
         reason=args.reason if args.runs_command == "deny" else "",
+        key=args.request,
     )
     agent = journal.agent_for(args, runtime, record, agent_args.load_permissions(args.permissions))
     result = await agent.resume(args.run_id, approve=answer)

@@ -109,9 +109,10 @@ def _not_json(word: str) -> Any:
     raise ValueError(f"{word} is not a JSON value")
 
 
-async def read_json(request: Request, service: Service) -> dict[str, Any]:
+async def read_json(request: Request, service: Service, fields: tuple[str, ...]) -> dict[str, Any]:
     """The request's JSON object body ({} when empty), within the size limit, declared JSON
-    (UnsupportedMediaType), every string in it valid Unicode text (NotText)."""
+    (UnsupportedMediaType), every string in it valid Unicode text (NotText), and holding no
+    field but `fields` (Invalid naming the others: a misspelt field is not ignored)."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > service.max_body:
         raise TooLarge(f"the body is {declared} bytes; the limit is {service.max_body}")
@@ -130,6 +131,12 @@ async def read_json(request: Request, service: Service) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise BadRequest("the body must be a JSON object")
     refuse_non_text(data)
+    unknown = [name for name in data if name not in fields]
+    if unknown:
+        raise Invalid(
+            f"unknown field{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}; "
+            f"this endpoint takes {', '.join(map(repr, fields)) or 'no body'}"
+        )
     return data
 
 
@@ -172,7 +179,7 @@ async def _frames(service: Service, caller: Caller, run_id: str, after: EventId 
 
 
 async def create_run(request: Request, service: Service, caller: Caller) -> Response:
-    data = await read_json(request, service)
+    data = await read_json(request, service, ("input", "session_id", "stream", "background"))
     prompt = field(data, "input", str, None)
     if prompt is None:
         raise Invalid("field 'input' is required")
@@ -240,19 +247,21 @@ async def get_diff(request: Request, service: Service, caller: Caller) -> Respon
 
 
 async def answer_approval(request: Request, service: Service, caller: Caller) -> Response:
-    data = await read_json(request, service)
+    data = await read_json(request, service, ("allow", "args", "reason", "key"))
     allow = field(data, "allow", bool, None)
     if allow is None:
         raise Invalid("field 'allow' (true or false) is required")
     args = field(data, "args", dict, None)
     reason = field(data, "reason", str, "")
+    key = field(data, "key", str, "")  # the request answered (`pending[].key`), if named
     run_id = request.path_params["run_id"]
-    await service.approve(caller, run_id, request.path_params["call_id"], allow, args, reason)
+    call_id = request.path_params["call_id"]
+    await service.approve(caller, run_id, call_id, allow, args, reason, key=key)
     return Json({"run_id": run_id, "status": "running"}, status_code=202)
 
 
 async def resume_run(request: Request, service: Service, caller: Caller) -> Response:
-    data = await read_json(request, service)
+    data = await read_json(request, service, ("value",))
     if "value" not in data:
         raise Invalid("field 'value' is required")
     run_id = request.path_params["run_id"]
@@ -261,7 +270,7 @@ async def resume_run(request: Request, service: Service, caller: Caller) -> Resp
 
 
 async def fork_run(request: Request, service: Service, caller: Caller) -> Response:
-    data = await read_json(request, service)
+    data = await read_json(request, service, ("at", "patch"))
     at = field(data, "at", int, None)
     if at is None or at < 0:
         raise Invalid("field 'at' (a checkpoint seq, 0 or more) is required")

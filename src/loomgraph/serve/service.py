@@ -15,7 +15,7 @@ from loomgraph.agent.streaming import event_stream
 from loomgraph.agent.submitting import RunNotCancellable, cancel_idle
 from loomgraph.authoring.diagram import RunOverlay
 from loomgraph.authoring.render_dot import to_svg
-from loomgraph.engine.effects import Approval
+from loomgraph.engine.effects import BoundApproval
 from loomgraph.protocols import RunRecord, RunStatus, Transition
 from loomgraph.protocols.events import RUN_STARTED
 from loomgraph.runtime.errors import RunConflict, RunFinished
@@ -154,12 +154,16 @@ class Service:
         allow: bool,
         args: dict[str, Any] | None,
         reason: str = "",
+        *,
+        key: str = "",
     ) -> None:
-        """Answer a pending call as the caller (who must be an approver); the run goes on."""
+        """Answer a pending call as the caller (who must be an approver); the run goes on.
+        With `key` (the request's `Pending.key`) the answer settles that request or none:
+        never a later one for another call with the same id."""
         await self.run(caller, run_id)
         if not caller.approver:
             raise Forbidden(f"user {caller.user_id!r} may not answer approvals (no approver role)")
-        answer = Approval(call_id, allow, args, approver=caller.user_id, reason=reason)
+        answer = BoundApproval(call_id, allow, args, caller.user_id, reason, key=key)
         await self._resume(run_id, approve=answer)
 
     async def resume(self, caller: Caller, run_id: str, value: Any) -> None:

@@ -159,11 +159,12 @@ async def approve(request: Request, service: Service, caller: Caller) -> Respons
         if not isinstance(args, dict):
             raise BadRequest("the arguments must be a JSON object")
         refuse_non_text(args, "the arguments")
+    key = str(form.get("key") or "")  # the request the page showed
     record = await service.run(caller, run_id)
     pending = pending_of(record)
     if args is not None and pending is not None and pending.call and args == pending.call["args"]:
         args = None  # unchanged: a plain approval
-    await service.approve(caller, run_id, call_id, allow, args)
+    await service.approve(caller, run_id, call_id, allow, args, key=key)
     return Response(status_code=200, headers={"HX-Refresh": "true"})
 
 
@@ -214,6 +215,10 @@ def _cross_site(request: Request) -> bool:
 
 
 async def logout(request: Request, service: Service) -> Response:
+    if _cross_site(request):  # another site may not sign this browser out either
+        return _render(
+            request, "login.html", 403, dev=service.dev, error="Sign-out from another site refused."
+        )
     response = RedirectResponse("/ui/login", status_code=303)
     response.delete_cookie(KEY_COOKIE, path="/")
     response.delete_cookie(DEV_COOKIE, path="/")
@@ -265,7 +270,7 @@ def ui_routes(service: Service) -> list[Route | Mount]:
         Route("/ui/rows", _page(service, runs_rows)),
         Route("/ui/login", plain(login_page), methods=["GET"]),
         Route("/ui/login", plain(login), methods=["POST"]),
-        Route("/ui/logout", plain(logout), methods=["POST", "GET"]),
+        Route("/ui/logout", plain(logout), methods=["POST"]),
         Route("/ui/runs/{run_id}", _page(service, run_page)),
         Route("/ui/runs/{run_id}/live", _page(service, run_live)),
         Route("/ui/runs/{run_id}/checkpoint", _page(service, checkpoint)),
