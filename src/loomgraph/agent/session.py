@@ -184,6 +184,7 @@ class AgentSession:
                         record.deadline = await deps.run_clock.begin_run(
                             scope.budget_scope, started_at=self.started, deadline=record.deadline
                         )
+                        scope.deadline = record.deadline
                     if record.initial is not None:
                         # A run going on from a checkpoint (resumed, forked); a new run is
                         # audited once its start is journaled (`execute`).

@@ -160,7 +160,9 @@ async def _step(
         )
         with deps.telemetry.span(semconv.node_span_name(qualified), attributes):
             spec = kind.spec
-            if spec.retry is None and spec.timeout is None:
+            if scope.deadline is not None and not ctx.path:  # a child runs in its parent's
+                patch = await _run_by_deadline(kind, view, ctx, scope.deadline)
+            elif spec.retry is None and spec.timeout is None:
                 patch = await kind.run(view, ctx)
             else:
                 patch = await _run_with_policy(kind, view, ctx)
@@ -231,6 +233,33 @@ def _state_size(scope: RunScope, graph: CompiledGraph, state: dict[str, Any]) ->
         limit = scope.deps.size_limits.state_chars
         scope.state_size = StateSize(graph.schema, state, limit)
     return scope.state_size
+
+
+async def _run_by_deadline(
+    kind: NodeKind, view: dict[str, Any], ctx: VisitContext, deadline: float
+) -> Any:
+    """Run a node under its policies, stopped at the run's wall-clock deadline: what it was
+    doing then is cancelled (a model call or tool call cut off is charged, as when a run is
+    cancelled) and the run ends `budget_exhausted`, as the next reservation would."""
+    left = deadline - time.time()
+    if left <= 0:  # passed already (or the budget keeps another clock): its reservations say
+        return await _run_with_policy(kind, view, ctx)
+    by_deadline = asyncio.timeout(left)
+    try:
+        async with by_deadline:
+            return await _run_with_policy(kind, view, ctx)
+    except TimeoutError:
+        if not by_deadline.expired():
+            raise  # the node's own time limit
+    stopped = f"{ctx.qualified_node!r} was stopped"
+    try:  # the budget's own refusal names the cap (`global:` or the user's `wall_clock_s`)
+        held = await ctx.scope.reserve("node", NO_USAGE)
+    except BudgetExceeded as err:
+        raise BudgetExceeded(err.cap, f"{err.detail}; {stopped}") from None
+    await ctx.scope.settle(held, NO_USAGE)  # its clock says otherwise: the deadline's word
+    raise BudgetExceeded(
+        "wall_clock_s", f"run {ctx.scope.run_id!r} reached its deadline; {stopped}"
+    )
 
 
 async def _run_with_policy(kind: NodeKind, view: dict[str, Any], ctx: VisitContext) -> Any:

@@ -89,6 +89,9 @@ class RunScope:
     untrusted: UntrustedText = field(default_factory=UntrustedText)
     # Per tool, how many calls in a row it rejected for their arguments.
     invalid_args: dict[str, int] = field(default_factory=dict)
+    # The run's wall-clock deadline (seconds since the epoch, `RunRecord.deadline`): a node
+    # still running then is stopped, as a reservation after it would be refused.
+    deadline: float | None = None
     # Read once from the audit log: whether to record anything (the no-op log: no entry is
     # even built) and whether entries carry content.
     auditing: bool = field(init=False)
