@@ -2,17 +2,33 @@
 
 Shared by the SQLite journal, memory and budget ledger, which must not import one another;
 each turns `SqliteFileProblem` into its own typed error.
+
+The checks read the database file, its `-wal` and its `-shm` directly, and that is only safe
+while this process has none of them open through SQLite. On Unix SQLite locks with POSIX
+record locks, which belong to the process and the file, not to a descriptor: closing *any*
+descriptor of a file drops every lock the process holds on it. SQLite keeps its own
+connections from doing that to each other (it defers such a close), but it cannot know of a
+file opened with `open()`. A check run while a connection of this process held the file would
+drop that connection's SHARED lock on the database (another process closing the file then
+believes itself its last user: it checkpoints, then deletes the `-wal` and `-shm` this
+process still uses, which then reads a frozen snapshot and writes a log nobody else reads)
+and its lock on the `-shm` (another process then rebuilds the index under it). So a file this
+process has open is not read directly again (`held_here`: it was checked when it was first
+opened), and no connection opened through this module (`GuardedConnection`) opens while a
+check reads a file.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import sqlite3
 import struct
-from collections.abc import Iterable
+import threading
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Literal, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import aiosqlite
 
@@ -30,6 +46,62 @@ def checked_synchronous(level: Synchronous) -> Synchronous:
     if level not in ("NORMAL", "FULL"):
         raise ValueError(f"synchronous must be 'NORMAL' or 'FULL', not {level!r}")
     return level
+
+
+# Held while a check reads SQLite files directly, and while a `GuardedConnection` opens (its
+# database file's descriptor appears then): a descriptor opened during a check could take a
+# lock the check's close would drop. Reentrant: a check may open a connection itself.
+_DIRECT_READS = threading.RLock()
+# Where this process's open descriptors are listed (Linux; macOS and the BSDs).
+_FD_DIRS = ("/proc/self/fd", "/dev/fd")
+
+
+class GuardedConnection(sqlite3.Connection):
+    """An sqlite3 connection (`sqlite3.connect(..., factory=GuardedConnection)`) that never
+    opens while this process reads an SQLite file directly (see the module's docstring)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        with _DIRECT_READS:
+            super().__init__(*args, **kwargs)
+
+
+def held_here(path: str) -> bool:
+    """Whether this process has a descriptor open on the database file `path`, its `-wal` or
+    its `-shm` (then it may hold locks on them that a direct read's close would drop).
+
+    False on Windows, whose locks belong to a handle (closing another one keeps them); True
+    when the process's descriptors cannot be listed (nothing is then read directly)."""
+    if os.name != "posix" or path == ":memory:":
+        return False
+    files = set()
+    for name in (path, path + "-wal", path + "-shm"):
+        with contextlib.suppress(OSError):
+            st = os.stat(name)
+            files.add((st.st_dev, st.st_ino))
+    if not files:
+        return False  # none of them exists: no descriptor can refer to them
+    for fd_dir in _FD_DIRS:
+        try:
+            fds = os.listdir(fd_dir)
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                st = os.fstat(int(fd))
+            except (OSError, ValueError):
+                continue  # closed meanwhile (the listing's own descriptor too)
+            if (st.st_dev, st.st_ino) in files:
+                return True
+        return False
+    return True
+
+
+@contextlib.contextmanager
+def _direct_reads(path: str) -> Iterator[bool]:
+    """Around reading `path`'s files directly: whether that is safe (nothing of this process
+    holds them), with no `GuardedConnection` opening meanwhile."""
+    with _DIRECT_READS:
+        yield not held_here(path)
 
 
 class SqliteFileProblem(LoomgraphError):
@@ -56,7 +128,12 @@ def integrity_of(path: str, *, immutable: bool = False, busy_timeout: float | No
     """
     uri = Path(path).absolute().as_uri() + ("?immutable=1" if immutable else "?mode=ro")
     try:
-        conn = sqlite3.connect(uri, uri=True, timeout=5.0 if busy_timeout is None else busy_timeout)
+        conn = sqlite3.connect(
+            uri,
+            uri=True,
+            timeout=5.0 if busy_timeout is None else busy_timeout,
+            factory=GuardedConnection,
+        )
     except sqlite3.Error as err:
         return f"cannot open: {err}"
     try:
@@ -108,8 +185,15 @@ def lost_wal_frames(path: str) -> WalLoss | None:
     (mxFrame), how many are already copied into the database (nBackfill) and the WAL's salt.
     Frames beyond nBackfill live only in the `-wal`; when it is missing, shorter than they
     need, or carries another salt (another database's log), SQLite would open the file without
-    them (or apply foreign pages), silently. None: nothing lost, or nothing to tell (no -shm).
+    them (or apply foreign pages), silently. None: nothing lost, or nothing to tell (no -shm,
+    or the file is open in this process: its `-shm` is live, and reading it would drop this
+    process's locks; see the module's docstring).
     """
+    with _direct_reads(path) as safe:
+        return _lost_wal_frames(path) if safe else None
+
+
+def _lost_wal_frames(path: str) -> WalLoss | None:
     try:
         with open(path + "-shm", "rb") as f:
             shm = f.read(100)
@@ -153,7 +237,16 @@ def lost_wal_frames(path: str) -> WalLoss | None:
 
 
 def check_sqlite_file(path: str) -> None:
-    """Refuse a file that is not an intact SQLite database before anything writes to it."""
+    """Refuse a file that is not an intact SQLite database before anything writes to it.
+
+    A file this process has open already is not read again: it was checked when first
+    opened, and reading it would drop this process's locks (see the module's docstring)."""
+    with _direct_reads(path) as safe:
+        if safe:
+            _check_sqlite_file(path)
+
+
+def _check_sqlite_file(path: str) -> None:
     try:
         with open(path, "rb") as f:
             head = f.read(100)
@@ -216,7 +309,7 @@ _CORRUPT = ("SQLITE_CORRUPT", "SQLITE_NOTADB")
 
 async def connect_sqlite(path: str) -> aiosqlite.Connection:
     """A connection in autocommit mode (transactions are begun explicitly)."""
-    conn = aiosqlite.connect(path, isolation_level=None)
+    conn = aiosqlite.connect(path, isolation_level=None, factory=GuardedConnection)
     # aiosqlite's worker thread is not a daemon: an unclosed store would keep the process
     # from exiting. Every write is committed when it returns, so nothing is lost.
     thread = getattr(conn, "_thread", None)

@@ -28,7 +28,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from loomgraph._storage.cursor import raise_constraint
-from loomgraph._storage.sqlite_files import Synchronous, is_busy
+from loomgraph._storage.sqlite_files import GuardedConnection, Synchronous, is_busy
 from loomgraph.protocols.tasks import finished
 
 # About SQLite's default auto-checkpoint (1,000 pages) at 2-3 pages per one-row commit.
@@ -116,7 +116,14 @@ class InlineWriter:
     def _open(self) -> sqlite3.Connection:
         # timeout=0: a held lock is reported at once (SQLITE_BUSY), never waited for here.
         # check_same_thread=False: the caller's lock, not the thread, keeps uses apart.
-        conn = sqlite3.connect(self.path, timeout=0, isolation_level=None, check_same_thread=False)
+        # GuardedConnection: never opened while this process reads the file directly.
+        conn = sqlite3.connect(
+            self.path,
+            timeout=0,
+            isolation_level=None,
+            check_same_thread=False,
+            factory=GuardedConnection,
+        )
         try:
             conn.execute(f"PRAGMA synchronous = {self.synchronous}")
             conn.execute("PRAGMA foreign_keys = ON")
