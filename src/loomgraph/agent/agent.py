@@ -3,40 +3,26 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Mapping
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from loomgraph.agent import submitting
-from loomgraph.agent.checkpoints import (
-    Checkpoint,
-    history,
-)
+from loomgraph.agent.checkpoints import Checkpoint, history
 from loomgraph.agent.deps import build_deps
-from loomgraph.agent.fleet import DEFAULT_QUEUE
+from loomgraph.agent.fleet_methods import FleetMethods
 from loomgraph.agent.memory_wiring import wire_memory
-from loomgraph.agent.pinning import (
-    GraphChoice,
-    run_graph,
-)
-from loomgraph.agent.recovery import (
-    DEFAULT_MAX_RECOVERIES,
-    reset_recoveries,
-)
+from loomgraph.agent.pinning import GraphChoice, run_graph
+from loomgraph.agent.recovery import DEFAULT_MAX_RECOVERIES, reset_recoveries
 from loomgraph.agent.result import RunResult
 from loomgraph.agent.resuming import NO_VALUE, Resumer
 from loomgraph.agent.run_events import EventId, JournalEvent, follow_events
 from loomgraph.agent.session import AgentSession
 from loomgraph.agent.streaming import event_stream
-from loomgraph.agent.submitting import CancelOutcome
 from loomgraph.authoring.library import load_graph
 from loomgraph.governance.hooks import Hooks as GovernanceHooks
 from loomgraph.governance.null import NoHooks
 from loomgraph.graph.compiled import CompiledGraph, compile_graph
 from loomgraph.graph.spec import Graph
-from loomgraph.nodes.structured import (
-    DEFAULT_RETRIES,
-)
+from loomgraph.nodes.structured import DEFAULT_RETRIES
 from loomgraph.protocols import (
     AuditLog,
     Budget,
@@ -56,7 +42,7 @@ from loomgraph.protocols import (
 from loomgraph.protocols.events import Event
 
 
-class Agent:
+class Agent(FleetMethods):
     """An agent's configuration: instructions, model, tools, backends and architecture.
 
     It holds no per-run state: every `run()` / `stream()` builds a fresh `AgentSession`, so one
@@ -334,62 +320,6 @@ class Agent:
         if isinstance(after, str):
             after = EventId.parse(after)
         return follow_events(self.deps.runtime, run_id, after=after, poll_interval=poll_interval)
-
-    async def submit(
-        self,
-        prompt: str,
-        *,
-        user_id: str | None = None,
-        session_id: str | None = None,
-        output_schema: Any = None,
-        output_retries: int | None = None,
-        priority: int = 0,
-        run_at: datetime | float | None = None,
-        queue: str = DEFAULT_QUEUE,
-    ) -> str:
-        """Hand a run to the worker fleet (docs/scaling.md): journaled `queued` and enqueued
-        in one transaction; higher `priority` first, not before `run_at`. The run id."""
-        return await submitting.submit(
-            self.deps,
-            self.compiled,
-            prompt,
-            user_id=user_id,
-            session_id=session_id,
-            output_schema=output_schema,
-            output_retries=output_retries,
-            priority=priority,
-            run_at=run_at,
-            queue=queue,
-        )
-
-    async def submit_resume(
-        self,
-        run_id: str,
-        *,
-        approve: Any = NO_VALUE,
-        value: Any = NO_VALUE,
-        priority: int = 0,
-        queue: str | None = None,
-    ) -> None:
-        """Give a fleet run waiting for a person its answer; a worker goes on with it (on
-        the queue the run was submitted to, unless `queue` names another)."""
-        answer = {k: v for k, v in (("approve", approve), ("value", value)) if v is not NO_VALUE}
-        await submitting.submit_resume(
-            self.deps, run_id, answer=answer, priority=priority, queue=queue
-        )
-
-    async def wait(
-        self, run_id: str, *, timeout: float | None = None, poll_interval: float = 0.1
-    ) -> RunResult:
-        """The result of a run once it stopped, wherever it runs (`RunWaitTimeout`)."""
-        return await submitting.wait(
-            self.deps, run_id, timeout=timeout, poll_interval=poll_interval
-        )
-
-    async def cancel(self, run_id: str, *, by: str = "agent.cancel") -> CancelOutcome:
-        """Cancel a fleet run: a queued one never starts, a running one stops at its next
-        effect boundary; journaled `cancelled by <by>`."""
-        return await submitting.cancel(self.deps, run_id, by=by)
 
     async def runs(self, user_id: str | None = None) -> list[RunRecord]:
         """The runs in the journal, optionally of one user."""

@@ -1,0 +1,78 @@
+"""The worker-fleet methods of `Agent` (docs/scaling.md): thin calls of `agent.submitting`."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from loomgraph.agent import submitting
+from loomgraph.agent.fleet import DEFAULT_QUEUE
+from loomgraph.agent.result import RunResult
+from loomgraph.agent.resuming import NO_VALUE
+from loomgraph.agent.submitting import CancelOutcome
+from loomgraph.graph.compiled import CompiledGraph
+from loomgraph.protocols import Deps
+
+
+class FleetMethods:
+    """`submit`, `submit_resume`, `wait` and `cancel`, for a class with `deps` and
+    `compiled` (an `Agent`)."""
+
+    deps: Deps
+    compiled: CompiledGraph
+
+    async def submit(
+        self,
+        prompt: str,
+        *,
+        user_id: str | None = None,
+        session_id: str | None = None,
+        output_schema: Any = None,
+        output_retries: int | None = None,
+        priority: int = 0,
+        run_at: datetime | float | None = None,
+        queue: str = DEFAULT_QUEUE,
+    ) -> str:
+        """Hand a run to the worker fleet (docs/scaling.md): journaled `queued` and enqueued
+        in one transaction; higher `priority` first, not before `run_at`. The run id."""
+        return await submitting.submit(
+            self.deps,
+            self.compiled,
+            prompt,
+            user_id=user_id,
+            session_id=session_id,
+            output_schema=output_schema,
+            output_retries=output_retries,
+            priority=priority,
+            run_at=run_at,
+            queue=queue,
+        )
+
+    async def submit_resume(
+        self,
+        run_id: str,
+        *,
+        approve: Any = NO_VALUE,
+        value: Any = NO_VALUE,
+        priority: int = 0,
+        queue: str | None = None,
+    ) -> None:
+        """Give a fleet run waiting for a person its answer; a worker goes on with it (on
+        the queue the run was submitted to, unless `queue` names another)."""
+        answer = {k: v for k, v in (("approve", approve), ("value", value)) if v is not NO_VALUE}
+        await submitting.submit_resume(
+            self.deps, run_id, answer=answer, priority=priority, queue=queue
+        )
+
+    async def wait(
+        self, run_id: str, *, timeout: float | None = None, poll_interval: float = 0.1
+    ) -> RunResult:
+        """The result of a run once it stopped, wherever it runs (`RunWaitTimeout`)."""
+        return await submitting.wait(
+            self.deps, run_id, timeout=timeout, poll_interval=poll_interval
+        )
+
+    async def cancel(self, run_id: str, *, by: str = "agent.cancel") -> CancelOutcome:
+        """Cancel a fleet run: a queued one never starts, a running one stops at its next
+        effect boundary; journaled `cancelled by <by>`."""
+        return await submitting.cancel(self.deps, run_id, by=by)
