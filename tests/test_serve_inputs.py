@@ -250,3 +250,16 @@ async def test_signing_out_is_a_post_from_this_site(tmp_path: Path) -> None:
         assert 'action="/ui/logout"' in page.text  # the viewer's own sign-out form
         out = await s.client.post("/ui/logout")
         assert out.status_code == 303 and "loomgraph_key" not in s.client.cookies
+
+
+async def test_a_run_driven_elsewhere_is_409_without_naming_that_process(tmp_path: Path) -> None:
+    async with served(tmp_path) as s:
+        run_id = (await s.post("alice", "/v1/runs", {"input": "pay acme"})).json()["run_id"]
+        runtime = s.app.state.service.agent.deps.runtime
+        await runtime.acquire_lease(run_id, "build-7.internal:4242:1700000000:feed")
+        taken = await s.post("alice", f"/v1/runs/{run_id}/approvals/call_pay", {"allow": True})
+        assert error(taken) == (409, "run_conflict"), taken.text
+        message = taken.json()["error"]["message"]
+        assert "another process" in message and run_id in message
+        assert "build-7" not in taken.text and "4242" not in taken.text
+        assert PAID == []

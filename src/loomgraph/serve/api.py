@@ -13,7 +13,14 @@ from starlette.routing import Route
 from loomgraph.agent.run_events import EventId
 from loomgraph.protocols import RunStatus
 from loomgraph.serve.auth import SAFE_METHODS, Caller, authenticate
-from loomgraph.serve.errors import BadRequest, Invalid, ServeError, TooLarge, status_of
+from loomgraph.serve.errors import (
+    BadRequest,
+    Invalid,
+    ServeError,
+    TooLarge,
+    message_of,
+    status_of,
+)
 from loomgraph.serve.service import Service
 from loomgraph.serve.views import dumps, run_json, sse_frame
 
@@ -51,7 +58,7 @@ Handler = Callable[[Request, Service, Caller], Awaitable[Response]]
 def error_response(err: BaseException) -> JSONResponse:
     """An error as `{"error": {"type", "message"}}` with its status code."""
     status, kind = status_of(err)
-    message = str(err) if status < 500 else f"{type(err).__name__}: {err}"
+    message = message_of(err) if status < 500 else f"{type(err).__name__}: {err}"
     return Json({"error": {"type": kind, "message": message}}, status_code=status)
 
 

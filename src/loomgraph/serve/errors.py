@@ -107,3 +107,11 @@ def status_of(err: BaseException) -> tuple[int, str]:
                 return err.status, err.kind
             return status, kind
     return 500, "internal"
+
+
+def message_of(err: BaseException) -> str:
+    """What a client is told of an error: its text, less what only operators need (the
+    host and process id of a lease's owner)."""
+    if isinstance(err, RunConflict) and err.owner is not None:
+        return f"run {err.run_id!r} is being driven by another process; try again later"
+    return str(err)

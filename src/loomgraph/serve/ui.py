@@ -26,7 +26,13 @@ from loomgraph.agent.run_events import journal_events, run_is_live
 from loomgraph.protocols import RunStatus
 from loomgraph.serve.api import refuse_non_text
 from loomgraph.serve.auth import DEV_COOKIE, KEY_COOKIE, Caller, authenticate
-from loomgraph.serve.errors import BadRequest, ServeError, Unauthorized, status_of
+from loomgraph.serve.errors import (
+    BadRequest,
+    ServeError,
+    Unauthorized,
+    message_of,
+    status_of,
+)
 from loomgraph.serve.service import Service
 from loomgraph.serve.views import run_json
 
@@ -240,7 +246,7 @@ def _page(service: Service, page: Page, *, write: bool = False) -> Any:
         except Exception as err:
             status, kind = status_of(err)
             message = (
-                str(err)
+                message_of(err)
                 if isinstance(err, ServeError | ValueError) or status < 500
                 else (f"{type(err).__name__}: {err}")
             )
