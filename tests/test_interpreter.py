@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import pytest
 from pydantic import BaseModel
 
 from loomgraph import Agent, NodeKind, register_node
@@ -124,6 +125,31 @@ async def test_writing_an_undeclared_field_fails_the_run() -> None:
     finally:
         _REGISTRY.pop("test_rogue")  # keep the registry as other tests expect it
     assert result.status == "failed" and "does not declare" in result.reason
+
+
+@pytest.mark.parametrize("usage", [{"input_tokens": -5}, {"tokens": 3}, {"cost_usd": "1"}])
+async def test_a_node_reporting_an_impossible_usage_fails_the_run_naming_it(
+    usage: dict[str, Any],
+) -> None:
+    @register_node("test_usage_writer")
+    class UsageWriter(NodeKind):
+        default_writes = ("usage",)
+
+        async def run(self, state: Mapping[str, Any], ctx: NodeContext) -> dict[str, Any]:
+            return {"usage": usage}
+
+    try:
+        graph = graph_from_yaml(
+            "name: u\nentry: u\nnodes:\n  u: {kind: test_usage_writer}\n"
+            "edges:\n  - {from: u, to: END}\n"
+        )
+        agent = Agent("x", model="echo", architecture=graph)
+        result = await agent.run("go")
+    finally:
+        _REGISTRY.pop("test_usage_writer")
+    assert result.status == "failed" and "'u'" in result.reason and "usage" in result.reason
+    record = await agent.deps.runtime.load_run(result.run_id)
+    assert record is not None and record.status == "failed"  # journaled as it ended
 
 
 class Plan(BaseModel):

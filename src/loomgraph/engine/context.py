@@ -44,7 +44,16 @@ STEP_RETRIES = 2
 class VisitContext:
     """The `NodeContext` of one node visit: identity, dependencies and journaled helpers."""
 
-    __slots__ = ("_cut_off", "_slot", "key_path", "node", "path", "scope", "visit")
+    __slots__ = (
+        "_cut_off",
+        "_slot",
+        "key_path",
+        "node",
+        "path",
+        "qualified_node",
+        "scope",
+        "visit",
+    )
 
     def __init__(
         self, scope: RunScope, node: str, visit: int, path: str = "", key_path: str = ""
@@ -53,6 +62,8 @@ class VisitContext:
         self.node = node
         self.visit = visit
         self.path = path
+        # The node's name with its subgraph path, e.g. `plan/execute/model`.
+        self.qualified_node = path + node
         # Like `path`, with the visit of each enclosing node: a subgraph run twice by one node
         # (two visits, or two map branches) must not share effect keys.
         self.key_path = key_path
@@ -81,11 +92,6 @@ class VisitContext:
         """The system prompt: the agent's instructions plus what memory seeded."""
         return self.scope.system
 
-    @property
-    def qualified_node(self) -> str:
-        """The node's name with its subgraph path, e.g. `plan/execute/model`."""
-        return self.path + self.node
-
     async def emit(self, kind: str, payload: dict[str, Any]) -> None:
         """Send an event from this node."""
         await self.scope.emit(kind, payload, self.qualified_node)
@@ -112,7 +118,7 @@ class VisitContext:
     ) -> tuple[Reservation | None, Usage]:
         """The reservation of one attempt and the worst case it holds. Without caps nothing
         is held, and the prompt is not measured (a walk over the whole conversation)."""
-        if not self.deps.budgeted:
+        if not self.scope.deps.budgeted:
             return None, Usage()
         if asked is None:
             # Sized to the caps (a budget with `fit_output`) and sent to the provider as
@@ -133,7 +139,7 @@ class VisitContext:
 
         Every attempt is reserved and charged for what it billed (see `engine.attempts`); the
         answer's usage counts them all, and so does the error of a call that failed."""
-        deps = self.deps
+        deps = self.scope.deps
         key = self.next_key()
         request.run_id, request.call_index = self.scope.run_id, self.scope.model_calls
         self.scope.model_calls += 1
@@ -145,7 +151,7 @@ class VisitContext:
         )
         if prior is not None and prior.status == EffectStatus.DONE and prior.outcome is not None:
             return _response_from(prior.outcome)
-        call_id = str(key)
+        call_id = key.text
         attempts = ModelAttempts(self.scope, key)
         if prior is not None:  # run again: what an earlier attempt streamed may have gone out
             await self._void(call_id, VoidReason.RECOVERED)
@@ -168,7 +174,7 @@ class VisitContext:
         self, request: ModelRequest, key: EffectKey, attempts: ModelAttempts
     ) -> ModelResponse:
         """The call's attempts, each reserved first: the first answer, or the error."""
-        call_id = str(key)
+        call_id = key.text
         asked = request.max_tokens  # the caller's own limit; else sized to the caps each try
         for step in range(STEP_RETRIES + 1):
             attempts.held(*await self._reserve_model(request, asked))
@@ -214,7 +220,8 @@ class VisitContext:
     async def _stream(
         self, request: ModelRequest, call_id: str, texts: list[str], attempts: ModelAttempts
     ) -> ModelResponse:
-        model, telemetry, tracing = self.deps.model, self.deps.telemetry, self.scope.tracing
+        deps, tracing = self.scope.deps, self.scope.tracing
+        model, telemetry = deps.model, deps.telemetry
         response = ModelResponse()
         attributes: Mapping[str, Any] = NO_ATTRIBUTES
         # Content is serialised only when it will be kept (capture_content=True).
@@ -254,7 +261,7 @@ class VisitContext:
                         await self.emit(
                             MODEL_RETRY, {"error": chunk.get("error", ""), "provider": True}
                         )
-            response.usage = replace(response.usage, model_calls=1)
+            response.usage = response.usage.with_model_calls(1)
             response.text = "".join(texts)
             if not tracing:
                 return response

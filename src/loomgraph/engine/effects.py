@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import reprlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 # The slot of the approval of one tool call, and of the request for it. They follow the
@@ -36,9 +36,14 @@ class EffectKey:
     visit: int
     # A counter within the visit (`1`, `2`, ...) or a name (`branch:0`, `3:approval:ID`).
     slot: str
+    # `run:path:visit:slot`, what the journal and tools see (`str(key)`), made once.
+    text: str = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "text", f"{self.run_id}:{self.path}:{self.visit}:{self.slot}")
 
     def __str__(self) -> str:
-        return f"{self.run_id}:{self.path}:{self.visit}:{self.slot}"
+        return self.text
 
     def approval_of(self, call_id: str) -> EffectKey:
         """The key of the answer to the approval of the tool call journaled under this key."""

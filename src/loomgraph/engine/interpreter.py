@@ -13,7 +13,7 @@ from typing import Any
 
 from loomgraph.engine import audit_trail as trail
 from loomgraph.engine.context import VisitContext
-from loomgraph.engine.scope import NO_ATTRIBUTES, RunScope
+from loomgraph.engine.scope import RunScope
 from loomgraph.engine.state_size import StateSize
 from loomgraph.errors import GraphError, NodeError, ServiceUnavailable, StateError
 from loomgraph.graph.compiled import CompiledGraph
@@ -152,27 +152,26 @@ async def _step(
         if scope.listening:
             await ctx.emit(NODE_STARTED, {"node": qualified, "visit": visit})
         view = {name: state.get(name) for name in reads}
-        await deps.hooks.before_node(qualified, view)
-        attributes = (
-            semconv.node_attributes(node=qualified, run_id=scope.run_id, visit=visit)
-            if scope.tracing
-            else NO_ATTRIBUTES
-        )
-        with deps.telemetry.span(semconv.node_span_name(qualified), attributes):
-            spec = kind.spec
-            if scope.deadline is not None and not ctx.path:  # a child runs in its parent's
-                patch = await _run_by_deadline(kind, view, ctx, scope.deadline)
-            elif spec.retry is None and spec.timeout is None:
-                patch = await kind.run(view, ctx)
-            else:
-                patch = await _run_with_policy(kind, view, ctx)
-        await scope.settle(reservation, NO_USAGE)
-        reservation = None
+        hooks = scope.node_hooks
+        if hooks is not None:
+            await hooks.before_node(qualified, view)
+        if scope.tracing:
+            attributes = semconv.node_attributes(node=qualified, run_id=scope.run_id, visit=visit)
+            with deps.telemetry.span(semconv.node_span_name(qualified), attributes):
+                patch = await _visit(kind, view, ctx)
+        else:
+            patch = await _visit(kind, view, ctx)
+        if reservation is not None:
+            await scope.settle(reservation, NO_USAGE)
+            reservation = None
         patch = check_patch(graph, node, patch, writes)
         if not ctx.path:  # a child's state reaches the run's through the patches counted here
             _state_size(scope, graph, state).check(qualified, patch)
+        # What the visit used, for its transition (a node's own `usage` is checked here).
+        used = Usage.from_dict(patch["usage"]) if patch.get("usage") else NO_USAGE
         graph.schema.apply(state, patch)
-        await deps.hooks.after_node(qualified, patch)
+        if hooks is not None:
+            await hooks.after_node(qualified, patch)
         target = graph.next_node(node, state, visits)[0] if node in graph.nodes else END
     except BudgetExceeded as err:
         await ctx.emit(BUDGET_EXCEEDED, {"cap": err.cap, "reason": str(err)})
@@ -191,11 +190,12 @@ async def _step(
             return Outcome(RunStatus.FAILED, str(error), state, node, error=error)
         # Routed to the handler node, with what failed in the `error` field.
         patch = {"error": {"node": qualified, "type": type(err).__name__, "message": str(err)}}
+        used = NO_USAGE
         graph.schema.apply(state, patch)
         target = kind.spec.on_error
     finally:
-        # The visit happened, even if it failed or stopped.
-        await scope.settle(reservation, NO_USAGE)
+        if reservation is not None:  # the visit happened, even if it failed or stopped
+            await scope.settle(reservation, NO_USAGE)
     scope.seq += 1
     snapshot = None
     every = deps.runtime.snapshot_every
@@ -209,7 +209,7 @@ async def _step(
             visit,
             patch,
             target,
-            Usage.from_dict(patch["usage"]) if patch.get("usage") else NO_USAGE,
+            used,
             time.time(),
             snapshot,
         )
@@ -233,6 +233,18 @@ def _state_size(scope: RunScope, graph: CompiledGraph, state: dict[str, Any]) ->
         limit = scope.deps.size_limits.state_chars
         scope.state_size = StateSize(graph.schema, state, limit)
     return scope.state_size
+
+
+async def _visit(kind: NodeKind, view: dict[str, Any], ctx: VisitContext) -> Any:
+    """Run a node: under the run's deadline (a child runs within its parent's), under its
+    own policies, or as it is."""
+    deadline = ctx.scope.deadline
+    if deadline is not None and not ctx.path:
+        return await _run_by_deadline(kind, view, ctx, deadline)
+    spec = kind.spec
+    if spec.retry is None and spec.timeout is None:
+        return await kind.run(view, ctx)
+    return await _run_with_policy(kind, view, ctx)
 
 
 async def _run_by_deadline(

@@ -22,12 +22,14 @@ from loomgraph.protocols import (
     Deps,
     EffectRecord,
     EffectStatus,
+    Hooks,
     Reservation,
     RunStatus,
     RunStopped,
     Usage,
 )
 from loomgraph.protocols.events import EFFECT_UNKNOWN_AFTER_CRASH, Event, hears_events
+from loomgraph.protocols.idle import is_idle
 from loomgraph.protocols.tasks import finished
 
 EventSink = Callable[[Event], Awaitable[None]]
@@ -102,6 +104,8 @@ class RunScope:
     # Whether the telemetry records spans (the no-op one says `enabled = False`): when not,
     # no span attributes are built.
     tracing: bool = field(init=False)
+    # The hooks, when they do something before or after a node (the no-op ones do not).
+    node_hooks: Hooks | None = field(init=False)
 
     def __post_init__(self) -> None:
         self.budget_scope = BudgetScope(self.run_id, self.user_id)
@@ -109,6 +113,9 @@ class RunScope:
         self.auditing, self.audit_content = mode.enabled, mode.content
         self.listening = hears_events(self.sink)
         self.tracing = getattr(self.deps.telemetry, "enabled", True) is not False
+        hooks = self.deps.hooks
+        idle = is_idle(hooks.before_node) and is_idle(hooks.after_node)
+        self.node_hooks = None if idle else hooks
 
     async def reserve(self, kind: str, amount: Usage) -> Reservation | None:
         """Set an amount aside in the budget (nothing to do when the budget has no caps)."""
@@ -176,7 +183,7 @@ class RunScope:
         if stop is not None and (why := await stop()) is not None:
             raise RunStopped(RunStatus.CANCELLED, why)
         prior = await self.deps.runtime.begin_effect(
-            EffectRecord(self.run_id, str(key), kind, intent)
+            EffectRecord(self.run_id, key.text, kind, intent)
         )
         if prior is not None and prior.status != EffectStatus.DONE:
             await self.emit(EFFECT_UNKNOWN_AFTER_CRASH, {"key": str(key), "kind": kind}, node)
@@ -189,11 +196,11 @@ class RunScope:
         self, key: EffectKey, outcome: dict[str, Any], status: EffectStatus = EffectStatus.DONE
     ) -> None:
         """Journal an effect's outcome."""
-        await self.deps.runtime.end_effect(self.run_id, str(key), outcome, status)
+        await self.deps.runtime.end_effect(self.run_id, key.text, outcome, status)
 
     async def finished_effect(self, key: EffectKey) -> dict[str, Any] | None:
         """The outcome of an effect that finished earlier in this run, or None."""
-        effect = await self.deps.runtime.effect(self.run_id, str(key))
+        effect = await self.deps.runtime.effect(self.run_id, key.text)
         if effect is None or effect.status != EffectStatus.DONE:
             return None
         return effect.outcome

@@ -108,7 +108,7 @@ class ToolGate:
             token = tool_run.set(self._tool_run(call))
             try:
                 with deps.telemetry.span(semconv.tool_span_name(call["tool"]), attributes) as span:
-                    result = await deps.tools.call(call, idempotency_key=str(key))
+                    result = await deps.tools.call(call, idempotency_key=key.text)
                     if result.get("is_error"):
                         span.set_attribute(semconv.ERROR_TYPE, "tool_error")
                     if capture:

@@ -7,6 +7,7 @@ from typing import Any
 
 from loomgraph.protocols import Decision, Reservation, ToolCall, ToolResult, ToolSpec, Usage
 from loomgraph.protocols.events import drops_events
+from loomgraph.protocols.idle import does_nothing
 
 _ALLOW = Decision("allow", rule="default:allow-all")
 
@@ -41,9 +42,11 @@ class AllowAll:
 class NoHooks:
     """Hooks that do nothing."""
 
+    @does_nothing
     async def before_node(self, node: str, state: Mapping[str, Any]) -> None:
         """Nothing."""
 
+    @does_nothing
     async def after_node(self, node: str, patch: Mapping[str, Any]) -> None:
         """Nothing."""
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Any, Final, NamedTuple
 
+from loomgraph.protocols.idle import does_nothing, is_idle
+
 # The kinds a run emits. Third-party node kinds may emit their own.
 RUN_STARTED: Final = "run_started"
 NODE_STARTED: Final = "node_started"
@@ -107,19 +109,13 @@ class Event(NamedTuple):
         return self._asdict()
 
 
-# The attribute that marks an event sink as one that drops every event (lower case: the
-# upper-case names of this module are the event kinds).
-_drops_mark = "__loomgraph_drops_events__"
-
-
 def drops_events(sink: Any) -> Any:
     """Mark an `on_event` callback that does nothing with events (a no-op hooks object's), so
     that a run whose only consumer it is builds no event at all."""
-    setattr(sink, _drops_mark, True)
-    return sink
+    return does_nothing(sink)
 
 
 def hears_events(sink: Any) -> bool:
     """Whether a sink may do something with events: False only for one marked `drops_events`
     (a bound method reads the mark of its function)."""
-    return not getattr(sink, _drops_mark, False)
+    return not is_idle(sink)

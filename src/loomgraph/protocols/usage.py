@@ -49,6 +49,18 @@ class Usage:
             self.cost_usd + other.cost_usd,
         )
 
+    def with_model_calls(self, calls: int) -> Usage:
+        """This usage counting `calls` model calls (what `replace` does, without its cost)."""
+        return Usage(
+            self.input_tokens,
+            self.output_tokens,
+            self.cache_read_tokens,
+            self.cache_write_tokens,
+            calls,
+            self.tool_calls,
+            self.cost_usd,
+        )
+
     def __radd__(self, other: object) -> Usage:
         # `sum(usages)` starts from 0.
         if other == 0:
@@ -102,6 +114,8 @@ class Usage:
         shape, None for none; ValueError when it is neither or holds an impossible count."""
         if value is None:
             return cls()
+        if type(value) is dict:  # the common case, before the slower ABC check below
+            return cls.from_dict(value)
         if isinstance(value, Usage):
             return value.check()
         if not isinstance(value, Mapping):

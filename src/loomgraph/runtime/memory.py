@@ -84,9 +84,7 @@ class InMemoryRuntime:
 
     def _thawed(self, run_id: str) -> None:
         """Make a frozen run's records live again, before they are written."""
-        blob = self._frozen.pop(run_id, None)
-        if blob is not None:
-            self._transitions[run_id], self._effects[run_id] = thaw(run_id, blob)
+        self._transitions[run_id], self._effects[run_id] = thaw(run_id, self._frozen.pop(run_id))
 
     def _kept(self, run_id: str) -> tuple[list[Transition], dict[str, EffectRecord]]:
         """A run's records to read: the live ones, or fresh copies of a frozen run's."""
@@ -101,7 +99,8 @@ class InMemoryRuntime:
 
     async def append_transition(self, transition: Transition) -> None:
         """Append one transition."""
-        self._thawed(transition.run_id)
+        if transition.run_id in self._frozen:
+            self._thawed(transition.run_id)
         self._transitions[transition.run_id].append(transition)
 
     async def transitions(self, run_id: str) -> list[Transition]:
@@ -117,7 +116,8 @@ class InMemoryRuntime:
 
     async def begin_effect(self, effect: EffectRecord) -> EffectRecord | None:
         """Journal an intent; return the earlier record when this key was seen before."""
-        self._thawed(effect.run_id)
+        if effect.run_id in self._frozen:
+            self._thawed(effect.run_id)
         effects = self._effects[effect.run_id]
         prior = effects.get(effect.key)
         if prior is None:
@@ -133,9 +133,11 @@ class InMemoryRuntime:
         self, run_id: str, key: str, outcome: dict[str, Any], status: EffectStatus
     ) -> None:
         """Journal the outcome of an effect."""
-        self._thawed(run_id)
+        if run_id in self._frozen:
+            self._thawed(run_id)
         effect = self._effects[run_id][key]
-        effect.outcome, effect.status = outcome, EffectStatus(status)
+        effect.outcome = outcome
+        effect.status = status if type(status) is EffectStatus else EffectStatus(status)
 
     async def effects(self, run_id: str) -> list[EffectRecord]:
         """Every effect of a run, in the order they began."""
