@@ -271,6 +271,7 @@ async def test_a_schema_that_is_not_an_object_schema_leaves_its_tool_out(
 ) -> None:
     caplog.set_level(logging.WARNING, logger="loomgraph.tools.mcp")
     fetched = threading.Event()
+    connected: list[bool] = []
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
     listener.listen()
@@ -284,6 +285,7 @@ async def test_a_schema_that_is_not_an_object_schema_leaves_its_tool_out(
                 continue
             except OSError:
                 return
+            connected.append(True)
             fetched.set()
             conn.close()
 
@@ -303,6 +305,7 @@ async def test_a_schema_that_is_not_an_object_schema_leaves_its_tool_out(
         listener.close()
         watcher.join(WAIT)
     assert names == ["ok_tool", "remote_ref"]
+    assert connected == []  # the $ref was not fetched
     warnings = "\n".join(r.getMessage() for r in caplog.records)
     assert "'s_bad_type'" in warnings and "'evil'" in warnings
     (result,) = results_of(events)

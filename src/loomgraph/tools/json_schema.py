@@ -16,6 +16,54 @@ class JsonArgumentsInvalid(LoomgraphError, ValueError):
     """The model's arguments do not match the tool's JSON Schema (one line per problem)."""
 
 
+class UnresolvableRef(LoomgraphError, ValueError):
+    """A `$ref` of a tool's JSON Schema points outside the schema (a URL, another file) or
+    at nothing in it: loomgraph follows a `$ref` only inside the schema, never fetches one."""
+
+    def __init__(self, tool: str, ref: str) -> None:
+        super().__init__(
+            f"tool {tool!r}: parameters has a $ref {ref!r} that does not resolve inside the "
+            "schema; a $ref is followed only within the schema (put what it names under "
+            "$defs), never fetched"
+        )
+        self.tool = tool
+        self.ref = ref
+
+
+def local_validator(cls: Any, schema: dict[str, Any]) -> Any:
+    """A `cls` validator of `schema` whose `$ref`s resolve inside `schema` (and the
+    metaschemas) only: jsonschema's default registry fetches any other `$ref` over HTTP,
+    which would let whoever wrote the schema make the agent request any URL."""
+    from referencing import Registry
+
+    return cls(schema, registry=Registry())
+
+
+def unresolvable_ref(cls: Any, schema: dict[str, Any]) -> str | None:
+    """The first `$ref` (or `$dynamicRef`) of `schema` that a `local_validator` cannot
+    follow, or None: each is looked up as the validator would, from its own subschema."""
+    from jsonschema_specifications import REGISTRY  # type: ignore[import-untyped,unused-ignore]
+    from referencing import Registry, Specification
+    from referencing.exceptions import Unresolvable
+    from referencing.jsonschema import specification_with
+
+    dialect = cls.ID_OF(cls.META_SCHEMA) or "urn:unknown-dialect"
+    root = specification_with(dialect, default=Specification.OPAQUE).create_resource(schema)
+    todo = [(root, REGISTRY.combine(Registry()).resolver_with_root(root))]
+    while todo:  # a loop, not recursion: a schema may be nested deeper than the stack
+        resource, resolver = todo.pop()
+        contents = resource.contents
+        for keyword in ("$ref", "$dynamicRef"):
+            ref = contents.get(keyword) if isinstance(contents, dict) else None
+            if isinstance(ref, str):
+                try:
+                    resolver.lookup(ref)
+                except Unresolvable:
+                    return ref
+        todo.extend((sub, resolver.in_subresource(sub)) for sub in resource.subresources())
+    return None
+
+
 @dataclass(frozen=True, slots=True)
 class JsonArguments:
     """A given JSON Schema, its compiled validator, and what the function wants filled in."""
@@ -29,7 +77,8 @@ class JsonArguments:
 
     @classmethod
     def build(cls, fn: Callable[..., Any], tool_name: str, schema: dict[str, Any]) -> JsonArguments:
-        """Check `schema` (raises ValueError naming the tool) and scan `fn`'s parameters."""
+        """Check `schema` (raises ValueError naming the tool: UnresolvableRef for a `$ref`
+        that is not inside it) and scan `fn`'s parameters."""
         from jsonschema import SchemaError
         from jsonschema.validators import validator_for
 
@@ -46,6 +95,9 @@ class JsonArguments:
             raise ValueError(
                 f"tool {tool_name!r}: parameters is not a valid JSON Schema: {exc.message}"
             ) from None
+        ref = unresolvable_ref(validator_cls, parameters)
+        if ref is not None:
+            raise UnresolvableRef(tool_name, ref)
         try:
             signature = inspect.signature(fn, eval_str=True)
         except (NameError, SyntaxError) as exc:
@@ -54,7 +106,7 @@ class JsonArguments:
         params = signature.parameters
         return cls(
             parameters=parameters,
-            validator=validator_cls(parameters),
+            validator=local_validator(validator_cls, parameters),
             wants_key=KEY_PARAM in params,
             injected=tuple(injected),
             positional=tuple(n for n, p in params.items() if p.kind is p.POSITIONAL_ONLY),

@@ -3,14 +3,17 @@
 An MCP server is another program: its tool names and schemas are checked as a local tool's
 are when it is built, and the model's arguments are checked against the schema before they
 leave, so a bad call is the model's `invalid_arguments`, not the server's problem.
-`jsonschema` is imported only when a server lists its tools.
+`jsonschema` is imported only when a server lists its tools. The schema's regular
+expressions run on this package's engine (patterns.py), never on Python's `re`.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import sys
+from collections.abc import Iterator
 from typing import Any
 
 from loomgraph.protocols import (
@@ -18,8 +21,11 @@ from loomgraph.protocols import (
     ToolArgLimits,
     ToolArgsRejected,
     ToolResult,
+    ToolSpec,
     check_tool_args,
 )
+from loomgraph.tools.json_schema import local_validator
+from loomgraph.tools.mcp import patterns
 from loomgraph.tools.results import error as error_result
 
 NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
@@ -39,7 +45,6 @@ class Schema:
         """Check `source` (ValueError saying why it cannot be used)."""
         from jsonschema import SchemaError
         from jsonschema.validators import validator_for
-        from referencing import Registry
 
         if source.get("type", "object") != "object":
             raise ValueError("its inputSchema is not a JSON Schema of an object")
@@ -50,15 +55,175 @@ class Schema:
             raise ValueError(f"its inputSchema is not valid JSON Schema: {exc.message}") from None
         except RecursionError:
             raise ValueError("its inputSchema is nested too deeply") from None
+        checked = guarded(cls)
+        problem = unusable(source, checked)
+        if problem is not None:
+            raise ValueError(f"its inputSchema {problem}")
         self.source = source
-        # An empty registry: a `$ref` resolves inside the schema (and the metaschemas), never
-        # over the network, where jsonschema's default would fetch a URL the server chose.
-        self._validator = cls(source, registry=Registry())
+        # A `$ref` resolves inside the schema (and the metaschemas), never over the network,
+        # where jsonschema's default would fetch a URL the server chose.
+        self._validator = local_validator(checked, source)
 
     def problems(self, args: dict[str, Any]) -> list[str]:
-        """One line per way `args` fails the schema (empty when they fit)."""
-        found = sorted(self._validator.iter_errors(args), key=lambda e: list(e.path))
+        """One line per way `args` fails the schema (empty when they fit); the patterns of
+        one check share one bounded amount of work."""
+        with patterns.metered():
+            found = sorted(self._validator.iter_errors(args), key=lambda e: list(e.path))
         return [f"- {_where(e.absolute_path)}: {e.message}" for e in found]
+
+
+# ------------------------------------------------------------------ regular expressions
+# jsonschema runs `pattern`, `patternProperties` (and `additionalProperties` beside it) with
+# Python's `re`; these are its keywords on patterns.py's engine instead.
+
+
+def _search(pattern: str, text: str) -> bool:
+    return patterns.compiled(pattern).search(text)
+
+
+def _too_long(what: str, pattern: str, keyword: str) -> Any:
+    from jsonschema import ValidationError
+
+    return ValidationError(
+        f"{what} too long to check against the {keyword} {_short(pattern)} within "
+        "loomgraph's limit on checking work; send shorter text"
+    )
+
+
+def _pattern(validator: Any, pattern: str, instance: Any, schema: Any) -> Iterator[Any]:
+    from jsonschema import ValidationError
+
+    if not validator.is_type(instance, "string"):
+        return
+    try:
+        found = _search(pattern, instance)
+    except patterns.PatternTooCostly:
+        yield _too_long(f"{_short(instance)} ({len(instance):,} characters) is", pattern, "pattern")
+        return
+    if not found:  # jsonschema's message, with a long text or pattern shortened
+        yield ValidationError(f"{_short(instance)} does not match {_short(pattern)}")
+
+
+def _pattern_properties(validator: Any, given: Any, instance: Any, schema: Any) -> Iterator[Any]:
+    if not validator.is_type(instance, "object"):
+        return
+    for pattern, subschema in given.items():
+        for key, value in instance.items():
+            try:
+                found = _search(pattern, key)
+            except patterns.PatternTooCostly:
+                yield _too_long("a property name is", pattern, "patternProperties key")
+                return
+            if found:
+                yield from validator.descend(value, subschema, path=key, schema_path=pattern)
+
+
+def _additional_properties(validator: Any, extra: Any, instance: Any, schema: Any) -> Iterator[Any]:
+    from jsonschema import ValidationError
+
+    if not validator.is_type(instance, "object"):
+        return
+    named, regexes = schema.get("properties", {}), schema.get("patternProperties", {})
+    try:
+        extras = {
+            key
+            for key in instance
+            if key not in named and not any(_search(r, key) for r in regexes)
+        }
+    except patterns.PatternTooCostly:
+        yield _too_long("a property name is", "|".join(regexes), "patternProperties keys")
+        return
+    if validator.is_type(extra, "object"):
+        for key in extras:
+            yield from validator.descend(instance[key], extra, path=key)
+    elif not extra and extras:  # jsonschema's own messages
+        listed = ", ".join(repr(key) for key in sorted(extras, key=str))
+        if regexes:
+            verb = "does" if len(extras) == 1 else "do"
+            shown = ", ".join(repr(r) for r in sorted(regexes))
+            yield ValidationError(f"{listed} {verb} not match any of the regexes: {shown}")
+        else:
+            verb = "was" if len(extras) == 1 else "were"
+            yield ValidationError(
+                f"Additional properties are not allowed ({listed} {verb} unexpected)"
+            )
+
+
+_KEYWORDS = {
+    "pattern": _pattern,
+    "patternProperties": _pattern_properties,
+    "additionalProperties": _additional_properties,
+}
+
+
+@functools.cache
+def guarded(cls: Any) -> Any:
+    """`cls` (a jsonschema validator class) with its regex keywords on patterns.py."""
+    from jsonschema.validators import extend
+
+    keywords = {k: f for k, f in _KEYWORDS.items() if k in cls.VALIDATORS}
+    return extend(cls, keywords)  # type: ignore[no-untyped-call]
+
+
+def unusable(source: Any, checked: Any) -> str | None:
+    """Why the schema cannot be checked without Python's `re`, or None. Every object in it
+    is read, data too: a `$ref` may point anywhere, and what it points at is a schema."""
+    from jsonschema.validators import validator_for
+
+    keywords: set[str] = set()
+    todo: list[tuple[Any, str]] = [(source, "")]
+    while todo:
+        node, where = todo.pop()
+        if isinstance(node, list):
+            todo.extend((item, f"{where}[{i}]") for i, item in enumerate(node))
+            continue
+        if not isinstance(node, dict):
+            continue
+        for key, value in node.items():
+            here = f"{where}.{key}" if where else str(key)
+            regexes = []
+            if key == "pattern" and isinstance(value, str):
+                regexes = [("`pattern`", value)]
+            elif key == "patternProperties" and isinstance(value, dict):
+                regexes = [("`patternProperties` key", r) for r in value]
+            for keyword, regex in regexes:
+                try:
+                    patterns.check(regex)
+                except patterns.PatternUnsupported as exc:
+                    return f"{keyword} {_short(regex)} at {here} cannot be checked safely: {exc}"
+            # jsonschema would check a part that names its dialect with its own validator,
+            # and so with `re`.
+            if (
+                key == "$schema"
+                and node is not source
+                and isinstance(value, str)
+                and validator_for({"$schema": value}, default=checked) is not checked
+            ):
+                return f"names a dialect ($schema) at {here}, below its root"
+            keywords.add(key)
+            todo.append((value, here))
+    if {"unevaluatedProperties", "patternProperties"} <= keywords:
+        # jsonschema finds the properties patternProperties evaluated with `re`.
+        return "has both unevaluatedProperties and patternProperties"
+    return None
+
+
+def _short(text: str) -> str:
+    return repr(text) if len(text) <= 60 else f"{text[:60]!r}..."
+
+
+def spec_chars(spec: ToolSpec) -> int:
+    """What one tool adds to every model request: its name, description and parameters, as
+    JSON characters."""
+    shown = {
+        "name": spec["name"],
+        "description": spec["description"],
+        "parameters": spec["parameters"],
+    }
+    try:
+        return len(json.dumps(shown, ensure_ascii=False))
+    except RecursionError:
+        return sys.maxsize  # nested deeper than anything can be sent
 
 
 def check_arguments(tool: str, args: dict[str, Any], schema: Schema | None) -> ToolResult | None:
@@ -70,7 +235,13 @@ def check_arguments(tool: str, args: dict[str, Any], schema: Schema | None) -> T
             lines = schema.problems(args)
         except RecursionError:
             lines = ["- (arguments): nested too deeply"]
-        except Exception as exc:  # Unresolvable $ref, a bad pattern: the schema's fault
+        except patterns.PatternUnsupported as exc:  # (what the listing did not see)
+            return error_result(
+                "tool_exception",
+                f"Tool {tool!r} cannot be called: a regular expression of its inputSchema "
+                f"cannot be checked safely ({exc}).",
+            )
+        except Exception as exc:  # An unresolvable $ref: the schema's fault
             return error_result(
                 "tool_exception",
                 f"Tool {tool!r} cannot be called: its inputSchema cannot be checked ({exc}); "

@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from loomgraph.protocols import INVALID_ARGUMENTS, ToolResult, ToolSpec, tool_run
-from loomgraph.tools.mcp.checks import NAME, Schema, check_arguments
+from loomgraph.tools.mcp.checks import NAME, Schema, check_arguments, spec_chars
 from loomgraph.tools.mcp.connection import Link, MCPListingTooLarge, MCPServerError, say
 from loomgraph.tools.mcp.convert import (
     IDEMPOTENCY_META,
@@ -51,6 +51,12 @@ class MCPServer:
     later, the tools listed before are kept."""
     max_tools = 1000
     """The same for a listing of more tools."""
+    max_tool_chars = 50_000
+    """A tool whose name, description and inputSchema take more JSON characters than this
+    (they go into every model request) is not offered, with a warning."""
+    max_listing_chars = 500_000
+    """A listing whose offered tools take more than this in all is refused, as one past
+    `max_tools` is."""
 
     def __init__(
         self,
@@ -192,9 +198,8 @@ class MCPServer:
         """Offer the tools `link` listed (the connection calls this)."""
         if link is not self._link:
             return  # the listing of a connection since dropped
-        specs: dict[str, ToolSpec] = {}
-        original: dict[str, str] = {}
-        schemas: dict[str, Schema] = {}
+        listed: dict[str, tuple[str, ToolSpec]] = {}
+        total = 0
         for tool_name, item in link.tools.items():
             exposed = f"{self.prefix}_{tool_name}" if self.prefix else tool_name
             # Held to the rule local tool names meet: what a model API takes, and nothing
@@ -203,6 +208,26 @@ class MCPServer:
                 self._leave_out(exposed, "its name is not 1-64 letters, digits, '_' or '-'")
                 continue
             spec = to_spec(item, exposed, self.trust)
+            size = spec_chars(spec)  # before its schema is compiled: that takes time
+            if size > self.max_tool_chars:
+                self._leave_out(
+                    exposed,
+                    f"its description and inputSchema take more than {self.max_tool_chars:,} "
+                    "characters (MCPServer.max_tool_chars)",
+                )
+                continue
+            total += size
+            listed[exposed] = (tool_name, spec)
+        if total > self.max_listing_chars:
+            problem = (
+                f"its tools' descriptions and schemas take more than "
+                f"{self.max_listing_chars:,} characters (MCPServer.max_listing_chars)"
+            )
+            raise MCPListingTooLarge(self.name, problem)
+        specs: dict[str, ToolSpec] = {}
+        original: dict[str, str] = {}
+        schemas: dict[str, Schema] = {}
+        for exposed, (tool_name, spec) in listed.items():
             schema = self._schemas.get(exposed)
             if schema is None or schema.source != spec["parameters"]:
                 try:
