@@ -261,7 +261,10 @@ def _builtin_problem(name: str, value: Any) -> str | None:
 
 
 def _fresh(value: Any) -> Any:
-    return copy.deepcopy(value) if isinstance(value, list | dict) else value
+    if isinstance(value, list | dict):
+        # An empty one (the usual default) needs no deep copy, only a new object.
+        return copy.deepcopy(value) if value else type(value)()
+    return value
 
 
 def snapshot_of(state: Mapping[str, Any]) -> dict[str, Any]:
