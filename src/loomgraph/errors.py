@@ -24,7 +24,8 @@ with where each class lives (relative to `loomgraph.`):
     ├── TypeSyntaxError + ValueError        graph.state
     ├── OutputValidationError + ValueError  nodes.structured
     ├── ResumeError + ValueError            agent.checkpoints
-    │   └── RunQueued                       agent.resuming
+    │   ├── RunQueued                       agent.resuming
+    │   └── RunOfAnotherAgent               agent.checkpoints
     ├── FleetError                          agent.fleet
     │   ├── FleetNeedsPostgres + TypeError  agent.fleet
     │   ├── RunWaitTimeout + TimeoutError   agent.submitting

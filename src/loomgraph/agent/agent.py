@@ -11,7 +11,7 @@ from loomgraph.agent.deps import build_deps
 from loomgraph.agent.fleet_methods import FleetMethods
 from loomgraph.agent.memory_wiring import wire_memory
 from loomgraph.agent.pinning import GraphChoice, run_graph
-from loomgraph.agent.recovery import DEFAULT_MAX_RECOVERIES, reset_recoveries
+from loomgraph.agent.recovery import DEFAULT_MAX_RECOVERIES
 from loomgraph.agent.result import RunResult
 from loomgraph.agent.resuming import NO_VALUE, Resumer
 from loomgraph.agent.run_events import EventId, JournalEvent, follow_events
@@ -46,7 +46,8 @@ class Agent(FleetMethods):
     """An agent's configuration: instructions, model, tools, backends and architecture.
 
     It holds no per-run state: every `run()` / `stream()` builds a fresh `AgentSession`, so one
-    Agent serves many users concurrently.
+    Agent serves many users concurrently. `name` is journaled with each run it starts: an
+    Agent of another name may not resume, fork or retry it (`RunOfAnotherAgent`).
     """
 
     def __init__(
@@ -289,13 +290,13 @@ class Agent(FleetMethods):
             self._session,
             self.max_recoveries,
             self.instructions,
+            self.name,
         )
 
     async def retry(self, run_id: str, *, graph: GraphChoice = "pinned") -> RunResult:
         """Resume a dead letter (or any run) with its count of failed recoveries forgotten;
         `graph` as for `resume`."""
-        await reset_recoveries(self.deps.runtime, run_id)
-        return await self.resume(run_id, graph=graph)
+        return await self._resumer().retry(self.deps.hooks.on_event, run_id, graph=graph)
 
     async def fork(self, run_id: str, *, at: int, patch: dict[str, Any] | None = None) -> RunResult:
         """Start a new run from checkpoint `at` of another run, its state optionally patched.

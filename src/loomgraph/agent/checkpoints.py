@@ -57,6 +57,25 @@ class ApprovalExpired(ApprovalRefused):
     """The request's deadline passed: the call is denied when the run is resumed."""
 
 
+class RunOfAnotherAgent(ResumeError):
+    """The run was started by an Agent of another name (`RunStart.agent`): this one may not
+    resume, fork, retry or answer it. Nothing was executed or journaled."""
+
+    def __init__(self, run_id: str, owner: str, agent_name: str) -> None:
+        this = f"this agent, {agent_name!r}" if agent_name else "this agent, which is unnamed"
+        super().__init__(
+            f"run {run_id} was started by agent {owner!r}, not by {this}; go on with it "
+            f"through an Agent(name={owner!r}) with that agent's tools"
+        )
+        self.run_id, self.owner, self.agent_name = run_id, owner, agent_name
+
+
+def check_agent(record: RunRecord, agent_name: str) -> None:
+    """`RunOfAnotherAgent` unless an Agent called `agent_name` may go on with the run."""
+    if not record.belongs_to(agent_name):
+        raise RunOfAnotherAgent(record.run_id, record.agent_name, agent_name)
+
+
 def _in_time(record: RunRecord, pending: Pending) -> None:
     if pending.deadline is not None and time.time() > pending.deadline:
         raise ApprovalExpired(

@@ -15,11 +15,12 @@ from loomgraph.protocols import Deps
 
 
 class FleetMethods:
-    """`submit`, `submit_resume`, `wait` and `cancel`, for a class with `deps` and
-    `compiled` (an `Agent`)."""
+    """`submit`, `submit_resume`, `wait` and `cancel`, for a class with `deps`, `compiled`
+    and `name` (an `Agent`)."""
 
     deps: Deps
     compiled: CompiledGraph
+    name: str
 
     async def submit(
         self,
@@ -58,10 +59,11 @@ class FleetMethods:
         queue: str | None = None,
     ) -> None:
         """Give a fleet run waiting for a person its answer; a worker goes on with it (on
-        the queue the run was submitted to, unless `queue` names another)."""
+        the queue the run was submitted to, unless `queue` names another). A run another
+        named Agent started is refused (`RunOfAnotherAgent`), nothing enqueued."""
         answer = {k: v for k, v in (("approve", approve), ("value", value)) if v is not NO_VALUE}
         await submitting.submit_resume(
-            self.deps, run_id, answer=answer, priority=priority, queue=queue
+            self.deps, run_id, answer=answer, priority=priority, queue=queue, agent_name=self.name
         )
 
     async def wait(

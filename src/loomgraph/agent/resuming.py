@@ -12,6 +12,7 @@ from loomgraph.agent.checkpoints import (
     Position,
     ResumeError,
     approval,
+    check_agent,
     not_answered,
     position,
     resume_value,
@@ -20,7 +21,7 @@ from loomgraph.agent.governance_state import check_policy, describe_policy
 from loomgraph.agent.leases import hold_lease
 from loomgraph.agent.pinning import GRAPH_CHOICES, GraphChoice, check_move, move_run, not_kept
 from loomgraph.agent.pinning import run_graph as kept_graph
-from loomgraph.agent.recovery import begin_recovery, end_recovery
+from loomgraph.agent.recovery import begin_recovery, end_recovery, reset_recoveries
 from loomgraph.agent.result import RunResult
 from loomgraph.agent.session import AgentSession
 from loomgraph.engine.effects import ResumeInput
@@ -65,8 +66,9 @@ SessionFactory = Callable[..., AgentSession]
 class Resumer:
     """What going on from the journal needs of its Agent: the bundle, the Agent's graph, the
     graphs compiled from the journal (by hash, shared with the Agent), a session factory, the
-    limit of failed recoveries before a run becomes a dead letter, and the instructions (for
-    a fork of a run the journal keeps no system prompt of)."""
+    limit of failed recoveries before a run becomes a dead letter, the instructions (for
+    a fork of a run the journal keeps no system prompt of) and the Agent's name: a run
+    another named Agent started is refused (`RunOfAnotherAgent`) before anything is written."""
 
     deps: Deps
     compiled: CompiledGraph
@@ -74,6 +76,16 @@ class Resumer:
     session: SessionFactory
     max_recoveries: int
     instructions: str = ""
+    agent_name: str = ""
+
+    async def _load(self, run_id: str) -> RunRecord:
+        """The run's record, when this Agent may go on with it (`UnknownRun`,
+        `RunOfAnotherAgent`)."""
+        record = await self.deps.runtime.load_run(run_id)
+        if record is None:
+            raise UnknownRun(run_id)
+        check_agent(record, self.agent_name)
+        return record
 
     async def resume(
         self,
@@ -89,9 +101,7 @@ class Resumer:
         if graph not in GRAPH_CHOICES:
             raise ResumeError(f"graph must be 'pinned' or 'current', not {graph!r}")
         runtime = self.deps.runtime
-        record = await runtime.load_run(run_id)
-        if record is None:
-            raise UnknownRun(run_id)
+        record = await self._load(run_id)
         if record.status == RunStatus.QUEUED:
             raise RunQueued(run_id)
         answer = await answer_for(runtime, record, value, approve)
@@ -140,15 +150,19 @@ class Resumer:
             await end_recovery(runtime, record, result)
             return result
 
+    async def retry(self, sink: EventSink, run_id: str, *, graph: GraphChoice) -> RunResult:
+        """Forget the run's failed recoveries (a dead letter becomes failed), then resume it."""
+        await self._load(run_id)  # refused before the count is forgotten
+        await reset_recoveries(self.deps.runtime, run_id)
+        return await self.resume(sink, run_id, graph=graph)
+
     async def fork(
         self, sink: EventSink, run_id: str, *, at: int, patch: dict[str, Any] | None
     ) -> RunResult:
         """A new run from checkpoint `at` of `run_id`, its state optionally patched (see
         `Agent.fork`)."""
         runtime = self.deps.runtime
-        record = await runtime.load_run(run_id)
-        if record is None:
-            raise UnknownRun(run_id)
+        record = await self._load(run_id)
         transitions = await runtime.transitions(run_id)
         if at and not any(t.seq == at for t in transitions):
             raise ValueError(
@@ -174,6 +188,7 @@ class Resumer:
                 # Kept, so a fork resumed before its first transition goes on from there.
                 node=where.next_node,
                 visits=dict(where.visits),
+                agent=self.agent_name,
             ),
         )
         fresh = Position(where.state, where.visits, where.next_node, 0)

@@ -121,6 +121,7 @@ class AgentSession:
                 {"input": state["input"], "messages": list(state["messages"])},
                 scope.system,
                 describe_policy(self.deps),
+                agent=self.agent_name,
             )
             await pin(self.deps.runtime, self.graph)  # the graph the run is pinned to
             start = getattr(self.deps.runtime, "start_queued_run", None)

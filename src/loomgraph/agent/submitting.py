@@ -15,7 +15,7 @@ import weakref
 from datetime import UTC, datetime
 from typing import Any
 
-from loomgraph.agent.checkpoints import approval, resume_value
+from loomgraph.agent.checkpoints import approval, check_agent, resume_value
 from loomgraph.agent.fleet import FleetError, FleetQueue, JobKind, RunJob
 from loomgraph.agent.fleet import fleet_queue as queue_of
 from loomgraph.agent.leases import hold_lease
@@ -156,17 +156,20 @@ async def submit_resume(
     answer: dict[str, Any],
     priority: int = 0,
     queue: str | None = None,
+    agent_name: str = "",
 ) -> None:
     """Enqueue the answer a waiting run needs (`approve=` or `value=`), checked first against
-    what the run waits for; a worker goes on with it. `queue`: the run's own by default (the
-    one it was submitted to), so the workers that serve it see the answer."""
+    what the run waits for and the Agent that started it (`agent_name` must be its name, when
+    it had one: `RunOfAnotherAgent`); a worker goes on with it. `queue`: the run's own by
+    default (the one it was submitted to), so the workers that serve it see the answer."""
     if len(answer) != 1 or not set(answer) <= {"approve", "value"}:
         raise FleetError("submit_resume takes exactly one of approve= or value=")
     _check_placement(priority, queue)
-    fleet = await _queue(deps)
     record = await deps.runtime.load_run(run_id)
     if record is None:
         raise UnknownRun(run_id)
+    check_agent(record, agent_name)
+    fleet = await _queue(deps)
     if "value" in answer:
         resume_value(record, answer["value"])  # the typed error now, not in a worker's log
     else:

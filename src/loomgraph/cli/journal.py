@@ -93,7 +93,9 @@ def agent_for(
 ) -> Any:
     """An Agent for resuming or forking `record`: `architecture`, else --graph or the agent
     file's graph, else the run's graph by name; the given tools and permissions (a run
-    resumes only under the policy it is pinned to)."""
+    resumes only under the policy it is pinned to). Named as the agent file says (a run of
+    an agent of another name is refused), else as the agent that started the run: the
+    command line names the run and the tools to go on with it."""
     return agent_args.build_agent(
         args,
         instructions=None if args.agent else "",
@@ -101,6 +103,7 @@ def agent_for(
         architecture=architecture or (None if args.agent else record.graph_name),
         hooks=_Printer(args.json),
         permissions=permissions,
+        name=None if args.agent else record.agent_name,
     )
 
 

@@ -101,18 +101,30 @@ class RunRecord:
     # How many resumes of this run after a crash or failure have begun (dead letters).
     recoveries: int = 0
 
+    @property
+    def agent_name(self) -> str:
+        """The name of the Agent that started the run ("": unnamed, or not recorded)."""
+        return self.initial.agent if self.initial is not None else ""
+
+    def belongs_to(self, agent_name: str) -> bool:
+        """True when an Agent called `agent_name` may go on with this run: the run's
+        agent is unknown (unnamed, or a journal from before names were kept) or the same."""
+        return not self.agent_name or self.agent_name == agent_name
+
 
 @dataclass(slots=True, frozen=True)
 class RunStart:
     """What a run started from: its first state values, its system prompt, the permission
-    policy it is pinned to (`{"fingerprint": ..., "policy": ...}`) and, for a fork, the node
-    it starts at and the visits its checkpoint had counted (None: the graph's entry, none)."""
+    policy it is pinned to (`{"fingerprint": ..., "policy": ...}`), for a fork the node it
+    starts at and the visits its checkpoint had counted (None: the graph's entry, none), and
+    the name of the Agent that started it ("": unnamed, or kept before names were)."""
 
     state: dict[str, Any]
     system: str = ""
     policy: dict[str, Any] | None = None
     node: str | None = None
     visits: dict[str, int] | None = None
+    agent: str = ""
 
     @property
     def prompt(self) -> str:
@@ -126,6 +138,8 @@ class RunStart:
             data["policy"] = self.policy
         if self.node is not None:
             data["node"], data["visits"] = self.node, self.visits or {}
+        if self.agent:
+            data["agent"] = self.agent
         return data
 
     @classmethod
@@ -138,6 +152,7 @@ class RunStart:
             data.get("policy"),
             data.get("node"),
             {str(k): int(v) for k, v in visits.items()} if isinstance(visits, dict) else None,
+            str(data.get("agent") or ""),
         )
 
 

@@ -6,7 +6,13 @@ is 404 exactly as an unknown run is (never 403: that would confirm it exists).
 
 from __future__ import annotations
 
-from loomgraph.agent.checkpoints import ApprovalRefused, ApprovalUsed, GraphChanged, ResumeError
+from loomgraph.agent.checkpoints import (
+    ApprovalRefused,
+    ApprovalUsed,
+    GraphChanged,
+    ResumeError,
+    RunOfAnotherAgent,
+)
 from loomgraph.agent.run_events import BadEventId
 from loomgraph.errors import InputTooLarge, LoomgraphError, StateError
 from loomgraph.nodes.structured import OutputValidationError
@@ -83,6 +89,7 @@ class Invalid(ServeError, ValueError):
 ERROR_STATUS: tuple[tuple[type[BaseException], int, str], ...] = (
     (ServeError, 0, ""),  # carries its own
     (UnknownRun, 404, "not_found"),
+    (RunOfAnotherAgent, 404, "not_found"),  # as another user's run: not shown to exist
     (BadEventId, 400, "bad_request"),
     (ApprovalUsed, 409, "approval_used"),
     (ApprovalRefused, 409, "approval_refused"),  # not pending (answered, never asked), expired
@@ -111,7 +118,10 @@ def status_of(err: BaseException) -> tuple[int, str]:
 
 def message_of(err: BaseException) -> str:
     """What a client is told of an error: its text, less what only operators need (the
-    host and process id of a lease's owner)."""
+    host and process id of a lease's owner) or what the caller may not know (that a run of
+    another agent exists)."""
+    if isinstance(err, RunOfAnotherAgent):
+        return f"no run {err.run_id!r}"
     if isinstance(err, RunConflict) and err.owner is not None:
         return f"run {err.run_id!r} is being driven by another process; try again later"
     return str(err)

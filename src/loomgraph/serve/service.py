@@ -1,5 +1,6 @@
 """What the API and the viewer do, for one authenticated caller: every read goes through the
-store with the caller's user id in the query, so another user's run is not found."""
+store with the caller's user id and the agent's name in the query, so another user's run, or
+a run another named agent started, is not found."""
 
 from __future__ import annotations
 
@@ -47,11 +48,15 @@ class Service:
     # ------------------------------------------------------------------ reads
 
     async def run(self, caller: Caller, run_id: str) -> RunRecord:
-        """The caller's run, or NotFound (also for another user's run)."""
-        record = await self.store.run(run_id, caller.user_id)
+        """The caller's run of this agent, or NotFound (also for another user's run, and for
+        a run an agent of another name started)."""
+        record = await self._load(caller, run_id)
         if record is None:
             raise NotFound(f"no run {run_id!r}")
         return record
+
+    async def _load(self, caller: Caller, run_id: str) -> RunRecord | None:
+        return await self.store.run(run_id, caller.user_id, agent=self.agent.name)
 
     async def runs(
         self,
@@ -62,7 +67,7 @@ class Service:
         limit: int,
         cursor: str | None,
     ) -> RunPage:
-        """A page of the caller's runs, newest first."""
+        """A page of the caller's runs of this agent, newest first."""
         try:
             wanted = RunStatus(status) if status else None
         except ValueError:
@@ -73,7 +78,12 @@ class Service:
         if cursor is not None and cursor_number(cursor) is None:
             raise BadRequest(f"cursor {cursor!r} is not one this server gave")
         return await self.store.runs(
-            caller.user_id, status=wanted, graph=graph or None, limit=limit, cursor=cursor
+            caller.user_id,
+            status=wanted,
+            graph=graph or None,
+            limit=limit,
+            cursor=cursor,
+            agent=self.agent.name,
         )
 
     async def _journal(self, caller: Caller, run_id: str) -> tuple[RunRecord, list[Transition]]:
@@ -120,7 +130,7 @@ class Service:
             after=after,
             changed=self.hub.watcher(run_id),
             poll_interval=self.poll_interval,
-            load=lambda rid: self.store.run(rid, caller.user_id),
+            load=lambda rid: self._load(caller, rid),
         )
 
     # ------------------------------------------------------------------ writes

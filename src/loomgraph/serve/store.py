@@ -1,5 +1,5 @@
 """What the server keeps and reads in the journal's database: API keys (hashed), and runs read
-with the caller's user id in the query, never filtered after.
+with the caller's user id (and the served agent's name) in the query, never filtered after.
 
 The SQL store opens its own connection to the journal's file or server (the journal's own
 connection is not shared), in a table of its own, `serve_api_keys`, created on first use. An
@@ -95,8 +95,9 @@ class ServeStore(Protocol):
         key is refused from the next request on (nothing is cached)."""
         ...
 
-    async def run(self, run_id: str, user_id: str) -> RunRecord | None:
-        """The run when it is this user's, else None."""
+    async def run(self, run_id: str, user_id: str, *, agent: str | None = None) -> RunRecord | None:
+        """The run when it is this user's and, with `agent`, one an Agent of that name may
+        go on with (`RunRecord.belongs_to`), else None."""
         ...
 
     async def runs(
@@ -107,8 +108,9 @@ class ServeStore(Protocol):
         graph: str | None = None,
         limit: int = 50,
         cursor: str | None = None,
+        agent: str | None = None,
     ) -> RunPage:
-        """A page of this user's runs, newest first."""
+        """A page of this user's runs (with `agent`, of those of that agent), newest first."""
         ...
 
     async def close(self) -> None:
@@ -157,11 +159,11 @@ class MemoryStore:
                 return self._keys.pop(hashed)
         return None
 
-    async def run(self, run_id: str, user_id: str) -> RunRecord | None:
-        """The run when it is this user's."""
+    async def run(self, run_id: str, user_id: str, *, agent: str | None = None) -> RunRecord | None:
+        """The run when it is this user's (and the agent's)."""
         for record in await self._runtime.runs(user_id):
             if record.run_id == run_id:
-                return record
+                return record if agent is None or record.belongs_to(agent) else None
         return None
 
     async def runs(
@@ -172,13 +174,16 @@ class MemoryStore:
         graph: str | None = None,
         limit: int = 50,
         cursor: str | None = None,
+        agent: str | None = None,
     ) -> RunPage:
         """A page of this user's runs, newest first (the cursor is a position)."""
         rows = list(reversed(await self._runtime.runs(user_id)))
         rows = [
             r
             for r in rows
-            if (status is None or r.status == status) and (graph is None or r.graph_name == graph)
+            if (status is None or r.status == status)
+            and (graph is None or r.graph_name == graph)
+            and (agent is None or r.belongs_to(agent))
         ]
         start = _position(cursor) if cursor else 0
         page = rows[start : start + limit]
@@ -192,9 +197,12 @@ class MemoryStore:
 class SqlStore:
     """The store in the journal's SQLite file or Postgres schema."""
 
-    def __init__(self, prefix: str, placeholder_cursor: Any) -> None:
+    def __init__(self, prefix: str, placeholder_cursor: Any, agent_of: str) -> None:
         self._p = prefix
         self._cursor = placeholder_cursor
+        # The name of the run's agent in its `initial` JSON, NULL when none was kept: read in
+        # the query, so pages and cursors stay the query's (no column, no schema change).
+        self._agent_of = agent_of
 
     def _ddl(self) -> list[str]:
         return [
@@ -248,12 +256,20 @@ class SqlStore:
             )
         return [ApiKey(r[0], bool(r[1]), r[2], key_id(r[3]), r[4]) for r in rows]
 
-    async def run(self, run_id: str, user_id: str) -> RunRecord | None:
-        """The run when it is this user's (both in the query)."""
+    def _agent_filter(self, agent: str | None, where: list[str], args: list[Any]) -> None:
+        """Keep the runs an Agent called `agent` may go on with: the runs of that name, and
+        those of no recorded name (`RunRecord.belongs_to`, in SQL)."""
+        if agent is not None:
+            where.append(f"COALESCE({self._agent_of}, '') IN ('', ?)")
+            args.append(agent)
+
+    async def run(self, run_id: str, user_id: str, *, agent: str | None = None) -> RunRecord | None:
+        """The run when it is this user's (and the agent's), all in the query."""
+        where, args = ["run_id = ?", "user_id = ?"], list[Any]([run_id, user_id])
+        self._agent_filter(agent, where, args)
         async with self._cur() as cur:
             rows = await cur.fetch(
-                f"SELECT {RUN_READ} FROM {self._p}runs WHERE run_id = ? AND user_id = ?",
-                (run_id, user_id),
+                f"SELECT {RUN_READ} FROM {self._p}runs WHERE {' AND '.join(where)}", args
             )
         return run_from_row(rows[0]) if rows else None
 
@@ -265,9 +281,11 @@ class SqlStore:
         graph: str | None = None,
         limit: int = 50,
         cursor: str | None = None,
+        agent: str | None = None,
     ) -> RunPage:
         """A page of this user's runs, newest first; the cursor is the journal's row number."""
         where, args = ["user_id = ?"], list[Any]([user_id])
+        self._agent_filter(agent, where, args)
         if status is not None:
             where.append("status = ?")
             args.append(str(status))
@@ -297,7 +315,7 @@ class SqliteStore(SqlStore):
     def __init__(self, path: str) -> None:
         self.path = path
         self._db = SqliteConnection(self._open)
-        super().__init__("", self._session)
+        super().__init__("", self._session, "json_extract(initial, '$.agent')")
 
     async def _open(self) -> Any:
         conn = await open_sqlite(self.path, busy_timeout=30.0, verify=False)
@@ -324,7 +342,7 @@ class PostgresStore(SqlStore):
         self._pg = import_asyncpg("the key store")
         self.dsn, self.schema = dsn, schema
         self._pools = LoopPool(self._open)
-        super().__init__(quote_ident(schema) + ".", self._session)
+        super().__init__(quote_ident(schema) + ".", self._session, "(initial->>'agent')")
 
     async def _open(self) -> Any:
         async def setup(con: Any) -> None:

@@ -8,6 +8,7 @@ import logging
 from typing import Any
 
 from loomgraph.agent.agent import Agent
+from loomgraph.agent.checkpoints import check_agent
 from loomgraph.agent.fleet import FleetQueue, JobKind, RunJob
 from loomgraph.agent.leases import hold_lease
 from loomgraph.agent.result import RunResult
@@ -35,10 +36,16 @@ class Advanced(enum.StrEnum):
 async def advance(agent: Agent, fleet: FleetQueue, job: RunJob) -> Advanced:
     """Advance the run of `job` as far as it goes now.
 
-    Raises `RunConflict` while another live worker holds the run (the caller retries later)
-    and `LeaseLost` when the run was taken over meanwhile (this worker was stopped too long).
+    Raises `RunConflict` while another live worker holds the run (the caller retries later),
+    `LeaseLost` when the run was taken over meanwhile (this worker was stopped too long) and
+    `RunOfAnotherAgent`, before the lease is taken, for a run an Agent of another name started.
     """
     runtime = agent.deps.runtime
+    # Before the lease, which is a write: a run's agent is set when it starts (a queued run
+    # has none yet) and never changes, and `agent.resume` checks it again below.
+    seen = await runtime.load_run(job.run_id)
+    if seen is not None:
+        check_agent(seen, agent.name)
     async with hold_lease(agent.deps.leases, job.run_id):
         # Looked at only once the run is ours, so of two workers (a job picked again while
         # its first worker was merely slow) one starts the run, the other finds it started.
