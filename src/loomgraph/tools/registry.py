@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import inspect
 import logging
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -12,6 +11,7 @@ from loomgraph.protocols import ToolCall, ToolHost, ToolResult, ToolSpec, implem
 from loomgraph.tools import results
 from loomgraph.tools.context import MissingToolDependency, context_for, resolve
 from loomgraph.tools.deadline import run_with_limit
+from loomgraph.tools.threads import run_in_thread
 from loomgraph.tools.tool import Tool, check_timeout
 
 _log = logging.getLogger(__name__)
@@ -178,8 +178,10 @@ async def _run(item: Tool[..., Any], pos: tuple[Any, ...], kwargs: dict[str, Any
         value = item.fn(*pos, **kwargs)
     else:
         # A thread cannot be killed: on timeout the call is abandoned, not stopped, and the
-        # thread runs on in the background until the function returns.
-        value = await asyncio.to_thread(item.fn, *pos, **kwargs)
+        # thread runs on in the background until the function returns. It is a daemon thread
+        # of loomgraph's own (`threads`), never one of the loop's default executor, so a hung
+        # tool holds only its own thread: not other tools, DNS or the program's exit.
+        value = await run_in_thread(item.fn, *pos, **kwargs)
         if inspect.isawaitable(value):
             item.is_async = True  # call it on the event loop from now on
     if inspect.isawaitable(value):
