@@ -19,7 +19,8 @@ from typing import Any
 
 import pytest
 
-from loomgraph.tools import ToolRegistry, threads, tool
+from loomgraph.protocols import threads
+from loomgraph.tools import ToolRegistry, tool
 
 # The size of the loop's default executor (ThreadPoolExecutor's default max_workers): as
 # many hung calls as that filled it before, when sync tools ran with `asyncio.to_thread`.
@@ -287,7 +288,7 @@ FORKED = textwrap.dedent(
     import asyncio
     import os
 
-    from loomgraph.tools.threads import run_in_thread
+    from loomgraph.protocols.threads import run_in_thread
 
 
     async def pid() -> int:
@@ -311,3 +312,18 @@ def test_a_forked_child_starts_its_own_workers() -> None:
     done = run_program(FORKED)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "0"
+
+
+async def test_a_sync_tool_cut_off_is_reported_running_on(
+    release: threading.Event, caplog: pytest.LogCaptureFixture
+) -> None:
+    started: list[int] = []
+    host = hanging_host(release, started)
+    try:
+        with caplog.at_level("WARNING", logger="loomgraph.tools.registry"):
+            result = await call(host, "hang")
+        assert result.get("error_type") == "timeout"
+        [warning] = [r.getMessage() for r in caplog.records if "'hang'" in r.getMessage()]
+        assert "cannot be stopped" in warning and "runs on in the background" in warning
+    finally:
+        release.set()

@@ -33,6 +33,7 @@ from typing import Any, TypeVar, overload
 
 from loomgraph.protocols import Decision, ToolCall, ToolResult
 from loomgraph.protocols.events import Event
+from loomgraph.protocols.threads import run_in_thread
 
 __all__ = ["HookError", "Hooks"]
 
@@ -186,8 +187,10 @@ class Hooks:
             if inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(call):
                 return await asyncio.wait_for(fn(*args), timeout)
             if self.threads:
-                # The thread cannot be stopped: after a timeout it finishes in the background.
-                result = await asyncio.wait_for(asyncio.to_thread(fn, *args), timeout)
+                # The thread cannot be stopped: after a timeout it finishes in the background,
+                # in a daemon thread of its own (`run_in_thread`), never one of the loop's
+                # default executor, which host-name resolution needs.
+                result = await asyncio.wait_for(run_in_thread(fn, *args), timeout)
             else:
                 start = time.monotonic()
                 result = fn(*args)

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import logging
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, cast
 
 from loomgraph.protocols import ToolCall, ToolHost, ToolResult, ToolSpec, implements
+from loomgraph.protocols.threads import run_in_thread
 from loomgraph.tools import results
 from loomgraph.tools.context import MissingToolDependency, context_for, resolve
 from loomgraph.tools.deadline import run_with_limit
-from loomgraph.tools.threads import run_in_thread
 from loomgraph.tools.tool import Tool, check_timeout
 
 _log = logging.getLogger(__name__)
@@ -181,7 +182,15 @@ async def _run(item: Tool[..., Any], pos: tuple[Any, ...], kwargs: dict[str, Any
         # thread runs on in the background until the function returns. It is a daemon thread
         # of loomgraph's own (`threads`), never one of the loop's default executor, so a hung
         # tool holds only its own thread: not other tools, DNS or the program's exit.
-        value = await run_in_thread(item.fn, *pos, **kwargs)
+        try:
+            value = await run_in_thread(item.fn, *pos, **kwargs)
+        except asyncio.CancelledError:
+            _log.warning(
+                "sync tool %r was cancelled (its time limit, or its run): its thread cannot be "
+                "stopped and runs on in the background until the function returns",
+                item.name,
+            )
+            raise
         if inspect.isawaitable(value):
             item.is_async = True  # call it on the event loop from now on
     if inspect.isawaitable(value):

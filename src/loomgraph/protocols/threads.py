@@ -1,4 +1,5 @@
-"""The threads sync tools run in: daemon threads of loomgraph's own, reused when idle.
+"""The threads sync tools and sync hooks run in: daemon threads of loomgraph's own, reused
+when idle.
 
 `asyncio.to_thread` runs a function in the event loop's default executor, a
 `ThreadPoolExecutor` of min(32, cpus + 4) threads. A sync tool that hangs is abandoned at
