@@ -116,6 +116,10 @@ async def test_per_user_caps_are_separate_and_users_override() -> None:
     await budget.reserve(tool_call(anonymous))
     with pytest.raises(BudgetExceeded, match=r"user:\(anonymous\):tool_calls"):
         await budget.reserve(tool_call(BudgetScope("run-y", None)))
+    # A user who calls themselves "(anonymous)" has caps of their own, not the anonymous ones.
+    await budget.reserve(tool_call(BudgetScope("run-z", "(anonymous)")))
+    with pytest.raises(BudgetExceeded, match=r"user:\(\(anonymous\):tool_calls"):
+        await budget.reserve(tool_call(BudgetScope("run-w", "(anonymous)")))
 
 
 async def test_global_cap_counts_all_users_together() -> None:

@@ -130,5 +130,9 @@ WarningCallback = Callable[[BudgetWarning], Awaitable[None] | None]
 
 
 def user_scope(user_id: str | None) -> str:
-    """The ledger scope of a user's caps."""
-    return f"user:{ANONYMOUS if user_id is None else user_id}"
+    """The ledger scope of a user's caps: `user:<id>`, and `user:(anonymous)` for runs
+    without a user. An id starting with `(` gets one more, so no user's scope is the
+    anonymous one (a user named `(anonymous)` is `user:((anonymous)`)."""
+    if user_id is None:
+        return f"user:{ANONYMOUS}"
+    return f"user:({user_id}" if user_id.startswith("(") else f"user:{user_id}"
