@@ -29,7 +29,7 @@ from typing import Any
 
 import aiosqlite
 
-from loomgraph._storage.cursor import Cursor
+from loomgraph._storage.cursor import Cursor, SqliteCursor
 from loomgraph._storage.sqlite_conn import SqliteConnection
 from loomgraph._storage.sqlite_files import (
     BUSY_ERRORS,
@@ -127,6 +127,11 @@ class _SqlLedger(Ledger):
         """A cursor inside one committed-on-exit, rolled-back-on-error transaction; one that
         is not `durable` may skip what makes a commit survive a power cut."""
 
+    def _read(self) -> contextlib.AbstractAsyncContextManager[Cursor]:
+        """For reads of one statement each (totals, holds, charges): a transaction without
+        fsync here; a store that can read without the write lock overrides it."""
+        return self._transaction(durable=False)
+
     async def _lock_scopes(self, cur: Cursor, scopes: Sequence[str]) -> None:
         """Serialise transactions on these scopes (SQLite's write lock already does)."""
 
@@ -176,13 +181,13 @@ class _SqlLedger(Ledger):
 
     async def totals(self, scope: str) -> Totals:
         """One scope's totals, read in a transaction of its own."""
-        async with self._transaction(durable=False) as cur:
+        async with self._read() as cur:
             rows = await cur.fetch(self._sql["totals"], [scope])
         return Totals(_load(rows[0][1]), _load(rows[0][2])) if rows else Totals()
 
     async def holds(self, run_id: str | None = None) -> list[Hold]:
         """Open holds, oldest first."""
-        async with self._transaction(durable=False) as cur:
+        async with self._read() as cur:
             if run_id is None:
                 rows = await cur.fetch(self._sql["holds"], [])
             else:
@@ -191,7 +196,7 @@ class _SqlLedger(Ledger):
 
     async def charges(self, run_id: str) -> list[Charge]:
         """The run's crash charges, oldest first."""
-        async with self._transaction(durable=False) as cur:
+        async with self._read() as cur:
             rows = await cur.fetch(self._sql["charges"], [run_id])
         return [Charge(str(r[0]), str(r[1]), _load(r[2]), float(r[3])) for r in rows]
 
@@ -280,6 +285,13 @@ class SqliteLedger(_SqlLedger):
         level: Synchronous = self.synchronous if durable else "NORMAL"
         async with self._db.write(inline=self._inline, synchronous=level) as cur:
             yield cur
+
+    @asynccontextmanager
+    async def _read(self) -> AsyncIterator[Cursor]:
+        # No write lock: each read is one statement, which sees one committed state of the
+        # WAL by itself, so reads go on while another process holds the lock for long.
+        async with self._db.session() as conn:
+            yield SqliteCursor(conn)
 
     def _translate(self, err: Exception) -> Exception:
         """An SQLite error that says the file cannot be used now as LedgerUnavailable;
