@@ -365,3 +365,38 @@ async def test_agent_b_refuses_agent_as_runs_on_postgres(tmp_path: Path, pg_sche
             assert done.status == RunStatus.COMPLETED and PAID == [{"to": "acme", "amount": 5}]
         finally:
             await db.close()
+
+
+@pytest.mark.postgres
+async def test_a_queued_run_is_started_only_by_a_worker_of_its_agent(pg_schema: str) -> None:
+    import asyncpg
+
+    from loomgraph.agent.fleet import RunJob, fleet_queue
+    from loomgraph.workers.advance import Advanced, advance
+
+    dsn = pg.postgres_dsn()
+    a = Agent(
+        "x", model=ScriptedModel(["done"]), runtime=PostgresRuntime(dsn, schema=pg_schema), name="a"
+    )
+    b = agent_b(PostgresRuntime(dsn, schema=pg_schema))
+    async with a, b:
+        fleet = fleet_queue(a.deps.runtime)
+        await fleet.install()
+        run_id = await a.submit("hello", user_id="alice")
+        job_id, _ = await fleet.job_of(run_id)
+        db = await asyncpg.connect(dsn)
+        try:
+            payload = await db.fetchval(
+                f'SELECT payload FROM "{pg_schema}".pgqueuer WHERE id = $1', job_id
+            )
+            lease = f'SELECT count(*) FROM "{pg_schema}".leases WHERE run_id = $1'
+            job = RunJob.decode(payload)
+            assert job.agent == "a"  # the job names the agent that submitted it
+            with pytest.raises(RunOfAnotherAgent, match="'a'"):  # a worker of agent B
+                await advance(b, fleet, job)
+            assert (await a.deps.runtime.load_run(run_id)).status == RunStatus.QUEUED
+            assert await db.fetchval(lease, run_id) == 0 and B_DID == []
+            assert await advance(a, fleet, job) == Advanced.STARTED
+        finally:
+            await db.close()
+        assert (await a.deps.runtime.load_run(run_id)).status == RunStatus.COMPLETED

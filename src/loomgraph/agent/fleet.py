@@ -65,6 +65,8 @@ class RunJob:
     output_retries: int | None = None
     # {"approve": ...} or {"value": ...}, as `agent.resume` takes them.
     answer: dict[str, Any] = field(default_factory=dict)
+    # The name of the Agent that submitted it: only a worker of that name starts the run.
+    agent: str = ""
 
     def encode(self) -> bytes:
         """The payload as JSON bytes."""

@@ -47,6 +47,7 @@ class FleetMethods:
             priority=priority,
             run_at=run_at,
             queue=queue,
+            agent_name=self.name,
         )
 
     async def submit_resume(

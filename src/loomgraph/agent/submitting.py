@@ -112,8 +112,10 @@ async def submit(
     priority: int,
     run_at: datetime | float | None,
     queue: str,
+    agent_name: str = "",
 ) -> str:
-    """Journal a run as `queued` and enqueue its job, in one transaction; the run id."""
+    """Journal a run as `queued` and enqueue its job, in one transaction; the run id. Only
+    a worker whose Agent is called `agent_name` will start it."""
     limit = deps.size_limits.prompt_chars
     if len(prompt) > limit:  # refused before anything is written
         raise InputTooLarge("the prompt", len(prompt), limit)
@@ -139,6 +141,7 @@ async def submit(
         session_id=session_id,
         output_schema=_schema_path(output_schema),
         output_retries=output_retries,
+        agent=agent_name,
     )
     delay = _delay(run_at)
 

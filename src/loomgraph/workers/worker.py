@@ -14,6 +14,7 @@ from typing import Any
 
 from loomgraph._storage.pg_pool import import_asyncpg
 from loomgraph.agent.agent import Agent
+from loomgraph.agent.checkpoints import RunOfAnotherAgent
 from loomgraph.agent.fleet import DEFAULT_QUEUE, FleetError, FleetQueue, RunJob, fleet_queue
 from loomgraph.agent.leases import owner_is_dead
 from loomgraph.engine.scope import stop_request
@@ -148,6 +149,15 @@ class Worker:
                 # expires_at is by the database clock; this host's is close enough here.
                 wait = max(0.05, min(wait, err.expires_at - time.time()))
             raise RetryRequested(timedelta(seconds=wait), "run leased") from None
+        except RunOfAnotherAgent as err:
+            # A queue this worker's agent shares with another: the job goes back for a
+            # worker of its own agent (docs/scaling.md: give each agent queues of its own).
+            log.warning(
+                "run %s: %s; the job is put back for a worker of that agent", err.run_id, err
+            )
+            raise RetryRequested(
+                timedelta(seconds=self.options.poll_seconds), "another agent's run"
+            ) from None
         except ServiceUnavailable:
             # The journal or the budget's ledger unreachable (Postgres restarting): try again
             # once it may be back; the run is where its journal left it.
