@@ -28,7 +28,7 @@ from loomgraph.models import ScriptedModel
 from loomgraph.protocols import RunRecord, RunStart, RunStatus
 from loomgraph.runtime import PostgresRuntime, SqliteRuntime
 from serve_agent import PAID, make_agent, pay, script, step
-from test_serve_api import error, served
+from test_serve_api import error, every_run_endpoint, served
 
 pg_schema = pg.pg_schema
 TESTS = Path(__file__).parent
@@ -117,20 +117,7 @@ async def test_agent_bs_server_shows_and_touches_none_of_agent_as_runs(tmp_path:
             asked = await b.get("alice", "/v1/runs", params={"status": "awaiting_approval"})
             assert asked.json()["runs"] == []
             for run_id in (waiting["run_id"], done["run_id"]):
-                base = f"/v1/runs/{run_id}"
-                attempts = [
-                    ("GET", base, None),
-                    ("GET", f"{base}/events", None),
-                    ("GET", f"{base}/checkpoints", None),
-                    ("GET", f"{base}/checkpoints/1", None),
-                    ("GET", f"{base}/diff?a=0&b=1", None),
-                    ("GET", f"{base}/graph.svg", None),
-                    ("POST", f"{base}/approvals/call_pay", {"allow": True}),
-                    ("POST", f"{base}/resume", {"value": 1}),
-                    ("POST", f"{base}/fork", {"at": 1}),
-                    ("POST", f"{base}/cancel", None),
-                ]
-                for method, url, body in attempts:
+                for method, url, body in every_run_endpoint(run_id):
                     answer = await b.client.request(method, url, json=body, headers=b.auth("alice"))
                     assert error(answer) == (404, "not_found"), (method, url, answer.text)
                     unknown = url.replace(run_id, "0" * 32)

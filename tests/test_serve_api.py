@@ -209,25 +209,29 @@ async def test_approvals_need_the_approver_role(tmp_path: Path) -> None:
         assert error(missing) == (422, "validation")
 
 
+def every_run_endpoint(run_id: str) -> list[tuple[str, str, Any]]:
+    """(method, path, JSON body) of every endpoint that reads or changes one run."""
+    base = f"/v1/runs/{run_id}"
+    return [
+        ("GET", base, None),
+        ("GET", f"{base}/events", None),
+        ("GET", f"{base}/checkpoints", None),
+        ("GET", f"{base}/checkpoints/1", None),
+        ("GET", f"{base}/diff?a=0&b=1", None),
+        ("GET", f"{base}/graph.svg", None),
+        ("POST", f"{base}/approvals/call_pay", {"allow": True}),
+        ("POST", f"{base}/resume", {"value": 1}),
+        ("POST", f"{base}/fork", {"at": 1}),
+        ("POST", f"{base}/cancel", None),
+    ]
+
+
 async def test_another_users_run_is_404_everywhere_and_nothing_changes(tmp_path: Path) -> None:
     async with served(tmp_path) as s:
         run_id = (await s.post("alice", "/v1/runs", {"input": "pay acme"})).json()["run_id"]
         before = (await s.get("alice", f"/v1/runs/{run_id}")).json()
         transitions = len(await s.agent.deps.runtime.transitions(run_id))
-        base = f"/v1/runs/{run_id}"
-        attempts = [
-            ("GET", base, None),
-            ("GET", f"{base}/events", None),
-            ("GET", f"{base}/checkpoints", None),
-            ("GET", f"{base}/checkpoints/1", None),
-            ("GET", f"{base}/diff?a=0&b=1", None),
-            ("GET", f"{base}/graph.svg", None),
-            ("POST", f"{base}/approvals/call_pay", {"allow": True}),
-            ("POST", f"{base}/resume", {"value": 1}),
-            ("POST", f"{base}/fork", {"at": 1}),
-            ("POST", f"{base}/cancel", None),
-        ]
-        for method, path, body in attempts:
+        for method, path, body in every_run_endpoint(run_id):
             answer = await s.client.request(method, path, json=body, headers=s.auth("bob"))
             assert error(answer) == (404, "not_found"), (method, path, answer.text)
             unknown = path.replace(run_id, "0" * 32)
