@@ -131,6 +131,16 @@ def test_an_agent_loads_no_sdk_until_it_needs_one() -> None:
     assert _top(loaded) & {"anthropic", "openai", "opentelemetry", "asyncpg"} == set()
 
 
+def test_an_agent_of_local_tools_loads_no_mcp_client() -> None:
+    loaded = _modules_after(
+        "from loomgraph import Agent\nfrom loomgraph.tools import tool\n"
+        "@tool\ndef add(a: int, b: int) -> int:\n    'Add.'\n    return a + b\n"
+        "Agent('x', model='echo', tools=[add])"
+    )
+    assert not {m for m in loaded if m.startswith("loomgraph.tools.mcp")}
+    assert _top(loaded) & {"mcp", "jsonschema"} == set()
+
+
 def test_an_agent_on_a_built_in_graph_is_built_without_networkx() -> None:
     """Shipped graphs had their flow checked by the test suite (test_strategies), and so had
     any graph taking the same routes; a user's own graph is checked in full, which is when
