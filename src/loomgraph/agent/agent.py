@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from loomgraph.agent.checkpoints import Checkpoint, history
 from loomgraph.agent.deps import build_deps
@@ -18,7 +18,6 @@ from loomgraph.agent.run_events import EventId, JournalEvent, follow_events
 from loomgraph.agent.session import AgentSession
 from loomgraph.agent.streaming import event_stream
 from loomgraph.authoring.library import load_graph
-from loomgraph.governance.hooks import Hooks as GovernanceHooks
 from loomgraph.governance.null import NoHooks
 from loomgraph.graph.compiled import CompiledGraph, compile_graph
 from loomgraph.graph.spec import Graph
@@ -40,6 +39,9 @@ from loomgraph.protocols import (
     close_backend,
 )
 from loomgraph.protocols.events import Event
+
+if TYPE_CHECKING:
+    from loomgraph.governance.hooks import Hooks as GovernanceHooks
 
 
 class Agent(FleetMethods):
@@ -134,6 +136,9 @@ class Agent(FleetMethods):
     @property
     def hooks(self) -> GovernanceHooks:
         """The agent's hooks, to register with decorators (`@agent.hooks.before_tool`)."""
+        # Imported here: an agent whose hooks nobody registers never loads them.
+        from loomgraph.governance.hooks import Hooks as GovernanceHooks
+
         if isinstance(self.deps.hooks, NoHooks):  # made on first use: no cost until then
             self.deps.hooks = GovernanceHooks()
         if not isinstance(self.deps.hooks, GovernanceHooks):
