@@ -4,7 +4,7 @@ An MCP server is another program: its tool names and schemas are checked as a lo
 are when it is built, and the model's arguments are checked against the schema before they
 leave, so a bad call is the model's `invalid_arguments`, not the server's problem.
 `jsonschema` is imported only when a server lists its tools. The schema's regular
-expressions run on this package's engine (patterns.py), never on Python's `re`.
+expressions run on RE2 (patterns.py), never on Python's `re`.
 """
 
 from __future__ import annotations
@@ -30,6 +30,11 @@ from loomgraph.tools.results import error as error_result
 
 NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 """What Anthropic and OpenAI accept as a tool name (the rule local tools meet, tools/tool.py)."""
+
+SCHEMA_PROGRAM = 500_000
+"""The RE2 instructions one schema's distinct patterns may compile to in all (about a quarter
+of a second of compiling when the listing is read; an ordinary pattern needs a few to a few
+thousand)."""
 
 # No Python recursion over deeper arguments: json and jsonschema recurse once per level.
 # (Their size is the tool gate's limit, `SizeLimits.tool_args_chars`, not this one's.)
@@ -74,7 +79,7 @@ class Schema:
 
 # ------------------------------------------------------------------ regular expressions
 # jsonschema runs `pattern`, `patternProperties` (and `additionalProperties` beside it) with
-# Python's `re`; these are its keywords on patterns.py's engine instead.
+# Python's `re`; these are its keywords on RE2 (patterns.py) instead.
 
 
 def _search(pattern: str, text: str) -> bool:
@@ -158,7 +163,7 @@ _KEYWORDS = {
 
 @functools.cache
 def guarded(cls: Any) -> Any:
-    """`cls` (a jsonschema validator class) with its regex keywords on patterns.py."""
+    """`cls` (a jsonschema validator class) with its regex keywords on RE2 (patterns.py)."""
     from jsonschema.validators import extend
 
     keywords = {k: f for k, f in _KEYWORDS.items() if k in cls.VALIDATORS}
@@ -167,10 +172,13 @@ def guarded(cls: Any) -> Any:
 
 def unusable(source: Any, checked: Any) -> str | None:
     """Why the schema cannot be checked without Python's `re`, or None. Every object in it
-    is read, data too: a `$ref` may point anywhere, and what it points at is a schema."""
+    is read, data too: a `$ref` may point anywhere, and what it points at is a schema. Each
+    pattern is compiled here, so its programs in all are bounded (SCHEMA_PROGRAM)."""
     from jsonschema.validators import validator_for
 
     keywords: set[str] = set()
+    seen: set[str] = set()
+    program = 0  # RE2 instructions of the patterns seen
     todo: list[tuple[Any, str]] = [(source, "")]
     while todo:
         node, where = todo.pop()
@@ -187,10 +195,18 @@ def unusable(source: Any, checked: Any) -> str | None:
             elif key == "patternProperties" and isinstance(value, dict):
                 regexes = [("`patternProperties` key", r) for r in value]
             for keyword, regex in regexes:
+                if regex in seen:
+                    continue
+                seen.add(regex)
                 try:
-                    patterns.check(regex)
+                    program += patterns.check(regex)
                 except patterns.PatternUnsupported as exc:
                     return f"{keyword} {_short(regex)} at {here} cannot be checked safely: {exc}"
+                if program > SCHEMA_PROGRAM:
+                    return (
+                        f"{keyword} {_short(regex)} at {here} cannot be checked safely: the "
+                        f"schema's patterns take more than {SCHEMA_PROGRAM:,} RE2 instructions"
+                    )
             # jsonschema would check a part that names its dialect with its own validator,
             # and so with `re`.
             if (

@@ -1,25 +1,31 @@
-"""The regular expressions of an MCP server's schemas, matched in time linear in the text.
+"""The regular expressions of an MCP server's schemas, on RE2 (google-re2): no backtracking.
 
 jsonschema runs a schema's `pattern` (and `patternProperties` keys) with Python's `re`, a
 backtracking engine: a pattern such as `^(a+)+$` takes minutes on forty characters, and `re`
-holds the GIL all the while, so no thread or timeout can take the event loop back. A
-server's schema is another program's text and the model's arguments follow what a prompt
-says, so here each such pattern is compiled to an automaton and run as a set of states over
-the text (Thompson's construction): never more than one pass, whatever the pattern.
+holds the GIL all the while, so no thread or timeout can take the event loop back. Here each
+pattern runs on RE2, which compiles it to an automaton and reads the text without ever
+backtracking: its work is at most the text's length times the program's size.
 
-What the engine does not take (backreferences, lookaround, atomic groups and possessive
-repeats, inline flags, repeats written out past MAX_STATES) `check()` refuses, naming it:
-checks.py then leaves the tool out at listing time. The work of one check of a call's
-arguments is bounded by a `Meter` (`metered()`): past WORK a text is reported as too long
-to check, so a call costs the event loop at most about a second.
+The pattern is written in Python's syntax (jsonschema's), so `_translate` rewrites what the two
+read differently, and `Regex.search` answers as `re.search` does: `\\d \\w \\s` are the
+Unicode classes `re` knows (taken from `re` itself), `\\Z` is the end, `$` also holds before a
+final newline, `{,n}` is a repeat. What RE2 cannot run (backreferences, lookaround, atomic
+groups and possessive repeats, the inline flags `a L m x`, a repeat past 1,000, a program past
+MAX_MEM) `check()` refuses, naming it: checks.py then leaves the tool out at listing time.
+RE2's worst case (its DFA gives up and its NFA runs every instruction on every byte) takes
+seconds on a long text, so one check of a call's arguments is bounded by a `Meter`: past WORK
+a text is reported as too long to check.
 """
 
 from __future__ import annotations
 
+import array
 import contextlib
 import contextvars
 import functools
 import re
+import sys
+import unicodedata
 from collections.abc import Iterator
 from typing import Any
 
@@ -27,28 +33,45 @@ from loomgraph.errors import LoomgraphError
 
 
 class PatternUnsupported(LoomgraphError, ValueError):
-    """A pattern this engine cannot run (the message names the construct)."""
+    """A pattern RE2 cannot run (the message names the construct)."""
 
 
 class PatternTooCostly(LoomgraphError, ValueError):
     """Checking the arguments would take more work than one call may."""
 
 
-MAX_STATES = 30_000
-"""The automaton of one pattern may have this many states (repeats such as `{1,1000}` are
-written out); a larger one is refused."""
-WORK = 2_000_000
-"""The work one check of a tool's arguments may do: a character read costs 1, a state
-visited or built 2. About a second of Python; ordinary arguments need a tiny part of it."""
-_CACHE = 4096  # remembered steps per pattern
-_CACHE_STATES = 100_000  # and the states they hold
-_DEPTH = 100  # group nesting
+MAX_MEM = 4 << 20
+"""RE2's memory for one pattern (its `max_mem`; about 2/3 go to the program, the rest to the
+automata it caches). A pattern whose program does not fit, past about 270,000 instructions,
+is refused: `^\\w{1,200}$` fits, `^\\w{1,255}$` does not (Unicode `\\w` is about 1,300)."""
+WORK = 40_000_000
+"""The work one check of a tool's arguments may do, as RE2 bounds it: for each pattern run,
+the text's UTF-8 bytes (plus one) times the size of the pattern's program. RE2's worst case
+(measured: 5-20 ns a unit) is then under a second; ordinary patterns on ordinary arguments
+use a tiny part of it, and `^[\\w.-]+$` checks a million ASCII characters."""
 
-_WORD = re.compile(r"\w")
+_TOO_LARGE = f"it is too large: its RE2 program needs more than {MAX_MEM:,} bytes"
+_NEVER = r"[^\x00-\x{10ffff}]"  # an assertion that never holds
 _B_ON_EMPTY = re.search(r"\B", "") is not None  # Python versions differ on this one
+_CHARS = {"a": 7, "b": 8, "f": 12, "n": 10, "r": 13, "t": 9, "v": 11}  # (\b: in a class)
+_REFUSED = {  # (?... groups RE2 does not have
+    "?=": "a lookahead (?=...)",
+    "?!": "a lookahead (?!...)",
+    "?<=": "a lookbehind (?<=...)",
+    "?<!": "a lookbehind (?<!...)",
+    "?>": "an atomic group (?>...)",
+    "?(": "a conditional group (?(...)...)",
+    "?P=": "a backreference (?P=...)",
+}
+_FORMS = {  # what `$`, `\Z` and `\B` become in each form of a pattern (Regex.search picks one)
+    "main": (r"\z", r"\z", r"\B"),
+    "last": ("(?m:$)", r"\z", r"\B"),  # before a final newline, and no other: `$` holds there too
+    "cut": (r"\z", _NEVER, r"\B"),  # on a text without its final newline, where `\Z` cannot hold
+    "empty": (r"\z", r"\z", r"\B" if _B_ON_EMPTY else _NEVER),  # on "" (`re` before 3.14)
+}
+_FLAGS = re.compile(r"\?([a-zA-Z]*)(?:-([a-zA-Z]*))?([:)])")
 _BRACES = re.compile(r"\{([0-9]*)(,?)([0-9]*)\}")
-# Assertions: ^ and \A, \Z, $, \b, \B.
-_START, _END, _DOLLAR, _BOUND, _NOBOUND = range(5)
+_OCTAL = re.compile("[0-7]{3}")
 
 
 class Meter:
@@ -59,11 +82,11 @@ class Meter:
     def __init__(self, budget: int = WORK) -> None:
         self.left = budget
 
-    def charge(self, steps: int) -> None:
-        """Take `steps` (raises PatternTooCostly once nothing is left)."""
-        self.left -= steps
+    def charge(self, units: int) -> None:
+        """Take `units` (raises PatternTooCostly once nothing is left)."""
+        self.left -= units
         if self.left < 0:
-            raise PatternTooCostly(f"checking it takes more than {WORK:,} steps")
+            raise PatternTooCostly(f"checking it takes more than {WORK:,} units of work")
 
 
 _meter: contextvars.ContextVar[Meter | None] = contextvars.ContextVar("mcp_meter", default=None)
@@ -80,316 +103,219 @@ def metered() -> Iterator[Meter]:
         _meter.reset(token)
 
 
-# ------------------------------------------------------------------ parsing
+# ------------------------------------------------------------------ Python's syntax to RE2's
 
 
-def _parse(pattern: str) -> Any:
-    """The pattern as a tree of tuples: ("char", matcher), ("assert", kind), ("cat", [...]),
-    ("alt", [...]), ("repeat", node, min, max or None). Only patterns `re` compiles come
-    here, so what is not recognised is refused, never guessed."""
-    parser = _Parser(pattern)
-    node = parser.alternation(0)
-    if parser.i != len(pattern):
-        raise PatternUnsupported(f"cannot read it past character {parser.i}")
-    return node
+@functools.cache
+def _classes() -> dict[str, str]:
+    """`\\d \\w \\s` as `re` reads them in a str pattern (Unicode), and `\\D \\W \\S`, as the
+    ranges of an RE2 class, taken from `re` on every code point so the two cannot disagree; and
+    (keys `ad` ... `aS`) their ASCII part, all a text of ASCII characters can meet."""
+    codes = array.array("I", range(0x110000)).tobytes()
+    every = codes.decode(f"utf-32-{sys.byteorder[0]}e", "surrogatepass")
+    found: dict[str, str] = {}
+    for name in "dws":
+        spans = [m.span() for m in re.finditer(rf"\{name}+", every)]
+        starts, ends = [start for start, _ in spans], [end for _, end in spans]
+        gaps = [(a, b) for a, b in zip([0, *ends], [*starts, 0x110000], strict=True) if a < b]
+        for key, ranges in ((name, spans), (name.upper(), gaps)):
+            found[key] = "".join(_range(a, b) for a, b in ranges)
+            found["a" + key] = "".join(_range(a, min(b, 128)) for a, b in ranges if a < 128)
+    return found
 
 
-class _Parser:
-    def __init__(self, text: str) -> None:
-        self.text = text
-        self.i = 0
+def _range(start: int, end: int) -> str:
+    return f"\\x{{{start:x}}}" if end == start + 1 else f"\\x{{{start:x}}}-\\x{{{end - 1:x}}}"
 
-    def peek(self, k: int = 0) -> str:
-        j = self.i + k
-        return self.text[j] if j < len(self.text) else ""
 
-    def alternation(self, depth: int) -> Any:
-        if depth > _DEPTH:
-            raise PatternUnsupported("its groups are nested too deeply")
-        branches = [self.sequence(depth)]
-        while self.peek() == "|":
-            self.i += 1
-            branches.append(self.sequence(depth))
-        return branches[0] if len(branches) == 1 else ("alt", branches)
-
-    def sequence(self, depth: int) -> Any:
-        items: list[Any] = []
-        while self.peek() not in ("", "|", ")"):
-            c = self.peek()
-            if c in "*+?" or (c == "{" and self.quantifier() is not None):
-                items[-1] = self.repeat(items[-1])
-                continue
-            self.i += 1
-            if c == "(":
-                node = self.group(depth)
-                if node is None:  # a comment
-                    continue
-                items.append(node)
-            elif c == "[":
-                items.append(_char(self.text[self.i - 1 : self.klass()]))
-            elif c == "\\":
-                items.append(self.escape())
-            elif c == "^":
-                items.append(("assert", _START))
-            elif c == "$":
-                items.append(("assert", _DOLLAR))
-            elif c == ".":
-                items.append(_char("."))
-            else:
-                items.append(_char(re.escape(c)))
-        return ("cat", items)
-
-    def quantifier(self) -> tuple[int, int | None, int] | None:
-        """`{m,n}` at the cursor as (min, max, its length), or None when `re` reads the
-        brace as a plain character."""
-        found = _BRACES.match(self.text, self.i)
-        if found is None or found.group(0) == "{}":
-            return None
-        low, comma, high = found.groups()
-        if not comma:
-            high = low
-        return int(low or 0), (int(high) if high else None), len(found.group(0))
-
-    def repeat(self, node: Any) -> Any:
-        c = self.peek()
-        if c == "{":
-            quantified = self.quantifier()
-            assert quantified is not None
-            low, high, size = quantified
-            self.i += size
+def _translate(pattern: str, form: str, ascii_text: bool) -> str:
+    """`pattern` (one `re` compiles) in RE2's syntax with the meaning `re` gives it, in `form`
+    (see _FORMS), for any text or (`ascii_text`) a text of ASCII characters. Raises
+    PatternUnsupported naming what RE2 has no counterpart of."""
+    dollar, end, not_bound = _FORMS[form]
+    out: list[str] = []
+    i, size, klass, length = 0, len(pattern), False, 0
+    while i < size:
+        c = pattern[i]
+        i += 1
+        if c == "\\":
+            piece, i = _escape(pattern, i, klass, (end, not_bound), ascii_text)
+        elif klass:  # in a class only `]` is special to `re`; `[` is to RE2 (`[[:alpha:]]`)
+            klass = c != "]"
+            piece = "\\[" if c == "[" else c
+        elif c == "[":
+            klass, piece = True, "["
+            if pattern.startswith("^", i):
+                piece, i = piece + "^", i + 1
+            if pattern.startswith("]", i):  # a `]` first in the class is a character
+                piece, i = piece + "\\]", i + 1
+        elif c == "(" and pattern.startswith("?", i):
+            piece, i = _group(pattern, i)
+        elif c in "*+?{":
+            piece = c
+            if c == "{":
+                braces = _BRACES.match(pattern, i - 1)
+                if braces is None or braces.group() == "{}":
+                    piece = "\\{"  # `re` reads it as a character
+                else:
+                    low, comma, high = braces.groups()
+                    piece, i = f"{{{low or 0}{comma}{high}}}", braces.end()
+            if piece != "\\{" and pattern.startswith("?", i):
+                piece, i = piece + "?", i + 1  # lazy or greedy: the same strings match
+            elif piece != "\\{" and pattern.startswith("+", i):
+                raise PatternUnsupported("a possessive repeat (*+, ++, ?+, {m,n}+)")
+        elif c in "]}":
+            piece = "\\" + c
+        elif c == "$":
+            piece = dollar
         else:
-            low, high = {"*": (0, None), "+": (1, None), "?": (0, 1)}[c]
-            self.i += 1
-        if self.peek() == "+":
-            raise PatternUnsupported("a possessive repeat (*+, ++, ?+, {m,n}+)")
-        if self.peek() == "?":
-            self.i += 1  # lazy or greedy: the same strings match somewhere
-        return ("repeat", node, low, high)
+            piece = c
+        out.append(piece)
+        length += len(piece)
+        if length > MAX_MEM:  # (Unicode classes take ~10 characters an instruction: no fit)
+            raise PatternUnsupported(_TOO_LARGE)
+    return "".join(out)
 
-    def group(self, depth: int) -> Any:
-        if self.peek() != "?":
-            return self.close(self.alternation(depth + 1))
-        self.i += 1
-        c, d = self.peek(), self.peek(1)
-        if c == ":":
-            self.i += 1
-        elif c == "P" and d == "<":
-            self.i = self.text.index(">", self.i) + 1
-        elif c == "#":
-            self.i = self.text.index(")", self.i) + 1
-            return None
-        else:
-            what = {
-                "=": "a lookahead (?=...)",
-                "!": "a lookahead (?!...)",
-                "<": "a lookbehind (?<=...)",
-                ">": "an atomic group (?>...)",
-                "(": "a conditional group (?(...)...)",
-                "P": "a backreference (?P=...)",
-            }.get(c, "inline flags (?...)")
+
+def _escape(
+    pattern: str, i: int, klass: bool, assertions: tuple[str, str], ascii_text: bool
+) -> tuple[str, int]:
+    """The escape at `i` (just past its backslash) in RE2's syntax, and where it ends."""
+    c = pattern[i]
+    i += 1
+    if c in "dwsDWS":
+        ranges = _classes()["a" + c if ascii_text else c]
+        return (ranges if klass else f"(?-i:[{ranges}])"), i  # (?i) never widens them in `re`
+    if not klass and c in "AZbB":
+        return {"A": "\\A", "Z": assertions[0], "b": "\\b", "B": assertions[1]}[c], i
+    octal = "01234567"
+    if c in "xuU":
+        width = {"x": 2, "u": 4, "U": 8}[c]
+        code, i = int(pattern[i : i + width], 16), i + width
+    elif c == "N":
+        close = pattern.index("}", i)
+        code, i = ord(unicodedata.lookup(pattern[i + 1 : close])), close + 1
+    elif c in octal and (klass or c == "0" or _OCTAL.fullmatch(pattern, i - 1, i + 2)):
+        # `re` reads up to three octal digits here (`\0`, `\012`, `\101`, `[\1]`)
+        digits = c
+        while len(digits) < 3 and pattern[i : i + 1] in tuple(octal):
+            digits, i = digits + pattern[i], i + 1
+        code = int(digits, 8)
+    elif c in "0123456789":
+        raise PatternUnsupported("a backreference (\\1 ...)")
+    elif c in _CHARS:
+        code = _CHARS[c]
+    elif c.isascii() and c.isalpha():  # (`re` refuses the others before this)
+        raise PatternUnsupported(f"the escape \\{c}")
+    else:
+        code = ord(c)  # an escaped character: itself
+    return f"\\x{{{code:x}}}", i
+
+
+def _group(pattern: str, i: int) -> tuple[str, int]:
+    """The `(?...` at `i` (its `?`) in RE2's syntax, and where it ends."""
+    for start, what in _REFUSED.items():
+        if pattern.startswith(start, i):
             raise PatternUnsupported(what)
-        return self.close(self.alternation(depth + 1))
-
-    def close(self, node: Any) -> Any:
-        if self.peek() != ")":
-            raise PatternUnsupported("an unclosed group")
-        self.i += 1
-        return node
-
-    def klass(self) -> int:
-        """Skip a character class (the cursor is past its `[`); return where it ends."""
-        if self.peek() == "^":
-            self.i += 1
-        if self.peek() == "]":  # a `]` first in the class is a character
-            self.i += 1
-        while self.peek() not in ("]", ""):
-            self.i += 2 if self.peek() == "\\" else 1
-        self.i += 1
-        return self.i
-
-    def escape(self) -> Any:
-        start = self.i - 1
-        c = self.peek()
-        self.i += 1
-        assertion = {"A": _START, "Z": _END, "b": _BOUND, "B": _NOBOUND}.get(c)
-        if assertion is not None:
-            return ("assert", assertion)
-        if c in "xuU":
-            self.i += {"x": 2, "u": 4, "U": 8}[c]
-        elif c == "N":
-            self.i = self.text.index("}", self.i) + 1
-        elif c == "0":
-            while self.i - start < 4 and self.peek() in tuple("01234567"):
-                self.i += 1
-        elif c in "123456789":
-            octal = "01234567"
-            if c in octal and self.peek() in tuple(octal) and self.peek(1) in tuple(octal):
-                self.i += 2
-            else:
-                raise PatternUnsupported("a backreference (\\1 ...)")
-        return _char(self.text[start : self.i])
+    if pattern.startswith("?#", i):  # a comment
+        return "", pattern.index(")", i) + 1
+    if pattern.startswith("?P<", i):  # a name: nothing is captured here
+        return "(?:", pattern.index(">", i) + 1
+    flags = _FLAGS.match(pattern, i)
+    if flags is None:
+        return "(", i
+    on, off, then = flags.group(1), flags.group(2) or "", flags.group(3)
+    for flag in on + off:
+        if flag not in "isu":  # RE2 has i and s alike; u is re's default for str
+            raise PatternUnsupported(f"the inline flag {flag} (?{flag}...)")
+    on, off = on.replace("u", ""), off.replace("u", "")
+    if not (on or off):
+        return ("(?:" if then == ":" else ""), flags.end()
+    return f"(?{on}{'-' + off if off else ''}{then}", flags.end()
 
 
-def _char(source: str) -> Any:
-    return ("char", source)
+# ------------------------------------------------------------------ RE2
 
 
-def _size(node: Any) -> int:
-    """How many states `Regex` makes of `node` (at most MAX_STATES + 1: counting stops)."""
-    kind = node[0]
-    if kind in ("char", "assert"):
-        return 1
-    if kind in ("cat", "alt"):
-        total = int(kind == "alt")
-        for item in node[1]:
-            total += _size(item)
-            if total > MAX_STATES:
-                break
-        return total
-    _, body, low, high = node
-    each = _size(body) + 1  # a copy of the body, and its split (or its count)
-    copies = low + 1 if high is None else high
-    return min(each * int(copies), MAX_STATES + 1)
+@functools.cache
+def _options() -> Any:
+    import re2  # only when a schema first has a pattern (a C extension)
+
+    options = re2.Options()
+    options.max_mem = MAX_MEM
+    options.log_errors = False  # (RE2 would print each refusal on stderr)
+    options.never_capture = True  # only whether it matches
+    return options
 
 
-def check(pattern: str) -> Any:
-    """`pattern` read (raises PatternUnsupported naming what this engine cannot run), cheaply:
-    nothing is built, so a listing of many patterns costs little."""
+def _compile(translated: str) -> Any:
+    import re2
+
     try:
-        re.compile(pattern)
-    except re.error as exc:
-        raise PatternUnsupported(f"not a regular expression ({exc})") from None
-    except RecursionError:
-        raise PatternUnsupported("its groups are nested too deeply") from None
-    tree = _parse(pattern)
-    if _size(tree) > MAX_STATES:
-        raise PatternUnsupported(f"it needs more than {MAX_STATES:,} states (a large repeat)")
-    return tree
-
-
-# ------------------------------------------------------------------ the automaton
+        return re2.compile(translated, _options())  # (kept in the binding's LRU cache of 128)
+    except re2.error as exc:
+        said = exc.args[0] if exc.args else ""
+        said = said.decode("utf-8", "replace") if isinstance(said, bytes) else str(said)
+        if "too large" in said:
+            said = _TOO_LARGE
+        elif "repetition size" in said:
+            said = "a repeat past 1,000 (RE2's limit; nested repeats multiply)"
+        raise PatternUnsupported(said[:200]) from None
+    except UnicodeEncodeError:
+        raise PatternUnsupported("a lone surrogate (not valid Unicode text)") from None
 
 
 class Regex:
-    """One pattern as a Thompson automaton; `search` is `re.search(pattern, text) is not
-    None`, in one pass over `text` with the steps it took remembered."""
+    """One pattern on RE2; `search(text)` is `re.search(pattern, text) is not None`."""
+
+    __slots__ = ("_forms", "pattern", "size")
 
     def __init__(self, pattern: str) -> None:
         self.pattern = pattern
-        # State i: ("char", test, next) | ("split", [next, ...]) | ("assert", kind, next)
-        # | ("match",).
-        tree = check(pattern)
-        (_meter.get() or Meter()).charge(2 * _size(tree))
-        self.states: list[Any] = [("match",)]
-        self.start = self._emit(tree, 0)
-        self.steps: dict[Any, Any] = {}
-        self.held = 0  # states in the remembered steps
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            raise PatternUnsupported(f"not a regular expression ({exc})") from None
+        except RecursionError:
+            raise PatternUnsupported("its groups are nested too deeply") from None
+        self._forms: dict[tuple[str, bool], str] = {}
+        self.size: int = _compile(self._form("main", False)).programsize  # the largest form
 
-    def _new(self, state: Any) -> int:
-        self.states.append(state)
-        return len(self.states) - 1
+    def _form(self, form: str, ascii_text: bool) -> str:
+        key = (form, ascii_text)
+        if key not in self._forms:
+            self._forms[key] = _translate(self.pattern, form, ascii_text)
+        return self._forms[key]
 
-    def _emit(self, node: Any, then: int) -> int:
-        kind = node[0]
-        if kind == "char":
-            # One character's test is `re`'s own, on a pattern of one character: classes,
-            # escapes and Unicode rules are exactly jsonschema's, with nothing to backtrack.
-            test = re.compile(node[1]).fullmatch
-            if node[1].startswith("\\") and test("") is not None:  # an escape `re` added later
-                raise PatternUnsupported(f"an assertion this engine does not know: {node[1]}")
-            return self._new(("char", test, then))
-        if kind == "assert":
-            return self._new(("assert", node[1], then))
-        if kind == "cat":
-            for item in reversed(node[1]):
-                then = self._emit(item, then)
-            return then
-        if kind == "alt":
-            return self._new(("split", [self._emit(b, then) for b in node[1]]))
-        _, body, low, high = node
-        if high is None:  # a loop: the split goes into the body, or on
-            loop = self._new(("split", []))
-            self.states[loop] = ("split", [self._emit(body, loop), then])
-            start = loop
-        else:
-            start = then
-            for _ in range(high - low):
-                start = self._new(("split", [self._emit(body, start), then]))
-        for _ in range(low):
-            start = self._emit(body, start)
-        return start
-
-    def _closure(
-        self, kernel: frozenset[int], at: tuple[bool, bool, str | None, bool], meter: Meter
-    ) -> Any:
-        """Every state reachable from `kernel` and the start without reading, where `at` is
-        (at the start, the previous character is a word character, the next character or
-        None at the end, the next is a final newline); True when one is the match."""
-        first, prev_word, nxt, final_nl = at
-        next_word = nxt is not None and _WORD.fullmatch(nxt) is not None
-        empty = first and nxt is None
-        seen: set[int] = set()
-        todo = [self.start, *kernel]
-        reading: list[int] = []
-        while todo:
-            i = todo.pop()
-            if i in seen:
-                continue
-            seen.add(i)
-            state = self.states[i]
-            kind = state[0]
-            if kind == "match":
-                return True
-            if kind == "char":
-                reading.append(i)
-            elif kind == "split":
-                todo.extend(state[1])
-            else:
-                test = state[1]
-                if test == _START:
-                    holds = first
-                elif test == _END:
-                    holds = nxt is None
-                elif test == _DOLLAR:
-                    holds = nxt is None or final_nl
-                elif empty:
-                    holds = _B_ON_EMPTY and test == _NOBOUND
-                else:
-                    holds = (prev_word != next_word) == (test == _BOUND)
-                if holds:
-                    todo.append(state[2])
-        meter.charge(2 * len(seen))
-        return reading
+    def _run(self, form: str, text: str) -> bool:
+        ascii_text = text.isascii()  # then the ASCII parts of \d \w \s do: a smaller program
+        regex = _compile(self._form(form, ascii_text))
+        size = len(text) if ascii_text else len(text.encode("utf-8", "surrogatepass"))
+        (_meter.get() or Meter()).charge((size + 1) * regex.programsize)
+        return regex.search(text) is not None
 
     def search(self, text: str) -> bool:
-        """Whether the pattern matches somewhere in `text`."""
-        meter = _meter.get() or Meter()
-        meter.charge(len(text) + 1)
-        steps, states = self.steps, self.states
-        kernel: frozenset[int] = frozenset()
-        prev_word = False
-        last = len(text) - 1
-        for i, c in enumerate(text):
-            key = (kernel, i == 0, prev_word, c, i == last and c == "\n")
-            found: Any = steps.get(key)
-            if found is None:
-                reading = self._closure(kernel, key[1:], meter)
-                if reading is True:
-                    found = (True, False)
-                else:
-                    moved = frozenset(states[s][2] for s in reading if states[s][1](c))
-                    found = (moved, _WORD.fullmatch(c) is not None)
-                    self.held += len(moved)
-                if len(steps) < _CACHE and self.held < _CACHE_STATES:
-                    steps[key] = found
-            if found[0] is True:
-                return True
-            kernel, prev_word = found
-        return self._closure(kernel, (not text, prev_word, None, False), meter) is True
+        """Whether the pattern matches somewhere in `text`, as `re.search` says."""
+        if not text:
+            return self._run("empty", text)
+        if text.endswith("\n"):
+            if text.find("\n") == len(text) - 1:
+                return self._run("last", text)
+            # Other newlines too, where RE2's multi-line `$` would also hold: `$` at the end,
+            # or the text without the newline with `$` at its end. (Not seen: a match that
+            # reads that newline after a `$` before it, such as `a$\n`.)
+            return self._run("main", text) or self._run("cut", text[:-1])
+        return self._run("main", text)
 
 
-@functools.lru_cache(maxsize=16)
+@functools.lru_cache(maxsize=64)
 def compiled(pattern: str) -> Regex:
-    """The automaton of `pattern` (raises PatternUnsupported naming what it cannot run), built
-    at most once while it is among the last 16 used."""
+    """`pattern` on RE2 (raises PatternUnsupported naming what RE2 cannot run), translated at
+    most once while it is among the last 64 used."""
     return Regex(pattern)
+
+
+def check(pattern: str) -> int:
+    """The size of RE2's program for `pattern`, in instructions (raises PatternUnsupported
+    naming what RE2 cannot run)."""
+    return compiled(pattern).size
