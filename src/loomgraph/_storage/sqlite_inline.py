@@ -21,7 +21,6 @@ may fsync the database file); the caller runs one on its worker thread every
 
 from __future__ import annotations
 
-import asyncio
 import sqlite3
 import threading
 from collections.abc import Sequence
@@ -30,6 +29,7 @@ from typing import Any
 from loomgraph._storage.cursor import raise_constraint
 from loomgraph._storage.sqlite_files import GuardedConnection, Synchronous, is_busy
 from loomgraph.protocols.tasks import finished
+from loomgraph.protocols.threads import run_in_thread
 
 # About SQLite's default auto-checkpoint (1,000 pages) at 2-3 pages per one-row commit.
 CHECKPOINT_EVERY = 400
@@ -90,7 +90,7 @@ class InlineWriter:
         try:
             # A commit under way cannot be taken back: a cancelled caller lets it end before
             # the connection is used again, and a failed one leaves no transaction open.
-            await finished(asyncio.to_thread(conn.execute, "COMMIT"))
+            await finished(run_in_thread(conn.execute, "COMMIT"))
         finally:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")

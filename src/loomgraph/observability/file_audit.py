@@ -11,6 +11,8 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from loomgraph.protocols.threads import run_in_thread
+
 from .audit_chain import (
     EMPTY_HEAD,
     AuditAction,
@@ -90,8 +92,10 @@ class FileAuditLog:
         actor: str,
         payload: Mapping[str, Any],
     ) -> None:
-        """Append one entry without blocking the event loop (the I/O runs in a thread)."""
-        await asyncio.to_thread(
+        """Append one entry without blocking the event loop (the I/O runs in a thread of
+        loomgraph's own, never the loop's default executor: a disk that hangs an fsync holds
+        that thread only, not host-name resolution)."""
+        await run_in_thread(
             self.append, action, run_id=run_id, user_id=user_id, actor=actor, payload=payload
         )
 
