@@ -8,12 +8,20 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
 from contextlib import aclosing
-from dataclasses import replace
-from typing import Any, cast
+from typing import Any
 
 from loomgraph.engine import audit_trail as trail
 from loomgraph.engine.attempts import ModelAttempts
 from loomgraph.engine.effects import EffectKey, ResumeValue
+from loomgraph.engine.model_answers import (
+    broken_usage,
+    cancelled_usage,
+    checked_call,
+    model_estimate,
+    reported_usage,
+    response_data,
+    response_from,
+)
 from loomgraph.engine.scope import NO_ATTRIBUTES, RunScope
 from loomgraph.engine.tool_gate import ToolGate
 from loomgraph.graph.compiled import compile_graph
@@ -30,12 +38,11 @@ from loomgraph.protocols import (
     ToolCall,
     ToolResult,
     Usage,
-    check_tool_args,
     semconv,
 )
 from loomgraph.protocols.events import MODEL_CHUNK, MODEL_RETRY, OUTPUT_VOID, VoidReason
 from loomgraph.protocols.paths import NodePath
-from loomgraph.protocols.usage import estimate_output_tokens, estimate_prompt_tokens, floor_usage
+from loomgraph.protocols.usage import estimate_prompt_tokens
 
 # How many times a model step is tried again when its stream broke after it started.
 STEP_RETRIES = 2
@@ -129,7 +136,7 @@ class VisitContext:
             request.max_tokens = (
                 limit if fit is None else await fit(self.scope.budget_scope, prompt, limit)
             )
-        estimate = _model_estimate(request)
+        estimate = model_estimate(request)
         return await self.scope.reserve("model", estimate), estimate
 
     # ------------------------------------------------------------------ model
@@ -150,7 +157,7 @@ class VisitContext:
             key, "model", {"model": deps.model.name}, self.qualified_node
         )
         if prior is not None and prior.status == EffectStatus.DONE and prior.outcome is not None:
-            return _response_from(prior.outcome)
+            return response_from(prior.outcome)
         call_id = key.text
         attempts = ModelAttempts(self.scope, key)
         if prior is not None:  # run again: what an earlier attempt streamed may have gone out
@@ -162,7 +169,7 @@ class VisitContext:
             err.usage = attempts.billed
             raise
         response.usage += attempts.billed
-        await self.scope.end_effect(key, _response_data(response))
+        await self.scope.end_effect(key, response_data(response))
         if self.scope.auditing:
             done = trail.model_call(
                 deps.model.name, request, response, content=self.scope.audit_content
@@ -183,9 +190,9 @@ class VisitContext:
                 response = await self._stream(request, call_id, streamed, attempts)
             except ModelError as err:
                 usage = (
-                    _cancelled_usage(request, streamed)  # what it billed is not known
+                    cancelled_usage(request, streamed)  # what it billed is not known
                     if err.usage_problem
-                    else _broken_usage(request, err.usage, streamed)
+                    else broken_usage(request, err.usage, streamed)
                 )
                 await attempts.failed(usage, str(err))
                 if err.retry_step and step < STEP_RETRIES:
@@ -205,7 +212,7 @@ class VisitContext:
                 # Cancelled (or out of budget before a retry): the request may have been
                 # billed, so what it streamed and its prompt are charged.
                 if attempts.reservation is not None:
-                    await attempts.settle(_cancelled_usage(request, streamed))
+                    await attempts.settle(cancelled_usage(request, streamed))
                 if streamed:  # no event now: the run may be cancelled, its consumer gone
                     self._cut_off = call_id
                 raise
@@ -249,14 +256,14 @@ class VisitContext:
                                 {"chunk": chunk, "call_id": call_id, "provisional": True},
                             )
                     elif kind == "tool_call":
-                        response.tool_calls.append(_checked_call(chunk.get("call"), request, texts))
+                        response.tool_calls.append(checked_call(chunk.get("call"), request, texts))
                     elif kind == "usage":
-                        response.usage += _reported(chunk["usage"], request, texts)
+                        response.usage += reported_usage(chunk["usage"], request, texts)
                     elif kind == "finish":
                         response.finish_reason = chunk.get("finish_reason", "end_turn")
                     elif kind == "attempt":
                         # The ledger counts the attempt's model call from its reservation.
-                        billed = _reported(chunk.get("usage"), request, texts)
+                        billed = reported_usage(chunk.get("usage"), request, texts)
                         await attempts.retried(billed, chunk.get("error", ""))
                         await self.emit(
                             MODEL_RETRY, {"error": chunk.get("error", ""), "provider": True}
@@ -317,89 +324,3 @@ class VisitContext:
         outcome = await run()
         await self.scope.end_effect(key, outcome)
         return outcome
-
-
-def _model_estimate(request: ModelRequest) -> Usage:
-    """The worst case of a model call: the prompt's size (≈4 characters a token) + max_tokens."""
-    return Usage(
-        input_tokens=request.prompt_chars() // 4 + 1,
-        output_tokens=request.max_tokens or 4096,
-        model_calls=1,
-    )  # see _reserve
-
-
-def _broken_usage(request: ModelRequest, usage: Usage, streamed: list[str]) -> Usage:
-    """A failed call's usage, at least what it streamed (for models that report too little)."""
-    if not streamed:
-        return usage  # nothing came back: the model's own account (e.g. a 400) stands
-    return floor_usage(
-        usage,
-        prompt_tokens=estimate_prompt_tokens(request.prompt_chars()),
-        output_tokens=_streamed_tokens(request, streamed),
-    )
-
-
-def _reported(value: Any, request: ModelRequest, streamed: list[str]) -> Usage:
-    """The usage a model reported (a Usage or its dict), without tool calls (not the model's
-    to count); ModelError when it is impossible (a negative, NaN or fractional count), which
-    charges the call its estimate instead."""
-    try:
-        usage = Usage.reported(value)
-    except ValueError as err:
-        raise ModelError(
-            f"the model reported an impossible usage: {err}",
-            usage=_cancelled_usage(request, streamed),
-        ) from None
-    return replace(usage, tool_calls=0) if usage.tool_calls else usage
-
-
-def _checked_call(call: Any, request: ModelRequest, streamed: list[str]) -> ToolCall:
-    """A tool call a model sent, when it is one: an id and a tool name (text), and arguments
-    within the limits (any model's: the provider adapters check theirs as they parse them,
-    another model could hand over a 2,000-deep object no later step can walk). Else a
-    ModelError, and the call is charged its estimate."""
-    try:
-        if not isinstance(call, dict):
-            raise ValueError(f"a tool call is a mapping, not {type(call).__name__}")
-        if not isinstance(call.get("id"), str) or not isinstance(call.get("tool"), str):
-            raise ValueError("a tool call needs an `id` and a `tool` name, both text")
-        check_tool_args(call.get("args"))
-    except ValueError as err:  # ToolArgsRejected included
-        raise ModelError(
-            f"the model sent an unusable tool call: {err}",
-            usage=_cancelled_usage(request, streamed),
-        ) from None
-    return cast(ToolCall, call)
-
-
-def _cancelled_usage(request: ModelRequest, streamed: list[str]) -> Usage:
-    """A call stopped from outside (cancelled) was sent: its prompt and what it streamed."""
-    return Usage(
-        input_tokens=estimate_prompt_tokens(request.prompt_chars()),
-        output_tokens=_streamed_tokens(request, streamed),
-        model_calls=1,
-    )
-
-
-def _streamed_tokens(request: ModelRequest, streamed: list[str]) -> int:
-    """The output estimate of what was streamed, at most the max_tokens the model was sent."""
-    tokens = estimate_output_tokens("".join(streamed), len(streamed))
-    return min(tokens, request.max_tokens) if request.max_tokens else tokens
-
-
-def _response_data(response: ModelResponse) -> dict[str, Any]:
-    return {
-        "text": response.text,
-        "tool_calls": response.tool_calls,
-        "usage": response.usage.to_dict(),
-        "finish_reason": response.finish_reason,
-    }
-
-
-def _response_from(data: Mapping[str, Any]) -> ModelResponse:
-    return ModelResponse(
-        text=data.get("text", ""),
-        tool_calls=list(data.get("tool_calls", [])),
-        usage=Usage.from_dict(data.get("usage", {}), trusted=True),
-        finish_reason=data.get("finish_reason", "end_turn"),
-    )

@@ -1,0 +1,106 @@
+"""What a model call sent back, checked, and what a call is charged: its worst case before,
+its reported usage after, and an estimate when it failed or was cut off."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import replace
+from typing import Any, cast
+
+from loomgraph.protocols import (
+    ModelError,
+    ModelRequest,
+    ModelResponse,
+    ToolCall,
+    Usage,
+    check_tool_args,
+)
+from loomgraph.protocols.usage import estimate_output_tokens, estimate_prompt_tokens, floor_usage
+
+
+def model_estimate(request: ModelRequest) -> Usage:
+    """The worst case of a model call: the prompt's size (≈4 characters a token) + max_tokens."""
+    return Usage(
+        input_tokens=request.prompt_chars() // 4 + 1,
+        output_tokens=request.max_tokens or 4096,
+        model_calls=1,
+    )
+
+
+def broken_usage(request: ModelRequest, usage: Usage, streamed: list[str]) -> Usage:
+    """A failed call's usage, at least what it streamed (for models that report too little)."""
+    if not streamed:
+        return usage  # nothing came back: the model's own account (e.g. a 400) stands
+    return floor_usage(
+        usage,
+        prompt_tokens=estimate_prompt_tokens(request.prompt_chars()),
+        output_tokens=streamed_tokens(request, streamed),
+    )
+
+
+def reported_usage(value: Any, request: ModelRequest, streamed: list[str]) -> Usage:
+    """The usage a model reported (a Usage or its dict), without tool calls (not the model's
+    to count); ModelError when it is impossible (a negative, NaN or fractional count), which
+    charges the call its estimate instead."""
+    try:
+        usage = Usage.reported(value)
+    except ValueError as err:
+        raise ModelError(
+            f"the model reported an impossible usage: {err}",
+            usage=cancelled_usage(request, streamed),
+        ) from None
+    return replace(usage, tool_calls=0) if usage.tool_calls else usage
+
+
+def checked_call(call: Any, request: ModelRequest, streamed: list[str]) -> ToolCall:
+    """A tool call a model sent, when it is one: an id and a tool name (text), and arguments
+    within the limits (any model's: the provider adapters check theirs as they parse them,
+    another model could hand over a 2,000-deep object no later step can walk). Else a
+    ModelError, and the call is charged its estimate."""
+    try:
+        if not isinstance(call, dict):
+            raise ValueError(f"a tool call is a mapping, not {type(call).__name__}")
+        if not isinstance(call.get("id"), str) or not isinstance(call.get("tool"), str):
+            raise ValueError("a tool call needs an `id` and a `tool` name, both text")
+        check_tool_args(call.get("args"))
+    except ValueError as err:  # ToolArgsRejected included
+        raise ModelError(
+            f"the model sent an unusable tool call: {err}",
+            usage=cancelled_usage(request, streamed),
+        ) from None
+    return cast(ToolCall, call)
+
+
+def cancelled_usage(request: ModelRequest, streamed: list[str]) -> Usage:
+    """A call stopped from outside (cancelled) was sent: its prompt and what it streamed."""
+    return Usage(
+        input_tokens=estimate_prompt_tokens(request.prompt_chars()),
+        output_tokens=streamed_tokens(request, streamed),
+        model_calls=1,
+    )
+
+
+def streamed_tokens(request: ModelRequest, streamed: list[str]) -> int:
+    """The output estimate of what was streamed, at most the max_tokens the model was sent."""
+    tokens = estimate_output_tokens("".join(streamed), len(streamed))
+    return min(tokens, request.max_tokens) if request.max_tokens else tokens
+
+
+def response_data(response: ModelResponse) -> dict[str, Any]:
+    """A model's answer as its effect's outcome keeps it."""
+    return {
+        "text": response.text,
+        "tool_calls": response.tool_calls,
+        "usage": response.usage.to_dict(),
+        "finish_reason": response.finish_reason,
+    }
+
+
+def response_from(data: Mapping[str, Any]) -> ModelResponse:
+    """A model's answer back from its effect's outcome (a replay)."""
+    return ModelResponse(
+        text=data.get("text", ""),
+        tool_calls=list(data.get("tool_calls", [])),
+        usage=Usage.from_dict(data.get("usage", {}), trusted=True),
+        finish_reason=data.get("finish_reason", "end_turn"),
+    )
