@@ -3,8 +3,11 @@ back equals what was journaled, a resumed run goes on from it, and readers get c
 
 from __future__ import annotations
 
+import array
 import asyncio
+import dataclasses
 import math
+import threading
 from typing import Any
 
 from hypothesis import given, settings
@@ -113,20 +116,41 @@ async def test_readers_of_a_stopped_run_get_copies() -> None:
     assert kept is not None and kept.outcome == {"text": "hi"}
 
 
-class _Opaque:
-    """A value a custom state field may hold: not plain data."""
+@dataclasses.dataclass
+class _Plan:
+    """A value of the user's own type, as a custom state field may hold."""
+
+    steps: list[str]
 
 
-async def test_a_run_holding_values_that_are_not_plain_data_is_kept_as_it_is() -> None:
+async def test_values_read_back_with_their_own_types() -> None:
     rt = InMemoryRuntime()
     await rt.start_run(_record())
-    value, nan = _Opaque(), math.nan
-    await rt.append_transition(
-        Transition("r1", 1, "plan", 1, {"plan": value, "x": nan}, "end", Usage(), 1.0)
-    )
+    values = {
+        "plan": _Plan(["a", "b"]),
+        "raw": bytearray(b"\x00\x01"),
+        "ints": array.array("i", [1, 2, 3]),
+        "pair": (1, "x"),
+        "x": math.nan,
+    }
+    await rt.append_transition(Transition("r1", 1, "plan", 1, values, "end", Usage(), 1.0))
+    await rt.begin_effect(EffectRecord("r1", "k", "tool", {"args": bytearray(b"x")}))
     await rt.finish_run("r1", RunStatus.COMPLETED, "", None)
     kept = (await rt.transitions("r1"))[0].patch
-    assert kept["plan"] is value and math.isnan(kept["x"])
+    assert {k: type(v) for k, v in kept.items()} == {k: type(v) for k, v in values.items()}
+    assert kept["plan"] == _Plan(["a", "b"]) and kept["plan"] is not values["plan"]
+    assert kept["ints"] == array.array("i", [1, 2, 3]) and math.isnan(kept["x"])
+    effect = await rt.effect("r1", "k")
+    assert effect is not None and type(effect.intent["args"]) is bytearray
+
+
+async def test_a_run_holding_a_value_pickle_cannot_take_is_kept_as_it_is() -> None:
+    rt = InMemoryRuntime()
+    await rt.start_run(_record())
+    lock = threading.Lock()
+    await rt.append_transition(Transition("r1", 1, "plan", 1, {"lock": lock}, "end", Usage(), 1.0))
+    await rt.finish_run("r1", RunStatus.COMPLETED, "", None)
+    assert (await rt.transitions("r1"))[0].patch["lock"] is lock
 
 
 async def test_forgetting_a_stopped_run_forgets_its_records() -> None:
