@@ -108,7 +108,7 @@ def resume_value(record: RunRecord, value: Any) -> ResumeValue:
     return ResumeValue(pending.node, adapter.dump_python(checked, mode="json"))
 
 
-def approval(record: RunRecord, approve: Any) -> Approval:
+def approval(record: RunRecord, approve: Any) -> BoundApproval:
     """The approval of the pending call, bound to its request (`Pending.key`): an `Approval`
     naming that call, or the shorthands True, False or {"args": edited}, bound to the one
     pending call. An answer that cannot be used raises a `ResumeError` naming the field,

@@ -133,6 +133,8 @@ class FleetQueue:
             )
             # A table made before runs kept their queue: those runs answer on DEFAULT_QUEUE.
             await con.execute(f"ALTER TABLE {self.runs_table} ADD COLUMN IF NOT EXISTS queue TEXT")
+            # The agent that submitted the run (its record names none until it starts).
+            await con.execute(f"ALTER TABLE {self.runs_table} ADD COLUMN IF NOT EXISTS agent TEXT")
 
     async def enqueue(
         self, con: Any, job: RunJob, *, queue: str, priority: int, delay: float | None
@@ -148,13 +150,24 @@ class FleetQueue:
         ids = await queries.enqueue(queue, job.encode(), priority, after, dedupe_key=job.run_id)
         job_id = int(ids[0])
         await con.execute(
-            f"INSERT INTO {self.runs_table} (run_id, job_id, queue) VALUES ($1, $2, $3) "
-            "ON CONFLICT (run_id) DO UPDATE SET job_id = excluded.job_id, queue = excluded.queue",
+            f"INSERT INTO {self.runs_table} (run_id, job_id, queue, agent) "
+            "VALUES ($1, $2, $3, NULLIF($4, '')) ON CONFLICT (run_id) DO UPDATE SET "
+            "job_id = excluded.job_id, queue = excluded.queue, "
+            f"agent = COALESCE(excluded.agent, {self.runs_table}.agent)",
             job.run_id,
             job_id,
             queue,
+            job.agent,
         )
         return job_id
+
+    async def run_agent(self, run_id: str) -> str:
+        """The name of the agent that submitted the run ('' when none was kept)."""
+        async with self.runtime.transaction() as con:
+            found = await con.fetchval(
+                f"SELECT agent FROM {self.runs_table} WHERE run_id = $1", run_id
+            )
+        return found or ""
 
     async def run_queue(self, con: Any, run_id: str) -> str:
         """The queue the run's last job went to (DEFAULT_QUEUE when none is kept)."""

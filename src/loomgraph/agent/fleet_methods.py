@@ -78,4 +78,4 @@ class FleetMethods:
     async def cancel(self, run_id: str, *, by: str = "agent.cancel") -> CancelOutcome:
         """Cancel a fleet run: a queued one never starts, a running one stops at its next
         effect boundary; journaled `cancelled by <by>`."""
-        return await submitting.cancel(self.deps, run_id, by=by)
+        return await submitting.cancel(self.deps, run_id, by=by, agent_name=self.name)

@@ -15,13 +15,18 @@ import weakref
 from datetime import UTC, datetime
 from typing import Any
 
-from loomgraph.agent.checkpoints import approval, check_agent, resume_value
+from loomgraph.agent.checkpoints import (
+    RunOfAnotherAgent,
+    approval,
+    check_agent,
+    resume_value,
+)
 from loomgraph.agent.fleet import FleetError, FleetQueue, JobKind, RunJob
 from loomgraph.agent.fleet import fleet_queue as queue_of
 from loomgraph.agent.leases import hold_lease
 from loomgraph.agent.pinning import graph_key
 from loomgraph.agent.result import RunResult
-from loomgraph.engine.effects import Approval
+from loomgraph.engine.effects import BoundApproval
 from loomgraph.errors import InputTooLarge
 from loomgraph.graph.compiled import CompiledGraph
 from loomgraph.protocols import Deps, RunRecord, RunStatus, UnknownRun
@@ -193,14 +198,16 @@ def _check_placement(priority: int, queue: str | None) -> None:
         raise FleetError(f"queue must be a non-empty name, not {queue!r}")
 
 
-def _approval_data(answer: Approval) -> dict[str, Any]:
-    """An approval as the data `agent.resume(approve=...)` takes back."""
+def _approval_data(answer: BoundApproval) -> dict[str, Any]:
+    """An approval as the data `agent.resume(approve=...)` takes back, bound to the request
+    it was checked against (`key`): the worker's resume settles that request or nothing."""
     return {
         "call_id": answer.call_id,
         "allow": answer.allow,
         "args": answer.args,
         "approver": answer.approver,
         "reason": answer.reason,
+        "key": answer.key,
     }
 
 
@@ -255,14 +262,20 @@ async def _settled(fleet: FleetQueue, run_id: str) -> bool:
     return statuses.get(job_id) not in ("queued", "picked")
 
 
-async def cancel(deps: Deps, run_id: str, *, by: str) -> CancelOutcome:
+async def cancel(deps: Deps, run_id: str, *, by: str, agent_name: str = "") -> CancelOutcome:
     """Cancel a run from anywhere: one nobody advances is journaled `cancelled` at once (a
-    queued one never starts); one a worker advances stops at its next effect boundary."""
+    queued one never starts); one a worker advances stops at its next effect boundary. A run
+    another named Agent started or submitted is refused (`RunOfAnotherAgent`)."""
     runtime = deps.runtime
     fleet = await _queue(deps)
     record = await runtime.load_run(run_id)
     if record is None:
         raise UnknownRun(run_id)
+    check_agent(record, agent_name)
+    if record.initial is None:  # queued: its record names no agent yet, its job does
+        owner = await fleet.run_agent(run_id)
+        if owner and owner != agent_name:
+            raise RunOfAnotherAgent(run_id, owner, agent_name)
     if record.status.final or record.status in _ENDED:
         raise RunNotCancellable(run_id, str(record.status))
     try:

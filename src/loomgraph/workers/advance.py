@@ -12,7 +12,7 @@ from loomgraph.agent.checkpoints import RunOfAnotherAgent, check_agent
 from loomgraph.agent.fleet import FleetQueue, JobKind, RunJob
 from loomgraph.agent.leases import hold_lease
 from loomgraph.agent.result import RunResult
-from loomgraph.engine.effects import Approval
+from loomgraph.engine.effects import BoundApproval
 from loomgraph.graph.imports import import_object
 from loomgraph.protocols import RunStatus
 
@@ -94,5 +94,7 @@ async def advance(agent: Agent, fleet: FleetQueue, job: RunJob) -> Advanced:
 async def _resume(agent: Agent, run_id: str, **answer: Any) -> RunResult:
     """`agent.resume`, counting a recovery when the run crashed (dead letter after N)."""
     if "approve" in answer and isinstance(answer["approve"], dict):
-        answer["approve"] = Approval(**answer["approve"])
+        # Bound to the request `submit_resume` checked it against (its `key`; a job written
+        # before jobs kept it has none): never to a later request for a same-id call.
+        answer["approve"] = BoundApproval(**answer["approve"])
     return await agent.resume(run_id, **answer)

@@ -14,7 +14,7 @@ from typing import Any
 
 from loomgraph._storage.pg_pool import import_asyncpg
 from loomgraph.agent.agent import Agent
-from loomgraph.agent.checkpoints import RunOfAnotherAgent
+from loomgraph.agent.checkpoints import ApprovalRefused, RunOfAnotherAgent
 from loomgraph.agent.fleet import DEFAULT_QUEUE, FleetError, FleetQueue, RunJob, fleet_queue
 from loomgraph.agent.leases import owner_is_dead
 from loomgraph.engine.scope import stop_request
@@ -149,6 +149,10 @@ class Worker:
                 # expires_at is by the database clock; this host's is close enough here.
                 wait = max(0.05, min(wait, err.expires_at - time.time()))
             raise RetryRequested(timedelta(seconds=wait), "run leased") from None
+        except ApprovalRefused as err:
+            # The answer this job brings settles nothing any more (its request was answered
+            # meanwhile, or the run waits for another call now): nothing ran, the job is done.
+            log.warning("run %s: the job's answer was not used: %s", work.run_id, err)
         except RunOfAnotherAgent as err:
             # A queue this worker's agent shares with another: the job goes back for a
             # worker of its own agent (docs/scaling.md: give each agent queues of its own).

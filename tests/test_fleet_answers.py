@@ -1,0 +1,96 @@
+"""Fleet answers and cancels keep their bindings: an approval submitted for one request stays
+bound to it on its way through the queue, and only the agent a run belongs to cancels it.
+Against the real Postgres server (tests/pg.py), each test in a schema of its own."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+import pg
+from loomgraph import Agent, tool
+from loomgraph.agent.checkpoints import ApprovalRefused, RunOfAnotherAgent, pending_of
+from loomgraph.agent.fleet import RunJob, fleet_queue
+from loomgraph.engine.effects import BoundApproval
+from loomgraph.models import ScriptedModel
+from loomgraph.protocols import ModelRequest, RunStatus
+from loomgraph.runtime import PostgresRuntime
+from loomgraph.workers.advance import advance
+
+pytestmark = pytest.mark.postgres
+pg_schema = pg.pg_schema
+
+PAID: list[tuple[str, int]] = []
+
+
+@tool(destructive=True)
+def pay(to: str, amount: int) -> str:
+    """Pay someone."""
+    PAID.append((to, amount))
+    return f"paid {amount} to {to}"
+
+
+def same_id_twice(request: ModelRequest) -> Any:
+    """Asks to pay acme; denied, asks again with the same call id to pay mallory more."""
+    if request.call_index == 0:
+        return {"tool_calls": [{"id": "c1", "tool": "pay", "args": {"to": "acme", "amount": 5}}]}
+    if request.call_index == 1:
+        args = {"to": "mallory", "amount": 999}
+        return {"tool_calls": [{"id": "c1", "tool": "pay", "args": args}]}
+    return "done"
+
+
+def agent(schema: str, name: str) -> Agent:
+    runtime = PostgresRuntime(pg.postgres_dsn(), schema=schema)
+    return Agent("x", model=ScriptedModel(same_id_twice), tools=[pay], runtime=runtime, name=name)
+
+
+async def _last_job(a: Agent, schema: str, run_id: str) -> RunJob:
+    fleet = fleet_queue(a.deps.runtime)
+    job_id, _ = await fleet.job_of(run_id)
+    async with a.deps.runtime.transaction() as con:  # type: ignore[attr-defined]
+        payload = await con.fetchval(
+            f'SELECT payload FROM "{schema}".pgqueuer WHERE id = $1', job_id
+        )
+    return RunJob.decode(payload)
+
+
+async def test_a_submitted_answer_settles_its_request_or_nothing(pg_schema: str) -> None:
+    PAID.clear()
+    async with agent(pg_schema, "a") as a:
+        fleet = fleet_queue(a.deps.runtime)
+        await fleet.install()
+        waiting = await a.run("pay", user_id="alice")
+        record = await a.deps.runtime.load_run(waiting.run_id)
+        assert record is not None
+        first = pending_of(record)
+        assert first is not None
+        # Approver X answers the request it saw, through the fleet.
+        await a.submit_resume(waiting.run_id, approve=BoundApproval("c1", True, key=first.key))
+        job = await _last_job(a, pg_schema, waiting.run_id)
+        assert job.answer["approve"]["key"] == first.key  # the binding travels with the job
+        # Before a worker takes the job, approver Y denies it; the model asks again, same id.
+        again = await a.resume(waiting.run_id, approve=False)
+        assert again.status == RunStatus.AWAITING_APPROVAL
+        with pytest.raises(ApprovalRefused, match="request"):
+            await advance(a, fleet, job)  # what a worker does with the job
+        assert PAID == []
+        record = await a.deps.runtime.load_run(waiting.run_id)
+        assert record is not None and record.status == RunStatus.AWAITING_APPROVAL
+
+
+async def test_only_the_runs_own_agent_cancels_it(pg_schema: str) -> None:
+    async with agent(pg_schema, "a") as a, agent(pg_schema, "b") as b:
+        await fleet_queue(a.deps.runtime).install()
+        waiting = (await a.run("pay", user_id="alice")).run_id
+        queued = await a.submit("pay", user_id="alice")
+        for run_id in (waiting, queued):
+            before = await a.deps.runtime.load_run(run_id)
+            with pytest.raises(RunOfAnotherAgent, match="'a'"):
+                await b.cancel(run_id, by="b")
+            assert await a.deps.runtime.load_run(run_id) == before
+        for run_id in (waiting, queued):
+            await a.cancel(run_id, by="a")
+            record = await a.deps.runtime.load_run(run_id)
+            assert record is not None and record.status == RunStatus.CANCELLED
