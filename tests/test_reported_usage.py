@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from loomgraph import Agent, tool
 from loomgraph.governance import BudgetConfig, Caps, InMemoryLedger, StandardBudget
-from loomgraph.governance.ledger import Decide, Totals
+from loomgraph.governance.ledger import NANO_USD, Decide, Totals
 from loomgraph.models import ScriptedModel
 from loomgraph.protocols import ModelRequest, Usage
 
@@ -154,3 +154,15 @@ async def test_a_run_cancelled_while_its_tool_call_is_charged_is_still_charged()
     again = Agent("x", model=ScriptedModel(turns), tools=[pay], budget=spending)
     refused = await again.run("again", user_id="bob")
     assert refused.status == "budget_exhausted" and paid == ["paid"]
+
+
+async def test_a_runs_usage_carries_the_cost_its_ledger_charged() -> None:
+    # The model reports tokens but no cost; the budget prices them with the agent's model.
+    budget = StandardBudget(BudgetConfig(cost_usd=10.0))
+    model = ReportingModel({"input_tokens": 1000, "output_tokens": 500})
+    result = await Agent("x", model=model, budget=budget).run("go")
+    assert result.status == "completed"
+    expected = (1000 * 3.0 + 500 * 15.0) / 1_000_000  # claude-sonnet-4-5's table prices
+    assert result.usage.cost_usd == pytest.approx(expected)
+    charged = (await budget.totals()).spent["cost_usd"] / NANO_USD
+    assert charged == pytest.approx(result.usage.cost_usd, abs=1e-9)

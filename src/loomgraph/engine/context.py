@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
 from contextlib import aclosing
+from dataclasses import replace
 from typing import Any
 
 from loomgraph.engine import audit_trail as trail
@@ -216,9 +217,19 @@ class VisitContext:
                 if streamed:  # no event now: the run may be cancelled, its consumer gone
                     self._cut_off = call_id
                 raise
+            response.usage = self._priced(response.usage)
             await attempts.settle(response.usage)
             return response
         raise AssertionError("unreachable: the last attempt returns or raises")
+
+    def _priced(self, usage: Usage) -> Usage:
+        """The answer's usage with the cost the budget charges for it, when the model
+        reported none: the run's usage and the ledger then say the same."""
+        price = getattr(self.scope.deps.budget, "price", None)
+        if usage.cost_usd or price is None or not self.scope.deps.budgeted:
+            return usage
+        cost = float(price(usage))
+        return replace(usage, cost_usd=cost) if cost else usage
 
     async def _void(self, call_id: str, reason: VoidReason) -> None:
         """Tell the consumer that the chunks `call_id` streamed so far stand for nothing."""

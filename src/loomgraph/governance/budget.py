@@ -145,8 +145,12 @@ class StandardBudget:
     def measure(self, reservation: Reservation, actual: Usage) -> dict[str, int]:
         """What a settled effect spent; counts the actual usage omits (leaves at zero) are the
         reserved ones, and a zero cost is priced from the tokens."""
-        cost = float(actual.cost_usd) if actual.cost_usd else self._cost(actual)
-        return metrics_of(actual, cost, counts_of(reservation, actual))
+        return metrics_of(actual, self.price(actual), counts_of(reservation, actual))
+
+    def price(self, usage: Usage) -> float:
+        """What `usage` costs as this budget charges it, in USD: its own `cost_usd`, else its
+        tokens priced with the budget's model and prices (0.0 without a model to price)."""
+        return float(usage.cost_usd) if usage.cost_usd else self._cost(usage)
 
     def _cost(self, usage: Usage) -> float:
         prices = self.config.prices
