@@ -217,7 +217,8 @@ class VisitContext:
                 if streamed:  # no event now: the run may be cancelled, its consumer gone
                     self._cut_off = call_id
                 raise
-            response.usage = self._priced(response.usage)
+            if self.scope.deps.budgeted:  # (without caps there is no ledger to agree with)
+                response.usage = self._priced(response.usage)
             await attempts.settle(response.usage)
             return response
         raise AssertionError("unreachable: the last attempt returns or raises")
@@ -226,7 +227,7 @@ class VisitContext:
         """The answer's usage with the cost the budget charges for it, when the model
         reported none: the run's usage and the ledger then say the same."""
         price = getattr(self.scope.deps.budget, "price", None)
-        if usage.cost_usd or price is None or not self.scope.deps.budgeted:
+        if usage.cost_usd or price is None:
             return usage
         cost = float(price(usage))
         return replace(usage, cost_usd=cost) if cost else usage
