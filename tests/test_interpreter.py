@@ -15,6 +15,7 @@ from loomgraph.authoring.loader import graph_from_yaml
 from loomgraph.graph.node_context import NodeContext
 from loomgraph.graph.registry import _REGISTRY
 from loomgraph.models import ScriptedModel
+from loomgraph.protocols import ModelRequest
 from loomgraph.testing import run_node
 
 CALC = {"tool_calls": [{"tool": "add", "args": {"a": 2, "b": 3}}]}
@@ -62,6 +63,21 @@ async def test_event_order_and_payloads() -> None:
     assert all(e.user_id == "u1" and e.session_id == "s1" for e in events)
     assert [e.seq for e in events if e.kind == "node_completed"] == [1, 2, 3]
     assert events[-1].payload["result"]["output"] == "done"
+
+
+async def test_a_stream_consumer_hears_run_started_before_the_run_does_anything() -> None:
+    asked: list[int] = []
+
+    def script(request: ModelRequest) -> str:
+        asked.append(request.call_index)
+        return "done"
+
+    agent = Agent("x", model=ScriptedModel(script))
+    async for event in agent.stream("go"):
+        if event.kind == "run_started":
+            # (what a caller needs to name the run if it is interrupted from here on)
+            assert asked == [], "the run called its model before its start was heard"
+    assert asked == [0]
 
 
 async def test_a_model_that_never_stops_hits_the_visit_limit() -> None:

@@ -10,6 +10,7 @@ from typing import Any
 from loomgraph.agent.result import RunResult
 from loomgraph.engine.scope import EventSink
 from loomgraph.protocols import Event
+from loomgraph.protocols.events import RUN_STARTED
 
 _STREAM_BUFFER = 32  # events a slow consumer may fall behind before the run waits for it
 _DONE = object()
@@ -28,6 +29,10 @@ async def event_stream(
     async def sink(event: Event) -> None:
         await on_event(event)
         await queue.put(event)
+        if event.kind == RUN_STARTED:
+            # One pass of the loop: the consumer hears that the run started (and its id)
+            # before the run does anything, such as a model call a Ctrl-C may cut short.
+            await asyncio.sleep(0)
 
     async def produce() -> RunResult:
         try:
