@@ -368,8 +368,10 @@ async def open_sqlite(
     """
     in_memory = path == ":memory:"
     if not in_memory:
-        check_sqlite_file(path)
-        loss = lost_wal_frames(path)
+        with _direct_reads(path) as safe:  # both checks under one look at the descriptors
+            if safe:
+                _check_sqlite_file(path)
+            loss = _lost_wal_frames(path) if safe else None
         if loss is not None and (loss.foreign or not accept_lost_wal):
             problem = SqliteFileProblem(
                 "corrupted", loss.detail, integrity_of(path, immutable=True)
