@@ -151,6 +151,8 @@ def integrity_of(path: str, *, immutable: bool = False, busy_timeout: float | No
 # that a statement or the file is wrong: another connection's lock (held past busy_timeout),
 # or a file that cannot be opened, read or written (I/O, permissions, a full disk).
 BUSY_ERRORS = ("SQLITE_BUSY", "SQLITE_LOCKED")
+# And those that say the file itself is damaged, or no database.
+CORRUPT_ERRORS = ("SQLITE_CORRUPT", "SQLITE_NOTADB")
 UNAVAILABLE_ERRORS = (
     *BUSY_ERRORS,
     "SQLITE_CANTOPEN",
@@ -169,6 +171,25 @@ def is_busy(err: sqlite3.Error) -> bool:
 
 def locked_for_too_long(err: sqlite3.Error, busy_timeout: float) -> str:
     return f"{err} for longer than busy_timeout={busy_timeout}s"
+
+
+def unavailable_detail(err: sqlite3.Error, busy_timeout: float) -> str | None:
+    """What to say when `err` means the file cannot be used now (a lock held past
+    `busy_timeout`, a file that cannot be opened, read or written), else None."""
+    if is_busy(err):
+        return locked_for_too_long(err, busy_timeout)
+    if getattr(err, "sqlite_errorname", "").startswith(UNAVAILABLE_ERRORS):
+        return str(err)
+    return None
+
+
+def reads_as_damaged(err: sqlite3.Error) -> bool:
+    """Whether `err` says a store's file is damaged, or not the store's at all (a table or
+    column every such file has is missing)."""
+    name = getattr(err, "sqlite_errorname", "")
+    return name.startswith(CORRUPT_ERRORS) or str(err).startswith(
+        ("no such table", "no such column")
+    )
 
 
 class WalLoss(NamedTuple):
@@ -304,9 +325,6 @@ async def enable_wal(conn: aiosqlite.Connection, busy_timeout: float) -> None:
         statement = "PRAGMA journal_mode = WAL"
 
 
-_CORRUPT = ("SQLITE_CORRUPT", "SQLITE_NOTADB")
-
-
 async def connect_sqlite(path: str) -> aiosqlite.Connection:
     """A connection in autocommit mode (transactions are begun explicitly)."""
     conn = aiosqlite.connect(path, isolation_level=None, factory=GuardedConnection)
@@ -351,7 +369,7 @@ async def set_busy_timeout(conn: aiosqlite.Connection, busy_timeout: float) -> N
 def sqlite_problem(path: str, err: sqlite3.Error, busy_timeout: float) -> SqliteFileProblem:
     """An SQLite error met while opening `path`, as a SqliteFileProblem naming the file."""
     text = locked_for_too_long(err, busy_timeout) if is_busy(err) else str(err)
-    if getattr(err, "sqlite_errorname", "").startswith(_CORRUPT):
+    if getattr(err, "sqlite_errorname", "").startswith(CORRUPT_ERRORS):
         return SqliteFileProblem("corrupted", f"{path}: {text}", text)
     return SqliteFileProblem("unavailable", f"{path}: {text}")
 
@@ -392,7 +410,7 @@ async def open_sqlite(
             await enable_wal(conn, busy_timeout)
     except sqlite3.DatabaseError as err:
         await conn.close()
-        if getattr(err, "sqlite_errorname", "") in _CORRUPT:
+        if getattr(err, "sqlite_errorname", "") in CORRUPT_ERRORS:
             raise SqliteFileProblem("corrupted", str(err), str(err)) from None
         raise
     except BaseException:

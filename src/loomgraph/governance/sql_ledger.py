@@ -32,17 +32,15 @@ import aiosqlite
 from loomgraph._storage.cursor import Cursor, SqliteCursor
 from loomgraph._storage.sqlite_conn import SqliteConnection
 from loomgraph._storage.sqlite_files import (
-    BUSY_ERRORS,
-    UNAVAILABLE_ERRORS,
     SqliteFileProblem,
     Synchronous,
     checked_synchronous,
     connect_sqlite,
     enable_wal,
     execute_all,
-    locked_for_too_long,
     set_busy_timeout,
     sqlite_problem,
+    unavailable_detail,
 )
 from loomgraph._storage.sqlite_inline import InlineWriter
 from loomgraph.governance.ledger import (
@@ -217,10 +215,6 @@ class _SqlLedger(Ledger):
 
 # ---------------------------------------------------------------------------- SQLite
 
-# SQLite's answers that say the file cannot be used now, not that a statement or the file is
-# wrong: another connection's lock (held past busy_timeout), a file that cannot be opened,
-# read or written (I/O, permissions, a full disk).
-
 
 class _SqliteLedgerUnavailable(LedgerUnavailable, SqliteFileProblem):
     """A `SqliteLedger`'s LedgerUnavailable; also the SqliteFileProblem (kind "unavailable")
@@ -298,13 +292,8 @@ class SqliteLedger(_SqlLedger):
         anything else (a constraint, damage, what `decide` raised) unchanged."""
         if not isinstance(err, sqlite3.Error):
             return err
-        name = getattr(err, "sqlite_errorname", "")
-        if name.startswith(BUSY_ERRORS):
-            detail = locked_for_too_long(err, self.busy_timeout)
-            return _SqliteLedgerUnavailable(self.location, detail)
-        if name.startswith(UNAVAILABLE_ERRORS):
-            return _SqliteLedgerUnavailable(self.location, str(err))
-        return err
+        detail = unavailable_detail(err, self.busy_timeout)
+        return err if detail is None else _SqliteLedgerUnavailable(self.location, detail)
 
     def _open_failed(self, err: sqlite3.Error | SqliteFileProblem) -> Exception:
         """An error met while opening the file: LedgerUnavailable when the file cannot be

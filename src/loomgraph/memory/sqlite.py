@@ -12,10 +12,10 @@ import aiosqlite
 from loomgraph._storage.cursor import Cursor, SqliteCursor
 from loomgraph._storage.sqlite_conn import SqliteConnection
 from loomgraph._storage.sqlite_files import (
-    BUSY_ERRORS,
-    UNAVAILABLE_ERRORS,
     SqliteFileProblem,
     open_sqlite,
+    reads_as_damaged,
+    unavailable_detail,
 )
 from loomgraph.memory.errors import MemoryBackendError, MemoryCorrupted, MemoryUnavailable
 from loomgraph.memory.records import Fact, MemoryLimits
@@ -125,19 +125,12 @@ class SqliteMemory(SqlMemory):
     def _translate(self, err: Exception) -> Exception:
         if not isinstance(err, sqlite3.Error):
             return err
-        name = getattr(err, "sqlite_errorname", "")
-        text = str(err)
-        if name.startswith(("SQLITE_CORRUPT", "SQLITE_NOTADB")) or text.startswith(
-            ("no such table", "no such column")
-        ):
-            return MemoryCorrupted(self.where, text)
-        if name.startswith(BUSY_ERRORS):
-            return MemoryUnavailable(
-                self.where, f"{text} for longer than busy_timeout={self.busy_timeout}s"
-            )
-        if name.startswith(UNAVAILABLE_ERRORS):
-            return MemoryUnavailable(self.where, text)
-        return MemoryBackendError(self.where, text)  # e.g. a constraint a trigger raised
+        if reads_as_damaged(err):
+            return MemoryCorrupted(self.where, str(err))
+        detail = unavailable_detail(err, self.busy_timeout)
+        if detail is not None:
+            return MemoryUnavailable(self.where, detail)
+        return MemoryBackendError(self.where, str(err))  # e.g. a constraint a trigger raised
 
     # ------------------------------------------------------------------ search
 

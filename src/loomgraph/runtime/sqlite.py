@@ -14,7 +14,6 @@ import aiosqlite
 from loomgraph._storage.cursor import SqliteCursor
 from loomgraph._storage.sqlite_conn import SqliteConnection
 from loomgraph._storage.sqlite_files import (
-    BUSY_ERRORS,
     SqliteFileProblem,
     Synchronous,
     WalLoss,
@@ -22,6 +21,8 @@ from loomgraph._storage.sqlite_files import (
     execute_all,
     lost_wal_frames,
     open_sqlite,
+    reads_as_damaged,
+    unavailable_detail,
 )
 from loomgraph._storage.sqlite_inline import InlineWriter
 from loomgraph.protocols.ledger import LedgerSite, SqliteSite
@@ -54,7 +55,6 @@ SQLITE = Dialect(
     now="((julianday('now') - 2440587.5) * 86400.0)",
     without_rowid=" WITHOUT ROWID",
 )
-_CORRUPT = ("SQLITE_CORRUPT", "SQLITE_NOTADB")
 
 
 class SqliteRuntime(SqlJournal):
@@ -157,15 +157,10 @@ class SqliteRuntime(SqlJournal):
             # An IntegrityError is a record that breaks a NOT NULL column: the caller's bug,
             # not the file's.
             return err
-        name = getattr(err, "sqlite_errorname", "")
-        text = str(err)
-        if name.startswith(_CORRUPT) or text.startswith(("no such table", "no such column")):
-            return JournalCorrupted(self.location, text)
-        if name.startswith(BUSY_ERRORS):
-            return JournalUnavailable(
-                self.location, f"{text} for longer than busy_timeout={self.busy_timeout}s"
-            )
-        return JournalUnavailable(self.location, text)
+        if reads_as_damaged(err):
+            return JournalCorrupted(self.location, str(err))
+        detail = unavailable_detail(err, self.busy_timeout)
+        return JournalUnavailable(self.location, str(err) if detail is None else detail)
 
     # ------------------------------------------------------------------ opening
 
