@@ -70,10 +70,23 @@ class RunOfAnotherAgent(ResumeError):
         self.run_id, self.owner, self.agent_name = run_id, owner, agent_name
 
 
+def may_go_on(owner: str, agent_name: str) -> bool:
+    """The one rule of which agent goes on with a run: an Agent called `agent_name` may go on
+    with a run the agent `owner` started or submitted when the owner is unknown (unnamed, or a
+    journal from before names were kept) or the same."""
+    return not owner or owner == agent_name
+
+
 def check_agent(record: RunRecord, agent_name: str) -> None:
     """`RunOfAnotherAgent` unless an Agent called `agent_name` may go on with the run."""
-    if not record.belongs_to(agent_name):
-        raise RunOfAnotherAgent(record.run_id, record.agent_name, agent_name)
+    check_owner(record.run_id, record.agent_name, agent_name)
+
+
+def check_owner(run_id: str, owner: str, agent_name: str) -> None:
+    """`RunOfAnotherAgent` unless an Agent called `agent_name` may go on with a run the
+    agent `owner` started or submitted ("": not known)."""
+    if not may_go_on(owner, agent_name):
+        raise RunOfAnotherAgent(run_id, owner, agent_name)
 
 
 def _in_time(record: RunRecord, pending: Pending) -> None:

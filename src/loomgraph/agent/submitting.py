@@ -16,9 +16,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 from loomgraph.agent.checkpoints import (
-    RunOfAnotherAgent,
     approval,
     check_agent,
+    check_owner,
     resume_value,
 )
 from loomgraph.agent.fleet import FleetError, FleetQueue, JobKind, RunJob
@@ -273,9 +273,7 @@ async def cancel(deps: Deps, run_id: str, *, by: str, agent_name: str = "") -> C
         raise UnknownRun(run_id)
     check_agent(record, agent_name)
     if record.initial is None:  # queued: its record names no agent yet, its job does
-        owner = await fleet.run_agent(run_id)
-        if owner and owner != agent_name:
-            raise RunOfAnotherAgent(run_id, owner, agent_name)
+        check_owner(run_id, await fleet.run_agent(run_id), agent_name)
     if record.status.final or record.status in _ENDED:
         raise RunNotCancellable(run_id, str(record.status))
     try:

@@ -106,11 +106,6 @@ class RunRecord:
         """The name of the Agent that started the run ("": unnamed, or not recorded)."""
         return self.initial.agent if self.initial is not None else ""
 
-    def belongs_to(self, agent_name: str) -> bool:
-        """True when an Agent called `agent_name` may go on with this run: the run's
-        agent is unknown (unnamed, or a journal from before names were kept) or the same."""
-        return not self.agent_name or self.agent_name == agent_name
-
 
 @dataclass(slots=True, frozen=True)
 class RunStart:

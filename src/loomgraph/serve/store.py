@@ -20,6 +20,7 @@ from loomgraph._storage.cursor import Cursor, PgCursor, SqliteCursor
 from loomgraph._storage.pg_pool import LoopPool, import_asyncpg, open_pool, quote_ident
 from loomgraph._storage.sqlite_conn import SqliteConnection
 from loomgraph._storage.sqlite_files import open_sqlite
+from loomgraph.agent.checkpoints import may_go_on
 from loomgraph.protocols import RunRecord, RunStatus, Runtime
 from loomgraph.runtime.codec import run_from_row
 from loomgraph.runtime.schema import RUN_READ
@@ -97,7 +98,7 @@ class ServeStore(Protocol):
 
     async def run(self, run_id: str, user_id: str, *, agent: str | None = None) -> RunRecord | None:
         """The run when it is this user's and, with `agent`, one an Agent of that name may
-        go on with (`RunRecord.belongs_to`), else None."""
+        go on with (`checkpoints.may_go_on`), else None."""
         ...
 
     async def runs(
@@ -163,7 +164,7 @@ class MemoryStore:
         """The run when it is this user's (and the agent's)."""
         for record in await self._runtime.runs(user_id):
             if record.run_id == run_id:
-                return record if agent is None or record.belongs_to(agent) else None
+                return record if agent is None or may_go_on(record.agent_name, agent) else None
         return None
 
     async def runs(
@@ -183,7 +184,7 @@ class MemoryStore:
             for r in rows
             if (status is None or r.status == status)
             and (graph is None or r.graph_name == graph)
-            and (agent is None or r.belongs_to(agent))
+            and (agent is None or may_go_on(r.agent_name, agent))
         ]
         start = _position(cursor) if cursor else 0
         page = rows[start : start + limit]
@@ -258,7 +259,7 @@ class SqlStore:
 
     def _agent_filter(self, agent: str | None, where: list[str], args: list[Any]) -> None:
         """Keep the runs an Agent called `agent` may go on with: the runs of that name, and
-        those of no recorded name (`RunRecord.belongs_to`, in SQL)."""
+        those of no recorded name (`checkpoints.may_go_on`, in SQL)."""
         if agent is not None:
             where.append(f"COALESCE({self._agent_of}, '') IN ('', ?)")
             args.append(agent)

@@ -8,7 +8,7 @@ import logging
 from typing import Any
 
 from loomgraph.agent.agent import Agent
-from loomgraph.agent.checkpoints import RunOfAnotherAgent, check_agent
+from loomgraph.agent.checkpoints import check_agent, check_owner
 from loomgraph.agent.fleet import FleetQueue, JobKind, RunJob
 from loomgraph.agent.leases import hold_lease
 from loomgraph.agent.result import RunResult
@@ -41,11 +41,9 @@ async def advance(agent: Agent, fleet: FleetQueue, job: RunJob) -> Advanced:
     `RunOfAnotherAgent`, before the lease is taken, for a run an Agent of another name started.
     """
     runtime = agent.deps.runtime
-    if job.agent and job.agent != agent.name:
-        # Submitted by another agent (a queue two agents share): a queued run's record names
-        # no agent yet, its job does. A job naming none (written before jobs named their
-        # agent, or by an unnamed one) is left to the record's check below.
-        raise RunOfAnotherAgent(job.run_id, job.agent, agent.name)
+    # Submitted by another agent (a queue two agents share)? A queued run's record names no
+    # agent yet, its job does; a job naming none is left to the record's check below.
+    check_owner(job.run_id, job.agent, agent.name)
     # Before the lease, which is a write: a run's agent is set when it starts (a queued run
     # has none yet) and never changes, and `agent.resume` checks it again below.
     seen = await runtime.load_run(job.run_id)
