@@ -44,7 +44,8 @@ class MCPServerError(LoomgraphError):
 
 
 class MCPListingTooLarge(MCPServerError):
-    """A server's tool listing ran past `MCPServer.max_pages` pages or `max_tools` tools."""
+    """A server's tool listing ran past `MCPServer.max_pages` pages, `max_tools` tools or
+    `max_listing_chars` characters."""
 
 
 class Link:
