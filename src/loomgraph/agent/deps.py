@@ -11,6 +11,7 @@ from loomgraph.engine.scope import active_scope
 from loomgraph.errors import LoomgraphError
 from loomgraph.protocols import (
     BUDGET_WARNING,
+    ArgumentReader,
     AuditLog,
     Budget,
     Deps,
@@ -240,6 +241,9 @@ def build_deps(
         max_invalid_tool_args=max_invalid_tool_args,
         size_limits=size_limits or SizeLimits(),
         startable_tools=host if isinstance(host, StartableToolHost) else None,
+        arg_reader=host if isinstance(host, ArgumentReader) else None,
+        # Permissions that do not say otherwise may read arguments (a policy of the user's).
+        permissions_read_args=bool(getattr(permissions, "reads_arguments", True)),
         # With no configuration a destructive tool asks (the `default` mode), never runs unasked.
         permissions=permissions,
         pinnable=pinnable,

@@ -16,6 +16,7 @@ from typing import Any
 
 from loomgraph.engine.audit_trail import args_hash
 from loomgraph.engine.effects import Approval, BoundApproval, EffectKey, shown
+from loomgraph.engine.received import permission_for
 from loomgraph.engine.scope import RunScope
 from loomgraph.engine.state_size import json_size
 from loomgraph.protocols import (
@@ -123,7 +124,7 @@ class ApprovalDesk:
             return Decision("deny", "approval:denied", reason), call
         if answer.args is not None:
             call = ToolCall(id=call["id"], tool=call["tool"], args=dict(answer.args))
-            again = await scope.deps.permissions.check(call, spec, user_id=scope.user_id)
+            again = await permission_for(scope, call, spec)
             if again.verdict == "deny":  # edited arguments meet the rules again
                 return again, call
         return Decision("allow", "approval:granted", asked.rule), call

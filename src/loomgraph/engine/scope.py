@@ -16,6 +16,7 @@ from loomgraph.engine.state_size import StateSize
 from loomgraph.engine.taint import UntrustedText
 from loomgraph.graph.compiled import CompiledGraph
 from loomgraph.protocols import (
+    ArgumentReader,
     AuditAction,
     AuditMode,
     BudgetScope,
@@ -106,6 +107,9 @@ class RunScope:
     tracing: bool = field(init=False)
     # The hooks, when they do something before or after a node (the no-op ones do not).
     node_hooks: Hooks | None = field(init=False)
+    # The tool host, when its tools convert their arguments and rules or hooks read them
+    # (`engine.received`); None when nothing needs the arguments as a tool receives them.
+    arg_reader: ArgumentReader | None = field(init=False)
 
     def __post_init__(self) -> None:
         self.budget_scope = BudgetScope(self.run_id, self.user_id)
@@ -116,6 +120,8 @@ class RunScope:
         hooks = self.deps.hooks
         idle = is_idle(hooks.before_node) and is_idle(hooks.after_node)
         self.node_hooks = None if idle else hooks
+        reads = self.deps.permissions_read_args or not is_idle(hooks.before_tool)
+        self.arg_reader = self.deps.arg_reader if reads else None
 
     async def reserve(self, kind: str, amount: Usage) -> Reservation | None:
         """Set an amount aside in the budget (nothing to do when the budget has no caps)."""

@@ -13,6 +13,7 @@ from typing import Any
 from loomgraph.engine import audit_trail as trail
 from loomgraph.engine.approvals import ApprovalDesk, args_too_large
 from loomgraph.engine.effects import EffectKey
+from loomgraph.engine.received import permission_for, received_call
 from loomgraph.engine.scope import NO_ATTRIBUTES, RunScope
 from loomgraph.engine.taint import is_tainted, note_result
 from loomgraph.errors import LoomgraphError
@@ -196,7 +197,7 @@ class ToolGate:
         if prior is not None:
             decision = prior
         else:
-            decision = await deps.permissions.check(call, spec, user_id=scope.user_id)
+            decision = await permission_for(scope, call, spec)
             if tainted and decision.verdict == "allow":
                 decision = Decision(
                     deps.on_tainted,
@@ -211,7 +212,8 @@ class ToolGate:
                 await self.report(call, decision, tainted=tainted)
                 raise
         if decision.verdict == "allow":
-            hook = await deps.hooks.before_tool(call)
+            # Hooks read the arguments as the tool will receive them, as rules do.
+            hook = await deps.hooks.before_tool(received_call(scope, call) or call)
             if hook is not None and hook.verdict == "deny":  # hooks may deny, never approve
                 decision = hook
         await self.report(call, decision, tainted=tainted)

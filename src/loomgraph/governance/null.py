@@ -32,6 +32,8 @@ class NoBudget:
 class AllowAll:
     """Permissions that allow every call to a known tool (unknown tools never run)."""
 
+    reads_arguments = False  # so a call's arguments are not read for it
+
     async def check(
         self, call: ToolCall, spec: ToolSpec | None, *, user_id: str | None
     ) -> Decision:
@@ -50,6 +52,7 @@ class NoHooks:
     async def after_node(self, node: str, patch: Mapping[str, Any]) -> None:
         """Nothing."""
 
+    @does_nothing
     async def before_tool(self, call: ToolCall) -> Decision | None:
         """Let the call through."""
         return None

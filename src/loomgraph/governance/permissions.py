@@ -171,6 +171,17 @@ class StandardPermissions:
         self._rule_sets[user_id] = found
         return found
 
+    @property
+    def reads_arguments(self) -> bool:
+        """Whether a decision may depend on a call's arguments: a rule with conditions (an
+        `unless` one too), or a policy, here or for a user."""
+        parts = (self, *self.per_user.values())
+        return any(
+            p.policy is not None
+            or any(r.conds or any(u.conds for u in r.unless) for r in (*p.allow, *p.ask, *p.deny))
+            for p in parts
+        )
+
     def approval_timeout(self, rule: str) -> float | None:
         """Seconds an ask decided by `rule` (a Decision's rule name) may wait, or None."""
         for uid, user in self.per_user.items():

@@ -99,7 +99,13 @@ from loomgraph.protocols.tool_args import (
     check_tool_args,
     parse_tool_args,
 )
-from loomgraph.protocols.tools import StartableToolHost, ToolHost, ToolRun, tool_run
+from loomgraph.protocols.tools import (
+    ArgumentReader,
+    StartableToolHost,
+    ToolHost,
+    ToolRun,
+    tool_run,
+)
 from loomgraph.protocols.usage import (
     CHARS_PER_TOKEN,
     USAGE_FIELDS,
@@ -140,6 +146,7 @@ __all__ = [  # noqa: RUF022 - grouped by concept, not sorted
     "register_price",
     "with_cost",
     # tools
+    "ArgumentReader",
     "StartableToolHost",
     "ToolHost",
     "ToolRun",

@@ -22,7 +22,7 @@ from loomgraph.protocols.memory import Memory
 from loomgraph.protocols.models import Model
 from loomgraph.protocols.observability import AuditLog, Telemetry
 from loomgraph.protocols.runtime import RunLeases, Runtime
-from loomgraph.protocols.tools import StartableToolHost, ToolHost
+from loomgraph.protocols.tools import ArgumentReader, StartableToolHost, ToolHost
 
 __all__ = ["Deps", "SizeLimits"]
 
@@ -74,5 +74,10 @@ class Deps:
     run_clock: RunClock | None = None
     # The tool host again when it starts before each run (MCP servers to list).
     startable_tools: StartableToolHost | None = None
+    # The tool host again when its tools convert what they are sent: rules and hooks then
+    # read a call's arguments as the tool will receive them (`ArgumentReader`).
+    arg_reader: ArgumentReader | None = None
+    # False only for permissions that say they never read a call's arguments.
+    permissions_read_args: bool = True
     # The permissions again when they can describe themselves, for pinning runs to them.
     pinnable: PinnablePolicy | None = None

@@ -9,7 +9,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from loomgraph.protocols.messages import ToolCall, ToolResult, ToolSpec
 
-__all__ = ["StartableToolHost", "ToolHost", "ToolRun", "tool_run"]
+__all__ = ["ArgumentReader", "StartableToolHost", "ToolHost", "ToolRun", "tool_run"]
 
 
 @runtime_checkable
@@ -41,6 +41,17 @@ class StartableToolHost(ToolHost, Protocol):
         """Connect what is not connected and list its tools; called before each run.
         Raises a LoomgraphError naming the problem (a name collision, a server that
         cannot start)."""
+        ...
+
+
+@runtime_checkable
+class ArgumentReader(Protocol):
+    """A host whose tools convert the arguments they are sent (say, `"yes"` to true for a
+    bool parameter): it says what a tool will receive, so that rules read that."""
+
+    def received_args(self, call: ToolCall) -> dict[str, Any] | None:
+        """The call's arguments as its tool will receive them, as JSON data; None when the
+        tool takes them as sent, or refuses them."""
         ...
 
 

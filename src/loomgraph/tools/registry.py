@@ -130,6 +130,14 @@ class ToolRegistry:
     async def close(self) -> None:
         """Nothing to close: the tools are plain functions."""
 
+    def received_args(self, call: ToolCall) -> dict[str, Any] | None:
+        """The call's arguments as its tool will receive them (`Tool.received`), or None."""
+        name, args = call.get("tool"), call.get("args")
+        item = self._tools.get(name) if isinstance(name, str) else None
+        if item is None or not isinstance(args, dict):
+            return None
+        return item.received(args)
+
     async def call(self, call: ToolCall, *, idempotency_key: str) -> ToolResult:
         """Validate and run one call; failures become error results, never exceptions."""
         name = call.get("tool")

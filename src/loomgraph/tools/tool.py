@@ -186,6 +186,22 @@ class Tool(Generic[P, R]):
             return tuple(kwargs.pop(p) for p in spec.positional), kwargs
         return (), kwargs
 
+    def received(self, args: dict[str, Any]) -> dict[str, Any] | None:
+        """`args` as the function will receive them, as JSON data (`"yes"` sent for a bool
+        parameter reads true); None for a `from_schema` tool, which takes them as sent, and
+        for arguments that do not validate (the call will be refused)."""
+        spec = self.arguments
+        if spec is None:
+            return None
+        try:
+            instance = spec.validator.validate_python(args)
+            received: dict[str, Any] = spec.model.__pydantic_serializer__.to_python(
+                instance, mode="json", by_alias=True, exclude_unset=True
+            )
+        except Exception:  # a user validator may raise anything; bind reports it
+            return None
+        return received
+
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
         """Call the function directly, without validation or timeout."""
         return self.fn(*args, **kwargs)

@@ -7,7 +7,7 @@ from collections.abc import Iterable
 from typing import Any, cast
 
 from loomgraph.errors import LoomgraphError
-from loomgraph.protocols import ToolCall, ToolHost, ToolResult, ToolSpec
+from loomgraph.protocols import ArgumentReader, ToolCall, ToolHost, ToolResult, ToolSpec
 from loomgraph.tools import results
 from loomgraph.tools.mcp.server import MCPServer
 
@@ -111,6 +111,15 @@ class ServerToolHost:
             return self.local.spec(name)
         spec = server.spec(name)
         return None if spec is None else spec.copy()
+
+    def received_args(self, call: ToolCall) -> dict[str, Any] | None:
+        """A local tool's arguments as it will receive them; None for a server's tool (its
+        arguments are checked against its schema and sent as they are)."""
+        name = call.get("tool")
+        if isinstance(name, str) and name in self._owner:
+            return None
+        reader = self.local
+        return reader.received_args(call) if isinstance(reader, ArgumentReader) else None
 
     async def call(self, call: ToolCall, *, idempotency_key: str) -> ToolResult:
         """Route a call to its server, or to the local tools."""
