@@ -12,7 +12,8 @@ when another worker took the run over meanwhile, and `{"result": …}` at the en
 `retry` is `agent.retry` (a dead letter's recoveries forgotten); `--poison` makes the `add`
 tool SIGKILL its process every time. `--lease-seconds` sets the journal's lease;
 `--wait-lease S` makes resume retry a lease held by a live worker for up to S seconds
-(until it expires) instead of exiting 3.
+(until it expires) instead of exiting 3. `--budget` gives the agent a budget with caps no run
+reaches, its ledger in the journal's database, so every call holds and settles there.
 
 `--events FILE` runs the agent as a consumer would: through `agent.stream()` (or
 `agent.resume_stream()`), each event written to FILE as a JSON line (its `provisional` flag
@@ -47,6 +48,7 @@ from typing import Any
 
 from loomgraph import Agent
 from loomgraph.agent.streaming import event_stream
+from loomgraph.governance import BudgetConfig, StandardBudget
 from loomgraph.governance.null import NoHooks
 from loomgraph.models import ScriptedModel
 from loomgraph.models.scripted import Turn, as_turn
@@ -338,6 +340,8 @@ async def main(args: argparse.Namespace) -> int:
         tools=make_tools(args.ledger, killer, args.hold),
         runtime=KillingRuntime(inner, killer),
         hooks=hooks,
+        # Caps no run reaches: the ledger (in the journal's database) records every hold.
+        budget=StandardBudget(BudgetConfig(tool_calls=1000)) if args.budget else None,
     )
     events = hooks.keys
     try:
@@ -386,6 +390,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--lease-seconds", type=float, default=30.0)
     parser.add_argument("--wait-lease", type=float, default=0.0)
     parser.add_argument("--poison", action="store_true", help="`add` SIGKILLs its process")
+    parser.add_argument("--budget", action="store_true", help="a capped budget, in the journal")
     parser.add_argument("--events", default=None, help="consume the run's stream into FILE")
     parser.add_argument("--vary", action="store_true", help="each process words turns anew")
     parser.add_argument(

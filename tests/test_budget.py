@@ -365,6 +365,27 @@ def ledger(request: pytest.FixtureRequest, tmp_path: Path) -> Ledger:
     return _ledger(request.param, tmp_path, request)
 
 
+async def test_a_settlement_after_its_crash_charge_adds_only_what_it_spent_beyond(
+    ledger: Ledger,
+) -> None:
+    """A process stopped past its lease is taken for dead: the resume charges its holds in
+    full. When it wakes and settles them, it must not pay for the same calls again."""
+    config = BudgetConfig(model=MODEL, output_tokens=10_000, tool_calls=10)
+    stopped = StandardBudget(config, ledger)
+    tool = await stopped.reserve(tool_call())
+    model = await stopped.reserve(model_call(ALICE))
+    resumed = StandardBudget(config, ledger)
+    await resumed.begin_run(ALICE)  # charges both holds in full
+    charged = dict((await resumed.totals()).spent)
+    await stopped.settle(tool, Usage(tool_calls=1))
+    assert dict((await resumed.totals()).spent) == charged
+    reserved = model.amount.output_tokens
+    await stopped.settle(model, Usage(input_tokens=1, output_tokens=reserved + 7))
+    spent = dict((await resumed.totals()).spent)
+    assert spent == {**charged, "output_tokens": charged["output_tokens"] + 7}
+    assert await ledger.holds() == []
+
+
 async def test_fifty_concurrent_tasks_of_one_user_never_pass_a_cap(ledger: Ledger) -> None:
     budget = StandardBudget(CONCURRENT, ledger)
     limits = dict(budget.scopes(ALICE))

@@ -22,6 +22,7 @@ import pytest
 
 import pg
 from loomgraph.agent import leases
+from loomgraph.governance.ledger_sites import ledger_at
 from test_crash_matrix import (
     PATH,
     Journal,
@@ -212,3 +213,70 @@ async def test_a_zombie_worker_never_changes_the_run_another_finished(
         assert lease is None  # B released it; A's release (another owner) changed nothing
     finally:
         await runtime.close()
+
+
+async def ledger_view(journal: Journal, run_id: str) -> tuple[list[Any], dict[str, int]]:
+    """The run's open holds (id, amounts) and what the ledger counts as spent overall."""
+    runtime: Any = journal.open()
+    ledger = ledger_at(runtime.ledger_site)
+    try:
+        holds = [(h.id, dict(h.amounts)) for h in await ledger.holds(run_id)]
+        spent = dict((await ledger.totals("global")).spent)
+    finally:
+        await ledger.close()
+        await runtime.close()
+    return holds, spent
+
+
+async def crash_charges(journal: Journal, run_id: str) -> list[dict[str, int]]:
+    """The amounts of the run's holds charged because their process was taken for dead."""
+    runtime: Any = journal.open()
+    ledger = ledger_at(runtime.ledger_site)
+    try:
+        return [dict(c.amounts) for c in await ledger.charges(run_id)]
+    finally:
+        await ledger.close()
+        await runtime.close()
+
+
+async def test_a_zombie_worker_never_touches_the_new_owners_budget(
+    journal: Journal, tmp_path: Path
+) -> None:
+    """A holds the run inside a tool and is SIGSTOPped past its lease; B takes the run over
+    and is inside a tool of its own when A is continued. A's tool acts (it was running) and
+    A stops at LeaseLost: B's holds stay as they were, and every tool that ran is charged
+    once — A's through the crash charge B made for A's hold, not a second time by A."""
+    ledger = tmp_path / "ledger.tsv"
+    a = Background(journal, ledger, "run", "--hold", "--lease-seconds", "6", "--budget")
+    run_id = a.expect("run_id")["run_id"]
+    a.expect("holding")
+    a.expect("holding")  # the first step's two tool calls, each holding its budget
+    os.kill(a.process.pid, signal.SIGSTOP)
+    try:
+        await expire_lease(journal, run_id)
+        b = Background(journal, ledger, "resume", "--run-id", run_id, "--hold", "--budget")
+        b.expect("holding")
+        b.expect("holding")
+        held_by_b = await ledger_view(journal, run_id)
+        assert held_by_b[0], "B holds its node visit and its tool call"
+    finally:
+        os.kill(a.process.pid, signal.SIGCONT)
+    assert a.process.stdin is not None
+    a.process.stdin.write("go\n")  # A's tool acts, then A settles and meets LeaseLost
+    a.process.stdin.flush()
+    a.expect("lease_lost")
+    code, err = a.finish()
+    assert code == 4, err
+    assert await ledger_view(journal, run_id) == held_by_b  # nothing of B's touched
+    run_by_a = len(ledger_lines(ledger))
+    code, err = b.finish()
+    assert code == 0, err
+    holds, spent = await ledger_view(journal, run_id)
+    assert holds == []
+    # B settled the three tool calls it ran; A's two holds were charged in full when B took
+    # the run over (A's outcome unknown then: one ran, one was waiting), and A's own
+    # settlements afterwards added nothing.
+    run_by_b = len(ledger_lines(ledger)) - run_by_a
+    charged = sum(c.get("tool_calls", 0) for c in await crash_charges(journal, run_id))
+    assert (run_by_a, run_by_b, charged) == (1, 3, 2)
+    assert spent["tool_calls"] == run_by_b + charged

@@ -40,7 +40,7 @@ from loomgraph.protocols import (
     semconv,
 )
 from loomgraph.protocols.events import RUN_COMPLETED, RUN_STARTED
-from loomgraph.runtime.errors import RunExists
+from loomgraph.runtime.errors import RunConflict, RunExists
 
 
 class AgentSession:
@@ -194,6 +194,11 @@ class AgentSession:
                 except ServiceUnavailable:
                     # The run is not over, only cut off: its holds (a settlement the outage
                     # stopped) and its clock stay for the resume, which charges them.
+                    over = False
+                    raise
+                except RunConflict:
+                    # Another process has the run (it took the lease over, or started it):
+                    # the holds under the run's id are its holds now, and its clock.
                     over = False
                     raise
                 finally:

@@ -228,12 +228,18 @@ class StandardBudget:
         names = tuple(name for name, _ in scopes)
 
         def decide(view: LedgerView) -> Change:
-            # Without its hold (settled twice, or released after a crash) the amount was
-            # still spent: charge it to the scopes the reservation's owner has now.
             hold = view.hold
-            return Change(
-                remove=hold, spend=spend, spend_scopes=hold.scopes if hold is not None else names
-            )
+            if hold is not None:
+                return Change(remove=hold, spend=spend, spend_scopes=hold.scopes)
+            if view.charged is not None:
+                # A resume charged the hold in full, taking this process for dead (it was
+                # stopped past its lease): only what it spent beyond that is added.
+                paid = view.charged.amounts
+                extra = {m: n - paid.get(m, 0) for m, n in spend.items() if n > paid.get(m, 0)}
+                return Change(spend=extra, spend_scopes=names)
+            # Without its hold (settled twice, or released) the amount was still spent:
+            # charge it to the scopes the reservation's owner has now.
+            return Change(spend=spend, spend_scopes=names)
 
         updated = await self.ledger.transact(names, reservation.id or None, decide)
         await self._warn(scopes, updated, reservation.scope)

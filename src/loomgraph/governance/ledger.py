@@ -127,10 +127,12 @@ class Change:
 
 @dataclass(slots=True, frozen=True)
 class LedgerView:
-    """What `decide` sees inside a transaction: the scopes' totals and the hold asked for."""
+    """What `decide` sees inside a transaction: the scopes' totals and the hold asked for;
+    when that hold is gone, the crash charge made for it, if one was."""
 
     totals: Mapping[str, Totals]
     hold: Hold | None
+    charged: Charge | None = None
 
 
 Decide = Callable[[LedgerView], Change]
@@ -231,8 +233,10 @@ class InMemoryLedger(Ledger):
         """Read, decide and write under one lock."""
         with self._lock:
             hold = self._holds.get(hold_id) if hold_id is not None else None
+            charged = self._charges.get(hold_id) if hold_id and hold is None else None
             names = _scope_names(scopes, hold)
-            view = LedgerView({n: self._totals.get(n, Totals()).copy() for n in names}, hold)
+            totals = {n: self._totals.get(n, Totals()).copy() for n in names}
+            view = LedgerView(totals, hold, charged)
             change = decide(view)
             updated = apply_change(view.totals, change)
             self._totals.update({n: t.copy() for n, t in updated.items()})

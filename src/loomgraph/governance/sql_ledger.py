@@ -90,6 +90,10 @@ def _hold(row: Sequence[Any]) -> Hold:
     return Hold(str(row[0]), str(row[1]), tuple(json.loads(row[2])), _load(row[3]), float(row[4]))
 
 
+def _charge(row: Sequence[Any]) -> Charge:
+    return Charge(str(row[0]), str(row[1]), _load(row[2]), float(row[3]))
+
+
 class _SqlLedger(Ledger):
     """The transaction body shared by the SQL ledgers; statements use `?` placeholders."""
 
@@ -114,6 +118,8 @@ class _SqlLedger(Ledger):
             "created_at) VALUES (?, ?, ?, ?) ON CONFLICT (id) DO NOTHING",
             "charges": f"SELECT id, run_id, amounts, created_at FROM {p}loom_budget_charges "
             "WHERE run_id = ? ORDER BY created_at, id",
+            "charge": f"SELECT id, run_id, amounts, created_at FROM {p}loom_budget_charges "
+            "WHERE id = ?",
             "clock_insert": f"INSERT INTO {p}loom_budget_runs (run_id, started_at, deadline) "
             "VALUES (?, ?, ?) ON CONFLICT (run_id) DO NOTHING",
             "clock": f"SELECT started_at, deadline FROM {p}loom_budget_runs WHERE run_id = ?",
@@ -146,17 +152,20 @@ class _SqlLedger(Ledger):
         async with self._transaction(durable=hold_id is None) as cur:
             locked = sorted(set(scopes))
             await self._lock_scopes(cur, locked)
-            hold = None
+            hold = charged = None
             if hold_id is not None:
                 rows = await cur.fetch(self._sql["hold"], [hold_id])
                 hold = _hold(rows[0]) if rows else None
+            if hold_id is not None and hold is None:  # ended: by a crash charge, perhaps
+                rows = await cur.fetch(self._sql["charge"], [hold_id])
+                charged = _charge(rows[0]) if rows else None
             names = _scope_names(scopes, hold)
             await self._lock_scopes(cur, [n for n in names if n not in locked])
             totals: dict[str, Totals] = {}
             for name in names:
                 rows = await cur.fetch(self._sql["totals"], [name])
                 totals[name] = Totals(_load(rows[0][1]), _load(rows[0][2])) if rows else Totals()
-            change = decide(LedgerView(totals, hold))
+            change = decide(LedgerView(totals, hold, charged))
             updated = apply_change(totals, change)
             for name, total in updated.items():
                 await cur.execute(
@@ -196,7 +205,7 @@ class _SqlLedger(Ledger):
         """The run's crash charges, oldest first."""
         async with self._read() as cur:
             rows = await cur.fetch(self._sql["charges"], [run_id])
-        return [Charge(str(r[0]), str(r[1]), _load(r[2]), float(r[3])) for r in rows]
+        return [_charge(r) for r in rows]
 
     async def run_clock(
         self, run_id: str, started_at: float, deadline: float | None
