@@ -267,6 +267,18 @@ def test_per_user_entries_are_checked() -> None:
         StandardPermissions(per_user={"alice": ["read"]})  # type: ignore[dict-item]
 
 
+def test_a_users_own_on_tainted_is_refused_not_ignored() -> None:
+    # It holds for the whole agent: a user's entry setting it would be silently ignored.
+    alice = StandardPermissions(on_tainted="deny")
+    with pytest.raises(PermissionConfigError, match=r"per_user\['alice'\].*on_tainted"):
+        StandardPermissions(on_tainted="allow", per_user={"alice": alice})
+    with pytest.raises(PermissionConfigError, match="unknown keys"):
+        StandardPermissions(per_user={"alice": {"on_tainted": "deny"}})
+    # An entry that leaves it unset is taken, whatever the agent's setting.
+    kept = StandardPermissions(on_tainted="deny", per_user={"alice": StandardPermissions()})
+    assert kept.on_tainted == "deny"
+
+
 # ---------------------------------------------------------------------------- policies
 
 

@@ -87,7 +87,7 @@ class StandardPermissions:
         policy: Policy | None = None,
         sets: Mapping[str, SetSource] | None = None,
         approval_timeout_s: float | None = None,
-        on_tainted: Verdict = "ask",
+        on_tainted: Verdict | None = None,
     ) -> None:
         if mode is not None and mode not in MODES:
             raise PermissionConfigError(
@@ -95,12 +95,14 @@ class StandardPermissions:
             )
         if policy is not None and not callable(policy):
             raise PermissionTypeError(f"policy must be callable, not {type(policy).__name__}")
-        if on_tainted not in ("ask", "deny", "allow"):
+        if on_tainted is not None and on_tainted not in ("ask", "deny", "allow"):
             raise PermissionConfigError(
                 f"on_tainted must be 'ask', 'deny' or 'allow', not {on_tainted!r}"
             )
         # What an egress tool's call gets when its arguments carry untrusted text.
-        self.on_tainted: Verdict = on_tainted
+        self.on_tainted: Verdict = on_tainted or "ask"
+        # Set on purpose: a per-user entry may not (it holds for the whole agent).
+        self.given_on_tainted = on_tainted
         self.sets: dict[str, SetSource] = _check_sets(sets)
         self.approval_timeout_s = _timeout(approval_timeout_s, "approval_timeout_s")
         self.allow = tuple(_parse_all(allow, "allow"))
@@ -398,5 +400,10 @@ def _user_entry(
     if found.per_user:
         raise PermissionConfigError(
             f"per_user[{user_id!r}] cannot have per-user entries of its own"
+        )
+    if found.given_on_tainted is not None:
+        raise PermissionConfigError(
+            f"per_user[{user_id!r}] sets on_tainted, which holds for the whole agent: "
+            "set it on the top-level permissions"
         )
     return found
