@@ -109,3 +109,23 @@ async def test_on_error_routes_the_failure_to_a_handler() -> None:
         ("fix", "END"),
     ]
     assert history[1].patch["error"]["message"] == "bad input"
+
+
+def test_a_retry_names_the_error_an_error_was_raised_from() -> None:
+    from loomgraph.graph.policies import RetryPolicy
+    from loomgraph.protocols import ModelError
+
+    def raised_from(cause: BaseException) -> ModelError:
+        try:
+            raise ModelError("model 'm' failed: RuntimeError: reset") from cause
+        except ModelError as err:
+            return err
+
+    wrapped = raised_from(RuntimeError("reset"))
+    assert RetryPolicy(errors=["RuntimeError"]).retries(wrapped)
+    assert RetryPolicy(errors=["ModelError"]).retries(wrapped)
+    assert not RetryPolicy(errors=["TimeoutError"]).retries(wrapped)
+    looped = ValueError("a")
+    looped.__cause__ = ValueError("b")
+    looped.__cause__.__cause__ = looped  # a cycle of causes ends the walk
+    assert not RetryPolicy(errors=["KeyError"]).retries(looped)

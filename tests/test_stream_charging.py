@@ -151,3 +151,55 @@ async def test_engine_charges_a_model_that_reports_nothing() -> None:
     assert totals.spent["output_tokens"] >= DELTAS + 1
     assert totals.spent["input_tokens"] >= len(PROMPT) // 4
     assert result.usage.output_tokens >= DELTAS + 1  # the broken attempt is in the run's usage
+
+
+class _RaisingModel:
+    """A third-party model whose stream raises something other than a ModelError (a bug, an
+    SDK error it does not translate) after streaming DELTAS text chunks."""
+
+    name = "raising-model"
+
+    async def stream(self, request: ModelRequest) -> Any:
+        for _ in range(DELTAS):
+            yield {"type": "text", "text": "t"}
+        raise RuntimeError("connection reset")
+
+
+async def test_a_model_raising_another_error_is_a_failed_call_like_any_other(
+    tmp_path: Any,
+) -> None:
+    from loomgraph.observability import FileAuditLog
+
+    budget = StandardBudget(BudgetConfig(per_user=Caps(model_calls=10)))
+    log = FileAuditLog(tmp_path / "audit.jsonl", key=b"k" * 32)
+    agent = Agent("be brief", model=_RaisingModel(), budget=budget, audit_log=log)
+    result = await agent.run(PROMPT, user_id="u")
+    assert result.status == "failed"
+    assert "RuntimeError: connection reset" in result.reason
+    spent = (await budget.totals("user:u")).spent
+    # The ledger and the run's usage say the same: one call, the prompt and what streamed.
+    assert result.usage.model_calls == spent["model_calls"] == 1
+    assert result.usage.output_tokens == spent["output_tokens"] >= DELTAS
+    actions = [entry["action"] for entry in log.entries()]
+    assert "model_call" in actions
+
+
+class _SilentModel:
+    """A third-party model that answers in full but never reports its usage."""
+
+    name = "silent-model"
+
+    async def stream(self, request: ModelRequest) -> Any:
+        yield {"type": "text", "text": "t" * DELTAS}
+        yield {"type": "finish", "finish_reason": "end_turn"}
+
+
+async def test_an_answer_without_usage_is_charged_what_it_streamed() -> None:
+    budget = StandardBudget(BudgetConfig(output_tokens=100_000, input_tokens=100_000))
+    agent = Agent("be brief", model=_SilentModel(), budget=budget)
+    result = await agent.run(PROMPT)
+    assert result.status == "completed", result.reason
+    spent = (await budget.totals("global")).spent
+    assert spent["output_tokens"] >= estimate_output_tokens("t" * DELTAS, 1)
+    assert spent["input_tokens"] >= len(PROMPT) // 4
+    assert result.usage.output_tokens == spent["output_tokens"]

@@ -15,6 +15,7 @@ from loomgraph.engine import audit_trail as trail
 from loomgraph.engine.attempts import ModelAttempts
 from loomgraph.engine.effects import EffectKey, ResumeValue
 from loomgraph.engine.model_answers import (
+    adapter_failure,
     broken_usage,
     cancelled_usage,
     checked_call,
@@ -22,9 +23,11 @@ from loomgraph.engine.model_answers import (
     reported_usage,
     response_data,
     response_from,
+    unreported_usage,
 )
 from loomgraph.engine.scope import NO_ATTRIBUTES, RunScope
 from loomgraph.engine.tool_gate import ToolGate
+from loomgraph.errors import LoomgraphError
 from loomgraph.graph.compiled import compile_graph
 from loomgraph.graph.spec import Graph
 from loomgraph.protocols import (
@@ -188,7 +191,12 @@ class VisitContext:
             attempts.held(*await self._reserve_model(request, asked))
             streamed: list[str] = []
             try:
-                response = await self._stream(request, call_id, streamed, attempts)
+                try:
+                    response = await self._stream(request, call_id, streamed, attempts)
+                except LoomgraphError:
+                    raise
+                except Exception as exc:  # the model's own failure: a failed call all the same
+                    raise adapter_failure(self.deps.model.name, exc) from exc
             except ModelError as err:
                 usage = (
                     cancelled_usage(request, streamed)  # what it billed is not known
@@ -201,7 +209,8 @@ class VisitContext:
                     if streamed:
                         await self._void(call_id, VoidReason.RETRY)
                     continue
-                err.usage = attempts.billed  # the whole call's, for the run's usage
+                # The whole call's, for the run's usage: a call made, whatever it billed.
+                err.usage = attempts.billed.with_model_calls(1)
                 await self.scope.end_effect(key, {"error": str(err)}, EffectStatus.FAILED)
                 if self.scope.auditing:
                     failed = trail.model_call_failed(self.deps.model.name, err, err.usage)
@@ -280,6 +289,9 @@ class VisitContext:
                         await self.emit(
                             MODEL_RETRY, {"error": chunk.get("error", ""), "provider": True}
                         )
+            if not response.usage.total_tokens:
+                # Nothing reported (a third-party model): charged what it was sent and said.
+                response.usage = unreported_usage(request, texts, response)
             response.usage = response.usage.with_model_calls(1)
             response.text = "".join(texts)
             if not tracing:

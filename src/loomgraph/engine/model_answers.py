@@ -3,6 +3,7 @@ its reported usage after, and an estimate when it failed or was cut off."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any, cast
@@ -69,6 +70,23 @@ def checked_call(call: Any, request: ModelRequest, streamed: list[str]) -> ToolC
             usage=cancelled_usage(request, streamed),
         ) from None
     return cast(ToolCall, call)
+
+
+def unreported_usage(request: ModelRequest, streamed: list[str], answer: ModelResponse) -> Usage:
+    """A completed answer's usage when the model reported no tokens: the prompt's estimate
+    and what it streamed, its tool calls' arguments included (as a cut stream is floored)."""
+    said = [*streamed, *(json.dumps(call.get("args")) for call in answer.tool_calls)]
+    return floor_usage(
+        answer.usage,
+        prompt_tokens=estimate_prompt_tokens(request.prompt_chars()),
+        output_tokens=streamed_tokens(request, said),
+    )
+
+
+def adapter_failure(model: str, error: Exception) -> ModelError:
+    """A model that raised something other than a ModelError (a bug, an SDK error it did not
+    translate): a failed call like any other, charged and audited as one."""
+    return ModelError(f"model {model!r} failed: {type(error).__name__}: {error}")
 
 
 def cancelled_usage(request: ModelRequest, streamed: list[str]) -> Usage:

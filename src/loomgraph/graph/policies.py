@@ -25,8 +25,15 @@ class RetryPolicy(BaseModel):
     )
 
     def retries(self, error: BaseException) -> bool:
-        """True when `error` is of a type this policy retries."""
-        names = {cls.__name__ for cls in type(error).__mro__}
+        """True when `error`, or an error it was raised from, is of a type this policy
+        retries (a model's own `RuntimeError` arrives as the `ModelError` it caused)."""
+        names: set[str] = set()
+        chain: list[BaseException] = []
+        cause: BaseException | None = error
+        while cause is not None and cause not in chain:  # a cycle of causes ends here
+            chain.append(cause)
+            names.update(cls.__name__ for cls in type(cause).__mro__)
+            cause = cause.__cause__
         return any(name in names for name in self.errors)
 
 
