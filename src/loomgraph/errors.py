@@ -24,12 +24,14 @@ with where each class lives (relative to `loomgraph.`):
     ├── TypeSyntaxError + ValueError        graph.state
     ├── OutputValidationError + ValueError  nodes.structured
     ├── ResumeError + ValueError            agent.checkpoints
-    │   ├── RunQueued                       agent.resuming
+    │   ├── RunNotStarted                   agent.resuming
+    │   │   └── RunQueued                   agent.resuming
     │   └── RunOfAnotherAgent               agent.checkpoints
     ├── FleetError                          agent.fleet
     │   ├── FleetNeedsPostgres + TypeError  agent.fleet
     │   ├── RunWaitTimeout + TimeoutError   agent.submitting
-    │   └── RunNotCancellable               agent.submitting
+    │   ├── RunNotCancellable               agent.submitting
+    │   └── RunJobPending                   agent.submitting
     ├── ConfigError + ValueError            agent.deps
     ├── UnknownRun + KeyError               protocols
     │   └── RunPossiblyLost                 runtime.errors

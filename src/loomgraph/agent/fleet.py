@@ -15,20 +15,26 @@ from __future__ import annotations
 
 import enum
 import json
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from loomgraph.agent.checkpoints import check_agent, check_owner
 from loomgraph.errors import LoomgraphError
-from loomgraph.protocols import Runtime
+from loomgraph.protocols import RunRecord, Runtime
 
 __all__ = [
     "DEFAULT_QUEUE",
     "FleetError",
     "FleetNeedsPostgres",
     "FleetQueue",
+    "FleetRun",
     "JobKind",
     "RunJob",
+    "cancel_check",
+    "check_run_agent",
     "fleet_queue",
+    "fleet_run_of",
 ]
 
 DEFAULT_QUEUE = "runs"
@@ -80,6 +86,16 @@ class RunJob:
             return cls(**{**data, "kind": JobKind(data["kind"])})
         except (ValueError, TypeError, KeyError) as err:
             raise FleetError(f"a job payload this loomgraph cannot read: {err}") from None
+
+
+@dataclass(frozen=True, slots=True)
+class FleetRun:
+    """A run's row in `fleet_runs`: its current job, the agent that submitted it ("" when
+    none was kept) and who asked to cancel it (None: nobody, or the cancel was overridden)."""
+
+    job_id: int | None
+    agent: str
+    cancelled_by: str | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,14 +177,6 @@ class FleetQueue:
         )
         return job_id
 
-    async def run_agent(self, run_id: str) -> str:
-        """The name of the agent that submitted the run ('' when none was kept)."""
-        async with self.runtime.transaction() as con:
-            found = await con.fetchval(
-                f"SELECT agent FROM {self.runs_table} WHERE run_id = $1", run_id
-            )
-        return found or ""
-
     async def run_queue(self, con: Any, run_id: str) -> str:
         """The queue the run's last job went to (DEFAULT_QUEUE when none is kept)."""
         found = await con.fetchval(f"SELECT queue FROM {self.runs_table} WHERE run_id = $1", run_id)
@@ -181,6 +189,47 @@ class FleetQueue:
                 f"SELECT job_id, cancelled_by FROM {self.runs_table} WHERE run_id = $1", run_id
             )
         return (None, None) if row is None else (row[0], row[1])
+
+    async def fleet_run(self, run_id: str) -> FleetRun | None:
+        """The run's row, or None: not a fleet run (or a journal never used by a fleet, whose
+        schema has no `fleet_runs`). Only reads."""
+        async with self.runtime.transaction() as con:
+            if await con.fetchval("SELECT to_regclass($1)", self.runs_table) is None:
+                return None
+            row = await con.fetchrow(f"SELECT * FROM {self.runs_table} WHERE run_id = $1", run_id)
+        if row is None:
+            return None
+        return FleetRun(row["job_id"], row.get("agent") or "", row["cancelled_by"])
+
+    async def pending_job(self, run_id: str) -> str | None:
+        """The status of the run's job that waits (`queued`) or runs (`picked`): the one that
+        holds the run's dedupe key. None when it has none."""
+        table = f'"{self.schema}".{self.settings().queue_table}'
+        async with self.runtime.transaction() as con:
+            found: str | None = await con.fetchval(
+                f"SELECT status::text FROM {table} WHERE dedupe_key = $1 "
+                "AND status IN ('queued', 'picked')",
+                run_id,
+            )
+        return found
+
+    async def cancel_requested(self, run_id: str) -> str | None:
+        """Who asked to cancel the run and was not yet overridden (None: nobody)."""
+        async with self.runtime.transaction() as con:
+            found: str | None = await con.fetchval(
+                f"SELECT cancelled_by FROM {self.runs_table} WHERE run_id = $1", run_id
+            )
+        return found
+
+    async def forget_cancel(self, run_id: str) -> None:
+        """Drop the run's cancel request: a person resumes the cancelled run (which the
+        request ended), and so overrides it. Called under the run's lease."""
+        async with self.runtime.transaction() as con:
+            await con.execute(
+                f"UPDATE {self.runs_table} SET cancelled_by = NULL, cancelled_at = NULL "
+                "WHERE run_id = $1",
+                run_id,
+            )
 
     async def request_cancel(self, run_id: str, by: str, *, running: bool) -> bool:
         """Record who cancels the run, then tell the engine: a queued job is dropped (it
@@ -204,6 +253,40 @@ class FleetQueue:
             else:
                 await queries.mark_job_as_cancelled([job_id])
         return True
+
+
+async def fleet_run_of(runtime: Runtime, run_id: str) -> FleetRun | None:
+    """The run's fleet row; None for a run not submitted to a fleet, or any journal but
+    Postgres (which has no fleet)."""
+    try:
+        fleet = fleet_queue(runtime)
+    except FleetNeedsPostgres:
+        return None
+    return await fleet.fleet_run(run_id)
+
+
+async def check_run_agent(runtime: Runtime, record: RunRecord, agent_name: str) -> None:
+    """`RunOfAnotherAgent` unless an Agent called `agent_name` may go on with the run. A run
+    that never started names no agent in its record (`initial` is empty), so the agent that
+    submitted it (its job's, kept in `fleet_runs.agent`) decides then."""
+    check_agent(record, agent_name)
+    if record.initial is None:
+        found = await fleet_run_of(runtime, record.run_id)
+        if found is not None:
+            check_owner(record.run_id, found.agent, agent_name)
+
+
+def cancel_check(fleet: FleetQueue, run_id: str) -> Callable[[], Awaitable[str | None]]:
+    """A `stop_request` for a fleet run advanced outside a worker (an in-process resume, as
+    `loomgraph runs approve` does): one indexed read of `fleet_runs` per effect boundary,
+    where the engine asks it, so `agent.cancel` (which answers STOPPING while the run is
+    held) stops the run there, as it stops a worker's."""
+
+    async def check() -> str | None:
+        by = await fleet.cancel_requested(run_id)
+        return None if by is None else f"cancelled by {by}"
+
+    return check
 
 
 def fleet_queue(runtime: Runtime) -> FleetQueue:

@@ -12,11 +12,11 @@ from loomgraph.agent.checkpoints import (
     Position,
     ResumeError,
     approval,
-    check_agent,
     not_answered,
     position,
     resume_value,
 )
+from loomgraph.agent.fleet import FleetRun, cancel_check, check_run_agent, fleet_queue, fleet_run_of
 from loomgraph.agent.governance_state import check_policy, describe_policy
 from loomgraph.agent.leases import hold_lease
 from loomgraph.agent.pinning import GRAPH_CHOICES, GraphChoice, check_move, move_run, not_kept
@@ -25,7 +25,7 @@ from loomgraph.agent.recovery import begin_recovery, end_recovery, reset_recover
 from loomgraph.agent.result import RunResult
 from loomgraph.agent.session import AgentSession
 from loomgraph.engine.effects import ResumeInput
-from loomgraph.engine.scope import EventSink
+from loomgraph.engine.scope import EventSink, stop_request
 from loomgraph.graph.compiled import CompiledGraph
 from loomgraph.graph.state import snapshot_of
 from loomgraph.protocols import (
@@ -38,15 +38,34 @@ from loomgraph.protocols import (
     UnknownRun,
 )
 
-__all__ = ["NO_VALUE", "Resumer", "RunQueued", "answer_for", "prompt_of"]
+__all__ = ["NO_VALUE", "Resumer", "RunNotStarted", "RunQueued", "answer_for", "prompt_of"]
 
 
-class RunQueued(ResumeError):
+class RunNotStarted(ResumeError):
+    """The run never started: a fleet run cancelled while it was queued. The journal keeps
+    no prompt or first state of it (they were in its job), so it cannot be resumed, retried
+    or forked by any agent; nothing was journaled."""
+
+    def __init__(self, run_id: str, status: str, doing: str = "resume", why: str = "") -> None:
+        super().__init__(
+            why
+            or f"run {run_id} never started (it is {status}: cancelled before a worker took it "
+            f"up), so the journal has no prompt or first state of it to {doing}; submit a new run"
+        )
+        self.run_id, self.status = run_id, status
+
+
+class RunQueued(RunNotStarted):
     """The run waits in the fleet's queue and has not started: a worker starts it."""
 
-    def __init__(self, run_id: str) -> None:
-        super().__init__(f"run {run_id} is queued and has not started; a worker starts it")
-        self.run_id = run_id
+    def __init__(self, run_id: str, doing: str = "resume") -> None:
+        super().__init__(
+            run_id,
+            "queued",
+            doing,
+            f"run {run_id} is queued and has not started; a worker starts it (there is "
+            f"nothing to {doing} yet)",
+        )
 
 
 class _NoValue:
@@ -78,13 +97,21 @@ class Resumer:
     instructions: str = ""
     agent_name: str = ""
 
-    async def _load(self, run_id: str) -> RunRecord:
+    async def _load(self, run_id: str, doing: str) -> RunRecord:
         """The run's record, when this Agent may go on with it (`UnknownRun`,
-        `RunOfAnotherAgent`)."""
-        record = await self.deps.runtime.load_run(run_id)
+        `RunOfAnotherAgent`) and it started (`RunQueued`, `RunNotStarted`: a fleet run that
+        never started has no prompt or first state in the journal to `doing` from)."""
+        runtime = self.deps.runtime
+        record = await runtime.load_run(run_id)
         if record is None:
             raise UnknownRun(run_id)
-        check_agent(record, self.agent_name)
+        await check_run_agent(runtime, record, self.agent_name)
+        if record.status == RunStatus.QUEUED:
+            raise RunQueued(run_id, doing)
+        # Every run that started keeps its start (`initial`) but those of a journal from
+        # before starts were kept, which have transitions.
+        if record.initial is None and not await runtime.transitions(run_id):
+            raise RunNotStarted(run_id, str(record.status), doing)
         return record
 
     async def resume(
@@ -96,15 +123,19 @@ class Resumer:
         value: Any = NO_VALUE,
         approve: Any = NO_VALUE,
         override_policy: bool = False,
+        leased: bool = False,
     ) -> RunResult:
-        """Continue a run from its journal, its events going to `sink` (see `Agent.resume`)."""
+        """Continue a run from its journal, its events going to `sink` (see `Agent.resume`).
+
+        `leased`: the caller holds the run's lease already and looked at the run under it
+        (a fleet worker recovering it, which must not let go of it in between: a cancel
+        would land there and be overridden). Otherwise this is a resume by hand, which goes
+        on despite a cancel asked before it took the run (a cancelled run resumes)."""
         if graph not in GRAPH_CHOICES:
             raise ResumeError(f"graph must be 'pinned' or 'current', not {graph!r}")
         runtime = self.deps.runtime
-        record = await self._load(run_id)
-        if record.status == RunStatus.QUEUED:
-            raise RunQueued(run_id)
-        answer = await answer_for(runtime, record, value, approve)
+        record = await self._load(run_id, "resume")
+        await answer_for(runtime, record, value, approve)  # refused before the lease
         if record.status in FINAL_STATUSES and record.result is not None:
             return RunResult.from_dict(record.result)  # a finished run: nothing runs again
         own = await kept_graph(runtime, record, self.compiled, self.kept)
@@ -118,41 +149,70 @@ class Resumer:
             session_id=record.session_id,
             run_id=run_id,
         )
+        go_on = _GoOn(sink, session, own, target, value, approve, override_policy, leased)
+        if leased:
+            return await self._go_on(run_id, record, go_on)
         async with hold_lease(self.deps.leases, run_id):
-            # Read where the run stands only once it is ours: another worker may have moved
-            # it on, or finished it, while this one waited.
-            record = await runtime.load_run(run_id) or record
-            # Checked again under the lease: of two approvals of one call, one wins.
-            answer = await answer_for(runtime, record, value, approve)
-            if record.status in FINAL_STATUSES and record.result is not None:
-                return RunResult.from_dict(record.result)
-            changed = check_policy(record, self.deps, override=override_policy)
-            transitions = await runtime.transitions(run_id)
-            at = position(own or target, record, transitions)
-            if target is not own:  # checked before anything is written or counted
-                at.state = check_move(record, at, transitions, own, target)
-            if changed is not None:
-                await self.deps.audit_log.record(
-                    AuditAction.POLICY_OVERRIDE,
-                    run_id=run_id,
-                    user_id=record.user_id,
-                    actor="agent",
-                    payload=changed,
-                )
-            gave_up = await begin_recovery(
-                runtime, record, self.max_recoveries, self.deps.audit_log
+            return await self._go_on(run_id, record, go_on)
+
+    async def _go_on(self, run_id: str, record: RunRecord, go: _GoOn) -> RunResult:
+        """The resume, under the run's lease."""
+        runtime = self.deps.runtime
+        own, target = go.own, go.target
+        # Read where the run stands only once it is ours: another worker may have moved
+        # it on, or finished it, while this one waited.
+        record = await runtime.load_run(run_id) or record
+        # Checked again under the lease: of two approvals of one call, one wins.
+        answer = await answer_for(runtime, record, go.value, go.approve)
+        if record.status in FINAL_STATUSES and record.result is not None:
+            return RunResult.from_dict(record.result)
+        changed = check_policy(record, self.deps, override=go.override_policy)
+        transitions = await runtime.transitions(run_id)
+        at = position(own or target, record, transitions)
+        if target is not own:  # checked before anything is written or counted
+            at.state = check_move(record, at, transitions, own, target)
+        if changed is not None:
+            await self.deps.audit_log.record(
+                AuditAction.POLICY_OVERRIDE,
+                run_id=run_id,
+                user_id=record.user_id,
+                actor="agent",
+                payload=changed,
             )
-            if gave_up is not None:  # too many failed recoveries: now a dead letter
-                return gave_up
-            if target is not own:
-                await move_run(runtime, record, target)
-            result = await session.continue_from(sink, record, at, new_run=False, resume=answer)
-            await end_recovery(runtime, record, result)
-            return result
+        gave_up = await begin_recovery(runtime, record, self.max_recoveries, self.deps.audit_log)
+        if gave_up is not None:  # too many failed recoveries: now a dead letter
+            return gave_up
+        if target is not own:
+            await move_run(runtime, record, target)
+        fleet = await fleet_run_of(runtime, run_id)
+        token = None
+        if fleet is not None:
+            token = await self._watch_cancels(run_id, fleet, go.leased)
+        try:
+            result = await go.session.continue_from(
+                go.sink, record, at, new_run=False, resume=answer
+            )
+        finally:
+            if token is not None:
+                stop_request.reset(token)
+        await end_recovery(runtime, record, result)
+        return result
+
+    async def _watch_cancels(self, run_id: str, fleet: FleetRun, leased: bool) -> Any:
+        """For a fleet run: a resume by hand overrides a cancel asked before it (it goes on
+        with a cancelled run); a cancel asked while it goes on stops it at its next effect
+        boundary, as a worker's run stops (unless the caller, a worker, watches already).
+        The `stop_request` token to reset afterwards, or None."""
+        queue = fleet_queue(self.deps.runtime)
+        if not leased and fleet.cancelled_by is not None:
+            await queue.forget_cancel(run_id)
+        if stop_request.get() is not None:
+            return None
+        return stop_request.set(cancel_check(queue, run_id))
 
     async def retry(self, sink: EventSink, run_id: str, *, graph: GraphChoice) -> RunResult:
         """Forget the run's failed recoveries (a dead letter becomes failed), then resume it."""
-        await self._load(run_id)  # refused before the count is forgotten
+        await self._load(run_id, "retry")  # refused before the count is forgotten
         await reset_recoveries(self.deps.runtime, run_id)
         return await self.resume(sink, run_id, graph=graph)
 
@@ -162,7 +222,7 @@ class Resumer:
         """A new run from checkpoint `at` of `run_id`, its state optionally patched (see
         `Agent.fork`)."""
         runtime = self.deps.runtime
-        record = await self._load(run_id)
+        record = await self._load(run_id, "fork")
         transitions = await runtime.transitions(run_id)
         if at and not any(t.seq == at for t in transitions):
             raise ValueError(
@@ -193,6 +253,20 @@ class Resumer:
         )
         fresh = Position(where.state, where.visits, where.next_node, 0)
         return await session.continue_from(sink, forked, fresh, new_run=True)
+
+
+@dataclass(frozen=True, slots=True)
+class _GoOn:
+    """What a resume decided before it took the run's lease."""
+
+    sink: EventSink
+    session: AgentSession
+    own: CompiledGraph | None
+    target: CompiledGraph
+    value: Any
+    approve: Any
+    override_policy: bool
+    leased: bool
 
 
 async def answer_for(

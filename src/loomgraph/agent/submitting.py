@@ -15,13 +15,8 @@ import weakref
 from datetime import UTC, datetime
 from typing import Any
 
-from loomgraph.agent.checkpoints import (
-    approval,
-    check_agent,
-    check_owner,
-    resume_value,
-)
-from loomgraph.agent.fleet import FleetError, FleetQueue, JobKind, RunJob
+from loomgraph.agent.checkpoints import approval, resume_value
+from loomgraph.agent.fleet import FleetError, FleetQueue, JobKind, RunJob, check_run_agent
 from loomgraph.agent.fleet import fleet_queue as queue_of
 from loomgraph.agent.leases import hold_lease
 from loomgraph.agent.pinning import graph_key
@@ -34,6 +29,7 @@ from loomgraph.runtime.errors import RunConflict
 
 __all__ = [
     "CancelOutcome",
+    "RunJobPending",
     "RunNotCancellable",
     "RunWaitTimeout",
     "cancel",
@@ -42,6 +38,10 @@ __all__ = [
     "submit_resume",
     "wait",
 ]
+
+# How long `submit_resume` waits for the job that stopped a run to end (its worker ends it
+# right after the run stopped to wait) before it refuses the answer (`RunJobPending`).
+ANSWER_WAIT_SECONDS = 5.0
 
 # Journals whose queue tables were checked by this process (once each, not per submit).
 _installed: weakref.WeakSet[Any] = weakref.WeakSet()
@@ -63,6 +63,23 @@ class RunNotCancellable(FleetError):
         super().__init__(f"run {run_id} is {status}: there is nothing to cancel")
         self.run_id = run_id
         self.status = status
+
+
+class RunJobPending(FleetError):
+    """The run has a job in the queue already (at most one per run): an answer given before
+    this one and not yet taken by a worker, or the job a worker is still working on. Nothing
+    was enqueued; the run is as it was."""
+
+    def __init__(self, run_id: str, job_status: str) -> None:
+        if job_status == "queued":
+            why = "an answer given before this one is queued for it and no worker took it yet"
+        else:
+            why = "a worker is still working on its job"
+        super().__init__(
+            f"run {run_id} cannot take this answer now: {why}; wait for the run (agent.wait, "
+            "or follow its events) and answer again if it still waits"
+        )
+        self.run_id, self.job_status = run_id, job_status
 
 
 class CancelOutcome(enum.StrEnum):
@@ -173,21 +190,47 @@ async def submit_resume(
     if len(answer) != 1 or not set(answer) <= {"approve", "value"}:
         raise FleetError("submit_resume takes exactly one of approve= or value=")
     _check_placement(priority, queue)
+    fleet = await _queue(deps)
+    deadline = time.monotonic() + ANSWER_WAIT_SECONDS
+    while True:
+        job = await _answer_job(deps, run_id, answer, agent_name)
+        try:
+            async with deps.runtime.transaction() as con:  # type: ignore[attr-defined]
+                where = queue or await fleet.run_queue(con, run_id)
+                await fleet.enqueue(con, job, queue=where, priority=priority, delay=None)
+            return
+        except _duplicate_job() as err:
+            # The run has a job already (one per run). A queued one holds an answer given
+            # before this one: refused, that answer stands. A picked one is, after a run
+            # stopped to wait, the job that stopped it, which its worker ends at once: wait
+            # for that (bounded), then check the answer again against the run.
+            status = await fleet.pending_job(run_id)  # None: it ended meanwhile
+            if status == "queued" or time.monotonic() >= deadline:
+                raise RunJobPending(run_id, status or "picked") from err
+        await asyncio.sleep(0.05)
+
+
+async def _answer_job(deps: Deps, run_id: str, answer: dict[str, Any], agent_name: str) -> RunJob:
+    """The job carrying `answer`, checked against what the run waits for now and the agent
+    it belongs to."""
     record = await deps.runtime.load_run(run_id)
     if record is None:
         raise UnknownRun(run_id)
-    check_agent(record, agent_name)
-    fleet = await _queue(deps)
+    await check_run_agent(deps.runtime, record, agent_name)
     if "value" in answer:
         resume_value(record, answer["value"])  # the typed error now, not in a worker's log
     else:
         checked = approval(record, answer["approve"])
         answer = {"approve": _approval_data(checked)}
-    job = RunJob(run_id, JobKind.RESUME, user_id=record.user_id, answer=answer)
-    async with deps.runtime.transaction() as con:  # type: ignore[attr-defined]
-        if queue is None:
-            queue = await fleet.run_queue(con, run_id)
-        await fleet.enqueue(con, job, queue=queue, priority=priority, delay=None)
+    return RunJob(run_id, JobKind.RESUME, user_id=record.user_id, answer=answer)
+
+
+def _duplicate_job() -> type[Exception]:
+    """pgqueuer's refusal of a second job with a run's dedupe key (imported with the
+    fleet, not with loomgraph)."""
+    from pgqueuer.errors import DuplicateJobError
+
+    return DuplicateJobError
 
 
 def _check_placement(priority: int, queue: str | None) -> None:
@@ -271,9 +314,8 @@ async def cancel(deps: Deps, run_id: str, *, by: str, agent_name: str = "") -> C
     record = await runtime.load_run(run_id)
     if record is None:
         raise UnknownRun(run_id)
-    check_agent(record, agent_name)
-    if record.initial is None:  # queued: its record names no agent yet, its job does
-        check_owner(run_id, await fleet.run_agent(run_id), agent_name)
+    # A queued run's record names no agent yet: its job's does.
+    await check_run_agent(runtime, record, agent_name)
     if record.status.final or record.status in _ENDED:
         raise RunNotCancellable(run_id, str(record.status))
     try:

@@ -14,6 +14,7 @@ from loomgraph.agent.checkpoints import (
     RunOfAnotherAgent,
 )
 from loomgraph.agent.run_events import BadEventId
+from loomgraph.agent.submitting import RunJobPending
 from loomgraph.errors import InputTooLarge, LoomgraphError, StateError
 from loomgraph.nodes.structured import OutputValidationError
 from loomgraph.protocols import BudgetExceeded, UnknownRun
@@ -96,6 +97,7 @@ ERROR_STATUS: tuple[tuple[type[BaseException], int, str], ...] = (
     (GraphChanged, 409, "graph_changed"),
     (RunFinished, 409, "run_finished"),
     (RunConflict, 409, "run_conflict"),
+    (RunJobPending, 409, "run_conflict"),  # an answer is queued, or a worker has the run
     (InputTooLarge, 413, "too_large"),
     (ResumeError, 422, "validation"),
     (StateError, 422, "validation"),

@@ -52,13 +52,23 @@ async def advance(agent: Agent, fleet: FleetQueue, job: RunJob) -> Advanced:
     async with hold_lease(agent.deps.leases, job.run_id):
         # Looked at only once the run is ours, so of two workers (a job picked again while
         # its first worker was merely slow) one starts the run, the other finds it started.
+        # Everything below happens under this one lease: a cancel that lands after the check
+        # finds the run held, and stops it at its next effect (the worker is told), instead
+        # of journaling it cancelled in a gap the resume then overrides.
         record = await runtime.load_run(job.run_id)
         if record is None:
             log.warning("job for run %s, which the journal does not hold", job.run_id)
             return Advanced.NOTHING
+        # Not queued: a worker started it before. Only a run journaled as running (its
+        # worker died) or one whose answer this job brings goes on; a failed, cancelled or
+        # finished run is left as it is (a job picked again must not run a failed run twice).
+        answered = job.kind == JobKind.RESUME and record.status in _WAITING
+        if record.status not in (RunStatus.QUEUED, RunStatus.RUNNING) and not answered:
+            return Advanced.NOTHING
         _, cancelled_by = await fleet.job_of(job.run_id)
-        if cancelled_by is not None and record.status in (RunStatus.QUEUED, RunStatus.RUNNING):
-            # Asked while no worker could hear it (queued, or its worker died).
+        if cancelled_by is not None:
+            # Asked while no worker could hear it (queued, its worker died, or it stopped to
+            # wait before its next effect): it stands until the run is cancelled.
             reason = f"cancelled by {cancelled_by}"
             await runtime.finish_run(job.run_id, RunStatus.CANCELLED, reason, record.result)
             return Advanced.CANCELLED
@@ -77,22 +87,16 @@ async def advance(agent: Agent, fleet: FleetQueue, job: RunJob) -> Advanced:
             )
             await session.execute(agent.deps.hooks.on_event, leased=True)
             return Advanced.STARTED
-    # Not queued: a worker started it before. Only a run journaled as running (its worker
-    # died) or one whose answer this job brings goes on; a failed, cancelled or finished run
-    # is left as it is (a job picked again must not run a failed run a second time).
-    if record.status == RunStatus.RUNNING:
-        await _resume(agent, job.run_id)
+        await _resume(agent, job.run_id, **(job.answer if answered else {}))
         return Advanced.RESUMED
-    if job.kind == JobKind.RESUME and record.status in _WAITING:
-        await _resume(agent, job.run_id, **job.answer)
-        return Advanced.RESUMED
-    return Advanced.NOTHING
 
 
 async def _resume(agent: Agent, run_id: str, **answer: Any) -> RunResult:
-    """`agent.resume`, counting a recovery when the run crashed (dead letter after N)."""
+    """`agent.resume` under the lease the caller holds, counting a recovery when the run
+    crashed (dead letter after N)."""
     if "approve" in answer and isinstance(answer["approve"], dict):
         # Bound to the request `submit_resume` checked it against (its `key`; a job written
         # before jobs kept it has none): never to a later request for a same-id call.
         answer["approve"] = BoundApproval(**answer["approve"])
-    return await agent.resume(run_id, **answer)
+    resumer = agent._resumer()  # `agent.resume`, told the lease is held already
+    return await resumer.resume(agent.deps.hooks.on_event, run_id, leased=True, **answer)
