@@ -289,7 +289,8 @@ class VisitContext:
                         await self.emit(
                             MODEL_RETRY, {"error": chunk.get("error", ""), "provider": True}
                         )
-            if not response.usage.total_tokens:
+            said = response.usage
+            if not (said.input_tokens or said.output_tokens or said.prompt_tokens):
                 # Nothing reported (a third-party model): charged what it was sent and said.
                 response.usage = unreported_usage(request, texts, response)
             response.usage = response.usage.with_model_calls(1)
