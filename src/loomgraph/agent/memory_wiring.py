@@ -9,10 +9,11 @@ from typing import Any
 from loomgraph.agent.deps import ConfigError, current_run, resolve_model
 from loomgraph.memory import MemoryStore
 from loomgraph.memory.extract import Extractor
-from loomgraph.memory.tools import memory_tools
+from loomgraph.memory.tools import WRITING_TOOLS, memory_tools
 from loomgraph.models import EchoModel, ScriptedModel
 from loomgraph.protocols import Deps, Episode, Hooks, Model, Telemetry
 from loomgraph.protocols.events import MEMORY_EXTRACTION_FAILED, Event
+from loomgraph.tools import tool
 
 EXTRACTION_FAILED = MEMORY_EXTRACTION_FAILED  # the kind lives with the others
 
@@ -74,7 +75,7 @@ def wire_memory(
         for fn in memory_tools(
             memory, lambda: _run_field("user_id"), run_id_getter=lambda: _run_field("run_id")
         ):
-            add_tool(fn)
+            add_tool(tool(fn, egress=fn.__name__ in WRITING_TOOLS))
     model = resolve_model(extract_model) if extract_model is not None else deps.model
     if auto_extract is None:
         auto_extract = not isinstance(model, EchoModel | ScriptedModel)

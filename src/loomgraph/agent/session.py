@@ -20,6 +20,7 @@ from loomgraph.engine import audit_trail as trail
 from loomgraph.engine.effects import ResumeInput
 from loomgraph.engine.interpreter import Outcome, run_child, run_extra_step, run_graph
 from loomgraph.engine.scope import EventSink, RunScope, active_scope
+from loomgraph.engine.taint import note_messages
 from loomgraph.errors import InputTooLarge, ServiceUnavailable
 from loomgraph.graph.compiled import CompiledGraph
 from loomgraph.graph.state import final_output
@@ -150,6 +151,11 @@ class AgentSession:
             scope.resume = resume
             scope.system = record.initial.system if record.initial else self.instructions
             scope.model_calls = int((at.state.get("usage") or {}).get("model_calls", 0))
+            # What it started from (a session's history), or for a fork the conversation it
+            # takes over; a resume's own results are restored from its effects (`restore`).
+            start = record.initial if not new_run else None
+            started = start.state if start is not None else at.state
+            note_messages(scope.untrusted, self.deps.tools, started.get("messages") or ())
             if not new_run:  # the caller holds the run's lease
                 scope.seq = scope.snapshot_seq = at.seq
                 await restore(scope, self.deps.runtime, self.deps.tools)
@@ -327,6 +333,8 @@ class AgentSession:
         )
         scope.system = self.instructions + (f"\n\n{seed}" if seed else "")
         history = await memory.history(user_id=self.user_id, session_id=self.session_id)
+        # What tools returned in earlier runs is as untrusted now as it was then.
+        note_messages(scope.untrusted, self.deps.tools, history)
         return self.graph.schema.initial(
             {
                 "input": self.prompt,

@@ -37,11 +37,12 @@ import json
 import math
 import re
 import unicodedata
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from collections.abc import Set as AbstractSet
 from typing import Any
 
 from loomgraph.protocols.spellings import as_latin, without_invisible
+from loomgraph.protocols.tools import ToolHost
 
 # Shorter values (a yes, a number, a common word) are too likely to occur by chance.
 MIN_TAINT_CHARS = 8
@@ -195,6 +196,22 @@ def note_result(untrusted: UntrustedText, spec: Mapping[str, Any] | None, conten
     tool no longer offered counts as untrusted)."""
     if spec is None or not spec.get("trusted"):
         untrusted.add(content)
+
+
+def note_messages(untrusted: UntrustedText, tools: ToolHost, messages: Iterable[Any]) -> None:
+    """Remember what a run starts from and did not write itself as untrusted text: the tool
+    results among the messages (as its own results are), and the answers of earlier runs,
+    which may quote what their tools returned (a session's history, a checkpoint's
+    conversation). The user's own messages stay trusted."""
+    for message in messages:
+        if not isinstance(message, Mapping):
+            continue
+        role = message.get("role")
+        if role == "tool":
+            spec = tools.spec(str(message.get("name", "")))
+            note_result(untrusted, spec, str(message.get("content", "")))
+        elif role == "assistant" and message.get("content"):
+            untrusted.add(str(message["content"]))
 
 
 def is_tainted(args: Any, untrusted: AbstractSet[str]) -> bool:

@@ -13,6 +13,10 @@ from loomgraph.memory.base import MemoryStore
 
 MemoryTool = Callable[..., Awaitable[str]]
 
+# The tools that write what later runs are prompted with: a way out of the run for the text
+# they are given, so the Agent offers them as egress tools (their tainted calls are checked).
+WRITING_TOOLS = frozenset({"remember_fact", "update_block"})
+
 
 def memory_tools(
     memory: MemoryStore,
