@@ -5,13 +5,20 @@ random shell strings:
   `os.path.realpath(value)` is inside ROOT;
 - a deny rule `fs(path=OUTSIDE/**)` denies every value whose real path is inside OUTSIDE;
 - an allow decision for `shell(cmd:command=ls *)` implies the value is one simple `ls` command:
-  no substitution or newline anywhere, no unquoted operator, and `ls` as its first word.
+  no substitution or newline anywhere, no unquoted operator, and `ls` as its first word;
+- the same two for relative paths, from several working directories, and rules written
+  absolute or relative;
+- adding a reading never turns a deny into an allow: a shell string denied by
+  `shell(cmd=rm *)` stays denied behind an assignment, `command`, `{`, `sudo`, ...; every
+  spelling of `rm -rf /` built from those is denied; a dotted name is denied when its nested
+  value or its literal key matches, and allowed only when both do.
 """
 
 from __future__ import annotations
 
 import asyncio
 import atexit
+import contextlib
 import os
 import shlex
 import shutil
@@ -19,7 +26,7 @@ import tempfile
 from functools import cache
 from typing import Any
 
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from loomgraph.governance import StandardPermissions
@@ -135,3 +142,116 @@ def test_an_allowed_command_is_one_ls(words: list[str], glue: str) -> None:
         if run(perms, "shell", SHELL, cmd=value) == "allow":
             no_meta = not any(c in value for c in ";&|$`<>(){}\n\r\x00")
             assert (no_meta and value.startswith("ls ")) or one_ls_command(value), value
+
+
+# ---------------------------------------------------------------------------- relative paths
+
+
+@st.composite
+def relative_paths(draw: Any) -> tuple[str, str]:
+    """A working directory in the tree and a relative path from it."""
+    root, outside = tree()
+    base = os.path.dirname(root)
+    cwd = draw(st.sampled_from([root, os.path.join(root, "a"), base, outside]))
+    start = draw(st.sampled_from(["", "./", "../", "../../", "../" * 12]))
+    parts = draw(st.lists(st.tuples(SEPARATORS, SEGMENTS), min_size=1, max_size=6))
+    rest = "".join(sep + seg for sep, seg in parts).lstrip("/")
+    return cwd, (start + rest) or "."
+
+
+@settings(max_examples=500, deadline=None)
+@given(case=relative_paths(), declared=st.booleans())
+def test_an_allowed_relative_path_is_really_inside_the_root(
+    case: tuple[str, str], declared: bool
+) -> None:
+    cwd, path = case
+    root, _ = tree()
+    kind = ":path" if declared else ""
+    with contextlib.chdir(cwd):
+        # A rule written relative from a directory below the root (`../**`) would cover
+        # more than the root: only ancestors of the root write it relative here.
+        below = os.path.relpath(root, cwd).startswith("..")
+        for pattern in (root,) if below else (root, os.path.relpath(root, cwd)):
+            perms = StandardPermissions(allow=[f"fs(path{kind}={pattern}/**)"], mode="strict")
+            if run(perms, "fs", SPEC, path=path) == "allow":
+                assert inside(path, root), (cwd, path, pattern, os.path.realpath(path))
+
+
+@settings(max_examples=500, deadline=None)
+@given(case=relative_paths(), declared=st.booleans())
+def test_a_relative_path_really_outside_is_denied(case: tuple[str, str], declared: bool) -> None:
+    cwd, path = case
+    _, outside = tree()
+    kind = ":path" if declared else ""
+    with contextlib.chdir(cwd):
+        if inside(path, outside) and os.path.realpath(path) != outside:
+            perms = StandardPermissions(deny=[f"fs(path{kind}={outside}/**)"], mode="bypass")
+            assert run(perms, "fs", SPEC, path=path) == "deny", (cwd, path)
+
+
+# ---------------------------------------------------------- added readings only ever deny
+
+DENY_RM = StandardPermissions(deny=["shell(cmd=rm *)"], mode="bypass")
+PREFIXES = st.sampled_from(
+    [
+        "x=1 ", "A='a b' ", "command ", "command -p ", "exec ", "builtin ", "nohup ",
+        "time ", "time -p ", "{ ", "( ", "! ", "if true; then ", "while :; do ", "sudo ",
+        "sudo -u root ", "env ", "env -i X=1 ", "nice -n 5 ", "xargs ", "ls; ", "ls && ",
+        "ls | ", "eval ", "sh -c ", "bash -xc ",
+    ]
+)  # fmt: skip
+RM = st.sampled_from(
+    [
+        "rm -rf /", "/bin/rm -rf /", "/usr/bin/rm -rf /", "rm${IFS}-rf /", "rm$IFS-rf${IFS}/",
+        "{rm,-rf,/}", "r''m -rf /", "\\rm -rf /", "'rm' -rf /", "r\\\nm -rf /", "RM -rf /",
+        "r$@m -rf /", "x=1 {/bin/rm,-rf,/}",
+    ]
+)  # fmt: skip
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    words=st.lists(WORDS, min_size=1, max_size=8),
+    glue=st.sampled_from([" ", ""]),
+    # A prefix ending in an operator starts a new command, read on its own: that is what the
+    # next property checks. Behind one, `rm ;` (rm with nothing) is no longer read as `rm *`.
+    prefix=PREFIXES.filter(lambda p: not set(p) & set(";&|")),
+)
+def test_a_denied_command_stays_denied_behind_a_prefix(
+    words: list[str], glue: str, prefix: str
+) -> None:
+    value = glue.join(words)
+    # `rm ` with a trailing blank matches `rm *` only as written (and runs rm with nothing).
+    assume(value == value.rstrip())
+    if prefix in ("eval ", "sh -c ", "bash -xc "):
+        value = shlex.quote(value)  # the script is one argument
+    if run(DENY_RM, "shell", SHELL, cmd=glue.join(words)) == "deny":
+        assert run(DENY_RM, "shell", SHELL, cmd=prefix + value) == "deny", prefix + value
+
+
+@settings(max_examples=500, deadline=None)
+@given(prefixes=st.lists(PREFIXES, max_size=3), rm=RM)  # eval and sh -c: three levels
+def test_every_spelling_of_rm_is_denied(prefixes: list[str], rm: str) -> None:
+    value = rm
+    for prefix in reversed(prefixes):
+        quoted = prefix in ("eval ", "sh -c ", "bash -xc ")
+        value = prefix + (shlex.quote(value) if quoted else value)
+    assert run(DENY_RM, "shell", SHELL, cmd=value) == "deny", value
+
+
+HOSTS = st.sampled_from(["db.internal", "ok.example", "DB.INTERNAL", "x.internal.example", ""])
+HTTP: Any = {"name": "http", "parameters": {"properties": {"url": {}, "headers": {}}}}
+
+
+@settings(max_examples=200, deadline=None)
+@given(nested=HOSTS, literal=HOSTS)
+def test_a_dotted_name_is_denied_by_either_reading_and_allowed_by_both(
+    nested: str, literal: str
+) -> None:
+    args = {"url": "u", "headers": {"host": nested}, "headers.host": literal}
+    deny = StandardPermissions(deny=["http(headers.host=*.internal)"], mode="bypass")
+    denied = any(h.casefold().endswith(".internal") for h in (nested, literal))
+    assert (run(deny, "http", HTTP, **args) == "deny") == denied
+    allow = StandardPermissions(allow=["http(headers.host=*.internal)"], mode="strict")
+    allowed = all(h.endswith(".internal") for h in (nested, literal))
+    assert (run(allow, "http", HTTP, **args) == "allow") == allowed

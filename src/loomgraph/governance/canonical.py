@@ -1,24 +1,28 @@
 """Canonical readings of argument values: the spellings a rule's pattern is matched against.
 
-A value can be read several ways (lexically normalised, resolved through symlinks, NFKC
-folded, with lookalikes replaced, each command of a shell string). A deny or ask rule matches
-when ANY reading matches; an allow rule only when EVERY reading does, and `strict_readings`
-returns None (no allow match at all) for values that are ambiguous in a way readings cannot
-capture: lookalike characters, mixed scripts, control characters, shell operators.
+A value can be read several ways (lexically normalised, resolved through symlinks, a relative
+path also from `/`, NFKC folded, with lookalikes replaced, each command of a shell string in
+the spellings of `shell_words`). A deny or ask rule matches when ANY reading matches; an allow
+rule only when EVERY reading does (of one spelling: a relative path is spelled relative or
+absolute), and `strict_readings` returns None (no allow match at all) for values that are
+ambiguous in a way readings cannot capture: lookalike characters, mixed scripts, control
+characters, shell operators.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import posixpath
 import re
 import shlex
 import unicodedata
+from collections.abc import Callable
+from functools import cache
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
+from loomgraph.governance.shell_words import commands
 from loomgraph.protocols.spellings import as_latin, without_invisible
 
 __all__ = ["generous_readings", "readings", "strict_readings"]
@@ -29,7 +33,9 @@ Reading = tuple[str, bool]  # (text, is one path)
 SHELL_META = frozenset(";&|$`<>(){}\n\r\x00")
 _ALWAYS_META = frozenset("$`\n\r\x00")  # expanded or splitting even inside quotes
 _OPERATOR = re.compile(r"[;&|<>()]+")
-_SUBST = re.compile(r"\$\(([^()]*)\)|`([^`]*)`")
+# A word (run of non-blanks) with a `/`, or `.`, `..`, or starting with `~`: `is_path` but
+# for URLs, found without a Python call for every word.
+_PATH_WORD = re.compile(r"(?<!\S)(?=\S*/|\.\.?(?!\S)|~)\S+")
 _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 _CJK = {"CJK", "HIRAGANA", "KATAKANA", "HANGUL", "IDEOGRAPHIC"}
 
@@ -55,14 +61,20 @@ def readings(value: Any) -> list[Reading]:
     return out
 
 
-def strict_readings(value: Any, kind: str | None) -> list[Reading] | None:
-    """The readings an allow rule must match in full, or None when no allow may match."""
+def strict_readings(value: Any, kind: str | None) -> list[list[Reading]] | None:
+    """The readings an allow rule must match, or None when no allow may match.
+
+    Each list is every reading of the value in one spelling, and an allow rule must match all
+    the readings of one of them: a relative path is spelled relative (as written, and resolved)
+    and absolute (joined to the working directory, and resolved), which name the same files.
+    """
     if not isinstance(value, str):
-        return readings(value)
+        return [readings(value)]
     if unicodedata.normalize("NFKC", value) != value:
         return None  # a lookalike spelling: fullwidth letters, ligatures, compatibility forms
     if kind == "command":
-        return _command_strict(value)
+        found = _command_strict(value)
+        return None if found is None else [found]
     if kind == "path" and _path_spelling(value) != value:
         return None  # a URL, %-escapes or backslashes: which file it names depends on the tool
     found = _resolved(value) if kind == "path" else _with_resolved(value)
@@ -71,7 +83,9 @@ def strict_readings(value: Any, kind: str | None) -> list[Reading] | None:
         return None
     if (kind == "path" or not any(c.isspace() for c in value)) and _mixed_scripts(value):
         return None
-    return found
+    if (kind == "path" or is_path(value)) and not value.startswith(("/", "~")):
+        return [found, list(dict.fromkeys([(rooted(value), True), (absolute(value), True)]))]
+    return [found]
 
 
 def generous_readings(value: Any, kind: str | None) -> list[Reading]:
@@ -84,11 +98,17 @@ def generous_readings(value: Any, kind: str | None) -> list[Reading]:
     if kind != "command":
         # As a tool may read a path: a file URL's path, %-escapes decoded, `\` as `/`.
         texts |= dict.fromkeys(_path_spelling(text) for text in list(texts))
+    # Each path word is resolved once however many readings hold it.
+    every = tuple(cache(fix) for fix in (normpath, realpath, rooted, absolute))
     out: list[Reading] = []
     for text in texts:
-        out += _resolved(text) if kind == "path" else _with_resolved(text)
+        out += _resolved(text, every[1:]) if kind == "path" else _with_resolved(text, every[1:])
+        if kind is None and _bare_word(text):
+            # A name may be a file in the working directory (`passwd`, `my docs/x`): a deny
+            # on that directory must not be dodged by leaving out `./`.
+            out += [(every[2](text), True), (every[3](text), True)]
         if kind == "command":
-            out += [(_words(part, normpath), False) for part in _commands(text)]
+            out += [(_words(part, fix), False) for part in commands(text) for fix in every]
     return list(dict.fromkeys(out))
 
 
@@ -99,6 +119,14 @@ def is_path(text: str) -> bool:
     return "/" in text or text in (".", "..") or text.startswith("~")
 
 
+def _bare_word(text: str) -> bool:
+    """What may name a file where it is run: not absolute, `~…` or a URL, one line, and one
+    word or a text with a `/` (`passwd`, `my docs/x`); not free text like an e-mail body."""
+    if not text or text.startswith(("/", "~")) or "://" in text or "\n" in text:
+        return False
+    return "/" in text or not any(c.isspace() for c in text)
+
+
 def normpath(text: str) -> str:
     """Lexically normalised; a leading `//` (implementation-defined in POSIX) becomes `/`."""
     norm = posixpath.normpath(text)
@@ -106,7 +134,10 @@ def normpath(text: str) -> str:
 
 
 def realpath(text: str) -> str:
-    """Resolved against the file system (symlinks, `..` after them); relative stays relative."""
+    """Resolved against the file system (symlinks, `..` after them); relative stays relative.
+
+    `absolute` is the same file named from `/`: `../../etc/b` may be `/etc/b`.
+    """
     if text.startswith("~") or "\x00" in text:
         return normpath(text)  # `~` is not expanded; a NUL cannot name a file
     try:
@@ -118,23 +149,50 @@ def realpath(text: str) -> str:
         return normpath(text)
 
 
-def _words(text: str, fix: Any) -> str:
-    return re.sub(r"\S+", lambda m: fix(m.group()) if is_path(m.group()) else m.group(), text)
+def absolute(text: str) -> str:
+    """Resolved like `realpath`, a relative path as the absolute path it names."""
+    if text.startswith(("/", "~")) or "\x00" in text:
+        return realpath(text)
+    try:
+        return normpath(os.path.realpath(text))
+    except (OSError, ValueError):
+        return normpath(text)
 
 
-def _resolved(text: str) -> list[Reading]:
-    """A declared path: lexical and resolved, both as one path."""
-    return list(dict.fromkeys([(normpath(text), True), (realpath(text), True)]))
+def rooted(text: str) -> str:
+    """Lexically normalised after joining a relative path to the working directory."""
+    if text.startswith(("/", "~")) or "\x00" in text:
+        return normpath(text)
+    try:
+        return normpath(os.path.join(os.path.realpath(os.getcwd()), text))
+    except (OSError, ValueError):
+        return normpath(text)
 
 
-def _with_resolved(text: str) -> list[Reading]:
+# How paths are resolved for an allow rule: relative ones stay relative (`strict_readings`
+# spells them absolute separately). A deny or ask rule reads them both ways.
+_RELATIVE: tuple[Callable[[str], str], ...] = (realpath,)
+
+
+def _words(text: str, fix: Callable[[str], str]) -> str:
+    """`text` with `fix` applied to each word that `is_path`."""
+    return _PATH_WORD.sub(lambda m: m.group() if "://" in m.group() else fix(m.group()), text)
+
+
+def _resolved(text: str, fixes: tuple[Callable[[str], str], ...] = _RELATIVE) -> list[Reading]:
+    """A declared path: lexical and resolved, all as one path."""
+    return list(dict.fromkeys([(normpath(text), True), *((fix(text), True) for fix in fixes)]))
+
+
+def _with_resolved(text: str, fixes: tuple[Callable[[str], str], ...] = _RELATIVE) -> list[Reading]:
     """The lexical readings, and each again with its paths resolved through symlinks."""
     out = readings(text)
     for reading, is_one_path in list(out):
-        if is_one_path:
-            out.append((realpath(text), True))
-        elif reading != (resolved := _words(text, realpath)):
-            out.append((resolved, False))
+        for fix in fixes:
+            if is_one_path:
+                out.append((fix(text), True))
+            elif reading != (resolved := _words(text, fix)):
+                out.append((resolved, False))
     return list(dict.fromkeys(out))
 
 
@@ -155,15 +213,6 @@ def _command_strict(value: str) -> list[Reading] | None:
         joined = " ".join(tokens)
         return list(dict.fromkeys([(_words(joined, f), False) for f in (normpath, realpath)]))
     return _with_resolved(value)
-
-
-def _commands(text: str) -> list[str]:
-    """Each command a shell string runs: split at operators, and substitutions' insides."""
-    parts = [m.group(1) or m.group(2) or "" for m in _SUBST.finditer(text)]
-    parts += re.split(r"[;&|\n\r()`]+|\$\(", text)
-    with contextlib.suppress(ValueError):  # unbalanced quotes: the splits above still count
-        parts.append(" ".join(shlex.split(text)))
-    return [p.strip() for p in parts if p.strip()]
 
 
 def _visible(text: str) -> str:

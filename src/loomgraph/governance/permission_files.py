@@ -39,6 +39,7 @@ TOP_KEYS = ("mode", "allow", "ask", "deny", "per_user", "sets", "approval_timeou
 USER_KEYS = ("mode", "allow", "ask", "deny", "sets", "approval_timeout_s")
 ASK_KEYS = ("rule", "unless", "approval_timeout_s")
 MODES = ("default", "accept_edits", "bypass", "strict")
+TAINT_VERDICTS = ("ask", "deny", "allow")
 _MAX_BYTES = 1_000_000
 
 
@@ -169,6 +170,10 @@ def _check_values(kwargs: dict[str, Any], fail: Any, sets: Mapping[str, Any]) ->
         raise fail(
             PermissionConfigError(f"unknown mode {mode!r}; use {', '.join(MODES)}"), ("mode",)
         )
+    tainted = kwargs.get("on_tainted", "ask")
+    if tainted not in TAINT_VERDICTS:
+        problem = f"on_tainted must be 'ask', 'deny' or 'allow', not {tainted!r}"
+        raise fail(PermissionConfigError(problem), ("on_tainted",))
     timeout = kwargs.get("approval_timeout_s")
     if timeout is not None and (
         isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0
@@ -214,7 +219,12 @@ class _Loader(yaml.SafeLoader):
 
 
 def _parse_yaml(text: str, file: str) -> tuple[Any, Lines]:
-    loader = _Loader(text)
+    try:
+        loader = _Loader(text)  # checks every character first: a NUL raises here
+    except yaml.reader.ReaderError as err:
+        where = text.count("\n", 0, err.position) + 1
+        problem = f"unacceptable character #x{err.character:04x}: not allowed in YAML"
+        raise PermissionConfigError(problem, file=file, line=where) from None
     lines: Lines = {}
     try:
         root = loader.get_single_node()
@@ -224,6 +234,8 @@ def _parse_yaml(text: str, file: str) -> tuple[Any, Lines]:
     except yaml.MarkedYAMLError as err:
         line = err.problem_mark.line + 1 if err.problem_mark else None
         raise PermissionConfigError(str(err.problem or err), file=file, line=line) from None
+    except yaml.YAMLError as err:  # any other error of the YAML library, still located
+        raise PermissionConfigError(str(err), file=file) from None
     finally:
         loader.dispose()
     return data, lines

@@ -11,7 +11,9 @@ reading of a value matches, and an argument the call leaves out counts as "could
 (unless the tool's schema shows it does not take it, or gives its default). An allow rule
 (`every=True`) needs every element and every reading to match, never matches an absent
 argument except with `<absent>`, and never matches a value `canonical.strict_readings`
-refuses (lookalikes, shell operators in paths and commands, ...).
+refuses (lookalikes, shell operators in paths and commands, ...). A dotted name
+(`headers.host`) is read both as the nested value and as a literal key of that name when the
+call has one, and the same any/every rule applies to the two readings.
 """
 
 from __future__ import annotations
@@ -122,7 +124,13 @@ def _to_parsed(rule: Rule) -> ParsedRule:
 def _cond_matches(
     cond: Cond, args: Any, spec: Mapping[str, Any], every: bool, sets: Mapping[str, SetSource]
 ) -> bool:
-    value = _lookup(args, cond.name)
+    hits = (_value_matches(cond, v, spec, every, sets) for v in _values(args, cond.name, spec))
+    return all(hits) if every else any(hits)
+
+
+def _value_matches(
+    cond: Cond, value: Any, spec: Mapping[str, Any], every: bool, sets: Mapping[str, SetSource]
+) -> bool:
     if cond.op == "absent" or cond.op == "present":
         return (value is _MISSING) == (cond.op == "absent")
     if value is _MISSING:
@@ -148,8 +156,9 @@ def _element(
         if number is None:
             return not every  # not comparable: a deny or ask rule cannot rule it out
         return _CMP[cond.cmp](number, cond.number)
-    found = strict_readings(item, kind) if every else generous_readings(item, kind)
-    if found is None:
+    # An allow rule must match every reading of one spelling; a deny or ask rule any reading.
+    spellings = strict_readings(item, kind) if every else [generous_readings(item, kind)]
+    if spellings is None:
         return False
     if cond.op == "in":
         try:
@@ -159,13 +168,18 @@ def _element(
         except Exception:
             return not every  # a set that cannot be read: deny and ask rules still hold
         if every:
-            return all(text in members for text, _ in found)
+            return any(all(text in members for text, _ in found) for found in spellings)
         folded = {m.casefold() for m in members}
-        return any(text in members or text.casefold() in folded for text, _ in found)
+        return any(text in members or text.casefold() in folded for text, _ in spellings[0])
     text_re = glob_regex(cond.glob, path=False, fold=not every)
     path_re = glob_regex(cond.glob, path=True, fold=not every)
-    hits = ((path_re if one_path else text_re).fullmatch(text) for text, one_path in found)
-    return all(h is not None for h in hits) if every else any(h is not None for h in hits)
+
+    def hit(text: str, one_path: bool) -> bool:
+        return (path_re if one_path else text_re).fullmatch(text) is not None
+
+    if every:
+        return any(all(hit(*reading) for reading in found) for found in spellings)
+    return any(hit(*reading) for reading in spellings[0])
 
 
 def _members(cond: Cond, sets: Mapping[str, SetSource]) -> frozenset[str]:
@@ -182,18 +196,21 @@ def _members(cond: Cond, sets: Mapping[str, SetSource]) -> frozenset[str]:
 
 
 def _number(item: Any, *, strict: bool) -> float | None:
+    """A number to compare: an int as itself (compared exactly, however large), a finite float;
+    for a deny or ask rule also a numeric string. None when it is not comparable."""
     if isinstance(item, bool):
         return None
-    if isinstance(item, int | float):
-        number = float(item)
-    elif isinstance(item, str) and not strict:
+    if isinstance(item, int):
+        return item  # no float(): 10**400 would overflow, 2**53 + 1 would round
+    if isinstance(item, float):
+        return item if math.isfinite(item) else None
+    if isinstance(item, str) and not strict:
         try:
             number = float(item.strip())
         except ValueError:
             return None
-    else:
-        return None
-    return number if math.isfinite(number) else None
+        return number if math.isfinite(number) else None  # "1e400" cannot be ruled out
+    return None
 
 
 def _declared_kind(spec: Mapping[str, Any], name: str) -> str | None:
@@ -209,11 +226,13 @@ def _declared_kind(spec: Mapping[str, Any], name: str) -> str | None:
 
 
 def _schema_property(spec: Mapping[str, Any], name: str) -> Any:
+    """The schema of the parameter `name` (a literal dotted name first), or of the object a
+    dotted name walks into; _NOT_TAKEN when the schema lists neither, _MISSING without one."""
     params = spec.get("parameters")
     props = params.get("properties") if isinstance(params, Mapping) else None
     if not isinstance(props, Mapping):
         return _MISSING
-    return props.get(name.split(".")[0], _NOT_TAKEN)
+    return props[name] if name in props else props.get(name.split(".")[0], _NOT_TAKEN)
 
 
 def _absent_value(spec: Mapping[str, Any], name: str) -> Any:
@@ -226,10 +245,22 @@ def _absent_value(spec: Mapping[str, Any], name: str) -> Any:
     return _MISSING
 
 
+def _values(args: Any, name: str, spec: Mapping[str, Any]) -> list[Any]:
+    """The readings of an argument: a dotted name (`headers.host`) walks into nested objects,
+    and is also read as a literal key of that name when the call has one (a tool may take
+    either). The nested reading may be _MISSING; it is dropped only when the tool's schema
+    shows it takes no object by the first part (`headers`). Never empty."""
+    nested = _lookup(args, name)
+    if "." not in name or not isinstance(args, dict) or name not in args:
+        return [nested]
+    literal = args[name]
+    if nested is _MISSING and _schema_property(spec, name.split(".")[0]) is _NOT_TAKEN:
+        return [literal]
+    return [nested, literal]
+
+
 def _lookup(args: Any, name: str) -> Any:
     """An argument by name; a dotted name walks into nested objects (`headers.host`)."""
-    if isinstance(args, dict) and name in args:
-        return args[name]
     current = args
     for part in name.split("."):
         if not isinstance(current, dict) or part not in current:

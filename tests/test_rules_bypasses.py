@@ -1,0 +1,244 @@
+"""Permission-rule bypasses found by an outside probe, each reproduced as a test.
+
+A dotted argument name dodged by a literal key of that name, a relative path climbing out of
+the working directory past a deny rule on absolute paths, shell spellings of a denied command
+(`/bin/rm`, `x=1 rm`, `{ rm; }`, `command rm`, `rm${IFS}-rf`), a huge integer crashing a
+numeric comparison, and permission-file errors that did not name their file and line.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from loomgraph.governance import PermissionConfigError, StandardPermissions
+from loomgraph.protocols import ToolCall, ToolSpec
+
+HTTP: ToolSpec = {
+    "name": "http",
+    "parameters": {"type": "object", "properties": {"url": {}, "headers": {"type": "object"}}},
+}
+READ: ToolSpec = {"name": "read"}
+READ_DECLARED: ToolSpec = {"name": "read", "path_params": ["path"]}
+SHELL: ToolSpec = {"name": "shell"}
+TRANSFER: ToolSpec = {
+    "name": "transfer",
+    "parameters": {"type": "object", "properties": {"to": {}, "amount": {}}},
+}
+
+
+def call(tool: str, **args: Any) -> ToolCall:
+    return {"id": "c1", "tool": tool, "args": args}
+
+
+async def verdict(perms: StandardPermissions, spec: ToolSpec, **args: Any) -> str:
+    return (await perms.check(call(spec["name"], **args), spec, user_id=None)).verdict
+
+
+# ------------------------------------------------------------------ 1. dotted names
+
+
+async def test_a_literal_dotted_key_does_not_hide_the_nested_value_from_a_deny_rule() -> None:
+    perms = StandardPermissions(deny=["http(headers.host=*.internal)"])
+    nested = {"host": "db.internal"}
+    assert await verdict(perms, HTTP, url="u", headers=nested) == "deny"
+    shadowed = {"url": "u", "headers": nested, "headers.host": "ok.example"}
+    assert await verdict(perms, HTTP, **shadowed) == "deny"
+    # ... nor the literal value from it, when that is the one that matches.
+    flipped = {"url": "u", "headers": {"host": "ok.example"}, "headers.host": "db.internal"}
+    assert await verdict(perms, HTTP, **flipped) == "deny"
+    fine = {"url": "u", "headers": {"host": "ok.example"}, "headers.host": "ok.example"}
+    assert await verdict(perms, HTTP, **fine) == "allow"
+
+
+async def test_a_literal_dotted_key_does_not_stand_in_for_a_missing_nested_one() -> None:
+    # Without `headers`, the nested header is unknown: the deny rule holds (as documented for
+    # a dotted name); adding a literal `headers.host` must not turn that into an allow.
+    perms = StandardPermissions(deny=["http(headers.host=*.internal)"])
+    assert await verdict(perms, HTTP, url="u") == "deny"
+    assert await verdict(perms, HTTP, url="u", **{"headers.host": "ok.example"}) == "deny"
+    # A tool whose schema takes the literal name: leaving it out does not dodge the rule.
+    literal: ToolSpec = {"name": "http", "parameters": {"properties": {"headers.host": {}}}}
+    assert await verdict(perms, literal) == "deny"
+
+
+async def test_an_allow_rule_on_a_dotted_name_needs_both_readings() -> None:
+    perms = StandardPermissions(allow=["http(headers.host=*.example)"], mode="strict")
+    both = {"url": "u", "headers": {"host": "ok.example"}, "headers.host": "ok.example"}
+    assert await verdict(perms, HTTP, **both) == "allow"
+    shadowed = {"url": "u", "headers": {"host": "db.internal"}, "headers.host": "ok.example"}
+    assert await verdict(perms, HTTP, **shadowed) == "deny"
+    only_literal = {"url": "u", "headers.host": "ok.example"}
+    assert await verdict(perms, HTTP, **only_literal) == "deny"
+    # A tool whose schema takes the literal name (and no `headers` object) is still allowed.
+    literal: ToolSpec = {"name": "http", "parameters": {"properties": {"headers.host": {}}}}
+    assert await verdict(perms, literal, **only_literal) == "allow"
+
+
+async def test_absent_and_present_on_a_dotted_name_see_both_readings() -> None:
+    literal_only = {"url": "u", "headers": {}, "headers.host": "x"}
+    deny = StandardPermissions(deny=["http(headers.host=<absent>)"])
+    assert await verdict(deny, HTTP, **literal_only) == "deny"
+    assert await verdict(deny, HTTP, url="u", headers={"host": "x"}) == "allow"
+    allow = StandardPermissions(allow=["http(headers.host=<present>)"], mode="strict")
+    assert await verdict(allow, HTTP, **literal_only) == "deny"
+    assert await verdict(allow, HTTP, url="u", headers={"host": "x"}) == "allow"
+
+
+# ------------------------------------------------------------------ 2. relative paths
+
+
+@pytest.fixture
+def cwd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A working directory with `src/a.py` and `data/link`, a symlink to /etc."""
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "a.py").write_text("")
+    (tmp_path / "data").mkdir()
+    os.symlink("/etc", tmp_path / "data" / "link")
+    monkeypatch.chdir(tmp_path)
+    return Path(os.path.realpath(tmp_path))
+
+
+UP = "../" * 40  # more than enough to reach /
+
+
+@pytest.mark.parametrize("spec", [READ, READ_DECLARED])
+@pytest.mark.parametrize(
+    "path", [UP + "etc/hostname", "data/link/passwd", "./data/link/x/../hostname"]
+)
+@pytest.mark.usefixtures("cwd")
+async def test_a_relative_path_out_of_the_working_directory_meets_absolute_rules(
+    spec: ToolSpec, path: str
+) -> None:
+    assert await verdict(StandardPermissions(deny=["read(path=/etc/**)"]), spec, path=path) == (
+        "deny"
+    )
+    assert await verdict(StandardPermissions(ask=["read(path=/etc/**)"]), spec, path=path) == (
+        "ask"
+    )
+
+
+async def test_a_bare_name_meets_a_deny_rule_on_the_working_directory(cwd: Path) -> None:
+    for spec in (READ, READ_DECLARED):
+        perms = StandardPermissions(deny=[f"read(path={cwd}/**)"])
+        for path in ("passwd", "my docs/x", "src"):
+            assert await verdict(perms, spec, path=path) == "deny", (spec, path)
+        assert await verdict(perms, spec, path="/elsewhere/x") == "allow"
+
+
+@pytest.mark.usefixtures("cwd")
+async def test_a_relative_path_inside_a_command_meets_absolute_rules() -> None:
+    perms = StandardPermissions(deny=["shell(cmd=cat /etc/*)"])
+    assert await verdict(perms, SHELL, cmd=f"cat {UP}etc/passwd") == "deny"
+    assert await verdict(perms, SHELL, cmd="cat data/link/passwd") == "deny"
+
+
+async def test_a_relative_path_is_allowed_by_a_relative_or_an_absolute_rule(cwd: Path) -> None:
+    for rule in ("read(path=src/**)", f"read(path={cwd}/src/**)"):
+        for spec in (READ, READ_DECLARED):
+            perms = StandardPermissions(allow=[rule], mode="strict")
+            assert await verdict(perms, spec, path="src/a.py") == "allow", rule
+            assert await verdict(perms, spec, path="./src/../src/a.py") == "allow", rule
+            assert await verdict(perms, spec, path="src/../data/link/x") == "deny", rule
+            assert await verdict(perms, spec, path="data/link/passwd") == "deny", rule
+    # A deny rule written relative still holds.
+    deny = StandardPermissions(deny=["read(path=data/**)"])
+    assert await verdict(deny, READ, path="src/../data/x") == "deny"
+
+
+# ------------------------------------------------------------------ 3. shell spellings
+
+
+DENIED_SPELLINGS = [
+    "{ rm -rf /; }",
+    "x=1 rm -rf /",
+    "x='a b' y=2 rm -rf /",
+    "/bin/rm -rf /",
+    "/usr/bin/rm -rf /",
+    "rm${IFS}-rf /",
+    "rm$IFS-rf /",
+    "command rm -rf /",
+    "command -p rm -rf /",
+    "exec rm -rf /",
+    "builtin rm -rf /",
+    "nohup rm -rf /",
+    "time rm -rf /",
+    "time -p /bin/rm -rf /",
+    "ls; (x=1 /bin/rm -rf /)",
+    "! rm -rf /",
+    "if true; then rm -rf /; fi",
+    "while true; do exec rm -rf /; done",
+    "{rm,-rf,/}",
+    "r\\\nm -rf /",
+    "x=1 command exec /bin/rm -rf /",
+]
+
+
+@pytest.mark.parametrize("cmd", DENIED_SPELLINGS)
+async def test_shell_spellings_of_a_denied_command_are_denied(cmd: str) -> None:
+    for rule in ("shell(cmd=rm *)", "shell(cmd:command=rm *)"):
+        assert await verdict(StandardPermissions(deny=[rule]), SHELL, cmd=cmd) == "deny", rule
+        assert await verdict(StandardPermissions(ask=[rule]), SHELL, cmd=cmd) == "ask", rule
+
+
+async def test_the_extra_command_readings_add_to_deny_rules_only() -> None:
+    # A deny rule naming the full path still matches the full path after an assignment.
+    full = StandardPermissions(deny=["shell(cmd=/bin/rm *)"])
+    assert await verdict(full, SHELL, cmd="x=1 /bin/rm -rf /") == "deny"
+    # Other commands are not caught by the new readings ...
+    perms = StandardPermissions(deny=["shell(cmd=rm *)"], mode="accept_edits")
+    for cmd in ("ls -la /", "x=1 ls", "/bin/ls /", "{ ls; }", "command -v ls", "echo rm x"):
+        assert await verdict(perms, SHELL, cmd=cmd) == "allow", cmd
+    # ... and an allow rule is not widened by them: it matches the command as written.
+    allow = StandardPermissions(allow=["shell(cmd=ls *)"], mode="strict")
+    assert await verdict(allow, SHELL, cmd="ls -la") == "allow"
+    for cmd in ("x=1 ls -la", "/bin/ls -la", "command ls -la", "{ ls -la; }", "ls${IFS}-la"):
+        assert await verdict(allow, SHELL, cmd=cmd) == "deny", cmd
+
+
+# ------------------------------------------------------------------ 4. huge numbers
+
+
+async def test_a_huge_integer_is_compared_exactly_and_never_crashes_the_check() -> None:
+    huge = 10**400
+    deny = StandardPermissions(deny=["transfer(amount>1000)"])
+    assert await verdict(deny, TRANSFER, to="x", amount=huge) == "deny"
+    assert await verdict(deny, TRANSFER, to="x", amount=-huge) == "allow"
+    small = StandardPermissions(allow=["transfer(amount<5)"], mode="strict")
+    assert await verdict(small, TRANSFER, to="x", amount=huge) == "deny"
+    assert await verdict(small, TRANSFER, to="x", amount=-huge) == "allow"
+    ask = StandardPermissions(ask=["transfer(amount>=1e300)"], mode="strict")
+    assert await verdict(ask, TRANSFER, to="x", amount=huge) == "ask"
+    # Exactly: 2**53 + 1 is above the float 2**53, which float() would round it to.
+    exact = StandardPermissions(deny=["transfer(amount>9007199254740992)"])
+    assert await verdict(exact, TRANSFER, to="x", amount=2**53 + 1) == "deny"
+    # A numeric string too large for a float cannot be ruled out by a deny rule.
+    assert await verdict(deny, TRANSFER, to="x", amount="9" * 400) == "deny"
+
+
+# ------------------------------------------------------------------ 5. permission files
+
+
+def test_a_nul_byte_in_a_permission_file_names_the_file_and_line(tmp_path: Path) -> None:
+    path = tmp_path / "nul.yaml"
+    path.write_text("mode: strict\ndeny: [shell]\x00\n", encoding="utf-8")
+    with pytest.raises(PermissionConfigError) as err:
+        StandardPermissions.from_file(path)
+    assert err.value.file == str(path)
+    assert err.value.line == 2
+    assert "#x0000" in err.value.message
+
+
+def test_a_bad_on_tainted_in_a_permission_file_names_the_file_and_line(tmp_path: Path) -> None:
+    path = tmp_path / "taint.yaml"
+    path.write_text("mode: strict\non_tainted: no\n", encoding="utf-8")
+    with pytest.raises(PermissionConfigError) as err:
+        StandardPermissions.from_file(path)
+    assert (err.value.file, err.value.line) == (str(path), 2)
+    assert "on_tainted" in err.value.message
+    ok = tmp_path / "ok.yaml"
+    ok.write_text("on_tainted: deny\n", encoding="utf-8")
+    assert StandardPermissions.from_file(ok).on_tainted == "deny"
