@@ -89,6 +89,7 @@ with where each class lives (relative to `loomgraph.`):
     │   ├── Conflict                        serve.errors
     │   ├── Invalid + ValueError            serve.errors
     │   └── TooLarge                        serve.errors
+    ├── Closing                             serve.hub
     ├── MCPServerError                      tools.mcp.connection
     │   └── MCPListingTooLarge              tools.mcp.connection
     ├── ToolNameCollision + ValueError      tools.mcp.host

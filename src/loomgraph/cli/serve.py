@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import sys
 import time
 from typing import Any
 
 from loomgraph.cli.agent_args import add_loaded_agent_option, load_agent
-from loomgraph.cli.output import EXIT_OK, EXIT_USAGE
+from loomgraph.cli.output import EXIT_OK, EXIT_USAGE, usage
 
 __all__ = ["add_parser", "handle"]
 
@@ -129,9 +130,64 @@ def _serve(args: argparse.Namespace) -> int:
             f"loomgraph: development mode: X-User-Id is trusted (bound to {args.host} only)",
             file=sys.stderr,
         )
-    print(f"loomgraph: serving on http://{args.host}:{args.port} (viewer at /ui)", file=sys.stderr)
+    started = _Startup(app)
+    config = uvicorn.Config(started, host=args.host, port=args.port, log_level=args.log_level)
+    logging.getLogger("uvicorn.error").addFilter(started.quiet)
+
+    class Server(uvicorn.Server):
+        async def startup(self, sockets: Any = None) -> None:
+            await super().startup(sockets)
+            if self.started:  # the journal answered and the address is ours
+                said = f"serving on http://{args.host}:{args.port} (viewer at /ui)"
+                print(f"loomgraph: {said}", file=sys.stderr, flush=True)
+
+    server = Server(config)
     try:
-        uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
+        server.run()
+    except KeyboardInterrupt:  # as `uvicorn.run`: Ctrl-C stops the server, and that is all
+        pass
+    except SystemExit:  # uvicorn's exit 3 on a failed start (3: "the run waits", to the CLI)
+        if server.started:
+            raise
     finally:
         asyncio.run(agent.aclose())
+    if started.failed:  # the journal is down, say: one line, as other errors
+        return usage(f"not serving: {started.failure or 'the app did not start'}")
+    if not server.started:  # uvicorn said why (the address is in use, say)
+        return usage(f"not serving: could not listen on {args.host}:{args.port}")
     return EXIT_OK
+
+
+class _Startup:
+    """The app, its failure to start (a journal that cannot be reached) kept to be told in
+    one line, not as uvicorn's traceback and exit code 3 (to the CLI: "the run waits")."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.failed = False
+        self.failure: BaseException | None = None
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "lifespan":
+            await self.app(scope, receive, send)
+            return
+        up = False
+
+        async def told(message: Any) -> None:
+            nonlocal up
+            if message["type"] == "lifespan.startup.failed":
+                self.failed = True
+                message = {**message, "message": ""}  # not the traceback: our line says it
+            up = up or message["type"] == "lifespan.startup.complete"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, told)
+        except Exception as err:
+            if up:
+                raise
+            self.failure = err
+
+    def quiet(self, record: logging.LogRecord) -> bool:
+        """Leave out uvicorn's own line on a failed start (ours names the problem)."""
+        return not self.failed or "startup failed" not in record.getMessage()

@@ -9,6 +9,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
+from starlette.types import Message
 
 from loomgraph.agent.run_events import EventId
 from loomgraph.protocols import RunStatus
@@ -21,17 +22,27 @@ from loomgraph.serve.errors import (
     message_of,
     status_of,
 )
+from loomgraph.serve.hub import Closing
 from loomgraph.serve.service import Service
+from loomgraph.serve.store import cursor_number
 from loomgraph.serve.views import dumps, run_json, sse_frame
 
 __all__ = [
+    "MAX_DEPTH",
     "NotText",
     "UnsupportedMediaType",
     "api_routes",
+    "check_value",
     "error_response",
+    "limited",
+    "parse_json",
     "read_json",
-    "refuse_non_text",
 ]
+
+# How deep arrays and objects may nest in a body (the body itself is level 1): no endpoint
+# takes more, and deeper data would reach the journal's and the engine's recursive code.
+MAX_DEPTH = 64
+_TOO_DEEP = f"is nested too deeply: more than {MAX_DEPTH} levels of arrays and objects"
 
 
 class UnsupportedMediaType(ServeError):
@@ -91,16 +102,21 @@ def check_json_body(request: Request, body: bytes | None = None) -> None:
         )
 
 
-def refuse_non_text(value: Any, where: str = "the body") -> None:
-    """NotText when a string in `value` (a key too, at any depth) is not valid Unicode text."""
-    todo: list[tuple[Any, str]] = [(value, where)]
+def check_value(value: Any, where: str = "the body") -> None:
+    """Refuse what no journal row or page can hold, found walking `value` (keys too, without
+    recursion): a lone UTF-16 surrogate (NotText, 400), U+0000 (Invalid, 422: Postgres keeps
+    no NUL in text, so it is refused on every journal alike), and arrays and objects nested
+    more than MAX_DEPTH deep (BadRequest)."""
+    todo: list[tuple[Any, str, int]] = [(value, where, 1)]
     while todo:
-        item, at = todo.pop()
+        item, at, depth = todo.pop()
+        if isinstance(item, dict | list) and depth > MAX_DEPTH:
+            raise BadRequest(f"{where} {_TOO_DEEP}")
         if isinstance(item, dict):
-            todo.extend((v, f"{at}[{k!a}]") for k, v in reversed(item.items()))
-            todo.extend((k, f"a key of {at}") for k in reversed(item))
+            todo.extend((v, f"{at}[{k!a}]", depth + 1) for k, v in reversed(item.items()))
+            todo.extend((k, f"a key of {at}", depth) for k in reversed(item))
         elif isinstance(item, list):
-            todo.extend((v, f"{at}[{i}]") for i, v in reversed(list(enumerate(item))))
+            todo.extend((v, f"{at}[{i}]", depth + 1) for i, v in reversed(list(enumerate(item))))
         elif isinstance(item, str):
             try:
                 item.encode("utf-8")
@@ -109,6 +125,9 @@ def refuse_non_text(value: Any, where: str = "the body") -> None:
                     f"{at} is not valid Unicode text: it holds a lone surrogate "
                     f"{item[err.start]!a} at position {err.start} (half of a UTF-16 pair)"
                 ) from None
+            nul = item.find("\x00")
+            if nul >= 0:
+                raise Invalid(f"{at} holds U+0000 (NUL) at position {nul}: no journal keeps it")
 
 
 def _not_json(word: str) -> Any:
@@ -116,28 +135,52 @@ def _not_json(word: str) -> Any:
     raise ValueError(f"{word} is not a JSON value")
 
 
+def parse_json(raw: str | bytes, what: str) -> Any:
+    """`raw` read as JSON and checked by `check_value`: BadRequest naming `what` when it is not
+    JSON or nests too deeply (the parser's recursion is caught here, never a 500)."""
+    try:
+        data = json.loads(raw, parse_constant=_not_json)
+    except RecursionError:
+        raise BadRequest(f"{what} {_TOO_DEEP}") from None
+    except ValueError as err:
+        raise BadRequest(f"{what} is not JSON: {err}") from None
+    check_value(data, what)
+    return data
+
+
+def limited(request: Request, limit: int) -> Request:
+    """The request, its body readable only within `limit` bytes, whatever reads it (JSON, a
+    form): TooLarge now when its Content-Length says more, and while reading as soon as more
+    has come (a body sent in chunks declares no length), so no more than that is ever read."""
+    declared = request.headers.get("content-length", "").strip()
+    if declared.isascii() and declared.isdigit() and int(declared) > limit:
+        raise TooLarge(f"the body is {declared} bytes; the limit is {limit}")
+    received = 0
+
+    async def receive() -> Message:
+        nonlocal received
+        message = await request.receive()
+        if message["type"] == "http.request":
+            received += len(message.get("body", b""))
+            if received > limit:
+                raise TooLarge(f"the body is over the limit of {limit} bytes")
+        return message
+
+    return Request(request.scope, receive)
+
+
 async def read_json(request: Request, service: Service, fields: tuple[str, ...]) -> dict[str, Any]:
-    """The request's JSON object body ({} when empty), within the size limit, declared JSON
-    (UnsupportedMediaType), every string in it valid Unicode text (NotText), and holding no
-    field but `fields` (Invalid naming the others: a misspelt field is not ignored)."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > service.max_body:
-        raise TooLarge(f"the body is {declared} bytes; the limit is {service.max_body}")
-    body = b""
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > service.max_body:
-            raise TooLarge(f"the body is over the limit of {service.max_body} bytes")
+    """The request's JSON object body ({} when empty), within the size limit (`limited`),
+    declared JSON (UnsupportedMediaType), its strings and nesting as `check_value` takes them,
+    and holding no field but `fields` (Invalid naming the others: a misspelt field is not
+    ignored)."""
+    body = await limited(request, service.max_body).body()
     check_json_body(request, body)
     if not body.strip():
         return {}
-    try:
-        data = json.loads(body, parse_constant=_not_json)
-    except ValueError as err:
-        raise BadRequest(f"the body is not JSON: {err}") from None
+    data = parse_json(body, "the body")
     if not isinstance(data, dict):
         raise BadRequest("the body must be a JSON object")
-    refuse_non_text(data)
     unknown = [name for name in data if name not in fields]
     if unknown:
         raise Invalid(
@@ -159,16 +202,17 @@ def field(data: dict[str, Any], name: str, kind: type | tuple[type, ...], defaul
 
 
 def int_param(request: Request, name: str, default: int | None = None) -> int:
-    """An integer query or path parameter, or BadRequest."""
+    """A whole-number query or path parameter in ASCII digits, or BadRequest (`int` also
+    reads "1_0", " 5", "+5", "-1" and other scripts' digits)."""
     raw = request.path_params.get(name, request.query_params.get(name))
     if raw is None:
         if default is None:
             raise BadRequest(f"parameter {name!r} is required")
         return default
-    try:
-        return int(raw)
-    except ValueError:
-        raise BadRequest(f"parameter {name!r} must be an integer, got {raw!r}") from None
+    number = cursor_number(raw)  # ASCII digits within the journal's 64-bit integers
+    if number is None:
+        raise BadRequest(f"parameter {name!r} must be a whole number in digits, got {raw!r}")
+    return number
 
 
 def sse(frames: AsyncIterator[str]) -> StreamingResponse:
@@ -178,8 +222,14 @@ def sse(frames: AsyncIterator[str]) -> StreamingResponse:
 
 
 async def _frames(service: Service, caller: Caller, run_id: str, after: EventId | None) -> Any:
-    async for item in service.events(caller, run_id, after):
-        yield sse_frame(item)
+    """The run's events as SSE frames, until it stops or the server shuts down (`Closing`:
+    the stream ends, and the client reconnects with `Last-Event-ID`, to this server once it
+    is back or to another sharing the journal)."""
+    try:
+        async for item in service.events(caller, run_id, after):
+            yield sse_frame(item)
+    except Closing:
+        return
 
 
 # ---------------------------------------------------------------------- handlers

@@ -2,79 +2,64 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+import signal
+import threading
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
 from loomgraph.agent.agent import Agent
 from loomgraph.agent.fleet import fleet_queue
-from loomgraph.serve.api import ENDPOINTS, Json, api_routes
+from loomgraph.serve.api import Json, api_routes
 from loomgraph.serve.auth import Auth, api_key_auth, dev_auth
+from loomgraph.serve.headers import SecurityHeaders, content_security_policy
 from loomgraph.serve.hub import RunHub
+from loomgraph.serve.openapi import openapi
 from loomgraph.serve.service import Service
 from loomgraph.serve.store import ServeStore, open_store
 from loomgraph.serve.ui import ui_routes
 
-__all__ = ["create_app", "openapi"]
-
-_STATUS_TEXT = {
-    400: "bad input",
-    401: "not authenticated",
-    403: "lacks the approver role",
-    404: "no such run (or not the caller's)",
-    409: "run conflict or approval already answered",
-    413: "body too large",
-    415: "body not declared as JSON",
-    422: "validation failed",
-    429: "budget exhausted",
-}
+__all__ = ["create_app"]
 
 
-def openapi(title: str) -> dict[str, Any]:
-    """The API's OpenAPI document, from the route table."""
-    error = {
-        "type": "object",
-        "properties": {
-            "error": {
-                "type": "object",
-                "properties": {"type": {"type": "string"}, "message": {"type": "string"}},
-            }
-        },
-    }
-    paths: dict[str, dict[str, Any]] = {}
-    for method, path, _, status, summary in ENDPOINTS:
-        responses: dict[str, Any] = {str(status): {"description": "success"}}
-        for code, text in _STATUS_TEXT.items():
-            responses[str(code)] = {
-                "description": text,
-                "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
-            }
-        params = [
-            {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
-            for name in ("run_id", "call_id", "seq")
-            if "{" + name + "}" in path
-        ]
-        paths.setdefault(path, {})[method.lower()] = {
-            "summary": summary,
-            "parameters": params,
-            "responses": responses,
-            "security": [{"apiKey": []}],
-        }
-    return {
-        "openapi": "3.1.0",
-        "info": {"title": title, "version": "1"},
-        "paths": paths,
-        "components": {
-            "schemas": {"Error": error},
-            "securitySchemes": {"apiKey": {"type": "http", "scheme": "bearer"}},
-        },
-    }
+@contextlib.contextmanager
+def _on_shutdown_signal(shut_down: Callable[[], None]) -> Iterator[None]:
+    """While served: SIGTERM and SIGINT, which the server (uvicorn) takes as "shut down",
+    also call `shut_down` at once. The server runs the lifespan's shutdown only once every
+    connection has closed, and an event stream stays open while its run goes on: the runs
+    must be cancelled, and the streams ended, before. The server's own handler still runs.
+    Nothing is done where no server handles these signals (another thread, the default
+    handlers)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    loop = asyncio.get_running_loop()
+    chained: dict[signal.Signals, tuple[Any, Any]] = {}
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        previous = signal.getsignal(sig)
+        if not callable(previous) or previous is signal.default_int_handler:
+            continue
+
+        def handler(signum: int, frame: Any, previous: Any = previous) -> None:
+            loop.call_soon_threadsafe(shut_down)
+            previous(signum, frame)
+
+        signal.signal(sig, handler)
+        chained[sig] = (previous, handler)
+    try:
+        yield
+    finally:
+        for caught, (previous, handler) in chained.items():
+            if signal.getsignal(caught) is handler:
+                signal.signal(caught, previous)
 
 
 def create_app(
@@ -130,14 +115,22 @@ def create_app(
         detail = exc.detail if isinstance(exc, HTTPException) else str(exc)
         return JSONResponse({"error": {"type": kind, "message": detail}}, status_code=status)
 
+    closing: list[asyncio.Task[None]] = []
+
+    def shut_down() -> None:  # told to stop: cancel the runs, end the event streams
+        if not closing:
+            closing.append(asyncio.ensure_future(service.hub.close()))
+
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         connect = getattr(agent.deps.runtime, "connect", None)
         if connect is not None:  # the journal's tables exist before the store reads them
             await connect()
         try:
-            yield
+            with _on_shutdown_signal(shut_down):
+                yield
         finally:
+            await asyncio.gather(*closing)
             await service.hub.close()
             await store.close()
 
@@ -149,7 +142,10 @@ def create_app(
         *ui_routes(service),
     ]
     app = Starlette(
-        routes=routes, lifespan=lifespan, exception_handlers={HTTPException: http_error}
+        routes=routes,
+        lifespan=lifespan,
+        exception_handlers={HTTPException: http_error},
+        middleware=[Middleware(SecurityHeaders, csp=content_security_policy())],
     )
     app.state.service = service
     return app

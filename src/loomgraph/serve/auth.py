@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from loomgraph.serve.errors import Unauthorized
+from loomgraph.serve.errors import Forbidden, Unauthorized
 from loomgraph.serve.store import ServeStore
 
 __all__ = [
@@ -28,6 +28,7 @@ __all__ = [
     "api_key_auth",
     "authenticate",
     "dev_auth",
+    "refuse_foreign_host",
     "viewer_cookie",
 ]
 
@@ -91,10 +92,42 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+# The Host names `--dev` answers (with the server's port), beside the address it is bound to.
+LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "[::1]"})
+
+
+def _host_and_port(host: str) -> tuple[str, str]:
+    """A Host header's name (lower case; an IPv6 address keeps its brackets) and port."""
+    if host.startswith("["):
+        name, _, rest = host.partition("]")
+        return (name + "]").lower(), rest[1:] if rest.startswith(":") else rest
+    name, _, port = host.rpartition(":") if host.count(":") == 1 else (host, "", "")
+    return name.lower(), port
+
+
+def refuse_foreign_host(request: Any) -> None:
+    """Forbidden unless the request's Host names this server on loopback: localhost,
+    127.0.0.1, [::1] or the address it is bound to, with its port. A page of another site
+    whose name resolves to 127.0.0.1 (DNS rebinding) reaches a loopback server with the
+    browser, under its own name: `--dev`, which believes X-User-Id, must not answer it."""
+    host = request.headers.get("host", "")
+    bound, port = (request.scope.get("server") or (None, None))[:2]
+    name, given = _host_and_port(host)
+    names = LOOPBACK_NAMES | ({str(bound).lower(), f"[{bound}]".lower()} if bound else set())
+    ours = given == str(port) if given else port in (None, 80)
+    if name not in names or not ours:
+        raise Forbidden(
+            f"the Host {host!r} is not this server: in development mode (--dev) it answers "
+            f"only localhost, 127.0.0.1 or [::1]{f' on port {port}' if port else ''}"
+        )
+
+
 def dev_auth(host: str, fallback: Auth | None = None) -> Auth:
     """Development only: trust an `X-User-Id` header or (as `viewer_cookie` allows) the
     viewer's `loomgraph_user` cookie, with the approver role. Refused unless
-    the server is bound to loopback; requests without the header go to `fallback`."""
+    the server is bound to loopback, and then every request (any credentials) is Forbidden
+    whose Host is not loopback (`refuse_foreign_host`); requests without the header go to
+    `fallback`."""
     if not is_loopback(host):
         raise DevModeRefused(
             f"--dev trusts an X-User-Id header and is only allowed on loopback; "
@@ -102,6 +135,7 @@ def dev_auth(host: str, fallback: Auth | None = None) -> Auth:
         )
 
     async def auth(request: Any) -> Caller | str | None:
+        refuse_foreign_host(request)
         user = request.headers.get(DEV_HEADER, "").strip()
         user = user or viewer_cookie(request, DEV_COOKIE)
         if user:

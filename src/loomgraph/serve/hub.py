@@ -1,5 +1,9 @@
 """The runs this server process drives: each a task draining the run's event stream, and a
-wake-up for whoever follows that run's journal (so watchers need not wait for a poll)."""
+wake-up for whoever follows that run's journal (so watchers need not wait for a poll).
+
+On shutdown (`close`, as soon as the server is told to stop) every run driven here is
+cancelled, and whoever still follows a run's journal is told the server is closing
+(`Closing`, from the watcher), so no open event stream keeps the server from exiting."""
 
 from __future__ import annotations
 
@@ -9,9 +13,10 @@ import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
+from loomgraph.errors import LoomgraphError
 from loomgraph.protocols.events import NODE_COMPLETED, RUN_COMPLETED, Event
 
-__all__ = ["RunHub"]
+__all__ = ["Closing", "RunHub"]
 
 log = logging.getLogger("loomgraph.serve")
 
@@ -19,13 +24,21 @@ log = logging.getLogger("loomgraph.serve")
 _JOURNALED = frozenset({NODE_COMPLETED, RUN_COMPLETED})
 
 
+class Closing(LoomgraphError):
+    """The server is shutting down: a watcher stops following (the run goes on, or was
+    cancelled, in the journal)."""
+
+
 class RunHub:
     """Drives runs in the background and wakes their watchers when the journal moved on."""
 
     def __init__(self) -> None:
         self._tasks: dict[str, asyncio.Task[Any]] = {}
+        # Every task driving a run, a fork's too before its run id is known.
+        self._driving: set[asyncio.Task[Any]] = set()
         self._version: dict[str, int] = {}
         self._wakers: dict[str, asyncio.Event] = {}
+        self.closing = False
 
     # ------------------------------------------------------------------ wake-ups
 
@@ -41,20 +54,25 @@ class RunHub:
             waker.set()
 
     async def wait_past(self, run_id: str, seen: int, timeout: float) -> None:
-        """Return once the run moved on past version `seen`, or after `timeout` seconds."""
-        if self.version(run_id) > seen:
+        """Return once the run moved on past version `seen`, or after `timeout` seconds, or
+        at once when the hub is closing."""
+        if self.version(run_id) > seen or self.closing:
             return
         waker = self._wakers.setdefault(run_id, asyncio.Event())
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(waker.wait(), timeout)
 
     def watcher(self, run_id: str) -> Any:
-        """A `changed(run_id, timeout)` for one watcher of `run_id` (see `follow_events`)."""
+        """A `changed(run_id, timeout)` for one watcher of `run_id` (see `follow_events`):
+        it raises `Closing` once the hub closes and the run has nothing new to read (what a
+        cancel on shutdown journaled is read first)."""
         seen = self.version(run_id)
 
         async def changed(rid: str, timeout: float) -> None:
             nonlocal seen
             await self.wait_past(rid, seen, timeout)
+            if self.version(rid) == seen and self.closing:
+                raise Closing(f"the server is shutting down; run {rid} is not followed further")
             seen = self.version(rid)
 
         return changed
@@ -75,19 +93,41 @@ class RunHub:
         first: asyncio.Future[Event | None] = asyncio.get_running_loop().create_future()
         # Driven, and so cancellable, from the start: a resume takes the run's lease before
         # its first event, and a cancel arriving meanwhile must find it here.
-        self._tasks[run_id] = asyncio.create_task(self._drive(run_id, events, past, first))
+        self._tasks[run_id] = self._spawn(self._drive(run_id, events, past, first))
         # Shielded: a caller that goes away does not stop a run it started.
         return await asyncio.shield(first)
 
+    async def start_new(self, events: AsyncIterator[Event]) -> str:
+        """Drive a new run whose id its first event tells (a fork's): that id, once the run
+        is journaled (its `run_started`). An error raised before (a refused fork) is raised
+        here; a run that ended before it said its id is a RuntimeError."""
+        first: asyncio.Future[Event | None] = asyncio.get_running_loop().create_future()
+        self._spawn(self._drive(None, events, frozenset(), first))
+        event = await asyncio.shield(first)
+        if event is None:
+            raise RuntimeError("the run ended before it started")
+        return event.run_id
+
+    def _spawn(self, driving: Any) -> asyncio.Task[Any]:
+        task = asyncio.create_task(driving)
+        self._driving.add(task)
+        task.add_done_callback(self._driving.discard)
+        return task
+
     async def _drive(
         self,
-        run_id: str,
+        run_id: str | None,
         events: AsyncIterator[Event],
         past: frozenset[str],
         first: asyncio.Future[Event | None],
     ) -> None:
+        this = asyncio.current_task()
+        assert this is not None
         try:
             async for event in events:
+                if run_id is None:  # a new run: driven under its id from its first event
+                    run_id = event.run_id
+                    self._tasks[run_id] = this
                 if not first.done() and event.kind not in past:
                     first.set_result(event)
                 if event.kind in _JOURNALED:
@@ -103,9 +143,10 @@ class RunHub:
         finally:
             if not first.done():
                 first.set_result(None)
-            if self._tasks.get(run_id) is asyncio.current_task():
-                del self._tasks[run_id]
-            self.notify(run_id)
+            if run_id is not None:
+                if self._tasks.get(run_id) is this:
+                    del self._tasks[run_id]
+                self.notify(run_id)
 
     async def wait(self, run_id: str) -> None:
         """Until the run this process drives ends (at once when it drives none)."""
@@ -125,6 +166,14 @@ class RunHub:
         return True
 
     async def close(self) -> None:
-        """Cancel every run still driven (each is journaled as cancelled)."""
-        for run_id in list(self._tasks):
-            await self.cancel(run_id)
+        """Shut down: cancel every run still driven, all at once (each is journaled as
+        cancelled), then tell every watcher (`Closing`): after the cancels, so that a watcher
+        of a run driven here reads how it ended first. Idempotent."""
+        driving = [task for task in self._driving if not task.done()]
+        for task in driving:
+            task.cancel()
+        await asyncio.gather(*driving, return_exceptions=True)
+        self.closing = True
+        for waker in self._wakers.values():
+            waker.set()
+        self._wakers.clear()

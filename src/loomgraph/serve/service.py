@@ -24,6 +24,7 @@ from loomgraph.serve.auth import Auth, Caller
 from loomgraph.serve.errors import BadRequest, Conflict, Forbidden, NotFound
 from loomgraph.serve.hub import RunHub
 from loomgraph.serve.store import RunPage, ServeStore, cursor_number
+from loomgraph.serve.views import run_json
 
 __all__ = ["Service"]
 
@@ -140,6 +141,7 @@ class Service:
         workers when `fleet`); its id."""
         if self.fleet:
             return await self.agent.submit(prompt, user_id=caller.user_id, session_id=session_id)
+        self._open()
         session = self.agent.session(prompt, user_id=caller.user_id, session_id=session_id)
         stream = event_stream(
             session.execute, self.agent.deps.hooks.on_event, lambda: session.error
@@ -187,6 +189,7 @@ class Service:
             return
         if self.hub.driving(run_id):
             raise Conflict(f"run {run_id!r} is running")
+        self._open()
         # As for a new run: answered once the resume holds the run's lease, so a follower
         # asking right after the answer follows the resumed run (see `follow_events`).
         await self.hub.start(
@@ -194,15 +197,39 @@ class Service:
         )
 
     async def fork(
-        self, caller: Caller, run_id: str, at: int, patch: dict[str, Any] | None
+        self,
+        caller: Caller,
+        run_id: str,
+        at: int,
+        patch: dict[str, Any] | None,
+        *,
+        wait: bool = True,
     ) -> dict[str, Any]:
-        """A new run from checkpoint `at` of the caller's run; its result."""
+        """A new run from checkpoint `at` of the caller's run, driven here in the background
+        like any run (so `/cancel` stops it, and shutdown cancels it): its result once it
+        stopped, or with `wait=False` `{"run_id", "status": "running"}` once it started. A
+        caller that goes away does not stop it. Refused before anything runs: an unknown
+        checkpoint, a patch that does not fit."""
         _, transitions = await self._journal(caller, run_id)
         if at and not any(t.seq == at for t in transitions):
             raise NotFound(f"run {run_id!r} has no checkpoint {at}")
-        result = await self.agent.fork(run_id, at=at, patch=patch)
-        self.hub.notify(result.run_id)
-        return result.to_dict()
+        self._open()
+        resumer = self.agent._resumer()  # Agent.fork with the events streamed to the hub
+        stream = event_stream(
+            lambda sink: resumer.fork(sink, run_id, at=at, patch=patch),
+            self.agent.deps.hooks.on_event,
+        )
+        forked = await self.hub.start_new(stream)
+        if not wait:
+            return {"run_id": forked, "status": "running"}
+        await self.hub.wait(forked)
+        record = await self.run(caller, forked)
+        return record.result or run_json(record, detail=True)
+
+    def _open(self) -> None:
+        """Conflict once the server is shutting down: no run starts here then."""
+        if self.hub.closing:
+            raise Conflict("the server is shutting down; no run starts on it now")
 
     async def cancel(self, caller: Caller, run_id: str) -> RunRecord:
         """Cancel the caller's run: a run driven here is stopped, a waiting one is closed."""

@@ -310,6 +310,17 @@ class SqlStore:
         """Overridden by each backend."""
 
 
+# The agent's name in a Postgres run's `initial` (json). `->>` fails on a document holding
+# `\u0000` (a prompt's NUL: the Python API takes it), which would break the user's listings;
+# such a one is read with each escaped backslash spelt `\u005c` (so a `\u0000` left is a NUL),
+# each NUL as U+FFFD.
+_PG_AGENT_OF = (
+    r"(CASE WHEN strpos(initial::text, E'\\u0000') > 0 THEN (replace(replace(initial::text, "
+    r"E'\\\\', E'\\u005c'), E'\\u0000', E'\\ufffd'))::json->>'agent' "
+    r"ELSE initial->>'agent' END)"
+)
+
+
 class SqliteStore(SqlStore):
     """The store in the journal's SQLite file."""
 
@@ -343,7 +354,7 @@ class PostgresStore(SqlStore):
         self._pg = import_asyncpg("the key store")
         self.dsn, self.schema = dsn, schema
         self._pools = LoopPool(self._open)
-        super().__init__(quote_ident(schema) + ".", self._session, "(initial->>'agent')")
+        super().__init__(quote_ident(schema) + ".", self._session, _PG_AGENT_OF)
 
     async def _open(self) -> Any:
         async def setup(con: Any) -> None:
@@ -375,6 +386,8 @@ class _PgRows:
         return await self._cur.execute(sql, args)
 
     async def fetch(self, sql: str, args: Sequence[Any] = ()) -> list[Sequence[Any]]:
+        if any(isinstance(a, str) and "\x00" in a for a in args):
+            return []  # Postgres text holds no NUL (and refuses one): no row has one
         return [tuple(r) for r in await self._cur.fetch(sql, args)]
 
 

@@ -15,6 +15,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit
 
+from starlette.datastructures import FormData
+from starlette.exceptions import HTTPException
+from starlette.formparsers import MultiPartException
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Mount, Route
@@ -24,8 +27,14 @@ from starlette.templating import Jinja2Templates
 from loomgraph.agent.checkpoints import diff, pending_of
 from loomgraph.agent.run_events import journal_events, run_is_live
 from loomgraph.protocols import RunStatus
-from loomgraph.serve.api import refuse_non_text
-from loomgraph.serve.auth import DEV_COOKIE, KEY_COOKIE, Caller, authenticate
+from loomgraph.serve.api import limited, parse_json
+from loomgraph.serve.auth import (
+    DEV_COOKIE,
+    KEY_COOKIE,
+    Caller,
+    authenticate,
+    refuse_foreign_host,
+)
 from loomgraph.serve.errors import (
     BadRequest,
     ServeError,
@@ -34,6 +43,7 @@ from loomgraph.serve.errors import (
     status_of,
 )
 from loomgraph.serve.service import Service
+from loomgraph.serve.store import cursor_number
 from loomgraph.serve.views import run_json
 
 __all__ = ["ui_routes"]
@@ -44,8 +54,14 @@ TEMPLATES.env.filters["pretty"] = lambda v: json.dumps(v, indent=2, sort_keys=Tr
 TEMPLATES.env.filters["compact"] = lambda v: json.dumps(v, default=str)[:160]
 
 Page = Callable[[Request, Service, Caller], Awaitable[Response]]
-# Lone UTF-16 halves: a str may hold them (the Python API takes any str), UTF-8 cannot.
-_SURROGATE = re.compile("[\ud800-\udfff]")
+# Lone UTF-16 halves: a str may hold them (the Python API takes any str), UTF-8 cannot; and
+# U+0000, which HTML does not show (the Python API takes it too).
+_UNSHOWN = re.compile("[\x00\ud800-\udfff]")
+# The runs page shows this many runs, and links to the next (older) page.
+PAGE_ROWS = 100
+# The viewer's forms are small (sign-in: key, user; an answer: allow, args, key; a fork: at):
+# a form of more fields, or with a file, is not one of theirs.
+FORM_FIELDS = 8
 
 
 class PageFailed(ServeError):
@@ -56,8 +72,21 @@ class PageFailed(ServeError):
 
 
 def _text(html: str) -> str:
-    """`html` as UTF-8 can carry it: each lone surrogate shown as U+FFFD."""
-    return _SURROGATE.sub("\ufffd", html)
+    """`html` as UTF-8 and a page can carry it: each lone surrogate and NUL shown as U+FFFD."""
+    return _UNSHOWN.sub("\ufffd", html)
+
+
+async def read_form(request: Request, service: Service) -> FormData:
+    """The request's form, read within the server's body limit (`api.limited`: TooLarge while
+    reading), of at most FORM_FIELDS fields and no file (BadRequest)."""
+    try:
+        return await limited(request, service.max_body).form(
+            max_files=0, max_fields=FORM_FIELDS, max_part_size=service.max_body
+        )
+    except HTTPException as err:  # what Starlette makes of a form over its limits
+        raise BadRequest(f"the form is refused: {err.detail}") from None
+    except MultiPartException as err:
+        raise BadRequest(f"the form is refused: {err.message}") from None
 
 
 def _render(request: Request, name: str, http_status: int = 200, **context: Any) -> Response:
@@ -83,7 +112,9 @@ async def runs_rows(request: Request, service: Service, caller: Caller) -> Respo
 async def _rows_context(request: Request, service: Service, caller: Caller) -> dict[str, Any]:
     status = request.query_params.get("status") or None
     graph = request.query_params.get("graph") or None
-    page = await service.runs(caller, status=status, graph=graph, limit=100, cursor=None)
+    cursor = request.query_params.get("cursor") or None
+    page = await service.runs(caller, status=status, graph=graph, limit=PAGE_ROWS, cursor=cursor)
+    filters = f"status={quote(status or '')}&graph={quote(graph or '')}"
     return {
         "caller": caller,
         "runs": [run_json(r) for r in page.runs],
@@ -91,7 +122,10 @@ async def _rows_context(request: Request, service: Service, caller: Caller) -> d
         "status": status or "",
         "graph": graph or "",
         "graphs": [service.agent.graph.name],
-        "query": f"status={quote(status or '')}&graph={quote(graph or '')}",
+        # This page's query (its rows refresh as this page's), the first page's, the next's.
+        "query": filters + (f"&cursor={quote(cursor)}" if cursor else ""),
+        "newest": f"/ui?{filters}" if cursor else "",
+        "older": f"/ui?{filters}&cursor={quote(page.cursor)}" if page.cursor else "",
     }
 
 
@@ -135,9 +169,9 @@ async def run_live(request: Request, service: Service, caller: Caller) -> Respon
 async def checkpoint(request: Request, service: Service, caller: Caller) -> Response:
     run_id = request.path_params["run_id"]
     raw = request.query_params.get("seq", "0")
-    if not raw.isdigit():
+    seq = cursor_number(raw)  # ASCII digits within the journal's integers
+    if seq is None:
         raise BadRequest(f"seq must be a number, got {raw!r}")
-    seq = int(raw)
     state = await service.state(caller, run_id, seq)
     before = await service.state(caller, run_id, seq - 1) if seq > 0 else {}
     changes = diff(before, state) if seq > 0 else {}
@@ -152,19 +186,15 @@ def _form_bool(value: Any) -> bool:
 
 
 async def approve(request: Request, service: Service, caller: Caller) -> Response:
-    form = await request.form()
+    form = await read_form(request, service)
     run_id, call_id = request.path_params["run_id"], request.path_params["call_id"]
     args: dict[str, Any] | None = None
     text = str(form.get("args") or "").strip()
     allow = _form_bool(form.get("allow"))
     if allow and text:
-        try:
-            args = json.loads(text)
-        except ValueError as err:
-            raise BadRequest(f"the arguments are not JSON: {err}") from None
+        args = parse_json(text, "the 'args' field")
         if not isinstance(args, dict):
             raise BadRequest("the arguments must be a JSON object")
-        refuse_non_text(args, "the arguments")
     key = str(form.get("key") or "")  # the request the page showed
     record = await service.run(caller, run_id)
     pending = pending_of(record)
@@ -175,11 +205,12 @@ async def approve(request: Request, service: Service, caller: Caller) -> Respons
 
 
 async def fork(request: Request, service: Service, caller: Caller) -> Response:
-    form = await request.form()
+    form = await read_form(request, service)
     raw = str(form.get("at") or "")
-    if not raw.isdigit():
+    at = cursor_number(raw)
+    if at is None:
         raise BadRequest(f"at must be a checkpoint number, got {raw!r}")
-    result = await service.fork(caller, request.path_params["run_id"], int(raw), None)
+    result = await service.fork(caller, request.path_params["run_id"], at, None)
     return Response(status_code=200, headers={"HX-Redirect": f"/ui/runs/{result['run_id']}"})
 
 
@@ -196,7 +227,12 @@ async def login(request: Request, service: Service) -> Response:
         return _render(
             request, "login.html", 403, dev=service.dev, error="Sign-in from another site refused."
         )
-    form = await request.form()
+    try:
+        if service.dev:
+            refuse_foreign_host(request)  # a DNS-rebinding page's sign-in as any user
+        form = await read_form(request, service)
+    except ServeError as err:
+        return _render(request, "login.html", err.status, dev=service.dev, error=str(err))
     key, user = str(form.get("key") or "").strip(), str(form.get("user") or "").strip()
     response = RedirectResponse("/ui", status_code=303)
     options: dict[str, Any] = {"httponly": True, "samesite": "strict", "path": "/"}
