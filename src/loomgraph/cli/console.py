@@ -1,12 +1,58 @@
 """Where the command writes, and whether in colour: a terminal gets colour (through `rich`,
-imported only then), a pipe or `NO_COLOR` gets plain text."""
+imported only then), a pipe or `NO_COLOR` gets plain text. Text the command did not write
+itself (a run's ids, reason, output, state; a connection string) goes through `safe` and
+`mask_passwords` first."""
 
 from __future__ import annotations
 
 import os
+import re
 import sys
 from functools import cache
 from typing import Any, TextIO
+
+# Characters a terminal acts on, or that make text read other than it is: C0 controls and
+# DEL (ESC starts CSI/OSC sequences: colours, the window title, OSC 52 clipboard writes),
+# C1 controls (0x9b is CSI on its own), and Unicode format characters such as bidi
+# overrides (U+202E) and zero-width spaces (not the joiners emoji and scripts need); lone
+# surrogates, which no terminal can be sent.
+_UNSAFE = re.compile(
+    "[\x00-\x1f\x7f-\x9f\u061c\u200b\u200e\u200f\u2028-\u202e\u2060-\u206f\ufeff\ud800-\udfff]"
+)
+_KEEP = {"\n", "\t"}
+_NAMED = {"\n": "\\n", "\t": "\\t", "\r": "\\r"}
+# `scheme://user:PASSWORD@host` and a `password=` query parameter of a connection string.
+_URL_PASSWORD = re.compile(r"(\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s:/@]*:)([^\s@/]*)(@)")
+_QUERY_PASSWORD = re.compile(r"([?&](?:password|passwd|pass)=)([^&\s]*)", re.IGNORECASE)
+MASK = "***"
+
+
+def _escaped(match: re.Match[str]) -> str:
+    char = match.group(0)
+    if char in _NAMED:
+        return _NAMED[char]
+    code = ord(char)
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def safe(text: str, *, newlines: bool = True) -> str:
+    """`text` safe to print on a terminal: every control character (C0 but newline and tab,
+    DEL, C1) and every invisible format character (bidi overrides, zero-width ones) shown as
+    an escape (`\\x1b`, `\\u202e`), so stored text can neither drive the terminal (colours,
+    window title, clipboard) nor read as something else. Printable text, any script, stays
+    as it is. `newlines=False` escapes newline and tab too (a table cell, one line)."""
+    if newlines:
+        return _UNSAFE.sub(lambda m: m.group(0) if m.group(0) in _KEEP else _escaped(m), text)
+    return _UNSAFE.sub(_escaped, text)
+
+
+def mask_passwords(text: str) -> str:
+    """`text` with the password of every connection string in it (`postgres://user:PW@…`,
+    `?password=PW`) shown as `***`."""
+    text = _URL_PASSWORD.sub(
+        lambda m: m.group(1) + MASK + m.group(3) if m.group(2) else m.group(0), text
+    )
+    return _QUERY_PASSWORD.sub(lambda m: m.group(1) + MASK, text)
 
 
 def colour(stream: TextIO | None = None) -> bool:
@@ -27,7 +73,9 @@ def console(stderr: bool = False) -> Any:
 
 
 def say(text: str, style: str = "") -> None:
-    """Print a line on stdout, in `style` on a terminal (rich markup is not interpreted)."""
+    """Print a line on stdout, in `style` on a terminal (rich markup is not interpreted);
+    control characters in it are shown escaped (`safe`)."""
+    text = safe(text)
     if colour():
         console().print(text, style=style or None, markup=False)
     else:
@@ -35,10 +83,11 @@ def say(text: str, style: str = "") -> None:
 
 
 def warn(text: str, style: str = "bold red") -> None:
-    """Print `loomgraph: text` on stderr, coloured on a terminal."""
+    """Print `loomgraph: text` on stderr, coloured on a terminal; secrets substituted into
+    agent files and connection strings' passwords masked, control characters escaped."""
     from loomgraph.authoring.secrets import redact
 
-    line = redact(f"loomgraph: {text}")
+    line = safe(mask_passwords(redact(f"loomgraph: {text}")))
     if colour(sys.stderr):
         console(stderr=True).print(line, style=style, markup=False)
     else:

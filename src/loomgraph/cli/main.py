@@ -88,12 +88,20 @@ def build_parser() -> argparse.ArgumentParser:
     runs_commands = cli_runs.add_runs_parser(sub)
     cli_approvals.add_parsers(runs_commands)
     cli_fleet.add_runs_parsers(runs_commands)
+    _also_dash_a(runs_commands.choices["cancel"])
     cli_audit.add_audit_parser(sub)
     cli_evaluate.add_parser(sub)
     cli_serve.add_parser(sub)
     cli_fleet.add_parser(sub)
     cli_mcp_serve.add_parser(sub)
     return parser
+
+
+def _also_dash_a(parser: argparse.ArgumentParser) -> None:
+    """`-a` for a subcommand's `--agent`, as every other `runs` subcommand spells it."""
+    action = parser._option_string_actions["--agent"]
+    action.option_strings = [*action.option_strings, "-a"]  # usage and errors name --agent
+    parser._option_string_actions["-a"] = action
 
 
 def main(argv: Sequence[str] | None = None) -> int:

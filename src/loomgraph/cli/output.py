@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from typing import Any
 
-from loomgraph.cli.console import colour, console, say, warn
+from loomgraph.cli.console import colour, console, safe, say, warn
 from loomgraph.protocols import EffectRecord, RunRecord, RunStatus, Transition
 
 _STYLES = {
@@ -81,7 +81,8 @@ def print_event(event: Any) -> None:
 
 
 def emit_event(event: Any, as_json: bool) -> None:
-    """Print one event: a JSON line with `--json`, else a human-readable line."""
+    """Print one event: a JSON line with `--json` (ASCII: every control character escaped),
+    else a human-readable line (`say` escapes what it holds)."""
     if as_json:
         print(json.dumps(event.to_dict(), default=str), flush=True)
     else:
@@ -90,9 +91,9 @@ def emit_event(event: Any, as_json: bool) -> None:
 
 def print_result(result: Any, as_json: bool) -> int:
     """Print how a resumed or forked run ended; returns its exit code."""
-    if as_json:
+    if as_json:  # ASCII JSON: control characters escaped
         print(json.dumps({"result": result.to_dict()}, default=str))
-    else:
+    else:  # `say` escapes the run's reason and output
         say(
             f"run {result.run_id}: status={result.status} output={result.output!r}"
             + (f" reason={result.reason}" if result.reason else ""),
@@ -105,15 +106,18 @@ def print_result(result: Any, as_json: bool) -> int:
 
 
 def table(head: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
-    """Print rows under a header: a rich table on a terminal, else left-aligned columns."""
+    """Print rows under a header: a rich table on a terminal, else left-aligned columns.
+    Each cell is one line of terminal-safe text (`safe`): cells hold stored text."""
+    rows = [[safe(str(c), newlines=False) for c in row] for row in rows]
     if colour():
         from rich.table import Table
+        from rich.text import Text
 
         grid = Table(box=None, header_style="bold cyan", pad_edge=False)
         for name in head:
             grid.add_column(name, no_wrap=True)
         for row in rows:
-            grid.add_row(*(str(c) for c in row))
+            grid.add_row(*(Text(c) for c in row))  # Text: stored "[link=…]" is not markup
         console().print(grid)
         return
     widths = [max(len(str(c)) for c in col) for col in zip(head, *rows, strict=False)]
@@ -127,8 +131,13 @@ def when(at: float) -> str:
 
 
 def compact(value: Any) -> str:
-    """A value as one line of JSON."""
-    return json.dumps(value, ensure_ascii=False, default=str)
+    """A value as one line of JSON, safe for a terminal."""
+    return safe(json.dumps(value, ensure_ascii=False, default=str), newlines=False)
+
+
+def line(text: str) -> None:
+    """Print text that holds stored text, terminal-safe (`safe`), in plain."""
+    print(safe(text), flush=True)
 
 
 def record_data(record: RunRecord) -> dict[str, Any]:
@@ -179,7 +188,8 @@ def print_run(
     state: Any,
     as_json: bool,
 ) -> None:
-    """`runs show`: a run's record, transitions, effects, state and result."""
+    """`runs show`: a run's record, transitions, effects, state and result (stored text,
+    shown terminal-safe: `safe`)."""
     if as_json:
         print(
             json.dumps(
@@ -194,11 +204,11 @@ def print_run(
             )
         )
         return
-    print(
+    line(
         f"run {record.run_id}  status={record.status}  graph={record.graph_name} "
         f"({record.graph_hash})"
     )
-    print(
+    line(
         f"user={record.user_id or '-'}  session={record.session_id or '-'}  "
         f"created={when(record.created_at)}  updated={when(record.updated_at)}"
         + (
@@ -208,7 +218,7 @@ def print_run(
         )
     )
     if record.reason:
-        print(f"reason: {record.reason}")
+        line(f"reason: {record.reason}")
     print()
     table(
         ("SEQ", "NODE", "VISIT", "NEXT"),
@@ -220,7 +230,7 @@ def print_run(
     # An effect found unfinished after a crash was `unknown_after_crash` until it ran again;
     # its row keeps that (`recovered`), whatever its status now.
     retried = [e.key for e in effects if e.recovered or e.attempts > 1]
-    print(
+    line(
         f"\neffects: {len(effects)} ("
         + ", ".join(f"{n} {s}" for s, n in sorted(statuses.items()))
         + ")"
@@ -231,9 +241,9 @@ def print_run(
         )
     )
     print("\nstate:")
-    print(json.dumps(state, indent=2, ensure_ascii=False, default=str))
+    line(json.dumps(state, indent=2, ensure_ascii=False, default=str))
     if record.result is not None:
-        print(f"\noutput: {json.dumps(record.result.get('output'), ensure_ascii=False)}")
+        line(f"\noutput: {compact(record.result.get('output'))}")
 
 
 def print_diff(

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import shlex
 from contextlib import nullcontext
 from typing import Any
 
 from loomgraph.cli import agent_args
 from loomgraph.cli import approvals as cli_approvals
 from loomgraph.cli import journal as cli_journal
-from loomgraph.cli.console import colour, warn
+from loomgraph.cli.console import colour, mask_passwords, warn
 from loomgraph.cli.output import EXIT_FAILED, EXIT_INTERRUPTED, emit_event, exit_code
 
 
@@ -44,6 +45,7 @@ def add_run_parser(sub: Any) -> None:
 def handle(args: argparse.Namespace) -> int:
     """Run `loomgraph run`; returns the exit code (130 after Ctrl-C)."""
     started: dict[str, str] = {}
+    given = args.runtime  # `_run` puts the agent file's journal in `args.runtime`
     try:
         return asyncio.run(_run(args, started))
     except KeyboardInterrupt:
@@ -51,13 +53,26 @@ def handle(args: argparse.Namespace) -> int:
         if run_id is None:
             warn("stopped before the run started", style="yellow")
         elif journal and journal != "memory":
-            warn(
-                f"stopped; resume with: loomgraph runs resume {run_id} --runtime {journal}",
-                style="yellow",
-            )
+            warn(f"stopped; resume with: {resume_command(run_id, args.agent, given)}", "yellow")
         else:
             warn(f"stopped run {run_id}; it had no journal (--runtime), so it cannot be resumed")
         return EXIT_INTERRUPTED
+
+
+def resume_command(run_id: str, agent: str | None, runtime: str | None) -> str:
+    """The command that resumes a run, to print: with the agent file (`-a`) when there is
+    one (its journal, tools and model), with `--runtime` when it was given on the command
+    line, its password masked (`***`, said so: to be given again), never printed."""
+    words = ["loomgraph", "runs", "resume", shlex.quote(run_id)]
+    if agent:
+        words += ["-a", shlex.quote(agent)]
+    note = ""
+    if runtime:
+        shown = mask_passwords(runtime)
+        words += ["--runtime", shlex.quote(shown)]
+        if shown != runtime:
+            note = "  (the --runtime password is not shown: give it again)"
+    return " ".join(words) + note
 
 
 async def _run(args: argparse.Namespace, started: dict[str, str]) -> int:

@@ -214,7 +214,13 @@ async def _resume(args: argparse.Namespace, runtime: Runtime) -> int:
 
 
 async def _fork(args: argparse.Namespace, runtime: Runtime) -> int:
-    record, _ = await journal.load_record(runtime, args.run_id)
+    record, transitions = await journal.load_record(runtime, args.run_id)
+    if args.at != 0 and not any(t.seq == args.at for t in transitions):
+        last = max((t.seq for t in transitions), default=0)
+        raise journal.UsageError(
+            f"run {args.run_id} has no checkpoint {args.at}; it has 0..{last} "
+            "(0 is the first state)"
+        )
     patch = None
     if args.patch is not None:
         try:
