@@ -144,7 +144,7 @@ async def test_agent_bs_server_shows_and_touches_none_of_agent_as_runs(tmp_path:
             assert B_DID == [] and PAID == []
             assert journal_rows(path) == before
         # A's own server goes on with its run, with A's tool.
-        approved = await a.post("alice", f"/v1/runs/{wid}/approvals/call_pay", {"allow": True})
+        approved = await a.answer("alice", wid, "call_pay", {"allow": True})
         assert approved.status_code == 202, approved.text
         assert (await a.settled(wid))["status"] == "completed"
         assert PAID == [{"to": "acme", "amount": 5}] and B_DID == []
@@ -243,9 +243,7 @@ async def test_a_run_of_no_recorded_agent_loads_and_resumes_as_before(tmp_path: 
     async with served(tmp_path, agent_b(SqliteRuntime(path))) as b:
         listed = (await b.get("alice", "/v1/runs")).json()["runs"]
         assert [r["run_id"] for r in listed] == [waiting.run_id]
-        answer = await b.post(
-            "alice", f"/v1/runs/{waiting.run_id}/approvals/call_pay", {"allow": True}
-        )
+        answer = await b.answer("alice", waiting.run_id, "call_pay", {"allow": True})
         assert answer.status_code == 202, answer.text
         assert (await b.settled(waiting.run_id))["status"] == "completed"
     assert "pay acme 5" in B_DID

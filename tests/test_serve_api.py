@@ -45,6 +45,16 @@ class Served:
     async def get(self, user: str, path: str, **kw: Any) -> httpx.Response:
         return await self.client.get(path, headers=self.auth(user), **kw)
 
+    async def answer(
+        self, user: str, run_id: str, call_id: str, body: dict[str, Any]
+    ) -> httpx.Response:
+        """Answer an approval as a client should: naming the request the run waits for
+        (`pending[].key`, read as the user; none when the user cannot read the run)."""
+        shown = await self.get(user, f"/v1/runs/{run_id}")
+        pending = shown.json().get("pending") or [] if shown.status_code == 200 else []
+        named = {"key": pending[0]["key"]} if pending else {}
+        return await self.post(user, f"/v1/runs/{run_id}/approvals/{call_id}", body | named)
+
     async def settled(self, run_id: str) -> dict[str, Any]:
         """The run once this process stopped driving it."""
         await self.app.state.service.hub.wait(run_id)
@@ -179,13 +189,11 @@ async def test_approval_by_the_owner_as_approver_records_who_approved(tmp_path: 
         (pending,) = (await s.get("alice", f"/v1/runs/{run_id}")).json()["pending"]
         assert pending["call"]["id"] == "call_pay" and pending["call"]["tool"] == "pay"
         edited = {"to": "acme", "amount": 3}
-        ok = await s.post(
-            "alice", f"/v1/runs/{run_id}/approvals/call_pay", {"allow": True, "args": edited}
-        )
+        ok = await s.answer("alice", run_id, "call_pay", {"allow": True, "args": edited})
         assert ok.status_code == 202, ok.text
         assert (await s.settled(run_id))["status"] == "completed"
         assert [edited] == PAID
-        again = await s.post("alice", f"/v1/runs/{run_id}/approvals/call_pay", {"allow": True})
+        again = await s.answer("alice", run_id, "call_pay", {"allow": True})
         assert error(again)[0] == 409
         answers = [e for e in await s.agent.deps.runtime.effects(run_id) if e.kind == "approval"]
         assert answers[0].status == EffectStatus.DONE and answers[0].outcome["by"] == "alice"
@@ -197,16 +205,39 @@ async def test_approval_by_the_owner_as_approver_records_who_approved(tmp_path: 
 async def test_approvals_need_the_approver_role(tmp_path: Path) -> None:
     async with served(tmp_path) as s:
         run_id = (await s.post("dave", "/v1/runs", {"input": "pay acme"})).json()["run_id"]
-        refused = await s.post("dave", f"/v1/runs/{run_id}/approvals/call_pay", {"allow": True})
+        refused = await s.answer("dave", run_id, "call_pay", {"allow": True})
         assert error(refused) == (403, "forbidden")
         assert PAID == []
         assert (await s.get("dave", f"/v1/runs/{run_id}")).json()["status"] == "awaiting_approval"
         wrong_call = await s.post("alice", "/v1/runs", {"input": "pay acme"})
         other = wrong_call.json()["run_id"]
-        bad = await s.post("alice", f"/v1/runs/{other}/approvals/call_nope", {"allow": True})
+        bad = await s.answer("alice", other, "call_nope", {"allow": True})
         assert error(bad) == (409, "approval_refused")
-        missing = await s.post("alice", f"/v1/runs/{other}/approvals/call_pay", {})
+        missing = await s.answer("alice", other, "call_pay", {})
         assert error(missing) == (422, "validation")
+
+
+async def test_an_answer_names_the_request_it_answers(tmp_path: Path) -> None:
+    """Without `key` an answer would land on whatever request of that call id is pending
+    when it arrives: a client retrying its POST after the run moved on to a second
+    same-id call would approve that one. So `key` is required, and checked."""
+    async with served(tmp_path) as s:
+        run_id = (await s.post("alice", "/v1/runs", {"input": "pay acme"})).json()["run_id"]
+        unnamed = await s.post("alice", f"/v1/runs/{run_id}/approvals/call_pay", {"allow": True})
+        assert error(unnamed) == (422, "validation")
+        assert "'key'" in unnamed.json()["error"]["message"]
+        ui = await s.client.post(
+            f"/ui/runs/{run_id}/approvals/call_pay",
+            data={"allow": "true"},
+            headers={**s.auth("alice"), "HX-Request": "true"},
+        )
+        assert "key" in ui.text and PAID == []
+        assert (await s.get("alice", f"/v1/runs/{run_id}")).json()["status"] == (
+            "awaiting_approval"
+        )
+        named = await s.answer("alice", run_id, "call_pay", {"allow": True})
+        assert named.status_code == 202, named.text
+        assert (await s.settled(run_id))["status"] == "completed" and len(PAID) == 1
 
 
 def every_run_endpoint(run_id: str) -> list[tuple[str, str, Any]]:
@@ -291,7 +322,7 @@ async def test_fork_resume_and_cancel(tmp_path: Path) -> None:
         cancelled = await s.post("alice", f"/v1/runs/{waiting}/cancel")
         assert cancelled.status_code == 200 and cancelled.json()["status"] == "cancelled"
         assert error(await s.post("alice", f"/v1/runs/{waiting}/cancel"))[0] == 409
-        late = await s.post("alice", f"/v1/runs/{waiting}/approvals/call_pay", {"allow": True})
+        late = await s.answer("alice", waiting, "call_pay", {"allow": True})
         assert error(late) == (409, "approval_refused") and PAID == []
 
 
@@ -323,7 +354,7 @@ def test_a_cancel_racing_an_approval_answers_what_the_journal_says(ticks: int) -
                     return await s.post("alice", f"/v1/runs/{run_id}/cancel")
 
                 approved, cancelled = await asyncio.gather(
-                    s.post("alice", f"/v1/runs/{run_id}/approvals/call_pay", {"allow": True}),
+                    s.answer("alice", run_id, "call_pay", {"allow": True}),
                     cancel_later(),
                 )
                 final = await s.settled(run_id)
@@ -393,9 +424,7 @@ async def test_keys_and_runs_are_read_from_the_postgres_journal(
         assert error(await s.get("bob", f"/v1/runs/{mine[0]['run_id']}")) == (404, "not_found")
         waiting = (await s.post("alice", "/v1/runs", {"input": "pay acme"})).json()
         assert waiting["status"] == "awaiting_approval"
-        refused = await s.post(
-            "dave", f"/v1/runs/{waiting['run_id']}/approvals/call_pay", {"allow": True}
-        )
+        refused = await s.answer("dave", waiting["run_id"], "call_pay", {"allow": True})
         assert error(refused) == (404, "not_found")  # not dave's run: not even a 403
     # Only the keys' hashes are in the journal's schema.
     import asyncpg

@@ -45,9 +45,10 @@ async def test_the_viewer_cookie_authorises_no_v1_write(tmp_path: Path) -> None:
         assert read.status_code == 200 and read.json()["status"] == "awaiting_approval"
         assert (await s.client.get("/v1/runs")).json()["runs"][0]["run_id"] == run_id
         # The viewer's own pages still change things with the cookie (htmx only).
+        (pending,) = (await s.get("alice", f"/v1/runs/{run_id}")).json()["pending"]
         done = await s.client.post(
             f"/ui/runs/{run_id}/approvals/call_pay",
-            data={"allow": "true"},
+            data={"allow": "true", "key": pending["key"]},
             headers={"HX-Request": "true"},
         )
         assert done.headers.get("hx-refresh") == "true", done.text
@@ -257,7 +258,7 @@ async def test_a_run_driven_elsewhere_is_409_without_naming_that_process(tmp_pat
         run_id = (await s.post("alice", "/v1/runs", {"input": "pay acme"})).json()["run_id"]
         runtime = s.app.state.service.agent.deps.runtime
         await runtime.acquire_lease(run_id, "build-7.internal:4242:1700000000:feed")
-        taken = await s.post("alice", f"/v1/runs/{run_id}/approvals/call_pay", {"allow": True})
+        taken = await s.answer("alice", run_id, "call_pay", {"allow": True})
         assert error(taken) == (409, "run_conflict"), taken.text
         message = taken.json()["error"]["message"]
         assert "another process" in message and run_id in message

@@ -51,9 +51,10 @@ async def test_write_actions_need_htmx_and_approve_from_the_page(tmp_path: Path)
             url, data={"allow": "true", "args": "{nope"}, headers={"HX-Request": "true"}
         )
         assert "not JSON" in bad_json.text and bad_json.headers["hx-retarget"] == "#notice"
+        (pending,) = (await s.get("alice", f"/v1/runs/{run_id}")).json()["pending"]
         done = await s.client.post(
             url,
-            data={"allow": "true", "args": '{"to": "acme", "amount": 2}'},
+            data={"allow": "true", "args": '{"to": "acme", "amount": 2}', "key": pending["key"]},
             headers={"HX-Request": "true"},
         )
         assert done.headers.get("hx-refresh") == "true"

@@ -123,7 +123,9 @@ async def test_following_a_run_that_waits_then_is_approved(server: dict[str, Any
         async with http.stream("GET", f"/v1/runs/{run_id}/events") as waiting:
             first = await collect(waiting)
         assert first[-1].data["payload"]["status"] == "awaiting_approval"
-        ok = await http.post(f"/v1/runs/{run_id}/approvals/call_pay", json={"allow": True})
+        (pending,) = (await http.get(f"/v1/runs/{run_id}")).json()["pending"]
+        answer = {"allow": True, "key": pending["key"]}
+        ok = await http.post(f"/v1/runs/{run_id}/approvals/call_pay", json=answer)
         assert ok.status_code == 202
         async with http.stream(
             "GET", f"/v1/runs/{run_id}/events", headers={"Last-Event-ID": first[-1].id}

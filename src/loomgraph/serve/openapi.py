@@ -36,7 +36,7 @@ _BODIES: dict[tuple[str, str], dict[str, tuple[dict[str, Any], bool]]] = {
         "allow": (_BOOL, True),
         "args": (_OBJECT | {"description": "edited arguments (they meet the rules again)"}, False),
         "reason": (_STRING, False),
-        "key": (_STRING | {"description": "the pending request answered (`pending[].key`)"}, False),
+        "key": (_STRING | {"description": "the pending request answered (`pending[].key`)"}, True),
     },
     ("POST", "/v1/runs/{run_id}/resume"): {"value": ({"description": "any JSON value"}, True)},
     ("POST", "/v1/runs/{run_id}/fork"): {

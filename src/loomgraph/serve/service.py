@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from loomgraph.agent.agent import Agent
-from loomgraph.agent.checkpoints import Checkpoint, diff, history, position
+from loomgraph.agent.checkpoints import Checkpoint, diff, history, pending_of, position
 from loomgraph.agent.run_events import EventId, JournalEvent, follow_events
 from loomgraph.agent.streaming import event_stream
 from loomgraph.agent.submitting import RunNotCancellable, cancel_idle
@@ -21,7 +21,7 @@ from loomgraph.protocols import RunRecord, RunStatus, Transition
 from loomgraph.protocols.events import RUN_STARTED
 from loomgraph.runtime.errors import RunConflict, RunFinished
 from loomgraph.serve.auth import Auth, Caller
-from loomgraph.serve.errors import BadRequest, Conflict, Forbidden, NotFound
+from loomgraph.serve.errors import BadRequest, Conflict, Forbidden, Invalid, NotFound
 from loomgraph.serve.hub import RunHub
 from loomgraph.serve.store import RunPage, ServeStore, cursor_number
 from loomgraph.serve.views import run_json
@@ -172,9 +172,17 @@ class Service:
         """Answer a pending call as the caller (who must be an approver); the run goes on.
         With `key` (the request's `Pending.key`) the answer settles that request or none:
         never a later one for another call with the same id."""
-        await self.run(caller, run_id)
+        record = await self.run(caller, run_id)
         if not caller.approver:
             raise Forbidden(f"user {caller.user_id!r} may not answer approvals (no approver role)")
+        pending = pending_of(record)
+        if not key and pending is not None and pending.key:
+            # Unnamed, an answer would settle whatever request of that call id is pending
+            # when it arrives: a retried POST could approve a later same-id call.
+            raise Invalid(
+                f"field 'key' is required: the `pending[].key` of the request you answer "
+                f"(GET /v1/runs/{run_id}), so an answer never settles another request"
+            )
         answer = BoundApproval(call_id, allow, args, caller.user_id, reason, key=key)
         await self._resume(run_id, approve=answer)
 
