@@ -20,7 +20,10 @@ SRC = Path(loomgraph.__file__).resolve().parents[1]
 async def test_run_streams_progress_and_resume_answers_the_approval() -> None:
     params = StdioServerParameters(
         command=PYTHON,
-        args=["-m", "loomgraph.cli.main", "mcp-serve", "--agent", "mcp_agent:make_agent"],
+        args=[
+            *("-m", "loomgraph.cli.main", "mcp-serve", "--agent", "mcp_agent:make_agent"),
+            *("--user", "alice", "--approver"),
+        ],
         env={"PYTHONPATH": f"{SRC}:{ROOT / 'tests'}"},
         cwd=str(ROOT),
     )

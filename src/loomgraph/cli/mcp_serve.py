@@ -2,24 +2,34 @@
 
 Tools: `run` (a prompt; the run's events stream as progress notifications; returns the
 answer, status and run id) and `resume` (answers a run awaiting approval, or goes on with
-one that stopped). The `mcp` SDK is imported only when the command runs.
+one that stopped). Who calls is never a tool argument (`mcp_serve_callers`): over stdio the
+`--user` the server was started with, over `--http` the user of each request's API key.
+A caller reaches only their own runs of this agent (another user's run is not found, as an
+unknown one), and answering an approval needs the approver role; the answer is journaled
+with the caller's user id as approver. The `mcp` SDK is imported only when the command runs.
 """
 
 import argparse
+import asyncio
 import contextlib
 import json
+import sys
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 from loomgraph.cli.agent_args import add_loaded_agent_option, load_agent
-from loomgraph.cli.output import EXIT_OK
+from loomgraph.cli.output import EXIT_OK, EXIT_USAGE
 from loomgraph.protocols.events import RUN_COMPLETED, Event
 
 if TYPE_CHECKING:  # the Agent is imported when the command runs, not when the CLI starts
     from loomgraph.agent.agent import Agent
     from loomgraph.agent.result import RunResult
+    from loomgraph.protocols import RunRecord
+    from loomgraph.serve.auth import Caller
+    from loomgraph.serve.store import ServeStore
 
 _PROGRESS_CHARS = 300  # a progress message is a line a client shows, not the whole payload
+_DEFAULT_HOST = "127.0.0.1"
 
 
 def add_parser(subparsers: Any) -> None:
@@ -29,60 +39,194 @@ def add_parser(subparsers: Any) -> None:
     )
     add_loaded_agent_option(serve)
     serve.add_argument(
-        "--http", type=int, default=None, metavar="PORT", help="serve streamable HTTP on PORT"
+        "--user",
+        default=None,
+        metavar="USER_ID",
+        help="stdio (required there): the user every call acts as; over --http each "
+        "request's API key says who calls",
     )
-    serve.add_argument("--host", default="127.0.0.1", help="address to listen on with --http")
+    serve.add_argument(
+        "--approver",
+        action="store_true",
+        help="stdio: the --user may answer approvals (over --http: keys made with --approver)",
+    )
+    serve.add_argument(
+        "--http",
+        type=int,
+        default=None,
+        metavar="PORT",
+        help="serve streamable HTTP on PORT; every request needs an API key (`loomgraph keys add`)",
+    )
+    serve.add_argument(
+        "--host", default=None, help=f"address to listen on with --http (default {_DEFAULT_HOST})"
+    )
+
+
+def _refused(reason: str) -> int:
+    print(f"loomgraph: refused: {reason}", file=sys.stderr)
+    return EXIT_USAGE
+
+
+def _user_problem(user: str | None) -> str | None:
+    if user is None:
+        return (
+            "over stdio mcp-serve acts as one user, given at start: add --user USER_ID "
+            "(and --approver if that user may answer approvals)"
+        )
+    if not user.strip() or "\x00" in user:
+        return f"--user {user!r} is not a user id"
+    return None
 
 
 def handle(args: argparse.Namespace) -> int:
     """Serve until stdin closes (stdio) or the process is stopped (HTTP)."""
-    app = build_server(load_agent(args.agent))
+    from loomgraph.serve.auth import Caller
+
     if args.http is None:
-        app.run("stdio")
-    else:
-        app.run("streamable-http", host=args.host, port=args.http)
+        if args.host is not None:
+            return _refused("--host is the address of --http PORT; over stdio there is none")
+        problem = _user_problem(args.user)
+        if problem is not None:
+            return _refused(problem)
+        caller = Caller(args.user, approver=args.approver)
+        agent = load_agent(args.agent)
+        role = "may" if caller.approver else "may not"
+        print(
+            f"loomgraph: mcp-serve over stdio as user {caller.user_id!r} ({role} answer approvals)",
+            file=sys.stderr,
+            flush=True,
+        )
+        build_server(agent, caller=caller).run("stdio")
+        return EXIT_OK
+    if args.user is not None or args.approver:
+        return _refused(
+            "over --http each request's API key says who calls (and whether they may "
+            "approve): --user and --approver are for stdio"
+        )
+    return _serve_http(args)
+
+
+def _serve_http(args: argparse.Namespace) -> int:
+    from loomgraph.cli.mcp_serve_callers import KeyAuth, key_store_problem
+    from loomgraph.serve.auth import is_loopback
+    from loomgraph.serve.store import open_store
+
+    host = args.host or _DEFAULT_HOST
+    agent = load_agent(args.agent)
+    problem = asyncio.run(key_store_problem(agent.deps.runtime, args.agent))
+    if problem is not None:
+        asyncio.run(agent.aclose())
+        return _refused(problem)
+    import uvicorn
+
+    store = open_store(agent.deps.runtime)
+    server = build_server(agent, caller=None, store=store)
+    app = KeyAuth(server.streamable_http_app(host=host), store)
+    config = uvicorn.Config(
+        app, host=host, port=args.http, log_level=server.settings.log_level.lower()
+    )
+    note = "" if is_loopback(host) else "; reached from other hosts: put a TLS proxy in front"
+
+    class Server(uvicorn.Server):
+        async def startup(self, sockets: Any = None) -> None:
+            await super().startup(sockets)
+            if self.started:
+                said = f"serving MCP on http://{host}:{args.http}/mcp (API key per request)"
+                print(f"loomgraph: {said}{note}", file=sys.stderr, flush=True)
+
+    Server(config).run()
     return EXIT_OK
 
 
-def build_server(agent: "Agent") -> Any:
-    """An MCP server (the SDK's `MCPServer`) whose tools run and resume `agent`'s runs."""
+def build_server(
+    agent: "Agent", *, caller: "Caller | None", store: "ServeStore | None" = None
+) -> Any:
+    """An MCP server (the SDK's `MCPServer`) whose tools run and resume `agent`'s runs as
+    `caller` (stdio), or with `caller=None` as the caller `KeyAuth` authenticated for each
+    HTTP request. Runs are read through `store` (default: the one beside the journal) with
+    the caller's user id and the agent's name in the query."""
     from mcp.server.mcpserver import Context
     from mcp.server.mcpserver import MCPServer as SDKServer
+    from mcp.server.mcpserver.exceptions import ToolError
+    from mcp.server.mcpserver.tools import Tool
     from mcp.types import ToolAnnotations
+
+    from loomgraph.cli.mcp_serve_callers import caller_of, refuse_unknown_arguments
+    from loomgraph.serve.store import open_store
+
+    runs = store or open_store(agent.deps.runtime)
 
     @contextlib.asynccontextmanager
     async def lifespan(_: Any) -> AsyncIterator[None]:
         try:
+            connect = getattr(agent.deps.runtime, "connect", None)
+            if connect is not None:  # the journal's tables exist before the store reads them
+                await connect()
             yield
         finally:
+            await runs.close()
             await agent.aclose()  # stops the agent's own MCP servers, closes its journal
 
-    app = SDKServer("loomgraph", instructions=agent.instructions or None, lifespan=lifespan)
+    async def own_run(who: "Caller", run_id: str) -> "RunRecord":
+        record = await runs.run(run_id, who.user_id, agent=agent.name)
+        if record is None:  # unknown, another user's, or another agent's: all alike
+            raise ToolError(f"no run {run_id!r}")
+        return record
 
-    @app.tool(name="run", annotations=ToolAnnotations(openWorldHint=True))
-    async def run(
-        prompt: str, ctx: Context, user_id: str | None = None, session_id: str | None = None
-    ) -> dict[str, Any]:
-        """Run the agent on a prompt; returns its answer, status and run id. The run's
-        events are sent as progress notifications."""
-        stream = agent.stream(prompt, user_id=user_id, session_id=session_id)
+    async def run(prompt: str, ctx: Context, session_id: str | None = None) -> dict[str, Any]:
+        """Run the agent on a prompt as the caller; returns its answer, status and run id.
+        The run's events are sent as progress notifications."""
+        who = caller_of(ctx, caller)
+        stream = agent.stream(prompt, user_id=who.user_id, session_id=session_id)
         return await _follow(stream, ctx)
 
-    @app.tool(name="resume", annotations=ToolAnnotations(openWorldHint=True))
     async def resume(
         run_id: str,
         ctx: Context,
         approve: bool | None = None,
         args: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
-        """Go on with a stopped run: approve (true) or deny (false) the call it waits for,
-        optionally with edited arguments; without `approve`, resume a crashed run."""
+        """Go on with a stopped run of the caller's: approve (true) or deny (false) the call
+        it waits for (approver role), optionally with edited arguments; without `approve`,
+        resume a crashed run."""
+        who = caller_of(ctx, caller)
+        record = await own_run(who, run_id)
         options: dict[str, Any] = {}
         if approve is not None:
-            options["approve"] = {"args": args} if approve and args is not None else approve
+            if not who.approver:
+                raise ToolError(f"user {who.user_id!r} may not answer approvals (no approver role)")
+            options["approve"] = _approval(record, approve, args, who)
         return await _follow(agent.resume_stream(run_id, **options), ctx)
 
-    return app
+    tools = [
+        refuse_unknown_arguments(
+            Tool.from_function(
+                fn, name=fn.__name__, annotations=ToolAnnotations(openWorldHint=True)
+            )
+        )
+        for fn in (run, resume)
+    ]
+    instructions = agent.instructions or None
+    return SDKServer("loomgraph", instructions=instructions, lifespan=lifespan, tools=tools)
+
+
+def _approval(record: "RunRecord", approve: bool, args: Any, who: "Caller") -> Any:
+    """The caller's answer to the call `record` waits for, bound to that request and
+    journaled with the caller as approver."""
+    from mcp.server.mcpserver.exceptions import ToolError
+
+    from loomgraph.agent.checkpoints import pending_of
+    from loomgraph.engine.effects import BoundApproval
+    from loomgraph.protocols import RunStatus
+
+    pending = pending_of(record)
+    call = pending.call if pending is not None else None
+    if pending is None or not call or record.status != RunStatus.AWAITING_APPROVAL:
+        raise ToolError(
+            f"run {record.run_id!r} is not waiting for an approval (status {record.status})"
+        )
+    edited = args if approve and args is not None else None
+    return BoundApproval(call["id"], approve, edited, who.user_id, key=pending.key)
 
 
 async def _follow(stream: AsyncIterator[Event], ctx: Any) -> dict[str, Any]:
