@@ -67,6 +67,9 @@ with where each class lives (relative to `loomgraph.`):
     ├── MemoryBackendError                  memory.errors
     │   ├── MemoryCorrupted                 memory.errors
     │   └── MemoryUnavailable               memory.errors
+    ├── MemoryInputError + ValueError       memory.errors
+    │   ├── BlockNameError                  memory.errors
+    │   └── UserIdError                     memory.errors
     ├── ExtractionError + ValueError        memory.extract
     ├── PermissionConfigError + ValueError  governance.rule_errors
     │   ├── PermissionTypeError + TypeError governance.rule_errors

@@ -46,6 +46,13 @@ class AgentFile:
     instructions: str
     lines: Lines = field(default_factory=dict, repr=False)
 
+    def __repr__(self) -> str:
+        # The graph is a plain pydantic model: its repr would show substituted secrets.
+        return redact(
+            f"AgentFile(spec={self.spec!r}, path={str(self.path)!r}, graph={self.graph!r}, "
+            f"instructions={self.instructions!r})"
+        )
+
     @property
     def folder(self) -> Path:
         """The file's folder: relative paths in the file start here."""
@@ -273,6 +280,12 @@ class _Checker:
             self.add(
                 "instructions-template",
                 f"{spec.instructions_file}: {err.message} (a template sees only `name`)",
+                "instructions_file",
+            )
+        except RecursionError:  # brackets or includes nested past the stack: no traceback
+            self.add(
+                "instructions-template",
+                f"{spec.instructions_file}: the template is nested too deeply",
                 "instructions_file",
             )
 

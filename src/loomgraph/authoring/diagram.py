@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from loomgraph.authoring.secrets import has_secrets, redact, redact_data
 from loomgraph.errors import GraphError
 from loomgraph.graph.spec import END, EdgeSpec, Graph, NodeSpec
 from loomgraph.protocols.paths import NodePath
@@ -278,12 +279,30 @@ def free_id(base: str, taken: Iterable[str]) -> str:
 
 
 def load(graph: Graph | str | Path) -> Graph:
-    """The graph, loaded if named; every public function starts here."""
+    """The graph, loaded if named, as a diagram may show it (`shown`); every public
+    function starts here."""
     # Node kinds (built-in ones too) come from the registry, which loads the `loomgraph.nodes`
     # entry points on the first lookup: nothing here imports the node kinds.
     from loomgraph.authoring.library import load_graph
 
-    if isinstance(graph, Graph):
-        return graph
+    return shown(graph if isinstance(graph, Graph) else load_graph(graph))
 
-    return load_graph(graph)
+
+def shown(graph: Graph) -> Graph:
+    """The graph with every value substituted from `${ENV}` in this process (an agent
+    file's secrets: `authoring.secrets`) replaced by `***` in all of its texts, so no
+    format draws one, escaped or not; the graph itself when there is nothing to hide."""
+    if not has_secrets():
+        return graph
+    data = graph.to_data()
+    clean = redact_data(data)
+    if clean == data:
+        return graph
+    try:
+        copy = Graph.model_validate(clean)
+    except ValueError as err:
+        raise RenderError(
+            f"cannot draw graph {redact(graph.name)!r} without a secret substituted into it"
+        ) from err
+    copy._source, copy._lines, copy._resolver = graph._source, graph._lines, graph._resolver
+    return copy

@@ -30,6 +30,7 @@ from loomgraph.authoring.diagram import (
     node_io,
     wrap,
 )
+from loomgraph.authoring.secrets import redact
 from loomgraph.graph.spec import END, Graph
 
 
@@ -246,7 +247,7 @@ def to_dot(graph: Graph | str | Path, *, run: RunLike = None, expand: bool = Fal
     """The graph as Graphviz DOT text, with an optional run overlay; `expand` draws the
     graphs that `map` and `subgraph` nodes run inline, as clusters."""
     source: str = _digraph(load(graph), RunOverlay.coerce(run), expand=expand).source
-    return source
+    return redact(source)  # the graph is redacted (`load`); this catches a run's reason too
 
 
 def to_svg(graph: Graph | str | Path, *, run: RunLike = None, expand: bool = False) -> str:
@@ -258,7 +259,7 @@ def to_image(
     graph: Graph | str | Path, fmt: str, *, run: RunLike = None, expand: bool = False
 ) -> bytes:
     """The graph laid out by Graphviz's `dot` in `fmt` (svg, png, pdf, json, ...)."""
-    dot = _digraph(load(graph), RunOverlay.coerce(run), expand=expand)
+    dot = graphviz.Source(to_dot(graph, run=run, expand=expand))
     try:
         data: bytes = dot.pipe(format=fmt)
     except graphviz.ExecutableNotFound as err:

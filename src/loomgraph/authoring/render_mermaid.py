@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections import Counter
 from pathlib import Path
 
@@ -18,15 +19,18 @@ from loomgraph.authoring.diagram import (
     load,
     node_io,
 )
+from loomgraph.authoring.secrets import redact
 from loomgraph.graph.spec import END, Graph
 
-# Characters that end or confuse a Mermaid label, as Mermaid entity codes (`#name;`/`#nn;`).
+# Characters that end or confuse a Mermaid label, as Mermaid entity codes (`#name;`/`#nn;`);
+# `%` so that no `%%{…}%%` directive (which Mermaid finds anywhere in the file) can form.
 _MERMAID_ENTITIES = {
     '"': "#quot;",
     "<": "#lt;",
     ">": "#gt;",
     "&": "#amp;",
     "#": "#35;",
+    "%": "#37;",
     "|": "#124;",
     "[": "#91;",
     "]": "#93;",
@@ -36,14 +40,28 @@ _MERMAID_ENTITIES = {
     "}": "#125;",
     "`": "#96;",
     ";": "#59;",
-    "\n": " ",
-    "\r": " ",
 }
 
 
+def _flat(text: str) -> str:
+    """Text on one line: every line break Mermaid or a browser may honour (`\\n`, `\\r`,
+    `\\v`, `\\f`, U+001C-U+001E, U+0085, U+2028, U+2029) and every other control
+    character becomes a space; runs of spaces become one. Every text a Mermaid file
+    carries from the graph passes here (`_mm` for labels, `_comment` for the header)."""
+    cleaned = "".join(
+        " " if unicodedata.category(c) in ("Cc", "Cf", "Zl", "Zp", "Cs") else c for c in text
+    )
+    return " ".join(cleaned.split())
+
+
 def _mm(text: str) -> str:
-    """Text made safe inside a Mermaid label."""
-    return "".join(_MERMAID_ENTITIES.get(c, c) for c in text)
+    """Text made safe inside a Mermaid label: one line, special characters as entities."""
+    return "".join(_MERMAID_ENTITIES.get(c, c) for c in _flat(text))
+
+
+def _comment(text: str) -> str:
+    """Text made safe inside a `%%` comment: one line, and no `%` (no directive)."""
+    return _flat(text).replace("%", "#37;")
 
 
 def _mermaid_ids(graph: Graph) -> dict[str, str]:
@@ -65,11 +83,12 @@ def to_mermaid(graph: Graph | str | Path, *, run: RunLike = None) -> str:
     g, overlay = load(graph), RunOverlay.coerce(run)
     io, ids = node_io(g), _mermaid_ids(g)
     stop = overlay.stop_colour() if overlay else None
-    description = " ".join((g.description or "").split())
+    description = _comment(g.description or "")
     # The comment goes after the header: older Mermaid versions reject anything before it.
     lines = [
         "flowchart TD",
-        f"    %% {g.name} v{g.version}" + (f": {description}" if description else ""),
+        f"    %% {_comment(g.name)} v{_comment(g.version)}"
+        + (f": {description}" if description else ""),
         '    __start__(("start"))',
         '    __end__((("END")))',
     ]
@@ -124,4 +143,4 @@ def to_mermaid(graph: Graph | str | Path, *, run: RunLike = None) -> str:
                 f"    classDef stopped fill:{STOP_FILL[stop]},stroke:{stop},stroke-width:4px"
             )
             lines.append(f"    class {ids[stopped]} stopped")
-    return "\n".join(lines) + "\n"
+    return redact("\n".join(lines) + "\n")  # the graph is redacted (`load`); and a run's reason

@@ -6,12 +6,14 @@ A substituted value may be a key or a token, so it is remembered (in this proces
 
 from __future__ import annotations
 
+import html
+import json
 import os
 import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
-__all__ = ["REDACTED", "redact", "substitute_env"]
+__all__ = ["REDACTED", "has_secrets", "redact", "redact_data", "substitute_env"]
 
 REDACTED = "***"
 _VAR = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -23,6 +25,36 @@ def redact(text: str) -> str:
     for secret in sorted(_secrets, key=len, reverse=True):
         text = text.replace(secret, REDACTED)
     return text
+
+
+def _spellings(secret: str) -> set[str]:
+    """The value as text shows it: as is, inside a `repr` (either quote escaped, as Python
+    picks), inside a JSON string, and HTML-escaped: a message or a diagram that quotes the
+    value still loses it to `redact`."""
+    return {
+        secret,
+        repr(secret)[1:-1],
+        repr(secret + "'\"")[1:-4],  # with both quotes, Python escapes the single one
+        json.dumps(secret)[1:-1],
+        json.dumps(secret, ensure_ascii=False)[1:-1],
+        html.escape(secret),
+        html.escape(secret, quote=False),
+    }
+
+
+def has_secrets() -> bool:
+    """Whether any value was substituted in this process (else `redact` changes nothing)."""
+    return bool(_secrets)
+
+
+def redact_data(data: Any) -> Any:
+    """`data` (plain data: dicts, lists, scalars) with `redact` applied to every string
+    value; keys are left alone (substitution never touches them)."""
+    if isinstance(data, dict):
+        return {k: redact_data(v) for k, v in data.items()}
+    if isinstance(data, list):
+        return [redact_data(v) for v in data]
+    return redact(data) if isinstance(data, str) else data
 
 
 def substitute_env(
@@ -50,7 +82,7 @@ def substitute_env(
             return ""
         found = env[name]
         if len(found) >= 3:  # shorter values would redact ordinary text everywhere
-            _secrets.add(found)
+            _secrets.update(_spellings(found))
         return found
 
     return _VAR.sub(value, data)

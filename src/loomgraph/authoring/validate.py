@@ -8,6 +8,7 @@ rules on the fields nodes and conditions read and write in `validate_fields`; th
 from __future__ import annotations
 
 import types
+import unicodedata
 from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Union, get_args, get_origin
@@ -71,6 +72,7 @@ def _all_problems(graph: Graph, flow: bool) -> list[Problem]:
     instances, problems = check_kinds(graph)
     known = known_fields(graph, instances)
     problems += check_schema_version(graph)
+    problems += check_names(graph)
     problems += check_reserved_names(graph)
     problems += check_state_types(graph)
     problems += check_kind_rules(graph, instances)
@@ -102,6 +104,31 @@ def check_schema_version(graph: Graph) -> list[Problem]:
             "schema_version",
         )
     ]
+
+
+# Line breaks, other control characters, and invisible format characters (bidi overrides).
+_UNPRINTABLE = frozenset({"Cc", "Cf", "Zl", "Zp", "Cs"})
+
+
+def check_names(graph: Graph) -> list[Problem]:
+    """`bad-name`: a graph `name` or `version` that is not one line of visible text. Both
+    are shown as one line (diagram titles and comments, run records, telemetry, the command
+    line): a line break in them could only fake what follows."""
+    problems = []
+    for key in ("name", "version"):
+        value = str(getattr(graph, key))
+        bad = next((c for c in value if unicodedata.category(c) in _UNPRINTABLE), None)
+        if bad is not None:
+            problems.append(
+                problem_at(
+                    graph,
+                    "bad-name",
+                    f"graph {key} {value!r} holds the character U+{ord(bad):04X}; "
+                    f"a {key} is one line of visible text",
+                    key,
+                )
+            )
+    return problems
 
 
 def check_reserved_names(graph: Graph) -> list[Problem]:

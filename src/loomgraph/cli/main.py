@@ -116,7 +116,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _dispatch(args: argparse.Namespace) -> int:
     from loomgraph.authoring.agent_file import AgentFileError
-    from loomgraph.errors import GraphError
+    from loomgraph.errors import GraphError, LoomgraphError
     from loomgraph.observability.audit_chain import AuditLogError
     from loomgraph.runtime.errors import JournalError
 
@@ -170,6 +170,14 @@ def _dispatch(args: argparse.Namespace) -> int:
         journal.UsageError,
     ) as err:
         return usage(str(err))
+    except LoomgraphError as err:
+        # An MCP server that cannot start (its URL's credentials masked); the class is
+        # imported only now: a command without MCP servers never loads the client.
+        from loomgraph.tools.mcp import MCPServerError
+
+        if not isinstance(err, MCPServerError):
+            raise
+        return usage(str(err))
 
 
 def _schema(agent: bool) -> int:
@@ -185,12 +193,14 @@ def _schema(agent: bool) -> int:
 
 
 def _is_agent_file(path: str) -> bool:
-    """An agent file has `schema_version` and no `nodes` (a graph file has `nodes`)."""
-    import yaml
+    """An agent file has `schema_version` and no `nodes` (a graph file has `nodes`). Read
+    with the graph loader's parser (no aliases, bounded nesting): a file it cannot read is
+    left to the graph loader, which reports why."""
+    from loomgraph.authoring.loader import parse_yaml
 
     try:
-        head = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        head, _, _ = parse_yaml(Path(path).read_text(encoding="utf-8"), path)
+    except (OSError, UnicodeDecodeError):
         return False
     return isinstance(head, dict) and "nodes" not in head and "schema_version" in head
 

@@ -10,8 +10,14 @@ generated code does, and nothing else:
 - every `a.b` and `a[b]` goes through the sandboxed environment's `getattr` / `getitem`, the
   very checks that refuse private names and mutating methods;
 - filters and tests are the environment's own functions, called as Jinja calls them;
-- comparisons, `and` / `or` / `not` and arithmetic are the Python operators Jinja emits (the
-  sandbox intercepts no operator by default; an environment that does is not compiled here).
+- comparisons, `and` / `or` / `not` and arithmetic are the Python operators Jinja emits; an
+  operator the environment intercepts (`intercepted_binops`: loomgraph's bounds `*` and `%`)
+  goes through its `call_binop`, as Jinja's generated code does (an environment that
+  intercepts unary operators is not compiled here).
+
+Nesting is bounded before anything recursive sees it (`parse_bounded`): brackets by the
+lexer's tokens, then the depth of the parse tree, so no condition or template can exhaust
+the stack of Jinja's parser, its code generator or these closures (`TemplateSyntaxError`).
 
 Any other node — a call (`x.f()`, which the sandbox must check), a slice, `**`, `~`, a
 conditional expression, a filter that wants the context — leaves the whole condition to
@@ -31,6 +37,10 @@ from jinja2.utils import _PassArg
 
 # One compiled node: the variables of one call to its value.
 Eval = Callable[[Mapping[str, Any]], Any]
+
+MAX_BRACKETS = 20  # `(`, `[`, `{` open at once in one condition or template
+MAX_NESTING = 50  # depth of its parse tree: operators, filters, `.attr` chains, `not`s
+_OPENING, _CLOSING = frozenset("([{"), frozenset(")]}")
 
 _COMPARE: dict[str, Callable[[Any, Any], Any]] = {
     "eq": operator.eq,
@@ -56,17 +66,74 @@ class _Unsupported(Exception):
     """A node this module does not compile: the condition stays with Jinja."""
 
 
+def too_deep(what: str) -> TemplateSyntaxError:
+    """The error of a condition or template nested beyond the limits."""
+    return TemplateSyntaxError(
+        f"{what} is nested too deeply: at most {MAX_BRACKETS} brackets inside each other "
+        f"and {MAX_NESTING} levels of operators, filters and attributes",
+        lineno=1,
+    )
+
+
+def _tree_depth(root: nodes.Node, limit: int) -> int:
+    """The depth of a parse tree, walked without recursion (stops once past `limit`)."""
+    deepest, stack = 0, [(root, 1)]
+    while stack:
+        node, depth = stack.pop()
+        deepest = max(deepest, depth)
+        if deepest > limit:
+            break
+        stack.extend((child, depth + 1) for child in node.iter_child_nodes())
+    return deepest
+
+
+def parse_bounded(env: SandboxedEnvironment, source: str, *, expression: bool) -> Any:
+    """Parse a condition (its expression node) or a template (its `Template` node); raise
+    `TemplateSyntaxError` when it does not parse or is nested beyond the limits. Jinja's
+    parser recurses once per bracket (about fifteen frames each), so brackets are counted
+    on the lexer's tokens first; the tree's depth bounds what walks it later."""
+    what = "the condition" if expression else "the template"
+    state = "variable" if expression else None
+    depth = 0
+    try:
+        for _, token, value in env.lexer.tokeniter(source, None, state=state):
+            if token == "operator" and value in _OPENING:
+                depth += 1
+                if depth > MAX_BRACKETS:
+                    raise too_deep(what)
+            elif token == "operator" and value in _CLOSING:
+                depth -= 1
+    except TemplateSyntaxError as err:
+        if "nested too deeply" in str(err.message):
+            raise
+        # A lexing error: the parser below reports it as Jinja does.
+    try:
+        if expression:
+            parser = Parser(env, source, state="variable")
+            tree: nodes.Node = parser.parse_expression()
+            if not parser.stream.eos:
+                parser.fail(f"unexpected {parser.stream.current.type!r}")
+        else:
+            tree = env.parse(source)
+    except RecursionError:
+        raise too_deep(what) from None
+    limit = MAX_NESTING + (0 if expression else 8)  # a template's own statements nest too
+    if _tree_depth(tree, limit) > limit:
+        raise too_deep(what)
+    return tree
+
+
 def compile_native(env: SandboxedEnvironment, source: str) -> Callable[..., Any] | None:
     """The condition as a function of keyword variables, or None to leave it to Jinja (also
-    when it does not parse: `env.compile_expression` then raises Jinja's own error)."""
-    if env.intercepted_binops or env.intercepted_unops:
-        return None
-    parser = Parser(env, source, state="variable")
+    when it does not parse: `env.compile_expression` then raises Jinja's own error). One
+    nested beyond the limits raises `TemplateSyntaxError` (`too_deep`)."""
     try:
-        expr = parser.parse_expression()
-    except TemplateSyntaxError:
+        expr = parse_bounded(env, source, expression=True)
+    except TemplateSyntaxError as err:
+        if "nested too deeply" in str(err.message):
+            raise
         return None
-    if not parser.stream.eos:
+    if env.intercepted_unops:
         return None
     try:
         evaluate = _Builder(env).build(expr)
@@ -165,6 +232,12 @@ class _Builder:
         if op is None:
             raise _Unsupported(type(node).__name__)
         left, right = self.build(node.left), self.build(node.right)
+        symbol = node.operator
+        if symbol in self.env.intercepted_binops:
+            # As Jinja's generated code: `environment.call_binop(context, "*", l, r)`; the
+            # closures have no template context, and loomgraph's environment needs none.
+            call = self.env.call_binop
+            return lambda v: call(None, symbol, left(v), right(v))  # type: ignore[arg-type]
         return lambda v: op(left(v), right(v))
 
     _Add = _Sub = _Mul = _Div = _FloorDiv = _Mod = _binary

@@ -11,7 +11,7 @@ import re
 
 from jinja2 import TemplateSyntaxError, nodes
 
-from loomgraph.graph.conditions import compile_condition, environment
+from loomgraph.graph.conditions import compile_condition, compile_template, environment
 
 JINJA_NOTE = "conditions and templates are Jinja expressions, not Python"
 
@@ -44,7 +44,7 @@ def source_problems(source: str, *, expression: bool) -> list[str]:
         return [why]
     try:
         tree = environment().parse("{{ " + source + " }}" if expression else source)
-    except TemplateSyntaxError:  # pragma: no cover - the syntax check above parsed it
+    except (TemplateSyntaxError, RecursionError):  # pragma: no cover - checked above
         return []
     return _call_problems(tree, source, expression=expression) + _private_problems(tree, source)
 
@@ -53,10 +53,11 @@ def source_problems(source: str, *, expression: bool) -> list[str]:
 
 
 def _compile(source: str, *, expression: bool) -> None:
+    # Both raise TemplateSyntaxError for a source nested too deeply (never RecursionError).
     if expression:
         compile_condition(source)
     else:
-        environment().compile(source)
+        compile_template(source)
 
 
 def _error(source: str, *, expression: bool) -> TemplateSyntaxError | None:

@@ -8,25 +8,35 @@ from __future__ import annotations
 from typing import Any
 
 from loomgraph.memory.base import MemoryStore
-from loomgraph.memory.errors import MemoryBackendError, MemoryCorrupted, MemoryUnavailable
+from loomgraph.memory.errors import (
+    BlockNameError,
+    MemoryBackendError,
+    MemoryCorrupted,
+    MemoryInputError,
+    MemoryUnavailable,
+    UserIdError,
+)
 from loomgraph.memory.extract import ExtractionError, Extractor, extract_facts
 from loomgraph.memory.null import InMemoryMemory, NoMemory
 from loomgraph.memory.records import Fact, MemoryLimits, WorkingBlock
 from loomgraph.memory.tools import memory_tools
 
 __all__ = [
+    "BlockNameError",
     "ExtractionError",
     "Extractor",
     "Fact",
     "InMemoryMemory",
     "MemoryBackendError",
     "MemoryCorrupted",
+    "MemoryInputError",
     "MemoryLimits",
     "MemoryStore",
     "MemoryUnavailable",
     "NoMemory",
     "PostgresMemory",
     "SqliteMemory",
+    "UserIdError",
     "WorkingBlock",
     "extract_facts",
     "memory_tools",

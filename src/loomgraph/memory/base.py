@@ -19,13 +19,13 @@ from loomgraph.memory.records import (
     WorkingBlock,
     as_time,
     check_block,
+    checked_key,
     compose_seed,
     episode_dict,
     now,
     prepare_facts,
     query_terms,
     turns,
-    user_key,
 )
 from loomgraph.protocols import Episode, Message
 
@@ -66,7 +66,7 @@ class MemoryStore(ABC):
 
     async def seed(self, *, user_id: str | None, session_id: str | None, query: str) -> str:
         """Working blocks, then the facts and other sessions' episodes most relevant to `query`."""
-        key, terms = user_key(user_id), query_terms(query)
+        key, terms = checked_key(user_id), query_terms(query)
         blocks = await self._blocks(key)
         facts = await self._search_facts(key, terms, self.limits.facts) if terms else []
         episodes = (
@@ -80,13 +80,13 @@ class MemoryStore(ABC):
         """The last `limits.turns` prompt/answer pairs of this user's session, oldest first."""
         if session_id is None or self.limits.turns == 0:
             return []
-        return turns(await self._recent(user_key(user_id), session_id, self.limits.turns))
+        return turns(await self._recent(checked_key(user_id), session_id, self.limits.turns))
 
     async def remember(self, episode: Episode) -> None:
         """Store a finished run (again for the same run id replaces it, so a resume adds none)."""
         if not isinstance(episode, Episode):
             raise TypeError(f"expected an Episode, got {type(episode).__name__}")
-        await self._remember(user_key(episode.user_id), episode)
+        await self._remember(checked_key(episode.user_id), episode)
 
     # ------------------------------------------------------------------ episodes
 
@@ -94,7 +94,7 @@ class MemoryStore(ABC):
         self, user_id: str | None, *, session_id: str | None = None, limit: int | None = None
     ) -> list[Episode]:
         """A user's episodes (of one session, if given), oldest first; `limit` keeps the newest."""
-        found = await self._episodes(user_key(user_id), session_id, limit)
+        found = await self._episodes(checked_key(user_id), session_id, limit)
         for ep in found:
             ep.user_id = user_id
         return found
@@ -112,7 +112,7 @@ class MemoryStore(ABC):
         if not terms:
             return []
         found = await self._search_episodes(
-            user_key(user_id),
+            checked_key(user_id),
             terms,
             exclude_session,
             self.limits.episodes if limit is None else limit,
@@ -150,7 +150,7 @@ class MemoryStore(ABC):
         prepared = prepare_facts(user_id, facts, now())
         if not prepared:
             return []
-        stored = await self._add_facts(user_key(user_id), prepared)
+        stored = await self._add_facts(checked_key(user_id), prepared)
         for fact in stored:
             fact.user_id = user_id
         return stored
@@ -159,7 +159,7 @@ class MemoryStore(ABC):
         self, user_id: str | None, *, include_superseded: bool = False, limit: int | None = None
     ) -> list[Fact]:
         """A user's facts, newest first; only current ones unless `include_superseded`."""
-        found = await self._facts(user_key(user_id), include_superseded, limit)
+        found = await self._facts(checked_key(user_id), include_superseded, limit)
         for fact in found:
             fact.user_id = user_id
         return found
@@ -172,7 +172,7 @@ class MemoryStore(ABC):
         if not terms:
             return []
         found = await self._search_facts(
-            user_key(user_id), terms, self.limits.facts if limit is None else limit
+            checked_key(user_id), terms, self.limits.facts if limit is None else limit
         )
         for fact in found:
             fact.user_id = user_id
@@ -183,19 +183,19 @@ class MemoryStore(ABC):
     async def set_block(self, user_id: str | None, name: str, text: str) -> None:
         """Create or replace one named block of the user's working memory."""
         check_block(name, text, self.limits)
-        await self._set_block(user_key(user_id), name.strip(), text, now())
+        await self._set_block(checked_key(user_id), name.strip(), text, now())
 
     async def get_blocks(self, user_id: str | None) -> dict[str, str]:
         """The user's working blocks, name → text, in the order they were first set."""
-        return {b.name: b.text for b in await self._blocks(user_key(user_id))}
+        return {b.name: b.text for b in await self._blocks(checked_key(user_id))}
 
     async def blocks(self, user_id: str | None) -> list[WorkingBlock]:
         """The user's working blocks with their update times, in the order first set."""
-        return await self._blocks(user_key(user_id))
+        return await self._blocks(checked_key(user_id))
 
     async def delete_block(self, user_id: str | None, name: str) -> bool:
         """Remove one block; False when the user had none of that name."""
-        return await self._delete_block(user_key(user_id), name.strip()) > 0
+        return await self._delete_block(checked_key(user_id), name.strip()) > 0
 
     # ------------------------------------------------------------------ the user's data
 
@@ -217,13 +217,14 @@ class MemoryStore(ABC):
         episodes, facts and blocks recorded before that time. Both: the intersection.
         Pending extraction for the user is cancelled first, so it cannot write afterwards.
         """
+        key = checked_key(user_id)  # an id refused here cancels nothing of another user
         for hook in list(self._forget_hooks):
             await hook(user_id)
-        return await self._forget(user_key(user_id), session_id, as_time(before))
+        return await self._forget(key, session_id, as_time(before))
 
     async def export(self, user_id: str | None) -> dict[str, Any]:
         """Everything stored for the user, as JSON-shaped data."""
-        key = user_key(user_id)
+        key = checked_key(user_id)
         return {
             "user_id": user_id,
             "exported_at": now(),
@@ -236,7 +237,7 @@ class MemoryStore(ABC):
 
     async def profile(self, user_id: str | None) -> dict[str, Any]:
         """A summary: counts, first and last activity, the newest facts and the blocks."""
-        key = user_key(user_id)
+        key = checked_key(user_id)
         counts = await self._counts(key)
         newest = await self._facts(key, False, 5)
         return {

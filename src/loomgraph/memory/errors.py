@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from loomgraph.errors import LoomgraphError
 
-__all__ = ["MemoryBackendError", "MemoryCorrupted", "MemoryUnavailable"]
+__all__ = [
+    "BlockNameError",
+    "MemoryBackendError",
+    "MemoryCorrupted",
+    "MemoryInputError",
+    "MemoryUnavailable",
+    "UserIdError",
+]
 
 
 class MemoryBackendError(LoomgraphError):
@@ -28,3 +37,24 @@ class MemoryUnavailable(MemoryBackendError):
 
     def __init__(self, where: str, detail: str) -> None:
         super().__init__(where, detail, f"{where} is unavailable: {detail}")
+
+
+class MemoryInputError(LoomgraphError, ValueError):
+    """Input memory refuses before anything is written (a `ValueError`)."""
+
+
+class BlockNameError(MemoryInputError):
+    """A working-block name outside the allowed characters or length; `.name` is the name."""
+
+    def __init__(self, name: Any, why: str) -> None:
+        super().__init__(f"block name {name!r} {why}")
+        self.name = name
+
+
+class UserIdError(MemoryInputError):
+    """A user id memory cannot keep apart from others or cannot store; `.user_id` is it."""
+
+    def __init__(self, user_id: str, why: str) -> None:
+        shown = user_id if len(user_id) <= 80 else user_id[:79] + "…"
+        super().__init__(f"user_id {shown!r} {why}")
+        self.user_id = user_id

@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
+from loomgraph.memory.errors import BlockNameError, UserIdError
 from loomgraph.protocols import Episode, Message
 
 T = TypeVar("T")
@@ -23,6 +24,10 @@ T = TypeVar("T")
 MAX_FIELD_CHARS = 1000  # one subject, predicate or object
 MAX_NAME_CHARS = 64  # one working block name
 MAX_QUERY_TERMS = 32  # a long prompt must not become a huge OR query
+
+# A block name is shown in every prompt of its user (`[name]` in the seed): letters, digits,
+# `_`, `-`, `.` and spaces only, so no name can end a line, a bracket or the seed's frame.
+_BLOCK_NAME = re.compile(r"[\w .\-]+")
 
 
 @dataclass(slots=True)
@@ -93,6 +98,24 @@ def user_key(user_id: str | None) -> str:
     return user_id or ""
 
 
+def checked_key(user_id: str | None) -> str:
+    """`user_key` of a user id every backend can store as its own partition: `''` is refused
+    (it would share the anonymous user's partition), as are NUL and lone surrogates (no
+    backend stores them alike: SQLite cannot encode a surrogate, Postgres refuses both)."""
+    key = user_key(user_id)
+    if user_id is None:
+        return key
+    if user_id == "":
+        raise UserIdError(user_id, "is empty: pass None for an anonymous run, or a real user id")
+    if "\x00" in user_id:
+        raise UserIdError(user_id, "contains a NUL character")
+    try:
+        user_id.encode("utf-8")
+    except UnicodeEncodeError:
+        raise UserIdError(user_id, "is not valid Unicode text (a lone surrogate)") from None
+    return key
+
+
 def as_time(value: float | datetime | None) -> float | None:
     """Epoch seconds from a float or a datetime (naive ones are taken as UTC)."""
     if value is None or isinstance(value, int | float):
@@ -154,9 +177,13 @@ def same_object(a: str, b: str) -> bool:
 
 
 def check_block(name: Any, text: Any, limits: MemoryLimits) -> None:
-    """Refuse a block name or text that would not fit a prompt."""
-    if not isinstance(name, str) or not name.strip() or len(name) > MAX_NAME_CHARS:
-        raise ValueError(f"block name must be 1-{MAX_NAME_CHARS} characters, not {name!r}")
+    """Refuse a block name or text that would not fit a prompt (`BlockNameError` for a name)."""
+    if not isinstance(name, str) or not name.strip() or len(name.strip()) > MAX_NAME_CHARS:
+        raise BlockNameError(name, f"must be 1-{MAX_NAME_CHARS} characters")
+    if _BLOCK_NAME.fullmatch(name.strip()) is None:
+        raise BlockNameError(
+            name, "may hold only letters, digits, spaces and '_', '-', '.' characters"
+        )
     if not isinstance(text, str):
         raise TypeError(f"block text must be a str, not {type(text).__name__}")
     if len(text) > limits.block_chars:
@@ -232,6 +259,15 @@ def turns(episodes: Iterable[Episode]) -> list[Message]:
     return messages
 
 
+def shown_block_name(name: str) -> str:
+    """A block name as the seed writes it: a name outside the allowed characters (stored
+    before names were checked, or written into the database by hand) has every such
+    character as a `\\uXXXX` escape, so it stays one line that closes no bracket or tag."""
+    if _BLOCK_NAME.fullmatch(name):
+        return name
+    return "".join(c if _BLOCK_NAME.fullmatch(c) else f"\\u{ord(c):04x}" for c in name)
+
+
 def _day(at: float) -> str:
     return datetime.fromtimestamp(at, UTC).strftime("%Y-%m-%d")
 
@@ -291,7 +327,7 @@ def compose_seed(
 
     def block_text(block: WorkingBlock) -> str:
         quoted = "\n".join(f"> {line}" for line in block.text.splitlines())
-        return f"[{block.name}] [source: working memory]\n{quoted}"
+        return f"[{shown_block_name(block.name)}] [source: working memory]\n{quoted}"
 
     add("## Working memory", blocks, block_text)
     add("## Facts about the user", facts, fact_line)
@@ -325,12 +361,14 @@ __all__ = [
     "as_time",
     "bm25_rank",
     "check_block",
+    "checked_key",
     "compose_seed",
     "episode_dict",
     "fact_key",
     "prepare_facts",
     "query_terms",
     "same_object",
+    "shown_block_name",
     "turns",
     "user_key",
 ]
