@@ -101,6 +101,7 @@ def test_from_dict_matches_from_file(tmp_path: Path) -> None:
         ("approval_timeout_s: -1\n", 1, PermissionConfigError, "positive"),
         ("mode: strict\nmode: bypass\n", 2, PermissionConfigError, "appears twice"),
         ("a: &x [1]\nb: *x\n", 2, PermissionConfigError, "aliases"),
+        ("allow:\n  " + "[" * 400 + "]" * 400 + "\n", 2, PermissionConfigError, "nested more"),
         ("allow: [\n", 2, PermissionConfigError, ""),
         ("- read\n", 1, PermissionTypeError, "mapping"),
     ],

@@ -12,57 +12,15 @@ from pydantic import ValidationError
 
 from loomgraph.errors import GraphError, GraphValidationError, Problem
 from loomgraph.graph.spec import Graph
+from loomgraph.protocols.safe_yaml import BoundedLoader, YamlRefused
 
 Lines = dict[tuple[str | int, ...], int]
 
 _MAX_YAML_BYTES = 1_000_000
-# Mappings and lists inside each other: a graph file needs fewer than ten levels. Building
-# the data is recursive (PyYAML's composer, then everything that walks the data), so deeper
-# text is refused before it can exhaust the stack.
-MAX_YAML_DEPTH = 64
-
-
-class _Loader(yaml.SafeLoader):
-    """A safe loader that refuses aliases, so an alias bomb is never expanded, and nesting
-    deeper than MAX_YAML_DEPTH, so a few hundred `[` cannot exhaust the stack."""
-
-    _depth = 0
-
-    def compose_node(self, parent: Any, index: Any) -> Any:
-        if self.check_event(yaml.AliasEvent):
-            event = self.peek_event()  # type: ignore[no-untyped-call]
-            raise _AliasRefused(event.start_mark.line + 1)
-        if self._depth >= MAX_YAML_DEPTH:
-            event = self.peek_event()  # type: ignore[no-untyped-call]
-            raise _TooDeep(event.start_mark.line + 1)
-        self._depth += 1
-        try:
-            return super().compose_node(parent, index)
-        finally:
-            self._depth -= 1
-
-
-class _AliasRefused(Exception):
-    def __init__(self, line: int) -> None:
-        self.line = line
-
-
-class _TooDeep(Exception):
-    def __init__(self, line: int | None) -> None:
-        self.line = line
-
-
-def _too_deep(file: str | None, line: int | None) -> Problem:
-    return Problem(
-        "yaml-too-deep",
-        f"mappings and lists nested more than {MAX_YAML_DEPTH} levels deep",
-        file,
-        line,
-    )
 
 
 def _to_data(
-    loader: _Loader,
+    loader: BoundedLoader,
     node: yaml.Node,
     path: tuple[str | int, ...],
     lines: Lines,
@@ -109,7 +67,7 @@ def parse_yaml(text: str, file: str | None = None) -> tuple[Any, Lines, list[Pro
             [Problem("yaml-too-large", f"graph file over {_MAX_YAML_BYTES} bytes", file, None)],
         )
     try:
-        loader = _Loader(text)  # checks every character first: a NUL raises here
+        loader = BoundedLoader(text)  # checks every character first: a NUL raises here
     except yaml.reader.ReaderError as err:
         at = text.count("\n", 0, err.position) + 1
         return None, {}, [Problem("yaml-syntax", str(err), file, at)]
@@ -118,24 +76,12 @@ def parse_yaml(text: str, file: str | None = None) -> tuple[Any, Lines, list[Pro
     try:
         root = loader.get_single_node()
         data = None if root is None else _to_data(loader, root, (), lines, problems, file)
-    except _TooDeep as deep:
-        return None, {}, [_too_deep(file, deep.line)]
+    except YamlRefused as refused:
+        kind = "yaml-alias" if refused.kind == "alias" else "yaml-too-deep"
+        return None, {}, [Problem(kind, str(refused), file, refused.line)]
     except RecursionError:  # the depth limit should stop it first; never a traceback
-        return None, {}, [_too_deep(file, None)]
-    except _AliasRefused as refused:
-        return (
-            None,
-            {},
-            [
-                Problem(
-                    "yaml-alias",
-                    "YAML aliases (*name) are refused in graph "
-                    "files, so an alias bomb cannot expand",
-                    file,
-                    refused.line,
-                )
-            ],
-        )
+        deep = str(YamlRefused("depth", None))
+        return None, {}, [Problem("yaml-too-deep", deep, file, None)]
     except yaml.MarkedYAMLError as err:
         line = err.problem_mark.line + 1 if err.problem_mark else None
         return None, {}, [Problem("yaml-syntax", str(err.problem or err), file, line)]

@@ -31,6 +31,7 @@ from loomgraph.governance.rule_errors import (
 )
 from loomgraph.governance.rule_syntax import parse_text
 from loomgraph.governance.rules import Rule, parse_rule
+from loomgraph.protocols.safe_yaml import BoundedLoader, YamlRefused
 
 __all__ = ["MODES", "ask_entry", "kwargs_from_data", "kwargs_from_file"]
 
@@ -206,21 +207,9 @@ def _set_file(base: Path | None, name: Any, fail: Any, path: tuple[str | int, ..
     ]
 
 
-class _Loader(yaml.SafeLoader):
-    """A safe loader that refuses aliases, so an alias bomb is never expanded."""
-
-    def compose_node(self, parent: Any, index: Any) -> Any:
-        if self.check_event(yaml.AliasEvent):
-            event = self.peek_event()  # type: ignore[no-untyped-call]
-            raise PermissionConfigError(
-                "YAML aliases are not allowed", line=event.start_mark.line + 1
-            )
-        return super().compose_node(parent, index)
-
-
 def _parse_yaml(text: str, file: str) -> tuple[Any, Lines]:
     try:
-        loader = _Loader(text)  # checks every character first: a NUL raises here
+        loader = BoundedLoader(text)  # checks every character first: a NUL raises here
     except yaml.reader.ReaderError as err:
         where = text.count("\n", 0, err.position) + 1
         problem = f"unacceptable character #x{err.character:04x}: not allowed in YAML"
@@ -231,6 +220,10 @@ def _parse_yaml(text: str, file: str) -> tuple[Any, Lines]:
         data = None if root is None else _to_data(loader, root, (), lines, file)
     except PermissionConfigError as err:
         raise err.at(file, None) from None
+    except YamlRefused as refused:
+        raise PermissionConfigError(str(refused), file=file, line=refused.line) from None
+    except RecursionError:  # the depth limit should stop it first; never a traceback
+        raise PermissionConfigError(str(YamlRefused("depth", None)), file=file) from None
     except yaml.MarkedYAMLError as err:
         line = err.problem_mark.line + 1 if err.problem_mark else None
         raise PermissionConfigError(str(err.problem or err), file=file, line=line) from None
@@ -242,7 +235,7 @@ def _parse_yaml(text: str, file: str) -> tuple[Any, Lines]:
 
 
 def _to_data(
-    loader: _Loader, node: yaml.Node, path: tuple[str | int, ...], lines: Lines, file: str
+    loader: BoundedLoader, node: yaml.Node, path: tuple[str | int, ...], lines: Lines, file: str
 ) -> Any:
     lines[path] = node.start_mark.line + 1
     if isinstance(node, yaml.MappingNode):

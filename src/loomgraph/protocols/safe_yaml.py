@@ -1,0 +1,52 @@
+"""The YAML loader for files people write (graph files, agent files, permission files).
+
+PyYAML's safe loader, which also refuses aliases (so an alias bomb is never expanded) and
+nesting deeper than MAX_YAML_DEPTH (building the data is recursive, so a few hundred `[`
+would exhaust the stack). Each file format turns `YamlRefused` into its own typed error,
+naming the file and line. Imported by the loaders only: `import loomgraph` loads no YAML.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+
+from loomgraph.errors import LoomgraphError
+
+__all__ = ["MAX_YAML_DEPTH", "BoundedLoader", "YamlRefused"]
+
+# Mappings and lists inside each other: the files loomgraph reads need fewer than ten levels.
+MAX_YAML_DEPTH = 64
+
+
+class YamlRefused(LoomgraphError):
+    """The text has an alias (`*name`, `alias`) or nests too deeply (`depth`), at `line`."""
+
+    def __init__(self, kind: str, line: int | None) -> None:
+        what = (
+            "YAML aliases (*name) are refused, so an alias bomb cannot expand"
+            if kind == "alias"
+            else f"mappings and lists nested more than {MAX_YAML_DEPTH} levels deep"
+        )
+        super().__init__(what)
+        self.kind, self.line = kind, line
+
+
+class BoundedLoader(yaml.SafeLoader):
+    """A safe loader that refuses aliases and nesting deeper than MAX_YAML_DEPTH."""
+
+    _depth = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()  # type: ignore[no-untyped-call]
+            raise YamlRefused("alias", event.start_mark.line + 1)
+        if self._depth >= MAX_YAML_DEPTH:
+            event = self.peek_event()  # type: ignore[no-untyped-call]
+            raise YamlRefused("depth", event.start_mark.line + 1)
+        self._depth += 1
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
