@@ -190,6 +190,7 @@ def test_every_problem_at_once_with_lines_and_suggestions(folder: Path) -> None:
     ("body", "expected"),
     [
         ("model: gpt-9\n", "[model] unknown model 'gpt-9'; use echo, claude-NAME, anthropic:NAME"),
+        ('model: "echo\\n"\n', "[model] unknown model 'echo\\n'"),
         ("tools: [nope_module:search]\n", "No module named 'nope_module' (looked in"),
         ("tools: [helper_tools:serch]\n", "has no 'serch' (did you mean 'search'?)"),
         ("runtime: redis://x\n", "[backend] runtime 'redis://x'"),

@@ -149,14 +149,15 @@ class AgentSpec(_Spec):
         return self.model if isinstance(self.model, ModelSpec) else ModelSpec(name=self.model)
 
 
+# Matched with `fullmatch`: `$` would also take a name ending in a newline (`echo\n`).
 _MODEL_NAME = re.compile(
-    r"^(echo|claude-\S+|(anthropic|openai|openai-compat):\S+|[A-Za-z_][\w.]*:[A-Za-z_][\w.]*)$"
+    r"echo|claude-\S+|(anthropic|openai|openai-compat):\S+|[A-Za-z_][\w.]*:[A-Za-z_][\w.]*"
 )
 
 
 def model_name_problem(name: str) -> str | None:
     """Why `name` is no model name loomgraph knows, or None."""
-    if _MODEL_NAME.match(name):
+    if _MODEL_NAME.fullmatch(name):
         return None
     return (
         f"unknown model {name!r}; use echo, claude-NAME, anthropic:NAME, openai:NAME "

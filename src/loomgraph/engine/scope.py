@@ -88,7 +88,8 @@ class RunScope:
     # The keys of the approval requests journaled before this run was resumed: those calls
     # run only with an explicit approval, whatever the permissions say now.
     requested: frozenset[str] = frozenset()
-    # The run's untrusted tool results so far, to tell tainted calls.
+    # The run's untrusted text so far (tool results, earlier answers, the tool descriptions
+    # of MCP servers not trusted), to tell tainted calls.
     untrusted: UntrustedText = field(default_factory=UntrustedText)
     # Per tool, how many calls in a row it rejected for their arguments.
     invalid_args: dict[str, int] = field(default_factory=dict)
@@ -122,6 +123,11 @@ class RunScope:
         self.node_hooks = None if idle else hooks
         reads = self.deps.permissions_read_args or not is_idle(hooks.before_tool)
         self.arg_reader = self.deps.arg_reader if reads else None
+        startable = self.deps.startable_tools
+        if startable is not None:  # MCP servers: their tool descriptions may be untrusted text
+            watch = getattr(startable, "watch_untrusted", None)
+            if watch is not None:
+                watch(self.untrusted)
 
     async def reserve(self, kind: str, amount: Usage) -> Reservation | None:
         """Set an amount aside in the budget (nothing to do when the budget has no caps)."""

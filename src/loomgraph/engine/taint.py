@@ -170,7 +170,7 @@ class UntrustedText:
     the same string) and cut into pieces only when an egress call is checked, so a run that
     calls no egress tool never pays for the pieces."""
 
-    __slots__ = ("_pending", "_pieces")
+    __slots__ = ("__weakref__", "_pending", "_pieces")  # (an MCP tool host holds it weakly)
 
     def __init__(self) -> None:
         self._pending: list[str] = []

@@ -18,8 +18,9 @@ from loomgraph.tools.schema import KEY_PARAM, Arguments, build_arguments
 P = ParamSpec("P")
 R = TypeVar("R")
 
-# What Anthropic and OpenAI accept as a tool name.
-_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+# What Anthropic and OpenAI accept as a tool name (with `fullmatch`; `$` would also take a
+# name that ends in a newline).
+_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}\Z")
 
 
 class Tool(Generic[P, R]):
@@ -57,7 +58,7 @@ class Tool(Generic[P, R]):
             raise TypeError(f"tool {fn!r}: generator functions cannot be tools; return a value")
         target = _unwrap(fn)
         tool_name = name if name is not None else getattr(target, "__name__", "")
-        if not isinstance(tool_name, str) or not _NAME.match(tool_name):
+        if not isinstance(tool_name, str) or not _NAME.fullmatch(tool_name):
             raise ValueError(
                 f"invalid tool name {tool_name!r}: use 1-64 letters, digits, '_' or '-' "
                 "(pass name=... for lambdas and callable objects)"

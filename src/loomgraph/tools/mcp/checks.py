@@ -28,8 +28,9 @@ from loomgraph.tools.json_schema import local_validator
 from loomgraph.tools.mcp import patterns
 from loomgraph.tools.results import error as error_result
 
-NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-"""What Anthropic and OpenAI accept as a tool name (the rule local tools meet, tools/tool.py)."""
+NAME = re.compile(r"[A-Za-z0-9_-]{1,64}\Z")
+"""What Anthropic and OpenAI accept as a tool name (the rule local tools meet, tools/tool.py).
+Use it with `fullmatch`: `\\Z`, not `$`, which also matches before a final newline."""
 
 SCHEMA_PROGRAM = 500_000
 """The RE2 instructions one schema's distinct patterns may compile to in all (about a quarter

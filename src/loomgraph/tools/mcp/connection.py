@@ -29,6 +29,8 @@ class _Server(Protocol):
 
     def describe(self) -> str: ...
 
+    def redact(self, text: str) -> str: ...
+
     def open(self) -> contextlib.AbstractAsyncContextManager[Any]: ...
 
     def listed(self, link: Link) -> None: ...
@@ -88,7 +90,10 @@ class Link:
                 typed = find_error(exc, MCPServerError)  # a listing over the caps says so itself
                 self.ready.set_exception(
                     typed
-                    or MCPServerError(server.name, f"cannot start {server.describe()}: {say(exc)}")
+                    or MCPServerError(
+                        server.name,
+                        f"cannot start {server.describe()}: {server.redact(say(exc))}",
+                    )
                 )
             if isinstance(exc, asyncio.CancelledError):
                 raise
@@ -151,7 +156,8 @@ class Link:
             except MCPServerError as exc:
                 _log.warning("%s; the tools listed before are kept", exc)
             except Exception as exc:
-                _log.warning("MCP server %r: listing its tools failed: %s", name, say(exc))
+                problem = self.server.redact(say(exc))
+                _log.warning("MCP server %r: listing its tools failed: %s", name, problem)
 
     async def close(self) -> None:
         """End the connection (and a listing under way)."""

