@@ -285,7 +285,8 @@ class AgentSession:
             raise
         result = self._result(outcome)
         # Charged but not in the state: the failed step's attempts, crashed attempts.
-        result.usage += failed_step_usage(outcome.error) + await crashed_usage(deps, self.run_id)
+        result.usage += failed_step_usage(outcome.error) + scope.failed_usage
+        result.usage += await crashed_usage(deps, self.run_id)
         data = result.to_dict()
         # The outcome first: a worker that lost the run's lease (a zombie) is refused here
         # (LeaseLost), before it could replace the run's episode in memory with its own.

@@ -15,7 +15,6 @@ from loomgraph.engine import audit_trail as trail
 from loomgraph.engine.attempts import ModelAttempts
 from loomgraph.engine.effects import EffectKey, ResumeValue
 from loomgraph.engine.model_answers import (
-    adapter_failure,
     broken_usage,
     cancelled_usage,
     checked_call,
@@ -191,12 +190,7 @@ class VisitContext:
             attempts.held(*await self._reserve_model(request, asked))
             streamed: list[str] = []
             try:
-                try:
-                    response = await self._stream(request, call_id, streamed, attempts)
-                except LoomgraphError:
-                    raise
-                except Exception as exc:  # the model's own failure: a failed call all the same
-                    raise adapter_failure(self.deps.model.name, exc) from exc
+                response = await self._stream(request, call_id, streamed, attempts)
             except ModelError as err:
                 usage = (
                     cancelled_usage(request, streamed)  # what it billed is not known
@@ -211,26 +205,49 @@ class VisitContext:
                     continue
                 # The whole call's, for the run's usage: a call made, whatever it billed.
                 err.usage = attempts.billed.with_model_calls(1)
-                await self.scope.end_effect(key, {"error": str(err)}, EffectStatus.FAILED)
-                if self.scope.auditing:
-                    failed = trail.model_call_failed(self.deps.model.name, err, err.usage)
-                    await self.scope.audit(AuditAction.MODEL_CALL, self.qualified_node, failed)
-                if streamed:
-                    await self._void(call_id, VoidReason.FAILED)
+                await self._gave_up(key, err, err.usage, streamed)
+                raise
+            except LoomgraphError:
+                await self._cancelled(attempts, request, streamed, call_id)  # over budget
+                raise
+            except Exception as err:
+                # The model's own failure (a bug, an SDK error it does not translate): a
+                # failed call like any other, charged and audited; its error is raised as
+                # it is, so what it carries no usage is kept with the run (`failed_usage`).
+                await attempts.failed(cancelled_usage(request, streamed), repr(err))
+                billed = attempts.billed.with_model_calls(1)
+                self.scope.failed_usage += billed
+                await self._gave_up(key, err, billed, streamed)
                 raise
             except BaseException:
-                # Cancelled (or out of budget before a retry): the request may have been
-                # billed, so what it streamed and its prompt are charged.
-                if attempts.reservation is not None:
-                    await attempts.settle(cancelled_usage(request, streamed))
-                if streamed:  # no event now: the run may be cancelled, its consumer gone
-                    self._cut_off = call_id
+                await self._cancelled(attempts, request, streamed, call_id)
                 raise
             if self.scope.deps.budgeted:  # (without caps there is no ledger to agree with)
                 response.usage = self._priced(response.usage)
             await attempts.settle(response.usage)
             return response
         raise AssertionError("unreachable: the last attempt returns or raises")
+
+    async def _gave_up(
+        self, key: EffectKey, err: BaseException, billed: Usage, streamed: list[str]
+    ) -> None:
+        """A call that failed for good: its effect journaled failed, audited, output void."""
+        await self.scope.end_effect(key, {"error": str(err)}, EffectStatus.FAILED)
+        if self.scope.auditing:
+            failed = trail.model_call_failed(self.deps.model.name, err, billed)
+            await self.scope.audit(AuditAction.MODEL_CALL, self.qualified_node, failed)
+        if streamed:
+            await self._void(key.text, VoidReason.FAILED)
+
+    async def _cancelled(
+        self, attempts: ModelAttempts, request: ModelRequest, streamed: list[str], call_id: str
+    ) -> None:
+        """Cancelled (or out of budget before a retry): the request may have been billed, so
+        what it streamed and its prompt are charged."""
+        if attempts.reservation is not None:
+            await attempts.settle(cancelled_usage(request, streamed))
+        if streamed:  # no event now: the run may be cancelled, its consumer gone
+            self._cut_off = call_id
 
     def _priced(self, usage: Usage) -> Usage:
         """The answer's usage with the cost the budget charges for it, when the model

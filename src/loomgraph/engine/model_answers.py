@@ -83,12 +83,6 @@ def unreported_usage(request: ModelRequest, streamed: list[str], answer: ModelRe
     )
 
 
-def adapter_failure(model: str, error: Exception) -> ModelError:
-    """A model that raised something other than a ModelError (a bug, an SDK error it did not
-    translate): a failed call like any other, charged and audited as one."""
-    return ModelError(f"model {model!r} failed: {type(error).__name__}: {error}")
-
-
 def cancelled_usage(request: ModelRequest, streamed: list[str]) -> Usage:
     """A call stopped from outside (cancelled) was sent: its prompt and what it streamed."""
     return Usage(

@@ -91,6 +91,9 @@ class RunScope:
     # The run's untrusted text so far (tool results, earlier answers, the tool descriptions
     # of MCP servers not trusted), to tell tainted calls.
     untrusted: UntrustedText = field(default_factory=UntrustedText)
+    # What model calls that failed with an error of the model's own (not a ModelError, which
+    # carries its usage) were charged: not in the state, added to the run's usage at its end.
+    failed_usage: Usage = field(default_factory=Usage)
     # Per tool, how many calls in a row it rejected for their arguments.
     invalid_args: dict[str, int] = field(default_factory=dict)
     # The run's wall-clock deadline (seconds since the epoch, `RunRecord.deadline`): a node
