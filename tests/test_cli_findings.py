@@ -264,3 +264,21 @@ def test_fork_at_a_checkpoint_it_does_not_have_names_the_ones_it_has(work: Path)
     assert ok.returncode == 0, ok.stderr
     last_line = ok.stdout.strip().splitlines()[-1]  # `run ID: status=...`
     assert str(uuid.UUID(last_line.split()[1].rstrip(":")))
+
+
+@pytest.mark.parametrize(
+    "dsn",
+    [
+        "postgresql://app:s3cr@t-Pa55@db.internal:5432/prod",  # an `@` inside the password
+        "postgres://app:plain@db:5432/x?sslmode=require",
+        "postgres://app@db/x?password=s3cr@t-Pa55&sslmode=require",
+    ],
+)
+def test_a_masked_connection_string_shows_no_part_of_its_password(dsn: str) -> None:
+    from loomgraph.cli.console import mask_passwords
+
+    shown = mask_passwords(f"resume with: --runtime {dsn} (then Ctrl-C)")
+    assert "***" in shown
+    for secret in ("s3cr", "Pa55", "plain"):
+        assert secret not in shown, shown
+    assert "db" in shown and "(then Ctrl-C)" in shown

@@ -22,7 +22,9 @@ _UNSAFE = re.compile(
 _KEEP = {"\n", "\t"}
 _NAMED = {"\n": "\\n", "\t": "\\t", "\r": "\\r"}
 # `scheme://user:PASSWORD@host` and a `password=` query parameter of a connection string.
-_URL_PASSWORD = re.compile(r"(\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s:/@]*:)([^\s@/]*)(@)")
+# The password runs to the last `@` before the host (greedy: it may hold an `@` itself, as
+# `describe_dsn` reads it).
+_URL_PASSWORD = re.compile(r"(\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s:/@]*:)([^\s/]*)(@)")
 _QUERY_PASSWORD = re.compile(r"([?&](?:password|passwd|pass)=)([^&\s]*)", re.IGNORECASE)
 MASK = "***"
 
