@@ -70,6 +70,15 @@ def test_deeply_nested_block_mapping_is_a_typed_problem(tmp_path: Path) -> None:
     assert caught.value.rules == {"yaml-too-deep"}
 
 
+def test_an_integer_python_will_not_read_is_a_typed_problem() -> None:
+    body = "name: g\nversion: " + "9" * 5000 + "\nnodes: {}\n"
+    with pytest.raises(GraphValidationError) as caught:
+        graph_from_yaml(body, file="big.yaml")
+    (problem,) = caught.value.problems
+    assert (problem.rule, problem.file, problem.line) == ("yaml-syntax", "big.yaml", 2)
+    assert "integer too long" in problem.message
+
+
 def test_ordinary_nesting_still_loads() -> None:
     nested = "{a: " * 20 + "1" + "}" * 20
     text = (

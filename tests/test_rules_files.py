@@ -102,6 +102,12 @@ def test_from_dict_matches_from_file(tmp_path: Path) -> None:
         ("mode: strict\nmode: bypass\n", 2, PermissionConfigError, "appears twice"),
         ("a: &x [1]\nb: *x\n", 2, PermissionConfigError, "aliases"),
         ("allow:\n  " + "[" * 400 + "]" * 400 + "\n", 2, PermissionConfigError, "nested more"),
+        (
+            "mode: default\napproval_timeout_s: " + "9" * 5000 + "\n",
+            2,
+            PermissionConfigError,
+            "too long",
+        ),
         ("allow: [\n", 2, PermissionConfigError, ""),
         ("- read\n", 1, PermissionTypeError, "mapping"),
     ],

@@ -77,7 +77,7 @@ def parse_yaml(text: str, file: str | None = None) -> tuple[Any, Lines, list[Pro
         root = loader.get_single_node()
         data = None if root is None else _to_data(loader, root, (), lines, problems, file)
     except YamlRefused as refused:
-        kind = "yaml-alias" if refused.kind == "alias" else "yaml-too-deep"
+        kind = {"alias": "yaml-alias", "depth": "yaml-too-deep"}.get(refused.kind, "yaml-syntax")
         return None, {}, [Problem(kind, str(refused), file, refused.line)]
     except RecursionError:  # the depth limit should stop it first; never a traceback
         deep = str(YamlRefused("depth", None))

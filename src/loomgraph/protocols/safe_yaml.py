@@ -21,16 +21,19 @@ MAX_YAML_DEPTH = 64
 
 
 class YamlRefused(LoomgraphError):
-    """The text has an alias (`*name`, `alias`) or nests too deeply (`depth`), at `line`."""
+    """The text has an alias (`*name`: `alias`), nests too deeply (`depth`) or holds an
+    integer Python refuses to read (`number`), at `line`."""
 
     def __init__(self, kind: str, line: int | None) -> None:
-        what = (
-            "YAML aliases (*name) are refused, so an alias bomb cannot expand"
-            if kind == "alias"
-            else f"mappings and lists nested more than {MAX_YAML_DEPTH} levels deep"
-        )
-        super().__init__(what)
+        super().__init__(_REFUSED[kind])
         self.kind, self.line = kind, line
+
+
+_REFUSED = {
+    "alias": "YAML aliases (*name) are refused, so an alias bomb cannot expand",
+    "depth": f"mappings and lists nested more than {MAX_YAML_DEPTH} levels deep",
+    "number": "an integer too long to read (Python reads at most 4300 digits)",
+}
 
 
 class BoundedLoader(yaml.SafeLoader):
@@ -50,3 +53,13 @@ class BoundedLoader(yaml.SafeLoader):
             return super().compose_node(parent, index)
         finally:
             self._depth -= 1
+
+    def construct_int(self, node: yaml.ScalarNode) -> Any:
+        """An integer, or `YamlRefused` for one Python will not read (over 4300 digits)."""
+        try:
+            return self.construct_yaml_int(node)
+        except ValueError:
+            raise YamlRefused("number", node.start_mark.line + 1) from None
+
+
+BoundedLoader.add_constructor("tag:yaml.org,2002:int", BoundedLoader.construct_int)
