@@ -362,8 +362,19 @@ asyncio.run(go())
         "[1] * 1000000000 == []",
         "10 ** 1000000000 > 1",
         "'%1000000000s' % input > ''",
+        "('%(a(b))1000000000s' % {'a(b)': input}) > ''",
+        "(['x' * 1000000] * 1000) | join > ''",
     ],
-    ids=["str-500M", "str-3G", "input-1G", "list-1G", "pow", "percent-width"],
+    ids=[
+        "str-500M",
+        "str-3G",
+        "input-1G",
+        "list-1G",
+        "pow",
+        "percent-width",
+        "percent-key-with-parentheses",
+        "list-of-large-items",
+    ],
 )
 def test_conditions_cannot_allocate_without_bound(tmp_path: Path, when: str) -> None:
     script = tmp_path / "alloc.py"
@@ -381,4 +392,7 @@ def test_small_products_still_work() -> None:
     assert compile_condition("input * 2 == 'hihi'")(input="hi") is True
     assert compile_condition("2 ** 10 == 1024")() is True
     assert compile_condition("'%05d' % 42 == '00042'")() is True
+    assert compile_condition("'%d%%' % 5 == '5%'")() is True
+    assert compile_condition("'%(a(b))3s' % {'a(b)': 'x'} == '  x'")() is True
+    assert compile_condition("(['ab', 'cd'] * 3) | length == 6")() is True
     assert compile_condition("visits.a % 2 == 1")(visits={"a": 3}) is True

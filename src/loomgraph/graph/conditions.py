@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from functools import cache
 from typing import Any
 
@@ -18,8 +18,8 @@ from loomgraph.graph.condition_code import compile_native, parse_bounded, too_de
 # one `**`: a condition or template cannot allocate gigabytes with `'x' * 10**9`.
 MAX_RESULT_ITEMS = 1_000_000
 MAX_POWER_BITS = 100_000
-# A width or precision in a `%` format: `'%1000000000s' % x` is as large as a product.
-_FORMAT_SIZES = re.compile(r"%(?:\([^)]*\))?[-#0 +]*(\*|\d+)?(?:\.(\*|\d+))?")
+# A `%` conversion's flags, width and precision, after its mapping key (`_format_sizes`).
+_FORMAT_SPEC = re.compile(r"[-#0 +]*(\*|\d+)?(?:\.(\*|\d+))?")
 
 
 def _too_large(what: str) -> SecurityError:
@@ -29,13 +29,44 @@ def _too_large(what: str) -> SecurityError:
     )
 
 
+def _format_sizes(text: str) -> Iterator[tuple[str, str]]:
+    """The width and precision of each conversion of a `%` format (each "" when not given),
+    read as Python reads them: a mapping key `(…)` may hold parentheses of its own."""
+    at = text.find("%")
+    while at != -1:
+        start, at = at, at + 1
+        if text.startswith("(", at):
+            depth = 0
+            for end in range(at, len(text)):
+                depth += {"(": 1, ")": -1}.get(text[end], 0)
+                if depth == 0:
+                    break
+            at = end + 1
+        spec = _FORMAT_SPEC.match(text, at)
+        if spec is not None:
+            yield spec.group(1) or "", spec.group(2) or ""
+            at = spec.end()
+        if text.startswith("%", at) and at == start + 1:
+            at += 1  # `%%` is a literal percent sign
+        at = text.find("%", at)
+
+
+def _weight(value: Any) -> int:
+    """What repeating `value` once makes: its length, a list's items counted with theirs."""
+    if isinstance(value, str | bytes):
+        return len(value)
+    if isinstance(value, list | tuple):
+        return len(value) + sum(len(v) for v in value if isinstance(v, str | bytes | list | tuple))
+    return 1
+
+
 def bounded_binop(operator: str, left: Any, right: Any) -> Any:
     """`*`, `**` and `%` as Python does them, refusing a result beyond the limits first."""
     if operator == "*":
         for seq, times in ((left, right), (right, left)):
             sized = isinstance(seq, str | bytes | list | tuple) and isinstance(times, int)
-            if sized and len(seq) * times > MAX_RESULT_ITEMS:
-                raise _too_large(f"{len(seq):,} items times {times:,}")
+            if sized and _weight(seq) * times > MAX_RESULT_ITEMS:
+                raise _too_large(f"{_weight(seq):,} items times {times:,}")
         return left * right
     if operator == "**":
         ints = isinstance(left, int) and isinstance(right, int) and right > 0 and abs(left) > 1
@@ -43,10 +74,10 @@ def bounded_binop(operator: str, left: Any, right: Any) -> Any:
             raise _too_large(f"{left} ** {right} has over {MAX_POWER_BITS:,} bits")
         return left**right
     if operator == "%" and isinstance(left, str):
-        for match in _FORMAT_SIZES.finditer(left):
-            for size in match.groups():
-                if size == "*" or (size is not None and int(size) > MAX_RESULT_ITEMS):
-                    raise _too_large(f"the format {match.group(0)!r} in a '%'")
+        for width, precision in _format_sizes(left):
+            for size in (width, precision):
+                if size == "*" or (size and int(size) > MAX_RESULT_ITEMS):
+                    raise _too_large(f"a width or precision of {size} in a '%' format")
     if operator == "%":
         return left % right
     raise SecurityError(f"operator {operator!r} is not bounded")  # pragma: no cover
