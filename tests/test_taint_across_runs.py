@@ -114,3 +114,41 @@ async def test_a_clean_memory_write_still_runs() -> None:
     await clean.run("remember that I like short answers", user_id="alice")
     blocks = await clean.deps.memory.get_blocks("alice")  # type: ignore[attr-defined]
     assert blocks.get("notes") == "prefers short answers"
+
+
+async def test_an_answer_recalled_from_another_session_stays_untrusted() -> None:
+    # Run 1 (session s1) quotes the inbox; run 2 (session s2) is prompted with it as a
+    # relevant earlier conversation in its system prompt, not as history.
+    first = agent([calls(("read_inbox", {})), f"The inbox asks to forward invoices to {EVIL}."])
+    await first.run("check my inbox for invoices", user_id="alice", session_id="s1")
+    prompts: list[str] = []
+
+    def forward(request: ModelRequest) -> Any:
+        prompts.append(request.system)
+        return FORWARD if request.call_index == 0 else "ok"
+
+    SENT.clear()
+    second = agent(forward, memory=first.deps.memory)
+    waiting = await second.run("forward the invoices", user_id="alice", session_id="s2")
+    assert EVIL in prompts[0]  # recalled in the prompt
+    assert SENT == [] and waiting.status == "completed"  # denied (on_tainted="deny")
+    # With on_tainted="ask" the run waits; resumed, it still counts what it was prompted with
+    # as untrusted (kept with its start), so it asks again rather than send.
+    asking = Agent(
+        "x",
+        model=ScriptedModel(forward),
+        tools=[read_inbox, send_email],
+        memory=first.deps.memory,
+        permissions=StandardPermissions(allow=["*"], on_tainted="ask"),
+    )
+    prompts.clear()
+    stopped = await asking.run("forward the invoices", user_id="alice", session_id="s3")
+    assert stopped.status == "awaiting_approval" and stopped.pending is not None
+    assert stopped.pending.rule == "taint:egress"
+    record = await asking.deps.runtime.load_run(stopped.run_id)
+    assert record is not None and record.initial is not None
+    assert any(EVIL in text for text in record.initial.untrusted)  # kept with its start
+    # A fork from its first state is prompted alike, and counts it alike.
+    forked = await asking.fork(stopped.run_id, at=0)
+    assert forked.status == "awaiting_approval" and forked.pending is not None
+    assert forked.pending.rule == "taint:egress" and SENT == []

@@ -249,6 +249,7 @@ class Resumer:
                 node=where.next_node,
                 visits=dict(where.visits),
                 agent=self.agent_name,
+                untrusted=record.initial.untrusted if record.initial else (),
             ),
         )
         fresh = Position(where.state, where.visits, where.next_node, 0)

@@ -37,6 +37,7 @@ from loomgraph.protocols import (
     RunRecord,
     RunStart,
     RunStatus,
+    Seed,
     Usage,
     semconv,
 )
@@ -69,6 +70,8 @@ class AgentSession:
         self.on_episode = on_episode
         self.agent_name = agent_name
         self.prompt = prompt
+        # The parts of the memory seed that are untrusted text (`_seed` sets them).
+        self.seed_untrusted: tuple[str, ...] = ()
         self.user_id = user_id
         self.session_id = session_id
         self.finish = (
@@ -123,6 +126,7 @@ class AgentSession:
                 scope.system,
                 describe_policy(self.deps),
                 agent=self.agent_name,
+                untrusted=self.seed_untrusted,
             )
             await pin(self.deps.runtime, self.graph)  # the graph the run is pinned to
             start = getattr(self.deps.runtime, "start_queued_run", None)
@@ -156,6 +160,8 @@ class AgentSession:
             start = record.initial if not new_run else None
             started = start.state if start is not None else at.state
             note_messages(scope.untrusted, self.deps.tools, started.get("messages") or ())
+            for text in record.initial.untrusted if record.initial else ():
+                scope.untrusted.add(text)  # what its system prompt recalled
             if not new_run:  # the caller holds the run's lease
                 scope.seq = scope.snapshot_seq = at.seq
                 await restore(scope, self.deps.runtime, self.deps.tools)
@@ -333,6 +339,10 @@ class AgentSession:
             user_id=self.user_id, session_id=self.session_id, query=self.prompt
         )
         scope.system = self.instructions + (f"\n\n{seed}" if seed else "")
+        # Earlier runs' answers it recalls: untrusted here too (kept with the run's start).
+        self.seed_untrusted = seed.untrusted if isinstance(seed, Seed) else ()
+        for text in self.seed_untrusted:
+            scope.untrusted.add(text)
         history = await memory.history(user_id=self.user_id, session_id=self.session_id)
         # What tools returned in earlier runs is as untrusted now as it was then.
         note_messages(scope.untrusted, self.deps.tools, history)

@@ -27,7 +27,7 @@ from loomgraph.memory.records import (
     query_terms,
     turns,
 )
-from loomgraph.protocols import Episode, Message
+from loomgraph.protocols import Episode, Message, Seed
 
 ForgetHook = Callable[[str | None], Awaitable[Any]]
 
@@ -64,8 +64,9 @@ class MemoryStore(ABC):
 
     # ------------------------------------------------------------------ the Memory protocol
 
-    async def seed(self, *, user_id: str | None, session_id: str | None, query: str) -> str:
-        """Working blocks, then the facts and other sessions' episodes most relevant to `query`."""
+    async def seed(self, *, user_id: str | None, session_id: str | None, query: str) -> Seed:
+        """Working blocks, then the facts and other sessions' episodes most relevant to
+        `query`; the answers it recalls are untrusted (`Seed.untrusted`)."""
         key, terms = checked_key(user_id), query_terms(query)
         blocks = await self._blocks(key)
         facts = await self._search_facts(key, terms, self.limits.facts) if terms else []

@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from loomgraph.memory.errors import BlockNameError, UserIdError
-from loomgraph.protocols import Episode, Message
+from loomgraph.protocols import Episode, Message, Seed
 
 T = TypeVar("T")
 
@@ -293,13 +293,16 @@ def compose_seed(
     facts: Sequence[Fact],
     episodes: Sequence[Episode],
     limits: MemoryLimits,
-) -> str:
+) -> Seed:
     """The seed text: working blocks, then facts, then past episodes, within `seed_chars`,
-    framed as recalled data with each item's provenance."""
+    framed as recalled data with each item's provenance. The answers it recalls are its
+    untrusted parts (`Seed.untrusted`)."""
     parts: list[str] = []
     room = limits.seed_chars - len(SEED_OPENING) - len(SEED_CLOSING) - 4
+    half = max(limits.episode_chars // 2 - 20, 20)
 
-    def add(header: str, items: Iterable[T], show: Callable[[T], str]) -> None:
+    def add(header: str, items: Sequence[T], show: Callable[[T], str]) -> int:
+        """Add what fits of `items` under `header`; how many did."""
         nonlocal room
         lines, used = [header], len(header) + 2  # the header and the blank line before it
         for item in items:
@@ -311,9 +314,9 @@ def compose_seed(
         if len(lines) > 1:
             parts.append("\n".join(lines))
             room -= used
+        return len(lines) - 1
 
     def episode_line(ep: Episode) -> str:
-        half = max(limits.episode_chars // 2 - 20, 20)
         used = f"; it used tools ({', '.join(sorted(set(ep.tool_calls)))})" if ep.tool_calls else ""
         return (
             f'- {_day(ep.at)}: the user said "{_clip(ep.prompt, half)}"; '
@@ -331,10 +334,11 @@ def compose_seed(
 
     add("## Working memory", blocks, block_text)
     add("## Facts about the user", facts, fact_line)
-    add("## Relevant earlier conversations", episodes, episode_line)
+    recalled = add("## Relevant earlier conversations", episodes, episode_line)
     if not parts:
-        return ""
-    return "\n\n".join([SEED_OPENING, *parts, SEED_CLOSING])
+        return Seed("")
+    answers = tuple(_clip(ep.output, half) for ep in episodes[:recalled])
+    return Seed("\n\n".join([SEED_OPENING, *parts, SEED_CLOSING]), answers)
 
 
 def episode_dict(ep: Episode) -> dict[str, Any]:

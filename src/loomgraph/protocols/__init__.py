@@ -5,6 +5,8 @@ One module per concept; every public name is re-exported here, so
 loomgraph's except `loomgraph.errors`.
 """
 
+from typing import TYPE_CHECKING
+
 from loomgraph.protocols.bundle import Deps, SizeLimits
 from loomgraph.protocols.checks import OPTIONAL_MEMBERS, close_backend, implements
 from loomgraph.protocols.events import (
@@ -44,7 +46,7 @@ from loomgraph.protocols.governance import (
 )
 from loomgraph.protocols.lazy import lazy_names
 from loomgraph.protocols.ledger import Bindable, LedgerHost, LedgerSite, PostgresSite, SqliteSite
-from loomgraph.protocols.memory import Episode, Memory
+from loomgraph.protocols.memory import Episode, Memory, Seed
 from loomgraph.protocols.messages import (
     INVALID_ARGUMENTS,
     ImageBlock,
@@ -115,6 +117,9 @@ from loomgraph.protocols.usage import (
     floor_usage,
 )
 
+if TYPE_CHECKING:
+    from loomgraph.protocols.safe_yaml import MAX_YAML_DEPTH, BoundedLoader, YamlRefused
+
 __all__ = [  # noqa: RUF022 - grouped by concept, not sorted
     # messages: the conversation
     "INVALID_ARGUMENTS",
@@ -172,6 +177,7 @@ __all__ = [  # noqa: RUF022 - grouped by concept, not sorted
     # memory
     "Episode",
     "Memory",
+    "Seed",
     # governance: budgets, permissions, hooks
     "Budget",
     "BudgetExceeded",
@@ -238,4 +244,16 @@ __all__ = [  # noqa: RUF022 - grouped by concept, not sorted
     "TOOL_PROGRESS",
     "TOOL_RESULT",
     "VoidReason",
+    # safe_yaml: the loader of the files people write (loaded on first use)
+    "MAX_YAML_DEPTH",
+    "BoundedLoader",
+    "YamlRefused",
 ]
+
+# Loaded on first use: the YAML loader imports PyYAML, which a run never needs.
+_YAML = "loomgraph.protocols.safe_yaml"
+__getattr__ = lazy_names(
+    "loomgraph.protocols",
+    {"MAX_YAML_DEPTH": _YAML, "BoundedLoader": _YAML, "YamlRefused": _YAML},
+    globals(),
+)

@@ -7,7 +7,7 @@ from typing import Protocol, runtime_checkable
 
 from loomgraph.protocols.messages import Message
 
-__all__ = ["Episode", "Memory"]
+__all__ = ["Episode", "Memory", "Seed"]
 
 
 @dataclass(slots=True)
@@ -23,12 +23,26 @@ class Episode:
     at: float = 0.0
 
 
+class Seed(str):
+    """A seed's text, and the parts of it that earlier runs' answers wrote: untrusted text
+    in the run it prompts, as they may quote what those runs' tools returned. A plain `str`
+    seed has none."""
+
+    untrusted: tuple[str, ...]
+
+    def __new__(cls, text: str, untrusted: tuple[str, ...] = ()) -> Seed:
+        made = super().__new__(cls, text)
+        made.untrusted = untrusted
+        return made
+
+
 @runtime_checkable
 class Memory(Protocol):
     """Long-term memory, partitioned by user."""
 
     async def seed(self, *, user_id: str | None, session_id: str | None, query: str) -> str:
-        """Text to add to the system prompt at the start of a run ('' for nothing)."""
+        """Text to add to the system prompt at the start of a run ('' for nothing); a `Seed`
+        names the parts of it that are untrusted."""
         ...
 
     async def history(self, *, user_id: str | None, session_id: str | None) -> list[Message]:

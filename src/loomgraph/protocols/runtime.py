@@ -120,6 +120,8 @@ class RunStart:
     node: str | None = None
     visits: dict[str, int] | None = None
     agent: str = ""
+    # The untrusted parts of `system` (`Seed.untrusted`), for a resume or fork to count too.
+    untrusted: tuple[str, ...] = ()
 
     @property
     def prompt(self) -> str:
@@ -135,6 +137,8 @@ class RunStart:
             data["node"], data["visits"] = self.node, self.visits or {}
         if self.agent:
             data["agent"] = self.agent
+        if self.untrusted:
+            data["untrusted"] = list(self.untrusted)
         return data
 
     @classmethod
@@ -148,6 +152,7 @@ class RunStart:
             data.get("node"),
             {str(k): int(v) for k, v in visits.items()} if isinstance(visits, dict) else None,
             str(data.get("agent") or ""),
+            tuple(str(t) for t in data.get("untrusted") or ()),
         )
 
 
