@@ -7,14 +7,10 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import pty
-import select
 import signal
 import sqlite3
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,6 +20,7 @@ import pytest
 
 import pg
 from loomgraph.cli.main import build_parser
+from test_cli_terminal import environ, in_terminal, piped
 
 TESTS = Path(__file__).parent
 ROOT = TESTS.parent
@@ -54,55 +51,6 @@ EVIL = (
     "\x1b]0;pwned-title\x07\x1b[2J\x1b[31mFAKE: all runs completed\x1b[0m"
     "\x1b]52;c;Y3VybCBldmlsfHNo\x07\x9b31m\u202eevil"
 )
-
-
-def environ(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("NO_COLOR", "FORCE_COLOR")}
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "src"), env.get("PYTHONPATH", "")])
-    env.update(TERM="xterm-256color", COLUMNS="200", **extra)
-    return env
-
-
-def piped(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "loomgraph.cli.main", *args],
-        capture_output=True,
-        text=True,
-        cwd=cwd,
-        env=environ(),
-        timeout=300,
-    )
-
-
-def in_terminal(cwd: Path, *args: str) -> tuple[int, bytes]:
-    """The command with stdout and stderr on a pseudo-terminal: its exit code and bytes."""
-    leader, follower = pty.openpty()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "loomgraph.cli.main", *args],
-        stdin=subprocess.DEVNULL,
-        stdout=follower,
-        stderr=follower,
-        cwd=cwd,
-        env=environ(),
-    )
-    os.close(follower)
-    chunks: list[bytes] = []
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        ready, _, _ = select.select([leader], [], [], 1.0)
-        if not ready:
-            if proc.poll() is not None:
-                break
-            continue
-        try:
-            data = os.read(leader, 65536)
-        except OSError:  # EIO: the child closed the terminal
-            break
-        if not data:
-            break
-        chunks.append(data)
-    os.close(leader)
-    return proc.wait(timeout=60), b"".join(chunks)
 
 
 @pytest.fixture
@@ -225,7 +173,7 @@ def test_stored_text_cannot_drive_the_operators_terminal(work: Path, name: str) 
     code, shown = in_terminal(work, *command)
     assert code == 0, shown
     # rich colours the output (ESC [ ... m), but none of the stored sequences gets through.
-    for raw in (b"\x1b]", b"\x07", b"\x1b[2J", b"\x1b[31mFAKE", "\x9b".encode(), "\u202e".encode()):
+    for raw in ("\x1b]", "\x07", "\x1b[2J", "\x1b[31mFAKE", "\x9b", "\u202e"):
         assert raw not in shown, (raw, shown)
 
 

@@ -27,23 +27,11 @@ from loomgraph.governance import StandardPermissions
 from loomgraph.models import ScriptedModel
 from loomgraph.tools import MCPServer, MCPServerError
 from mcp_servers import PYTHON
+from test_mcp_trust import SLOW, calls, evil
 
-EVIL = str(Path(__file__).with_name("mcp_evil_server.py"))
 TIME = ("-m", "mcp_server_time", "--local-timezone", "UTC")
-# A loaded machine starts Python slowly.
-SLOW: dict[str, Any] = {"start_timeout": 600.0, "timeout": 600.0}
 ROOT = Path(__file__).parents[1]
 ATTACKER = "exfil.drop@attacker-mail.example"
-
-
-def evil(mode: str, state: Path | None = None, **options: Any) -> MCPServer:
-    args = [EVIL, mode, *([str(state)] if state else [])]
-    name = options.pop("name", "evil")
-    return MCPServer.stdio(PYTHON, *args, name=name, **{**SLOW, **options})
-
-
-def calls(name: str, args: dict[str, Any]) -> dict[str, Any]:
-    return {"tool_calls": [{"tool": name, "args": args}]}
 
 
 def received(state: Path) -> list[dict[str, Any]]:
