@@ -65,6 +65,7 @@ import governance_worker as gw
 import pg
 from loomgraph import Agent, tool
 from loomgraph.agent.checkpoints import ResumeError
+from loomgraph.agent.recovery import DEFAULT_MAX_RECOVERIES
 from loomgraph.agent.result import RunResult
 from loomgraph.authoring.validate import validate_graph
 from loomgraph.governance import (
@@ -570,6 +571,8 @@ class GovernanceMachine(RuleBasedStateMachine):
         self.answers: dict[str, Any] = {}  # call id -> the approval given
         self.crashed: set[str] = set()  # runs whose process died, not resumed since
         self.ever_crashed: set[str] = set()
+        # Resumes of each crashed or failed run: past the agent's max_recoveries, a dead letter.
+        self.recoveries: dict[str, int] = {}
         self.unfinished: set[str] = set()  # effect keys left unfinished by a crash
         self.stale_holds: dict[str, set[str]] = {}  # run id -> holds its dead process left
         self.failed: set[str] = set()
@@ -827,6 +830,10 @@ class GovernanceMachine(RuleBasedStateMachine):
                 if e["action"] == "budget_block"
             ]
             assert blocks and blocks[-1] in named, (blocks, named)
+        elif result.status == "dead_letter":
+            # Failed or crashed on every recovery the agent allows: a dead letter, not resumed.
+            assert self.recoveries.get(result.run_id, 0) > DEFAULT_MAX_RECOVERIES, result
+            self.failed.discard(result.run_id)
         else:
             assert result.status in FINAL, result
         if result.status in FINAL:
@@ -887,6 +894,8 @@ class GovernanceMachine(RuleBasedStateMachine):
             self._resume_finished(picks[0])
             return
         chosen = sorted({pool[i % len(pool)] for i in picks})
+        for run_id in chosen:
+            self.recoveries[run_id] = self.recoveries.get(run_id, 0) + 1
 
         async def go(agent: Agent) -> list[Any]:
             return await asyncio.gather(*(agent.resume(r) for r in chosen), return_exceptions=True)
