@@ -833,7 +833,6 @@ class GovernanceMachine(RuleBasedStateMachine):
         elif result.status == "dead_letter":
             # Failed or crashed on every recovery the agent allows: a dead letter, not resumed.
             assert self.recoveries.get(result.run_id, 0) > DEFAULT_MAX_RECOVERIES, result
-            self.failed.discard(result.run_id)
         else:
             assert result.status in FINAL, result
         if result.status in FINAL:
