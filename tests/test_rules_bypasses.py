@@ -2,8 +2,9 @@
 
 A dotted argument name dodged by a literal key of that name, a relative path climbing out of
 the working directory past a deny rule on absolute paths, shell spellings of a denied command
-(`/bin/rm`, `x=1 rm`, `{ rm; }`, `command rm`, `rm${IFS}-rf`), a huge integer crashing a
-numeric comparison, and permission-file errors that did not name their file and line.
+(`/bin/rm`, `x=1 rm`, `{ rm; }`, `command rm`, `rm${IFS}-rf`, `>/dev/null rm`, `sh -c -- X`,
+`coproc rm`), a shell string whose readings ran away (`sudo eval ` repeated), a huge integer
+crashing a numeric comparison, and permission-file errors that did not name their file and line.
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ from typing import Any
 
 import pytest
 
-from loomgraph.governance import PermissionConfigError, StandardPermissions
+from loomgraph.governance import PermissionConfigError, StandardPermissions, shell_words
+from loomgraph.governance.canonical import absolute, normpath, realpath
 from loomgraph.protocols import ToolCall, ToolSpec
 
 HTTP: ToolSpec = {
@@ -197,6 +199,95 @@ async def test_the_extra_command_readings_add_to_deny_rules_only() -> None:
     assert await verdict(allow, SHELL, cmd="ls -la") == "allow"
     for cmd in ("x=1 ls -la", "/bin/ls -la", "command ls -la", "{ ls -la; }", "ls${IFS}-la"):
         assert await verdict(allow, SHELL, cmd=cmd) == "deny", cmd
+
+
+REDIRECTED_SPELLINGS = [
+    ">/dev/null rm -rf /",
+    "2>&1 rm -rf /",
+    "</dev/null rm -rf /",
+    "< /dev/null rm -rf /",
+    "2> /dev/null rm -rf /",
+    "x=1 >/tmp/o rm -rf /",
+    "&>/dev/null rm -rf /",
+    ">>log 2>&1 </dev/null /bin/rm -rf /",
+    "<<<x rm -rf /",
+    "{fd}>/tmp/o rm -rf /",
+    "rm>/dev/null -rf /",
+    "ls; 2>&1 >x rm -rf /",
+    "exec 2>&1 rm -rf /",
+    "sh -c -- 'rm -rf /'",
+    "bash -c -- 'rm -rf /'",
+    "sh -c -e 'rm -rf /'",
+    "bash -o pipefail -c -- 'rm -rf /'",
+    "sh -c >/dev/null 'rm -rf /'",
+    "coproc rm -rf /",
+    "coproc X { rm -rf /; }",
+    "function f { rm -rf /; }; f",
+]
+
+
+async def test_redirections_and_sh_options_do_not_hide_a_denied_command() -> None:
+    for cmd in REDIRECTED_SPELLINGS:
+        for rule in ("shell(cmd=rm *)", "shell(cmd:command=rm *)"):
+            perms = StandardPermissions(deny=[rule], allow=["shell"])
+            assert await verdict(perms, SHELL, cmd=cmd) == "deny", (rule, cmd)
+            assert await verdict(StandardPermissions(ask=[rule]), SHELL, cmd=cmd) == "ask", cmd
+    # Read away for deny and ask rules only: other commands are not caught, and an allow rule
+    # still matches the command as written, which refuses an unquoted `<` or `>`.
+    perms = StandardPermissions(deny=["shell(cmd=rm *)"], mode="accept_edits")
+    for cmd in (">/dev/null ls", "ls 2>&1 >rm", "echo rm >x", "sh -c -- ls", "cat <<<rm"):
+        assert await verdict(perms, SHELL, cmd=cmd) == "allow", cmd
+    allow = StandardPermissions(allow=["shell(cmd=ls *)"], mode="strict")
+    for cmd in (">/dev/null ls -la", "ls -la 2>&1", "ls -la >x"):
+        assert await verdict(allow, SHELL, cmd=cmd) == "deny", cmd
+
+
+async def test_a_command_with_runaway_readings_is_read_in_linear_work_and_not_ruled_out(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Each `sudo` tail and each `eval` in it used to be read again: a 16 KB string split
+    # hundreds of megabytes into words. Now the work is bounded by the value's length, and a
+    # string that needs more is unreadable: every deny or ask rule on it matches (it cannot be
+    # ruled out), whatever command the rule names; allow rules read it as written, as before.
+    split: list[int] = []
+    real = shell_words._words
+
+    def counted(text: str, *, operators: bool = False) -> tuple[str, ...]:
+        split.append(len(text))
+        return real(text, operators=operators)
+
+    monkeypatch.setattr(shell_words, "_words", counted)
+    cmd = "sudo eval " * 1600
+    for rule in ("shell(cmd=rm *)", "shell(cmd=ls *)"):
+        split.clear()
+        assert await verdict(StandardPermissions(deny=[rule]), SHELL, cmd=cmd) == "deny", rule
+        assert sum(split) <= shell_words.WORK_PER_CHAR * len(cmd), sum(split)  # linear
+        assert await verdict(StandardPermissions(ask=[rule]), SHELL, cmd=cmd) == "ask", rule
+    for wrapper in ("sudo eval ", "env eval ", "sudo x=1 ", "env "):
+        with pytest.raises(shell_words.Unreadable):
+            shell_words.commands(wrapper * 1600)
+    # An ordinary long command is read, not refused: a 40 KB here-document.
+    body = "".join(f"line {i}: x = f(a, b) > 0 and 'q' or \"$HOME\"\n" for i in range(900))
+    heredoc = f"cat > notes.txt <<'EOF'\n{body}EOF\n"
+    assert len(heredoc) > 40_000 and shell_words.commands(heredoc)
+    perms = StandardPermissions(deny=["shell(cmd=rm *)"], mode="accept_edits")
+    assert await verdict(perms, SHELL, cmd=heredoc) == "allow"
+    assert await verdict(perms, SHELL, cmd=heredoc + "rm -rf /\n") == "deny"
+
+
+def test_a_path_too_long_for_any_system_call_is_not_resolved_component_by_component(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # `os.path.realpath` looked up each of a long text's components on ever longer paths (a
+    # 1 MB command starting with `/` took minutes); no system call takes 4096 characters.
+    calls: list[str] = []
+    real = os.lstat
+    monkeypatch.setattr(os, "lstat", lambda path, *a, **k: calls.append(path) or real(path))
+    long = "/a/b " * 2000
+    assert realpath(long) == normpath(long)
+    assert absolute("x/../" * 2000 + "y").endswith("/y")
+    assert calls == [] or all(len(str(path)) < 4096 for path in calls)
+    assert len(calls) < 100
 
 
 # ------------------------------------------------------------------ 4. huge numbers

@@ -10,8 +10,9 @@ random shell strings:
   absolute or relative;
 - adding a reading never turns a deny into an allow: a shell string denied by
   `shell(cmd=rm *)` stays denied behind an assignment, `command`, `{`, `sudo`, ...; every
-  spelling of `rm -rf /` built from those is denied; a dotted name is denied when its nested
-  value or its literal key matches, and allowed only when both do.
+  spelling of `rm -rf /` built from those is denied, and so is `rm -rf /` behind redirections
+  (`>/dev/null`, `2>&1`, `<<<x`), keywords, wrappers and `sh -c --`; a dotted name is denied
+  when its nested value or its literal key matches, and allowed only when both do.
 """
 
 from __future__ import annotations
@@ -236,6 +237,33 @@ def test_every_spelling_of_rm_is_denied(prefixes: list[str], rm: str) -> None:
     for prefix in reversed(prefixes):
         quoted = prefix in ("eval ", "sh -c ", "bash -xc ")
         value = prefix + (shlex.quote(value) if quoted else value)
+    assert run(DENY_RM, "shell", SHELL, cmd=value) == "deny", value
+
+
+REDIRECTIONS = st.sampled_from(
+    [
+        ">/dev/null ", "2>&1 ", "</dev/null ", "< x ", "2> x ", ">>log ", "&>x ", "<<<x ",
+        "{fd}>x ", ">&2 ", "1>|x ", "x=1 ", "coproc ", "! ", "time -p ", "sudo -- ", "env ",
+        "exec ", "command ", "nohup ", "{ ",
+    ]
+)  # fmt: skip
+SHELL_CS = st.sampled_from(["sh -c ", "sh -c -- ", "bash -lc ", "sh -e -c ", "bash -c -x -- "])
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    prefixes=st.lists(REDIRECTIONS, max_size=4),
+    shell=st.one_of(st.none(), SHELL_CS),
+    inner=st.lists(REDIRECTIONS, max_size=2),
+    rm=RM,
+)
+def test_rm_behind_redirections_and_wrappers_is_denied(
+    prefixes: list[str], shell: str | None, inner: list[str], rm: str
+) -> None:
+    value = "".join(inner) + rm
+    if shell is not None:
+        value = shell + shlex.quote(value)
+    value = "".join(prefixes) + value
     assert run(DENY_RM, "shell", SHELL, cmd=value) == "deny", value
 
 

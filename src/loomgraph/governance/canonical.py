@@ -22,7 +22,7 @@ from functools import cache
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from loomgraph.governance.shell_words import commands
+from loomgraph.governance.shell_words import Unreadable, commands
 from loomgraph.protocols.spellings import as_latin, without_invisible
 
 __all__ = ["generous_readings", "readings", "strict_readings"]
@@ -38,6 +38,9 @@ _OPERATOR = re.compile(r"[;&|<>()]+")
 _PATH_WORD = re.compile(r"(?<!\S)(?=\S*/|\.\.?(?!\S)|~)\S+")
 _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 _CJK = {"CJK", "HIRAGANA", "KATAKANA", "HANGUL", "IDEOGRAPHIC"}
+# A path this long (in characters, so at least as many bytes) is refused by every system call
+# (ENAMETOOLONG): it names a file only once a tool normalises it shorter, as `normpath` does.
+_PATH_MAX = 4096
 
 
 def readings(value: Any) -> list[Reading]:
@@ -88,8 +91,12 @@ def strict_readings(value: Any, kind: str | None) -> list[list[Reading]] | None:
     return [found]
 
 
-def generous_readings(value: Any, kind: str | None) -> list[Reading]:
-    """The readings a deny or ask rule needs one of: folded, lookalike-free, resolved, split."""
+def generous_readings(value: Any, kind: str | None) -> list[Reading] | None:
+    """The readings a deny or ask rule needs one of: folded, lookalike-free, resolved, split.
+
+    None for a command that cannot be read within its work budget (`shell_words.Unreadable`):
+    it cannot be ruled out, so every deny or ask rule on it matches.
+    """
     if not isinstance(value, str):
         return readings(value)
     folded = unicodedata.normalize("NFKC", value)
@@ -107,8 +114,12 @@ def generous_readings(value: Any, kind: str | None) -> list[Reading]:
             # A name may be a file in the working directory (`passwd`, `my docs/x`): a deny
             # on that directory must not be dodged by leaving out `./`.
             out += [(every[2](text), True), (every[3](text), True)]
-        if kind == "command":
-            out += [(_words(part, fix), False) for part in commands(text) for fix in every]
+    if kind == "command":
+        try:
+            parts = commands(*texts, size=len(value))
+        except Unreadable:
+            return None
+        out += [(_words(part, fix), False) for part in parts for fix in every]
     return list(dict.fromkeys(out))
 
 
@@ -140,6 +151,8 @@ def realpath(text: str) -> str:
     """
     if text.startswith("~") or "\x00" in text:
         return normpath(text)  # `~` is not expanded; a NUL cannot name a file
+    if len(text) >= _PATH_MAX and len(text := normpath(text)) >= _PATH_MAX:
+        return text  # no system call takes it (nor the file system's time to resolve it)
     try:
         if text.startswith("/"):
             return normpath(os.path.realpath(text))
@@ -153,6 +166,8 @@ def absolute(text: str) -> str:
     """Resolved like `realpath`, a relative path as the absolute path it names."""
     if text.startswith(("/", "~")) or "\x00" in text:
         return realpath(text)
+    if len(text) >= _PATH_MAX and len(text := normpath(text)) >= _PATH_MAX:
+        return rooted(text)
     try:
         return normpath(os.path.realpath(text))
     except (OSError, ValueError):

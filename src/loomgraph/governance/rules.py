@@ -157,9 +157,15 @@ def _element(
             return not every  # not comparable: a deny or ask rule cannot rule it out
         return _CMP[cond.cmp](number, cond.number)
     # An allow rule must match every reading of one spelling; a deny or ask rule any reading.
-    spellings = strict_readings(item, kind) if every else [generous_readings(item, kind)]
-    if spellings is None:
-        return False
+    if every:
+        spellings = strict_readings(item, kind)
+        if spellings is None:
+            return False
+    else:
+        found = generous_readings(item, kind)
+        if found is None:
+            return True  # a command too costly to read: a deny or ask rule cannot rule it out
+        spellings = [found]
     if cond.op == "in":
         try:
             members = _members(cond, sets)
