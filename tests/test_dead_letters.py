@@ -115,3 +115,26 @@ async def test_max_recoveries_is_configurable_and_failed_resumes_count_in_memory
     assert retried.status == RunStatus.FAILED
     record = await agent.deps.runtime.load_run(first.run_id)
     assert record is not None and record.recoveries == 1
+
+
+async def test_a_dead_letter_charges_what_its_last_attempt_held() -> None:
+    """The attempt before the last died holding its budget (a node visit, a model call): when
+    the next resume gives the run up, those holds are charged as any crashed attempt's are,
+    not left reserved against the caps for good."""
+    from loomgraph.governance import BudgetConfig, StandardBudget
+    from loomgraph.protocols import BudgetScope, ModelError, Reservation, Usage
+
+    budget = StandardBudget(BudgetConfig(model_calls=100))
+    down = ModelError("provider down")
+    agent = Agent("", model=ScriptedModel([down] * 5), max_recoveries=1, budget=budget)
+    first = await agent.run("go", user_id="u")
+    again = await agent.resume(first.run_id)  # recovery 1 fails the same way
+    assert again.status == RunStatus.FAILED
+    # As if that attempt's process had died holding a model call.
+    await budget.reserve(Reservation(BudgetScope(first.run_id, "u"), "model", Usage(model_calls=1)))
+    ledger = budget.ledger
+    assert await ledger.holds(first.run_id)
+    given_up = await agent.resume(first.run_id)
+    assert given_up.status == RunStatus.DEAD_LETTER
+    assert await ledger.holds(first.run_id) == []
+    assert [c.amounts.get("model_calls") for c in await ledger.charges(first.run_id)] == [1]

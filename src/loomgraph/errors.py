@@ -71,6 +71,7 @@ with where each class lives (relative to `loomgraph.`):
     │   ├── BlockNameError                  memory.errors
     │   └── UserIdError                     memory.errors
     ├── ExtractionError + ValueError        memory.extract
+    ├── Unreadable                          governance.shell_words
     ├── PermissionConfigError + ValueError  governance.rule_errors
     │   ├── PermissionTypeError + TypeError governance.rule_errors
     │   └── RuleSyntaxError                 governance.rule_errors

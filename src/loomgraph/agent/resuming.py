@@ -31,6 +31,7 @@ from loomgraph.graph.state import snapshot_of
 from loomgraph.protocols import (
     FINAL_STATUSES,
     AuditAction,
+    BudgetScope,
     Deps,
     RunRecord,
     RunStart,
@@ -181,6 +182,11 @@ class Resumer:
             )
         gave_up = await begin_recovery(runtime, record, self.max_recoveries, self.deps.audit_log)
         if gave_up is not None:  # too many failed recoveries: now a dead letter
+            clock = self.deps.run_clock
+            if clock is not None:  # what its last attempt held is charged, the clock ended
+                scope = BudgetScope(run_id, record.user_id)
+                await clock.begin_run(scope, started_at=record.created_at)
+                await clock.end_run(scope)
             return gave_up
         if target is not own:
             await move_run(runtime, record, target)

@@ -37,6 +37,8 @@ from __future__ import annotations
 import posixpath
 import re
 
+from loomgraph.errors import LoomgraphError
+
 __all__ = ["WORK_FLOOR", "WORK_LIMIT", "WORK_PER_CHAR", "Unreadable", "commands"]
 
 KEYWORDS = frozenset(
@@ -78,7 +80,7 @@ _PIECE = re.compile(r"""'([^']*)'|"((?:[^"\\]|\\.)*)"|\\(.)|([^'"\\]+)""", re.S)
 _DOUBLE_ESCAPE = re.compile(r'\\(["\\])')
 
 
-class Unreadable(Exception):
+class Unreadable(LoomgraphError):
     """Reading the value would cost more work than its length allows (`WORK_PER_CHAR`)."""
 
 
