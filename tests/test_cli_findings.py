@@ -20,29 +20,10 @@ import pytest
 
 import pg
 from loomgraph.cli.main import build_parser
-from test_cli_terminal import environ, in_terminal, piped
+from test_cli_terminal import HELPERS, environ, in_terminal, piped
 
 TESTS = Path(__file__).parent
 ROOT = TESTS.parent
-
-HELPERS = '''
-import asyncio
-import sys
-
-
-class Stuck:
-    """A model that never answers: the run waits until it is stopped."""
-
-    name = "stuck"
-
-    async def stream(self, request):
-        print("MODEL-WAITING", file=sys.stderr, flush=True)
-        await asyncio.Event().wait()
-        yield {}
-
-
-stuck = Stuck()
-'''
 
 PASSWORD = "S3cretPW-9f2"
 # What an API user may put in a session id: a window title (OSC 0), a clipboard write
