@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import inspect
+import subprocess
+import sys
 from typing import Annotated, Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from loomgraph import Agent
 from loomgraph.governance import StandardPermissions
@@ -17,6 +22,7 @@ from loomgraph.tools import (
     ToolRegistry,
     tool,
 )
+from loomgraph.tools.docstrings import Docstring, parse_docstring
 
 SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -179,3 +185,34 @@ def test_docstring_styles_give_argument_descriptions(fn: Any) -> None:
     props = spec["parameters"]["properties"]
     assert props["city"]["description"] == "The city."
     assert props["days"]["description"] == "How many days ahead."
+
+
+@given(st.text(alphabet=st.characters(blacklist_categories=["Cs"]), max_size=40))
+def test_a_one_line_docstring_reads_as_the_parser_reads_it(line: str) -> None:
+    # A one-line docstring skips docstring-parser; the parser, given the same line as the
+    # summary of a docstring with an argument section, reads the same description from it.
+    if len(inspect.cleandoc(line).splitlines()) != 1:
+        return
+    with_section = f"{line}\n\nArgs:\n    x: y"
+    assert parse_docstring(line).description == parse_docstring(with_section).description
+    assert parse_docstring(line).args == {}
+
+
+def test_a_tool_with_a_one_line_docstring_does_not_load_the_docstring_parser() -> None:
+    code = (
+        "import sys\n"
+        "from loomgraph.tools import tool\n"
+        "@tool\n"
+        "def add(a: int, b: int) -> int:\n"
+        "    '''Add two integers.'''\n"
+        "    return a + b\n"
+        "assert add.spec['description'] == 'Add two integers.', add.spec\n"
+        "print('docstring_parser' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize("doc", ["   ", "\n\n"])
+def test_a_blank_docstring_describes_nothing(doc: str) -> None:
+    assert parse_docstring(doc) == Docstring()

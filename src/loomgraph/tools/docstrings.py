@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 # A docstring that opens straight with its argument section has no description.
 _OPENS_WITH_SECTION = re.compile(r"^(args|arguments|parameters|params)\s*:?\s*$", re.IGNORECASE)
 _SPACE = re.compile(r"\s+")
+# The marks a one-line section needs in some docstring style (`:param x:`, `@param x:`).
+_SECTION_MARKS = frozenset(":@")
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,10 +26,17 @@ def parse_docstring(doc: str | None) -> Docstring:
     """The first paragraph of a docstring, and the description of each argument."""
     if not doc:
         return Docstring()
+    text = inspect.cleandoc(doc)
+    lines = text.splitlines()
+    if not lines:  # blank
+        return Docstring()
+    bare = bool(_OPENS_WITH_SECTION.match(lines[0].strip()))
+    if len(lines) == 1 and not bare and not _SECTION_MARKS.intersection(text):
+        # One line that no docstring style reads a section from: the parser would return it
+        # whole, and a tool with a one-line docstring need not import it.
+        return Docstring(_flat(text))
     import docstring_parser  # lazily: `import loomgraph` stays light
 
-    text = inspect.cleandoc(doc)
-    bare = bool(_OPENS_WITH_SECTION.match(text.splitlines()[0].strip()))
     if bare:  # give the parser a summary line to skip
         text = "-\n\n" + text
     parsed = docstring_parser.parse(text)
