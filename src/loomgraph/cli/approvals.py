@@ -9,6 +9,7 @@ import sys
 from typing import Any
 
 from loomgraph.cli import agent_args, journal
+from loomgraph.cli.console import safe
 from loomgraph.cli.output import EXIT_OK, print_result, table
 from loomgraph.engine.effects import Approval, BoundApproval
 from loomgraph.protocols import Decision, RunStatus, Runtime, ToolCall
@@ -36,9 +37,11 @@ def deny_unattended(call: ToolCall, decision: Decision) -> Approval:
 
 def ask_on_terminal(call: ToolCall, decision: Decision) -> bool:
     """Ask the person at the terminal; anything but yes is no."""
+    # The reason may come from a policy callable: escaped, as every stored text printed here.
+    why = safe(f"{decision.rule}{': ' + decision.reason if decision.reason else ''}")
     print(
-        f"\nloomgraph: {call['tool']}({json.dumps(call['args'])}) needs approval "
-        f"({decision.rule}{': ' + decision.reason if decision.reason else ''}). Allow? [y/N] ",
+        f"\nloomgraph: {safe(call['tool'])}({json.dumps(call['args'])}) needs approval "
+        f"({why}). Allow? [y/N] ",
         end="",
         file=sys.stderr,
         flush=True,
