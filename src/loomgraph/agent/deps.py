@@ -28,6 +28,7 @@ from loomgraph.protocols import (
     StartableToolHost,
     Telemetry,
     ToolHost,
+    UntrustedDescriptions,
     implements,
 )
 from loomgraph.protocols.ledger import Bindable, LedgerHost
@@ -242,6 +243,7 @@ def build_deps(
         size_limits=size_limits or SizeLimits(),
         startable_tools=host if isinstance(host, StartableToolHost) else None,
         arg_reader=host if isinstance(host, ArgumentReader) else None,
+        untrusted_descriptions=host if isinstance(host, UntrustedDescriptions) else None,
         # Permissions that do not say otherwise may read arguments (a policy of the user's).
         permissions_read_args=bool(getattr(permissions, "reads_arguments", True)),
         # With no configuration a destructive tool asks (the `default` mode), never runs unasked.

@@ -126,11 +126,9 @@ class RunScope:
         self.node_hooks = None if idle else hooks
         reads = self.deps.permissions_read_args or not is_idle(hooks.before_tool)
         self.arg_reader = self.deps.arg_reader if reads else None
-        startable = self.deps.startable_tools
-        if startable is not None:  # MCP servers: their tool descriptions may be untrusted text
-            watch = getattr(startable, "watch_untrusted", None)
-            if watch is not None:
-                watch(self.untrusted)
+        described = self.deps.untrusted_descriptions
+        if described is not None:  # MCP servers not trusted: their descriptions taint calls
+            described.watch_untrusted(self.untrusted)
 
     async def reserve(self, kind: str, amount: Usage) -> Reservation | None:
         """Set an amount aside in the budget (nothing to do when the budget has no caps)."""

@@ -104,8 +104,10 @@ from loomgraph.protocols.tool_args import (
 from loomgraph.protocols.tools import (
     ArgumentReader,
     StartableToolHost,
+    TextSink,
     ToolHost,
     ToolRun,
+    UntrustedDescriptions,
     tool_run,
 )
 from loomgraph.protocols.usage import (
@@ -153,6 +155,8 @@ __all__ = [  # noqa: RUF022 - grouped by concept, not sorted
     # tools
     "ArgumentReader",
     "StartableToolHost",
+    "TextSink",
+    "UntrustedDescriptions",
     "ToolHost",
     "ToolRun",
     "tool_run",

@@ -22,7 +22,12 @@ from loomgraph.protocols.memory import Memory
 from loomgraph.protocols.models import Model
 from loomgraph.protocols.observability import AuditLog, Telemetry
 from loomgraph.protocols.runtime import RunLeases, Runtime
-from loomgraph.protocols.tools import ArgumentReader, StartableToolHost, ToolHost
+from loomgraph.protocols.tools import (
+    ArgumentReader,
+    StartableToolHost,
+    ToolHost,
+    UntrustedDescriptions,
+)
 
 __all__ = ["Deps", "SizeLimits"]
 
@@ -77,6 +82,8 @@ class Deps:
     # The tool host again when its tools convert what they are sent: rules and hooks then
     # read a call's arguments as the tool will receive them (`ArgumentReader`).
     arg_reader: ArgumentReader | None = None
+    # The tool host again when some of its tools' descriptions are untrusted text.
+    untrusted_descriptions: UntrustedDescriptions | None = None
     # False only for permissions that say they never read a call's arguments.
     permissions_read_args: bool = True
     # The permissions again when they can describe themselves, for pinning runs to them.

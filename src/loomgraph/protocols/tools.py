@@ -44,6 +44,25 @@ class StartableToolHost(ToolHost, Protocol):
         ...
 
 
+class TextSink(Protocol):
+    """Where a run keeps the untrusted text it has seen (engine.taint.UntrustedText)."""
+
+    def add(self, content: str) -> None:
+        """Keep one untrusted text."""
+        ...
+
+
+@runtime_checkable
+class UntrustedDescriptions(Protocol):
+    """A host some of whose tools are described by text nobody vouches for (say, the tools
+    of an MCP server not trusted): each run counts that text as untrusted."""
+
+    def watch_untrusted(self, untrusted: TextSink) -> None:
+        """Add the untrusted descriptions offered now to `untrusted`, and those offered
+        later while it is alive."""
+        ...
+
+
 @runtime_checkable
 class ArgumentReader(Protocol):
     """A host whose tools convert the arguments they are sent (say, `"yes"` to true for a

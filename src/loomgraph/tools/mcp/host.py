@@ -6,10 +6,17 @@ import logging
 import re
 import weakref
 from collections.abc import Iterable
-from typing import Any, Protocol, cast
+from typing import Any, cast
 
 from loomgraph.errors import LoomgraphError
-from loomgraph.protocols import ArgumentReader, ToolCall, ToolHost, ToolResult, ToolSpec
+from loomgraph.protocols import (
+    ArgumentReader,
+    TextSink,
+    ToolCall,
+    ToolHost,
+    ToolResult,
+    ToolSpec,
+)
 from loomgraph.tools import results
 from loomgraph.tools.mcp.server import MCPServer
 
@@ -27,13 +34,6 @@ class ToolNameCollision(LoomgraphError, ValueError):
         self.name = name
         self.first = first
         self.second = second
-
-
-class TextSink(Protocol):
-    """Where a run keeps the untrusted text it has seen (engine.taint.UntrustedText)."""
-
-    def add(self, content: str) -> None:
-        """Keep one untrusted text."""
 
 
 class ServerToolHost:
