@@ -23,7 +23,7 @@ from loomgraph.observability import FileAuditLog
 from loomgraph.protocols import EffectStatus
 from loomgraph.runtime import PostgresRuntime
 from loomgraph.serve import DevModeRefused, create_app
-from loomgraph.serve.store import PostgresStore
+from loomgraph.serve.sql_store import PostgresStore
 from serve_agent import PAID, make_agent, pay, script, step
 
 pg_schema = pg.pg_schema

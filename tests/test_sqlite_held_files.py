@@ -22,14 +22,10 @@ from typing import Any
 
 import pytest
 
-from loomgraph._storage import sqlite_files
-from loomgraph._storage.sqlite_files import (
-    GuardedConnection,
-    check_sqlite_file,
-    held_here,
-    lost_wal_frames,
-    open_sqlite,
-)
+from loomgraph._storage import sqlite_held
+from loomgraph._storage.sqlite_files import check_sqlite_file, open_sqlite
+from loomgraph._storage.sqlite_held import GuardedConnection, held_here
+from loomgraph._storage.sqlite_wal_loss import lost_wal_frames
 from loomgraph.protocols import RunRecord, RunStatus
 from loomgraph.runtime.sqlite import SqliteRuntime
 
@@ -140,7 +136,7 @@ def test_no_connection_opens_while_a_check_reads_a_file(tmp_path: Path) -> None:
         sqlite3.connect(path, factory=GuardedConnection).close()
         opened.set()
 
-    with sqlite_files._DIRECT_READS:  # as `check_sqlite_file` holds it while it reads
+    with sqlite_held._DIRECT_READS:  # as `check_sqlite_file` holds it while it reads
         thread = threading.Thread(target=connect)
         thread.start()
         assert not opened.wait(0.2)

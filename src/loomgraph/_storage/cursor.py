@@ -13,6 +13,8 @@ from typing import Any, Literal, Protocol
 
 import aiosqlite
 
+from loomgraph._storage.sqlite_errors import sqlite_error_name
+
 
 class Cursor(Protocol):
     """Statements inside one session or transaction of a backend."""
@@ -67,7 +69,7 @@ def raise_constraint(err: sqlite3.IntegrityError, constraints: bool) -> None:
 
 def sqlite_constraint(err: sqlite3.IntegrityError) -> Constraint | None:
     """The `Constraint` a unique or foreign-key violation stands for, or None."""
-    name = getattr(err, "sqlite_errorname", "")
+    name = sqlite_error_name(err)
     if name == "SQLITE_CONSTRAINT_FOREIGNKEY":
         return Constraint("foreign_key", str(err))
     if name in _SQLITE_UNIQUE:

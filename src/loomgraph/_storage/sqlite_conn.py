@@ -12,8 +12,8 @@ import aiosqlite
 
 from loomgraph._storage.cursor import Cursor, SqliteCursor, sqlite_constraint
 from loomgraph._storage.loop_lock import LoopLock
-from loomgraph._storage.sqlite_files import Synchronous
 from loomgraph._storage.sqlite_inline import InlineCursor, InlineWriter
+from loomgraph._storage.sqlite_setup import Synchronous
 from loomgraph._storage.translate import Translate, keep, translated
 
 

@@ -27,7 +27,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from loomgraph._storage.cursor import raise_constraint
-from loomgraph._storage.sqlite_files import GuardedConnection, Synchronous, is_busy
+from loomgraph._storage.sqlite_errors import is_busy
+from loomgraph._storage.sqlite_held import GuardedConnection
+from loomgraph._storage.sqlite_setup import Synchronous
 from loomgraph.protocols.tasks import finished
 from loomgraph.protocols.threads import run_in_thread
 

@@ -121,7 +121,8 @@ async def _unauthorized(send: Send, what: str) -> None:
 async def key_store_problem(runtime: Any, agent_spec: str) -> str | None:
     """Why `--http` cannot authenticate anyone with this journal's key store, or None: an
     in-memory journal keeps no keys, and a store without keys would refuse every request."""
-    from loomgraph.serve.store import MemoryStore, SqliteStore, open_store
+    from loomgraph.serve.sql_store import SqliteStore
+    from loomgraph.serve.store import MemoryStore, open_store
 
     add = f"add one with `loomgraph keys add USER --agent {agent_spec}` (--approver to approve)"
     store = open_store(runtime)

@@ -19,52 +19,38 @@ for every user); their mode and policy, when given, replace the global ones.
 
 from __future__ import annotations
 
-import hashlib
-import inspect
 import json
-from collections.abc import Awaitable, Callable, Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Literal, TypeAlias, get_args
+from typing import Any, TypeAlias, get_args
 
 from loomgraph.governance import permission_files
+from loomgraph.governance.permission_args import (
+    check_set_names,
+    checked_sets,
+    checked_timeout,
+    parse_rules,
+)
+from loomgraph.governance.permission_decisions import LabelledRule, Mode, Policy, RuleSet, decide
+from loomgraph.governance.permission_fingerprint import (
+    FORMAT,
+    described,
+    pinnable,
+    qualname,
+    set_data,
+)
 from loomgraph.governance.rule_errors import PermissionConfigError, PermissionTypeError
-from loomgraph.governance.rules import Rule, SetSource, parse_rule
+from loomgraph.governance.rules import Rule, SetSource
 from loomgraph.protocols import Decision, ToolCall, ToolSpec, Verdict
 
+# `Mode` and `Policy` live in `permission_decisions`: re-exported, as the public names.
 __all__ = ["Mode", "Policy", "StandardPermissions"]
 
-Mode = Literal["default", "accept_edits", "bypass", "strict"]
 MODES: tuple[str, ...] = get_args(Mode)
 assert MODES == permission_files.MODES  # one list of modes, spelled twice for the type
-PolicyResult: TypeAlias = Decision | str
-Policy: TypeAlias = Callable[
-    [ToolCall, ToolSpec | None, str | None], PolicyResult | Awaitable[PolicyResult]
-]
 UserEntry: TypeAlias = "StandardPermissions | Mapping[str, Any]"
 RuleEntry: TypeAlias = "str | Mapping[str, Any]"
 _ENTRY_KEYS = frozenset({"allow", "ask", "deny", "mode", "policy", "sets", "approval_timeout_s"})
-FORMAT = "loomgraph.permissions/1"
-
-
-@dataclass(frozen=True, slots=True)
-class LabelledRule:
-    """A rule and the name a Decision gives it (`deny:…`, `user:alice:allow:…`)."""
-
-    rule: Rule
-    name: str
-
-
-@dataclass(frozen=True, slots=True)
-class RuleSet:
-    """The rules, mode and policy that hold for one user, global ones merged with theirs."""
-
-    deny: tuple[LabelledRule, ...]
-    ask: tuple[LabelledRule, ...]
-    allow: tuple[LabelledRule, ...]
-    mode: Mode
-    policy: Policy | None
-    sets: Mapping[str, SetSource]
 
 
 class StandardPermissions:
@@ -103,17 +89,17 @@ class StandardPermissions:
         self.on_tainted: Verdict = on_tainted or "ask"
         # Set on purpose: a per-user entry may not (it holds for the whole agent).
         self.given_on_tainted = on_tainted
-        self.sets: dict[str, SetSource] = _check_sets(sets)
-        self.approval_timeout_s = _timeout(approval_timeout_s, "approval_timeout_s")
-        self.allow = tuple(_parse_all(allow, "allow"))
+        self.sets: dict[str, SetSource] = checked_sets(sets)
+        self.approval_timeout_s = checked_timeout(approval_timeout_s, "approval_timeout_s")
+        self.allow = tuple(parse_rules(allow, "allow"))
         self.rule_timeouts: dict[str, float] = {}
         self.ask = tuple(self._parse_ask(ask))
-        self.deny = tuple(_parse_all(deny, "deny"))
+        self.deny = tuple(parse_rules(deny, "deny"))
         self.given_mode = mode
         self.mode: Mode = mode or "default"
         self.policy = policy
         for rule in (*self.allow, *self.ask, *self.deny):
-            _check_set_names(rule, self.sets)
+            check_set_names(rule, self.sets)
         self.per_user: dict[str, StandardPermissions] = {}
         for user_id, entry in (per_user or {}).items():
             self.per_user[user_id] = _user_entry(user_id, entry, self.sets)
@@ -201,40 +187,7 @@ class StandardPermissions:
         """allow, deny or ask for one call, naming the rule that decided."""
         if spec is None:
             return Decision("deny", "unknown_tool", f"no tool named {call.get('tool')!r}")
-        rules = self.rules_for(user_id)
-        sets = rules.sets
-        for entry in rules.deny:
-            if entry.rule.matches(call, spec=spec, sets=sets):
-                return Decision("deny", entry.name, f"denied by rule {entry.rule.text!r}")
-        excused: Decision | None = None
-        for entry in rules.ask:
-            if not entry.rule.matches(call, spec=spec, sets=sets):
-                continue
-            excuse = entry.rule.excused_by(call, spec=spec, sets=sets)
-            if excuse is not None:
-                # Every matching ask rule must be excused: a later one may still ask.
-                prefix = entry.name[: len(entry.name) - len(f"ask:{entry.rule.text}")]
-                excused = excused or Decision(
-                    "allow",
-                    f"{prefix}unless:{excuse.text}",
-                    f"ask rule {entry.rule.text!r} excused by {excuse.text!r}",
-                )
-                continue
-            if rules.mode == "bypass":
-                return Decision("allow", "mode:bypass", f"ask rule {entry.rule.text!r} bypassed")
-            return Decision("ask", entry.name, f"rule {entry.rule.text!r} asks")
-        if excused is not None:
-            return excused
-        for entry in rules.allow:
-            if entry.rule.matches(call, every=True, spec=spec, sets=sets):
-                return Decision("allow", entry.name, f"allowed by rule {entry.rule.text!r}")
-        if rules.policy is not None:
-            decided = await _ask_policy(rules.policy, call, spec, user_id)
-            if decided is not None:
-                if decided.verdict == "ask" and rules.mode == "bypass":
-                    return Decision("allow", "mode:bypass", f"{decided.rule} asks; bypassed")
-                return decided
-        return _mode_default(rules.mode, spec)
+        return await decide(self.rules_for(user_id), call, spec, user_id=user_id)
 
     def to_data(self) -> dict[str, Any]:
         """Everything that decides, as canonical JSON-shaped data (what `fingerprint` hashes)."""
@@ -247,10 +200,7 @@ class StandardPermissions:
 
     def _description(self) -> tuple[str, str]:
         if self._described is None:
-            data = self._data()
-            canonical = json.dumps(data, sort_keys=True, separators=(",", ":"))
-            digest = "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()
-            self._described = json.dumps(data), digest  # to_data() keeps its key order
+            self._described = described(self._data())  # to_data() keeps its key order
         return self._described
 
     def _data(self) -> dict[str, Any]:
@@ -261,7 +211,7 @@ class StandardPermissions:
             # A dict entry inherits the global sets: list only what the user adds or changes.
             own["sets"] = {k: v for k, v in own["sets"].items() if data["sets"].get(k) != v}
             data["per_user"][uid] = own
-        data["pinnable"] = _pinnable(data)
+        data["pinnable"] = pinnable(data)
         return data
 
     def _own_data(self, *, top: bool) -> dict[str, Any]:
@@ -277,106 +227,11 @@ class StandardPermissions:
             "deny": [r.canonical_text for r in self.deny],
             "ask": ask,
             "allow": [r.canonical_text for r in self.allow],
-            "policy": None if self.policy is None else {"callable": _qualname(self.policy)},
-            "sets": {name: _set_data(source) for name, source in sorted(self.sets.items())},
+            "policy": None if self.policy is None else {"callable": qualname(self.policy)},
+            "sets": {name: set_data(source) for name, source in sorted(self.sets.items())},
             "approval_timeout_s": self.approval_timeout_s,
             **({"on_tainted": self.on_tainted} if top else {}),
         }
-
-
-def _mode_default(mode: Mode, spec: ToolSpec) -> Decision:
-    if mode == "strict":
-        return Decision("deny", "mode:strict:deny", "strict mode: no rule allows this call")
-    if mode == "default" and spec.get("destructive"):
-        return Decision(
-            "ask", "mode:default:destructive", f"tool {spec.get('name')!r} is destructive"
-        )
-    return Decision("allow", f"mode:{mode}:allow")
-
-
-async def _ask_policy(
-    policy: Policy, call: ToolCall, spec: ToolSpec, user_id: str | None
-) -> Decision | None:
-    """The policy's Decision, None for "default", a deny when it raises or returns junk."""
-    name = getattr(policy, "__qualname__", None) or type(policy).__name__
-    try:
-        result: Any = policy(call, spec, user_id)
-        if inspect.isawaitable(result):
-            result = await result
-    except Exception as err:
-        return Decision("deny", "policy:error", f"policy {name} raised {type(err).__name__}: {err}")
-    if isinstance(result, Decision) and result.verdict in ("allow", "deny", "ask"):
-        rule = f"policy:{result.rule}" if result.rule else f"policy:{name}"
-        return Decision(result.verdict, rule, result.reason)
-    if isinstance(result, str) and result in ("allow", "deny", "ask"):
-        return Decision(result, f"policy:{name}")  # type: ignore[arg-type]
-    if result == "default":
-        return None
-    return Decision(
-        "deny",
-        "policy:error",
-        f"policy {name} returned {result!r}, not a "
-        "Decision or one of 'allow', 'deny', 'ask', 'default'",
-    )
-
-
-def _parse_all(rules: Iterable[str], kind: str) -> list[Rule]:
-    if isinstance(rules, str | Mapping):
-        raise PermissionTypeError(f"{kind} must be a list of rules, not {rules!r}")
-    return [parse_rule(r, unless=False) for r in rules]
-
-
-def _check_sets(sets: Mapping[str, SetSource] | None) -> dict[str, SetSource]:
-    out: dict[str, SetSource] = {}
-    for name, source in (sets or {}).items():
-        if callable(source):
-            out[name] = source
-        elif isinstance(source, str) or not isinstance(source, Iterable):
-            raise PermissionTypeError(
-                f"set {name!r} must be a list of strings or a callable returning them"
-            )
-        else:
-            items = list(source)
-            if not all(isinstance(i, str) for i in items):
-                raise PermissionTypeError(f"set {name!r} must hold only strings")
-            out[name] = frozenset(items)
-    return out
-
-
-def _check_set_names(rule: Rule, sets: Mapping[str, SetSource]) -> None:
-    unknown = sorted(rule.set_names - set(sets))
-    if unknown:
-        raise PermissionConfigError(
-            f"rule {rule.text!r} uses unknown set(s) {', '.join('$' + u for u in unknown)}"
-        )
-
-
-def _timeout(value: Any, what: str) -> float | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
-        raise PermissionConfigError(f"{what} must be a positive number of seconds, not {value!r}")
-    return float(value)
-
-
-def _qualname(fn: Any) -> str:
-    name = getattr(fn, "__qualname__", None) or type(fn).__qualname__
-    return f"{getattr(fn, '__module__', None) or '?'}.{name}"
-
-
-def _set_data(source: SetSource) -> Any:
-    if callable(source):
-        return {"callable": _qualname(source)}
-    return sorted(source)
-
-
-def _pinnable(data: Any) -> bool:
-    """False when something that decides is code (a policy or a callable set)."""
-    if isinstance(data, dict):
-        return "callable" not in data and all(_pinnable(v) for v in data.values())
-    if isinstance(data, list):
-        return all(_pinnable(v) for v in data)
-    return True
 
 
 def _user_entry(

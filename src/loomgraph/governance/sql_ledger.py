@@ -31,18 +31,16 @@ import aiosqlite
 
 from loomgraph._storage.cursor import Cursor, SqliteCursor
 from loomgraph._storage.sqlite_conn import SqliteConnection
-from loomgraph._storage.sqlite_files import (
-    SqliteFileProblem,
+from loomgraph._storage.sqlite_errors import unavailable_detail
+from loomgraph._storage.sqlite_files import SqliteFileProblem, enable_wal, sqlite_problem
+from loomgraph._storage.sqlite_inline import InlineWriter
+from loomgraph._storage.sqlite_setup import (
     Synchronous,
     checked_synchronous,
     connect_sqlite,
-    enable_wal,
     execute_all,
     set_busy_timeout,
-    sqlite_problem,
-    unavailable_detail,
 )
-from loomgraph._storage.sqlite_inline import InlineWriter
 from loomgraph.governance.ledger import (
     Charge,
     Decide,

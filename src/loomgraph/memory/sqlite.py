@@ -11,12 +11,8 @@ import aiosqlite
 
 from loomgraph._storage.cursor import Cursor, SqliteCursor
 from loomgraph._storage.sqlite_conn import SqliteConnection
-from loomgraph._storage.sqlite_files import (
-    SqliteFileProblem,
-    open_sqlite,
-    reads_as_damaged,
-    unavailable_detail,
-)
+from loomgraph._storage.sqlite_errors import reads_as_damaged, unavailable_detail
+from loomgraph._storage.sqlite_files import SqliteFileProblem, open_sqlite
 from loomgraph.memory.errors import MemoryBackendError, MemoryCorrupted, MemoryUnavailable
 from loomgraph.memory.records import Fact, MemoryLimits
 from loomgraph.memory.sql import (

@@ -13,18 +13,11 @@ import aiosqlite
 
 from loomgraph._storage.cursor import SqliteCursor
 from loomgraph._storage.sqlite_conn import SqliteConnection
-from loomgraph._storage.sqlite_files import (
-    SqliteFileProblem,
-    Synchronous,
-    WalLoss,
-    checked_synchronous,
-    execute_all,
-    lost_wal_frames,
-    open_sqlite,
-    reads_as_damaged,
-    unavailable_detail,
-)
+from loomgraph._storage.sqlite_errors import reads_as_damaged, unavailable_detail
+from loomgraph._storage.sqlite_files import SqliteFileProblem, open_sqlite
 from loomgraph._storage.sqlite_inline import InlineWriter
+from loomgraph._storage.sqlite_setup import Synchronous, checked_synchronous, execute_all
+from loomgraph._storage.sqlite_wal_loss import WalLoss, lost_wal_frames
 from loomgraph.protocols.ledger import LedgerSite, SqliteSite
 from loomgraph.protocols.runtime import RunRecord
 from loomgraph.runtime.errors import (

@@ -6,9 +6,10 @@ Needs the `serve` extra (starlette, uvicorn); `import loomgraph` does not import
 
 from __future__ import annotations
 
+from loomgraph.serve.api_keys import ApiKey
 from loomgraph.serve.app import create_app
 from loomgraph.serve.auth import Caller, DevModeRefused, api_key_auth, dev_auth
-from loomgraph.serve.store import ApiKey, open_store
+from loomgraph.serve.store import open_store
 
 __all__ = [
     "ApiKey",

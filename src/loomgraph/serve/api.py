@@ -23,8 +23,8 @@ from loomgraph.serve.errors import (
     status_of,
 )
 from loomgraph.serve.hub import Closing
+from loomgraph.serve.run_pages import cursor_number
 from loomgraph.serve.service import Service
-from loomgraph.serve.store import cursor_number
 from loomgraph.serve.views import dumps, run_json, sse_frame
 
 __all__ = [

@@ -23,7 +23,8 @@ from loomgraph.runtime.errors import RunConflict, RunFinished
 from loomgraph.serve.auth import Auth, Caller
 from loomgraph.serve.errors import BadRequest, Conflict, Forbidden, Invalid, NotFound
 from loomgraph.serve.hub import RunHub
-from loomgraph.serve.store import RunPage, ServeStore, cursor_number
+from loomgraph.serve.run_pages import RunPage, cursor_number
+from loomgraph.serve.store import ServeStore
 from loomgraph.serve.views import run_json
 
 __all__ = ["Service"]

@@ -1,79 +1,23 @@
 """What the server keeps and reads in the journal's database: API keys (hashed), and runs read
 with the caller's user id (and the served agent's name) in the query, never filtered after.
 
-The SQL store opens its own connection to the journal's file or server (the journal's own
-connection is not shared), in a table of its own, `serve_api_keys`, created on first use. An
-in-memory journal gets an in-memory store (development: nothing is kept).
+`open_store` gives the store beside a journal: in its SQLite file or Postgres schema
+(`sql_store`), or, for an in-memory journal, an in-memory store (development: nothing is
+kept).
 """
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
-import secrets
 import time
-from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
-from loomgraph._storage.cursor import Cursor, PgCursor, SqliteCursor
-from loomgraph._storage.pg_pool import LoopPool, import_asyncpg, open_pool, quote_ident
-from loomgraph._storage.sqlite_conn import SqliteConnection
-from loomgraph._storage.sqlite_files import open_sqlite
 from loomgraph.agent.checkpoints import may_go_on
 from loomgraph.protocols import RunRecord, RunStatus, Runtime
-from loomgraph.runtime.codec import run_from_row
-from loomgraph.runtime.schema import RUN_READ
+from loomgraph.serve.api_keys import ApiKey, hash_key, key_id, new_key
+from loomgraph.serve.run_pages import RunPage, cursor_position
+from loomgraph.serve.sql_store import PostgresStore, SqliteStore
 
-__all__ = ["ApiKey", "RunPage", "ServeStore", "cursor_number", "hash_key", "open_store"]
-
-KEY_PREFIX = "lg_"
-# A cursor is a row number of the journal's `runs` (a 64-bit signed integer in SQLite and
-# Postgres), or a position in the in-memory list: never more than this.
-MAX_CURSOR = 2**63 - 1
-
-
-def cursor_number(cursor: str) -> int | None:
-    """The number a cursor this store gives stands for; None for one it cannot have given
-    (not ASCII digits: `int` also reads "²", " 1", "1_0"; or past the journal's integers)."""
-    if not (cursor.isascii() and cursor.isdigit()):
-        return None
-    number = int(cursor)
-    return number if number <= MAX_CURSOR else None
-
-
-def hash_key(key: str) -> str:
-    """The stored form of a key (keys are 256 random bits, so a plain SHA-256 is enough)."""
-    return hashlib.sha256(key.encode()).hexdigest()
-
-
-# A key's public id: the start of its hash, enough to name it (to revoke it), never the key.
-KEY_ID_CHARS = 12
-
-
-def key_id(key_hash: str) -> str:
-    """The id a stored key is listed and revoked by."""
-    return key_hash[:KEY_ID_CHARS]
-
-
-@dataclass(frozen=True, slots=True)
-class ApiKey:
-    """Who a key authenticates, and whether they may answer approvals; its id and when it
-    was made, for listing and revoking."""
-
-    user_id: str
-    approver: bool = False
-    label: str = ""
-    key_id: str = ""
-    created_at: float = 0.0
-
-
-@dataclass(frozen=True, slots=True)
-class RunPage:
-    """One page of a user's runs, newest first, and the cursor of the next page (None: last)."""
-
-    runs: list[RunRecord]
-    cursor: str | None
+__all__ = ["MemoryStore", "ServeStore", "open_store"]
 
 
 class ServeStore(Protocol):
@@ -117,18 +61,6 @@ class ServeStore(Protocol):
     async def close(self) -> None:
         """Release connections."""
         ...
-
-
-def new_key() -> str:
-    """A fresh API key."""
-    return KEY_PREFIX + secrets.token_urlsafe(32)
-
-
-def _position(cursor: str) -> int:
-    number = cursor_number(cursor)
-    if number is None:
-        raise ValueError(f"cursor {cursor!r} is not one this store gave")
-    return number
 
 
 class MemoryStore:
@@ -186,209 +118,13 @@ class MemoryStore:
             and (graph is None or r.graph_name == graph)
             and (agent is None or may_go_on(r.agent_name, agent))
         ]
-        start = _position(cursor) if cursor else 0
+        start = cursor_position(cursor) if cursor else 0
         page = rows[start : start + limit]
         more = start + limit < len(rows)
         return RunPage(page, str(start + limit) if more else None)
 
     async def close(self) -> None:
         """Nothing to release."""
-
-
-class SqlStore:
-    """The store in the journal's SQLite file or Postgres schema."""
-
-    def __init__(self, prefix: str, placeholder_cursor: Any, agent_of: str) -> None:
-        self._p = prefix
-        self._cursor = placeholder_cursor
-        # The name of the run's agent in its `initial` JSON, NULL when none was kept: read in
-        # the query, so pages and cursors stay the query's (no column, no schema change).
-        self._agent_of = agent_of
-
-    def _ddl(self) -> list[str]:
-        return [
-            f"CREATE TABLE IF NOT EXISTS {self._p}serve_api_keys (key_hash TEXT PRIMARY KEY, "
-            "user_id TEXT NOT NULL, approver INTEGER NOT NULL, label TEXT NOT NULL, "
-            "created_at DOUBLE PRECISION NOT NULL)"
-        ]
-
-    @contextlib.asynccontextmanager
-    async def _cur(self) -> AsyncIterator[Cursor]:
-        async with self._cursor() as cur:
-            yield cur
-
-    async def add_key(self, user_id: str, *, approver: bool = False, label: str = "") -> str:
-        """Store a new key's hash; the key."""
-        key = new_key()
-        async with self._cur() as cur:
-            await cur.execute(
-                f"INSERT INTO {self._p}serve_api_keys VALUES (?, ?, ?, ?, ?)",
-                (hash_key(key), user_id, int(approver), label, time.time()),
-            )
-        return key
-
-    async def key(self, key: str) -> ApiKey | None:
-        """Who a key authenticates, or None."""
-        found = await self._keys("WHERE key_hash = ?", (hash_key(key),))
-        return found[0] if found else None
-
-    async def keys(self) -> list[ApiKey]:
-        """Every stored key, oldest first."""
-        return await self._keys("ORDER BY created_at, key_hash", ())
-
-    async def revoke(self, key_id: str) -> ApiKey | None:
-        """Delete the key with this id; what it was."""
-        if len(key_id) != KEY_ID_CHARS:
-            return None
-        where = f"WHERE substr(key_hash, 1, {KEY_ID_CHARS}) = ?"
-        found = await self._keys(where, (key_id,))
-        if len(found) != 1:
-            return None  # none, or (never seen) two keys sharing an id: delete neither
-        async with self._cur() as cur:
-            await cur.execute(f"DELETE FROM {self._p}serve_api_keys {where}", (key_id,))
-        return found[0]
-
-    async def _keys(self, where: str, args: tuple[Any, ...]) -> list[ApiKey]:
-        async with self._cur() as cur:
-            rows = await cur.fetch(
-                "SELECT user_id, approver, label, key_hash, created_at "
-                f"FROM {self._p}serve_api_keys {where}",
-                args,
-            )
-        return [ApiKey(r[0], bool(r[1]), r[2], key_id(r[3]), r[4]) for r in rows]
-
-    def _agent_filter(self, agent: str | None, where: list[str], args: list[Any]) -> None:
-        """Keep the runs an Agent called `agent` may go on with: the runs of that name, and
-        those of no recorded name (`checkpoints.may_go_on`, in SQL)."""
-        if agent is not None:
-            where.append(f"COALESCE({self._agent_of}, '') IN ('', ?)")
-            args.append(agent)
-
-    async def run(self, run_id: str, user_id: str, *, agent: str | None = None) -> RunRecord | None:
-        """The run when it is this user's (and the agent's), all in the query."""
-        where, args = ["run_id = ?", "user_id = ?"], list[Any]([run_id, user_id])
-        self._agent_filter(agent, where, args)
-        async with self._cur() as cur:
-            rows = await cur.fetch(
-                f"SELECT {RUN_READ} FROM {self._p}runs WHERE {' AND '.join(where)}", args
-            )
-        return run_from_row(rows[0]) if rows else None
-
-    async def runs(
-        self,
-        user_id: str,
-        *,
-        status: RunStatus | None = None,
-        graph: str | None = None,
-        limit: int = 50,
-        cursor: str | None = None,
-        agent: str | None = None,
-    ) -> RunPage:
-        """A page of this user's runs, newest first; the cursor is the journal's row number."""
-        where, args = ["user_id = ?"], list[Any]([user_id])
-        self._agent_filter(agent, where, args)
-        if status is not None:
-            where.append("status = ?")
-            args.append(str(status))
-        if graph is not None:
-            where.append("graph_name = ?")
-            args.append(graph)
-        if cursor is not None:
-            where.append("n < ?")
-            args.append(_position(cursor))
-        sql = (
-            f"SELECT {RUN_READ}, n FROM {self._p}runs WHERE {' AND '.join(where)} "
-            f"ORDER BY n DESC LIMIT {int(limit) + 1}"
-        )
-        async with self._cur() as cur:
-            rows: Sequence[Sequence[Any]] = await cur.fetch(sql, args)
-        page = [run_from_row(tuple(r)[:-1]) for r in rows[:limit]]
-        more = len(rows) > limit
-        return RunPage(page, str(rows[limit - 1][-1]) if more and limit else None)
-
-    async def close(self) -> None:
-        """Overridden by each backend."""
-
-
-# The agent's name in a Postgres run's `initial` (json). `->>` fails on a document holding
-# `\u0000` (a prompt's NUL: the Python API takes it), which would break the user's listings;
-# such a one is read with each escaped backslash spelt `\u005c` (so a `\u0000` left is a NUL),
-# each NUL as U+FFFD.
-_PG_AGENT_OF = (
-    r"(CASE WHEN strpos(initial::text, E'\\u0000') > 0 THEN (replace(replace(initial::text, "
-    r"E'\\\\', E'\\u005c'), E'\\u0000', E'\\ufffd'))::json->>'agent' "
-    r"ELSE initial->>'agent' END)"
-)
-
-
-class SqliteStore(SqlStore):
-    """The store in the journal's SQLite file."""
-
-    def __init__(self, path: str) -> None:
-        self.path = path
-        self._db = SqliteConnection(self._open)
-        super().__init__("", self._session, "json_extract(initial, '$.agent')")
-
-    async def _open(self) -> Any:
-        conn = await open_sqlite(self.path, busy_timeout=30.0, verify=False)
-        await conn.execute("BEGIN IMMEDIATE")
-        for statement in self._ddl():
-            await conn.execute(statement)
-        await conn.execute("COMMIT")
-        return conn
-
-    @contextlib.asynccontextmanager
-    async def _session(self) -> AsyncIterator[Cursor]:
-        async with self._db.session() as conn:
-            yield SqliteCursor(conn)
-
-    async def close(self) -> None:
-        """Close the connection."""
-        await self._db.close()
-
-
-class PostgresStore(SqlStore):
-    """The store in the journal's Postgres schema."""
-
-    def __init__(self, dsn: str, schema: str) -> None:
-        self._pg = import_asyncpg("the key store")
-        self.dsn, self.schema = dsn, schema
-        self._pools = LoopPool(self._open)
-        super().__init__(quote_ident(schema) + ".", self._session, _PG_AGENT_OF)
-
-    async def _open(self) -> Any:
-        async def setup(con: Any) -> None:
-            await con.execute(f"CREATE SCHEMA IF NOT EXISTS {quote_ident(self.schema)}")
-            for statement in self._ddl():
-                await con.execute(statement)
-
-        return await open_pool(
-            self._pg, self.dsn, pool_size=4, setup=setup, lock=f"loomgraph.serve:{self.schema}"
-        )
-
-    @contextlib.asynccontextmanager
-    async def _session(self) -> AsyncIterator[Cursor]:
-        async with self._pools.cursor(transaction=False) as cur:
-            yield _PgRows(cur)
-
-    async def close(self) -> None:
-        """Close the pool."""
-        await self._pools.close()
-
-
-class _PgRows:
-    """A Postgres cursor whose rows are plain tuples."""
-
-    def __init__(self, cur: PgCursor) -> None:
-        self._cur = cur
-
-    async def execute(self, sql: str, args: Sequence[Any] = ()) -> int:
-        return await self._cur.execute(sql, args)
-
-    async def fetch(self, sql: str, args: Sequence[Any] = ()) -> list[Sequence[Any]]:
-        if any(isinstance(a, str) and "\x00" in a for a in args):
-            return []  # Postgres text holds no NUL (and refuses one): no row has one
-        return [tuple(r) for r in await self._cur.fetch(sql, args)]
 
 
 def open_store(runtime: Runtime) -> ServeStore:

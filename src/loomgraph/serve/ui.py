@@ -42,8 +42,8 @@ from loomgraph.serve.errors import (
     message_of,
     status_of,
 )
+from loomgraph.serve.run_pages import cursor_number
 from loomgraph.serve.service import Service
-from loomgraph.serve.store import cursor_number
 from loomgraph.serve.views import run_json
 
 __all__ = ["ui_routes"]

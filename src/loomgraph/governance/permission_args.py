@@ -1,0 +1,54 @@
+"""StandardPermissions' arguments read and checked: rule lists, named sets, timeouts."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from loomgraph.governance.rule_errors import PermissionConfigError, PermissionTypeError
+from loomgraph.governance.rules import Rule, SetSource, parse_rule
+
+__all__ = ["check_set_names", "checked_sets", "checked_timeout", "parse_rules"]
+
+
+def parse_rules(rules: Iterable[str], kind: str) -> list[Rule]:
+    """The rules of one list (`kind`: `allow` or `deny`), parsed; a lone string is refused."""
+    if isinstance(rules, str | Mapping):
+        raise PermissionTypeError(f"{kind} must be a list of rules, not {rules!r}")
+    return [parse_rule(r, unless=False) for r in rules]
+
+
+def checked_sets(sets: Mapping[str, SetSource] | None) -> dict[str, SetSource]:
+    """Named sets as kept: a callable as given, an iterable of strings as a frozenset."""
+    out: dict[str, SetSource] = {}
+    for name, source in (sets or {}).items():
+        if callable(source):
+            out[name] = source
+        elif isinstance(source, str) or not isinstance(source, Iterable):
+            raise PermissionTypeError(
+                f"set {name!r} must be a list of strings or a callable returning them"
+            )
+        else:
+            items = list(source)
+            if not all(isinstance(i, str) for i in items):
+                raise PermissionTypeError(f"set {name!r} must hold only strings")
+            out[name] = frozenset(items)
+    return out
+
+
+def check_set_names(rule: Rule, sets: Mapping[str, SetSource]) -> None:
+    """Refuse a rule naming a `$set` that `sets` does not hold."""
+    unknown = sorted(rule.set_names - set(sets))
+    if unknown:
+        raise PermissionConfigError(
+            f"rule {rule.text!r} uses unknown set(s) {', '.join('$' + u for u in unknown)}"
+        )
+
+
+def checked_timeout(value: Any, what: str) -> float | None:
+    """A positive number of seconds (`what` names the argument) as a float, or None."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+        raise PermissionConfigError(f"{what} must be a positive number of seconds, not {value!r}")
+    return float(value)
