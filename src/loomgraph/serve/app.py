@@ -15,11 +15,12 @@ from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
+from starlette.types import ASGIApp
 
 from loomgraph.agent.agent import Agent
 from loomgraph.agent.fleet import fleet_queue
 from loomgraph.serve.api import Json, api_routes
-from loomgraph.serve.auth import Auth, api_key_auth, dev_auth
+from loomgraph.serve.auth import Auth, LoopbackHostOnly, api_key_auth, dev_auth
 from loomgraph.serve.headers import SecurityHeaders, content_security_policy
 from loomgraph.serve.hub import RunHub
 from loomgraph.serve.openapi import openapi
@@ -28,6 +29,19 @@ from loomgraph.serve.store import ServeStore, open_store
 from loomgraph.serve.ui import ui_routes
 
 __all__ = ["create_app"]
+
+
+class _App(Starlette):
+    """Starlette with `SecurityHeaders` around its whole middleware stack. Starlette puts its
+    `ServerErrorMiddleware` outside the middleware it is given, so a header middleware among
+    them never sees the 500 that one sends for an endpoint that raised."""
+
+    def __init__(self, *, csp: str, **options: Any) -> None:
+        self.csp = csp
+        super().__init__(**options)
+
+    def build_middleware_stack(self) -> ASGIApp:
+        return SecurityHeaders(super().build_middleware_stack(), csp=self.csp)
 
 
 @contextlib.contextmanager
@@ -141,11 +155,13 @@ def create_app(
         *api_routes(service),
         *ui_routes(service),
     ]
-    app = Starlette(
+    # (The security headers wrap all of this, the Host check included: `_App`.)
+    app = _App(
+        csp=content_security_policy(),
         routes=routes,
         lifespan=lifespan,
         exception_handlers={HTTPException: http_error},
-        middleware=[Middleware(SecurityHeaders, csp=content_security_policy())],
+        middleware=[Middleware(LoopbackHostOnly)] if dev else [],
     )
     app.state.service = service
     return app

@@ -18,6 +18,11 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+from starlette.datastructures import Headers
+from starlette.responses import JSONResponse
+from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.websockets import WebSocketClose
+
 from loomgraph.serve.errors import Forbidden, Unauthorized
 from loomgraph.serve.store import ServeStore
 
@@ -25,6 +30,7 @@ __all__ = [
     "Auth",
     "Caller",
     "DevModeRefused",
+    "LoopbackHostOnly",
     "api_key_auth",
     "authenticate",
     "dev_auth",
@@ -105,28 +111,59 @@ def _host_and_port(host: str) -> tuple[str, str]:
     return name.lower(), port
 
 
+def _foreign_host(scope: Scope) -> Forbidden | None:
+    """Forbidden when the request's Host does not name this server on loopback: localhost,
+    127.0.0.1, [::1] or the address it is bound to, with its port; else None."""
+    host = Headers(scope=scope).get("host", "")
+    bound, port = (scope.get("server") or (None, None))[:2]
+    name, given = _host_and_port(host)
+    names = LOOPBACK_NAMES | ({str(bound).lower(), f"[{bound}]".lower()} if bound else set())
+    ours = given == str(port) if given else port in (None, 80)
+    if name in names and ours:
+        return None
+    return Forbidden(
+        f"the Host {host!r} is not this server: in development mode (--dev) it answers "
+        f"only localhost, 127.0.0.1 or [::1]{f' on port {port}' if port else ''}"
+    )
+
+
 def refuse_foreign_host(request: Any) -> None:
     """Forbidden unless the request's Host names this server on loopback: localhost,
     127.0.0.1, [::1] or the address it is bound to, with its port. A page of another site
     whose name resolves to 127.0.0.1 (DNS rebinding) reaches a loopback server with the
-    browser, under its own name: `--dev`, which believes X-User-Id, must not answer it."""
-    host = request.headers.get("host", "")
-    bound, port = (request.scope.get("server") or (None, None))[:2]
-    name, given = _host_and_port(host)
-    names = LOOPBACK_NAMES | ({str(bound).lower(), f"[{bound}]".lower()} if bound else set())
-    ours = given == str(port) if given else port in (None, 80)
-    if name not in names or not ours:
-        raise Forbidden(
-            f"the Host {host!r} is not this server: in development mode (--dev) it answers "
-            f"only localhost, 127.0.0.1 or [::1]{f' on port {port}' if port else ''}"
-        )
+    browser, under its own name: `--dev`, which believes X-User-Id, must not answer it.
+    `create_app(dev=True)` checks every request (`LoopbackHostOnly`); this is for a route
+    or an `auth` used without it."""
+    refusal = _foreign_host(request.scope)
+    if refusal is not None:
+        raise refusal
+
+
+class LoopbackHostOnly:
+    """ASGI middleware of `--dev`: a request whose Host is not this server on loopback
+    (`refuse_foreign_host`) reaches no route, whichever: it is answered 403 `forbidden`
+    naming the Host (a WebSocket is closed, 1008)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        refusal = _foreign_host(scope) if scope["type"] in ("http", "websocket") else None
+        if refusal is None:
+            await self.app(scope, receive, send)
+        elif scope["type"] == "websocket":
+            await WebSocketClose(code=1008)(scope, receive, send)
+        else:
+            body = {"error": {"type": refusal.kind, "message": str(refusal)}}
+            await JSONResponse(body, status_code=refusal.status)(scope, receive, send)
 
 
 def dev_auth(host: str, fallback: Auth | None = None) -> Auth:
     """Development only: trust an `X-User-Id` header or (as `viewer_cookie` allows) the
     viewer's `loomgraph_user` cookie, with the approver role. Refused unless
     the server is bound to loopback, and then every request (any credentials) is Forbidden
-    whose Host is not loopback (`refuse_foreign_host`); requests without the header go to
+    whose Host is not loopback (`refuse_foreign_host`; `create_app(dev=True)` also refuses
+    such a request on every route, `LoopbackHostOnly`); requests without the header go to
     `fallback`."""
     if not is_loopback(host):
         raise DevModeRefused(

@@ -1,5 +1,5 @@
 """Security headers on every answer: the pages' Content-Security-Policy, no framing, no
-sniffing, `no-store`, and `Secure` cookies over https."""
+sniffing, `no-store`, and over https HSTS and `Secure` cookies."""
 
 from __future__ import annotations
 
@@ -14,6 +14,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 __all__ = ["SecurityHeaders", "content_security_policy"]
 
 _HERE = Path(__file__).parent
+# A year; not includeSubDomains nor preload: the server does not own its parent domain.
+HSTS = "max-age=31536000"
 # The style htmx adds to the page for its request indicators (htmx 2, default class names).
 _HTMX_STYLE = (
     ".htmx-indicator{opacity:0;visibility: hidden} .htmx-request .htmx-indicator, "
@@ -53,8 +55,10 @@ def content_security_policy() -> str:
 
 class SecurityHeaders:
     """ASGI middleware: security headers on every answer (`Cache-Control: no-store` but on
-    the viewer's static files), and `Secure` on every cookie set over https (as the server
-    saw the request: uvicorn takes `X-Forwarded-Proto` from a proxy it trusts)."""
+    the viewer's static files), and over https (as the server saw the request: uvicorn takes
+    `X-Forwarded-Proto` from a proxy it trusts) `Strict-Transport-Security` and `Secure` on
+    every cookie set. To cover every answer, Starlette's own 500 included, it wraps the app's
+    whole middleware stack (`create_app`), not as one of the app's middleware."""
 
     def __init__(self, app: ASGIApp, csp: str) -> None:
         self.app = app
@@ -86,6 +90,8 @@ class SecurityHeaders:
                     headers[name] = value
                 if not static:
                     headers["Cache-Control"] = "no-store"
+                if https:
+                    headers["Strict-Transport-Security"] = HSTS
             await send(message)
 
         await self.app(scope, receive, sending)
