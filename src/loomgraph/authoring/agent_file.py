@@ -17,11 +17,12 @@ from pydantic import ValidationError
 
 from loomgraph.authoring.agent_spec import AgentSpec, ModelSpec, model_name_problem
 from loomgraph.authoring.library import load_graph
-from loomgraph.authoring.loader import Lines, graph_from_data, parse_yaml
+from loomgraph.authoring.loader import graph_from_data, parse_yaml
 from loomgraph.authoring.secrets import redact, substitute_env
 from loomgraph.errors import GraphError, GraphValidationError, Problem, ProblemsError
 from loomgraph.graph.imports import import_object
 from loomgraph.graph.spec import Graph
+from loomgraph.protocols.safe_yaml import Lines
 
 __all__ = ["AgentFile", "AgentFileError", "agent_json_schema", "load_agent_file"]
 

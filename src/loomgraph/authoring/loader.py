@@ -5,53 +5,18 @@ from __future__ import annotations
 from collections.abc import Mapping
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import yaml
 from pydantic import ValidationError
 
+from loomgraph.authoring.parsed_graphs import read_parsed
 from loomgraph.errors import GraphError, GraphValidationError, Problem
 from loomgraph.graph.spec import Graph
-from loomgraph.protocols.safe_yaml import BoundedLoader, YamlRefused
 
-Lines = dict[tuple[str | int, ...], int]
+if TYPE_CHECKING:
+    from loomgraph.protocols.safe_yaml import Lines
 
 _MAX_YAML_BYTES = 1_000_000
-
-
-def _to_data(
-    loader: BoundedLoader,
-    node: yaml.Node,
-    path: tuple[str | int, ...],
-    lines: Lines,
-    problems: list[Problem],
-    file: str | None,
-) -> Any:
-    """Build plain data from a YAML node, recording each path's line and duplicate keys."""
-    lines[path] = node.start_mark.line + 1
-    if isinstance(node, yaml.MappingNode):
-        out: dict[Any, Any] = {}
-        for key_node, value_node in node.value:
-            key = loader.construct_object(key_node)
-            if not isinstance(key, str | int):
-                key = str(key)
-            if key in out:
-                problems.append(
-                    Problem(
-                        "duplicate-name",
-                        f"key {key!r} appears twice in {_dotted(path)}",
-                        file,
-                        key_node.start_mark.line + 1,
-                    )
-                )
-            out[key] = _to_data(loader, value_node, (*path, key), lines, problems, file)
-        return out
-    if isinstance(node, yaml.SequenceNode):
-        return [
-            _to_data(loader, item, (*path, i), lines, problems, file)
-            for i, item in enumerate(node.value)
-        ]
-    return loader.construct_object(node)
 
 
 def _dotted(path: tuple[str | int, ...]) -> str:
@@ -66,16 +31,18 @@ def parse_yaml(text: str, file: str | None = None) -> tuple[Any, Lines, list[Pro
             {},
             [Problem("yaml-too-large", f"graph file over {_MAX_YAML_BYTES} bytes", file, None)],
         )
+    # Imported here: an agent on a built-in graph reads it parsed ahead (`parsed_graphs`).
+    import yaml
+
+    from loomgraph.protocols.safe_yaml import BoundedLoader, YamlRefused, located_data
+
     try:
         loader = BoundedLoader(text)  # checks every character first: a NUL raises here
     except yaml.reader.ReaderError as err:
         at = text.count("\n", 0, err.position) + 1
         return None, {}, [Problem("yaml-syntax", str(err), file, at)]
-    lines: Lines = {}
-    problems: list[Problem] = []
     try:
-        root = loader.get_single_node()
-        data = None if root is None else _to_data(loader, root, (), lines, problems, file)
+        data, lines, duplicates = located_data(loader)
     except YamlRefused as refused:
         kind = {"alias": "yaml-alias", "depth": "yaml-too-deep"}.get(refused.kind, "yaml-syntax")
         return None, {}, [Problem(kind, str(refused), file, refused.line)]
@@ -89,6 +56,15 @@ def parse_yaml(text: str, file: str | None = None) -> tuple[Any, Lines, list[Pro
         return None, {}, [Problem("yaml-syntax", str(err), file, None)]
     finally:
         loader.dispose()
+    problems = [
+        Problem(
+            "duplicate-name",
+            f"key {dup.key!r} appears twice in {_dotted(dup.mapping)}",
+            file,
+            dup.line,
+        )
+        for dup in duplicates
+    ]
     return data, lines, problems
 
 
@@ -161,12 +137,16 @@ def graph_from_yaml(text: str, *, file: str | None = None) -> Graph:
 
 
 def load_graph_file(path: str | Path) -> Graph:
-    """Load and validate a graph file."""
+    """Load and validate a graph file (a built-in one as parsed ahead, when that is current)."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as err:
         raise GraphValidationError([Problem("unreadable-file", str(err), str(path))]) from None
+    parsed = read_parsed(path, text) if _shipped(str(path)) else None
+    if parsed is not None:
+        data, lines = parsed
+        return graph_from_data(data, file=str(path), lines=lines)
     return graph_from_yaml(text, file=str(path))
 
 
@@ -239,4 +219,6 @@ def resolve_graph_ref(ref: str, parent: Graph) -> Graph:
 
 def graph_to_yaml(graph: Graph) -> str:
     """The graph as YAML text; loading it back gives an equal graph."""
+    import yaml
+
     return yaml.safe_dump(graph.to_data(), sort_keys=False, allow_unicode=True, width=100)

@@ -20,9 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
-
-import yaml
+from typing import TYPE_CHECKING, Any
 
 from loomgraph.governance.rule_errors import (
     PermissionConfigError,
@@ -31,11 +29,12 @@ from loomgraph.governance.rule_errors import (
 )
 from loomgraph.governance.rule_syntax import parse_text
 from loomgraph.governance.rules import Rule, parse_rule
-from loomgraph.protocols.safe_yaml import BoundedLoader, YamlRefused
+
+if TYPE_CHECKING:
+    from loomgraph.protocols.safe_yaml import Lines
 
 __all__ = ["MODES", "ask_entry", "kwargs_from_data", "kwargs_from_file"]
 
-Lines = dict[tuple[str | int, ...], int]
 TOP_KEYS = ("mode", "allow", "ask", "deny", "per_user", "sets", "approval_timeout_s", "on_tainted")
 USER_KEYS = ("mode", "allow", "ask", "deny", "sets", "approval_timeout_s")
 ASK_KEYS = ("rule", "unless", "approval_timeout_s")
@@ -208,18 +207,19 @@ def _set_file(base: Path | None, name: Any, fail: Any, path: tuple[str | int, ..
 
 
 def _parse_yaml(text: str, file: str) -> tuple[Any, Lines]:
+    # Imported here: permissions given in code never need a YAML parser.
+    import yaml
+
+    from loomgraph.protocols.safe_yaml import BoundedLoader, YamlRefused, located_data
+
     try:
         loader = BoundedLoader(text)  # checks every character first: a NUL raises here
     except yaml.reader.ReaderError as err:
         where = text.count("\n", 0, err.position) + 1
         problem = f"unacceptable character #x{err.character:04x}: not allowed in YAML"
         raise PermissionConfigError(problem, file=file, line=where) from None
-    lines: Lines = {}
     try:
-        root = loader.get_single_node()
-        data = None if root is None else _to_data(loader, root, (), lines, file)
-    except PermissionConfigError as err:
-        raise err.at(file, None) from None
+        data, lines, duplicates = located_data(loader)
     except YamlRefused as refused:
         raise PermissionConfigError(str(refused), file=file, line=refused.line) from None
     except RecursionError:  # the depth limit should stop it first; never a traceback
@@ -231,24 +231,7 @@ def _parse_yaml(text: str, file: str) -> tuple[Any, Lines]:
         raise PermissionConfigError(str(err), file=file) from None
     finally:
         loader.dispose()
+    if duplicates:
+        first = duplicates[0]
+        raise PermissionConfigError(f"key {first.key!r} appears twice", file=file, line=first.line)
     return data, lines
-
-
-def _to_data(
-    loader: BoundedLoader, node: yaml.Node, path: tuple[str | int, ...], lines: Lines, file: str
-) -> Any:
-    lines[path] = node.start_mark.line + 1
-    if isinstance(node, yaml.MappingNode):
-        out: dict[Any, Any] = {}
-        for key_node, value_node in node.value:
-            key = loader.construct_object(key_node)
-            key = key if isinstance(key, str | int) else str(key)
-            if key in out:
-                raise PermissionConfigError(
-                    f"key {key!r} appears twice", file=file, line=key_node.start_mark.line + 1
-                )
-            out[key] = _to_data(loader, value_node, (*path, key), lines, file)
-        return out
-    if isinstance(node, yaml.SequenceNode):
-        return [_to_data(loader, n, (*path, i), lines, file) for i, n in enumerate(node.value)]
-    return loader.construct_object(node)

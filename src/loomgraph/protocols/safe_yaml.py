@@ -8,13 +8,17 @@ naming the file and line. Imported by the loaders only: `import loomgraph` loads
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import yaml
 
 from loomgraph.errors import LoomgraphError
 
-__all__ = ["MAX_YAML_DEPTH", "BoundedLoader", "YamlRefused"]
+__all__ = ["MAX_YAML_DEPTH", "BoundedLoader", "Duplicate", "Lines", "YamlRefused", "located_data"]
+
+# Where each part of a file's data was written: data path (keys and indexes) to line.
+Lines = dict[tuple[str | int, ...], int]
 
 # Mappings and lists inside each other: the files loomgraph reads need fewer than ten levels.
 MAX_YAML_DEPTH = 64
@@ -63,3 +67,37 @@ class BoundedLoader(yaml.SafeLoader):
 
 
 BoundedLoader.add_constructor("tag:yaml.org,2002:int", BoundedLoader.construct_int)
+
+
+@dataclass(frozen=True, slots=True)
+class Duplicate:
+    """A key written twice in one mapping (the later value is the one kept)."""
+
+    key: str | int
+    mapping: tuple[str | int, ...]  # the data path of the mapping
+    line: int
+
+
+def located_data(loader: BoundedLoader) -> tuple[Any, Lines, list[Duplicate]]:
+    """The loader's single document as plain data, the line of each of its data paths, and
+    the keys written twice. Raises YamlRefused, or the YAML library's error."""
+    lines: Lines = {}
+    duplicates: list[Duplicate] = []
+
+    def build(node: yaml.Node, path: tuple[str | int, ...]) -> Any:
+        lines[path] = node.start_mark.line + 1
+        if isinstance(node, yaml.MappingNode):
+            out: dict[Any, Any] = {}
+            for key_node, value_node in node.value:
+                key = loader.construct_object(key_node)
+                key = key if isinstance(key, str | int) else str(key)
+                if key in out:
+                    duplicates.append(Duplicate(key, path, key_node.start_mark.line + 1))
+                out[key] = build(value_node, (*path, key))
+            return out
+        if isinstance(node, yaml.SequenceNode):
+            return [build(item, (*path, i)) for i, item in enumerate(node.value)]
+        return loader.construct_object(node)
+
+    root = loader.get_single_node()
+    return (None if root is None else build(root, ())), lines, duplicates
