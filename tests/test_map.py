@@ -117,3 +117,28 @@ def test_map_over_a_field_that_is_not_a_list_is_invalid() -> None:
     with pytest.raises(GraphValidationError) as err:
         graph_from_yaml(bad)
     assert "kind-check" in err.value.rules and "not a list" in str(err.value)
+
+
+@pytest.mark.parametrize("cities", [3, 4])
+async def test_a_list_longer_than_max_items_ends_the_run_before_any_branch(cities: int) -> None:
+    bounded = GRAPH.replace("concurrency: 2}", "concurrency: 2, max_items: 3}")
+    model = ScriptedModel(report)
+    agent = Agent("x", model=model, architecture=graph_from_yaml(bounded))
+    result = await agent.run(" ".join(["Lima", "Oslo", "Pune", "Kyiv"][:cities]))
+    if cities <= 3:
+        assert (result.status, result.usage.model_calls) == ("completed", 3)
+    else:
+        assert result.status == "limit_reached"
+        assert result.reason == "item limit of map 'each' reached: 4 items in 'cities', at most 3"
+        assert result.usage.model_calls == 0  # no branch started
+
+
+async def test_plan_execute_stops_a_plan_of_more_steps_than_it_maps() -> None:
+    # A model that plans 10,000 steps started 10,000 agents; the built-in graph maps 20.
+    plan = {"steps": [f"step {i}" for i in range(10_000)], "parallel": False}
+    model = ScriptedModel([{"tool_calls": [{"tool": "respond", "args": plan}]}])
+    agent = Agent("x", model=model, architecture="plan-execute")
+    result = await agent.run("do it")
+    assert result.status == "limit_reached"
+    assert "10000 items in 'plan.steps', at most 20" in result.reason
+    assert result.usage.model_calls == 1

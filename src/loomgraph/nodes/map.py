@@ -14,7 +14,11 @@ from loomgraph.graph.spec import Graph
 from loomgraph.graph.state import final_output, parse_type
 from loomgraph.nodes.concurrency import run_all
 from loomgraph.nodes.subgraph import ChildGraphNode, ChildGraphParams
-from loomgraph.protocols import Usage
+from loomgraph.protocols import RunStatus, RunStopped, Usage
+
+# As the visit limits, a bound every map has unless its graph says otherwise: a model that
+# plans 10,000 steps must not start 10,000 agents.
+DEFAULT_MAX_ITEMS = 100
 
 
 class MapParams(ChildGraphParams):
@@ -37,6 +41,12 @@ class MapParams(ChildGraphParams):
         description="the field the list of results is written to, through its reducer"
     )
     concurrency: int = Field(4, ge=1, description="branches run at once")
+    max_items: int = Field(
+        DEFAULT_MAX_ITEMS,
+        ge=1,
+        description="items mapped at most: a longer list ends the run with `limit_reached` "
+        "before any branch runs",
+    )
 
 
 @register_node("map")
@@ -86,6 +96,12 @@ class MapNode(ChildGraphNode):
         items = items or []
         if not isinstance(items, list):
             raise TypeError(f"map over {p.over!r}: expected a list, got {type(items).__name__}")
+        if len(items) > p.max_items:
+            raise RunStopped(
+                RunStatus.LIMIT_REACHED,
+                f"item limit of map {self.name!r} reached: {len(items)} items in "
+                f"{p.over!r}, at most {p.max_items}",
+            )
         shared = {child: state.get(parent) for child, parent in p.inputs.items() if child != p.item}
 
         async def branch(index: int, item: Any) -> dict[str, Any]:
