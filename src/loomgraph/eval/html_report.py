@@ -63,6 +63,13 @@ def _plots(report: Report) -> list[tuple[str, str, str]]:
     import matplotlib
 
     matplotlib.use("Agg")
+    # Strategy names and case ids are the user's: plain text, never mathtext (`$...$` read
+    # as TeX renders another name, or crashes the report when a `$` has no pair).
+    with matplotlib.rc_context({"text.parse_math": False, "text.usetex": False}):
+        return _draw(report)
+
+
+def _draw(report: Report) -> list[tuple[str, str, str]]:
     from matplotlib import pyplot as plt
 
     names = [s.strategy for s in report.strategies]
@@ -88,21 +95,28 @@ def _plots(report: Report) -> list[tuple[str, str, str]]:
     plots.append(("score-distribution", "Score distribution per strategy", _svg(figure)))
     plt.close(figure)
     figure, axes = plt.subplots(figsize=(7, 3.5))
+    dots = []
     for name in names:
         xs, ys = zip(*points[name], strict=True) if points[name] else ((), ())
-        axes.scatter(xs, ys, label=name, alpha=0.6)
+        dots.append(axes.scatter(xs, ys, alpha=0.6))
     axes.set_xlabel("cost per run (USD)" if priced else "tokens per run")
     axes.set_ylabel("score")
-    axes.legend()
+    # Handles and labels given together: a label starting with `_` is then shown too (a
+    # `label=` argument starting with `_` would hide the strategy from the legend).
+    axes.legend(dots, names)
     plots.append(("cost-vs-score", "Cost versus score, per run", _svg(figure)))
     plt.close(figure)
     cases = sorted(report.case_scores)
     grid = [[report.case_scores[c].get(n, float("nan")) for n in names] for c in cases]
-    figure, axes = plt.subplots(figsize=(1.5 + 1.4 * len(names), 0.8 + 0.28 * len(cases)))
-    image = axes.imshow(grid, aspect="auto", vmin=0, vmax=1, cmap="RdYlGn")
-    axes.set_xticks(range(len(names)), names)
-    axes.set_yticks(range(len(cases)), cases)
-    figure.colorbar(image, ax=axes, label="mean score")
+    figure, axes = plt.subplots(figsize=(1.5 + 1.4 * len(names), 0.8 + 0.28 * max(len(cases), 1)))
+    if cases:
+        image = axes.imshow(grid, aspect="auto", vmin=0, vmax=1, cmap="RdYlGn")
+        axes.set_xticks(range(len(names)), names)
+        axes.set_yticks(range(len(cases)), cases)
+        figure.colorbar(image, ax=axes, label="mean score")
+    else:  # no cases, nothing to plot (imshow refuses an empty grid)
+        axes.set_axis_off()
+        axes.text(0.5, 0.5, "no cases", ha="center", va="center")
     plots.append(("case-heatmap", "Score per case and strategy", _svg(figure)))
     plt.close(figure)
     return plots

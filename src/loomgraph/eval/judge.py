@@ -3,16 +3,26 @@
 from __future__ import annotations
 
 import json
+import math
 import re
+from contextlib import aclosing
 from typing import Any
 
 from jinja2 import StrictUndefined, TemplateError
 from jinja2.sandbox import SandboxedEnvironment
 
+from loomgraph.engine.model_answers import (
+    broken_usage,
+    cancelled_usage,
+    checked_call,
+    reported_usage,
+    unreported_usage,
+)
 from loomgraph.eval.dataset import Case
 from loomgraph.eval.evaluators import Score
 from loomgraph.eval.outcome import CaseOutcome
-from loomgraph.protocols import Model, ModelRequest, Usage
+from loomgraph.protocols import Model, ModelError, ModelRequest, ModelResponse, Usage
+from loomgraph.protocols.usage import estimate_prompt_tokens
 
 __all__ = ["JudgeEvaluator"]
 
@@ -21,13 +31,26 @@ _SYSTEM = (
     'nothing else: {"score": <a number from 0 to 1>, "reason": "<one sentence>"}.'
 )
 _REPLY_TOKENS = 256
+# The fewest reply tokens a call is made with: `{"score": 0.75}` and a few words. With less
+# room left under the cap the run is skipped, not judged by a reply cut short.
+_MIN_REPLY_TOKENS = 16
 _OBJECT = re.compile(r"\{.*\}", re.DOTALL)
+
+
+class _CapSpent(Exception):
+    """The model retries an attempt, and the cap has no room for the retry."""
 
 
 class JudgeEvaluator:
     """Asks `model` to grade a run by `rubric` (a Jinja2 template seeing `case`, `input`,
-    `answer`, `tool_calls`, `status`); its usage is counted in `usage`, apart from the runs',
-    and once `max_tokens` are spent it gives no more scores (counted in `skipped`)."""
+    `answer`, `tool_calls`, `status`).
+
+    Its usage (every attempt, read as the engine reads a model's) is counted in `usage`, apart
+    from the runs'. With `max_tokens` each call first holds its prompt's estimate and its reply
+    tokens (`held`, while it runs), so concurrent calls never spend past the cap together; a
+    call the cap has no room for gives no score (counted in `skipped`). A reply without a
+    number from 0 to 1, and a model that fails, give a failing score saying so (`failed`
+    counts the calls whose model failed)."""
 
     def __init__(
         self,
@@ -43,20 +66,17 @@ class JudgeEvaluator:
         self.max_tokens = max_tokens
         self.threshold = threshold
         self.usage = Usage()
+        self.held = 0  # tokens the calls under way hold against `max_tokens`
         self.skipped = 0
+        self.failed = 0
+        self._calls = 0
         try:
             self._template = SandboxedEnvironment(undefined=StrictUndefined).from_string(rubric)
         except TemplateError as err:
             raise ValueError(f"judge {name!r}: the rubric is not a valid template: {err}") from err
 
     async def __call__(self, case: Case, outcome: CaseOutcome) -> Score | None:
-        """Grade one run; None once the judge's own token cap is spent."""
-        budget = _REPLY_TOKENS
-        if self.max_tokens is not None:
-            budget = min(budget, self.max_tokens - self.usage.total_tokens)
-            if budget <= 0:
-                self.skipped += 1
-                return None
+        """Grade one run; None when the judge's own token cap has no room for the call."""
         prompt = self._template.render(
             case=case,
             input=case.input,
@@ -65,29 +85,104 @@ class JudgeEvaluator:
             status=outcome.status,
         )
         request = ModelRequest(
-            messages=[{"role": "user", "content": prompt}], system=_SYSTEM, max_tokens=budget
+            messages=[{"role": "user", "content": prompt}],
+            system=_SYSTEM,
+            # The judge's own call count: a scripted judge plays its turns in order.
+            run_id=f"judge:{self.name}",
+            call_index=self._calls,
         )
-        text, usage = await _complete(self.model, request)
-        self.usage = self.usage + usage
+        hold = self._hold(request)
+        if hold is None:
+            self.skipped += 1
+            return None
+        self._calls += 1
+        try:
+            text = await self._complete(request)
+        except _CapSpent:
+            self.skipped += 1
+            return None
+        except Exception as err:  # ModelError, or the model's own bug: the judge failed
+            self.failed += 1
+            why = str(err) if isinstance(err, ModelError) else f"{type(err).__name__}: {err}"
+            return Score(self.name, 0.0, False, f"the judge failed: {why}"[:500])
+        finally:
+            self.held -= hold
         return self._score(text)
+
+    def _hold(self, request: ModelRequest) -> int | None:
+        """Size the call's reply to what the cap has left and hold it with the prompt's
+        estimate; None when fewer than `_MIN_REPLY_TOKENS` are left for the reply."""
+        if self.max_tokens is None:
+            request.max_tokens = _REPLY_TOKENS
+            return 0
+        prompt = estimate_prompt_tokens(request.prompt_chars())
+        room = self.max_tokens - self.usage.total_tokens - self.held - prompt
+        if room < _MIN_REPLY_TOKENS:
+            return None
+        request.max_tokens = min(_REPLY_TOKENS, room)
+        hold = prompt + request.max_tokens
+        self.held += hold
+        return hold
+
+    def _over_cap(self) -> bool:
+        return self.max_tokens is not None and self.usage.total_tokens + self.held > self.max_tokens
+
+    async def _complete(self, request: ModelRequest) -> str:
+        """The reply's text; its usage (and every failed attempt's) is added to `usage` as the
+        engine charges a model call: reported usage checked (`Usage.reported`), and floored
+        to the prompt's estimate and what was streamed when the model reported none."""
+        streamed: list[str] = []
+        answer = ModelResponse()
+        try:
+            async with aclosing(self.model.stream(request)) as chunks:  # type: ignore[type-var]
+                async for chunk in chunks:
+                    kind = chunk.get("type")
+                    if kind == "text":
+                        streamed.append(chunk["text"])
+                    elif kind == "tool_call":
+                        answer.tool_calls.append(checked_call(chunk.get("call"), request, streamed))
+                    elif kind == "usage":
+                        answer.usage += reported_usage(chunk.get("usage"), request, streamed)
+                    elif kind == "attempt":
+                        # A failed attempt the model retries: it billed, and the retry holds
+                        # the call's worst case again, so the cap must have room for both.
+                        billed = reported_usage(chunk.get("usage"), request, streamed)
+                        self.usage += billed.with_model_calls(0)
+                        if self._over_cap():
+                            raise _CapSpent
+            text = "".join(streamed)
+        except _CapSpent:
+            self.usage += Usage(model_calls=1)
+            raise
+        except ModelError as err:
+            usage = (
+                cancelled_usage(request, streamed)  # what it billed is not known
+                if err.usage_problem
+                else broken_usage(request, err.usage, streamed)
+            )
+            self.usage += usage.with_model_calls(1)
+            raise
+        except BaseException:  # the model's own failure, or the call was cancelled
+            self.usage += cancelled_usage(request, streamed)
+            raise
+        said = answer.usage
+        if not (said.input_tokens or said.output_tokens or said.prompt_tokens):
+            answer.usage = unreported_usage(request, streamed, answer)
+        self.usage += answer.usage.with_model_calls(1)
+        return text
 
     def _score(self, text: str) -> Score:
         found = _OBJECT.search(text)
         try:
             data: Any = json.loads(found.group(0)) if found else None
-            value = float(data["score"])
-        except (ValueError, TypeError, KeyError):
-            return Score(self.name, 0.0, False, f"the judge gave no score: {text[:200]!r}")
-        value = min(max(value, 0.0), 1.0)
+        except ValueError:  # not JSON (or an integer too long to read)
+            data = None
+        value = data.get("score") if isinstance(data, dict) else None
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not (math.isfinite(value) and 0 <= value <= 1)
+        ):
+            return Score(self.name, 0.0, False, f"the judge gave no usable score: {text[:200]!r}")
+        value = float(value)
         return Score(self.name, value, value >= self.threshold, str(data.get("reason", "")))
-
-
-async def _complete(model: Model, request: ModelRequest) -> tuple[str, Usage]:
-    parts: list[str] = []
-    usage = Usage()
-    async for chunk in model.stream(request):
-        if chunk.get("type") == "text":
-            parts.append(chunk.get("text", ""))
-        elif chunk.get("type") == "usage":
-            usage = usage + chunk["usage"]
-    return "".join(parts), usage

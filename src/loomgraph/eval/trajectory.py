@@ -65,16 +65,33 @@ def matches(expected: ExpectedCall, call: CallRecord) -> bool:
     return True
 
 
-def _subsequence(expected: Sequence[ExpectedCall], calls: Sequence[CallRecord]) -> int:
-    """How many expected calls appear in order (greedy, each call used once)."""
-    found, position = 0, 0
+def _in_order(expected: Sequence[ExpectedCall], calls: Sequence[CallRecord]) -> int:
+    """The most expected calls matched in order, each to a distinct later executed call: the
+    longest common subsequence (a missing or out-of-place call costs only itself)."""
+    if _all_in_order(expected, calls):  # the common case, in one pass
+        return len(expected)
+    # best[j]: the most matched among the expected calls so far and the first j executed ones.
+    best = [0] * (len(calls) + 1)
+    for want in expected:
+        diagonal = 0  # best[j - 1] of the previous row
+        for j, call in enumerate(calls, start=1):
+            above = best[j]
+            best[j] = diagonal + 1 if matches(want, call) else max(above, best[j - 1])
+            diagonal = above
+    return best[-1]
+
+
+def _all_in_order(expected: Sequence[ExpectedCall], calls: Sequence[CallRecord]) -> bool:
+    """True when every expected call matches a later executed call than the one before it
+    (each taking the earliest that fits, which finds such a match whenever one exists)."""
+    position = 0
     for want in expected:
         while position < len(calls) and not matches(want, calls[position]):
             position += 1
         if position == len(calls):
-            break
-        found, position = found + 1, position + 1
-    return found
+            return False
+        position += 1
+    return True
 
 
 def _bipartite(expected: Sequence[ExpectedCall], calls: Sequence[CallRecord]) -> int:
@@ -100,7 +117,7 @@ def match_trajectory(spec: ToolTrajectory, calls: Sequence[CallRecord]) -> Traje
     if spec.mode is TrajectoryMode.ANY_ORDER:
         matched = _bipartite(expected, calls)
         return TrajectoryMatch(matched, len(expected), len(calls), passed=matched == len(expected))
-    matched = _subsequence(expected, calls)
+    matched = _in_order(expected, calls)
     if spec.mode is TrajectoryMode.EXACT:
         same = len(calls) == len(expected) and matched == len(expected)
         return TrajectoryMatch(matched, len(expected), len(calls), passed=same)
