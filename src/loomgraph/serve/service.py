@@ -215,8 +215,9 @@ class Service:
         wait: bool = True,
     ) -> dict[str, Any]:
         """A new run from checkpoint `at` of the caller's run, driven here in the background
-        like any run (so `/cancel` stops it, and shutdown cancels it): its result once it
-        stopped, or with `wait=False` `{"run_id", "status": "running"}` once it started. A
+        like any run, also with a fleet (so `/cancel` stops it, and shutdown cancels it): its
+        result once it stopped, or with `wait=False` `{"run_id", "status": "running"}` once
+        it started. A
         caller that goes away does not stop it. Refused before anything runs: an unknown
         checkpoint, a patch that does not fit."""
         _, transitions = await self._journal(caller, run_id)
@@ -243,7 +244,9 @@ class Service:
     async def cancel(self, caller: Caller, run_id: str) -> RunRecord:
         """Cancel the caller's run: a run driven here is stopped, a waiting one is closed."""
         record = await self.run(caller, run_id)
-        if self.fleet:
+        # A fork is driven by the server that forked it, also with a fleet (no worker job
+        # forks a run): it is stopped here, as any run this server drives.
+        if self.fleet and not self.hub.driving(run_id):
             try:
                 await self.agent.cancel(run_id, by=caller.user_id)
             except RunNotCancellable as err:
