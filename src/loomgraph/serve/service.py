@@ -217,9 +217,8 @@ class Service:
         """A new run from checkpoint `at` of the caller's run, driven here in the background
         like any run, also with a fleet (so `/cancel` stops it, and shutdown cancels it): its
         result once it stopped, or with `wait=False` `{"run_id", "status": "running"}` once
-        it started. A
-        caller that goes away does not stop it. Refused before anything runs: an unknown
-        checkpoint, a patch that does not fit."""
+        it started. A caller that goes away does not stop it. Refused before anything runs:
+        an unknown checkpoint, a patch that does not fit."""
         _, transitions = await self._journal(caller, run_id)
         if at and not any(t.seq == at for t in transitions):
             raise NotFound(f"run {run_id!r} has no checkpoint {at}")
