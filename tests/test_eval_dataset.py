@@ -47,8 +47,8 @@ def test_the_worked_example_loads_with_its_features() -> None:
             "twice",
         ),
         ("cases:\n  - id: [\n", "yaml-syntax", None, ""),
-        ("evaluators:\n  - kind: judge\ncases: []\n", "evaluator", 2, "rubric"),
-        ("evaluators:\n  - kind: custom\ncases: []\n", "evaluator", 2, "call"),
+        ("evaluators:\n  - kind: judge\ncases: [{id: a, input: x}]\n", "evaluator", 2, "rubric"),
+        ("evaluators:\n  - kind: custom\ncases: [{id: a, input: x}]\n", "evaluator", 2, "call"),
         ("cases:\n  - id: bad id\n    input: x\n", "schema", 2, "id"),
     ],
 )

@@ -85,6 +85,7 @@ def test_a_judge_model_error_is_a_failing_score_that_says_so() -> None:
     assert score is not None and not score.passed and score.value == 0.0
     assert "the judge failed" in score.reason and "judge 503" in score.reason
     assert judge.failed == 1
+    assert score.error  # counted as an evaluator's failure, and scored again on resume
 
 
 class _Model:

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import json
 import sys
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -70,8 +71,10 @@ def add_parser(sub: Any) -> None:
 
 
 def handle(args: argparse.Namespace) -> int:
-    """Run the `eval` subcommand; returns the exit code."""
+    """Run the `eval` subcommand; returns the exit code: 0 every gate held, 1 a gate failed,
+    2 no verdict (bad usage or input, found before any run; or the evaluation crashed)."""
     from loomgraph.eval.dataset import Dataset, dataset_json_schema
+    from loomgraph.eval.report import check_gate_values, gate, read_baseline
 
     if args.schema:
         print(json.dumps(dataset_json_schema(), indent=2))
@@ -79,27 +82,62 @@ def handle(args: argparse.Namespace) -> int:
     if not args.dataset or not args.agent:
         print("loomgraph eval: a DATASET and --agent are needed", file=sys.stderr)
         return EXIT_USAGE
+    # Everything that can be checked is checked before the first run: the gate's values,
+    # the dataset (its evaluators' regexes, schemas and rubrics too) and the baseline.
+    check_gate_values(fail_under=args.fail_under, max_drop=args.max_drop)
+    if args.repeat < 1 or args.concurrency < 1:
+        print("loomgraph eval: --repeat and --concurrency must be at least 1", file=sys.stderr)
+        return EXIT_USAGE
     dataset = Dataset.load(args.dataset)
+    baseline = read_baseline(args.baseline) if args.baseline else None
     names = args.architecture or ["default"]
     out = Path(args.out or f"eval-{dataset.name}")
     out.mkdir(parents=True, exist_ok=True)
-    report = asyncio.run(_evaluate(args, dataset, names, out))
-    report.write_json(out / "report.json")
-    from loomgraph.eval.html_report import write_html
+    try:
+        report = asyncio.run(_evaluate(args, dataset, names, out))
+        report.write_json(out / "report.json")
+        from loomgraph.eval.html_report import write_html
 
-    write_html(report, out / "report.html")
+        write_html(report, out / "report.html")
+    except Exception as err:  # any crash: no verdict, never "a gate failed"
+        return _crashed(err, out)
     if args.json:
         print(json.dumps(report.to_dict(), sort_keys=True))
     else:
         _print_table(report)
         print(f"reports: {out / 'report.json'}, {out / 'report.html'}")
-    from loomgraph.eval.report import Report, gate
-
-    baseline = Report.read_json(args.baseline) if args.baseline else None
+    errors = sum(s.evaluator_errors for s in report.strategies)
+    if errors:
+        print(
+            f"loomgraph eval: {errors} evaluator error(s), each scored as a failing score "
+            f"(see `reason` in {out / 'report.json'}); the next run scores them again",
+            file=sys.stderr,
+        )
     failures = gate(report, baseline=baseline, max_drop=args.max_drop, fail_under=args.fail_under)
     for failure in failures:
         print(f"gate: {failure}", file=sys.stderr)
     return EXIT_FAILED if failures else EXIT_OK
+
+
+def _crashed(err: Exception, out: Path) -> int:
+    """The evaluation stopped on an error: no verdict (exit 2, never 1, which a failed gate
+    gives). Errors of loomgraph's own and of the user's input get one line; anything else
+    its traceback too."""
+    from loomgraph.authoring.agent_file import AgentFileError
+    from loomgraph.errors import LoomgraphError
+
+    if isinstance(err, AgentFileError):
+        for problem in err.problems:
+            print(f"loomgraph: {problem}", file=sys.stderr)
+        return EXIT_USAGE
+    if not isinstance(err, LoomgraphError | ValueError | ImportError | OSError):
+        traceback.print_exception(err, file=sys.stderr)
+    print(
+        f"loomgraph eval: stopped: {type(err).__name__}: {err} (finished runs are kept in "
+        f"{out / 'state.jsonl'}; the same command continues from there)",
+        file=sys.stderr,
+    )
+    return EXIT_USAGE
 
 
 async def _evaluate(args: argparse.Namespace, dataset: Any, names: list[str], out: Path) -> Any:

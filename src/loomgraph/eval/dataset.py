@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
@@ -11,8 +12,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from loomgraph.authoring.loader import nearest_line, parse_yaml, schema_problems
 from loomgraph.errors import Problem, ProblemsError
+from loomgraph.protocols.safe_yaml import MAX_YAML_DEPTH
 
 __all__ = [
+    "MAX_DATASET_BYTES",
+    "RUBRIC_VARIABLES",
     "AnswerCheck",
     "Case",
     "Dataset",
@@ -23,6 +27,12 @@ __all__ = [
     "ToolTrajectory",
     "TrajectoryMode",
 ]
+
+# The largest dataset file, YAML or JSON Lines alike (YAML is parsed in pure Python).
+MAX_DATASET_BYTES = 1_000_000
+SCHEMA_VERSION = 1
+# What a judge's rubric may name (the Jinja2 variables `JudgeEvaluator` renders it with).
+RUBRIC_VARIABLES = frozenset({"case", "input", "answer", "tool_calls", "status"})
 
 
 class DatasetError(ProblemsError, ValueError):
@@ -117,20 +127,45 @@ class EvaluatorSpec(_Strict):
 class Dataset(_Strict):
     """A named list of cases, and the evaluators added to every case."""
 
-    schema_version: int = 1
+    schema_version: int = SCHEMA_VERSION
     name: str = "dataset"
     description: str = ""
     evaluators: list[EvaluatorSpec] = Field(default_factory=list)
-    cases: list[Case]
+    cases: list[Case] = Field(min_length=1)
+
+    @field_validator("schema_version")
+    @classmethod
+    def _known_version(cls, value: int) -> int:
+        if value != SCHEMA_VERSION:
+            raise ValueError(
+                f"schema_version {value} is not one this loomgraph reads (it reads "
+                f"{SCHEMA_VERSION})"
+            )
+        return value
+
+    @field_validator("cases", mode="before")
+    @classmethod
+    def _some_cases(cls, value: Any) -> Any:
+        if isinstance(value, list) and not value:
+            raise ValueError("a dataset needs at least one case")
+        return value
 
     @classmethod
     def load(cls, path: str | Path) -> Dataset:
-        """Load and validate a dataset file (`.yaml`/`.yml`, or `.jsonl`: one case per line)."""
+        """Load and validate a dataset file (`.yaml`/`.yml`, or `.jsonl`: one case per line)
+        of at most MAX_DATASET_BYTES."""
         path = Path(path)
         try:
-            text = path.read_text(encoding="utf-8")
+            with path.open("rb") as file:
+                raw = file.read(MAX_DATASET_BYTES + 1)
+            text = raw.decode("utf-8")
         except (OSError, UnicodeDecodeError) as err:
             raise DatasetError([Problem("unreadable-file", str(err), str(path))]) from None
+        if len(raw) > MAX_DATASET_BYTES:
+            message = (
+                f"a dataset file may hold at most {MAX_DATASET_BYTES} bytes; this one is larger"
+            )
+            raise DatasetError([Problem("dataset-too-large", message, str(path))])
         if path.suffix == ".jsonl":
             return _from_jsonl(text, path)
         data, lines, problems = parse_yaml(text, str(path))
@@ -148,19 +183,47 @@ class Dataset(_Strict):
 
 def _from_jsonl(text: str, path: Path) -> Dataset:
     cases: list[Any] = []
-    lines: dict[tuple[str | int, ...], int] = {}
+    lines: dict[tuple[str | int, ...], int] = {(): 1}
     problems: list[Problem] = []
-    for number, line in enumerate(text.splitlines(), start=1):
+    # Only "\n" ends a line: a JSON string may hold U+2028 and the others `splitlines` takes.
+    for number, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
             continue
         try:
-            cases.append(json.loads(line))
+            case = json.loads(line)
         except json.JSONDecodeError as err:
             problems.append(Problem("json-syntax", err.msg, str(path), number))
             continue
+        except RecursionError:
+            problems.append(Problem("json-too-deep", _TOO_DEEP, str(path), number))
+            continue
+        except ValueError as err:  # an integer over Python's 4300 digits
+            problems.append(Problem("json-syntax", str(err), str(path), number))
+            continue
+        # The line is a case: as deep in the dataset as `cases: [...]` puts it in YAML.
+        if _depth(case) + 2 >= MAX_YAML_DEPTH:
+            problems.append(Problem("json-too-deep", _TOO_DEEP, str(path), number))
+            continue
+        cases.append(case)
         lines[("cases", len(cases) - 1)] = number
+    if problems and not cases:  # not also "a dataset needs at least one case"
+        raise DatasetError(problems)
     data = {"name": path.stem, "cases": cases}
     return _validated(data, lines, problems, str(path))
+
+
+_TOO_DEEP = f"mappings and lists nested more than {MAX_YAML_DEPTH} levels deep"
+
+
+def _depth(value: Any) -> int:
+    """How deeply lists and mappings nest in `value` (a scalar: 0), without recursing."""
+    deepest, todo = 0, [(value, 1)]
+    while todo:
+        item, level = todo.pop()
+        if isinstance(item, dict | list):
+            deepest = max(deepest, level)
+            todo.extend((v, level + 1) for v in (item.values() if isinstance(item, dict) else item))
+    return deepest
 
 
 def _validated(
@@ -172,7 +235,11 @@ def _validated(
     try:
         dataset = Dataset.model_validate(data)
     except ValidationError as err:
-        raise DatasetError(problems + schema_problems(err, lines, file)) from None
+        found = [
+            Problem(p.rule, p.message.replace(": Value error, ", ": ", 1), p.file, p.line)
+            for p in schema_problems(err, lines, file)
+        ]
+        raise DatasetError(problems + found) from None
     seen: dict[str, int] = {}
     for index, case in enumerate(dataset.cases):
         if case.id in seen:
@@ -185,22 +252,96 @@ def _validated(
                 )
             )
         seen.setdefault(case.id, index)
+    for index, case in enumerate(dataset.cases):
+        problems.extend(_answer_problems(case, lines, file, index))
     for index, spec in enumerate(dataset.evaluators):
-        missing = "rubric" if spec.kind == "judge" and not spec.rubric else None
-        if spec.kind == "custom" and not spec.call:
-            missing = "call"
-        if missing:
-            problems.append(
-                Problem(
-                    "evaluator",
-                    f"evaluators.{index}: a {spec.kind} evaluator needs `{missing}`",
-                    file,
-                    nearest_line(lines, ("evaluators", index)),
-                )
-            )
+        where = nearest_line(lines, ("evaluators", index))
+        problems.extend(
+            Problem("evaluator", f"evaluators.{index}: {message}", file, where)
+            for message in _evaluator_problems(spec)
+        )
     if problems:
         raise DatasetError(problems)
     return dataset
+
+
+def _answer_problems(
+    case: Case, lines: dict[tuple[str | int, ...], int], file: str, index: int
+) -> list[Problem]:
+    """The answer checks that could only fail when a run is scored: a regular expression
+    that does not compile, a JSON Schema that is not one."""
+    check = case.expect.answer
+    if check is None:
+        return []
+    at = ("cases", index, "expect", "answer")
+    problems: list[Problem] = []
+    if check.regex is not None:
+        try:
+            re.compile(check.regex)
+        except (re.error, OverflowError, RecursionError) as err:
+            where = nearest_line(lines, (*at, "regex"))
+            message = f"cases.{index}.expect.answer.regex is not a regular expression: {err}"
+            problems.append(Problem("answer-check", message, file, where))
+    if check.json_schema is not None:
+        why = _schema_problem(check.json_schema)
+        if why is not None:
+            where = nearest_line(lines, (*at, "json_schema"))
+            message = f"cases.{index}.expect.answer.json_schema is not a JSON Schema: {why}"
+            problems.append(Problem("answer-check", message, file, where))
+    return problems
+
+
+def _schema_problem(schema: dict[str, Any]) -> str | None:
+    import jsonschema
+
+    try:
+        jsonschema.Draft202012Validator.check_schema(schema)
+    except jsonschema.exceptions.SchemaError as err:
+        where = "/".join(str(p) for p in err.absolute_path)
+        return f"{where + ': ' if where else ''}{err.message}"
+    except RecursionError:
+        return "it nests too deeply"
+    return None
+
+
+def _evaluator_problems(spec: EvaluatorSpec) -> list[str]:
+    """What is wrong with an evaluator the dataset adds: a missing or misplaced key, a
+    rubric that is no template or names what the judge does not give, a malformed `call`."""
+    problems: list[str] = []
+    if spec.kind == "judge":
+        if not spec.rubric:
+            problems.append("a judge evaluator needs `rubric`")
+        else:
+            problems.extend(_rubric_problems(spec.rubric))
+        if spec.call is not None:
+            problems.append("a judge evaluator takes no `call` (that is a custom evaluator's)")
+        return problems
+    if not spec.call:
+        problems.append("a custom evaluator needs `call`")
+    else:
+        module, _, attr = spec.call.partition(":")
+        if not module or not attr:
+            problems.append(f"`call` {spec.call!r} is not an import path MODULE:ATTR")
+    misplaced = [k for k in ("rubric", "model", "max_tokens") if getattr(spec, k) is not None]
+    if misplaced:
+        problems.append(f"a custom evaluator takes no {', '.join(f'`{k}`' for k in misplaced)}")
+    return problems
+
+
+def _rubric_problems(rubric: str) -> list[str]:
+    from jinja2 import TemplateSyntaxError, meta
+    from jinja2.sandbox import SandboxedEnvironment
+
+    try:
+        parsed = SandboxedEnvironment().parse(rubric)
+    except TemplateSyntaxError as err:
+        return [f"the rubric is not a valid template (its line {err.lineno}): {err.message}"]
+    unknown = sorted(meta.find_undeclared_variables(parsed) - RUBRIC_VARIABLES)
+    if not unknown:
+        return []
+    names = ", ".join(unknown)
+    known = ", ".join(sorted(RUBRIC_VARIABLES))
+    return [f"the rubric names {names}, which the judge does not give (it gives {known})"]
 
 
 def dataset_json_schema() -> dict[str, Any]:

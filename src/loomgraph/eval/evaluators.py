@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 import inspect
 import json
 import re
@@ -11,9 +10,10 @@ from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from typing import Any, Protocol
 
-from loomgraph.eval.dataset import Case, EvaluatorSpec
+from loomgraph.eval.dataset import Case, EvaluatorSpec, TrajectoryMode
 from loomgraph.eval.outcome import CaseOutcome
 from loomgraph.eval.trajectory import match_trajectory
+from loomgraph.graph.imports import import_object
 
 __all__ = [
     "AnswerEvaluator",
@@ -24,12 +24,16 @@ __all__ = [
     "Score",
     "TrajectoryEvaluator",
     "case_evaluators",
+    "score_run",
 ]
 
 
 @dataclass(frozen=True, slots=True)
 class Score:
-    """One evaluator's verdict on one run: a value in [0, 1], whether it passed, and why."""
+    """One evaluator's verdict on one run: a value in [0, 1], whether it passed, and why.
+
+    `error` is True for the failing score an evaluator that raised (or gave no valid score)
+    stands for: it is counted in the report, and scored again when the evaluation resumes."""
 
     evaluator: str
     value: float
@@ -37,6 +41,7 @@ class Score:
     reason: str = ""
     # Named sub-scores (a trajectory's precision and recall), reported beside the value.
     details: dict[str, float] = field(default_factory=dict)
+    error: bool = False
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.value <= 1.0:
@@ -50,6 +55,7 @@ class Score:
             "passed": self.passed,
             "reason": self.reason,
             "details": dict(self.details),
+            "error": self.error,
         }
 
     @classmethod
@@ -98,7 +104,9 @@ class AnswerEvaluator:
             problem = _schema_problem(answer, check.json_schema)
             if problem:
                 failed.append(problem)
-        value = (total - len(failed)) / total if total else 1.0
+        if not total:
+            return None  # `answer: {}`: nothing to check
+        value = (total - len(failed)) / total
         return Score(self.name, value, not failed, "; ".join(failed) or "answer fits")
 
 
@@ -127,6 +135,8 @@ class TrajectoryEvaluator:
         spec = case.expect.tools
         if spec is None:
             return None
+        if not spec.calls and spec.mode is not TrajectoryMode.EXACT:
+            return None  # every one of no calls is found, in any order: nothing to check
         match = match_trajectory(spec, outcome.calls)
         p, r = match.precision, match.recall
         f1 = 2 * p * r / (p + r) if p + r else 0.0
@@ -185,12 +195,15 @@ class CustomEvaluator:
 
     @classmethod
     def from_path(cls, path: str, name: str | None = None) -> CustomEvaluator:
-        """The function named by an import path `MODULE:ATTR`."""
+        """The function named by an import path `MODULE:ATTR`, imported from the current
+        folder first (as `--agent`'s); ImportError says where it looked."""
         module, _, attr = path.partition(":")
         if not module or not attr:
             raise ValueError(f"evaluator {path!r}: expected MODULE:ATTR")
-        fn = getattr(importlib.import_module(module), attr)
-        return cls(fn, name or attr)
+        fn = import_object(path, what="evaluator")
+        if not callable(fn):
+            raise ImportError(f"evaluator {path!r} is a {type(fn).__name__}, not a function")
+        return cls(fn, name or attr.rpartition(".")[2])
 
     async def __call__(self, case: Case, outcome: CaseOutcome) -> Score | None:
         """Call the function and turn what it returns into a Score."""
@@ -201,8 +214,33 @@ class CustomEvaluator:
             return value
         if isinstance(value, bool):
             return Score(self.name, float(value), value, "passed" if value else "failed")
+        if not isinstance(value, int | float):
+            raise TypeError(f"returned {value!r}, not a Score, number, bool or None")
         number = float(value)
         return Score(self.name, number, number >= 1.0, f"scored {number:g}")
+
+
+async def score_run(
+    evaluators: Sequence[Evaluator], case: Case, outcome: CaseOutcome
+) -> list[Score]:
+    """Every evaluator's score of `outcome` (those with nothing to say left out). An evaluator
+    that raises, or gives no valid Score (a value outside [0, 1], NaN, another type), gives
+    a failing score with the reason, marked `error`: one broken evaluator never stops the
+    evaluation, nor hides what the others found."""
+    scores: list[Score] = []
+    for evaluator in evaluators:
+        name = str(getattr(evaluator, "name", type(evaluator).__name__))
+        try:
+            score = await evaluator(case, outcome)
+            if score is not None and not isinstance(score, Score):
+                raise TypeError(f"returned {score!r}, not a Score or None")
+        except Exception as err:
+            reason = f"the evaluator failed: {type(err).__name__}: {err}"
+            scores.append(Score(name, 0.0, False, reason[:500], error=True))
+            continue
+        if score is not None:
+            scores.append(score)
+    return scores
 
 
 def case_evaluators(

@@ -77,8 +77,7 @@ def _draw(report: Report) -> list[tuple[str, str, str]]:
     points: dict[str, list[tuple[float, float]]] = defaultdict(list)
     priced = any(r["outcome"]["usage"].get("cost_usd") for r in report.runs)
     for run in report.runs:
-        values = [s["value"] for s in run["scores"]]
-        score = sum(values) / len(values) if values else 0.0
+        score = run["score"]  # as the report scores a run: 0 when it did not complete
         usage = run["outcome"]["usage"]
         cost = (
             usage.get("cost_usd", 0.0)

@@ -104,7 +104,8 @@ class JudgeEvaluator:
         except Exception as err:  # ModelError, or the model's own bug: the judge failed
             self.failed += 1
             why = str(err) if isinstance(err, ModelError) else f"{type(err).__name__}: {err}"
-            return Score(self.name, 0.0, False, f"the judge failed: {why}"[:500])
+            failed = f"the judge failed: {why}"[:500]
+            return Score(self.name, 0.0, False, failed, error=True)  # scored again on resume
         finally:
             self.held -= hold
         return self._score(text)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import random
 import statistics
 from collections import defaultdict
@@ -21,6 +22,7 @@ __all__ = [
     "build_report",
     "gate",
     "percentile",
+    "read_baseline",
 ]
 
 
@@ -62,7 +64,8 @@ class StrategySummary:
     latency_p50_s: float
     latency_p95_s: float
     node_visits: float  # mean per run
-    failed_runs: int
+    failed_runs: int  # runs that did not complete (each scores 0)
+    evaluator_errors: int = 0  # scores standing for an evaluator that failed
 
 
 @dataclass(slots=True)
@@ -124,6 +127,45 @@ class Report:
         return cls.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
 
 
+def read_baseline(path: str | Path) -> Report:
+    """A report.json to gate against, checked for what the gate reads: each strategy's name,
+    score and evaluator means (finite numbers). ValueError names the file and the problem."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as err:
+        raise ValueError(f"--baseline {path}: cannot read it ({err.strerror or err})") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"--baseline {path}: not a report.json (not UTF-8 text)") from None
+    except json.JSONDecodeError as err:
+        raise ValueError(f"--baseline {path}: not a report.json (not JSON: {err.msg})") from None
+    problem = _baseline_problem(data)
+    if problem is None:
+        try:
+            return Report.from_dict(data)
+        except (KeyError, TypeError, ValueError) as err:
+            problem = f"{type(err).__name__}: {err}"
+    raise ValueError(f"--baseline {path}: not a report.json ({problem})")
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _baseline_problem(data: Any) -> str | None:
+    if not isinstance(data, dict) or not isinstance(data.get("strategies"), list):
+        return "no list of `strategies`"
+    for index, summary in enumerate(data["strategies"]):
+        where = f"strategies.{index}"
+        if not isinstance(summary, dict) or not isinstance(summary.get("strategy"), str):
+            return f"{where} has no `strategy` name"
+        if not _number(summary.get("score")):
+            return f"{where}.score is not a finite number"
+        evaluators = summary.get("evaluators")
+        if not isinstance(evaluators, dict) or not all(_number(v) for v in evaluators.values()):
+            return f"{where}.evaluators is not a mapping of names to finite numbers"
+    return None
+
+
 def _summary(strategy: str, runs: Sequence[EvalRun]) -> StrategySummary:
     per_evaluator: dict[str, list[float]] = defaultdict(list)
     for run in runs:
@@ -142,7 +184,8 @@ def _summary(strategy: str, runs: Sequence[EvalRun]) -> StrategySummary:
         latency_p50_s=percentile(latencies, 50),
         latency_p95_s=percentile(latencies, 95),
         node_visits=sum(sum(r.outcome.node_visits.values()) for r in runs) / n,
-        failed_runs=sum(r.outcome.status != "completed" for r in runs),
+        failed_runs=sum(not r.completed for r in runs),
+        evaluator_errors=sum(r.evaluator_errors for r in runs),
     )
 
 
@@ -194,6 +237,14 @@ def build_report(
     )
 
 
+def check_gate_values(*, fail_under: float | None = None, max_drop: float = 0.0) -> None:
+    """ValueError unless `fail_under` (when given) and `max_drop` are numbers in [0, 1]: a
+    NaN would pass every comparison, and scores are never outside [0, 1]."""
+    for name, value in (("--fail-under", fail_under), ("--max-drop", max_drop)):
+        if value is not None and not (math.isfinite(value) and 0.0 <= value <= 1.0):
+            raise ValueError(f"{name} {value}: give a number from 0 to 1 (scores are in [0, 1])")
+
+
 def gate(
     report: Report,
     *,
@@ -202,12 +253,20 @@ def gate(
     fail_under: float | None = None,
 ) -> list[str]:
     """What fails the gate: a strategy's score under `fail_under`, or more than `max_drop`
-    below the same strategy's score (or any evaluator's mean) in `baseline`."""
+    below the same strategy's score (or any evaluator's mean) in `baseline`. A run that did
+    not complete scores 0, so runs that failed lower the score the gate reads."""
+    check_gate_values(fail_under=fail_under, max_drop=max_drop)
     failures: list[str] = []
     for summary in report.strategies:
+        incomplete = (
+            f" ({summary.failed_runs} of {summary.runs} run(s) did not complete)"
+            if summary.failed_runs
+            else ""
+        )
         if fail_under is not None and summary.score < fail_under:
             failures.append(
                 f"{summary.strategy}: score {summary.score:.3f} is under {fail_under:.3f}"
+                + incomplete
             )
         if baseline is None:
             continue
@@ -224,6 +283,6 @@ def gate(
             if old - new > max_drop + 1e-12:
                 failures.append(
                     f"{summary.strategy}: {what} dropped from {old:.3f} to {new:.3f} "
-                    f"(more than {max_drop:.3f})"
+                    f"(more than {max_drop:.3f})" + (incomplete if what == "score" else "")
                 )
     return failures

@@ -1,22 +1,34 @@
-"""Run every case under every strategy as ordinary journaled runs; resumable from a state file."""
+"""Run every case under every strategy as ordinary journaled runs; resumable from a state file.
+
+The state file keeps, per run (strategy, case, repeat), the run it started and, once scored,
+what it did and its scores, each with a fingerprint of what decided it: a run's fingerprint
+covers the strategy's definition and the case's input and session, a score's covers the whole
+case (its expectations too) and the evaluators. Run again, the evaluation reuses a run whose
+run fingerprint still holds (scoring it again when the score fingerprint changed, or when an
+evaluator failed on it) and runs a case again when its run fingerprint changed.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import os
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from loomgraph.agent.agent import Agent
-from loomgraph.agent.result import RunResult
+from loomgraph.agent.pinning import graph_key
+from loomgraph.agent.recovery import crashed_usage
+from loomgraph.agent.result import RunResult, failed_step_usage
 from loomgraph.eval.dataset import Case, Dataset
-from loomgraph.eval.evaluators import Evaluator, Score
+from loomgraph.eval.evaluators import Evaluator, Score, score_run
 from loomgraph.eval.outcome import CaseOutcome
 from loomgraph.eval.trajectory import CallRecord
-from loomgraph.protocols import EffectStatus, UnknownRun, Usage
+from loomgraph.protocols import EffectRecord, EffectStatus, RunStatus, UnknownRun, Usage
 
 __all__ = ["EvalRun", "Evaluation", "run_user_id"]
 
@@ -31,20 +43,39 @@ class EvalRun:
     scores: list[Score] = field(default_factory=list)
 
     @property
+    def completed(self) -> bool:
+        """The run completed (its status is `completed`)."""
+        return self.outcome.status == str(RunStatus.COMPLETED)
+
+    @property
     def passed(self) -> bool:
         """The run completed and every evaluator that spoke passed it."""
-        return self.outcome.status == "completed" and all(s.passed for s in self.scores)
+        return self.completed and all(s.passed for s in self.scores)
 
     @property
     def score(self) -> float:
-        """The mean of the evaluators' values (0 when the run did not complete and none spoke)."""
+        """0 when the run did not complete (whatever its evaluators said: a run that failed,
+        ran out of budget or waits for an approval gave no answer); otherwise the mean of
+        its evaluators' values (1 when none spoke)."""
+        if not self.completed:
+            return 0.0
         if not self.scores:
-            return 1.0 if self.outcome.status == "completed" else 0.0
+            return 1.0
         return sum(s.value for s in self.scores) / len(self.scores)
 
+    @property
+    def evaluator_errors(self) -> int:
+        """How many of its scores stand for an evaluator that failed."""
+        return sum(s.error for s in self.scores)
+
     def to_dict(self) -> dict[str, Any]:
-        """JSON-shaped data."""
-        return {"outcome": self.outcome.to_dict(), "scores": [s.to_dict() for s in self.scores]}
+        """JSON-shaped data (`score` and `passed` included, for readers of report.json)."""
+        return {
+            "outcome": self.outcome.to_dict(),
+            "scores": [s.to_dict() for s in self.scores],
+            "score": self.score,
+            "passed": self.passed,
+        }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> EvalRun:
@@ -54,19 +85,45 @@ class EvalRun:
         )
 
 
+def _escaped(part: str) -> str:
+    return part.replace("%", "%25").replace(":", "%3A")
+
+
 def run_user_id(dataset: str, key: Key) -> str:
-    """The user id a run of an evaluation gets: one per run, so per-user caps cap each run."""
+    """The user id a run of an evaluation gets: one per run, so per-user caps cap each run.
+    `eval:DATASET:STRATEGY:CASE:REPEAT`, each part with `%` and `:` percent-escaped, so two
+    runs never share one (case `fast:x` of strategy `v1` is not case `x` of `v1:fast`)."""
     strategy, case_id, repeat = key
-    return f"eval:{dataset}:{strategy}:{case_id}:{repeat}"
+    parts = (dataset, strategy, case_id, str(repeat))
+    return "eval:" + ":".join(_escaped(p) for p in parts)
+
+
+def _digest(data: Any) -> str:
+    text = json.dumps(data, sort_keys=True, default=str, ensure_ascii=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+@dataclass(slots=True)
+class _Started:
+    run_id: str
+    fingerprint: str | None
+
+
+@dataclass(slots=True)
+class _Finished:
+    run: EvalRun
+    run_fingerprint: str | None
+    score_fingerprint: str | None
 
 
 class _StateFile:
-    """The evaluation's progress as JSON lines: which run each key started, which finished."""
+    """The evaluation's progress as JSON lines: which run each key started, which finished,
+    each with the fingerprints of what decided it (None in a file written before them)."""
 
     def __init__(self, path: Path | None) -> None:
         self.path = path
-        self.started: dict[Key, str] = {}
-        self.finished: dict[Key, EvalRun] = {}
+        self.started: dict[Key, _Started] = {}
+        self.finished: dict[Key, _Finished] = {}
         if path is not None and path.exists():
             self._read(path)
 
@@ -74,13 +131,17 @@ class _StateFile:
         for line in path.read_text(encoding="utf-8").splitlines():
             try:
                 entry = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # a line torn by a crash: that run is simply done again
-            key = (entry["strategy"], entry["case_id"], entry["repeat"])
-            if entry["kind"] == "started":
-                self.started[key] = entry["run_id"]
-            else:
-                self.finished[key] = EvalRun.from_dict(entry["run"])
+                key = (entry["strategy"], entry["case_id"], entry["repeat"])
+                if entry["kind"] == "started":
+                    self.started[key] = _Started(entry["run_id"], entry.get("run_fingerprint"))
+                else:
+                    self.finished[key] = _Finished(
+                        EvalRun.from_dict(entry["run"]),
+                        entry.get("run_fingerprint"),
+                        entry.get("score_fingerprint"),
+                    )
+            except (ValueError, KeyError, TypeError):
+                continue  # a line torn by a crash, or not one of ours: that run is done again
 
     def write(self, kind: str, key: Key, **data: Any) -> None:
         if self.path is None:
@@ -95,11 +156,46 @@ class _StateFile:
             os.fsync(file.fileno())
 
 
+def strategy_fingerprint(agent: Agent) -> str:
+    """What defines a strategy, as far as it can be read: the Agent's name and instructions,
+    its graph (by hash, subgraphs included), its model's name and its tools' specs. The code
+    behind a model or a tool is not in it."""
+    try:
+        tools = sorted(agent.deps.tools.specs(), key=lambda spec: str(spec.get("name")))
+    except Exception:  # a tool host that lists its tools only once started
+        tools = []
+    return _digest(
+        {
+            "name": agent.name,
+            "instructions": agent.instructions,
+            "graph": graph_key(agent.compiled),
+            "model": str(getattr(agent.deps.model, "name", type(agent.deps.model).__name__)),
+            "tools": tools,
+        }
+    )
+
+
+def _evaluator_identity(evaluator: Evaluator) -> dict[str, Any]:
+    kind = type(evaluator)
+    fn = getattr(evaluator, "fn", None)
+    model = getattr(evaluator, "model", None)
+    return {
+        "type": f"{kind.__module__}.{kind.__qualname__}",
+        "name": getattr(evaluator, "name", None),
+        "fn": None if fn is None else f"{fn.__module__}.{getattr(fn, '__qualname__', fn)}",
+        "model": None if model is None else getattr(model, "name", type(model).__name__),
+        "threshold": getattr(evaluator, "threshold", None),
+        "max_tokens": getattr(evaluator, "max_tokens", None),
+    }
+
+
 class Evaluation:
     """Runs `dataset` under each named Agent (`strategies`), `repeat` times per case, at most
     `concurrency` runs at once. With `state_file`, progress is kept there, so an interrupted
     evaluation continues where it stopped: finished runs are not run again and started ones
-    are resumed from the Agent's journal."""
+    are resumed from the Agent's journal. What changed since is done again (see the module's
+    docstring): a run whose strategy, input or session changed is run again; one whose case
+    or evaluators changed, or that an evaluator failed on, is scored again."""
 
     def __init__(
         self,
@@ -132,66 +228,110 @@ class Evaluation:
         ]
 
     async def run(self) -> list[EvalRun]:
-        """Run what is not finished yet; return every run, in `keys()` order."""
+        """Run what is not finished yet (or no longer fits its fingerprints); return every
+        run, in `keys()` order."""
         limit = asyncio.Semaphore(self.concurrency)
+        fingerprints = {name: strategy_fingerprint(a) for name, a in self.strategies.items()}
+        evaluators = [_evaluator_identity(e) for e in self.evaluators]
+        specs = [spec.model_dump(mode="json") for spec in self.dataset.evaluators]
+        cases = {case.id: case for case in self.dataset.cases}
+
+        def run_fingerprint(key: Key) -> str:
+            case = cases[key[1]]
+            return _digest([fingerprints[key[0]], case.input, case.session])
+
+        def score_fingerprint(key: Key) -> str:
+            return _digest([cases[key[1]].model_dump(mode="json"), evaluators, specs])
+
+        def current(key: Key) -> bool:
+            kept = self.state.finished.get(key)
+            return (
+                kept is not None
+                and kept.run_fingerprint == run_fingerprint(key)
+                and kept.score_fingerprint == score_fingerprint(key)
+                and not kept.run.evaluator_errors
+            )
 
         async def one(key: Key) -> None:
             async with limit:
-                done = await self._run_one(key)
-            self.state.finished[key] = done
-            self.state.write("finished", key, run=done.to_dict())
+                done = await self._run_one(key, run_fingerprint(key))
+            fingerprint, scored = run_fingerprint(key), score_fingerprint(key)
+            self.state.finished[key] = _Finished(done, fingerprint, scored)
+            self.state.write(
+                "finished",
+                key,
+                run=done.to_dict(),
+                run_fingerprint=fingerprint,
+                score_fingerprint=scored,
+            )
             if self.on_run is not None:
                 self.on_run(done)
 
-        todo = [k for k in self.keys() if k not in self.state.finished]
+        todo = [k for k in self.keys() if not current(k)]
         if self.on_run is not None:
             for key in self.keys():
-                if key in self.state.finished:
-                    self.on_run(self.state.finished[key])
+                if current(key):
+                    self.on_run(self.state.finished[key].run)
         await asyncio.gather(*(one(k) for k in todo))
-        return [self.state.finished[k] for k in self.keys()]
+        return [self.state.finished[k].run for k in self.keys()]
 
-    async def _run_one(self, key: Key) -> EvalRun:
-        strategy, case_id, repeat = key
+    async def _run_one(self, key: Key, fingerprint: str) -> EvalRun:
+        """Score the run of `key`: the one kept when it still fits `fingerprint` (scored
+        again), else the run resumed or started now, read from its journal."""
+        strategy, case_id, _ = key
         agent, case = self.strategies[strategy], self.dataset.case(case_id)
-        outcome = CaseOutcome(case_id, strategy, repeat, None, "failed")
-        try:
-            result = await self._result(agent, case, key)
-        except Exception as err:  # a run that raised is scored as a failed run, not fatal
-            outcome.error = f"{type(err).__name__}: {err}"
-            outcome.run_id = self.state.started.get(key)
+        kept = self.state.finished.get(key)
+        if kept is not None and kept.run_fingerprint == fingerprint:
+            outcome = kept.run.outcome
         else:
-            outcome = await _outcome(agent, case, key, result)
-        scores = [s for e in self.evaluators if (s := await e(case, outcome)) is not None]
-        return EvalRun(outcome, scores)
+            outcome = await self._outcome(agent, case, key, fingerprint)
+        return EvalRun(outcome, await score_run(self.evaluators, case, outcome))
 
-    async def _result(self, agent: Agent, case: Case, key: Key) -> RunResult:
-        run_id = self.state.started.get(key)
-        if run_id is not None:
+    async def _outcome(self, agent: Agent, case: Case, key: Key, fingerprint: str) -> CaseOutcome:
+        try:
+            result = await self._result(agent, case, key, fingerprint)
+        except Exception as err:
+            # A run that raised is scored as a failed run, not fatal, and from its journal:
+            # what it executed before it raised counts (a safety evaluator must see it).
+            started = self.state.started.get(key)
+            run_id = started.run_id if started and started.fingerprint == fingerprint else None
+            return await _raised_outcome(agent, case, key, run_id, err)
+        return await _outcome(agent, case, key, result)
+
+    async def _result(self, agent: Agent, case: Case, key: Key, fingerprint: str) -> RunResult:
+        started = self.state.started.get(key)
+        if started is not None and started.fingerprint == fingerprint:
+            record = await agent.deps.runtime.load_run(started.run_id)
+            if record is not None and record.result is not None and record.status.final:
+                return RunResult.from_dict(record.result)  # it ended; its scores were lost
             try:
-                return await agent.resume(run_id)
+                return await agent.resume(started.run_id)
             except UnknownRun:
-                pass  # an in-memory journal forgot it: run the case again
+                del self.state.started[key]  # an in-memory journal forgot it: run it again
         session = agent.session(
             case.input,
             user_id=run_user_id(self.dataset.name, key),
             session_id=case.session,
         )
-        self.state.started[key] = session.run_id
-        self.state.write("started", key, run_id=session.run_id)
+        self.state.started[key] = _Started(session.run_id, fingerprint)
+        self.state.write("started", key, run_id=session.run_id, run_fingerprint=fingerprint)
         result = await session.execute(agent.deps.hooks.on_event)
         if session.error is not None:
             raise session.error
         return result
 
 
-async def _outcome(agent: Agent, case: Case, key: Key, result: RunResult) -> CaseOutcome:
-    effects = await agent.deps.runtime.effects(result.run_id)
-    calls = [
+def _calls(effects: Sequence[EffectRecord]) -> list[CallRecord]:
+    """The tool calls a run executed, in journal order."""
+    return [
         CallRecord(e.intent["call"]["tool"], dict(e.intent["call"].get("args") or {}))
         for e in effects
         if e.kind == "tool" and e.status is not EffectStatus.PENDING
     ]
+
+
+async def _outcome(agent: Agent, case: Case, key: Key, result: RunResult) -> CaseOutcome:
+    effects = await agent.deps.runtime.effects(result.run_id)
     output = result.output
     answer = output if isinstance(output, str) or output is None else json.dumps(output)
     strategy, _, repeat = key
@@ -202,9 +342,48 @@ async def _outcome(agent: Agent, case: Case, key: Key, result: RunResult) -> Cas
         result.run_id,
         str(result.status),
         answer,
-        calls,
+        _calls(effects),
         result.usage if isinstance(result.usage, Usage) else Usage(),
         float(result.timings.get("duration_s", 0.0)),
         dict(result.node_visits),
         result.reason or None if not result.ok else None,
     )
+
+
+async def _raised_outcome(
+    agent: Agent, case: Case, key: Key, run_id: str | None, error: Exception
+) -> CaseOutcome:
+    """The outcome of a run that raised `error`, as its journal has it: as a finished run's
+    when it was journaled as ended (an answer that did not fit its schema), else what it
+    executed and was charged up to where it stopped. Never `completed`. A journal that
+    cannot be read raises: what the run did is then unknown, and is not scored as nothing."""
+    strategy, _, repeat = key
+    why = f"{type(error).__name__}: {error}"
+    runtime = agent.deps.runtime
+    record = None if run_id is None else await runtime.load_run(run_id)
+    if run_id is None or record is None:  # it raised before it was journaled: it ran nothing
+        return CaseOutcome(case.id, strategy, repeat, run_id, "failed", error=why)
+    if record.result is not None:
+        outcome = await _outcome(agent, case, key, RunResult.from_dict(record.result))
+    else:
+        transitions = await runtime.transitions(run_id)
+        usage = sum((t.usage for t in transitions), Usage())
+        usage += failed_step_usage(error) + await crashed_usage(agent.deps, run_id)
+        latency = max(transitions[-1].at - record.created_at, 0.0) if transitions else 0.0
+        outcome = CaseOutcome(
+            case.id,
+            strategy,
+            repeat,
+            run_id,
+            str(record.status),
+            None,
+            _calls(await runtime.effects(run_id)),
+            usage,
+            latency,
+            dict(Counter(t.node for t in transitions)),
+        )
+    status = RunStatus(outcome.status)
+    if status is RunStatus.COMPLETED or status.in_progress:
+        outcome.status = str(RunStatus.FAILED)
+    outcome.error = why
+    return outcome
