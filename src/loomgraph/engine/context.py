@@ -45,6 +45,7 @@ from loomgraph.protocols import (
 )
 from loomgraph.protocols.events import MODEL_CHUNK, MODEL_RETRY, OUTPUT_VOID, VoidReason
 from loomgraph.protocols.paths import NodePath
+from loomgraph.protocols.pricing import with_cost
 from loomgraph.protocols.usage import estimate_prompt_tokens
 
 # How many times a model step is tried again when its stream broke after it started.
@@ -294,7 +295,8 @@ class VisitContext:
                                 {"chunk": chunk, "call_id": call_id, "provisional": True},
                             )
                     elif kind == "tool_call":
-                        response.tool_calls.append(checked_call(chunk.get("call"), request, texts))
+                        call = checked_call(chunk.get("call"), request, texts, response.tool_calls)
+                        response.tool_calls.append(call)
                     elif kind == "usage":
                         response.usage += reported_usage(chunk["usage"], request, texts)
                     elif kind == "finish":
@@ -306,11 +308,14 @@ class VisitContext:
                         await self.emit(
                             MODEL_RETRY, {"error": chunk.get("error", ""), "provider": True}
                         )
-            said = response.usage
-            if not (said.input_tokens or said.output_tokens or said.prompt_tokens):
-                # Nothing reported (a third-party model): charged what it was sent and said.
-                response.usage = unreported_usage(request, texts, response)
-            response.usage = response.usage.with_model_calls(1)
+            # A count the model did not report (any model: an adapter's partial report, a
+            # third-party model's none) is charged what it was sent and said, and priced
+            # again the way the model prices its own (its name in the price table, and its
+            # `prices` override when it has one).
+            usage = unreported_usage(request, texts, response)
+            if usage is not response.usage:
+                usage = with_cost(model.name, usage, getattr(model, "prices", None))
+            response.usage = usage.with_model_calls(1)
             response.text = "".join(texts)
             if not tracing:
                 return response

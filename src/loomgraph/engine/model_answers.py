@@ -4,7 +4,7 @@ its reported usage after, and an estimate when it failed or was cut off."""
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Any, cast
 
@@ -53,16 +53,23 @@ def reported_usage(value: Any, request: ModelRequest, streamed: list[str]) -> Us
     return replace(usage, tool_calls=0) if usage.tool_calls else usage
 
 
-def checked_call(call: Any, request: ModelRequest, streamed: list[str]) -> ToolCall:
-    """A tool call a model sent, when it is one: an id and a tool name (text), and arguments
-    within the limits (any model's: the provider adapters check theirs as they parse them,
-    another model could hand over a 2,000-deep object no later step can walk). Else a
-    ModelError, and the call is charged its estimate."""
+def checked_call(
+    call: Any, request: ModelRequest, streamed: list[str], earlier: Sequence[ToolCall] = ()
+) -> ToolCall:
+    """A tool call a model sent, when it is one: an id and a tool name (text), the id not one
+    of the `earlier` calls' of the same turn (each result goes back matched to its call by
+    id; the Messages API refuses a repeated one), and arguments within the limits (any
+    model's: the provider adapters check theirs as they parse them, another model could hand
+    over a 2,000-deep object no later step can walk). Else a ModelError, and the call is
+    charged its estimate."""
     try:
         if not isinstance(call, dict):
             raise ValueError(f"a tool call is a mapping, not {type(call).__name__}")
-        if not isinstance(call.get("id"), str) or not isinstance(call.get("tool"), str):
+        call_id = call.get("id")
+        if not isinstance(call_id, str) or not isinstance(call.get("tool"), str):
             raise ValueError("a tool call needs an `id` and a `tool` name, both text")
+        if any(other["id"] == call_id for other in earlier):
+            raise ValueError(f"the id {call_id!r} repeats an earlier call's in the same turn")
         check_tool_args(call.get("args"))
     except ValueError as err:  # ToolArgsRejected included
         raise ModelError(
@@ -73,13 +80,23 @@ def checked_call(call: Any, request: ModelRequest, streamed: list[str]) -> ToolC
 
 
 def unreported_usage(request: ModelRequest, streamed: list[str], answer: ModelResponse) -> Usage:
-    """A completed answer's usage when the model reported no tokens: the prompt's estimate
-    and what it streamed, its tool calls' arguments included (as a cut stream is floored)."""
-    said = [*streamed, *(json.dumps(call.get("args")) for call in answer.tool_calls)]
+    """A completed answer's usage with each count the model did not report raised to its
+    estimate, field by field: the prompt's size when no prompt tokens were reported, what it
+    streamed (its tool calls' arguments included) when no output tokens were, as a cut
+    stream is floored. A count that was reported stands: it is the provider's own, and the
+    estimate (4 characters a token) is no tokenizer. When anything was raised, `cost_usd` is
+    cleared, to be priced again from the tokens."""
+    usage = answer.usage
+    if usage.prompt_tokens and usage.output_tokens:
+        return usage  # both reported (the common case): nothing to estimate, the prompt unread
+    output = 0
+    if not usage.output_tokens and (streamed or answer.tool_calls):
+        said = [*streamed, *(json.dumps(call.get("args")) for call in answer.tool_calls)]
+        output = streamed_tokens(request, said)
     return floor_usage(
-        answer.usage,
+        usage,
         prompt_tokens=estimate_prompt_tokens(request.prompt_chars()),
-        output_tokens=streamed_tokens(request, said),
+        output_tokens=output,
     )
 
 

@@ -166,10 +166,9 @@ class JudgeEvaluator:
         except BaseException:  # the model's own failure, or the call was cancelled
             self.usage += cancelled_usage(request, streamed)
             raise
-        said = answer.usage
-        if not (said.input_tokens or said.output_tokens or said.prompt_tokens):
-            answer.usage = unreported_usage(request, streamed, answer)
-        self.usage += answer.usage.with_model_calls(1)
+        # A count the model did not report is charged its estimate, field by field, as the
+        # engine charges a model call.
+        self.usage += unreported_usage(request, streamed, answer).with_model_calls(1)
         return text
 
     def _score(self, text: str) -> Score:

@@ -3,19 +3,30 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator, AsyncIterator
-from typing import Any, ClassVar
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator
+from typing import Any, ClassVar, Protocol
 
-from loomgraph.models.errors import ModelPromptTooLarge
+from loomgraph.models._shape import SHAPE_ERRORS, MalformedChunk
+from loomgraph.models.errors import ModelBadResponse, ModelPromptTooLarge
 from loomgraph.models.retry import RetryPolicy, retrying
 from loomgraph.protocols import ModelChunk, ModelRequest, Usage
 from loomgraph.protocols.pricing import PriceOverride, with_cost
-from loomgraph.protocols.tool_args import DEFAULT_LIMITS, ToolArgLimits
+from loomgraph.protocols.tool_args import DEFAULT_LIMITS, ToolArgLimits, ToolArgsRejected
 from loomgraph.protocols.usage import estimate_output_tokens, estimate_prompt_tokens, floor_usage
 
 # About 4 MB of text: far above any model's context window in tokens, but it stops a runaway
 # prompt (a tool that returned a whole file system) before it costs an upload and a 413.
 DEFAULT_MAX_PROMPT_CHARS = 4_000_000
+
+
+class ChunkReader(Protocol):
+    """The state of one streamed answer, fed one chunk (SSE event) at a time."""
+
+    usage: Usage  # what the provider reported so far
+
+    def feed(self, item: Any) -> Iterator[ModelChunk]:
+        """The chunks one streamed item produces."""
+        ...
 
 
 class StreamTally:
@@ -125,6 +136,41 @@ class HTTPModel:
 
     def _usage(self, usage: Usage) -> Usage:
         return with_cost(self.name, usage, self.prices)
+
+    def _read(
+        self, reader: ChunkReader, item: Any, tally: StreamTally, request_id: str | None
+    ) -> list[ModelChunk]:
+        """The chunks one streamed item produces: the one place each adapter reads a chunk.
+
+        A chunk of the wrong shape, or tool input that is not a JSON object within the
+        limits, is `ModelBadResponse` naming what was wrong, charged what the attempt
+        streamed (retried like a broken stream, see `loomgraph.models.retry`).
+        """
+        try:
+            return list(reader.feed(item))
+        except SHAPE_ERRORS as exc:
+            detail = str(exc) if isinstance(exc, MalformedChunk) else f"{type(exc).__name__}: {exc}"
+            raise self._bad(f"malformed stream: {detail}", reader, tally, request_id) from exc
+        except ValueError as exc:  # the tool input: not JSON, not an object, over the limits
+            rejected = "tool_args_rejected" if isinstance(exc, ToolArgsRejected) else None
+            raise self._bad(
+                f"invalid tool arguments: {exc}", reader, tally, request_id, rejected
+            ) from exc
+
+    def _bad(
+        self,
+        message: str,
+        reader: ChunkReader,
+        tally: StreamTally,
+        request_id: str | None,
+        error_type: str | None = None,
+    ) -> ModelBadResponse:
+        return ModelBadResponse(
+            f"{self.label}: {message} (request id {request_id})",
+            error_type=error_type,
+            request_id=request_id,
+            usage=self._usage(tally.floor(reader.usage)),
+        )
 
     # ------------------------------------------------------------------ for subclasses
 

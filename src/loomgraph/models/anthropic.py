@@ -12,7 +12,9 @@ from collections.abc import AsyncGenerator, Iterator, Sequence
 from dataclasses import replace
 from typing import Any
 
+from loomgraph.models import _shape as shape
 from loomgraph.models._adapter import DEFAULT_MAX_PROMPT_CHARS, HTTPModel, StreamTally
+from loomgraph.models._shape import MalformedChunk
 from loomgraph.models.anthropic_request import (
     anthropic_messages,
     anthropic_system,
@@ -20,7 +22,6 @@ from loomgraph.models.anthropic_request import (
 )
 from loomgraph.models.errors import (
     AdapterError,
-    ModelBadResponse,
     ModelConnectionError,
     ModelMissingKey,
     ModelTimeout,
@@ -38,12 +39,7 @@ from loomgraph.protocols import (
     Usage,
 )
 from loomgraph.protocols.pricing import PriceOverride
-from loomgraph.protocols.tool_args import (
-    ToolArgLimits,
-    ToolArgsRejected,
-    check_tool_args,
-    parse_tool_args,
-)
+from loomgraph.protocols.tool_args import ToolArgLimits, check_tool_args, parse_tool_args
 
 __all__ = [
     "ENV_API_KEY",
@@ -77,59 +73,113 @@ class _Turn:
         self.tally = tally
         self.limits = limits
         self.tool_blocks: dict[int, dict[str, Any]] = {}
+        self.other_blocks: set[int] = set()  # open blocks of other types (text, thinking...)
         self.usage = Usage()
+        self.output_reported = False  # message_delta carried the output count
         self.stop_reason: str | None = None
         self.stopped = False
 
     def feed(self, event: Any) -> Iterator[ModelChunk]:
-        """The chunks one raw stream event produces (raises ValueError on bad tool JSON)."""
-        kind = getattr(event, "type", None)
+        """The chunks one raw stream event produces. An event of the wrong shape raises
+        MalformedChunk (or the TypeError/AttributeError reading it does); tool input that is
+        not a JSON object within the limits raises ValueError (see `HTTPModel._read`)."""
+        kind = shape.get(event, "type")
         if kind == "message_start":
-            self._take_usage(getattr(event.message, "usage", None))
+            message = shape.obj(shape.get(event, "message"), "message_start.message")
+            usage = shape.get(message, "usage")
+            if usage is not None:
+                self._take_usage(usage, "message_start.message.usage")
         elif kind == "content_block_start":
-            block = event.content_block
-            if block.type == "tool_use":
-                initial = getattr(block, "input", None)
-                self.tool_blocks[event.index] = {
-                    "id": block.id,
-                    "name": block.name,
-                    "parts": [],
-                    "initial": initial if isinstance(initial, dict) else {},
-                }
-            elif block.type == "text" and getattr(block, "text", ""):
-                self.tally.add(block.text)
-                yield ModelChunk(type="text", text=block.text)
+            at = shape.index(shape.get(event, "index"), "content_block_start.index")
+            block = shape.obj(
+                shape.get(event, "content_block"), "content_block_start.content_block"
+            )
+            block_type = shape.get(block, "type")
+            if block_type == "tool_use":
+                self._open_tool(at, block)
+            else:
+                self.other_blocks.add(at)
+            if block_type == "text":
+                piece = shape.text(shape.get(block, "text"), f"text block {at}'s text")
+                if piece:
+                    self.tally.add(piece)
+                    yield ModelChunk(type="text", text=piece)
         elif kind == "content_block_delta":
-            delta = event.delta
-            if delta.type == "text_delta" and delta.text:
-                self.tally.add(delta.text)
-                yield ModelChunk(type="text", text=delta.text)
-            elif delta.type == "input_json_delta" and event.index in self.tool_blocks:
-                self.tally.add(delta.partial_json)
-                self.tool_blocks[event.index]["parts"].append(delta.partial_json or "")
+            at = shape.index(shape.get(event, "index"), "content_block_delta.index")
+            delta = shape.obj(shape.get(event, "delta"), "content_block_delta.delta")
+            delta_type = shape.get(delta, "type")
+            if delta_type == "text_delta":
+                piece = shape.text(shape.get(delta, "text"), "text_delta.text")
+                if piece:
+                    self.tally.add(piece)
+                    yield ModelChunk(type="text", text=piece)
+            elif delta_type == "input_json_delta":
+                piece = shape.text(
+                    shape.get(delta, "partial_json"), "input_json_delta.partial_json"
+                )
+                tool = self.tool_blocks.get(at)
+                if tool is not None:
+                    self.tally.add(piece)
+                    tool["parts"].append(piece)
+                elif at not in self.other_blocks:  # (a server tool's input is not ours to run)
+                    raise MalformedChunk(
+                        f"input_json_delta for block {at}, which is not an open tool_use block"
+                    )
         elif kind == "content_block_stop":
             # Only now is the tool call complete; a partial block is never handed out.
-            block = self.tool_blocks.pop(event.index, None)
-            if block is not None:
-                yield ModelChunk(type="tool_call", call=_tool_call(block, self.limits))
+            at = shape.index(shape.get(event, "index"), "content_block_stop.index")
+            self.other_blocks.discard(at)
+            tool = self.tool_blocks.pop(at, None)
+            if tool is not None:
+                yield ModelChunk(type="tool_call", call=_tool_call(tool, self.limits))
         elif kind == "message_delta":
-            self.stop_reason = getattr(event.delta, "stop_reason", None) or self.stop_reason
-            self._take_usage(getattr(event, "usage", None))
+            delta = shape.obj(shape.get(event, "delta"), "message_delta.delta")
+            reason = shape.text(shape.get(delta, "stop_reason"), "message_delta.stop_reason")
+            self.stop_reason = reason or self.stop_reason
+            usage = shape.get(event, "usage")
+            if usage is not None:
+                self._take_usage(usage, "message_delta.usage")
+                self.output_reported |= shape.get(usage, "output_tokens") is not None
         elif kind == "message_stop":
+            if self.tool_blocks:
+                # The model sent a tool call and never finished it: not an answer to act on,
+                # and not one to drop either (the run would look complete without the call).
+                blocks = ", ".join(map(str, sorted(self.tool_blocks)))
+                raise MalformedChunk(
+                    f"tool_use block {blocks} was never closed (no content_block_stop "
+                    "before message_stop)"
+                )
             self.stopped = True
 
-    def _take_usage(self, usage: Any) -> None:
+    def reported(self) -> Usage:
+        """The message's usage as reported. message_start's output count is its first token
+        only; when no message_delta carried the final count, the output is unreported (0)
+        and the engine charges its estimate of what was streamed (see docs/models.md)."""
+        return self.usage if self.output_reported else replace(self.usage, output_tokens=0)
+
+    def _open_tool(self, at: int, block: Any) -> None:
+        if at in self.tool_blocks or at in self.other_blocks:
+            raise MalformedChunk(f"content_block_start for block {at}, which is already open")
+        call_id = shape.text(shape.get(block, "id"), f"tool_use block {at}'s id")
+        name = shape.text(shape.get(block, "name"), f"tool_use block {at}'s name")
+        if not call_id or not name:
+            raise MalformedChunk(f"tool_use block {at} has no {'id' if not call_id else 'name'}")
+        initial = shape.get(block, "input")
+        if initial is not None and not isinstance(initial, dict):
+            raise MalformedChunk(f"tool_use block {at}'s input is not an object")
+        self.tool_blocks[at] = {"id": call_id, "name": name, "parts": [], "initial": initial or {}}
+
+    def _take_usage(self, usage: Any, where: str) -> None:
         # message_delta counts are cumulative, so a later value replaces an earlier one.
-        if usage is None:
-            return
+        shape.obj(usage, where)
         for ours, theirs in (
             ("input_tokens", "input_tokens"),
             ("output_tokens", "output_tokens"),
             ("cache_write_tokens", "cache_creation_input_tokens"),
             ("cache_read_tokens", "cache_read_input_tokens"),
         ):
-            value = getattr(usage, theirs, None)
-            if isinstance(value, int):
+            value = shape.count(shape.get(usage, theirs), f"{where}.{theirs}")
+            if value is not None:
                 self.usage = replace(self.usage, **{ours: value})
 
 
@@ -137,10 +187,6 @@ def _tool_call(block: dict[str, Any], limits: ToolArgLimits) -> ToolCall:
     raw = "".join(block["parts"]).strip()
     args = parse_tool_args(raw, limits) if raw else check_tool_args(block["initial"], limits)
     return {"id": block["id"], "tool": block["name"], "args": args}
-
-
-def _rejected(exc: ValueError) -> str | None:
-    return "tool_args_rejected" if isinstance(exc, ToolArgsRejected) else None
 
 
 def _is_timeout(exc: BaseException) -> bool:
@@ -267,16 +313,7 @@ class AnthropicModel(HTTPModel):
                     err = self._translate(exc, request_id=request_id, streaming=True)
                     err.usage = self._usage(tally.floor(turn.usage))
                     raise err from exc
-                try:
-                    chunks = list(turn.feed(event))
-                except ValueError as exc:
-                    raise ModelBadResponse(
-                        f"{self.label}: invalid tool input JSON: {exc} (request id {request_id})",
-                        error_type=_rejected(exc),
-                        request_id=request_id,
-                        usage=self._usage(tally.floor(turn.usage)),
-                    ) from exc
-                for chunk in chunks:
+                for chunk in self._read(turn, event, tally, request_id):
                     yield chunk
         finally:
             await stream.close()
@@ -286,7 +323,9 @@ class AnthropicModel(HTTPModel):
                 request_id=request_id,
                 usage=self._usage(tally.floor(turn.usage)),
             )
-        yield ModelChunk(type="usage", usage=self._usage(turn.usage))
+        # As reported; a count the provider left out is the engine's to estimate, for every
+        # model alike (engine.model_answers.unreported_usage).
+        yield ModelChunk(type="usage", usage=self._usage(turn.reported()))
         reason = turn.stop_reason or "end_turn"
         yield ModelChunk(type="finish", finish_reason=_FINISH_REASONS.get(reason, reason))
 

@@ -11,14 +11,15 @@ from __future__ import annotations
 import json
 import os
 import uuid
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import AsyncGenerator, Iterator, Sequence
 from dataclasses import replace
 from typing import Any
 
+from loomgraph.models import _shape as shape
 from loomgraph.models._adapter import DEFAULT_MAX_PROMPT_CHARS, HTTPModel, StreamTally
+from loomgraph.models._shape import MalformedChunk
 from loomgraph.models.errors import (
     AdapterError,
-    ModelBadResponse,
     ModelConfigError,
     ModelConnectionError,
     ModelTimeout,
@@ -38,11 +39,7 @@ from loomgraph.protocols import (
     Usage,
 )
 from loomgraph.protocols.pricing import PriceOverride
-from loomgraph.protocols.tool_args import (
-    ToolArgLimits,
-    ToolArgsRejected,
-    parse_tool_args,
-)
+from loomgraph.protocols.tool_args import ToolArgLimits, parse_tool_args
 
 __all__ = [
     "ENV_API_KEY",
@@ -126,7 +123,101 @@ def openai_tools(tools: Sequence[ToolSpec]) -> list[dict[str, Any]]:
     return out
 
 
+class _Completion:
+    """The state of one streamed chat completion (its first choice): tool-call fragments,
+    usage so far, finish reason."""
+
+    def __init__(self, tally: StreamTally, limits: ToolArgLimits) -> None:
+        self.tally = tally
+        self.limits = limits
+        # Fragments by (0, index); a server that sends no index (Gemini's endpoint) gets
+        # (1, n): a fragment with a new id starts call n, one without an id continues it.
+        self.slots: dict[tuple[int, int], dict[str, Any]] = {}
+        self.unindexed = 0
+        self.usage = Usage()
+        self.finish: str | None = None
+        self.called = False
+
+    def feed(self, chunk: Any) -> Iterator[ModelChunk]:
+        """The chunks one chat.completion.chunk produces. A chunk of the wrong shape raises
+        MalformedChunk (or the TypeError/AttributeError reading it does); tool arguments
+        that are not a JSON object within the limits raise ValueError (`HTTPModel._read`)."""
+        usage = shape.get(chunk, "usage")
+        if usage is not None:
+            self.usage = _usage(usage)
+        choices = shape.get(chunk, "choices")
+        if choices is None:
+            return
+        if not isinstance(choices, list | tuple):
+            raise MalformedChunk(f"choices is a {type(choices).__name__}, not a list")
+        for choice in choices:
+            shape.obj(choice, "a choice")
+            at = shape.get(choice, "index")
+            # n > 1 is never requested: the first choice is the answer (one sent without an
+            # index can only be that one).
+            if at is None or shape.index(at, "choice.index") == 0:
+                yield from self._choice(choice)
+
+    def _choice(self, choice: Any) -> Iterator[ModelChunk]:
+        delta = shape.get(choice, "delta")
+        if delta is not None:
+            shape.obj(delta, "choice.delta")
+            piece = shape.text(shape.get(delta, "content"), "delta.content")
+            if piece:
+                self.tally.add(piece)
+                yield ModelChunk(type="text", text=piece)
+            parts = shape.get(delta, "tool_calls")
+            if parts is not None:
+                if not isinstance(parts, list | tuple):
+                    raise MalformedChunk(
+                        f"delta.tool_calls is a {type(parts).__name__}, not a list"
+                    )
+                for part in parts:
+                    self._fragment(part)
+        reason = shape.text(shape.get(choice, "finish_reason"), "choice.finish_reason")
+        if reason:
+            self.finish = reason
+            # Only a finished choice has complete tool calls.
+            calls = [_assemble(self.slots[key], self.limits) for key in sorted(self.slots)]
+            self.slots.clear()
+            for call in calls:
+                self.called = True
+                yield ModelChunk(type="tool_call", call=call)
+
+    def _fragment(self, part: Any) -> None:
+        shape.obj(part, "a delta.tool_calls entry")
+        if self.finish is not None:
+            # The finish_reason said the answer was complete and its calls were handed out;
+            # a call arriving now would be dropped, or run after the fact. Not an answer.
+            raise MalformedChunk("a tool-call fragment arrived after the finish_reason")
+        call_id = shape.text(shape.get(part, "id"), "tool call id")
+        name = arguments = ""
+        function = shape.get(part, "function")
+        if function is not None:
+            shape.obj(function, "tool call function")
+            name = shape.text(shape.get(function, "name"), "function.name")
+            arguments = shape.text(shape.get(function, "arguments"), "function.arguments")
+        at = shape.get(part, "index")
+        if at is not None:
+            key = (0, shape.index(at, "tool call index"))
+        else:
+            current = self.slots.get((1, self.unindexed))
+            if current is None or (call_id and current["id"] and call_id != current["id"]):
+                if not (call_id or name or arguments):
+                    return  # nothing of a call (metadata only)
+                self.unindexed += 1
+            key = (1, self.unindexed)
+        slot = self.slots.setdefault(key, {"id": "", "name": "", "parts": []})
+        slot["id"] = call_id or slot["id"]
+        slot["name"] = name or slot["name"]
+        if arguments:
+            slot["parts"].append(arguments)
+            self.tally.add(arguments)
+
+
 def _assemble(slot: dict[str, Any], limits: ToolArgLimits) -> ToolCall:
+    if not slot["name"]:
+        raise MalformedChunk(f"tool call {slot['id'] or '(no id)'} has no function name")
     args = parse_tool_args("".join(slot["parts"]), limits)
     return {"id": slot["id"] or f"call_{uuid.uuid4().hex[:12]}", "tool": slot["name"], "args": args}
 
@@ -134,12 +225,19 @@ def _assemble(slot: dict[str, Any], limits: ToolArgLimits) -> ToolCall:
 def _usage(raw: Any) -> Usage:
     # OpenAI counts cached prompt tokens inside prompt_tokens; loomgraph's input_tokens
     # excludes them (as Anthropic's does), so both adapters' usage means the same thing.
-    prompt = getattr(raw, "prompt_tokens", 0) or 0
-    details = getattr(raw, "prompt_tokens_details", None)
-    cached = (getattr(details, "cached_tokens", 0) or 0) if details is not None else 0
+    # A count left out is 0 here: the engine charges its estimate for it.
+    shape.obj(raw, "usage")
+    prompt = shape.count(shape.get(raw, "prompt_tokens"), "usage.prompt_tokens") or 0
+    output = shape.count(shape.get(raw, "completion_tokens"), "usage.completion_tokens") or 0
+    cached = 0
+    details = shape.get(raw, "prompt_tokens_details")
+    if details is not None:
+        shape.obj(details, "usage.prompt_tokens_details")
+        where = "usage.prompt_tokens_details.cached_tokens"
+        cached = shape.count(shape.get(details, "cached_tokens"), where) or 0
     return Usage(
         input_tokens=max(prompt - cached, 0),
-        output_tokens=getattr(raw, "completion_tokens", 0) or 0,
+        output_tokens=output,
         cache_read_tokens=cached,
         cache_write_tokens=0,
     )
@@ -241,10 +339,7 @@ class OpenAICompatModel(HTTPModel):
         except Exception as exc:
             raise self._translate(exc) from exc
         request_id: str | None = stream.response.headers.get("x-request-id")
-        slots: dict[int, dict[str, Any]] = {}
-        usage: Usage | None = None  # None until the server sends its usage
-        finish: str | None = None
-        called = False
+        completion = _Completion(tally, self.tool_arg_limits)
         try:
             while True:
                 try:
@@ -253,58 +348,25 @@ class OpenAICompatModel(HTTPModel):
                     break
                 except Exception as exc:
                     err = self._translate(exc, request_id=request_id, streaming=True)
-                    err.usage = self._usage(tally.floor(usage or Usage()))
+                    err.usage = self._usage(tally.floor(completion.usage))
                     raise err from exc
-                if getattr(chunk, "usage", None) is not None:
-                    usage = _usage(chunk.usage)
-                for choice in chunk.choices or ():
-                    if choice.index != 0:
-                        continue  # n > 1 is never requested
-                    delta = choice.delta
-                    if delta is not None and delta.content:
-                        tally.add(delta.content)
-                        yield ModelChunk(type="text", text=delta.content)
-                    for part in (delta.tool_calls if delta is not None else None) or ():
-                        slot = slots.setdefault(part.index, {"id": "", "name": "", "parts": []})
-                        slot["id"] = part.id or slot["id"]
-                        if part.function is not None:
-                            slot["name"] = part.function.name or slot["name"]
-                            slot["parts"].append(part.function.arguments or "")
-                            tally.add(part.function.arguments)
-                    if choice.finish_reason:
-                        finish = choice.finish_reason
-                        # Only a finished choice has complete tool calls.
-                        try:
-                            calls = [
-                                _assemble(slots[i], self.tool_arg_limits) for i in sorted(slots)
-                            ]
-                        except ValueError as exc:
-                            raise ModelBadResponse(
-                                f"{self.label}: invalid tool arguments JSON: {exc} "
-                                f"(request id {request_id})",
-                                error_type="tool_args_rejected"
-                                if isinstance(exc, ToolArgsRejected)
-                                else None,
-                                request_id=request_id,
-                                usage=self._usage(tally.floor(usage or Usage())),
-                            ) from exc
-                        slots.clear()
-                        for call in calls:
-                            called = True
-                            yield ModelChunk(type="tool_call", call=call)
+                for out in self._read(completion, chunk, tally, request_id):
+                    yield out
         finally:
             await stream.close()
-        if finish is None:
+        if completion.finish is None:
             raise ModelConnectionError(
                 f"{self.label}: the stream ended before a finish_reason (request id {request_id})",
                 request_id=request_id,
-                usage=self._usage(tally.floor(usage or Usage())),
+                usage=self._usage(tally.floor(completion.usage)),
             )
-        # A server that never sends usage (some local ones) is charged the estimate.
-        billed = usage if usage is not None else tally.floor(Usage())
-        yield ModelChunk(type="usage", usage=self._usage(billed))
+        # As reported; a count the server left out (or all of them: some local servers send
+        # no usage) is the engine's to estimate, for every model alike
+        # (engine.model_answers.unreported_usage).
+        yield ModelChunk(type="usage", usage=self._usage(completion.usage))
         # Some local servers say "stop" after tool calls; the calls are what counts.
-        reason = "tool_use" if called else _FINISH_REASONS.get(finish, finish)
+        finish = completion.finish
+        reason = "tool_use" if completion.called else _FINISH_REASONS.get(finish, finish)
         yield ModelChunk(type="finish", finish_reason=reason)
 
     def _translate(
