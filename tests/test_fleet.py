@@ -672,51 +672,39 @@ async def test_a_postgres_outage_ends_the_workers_and_restarted_ones_recover_the
 # --------------------------------------------------------------------------- units
 
 
-async def test_a_recovery_runs_alone_and_goes_before_new_runs() -> None:
+def test_a_recovery_runs_alone_and_goes_before_new_runs() -> None:
     from loomgraph.workers.quarantine import Quarantine
 
-    q = Quarantine()
-    order: list[str] = []
-    first_in = asyncio.Event()
-    release_first = asyncio.Event()
-
-    async def ordinary(name: str, hold: asyncio.Event | None = None) -> None:
-        async with q.shared():
-            order.append(f"{name} in")
-            if hold is not None:
-                first_in.set()
-                await hold.wait()
-            order.append(f"{name} out")
-
-    async def recovery() -> None:
-        async with q.alone():
-            order.append("recovery in")
-            await asyncio.sleep(0)
-            order.append("recovery out")
-
-    first = asyncio.create_task(ordinary("first", release_first))
-    await first_in.wait()
-    rec = asyncio.create_task(recovery())
-    await _let_others_run()
-    later = asyncio.create_task(ordinary("later"))
-    await _let_others_run()
-    assert order == ["first in"]  # the recovery waits for the run in hand; new runs wait too
-    release_first.set()
-    await asyncio.wait_for(asyncio.gather(first, rec, later), 5)
-    assert order == [
-        "first in",
-        "first out",
-        "recovery in",
-        "recovery out",
-        "later in",
-        "later out",
-    ]
-
-
-async def _let_others_run() -> None:
-    """Yield to the event loop until every other ready task has had its turns."""
-    for _ in range(20):
-        await asyncio.sleep(0)
+    now = [100.0]
+    q = Quarantine(hold_seconds=3.0, clock=lambda: now[0])
+    # Nothing waits in the quarantine: a job that cannot go in is put back in the queue.
+    with q.shared() as first:
+        assert first
+        with q.alone() as recovery:
+            assert not recovery  # a run in hand: the recovery is turned away...
+        with q.shared() as later:
+            assert not later  # ...and keeps new runs out, so the runs in hand end
+    now[0] += 2.0
+    with q.shared() as later:
+        assert not later  # still kept for the recovery, which comes back
+    with q.alone() as recovery:
+        assert recovery  # alone
+        with q.shared() as beside:
+            assert not beside
+    with q.shared() as after:
+        assert after  # the recovery ran: nothing is kept out any more
+    with q.alone() as first, q.alone() as second:
+        assert first and not second  # one recovery at a time; the second is kept for
+    with q.shared() as later:
+        assert not later
+    now[0] += 3.0
+    # A recovery that was turned away and never came back (another worker ran it) keeps
+    # this worker for `hold_seconds` only.
+    with q.shared(), q.alone() as recovery:
+        assert not recovery
+    now[0] += 3.0
+    with q.shared() as later:
+        assert later
 
 
 async def test_a_queued_run_is_started_only_while_queued_and_leased(agent: Any) -> None:

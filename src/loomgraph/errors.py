@@ -29,6 +29,8 @@ with where each class lives (relative to `loomgraph.`):
     │   └── RunOfAnotherAgent               agent.checkpoints
     ├── FleetError                          agent.fleet
     │   ├── FleetNeedsPostgres + TypeError  agent.fleet
+    │   ├── JobUnusable                     agent.fleet
+    │   ├── JobFromNewerVersion             agent.fleet
     │   ├── RunWaitTimeout + TimeoutError   agent.submitting
     │   ├── RunNotCancellable               agent.submitting
     │   └── RunJobPending                   agent.submitting
@@ -54,7 +56,8 @@ with where each class lives (relative to `loomgraph.`):
     ├── ScriptExhausted + RuntimeError      models.scripted
     ├── ToolArgsRejected + ValueError       protocols.tool_args
     ├── ServiceUnavailable                  errors
-    │   └── LedgerUnavailable               governance.ledger
+    │   ├── LedgerUnavailable               governance.ledger
+    │   └── SlotsUnavailable                workers.slots
     ├── JournalError                        runtime.errors
     │   ├── JournalCorrupted                runtime.errors
     │   │   └── JournalDamaged              runtime.errors

@@ -29,7 +29,9 @@ __all__ = [
     "FleetNeedsPostgres",
     "FleetQueue",
     "FleetRun",
+    "JobFromNewerVersion",
     "JobKind",
+    "JobUnusable",
     "RunJob",
     "cancel_check",
     "check_run_agent",
@@ -47,6 +49,20 @@ class FleetError(LoomgraphError):
 class FleetNeedsPostgres(FleetError, TypeError):
     """A fleet needs the Postgres journal: its queue lives in the same database, so a run is
     journaled and enqueued in one transaction."""
+
+
+class JobUnusable(FleetError):
+    """A job no worker can use: its payload is not one any loomgraph version writes (not
+    JSON, no run id, a field of the wrong type), or it names what this worker cannot import
+    (its output schema's module). The worker journals the run `failed`, with this error as
+    its reason (`JobUnusable: ...`), when the run never started (docs/scaling.md, "Jobs a
+    worker cannot use")."""
+
+
+class JobFromNewerVersion(FleetError):
+    """A job a newer loomgraph wrote: a field or a kind this version does not know. A worker
+    of this version puts it back in the queue for a worker that reads it, and the run waits
+    `queued` meanwhile (docs/scaling.md, "Jobs a worker cannot use")."""
 
 
 class JobKind(enum.StrEnum):
@@ -80,12 +96,86 @@ class RunJob:
 
     @classmethod
     def decode(cls, payload: bytes | None) -> RunJob:
-        """A payload back; a payload this version did not write raises FleetError."""
+        """A payload back. `JobUnusable` for one no version writes (not JSON, no run id or
+        kind, a field of the wrong type); `JobFromNewerVersion` for one a newer version
+        wrote (a field or a kind this version does not know).
+
+        The rule that keeps versions apart: a newer version may add fields and kinds, and
+        writes a new field only when a job uses it, but never changes what a field of an
+        older version holds (its type and meaning) nor drops `run_id` or `kind`; a change
+        that must do so adds a field instead, which older workers do not know."""
         try:
-            data = json.loads(payload or b"")
-            return cls(**{**data, "kind": JobKind(data["kind"])})
-        except (ValueError, TypeError, KeyError) as err:
-            raise FleetError(f"a job payload this loomgraph cannot read: {err}") from None
+            data = json.loads((payload or b"").decode())
+        except UnicodeDecodeError as err:
+            raise JobUnusable(f"the job's payload is not UTF-8 text ({err})") from None
+        except ValueError as err:
+            raise JobUnusable(f"the job's payload is not JSON ({err})") from None
+        if not isinstance(data, dict):
+            raise JobUnusable(f"the job's payload is {_json_type(data)}, not an object")
+        for name in ("run_id", "kind"):
+            if name not in data:
+                raise JobUnusable(f"the job's payload has no {name!r}")
+        wrong = [
+            f"{name} is {_json_type(data[name])}, not {_FIELD_TYPES[name][1]}"
+            for name in _FIELD_TYPES
+            if name in data and not _FIELD_TYPES[name][0](data[name])
+        ]
+        if wrong:
+            raise JobUnusable(f"the job's payload is invalid: {'; '.join(wrong)}")
+        unknown = sorted(set(data) - set(_FIELD_TYPES))
+        if unknown:
+            raise JobFromNewerVersion(
+                f"the job has fields this loomgraph does not know ({', '.join(unknown)})"
+            )
+        if data["kind"] not in {kind.value for kind in JobKind}:
+            raise JobFromNewerVersion(
+                f"the job is of a kind this loomgraph does not know ({data['kind']!r})"
+            )
+        answer = sorted(set(data.get("answer", {})) - _ANSWERS)
+        if answer:
+            raise JobFromNewerVersion(
+                f"the job's answer has keys this loomgraph does not know ({', '.join(answer)})"
+            )
+        return cls(**{**data, "kind": JobKind(data["kind"])})
+
+
+def _json_type(value: Any) -> str:
+    """What a JSON value is, as a message names it."""
+    if value is None:
+        return "null"
+    if value == "":
+        return "an empty string"
+    names = {bool: "a boolean", int: "a number", float: "a number", str: "a string"}
+    return names.get(type(value), "an array" if isinstance(value, list) else "an object")
+
+
+def _optional(check: Callable[[Any], bool]) -> Callable[[Any], bool]:
+    return lambda value: value is None or check(value)
+
+
+def _is_str(value: Any) -> bool:
+    return isinstance(value, str)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+# What an answer in a job may hold: `agent.resume`'s keyword arguments.
+_ANSWERS = frozenset({"approve", "value"})
+
+# Every field of a job payload: what its value must be, and how a message names that.
+_FIELD_TYPES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "run_id": (lambda v: isinstance(v, str) and v != "", "a non-empty string"),
+    "kind": (_is_str, "a string"),
+    "user_id": (_optional(_is_str), "a string or null"),
+    "prompt": (_is_str, "a string"),
+    "session_id": (_optional(_is_str), "a string or null"),
+    "output_schema": (_optional(_is_str), "a string or null"),
+    "output_retries": (_optional(_is_int), "an integer or null"),
+    "answer": (lambda v: isinstance(v, dict), "an object"),
+    "agent": (_is_str, "a string"),
+}
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,14 +9,14 @@ from typing import Any
 
 from loomgraph.agent.agent import Agent
 from loomgraph.agent.checkpoints import check_agent, check_owner
-from loomgraph.agent.fleet import FleetQueue, JobKind, RunJob
+from loomgraph.agent.fleet import FleetQueue, JobKind, JobUnusable, RunJob
 from loomgraph.agent.leases import hold_lease
 from loomgraph.agent.result import RunResult
 from loomgraph.engine.effects import BoundApproval
 from loomgraph.graph.imports import import_object
 from loomgraph.protocols import RunStatus
 
-__all__ = ["Advanced", "advance"]
+__all__ = ["Advanced", "advance", "fail_unstarted"]
 
 log = logging.getLogger("loomgraph.workers")
 
@@ -30,6 +30,7 @@ class Advanced(enum.StrEnum):
     STARTED = "started"
     RESUMED = "resumed"  # after a worker died, or with a person's answer
     CANCELLED = "cancelled"  # someone asked to cancel it before it could go on
+    FAILED = "failed"  # it never started, and its job cannot start it: journaled failed
     NOTHING = "nothing"  # it had stopped already (finished, failed, waiting, gone)
 
 
@@ -75,7 +76,16 @@ async def advance(agent: Agent, fleet: FleetQueue, job: RunJob) -> Advanced:
         if record.status == RunStatus.QUEUED:
             options: dict[str, Any] = {}
             if job.output_schema:
-                options["output_schema"] = import_object(job.output_schema, what="output schema")
+                try:
+                    schema = import_object(job.output_schema, what="output schema")
+                except ImportError as err:
+                    # Not on this worker (workers must run the agent's code, as its servers
+                    # do): no worker of this deployment starts the run, so it fails now
+                    # rather than wait `queued` for ever.
+                    unusable = JobUnusable(f"the job's output schema cannot be imported: {err}")
+                    await _fail(runtime, job.run_id, unusable)
+                    return Advanced.FAILED
+                options["output_schema"] = schema
             if job.output_retries is not None:
                 options["output_retries"] = job.output_retries
             session = agent.session(
@@ -89,6 +99,28 @@ async def advance(agent: Agent, fleet: FleetQueue, job: RunJob) -> Advanced:
             return Advanced.STARTED
         await _resume(agent, job.run_id, **(job.answer if answered else {}))
         return Advanced.RESUMED
+
+
+async def fail_unstarted(agent: Agent, run_id: str, why: Exception) -> bool:
+    """Journal a run that never started `failed`, `why` (its type and message) the reason:
+    its job cannot start it (`JobUnusable`) and no job is left to, so `wait` ends instead of
+    seeing it `queued` for ever. Read and written under the run's lease, like a cancel of
+    a queued run; a run that is not `queued` (it started, or ended) is left as it is.
+
+    True when the run was failed. Raises `RunConflict` while another worker holds the run."""
+    async with hold_lease(agent.deps.leases, run_id):
+        record = await agent.deps.runtime.load_run(run_id)
+        if record is None or record.status != RunStatus.QUEUED:
+            return False
+        await _fail(agent.deps.runtime, run_id, why)
+        return True
+
+
+async def _fail(runtime: Any, run_id: str, why: Exception) -> None:
+    """The queued run, whose lease the caller holds, journaled `failed` because of `why`."""
+    reason = f"{type(why).__name__}: {why}"
+    log.error("run %s cannot be started, journaled failed: %s", run_id, reason)
+    await runtime.finish_run(run_id, RunStatus.FAILED, reason, None)
 
 
 async def _resume(agent: Agent, run_id: str, **answer: Any) -> RunResult:

@@ -18,11 +18,22 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from loomgraph._storage.pg_pool import import_asyncpg
+from loomgraph._storage.pg_pool import connection_failed, failure, import_asyncpg
+from loomgraph.errors import ServiceUnavailable
 
-__all__ = ["Slot", "UserSlots"]
+__all__ = ["Slot", "SlotsUnavailable", "UserSlots"]
 
 log = logging.getLogger("loomgraph.workers")
+
+
+class SlotsUnavailable(ServiceUnavailable):
+    """A per-user slot could not be looked at: its connection could not be made or broke
+    (Postgres refusing connections, at `max_connections`, or the network). Like any
+    `ServiceUnavailable`, the job is put back and the run goes on later."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(f"the per-user slots are unavailable: {detail}")
+        self.detail = detail
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,8 +97,13 @@ class UserSlots:
         without a user, or no limit: a slot that holds nothing)."""
         if not self.limit or user_id is None:
             return Slot(None, 0, -1)
-        pool = await self._get_pool()
-        con = await pool.acquire()
+        try:
+            pool = await self._get_pool()
+            con = await pool.acquire()
+        except Exception as err:
+            if (unavailable := self._unavailable(err)) is None:
+                raise
+            raise unavailable from err
         try:
             key = await con.fetchval("SELECT hashtext($1)", f"{self.schema}:{user_id}")
             for index in range(self.limit):
@@ -95,11 +111,27 @@ class UserSlots:
                     slot = Slot(con, int(key), index)
                     self._held.add(slot)
                     return slot
-        except BaseException:
-            await pool.release(con)
+        except BaseException as err:
+            await self._give_back(con)
+            if isinstance(err, Exception) and (unavailable := self._unavailable(err)):
+                raise unavailable from err
             raise
-        await pool.release(con)
+        await self._give_back(con)
         return None
+
+    def _unavailable(self, err: Exception) -> SlotsUnavailable | None:
+        """`SlotsUnavailable` when `err` says a connection could not be made or broke."""
+        if connection_failed(import_asyncpg("the fleet's per-user slots"), err):
+            return SlotsUnavailable(failure(self.dsn, err))
+        return None
+
+    async def _give_back(self, con: Any) -> None:
+        """Return a connection to the pool; a broken one is closed by it (a failure to is
+        logged: the server ends the session, and its locks, when its socket closes)."""
+        try:
+            await self._pool.release(con)
+        except Exception as err:
+            log.warning("a per-user slot's connection could not be given back: %s", err)
 
     async def release(self, slot: Slot) -> None:
         """Give the slot back (a slot whose connection failed is free already)."""
@@ -114,7 +146,7 @@ class UserSlots:
             except Exception as err:
                 log.warning("a per-user slot could not be unlocked: %s", err)
             finally:
-                await self._pool.release(slot.connection)
+                await self._give_back(slot.connection)
 
     async def close(self) -> None:
         """Close the connections (releasing any lock still held)."""
