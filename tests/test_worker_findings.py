@@ -259,7 +259,8 @@ async def test_a_job_no_worker_can_use_fails_its_run_and_a_newer_ones_waits(
                 assert result.reason.startswith("JobUnusable: "), (name, result.reason)
                 assert UNUSABLE[name][1] in result.reason, (name, result.reason)
                 assert await job_row(pg_schema, run_id) is None  # the job was ended
-                with pytest.raises(RunNotStarted):  # nothing to go on from: submit again
+                # Nothing to go on from: submit again (the message says why it never started).
+                with pytest.raises(RunNotStarted, match="its job could not start it"):
                     await client.retry(run_id)
 
             for name, (run_id, _) in newer.items():

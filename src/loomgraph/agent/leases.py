@@ -11,16 +11,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import os
 import socket
+import time
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
+from loomgraph.errors import ServiceUnavailable
 from loomgraph.protocols import RunLeases
 from loomgraph.protocols.runtime import Lease, current_fence
-from loomgraph.runtime.errors import LeaseLost, RunConflict
+from loomgraph.runtime.errors import JournalUnavailable, LeaseLost, RunConflict
 
 _log = logging.getLogger(__name__)
 _HOST = socket.gethostname()
@@ -96,36 +99,111 @@ async def take_lease(runtime: RunLeases, run_id: str, owner: str) -> Any:
         return lease
 
 
+# Why the lease the current task holds made `hold_lease` stop it (one list per holding, empty
+# while it never did): read by the session, which journals a cancel only when it is the
+# caller's. Tasks the run starts copy the context, so they see their run's holding.
+_stopped: contextvars.ContextVar[list[BaseException] | None] = contextvars.ContextVar(
+    "loomgraph_lease_stopped", default=None
+)
+
+
+def lease_stop() -> BaseException | None:
+    """Why the lease this task holds (`hold_lease`) cancelled it: the renewal's `RunConflict`
+    (`LeaseLost`: another worker took the run over) or `JournalUnavailable` (the journal could
+    not be reached before the lease ran out), or another error of the renewal. None when no
+    lease holder stopped this task: a cancel is then its caller's.
+
+    A run stopped so is not journaled as anything (it may have lost the lease, and its
+    journal may not be there to take it): it is left `running`, as a crash leaves it."""
+    stops = _stopped.get()
+    return stops[0] if stops else None
+
+
+def _unreachable(run_id: str, ttl: float, last: BaseException | None) -> JournalUnavailable:
+    """Why a run was stopped whose lease could not be renewed before it ran out."""
+    if isinstance(last, JournalUnavailable):
+        return last
+    why = f"{type(last).__name__}: {last}" if last is not None else "no answer in time"
+    return JournalUnavailable(
+        f"of run {run_id}", f"its lease could not be renewed within its {ttl:g} s ({why})"
+    )
+
+
 @contextlib.asynccontextmanager
 async def hold_lease(runtime: RunLeases | None, run_id: str) -> AsyncIterator[Any]:
     """Hold the run's lease while the body runs, renewing it, and fence the body's journal
     writes with its token; a journal without leases is used by one process, and needs none.
 
-    When the lease is lost (another worker took the run over) the body is cancelled, and
-    the block raises `LeaseLost`.
+    A renewal the journal did not answer (`ServiceUnavailable`: a network stall, a lock, a
+    slow server) is tried again while the lease is surely live: until `lease_seconds` after
+    the last renewal that went through was sent, less a tenth. When none goes through by
+    then, or the lease was lost (another worker took the run over), the body is cancelled and
+    the block raises `JournalUnavailable` or `LeaseLost`; `lease_stop()` tells the body that
+    the cancel was the lease's, not its caller's, so the run is not journaled as cancelled.
     """
     if runtime is None:
         yield None
         return
     owner = f"{_WORKER}:{uuid.uuid4().hex[:8]}"
+    taken = time.monotonic()  # sent no later than this: the lease lives at least `ttl` from it
     lease = await take_lease(runtime, run_id, owner)  # RunConflict: another worker has it
     body = asyncio.current_task()
     lost: list[BaseException] = []
+    ttl = float(runtime.lease_seconds)
+
+    def stop(err: BaseException) -> None:
+        lost.append(err)
+        if body is not None:
+            body.cancel()
 
     async def renew() -> None:
+        live_until = taken + ttl  # by this process's clock: a lower bound of the lease's end
+        margin = ttl / 10
+        pause = ttl / 3
+        last: BaseException | None = None
         while True:
-            await asyncio.sleep(runtime.lease_seconds / 3)
+            await asyncio.sleep(pause)
+            sent = time.monotonic()
+            # Not waited on past the lease's end: the run must stop by then. A process that
+            # was itself stopped past it (SIGSTOP, a long pause) still asks, for a moment:
+            # the journal says whether the lease is still its own (nobody took it) or lost.
+            # (`asyncio.timeout`, not `wait_for`, which can swallow the cancel ending this.)
             try:
-                await runtime.renew_lease(run_id, owner)
-            except Exception as err:
-                # The lease is lost (or the journal is gone): stop rather than race another
-                # worker that may now own the run.
-                lost.append(err)
-                if body is not None:
-                    body.cancel()
+                async with asyncio.timeout(max(live_until - margin - sent, margin)):
+                    await runtime.renew_lease(run_id, owner)
+            except RunConflict as err:
+                stop(err)  # lost (taken over): stop rather than race the new owner
                 return
+            except (ServiceUnavailable, TimeoutError) as err:
+                # The journal did not answer: not the run's failure, and the lease may still
+                # be ours. Try again while it surely is; stop (journaling nothing) after.
+                last = err if isinstance(err, ServiceUnavailable) else last
+                left = live_until - margin - time.monotonic()
+                why = err if isinstance(err, ServiceUnavailable) else "no answer in time"
+                if left <= 0:
+                    _log.warning(
+                        "lease renewal of run %s failed (%s) and the lease runs out: the run "
+                        "stops, left running in the journal for a recovery",
+                        run_id,
+                        why,
+                    )
+                    stop(_unreachable(run_id, ttl, last))
+                    return
+                _log.warning(
+                    "lease renewal of run %s failed (%s); trying again for another %.1f s",
+                    run_id,
+                    why,
+                    left,
+                )
+                pause = min(ttl / 10, left / 2)
+            except Exception as err:
+                stop(err)  # the journal failed otherwise: stop, and say why
+                return
+            else:
+                live_until, pause = sent + ttl, ttl / 3
 
     fence = current_fence.set(lease if isinstance(lease, Lease) else None)
+    stopped = _stopped.set(lost)
     renewing = asyncio.create_task(renew())
     try:
         yield lease
@@ -141,6 +219,7 @@ async def hold_lease(runtime: RunLeases | None, run_id: str) -> AsyncIterator[An
         token = getattr(lease, "token", 0)
         raise LeaseLost(run_id, token, f"lease lost while running: {lost[0]}") from lost[0]
     finally:
+        _stopped.reset(stopped)
         current_fence.reset(fence)
         renewing.cancel()
         with contextlib.suppress(asyncio.CancelledError):

@@ -21,7 +21,7 @@ from loomgraph.agent.governance_state import check_policy, describe_policy
 from loomgraph.agent.leases import hold_lease
 from loomgraph.agent.pinning import GRAPH_CHOICES, GraphChoice, check_move, move_run, not_kept
 from loomgraph.agent.pinning import run_graph as kept_graph
-from loomgraph.agent.recovery import begin_recovery, end_recovery, reset_recoveries
+from loomgraph.agent.recovery import WAITING, begin_recovery, end_recovery, reset_recoveries
 from loomgraph.agent.result import RunResult
 from loomgraph.agent.session import AgentSession
 from loomgraph.engine.effects import ResumeInput
@@ -43,15 +43,21 @@ __all__ = ["NO_VALUE", "Resumer", "RunNotStarted", "RunQueued", "answer_for", "p
 
 
 class RunNotStarted(ResumeError):
-    """The run never started: a fleet run cancelled while it was queued. The journal keeps
-    no prompt or first state of it (they were in its job), so it cannot be resumed, retried
-    or forked by any agent; nothing was journaled."""
+    """The run never started: a fleet run cancelled while it was queued, or failed because
+    no worker could use its job (`JobUnusable`). The journal keeps no prompt or first state
+    of it (they were in its job), so it cannot be resumed, retried or forked by any agent;
+    nothing was journaled."""
 
     def __init__(self, run_id: str, status: str, doing: str = "resume", why: str = "") -> None:
+        how = (
+            "cancelled before a worker took it up"
+            if status == "cancelled"
+            else "its job could not start it: see its reason"
+        )
         super().__init__(
             why
-            or f"run {run_id} never started (it is {status}: cancelled before a worker took it "
-            f"up), so the journal has no prompt or first state of it to {doing}; submit a new run"
+            or f"run {run_id} never started (it is {status}: {how}), so the journal has no "
+            f"prompt or first state of it to {doing}; submit a new run"
         )
         self.run_id, self.status = run_id, status
 
@@ -194,6 +200,14 @@ class Resumer:
         token = None
         if fleet is not None:
             token = await self._watch_cancels(run_id, fleet, go.leased)
+        if answer is not None and record.status in WAITING:
+            # Taken up with its answer: from here on the run is advanced, so it is journaled
+            # `running` (under the lease) before it goes on. A crash after this leaves an
+            # ordinary crashed running run, which a recovery resumes (counted), replaying the
+            # answer once it is journaled (an approval's effect, an interrupt's transition);
+            # while it stays `waiting`, a fleet worker would take a second answer for it and
+            # find the first one used.
+            await runtime.finish_run(run_id, RunStatus.RUNNING, "", None)
         try:
             result = await go.session.continue_from(
                 go.sink, record, at, new_run=False, resume=answer

@@ -15,7 +15,7 @@ import weakref
 from datetime import UTC, datetime
 from typing import Any
 
-from loomgraph.agent.checkpoints import approval, resume_value
+from loomgraph.agent.checkpoints import approval, not_answered, resume_value
 from loomgraph.agent.fleet import FleetError, FleetQueue, JobKind, RunJob, check_run_agent
 from loomgraph.agent.fleet import fleet_queue as queue_of
 from loomgraph.agent.leases import hold_lease
@@ -221,6 +221,9 @@ async def _answer_job(deps: Deps, run_id: str, answer: dict[str, Any], agent_nam
         resume_value(record, answer["value"])  # the typed error now, not in a worker's log
     else:
         checked = approval(record, answer["approve"])
+        # An answer journaled already stands (approvals are used once): refused here, as
+        # `agent.resume` refuses it, rather than queued for a worker to drop.
+        await not_answered(deps.runtime, record, checked.call_id)
         answer = {"approve": _approval_data(checked)}
     return RunJob(run_id, JobKind.RESUME, user_id=record.user_id, answer=answer)
 
