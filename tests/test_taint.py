@@ -16,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from loomgraph import Agent, tool
-from loomgraph.engine import tool_gate
+from loomgraph.engine import taint
 from loomgraph.engine.taint import (
     MIN_TAINT_CHARS,
     UntrustedText,
@@ -170,7 +170,7 @@ async def test_a_call_of_a_tool_that_is_not_egress_is_never_checked(
         checked.append(next(iter(args)))
         return False
 
-    monkeypatch.setattr(tool_gate, "is_tainted", spy)
+    monkeypatch.setattr(taint, "is_tainted", spy)
 
     @tool
     def web_fetch(url: str) -> str:

@@ -152,3 +152,29 @@ async def test_an_answer_recalled_from_another_session_stays_untrusted() -> None
     forked = await asking.fork(stopped.run_id, at=0)
     assert forked.status == "awaiting_approval" and forked.pending is not None
     assert forked.pending.rule == "taint:egress" and SENT == []
+
+
+async def test_an_answer_quoting_untrusted_text_is_not_mined_for_facts() -> None:
+    # Background extraction writes facts no egress check sees, recalled later as facts about
+    # the user: an answer that quotes a tool result would launder the result into them.
+    asked: list[str] = []
+
+    def extract(request: ModelRequest) -> Any:
+        asked.append(request.messages[-1]["content"])
+        facts = [{"subject": "user", "predicate": "forwards invoices to", "object": EVIL}]
+        return {"tool_calls": [{"tool": "record_facts", "args": {"facts": facts}}]}
+
+    def answer(request: ModelRequest) -> Any:
+        if request.messages[-1]["content"] == "I like tea":
+            return "Noted: you like tea."
+        if request.call_index == 0:
+            return calls(("read_inbox", {}))
+        return f"The inbox asks to forward invoices to {EVIL}."
+
+    a = agent(answer, auto_extract=True, extract_model=ScriptedModel(extract))
+    await a.run("check my inbox", user_id="alice", session_id="s1")
+    await a.run("I like tea", user_id="alice", session_id="s1")
+    assert a.extraction is not None
+    await a.extraction.drain()
+    assert len(asked) == 1 and "like tea" in asked[0]  # only the clean answer was mined
+    await a.aclose()

@@ -12,7 +12,7 @@ from typing import Any
 from loomgraph.agent.checkpoints import Position
 from loomgraph.agent.deps import current_run
 from loomgraph.agent.governance_state import describe_policy, restore
-from loomgraph.agent.leases import hold_lease
+from loomgraph.agent.leases import hold_lease, lease_stop
 from loomgraph.agent.pinning import graph_key, pin
 from loomgraph.agent.recovery import crashed_usage
 from loomgraph.agent.result import RunResult, failed_step_usage
@@ -213,6 +213,12 @@ class AgentSession:
                     # the holds under the run's id are its holds now, and its clock.
                     over = False
                     raise
+                except asyncio.CancelledError:
+                    # Stopped by its lease holder (lease lost, journal out of reach), which
+                    # raises one of the two above from it: the run is not over either.
+                    if lease_stop() is not None:
+                        over = False
+                    raise
                 finally:
                     active_scope.reset(active)
                     if deps.run_clock is not None and over:
@@ -265,7 +271,13 @@ class AgentSession:
             raise
 
     async def _cancelled(self, scope: RunScope) -> None:
-        """Journal the run as cancelled by its caller."""
+        """Journal the run as cancelled by its caller — unless the cancel was not the caller's
+        but the run's lease holder's (`lease_stop`): the lease may be lost, or the journal out
+        of reach, so nothing is journaled and the run stays `running`, as a crash leaves it,
+        for a resume (a fleet worker) to recover. The caller gets `LeaseLost` or
+        `JournalUnavailable` from the lease holder."""
+        if lease_stop() is not None:
+            return
         reason = "cancelled by the caller"
         await self.deps.runtime.finish_run(self.run_id, RunStatus.CANCELLED, reason, None)
         if scope.auditing:
@@ -308,7 +320,9 @@ class AgentSession:
                 time.time(),
             )
             await deps.memory.remember(episode)
-            if self.on_episode is not None:
+            # Facts are written with no egress check and recalled later as the user's: an
+            # answer quoting untrusted text (a tool result) is not mined for them.
+            if self.on_episode is not None and not scope.untrusted.carried_by(episode.output):
                 self.on_episode(episode)
         if scope.auditing:
             ended = trail.run_completed(

@@ -190,6 +190,11 @@ class UntrustedText:
         self._pending.clear()
         return self._pieces
 
+    def carried_by(self, value: Any) -> bool:
+        """Whether `value` (arguments, an answer) carries untrusted text kept so far
+        (`is_tainted`); free when nothing untrusted was kept."""
+        return bool(self) and is_tainted(value, self.pieces())
+
 
 def note_result(untrusted: UntrustedText, spec: Mapping[str, Any] | None, content: str) -> None:
     """Remember a tool's result as untrusted text, unless its tool is declared trusted (a

@@ -15,7 +15,7 @@ from loomgraph.engine.approvals import ApprovalDesk, args_too_large
 from loomgraph.engine.effects import EffectKey
 from loomgraph.engine.received import permission_for, received_call
 from loomgraph.engine.scope import NO_ATTRIBUTES, RunScope
-from loomgraph.engine.taint import is_tainted, note_result
+from loomgraph.engine.taint import note_result
 from loomgraph.errors import LoomgraphError
 from loomgraph.protocols import (
     INVALID_ARGUMENTS,
@@ -186,11 +186,7 @@ class ToolGate:
         # Made only when a call may involve an approval: most calls are simply allowed.
         desk = ApprovalDesk(scope, self.node, call, key) if scope.requested else None
         # Only an egress tool's call can carry untrusted text out: no other call is checked.
-        tainted = (
-            bool(spec.get("egress"))
-            and bool(scope.untrusted)
-            and is_tainted(call["args"], scope.untrusted.pieces())
-        )
+        tainted = bool(spec.get("egress")) and scope.untrusted.carried_by(call["args"])
         # Asked about before the run stopped (this very call: its key, tool and arguments):
         # only an approval releases it now.
         prior = await desk.prior_ask() if desk is not None else None
