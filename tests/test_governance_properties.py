@@ -1295,10 +1295,13 @@ async def test_a_call_that_ran_beside_an_approval_stop_is_charged_once_and_runs_
 async def test_a_second_approval_after_a_crash_is_refused_not_silently_overridden(
     tmp_path: Path,
 ) -> None:
-    """The process answering an approval dies right after the answer (yes) was journaled;
-    the run is still `awaiting_approval` in the journal. A second, different answer (no) must
-    be refused with ResumeError — not accepted and then ignored while the call runs — and a
-    plain resume goes on with the journaled answer, running the call once."""
+    """The process answering an approval dies at each journal write of the resume, until the
+    answer (yes) is journaled. The resume journals the run `running` before it goes on, so a
+    death leaves a crashed run, never one still `awaiting_approval` with its answer used; one
+    that died before the answer was journaled is recovered to the same request, asked again.
+    Once the yes is journaled, a second, different answer (no) must be refused with
+    ResumeError — not accepted and then ignored while the call runs — and a plain resume goes
+    on with the journaled answer, running the call once."""
     ran: list[str] = []
 
     @tool(destructive=True)
@@ -1323,6 +1326,11 @@ async def test_a_second_approval_after_a_crash_is_refused_not_silently_overridde
         first = await agent(journal).run("clean up")
         assert first.status == "awaiting_approval"
         for n in range(1, 20):  # die after the Nth journal write, until the yes is journaled
+            record = await journal.load_run(first.run_id)
+            assert record is not None and record.status in ("awaiting_approval", "running")
+            if record.status == "running":  # died before the answer: recovered, asked again
+                again = await agent(journal).resume(first.run_id)
+                assert again.status == "awaiting_approval" and ran == []
             with pytest.raises(Crash):
                 await agent(DyingRuntime(journal, Proc((n, True)))).resume(
                     first.run_id, approve=True
@@ -1336,7 +1344,7 @@ async def test_a_second_approval_after_a_crash_is_refused_not_silently_overridde
             ):
                 break
         record = await journal.load_run(first.run_id)
-        assert record is not None and record.status == "awaiting_approval" and ran == []
+        assert record is not None and record.status == "running" and ran == []
         with pytest.raises(ResumeError):
             await agent(journal).resume(first.run_id, approve=False)
         assert ran == []
