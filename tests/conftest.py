@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import os
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -18,3 +20,12 @@ def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
         asyncio.run(pyfuncitem.obj(**args))
         return True
     return None
+
+
+@pytest.fixture
+def restore_env() -> Iterator[None]:
+    """`os.environ` as it was before the test, whatever the test set in it."""
+    saved = dict(os.environ)
+    yield
+    os.environ.clear()
+    os.environ.update(saved)

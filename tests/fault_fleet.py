@@ -4,7 +4,6 @@ bounded waits and SQL straight to the server."""
 
 from __future__ import annotations
 
-import asyncio
 import os
 import queue
 import signal
@@ -12,12 +11,11 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import fleet_agent
 import pg
+from test_fleet import sql
 
 TESTS = Path(__file__).parent
 SRC = TESTS.parent / "src"
@@ -96,27 +94,3 @@ class Workers:
                 os.kill(proc.pid, signal.SIGKILL)
                 proc.wait(timeout=10)
                 raise
-
-
-async def until(what: str, check: Callable[[], Any], timeout: float) -> Any:
-    """Poll `check` (sync or async) until it returns something truthy; fail after `timeout`."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if asyncio.iscoroutine(value):
-            value = await value
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.02)
-
-
-async def sql(query: str, *args: Any) -> list[Any]:
-    """Rows of one query, straight to the server (not through any proxy)."""
-    import asyncpg
-
-    con = await asyncpg.connect(pg.postgres_dsn())
-    try:
-        return list(await con.fetch(query, *args))
-    finally:
-        await con.close()

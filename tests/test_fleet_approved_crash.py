@@ -10,10 +10,8 @@ ledger is a table outside the journal (`fleet_agent`'s docstring).
 
 from __future__ import annotations
 
-import os
 import signal
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +19,7 @@ import pytest
 
 import fault_agent
 import pg
-from fault_fleet import Workers, fleet_env, sql, until
+from fault_fleet import Workers, fleet_env
 from loomgraph import Agent
 from loomgraph.agent.checkpoints import ApprovalNotPending, ResumeError
 from loomgraph.authoring.loader import graph_from_yaml
@@ -30,6 +28,7 @@ from loomgraph.governance.null import NoHooks
 from loomgraph.models import ScriptedModel
 from loomgraph.protocols import EffectStatus, Event, RunStatus
 from loomgraph.runtime.sqlite import SqliteRuntime
+from test_fleet import sql, until
 
 pg_schema = pg.pg_schema
 
@@ -38,14 +37,6 @@ HEARTBEAT = 2.0
 POLL = 0.5
 # What a loaded 2-core machine adds to the documented bound (heartbeat + poll).
 SLACK = 10.0
-
-
-@pytest.fixture
-def restore_env() -> Iterator[None]:
-    saved = dict(os.environ)
-    yield
-    os.environ.clear()
-    os.environ.update(saved)
 
 
 def workers(env: dict[str, str], tmp_path: Path) -> Workers:

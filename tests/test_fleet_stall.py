@@ -15,7 +15,6 @@ process whose every connection goes through the stalling proxy.
 from __future__ import annotations
 
 import asyncio
-import os
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,7 +25,7 @@ import pytest
 
 import fault_agent
 import pg
-from fault_fleet import Workers, fleet_env, sql, until
+from fault_fleet import Workers, fleet_env
 from loomgraph import Agent
 from loomgraph.models import ScriptedModel
 from loomgraph.protocols import EffectStatus, RunStatus
@@ -34,6 +33,7 @@ from loomgraph.runtime.errors import JournalUnavailable
 from loomgraph.runtime.postgres import PostgresRuntime
 from loomgraph.runtime.sqlite import SqliteRuntime
 from stall_proxy import StallingProxy
+from test_fleet import sql, until
 
 pg_schema = pg.pg_schema
 BACKENDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
@@ -234,14 +234,6 @@ async def _logged(fleet: Workers, worker: Any, text: str, at_most: float) -> boo
             return False
         await asyncio.sleep(0.02)
     return True
-
-
-@pytest.fixture
-def restore_env() -> Iterator[None]:
-    saved = dict(os.environ)
-    yield
-    os.environ.clear()
-    os.environ.update(saved)
 
 
 # lease seconds, command_timeout, the longest stall, how long the slow tool call takes (ms),

@@ -120,7 +120,14 @@ from loomgraph.protocols.usage import (
 )
 
 if TYPE_CHECKING:
-    from loomgraph.protocols.safe_yaml import MAX_YAML_DEPTH, BoundedLoader, YamlRefused
+    from loomgraph.protocols.safe_yaml import (
+        MAX_YAML_DEPTH,
+        BoundedLoader,
+        Duplicate,
+        Lines,
+        YamlRefused,
+        located_data,
+    )
 
 __all__ = [  # noqa: RUF022 - grouped by concept, not sorted
     # messages: the conversation
@@ -251,13 +258,26 @@ __all__ = [  # noqa: RUF022 - grouped by concept, not sorted
     # safe_yaml: the loader of the files people write (loaded on first use)
     "MAX_YAML_DEPTH",
     "BoundedLoader",
+    "Duplicate",
+    "Lines",
     "YamlRefused",
+    "located_data",
 ]
 
 # Loaded on first use: the YAML loader imports PyYAML, which a run never needs.
 _YAML = "loomgraph.protocols.safe_yaml"
 __getattr__ = lazy_names(
     "loomgraph.protocols",
-    {"MAX_YAML_DEPTH": _YAML, "BoundedLoader": _YAML, "YamlRefused": _YAML},
+    {
+        name: _YAML
+        for name in (
+            "MAX_YAML_DEPTH",
+            "BoundedLoader",
+            "Duplicate",
+            "Lines",
+            "YamlRefused",
+            "located_data",
+        )
+    },
     globals(),
 )
