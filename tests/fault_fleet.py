@@ -9,13 +9,11 @@ import queue
 import signal
 import subprocess
 import sys
-import threading
-import time
 from pathlib import Path
 
 import fleet_agent
 import pg
-from test_fleet import sql
+from test_fleet import sql, wait_until_ready
 
 TESTS = Path(__file__).parent
 SRC = TESTS.parent / "src"
@@ -61,19 +59,8 @@ class Workers:
         )
         log.close()  # the child has its own copy
         self.procs.append(proc)
-
-        def pump() -> None:
-            assert proc.stdout is not None
-            for line in proc.stdout:
-                self.lines.put((proc.pid, line.strip()))
-
-        threading.Thread(target=pump, daemon=True).start()
-        deadline = time.monotonic() + 60
-        while True:
-            pid, line = self.lines.get(timeout=max(0.1, deadline - time.monotonic()))
-            if pid == proc.pid and line.endswith("ready"):
-                return proc
-            assert time.monotonic() < deadline, "worker did not get ready"
+        wait_until_ready(proc, self.lines)
+        return proc
 
     def log(self, proc: subprocess.Popen[str]) -> str:
         """What the worker logged so far."""

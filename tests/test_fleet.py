@@ -44,6 +44,23 @@ CLI = [sys.executable, "-m", "loomgraph.cli.main"]
 RUNS = int(os.environ.get("LOOMGRAPH_FLEET_RUNS", "294"))
 
 
+def wait_until_ready(proc: subprocess.Popen[str], lines: queue.Queue[tuple[int, str]]) -> None:
+    """Pump a worker's stdout into `lines` (pid, line) and wait (bounded) for its ready line."""
+
+    def pump() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.put((proc.pid, line.strip()))
+
+    threading.Thread(target=pump, daemon=True).start()
+    deadline = time.monotonic() + 60
+    while True:
+        pid, line = lines.get(timeout=max(0.1, deadline - time.monotonic()))
+        if pid == proc.pid and line.endswith("ready"):
+            return
+        assert time.monotonic() < deadline, "worker did not get ready"
+
+
 class Fleet:
     """`loomgraph worker` subprocesses on one schema; each prints a ready line first."""
 
@@ -64,19 +81,8 @@ class Fleet:
             text=True,
         )
         self.procs.append(proc)
-
-        def pump() -> None:
-            assert proc.stdout is not None
-            for line in proc.stdout:
-                self.lines.put((proc.pid, line.strip()))
-
-        threading.Thread(target=pump, daemon=True).start()
-        deadline = time.monotonic() + 60
-        while True:
-            pid, line = self.lines.get(timeout=max(0.1, deadline - time.monotonic()))
-            if pid == proc.pid and line.endswith("ready"):
-                return proc
-            assert time.monotonic() < deadline, "worker did not get ready"
+        wait_until_ready(proc, self.lines)
+        return proc
 
     def alive(self) -> list[subprocess.Popen[str]]:
         return [p for p in self.procs if p.poll() is None]
