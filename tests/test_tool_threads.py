@@ -327,3 +327,87 @@ async def test_a_sync_tool_cut_off_is_reported_running_on(
         assert "cannot be stopped" in warning and "runs on in the background" in warning
     finally:
         release.set()
+
+
+# ------------------------------------------- abandoned calls are capped per tool (finding)
+
+STRAY_LIMIT = 0.05  # short: each capped call below waits this long for nothing
+
+
+async def until_no_strays(host: ToolRegistry, name: str) -> None:
+    """Wait (bounded) until every abandoned call of `name` has returned."""
+    deadline = time.monotonic() + WAIT
+    while host.stray_calls(name):
+        assert time.monotonic() < deadline, f"abandoned calls of {name} never returned"
+        await asyncio.sleep(0.01)
+
+
+async def test_a_hung_sync_tool_holds_at_most_max_abandoned_threads(
+    release: threading.Event,
+) -> None:
+    """A sync tool that hangs on every call used to start a new thread for each call, for
+    ever: a long-lived server ran out of threads (and then the journal's and the audit
+    log's own thread hops failed). Past `max_abandoned` calls still running after their
+    limit, a call of that tool is refused at once, without a thread; other tools go on."""
+    started: list[int] = []
+
+    @tool(timeout=STRAY_LIMIT)
+    def hang() -> str:
+        """Block until released."""
+        started.append(threading.get_ident())
+        release.wait(WAIT)
+        return "released"
+
+    @tool
+    def quick() -> str:
+        """Answer at once."""
+        return "ran"
+
+    host = ToolRegistry([hang, quick], max_abandoned=3)
+    try:
+        kinds = [(await call(host, "hang")).get("error_type") for _ in range(5)]
+        assert kinds == ["timeout"] * 3 + ["unavailable"] * 2
+        assert len(started) == 3  # the refused calls started no thread
+        assert host.stray_calls("hang") == 3
+        refused = await call(host, "hang")
+        assert "3 earlier calls" in refused["content"] and "'hang'" in refused["content"]
+        assert (await call(host, "quick"))["content"] == "ran"  # other tools are not capped
+    finally:
+        release.set()
+    await until_no_strays(host, "hang")
+    assert (await call(host, "hang"))["content"] == "released"  # usable again
+
+
+async def test_an_async_tool_that_ignores_cancellation_is_capped_too() -> None:
+    """An `async def` tool that swallows CancelledError is abandoned as a task that runs
+    on; past `max_abandoned` of them still running, its calls are refused."""
+    release = asyncio.Event()
+    entered = 0
+
+    @tool(timeout=STRAY_LIMIT)
+    async def stubborn() -> str:
+        """Ignore cancellation until released."""
+        nonlocal entered
+        entered += 1
+        while not release.is_set():
+            try:
+                await release.wait()
+            except asyncio.CancelledError:
+                continue
+        return "released"
+
+    host = ToolRegistry([stubborn], max_abandoned=2)
+    try:
+        kinds = [(await call(host, "stubborn")).get("error_type") for _ in range(3)]
+        assert kinds == ["timeout", "timeout", "unavailable"]
+        assert entered == 2
+    finally:
+        release.set()
+    await until_no_strays(host, "stubborn")
+    assert (await call(host, "stubborn"))["content"] == "released"
+
+
+def test_max_abandoned_must_be_a_positive_count() -> None:
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match="max_abandoned"):
+            ToolRegistry(max_abandoned=bad)  # type: ignore[arg-type]

@@ -11,9 +11,10 @@ waited for them (an executor's threads are joined).
 `run_in_thread` hands each call to an idle worker, or starts a new daemon thread when none
 is idle: a hung tool holds only its own thread, nothing queues behind it, and the interpreter
 does not wait for it at exit. A worker that finishes a call waits for the next one if fewer
-than `MAX_IDLE` workers are waiting, and ends otherwise. There is no cap on threads running
-at once: tool calls are bounded by the agent's own concurrency (a `tools` node runs at most
-`concurrency` calls of a turn at once, a worker fleet `--concurrency` runs).
+than `MAX_IDLE` workers are waiting, and ends otherwise. There is no cap here on threads
+running at once: tool calls waited for are bounded by the agent's own concurrency (a `tools`
+node runs at most `concurrency` calls of a turn at once, a worker fleet `--concurrency` runs),
+and abandoned ones by `ToolRegistry(max_abandoned=...)` (`loomgraph.tools.strays`).
 
 The outcome comes back to the caller's loop with `call_soon_threadsafe`, and is dropped when
 the caller has stopped waiting or its loop is closed: nothing is raised there later.

@@ -25,6 +25,8 @@ import logging
 from collections.abc import Coroutine
 from typing import Any
 
+from loomgraph.tools.strays import Strays
+
 _log = logging.getLogger("loomgraph.tools.registry")
 
 # How long a cancelled tool may take to stop before it is abandoned, in seconds.
@@ -46,10 +48,11 @@ _NO_CONTEXT = contextvars.Context()
 
 
 async def run_with_limit(
-    coro: Coroutine[Any, Any, Any], limit: float | None, name: str
+    coro: Coroutine[Any, Any, Any], limit: float | None, name: str, strays: Strays | None = None
 ) -> Outcome | None:
     """Run a tool's coroutine in a task of its own; its outcome, or None when it was still
-    running `limit` seconds later (it is then cancelled, and abandoned if it will not stop)."""
+    running `limit` seconds later (it is then cancelled, and abandoned if it will not stop:
+    counted in `strays` until it ends)."""
     loop = asyncio.get_running_loop()
     started = loop.time()
     run = _Run()
@@ -63,9 +66,9 @@ async def run_with_limit(
         if await run.wait(None if limit is None else started + limit):
             return task.result()
     except asyncio.CancelledError:
-        await _stop(task, run, name, "its caller was cancelled")
+        await _stop(task, run, name, "its caller was cancelled", strays)
         raise
-    await _stop(task, run, name, f"it ran past its {limit:g} s limit")
+    await _stop(task, run, name, f"it ran past its {limit:g} s limit", strays)
     return None
 
 
@@ -118,7 +121,9 @@ class _Run:
             waiter.set_result(None)
 
 
-async def _stop(task: asyncio.Task[Outcome], run: _Run, name: str, why: str) -> None:
+async def _stop(
+    task: asyncio.Task[Outcome], run: _Run, name: str, why: str, strays: Strays | None
+) -> None:
     """Cancel a tool's task and give it GRACE seconds to stop; then abandon it, saying so."""
     if run.ended:
         return
@@ -128,6 +133,9 @@ async def _stop(task: asyncio.Task[Outcome], run: _Run, name: str, why: str) -> 
     task.add_done_callback(_finished)
     if await run.wait(asyncio.get_running_loop().time() + GRACE):
         return
+    if strays is not None:
+        strays.add(name)
+        task.add_done_callback(lambda _: strays.discard(name))
     _log.warning(
         "tool %r was cancelled because %s, and did not stop within %g s: it is abandoned "
         "and runs on in the background",

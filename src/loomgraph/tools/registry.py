@@ -13,6 +13,7 @@ from loomgraph.protocols.threads import run_in_thread
 from loomgraph.tools import results
 from loomgraph.tools.context import MissingToolDependency, context_for, resolve
 from loomgraph.tools.deadline import run_with_limit
+from loomgraph.tools.strays import DEFAULT_MAX_ABANDONED, Strays, ThreadCall, check_max_abandoned
 from loomgraph.tools.tool import Tool, check_timeout
 
 _log = logging.getLogger(__name__)
@@ -30,7 +31,8 @@ class ToolRegistry:
     error result — also `SystemExit`, `KeyboardInterrupt` and any other `BaseException` —
     and only lets the cancellation of the calling task through. Each call runs in a task of
     its own (`run_with_limit`), so it ends at its limit even if the tool ignores being
-    cancelled; such a tool is abandoned and runs on in the background.
+    cancelled; such a tool is abandoned and runs on in the background. A tool with
+    `max_abandoned` such calls still running is refused (`unavailable`) until one returns.
     """
 
     def __init__(
@@ -39,8 +41,11 @@ class ToolRegistry:
         *,
         timeout: float | None = 60.0,
         deps: Mapping[Any, Any] | None = None,
+        max_abandoned: int = DEFAULT_MAX_ABANDONED,
     ) -> None:
         self.timeout = check_timeout("<default>", timeout)
+        self.max_abandoned = check_max_abandoned(max_abandoned)
+        self._strays = Strays()
         self.deps: Mapping[Any, Any] = dict(deps or {})
         self._tools: dict[str, Tool[..., Any]] = {}
         self._specs: list[ToolSpec] | None = None
@@ -157,8 +162,12 @@ class ToolRegistry:
         except Exception as exc:  # a user validator may raise more than ValidationError
             return results.invalid_arguments(item.name, exc)
 
+        strays = self._strays.count(item.name)
+        if strays >= self.max_abandoned:
+            return results.unavailable(item.name, strays)
         limit = item.timeout if item.timeout is not None else self.timeout
-        outcome = await run_with_limit(_run(item, pos, kwargs), limit, item.name)
+        work = _run(item, pos, kwargs, self._strays)
+        outcome = await run_with_limit(work, limit, item.name, self._strays)
         if outcome is None:
             assert limit is not None  # only a limit ends a call without an outcome
             return results.timed_out(item.name, limit)
@@ -170,6 +179,10 @@ class ToolRegistry:
         except BaseException as exc:  # a value that cannot be made text (a cycle, a bad type)
             return _raised(item, exc)
 
+    def stray_calls(self, name: str) -> int:
+        """How many calls of tool `name` were abandoned at their limit and still run."""
+        return self._strays.count(name)
+
     def _inject(self, item: Tool[..., Any], call: ToolCall, key: str) -> dict[str, Any]:
         values: dict[str, Any] = {}
         for need in item.injected:
@@ -180,7 +193,9 @@ class ToolRegistry:
         return values
 
 
-async def _run(item: Tool[..., Any], pos: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+async def _run(
+    item: Tool[..., Any], pos: tuple[Any, ...], kwargs: dict[str, Any], strays: Strays
+) -> Any:
     """Call the tool (a sync one in a worker thread), and await what it returns if that is
     awaitable: a sync wrapper around an async function returns a coroutine."""
     if item.is_async:
@@ -190,9 +205,11 @@ async def _run(item: Tool[..., Any], pos: tuple[Any, ...], kwargs: dict[str, Any
         # thread runs on in the background until the function returns. It is a daemon thread
         # of loomgraph's own (`threads`), never one of the loop's default executor, so a hung
         # tool holds only its own thread: not other tools, DNS or the program's exit.
+        thread = ThreadCall(strays, item.name)
         try:
-            value = await run_in_thread(item.fn, *pos, **kwargs)
+            value = await run_in_thread(thread.run, item.fn, *pos, **kwargs)
         except asyncio.CancelledError:
+            thread.abandon()
             _log.warning(
                 "sync tool %r was cancelled (its time limit, or its run): its thread cannot be "
                 "stopped and runs on in the background until the function returns",

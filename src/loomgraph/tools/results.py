@@ -13,13 +13,20 @@ from loomgraph.protocols import INVALID_ARGUMENTS, ToolResult
 from loomgraph.tools.json_schema import JsonArgumentsInvalid
 
 ToolErrorType = Literal[
-    "unknown_tool", "invalid_arguments", "tool_exception", "timeout", "mcp_server_error"
+    "unknown_tool",
+    "invalid_arguments",
+    "tool_exception",
+    "timeout",
+    "unavailable",
+    "mcp_server_error",
 ]
-"""The `error_type` values of error results (`mcp_server_error`: an MCP server failed)."""
+"""The `error_type` values of error results (`unavailable`: too many of the tool's calls
+still run past their limit; `mcp_server_error`: an MCP server failed)."""
 
 UNKNOWN_TOOL: Final = "unknown_tool"
 TOOL_EXCEPTION: Final = "tool_exception"
 TIMEOUT: Final = "timeout"
+UNAVAILABLE: Final = "unavailable"
 
 _MAX_INPUT_REPR = 80
 
@@ -129,3 +136,12 @@ def _describe(exc: BaseException) -> str:
 def timed_out(tool: str, seconds: float) -> ToolResult:
     """The tool did not finish within its timeout."""
     return error(TIMEOUT, f"Tool {tool!r} timed out after {seconds:g} seconds.")
+
+
+def unavailable(tool: str, strays: int) -> ToolResult:
+    """The tool was not called: `strays` of its calls still run past their limit."""
+    return error(
+        UNAVAILABLE,
+        f"Tool {tool!r} is unavailable: {strays} earlier calls passed their time limit and "
+        "are still running. Try again later or use another tool.",
+    )
