@@ -1,7 +1,7 @@
-"""What a model reports it used is outside input: a count that is negative, not finite or
-not whole, or a usage of the wrong type, is a typed model error and the call is charged its
-estimate; a model's usage never counts tool calls; and a charge that was under way when the
-run was cancelled is finished, never lost."""
+"""What a model reports it used is outside input: a count that is negative, not finite, not
+whole or beyond any one call (`MAX_REPORTED_TOKENS`), or a usage of the wrong type, is a
+typed model error and the call is charged its estimate; a model's usage never counts tool
+calls; and a charge that was under way when the run was cancelled is finished, never lost."""
 
 from __future__ import annotations
 
@@ -53,6 +53,10 @@ BAD_USAGE = [
     Usage(input_tokens=-50),
     Usage(output_tokens=math.nan),  # type: ignore[arg-type]
     "lots",
+    # More than any one call can use: charged as reported, it exhausted every cap at once
+    # (or overflowed a ledger's integer columns).
+    {"input_tokens": 10, "output_tokens": 10**30},
+    Usage(cache_read_tokens=10**12),
 ]
 
 

@@ -12,8 +12,17 @@ import math
 from typing import Any
 
 from loomgraph.errors import LoomgraphError
+from loomgraph.protocols.usage import MAX_REPORTED_TOKENS
 
-__all__ = ["SHAPE_ERRORS", "MalformedChunk", "count", "get", "index", "obj", "text"]
+__all__ = [
+    "SHAPE_ERRORS",
+    "MalformedChunk",
+    "count",
+    "get",
+    "index",
+    "obj",
+    "text",
+]
 
 
 class MalformedChunk(LoomgraphError):
@@ -52,10 +61,12 @@ def text(value: Any, what: str) -> str:
 
 
 def count(value: Any, what: str) -> int | None:
-    """A token count a provider reported: a whole number of at least 0, None when absent.
+    """A token count a provider reported: a whole number from 0 to `MAX_REPORTED_TOKENS`, None
+    when absent.
 
-    Anything else (text, a boolean, a fraction, a negative number) is MalformedChunk: an
-    impossible count would lower what the call is charged, or crash the accounting later.
+    Anything else (text, a boolean, a fraction, a negative number, more tokens than any call
+    could have) is MalformedChunk: an impossible count would lower what the call is charged,
+    charge it an absurd amount, or crash the accounting later.
     """
     if value is None:
         return None
@@ -63,6 +74,11 @@ def count(value: Any, what: str) -> int | None:
         value = int(value)
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise MalformedChunk(f"impossible usage: {what} is {_shown(value)}")
+    if value > MAX_REPORTED_TOKENS:
+        raise MalformedChunk(
+            f"impossible usage: {what} is {_shown(value)}, over the {MAX_REPORTED_TOKENS:,} "
+            "tokens no call can reach"
+        )
     return value
 
 

@@ -109,6 +109,11 @@ class _Turn:
             delta = shape.obj(shape.get(event, "delta"), "content_block_delta.delta")
             delta_type = shape.get(delta, "type")
             if delta_type == "text_delta":
+                if at not in self.other_blocks:
+                    # Text for no open block (never started, already stopped, or a tool's
+                    # input): the answer's blocks are not what the stream says they are.
+                    what = "a tool_use block" if at in self.tool_blocks else "not an open block"
+                    raise MalformedChunk(f"text_delta for block {at}, which is {what}")
                 piece = shape.text(shape.get(delta, "text"), "text_delta.text")
                 if piece:
                     self.tally.add(piece)
@@ -170,17 +175,21 @@ class _Turn:
         self.tool_blocks[at] = {"id": call_id, "name": name, "parts": [], "initial": initial or {}}
 
     def _take_usage(self, usage: Any, where: str) -> None:
-        # message_delta counts are cumulative, so a later value replaces an earlier one.
+        # message_delta counts are cumulative, so a later value replaces an earlier one. A
+        # report with an impossible count is used not at all (each count read first).
         shape.obj(usage, where)
-        for ours, theirs in (
-            ("input_tokens", "input_tokens"),
-            ("output_tokens", "output_tokens"),
-            ("cache_write_tokens", "cache_creation_input_tokens"),
-            ("cache_read_tokens", "cache_read_input_tokens"),
-        ):
-            value = shape.count(shape.get(usage, theirs), f"{where}.{theirs}")
-            if value is not None:
-                self.usage = replace(self.usage, **{ours: value})
+        counts = {
+            ours: shape.count(shape.get(usage, theirs), f"{where}.{theirs}")
+            for ours, theirs in (
+                ("input_tokens", "input_tokens"),
+                ("output_tokens", "output_tokens"),
+                ("cache_write_tokens", "cache_creation_input_tokens"),
+                ("cache_read_tokens", "cache_read_input_tokens"),
+            )
+        }
+        reported = {ours: value for ours, value in counts.items() if value is not None}
+        if reported:
+            self.usage = replace(self.usage, **reported)
 
 
 def _tool_call(block: dict[str, Any], limits: ToolArgLimits) -> ToolCall:

@@ -112,6 +112,7 @@ from loomgraph.protocols.tools import (
 )
 from loomgraph.protocols.usage import (
     CHARS_PER_TOKEN,
+    MAX_REPORTED_TOKENS,
     USAGE_FIELDS,
     Usage,
     estimate_output_tokens,
@@ -139,6 +140,7 @@ __all__ = [  # noqa: RUF022 - grouped by concept, not sorted
     "ToolSpec",
     # usage: tokens, calls and cost as one value; the tokenizer-free estimates
     "CHARS_PER_TOKEN",
+    "MAX_REPORTED_TOKENS",
     "USAGE_FIELDS",
     "Usage",
     "estimate_output_tokens",

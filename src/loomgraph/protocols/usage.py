@@ -9,6 +9,7 @@ from typing import Any
 
 __all__ = [
     "CHARS_PER_TOKEN",
+    "MAX_REPORTED_TOKENS",
     "USAGE_FIELDS",
     "Usage",
     "estimate_output_tokens",
@@ -18,6 +19,11 @@ __all__ = [
 
 CHARS_PER_TOKEN = 4
 """The one token estimate loomgraph makes without a tokenizer: about 4 characters a token."""
+
+MAX_REPORTED_TOKENS = 1_000_000_000
+"""The most tokens one count of one model call may report: a hundred times the largest
+context window. A higher count is no real call's; charged, it would exhaust every cap at once
+(or overflow a ledger's integer columns)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,12 +121,26 @@ class Usage:
         if value is None:
             return cls()
         if type(value) is dict:  # the common case, before the slower ABC check below
-            return cls.from_dict(value)
-        if isinstance(value, Usage):
-            return value.check()
-        if not isinstance(value, Mapping):
+            usage = cls.from_dict(value)
+        elif isinstance(value, Usage):
+            usage = value.check()
+        elif isinstance(value, Mapping):
+            usage = cls.from_dict(value)
+        else:
             raise ValueError(f"a usage is a Usage or a mapping, not {type(value).__name__}")
-        return cls.from_dict(value)
+        tokens = (
+            usage.input_tokens,
+            usage.output_tokens,
+            usage.cache_read_tokens,
+            usage.cache_write_tokens,
+        )
+        if max(tokens) > MAX_REPORTED_TOKENS:
+            name = next(n for n in _TOKEN_FIELDS if getattr(usage, n) > MAX_REPORTED_TOKENS)
+            raise ValueError(
+                f"usage {name!r} is {getattr(usage, name):,} tokens, over the "
+                f"{MAX_REPORTED_TOKENS:,} no one call can reach"
+            )
+        return usage
 
     def check(self) -> Usage:
         """This usage, when every count is a finite number of at least 0 and every count but
@@ -158,6 +178,7 @@ USAGE_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(Usage))
 _INT: set[type] = {int}
 _NUMBER = (int, float)
 _FIELD_SET = frozenset(USAGE_FIELDS)
+_TOKEN_FIELDS = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens")
 
 
 def estimate_prompt_tokens(prompt_chars: int) -> int:

@@ -1,0 +1,168 @@
+"""Reading a streamed chat completion: its chunks, one at a time, into loomgraph's.
+
+Text deltas are handed out as they arrive; tool calls are assembled from their `index`-keyed
+argument fragments (or, from a server that sends no index, one call per id) and handed out
+only once the choice has a `finish_reason`. Usage is read as loomgraph means it: cached
+prompt tokens apart from the rest. A chunk that is not shaped as the API documents it, or
+out of place, raises `MalformedChunk` (`HTTPModel._read` makes it a `ModelBadResponse`).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+from loomgraph.models import _shape as shape
+from loomgraph.models._adapter import StreamTally
+from loomgraph.models._shape import MalformedChunk
+from loomgraph.protocols import ModelChunk, ToolCall, Usage
+from loomgraph.protocols.tool_args import ToolArgLimits, parse_tool_args
+
+__all__ = ["ChatCompletion", "chat_usage"]
+
+_FINISH_REASONS = {
+    "stop": "end_turn",
+    "tool_calls": "tool_use",
+    "function_call": "tool_use",
+    "length": "max_tokens",
+    "content_filter": "refusal",
+}
+
+
+class ChatCompletion:
+    """The state of one streamed chat completion (its first choice): tool-call fragments,
+    usage so far, finish reason."""
+
+    def __init__(self, tally: StreamTally, limits: ToolArgLimits) -> None:
+        self.tally = tally
+        self.limits = limits
+        # Fragments by (0, index); a server that sends no index (Gemini's endpoint) gets
+        # (1, n): a fragment with a new id starts call n, one without an id continues it.
+        self.slots: dict[tuple[int, int], dict[str, Any]] = {}
+        self.unindexed = 0
+        self.usage = Usage()
+        self.finish: str | None = None
+        self.called = False
+
+    def feed(self, chunk: Any) -> Iterator[ModelChunk]:
+        """The chunks one chat.completion.chunk produces. A chunk of the wrong shape raises
+        MalformedChunk (or the TypeError/AttributeError reading it does); tool arguments
+        that are not a JSON object within the limits raise ValueError (`HTTPModel._read`)."""
+        usage = shape.get(chunk, "usage")
+        if usage is not None:
+            self.usage = chat_usage(usage)
+        choices = shape.get(chunk, "choices")
+        if choices is None:
+            return
+        if not isinstance(choices, list | tuple):
+            raise MalformedChunk(f"choices is a {type(choices).__name__}, not a list")
+        for choice in choices:
+            shape.obj(choice, "a choice")
+            at = shape.get(choice, "index")
+            # n > 1 is never requested: the first choice is the answer (one sent without an
+            # index can only be that one).
+            if at is None or shape.index(at, "choice.index") == 0:
+                yield from self._choice(choice)
+
+    def finish_reason(self) -> str:
+        """loomgraph's finish reason for the finished choice: `tool_use` when it made tool
+        calls, whatever the server said (some local servers say "stop" after them)."""
+        finish = self.finish or "stop"
+        return "tool_use" if self.called else _FINISH_REASONS.get(finish, finish)
+
+    def _choice(self, choice: Any) -> Iterator[ModelChunk]:
+        delta = shape.get(choice, "delta")
+        if delta is not None:
+            shape.obj(delta, "choice.delta")
+            piece = shape.text(shape.get(delta, "content"), "delta.content")
+            if piece:
+                self._not_finished("text (delta.content)")
+                self.tally.add(piece)
+                yield ModelChunk(type="text", text=piece)
+            parts = shape.get(delta, "tool_calls")
+            if parts is not None:
+                if not isinstance(parts, list | tuple):
+                    raise MalformedChunk(
+                        f"delta.tool_calls is a {type(parts).__name__}, not a list"
+                    )
+                for part in parts:
+                    self._fragment(part)
+        reason = shape.text(shape.get(choice, "finish_reason"), "choice.finish_reason")
+        if reason:
+            self.finish = reason
+            # Only a finished choice has complete tool calls.
+            calls = [_assemble(self.slots[key], self.limits) for key in sorted(self.slots)]
+            self.slots.clear()
+            for call in calls:
+                self.called = True
+                yield ModelChunk(type="tool_call", call=call)
+
+    def _not_finished(self, what: str) -> None:
+        if self.finish is not None:
+            # The finish_reason said the answer was complete (its calls were handed out, the
+            # engine takes the text so far as the whole); more of it now would be dropped,
+            # run after the fact, or tacked onto an answer already judged complete.
+            raise MalformedChunk(f"{what} arrived after the finish_reason")
+
+    def _fragment(self, part: Any) -> None:
+        shape.obj(part, "a delta.tool_calls entry")
+        self._not_finished("a tool-call fragment")
+        call_id = shape.text(shape.get(part, "id"), "tool call id")
+        name = arguments = ""
+        function = shape.get(part, "function")
+        if function is not None:
+            shape.obj(function, "tool call function")
+            name = shape.text(shape.get(function, "name"), "function.name")
+            arguments = shape.text(shape.get(function, "arguments"), "function.arguments")
+        at = shape.get(part, "index")
+        if at is not None:
+            key = (0, shape.index(at, "tool call index"))
+        else:
+            current = self.slots.get((1, self.unindexed))
+            if current is None or (call_id and current["id"] and call_id != current["id"]):
+                if not (call_id or name or arguments):
+                    return  # nothing of a call (metadata only)
+                self.unindexed += 1
+            key = (1, self.unindexed)
+        slot = self.slots.setdefault(key, {"id": "", "name": "", "parts": []})
+        slot["id"] = call_id or slot["id"]
+        slot["name"] = name or slot["name"]
+        if arguments:
+            slot["parts"].append(arguments)
+            self.tally.add(arguments)
+
+
+def _assemble(slot: dict[str, Any], limits: ToolArgLimits) -> ToolCall:
+    if not slot["name"]:
+        raise MalformedChunk(f"tool call {slot['id'] or '(no id)'} has no function name")
+    args = parse_tool_args("".join(slot["parts"]), limits)
+    return {"id": slot["id"] or f"call_{uuid.uuid4().hex[:12]}", "tool": slot["name"], "args": args}
+
+
+def chat_usage(raw: Any) -> Usage:
+    """A chat completion's `usage` as loomgraph's: `prompt_tokens` less the cached part is
+    `input_tokens`, the cached part `cache_read_tokens` (Anthropic's meaning, so both
+    adapters' usage means the same). A count left out is 0, the engine's to estimate. More
+    cached tokens than prompt tokens is MalformedChunk: no count of the two can be trusted."""
+    shape.obj(raw, "usage")
+    prompt = shape.count(shape.get(raw, "prompt_tokens"), "usage.prompt_tokens")
+    output = shape.count(shape.get(raw, "completion_tokens"), "usage.completion_tokens") or 0
+    cached = 0
+    details = shape.get(raw, "prompt_tokens_details")
+    if details is not None:
+        shape.obj(details, "usage.prompt_tokens_details")
+        where = "usage.prompt_tokens_details.cached_tokens"
+        cached = shape.count(shape.get(details, "cached_tokens"), where) or 0
+    if prompt is not None and cached > prompt:
+        # The cached tokens are part of prompt_tokens: a clamp to 0 would charge a guess.
+        raise MalformedChunk(
+            f"impossible usage: usage.prompt_tokens_details.cached_tokens is {cached}, more "
+            f"than usage.prompt_tokens ({prompt}) of which it is a part"
+        )
+    return Usage(
+        input_tokens=prompt - cached if prompt is not None else 0,
+        output_tokens=output,
+        cache_read_tokens=cached,
+        cache_write_tokens=0,
+    )
