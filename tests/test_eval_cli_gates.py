@@ -177,3 +177,31 @@ def test_a_dataset_that_would_fail_at_scoring_is_refused_before_any_run(
     assert _eval(work, dataset="bad.yaml") == 2
     assert "bad.yaml:4" in capsys.readouterr().err
     assert _runs_started(work) == 0
+
+
+def test_a_strategy_missing_from_the_baseline_is_no_verdict_before_any_run(
+    work: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert _eval(work, out="base") == 0  # a baseline holding the strategy `default` only
+    capsys.readouterr()
+    baseline = str(work / "base" / "report.json")
+    code = _eval(
+        work, "--baseline", baseline, "--architecture", "default", "--architecture", "react"
+    )
+    assert code == 2
+    err = capsys.readouterr().err
+    assert f"no baseline for strategy 'react' in {baseline}" in err
+    assert "'default'" not in err.split("no baseline")[1].split("(")[0]  # only `react` named
+    assert _runs_started(work) == 0  # refused before any run: no model call spent
+    assert _eval(work, "--baseline", baseline, "--architecture", "default") == 0
+
+
+def test_the_gate_function_refuses_a_baseline_without_the_strategy(work: Path) -> None:
+    from loomgraph.eval.report import Report, gate
+
+    assert _eval(work) == 0
+    report = Report.read_json(work / "out" / "report.json")
+    other = Report.read_json(work / "out" / "report.json")
+    other.strategies[0].strategy = "elsewhere"
+    with pytest.raises(ValueError, match="no baseline for strategy 'default'"):
+        gate(report, baseline=other)

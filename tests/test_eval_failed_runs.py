@@ -21,9 +21,10 @@ from loomgraph.eval import (
     build_report,
     evaluate,
 )
+from loomgraph.eval.journal import executed_calls
 from loomgraph.eval.runner import run_user_id
 from loomgraph.models.scripted import ScriptedModel
-from loomgraph.protocols import ModelError, ModelRequest, RunStatus
+from loomgraph.protocols import EffectRecord, EffectStatus, ModelError, ModelRequest, RunStatus
 from loomgraph.runtime.memory import InMemoryRuntime
 
 executed: list[str] = []
@@ -200,11 +201,11 @@ async def test_evaluators_with_nothing_to_check_say_nothing() -> None:
 def test_run_user_ids_never_collide() -> None:
     ds = _dataset({"id": "x", "input": "q"}, {"id": "fast:x", "input": "q"}, name="d")
     keys = Evaluation(ds, {"v1:fast": None, "v1": None}, []).keys()  # type: ignore[dict-item]
-    ids = [run_user_id("d", k) for k in keys]
+    ids = [run_user_id("d", k, 0) for k in keys]
     assert len(set(ids)) == len(ids) == 4
-    assert run_user_id("d", ("v1", "fast:x", 0)) == "eval:d:v1:fast%3Ax:0"
-    assert run_user_id("a:b", ("c", "x", 0)) != run_user_id("a", ("b:c", "x", 0))
-    assert run_user_id("d", ("%3A", "x", 0)) != run_user_id("d", (":", "x", 0))
+    assert run_user_id("d", ("v1", "fast:x", 0), 0) == "eval:d:v1:fast%3Ax:0:0"
+    assert run_user_id("a:b", ("c", "x", 0), 0) != run_user_id("a", ("b:c", "x", 0), 0)
+    assert run_user_id("d", ("%3A", "x", 0), 0) != run_user_id("d", (":", "x", 0), 0)
 
 
 async def test_each_run_has_its_own_cap_even_when_names_hold_colons() -> None:
@@ -221,3 +222,52 @@ async def test_each_run_has_its_own_cap_even_when_names_hold_colons() -> None:
     ds = _dataset({"id": "x", "input": "q"}, {"id": "fast:x", "input": "q"})
     report = await evaluate(ds, {"v1:fast": make(), "v1": make()}, concurrency=1)
     assert {r["outcome"]["status"] for r in report.runs} == {str(RunStatus.COMPLETED)}
+
+
+class _ToolOutcomeLost(InMemoryRuntime):
+    """A journal that records a tool call as begun but fails to record its outcome (as a
+    crash during the call leaves it): the effect stays pending."""
+
+    async def end_effect(self, run_id: str, key: str, *args: Any, **kwargs: Any) -> None:
+        effect = await self.effect(run_id, key)
+        if effect is not None and effect.kind == "tool":
+            raise OSError("journal gone mid-call")
+        await super().end_effect(run_id, key, *args, **kwargs)
+
+
+async def test_a_pending_tool_effect_counts_as_executed() -> None:
+    executed.clear()
+
+    def player(request: ModelRequest) -> dict[str, Any]:
+        if request.call_index == 0:
+            call = {"tool": "cancel_order", "args": {"order_id": "C3"}}
+            return {"tool_calls": [call], "usage": TOKENS}
+        return {"text": "done", "usage": TOKENS}
+
+    runtime = _ToolOutcomeLost()
+    agent = Agent("x", model=ScriptedModel(player), tools=[cancel_order], runtime=runtime)
+    report = await evaluate(_dataset(SAFETY_CASE), {"react": agent})
+    assert executed == ["C3"]  # the tool did run; the journal never heard how it ended
+    effects = await runtime.effects(report.runs[0]["outcome"]["run_id"])
+    assert [e.status for e in effects if e.kind == "tool"] == [EffectStatus.PENDING]
+    outcome = report.runs[0]["outcome"]
+    assert outcome["status"] == "failed"
+    assert outcome["calls"] == [
+        {"tool": "cancel_order", "args": {"order_id": "C3"}, "uncertain": True}
+    ]
+    scores = {s["evaluator"]: s for s in report.runs[0]["scores"]}
+    assert scores["not_called"]["value"] == 0.0 and not scores["not_called"]["passed"]
+    assert "may have run" in scores["not_called"]["reason"]
+
+
+def test_begun_effects_are_executed_calls_whatever_their_status() -> None:
+    call = {"call": {"tool": "cancel_order", "args": {"order_id": "D4"}}}
+    effects = [
+        EffectRecord("r", str(i), "tool", call, status=status)
+        for i, status in enumerate(EffectStatus)
+    ]
+    effects.append(EffectRecord("r", "m", "model", {"messages": []}))
+    calls = executed_calls(effects)
+    assert [c.tool for c in calls] == ["cancel_order"] * len(EffectStatus)
+    uncertain = {EffectStatus.PENDING, EffectStatus.UNKNOWN_AFTER_CRASH}
+    assert [c.uncertain for c in calls] == [s in uncertain for s in EffectStatus]

@@ -70,6 +70,30 @@ def test_the_committed_report_is_what_the_example_gives(worked_example: Path) ->
     assert [s.pass_rate for s in committed.strategies] == [s.pass_rate for s in fresh.strategies]
 
 
+def _shape(data: Any) -> Any:
+    """The keys of a report, nested, without the values (each list by its first item)."""
+    if isinstance(data, dict):
+        return {key: _shape(value) for key, value in data.items()}
+    if isinstance(data, list):
+        return [_shape(data[0])] if data else []
+    return None
+
+
+def _report_shape(path: Path) -> Any:
+    data = json.loads(path.read_text())
+    shape = _shape(data)
+    # Per-case keys are names, not fields; a run's first score stands for every score.
+    shape["case_scores"] = shape["comparisons"] = None
+    return shape
+
+
+def test_the_committed_report_has_every_field_a_fresh_one_has(worked_example: Path) -> None:
+    committed = _report_shape(ROOT / "docs" / "eval" / "report.json")
+    assert committed == _report_shape(worked_example / "report.json"), (
+        "docs/eval/report.json predates the report's fields: regenerate it (docs/eval.md)"
+    )
+
+
 def test_the_html_report_is_one_offline_file_with_every_plot(worked_example: Path) -> None:
     page = (worked_example / "report.html").read_text()
     for name in PLOTS:

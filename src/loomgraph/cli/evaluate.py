@@ -74,7 +74,13 @@ def handle(args: argparse.Namespace) -> int:
     """Run the `eval` subcommand; returns the exit code: 0 every gate held, 1 a gate failed,
     2 no verdict (bad usage or input, found before any run; or the evaluation crashed)."""
     from loomgraph.eval.dataset import Dataset, dataset_json_schema
-    from loomgraph.eval.report import check_gate_values, gate, read_baseline
+    from loomgraph.eval.report import (
+        check_gate_values,
+        gate,
+        missing_baselines,
+        no_baseline_message,
+        read_baseline,
+    )
 
     if args.schema:
         print(json.dumps(dataset_json_schema(), indent=2))
@@ -91,6 +97,13 @@ def handle(args: argparse.Namespace) -> int:
     dataset = Dataset.load(args.dataset)
     baseline = read_baseline(args.baseline) if args.baseline else None
     names = args.architecture or ["default"]
+    if baseline is not None and (missing := missing_baselines(baseline, names)):
+        # The regression gate could give these strategies no verdict: say so, run nothing.
+        print(
+            f"loomgraph eval: {no_baseline_message(baseline, missing, args.baseline)}",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
     out = Path(args.out or f"eval-{dataset.name}")
     out.mkdir(parents=True, exist_ok=True)
     try:

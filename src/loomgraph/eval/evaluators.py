@@ -157,12 +157,14 @@ class NotCalledEvaluator:
         forbidden = case.expect.not_called
         if not forbidden:
             return None
-        hits = sorted(
-            {c.tool for c in outcome.calls if any(fnmatchcase(c.tool, f) for f in forbidden)}
-        )
-        if hits:
-            return Score(self.name, 0.0, False, f"executed forbidden tool(s): {', '.join(hits)}")
-        return Score(self.name, 1.0, True, "no forbidden tool executed")
+        hits = [c for c in outcome.calls if any(fnmatchcase(c.tool, f) for f in forbidden)]
+        if not hits:
+            return Score(self.name, 1.0, True, "no forbidden tool executed")
+        reason = f"executed forbidden tool(s): {', '.join(sorted({c.tool for c in hits}))}"
+        unsure = sorted({c.tool for c in hits if c.uncertain})
+        if unsure:  # begun, no outcome journaled: counted, since it may have run
+            reason += f" ({', '.join(unsure)}: begun with no outcome journaled; it may have run)"
+        return Score(self.name, 0.0, False, reason)
 
 
 class BoundsEvaluator:

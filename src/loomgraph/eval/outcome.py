@@ -52,6 +52,6 @@ class CaseOutcome:
     def from_dict(cls, data: dict[str, Any]) -> CaseOutcome:
         """An outcome from `to_dict()`'s shape."""
         values = dict(data)
-        values["calls"] = [CallRecord(c["tool"], dict(c["args"])) for c in values["calls"]]
+        values["calls"] = [CallRecord.from_dict(c) for c in values["calls"]]
         values["usage"] = Usage.from_dict(values["usage"], trusted=True)
         return cls(**values)

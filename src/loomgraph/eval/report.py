@@ -21,6 +21,8 @@ __all__ = [
     "bootstrap_interval",
     "build_report",
     "gate",
+    "missing_baselines",
+    "no_baseline_message",
     "percentile",
     "read_baseline",
 ]
@@ -245,6 +247,22 @@ def check_gate_values(*, fail_under: float | None = None, max_drop: float = 0.0)
             raise ValueError(f"{name} {value}: give a number from 0 to 1 (scores are in [0, 1])")
 
 
+def missing_baselines(baseline: Report, strategies: Sequence[str]) -> list[str]:
+    """The strategies (of `strategies`, in order) that `baseline` has no summary for."""
+    have = {summary.strategy for summary in baseline.strategies}
+    return [name for name in strategies if name not in have]
+
+
+def no_baseline_message(baseline: Report, missing: Sequence[str], where: str) -> str:
+    """What to say when `baseline` (read from `where`) lacks strategies: no verdict."""
+    names = ", ".join(repr(name) for name in missing)
+    have = ", ".join(repr(s.strategy) for s in baseline.strategies) or "none"
+    return (
+        f"no baseline for strategy {names} in {where} (it has {have}): a regression gate "
+        "needs every strategy in the baseline; gate a new strategy with --fail-under alone"
+    )
+
+
 def gate(
     report: Report,
     *,
@@ -254,8 +272,13 @@ def gate(
 ) -> list[str]:
     """What fails the gate: a strategy's score under `fail_under`, or more than `max_drop`
     below the same strategy's score (or any evaluator's mean) in `baseline`. A run that did
-    not complete scores 0, so runs that failed lower the score the gate reads."""
+    not complete scores 0, so runs that failed lower the score the gate reads. ValueError
+    (no verdict, not a failed gate) when `baseline` lacks one of the report's strategies."""
     check_gate_values(fail_under=fail_under, max_drop=max_drop)
+    if baseline is not None:
+        missing = missing_baselines(baseline, [s.strategy for s in report.strategies])
+        if missing:
+            raise ValueError(no_baseline_message(baseline, missing, "the baseline"))
     failures: list[str] = []
     for summary in report.strategies:
         incomplete = (
@@ -270,10 +293,7 @@ def gate(
             )
         if baseline is None:
             continue
-        try:
-            before = baseline.summary(summary.strategy)
-        except KeyError:
-            continue
+        before = baseline.summary(summary.strategy)
         pairs = [("score", before.score, summary.score)] + [
             (f"{name} score", value, summary.evaluators[name])
             for name, value in before.evaluators.items()

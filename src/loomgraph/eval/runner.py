@@ -5,7 +5,9 @@ what it did and its scores, each with a fingerprint of what decided it: a run's 
 covers the strategy's definition and the case's input and session, a score's covers the whole
 case (its expectations too) and the evaluators. Run again, the evaluation reuses a run whose
 run fingerprint still holds (scoring it again when the score fingerprint changed, or when an
-evaluator failed on it) and runs a case again when its run fingerprint changed.
+evaluator failed on it) and runs a case again when its run fingerprint changed. A run
+started again gets a user id of its own (the attempt is in it), so nothing per user (memory,
+budget) carries over from the attempt it replaces.
 """
 
 from __future__ import annotations
@@ -22,17 +24,14 @@ from typing import Any
 
 from loomgraph.agent.agent import Agent
 from loomgraph.agent.pinning import graph_key
-from loomgraph.agent.recovery import crashed_usage
-from loomgraph.agent.result import RunResult, failed_step_usage
+from loomgraph.agent.result import RunResult
 from loomgraph.eval.dataset import Case, Dataset
 from loomgraph.eval.evaluators import Evaluator, Score, score_run
+from loomgraph.eval.journal import Key, journaled_outcome, raised_outcome
 from loomgraph.eval.outcome import CaseOutcome
-from loomgraph.eval.trajectory import CallRecord
-from loomgraph.protocols import EffectRecord, EffectStatus, RunStatus, UnknownRun, Usage
+from loomgraph.protocols import RunStatus, UnknownRun
 
 __all__ = ["EvalRun", "Evaluation", "run_user_id"]
-
-Key = tuple[str, str, int]
 
 
 @dataclass(slots=True)
@@ -89,12 +88,14 @@ def _escaped(part: str) -> str:
     return part.replace("%", "%25").replace(":", "%3A")
 
 
-def run_user_id(dataset: str, key: Key) -> str:
-    """The user id a run of an evaluation gets: one per run, so per-user caps cap each run.
-    `eval:DATASET:STRATEGY:CASE:REPEAT`, each part with `%` and `:` percent-escaped, so two
-    runs never share one (case `fast:x` of strategy `v1` is not case `x` of `v1:fast`)."""
+def run_user_id(dataset: str, key: Key, attempt: int) -> str:
+    """The user id a run of an evaluation gets: one per run, so per-user caps cap each run
+    and a run never sees the memory of another, not even of the attempt it replaces.
+    `eval:DATASET:STRATEGY:CASE:REPEAT:ATTEMPT` (ATTEMPT: how many runs of the same key
+    were started before it), each part with `%` and `:` percent-escaped, so two runs never
+    share one (case `fast:x` of strategy `v1` is not case `x` of `v1:fast`)."""
     strategy, case_id, repeat = key
-    parts = (dataset, strategy, case_id, str(repeat))
+    parts = (dataset, strategy, case_id, str(repeat), str(attempt))
     return "eval:" + ":".join(_escaped(p) for p in parts)
 
 
@@ -124,6 +125,7 @@ class _StateFile:
         self.path = path
         self.started: dict[Key, _Started] = {}
         self.finished: dict[Key, _Finished] = {}
+        self.attempts: Counter[Key] = Counter()  # runs started per key, each its own user
         if path is not None and path.exists():
             self._read(path)
 
@@ -134,6 +136,7 @@ class _StateFile:
                 key = (entry["strategy"], entry["case_id"], entry["repeat"])
                 if entry["kind"] == "started":
                     self.started[key] = _Started(entry["run_id"], entry.get("run_fingerprint"))
+                    self.attempts[key] += 1
                 else:
                     self.finished[key] = _Finished(
                         EvalRun.from_dict(entry["run"]),
@@ -295,8 +298,8 @@ class Evaluation:
             # what it executed before it raised counts (a safety evaluator must see it).
             started = self.state.started.get(key)
             run_id = started.run_id if started and started.fingerprint == fingerprint else None
-            return await _raised_outcome(agent, case, key, run_id, err)
-        return await _outcome(agent, case, key, result)
+            return await raised_outcome(agent, case, key, run_id, err)
+        return await journaled_outcome(agent, case, key, result)
 
     async def _result(self, agent: Agent, case: Case, key: Key, fingerprint: str) -> RunResult:
         started = self.state.started.get(key)
@@ -308,82 +311,22 @@ class Evaluation:
                 return await agent.resume(started.run_id)
             except UnknownRun:
                 del self.state.started[key]  # an in-memory journal forgot it: run it again
-        session = agent.session(
-            case.input,
-            user_id=run_user_id(self.dataset.name, key),
-            session_id=case.session,
-        )
+        # A run started again replaces an earlier attempt (edited, failed to resume): a user
+        # id of its own keeps it from the memory and the per-user ledger of that attempt.
+        attempt = self.state.attempts[key]
+        user_id = run_user_id(self.dataset.name, key, attempt)
+        session = agent.session(case.input, user_id=user_id, session_id=case.session)
         self.state.started[key] = _Started(session.run_id, fingerprint)
-        self.state.write("started", key, run_id=session.run_id, run_fingerprint=fingerprint)
+        self.state.attempts[key] += 1
+        self.state.write(
+            "started",
+            key,
+            run_id=session.run_id,
+            run_fingerprint=fingerprint,
+            attempt=attempt,
+            user_id=user_id,
+        )
         result = await session.execute(agent.deps.hooks.on_event)
         if session.error is not None:
             raise session.error
         return result
-
-
-def _calls(effects: Sequence[EffectRecord]) -> list[CallRecord]:
-    """The tool calls a run executed, in journal order."""
-    return [
-        CallRecord(e.intent["call"]["tool"], dict(e.intent["call"].get("args") or {}))
-        for e in effects
-        if e.kind == "tool" and e.status is not EffectStatus.PENDING
-    ]
-
-
-async def _outcome(agent: Agent, case: Case, key: Key, result: RunResult) -> CaseOutcome:
-    effects = await agent.deps.runtime.effects(result.run_id)
-    output = result.output
-    answer = output if isinstance(output, str) or output is None else json.dumps(output)
-    strategy, _, repeat = key
-    return CaseOutcome(
-        case.id,
-        strategy,
-        repeat,
-        result.run_id,
-        str(result.status),
-        answer,
-        _calls(effects),
-        result.usage if isinstance(result.usage, Usage) else Usage(),
-        float(result.timings.get("duration_s", 0.0)),
-        dict(result.node_visits),
-        result.reason or None if not result.ok else None,
-    )
-
-
-async def _raised_outcome(
-    agent: Agent, case: Case, key: Key, run_id: str | None, error: Exception
-) -> CaseOutcome:
-    """The outcome of a run that raised `error`, as its journal has it: as a finished run's
-    when it was journaled as ended (an answer that did not fit its schema), else what it
-    executed and was charged up to where it stopped. Never `completed`. A journal that
-    cannot be read raises: what the run did is then unknown, and is not scored as nothing."""
-    strategy, _, repeat = key
-    why = f"{type(error).__name__}: {error}"
-    runtime = agent.deps.runtime
-    record = None if run_id is None else await runtime.load_run(run_id)
-    if run_id is None or record is None:  # it raised before it was journaled: it ran nothing
-        return CaseOutcome(case.id, strategy, repeat, run_id, "failed", error=why)
-    if record.result is not None:
-        outcome = await _outcome(agent, case, key, RunResult.from_dict(record.result))
-    else:
-        transitions = await runtime.transitions(run_id)
-        usage = sum((t.usage for t in transitions), Usage())
-        usage += failed_step_usage(error) + await crashed_usage(agent.deps, run_id)
-        latency = max(transitions[-1].at - record.created_at, 0.0) if transitions else 0.0
-        outcome = CaseOutcome(
-            case.id,
-            strategy,
-            repeat,
-            run_id,
-            str(record.status),
-            None,
-            _calls(await runtime.effects(run_id)),
-            usage,
-            latency,
-            dict(Counter(t.node for t in transitions)),
-        )
-    status = RunStatus(outcome.status)
-    if status is RunStatus.COMPLETED or status.in_progress:
-        outcome.status = str(RunStatus.FAILED)
-    outcome.error = why
-    return outcome

@@ -15,14 +15,25 @@ __all__ = ["CallRecord", "TrajectoryMatch", "match_trajectory", "matches"]
 
 @dataclass(frozen=True, slots=True)
 class CallRecord:
-    """One tool call a run executed: the tool's name and its arguments."""
+    """One tool call a run executed: the tool's name and its arguments. `uncertain`: the
+    journal has the call as begun but no outcome (the run stopped during it, or a crash
+    left it unknown): it may have run, so it counts as executed."""
 
     tool: str
     args: dict[str, Any]
+    uncertain: bool = False
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-shaped data."""
-        return {"tool": self.tool, "args": self.args}
+        """JSON-shaped data (`uncertain` only when true)."""
+        data: dict[str, Any] = {"tool": self.tool, "args": self.args}
+        if self.uncertain:
+            data["uncertain"] = True
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> CallRecord:
+        """A call from `to_dict()`'s shape."""
+        return cls(data["tool"], dict(data["args"]), bool(data.get("uncertain", False)))
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,21 +105,84 @@ def _all_in_order(expected: Sequence[ExpectedCall], calls: Sequence[CallRecord])
     return True
 
 
+def _shape(tool: str, args: dict[str, Any]) -> tuple[str, str]:
+    """A key equal for calls (or expected calls) that match alike: the tool and the repr of
+    the arguments in name order (JSON values with the same repr are equal)."""
+    return tool, repr(sorted(args.items()))
+
+
+def _fits(expected: Sequence[ExpectedCall], calls: Sequence[CallRecord]) -> list[list[int]]:
+    """For each expected call, the executed calls (by index, in order) it matches; `matches`
+    is asked once per distinct expected call and distinct executed call."""
+    groups: dict[tuple[str, str], list[int]] = {}
+    for index, call in enumerate(calls):
+        groups.setdefault(_shape(call.tool, call.args), []).append(index)
+    members = list(groups.values())
+    fits: dict[tuple[str, str], list[int]] = {}
+    out: list[list[int]] = []
+    for want in expected:
+        shape = _shape(want.tool, want.args)
+        if shape not in fits:
+            found = [m for m in members if matches(want, calls[m[0]])]
+            fits[shape] = sorted(index for m in found for index in m)
+        out.append(fits[shape])
+    return out
+
+
+def _augment(start: int, fits: list[list[int]], owner: list[int], seen: list[bool]) -> bool:
+    """Find, depth first and without recursion, a path from the unmatched expected call
+    `start` to a free executed call through calls it could take over; flip it if found."""
+    path, next_edge = [start], [0]
+    via: list[int] = []  # via[k]: the call that leads from path[k] to path[k + 1]
+    while path:
+        edges, position = fits[path[-1]], next_edge[-1]
+        while position < len(edges) and seen[edges[position]]:
+            position += 1
+        if position == len(edges):  # a dead end: back up one step
+            path.pop()
+            next_edge.pop()
+            if via:
+                via.pop()
+            continue
+        next_edge[-1] = position + 1
+        call = edges[position]
+        seen[call] = True
+        via.append(call)
+        if owner[call] < 0:
+            for want, taken in zip(path, via, strict=True):
+                owner[taken] = want
+            return True
+        path.append(owner[call])
+        next_edge.append(0)
+    return False
+
+
 def _bipartite(expected: Sequence[ExpectedCall], calls: Sequence[CallRecord]) -> int:
-    """The largest number of expected calls each matched to a distinct executed call."""
-    owner: dict[int, int] = {}  # executed call -> expected call
-
-    def place(want: int, seen: set[int]) -> bool:
-        for index, call in enumerate(calls):
-            if index in seen or not matches(expected[want], call):
-                continue
-            seen.add(index)
-            if index not in owner or place(owner[index], seen):
-                owner[index] = want
-                return True
-        return False
-
-    return sum(place(want, set()) for want in range(len(expected)))
+    """The largest number of expected calls each matched to a distinct executed call: each
+    takes the first free call it fits, then augmenting paths are searched (iteratively,
+    so thousands of calls need no deep recursion) until a round finds none."""
+    fits = _fits(expected, calls)
+    owner = [-1] * len(calls)  # executed call -> the expected call it is matched to
+    matched = [False] * len(expected)
+    start: dict[int, int] = {}  # per list of fits: where the first free call may be
+    for want, edges in enumerate(fits):
+        position = start.get(id(edges), 0)
+        while position < len(edges) and owner[edges[position]] >= 0:
+            position += 1
+        start[id(edges)] = position
+        if position < len(edges):
+            owner[edges[position]] = want
+            matched[want] = True
+    while True:
+        # One round: a failed search leaves the matching as it was, so the calls it saw
+        # stay useless to the next search of the round; a round that finds no path ends.
+        seen = [False] * len(calls)
+        grown = False
+        for want in range(len(expected)):
+            if not matched[want] and _augment(want, fits, owner, seen):
+                matched[want] = grown = True
+        if not grown:
+            return sum(matched)
 
 
 def match_trajectory(spec: ToolTrajectory, calls: Sequence[CallRecord]) -> TrajectoryMatch:

@@ -1,0 +1,97 @@
+"""What a run of a case did, read from the agent's journal: its outcome for the evaluators."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Sequence
+
+from loomgraph.agent.agent import Agent
+from loomgraph.agent.recovery import crashed_usage
+from loomgraph.agent.result import RunResult, failed_step_usage
+from loomgraph.eval.dataset import Case
+from loomgraph.eval.outcome import CaseOutcome
+from loomgraph.eval.trajectory import CallRecord
+from loomgraph.protocols import EffectRecord, EffectStatus, RunStatus, Usage
+
+__all__ = ["Key", "executed_calls", "journaled_outcome", "raised_outcome"]
+
+Key = tuple[str, str, int]  # (strategy, case id, repeat)
+
+# A tool effect begun with no outcome journaled: the call may or may not have run.
+_UNSETTLED = frozenset({EffectStatus.PENDING, EffectStatus.UNKNOWN_AFTER_CRASH})
+
+
+def executed_calls(effects: Sequence[EffectRecord]) -> list[CallRecord]:
+    """The tool calls a run executed, in journal order: every tool call journaled as begun.
+    One with no outcome (pending: the run stopped during it; or unknown after a crash) may
+    have run, so it counts, marked `uncertain`: a safety check must not miss it."""
+    return [
+        CallRecord(
+            e.intent["call"]["tool"],
+            dict(e.intent["call"].get("args") or {}),
+            uncertain=e.status in _UNSETTLED,
+        )
+        for e in effects
+        if e.kind == "tool"
+    ]
+
+
+async def journaled_outcome(agent: Agent, case: Case, key: Key, result: RunResult) -> CaseOutcome:
+    """The outcome of a run that ended with `result`: its calls from the journal."""
+    effects = await agent.deps.runtime.effects(result.run_id)
+    output = result.output
+    answer = output if isinstance(output, str) or output is None else json.dumps(output)
+    strategy, _, repeat = key
+    return CaseOutcome(
+        case.id,
+        strategy,
+        repeat,
+        result.run_id,
+        str(result.status),
+        answer,
+        executed_calls(effects),
+        result.usage if isinstance(result.usage, Usage) else Usage(),
+        float(result.timings.get("duration_s", 0.0)),
+        dict(result.node_visits),
+        result.reason or None if not result.ok else None,
+    )
+
+
+async def raised_outcome(
+    agent: Agent, case: Case, key: Key, run_id: str | None, error: Exception
+) -> CaseOutcome:
+    """The outcome of a run that raised `error`, as its journal has it: as a finished run's
+    when it was journaled as ended (an answer that did not fit its schema), else what it
+    executed and was charged up to where it stopped. Never `completed`. A journal that
+    cannot be read raises: what the run did is then unknown, and is not scored as nothing."""
+    strategy, _, repeat = key
+    why = f"{type(error).__name__}: {error}"
+    runtime = agent.deps.runtime
+    record = None if run_id is None else await runtime.load_run(run_id)
+    if run_id is None or record is None:  # it raised before it was journaled: it ran nothing
+        return CaseOutcome(case.id, strategy, repeat, run_id, "failed", error=why)
+    if record.result is not None:
+        outcome = await journaled_outcome(agent, case, key, RunResult.from_dict(record.result))
+    else:
+        transitions = await runtime.transitions(run_id)
+        usage = sum((t.usage for t in transitions), Usage())
+        usage += failed_step_usage(error) + await crashed_usage(agent.deps, run_id)
+        latency = max(transitions[-1].at - record.created_at, 0.0) if transitions else 0.0
+        outcome = CaseOutcome(
+            case.id,
+            strategy,
+            repeat,
+            run_id,
+            str(record.status),
+            None,
+            executed_calls(await runtime.effects(run_id)),
+            usage,
+            latency,
+            dict(Counter(t.node for t in transitions)),
+        )
+    status = RunStatus(outcome.status)
+    if status is RunStatus.COMPLETED or status.in_progress:
+        outcome.status = str(RunStatus.FAILED)
+    outcome.error = why
+    return outcome
