@@ -42,7 +42,7 @@ from loomgraph.protocols import (
     semconv,
 )
 from loomgraph.protocols.events import RUN_COMPLETED, RUN_STARTED
-from loomgraph.runtime.errors import RunConflict, RunExists
+from loomgraph.runtime.errors import JournalEncodingError, RunConflict, RunExists
 
 
 class AgentSession:
@@ -308,7 +308,14 @@ class AgentSession:
         data = result.to_dict()
         # The outcome first: a worker that lost the run's lease (a zombie) is refused here
         # (LeaseLost), before it could replace the run's episode in memory with its own.
-        await deps.runtime.finish_run(self.run_id, result.status, result.reason, data)
+        try:
+            await deps.runtime.finish_run(self.run_id, result.status, result.reason, data)
+        except JournalEncodingError:
+            # An answer that is not plain JSON (a node wrote NaN to `output`; the journal
+            # refused that visit, so the run failed): it ends without it, never `running`.
+            result.output = None
+            data = result.to_dict()
+            await deps.runtime.finish_run(self.run_id, result.status, result.reason, data)
         if result.ok:
             episode = Episode(
                 self.user_id,

@@ -13,6 +13,7 @@ from typing import Any
 
 from loomgraph.engine import audit_trail as trail
 from loomgraph.engine.context import VisitContext
+from loomgraph.engine.effects import encoding_problem
 from loomgraph.engine.scope import RunScope
 from loomgraph.engine.state_size import StateSize
 from loomgraph.errors import GraphError, NodeError, ServiceUnavailable, StateError
@@ -26,6 +27,7 @@ from loomgraph.protocols import (
     Pending,
     RunStatus,
     RunStopped,
+    Runtime,
     Transition,
     Usage,
     semconv,
@@ -201,19 +203,14 @@ async def _step(
     every = deps.runtime.snapshot_every
     if every and not ctx.path and scope.seq - scope.snapshot_seq >= every:
         snapshot, scope.snapshot_seq = snapshot_of(state), scope.seq
-    await deps.runtime.append_transition(
-        Transition(
-            scope.run_id,
-            scope.seq,
-            qualified,
-            visit,
-            patch,
-            target,
-            used,
-            time.time(),
-            snapshot,
-        )
+    transition = Transition(
+        scope.run_id, scope.seq, qualified, visit, patch, target, used, time.time(), snapshot
     )
+    refused = await _append(deps.runtime, transition)
+    if refused is not None:  # nothing of the visit was written: the run ends here
+        scope.seq -= 1
+        await ctx.emit(ERROR, {"error": str(refused), "type": type(refused).__name__})
+        return Outcome(RunStatus.FAILED, str(refused), state, node, error=refused)
     if scope.auditing:
         moved = trail.transition(scope.seq, qualified, visit, target)
         await scope.audit(AuditAction.TRANSITION, qualified, moved)
@@ -225,6 +222,24 @@ async def _step(
             scope.seq,
         )
     return target
+
+
+async def _append(runtime: Runtime, transition: Transition) -> StateError | None:
+    """Journal a transition; a StateError naming the node and the field when the journal
+    refuses a value of its patch that is not plain JSON (NaN, an object in an `any` field:
+    nothing was written), else None. Typed fields refuse such values before (`StateSchema`)."""
+    try:
+        await runtime.append_transition(transition)
+    except TypeError:  # what a journal raises for it (JournalEncodingError is a TypeError)
+        for name, value in transition.patch.items():
+            problem = encoding_problem(value)
+            if problem is not None:
+                return StateError(
+                    f"node {transition.node!r} wrote state field {name!r} a value the journal "
+                    f"cannot keep: {problem}"
+                )
+        raise
+    return None
 
 
 def _state_size(scope: RunScope, graph: CompiledGraph, state: dict[str, Any]) -> StateSize:
@@ -323,4 +338,7 @@ def check_patch(
                 f"node {node!r} wrote {name!r}, which it does not declare in "
                 f"`writes` ({', '.join(sorted(allowed)) or 'nothing'})"
             )
-    return graph.schema.check(patch)
+    try:
+        return graph.schema.check(patch)
+    except StateError as err:  # named by the node that wrote it
+        raise StateError(f"node {node!r} wrote {err}") from None

@@ -9,7 +9,7 @@ from collections.abc import Callable, Mapping
 from functools import cache
 from typing import Any, Optional, Union
 
-from pydantic import BaseModel, TypeAdapter, ValidationError
+from pydantic import BaseModel, ConfigDict, PydanticUserError, TypeAdapter, ValidationError
 from typing_extensions import TypedDict
 
 from loomgraph.errors import LoomgraphError, StateError
@@ -178,7 +178,7 @@ class StateSchema:
         self.adapters: dict[str, TypeAdapter[Any]] = {}
         for name, f in graph.state.items():
             if f.type not in ("any", "Any"):
-                self.adapters[name] = TypeAdapter(parse_type(f.type))
+                self.adapters[name] = _field_adapter(parse_type(f.type))
 
     def initial(self, values: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """A fresh state: defaults (copied, never shared between runs), then `values`."""
@@ -218,6 +218,18 @@ class StateSchema:
             if problem:
                 raise StateError(f"state field {name!r}: {problem}")
         return values
+
+
+_FINITE = ConfigDict(allow_inf_nan=False)
+
+
+def _field_adapter(field_type: Any) -> TypeAdapter[Any]:
+    """The validator of a typed state field: its floats finite, since the state is journaled
+    as JSON, which has no NaN or infinity (a pydantic model keeps its own config)."""
+    try:
+        return TypeAdapter(field_type, config=_FINITE)
+    except PydanticUserError:  # a model, dataclass or TypedDict: config is its own to set
+        return TypeAdapter(field_type)
 
 
 class _RoutedError(TypedDict):
