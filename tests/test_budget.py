@@ -199,22 +199,6 @@ async def test_node_visits_count_on_settle_and_tools_count_calls() -> None:
     assert spent == {"node_visits": 1, "tool_calls": 1}
 
 
-async def test_a_reservation_of_nothing_capped_holds_nothing_and_still_counts() -> None:
-    """A node visit where no scope caps visits cannot be refused, so it takes no hold (on an
-    SQLite ledger, no fsynced transaction: two a turn of every governed run); its settlement
-    still counts the visit. A visit cap brings the hold back."""
-    budget = StandardBudget(BudgetConfig(tool_calls=10))
-    held = await budget.reserve(node_visit())
-    assert await budget.ledger.holds() == []
-    await budget.settle(held, Usage())
-    assert (await budget.totals()).spent == {"node_visits": 1}
-    capped = StandardBudget(BudgetConfig(per_user=Caps(node_visits=10)))
-    held = await capped.reserve(node_visit())
-    assert [h.amounts for h in await capped.ledger.holds()] == [{"node_visits": 1}]
-    await capped.settle(held, Usage())
-    assert await capped.ledger.holds() == []
-
-
 async def test_prices_override_and_input_margin() -> None:
     table = StandardBudget(
         BudgetConfig(model="my-model", cost_usd=1.0, prices={"my-model": Price(1.0, 2.0)})

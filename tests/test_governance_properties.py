@@ -995,7 +995,8 @@ class GovernanceMachine(RuleBasedStateMachine):
                 assert now >= before, f"{scope}:{metric} spent went down: {before} -> {now}"
                 self.spent[scope, metric] = now
             # Every tool that ran was charged one tool call, except one its process died
-            # running before the charge was recorded (it runs, and is charged, again).
+            # running before the charge was recorded (it runs, and is charged, again), or
+            # one whose charge its dead process left held (below).
             ran = [
                 e
                 for e in self.executed
@@ -1009,8 +1010,16 @@ class GovernanceMachine(RuleBasedStateMachine):
             for run_id in self.ever_crashed:
                 for charge in await self.ledger.charges(run_id):
                     crash_charged += charge.amounts.get("tool_calls", 0)
-            assert len(ran) - cut <= charged <= len(ran) + crash_charged, (
-                f"{scope}: {len(ran)} tools ran ({cut} cut by a crash), {charged} charged"
+            # A call journaled done before its process died before charging it: its hold is
+            # kept, and charged when the run is resumed (the outcome is journaled first).
+            held = sum(
+                h.amounts.get("tool_calls", 0)
+                for h in await self.ledger.holds()
+                if h.run_id in self.crashed and scope in h.scopes
+            )
+            assert len(ran) - cut <= charged + held <= len(ran) + crash_charged + held, (
+                f"{scope}: {len(ran)} tools ran ({cut} cut by a crash), {charged} charged, "
+                f"{held} held by dead processes"
             )
         for hold in await self.ledger.holds():
             assert hold.run_id in self.crashed, f"hold left by run {hold.run_id}: {hold}"

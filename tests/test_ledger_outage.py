@@ -68,9 +68,11 @@ TIMEOUTS = {"connect_timeout": 5.0, "command_timeout": 5.0}
 BOUND = 120.0  # seconds; reaching it means something hung
 POINTS = ["model", "reservation", "tool"]
 # Executions (model calls, tool calls, node visits) a run interrupted at each point makes,
-# its resume included: the interrupted effect runs again on resume, the reservation's
-# never ran the first time.
-EXECUTIONS = {"model": (3, 1, 4), "reservation": (2, 1, 4), "tool": (2, 2, 4)}
+# its resume included: none twice. A model or tool call whose settlement meets the outage was
+# journaled first, so the resume replays it (its hold charged at its reservation); the
+# reservation's call never ran the first time. (Before, the outcome was journaled after the
+# charge, and an interrupted call ran again: (3, 1, 4) and (2, 2, 4).)
+EXECUTIONS = {"model": (2, 1, 4), "reservation": (2, 1, 4), "tool": (2, 1, 4)}
 
 
 # ---------------------------------------------------------------------------- outages
@@ -520,3 +522,69 @@ async def test_a_hold_whose_settlement_failed_is_kept_for_the_resume(tmp_path: P
     assert not totals.reserved.get("tool_calls") and await ledger.holds() == []
     assert [c.amounts for c in await ledger.charges(session.run_id)] == [{"tool_calls": 1}]
     await agent.aclose()
+
+
+async def test_a_tool_whose_settlement_failed_is_not_run_again(tmp_path: Path) -> None:
+    """The call's outcome is journaled before it is charged: a settlement that fails (the
+    ledger, or its audit entry, out of reach) leaves a finished call that the resume replays,
+    never one it runs a second time. Its kept hold is charged once, at the resume."""
+    ran: list[str] = []
+    ledger = BackByTheEnd()
+    spending = StandardBudget(BudgetConfig(tool_calls=5), ledger)
+
+    @tool
+    async def pay() -> str:
+        """Pay once."""
+        ran.append("paid")
+        ledger.fail_next_settlement = True  # this call's settlement meets the outage
+        return "paid"
+
+    turns: list[Any] = [{"tool_calls": [{"tool": "pay", "args": {}}]}, "done"]
+    journal = SqliteRuntime(str(tmp_path / "journal.db"))
+    agent = Agent("x", model=ScriptedModel(turns), tools=[pay], runtime=journal, budget=spending)
+    try:
+        session = agent.session("go")
+        with pytest.raises(LedgerUnavailable):
+            await session.execute(agent.deps.hooks.on_event)
+        done = await agent.resume(session.run_id)
+        assert done.status == "completed"
+        assert ran == ["paid"]
+        totals = await spending.totals("global")
+        assert totals.spent["tool_calls"] == 1 and not totals.reserved.get("tool_calls")
+    finally:
+        await agent.aclose()
+
+
+class CountingModel:
+    """Answers "done"; counts its calls."""
+
+    name = "counting"
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    async def stream(self, request: Any) -> Any:
+        self.calls += 1
+        yield {"type": "text", "text": "done"}
+        yield {"type": "usage", "usage": {"input_tokens": 10, "output_tokens": 2}}
+        yield {"type": "finish", "finish_reason": "end_turn"}
+
+
+async def test_a_model_call_whose_settlement_failed_is_not_made_again(tmp_path: Path) -> None:
+    """As for tools: the answer is journaled before its attempt is charged."""
+    ledger = BackByTheEnd()
+    spending = StandardBudget(BudgetConfig(model_calls=5), ledger)
+    model = CountingModel()
+    journal = SqliteRuntime(str(tmp_path / "journal.db"))
+    agent = Agent("x", model=model, runtime=journal, budget=spending)
+    try:
+        session = agent.session("go")
+        ledger.fail_next_settlement = True  # the model call's settlement is the first
+        with pytest.raises(LedgerUnavailable):
+            await session.execute(agent.deps.hooks.on_event)
+        done = await agent.resume(session.run_id)
+        assert done.status == "completed" and done.output == "done"
+        assert model.calls == 1
+        assert (await spending.totals("global")).spent["model_calls"] == 1
+    finally:
+        await agent.aclose()

@@ -172,8 +172,14 @@ class VisitContext:
         except BudgetExceeded as err:  # a retry refused: the failed attempts were charged
             err.usage = attempts.billed
             raise
+        answered = response.usage  # the answering attempt's own, held until journaled
         response.usage += attempts.billed
-        await self.scope.end_effect(key, response_data(response))
+        try:
+            # Journaled before it is charged: a charge (or its audit entry) that fails must
+            # not leave an answered call to be made again on resume (see ToolGate.call).
+            await self.scope.end_effect(key, response_data(response))
+        finally:
+            await attempts.settle(answered)
         if self.scope.auditing:
             done = trail.model_call(
                 deps.model.name, request, response, content=self.scope.audit_content
@@ -225,8 +231,7 @@ class VisitContext:
                 raise
             if self.scope.deps.budgeted:  # (without caps there is no ledger to agree with)
                 response.usage = self._priced(response.usage)
-            await attempts.settle(response.usage)
-            return response
+            return response  # its attempt is settled once the answer is journaled
         raise AssertionError("unreachable: the last attempt returns or raises")
 
     async def _gave_up(

@@ -7,6 +7,7 @@ each is gated, journaled and reported the same way.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping
 from typing import Any
 
@@ -32,6 +33,7 @@ from loomgraph.protocols import (
     tool_run,
 )
 from loomgraph.protocols.events import PERMISSION_DECISION, TOOL_CALL, TOOL_PROGRESS, TOOL_RESULT
+from loomgraph.protocols.idle import is_idle
 
 
 class ToolArgsInvalid(LoomgraphError):
@@ -120,9 +122,14 @@ class ToolGate:
             # Cancelled or broken mid-call: the tool may have acted, so the call is charged.
             await scope.settle(reservation, Usage(tool_calls=1))
             raise
-        await scope.settle(reservation, Usage(tool_calls=1))
         result = self._cut(result)
-        await scope.end_effect(key, dict(result))
+        try:
+            # Journaled before it is charged: a charge (or its audit entry) that fails must
+            # not leave a call that ran to be run again on resume; its kept hold is charged
+            # once, by the resume.
+            await scope.end_effect(key, dict(result))
+        finally:
+            await scope.settle(reservation, Usage(tool_calls=1))
         done = await self._done(call, result, spec)
         self._count_invalid(call, result)
         return done
@@ -207,9 +214,12 @@ class ToolGate:
             except RunStopped:  # the run waits for an answer: say so, as for any decision
                 await self.report(call, decision, tainted=tainted)
                 raise
-        if decision.verdict == "allow":
-            # Hooks read the arguments as the tool will receive them, as rules do.
-            hook = await deps.hooks.before_tool(received_call(scope, call) or call)
+        if decision.verdict == "allow" and not is_idle(deps.hooks.before_tool):
+            # Hooks read the arguments as the tool will receive them, as rules do, in a copy:
+            # what a hook changes there never reaches the tool the rules let through.
+            seen = received_call(scope, call) or call
+            copied = ToolCall(id=seen["id"], tool=seen["tool"], args=copy.deepcopy(seen["args"]))
+            hook = await deps.hooks.before_tool(copied)
             if hook is not None and hook.verdict == "deny":  # hooks may deny, never approve
                 decision = hook
         await self.report(call, decision, tainted=tainted)
@@ -228,10 +238,12 @@ class ToolGate:
         }
         if tainted:
             report["tainted"] = True
+        # Made before the event goes out: an `on_event` hook that edits the event's payload
+        # must not change what the audit log records.
+        entry = trail.decision(report, call) if self.scope.auditing else None
         if self.scope.listening:
             await self.scope.emit(PERMISSION_DECISION, report, self.node)
-        if self.scope.auditing:
-            entry = trail.decision(report, call)
+        if entry is not None:
             await self.scope.audit(AuditAction.PERMISSION_DECISION, self.node, entry)
 
     async def _done(

@@ -179,10 +179,7 @@ class StandardBudget:
         priced = Reservation(
             reservation.scope, reservation.kind, priced_usage(reservation.amount, amounts), rid
         )
-        if not scopes or not any(m in limits for _, limits in scopes for m in amounts):
-            # Nothing it holds is capped (a node visit, where no scope caps visits): no
-            # reservation could refuse it, so it holds nothing, and its settlement charges
-            # what it spent. A crash in between leaves that count out, never a cap's.
+        if not scopes:
             return priced
         hold = Hold(
             rid, reservation.scope.run_id, tuple(name for name, _ in scopes), amounts, self._clock()
