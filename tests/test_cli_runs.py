@@ -316,7 +316,7 @@ def test_render_run_draws_the_path_and_highlights_where_it_failed(
     assert done.returncode == 0, done.stderr
     dot = out.read_text()
     assert "visits: 1" in dot  # model and tools, once each
-    model_line = next(line for line in dot.splitlines() if line.strip().startswith("model "))
+    model_line = next(line for line in dot.splitlines() if "<B>model</B>" in line)
     assert "#dc2626" in model_line  # failed: the node it stopped at, in red
     assert "\N{MULTIPLICATION SIGN}1" in dot  # edges taken, with counts
     svg = env["dir"] / "run.svg"

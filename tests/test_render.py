@@ -55,6 +55,23 @@ def svg_root(svg: str) -> ET.Element:
     return root
 
 
+NODE_ID = re.compile(r"^\t+(n\d+) \[label=(?:<.*?<B>(.*?)</B>|([^ ]+))", re.M)
+STATEMENT_IDS = re.compile(r"^(\t+)(n\d+|start)(?::\w+)?(?: -> (n\d+))?", re.M)
+
+
+def readable(dot: str) -> str:
+    """The DOT text with each synthetic node id (`n3`) replaced by the node's name, as its
+    label shows it, so assertions can say `model -> tools`."""
+    names = {m[1]: m[2] if m[2] is not None else m[3].strip('"') for m in NODE_ID.finditer(dot)}
+    names["start"] = "start"
+
+    def swap(m: re.Match[str]) -> str:
+        head = f"{m[1]}{names[m[2]]}"
+        return f"{head} -> {names[m[3]]}" if m[3] else head
+
+    return STATEMENT_IDS.sub(swap, dot)
+
+
 def svg_text(root: ET.Element) -> str:
     return " ".join(" ".join(t.itertext()) for t in root.iter(f"{SVG_NS}text"))
 
@@ -63,8 +80,8 @@ def svg_text(root: ET.Element) -> str:
 
 
 def test_dot_shows_nodes_kinds_io_conditions_entry_and_end(react: Graph) -> None:
-    dot = to_dot(react)
-    assert dot.startswith("digraph react {")
+    dot = readable(to_dot(react))
+    assert dot.startswith("digraph loomgraph {")
     for name in ("model", "tools"):
         assert f"<B>{name}</B>" in dot
         assert f"<I>{name}</I>" in dot  # the kind
@@ -79,19 +96,19 @@ def test_dot_shows_nodes_kinds_io_conditions_entry_and_end(react: Graph) -> None
     # A node with one outgoing edge gets no order number and no label.
     assert re.search(r'tools -> model \[label=""', dot)
     # Entry marker: a small filled circle pointing at the entry; END a double circle.
-    assert re.search(r"__start__ \[label=\"\".*shape=circle.*style=filled", dot)
-    assert "__start__ -> model" in dot
+    assert re.search(r"\tstart \[label=\"\".*shape=circle.*style=filled", dot)
+    assert "start -> model" in dot
     assert re.search(r"END \[label=END.*shape=doublecircle", dot)
     assert 'tooltip="One model turn over the conversation' in dot
 
 
 def test_dot_of_a_python_graph_shows_kind_defaults() -> None:
-    dot = to_dot(python_graph())
+    dot = readable(to_dot(python_graph()))
     # `plan` declares no reads/writes: the `model` kind's defaults show.
     assert "reads: messages</FONT>" in dot
     assert "writes: messages, usage" in dot
     assert "reads: messages, plan_notes" in dot
-    assert "__start__ -> plan" in dot
+    assert "start -> plan" in dot
 
 
 def test_dot_accepts_a_builtin_name_and_a_path(react: Graph) -> None:
@@ -105,7 +122,7 @@ def test_broken_graph_still_draws() -> None:
         nodes={"x": NodeSpec(kind="no-such-kind", writes=["out"])},
         edges=[EdgeSpec(source="x", target="ghost")],
     )
-    dot = to_dot(graph)
+    dot = readable(to_dot(graph))
     assert "<I>no-such-kind</I>" in dot and "writes: out" in dot and "x -> ghost" in dot
     assert "u_ghost" in to_mermaid(graph)
 
@@ -250,7 +267,7 @@ def test_overlay_from_transitions() -> None:
 
 def test_dot_overlay_marks_visits_taken_edges_and_failure(react: Graph) -> None:
     steps = [step("model", "tools"), step("tools", "model"), step("model", "tools")]
-    dot = to_dot(react, run=RunOverlay.from_transitions(steps, status="failed"))
+    dot = readable(to_dot(react, run=RunOverlay.from_transitions(steps, status="failed")))
     assert "visits: 2" in dot and "visits: 1" in dot
     assert re.search(r'model -> tools \[label="\[1\] .* \u00d72".*penwidth=2.5', dot)
     assert re.search(r'tools -> model \[label="\u00d71".*penwidth=2.5', dot)
@@ -260,10 +277,10 @@ def test_dot_overlay_marks_visits_taken_edges_and_failure(react: Graph) -> None:
 
 def test_overlay_limit_is_orange_and_completed_marks_end(react: Graph) -> None:
     limit = {"visits": {"model": 25, "tools": 25}, "stopped_at": "model", "status": "limit_reached"}
-    assert re.search(r'\tmodel \[label=.*color="#ea580c"', to_dot(react, run=limit))
+    assert re.search(r'\tmodel \[label=.*color="#ea580c"', readable(to_dot(react, run=limit)))
     done = RunOverlay.from_transitions([step("model", END)])
     assert done.stopped_at == END
-    assert re.search(r'\tEND \[.*color="#16a34a"', to_dot(react, run=done))
+    assert re.search(r'\tEND \[.*color="#16a34a"', readable(to_dot(react, run=done)))
 
 
 def test_mermaid_overlay(react: Graph) -> None:
@@ -305,7 +322,7 @@ def test_render_writes_by_suffix(react: Graph, tmp_path: Path, suffix: str) -> N
     if kind == ".svg":
         assert "model" in svg_text(svg_root(text))
     elif kind in (".dot", ".gv"):
-        assert text.startswith("digraph react {") and "visits: 1" in text
+        assert text.startswith("digraph loomgraph {") and "visits: 1" in text
     else:
         assert text.startswith("flowchart TD") and "visits: 1" in text
 

@@ -203,14 +203,17 @@ def node_io(graph: Graph) -> dict[str, tuple[list[str], list[str]]]:
 
 def edges_of(graph: Graph) -> list[Edge]:
     """The edges in file order, with their order numbers and `else` flags."""
+    by_source: dict[str, list[EdgeSpec]] = {}
+    for edge in graph.edges:
+        by_source.setdefault(edge.source, []).append(edge)
+    conditional = {source: any(e.when for e in edges) for source, edges in by_source.items()}
+    seen: Counter[str] = Counter()
     out = []
     for edge in graph.edges:
-        siblings = graph.outgoing(edge.source)
-        # By identity: two identical edges (a harmless duplicate) still get their own numbers.
-        position = next(i for i, e in enumerate(siblings, start=1) if e is edge)
-        order = position if len(siblings) > 1 else None
-        is_else = edge.when is None and any(e.when for e in siblings)
-        out.append(Edge(edge, order, is_else))
+        # Counted per edge: two identical edges (a harmless duplicate) get their own numbers.
+        seen[edge.source] += 1
+        order = seen[edge.source] if len(by_source[edge.source]) > 1 else None
+        out.append(Edge(edge, order, edge.when is None and conditional[edge.source]))
     return out
 
 
@@ -218,23 +221,33 @@ def back_edges(graph: Graph) -> set[int]:
     """File indexes of the edges that lead back to a node on the way to them (the loops'
     return edges), found depth first from the entry in file order: drawn to the side, so
     they do not lie on top of the edge they return along."""
+    outgoing: dict[str, list[tuple[int, str]]] = {}
+    for i, edge in enumerate(graph.edges):
+        if edge.target != END and edge.target in graph.nodes:
+            outgoing.setdefault(edge.source, []).append((i, edge.target))
     out: set[int] = set()
     state: dict[str, int] = {}  # 1: on the current path, 2: done
-
-    def visit(node: str) -> None:
-        state[node] = 1
-        for i, edge in enumerate(graph.edges):
-            if edge.source != node or edge.target == END or edge.target not in graph.nodes:
-                continue
-            if state.get(edge.target) == 1:
-                out.add(i)
-            elif edge.target not in state:
-                visit(edge.target)
-        state[node] = 2
-
+    # An explicit stack (node, its next edge to look at): a chain of thousands of nodes
+    # is as deep as it is long, too deep for recursion.
     for start in [graph.entry, *graph.nodes]:
-        if start in graph.nodes and start not in state:
-            visit(start)
+        if start not in graph.nodes or start in state:
+            continue
+        state[start] = 1
+        stack = [(start, 0)]
+        while stack:
+            node, at = stack[-1]
+            edges = outgoing.get(node, [])
+            if at == len(edges):
+                state[node] = 2
+                stack.pop()
+                continue
+            stack[-1] = (node, at + 1)
+            i, target = edges[at]
+            if state.get(target) == 1:
+                out.add(i)
+            elif target not in state:
+                state[target] = 1
+                stack.append((target, 0))
     return out
 
 
@@ -268,14 +281,6 @@ def wrap(fields: Sequence[str], per_line: int = 3) -> list[str]:
     if not fields:
         return ["—"]
     return [", ".join(fields[i : i + per_line]) for i in range(0, len(fields), per_line)]
-
-
-def free_id(base: str, taken: Iterable[str]) -> str:
-    """`base`, wrapped in underscores until no name in `taken` is the same."""
-    used = set(taken)
-    while base in used:
-        base = f"_{base}_"
-    return base
 
 
 def load(graph: Graph | str | Path) -> Graph:

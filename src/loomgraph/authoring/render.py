@@ -46,7 +46,7 @@ def render(
     elif suffix in _TEXT:
         target.write_text(_TEXT[suffix](graph, run=run, expand=expand), encoding="utf-8")
     elif suffix in (".mmd", ".mermaid"):
-        target.write_text(to_mermaid(graph, run=run), encoding="utf-8")
+        target.write_text(to_mermaid(graph, run=run, expand=expand), encoding="utf-8")
     else:
         supported = ", ".join([*_TEXT, *_IMAGES, ".mmd", ".mermaid"])
         raise RenderError(

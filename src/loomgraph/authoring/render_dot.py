@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import html
+import shutil
 import subprocess
+import unicodedata
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -24,7 +27,6 @@ from loomgraph.authoring.diagram import (
     back_edges,
     edge_text,
     edges_of,
-    free_id,
     load,
     node_detail,
     node_io,
@@ -33,9 +35,73 @@ from loomgraph.authoring.diagram import (
 from loomgraph.authoring.secrets import redact
 from loomgraph.graph.spec import END, Graph
 
+# How long `dot` may take to lay out one graph (seconds) before it is stopped.
+DOT_TIMEOUT = 60.0
+
+# The DOT ids are synthetic: the graph is `loomgraph`, nodes `n0`, `n1`, ..., clusters
+# `cluster_0`, ..., the markers `start` and `legend`. No name from the graph is ever an id
+# (a `:` would make a port, `<...>` an HTML id, `"` or `]` end one and start attributes); the
+# names are only ever label and tooltip text, escaped for the kind of label they are in.
+_GRAPH_ID = "loomgraph"
+_START, _LEGEND = "start", "legend"
+
+
+def _clean(text: str, keep: str = "") -> str:
+    """Text without the characters SVG (XML) cannot carry: control characters (but those in
+    `keep`) become spaces, lone surrogates and non-characters U+FFFD."""
+    out = []
+    for c in text:
+        kind = unicodedata.category(c)
+        if kind == "Cc" and c not in keep:
+            out.append(" ")
+        elif kind == "Cs" or c in "\ufffe\uffff":
+            out.append("\ufffd")
+        else:
+            out.append(c)
+    return "".join(out)
+
 
 def _e(text: str) -> str:
-    return html.escape(text, quote=False)  # quotes are plain text inside an HTML label
+    """Text inside an HTML-like label: `&`, `<` and `>` as entities (quotes are plain text),
+    backslashes doubled (Graphviz expands `\\N`, `\\G`, ... in HTML-like labels too)."""
+    return html.escape(_clean(text), quote=False).replace("\\", "\\\\")
+
+
+def _t(text: str) -> str:
+    """Text as a plain label or tooltip: backslashes literal (no `\\N`, `\\l` escapes), `&`
+    as `&amp;` (Graphviz reads `&#58;` as an entity), never read as an HTML-like `<...>`
+    label; `quote` then escapes its double quotes."""
+    escaped: str = graphviz.escape(_clean(text, keep="\n").replace("&", "&amp;"))
+    return escaped
+
+
+class _Ids:
+    """The synthetic DOT ids of one diagram, per scope (the graph, each inlined child)."""
+
+    def __init__(self) -> None:
+        self._nodes: dict[tuple[str, str, bool], str] = {}
+        self.declared: set[str] = set()
+        self.names: dict[str, str] = {}  # id -> name, for the nodes a graph lacks
+        self.clusters = 0
+
+    def node(self, scope: str, name: str, *, end: bool = False) -> str:
+        """The id of node `name` (or of the END marker) in `scope`."""
+        key = (scope, name, end)
+        if key not in self._nodes:
+            self._nodes[key] = f"n{len(self._nodes)}"
+            self.names[self._nodes[key]] = END if end else name
+        return self._nodes[key]
+
+    def declare(self, scope: str, name: str, *, end: bool = False) -> str:
+        """The id of a node about to be drawn."""
+        node_id = self.node(scope, name, end=end)
+        self.declared.add(node_id)
+        return node_id
+
+    def cluster(self) -> str:
+        """A new cluster's id (`cluster_` makes Graphviz draw a box round it)."""
+        self.clusters += 1
+        return f"cluster_{self.clusters - 1}"
 
 
 def _dot_label(
@@ -81,14 +147,14 @@ def _legend(run: RunOverlay) -> str:
 
 
 def _digraph(graph: Graph, run: RunOverlay | None, *, expand: bool = False) -> graphviz.Digraph:
-    dot = graphviz.Digraph(name=graph.name)
+    dot = graphviz.Digraph(name=_GRAPH_ID)
     title = f"{graph.name} v{graph.version}"
     heading = f"{title}\n{run.title()}" if run else title
     dot.attr(
         rankdir="TB",
         labelloc="t",
-        label=graphviz.escape(heading),
-        tooltip=graphviz.escape(graph.description or title),
+        label=_t(heading),
+        tooltip=_t(graph.description or title),
         fontname="Helvetica",
         forcelabels="true",
         nodesep="0.5",
@@ -103,9 +169,8 @@ def _digraph(graph: Graph, run: RunOverlay | None, *, expand: bool = False) -> g
         color="#374151",
     )
     dot.attr("edge", fontname="Helvetica", fontsize="10", color="#374151")
-    start_id = free_id("__start__", graph.nodes)
     dot.node(
-        start_id,
+        _START,
         label="",
         shape="circle",
         style="filled",
@@ -115,24 +180,23 @@ def _digraph(graph: Graph, run: RunOverlay | None, *, expand: bool = False) -> g
         fixedsize="true",
         tooltip="start",
     )
+    ids = _Ids()
     entered = bool(run and (run.visits or run.path))
+    entry = graph.entry or END
     dot.edge(
-        start_id,
-        graph.entry or END,
+        _START,
+        ids.node("", entry, end=entry == END),
         arrowsize="0.7",
         **({"penwidth": "2.5", "color": TAKEN} if entered else {}),
     )
-    _draw(dot, graph, run, prefix="", expand=expand, depth=0)
+    _draw(dot, graph, run, ids, scope="", expand=expand, depth=0)
+    for node_id, name in ids.names.items():
+        if node_id not in ids.declared:  # an edge to a node the graph lacks: validation says so
+            dot.node(node_id, label=_t(name), style="rounded,dashed", tooltip="not in the graph")
     if run is not None:
-        with dot.subgraph(name="legend") as bottom:
+        with dot.subgraph() as bottom:
             bottom.attr(rank="sink")
-            bottom.node(
-                free_id("__legend__", graph.nodes),
-                label=_legend(run),
-                shape="plaintext",
-                style="",
-                tooltip="legend",
-            )
+            bottom.node(_LEGEND, label=_legend(run), shape="plaintext", style="", tooltip="legend")
     return dot
 
 
@@ -140,27 +204,27 @@ def _draw(
     dot: graphviz.Digraph,
     graph: Graph,
     run: RunOverlay | None,
+    ids: _Ids,
     *,
-    prefix: str,
+    scope: str,
     expand: bool,
     depth: int,
 ) -> None:
-    """The nodes and edges of `graph` (ids prefixed for an inlined child graph)."""
+    """The nodes and edges of `graph` (in their own id scope for an inlined child graph)."""
     io = node_io(graph)
     stop = run.stop_colour() if run else None
-    end_id = f"{prefix}{END}"
     end_style = {"fillcolor": "#f3f4f6"}
     if run and run.stopped_at == END and stop:
         end_style = {"color": stop, "penwidth": "3", "fillcolor": STOP_FILL[stop]}
     dot.node(
-        end_id,
+        ids.declare(scope, END, end=True),
         label="END",
         shape="doublecircle",
         style="filled",
         fontsize="10",
         width="0.5",
         fixedsize="true",
-        tooltip="end of the run" if not prefix else f"end of {graph.name}",
+        tooltip="end of the run" if not scope else _t(f"end of {graph.name}"),
         **end_style,
     )
     for name, spec in graph.nodes.items():
@@ -172,13 +236,16 @@ def _draw(
         if run and run.stopped_at == name and stop:
             attrs.update(color=stop, penwidth="3", fillcolor=STOP_FILL[stop])
         dot.node(
-            prefix + name,
+            ids.declare(scope, name),
             label=_dot_label(name, spec.kind, reads, writes, count, node_detail(spec)),
-            tooltip=graphviz.escape(spec.description or name),
+            tooltip=_t(spec.description or name),
             **attrs,
         )
         if expand and depth < _MAX_DEPTH and node_detail(spec):
-            _inline_child(dot, graph, name, spec.params.get("graph"), prefix, depth)
+            _inline_child(dot, graph, name, spec.params.get("graph"), ids, scope, depth)
+
+    def node_id(name: str) -> str:
+        return ids.node(scope, name, end=name == END)
 
     taken = run.taken() if run else Counter()
     counted: set[tuple[str, str]] = set()
@@ -196,16 +263,15 @@ def _draw(
             counted.add(pair)
             attrs.update(penwidth="2.5", color=TAKEN)
             text = f"{text}  {TIMES}{times}".strip()
-        label = graphviz.escape(text) if text else ""
         if i in back:
             # A return edge leaves and enters on the right, beside the edge it returns
             # along, not on top of it.
             attrs.update(tailport="e", headport="e")
         dot.edge(
-            prefix + edge.spec.source,
-            prefix + edge.spec.target,
-            label=label,
-            tooltip=graphviz.escape(edge.spec.when or text or "default"),
+            node_id(edge.spec.source),
+            node_id(edge.spec.target),
+            label=_t(text) if text else "",
+            tooltip=_t(edge.spec.when or text or "default"),
             **attrs,
         )
 
@@ -214,32 +280,32 @@ _MAX_DEPTH = 3
 
 
 def _inline_child(
-    dot: graphviz.Digraph, graph: Graph, name: str, ref: Any, prefix: str, depth: int
+    dot: graphviz.Digraph, graph: Graph, name: str, ref: Any, ids: _Ids, scope: str, depth: int
 ) -> None:
     """Draw the graph node `name` runs as a cluster beside it, entered by a dotted edge."""
     try:
         child = graph.resolve_graph(str(ref))
     except Exception:
         return  # validation reports a child graph that cannot be found
-    inner = f"{prefix}{name}/"
-    with dot.subgraph(name=f"cluster_{inner}") as cluster:
+    cluster_id = ids.cluster()
+    with dot.subgraph(name=cluster_id) as cluster:
         cluster.attr(
-            label=graphviz.escape(f"{name}: {child.name} v{child.version}"),
+            label=_t(f"{name}: {child.name} v{child.version}"),
             style="rounded,dashed",
             color="#6b21a8",
             fontcolor="#6b21a8",
             fontsize="11",
         )
-        _draw(cluster, child, None, prefix=inner, expand=True, depth=depth + 1)
+        _draw(cluster, child, None, ids, scope=cluster_id, expand=True, depth=depth + 1)
     if child.entry in child.nodes:
         dot.edge(
-            prefix + name,
-            inner + child.entry,
-            lhead=f"cluster_{inner}",
+            ids.node(scope, name),
+            ids.node(cluster_id, child.entry),
+            lhead=cluster_id,
             style="dotted",
             color="#6b21a8",
             arrowhead="odot",
-            tooltip=graphviz.escape(f"{name} runs {child.name}"),
+            tooltip=_t(f"{name} runs {child.name}"),
         )
 
 
@@ -250,26 +316,62 @@ def to_dot(graph: Graph | str | Path, *, run: RunLike = None, expand: bool = Fal
     return redact(source)  # the graph is redacted (`load`); this catches a run's reason too
 
 
-def to_svg(graph: Graph | str | Path, *, run: RunLike = None, expand: bool = False) -> str:
+def to_svg(
+    graph: Graph | str | Path,
+    *,
+    run: RunLike = None,
+    expand: bool = False,
+    timeout: float = DOT_TIMEOUT,
+) -> str:
     """The graph as SVG, laid out by Graphviz's `dot` binary."""
-    return to_image(graph, "svg", run=run, expand=expand).decode("utf-8")
+    return to_image(graph, "svg", run=run, expand=expand, timeout=timeout).decode("utf-8")
 
 
 def to_image(
-    graph: Graph | str | Path, fmt: str, *, run: RunLike = None, expand: bool = False
+    graph: Graph | str | Path,
+    fmt: str,
+    *,
+    run: RunLike = None,
+    expand: bool = False,
+    timeout: float = DOT_TIMEOUT,
 ) -> bytes:
-    """The graph laid out by Graphviz's `dot` in `fmt` (svg, png, pdf, json, ...)."""
-    dot = graphviz.Source(to_dot(graph, run=run, expand=expand))
-    try:
-        data: bytes = dot.pipe(format=fmt)
-    except graphviz.ExecutableNotFound as err:
+    """The graph laid out by Graphviz's `dot` in `fmt` (svg, png, pdf, json, ...); `dot` is
+    stopped after `timeout` seconds (RenderError), and the last layouts are kept."""
+    g = load(graph)
+    source = to_dot(g, run=run, expand=expand)
+    program = shutil.which("dot")
+    if program is None:
         raise RenderError(
             f"{fmt.upper()} needs the Graphviz `dot` program, which is not on PATH; install "
             "Graphviz (`apt-get install graphviz`, `brew install graphviz`, "
             "or see https://graphviz.org/download/), "
             "or render Mermaid instead (to_mermaid / a .mmd file), which needs no binary"
+        )
+    try:
+        return _layout(program, source, fmt, timeout)
+    except subprocess.TimeoutExpired as err:
+        raise RenderError(
+            f"Graphviz `dot` took more than {timeout:g} s to lay out graph {g.name!r} "
+            f"({len(g.nodes)} nodes, {len(g.edges)} edges) and was stopped; write .dot or "
+            ".mmd instead (no layout needed), or pass a larger `timeout`"
         ) from err
-    except subprocess.CalledProcessError as err:
-        detail = err.stderr.decode(errors="replace") if isinstance(err.stderr, bytes) else ""
-        raise RenderError(f"Graphviz `dot` failed: {detail.strip() or err}") from err
-    return data
+
+
+@functools.lru_cache(maxsize=32)
+def _layout(program: str, source: str, fmt: str, timeout: float) -> bytes:
+    """`dot -T<fmt>` of a DOT text. Cached by the text, which holds the graph and the run's
+    position: `serve` asks for the same run picture on every page view."""
+    try:
+        done = subprocess.run(
+            [program, f"-T{fmt}"],
+            input=source.encode("utf-8"),
+            capture_output=True,
+            timeout=timeout,
+            check=False,
+        )
+    except OSError as err:
+        raise RenderError(f"Graphviz `dot` could not be run: {err}") from err
+    if done.returncode != 0:
+        detail = done.stderr.decode(errors="replace").strip()
+        raise RenderError(f"Graphviz `dot` failed: {detail or f'exit {done.returncode}'}")
+    return done.stdout

@@ -17,6 +17,7 @@ from loomgraph.authoring.diagram import (
     edge_text,
     edges_of,
     load,
+    node_detail,
     node_io,
 )
 from loomgraph.authoring.secrets import redact
@@ -64,22 +65,80 @@ def _comment(text: str) -> str:
     return _flat(text).replace("%", "#37;")
 
 
-def _mermaid_ids(graph: Graph) -> dict[str, str]:
-    """Mermaid ids for the nodes: names made safe (and never the keyword `end`)."""
+def _mermaid_ids(graph: Graph, prefix: str = "") -> dict[str, str]:
+    """Mermaid ids for the nodes: names made safe (and never the keyword `end`); `prefix`
+    keeps an inlined child graph's ids apart from its parent's."""
     ids: dict[str, str] = {}
     for name in graph.nodes:
-        base = "n_" + re.sub(r"\W", "_", name, flags=re.ASCII)
+        base = prefix + "n_" + re.sub(r"\W", "_", name, flags=re.ASCII)
         candidate, n = base, 1
         while candidate in ids.values():
             n += 1
             candidate = f"{base}_{n}"
         ids[name] = candidate
-    ids[END] = "__end__"
+    ids[END] = prefix + "__end__"
     return ids
 
 
-def to_mermaid(graph: Graph | str | Path, *, run: RunLike = None) -> str:
-    """The graph as a Mermaid `flowchart TD`, with an optional run overlay."""
+def _node_line(name: str, kind: str, io: tuple[list[str], list[str]], visits: int) -> str:
+    """A node's label: name, kind, reads, writes, and visits when it has some."""
+    reads, writes = io
+    parts = [
+        f"<b>{_mm(name)}</b>",
+        f"<i>{_mm(kind)}</i>",
+        "reads: " + _mm(", ".join(reads) or "—"),
+        "writes: " + _mm(", ".join(writes) or "—"),
+    ]
+    if visits:
+        parts.append(f"visits: {visits}")
+    return f'["{"<br/>".join(parts)}"]'
+
+
+def _edge_id(ids: dict[str, str], name: str) -> str:
+    """The id an edge uses: an edge to a node the graph lacks still draws (validation
+    reports the problem)."""
+    return ids.get(name) or "u_" + re.sub(r"\W", "_", name, flags=re.ASCII)
+
+
+_MAX_DEPTH = 3
+
+
+def _children(
+    graph: Graph, ids: dict[str, str], indent: str, depth: int, seq: list[int]
+) -> list[str]:
+    """The graphs `map`/`subgraph` nodes of `graph` run, each as a `subgraph` block entered
+    by a dotted `runs` link; no overlay (the journal's top-level path is not theirs)."""
+    lines: list[str] = []
+    for name, spec in graph.nodes.items():
+        if depth >= _MAX_DEPTH or not node_detail(spec):
+            continue
+        try:
+            child = graph.resolve_graph(str(spec.params.get("graph")))
+        except Exception:
+            continue  # validation reports a child graph that cannot be found
+        seq[0] += 1
+        block = f"c{seq[0]}"
+        inner, child_ids, io = indent + "    ", _mermaid_ids(child, f"{block}_"), node_io(child)
+        lines.append(f'{indent}subgraph {block}["{_mm(f"{name}: {child.name} v{child.version}")}"]')
+        lines.append(f'{inner}{child_ids[END]}((("END")))')
+        for child_name, child_spec in child.nodes.items():
+            shape = _node_line(child_name, child_spec.kind, io.get(child_name, ([], [])), 0)
+            lines.append(f"{inner}{child_ids[child_name]}{shape}")
+        for edge in edges_of(child):
+            text, arrow = edge_text(edge), "-.->" if edge.spec.when else "-->"
+            label = f"|{_mm(text)}|" if text else ""
+            source, target = (_edge_id(child_ids, n) for n in (edge.spec.source, edge.spec.target))
+            lines.append(f"{inner}{source} {arrow}{label} {target}")
+        lines += _children(child, child_ids, inner, depth + 1, seq)
+        lines.append(f"{indent}end")
+        if child.entry in child.nodes:
+            lines.append(f"{indent}{ids[name]} -.->|runs| {child_ids[child.entry]}")
+    return lines
+
+
+def to_mermaid(graph: Graph | str | Path, *, run: RunLike = None, expand: bool = False) -> str:
+    """The graph as a Mermaid `flowchart TD`, with an optional run overlay; `expand` draws
+    the graphs that `map` and `subgraph` nodes run inline, as Mermaid subgraphs."""
     g, overlay = load(graph), RunOverlay.coerce(run)
     io, ids = node_io(g), _mermaid_ids(g)
     stop = overlay.stop_colour() if overlay else None
@@ -93,25 +152,15 @@ def to_mermaid(graph: Graph | str | Path, *, run: RunLike = None) -> str:
         '    __end__((("END")))',
     ]
     for name, spec in g.nodes.items():
-        reads, writes = io.get(name, ([], []))
-        parts = [
-            f"<b>{_mm(name)}</b>",
-            f"<i>{_mm(spec.kind)}</i>",
-            "reads: " + _mm(", ".join(reads) or "—"),
-            "writes: " + _mm(", ".join(writes) or "—"),
-        ]
-        if overlay and overlay.visits.get(name):
-            parts.append(f"visits: {overlay.visits[name]}")
-        lines.append(f'    {ids[name]}["{"<br/>".join(parts)}"]')
-
-    def node_id(name: str) -> str:
-        # An edge to a node the graph lacks still draws (validation reports the problem).
-        return ids.get(name) or "u_" + re.sub(r"\W", "_", name, flags=re.ASCII)
+        visits = overlay.visits.get(name, 0) if overlay else 0
+        lines.append(
+            f"    {ids[name]}{_node_line(name, spec.kind, io.get(name, ([], [])), visits)}"
+        )
 
     taken = overlay.taken() if overlay else Counter()
     link_styles: list[str] = []
     entry = g.entry or END
-    lines.append(f"    __start__ --> {node_id(entry)}")
+    lines.append(f"    __start__ --> {_edge_id(ids, entry)}")
     if overlay and (overlay.visits or overlay.path):
         link_styles.append(f"    linkStyle 0 stroke:{TAKEN},stroke-width:3px")
     for index, edge in enumerate(edges_of(g), start=1):
@@ -122,7 +171,10 @@ def to_mermaid(graph: Graph | str | Path, *, run: RunLike = None) -> str:
             link_styles.append(f"    linkStyle {index} stroke:{TAKEN},stroke-width:3px")
         arrow = "-.->" if edge.spec.when else "-->"
         label = f"|{_mm(text)}|" if text else ""
-        lines.append(f"    {node_id(edge.spec.source)} {arrow}{label} {node_id(edge.spec.target)}")
+        source, target = (_edge_id(ids, n) for n in (edge.spec.source, edge.spec.target))
+        lines.append(f"    {source} {arrow}{label} {target}")
+    if expand:  # after the graph's own links, so `linkStyle` numbers stay theirs
+        lines += _children(g, ids, "    ", 0, [0])
     lines += link_styles
 
     lines += [

@@ -235,15 +235,10 @@ async def _fork(args: argparse.Namespace, runtime: Runtime) -> int:
 
 
 async def _render(args: argparse.Namespace, runtime: Runtime) -> int:
-    from loomgraph.authoring.library import load_graph
     from loomgraph.authoring.render import RunOverlay, render
 
     record, transitions = await journal.load_record(runtime, args.run)
-    graph = load_graph(agent_args.graph_of(args, record.graph_name))
-    if graph.name != record.graph_name:
-        raise journal.UsageError(
-            f"run {record.run_id} was made with graph {record.graph_name!r}, not {graph.name!r}"
-        )
+    graph = await _graph_to_draw(args, runtime, record)
     overlay = RunOverlay.from_record(record, transitions)
     render(graph, Path(args.output), run=overlay, expand=getattr(args, "expand", False))
     say(
@@ -252,3 +247,42 @@ async def _render(args: argparse.Namespace, runtime: Runtime) -> int:
         "green",
     )
     return EXIT_OK
+
+
+async def _graph_to_draw(args: argparse.Namespace, runtime: Runtime, record: RunRecord) -> Any:
+    """The graph `render --run` draws: GRAPH when given (with a warning when it is not the
+    version the run was made with), else the run's own, as the journal kept it (else the
+    agent file's graph, else the run's graph by name, as they read now)."""
+    from loomgraph.agent.pinning import compile_pinned, graph_key
+    from loomgraph.authoring.library import load_graph
+    from loomgraph.errors import GraphError
+    from loomgraph.graph.compiled import compile_graph
+
+    given = getattr(args, "graph", None)
+    if not given:
+        kept = await runtime.graph(record.graph_hash)
+        if kept is not None:
+            return compile_pinned(kept).graph
+    graph = load_graph(agent_args.graph_of(args, record.graph_name))
+    if graph.name != record.graph_name:
+        raise journal.UsageError(
+            f"run {record.run_id} was made with graph {record.graph_name!r}, not {graph.name!r}"
+        )
+    try:
+        key: str | None = graph_key(compile_graph(graph))
+    except GraphError:
+        key = None  # it does not compile: not the version the run was made with either
+    if key != record.graph_hash:
+        what = given or f"graph {graph.name!r} as it reads now"
+        why = (
+            "leave GRAPH out to draw the run's own version"
+            if given
+            else "the journal does not keep the run's own version"
+        )
+        print(
+            f"loomgraph: warning: {what} is not the version of graph {record.graph_name!r} "
+            f"run {record.run_id} was made with ({record.graph_hash}; this is "
+            f"{key or 'invalid'}); drawing it anyway: {why}",
+            file=sys.stderr,
+        )
+    return graph
