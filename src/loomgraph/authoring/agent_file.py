@@ -17,7 +17,7 @@ from pydantic import ValidationError
 
 from loomgraph.authoring.agent_spec import AgentSpec, ModelSpec, model_name_problem
 from loomgraph.authoring.library import load_graph
-from loomgraph.authoring.loader import graph_from_data, parse_yaml
+from loomgraph.authoring.loader import SourceRefused, graph_from_data, parse_yaml, read_source
 from loomgraph.authoring.secrets import redact, substitute_env
 from loomgraph.errors import GraphError, GraphValidationError, Problem, ProblemsError
 from loomgraph.graph.imports import import_object
@@ -89,9 +89,9 @@ def load_agent_file(path: str | Path, *, check_imports: bool = True) -> AgentFil
     path = Path(path).resolve()
     file = str(path)
     try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as err:
-        raise AgentFileError([Problem("unreadable-file", str(err), file)]) from None
+        text = read_source(path)
+    except SourceRefused as refused:
+        raise AgentFileError([refused.problem]) from None
     data, lines, problems = parse_yaml(text, file)
     if data is None and problems:
         raise AgentFileError(problems)

@@ -37,10 +37,9 @@ def load_graph(architecture: str | Path | Graph) -> Graph:
             architecture._validated = True
         return architecture
     text = str(architecture)
-    builtin = builtin_path(text)
     is_path = isinstance(architecture, Path) or text.endswith((".yaml", ".yml")) or "/" in text
-    path = Path(text) if is_path else builtin
-    if not path.is_file():
+    path = Path(text) if is_path else builtin_path(text)
+    if path is None or not path.is_file():
         what = "graph file" if is_path else "built-in graph"
         raise UnknownGraph(
             f"no {what} {text!r}; built-in graphs: {', '.join(builtin_names())}; "

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import difflib
+import os
+import stat
 from collections.abc import Mapping
 from functools import cache
 from pathlib import Path
@@ -10,13 +13,54 @@ from typing import TYPE_CHECKING, Any
 from pydantic import ValidationError
 
 from loomgraph.authoring.parsed_graphs import read_parsed
-from loomgraph.errors import GraphError, GraphValidationError, Problem
+from loomgraph.errors import GraphError, GraphValidationError, LoomgraphError, Problem
 from loomgraph.graph.spec import Graph
 
 if TYPE_CHECKING:
     from loomgraph.protocols.safe_yaml import Lines
 
-_MAX_YAML_BYTES = 1_000_000
+MAX_YAML_BYTES = 1_000_000
+
+
+class SourceRefused(LoomgraphError):
+    """A YAML file not read: missing, not a regular file, over MAX_YAML_BYTES or not UTF-8;
+    `problem` says which (rule `unreadable-file` or `yaml-too-large`), naming the file."""
+
+    def __init__(self, problem: Problem) -> None:
+        super().__init__(str(problem))
+        self.problem = problem
+
+
+def _too_large(file: str | None) -> Problem:
+    return Problem("yaml-too-large", f"file over {MAX_YAML_BYTES} bytes", file, None)
+
+
+def read_source(path: str | Path) -> str:
+    """The text of a graph or agent file, read bounded: a regular file (a FIFO or device is
+    refused unread, opened without waiting), at most MAX_YAML_BYTES bytes (one more is read to
+    tell), UTF-8. SourceRefused says why not."""
+    file = str(path)
+    try:
+        fd = os.open(file, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except OSError as err:
+        raise SourceRefused(Problem("unreadable-file", str(err), file)) from None
+    with os.fdopen(fd, "rb") as stream:
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise SourceRefused(
+                    Problem(
+                        "unreadable-file", "not a regular file (a FIFO, device or folder)", file
+                    )
+                )
+            data = stream.read(MAX_YAML_BYTES + 1)
+        except OSError as err:
+            raise SourceRefused(Problem("unreadable-file", str(err), file)) from None
+    if len(data) > MAX_YAML_BYTES:
+        raise SourceRefused(_too_large(file))
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise SourceRefused(Problem("unreadable-file", str(err), file)) from None
 
 
 def _dotted(path: tuple[str | int, ...]) -> str:
@@ -25,12 +69,12 @@ def _dotted(path: tuple[str | int, ...]) -> str:
 
 def parse_yaml(text: str, file: str | None = None) -> tuple[Any, Lines, list[Problem]]:
     """Parse YAML text into plain data and a map from data paths to source lines."""
-    if len(text) > _MAX_YAML_BYTES:
-        return (
-            None,
-            {},
-            [Problem("yaml-too-large", f"graph file over {_MAX_YAML_BYTES} bytes", file, None)],
-        )
+    # Bytes, as a file is read (`read_source`): a character takes up to four.
+    if len(text) > MAX_YAML_BYTES or (
+        4 * len(text) > MAX_YAML_BYTES
+        and len(text.encode("utf-8", "surrogatepass")) > MAX_YAML_BYTES
+    ):
+        return None, {}, [_too_large(file)]
     # Imported here: an agent on a built-in graph reads it parsed ahead (`parsed_graphs`).
     import yaml
 
@@ -107,16 +151,31 @@ def graph_from_data(
 
 
 def schema_problems(err: ValidationError, lines: Lines, file: str | None) -> list[Problem]:
-    """Pydantic's errors as `schema` problems, each at the line of its data path."""
+    """Pydantic's errors as `schema` problems, each at the line of its data path; an unknown
+    top-level key names the keys a graph has, with the closest one."""
     return [
         Problem(
             "schema",
-            f"{_dotted(tuple(e['loc']))}: {e['msg']}",
+            _unknown_key(e["loc"][0])
+            if e["type"] == "extra_forbidden" and len(e["loc"]) == 1
+            else f"{_dotted(tuple(e['loc']))}: {e['msg']}",
             file,
             nearest_line(lines, tuple(e["loc"])),
         )
         for e in err.errors()
     ]
+
+
+def _unknown_key(key: str | int) -> str:
+    known = graph_keys()
+    close = difflib.get_close_matches(str(key), known, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return f"unknown key {key!r} at the top level{hint}; a graph has: {', '.join(known)}"
+
+
+def graph_keys() -> list[str]:
+    """The top-level keys of a graph file, in the spec's order."""
+    return [field.alias or name for name, field in Graph.model_fields.items()]
 
 
 def nearest_line(lines: Lines, loc: tuple[Any, ...]) -> int | None:
@@ -140,9 +199,9 @@ def load_graph_file(path: str | Path) -> Graph:
     """Load and validate a graph file (a built-in one as parsed ahead, when that is current)."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as err:
-        raise GraphValidationError([Problem("unreadable-file", str(err), str(path))]) from None
+        text = read_source(path)
+    except SourceRefused as refused:
+        raise GraphValidationError([refused.problem]) from None
     parsed = read_parsed(path, text) if _shipped(str(path)) else None
     if parsed is not None:
         data, lines = parsed
@@ -170,8 +229,8 @@ def _routes_checked(graph: Graph, file: str | None) -> bool:
     of its name: the flow rules depend on nothing else (see `routes`)."""
     if _shipped(file):
         return True
-    path = builtin_path(graph.name)
-    return path.is_file() and routes(load_graph_file_cached(path)) == routes(graph)
+    path = builtin_path(graph.name)  # None for any name but a built-in one: never a path
+    return path is not None and routes(load_graph_file_cached(path)) == routes(graph)
 
 
 def routes(graph: Graph) -> tuple[Any, ...]:
@@ -185,9 +244,16 @@ def routes(graph: Graph) -> tuple[Any, ...]:
     )
 
 
-def builtin_path(name: str) -> Path:
-    """Where the built-in graph `name` (e.g. `plan-execute`) would be."""
-    return builtin_dir() / f"{name.replace('-', '_')}.yaml"
+def builtin_path(name: str) -> Path | None:
+    """The file of the built-in graph `name` (`plan-execute`, or `plan_execute`), or None
+    when no built-in graph has that name. A name is looked up, never made a path: a graph's
+    `name: ../../elsewhere` must not read another file."""
+    return _builtin_files().get(name.replace("-", "_"))
+
+
+@cache
+def _builtin_files() -> dict[str, Path]:
+    return {path.stem: path for path in builtin_dir().glob("*.yaml") if path.is_file()}
 
 
 def load_graph_file_cached(path: Path) -> Graph:
@@ -212,7 +278,7 @@ def resolve_graph_ref(ref: str, parent: Graph) -> Graph:
         if Path(ref).is_file():
             return load_graph_file_cached(Path(ref))
     builtin = builtin_path(ref)
-    if not builtin.is_file():
+    if builtin is None:
         raise GraphError(f"no graph {ref!r}: neither a graph file nor a built-in graph")
     return load_graph_file_cached(builtin)
 

@@ -19,7 +19,8 @@ def add_audit_parser(sub: Any) -> None:
         "--head",
         default=None,
         metavar="SEQ:MAC",
-        help="a head exported earlier (`loomgraph audit head`): catches a truncated tail",
+        help="a head exported earlier (`loomgraph audit head`), SEQ:HEX64: catches a "
+        "truncated tail",
     )
     head = cmds.add_parser("head", help="print the last entry's SEQ:MAC, to store elsewhere")
     head.add_argument("file", help="the audit log (JSON Lines)")
@@ -59,8 +60,11 @@ def handle(args: argparse.Namespace) -> int:
     if args.head is not None:
         try:
             expected = AuditHead.parse(args.head)
-        except ValueError as err:
-            return usage(str(err))
+        except ValueError:
+            return usage(
+                f"--head {args.head!r} is not a head: give SEQ:HEX64, the entry's seq (digits), "
+                "a colon and its MAC (64 hex digits), as `loomgraph audit head` prints it"
+            )
     result = log.verify(expected_head=expected)
     if result.ok:
         say(f"ok: {result.entries} entries, head {result.head}", "green")

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
+import os
+import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO, cast
 
 from loomgraph.cli import agent_args, journal
 from loomgraph.cli import approvals as cli_approvals
@@ -18,7 +21,14 @@ from loomgraph.cli import run as cli_run
 from loomgraph.cli import runs as cli_runs
 from loomgraph.cli import serve as cli_serve
 from loomgraph.cli.console import say, warn
-from loomgraph.cli.output import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, usage
+from loomgraph.cli.output import (
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_PIPE_CLOSED,
+    EXIT_USAGE,
+    usage,
+)
 
 
 def _version() -> str:
@@ -47,7 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="loomgraph",
         description=__doc__,
         epilog="exit codes: 0 ok, 1 run or check failed, 2 bad usage, 3 awaiting approval "
-        "(or an interrupt's answer), 4 budget exhausted, 130 stopped by Ctrl-C. "
+        "(or an interrupt's answer), 4 budget exhausted, 130 stopped by Ctrl-C, 141 stdout closed "
+        "by its reader. "
         "--json prints JSON Lines. Docs: docs/cli.md",
     )
     parser.add_argument("--version", action=_VersionAction)
@@ -106,12 +117,62 @@ def _also_dash_a(parser: argparse.ArgumentParser) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `loomgraph` command; returns the exit code."""
+    stdout = sys.stdout
+    sys.stdout = cast(TextIO, _Stdout(stdout))
     try:
         args = build_parser().parse_args(argv)
-        return _dispatch(args)
+        code = _dispatch(args)
+        sys.stdout.flush()  # a reader gone shows here, not as an error at exit
+        return code
     except KeyboardInterrupt:
         warn("interrupted", style="yellow")
         return EXIT_INTERRUPTED
+    except StdoutClosed:
+        # The reader of stdout closed it (`| head -1`): it wanted no more; end quietly.
+        _stdout_to_devnull()
+        return EXIT_PIPE_CLOSED
+    finally:
+        sys.stdout = stdout
+
+
+class StdoutClosed(BaseException):
+    """Stdout's reader closed it: a BaseException, so no command's `except OSError` (or
+    `except Exception`) reports it as an error; `main` ends the command quietly."""
+
+
+class _Stdout:
+    """sys.stdout while `main` runs: a write or flush to a closed pipe raises StdoutClosed,
+    wherever the command prints from; all else is the stream's own."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        """Write, or StdoutClosed when the reader is gone."""
+        try:
+            return self._stream.write(text)
+        except BrokenPipeError:
+            raise StdoutClosed from None
+
+    def flush(self) -> None:
+        """Flush, or StdoutClosed when the reader is gone."""
+        try:
+            self._stream.flush()
+        except BrokenPipeError:
+            raise StdoutClosed from None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
+def _stdout_to_devnull() -> None:
+    """Point stdout at the null device, so flushing it at exit raises nothing again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):  # no real file behind stdout (a test's)
+        pass
 
 
 def _dispatch(args: argparse.Namespace) -> int:
@@ -193,16 +254,40 @@ def _schema(agent: bool) -> int:
 
 
 def _is_agent_file(path: str) -> bool:
-    """An agent file has `schema_version` and no `nodes` (a graph file has `nodes`). Read
-    with the graph loader's parser (no aliases, bounded nesting): a file it cannot read is
-    left to the graph loader, which reports why."""
-    from loomgraph.authoring.loader import parse_yaml
+    """Whether `path` reads as an agent file rather than a graph file, by its top-level
+    keys: the keys only one of the two formats has (`model`, `tools` … or `nodes`, `edges`,
+    `entry` …), and keys misspelt from them (`node`), count for it; the one with more wins.
+    On a tie (only `schema_version` and `name`, say) a file with `schema_version` is an
+    agent file, as graph files often leave it out. Read bounded (`read_source`) with the
+    graph loader's parser; a file it cannot read is left to the graph loader, which reports
+    why."""
+    from loomgraph.authoring.loader import SourceRefused, parse_yaml, read_source
 
     try:
-        head, _, _ = parse_yaml(Path(path).read_text(encoding="utf-8"), path)
-    except (OSError, UnicodeDecodeError):
+        head, _, _ = parse_yaml(read_source(path), path)
+    except SourceRefused:
         return False
-    return isinstance(head, dict) and "nodes" not in head and "schema_version" in head
+    if not isinstance(head, dict):
+        return False
+    agent, graph = _format_keys()
+    votes = {"agent": 0, "graph": 0}
+    for key in map(str, head):
+        for side, keys in (("agent", agent), ("graph", graph)):
+            if key in keys or difflib.get_close_matches(key, keys, n=1, cutoff=0.8):
+                votes[side] += 1
+    if votes["agent"] != votes["graph"]:
+        return votes["agent"] > votes["graph"]
+    return "schema_version" in head
+
+
+def _format_keys() -> tuple[list[str], list[str]]:
+    """The top-level keys only agent files have, and those only graph files have."""
+    from loomgraph.authoring.agent_spec import AgentSpec
+    from loomgraph.authoring.loader import graph_keys
+
+    agent = [f.alias or name for name, f in AgentSpec.model_fields.items()]
+    graph = graph_keys()
+    return [k for k in agent if k not in graph], [k for k in graph if k not in agent]
 
 
 def _validate(args: argparse.Namespace) -> int:

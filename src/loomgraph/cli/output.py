@@ -6,6 +6,7 @@ Shared by `cli.main` and `cli.runs`; imports neither.
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict
@@ -28,9 +29,10 @@ _STYLES = {
 
 # Exit codes (docs/cli.md): 0 fine, 1 the run or the check failed, 2 bad usage or input,
 # 3 the run waits for an answer (an approval, or an interrupt's value), 4 its budget ran out,
-# 130 stopped by Ctrl-C.
+# 130 stopped by Ctrl-C, 141 its reader closed stdout (as a shell reports SIGPIPE: 128 + 13).
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_WAITING, EXIT_BUDGET = 0, 1, 2, 3, 4
 EXIT_INTERRUPTED = 130
+EXIT_PIPE_CLOSED = 141
 
 _EXIT_OF_STATUS = {
     RunStatus.COMPLETED: EXIT_OK,
@@ -84,7 +86,7 @@ def emit_event(event: Any, as_json: bool) -> None:
     """Print one event: a JSON line with `--json` (ASCII: every control character escaped),
     else a human-readable line (`say` escapes what it holds)."""
     if as_json:
-        print(json.dumps(event.to_dict(), default=str), flush=True)
+        print(json_line(event.to_dict()), flush=True)
     else:
         print_event(event)
 
@@ -92,7 +94,7 @@ def emit_event(event: Any, as_json: bool) -> None:
 def print_result(result: Any, as_json: bool) -> int:
     """Print how a resumed or forked run ended; returns its exit code."""
     if as_json:  # ASCII JSON: control characters escaped
-        print(json.dumps({"result": result.to_dict()}, default=str))
+        print(json_line({"result": result.to_dict()}))
     else:  # `say` escapes the run's reason and output
         say(
             f"run {result.run_id}: status={result.status} output={result.output!r}"
@@ -126,8 +128,33 @@ def table(head: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
 
 
 def when(at: float) -> str:
-    """A timestamp as local `YYYY-MM-DD HH:MM:SS`, or `-` when unset."""
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(at)) if at else "-"
+    """A timestamp as local `YYYY-MM-DD HH:MM:SS`, `-` when unset, or `?` and the stored
+    value when it is no time (a damaged row: out of range, not a number)."""
+    if not at:
+        return "-"
+    try:
+        return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(at))
+    except (OverflowError, ValueError, TypeError, OSError):
+        return f"?{at!r}"
+
+
+def json_line(value: Any) -> str:
+    """`value` as one line of ASCII JSON (`default=str`); a float that JSON cannot hold
+    (infinity, NaN: a damaged row) as null, never the invalid `Infinity`."""
+    try:
+        return json.dumps(value, default=str, allow_nan=False)
+    except ValueError:
+        return json.dumps(_finite(value), default=str, allow_nan=False)
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, Mapping):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
 
 
 def compact(value: Any) -> str:
@@ -165,7 +192,7 @@ def print_runs(records: Sequence[RunRecord], as_json: bool) -> None:
     """`runs list`: one line (or JSON line) per run."""
     if as_json:
         for record in records:
-            print(json.dumps(record_data(record), default=str))
+            print(json_line(record_data(record)))
         return
     rows = [
         (
@@ -192,15 +219,14 @@ def print_run(
     shown terminal-safe: `safe`)."""
     if as_json:
         print(
-            json.dumps(
+            json_line(
                 {
                     "run": record_data(record),
                     "transitions": [transition_data(t) for t in transitions],
                     "effects": [asdict(e) for e in effects],
                     "state": state,
                     "result": record.result,
-                },
-                default=str,
+                }
             )
         )
         return
@@ -242,8 +268,10 @@ def print_run(
     )
     print("\nstate:")
     line(json.dumps(state, indent=2, ensure_ascii=False, default=str))
-    if record.result is not None:
+    if isinstance(record.result, Mapping):
         line(f"\noutput: {compact(record.result.get('output'))}")
+    elif record.result is not None:  # a damaged row: shown as it is
+        line(f"\nresult (not a result object): {compact(record.result)}")
 
 
 def print_diff(
@@ -251,9 +279,7 @@ def print_diff(
 ) -> None:
     """`runs diff`: the state fields that changed between two checkpoints."""
     if as_json:
-        print(
-            json.dumps({k: {"before": a, "after": b} for k, (a, b) in changes.items()}, default=str)
-        )
+        print(json_line({k: {"before": a, "after": b} for k, (a, b) in changes.items()}))
         return
     if not changes:
         say(f"no change between {seq_a} and {seq_b}")

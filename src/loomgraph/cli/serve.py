@@ -10,6 +10,7 @@ import time
 from typing import Any
 
 from loomgraph.cli.agent_args import add_loaded_agent_option, load_agent
+from loomgraph.cli.console import safe
 from loomgraph.cli.output import EXIT_OK, EXIT_USAGE, usage
 
 __all__ = ["add_parser", "handle"]
@@ -59,6 +60,8 @@ def handle(args: argparse.Namespace) -> int:
 async def _keys(args: argparse.Namespace) -> int:
     from loomgraph.serve.store import MemoryStore, open_store
 
+    if args.keys_command == "add" and not args.user.strip():
+        return usage("keys add needs a user id: the key acts as that user (got an empty one)")
     agent = load_agent(args.agent)
     try:
         connect = getattr(agent.deps.runtime, "connect", None)
@@ -80,13 +83,22 @@ async def _keys(args: argparse.Namespace) -> int:
         await agent.aclose()
 
 
+# User ids and labels are stored text (whoever ran `keys add`, or an older journal): printed
+# terminal-safe, each on one line (`safe`), as docs/cli.md promises for text from runs.
+
+
+def _cell(text: str) -> str:
+    return safe(text, newlines=False)
+
+
 async def _add_key(store: Any, args: argparse.Namespace) -> int:
     key = await store.add_key(args.user, approver=args.approver, label=args.label)
     found = await store.key(key)
     role = " (approver)" if args.approver else ""
-    print(key)
+    print(key, flush=True)  # made here, in hex: nothing to escape
     print(
-        f"key {found.key_id} for {args.user}{role}; it is shown only now (only its hash is kept)",
+        f"key {found.key_id} for {_cell(args.user)}{role}; it is shown only now (only its hash "
+        "is kept)",
         file=sys.stderr,
     )
     return EXIT_OK
@@ -96,16 +108,17 @@ async def _list_keys(store: Any, args: argparse.Namespace) -> int:
     for key in await store.keys():
         made = time.strftime("%Y-%m-%d %H:%M", time.gmtime(key.created_at))
         role = "approver" if key.approver else "-"
-        print(f"{key.key_id}  {key.user_id}  {role}  {made} UTC  {key.label}".rstrip())
+        print(
+            f"{key.key_id}  {_cell(key.user_id)}  {role}  {made} UTC  {_cell(key.label)}".rstrip()
+        )
     return EXIT_OK
 
 
 async def _revoke_key(store: Any, args: argparse.Namespace) -> int:
     gone = await store.revoke(args.key_id)
     if gone is None:
-        print(f"loomgraph: no key has the id {args.key_id!r} (see `keys list`)", file=sys.stderr)
-        return EXIT_USAGE
-    print(f"revoked key {gone.key_id} of {gone.user_id}", file=sys.stderr)
+        return usage(f"no key has the id {args.key_id!r} (see `keys list`)")
+    print(f"revoked key {gone.key_id} of {_cell(gone.user_id)}", file=sys.stderr)
     return EXIT_OK
 
 

@@ -3,7 +3,9 @@
 Graph and agent files name functions, tools and models as `module:attr`. A user keeps those
 modules beside the file (`judge_fn.py` next to `graph.yaml`) or in the directory they run
 from, so both are searched before the installed packages, and a failed import says where
-it looked.
+it looked. A module is the user's code: whatever importing it raises (an exception,
+`sys.exit`; not Ctrl-C) is an ImportError naming the module and the error, so a file that
+names it reports one problem instead of a traceback or a silent exit.
 """
 
 from __future__ import annotations
@@ -50,7 +52,8 @@ def _on_path(folders: list[Path]) -> Iterator[None]:
 def import_object(path: str, *, near: str | Path | None = None, what: str = "object") -> Any:
     """The object at `module:attr` (attr may be dotted; `module.attr` works too), importing
     the module from `near`'s folder or the current directory first. ImportError says where
-    it looked, and suggests an attribute for a misspelt one."""
+    it looked, suggests an attribute for a misspelt one, and stands for anything importing
+    the module raised (an exception or SystemExit; KeyboardInterrupt passes)."""
     module_name, sep, attr = path.partition(":")
     if not sep:
         module_name, _, attr = path.rpartition(".")
@@ -67,10 +70,20 @@ def import_object(path: str, *, near: str | Path | None = None, what: str = "obj
             f"packages; `{module_name}` must be a Python module there, e.g. "
             f"{module_name.replace('.', '/')}.py)"
         ) from None
+    except ImportError:
+        raise
+    except (Exception, SystemExit) as err:  # the module's own code failed as it ran
+        raise ImportError(
+            f"cannot import {what} {path!r}: importing {module_name} raised {_said(err)}"
+        ) from err
     for part in attr.split("."):
         try:
             target = getattr(target, part)
-        except AttributeError:
+        except (Exception, SystemExit) as err:
+            if not isinstance(err, AttributeError):  # a module `__getattr__` that failed
+                raise ImportError(
+                    f"cannot import {what} {path!r}: getting {part!r} raised {_said(err)}"
+                ) from err
             names = [n for n in dir(target) if not n.startswith("_")]
             close = difflib.get_close_matches(part, names, n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
@@ -78,3 +91,9 @@ def import_object(path: str, *, near: str | Path | None = None, what: str = "obj
                 f"cannot import {what} {path!r}: {module_name} has no {part!r}{hint}"
             ) from None
     return target
+
+
+def _said(err: BaseException) -> str:
+    """`Type: message` of an error, as one line (`SystemExit: 3`)."""
+    text = " ".join(str(err).split())
+    return f"{type(err).__name__}: {text}" if text else type(err).__name__
