@@ -766,9 +766,12 @@ async def test_a_worker_that_lost_the_lease_leaves_no_audit_entry_of_a_start(
     assert (await runtime.load_run(run_id)).status == RunStatus.QUEUED
 
 
-async def test_a_fork_the_fleet_server_drives_is_cancelled_by_cancel(agent: Any) -> None:
-    # Forks are driven by the server that forked them, also with --fleet (no worker job
-    # forks a run): its /cancel stops it there, where it answered 500 (FleetError).
+async def test_a_fork_on_the_fleet_server_is_cancelled_by_cancel(
+    agent: Any, env: dict[str, str], tmp_path: Path
+) -> None:
+    # A fork on a --fleet server is a fleet run a worker drives (a `start_fork` job): its
+    # /cancel stops it there, as any fleet run's (it answered 500, FleetError, when the
+    # server drove forks itself).
     import httpx
 
     from loomgraph.serve import create_app
@@ -777,24 +780,34 @@ async def test_a_fork_the_fleet_server_drives_is_cancelled_by_cancel(agent: Any)
     assert source.status == RunStatus.COMPLETED
     app = create_app(agent, fleet=True, dev=True)
     headers = {"X-User-Id": "alice"}
-    async with (
-        app.router.lifespan_context(app),
-        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as client,
-    ):
-        forking = asyncio.create_task(
-            client.post(f"/v1/runs/{source.run_id}/fork", json={"at": 1}, headers=headers)
-        )
+    workers = fleet(env, tmp_path, "--concurrency", "2")
+    workers.start()
+    try:
+        async with (
+            app.router.lifespan_context(app),
+            httpx.AsyncClient(
+                transport=httpx.ASGITransport(app=app), base_url="http://t"
+            ) as client,
+        ):
+            forking = asyncio.create_task(
+                client.post(f"/v1/runs/{source.run_id}/fork", json={"at": 1}, headers=headers)
+            )
 
-        async def the_fork_calls_its_tool() -> str | None:
-            for record in await agent.deps.runtime.runs("alice"):
-                if record.run_id != source.run_id and await _running_tool(agent, record.run_id):
-                    return record.run_id
-            return None
+            async def the_fork_calls_its_tool() -> str | None:
+                for record in await agent.deps.runtime.runs("alice"):
+                    if record.run_id != source.run_id and await _running_tool(agent, record.run_id):
+                        return record.run_id
+                return None
 
-        fork_id = await until("the fork's tool call", the_fork_calls_its_tool, 30)
-        cancelled = await client.post(f"/v1/runs/{fork_id}/cancel", headers=headers)
-        assert cancelled.status_code == 200, cancelled.text
-        assert cancelled.json()["status"] == "cancelled"
-        forked = await asyncio.wait_for(forking, 30)
-    assert forked.json()["status"] == "cancelled"
-    assert (await agent.deps.runtime.load_run(fork_id)).status == RunStatus.CANCELLED
+            fork_id = await until("the fork's tool call", the_fork_calls_its_tool, 30)
+            cancelled = await client.post(f"/v1/runs/{fork_id}/cancel", headers=headers)
+            assert cancelled.status_code == 200, cancelled.text
+            # Stopping at its next effect boundary (it is in a tool call), or stopped.
+            assert cancelled.json()["status"] in ("running", "cancelled")
+            forked = await asyncio.wait_for(forking, 30)
+    finally:
+        workers.stop()
+    assert forked.status_code == 201 and forked.json()["status"] == "cancelled"
+    record = await agent.deps.runtime.load_run(fork_id)
+    assert (record.status, record.reason) == (RunStatus.CANCELLED, "cancelled by alice")
+    assert record.parent_run_id == source.run_id

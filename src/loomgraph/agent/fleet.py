@@ -70,12 +70,17 @@ class JobKind(enum.StrEnum):
 
     START = "start"  # a queued run: start it
     RESUME = "resume"  # a run waiting for a person: go on with their answer
+    # A fork journaled `queued` with its start (its state, node, visits, parent): start it
+    # from there. Written only for forks, with fields every version knows, so a worker of a
+    # version before it reads a newer version's kind (`JobFromNewerVersion`) and puts it back.
+    FORK = "start_fork"
 
 
 @dataclass(frozen=True, slots=True)
 class RunJob:
     """The payload of one job: which run, and what a worker needs to advance it that the
-    journal does not keep yet (a queued run's prompt and options, a person's answer)."""
+    journal does not keep yet (a queued run's prompt and options, a person's answer; a
+    fork's start is in the journal, so its job names the run and its owner only)."""
 
     run_id: str
     kind: JobKind

@@ -8,19 +8,22 @@ from typing import Any
 from loomgraph.agent import submitting
 from loomgraph.agent.fleet import DEFAULT_QUEUE
 from loomgraph.agent.result import RunResult
-from loomgraph.agent.resuming import NO_VALUE
+from loomgraph.agent.resuming import NO_VALUE, Resumer
 from loomgraph.agent.submitting import CancelOutcome
 from loomgraph.graph.compiled import CompiledGraph
 from loomgraph.protocols import Deps
 
 
 class FleetMethods:
-    """`submit`, `submit_resume`, `wait` and `cancel`, for a class with `deps`, `compiled`
-    and `name` (an `Agent`)."""
+    """`submit`, `submit_fork`, `submit_resume`, `wait` and `cancel`, for a class with
+    `deps`, `compiled`, `name` and `_resumer` (an `Agent`)."""
 
     deps: Deps
     compiled: CompiledGraph
     name: str
+
+    def _resumer(self) -> Resumer:
+        raise NotImplementedError  # an Agent's
 
     async def submit(
         self,
@@ -48,6 +51,22 @@ class FleetMethods:
             run_at=run_at,
             queue=queue,
             agent_name=self.name,
+        )
+
+    async def submit_fork(
+        self,
+        run_id: str,
+        *,
+        at: int,
+        patch: dict[str, Any] | None = None,
+        priority: int = 0,
+        queue: str = DEFAULT_QUEUE,
+    ) -> str:
+        """`fork` handed to the worker fleet (docs/scaling.md): the new run is journaled
+        `queued`, with the start it goes on from, and enqueued in one transaction; a worker
+        starts it, and recovers it like any fleet run. The new run's id."""
+        return await submitting.submit_fork(
+            self._resumer(), run_id, at=at, patch=patch, priority=priority, queue=queue
         )
 
     async def submit_resume(

@@ -5,7 +5,7 @@ checkpoints. `Agent.resume` and `Agent.fork` are thin calls of `Resumer`."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from loomgraph.agent.checkpoints import (
@@ -16,7 +16,14 @@ from loomgraph.agent.checkpoints import (
     position,
     resume_value,
 )
-from loomgraph.agent.fleet import FleetRun, cancel_check, check_run_agent, fleet_queue, fleet_run_of
+from loomgraph.agent.fleet import (
+    FleetRun,
+    JobUnusable,
+    cancel_check,
+    check_run_agent,
+    fleet_queue,
+    fleet_run_of,
+)
 from loomgraph.agent.governance_state import check_policy, describe_policy
 from loomgraph.agent.leases import hold_lease
 from loomgraph.agent.pinning import GRAPH_CHOICES, GraphChoice, check_move, move_run, not_kept
@@ -241,6 +248,15 @@ class Resumer:
     ) -> RunResult:
         """A new run from checkpoint `at` of `run_id`, its state optionally patched (see
         `Agent.fork`)."""
+        session, forked, fresh = await self.prepare_fork(run_id, at=at, patch=patch)
+        return await session.continue_from(sink, forked, fresh, new_run=True)
+
+    async def prepare_fork(
+        self, run_id: str, *, at: int, patch: dict[str, Any] | None
+    ) -> tuple[AgentSession, RunRecord, Position]:
+        """The fork of checkpoint `at` of `run_id`, not journaled yet: its session, its record
+        (with the start it goes on from) and its position. Everything a fork refuses is
+        refused here, before anything is written."""
         runtime = self.deps.runtime
         record = await self._load(run_id, "fork")
         transitions = await runtime.transitions(run_id)
@@ -272,8 +288,36 @@ class Resumer:
                 untrusted=record.initial.untrusted if record.initial else (),
             ),
         )
-        fresh = Position(where.state, where.visits, where.next_node, 0)
-        return await session.continue_from(sink, forked, fresh, new_run=True)
+        return session, forked, Position(where.state, where.visits, where.next_node, 0)
+
+    async def start_fork(self, sink: EventSink, run_id: str) -> RunResult:
+        """Start a fork a fleet's `submit_fork` journaled `queued` with its start, from that
+        start, with the graph it is pinned to. The caller (a worker) holds the run's lease and
+        found it queued under it; the run is journaled `running` (fenced) before it goes on,
+        so a crash from then on leaves a run the fleet recovers, counted, like any other.
+        `JobUnusable` for a queued run that is no fork (its record keeps no start)."""
+        runtime = self.deps.runtime
+        record = await runtime.load_run(run_id)
+        if record is None:
+            raise UnknownRun(run_id)
+        if record.initial is None or record.parent_run_id is None:
+            raise JobUnusable(f"run {run_id} is no fork: the journal keeps no start of it")
+        own = await kept_graph(runtime, record, self.compiled, self.kept)
+        if own is None:
+            raise not_kept(record, self.compiled)
+        at = position(own, record, [])
+        # Journaled with the policy it runs under here, as a worker that starts a run does.
+        initial = replace(record.initial, policy=describe_policy(self.deps))
+        started = replace(record, status=RunStatus.RUNNING, initial=initial)
+        await runtime.start_queued_run(started)  # type: ignore[attr-defined]
+        session = self.session(
+            prompt_of(record),
+            compiled=own,
+            user_id=record.user_id,
+            session_id=record.session_id,
+            run_id=run_id,
+        )
+        return await session.continue_from(sink, started, at, new_run=False)
 
 
 @dataclass(frozen=True, slots=True)

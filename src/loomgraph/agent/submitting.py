@@ -1,8 +1,9 @@
-"""Runs handed to a worker fleet: submit, submit an answer, wait for the result, cancel.
+"""Runs handed to a worker fleet: submit, fork, submit an answer, wait for the result, cancel.
 
-`Agent.submit`, `submit_resume`, `wait` and `cancel` are thin calls of these. A submitted run
-is journaled `queued` and its job enqueued in one transaction of the Postgres journal, so no
-run is journaled but never enqueued, or enqueued but not journaled (`agent.fleet`).
+`Agent.submit`, `submit_fork`, `submit_resume`, `wait` and `cancel` are thin calls of these. A
+submitted run (a fork too) is journaled `queued` and its job enqueued in one transaction of
+the Postgres journal, so no run is journaled but never enqueued, or enqueued but not
+journaled (`agent.fleet`).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import enum
 import time
 import uuid
 import weakref
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -19,8 +21,9 @@ from loomgraph.agent.checkpoints import approval, not_answered, resume_value
 from loomgraph.agent.fleet import FleetError, FleetQueue, JobKind, RunJob, check_run_agent
 from loomgraph.agent.fleet import fleet_queue as queue_of
 from loomgraph.agent.leases import hold_lease
-from loomgraph.agent.pinning import graph_key
+from loomgraph.agent.pinning import graph_key, pin
 from loomgraph.agent.result import RunResult
+from loomgraph.agent.resuming import Resumer
 from loomgraph.engine.effects import BoundApproval
 from loomgraph.errors import InputTooLarge
 from loomgraph.graph.compiled import CompiledGraph
@@ -35,6 +38,7 @@ __all__ = [
     "cancel",
     "cancel_idle",
     "submit",
+    "submit_fork",
     "submit_resume",
     "wait",
 ]
@@ -172,6 +176,43 @@ async def submit(
 
     await deps.runtime.start_run_with(record, enqueue)  # type: ignore[attr-defined]
     return run_id
+
+
+async def submit_fork(
+    resumer: Resumer,
+    run_id: str,
+    *,
+    at: int,
+    patch: dict[str, Any] | None,
+    priority: int,
+    queue: str,
+) -> str:
+    """Journal a fork of checkpoint `at` of `run_id` as `queued`, with the start it goes on
+    from (its state, node, visits, parent), and enqueue its `start_fork` job, in one
+    transaction; the new run's id. A worker starts it, and the fleet recovers it like any
+    run. Refused before anything is written as `Agent.fork` refuses (`RunQueued`, an unknown
+    checkpoint, a patch that does not fit, `RunOfAnotherAgent`)."""
+    _check_placement(priority, queue)
+    deps = resumer.deps
+    fleet = await _queue(deps)
+    _, forked, _ = await resumer.prepare_fork(run_id, at=at, patch=patch)
+    record = replace(forked, status=RunStatus.QUEUED)
+    job = RunJob(
+        record.run_id,
+        JobKind.FORK,
+        user_id=record.user_id,
+        session_id=record.session_id,
+        agent=resumer.agent_name,
+    )
+    # The graph the fork goes on with, for the worker that starts it (kept by its hash; a
+    # graph pinned for a fork that then failed to commit is only an unused row).
+    await pin(deps.runtime, resumer.compiled)
+
+    async def enqueue(con: Any) -> int:
+        return await fleet.enqueue(con, job, queue=queue, priority=priority, delay=None)
+
+    await deps.runtime.start_run_with(record, enqueue)  # type: ignore[attr-defined]
+    return record.run_id
 
 
 async def submit_resume(

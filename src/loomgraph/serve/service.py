@@ -214,24 +214,31 @@ class Service:
         *,
         wait: bool = True,
     ) -> dict[str, Any]:
-        """A new run from checkpoint `at` of the caller's run, driven here in the background
-        like any run, also with a fleet (so `/cancel` stops it, and shutdown cancels it): its
-        result once it stopped, or with `wait=False` `{"run_id", "status": "running"}` once
-        it started. A caller that goes away does not stop it. Refused before anything runs:
-        an unknown checkpoint, a patch that does not fit."""
+        """A new run from checkpoint `at` of the caller's run, driven in the background like
+        any run: here (so `/cancel` stops it, and shutdown cancels it), or with `fleet` by the
+        workers (`agent.submit_fork`: a fleet run, recovered like any other if its worker
+        dies). Its result once it stopped, or with `wait=False` `{"run_id", "status"}` once
+        it started (`queued`, with a fleet). A caller that goes away does not stop it.
+        Refused before anything runs: an unknown checkpoint, a patch that does not fit."""
         _, transitions = await self._journal(caller, run_id)
         if at and not any(t.seq == at for t in transitions):
             raise NotFound(f"run {run_id!r} has no checkpoint {at}")
-        self._open()
-        resumer = self.agent._resumer()  # Agent.fork with the events streamed to the hub
-        stream = event_stream(
-            lambda sink: resumer.fork(sink, run_id, at=at, patch=patch),
-            self.agent.deps.hooks.on_event,
-        )
-        forked = await self.hub.start_new(stream)
-        if not wait:
-            return {"run_id": forked, "status": "running"}
-        await self.hub.wait(forked)
+        if self.fleet:
+            forked = await self.agent.submit_fork(run_id, at=at, patch=patch)
+            if not wait:
+                return {"run_id": forked, "status": "queued"}
+            await self.agent.wait(forked)
+        else:
+            self._open()
+            resumer = self.agent._resumer()  # Agent.fork with the events streamed to the hub
+            stream = event_stream(
+                lambda sink: resumer.fork(sink, run_id, at=at, patch=patch),
+                self.agent.deps.hooks.on_event,
+            )
+            forked = await self.hub.start_new(stream)
+            if not wait:
+                return {"run_id": forked, "status": "running"}
+            await self.hub.wait(forked)
         record = await self.run(caller, forked)
         return record.result or run_json(record, detail=True)
 
@@ -243,9 +250,7 @@ class Service:
     async def cancel(self, caller: Caller, run_id: str) -> RunRecord:
         """Cancel the caller's run: a run driven here is stopped, a waiting one is closed."""
         record = await self.run(caller, run_id)
-        # A fork is driven by the server that forked it, also with a fleet (no worker job
-        # forks a run): it is stopped here, as any run this server drives.
-        if self.fleet and not self.hub.driving(run_id):
+        if self.fleet:  # every run, a fork too, is a fleet run: no run is driven here
             try:
                 await self.agent.cancel(run_id, by=caller.user_id)
             except RunNotCancellable as err:

@@ -1,5 +1,6 @@
-"""What a worker does with one job: start a queued run, resume a crashed one from its
-journal, or go on with a waiting one's answer — each under the run's lease and fencing."""
+"""What a worker does with one job: start a queued run (a fork from the start its record
+keeps), resume a crashed one from its journal, or go on with a waiting one's answer — each
+under the run's lease and fencing."""
 
 from __future__ import annotations
 
@@ -73,6 +74,16 @@ async def advance(agent: Agent, fleet: FleetQueue, job: RunJob) -> Advanced:
             reason = f"cancelled by {cancelled_by}"
             await runtime.finish_run(job.run_id, RunStatus.CANCELLED, reason, record.result)
             return Advanced.CANCELLED
+        if record.status == RunStatus.QUEUED and (
+            job.kind == JobKind.FORK or record.initial is not None
+        ):
+            # A fork (`submit_fork`): its start is in the journal, not in its job.
+            try:
+                await agent._resumer().start_fork(agent.deps.hooks.on_event, job.run_id)
+            except JobUnusable as err:  # no fork: nothing else would start the run
+                await _fail(runtime, job.run_id, err)
+                return Advanced.FAILED
+            return Advanced.STARTED
         if record.status == RunStatus.QUEUED:
             options: dict[str, Any] = {}
             if job.output_schema:
