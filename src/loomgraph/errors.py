@@ -81,6 +81,7 @@ with where each class lives (relative to `loomgraph.`):
     ├── ToolArgsInvalid                     engine.tool_gate
     ├── InputTooLarge + ValueError          errors
     ├── AuditLogError                       observability.audit_chain
+    │   ├── AuditLogUnavailable + ServiceUnavailable  observability.audit_chain
     │   └── AuditConfigError + ValueError   observability.audit_key
     │       └── AuditKeyMissing             observability.audit_key
     ├── SqliteFileProblem                   _storage.sqlite_files

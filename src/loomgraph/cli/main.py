@@ -127,7 +127,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         warn("interrupted", style="yellow")
         return EXIT_INTERRUPTED
-    except StdoutClosed:
+    except _StdoutClosed:
         # The reader of stdout closed it (`| head -1`): it wanted no more; end quietly.
         _stdout_to_devnull()
         return EXIT_PIPE_CLOSED
@@ -135,31 +135,31 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stdout = stdout
 
 
-class StdoutClosed(BaseException):
+class _StdoutClosed(BaseException):
     """Stdout's reader closed it: a BaseException, so no command's `except OSError` (or
     `except Exception`) reports it as an error; `main` ends the command quietly."""
 
 
 class _Stdout:
-    """sys.stdout while `main` runs: a write or flush to a closed pipe raises StdoutClosed,
+    """sys.stdout while `main` runs: a write or flush to a closed pipe raises _StdoutClosed,
     wherever the command prints from; all else is the stream's own."""
 
     def __init__(self, stream: TextIO) -> None:
         self._stream = stream
 
     def write(self, text: str) -> int:
-        """Write, or StdoutClosed when the reader is gone."""
+        """Write, or _StdoutClosed when the reader is gone."""
         try:
             return self._stream.write(text)
         except BrokenPipeError:
-            raise StdoutClosed from None
+            raise _StdoutClosed from None
 
     def flush(self) -> None:
-        """Flush, or StdoutClosed when the reader is gone."""
+        """Flush, or _StdoutClosed when the reader is gone."""
         try:
             self._stream.flush()
         except BrokenPipeError:
-            raise StdoutClosed from None
+            raise _StdoutClosed from None
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._stream, name)

@@ -34,6 +34,7 @@ if TYPE_CHECKING:
         AuditEntry,
         AuditHead,
         AuditLogError,
+        AuditLogUnavailable,
         VerifyResult,
     )
     from .audit_key import DEFAULT_KEY_ENV, AuditConfigError, AuditKeyMissing, resolve_audit_key
@@ -63,6 +64,7 @@ _MODULES = {
     "AuditEntry": "loomgraph.observability.audit_chain",
     "AuditHead": "loomgraph.observability.audit_chain",
     "AuditLogError": "loomgraph.observability.audit_chain",
+    "AuditLogUnavailable": "loomgraph.observability.audit_chain",
     "VerifyResult": "loomgraph.observability.audit_chain",
     "DEFAULT_KEY_ENV": "loomgraph.observability.audit_key",
     "AuditConfigError": "loomgraph.observability.audit_key",
@@ -94,6 +96,7 @@ __all__ = [
     "AuditHead",
     "AuditKeyMissing",
     "AuditLogError",
+    "AuditLogUnavailable",
     "FileAuditLog",
     "NoAuditLog",
     "NoTelemetry",

@@ -18,7 +18,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple, TypedDict
 
-from loomgraph.errors import LoomgraphError
+from loomgraph.errors import LoomgraphError, ServiceUnavailable
 from loomgraph.protocols.observability import AuditAction
 
 __all__ = [
@@ -29,6 +29,7 @@ __all__ = [
     "AuditEntry",
     "AuditHead",
     "AuditLogError",
+    "AuditLogUnavailable",
     "ChainVerifier",
     "VerifyResult",
     "dumps",
@@ -36,6 +37,7 @@ __all__ = [
     "make_entry",
     "normalize_payload",
     "parse_entry",
+    "safe_text",
 ]
 
 GENESIS_HASH = "0" * 64
@@ -107,7 +109,20 @@ class VerifyResult:
 
 
 class AuditLogError(LoomgraphError):
-    """The audit log cannot be appended to safely (torn tail, broken last entry, wrong key)."""
+    """The audit log cannot be appended to safely (torn tail, broken last entry, wrong key),
+    or refused an entry it cannot store."""
+
+
+class AuditLogUnavailable(AuditLogError, ServiceUnavailable):
+    """The audit log's server cannot be reached: it refuses, drops the connection or does not
+    answer in time. Not the run's failure: the engine lets it through, the run stays
+    `running` in its journal and is resumed as after a crash. `where` names the server
+    (never its password) and table; `detail` is the cause."""
+
+    def __init__(self, where: str, detail: str) -> None:
+        super().__init__(f"audit log {where} is unavailable: {detail}")
+        self.where = where
+        self.detail = detail
 
 
 def dumps(value: Any) -> str:
@@ -119,18 +134,79 @@ def normalize_payload(payload: Mapping[str, Any]) -> dict[str, Any]:
     """The payload as it reads back from JSON; values JSON cannot hold become their str().
 
     Round-tripping before hashing makes the hashed value exactly what a verifier parses
-    (tuples become lists, non-string keys become strings), so verification never fails on
-    a conversion the writer made silently.
+    (tuples become lists, non-string keys become strings as JSON writes them), so
+    verification never fails on a conversion the writer made silently. A lone surrogate
+    (which UTF-8 cannot encode) is stored as its escape, `\\ud800`; a payload that refers
+    to itself, nests past the stack or has two keys that become the same string raises
+    AuditLogError.
     """
-    text = json.dumps(dict(payload), sort_keys=True, default=str, ensure_ascii=False)
-    result: dict[str, Any] = json.loads(text)
+    try:
+        plain = _plain(dict(payload), set())
+        text = json.dumps(plain, sort_keys=True, default=_str, ensure_ascii=False)
+        result: dict[str, Any] = json.loads(text)
+    except RecursionError:
+        raise AuditLogError("the payload is nested too deeply to record") from None
+    except (TypeError, ValueError) as exc:  # not a mapping, or a __str__ that raised
+        raise AuditLogError(f"the payload cannot be recorded: {exc}") from None
     return result
+
+
+def safe_text(text: str) -> str:
+    """`text` with every lone surrogate (which UTF-8 cannot encode) as its escape."""
+    if text.isascii():
+        return text
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text
+
+
+def _str(value: object) -> str:
+    """What JSON stores for a value it cannot hold: its str(), UTF-8 safe."""
+    return safe_text(str(value))
+
+
+def _key(key: object) -> str:
+    """A payload key as JSON writes it (`1`, `true`, `null`, `2.5`), else its str()."""
+    if isinstance(key, str):
+        return safe_text(key)
+    if key is True or key is False or key is None:
+        return json.dumps(key)
+    if isinstance(key, int | float):
+        return json.dumps(key)  # int and float subclasses as the plain number
+    return _str(key)
+
+
+def _plain(value: Any, active: set[int]) -> Any:
+    """`value` with string keys and UTF-8-safe strings; AuditLogError on a cycle."""
+    if isinstance(value, str):
+        return safe_text(value)
+    if not isinstance(value, dict | list | tuple):
+        return value  # numbers, None, and what `_str` turns into text
+    if id(value) in active:
+        raise AuditLogError("the payload refers to itself (a reference cycle): not recorded")
+    active.add(id(value))
+    try:
+        if not isinstance(value, dict):
+            return [_plain(item, active) for item in value]
+        out: dict[str, Any] = {}
+        for key, item in value.items():
+            name = _key(key)
+            if name in out:
+                raise AuditLogError(f"two payload keys both become {name!r} as JSON: not recorded")
+            out[name] = _plain(item, active)
+        return out
+    finally:
+        active.discard(id(value))
 
 
 def entry_hash(entry: Mapping[str, Any], key: bytes | None) -> str:
     """The MAC of an entry over its canonical form without `hash` (SHA-256 without a key)."""
     body = {k: v for k, v in entry.items() if k != "hash"}
-    data = dumps(body).encode("utf-8")
+    # surrogatepass: a line read back may carry an escaped lone surrogate; it then fails to
+    # verify rather than raise (appends never write one: see `safe_text`).
+    data = dumps(body).encode("utf-8", "surrogatepass")
     if key is None:
         return hashlib.sha256(data).hexdigest()
     return hmac.new(key, data, hashlib.sha256).hexdigest()
@@ -154,10 +230,10 @@ def make_entry(
         "prev_hash": prev_hash,
         "hash": "",
         "time": at,
-        "run_id": str(run_id),
-        "user_id": None if user_id is None else str(user_id),
-        "actor": str(actor),
-        "action": str(action),
+        "run_id": safe_text(str(run_id)),
+        "user_id": None if user_id is None else safe_text(str(user_id)),
+        "actor": safe_text(str(actor)),
+        "action": safe_text(str(action)),
         "payload": payload,
     }
     if key is None:
@@ -172,6 +248,8 @@ def parse_entry(text: str) -> AuditEntry:
         obj = json.loads(text)
     except json.JSONDecodeError as exc:
         raise ValueError(f"not valid JSON ({exc.msg})") from None
+    except RecursionError:
+        raise ValueError("JSON nested too deeply to read") from None
     if not isinstance(obj, dict):
         raise ValueError("not a JSON object")
     keys = set(obj)

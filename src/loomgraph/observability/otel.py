@@ -2,13 +2,18 @@
 
 OpenTelemetry is imported when an OTelTelemetry is built, not when this module is, so
 `import loomgraph.observability` stays cheap for programs that never trace.
+
+Telemetry never fails a run: an error raised by the OpenTelemetry calls made here (a span
+processor's `on_start`/`on_end`, a tracer, a meter) is logged on the `loomgraph.telemetry`
+logger, at most once a minute per OTelTelemetry, and the run goes on untraced.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager
 from typing import TYPE_CHECKING, Any
 
@@ -52,6 +57,45 @@ _TRACKED = frozenset(
     }
 )
 _PRIMITIVES = (str, bool, int, float)
+_REPORT_EVERY = 60.0  # seconds between two log records of telemetry's own failures
+_log = logging.getLogger("loomgraph.telemetry")
+
+
+class _Reporter:
+    """Logs telemetry's own failures: the first at once, then at most one per
+    `_REPORT_EVERY` seconds, counting those left out."""
+
+    __slots__ = ("_missed", "_next")
+
+    def __init__(self) -> None:
+        self._next = 0.0
+        self._missed = 0
+
+    def report(self, what: str, err: Exception) -> None:
+        """Log that `what` failed with `err`, unless one was logged less than a minute ago."""
+        now = time.monotonic()
+        if now < self._next:
+            self._missed += 1
+            return
+        missed, self._missed = self._missed, 0
+        self._next = now + _REPORT_EVERY
+        more = f" ({missed} more since the last report)" if missed else ""
+        _log.warning(
+            "telemetry failed to %s: %s: %s; the run goes on without it%s",
+            what,
+            type(err).__name__,
+            err,
+            more,
+            exc_info=err,
+        )
+
+    def call(self, what: str, fn: Callable[..., Any], *args: Any) -> Any:
+        """`fn(*args)`, or None (reported) when it raises."""
+        try:
+            return fn(*args)
+        except Exception as err:
+            self.report(what, err)
+            return None
 
 
 def _coerce(value: Any) -> Any:
@@ -76,12 +120,15 @@ def _error_type(exc: BaseException) -> str:
 class TracedSpan:
     """The span handed to callers: filters content, coerces values, remembers usage."""
 
-    __slots__ = ("_capture", "_seen", "_span")
+    __slots__ = ("_capture", "_reporter", "_seen", "_span")
 
-    def __init__(self, span: OTelSpan, capture_content: bool) -> None:
+    def __init__(
+        self, span: OTelSpan, capture_content: bool, reporter: _Reporter | None = None
+    ) -> None:
         """Wrap `span`; content attributes are dropped unless `capture_content`."""
         self._span = span
         self._capture = capture_content
+        self._reporter = _Reporter() if reporter is None else reporter
         self._seen: dict[str, Any] = {}
 
     @property
@@ -90,13 +137,17 @@ class TracedSpan:
         return self._span
 
     def set_attribute(self, key: str, value: Any) -> None:
-        """Attach one attribute (content only with capture_content; None is ignored)."""
+        """Attach one attribute (content only with capture_content; None is ignored); an
+        error setting it is logged, not raised."""
         if value is None or (not self._capture and key in CONTENT_ATTRIBUTES):
             return
-        value = _coerce(value)
-        if key in _TRACKED:
-            self._seen[key] = value
-        self._span.set_attribute(key, value)
+        try:
+            value = _coerce(value)
+            if key in _TRACKED:
+                self._seen[key] = value
+            self._span.set_attribute(key, value)
+        except Exception as err:
+            self._reporter.report(f"set span attribute {key!r}", err)
 
     def __getattr__(self, name: str) -> Any:
         """Everything else (add_event, set_status, ...) goes to the OpenTelemetry span."""
@@ -118,11 +169,15 @@ class OTelTelemetry:
         capture_content: bool = False,
     ) -> None:
         """Use the given providers (the global ones when None)."""
-        from opentelemetry import metrics, trace
-        from opentelemetry.trace import SpanKind, Status, StatusCode
+        from opentelemetry import context, metrics, trace
+        from opentelemetry.trace import INVALID_SPAN, SpanKind, Status, StatusCode
 
         version = _loomgraph_version()
         self.capture_content = capture_content
+        self._reporter = _Reporter()
+        self._invalid = INVALID_SPAN  # stands in for a span that could not be started
+        self._attach = lambda span: context.attach(trace.set_span_in_context(span))
+        self._detach = context.detach
         self._tracer = trace.get_tracer("loomgraph", version, tracer_provider=tracer_provider)
         meter = metrics.get_meter("loomgraph", version, meter_provider=meter_provider)
         self._kinds = (SpanKind.CLIENT, SpanKind.INTERNAL)
@@ -152,28 +207,46 @@ class OTelTelemetry:
         client, internal = self._kinds
         # A model call leaves the process: CLIENT, as the conventions ask of `chat` spans.
         kind = client if attributes.get(GEN_AI_OPERATION_NAME) == OP_CHAT else internal
-        # Exceptions are recorded below (with error.type), not by the SDK a second time.
-        with self._tracer.start_as_current_span(
-            name, kind=kind, record_exception=False, set_status_on_exception=False
-        ) as otel_span:
-            span = TracedSpan(otel_span, self.capture_content)
-            for key, value in attributes.items():
-                span.set_attribute(key, value)
-            start = time.perf_counter()
-            error: str | None = None
+        report = self._reporter
+        otel_span = report.call("start a span", self._start, name, kind) or self._invalid
+        try:
+            token = report.call("make the span current", self._attach, otel_span)
             try:
-                yield span
-            except GeneratorExit:
-                raise  # an abandoned generator, not a failure
-            except BaseException as exc:
-                error = _error_type(exc)
-                status_cls, code = self._error_status
-                otel_span.record_exception(exc)
-                otel_span.set_status(status_cls(code, f"{type(exc).__name__}: {exc}"))
-                otel_span.set_attribute(ERROR_TYPE, error)
-                raise
+                span = TracedSpan(otel_span, self.capture_content, report)
+                for key, value in attributes.items():
+                    span.set_attribute(key, value)
+                start = time.perf_counter()
+                error: str | None = None
+                try:
+                    yield span
+                except GeneratorExit:
+                    raise  # an abandoned generator, not a failure
+                except BaseException as exc:
+                    error = _error_type(exc)
+                    report.call("record an error on a span", self._failed, otel_span, exc, error)
+                    raise
+                finally:
+                    seconds = time.perf_counter() - start
+                    report.call(
+                        "record span metrics", self._span_metrics, span._seen, seconds, error
+                    )
             finally:
-                self._span_metrics(span._seen, time.perf_counter() - start, error)
+                if token is not None:
+                    report.call("restore the context", self._detach, token)
+        finally:
+            report.call("end a span", otel_span.end)
+
+    def _start(self, name: str, kind: Any) -> OTelSpan:
+        # Exceptions are recorded by `_failed` (with error.type), not by the SDK a second time.
+        return self._tracer.start_span(
+            name, kind=kind, record_exception=False, set_status_on_exception=False
+        )
+
+    def _failed(self, otel_span: OTelSpan, exc: BaseException, error: str) -> None:
+        status_cls, code = self._error_status
+        otel_span.record_exception(exc)
+        otel_span.set_status(status_cls(code, f"{type(exc).__name__}: {exc}"))
+        otel_span.set_attribute(ERROR_TYPE, error)
 
     def _span_metrics(self, seen: Mapping[str, Any], seconds: float, error: str | None) -> None:
         operation = seen.get(GEN_AI_OPERATION_NAME)
@@ -206,15 +279,19 @@ class OTelTelemetry:
         operation: str = OP_CHAT,
     ) -> None:
         """Record token usage and cost not already reported through a `chat` span (zero
-        counts are not recorded: a `Usage` does not tell them from counts never reported)."""
-        self._record(
-            model,
-            usage.input_tokens or None,
-            usage.output_tokens or None,
-            usage.cost_usd,
-            provider=provider,
-            operation=operation,
-        )
+        counts are not recorded: a `Usage` does not tell them from counts never reported);
+        an error recording them is logged, not raised."""
+        try:
+            self._record(
+                model,
+                usage.input_tokens or None,
+                usage.output_tokens or None,
+                usage.cost_usd,
+                provider=provider,
+                operation=operation,
+            )
+        except Exception as err:
+            self._reporter.report("record usage", err)
 
     def _record(
         self,

@@ -2,15 +2,26 @@
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
+import math
 import os
 import re
 import time
 from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
 from functools import partial
 from typing import Any
+
+from loomgraph._storage.dsn import describe_dsn
+from loomgraph._storage.pg_pool import (
+    LoopPool,
+    checked_timeouts,
+    failure,
+    import_asyncpg,
+    open_pool,
+    unreachable,
+)
 
 from .audit_chain import (
     EMPTY_HEAD,
@@ -18,6 +29,7 @@ from .audit_chain import (
     AuditEntry,
     AuditHead,
     AuditLogError,
+    AuditLogUnavailable,
     ChainVerifier,
     VerifyResult,
     dumps,
@@ -41,7 +53,13 @@ class PostgresAuditLog:
 
     Appends run in a transaction holding a transaction-level advisory lock derived from
     the table name, so every process writing to the table extends one chain. The pool is
-    created on first use and belongs to that event loop; call `close()` when done.
+    opened on first use in each event loop; call `close()` when done.
+
+    `connect_timeout` bounds making a connection and `command_timeout` every statement
+    (seconds), as `PostgresRuntime`'s do: a server that refuses, drops the connection or
+    does not answer raises `AuditLogUnavailable` (a `ServiceUnavailable`, naming the server
+    without its password) within them. An entry PostgreSQL cannot store (a NUL character,
+    NaN or Infinity) raises `AuditLogError` before anything is sent.
     """
 
     def __init__(
@@ -56,12 +74,18 @@ class PostgresAuditLog:
         capture_content: bool = False,
         min_size: int = 1,
         max_size: int = 4,
+        connect_timeout: float = 10.0,
+        command_timeout: float = 15.0,
     ) -> None:
         """A log in `table` (or `schema.table`) at `dsn`, keyed and capturing content as
-        FileAuditLog does."""
+        FileAuditLog does; at most `max_size` connections (`min_size` is accepted for
+        compatibility: the pool opens one connection and grows on demand)."""
         parts = table.split(".")
         if len(parts) > 2 or not all(_IDENT.fullmatch(p) for p in parts):
             raise ValueError(f"invalid table name {table!r}: use name or schema.name")
+        if not 0 <= min_size <= max_size or max_size < 1:
+            raise ValueError("need 0 <= min_size <= max_size and max_size >= 1")
+        checked_timeouts(connect_timeout, command_timeout)
         self._dsn = dsn
         self._key = resolve_audit_key(key, key_file=key_file, key_env=key_env, unsigned=unsigned)
         self.capture_content = capture_content
@@ -69,10 +93,16 @@ class PostgresAuditLog:
         self._index = f'"{parts[-1]}_run_id_idx"'
         digest = hashlib.sha256(f"loomgraph.audit:{table}".encode()).digest()
         self._lock_key = int.from_bytes(digest[:8], "big", signed=True)
-        self._sizes = (min_size, max_size)
-        self._pool: Any = None  # asyncpg.Pool; asyncpg ships no type information
-        self._ready = False
-        self._setup_lock: asyncio.Lock | None = None
+        self._pool_size = max_size
+        self.connect_timeout = connect_timeout
+        self.command_timeout = command_timeout
+        self.location = f"{describe_dsn(dsn)} (table {table})"  # as errors name it
+        self._pg: Any = None  # asyncpg, imported on first use (an optional dependency)
+        # Waiting for a pooled connection may mean making one, then a statement on it.
+        self._pools = LoopPool(self._open, timeout=connect_timeout + command_timeout)
+
+    def __repr__(self) -> str:
+        return f"PostgresAuditLog({describe_dsn(self._dsn)!r}, table={self._table!r})"
 
     @property
     def table(self) -> str:
@@ -81,59 +111,72 @@ class PostgresAuditLog:
 
     # ----------------------------------------------------------------------- lifecycle
 
-    async def _get_pool(self) -> Any:
-        if self._pool is not None and self._ready:
-            return self._pool
-        if self._setup_lock is None:
-            self._setup_lock = asyncio.Lock()
-        async with self._setup_lock:
-            if self._pool is None:
-                try:
-                    import asyncpg  # type: ignore[import-untyped]  # imported lazily: optional
-                except ImportError as exc:  # pragma: no cover - depends on the install
-                    raise ImportError(
-                        "PostgresAuditLog needs asyncpg: pip install 'loomgraph[postgres]'"
-                    ) from exc
-                self._pool = await asyncpg.create_pool(
-                    self._dsn, min_size=self._sizes[0], max_size=self._sizes[1]
-                )
-            if not self._ready:
-                await self._create_table(self._pool)
-                self._ready = True
-        return self._pool
+    async def _open(self) -> Any:
+        """Connect and create the table when missing; AuditLogUnavailable when unreachable."""
+        if self._pg is None:
+            self._pg = import_asyncpg("PostgresAuditLog")
+        return await open_pool(
+            self._pg,
+            self._dsn,
+            pool_size=self._pool_size,
+            timeout=self.connect_timeout,
+            command_timeout=self.command_timeout,
+            setup=self._create_table,
+            unavailable=lambda detail: AuditLogUnavailable(self.location, detail),
+            translate=self._translate,
+        )
 
-    async def _create_table(self, pool: Any) -> None:
-        async with pool.acquire() as conn, conn.transaction():
-            # Concurrent CREATE TABLE IF NOT EXISTS can still collide in the catalog;
-            # the append lock serialises creators too.
-            await conn.execute("SELECT pg_advisory_xact_lock($1)", self._lock_key)
-            await conn.execute(
-                f"""CREATE TABLE IF NOT EXISTS {self._table} (
-                    seq bigint PRIMARY KEY,
-                    time double precision NOT NULL,
-                    run_id text NOT NULL,
-                    user_id text,
-                    actor text NOT NULL,
-                    action text NOT NULL,
-                    payload jsonb NOT NULL,
-                    prev_hash text NOT NULL,
-                    hash text NOT NULL,
-                    line text NOT NULL
-                )"""
-            )
-            await conn.execute(
-                f"CREATE INDEX IF NOT EXISTS {self._index} ON {self._table} (run_id, seq)"
-            )
+    def _translate(self, err: Exception) -> Exception:
+        """A server that cannot be reached (or ended the work for a reason of its own) as
+        AuditLogUnavailable, any other driver error as AuditLogError (the password masked);
+        loomgraph's own errors unchanged."""
+        pg = self._pg
+        why = unreachable(pg, err, self._dsn, self.connect_timeout, self.command_timeout)
+        if why is None and isinstance(
+            err,
+            pg.OperatorInterventionError  # shutdown, crash, cancelled, cannot connect now
+            | pg.InsufficientResourcesError  # too many connections, disk full, out of memory
+            | pg.IdleInTransactionSessionTimeoutError
+            | pg.LockNotAvailableError
+            | pg.InvalidCatalogNameError
+            | pg.InvalidAuthorizationSpecificationError,
+        ):
+            why = failure(self._dsn, err)
+        if why is not None:
+            return AuditLogUnavailable(self.location, why)
+        if isinstance(err, pg.PostgresError):
+            return AuditLogError(f"audit log {self.location}: {failure(self._dsn, err)}")
+        return err
+
+    async def _create_table(self, conn: Any) -> None:
+        # Concurrent CREATE TABLE IF NOT EXISTS can still collide in the catalog;
+        # the append lock serialises creators too.
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", self._lock_key)
+        await conn.execute(
+            f"""CREATE TABLE IF NOT EXISTS {self._table} (
+                seq bigint PRIMARY KEY,
+                time double precision NOT NULL,
+                run_id text NOT NULL,
+                user_id text,
+                actor text NOT NULL,
+                action text NOT NULL,
+                payload jsonb NOT NULL,
+                prev_hash text NOT NULL,
+                hash text NOT NULL,
+                line text NOT NULL
+            )"""
+        )
+        await conn.execute(
+            f"CREATE INDEX IF NOT EXISTS {self._index} ON {self._table} (run_id, seq)"
+        )
 
     async def close(self) -> None:
-        """Close the connection pool."""
-        pool, self._pool, self._ready = self._pool, None, False
-        if pool is not None:
-            await pool.close()
+        """Close the connection pool (bounded: a server that does not answer is dropped)."""
+        await self._pools.close()
 
     async def __aenter__(self) -> PostgresAuditLog:
         """Open the pool and make sure the table exists."""
-        await self._get_pool()
+        await self._pools.get()
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
@@ -163,10 +206,13 @@ class PostgresAuditLog:
         actor: str,
         payload: Mapping[str, Any],
     ) -> AuditEntry:
-        """Append one entry and return it as stored."""
+        """Append one entry and return it as stored (committed when this returns)."""
         body = normalize_payload(payload)
-        pool = await self._get_pool()
-        async with pool.acquire() as conn, conn.transaction():
+        fields = {"run_id": run_id, "user_id": user_id, "actor": actor, "action": action}
+        problem = _unstorable(fields, body)
+        if problem is not None:
+            raise AuditLogError(f"PostgreSQL cannot store this audit entry: {problem}")
+        async with self._transaction() as conn:
             await conn.execute("SELECT pg_advisory_xact_lock($1)", self._lock_key)
             row = await conn.fetchrow(
                 f"SELECT seq, hash, line FROM {self._table} ORDER BY seq DESC LIMIT 1"
@@ -199,6 +245,28 @@ class PostgresAuditLog:
             )
         return entry
 
+    @asynccontextmanager
+    async def _transaction(self, **options: Any) -> AsyncIterator[Any]:
+        """A pooled connection in a transaction (asyncpg's `options`), errors translated.
+
+        Work that is cancelled or fails in the driver drops the connection (the server rolls
+        back) rather than send ROLLBACK: a server that stopped answering would keep a
+        cancelled append waiting for `command_timeout`.
+        """
+        async with self._pools.cursor(transaction=False, translate=self._translate) as cur:
+            conn = cur.connection
+            tx = conn.transaction(**options)
+            try:
+                await tx.start()
+                yield conn
+            except AuditLogError:  # refused by this log: the connection is sound
+                await tx.rollback()
+                raise
+            except BaseException:
+                conn.terminate()
+                raise
+            await tx.commit()
+
     def _chainable(self, row: Any) -> AuditHead:
         """The head to chain onto, refusing a last row this key cannot verify."""
         try:
@@ -218,33 +286,62 @@ class PostgresAuditLog:
 
     async def head(self) -> AuditHead:
         """The (seq, hash) of the last entry; `(0, GENESIS_HASH)` when empty."""
-        pool = await self._get_pool()
-        row = await pool.fetchrow(f"SELECT seq, hash FROM {self._table} ORDER BY seq DESC LIMIT 1")
+        async with self._pools.cursor(transaction=False, translate=self._translate) as cur:
+            row = await cur.connection.fetchrow(
+                f"SELECT seq, hash FROM {self._table} ORDER BY seq DESC LIMIT 1"
+            )
         return EMPTY_HEAD if row is None else AuditHead(row["seq"], row["hash"])
 
     async def entries(self, *, run_id: str | None = None) -> AsyncIterator[AuditEntry]:
-        """Every entry in seq order (only one run's with `run_id`); not verified."""
-        pool = await self._get_pool()
+        """Every entry in seq order (only one run's with `run_id`); not verified.
+
+        Raises AuditLogError at a malformed entry, after yielding those before it.
+        """
         where, args = ("WHERE run_id = $1", [run_id]) if run_id is not None else ("", [])
-        async with pool.acquire() as conn, conn.transaction(readonly=True):
-            query = f"SELECT line FROM {self._table} {where} ORDER BY seq"
+        async with self._transaction(readonly=True) as conn:
+            query = f"SELECT seq, line FROM {self._table} {where} ORDER BY seq"
             async for row in conn.cursor(query, *args, prefetch=500):
-                yield parse_entry(row["line"])
+                try:
+                    entry = parse_entry(row["line"])
+                except ValueError as exc:
+                    raise AuditLogError(
+                        f"malformed entry {row['seq']} in {self._table}: {exc}"
+                    ) from None
+                yield entry
 
     async def verify(self, expected_head: tuple[int, str] | None = None) -> VerifyResult:
         """Check the whole chain, that the query columns match it, and the recorded head."""
         verifier = ChainVerifier(self._key, expected_head)
-        pool = await self._get_pool()
-        async with (
-            pool.acquire() as conn,
-            conn.transaction(isolation="repeatable_read", readonly=True),
-        ):
+        async with self._transaction(isolation="repeatable_read", readonly=True) as conn:
             query = f"SELECT {', '.join(_COLUMNS)}, line FROM {self._table} ORDER BY seq"
             async for row in conn.cursor(query, prefetch=500):
                 verifier.feed(row["line"], check=partial(_column_problem, row))
                 if verifier.failed:
                     break
         return verifier.result()
+
+
+def _unstorable(fields: Mapping[str, str | None], payload: dict[str, Any]) -> str | None:
+    """What in an entry PostgreSQL cannot store (text holds no NUL, jsonb no NaN or
+    Infinity), or None."""
+    for name, value in fields.items():
+        if value is not None and "\x00" in str(value):
+            return f"{name} contains a NUL character (\\u0000), which text cannot hold"
+    stack: list[tuple[str, Any]] = [("payload", payload)]
+    while stack:
+        path, value = stack.pop()
+        if isinstance(value, str) and "\x00" in value:
+            return f"{path} contains a NUL character (\\u0000), which jsonb cannot hold"
+        if isinstance(value, float) and not math.isfinite(value):
+            return f"{path} is {value}, which jsonb cannot hold (store it as a string)"
+        if isinstance(value, dict):
+            for key, item in value.items():
+                if "\x00" in key:
+                    return f"a key in {path} contains a NUL character (\\u0000)"
+                stack.append((f"{path}[{key!r}]", item))
+        elif isinstance(value, list):
+            stack.extend((f"{path}[{i}]", item) for i, item in enumerate(value))
+    return None
 
 
 def _column_problem(row: Any, entry: AuditEntry) -> str | None:
