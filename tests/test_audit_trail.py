@@ -404,3 +404,57 @@ def test_no_bare_audit_action_strings() -> None:
             ):
                 offenders.append(f"{path.relative_to(src)}:{node.lineno}")
     assert offenders == []
+
+
+# ---------------------------------------------- entries written behind the run, before effects
+
+
+class CountingAuditLog(FileAuditLog):
+    """A file log that counts its appends (each one write and one fsync)."""
+
+    appends = 0
+
+    def append_many(self, entries: Any, *, run_id: str, user_id: str | None) -> Any:
+        self.appends += 1
+        return super().append_many(entries, run_id=run_id, user_id=user_id)
+
+
+async def test_every_entry_is_in_the_log_before_the_effect_it_leads_to(tmp_path: Path) -> None:
+    """Entries are written behind the run, in batches; but the run waits for them before
+    anything leaves the process: when a tool runs, its decision, reservation and request
+    are in the file (durable), and when a model is called, everything before it is too."""
+    audit = CountingAuditLog(tmp_path / "audit.jsonl", key=KEY)
+    seen_by_tool: list[list[str]] = []
+    seen_by_model: list[list[str]] = []
+
+    async def lookup(query: str) -> str:
+        """Look something up."""
+        seen_by_tool.append([e["action"] for e in audit.entries()])
+        return "found"
+
+    def script(request: ModelRequest) -> Any:
+        seen_by_model.append([e["action"] for e in audit.entries()])
+        if request.call_index == 0:
+            return {"tool_calls": [{"tool": "lookup", "args": {"query": "q"}}]}
+        return "done"
+
+    budget = StandardBudget(BudgetConfig(per_user=Caps(tool_calls=5, model_calls=5)))
+    agent = Agent(
+        "x", model=ScriptedModel(script), tools=[lookup], budget=budget, audit_log=audit
+    )
+    result = await agent.run("go", user_id="alice")
+    assert result.ok, result.reason
+    [at_tool] = seen_by_tool
+    assert at_tool[-3:] == [
+        AuditAction.PERMISSION_DECISION,
+        AuditAction.BUDGET_RESERVE,
+        AuditAction.TOOL_REQUEST,
+    ]
+    assert seen_by_model[0][-1] == AuditAction.BUDGET_RESERVE  # the call's own reservation
+    assert seen_by_model[1][-1] == AuditAction.BUDGET_RESERVE
+    assert AuditAction.TOOL_RESULT in seen_by_model[1]
+    entries = list(audit.entries())
+    assert [e["seq"] for e in entries] == list(range(1, len(entries) + 1))  # in order
+    assert entries[-1]["action"] == AuditAction.RUN_COMPLETED  # all in before run() returned
+    assert audit.appends < len(entries)  # grouped: fewer writes (and fsyncs) than entries
+    assert audit.verify().ok

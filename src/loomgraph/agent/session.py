@@ -17,6 +17,7 @@ from loomgraph.agent.pinning import graph_key, pin
 from loomgraph.agent.recovery import crashed_usage
 from loomgraph.agent.result import RunResult, failed_step_usage
 from loomgraph.engine import audit_trail as trail
+from loomgraph.engine.audit_writer import written_quietly
 from loomgraph.engine.effects import ResumeInput
 from loomgraph.engine.interpreter import Outcome, run_child, run_extra_step, run_graph
 from loomgraph.engine.scope import EventSink, RunScope, active_scope
@@ -203,6 +204,7 @@ class AgentSession:
                         # audited once its start is journaled (`execute`).
                         await self._audit_start(scope, continued=True)
                     yield scope
+                    await scope.audit_written()  # every entry in the log before it returns
                 except ServiceUnavailable:
                     # The run is not over, only cut off: its holds (a settlement the outage
                     # stopped) and its clock stay for the resume, which charges them.
@@ -221,6 +223,7 @@ class AgentSession:
                     raise
                 finally:
                     active_scope.reset(active)
+                    await written_quietly(scope.audit_writer)  # after an error: its entries
                     if deps.run_clock is not None and over:
                         await deps.run_clock.end_run(scope.budget_scope)
         finally:

@@ -195,6 +195,7 @@ class VisitContext:
         asked = request.max_tokens  # the caller's own limit; else sized to the caps each try
         for step in range(STEP_RETRIES + 1):
             attempts.held(*await self._reserve_model(request, asked))
+            await self.scope.audit_written()  # in the log before the call can act
             streamed: list[str] = []
             try:
                 response = await self._stream(request, call_id, streamed, attempts)

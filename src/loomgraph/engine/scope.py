@@ -11,6 +11,7 @@ from types import MappingProxyType
 from typing import Any, Protocol
 
 from loomgraph.engine import audit_trail as trail
+from loomgraph.engine.audit_writer import AuditWriter
 from loomgraph.engine.effects import EffectKey, ResumeInput
 from loomgraph.engine.state_size import StateSize
 from loomgraph.engine.taint import UntrustedText
@@ -103,6 +104,8 @@ class RunScope:
     # even built) and whether entries carry content.
     auditing: bool = field(init=False)
     audit_content: bool = field(init=False)
+    # The run's audit entries on their way to the log (made at the first entry).
+    audit_writer: AuditWriter | None = None
     # Whether anything hears the run's events: a run whose only consumer drops them (the
     # no-op hooks) builds none.
     listening: bool = field(init=False)
@@ -180,11 +183,19 @@ class RunScope:
         )
 
     async def audit(self, action: AuditAction, actor: str, payload: dict[str, Any]) -> None:
-        """Append one entry to the audit log, for this run and user (callers check
-        `auditing` first, so a run with the no-op log builds no payload)."""
-        await self.deps.audit_log.record(
-            action, run_id=self.run_id, user_id=self.user_id, actor=actor, payload=payload
-        )
+        """Queue one entry for the audit log, for this run and user, written behind the run
+        in order (`AuditWriter`); `audit_written` waits for them. Callers check `auditing`
+        first, so a run with the no-op log builds no payload."""
+        writer = self.audit_writer
+        if writer is None:
+            writer = self.audit_writer = AuditWriter(self.deps.audit_log, self.run_id, self.user_id)
+        writer.add(action, actor, payload)
+
+    async def audit_written(self) -> None:
+        """Wait until every audit entry of the run so far is in the log: before an effect
+        starts (a model's stream, a tool call) and before the run returns."""
+        if self.audit_writer is not None:
+            await self.audit_writer.written()
 
     async def begin_effect(
         self, key: EffectKey, kind: str, intent: dict[str, Any], node: str

@@ -96,6 +96,7 @@ class ToolGate:
         if scope.auditing:
             request = trail.tool_request(call, decision.rule, content=scope.audit_content)
             await scope.audit(AuditAction.TOOL_REQUEST, self.node, request)
+            await scope.audit_written()  # in the log before the call can act
         try:
             capture = scope.tracing and bool(getattr(deps.telemetry, "capture_content", False))
             attributes: Mapping[str, Any] = NO_ATTRIBUTES

@@ -7,7 +7,7 @@ import fcntl
 import hashlib
 import os
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,8 +28,7 @@ from .audit_chain import (
     parse_entry,
 )
 from .audit_key import resolve_audit_key
-
-_TAIL_BLOCK = 8192
+from .log_files import fsync_dir, last_line, write_all, write_quarantine
 
 
 class FileAuditLog:
@@ -99,6 +98,18 @@ class FileAuditLog:
             self.append, action, run_id=run_id, user_id=user_id, actor=actor, payload=payload
         )
 
+    async def record_many(
+        self,
+        entries: Sequence[tuple[str, str, Mapping[str, Any]]],
+        *,
+        run_id: str,
+        user_id: str | None,
+    ) -> None:
+        """Append several entries of one run, (action, actor, payload) each, in order, with
+        one write and one fsync (a run's `AuditWriter` hands over what queued up meanwhile);
+        all are durable when this returns."""
+        await run_in_thread(self.append_many, entries, run_id=run_id, user_id=user_id)
+
     def append(
         self,
         action: str,
@@ -109,8 +120,20 @@ class FileAuditLog:
         payload: Mapping[str, Any],
     ) -> AuditEntry:
         """Append one entry, durable (fsynced) when this returns; blocking."""
+        [entry] = self.append_many([(action, actor, payload)], run_id=run_id, user_id=user_id)
+        return entry
+
+    def append_many(
+        self,
+        entries: Sequence[tuple[str, str, Mapping[str, Any]]],
+        *,
+        run_id: str,
+        user_id: str | None,
+    ) -> list[AuditEntry]:
+        """Append (action, actor, payload) entries in order under one lock, with one write
+        and one fsync: durable when this returns; blocking."""
         # Normalise before taking the lock so other writers wait only for the I/O.
-        body = normalize_payload(payload)
+        bodies = [(action, actor, normalize_payload(payload)) for action, actor, payload in entries]
         flags = os.O_RDWR | os.O_APPEND | os.O_CREAT | getattr(os, "O_CLOEXEC", 0)
         fd = os.open(self._path, flags, 0o640)
         try:
@@ -118,7 +141,7 @@ class FileAuditLog:
             size = os.fstat(fd).st_size
             if self._quarantine_torn_tail(fd, size):
                 size = os.fstat(fd).st_size
-            entry = self._append_locked(fd, size, action, run_id, user_id, actor, body, sync=False)
+            made = self._chain_locked(fd, size, bodies, run_id, user_id)
             # fsync after unlocking: the next writer chains onto this line while it is being
             # made durable, and writers syncing at once share one journal commit (group
             # commit). fsync flushes the whole file, so when a later entry is acknowledged,
@@ -127,8 +150,8 @@ class FileAuditLog:
             os.fsync(fd)
             if size == 0:
                 # A new file's directory entry must be durable too, or a crash loses the log.
-                _fsync_dir(self._path.parent)
-            return entry
+                fsync_dir(self._path.parent)
+            return made
         finally:
             os.close(fd)  # closing also releases the flock
 
@@ -158,29 +181,44 @@ class FileAuditLog:
         user_id: str | None,
         actor: str,
         body: dict[str, Any],
-        *,
-        sync: bool = True,
     ) -> AuditEntry:
-        """Chain one entry onto the file's last line (fsynced unless `sync=False`); the
-        flock is held."""
-        head = self._head_of(fd, size)
-        entry = make_entry(
-            seq=head.seq + 1,
-            prev_hash=head.hash,
-            at=time.time(),
-            action=action,
-            run_id=run_id,
-            user_id=user_id,
-            actor=actor,
-            payload=body,
-            key=self._key,
-        )
-        _write_all(fd, (dumps(entry) + "\n").encode("utf-8"))
-        if sync:
-            os.fsync(fd)
-            if size == 0:
-                _fsync_dir(self._path.parent)
+        """Chain one entry onto the file's last line and fsync it; the flock is held."""
+        [entry] = self._chain_locked(fd, size, [(action, actor, body)], run_id, user_id)
+        os.fsync(fd)
+        if size == 0:
+            fsync_dir(self._path.parent)
         return entry
+
+    def _chain_locked(
+        self,
+        fd: int,
+        size: int,
+        bodies: Sequence[tuple[str, str, dict[str, Any]]],
+        run_id: str,
+        user_id: str | None,
+    ) -> list[AuditEntry]:
+        """Chain entries onto the file's last line and write them with one `write` (not
+        fsynced); the flock is held."""
+        head = self._head_of(fd, size)
+        seq, previous = head.seq, head.hash
+        made: list[AuditEntry] = []
+        for action, actor, body in bodies:
+            seq += 1
+            entry = make_entry(
+                seq=seq,
+                prev_hash=previous,
+                at=time.time(),
+                action=action,
+                run_id=run_id,
+                user_id=user_id,
+                actor=actor,
+                payload=body,
+                key=self._key,
+            )
+            previous = entry["hash"]
+            made.append(entry)
+        write_all(fd, "".join(dumps(entry) + "\n" for entry in made).encode("utf-8"))
+        return made
 
     def _quarantine_torn_tail(self, fd: int, size: int) -> bytes:
         """With the flock held: move a torn last line to a quarantine file and record it.
@@ -189,10 +227,10 @@ class FileAuditLog:
         crash in between loses nothing; the entry that follows names the file and the
         bytes' SHA-256 (not the bytes: they may hold content the log must not).
         """
-        last = _last_line(fd, size)
+        last = last_line(fd, size)
         if not last or last.endswith(b"\n"):
             return b""
-        quarantine = _write_quarantine(self._path, last)
+        quarantine = write_quarantine(self._path, last)
         os.ftruncate(fd, size - len(last))
         os.fsync(fd)
         payload = {
@@ -226,9 +264,9 @@ class FileAuditLog:
         try:
             fcntl.flock(fd, fcntl.LOCK_SH)
             size = os.fstat(fd).st_size
-            last = _last_line(fd, size)
+            last = last_line(fd, size)
             if last and not last.endswith(b"\n"):
-                last = _last_line(fd, size - len(last))  # the head is the last complete entry
+                last = last_line(fd, size - len(last))  # the head is the last complete entry
             if not last:
                 return EMPTY_HEAD
             try:
@@ -313,7 +351,7 @@ class FileAuditLog:
 
     def _head_of(self, fd: int, size: int) -> AuditHead:
         """The head to chain onto; refuses a broken last line (a torn one is moved first)."""
-        last = _last_line(fd, size)
+        last = last_line(fd, size)
         if not last:
             return EMPTY_HEAD
         if not last.endswith(b"\n"):  # pragma: no cover - quarantined before this is called
@@ -332,62 +370,3 @@ class FileAuditLog:
                 "(wrong key, or the entry was edited)"
             )
         return AuditHead(entry["seq"], entry["hash"])
-
-
-def _last_line(fd: int, size: int) -> bytes:
-    """The bytes after the last newline before the final byte: the last line, newline kept."""
-    if size <= 0:
-        return b""
-    buf = b""
-    pos = size
-    block = _TAIL_BLOCK
-    while True:
-        start = max(0, pos - block)
-        buf = os.pread(fd, pos - start, start) + buf
-        cut = buf.rfind(b"\n", 0, len(buf) - 1)
-        if cut >= 0:
-            return buf[cut + 1 :]
-        if start == 0:
-            return buf
-        pos = start
-        block *= 2  # long lines: grow the read so the scan stays linear
-
-
-def _write_quarantine(path: Path, data: bytes) -> Path:
-    """Write `data` to a new `<path>.quarantine-<UTC time>[-n]` file, durably."""
-    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
-    for n in range(1000):
-        target = path.with_name(f"{path.name}.quarantine-{stamp}" + (f"-{n}" if n else ""))
-        try:
-            qfd = os.open(target, flags, 0o640)
-        except FileExistsError:
-            continue
-        try:
-            _write_all(qfd, data)
-            os.fsync(qfd)
-        finally:
-            os.close(qfd)
-        _fsync_dir(path.parent)
-        return target
-    raise AuditLogError(f"cannot create a quarantine file next to {path}")  # pragma: no cover
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        written = os.write(fd, view)
-        view = view[written:]
-
-
-def _fsync_dir(directory: Path) -> None:
-    try:
-        dfd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    except OSError:
-        return  # some platforms cannot open directories; the data itself is fsynced
-    try:
-        os.fsync(dfd)
-    except OSError:
-        pass
-    finally:
-        os.close(dfd)
