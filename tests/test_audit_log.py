@@ -443,6 +443,29 @@ async def test_postgres_append_verify_and_read(pg_schema: str) -> None:
         assert entries[-1]["hash"] == head.hash
 
 
+BATCH = [("tool_request", "tools", {"n": 1}), ("tool_result", "tools", {"n": 2})]
+
+
+def test_a_file_batch_is_chained_in_order_with_one_write(tmp_path: Path) -> None:
+    log = FileAuditLog(tmp_path / "audit.jsonl", key=KEY)
+    log.append("run_started", run_id="r", user_id="u", actor="agent", payload={})
+    made = log.append_many([*BATCH, ("transition", "model", {"n": 3})], run_id="r", user_id="u")
+    assert [e["seq"] for e in made] == [2, 3, 4]
+    assert [e["payload"].get("n") for e in log.entries()] == [None, 1, 2, 3]
+    assert log.verify().ok
+
+
+async def test_a_postgres_batch_is_one_transaction_in_order(pg_schema: str) -> None:
+    async with PostgresAuditLog(pg.postgres_dsn(), key=KEY, table=f"{pg_schema}.audit") as log:
+        await log.record_many(BATCH, run_id="r", user_id="u")
+        assert [e["action"] async for e in log.entries()] == ["tool_request", "tool_result"]
+        # One entry it cannot store refuses the whole batch: nothing of it is written.
+        with pytest.raises(AuditLogError, match="cannot store"):
+            await log.record_many([*BATCH, ("x", "y", {"bad": "nul\x00"})], run_id="r", user_id="u")
+        assert (await log.head()).seq == 2
+        assert (await log.verify()).ok
+
+
 async def test_postgres_concurrent_writers_keep_one_chain(pg_schema: str) -> None:
     table = f"{pg_schema}.audit"
     # Two logs with their own pools behave like two processes: separate connections, and

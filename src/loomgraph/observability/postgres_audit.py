@@ -8,7 +8,7 @@ import math
 import os
 import re
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from functools import partial
 from typing import Any
@@ -197,6 +197,17 @@ class PostgresAuditLog:
         """Append one entry; it is committed when this returns."""
         await self.append(action, run_id=run_id, user_id=user_id, actor=actor, payload=payload)
 
+    async def record_many(
+        self,
+        entries: Sequence[tuple[str, str, Mapping[str, Any]]],
+        *,
+        run_id: str,
+        user_id: str | None,
+    ) -> None:
+        """Append several entries of one run, (action, actor, payload) each, in order, in one
+        transaction (a run's `AuditWriter` hands over what queued up meanwhile)."""
+        await self.append_many(entries, run_id=run_id, user_id=user_id)
+
     async def append(
         self,
         action: str,
@@ -207,43 +218,69 @@ class PostgresAuditLog:
         payload: Mapping[str, Any],
     ) -> AuditEntry:
         """Append one entry and return it as stored (committed when this returns)."""
-        body = normalize_payload(payload)
-        fields = {"run_id": run_id, "user_id": user_id, "actor": actor, "action": action}
-        problem = _unstorable(fields, body)
-        if problem is not None:
-            raise AuditLogError(f"PostgreSQL cannot store this audit entry: {problem}")
+        [entry] = await self.append_many([(action, actor, payload)], run_id=run_id, user_id=user_id)
+        return entry
+
+    async def append_many(
+        self,
+        entries: Sequence[tuple[str, str, Mapping[str, Any]]],
+        *,
+        run_id: str,
+        user_id: str | None,
+    ) -> list[AuditEntry]:
+        """Append (action, actor, payload) entries in order, in one transaction; them as
+        stored (committed when this returns). One that cannot be stored refuses them all."""
+        bodies = []
+        for action, actor, payload in entries:
+            body = normalize_payload(payload)
+            fields = {"run_id": run_id, "user_id": user_id, "actor": actor, "action": action}
+            problem = _unstorable(fields, body)
+            if problem is not None:
+                raise AuditLogError(f"PostgreSQL cannot store this audit entry: {problem}")
+            bodies.append((action, actor, body))
+        made: list[AuditEntry] = []
         async with self._transaction() as conn:
             await conn.execute("SELECT pg_advisory_xact_lock($1)", self._lock_key)
             row = await conn.fetchrow(
                 f"SELECT seq, hash, line FROM {self._table} ORDER BY seq DESC LIMIT 1"
             )
             head = EMPTY_HEAD if row is None else self._chainable(row)
-            entry = make_entry(
-                seq=head.seq + 1,
-                prev_hash=head.hash,
-                at=time.time(),
-                action=action,
-                run_id=run_id,
-                user_id=user_id,
-                actor=actor,
-                payload=body,
-                key=self._key,
-            )
-            await conn.execute(
+            seq, previous = head.seq, head.hash
+            for action, actor, body in bodies:
+                seq += 1
+                entry = make_entry(
+                    seq=seq,
+                    prev_hash=previous,
+                    at=time.time(),
+                    action=action,
+                    run_id=run_id,
+                    user_id=user_id,
+                    actor=actor,
+                    payload=body,
+                    key=self._key,
+                )
+                previous = entry["hash"]
+                made.append(entry)
+            await conn.executemany(
                 f"INSERT INTO {self._table} ({', '.join(_COLUMNS)}, line) "
                 "VALUES ($1, $2, $3, $4, $5, $6, $7::jsonb, $8, $9, $10)",
-                entry["seq"],
-                entry["time"],
-                entry["run_id"],
-                entry["user_id"],
-                entry["actor"],
-                entry["action"],
-                dumps(entry["payload"]),
-                entry["prev_hash"],
-                entry["hash"],
-                dumps(entry),
+                [
+                    (
+                        e["seq"],
+                        e["time"],
+                        e["run_id"],
+                        e["user_id"],
+                        e["actor"],
+                        e["action"],
+                        dumps(e["payload"]),
+                        e["prev_hash"],
+                        e["hash"],
+                        dumps(e),
+                    )
+                    for e in made
+                ],
             )
-        return entry
+        return made
 
     @asynccontextmanager
     async def _transaction(self, **options: Any) -> AsyncIterator[Any]:
