@@ -6,7 +6,6 @@ import asyncio
 import fcntl
 import hashlib
 import os
-import time
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -19,15 +18,15 @@ from .audit_chain import (
     AuditEntry,
     AuditHead,
     AuditLogError,
-    ChainVerifier,
     VerifyResult,
+    chain_entries,
     dumps,
     entry_hash,
-    make_entry,
     normalize_payload,
     parse_entry,
 )
 from .audit_key import resolve_audit_key
+from .audit_verify import ChainVerifier
 from .log_files import fsync_dir, last_line, write_all, write_quarantine
 
 
@@ -200,23 +199,7 @@ class FileAuditLog:
         """Chain entries onto the file's last line and write them with one `write` (not
         fsynced); the flock is held."""
         head = self._head_of(fd, size)
-        seq, previous = head.seq, head.hash
-        made: list[AuditEntry] = []
-        for action, actor, body in bodies:
-            seq += 1
-            entry = make_entry(
-                seq=seq,
-                prev_hash=previous,
-                at=time.time(),
-                action=action,
-                run_id=run_id,
-                user_id=user_id,
-                actor=actor,
-                payload=body,
-                key=self._key,
-            )
-            previous = entry["hash"]
-            made.append(entry)
+        made = chain_entries(head, bodies, run_id=run_id, user_id=user_id, key=self._key)
         write_all(fd, "".join(dumps(entry) + "\n" for entry in made).encode("utf-8"))
         return made
 

@@ -7,7 +7,6 @@ import json
 import math
 import os
 import re
-import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from functools import partial
@@ -30,15 +29,15 @@ from .audit_chain import (
     AuditHead,
     AuditLogError,
     AuditLogUnavailable,
-    ChainVerifier,
     VerifyResult,
+    chain_entries,
     dumps,
     entry_hash,
-    make_entry,
     normalize_payload,
     parse_entry,
 )
 from .audit_key import resolve_audit_key
+from .audit_verify import ChainVerifier
 
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 
@@ -238,29 +237,13 @@ class PostgresAuditLog:
             if problem is not None:
                 raise AuditLogError(f"PostgreSQL cannot store this audit entry: {problem}")
             bodies.append((action, actor, body))
-        made: list[AuditEntry] = []
         async with self._transaction() as conn:
             await conn.execute("SELECT pg_advisory_xact_lock($1)", self._lock_key)
             row = await conn.fetchrow(
                 f"SELECT seq, hash, line FROM {self._table} ORDER BY seq DESC LIMIT 1"
             )
             head = EMPTY_HEAD if row is None else self._chainable(row)
-            seq, previous = head.seq, head.hash
-            for action, actor, body in bodies:
-                seq += 1
-                entry = make_entry(
-                    seq=seq,
-                    prev_hash=previous,
-                    at=time.time(),
-                    action=action,
-                    run_id=run_id,
-                    user_id=user_id,
-                    actor=actor,
-                    payload=body,
-                    key=self._key,
-                )
-                previous = entry["hash"]
-                made.append(entry)
+            made = chain_entries(head, bodies, run_id=run_id, user_id=user_id, key=self._key)
             await conn.executemany(
                 f"INSERT INTO {self._table} ({', '.join(_COLUMNS)}, line) "
                 "VALUES ($1, $2, $3, $4, $5, $6, $7::jsonb, $8, $9, $10)",
