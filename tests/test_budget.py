@@ -643,3 +643,39 @@ def test_two_processes_share_one_postgres_cap(pg_schema: str) -> None:
 
     results = _two_processes("postgres", pg.postgres_dsn(), pg_schema)
     asyncio.run(_check_shared_total(PostgresLedger(pg.postgres_dsn(), schema=pg_schema), results))
+
+
+class RecordingLedger(SqliteLedger):
+    """A SQLite ledger at FULL that notes whether each write transaction was durable."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.writes: list[bool] = []
+
+    def _transaction(self, durable: bool = True) -> Any:
+        self.writes.append(durable)
+        return super()._transaction(durable)
+
+
+async def test_only_holds_that_guard_a_cap_are_fsynced(tmp_path: Path) -> None:
+    """A hold must survive a power cut only when a cap depends on it: a node visit where no
+    scope caps visits is held (a process's death leaves it to be charged), committed without
+    an fsync; a capped tool call's hold is fsynced. Two fsyncs fewer a governed turn."""
+    ledger = RecordingLedger(tmp_path / "ledger.db")
+    budget = StandardBudget(BudgetConfig(per_user=Caps(tool_calls=10)), ledger)
+    try:
+        visit = await budget.reserve(node_visit())
+        assert [h.amounts for h in await ledger.holds()] == [{"node_visits": 1}]
+        call = await budget.reserve(tool_call())
+        writes = ledger.writes[:]
+        await budget.settle(visit, Usage())
+        await budget.settle(call, Usage(tool_calls=1))
+        assert writes[-2:] == [False, True]  # the visit's hold, then the tool call's
+        # Still counted: the visit is charged like any settled reservation.
+        assert (await budget.totals("user:alice")).spent == {"tool_calls": 1, "node_visits": 1}
+        capped = StandardBudget(BudgetConfig(node_visits=5), RecordingLedger(tmp_path / "b.db"))
+        await capped.reserve(node_visit())
+        assert capped.ledger.writes[-1] is True  # type: ignore[attr-defined]
+        await capped.ledger.close()
+    finally:
+        await ledger.close()

@@ -196,7 +196,13 @@ class StandardBudget:
                         )
             return Change(hold=hold)
 
-        await self.ledger.transact(hold.scopes, None, decide)
+        # A hold of nothing capped (a node visit, where no scope caps visits) must survive
+        # a process's death, to be charged, but not a power cut: no cap depends on it.
+        guards = any(m in limits for _, limits in scopes for m in amounts)
+        if guards or not _relaxes(self.ledger):
+            await self.ledger.transact(hold.scopes, None, decide)
+        else:
+            await self.ledger.transact(hold.scopes, None, decide, durable=False)
         return priced
 
     async def fit_output(self, scope: BudgetScope, prompt_tokens: int, limit: int | None) -> int:
@@ -374,3 +380,15 @@ class StandardBudget:
         except Exception:
             # A broken callback must not break the accounting of an effect that happened.
             log.exception("budget on_warning callback failed for %s", warning.cap)
+
+
+def _relaxes(ledger: Ledger) -> bool:
+    """Whether `ledger.transact` takes `durable` (a ledger written before it did not)."""
+    kind = type(ledger)
+    known = _RELAXES.get(kind)
+    if known is None:
+        known = _RELAXES[kind] = "durable" in inspect.signature(kind.transact).parameters
+    return known
+
+
+_RELAXES: dict[type, bool] = {}

@@ -172,12 +172,15 @@ class Ledger(ABC):
 
     @abstractmethod
     async def transact(
-        self, scopes: Sequence[str], hold_id: str | None, decide: Decide
+        self, scopes: Sequence[str], hold_id: str | None, decide: Decide, *, durable: bool = True
     ) -> dict[str, Totals]:
         """Atomically: read `scopes` (and hold `hold_id`), apply `decide`'s change.
 
         The scopes of the hold are read too. If `decide` raises, nothing is changed and the
         exception propagates. Returns the totals of the scopes the change touched.
+        `durable=False`: the hold the change adds guards no cap, so it need not survive a
+        power cut (only a process's death); a store may commit it without an fsync. (A
+        ledger whose `transact` has no `durable` parameter is always asked for durable ones.)
         """
 
     @abstractmethod
@@ -228,9 +231,9 @@ class InMemoryLedger(Ledger):
         self._clocks: dict[str, tuple[float, float | None]] = {}
 
     async def transact(
-        self, scopes: Sequence[str], hold_id: str | None, decide: Decide
+        self, scopes: Sequence[str], hold_id: str | None, decide: Decide, *, durable: bool = True
     ) -> dict[str, Totals]:
-        """Read, decide and write under one lock."""
+        """Read, decide and write under one lock (memory: `durable` changes nothing)."""
         with self._lock:
             hold = self._holds.get(hold_id) if hold_id is not None else None
             charged = self._charges.get(hold_id) if hold_id and hold is None else None

@@ -138,16 +138,18 @@ class _SqlLedger(Ledger):
         """Serialise transactions on these scopes (SQLite's write lock already does)."""
 
     async def transact(
-        self, scopes: Sequence[str], hold_id: str | None, decide: Decide
+        self, scopes: Sequence[str], hold_id: str | None, decide: Decide, *, durable: bool = True
     ) -> dict[str, Totals]:
         """Read the totals and the hold, decide, write — in one transaction.
 
-        Only a transaction that may add a hold (no `hold_id`: a reservation, or a settlement
-        of nothing held) must survive a power cut before the effect it allows. One that ends
-        a hold need not: if a power cut loses it, the hold it ended is still there, and is
-        charged at its reserved amount when the run is recovered — which only over-counts.
+        Only a transaction that may add a hold guarding a cap (no `hold_id`: a reservation,
+        or a settlement of nothing held; not `durable=False`) must survive a power cut before
+        the effect it allows. One that ends a hold need not: if a power cut loses it, the
+        hold it ended is still there, and is charged at its reserved amount when the run is
+        recovered — which only over-counts. Nor one whose hold guards no cap: a power cut can
+        lose that count, never let a cap be passed.
         """
-        async with self._transaction(durable=hold_id is None) as cur:
+        async with self._transaction(durable=durable and hold_id is None) as cur:
             locked = sorted(set(scopes))
             await self._lock_scopes(cur, locked)
             hold = charged = None
