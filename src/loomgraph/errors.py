@@ -64,6 +64,7 @@ with where each class lives (relative to `loomgraph.`):
     │   ├── JournalVersionError             runtime.errors
     │   ├── JournalUnavailable              runtime.errors
     │   ├── JournalEncodingError + TypeError  runtime.errors
+    │   ├── JournalIdError + ValueError     runtime.errors
     │   ├── RunConflict                     runtime.errors
     │   │   └── RunExists                   runtime.errors
     │   └── UnknownEffect + KeyError        runtime.errors

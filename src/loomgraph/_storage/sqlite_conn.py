@@ -4,6 +4,7 @@ time: the session and transaction code of the SQLite journal, memory and budget 
 from __future__ import annotations
 
 import contextlib
+import os
 import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
@@ -12,6 +13,7 @@ import aiosqlite
 
 from loomgraph._storage.cursor import Cursor, SqliteCursor, sqlite_constraint
 from loomgraph._storage.loop_lock import LoopLock
+from loomgraph._storage.sqlite_files import SqliteFileProblem
 from loomgraph._storage.sqlite_inline import InlineCursor, InlineWriter
 from loomgraph._storage.sqlite_setup import Synchronous
 from loomgraph._storage.translate import Translate, keep, translated
@@ -23,6 +25,12 @@ class SqliteConnection:
     `open` makes the connection (checked, set up); `translate` turns the errors of a session
     into the backend's own. With `per_loop`, a connection is not carried into another event
     loop: the old one is closed first.
+
+    With `watch` (the file's path), every write first checks that the file at the path is
+    still the one opened (its device and inode, one `stat`): a file deleted or replaced
+    meanwhile would take every later commit into the unlinked file, lost without an error.
+    Then the write raises `SqliteFileProblem("unavailable")` (translated), nothing written,
+    and the connections are let go: the next use opens the file now at the path.
     """
 
     def __init__(
@@ -31,12 +39,15 @@ class SqliteConnection:
         *,
         translate: Translate = keep,
         per_loop: bool = False,
+        watch: str | None = None,
     ) -> None:
         self._open = open
         self._translate = translate
         self._per_loop = per_loop
         self._conn: aiosqlite.Connection | None = None
         self._lock = LoopLock()
+        self._watch = None if watch == ":memory:" else watch
+        self._identity: tuple[int, int] | None = None  # the opened file's (device, inode)
 
     @contextlib.asynccontextmanager
     async def _locked(self) -> AsyncIterator[None]:
@@ -52,6 +63,34 @@ class SqliteConnection:
         if conn is not None:
             await conn.close()
 
+    async def _connection(self) -> aiosqlite.Connection:
+        """The open connection, opened now (and the file it opened noted) if need be."""
+        if self._conn is None:
+            self._conn = await self._open()  # checks the file before any write
+            if self._watch is not None:
+                self._identity = _identity(self._watch)
+        return self._conn
+
+    async def _check_file(self, inline: InlineWriter | None) -> None:
+        """Before a write: refuse it when the file at the watched path is no longer the one
+        the connection opened (deleted, or replaced), and let go of both connections."""
+        if self._watch is None or self._identity is None:
+            return
+        now = _identity(self._watch)
+        if now == self._identity:
+            return
+        self._identity = None
+        if inline is not None:
+            inline.close()
+        with contextlib.suppress(Exception):
+            await self._drop()
+        what = "deleted" if now is None else "replaced by another file"
+        raise SqliteFileProblem(
+            "unavailable",
+            f"{self._watch} is no longer the file that was opened (it was {what}); nothing "
+            "was written, and the next use opens the file now at that path",
+        )
+
     async def close(self) -> None:
         """Close the connection; the next use opens it again."""
         if self._conn is None:
@@ -60,13 +99,17 @@ class SqliteConnection:
             await self._drop()
 
     @contextlib.asynccontextmanager
-    async def session(self) -> AsyncIterator[aiosqlite.Connection]:
-        """The connection, opened if need be, for this task alone (errors translated)."""
+    async def session(
+        self, *, writing: bool = False, inline: InlineWriter | None = None
+    ) -> AsyncIterator[aiosqlite.Connection]:
+        """The connection, opened if need be, for this task alone (errors translated);
+        `writing`: the file is checked first (see `watch`)."""
         async with self._locked():
             with translated(self._translate):
-                if self._conn is None:
-                    self._conn = await self._open()
-                yield self._conn
+                conn = await self._connection()
+                if writing:
+                    await self._check_file(inline)
+                yield conn
 
     async def execute(
         self, sql: str, args: Sequence[Any], *, inline: InlineWriter | None = None
@@ -79,19 +122,19 @@ class SqliteConnection:
         the worker thread only when it would have to wait for another writer's lock."""
         lock, new = self._lock.current()
         if new and self._per_loop:
-            async with self.session() as conn:
+            async with self.session(writing=True, inline=inline) as conn:
                 return await SqliteCursor(conn, constraints=True).execute(sql, args)
         async with lock:
             try:
-                if self._conn is None:
-                    self._conn = await self._open()  # checks the file before any write
+                conn = await self._connection()
+                await self._check_file(inline)
                 try:
                     if inline is not None:
-                        await _checkpoint_if_due(self._conn, inline)
+                        await _checkpoint_if_due(conn, inline)
                         changed = inline.execute(sql, args)
                         if changed is not None:
                             return changed
-                    cursor = await self._conn.execute(sql, args)
+                    cursor = await conn.execute(sql, args)
                 except sqlite3.IntegrityError as err:
                     constraint = sqlite_constraint(err)
                     if constraint is None:
@@ -113,7 +156,7 @@ class SqliteConnection:
         IMMEDIATE takes the write lock up front, where busy_timeout applies; a deferred
         transaction upgrading from read to write could fail with "database is locked".
         """
-        async with self.session() as conn, _begun(conn, begin):
+        async with self.session(writing=True) as conn, _begun(conn, begin):
             yield conn
 
     @contextlib.asynccontextmanager
@@ -129,7 +172,7 @@ class SqliteConnection:
         see `InlineWriter.commit` for its commit), else on the worker thread, waiting for the
         lock as `transaction()` does. `synchronous` sets SQLite's level for this transaction's
         commit (before it begins: SQLite allows no change inside one)."""
-        async with self.session() as conn:
+        async with self.session(writing=True, inline=inline) as conn:
             sync = None
             if inline is not None:
                 await _checkpoint_if_due(conn, inline)
@@ -146,6 +189,15 @@ class SqliteConnection:
                 sync.execute("ROLLBACK")
                 raise
             await inline.commit(sync)
+
+
+def _identity(path: str) -> tuple[int, int] | None:
+    """The (device, inode) of the file at `path`, or None when there is none."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
 
 
 async def _checkpoint_if_due(conn: aiosqlite.Connection, inline: InlineWriter) -> None:

@@ -44,6 +44,7 @@ from loomgraph.protocols import (
 )
 from loomgraph.protocols.events import RUN_COMPLETED, RUN_STARTED
 from loomgraph.runtime.errors import JournalEncodingError, RunConflict, RunExists
+from loomgraph.runtime.text import check_run_ids
 
 
 class AgentSession:
@@ -119,6 +120,7 @@ class AgentSession:
         ):
             raise RunExists(self.run_id)
         record = self._record()
+        check_run_ids(record)  # before the budget's clock, the memory seed, the graph
         async with self._opened(record, sink) as scope:
             state = await self._seed(scope)
             # A copy: the run appends to its own message list in place.

@@ -23,6 +23,13 @@ from loomgraph.runtime.errors import (
     JournalVersionError,
 )
 from loomgraph.runtime.schema import SCHEMA_VERSION
+from loomgraph.runtime.text import (
+    check_effect_ids,
+    check_id,
+    check_run_ids,
+    check_transition_ids,
+    storable_reason,
+)
 
 # --------------------------------------------------------------------------- JSON
 
@@ -52,6 +59,19 @@ def loads(text: str | None) -> Any:
     return None if text is None else json.loads(text)
 
 
+def loads_object(text: str | None, where: str) -> dict[str, Any]:
+    """The JSON object of a column that always holds one; ValueError naming `where` else."""
+    value = None if text is None else json.loads(text)
+    if type(value) is not dict:
+        raise ValueError(f"{where} is not a JSON object")
+    return value
+
+
+def loads_optional(text: str | None, where: str) -> dict[str, Any] | None:
+    """The JSON object of a column that holds one or NULL; ValueError naming `where` else."""
+    return None if text is None else loads_object(text, where)
+
+
 def check_version(v: int | None, where: str) -> None:
     """Refuse a row written by a newer schema than this code reads."""
     if v is not None and v != SCHEMA_VERSION:
@@ -62,7 +82,9 @@ def check_version(v: int | None, where: str) -> None:
 
 
 def run_row(run: RunRecord, now: float) -> tuple[Any, ...]:
-    """The runs row of a new run; created_at defaults to now, updated_at is now."""
+    """The runs row of a new run; created_at defaults to now, updated_at is now. Ids that
+    cannot be stored are refused (`JournalIdError`); the reason is made storable."""
+    check_run_ids(run)
     where = f"run {run.run_id!r}"
     return (
         run.run_id,
@@ -71,7 +93,7 @@ def run_row(run: RunRecord, now: float) -> tuple[Any, ...]:
         run.user_id,
         run.session_id,
         str(run.status),
-        run.reason,
+        storable_reason(run.reason),
         run.parent_run_id,
         run.parent_seq,
         run.deadline,
@@ -85,7 +107,8 @@ def run_row(run: RunRecord, now: float) -> tuple[Any, ...]:
 
 def run_from_row(row: Sequence[Any]) -> RunRecord:
     """A RunRecord from a row selected with RUN_COLUMNS."""
-    check_version(row[14], f"row of run {row[0]!r}")
+    where = f"row of run {row[0]!r}"
+    check_version(row[14], where)
     return RunRecord(
         run_id=row[0],
         graph_name=row[1],
@@ -99,14 +122,15 @@ def run_from_row(row: Sequence[Any]) -> RunRecord:
         deadline=row[9],
         created_at=row[10],
         updated_at=row[11],
-        result=loads(row[12]),
-        initial=_run_start(loads(row[13])),
+        result=loads_optional(row[12], f"{where}: result"),
+        initial=_run_start(loads_optional(row[13], f"{where}: initial"), where),
         recoveries=int(row[15]) if len(row) > 15 else 0,
     )
 
 
 def transition_row(t: Transition) -> tuple[Any, ...]:
     """A transition as `schema.TRANSITION_WRITE`, its snapshot (or NULL) last, then its run id."""
+    check_transition_ids(t)
     where = f"run {t.run_id!r} transition {t.seq}"
     return (
         t.seq,
@@ -124,30 +148,34 @@ def transition_row(t: Transition) -> tuple[Any, ...]:
 
 def transition_from_row(row: Sequence[Any]) -> Transition:
     """A Transition from a row selected with `schema.TRANSITION_READ`."""
-    check_version(row[8], f"transition {row[1]} of run {row[0]!r}")
+    where = f"transition {row[1]} of run {row[0]!r}"
+    check_version(row[8], where)
     return Transition(
         run_id=row[0],
         seq=row[1],
         node=row[2],
         visit=row[3],
-        patch=loads(row[4]),
+        patch=loads_object(row[4], f"{where}: patch"),
         next_node=row[5],
-        usage=Usage.from_dict(loads(row[6]), trusted=True),
+        usage=Usage.from_dict(loads_object(row[6], f"{where}: usage"), trusted=True),
         at=row[7],
-        snapshot=loads(row[9]),
+        snapshot=loads_optional(row[9], f"{where}: snapshot"),
     )
 
 
 def snapshot_from_row(run_id: str, row: Sequence[Any]) -> tuple[int, dict[str, Any]]:
     """A stored snapshot (seq, state, v) of `run_id` as (seq, state)."""
-    check_version(row[2], f"snapshot {row[0]} of run {run_id!r}")
-    return int(row[0]), loads(row[1])
+    where = f"snapshot {row[0]} of run {run_id!r}"
+    check_version(row[2], where)
+    return int(row[0]), loads_object(row[1], where)
 
 
 def stored_key(run_id: str, key: str) -> str:
     """An effect key as its row keeps it: the run id is in the row already, so a key that
     starts with `run_id:` (every `EffectKey` does) is kept from its colon on; any other key
-    is kept whole behind a `=`, so the two never read back as each other."""
+    is kept whole behind a `=`, so the two never read back as each other. A key that cannot
+    be stored is refused (`JournalIdError`)."""
+    check_id("effect key", key)
     if key.startswith(run_id) and key[len(run_id) : len(run_id) + 1] == ":":
         return key[len(run_id) :]
     return "=" + key
@@ -164,6 +192,7 @@ def key_from_row(run_id: str, stored: str) -> str:
 
 def effect_row(e: EffectRecord) -> tuple[Any, ...]:
     """A newly begun effect as `schema.EFFECT_WRITE`, then its run id."""
+    check_effect_ids(e)
     where = f"run {e.run_id!r} effect {e.key!r}"
     return (
         stored_key(e.run_id, e.key),
@@ -188,13 +217,14 @@ def graph_from_row(row: Sequence[Any]) -> PinnedGraph:
 
 def effect_from_row(row: Sequence[Any]) -> EffectRecord:
     """An EffectRecord from a row selected with `schema.EFFECT_READ`."""
-    check_version(row[7], f"row of effect {row[1]!r} of run {row[0]!r}")
+    where = f"row of effect {row[1]!r} of run {row[0]!r}"
+    check_version(row[7], where)
     return EffectRecord(
         run_id=row[0],
         key=key_from_row(row[0], row[1]),
         kind=row[2],
-        intent=loads(row[3]),
-        outcome=loads(row[4]),
+        intent=loads_object(row[3], f"{where}: intent"),
+        outcome=loads_optional(row[4], f"{where}: outcome"),
         status=EffectStatus(row[5]),
         attempts=row[6],
         recovered=bool(row[8]),
@@ -206,5 +236,9 @@ __all__ = ["Lease"]  # re-exported: it lives in the protocols, where the agent s
 # --------------------------------------------------------------------------- the journal
 
 
-def _run_start(data: Any) -> RunStart | None:
-    return None if data is None else RunStart.from_dict(data)
+def _run_start(data: dict[str, Any] | None, where: str) -> RunStart | None:
+    if data is None:
+        return None
+    if not isinstance(data.get("state", {}), dict):
+        raise ValueError(f"{where}: initial state is not a JSON object")
+    return RunStart.from_dict(data)

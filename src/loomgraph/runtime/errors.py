@@ -10,6 +10,7 @@ __all__ = [
     "JournalDamaged",
     "JournalEncodingError",
     "JournalError",
+    "JournalIdError",
     "JournalUnavailable",
     "JournalVersionError",
     "LeaseLost",
@@ -88,6 +89,20 @@ class JournalUnavailable(JournalError, ServiceUnavailable):
 
 class JournalEncodingError(JournalError, TypeError):
     """A value to journal is not plain JSON (journals never pickle); nothing was written."""
+
+
+class JournalIdError(JournalError, ValueError):
+    """An id the journal cannot store as text (a NUL, a lone surrogate); nothing was written.
+    `.field` names the column (`user_id`, `session_id`, ...), `.value` is the id given."""
+
+    def __init__(self, field: str, value: str) -> None:
+        shown = value if len(value) <= 80 else value[:79] + "…"
+        why = "a NUL character" if "\x00" in value else "a lone surrogate (not valid Unicode text)"
+        super().__init__(
+            f"{field} {shown!r} cannot be journaled: it holds {why}; nothing was written"
+        )
+        self.field = field
+        self.value = value
 
 
 class RunConflict(JournalError):

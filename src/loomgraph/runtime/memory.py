@@ -20,6 +20,12 @@ from loomgraph.protocols import (
 )
 from loomgraph.runtime.errors import RunExists, RunFinished
 from loomgraph.runtime.frozen import freeze, thaw
+from loomgraph.runtime.text import (
+    check_effect_ids,
+    check_run_ids,
+    check_transition_ids,
+    storable_reason,
+)
 
 __all__ = ["InMemoryRuntime", "UnknownRun"]
 
@@ -43,12 +49,18 @@ class InMemoryRuntime:
 
     async def start_run(self, run: RunRecord) -> None:
         """Record a new run, forgetting the oldest finished one when full; `RunExists` when
-        the id is kept already."""
+        the id is kept already. Text is checked as the durable journals check it
+        (`runtime.text`), so a run behaves the same in memory."""
+        check_run_ids(run)
         if run.run_id in self._runs:
             raise RunExists(run.run_id)
         now = time.time()
         self._runs[run.run_id] = replace(
-            run, status=RunStatus(run.status), created_at=run.created_at or now, updated_at=now
+            run,
+            status=RunStatus(run.status),
+            reason=storable_reason(run.reason),
+            created_at=run.created_at or now,
+            updated_at=now,
         )
         self._transitions[run.run_id] = []
         self._effects[run.run_id] = {}
@@ -99,6 +111,7 @@ class InMemoryRuntime:
 
     async def append_transition(self, transition: Transition) -> None:
         """Append one transition."""
+        check_transition_ids(transition)
         if transition.run_id in self._frozen:
             self._thawed(transition.run_id)
         self._transitions[transition.run_id].append(transition)
@@ -116,6 +129,7 @@ class InMemoryRuntime:
 
     async def begin_effect(self, effect: EffectRecord) -> EffectRecord | None:
         """Journal an intent; return the earlier record when this key was seen before."""
+        check_effect_ids(effect)
         if effect.run_id in self._frozen:
             self._thawed(effect.run_id)
         effects = self._effects[effect.run_id]
@@ -154,7 +168,7 @@ class InMemoryRuntime:
         run = self._runs[run_id]
         if run.status.final:
             raise RunFinished(run_id, str(run.status))
-        run.status, run.reason = RunStatus(status), reason
+        run.status, run.reason = RunStatus(status), storable_reason(reason)
         run.result, run.updated_at = result, time.time()
         self._runs.move_to_end(run_id)
         if not run.status.in_progress and run_id in self._transitions:

@@ -45,6 +45,7 @@ from loomgraph.runtime.errors import (
     UnknownRun,
 )
 from loomgraph.runtime.schema import SCHEMA_VERSION, Dialect, statements
+from loomgraph.runtime.text import check_id, storable, storable_reason
 
 __all__ = ["Constraint", "Cursor", "SqlJournal"]
 
@@ -108,10 +109,11 @@ class SqlJournal:
             return await cur.fetch(self._sql[name], args)
 
     def _decode(self, convert: Callable[[Sequence[Any]], T], rows: list[Sequence[Any]]) -> list[T]:
-        """Rows as records; a row that is not what this journal writes is corruption."""
+        """Rows as records; a row that is not what this journal writes is corruption (the
+        converters check each JSON column's shape: an object where one is stored)."""
         try:
             return [convert(r) for r in rows]
-        except (ValueError, TypeError, IndexError) as err:
+        except (ValueError, TypeError, IndexError, KeyError, AttributeError) as err:
             raise JournalCorrupted(self.location, f"unreadable row: {err}") from None
 
     async def start_run(self, run: RunRecord) -> None:
@@ -138,7 +140,9 @@ class SqlJournal:
         raise RunConflict(run.run_id, f"the run is {rows[0][0]}, not queued")
 
     async def load_run(self, run_id: str) -> RunRecord | None:
-        """A run's record, or None."""
+        """A run's record, or None (also for an id no run can have: see `runtime.text`)."""
+        if not storable(run_id):
+            return None
         rows = await self._fetch("load_run", (run_id,))
         return self._decode(run_from_row, rows)[0] if rows else None
 
@@ -147,6 +151,8 @@ class SqlJournal:
         removed, so each hash is written once per journal object)."""
         if graph.hash in self._graphs_kept:
             return
+        check_id("graph_name", graph.name)
+        check_id("graph_hash", graph.hash)
         spec = dumps(graph.spec, f"graph {graph.name!r} ({graph.hash})")
         await self._exec("put_graph", (graph.hash, graph.name, spec, SCHEMA_VERSION))
         self._graphs_kept.add(graph.hash)
@@ -296,7 +302,7 @@ class SqlJournal:
         and result (`RunFinished`). Fenced."""
         text = None if result is None else dumps(result, f"run {run_id!r}: result")
         lease = self._fence(run_id, fence)
-        args = (str(status), reason, text, time.time(), run_id)
+        args = (str(status), storable_reason(reason), text, time.time(), run_id)
         if not await self._exec(*self._fenced("finish_run", args, lease)):
             rows = await self._fetch("run_status", (run_id,))
             if not rows:
@@ -333,6 +339,8 @@ class SqlJournal:
         """Runs in the order they were started, optionally of one user."""
         if user_id is None:
             rows = await self._fetch("runs", ())
+        elif not storable(user_id):
+            return []  # no run can have it: `start_run` refuses it
         else:
             rows = await self._fetch("user_runs", (user_id,))
         return self._decode(run_from_row, rows)
@@ -348,6 +356,7 @@ class SqlJournal:
         (the caller knows that owner is dead); a new owner gets the next fencing token.
         """
         ttl = float(self.lease_seconds if ttl is None else ttl)
+        check_id("lease owner", owner)
         try:
             async with self._write() as cur:
                 taken = await cur.execute(self._sql["take_lease"], (run_id, owner, ttl, take_from))

@@ -84,7 +84,8 @@ class SqliteRuntime(SqlJournal):
         self.verify = verify
         self.accept_damage = accept_damage
         self._damage: str | None = None  # the recorded loss of committed transactions, if any
-        self._db = SqliteConnection(self._open, translate=self._translate)
+        # Watched: a write after the file was deleted or replaced is refused (see docs).
+        self._db = SqliteConnection(self._open, translate=self._translate, watch=self.path)
         # One-statement writes are done on the loop's thread when they need not wait; not
         # with FULL, whose every commit is an fsync, which must not block the event loop.
         inline = self.path != ":memory:" and synchronous == "NORMAL"
@@ -146,6 +147,8 @@ class SqliteRuntime(SqlJournal):
             yield cur
 
     def _translate(self, err: Exception) -> Exception:
+        if isinstance(err, SqliteFileProblem):  # the file was deleted or replaced
+            return _typed(err, self.location)
         if not isinstance(err, sqlite3.Error) or isinstance(err, sqlite3.IntegrityError):
             # An IntegrityError is a record that breaks a NOT NULL column: the caller's bug,
             # not the file's.

@@ -1,0 +1,74 @@
+"""Text the journals keep in plain text columns, made the same on every backend.
+
+SQLite cannot encode a lone surrogate as UTF-8 and Postgres refuses both a lone surrogate
+and NUL in `text`. A reason (free text loomgraph stores for people) is made storable by one
+rule, on every backend, the in-memory one included; an id is refused instead (`JournalIdError`)
+before anything is written: an id is looked up again, and an escaped one would no longer be
+the id given. JSON columns need neither: `codec.dumps` writes both as `\\u` escapes, which
+read back as the value written.
+"""
+
+from __future__ import annotations
+
+from loomgraph.protocols import EffectRecord, RunRecord, Transition
+from loomgraph.runtime.errors import JournalIdError
+
+__all__ = [
+    "check_effect_ids",
+    "check_id",
+    "check_run_ids",
+    "check_transition_ids",
+    "storable",
+    "storable_reason",
+]
+
+
+def storable(text: str) -> bool:
+    """Whether every backend can keep `text` in a text column as it is."""
+    if "\x00" in text:
+        return False
+    if text.isascii():
+        return True
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def storable_reason(text: str) -> str:
+    """`text` with each lone surrogate written as its escape (`\\udcff`) and each NUL as
+    `\\x00`, visibly: the same text on every backend. Other text (and a non-str a caller
+    passed despite the annotation) is returned as it is."""
+    if not isinstance(text, str) or storable(text):
+        return text
+    escaped = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return escaped.replace("\x00", "\\x00")
+
+
+def check_id(field: str, value: str | None) -> None:
+    """Refuse an id no backend can store as it is (`JournalIdError` naming `field`)."""
+    if value is not None and not storable(value):
+        raise JournalIdError(field, value)
+
+
+def check_run_ids(run: RunRecord) -> None:
+    """Refuse a run whose ids or graph name cannot be stored, before anything is written."""
+    check_id("run_id", run.run_id)
+    check_id("graph_name", run.graph_name)
+    check_id("graph_hash", run.graph_hash)
+    check_id("user_id", run.user_id)
+    check_id("session_id", run.session_id)
+    check_id("parent_run_id", run.parent_run_id)
+
+
+def check_transition_ids(t: Transition) -> None:
+    """Refuse a transition whose node names cannot be stored."""
+    check_id("node", t.node)
+    check_id("next_node", t.next_node)
+
+
+def check_effect_ids(e: EffectRecord) -> None:
+    """Refuse an effect whose key or kind cannot be stored."""
+    check_id("effect key", e.key)
+    check_id("effect kind", e.kind)
