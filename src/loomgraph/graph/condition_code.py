@@ -11,9 +11,15 @@ generated code does, and nothing else:
   very checks that refuse private names and mutating methods;
 - filters and tests are the environment's own functions, called as Jinja calls them;
 - comparisons, `and` / `or` / `not` and arithmetic are the Python operators Jinja emits; an
-  operator the environment intercepts (`intercepted_binops`: loomgraph's bounds `*` and `%`)
-  goes through its `call_binop`, as Jinja's generated code does (an environment that
-  intercepts unary operators is not compiled here).
+  operator the environment intercepts (`intercepted_binops`: loomgraph bounds `*`, `**`, `%`
+  and `+`) goes through its `call_binop`, as Jinja's generated code does (an environment that
+  intercepts unary operators is not compiled here);
+- a condition with such an operator, or with a filter marked `charges_budget`, runs through
+  the environment's `run_budgeted` (one budget per evaluation: `condition_bounds`); the
+  others (`x | length > 0`, comparisons, `visits.x < 3`) run with nothing added.
+
+Conditions cannot loop: there is no statement in an expression, and a call (the only way to
+run a macro) is left to Jinja, whose environment counts it.
 
 Nesting is bounded before anything recursive sees it (`parse_bounded`): brackets by the
 lexer's tokens, then the depth of the parse tree, so no condition or template can exhaust
@@ -135,10 +141,18 @@ def compile_native(env: SandboxedEnvironment, source: str) -> Callable[..., Any]
         return None
     if env.intercepted_unops:
         return None
+    builder = _Builder(env)
     try:
-        evaluate = _Builder(env).build(expr)
+        evaluate = builder.build(expr)
     except _Unsupported:
         return None
+    run = getattr(env, "run_budgeted", None)
+    if builder.budgeted and run is not None:
+        # An operation that counts what it makes (`*`, a sizing filter): one budget per call.
+        def budgeted_condition(**variables: Any) -> Any:
+            return run(evaluate, variables)
+
+        return budgeted_condition
 
     def condition(**variables: Any) -> Any:
         return evaluate(variables)
@@ -151,6 +165,7 @@ class _Builder:
 
     def __init__(self, env: SandboxedEnvironment) -> None:
         self.env = env
+        self.budgeted = False  # whether a node counts against the environment's budget
 
     def build(self, node: nodes.Node) -> Eval:
         """The closure of one node; _Unsupported for a node left to Jinja."""
@@ -236,7 +251,7 @@ class _Builder:
         if symbol in self.env.intercepted_binops:
             # As Jinja's generated code: `environment.call_binop(context, "*", l, r)`; the
             # closures have no template context, and loomgraph's environment needs none.
-            call = self.env.call_binop
+            call, self.budgeted = self.env.call_binop, True
             return lambda v: call(None, symbol, left(v), right(v))  # type: ignore[arg-type]
         return lambda v: op(left(v), right(v))
 
@@ -272,6 +287,7 @@ class _Builder:
         func = table.get(node.name)
         if func is None or node.kwargs or node.dyn_args or node.dyn_kwargs:
             raise _Unsupported(node.name)
+        self.budgeted = self.budgeted or getattr(func, "charges_budget", False)
         passed = _PassArg.from_obj(func)
         if passed not in (None, _PassArg.environment):
             raise _Unsupported(f"{node.name} needs the context")

@@ -2,100 +2,263 @@
 
 from __future__ import annotations
 
-import math
-import re
-from collections.abc import Callable, Iterator, Mapping
+import functools
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from functools import cache
 from typing import Any
 
-from jinja2 import TemplateSyntaxError, meta, nodes
-from jinja2.exceptions import SecurityError
-from jinja2.sandbox import ImmutableSandboxedEnvironment
+from jinja2 import Template, TemplateSyntaxError, meta, nodes
+from jinja2.compiler import CodeGenerator, Frame, optimizeconst
+from jinja2.filters import make_attrgetter
+from jinja2.runtime import LoopContext
+from jinja2.sandbox import (
+    ImmutableSandboxedEnvironment,
+    SandboxedEscapeFormatter,
+    SandboxedFormatter,
+)
+from jinja2.utils import _PassArg
+from markupsafe import Markup
 
+from loomgraph.graph import condition_bounds as bounds
+from loomgraph.graph.condition_bounds import (
+    MAX_ITEMS_PER_RUN,
+    MAX_POWER_BITS,
+    MAX_RESULT_ITEMS,
+    MAX_STEPS,
+    bounded_binop,
+    charge,
+    run_budgeted,
+)
 from loomgraph.graph.condition_code import compile_native, parse_bounded, too_deep
 
-# The most items (characters, list entries) one `*` or `%` may make, and the most bits of
-# one `**`: a condition or template cannot allocate gigabytes with `'x' * 10**9`.
-MAX_RESULT_ITEMS = 1_000_000
-MAX_POWER_BITS = 100_000
-# A `%` conversion's flags, width and precision, after its mapping key (`_format_sizes`).
-_FORMAT_SPEC = re.compile(r"[-#0 +]*(\*|\d+)?(?:\.(\*|\d+))?")
+__all__ = ["MAX_ITEMS_PER_RUN", "MAX_POWER_BITS", "MAX_RESULT_ITEMS", "MAX_STEPS", "bounded_binop"]
+_SIZED = (str, bytes, list, tuple, dict)
 
 
-def _too_large(what: str) -> SecurityError:
-    return SecurityError(
-        f"result too large: {what} (conditions and templates are limited to "
-        f"{MAX_RESULT_ITEMS:,} items per operation)"
-    )
+class _CodeGenerator(CodeGenerator):
+    """Jinja's code generator, with every loop counted and `~` bounded."""
+
+    def visit_For(self, node: nodes.For, frame: Frame) -> None:
+        """A loop over `environment.loop_items(iterable)` (a call the sandbox makes)."""
+        lineno = node.lineno
+        items = nodes.Call(
+            nodes.EnvironmentAttribute("loop_items", lineno=lineno),
+            [node.iter],
+            [],
+            None,
+            None,
+            lineno=lineno,
+        )
+        counted = nodes.For(
+            node.target, items, node.body, node.else_, node.test, node.recursive, lineno=lineno
+        )
+        super().visit_For(counted, frame)
+
+    @optimizeconst
+    def visit_Concat(self, node: nodes.Concat, frame: Frame) -> None:
+        """`a ~ b` as `environment.concat_values(join, (a, b))`, sized before it is made."""
+        join = "markup_join" if frame.eval_ctx.autoescape else "str_join"
+        if frame.eval_ctx.volatile:
+            join = "(markup_join if context.eval_ctx.volatile else str_join)"
+        self.write(f"environment.concat_values({join}, (")
+        for arg in node.nodes:
+            self.visit(arg, frame)
+            self.write(", ")
+        self.write("))")
 
 
-def _format_sizes(text: str) -> Iterator[tuple[str, str]]:
-    """The width and precision of each conversion of a `%` format (each "" when not given),
-    read as Python reads them: a mapping key `(…)` may hold parentheses of its own."""
-    at = text.find("%")
-    while at != -1:
-        start, at = at, at + 1
-        if text.startswith("(", at):
-            depth = 0
-            for end in range(at, len(text)):
-                depth += {"(": 1, ")": -1}.get(text[end], 0)
-                if depth == 0:
-                    break
-            at = end + 1
-        spec = _FORMAT_SPEC.match(text, at)
-        if spec is not None:
-            yield spec.group(1) or "", spec.group(2) or ""
-            at = spec.end()
-        if text.startswith("%", at) and at == start + 1:
-            at += 1  # `%%` is a literal percent sign
-        at = text.find("%", at)
+class _BoundedFormatting:
+    """`str.format` that sizes each field before it formats it."""
+
+    made = 0
+
+    def vformat(self, format_string: str, args: Any, kwargs: Any) -> str:
+        """Format, counting from the length of the format itself."""
+        self.made = len(format_string)
+        return super().vformat(format_string, args, kwargs)  # type: ignore[misc,no-any-return]
+
+    def format_field(self, value: Any, format_spec: str) -> Any:
+        """One field, refused first when the whole would be too large."""
+        self.made += bounds.format_field_size(value, format_spec)
+        if self.made > MAX_RESULT_ITEMS:
+            raise bounds.too_large("a str.format", self.made)
+        return super().format_field(value, format_spec)  # type: ignore[misc]
 
 
-def _weight(value: Any) -> int:
-    """What repeating `value` once makes: its length, a list's items counted with theirs."""
-    if isinstance(value, str | bytes):
-        return len(value)
-    if isinstance(value, list | tuple):
-        return len(value) + sum(len(v) for v in value if isinstance(v, str | bytes | list | tuple))
-    return 1
+class _Formatter(_BoundedFormatting, SandboxedFormatter):
+    """The sandbox's formatter, bounded."""
 
 
-def bounded_binop(operator: str, left: Any, right: Any) -> Any:
-    """`*`, `**` and `%` as Python does them, refusing a result beyond the limits first."""
-    if operator == "*":
-        for seq, times in ((left, right), (right, left)):
-            sized = isinstance(seq, str | bytes | list | tuple) and isinstance(times, int)
-            if sized and _weight(seq) * times > MAX_RESULT_ITEMS:
-                raise _too_large(f"{_weight(seq):,} items times {times:,}")
-        return left * right
-    if operator == "**":
-        ints = isinstance(left, int) and isinstance(right, int) and right > 0 and abs(left) > 1
-        if ints and right * math.log2(abs(left)) > MAX_POWER_BITS:
-            raise _too_large(f"{left} ** {right} has over {MAX_POWER_BITS:,} bits")
-        return left**right
-    if operator == "%" and isinstance(left, str):
-        for width, precision in _format_sizes(left):
-            for size in (width, precision):
-                if size == "*" or (size and int(size) > MAX_RESULT_ITEMS):
-                    raise _too_large(f"a width or precision of {size} in a '%' format")
-    if operator == "%":
-        return left % right
-    raise SecurityError(f"operator {operator!r} is not bounded")  # pragma: no cover
+class _EscapeFormatter(_BoundedFormatting, SandboxedEscapeFormatter):
+    """The sandbox's formatter of `Markup` strings, bounded."""
+
+
+class _Template(Template):
+    """A template whose every render has a budget of its own."""
+
+    def render(self, *args: Any, **kwargs: Any) -> str:
+        """Render with a fresh budget (`condition_bounds.run_budgeted`)."""
+        rendered: str = run_budgeted(super().render, *args, **kwargs)
+        return rendered
 
 
 class _BoundedEnvironment(ImmutableSandboxedEnvironment):
-    """The sandbox with `*`, `**` and `%` bounded (`bounded_binop`)."""
+    """The sandbox with every growing operation, loop and call bounded (`condition_bounds`)
+    and no callable globals (`range`, `lipsum`, `dict`, `namespace`, `cycler`, `joiner`)."""
 
-    intercepted_binops = frozenset({"*", "**", "%"})
+    intercepted_binops = frozenset({"*", "**", "%", "+"})
+    code_generator_class = _CodeGenerator
+    template_class = _Template
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(finalize=self._finalize, **options)
+        self.globals.clear()
+        for name in bounds.REMOVED_FILTERS:
+            self.filters.pop(name, None)
+        for name, size in bounds.FILTER_SIZES.items():
+            self.filters[name] = _bounded_filter(name, self.filters[name], size)
+        for name in bounds.COPYING_FILTERS:
+            self.filters[name] = _bounded_filter(name, self.filters[name], None)
+        self.filters["join"] = _bounded_join(self.filters["join"])
+        self.filters["sum"] = _bounded_sum(self.filters["sum"])
 
     def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
+        """`*`, `**`, `%` and `+`, bounded."""
         return bounded_binop(operator, left, right)
+
+    def call(self, context: Any, obj: Any, /, *args: Any, **kwargs: Any) -> Any:
+        """A call (one step), refused first when it would make too much."""
+        if getattr(obj, "__func__", None) is _BoundedEnvironment.loop_items:
+            return obj(*args)  # a loop's start: its iterations are the steps
+        name = getattr(obj, "__name__", type(obj).__name__)
+        bounds.step(f"a call of {name!r}")
+        if isinstance(obj, LoopContext) and args:  # `loop(children)` of a recursive loop
+            args = (bounds.counted(args[0]), *args[1:])
+        elif name == "join" and isinstance(getattr(obj, "__self__", None), str | bytes):
+            args = (list(args[0]), *args[1:]) if args else args
+        size = bounds.method_size(obj, args, kwargs)
+        if size is not None:
+            charge(size, f"the method {name!r}")
+        result = super().call(context, obj, *args, **kwargs)
+        if size is None and isinstance(result, _SIZED):
+            charge(len(result), f"the method {name!r}", per_operation=False)
+        return result
+
+    def wrap_str_format(self, value: Any) -> Callable[..., str] | None:
+        """`str.format` and `format_map` through the bounded formatter."""
+        if getattr(value, "__name__", None) not in ("format", "format_map"):
+            return None
+        owner = getattr(value, "__self__", None)
+        if not isinstance(owner, str):
+            return None
+        formatter = (
+            _EscapeFormatter(self, escape=owner.escape)
+            if isinstance(owner, Markup)
+            else _Formatter(self)
+        )
+        text_type, is_map = type(owner), value.__name__ == "format_map"
+
+        def bounded_format(*args: Any, **kwargs: Any) -> str:
+            if is_map:
+                if kwargs or len(args) != 1:
+                    raise TypeError("format_map() takes exactly one argument")
+                return text_type(formatter.vformat(owner, (), args[0]))
+            return text_type(formatter.vformat(owner, args, kwargs))
+
+        bounded_format.__name__ = value.__name__
+        return bounded_format
+
+    def run_budgeted(self, function: Callable[..., Any], *args: Any) -> Any:
+        """`function(*args)` as one evaluation with a budget of its own."""
+        return run_budgeted(function, *args)
+
+    def loop_items(self, iterable: Any) -> Iterator[Any]:
+        """A loop's items, counted (`condition_bounds.counted`)."""
+        return bounds.counted(iterable)
+
+    def concat_values(self, join: Callable[[Any], str], values: tuple[Any, ...]) -> str:
+        """`a ~ b`, bounded."""
+        return bounds.bounded_concat(join, values)
+
+    def concat(self, pieces: Iterable[str]) -> str:
+        """A template's rendered text (or a block's), counted piece by piece."""
+        out = []
+        for piece in pieces:
+            charge(len(piece), "the rendered text", per_operation=False)
+            out.append(piece)
+        return "".join(out)
+
+    @staticmethod
+    def _finalize(value: Any) -> Any:
+        """What `{{ value }}` writes: a value that is not a string counts as its text."""
+        if type(value) is not str:
+            size = bounds.text_size(value, bounds.remaining_items() + 1)
+            charge(size, "the text of a value", per_operation=False)
+        return value
+
+
+def _bounded_filter(name: str, func: Any, size: Callable[..., int] | None) -> Any:
+    """`func` refused first when `size` of its arguments is too large; when `size` is None,
+    what it returns counts towards the evaluation's budget."""
+    skip = 1 if _PassArg.from_obj(func) is not None else 0
+    what = f"the filter {name!r}"
+
+    @functools.wraps(func)
+    def bounded(*args: Any, **kwargs: Any) -> Any:
+        if size is not None:
+            charge(size(*args[skip:], **kwargs), what)
+        result = func(*args, **kwargs)
+        if size is None and isinstance(result, _SIZED):
+            charge(len(result), what, per_operation=False)
+        return result
+
+    bounded.charges_budget = True  # type: ignore[attr-defined]
+    return bounded
+
+
+def _bounded_join(func: Any) -> Any:
+    """The `join` filter, sized before it joins."""
+
+    @functools.wraps(func)
+    def join(eval_ctx: Any, value: Any, d: str = "", attribute: Any = None) -> str:
+        items = list(value)
+        if attribute is not None:
+            items = list(map(make_attrgetter(eval_ctx.environment, attribute), items))
+        charge(bounds.join_size(str(d), items), "the filter 'join'")
+        joined: str = func(eval_ctx, items, d)
+        return joined
+
+    join.charges_budget = True  # type: ignore[attr-defined]
+    return join
+
+
+def _bounded_sum(func: Any) -> Any:
+    """The `sum` filter: summing strings or lists copies the sum so far at each item."""
+
+    @functools.wraps(func)
+    def sum_(environment: Any, iterable: Any, attribute: Any = None, start: Any = 0) -> Any:
+        items = list(iterable)
+        if attribute is not None:
+            items = list(map(make_attrgetter(environment, attribute), items))
+        if isinstance(start, str | bytes | list | tuple):
+            size = work = len(start)
+            for item in items:
+                size += len(item) if isinstance(item, _SIZED) else 0
+                work += size
+                if size > MAX_RESULT_ITEMS or work > MAX_ITEMS_PER_RUN:
+                    break
+            charge(size, "the filter 'sum'")
+            charge(work, "the filter 'sum'", per_operation=False)
+        return func(environment, items, start=start)
+
+    sum_.charges_budget = True  # type: ignore[attr-defined]
+    return sum_
 
 
 @cache
 def environment() -> ImmutableSandboxedEnvironment:
     """The one sandboxed environment for conditions and templates (immutable: no .append;
-    `*`, `**` and `%` bounded)."""
+    every growing operation, loop and call bounded: `condition_bounds`)."""
     return _BoundedEnvironment(autoescape=False, keep_trailing_newline=True)
 
 
@@ -111,20 +274,28 @@ def compile_condition(expression: str) -> Callable[..., Any]:
         native = compile_native(env, expression)
         if native is not None:
             return native
-        return env.compile_expression(expression, undefined_to_none=False)
+        # Compiled under a budget: Jinja folds constant filters at compile time.
+        compiled = run_budgeted(env.compile_expression, expression, undefined_to_none=False)
     except RecursionError:  # the bounds should stop it first; never a traceback
         raise too_deep("the condition") from None
+
+    def evaluate(**variables: Any) -> Any:
+        return run_budgeted(compiled, **variables)
+
+    return evaluate
 
 
 def compile_template(source: str) -> Callable[[Mapping[str, Any]], str]:
     """Compile a prompt template into a function of the state; raises TemplateSyntaxError
-    when it does not parse or is nested too deeply."""
+    when it does not parse or is nested too deeply. Each render has its own budget."""
     env = environment()
     try:
-        template = env.from_string(parse_bounded(env, source, expression=False))
+        tree = parse_bounded(env, source, expression=False)
+        template = run_budgeted(env.from_string, tree)
     except RecursionError:
         raise too_deep("the template") from None
-    return template.render
+    render: Callable[[Mapping[str, Any]], str] = template.render
+    return render
 
 
 def names_used(source: str, *, expression: bool) -> set[str]:

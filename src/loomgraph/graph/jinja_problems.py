@@ -2,7 +2,8 @@
 the Jinja spelling of common Python idioms (`len(x)` is `x | length`, `is None` is `is none`).
 
 Conditions and templates are Jinja2 in a sandbox (see `conditions`); everything here runs at
-load time, so a graph that validates does not fail at run time on a call or a private name.
+load time, so a graph that validates does not fail at run time on a call or a private name:
+it calls only methods of values that change nothing (`output.startswith('y')`).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import re
 
 from jinja2 import TemplateSyntaxError, nodes
+from jinja2.sandbox import modifies_known_mutable
 
 from loomgraph.graph.conditions import compile_condition, compile_template, environment
 
@@ -145,12 +147,55 @@ def _find(source: str, pattern: str) -> str:
     return f" at column {match.start() + 1}" if match and "\n" not in source else ""
 
 
+def _pure_methods() -> tuple[frozenset[str], frozenset[str]]:
+    """The public methods of strings, numbers, lists, tuples, dicts and sets that change
+    nothing, and those that change their value (which the sandbox refuses)."""
+    pure: set[str] = set()
+    mutating: set[str] = set()
+    for kind in (str, int, float, list, tuple, dict, set, frozenset):
+        for name in dir(kind):
+            if not name.startswith("_"):
+                (mutating if modifies_known_mutable(kind(), name) else pure).add(name)
+    return frozenset(pure), frozenset(mutating - pure)
+
+
+_PURE_METHODS, _MUTATING_METHODS = _pure_methods()
+_LOOP_METHODS = frozenset({"cycle", "changed"})  # `loop.cycle('odd', 'even')` in a for loop
+
+
 def _call_problems(tree: nodes.Template, source: str, *, expression: bool) -> list[str]:
+    """Every call but of a method of a value (`output.startswith('y')`, `loop.cycle(…)`):
+    a call of anything else — a name, an item, a filter's or a call's result — is refused,
+    so a graph that validates calls nothing but those methods."""
     out = []
+    what = "condition" if expression else "template"
     for call in tree.find_all(nodes.Call):
-        if not isinstance(call.node, nodes.Name):
-            continue  # a method of a value (`output.startswith('y')`) is allowed
-        name = call.node.name
+        target = call.node
+        if isinstance(target, nodes.Getattr):
+            attr = target.attr
+            on_loop = isinstance(target.node, nodes.Name) and target.node.name == "loop"
+            if attr in _PURE_METHODS or (on_loop and attr in _LOOP_METHODS):
+                continue
+            at = _find(source, r"\." + re.escape(attr) + r"\s*\(")
+            if attr in _MUTATING_METHODS:
+                out.append(
+                    f"calls {attr!r}{at}, which would change {_text(target.node)}: a {what} "
+                    "cannot change anything (use a reducer or a `function` node)"
+                )
+            else:
+                out.append(
+                    f"calls {attr!r}{at}, which is no method of a string, number, list or "
+                    f"dict: a {what} can call only those ({JINJA_NOTE})"
+                )
+            continue
+        if not isinstance(target, nodes.Name):
+            called = "a " + type(target).__name__.lower() + " expression"
+            out.append(
+                f"calls {called}, which is not a method of a value: a {what} can call only "
+                f"methods of strings, numbers, lists and dicts ({JINJA_NOTE})"
+            )
+            continue
+        name = target.name
         arg = _text(call.args[0]) if call.args else "x"
         if name in _FILTER_FOR_CALL:
             hint = f"; write `{arg} | {_FILTER_FOR_CALL[name]}`"
@@ -158,7 +203,6 @@ def _call_problems(tree: nodes.Template, source: str, *, expression: bool) -> li
             hint = f"; write `{_TEST_FOR_CALL[name].replace('x', arg, 1)}`"
         else:
             hint = "; use a Jinja filter or test, or compute the value in a `function` node"
-        what = "condition" if expression else "template"
         at = _find(source, r"\b" + re.escape(name) + r"\s*\(")
         out.append(f"calls {name!r}{at}, but a {what} can call no functions ({JINJA_NOTE}){hint}")
     return out
