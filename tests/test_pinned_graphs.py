@@ -189,7 +189,11 @@ async def test_current_graph_with_a_compatible_change_moves_the_run(
     [
         (rename_tools, "tools", None),
         (lambda g: g.replace(TOPIC, ""), None, "topic"),
-        (lambda g: g.replace("type: int", "type: list[str]"), None, "count"),
+        (
+            lambda g: g.replace("type: int\n    default: 0", "type: list[str]\n    default: []"),
+            None,
+            "count",
+        ),
     ],
     ids=["removed-node", "removed-field", "changed-type"],
 )

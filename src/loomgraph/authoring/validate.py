@@ -13,7 +13,7 @@ from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Union, get_args, get_origin
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, ConfigDict, PydanticUserError, TypeAdapter, ValidationError
 
 from loomgraph.authoring.validate_fields import (
     check_conditions,
@@ -37,6 +37,8 @@ from loomgraph.graph.spec import END, SCHEMA_VERSION, Graph
 from loomgraph.graph.state import BUILTIN_FIELDS, DERIVED_NAMES, parse_type
 
 SUPPORTED_SCHEMA_VERSIONS = (SCHEMA_VERSION,)
+# As the state checks a field: finite floats (the state is journaled as JSON).
+_FINITE = ConfigDict(allow_inf_nan=False)
 RESERVED_FIELDS = frozenset(BUILTIN_FIELDS) | DERIVED_NAMES
 
 # Graph files being validated in this context: a subgraph that includes its own file would
@@ -59,6 +61,11 @@ def validate_graph(graph: Graph, *, flow: bool = True) -> list[Problem]:
                 "it would never finish loading",
             )
         ]
+    if flow:
+        # Imported before a child graph is loaded (recursively, by a node's check): a first
+        # import deep in that recursion could run out of stack half-way, which leaves networkx
+        # half-imported and every later import of it failing.
+        import networkx  # type: ignore[import-untyped,unused-ignore]  # noqa: F401
     token = _validating.set(active | {key}) if key is not None else None
     try:
         problems = _all_problems(graph, flow)
@@ -85,7 +92,7 @@ def _all_problems(graph: Graph, flow: bool) -> list[Problem]:
     problems += check_policies(graph)
     if flow:
         problems += check_flow(graph)
-    return problems
+    return problems or check_binds(graph, instances)
 
 
 # --------------------------------------------------------------------------- graph-level
@@ -161,7 +168,7 @@ def check_reserved_names(graph: Graph) -> list[Problem]:
 
 
 def check_state_types(graph: Graph) -> list[Problem]:
-    """`bad-type` (a type string that does not parse) and `bad-reducer-type`."""
+    """`bad-type` (a type string that does not parse), `bad-default` and `bad-reducer-type`."""
     problems = []
     for name, field in graph.state.items():
         try:
@@ -171,6 +178,18 @@ def check_state_types(graph: Graph) -> list[Problem]:
                 problem_at(graph, "bad-type", f"state field {name!r}: {err}", "state", name, "type")
             )
             continue
+        if (why := _default_mismatch(field.default, parsed)) is not None:
+            problems.append(
+                problem_at(
+                    graph,
+                    "bad-default",
+                    f"state field {name!r}: default {field.default!r} does not fit type "
+                    f"{field.type!r}: {why}",
+                    "state",
+                    name,
+                    "default",
+                )
+            )
         if (why := _reducer_mismatch(field.reducer, parsed)) is not None:
             problems.append(
                 problem_at(
@@ -193,13 +212,61 @@ def _reducer_mismatch(reducer: str, parsed: Any) -> str | None:
     bases = [get_origin(o) or o for o in options]
     if reducer == "append" and list not in bases:
         return "needs a list type like list[str]"
-    if reducer == "merge" and not any(
-        b is dict or (isinstance(b, type) and issubclass(b, BaseModel)) for b in bases
-    ):
+    if reducer == "merge" and not any(b is dict or _is_model(b) for b in bases):
         return "needs a dict type like dict[str, int]"
     if reducer == "add" and any(b in (str, bool) for b in bases):
         return "needs a number, list or dict[str, int] type"
+    if reducer == "add" and any(_adds_no_numbers(o) for o in options):
+        return "adds a dict's values key by key, so needs number values like dict[str, int]"
     return None
+
+
+def _adds_no_numbers(option: Any) -> bool:
+    """Whether `option` is a dict type whose values `add` cannot sum (text, flags, lists…)."""
+    args = get_args(option)
+    if get_origin(option) is not dict or len(args) != 2:
+        return False
+    values = [get_origin(v) or v for v in _union_options(args[1]) if v is not type(None)]
+    return any(v in (str, bool, list, dict) or _is_model(v) for v in values)
+
+
+def _is_model(tp: Any) -> bool:
+    return isinstance(tp, type) and issubclass(tp, BaseModel)
+
+
+def _holds_model(tp: Any) -> bool:
+    """Whether a type is or contains a pydantic model (which fills in its own defaults)."""
+    return _is_model(tp) or any(_holds_model(arg) for arg in get_args(tp))
+
+
+def _default_mismatch(default: Any, parsed: Any) -> str | None:
+    """Why a field's default is not a value of its type, or None when it is (or is unset).
+    The state starts with the default as written, so it must already be of the type: `"5"`
+    for an `int` is refused, though a patch `"5"` would be converted."""
+    if default is None or parsed is Any:
+        return None
+    try:
+        adapter: TypeAdapter[Any] = TypeAdapter(parsed, config=_FINITE)
+    except PydanticUserError:  # a model keeps its own config
+        adapter = TypeAdapter(parsed)
+    try:
+        value = adapter.validate_python(default)
+    except ValidationError as err:
+        first = err.errors(include_url=False)[0]
+        at = ".".join(str(part) for part in first["loc"])
+        return f"{at + ': ' if at else ''}{first['msg']}"
+    except Exception as err:  # a model's own validator may raise anything
+        return f"{type(err).__name__}: {err}"
+    if _holds_model(parsed):
+        return None
+    written = adapter.dump_python(value, mode="json")
+    same_type = type(written) is type(default) or _numbers(written, default)
+    return None if written == default and same_type else f"write it as {written!r}"
+
+
+def _numbers(a: Any, b: Any) -> bool:
+    """Whether both are numbers (an int default for a float field is fine), not flags."""
+    return all(isinstance(x, int | float) and not isinstance(x, bool) for x in (a, b))
 
 
 def _union_options(parsed: Any) -> list[Any]:
@@ -282,6 +349,26 @@ def check_kind_rules(graph: Graph, instances: dict[str, NodeKind]) -> list[Probl
             problem_at(graph, "kind-check", f"node {name!r}: {message}", "nodes", name)
             for message in messages
         ]
+    return problems
+
+
+def check_binds(graph: Graph, instances: dict[str, NodeKind]) -> list[Problem]:
+    """`kind-check`: a node whose `bind` fails, so the graph could not be compiled. Only for an
+    otherwise valid graph: a `bind` may rightly fail on a problem reported already."""
+    problems = []
+    for name, node in instances.items():
+        try:
+            node.bind(graph)
+        except Exception as err:
+            problems.append(
+                problem_at(
+                    graph,
+                    "kind-check",
+                    f"node {name!r}: bind failed: {type(err).__name__}: {err}",
+                    "nodes",
+                    name,
+                )
+            )
     return problems
 
 

@@ -16,6 +16,10 @@ from loomgraph.graph.registry import NodeKind, UnknownNodeKind, node_kind
 from loomgraph.graph.spec import Graph, NodeSpec
 from loomgraph.graph.state import BUILTIN_FIELDS, DERIVED_NAMES
 
+# Names conditions see but templates do not: nodes render their templates from the state
+# alone (`condition_scope(state)`), and a node's context does not hold the visit counts.
+CONDITION_ONLY = frozenset({"visits"})
+
 
 def templates_of(graph: Graph) -> Iterable[tuple[str, str, str]]:
     """(node, param, source) of every template param of a known kind."""
@@ -72,7 +76,21 @@ def check_reads(graph: Graph, instances: dict[str, NodeKind], known: set[str]) -
     reported: set[tuple[str, str]] = set()
     for name, param, source in templates_of(graph):
         extra = instances[name].template_names if name in instances else frozenset()
-        for field in sorted(names_used(source, expression=False) - known - DERIVED_NAMES - extra):
+        used = names_used(source, expression=False) - extra
+        if CONDITION_ONLY & used:
+            reported.add((name, "visits"))
+            problems.append(
+                problem_at(
+                    graph,
+                    "undefined-read",
+                    f"node {name!r}: template {param!r} uses 'visits', which only edge "
+                    "conditions (`when`) see: a template is rendered without it",
+                    "nodes",
+                    name,
+                    param,
+                )
+            )
+        for field in sorted(used - known - DERIVED_NAMES):
             reported.add((name, field))
             problems.append(
                 problem_at(

@@ -8,6 +8,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from loomgraph.errors import GraphError
 from loomgraph.graph.imports import import_object
 from loomgraph.graph.node_context import NodeContext
 from loomgraph.graph.registry import NodeKind, register_node
@@ -31,6 +32,18 @@ def import_callable(path: str, near: str | None = None) -> Callable[..., Any]:
     return target  # type: ignore[no-any-return]
 
 
+def parameter_count(path: str, fn: Callable[..., Any]) -> int:
+    """How many parameters `fn` takes (it gets `state`, or `state, ctx` when it takes two);
+    GraphError when Python cannot tell, as for many built-in functions."""
+    try:
+        return len(inspect.signature(fn).parameters)
+    except (ValueError, TypeError) as err:
+        raise GraphError(
+            f"{path!r}: cannot read its parameters ({err}), so it cannot be called with "
+            "(state) or (state, ctx); call it from a Python function of your own"
+        ) from None
+
+
 @register_node("function")
 class FunctionNode(NodeKind):
     """Call `fn(state)` or `fn(state, ctx)`, sync or async; its dict return value is the patch."""
@@ -39,17 +52,17 @@ class FunctionNode(NodeKind):
     params: FunctionParams
 
     def check(self, graph: Graph) -> list[str]:
-        """The function must import."""
+        """The function must import, and show its parameters."""
         try:
-            import_callable(self.params.call, graph.source)
-        except ImportError as err:
+            parameter_count(self.params.call, import_callable(self.params.call, graph.source))
+        except (ImportError, GraphError) as err:
             return [str(err)]
         return []
 
     def bind(self, graph: Graph) -> None:
         """Import the function once."""
         self.fn = import_callable(self.params.call, graph.source)
-        self.wants_ctx = len(inspect.signature(self.fn).parameters) >= 2
+        self.wants_ctx = parameter_count(self.params.call, self.fn) >= 2
         self.is_async = inspect.iscoroutinefunction(self.fn)
 
     async def run(self, state: Mapping[str, Any], ctx: NodeContext) -> dict[str, Any]:

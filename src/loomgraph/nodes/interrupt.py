@@ -12,6 +12,7 @@ from loomgraph.graph.node_context import NodeContext
 from loomgraph.graph.registry import NodeKind, register_node
 from loomgraph.graph.spec import Graph
 from loomgraph.graph.state import DERIVED_NAMES, TypeSyntaxError, parse_type
+from loomgraph.nodes.written_types import never_fits
 from loomgraph.protocols import Pending, RunStatus, RunStopped
 
 
@@ -42,11 +43,18 @@ class InterruptNode(NodeKind):
         return sorted(names_used(self.params.message, expression=False) - DERIVED_NAMES)
 
     def check(self, graph: Graph) -> list[str]:
-        """The request type must parse."""
+        """The request type must parse, and its values fit the output field."""
+        p = self.params
         try:
-            parse_type(self.params.request)
+            parse_type(p.request)
         except TypeSyntaxError as err:
             return [f"request: {err}"]
+        field = graph.state.get(p.output)
+        if field is not None and never_fits(p.request, field):
+            return [
+                f"request type {p.request!r} can never be stored in state field {p.output!r} "
+                f"({field.type}): every answer would fail the run; make the types agree"
+            ]
         return []
 
     def bind(self, graph: Graph) -> None:

@@ -13,6 +13,7 @@ from loomgraph.graph.registry import NodeKind, register_node
 from loomgraph.graph.spec import Graph
 from loomgraph.graph.state import DERIVED_NAMES, TypeSyntaxError, parse_type
 from loomgraph.nodes.structured import DEFAULT_RETRIES, StructuredAnswer
+from loomgraph.nodes.written_types import never_fits
 from loomgraph.protocols import Message, ModelRequest
 
 
@@ -48,12 +49,20 @@ class LLMNode(NodeKind):
         return sorted(used - DERIVED_NAMES | ({"messages"} if "last_message" in used else set()))
 
     def check(self, graph: Graph) -> list[str]:
-        """The answer's type must parse."""
-        if self.params.schema_:
+        """The answer's type must parse, and its values fit the output field."""
+        p = self.params
+        if p.schema_:
             try:
-                parse_type(self.params.schema_)
+                parse_type(p.schema_)
             except TypeSyntaxError as err:
                 return [f"schema: {err}"]
+        field = graph.state.get(p.output)
+        if field is not None and never_fits(p.schema_ or "str", field):
+            answer = f"schema {p.schema_!r}" if p.schema_ else "the answer text (no `schema`)"
+            return [
+                f"{answer} can never be stored in state field {p.output!r} ({field.type}): "
+                "every answer would fail the run; make the types agree"
+            ]
         return []
 
     def bind(self, graph: Graph) -> None:

@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextvars import ContextVar
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from loomgraph.graph.conditions import compile_template, condition_scope, names_used
 from loomgraph.graph.node_context import NodeContext
-from loomgraph.graph.registry import NodeKind, register_node
+from loomgraph.graph.registry import NodeKind, UnknownNodeKind, node_kind, register_node
 from loomgraph.graph.spec import Graph
 from loomgraph.graph.state import DERIVED_NAMES, final_output
+
+# Graphs nest at most this many levels: a graph (level 1), its subgraphs (2), theirs (3) …
+# Loading a child graph is recursive (check -> load -> validate -> check), so without a bound
+# a long chain of files would exhaust the stack.
+MAX_GRAPH_DEPTH = 32
+# The level of the graph whose child is being loaded (1 outside any child graph's loading).
+_level: ContextVar[int] = ContextVar("loomgraph_graph_level", default=1)
 
 
 class ChildGraphParams(BaseModel):
@@ -63,17 +71,61 @@ class ChildGraphNode(NodeKind):
         return values
 
     def check(self, graph: Graph) -> list[str]:
-        """The child graph must exist and be valid."""
+        """The child graph must exist and be valid, and nest at most MAX_GRAPH_DEPTH levels."""
+        ref, level = self.params.graph, _level.get()
+        if level >= MAX_GRAPH_DEPTH:
+            return [
+                f"subgraph {ref!r} not loaded: graphs nest at most {MAX_GRAPH_DEPTH} levels "
+                f"deep, and this graph is level {level} of the graphs being loaded; "
+                "flatten the chain of subgraphs"
+            ]
+        token = _level.set(level + 1)
         try:
-            graph.resolve_graph(self.params.graph)
+            child = graph.resolve_graph(ref)
         except Exception as err:
-            return [f"subgraph {self.params.graph!r}: {err}"]
+            return [f"subgraph {ref!r}: {err}"]
+        finally:
+            _level.reset(token)
+        below = graph_levels(child, MAX_GRAPH_DEPTH - level + 1)
+        if level + below > MAX_GRAPH_DEPTH:
+            return [
+                f"subgraph {ref!r}: graphs nest at most {MAX_GRAPH_DEPTH} levels deep, and "
+                f"below this graph (level {level}) {ref!r} and its subgraphs go past level "
+                f"{MAX_GRAPH_DEPTH}; flatten the chain of subgraphs"
+            ]
         return []
 
     def bind(self, graph: Graph) -> None:
         """Resolve the child graph and compile the prompt once."""
         self.child = graph.resolve_graph(self.params.graph)
         self.prompt = compile_template(self.params.prompt) if self.params.prompt else None
+
+
+def child_graphs(graph: Graph) -> Iterator[Graph]:
+    """The graphs the nodes of a (validated) graph run; those that do not resolve are left out."""
+    for spec in graph.nodes.values():
+        try:
+            kind = node_kind(spec.kind)
+        except UnknownNodeKind:
+            continue
+        ref = spec.params.get("graph")
+        if issubclass(kind, ChildGraphNode) and isinstance(ref, str):
+            try:
+                yield graph.resolve_graph(ref)
+            except Exception:  # reported by the node's own check
+                continue
+
+
+def graph_levels(graph: Graph, limit: int) -> int:
+    """How many levels of graphs `graph` and its subgraphs make (1 without subgraphs), counted
+    level by level (no recursion) up to `limit` + 1 at most."""
+    levels, frontier = 1, {id(graph): graph}
+    while levels <= limit:
+        below = {id(child): child for g in frontier.values() for child in child_graphs(g)}
+        if not below:
+            break
+        levels, frontier = levels + 1, below
+    return levels
 
 
 @register_node("subgraph")
