@@ -439,9 +439,7 @@ async def test_every_entry_is_in_the_log_before_the_effect_it_leads_to(tmp_path:
         return "done"
 
     budget = StandardBudget(BudgetConfig(per_user=Caps(tool_calls=5, model_calls=5)))
-    agent = Agent(
-        "x", model=ScriptedModel(script), tools=[lookup], budget=budget, audit_log=audit
-    )
+    agent = Agent("x", model=ScriptedModel(script), tools=[lookup], budget=budget, audit_log=audit)
     result = await agent.run("go", user_id="alice")
     assert result.ok, result.reason
     [at_tool] = seen_by_tool
