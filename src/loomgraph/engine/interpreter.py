@@ -20,7 +20,7 @@ from loomgraph.errors import GraphError, NodeError, ServiceUnavailable, StateErr
 from loomgraph.graph.compiled import CompiledGraph
 from loomgraph.graph.registry import NodeKind
 from loomgraph.graph.spec import END
-from loomgraph.graph.state import snapshot_of
+from loomgraph.graph.state import snapshot_of, undo_patch
 from loomgraph.protocols import (
     AuditAction,
     BudgetExceeded,
@@ -42,6 +42,8 @@ from loomgraph.protocols.events import (
 
 # A visit's empty amount: Usage is frozen, so one instance serves every step.
 NO_USAGE = Usage()
+# What a node's patch is checked against: the graph's schema, and the fields the node writes.
+Checks = tuple[CompiledGraph, frozenset[str]]
 
 
 @dataclass(slots=True)
@@ -146,7 +148,8 @@ async def _step(
     writes: frozenset[str],
     visits: dict[str, int],
 ) -> str | Outcome:
-    """One node visit, journaled; the next node, or the Outcome the run ends with."""
+    """One node visit, journaled; the next node, or the Outcome the run ends with. The state
+    changes by exactly the patch journaled: a failure after the node's patch undoes it."""
     deps, node, visit, qualified = scope.deps, ctx.node, ctx.visit, ctx.qualified_node
     reservation = None
     try:
@@ -160,21 +163,24 @@ async def _step(
         if scope.tracing:
             attributes = semconv.node_attributes(node=qualified, run_id=scope.run_id, visit=visit)
             with deps.telemetry.span(semconv.node_span_name(qualified), attributes):
-                patch = await _visit(kind, view, ctx)
+                patch = await _visit(kind, view, ctx, graph, writes)
         else:
-            patch = await _visit(kind, view, ctx)
+            patch = await _visit(kind, view, ctx, graph, writes)
         if reservation is not None:
             await scope.settle(reservation, NO_USAGE)
             reservation = None
-        patch = check_patch(graph, node, patch, writes)
         if not ctx.path:  # a child's state reaches the run's through the patches counted here
             _state_size(scope, graph, state).check(qualified, patch)
         # What the visit used, for its transition (a node's own `usage` is checked here).
         used = Usage.from_dict(patch["usage"]) if patch.get("usage") else NO_USAGE
-        graph.schema.apply(state, patch)
-        if hooks is not None:
-            await hooks.after_node(qualified, patch)
-        target = graph.next_node(node, state, visits)[0] if node in graph.nodes else END
+        undo = graph.schema.apply(state, patch)  # all or nothing
+        try:
+            if hooks is not None:
+                await hooks.after_node(qualified, patch)
+            target = graph.next_node(node, state, visits)[0] if node in graph.nodes else END
+        except BaseException:
+            undo_patch(state, undo)  # the visit failed: it changed nothing
+            raise
     except BudgetExceeded as err:
         await ctx.emit(BUDGET_EXCEEDED, {"cap": err.cap, "reason": str(err)})
         if scope.auditing:
@@ -185,7 +191,9 @@ async def _step(
         return Outcome(stop.status, stop.reason, state, node, pending=stop.pending)
     except ServiceUnavailable:
         raise  # not the node's failure: the run is recovered from its journal
-    except Exception as err:
+    except BaseException as err:  # SystemExit, a CancelledError of its own...: as a tool's
+        if _stops_the_run(err):
+            raise  # the run's task is cancelled: the caller (or lease holder) journals it
         error = err if isinstance(err, GraphError) else NodeError(qualified, err)
         await ctx.emit(ERROR, {"error": str(error), "type": type(err).__name__})
         if kind.spec.on_error is None:
@@ -193,7 +201,7 @@ async def _step(
         # Routed to the handler node, with what failed in the `error` field.
         patch = {"error": {"node": qualified, "type": type(err).__name__, "message": str(err)}}
         used = NO_USAGE
-        graph.schema.apply(state, patch)
+        undo = graph.schema.apply(state, patch)
         target = kind.spec.on_error
     finally:
         if reservation is not None:  # the visit happened, even if it failed or stopped
@@ -208,6 +216,7 @@ async def _step(
     )
     refused = await _append(deps.runtime, transition)
     if refused is not None:  # nothing of the visit was written: the run ends here
+        undo_patch(state, undo)
         scope.seq -= 1
         await ctx.emit(ERROR, {"error": str(refused), "type": type(refused).__name__})
         return Outcome(RunStatus.FAILED, str(refused), state, node, error=refused)
@@ -242,6 +251,19 @@ async def _append(runtime: Runtime, transition: Transition) -> StateError | None
     return None
 
 
+def _stops_the_run(err: BaseException) -> bool:
+    """True for the cancellation of the run's own task (by its caller, its lease holder, a
+    time limit around it) or the closing of its coroutine: not a failure of the node, unlike
+    a `CancelledError` or `GeneratorExit` the node raised itself."""
+    if not isinstance(err, asyncio.CancelledError | GeneratorExit):
+        return False
+    try:
+        task = asyncio.current_task()
+    except RuntimeError:  # no event loop runs: the coroutine is being closed
+        return True
+    return task is None or (isinstance(err, asyncio.CancelledError) and task.cancelling() > 0)
+
+
 def _state_size(scope: RunScope, graph: CompiledGraph, state: dict[str, Any]) -> StateSize:
     """The run's state size, measured once per process (at its start or resume)."""
     if scope.state_size is None:
@@ -250,31 +272,37 @@ def _state_size(scope: RunScope, graph: CompiledGraph, state: dict[str, Any]) ->
     return scope.state_size
 
 
-async def _visit(kind: NodeKind, view: dict[str, Any], ctx: VisitContext) -> Any:
-    """Run a node: under the run's deadline (a child runs within its parent's), under its
-    own policies, or as it is."""
+async def _visit(
+    kind: NodeKind,
+    view: dict[str, Any],
+    ctx: VisitContext,
+    graph: CompiledGraph,
+    writes: frozenset[str],
+) -> dict[str, Any]:
+    """Run a node and check its patch: under the run's deadline (a child runs within its
+    parent's), under its own policies, or as it is."""
     deadline = ctx.scope.deadline
     if deadline is not None and not ctx.path:
-        return await _run_by_deadline(kind, view, ctx, deadline)
+        return await _run_by_deadline(kind, view, ctx, (graph, writes), deadline)
     spec = kind.spec
     if spec.retry is None and spec.timeout is None:
-        return await kind.run(view, ctx)
-    return await _run_with_policy(kind, view, ctx)
+        return check_patch(graph, ctx.node, await kind.run(view, ctx), writes)
+    return await _run_with_policy(kind, view, ctx, (graph, writes))
 
 
 async def _run_by_deadline(
-    kind: NodeKind, view: dict[str, Any], ctx: VisitContext, deadline: float
-) -> Any:
+    kind: NodeKind, view: dict[str, Any], ctx: VisitContext, checks: Checks, deadline: float
+) -> dict[str, Any]:
     """Run a node under its policies, stopped at the run's wall-clock deadline: what it was
     doing then is cancelled (a model call or tool call cut off is charged, as when a run is
     cancelled) and the run ends `budget_exhausted`, as the next reservation would."""
     left = deadline - time.time()
     if left <= 0:  # passed already (or the budget keeps another clock): its reservations say
-        return await _run_with_policy(kind, view, ctx)
+        return await _run_with_policy(kind, view, ctx, checks)
     by_deadline = asyncio.timeout(left)
     try:
         async with by_deadline:
-            return await _run_with_policy(kind, view, ctx)
+            return await _run_with_policy(kind, view, ctx, checks)
     except TimeoutError:
         if not by_deadline.expired():
             raise  # the node's own time limit
@@ -289,27 +317,34 @@ async def _run_by_deadline(
     )
 
 
-async def _run_with_policy(kind: NodeKind, view: dict[str, Any], ctx: VisitContext) -> Any:
-    """Run a node under its `timeout` and `retry` policies."""
-    spec = kind.spec
+async def _run_with_policy(
+    kind: NodeKind, view: dict[str, Any], ctx: VisitContext, checks: Checks
+) -> dict[str, Any]:
+    """Run a node under its `timeout` and `retry` policies; an attempt whose patch fails its
+    checks failed (with a StateError) and is retried like any other."""
+    spec, (graph, writes) = kind.spec, checks
     attempts = spec.retry.attempts if spec.retry else 1
     for attempt in range(1, attempts + 1):
         try:
             if spec.timeout is None:
-                return await kind.run(view, ctx)
+                return check_patch(graph, ctx.node, await kind.run(view, ctx), writes)
             try:
                 async with asyncio.timeout(spec.timeout):
-                    return await kind.run(view, ctx)
+                    patch = await kind.run(view, ctx)
             except TimeoutError:
                 raise TimeoutError(
                     f"node {ctx.qualified_node!r} took longer than its timeout of {spec.timeout} s"
                 ) from None
+            return check_patch(graph, ctx.node, patch, writes)
         except (BudgetExceeded, RunStopped, ServiceUnavailable):
             raise
-        except Exception as err:
-            if spec.retry is None or attempt == attempts or not spec.retry.retries(err):
+        except BaseException as err:
+            retry = spec.retry
+            if retry is None or attempt == attempts or _stops_the_run(err):
                 raise
-            delay = spec.retry.backoff * 2 ** (attempt - 1)
+            if not retry.retries(err):
+                raise
+            delay = retry.delay(attempt)
             await ctx.emit(
                 NODE_RETRY,
                 {

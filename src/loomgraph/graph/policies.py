@@ -9,20 +9,34 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from loomgraph.protocols import ModelError
 
+# The longest wait between two attempts, in seconds: `backoff` may not exceed it, and the
+# doubling stops there (a wait of days, or an infinite one, is never what a graph meant).
+MAX_RETRY_WAIT = 3600.0
+
 
 class RetryPolicy(BaseModel):
-    """Try a failing node again: `attempts` in all, waiting `backoff * 2**n` seconds between."""
+    """Try a failing node again: `attempts` in all, waiting `backoff * 2**n` seconds between
+    (at most 3600 each)."""
 
     model_config = ConfigDict(extra="forbid")
 
     attempts: int = Field(2, ge=1, le=20, description="tries in all, the first included")
-    backoff: float = Field(0.0, ge=0, description="seconds before the first retry; doubles")
+    backoff: float = Field(
+        0.0,
+        ge=0,
+        le=MAX_RETRY_WAIT,
+        description="seconds before the first retry; doubles, up to 3600 s a wait",
+    )
     # Not `on`: YAML 1.1 reads a bare `on` key as the boolean true.
     errors: list[str] = Field(
         default_factory=lambda: ["Exception"],
         description="error type names that are retried (an error matches a name of its class "
         "or of any base class), e.g. TimeoutError, ModelRateLimited",
     )
+
+    def delay(self, attempt: int) -> float:
+        """Seconds to wait after failed attempt number `attempt` (from 1)."""
+        return min(self.backoff * 2.0 ** (attempt - 1), MAX_RETRY_WAIT)
 
     def retries(self, error: BaseException) -> bool:
         """True when `error`, or an error it was raised from, is of a type this policy

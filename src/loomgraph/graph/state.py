@@ -151,7 +151,8 @@ def _merge(old: Any, new: Any) -> Any:
 
 def _add(old: Any, new: Any) -> Any:
     if isinstance(new, Mapping):
-        out = old if isinstance(old, dict) else {}
+        # A new dict: a key that cannot be added leaves the old one as it was (`apply`).
+        out = dict(old) if isinstance(old, dict) else {}
         for key, value in new.items():
             out[key] = out.get(key, 0) + value
         return out
@@ -166,6 +167,22 @@ REDUCERS: dict[Reducer, Callable[[Any, Any], Any]] = {
     "merge": _merge,
     "add": _add,
 }
+
+
+_ABSENT: Any = object()
+Undo = list[tuple[str, Any, int]]
+"""What `StateSchema.apply` changed: each field's old value, and its length if a list."""
+
+
+def undo_patch(state: dict[str, Any], undo: Undo) -> None:
+    """Put the fields an applied patch changed back as they were before it."""
+    for name, old, length in reversed(undo):
+        if old is _ABSENT:
+            state.pop(name, None)
+            continue
+        if length >= 0:
+            del old[length:]  # what `append` added to it
+        state[name] = old
 
 
 class StateSchema:
@@ -203,11 +220,21 @@ class StateSchema:
                 raise StateError(f"state field {name!r}: {err.errors()[0]['msg']}") from None
         return patch
 
-    def apply(self, state: dict[str, Any], patch: Mapping[str, Any]) -> None:
-        """Apply a (checked) patch to the state in place, each field through its reducer."""
+    def apply(self, state: dict[str, Any], patch: Mapping[str, Any]) -> Undo:
+        """Apply a (checked) patch to the state in place, each field through its reducer,
+        all or nothing (a reducer that raises leaves the state as it was); what undoes it."""
         reducers = self.reducers
-        for name, value in patch.items():
-            state[name] = reducers[name](state.get(name), value)
+        undo: Undo = []
+        try:
+            for name, value in patch.items():
+                old = state.get(name, _ABSENT)
+                # Only `append` changes a value in place, and only by adding at the end.
+                undo.append((name, old, len(old) if type(old) is list else -1))
+                state[name] = reducers[name](None if old is _ABSENT else old, value)
+        except BaseException:
+            undo_patch(state, undo)
+            raise
+        return undo
 
     def check_input(self, values: dict[str, Any]) -> dict[str, Any]:
         """`check`, and the built-in fields too (`input` text, `messages` messages, `usage` a
