@@ -193,6 +193,10 @@ def test_a_one_line_docstring_reads_as_the_parser_reads_it(line: str) -> None:
     # summary of a docstring with an argument section, reads the same description from it.
     if len(inspect.cleandoc(line).splitlines()) != 1:
         return
+    if ":" in line or "@" in line:
+        # No shortcut: a line with a section mark goes to the parser, whose reading of `:`
+        # alone and of `:` over an argument section differ (its style detection).
+        return
     with_section = f"{line}\n\nArgs:\n    x: y"
     assert parse_docstring(line).description == parse_docstring(with_section).description
     assert parse_docstring(line).args == {}
