@@ -321,3 +321,21 @@ def test_llm_text_into_a_list_field_is_refused() -> None:
     assert [rule for rule, _ in problems(data)] == ["kind-check"]
     data["state"]["v"]["reducer"] = "append"
     assert problems(data) == []
+
+
+def test_a_node_name_that_is_not_one_line_of_visible_text_is_a_bad_name() -> None:
+    """Node names reach the journal's text columns (and drawings) in every transition; the
+    journals check them once here, not at every step."""
+    from loomgraph.authoring.loader import graph_from_data
+    from loomgraph.errors import GraphValidationError
+
+    for bad in ("a\x00b", "a\nb", "a\u202eb"):
+        data = {
+            "schema_version": 1,
+            "name": "n",
+            "entry": bad,
+            "nodes": {bad: {"kind": "function", "call": "json:dumps", "writes": []}},
+            "edges": [{"from": bad, "to": "END"}],
+        }
+        with pytest.raises(GraphValidationError, match="bad-name"):
+            graph_from_data(data)

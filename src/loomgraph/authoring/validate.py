@@ -118,9 +118,9 @@ _UNPRINTABLE = frozenset({"Cc", "Cf", "Zl", "Zp", "Cs"})
 
 
 def check_names(graph: Graph) -> list[Problem]:
-    """`bad-name`: a graph `name` or `version` that is not one line of visible text. Both
-    are shown as one line (diagram titles and comments, run records, telemetry, the command
-    line): a line break in them could only fake what follows."""
+    """`bad-name`: a graph `name`, `version` or node name that is not one line of visible
+    text. They are shown as one line (diagram titles and comments, run records, telemetry,
+    the command line): a line break in them could only fake what follows."""
     problems = []
     for key in ("name", "version"):
         value = str(getattr(graph, key))
@@ -133,6 +133,19 @@ def check_names(graph: Graph) -> list[Problem]:
                     f"graph {key} {value!r} holds the character U+{ord(bad):04X}; "
                     f"a {key} is one line of visible text",
                     key,
+                )
+            )
+    for name in graph.nodes:
+        bad = next((c for c in name if unicodedata.category(c) in _UNPRINTABLE), None)
+        if bad is not None:
+            problems.append(
+                problem_at(
+                    graph,
+                    "bad-name",
+                    f"node name {name!r} holds the character U+{ord(bad):04X}; a node name is "
+                    "one line of visible text",
+                    "nodes",
+                    name,
                 )
             )
     return problems

@@ -195,7 +195,8 @@ class VisitContext:
         asked = request.max_tokens  # the caller's own limit; else sized to the caps each try
         for step in range(STEP_RETRIES + 1):
             attempts.held(*await self._reserve_model(request, asked))
-            await self.scope.audit_written()  # in the log before the call can act
+            if self.scope.audit_writer is not None:  # in the log before the call can act
+                await self.scope.audit_written()
             streamed: list[str] = []
             try:
                 response = await self._stream(request, call_id, streamed, attempts)

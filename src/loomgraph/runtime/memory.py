@@ -21,9 +21,7 @@ from loomgraph.protocols import (
 from loomgraph.runtime.errors import RunExists, RunFinished
 from loomgraph.runtime.frozen import freeze, thaw
 from loomgraph.runtime.text import (
-    check_effect_ids,
     check_run_ids,
-    check_transition_ids,
     storable_reason,
 )
 
@@ -110,8 +108,7 @@ class InMemoryRuntime:
         return self._runs.get(run_id)
 
     async def append_transition(self, transition: Transition) -> None:
-        """Append one transition."""
-        check_transition_ids(transition)
+        """Append one transition (kept as given: node names are checked with the graph)."""
         if transition.run_id in self._frozen:
             self._thawed(transition.run_id)
         self._transitions[transition.run_id].append(transition)
@@ -129,7 +126,6 @@ class InMemoryRuntime:
 
     async def begin_effect(self, effect: EffectRecord) -> EffectRecord | None:
         """Journal an intent; return the earlier record when this key was seen before."""
-        check_effect_ids(effect)
         if effect.run_id in self._frozen:
             self._thawed(effect.run_id)
         effects = self._effects[effect.run_id]
