@@ -121,33 +121,19 @@ def check_names(graph: Graph) -> list[Problem]:
     """`bad-name`: a graph `name`, `version` or node name that is not one line of visible
     text. They are shown as one line (diagram titles and comments, run records, telemetry,
     the command line): a line break in them could only fake what follows."""
+    named: list[tuple[str, str, tuple[str, ...]]] = [
+        (f"graph {key}", str(getattr(graph, key)), (key,)) for key in ("name", "version")
+    ]
+    named += [("node name", name, ("nodes", name)) for name in graph.nodes]
     problems = []
-    for key in ("name", "version"):
-        value = str(getattr(graph, key))
+    for what, value, path in named:
         bad = next((c for c in value if unicodedata.category(c) in _UNPRINTABLE), None)
         if bad is not None:
-            problems.append(
-                problem_at(
-                    graph,
-                    "bad-name",
-                    f"graph {key} {value!r} holds the character U+{ord(bad):04X}; "
-                    f"a {key} is one line of visible text",
-                    key,
-                )
+            message = (
+                f"{what} {value!r} holds the character U+{ord(bad):04X}; "
+                f"a {what.removeprefix('graph ')} is one line of visible text"
             )
-    for name in graph.nodes:
-        bad = next((c for c in name if unicodedata.category(c) in _UNPRINTABLE), None)
-        if bad is not None:
-            problems.append(
-                problem_at(
-                    graph,
-                    "bad-name",
-                    f"node name {name!r} holds the character U+{ord(bad):04X}; a node name is "
-                    "one line of visible text",
-                    "nodes",
-                    name,
-                )
-            )
+            problems.append(problem_at(graph, "bad-name", message, *path))
     return problems
 
 
