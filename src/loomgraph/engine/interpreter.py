@@ -327,22 +327,23 @@ async def _run_with_policy(
     for attempt in range(1, attempts + 1):
         try:
             if spec.timeout is None:
-                return check_patch(graph, ctx.node, await kind.run(view, ctx), writes)
-            try:
-                async with asyncio.timeout(spec.timeout):
-                    patch = await kind.run(view, ctx)
-            except TimeoutError:
-                raise TimeoutError(
-                    f"node {ctx.qualified_node!r} took longer than its timeout of {spec.timeout} s"
-                ) from None
+                patch = await kind.run(view, ctx)
+            else:
+                try:
+                    async with asyncio.timeout(spec.timeout):
+                        patch = await kind.run(view, ctx)
+                except TimeoutError:
+                    raise TimeoutError(
+                        f"node {ctx.qualified_node!r} took longer than its timeout of "
+                        f"{spec.timeout} s"
+                    ) from None
             return check_patch(graph, ctx.node, patch, writes)
         except (BudgetExceeded, RunStopped, ServiceUnavailable):
             raise
         except BaseException as err:
             retry = spec.retry
-            if retry is None or attempt == attempts or _stops_the_run(err):
-                raise
-            if not retry.retries(err):
+            stop = attempt == attempts or _stops_the_run(err)
+            if retry is None or stop or not retry.retries(err):
                 raise
             delay = retry.delay(attempt)
             await ctx.emit(

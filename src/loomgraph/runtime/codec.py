@@ -24,7 +24,6 @@ from loomgraph.runtime.errors import (
 )
 from loomgraph.runtime.schema import SCHEMA_VERSION
 from loomgraph.runtime.text import (
-    check_effect_ids,
     check_id,
     check_run_ids,
     check_transition_ids,
@@ -191,8 +190,9 @@ def key_from_row(run_id: str, stored: str) -> str:
 
 
 def effect_row(e: EffectRecord) -> tuple[Any, ...]:
-    """A newly begun effect as `schema.EFFECT_WRITE`, then its run id."""
-    check_effect_ids(e)
+    """A newly begun effect as `schema.EFFECT_WRITE`, then its run id (its key is checked
+    by `stored_key`)."""
+    check_id("effect kind", e.kind)
     where = f"run {e.run_id!r} effect {e.key!r}"
     return (
         stored_key(e.run_id, e.key),

@@ -10,11 +10,10 @@ read back as the value written.
 
 from __future__ import annotations
 
-from loomgraph.protocols import EffectRecord, RunRecord, Transition
+from loomgraph.protocols import RunRecord, Transition
 from loomgraph.runtime.errors import JournalIdError
 
 __all__ = [
-    "check_effect_ids",
     "check_id",
     "check_run_ids",
     "check_transition_ids",
@@ -66,9 +65,3 @@ def check_transition_ids(t: Transition) -> None:
     """Refuse a transition whose node names cannot be stored."""
     check_id("node", t.node)
     check_id("next_node", t.next_node)
-
-
-def check_effect_ids(e: EffectRecord) -> None:
-    """Refuse an effect whose key or kind cannot be stored."""
-    check_id("effect key", e.key)
-    check_id("effect kind", e.kind)
