@@ -106,13 +106,13 @@ def agent(runtime: Any, graph: Path) -> Agent:
     )
 
 
-async def waiting(journal: Callable[[], Any], graph: Path) -> str:
+async def waiting(journal: Callable[[], Any], graph: Path, user_id: str | None = None) -> str:
     """A run of the graph file stopped awaiting approval of its `delete` call (at seq 1)."""
     ledger.clear()
     graph.write_text(GRAPH)
     runtime = journal()
     try:
-        first = await agent(runtime, graph).run("clean up")
+        first = await agent(runtime, graph).run("clean up", user_id=user_id)
     finally:
         await runtime.close()
     assert first.status == "awaiting_approval" and ledger == []
@@ -326,3 +326,37 @@ async def test_a_kept_graph_whose_function_no_longer_imports_is_named(tmp_path: 
     with pytest.raises(GraphChanged, match="pinned_fns:step") as caught:
         await later.resume(stopped.run_id, value=3)
     assert caught.value.run_id == stopped.run_id
+
+
+async def test_the_server_shows_a_run_with_the_graph_it_started_with(
+    journal: Callable[[], Any], tmp_path: Path
+) -> None:
+    """Checkpoints, states and the run's picture over HTTP are rebuilt with the kept graph,
+    not with the graph the server's agent has now (its `tools` node renamed, a field gone)."""
+    import httpx
+
+    from loomgraph.serve import create_app
+
+    graph = tmp_path / "strategy.yaml"
+    run_id = await waiting(journal, graph, user_id="alice")
+    graph.write_text(rename_tools(GRAPH).replace(TOPIC, ""))
+    runtime = journal()
+    app = create_app(agent(runtime, graph), auth=lambda request: "alice")
+    transport = httpx.ASGITransport(app=app)
+    try:
+        async with (
+            app.router.lifespan_context(app),
+            httpx.AsyncClient(transport=transport, base_url="http://test") as client,
+        ):
+            answer = await client.get(f"/v1/runs/{run_id}/checkpoints")
+            assert answer.status_code == 200, answer.text
+            points = answer.json()["checkpoints"]
+            assert [p["node"] for p in points][:2] == ["", "model"]
+            state = (await client.get(f"/v1/runs/{run_id}/checkpoints/{points[-1]['seq']}")).json()
+            assert state["state"]["topic"] == "tides"  # the kept graph's field
+            svg = (await client.get(f"/v1/runs/{run_id}/graph.svg")).text
+            assert ">tools<" in svg and ">act<" not in svg  # the kept graph's nodes
+            page = (await client.get(f"/ui/runs/{run_id}")).text
+            assert ">tools<" in page and ">act<" not in page
+    finally:
+        await runtime.close()

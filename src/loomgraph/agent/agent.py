@@ -315,8 +315,13 @@ class Agent(FleetMethods):
         """The run's first state (seq 0), then every transition with the state after it,
         rebuilt with the graph the run started with (when the journal keeps it)."""
         record, transitions = await self._journal(run_id)
+        return history(await self.graph_of(record), record, transitions)
+
+    async def graph_of(self, record: RunRecord) -> CompiledGraph:
+        """The graph `record`'s run started with, as the journal keeps it (else this Agent's);
+        GraphChanged when the kept graph no longer compiles here."""
         own = await run_graph(self.deps.runtime, record, self.compiled, self._kept)
-        return history(own or self.compiled, record, transitions)
+        return own or self.compiled
 
     def events(
         self, run_id: str, *, after: EventId | str | None = None, poll_interval: float = 0.5

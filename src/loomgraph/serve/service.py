@@ -95,14 +95,15 @@ class Service:
     async def checkpoints(self, caller: Caller, run_id: str) -> list[Checkpoint]:
         """Every checkpoint of the caller's run, with the state after it."""
         record, transitions = await self._journal(caller, run_id)
-        return history(self.agent.compiled, record, transitions)
+        return history(await self.agent.graph_of(record), record, transitions)
 
     async def state(self, caller: Caller, run_id: str, seq: int) -> dict[str, Any]:
         """The state of the caller's run after transition `seq` (0: its first state)."""
         record, transitions = await self._journal(caller, run_id)
         if seq and not any(t.seq == seq for t in transitions):
             raise NotFound(f"run {run_id!r} has no checkpoint {seq}")
-        return position(self.agent.compiled, record, transitions, upto=seq).state
+        graph = await self.agent.graph_of(record)
+        return position(graph, record, transitions, upto=seq).state
 
     async def diff(self, caller: Caller, run_id: str, a: int, b: int) -> dict[str, Any]:
         """The fields that differ between two checkpoints, as {"before", "after"}."""
@@ -117,10 +118,11 @@ class Service:
         return self._graph_svg
 
     async def run_svg(self, caller: Caller, run_id: str) -> str:
-        """The graph with the caller's run drawn over it."""
+        """The graph the caller's run started with, the run drawn over it."""
         record, transitions = await self._journal(caller, run_id)
         overlay = RunOverlay.from_transitions(transitions, status=str(record.status))
-        return await asyncio.to_thread(to_svg, self.agent.graph, run=overlay)
+        graph = (await self.agent.graph_of(record)).graph
+        return await asyncio.to_thread(to_svg, graph, run=overlay)
 
     def events(
         self, caller: Caller, run_id: str, after: EventId | None
