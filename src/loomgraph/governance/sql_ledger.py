@@ -269,7 +269,9 @@ class SqliteLedger(_SqlLedger):
         self.location = repr(self.path)  # as errors name it
         # A connection's futures and an asyncio.Lock belong to one event loop: a new loop
         # gets a new connection.
-        self._db = SqliteConnection(self._open, per_loop=True, translate=self._translate)
+        self._db = SqliteConnection(
+            self._open, per_loop=True, translate=self._translate, watch=self.path
+        )
         inline = self.path != ":memory:"
         self._inline = InlineWriter(self.path, synchronous=synchronous) if inline else None
 
@@ -299,6 +301,10 @@ class SqliteLedger(_SqlLedger):
     def _translate(self, err: Exception) -> Exception:
         """An SQLite error that says the file cannot be used now as LedgerUnavailable;
         anything else (a constraint, damage, what `decide` raised) unchanged."""
+        if isinstance(err, SqliteFileProblem):  # the file deleted or replaced (else as is)
+            if err.kind == "unavailable" and not isinstance(err, LedgerUnavailable):
+                return _SqliteLedgerUnavailable(self.location, str(err))
+            return err
         if not isinstance(err, sqlite3.Error):
             return err
         detail = unavailable_detail(err, self.busy_timeout)

@@ -96,7 +96,7 @@ class SqliteMemory(SqlMemory):
         self.where = f"sqlite memory {self.path!r}"
         self.busy_timeout = busy_timeout
         self.verify = verify
-        self._db = SqliteConnection(self._open, translate=self._translate)
+        self._db = SqliteConnection(self._open, translate=self._translate, watch=self.path)
 
     def __repr__(self) -> str:
         return f"SqliteMemory({self.path!r})"
@@ -119,6 +119,8 @@ class SqliteMemory(SqlMemory):
             yield SqliteCursor(conn)
 
     def _translate(self, err: Exception) -> Exception:
+        if isinstance(err, SqliteFileProblem):  # the file was deleted or replaced
+            return _typed(err, self.where)
         if not isinstance(err, sqlite3.Error):
             return err
         if reads_as_damaged(err):

@@ -70,7 +70,8 @@ def error_response(err: BaseException) -> JSONResponse:
     """An error as `{"error": {"type", "message"}}` with its status code."""
     status, kind = status_of(err)
     message = message_of(err) if status < 500 else f"{type(err).__name__}: {err}"
-    return Json({"error": {"type": kind, "message": message}}, status_code=status)
+    headers = {"Retry-After": "1"} if status == 503 else None
+    return Json({"error": {"type": kind, "message": message}}, status_code=status, headers=headers)
 
 
 def is_json(content_type: str) -> bool:

@@ -15,7 +15,7 @@ from loomgraph.agent.checkpoints import (
 )
 from loomgraph.agent.run_events import BadEventId
 from loomgraph.agent.submitting import RunJobPending
-from loomgraph.errors import InputTooLarge, LoomgraphError, StateError
+from loomgraph.errors import InputTooLarge, LoomgraphError, ServiceUnavailable, StateError
 from loomgraph.nodes.structured import OutputValidationError
 from loomgraph.protocols import BudgetExceeded, UnknownRun
 from loomgraph.runtime.errors import RunConflict, RunFinished
@@ -103,6 +103,9 @@ ERROR_STATUS: tuple[tuple[type[BaseException], int, str], ...] = (
     (StateError, 422, "validation"),
     (OutputValidationError, 422, "validation"),
     (BudgetExceeded, 429, "budget_exhausted"),
+    # The journal, ledger or audit log cannot be reached now: the request may go through
+    # later (answered with Retry-After), and a run it started stays to be resumed.
+    (ServiceUnavailable, 503, "unavailable"),
     (LoomgraphError, 500, "internal"),
     (ValueError, 400, "bad_request"),
 )

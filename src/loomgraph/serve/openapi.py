@@ -19,6 +19,7 @@ _STATUS_TEXT = {
     415: "body not declared as JSON",
     422: "validation failed",
     429: "budget exhausted",
+    503: "journal, ledger or audit log unavailable now (Retry-After)",
 }
 
 

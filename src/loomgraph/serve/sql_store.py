@@ -16,9 +16,10 @@ from typing import Any
 from loomgraph._storage.cursor import Cursor, PgCursor, SqliteCursor
 from loomgraph._storage.pg_pool import LoopPool, import_asyncpg, open_pool, quote_ident
 from loomgraph._storage.sqlite_conn import SqliteConnection
-from loomgraph._storage.sqlite_files import open_sqlite
+from loomgraph._storage.sqlite_files import SqliteFileProblem, open_sqlite
 from loomgraph.protocols import RunRecord, RunStatus
 from loomgraph.runtime.codec import run_from_row
+from loomgraph.runtime.errors import JournalUnavailable
 from loomgraph.runtime.schema import RUN_READ
 from loomgraph.serve.api_keys import KEY_ID_CHARS, ApiKey, hash_key, key_id, new_key
 from loomgraph.serve.run_pages import RunPage, cursor_position
@@ -44,14 +45,14 @@ class SqlStore:
         ]
 
     @contextlib.asynccontextmanager
-    async def _cur(self) -> AsyncIterator[Cursor]:
-        async with self._cursor() as cur:
+    async def _cur(self, *, writing: bool = False) -> AsyncIterator[Cursor]:
+        async with self._cursor(writing) as cur:
             yield cur
 
     async def add_key(self, user_id: str, *, approver: bool = False, label: str = "") -> str:
         """Store a new key's hash; the key."""
         key = new_key()
-        async with self._cur() as cur:
+        async with self._cur(writing=True) as cur:
             await cur.execute(
                 f"INSERT INTO {self._p}serve_api_keys VALUES (?, ?, ?, ?, ?)",
                 (hash_key(key), user_id, int(approver), label, time.time()),
@@ -75,7 +76,7 @@ class SqlStore:
         found = await self._keys(where, (key_id,))
         if len(found) != 1:
             return None  # none, or (never seen) two keys sharing an id: delete neither
-        async with self._cur() as cur:
+        async with self._cur(writing=True) as cur:
             await cur.execute(f"DELETE FROM {self._p}serve_api_keys {where}", (key_id,))
         return found[0]
 
@@ -157,8 +158,14 @@ class SqliteStore(SqlStore):
 
     def __init__(self, path: str) -> None:
         self.path = path
-        self._db = SqliteConnection(self._open)
+        # Watched: a key added after the file was deleted or replaced is refused (see docs).
+        self._db = SqliteConnection(self._open, translate=self._translate, watch=path)
         super().__init__("", self._session, "json_extract(initial, '$.agent')")
+
+    def _translate(self, err: Exception) -> Exception:
+        if isinstance(err, SqliteFileProblem) and err.kind == "unavailable":
+            return JournalUnavailable(repr(self.path), str(err))  # the journal's own file
+        return err
 
     async def _open(self) -> Any:
         conn = await open_sqlite(self.path, busy_timeout=30.0, verify=False)
@@ -169,8 +176,8 @@ class SqliteStore(SqlStore):
         return conn
 
     @contextlib.asynccontextmanager
-    async def _session(self) -> AsyncIterator[Cursor]:
-        async with self._db.session() as conn:
+    async def _session(self, writing: bool) -> AsyncIterator[Cursor]:
+        async with self._db.session(writing=writing) as conn:
             yield SqliteCursor(conn)
 
     async def close(self) -> None:
@@ -198,7 +205,7 @@ class PostgresStore(SqlStore):
         )
 
     @contextlib.asynccontextmanager
-    async def _session(self) -> AsyncIterator[Cursor]:
+    async def _session(self, writing: bool) -> AsyncIterator[Cursor]:
         async with self._pools.cursor(transaction=False) as cur:
             yield _PgRows(cur)
 
