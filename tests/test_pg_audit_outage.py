@@ -22,6 +22,7 @@ from loomgraph.models import ScriptedModel
 from loomgraph.observability import AuditLogError, AuditLogUnavailable, PostgresAuditLog
 from loomgraph.protocols import RunStatus
 from loomgraph.runtime.postgres import PostgresRuntime
+from loomgraph.runtime.sqlite import SqliteRuntime
 from tcp_proxy import TcpProxy
 
 pg_schema = pg.pg_schema
@@ -258,6 +259,58 @@ async def test_an_audit_outage_mid_run_leaves_the_run_to_be_resumed(
             resumed = await agent.resume(run.run_id)
         assert resumed.status == RunStatus.COMPLETED, resumed.reason
         assert (await audit.verify()).ok
+    finally:
+        proxy.cut()
+        async with asyncio.timeout(BOUND):
+            await agent.aclose()
+            await audit.close()
+            await runtime.close()
+
+
+@pytest.mark.parametrize("journal", ["sqlite", "postgres"])
+async def test_an_audit_outage_after_the_last_effect_leaves_the_run_to_be_resumed(
+    pg_schema: str, journal: str, tmp_path: Any
+) -> None:
+    """Cut while the last model call answers: its entries are waited for before the run's end
+    is journaled, so the run is not `completed` with them missing; it stays `running` and its
+    resume ends it, `run_completed` in the log. (A SQLite journal's quick writes reach the
+    run's end before the failed append is seen: the case that lost them.)"""
+    proxy = TcpProxy(*_target())
+    port = proxy.port
+    audit = PostgresAuditLog(through(port), key=KEY, table=f"{pg_schema}.audit", **FAST)
+
+    def script(request: Any) -> Any:
+        if request.call_index == 0:
+            return {"tool_calls": [{"tool": "lookup", "args": {"city": "Paris"}}]}
+        proxy.cut()  # the last answer: no effect waits for the log after it
+        return "In France"
+
+    def lookup(city: str) -> str:
+        """Look a city up."""
+        return "France"
+
+    runtime: Any = (
+        SqliteRuntime(tmp_path / "journal.db")
+        if journal == "sqlite"
+        else PostgresRuntime(pg.postgres_dsn(), schema=pg_schema)
+    )
+    agent = Agent(
+        "geo", model=ScriptedModel(script), tools=[lookup], runtime=runtime, audit_log=audit
+    )
+    try:
+        with pytest.raises(AuditLogUnavailable) as raised:
+            async with asyncio.timeout(BOUND):
+                await agent.run("where?", user_id="alice")
+        _check_unavailable(raised.value)
+        [run] = await runtime.runs()
+        assert run.status == RunStatus.RUNNING  # not `completed` with its last entries lost
+        proxy = TcpProxy(*_target(), listen=port)  # the audit log is back
+        async with asyncio.timeout(BOUND):
+            resumed = await agent.resume(run.run_id)
+        assert resumed.status == RunStatus.COMPLETED and resumed.output == "In France"
+        assert (await audit.verify()).ok
+        actions = [e["action"] async for e in audit.entries(run_id=run.run_id)]
+        assert actions[-1] == "run_completed" and actions.count("run_completed") == 1
     finally:
         proxy.cut()
         async with asyncio.timeout(BOUND):

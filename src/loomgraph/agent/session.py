@@ -40,6 +40,7 @@ from loomgraph.protocols import (
     RunStatus,
     Seed,
     Usage,
+    finished,
     semconv,
 )
 from loomgraph.protocols.events import RUN_COMPLETED, RUN_STARTED
@@ -283,6 +284,10 @@ class AgentSession:
         `JournalUnavailable` from the lease holder."""
         if lease_stop() is not None:
             return
+        # To its end even when the caller cancels again: else the run stays `running`.
+        await finished(self._journal_cancelled(scope))
+
+    async def _journal_cancelled(self, scope: RunScope) -> None:
         reason = "cancelled by the caller"
         await self.deps.runtime.finish_run(self.run_id, RunStatus.CANCELLED, reason, None)
         if scope.auditing:
@@ -311,6 +316,9 @@ class AgentSession:
         result.usage += failed_step_usage(outcome.error) + scope.failed_usage
         result.usage += await crashed_usage(deps, self.run_id)
         data = result.to_dict()
+        # Every entry of what the run did is in the audit log before its end is journaled:
+        # an outage now leaves the run `running`, to be resumed, not ended without them.
+        await scope.audit_written()
         # The outcome first: a worker that lost the run's lease (a zombie) is refused here
         # (LeaseLost), before it could replace the run's episode in memory with its own.
         try:

@@ -24,6 +24,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from loomgraph.protocols import AuditLog
+from loomgraph.protocols.tasks import finished
 
 _log = logging.getLogger(__name__)
 
@@ -92,10 +93,11 @@ def _retrieved(task: asyncio.Task[None]) -> None:
 
 async def written_quietly(writer: AuditWriter | None) -> None:
     """`writer.written()` on a run's way out after an error of its own: that error is the
-    one raised; an append that failed too is logged."""
+    one raised; an append that failed too is logged. A caller cancelling the run again
+    meanwhile does not cut it off (the entries would be lost when the process exits)."""
     if writer is None:
         return
     try:
-        await writer.written()
+        await finished(writer.written())
     except Exception:
         _log.warning("audit entries of an ended run could not be written", exc_info=True)

@@ -18,6 +18,7 @@ from .audit_chain import (
     AuditEntry,
     AuditHead,
     AuditLogError,
+    AuditLogUnavailable,
     VerifyResult,
     chain_entries,
     dumps,
@@ -130,9 +131,19 @@ class FileAuditLog:
         user_id: str | None,
     ) -> list[AuditEntry]:
         """Append (action, actor, payload) entries in order under one lock, with one write
-        and one fsync: durable when this returns; blocking."""
+        and one fsync: durable when this returns; blocking. A file that cannot be opened or
+        written (a directory gone, permissions, a full disk, an I/O error) raises
+        `AuditLogUnavailable`: a run stays to be resumed, as for a log server that is down."""
         # Normalise before taking the lock so other writers wait only for the I/O.
         bodies = [(action, actor, normalize_payload(payload)) for action, actor, payload in entries]
+        try:
+            return self._append_bodies(bodies, run_id, user_id)
+        except OSError as err:
+            raise AuditLogUnavailable(str(self._path), f"{type(err).__name__}: {err}") from err
+
+    def _append_bodies(
+        self, bodies: list[tuple[str, str, dict[str, Any]]], run_id: str, user_id: str | None
+    ) -> list[AuditEntry]:
         flags = os.O_RDWR | os.O_APPEND | os.O_CREAT | getattr(os, "O_CLOEXEC", 0)
         fd = os.open(self._path, flags, 0o640)
         try:

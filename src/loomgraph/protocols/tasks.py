@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Awaitable
 from typing import TypeVar
 
@@ -11,17 +12,21 @@ T = TypeVar("T")
 
 
 async def finished(step: Awaitable[T]) -> T:
-    """Await `step` to its end even when the caller is cancelled meanwhile, then let the
-    cancellation go on: what a step began (a commit, a charge) cannot be taken back, and
-    one cut off halfway would leave the state it changes behind what happened."""
+    """Await `step` to its end even when the caller is cancelled meanwhile (once or again and
+    again), then let the cancellation go on: what a step began (a commit, a charge) cannot be
+    taken back, and one cut off halfway would leave the state it changes behind what
+    happened."""
     import asyncio  # here: the protocols are imported by code that never runs a loop
 
     task = asyncio.ensure_future(step)
     try:
         return await asyncio.shield(task)
     except asyncio.CancelledError:
-        if not task.done():
-            await asyncio.wait([task])
+        while not task.done():
+            # A caller cancelling again (a timeout, then a task group's teardown) must not
+            # cut the step off either; the first cancellation is raised once it ends.
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.wait([task])
         if not task.cancelled():
             task.exception()  # retrieved: the cancellation is what the caller gets
         raise
