@@ -16,6 +16,7 @@ from loomgraph.agent.leases import hold_lease, lease_stop
 from loomgraph.agent.pinning import graph_key, pin
 from loomgraph.agent.recovery import crashed_usage
 from loomgraph.agent.result import RunResult, failed_step_usage
+from loomgraph.agent.run_memory import episode_of, seeded_state
 from loomgraph.engine import audit_trail as trail
 from loomgraph.engine.audit_writer import written_quietly
 from loomgraph.engine.effects import ResumeInput
@@ -38,7 +39,6 @@ from loomgraph.protocols import (
     RunRecord,
     RunStart,
     RunStatus,
-    Seed,
     Usage,
     finished,
     semconv,
@@ -73,7 +73,7 @@ class AgentSession:
         self.on_episode = on_episode
         self.agent_name = agent_name
         self.prompt = prompt
-        # The parts of the memory seed that are untrusted text (`_seed` sets them).
+        # The parts of the memory seed that are untrusted text (set once it is read).
         self.seed_untrusted: tuple[str, ...] = ()
         self.user_id = user_id
         self.session_id = session_id
@@ -123,7 +123,9 @@ class AgentSession:
         record = self._record()
         check_run_ids(record)  # before the budget's clock, the memory seed, the graph
         async with self._opened(record, sink) as scope:
-            state = await self._seed(scope)
+            state, self.seed_untrusted = await seeded_state(
+                scope, self.graph, self.instructions, self.prompt, self.user_id, self.session_id
+            )
             # A copy: the run appends to its own message list in place.
             record.initial = RunStart(
                 {"input": state["input"], "messages": list(state["messages"])},
@@ -330,14 +332,13 @@ class AgentSession:
             data = result.to_dict()
             await deps.runtime.finish_run(self.run_id, result.status, result.reason, data)
         if result.ok:
-            episode = Episode(
+            episode = episode_of(
+                self.run_id,
                 self.user_id,
                 self.session_id,
-                self.run_id,
                 self.prompt,
-                str(result.output),
-                _tool_names(outcome.state),
-                time.time(),
+                result.output,
+                outcome.state,
             )
             await deps.memory.remember(episode)
             # Facts are written with no egress check and recalled later as the user's: an
@@ -366,27 +367,6 @@ class AgentSession:
         )
         return result
 
-    async def _seed(self, scope: RunScope) -> dict[str, Any]:
-        """The first state: memory's seed in the system prompt, the session's turns, the prompt."""
-        memory = self.deps.memory
-        seed = await memory.seed(
-            user_id=self.user_id, session_id=self.session_id, query=self.prompt
-        )
-        scope.system = self.instructions + (f"\n\n{seed}" if seed else "")
-        # Earlier runs' answers it recalls: untrusted here too (kept with the run's start).
-        self.seed_untrusted = seed.untrusted if isinstance(seed, Seed) else ()
-        for text in self.seed_untrusted:
-            scope.untrusted.add(text)
-        history = await memory.history(user_id=self.user_id, session_id=self.session_id)
-        # What tools returned in earlier runs is as untrusted now as it was then.
-        note_messages(scope.untrusted, self.deps.tools, history)
-        return self.graph.schema.initial(
-            {
-                "input": self.prompt,
-                "messages": [*history, {"role": "user", "content": self.prompt}],
-            }
-        )
-
     def _result(self, outcome: Outcome) -> RunResult:
         state = outcome.state
         usage = Usage.from_dict(state.get("usage") or {})
@@ -409,7 +389,3 @@ class AgentSession:
         if isinstance(cause, OutputValidationError):
             self.error = cause
         return result
-
-
-def _tool_names(state: dict[str, Any]) -> list[str]:
-    return [m.get("name", "") for m in state.get("messages") or () if m.get("role") == "tool"]

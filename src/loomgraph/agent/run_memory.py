@@ -1,0 +1,50 @@
+"""What a run takes from memory (its first state) and gives back (its episode)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from loomgraph.engine.scope import RunScope
+from loomgraph.engine.taint import note_messages
+from loomgraph.graph.compiled import CompiledGraph
+from loomgraph.protocols import Episode, Seed
+
+
+async def seeded_state(
+    scope: RunScope,
+    graph: CompiledGraph,
+    instructions: str,
+    prompt: str,
+    user_id: str | None,
+    session_id: str | None,
+) -> tuple[dict[str, Any], tuple[str, ...]]:
+    """The first state (memory's seed in the system prompt, the session's turns, the prompt)
+    and the parts of the seed that are untrusted text."""
+    deps = scope.deps
+    seed = await deps.memory.seed(user_id=user_id, session_id=session_id, query=prompt)
+    scope.system = instructions + (f"\n\n{seed}" if seed else "")
+    # Earlier runs' answers it recalls: untrusted here too (kept with the run's start).
+    untrusted = seed.untrusted if isinstance(seed, Seed) else ()
+    for text in untrusted:
+        scope.untrusted.add(text)
+    history = await deps.memory.history(user_id=user_id, session_id=session_id)
+    # What tools returned in earlier runs is as untrusted now as it was then.
+    note_messages(scope.untrusted, deps.tools, history)
+    state = graph.schema.initial(
+        {"input": prompt, "messages": [*history, {"role": "user", "content": prompt}]}
+    )
+    return state, untrusted
+
+
+def episode_of(
+    run_id: str,
+    user_id: str | None,
+    session_id: str | None,
+    prompt: str,
+    output: Any,
+    state: dict[str, Any],
+) -> Episode:
+    """The episode a completed run leaves in memory: its prompt, answer and the tools used."""
+    tools = [m.get("name", "") for m in state.get("messages") or () if m.get("role") == "tool"]
+    return Episode(user_id, session_id, run_id, prompt, str(output), tools, time.time())
