@@ -4,6 +4,7 @@ journaled."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -156,3 +157,44 @@ async def test_a_replaced_field_counts_once_however_often_it_is_rewritten(tmp_pa
     assert result.status == "completed", result.reason
     assert len(await runtime.transitions(result.run_id)) == 30
     await runtime.close()
+
+
+UNDONE = """
+name: undone
+entry: step
+state:
+  notes: {type: "list[str]", reducer: append, default: []}
+  count: {type: int, default: 0}
+nodes:
+  step: {kind: function, call: "lg_size_limits:_grow", writes: [notes], on_error: again}
+  again: {kind: function, call: "lg_size_limits:_count", reads: [count], writes: [count]}
+edges:
+  - {from: step, to: END, when: "count >= 10 or 1 // (count - count) > 0"}
+  - {from: step, to: END}
+  - {from: again, to: step}
+"""
+
+
+async def test_a_visit_that_failed_after_its_patch_counts_nothing_toward_the_limit(
+    tmp_path: Path,
+) -> None:
+    """A patch undone (the edge condition after it failed: the run went to `on_error`) is not
+    counted: ten failed visits of 1,000 characters each leave room for the one that succeeds."""
+    from loomgraph.authoring.loader import graph_from_yaml
+
+    _loop("_grow", "notes", "count")  # registers the module
+    module: Any = sys.modules["lg_size_limits"]
+    module._count = lambda state: {"count": state["count"] + 1}
+    runtime = SqliteRuntime(str(tmp_path / "journal.db"))
+    agent = Agent(
+        "x",
+        model="echo",
+        architecture=graph_from_yaml(UNDONE),
+        runtime=runtime,
+        size_limits=SizeLimits(state_chars=5_000),
+    )
+    result = await agent.run("go")
+    transitions = await runtime.transitions(result.run_id)
+    await runtime.close()
+    assert [t.node for t in transitions].count("again") == 10  # ten visits failed
+    assert result.status == "completed", result.reason

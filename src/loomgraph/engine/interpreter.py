@@ -15,12 +15,12 @@ from loomgraph.engine import audit_trail as trail
 from loomgraph.engine.context import VisitContext
 from loomgraph.engine.effects import encoding_problem
 from loomgraph.engine.scope import RunScope
-from loomgraph.engine.state_size import StateSize
+from loomgraph.engine.state_size import SizeUndo, StateSize
 from loomgraph.errors import GraphError, NodeError, ServiceUnavailable, StateError
 from loomgraph.graph.compiled import CompiledGraph
 from loomgraph.graph.registry import NodeKind
 from loomgraph.graph.spec import END
-from loomgraph.graph.state import snapshot_of, undo_patch
+from loomgraph.graph.state import Undo, snapshot_of, undo_patch
 from loomgraph.protocols import (
     AuditAction,
     BudgetExceeded,
@@ -151,7 +151,7 @@ async def _step(
     """One node visit, journaled; the next node, or the Outcome the run ends with. The state
     changes by exactly the patch journaled: a failure after the node's patch undoes it."""
     deps, node, visit, qualified = scope.deps, ctx.node, ctx.visit, ctx.qualified_node
-    reservation = None
+    reservation = counted = None
     try:
         reservation = await scope.reserve("node", NO_USAGE)
         if scope.listening:
@@ -169,17 +169,19 @@ async def _step(
         if reservation is not None:
             await scope.settle(reservation, NO_USAGE)
             reservation = None
-        if not ctx.path:  # a child's state reaches the run's through the patches counted here
-            _state_size(scope, graph, state).check(qualified, patch)
+        # A child's state reaches the run's through the patches counted here.
+        counted = _state_size(scope, graph, state).check(qualified, patch) if not ctx.path else None
         # What the visit used, for its transition (a node's own `usage` is checked here).
         used = Usage.from_dict(patch["usage"]) if patch.get("usage") else NO_USAGE
-        undo = graph.schema.apply(state, patch)  # all or nothing
+        undo: Undo = []
         try:
+            undo = graph.schema.apply(state, patch)  # all or nothing
             if hooks is not None:
                 await hooks.after_node(qualified, patch)
             target = graph.next_node(node, state, visits)[0] if node in graph.nodes else END
         except BaseException:
             undo_patch(state, undo)  # the visit failed: it changed nothing
+            _uncount(scope, counted)  # nor does its size count
             raise
     except BudgetExceeded as err:
         await ctx.emit(BUDGET_EXCEEDED, {"cap": err.cap, "reason": str(err)})
@@ -200,7 +202,7 @@ async def _step(
             return Outcome(RunStatus.FAILED, str(error), state, node, error=error)
         # Routed to the handler node, with what failed in the `error` field.
         patch = {"error": {"node": qualified, "type": type(err).__name__, "message": str(err)}}
-        used = NO_USAGE
+        used, counted = NO_USAGE, None  # (the failed patch's size was taken back)
         undo = graph.schema.apply(state, patch)
         target = kind.spec.on_error
     finally:
@@ -217,6 +219,7 @@ async def _step(
     refused = await _append(deps.runtime, transition)
     if refused is not None:  # nothing of the visit was written: the run ends here
         undo_patch(state, undo)
+        _uncount(scope, counted)
         scope.seq -= 1
         await ctx.emit(ERROR, {"error": str(refused), "type": type(refused).__name__})
         return Outcome(RunStatus.FAILED, str(refused), state, node, error=refused)
@@ -262,6 +265,12 @@ def _stops_the_run(err: BaseException) -> bool:
     except RuntimeError:  # no event loop runs: the coroutine is being closed
         return True
     return task is None or (isinstance(err, asyncio.CancelledError) and task.cancelling() > 0)
+
+
+def _uncount(scope: RunScope, counted: SizeUndo | None) -> None:
+    """Take a patch that was undone out of the run's state size."""
+    if counted is not None and scope.state_size is not None:
+        scope.state_size.undo(counted)
 
 
 def _state_size(scope: RunScope, graph: CompiledGraph, state: dict[str, Any]) -> StateSize:

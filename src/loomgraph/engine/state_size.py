@@ -51,12 +51,14 @@ class StateSize:
         self.total = sum(self._fields.values())
         self.limit = limit
 
-    def check(self, node: str, patch: Mapping[str, Any]) -> None:
-        """Count a (checked) patch about to be applied; StateTooLarge if it does not fit."""
+    def check(self, node: str, patch: Mapping[str, Any]) -> SizeUndo:
+        """Count a (checked) patch about to be applied; StateTooLarge if it does not fit.
+        What it returns takes the count back (`undo`) when the patch is undone."""
         fields, total = self._fields, self.total
         sizes: dict[str, int] = {}
+        before: dict[str, int] = {}
         for name, value in patch.items():
-            old = fields.get(name, 0)
+            before[name] = old = fields.get(name, 0)
             added = json_size(value)
             size = added if self._reducers.get(name, "replace") == "replace" else old + added
             sizes[name] = size
@@ -64,4 +66,14 @@ class StateSize:
         if total > self.limit:
             raise StateTooLarge(node, total, self.limit)
         fields.update(sizes)
-        self.total = total
+        undo, self.total = (before, self.total), total
+        return undo
+
+    def undo(self, undo: SizeUndo) -> None:
+        """Take back what `check` counted for a patch that was undone."""
+        before, self.total = undo
+        self._fields.update(before)
+
+
+SizeUndo = tuple[dict[str, int], int]
+"""The sizes of the fields a patch changed, and the total, before it was counted."""
