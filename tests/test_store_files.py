@@ -22,6 +22,7 @@ from loomgraph.governance.ledger import LedgerUnavailable
 from loomgraph.memory import SqliteMemory
 from loomgraph.memory.errors import MemoryUnavailable
 from loomgraph.runtime.errors import JournalUnavailable
+from loomgraph.runtime.sqlite import SqliteRuntime
 from loomgraph.serve.sql_store import SqliteStore
 
 
@@ -57,6 +58,7 @@ async def _memory_write(store: Any, n: int) -> None:
 
 async def _memory_read(store: Any) -> list[str]:
     return [u for u in ("user0", "user1", "user2", "user9") if await store.get_blocks(u)]
+
 
 
 Write = Callable[[Any, int], Awaitable[None]]
@@ -115,7 +117,6 @@ async def test_a_journal_the_server_cannot_reach_is_503_with_retry_after(tmp_pat
 
     from loomgraph import Agent
     from loomgraph.models import ScriptedModel
-    from loomgraph.runtime.sqlite import SqliteRuntime
     from loomgraph.serve import create_app
 
     path = tmp_path / "journal.db"
@@ -146,3 +147,59 @@ async def test_a_journal_the_server_cannot_reach_is_503_with_retry_after(tmp_pat
         listed = (await client.get("/v1/runs", headers=auth)).json()["runs"]
         assert len(listed) == 1  # what was stored before is all there
     await agent.aclose()
+
+
+async def _runtime_write(store: Any, n: int) -> None:
+    from loomgraph.protocols import RunRecord
+
+    await store.start_run(RunRecord(f"r{n}", "g", "h", None, None, created_at=1.0, updated_at=1.0))
+
+
+async def _runtime_read(store: Any) -> list[str]:
+    return sorted(r.run_id for r in await store.runs())
+
+
+RESTORED: dict[str, tuple[Callable[[str], Any], Write, Callable[[Any], Awaitable[list[str]]]]] = {
+    "journal": (SqliteRuntime, _runtime_write, _runtime_read),
+    "memory": (SqliteMemory, _memory_write, _memory_read),
+    "key store": (SqliteStore, _key_write, _key_read),
+}
+
+
+@pytest.mark.parametrize("kind", list(RESTORED))
+async def test_a_file_restored_under_an_open_store_is_used_not_overwritten(
+    tmp_path: Path, kind: str
+) -> None:
+    """An operator restores a backup by replacing the file while a process has it open,
+    leaving that process's `-wal` at the path: SQLite would replay it onto the restored file
+    (a WAL names no database), undoing the restore. The process lets go of the `-wal` it
+    knows as its own, so the next use reads the backup, and closing it writes nothing back."""
+    import sqlite3
+
+    make, write, read = RESTORED[kind]
+    path, backup = tmp_path / "store.db", tmp_path / "backup.db"
+    store = make(str(path))
+    try:
+        await write(store, 0)
+        source, target = sqlite3.connect(path), sqlite3.connect(backup)
+        source.backup(target)  # the operator's backup, as another process takes it
+        source.close()
+        target.close()
+        await write(store, 1)  # after the backup: in this process's -wal only
+        assert Path(f"{path}-wal").exists()
+        os.replace(backup, path)  # restored in place; the -wal at the path is the old one's
+        with pytest.raises(Exception, match="no longer the file"):
+            await write(store, 2)
+        assert await read(store) == await _expected(kind, [0])
+    finally:
+        await store.close()
+    reopened = make(str(path))
+    try:
+        assert await read(reopened) == await _expected(kind, [0])  # the backup, as it was
+    finally:
+        await reopened.close()
+
+
+async def _expected(kind: str, writes: list[int]) -> list[str]:
+    prefix = "r" if kind == "journal" else "user"
+    return [f"{prefix}{n}" for n in writes]

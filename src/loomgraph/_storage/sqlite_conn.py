@@ -30,7 +30,10 @@ class SqliteConnection:
     still the one opened (its device and inode, one `stat`): a file deleted or replaced
     meanwhile would take every later commit into the unlinked file, lost without an error.
     Then the write raises `SqliteFileProblem("unavailable")` (translated), nothing written,
-    and the connections are let go: the next use opens the file now at the path.
+    and the connections are let go: the next use opens the file now at the path. The `-wal`
+    and `-shm` files this connection used are removed from the path if they are still there
+    (the same files, by device and inode): a WAL names no database, so SQLite would replay
+    the old file's WAL onto a backup restored in its place, undoing the restore.
     """
 
     def __init__(
@@ -48,6 +51,7 @@ class SqliteConnection:
         self._lock = LoopLock()
         self._watch = None if watch == ":memory:" else watch
         self._identity: tuple[int, int] | None = None  # the opened file's (device, inode)
+        self._sidecars: dict[str, tuple[int, int] | None] = {}  # its -wal and -shm files'
 
     @contextlib.asynccontextmanager
     async def _locked(self) -> AsyncIterator[None]:
@@ -69,6 +73,7 @@ class SqliteConnection:
             self._conn = await self._open()  # checks the file before any write
             if self._watch is not None:
                 self._identity = _identity(self._watch)
+                self._sidecars = {s: _identity(self._watch + s) for s in _SIDECARS}
         return self._conn
 
     async def _check_file(self, inline: InlineWriter | None) -> None:
@@ -78,12 +83,19 @@ class SqliteConnection:
             return
         now = _identity(self._watch)
         if now == self._identity:
+            if None in self._sidecars.values():  # made after the opening: noted once
+                self._sidecars = {s: _identity(self._watch + s) for s in _SIDECARS}
             return
         self._identity = None
         if inline is not None:
             inline.close()
         with contextlib.suppress(Exception):
             await self._drop()
+        for suffix, ours in self._sidecars.items():
+            path = self._watch + suffix
+            if ours is not None and _identity(path) == ours:
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(path)  # the old file's, not the restored one's
         what = "deleted" if now is None else "replaced by another file"
         raise SqliteFileProblem(
             "unavailable",
@@ -189,6 +201,9 @@ class SqliteConnection:
                 sync.execute("ROLLBACK")
                 raise
             await inline.commit(sync)
+
+
+_SIDECARS = ("-wal", "-shm")
 
 
 def _identity(path: str) -> tuple[int, int] | None:
