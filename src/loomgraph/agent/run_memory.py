@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
@@ -9,6 +10,9 @@ from loomgraph.engine.scope import RunScope
 from loomgraph.engine.taint import note_messages
 from loomgraph.graph.compiled import CompiledGraph
 from loomgraph.protocols import Episode, Seed
+from loomgraph.protocols.events import MEMORY_REMEMBER_FAILED
+
+_log = logging.getLogger(__name__)
 
 
 async def seeded_state(
@@ -48,3 +52,17 @@ def episode_of(
     """The episode a completed run leaves in memory: its prompt, answer and the tools used."""
     tools = [m.get("name", "") for m in state.get("messages") or () if m.get("role") == "tool"]
     return Episode(user_id, session_id, run_id, prompt, str(output), tools, time.time())
+
+
+async def remembered(scope: RunScope, episode: Episode) -> bool:
+    """Keep a finished run's episode in memory; whether memory kept it. The run's end is
+    journaled already, so a failure (an outage, text it cannot store) is reported as a
+    `memory_remember_failed` event and the run returns its result all the same."""
+    try:
+        await scope.deps.memory.remember(episode)
+    except Exception as err:
+        error = f"{type(err).__name__}: {err}"
+        _log.warning("run %s: memory did not keep its episode: %s", episode.run_id, error)
+        await scope.emit(MEMORY_REMEMBER_FAILED, {"error": error}, None, scope.seq)
+        return False
+    return True

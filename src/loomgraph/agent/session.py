@@ -16,7 +16,7 @@ from loomgraph.agent.leases import hold_lease, lease_stop
 from loomgraph.agent.pinning import graph_key, pin
 from loomgraph.agent.recovery import crashed_usage
 from loomgraph.agent.result import RunResult, failed_step_usage
-from loomgraph.agent.run_memory import episode_of, seeded_state
+from loomgraph.agent.run_memory import episode_of, remembered, seeded_state
 from loomgraph.engine import audit_trail as trail
 from loomgraph.engine.audit_writer import written_quietly
 from loomgraph.engine.effects import ResumeInput
@@ -340,10 +340,13 @@ class AgentSession:
                 result.output,
                 outcome.state,
             )
-            await deps.memory.remember(episode)
             # Facts are written with no egress check and recalled later as the user's: an
             # answer quoting untrusted text (a tool result) is not mined for them.
-            if self.on_episode is not None and not scope.untrusted.carried_by(episode.output):
+            if (
+                await remembered(scope, episode)
+                and self.on_episode is not None
+                and not scope.untrusted.carried_by(episode.output)
+            ):
                 self.on_episode(episode)
         if scope.auditing:
             ended = trail.run_completed(

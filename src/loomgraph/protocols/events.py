@@ -26,6 +26,8 @@ OUTPUT_VOID: Final = "output_void"  # the chunks of `call_id` sent so far stand 
 TOOL_PROGRESS: Final = "tool_progress"  # a running tool reported progress (ToolContext)
 # Heard only by the hooks' on_event: the run's own stream has ended by then.
 MEMORY_EXTRACTION_FAILED: Final = "memory_extraction_failed"
+# Memory could not keep a finished run's episode; the run's result is returned all the same.
+MEMORY_REMEMBER_FAILED: Final = "memory_remember_failed"
 
 # Every kind loomgraph itself emits.
 EVENT_KINDS: frozenset[str] = frozenset(
@@ -46,6 +48,7 @@ EVENT_KINDS: frozenset[str] = frozenset(
         TOOL_PROGRESS,
         BUDGET_EXCEEDED,
         MEMORY_EXTRACTION_FAILED,
+        MEMORY_REMEMBER_FAILED,
         OUTPUT_VOID,
     }
 )
@@ -64,6 +67,7 @@ PROVISIONAL_KINDS: frozenset[str] = frozenset(
         BUDGET_WARNING,
         BUDGET_EXCEEDED,
         MEMORY_EXTRACTION_FAILED,
+        MEMORY_REMEMBER_FAILED,
     }
 )
 
