@@ -93,6 +93,8 @@ NO_VALUE: Any = _NoValue()
 
 # Makes the session that goes on with a run: (prompt, compiled graph, identity options).
 SessionFactory = Callable[..., AgentSession]
+# Runs that ended but not for good: resumed, they are journaled `running` as they go on.
+_REOPENED = frozenset({RunStatus.FAILED, RunStatus.CANCELLED, RunStatus.DEAD_LETTER})
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,13 +209,14 @@ class Resumer:
         token = None
         if fleet is not None:
             token = await self._watch_cancels(run_id, fleet, go.leased)
-        if answer is not None and record.status in WAITING:
+        if (answer is not None and record.status in WAITING) or record.status in _REOPENED:
             # Taken up with its answer: from here on the run is advanced, so it is journaled
             # `running` (under the lease) before it goes on. A crash after this leaves an
             # ordinary crashed running run, which a recovery resumes (counted), replaying the
             # answer once it is journaled (an approval's effect, an interrupt's transition);
             # while it stays `waiting`, a fleet worker would take a second answer for it and
-            # find the first one used.
+            # find the first one used. A failed or cancelled run (or a dead letter retried)
+            # goes on too: journaled `running` as it is, not as it ended before.
             await runtime.finish_run(run_id, RunStatus.RUNNING, "", None)
         try:
             result = await go.session.continue_from(
