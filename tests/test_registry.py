@@ -24,7 +24,6 @@ def test_a_kind_from_an_installed_distribution_is_found(
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: shout-nodes\nVersion: 1.0\n")
     (dist / "entry_points.txt").write_text("[loomgraph.nodes]\nshout = shout_nodes:Shout\n")
     monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.setattr(registry, "_entry_points_loaded", False)
     try:
         assert registry.node_kind("shout").__name__ == "Shout"
         assert "shout" in registry.known_kinds()

@@ -31,8 +31,10 @@ def with_edge(when: str, *, state: str = "") -> str:
 # --------------------------------------------------------------------------- version, kinds
 
 
-@pytest.mark.parametrize(("raw", "version"), [("1", "1"), ("1.2", "1.2"), ('"2024-01"', "2024-01")])
-def test_version_accepts_numbers_and_strings(raw: str, version: str) -> None:
+@pytest.mark.parametrize(
+    ("raw", "version"), [("1", "1"), ('"1.2"', "1.2"), ('"2024-01"', "2024-01")]
+)
+def test_version_accepts_whole_numbers_and_strings(raw: str, version: str) -> None:
     graph = graph_from_yaml(
         f"name: v\nversion: {raw}\nentry: a\nnodes:\n  a: {{kind: model}}\nedges:\n"
         "  - {from: a, to: END}\n"

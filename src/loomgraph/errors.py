@@ -15,13 +15,17 @@ with where each class lives (relative to `loomgraph.`):
     │   ├── ConditionError                  errors
     │   ├── NodeError                       errors
     │   ├── StateError                      errors
-    │   │   └── StateTooLarge               engine.state_size
+    │   │   ├── StateTooLarge               engine.state_size
+    │   │   └── StateChangedInPlace         nodes.function
     │   ├── UnknownNodeKind                 graph.registry
+    │   ├── NodeKindLoadError               graph.registry
     │   ├── UnknownGraph                    authoring.library
     │   ├── RenderError                     authoring.diagram (and .render)
     │   └── GraphChanged                    agent.checkpoints
     ├── RunStopped                          protocols
     ├── TypeSyntaxError + ValueError        graph.state
+    ├── FieldNotRead + KeyError             nodes.function (a node's failure: NodeError names it)
+    ├── MapPathError + LookupError          nodes.map (a node's failure: NodeError names it)
     ├── OutputValidationError + ValueError  nodes.structured
     ├── ResumeError + ValueError            agent.checkpoints
     │   ├── RunNotStarted                   agent.resuming

@@ -100,8 +100,9 @@ nodes:
   polish:
     kind: llm
     description: Rewrite the model's answer in the wanted style.
-    # A Jinja2 template over the state (sandboxed). Besides the fields it may use `state`,
-    # `last_message` and `visits`. Without `reads:`, the node reads what the template uses.
+    # A Jinja2 template over the state (sandboxed). Besides the fields it may use `state`
+    # and `last_message` (`visits` is for edge conditions only). Without `reads:`, the node
+    # reads what the template uses.
     prompt: |
       The user asked: {{{{ input }}}}
 

@@ -7,6 +7,7 @@ rules on the fields nodes and conditions read and write in `validate_fields`; th
 
 from __future__ import annotations
 
+import difflib
 import types
 import unicodedata
 from contextvars import ContextVar
@@ -23,6 +24,7 @@ from loomgraph.authoring.validate_fields import (
     templates_of,
 )
 from loomgraph.authoring.validate_flow import (
+    check_condition_reads,
     check_edges,
     check_entry,
     check_flow,
@@ -32,14 +34,22 @@ from loomgraph.authoring.validate_flow import (
 )
 from loomgraph.errors import Problem
 from loomgraph.graph.jinja_problems import source_problems
-from loomgraph.graph.registry import NodeKind, UnknownNodeKind, known_kinds, node_kind
-from loomgraph.graph.spec import END, SCHEMA_VERSION, Graph
+from loomgraph.graph.registry import (
+    NodeKind,
+    NodeKindLoadError,
+    UnknownNodeKind,
+    known_kinds,
+    node_kind,
+)
+from loomgraph.graph.spec import END, SCHEMA_VERSION, Graph, NodeSpec
 from loomgraph.graph.state import BUILTIN_FIELDS, DERIVED_NAMES, parse_type
 
 SUPPORTED_SCHEMA_VERSIONS = (SCHEMA_VERSION,)
 # As the state checks a field: finite floats (the state is journaled as JSON).
 _FINITE = ConfigDict(allow_inf_nan=False)
 RESERVED_FIELDS = frozenset(BUILTIN_FIELDS) | DERIVED_NAMES
+# The keys every node takes, whatever its kind (the others are its kind's params).
+COMMON_KEYS = tuple(NodeSpec.model_fields)
 
 # Graph files being validated in this context: a subgraph that includes its own file would
 # otherwise recurse until the stack runs out.
@@ -87,6 +97,7 @@ def _all_problems(graph: Graph, flow: bool) -> list[Problem]:
     problems += check_reads(graph, instances, known)
     problems += check_writes(graph, instances)
     problems += check_conditions(graph, known)
+    problems += check_condition_reads(graph, instances)
     problems += check_entry(graph)
     problems += check_edges(graph)
     problems += check_policies(graph)
@@ -171,7 +182,7 @@ def check_state_types(graph: Graph) -> list[Problem]:
     problems = []
     for name, field in graph.state.items():
         try:
-            parsed = parse_type(field.type)
+            parsed = parse_type(field.type, near=graph.source)
         except Exception as err:  # an imported module may raise anything
             problems.append(
                 problem_at(graph, "bad-type", f"state field {name!r}: {err}", "state", name, "type")
@@ -277,6 +288,12 @@ def _union_options(parsed: Any) -> list[Any]:
 # --------------------------------------------------------------------------- node kinds
 
 
+def _unknown_kind(kind: str) -> str:
+    known = known_kinds()
+    hint = did_you_mean(kind, known, ignore_case=True)
+    return f"unknown kind {kind!r}{hint}; registered kinds: {', '.join(known)}"
+
+
 def check_kinds(graph: Graph) -> tuple[dict[str, NodeKind], list[Problem]]:
     """`unknown-node-kind` and `bad-params`; the node instances of the nodes that passed."""
     instances: dict[str, NodeKind] = {}
@@ -284,29 +301,19 @@ def check_kinds(graph: Graph) -> tuple[dict[str, NodeKind], list[Problem]]:
     for name, spec in graph.nodes.items():
         try:
             kind = node_kind(spec.kind)
-        except UnknownNodeKind:
-            problems.append(
-                problem_at(
-                    graph,
-                    "unknown-node-kind",
-                    f"node {name!r}: unknown kind {spec.kind!r}"
-                    f"{did_you_mean(spec.kind, known_kinds(), ignore_case=True)}; "
-                    "registered kinds: "
-                    f"{', '.join(known_kinds())}",
-                    "nodes",
-                    name,
-                    "kind",
-                )
-            )
+        except (UnknownNodeKind, NodeKindLoadError) as err:  # (a distribution's is broken)
+            why = str(err) if isinstance(err, NodeKindLoadError) else _unknown_kind(spec.kind)
+            at = ("nodes", name, "kind")
+            problems.append(problem_at(graph, "unknown-node-kind", f"node {name!r}: {why}", *at))
             continue
         try:
             params = kind.Params.model_validate(spec.params)
         except ValidationError as err:
-            accepted = ", ".join(f.alias or n for n, f in kind.Params.model_fields.items())
+            accepted = [f.alias or n for n, f in kind.Params.model_fields.items()]
             for e in err.errors():
                 param = ".".join(str(part) for part in e["loc"]) or "params"
                 hint = (
-                    f"; {spec.kind} nodes take: {accepted or 'no params'}"
+                    _unknown_key_hint(spec.kind, param, accepted)
                     if e["type"] == "extra_forbidden"
                     else ""
                 )
@@ -334,6 +341,16 @@ def check_kinds(graph: Graph) -> tuple[dict[str, NodeKind], list[Problem]]:
                 )
             )
     return instances, problems
+
+
+def _unknown_key_hint(kind: str, key: str, params: list[str]) -> str:
+    """What a node of `kind` takes instead of the unknown `key`: the closest key, the kind's
+    params and the keys every node takes."""
+    close = difflib.get_close_matches(key, [*COMMON_KEYS, *params], n=1)
+    return (
+        f"; {kind} nodes take: {', '.join(params) or 'no params'}; every node takes: "
+        f"{', '.join(COMMON_KEYS)}" + (f"; did you mean {close[0]!r}?" if close else "")
+    )
 
 
 def check_kind_rules(graph: Graph, instances: dict[str, NodeKind]) -> list[Problem]:

@@ -1,4 +1,5 @@
-"""Flow rules of graph validation: entry, edge endpoints, shadowed edges, reachability, loops.
+"""Flow rules of graph validation: entry, edge endpoints, shadowed edges, reachability, loops,
+and what edge conditions read that no run can give them (visits of no node, unset fields).
 
 The flow graph models what the interpreter does: a node's edges are tried in file order and
 the first that holds wins, so an unconditional edge hides every later edge from that node;
@@ -9,15 +10,19 @@ edge to END.
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterable
-from typing import TYPE_CHECKING
+import types
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Union, get_args, get_origin
 
 if TYPE_CHECKING:
     import networkx as nx  # type: ignore[import-untyped,unused-ignore]
 
 from loomgraph.errors import Problem
+from loomgraph.graph.conditions import names_used, visit_names
 from loomgraph.graph.policies import known_error_type
+from loomgraph.graph.registry import NodeKind
 from loomgraph.graph.spec import END, Graph
+from loomgraph.graph.state import parse_type
 
 Path = tuple[str | int, ...]
 
@@ -154,6 +159,74 @@ def check_edges(graph: Graph) -> list[Problem]:
         elif edge.when is None:
             first_default[edge.source] = i
     return problems
+
+
+def check_condition_reads(graph: Graph, instances: Mapping[str, NodeKind]) -> list[Problem]:
+    """`undefined-read` in a `when`: `visits.x` where `x` is no node of the graph, and a
+    declared field that no node writes, that has no default, and whose type has no None (it
+    would be None at every run, a value its type does not allow)."""
+    written = {
+        field
+        for name, spec in graph.nodes.items()
+        for field in (instances[name].writes() if name in instances else spec.writes or ())
+    }
+    problems: list[Problem] = []
+    for i, edge in enumerate(graph.edges):
+        if edge.when is None:
+            continue
+        where = f"edge from {edge.source!r} to {edge.target!r}: condition {edge.when!r}"
+        for node in visit_names(edge.when):
+            if node in graph.nodes:
+                continue
+            read = f"visits.{node}" if node.isidentifier() else f"visits[{node!r}]"
+            problems.append(
+                problem_at(
+                    graph,
+                    "undefined-read",
+                    f"{where} reads {read}, but {node!r} is not a node of this graph"
+                    f"{did_you_mean(node, graph.nodes)}; nodes: {_names(graph.nodes)}",
+                    "edges",
+                    i,
+                    "when",
+                )
+            )
+        for name in sorted(names_used(edge.when, expression=True) & set(graph.state)):
+            field = graph.state[name]
+            if name in written or field.default is not None:
+                continue
+            if _admits_none(field.type, graph.source):
+                continue
+            problems.append(
+                problem_at(
+                    graph,
+                    "undefined-read",
+                    f"{where} reads {name!r}, which no node writes and which has no default, so "
+                    f"it is unset (None) at every run, which its type {field.type!r} does not "
+                    f"allow; add {name!r} to the `writes` of the node that sets it, or give "
+                    "the field a `default:` (also when a parent graph fills it through "
+                    "`inputs:`)",
+                    "edges",
+                    i,
+                    "when",
+                )
+            )
+    return problems
+
+
+def _admits_none(text: str, near: str | None) -> bool:
+    """Whether None is a value of the type string `text` (`any`, `T | None`); True when it
+    does not parse (reported as `bad-type`)."""
+    try:
+        parsed = parse_type(text, near=near)
+    except Exception:  # an imported module may raise anything
+        return True
+    return any(option in (Any, type(None)) for option in _options(parsed))
+
+
+def _options(tp: Any) -> list[Any]:
+    if get_origin(tp) in (Union, types.UnionType):
+        return [o for arg in get_args(tp) for o in _options(arg)]
+    return [tp]
 
 
 def flow_graph(graph: Graph) -> nx.DiGraph:

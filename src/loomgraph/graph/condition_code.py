@@ -129,10 +129,16 @@ def parse_bounded(env: SandboxedEnvironment, source: str, *, expression: bool) -
     return tree
 
 
-def compile_native(env: SandboxedEnvironment, source: str) -> Callable[..., Any] | None:
+def compile_native(
+    env: SandboxedEnvironment, source: str, *, counts: str | None = None
+) -> Callable[..., Any] | None:
     """The condition as a function of keyword variables, or None to leave it to Jinja (also
     when it does not parse: `env.compile_expression` then raises Jinja's own error). One
-    nested beyond the limits raises `TemplateSyntaxError` (`too_deep`)."""
+    nested beyond the limits raises `TemplateSyntaxError` (`too_deep`).
+
+    `counts` names a variable holding a dict of counts (`visits`): `counts.x` and
+    `counts['x']` read its key, and 0 for a key it does not hold (Jinja's own semantics
+    would give `Undefined`), decided here once, at no cost per evaluation."""
     try:
         expr = parse_bounded(env, source, expression=True)
     except TemplateSyntaxError as err:
@@ -141,7 +147,7 @@ def compile_native(env: SandboxedEnvironment, source: str) -> Callable[..., Any]
         return None
     if env.intercepted_unops:
         return None
-    builder = _Builder(env)
+    builder = _Builder(env, counts)
     try:
         evaluate = builder.build(expr)
     except _Unsupported:
@@ -163,8 +169,9 @@ def compile_native(env: SandboxedEnvironment, source: str) -> Callable[..., Any]
 class _Builder:
     """Turns the nodes of one expression into closures."""
 
-    def __init__(self, env: SandboxedEnvironment) -> None:
+    def __init__(self, env: SandboxedEnvironment, counts: str | None = None) -> None:
         self.env = env
+        self.counts = counts  # the variable whose missing keys read as 0 (`compile_native`)
         self.budgeted = False  # whether a node counts against the environment's budget
 
     def build(self, node: nodes.Node) -> Eval:
@@ -194,7 +201,24 @@ class _Builder:
 
         return resolve
 
+    def _count(self, node: nodes.Node, key: Any) -> Eval | None:
+        """`counts.key` as the count under `key`, 0 when absent; None for another node."""
+        name = node.name if isinstance(node, nodes.Name) else None
+        if name is None or name != self.counts or not isinstance(key, str):
+            return None
+        obj, getitem = self.build(node), self.env.getitem
+
+        def count(v: Mapping[str, Any]) -> Any:
+            value = obj(v)
+            if type(value) is dict:
+                return value.get(key, 0)
+            return getitem(value, key)
+
+        return count
+
     def _Getattr(self, node: nodes.Getattr) -> Eval:
+        if (count := self._count(node.node, node.attr)) is not None:
+            return count
         obj, attr, getattr_ = self.build(node.node), node.attr, self.env.getattr
         # The sandbox's getattr on a plain dict tries the attribute first, fails, and then
         # takes the key: for a name no dict attribute has, the key is the same answer.
@@ -211,6 +235,9 @@ class _Builder:
     def _Getitem(self, node: nodes.Getitem) -> Eval:
         if isinstance(node.arg, nodes.Slice):
             raise _Unsupported("slice")
+        key = node.arg.value if isinstance(node.arg, nodes.Const) else None
+        if (count := self._count(node.node, key)) is not None:
+            return count
         obj, arg, getitem = self.build(node.node), self.build(node.arg), self.env.getitem
         return lambda v: getitem(obj(v), arg(v))
 

@@ -30,6 +30,7 @@ from loomgraph.graph.condition_bounds import (
     run_budgeted,
 )
 from loomgraph.graph.condition_code import compile_native, parse_bounded, too_deep
+from loomgraph.graph.condition_visits import VISITS, VisitCounts
 
 __all__ = ["MAX_ITEMS_PER_RUN", "MAX_POWER_BITS", "MAX_RESULT_ITEMS", "MAX_STEPS", "bounded_binop"]
 _SIZED = (str, bytes, list, tuple, dict)
@@ -268,10 +269,12 @@ def compile_condition(expression: str) -> Callable[..., Any]:
 
     It runs as plain closures with the sandbox's semantics when it parses and is made only
     of the nodes `condition_code` knows; otherwise Jinja compiles it (and raises its own
-    syntax and unknown-filter errors) and it runs as Jinja's compiled expression."""
+    syntax and unknown-filter errors) and it runs as Jinja's compiled expression. Either
+    way `visits.x` of a node not visited yet is 0 (validation refuses a name that is no
+    node): the closures read it so when compiled, Jinja's form gets `VisitCounts`."""
     env = environment()
     try:
-        native = compile_native(env, expression)
+        native = compile_native(env, expression, counts=VISITS)
         if native is not None:
             return native
         # Compiled under a budget: Jinja folds constant filters at compile time.
@@ -280,6 +283,9 @@ def compile_condition(expression: str) -> Callable[..., Any]:
         raise too_deep("the condition") from None
 
     def evaluate(**variables: Any) -> Any:
+        counts = variables.get(VISITS)
+        if type(counts) is dict:
+            variables[VISITS] = VisitCounts(counts)
         return run_budgeted(compiled, **variables)
 
     return evaluate
@@ -304,17 +310,41 @@ def names_used(source: str, *, expression: bool) -> set[str]:
     text = "{{ " + source + " }}" if expression else source
     try:
         tree = parse_bounded(environment(), text, expression=False)
+        undeclared = meta.find_undeclared_variables(tree)  # compiles: `x is None` fails here
     except (TemplateSyntaxError, RecursionError):
         return set()
     called = {c.node.name for c in tree.find_all(nodes.Call) if isinstance(c.node, nodes.Name)}
-    return set(meta.find_undeclared_variables(tree)) - called
+    return set(undeclared) - called
+
+
+def visit_names(source: str) -> list[str]:
+    """The node names a condition reads the visit counts of (`visits.x`, `visits['x']`), in
+    order; a method called on `visits` (`visits.get('x')`) is not one. [] when it does not
+    parse (reported on its own)."""
+    try:
+        tree = parse_bounded(environment(), source, expression=True)
+    except (TemplateSyntaxError, RecursionError):
+        return []
+    called = {id(c.node) for c in tree.find_all(nodes.Call)}
+    names = []
+    for node in [tree, *tree.find_all((nodes.Getattr, nodes.Getitem))]:
+        if not isinstance(node, nodes.Getattr | nodes.Getitem) or id(node) in called:
+            continue
+        if not (isinstance(node.node, nodes.Name) and node.node.name == VISITS):
+            continue
+        if isinstance(node, nodes.Getattr):
+            names.append(node.attr)
+        elif isinstance(node.arg, nodes.Const) and isinstance(node.arg.value, str):
+            names.append(node.arg.value)
+    return list(dict.fromkeys(names))
 
 
 def condition_scope(
     state: Mapping[str, Any], visits: Mapping[str, int] | None = None
 ) -> dict[str, Any]:
     """What a condition or template sees: every state field, `state`, `last_message`, and
-    `visits` (how often each node ran so far, e.g. `visits.replan < 3`)."""
+    `visits` (how often each node ran so far, e.g. `visits.replan < 3`; a compiled condition
+    reads a node not run yet as 0: `compile_condition`)."""
     messages = state.get("messages") or ()
     return {
         **state,

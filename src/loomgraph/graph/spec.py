@@ -19,8 +19,15 @@ Reducer = Literal["replace", "append", "merge", "add"]
 
 
 def _version_text(value: Any) -> Any:
-    """`version: 1` and `version: 1.2` are read as the strings "1" and "1.2"."""
-    if isinstance(value, int | float) and not isinstance(value, bool):
+    """`version: 1` is read as the string "1"; a version YAML read as a fraction is refused,
+    since the number has lost how it was written (`1.10` is the float 1.1): quote it."""
+    if isinstance(value, float):
+        raise ValueError(
+            f"version {value!r} was read as a number, which loses how it was written "
+            f"(1.10 and 1.1 are the same number); quote it as you mean it, e.g. "
+            f'version: "{value!r}"'
+        )
+    if isinstance(value, int) and not isinstance(value, bool):
         return str(value)
     return value
 
@@ -29,7 +36,11 @@ Version = Annotated[
     str,
     BeforeValidator(_version_text),
     WithJsonSchema(
-        {"type": ["string", "number"], "description": "the graph's own version, e.g. 1 or 2.1"}
+        {
+            "type": ["string", "integer"],
+            "description": "the graph's own version: a whole number or a quoted string, "
+            'e.g. 2 or "2.1"',
+        }
     ),
 ]
 

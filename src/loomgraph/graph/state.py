@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import copy
-import importlib
 import re
 from collections.abc import Callable, Mapping
 from functools import cache
+from pathlib import Path
 from typing import Any, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, PydanticUserError, TypeAdapter, ValidationError
 from typing_extensions import TypedDict
 
 from loomgraph.errors import LoomgraphError, StateError
+from loomgraph.graph.imports import import_object
 from loomgraph.graph.spec import Graph, Reducer, StateField
 from loomgraph.protocols.messages import Message
 from loomgraph.protocols.usage import Usage
@@ -52,10 +53,14 @@ _SIMPLE: dict[str, Any] = {
 _TOKEN = re.compile(r"\s*([A-Za-z_][\w.:]*|\[|\]|,|\|)")
 
 
-def parse_type(text: str) -> Any:
-    """Turn a type string like `list[dict[str, int]] | None` into a Python type, without eval."""
+def parse_type(text: str, *, near: str | Path | None = None) -> Any:
+    """Turn a type string like `list[dict[str, int]] | None` into a Python type, without eval.
+
+    A model named by import path (`steps:Report`) is looked for as a `function` node's `call`
+    is (`graph.imports.import_object`): next to `near` (the graph file naming it; pass
+    `graph.source`), then in the current directory, then in the installed packages."""
     tokens = _tokens(text)
-    result, rest = _parse_union(tokens)
+    result, rest = _parse_union(tokens, near)
     if rest:
         raise TypeSyntaxError(f"unexpected {rest[0]!r} in type {text!r}")
     return result
@@ -72,28 +77,28 @@ def _tokens(text: str) -> list[str]:
     return out
 
 
-def _parse_union(tokens: list[str]) -> tuple[Any, list[str]]:
-    first, tokens = _parse_atom(tokens)
+def _parse_union(tokens: list[str], near: str | Path | None) -> tuple[Any, list[str]]:
+    first, tokens = _parse_atom(tokens, near)
     options = [first]
     while tokens and tokens[0] == "|":
-        option, tokens = _parse_atom(tokens[1:])
+        option, tokens = _parse_atom(tokens[1:], near)
         options.append(option)
     return (options[0] if len(options) == 1 else Union[tuple(options)]), tokens  # noqa: UP007
 
 
-def _parse_atom(tokens: list[str]) -> tuple[Any, list[str]]:
+def _parse_atom(tokens: list[str], near: str | Path | None) -> tuple[Any, list[str]]:
     if not tokens or tokens[0] in "[],|":
         raise TypeSyntaxError(f"expected a type name, got {tokens[:1] or 'the end'}")
     name, tokens = tokens[0], tokens[1:]
     base = _SIMPLE.get(name)
     if base is None:
-        base = _import_model(name)
+        base = _import_model(name, near)
     if not tokens or tokens[0] != "[":
         return base, tokens
     args = []
     tokens = tokens[1:]
     while True:
-        arg, tokens = _parse_union(tokens)
+        arg, tokens = _parse_union(tokens, near)
         args.append(arg)
         if not tokens:
             raise TypeSyntaxError("unclosed '['")
@@ -111,19 +116,30 @@ def _parse_atom(tokens: list[str]) -> tuple[Any, list[str]]:
     raise TypeSyntaxError(f"{name}[...] takes {'one' if base is list else 'two'} argument(s)")
 
 
-def _import_model(path: str) -> Any:
-    if name_ok := (":" in path or "." in path):
-        module_name, _, attr = path.replace(":", ".").rpartition(".")
-        try:
-            found = getattr(importlib.import_module(module_name), attr)
-        except (ImportError, AttributeError) as err:
-            raise TypeSyntaxError(f"cannot import type {path!r}: {err}") from None
-        if isinstance(found, type) and issubclass(found, BaseModel):
-            return found
+def _import_model(path: str, near: str | Path | None) -> Any:
+    """The pydantic model at `module:Model`, found as a `function` node's `call` is: next to
+    the graph file `near`, then in the current directory, then in the installed packages."""
+    if not (":" in path or "." in path):
+        raise TypeSyntaxError(
+            f"unknown type {path!r}: use str, int, float, bool, any, list[T], dict[K, V], "
+            "T | None or a pydantic model by import path (module:Model)"
+        )
+    try:
+        found = import_object(path, near=near, what="type")
+    except ImportError as err:
+        raise TypeSyntaxError(str(err)) from None
+    if isinstance(found, type) and issubclass(found, BaseModel):
+        return found
     raise TypeSyntaxError(
-        f"unknown type {path!r}: use str, int, float, bool, any, list[T], dict[K, V], T | None "
-        + ("or a pydantic model" if name_ok else "or a pydantic model by import path")
+        f"type {path!r} is {_described(found)}, not a pydantic model; name a BaseModel "
+        "subclass, or use str, int, float, bool, any, list[T], dict[K, V], T | None"
     )
+
+
+def _described(found: Any) -> str:
+    if isinstance(found, type):
+        return f"the class {found.__name__}"
+    return f"a {type(found).__name__}"
 
 
 # --------------------------------------------------------------------------- reducers
@@ -195,7 +211,7 @@ class StateSchema:
         self.adapters: dict[str, TypeAdapter[Any]] = {}
         for name, f in graph.state.items():
             if f.type not in ("any", "Any"):
-                self.adapters[name] = _field_adapter(parse_type(f.type))
+                self.adapters[name] = _field_adapter(parse_type(f.type, near=graph.source))
 
     def initial(self, values: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """A fresh state: defaults (copied, never shared between runs), then `values`."""

@@ -46,11 +46,11 @@ class InterruptNode(NodeKind):
         """The request type must parse, and its values fit the output field."""
         p = self.params
         try:
-            parse_type(p.request)
+            parse_type(p.request, near=graph.source)
         except TypeSyntaxError as err:
             return [f"request: {err}"]
         field = graph.state.get(p.output)
-        if field is not None and never_fits(p.request, field):
+        if field is not None and never_fits(p.request, field, graph.source):
             return [
                 f"request type {p.request!r} can never be stored in state field {p.output!r} "
                 f"({field.type}): every answer would fail the run; make the types agree"
@@ -60,7 +60,8 @@ class InterruptNode(NodeKind):
     def bind(self, graph: Graph) -> None:
         """Compile the message and the request type once."""
         self.message = compile_template(self.params.message)
-        self.adapter: TypeAdapter[Any] = TypeAdapter(parse_type(self.params.request))
+        request = parse_type(self.params.request, near=graph.source)
+        self.adapter: TypeAdapter[Any] = TypeAdapter(request)
 
     async def run(self, state: Mapping[str, Any], ctx: NodeContext) -> dict[str, Any]:
         """Write the value the run was resumed with, or stop and ask for it."""

@@ -53,11 +53,11 @@ class LLMNode(NodeKind):
         p = self.params
         if p.schema_:
             try:
-                parse_type(p.schema_)
+                parse_type(p.schema_, near=graph.source)
             except TypeSyntaxError as err:
                 return [f"schema: {err}"]
         field = graph.state.get(p.output)
-        if field is not None and never_fits(p.schema_ or "str", field):
+        if field is not None and never_fits(p.schema_ or "str", field, graph.source):
             answer = f"schema {p.schema_!r}" if p.schema_ else "the answer text (no `schema`)"
             return [
                 f"{answer} can never be stored in state field {p.output!r} ({field.type}): "
@@ -71,7 +71,7 @@ class LLMNode(NodeKind):
         self.prompt: Callable[[Mapping[str, Any]], str] = compile_template(p.prompt)
         self.system_template = compile_template(p.system) if p.system else None
         self.answer = (
-            StructuredAnswer(parse_type(p.schema_), label=f"node {self.name!r}")
+            StructuredAnswer(parse_type(p.schema_, near=graph.source), label=f"node {self.name!r}")
             if p.schema_
             else None
         )

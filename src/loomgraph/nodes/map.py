@@ -2,18 +2,28 @@
 
 from __future__ import annotations
 
+import difflib
 import functools
+import types
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Union, get_args, get_origin
 
-from pydantic import Field
+from pydantic import BaseModel, Field
 
+from loomgraph.errors import LoomgraphError
 from loomgraph.graph.node_context import NodeContext
 from loomgraph.graph.registry import register_node
-from loomgraph.graph.spec import Graph
+from loomgraph.graph.spec import Graph, StateField
 from loomgraph.graph.state import final_output, parse_type
 from loomgraph.nodes.concurrency import run_all
-from loomgraph.nodes.subgraph import ChildGraphNode, ChildGraphParams
+from loomgraph.nodes.subgraph import (
+    ChildGraphNode,
+    ChildGraphParams,
+    cannot_hold,
+    field_of,
+    no_field,
+)
+from loomgraph.nodes.written_types import never_fits
 from loomgraph.protocols import RunStatus, RunStopped, Usage
 
 # As the visit limits, a bound every map has unless its graph says otherwise: a model that
@@ -71,29 +81,72 @@ class MapNode(ChildGraphNode):
         return sorted({field, *self.params.inputs.values()} | self.prompt_reads())
 
     def check(self, graph: Graph) -> list[str]:
-        """The child must exist, and `over` must be a list field."""
-        problems = super().check(graph)
-        field = None if "." in self.params.over else graph.state.get(self.params.over)
-        if field is not None and field.type not in ("any", "Any"):
-            try:
-                kind = getattr(parse_type(field.type), "__origin__", None)
-            except ValueError:
-                kind = None
-            if kind is not list:
-                problems.append(
-                    f"map over {self.params.over!r}, which is a {field.type}, not a list"
-                )
-        elif self.params.over in ("input", "output", "usage"):
-            problems.append(f"map over {self.params.over!r}, which is not a list field")
+        """The child must exist, `over` must lead to a list, and the fields mapped must exist
+        in the graphs they name, with types that agree."""
+        return [*self.over_problems(graph), *super().check(graph)]
+
+    def over_problems(self, graph: Graph) -> list[str]:
+        """`over`: its field read, each further part a field of the type before it (as far
+        as the types tell), and a list at its end."""
+        over = self.params.over
+        first, *rest = over.split(".")
+        problems = []
+        if self.spec.reads is not None and first not in self.spec.reads:
+            problems.append(
+                f"map over {over!r} reads {first!r}, which is not in the node's `reads:`; "
+                f"add {first!r} to `reads:`"
+            )
+        field = field_of(graph, first)
+        if over in ("output", "usage"):  # typed `any`, but the answer and a usage dict
+            return [*problems, f"map over {over!r}, which is not a list field"]
+        if field is None:  # reported as `undefined-read`
+            return problems
+        try:
+            tp: Any = parse_type(field.type, near=graph.source)
+        except Exception:  # reported as `bad-type` (an imported module may raise anything)
+            return problems
+        walked, name = first, field.type
+        for part in rest:
+            tp, why = _member(tp, part)
+            if why is not None:
+                return [*problems, f"map over {over!r}: {walked!r} is a {name}: {why}"]
+            walked, name = f"{walked}.{part}", _type_name(tp)
+        known = _known(tp)
+        if known is not None and (get_origin(known) or known) is not list:
+            problems.append(f"map over {over!r}, which is a {name}, not a list")
+        return problems
+
+    def field_problems(self, graph: Graph, child: Graph) -> list[str]:
+        """`inputs`, `item` and `result` must be fields of the child, with types that agree,
+        and `output` a list field of the parent."""
+        p = self.params
+        inputs = {name: source for name, source in p.inputs.items() if name != p.item}
+        problems = self.input_problems(graph, child, inputs)
+        if missing := no_field(child, p.item, "item"):
+            problems.append(missing)
+        elif p.item != "input" or p.prompt is None:  # a prompt makes the input
+            element = _element(field_of(graph, p.over))
+            problems += cannot_hold(
+                "item",
+                f"an item of {p.over!r}",
+                element,
+                f"{p.item!r} of graph {child.name!r}",
+                field_of(child, p.item),
+            )
+        if missing := no_field(child, p.result, "result"):
+            problems.append(missing)
+        output = field_of(graph, p.output)
+        if output is not None and never_fits("list", output):
+            problems.append(
+                f"output: {p.output!r} is a {output.type}, but a map writes a list of "
+                "results; write them to a list field (e.g. `type: list[str]`)"
+            )
         return problems
 
     async def run(self, state: Mapping[str, Any], ctx: NodeContext) -> dict[str, Any]:
         """Run one branch per item (at most `concurrency` at once) and join their results."""
         p = self.params
-        items: Any = state
-        for part in p.over.split("."):
-            items = items.get(part) if isinstance(items, Mapping) else None
-        items = items or []
+        items = items_at(state, p.over)
         if not isinstance(items, list):
             raise TypeError(f"map over {p.over!r}: expected a list, got {type(items).__name__}")
         if len(items) > p.max_items:
@@ -118,3 +171,75 @@ class MapNode(ChildGraphNode):
         )
         usage = sum((Usage.from_dict(d["usage"]) for d in done), Usage())
         return {p.output: [d["result"] for d in done], "usage": usage.to_dict()}
+
+
+class MapPathError(LoomgraphError, LookupError):
+    """A part of a map's `over` path that the state does not hold."""
+
+
+def items_at(state: Mapping[str, Any], path: str) -> Any:
+    """The value at the dotted `path` of the state; MapPathError naming the part that is not
+    there (never an empty list in its place)."""
+    value: Any = state
+    walked: list[str] = []
+    for part in path.split("."):
+        if not isinstance(value, Mapping):
+            raise MapPathError(
+                f"map over {path!r}: {'.'.join(walked)!r} is a {type(value).__name__}, "
+                f"which has no {part!r}"
+            )
+        if part not in value:
+            keys = ", ".join(repr(k) for k in list(value)[:20]) or "none"
+            where = repr(".".join(walked)) if walked else "the state the node reads"
+            raise MapPathError(f"map over {path!r}: {where} has no {part!r} (it has: {keys})")
+        value = value[part]
+        walked.append(part)
+    return value
+
+
+def _options(tp: Any) -> list[Any]:
+    """The options of a union type (its one type otherwise), None left out."""
+    if get_origin(tp) in (Union, types.UnionType):
+        return [o for arg in get_args(tp) for o in _options(arg)]
+    return [] if tp is type(None) else [tp]
+
+
+def _known(tp: Any) -> Any:
+    """The one type a value of `tp` has, None left out; None when `tp` is any or a union."""
+    options = _options(tp)
+    return options[0] if len(options) == 1 and options[0] is not Any else None
+
+
+def _member(tp: Any, part: str) -> tuple[Any, str | None]:
+    """The type of `part` of a value of `tp` (Any when the type does not tell), and why a
+    value of `tp` has no such part (None when it may have it)."""
+    known = _known(tp)
+    base = get_origin(known) or known
+    if isinstance(base, type) and issubclass(base, BaseModel):
+        fields = base.model_fields
+        if part in fields:
+            return fields[part].annotation, None
+        close = difflib.get_close_matches(part, list(fields), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        return Any, f"it has no field {part!r}{hint}; its fields: {', '.join(fields)}"
+    if base is dict:
+        args = get_args(known)
+        return (args[1] if len(args) == 2 else Any), None
+    if base in (list, str, int, float, bool):
+        return Any, f"it has no field {part!r}"
+    return Any, None
+
+
+def _type_name(tp: Any) -> str:
+    """A type as a graph file writes it (`list[str]`, `str`, `Plan`)."""
+    if isinstance(tp, type) and not get_args(tp):
+        return tp.__name__
+    return str(tp).replace("typing.", "")
+
+
+def _element(field: StateField | None) -> StateField | None:
+    """The items of a field written `list[T]`, as a field of type T (None when unknown)."""
+    text = field.type.strip() if field is not None else ""
+    if not (text.startswith("list[") and text.endswith("]")):
+        return None
+    return StateField(type=text[len("list[") : -1])

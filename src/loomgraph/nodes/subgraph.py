@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Iterator, Mapping
 from contextvars import ContextVar
 from typing import Any
@@ -11,8 +12,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from loomgraph.graph.conditions import compile_template, condition_scope, names_used
 from loomgraph.graph.node_context import NodeContext
 from loomgraph.graph.registry import NodeKind, UnknownNodeKind, node_kind, register_node
-from loomgraph.graph.spec import Graph
-from loomgraph.graph.state import DERIVED_NAMES, final_output
+from loomgraph.graph.spec import Graph, StateField
+from loomgraph.graph.state import BUILTIN_FIELDS, DERIVED_NAMES, final_output
+from loomgraph.nodes.written_types import never_fits
 
 # Graphs nest at most this many levels: a graph (level 1), its subgraphs (2), theirs (3) …
 # Loading a child graph is recursive (check -> load -> validate -> check), so without a bound
@@ -93,12 +95,69 @@ class ChildGraphNode(NodeKind):
                 f"below this graph (level {level}) {ref!r} and its subgraphs go past level "
                 f"{MAX_GRAPH_DEPTH}; flatten the chain of subgraphs"
             ]
+        return self.field_problems(graph, child)
+
+    def field_problems(self, graph: Graph, child: Graph) -> list[str]:
+        """What is wrong with the fields this node maps between `graph` and its `child`."""
         return []
+
+    def input_problems(self, graph: Graph, child: Graph, inputs: Mapping[str, str]) -> list[str]:
+        """`inputs` (child field <- parent field): each child field must exist, each parent
+        field must be read, and a parent value must be able to fit the child field."""
+        problems = []
+        for name, source in inputs.items():
+            if self.spec.reads is not None and source not in self.spec.reads:
+                problems.append(
+                    f"inputs: {source!r} is not in the node's `reads:`, so the child would "
+                    f"always get None for {name!r}; add {source!r} to `reads:`"
+                )
+            if missing := no_field(child, name, "inputs"):
+                problems.append(missing)
+            elif name != "input" or self.params.prompt is None:  # a prompt makes the input
+                problems += cannot_hold(
+                    "inputs",
+                    f"{source!r}",
+                    field_of(graph, source),
+                    f"{name!r} of graph {child.name!r}",
+                    field_of(child, name),
+                )
+        return problems
 
     def bind(self, graph: Graph) -> None:
         """Resolve the child graph and compile the prompt once."""
         self.child = graph.resolve_graph(self.params.graph)
         self.prompt = compile_template(self.params.prompt) if self.params.prompt else None
+
+
+def field_of(graph: Graph, name: str) -> StateField | None:
+    """The declared (or built-in) field `name` of a graph, or None."""
+    return graph.state.get(name) or BUILTIN_FIELDS.get(name)
+
+
+def no_field(child: Graph, name: str, param: str) -> str | None:
+    """Why `name`, named by `param`, is not a field of the `child` graph (None when it is)."""
+    if field_of(child, name) is not None:
+        return None
+    fields = [*BUILTIN_FIELDS, *child.state]
+    close = difflib.get_close_matches(name, fields, n=1)
+    return (
+        f"{param}: {name!r} is not a field of graph {child.name!r}"
+        + (f" (did you mean {close[0]!r}?)" if close else "")
+        + f"; its fields: {', '.join(fields)}"
+    )
+
+
+def cannot_hold(
+    param: str, what: str, value: StateField | None, where: str, into: StateField | None
+) -> list[str]:
+    """A problem when no value of the field `value` can be stored in the field `into` (both
+    known); `what` and `where` name them in the message."""
+    if value is None or into is None or not never_fits(value.type, into):
+        return []
+    return [
+        f"{param}: {what} ({value.type}) into {where} ({into.type}): no value of the one can "
+        "be stored in the other, so every run would fail there; map fields whose types agree"
+    ]
 
 
 def child_graphs(graph: Graph) -> Iterator[Graph]:
@@ -145,6 +204,22 @@ class SubgraphNode(ChildGraphNode):
     def kind_writes(self) -> list[str]:
         """The parent fields the outputs fill, and usage."""
         return sorted(set(self.params.outputs) | {"usage"})
+
+    def field_problems(self, graph: Graph, child: Graph) -> list[str]:
+        """`inputs` and `outputs` must name fields of the graphs, whose types agree."""
+        problems = self.input_problems(graph, child, self.params.inputs)
+        for target, name in self.params.outputs.items():
+            if missing := no_field(child, name, "outputs"):
+                problems.append(missing)
+            else:
+                problems += cannot_hold(
+                    "outputs",
+                    f"{name!r} of graph {child.name!r}",
+                    field_of(child, name),
+                    f"{target!r}",
+                    field_of(graph, target),
+                )
+        return problems
 
     async def run(self, state: Mapping[str, Any], ctx: NodeContext) -> dict[str, Any]:
         """Map inputs in, run the child, map outputs back, and carry its usage up."""

@@ -10,6 +10,7 @@ an `int`, `2.0` an `int`, `0` a `bool`), and the contents of lists and dicts are
 from __future__ import annotations
 
 import types
+from pathlib import Path
 from typing import Any, Union, get_args, get_origin
 
 from pydantic import BaseModel
@@ -67,11 +68,12 @@ def _fits(value: Any, target: Any, *, appended: bool) -> bool:
     return into in _MAY_FIT[kind]
 
 
-def never_fits(written: str, field: StateField) -> bool:
+def never_fits(written: str, field: StateField, near: str | Path | None = None) -> bool:
     """Whether no value of the type string `written` can ever be stored in `field`; False when
-    either type does not parse (reported on its own) or is `any`."""
+    either type does not parse (reported on its own) or is `any`. `near`: the graph file (its
+    types by import path are looked for next to it)."""
     try:
-        value, target = parse_type(written), parse_type(field.type)
+        value, target = parse_type(written, near=near), parse_type(field.type, near=near)
     except Exception:
         return False
     appended = field.reducer == "append"
