@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
+from graph_problems import problems
 from loomgraph import Agent
 from loomgraph.authoring.loader import load_graph_file
-from loomgraph.errors import GraphValidationError
 from loomgraph.graph.condition_code import compile_native
 from loomgraph.graph.conditions import compile_condition, environment
 from loomgraph.models import ScriptedModel
@@ -35,12 +35,6 @@ def graph_file(tmp_path: Path, edges: str, *, node_a: str = "", state: str = "")
         encoding="utf-8",
     )
     return path
-
-
-def problems(path: Path) -> list[str]:
-    with pytest.raises(GraphValidationError) as caught:
-        load_graph_file(path)
-    return [str(p) for p in caught.value.problems]
 
 
 async def run(path: Path) -> tuple[Agent, Any]:

@@ -8,9 +8,8 @@ from typing import Any
 
 import pytest
 
+from graph_problems import problems
 from loomgraph import Agent
-from loomgraph.authoring.loader import load_graph_file
-from loomgraph.errors import GraphValidationError
 from loomgraph.models import ScriptedModel
 
 HERE = "tests.test_graph_load_children"
@@ -57,12 +56,6 @@ def parent_file(tmp_path: Path, node: str, *, plan_type: str = "any") -> Path:
         encoding="utf-8",
     )
     return path
-
-
-def problems(path: Path) -> list[str]:
-    with pytest.raises(GraphValidationError) as caught:
-        load_graph_file(path)
-    return [str(p) for p in caught.value.problems]
 
 
 async def run(path: Path, prompt: str) -> tuple[Agent, Any]:

@@ -7,9 +7,8 @@ from typing import Any
 
 import pytest
 
+from graph_problems import problems
 from loomgraph import Agent
-from loomgraph.authoring.loader import load_graph_file
-from loomgraph.errors import GraphValidationError
 from loomgraph.models import ScriptedModel
 
 HERE = "tests.test_graph_load_function"
@@ -111,12 +110,6 @@ def graph_file(tmp_path: Path, node: str, state: str = "", edges: str = "") -> P
         encoding="utf-8",
     )
     return path
-
-
-def problems(path: Path) -> list[str]:
-    with pytest.raises(GraphValidationError) as caught:
-        load_graph_file(path)
-    return [str(p) for p in caught.value.problems]
 
 
 async def run(path: Path) -> Any:

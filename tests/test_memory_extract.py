@@ -109,6 +109,7 @@ async def test_the_extractor_runs_in_the_background_and_drain_waits(store: Memor
     async with store as memory:
         model, stored = GatedModel(), []
         extractor = Extractor(on_facts=lambda ep, facts: stored.extend(facts))
+        await memory.remember(EPISODE)  # facts are kept only of an episode memory holds
         extractor.schedule(memory, model, EPISODE)
         assert extractor.pending == 1 and await memory.facts("alice") == []  # not waited for
         model.gate.set()
@@ -150,6 +151,7 @@ async def test_forget_cancels_the_users_pending_extraction(store: MemoryStore) -
         extractor = Extractor()
         mine = extractor.schedule(memory, model, EPISODE)
         bob = Episode("bob", "s1", "run-2", "I live in Porto", "ok")
+        await memory.remember(bob)
         extractor.schedule(memory, model, bob)
         await model.started.wait()
         await memory.forget("alice")

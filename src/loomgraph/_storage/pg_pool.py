@@ -24,8 +24,27 @@ def import_asyncpg(who: str) -> Any:
     return asyncpg
 
 
+# NAMEDATALEN - 1: the server truncates a longer identifier silently, so two long names
+# that agree on their first 63 bytes would be one schema or table.
+MAX_IDENT_BYTES = 63
+
+
 def quote_ident(name: str) -> str:
-    """An SQL identifier, quoted."""
+    """An SQL identifier, quoted; ValueError naming it for one the server would not keep as
+    given: empty, longer than 63 bytes (UTF-8), or holding NUL or a lone surrogate."""
+    if not isinstance(name, str):
+        raise TypeError(f"an SQL identifier must be a str, not {type(name).__name__}")
+    if not name or "\x00" in name:
+        raise ValueError(f"SQL identifier {name!r} is empty or contains a NUL character")
+    try:
+        size = len(name.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise ValueError(f"SQL identifier {name!r} is not valid text (a lone surrogate)") from None
+    if size > MAX_IDENT_BYTES:
+        raise ValueError(
+            f"SQL identifier {name!r} is {size} bytes, longer than {MAX_IDENT_BYTES} bytes: "
+            "Postgres would cut it short, so it could name another's schema or table"
+        )
     return '"' + name.replace('"', '""') + '"'
 
 

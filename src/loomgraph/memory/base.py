@@ -7,12 +7,16 @@ once here, so in-memory, SQLite and Postgres cannot drift apart.
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import replace
 from datetime import datetime
 from types import TracebackType
 from typing import Any, Self
 
+from loomgraph.memory.errors import MemoryInputError
+from loomgraph.memory.inputs import check_id, check_limit, check_time, storable_text
 from loomgraph.memory.records import (
     Fact,
     MemoryLimits,
@@ -29,7 +33,9 @@ from loomgraph.memory.records import (
 )
 from loomgraph.protocols import Episode, Message, Seed
 
-ForgetHook = Callable[[str | None], Awaitable[Any]]
+# Awaited as hook(user_id, session_id, before) by `forget` before it deletes: the user, and
+# the session and time bound (epoch seconds) the forget covers (None: any).
+ForgetHook = Callable[[str | None, str | None, float | None], Awaitable[Any]]
 
 
 class MemoryStore(ABC):
@@ -68,6 +74,7 @@ class MemoryStore(ABC):
         """Working blocks, then the facts and other sessions' episodes most relevant to
         `query`; the answers it recalls are untrusted (`Seed.untrusted`)."""
         key, terms = checked_key(user_id), query_terms(query)
+        check_id("session_id", session_id)
         blocks = await self._blocks(key)
         facts = await self._search_facts(key, terms, self.limits.facts) if terms else []
         episodes = (
@@ -78,16 +85,35 @@ class MemoryStore(ABC):
         return compose_seed(blocks, facts, episodes, self.limits)
 
     async def history(self, *, user_id: str | None, session_id: str | None) -> list[Message]:
-        """The last `limits.turns` prompt/answer pairs of this user's session, oldest first."""
+        """The last `limits.turns` prompt/answer pairs of this user's session, oldest first,
+        as many of the newest as fit in `limits.history_chars` (prompts and answers)."""
+        key = checked_key(user_id)
+        check_id("session_id", session_id)
         if session_id is None or self.limits.turns == 0:
             return []
-        return turns(await self._recent(checked_key(user_id), session_id, self.limits.turns))
+        recent = await self._recent(key, session_id, self.limits.turns)
+        return turns(recent, self.limits.history_chars)
 
     async def remember(self, episode: Episode) -> None:
-        """Store a finished run (again for the same run id replaces it, so a resume adds none)."""
+        """Store a finished run (again for the same run id replaces it, so a resume adds none).
+
+        Its ids and time are checked first (`MemoryInputError` naming the field); its text
+        is stored with NUL and lone surrogates escaped (`memory.inputs`)."""
         if not isinstance(episode, Episode):
             raise TypeError(f"expected an Episode, got {type(episode).__name__}")
-        await self._remember(checked_key(episode.user_id), episode)
+        key = checked_key(episode.user_id)
+        check_id("session_id", episode.session_id)
+        if not isinstance(episode.run_id, str) or not episode.run_id:
+            raise MemoryInputError(f"run_id must be a non-empty str, not {episode.run_id!r}")
+        check_id("run_id", episode.run_id)
+        stored = replace(
+            episode,
+            prompt=storable_text(str(episode.prompt)),
+            output=storable_text(str(episode.output)),
+            tool_calls=[storable_text(str(c)) for c in episode.tool_calls],
+            at=check_time("Episode.at", episode.at),
+        )
+        await self._remember(key, stored)
 
     # ------------------------------------------------------------------ episodes
 
@@ -95,7 +121,11 @@ class MemoryStore(ABC):
         self, user_id: str | None, *, session_id: str | None = None, limit: int | None = None
     ) -> list[Episode]:
         """A user's episodes (of one session, if given), oldest first; `limit` keeps the newest."""
-        found = await self._episodes(checked_key(user_id), session_id, limit)
+        key, limit = checked_key(user_id), check_limit(limit)
+        check_id("session_id", session_id)
+        if limit == 0:
+            return []
+        found = await self._episodes(key, session_id, limit)
         for ep in found:
             ep.user_id = user_id
         return found
@@ -109,15 +139,12 @@ class MemoryStore(ABC):
         limit: int | None = None,
     ) -> list[Episode]:
         """The user's episodes matching `query`, best first (newer first on equal rank)."""
-        terms = query_terms(query)
-        if not terms:
+        key, limit, terms = checked_key(user_id), check_limit(limit), query_terms(query)
+        check_id("exclude_session", exclude_session)
+        limit = self.limits.episodes if limit is None else limit
+        if not terms or limit == 0:
             return []
-        found = await self._search_episodes(
-            checked_key(user_id),
-            terms,
-            exclude_session,
-            self.limits.episodes if limit is None else limit,
-        )
+        found = await self._search_episodes(key, terms, exclude_session, limit)
         for ep in found:
             ep.user_id = user_id
         return found
@@ -133,25 +160,38 @@ class MemoryStore(ABC):
         *,
         confidence: float = 1.0,
         source_run: str | None = None,
+        session_id: str | None = None,
     ) -> Fact:
-        """Record one fact; one with the same subject and predicate but another object ends."""
-        return (
-            await self.add_facts(
-                user_id, [Fact(subject, predicate, object, confidence, source_run)]
-            )
-        )[0]
+        """Record one fact; one with the same subject and predicate but another object ends.
+        `source_run` and `session_id` say which run of which session recorded it, so
+        forgetting that session removes it."""
+        fact = Fact(subject, predicate, object, confidence, source_run, session_id=session_id)
+        return (await self.add_facts(user_id, [fact]))[0]
 
-    async def add_facts(self, user_id: str | None, facts: Iterable[Fact]) -> list[Fact]:
+    async def add_facts(
+        self, user_id: str | None, facts: Iterable[Fact], *, source_episode: str | None = None
+    ) -> list[Fact]:
         """Record facts in one transaction (all or none), as stored, in order.
 
         A fact whose (subject, predicate) has a current fact with a different object
         supersedes it: the old row gets `valid_to` and stays. The same object again keeps
         the old row, raising its confidence when the new one is higher.
+
+        With `source_episode` (a run id) the facts are drawn from that episode: they are
+        written only while it is stored, checked in the same transaction, so a `forget`
+        that deleted it (in any process) is final; otherwise nothing is written and `[]`
+        returned.
         """
+        key = checked_key(user_id)
+        if source_episode is not None and (
+            not isinstance(source_episode, str) or not source_episode
+        ):
+            raise MemoryInputError(f"source_episode must be a run id, not {source_episode!r}")
+        check_id("source_episode", source_episode)
         prepared = prepare_facts(user_id, facts, now())
         if not prepared:
             return []
-        stored = await self._add_facts(checked_key(user_id), prepared)
+        stored = await self._add_facts(key, prepared, source_episode)
         for fact in stored:
             fact.user_id = user_id
         return stored
@@ -160,7 +200,10 @@ class MemoryStore(ABC):
         self, user_id: str | None, *, include_superseded: bool = False, limit: int | None = None
     ) -> list[Fact]:
         """A user's facts, newest first; only current ones unless `include_superseded`."""
-        found = await self._facts(checked_key(user_id), include_superseded, limit)
+        key, limit = checked_key(user_id), check_limit(limit)
+        if limit == 0:
+            return []
+        found = await self._facts(key, include_superseded, limit)
         for fact in found:
             fact.user_id = user_id
         return found
@@ -169,12 +212,11 @@ class MemoryStore(ABC):
         self, user_id: str | None, query: str, *, limit: int | None = None
     ) -> list[Fact]:
         """The user's current facts matching `query`, best first (newer first on equal rank)."""
-        terms = query_terms(query)
-        if not terms:
+        key, limit, terms = checked_key(user_id), check_limit(limit), query_terms(query)
+        limit = self.limits.facts if limit is None else limit
+        if not terms or limit == 0:
             return []
-        found = await self._search_facts(
-            checked_key(user_id), terms, self.limits.facts if limit is None else limit
-        )
+        found = await self._search_facts(key, terms, limit)
         for fact in found:
             fact.user_id = user_id
         return found
@@ -183,8 +225,11 @@ class MemoryStore(ABC):
 
     async def set_block(self, user_id: str | None, name: str, text: str) -> None:
         """Create or replace one named block of the user's working memory."""
+        key = checked_key(user_id)
+        if isinstance(text, str):
+            text = storable_text(text)
         check_block(name, text, self.limits)
-        await self._set_block(checked_key(user_id), name.strip(), text, now())
+        await self._set_block(key, name.strip(), text, now())
 
     async def get_blocks(self, user_id: str | None) -> dict[str, str]:
         """The user's working blocks, name → text, in the order they were first set."""
@@ -201,7 +246,8 @@ class MemoryStore(ABC):
     # ------------------------------------------------------------------ the user's data
 
     def add_forget_hook(self, hook: ForgetHook) -> None:
-        """Have `forget` await `hook(user_id)` first (an Extractor cancels pending work there)."""
+        """Have `forget` await `hook(user_id, session_id, before)` first (an Extractor
+        cancels the pending work the forget covers there)."""
         if hook not in self._forget_hooks:
             self._forget_hooks.append(hook)
 
@@ -214,14 +260,20 @@ class MemoryStore(ABC):
         """Delete the user's memory, or one session's / what is older; the rows deleted.
 
         With neither filter: everything of the user. With `session_id`: that session's
-        episodes and the facts extracted from them (working blocks stay). With `before`:
-        episodes, facts and blocks recorded before that time. Both: the intersection.
-        Pending extraction for the user is cancelled first, so it cannot write afterwards.
+        episodes and the facts its runs recorded or that were extracted from them (working
+        blocks stay). With `before`: episodes, facts and blocks recorded before that time.
+        Both: the intersection. A deleted fact that had superseded a kept one makes that one
+        current again. The pending extractions the forget covers are cancelled first, and
+        facts drawn from a deleted episode are never written afterwards.
         """
         key = checked_key(user_id)  # an id refused here cancels nothing of another user
+        check_id("session_id", session_id)
+        bound = as_time(before)
+        if bound is not None and math.isnan(bound):
+            raise MemoryInputError("before must be a time, not NaN")
         for hook in list(self._forget_hooks):
-            await hook(user_id)
-        return await self._forget(key, session_id, as_time(before))
+            await hook(user_id, session_id, bound)
+        return await self._forget(key, session_id, bound)
 
     async def export(self, user_id: str | None) -> dict[str, Any]:
         """Everything stored for the user, as JSON-shaped data."""
@@ -269,7 +321,10 @@ class MemoryStore(ABC):
     ) -> list[Episode]: ...
 
     @abstractmethod
-    async def _add_facts(self, key: str, facts: list[Fact]) -> list[Fact]: ...
+    async def _add_facts(
+        self, key: str, facts: list[Fact], source_episode: str | None
+    ) -> list[Fact]:
+        """Store `facts`; none and `[]` when `source_episode` is given and not stored."""
 
     @abstractmethod
     async def _facts(self, key: str, include_superseded: bool, limit: int | None) -> list[Fact]: ...

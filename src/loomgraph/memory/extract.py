@@ -3,7 +3,8 @@
 `extract_facts` makes one model call that must call the `record_facts` tool (JSON text is
 accepted too, for models without tool use). `Extractor` runs that as asyncio tasks that
 never raise into the caller: failures go to `on_error` (or the log), `drain()` waits for
-pending work, and `cancel(user_id)` drops a user's (a memory's `forget` calls it).
+pending work, and `cancel(user_id, session_id, before)` drops the pending work a memory's
+`forget` covers (it calls it); facts are written only while their episode is stored.
 """
 
 from __future__ import annotations
@@ -114,6 +115,7 @@ def parse_facts(payload: Any, episode: Episode, max_facts: int = 20) -> list[Fac
                 confidence,
                 episode.run_id,
                 user_id=episode.user_id,
+                session_id=episode.session_id,
             )
         )
     if items and not facts:
@@ -149,8 +151,11 @@ async def extract_facts(
 class FactStore(Protocol):
     """What extraction writes to (every MemoryStore is one)."""
 
-    async def add_facts(self, user_id: str | None, facts: list[Fact]) -> list[Fact]:
-        """Record facts in one transaction."""
+    async def add_facts(
+        self, user_id: str | None, facts: list[Fact], *, source_episode: str | None = None
+    ) -> list[Fact]:
+        """Record facts in one transaction; none while episode `source_episode` is not
+        stored (checked in that transaction)."""
         ...
 
 
@@ -171,7 +176,7 @@ class Extractor:
         self.on_error = on_error
         self.on_facts = on_facts
         self.max_facts = max_facts
-        self._tasks: dict[asyncio.Task[None], str] = {}  # task → user partition
+        self._tasks: dict[asyncio.Task[None], Episode] = {}  # task → the episode it mines
 
     @property
     def pending(self) -> int:
@@ -186,7 +191,7 @@ class Extractor:
         task = asyncio.get_running_loop().create_task(
             self._run(memory, model, episode), name=f"loomgraph-extract-{episode.run_id}"
         )
-        self._tasks[task] = user_key(episode.user_id)
+        self._tasks[task] = episode
         task.add_done_callback(lambda t: self._tasks.pop(t, None))
         return task
 
@@ -195,10 +200,22 @@ class Extractor:
         while self._tasks:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
 
-    async def cancel(self, user_id: str | None) -> int:
-        """Cancel the user's pending extractions and wait for them to stop; how many."""
+    async def cancel(
+        self, user_id: str | None, session_id: str | None = None, before: float | None = None
+    ) -> int:
+        """Cancel the user's pending extractions — of episodes of `session_id` and older than
+        `before`, when given: what a `forget` with those filters deletes — and wait for them
+        to stop; how many."""
         key = user_key(user_id)
-        mine = [t for t, owner in self._tasks.items() if owner == key]
+
+        def covered(ep: Episode) -> bool:
+            return (
+                user_key(ep.user_id) == key
+                and (session_id is None or ep.session_id == session_id)
+                and (before is None or ep.at < before)
+            )
+
+        mine = [t for t, ep in self._tasks.items() if covered(ep)]
         for task in mine:
             task.cancel()
         if mine:
@@ -208,7 +225,11 @@ class Extractor:
     async def _run(self, memory: FactStore, model: Model, episode: Episode) -> None:
         try:
             facts = await extract_facts(model, episode, max_facts=self.max_facts)
-            stored = await memory.add_facts(episode.user_id, facts) if facts else []
+            stored = (
+                await memory.add_facts(episode.user_id, facts, source_episode=episode.run_id)
+                if facts
+                else []
+            )
         except Exception as err:  # CancelledError is not an Exception: cancel() still works
             await self._callback(self.on_error, episode, err)
             return

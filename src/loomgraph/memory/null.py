@@ -15,6 +15,7 @@ from loomgraph.memory.records import (
     fact_key,
     same_object,
 )
+from loomgraph.memory.sql import relinked
 from loomgraph.protocols import Episode, Message
 
 
@@ -94,9 +95,15 @@ class InMemoryMemory(MemoryStore):
 
     # ------------------------------------------------------------------ facts
 
-    async def _add_facts(self, key: str, facts: list[Fact]) -> list[Fact]:
+    async def _add_facts(
+        self, key: str, facts: list[Fact], source_episode: str | None
+    ) -> list[Fact]:
+        stored: list[Fact] = []
+        if source_episode is not None:
+            data = self._users.get(key)
+            if data is None or source_episode not in data.episodes:
+                return stored  # forgotten since it was read: its facts must not come back
         rows = self._user(key).facts
-        stored = []
         for fact in facts:
             k = fact_key(fact)
             old = next((f for f in rows if f.current and fact_key(f) == k), None)
@@ -159,7 +166,11 @@ class InMemoryMemory(MemoryStore):
             if (session_id is None or e.session_id == session_id) and old(e.at)
         }
         if session_id is not None:
-            facts = [f for f in data.facts if f.source_run in gone]
+            facts = [
+                f
+                for f in data.facts
+                if f.source_run in gone or (f.session_id == session_id and old(f.valid_from))
+            ]
             blocks: list[str] = []
         else:
             facts = [f for f in data.facts if old(f.valid_from)]
@@ -168,6 +179,13 @@ class InMemoryMemory(MemoryStore):
             del data.episodes[run_id]
         ids = {id(f) for f in facts}
         data.facts = [f for f in data.facts if id(f) not in ids]
+        for k in {fact_key(f) for f in facts}:  # a kept fact a deleted one had superseded
+            chain = [f for f in data.facts if fact_key(f) == k]  # in the order written
+            by_id = {f.id: f for f in chain}
+            for fact_id, valid_to in relinked(
+                [(f.id or 0, f.valid_from, f.valid_to) for f in chain]
+            ):
+                by_id[fact_id].valid_to = valid_to
         for name in blocks:
             del data.blocks[name]
         if not (data.episodes or data.facts or data.blocks):

@@ -6,7 +6,8 @@ asyncpg is imported when a PostgresMemory is made, so importing loomgraph withou
 
 from __future__ import annotations
 
-from contextlib import AbstractAsyncContextManager
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 from loomgraph._storage import pg_pool
@@ -17,11 +18,13 @@ from loomgraph.memory.records import Fact, MemoryLimits
 from loomgraph.memory.sql import (
     EPISODE_COLS,
     FACT_COLS,
+    READABLE_VERSIONS,
     SCHEMA_VERSION,
     TABLES,
     SqlMemory,
     episode_of,
     fact_of,
+    migration,
 )
 from loomgraph.protocols import Episode
 
@@ -47,12 +50,14 @@ def ddl(schema: str) -> list[str]:
         f"CREATE TABLE {p}memory_facts (id bigserial PRIMARY KEY, user_id text NOT NULL, "
         "key text NOT NULL, subject text NOT NULL, predicate text NOT NULL, "
         "object text NOT NULL, confidence double precision NOT NULL, source_run text, "
-        "valid_from double precision NOT NULL, valid_to double precision, search tsvector "
+        "valid_from double precision NOT NULL, valid_to double precision, session_id text, "
+        "search tsvector "
         "GENERATED ALWAYS AS (to_tsvector('english'::regconfig, subject || ' ' || predicate "
         "|| ' ' || object)) STORED)",
         # At most one current fact per (user, subject, predicate), whatever the writers do.
         f"CREATE UNIQUE INDEX ON {p}memory_facts (user_id, key) WHERE valid_to IS NULL",
         f"CREATE INDEX ON {p}memory_facts (user_id, valid_from)",
+        f"CREATE INDEX memory_facts_session ON {p}memory_facts (user_id, session_id)",
         f"CREATE INDEX ON {p}memory_facts USING gin (search)",
         f"CREATE TABLE {p}memory_blocks (user_id text NOT NULL, name text NOT NULL, "
         "text text NOT NULL, created_at double precision NOT NULL, "
@@ -77,6 +82,11 @@ class PostgresMemory(SqlMemory):
     tables' row-level security policies admit only that user's rows, on top of the
     `user_id = …` every statement carries. A pool of `pool_size` connections is opened on
     first use.
+
+    `connect_timeout` bounds making a connection and `command_timeout` every statement
+    (seconds): a server that is gone or does not answer raises `MemoryUnavailable` within
+    them; a call cancelled meanwhile drops its connection (the server rolls back) rather
+    than wait for the server's answer to a rollback.
     """
 
     def __init__(
@@ -87,7 +97,9 @@ class PostgresMemory(SqlMemory):
         limits: MemoryLimits | None = None,
         pool_size: int = 4,
         connect_timeout: float = 10.0,
+        command_timeout: float = 15.0,
     ) -> None:
+        pg_pool.checked_timeouts(connect_timeout, command_timeout)
         super().__init__(limits)
         self._pg = pg_pool.import_asyncpg("PostgresMemory")
         self.dsn = dsn
@@ -96,7 +108,9 @@ class PostgresMemory(SqlMemory):
         self.where = f"postgres memory {describe_schema(dsn, schema)}"
         self.pool_size = pool_size
         self.connect_timeout = connect_timeout
-        self._pools = pg_pool.LoopPool(self._open)
+        self.command_timeout = command_timeout
+        # Waiting for a pooled connection may mean making one, then a statement on it.
+        self._pools = pg_pool.LoopPool(self._open, timeout=connect_timeout + command_timeout)
 
     def __repr__(self) -> str:
         return f"PostgresMemory({describe_dsn(self.dsn)!r}, schema={self.schema!r})"
@@ -111,15 +125,40 @@ class PostgresMemory(SqlMemory):
 
     # ------------------------------------------------------------------ sessions
 
-    def _tx(self, key: str, *, write: bool = False) -> AbstractAsyncContextManager[Cursor]:
-        async def as_user(con: Any) -> None:
-            # is_local=true: the setting ends with the transaction, so a pooled
-            # connection never carries one user's identity into another's work.
-            await con.execute("SELECT set_config($1, $2, true)", SETTING, "u:" + key)
-
-        return self._pools.cursor(
-            readonly=not write, translate=self._translate, hide_cause=False, before=as_user
-        )
+    @asynccontextmanager
+    async def _tx(self, key: str, *, write: bool = False) -> AsyncIterator[Cursor]:
+        # Work the server refused rolls back on a sound connection; anything else (a
+        # timeout, a lost connection, a cancellation) drops the connection: the server rolls
+        # back, and no one waits for a ROLLBACK a stalled network would never answer.
+        refused = self._pg.PostgresError
+        async with self._pools.cursor(
+            transaction=False, translate=self._translate, hide_cause=False
+        ) as cur:
+            con = cur.connection
+            tx = con.transaction(readonly=not write)
+            try:
+                await tx.start()
+                # is_local=true: the setting ends with the transaction, so a pooled
+                # connection never carries one user's identity into another's work.
+                await con.execute("SELECT set_config($1, $2, true)", SETTING, "u:" + key)
+                yield cur
+            except refused:
+                try:
+                    await tx.rollback()
+                except BaseException:
+                    con.terminate()
+                    raise
+                raise
+            except BaseException:
+                con.terminate()
+                raise
+            try:
+                await tx.commit()
+            except refused:
+                raise
+            except BaseException:
+                con.terminate()
+                raise
 
     async def _lock_user(self, cur: Cursor, key: str) -> None:
         # Two workers superseding the same fact must not both see it current.
@@ -133,9 +172,10 @@ class PostgresMemory(SqlMemory):
             return err
         if isinstance(err, pg.UndefinedTableError | pg.UndefinedColumnError):
             return MemoryCorrupted(self.where, str(err))
-        if pg_pool.connection_failed(pg, err) or isinstance(
-            err, pg.InvalidCatalogNameError | pg.InvalidAuthorizationSpecificationError
-        ):
+        why = pg_pool.unreachable(pg, err, self.dsn, self.connect_timeout, self.command_timeout)
+        if why is not None:
+            return MemoryUnavailable(self.where, why)
+        if isinstance(err, pg.InvalidCatalogNameError | pg.InvalidAuthorizationSpecificationError):
             return MemoryUnavailable(self.where, pg_pool.failure(self.dsn, err))
         if isinstance(err, pg.PostgresError):
             return MemoryBackendError(self.where, pg_pool.failure(self.dsn, err))
@@ -182,6 +222,7 @@ class PostgresMemory(SqlMemory):
             self.dsn,
             pool_size=self.pool_size,
             timeout=self.connect_timeout,
+            command_timeout=self.command_timeout,
             lock=f"loomgraph.memory:{self.schema}",
             setup=self._create_or_check,
             unavailable=lambda detail: MemoryUnavailable(self.where, detail),
@@ -207,7 +248,7 @@ class PostgresMemory(SqlMemory):
         version = await con.fetchval(
             f"SELECT value FROM {self.prefix}memory_meta WHERE key = 'schema_version'"
         )
-        if version != str(SCHEMA_VERSION):
+        if version not in READABLE_VERSIONS:
             raise MemoryCorrupted(
                 self.where,
                 f"schema version {version or 'none'}; this "
@@ -216,3 +257,6 @@ class PostgresMemory(SqlMemory):
         missing = [t for t, oid in found.items() if oid is None]
         if missing:
             raise MemoryCorrupted(self.where, f"missing table(s): {', '.join(missing)}")
+        if version != str(SCHEMA_VERSION):  # older: migrated under the creation lock
+            for statement in migration(self.prefix):
+                await con.execute(statement)

@@ -10,20 +10,20 @@ from __future__ import annotations
 import math
 import re
 import time
-from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-from loomgraph.memory.errors import BlockNameError, UserIdError
+from loomgraph.memory.errors import BlockNameError, MemoryInputError, UserIdError
+from loomgraph.memory.inputs import check_id, storable_text
+from loomgraph.memory.ranking import bm25_rank, query_terms
 from loomgraph.protocols import Episode, Message, Seed
 
 T = TypeVar("T")
 
 MAX_FIELD_CHARS = 1000  # one subject, predicate or object
 MAX_NAME_CHARS = 64  # one working block name
-MAX_QUERY_TERMS = 32  # a long prompt must not become a huge OR query
 
 # A block name is shown in every prompt of its user (`[name]` in the seed): letters, digits,
 # `_`, `-`, `.` and spaces only, so no name can end a line, a bracket or the seed's frame.
@@ -43,6 +43,7 @@ class Fact:
     valid_to: float | None = None  # set when a newer fact with another object replaces it
     user_id: str | None = None
     id: int | None = None
+    session_id: str | None = None  # the session of the run that recorded it, when known
 
     @property
     def current(self) -> bool:
@@ -81,6 +82,7 @@ class MemoryLimits:
     seed_chars: int = 4000  # the whole seed text
     episode_chars: int = 600  # one episode in the seed
     block_chars: int = 2000  # one working block; `set_block` refuses longer text
+    history_chars: int = 50_000  # prompts and answers `history` returns, newest turns first
 
     def __post_init__(self) -> None:
         for name, value in asdict(self).items():
@@ -131,7 +133,7 @@ def as_time(value: float | datetime | None) -> float | None:
 def _clean(value: Any, what: str) -> str:
     if not isinstance(value, str) or not value.strip():
         raise ValueError(f"fact {what} must be a non-empty string, not {value!r}")
-    text = " ".join(value.split())
+    text = " ".join(storable_text(value).split())
     if len(text) > MAX_FIELD_CHARS:
         raise ValueError(f"fact {what} is longer than {MAX_FIELD_CHARS} characters")
     return text
@@ -150,6 +152,14 @@ def prepare_facts(user_id: str | None, facts: Iterable[Fact], now: float) -> lis
             or not 0.0 <= confidence <= 1.0
         ):
             raise ValueError(f"fact confidence must be a number in [0, 1], not {confidence!r}")
+        check_id("source_run", fact.source_run)
+        check_id("session_id", fact.session_id)
+        if fact.valid_from and not (
+            isinstance(fact.valid_from, int | float) and math.isfinite(fact.valid_from)
+        ):
+            raise MemoryInputError(
+                f"fact valid_from must be finite epoch seconds, not {fact.valid_from!r}"
+            )
         prepared.append(
             replace(
                 fact,
@@ -193,70 +203,30 @@ def check_block(name: Any, text: Any, limits: MemoryLimits) -> None:
         )
 
 
-# --------------------------------------------------------------------------- query terms
-
-_WORD = re.compile(r"[^\W_]+")
-_STOP_WORDS = """
-a about after again all also am an and any are as at be been before being but by can could
-did do does doing for from had has have having he her here hers him his how i if in into is
-it its just me more most my no nor not now of off on once only or other our ours out over
-own please same she should so some such than that the their theirs them then there these
-they this those through to too under until up very was we were what when where which while
-who whom why will with would you your yours yourself tell know remember"""
-_STOP = frozenset(_STOP_WORDS.split())
-
-
-def query_terms(text: str) -> list[str]:
-    """The distinct search words of a query: lower case, no stop words, at most 32."""
-    seen: dict[str, None] = {}
-    for word in _WORD.findall(text.casefold()):
-        if len(word) > 1 and word not in _STOP:
-            seen.setdefault(word, None)
-    return list(seen)[:MAX_QUERY_TERMS]
-
-
-def stem(word: str) -> str:
-    """Plurals to singular, so the in-memory ranking matches `cats` to `cat` as FTS does."""
-    if len(word) > 4 and word.endswith("ies"):
-        return word[:-3] + "y"
-    if len(word) > 3 and word.endswith("s") and not word.endswith(("ss", "us", "is")):
-        return word[:-1]
-    return word
-
-
-def bm25_rank(terms: Sequence[str], docs: Sequence[tuple[str, float, T]], limit: int) -> list[T]:
-    """Docs `(text, time, item)` matching any term, best BM25 score first, newer first on ties."""
-    wanted = {stem(t) for t in terms}
-    if not wanted or limit <= 0:
-        return []
-    tokens = [[stem(w) for w in _WORD.findall(text.casefold())] for text, _, _ in docs]
-    avg = sum(map(len, tokens)) / len(tokens) if tokens else 1.0
-    df = Counter(t for toks in tokens for t in set(toks) & wanted)
-    scored = []
-    for (_, at, item), toks in zip(docs, tokens, strict=True):
-        counts = Counter(t for t in toks if t in wanted)
-        score = 0.0
-        for term, tf in counts.items():
-            idf = math.log(1 + (len(docs) - df[term] + 0.5) / (df[term] + 0.5))
-            score += idf * tf * 2.2 / (tf + 1.2 * (0.25 + 0.75 * len(toks) / (avg or 1.0)))
-        if score > 0:
-            scored.append((score, at, item))
-    scored.sort(key=lambda s: (-s[0], -s[1]))
-    return [item for _, _, item in scored[:limit]]
-
-
 # --------------------------------------------------------------------------- output shapes
 
 
-def turns(episodes: Iterable[Episode]) -> list[Message]:
-    """Episodes as the conversation they were: each prompt, then its answer."""
+def turns(episodes: Iterable[Episode], chars: int | None = None) -> list[Message]:
+    """Episodes as the conversation they were: each prompt, then its answer; with `chars`,
+    only the newest whole turns whose prompts and answers fit in that many characters."""
+    kept = list(episodes)
+    if chars is not None:
+        used, start = 0, len(kept)
+        while start > 0 and used + _size(kept[start - 1]) <= chars:
+            start -= 1
+            used += _size(kept[start])
+        kept = kept[start:]  # a turn cut short would misquote the conversation
     messages: list[Message] = []
-    for ep in episodes:
+    for ep in kept:
         messages += [
             {"role": "user", "content": ep.prompt},
             {"role": "assistant", "content": ep.output},
         ]
     return messages
+
+
+def _size(ep: Episode) -> int:
+    return len(ep.prompt) + len(ep.output)
 
 
 def shown_block_name(name: str) -> str:
@@ -269,7 +239,22 @@ def shown_block_name(name: str) -> str:
 
 
 def _day(at: float) -> str:
-    return datetime.fromtimestamp(at, UTC).strftime("%Y-%m-%d")
+    """The date of a time; a row no date can show (stored by hand or before times were
+    checked: NaN, infinite, beyond year 9999) must not fail every seed of its user."""
+    try:
+        return datetime.fromtimestamp(at, UTC).strftime("%Y-%m-%d")
+    except (ValueError, OverflowError, OSError):
+        return "an unknown date"
+
+
+# Stored text spelling the frame's tags (`</recalled_memory>`, also in another case or with
+# spaces) would close the frame from inside: its `<` is shown as the escape `\u003c`.
+_FRAME_TAG = re.compile(r"<(?=\s*/?\s*recalled_memory)", re.IGNORECASE)
+
+
+def unframed(text: str) -> str:
+    """`text` as the seed shows it: no spelling of the frame's tags."""
+    return _FRAME_TAG.sub(r"\\u003c", text)
 
 
 def _clip(text: str, size: int) -> str:
@@ -306,7 +291,7 @@ def compose_seed(
         nonlocal room
         lines, used = [header], len(header) + 2  # the header and the blank line before it
         for item in items:
-            line = show(item)
+            line = unframed(show(item))
             if used + len(line) + 1 > room:
                 break  # items come best first; a cut-off statement would mislead
             lines.append(line)
@@ -337,7 +322,7 @@ def compose_seed(
     recalled = add("## Relevant earlier conversations", episodes, episode_line)
     if not parts:
         return Seed("")
-    answers = tuple(_clip(ep.output, half) for ep in episodes[:recalled])
+    answers = tuple(unframed(_clip(ep.output, half)) for ep in episodes[:recalled])
     return Seed("\n\n".join([SEED_OPENING, *parts, SEED_CLOSING]), answers)
 
 
@@ -374,5 +359,6 @@ __all__ = [
     "same_object",
     "shown_block_name",
     "turns",
+    "unframed",
     "user_key",
 ]

@@ -19,9 +19,24 @@ from loomgraph.memory.records import Fact, WorkingBlock, fact_key, same_object
 from loomgraph.protocols import Episode
 
 EPISODE_COLS = "session_id, run_id, prompt, output, tool_calls, at"
-FACT_COLS = "id, subject, predicate, object, confidence, source_run, valid_from, valid_to"
+FACT_COLS = (
+    "id, subject, predicate, object, confidence, source_run, valid_from, valid_to, session_id"
+)
 TABLES = ("memory_meta", "memory_episodes", "memory_facts", "memory_blocks")
-SCHEMA_VERSION = 1
+# 2: facts carry the session of the run that recorded them (`session_id`), so forgetting a
+# session finds the facts of its runs that stored no episode (failed, cancelled, waiting).
+SCHEMA_VERSION = 2
+READABLE_VERSIONS = ("1", "2")  # a version-1 store is migrated when opened (`migration`)
+
+
+def migration(prefix: str) -> list[str]:
+    """The statements taking a version-1 store (tables under `prefix`) to version 2; run in
+    the transaction that opens it, under the creation lock, so it happens once."""
+    return [
+        f"ALTER TABLE {prefix}memory_facts ADD COLUMN session_id text",
+        f"CREATE INDEX memory_facts_session ON {prefix}memory_facts (user_id, session_id)",
+        f"UPDATE {prefix}memory_meta SET value = '{SCHEMA_VERSION}' WHERE key = 'schema_version'",
+    ]
 
 
 def episode_of(key: str, row: Sequence[Any]) -> Episode:
@@ -41,6 +56,7 @@ def fact_of(key: str, row: Sequence[Any]) -> Fact:
         None if row[7] is None else float(row[7]),
         key or None,
         int(row[0]),
+        row[8],
     )
 
 
@@ -105,11 +121,18 @@ class SqlMemory(MemoryStore):
 
     # ------------------------------------------------------------------ facts
 
-    async def _add_facts(self, key: str, facts: list[Fact]) -> list[Fact]:
+    async def _add_facts(
+        self, key: str, facts: list[Fact], source_episode: str | None
+    ) -> list[Fact]:
         table = self.t("memory_facts")
-        stored = []
+        stored: list[Fact] = []
         async with self._tx(key, write=True) as cur:
-            await self._lock_user(cur, key)
+            await self._lock_user(cur, key)  # forget takes it too: the check below holds
+            if source_episode is not None and not await cur.fetch(
+                f"SELECT 1 FROM {self.t('memory_episodes')} WHERE user_id = ? AND run_id = ?",
+                [key, source_episode],
+            ):
+                return stored  # forgotten since it was read: its facts must not come back
             for fact in facts:
                 k = fact_key(fact)
                 rows = await cur.fetch(
@@ -134,8 +157,8 @@ class SqlMemory(MemoryStore):
                     )
                 rows = await cur.fetch(
                     f"INSERT INTO {table} (user_id, key, subject, predicate, object, "
-                    "confidence, source_run, valid_from) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
-                    "RETURNING id",
+                    "confidence, source_run, valid_from, session_id) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
                     [
                         key,
                         k,
@@ -145,6 +168,7 @@ class SqlMemory(MemoryStore):
                         fact.confidence,
                         fact.source_run,
                         fact.valid_from,
+                        fact.session_id,
                     ],
                 )
                 fact.id = int(rows[0][0])
@@ -200,26 +224,52 @@ class SqlMemory(MemoryStore):
             where, args = where + " AND session_id = ?", [*args, session_id]
         if before is not None:
             where, args = where + " AND at < ?", [*args, before]
+        older = "" if before is None else " AND valid_from < ?"
+        if session_id is not None:
+            # The facts the session's runs recorded (stamped with it, whether or not the run
+            # finished) and those extracted from its episodes go with it.
+            gone = (
+                f"user_id = ? AND ((session_id = ?{older}) OR source_run IN "
+                f"(SELECT run_id FROM {episodes} WHERE {where}))"
+            )
+            gone_args = [key, *args[1:], *args]  # args[1:]: the session, then the time
+        else:
+            gone, gone_args = f"user_id = ?{older}", [key, *args[1:]]
         count = 0
         async with self._tx(key, write=True) as cur:
-            if session_id is not None:
-                # Facts extracted from the forgotten conversation go with it.
+            await self._lock_user(cur, key)  # no add_facts in between: its episode check holds
+            keys = []
+            if session_id is not None or before is not None:  # else nothing of theirs is left
+                found = await cur.fetch(f"SELECT DISTINCT key FROM {facts} WHERE {gone}", gone_args)
+                keys = [str(r[0]) for r in found]
+            count += await cur.execute(f"DELETE FROM {facts} WHERE {gone}", gone_args)
+            for k in keys:
+                await self._relink(cur, key, k)
+            if session_id is None:
                 count += await cur.execute(
-                    f"DELETE FROM {facts} WHERE user_id = ? AND source_run IN "
-                    f"(SELECT run_id FROM {episodes} WHERE {where})",
-                    [key, *args],
-                )
-            else:
-                old = "" if before is None else " AND valid_from < ?"
-                count += await cur.execute(
-                    f"DELETE FROM {facts} WHERE user_id = ?{old}", [key, *args[1:]]
-                )
-                old = "" if before is None else " AND updated_at < ?"
-                count += await cur.execute(
-                    f"DELETE FROM {blocks} WHERE user_id = ?{old}", [key, *args[1:]]
+                    f"DELETE FROM {blocks} WHERE user_id = ?"
+                    + ("" if before is None else " AND updated_at < ?"),
+                    [key, *args[1:]],
                 )
             count += await cur.execute(f"DELETE FROM {episodes} WHERE {where}", args)
         return count
+
+    async def _relink(self, cur: Cursor, key: str, k: str) -> None:
+        """Mend one (subject, predicate)'s chain after deletions: each kept fact is valid until
+        the next kept one (in the order written) begins, and the last is current again."""
+        table = self.t("memory_facts")
+        rows = await cur.fetch(
+            f"SELECT id, valid_from, valid_to FROM {table} WHERE user_id = ? AND key = ? "
+            "ORDER BY id",
+            [key, k],
+        )
+        for row_id, valid_to in relinked(
+            [(int(r[0]), float(r[1]), None if r[2] is None else float(r[2])) for r in rows]
+        ):
+            await cur.execute(
+                f"UPDATE {table} SET valid_to = ? WHERE user_id = ? AND id = ?",
+                [valid_to, key, row_id],
+            )
 
     async def _counts(self, key: str) -> dict[str, Any]:
         async with self._tx(key) as cur:
@@ -251,3 +301,15 @@ class SqlMemory(MemoryStore):
             "first_seen": None if ep[2] is None else float(ep[2]),
             "last_seen": None if ep[3] is None else float(ep[3]),
         }
+
+
+def relinked(chain: Sequence[tuple[int, float, float | None]]) -> list[tuple[int, float | None]]:
+    """The (id, valid_to) changes that make `chain` — one (subject, predicate)'s facts as
+    (id, valid_from, valid_to), in the order written — a chain again: each valid until the
+    next begins, the last current. The reopened one comes last (at most one is current)."""
+    changes = []
+    for i, (row_id, _, valid_to) in enumerate(chain):
+        want = chain[i + 1][1] if i + 1 < len(chain) else None
+        if valid_to != want:
+            changes.append((row_id, want))
+    return sorted(changes, key=lambda c: c[1] is None)

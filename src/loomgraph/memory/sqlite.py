@@ -18,11 +18,13 @@ from loomgraph.memory.records import Fact, MemoryLimits
 from loomgraph.memory.sql import (
     EPISODE_COLS,
     FACT_COLS,
+    READABLE_VERSIONS,
     SCHEMA_VERSION,
     TABLES,
     SqlMemory,
     episode_of,
     fact_of,
+    migration,
 )
 from loomgraph.protocols import Episode
 
@@ -56,11 +58,13 @@ DDL = [
     *_fts("memory_episodes", "prompt, output"),
     "CREATE TABLE memory_facts (id INTEGER PRIMARY KEY, user_id TEXT NOT NULL, "
     "key TEXT NOT NULL, subject TEXT NOT NULL, predicate TEXT NOT NULL, object TEXT NOT NULL, "
-    "confidence REAL NOT NULL, source_run TEXT, valid_from REAL NOT NULL, valid_to REAL)",
+    "confidence REAL NOT NULL, source_run TEXT, valid_from REAL NOT NULL, valid_to REAL, "
+    "session_id TEXT)",
     # At most one current fact per (user, subject, predicate), whatever the writers do.
     "CREATE UNIQUE INDEX memory_facts_current ON memory_facts (user_id, key) "
     "WHERE valid_to IS NULL",
     "CREATE INDEX memory_facts_user ON memory_facts (user_id, valid_from)",
+    "CREATE INDEX memory_facts_session ON memory_facts (user_id, session_id)",
     *_fts("memory_facts", "subject, predicate, object"),
     "CREATE TABLE memory_blocks (user_id TEXT NOT NULL, name TEXT NOT NULL, "
     "text TEXT NOT NULL, created_at REAL NOT NULL, updated_at REAL NOT NULL, "
@@ -198,7 +202,7 @@ class SqliteMemory(SqlMemory):
                 "SELECT value FROM memory_meta WHERE key = 'schema_version'"
             )
         )
-        if not rows or rows[0][0] != str(SCHEMA_VERSION):
+        if not rows or rows[0][0] not in READABLE_VERSIONS:
             found = rows[0][0] if rows else "none"
             raise MemoryCorrupted(
                 self.where, f"schema version {found}; this loomgraph reads version {SCHEMA_VERSION}"
@@ -206,6 +210,9 @@ class SqliteMemory(SqlMemory):
         missing = [t for t in _REQUIRED if t not in names]
         if missing:
             raise MemoryCorrupted(self.where, f"missing table(s): {', '.join(missing)}")
+        if rows[0][0] != str(SCHEMA_VERSION):  # an older version: migrated in this transaction
+            for statement in migration(""):
+                await conn.execute(statement)
 
 
 def _typed(problem: SqliteFileProblem, where: str) -> Exception:

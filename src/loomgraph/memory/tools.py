@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Collection
 
 from loomgraph.memory.base import MemoryStore
+from loomgraph.protocols import tool_run
 
 MemoryTool = Callable[..., Awaitable[str]]
 
@@ -23,13 +24,27 @@ def memory_tools(
     user_id_getter: Callable[[], str | None],
     *,
     run_id_getter: Callable[[], str | None] | None = None,
+    session_id_getter: Callable[[], str | None] | None = None,
     editable_blocks: Collection[str] | None = None,
 ) -> list[MemoryTool]:
     """`remember_fact`, `update_block` and `recall`, bound to `memory` and the current user.
 
-    `run_id_getter` stamps recorded facts with their run (so forgetting a session takes
-    them along); `editable_blocks`, when given, limits which blocks the agent may change.
+    `run_id_getter` and `session_id_getter` stamp recorded facts with their run and session
+    (so forgetting the session takes them along, even when the run never finished); without
+    them, the run the engine says the tool call belongs to (`protocols.tool_run`) is used.
+    `editable_blocks`, when given, limits which blocks the agent may change.
     """
+
+    def stamp() -> tuple[str | None, str | None]:
+        run = tool_run.get()
+        run_id = run_id_getter() if run_id_getter is not None else None
+        if run_id is None and run is not None:
+            run_id = run.run_id
+        if session_id_getter is not None:
+            return run_id, session_id_getter()
+        # The call's run is this run (or there is no run id to tell): its session is ours.
+        same = run is not None and run_id in (None, run.run_id)
+        return run_id, run.session_id if same and run is not None else None
 
     async def remember_fact(
         subject: str, predicate: str, object: str, confidence: float = 1.0
@@ -43,9 +58,15 @@ def memory_tools(
             object: the value, e.g. "Lisbon".
             confidence: how sure you are, from 0 to 1.
         """
-        run_id = run_id_getter() if run_id_getter is not None else None
+        run_id, session_id = stamp()
         fact = await memory.add_fact(
-            user_id_getter(), subject, predicate, object, confidence=confidence, source_run=run_id
+            user_id_getter(),
+            subject,
+            predicate,
+            object,
+            confidence=confidence,
+            source_run=run_id,
+            session_id=session_id,
         )
         return f"remembered: {fact.text()}"
 

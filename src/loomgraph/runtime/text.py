@@ -10,6 +10,7 @@ read back as the value written.
 
 from __future__ import annotations
 
+from loomgraph._storage.text import escaped, storable
 from loomgraph.protocols import RunRecord, Transition
 from loomgraph.runtime.errors import JournalIdError
 
@@ -22,27 +23,11 @@ __all__ = [
 ]
 
 
-def storable(text: str) -> bool:
-    """Whether every backend can keep `text` in a text column as it is."""
-    if "\x00" in text:
-        return False
-    if text.isascii():
-        return True
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
 def storable_reason(text: str) -> str:
     """`text` with each lone surrogate written as its escape (`\\udcff`) and each NUL as
     `\\x00`, visibly: the same text on every backend. Other text (and a non-str a caller
     passed despite the annotation) is returned as it is."""
-    if not isinstance(text, str) or storable(text):
-        return text
-    escaped = text.encode("utf-8", "backslashreplace").decode("utf-8")
-    return escaped.replace("\x00", "\\x00")
+    return escaped(text) if isinstance(text, str) else text
 
 
 def check_id(field: str, value: str | None) -> None:

@@ -1,0 +1,73 @@
+"""What memory checks in its input before anything is read or written, one rule on every backend.
+
+Text: SQLite cannot encode a lone surrogate and Postgres refuses it and NUL in `text`. Free
+text (an episode's prompt, answer and tool names, a fact's fields, a block's text) is stored
+with each such character as a visible escape (`\\udcff`, `\\x00`), the same on every backend,
+the in-memory one included — a finished run's answer must never fail to be remembered over
+it. An id memory looks up again (a session or run id) is refused instead (`MemoryInputError`
+naming the field): an escaped id would no longer be the id given.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from loomgraph._storage.text import escaped, storable
+from loomgraph.memory.errors import MemoryInputError
+
+__all__ = [
+    "LATEST_TIME",
+    "check_id",
+    "check_limit",
+    "check_time",
+    "storable",
+    "storable_text",
+]
+
+# Epoch seconds a date can be shown for: 1970-01-01 up to the end of year 9999.
+LATEST_TIME = 253402300799.0
+
+
+def storable_text(text: str) -> str:
+    """`text` with each lone surrogate written as its escape (`\\udcff`) and each NUL as
+    `\\x00`: what every backend stores for free text. Other text is returned as it is."""
+    return escaped(text)
+
+
+def check_id(field: str, value: Any) -> None:
+    """Refuse an id (None passes) that is not a str or that no backend can store as it is."""
+    if value is None:
+        return
+    if not isinstance(value, str):
+        raise MemoryInputError(f"{field} must be a str or None, not {type(value).__name__}")
+    if "\x00" in value:
+        raise MemoryInputError(f"{field} {_shown(value)} contains a NUL character")
+    if not storable(value):
+        raise MemoryInputError(f"{field} {_shown(value)} holds a lone surrogate (not valid text)")
+
+
+def check_time(field: str, value: Any) -> float:
+    """`value` as epoch seconds, refusing what no date can show (NaN, infinities, before 1970,
+    after 9999) and what is not a number."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise MemoryInputError(f"{field} must be epoch seconds (a number), not {value!r}")
+    if not math.isfinite(value) or not 0 <= value <= LATEST_TIME:
+        raise MemoryInputError(
+            f"{field} must be finite epoch seconds between 0 and {LATEST_TIME:.0f} "
+            f"(1970 to 9999), not {value!r}"
+        )
+    return float(value)
+
+
+def check_limit(limit: Any) -> int | None:
+    """`limit` as given: None (no limit) or an int ≥ 0; 0 means nothing."""
+    if limit is None:
+        return None
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
+        raise MemoryInputError(f"limit must be a non-negative int or None, not {limit!r}")
+    return limit
+
+
+def _shown(value: str) -> str:
+    return repr(value if len(value) <= 80 else value[:79] + "…")

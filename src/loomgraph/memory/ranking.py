@@ -1,0 +1,65 @@
+"""Full-text ranking shared by the backends: the query's search words, and the BM25 ranking
+the in-memory backend computes itself (SQLite and Postgres rank in SQL)."""
+
+from __future__ import annotations
+
+import math
+import re
+from collections import Counter
+from collections.abc import Sequence
+from typing import TypeVar
+
+__all__ = ["MAX_QUERY_TERMS", "bm25_rank", "query_terms", "stem"]
+
+T = TypeVar("T")
+
+MAX_QUERY_TERMS = 32  # a long prompt must not become a huge OR query
+
+_WORD = re.compile(r"[^\W_]+")
+_STOP_WORDS = """
+a about after again all also am an and any are as at be been before being but by can could
+did do does doing for from had has have having he her here hers him his how i if in into is
+it its just me more most my no nor not now of off on once only or other our ours out over
+own please same she should so some such than that the their theirs them then there these
+they this those through to too under until up very was we were what when where which while
+who whom why will with would you your yours yourself tell know remember"""
+_STOP = frozenset(_STOP_WORDS.split())
+
+
+def query_terms(text: str) -> list[str]:
+    """The distinct search words of a query: lower case, no stop words, at most 32."""
+    seen: dict[str, None] = {}
+    for word in _WORD.findall(text.casefold()):
+        if len(word) > 1 and word not in _STOP:
+            seen.setdefault(word, None)
+    return list(seen)[:MAX_QUERY_TERMS]
+
+
+def stem(word: str) -> str:
+    """Plurals to singular, so the in-memory ranking matches `cats` to `cat` as FTS does."""
+    if len(word) > 4 and word.endswith("ies"):
+        return word[:-3] + "y"
+    if len(word) > 3 and word.endswith("s") and not word.endswith(("ss", "us", "is")):
+        return word[:-1]
+    return word
+
+
+def bm25_rank(terms: Sequence[str], docs: Sequence[tuple[str, float, T]], limit: int) -> list[T]:
+    """Docs `(text, time, item)` matching any term, best BM25 score first, newer first on ties."""
+    wanted = {stem(t) for t in terms}
+    if not wanted or limit <= 0:
+        return []
+    tokens = [[stem(w) for w in _WORD.findall(text.casefold())] for text, _, _ in docs]
+    avg = sum(map(len, tokens)) / len(tokens) if tokens else 1.0
+    df = Counter(t for toks in tokens for t in set(toks) & wanted)
+    scored = []
+    for (_, at, item), toks in zip(docs, tokens, strict=True):
+        counts = Counter(t for t in toks if t in wanted)
+        score = 0.0
+        for term, tf in counts.items():
+            idf = math.log(1 + (len(docs) - df[term] + 0.5) / (df[term] + 0.5))
+            score += idf * tf * 2.2 / (tf + 1.2 * (0.25 + 0.75 * len(toks) / (avg or 1.0)))
+        if score > 0:
+            scored.append((score, at, item))
+    scored.sort(key=lambda s: (-s[0], -s[1]))
+    return [item for _, _, item in scored[:limit]]
