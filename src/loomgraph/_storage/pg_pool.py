@@ -192,6 +192,7 @@ class LoopPool:
         *,
         transaction: bool = True,
         readonly: bool = False,
+        isolation: str | None = None,
         translate: Translate = keep,
         hide_cause: bool = True,
         pg: Any = None,
@@ -199,12 +200,58 @@ class LoopPool:
         before: Callable[[Any], Awaitable[None]] | None = None,
     ) -> AsyncIterator[PgCursor]:
         """A cursor on a pooled connection, inside a transaction unless `transaction=False`
-        (each statement its own); `before` runs first on the connection; errors translated."""
+        (each statement its own); `before` runs first on the connection; errors translated.
+
+        Work cut off on the connection (cancelled, timed out, the connection lost) drops the
+        connection: the server rolls back what it began, and nobody waits for a ROLLBACK or
+        a cancel request that a stalled network would answer only at `command_timeout`. An
+        error with the connection sound (the server refused a statement, the caller's own
+        code raised) rolls back as usual."""
         pool = await self.get()
         with translated(translate, hide_cause=hide_cause):
             async with pool.acquire(timeout=self.timeout) as con:
-                tx = con.transaction(readonly=readonly) if transaction else None
-                async with tx if tx is not None else contextlib.nullcontext():
+                tx = None
+                if transaction:
+                    tx = con.transaction(readonly=readonly, isolation=isolation)
+                try:
+                    if tx is not None:
+                        await tx.start()
                     if before is not None:
                         await before(con)
                     yield PgCursor(con, pg, constraints=constraints)
+                except BaseException as err:
+                    await _end_after(con, tx, err)
+                    raise
+                if tx is not None:
+                    try:
+                        await tx.commit()
+                    except BaseException as err:
+                        if _cut_off(err):
+                            con.terminate()  # the commit's outcome is unknown either way
+                        raise
+
+
+def _cut_off(err: BaseException) -> bool:
+    """Whether `err` leaves the connection in an unknown state: a cancellation or another
+    BaseException, a timeout, a lost connection (the driver's interface errors, OSError)."""
+    if not isinstance(err, Exception) or isinstance(err, TimeoutError | OSError):
+        return True
+    import asyncpg  # loaded already: the connection is one of its
+
+    return isinstance(err, asyncpg.InterfaceError)
+
+
+async def _end_after(con: Any, tx: Any, err: BaseException) -> None:
+    """End the connection's work after `err`: drop the connection when the work was cut off,
+    else roll its transaction back (and drop it if even that fails)."""
+    if _cut_off(err):
+        con.terminate()
+        return
+    if tx is None:
+        return
+    try:
+        await tx.rollback()
+    except BaseException as failed:
+        con.terminate()
+        if not isinstance(failed, Exception):
+            raise  # cancelled meanwhile: that goes on; else `err` is what the caller raises

@@ -127,38 +127,18 @@ class PostgresMemory(SqlMemory):
 
     @asynccontextmanager
     async def _tx(self, key: str, *, write: bool = False) -> AsyncIterator[Cursor]:
-        # Work the server refused rolls back on a sound connection; anything else (a
-        # timeout, a lost connection, a cancellation) drops the connection: the server rolls
-        # back, and no one waits for a ROLLBACK a stalled network would never answer.
-        refused = self._pg.PostgresError
+        # Work cut off (a timeout, a lost connection, a cancellation) drops the connection:
+        # the server rolls back, and no one waits for a ROLLBACK a stalled network would
+        # never answer (`LoopPool.cursor`).
+        async def as_user(con: Any) -> None:
+            # is_local=true: the setting ends with the transaction, so a pooled connection
+            # never carries one user's identity into another's work.
+            await con.execute("SELECT set_config($1, $2, true)", SETTING, "u:" + key)
+
         async with self._pools.cursor(
-            transaction=False, translate=self._translate, hide_cause=False
+            readonly=not write, translate=self._translate, hide_cause=False, before=as_user
         ) as cur:
-            con = cur.connection
-            tx = con.transaction(readonly=not write)
-            try:
-                await tx.start()
-                # is_local=true: the setting ends with the transaction, so a pooled
-                # connection never carries one user's identity into another's work.
-                await con.execute("SELECT set_config($1, $2, true)", SETTING, "u:" + key)
-                yield cur
-            except refused:
-                try:
-                    await tx.rollback()
-                except BaseException:
-                    con.terminate()
-                    raise
-                raise
-            except BaseException:
-                con.terminate()
-                raise
-            try:
-                await tx.commit()
-            except refused:
-                raise
-            except BaseException:
-                con.terminate()
-                raise
+            yield cur
 
     async def _lock_user(self, cur: Cursor, key: str) -> None:
         # Two workers superseding the same fact must not both see it current.

@@ -267,25 +267,11 @@ class PostgresAuditLog:
 
     @asynccontextmanager
     async def _transaction(self, **options: Any) -> AsyncIterator[Any]:
-        """A pooled connection in a transaction (asyncpg's `options`), errors translated.
-
-        Work that is cancelled or fails in the driver drops the connection (the server rolls
-        back) rather than send ROLLBACK: a server that stopped answering would keep a
-        cancelled append waiting for `command_timeout`.
-        """
-        async with self._pools.cursor(transaction=False, translate=self._translate) as cur:
-            conn = cur.connection
-            tx = conn.transaction(**options)
-            try:
-                await tx.start()
-                yield conn
-            except AuditLogError:  # refused by this log: the connection is sound
-                await tx.rollback()
-                raise
-            except BaseException:
-                conn.terminate()
-                raise
-            await tx.commit()
+        """A pooled connection in a transaction (`readonly`, `isolation`), errors translated.
+        Work cut off drops the connection rather than wait for a ROLLBACK a server that
+        stopped answering would keep a cancelled append waiting on (`LoopPool.cursor`)."""
+        async with self._pools.cursor(translate=self._translate, **options) as cur:
+            yield cur.connection
 
     def _chainable(self, row: Any) -> AuditHead:
         """The head to chain onto, refusing a last row this key cannot verify."""
