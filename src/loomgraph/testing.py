@@ -4,19 +4,21 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from loomgraph.agent.checkpoints import ResumeError, resume_value
 from loomgraph.agent.deps import build_deps
+from loomgraph.agent.resuming import NO_VALUE
 from loomgraph.authoring.library import load_graph
 from loomgraph.engine.context import VisitContext
-from loomgraph.engine.interpreter import check_patch, run_child
+from loomgraph.engine.interpreter import run_child, run_visit
 from loomgraph.engine.scope import RunScope
-from loomgraph.graph.compiled import compile_graph
+from loomgraph.graph.compiled import CompiledGraph, compile_graph
 from loomgraph.graph.spec import Graph
 from loomgraph.models.scripted import ScriptedModel, TurnLike
-from loomgraph.protocols import EffectRecord, Model, RunRecord
+from loomgraph.protocols import EffectRecord, Model, RunRecord, RunStopped
 from loomgraph.protocols.events import Event
 from loomgraph.runtime.memory import InMemoryRuntime
 
@@ -25,12 +27,14 @@ __all__ = ["NodeRun", "run_node"]
 
 @dataclass(slots=True)
 class NodeRun:
-    """What one node did: the patch it returned, the events it emitted, the effects it asked for."""
+    """What one node did: the patch it returned, the events it emitted, the effects it asked
+    for, the state after its patch, and the node the run would go to next (`END` at the end)."""
 
     patch: dict[str, Any]
     events: list[Event] = field(default_factory=list)
     effects: list[EffectRecord] = field(default_factory=list)
     state: dict[str, Any] = field(default_factory=dict)
+    next: str = ""
 
     def kinds(self) -> list[str]:
         """The kinds of the events, in order."""
@@ -46,15 +50,24 @@ async def run_node(
     tools: Any = None,
     system: str = "",
     visit: int = 1,
+    visits: Mapping[str, int] | None = None,
     user_id: str | None = "test-user",
+    value: Any = NO_VALUE,
 ) -> NodeRun:
     """Run `node` of `graph` once against `state` with fakes (ScriptedModel, tools, in-memory
-    journal), checking its patch as the interpreter would, and return what it did."""
+    journal), as a run's step runs it: the state checked as a run's (`StateError`), the node
+    under its retry and timeout policies, its patch checked, then its edges tried (with
+    `visits`, the other nodes' visit counts so far). `value` answers the interrupt the node
+    raises, as `Agent.resume(run_id, value=...)` does: checked against the type it asked for
+    (`ResumeError`), then the node runs again with it."""
     compiled = compile_graph(load_graph(graph))
     if node not in compiled.nodes:
         raise KeyError(
             f"graph {compiled.name!r} has no node {node!r}; nodes: {', '.join(compiled.nodes)}"
         )
+    # What a run is given from outside is checked, built-in fields too (`input` text,
+    # `messages` messages): a node is tested against a state a run could have.
+    full = compiled.schema.initial(compiled.schema.check_input(dict(state or {})))
     if model is None or not isinstance(model, Model):
         model = ScriptedModel(model or [])
     runtime = InMemoryRuntime()
@@ -64,12 +77,36 @@ async def run_node(
     async def sink(event: Event) -> None:
         events.append(event)
 
-    run_id = f"test-{uuid.uuid4().hex[:8]}"
-    await runtime.start_run(RunRecord(run_id, compiled.name, compiled.hash, user_id, None))
-    scope = RunScope(run_id, user_id, None, deps, sink, run_child, system=system)
-    full = compiled.schema.initial(state)
-    view = {name: full.get(name) for name in compiled.reads[node]}
-    patch = await compiled.nodes[node].run(view, VisitContext(scope, node, visit))
-    patch = check_patch(compiled, node, patch)
+    record = RunRecord(f"test-{uuid.uuid4().hex[:8]}", compiled.name, compiled.hash, user_id, None)
+    await runtime.start_run(record)
+    scope = RunScope(record.run_id, user_id, None, deps, sink, run_child, system=system)
+    try:
+        patch = await _visit(compiled, scope, full, node, visit)
+    except RunStopped as stop:
+        if value is NO_VALUE:
+            raise
+        # Answered as a resume answers the run this stopped: the same check of the value.
+        stopped = replace(record, status=stop.status, result=_waiting(stop))
+        scope.resume = resume_value(stopped, value)
+        patch = await _visit(compiled, scope, full, node, visit)
+    else:
+        if value is not NO_VALUE:
+            raise ResumeError(f"node {node!r} did not wait for a value: it returned {patch!r}")
     compiled.schema.apply(full, patch)
-    return NodeRun(patch, events, await runtime.effects(run_id), full)
+    # The edge a run takes after this step, tried as the interpreter tries it.
+    target = compiled.next_node(node, full, {**(visits or {}), node: visit})[0]
+    return NodeRun(patch, events, await runtime.effects(record.run_id), full, target)
+
+
+async def _visit(
+    compiled: CompiledGraph, scope: RunScope, state: dict[str, Any], node: str, visit: int
+) -> dict[str, Any]:
+    """The node's visit, through the interpreter's own path (policies, patch checks)."""
+    view = {name: state.get(name) for name in compiled.reads[node]}
+    ctx = VisitContext(scope, node, visit)
+    return await run_visit(compiled.nodes[node], view, ctx, compiled, compiled.writes[node])
+
+
+def _waiting(stop: RunStopped) -> dict[str, Any]:
+    """The result a run stopped by `stop` journals: what it waits for."""
+    return {"pending": None if stop.pending is None else stop.pending.to_dict()}

@@ -80,6 +80,23 @@ def print_event(event: Any) -> None:
     else:
         style = _STYLES.get(event.kind, "")
     say(line, style)
+    if event.kind == "run_completed":
+        print_request(p.get("result"))
+
+
+def print_request(result: Any) -> None:
+    """What a run stopped at an `interrupt` node asks, from its result (`pending`): the
+    question (run text: `say` escapes it) and the type of the value it waits for, with its
+    JSON Schema when that says more than the type's name. Nothing for any other result."""
+    pending = result.get("pending") if isinstance(result, Mapping) else None
+    if not isinstance(pending, Mapping) or not pending.get("type"):
+        return  # not an interrupt's request (an approval's call is shown by its events)
+    asks = f"      {pending.get('node', '')} asks for a {pending['type']}"
+    message = pending.get("message")
+    say(asks + (f": {message}" if message else ""), "bold yellow")
+    schema = pending.get("schema")
+    if isinstance(schema, Mapping) and set(schema) - {"type"}:
+        say(f"      the value's JSON Schema: {compact(schema)}", "yellow")
 
 
 def emit_event(event: Any, as_json: bool) -> None:

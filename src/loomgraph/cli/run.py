@@ -59,10 +59,11 @@ def handle(args: argparse.Namespace) -> int:
         return EXIT_INTERRUPTED
 
 
-def resume_command(run_id: str, agent: str | None, runtime: str | None) -> str:
+def resume_command(run_id: str, agent: str | None, runtime: str | None, *extra: str) -> str:
     """The command that resumes a run, to print: with the agent file (`-a`) when there is
     one (its journal, tools and model), with `--runtime` when it was given on the command
-    line, its password masked (`***`, said so: to be given again), never printed."""
+    line, its password masked (`***`, said so: to be given again), never printed; `extra`
+    words (`--value JSON`) at its end, as they are."""
     words = ["loomgraph", "runs", "resume", shlex.quote(run_id)]
     if agent:
         words += ["-a", shlex.quote(agent)]
@@ -72,10 +73,34 @@ def resume_command(run_id: str, agent: str | None, runtime: str | None) -> str:
         words += ["--runtime", shlex.quote(shown)]
         if shown != runtime:
             note = "  (the --runtime password is not shown: give it again)"
-    return " ".join(words) + note
+    return " ".join([*words, *extra]) + note
+
+
+def say_how_to_answer(result: Any, durable: bool, agent: str | None, runtime: str | None) -> None:
+    """When the run waits for an `interrupt` node's value (`result`: its result, as a dict),
+    say on stderr how to answer it: with a `durable` journal, the `runs resume … --value
+    JSON` command (`agent`, `runtime`: as the command line gave them), else that it cannot be
+    answered. Nothing for any other result (an approval is answered with `runs approve`)."""
+    if not isinstance(result, dict):
+        return
+    pending, run_id = result.get("pending"), str(result.get("run_id", ""))
+    if not isinstance(pending, dict) or not pending.get("type"):
+        return
+    if not durable:
+        warn(
+            f"run {run_id} had no journal (--runtime), so its question cannot be answered",
+            "yellow",
+        )
+        return
+    command = resume_command(run_id, agent, runtime, "--value", "JSON")
+    warn(
+        f"answer with: {command}  (a {pending['type']}; text that is not JSON is a string)",
+        "yellow",
+    )
 
 
 async def _run(args: argparse.Namespace, started: dict[str, str]) -> int:
+    given = args.runtime  # as the command line gave it (the agent file's is not repeated)
     journal = agent_args.runtime_of(args)
     runtime = cli_journal.open_journal(journal, create=True) if journal else None
     args.runtime = journal  # who answers an ask depends on whether there is a journal
@@ -87,7 +112,7 @@ async def _run(args: argparse.Namespace, started: dict[str, str]) -> int:
         permissions=agent_args.load_permissions(args.permissions),
         approval_handler=cli_approvals.approver_for(args),
     )
-    status = "failed"
+    status, result = "failed", None
     live = not args.json and colour()
     try:
         view = _live_view() if live else nullcontext()
@@ -102,9 +127,10 @@ async def _run(args: argparse.Namespace, started: dict[str, str]) -> int:
                 if event.kind != "model_chunk" or not live:
                     emit_event(event, args.json)
                 if event.kind == "run_completed":
-                    status = event.payload["status"]
+                    status, result = event.payload["status"], event.payload.get("result")
     finally:
         await agent.aclose()
+    say_how_to_answer(result, bool(journal and journal != "memory"), args.agent, given)
     return exit_code(status) if status else EXIT_FAILED
 
 

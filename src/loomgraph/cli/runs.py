@@ -19,6 +19,7 @@ from loomgraph.cli.output import (
     print_runs,
     usage,
 )
+from loomgraph.cli.run import say_how_to_answer
 from loomgraph.protocols import (
     RunRecord,
     RunStatus,
@@ -47,8 +48,18 @@ def add_runs_parser(sub: Any) -> Any:
     show.add_argument(
         "--graph", default=None, help="graph to rebuild the state with (default: the run's graph)"
     )
-    resume = cmds.add_parser("resume", help="continue a crashed, failed or cancelled run")
+    resume = cmds.add_parser(
+        "resume", help="continue a crashed, failed, cancelled or interrupted run"
+    )
     resume.add_argument("run_id", help="the run to continue")
+    resume.add_argument(
+        "--value",
+        default=None,
+        metavar="JSON",
+        help="answer the interrupt the run waits at: a JSON value (3, true, '[\"a\"]', "
+        "'{\"approved\": true}'); text that is not JSON is taken as a string (quote text "
+        "that reads as JSON: '\"42\"'). Checked against the type the node asked for",
+    )
     agent_args.add_agent_options(resume, None, graph=False)
     resume.add_argument(
         "--break-dead-lease",
@@ -208,9 +219,23 @@ async def _resume(args: argparse.Namespace, runtime: Runtime) -> int:
     agent = journal.agent_for(
         args, runtime, record, agent_args.load_permissions(args.permissions), architecture
     )
-    go_on = agent.retry if args.runs_command == "retry" else agent.resume
-    result = await go_on(args.run_id, graph=choice)
-    return print_result(result, args.json)
+    if args.runs_command == "retry":
+        result = await agent.retry(args.run_id, graph=choice)
+    elif args.value is None:
+        result = await agent.resume(args.run_id, graph=choice)
+    else:  # checked against the type asked for as `Agent.resume` checks it: ResumeError
+        result = await agent.resume(args.run_id, graph=choice, value=_value_of(args.value))
+    code = print_result(result, args.json)
+    say_how_to_answer(result.to_dict(), True, args.agent, args.runtime)
+    return code
+
+
+def _value_of(text: str) -> Any:
+    """`--value`: the JSON value the text is, else the text itself (a plain string)."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
 
 
 async def _fork(args: argparse.Namespace, runtime: Runtime) -> int:

@@ -163,9 +163,9 @@ async def _step(
         if scope.tracing:
             attributes = semconv.node_attributes(node=qualified, run_id=scope.run_id, visit=visit)
             with deps.telemetry.span(semconv.node_span_name(qualified), attributes):
-                patch = await _visit(kind, view, ctx, graph, writes)
+                patch = await run_visit(kind, view, ctx, graph, writes)
         else:
-            patch = await _visit(kind, view, ctx, graph, writes)
+            patch = await run_visit(kind, view, ctx, graph, writes)
         if reservation is not None:
             await scope.settle(reservation, NO_USAGE)
             reservation = None
@@ -281,7 +281,7 @@ def _state_size(scope: RunScope, graph: CompiledGraph, state: dict[str, Any]) ->
     return scope.state_size
 
 
-async def _visit(
+async def run_visit(
     kind: NodeKind,
     view: dict[str, Any],
     ctx: VisitContext,
@@ -289,7 +289,8 @@ async def _visit(
     writes: frozenset[str],
 ) -> dict[str, Any]:
     """Run a node and check its patch: under the run's deadline (a child runs within its
-    parent's), under its own policies, or as it is."""
+    parent's), under its own policies, or as it is. The one path of a node's visit: a run's
+    steps and `loomgraph.testing.run_node` both go through it."""
     deadline = ctx.scope.deadline
     if deadline is not None and not ctx.path:
         return await _run_by_deadline(kind, view, ctx, (graph, writes), deadline)
