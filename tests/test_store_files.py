@@ -60,7 +60,6 @@ async def _memory_read(store: Any) -> list[str]:
     return [u for u in ("user0", "user1", "user2", "user9") if await store.get_blocks(u)]
 
 
-
 Write = Callable[[Any, int], Awaitable[None]]
 STORES: dict[str, tuple[Callable[[str], Any], Write, type[Exception]]] = {
     "ledger": (SqliteLedger, _ledger_write, LedgerUnavailable),
