@@ -30,7 +30,14 @@ def parse_docstring(doc: str | None) -> Docstring:
     lines = text.splitlines()
     if not lines:  # blank
         return Docstring()
-    bare = bool(_OPENS_WITH_SECTION.match(lines[0].strip()))
+    header = lines[0].strip()
+    bare = bool(_OPENS_WITH_SECTION.match(header))
+    body = [line for line in lines[1:] if line.strip()]
+    if bare and header.endswith(":") and body and not body[0][0].isspace():
+        # `Args:` first: cleandoc (here, or inspect.getdoc's) dedents the lines after the
+        # first by their common indent, which took the section's own indent away; put it back.
+        lines = [lines[0], *(f"    {line}" if line.strip() else line for line in lines[1:])]
+        text = "\n".join(lines)
     if len(lines) == 1 and not bare and not _SECTION_MARKS.intersection(text):
         # One line that no docstring style reads a section from: the parser would return it
         # whole, and a tool with a one-line docstring need not import it.

@@ -9,7 +9,7 @@ from typing import Any
 
 from loomgraph.errors import LoomgraphError
 from loomgraph.tools.context import Injection
-from loomgraph.tools.schema import KEY_PARAM, injection_of
+from loomgraph.tools.schema import KEY_PARAM, bound_keywords, injection_of, signature_of
 
 
 class JsonArgumentsInvalid(LoomgraphError, ValueError):
@@ -72,8 +72,10 @@ class JsonArguments:
     validator: Any  # a jsonschema Validator
     wants_key: bool
     injected: tuple[Injection, ...]
-    positional: tuple[str, ...]
-    hidden: frozenset[str]  # names the model may not set: the key and injected parameters
+    # Positional-only parameters in order, with their defaults (`inspect.Parameter.empty`
+    # for none): one the model leaves out before one it gives is passed its default.
+    positional: tuple[tuple[str, Any], ...]
+    hidden: frozenset[str]  # names the model may not set: key, injected, partial-bound
 
     @classmethod
     def build(cls, fn: Callable[..., Any], tool_name: str, schema: dict[str, Any]) -> JsonArguments:
@@ -98,19 +100,18 @@ class JsonArguments:
         ref = unresolvable_ref(validator_cls, parameters)
         if ref is not None:
             raise UnresolvableRef(tool_name, ref)
-        try:
-            signature = inspect.signature(fn, eval_str=True)
-        except (NameError, SyntaxError) as exc:
-            raise TypeError(f"tool {tool_name!r}: cannot resolve its type hints ({exc})") from exc
-        injected = [i for p in signature.parameters.values() if (i := injection_of(p))]
-        params = signature.parameters
+        params = signature_of(fn, tool_name).parameters
+        bound = bound_keywords(fn)
+        injected = [i for p in params.values() if p.name not in bound and (i := injection_of(p))]
         return cls(
             parameters=parameters,
             validator=local_validator(validator_cls, parameters),
-            wants_key=KEY_PARAM in params,
+            wants_key=KEY_PARAM in params and KEY_PARAM not in bound,
             injected=tuple(injected),
-            positional=tuple(n for n, p in params.items() if p.kind is p.POSITIONAL_ONLY),
-            hidden=frozenset({KEY_PARAM, *(i.param for i in injected)}),
+            positional=tuple(
+                (n, p.default) for n, p in params.items() if p.kind is p.POSITIONAL_ONLY
+            ),
+            hidden=frozenset({KEY_PARAM, *bound, *(i.param for i in injected)}),
         )
 
     def bind(
@@ -129,8 +130,25 @@ class JsonArguments:
             kwargs[KEY_PARAM] = idempotency_key
         kwargs.update(injected)
         if self.positional:
-            return tuple(kwargs.pop(p) for p in self.positional if p in kwargs), kwargs
+            return _positional(self.positional, kwargs), kwargs
         return (), kwargs
+
+
+def _positional(params: tuple[tuple[str, Any], ...], kwargs: dict[str, Any]) -> tuple[Any, ...]:
+    """The positional-only values, taken out of `kwargs`: up to the last one given, with the
+    default of each left out before it (the next value must not move into its place)."""
+    given = [i for i, (name, _) in enumerate(params) if name in kwargs]
+    if not given:
+        return ()
+    values: list[Any] = []
+    for name, default in params[: given[-1] + 1]:
+        if name in kwargs:
+            values.append(kwargs.pop(name))
+        elif default is not inspect.Parameter.empty:
+            values.append(default)
+        else:
+            raise JsonArgumentsInvalid(f"\n- {name}: missing; the function needs it")
+    return tuple(values)
 
 
 def _where(path: Any) -> str:

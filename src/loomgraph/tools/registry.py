@@ -176,8 +176,9 @@ class ToolRegistry:
             return _raised(item, value)
         try:
             return results.success(value)
-        except BaseException as exc:  # a value that cannot be made text (a cycle, a bad type)
-            return _raised(item, exc)
+        except BaseException as exc:  # a value that cannot be made text (a cycle, a deep nest)
+            _log.debug("tool %r returned a value that cannot be made text", item.name, exc_info=exc)
+            return results.not_serializable(exc)
 
     def stray_calls(self, name: str) -> int:
         """How many calls of tool `name` were abandoned at their limit and still run."""

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from collections.abc import Iterable
 from typing import Any, Final, Literal
 
 from pydantic import BaseModel, ValidationError
+from pydantic_core import to_jsonable_python
 
 from loomgraph.protocols import INVALID_ARGUMENTS, ToolResult
 from loomgraph.tools.json_schema import JsonArgumentsInvalid
@@ -32,25 +32,44 @@ _MAX_INPUT_REPR = 80
 
 
 def to_content(value: Any) -> str:
-    """The text the model sees for a tool's return value."""
+    """The text the model sees for a tool's return value: a `str` as it is, anything else as
+    JSON the way pydantic's JSON mode writes it (enums as their value, sets as arrays, dates
+    in ISO 8601, NaN and infinities as null, bytes as text or else base64), other objects
+    as `str(value)`."""
     if isinstance(value, str):
         return value
     if isinstance(value, BaseModel):
         return value.model_dump_json()
-    return _ENCODER.encode(value)
+    try:
+        data = to_jsonable_python(value, inf_nan_mode="null", fallback=_fallback)
+    except UnicodeDecodeError:  # bytes that are not UTF-8 text: base64, as pydantic can
+        data = to_jsonable_python(
+            value, inf_nan_mode="null", fallback=_fallback, bytes_mode="base64"
+        )
+    return _ENCODER.encode(data)
 
 
-def _json_default(value: Any) -> Any:
-    # Models and dataclasses nested in lists or dicts become JSON too, not their repr.
-    if isinstance(value, BaseModel):
-        return value.model_dump(mode="json")
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return dataclasses.asdict(value)
-    return str(value)
+def _fallback(value: Any) -> Any:
+    # What pydantic cannot serialize (a generator, an object of no known type): its text.
+    return _text(value)
 
 
-# One encoder for all calls: json.dumps with options builds a new one each time.
-_ENCODER = json.JSONEncoder(default=_json_default, ensure_ascii=False)
+def _text(value: object) -> str:
+    """`str(value)`; its repr, or its type's name, when that fails or is not a string."""
+    for show in (str, repr):
+        try:
+            text = show(value)
+        except Exception:  # a broken __str__ is the object's, not ours
+            continue
+        if isinstance(text, str):
+            return text
+    return f"<{type(value).__name__} object>"
+
+
+# One encoder for all calls: json.dumps with options builds a new one each time. It is only
+# given plain JSON values (to_jsonable_python's), so allow_nan=False cannot fail on a
+# tool's NaN (made null before) and never writes invalid JSON.
+_ENCODER = json.JSONEncoder(ensure_ascii=False, allow_nan=False)
 
 
 def success(value: Any) -> ToolResult:
@@ -95,8 +114,15 @@ def invalid_arguments(tool: str, exc: Exception) -> ToolResult:
     """The arguments failed validation; one line per bad field, saying why."""
     if isinstance(exc, JsonArgumentsInvalid):
         return error(INVALID_ARGUMENTS, f"Invalid arguments for tool {tool!r}:{exc}")
-    if not isinstance(exc, ValidationError):
-        return error(INVALID_ARGUMENTS, f"Invalid arguments for tool {tool!r}: {_describe(exc)}")
+    if isinstance(exc, ValidationError):
+        try:
+            return error(INVALID_ARGUMENTS, _problems(tool, exc))
+        except Exception:  # a user validator's error that cannot be shown
+            pass
+    return error(INVALID_ARGUMENTS, f"Invalid arguments for tool {tool!r}: {_describe(exc)}")
+
+
+def _problems(tool: str, exc: ValidationError) -> str:
     lines = [f"Invalid arguments for tool {tool!r}:"]
     for problem in exc.errors(include_url=False):
         where = _location(problem["loc"])
@@ -110,7 +136,7 @@ def invalid_arguments(tool: str, exc: Exception) -> ToolResult:
                 shown = shown[: _MAX_INPUT_REPR - 3] + "..."
             line += f" (got {shown})"
         lines.append(line)
-    return error(INVALID_ARGUMENTS, "\n".join(lines))
+    return "\n".join(lines)
 
 
 def _location(loc: tuple[int | str, ...]) -> str:
@@ -127,10 +153,23 @@ def tool_exception(exc: BaseException) -> ToolResult:
 
 
 def _describe(exc: BaseException) -> str:
-    """`ExcType: message`, or only the type when there is no message."""
-    message = str(exc)
+    """`ExcType: message`, or only the type when there is no message. Never raises: an
+    exception whose `__str__` raises or returns no string is shown by its repr, or its type."""
     name = type(exc).__name__
+    try:
+        message = str(exc)
+    except Exception:  # __str__ raised, or returned no string
+        message = _text(exc)
     return f"{name}: {message}" if message else name
+
+
+def not_serializable(exc: BaseException) -> ToolResult:
+    """The tool ran and returned, but its value could not be made text."""
+    return error(
+        TOOL_EXCEPTION,
+        f"{_describe(exc)} (the tool ran and returned, but its return value could not be "
+        "converted to text: do not call it again only to see the value)",
+    )
 
 
 def timed_out(tool: str, seconds: float) -> ToolResult:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import inspect
+import types
 import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Annotated, Any, Union
 
 import pydantic
 from pydantic import BaseModel, ConfigDict, Field
@@ -14,15 +16,13 @@ from pydantic.fields import FieldInfo
 from pydantic_core import SchemaValidator
 
 from loomgraph.tools.context import Injected, Injection, ToolContext
+from loomgraph.tools.schema_defs import clean_schema
 
 KEY_PARAM = "idempotency_key"
 """The parameter through which a tool receives the idempotency key of its call."""
 
-# Keys whose values are data, not schemas: never strip a `title` or follow a `$ref` in them.
-_DATA_KEYS = frozenset({"default", "enum", "const", "examples", "example"})
-# Keys whose values map names to schemas: the names are not schema keywords.
-_NAMED_SCHEMAS = frozenset({"properties", "patternProperties", "$defs", "definitions"})
-_DEFS_PREFIX = "#/$defs/"
+_METHOD_FIRST = frozenset({"self", "cls"})
+_ALIASES = ("alias", "validation_alias", "serialization_alias")
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,12 +41,12 @@ class Arguments:
     extra: bool  # the function takes **kwargs, so unknown arguments are passed through
     parameters: dict[str, Any]  # the JSON Schema the model sees
     injected: tuple[Injection, ...] = ()  # parameters loomgraph fills, hidden from the model
+    bound: frozenset[str] = frozenset()  # keywords a functools.partial set: not the model's
 
 
-def build_arguments(
-    fn: Callable[..., Any], *, tool_name: str, arg_docs: Mapping[str, str]
-) -> Arguments:
-    """Build the argument model and JSON Schema of `fn` from its type hints."""
+def signature_of(fn: Callable[..., Any], tool_name: str) -> inspect.Signature:
+    """`fn`'s signature with its hints resolved; raises TypeError naming the tool for hints
+    that cannot be resolved and for a method taken from its class (`self` to fill)."""
     try:
         signature = inspect.signature(fn, eval_str=True)
     except (NameError, SyntaxError) as exc:
@@ -54,17 +54,50 @@ def build_arguments(
             f"tool {tool_name!r}: cannot resolve the type hints of its parameters ({exc}); "
             "types used in a tool's signature must be importable from its module"
         ) from exc
+    first = next(iter(signature.parameters.values()), None)
+    if (
+        first is not None
+        and first.name in _METHOD_FIRST
+        and first.kind <= first.POSITIONAL_OR_KEYWORD
+    ):
+        raise TypeError(
+            f"tool {tool_name!r}: its first parameter is {first.name!r}, so it is a method "
+            "taken from its class (@tool in a class body, or Class.method), and the model "
+            f"would be asked for {first.name!r}; leave the method undecorated and make the "
+            f"bound method a tool: tool(obj.{getattr(fn, '__name__', 'method')})"
+        )
+    return signature
 
+
+def bound_keywords(fn: Callable[..., Any]) -> frozenset[str]:
+    """The arguments `functools.partial`s around `fn` set by keyword: the partial's, never
+    the model's (a call could otherwise replace them)."""
+    names: set[str] = set()
+    while isinstance(fn, functools.partial):
+        names.update(fn.keywords)
+        fn = fn.func
+    return frozenset(names)
+
+
+def build_arguments(
+    fn: Callable[..., Any], *, tool_name: str, arg_docs: Mapping[str, str]
+) -> Arguments:
+    """Build the argument model and JSON Schema of `fn` from its type hints."""
+    signature = signature_of(fn, tool_name)
+    bound = bound_keywords(fn)
     definitions: dict[str, Any] = {}
     fields: list[tuple[str, str]] = []
     positional: list[str] = []
     injected: list[Injection] = []
-    wants_key = extra = False
+    wants_key = False
+    var_keyword: inspect.Parameter | None = None
     for param in signature.parameters.values():
         if param.kind is param.VAR_POSITIONAL:
             continue  # the model sends an object; there is nothing to put in *args
         if param.kind is param.VAR_KEYWORD:
-            extra = True
+            var_keyword = param
+            continue
+        if param.name in bound:
             continue
         if param.kind is param.POSITIONAL_ONLY:
             positional.append(param.name)
@@ -77,20 +110,21 @@ def build_arguments(
             continue
         field_name = f"f{len(fields)}"
         fields.append((field_name, param.name))
-        definitions[field_name] = _field(param, arg_docs.get(param.name))
+        definitions[field_name] = _field(tool_name, param, arg_docs.get(param.name))
 
     config = ConfigDict(
-        extra="allow" if extra else "forbid",
+        extra="forbid" if var_keyword is None else "allow",
         arbitrary_types_allowed=False,
         protected_namespaces=(),
     )
     try:
+        base = _extras_base(var_keyword, arg_docs, config)
         model: type[BaseModel] = pydantic.create_model(
-            f"{tool_name}_arguments", __config__=config, **definitions
+            f"{tool_name}_arguments", __base__=base, **definitions
         )
         raw = model.model_json_schema()
     except pydantic.PydanticUserError as exc:  # includes schema-generation errors
-        raise TypeError(f"tool {tool_name!r}: unsupported parameter type: {exc}") from exc
+        raise _unsupported(tool_name, signature, exc) from exc
 
     return Arguments(
         model=model,
@@ -99,18 +133,60 @@ def build_arguments(
         fields=tuple(fields),
         positional=tuple(positional),
         wants_key=wants_key,
-        extra=extra,
+        extra=var_keyword is not None,
         parameters=clean_schema(raw),
         injected=tuple(injected),
+        bound=bound,
     )
 
 
+def _extras_base(
+    param: inspect.Parameter | None, arg_docs: Mapping[str, str], config: ConfigDict
+) -> type[BaseModel]:
+    """The model base: for `**kwargs: T`, one whose extra arguments are validated as `T`
+    (JSON Schema `additionalProperties`), described by the docstring's `**kwargs` entry."""
+    if param is None:
+        return type("_Arguments", (BaseModel,), {"model_config": config})
+    value: Any = Any if param.annotation is param.empty else param.annotation
+    doc = arg_docs.get(param.name)
+    if doc:
+        value = Annotated[value, Field(description=doc)]
+    namespace = {
+        "model_config": config,
+        "__annotations__": {"__pydantic_extra__": dict[str, value]},
+        "__pydantic_extra__": Field(init=False),
+    }
+    return type("_Arguments", (BaseModel,), namespace)
+
+
+def _unsupported(tool: str, signature: inspect.Signature, exc: Exception) -> TypeError:
+    """The error for a parameter type pydantic cannot validate or describe, naming the
+    parameter (found by trying each alone: only on this failing path)."""
+    reason = str(exc).split("\n")[0]
+    for param in signature.parameters.values():
+        if param.kind is param.VAR_POSITIONAL or param.name == KEY_PARAM:
+            continue
+        if param.kind is not param.VAR_KEYWORD and injection_of(param) is not None:
+            continue
+        hint: Any = Any if param.annotation is param.empty else param.annotation
+        try:
+            pydantic.TypeAdapter(hint).json_schema()
+        except Exception:  # any failure marks the culprit
+            shown = inspect.formatannotation(hint)
+            return TypeError(
+                f"tool {tool!r}: parameter {param.name!r} has a type the model cannot be "
+                f"given as JSON Schema ({shown}: {reason}); use a JSON type (str, int, a "
+                "pydantic model, ...), or have loomgraph fill it (ToolContext, Injected)"
+            )
+    return TypeError(f"tool {tool!r}: unsupported parameter type: {reason}")
+
+
 def injection_of(param: inspect.Parameter) -> Injection | None:
-    """How loomgraph fills `param` (a `ToolContext`, or a dependency marked `Injected`), or
-    None for a parameter the model gives."""
+    """How loomgraph fills `param` (a `ToolContext`, also an optional one, or a dependency
+    marked `Injected`), or None for a parameter the model gives."""
     annotation = param.annotation
     base = typing.get_args(annotation)[0] if _is_annotated(annotation) else annotation
-    if base is ToolContext:
+    if base is ToolContext or _optional_of(base) is ToolContext:
         return Injection(param.name, context=True)
     if not _is_annotated(annotation):
         return None
@@ -122,7 +198,15 @@ def injection_of(param: inspect.Parameter) -> Injection | None:
     return None
 
 
-def _field(param: inspect.Parameter, doc: str | None) -> tuple[Any, FieldInfo]:
+def _optional_of(annotation: Any) -> Any:
+    """`T` for `T | None` or `Optional[T]`, else None."""
+    if typing.get_origin(annotation) not in (Union, types.UnionType):
+        return None
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    return args[0] if len(args) == 1 else None
+
+
+def _field(tool: str, param: inspect.Parameter, doc: str | None) -> tuple[Any, FieldInfo]:
     """The (annotation, FieldInfo) pair of one parameter for `create_model`."""
     annotation: Any = Any if param.annotation is param.empty else param.annotation
     metadata = list(typing.get_args(annotation)[1:]) if _is_annotated(annotation) else []
@@ -133,6 +217,15 @@ def _field(param: inspect.Parameter, doc: str | None) -> tuple[Any, FieldInfo]:
         annotation = Annotated[annotation, default]
         metadata.append(default)
         default = param.empty
+    for meta in metadata:
+        aliased = [a for a in _ALIASES if isinstance(meta, FieldInfo) and getattr(meta, a)]
+        if aliased:
+            # The parameter's name is what the model sees and sends, what the function gets
+            # and what rules read (received args): another name would split them.
+            raise TypeError(
+                f"tool {tool!r}: parameter {param.name!r} sets Field({aliased[0]}=...); a "
+                "tool's arguments are named by its parameters: rename the parameter instead"
+            )
     described = any(isinstance(m, FieldInfo) and m.description for m in metadata)
     kwargs: dict[str, Any] = {"alias": param.name}
     if doc and not described:
@@ -144,48 +237,3 @@ def _field(param: inspect.Parameter, doc: str | None) -> tuple[Any, FieldInfo]:
 
 def _is_annotated(annotation: Any) -> bool:
     return typing.get_origin(annotation) is Annotated
-
-
-def clean_schema(schema: dict[str, Any]) -> dict[str, Any]:
-    """Inline `$defs` (keeping only recursive ones), drop titles, and ensure an object shape."""
-    defs: dict[str, Any] = schema.get("$defs", {})
-    kept: dict[str, Any] = {}
-    needed: set[str] = set()
-
-    def walk(node: Any, expanding: frozenset[str]) -> Any:
-        if isinstance(node, list):
-            return [walk(item, expanding) for item in node]
-        if not isinstance(node, dict):
-            return node
-        ref = node.get("$ref")
-        if isinstance(ref, str) and ref.startswith(_DEFS_PREFIX):
-            name = ref[len(_DEFS_PREFIX) :]
-            if name in expanding:
-                needed.add(name)  # a recursive model cannot be inlined: keep the reference
-            elif name in defs:
-                target = walk(defs[name], expanding | {name})
-                siblings = walk({k: v for k, v in node.items() if k != "$ref"}, expanding)
-                return {**target, **siblings}
-        out: dict[str, Any] = {}
-        for key, value in node.items():
-            if key == "title" and isinstance(value, str):
-                continue  # titles are derived from names and only cost tokens
-            if key == "$defs":
-                continue
-            if key in _DATA_KEYS:
-                out[key] = value
-            elif key in _NAMED_SCHEMAS and isinstance(value, dict):
-                out[key] = {name: walk(sub, expanding) for name, sub in value.items()}
-            else:
-                out[key] = walk(value, expanding)
-        return out
-
-    result: dict[str, Any] = walk(schema, frozenset())
-    while pending := needed - kept.keys():
-        for name in pending:
-            kept[name] = walk(defs[name], frozenset({name}))
-    if kept:
-        result["$defs"] = kept
-    result["type"] = "object"
-    result.setdefault("properties", {})
-    return result

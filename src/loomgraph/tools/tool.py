@@ -12,8 +12,9 @@ from typing import Any, Generic, ParamSpec, TypeVar, overload
 from loomgraph.protocols import ToolSpec
 from loomgraph.tools.context import Injection
 from loomgraph.tools.docstrings import parse_docstring
-from loomgraph.tools.json_schema import JsonArguments
+from loomgraph.tools.json_schema import JsonArguments, JsonArgumentsInvalid
 from loomgraph.tools.schema import KEY_PARAM, Arguments, build_arguments
+from loomgraph.tools.schema_defs import MAX_TOOL_CHARS, spec_chars
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -54,7 +55,7 @@ class Tool(Generic[P, R]):
             fn = fn.fn  # re-wrapping a tool: start again from its function
         if not callable(fn):
             raise TypeError(f"a tool must be a function, got {type(fn).__name__}: {fn!r}")
-        if inspect.isgeneratorfunction(fn) or inspect.isasyncgenfunction(fn):
+        if _is_generator(fn):
             raise TypeError(f"tool {fn!r}: generator functions cannot be tools; return a value")
         target = _unwrap(fn)
         tool_name = name if name is not None else getattr(target, "__name__", "")
@@ -101,6 +102,13 @@ class Tool(Generic[P, R]):
             "parameters": self.parameters,
             "destructive": destructive,
         }
+        size = spec_chars(self.spec)
+        if size > MAX_TOOL_CHARS:
+            raise ValueError(
+                f"tool {tool_name!r}: its name, description and parameters take {size:,} "
+                f"characters of JSON, more than the {MAX_TOOL_CHARS:,} a tool may (they go "
+                "into every model request); shorten the description, or simplify the types"
+            )
         if egress:
             self.spec["egress"] = True
         if trusted:
@@ -178,6 +186,9 @@ class Tool(Generic[P, R]):
         if spec.extra and instance.__pydantic_extra__:
             # Only the host may supply the key, never the model.
             extras = instance.__pydantic_extra__
+            if spec.bound and not spec.bound.isdisjoint(extras):
+                names = ", ".join(sorted(spec.bound.intersection(extras)))
+                raise JsonArgumentsInvalid(f"\n- {names}: not the model's to set")
             kwargs.update({k: v for k, v in extras.items() if k != KEY_PARAM})
         if spec.wants_key:
             kwargs[KEY_PARAM] = idempotency_key
@@ -209,6 +220,15 @@ class Tool(Generic[P, R]):
 
     def __repr__(self) -> str:
         return f"<Tool {self.name}>"
+
+
+def _is_generator(fn: Callable[..., Any]) -> bool:
+    """Whether calling `fn` makes a generator (a function, a partial of one, or an object
+    whose `__call__` is one): its body would never run."""
+    call = fn if inspect.isroutine(fn) or isinstance(fn, functools.partial) else None
+    if call is None:
+        call = getattr(type(fn), "__call__", None)  # noqa: B004 - a callable object
+    return inspect.isgeneratorfunction(call) or inspect.isasyncgenfunction(call)
 
 
 def _unwrap(fn: Callable[..., Any]) -> Any:

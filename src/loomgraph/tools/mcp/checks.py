@@ -21,7 +21,6 @@ from loomgraph.protocols import (
     ToolArgLimits,
     ToolArgsRejected,
     ToolResult,
-    ToolSpec,
     check_tool_args,
 )
 from loomgraph.tools.json_schema import local_validator
@@ -227,20 +226,6 @@ def unusable(source: Any, checked: Any) -> str | None:
 
 def _short(text: str) -> str:
     return repr(text) if len(text) <= 60 else f"{text[:60]!r}..."
-
-
-def spec_chars(spec: ToolSpec) -> int:
-    """What one tool adds to every model request: its name, description and parameters, as
-    JSON characters."""
-    shown = {
-        "name": spec["name"],
-        "description": spec["description"],
-        "parameters": spec["parameters"],
-    }
-    try:
-        return len(json.dumps(shown, ensure_ascii=False))
-    except RecursionError:
-        return sys.maxsize  # nested deeper than anything can be sent
 
 
 def check_arguments(tool: str, args: dict[str, Any], schema: Schema | None) -> ToolResult | None:

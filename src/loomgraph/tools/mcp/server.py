@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from loomgraph.protocols import INVALID_ARGUMENTS, ToolResult, ToolSpec, tool_run
-from loomgraph.tools.mcp.checks import NAME, Schema, check_arguments, spec_chars
+from loomgraph.tools.mcp.checks import NAME, Schema, check_arguments
 from loomgraph.tools.mcp.connection import Link, MCPListingTooLarge, MCPServerError, say
 from loomgraph.tools.mcp.convert import (
     IDEMPOTENCY_META,
@@ -26,6 +26,7 @@ from loomgraph.tools.mcp.convert import (
 from loomgraph.tools.mcp.transports import Http, Stdio
 from loomgraph.tools.results import error as error_result
 from loomgraph.tools.results import timed_out
+from loomgraph.tools.schema_defs import MAX_TOOL_CHARS, spec_chars
 from loomgraph.tools.tool import check_timeout
 
 __all__ = ["MCPListingTooLarge", "MCPServer", "MCPServerError"]
@@ -51,7 +52,7 @@ class MCPServer:
     later, the tools listed before are kept."""
     max_tools = 1000
     """The same for a listing of more tools."""
-    max_tool_chars = 50_000
+    max_tool_chars = MAX_TOOL_CHARS
     """A tool whose name, description and inputSchema take more JSON characters than this
     (they go into every model request) is not offered, with a warning."""
     max_listing_chars = 500_000
