@@ -11,8 +11,8 @@ it (`graph="current"` can then move the run to the Agent's graph).
 
 Moving a run to another graph (`graph="current"`) is checked first: the node it goes on at,
 every node it visited and every field of its state must be in the new graph, each value
-must fit the field's new type, and a run stopped inside a child graph needs that child
-unchanged; otherwise `GraphChanged` names the node or field and the seq.
+must fit the field's new type, and a run stopped inside a child graph needs that child and
+the node that runs it unchanged; otherwise `GraphChanged` names the node or field and the seq.
 """
 
 from __future__ import annotations
@@ -204,23 +204,50 @@ def _same_child(
     new: CompiledGraph,
     refuse: Any,
 ) -> None:
-    """A run stopped inside a child graph goes on inside it: that child must be unchanged."""
+    """A run stopped inside a child graph goes on inside it: that child must be unchanged,
+    and so must the node that runs it (what a `map` maps over, its item and result fields,
+    a prompt, the fields mapped in and out): its finished branches and the child's answers
+    and effects are replayed from the journal, and must be what the node would make now."""
     last_top = max((t.seq for t in transitions if is_top_level(t)), default=0)
     inside = {
         NodePath.parse(t.node).parts[0]
         for t in transitions
         if t.seq > last_top and not is_top_level(t)
     }
+    pending = pending_of(record)
+    if pending is not None and pending.node and not NodePath.parse(pending.node).is_top_level:
+        inside.add(NodePath.parse(pending.node).parts[0])  # waits at a child's first node
     for name in sorted(inside):
         before = old.nodes.get(name) if old is not None else None
         after = new.nodes.get(name)
         if not isinstance(after, ChildGraphNode):
             raise refuse(f"it stopped inside node {name!r}, which runs no graph there", node=name)
-        if isinstance(before, ChildGraphNode) and graph_key(
+        if not isinstance(before, ChildGraphNode) or graph_key(
             compile_graph(before.child)
-        ) == graph_key(compile_graph(after.child)):
-            continue
-        raise refuse(
-            f"it stopped inside node {name!r}, whose graph {after.params.graph!r} changed",
-            node=name,
-        )
+        ) != graph_key(compile_graph(after.child)):
+            raise refuse(
+                f"it stopped inside node {name!r}, whose graph {after.params.graph!r} changed",
+                node=name,
+            )
+        changed = _changed_settings(before, after)
+        if changed:
+            raise refuse(
+                f"it stopped inside node {name!r}, whose own settings changed "
+                f"({', '.join(changed)})",
+                node=name,
+            )
+
+
+def _changed_settings(before: ChildGraphNode, after: ChildGraphNode) -> list[str]:
+    """The settings of a node that runs a child graph that differ between two graphs: its
+    kind, parameters, reads, writes and policies (the child graph itself, named by `graph`,
+    is compared by its content; a description is text only)."""
+    old, new = _settings(before), _settings(after)
+    return sorted(name for name in old.keys() | new.keys() if old.get(name) != new.get(name))
+
+
+def _settings(node: ChildGraphNode) -> dict[str, Any]:
+    data = node.spec.model_dump(mode="json")
+    for name in ("graph", "description"):
+        data.pop(name, None)
+    return data

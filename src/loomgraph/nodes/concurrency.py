@@ -6,36 +6,54 @@ import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TypeVar
 
+from loomgraph.engine.scope import stop_request
+from loomgraph.protocols import RunStopped
+
 T = TypeVar("T")
 
 
 async def run_all(
     jobs: Sequence[Callable[[], Awaitable[T]]], limit: int, *, cancel_on_error: bool = True
 ) -> list[T]:
-    """The jobs' results in order; the first error is raised as it is, not in a group.
+    """The jobs' results in order; else the first failure, or the first stop, as it is.
 
-    With `cancel_on_error`, one failure cancels the others, so none keeps running behind a
-    failed node. Without it, the others finish first: right for side effects already under
-    way, such as the sibling tool calls of a call that stopped the run for an approval.
+    Once a job has raised (failed, or stopped the run: `RunStopped`, waiting for an approval
+    or a value), no job that has not started starts. The jobs under way are never cut in the
+    middle of an effect: a stop lets them go on until they finish or stop on their own (their
+    effects get their outcomes, a finished one is kept). A failure, with `cancel_on_error`,
+    stops them at their next effect boundary (`stop_request`: before an effect's intent is
+    journaled), so none keeps running long behind a failed node; without it they finish first.
     """
     if len(jobs) == 1:
         return [await jobs[0]()]
     gate = asyncio.Semaphore(limit)
+    raised: list[BaseException] = []  # in the order the jobs raised
+    outer = stop_request.get()
 
-    async def gated(job: Callable[[], Awaitable[T]]) -> T:
+    async def failed_sibling() -> str | None:
+        """Why a job must stop before its next effect: a sibling failed, or the run stops."""
+        for err in raised:
+            if not isinstance(err, RunStopped):
+                return f"a sibling task failed: {type(err).__name__}: {err}"
+        return await outer() if outer is not None else None
+
+    async def gated(job: Callable[[], Awaitable[T]]) -> T | None:
         async with gate:
-            return await job()
+            if raised:  # one has failed or stopped: start nothing new
+                return None
+            if cancel_on_error:  # (in this job's own task: its context is its own copy)
+                stop_request.set(failed_sibling)
+            try:
+                return await job()
+            except BaseException as err:
+                raised.append(err)
+                raise
 
-    if not cancel_on_error:
-        done = await asyncio.gather(*(gated(job) for job in jobs), return_exceptions=True)
-        for outcome in done:
-            if isinstance(outcome, BaseException):
-                raise outcome
-        return done  # type: ignore[return-value]
-
-    try:
-        async with asyncio.TaskGroup() as group:
-            tasks = [group.create_task(gated(job)) for job in jobs]
-    except BaseExceptionGroup as failed:
-        raise failed.exceptions[0] from None
-    return [task.result() for task in tasks]
+    done = await asyncio.gather(*(gated(job) for job in jobs), return_exceptions=True)
+    if raised:
+        failures = [err for err in raised if not isinstance(err, RunStopped)]
+        raise (failures or raised)[0]
+    for outcome in done:  # a job's own BaseException that `gated` did not see: none expected
+        if isinstance(outcome, BaseException):
+            raise outcome
+    return done  # type: ignore[return-value]

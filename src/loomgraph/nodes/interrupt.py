@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
+from loomgraph.engine.context import VisitContext
 from loomgraph.graph.conditions import compile_template, condition_scope, names_used
 from loomgraph.graph.node_context import NodeContext
 from loomgraph.graph.registry import NodeKind, register_node
@@ -14,6 +16,9 @@ from loomgraph.graph.spec import Graph
 from loomgraph.graph.state import DERIVED_NAMES, TypeSyntaxError, parse_type
 from loomgraph.nodes.written_types import never_fits
 from loomgraph.protocols import Pending, RunStatus, RunStopped
+
+# The slot of an interrupt's answer, journaled inside child graphs (`run:path:visit:answer`).
+ANSWER = "answer"
 
 
 class InterruptParams(BaseModel):
@@ -64,10 +69,23 @@ class InterruptNode(NodeKind):
         self.adapter: TypeAdapter[Any] = TypeAdapter(request)
 
     async def run(self, state: Mapping[str, Any], ctx: NodeContext) -> dict[str, Any]:
-        """Write the value the run was resumed with, or stop and ask for it."""
+        """Write the value the run was resumed with (or answered before), or stop and ask."""
+        output = self.params.output
+        # In a child graph, which runs again from its entry after a crash or a stop inside
+        # it, the answer is journaled as this visit's effect and replayed by the re-run; at
+        # the top level, the node's transition holds it.
+        inside = ctx.qualified_node != ctx.node
+        if inside and isinstance(ctx, VisitContext):
+            recorded = await ctx.scope.finished_effect(ctx.effect_key(ANSWER))
+            if recorded is not None:  # the first answer stands; a value for it waits on
+                return {output: recorded["value"]}
         supplied, value = ctx.take_resume_value()
         if supplied:
-            return {self.params.output: value}
+            if inside:
+                intent = {"node": ctx.qualified_node, "type": self.params.request}
+                answered = await ctx.effect(ANSWER, intent, functools.partial(_answer, value))
+                value = answered["value"]
+            return {output: value}
         raise RunStopped(
             RunStatus.INTERRUPTED,
             f"waiting at {ctx.qualified_node!r} for a {self.params.request}",
@@ -78,3 +96,8 @@ class InterruptNode(NodeKind):
                 schema=self.adapter.json_schema(),
             ),
         )
+
+
+async def _answer(value: Any) -> dict[str, Any]:
+    """The answer, as its effect's outcome."""
+    return {"value": value}

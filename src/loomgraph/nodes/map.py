@@ -10,6 +10,7 @@ from typing import Any, Union, get_args, get_origin
 
 from pydantic import BaseModel, Field
 
+from loomgraph.engine.context import VisitContext
 from loomgraph.errors import LoomgraphError
 from loomgraph.graph.node_context import NodeContext
 from loomgraph.graph.registry import register_node
@@ -63,8 +64,8 @@ class MapParams(ChildGraphParams):
 class MapNode(ChildGraphNode):
     """Each item runs the child graph as its own journaled branch; results keep item order.
 
-    A finished branch's result is journaled, so after a crash only unfinished branches run
-    again.
+    A finished branch's result is journaled, so after a crash (a stop, a failed attempt) only
+    unfinished branches run again, each from its child graph's entry.
     """
 
     Params = MapParams
@@ -164,13 +165,33 @@ class MapNode(ChildGraphNode):
                 value = final_output(final) if p.result == "output" else final.get(p.result)
                 return {"result": value, "usage": final.get("usage") or {}}
 
-            return await ctx.effect(f"branch:{index}", {"item": item}, run_branch)
+            name = f"branch:{index}"
+            if not isinstance(ctx, VisitContext):  # a context of its own: as it journals
+                return await ctx.effect(name, {"item": item}, run_branch)
+            recorded = await ctx.scope.finished_effect(ctx.effect_key(name))
+            if recorded is not None:  # finished before a crash, a stop or a failed attempt
+                # Its model calls count as the uninterrupted run counted them, so a model
+                # keyed by `request.call_index` gives the branches after it their own turns.
+                ctx.scope.model_calls += Usage.from_dict(recorded["usage"]).model_calls
+                return recorded
+            # Journaled once finished (intent and outcome at once): a branch that failed or
+            # stopped leaves no effect without an outcome, which a retry, a resume or an
+            # answer would report as `effect_unknown_after_crash`.
+            outcome = await run_branch()
+            return await ctx.effect(name, {"item": item}, functools.partial(_given, outcome))
 
+        # A branch that stops the run (an interrupt, an approval) lets the others finish or
+        # stop on their own; a failure stops them before their next effect (`run_all`).
         done = await run_all(
             [functools.partial(branch, i, item) for i, item in enumerate(items)], p.concurrency
         )
         usage = sum((Usage.from_dict(d["usage"]) for d in done), Usage())
         return {p.output: [d["result"] for d in done], "usage": usage.to_dict()}
+
+
+async def _given(outcome: dict[str, Any]) -> dict[str, Any]:
+    """An effect's outcome, made before the effect was journaled."""
+    return outcome
 
 
 class MapPathError(LoomgraphError, LookupError):
