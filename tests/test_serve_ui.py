@@ -15,7 +15,10 @@ import pytest
 from serve_process import Server, add_key, environment, start_server
 
 webdriver = pytest.importorskip("selenium.webdriver")
-from selenium.common.exceptions import StaleElementReferenceException  # noqa: E402
+from selenium.common.exceptions import (  # noqa: E402
+    StaleElementReferenceException,
+    WebDriverException,
+)
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support import expected_conditions as ec  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
@@ -74,13 +77,23 @@ def start(site: dict[str, Any], prompt: str, background: bool = False) -> str:
     return str(answer.json()["run_id"])
 
 
+def swapped(err: WebDriverException) -> bool:
+    """Whether reading an element failed because htmx swapped it out since it was found:
+    chromedriver says so as a stale element, or as an inspector error about the node."""
+    return isinstance(err, StaleElementReferenceException) or (
+        "does not belong to the document" in str(err)
+    )
+
+
 def status_is(text: str) -> Any:
     def check(driver: Any) -> bool:
         badges = driver.find_elements(By.CSS_SELECTOR, "[data-testid=run-status]")
         try:
             return bool(badges) and badges[0].text.strip() == text
-        except StaleElementReferenceException:  # swapped by htmx since it was found
-            return False
+        except WebDriverException as err:
+            if swapped(err):
+                return False
+            raise
 
     return check
 
@@ -110,8 +123,10 @@ def test_approve_from_the_page_and_see_the_run_complete(site: dict[str, Any]) ->
         items = driver.find_elements(By.CSS_SELECTOR, "[data-testid=timeline-item]")
         try:
             return any("alice" in i.text and "allow" in i.text for i in items)
-        except StaleElementReferenceException:
-            return False
+        except WebDriverException as err:
+            if swapped(err):
+                return False
+            raise
 
     WebDriverWait(driver, WAIT).until(approved_by_alice)
     assert not driver.find_elements(By.CSS_SELECTOR, "[data-testid=approval-card]")
