@@ -21,8 +21,10 @@ import asyncio
 import json
 import os
 import signal
+import subprocess
 import sys
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from loomgraph import Agent
@@ -267,6 +269,26 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--kill", default="")
     parser.add_argument("--script", default=None)
     return parser.parse_args(argv)
+
+
+def run_worker(folder: Path, mode: str, graph: str, *args: str) -> dict[str, Any]:
+    """Run this script as one process (MODE: run or resume) on the journal and ledger in
+    `folder` to its end, or its own SIGKILL; what it printed, merged, with its exit code."""
+    tests = str(Path(__file__).parent)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([tests, os.environ.get("PYTHONPATH", "")])}
+    files = ["--db", str(folder / "journal.db"), "--ledger", str(folder / "ledger")]
+    done = subprocess.run(
+        [sys.executable, __file__, mode, *files, "--graph", graph, *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
+    out: dict[str, Any] = {"rc": done.returncode, "stderr": done.stderr[-2000:]}
+    for line in done.stdout.splitlines():
+        if line.startswith("{"):
+            out.update(json.loads(line))
+    return out
 
 
 if __name__ == "__main__":

@@ -10,9 +10,6 @@ SQLite file, with a ledger outside the journal counting each tool execution by i
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
@@ -26,26 +23,10 @@ from loomgraph.authoring.loader import graph_from_yaml, load_graph_file
 from loomgraph.models import ScriptedModel
 from loomgraph.runtime import SqliteRuntime
 
-WORKER = str(Path(__file__).with_name("branch_worker.py"))
-TESTS = str(Path(__file__).parent)
 
-
-def worker(folder: Path, graph: str, *args: str) -> dict[str, Any]:
-    """Run one worker process to its end (or its own SIGKILL); what it printed, merged."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([TESTS, os.environ.get("PYTHONPATH", "")])}
-    files = ["--db", str(folder / "journal.db"), "--ledger", str(folder / "ledger")]
-    done = subprocess.run(
-        [sys.executable, WORKER, *args, *files, "--graph", graph],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=env,
-    )
-    out: dict[str, Any] = {"rc": done.returncode, "stderr": done.stderr[-2000:]}
-    for line in done.stdout.splitlines():
-        if line.startswith("{"):
-            out.update(json.loads(line))
-    return out
+def worker(folder: Path, graph: str, mode: str, *args: str) -> dict[str, Any]:
+    """One worker process (`branch_worker.run_worker`), its MODE given after the graph."""
+    return B.run_worker(folder, mode, graph, *args)
 
 
 @pytest.mark.parametrize(

@@ -12,9 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import subprocess
-import sys
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -35,8 +32,6 @@ from loomgraph.protocols import RunStatus, RunStopped
 from loomgraph.protocols.events import Event
 from loomgraph.runtime import SqliteRuntime
 
-WORKER = str(Path(__file__).with_name("branch_worker.py"))
-TESTS = str(Path(__file__).parent)
 WAIT = 10  # seconds any awaited event may take at most
 
 
@@ -249,32 +244,7 @@ async def test_a_run_stopped_in_a_map_does_not_move_to_a_map_over_another_list(
 # ------------------------------------------------------------------ SIGKILLed workers
 
 
-def worker(folder: Path, mode: str, graph: str, *args: str) -> dict[str, Any]:
-    """Run one worker process to its end (or its own SIGKILL); what it printed, merged."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([TESTS, os.environ.get("PYTHONPATH", "")])}
-    done = subprocess.run(
-        [
-            sys.executable,
-            WORKER,
-            mode,
-            "--db",
-            str(folder / "journal.db"),
-            "--graph",
-            graph,
-            "--ledger",
-            str(folder / "ledger"),
-            *args,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=env,
-    )
-    out: dict[str, Any] = {"rc": done.returncode, "stderr": done.stderr[-2000:]}
-    for line in done.stdout.splitlines():
-        if line.startswith("{"):
-            out.update(json.loads(line))
-    return out
+worker = B.run_worker
 
 
 def executions(folder: Path, run_id: str) -> Counter[str]:
