@@ -229,3 +229,24 @@ async def test_a_field_not_in_reads_still_acts_as_a_missing_key(
     assert result.status == "completed", result.reason
     history = await agent.history(result.run_id)
     assert next(c for c in history if c.node == "a").patch == {"out": "None"}
+
+
+async def test_a_field_holding_nan_is_not_taken_for_a_change_in_place(tmp_path: Path) -> None:
+    """The copy the function gets equals the field (NaN, which equals nothing, included)."""
+    import sys
+    import types
+
+    from loomgraph.authoring.loader import graph_from_yaml
+    from loomgraph.testing import run_node
+
+    module = types.ModuleType("lg_nan_fns")
+    module.f = lambda state: {"out": "ok"}  # type: ignore[attr-defined]
+    sys.modules["lg_nan_fns"] = module
+    graph = graph_from_yaml(
+        "name: n\nentry: a\nstate:\n  x: {type: any, default: null}\n"
+        "  out: {type: str, default: ''}\n"
+        "nodes:\n  a: {kind: function, call: 'lg_nan_fns:f', reads: [x], writes: [out]}\n"
+        "edges:\n  - {from: a, to: END}\n"
+    )
+    ran = await run_node(graph, "a", {"x": float("nan")})
+    assert ran.patch == {"out": "ok"}

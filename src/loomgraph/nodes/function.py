@@ -94,6 +94,12 @@ def argument_count(path: str, fn: Callable[..., Any]) -> int:
     )
 
 
+def _differ(copied: Any, original: Any) -> bool:
+    """Whether the function's copy of a field no longer equals the field (a float a deep copy
+    keeps as the same object, NaN included, is the same)."""
+    return copied is not original and bool(copied != original)
+
+
 def _bare(signature: inspect.Signature) -> inspect.Signature:
     """The signature without annotations, as a user reads it: `(state, ctx, extra)`."""
     empty = inspect.Parameter.empty
@@ -140,7 +146,7 @@ class FunctionNode(NodeKind):
             name
             for name in dict.fromkeys([*state, *given])
             if name not in returned
-            and (name not in state or name not in given or given[name] != state[name])
+            and (name not in state or name not in given or _differ(given[name], state[name]))
         ]
         if changed:
             raise StateChangedInPlace(self.name, self.params.call, changed)
