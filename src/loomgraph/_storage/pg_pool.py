@@ -140,6 +140,27 @@ def unreachable(
     return failure(dsn, err) if connection_failed(pg, err) else None
 
 
+def out_of_service(
+    pg: Any, err: Exception, dsn: str, connect_timeout: float, command_timeout: float
+) -> str | None:
+    """Why `err` says the server cannot do the work now: it cannot be reached (`unreachable`),
+    or it ended or refused the work for a reason of its own (shutting down, out of
+    resources, a lock or idle timeout, a database or role that does not exist); None when it
+    is a statement's own failure."""
+    why = unreachable(pg, err, dsn, connect_timeout, command_timeout)
+    if why is None and isinstance(
+        err,
+        pg.OperatorInterventionError  # shutdown, crash, cancelled, cannot connect now
+        | pg.InsufficientResourcesError  # too many connections, disk full, out of memory
+        | pg.IdleInTransactionSessionTimeoutError
+        | pg.LockNotAvailableError
+        | pg.InvalidCatalogNameError
+        | pg.InvalidAuthorizationSpecificationError,
+    ):
+        why = failure(dsn, err)
+    return why
+
+
 class LoopPool:
     """Opens the pool on first use in each event loop (once, however many tasks ask).
 

@@ -13,10 +13,9 @@ from loomgraph._storage.dsn import describe_schema
 from loomgraph._storage.pg_pool import (
     LoopPool,
     checked_timeouts,
-    failure,
     import_asyncpg,
     open_pool,
-    unreachable,
+    out_of_service,
 )
 from loomgraph.governance.ledger import LedgerUnavailable
 from loomgraph.governance.sql_ledger import _IDENT, _ddl, _SqlLedger
@@ -91,18 +90,7 @@ class PostgresLedger(_SqlLedger):
         """A server that cannot be reached, or that ended or refused the work for a reason
         of its own (shutting down, out of resources, a lock or idle timeout), as
         LedgerUnavailable; anything else (a constraint, what `decide` raised) unchanged."""
-        pg = self._pg
-        why = unreachable(pg, err, self.dsn, self.connect_timeout, self.command_timeout)
-        if why is None and isinstance(
-            err,
-            pg.OperatorInterventionError  # shutdown, crash, cancelled, cannot connect now
-            | pg.InsufficientResourcesError  # too many connections, disk full, out of memory
-            | pg.IdleInTransactionSessionTimeoutError
-            | pg.LockNotAvailableError
-            | pg.InvalidCatalogNameError
-            | pg.InvalidAuthorizationSpecificationError,
-        ):
-            why = failure(self.dsn, err)
+        why = out_of_service(self._pg, err, self.dsn, self.connect_timeout, self.command_timeout)
         return err if why is None else LedgerUnavailable(self.location, why)
 
     async def _setup(self, con: Any) -> None:

@@ -19,7 +19,7 @@ from loomgraph._storage.pg_pool import (
     failure,
     import_asyncpg,
     open_pool,
-    unreachable,
+    out_of_service,
 )
 
 from .audit_chain import (
@@ -130,17 +130,7 @@ class PostgresAuditLog:
         AuditLogUnavailable, any other driver error as AuditLogError (the password masked);
         loomgraph's own errors unchanged."""
         pg = self._pg
-        why = unreachable(pg, err, self._dsn, self.connect_timeout, self.command_timeout)
-        if why is None and isinstance(
-            err,
-            pg.OperatorInterventionError  # shutdown, crash, cancelled, cannot connect now
-            | pg.InsufficientResourcesError  # too many connections, disk full, out of memory
-            | pg.IdleInTransactionSessionTimeoutError
-            | pg.LockNotAvailableError
-            | pg.InvalidCatalogNameError
-            | pg.InvalidAuthorizationSpecificationError,
-        ):
-            why = failure(self._dsn, err)
+        why = out_of_service(pg, err, self._dsn, self.connect_timeout, self.command_timeout)
         if why is not None:
             return AuditLogUnavailable(self.location, why)
         if isinstance(err, pg.PostgresError):
