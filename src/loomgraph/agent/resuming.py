@@ -158,18 +158,23 @@ class Resumer:
         if graph == "pinned" and own is None:
             raise not_kept(record, self.compiled)
         target = own if graph == "pinned" and own is not None else self.compiled
-        session = self.session(
-            prompt_of(record),
-            compiled=target,
-            user_id=record.user_id,
-            session_id=record.session_id,
-            run_id=run_id,
-        )
+        session = self._going_on(record, target)
         go_on = _GoOn(sink, session, own, target, value, approve, override_policy, leased)
         if leased:
             return await self._go_on(run_id, record, go_on)
         async with hold_lease(self.deps.leases, run_id):
             return await self._go_on(run_id, record, go_on)
+
+    def _going_on(self, record: RunRecord, compiled: CompiledGraph) -> AgentSession:
+        """The session that goes on with the journaled run `record` (its prompt, user,
+        session and id) on `compiled`."""
+        return self.session(
+            prompt_of(record),
+            compiled=compiled,
+            user_id=record.user_id,
+            session_id=record.session_id,
+            run_id=record.run_id,
+        )
 
     async def _go_on(self, run_id: str, record: RunRecord, go: _GoOn) -> RunResult:
         """The resume, under the run's lease."""
@@ -313,13 +318,7 @@ class Resumer:
         initial = replace(record.initial, policy=describe_policy(self.deps))
         started = replace(record, status=RunStatus.RUNNING, initial=initial)
         await runtime.start_queued_run(started)  # type: ignore[attr-defined]
-        session = self.session(
-            prompt_of(record),
-            compiled=own,
-            user_id=record.user_id,
-            session_id=record.session_id,
-            run_id=run_id,
-        )
+        session = self._going_on(record, own)
         return await session.continue_from(sink, started, at, new_run=False)
 
 
