@@ -15,8 +15,9 @@ from datetime import datetime
 from types import TracebackType
 from typing import Any, Self
 
+from loomgraph._storage.text import escaped
 from loomgraph.memory.errors import MemoryInputError
-from loomgraph.memory.inputs import check_id, check_limit, check_time, storable_text
+from loomgraph.memory.inputs import check_id, check_limit, check_time
 from loomgraph.memory.records import (
     Fact,
     MemoryLimits,
@@ -108,9 +109,9 @@ class MemoryStore(ABC):
         check_id("run_id", episode.run_id)
         stored = replace(
             episode,
-            prompt=storable_text(str(episode.prompt)),
-            output=storable_text(str(episode.output)),
-            tool_calls=[storable_text(str(c)) for c in episode.tool_calls],
+            prompt=escaped(str(episode.prompt)),
+            output=escaped(str(episode.output)),
+            tool_calls=[escaped(str(c)) for c in episode.tool_calls],
             at=check_time("Episode.at", episode.at),
         )
         await self._remember(key, stored)
@@ -227,7 +228,7 @@ class MemoryStore(ABC):
         """Create or replace one named block of the user's working memory."""
         key = checked_key(user_id)
         if isinstance(text, str):
-            text = storable_text(text)
+            text = escaped(text)
         check_block(name, text, self.limits)
         await self._set_block(key, name.strip(), text, now())
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from loomgraph._storage.text import escaped, storable
+from loomgraph._storage.text import storable
 from loomgraph.memory.errors import MemoryInputError
 
 __all__ = [
@@ -21,18 +21,10 @@ __all__ = [
     "check_id",
     "check_limit",
     "check_time",
-    "storable",
-    "storable_text",
 ]
 
 # Epoch seconds a date can be shown for: 1970-01-01 up to the end of year 9999.
 LATEST_TIME = 253402300799.0
-
-
-def storable_text(text: str) -> str:
-    """`text` with each lone surrogate written as its escape (`\\udcff`) and each NUL as
-    `\\x00`: what every backend stores for free text. Other text is returned as it is."""
-    return escaped(text)
 
 
 def check_id(field: str, value: Any) -> None:

@@ -15,8 +15,9 @@ from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
+from loomgraph._storage.text import escaped
 from loomgraph.memory.errors import BlockNameError, MemoryInputError, UserIdError
-from loomgraph.memory.inputs import check_id, storable_text
+from loomgraph.memory.inputs import check_id
 from loomgraph.memory.ranking import bm25_rank, query_terms
 from loomgraph.protocols import Episode, Message, Seed
 
@@ -133,7 +134,7 @@ def as_time(value: float | datetime | None) -> float | None:
 def _clean(value: Any, what: str) -> str:
     if not isinstance(value, str) or not value.strip():
         raise ValueError(f"fact {what} must be a non-empty string, not {value!r}")
-    text = " ".join(storable_text(value).split())
+    text = " ".join(escaped(value).split())
     if len(text) > MAX_FIELD_CHARS:
         raise ValueError(f"fact {what} is longer than {MAX_FIELD_CHARS} characters")
     return text
