@@ -246,3 +246,52 @@ async def test_parallel_tool_calls_come_back_in_call_order() -> None:
         tools=[slow, fast],
     )
     assert [m["content"] for m in run.patch["messages"]] == ["1", "20"]
+
+
+async def test_a_kind_journals_work_once_finished_and_replays_it_on_retry() -> None:
+    """`ctx.recorded` reads a finished effect without journaling an intent (as `map` does)."""
+    executions: list[int] = []
+
+    @register_node("test_once")
+    class Once(NodeKind):
+        default_writes = ("output",)
+
+        async def run(self, state: Mapping[str, Any], ctx: NodeContext) -> dict[str, Any]:
+            recorded = await ctx.recorded("work")
+            if recorded is not None:
+                ctx.count_replayed_model_calls(recorded["model_calls"])
+                return {"output": f"replayed {recorded['n']}"}
+            executions.append(1)
+            done = {"n": len(executions), "model_calls": 2}
+
+            async def given() -> dict[str, Any]:
+                return done
+
+            await ctx.effect("work", {}, given)
+            raise ConnectionError("lost after the work was journaled")
+
+    try:
+        graph = graph_from_yaml(
+            "name: o\nentry: o\nnodes:\n"
+            "  o: {kind: test_once, retry: {attempts: 2, backoff: 0}}\n"
+            "  m: {kind: llm, prompt: 'x', output: answer}\n"
+            "state:\n  answer: {type: str}\n"
+            "edges:\n  - {from: o, to: m}\n  - {from: m, to: END}\n"
+        )
+        seen: list[int] = []
+
+        class Counting(ScriptedModel):
+            async def stream(self, request: ModelRequest) -> Any:
+                seen.append(request.call_index)
+                async for chunk in super().stream(request):
+                    yield chunk
+
+        agent = Agent("x", model=Counting(["a", "b", "c"]), architecture=graph)
+        result = await agent.run("go")
+    finally:
+        _REGISTRY.pop("test_once")
+    assert result.status == "completed", result.reason
+    assert executions == [1]  # the retry replayed the finished work
+    history = await agent.history(result.run_id)
+    assert history[-1].state["output"] == "replayed 1"
+    assert seen == [2]  # the model call after it follows the two the work counted

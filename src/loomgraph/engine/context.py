@@ -119,6 +119,14 @@ class VisitContext:
         """The key of this node visit's effect named `slot`."""
         return EffectKey(self.scope.run_id, self.key_path + self.node, self.visit, slot)
 
+    async def recorded(self, name: str) -> dict[str, Any] | None:
+        """The outcome of this visit's effect `name` if it finished before; journals nothing."""
+        return await self.scope.finished_effect(self.effect_key(name))
+
+    def count_replayed_model_calls(self, count: int) -> None:
+        """Count model calls that replayed work made, so later `call_index`es follow on."""
+        self.scope.model_calls += count
+
     def next_key(self) -> EffectKey:
         """The idempotency key of this node visit's next effect (run, node, visit, slot)."""
         self._slot += 1

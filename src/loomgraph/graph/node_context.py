@@ -74,6 +74,14 @@ class NodeContext(Protocol):
         """Run another graph as part of this node; its final state."""
         ...
 
+    async def recorded(self, name: str) -> dict[str, Any] | None:
+        """The outcome of this visit's effect `name` if it finished before; journals nothing."""
+        ...
+
+    def count_replayed_model_calls(self, count: int) -> None:
+        """Count model calls that replayed work made, so later `call_index`es follow on."""
+        ...
+
     async def effect(
         self,
         name: str,

@@ -8,7 +8,6 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
-from loomgraph.engine.context import VisitContext
 from loomgraph.graph.conditions import compile_template, condition_scope, names_used
 from loomgraph.graph.node_context import NodeContext
 from loomgraph.graph.registry import NodeKind, register_node
@@ -75,8 +74,8 @@ class InterruptNode(NodeKind):
         # it, the answer is journaled as this visit's effect and replayed by the re-run; at
         # the top level, the node's transition holds it.
         inside = ctx.qualified_node != ctx.node
-        if inside and isinstance(ctx, VisitContext):
-            recorded = await ctx.scope.finished_effect(ctx.effect_key(ANSWER))
+        if inside:
+            recorded = await ctx.recorded(ANSWER)
             if recorded is not None:  # the first answer stands; a value for it waits on
                 return {output: recorded["value"]}
         supplied, value = ctx.take_resume_value()

@@ -10,7 +10,6 @@ from typing import Any, Union, get_args, get_origin
 
 from pydantic import BaseModel, Field
 
-from loomgraph.engine.context import VisitContext
 from loomgraph.errors import LoomgraphError
 from loomgraph.graph.node_context import NodeContext
 from loomgraph.graph.registry import register_node
@@ -166,13 +165,11 @@ class MapNode(ChildGraphNode):
                 return {"result": value, "usage": final.get("usage") or {}}
 
             name = f"branch:{index}"
-            if not isinstance(ctx, VisitContext):  # a context of its own: as it journals
-                return await ctx.effect(name, {"item": item}, run_branch)
-            recorded = await ctx.scope.finished_effect(ctx.effect_key(name))
+            recorded = await ctx.recorded(name)
             if recorded is not None:  # finished before a crash, a stop or a failed attempt
                 # Its model calls count as the uninterrupted run counted them, so a model
                 # keyed by `request.call_index` gives the branches after it their own turns.
-                ctx.scope.model_calls += Usage.from_dict(recorded["usage"]).model_calls
+                ctx.count_replayed_model_calls(Usage.from_dict(recorded["usage"]).model_calls)
                 return recorded
             # Journaled once finished (intent and outcome at once): a branch that failed or
             # stopped leaves no effect without an outcome, which a retry, a resume or an
