@@ -13,8 +13,10 @@ from loomgraph import Agent
 from loomgraph.authoring.loader import graph_from_yaml
 from loomgraph.errors import GraphValidationError
 from loomgraph.models import ScriptedModel
-from loomgraph.protocols import ModelChunk, ModelRequest
+from loomgraph.observability import FileAuditLog
+from loomgraph.protocols import ModelChunk, ModelRequest, Transition
 from loomgraph.runtime import SqliteRuntime
+from loomgraph.runtime.memory import InMemoryRuntime
 
 GRAPH = """
 name: fanout
@@ -142,3 +144,40 @@ async def test_plan_execute_stops_a_plan_of_more_steps_than_it_maps() -> None:
     assert result.status == "limit_reached"
     assert "10000 items in 'plan.steps', at most 20" in result.reason
     assert result.usage.model_calls == 1
+
+
+class SlowFirstAppend(InMemoryRuntime):
+    """Hands the loop to other tasks many times before the first branch transition is
+    written, as a journal on another connection may commit a later one first."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.written: list[int] = []
+        self.delayed = False
+
+    async def append_transition(self, transition: Transition) -> None:
+        if "/" in transition.node and not self.delayed:
+            self.delayed = True
+            for _ in range(50):
+                await asyncio.sleep(0)
+        await super().append_transition(transition)
+        self.written.append(transition.seq)
+
+
+async def test_concurrent_branches_journal_audit_and_report_each_seq_once(
+    tmp_path: Path,
+) -> None:
+    runtime = SlowFirstAppend()
+    audit = FileAuditLog(tmp_path / "audit.jsonl", unsigned=True)
+    model = Gate(width=2)
+    graph = graph_from_yaml(GRAPH)
+    agent = Agent("x", model=model, architecture=graph, runtime=runtime, audit_log=audit)
+    events = [e async for e in agent.stream("Lima Oslo Pune Kyiv")]
+    assert events[-1].payload["status"] == "completed"
+    assert runtime.written == sorted(runtime.written)  # seqs are written in order
+    journal = {t.seq: (t.node, t.visit) for t in await runtime.transitions(events[0].run_id)}
+    audited = [e["payload"] for e in audit.entries() if e["action"] == "transition"]
+    assert {p["seq"]: (p["node"], p["visit"]) for p in audited} == journal
+    assert len(audited) == len(journal)  # no seq audited twice
+    completed = [e for e in events if e.kind == "node_completed"]
+    assert {e.seq: (e.node, e.payload["visit"]) for e in completed} == journal

@@ -208,32 +208,55 @@ async def _step(
     finally:
         if reservation is not None:  # the visit happened, even if it failed or stopped
             await scope.settle(reservation, NO_USAGE)
-    scope.seq += 1
-    snapshot = None
-    every = deps.runtime.snapshot_every
-    if every and not ctx.path and scope.seq - scope.snapshot_seq >= every:
-        snapshot, scope.snapshot_seq = snapshot_of(state), scope.seq
-    transition = Transition(
-        scope.run_id, scope.seq, qualified, visit, patch, target, used, time.time(), snapshot
-    )
-    refused = await _append(deps.runtime, transition)
-    if refused is not None:  # nothing of the visit was written: the run ends here
+    if ctx.path:  # map branches step concurrently: their seqs are taken and written in order
+        if scope.transitions_lock is None:
+            scope.transitions_lock = asyncio.Lock()
+        async with scope.transitions_lock:
+            journaled = await _journal(scope, ctx, state, patch, target, used)
+    else:
+        journaled = await _journal(scope, ctx, state, patch, target, used)
+    if isinstance(journaled, StateError):  # nothing of the visit was written: the run ends
         undo_patch(state, undo)
         _uncount(scope, counted)
-        scope.seq -= 1
-        await ctx.emit(ERROR, {"error": str(refused), "type": type(refused).__name__})
-        return Outcome(RunStatus.FAILED, str(refused), state, node, error=refused)
-    if scope.auditing:
-        moved = trail.transition(scope.seq, qualified, visit, target)
-        await scope.audit(AuditAction.TRANSITION, qualified, moved)
+        await ctx.emit(ERROR, {"error": str(journaled), "type": type(journaled).__name__})
+        return Outcome(RunStatus.FAILED, str(journaled), state, node, error=journaled)
     if scope.listening:
         await scope.emit(
             NODE_COMPLETED,
             {"node": qualified, "visit": visit, "next": target, "patch": patch},
             qualified,
-            scope.seq,
+            journaled.seq,
         )
     return target
+
+
+async def _journal(
+    scope: RunScope,
+    ctx: VisitContext,
+    state: dict[str, Any],
+    patch: dict[str, Any],
+    target: str,
+    used: Usage,
+) -> Transition | StateError:
+    """Take the visit's seq and journal its transition (and its audit entry); the error
+    naming the value the journal refused instead, with the seq given back."""
+    scope.seq += 1
+    snapshot = None
+    every = scope.deps.runtime.snapshot_every
+    if every and not ctx.path and scope.seq - scope.snapshot_seq >= every:
+        snapshot, scope.snapshot_seq = snapshot_of(state), scope.seq
+    qualified, visit = ctx.qualified_node, ctx.visit
+    transition = Transition(
+        scope.run_id, scope.seq, qualified, visit, patch, target, used, time.time(), snapshot
+    )
+    refused = await _append(scope.deps.runtime, transition)
+    if refused is not None:
+        scope.seq -= 1
+        return refused
+    if scope.auditing:
+        moved = trail.transition(transition.seq, qualified, visit, target)
+        await scope.audit(AuditAction.TRANSITION, qualified, moved)
+    return transition
 
 
 async def _append(runtime: Runtime, transition: Transition) -> StateError | None:

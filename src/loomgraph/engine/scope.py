@@ -3,6 +3,7 @@ the transition counter, the journal of effects and the answer the run was resume
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from contextvars import ContextVar
@@ -79,6 +80,9 @@ class RunScope:
     run_child: ChildRunner
     system: str = ""
     seq: int = 0
+    # Held while a child transition takes its seq and is journaled: concurrent `map`
+    # branches would otherwise write seqs out of order, or audit one under another's seq.
+    transitions_lock: asyncio.Lock | None = None
     model_calls: int = 0
     snapshot_seq: int = 0
     # The size of the run's state as JSON (`SizeLimits.state_chars`), from its first transition.
