@@ -4,6 +4,7 @@ approve, and failures (raises, timeouts, junk) deny or are reported, never raise
 from __future__ import annotations
 
 import asyncio
+import copy
 import threading
 from typing import Any
 
@@ -285,3 +286,88 @@ async def test_a_before_tool_hook_cannot_rewrite_the_arguments_the_rules_let_thr
     assert ran == ["ls /data"]
     [decision] = [e for e in audit.entries() if e["action"] == "permission_decision"]
     assert decision["payload"]["verdict"] == "allow"
+
+
+@pytest.mark.parametrize("kind", ["before_node", "after_node", "after_tool", "on_event"])
+async def test_a_hook_raising_cancelled_error_itself_is_a_hook_failure(kind: str) -> None:
+    """Nobody cancelled the run: a hook's own CancelledError is reported like any failure,
+    and the run it was heard by completes (it used to be journaled cancelled, or failed)."""
+    from loomgraph import Agent
+    from loomgraph.models import ScriptedModel
+
+    async def add(a: int, b: int) -> int:
+        """Add."""
+        return a + b
+
+    async def cancels(*args: Any) -> None:
+        raise asyncio.CancelledError()
+
+    hooks = Hooks()
+    hooks.register(kind, cancels)
+    model = ScriptedModel([{"tool_calls": [{"tool": "add", "args": {"a": 1, "b": 2}}]}, "3"])
+    agent = Agent("x", model=model, tools=[add], hooks=hooks)
+    result = await agent.run("go")
+    assert (result.status, result.output) == ("completed", "3")
+    record = await agent.deps.runtime.load_run(result.run_id)
+    assert record is not None and record.status == "completed"
+    assert hooks.errors and all("CancelledError" in e.error for e in hooks.errors)
+
+
+def _deface(value: Any) -> None:
+    """Change everything reachable in place, as a careless hook might."""
+    if isinstance(value, dict):
+        for name in list(value):
+            if isinstance(value[name], str):
+                value[name] = "HOOKED"
+            else:
+                _deface(value[name])
+        value["hooked"] = True
+    elif isinstance(value, list):
+        for item in value:
+            _deface(item)
+        value.append({"role": "user", "content": "HOOKED"})
+
+
+@pytest.mark.parametrize("kind", ["before_node", "after_node", "after_tool", "on_event"])
+async def test_a_hook_that_changes_what_it_is_given_changes_nothing_of_the_run(
+    kind: str, tmp_path: Any
+) -> None:
+    """Hooks and event listeners get copies: an `on_event` hook "redacting" a `tool_call`
+    event's arguments used to change what the tool received, an `after_tool` or `after_node`
+    hook what was journaled, a `before_node` hook the live state the model was sent."""
+    from loomgraph import Agent
+    from loomgraph.models import ScriptedModel
+    from loomgraph.protocols import ModelRequest
+
+    ran: list[str] = []
+    sent: list[list[dict[str, Any]]] = []
+
+    async def lookup(q: str) -> str:
+        """Look something up."""
+        ran.append(q)
+        return f"result for {q}"
+
+    turns: list[Any] = [{"tool_calls": [{"tool": "lookup", "args": {"q": "original"}}]}, "done"]
+
+    def answer(request: ModelRequest) -> Any:
+        sent.append(copy.deepcopy(request.messages))
+        return turns[request.call_index]
+
+    hooks = Hooks(threads=False)
+    hooks.register(kind, lambda *args: [_deface(getattr(a, "payload", a)) for a in args])
+    agent = Agent(
+        "x",
+        model=ScriptedModel(answer),
+        tools=[lookup],
+        hooks=hooks,
+        runtime=f"sqlite:{tmp_path / 'j.db'}",
+    )
+    result = await agent.run("go")
+    assert (result.status, result.output) == ("completed", "done")
+    assert ran == ["original"] and list(hooks.errors) == []
+    messages = (await agent.history(result.run_id))[-1].state["messages"]
+    assert messages[: len(sent[-1])] == sent[-1]  # the model was sent what was journaled
+    assert [m["content"] for m in messages] == ["go", "", "result for original", "done"]
+    [effect] = [e for e in await agent.deps.runtime.effects(result.run_id) if e.kind == "tool"]
+    assert effect.outcome["content"] == "result for original"
+    await agent.aclose()

@@ -7,6 +7,7 @@ journal, budget and hooks are reached only through the protocols in the bundle.
 from __future__ import annotations
 
 import asyncio
+import copy
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -39,6 +40,7 @@ from loomgraph.protocols.events import (
     NODE_RETRY,
     NODE_STARTED,
 )
+from loomgraph.protocols.tasks import stops_the_task
 
 # A visit's empty amount: Usage is frozen, so one instance serves every step.
 NO_USAGE = Usage()
@@ -159,7 +161,8 @@ async def _step(
         view = {name: state.get(name) for name in reads}
         hooks = scope.node_hooks
         if hooks is not None:
-            await hooks.before_node(qualified, view)
+            # In copies, as for every hook: what one changes never reaches the run.
+            await hooks.before_node(qualified, copy.deepcopy(view))
         if scope.tracing:
             attributes = semconv.node_attributes(node=qualified, run_id=scope.run_id, visit=visit)
             with deps.telemetry.span(semconv.node_span_name(qualified), attributes):
@@ -177,7 +180,7 @@ async def _step(
         try:
             undo = graph.schema.apply(state, patch)  # all or nothing
             if hooks is not None:
-                await hooks.after_node(qualified, patch)
+                await hooks.after_node(qualified, copy.deepcopy(patch))
             target = graph.next_node(node, state, visits)[0] if node in graph.nodes else END
         except BaseException:
             undo_patch(state, undo)  # the visit failed: it changed nothing
@@ -194,7 +197,7 @@ async def _step(
     except ServiceUnavailable:
         raise  # not the node's failure: the run is recovered from its journal
     except BaseException as err:  # SystemExit, a CancelledError of its own...: as a tool's
-        if _stops_the_run(err):
+        if stops_the_task(err):
             raise  # the run's task is cancelled: the caller (or lease holder) journals it
         error = err if isinstance(err, GraphError) else NodeError(qualified, err)
         await ctx.emit(ERROR, {"error": str(error), "type": type(err).__name__})
@@ -275,19 +278,6 @@ async def _append(runtime: Runtime, transition: Transition) -> StateError | None
                 )
         raise
     return None
-
-
-def _stops_the_run(err: BaseException) -> bool:
-    """True for the cancellation of the run's own task (by its caller, its lease holder, a
-    time limit around it) or the closing of its coroutine: not a failure of the node, unlike
-    a `CancelledError` or `GeneratorExit` the node raised itself."""
-    if not isinstance(err, asyncio.CancelledError | GeneratorExit):
-        return False
-    try:
-        task = asyncio.current_task()
-    except RuntimeError:  # no event loop runs: the coroutine is being closed
-        return True
-    return task is None or (isinstance(err, asyncio.CancelledError) and task.cancelling() > 0)
 
 
 def _uncount(scope: RunScope, counted: SizeUndo | None) -> None:
@@ -375,7 +365,7 @@ async def _run_with_policy(
             raise
         except BaseException as err:
             retry = spec.retry
-            stop = attempt == attempts or _stops_the_run(err)
+            stop = attempt == attempts or stops_the_task(err)
             if retry is None or stop or not retry.retries(err):
                 raise
             delay = retry.delay(attempt)

@@ -4,6 +4,7 @@ the transition counter, the journal of effects and the answer the run was resume
 from __future__ import annotations
 
 import asyncio
+import copy
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from contextvars import ContextVar
@@ -176,7 +177,9 @@ class RunScope:
         await self.sink(
             Event(
                 kind,
-                payload,
+                # A copy: what a listener changes (a hook "redacting" a call's arguments)
+                # must not change what the run does, journals or audits.
+                copy.deepcopy(payload),
                 self.run_id,
                 self.seq + 1 if seq is None else seq,
                 node,

@@ -261,7 +261,9 @@ class ToolGate:
         if scope.auditing:
             done = trail.tool_result(call, result, replayed=replayed, content=scope.audit_content)
             await scope.audit(AuditAction.TOOL_RESULT, self.node, done)
-        await scope.deps.hooks.after_tool(call, result)
+        hooks = scope.deps.hooks
+        if not is_idle(hooks.after_tool):  # in copies: a hook only watches what happened
+            await hooks.after_tool(copy.deepcopy(call), copy.deepcopy(result))
         if scope.listening:
             await scope.emit(TOOL_RESULT, {"call": call, "result": result}, self.node)
         return result

@@ -33,6 +33,7 @@ from typing import Any, TypeVar, overload
 
 from loomgraph.protocols import Decision, ToolCall, ToolResult
 from loomgraph.protocols.events import Event
+from loomgraph.protocols.tasks import stops_the_task
 from loomgraph.protocols.threads import run_in_thread
 
 __all__ = ["HookError", "Hooks"]
@@ -199,8 +200,14 @@ class Hooks:
             if inspect.isawaitable(result):
                 result = await asyncio.wait_for(result, timeout)
             return result
-        except asyncio.CancelledError:
-            raise
+        except asyncio.CancelledError as err:
+            if stops_the_task(err):
+                raise  # the run is cancelled; not the hook's failure
+            # The hook raised it itself: a failure of the hook like any other, not a cancel
+            # of the run (which the journal would then record as the caller's).
+            raise _Failed(
+                HookError(kind, _name(fn), "CancelledError raised by the hook", err)
+            ) from None
         except TimeoutError as err:
             text = str(err) or f"exceeded its {timeout}s timeout"
             raise _Failed(HookError(kind, _name(fn), f"TimeoutError: {text}", err)) from None

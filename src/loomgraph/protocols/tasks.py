@@ -1,4 +1,5 @@
-"""`finished`: a step that must not be cut off by a cancellation (a write under way)."""
+"""`finished`: a step that must not be cut off by a cancellation (a write under way);
+`stops_the_task`: whether a cancellation is the running task's own or one that code raised."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import contextlib
 from collections.abc import Awaitable
 from typing import TypeVar
 
-__all__ = ["finished"]
+__all__ = ["finished", "stops_the_task"]
 
 T = TypeVar("T")
 
@@ -30,3 +31,18 @@ async def finished(step: Awaitable[T]) -> T:
         if not task.cancelled():
             task.exception()  # retrieved: the cancellation is what the caller gets
         raise
+
+
+def stops_the_task(err: BaseException) -> bool:
+    """True for the cancellation of the running task (by its caller, its lease holder, a
+    time limit around it) or the closing of its coroutine; False for a `CancelledError` or
+    `GeneratorExit` that the code it awaited raised itself (a node, a tool, a hook)."""
+    import asyncio
+
+    if not isinstance(err, asyncio.CancelledError | GeneratorExit):
+        return False
+    try:
+        task = asyncio.current_task()
+    except RuntimeError:  # no event loop runs: the coroutine is being closed
+        return True
+    return task is None or (isinstance(err, asyncio.CancelledError) and task.cancelling() > 0)
