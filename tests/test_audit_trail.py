@@ -173,6 +173,10 @@ async def test_a_react_run_records_every_step(tmp_path: Path) -> None:
     assert {p["reservation"] for p in settled} == {
         p["reservation"] for p in by_action[AuditAction.BUDGET_RESERVE]
     }
+    # What each settlement added to the spending: the tool call, once.
+    assert {"tool": {"tool_calls": 1}}.items() <= {
+        p["kind"]: p["charged"] for p in settled if p["kind"] == "tool"
+    }.items()
     # One transition entry per journaled transition, with the same seq, node and visit.
     journal = await runtime.transitions(result.run_id)
     moves = by_action[AuditAction.TRANSITION]

@@ -679,3 +679,17 @@ async def test_only_holds_that_guard_a_cap_are_fsynced(tmp_path: Path) -> None:
         await capped.ledger.close()
     finally:
         await ledger.close()
+
+
+async def test_settle_says_what_it_added_and_a_zombie_adds_nothing_a_resume_charged() -> None:
+    """A process stopped past its lease settles after a resume charged its hold in full:
+    the ledger adds only what it spent beyond that, and `settle` says so, for the audit
+    entry (which used to claim a charge the ledger never made)."""
+    budget = StandardBudget(BudgetConfig(tool_calls=5))
+    normal = await budget.reserve(tool_call())
+    assert await budget.settle(normal, Usage(tool_calls=1)) == {"tool_calls": 1}
+    held = await budget.reserve(tool_call())  # then the process is stopped, and taken over
+    resumed = StandardBudget(BudgetConfig(tool_calls=5), budget.ledger)
+    await resumed.begin_run(ALICE)  # charges the hold it finds, at its reservation
+    assert await budget.settle(held, Usage(tool_calls=1)) == {}
+    assert (await budget.totals()).spent == {"tool_calls": 2}  # each call charged once

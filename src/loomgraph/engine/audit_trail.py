@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from typing import Any
 
 from loomgraph.protocols import (
@@ -131,8 +132,14 @@ def decision(report: dict[str, Any], call: ToolCall) -> dict[str, Any]:
     return {**report, "args_hash": args_hash(call["args"])}
 
 
-def budget(reservation: Reservation, actual: Usage | None = None) -> dict[str, Any]:
-    """`budget_reserve` / `_settle` / `_release`: the hold and, once settled, what was spent."""
+def budget(
+    reservation: Reservation,
+    actual: Usage | None = None,
+    added: Mapping[str, int] | None = None,
+) -> dict[str, Any]:
+    """`budget_reserve` / `_settle` / `_release`: the hold and, once settled, what was spent
+    and what that added to the spending (`charged`, when the budget says: nothing for a
+    process whose hold a resume had charged already)."""
     payload: dict[str, Any] = {
         "kind": reservation.kind,
         "reservation": reservation.id,
@@ -140,6 +147,8 @@ def budget(reservation: Reservation, actual: Usage | None = None) -> dict[str, A
     }
     if actual is not None:
         payload["actual"] = actual.to_dict()
+    if added is not None:
+        payload["charged"] = dict(added)
     return payload
 
 

@@ -155,9 +155,9 @@ class RunScope:
         meanwhile: the spending happened, and a settlement cut off would leave the hold to
         be released, uncharged, when the run ends."""
         if reservation is not None:
-            await finished(self.deps.budget.settle(reservation, actual))
+            added = await finished(self.deps.budget.settle(reservation, actual))
             if self.auditing and (reservation.amount or actual):
-                payload = trail.budget(reservation, actual)
+                payload = trail.budget(reservation, actual, added)
                 await self.audit(AuditAction.BUDGET_SETTLE, trail.BUDGET_ACTOR, payload)
 
     async def release(self, reservation: Reservation | None) -> None:

@@ -225,30 +225,37 @@ class StandardBudget:
             scopes, totals, prompt, want, lambda _p, out: cost_of(prompt_tokens, out)
         )
 
-    async def settle(self, reservation: Reservation, actual: Usage) -> None:
-        """Replace the held amount by the actual one (charged in full even past a cap)."""
+    async def settle(self, reservation: Reservation, actual: Usage) -> dict[str, int]:
+        """Replace the held amount by the actual one (charged in full even past a cap); what
+        that added to the spending."""
         scopes = self.scopes(reservation.scope)
         if not scopes:
-            return
+            return {}
         spend = self.measure(reservation, actual)
         names = tuple(name for name, _ in scopes)
+        added: dict[str, int] = {}
 
         def decide(view: LedgerView) -> Change:
             hold = view.hold
             if hold is not None:
-                return Change(remove=hold, spend=spend, spend_scopes=hold.scopes)
-            if view.charged is not None:
+                change = Change(remove=hold, spend=spend, spend_scopes=hold.scopes)
+            elif view.charged is not None:
                 # A resume charged the hold in full, taking this process for dead (it was
                 # stopped past its lease): only what it spent beyond that is added.
                 paid = view.charged.amounts
                 extra = {m: n - paid.get(m, 0) for m, n in spend.items() if n > paid.get(m, 0)}
-                return Change(spend=extra, spend_scopes=names)
-            # Without its hold (settled twice, or released) the amount was still spent:
-            # charge it to the scopes the reservation's owner has now.
-            return Change(spend=spend, spend_scopes=names)
+                change = Change(spend=extra, spend_scopes=names)
+            else:
+                # Without its hold (settled twice, or released) the amount was still spent:
+                # charge it to the scopes the reservation's owner has now.
+                change = Change(spend=spend, spend_scopes=names)
+            added.clear()  # (a ledger may decide again after a conflict)
+            added.update(change.spend)
+            return change
 
         updated = await self.ledger.transact(names, reservation.id or None, decide)
         await self._warn(scopes, updated, reservation.scope)
+        return added
 
     async def release(self, reservation: Reservation) -> None:
         """Give a held amount back unspent (a no-op for an unknown reservation)."""

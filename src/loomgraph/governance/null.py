@@ -20,7 +20,7 @@ class NoBudget:
         return reservation
 
     async def settle(self, reservation: Reservation, actual: Usage) -> None:
-        """Nothing to settle."""
+        """Nothing to settle (nothing is counted, so nothing is said)."""
 
     async def release(self, reservation: Reservation) -> None:
         """Nothing to release."""

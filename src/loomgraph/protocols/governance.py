@@ -64,8 +64,9 @@ class Budget(Protocol):
         """Set an amount aside, or raise BudgetExceeded naming the cap."""
         ...
 
-    async def settle(self, reservation: Reservation, actual: Usage) -> None:
-        """Replace a reservation by what was actually spent."""
+    async def settle(self, reservation: Reservation, actual: Usage) -> Mapping[str, int] | None:
+        """Replace a reservation by what was actually spent; what that added to the spending
+        (by metric: nothing when a recovery had charged the hold already), or None unsaid."""
         ...
 
     async def release(self, reservation: Reservation) -> None:
