@@ -57,6 +57,7 @@ class NoHooks:
         """Let the call through."""
         return None
 
+    @does_nothing
     async def after_tool(self, call: ToolCall, result: ToolResult) -> None:
         """Nothing."""
 
