@@ -12,24 +12,21 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from loomgraph.engine import audit_trail as trail
 from loomgraph.engine.context import VisitContext
-from loomgraph.engine.effects import encoding_problem
 from loomgraph.engine.scope import RunScope
 from loomgraph.engine.state_size import SizeUndo, StateSize
+from loomgraph.engine.transitions import journal_transition
 from loomgraph.errors import GraphError, NodeError, ServiceUnavailable, StateError
 from loomgraph.graph.compiled import CompiledGraph
 from loomgraph.graph.registry import NodeKind
 from loomgraph.graph.spec import END
-from loomgraph.graph.state import Undo, snapshot_of, undo_patch
+from loomgraph.graph.state import Undo, undo_patch
 from loomgraph.protocols import (
     AuditAction,
     BudgetExceeded,
     Pending,
     RunStatus,
     RunStopped,
-    Runtime,
-    Transition,
     Usage,
     semconv,
 )
@@ -215,9 +212,9 @@ async def _step(
         if scope.transitions_lock is None:
             scope.transitions_lock = asyncio.Lock()
         async with scope.transitions_lock:
-            journaled = await _journal(scope, ctx, state, patch, target, used)
+            journaled = await journal_transition(scope, ctx, state, patch, target, used)
     else:
-        journaled = await _journal(scope, ctx, state, patch, target, used)
+        journaled = await journal_transition(scope, ctx, state, patch, target, used)
     if isinstance(journaled, StateError):  # nothing of the visit was written: the run ends
         undo_patch(state, undo)
         _uncount(scope, counted)
@@ -231,53 +228,6 @@ async def _step(
             journaled.seq,
         )
     return target
-
-
-async def _journal(
-    scope: RunScope,
-    ctx: VisitContext,
-    state: dict[str, Any],
-    patch: dict[str, Any],
-    target: str,
-    used: Usage,
-) -> Transition | StateError:
-    """Take the visit's seq and journal its transition (and its audit entry); the error
-    naming the value the journal refused instead, with the seq given back."""
-    scope.seq += 1
-    snapshot = None
-    every = scope.deps.runtime.snapshot_every
-    if every and not ctx.path and scope.seq - scope.snapshot_seq >= every:
-        snapshot, scope.snapshot_seq = snapshot_of(state), scope.seq
-    qualified, visit = ctx.qualified_node, ctx.visit
-    transition = Transition(
-        scope.run_id, scope.seq, qualified, visit, patch, target, used, time.time(), snapshot
-    )
-    refused = await _append(scope.deps.runtime, transition)
-    if refused is not None:
-        scope.seq -= 1
-        return refused
-    if scope.auditing:
-        moved = trail.transition(transition.seq, qualified, visit, target)
-        await scope.audit(AuditAction.TRANSITION, qualified, moved)
-    return transition
-
-
-async def _append(runtime: Runtime, transition: Transition) -> StateError | None:
-    """Journal a transition; a StateError naming the node and the field when the journal
-    refuses a value of its patch that is not plain JSON (NaN, an object in an `any` field:
-    nothing was written), else None. Typed fields refuse such values before (`StateSchema`)."""
-    try:
-        await runtime.append_transition(transition)
-    except TypeError:  # what a journal raises for it (JournalEncodingError is a TypeError)
-        for name, value in transition.patch.items():
-            problem = encoding_problem(value)
-            if problem is not None:
-                return StateError(
-                    f"node {transition.node!r} wrote state field {name!r} a value the journal "
-                    f"cannot keep: {problem}"
-                )
-        raise
-    return None
 
 
 def _uncount(scope: RunScope, counted: SizeUndo | None) -> None:

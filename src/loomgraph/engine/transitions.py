@@ -1,0 +1,62 @@
+"""Journaling a node visit's transition: its seq, its snapshot, its audit entry, and a value
+the journal refuses named by node and field."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from loomgraph.engine import audit_trail as trail
+from loomgraph.engine.context import VisitContext
+from loomgraph.engine.effects import encoding_problem
+from loomgraph.engine.scope import RunScope
+from loomgraph.errors import StateError
+from loomgraph.graph.state import snapshot_of
+from loomgraph.protocols import AuditAction, Runtime, Transition, Usage
+
+
+async def journal_transition(
+    scope: RunScope,
+    ctx: VisitContext,
+    state: dict[str, Any],
+    patch: dict[str, Any],
+    target: str,
+    used: Usage,
+) -> Transition | StateError:
+    """Take the visit's seq and journal its transition (and its audit entry); the error
+    naming the value the journal refused instead, with the seq given back."""
+    scope.seq += 1
+    snapshot = None
+    every = scope.deps.runtime.snapshot_every
+    if every and not ctx.path and scope.seq - scope.snapshot_seq >= every:
+        snapshot, scope.snapshot_seq = snapshot_of(state), scope.seq
+    qualified, visit = ctx.qualified_node, ctx.visit
+    transition = Transition(
+        scope.run_id, scope.seq, qualified, visit, patch, target, used, time.time(), snapshot
+    )
+    refused = await _append(scope.deps.runtime, transition)
+    if refused is not None:
+        scope.seq -= 1
+        return refused
+    if scope.auditing:
+        moved = trail.transition(transition.seq, qualified, visit, target)
+        await scope.audit(AuditAction.TRANSITION, qualified, moved)
+    return transition
+
+
+async def _append(runtime: Runtime, transition: Transition) -> StateError | None:
+    """Journal a transition; a StateError naming the node and the field when the journal
+    refuses a value of its patch that is not plain JSON (NaN, an object in an `any` field:
+    nothing was written), else None. Typed fields refuse such values before (`StateSchema`)."""
+    try:
+        await runtime.append_transition(transition)
+    except TypeError:  # what a journal raises for it (JournalEncodingError is a TypeError)
+        for name, value in transition.patch.items():
+            problem = encoding_problem(value)
+            if problem is not None:
+                return StateError(
+                    f"node {transition.node!r} wrote state field {name!r} a value the journal "
+                    f"cannot keep: {problem}"
+                )
+        raise
+    return None
