@@ -4,12 +4,14 @@ whoever watches a run from outside the process that drives it (the HTTP server, 
 The journal keeps transitions and effects, not events, so the events are derived from them,
 the same way every time: each committed transition `seq` gives `node_started`, then one or two
 events per effect of that node visit (tool calls and results, approval requests and answers),
-then `node_completed`. Their ids, `EventId(seq, index)` written `"seq.index"`, are therefore
-stable: a watcher that reconnects after `"7.2"` gets exactly the events after it, none lost and
-none twice. `run_started` is `0.0`. When the run stops (finished, or waiting for an approval
-or a value), a `run_completed` event with the status follows, id `"seq.end"` (`index` -1), and
-the source ends. Model text arrives inside `node_completed`'s patch; streamed chunks are not
-journaled, so they are not in this source.
+then `node_completed`; a node inside a child graph (`each/0/tools`) alike, its effects found
+by the visits of the nodes above it (`effect_visits`). Their ids, `EventId(seq, index)`
+written `"seq.index"`, are therefore stable: a watcher that reconnects after `"7.2"` gets
+exactly the events after it, none lost and none twice (a follower gives transitions in seq
+order, waiting for one committed after a later one). `run_started` is `0.0`. When the run
+stops (finished, or waiting for an approval or a value), a `run_completed` event with the
+status follows, id `"seq.end"` (`index` -1), and the source ends. Model text arrives inside
+`node_completed`'s patch; streamed chunks are not journaled, so they are not in this source.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from loomgraph.agent.effect_visits import VisitEffects, VisitWalk
 from loomgraph.errors import LoomgraphError
 from loomgraph.protocols import EffectRecord, EffectStatus, RunRecord, Transition
 from loomgraph.protocols.events import (
@@ -34,9 +37,20 @@ from loomgraph.protocols.events import (
 )
 from loomgraph.protocols.runtime import RunReader, UnknownRun
 
-__all__ = ["BadEventId", "EventId", "JournalEvent", "follow_events", "journal_events"]
+__all__ = [
+    "GAP_READS",
+    "BadEventId",
+    "EventId",
+    "JournalEvent",
+    "follow_events",
+    "journal_events",
+]
 
 _END = -1  # the index of the event a stop makes
+# How many reads in a row a follower waits for a missing seq while later ones are there
+# (and for as many poll intervals: wakes can come faster than a slow commit).
+GAP_READS = 8
+_clock = time.monotonic  # replaced in tests
 
 
 class BadEventId(LoomgraphError, ValueError):
@@ -92,22 +106,6 @@ def _event(
     return Event(kind, payload, record.run_id, seq, node, record.user_id, record.session_id, at)
 
 
-def _effects_by_visit(
-    run_id: str, effects: Sequence[EffectRecord]
-) -> dict[tuple[str, int], list[EffectRecord]]:
-    """Effects grouped by the node visit that made them (from their keys)."""
-    grouped: dict[tuple[str, int], list[EffectRecord]] = {}
-    prefix = run_id + ":"
-    for effect in effects:
-        if not effect.key.startswith(prefix):
-            continue
-        path, _, rest = effect.key[len(prefix) :].partition(":")
-        visit, _, _slot = rest.partition(":")
-        if visit.isdigit():
-            grouped.setdefault((path, int(visit)), []).append(effect)
-    return grouped
-
-
 def _effect_events(effect: EffectRecord) -> list[tuple[str, dict[str, Any]]]:
     """What one effect tells a watcher: a call and its result, or an approval asked/answered."""
     intent, outcome = effect.intent, effect.outcome or {}
@@ -157,12 +155,15 @@ def journal_events(
     *,
     stopped: bool | None = None,
     last_seq: int | None = None,
+    walk: VisitWalk | None = None,
 ) -> list[JournalEvent]:
     """The events the journal holds for a run, after `after`, stop event included when the
     run stopped (by default: when it is neither `queued` nor `running`).
 
     `transitions` may be only the newest of the run's transitions (a follower's), with
-    `last_seq` the seq of the run's last one when none of them is."""
+    `last_seq` the seq of the run's last one when none of them is, and `walk` the one that
+    took in every transition before them (it tells in which visit of the nodes above it a
+    child graph's transition was made, and takes `transitions` in too)."""
     out: list[JournalEvent] = []
 
     def add(eid: EventId, event: Event) -> None:
@@ -182,8 +183,11 @@ def journal_events(
                 record.created_at,
             ),
         )
-    grouped = _effects_by_visit(record.run_id, effects) if transitions else {}
-    for t in transitions:
+    if walk is None:
+        walk = new_walk(record)
+    grouped = VisitEffects(record.run_id, effects if transitions else ())
+    for t in sorted(transitions, key=lambda t: t.seq):
+        enclosing = walk.step(t)  # every transition, those before `after` too
         if after is not None and t.seq < after.seq:
             continue
         i = 0
@@ -191,7 +195,7 @@ def journal_events(
             EventId(t.seq, i),
             _event(record, NODE_STARTED, {"node": t.node, "visit": t.visit}, t.seq, t.node, t.at),
         )
-        for effect in grouped.get((t.node, t.visit), ()):
+        for effect in grouped.of(t, enclosing):
             for kind, payload in _effect_events(effect):
                 i += 1
                 add(EventId(t.seq, i), _event(record, kind, payload, t.seq, t.node, t.at))
@@ -199,7 +203,7 @@ def journal_events(
         payload = {"node": t.node, "visit": t.visit, "next": t.next_node, "patch": t.patch}
         add(EventId(t.seq, i), _event(record, NODE_COMPLETED, payload, t.seq, t.node, t.at))
     if (not record.status.in_progress) if stopped is None else stopped:
-        last = transitions[-1].seq if transitions else (last_seq or 0)
+        last = max((t.seq for t in transitions), default=last_seq or 0)
         result = record.result or {}
         payload = {
             "status": str(record.status),
@@ -212,6 +216,12 @@ def journal_events(
             _event(record, RUN_COMPLETED, payload, last, None, record.updated_at),
         )
     return out
+
+
+def new_walk(record: RunRecord) -> VisitWalk:
+    """A walk over the run's transitions from its first (a fork's counts its checkpoint's
+    visits)."""
+    return VisitWalk(record.initial.visits if record.initial is not None else None)
 
 
 # Waits until the run may have changed, or `timeout` seconds passed.
@@ -235,6 +245,17 @@ async def run_is_live(runtime: RunReader, record: RunRecord) -> bool:
     return lease is not None and lease.expires_at > time.time()
 
 
+def _in_order(transitions: Sequence[Transition], known: int) -> list[Transition]:
+    """The transitions right after seq `known`, up to the first seq missing."""
+    ready: list[Transition] = []
+    for t in sorted(transitions, key=lambda t: t.seq):
+        if t.seq == known + len(ready) + 1:
+            ready.append(t)
+        elif t.seq > known + len(ready):
+            break
+    return ready
+
+
 async def follow_events(
     runtime: RunReader,
     run_id: str,
@@ -243,6 +264,7 @@ async def follow_events(
     changed: Changed | None = None,
     poll_interval: float = 0.5,
     load: Callable[[str], Awaitable[RunRecord | None]] | None = None,
+    gap_reads: int = GAP_READS,
 ) -> AsyncIterator[JournalEvent]:
     """The run's journaled events after `after`, then each new one as it is journaled,
     until the run stops; wherever the run is driven from (any process sharing the journal).
@@ -252,33 +274,55 @@ async def follow_events(
     `poll_interval` seconds. `load` reads the run record (default `runtime.load_run`): a
     caller that may only see some runs passes a reader filtered by user. An unknown run
     raises `UnknownRun`.
+
+    Seqs are dense (1, 2, 3, ...), but writers on several connections may commit seq N+1
+    before seq N: transitions are given in seq order, and those after a missing seq wait
+    for it. A seq still missing once the run has stopped, or after `gap_reads` reads in a
+    row that took at least `gap_reads * poll_interval` seconds (4 s by default), is taken
+    as never coming (a writer failed between taking the seq and writing it) and the rest
+    is given; should it come later all the same, it is not given.
     """
     wait = changed or _poll
     read = load or runtime.load_run
-    # Only the transitions not seen yet are read, where the journal can (an SQL range read).
+    # Only the transitions not given yet are read, where the journal can (an SQL range read).
     newer = getattr(runtime, "transitions_after", None)
-    seen_seq = -1
+    known = 0  # every seq up to this one was given (or given up on)
+    held, since = 0, 0.0  # reads in a row that found seqs after a missing one; from when
+    walk: VisitWalk | None = None
     while True:
         record = await read(run_id)
         if record is None:
             raise UnknownRun(run_id)
         stopped = not await run_is_live(runtime, record)
-        known = max(seen_seq, 0)
+        # Read after the record: a run seen stopped has every transition it made committed.
         if newer is not None:
             transitions = await newer(run_id, known)
         else:
             transitions = [t for t in await runtime.transitions(run_id) if t.seq > known]
-        newest = transitions[-1].seq if transitions else known
-        if newest != seen_seq or stopped:
-            # Effects are read only when a transition is new: they belong to transitions.
-            effects = await runtime.effects(run_id) if newest != seen_seq else []
+        ready = _in_order(transitions, known)
+        if len(ready) == len(transitions):
+            held = 0
+        elif ready or not held:  # a seq missing, not the one missing at the last read
+            held, since = 1, _clock()
+        else:
+            held += 1
+        if held and (
+            stopped or (held >= gap_reads and _clock() - since >= gap_reads * poll_interval)
+        ):
+            ready, held = sorted(transitions, key=lambda t: t.seq), 0
+        if walk is None or ready or stopped:
+            walk = walk or new_walk(record)
+            # Effects are read only when a transition is new: they belong to transitions, and
+            # each is journaled before its visit's transition.
+            effects = await runtime.effects(run_id) if ready else []
+            last = ready[-1].seq if ready else known
             events = journal_events(
-                record, transitions, effects, after, stopped=stopped, last_seq=newest
+                record, ready, effects, after, stopped=stopped, last_seq=last, walk=walk
             )
             for item in events:
                 yield item
                 after = item.id
-            seen_seq = newest
+            known = last
         if stopped:
             return
         await wait(run_id, poll_interval)
