@@ -155,7 +155,7 @@ def test_span_tree_names_kinds_and_attributes() -> None:
 
 
 def test_exception_sets_error_status_and_records_it() -> None:
-    otel = Otel()
+    otel = Otel(capture_content=True)  # the message too (test_telemetry_content: without)
     _run_one_turn(otel.telemetry, fail_tool=True)
     spans = otel.spans()
     tool = spans["execute_tool search"]

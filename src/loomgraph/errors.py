@@ -221,6 +221,20 @@ class NodeError(GraphError):
         self.cause = cause
 
 
+def error_summary(error: BaseException) -> str:
+    """`error` told without content, for telemetry and an audit log that capture none.
+
+    An error's message can quote what the run handled (a tool's rejected arguments, an answer
+    that did not fit, a provider's echo of the prompt), so only names are kept: the error's
+    class name, and for a node's failure (or an edge condition's) the node too
+    (`node 'tools' failed: ToolArgsInvalid`, nested for a subgraph's node)."""
+    if isinstance(error, NodeError):
+        return f"node {error.node!r} failed: {error_summary(error.cause)}"
+    if isinstance(error, ConditionError):
+        return f"ConditionError: an edge condition of node {error.node!r} failed"
+    return type(error).__name__
+
+
 class InputTooLarge(LoomgraphError, ValueError):
     """A prompt larger than the Agent's size limit; nothing was written."""
 

@@ -39,6 +39,7 @@ from loomgraph.protocols import (
     RunRecord,
     RunStart,
     RunStatus,
+    Span,
     Usage,
     finished,
     semconv,
@@ -88,6 +89,7 @@ class AgentSession:
         self.error: OutputValidationError | None = None
         self.run_id = run_id or uuid.uuid4().hex
         self._id_given = run_id is not None
+        self._run_span: Span | None = None  # told how the run ended (`_traced`)
 
     def _record(self, **fields: Any) -> RunRecord:
         now = time.time()
@@ -194,7 +196,7 @@ class AgentSession:
                 parent_run_id=record.parent_run_id,
                 agent_name=self.agent_name,
             )
-            with deps.telemetry.span(semconv.RUN_SPAN, attributes):
+            with deps.telemetry.span(semconv.RUN_SPAN, attributes) as self._run_span:
                 scope = RunScope(self.run_id, self.user_id, self.session_id, deps, sink, run_child)
                 active = active_scope.set(scope)
                 over = True
@@ -223,8 +225,11 @@ class AgentSession:
                 except asyncio.CancelledError:
                     # Stopped by its lease holder (lease lost, journal out of reach), which
                     # raises one of the two above from it: the run is not over either.
-                    if lease_stop() is not None:
+                    stop = lease_stop()
+                    if stop is not None:
                         over = False
+                        # An error of the run's, unlike its caller's cancel (not an error).
+                        self._traced(scope, {semconv.ERROR_TYPE: semconv.error_type(stop)})
                     raise
                 finally:
                     active_scope.reset(active)
@@ -286,6 +291,7 @@ class AgentSession:
         `JournalUnavailable` from the lease holder."""
         if lease_stop() is not None:
             return
+        self._traced(scope, semconv.run_end_attributes(RunStatus.CANCELLED))
         # To its end even when the caller cancels again: else the run stays `running`.
         await finished(self._journal_cancelled(scope))
 
@@ -355,6 +361,7 @@ class AgentSession:
                 result.usage,
                 output=result.output,
                 content=scope.audit_content,
+                error=outcome.error,
             )
             await scope.audit(AuditAction.RUN_COMPLETED, trail.RUN_ACTOR, ended)
         await scope.emit(
@@ -368,7 +375,13 @@ class AgentSession:
             None,
             scope.seq,
         )
+        self._traced(scope, semconv.run_end_attributes(result.status, outcome.error))
         return result
+
+    def _traced(self, scope: RunScope, attributes: dict[str, Any]) -> None:
+        """Tell the run's span how the run ended (when the run is traced)."""
+        if scope.tracing and self._run_span is not None:
+            semconv.set_attributes(self._run_span, attributes)
 
     def _result(self, outcome: Outcome) -> RunResult:
         state = outcome.state

@@ -14,6 +14,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
+from loomgraph.errors import error_summary
 from loomgraph.protocols import (
     Message,
     ModelRequest,
@@ -65,9 +66,21 @@ def run_started(
 
 
 def run_completed(
-    status: str, reason: str, usage: Usage, *, output: Any = None, content: bool = False
+    status: str,
+    reason: str,
+    usage: Usage,
+    *,
+    output: Any = None,
+    content: bool = False,
+    error: BaseException | None = None,
 ) -> dict[str, Any]:
-    """`run_completed`: how the run ended and what it used; the output only with capture."""
+    """`run_completed`: how the run ended and what it used; the output only with capture.
+
+    A failed run's reason is its `error`'s message, which can quote what the run handled (a
+    tool's rejected arguments, an answer that did not fit): without capture the entry says
+    only which node failed with which error type (`error_summary`)."""
+    if error is not None and not content and str(status) == "failed":
+        reason = error_summary(error)
     payload: dict[str, Any] = {"status": str(status), "reason": reason, "usage": usage.to_dict()}
     if content:
         payload["output"] = output

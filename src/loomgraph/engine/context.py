@@ -285,13 +285,16 @@ class VisitContext:
         model, telemetry = deps.model, deps.telemetry
         response = ModelResponse()
         attributes: Mapping[str, Any] = NO_ATTRIBUTES
+        answered: Mapping[str, Any] = NO_ATTRIBUTES  # the usage chunk: the answer's id, model
         # Content is serialised only when it will be kept (capture_content=True).
         capture = tracing and bool(getattr(telemetry, "capture_content", False))
         if tracing:
+            # The limit the adapter sends: the request's own, else the model's.
+            limit = request.max_tokens or getattr(model, "max_tokens", None)
             chat = semconv.chat_attributes(
                 model=model.name,
                 provider=semconv.provider_of(model),
-                max_tokens=request.max_tokens,
+                max_tokens=limit if isinstance(limit, int) else None,
                 session_id=self.scope.session_id,
             )
             if capture:
@@ -314,6 +317,7 @@ class VisitContext:
                         response.tool_calls.append(call)
                     elif kind == "usage":
                         response.usage += reported_usage(chunk["usage"], request, texts)
+                        answered = chunk
                     elif kind == "finish":
                         response.finish_reason = chunk.get("finish_reason", "end_turn")
                     elif kind == "attempt":
@@ -338,7 +342,11 @@ class VisitContext:
                 semconv.GEN_AI_USAGE_INPUT_TOKENS: response.usage.input_tokens,
                 semconv.GEN_AI_USAGE_OUTPUT_TOKENS: response.usage.output_tokens,
                 **semconv.usage_attributes(response.usage),
-                **semconv.response_attributes(finish_reasons=[response.finish_reason]),
+                **semconv.response_attributes(
+                    finish_reasons=[response.finish_reason],
+                    response_model=answered.get("response_model"),
+                    response_id=answered.get("response_id"),
+                ),
             }
             if capture:
                 done |= semconv.chat_output_attributes(

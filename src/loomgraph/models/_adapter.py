@@ -137,6 +137,17 @@ class HTTPModel:
     def _usage(self, usage: Usage) -> Usage:
         return with_cost(self.name, usage, self.prices)
 
+    def _usage_chunk(
+        self, usage: Usage, response_id: str | None, response_model: str | None
+    ) -> ModelChunk:
+        """The answer's `usage` chunk, priced, with the answer's id and model when named."""
+        chunk = ModelChunk(type="usage", usage=self._usage(usage))
+        if response_id is not None:
+            chunk["response_id"] = response_id
+        if response_model is not None:
+            chunk["response_model"] = response_model
+        return chunk
+
     def _read(
         self, reader: ChunkReader, item: Any, tally: StreamTally, request_id: str | None
     ) -> list[ModelChunk]:

@@ -20,6 +20,7 @@ __all__ = [
     "count",
     "get",
     "index",
+    "label",
     "obj",
     "text",
 ]
@@ -29,6 +30,9 @@ class MalformedChunk(LoomgraphError):
     """A streamed chunk (an SSE event) not shaped as the API documents it, or out of place
     (read as a `ModelBadResponse` by the adapter; it never reaches the caller)."""
 
+
+# The longest response id or model name kept: a label for telemetry, not a payload.
+MAX_LABEL = 256
 
 # What reading a chunk of the wrong shape raises: our own MalformedChunk, and what Python
 # raises when a value is not the type the reader expected (the SDKs build chunks without
@@ -58,6 +62,15 @@ def text(value: Any, what: str) -> str:
     if not isinstance(value, str):
         raise MalformedChunk(f"{what} is {_shown(value)}, not text")
     return value
+
+
+def label(value: Any) -> str | None:
+    """A name the provider gave its answer (its id, the model that wrote it): non-empty text
+    of at most `MAX_LABEL` characters, else None. Never MalformedChunk: it only labels the
+    call's telemetry, so a server that sends something else loses the label, not the call."""
+    if isinstance(value, str) and 0 < len(value) <= MAX_LABEL:
+        return value
+    return None
 
 
 def count(value: Any, what: str) -> int | None:

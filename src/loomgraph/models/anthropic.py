@@ -78,6 +78,9 @@ class _Turn:
         self.output_reported = False  # message_delta carried the output count
         self.stop_reason: str | None = None
         self.stopped = False
+        # The message's id and the model that wrote it (for telemetry), from message_start.
+        self.response_id: str | None = None
+        self.response_model: str | None = None
 
     def feed(self, event: Any) -> Iterator[ModelChunk]:
         """The chunks one raw stream event produces. An event of the wrong shape raises
@@ -86,6 +89,8 @@ class _Turn:
         kind = shape.get(event, "type")
         if kind == "message_start":
             message = shape.obj(shape.get(event, "message"), "message_start.message")
+            self.response_id = shape.label(shape.get(message, "id"))
+            self.response_model = shape.label(shape.get(message, "model"))
             usage = shape.get(message, "usage")
             if usage is not None:
                 self._take_usage(usage, "message_start.message.usage")
@@ -334,7 +339,7 @@ class AnthropicModel(HTTPModel):
             )
         # As reported; a count the provider left out is the engine's to estimate, for every
         # model alike (engine.model_answers.unreported_usage).
-        yield ModelChunk(type="usage", usage=self._usage(turn.reported()))
+        yield self._usage_chunk(turn.reported(), turn.response_id, turn.response_model)
         reason = turn.stop_reason or "end_turn"
         yield ModelChunk(type="finish", finish_reason=_FINISH_REASONS.get(reason, reason))
 

@@ -141,7 +141,7 @@ class OpenAICompatModel(HTTPModel):
         # As reported; a count the server left out (or all of them: some local servers send
         # no usage) is the engine's to estimate, for every model alike
         # (engine.model_answers.unreported_usage).
-        yield ModelChunk(type="usage", usage=self._usage(completion.usage))
+        yield self._usage_chunk(completion.usage, completion.response_id, completion.response_model)
         yield ModelChunk(type="finish", finish_reason=completion.finish_reason())
 
     def _translate(

@@ -44,11 +44,19 @@ class ChatCompletion:
         self.usage = Usage()
         self.finish: str | None = None
         self.called = False
+        # The completion's id and the model that wrote it (for telemetry): every chunk names
+        # them, the first one that does is kept.
+        self.response_id: str | None = None
+        self.response_model: str | None = None
 
     def feed(self, chunk: Any) -> Iterator[ModelChunk]:
         """The chunks one chat.completion.chunk produces. A chunk of the wrong shape raises
         MalformedChunk (or the TypeError/AttributeError reading it does); tool arguments
         that are not a JSON object within the limits raise ValueError (`HTTPModel._read`)."""
+        if self.response_id is None:
+            self.response_id = shape.label(shape.get(chunk, "id"))
+        if self.response_model is None:
+            self.response_model = shape.label(shape.get(chunk, "model"))
         usage = shape.get(chunk, "usage")
         if usage is not None:
             self.usage = chat_usage(usage)

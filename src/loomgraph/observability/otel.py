@@ -17,7 +17,8 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager
 from typing import TYPE_CHECKING, Any
 
-from ..protocols import Span, Usage
+from ..errors import error_summary
+from ..protocols import RunStopped, Span, Usage
 from ..protocols.semconv import (
     CONTENT_ATTRIBUTES,
     ERROR_TYPE,
@@ -33,7 +34,9 @@ from ..protocols.semconv import (
     METRIC_OPERATION_DURATION,
     METRIC_TOKEN_USAGE,
     OP_CHAT,
+    error_type,
 )
+from ..protocols.tasks import stops_the_task
 
 if TYPE_CHECKING:
     from opentelemetry.metrics import MeterProvider
@@ -47,6 +50,7 @@ _DURATION_BUCKETS = [0.01 * 2.0**i for i in range(14)]  # 0.01 s ... 81.92 s
 # Span attributes remembered to derive metrics when the span ends.
 _TRACKED = frozenset(
     {
+        ERROR_TYPE,
         GEN_AI_OPERATION_NAME,
         GEN_AI_REQUEST_MODEL,
         GEN_AI_PROVIDER_NAME,
@@ -57,6 +61,11 @@ _TRACKED = frozenset(
     }
 )
 _PRIMITIVES = (str, bool, int, float)
+# What may escape a span without it failing: an abandoned generator, and `RunStopped`, the
+# control flow of a run that waits for an approval or a value (or is stopped by request). A
+# cancel of the task is not a failure either (see `_span`).
+_NOT_FAILURES = (GeneratorExit, RunStopped)
+_EXCEPTION_EVENT, _EXCEPTION_TYPE = "exception", "exception.type"
 _REPORT_EVERY = 60.0  # seconds between two log records of telemetry's own failures
 _log = logging.getLogger("loomgraph.telemetry")
 
@@ -107,14 +116,6 @@ def _coerce(value: Any) -> Any:
         if len(kinds) <= 1 and kinds <= set(_PRIMITIVES):
             return list(value)
     return json.dumps(value, ensure_ascii=False, default=str)
-
-
-def _error_type(exc: BaseException) -> str:
-    """`error.type` per the conventions: the exception's fully qualified class name."""
-    cls = type(exc)
-    return (
-        cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
-    )
 
 
 class TracedSpan:
@@ -219,14 +220,23 @@ class OTelTelemetry:
                 error: str | None = None
                 try:
                     yield span
-                except GeneratorExit:
-                    raise  # an abandoned generator, not a failure
+                except _NOT_FAILURES:
+                    raise
                 except BaseException as exc:
-                    error = _error_type(exc)
+                    if stops_the_task(exc):
+                        # The task was cancelled (its caller's choice, a time limit around
+                        # it): OpenTelemetry leaves a cancelled operation's status unset. A
+                        # CancelledError some code raised of its own is a failure.
+                        raise
+                    error = error_type(exc)
                     report.call("record an error on a span", self._failed, otel_span, exc, error)
                     raise
                 finally:
                     seconds = time.perf_counter() - start
+                    if error is None and ERROR_TYPE in span._seen:
+                        # The caller said the operation failed (a run that ended `failed`).
+                        error = str(span._seen[ERROR_TYPE])
+                        report.call("set a span's error status", self._flagged, otel_span)
                     report.call(
                         "record span metrics", self._span_metrics, span._seen, seconds, error
                     )
@@ -244,9 +254,19 @@ class OTelTelemetry:
 
     def _failed(self, otel_span: OTelSpan, exc: BaseException, error: str) -> None:
         status_cls, code = self._error_status
-        otel_span.record_exception(exc)
-        otel_span.set_status(status_cls(code, f"{type(exc).__name__}: {exc}"))
+        if self.capture_content:
+            otel_span.record_exception(exc)
+            otel_span.set_status(status_cls(code, f"{type(exc).__name__}: {exc}"))
+        else:
+            # An exception's message and stack trace (its locals' reprs, the lines that raised)
+            # can quote prompts, answers and tool arguments: only its type is recorded.
+            otel_span.add_event(_EXCEPTION_EVENT, {_EXCEPTION_TYPE: error})
+            otel_span.set_status(status_cls(code, error_summary(exc)))
         otel_span.set_attribute(ERROR_TYPE, error)
+
+    def _flagged(self, otel_span: OTelSpan) -> None:
+        status_cls, code = self._error_status
+        otel_span.set_status(status_cls(code))
 
     def _span_metrics(self, seen: Mapping[str, Any], seconds: float, error: str | None) -> None:
         operation = seen.get(GEN_AI_OPERATION_NAME)

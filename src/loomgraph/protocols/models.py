@@ -18,15 +18,19 @@ class ModelChunk(TypedDict, total=False):
     """One streamed piece of a model turn.
 
     `type` is `text` (with `text`), `tool_call` (with a complete `call`), `usage` (with
-    `usage`, a `Usage`), `finish` (with `finish_reason`) or `attempt`: an attempt that failed
-    before it streamed anything and is retried by the model itself (with its number
-    `attempt`, its `error` and the `usage` it billed, which the final `usage` does not repeat).
+    `usage`, a `Usage`: the provider's account of the answer, so also, when it named them, the
+    answer's `response_id` and the `response_model` that wrote it, for telemetry), `finish`
+    (with `finish_reason`) or `attempt`: an attempt that failed before it streamed anything
+    and is retried by the model itself (with its number `attempt`, its `error` and the `usage`
+    it billed, which the final `usage` does not repeat).
     """
 
     type: Literal["text", "tool_call", "usage", "finish", "attempt"]
     text: str
     call: ToolCall
     usage: Usage
+    response_id: str
+    response_model: str
     finish_reason: str
     attempt: int
     error: str

@@ -13,6 +13,8 @@ import json
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from loomgraph.errors import NodeError
+
 from .messages import Message
 from .observability import Span
 from .usage import Usage
@@ -128,6 +130,34 @@ def run_attributes(
             USER_ID: user_id,
         }
     )
+
+
+# How a run ended that is an error of the `invoke_agent` operation: it gave no answer for a
+# failure, a limit or a cap. Waiting for a person and a cancel are not errors.
+ERROR_STATUSES = frozenset({"failed", "limit_reached", "budget_exhausted"})
+
+
+def error_type(error: BaseException) -> str:
+    """`error.type` per the conventions: the exception's fully qualified class name."""
+    cls = type(error)
+    module = cls.__module__
+    return cls.__qualname__ if module == "builtins" else f"{module}.{cls.__qualname__}"
+
+
+def run_end_attributes(status: str, error: BaseException | None = None) -> dict[str, Any]:
+    """Attributes of the `loom.run` span once the run ended: its status, and whether it failed.
+
+    `loom.run.status`; for a run that ended in error (`ERROR_STATUSES`) also `error.type`: the
+    class of its error (a node's failure: the error the node raised), else the status."""
+    status = str(status)
+    attributes: dict[str, Any] = {LOOM_RUN_STATUS: status}
+    if status in ERROR_STATUSES:
+        # The node's own error, as on the node span it escaped from (NodeError wraps it, once
+        # per enclosing subgraph node).
+        while isinstance(error, NodeError):
+            error = error.cause
+        attributes[ERROR_TYPE] = status if error is None else error_type(error)
+    return attributes
 
 
 def provider_of(model: object) -> str:
