@@ -198,6 +198,16 @@ async def test_an_answer_that_never_fits_raises_with_the_last_raw_output() -> No
     assert record.status == "failed" and "structured_output" in record.reason
 
 
+async def test_a_graph_node_whose_answer_never_fits_fails_the_run_without_raising() -> None:
+    """Only the agent's own `output_schema` step raises from `run()`: reflexion's critic whose
+    evaluation never fits used to raise `OutputValidationError` (and the CLI exit 2, "bad
+    usage") for a run journaled `failed` like any other node failure."""
+    never = {"tool_calls": [{"tool": "respond", "args": {"verdict": "good"}}]}
+    model = ScriptedModel(["an answer", never, never, never])
+    result = await Agent("x", model=model, architecture="reflexion").run("task")
+    assert result.status == "failed" and "evaluate" in result.reason
+
+
 async def test_echo_answers_a_schema_with_the_prompt() -> None:
     result = await Agent("x", model="echo").run(
         '{"city": "Lima", "celsius": 19}', output_schema=Weather

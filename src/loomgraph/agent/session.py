@@ -402,6 +402,9 @@ class AgentSession:
         if self.finish is not None and result.ok:
             result.parsed = self.finish.answer.validate(result.output)
         cause = getattr(outcome.error, "cause", None)
-        if isinstance(cause, OutputValidationError):
+        # Raised by `run()` only for the agent's own `output_schema` step: an `llm` node of the
+        # graph whose answer never fits its schema fails the run like any other node.
+        finishing = self.finish is not None and outcome.node == self.finish.name
+        if finishing and isinstance(cause, OutputValidationError):
             self.error = cause
         return result
