@@ -295,3 +295,19 @@ async def test_a_kind_journals_work_once_finished_and_replays_it_on_retry() -> N
     history = await agent.history(result.run_id)
     assert history[-1].state["output"] == "replayed 1"
     assert seen == [2]  # the model call after it follows the two the work counted
+
+
+async def test_a_child_graph_that_reaches_its_own_visit_limit_is_named_not_the_run(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "outer.yaml").write_text(
+        "name: outer\nentry: work\nlimits: {max_visits: 500}\n"
+        "nodes:\n  work: {kind: subgraph, graph: react, inputs: {input: input}}\n"
+        "edges:\n  - {from: work, to: END}\n"
+    )
+    model = ScriptedModel(lambda request: CALC)
+    result = await Agent("x", model=model, tools=[add], architecture=tmp_path / "outer.yaml").run(
+        "loop forever"
+    )
+    assert result.status == "limit_reached"
+    assert result.reason.startswith("visit limit of graph 'react' at work reached (50)")

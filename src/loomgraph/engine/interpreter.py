@@ -76,7 +76,9 @@ async def run_graph(
     while node != END:
         visit = visits.get(node, 0) + 1
         if total >= limits.max_visits or visit > graph.node_limits[node]:
-            cap = "run" if total >= limits.max_visits else f"node {node!r}"
+            # A child graph's own limit is its run's, not the whole run's.
+            whole = f"graph {graph.graph.name!r} at {path.rstrip('/')}" if path else "run"
+            cap = whole if total >= limits.max_visits else f"node {node!r}"
             limit = limits.max_visits if total >= limits.max_visits else graph.node_limits[node]
             reason = f"visit limit of {cap} reached ({limit}) before {path}{node}"
             return Outcome(RunStatus.LIMIT_REACHED, reason, state, node, visits)
