@@ -18,7 +18,7 @@ from typing import Any, Protocol
 from loomgraph.authoring.secrets import has_secrets, redact, redact_data
 from loomgraph.errors import GraphError
 from loomgraph.graph.spec import END, EdgeSpec, Graph, NodeSpec
-from loomgraph.protocols.paths import NodePath
+from loomgraph.protocols.paths import top_level
 from loomgraph.protocols.usage import Usage
 
 
@@ -76,7 +76,7 @@ class RunOverlay:
         # Steps inside subgraphs carry qualified names (`plan/model`) and their own END;
         # they are not edges of this graph, so they are left out (a subgraph node's own
         # transition already carries its child's usage).
-        top = [t for t in transitions if NodePath.parse(t.node).is_top_level]
+        top = top_level(transitions)
         steps = [(t.node, t.next_node) for t in top]
         if stopped_at is None and steps:
             stopped_at = steps[-1][1]

@@ -13,6 +13,7 @@ from loomgraph.eval.dataset import Case
 from loomgraph.eval.outcome import CaseOutcome
 from loomgraph.eval.trajectory import CallRecord
 from loomgraph.protocols import EffectRecord, EffectStatus, RunStatus, Usage
+from loomgraph.protocols.paths import journaled_usage, top_level
 
 __all__ = ["Key", "executed_calls", "journaled_outcome", "raised_outcome"]
 
@@ -75,7 +76,7 @@ async def raised_outcome(
         outcome = await journaled_outcome(agent, case, key, RunResult.from_dict(record.result))
     else:
         transitions = await runtime.transitions(run_id)
-        usage = sum((t.usage for t in transitions), Usage())
+        usage = journaled_usage(transitions)
         usage += failed_step_usage(error) + await crashed_usage(agent.deps, run_id)
         latency = max(transitions[-1].at - record.created_at, 0.0) if transitions else 0.0
         outcome = CaseOutcome(
@@ -88,7 +89,7 @@ async def raised_outcome(
             executed_calls(await runtime.effects(run_id)),
             usage,
             latency,
-            dict(Counter(t.node for t in transitions)),
+            dict(Counter(t.node for t in top_level(transitions))),
         )
     status = RunStatus(outcome.status)
     if status is RunStatus.COMPLETED or status.in_progress:

@@ -1,11 +1,15 @@
-"""`NodePath`: where a node sits in a run — its name, under the nodes that ran its graph."""
+"""`NodePath`: where a node sits in a run — its name, under the nodes that ran its graph;
+`top_level`: a run's own steps among its journaled ones; `journaled_usage`: what they used."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, Protocol, TypeVar
 
-__all__ = ["NodePath"]
+from loomgraph.protocols.usage import Usage
+
+__all__ = ["NodePath", "journaled_usage", "top_level"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,3 +45,35 @@ class NodePath:
 
     def __str__(self) -> str:
         return self.SEPARATOR.join(self.parts)
+
+
+class _Named(Protocol):
+    @property
+    def node(self) -> str: ...
+
+
+class _Used(_Named, Protocol):
+    @property
+    def usage(self) -> Usage: ...
+
+
+_S = TypeVar("_S", bound=_Named)
+
+
+def top_level(steps: Iterable[_S]) -> list[_S]:
+    """The steps of the run's own graph: a `subgraph` or `map` node's step already carries
+    what its child graphs' steps used, so summing those too would count them twice."""
+    return [s for s in steps if NodePath.SEPARATOR not in s.node]
+
+
+def journaled_usage(steps: Iterable[_Used]) -> Usage:
+    """What a run's journaled steps (in seq order) used: each step once, a child graph's steps
+    only while no step of the node that ran them came after them (a run stopped or cut off
+    inside a `map` or `subgraph` node; once that node's step is journaled, it carries them)."""
+    total, covering = Usage(), set[str]()
+    for step in reversed(list(steps)):
+        parts = step.node.split(NodePath.SEPARATOR)
+        if not any(NodePath.SEPARATOR.join(parts[:i]) in covering for i in range(1, len(parts))):
+            total += step.usage
+        covering.add(step.node)
+    return total
