@@ -320,8 +320,10 @@ class AgentSession:
             await self._cancelled(scope)
             raise
         result = self._result(outcome)
-        # Charged but not in the state: the failed step's attempts, crashed attempts.
-        result.usage += failed_step_usage(outcome.error) + scope.failed_usage
+        # Charged but not in the state: the failed step's attempts, the child graphs of the
+        # node the run stopped in, crashed attempts.
+        result.usage += failed_step_usage(outcome.error)
+        result.usage += sum((*scope.failed_usage.values(), *scope.child_usage.values()), Usage())
         result.usage += await crashed_usage(deps, self.run_id)
         data = result.to_dict()
         # Every entry of what the run did is in the audit log before its end is journaled:

@@ -175,6 +175,7 @@ class VisitContext:
         if prior is not None:  # run again: what an earlier attempt streamed may have gone out
             await self._void(call_id, VoidReason.RECOVERED)
             await attempts.recover()
+            self.scope.failed_usage.pop(call_id, None)  # its answer will count them
         try:
             response = await self._attempt(request, key, attempts)
         except BudgetExceeded as err:  # a retry refused: the failed attempts were charged
@@ -233,7 +234,7 @@ class VisitContext:
                 # it is, so what it carries no usage is kept with the run (`failed_usage`).
                 await attempts.failed(cancelled_usage(request, streamed), repr(err))
                 billed = attempts.billed.with_model_calls(1)
-                self.scope.failed_usage += billed
+                self.scope.failed_usage[key.text] = billed
                 await self._gave_up(key, err, billed, streamed)
                 raise
             except BaseException:

@@ -132,6 +132,8 @@ async def run_child(
     """Run a child graph within a run (a `ChildRunner`); its final state, or raise how it
     stopped: the child's error, or `RunStopped` with its status."""
     outcome = await run_graph(graph, scope, state, path=path, key_path=key_path)
+    # Until the node that ran it is journaled (a retry replaces it: the same path).
+    scope.child_usage[path] = Usage.from_dict(outcome.state.get("usage") or {})
     if outcome.status != RunStatus.COMPLETED:
         if outcome.error is not None:
             raise outcome.error

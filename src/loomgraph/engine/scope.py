@@ -99,7 +99,13 @@ class RunScope:
     untrusted: UntrustedText = field(default_factory=UntrustedText)
     # What model calls that failed with an error of the model's own (not a ModelError, which
     # carries its usage) were charged: not in the state, added to the run's usage at its end.
-    failed_usage: Usage = field(default_factory=Usage)
+    # (By the call's key: a call made again in this process, its node retried, counts its
+    # failed attempts in its answer instead.)
+    failed_usage: dict[str, Usage] = field(default_factory=dict)
+    # What each child graph run by a node not yet journaled used, by its path (`each/0/`):
+    # the node's transition carries it once written; a run that stops or fails before counts
+    # it in its result (the ledger charged it).
+    child_usage: dict[str, Usage] = field(default_factory=dict)
     # Per tool, how many calls in a row it rejected for their arguments.
     invalid_args: dict[str, int] = field(default_factory=dict)
     # The run's wall-clock deadline (seconds since the epoch, `RunRecord.deadline`): a node

@@ -13,6 +13,7 @@ from loomgraph.engine.scope import RunScope
 from loomgraph.errors import StateError
 from loomgraph.graph.state import snapshot_of
 from loomgraph.protocols import AuditAction, Runtime, Transition, Usage
+from loomgraph.protocols.paths import NodePath
 
 
 async def journal_transition(
@@ -38,6 +39,10 @@ async def journal_transition(
     if refused is not None:
         scope.seq -= 1
         return refused
+    if scope.child_usage:  # the transition carries what the node's child graphs used
+        below = qualified + NodePath.SEPARATOR
+        for path in [p for p in scope.child_usage if p.startswith(below)]:
+            del scope.child_usage[path]
     if scope.auditing:
         moved = trail.transition(transition.seq, qualified, visit, target)
         await scope.audit(AuditAction.TRANSITION, qualified, moved)

@@ -65,7 +65,7 @@ from loomgraph.protocols.models import (
     Sampling,
 )
 from loomgraph.protocols.observability import AuditAction, AuditLog, AuditMode, Span, Telemetry
-from loomgraph.protocols.paths import NodePath
+from loomgraph.protocols.paths import NodePath, journaled_usage, top_level
 from loomgraph.protocols.pricing import (
     DEFAULT_PRICES,
     Price,
@@ -95,7 +95,7 @@ from loomgraph.protocols.runtime import (
     current_fence,
 )
 from loomgraph.protocols.spellings import as_latin, without_invisible
-from loomgraph.protocols.tasks import finished
+from loomgraph.protocols.tasks import finished, stops_the_task
 from loomgraph.protocols.tool_args import (
     ToolArgLimits,
     ToolArgsRejected,
@@ -208,8 +208,9 @@ __all__ = [  # noqa: RUF022 - grouped by concept, not sorted
     # spellings: how text is disguised (invisible characters, lookalike letters)
     "as_latin",
     "without_invisible",
-    # tasks: a step a cancellation must not cut off
+    # tasks: a step a cancellation must not cut off; a cancel that is the task's own
     "finished",
+    "stops_the_task",
     # tool_args: a model's tool-call arguments, checked against limits
     "ToolArgLimits",
     "ToolArgsRejected",
@@ -226,6 +227,8 @@ __all__ = [  # noqa: RUF022 - grouped by concept, not sorted
     "SizeLimits",
     # paths: a node's place in a run
     "NodePath",
+    "journaled_usage",
+    "top_level",
     # observability
     "AuditAction",
     "AuditLog",
