@@ -45,8 +45,11 @@ async def test_run_streams_progress_and_resume_answers_the_approval() -> None:
         assert stopped["awaiting_approval"]["tool"] == "refund"
         assert any(m.startswith("run_started") for m in progress)
         assert any(m.startswith("permission_decision") for m in progress)
+        answer = {"run_id": stopped["run_id"], "approve": True}
         done = await session.call_tool(
-            "resume", {"run_id": stopped["run_id"], "approve": True}, progress_callback=on_progress
+            "resume",
+            answer | {"key": stopped["awaiting_approval"]["key"]},
+            progress_callback=on_progress,
         )
         finished: Any = done.structured_content
         assert finished["status"] == "completed" and finished["answer"] == "refund done"

@@ -85,6 +85,21 @@ async def alice_waits() -> str:
         await agent.aclose()
 
 
+async def request_key(run_id: str) -> str:
+    """The key of the request the run waits for (what `resume` names with `approve`)."""
+    from loomgraph.agent.checkpoints import pending_of
+    from mcp_identity_agent import make_agent
+
+    agent = make_agent()
+    try:
+        record = await agent.deps.runtime.load_run(run_id)
+    finally:
+        await agent.aclose()
+    pending = pending_of(record) if record is not None else None
+    assert pending is not None and pending.key
+    return pending.key
+
+
 async def approvers(run_id: str) -> list[str]:
     """Who answered the run's approvals, as its journal keeps them."""
     from mcp_identity_agent import make_agent
@@ -178,7 +193,9 @@ async def test_stdio_approving_needs_the_approver_flag_and_records_the_caller(
         assert refused.is_error and "approver" in text(refused)
     assert refunds(folder) == ""
     async with stdio_session(folder, "--user", "alice", "--approver") as session:
-        done = await session.call_tool("resume", {"run_id": stopped["run_id"], "approve": True})
+        answer = {"run_id": stopped["run_id"], "approve": True}
+        key = stopped["awaiting_approval"]["key"]
+        done = await session.call_tool("resume", answer | {"key": key})
         assert not done.is_error, text(done)
         finished: Any = done.structured_content
         assert finished["status"] == "completed"
@@ -329,7 +346,8 @@ async def test_http_callers_act_only_as_their_key_on_their_own_runs(folder: Path
         assert [r.run_id for r in await journal("bob")] == [stopped["run_id"]]
         alice = {"X-API-Key": keys["alice"]}
         async with http_session(url, alice) as session:
-            done = await session.call_tool("resume", {"run_id": run_id, "approve": True})
+            answer = {"run_id": run_id, "approve": True, "key": await request_key(run_id)}
+            done = await session.call_tool("resume", answer)
             assert not done.is_error, text(done)
             await assert_not_found_as_unknown(session, stopped["run_id"])  # bob's
         assert refunds(folder) == "ALICE-9\n"

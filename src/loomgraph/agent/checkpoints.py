@@ -10,7 +10,7 @@ from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
 
-from loomgraph.engine.effects import Approval, BoundApproval, EffectKey, ResumeValue
+from loomgraph.engine.effects import Approval, BoundApproval, BoundValue, EffectKey, ResumeValue
 from loomgraph.errors import GraphError, LoomgraphError
 from loomgraph.graph.compiled import CompiledGraph
 from loomgraph.graph.state import parse_type, snapshot_of
@@ -55,6 +55,13 @@ class ApprovalUsed(ApprovalRefused):
 
 class ApprovalExpired(ApprovalRefused):
     """The request's deadline passed: the call is denied when the run is resumed."""
+
+
+class ValueNotPending(ApprovalRefused):
+    """A value naming a question (`BoundValue.key`) the run is not asking now: answered
+    already, never asked, or the run stopped asking. Nothing was executed; the run waits for
+    what it waited for. An `ApprovalRefused`, so whatever drops a stale approval (a fleet
+    worker, the server's 409) drops a stale value alike."""
 
 
 class RunOfAnotherAgent(ResumeError):
@@ -104,11 +111,29 @@ def pending_of(record: RunRecord) -> Pending | None:
 
 
 def resume_value(record: RunRecord, value: Any) -> ResumeValue:
-    """The interrupted node and the value validated against the type it asked for."""
+    """The interrupted node and the value validated against the type it asked for, bound to
+    the request it answers (`Pending.key`). A `BoundValue` naming another request is refused
+    (`ValueNotPending`); a plain value answers the request pending now."""
+    named = value.key if isinstance(value, BoundValue) else ""
+    if isinstance(value, BoundValue):
+        if not isinstance(named, str) or not named:
+            raise ResumeError(
+                f"BoundValue.key must be the pending request's key (`Pending.key`), not "
+                f"{named!r}; nothing was journaled, the run still waits"
+            )
+        value = value.value
     pending = pending_of(record)
     if record.status != RunStatus.INTERRUPTED or pending is None or not pending.type:
-        raise ResumeError(
-            f"run {record.run_id} is not waiting for a value (status {record.status!r})"
+        waits = f"run {record.run_id} is not waiting for a value (status {record.status!r})"
+        if named:  # the question answered was answered already, or was never asked
+            raise ValueNotPending(f"{waits}, so not for the answer to request {named}")
+        raise ResumeError(waits)
+    if named and pending.key and named != pending.key:
+        # Named, an answer never lands on another question, even one of the same node.
+        raise ValueNotPending(
+            f"run {record.run_id} waits at {pending.node!r} for the answer to request "
+            f"{pending.key}, not to request {named}: that question was answered already or "
+            "never asked; read what the run asks now and answer that"
         )
     adapter: TypeAdapter[Any] = TypeAdapter(parse_type(pending.type))
     try:
@@ -118,7 +143,7 @@ def resume_value(record: RunRecord, value: Any) -> ResumeValue:
             f"run {record.run_id} waits at {pending.node!r} for a "
             f"{pending.type}; the value does not fit: {err}"
         ) from None
-    return ResumeValue(pending.node, adapter.dump_python(checked, mode="json"))
+    return ResumeValue(pending.node, adapter.dump_python(checked, mode="json"), pending.key)
 
 
 def approval(record: RunRecord, approve: Any) -> BoundApproval:

@@ -166,8 +166,9 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-# What an answer in a job may hold: `agent.resume`'s keyword arguments.
-_ANSWERS = frozenset({"approve", "value"})
+# What an answer in a job may hold: the resumer's keyword arguments. `value_key` (the request
+# a value was checked against) is newer: a worker from before it puts such a job back.
+_ANSWERS = frozenset({"approve", "value", "value_key"})
 
 # Every field of a job payload: what its value must be, and how a message names that.
 _FIELD_TYPES: dict[str, tuple[Callable[[Any], bool], str]] = {

@@ -24,14 +24,14 @@ from loomgraph.agent.fleet import (
     fleet_queue,
     fleet_run_of,
 )
-from loomgraph.agent.governance_state import check_policy, describe_policy
+from loomgraph.agent.governance_state import check_policy, describe_policy, untrusted_until
 from loomgraph.agent.leases import hold_lease
 from loomgraph.agent.pinning import GRAPH_CHOICES, GraphChoice, check_move, move_run, not_kept
 from loomgraph.agent.pinning import run_graph as kept_graph
 from loomgraph.agent.recovery import WAITING, begin_recovery, end_recovery, reset_recoveries
 from loomgraph.agent.result import RunResult
 from loomgraph.agent.session import AgentSession
-from loomgraph.engine.effects import ResumeInput
+from loomgraph.engine.effects import BoundValue, ResumeInput
 from loomgraph.engine.scope import EventSink, stop_request
 from loomgraph.graph.compiled import CompiledGraph
 from loomgraph.graph.state import snapshot_of
@@ -138,6 +138,7 @@ class Resumer:
         graph: GraphChoice = "pinned",
         value: Any = NO_VALUE,
         approve: Any = NO_VALUE,
+        value_key: str = "",
         override_policy: bool = False,
         leased: bool = False,
     ) -> RunResult:
@@ -146,7 +147,11 @@ class Resumer:
         `leased`: the caller holds the run's lease already and looked at the run under it
         (a fleet worker recovering it, which must not let go of it in between: a cancel
         would land there and be overridden). Otherwise this is a resume by hand, which goes
-        on despite a cancel asked before it took the run (a cancelled run resumes)."""
+        on despite a cancel asked before it took the run (a cancelled run resumes).
+        `value_key`: the request a fleet job's `value` was checked against (`submit_resume`
+        keeps it in the job): the value answers that request or nothing."""
+        if value_key and value is not NO_VALUE:
+            value = BoundValue(value, value_key)
         if graph not in GRAPH_CHOICES:
             raise ResumeError(f"graph must be 'pinned' or 'current', not {graph!r}")
         runtime = self.deps.runtime
@@ -279,6 +284,11 @@ class Resumer:
             where.state = check_move(record, where, transitions, own, self.compiled)
         if patch:
             self.compiled.schema.apply(where.state, self.compiled.schema.check_input(dict(patch)))
+        # Untrusted text the parent held anywhere (a state field, a map branch's result),
+        # not only in the conversation the fork takes over; a patch does not launder it.
+        untrusted = await untrusted_until(
+            runtime, self.deps.tools, record, transitions, at, where.state.get("messages") or ()
+        )
         session = self.session(
             prompt_of(record), user_id=record.user_id, session_id=record.session_id
         )
@@ -293,7 +303,7 @@ class Resumer:
                 node=where.next_node,
                 visits=dict(where.visits),
                 agent=self.agent_name,
-                untrusted=record.initial.untrusted if record.initial else (),
+                untrusted=untrusted,
             ),
         )
         return session, forked, Position(where.state, where.visits, where.next_node, 0)

@@ -24,7 +24,7 @@ from loomgraph.agent.leases import hold_lease
 from loomgraph.agent.pinning import graph_key, pin
 from loomgraph.agent.result import RunResult
 from loomgraph.agent.resuming import Resumer
-from loomgraph.engine.effects import BoundApproval
+from loomgraph.engine.effects import BoundApproval, BoundValue
 from loomgraph.errors import InputTooLarge
 from loomgraph.graph.compiled import CompiledGraph
 from loomgraph.protocols import Deps, RunRecord, RunStatus, UnknownRun
@@ -227,7 +227,9 @@ async def submit_resume(
     """Enqueue the answer a waiting run needs (`approve=` or `value=`), checked first against
     what the run waits for and the Agent that started it (`agent_name` must be its name, when
     it had one: `RunOfAnotherAgent`); a worker goes on with it. `queue`: the run's own by
-    default (the one it was submitted to), so the workers that serve it see the answer."""
+    default (the one it was submitted to), so the workers that serve it see the answer.
+    The job is bound to the request the answer was checked against (an approval's `key`, a
+    value's `value_key`): a worker uses it for that request or not at all."""
     if len(answer) != 1 or not set(answer) <= {"approve", "value"}:
         raise FleetError("submit_resume takes exactly one of approve= or value=")
     _check_placement(priority, queue)
@@ -259,7 +261,12 @@ async def _answer_job(deps: Deps, run_id: str, answer: dict[str, Any], agent_nam
         raise UnknownRun(run_id)
     await check_run_agent(deps.runtime, record, agent_name)
     if "value" in answer:
-        resume_value(record, answer["value"])  # the typed error now, not in a worker's log
+        given = answer["value"]
+        asked = resume_value(record, given)  # the typed error now, not in a worker's log
+        # Bound to the question it was checked against (as an approval's job keeps its
+        # `key`): answered by hand meanwhile, the run's next question is not this one's.
+        plain = given.value if isinstance(given, BoundValue) else given
+        answer = {"value": plain, "value_key": asked.key} if asked.key else {"value": plain}
     else:
         checked = approval(record, answer["approve"])
         # An answer journaled already stands (approvals are used once): refused here, as

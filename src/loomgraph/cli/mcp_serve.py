@@ -1,8 +1,9 @@
 """`loomgraph mcp-serve`: an Agent offered as an MCP server (stdio, or streamable HTTP).
 
 Tools: `run` (a prompt; the run's events stream as progress notifications; returns the
-answer, status and run id) and `resume` (answers a run awaiting approval, or goes on with
-one that stopped). Who calls is never a tool argument (`mcp_serve_callers`): over stdio the
+answer, status and run id, and what a waiting run waits for with its request's `key`) and
+`resume` (answers a run awaiting approval, naming the request's `key`, or goes on with one
+that stopped). Who calls is never a tool argument (`mcp_serve_callers`): over stdio the
 `--user` the server was started with, over `--http` the user of each request's API key.
 A caller reaches only their own runs of this agent (another user's run is not found, as an
 unknown one), and answering an approval needs the approver role; the answer is journaled
@@ -185,18 +186,27 @@ def build_server(
         ctx: Context,
         approve: bool | None = None,
         args: dict[str, Any] | None = None,
+        key: str | None = None,
     ) -> dict[str, Any]:
         """Go on with a stopped run of the caller's: approve (true) or deny (false) the call
-        it waits for (approver role), optionally with edited arguments; without `approve`,
-        resume a crashed run."""
+        it waits for (approver role), optionally with edited arguments, naming the request
+        answered by its `key` (`awaiting_approval.key`); without `approve`, resume a crashed
+        run."""
+        from loomgraph.agent.checkpoints import ResumeError
+
         who = caller_of(ctx, caller)
         record = await own_run(who, run_id)
         options: dict[str, Any] = {}
         if approve is not None:
             if not who.approver:
                 raise ToolError(f"user {who.user_id!r} may not answer approvals (no approver role)")
-            options["approve"] = _approval(record, approve, args, who)
-        return await _follow(agent.resume_stream(run_id, **options), ctx)
+            options["approve"] = _approval(record, approve, args, key or "", who)
+        elif key is not None:
+            raise ToolError("key names the request an answer settles: give approve with it")
+        try:
+            return await _follow(agent.resume_stream(run_id, **options), ctx)
+        except ResumeError as err:  # named by its type: a client tells a stale key apart
+            raise ToolError(f"{type(err).__name__}: {err}") from None
 
     tools = [
         refuse_unknown_arguments(
@@ -210,9 +220,10 @@ def build_server(
     return SDKServer("loomgraph", instructions=instructions, lifespan=lifespan, tools=tools)
 
 
-def _approval(record: "RunRecord", approve: bool, args: Any, who: "Caller") -> Any:
-    """The caller's answer to the call `record` waits for, bound to that request and
-    journaled with the caller as approver."""
+def _approval(record: "RunRecord", approve: bool, args: Any, key: str, who: "Caller") -> Any:
+    """The caller's answer to the request `key` names, journaled with the caller as approver;
+    a tool error, naming the problem, when `key` is missing or names a request the run does
+    not wait for (an answer resent after the run went on to another call)."""
     from mcp.server.mcpserver.exceptions import ToolError
 
     from loomgraph.agent.checkpoints import pending_of
@@ -223,10 +234,26 @@ def _approval(record: "RunRecord", approve: bool, args: Any, who: "Caller") -> A
     call = pending.call if pending is not None else None
     if pending is None or not call or record.status != RunStatus.AWAITING_APPROVAL:
         raise ToolError(
-            f"run {record.run_id!r} is not waiting for an approval (status {record.status})"
+            f"ApprovalNotPending: run {record.run_id!r} is not waiting for an approval "
+            f"(status {record.status}){f'; request {key} was answered already' if key else ''}"
+        )
+    # Only a run journaled before requests had keys waits for a request without one.
+    if pending.key and not key:
+        raise ToolError(
+            f"key is required with approve: the awaiting_approval.key of the request you "
+            f"answer (run {record.run_id!r} waits for request {pending.key}, call "
+            f"{call['id']}); without it an answer could settle a later request nobody saw"
+        )
+    if pending.key and key != pending.key:
+        raise ToolError(
+            f"ApprovalNotPending: run {record.run_id!r} does not wait for request {key} (it "
+            f"was answered already, or never asked); it waits for request {pending.key}, call "
+            f"{call['id']} to {call['tool']}: read it, and answer that request by its key"
         )
     edited = args if approve and args is not None else None
-    return BoundApproval(call["id"], approve, edited, who.user_id, key=pending.key)
+    # The key goes with the answer: checked again under the run's lease, so a request that
+    # changed meanwhile is refused there too.
+    return BoundApproval(call["id"], approve, edited, who.user_id, key=key)
 
 
 async def _follow(stream: AsyncIterator[Event], ctx: Any) -> dict[str, Any]:
@@ -266,5 +293,8 @@ def _summary(result: "RunResult") -> dict[str, Any]:
             "tool": pending.call["tool"],
             "args": pending.call.get("args"),
             "rule": pending.rule,
+            "call_id": pending.call["id"],
+            # What `resume` must name: the answer settles this request or nothing.
+            "key": pending.key,
         }
     return summary

@@ -79,8 +79,9 @@ def resume_command(run_id: str, agent: str | None, runtime: str | None, *extra: 
 def say_how_to_answer(result: Any, durable: bool, agent: str | None, runtime: str | None) -> None:
     """When the run waits for an `interrupt` node's value (`result`: its result, as a dict),
     say on stderr how to answer it: with a `durable` journal, the `runs resume … --value
-    JSON` command (`agent`, `runtime`: as the command line gave them), else that it cannot be
-    answered. Nothing for any other result (an approval is answered with `runs approve`)."""
+    JSON --request KEY` command (`agent`, `runtime`: as the command line gave them), else
+    that it cannot be answered. Nothing for any other result (an approval is answered with
+    `runs approve`)."""
     if not isinstance(result, dict):
         return
     pending, run_id = result.get("pending"), str(result.get("run_id", ""))
@@ -92,7 +93,10 @@ def say_how_to_answer(result: Any, durable: bool, agent: str | None, runtime: st
             "yellow",
         )
         return
-    command = resume_command(run_id, agent, runtime, "--value", "JSON")
+    # Named, the answer is for this question only: resent later, it answers no other one.
+    key = pending.get("key")
+    request = ("--request", shlex.quote(key)) if isinstance(key, str) and key else ()
+    command = resume_command(run_id, agent, runtime, "--value", "JSON", *request)
     warn(
         f"answer with: {command}  (a {pending['type']}; text that is not JSON is a string)",
         "yellow",

@@ -20,6 +20,7 @@ from loomgraph.cli.output import (
     usage,
 )
 from loomgraph.cli.run import say_how_to_answer
+from loomgraph.engine.effects import BoundValue
 from loomgraph.protocols import (
     RunRecord,
     RunStatus,
@@ -59,6 +60,13 @@ def add_runs_parser(sub: Any) -> Any:
         help="answer the interrupt the run waits at: a JSON value (3, true, '[\"a\"]', "
         "'{\"approved\": true}'); text that is not JSON is taken as a string (quote text "
         "that reads as JSON: '\"42\"'). Checked against the type the node asked for",
+    )
+    resume.add_argument(
+        "--request",
+        default="",
+        metavar="KEY",
+        help="with --value: the question answered (its `pending` key, printed when the run "
+        "stopped): answer it or nothing, never a later question",
     )
     agent_args.add_agent_options(resume, None, graph=False)
     resume.add_argument(
@@ -219,12 +227,17 @@ async def _resume(args: argparse.Namespace, runtime: Runtime) -> int:
     agent = journal.agent_for(
         args, runtime, record, agent_args.load_permissions(args.permissions), architecture
     )
+    request = getattr(args, "request", "")  # `retry` answers nothing
+    if request and args.value is None:
+        raise journal.UsageError("--request names the question --value answers: give --value")
     if args.runs_command == "retry":
         result = await agent.retry(args.run_id, graph=choice)
     elif args.value is None:
         result = await agent.resume(args.run_id, graph=choice)
     else:  # checked against the type asked for as `Agent.resume` checks it: ResumeError
-        result = await agent.resume(args.run_id, graph=choice, value=_value_of(args.value))
+        value = _value_of(args.value)
+        answer = BoundValue(value, request) if request else value
+        result = await agent.resume(args.run_id, graph=choice, value=answer)
     code = print_result(result, args.json)
     say_how_to_answer(result.to_dict(), True, args.agent, args.runtime)
     return code

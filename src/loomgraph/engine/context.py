@@ -108,9 +108,14 @@ class VisitContext:
         await self.scope.emit(kind, payload, self.qualified_node)
 
     def take_resume_value(self) -> tuple[bool, Any]:
-        """(True, value) when the run was resumed with a value for this node; once only."""
+        """(True, value) when the run was resumed with the answer to this visit's question;
+        once only."""
         supplied = self.scope.resume
-        if not isinstance(supplied, ResumeValue) or supplied.node != self.qualified_node:
+        if not isinstance(supplied, ResumeValue):
+            return False, None
+        # Matched by the asking visit's key, not the node alone: a value checked against one
+        # question never answers a later question of the same node (the next loop's).
+        if not supplied.answers(self.qualified_node, self.effect_key(ResumeValue.SLOT)):
             return False, None
         self.scope.resume = None
         return True, supplied.value
@@ -118,6 +123,10 @@ class VisitContext:
     def effect_key(self, slot: str) -> EffectKey:
         """The key of this node visit's effect named `slot`."""
         return EffectKey(self.scope.run_id, self.key_path + self.node, self.visit, slot)
+
+    def key_of(self, name: str) -> str:
+        """The journal key of this visit's effect `name` (what names a question it asks)."""
+        return self.effect_key(name).text
 
     async def recorded(self, name: str) -> dict[str, Any] | None:
         """The outcome of this visit's effect `name` if it finished before; journals nothing."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import reprlib
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 # The slot of the approval of one tool call, and of the request for it. They follow the
 # slot of the call's own effect (`3:approval:CALL_ID`): call ids come from the model and
@@ -19,6 +19,9 @@ from typing import Any
 # to the call's slot have them without it (`approval:CALL_ID`), which a resume still reads.
 APPROVAL_SLOT = "approval:"
 REQUEST_SLOT = "approval-request:"
+# The slot of an `interrupt` visit's question: its key is the request's `Pending.key`, and
+# inside a child graph also the journal key of the answer (`run:path:visit:answer`).
+ANSWER_SLOT = "answer"
 
 # What the journal stores and gives back unchanged: no NaN or infinity (allow_nan=False).
 _STRICT_JSON = json.JSONEncoder(allow_nan=False)
@@ -74,10 +77,32 @@ class EffectKey:
 
 @dataclass(frozen=True, slots=True)
 class ResumeValue:
-    """The value an `interrupt` node asked for, addressed to that node (by its full path)."""
+    """The value an `interrupt` node asked for, addressed to that node (by its full path) and
+    to the visit that asked (`key`, the request's `Pending.key`): a later question of the same
+    node is another request, which this value does not answer."""
 
     node: str
     value: Any
+    # "" for a request journaled before interrupt requests had keys: matched by node alone.
+    key: str = ""
+
+    # The slot whose key names an asking visit (`VisitContext.effect_key(ResumeValue.SLOT)`).
+    SLOT: ClassVar[str] = ANSWER_SLOT
+
+    def answers(self, node: str, request: EffectKey) -> bool:
+        """True when this value answers the request `node`'s visit makes under `request`."""
+        return node == self.node and (not self.key or self.key == str(request))
+
+
+@dataclass(frozen=True, slots=True)
+class BoundValue:
+    """An answer to an `interrupt` pinned to the question it answers: `key` is the request's
+    `Pending.key` as it was shown. Given to `agent.resume(value=...)` (or `submit_resume`),
+    it answers that request or nothing: once the run asks another question (a later visit of
+    the same node, or another node), it is refused (`ValueNotPending`), never used there."""
+
+    value: Any
+    key: str
 
 
 def shown(value: Any) -> str:

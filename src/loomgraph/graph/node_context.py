@@ -74,6 +74,10 @@ class NodeContext(Protocol):
         """Run another graph as part of this node; its final state."""
         ...
 
+    def key_of(self, name: str) -> str:
+        """The journal key of this visit's effect `name` (what names a question it asks)."""
+        ...
+
     async def recorded(self, name: str) -> dict[str, Any] | None:
         """The outcome of this visit's effect `name` if it finished before; journals nothing."""
         ...

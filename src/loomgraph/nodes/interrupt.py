@@ -8,6 +8,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
+from loomgraph.engine.effects import ANSWER_SLOT
 from loomgraph.graph.conditions import compile_template, condition_scope, names_used
 from loomgraph.graph.node_context import NodeContext
 from loomgraph.graph.registry import NodeKind, register_node
@@ -16,8 +17,9 @@ from loomgraph.graph.state import DERIVED_NAMES, TypeSyntaxError, parse_type
 from loomgraph.nodes.written_types import never_fits
 from loomgraph.protocols import Pending, RunStatus, RunStopped
 
-# The slot of an interrupt's answer, journaled inside child graphs (`run:path:visit:answer`).
-ANSWER = "answer"
+# The slot of an interrupt's answer, journaled inside child graphs (`run:path:visit:answer`);
+# its key is also the request's key (`Pending.key`), which the answer must name.
+ANSWER = ANSWER_SLOT
 
 
 class InterruptParams(BaseModel):
@@ -90,6 +92,7 @@ class InterruptNode(NodeKind):
             f"waiting at {ctx.qualified_node!r} for a {self.params.request}",
             Pending(
                 ctx.qualified_node,
+                key=ctx.key_of(ANSWER),
                 type=self.params.request,
                 message=self.message(condition_scope(state)),
                 schema=self.adapter.json_schema(),

@@ -1,4 +1,7 @@
-"""`InMemoryRuntime`: the journal kept in process memory (the default; nothing survives exit)."""
+"""`InMemoryRuntime`: the journal kept in process memory (the default; nothing survives exit).
+
+It leases and fences runs as the SQL journals do (`runtime.lease_table`): two resumes of one
+run in one process never both drive it, the second gets `RunConflict`."""
 
 from __future__ import annotations
 
@@ -18,8 +21,10 @@ from loomgraph.protocols import (
     Transition,
     UnknownRun,
 )
-from loomgraph.runtime.errors import RunExists, RunFinished
+from loomgraph.protocols.runtime import Lease, current_fence
+from loomgraph.runtime.errors import LeaseLost, RunExists, RunFinished
 from loomgraph.runtime.frozen import freeze, thaw
+from loomgraph.runtime.lease_table import LeaseTable
 from loomgraph.runtime.text import (
     check_run_ids,
     storable_reason,
@@ -30,14 +35,21 @@ __all__ = ["InMemoryRuntime", "UnknownRun"]
 
 class InMemoryRuntime:
     """A journal in dicts and lists; keeps the most recent `max_runs` runs, and every run in
-    progress (queued or running) besides. A stopped run's transitions and effects are kept
-    as one compact blob (`runtime.frozen`) until it is written again (a resume)."""
+    progress (queued or running) or leased besides. A stopped run's transitions and effects
+    are kept as one compact blob (`runtime.frozen`) until it is written again (a resume).
+    Runs are leased for `lease_seconds` (renewed by their holder) and writes fenced, as in
+    the SQL journals."""
 
     # Nothing is rebuilt from a journal in memory often enough to need snapshots.
     snapshot_every = 0
 
-    def __init__(self, max_runs: int = 1000) -> None:
+    def __init__(self, max_runs: int = 1000, *, lease_seconds: float = 30.0) -> None:
+        if lease_seconds <= 0:
+            raise ValueError("lease_seconds must be > 0")
         self.max_runs = max_runs
+        self.lease_seconds = lease_seconds
+        self._leases = LeaseTable()
+        self._lease_rows = self._leases.rows
         self._runs: OrderedDict[str, RunRecord] = OrderedDict()
         self._transitions: dict[str, list[Transition]] = {}
         self._effects: dict[str, dict[str, EffectRecord]] = {}
@@ -65,8 +77,14 @@ class InMemoryRuntime:
         excess = len(self._runs) - self.max_runs
         if excess > 0:
             # Oldest first (a finished run moves to the end); a run in progress is passed
-            # over, not a stop: one long run must not keep every later one alive.
-            stopped = (rid for rid, kept in self._runs.items() if not kept.status.in_progress)
+            # over, not a stop: one long run must not keep every later one alive. So is a
+            # leased one (a resume under way, before it journals the run `running`).
+            live = self._leases.live
+            stopped = (
+                rid
+                for rid, kept in self._runs.items()
+                if not kept.status.in_progress and not live(rid)
+            )
             for old in list(islice(stopped, excess)):
                 self._forget(old)
 
@@ -74,8 +92,11 @@ class InMemoryRuntime:
         """Keep a graph under its hash (once)."""
         self._graphs.setdefault(graph.hash, graph)
 
-    async def move_run(self, run_id: str, graph: PinnedGraph) -> None:
-        """Pin a run to another graph."""
+    async def move_run(
+        self, run_id: str, graph: PinnedGraph, *, fence: Lease | None = None
+    ) -> None:
+        """Pin a run to another graph; fenced."""
+        self._fence(run_id, fence)
         run = self._runs.get(run_id)
         if run is None:
             raise UnknownRun(run_id)
@@ -86,7 +107,23 @@ class InMemoryRuntime:
         """The graph kept under a hash, or None."""
         return self._graphs.get(graph_hash)
 
+    def _fence(self, run_id: str, fence: Lease | None) -> None:
+        """Refuse a write to `run_id` fenced with a lease (the one given, else the current
+        task's on this run) whose token is no longer the run's: `LeaseLost`, nothing written.
+        Unfenced writes (no lease held) are made, as in the SQL journals."""
+        # One call per write, as the SQL journals' `_fence`: the lease is picked as there
+        # (the one given, else the task's when it is this run's) and its token compared.
+        lease = fence if fence is not None else current_fence.get()
+        if lease is None or lease.run_id != run_id:
+            return
+        row = self._lease_rows.get(run_id)
+        if row is None or row.token != lease.token:
+            if run_id not in self._runs:
+                raise UnknownRun(run_id)
+            raise LeaseLost(run_id, lease.token)
+
     def _forget(self, run_id: str) -> None:
+        self._leases.forget(run_id)
         self._runs.pop(run_id, None)
         self._transitions.pop(run_id, None)
         self._effects.pop(run_id, None)
@@ -107,8 +144,12 @@ class InMemoryRuntime:
         """A run's record, or None."""
         return self._runs.get(run_id)
 
-    async def append_transition(self, transition: Transition) -> None:
-        """Append one transition (kept as given: node names are checked with the graph)."""
+    async def append_transition(
+        self, transition: Transition, *, fence: Lease | None = None
+    ) -> None:
+        """Append one transition (kept as given: node names are checked with the graph);
+        fenced."""
+        self._fence(transition.run_id, fence)
         if transition.run_id in self._frozen:
             self._thawed(transition.run_id)
         self._transitions[transition.run_id].append(transition)
@@ -124,8 +165,12 @@ class InMemoryRuntime:
         kept = self._kept(run_id)[0]
         return kept[bisect.bisect_right(kept, seq, key=_seq) :]
 
-    async def begin_effect(self, effect: EffectRecord) -> EffectRecord | None:
-        """Journal an intent; return the earlier record when this key was seen before."""
+    async def begin_effect(
+        self, effect: EffectRecord, *, fence: Lease | None = None
+    ) -> EffectRecord | None:
+        """Journal an intent; return the earlier record when this key was seen before
+        (counting one more attempt when it was not done); fenced."""
+        self._fence(effect.run_id, fence)
         if effect.run_id in self._frozen:
             self._thawed(effect.run_id)
         effects = self._effects[effect.run_id]
@@ -140,9 +185,16 @@ class InMemoryRuntime:
         return prior
 
     async def end_effect(
-        self, run_id: str, key: str, outcome: dict[str, Any], status: EffectStatus
+        self,
+        run_id: str,
+        key: str,
+        outcome: dict[str, Any],
+        status: EffectStatus,
+        *,
+        fence: Lease | None = None,
     ) -> None:
-        """Journal the outcome of an effect."""
+        """Journal the outcome of an effect; fenced."""
+        self._fence(run_id, fence)
         if run_id in self._frozen:
             self._thawed(run_id)
         effect = self._effects[run_id][key]
@@ -158,9 +210,17 @@ class InMemoryRuntime:
         return self._kept(run_id)[1].get(key)
 
     async def finish_run(
-        self, run_id: str, status: RunStatus, reason: str, result: dict[str, Any] | None
+        self,
+        run_id: str,
+        status: RunStatus,
+        reason: str,
+        result: dict[str, Any] | None,
+        *,
+        fence: Lease | None = None,
     ) -> None:
-        """Record how a run ended; a run already finished keeps its status (`RunFinished`)."""
+        """Record how a run ended; a run already finished keeps its status (`RunFinished`).
+        Fenced."""
+        self._fence(run_id, fence)
         run = self._runs[run_id]
         if run.status.final:
             raise RunFinished(run_id, str(run.status))
@@ -173,19 +233,47 @@ class InMemoryRuntime:
                 self._frozen[run_id] = blob
                 del self._transitions[run_id], self._effects[run_id]
 
-    async def record_recovery(self, run_id: str) -> int:
-        """Count one more recovery (a resume after a crash or failure); the new count."""
+    async def record_recovery(self, run_id: str, *, fence: Lease | None = None) -> int:
+        """Count one more recovery (a resume after a crash or failure); the new count.
+        Fenced."""
+        self._fence(run_id, fence)
         run = self._runs[run_id]
         run.recoveries += 1
         return run.recoveries
 
-    async def reset_recoveries(self, run_id: str) -> None:
-        """Forget a run's failed recoveries (an operator's retry)."""
+    async def reset_recoveries(self, run_id: str, *, fence: Lease | None = None) -> None:
+        """Forget a run's failed recoveries (an operator's retry); fenced."""
+        self._fence(run_id, fence)
         self._runs[run_id].recoveries = 0
 
     async def runs(self, user_id: str | None = None) -> list[RunRecord]:
         """Runs, newest last, optionally of one user."""
         return [r for r in self._runs.values() if user_id is None or r.user_id == user_id]
+
+    # ------------------------------------------------------------------ leases
+
+    async def acquire_lease(
+        self, run_id: str, owner: str, ttl: float | None = None, *, take_from: str | None = None
+    ) -> Lease:
+        """Take (or extend) the lease on a run; `RunConflict` while another owner holds it.
+        `take_from` names an owner known to be dead; a new owner gets the next token."""
+        if run_id not in self._runs:
+            raise UnknownRun(run_id)
+        return self._leases.acquire(
+            run_id, owner, float(self.lease_seconds if ttl is None else ttl), take_from
+        )
+
+    async def renew_lease(self, run_id: str, owner: str, ttl: float | None = None) -> Lease:
+        """Extend a lease this owner holds; `LeaseLost` (a `RunConflict`) when it was lost."""
+        return self._leases.renew(run_id, owner, float(self.lease_seconds if ttl is None else ttl))
+
+    async def release_lease(self, run_id: str, owner: str) -> bool:
+        """Give a lease back; False when this owner did not hold it."""
+        return self._leases.release(run_id, owner)
+
+    async def lease(self, run_id: str) -> Lease | None:
+        """The current lease on a run, expired or not; None when never taken, or released."""
+        return self._leases.lease(run_id)
 
     async def close(self) -> None:
         """Nothing to close: the journal lives in this process."""

@@ -319,11 +319,12 @@ async def answer_approval(request: Request, service: Service, caller: Caller) ->
 
 
 async def resume_run(request: Request, service: Service, caller: Caller) -> Response:
-    data = await read_json(request, service, ("value",))
+    data = await read_json(request, service, ("value", "key"))
     if "value" not in data:
         raise Invalid("field 'value' is required")
+    key = field(data, "key", str, "")  # the question answered (`pending[].key`)
     run_id = request.path_params["run_id"]
-    await service.resume(caller, run_id, data["value"])
+    await service.resume(caller, run_id, data["value"], key=key)
     return Json({"run_id": run_id, "status": "running"}, status_code=202)
 
 

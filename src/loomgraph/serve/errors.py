@@ -12,6 +12,7 @@ from loomgraph.agent.checkpoints import (
     GraphChanged,
     ResumeError,
     RunOfAnotherAgent,
+    ValueNotPending,
 )
 from loomgraph.agent.run_events import BadEventId
 from loomgraph.agent.submitting import RunJobPending
@@ -93,6 +94,7 @@ ERROR_STATUS: tuple[tuple[type[BaseException], int, str], ...] = (
     (RunOfAnotherAgent, 404, "not_found"),  # as another user's run: not shown to exist
     (BadEventId, 400, "bad_request"),
     (ApprovalUsed, 409, "approval_used"),
+    (ValueNotPending, 409, "value_refused"),  # a value for a question no longer asked
     (ApprovalRefused, 409, "approval_refused"),  # not pending (answered, never asked), expired
     (GraphChanged, 409, "graph_changed"),
     (RunFinished, 409, "run_finished"),

@@ -39,7 +39,10 @@ _BODIES: dict[tuple[str, str], dict[str, tuple[dict[str, Any], bool]]] = {
         "reason": (_STRING, False),
         "key": (_STRING | {"description": "the pending request answered (`pending[].key`)"}, True),
     },
-    ("POST", "/v1/runs/{run_id}/resume"): {"value": ({"description": "any JSON value"}, True)},
+    ("POST", "/v1/runs/{run_id}/resume"): {
+        "value": ({"description": "any JSON value"}, True),
+        "key": (_STRING | {"description": "the question answered (`pending[].key`)"}, True),
+    },
     ("POST", "/v1/runs/{run_id}/fork"): {
         "at": ({"type": "integer", "minimum": 0}, True),
         "patch": (_OBJECT | {"description": "state fields, applied with the reducers"}, False),

@@ -16,7 +16,7 @@ from loomgraph.agent.streaming import event_stream
 from loomgraph.agent.submitting import RunNotCancellable, cancel_idle
 from loomgraph.authoring.diagram import RunOverlay
 from loomgraph.authoring.render_dot import to_svg
-from loomgraph.engine.effects import BoundApproval
+from loomgraph.engine.effects import BoundApproval, BoundValue
 from loomgraph.protocols import RunRecord, RunStatus, Transition
 from loomgraph.protocols.events import RUN_STARTED
 from loomgraph.runtime.errors import RunConflict, RunFinished
@@ -179,7 +179,7 @@ class Service:
         if not caller.approver:
             raise Forbidden(f"user {caller.user_id!r} may not answer approvals (no approver role)")
         pending = pending_of(record)
-        if not key and pending is not None and pending.key:
+        if not key and pending is not None and pending.call and pending.key:
             # Unnamed, an answer would settle whatever request of that call id is pending
             # when it arrives: a retried POST could approve a later same-id call.
             raise Invalid(
@@ -189,10 +189,20 @@ class Service:
         answer = BoundApproval(call_id, allow, args, caller.user_id, reason, key=key)
         await self._resume(run_id, approve=answer)
 
-    async def resume(self, caller: Caller, run_id: str, value: Any) -> None:
-        """Give an interrupted run of the caller's the value it waits for."""
-        await self.run(caller, run_id)
-        await self._resume(run_id, value=value)
+    async def resume(self, caller: Caller, run_id: str, value: Any, *, key: str = "") -> None:
+        """Give an interrupted run of the caller's the value it waits for. `key` (the
+        question's `Pending.key`) is required while the run asks a keyed question: the value
+        answers that question or none, never a later one nobody was shown."""
+        record = await self.run(caller, run_id)
+        pending = pending_of(record)
+        if not key and pending is not None and pending.type and pending.key:
+            # Unnamed, a value would answer whatever question is pending when it arrives: a
+            # retried POST would answer the next question (the next loop's) unseen.
+            raise Invalid(
+                f"field 'key' is required: the `pending[].key` of the question you answer "
+                f"(GET /v1/runs/{run_id}), so a value never answers another question"
+            )
+        await self._resume(run_id, value=BoundValue(value, key) if key else value)
 
     async def _resume(self, run_id: str, **answer: Any) -> None:
         if self.fleet:
