@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 from loomgraph.engine.scope import RunScope
@@ -54,15 +55,21 @@ def episode_of(
     return Episode(user_id, session_id, run_id, prompt, str(output), tools, time.time())
 
 
-async def remembered(scope: RunScope, episode: Episode) -> bool:
-    """Keep a finished run's episode in memory; whether memory kept it. The run's end is
-    journaled already, so a failure (an outage, text it cannot store) is reported as a
-    `memory_remember_failed` event and the run returns its result all the same."""
+async def remember(
+    scope: RunScope, episode: Episode, on_episode: Callable[[Episode], None] | None
+) -> None:
+    """Keep a finished run's episode in memory, then hand it to `on_episode` (fact
+    extraction). The run's end is journaled already, so a failure (an outage, text memory
+    cannot store) is reported as a `memory_remember_failed` event and the run returns its
+    result all the same."""
     try:
         await scope.deps.memory.remember(episode)
     except Exception as err:
         error = f"{type(err).__name__}: {err}"
         _log.warning("run %s: memory did not keep its episode: %s", episode.run_id, error)
         await scope.emit(MEMORY_REMEMBER_FAILED, {"error": error}, None, scope.seq)
-        return False
-    return True
+        return
+    # Facts are written with no egress check and recalled later as the user's: an answer
+    # quoting untrusted text (a tool result) is not mined for them.
+    if on_episode is not None and not scope.untrusted.carried_by(episode.output):
+        on_episode(episode)

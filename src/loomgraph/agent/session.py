@@ -16,7 +16,7 @@ from loomgraph.agent.leases import hold_lease, lease_stop
 from loomgraph.agent.pinning import graph_key, pin
 from loomgraph.agent.recovery import crashed_usage
 from loomgraph.agent.result import RunResult, failed_step_usage
-from loomgraph.agent.run_memory import episode_of, remembered, seeded_state
+from loomgraph.agent.run_memory import episode_of, remember, seeded_state
 from loomgraph.engine import audit_trail as trail
 from loomgraph.engine.audit_writer import written_quietly
 from loomgraph.engine.effects import ResumeInput
@@ -340,22 +340,11 @@ class AgentSession:
             data = result.to_dict()
             await deps.runtime.finish_run(self.run_id, result.status, result.reason, data)
         if result.ok:
+            state = outcome.state
             episode = episode_of(
-                self.run_id,
-                self.user_id,
-                self.session_id,
-                self.prompt,
-                result.output,
-                outcome.state,
+                self.run_id, self.user_id, self.session_id, self.prompt, result.output, state
             )
-            # Facts are written with no egress check and recalled later as the user's: an
-            # answer quoting untrusted text (a tool result) is not mined for them.
-            if (
-                await remembered(scope, episode)
-                and self.on_episode is not None
-                and not scope.untrusted.carried_by(episode.output)
-            ):
-                self.on_episode(episode)
+            await remember(scope, episode, self.on_episode)
         if scope.auditing:
             ended = trail.run_completed(
                 result.status,
