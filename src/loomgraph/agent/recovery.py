@@ -90,10 +90,14 @@ async def _audit(
     recoveries: int,
 ) -> None:
     """The recovery entry: the status the run was found in, how often it was recovered, and
-    its last journaled error (the effects it left unknown follow as entries of their own)."""
-    if audit_log is None or not AuditMode.of(audit_log).enabled:
+    (with content capture: an error's message may quote what the run handled) its last
+    journaled error; the effects it left unknown follow as entries of their own."""
+    mode = None if audit_log is None else AuditMode.of(audit_log)
+    if audit_log is None or mode is None or not mode.enabled:
         return
-    payload = {"status": found[0], "recoveries": recoveries, "reason": found[2]}
+    payload: dict[str, Any] = {"status": found[0], "recoveries": recoveries}
+    if mode.content:
+        payload["reason"] = found[2]
     await audit_log.record(
         action, run_id=record.run_id, user_id=record.user_id, actor="runtime", payload=payload
     )

@@ -104,15 +104,19 @@ def model_call(
     return payload
 
 
-def model_call_failed(model: str, error: BaseException, usage: Usage) -> dict[str, Any]:
-    """`model_call` of a call that gave up: the model, what its attempts billed, the error
-    (its type and the provider's message, cut short)."""
-    return {
-        "model": model,
-        "usage": usage.to_dict(),
-        "finish_reason": "error",
-        "error": {"type": type(error).__name__, "message": str(error)[:500]},
-    }
+def model_call_failed(
+    model: str, error: BaseException, usage: Usage, *, content: bool
+) -> dict[str, Any]:
+    """`model_call` of a call that gave up: the model, what its attempts billed, the error:
+    its type and the provider's HTTP status; its message (cut short) only with capture, as
+    a provider may quote the prompt in it."""
+    failure: dict[str, Any] = {"type": type(error).__name__}
+    status = getattr(error, "status", None)
+    if isinstance(status, int):
+        failure["status"] = status
+    if content:
+        failure["message"] = str(error)[:500]
+    return {"model": model, "usage": usage.to_dict(), "finish_reason": "error", "error": failure}
 
 
 def tool_request(call: ToolCall, rule: str, *, content: bool) -> dict[str, Any]:

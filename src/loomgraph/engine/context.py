@@ -260,7 +260,8 @@ class VisitContext:
         """A call that failed for good: its effect journaled failed, audited, output void."""
         await self.scope.end_effect(key, {"error": str(err)}, EffectStatus.FAILED)
         if self.scope.auditing:
-            failed = trail.model_call_failed(self.deps.model.name, err, billed)
+            content = self.scope.audit_content
+            failed = trail.model_call_failed(self.deps.model.name, err, billed, content=content)
             await self.scope.audit(AuditAction.MODEL_CALL, self.qualified_node, failed)
         if streamed:
             await self._void(key.text, VoidReason.FAILED)
