@@ -32,6 +32,7 @@ from loomgraph.graph.spec import Graph
 from loomgraph.protocols import (
     AuditAction,
     BudgetExceeded,
+    Decision,
     Deps,
     EffectStatus,
     ModelError,
@@ -40,6 +41,7 @@ from loomgraph.protocols import (
     Reservation,
     ToolCall,
     ToolResult,
+    ToolSpec,
     Usage,
     semconv,
 )
@@ -371,6 +373,15 @@ class VisitContext:
     async def call_tool(self, call: ToolCall) -> ToolResult:
         """One journaled, permission-checked, budgeted tool call; failures become error results."""
         return await ToolGate(self.scope, self.qualified_node).call(call, self.next_key())
+
+    async def decide_call(
+        self, call: ToolCall, spec: ToolSpec, name: str
+    ) -> tuple[Decision, ToolCall]:
+        """Have a call the node makes itself decided as a tool call is (under its effect
+        `name`'s key); the verdict and the call as approved."""
+        return await ToolGate(self.scope, self.qualified_node).decide(
+            call, spec, self.effect_key(name)
+        )
 
     # ------------------------------------------------------------------ subgraphs
 

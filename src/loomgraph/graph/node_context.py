@@ -11,7 +11,15 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Protocol
 
 from loomgraph.graph.spec import Graph
-from loomgraph.protocols import Deps, ModelRequest, ModelResponse, ToolCall, ToolResult
+from loomgraph.protocols import (
+    Decision,
+    Deps,
+    ModelRequest,
+    ModelResponse,
+    ToolCall,
+    ToolResult,
+    ToolSpec,
+)
 
 
 class NodeContext(Protocol):
@@ -66,6 +74,15 @@ class NodeContext(Protocol):
 
     async def call_tool(self, call: ToolCall) -> ToolResult:
         """One journaled, permission-checked, budgeted tool call."""
+        ...
+
+    async def decide_call(
+        self, call: ToolCall, spec: ToolSpec, name: str
+    ) -> tuple[Decision, ToolCall]:
+        """Have a call the node makes itself (a write it does on its own, not `call_tool`)
+        decided as a tool call is: the rules, taint, approvals, hooks, reported and audited;
+        approvals bound to this visit's effect `name`. The verdict and the call as approved
+        (its arguments maybe edited); only an `allow` may be acted on."""
         ...
 
     async def run_subgraph(

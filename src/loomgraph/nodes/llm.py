@@ -16,6 +16,38 @@ from loomgraph.nodes.structured import DEFAULT_RETRIES, StructuredAnswer
 from loomgraph.nodes.written_types import never_fits
 from loomgraph.protocols import Message, ModelRequest
 
+# What `history: true` reads: the conversation, and the run's input to find its own prompt.
+HISTORY_READS = frozenset({"messages", "input"})
+
+
+def earlier_turns(state: Mapping[str, Any]) -> list[Message]:
+    """The run's conversation before its own prompt (the session's earlier turns): the
+    `messages` before the last user message that is the run's `input`; all of them when none
+    is (then none is the run's prompt)."""
+    messages = list(state.get("messages") or ())
+    prompt = state.get("input")
+    for at in range(len(messages) - 1, -1, -1):
+        message = messages[at]
+        if (
+            isinstance(message, Mapping)
+            and message.get("role") == "user"
+            and message.get("content") == prompt
+        ):
+            return messages[:at]
+    return messages
+
+
+def history_problem(reads: list[str] | None, history: bool) -> str | None:
+    """Why a node with `history` (and these declared `reads:`) cannot read the conversation;
+    None when it can."""
+    missing = sorted(HISTORY_READS - set(reads)) if history and reads is not None else []
+    if not missing:
+        return None
+    return (
+        f"history: true reads {', '.join(map(repr, missing))} (the conversation before the "
+        f"run's prompt), which the node's `reads:` leaves out; add it to `reads:`"
+    )
+
 
 class LLMParams(BaseModel):
     """Parameters of an `llm` node."""
@@ -28,6 +60,11 @@ class LLMParams(BaseModel):
     system: str | None = Field(None, description="Jinja2 template; default: the agent's")
     max_tokens: int | None = None
     retries: int = Field(DEFAULT_RETRIES, ge=0, description="tries again on an invalid answer")
+    history: bool = Field(
+        False,
+        description="send the run's earlier conversation (the session's earlier turns: "
+        "`messages` before the run's own prompt) before the prompt",
+    )
 
 
 @register_node("llm")
@@ -46,11 +83,18 @@ class LLMNode(NodeKind):
             return list(self.spec.reads)
         p = self.params
         used = names_used(p.prompt, expression=False) | names_used(p.system or "", expression=False)
-        return sorted(used - DERIVED_NAMES | ({"messages"} if "last_message" in used else set()))
+        if "last_message" in used:
+            used.add("messages")
+        if p.history:
+            used |= HISTORY_READS
+        return sorted(used - DERIVED_NAMES)
 
     def check(self, graph: Graph) -> list[str]:
-        """The answer's type must parse, and its values fit the output field."""
+        """The answer's type must parse, and its values fit the output field; `history`
+        must be able to read the conversation."""
         p = self.params
+        if problem := history_problem(self.spec.reads, p.history):
+            return [problem]
         if p.schema_:
             try:
                 parse_type(p.schema_, near=graph.source)
@@ -81,6 +125,8 @@ class LLMNode(NodeKind):
         p = self.params
         scope = condition_scope(state)
         messages: list[Message] = [{"role": "user", "content": self.prompt(scope)}]
+        if p.history:
+            messages = [*earlier_turns(state), *messages]
         system = self.system_template(scope) if self.system_template else ctx.system
         if self.answer is not None:
             value, usage = await self.answer.ask(

@@ -14,6 +14,7 @@ from loomgraph.graph.node_context import NodeContext
 from loomgraph.graph.registry import NodeKind, UnknownNodeKind, node_kind, register_node
 from loomgraph.graph.spec import Graph, StateField
 from loomgraph.graph.state import BUILTIN_FIELDS, DERIVED_NAMES, final_output
+from loomgraph.nodes.llm import HISTORY_READS, earlier_turns, history_problem
 from loomgraph.nodes.written_types import never_fits
 
 # Graphs nest at most this many levels: a graph (level 1), its subgraphs (2), theirs (3) …
@@ -34,6 +35,11 @@ class ChildGraphParams(BaseModel):
         None,
         description="Jinja2 template of the child's input (its first user message), over "
         "the state (and `item`, in a map); default: the mapped `input`",
+    )
+    history: bool = Field(
+        False,
+        description="the child starts with the run's earlier conversation (the session's "
+        "earlier turns: `messages` before the run's own prompt), its input after them",
     )
 
 
@@ -57,19 +63,24 @@ class ChildGraphNode(NodeKind):
     templates = ("prompt",)
 
     def prompt_reads(self) -> set[str]:
-        """The state fields the prompt template uses."""
+        """The state fields the child's first values are made of besides `inputs`: those the
+        prompt template uses and, with `history`, the conversation (`messages`, `input`)."""
         used = names_used(self.params.prompt or "", expression=False)
+        if self.params.history:
+            used = used | HISTORY_READS
         return used - DERIVED_NAMES - self.template_names
 
     def child_values(
         self, values: dict[str, Any], state: Mapping[str, Any], **extra: Any
     ) -> dict[str, Any]:
         """The child's first values: `values`, the rendered prompt as its input, and that input
-        as the first user message."""
+        as the first user message (after the earlier conversation, with `history`)."""
         if self.prompt is not None:
             values["input"] = self.prompt({**condition_scope(state), **extra})
         if not values.get("messages") and values.get("input"):
             values["messages"] = [{"role": "user", "content": str(values["input"])}]
+        if self.params.history:
+            values["messages"] = [*earlier_turns(state), *(values.get("messages") or ())]
         return values
 
     def check(self, graph: Graph) -> list[str]:
@@ -88,6 +99,8 @@ class ChildGraphNode(NodeKind):
             return [f"subgraph {ref!r}: {err}"]
         finally:
             _level.reset(token)
+        if problem := self.history_problem():
+            return [problem]
         below = graph_levels(child, MAX_GRAPH_DEPTH - level + 1)
         if level + below > MAX_GRAPH_DEPTH:
             return [
@@ -100,6 +113,17 @@ class ChildGraphNode(NodeKind):
     def field_problems(self, graph: Graph, child: Graph) -> list[str]:
         """What is wrong with the fields this node maps between `graph` and its `child`."""
         return []
+
+    def history_problem(self) -> str | None:
+        """Why `history` cannot give the child the conversation: the node's `reads:` leave
+        it out, or `inputs` give the child's `messages` too; None when it can."""
+        if not self.params.history:
+            return None
+        if "messages" in getattr(self.params, "inputs", {}):
+            return (
+                "history: true and inputs: {messages: ...} both give the child's messages; keep one"
+            )
+        return history_problem(self.spec.reads, True)
 
     def input_problems(self, graph: Graph, child: Graph, inputs: Mapping[str, str]) -> list[str]:
         """`inputs` (child field <- parent field): each child field must exist, each parent

@@ -9,13 +9,26 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
-from loomgraph.graph.node_context import NodeContext
+from loomgraph.strategies.lessons import LESSONS_BLOCK, MAX_LESSONS, remember_lessons
+
+__all__ = [
+    "LESSONS_BLOCK",
+    "MAX_LESSONS",
+    "Evaluation",
+    "Plan",
+    "final_answer",
+    "remember_lessons",
+]
 
 
 class Plan(BaseModel):
     """A plan: steps to run next, or, when `done`, the final answer."""
+
+    # A misspelt key (`step`, `paralel`) is an error the model is shown and retried on, not
+    # an empty plan; the `respond` tool's schema says so too (additionalProperties: false).
+    model_config = ConfigDict(extra="forbid")
 
     steps: list[str] = Field(default_factory=list, description="the steps still to do")
     parallel: bool = Field(False, description="the steps do not depend on each other")
@@ -25,6 +38,8 @@ class Plan(BaseModel):
 
 class Evaluation(BaseModel):
     """How well an attempt did the task."""
+
+    model_config = ConfigDict(extra="forbid")  # as Plan: `feedbak` is refused, not dropped
 
     score: float = Field(ge=0.0, le=1.0)
     feedback: str = ""
@@ -42,28 +57,3 @@ def final_answer(state: Mapping[str, Any]) -> dict[str, Any]:
         if isinstance(value, str) and value:
             return {"output": value}
     return {"output": ""}
-
-
-LESSONS_BLOCK = "lessons"
-MAX_LESSONS = 20
-
-
-async def remember_lessons(state: Mapping[str, Any], ctx: NodeContext) -> dict[str, Any]:
-    """Keep the run's lessons in the user's working memory, when the agent has a memory store,
-    so later runs start with them; journaled, so a resume does not write them twice."""
-    lessons = list(state.get("lessons") or [])
-    memory = ctx.deps.memory
-    get_blocks = getattr(memory, "get_blocks", None)
-    set_block = getattr(memory, "set_block", None)
-    if not lessons or get_blocks is None or set_block is None:
-        return {}
-
-    async def write() -> dict[str, Any]:
-        kept = (await get_blocks(ctx.user_id)).get(LESSONS_BLOCK, "")
-        old = [line[2:] for line in kept.splitlines() if line.startswith("- ")]
-        merged = list(dict.fromkeys([*old, *lessons]))[-MAX_LESSONS:]
-        await set_block(ctx.user_id, LESSONS_BLOCK, "\n".join(f"- {m}" for m in merged))
-        return {"lessons": merged}
-
-    await ctx.effect("memory:lessons", {"lessons": lessons}, write)
-    return {}

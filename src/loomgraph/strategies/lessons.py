@@ -1,0 +1,80 @@
+"""Reflexion's lessons, kept in the user's working memory so later runs start with them.
+
+What a run writes into memory reaches every later run of the user, in its system prompt. The
+lessons are the model's words, and may copy an instruction injected into a tool result; so
+they are written only as the `update_block` memory tool writes a block: as a call of that
+tool (`update_block(name="lessons", text=...)`), decided by the tool gate — the permission
+rules, the taint check of egress calls (`on_tainted`), approvals, hooks — and reported and
+audited like any tool call's decision.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from loomgraph.graph.node_context import NodeContext
+from loomgraph.protocols import ToolCall, ToolSpec
+
+LESSONS_BLOCK = "lessons"
+MAX_LESSONS = 20
+# The journal's name for the write (the same as before the write was gated, so a run journaled
+# then replays it); its approval is bound to this key and CALL_ID.
+EFFECT = "memory:lessons"
+CALL_ID = "lessons"
+
+# The spec of the memory tool (`loomgraph.memory.tools`), an egress tool: what it writes
+# leaves the run, into every later run's prompt. Its own, not the tool host's: the write is
+# checked the same way whether or not the agent offers the memory tools to the model.
+UPDATE_BLOCK: ToolSpec = {
+    "name": "update_block",
+    "description": "Replace a block of the user's working memory (here: the lessons).",
+    "parameters": {
+        "type": "object",
+        "properties": {"name": {"type": "string"}, "text": {"type": "string"}},
+        "required": ["name", "text"],
+    },
+    "egress": True,
+}
+
+
+def lessons_text(kept: str, lessons: list[str]) -> str:
+    """The block after adding `lessons` to the `kept` block: each lesson once, the newest
+    MAX_LESSONS, one `- ` line each."""
+    old = [line[2:] for line in kept.splitlines() if line.startswith("- ")]
+    merged = list(dict.fromkeys([*old, *lessons]))[-MAX_LESSONS:]
+    return "\n".join(f"- {m}" for m in merged)
+
+
+async def remember_lessons(state: Mapping[str, Any], ctx: NodeContext) -> dict[str, Any]:
+    """Keep the run's lessons in the user's working memory (when the agent has a memory
+    store), as a call of `update_block` the tool gate decides; journaled, so a resume does
+    not write them twice."""
+    lessons = list(state.get("lessons") or [])
+    memory = ctx.deps.memory
+    get_blocks = getattr(memory, "get_blocks", None)
+    set_block = getattr(memory, "set_block", None)
+    if not lessons or get_blocks is None or set_block is None:
+        return {}
+    kept = (await get_blocks(ctx.user_id)).get(LESSONS_BLOCK, "")
+    text = lessons_text(kept, lessons)
+    if text == kept:  # nothing new (or written before a crash): nothing to ask about
+        return {}
+    call = ToolCall(id=CALL_ID, tool="update_block", args={"name": LESSONS_BLOCK, "text": text})
+    decision, call = await ctx.decide_call(call, UPDATE_BLOCK, EFFECT)
+    if decision.verdict != "allow":  # denied (a rule, `on_tainted`, a person): reported so
+        return {}
+    name, new = call["args"].get("name"), call["args"].get("text")  # as approved (maybe edited)
+    if not isinstance(name, str) or not isinstance(new, str):
+        return {}
+
+    async def write() -> dict[str, Any]:
+        delete_block = getattr(memory, "delete_block", None)
+        if not new.strip() and delete_block is not None:  # as update_block: empty deletes
+            await delete_block(ctx.user_id, name)
+        else:
+            await set_block(ctx.user_id, name, new)
+        return {"block": name, "chars": len(new)}
+
+    await ctx.effect(EFFECT, {"call": dict(call)}, write)
+    return {}
