@@ -12,6 +12,7 @@ from dataclasses import replace
 from typing import Any
 
 from loomgraph.engine import audit_trail as trail
+from loomgraph.engine import chat_span
 from loomgraph.engine.attempts import ModelAttempts
 from loomgraph.engine.effects import EffectKey, ResumeValue
 from loomgraph.engine.model_answers import (
@@ -302,17 +303,7 @@ class VisitContext:
         # Content is serialised only when it will be kept (capture_content=True).
         capture = tracing and bool(getattr(telemetry, "capture_content", False))
         if tracing:
-            # The limit the adapter sends: the request's own, else the model's.
-            limit = request.max_tokens or getattr(model, "max_tokens", None)
-            chat = semconv.chat_attributes(
-                model=model.name,
-                provider=semconv.provider_of(model),
-                max_tokens=limit if isinstance(limit, int) else None,
-                session_id=self.scope.session_id,
-            )
-            if capture:
-                chat |= semconv.chat_input_attributes(request.messages, request.system)
-            attributes = chat
+            attributes = chat_span.asked(model, request, self.scope.session_id, capture)
         with telemetry.span(semconv.chat_span_name(model.name), attributes) as span:
             async with aclosing(model.stream(request)) as chunks:  # type: ignore[type-var]
                 async for chunk in chunks:
@@ -351,21 +342,7 @@ class VisitContext:
             response.text = "".join(texts)
             if not tracing:
                 return response
-            done = {
-                semconv.GEN_AI_USAGE_INPUT_TOKENS: response.usage.input_tokens,
-                semconv.GEN_AI_USAGE_OUTPUT_TOKENS: response.usage.output_tokens,
-                **semconv.usage_attributes(response.usage),
-                **semconv.response_attributes(
-                    finish_reasons=[response.finish_reason],
-                    response_model=answered.get("response_model"),
-                    response_id=answered.get("response_id"),
-                ),
-            }
-            if capture:
-                done |= semconv.chat_output_attributes(
-                    response.to_message(), response.finish_reason
-                )
-            semconv.set_attributes(span, done)
+            semconv.set_attributes(span, chat_span.answered(response, answered, capture))
         return response
 
     # ------------------------------------------------------------------ tools
