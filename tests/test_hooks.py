@@ -371,3 +371,50 @@ async def test_a_hook_that_changes_what_it_is_given_changes_nothing_of_the_run(
     [effect] = [e for e in await agent.deps.runtime.effects(result.run_id) if e.kind == "tool"]
     assert effect.outcome["content"] == "result for original"
     await agent.aclose()
+
+
+def test_a_hooks_object_is_idle_for_the_kinds_it_has_no_callback_of() -> None:
+    """A run skips (and copies nothing for) a kind with no callback: an agent given a
+    `Hooks` with only a `before_tool` used to copy its whole state at every node visit."""
+    from loomgraph.protocols.idle import is_idle
+
+    hooks = Hooks()
+    kinds = ("before_node", "after_node", "before_tool", "after_tool", "on_event")
+    assert all(is_idle(getattr(hooks, kind)) for kind in kinds)
+    hooks.before_tool(lambda call: None)
+    assert not is_idle(hooks.before_tool)
+    assert all(is_idle(getattr(hooks, kind)) for kind in kinds if kind != "before_tool")
+
+
+async def test_an_event_that_cannot_be_copied_is_heard_and_the_run_goes_on() -> None:
+    """A node's own event holding an object no copy can take (a lock) reaches a stream
+    consumer as its JSON, `repr` for the rest; it used to fail the run only when streamed."""
+    from collections.abc import Mapping
+
+    from loomgraph import Agent, NodeKind, register_node
+    from loomgraph.authoring.loader import graph_from_yaml
+    from loomgraph.graph.node_context import NodeContext
+    from loomgraph.graph.registry import _REGISTRY
+
+    lock = threading.Lock()
+
+    @register_node("test_locked_event")
+    class Locked(NodeKind):
+        default_writes = ("output",)
+
+        async def run(self, state: Mapping[str, Any], ctx: NodeContext) -> dict[str, Any]:
+            await ctx.emit("custom", {"lock": lock, "n": 1})
+            return {"output": "done"}
+
+    try:
+        graph = graph_from_yaml(
+            "name: l\nentry: l\nnodes:\n  l: {kind: test_locked_event}\n"
+            "edges:\n  - {from: l, to: END}\n"
+        )
+        agent = Agent("x", model="echo", architecture=graph)
+        events = [e async for e in agent.stream("go")]
+    finally:
+        _REGISTRY.pop("test_locked_event")
+    assert events[-1].payload["status"] == "completed"
+    [custom] = [e for e in events if e.kind == "custom"]
+    assert custom.payload == {"lock": repr(lock), "n": 1}

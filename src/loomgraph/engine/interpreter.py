@@ -7,7 +7,6 @@ journal, budget and hooks are reached only through the protocols in the bundle.
 from __future__ import annotations
 
 import asyncio
-import copy
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,6 +15,7 @@ from loomgraph.engine.context import VisitContext
 from loomgraph.engine.scope import RunScope
 from loomgraph.engine.state_size import SizeUndo, StateSize
 from loomgraph.engine.transitions import journal_transition
+from loomgraph.engine.watched import watched
 from loomgraph.errors import GraphError, NodeError, ServiceUnavailable, StateError
 from loomgraph.graph.compiled import CompiledGraph
 from loomgraph.graph.registry import NodeKind
@@ -163,7 +163,7 @@ async def _step(
         hooks = scope.node_hooks
         if hooks is not None:
             # In copies, as for every hook: what one changes never reaches the run.
-            await hooks.before_node(qualified, copy.deepcopy(view))
+            await hooks.before_node(qualified, watched(view))
         if scope.tracing:
             attributes = semconv.node_attributes(node=qualified, run_id=scope.run_id, visit=visit)
             with deps.telemetry.span(semconv.node_span_name(qualified), attributes):
@@ -181,7 +181,7 @@ async def _step(
         try:
             undo = graph.schema.apply(state, patch)  # all or nothing
             if hooks is not None:
-                await hooks.after_node(qualified, copy.deepcopy(patch))
+                await hooks.after_node(qualified, watched(patch))
             target = graph.next_node(node, state, visits)[0] if node in graph.nodes else END
         except BaseException:
             undo_patch(state, undo)  # the visit failed: it changed nothing

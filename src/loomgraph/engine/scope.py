@@ -4,7 +4,6 @@ the transition counter, the journal of effects and the answer the run was resume
 from __future__ import annotations
 
 import asyncio
-import copy
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from contextvars import ContextVar
@@ -17,6 +16,7 @@ from loomgraph.engine.audit_writer import AuditWriter
 from loomgraph.engine.effects import EffectKey, ResumeInput
 from loomgraph.engine.state_size import StateSize
 from loomgraph.engine.taint import UntrustedText
+from loomgraph.engine.watched import watched
 from loomgraph.graph.compiled import CompiledGraph
 from loomgraph.protocols import (
     ArgumentReader,
@@ -185,7 +185,7 @@ class RunScope:
                 kind,
                 # A copy: what a listener changes (a hook "redacting" a call's arguments)
                 # must not change what the run does, journals or audits.
-                copy.deepcopy(payload),
+                watched(payload),
                 self.run_id,
                 self.seq + 1 if seq is None else seq,
                 node,

@@ -7,7 +7,6 @@ each is gated, journaled and reported the same way.
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Mapping
 from typing import Any
 
@@ -17,6 +16,7 @@ from loomgraph.engine.effects import EffectKey
 from loomgraph.engine.received import permission_for, received_call
 from loomgraph.engine.scope import NO_ATTRIBUTES, RunScope
 from loomgraph.engine.taint import note_result
+from loomgraph.engine.watched import watched
 from loomgraph.errors import LoomgraphError
 from loomgraph.protocols import (
     INVALID_ARGUMENTS,
@@ -219,7 +219,7 @@ class ToolGate:
             # Hooks read the arguments as the tool will receive them, as rules do, in a copy:
             # what a hook changes there never reaches the tool the rules let through.
             seen = received_call(scope, call) or call
-            copied = ToolCall(id=seen["id"], tool=seen["tool"], args=copy.deepcopy(seen["args"]))
+            copied = ToolCall(id=seen["id"], tool=seen["tool"], args=watched(seen["args"]))
             hook = await deps.hooks.before_tool(copied)
             if hook is not None and hook.verdict == "deny":  # hooks may deny, never approve
                 decision = hook
@@ -263,7 +263,7 @@ class ToolGate:
             await scope.audit(AuditAction.TOOL_RESULT, self.node, done)
         hooks = scope.deps.hooks
         if not is_idle(hooks.after_tool):  # in copies: a hook only watches what happened
-            await hooks.after_tool(copy.deepcopy(call), copy.deepcopy(result))
+            await hooks.after_tool(watched(call), watched(result))
         if scope.listening:
             await scope.emit(TOOL_RESULT, {"call": call, "result": result}, self.node)
         return result

@@ -97,6 +97,11 @@ class Hooks:
         self._callbacks[kind].append(fn)
         return fn
 
+    def registered(self, kind: str) -> bool:
+        """Whether a callback of `kind` is registered: a run skips a kind that has none (and
+        builds nothing to give it), as it skips the no-op hooks."""
+        return bool(self._callbacks.get(kind))
+
     def callbacks(self, kind: str) -> list[Callable[..., Any]]:
         """The callbacks of one kind, in the order they run."""
         return list(self._callbacks[kind])

@@ -1,5 +1,5 @@
 """A mark on callbacks that do nothing (the no-op hooks'), so a run need not call them, nor
-build what they would be given."""
+build what they would be given; a hooks object with no callback of a kind does nothing too."""
 
 from __future__ import annotations
 
@@ -18,5 +18,10 @@ def does_nothing(callback: _F) -> _F:
 
 
 def is_idle(callback: Any) -> bool:
-    """Whether `callback` is marked `does_nothing`."""
-    return bool(getattr(callback, _MARK, False))
+    """Whether `callback` does nothing: marked `does_nothing`, or a method of an object that
+    says it has nothing registered under the method's name (`registered(name)` false: a
+    `Hooks` with no callback of that kind)."""
+    if getattr(callback, _MARK, False):
+        return True
+    registered = getattr(getattr(callback, "__self__", None), "registered", None)
+    return registered is not None and not registered(callback.__name__)
