@@ -469,3 +469,34 @@ async def test_every_entry_is_in_the_log_before_the_effect_it_leads_to(tmp_path:
     assert entries[-1]["action"] == AuditAction.RUN_COMPLETED  # all in before run() returned
     assert audit.appends < len(entries)  # grouped: fewer writes (and fsyncs) than entries
     assert audit.verify().ok
+
+
+@pytest.mark.parametrize("where", ["policy", "hook"])
+async def test_a_failing_policy_or_hook_quoting_the_arguments_leaves_them_out(
+    tmp_path: Path, where: str
+) -> None:
+    """A permission policy or a `before_tool` hook that raises with the arguments in its
+    message denies the call; the decision's audit entry names the error's type only."""
+    from loomgraph.governance import Hooks, StandardPermissions
+
+    secret = SECRETS["args"]
+
+    def judge(call: Any, *rest: Any) -> Any:
+        raise KeyError(f"no entry for {call['args']['query']}")
+
+    hooks = Hooks()
+    if where == "hook":
+        hooks.before_tool(judge)
+        permissions = StandardPermissions(mode="bypass")
+    else:
+        permissions = StandardPermissions(mode="bypass", policy=judge)
+    model = ScriptedModel([{"tool_calls": [{"tool": "lookup", "args": {"query": secret}}]}, "ok"])
+    path = tmp_path / "audit.jsonl"
+    audit = FileAuditLog(path, key=KEY)
+    agent = Agent("x", model=model, tools=[lookup], audit_log=audit, hooks=hooks,
+                  permissions=permissions)  # fmt: skip
+    result = await agent.run("go")
+    assert result.status == "completed"
+    [decided] = [e["payload"] for e in audit.entries() if e["action"] == "permission_decision"]
+    assert decided["verdict"] == "deny" and "KeyError" in decided["reason"]
+    assert secret not in path.read_text()

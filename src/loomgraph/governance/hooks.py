@@ -174,7 +174,11 @@ class Hooks:
                 result = await self._invoke("before_tool", fn, (call,))
             except _Failed as failed:
                 await self._report(failed.report)
-                return Decision("deny", f"hook:{name}", f"hook {name} failed: {failed}")
+                # Named by its error's type: the message (in `errors`, `on_error` and the
+                # log) may quote the call's arguments, which the audit log keeps as a hash.
+                error = failed.report.exception
+                what = type(error).__name__ if error is not None else "an error"
+                return Decision("deny", f"hook:{name}", f"hook {name} failed: {what}")
             denied = _denial(name, result)
             if denied is not None:
                 if denied.rule == "hook:junk":

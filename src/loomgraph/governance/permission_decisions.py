@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import inspect
+import logging
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, TypeAlias
 
 from loomgraph.governance.rules import Rule, SetSource
 from loomgraph.protocols import Decision, ToolCall, ToolSpec
+
+_log = logging.getLogger(__name__)
 
 __all__ = ["LabelledRule", "Mode", "Policy", "PolicyResult", "RuleSet", "decide"]
 
@@ -99,7 +102,10 @@ async def _ask_policy(
         if inspect.isawaitable(result):
             result = await result
     except Exception as err:
-        return Decision("deny", "policy:error", f"policy {name} raised {type(err).__name__}: {err}")
+        # Its message goes to the log only: it may quote the call's arguments, which the
+        # decision's event and audit entry carry only as a hash.
+        _log.warning("permission policy %s raised", name, exc_info=err)
+        return Decision("deny", "policy:error", f"policy {name} raised {type(err).__name__}")
     if isinstance(result, Decision) and result.verdict in ("allow", "deny", "ask"):
         rule = f"policy:{result.rule}" if result.rule else f"policy:{name}"
         return Decision(result.verdict, rule, result.reason)
