@@ -75,3 +75,32 @@ async def test_a_retried_subgraph_node_counts_its_replayed_calls_once(tmp_path: 
     # Two calls that answered and the one that failed; the first, replayed by the retry,
     # is counted once.
     assert result.usage.model_calls == 3
+
+
+async def test_a_call_that_fails_in_every_retry_is_counted_each_time(tmp_path: Path) -> None:
+    """Each attempt of the node made the call again and was charged for it: the run's usage
+    says so (it counted the call once, whatever the retries)."""
+    (tmp_path / "outer.yaml").write_text(
+        "name: outer\nentry: work\n"
+        "nodes:\n  work: {kind: subgraph, graph: react, inputs: {input: input},"
+        " outputs: {output: output}, retry: {attempts: 3, backoff: 0}}\n"
+        "edges:\n  - {from: work, to: END}\n"
+    )
+
+    def answer(request: ModelRequest) -> Any:
+        if request.call_index == 0:
+            return ADD
+        raise ConnectionError("dropped")
+
+    budget = StandardBudget(BudgetConfig(model_calls=100), InMemoryLedger())
+    agent = Agent(
+        "x",
+        model=ScriptedModel(answer),
+        tools=[add],
+        architecture=tmp_path / "outer.yaml",
+        budget=budget,
+    )
+    result = await agent.run("go")
+    assert result.status == "failed"
+    spent = (await budget.totals("global")).spent
+    assert result.usage.model_calls == spent["model_calls"] == 4  # the first, three failures

@@ -20,13 +20,14 @@ ATTEMPT_KIND = "model_attempt"
 class ModelAttempts:
     """The reservation in force for a model call and what its failed attempts billed."""
 
-    __slots__ = ("_amount", "_number", "billed", "key", "reservation", "scope")
+    __slots__ = ("_amount", "_number", "billed", "key", "recovered_calls", "reservation", "scope")
 
     def __init__(self, scope: RunScope, key: EffectKey) -> None:
         self.scope = scope
         self.key = key
         self.reservation: Reservation | None = None
         self.billed = Usage()  # what failed attempts billed, all charged already
+        self.recovered_calls = 0  # the model calls of earlier executions' failed attempts
         self._amount = Usage()
         self._number = 0
 
@@ -58,7 +59,16 @@ class ModelAttempts:
         while (found := await runtime.effect(run_id, self._key(self._number + 1))) is not None:
             self._number += 1
             if found.outcome is not None:
-                self.billed += Usage.from_dict(found.outcome.get("usage", {}), trusted=True)
+                earlier = Usage.from_dict(found.outcome.get("usage", {}), trusted=True)
+                self.billed += earlier
+                self.recovered_calls += earlier.model_calls
+
+    def gave_up(self) -> Usage:
+        """What a call that failed for good used: what its attempts billed, this execution
+        counted as one model call at least, and each earlier execution's as it was (a node
+        retried, a resume: each made the call again, and each was charged)."""
+        calls = max(self.billed.model_calls, self.recovered_calls + 1)
+        return self.billed.with_model_calls(calls)
 
     def _key(self, number: int) -> str:
         k = self.key

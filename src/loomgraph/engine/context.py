@@ -234,7 +234,7 @@ class VisitContext:
                         await self._void(call_id, VoidReason.RETRY)
                     continue
                 # The whole call's, for the run's usage: a call made, whatever it billed.
-                err.usage = attempts.billed.with_model_calls(1)
+                err.usage = attempts.gave_up()
                 await self._gave_up(key, err, err.usage, streamed)
                 raise
             except LoomgraphError:
@@ -245,7 +245,7 @@ class VisitContext:
                 # failed call like any other, charged and audited; its error is raised as
                 # it is, so what it carries no usage is kept with the run (`failed_usage`).
                 await attempts.failed(cancelled_usage(request, streamed), repr(err))
-                billed = attempts.billed.with_model_calls(1)
+                billed = attempts.gave_up()
                 self.scope.failed_usage[key.text] = billed
                 await self._gave_up(key, err, billed, streamed)
                 raise
