@@ -296,6 +296,9 @@ def test_cli_a_named_answer_answers_its_question_or_nothing(
     run_id = out.split("run=")[1].split()[0]
     first = f"{run_id}:ask:1:answer"
     assert code == 3 and f"--value JSON --request {first}" in err  # how to answer, bound
+    # With the tools the run started with: resumed without them, the answer would be used
+    # up on an unknown tool.
+    assert "--tools test_answer_binding:run_batch" in err
     code, err = cli("runs", "resume", run_id, "--value", "true", "--request", first)
     assert code == 3 and f"--request {run_id}:ask:2:answer" in err and BATCHES == [3]
     code, err = cli("runs", "resume", run_id, "--value", "true", "--request", first)  # again

@@ -115,7 +115,7 @@ def test_ctrl_c_names_the_agent_file_that_gives_the_journal_not_its_dsn(
     said = _interrupted(work, "-a", "pg.yaml")
     assert PASSWORD not in said
     line = next(x for x in said.splitlines() if "resume with" in x)
-    assert line.endswith(" -a pg.yaml"), line
+    assert line.endswith(" -a pg.yaml --model h:stuck"), line  # as the command line gave it
     assert "postgres" not in line
 
 

@@ -278,6 +278,7 @@ def test_ctrl_c_stops_the_run_with_one_line_saying_how_to_resume(work: Path) -> 
     with sqlite3.connect(work / "j.db") as db:
         run_id, status = db.execute("SELECT run_id, status FROM runs").fetchone()
     assert lines[0] == (
-        f"loomgraph: stopped; resume with: loomgraph runs resume {run_id} --runtime sqlite:j.db"
+        f"loomgraph: stopped; resume with: loomgraph runs resume {run_id} --model h:stuck "
+        "--runtime sqlite:j.db"
     )
     assert status != "running"

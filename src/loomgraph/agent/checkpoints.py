@@ -124,7 +124,7 @@ def resume_value(record: RunRecord, value: Any) -> ResumeValue:
         value = value.value
     pending = pending_of(record)
     if record.status != RunStatus.INTERRUPTED or pending is None or not pending.type:
-        waits = f"run {record.run_id} is not waiting for a value (status {record.status!r})"
+        waits = f"run {record.run_id} is not waiting for a value (status {str(record.status)!r})"
         if named:  # the question answered was answered already, or was never asked
             raise ValueNotPending(f"{waits}, so not for the answer to request {named}")
         raise ResumeError(waits)
@@ -156,7 +156,7 @@ def approval(record: RunRecord, approve: Any) -> BoundApproval:
     if record.status != RunStatus.AWAITING_APPROVAL or pending is None or not call:
         raise ApprovalNotPending(
             f"run {record.run_id} is not waiting for an approval "
-            f"(status {record.status!r}); an approval is used once"
+            f"(status {str(record.status)!r}); an approval is used once"
         )
     if isinstance(approve, Approval):
         answer = approve

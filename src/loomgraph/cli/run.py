@@ -53,20 +53,30 @@ def handle(args: argparse.Namespace) -> int:
         if run_id is None:
             warn("stopped before the run started", style="yellow")
         elif journal and journal != "memory":
-            warn(f"stopped; resume with: {resume_command(run_id, args.agent, given)}", "yellow")
+            warn(f"stopped; resume with: {resume_command(run_id, args, given)}", "yellow")
         else:
             warn(f"stopped run {run_id}; it had no journal (--runtime), so it cannot be resumed")
         return EXIT_INTERRUPTED
 
 
-def resume_command(run_id: str, agent: str | None, runtime: str | None, *extra: str) -> str:
+def resume_command(run_id: str, args: argparse.Namespace, runtime: str | None, *extra: str) -> str:
     """The command that resumes a run, to print: with the agent file (`-a`) when there is
-    one (its journal, tools and model), with `--runtime` when it was given on the command
-    line, its password masked (`***`, said so: to be given again), never printed; `extra`
-    words (`--value JSON`) at its end, as they are."""
+    one (its journal, tools and model), and the `--model`, `--tools` and `--permissions`
+    the command line gave (a resume without them would have other tools, or be refused
+    for other permissions), with `--runtime` when it was given on the command line, its
+    password masked (`***`, said so: to be given again), never printed; `extra` words
+    (`--value JSON`) at its end, as they are."""
     words = ["loomgraph", "runs", "resume", shlex.quote(run_id)]
+    agent = getattr(args, "agent", None)
     if agent:
         words += ["-a", shlex.quote(agent)]
+    for option in ("model", "permissions"):
+        given = getattr(args, option, None)
+        if given:
+            words += [f"--{option}", shlex.quote(given)]
+    tools = getattr(args, "tools", None)
+    if tools:
+        words += ["--tools", *(shlex.quote(t) for t in tools)]
     note = ""
     if runtime:
         shown = mask_passwords(runtime)
@@ -76,10 +86,12 @@ def resume_command(run_id: str, agent: str | None, runtime: str | None, *extra: 
     return " ".join([*words, *extra]) + note
 
 
-def say_how_to_answer(result: Any, durable: bool, agent: str | None, runtime: str | None) -> None:
+def say_how_to_answer(
+    result: Any, durable: bool, args: argparse.Namespace, runtime: str | None
+) -> None:
     """When the run waits for an `interrupt` node's value (`result`: its result, as a dict),
     say on stderr how to answer it: with a `durable` journal, the `runs resume … --value
-    JSON --request KEY` command (`agent`, `runtime`: as the command line gave them), else
+    JSON --request KEY` command (`args`, `runtime`: as the command line gave them), else
     that it cannot be answered. Nothing for any other result (an approval is answered with
     `runs approve`)."""
     if not isinstance(result, dict):
@@ -96,7 +108,7 @@ def say_how_to_answer(result: Any, durable: bool, agent: str | None, runtime: st
     # Named, the answer is for this question only: resent later, it answers no other one.
     key = pending.get("key")
     request = ("--request", shlex.quote(key)) if isinstance(key, str) and key else ()
-    command = resume_command(run_id, agent, runtime, "--value", "JSON", *request)
+    command = resume_command(run_id, args, runtime, "--value", "JSON", *request)
     warn(
         f"answer with: {command}  (a {pending['type']}; text that is not JSON is a string)",
         "yellow",
@@ -134,7 +146,7 @@ async def _run(args: argparse.Namespace, started: dict[str, str]) -> int:
                     status, result = event.payload["status"], event.payload.get("result")
     finally:
         await agent.aclose()
-    say_how_to_answer(result, bool(journal and journal != "memory"), args.agent, given)
+    say_how_to_answer(result, bool(journal and journal != "memory"), args, given)
     return exit_code(status) if status else EXIT_FAILED
 
 

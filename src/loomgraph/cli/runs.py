@@ -239,7 +239,7 @@ async def _resume(args: argparse.Namespace, runtime: Runtime) -> int:
         answer = BoundValue(value, request) if request else value
         result = await agent.resume(args.run_id, graph=choice, value=answer)
     code = print_result(result, args.json)
-    say_how_to_answer(result.to_dict(), True, args.agent, args.runtime)
+    say_how_to_answer(result.to_dict(), True, args, args.runtime)
     return code
 
 
