@@ -114,14 +114,14 @@ def resume_value(record: RunRecord, value: Any) -> ResumeValue:
     """The interrupted node and the value validated against the type it asked for, bound to
     the request it answers (`Pending.key`). A `BoundValue` naming another request is refused
     (`ValueNotPending`); a plain value answers the request pending now."""
-    named = value.key if isinstance(value, BoundValue) else ""
+    named = ""
     if isinstance(value, BoundValue):
+        named, value = value.key, value.value
         if not isinstance(named, str) or not named:
             raise ResumeError(
                 f"BoundValue.key must be the pending request's key (`Pending.key`), not "
                 f"{named!r}; nothing was journaled, the run still waits"
             )
-        value = value.value
     pending = pending_of(record)
     if record.status != RunStatus.INTERRUPTED or pending is None or not pending.type:
         waits = f"run {record.run_id} is not waiting for a value (status {str(record.status)!r})"

@@ -14,7 +14,7 @@ from typing import Any
 from loomgraph.engine import audit_trail as trail
 from loomgraph.engine import chat_span
 from loomgraph.engine.attempts import ModelAttempts
-from loomgraph.engine.effects import EffectKey, ResumeValue
+from loomgraph.engine.effects import ANSWER_SLOT, EffectKey, ResumeValue
 from loomgraph.engine.model_answers import (
     broken_usage,
     cancelled_usage,
@@ -118,7 +118,7 @@ class VisitContext:
             return False, None
         # Matched by the asking visit's key, not the node alone: a value checked against one
         # question never answers a later question of the same node (the next loop's).
-        if not supplied.answers(self.qualified_node, self.effect_key(ResumeValue.SLOT)):
+        if not supplied.answers(self.qualified_node, self.key_of(ANSWER_SLOT)):
             return False, None
         self.scope.resume = None
         return True, supplied.value

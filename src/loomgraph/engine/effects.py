@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import reprlib
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any
 
 # The slot of the approval of one tool call, and of the request for it. They follow the
 # slot of the call's own effect (`3:approval:CALL_ID`): call ids come from the model and
@@ -86,12 +86,10 @@ class ResumeValue:
     # "" for a request journaled before interrupt requests had keys: matched by node alone.
     key: str = ""
 
-    # The slot whose key names an asking visit (`VisitContext.effect_key(ResumeValue.SLOT)`).
-    SLOT: ClassVar[str] = ANSWER_SLOT
-
-    def answers(self, node: str, request: EffectKey) -> bool:
-        """True when this value answers the request `node`'s visit makes under `request`."""
-        return node == self.node and (not self.key or self.key == str(request))
+    def answers(self, node: str, request: str) -> bool:
+        """True when this value answers the question `node`'s visit asks under key `request`
+        (its `ANSWER_SLOT` effect's key)."""
+        return node == self.node and (not self.key or self.key == request)
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,10 +17,6 @@ from loomgraph.graph.state import DERIVED_NAMES, TypeSyntaxError, parse_type
 from loomgraph.nodes.written_types import never_fits
 from loomgraph.protocols import Pending, RunStatus, RunStopped
 
-# The slot of an interrupt's answer, journaled inside child graphs (`run:path:visit:answer`);
-# its key is also the request's key (`Pending.key`), which the answer must name.
-ANSWER = ANSWER_SLOT
-
 
 class InterruptParams(BaseModel):
     """Parameters of an `interrupt` node."""
@@ -77,14 +73,14 @@ class InterruptNode(NodeKind):
         # the top level, the node's transition holds it.
         inside = ctx.qualified_node != ctx.node
         if inside:
-            recorded = await ctx.recorded(ANSWER)
+            recorded = await ctx.recorded(ANSWER_SLOT)
             if recorded is not None:  # the first answer stands; a value for it waits on
                 return {output: recorded["value"]}
         supplied, value = ctx.take_resume_value()
         if supplied:
             if inside:
                 intent = {"node": ctx.qualified_node, "type": self.params.request}
-                answered = await ctx.effect(ANSWER, intent, functools.partial(_answer, value))
+                answered = await ctx.effect(ANSWER_SLOT, intent, functools.partial(_answer, value))
                 value = answered["value"]
             return {output: value}
         raise RunStopped(
@@ -92,7 +88,7 @@ class InterruptNode(NodeKind):
             f"waiting at {ctx.qualified_node!r} for a {self.params.request}",
             Pending(
                 ctx.qualified_node,
-                key=ctx.key_of(ANSWER),
+                key=ctx.key_of(ANSWER_SLOT),
                 type=self.params.request,
                 message=self.message(condition_scope(state)),
                 schema=self.adapter.json_schema(),
