@@ -200,10 +200,11 @@ def build_server(
         if approve is not None:
             if not who.approver:
                 raise ToolError(f"user {who.user_id!r} may not answer approvals (no approver role)")
-            options["approve"] = _approval(record, approve, args, key or "", who)
         elif key is not None:
             raise ToolError("key names the request an answer settles: give approve with it")
         try:
+            if approve is not None:
+                options["approve"] = _approval(record, approve, args, key or "", who)
             return await _follow(agent.resume_stream(run_id, **options), ctx)
         except ResumeError as err:  # named by its type: a client tells a stale key apart
             raise ToolError(f"{type(err).__name__}: {err}") from None
@@ -222,38 +223,30 @@ def build_server(
 
 def _approval(record: "RunRecord", approve: bool, args: Any, key: str, who: "Caller") -> Any:
     """The caller's answer to the request `key` names, journaled with the caller as approver;
-    a tool error, naming the problem, when `key` is missing or names a request the run does
-    not wait for (an answer resent after the run went on to another call)."""
+    a tool error when `key` is missing, and the `ResumeError` the resume would raise when the
+    run does not wait for that request (an answer resent after the run went on)."""
     from mcp.server.mcpserver.exceptions import ToolError
 
-    from loomgraph.agent.checkpoints import pending_of
+    from loomgraph.agent.checkpoints import approval, pending_of
     from loomgraph.engine.effects import BoundApproval
     from loomgraph.protocols import RunStatus
 
     pending = pending_of(record)
     call = pending.call if pending is not None else None
-    if pending is None or not call or record.status != RunStatus.AWAITING_APPROVAL:
-        raise ToolError(
-            f"ApprovalNotPending: run {record.run_id!r} is not waiting for an approval "
-            f"(status {record.status}){f'; request {key} was answered already' if key else ''}"
-        )
+    waiting = record.status == RunStatus.AWAITING_APPROVAL and call
     # Only a run journaled before requests had keys waits for a request without one.
-    if pending.key and not key:
+    if waiting and pending is not None and call and pending.key and not key:
         raise ToolError(
             f"key is required with approve: the awaiting_approval.key of the request you "
             f"answer (run {record.run_id!r} waits for request {pending.key}, call "
             f"{call['id']}); without it an answer could settle a later request nobody saw"
         )
-    if pending.key and key != pending.key:
-        raise ToolError(
-            f"ApprovalNotPending: run {record.run_id!r} does not wait for request {key} (it "
-            f"was answered already, or never asked); it waits for request {pending.key}, call "
-            f"{call['id']} to {call['tool']}: read it, and answer that request by its key"
-        )
     edited = args if approve and args is not None else None
-    # The key goes with the answer: checked again under the run's lease, so a request that
-    # changed meanwhile is refused there too.
-    return BoundApproval(call["id"], approve, edited, who.user_id, key=key)
+    answer = BoundApproval(call["id"] if call else "", approve, edited, who.user_id, key=key)
+    # Checked now as the resume checks it again under the run's lease (a request that
+    # changed meanwhile is refused there too).
+    approval(record, answer)
+    return answer
 
 
 async def _follow(stream: AsyncIterator[Event], ctx: Any) -> dict[str, Any]:
