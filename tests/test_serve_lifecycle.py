@@ -22,6 +22,7 @@ import httpx
 import pytest
 
 from loomgraph.serve.api import ENDPOINTS
+from loomgraph.serve.hub import SHUTDOWN_REASON
 from serve_process import Server, Sse, add_key, environment, sse_events, start_server
 
 BOUND = 30.0  # seconds: the runs below would go on for minutes; a shutdown must not wait
@@ -100,7 +101,7 @@ async def test_sigterm_cancels_a_followed_run_and_ends_its_stream(site: dict[str
     await exited(server)
     assert rest[-1].event == "run_completed"
     assert rest[-1].data["payload"]["status"] == "cancelled"
-    assert journal_status(site["journal"], run_id)[0] == "cancelled"
+    assert journal_status(site["journal"], run_id) == ("cancelled", SHUTDOWN_REASON)
 
 
 async def test_sigterm_ends_the_streams_of_runs_another_process_drives(

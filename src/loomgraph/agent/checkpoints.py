@@ -105,9 +105,20 @@ def _in_time(record: RunRecord, pending: Pending) -> None:
 
 
 def pending_of(record: RunRecord) -> Pending | None:
-    """What a stopped run waits for, as its journaled result says."""
+    """What a run waits for now: its journaled request while it waits for an approval or a
+    value, else None. A run cancelled while it waited keeps the request it stopped at in its
+    result (`stopped_at`), but waits for nothing: no answer is taken, none is asked for."""
+    return stopped_at(record) if record.status in _WAITING else None
+
+
+def stopped_at(record: RunRecord) -> Pending | None:
+    """The request a run last stopped at, as its journaled result says, whatever its status
+    since (a resume of a cancelled run goes on from there)."""
     data = (record.result or {}).get("pending")
     return None if data is None else Pending.from_dict(data)
+
+
+_WAITING = frozenset({RunStatus.AWAITING_APPROVAL, RunStatus.INTERRUPTED})
 
 
 def resume_value(record: RunRecord, value: Any) -> ResumeValue:

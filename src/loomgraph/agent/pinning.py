@@ -23,7 +23,7 @@ import weakref
 from collections.abc import Sequence
 from typing import Any, Literal
 
-from loomgraph.agent.checkpoints import GraphChanged, Position, is_top_level, pending_of
+from loomgraph.agent.checkpoints import GraphChanged, Position, is_top_level, stopped_at
 from loomgraph.authoring.library import load_graph
 from loomgraph.authoring.loader import graph_from_data
 from loomgraph.errors import GraphError, StateError
@@ -168,7 +168,7 @@ def check_move(
         raise refuse(
             f"it goes on at node {at.next_node!r}, which the graph has not", node=at.next_node
         )
-    pending = pending_of(record)
+    pending = stopped_at(record)
     if pending is not None and pending.node:
         top = NodePath.parse(pending.node).parts[0]
         if top not in nodes:
@@ -214,7 +214,7 @@ def _same_child(
         for t in transitions
         if t.seq > last_top and not is_top_level(t)
     }
-    pending = pending_of(record)
+    pending = stopped_at(record)
     if pending is not None and pending.node and not NodePath.parse(pending.node).is_top_level:
         inside.add(NodePath.parse(pending.node).parts[0])  # waits at a child's first node
     for name in sorted(inside):

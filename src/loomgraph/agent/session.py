@@ -41,6 +41,7 @@ from loomgraph.protocols import (
     RunStatus,
     Span,
     Usage,
+    cancel_reason,
     finished,
     semconv,
 )
@@ -276,27 +277,26 @@ class AgentSession:
             async with hold_lease(self.deps.leases, self.run_id):
                 driving = True
                 return await self._drive(scope, state, start, visits)
-        except asyncio.CancelledError:
+        except asyncio.CancelledError as err:
             # Cancelled before the graph ran (announcing, taking the lease): without this
             # the journal would say "running" for ever. `_drive` journals its own.
             if not driving:
-                await self._cancelled(scope)
+                await self._cancelled(scope, cancel_reason(err))
             raise
 
-    async def _cancelled(self, scope: RunScope) -> None:
-        """Journal the run as cancelled by its caller — unless the cancel was not the caller's
-        but the run's lease holder's (`lease_stop`): the lease may be lost, or the journal out
-        of reach, so nothing is journaled and the run stays `running`, as a crash leaves it,
-        for a resume (a fleet worker) to recover. The caller gets `LeaseLost` or
-        `JournalUnavailable` from the lease holder."""
+    async def _cancelled(self, scope: RunScope, reason: str) -> None:
+        """Journal the run as cancelled for `reason` (`CancelReason`) — unless the cancel was
+        not the caller's but the run's lease holder's (`lease_stop`): the lease may be lost, or
+        the journal out of reach, so nothing is journaled and the run stays `running`, as a
+        crash leaves it, for a resume (a fleet worker) to recover. The caller gets `LeaseLost`
+        or `JournalUnavailable` from the lease holder."""
         if lease_stop() is not None:
             return
         self._traced(scope, semconv.run_end_attributes(RunStatus.CANCELLED))
         # To its end even when the caller cancels again: else the run stays `running`.
-        await finished(self._journal_cancelled(scope))
+        await finished(self._journal_cancelled(scope, reason))
 
-    async def _journal_cancelled(self, scope: RunScope) -> None:
-        reason = "cancelled by the caller"
+    async def _journal_cancelled(self, scope: RunScope, reason: str) -> None:
         await self.deps.runtime.finish_run(self.run_id, RunStatus.CANCELLED, reason, None)
         if scope.auditing:
             ended = trail.run_completed(RunStatus.CANCELLED, reason, Usage())
@@ -316,8 +316,8 @@ class AgentSession:
                 outcome = await run_extra_step(
                     self.graph, scope, outcome.state, self.finish, outcome.visits
                 )
-        except asyncio.CancelledError:
-            await self._cancelled(scope)
+        except asyncio.CancelledError as err:
+            await self._cancelled(scope, cancel_reason(err))
             raise
         result = self._result(outcome)
         # Charged but not in the state: the failed step's attempts, the child graphs of the

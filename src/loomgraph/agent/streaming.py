@@ -41,6 +41,7 @@ async def event_stream(
             await queue.put(_DONE)  # interrupted by cancel() when the consumer has left
 
     task = asyncio.create_task(produce())
+    message: Any = None
     try:
         while (item := await queue.get()) is not _DONE:
             yield item
@@ -48,8 +49,13 @@ async def event_stream(
         failure = error()
         if failure is not None:
             raise failure
+    except asyncio.CancelledError as err:
+        # The consumer's cancellation goes on to the run with its message: the run journals
+        # who cancelled it (`CancelReason`), not that "the caller" did.
+        message = err.args[0] if err.args else None
+        raise
     finally:
         if not task.done():
-            task.cancel()
+            task.cancel(message)
             with contextlib.suppress(asyncio.CancelledError):
                 await task

@@ -95,7 +95,7 @@ from loomgraph.protocols.runtime import (
     current_fence,
 )
 from loomgraph.protocols.spellings import as_latin, without_invisible
-from loomgraph.protocols.tasks import finished, stops_the_task
+from loomgraph.protocols.tasks import CancelReason, cancel_reason, finished, stops_the_task
 from loomgraph.protocols.tool_args import (
     ToolArgLimits,
     ToolArgsRejected,
@@ -208,7 +208,10 @@ __all__ = [  # noqa: RUF022 - grouped by concept, not sorted
     # spellings: how text is disguised (invisible characters, lookalike letters)
     "as_latin",
     "without_invisible",
-    # tasks: a step a cancellation must not cut off; a cancel that is the task's own
+    # tasks: a step a cancellation must not cut off; a cancel that is the task's own; who
+    # cancelled a run
+    "CancelReason",
+    "cancel_reason",
     "finished",
     "stops_the_task",
     # tool_args: a model's tool-call arguments, checked against limits

@@ -1,13 +1,15 @@
 """`finished`: a step that must not be cut off by a cancellation (a write under way);
-`stops_the_task`: whether a cancellation is the running task's own or one that code raised."""
+`stops_the_task`: whether a cancellation is the running task's own or one that code raised;
+`CancelReason`: who cancelled a run's task, carried by the cancellation itself."""
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Awaitable
+from dataclasses import dataclass
 from typing import TypeVar
 
-__all__ = ["finished", "stops_the_task"]
+__all__ = ["CancelReason", "cancel_reason", "finished", "stops_the_task"]
 
 T = TypeVar("T")
 
@@ -46,3 +48,24 @@ def stops_the_task(err: BaseException) -> bool:
     except RuntimeError:  # no event loop runs: the coroutine is being closed
         return True
     return task is None or (isinstance(err, asyncio.CancelledError) and task.cancelling() > 0)
+
+
+@dataclass(frozen=True, slots=True)
+class CancelReason:
+    """Why a run's task is cancelled, given as the cancellation's message
+    (`task.cancel(CancelReason("cancelled by alice"))`): the run journals `text` as its
+    reason. A typed message, so that another library's text message is never taken for it."""
+
+    text: str
+
+
+CALLER_CANCELLED = "cancelled by the caller"
+
+
+def cancel_reason(err: BaseException) -> str:
+    """The reason a cancelled run journals: its `CancelReason`'s text, else that its caller
+    cancelled it."""
+    args = err.args
+    if args and isinstance(args[0], CancelReason):
+        return args[0].text
+    return CALLER_CANCELLED

@@ -15,10 +15,14 @@ from typing import Any
 
 from loomgraph.errors import LoomgraphError
 from loomgraph.protocols.events import NODE_COMPLETED, RUN_COMPLETED, Event
+from loomgraph.protocols.tasks import CancelReason
 
-__all__ = ["Closing", "RunHub"]
+__all__ = ["SHUTDOWN_REASON", "Closing", "RunHub"]
 
 log = logging.getLogger("loomgraph.serve")
+
+# The journaled reason of the runs a server stops as it shuts down: nobody asked for it.
+SHUTDOWN_REASON = "cancelled by the server's shutdown"
 
 # Events after which the journal holds something new for watchers.
 _JOURNALED = frozenset({NODE_COMPLETED, RUN_COMPLETED})
@@ -155,12 +159,13 @@ class RunHub:
             with contextlib.suppress(asyncio.CancelledError):
                 await asyncio.shield(task)
 
-    async def cancel(self, run_id: str) -> bool:
-        """Cancel a run this process drives (journaled as cancelled); False if it drives none."""
+    async def cancel(self, run_id: str, reason: str) -> bool:
+        """Cancel a run this process drives (journaled as cancelled, for `reason`); False if
+        it drives none."""
         task = self._tasks.get(run_id)
         if task is None or task.done():
             return False
-        task.cancel()
+        task.cancel(CancelReason(reason))
         with contextlib.suppress(asyncio.CancelledError):
             await task
         return True
@@ -171,7 +176,7 @@ class RunHub:
         of a run driven here reads how it ended first. Idempotent."""
         driving = [task for task in self._driving if not task.done()]
         for task in driving:
-            task.cancel()
+            task.cancel(CancelReason(SHUTDOWN_REASON))
         await asyncio.gather(*driving, return_exceptions=True)
         self.closing = True
         for waker in self._wakers.values():

@@ -268,7 +268,8 @@ class Service:
             except RunNotCancellable as err:
                 raise Conflict(str(err)) from None
             return await self.run(caller, run_id)
-        stopped = await self.hub.cancel(run_id)
+        reason = f"cancelled by {caller.user_id}"
+        stopped = await self.hub.cancel(run_id, reason)
         if stopped:
             record = await self.run(caller, run_id)
             if record.status == RunStatus.CANCELLED:
@@ -280,7 +281,7 @@ class Service:
         if record.status.final:
             raise RunFinished(run_id, str(record.status))
         try:
-            await cancel_idle(self.agent.deps, run_id, f"cancelled by {caller.user_id}")
+            await cancel_idle(self.agent.deps, run_id, reason)
         except RunNotCancellable as err:
             raise Conflict(str(err)) from None
         except RunFinished:
