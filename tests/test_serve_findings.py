@@ -301,3 +301,20 @@ async def test_a_limit_or_seq_that_is_not_plain_digits_is_400(tmp_path: Path, ra
         seq = await s.get("alice", f"/v1/runs/{run_id}/checkpoints/1_0")
         assert error(seq) == (400, "bad_request")
         assert (await s.get("alice", "/v1/runs", params={"limit": "007"})).status_code == 200
+
+
+@pytest.mark.parametrize("raw", ["-1", " 1", "1 ", "+1", "1_0", "\u0663", "1.-2", "1.x", "1."])
+async def test_an_event_id_that_is_not_plain_digits_is_400(tmp_path: Path, raw: str) -> None:
+    async with served(tmp_path) as s:
+        run_id = (await s.post("alice", "/v1/runs", {"input": "hi"})).json()["run_id"]
+        path = f"/v1/runs/{run_id}/events"
+        auth = s.auth("alice")
+        tries: list[dict[str, Any]] = [{"params": {"after": raw}}]
+        if raw.isascii():  # an HTTP header holds ASCII only
+            tries.append({"headers": {**auth, "Last-Event-ID": raw}})
+        for sent in tries:
+            refused = await s.client.get(path, **{"headers": auth, **sent})
+            assert error(refused) == (400, "bad_request"), (raw, sent, refused.text)
+            assert repr(raw) in refused.json()["error"]["message"]
+        for good in ("0", "1", "1.0", "1.end", "007"):
+            assert (await s.get("alice", path, params={"after": good})).status_code == 200

@@ -17,6 +17,7 @@ status follows, id `"seq.end"` (`index` -1), and the source ends. Model text arr
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -47,6 +48,7 @@ __all__ = [
 ]
 
 _END = -1  # the index of the event a stop makes
+_EVENT_ID = re.compile(r"([0-9]+)(?:\.([0-9]+|end))?")  # SEQ, SEQ.INDEX, SEQ.end
 # How many reads in a row a follower waits for a missing seq while later ones are there
 # (and for as many poll intervals: wakes can come faster than a slow commit).
 GAP_READS = 8
@@ -70,16 +72,19 @@ class EventId:
 
     @classmethod
     def parse(cls, text: str) -> EventId:
-        """An id from its text form; a bare number `N` means "after every event of N"."""
-        seq, dot, index = text.strip().partition(".")
-        try:
-            if not dot:
-                return cls(int(seq), 1 << 30)
-            return cls(int(seq), _END if index == "end" else int(index))
-        except ValueError:
+        """An id from its text form; a bare number `N` means "after every event of N". Only
+        ASCII digits, as for every number the server reads: `int` would take `-1`, `+1`, `1_0`
+        and other scripts' digits, and `-1` would replay the run from its start."""
+        found = _EVENT_ID.fullmatch(text)
+        if found is None:
             raise BadEventId(
-                f"event id {text!r} is not 'SEQ.INDEX', 'SEQ.end' or a sequence number"
-            ) from None
+                f"event id {text!r} is not 'SEQ.INDEX', 'SEQ.end' or a sequence number "
+                f"(ASCII digits)"
+            )
+        seq, index = found.group(1, 2)
+        if index is None:
+            return cls(int(seq), 1 << 30)
+        return cls(int(seq), _END if index == "end" else int(index))
 
     def comes_after(self, other: EventId | None) -> bool:
         """True when this event follows `other` in the run (every event follows None)."""
