@@ -29,6 +29,8 @@ async def test_pages_need_sign_in_and_show_only_the_callers_runs(tmp_path: Path)
             "deny-button",
         ):
             assert f'data-testid="{testid}"' in page.text, testid
+        # The node that asks (in a map run, the branch's: `each/0/tools`).
+        assert '<span class="mono" data-testid="approval-node">tools</span>' in page.text
         assert "<svg" in page.text and "https://" not in page.text.split("<svg")[0]
         point = await s.client.get(f"/ui/runs/{run_id}/checkpoint?seq=1")
         assert 'data-testid="checkpoint-state"' in point.text
