@@ -119,7 +119,15 @@ async def test_sqlite_version_1_is_migrated(tmp_path: Path) -> None:
         versions = {r[0] for r in raw.execute("SELECT v FROM transitions UNION SELECT v FROM runs")}
     raw.close()
     assert version == [(str(SCHEMA_VERSION),)] and versions == {SCHEMA_VERSION}
-    assert tables == {"journal_meta", "runs", "transitions", "effects", "leases", "graphs"}
+    assert tables == {
+        "journal_meta",
+        "runs",
+        "transitions",
+        "effects",
+        "leases",
+        "graphs",
+        "audit_outbox",
+    }
     async with SqliteRuntime(path) as journal:  # opened again: nothing left to migrate
         assert len(await journal.transitions(RUN)) == 4
 

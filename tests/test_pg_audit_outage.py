@@ -1,7 +1,8 @@
 """A PostgresAuditLog whose server is cut, hangs or refuses an entry: every wait is bounded,
 an outage is `AuditLogUnavailable` (a `ServiceUnavailable`: a run is left to be resumed, not
 failed), a payload PostgreSQL cannot store is an `AuditLogError` naming the problem, a
-cancelled append ends at once, and no message shows the DSN's password.
+cancelled append ends at once, no message shows the DSN's password, and a run cut off by an
+outage loses no entry (what the outage cut off is kept in its journal, written at its resume).
 
 The outages are real: the log reaches the server through a TCP proxy the test starts, then
 cuts or hangs; the server itself is never touched."""
@@ -9,7 +10,9 @@ cuts or hangs; the server itself is never touched."""
 from __future__ import annotations
 
 import asyncio
+import json
 import time
+from collections import Counter
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -20,7 +23,8 @@ from loomgraph import Agent
 from loomgraph.errors import ServiceUnavailable
 from loomgraph.models import ScriptedModel
 from loomgraph.observability import AuditLogError, AuditLogUnavailable, PostgresAuditLog
-from loomgraph.protocols import RunStatus
+from loomgraph.protocols import AuditAction, RunStatus
+from loomgraph.runtime import InMemoryRuntime
 from loomgraph.runtime.postgres import PostgresRuntime
 from loomgraph.runtime.sqlite import SqliteRuntime
 from tcp_proxy import TcpProxy
@@ -220,6 +224,59 @@ async def test_a_driver_error_is_an_audit_log_error(pg_schema: str) -> None:
 
 # ---------------------------------------------------------------------------- a run
 
+# The run of these tests, left alone: one tool call, then the answer.
+SCRIPT: list[Any] = [{"tool_calls": [{"tool": "lookup", "args": {"city": "Paris"}}]}, "In France"]
+
+
+async def _reference(schema: str) -> list[tuple[str, tuple[str, ...]]]:
+    """The trail (actions and payload keys) of the run left alone."""
+
+    def lookup(city: str) -> str:
+        """Look a city up."""
+        return "France"
+
+    async with PostgresAuditLog(pg.postgres_dsn(), key=KEY, table=f"{schema}.ref") as log:
+        agent = Agent(
+            "geo",
+            model=ScriptedModel(list(SCRIPT)),
+            tools=[lookup],
+            runtime=InMemoryRuntime(),
+            audit_log=log,
+        )
+        try:
+            result = await agent.run("where?", user_id="alice")
+        finally:
+            await agent.aclose()
+        assert result.status == RunStatus.COMPLETED
+        return _trail([e async for e in log.entries()])
+
+
+def _trail(entries: list[Any]) -> list[tuple[str, tuple[str, ...]]]:
+    return [
+        (e["action"], tuple(sorted(e["payload"])))
+        for e in entries
+        if e["action"] != AuditAction.AUDIT_RESTORED
+    ]
+
+
+async def _check_nothing_missing(
+    reference: list[tuple[str, tuple[str, ...]]], audit: PostgresAuditLog, run_id: str
+) -> None:
+    """The outage cut no entry off for good: every entry of the run left alone is in the
+    log in its order (the cut stretch was kept in the journal and written at the resume,
+    behind its marker), and none is there twice (but each resume's own `run_started`)."""
+    entries = [e async for e in audit.entries(run_id=run_id)]
+    found = _trail(entries)
+    rest = iter(found)
+    assert all(any(item == got for got in rest) for item in reference), (reference, found)
+    assert [e["action"] for e in entries].count(AuditAction.AUDIT_RESTORED) == 1
+    made = Counter(
+        json.dumps([e["action"], e["actor"], e["payload"]], sort_keys=True)
+        for e in entries
+        if e["action"] not in ("run_started", AuditAction.AUDIT_RESTORED)
+    )
+    assert [entry for entry, times in made.items() if times > 1] == []
+
 
 @pytest.mark.parametrize("mode", ["cut", "hang"])
 async def test_an_audit_outage_mid_run_leaves_the_run_to_be_resumed(
@@ -238,12 +295,8 @@ async def test_an_audit_outage_mid_run_leaves_the_run_to_be_resumed(
         return "France"
 
     runtime = PostgresRuntime(pg.postgres_dsn(), schema=pg_schema)
-    script: list[Any] = [
-        {"tool_calls": [{"tool": "lookup", "args": {"city": "Paris"}}]},
-        "In France",
-    ]
     agent = Agent(
-        "geo", model=ScriptedModel(script), tools=[lookup], runtime=runtime, audit_log=audit
+        "geo", model=ScriptedModel(list(SCRIPT)), tools=[lookup], runtime=runtime, audit_log=audit
     )
     try:
         with pytest.raises(AuditLogUnavailable) as raised:
@@ -259,6 +312,8 @@ async def test_an_audit_outage_mid_run_leaves_the_run_to_be_resumed(
             resumed = await agent.resume(run.run_id)
         assert resumed.status == RunStatus.COMPLETED, resumed.reason
         assert (await audit.verify()).ok
+        await _check_nothing_missing(await _reference(pg_schema), audit, run.run_id)
+        assert await runtime.kept_audit_entries(run.run_id) == []
     finally:
         proxy.cut()
         async with asyncio.timeout(BOUND):
@@ -311,6 +366,8 @@ async def test_an_audit_outage_after_the_last_effect_leaves_the_run_to_be_resume
         assert (await audit.verify()).ok
         actions = [e["action"] async for e in audit.entries(run_id=run.run_id)]
         assert actions[-1] == "run_completed" and actions.count("run_completed") == 1
+        await _check_nothing_missing(await _reference(pg_schema), audit, run.run_id)
+        assert await runtime.kept_audit_entries(run.run_id) == []
     finally:
         proxy.cut()
         async with asyncio.timeout(BOUND):

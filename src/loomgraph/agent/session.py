@@ -18,7 +18,7 @@ from loomgraph.agent.recovery import crashed_usage
 from loomgraph.agent.result import RunResult, failed_step_usage
 from loomgraph.agent.run_memory import episode_of, remember, seeded_state
 from loomgraph.engine import audit_trail as trail
-from loomgraph.engine.audit_writer import written_quietly
+from loomgraph.engine.audit_writer import AuditWriter, keep_unwritten, restore_kept, written_quietly
 from loomgraph.engine.effects import ResumeInput
 from loomgraph.engine.interpreter import Outcome, run_child, run_extra_step, run_graph
 from loomgraph.engine.scope import EventSink, RunScope, active_scope
@@ -46,6 +46,7 @@ from loomgraph.protocols import (
     semconv,
 )
 from loomgraph.protocols.events import RUN_COMPLETED, RUN_STARTED
+from loomgraph.protocols.runtime import Lease
 from loomgraph.runtime.errors import JournalEncodingError, RunConflict, RunExists
 from loomgraph.runtime.text import check_run_ids
 
@@ -91,6 +92,7 @@ class AgentSession:
         self.run_id = run_id or uuid.uuid4().hex
         self._id_given = run_id is not None
         self._run_span: Span | None = None  # told how the run ended (`_traced`)
+        self._held: Lease | None = None  # the lease `_started` took (fences `keep_unwritten`)
 
     def _record(self, **fields: Any) -> RunRecord:
         now = time.time()
@@ -160,7 +162,7 @@ class AgentSession:
         resume: ResumeInput | None = None,
     ) -> RunResult:
         """Go on from a checkpoint: the same run (resume) or a new one (fork)."""
-        async with self._opened(record, sink) as scope:
+        async with self._opened(record, sink, resumed=not new_run) as scope:
             scope.resume = resume
             scope.system = record.initial.system if record.initial else self.instructions
             scope.model_calls = int((at.state.get("usage") or {}).get("model_calls", 0))
@@ -181,7 +183,9 @@ class AgentSession:
             return await self._started(scope, at.state, at.next_node, at.visits)
 
     @contextlib.asynccontextmanager
-    async def _opened(self, record: RunRecord, sink: EventSink) -> AsyncIterator[RunScope]:
+    async def _opened(
+        self, record: RunRecord, sink: EventSink, *, resumed: bool = False
+    ) -> AsyncIterator[RunScope]:
         deps, compiled = self.deps, self.graph
         if deps.startable_tools is not None:  # MCP servers: connect, list, check
             await deps.startable_tools.start()
@@ -210,7 +214,7 @@ class AgentSession:
                     if record.initial is not None:
                         # A run going on from a checkpoint (resumed, forked); a new run is
                         # audited once its start is journaled (`execute`).
-                        await self._audit_start(scope, continued=True)
+                        await self._audit_start(scope, continued=True, resumed=resumed)
                     yield scope
                     await scope.audit_written()  # every entry in the log before it returns
                 except ServiceUnavailable:
@@ -235,14 +239,22 @@ class AgentSession:
                 finally:
                     active_scope.reset(active)
                     await written_quietly(scope.audit_writer)  # after an error: its entries
+                    # What an audit outage left unwritten: kept in the journal for the resume.
+                    await keep_unwritten(scope.audit_writer, deps.runtime, self._held)
                     if deps.run_clock is not None and over:
                         await deps.run_clock.end_run(scope.budget_scope)
         finally:
             current_run.reset(token)
 
-    async def _audit_start(self, scope: RunScope, *, continued: bool) -> None:
-        """The `run_started` audit entry."""
+    async def _audit_start(
+        self, scope: RunScope, *, continued: bool, resumed: bool = False
+    ) -> None:
+        """The `run_started` audit entry; at a resume, after the entries an audit outage cut
+        off the run before, which its journal kept (`restore_kept`)."""
         if scope.auditing:
+            if resumed:
+                scope.audit_writer = AuditWriter(self.deps.audit_log, self.run_id, self.user_id)
+                await restore_kept(scope.audit_writer, self.deps.runtime)
             compiled = self.graph
             started = trail.run_started(
                 compiled.name,
@@ -274,8 +286,8 @@ class AgentSession:
             if leased:
                 driving = True
                 return await self._drive(scope, state, start, visits)
-            async with hold_lease(self.deps.leases, self.run_id):
-                driving = True
+            async with hold_lease(self.deps.leases, self.run_id) as lease:
+                driving, self._held = True, lease if isinstance(lease, Lease) else None
                 return await self._drive(scope, state, start, visits)
         except asyncio.CancelledError as err:
             # Cancelled before the graph ran (announcing, taking the lease): without this

@@ -30,6 +30,7 @@ __all__ = [
     "RUNTIME_ACTOR",
     "RUN_ACTOR",
     "args_hash",
+    "audit_restored",
     "budget",
     "decision",
     "model_call",
@@ -167,6 +168,12 @@ def budget(
     if added is not None:
         payload["charged"] = dict(added)
     return payload
+
+
+def audit_restored(count: int) -> dict[str, Any]:
+    """`audit_restored`: how many entries an outage cut off the run follow, kept in its
+    journal since (`engine.audit_writer.restore_kept`)."""
+    return {"count": count}
 
 
 def transition(seq: int, node: str, visit: int, target: str) -> dict[str, Any]:

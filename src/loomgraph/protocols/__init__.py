@@ -64,7 +64,15 @@ from loomgraph.protocols.models import (
     ModelResponse,
     Sampling,
 )
-from loomgraph.protocols.observability import AuditAction, AuditLog, AuditMode, Span, Telemetry
+from loomgraph.protocols.observability import (
+    AuditAction,
+    AuditEntry,
+    AuditLog,
+    AuditMode,
+    AuditOutbox,
+    Span,
+    Telemetry,
+)
 from loomgraph.protocols.paths import NodePath, journaled_usage, top_level
 from loomgraph.protocols.pricing import (
     DEFAULT_PRICES,
@@ -234,8 +242,10 @@ __all__ = [  # noqa: RUF022 - grouped by concept, not sorted
     "top_level",
     # observability
     "AuditAction",
+    "AuditEntry",
     "AuditLog",
     "AuditMode",
+    "AuditOutbox",
     "Span",
     "Telemetry",
     # checks: a backend object against its protocol, at runtime

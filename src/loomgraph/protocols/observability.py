@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Protocol, runtime_checkable
 
-__all__ = ["AuditAction", "AuditLog", "AuditMode", "Span", "Telemetry"]
+__all__ = [
+    "AuditAction",
+    "AuditEntry",
+    "AuditLog",
+    "AuditMode",
+    "AuditOutbox",
+    "Span",
+    "Telemetry",
+]
 
 
 class Span(Protocol):
@@ -52,6 +60,8 @@ class AuditAction(StrEnum):
     EFFECT_UNKNOWN = "effect_unknown_after_crash"
     DEAD_LETTER = "dead_letter"
     AUDIT_QUARANTINED = "audit_quarantined"
+    # Before the entries an outage cut off a run's earlier attempt, written at its resume.
+    AUDIT_RESTORED = "audit_restored"
 
 
 @runtime_checkable
@@ -78,6 +88,29 @@ class AuditLog(Protocol):
 
     async def close(self) -> None:
         """Release connections and file handles; the next use opens them again."""
+        ...
+
+
+# One audit entry a run made: its action, its actor, its payload (JSON-able).
+AuditEntry = tuple[str, str, Mapping[str, Any]]
+
+
+@runtime_checkable
+class AuditOutbox(Protocol):
+    """A run journal that keeps a run's audit entries its audit log could not take (an
+    outage) until the run's resume writes them; its writes are fenced like the run's others.
+    Optional: a journal without it keeps none."""
+
+    async def keep_audit_entries(self, run_id: str, entries: Sequence[AuditEntry]) -> None:
+        """Keep entries of a run, after those kept for it already."""
+        ...
+
+    async def kept_audit_entries(self, run_id: str) -> list[AuditEntry]:
+        """The entries kept for a run, oldest first ([] for none, or an unknown run)."""
+        ...
+
+    async def drop_audit_entries(self, run_id: str, count: int) -> None:
+        """Let go of the `count` oldest entries kept for a run."""
         ...
 
 

@@ -8,11 +8,13 @@ from __future__ import annotations
 import bisect
 import time
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import replace
 from itertools import islice
 from typing import Any
 
 from loomgraph.protocols import (
+    AuditEntry,
     EffectRecord,
     EffectStatus,
     PinnedGraph,
@@ -22,6 +24,7 @@ from loomgraph.protocols import (
     UnknownRun,
 )
 from loomgraph.protocols.runtime import Lease, current_fence
+from loomgraph.runtime.audit_outbox import entry_from_text, entry_text
 from loomgraph.runtime.errors import LeaseLost, RunExists, RunFinished
 from loomgraph.runtime.frozen import freeze, thaw
 from loomgraph.runtime.lease_table import LeaseTable
@@ -56,6 +59,8 @@ class InMemoryRuntime:
         self._frozen: dict[str, bytes] = {}
         # Kept when their runs are forgotten: one per distinct graph, few and small.
         self._graphs: dict[str, PinnedGraph] = {}
+        # The audit outbox: entries an outage cut off a run, as the SQL journals keep them.
+        self._audit_kept: dict[str, list[str]] = {}
 
     async def start_run(self, run: RunRecord) -> None:
         """Record a new run, forgetting the oldest finished one when full; `RunExists` when
@@ -128,6 +133,7 @@ class InMemoryRuntime:
         self._transitions.pop(run_id, None)
         self._effects.pop(run_id, None)
         self._frozen.pop(run_id, None)
+        self._audit_kept.pop(run_id, None)
 
     def _thawed(self, run_id: str) -> None:
         """Make a frozen run's records live again, before they are written."""
@@ -245,6 +251,29 @@ class InMemoryRuntime:
         """Forget a run's failed recoveries (an operator's retry); fenced."""
         self._fence(run_id, fence)
         self._runs[run_id].recoveries = 0
+
+    async def keep_audit_entries(self, run_id: str, entries: Sequence[AuditEntry]) -> None:
+        """Keep entries of a run after those kept already (as JSON text, as the SQL journals
+        do); fenced. `UnknownRun` for a run not kept."""
+        self._fence(run_id, None)
+        if run_id not in self._runs:
+            raise UnknownRun(run_id)
+        texts = [entry_text(entry) for entry in entries]
+        if texts:
+            self._audit_kept.setdefault(run_id, []).extend(texts)
+
+    async def kept_audit_entries(self, run_id: str) -> list[AuditEntry]:
+        """The entries kept for a run, oldest first."""
+        return [entry_from_text(text) for text in self._audit_kept.get(run_id, ())]
+
+    async def drop_audit_entries(self, run_id: str, count: int) -> None:
+        """Let go of the `count` oldest entries kept for a run; fenced."""
+        self._fence(run_id, None)
+        kept = self._audit_kept.get(run_id)
+        if kept is not None and count > 0:
+            del kept[:count]
+            if not kept:
+                del self._audit_kept[run_id]
 
     async def runs(self, user_id: str | None = None) -> list[RunRecord]:
         """Runs, newest last, optionally of one user."""

@@ -34,6 +34,7 @@ from loomgraph.runtime.schema import (
     ADDED_COLUMNS,
     SCHEMA_VERSION,
     Dialect,
+    audit_outbox_table,
     ddl,
     graphs_table,
     migrate_from_v1,
@@ -178,6 +179,8 @@ class PostgresRuntime(SqlJournal):
         d = dialect(self.schema)
         if await con.fetchval("SELECT to_regclass($1)", f"{d.prefix}graphs") is None:
             await con.execute(graphs_table(d))  # a journal made before graphs were kept
+        if await con.fetchval("SELECT to_regclass($1)", f"{d.prefix}audit_outbox") is None:
+            await con.execute(audit_outbox_table(d))  # ... or before the audit outbox
         for table, column, constraint in ADDED_COLUMNS:  # journals made before these
             # Checked first: ALTER TABLE locks the table even when the column exists.
             if not await con.fetchval(

@@ -67,6 +67,7 @@ def ddl(d: Dialect) -> list[str]:
         f"{p}runs (run_id), owner TEXT NOT NULL, acquired_at {r} NOT NULL, "
         f"expires_at {r} NOT NULL, token {i} NOT NULL DEFAULT 1){wr}",
         graphs_table(d),
+        audit_outbox_table(d),
         f"INSERT INTO {p}journal_meta (key, value) VALUES ('schema_version', "
         f"'{SCHEMA_VERSION}') ON CONFLICT (key) DO NOTHING",
     ]
@@ -95,6 +96,20 @@ def graphs_table(d: Dialect) -> str:
     return (
         f"CREATE TABLE IF NOT EXISTS {d.prefix}graphs (hash TEXT PRIMARY KEY, "
         f"name TEXT NOT NULL, spec {d.json} NOT NULL, v {d.integer} NOT NULL){d.without_rowid}"
+    )
+
+
+def audit_outbox_table(d: Dialect) -> str:
+    """The table of the audit entries an outage of the audit log cut off a run, kept until
+    its resume writes them (`runtime.audit_outbox`): by the run's `runs.n` and their order
+    (`seq`), each entry as JSON text. Journals made before it gain it when opened. Empty
+    but during an outage, so WITHOUT ROWID in SQLite (one page per journal, not two), although
+    an entry with content may pass 1 KB and take an overflow page while it is kept."""
+    p, i = d.prefix, d.integer
+    return (
+        f"CREATE TABLE IF NOT EXISTS {p}audit_outbox (run {i} NOT NULL REFERENCES {p}runs (n), "
+        f"seq {i} NOT NULL, entry TEXT NOT NULL, v {i} NOT NULL, PRIMARY KEY (run, seq))"
+        f"{d.without_rowid}"
     )
 
 
@@ -186,6 +201,16 @@ def statements(d: Dialect) -> dict[str, str]:
         + " WHERE run_id = ? AND status = 'queued'"
     )
     effects = f"SELECT {EFFECT_READ} FROM {p}effects e JOIN {p}runs r ON r.n = e.run "
+    # The audit outbox: the run's number and the seq its next kept entry takes (none for an
+    # unknown run); the kept entries in order; the `?` oldest let go of.
+    outbox_next = (
+        f"SELECT r.n, coalesce((SELECT max(o.seq) FROM {p}audit_outbox o WHERE o.run = r.n), "
+        f"0) + 1 FROM {p}runs r WHERE r.run_id = ?"
+    )
+    outbox_drop = (
+        f"DELETE FROM {p}audit_outbox WHERE run = {run_n} AND seq < (SELECT min(seq) FROM "
+        f"{p}audit_outbox WHERE run = {run_n}) + ?"
+    )
     return {
         "start_run": f"INSERT INTO {p}runs ({RUN_COLUMNS}) VALUES ({_marks(15)}) "
         "ON CONFLICT (run_id) DO NOTHING",
@@ -238,6 +263,11 @@ def statements(d: Dialect) -> dict[str, str]:
         "release_lease": f"UPDATE {p}leases SET owner = '', expires_at = {now} "
         "WHERE run_id = ? AND owner = ? AND owner <> ''",
         "lease": f"SELECT owner, expires_at, {now}, token FROM {p}leases WHERE run_id = ?",
+        "outbox_next": outbox_next,
+        "outbox_add": f"INSERT INTO {p}audit_outbox (run, seq, entry, v) VALUES (?, ?, ?, ?)",
+        "outbox_read": f"SELECT o.entry, o.v FROM {p}audit_outbox o JOIN {p}runs r "
+        "ON r.n = o.run WHERE r.run_id = ? ORDER BY o.seq",
+        "outbox_drop": outbox_drop,
     }
 
 

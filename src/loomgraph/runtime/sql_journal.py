@@ -23,6 +23,7 @@ from loomgraph.protocols import (
     Transition,
 )
 from loomgraph.protocols.runtime import Lease, current_fence
+from loomgraph.runtime.audit_outbox import SqlAuditOutbox
 from loomgraph.runtime.codec import (
     dumps,
     effect_from_row,
@@ -53,7 +54,7 @@ T = TypeVar("T")
 _MAX_SEQ = 2**62
 
 
-class SqlJournal:
+class SqlJournal(SqlAuditOutbox):
     """The Runtime protocol over SQL; subclasses provide connections and error translation.
 
     `_read()` gives a cursor outside any explicit transaction, where each statement commits

@@ -32,6 +32,7 @@ from loomgraph.runtime.schema import (
     ADDED_COLUMNS,
     SCHEMA_VERSION,
     Dialect,
+    audit_outbox_table,
     ddl,
     graphs_table,
     migrate_from_v1,
@@ -230,6 +231,7 @@ for _name in (
     "reset_recoveries",
     "acquire_lease",
     "move_run",
+    "keep_audit_entries",
 ):
     setattr(SqliteRuntime, _name, _possibly_lost(getattr(SqlJournal, _name)))
 
@@ -248,24 +250,28 @@ async def _schema_version(conn: aiosqlite.Connection) -> str | None:
 
 
 async def _add_columns(conn: aiosqlite.Connection) -> None:
-    """Give a journal made before fencing, dead letters and kept graphs their columns and
-    the graphs table (once)."""
+    """Give a journal made before fencing, dead letters, kept graphs and the audit outbox
+    their columns and tables (once)."""
     missing = [
         (table, column, constraint)
         for table, column, constraint in ADDED_COLUMNS
         if column not in {r[1] for r in await conn.execute_fetchall(f"PRAGMA table_info({table})")}
     ]
-    no_graphs = not list(
-        await conn.execute_fetchall(
-            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'graphs'"
+    present = {
+        r[0]
+        for r in await conn.execute_fetchall(
+            "SELECT name FROM sqlite_master WHERE type = 'table' "
+            "AND name IN ('graphs', 'audit_outbox')"
         )
-    )
-    if not missing and not no_graphs:
+    }
+    tables = {"graphs": graphs_table(SQLITE), "audit_outbox": audit_outbox_table(SQLITE)}
+    absent = [create for name, create in tables.items() if name not in present]
+    if not missing and not absent:
         return
     await conn.execute("BEGIN IMMEDIATE")
     try:
-        if no_graphs:
-            await conn.execute(graphs_table(SQLITE))
+        for create in absent:  # IF NOT EXISTS: another process may have made it meanwhile
+            await conn.execute(create)
         for table, column, constraint in missing:
             have = {r[1] for r in await conn.execute_fetchall(f"PRAGMA table_info({table})")}
             if column not in have:  # another process may have added it meanwhile
