@@ -45,7 +45,8 @@ with where each class lives (relative to `loomgraph.`):
     ├── ModelError                          protocols
     │   └── AdapterError                    models.errors
     │       ├── ModelConfigError            models.errors
-    │       │   └── ModelMissingKey         models.errors
+    │       │   ├── ModelMissingKey         models.errors
+    │       │   └── ScriptTurnInvalid + ValueError  models.errors
     │       ├── ModelRequestError           models.errors
     │       │   └── ModelPromptTooLarge     models.errors
     │       ├── ModelAuthError              models.errors

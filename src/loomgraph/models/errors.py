@@ -31,6 +31,7 @@ __all__ = [
     "ModelServerError",
     "ModelStreamBroken",
     "ModelTimeout",
+    "ScriptTurnInvalid",
     "body_error",
     "error_for_status",
     "parse_retry_after",
@@ -70,6 +71,27 @@ class ModelConfigError(AdapterError):
 
 class ModelMissingKey(ModelConfigError):
     """No API key was given and the environment variable that supplies one is unset."""
+
+
+class ScriptTurnInvalid(ModelConfigError, ValueError):
+    """A `ScriptedModel` turn it cannot read: an unknown or missing key, or a value of the
+    wrong type. `index` is the turn's (its place in the list, or the call index a script
+    function answered), `key` the key at fault (None when the turn itself is), `allowed`
+    the keys its dict may have."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        index: int = 0,
+        key: str | None = None,
+        allowed: tuple[str, ...] = (),
+    ) -> None:
+        # Keywords with defaults: unpickling calls `cls(message)`, then restores the fields.
+        super().__init__(message)
+        self.index = index
+        self.key = key
+        self.allowed = allowed
 
 
 class ModelRequestError(AdapterError):

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Sequence
+import difflib
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from loomgraph.errors import LoomgraphError
+from loomgraph.models.errors import ScriptTurnInvalid
 from loomgraph.protocols import ModelChunk, ModelRequest, ToolCall, Usage
 
 _DEFAULT_USAGE = Usage(input_tokens=10, output_tokens=5)
@@ -30,21 +32,128 @@ class ScriptExhausted(LoomgraphError, RuntimeError):
     """A run asked the scripted model for more turns than its script has."""
 
 
-def as_turn(value: Turn | str | dict[str, Any], index: int = 0) -> Turn:
-    """A Turn from a Turn, a string (text only) or a dict with text/tool_calls/usage."""
+_TURN_KEYS = ("text", "tool_calls", "usage", "finish_reason")
+_CALL_KEYS = ("id", "tool", "args")
+
+
+def as_turn(value: object, index: int = 0) -> Turn:
+    """A Turn from a Turn, a string (text only) or a dict with text/tool_calls/usage/
+    finish_reason; `ScriptTurnInvalid`, naming turn `index`, for anything else."""
     if isinstance(value, Turn):
         return value
     if isinstance(value, str):
         return Turn(text=value)
-    calls = [
-        ToolCall(
-            id=c.get("id") or f"call_{index}_{i}", tool=c["tool"], args=dict(c.get("args", {}))
+    if not isinstance(value, Mapping):
+        raise ScriptTurnInvalid(
+            f"scripted turn {index} is {_kind(value)}; a turn is a string, a dict, a Turn "
+            "or an exception to raise",
+            index=index,
         )
-        for i, c in enumerate(value.get("tool_calls", []))
-    ]
-    raw = value.get("usage")
-    usage = raw if isinstance(raw, Usage) else Usage.from_dict(raw) if raw else _DEFAULT_USAGE
-    return Turn(value.get("text", ""), calls, usage, value.get("finish_reason"))
+    # A misspelt key would otherwise be an empty turn, and a test pass for the wrong reason.
+    _check_keys(value, _TURN_KEYS, index, "")
+    text = value.get("text", "")
+    if not isinstance(text, str):
+        raise _wrong(index, "", "text", text, "a string")
+    raw_calls = value.get("tool_calls", ())
+    if not isinstance(raw_calls, list | tuple):
+        raise _wrong(index, "", "tool_calls", raw_calls, "a list of tool calls")
+    calls = [_tool_call(call, index, i) for i, call in enumerate(raw_calls)]
+    reason = value.get("finish_reason")
+    if reason is not None and not isinstance(reason, str):
+        raise _wrong(index, "", "finish_reason", reason, "a string or None")
+    return Turn(text, calls, _usage(value.get("usage"), index), reason)
+
+
+def _tool_call(call: object, index: int, position: int) -> ToolCall:
+    """One scripted tool call: a dict with `tool`, and optionally `id` and `args`."""
+    where = f"tool call {position} "
+    if not isinstance(call, Mapping):
+        raise ScriptTurnInvalid(
+            f"scripted turn {index}: {where}is {_kind(call)}, not a dict with "
+            f"{', '.join(_CALL_KEYS)}",
+            index=index,
+            key="tool_calls",
+            allowed=_TURN_KEYS,
+        )
+    _check_keys(call, _CALL_KEYS, index, where, required="tool")
+    tool, call_id, args = call["tool"], call.get("id"), call.get("args", {})
+    if not isinstance(tool, str):
+        raise _wrong(index, where, "tool", tool, "a tool's name (a string)")
+    if call_id is not None and not isinstance(call_id, str):
+        raise _wrong(index, where, "id", call_id, "a string or None")
+    if not isinstance(args, Mapping):
+        raise _wrong(index, where, "args", args, "a dict of arguments")
+    return ToolCall(id=call_id or f"call_{index}_{position}", tool=tool, args=dict(args))
+
+
+def _usage(raw: object, index: int) -> Usage:
+    """The usage a turn reports: a Usage as given, a dict checked, none for the default."""
+    if isinstance(raw, Usage):
+        return raw  # taken as given, so a test can script an impossible one
+    if not raw:
+        return _DEFAULT_USAGE
+    if not isinstance(raw, Mapping):
+        raise _wrong(index, "", "usage", raw, "a dict or a Usage")
+    try:
+        return Usage.from_dict(raw)
+    except (ValueError, TypeError) as exc:
+        raise ScriptTurnInvalid(
+            f"scripted turn {index}: 'usage': {exc}", index=index, key="usage", allowed=_TURN_KEYS
+        ) from exc
+
+
+def _check_keys(
+    value: Mapping[Any, Any],
+    allowed: tuple[str, ...],
+    index: int,
+    where: str,
+    required: str | None = None,
+) -> None:
+    """Refuse keys outside `allowed`, and a missing `required` one, naming them."""
+    unknown = [key for key in value if key not in allowed]
+    missing = required is not None and required not in value
+    if not unknown and not missing:
+        return
+    problems: list[str] = []
+    if unknown:
+        shown = ", ".join(repr(key) for key in unknown)
+        problems.append(f"unknown keys {shown}" if len(unknown) > 1 else f"an unknown key {shown}")
+        near = difflib.get_close_matches(str(unknown[0]), allowed, n=1)
+        if near and near[0] not in value:
+            problems[-1] += f" (did you mean {near[0]!r}?)"
+    if missing:
+        problems.append(f"no {required!r}")
+    subject = f"scripted turn {index}: {where}" if where else f"scripted turn {index} "
+    whole = "a tool call" if where else "a turn dict"
+    raise ScriptTurnInvalid(
+        f"{subject}has {' and '.join(problems)}; {whole} has {', '.join(allowed)}",
+        index=index,
+        key=str(unknown[0]) if unknown else required,
+        allowed=allowed,
+    )
+
+
+def _wrong(index: int, where: str, key: str, value: object, wanted: str) -> ScriptTurnInvalid:
+    """The error for a turn's (or its tool call's) `key` holding a value of the wrong type."""
+    allowed = _CALL_KEYS if where else _TURN_KEYS
+    return ScriptTurnInvalid(
+        f"scripted turn {index}: {where}{key!r} is {_kind(value)}, not {wanted}",
+        index=index,
+        key=key,
+        allowed=allowed,
+    )
+
+
+def _kind(value: object) -> str:
+    """How an error names what it was given: a class by name, else the value's type."""
+    return f"the class {value.__name__}" if isinstance(value, type) else type(value).__name__
+
+
+def _raises(value: object) -> bool:
+    """Whether a turn is an exception (instance or class) the model raises."""
+    return isinstance(value, BaseException) or (
+        isinstance(value, type) and issubclass(value, BaseException)
+    )
 
 
 class ScriptedModel:
@@ -63,13 +172,16 @@ class ScriptedModel:
         chunk_size: int = 0,
     ) -> None:
         self.name = name
+        if isinstance(turns, str | bytes | dict):
+            # A string is a sequence too: it would play one turn per character.
+            raise ScriptTurnInvalid(
+                f"ScriptedModel takes a list of turns (or a function), not one "
+                f"{type(turns).__name__}: write ScriptedModel([{turns!r:.60}])"
+            )
         self._script = (
             turns
             if callable(turns)
-            else [
-                t if isinstance(t, BaseException | type) else as_turn(t, i)
-                for i, t in enumerate(turns)
-            ]
+            else [t if _raises(t) else as_turn(t, i) for i, t in enumerate(turns)]
         )
         self._chunk_size = chunk_size  # >0: split text into chunks of this many characters
 
@@ -89,6 +201,7 @@ class ScriptedModel:
             isinstance(turn, type) and issubclass(turn, BaseException)
         ):
             raise turn
+        # A script function's turn is read here, so its error names the call it answered.
         return as_turn(turn, request.call_index)
 
     async def stream(self, request: ModelRequest) -> AsyncIterator[ModelChunk]:

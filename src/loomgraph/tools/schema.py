@@ -226,6 +226,10 @@ def _field(tool: str, param: inspect.Parameter, doc: str | None) -> tuple[Any, F
                 f"tool {tool!r}: parameter {param.name!r} sets Field({aliased[0]}=...); a "
                 "tool's arguments are named by its parameters: rename the parameter instead"
             )
+    if _defaults_to_none(param) and not _takes_none(annotation):
+        # `c: int = None` means `int | None` (implicit Optional): the schema says null, and a
+        # call sending null is valid. Decided here, once, when the tool is defined.
+        annotation = _nullable(annotation)
     described = any(isinstance(m, FieldInfo) and m.description for m in metadata)
     kwargs: dict[str, Any] = {"alias": param.name}
     if doc and not described:
@@ -233,6 +237,48 @@ def _field(tool: str, param: inspect.Parameter, doc: str | None) -> tuple[Any, F
     if default is not param.empty:
         kwargs["default"] = default
     return annotation, Field(**kwargs)
+
+
+def _defaults_to_none(param: inspect.Parameter) -> bool:
+    """Whether the parameter's default is None (`= None` or `= Field(None, ...)`)."""
+    default = param.default
+    return default is None or (isinstance(default, FieldInfo) and default.default is None)
+
+
+def _takes_none(annotation: Any) -> bool:
+    """Whether a value of type `annotation` may be None (Any, object, `X | None`, ...)."""
+    if annotation in (Any, object, None, type(None)):
+        return True
+    if isinstance(annotation, typing.TypeVar):  # pydantic reads one as its bound, or Any
+        if annotation.__constraints__:
+            return any(_takes_none(option) for option in annotation.__constraints__)
+        return annotation.__bound__ is None or _takes_none(annotation.__bound__)
+    if isinstance(annotation, typing.NewType):
+        return _takes_none(annotation.__supertype__)
+    alias = getattr(typing, "TypeAliasType", None)  # `type X = ...`, Python 3.12+
+    if alias is not None and isinstance(annotation, alias):
+        return _takes_none(annotation.__value__)
+    origin = typing.get_origin(annotation)
+    if origin is Annotated:
+        return _takes_none(typing.get_args(annotation)[0])
+    if origin in (Union, types.UnionType):
+        return any(_takes_none(arg) for arg in typing.get_args(annotation))
+    if origin is typing.Literal:
+        return None in typing.get_args(annotation)
+    return False
+
+
+def _nullable(annotation: Any) -> Any:
+    """`annotation | None`, its validators and constraints kept to the non-null value and
+    its `Field`s (description, default) on the whole."""
+    # `Optional[...]` rather than `|`: it takes any typing form, `|` needs an `__or__`.
+    if not _is_annotated(annotation):
+        return typing.Optional[annotation]  # noqa: UP045
+    base, *metadata = typing.get_args(annotation)
+    fields = [m for m in metadata if isinstance(m, FieldInfo)]
+    others = [m for m in metadata if not isinstance(m, FieldInfo)]
+    nullable: Any = typing.Optional[Annotated[(base, *others)] if others else base]  # noqa: UP045
+    return Annotated[(nullable, *fields)] if fields else nullable
 
 
 def _is_annotated(annotation: Any) -> bool:
