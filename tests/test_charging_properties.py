@@ -5,12 +5,16 @@ attempt of each model call — fail before streaming (a retry the model makes it
 the prompt), cut the stream after k deltas (a step retry), or answer with random usage —
 and a crash point: the Nth ledger transaction, before or after it is applied (a simulated
 process death: a BaseException nothing catches, and a ledger that refuses every later
-call). A crashed run is resumed by a fresh Agent on the same journal and ledger.
+call). A crashed run is resumed by a fresh Agent on the same journal and ledger. A run may
+also fail after its model call answered (`failing`: an `llm` node whose answer does not fit
+its `int` field), so its visit's calls reach no state.
 
 Checked through the ledger at every reserve and settle: `spent + reserved <= cap` for every
 capped metric; at the end: `spent >= what the provider billed` (the provider's tokenizer is
 the documented estimate: a prompt of c characters is c // 4 + 1 tokens), no hold is left,
-and each run's usage is at least what the provider billed it.
+and each run's usage is at least what the provider billed it; without a crash the runs'
+usage has exactly the tokens the ledger charged (the ledger counts each provider attempt as
+a model call, the run's usage each call: docs/governance.md).
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from loomgraph import Agent
+from loomgraph.authoring.loader import graph_from_yaml
 from loomgraph.governance import BudgetConfig, StandardBudget
 from loomgraph.governance.ledger import Decide, InMemoryLedger, Totals
 from loomgraph.protocols import ModelChunk, ModelError, ModelRequest, Usage
@@ -124,8 +129,22 @@ class CheckedLedger(InMemoryLedger):
                 self.problems.append(f"{metric}: {totals.spent} + {totals.reserved} > {cap}")
 
 
-def agent(provider: Provider, runtime: InMemoryRuntime, budget: StandardBudget) -> Agent:
-    return Agent("answer", model=provider, runtime=runtime, budget=budget)
+# One `llm` node whose answer (the provider's "t"s) never fits its `int` field: the visit
+# fails after its call answered.
+FAILING = graph_from_yaml(
+    "name: failing\nstate:\n  n: {type: int}\nentry: ask\n"
+    "nodes:\n  ask: {kind: llm, prompt: '{{ input }}', output: n}\n"
+    "edges:\n  - {from: ask, to: END}\n"
+)
+
+
+def agent(
+    provider: Provider, runtime: InMemoryRuntime, budget: StandardBudget, failing: bool = False
+) -> Agent:
+    architecture = FAILING if failing else "react"
+    return Agent(
+        "answer", model=provider, runtime=runtime, budget=budget, architecture=architecture
+    )
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
@@ -133,14 +152,17 @@ def agent(provider: Provider, runtime: InMemoryRuntime, budget: StandardBudget) 
     plans=st.lists(st.lists(steps, max_size=4), min_size=1, max_size=3),
     cap=st.integers(150, 3000),
     crash=st.one_of(st.none(), st.tuples(st.integers(1, 12), st.booleans())),
+    failing=st.booleans(),
 )
 def test_caps_hold_and_every_billed_token_is_charged(
-    plans: list[list[Step]], cap: int, crash: tuple[int, bool] | None
+    plans: list[list[Step]], cap: int, crash: tuple[int, bool] | None, failing: bool
 ) -> None:
-    asyncio.run(_check(plans, cap, crash))
+    asyncio.run(_check(plans, cap, crash, failing))
 
 
-async def _check(plans: list[list[Step]], cap: int, crash: tuple[int, bool] | None) -> None:
+async def _check(
+    plans: list[list[Step]], cap: int, crash: tuple[int, bool] | None, failing: bool
+) -> None:
     caps = {"total_tokens": cap, "output_tokens": cap // 2}
     ledger = CheckedLedger(caps)
     config = BudgetConfig(total_tokens=cap, output_tokens=cap // 2, default_max_tokens=200)
@@ -149,7 +171,8 @@ async def _check(plans: list[list[Step]], cap: int, crash: tuple[int, bool] | No
     runs: list[str] = []
     crashed = None
     for plan in plans:
-        session = agent(provider, runtime, StandardBudget(config, ledger)).session("go " * 20)
+        budget = StandardBudget(config, ledger)
+        session = agent(provider, runtime, budget, failing).session("go " * 20)
         provider.plans[session.run_id] = list(plan)
         runs.append(session.run_id)
         try:
@@ -158,17 +181,20 @@ async def _check(plans: list[list[Step]], cap: int, crash: tuple[int, bool] | No
             crashed = session.run_id
             ledger.dead = False  # a new process, with the same ledger and journal
             ledger.die_at = None
-            await agent(provider, runtime, StandardBudget(config, ledger)).resume(session.run_id)
+            again = agent(provider, runtime, StandardBudget(config, ledger), failing)
+            await again.resume(session.run_id)
     assert not ledger.problems, ledger.problems
     totals = await ledger.totals("global")
     billed = sum(provider.billed.values(), Usage())
     assert totals.spent.get("input_tokens", 0) >= billed.prompt_tokens
     assert totals.spent.get("output_tokens", 0) >= billed.output_tokens
     assert await ledger.holds() == []
+    reported = Usage()
     for run_id in runs:
         record = await runtime.load_run(run_id)
         assert record is not None and record.result is not None
         usage = Usage.from_dict(record.result["usage"], trusted=True)
+        reported += usage
         owed = provider.billed.get(run_id, Usage())
         # A run whose process died right after a ledger commit may lack the attempt that
         # commit settled (the ledger has it, checked above; docs/governance.md, "Crashed
@@ -177,6 +203,11 @@ async def _check(plans: list[list[Step]], cap: int, crash: tuple[int, bool] | No
         if not died_after_commit:
             assert usage.output_tokens >= owed.output_tokens, (record.status, usage, owed)
             assert usage.prompt_tokens >= owed.prompt_tokens, (record.status, usage, owed)
+    if crash is None:  # (a crash's charges hold reservations, not what was billed)
+        spent = totals.spent
+        assert reported.model_calls <= spent.get("model_calls", 0), (reported, spent)
+        assert reported.input_tokens == spent.get("input_tokens", 0), (reported, spent)
+        assert reported.output_tokens == spent.get("output_tokens", 0), (reported, spent)
 
 
 async def _nothing() -> None:

@@ -60,7 +60,8 @@ class RunResult:
 def failed_step_usage(error: BaseException | None) -> Usage:
     """What the step a run failed on was billed (its model attempts, carried on the error: a
     `ModelError`, or the `BudgetExceeded` that refused a retry): the step wrote no state, so
-    its usage is not in the state's."""
+    its usage is not in the state's. For a run that raised, read from its journal (a run
+    that ended counts it through its scope, `RunScope.failed_usage`)."""
     while error is not None and not isinstance(error, ModelError | BudgetExceeded):
         error = getattr(error, "cause", None) or error.__cause__
     return error.usage if error is not None else Usage()

@@ -15,7 +15,7 @@ from loomgraph.agent.governance_state import describe_policy, restore
 from loomgraph.agent.leases import hold_lease, lease_stop
 from loomgraph.agent.pinning import graph_key, pin
 from loomgraph.agent.recovery import crashed_usage
-from loomgraph.agent.result import RunResult, failed_step_usage
+from loomgraph.agent.result import RunResult
 from loomgraph.agent.run_memory import episode_of, remember, seeded_state
 from loomgraph.engine import audit_trail as trail
 from loomgraph.engine.audit_writer import AuditWriter, keep_unwritten, restore_kept, written_quietly
@@ -332,9 +332,9 @@ class AgentSession:
             await self._cancelled(scope, cancel_reason(err))
             raise
         result = self._result(outcome)
-        # Charged but not in the state: the failed step's attempts, the child graphs of the
-        # node the run stopped in, crashed attempts.
-        result.usage += failed_step_usage(outcome.error)
+        # Charged but not in the state: the calls of visits that failed or stopped and of
+        # calls that gave up (by call key, once), the child graphs of the node the run
+        # stopped in, crashed attempts.
         result.usage += sum((*scope.failed_usage.values(), *scope.child_usage.values()), Usage())
         result.usage += await crashed_usage(deps, self.run_id)
         data = result.to_dict()

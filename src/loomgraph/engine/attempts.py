@@ -11,8 +11,10 @@ a failed one is journaled as a `model_attempt` effect of its own, finished with 
 from __future__ import annotations
 
 from loomgraph.engine.effects import EffectKey
+from loomgraph.engine.model_answers import model_estimate
 from loomgraph.engine.scope import RunScope
-from loomgraph.protocols import EffectRecord, EffectStatus, Reservation, Usage
+from loomgraph.protocols import EffectRecord, EffectStatus, ModelRequest, Reservation, Usage
+from loomgraph.protocols.usage import estimate_prompt_tokens
 
 ATTEMPT_KIND = "model_attempt"
 
@@ -31,9 +33,26 @@ class ModelAttempts:
         self._amount = Usage()
         self._number = 0
 
-    def held(self, reservation: Reservation | None, amount: Usage) -> None:
-        """An attempt starts under `reservation` (the worst case `amount`)."""
-        self.reservation, self._amount = reservation, amount
+    async def reserve(self, request: ModelRequest, asked: int | None) -> None:
+        """Hold the worst case of the next attempt (BudgetExceeded when it does not fit).
+        Without caps nothing is held, and the prompt is not measured (a walk over the whole
+        conversation). Without the caller's own limit (`asked`), the output is sized to the
+        caps (a budget with `fit_output`) and sent to the provider as max_tokens, so it can
+        never exceed the reservation."""
+        scope = self.scope
+        deps = scope.deps
+        if not deps.budgeted:
+            self.reservation = None
+            return
+        if asked is None:
+            limit = getattr(deps.model, "max_tokens", None)
+            fit = getattr(deps.budget, "fit_output", None)
+            prompt = estimate_prompt_tokens(request.prompt_chars())
+            request.max_tokens = (
+                limit if fit is None else await fit(scope.budget_scope, prompt, limit)
+            )
+        self._amount = model_estimate(request)
+        self.reservation = await scope.reserve("model", self._amount)
 
     async def settle(self, usage: Usage) -> None:
         """Charge the attempt in force `usage` (what it billed)."""

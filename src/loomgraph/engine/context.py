@@ -19,7 +19,6 @@ from loomgraph.engine.model_answers import (
     broken_usage,
     cancelled_usage,
     checked_call,
-    model_estimate,
     reported_usage,
     response_data,
     response_from,
@@ -39,7 +38,6 @@ from loomgraph.protocols import (
     ModelError,
     ModelRequest,
     ModelResponse,
-    Reservation,
     ToolCall,
     ToolResult,
     ToolSpec,
@@ -49,10 +47,11 @@ from loomgraph.protocols import (
 from loomgraph.protocols.events import MODEL_CHUNK, MODEL_RETRY, OUTPUT_VOID, VoidReason
 from loomgraph.protocols.paths import NodePath
 from loomgraph.protocols.pricing import with_cost
-from loomgraph.protocols.usage import estimate_prompt_tokens
 
 # How many times a model step is tried again when its stream broke after it started.
 STEP_RETRIES = 2
+# The kind a model call's effect is journaled as.
+MODEL_EFFECT = "model"
 
 
 class VisitContext:
@@ -139,29 +138,15 @@ class VisitContext:
         """Count model calls that replayed work made, so later `call_index`es follow on."""
         self.scope.model_calls += count
 
+    @property
+    def numbered_effects(self) -> int:
+        """How many model and tool calls this visit has keyed (slots `1` to this)."""
+        return self._slot
+
     def next_key(self) -> EffectKey:
         """The idempotency key of this node visit's next effect (run, node, visit, slot)."""
         self._slot += 1
         return self.effect_key(str(self._slot))
-
-    async def _reserve_model(
-        self, request: ModelRequest, asked: int | None
-    ) -> tuple[Reservation | None, Usage]:
-        """The reservation of one attempt and the worst case it holds. Without caps nothing
-        is held, and the prompt is not measured (a walk over the whole conversation)."""
-        if not self.scope.deps.budgeted:
-            return None, Usage()
-        if asked is None:
-            # Sized to the caps (a budget with `fit_output`) and sent to the provider as
-            # max_tokens, so the output can never exceed the reservation.
-            limit = getattr(self.deps.model, "max_tokens", None)
-            fit = getattr(self.deps.budget, "fit_output", None)
-            prompt = estimate_prompt_tokens(request.prompt_chars())
-            request.max_tokens = (
-                limit if fit is None else await fit(self.scope.budget_scope, prompt, limit)
-            )
-        estimate = model_estimate(request)
-        return await self.scope.reserve("model", estimate), estimate
 
     # ------------------------------------------------------------------ model
 
@@ -178,9 +163,10 @@ class VisitContext:
             await self._void(self._cut_off, VoidReason.ABANDONED)
             self._cut_off = None
         prior = await self.scope.begin_effect(
-            key, "model", {"model": deps.model.name}, self.qualified_node
+            key, MODEL_EFFECT, {"model": deps.model.name}, self.qualified_node
         )
         if prior is not None and prior.status == EffectStatus.DONE and prior.outcome is not None:
+            self.scope.failed_usage.pop(key.text, None)  # replayed: its answer counts it
             return response_from(prior.outcome)
         call_id = key.text
         attempts = ModelAttempts(self.scope, key)
@@ -192,6 +178,8 @@ class VisitContext:
             response = await self._attempt(request, key, attempts)
         except BudgetExceeded as err:  # a retry refused: the failed attempts were charged
             err.usage = attempts.billed
+            if attempts.billed:  # kept with the run, as a call that gave up
+                self.scope.failed_usage[key.text] = attempts.billed
             raise
         answered = response.usage  # the answering attempt's own, held until journaled
         response.usage += attempts.billed
@@ -215,7 +203,7 @@ class VisitContext:
         call_id = key.text
         asked = request.max_tokens  # the caller's own limit; else sized to the caps each try
         for step in range(STEP_RETRIES + 1):
-            attempts.held(*await self._reserve_model(request, asked))
+            await attempts.reserve(request, asked)
             if self.scope.audit_writer is not None:  # in the log before the call can act
                 await self.scope.audit_written()
             streamed: list[str] = []
@@ -243,11 +231,9 @@ class VisitContext:
             except Exception as err:
                 # The model's own failure (a bug, an SDK error it does not translate): a
                 # failed call like any other, charged and audited; its error is raised as
-                # it is, so what it carries no usage is kept with the run (`failed_usage`).
+                # it is, carrying no usage.
                 await attempts.failed(cancelled_usage(request, streamed), repr(err))
-                billed = attempts.gave_up()
-                self.scope.failed_usage[key.text] = billed
-                await self._gave_up(key, err, billed, streamed)
+                await self._gave_up(key, err, attempts.gave_up(), streamed)
                 raise
             except BaseException:
                 await self._cancelled(attempts, request, streamed, call_id)
@@ -260,7 +246,9 @@ class VisitContext:
     async def _gave_up(
         self, key: EffectKey, err: BaseException, billed: Usage, streamed: list[str]
     ) -> None:
-        """A call that failed for good: its effect journaled failed, audited, output void."""
+        """A call that failed for good: its effect journaled failed, audited, output void;
+        what it was charged kept with the run (`failed_usage`): no patch carries it."""
+        self.scope.failed_usage[key.text] = billed
         await self.scope.end_effect(key, {"error": str(err)}, EffectStatus.FAILED)
         if self.scope.auditing:
             content = self.scope.audit_content

@@ -12,6 +12,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from loomgraph.engine.context import VisitContext
+from loomgraph.engine.kept_usage import (
+    NOTHING_CARRIED,
+    carry_kept,
+    drop_carried,
+    keep_visit_calls,
+)
 from loomgraph.engine.scope import RunScope
 from loomgraph.engine.state_size import SizeUndo, StateSize
 from loomgraph.engine.transitions import journal_transition
@@ -173,6 +179,8 @@ async def _step(
         if reservation is not None:
             await scope.settle(reservation, NO_USAGE)
             reservation = None
+        # What failed attempts of the visit used: its transition carries it.
+        carried = carry_kept(scope, ctx, patch) if scope.failed_usage else NOTHING_CARRIED
         # A child's state reaches the run's through the patches counted here.
         counted = _state_size(scope, graph, state).check(qualified, patch) if not ctx.path else None
         # What the visit used, for its transition (a node's own `usage` is checked here).
@@ -188,12 +196,14 @@ async def _step(
             _uncount(scope, counted)  # nor does its size count
             raise
     except BudgetExceeded as err:
+        await keep_visit_calls(ctx)
         await ctx.emit(BUDGET_EXCEEDED, {"cap": err.cap, "reason": str(err)})
         if scope.auditing:
             block = {"cap": err.cap, "reason": str(err)}
             await scope.audit(AuditAction.BUDGET_BLOCK, qualified, block)
         return Outcome(RunStatus.BUDGET_EXHAUSTED, str(err), state, node, error=err)
     except RunStopped as stop:
+        await keep_visit_calls(ctx)
         return Outcome(stop.status, stop.reason, state, node, pending=stop.pending)
     except ServiceUnavailable:
         raise  # not the node's failure: the run is recovered from its journal
@@ -201,12 +211,16 @@ async def _step(
         if stops_the_task(err):
             raise  # the run's task is cancelled: the caller (or lease holder) journals it
         error = err if isinstance(err, GraphError) else NodeError(qualified, err)
+        await keep_visit_calls(ctx)
         await ctx.emit(ERROR, {"error": str(error), "type": type(err).__name__})
         if kind.spec.on_error is None:
             return Outcome(RunStatus.FAILED, str(error), state, node, error=error)
-        # Routed to the handler node, with what failed in the `error` field.
+        # Routed to the handler node, with what failed in the `error` field; its transition
+        # carries what the visit and its child graphs used.
         patch = {"error": {"node": qualified, "type": type(err).__name__, "message": str(err)}}
-        used, counted = NO_USAGE, None  # (the failed patch's size was taken back)
+        carried = carry_kept(scope, ctx, patch, children=True)
+        used = Usage.from_dict(patch["usage"]) if "usage" in patch else NO_USAGE
+        counted = None  # (the failed patch's size was taken back)
         undo = graph.schema.apply(state, patch)
         target = kind.spec.on_error
     finally:
@@ -222,8 +236,11 @@ async def _step(
     if isinstance(journaled, StateError):  # nothing of the visit was written: the run ends
         undo_patch(state, undo)
         _uncount(scope, counted)
+        await keep_visit_calls(ctx)
         await ctx.emit(ERROR, {"error": str(journaled), "type": type(journaled).__name__})
         return Outcome(RunStatus.FAILED, str(journaled), state, node, error=journaled)
+    if carried:
+        drop_carried(scope, carried)
     if scope.listening:
         await scope.emit(
             NODE_COMPLETED,
@@ -322,6 +339,7 @@ async def _run_with_policy(
             stop = attempt == attempts or stops_the_task(err)
             if retry is None or stop or not retry.retries(err):
                 raise
+            await keep_visit_calls(ctx)  # the next attempt's patch does not carry them
             delay = retry.delay(attempt)
             await ctx.emit(
                 NODE_RETRY,

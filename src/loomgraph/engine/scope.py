@@ -97,10 +97,11 @@ class RunScope:
     # The run's untrusted text so far (tool results, earlier answers, the tool descriptions
     # of MCP servers not trusted), to tell tainted calls.
     untrusted: UntrustedText = field(default_factory=UntrustedText)
-    # What model calls that failed with an error of the model's own (not a ModelError, which
-    # carries its usage) were charged: not in the state, added to the run's usage at its end.
-    # (By the call's key: a call made again in this process, its node retried, counts its
-    # failed attempts in its answer instead.)
+    # What model calls no journaled patch carries were charged, by call key: calls that gave
+    # up, and the answered calls of a visit that failed, was retried or stopped the run
+    # (`engine.kept_usage`). The next transition of that visit carries them (a retry that
+    # answers, an `on_error` route); a call made again or replayed counts them in its answer
+    # instead; the run's result adds what is left.
     failed_usage: dict[str, Usage] = field(default_factory=dict)
     # What each child graph run by a node not yet journaled used, by its path (`each/0/`):
     # the node's transition carries it once written; a run that stops or fails before counts

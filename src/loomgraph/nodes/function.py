@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import inspect
+import logging
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -14,6 +16,9 @@ from loomgraph.graph.imports import import_object
 from loomgraph.graph.node_context import NodeContext
 from loomgraph.graph.registry import NodeKind, register_node
 from loomgraph.graph.spec import Graph
+from loomgraph.protocols.threads import run_in_thread
+
+_log = logging.getLogger("loomgraph.nodes.function")
 
 
 class FunctionParams(BaseModel):
@@ -113,6 +118,10 @@ def _bare(signature: inspect.Signature) -> inspect.Signature:
 class FunctionNode(NodeKind):
     """Call `fn(state)` or `fn(state, ctx)`, sync or async; its dict return value is the patch.
 
+    An `async def` function runs on the event loop; a sync one in a worker thread (the one
+    sync tools run in), so it blocks neither the loop nor other runs, and the visit's
+    `timeout` ends the visit (not the thread, which cannot be stopped).
+
     The function gets a deep copy of the fields it reads: a change it makes to them in place
     is found after the call and fails the node (`StateChangedInPlace`), since it would
     otherwise reach the run's state without being journaled.
@@ -140,7 +149,7 @@ class FunctionNode(NodeKind):
         given = _ReadFields(copy.deepcopy(dict(state)))
         given.node = self.name
         args = (given, ctx) if self.wants_ctx else (given,)
-        result = await self.fn(*args) if self.is_async else self.fn(*args)
+        result = await self.fn(*args) if self.is_async else await self._in_thread(args)
         returned = result.keys() if isinstance(result, Mapping) else ()
         changed = [
             name
@@ -151,3 +160,23 @@ class FunctionNode(NodeKind):
         if changed:
             raise StateChangedInPlace(self.name, self.params.call, changed)
         return result if result is not None else {}
+
+    async def _in_thread(self, args: tuple[Any, ...]) -> Any:
+        """Call the sync function in a worker thread, in a copy of the run's context; await
+        what it returns if that is awaitable (a sync callable wrapping an async function)."""
+        try:
+            result = await run_in_thread(self.fn, *args)
+        except asyncio.CancelledError:
+            # A thread cannot be stopped: the visit ends (its timeout, the run's
+            # cancellation) and the function runs on until it returns, unheard.
+            _log.warning(
+                "node %r (%s) was cancelled: its function's thread cannot be stopped and "
+                "runs on in the background until the function returns",
+                self.name,
+                self.params.call,
+            )
+            raise
+        if inspect.isawaitable(result):
+            self.is_async = True  # called on the event loop from now on
+            result = await result
+        return result
