@@ -45,8 +45,9 @@ class Evaluation(BaseModel):
     feedback: str = ""
 
 
-def final_answer(state: Mapping[str, Any]) -> dict[str, Any]:
-    """The run's answer: the plan's answer, else the last attempt or step result."""
+async def final_answer(state: Mapping[str, Any]) -> dict[str, Any]:
+    """The run's answer: the plan's answer, else the last attempt or step result. (`async`:
+    it never blocks, and a sync function node would take a worker thread.)"""
     plan = state.get("plan") or {}
     if plan.get("answer"):
         return {"output": plan["answer"]}
