@@ -1,5 +1,5 @@
-"""The threads sync tools and sync hooks run in: daemon threads of loomgraph's own, reused
-when idle.
+"""The threads sync tools, sync hooks and sync `function` nodes run in: daemon threads of
+loomgraph's own, reused when idle (named `loomgraph-tool-N`, after their first use).
 
 `asyncio.to_thread` runs a function in the event loop's default executor, a
 `ThreadPoolExecutor` of min(32, cpus + 4) threads. A sync tool that hangs is abandoned at
