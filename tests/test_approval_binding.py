@@ -268,11 +268,13 @@ async def test_an_approval_is_for_the_arguments_it_was_asked_about() -> None:
 # ---------------------------------------------------- 2. a supplied answer is used up
 
 
-async def test_an_expired_approval_is_used_up_not_kept_for_a_later_call(
+async def test_an_approval_given_in_time_stands_and_is_not_kept_for_a_later_call(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """resume() finds the request in time, the engine a moment later finds it expired: the
-    answer is spent on the expired request, not on the next call with the same id."""
+    """resume() finds the request in time and journals the answer as it takes the run up;
+    the engine reaches the call after the deadline: the answer given in time stands, for
+    that request only, not for the next call with the same id. (Before answers were
+    journaled as a resume takes them up, the engine's later check spent it as expired.)"""
     ledger.clear()
     agent = agent_for(
         [turn(("X", "pay", BOB)), turn(("X", "pay", MALLORY)), "done"],
@@ -289,13 +291,13 @@ async def test_an_expired_approval_is_used_up_not_kept_for_a_later_call(
 
     monkeypatch.setattr(approvals, "time", Later)
     second = await agent.resume(first.run_id, approve=True)
-    assert ledger == []
+    assert ledger == [("pay", BOB)]
     assert second.status == "awaiting_approval" and second.pending is not None
     assert second.pending.call is not None and second.pending.call["args"] == MALLORY
-    [timed_out] = await tool_messages(agent, first.run_id)
-    assert "approval timed out" in timed_out["content"]
+    [paid] = await tool_messages(agent, first.run_id)
+    assert "approval timed out" not in paid["content"]
     done = await agent.resume(first.run_id, approve=False)
-    assert done.status == "completed" and ledger == []
+    assert done.status == "completed" and ledger == [("pay", BOB)]
 
 
 # ------------------------------------------ 3. the handler's answer: plain yes/no or deny

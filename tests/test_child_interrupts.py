@@ -126,7 +126,7 @@ async def test_a_child_interrupt_visited_twice_takes_each_answer_once(tmp_path: 
     await runtime.close()
 
 
-async def test_a_top_level_interrupt_journals_its_answer_in_its_transition_only(
+async def test_a_top_level_interrupt_journals_its_answer_in_its_transition_and_effect(
     tmp_path: Path,
 ) -> None:
     runtime = SqliteRuntime(str(tmp_path / "journal.db"))
@@ -136,7 +136,10 @@ async def test_a_top_level_interrupt_journals_its_answer_in_its_transition_only(
     await agent.resume(first.run_id, value="A")
     done = await agent.resume(first.run_id, value="B")
     assert done.output == "A,B"
-    assert await runtime.effects(first.run_id) == []  # as before: no `answer` effect
+    # Each answer is also its visit's `answer` effect, journaled as the resume took it up
+    # (tests/test_answer_window.py: a crash before the node ran does not lose it).
+    answers = [(e.key.split(":", 1)[1], e.outcome) for e in await runtime.effects(first.run_id)]
+    assert answers == [("ask:1:answer", {"value": "A"}), ("ask:2:answer", {"value": "B"})]
     history = await agent.history(first.run_id)
     assert [(c.node, c.patch) for c in history if c.node == "ask"] == [
         ("ask", {"answer": "A"}),

@@ -19,7 +19,9 @@ answered at random. After every step:
   allowed with, and ran twice (with one key) only when a crash left its effect unfinished;
 - invariant 3: every executed call has an earlier `permission_decision` entry with verdict
   `allow` (and a `tool_request`) for that call id in the `FileAuditLog`, whose chain
-  verifies; every decision entry names the rule the oracle expects.
+  verifies; every decision entry names the rule the oracle expects;
+- invariant 4 (checked as runs stop): a request whose answer a resume took up before its
+  process died (the run read `running`, or the answer was journaled) is never asked again.
 
 A crash is simulated in-process: a "process" (an Agent with its own connections to the
 SQLite files, or the shared in-memory journal and ledger) dies — raises `Crash`, a
@@ -420,6 +422,9 @@ turn_plans = st.builds(
 )
 scripts = st.lists(turn_plans, min_size=1, max_size=4)
 crashes = st.one_of(st.none(), st.none(), st.tuples(st.integers(1, 60), st.booleans()))
+# An answering process dies more often in its first writes: the answer window (the answer
+# journaled, the run journaled `running`, before the call that uses it).
+answer_crashes = st.one_of(crashes, st.tuples(st.integers(1, 4), st.booleans()))
 
 
 def usage_within(request: ModelRequest, plan: TurnPlan) -> dict[str, int]:
@@ -577,6 +582,10 @@ class GovernanceMachine(RuleBasedStateMachine):
         self.stale_holds: dict[str, set[str]] = {}  # run id -> holds its dead process left
         self.failed: set[str] = set()
         self.awaiting: dict[str, dict[str, Any]] = {}  # run id -> the pending call
+        self.asked: dict[str, str] = {}  # run id -> the key of the request it waits for
+        # Run id -> a request whose answer a resume took up before its process died: the
+        # journal holds that answer, so the run never asks it again.
+        self.taken: dict[str, str] = {}
         self.finished: dict[str, RunResult] = {}
         self.problems: list[str] = []  # found inside runs (tools, the approval handler)
         self.spent: dict[tuple[str, str], int] = {}
@@ -810,7 +819,12 @@ class GovernanceMachine(RuleBasedStateMachine):
             assert result.pending is not None
             call = result.pending.call
             assert call["id"] not in {e.ref for e in self.executed}, call
+            assert self.taken.get(result.run_id) != result.pending.key, (
+                f"run {result.run_id} asks again for {result.pending.key}, whose answer a "
+                "resume took up before its process died"
+            )
             self.awaiting[result.run_id] = call
+            self.asked[result.run_id] = result.pending.key
         elif result.status == "failed":
             assert "scripted failure" in result.reason, result.reason
             self.failed.add(result.run_id)
@@ -924,7 +938,7 @@ class GovernanceMachine(RuleBasedStateMachine):
             min_size=1,
             max_size=4,
         ),
-        crash=crashes,
+        crash=answer_crashes,
         again=st.booleans(),
     )
     def approve(
@@ -953,6 +967,8 @@ class GovernanceMachine(RuleBasedStateMachine):
 
         outcomes = self.run_in_process(crash, go)
         for run_id, outcome in zip(answered, outcomes, strict=True):
+            if isinstance(outcome, Crash):
+                self.loop.run_until_complete(self._note_taken(run_id))
             result = self.loop.run_until_complete(self._settle(outcome, run_id=run_id))
             if again and result is not None and result.status != "awaiting_approval":
                 before = len(self.executed)
@@ -963,6 +979,15 @@ class GovernanceMachine(RuleBasedStateMachine):
 
                 self.run_in_process(None, twice)
                 assert len(self.executed) == before
+
+    async def _note_taken(self, run_id: str) -> None:
+        """After a crash while answering: when the resume had taken the answer up (the run
+        reads `running`, or only the answer was journaled), that request is answered."""
+        key = self.asked.get(run_id, "")
+        record = await self.journal.load_run(run_id)
+        answer = await self.journal.effect(run_id, key) if key else None
+        if key and (record.status == "running" or (answer and answer.status == "done")):
+            self.taken[run_id] = key
 
     # ------------------------------------------------------------------ invariants
 
@@ -1305,12 +1330,12 @@ async def test_a_second_approval_after_a_crash_is_refused_not_silently_overridde
     tmp_path: Path,
 ) -> None:
     """The process answering an approval dies at each journal write of the resume, until the
-    answer (yes) is journaled. The resume journals the run `running` before it goes on, so a
-    death leaves a crashed run, never one still `awaiting_approval` with its answer used; one
-    that died before the answer was journaled is recovered to the same request, asked again.
-    Once the yes is journaled, a second, different answer (no) must be refused with
-    ResumeError — not accepted and then ignored while the call runs — and a plain resume goes
-    on with the journaled answer, running the call once."""
+    answer (yes) is journaled. The resume journals the answer before the run reads `running`,
+    so a death before it leaves the run waiting for the same request, nothing used. Once the
+    yes is journaled (the run still reads `awaiting_approval`: the death came right after
+    it), a second, different answer (no) must be refused with ResumeError — not accepted
+    and then ignored while the call runs — and a plain resume goes on with the journaled
+    answer, running the call once."""
     ran: list[str] = []
 
     @tool(destructive=True)
@@ -1336,10 +1361,7 @@ async def test_a_second_approval_after_a_crash_is_refused_not_silently_overridde
         assert first.status == "awaiting_approval"
         for n in range(1, 20):  # die after the Nth journal write, until the yes is journaled
             record = await journal.load_run(first.run_id)
-            assert record is not None and record.status in ("awaiting_approval", "running")
-            if record.status == "running":  # died before the answer: recovered, asked again
-                again = await agent(journal).resume(first.run_id)
-                assert again.status == "awaiting_approval" and ran == []
+            assert record is not None and record.status == "awaiting_approval" and ran == []
             with pytest.raises(Crash):
                 await agent(DyingRuntime(journal, Proc((n, True)))).resume(
                     first.run_id, approve=True
@@ -1353,7 +1375,7 @@ async def test_a_second_approval_after_a_crash_is_refused_not_silently_overridde
             ):
                 break
         record = await journal.load_run(first.run_id)
-        assert record is not None and record.status == "running" and ran == []
+        assert record is not None and record.status == "awaiting_approval" and ran == []
         with pytest.raises(ResumeError):
             await agent(journal).resume(first.run_id, approve=False)
         assert ran == []

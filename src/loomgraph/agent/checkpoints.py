@@ -10,11 +10,29 @@ from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
 
-from loomgraph.engine.effects import Approval, BoundApproval, BoundValue, EffectKey, ResumeValue
+from loomgraph.engine.approvals import edit_too_large
+from loomgraph.engine.effects import (
+    Approval,
+    BoundApproval,
+    BoundValue,
+    EffectKey,
+    ResumeInput,
+    ResumeValue,
+    answer_effect,
+)
 from loomgraph.errors import GraphError, LoomgraphError
 from loomgraph.graph.compiled import CompiledGraph
 from loomgraph.graph.state import parse_type, snapshot_of
-from loomgraph.protocols import EffectStatus, Pending, RunReader, RunRecord, RunStatus, Transition
+from loomgraph.protocols import (
+    EffectRecord,
+    EffectStatus,
+    Pending,
+    RunReader,
+    RunRecord,
+    RunStatus,
+    RunWriter,
+    Transition,
+)
 from loomgraph.protocols.paths import NodePath
 
 
@@ -62,6 +80,11 @@ class ValueNotPending(ApprovalRefused):
     already, never asked, or the run stopped asking. Nothing was executed; the run waits for
     what it waited for. An `ApprovalRefused`, so whatever drops a stale approval (a fleet
     worker, the server's 409) drops a stale value alike."""
+
+
+class ValueUsed(ValueNotPending):
+    """The question was answered already (its answer is journaled, and the run went on or
+    goes on with it): a value is used once; resume without `value=` to go on."""
 
 
 class RunOfAnotherAgent(ResumeError):
@@ -206,23 +229,58 @@ def approval(record: RunRecord, approve: Any) -> BoundApproval:
     )
 
 
-async def not_answered(runtime: RunReader, record: RunRecord, call_id: str) -> None:
-    """Refuse a second approval of one call (say, after a crash right after the first was
-    journaled): the first answer stands, and a plain resume goes on with it."""
+async def not_answered(runtime: RunReader, record: RunRecord, call_id: str = "") -> None:
+    """Refuse a second answer to the request the run waits for (say, after a crash right
+    after the first was journaled): the first answer stands, and a plain resume goes on with
+    it. `ApprovalUsed` for an approval (of call `call_id`), `ValueUsed` for a value."""
     pending = pending_of(record)
     if pending is not None and pending.key:
-        answer = await runtime.effect(record.run_id, pending.key)
-        answered = answer is not None and answer.status == EffectStatus.DONE
-    else:  # a run journaled before pending requests named their key
-        answered = any(
+        used = await answered(runtime, record.run_id, pending.key)
+    elif call_id:  # a run journaled before pending requests named their key
+        used = any(
             EffectKey.is_approval_of(e.key, call_id) and e.status == EffectStatus.DONE
             for e in await runtime.effects(record.run_id)
         )
-    if answered:
-        raise ApprovalUsed(
-            f"call {call_id} of run {record.run_id} was already answered "
-            "(approvals are used once); resume without approve= to go on"
+    else:
+        used = False
+    if not used:
+        return
+    if record.status == RunStatus.INTERRUPTED:
+        raise ValueUsed(
+            f"the question {pending and pending.key} of run {record.run_id} was already "
+            "answered (a value is used once); resume without value= to go on"
         )
+    raise ApprovalUsed(
+        f"call {call_id} of run {record.run_id} was already answered "
+        "(approvals are used once); resume without approve= to go on"
+    )
+
+
+async def answered(runtime: RunReader, run_id: str, key: str) -> bool:
+    """True when the answer to the request `key` (`Pending.key`) is journaled."""
+    answer = await runtime.effect(run_id, key)
+    return answer is not None and answer.status == EffectStatus.DONE
+
+
+async def journal_answer(
+    runtime: RunWriter, record: RunRecord, answer: ResumeInput, args_limit: int
+) -> bool:
+    """Journal `answer` to the request the run waits for, as the tool gate or the interrupt
+    node would (`answer_effect`), before the run goes on: the caller holds the run's lease,
+    so the writes are fenced. False, journaling nothing, for an answer only they can place
+    (a request of an older journal) or refuse (edited arguments over `args_limit`)."""
+    pending = pending_of(record)
+    effect = None if pending is None else answer_effect(record.run_id, pending, answer)
+    if effect is None or pending is None:
+        return False
+    call = pending.call
+    if isinstance(answer, Approval) and call and edit_too_large(call, answer, args_limit):
+        return False
+    intent = EffectRecord(effect.run_id, effect.key, effect.kind, effect.intent)
+    prior = await runtime.begin_effect(intent)
+    if prior is None or prior.status != EffectStatus.DONE:  # else the first answer stands
+        await runtime.end_effect(effect.run_id, effect.key, effect.outcome or {}, effect.status)
+    return True
 
 
 @dataclass(slots=True)

@@ -11,8 +11,11 @@ from typing import Any
 from loomgraph.agent.checkpoints import (
     Position,
     ResumeError,
+    answered,
     approval,
+    journal_answer,
     not_answered,
+    pending_of,
     position,
     resume_value,
 )
@@ -219,14 +222,11 @@ class Resumer:
         token = None
         if fleet is not None:
             token = await self._watch_cancels(run_id, fleet, go.leased)
-        if (answer is not None and record.status in WAITING) or record.status in _REOPENED:
-            # Taken up with its answer: from here on the run is advanced, so it is journaled
-            # `running` (under the lease) before it goes on. A crash after this leaves an
-            # ordinary crashed running run, which a recovery resumes (counted), replaying the
-            # answer once it is journaled (an approval's effect, an interrupt's transition);
-            # while it stays `waiting`, a fleet worker would take a second answer for it and
-            # find the first one used. A failed or cancelled run (or a dead letter retried)
-            # goes on too: journaled `running` as it is, not as it ended before.
+        if record.status in WAITING:
+            answer = await self._take_up(record, answer)
+        elif record.status in _REOPENED:
+            # A failed or cancelled run (or a dead letter retried) goes on too: journaled
+            # `running` as it is, not as it ended before.
             await runtime.finish_run(run_id, RunStatus.RUNNING, "", None)
         try:
             result = await go.session.continue_from(
@@ -237,6 +237,30 @@ class Resumer:
                 stop_request.reset(token)
         await end_recovery(runtime, record, result)
         return result
+
+    async def _take_up(self, record: RunRecord, answer: ResumeInput | None) -> ResumeInput | None:
+        """Take a waiting run up with its answer, under its lease: the answer journaled
+        first, as the effect the tool gate or the interrupt would write, then the run
+        `running`, so a crash after either leaves the answer to the next resume (a counted
+        recovery once the run reads `running`). A run whose answer is journaled already (a
+        crash came between the two) is taken up alike; one without an answer is left as it
+        is. The answer to go on with: None once the journal holds it (read there, as after
+        a crash)."""
+        runtime, run_id = self.deps.runtime, record.run_id
+        if answer is not None:
+            limit = self.deps.size_limits.tool_args_chars
+            if await journal_answer(runtime, record, answer, limit):
+                answer = None
+        else:
+            pending = pending_of(record)
+            if pending is None or not pending.key:
+                return None
+            if not await answered(runtime, run_id, pending.key):
+                return None
+        # From here on the run is advanced: while it read `waiting`, a fleet worker would
+        # take a second answer for it and find the first one used.
+        await runtime.finish_run(run_id, RunStatus.RUNNING, "", None)
+        return answer
 
     async def _watch_cancels(self, run_id: str, fleet: FleetRun, leased: bool) -> Any:
         """For a fleet run: a resume by hand overrides a cancel asked before it (it goes on
@@ -352,7 +376,9 @@ async def answer_for(
     """The answer a resume brings, checked against what the run waits for: an answer for a
     run that does not wait for it is refused, not ignored."""
     if value is not NO_VALUE:
-        return resume_value(record, value)
+        asked = resume_value(record, value)
+        await not_answered(runtime, record)
+        return asked
     if approve is not NO_VALUE:
         answer = approval(record, approve)
         await not_answered(runtime, record, answer.call_id)

@@ -15,7 +15,14 @@ import time
 from typing import Any
 
 from loomgraph.engine.audit_trail import args_hash
-from loomgraph.engine.effects import Approval, BoundApproval, EffectKey, shown
+from loomgraph.engine.effects import (
+    APPROVAL_KIND,
+    Approval,
+    BoundApproval,
+    EffectKey,
+    approval_intent,
+    shown,
+)
 from loomgraph.engine.received import permission_for
 from loomgraph.engine.scope import RunScope
 from loomgraph.engine.state_size import json_size
@@ -31,7 +38,7 @@ from loomgraph.protocols import (
     ToolSpec,
 )
 
-__all__ = ["ApprovalDesk", "args_hash", "args_too_large"]
+__all__ = ["ApprovalDesk", "args_hash", "args_too_large", "edit_too_large"]
 
 HANDLER = "handler"
 # Answers the approval handler may give, for the reason of a refused one.
@@ -48,6 +55,14 @@ def args_too_large(call: ToolCall, limit: int) -> str | None:
         f"Invalid arguments for tool {call['tool']!r}: they are {size} characters; "
         f"at most {limit} are accepted."
     )
+
+
+def edit_too_large(call: ToolCall, answer: Approval, limit: int) -> str | None:
+    """Why an answer's edited arguments for `call` are over the size limit, or None: such an
+    answer is refused, never journaled, as the model's call would be."""
+    if not answer.allow or answer.args is None:
+        return None
+    return args_too_large(ToolCall(id=call["id"], tool=call["tool"], args=answer.args), limit)
 
 
 def same_call(journaled: Any, call: ToolCall) -> bool:
@@ -103,7 +118,8 @@ class ApprovalDesk:
         supplied = self._take_supplied()
         earlier = await scope.deps.runtime.effect(scope.run_id, str(self.answer_key))
         if earlier is not None and earlier.status == EffectStatus.DONE:
-            # Answered before a crash: that answer stands, for the call it was given for.
+            # Journaled by the resume that took a person's answer up (`answer_effect`), or
+            # answered before a crash: that answer stands, for the call it was given for.
             if not same_call(earlier.intent.get("call"), call):
                 return self._mismatch("answered"), call
             outcome = earlier.outcome or {}
@@ -112,11 +128,9 @@ class ApprovalDesk:
             )
         else:
             answer = await self._new_answer(asked, tainted, supplied)
-            await scope.begin_effect(self.answer_key, "approval", {"call": call}, self.node)
-            journaled: dict[str, Any] = {"answer": answer.journaled(), "by": answer.approver}
-            if answer.reason:  # so a replayed refusal tells the model the same reason
-                journaled["reason"] = answer.reason
-            await scope.end_effect(self.answer_key, journaled)
+            intent = approval_intent(call)
+            await scope.begin_effect(self.answer_key, APPROVAL_KIND, intent, self.node)
+            await scope.end_effect(self.answer_key, answer.outcome())
         if scope.auditing:
             await self._audit(answer)
         if not answer.allow:
@@ -263,10 +277,7 @@ class ApprovalDesk:
 
     def _too_large(self, answer: Approval) -> str | None:
         """Edited arguments over the size limit, refused as the model's would be."""
-        if not answer.allow or answer.args is None:
-            return None
-        edited = ToolCall(id=self.call["id"], tool=self.call["tool"], args=answer.args)
-        return args_too_large(edited, self.scope.deps.size_limits.tool_args_chars)
+        return edit_too_large(self.call, answer, self.scope.deps.size_limits.tool_args_chars)
 
     def _mismatch(self, what: str) -> Decision:
         call = self.call

@@ -1,4 +1,5 @@
-"""Journaled effects: the key that names one, and the typed answers a run is resumed with.
+"""Journaled effects: the key that names one, the typed answers a run is resumed with, and
+the effects those answers are journaled as.
 
 An effect (a model call, a tool call, an approval, a memory write) is journaled as intent
 before and outcome after, under an `EffectKey` built from the run, the node's path (with the
@@ -13,6 +14,8 @@ import reprlib
 from dataclasses import dataclass, field
 from typing import Any
 
+from loomgraph.protocols import EffectRecord, EffectStatus, Pending, ToolCall
+
 # The slot of the approval of one tool call, and of the request for it. They follow the
 # slot of the call's own effect (`3:approval:CALL_ID`): call ids come from the model and
 # are not unique, the call's effect slot is. Journals written before approvals were bound
@@ -20,8 +23,13 @@ from typing import Any
 APPROVAL_SLOT = "approval:"
 REQUEST_SLOT = "approval-request:"
 # The slot of an `interrupt` visit's question: its key is the request's `Pending.key`, and
-# inside a child graph also the journal key of the answer (`run:path:visit:answer`).
+# the journal key of the answer (`run:path:visit:answer`).
 ANSWER_SLOT = "answer"
+# The kinds of the effects a person's answers are journaled as, under the request's
+# `Pending.key`: by the tool gate or the `interrupt` node, or ahead of them by the resume that
+# takes the answer up (`answer_effect`), so a crash before they run does not lose it.
+APPROVAL_KIND = "approval"
+ANSWER_KIND = ANSWER_SLOT
 
 # What the journal stores and gives back unchanged: no NaN or infinity (allow_nan=False).
 _STRICT_JSON = json.JSONEncoder(allow_nan=False)
@@ -148,6 +156,13 @@ class Approval:
             return False
         return {"args": dict(self.args)} if self.args is not None else True
 
+    def outcome(self) -> dict[str, Any]:
+        """The outcome of the answer's effect: the answer, who gave it and why."""
+        journaled: dict[str, Any] = {"answer": self.journaled(), "by": self.approver}
+        if self.reason:  # so a replayed refusal tells the model the same reason
+            journaled["reason"] = self.reason
+        return journaled
+
     def problem(self) -> str | None:
         """What makes this answer unusable — a field of the wrong type, edited arguments that
         are not plain JSON — named by its field; None when it can be used."""
@@ -187,3 +202,35 @@ class BoundApproval(Approval):
 
 
 ResumeInput = ResumeValue | Approval
+
+
+def approval_intent(call: ToolCall) -> dict[str, Any]:
+    """The intent of the answer to the approval of `call`: the call it settles."""
+    return {"call": call}
+
+
+def value_intent(node: str, asked: str) -> dict[str, Any]:
+    """The intent of the answer to the question `node` asks: the node and the type asked."""
+    return {"node": node, "type": asked}
+
+
+def value_outcome(value: Any) -> dict[str, Any]:
+    """The outcome of the answer to a question: the value."""
+    return {"value": value}
+
+
+def answer_effect(run_id: str, pending: Pending, answer: ResumeInput) -> EffectRecord | None:
+    """The effect the tool gate or the `interrupt` node journals for `answer` to `pending`,
+    done, under the request's key (the same key, kind, intent and outcome); None for a request
+    journaled before requests named their key, whose answer only they can place."""
+    if not pending.key:
+        return None
+    if isinstance(answer, Approval):
+        if pending.call is None:
+            return None
+        intent, outcome = approval_intent(pending.call), answer.outcome()
+        return EffectRecord(run_id, pending.key, APPROVAL_KIND, intent, outcome, EffectStatus.DONE)
+    if answer.key != pending.key:  # a value matched by node alone (an older request)
+        return None
+    intent, outcome = value_intent(pending.node, pending.type), value_outcome(answer.value)
+    return EffectRecord(run_id, pending.key, ANSWER_KIND, intent, outcome, EffectStatus.DONE)

@@ -8,7 +8,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
-from loomgraph.engine.effects import ANSWER_SLOT
+from loomgraph.engine.effects import ANSWER_SLOT, value_intent, value_outcome
 from loomgraph.graph.conditions import compile_template, condition_scope, names_used
 from loomgraph.graph.node_context import NodeContext
 from loomgraph.graph.registry import NodeKind, register_node
@@ -68,18 +68,19 @@ class InterruptNode(NodeKind):
     async def run(self, state: Mapping[str, Any], ctx: NodeContext) -> dict[str, Any]:
         """Write the value the run was resumed with (or answered before), or stop and ask."""
         output = self.params.output
-        # In a child graph, which runs again from its entry after a crash or a stop inside
-        # it, the answer is journaled as this visit's effect and replayed by the re-run; at
-        # the top level, the node's transition holds it.
-        inside = ctx.qualified_node != ctx.node
-        if inside:
-            recorded = await ctx.recorded(ANSWER_SLOT)
-            if recorded is not None:  # the first answer stands; a value for it waits on
-                return {output: recorded["value"]}
+        # The answer is this visit's effect: journaled by the resume that took it up, before
+        # the run went on (so a crash from then on does not lose it), or in a child graph,
+        # which runs again from its entry after a crash or a stop inside it, by the node.
+        recorded = await ctx.recorded(ANSWER_SLOT)
+        if recorded is not None:  # the first answer stands; a value for it waits on
+            return {output: recorded["value"]}
         supplied, value = ctx.take_resume_value()
         if supplied:
-            if inside:
-                intent = {"node": ctx.qualified_node, "type": self.params.request}
+            # Not journaled yet only for a request of an older journal (no key) or a node run
+            # alone (`loomgraph.testing`): at the top level its transition holds it, in a
+            # child graph its effect.
+            if ctx.qualified_node != ctx.node:
+                intent = value_intent(ctx.qualified_node, self.params.request)
                 answered = await ctx.effect(ANSWER_SLOT, intent, functools.partial(_answer, value))
                 value = answered["value"]
             return {output: value}
@@ -98,4 +99,4 @@ class InterruptNode(NodeKind):
 
 async def _answer(value: Any) -> dict[str, Any]:
     """The answer, as its effect's outcome."""
-    return {"value": value}
+    return value_outcome(value)

@@ -9,7 +9,7 @@ import logging
 from typing import Any
 
 from loomgraph.agent.agent import Agent
-from loomgraph.agent.checkpoints import check_agent, check_owner
+from loomgraph.agent.checkpoints import ApprovalUsed, ValueUsed, check_agent, check_owner
 from loomgraph.agent.fleet import FleetQueue, JobKind, JobUnusable, RunJob
 from loomgraph.agent.leases import hold_lease
 from loomgraph.agent.result import RunResult
@@ -136,10 +136,21 @@ async def _fail(runtime: Any, run_id: str, why: Exception) -> None:
 
 async def _resume(agent: Agent, run_id: str, **answer: Any) -> RunResult:
     """`agent.resume` under the lease the caller holds, counting a recovery when the run
-    crashed (dead letter after N)."""
+    crashed (dead letter after N); with the job's answer, or with the one the run's journal
+    holds already (the answer is used once)."""
     if "approve" in answer and isinstance(answer["approve"], dict):
         # Bound to the request `submit_resume` checked it against (its `key`; a job written
         # before jobs kept it has none): never to a later request for a same-id call.
         answer["approve"] = BoundApproval(**answer["approve"])
     resumer = agent._resumer()  # `agent.resume`, told the lease is held already
-    return await resumer.resume(agent.deps.hooks.on_event, run_id, leased=True, **answer)
+    sink = agent.deps.hooks.on_event
+    try:
+        return await resumer.resume(sink, run_id, leased=True, **answer)
+    except (ApprovalUsed, ValueUsed) as used:
+        if not answer:
+            raise
+        # The run still reads waiting, its answer journaled: the worker that took this job
+        # up died between the two writes (or a resume by hand did). That answer stands (it
+        # is this job's, unless one was given by hand meanwhile): the run goes on with it.
+        log.info("run %s: going on with the answer it was given: %s", run_id, used)
+        return await resumer.resume(sink, run_id, leased=True)
