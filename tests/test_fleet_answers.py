@@ -10,7 +10,14 @@ import pytest
 
 import pg
 from loomgraph import Agent, tool
-from loomgraph.agent.checkpoints import ApprovalRefused, RunOfAnotherAgent, pending_of
+from loomgraph.agent.checkpoints import (
+    ApprovalRefused,
+    RunOfAnotherAgent,
+    ValueUsed,
+    journal_answer,
+    pending_of,
+    resume_value,
+)
 from loomgraph.agent.fleet import RunJob, fleet_queue
 from loomgraph.engine.effects import BoundApproval
 from loomgraph.models import ScriptedModel
@@ -94,3 +101,24 @@ async def test_only_the_runs_own_agent_cancels_it(pg_schema: str) -> None:
             await a.cancel(run_id, by="a")
             record = await a.deps.runtime.load_run(run_id)
             assert record is not None and record.status == RunStatus.CANCELLED
+
+
+async def test_a_value_submitted_after_one_was_journaled_is_refused(
+    pg_schema: str, tmp_path: Any
+) -> None:
+    """A resume killed between journaling a value and the run reading `running` leaves the
+    run asking with its answer journaled: a second value is refused at submission
+    (`ValueUsed`), as `agent.resume` refuses it, not queued for a worker to drop."""
+    import answer_window_agent as window
+
+    runtime = PostgresRuntime(pg.postgres_dsn(), schema=pg_schema)
+    async with window.agent_on(runtime, "value", str(tmp_path / "ledger")) as a:
+        await fleet_queue(a.deps.runtime).install()
+        waiting = await a.run("work", user_id="alice")
+        record = await a.deps.runtime.load_run(waiting.run_id)
+        assert record is not None and record.status == RunStatus.INTERRUPTED
+        limit = a.deps.size_limits.tool_args_chars
+        assert await journal_answer(runtime, record, resume_value(record, 3), limit)
+        with pytest.raises(ValueUsed):
+            await a.submit_resume(waiting.run_id, value=4)
+        assert (await fleet_queue(a.deps.runtime).job_of(waiting.run_id))[0] is None

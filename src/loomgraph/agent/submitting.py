@@ -263,6 +263,7 @@ async def _answer_job(deps: Deps, run_id: str, answer: dict[str, Any], agent_nam
     if "value" in answer:
         given = answer["value"]
         asked = resume_value(record, given)  # the typed error now, not in a worker's log
+        await not_answered(deps.runtime, record)  # a value journaled already stands
         # Bound to the question it was checked against (as an approval's job keeps its
         # `key`): answered by hand meanwhile, the run's next question is not this one's.
         plain = given.value if isinstance(given, BoundValue) else given
