@@ -347,6 +347,7 @@ nodes:
 
 
 def test_template_may_use_state_and_last_message() -> None:
+    # `state` is the node's view: `state.input` needs `input` read (`unread-field` otherwise).
     load_text("""\
 name: g
 entry: a
@@ -355,6 +356,7 @@ nodes:
     kind: llm
     prompt: "{{ state.input }} {{ last_message.content }}"
     output: output
+    reads: [messages, input]
 """)
 
 

@@ -112,17 +112,62 @@ def load_agent_file(path: str | Path, *, check_imports: bool = True) -> AgentFil
         )
 
     data = substitute_env(data, missing)
+    tools_at: list[int] | None = None
     try:
         spec = AgentSpec.model_validate(data)
     except ValidationError as err:
         problems += _schema_problems(err, data, lines, file)
-        raise AgentFileError(sorted(problems, key=lambda p: p.line or 0)) from None
-    checker = _Checker(spec, path, lines, check_imports)
+        # The parts that fit the schema are checked too: every problem at once.
+        partial, tools_at = _without_failures(data, err)
+        try:
+            spec = AgentSpec.model_validate(partial)
+        except ValidationError:  # should not happen: every failure was left out
+            raise AgentFileError(sorted(problems, key=lambda p: p.line or 0)) from None
+    checker = _Checker(spec, path, lines, check_imports, tools_at)
     problems += checker.problems
     if problems:
         raise AgentFileError(sorted(problems, key=lambda p: (p.file != file, p.line or 0)))
     assert checker.graph is not None
     return AgentFile(spec, path, checker.graph, checker.instructions, lines)
+
+
+# Stand-ins for the required keys, when they failed the schema (reported already), so the
+# parts that fit it can still be checked: what checks those parts reads neither.
+_PLACEHOLDERS = {"schema_version": 1, "name": "agent"}
+
+
+def _without_failures(
+    data: dict[str, Any], err: ValidationError
+) -> tuple[dict[str, Any], list[int]]:
+    """The file's data without what failed the schema, for the checks past it: a key that
+    failed (or that the spec does not have) is left out, so it takes its default and is not
+    checked; a `tools` entry that failed is left out alone. Also the index in the file of
+    each tool left (for the lines of their problems)."""
+    partial: dict[Any, Any] = dict(data)
+    failed_tools: set[int] = set()
+    for e in err.errors():
+        loc = tuple(e["loc"])
+        if not loc:
+            continue
+        tools = partial.get("tools")
+        if (
+            loc[0] == "tools"
+            and len(loc) >= 2
+            and isinstance(loc[1], int)
+            and isinstance(tools, list)
+        ):
+            failed_tools.add(loc[1])
+        else:
+            partial.pop(loc[0], None)
+    tools = partial.get("tools")
+    kept = (
+        [i for i in range(len(tools)) if i not in failed_tools] if isinstance(tools, list) else []
+    )
+    if isinstance(tools, list):
+        partial["tools"] = [tools[i] for i in kept]
+    for key, value in _PLACEHOLDERS.items():
+        partial.setdefault(key, value)
+    return partial, kept
 
 
 def _line(lines: Lines, path: tuple[Any, ...]) -> int | None:
@@ -224,8 +269,17 @@ def _allowed_keys(parent: tuple[Any, ...], data: Any) -> list[str]:
 class _Checker:
     """The checks past the schema: instructions, model name, graph, tools, backends."""
 
-    def __init__(self, spec: AgentSpec, path: Path, lines: Lines, check_imports: bool) -> None:
+    def __init__(
+        self,
+        spec: AgentSpec,
+        path: Path,
+        lines: Lines,
+        check_imports: bool,
+        tools_at: list[int] | None = None,
+    ) -> None:
         self.spec, self.path, self.lines = spec, path, lines
+        # Where each of `spec.tools` is in the file's `tools` (some left out: `_without_failures`).
+        self.tools_at = tools_at if tools_at is not None else list(range(len(spec.tools)))
         self.problems: list[Problem] = []
         self.graph: Graph | None = None
         self.instructions = ""
@@ -321,7 +375,7 @@ class _Checker:
             self.add("architecture", str(err), "architecture")
 
     def _tools(self) -> None:
-        for i, entry in enumerate(self.spec.tools):
+        for i, entry in zip(self.tools_at, self.spec.tools, strict=True):
             if isinstance(entry, str):
                 try:
                     import_object(entry, near=self.path, what="tool")

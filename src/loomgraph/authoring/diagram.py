@@ -2,7 +2,9 @@
 
 A node shows its name, its kind and the state fields it reads and writes; an edge shows its
 `when` condition and, when its node has several edges, its position (the first that holds
-wins). A run overlay adds visit counts, the edges taken and the node where the run stopped.
+wins); a node's `on_error` route is an edge of its own kind (dashed, red, labelled
+`on_error`). A run overlay adds visit counts, the edges and routes taken and the node where
+the run stopped.
 The formats are in `render_dot` (Graphviz DOT, SVG) and `render_mermaid`; `render` is the
 public entry point.
 """
@@ -27,7 +29,8 @@ class RenderError(GraphError):
 
 
 class _Step(Protocol):
-    """What the overlay needs from a journal transition."""
+    """What the overlay needs from a journal transition (and its `patch`, when it has one:
+    an `on_error` route's is only `error`, `routed_on_error`)."""
 
     @property
     def node(self) -> str: ...
@@ -55,9 +58,13 @@ class RunOverlay:
     run_id: str | None = None
     reason: str = ""
     usage: Usage | None = None
+    # The steps of `path` that were `on_error` routes (a failed visit sent to its handler),
+    # not edges: drawn on the route, not on an edge between the same nodes.
+    on_error: list[tuple[str, str]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.path = [(str(a), str(b)) for a, b in self.path]
+        self.on_error = [(str(a), str(b)) for a, b in self.on_error]
         # A path alone is enough: every step taken is a visit of its source node.
         if not self.visits and self.path:
             self.visits = dict(Counter(a for a, _ in self.path))
@@ -88,6 +95,7 @@ class RunOverlay:
             run_id=run_id,
             reason=reason,
             usage=usage,
+            on_error=[(t.node, t.next_node) for t in top if routed_on_error(t)],
         )
 
     @classmethod
@@ -123,7 +131,7 @@ class RunOverlay:
         """An overlay from an overlay, a mapping of its fields, or None."""
         if run is None or isinstance(run, RunOverlay):
             return run
-        known = {"visits", "path", "stopped_at", "status", "run_id", "reason", "usage"}
+        known = {"visits", "path", "stopped_at", "status", "run_id", "reason", "usage", "on_error"}
         unknown = set(run) - known
         if unknown:
             raise RenderError(
@@ -139,11 +147,27 @@ class RunOverlay:
             run_id=run.get("run_id"),
             reason=str(run.get("reason") or ""),
             usage=Usage.from_dict(usage) if isinstance(usage, Mapping) else usage,
+            on_error=list(run.get("on_error") or []),
         )
 
     def taken(self) -> Counter[tuple[str, str]]:
-        """How many times each (from, to) edge was taken."""
+        """How many times each (from, to) step was taken, edges and `on_error` routes alike."""
         return Counter(self.path)
+
+    def taken_in(self, graph: Graph) -> tuple[Counter[tuple[str, str]], Counter[tuple[str, str]]]:
+        """How many times each (from, to) edge, and each `on_error` route, of `graph` was
+        taken. A step is a route when the journal says so (`on_error`), or when it can be
+        nothing else: no edge of the graph joins its nodes, but its node's `on_error` does
+        (an overlay given as a bare `path`)."""
+        routes = Counter(self.on_error) & self.taken()
+        edges = self.taken() - routes
+        joined = {(e.source, e.target) for e in graph.edges}
+        for (source, target), times in list(edges.items()):
+            spec = graph.nodes.get(source)
+            if (source, target) not in joined and spec is not None and spec.on_error == target:
+                routes[(source, target)] += times
+                del edges[(source, target)]
+        return edges, routes
 
     def stop_colour(self) -> str | None:
         """The highlight colour of the node where the run stopped, if it is highlighted."""
@@ -156,12 +180,24 @@ class RunOverlay:
         return "#ea580c"  # any other stop (limits, budget, interrupts) is a deliberate halt
 
 
+def routed_on_error(step: _Step) -> bool:
+    """Whether a journal transition is an `on_error` route: its node failed and the run went
+    to the node's handler. That visit's patch is only the `error` field, naming the node."""
+    patch = getattr(step, "patch", None)
+    if not isinstance(patch, Mapping) or set(patch) != {"error"}:
+        return False
+    error = patch["error"]
+    return isinstance(error, Mapping) and error.get("node") == step.node
+
+
 RunLike = RunOverlay | Mapping[str, Any] | None
 
 VISITED_FILL = "#dbeafe"
 STOP_FILL = {"#dc2626": "#fee2e2", "#16a34a": "#dcfce7", "#ea580c": "#ffedd5"}
 CONDITIONAL = "#2563eb"
 TAKEN = "#1d4ed8"
+ON_ERROR = "#dc2626"
+ON_ERROR_LABEL = "on_error"
 TIMES = "\N{MULTIPLICATION SIGN}"
 
 
@@ -217,6 +253,12 @@ def edges_of(graph: Graph) -> list[Edge]:
     return out
 
 
+def error_routes(graph: Graph) -> list[tuple[str, str]]:
+    """Each node's `on_error` route, (node, handler), in node order: where a visit that
+    failed (after its retries) goes, with the failure in `error`."""
+    return [(name, spec.on_error) for name, spec in graph.nodes.items() if spec.on_error]
+
+
 def back_edges(graph: Graph) -> set[int]:
     """File indexes of the edges that lead back to a node on the way to them (the loops'
     return edges), found depth first from the entry in file order: drawn to the side, so
@@ -267,6 +309,8 @@ LEGEND = (
     ("edge taken \N{MULTIPLICATION SIGN}n", TAKEN),
     ("condition ([n] = order tried)", CONDITIONAL),
 )
+# In the legend of a graph that has `on_error` routes.
+ON_ERROR_LEGEND = ("on_error route (a failed visit's handler)", ON_ERROR)
 
 
 def edge_text(edge: Edge) -> str:

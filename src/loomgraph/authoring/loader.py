@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import ValidationError
 
 from loomgraph.authoring.parsed_graphs import read_parsed
+from loomgraph.authoring.past_schema import without_failures
 from loomgraph.errors import GraphError, GraphValidationError, LoomgraphError, Problem
 from loomgraph.graph.spec import Graph
 
@@ -132,7 +133,10 @@ def graph_from_data(
     try:
         graph = Graph.model_validate(data)
     except ValidationError as err:
-        raise GraphValidationError(problems + schema_problems(err, lines, file)) from None
+        found = schema_problems(err, lines, file)
+        if validate:
+            found += beyond_schema(data, err, file, lines)
+        raise GraphValidationError(problems + _by_line(found)) from None
     graph._source = file
     graph._lines = dict(lines)
     graph._resolver = resolve_graph_ref
@@ -148,6 +152,32 @@ def graph_from_data(
         raise GraphValidationError(problems)
     graph._validated = validate
     return graph
+
+
+def beyond_schema(
+    data: Mapping[str, Any], err: ValidationError, file: str | None, lines: Lines
+) -> list[Problem]:
+    """The problems of the parts of a graph that fit the schema, for a graph that does not:
+    what failed (a top-level key, a node, an edge) is left out (`past_schema.without_failures`),
+    the rest is validated, and a rule that reads what was left out is not reported. So every
+    problem that can be found is reported at once, not only the schema's."""
+    part = without_failures(data, err, graph_keys())
+    try:
+        graph = Graph.model_validate(part.data)
+    except (ValidationError, TypeError):  # should not happen: every failure was left out
+        return []
+    graph._source = file
+    graph._lines = part.renumbered(lines)
+    graph._resolver = resolve_graph_ref
+    from loomgraph.authoring.validate import validate_graph
+
+    found = validate_graph(graph, flow=not _routes_checked(graph, file))
+    return [p for p in found if part.knows(p.rule)]
+
+
+def _by_line(problems: list[Problem]) -> list[Problem]:
+    """Problems in file order (those without a line last), ties as they came."""
+    return sorted(problems, key=lambda p: (p.line is None, p.line or 0))
 
 
 def schema_problems(err: ValidationError, lines: Lines, file: str | None) -> list[Problem]:

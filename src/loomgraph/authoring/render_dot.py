@@ -17,6 +17,9 @@ import graphviz  # type: ignore[import-untyped, unused-ignore]
 from loomgraph.authoring.diagram import (
     CONDITIONAL,
     LEGEND,
+    ON_ERROR,
+    ON_ERROR_LABEL,
+    ON_ERROR_LEGEND,
     STOP_FILL,
     TAKEN,
     TIMES,
@@ -27,6 +30,7 @@ from loomgraph.authoring.diagram import (
     back_edges,
     edge_text,
     edges_of,
+    error_routes,
     load,
     node_detail,
     node_io,
@@ -132,10 +136,11 @@ def _dot_label(
     return f"<{table}{''.join(rows)}</TABLE>>"
 
 
-def _legend(run: RunOverlay) -> str:
-    """The overlay's legend as an HTML-like table: a swatch and a line per mark."""
+def _legend(run: RunOverlay, routes: bool) -> str:
+    """The overlay's legend as an HTML-like table: a swatch and a line per mark (the
+    `on_error` route's when the graph has `routes`)."""
     stop = run.stop_colour() or "#374151"
-    marks = [*LEGEND, (f"stopped here: {run.status}", stop)]
+    marks = [*LEGEND, *([ON_ERROR_LEGEND] if routes else []), (f"stopped here: {run.status}", stop)]
     rows = [
         f'<TR><TD BGCOLOR="{colour}" WIDTH="14"> </TD>'
         f'<TD ALIGN="LEFT"><FONT POINT-SIZE="9">{_e(text)}</FONT></TD></TR>'
@@ -196,7 +201,8 @@ def _digraph(graph: Graph, run: RunOverlay | None, *, expand: bool = False) -> g
     if run is not None:
         with dot.subgraph() as bottom:
             bottom.attr(rank="sink")
-            bottom.node(_LEGEND, label=_legend(run), shape="plaintext", style="", tooltip="legend")
+            legend = _legend(run, bool(error_routes(graph)))
+            bottom.node(_LEGEND, label=legend, shape="plaintext", style="", tooltip="legend")
     return dot
 
 
@@ -247,7 +253,7 @@ def _draw(
     def node_id(name: str) -> str:
         return ids.node(scope, name, end=name == END)
 
-    taken = run.taken() if run else Counter()
+    taken, routed = run.taken_in(graph) if run else (Counter(), Counter())
     counted: set[tuple[str, str]] = set()
     back = back_edges(graph)
     for i, edge in enumerate(edges_of(graph)):
@@ -272,6 +278,23 @@ def _draw(
             node_id(edge.spec.target),
             label=_t(text) if text else "",
             tooltip=_t(edge.spec.when or text or "default"),
+            **attrs,
+        )
+    for source, target in error_routes(graph):
+        # Not an edge: where a visit of `source` that failed goes. Dashed and red, so it is
+        # not read as a condition; blue and thick, like an edge, once a run took it.
+        text, times = ON_ERROR_LABEL, routed.get((source, target), 0)
+        attrs = {"color": ON_ERROR, "fontcolor": ON_ERROR}
+        if times:
+            attrs.update(penwidth="2.5", color=TAKEN)
+            text = f"{text}  {TIMES}{times}"
+        dot.edge(
+            node_id(source),
+            node_id(target),
+            label=_t(text),
+            tooltip=_t(f"a failure of {source} (after its retries) goes to {target}"),
+            style="dashed",
+            arrowhead="empty",
             **attrs,
         )
 

@@ -8,6 +8,8 @@ from collections import Counter
 from pathlib import Path
 
 from loomgraph.authoring.diagram import (
+    ON_ERROR,
+    ON_ERROR_LABEL,
     STOP_FILL,
     TAKEN,
     TIMES,
@@ -16,6 +18,7 @@ from loomgraph.authoring.diagram import (
     RunOverlay,
     edge_text,
     edges_of,
+    error_routes,
     load,
     node_detail,
     node_io,
@@ -103,8 +106,53 @@ def _edge_id(ids: dict[str, str], name: str) -> str:
 _MAX_DEPTH = 3
 
 
+class _Links:
+    """The links of one diagram, numbered as Mermaid numbers them (in the order they are
+    written, inlined child graphs' too), with the `linkStyle` lines of those styled."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.styles: list[str] = []
+
+    def add(self, source: str, arrow: str, text: str, target: str, style: str = "") -> str:
+        """The line of a link from `source` to `target`, labelled `text`; `style` (CSS) is
+        kept for its `linkStyle` line."""
+        if style:
+            self.styles.append(f"    linkStyle {self.count} {style}")
+        self.count += 1
+        label = f"|{_mm(text)}|" if text else ""
+        return f"{source} {arrow}{label} {target}"
+
+
+def _edge_links(
+    graph: Graph,
+    ids: dict[str, str],
+    links: _Links,
+    taken: Counter[tuple[str, str]],
+    routed: Counter[tuple[str, str]],
+) -> list[str]:
+    """The lines of a graph's edges, then of its `on_error` routes: dotted, red and labelled
+    `on_error` (a route is where a failed visit goes, not an edge); a step a run took is
+    thick and blue, with how many times."""
+    lines = []
+    for edge in edges_of(graph):
+        text, style = edge_text(edge), ""
+        times = taken.get((edge.spec.source, edge.spec.target), 0)
+        if times:
+            text, style = f"{text} {TIMES}{times}".strip(), f"stroke:{TAKEN},stroke-width:3px"
+        arrow = "-.->" if edge.spec.when else "-->"
+        source, target = (_edge_id(ids, n) for n in (edge.spec.source, edge.spec.target))
+        lines.append(links.add(source, arrow, text, target, style))
+    for source, target in error_routes(graph):
+        text, style = ON_ERROR_LABEL, f"stroke:{ON_ERROR},color:{ON_ERROR}"
+        if times := routed.get((source, target), 0):
+            text, style = f"{text} {TIMES}{times}", f"stroke:{TAKEN},stroke-width:3px"
+        lines.append(links.add(_edge_id(ids, source), "-.->", text, _edge_id(ids, target), style))
+    return lines
+
+
 def _children(
-    graph: Graph, ids: dict[str, str], indent: str, depth: int, seq: list[int]
+    graph: Graph, ids: dict[str, str], indent: str, depth: int, seq: list[int], links: _Links
 ) -> list[str]:
     """The graphs `map`/`subgraph` nodes of `graph` run, each as a `subgraph` block entered
     by a dotted `runs` link; no overlay (the journal's top-level path is not theirs)."""
@@ -124,15 +172,12 @@ def _children(
         for child_name, child_spec in child.nodes.items():
             shape = _node_line(child_name, child_spec.kind, io.get(child_name, ([], [])), 0)
             lines.append(f"{inner}{child_ids[child_name]}{shape}")
-        for edge in edges_of(child):
-            text, arrow = edge_text(edge), "-.->" if edge.spec.when else "-->"
-            label = f"|{_mm(text)}|" if text else ""
-            source, target = (_edge_id(child_ids, n) for n in (edge.spec.source, edge.spec.target))
-            lines.append(f"{inner}{source} {arrow}{label} {target}")
-        lines += _children(child, child_ids, inner, depth + 1, seq)
+        none: Counter[tuple[str, str]] = Counter()
+        lines += [inner + line for line in _edge_links(child, child_ids, links, none, none)]
+        lines += _children(child, child_ids, inner, depth + 1, seq, links)
         lines.append(f"{indent}end")
         if child.entry in child.nodes:
-            lines.append(f"{indent}{ids[name]} -.->|runs| {child_ids[child.entry]}")
+            lines.append(indent + links.add(ids[name], "-.->", "runs", child_ids[child.entry]))
     return lines
 
 
@@ -157,25 +202,17 @@ def to_mermaid(graph: Graph | str | Path, *, run: RunLike = None, expand: bool =
             f"    {ids[name]}{_node_line(name, spec.kind, io.get(name, ([], [])), visits)}"
         )
 
-    taken = overlay.taken() if overlay else Counter()
-    link_styles: list[str] = []
-    entry = g.entry or END
-    lines.append(f"    __start__ --> {_edge_id(ids, entry)}")
-    if overlay and (overlay.visits or overlay.path):
-        link_styles.append(f"    linkStyle 0 stroke:{TAKEN},stroke-width:3px")
-    for index, edge in enumerate(edges_of(g), start=1):
-        text = edge_text(edge)
-        times = taken.get((edge.spec.source, edge.spec.target), 0)
-        if times:
-            text = f"{text} {TIMES}{times}".strip()
-            link_styles.append(f"    linkStyle {index} stroke:{TAKEN},stroke-width:3px")
-        arrow = "-.->" if edge.spec.when else "-->"
-        label = f"|{_mm(text)}|" if text else ""
-        source, target = (_edge_id(ids, n) for n in (edge.spec.source, edge.spec.target))
-        lines.append(f"    {source} {arrow}{label} {target}")
-    if expand:  # after the graph's own links, so `linkStyle` numbers stay theirs
-        lines += _children(g, ids, "    ", 0, [0])
-    lines += link_styles
+    taken, routed = overlay.taken_in(g) if overlay else (Counter(), Counter())
+    links = _Links()
+    entered = overlay and (overlay.visits or overlay.path)
+    start_style = f"stroke:{TAKEN},stroke-width:3px" if entered else ""
+    lines.append(
+        "    " + links.add("__start__", "-->", "", _edge_id(ids, g.entry or END), start_style)
+    )
+    lines += ["    " + line for line in _edge_links(g, ids, links, taken, routed)]
+    if expand:
+        lines += _children(g, ids, "    ", 0, [0], links)
+    lines += links.styles
 
     lines += [
         "    classDef startMarker fill:#000,stroke:#000,color:#fff",

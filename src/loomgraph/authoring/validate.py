@@ -251,8 +251,9 @@ def _holds_model(tp: Any) -> bool:
 
 def _default_mismatch(default: Any, parsed: Any) -> str | None:
     """Why a field's default is not a value of its type, or None when it is (or is unset).
-    The state starts with the default as written, so it must already be of the type: `"5"`
-    for an `int` is refused, though a patch `"5"` would be converted."""
+    It must be written as a value of the type: `"5"` for an `int` is refused, though a patch
+    `"5"` would be converted. (The state holds it as the field's adapter makes it, like a
+    patch: `StateSchema`; a model's defaults are filled in there.)"""
     if default is None or parsed is Any:
         return None
     try:

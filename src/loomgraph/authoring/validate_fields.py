@@ -8,9 +8,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from jinja2 import TemplateSyntaxError, nodes
+
 from loomgraph.authoring.validate_flow import did_you_mean, problem_at
 from loomgraph.errors import Problem
-from loomgraph.graph.conditions import names_used
+from loomgraph.graph.condition_code import parse_bounded
+from loomgraph.graph.conditions import environment, names_used
 from loomgraph.graph.jinja_problems import source_problems
 from loomgraph.graph.registry import NodeKind, UnknownNodeKind, node_kind
 from loomgraph.graph.spec import Graph, NodeSpec
@@ -103,6 +106,7 @@ def check_reads(graph: Graph, instances: dict[str, NodeKind], known: set[str]) -
                     param,
                 )
             )
+    problems += _unread_fields(graph, instances, known, reported)
     for name, spec in graph.nodes.items():
         for field in _reads(spec, instances.get(name)):
             if field in known or (name, field) in reported:
@@ -120,6 +124,78 @@ def check_reads(graph: Graph, instances: dict[str, NodeKind], known: set[str]) -
                 )
             )
     return problems
+
+
+def _unread_fields(
+    graph: Graph, instances: dict[str, NodeKind], known: set[str], reported: set[tuple[str, str]]
+) -> list[Problem]:
+    """`unread-field`: a template uses a state field the node does not read. A node gets only
+    the fields it reads (`reads:`, or its kind's defaults) and renders its templates from them
+    (`condition_scope` of that view), so the field would always render empty. Free to use:
+    the kind's `template_names` (`item`), names the template sets itself (loop variables),
+    `state` and `last_message` — though `state.x` is still the node's view (`x` must be read)
+    and `last_message` the last of `messages` (which must be read)."""
+    problems = []
+    for name, param, source in templates_of(graph):
+        node = instances.get(name)
+        if node is None:  # its kind or params are reported already
+            continue
+        extra = node.template_names
+        read = set(node.reads())
+        used = names_used(source, expression=False) - extra
+        wanted = {field: field for field in used - DERIVED_NAMES if field in known}
+        if "last_message" in used:
+            wanted.setdefault("messages", "last_message")
+        if "state" in used:
+            for field in state_names(source):
+                if field in known:
+                    wanted.setdefault(field, f"state.{field}")
+        for field, shown in sorted(wanted.items()):
+            if field in read or (name, field) in reported:
+                continue
+            reported.add((name, field))
+            what = (
+                repr(field)
+                if shown == field
+                else f"{shown!r} (the last of {field!r})"
+                if shown == "last_message"
+                else f"{shown!r} (its field {field!r})"
+            )
+            if node.spec.reads is not None:
+                fix = f"add {field!r} to `reads:`"
+            else:
+                fix = f"list it in `reads:` (`reads: [{', '.join([*sorted(read), field])}]`)"
+            problems.append(
+                problem_at(
+                    graph,
+                    "unread-field",
+                    f"node {name!r}: template {param!r} uses {what}, which the node does not "
+                    f"read (it reads {', '.join(map(repr, sorted(read))) or 'nothing'}), so it "
+                    f"would always render empty: a node sees only the fields it reads; {fix}",
+                    "nodes",
+                    name,
+                    param,
+                )
+            )
+    return problems
+
+
+def state_names(source: str) -> list[str]:
+    """The fields a template reads through `state` (`state.x`, `state['x']`), in order; []
+    when it does not parse (reported on its own)."""
+    try:
+        tree = parse_bounded(environment(), source, expression=False)
+    except (TemplateSyntaxError, RecursionError):
+        return []
+    names = []
+    for node in tree.find_all((nodes.Getattr, nodes.Getitem)):
+        if not (isinstance(node.node, nodes.Name) and node.node.name == "state"):
+            continue
+        if isinstance(node, nodes.Getattr):
+            names.append(node.attr)
+        elif isinstance(node.arg, nodes.Const) and isinstance(node.arg.value, str):
+            names.append(node.arg.value)
+    return list(dict.fromkeys(names))
 
 
 def check_writes(graph: Graph, instances: dict[str, NodeKind]) -> list[Problem]:

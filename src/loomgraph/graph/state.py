@@ -212,10 +212,27 @@ class StateSchema:
         for name, f in graph.state.items():
             if f.type not in ("any", "Any"):
                 self.adapters[name] = _field_adapter(parse_type(f.type, near=graph.source))
+        # The defaults as the fields' adapters make them, once: the shape a node's write of
+        # the same value would have (a pydantic model's missing fields filled in).
+        self.defaults: dict[str, Any] = {
+            name: self._stored_default(name, f.default) for name, f in self.fields.items()
+        }
+
+    def _stored_default(self, name: str, default: Any) -> Any:
+        """A field's default as the state holds it: validated and dumped to JSON data by the
+        field's adapter (as `check` does a patch); as written for an untyped field, no
+        default, or one its type refuses (validation reports it as `bad-default`)."""
+        adapter = self.adapters.get(name)
+        if adapter is None or default is None:
+            return default
+        try:
+            return adapter.dump_python(adapter.validate_python(default), mode="json")
+        except Exception:  # a graph built without validation; a model's validator may raise
+            return default
 
     def initial(self, values: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """A fresh state: defaults (copied, never shared between runs), then `values`."""
-        state = {name: _fresh(f.default) for name, f in self.fields.items()}
+        state = {name: _fresh(default) for name, default in self.defaults.items()}
         if values:
             state.update({k: _fresh(v) for k, v in self.check(dict(values)).items()})
         return state
