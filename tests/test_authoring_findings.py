@@ -211,3 +211,20 @@ def test_an_agent_file_without_schema_version_is_validated_as_an_agent_file(
     path.write_text("name: a\nmodel: echo\ninstructions: Be brief.\n")
     assert main(["validate", str(path)]) == 1
     assert "missing key 'schema_version'" in capsys.readouterr().out
+
+
+def test_a_folder_given_as_a_file_is_refused_by_name_and_validate_goes_on(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder, good = tmp_path / "adir", tmp_path / "g.yaml"
+    folder.mkdir()
+    good.write_text(REACT)
+    (problem,) = problems_of(folder)
+    assert problem.rule == "unreadable-file" and "not a regular file" in problem.message
+    assert problem.file == str(folder)
+    with pytest.raises(AgentFileError, match="not a regular file"):
+        load_agent_file(folder)
+    assert main(["validate", str(folder), str(good)]) == 1
+    out = capsys.readouterr().out
+    assert f"{folder}: [unreadable-file]" in out.replace(":0:", ":")
+    assert f"{good}: ok" in out and "Errno" not in out

@@ -45,14 +45,19 @@ def read_source(path: str | Path) -> str:
         fd = os.open(file, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
     except OSError as err:
         raise SourceRefused(Problem("unreadable-file", str(err), file)) from None
-    with os.fdopen(fd, "rb") as stream:
+    try:
+        # Checked on the descriptor before it is wrapped: `fdopen` of a folder raises
+        # IsADirectoryError naming the descriptor, not the file.
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise SourceRefused(
+                Problem("unreadable-file", "not a regular file (a FIFO, device or folder)", file)
+            )
+        stream = os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+    with stream:
         try:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
-                raise SourceRefused(
-                    Problem(
-                        "unreadable-file", "not a regular file (a FIFO, device or folder)", file
-                    )
-                )
             data = stream.read(MAX_YAML_BYTES + 1)
         except OSError as err:
             raise SourceRefused(Problem("unreadable-file", str(err), file)) from None
