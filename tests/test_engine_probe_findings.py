@@ -60,6 +60,13 @@ class Blocking:
 blocking = Blocking()
 
 
+def sometimes_deferred(state: Mapping[str, Any]) -> Any:
+    """Returns a coroutine for input `defer`, a patch naming its thread otherwise."""
+    if state["input"] == "defer":
+        return on_loop(state)
+    return {"output": threading.current_thread().name}
+
+
 async def on_loop(state: Mapping[str, Any]) -> dict[str, Any]:
     return {"output": threading.current_thread().name}
 
@@ -99,6 +106,7 @@ for name, fn in {
     "on_loop": on_loop,
     "async_callable": AsyncCallable(),
     "ask_twice": ask_twice,
+    "sometimes_deferred": sometimes_deferred,
     "ask_then_fail": ask_then_fail,
 }.items():
     setattr(module, name, fn)
@@ -148,10 +156,23 @@ async def test_an_async_function_node_stays_on_the_event_loop() -> None:
 
 async def test_a_sync_callable_that_returns_a_coroutine_is_awaited_on_the_loop() -> None:
     graph = one_node("lg_probe_fns:async_callable")
-    for _ in range(2):  # the first call finds out; the second calls it on the loop at once
+    for _ in range(2):  # each call's coroutine awaited on the loop
         result = await Agent("x", model="echo", architecture=graph).run("go")
         assert result.status == "completed", result.reason
         assert result.output == threading.current_thread().name
+
+
+async def test_a_sync_function_that_once_returned_a_coroutine_still_runs_in_a_thread() -> None:
+    graph = one_node("lg_probe_fns:sometimes_deferred", ", reads: [input]")
+    agent = Agent("x", model="echo", architecture=graph)
+    loop_thread = threading.current_thread().name
+    outputs = []
+    for prompt in ("plain", "defer", "plain"):  # one compiled node, shared by the runs
+        result = await agent.run(prompt)
+        assert result.status == "completed", result.reason
+        outputs.append(result.output)
+    assert outputs[1] == loop_thread  # the coroutine was awaited on the loop
+    assert outputs[0] != loop_thread and outputs[2] != loop_thread  # each call judged alone
 
 
 # ---------------------------------------------------------------- usage against the ledger

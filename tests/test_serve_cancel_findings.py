@@ -10,7 +10,10 @@ from pathlib import Path
 from typing import Any
 
 from loomgraph import Agent, tool
+from loomgraph.authoring.loader import graph_from_yaml
+from loomgraph.governance import Hooks
 from loomgraph.models import ScriptedModel
+from loomgraph.protocols import CancelReason
 from loomgraph.runtime import SqliteRuntime
 from loomgraph.serve.hub import SHUTDOWN_REASON
 from test_serve_api import served
@@ -103,5 +106,69 @@ async def test_a_run_cancelled_by_its_caller_in_python_keeps_the_callers_reason(
         assert isinstance(done[0], asyncio.CancelledError)
         [record] = await agent.deps.runtime.runs()
         assert (str(record.status), record.reason) == ("cancelled", "cancelled by the caller")
+    finally:
+        await agent.aclose()
+
+
+MAP_GRAPH = """
+name: fanout
+entry: split
+state:
+  cities: {type: 'list[str]'}
+  reports: {type: 'list[str]', reducer: append, default: []}
+nodes:
+  split: {kind: function, call: 'test_serve_cancel_findings:split', reads: [input],
+          writes: [cities]}
+  each: {kind: map, graph: react, over: cities, output: reports, concurrency: 2}
+edges:
+  - {from: split, to: each}
+  - {from: each, to: END}
+"""
+
+
+async def split(state: Any) -> dict[str, Any]:
+    return {"cities": state["input"].split()}
+
+
+class HangsOnSlow(ScriptedModel):
+    """Answers at once for every city but `slow`, whose call never ends."""
+
+    def __init__(self) -> None:
+        super().__init__(lambda r: f"report on {r.messages[0]['content']}")
+
+    async def stream(self, request: Any) -> Any:
+        if request.messages[0]["content"] == "slow":
+            await asyncio.Event().wait()
+        async for chunk in super().stream(request):
+            yield chunk
+
+
+async def test_a_map_run_cancelled_with_a_reason_journals_it_whichever_branch_ended_last(
+    tmp_path: Path,
+) -> None:
+    fast_done = asyncio.Event()
+
+    async def on_event(event: Any) -> None:
+        if event.kind == "node_completed" and event.node.startswith("each/1/"):
+            fast_done.set()
+
+    hooks = Hooks()
+    hooks.on_event(on_event)
+    agent = Agent(
+        "x",
+        model=HangsOnSlow(),
+        architecture=graph_from_yaml(MAP_GRAPH),
+        runtime=SqliteRuntime(str(tmp_path / "j.db")),
+        hooks=hooks,
+    )
+    try:
+        task = asyncio.create_task(agent.run("slow fast"))  # the last branch finishes
+        await asyncio.wait_for(fast_done.wait(), BOUND)
+        for _ in range(20):  # a few passes of the loop: the fast branch's task returns
+            await asyncio.sleep(0)
+        task.cancel(CancelReason("cancelled by alice"))
+        await asyncio.gather(task, return_exceptions=True)
+        [record] = await agent.deps.runtime.runs()
+        assert (str(record.status), record.reason) == ("cancelled", "cancelled by alice")
     finally:
         await agent.aclose()

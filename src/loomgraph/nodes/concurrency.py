@@ -49,11 +49,20 @@ async def run_all(
                 raised.append(err)
                 raise
 
-    done = await asyncio.gather(*(gated(job) for job in jobs), return_exceptions=True)
+    tasks = [asyncio.ensure_future(gated(job)) for job in jobs]
+    try:
+        await asyncio.wait(tasks)
+    except asyncio.CancelledError as err:
+        # The node's task was cancelled: so are the jobs, with its message (the run's
+        # `CancelReason`), and the cancellation goes on once they ended. Not `gather`: its
+        # cancellation is rebuilt from the last job, without the message when that one had
+        # finished, and the journal then blamed "the caller".
+        for task in tasks:
+            task.cancel(err.args[0] if err.args else None)
+        await asyncio.wait(tasks)
+        raise
     if raised:
         failures = [err for err in raised if not isinstance(err, RunStopped)]
         raise (failures or raised)[0]
-    for outcome in done:  # a job's own BaseException that `gated` did not see: none expected
-        if isinstance(outcome, BaseException):
-            raise outcome
-    return done  # type: ignore[return-value]
+    # A job's own BaseException that `gated` did not see (none expected) is raised by result().
+    return [task.result() for task in tasks]  # type: ignore[misc]

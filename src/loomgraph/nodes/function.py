@@ -176,7 +176,6 @@ class FunctionNode(NodeKind):
                 self.params.call,
             )
             raise
-        if inspect.isawaitable(result):
-            self.is_async = True  # called on the event loop from now on
+        if inspect.isawaitable(result):  # judged call by call: the node is shared by runs
             result = await result
         return result
