@@ -8,7 +8,7 @@ import json
 import sys
 from typing import Any
 
-from loomgraph.cli import agent_args, journal
+from loomgraph.cli import agent_args, going_on, journal
 from loomgraph.cli.console import safe
 from loomgraph.cli.output import EXIT_OK, print_result, table
 from loomgraph.engine.effects import Approval, BoundApproval
@@ -16,16 +16,18 @@ from loomgraph.protocols import Decision, RunStatus, Runtime, ToolCall
 
 NO_APPROVER = (
     "nobody can approve it here: pass --approve to be asked on this terminal, or --runtime "
-    "to stop the run and answer later with `loomgraph runs approve`"
+    "sqlite:PATH (or postgres://…) to stop the run and answer later with `loomgraph runs "
+    "approve`"
 )
 
 
 def approver_for(args: argparse.Namespace) -> Any:
     """Who answers an `ask` in `loomgraph run`: the person at the terminal (--approve), the
-    journal (a durable --runtime: the run stops and waits), or nobody (then ask means deny)."""
+    journal (a durable --runtime: the run stops and waits), or nobody (then ask means deny:
+    with no journal, or one in memory, a waiting run could never be answered)."""
     if args.approve:
         return ask_on_terminal
-    if args.runtime:
+    if journal.keeps_runs(args.runtime):
         return None
     return deny_unattended
 
@@ -72,7 +74,8 @@ def add_parsers(cmds: Any) -> list[argparse.ArgumentParser]:
             help="the request answered (`runs pending --json` key): answer it or nothing, "
             "never a later call with the same id",
         )
-        agent_args.add_agent_options(cmd, None)
+        agent_args.add_agent_options(cmd, None, graph=False)
+        going_on.add_graph_option(cmd)
         agent_args.add_permissions_option(cmd)
     approve.add_argument(
         "--args", default=None, metavar="JSON", help="edited arguments (checked again)"
@@ -80,7 +83,8 @@ def add_parsers(cmds: Any) -> list[argparse.ArgumentParser]:
     deny.add_argument("--reason", default="", help="why, for the model and the audit log")
     for cmd in (pending, approve, deny):
         agent_args.add_runtime_option(cmd, required=True)
-        cmd.add_argument("--json", action="store_true", help="print JSON lines")
+        help_ = "print JSON lines" if cmd is pending else going_on.JSON_HELP
+        cmd.add_argument("--json", action="store_true", help=help_)
     return [pending, approve, deny]
 
 
@@ -155,6 +159,9 @@ async def _answer(args: argparse.Namespace, runtime: Runtime) -> int:
         reason=args.reason if args.runs_command == "deny" else "",
         key=args.request,
     )
-    agent = journal.agent_for(args, runtime, record, agent_args.load_permissions(args.permissions))
-    result = await agent.resume(args.run_id, approve=answer)
+    # The graph as `runs resume` picks it: the run's pinned one unless --graph says otherwise.
+    graph = await going_on.run_graph(args, runtime, record, args.graph_choice)
+    permissions = agent_args.load_permissions(args.permissions)
+    agent = going_on.agent_for(args, runtime, record, graph.architecture, permissions)
+    result = await agent.resume(args.run_id, graph=graph.choice, approve=answer)
     return print_result(result, args.json)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from loomgraph.cli import advice
 from loomgraph.cli.console import say
 from loomgraph.cli.output import EXIT_FAILED, EXIT_OK, usage
 
@@ -40,19 +41,22 @@ def handle(args: argparse.Namespace) -> int:
     """Run one `loomgraph audit …` command; returns the exit code."""
     from pathlib import Path
 
-    from loomgraph.observability import AuditHead, FileAuditLog
+    from loomgraph.observability import AuditHead, AuditKeyMissing, FileAuditLog
 
     # A missing file is not an empty log: verifying the wrong path must not print "ok".
     if not Path(args.file).is_file():
         return usage(f"no audit log at {args.file}")
     # heal=False: checking a log must not change it (a torn tail is reported, not moved).
-    log = FileAuditLog(
-        args.file,
-        key_file=args.key_file,
-        key_env=args.key_env,
-        unsigned=args.unsigned,
-        heal=False,
-    )
+    try:
+        log = FileAuditLog(
+            args.file,
+            key_file=args.key_file,
+            key_env=args.key_env,
+            unsigned=args.unsigned,
+            heal=False,
+        )
+    except AuditKeyMissing as err:  # its remedy in this command's options
+        return usage(advice.audit_key_missing(err))
     if args.audit_command == "head":
         print(log.head())
         return EXIT_OK

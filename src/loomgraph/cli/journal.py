@@ -1,5 +1,5 @@
 """What the commands that work on a journal share: opening it from `--runtime` or the agent
-file, loading a run, the exit codes of its errors, and an Agent to go on with a run."""
+file, loading a run, and the exit codes and wording of its errors."""
 
 from __future__ import annotations
 
@@ -8,12 +8,10 @@ import asyncio
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
 
-from loomgraph.cli import agent_args
-from loomgraph.cli.output import EXIT_FAILED, emit_event, usage
+from loomgraph.cli import advice, agent_args
+from loomgraph.cli.output import EXIT_FAILED, usage
 from loomgraph.errors import GraphError, LoomgraphError
-from loomgraph.governance.null import NoHooks
 from loomgraph.protocols import RunRecord, Runtime, Transition, UnknownRun, close_backend
 from loomgraph.runtime.errors import JournalError, RunConflict
 
@@ -57,22 +55,35 @@ def journaled(
         ImportError,
         OSError,
     ) as err:  # GraphChanged is a GraphError
-        return usage(str(err))
+        return usage(advice.worded(err))
+
+
+# The journals a command's end forgets: `loomgraph run` may use one (its run cannot be
+# resumed, and it says so); a `runs` command would find nothing in it.
+IN_MEMORY = frozenset({"memory", "sqlite::memory:"})
+
+
+def keeps_runs(spec: str | None) -> bool:
+    """Whether the journal `spec` names keeps a run after the command ends (none, or one in
+    memory, does not: its runs cannot be resumed or answered later)."""
+    return bool(spec) and spec not in IN_MEMORY
 
 
 def open_journal(spec: str, *, create: bool = False) -> Runtime:
-    """The journal a `--runtime` names; unless `create`, an SQLite file must exist already."""
+    """The journal a `--runtime` names. `create`: a journal for a new run (`loomgraph run`),
+    which may be made now, in memory too; else one that holds runs already: an SQLite file
+    must exist, and a journal in memory (which would be empty) is refused."""
     from loomgraph.agent.deps import resolve_runtime
 
+    if not create and spec in IN_MEMORY:
+        raise UsageError(
+            f"--runtime {spec} keeps nothing between commands; use sqlite:PATH or postgres://…"
+        )
     if spec.startswith("sqlite:") and not create:
         path = spec.removeprefix("sqlite:")
-        if path != ":memory:" and not Path(path).is_file():
+        if not Path(path).is_file():
             # Opening would create an empty journal; a typo should not look like "no runs".
             raise UsageError(f"no journal at {path!r}")
-    elif spec == "memory":
-        raise UsageError(
-            "--runtime memory keeps nothing between commands; use sqlite:PATH or postgres://…"
-        )
     return resolve_runtime(spec)
 
 
@@ -82,37 +93,3 @@ async def load_record(runtime: Runtime, run_id: str) -> tuple[RunRecord, list[Tr
     if record is None:
         raise UsageError(f"unknown run {run_id!r}")
     return record, await runtime.transitions(run_id)
-
-
-def agent_for(
-    args: argparse.Namespace,
-    runtime: Runtime,
-    record: RunRecord,
-    permissions: Any = None,
-    architecture: Any = None,
-) -> Any:
-    """An Agent for resuming or forking `record`: `architecture`, else --graph or the agent
-    file's graph, else the run's graph by name; the given tools and permissions (a run
-    resumes only under the policy it is pinned to). Named as the agent file says (a run of
-    an agent of another name is refused), else as the agent that started the run: the
-    command line names the run and the tools to go on with it."""
-    return agent_args.build_agent(
-        args,
-        instructions=None if args.agent else "",
-        runtime=runtime,
-        architecture=architecture or (None if args.agent else record.graph_name),
-        hooks=_Printer(args.json),
-        permissions=permissions,
-        name=None if args.agent else record.agent_name,
-    )
-
-
-class _Printer(NoHooks):
-    """Hooks that print each event of the run, as `loomgraph run` does."""
-
-    def __init__(self, as_json: bool) -> None:
-        self.as_json = as_json
-
-    async def on_event(self, event: Any) -> None:
-        """Print the event."""
-        emit_event(event, self.as_json)

@@ -109,12 +109,17 @@ def emit_event(event: Any, as_json: bool) -> None:
 
 
 def print_result(result: Any, as_json: bool) -> int:
-    """Print how a resumed or forked run ended; returns its exit code."""
+    """Print how a resumed or forked run ended, as one line; returns its exit code. A run
+    with no answer (`output` None: a dead letter, say) shows the empty answer `''`, as the
+    run of any other status that ended without one."""
+    data = result.to_dict()
+    if data.get("output") is None:
+        data["output"] = ""
     if as_json:  # ASCII JSON: control characters escaped
-        print(json_line({"result": result.to_dict()}))
+        print(json_line({"result": data}))
     else:  # `say` escapes the run's reason and output
         say(
-            f"run {result.run_id}: status={result.status} output={result.output!r}"
+            f"run {result.run_id}: status={result.status} output={data['output']!r}"
             + (f" reason={result.reason}" if result.reason else ""),
             "bold green" if result.ok else "bold red",
         )

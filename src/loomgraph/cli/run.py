@@ -52,10 +52,10 @@ def handle(args: argparse.Namespace) -> int:
         run_id, journal = started.get("run_id"), agent_args.runtime_of(args)
         if run_id is None:
             warn("stopped before the run started", style="yellow")
-        elif journal and journal != "memory":
+        elif cli_journal.keeps_runs(journal):
             warn(f"stopped; resume with: {resume_command(run_id, args, given)}", "yellow")
         else:
-            warn(f"stopped run {run_id}; it had no journal (--runtime), so it cannot be resumed")
+            warn(f"stopped run {run_id}; it {unkept(journal)}, so it cannot be resumed")
         return EXIT_INTERRUPTED
 
 
@@ -86,6 +86,14 @@ def resume_command(run_id: str, args: argparse.Namespace, runtime: str | None, *
     return " ".join([*words, *extra]) + note
 
 
+def unkept(journal: str | None) -> str:
+    """Why a run of `journal` cannot be resumed or answered later: no journal, or one in
+    memory (`keeps_runs` is false), which the command's end forgets."""
+    if not journal:
+        return "had no journal (--runtime)"
+    return f"had its journal in memory ({journal}), which keeps nothing after the command"
+
+
 def say_how_to_answer(
     result: Any, durable: bool, args: argparse.Namespace, runtime: str | None
 ) -> None:
@@ -100,10 +108,7 @@ def say_how_to_answer(
     if not isinstance(pending, dict) or not pending.get("type"):
         return
     if not durable:
-        warn(
-            f"run {run_id} had no journal (--runtime), so its question cannot be answered",
-            "yellow",
-        )
+        warn(f"run {run_id} {unkept(args.runtime)}, so its question cannot be answered", "yellow")
         return
     # Named, the answer is for this question only: resent later, it answers no other one.
     key = pending.get("key")
@@ -119,7 +124,7 @@ async def _run(args: argparse.Namespace, started: dict[str, str]) -> int:
     given = args.runtime  # as the command line gave it (the agent file's is not repeated)
     journal = agent_args.runtime_of(args)
     runtime = cli_journal.open_journal(journal, create=True) if journal else None
-    args.runtime = journal  # who answers an ask depends on whether there is a journal
+    args.runtime = journal  # who answers an ask depends on whether the journal keeps runs
     default = None if args.agent else "You are a helpful assistant."
     agent = agent_args.build_agent(
         args,
@@ -146,7 +151,7 @@ async def _run(args: argparse.Namespace, started: dict[str, str]) -> int:
                     status, result = event.payload["status"], event.payload.get("result")
     finally:
         await agent.aclose()
-    say_how_to_answer(result, bool(journal and journal != "memory"), args, given)
+    say_how_to_answer(result, cli_journal.keeps_runs(journal), args, given)
     return exit_code(status) if status else EXIT_FAILED
 
 

@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from loomgraph.cli import agent_args, journal
+from loomgraph.cli import agent_args, going_on, journal
 from loomgraph.cli.console import say
 from loomgraph.cli.output import (
     EXIT_OK,
@@ -81,17 +81,7 @@ def add_runs_parser(sub: Any) -> Any:
     retry.add_argument("run_id", help="the run to retry")
     agent_args.add_agent_options(retry, None, graph=False)
     for cmd in (resume, retry):
-        cmd.add_argument(
-            "--graph",
-            dest="graph_choice",
-            default="pinned",
-            metavar="pinned|current|GRAPH",
-            help="pinned (default): go on with the graph the run started with, as the journal "
-            "keeps it, even if its file changed since; current: move the run to its graph as "
-            "the file (or built-in) reads now; GRAPH: move it to this built-in graph or YAML "
-            "file. A move is made only if the run's position (its node, visits and state "
-            "fields) is valid in the new graph; otherwise it names the node or field and seq",
-        )
+        going_on.add_graph_option(cmd)
     fork = cmds.add_parser("fork", help="start a new run from a checkpoint of another")
     fork.add_argument("run_id", help="the run to fork")
     fork.add_argument(
@@ -121,7 +111,9 @@ def add_runs_parser(sub: Any) -> Any:
         agent_args.add_agent_file_option(cmd)
     for cmd in (listing, show, resume, retry, fork, diff):
         agent_args.add_runtime_option(cmd, required=True)
-        cmd.add_argument("--json", action="store_true", help="print JSON Lines")
+        going_on_a_run = cmd in (resume, retry, fork)
+        help_ = going_on.JSON_HELP if going_on_a_run else "print JSON Lines"
+        cmd.add_argument("--json", action="store_true", help=help_)
     return cmds
 
 
@@ -213,31 +205,21 @@ async def _diff(args: argparse.Namespace, runtime: Runtime) -> int:
 
 
 async def _resume(args: argparse.Namespace, runtime: Runtime) -> int:
-    from loomgraph.agent.pinning import compile_pinned
-
     record, _ = await journal.load_record(runtime, args.run_id)
-    choice = "pinned" if args.graph_choice == "pinned" else "current"
-    architecture: Any = {"pinned": None, "current": record.graph_name}.get(
-        args.graph_choice, args.graph_choice
-    )
-    if choice == "pinned":
-        # The run's own graph, from the journal: its file may have changed or gone since.
-        kept = await runtime.graph(record.graph_hash)
-        architecture = compile_pinned(kept).graph if kept is not None else record.graph_name
-    agent = journal.agent_for(
-        args, runtime, record, agent_args.load_permissions(args.permissions), architecture
-    )
+    graph = await going_on.run_graph(args, runtime, record, args.graph_choice)
+    permissions = agent_args.load_permissions(args.permissions)
+    agent = going_on.agent_for(args, runtime, record, graph.architecture, permissions)
     request = getattr(args, "request", "")  # `retry` answers nothing
     if request and args.value is None:
         raise journal.UsageError("--request names the question --value answers: give --value")
     if args.runs_command == "retry":
-        result = await agent.retry(args.run_id, graph=choice)
+        result = await agent.retry(args.run_id, graph=graph.choice)
     elif args.value is None:
-        result = await agent.resume(args.run_id, graph=choice)
+        result = await agent.resume(args.run_id, graph=graph.choice)
     else:  # checked against the type asked for as `Agent.resume` checks it: ResumeError
         value = _value_of(args.value)
         answer = BoundValue(value, request) if request else value
-        result = await agent.resume(args.run_id, graph=choice, value=answer)
+        result = await agent.resume(args.run_id, graph=graph.choice, value=answer)
     code = print_result(result, args.json)
     say_how_to_answer(result.to_dict(), True, args, args.runtime)
     return code
@@ -267,7 +249,11 @@ async def _fork(args: argparse.Namespace, runtime: Runtime) -> int:
             raise journal.UsageError(f"--patch is not JSON: {err}") from None
         if not isinstance(patch, dict):
             raise journal.UsageError("--patch must be a JSON object of state fields")
-    agent = journal.agent_for(args, runtime, record, agent_args.load_permissions(args.permissions))
+    # The new run goes on with --graph, else the agent file's graph, else the run's own.
+    wanted = args.graph or (going_on.CURRENT if args.agent else going_on.PINNED)
+    graph = await going_on.run_graph(args, runtime, record, wanted)
+    permissions = agent_args.load_permissions(args.permissions)
+    agent = going_on.agent_for(args, runtime, record, graph.architecture, permissions)
     result = await agent.fork(args.run_id, at=args.at, patch=patch)
     return print_result(result, args.json)
 

@@ -23,7 +23,15 @@ class AuditConfigError(AuditLogError, ValueError):
 
 
 class AuditKeyMissing(AuditConfigError):
-    """No key was given for a log that is not explicitly `unsigned=True`."""
+    """No key was given for a log that is not explicitly `unsigned=True`. Which remedy
+    applies, as data for a caller that words it in its own terms (the command line's
+    options): `variable`, the environment variable looked in, and `named`, whether the
+    caller named it (`key_env=`: set it) or it is the default (give any key source)."""
+
+    def __init__(self, message: str, *, variable: str = "", named: bool = False) -> None:
+        super().__init__(message)
+        self.variable = variable or DEFAULT_KEY_ENV
+        self.named = named
 
 
 def resolve_audit_key(
@@ -59,10 +67,13 @@ def resolve_audit_key(
     value = os.environ.get(env)
     if value is None:
         if key_env is not None:
-            raise AuditKeyMissing(f"the audit key variable ${key_env} is not set")
+            raise AuditKeyMissing(
+                f"the audit key variable ${key_env} is not set", variable=key_env, named=True
+            )
         raise AuditKeyMissing(
             "the audit log has no key: pass key=, key_file= or key_env=, set "
-            f"${DEFAULT_KEY_ENV}, or pass unsigned=True for a log anyone can rewrite"
+            f"${DEFAULT_KEY_ENV}, or pass unsigned=True for a log anyone can rewrite",
+            variable=DEFAULT_KEY_ENV,
         )
     return _non_empty(value.encode("utf-8"), f"${env}")
 
