@@ -298,10 +298,15 @@ class Agent(FleetMethods):
             self.name,
         )
 
-    async def retry(self, run_id: str, *, graph: GraphChoice = "pinned") -> RunResult:
+    async def retry(
+        self, run_id: str, *, graph: GraphChoice = "pinned", override_policy: bool = False
+    ) -> RunResult:
         """Resume a dead letter (or any run) with its count of failed recoveries forgotten;
-        `graph` as for `resume`."""
-        return await self._resumer().retry(self.deps.hooks.on_event, run_id, graph=graph)
+        `graph` and `override_policy` as for `resume`. A retry refused (`PolicyChanged`)
+        forgets nothing: the dead letter stays one."""
+        return await self._resumer().retry(
+            self.deps.hooks.on_event, run_id, graph=graph, override_policy=override_policy
+        )
 
     async def fork(self, run_id: str, *, at: int, patch: dict[str, Any] | None = None) -> RunResult:
         """Start a new run from checkpoint `at` of another run, its state optionally patched.

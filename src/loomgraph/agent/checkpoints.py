@@ -39,19 +39,29 @@ from loomgraph.protocols.paths import NodePath
 class GraphChanged(GraphError):
     """A run cannot go on with the graph asked for: its own graph is not kept or does not
     compile here, or its position (at `seq`) has a `node` or state `field` the other graph
-    lacks."""
+    lacks. The remedy, as data for a caller that words it in its own terms (the command
+    line's `--graph`): `movable`, whether moving the run to a graph as it reads now may go
+    on with it (its own graph is not kept or does not compile here; not when that move is
+    what was refused), and `problem`, what is wrong without the remedy's words."""
 
     def __init__(
         self,
-        message: str,
+        problem: str,
         *,
         run_id: str = "",
         seq: int | None = None,
         node: str | None = None,
         field: str | None = None,
+        movable: bool = False,
     ) -> None:
-        super().__init__(message)
+        super().__init__(
+            f"{problem}; resume(..., graph='current') moves the run to this agent's graph "
+            "if the run's position fits it"
+            if movable
+            else problem
+        )
         self.run_id, self.seq, self.node, self.field = run_id, seq, node, field
+        self.problem, self.movable = problem, movable
 
 
 class ResumeError(LoomgraphError, ValueError):

@@ -9,7 +9,7 @@ that does not parse) are reported with the file's line like the others.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from loomgraph.agent.deps import resolve_model
 from loomgraph.authoring.agent_file import AgentFile, AgentFileError, load_agent_file
@@ -23,6 +23,9 @@ from loomgraph.authoring.agent_spec import (
 )
 from loomgraph.errors import Problem
 from loomgraph.graph.imports import import_object
+
+if TYPE_CHECKING:  # the audit log is loaded only for a file that has one
+    from loomgraph.observability.audit_key import AuditKeyMissing
 
 __all__ = ["agent_arguments"]
 
@@ -131,7 +134,7 @@ def _permissions(loaded: AgentFile, problems: list[Problem]) -> Any:
 
 
 def _audit_log(loaded: AgentFile, spec: AuditLogSpec, problems: list[Problem]) -> Any:
-    from loomgraph.observability import FileAuditLog
+    from loomgraph.observability import AuditKeyMissing, FileAuditLog
     from loomgraph.observability.audit_chain import AuditLogError
 
     try:
@@ -142,10 +145,20 @@ def _audit_log(loaded: AgentFile, spec: AuditLogSpec, problems: list[Problem]) -
             unsigned=spec.unsigned,
         )
     except AuditLogError as err:
-        problems.append(
-            Problem("audit-log", str(err), str(loaded.path), loaded.line_of("audit_log"))
-        )
+        said = _no_key(err) if isinstance(err, AuditKeyMissing) else str(err)
+        problems.append(Problem("audit-log", said, str(loaded.path), loaded.line_of("audit_log")))
         return None
+
+
+def _no_key(err: AuditKeyMissing) -> str:
+    """An `AuditKeyMissing` said with the keys of the file's `audit_log`, not the Python
+    arguments (`key_file=`) its own message names."""
+    if err.named:
+        return f"the audit key variable ${err.variable} (`key_env`) is not set"
+    return (
+        "the audit log has no key: give `audit_log` a `key_env: NAME` or `key_file: PATH`, "
+        f"set ${err.variable}, or say `unsigned: true` for a log anyone can rewrite"
+    )
 
 
 def _telemetry(spec: TelemetrySpec, name: str) -> Any:

@@ -7,7 +7,7 @@ when it runs no other graph, else a hash over its own and its children's, so a c
 graph is a changed graph. Code is not kept: a `function` node's `call: module:fn`, a state
 type named by import path and a node kind registered in Python are looked up again when the
 kept graph is compiled; when one no longer imports, the resume raises `GraphChanged` naming
-it (`graph="current"` can then move the run to the Agent's graph).
+it (`movable`: `graph="current"` can then move the run to the Agent's graph).
 
 Moving a run to another graph (`graph="current"`) is checked first: the node it goes on at,
 every node it visited and every field of its state must be in the new graph, each value
@@ -125,9 +125,9 @@ async def run_graph(
         raise GraphChanged(
             f"run {record.run_id} started with graph {record.graph_name!r} version "
             f"{record.graph_hash}, which the journal keeps but which does not compile here: "
-            f"{err}; resume(..., graph='current') moves the run to this agent's graph "
-            "if the run's position fits it",
+            f"{err}",
             run_id=record.run_id,
+            movable=True,
         ) from None
     cache[record.graph_hash] = compiled
     return compiled
@@ -138,9 +138,9 @@ def not_kept(record: RunRecord, current: CompiledGraph) -> GraphChanged:
     return GraphChanged(
         f"run {record.run_id} started with graph {record.graph_name!r} version "
         f"{record.graph_hash}, which the journal does not keep (the run is older than kept "
-        f"graphs); this agent has version {graph_key(current)}. resume(..., graph='current') "
-        "moves the run to this agent's graph if the run's position fits it",
+        f"graphs); this agent's graph {current.name!r} is version {graph_key(current)}",
         run_id=record.run_id,
+        movable=True,
     )
 
 
@@ -154,13 +154,14 @@ def check_move(
     """The run's state moved onto `new` (new fields at their defaults); GraphChanged naming
     the node or field of the run's position (at seq `at.seq`) that `new` lacks."""
 
-    def refuse(what: str, **names: str) -> GraphChanged:
+    def refuse(what: str, *, node: str | None = None, field: str | None = None) -> GraphChanged:
         return GraphChanged(
             f"run {record.run_id} cannot move to graph {new.name!r} version "
             f"{graph_key(new)}: {what} (the run's position at seq {at.seq})",
             run_id=record.run_id,
             seq=at.seq,
-            **names,
+            node=node,
+            field=field,
         )
 
     nodes = new.graph.nodes

@@ -61,8 +61,9 @@ async def begin_recovery(
         return None
     last = record.reason or "the worker died during the recovery; no error was journaled"
     reason = f"gave up after {record.recoveries} failed recoveries; last: {last}"
+    # No answer, said as every other status without one says it: the empty output.
     result = RunResult(
-        None, record.run_id, record.session_id, record.user_id, RunStatus.DEAD_LETTER, reason
+        "", record.run_id, record.session_id, record.user_id, RunStatus.DEAD_LETTER, reason
     )
     await runtime.finish_run(record.run_id, RunStatus.DEAD_LETTER, reason, result.to_dict())
     await _audit(audit_log, AuditAction.DEAD_LETTER, record, found, found[1])

@@ -274,11 +274,17 @@ class Resumer:
             return None
         return stop_request.set(cancel_check(queue, run_id))
 
-    async def retry(self, sink: EventSink, run_id: str, *, graph: GraphChoice) -> RunResult:
-        """Forget the run's failed recoveries (a dead letter becomes failed), then resume it."""
-        await self._load(run_id, "retry")  # refused before the count is forgotten
+    async def retry(
+        self, sink: EventSink, run_id: str, *, graph: GraphChoice, override_policy: bool = False
+    ) -> RunResult:
+        """Forget the run's failed recoveries (a dead letter becomes failed), then resume it
+        (`override_policy` as for `resume`)."""
+        record = await self._load(run_id, "retry")  # refused before the count is forgotten
+        # So is a retry under another policy: the refusal's advice, to retry with the
+        # override, must find the run as it was (the resume checks again, under the lease).
+        check_policy(record, self.deps, override=override_policy)
         await reset_recoveries(self.deps.runtime, run_id)
-        return await self.resume(sink, run_id, graph=graph)
+        return await self.resume(sink, run_id, graph=graph, override_policy=override_policy)
 
     async def fork(
         self, sink: EventSink, run_id: str, *, at: int, patch: dict[str, Any] | None

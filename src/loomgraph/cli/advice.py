@@ -1,13 +1,16 @@
 """The library's errors worded for the command line: the remedy an error carries as data,
-said as the options of the command (`--permissions FILE`, `--key-file`), not as the Python
-arguments (`override_policy=True`, `key_file=`) its own message names."""
+said as the options of the command (`--permissions FILE`, `--key-file`, `--graph current`,
+`runs retry`), not as the Python arguments and calls (`override_policy=True`, `key_file=`,
+`graph='current'`, `agent.retry`) its own message names."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # loaded only when such an error is worded
+    from loomgraph.agent.checkpoints import GraphChanged
     from loomgraph.agent.governance_state import PolicyChanged
+    from loomgraph.agent.recovery import RunDeadLettered
     from loomgraph.observability.audit_key import AuditKeyMissing
 
 # The command line goes on with a run only under the policy it is pinned to (docs/cli.md).
@@ -16,11 +19,37 @@ _NO_MOVE = "the command line does not move a run to other permissions"
 
 def worded(err: BaseException) -> str:
     """What to print for an error of a command that goes on with a journaled run."""
+    from loomgraph.agent.checkpoints import GraphChanged
     from loomgraph.agent.governance_state import PolicyChanged
+    from loomgraph.agent.recovery import RunDeadLettered
 
     if isinstance(err, PolicyChanged):
         return policy_changed(err)
+    if isinstance(err, GraphChanged):
+        return graph_changed(err)
+    if isinstance(err, RunDeadLettered):
+        return dead_letter(err)
     return str(err)
+
+
+def graph_changed(err: GraphChanged) -> str:
+    """A run that cannot go on with its own graph: the `--graph` that moves it, when one may."""
+    if not err.movable:  # the move itself was refused: nothing else to offer
+        return str(err)
+    return (
+        f"{err.problem}; --graph current moves the run to its graph as it reads now (the "
+        "agent file's, else the built-in graph of its name) and --graph FILE to a graph "
+        "file, if the run's position fits it"
+    )
+
+
+def dead_letter(err: RunDeadLettered) -> str:
+    """A dead letter refused by `runs resume`: the command that goes on with it."""
+    return (
+        f"run {err.run_id} is a dead letter ({err.reason}); `loomgraph runs retry "
+        f"{err.run_id}`, with the same agent and journal options, forgets its failed "
+        "recoveries and resumes it"
+    )
 
 
 def policy_changed(err: PolicyChanged) -> str:

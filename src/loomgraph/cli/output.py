@@ -110,8 +110,9 @@ def emit_event(event: Any, as_json: bool) -> None:
 
 def print_result(result: Any, as_json: bool) -> int:
     """Print how a resumed or forked run ended, as one line; returns its exit code. A run
-    with no answer (`output` None: a dead letter, say) shows the empty answer `''`, as the
-    run of any other status that ended without one."""
+    journaled with no answer (`output` None: a dead letter made before dead letters had
+    `''`, a fleet run that never started) shows the empty answer `''`, as any other run
+    that ended without one."""
     data = result.to_dict()
     if data.get("output") is None:
         data["output"] = ""
