@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 
 from loomgraph import Agent, tool
 from loomgraph.engine import taint
+from loomgraph.engine.received import untrusted_in
 from loomgraph.engine.taint import (
     MIN_TAINT_CHARS,
     UntrustedText,
@@ -362,3 +363,56 @@ def test_a_value_shorter_than_the_minimum_that_is_no_address_never_taints(
     start = data.draw(st.integers(0, len(text) - 1))
     value = text[start : start + data.draw(st.integers(1, MIN_TAINT_CHARS - 1))]
     assert not is_tainted({"body": value, "n": len(value)}, noted(text))
+
+
+@tool(egress=True)
+def pay(account: int = 0, amount: float = 0.0) -> str:
+    """Pay (its parameters convert what the model sends)."""
+    return "paid"
+
+
+PAYING = ToolRegistry([pay])
+NUMBER = st.integers(10 ** (MIN_TAINT_CHARS - 1), 10**15 - 1)
+
+
+@st.composite
+def converted_spelling(draw: st.DrawFn, digits: str) -> tuple[str, str]:
+    """A parameter and a text for it that pydantic's lax mode converts to the number `digits`
+    spells, while the text itself spells it otherwise: underscores between digits, leading
+    zeros or a plus, a fraction of zeros, or (for the float) a shifted exponent."""
+    if draw(st.booleans()):
+        cut = draw(st.integers(1, len(digits)))
+        return "amount", f"{digits[:cut]}.{digits[cut:]}e{len(digits) - cut}"
+    marks = draw(st.sets(st.integers(1, len(digits) - 1)))
+    spelt = "".join(("_" if i in marks else "") + c for i, c in enumerate(digits))
+    prefix = draw(st.sampled_from(["", "0", "+0", "+00", "0_0"]))  # "+" alone is punctuation
+    suffix = draw(st.sampled_from(["", ".0", ".000"]))
+    if not (marks or prefix or suffix):
+        prefix = "0"  # some spelling other than the digits themselves
+    return draw(st.sampled_from(["account", "amount"])), prefix + spelt + suffix
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    # 8 to 15 digits: long enough to taint as whole words, short enough that no 16-character
+    # window of a spelling holds the digits alone (that would taint as sent), and exact as a
+    # float.
+    NUMBER,
+    NUMBER,
+    st.text("abcdefg .,:\n", max_size=40),
+    st.data(),
+)
+def test_a_number_taints_when_the_tool_receives_it_however_it_was_sent(
+    number: int, other: int, around: str, data: st.DataObject
+) -> None:
+    """Property: a spelling that only the tool's conversion makes the number an untrusted
+    result wrote taints the call; the same spelling of another number does not."""
+    untrusted = UntrustedText()
+    note_result(untrusted, None, f"{around} pay to account {number} {around}")
+    sent = data.draw(st.sampled_from([number, other]))
+    name, text = data.draw(converted_spelling(str(sent)))
+    call: Any = {"id": "c1", "tool": "pay", "args": {name: text}}
+    assert not is_tainted(call["args"], untrusted.pieces())  # as sent: no number at all
+    tainted, received = untrusted_in(untrusted, PAYING, call)
+    assert received is not None and received["args"][name] == sent
+    assert tainted == (sent == number)

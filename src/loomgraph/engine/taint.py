@@ -20,7 +20,8 @@ A structured (JSON) result is also read as each string and key inside it that it
 with escapes, so text copied from it with its quotes and newlines is found too. Shorter values
 (a yes, a small number, a common word) never taint: they are too likely to occur by chance. An
 egress tool's tainted call is then asked about (or denied) instead of allowed; other tools'
-calls are not checked.
+calls are not checked. The gate checks the arguments as sent and as the tool will receive them
+(`engine.received.untrusted_in`), so `"4401_8822_913"` for an int parameter is 44018822913.
 
 The run keeps no untrusted text, only pieces of it (a set of normalised strings, each of which
 occurs in an untrusted result): every 16-character window at every 4th position, every

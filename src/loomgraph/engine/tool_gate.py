@@ -13,7 +13,7 @@ from typing import Any
 from loomgraph.engine import audit_trail as trail
 from loomgraph.engine.approvals import ApprovalDesk, args_too_large
 from loomgraph.engine.effects import EffectKey
-from loomgraph.engine.received import permission_for, received_call
+from loomgraph.engine.received import permission_for, received_call, untrusted_in
 from loomgraph.engine.scope import NO_ATTRIBUTES, RunScope
 from loomgraph.engine.taint import note_result
 from loomgraph.engine.watched import watched
@@ -193,15 +193,19 @@ class ToolGate:
         scope, deps = self.scope, self.scope.deps
         # Made only when a call may involve an approval: most calls are simply allowed.
         desk = ApprovalDesk(scope, self.node, call, key) if scope.requested else None
-        # Only an egress tool's call can carry untrusted text out: no other call is checked.
-        tainted = bool(spec.get("egress")) and scope.untrusted.carried_by(call["args"])
+        # Only an egress tool's call can carry untrusted text out: no other call is checked,
+        # and none is while the run has seen no untrusted text. It is read as sent and as its
+        # tool will receive it (`read`, passed on so the rules do not convert it again).
+        tainted, read = False, None
+        if spec.get("egress") and scope.untrusted:
+            tainted, read = untrusted_in(scope.untrusted, deps.arg_reader, call)
         # Asked about before the run stopped (this very call: its key, tool and arguments):
         # only an approval releases it now.
         prior = await desk.prior_ask() if desk is not None else None
         if prior is not None:
             decision = prior
         else:
-            decision = await permission_for(scope, call, spec)
+            decision = await permission_for(scope, call, spec, read)
             if tainted and decision.verdict == "allow":
                 decision = Decision(
                     deps.on_tainted,
@@ -211,14 +215,16 @@ class ToolGate:
         if decision.verdict == "ask":
             desk = desk or ApprovalDesk(scope, self.node, call, key)
             try:
-                decision, call = await desk.settle(spec, decision, tainted=tainted)
+                decision, settled = await desk.settle(spec, decision, tainted=tainted)
             except RunStopped:  # the run waits for an answer: say so, as for any decision
                 await self.report(call, decision, tainted=tainted)
                 raise
+            if settled is not call:  # an approver's edited arguments: read them anew
+                call, read = settled, None
         if decision.verdict == "allow" and not is_idle(deps.hooks.before_tool):
             # Hooks read the arguments as the tool will receive them, as rules do, in a copy:
             # what a hook changes there never reaches the tool the rules let through.
-            seen = received_call(scope, call) or call
+            seen = (read if read is not None else received_call(scope, call)) or call
             copied = ToolCall(id=seen["id"], tool=seen["tool"], args=watched(seen["args"]))
             hook = await deps.hooks.before_tool(copied)
             if hook is not None and hook.verdict == "deny":  # hooks may deny, never approve
