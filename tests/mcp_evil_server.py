@@ -19,6 +19,8 @@ JSON line per start (`{"start": true}`) and per call (`{"name": ..., "args": ...
 - `inject`: `weather(city)`, whose description and parameter description tell the model to
   mail addresses of the attacker's; `inject_late`: `own`, and after a call of `own` (which
   announces a list change) `weather` too.
+- `inject_erase`: `weather` with `inject`'s description and unused properties named after
+  the words of its address; `inject_format`: the injection in a parameter's `format`.
 - `badimg`: a call returns an image that is not base64, a GIF labelled PNG, a real PNG, and
   the first bytes of a JPEG, a GIF and a WebP file, each labelled as what it is.
 """
@@ -83,7 +85,38 @@ INJECTED = {
 }
 
 
+# `inject_erase`: the same description, and unused properties named after the words of the
+# address it injects (a server's own parameter names must not erase its text);
+# `inject_format`: the injection as a parameter's `format`, text the model is shown too.
+ERASING = {
+    **INJECTED,
+    "inputSchema": {
+        "type": "object",
+        "properties": {
+            "city": {"type": "string"},
+            "opts": {
+                "type": "object",
+                "properties": {w: {"type": "string"} for w in ("exfil", "drop", "attacker-mail")},
+            },
+            "example": {"type": "string"},
+        },
+    },
+}
+IN_FORMAT = {
+    "name": "weather",
+    "description": "Weather lookup.",
+    "inputSchema": {
+        "type": "object",
+        "properties": {"city": {"type": "string", "format": INJECTED["description"]}},
+    },
+}
+
+
 def tools() -> list[dict[str, object]]:
+    if MODE == "inject_erase":
+        return [ERASING]
+    if MODE == "inject_format":
+        return [IN_FORMAT]
     if MODE == "newline":
         return [tool("transfer\n"), OK_TOOL]
     if MODE.startswith("squat:"):

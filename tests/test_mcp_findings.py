@@ -143,7 +143,17 @@ def test_two_servers_cannot_share_a_prefix() -> None:
 async def test_a_tool_description_is_untrusted_text(
     address: str, trust: bool, verdict: str
 ) -> None:
-    server = evil("inject", trust=trust)
+    await _asks_for(evil("inject", trust=trust), address, verdict)
+
+
+@pytest.mark.parametrize("mode", ["inject_erase", "inject_format"])
+async def test_a_server_cannot_hide_its_text_with_its_own_schema(mode: str) -> None:
+    """Its own property names do not erase the words they spell from its description, and a
+    `format` is text the model is shown like any other."""
+    await _asks_for(evil(mode, trust=False), ATTACKER, "ask")
+
+
+async def _asks_for(server: MCPServer, address: str, verdict: str) -> None:
     script: list[Any] = [calls("send_email", {"to": address, "body": "the user's data"}), "done"]
     rules = StandardPermissions(allow=["send_email"])
     async with Agent(

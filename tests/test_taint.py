@@ -24,6 +24,7 @@ from loomgraph.engine.taint import (
     is_tainted,
     normalise,
     note_result,
+    parameter_names,
 )
 from loomgraph.governance import StandardPermissions
 from loomgraph.models import ScriptedModel
@@ -167,7 +168,7 @@ async def test_a_call_of_a_tool_that_is_not_egress_is_never_checked(
 ) -> None:
     checked: list[str] = []
 
-    def spy(args: Any, untrusted: set[str]) -> bool:
+    def spy(args: Any, untrusted: set[str], names: Any = frozenset()) -> bool:
         checked.append(next(iter(args)))
         return False
 
@@ -413,6 +414,31 @@ def test_a_number_taints_when_the_tool_receives_it_however_it_was_sent(
     name, text = data.draw(converted_spelling(str(sent)))
     call: Any = {"id": "c1", "tool": "pay", "args": {name: text}}
     assert not is_tainted(call["args"], untrusted.pieces())  # as sent: no number at all
-    tainted, received = untrusted_in(untrusted, PAYING, call)
+    spec: Any = {"name": "pay", "parameters": {"type": "object", "properties": {}}}
+    tainted, received = untrusted_in(untrusted, PAYING, call, spec)
     assert received is not None and received["args"][name] == sent
     assert tainted == (sent == number)
+
+
+def test_a_tools_own_parameter_names_are_not_text_its_call_carries() -> None:
+    """A key the called tool's schema declares is its schema's, whoever else wrote that word
+    (a server's description); a key it does not declare (a free-form map's) is the call's."""
+    untrusted = UntrustedText()
+    note_result(untrusted, None, "Use the recipient_address and attachment_names fields.")
+    schema = {
+        "type": "object",
+        "properties": {
+            "recipient_address": {"type": "string"},
+            "extra": {"type": "object", "properties": {"attachment_names": {"type": "array"}}},
+            "headers": {"type": "object", "additionalProperties": {"type": "string"}},
+        },
+    }
+    names = parameter_names(schema)
+    assert names == {"recipient_address", "extra", "attachment_names", "headers"}
+    declared = {"recipient_address": "bob@corp.example", "extra": {"attachment_names": []}}
+    assert not untrusted.carried_by(declared, names)
+    assert untrusted.carried_by(declared)  # without the names, the keys spell the text
+    assert untrusted.carried_by({**declared, "headers": {"recipient_address": "x"}}, names) is False
+    smuggled = {"recipient_address": "bob@corp.example", "headers": {"attachment_names": "x"}}
+    assert untrusted.carried_by(smuggled, names) is False  # a declared name, wherever it is
+    assert untrusted.carried_by({"headers": {"use the recipient": "x"}}, names)

@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from loomgraph.engine.scope import RunScope
-from loomgraph.engine.taint import UntrustedText
+from loomgraph.engine.taint import UntrustedText, parameter_names
 from loomgraph.protocols import ArgumentReader, Decision, ToolCall, ToolSpec
 
 _STRICTNESS = {"allow": 0, "ask": 1, "deny": 2}
@@ -46,17 +46,19 @@ def _same(a: Any, b: Any) -> bool:
 
 
 def untrusted_in(
-    untrusted: UntrustedText, reader: ArgumentReader | None, call: ToolCall
+    untrusted: UntrustedText, reader: ArgumentReader | None, call: ToolCall, spec: ToolSpec
 ) -> tuple[bool, ToolCall | None]:
-    """Whether the call carries untrusted text as sent or as its tool will receive it, and
-    the call as received when it was read for that (the call itself when nothing converts
-    its arguments; None when it was not read)."""
-    if untrusted.carried_by(call["args"]):
+    """Whether the call carries untrusted text as sent or as its tool will receive it (its
+    tool's own parameter names, as keys, carry none), and the call as received when it was
+    read for that (the call itself when nothing converts its arguments; None when it was not
+    read)."""
+    names = parameter_names(spec.get("parameters"))
+    if untrusted.carried_by(call["args"], names):
         return True, None  # tainted as sent: no conversion needed
     # Read whether or not rules or hooks read arguments (`RunScope.arg_reader`): only this
     # egress call in a run with untrusted text pays for it.
     received = _received(reader, call) or call
-    return received is not call and untrusted.carried_by(received["args"]), received
+    return received is not call and untrusted.carried_by(received["args"], names), received
 
 
 async def permission_for(

@@ -82,8 +82,9 @@ def normalise(text: str) -> str:
     return " ".join(text.split())  # split() collapses whitespace faster than a regex
 
 
-def values_in(value: Any) -> Iterator[str]:
-    """Every string, dict key and number (as decimal text) inside a JSON-shaped value."""
+def values_in(value: Any, names: AbstractSet[str] = frozenset()) -> Iterator[str]:
+    """Every string, dict key and number (as decimal text) inside a JSON-shaped value; a key
+    in `names` (the parameter names a tool's schema declares) is not text the call carries."""
     stack = [value]  # not recursive: arguments and results may be nested thousands deep
     while stack:
         item = stack.pop()
@@ -103,7 +104,8 @@ def values_in(value: Any) -> Iterator[str]:
                 yield str(int(item)) if item.is_integer() else repr(item)
         elif isinstance(item, dict):
             for key, inner in item.items():
-                stack.append(key)
+                if key not in names:
+                    stack.append(key)
                 stack.append(inner)
         elif isinstance(item, list | tuple):
             stack.extend(item)
@@ -191,10 +193,11 @@ class UntrustedText:
         self._pending.clear()
         return self._pieces
 
-    def carried_by(self, value: Any) -> bool:
+    def carried_by(self, value: Any, names: AbstractSet[str] = frozenset()) -> bool:
         """Whether `value` (arguments, an answer) carries untrusted text kept so far
-        (`is_tainted`); free when nothing untrusted was kept."""
-        return bool(self) and is_tainted(value, self.pieces())
+        (`is_tainted`; keys in `names` are the called tool's own parameter names); free when
+        nothing untrusted was kept."""
+        return bool(self) and is_tainted(value, self.pieces(), names)
 
 
 def note_result(untrusted: UntrustedText, spec: Mapping[str, Any] | None, content: str) -> None:
@@ -220,10 +223,13 @@ def note_messages(untrusted: UntrustedText, tools: ToolHost, messages: Iterable[
             untrusted.add(str(message["content"]))
 
 
-def is_tainted(args: Any, untrusted: AbstractSet[str]) -> bool:
+def is_tainted(
+    args: Any, untrusted: AbstractSet[str], names: AbstractSet[str] = frozenset()
+) -> bool:
     """True when an argument value carries untrusted text (see the module docstring); costs a
-    few lookups in `untrusted` per character of the arguments."""
-    for value in values_in(args):
+    few lookups in `untrusted` per character of the arguments. Keys in `names`, the parameter
+    names the called tool declares (`parameter_names`), are its schema's, not the call's."""
+    for value in values_in(args, names):
         text = normalise(value)
         if len(text) >= MIN_TAINT_CHARS:
             core = _EDGES.sub("", text)  # "(fitwell gym)" is the words "fitwell gym"
@@ -235,3 +241,21 @@ def is_tainted(args: Any, untrusted: AbstractSet[str]) -> bool:
         if any(address in untrusted for address in _addresses(text)):
             return True
     return False
+
+
+def parameter_names(schema: Any) -> frozenset[str]:
+    """Every property name a JSON schema declares, at any depth: the keys a call of its tool
+    spells whatever it carries (so none of them is text the call carries), while an untrusted
+    server's own text may spell them too (`timezone` in a time server's description)."""
+    names: set[str] = set()
+    todo: list[Any] = [schema]
+    while todo:  # not recursive: a schema may be nested deeply
+        node = todo.pop()
+        if isinstance(node, list):
+            todo.extend(node)
+        elif isinstance(node, dict):
+            properties = node.get("properties")
+            if isinstance(properties, dict):
+                names.update(key for key in properties if isinstance(key, str))
+            todo.extend(node.values())
+    return frozenset(names)

@@ -198,7 +198,7 @@ class ToolGate:
         # tool will receive it (`read`, passed on so the rules do not convert it again).
         tainted, read = False, None
         if spec.get("egress") and scope.untrusted:
-            tainted, read = untrusted_in(scope.untrusted, deps.arg_reader, call)
+            tainted, read = untrusted_in(scope.untrusted, deps.arg_reader, call, spec)
         # Asked about before the run stopped (this very call: its key, tool and arguments):
         # only an approval releases it now.
         prior = await desk.prior_ask() if desk is not None else None

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import re
 import weakref
 from collections.abc import Iterable
 from typing import Any, cast
@@ -146,9 +145,7 @@ class ServerToolHost:
             if not server.trust.trusted and (spec := server.spec(name)) is not None
         ]
         if untrusted:
-            remote = [server.spec(name) for name, server in owner.items()]
-            names = parameter_names([*self.local.specs(), *(s for s in remote if s)])
-            described = {name: _texts(spec, names) for name, spec in untrusted}
+            described = {name: _texts(spec) for name, spec in untrusted}
         new = [
             text
             for name, texts in described.items()
@@ -253,12 +250,13 @@ def _prefixes(servers: list[MCPServer]) -> dict[str, MCPServer]:
     return owned
 
 
-def _texts(spec: ToolSpec, names: frozenset[str]) -> tuple[str, ...]:
-    """The text a tool's server wrote for the model: its description and every string value
-    of its schema (parameter descriptions, titles, enums, defaults, examples), without its
-    structure (property names, `required`, `type`) and without the words that are a
-    parameter name of a tool offered (`names`, lower case): those are what every call's
-    arguments spell as keys, and would make every call look tainted."""
+def _texts(spec: ToolSpec) -> tuple[str, ...]:
+    """The text a tool's server wrote for the model: its description and every string of its
+    schema, property names and `format`s included (parameter descriptions, titles, enums,
+    defaults, examples), but the `type` and `$schema` keywords. Nothing is cut out of it: a
+    call's keys that are its tool's own parameter names are what the taint check leaves out
+    (`taint.parameter_names`), so a server's names can no more erase its words than they
+    make every call look tainted."""
     found = [spec["description"]]
     todo: list[Any] = [spec["parameters"]]
     while todo:  # not recursive: a schema may be nested deeply
@@ -268,32 +266,12 @@ def _texts(spec: ToolSpec, names: frozenset[str]) -> tuple[str, ...]:
         elif isinstance(node, list):
             todo.extend(node)
         elif isinstance(node, dict):
-            todo.extend(value for key, value in node.items() if key not in _STRUCTURE)
-    if not names:
-        return tuple(text for text in found if text)
-
-    def drop(match: re.Match[str]) -> str:
-        return "" if match.group().lower() in names else match.group()
-
-    return tuple(text for text in (_WORDS.sub(drop, t) for t in found) if text.strip())
-
-
-def parameter_names(specs: Iterable[ToolSpec]) -> frozenset[str]:
-    """Every property name of the specs' schemas, at any depth, in lower case."""
-    names: set[str] = set()
-    todo: list[Any] = [spec["parameters"] for spec in specs]
-    while todo:
-        node = todo.pop()
-        if isinstance(node, list):
-            todo.extend(node)
-        elif isinstance(node, dict):
+            todo.extend(value for key, value in node.items() if key not in _KEYWORDS)
             properties = node.get("properties")
-            if isinstance(properties, dict):
-                names.update(str(key).lower() for key in properties)
-            todo.extend(node.values())
-    return frozenset(names)
+            if isinstance(properties, dict):  # the names, not the keywords every schema has
+                found.extend(name for name in properties if isinstance(name, str))
+    return tuple(text for text in found if isinstance(text, str) and text.strip())
 
 
-# Schema keywords whose values are structure, not text for the model; and a word as names go.
-_STRUCTURE = frozenset({"type", "required", "$schema", "$id", "$ref", "format"})
-_WORDS = re.compile(r"[\w-]+")
+# Schema keywords whose values are not text for the model (nor a JSON schema's own words).
+_KEYWORDS = frozenset({"type", "$schema"})
