@@ -24,8 +24,8 @@ async def run_all(
     stops them at their next effect boundary (`stop_request`: before an effect's intent is
     journaled), so none keeps running long behind a failed node; without it they finish first.
     """
-    if len(jobs) == 1:
-        return [await jobs[0]()]
+    if len(jobs) <= 1:  # (`asyncio.wait` refuses an empty set)
+        return [await job() for job in jobs]
     gate = asyncio.Semaphore(limit)
     raised: list[BaseException] = []  # in the order the jobs raised
     outer = stop_request.get()
