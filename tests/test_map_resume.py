@@ -53,6 +53,36 @@ async def test_no_job_starts_after_one_failed_even_when_its_slot_frees() -> None
     assert started == [0, 1]  # 2 and 3 waited for the slot 1 had, and never started
 
 
+@pytest.mark.parametrize("jobs", [0, 1])
+async def test_no_jobs_or_one_job(jobs: int) -> None:
+    async def job() -> int:
+        return 7
+
+    assert await run_all([job] * jobs, 2) == [7] * jobs
+
+
+async def test_every_jobs_exception_is_retrieved() -> None:
+    """No "exception was never retrieved" when the jobs are collected: each job that raised
+    had its exception seen, though only the first is raised."""
+    import gc
+
+    unseen: list[dict[str, Any]] = []
+    loop = asyncio.get_running_loop()
+    loop.set_exception_handler(lambda _, context: unseen.append(context))
+    try:
+
+        async def stops(i: int) -> int:
+            raise RunStopped(RunStatus.AWAITING_APPROVAL, f"job {i} waits")
+
+        with pytest.raises(RunStopped, match="job 0"):
+            await run_all([lambda i=i: stops(i) for i in range(3)], 3)
+        gc.collect()
+        await asyncio.sleep(0)  # (the loop's handler is called from the finalizers)
+    finally:
+        loop.set_exception_handler(None)
+    assert unseen == []
+
+
 async def test_a_stop_lets_running_jobs_finish_and_starts_no_new_one() -> None:
     started: list[int] = []
     finished: list[int] = []

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Sequence
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from loomgraph.engine.scope import stop_request
 from loomgraph.protocols import RunStopped
@@ -60,9 +60,22 @@ async def run_all(
         for task in tasks:
             task.cancel(err.args[0] if err.args else None)
         await asyncio.wait(tasks)
+        _retrieved(tasks)
         raise
+    _retrieved(tasks)
     if raised:
         failures = [err for err in raised if not isinstance(err, RunStopped)]
         raise (failures or raised)[0]
     # A job's own BaseException that `gated` did not see (none expected) is raised by result().
     return [task.result() for task in tasks]  # type: ignore[misc]
+
+
+def _retrieved(tasks: Sequence[asyncio.Future[Any]]) -> None:
+    """Mark the ended jobs' exceptions seen (what matters of them is raised above): else each
+    task's finalizer logs "exception was never retrieved" when it is collected, and
+    formatting that traceback parses source with `ast` from inside the garbage collector,
+    which on CPython 3.11 can break an `ast.parse` under way in the same thread (a
+    `SystemError: AST constructor recursion depth mismatch` in an unrelated import)."""
+    for task in tasks:
+        if task.done() and not task.cancelled():
+            task.exception()
