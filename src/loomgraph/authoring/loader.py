@@ -13,7 +13,6 @@ from typing import TYPE_CHECKING, Any
 from pydantic import ValidationError
 
 from loomgraph.authoring.parsed_graphs import read_parsed
-from loomgraph.authoring.past_schema import without_failures
 from loomgraph.errors import GraphError, GraphValidationError, LoomgraphError, Problem
 from loomgraph.graph.spec import Graph
 
@@ -166,6 +165,8 @@ def beyond_schema(
     what failed (a top-level key, a node, an edge) is left out (`past_schema.without_failures`),
     the rest is validated, and a rule that reads what was left out is not reported. So every
     problem that can be found is reported at once, not only the schema's."""
+    from loomgraph.authoring.past_schema import without_failures  # only for a failed graph
+
     part = without_failures(data, err, graph_keys())
     try:
         graph = Graph.model_validate(part.data)

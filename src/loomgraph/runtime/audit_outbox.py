@@ -10,45 +10,21 @@ resume reads: nothing of it is on a run's ordinary path.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING, Any
 
-from loomgraph._storage.cursor import Cursor
 from loomgraph.protocols import AuditEntry
-from loomgraph.protocols.runtime import Lease
+from loomgraph.runtime.audit_entries import entry_from_text, entry_text
 from loomgraph.runtime.codec import check_version
-from loomgraph.runtime.errors import JournalCorrupted, JournalEncodingError, UnknownRun
+from loomgraph.runtime.errors import JournalCorrupted, UnknownRun
 from loomgraph.runtime.schema import SCHEMA_VERSION
 
-__all__ = ["SqlAuditOutbox", "entry_from_text", "entry_text"]
+if TYPE_CHECKING:
+    from loomgraph._storage.cursor import Cursor
+    from loomgraph.protocols.runtime import Lease
 
-
-def entry_text(entry: AuditEntry) -> str:
-    """One entry as the outbox keeps it: ASCII JSON text (any column type takes it); a
-    value JSON cannot hold becomes its str(), as the audit log writes it."""
-    action, actor, payload = entry
-    try:
-        return json.dumps([action, actor, dict(payload)], separators=(",", ":"), default=str)
-    except (TypeError, ValueError, RecursionError) as err:  # a cycle, a key JSON refuses
-        raise JournalEncodingError(
-            f"an audit entry ({action!r}) is not plain JSON: {err}"
-        ) from None
-
-
-def entry_from_text(text: str) -> AuditEntry:
-    """An entry the outbox kept; ValueError when it is not one."""
-    value = json.loads(text)
-    if not (
-        isinstance(value, list)
-        and len(value) == 3
-        and isinstance(value[0], str)
-        and isinstance(value[1], str)
-        and isinstance(value[2], dict)
-    ):
-        raise ValueError("a kept audit entry is not [action, actor, payload]")
-    return value[0], value[1], value[2]
+__all__ = ["SqlAuditOutbox"]
 
 
 class SqlAuditOutbox:

@@ -24,7 +24,7 @@ from loomgraph.protocols import (
     UnknownRun,
 )
 from loomgraph.protocols.runtime import Lease, current_fence
-from loomgraph.runtime.audit_outbox import entry_from_text, entry_text
+from loomgraph.runtime.audit_entries import entry_from_text, entry_text
 from loomgraph.runtime.errors import LeaseLost, RunExists, RunFinished
 from loomgraph.runtime.frozen import freeze, thaw
 from loomgraph.runtime.lease_table import LeaseTable
