@@ -18,7 +18,7 @@ from loomgraph.agent.recovery import crashed_usage
 from loomgraph.agent.result import RunResult
 from loomgraph.agent.run_memory import episode_of, remember, seeded_state
 from loomgraph.engine import audit_trail as trail
-from loomgraph.engine.audit_writer import AuditWriter, keep_unwritten, restore_kept, written_quietly
+from loomgraph.engine.audit_writer import keep_unwritten, restore_kept, written_quietly
 from loomgraph.engine.effects import ResumeInput
 from loomgraph.engine.interpreter import Outcome, run_child, run_extra_step, run_graph
 from loomgraph.engine.scope import EventSink, RunScope, active_scope
@@ -252,9 +252,8 @@ class AgentSession:
         """The `run_started` audit entry; at a resume, after the entries an audit outage cut
         off the run before, which its journal kept (`restore_kept`)."""
         if scope.auditing:
-            if resumed:
-                scope.audit_writer = AuditWriter(self.deps.audit_log, self.run_id, self.user_id)
-                await restore_kept(scope.audit_writer, self.deps.runtime)
+            if resumed:  # (before any entry of the resume's own: the writer is new)
+                await restore_kept(scope.writer(), self.deps.runtime)
             compiled = self.graph
             started = trail.run_started(
                 compiled.name,

@@ -200,10 +200,14 @@ class RunScope:
         """Queue one entry for the audit log, for this run and user, written behind the run
         in order (`AuditWriter`); `audit_written` waits for them. Callers check `auditing`
         first, so a run with the no-op log builds no payload."""
+        self.writer().add(action, actor, payload)
+
+    def writer(self) -> AuditWriter:
+        """The run's audit writer, made at its first entry."""
         writer = self.audit_writer
         if writer is None:
             writer = self.audit_writer = AuditWriter(self.deps.audit_log, self.run_id, self.user_id)
-        writer.add(action, actor, payload)
+        return writer
 
     async def audit_written(self) -> None:
         """Wait until every audit entry of the run so far is in the log: before an effect
