@@ -52,3 +52,21 @@ async def test_an_export_gives_up_after_its_timeout(silent_collector: str) -> No
     assert telemetry.flush(timeout_s=0.5 * 2 + 5 * SLACK) is True
     assert time.monotonic() - started < 0.5 * 2 + 5 * SLACK
     telemetry.shutdown()
+
+
+async def test_shutdown_keeps_to_its_deadline(silent_collector: str) -> None:
+    """A collector that never answers held `shutdown()` for as long as the exporters'
+    own timeouts allowed (here 30 s, retries included): the end of the program waited."""
+    telemetry = otlp(silent_collector, export_timeout_s=30.0)
+    await Agent("x", model=ScriptedModel(["hi"]), telemetry=telemetry).run("go")
+    started = time.monotonic()
+    stopped = telemetry.shutdown(timeout_s=0.3)
+    assert stopped is False
+    assert time.monotonic() - started < 0.3 + SLACK
+
+
+async def test_shutdown_says_true_when_the_collector_is_gone_quickly(silent_collector: str) -> None:
+    telemetry = otlp(silent_collector, export_timeout_s=0.2)
+    await Agent("x", model=ScriptedModel(["hi"]), telemetry=telemetry).run("go")
+    # Each export gives up after its timeout: the shutdown ends well within its deadline.
+    assert telemetry.shutdown(timeout_s=0.2 * 2 + 5 * SLACK) is True

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
 from .otel import OTelTelemetry
@@ -37,7 +37,7 @@ class OTLPTelemetry(OTelTelemetry):
         super().__init__(tracer_provider, meter_provider, capture_content)
         self.tracer_provider = tracer_provider
         self.meter_provider = meter_provider
-        self._flushing: _Flush | None = None
+        self._flushing: _Bounded | None = None
 
     def flush(self, timeout_s: float = 10.0) -> bool:
         """Send every finished span and the current metrics now; False if that did not end
@@ -53,37 +53,53 @@ class OTLPTelemetry(OTelTelemetry):
         # The SDK's batch span processor ignores a flush's timeout (it waits for the export,
         # which only the exporter's own timeout bounds): the flush runs in a thread of its
         # own, waited for until the deadline.
-        flushing = self._flushing = _Flush(self, deadline)
-        flushing.start()
-        flushing.join(max(deadline - time.monotonic(), 0.0))
-        return not flushing.is_alive() and flushing.ok
+        flushing = self._flushing = _Bounded("flush", lambda: self._flush_all(deadline), self)
+        return flushing.ran_by(deadline)
 
-    def shutdown(self) -> None:
-        """Flush, then stop the exporters (at the end of the program)."""
+    def _flush_all(self, deadline: float) -> bool:
+        """Flush spans, then metrics, each with what is left of the deadline."""
+        results = []
+        for provider in (self.tracer_provider, self.meter_provider):
+            millis = max(int((deadline - time.monotonic()) * 1000), 0)
+            results.append(bool(provider.force_flush(millis)))
+        return all(results)
+
+    def shutdown(self, timeout_s: float = 10.0) -> bool:
+        """Flush, then stop the exporters (at the end of the program); False if that did not
+        end within `timeout_s` (it goes on in a daemon thread, which does not hold the exit)."""
+        deadline = time.monotonic() + timeout_s
+        # The providers' shutdown exports what is pending, bounded only by the exporters'
+        # own timeouts (retries included): a dead collector would hold the program's end.
+        return _Bounded("shutdown", self._stop_all, self).ran_by(deadline)
+
+    def _stop_all(self) -> bool:
+        """Stop the span provider, then the metric provider (each exports what it holds)."""
         self.tracer_provider.shutdown()
         self.meter_provider.shutdown()
+        return True
 
 
-class _Flush(threading.Thread):
-    """One flush of an OTLPTelemetry's providers, in a thread its caller need not wait for."""
+class _Bounded(threading.Thread):
+    """One flush or shutdown of an OTLPTelemetry's providers, in a daemon thread its caller
+    waits for only until a deadline."""
 
-    def __init__(self, telemetry: OTLPTelemetry, deadline: float) -> None:
-        super().__init__(name="loomgraph-otlp-flush", daemon=True)
-        self.telemetry = telemetry
-        self.deadline = deadline
+    def __init__(self, what: str, work: Callable[[], bool], telemetry: OTLPTelemetry) -> None:
+        super().__init__(name=f"loomgraph-otlp-{what}", daemon=True)
+        self.what, self.work, self.telemetry = what, work, telemetry
         self.ok = False
 
+    def ran_by(self, deadline: float) -> bool:
+        """Start; True if the work ended by `deadline` and succeeded."""
+        self.start()
+        self.join(max(deadline - time.monotonic(), 0.0))
+        return not self.is_alive() and self.ok
+
     def run(self) -> None:
-        """Flush spans, then metrics, each with what is left of the deadline."""
-        telemetry, results = self.telemetry, []
+        """Do the work; an exporter or reader that failed is reported, and ok stays False."""
         try:
-            for provider in (telemetry.tracer_provider, telemetry.meter_provider):
-                millis = max(int((self.deadline - time.monotonic()) * 1000), 0)
-                results.append(bool(provider.force_flush(millis)))
-        except Exception as err:  # a metric reader that failed: reported, flush is False
-            telemetry._reporter.report("flush", err)
-            return
-        self.ok = all(results)
+            self.ok = self.work()
+        except Exception as err:
+            self.telemetry._reporter.report(self.what, err)
 
 
 def otlp(
