@@ -49,7 +49,7 @@ def assert_security_headers(answer: httpx.Response) -> None:
     assert h.get("x-frame-options") == "DENY", dict(h)
     assert h.get("x-content-type-options") == "nosniff", dict(h)
     assert h.get("referrer-policy") == "same-origin", dict(h)
-    if not answer.request.url.path.startswith("/ui/static/"):
+    if not answer.request.url.path.startswith("/ui/static/") or answer.status_code >= 400:
         assert h.get("cache-control") == "no-store", dict(h)
 
 
@@ -76,5 +76,27 @@ async def test_starlettes_500_for_an_endpoint_that_raises_has_the_security_heade
             assert proxied.status_code == 500
             assert_security_headers(proxied)
             assert proxied.headers.get("strict-transport-security") == "max-age=31536000"
+    finally:
+        await agent.aclose()
+
+
+async def test_a_static_files_refusal_is_not_stored(tmp_path: Path) -> None:
+    """The viewer's static files may be cached, but a 404 (or 405) under `/ui/static/` was
+    sent without `no-store`: a cache could keep the refusal after the file is there."""
+    agent = make_agent(str(tmp_path / "journal.db"))
+    try:
+        async with (
+            uvicorn_serving(create_app(agent)) as url,
+            httpx.AsyncClient(base_url=url) as http,
+        ):
+            served = await http.get("/ui/static/style.css")
+            assert served.status_code == 200
+            assert served.headers.get("cache-control") != "no-store"
+            for answer in (
+                await http.get("/ui/static/no-such-file.js"),
+                await http.post("/ui/static/style.css"),
+            ):
+                assert answer.status_code in (404, 405), answer.status_code
+                assert_security_headers(answer)
     finally:
         await agent.aclose()

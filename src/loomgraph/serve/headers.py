@@ -55,7 +55,7 @@ def content_security_policy() -> str:
 
 class SecurityHeaders:
     """ASGI middleware: security headers on every answer (`Cache-Control: no-store` but on
-    the viewer's static files), and over https (as the server saw the request: uvicorn takes
+    the viewer's static files served), and over https (as the server saw the request: uvicorn takes
     `X-Forwarded-Proto` from a proxy it trusts) `Strict-Transport-Security` and `Secure` on
     every cookie set. To cover every answer, Starlette's own 500 included, it wraps the app's
     whole middleware stack (`create_app`), not as one of the app's middleware."""
@@ -88,7 +88,7 @@ class SecurityHeaders:
                 headers = MutableHeaders(scope=message)
                 for name, value in self.headers.items():
                     headers[name] = value
-                if not static:
+                if not static or message["status"] >= 400:  # a refusal is never kept
                     headers["Cache-Control"] = "no-store"
                 if https:
                     headers["Strict-Transport-Security"] = HSTS
