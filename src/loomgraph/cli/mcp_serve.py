@@ -187,21 +187,27 @@ def build_server(
         approve: bool | None = None,
         args: dict[str, Any] | None = None,
         key: str | None = None,
+        value: Any = None,
     ) -> dict[str, Any]:
         """Go on with a stopped run of the caller's: approve (true) or deny (false) the call
-        it waits for (approver role), optionally with edited arguments, naming the request
-        answered by its `key` (`awaiting_approval.key`); without `approve`, resume a crashed
+        it waits for (approver role), optionally with edited arguments, or answer the
+        question it asks with `value`; either names the request answered by its `key`
+        (`awaiting_approval.key`, `awaiting_input.key`). With neither, resume a crashed
         run."""
         from loomgraph.agent.checkpoints import ResumeError
 
         who = caller_of(ctx, caller)
         record = await own_run(who, run_id)
         options: dict[str, Any] = {}
+        if approve is not None and value is not None:
+            raise ToolError("give either approve (a call's answer) or value (a question's)")
         if approve is not None:
             if not who.approver:
                 raise ToolError(f"user {who.user_id!r} may not answer approvals (no approver role)")
+        elif value is not None:
+            options["value"] = _value(record, value, key or "")
         elif key is not None:
-            raise ToolError("key names the request an answer settles: give approve with it")
+            raise ToolError("key names the request an answer settles: give approve or value")
         try:
             if approve is not None:
                 options["approve"] = _approval(record, approve, args, key or "", who)
@@ -249,6 +255,26 @@ def _approval(record: "RunRecord", approve: bool, args: Any, key: str, who: "Cal
     return answer
 
 
+def _value(record: "RunRecord", value: Any, key: str) -> Any:
+    """The caller's answer to the question `key` names (a `BoundValue`); a tool error when
+    the run asks a keyed question and `key` is missing. The resume checks the value's type
+    and the key under the run's lease (`resume_value`)."""
+    from mcp.server.mcpserver.exceptions import ToolError
+
+    from loomgraph.agent.checkpoints import pending_of
+    from loomgraph.engine.effects import BoundValue
+
+    pending = pending_of(record)
+    # Only a run journaled before requests had keys asks a question without one.
+    if not key and pending is not None and pending.type and pending.key:
+        raise ToolError(
+            f"key is required with value: the awaiting_input.key of the question you answer "
+            f"(run {record.run_id!r} asks {pending.key} at {pending.node!r}); without it a "
+            "value could answer a later question nobody saw"
+        )
+    return BoundValue(value, key) if key else value
+
+
 async def _follow(stream: AsyncIterator[Event], ctx: Any) -> dict[str, Any]:
     """Relay a run's events as progress notifications; the outcome as the tool's result."""
     outcome: dict[str, Any] = {}
@@ -289,5 +315,13 @@ def _summary(result: "RunResult") -> dict[str, Any]:
             "call_id": pending.call["id"],
             # What `resume` must name: the answer settles this request or nothing.
             "key": pending.key,
+        }
+    elif pending is not None and pending.type:
+        summary["awaiting_input"] = {
+            "node": pending.node,
+            "message": pending.message,
+            "type": pending.type,
+            "schema": pending.schema,
+            "key": pending.key,  # what `resume` must name with its `value`
         }
     return summary
