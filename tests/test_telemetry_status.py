@@ -252,3 +252,41 @@ async def test_only_a_cancel_of_the_task_is_not_an_error() -> None:
     assert spans["own"].status.status_code is StatusCode.ERROR
     assert attrs(spans["own"])["error.type"] == "asyncio.exceptions.CancelledError"
     assert_no_error([spans["cancelled"]])
+
+
+async def test_a_resume_that_gives_a_run_up_traces_its_dead_letter(tmp_path: Any) -> None:
+    """A resume that found too many failed recoveries made the run a dead letter without a
+    run span: the trace showed nothing of it, and no duration metric counted it."""
+    traced = Traced()
+    agent = Agent(
+        "x",
+        model=ScriptedModel([RuntimeError("provider down")]),
+        telemetry=traced.telemetry,
+        runtime=f"sqlite:{tmp_path / 'journal.db'}",
+        max_recoveries=0,
+    )
+    try:
+        failed = await agent.run("hi")
+        assert failed.status == "failed"
+        traced.exporter.clear()
+        given_up = await agent.resume(failed.run_id)
+        assert given_up.status == "dead_letter"
+        run = traced.run_span()
+        assert run.status.status_code is StatusCode.ERROR
+        assert attrs(run)["loom.run.status"] == "dead_letter"
+        assert attrs(run)["error.type"] == "dead_letter"
+        assert attrs(run)["loom.run.id"] == failed.run_id
+        assert attrs(run)["gen_ai.operation.name"] == "invoke_agent"
+        data = traced.reader.get_metrics_data()
+        assert data is not None
+        counted = [
+            (point.attributes or {}).get("error.type")
+            for resource in data.resource_metrics
+            for scope in resource.scope_metrics
+            for metric in scope.metrics
+            if metric.name == "gen_ai.client.operation.duration"
+            for point in metric.data.data_points
+        ]
+        assert "dead_letter" in counted, counted
+    finally:
+        await agent.aclose()

@@ -14,14 +14,17 @@ from typing import Any
 
 from loomgraph.agent.checkpoints import ResumeError
 from loomgraph.agent.result import RunResult
+from loomgraph.graph.compiled import CompiledGraph
 from loomgraph.protocols import (
     AuditAction,
     AuditLog,
     AuditMode,
+    BudgetScope,
     Deps,
     RunRecord,
     RunStatus,
     Usage,
+    semconv,
 )
 
 DEFAULT_MAX_RECOVERIES = 3
@@ -68,6 +71,30 @@ async def begin_recovery(
     await runtime.finish_run(record.run_id, RunStatus.DEAD_LETTER, reason, result.to_dict())
     await _audit(audit_log, AuditAction.DEAD_LETTER, record, found, found[1])
     return result
+
+
+async def close_dead_letter(
+    deps: Deps, record: RunRecord, graph: CompiledGraph, agent_name: str
+) -> None:
+    """What a run just given up on still owes: its clock ended (what its last attempt held
+    is charged) and a run span, an error, so traces and metrics count it."""
+    clock = deps.run_clock
+    if clock is not None:
+        scope = BudgetScope(record.run_id, record.user_id)
+        await clock.begin_run(scope, started_at=record.created_at)
+        await clock.end_run(scope)
+    attributes = semconv.run_attributes(
+        run_id=record.run_id,
+        graph_name=graph.name,
+        graph_hash=graph.hash,
+        session_id=record.session_id,
+        user_id=record.user_id,
+        parent_run_id=record.parent_run_id,
+        agent_name=agent_name,
+    )
+    ended = semconv.run_end_attributes(RunStatus.DEAD_LETTER)
+    with deps.telemetry.span(semconv.RUN_SPAN, {**attributes, **ended}):
+        pass  # nothing runs: the span marks the run's end
 
 
 # The stops where a run waits for a person: reaching one is progress, not a failure.

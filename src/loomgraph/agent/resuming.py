@@ -31,7 +31,13 @@ from loomgraph.agent.governance_state import check_policy, describe_policy, untr
 from loomgraph.agent.leases import hold_lease
 from loomgraph.agent.pinning import GRAPH_CHOICES, GraphChoice, check_move, move_run, not_kept
 from loomgraph.agent.pinning import run_graph as kept_graph
-from loomgraph.agent.recovery import WAITING, begin_recovery, end_recovery, reset_recoveries
+from loomgraph.agent.recovery import (
+    WAITING,
+    begin_recovery,
+    close_dead_letter,
+    end_recovery,
+    reset_recoveries,
+)
 from loomgraph.agent.result import RunResult
 from loomgraph.agent.session import AgentSession
 from loomgraph.engine.effects import BoundValue, ResumeInput
@@ -41,7 +47,6 @@ from loomgraph.graph.state import snapshot_of
 from loomgraph.protocols import (
     FINAL_STATUSES,
     AuditAction,
-    BudgetScope,
     Deps,
     RunRecord,
     RunStart,
@@ -210,11 +215,7 @@ class Resumer:
             )
         gave_up = await begin_recovery(runtime, record, self.max_recoveries, self.deps.audit_log)
         if gave_up is not None:  # too many failed recoveries: now a dead letter
-            clock = self.deps.run_clock
-            if clock is not None:  # what its last attempt held is charged, the clock ended
-                scope = BudgetScope(run_id, record.user_id)
-                await clock.begin_run(scope, started_at=record.created_at)
-                await clock.end_run(scope)
+            await close_dead_letter(self.deps, record, own or target, self.agent_name)
             return gave_up
         if target is not own:
             await move_run(runtime, record, target)

@@ -134,7 +134,7 @@ def run_attributes(
 
 # How a run ended that is an error of the `invoke_agent` operation: it gave no answer for a
 # failure, a limit or a cap. Waiting for a person and a cancel are not errors.
-ERROR_STATUSES = frozenset({"failed", "limit_reached", "budget_exhausted"})
+ERROR_STATUSES = frozenset({"failed", "limit_reached", "budget_exhausted", "dead_letter"})
 
 
 def error_type(error: BaseException) -> str:
