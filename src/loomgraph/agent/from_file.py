@@ -1,18 +1,31 @@
-"""Build an Agent's arguments from an agent file (`Agent.from_file`).
+"""Build an Agent's arguments from an agent file (`Agent.from_file`), and check a file as
+it would (`validate_agent_file`, what `loomgraph validate` runs).
 
-`authoring.agent_file` validates the file; this module turns the spec into objects: the
-model with its settings, tools (import paths next to the file, MCP servers), backends,
-budget, permissions, audit log and telemetry. Problems found only here (a permission rule
-that does not parse) are reported with the file's line like the others.
+`authoring.agent_file` validates the file's shape, graph and imports; this module turns the
+spec into objects: the model with its settings, tools (import paths next to the file, MCP
+servers), backends, budget, permissions, audit log and telemetry. What only a backend can
+check — `permissions` (its rules parse, its files read) and `audit_log` (its key, its
+file's folder) — is one check per section (`SECTION_CHECKS`), which `load_agent_file` runs
+beside its own, for `Agent.from_file` and for `validate_agent_file` alike: both report the
+same problems, every one at once, with the file's lines. The checks read; they never write,
+connect or start anything.
 """
 
 from __future__ import annotations
 
+import stat
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from loomgraph.agent.deps import resolve_model
-from loomgraph.authoring.agent_file import AgentFile, AgentFileError, load_agent_file
+from loomgraph.authoring.agent_file import (
+    AgentFile,
+    AgentFileError,
+    AgentSource,
+    SectionCheck,
+    load_agent_file,
+)
 from loomgraph.authoring.agent_spec import (
     AuditLogSpec,
     BudgetSpec,
@@ -24,15 +37,26 @@ from loomgraph.authoring.agent_spec import (
 from loomgraph.errors import Problem
 from loomgraph.graph.imports import import_object
 
-if TYPE_CHECKING:  # the audit log is loaded only for a file that has one
+if TYPE_CHECKING:  # governance and the audit log are loaded only for a file that has them
+    from loomgraph.governance.permissions import StandardPermissions
+    from loomgraph.governance.rule_errors import PermissionConfigError
+    from loomgraph.observability.audit_chain import AuditLogError
     from loomgraph.observability.audit_key import AuditKeyMissing
 
-__all__ = ["agent_arguments"]
+__all__ = ["SECTION_CHECKS", "agent_arguments", "validate_agent_file"]
+
+
+def validate_agent_file(path: str | Path) -> AgentFile:
+    """Load an agent file and check it as `Agent.from_file` does, building nothing (no model
+    or backend made, nothing written, nothing connected); AgentFileError with every problem."""
+    return load_agent_file(path, checks=SECTION_CHECKS)
 
 
 def agent_arguments(path: str | Path, overrides: dict[str, Any]) -> dict[str, Any]:
     """The Agent's keyword arguments from the file at `path`, `overrides` replacing them."""
-    loaded = load_agent_file(path)
+    # A section an override replaces is not used, so it is not checked either.
+    checks = {key: check for key, check in SECTION_CHECKS.items() if key not in overrides}
+    loaded = load_agent_file(path, checks=checks)
     spec = loaded.spec
     problems: list[Problem] = []
     args: dict[str, Any] = {
@@ -55,7 +79,7 @@ def agent_arguments(path: str | Path, overrides: dict[str, Any]) -> dict[str, An
         args["audit_log"] = _audit_log(loaded, spec.audit_log, problems)
     if spec.telemetry is not None and "telemetry" not in overrides:
         args["telemetry"] = _telemetry(spec.telemetry, spec.name)
-    if problems:
+    if problems:  # the checks passed, but a file changed since (a permission file edited)
         raise AgentFileError(problems)
     args.update(overrides)
     return args
@@ -115,26 +139,138 @@ def _budget(spec: BudgetSpec) -> Any:
     return StandardBudget(config)
 
 
-def _permissions(loaded: AgentFile, problems: list[Problem]) -> Any:
+# ------------------------------------------------------------------ permissions
+
+
+def permission_problems(source: AgentSource) -> list[Problem]:
+    """The problems of the file's `permissions`: a rule that does not parse, an unknown mode,
+    key or set, a permission file or set file that is missing or does not parse."""
+    from loomgraph.governance.rule_errors import PermissionConfigError
+
+    try:
+        _permissions_of(source)
+    except PermissionConfigError as err:
+        return [_permission_problem(err, source)]
+    return []
+
+
+def _permissions(loaded: AgentFile, problems: list[Problem]) -> StandardPermissions | None:
+    from loomgraph.governance.rule_errors import PermissionConfigError
+
+    try:
+        return _permissions_of(loaded)
+    except PermissionConfigError as err:
+        problems.append(_permission_problem(err, loaded))
+        return None
+
+
+def _permissions_of(source: AgentSource) -> StandardPermissions:
+    """The file's permissions, made as the Agent gets them; PermissionConfigError located in
+    the file it comes from."""
     from loomgraph.governance.permission_files import kwargs_from_data
     from loomgraph.governance.permissions import StandardPermissions
     from loomgraph.governance.rule_errors import PermissionConfigError
 
-    source = loaded.spec.permissions
+    given = source.spec.permissions
+    if isinstance(given, str):
+        target = Path(source.relative(given))
+        # Checked first: reading a FIFO or device would wait, or never end.
+        if (why := _not_a_file(target, "permission file")) is not None:
+            raise PermissionConfigError(why)
+        try:
+            return StandardPermissions.from_file(target)
+        except PermissionConfigError as err:
+            raise err.at(str(target), None) from None  # what the rules say names their file
+    sub = {k[1:]: v for k, v in source.lines.items() if k[:1] == ("permissions",)}
+    kwargs = kwargs_from_data(given, file=str(source.path), lines=sub, base_dir=source.folder)
+    return StandardPermissions(**kwargs)
+
+
+def _permission_problem(err: PermissionConfigError, source: AgentSource) -> Problem:
+    """A permission error as a problem: at its own file and line when it has both, else at
+    the agent file's `permissions` (naming the permission file it is about)."""
+    from loomgraph.governance.rule_errors import RuleSyntaxError
+
+    said = err.message
+    if isinstance(err, RuleSyntaxError):  # its `message` is the problem without the rule
+        said = f"invalid permission rule {err.rule!r}: {err.problem} (at position {err.position})"
+    if err.file is not None and err.line is not None:
+        return Problem("permissions", said, err.file, err.line)
+    if err.file is not None and err.file != str(source.path):
+        said = f"{err.file}: {said}"
+    return Problem("permissions", said, str(source.path), source.line_of("permissions"))
+
+
+# ------------------------------------------------------------------ the audit log
+
+
+def audit_log_problems(source: AgentSource) -> list[Problem]:
+    """The problems of the file's `audit_log`: no key (a variable not set, a key file
+    missing or empty), two key sources, a log file that is a folder or a FIFO, or in a
+    folder that does not exist. Reads the key to check it, and nothing else; writes nothing."""
+    spec = source.spec.audit_log
+    assert spec is not None  # `load_agent_file` checks a section the file has
+    found = [_audit_key_problem(source, spec), _audit_file_problem(source, spec)]
+    return [p for p in found if p is not None]
+
+
+def _audit_key_problem(source: AgentSource, spec: AuditLogSpec) -> Problem | None:
+    from loomgraph.observability.audit_chain import AuditLogError
+    from loomgraph.observability.audit_key import resolve_audit_key
+
+    given = [
+        name
+        for name, on in (
+            ("key_env", spec.key_env is not None),
+            ("key_file", spec.key_file is not None),
+            ("unsigned", spec.unsigned),
+        )
+        if on
+    ]
+    where = ("audit_log", given[0]) if len(given) == 1 else ("audit_log",)
+
+    def problem(message: str) -> Problem:
+        return Problem("audit-log", message, str(source.path), source.line_of(*where))
+
+    if len(given) > 1:
+        return problem(
+            f"`audit_log` gives {' and '.join(f'`{g}`' for g in given)}: give one key "
+            "source, `key_env: NAME` or `key_file: PATH`, or `unsigned: true` alone"
+        )
+    key_file = Path(source.relative(spec.key_file)) if spec.key_file is not None else None
+    if key_file is not None and (why := _not_a_file(key_file, "audit key file")) is not None:
+        return problem(why)  # (a FIFO would block the read)
     try:
-        if isinstance(source, str):
-            return StandardPermissions.from_file(loaded.relative(source))
-        sub = {k[1:]: v for k, v in loaded.lines.items() if k[:1] == ("permissions",)}
-        kwargs = kwargs_from_data(source, file=str(loaded.path), lines=sub, base_dir=loaded.folder)
-        return StandardPermissions(**kwargs)
-    except PermissionConfigError as err:
-        line = err.line or loaded.line_of("permissions")
-        problems.append(Problem("permissions", err.message, err.file or str(loaded.path), line))
+        resolve_audit_key(key_file=key_file, key_env=spec.key_env, unsigned=spec.unsigned)
+    except AuditLogError as err:
+        return problem(_audit_said(err))
+    return None
+
+
+def _audit_file_problem(source: AgentSource, spec: AuditLogSpec) -> Problem | None:
+    target = Path(source.relative(spec.file))
+    line = source.line_of("audit_log", "file")
+    try:
+        mode = target.stat().st_mode
+    except FileNotFoundError:
+        if target.parent.is_dir():
+            return None  # made by the first entry
+        why = (
+            f"the audit log {target} is in a folder that does not exist: create "
+            f"{target.parent} (the first entry makes the log file, not its folder)"
+        )
+        return Problem("audit-log", why, str(source.path), line)
+    except OSError as err:
+        why = f"cannot reach the audit log {target}: {err.strerror}"
+        return Problem("audit-log", why, str(source.path), line)
+    if stat.S_ISREG(mode):
         return None
+    why = f"the audit log {target} is not a regular file (a folder, FIFO or device)"
+    return Problem("audit-log", why, str(source.path), line)
 
 
 def _audit_log(loaded: AgentFile, spec: AuditLogSpec, problems: list[Problem]) -> Any:
-    from loomgraph.observability import AuditKeyMissing, FileAuditLog
+    from loomgraph.observability import FileAuditLog
     from loomgraph.observability.audit_chain import AuditLogError
 
     try:
@@ -145,20 +281,44 @@ def _audit_log(loaded: AgentFile, spec: AuditLogSpec, problems: list[Problem]) -
             unsigned=spec.unsigned,
         )
     except AuditLogError as err:
-        said = _no_key(err) if isinstance(err, AuditKeyMissing) else str(err)
+        said = _audit_said(err)
         problems.append(Problem("audit-log", said, str(loaded.path), loaded.line_of("audit_log")))
         return None
 
 
+def _audit_said(err: AuditLogError) -> str:
+    """An audit-log error said with the keys of the file's `audit_log`: a missing key names
+    them, not the Python arguments (`key_file=`) its own message names."""
+    from loomgraph.observability import AuditKeyMissing
+
+    return _no_key(err) if isinstance(err, AuditKeyMissing) else str(err)
+
+
 def _no_key(err: AuditKeyMissing) -> str:
-    """An `AuditKeyMissing` said with the keys of the file's `audit_log`, not the Python
-    arguments (`key_file=`) its own message names."""
+    """An `AuditKeyMissing` said with the keys of the file's `audit_log`."""
     if err.named:
         return f"the audit key variable ${err.variable} (`key_env`) is not set"
     return (
         "the audit log has no key: give `audit_log` a `key_env: NAME` or `key_file: PATH`, "
         f"set ${err.variable}, or say `unsigned: true` for a log anyone can rewrite"
     )
+
+
+def _not_a_file(path: Path, what: str) -> str | None:
+    """Why `path` is no regular file to read (missing, a folder, a FIFO or a device,
+    unreachable), or None when it is one."""
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        return f"no {what} at {path}"
+    except OSError as err:
+        return f"cannot reach the {what} {path}: {err.strerror}"
+    if not stat.S_ISREG(mode):
+        return f"the {what} {path} is not a regular file (a folder, FIFO or device)"
+    return None
+
+
+# ------------------------------------------------------------------ telemetry
 
 
 def _telemetry(spec: TelemetrySpec, name: str) -> Any:
@@ -172,3 +332,11 @@ def _telemetry(spec: TelemetrySpec, name: str) -> Any:
         capture_content=spec.capture_content,
         service_name=spec.service_name or name,
     )
+
+
+# The sections of an agent file only their backends can check, by top-level key (the key is
+# also the `Agent` argument the section makes, which an override replaces).
+SECTION_CHECKS: Mapping[str, SectionCheck] = {
+    "permissions": permission_problems,
+    "audit_log": audit_log_problems,
+}

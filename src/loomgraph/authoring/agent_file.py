@@ -3,18 +3,21 @@
 The file is YAML shaped by `agent_spec.AgentSpec`. `${ENV_VAR}` is replaced before
 validation; the values never appear in an error (`secrets.redact`). Relative paths
 (instructions_file, a graph file, `sqlite:` files, tool modules) are relative to the
-file's folder.
+file's folder. What fits the schema but only a backend can check (its `permissions` rules,
+its `audit_log` key) is checked by the `checks` the caller hands in: the backends are not
+authoring's to import (`agent.from_file` hands in theirs).
 """
 
 from __future__ import annotations
 
-import difflib
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 
 from pydantic import ValidationError
 
+from loomgraph.authoring.agent_file_schema import line_at, schema_problems, without_failures
 from loomgraph.authoring.agent_spec import AgentSpec, ModelSpec, model_name_problem
 from loomgraph.authoring.library import load_graph
 from loomgraph.authoring.loader import SourceRefused, graph_from_data, parse_yaml, read_source
@@ -24,7 +27,14 @@ from loomgraph.graph.imports import import_object
 from loomgraph.graph.spec import Graph
 from loomgraph.protocols.safe_yaml import Lines
 
-__all__ = ["AgentFile", "AgentFileError", "agent_json_schema", "load_agent_file"]
+__all__ = [
+    "AgentFile",
+    "AgentFileError",
+    "AgentSource",
+    "SectionCheck",
+    "agent_json_schema",
+    "load_agent_file",
+]
 
 
 class AgentFileError(ProblemsError, ValueError):
@@ -38,21 +48,12 @@ class AgentFileError(ProblemsError, ValueError):
 
 
 @dataclass
-class AgentFile:
-    """A validated agent file: its spec, where it is, its graph and its instructions."""
+class AgentSource:
+    """An agent file's spec and where it came from: what a check of one section reads."""
 
     spec: AgentSpec
     path: Path
-    graph: Graph
-    instructions: str
     lines: Lines = field(default_factory=dict, repr=False)
-
-    def __repr__(self) -> str:
-        # The graph is a plain pydantic model: its repr would show substituted secrets.
-        return redact(
-            f"AgentFile(spec={self.spec!r}, path={str(self.path)!r}, graph={self.graph!r}, "
-            f"instructions={self.instructions!r})"
-        )
 
     @property
     def folder(self) -> Path:
@@ -71,11 +72,27 @@ class AgentFile:
 
     def line_of(self, *path: str | int) -> int | None:
         """The source line of a data path (or of its nearest parent)."""
-        while path:
-            if path in self.lines:
-                return self.lines[path]
-            path = path[:-1]
-        return self.lines.get(())
+        return line_at(self.lines, path)
+
+
+# A check of one top-level section of an agent file (`permissions`, `audit_log`): every
+# problem of that section, located in the file; it reads, never writes, connects or runs.
+SectionCheck: TypeAlias = Callable[[AgentSource], list[Problem]]
+
+
+@dataclass
+class AgentFile(AgentSource):
+    """A validated agent file: its spec, where it is, its graph and its instructions."""
+
+    graph: Graph = field(kw_only=True)
+    instructions: str = field(kw_only=True)
+
+    def __repr__(self) -> str:
+        # The graph is a plain pydantic model: its repr would show substituted secrets.
+        return redact(
+            f"AgentFile(spec={self.spec!r}, path={str(self.path)!r}, graph={self.graph!r}, "
+            f"instructions={self.instructions!r})"
+        )
 
 
 def agent_json_schema() -> dict[str, Any]:
@@ -84,8 +101,16 @@ def agent_json_schema() -> dict[str, Any]:
     return {"$schema": "https://json-schema.org/draft/2020-12/schema", **schema}
 
 
-def load_agent_file(path: str | Path, *, check_imports: bool = True) -> AgentFile:
-    """Load and validate an agent file; raise AgentFileError with every problem."""
+def load_agent_file(
+    path: str | Path,
+    *,
+    check_imports: bool = True,
+    checks: Mapping[str, SectionCheck] | None = None,
+) -> AgentFile:
+    """Load and validate an agent file; raise AgentFileError with every problem. `checks`
+    maps a top-level key to a check of its section, run when the file has that section,
+    the section fits the schema and every `${VAR}` in it is set (else that is the problem
+    to report, not what an empty value would make of it)."""
     path = Path(path).resolve()
     file = str(path)
     try:
@@ -100,185 +125,46 @@ def load_agent_file(path: str | Path, *, check_imports: bool = True) -> AgentFil
         raise AgentFileError(
             [Problem("not-a-mapping", f"an agent file is a mapping, got {kind}", file, 1)]
         )
+    unset: set[str | int] = set()  # the top-level keys with a `${VAR}` that is not set
 
     def missing(name: str, where: tuple[str | int, ...]) -> None:
-        problems.append(
-            Problem(
-                "env-missing",
-                f"${{{name}}} is not set in the environment",
-                file,
-                _line(lines, where),
-            )
-        )
+        unset.update(where[:1])
+        message = f"${{{name}}} is not set in the environment"
+        problems.append(Problem("env-missing", message, file, line_at(lines, where)))
 
     data = substitute_env(data, missing)
     tools_at: list[int] | None = None
     try:
         spec = AgentSpec.model_validate(data)
     except ValidationError as err:
-        problems += _schema_problems(err, data, lines, file)
+        problems += schema_problems(err, data, lines, file)
         # The parts that fit the schema are checked too: every problem at once.
-        partial, tools_at = _without_failures(data, err)
+        partial, tools_at = without_failures(data, err)
         try:
             spec = AgentSpec.model_validate(partial)
         except ValidationError:  # should not happen: every failure was left out
             raise AgentFileError(sorted(problems, key=lambda p: p.line or 0)) from None
-    checker = _Checker(spec, path, lines, check_imports, tools_at)
+    source = AgentSource(spec, path, lines)
+    checker = _Checker(source, check_imports, tools_at)
     problems += checker.problems
+    for key, check in (checks or {}).items():
+        if getattr(spec, key, None) is not None and key not in unset:
+            problems += check(source)
     if problems:
         raise AgentFileError(sorted(problems, key=lambda p: (p.file != file, p.line or 0)))
     assert checker.graph is not None
-    return AgentFile(spec, path, checker.graph, checker.instructions, lines)
-
-
-# Stand-ins for the required keys, when they failed the schema (reported already), so the
-# parts that fit it can still be checked: what checks those parts reads neither.
-_PLACEHOLDERS = {"schema_version": 1, "name": "agent"}
-
-
-def _without_failures(
-    data: dict[str, Any], err: ValidationError
-) -> tuple[dict[str, Any], list[int]]:
-    """The file's data without what failed the schema, for the checks past it: a key that
-    failed (or that the spec does not have) is left out, so it takes its default and is not
-    checked; a `tools` entry that failed is left out alone. Also the index in the file of
-    each tool left (for the lines of their problems)."""
-    partial: dict[Any, Any] = dict(data)
-    failed_tools: set[int] = set()
-    for e in err.errors():
-        loc = tuple(e["loc"])
-        if not loc:
-            continue
-        tools = partial.get("tools")
-        if (
-            loc[0] == "tools"
-            and len(loc) >= 2
-            and isinstance(loc[1], int)
-            and isinstance(tools, list)
-        ):
-            failed_tools.add(loc[1])
-        else:
-            partial.pop(loc[0], None)
-    tools = partial.get("tools")
-    kept = (
-        [i for i in range(len(tools)) if i not in failed_tools] if isinstance(tools, list) else []
-    )
-    if isinstance(tools, list):
-        partial["tools"] = [tools[i] for i in kept]
-    for key, value in _PLACEHOLDERS.items():
-        partial.setdefault(key, value)
-    return partial, kept
-
-
-def _line(lines: Lines, path: tuple[Any, ...]) -> int | None:
-    while path:
-        if path in lines:
-            return lines[path]
-        path = path[:-1]
-    return lines.get(())
-
-
-def _schema_problems(err: ValidationError, data: Any, lines: Lines, file: str) -> list[Problem]:
-    """Pydantic's errors as Problems at their lines: union branches folded (a mapping where a
-    name could also go reports the mapping's errors), unknown keys with a suggestion."""
-    found: list[tuple[tuple[Any, ...], Problem]] = []
-    for e in err.errors():
-        full = tuple(e["loc"])
-        loc = _data_path(data, full)
-        where = ".".join(str(p) for p in loc) or "the top level"
-        if e["type"] == "extra_forbidden":
-            rule, message = "unknown-key", _unknown_key(loc, data)
-        elif e["type"] == "missing":
-            rule, message = "schema", f"{where}: missing key {full[-1]!r}"
-        else:
-            rule, message = "schema", f"{where}: {e['msg']}"
-            if e["type"] == "literal_error" and loc == ("schema_version",):
-                message += " (the only agent-file version is 1)"
-        problem = Problem(rule, message, file, _line(lines, loc))
-        if problem not in (p for _, p in found):
-            found.append((loc, problem))
-    branch_types = ("valid string", "valid dictionary", "Unable to extract tag")
-    kept = [
-        p
-        for loc, p in found
-        if not any(t in p.message for t in branch_types)
-        or not any(
-            (o[: len(loc)] == loc and o != loc) or (q.rule != p.rule and o == loc)
-            for o, q in found
-            if q is not p
-        )
-    ]
-    return sorted(kept, key=lambda p: p.line or 0)
-
-
-def _data_path(data: Any, loc: tuple[Any, ...]) -> tuple[Any, ...]:
-    """The part of a pydantic location that names places in the data (not union branches)."""
-    path: list[Any] = []
-    here = data
-    for part in loc:
-        inside = isinstance(here, dict) and part in here
-        if not inside and not (isinstance(here, list) and isinstance(part, int)):
-            continue
-        if isinstance(here, list) and not 0 <= part < len(here):
-            continue
-        here = here[part]
-        path.append(part)
-    return tuple(path)
-
-
-def _unknown_key(loc: tuple[Any, ...], data: Any) -> str:
-    key = loc[-1] if loc else "?"
-    options = _allowed_keys(loc[:-1], data)
-    close = difflib.get_close_matches(str(key), options, n=1)
-    hint = f" (did you mean {close[0]!r}?)" if close else ""
-    where = ".".join(str(p) for p in loc[:-1]) or "the top level"
-    return f"unknown key {key!r} in {where}{hint}; known keys: {', '.join(options)}"
-
-
-def _allowed_keys(parent: tuple[Any, ...], data: Any) -> list[str]:
-    """The keys the model at `parent` accepts (following the data through the spec)."""
-    from loomgraph.authoring import agent_spec as s
-
-    model: Any = AgentSpec
-    here = data
-    for part in parent:
-        here = here[part]
-        if isinstance(part, int):
-            continue
-        if model is AgentSpec and part == "tools":
-            continue
-        fields = getattr(model, "model_fields", {})
-        nested = {
-            "model": ModelSpec,
-            "budget": s.BudgetSpec,
-            "per_user": s.CapsSpec,
-            "audit_log": s.AuditLogSpec,
-            "telemetry": s.TelemetrySpec,
-        }.get(str(part))
-        if nested is not None:
-            model = nested
-        elif model is s.BudgetSpec and part == "users":
-            model = s.CapsSpec
-        elif part not in fields:
-            model = s.CapsSpec  # a user's caps under budget.users
-    if isinstance(here, dict) and "mcp" in here:
-        model = s.MCPHttpSpec if here["mcp"] == "http" else s.MCPStdioSpec
-    return sorted(getattr(model, "model_fields", {}))
+    return AgentFile(spec, path, lines, graph=checker.graph, instructions=checker.instructions)
 
 
 class _Checker:
     """The checks past the schema: instructions, model name, graph, tools, backends."""
 
     def __init__(
-        self,
-        spec: AgentSpec,
-        path: Path,
-        lines: Lines,
-        check_imports: bool,
-        tools_at: list[int] | None = None,
+        self, source: AgentSource, check_imports: bool, tools_at: list[int] | None = None
     ) -> None:
-        self.spec, self.path, self.lines = spec, path, lines
-        # Where each of `spec.tools` is in the file's `tools` (some left out: `_without_failures`).
+        spec = source.spec
+        self.spec, self.path, self.lines = spec, source.path, source.lines
+        # Where each of `spec.tools` is in the file's `tools` (some left out: `without_failures`).
         self.tools_at = tools_at if tools_at is not None else list(range(len(spec.tools)))
         self.problems: list[Problem] = []
         self.graph: Graph | None = None
@@ -292,7 +178,7 @@ class _Checker:
             self._backend(key, getattr(spec, key))
 
     def add(self, rule: str, message: str, *where: str | int) -> None:
-        self.problems.append(Problem(rule, message, str(self.path), _line(self.lines, where)))
+        self.problems.append(Problem(rule, message, str(self.path), line_at(self.lines, where)))
 
     def _instructions(self) -> None:
         spec = self.spec

@@ -1,20 +1,17 @@
 """Load-time validation of a graph: every problem at once, each with file, line and rule name.
 
-The rules are documented in docs/validation.md. Node-kind and state rules live here; the
-rules on the fields nodes and conditions read and write in `validate_fields`; the flow rules
-(entry, edges, reachability, loops) in `validate_flow`.
+The rules are documented in docs/validation.md. Here: running them all (`validate_graph`),
+and the graph-level rules (schema version, names, reserved names, templates). The node-kind
+rules live in `validate_kinds`, the state rules in `validate_state`, the rules on the fields
+nodes and conditions read and write in `validate_fields`, and the flow rules (entry, edges,
+reachability, loops) in `validate_flow`.
 """
 
 from __future__ import annotations
 
-import difflib
-import types
 import unicodedata
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Any, Union, get_args, get_origin
-
-from pydantic import BaseModel, ConfigDict, PydanticUserError, TypeAdapter, ValidationError
 
 from loomgraph.authoring.validate_fields import (
     check_conditions,
@@ -29,27 +26,17 @@ from loomgraph.authoring.validate_flow import (
     check_entry,
     check_flow,
     check_policies,
-    did_you_mean,
     problem_at,
 )
+from loomgraph.authoring.validate_kinds import check_binds, check_kind_rules, check_kinds
+from loomgraph.authoring.validate_state import check_state_types
 from loomgraph.errors import Problem
 from loomgraph.graph.jinja_problems import source_problems
-from loomgraph.graph.registry import (
-    NodeKind,
-    NodeKindLoadError,
-    UnknownNodeKind,
-    known_kinds,
-    node_kind,
-)
-from loomgraph.graph.spec import END, SCHEMA_VERSION, Graph, NodeSpec
-from loomgraph.graph.state import BUILTIN_FIELDS, DERIVED_NAMES, parse_type
+from loomgraph.graph.spec import END, SCHEMA_VERSION, Graph
+from loomgraph.graph.state import BUILTIN_FIELDS, DERIVED_NAMES
 
 SUPPORTED_SCHEMA_VERSIONS = (SCHEMA_VERSION,)
-# As the state checks a field: finite floats (the state is journaled as JSON).
-_FINITE = ConfigDict(allow_inf_nan=False)
 RESERVED_FIELDS = frozenset(BUILTIN_FIELDS) | DERIVED_NAMES
-# The keys every node takes, whatever its kind (the others are its kind's params).
-COMMON_KEYS = tuple(NodeSpec.model_fields)
 
 # Graph files being validated in this context: a subgraph that includes its own file would
 # otherwise recurse until the stack runs out.
@@ -171,218 +158,6 @@ def check_reserved_names(graph: Graph) -> list[Problem]:
                     f"state field {name!r} shadows {what}; reserved: "
                     f"{', '.join(sorted(RESERVED_FIELDS))}",
                     "state",
-                    name,
-                )
-            )
-    return problems
-
-
-def check_state_types(graph: Graph) -> list[Problem]:
-    """`bad-type` (a type string that does not parse), `bad-default` and `bad-reducer-type`."""
-    problems = []
-    for name, field in graph.state.items():
-        try:
-            parsed = parse_type(field.type, near=graph.source)
-        except Exception as err:  # an imported module may raise anything
-            problems.append(
-                problem_at(graph, "bad-type", f"state field {name!r}: {err}", "state", name, "type")
-            )
-            continue
-        if (why := _default_mismatch(field.default, parsed)) is not None:
-            problems.append(
-                problem_at(
-                    graph,
-                    "bad-default",
-                    f"state field {name!r}: default {field.default!r} does not fit type "
-                    f"{field.type!r}: {why}",
-                    "state",
-                    name,
-                    "default",
-                )
-            )
-        if (why := _reducer_mismatch(field.reducer, parsed)) is not None:
-            problems.append(
-                problem_at(
-                    graph,
-                    "bad-reducer-type",
-                    f"state field {name!r}: reducer {field.reducer!r} {why}, not {field.type!r}",
-                    "state",
-                    name,
-                    "reducer",
-                )
-            )
-    return problems
-
-
-def _reducer_mismatch(reducer: str, parsed: Any) -> str | None:
-    """Why a reducer cannot combine values of a type, or None when it can."""
-    options = [o for o in _union_options(parsed) if o is not type(None)]
-    if any(o is Any for o in options):
-        return None
-    bases = [get_origin(o) or o for o in options]
-    if reducer == "append" and list not in bases:
-        return "needs a list type like list[str]"
-    if reducer == "merge" and not any(b is dict or _is_model(b) for b in bases):
-        return "needs a dict type like dict[str, int]"
-    if reducer == "add" and any(b in (str, bool) for b in bases):
-        return "needs a number, list or dict[str, int] type"
-    if reducer == "add" and any(_adds_no_numbers(o) for o in options):
-        return "adds a dict's values key by key, so needs number values like dict[str, int]"
-    return None
-
-
-def _adds_no_numbers(option: Any) -> bool:
-    """Whether `option` is a dict type whose values `add` cannot sum (text, flags, lists…)."""
-    args = get_args(option)
-    if get_origin(option) is not dict or len(args) != 2:
-        return False
-    values = [get_origin(v) or v for v in _union_options(args[1]) if v is not type(None)]
-    return any(v in (str, bool, list, dict) or _is_model(v) for v in values)
-
-
-def _is_model(tp: Any) -> bool:
-    return isinstance(tp, type) and issubclass(tp, BaseModel)
-
-
-def _holds_model(tp: Any) -> bool:
-    """Whether a type is or contains a pydantic model (which fills in its own defaults)."""
-    return _is_model(tp) or any(_holds_model(arg) for arg in get_args(tp))
-
-
-def _default_mismatch(default: Any, parsed: Any) -> str | None:
-    """Why a field's default is not a value of its type, or None when it is (or is unset).
-    It must be written as a value of the type: `"5"` for an `int` is refused, though a patch
-    `"5"` would be converted. (The state holds it as the field's adapter makes it, like a
-    patch: `StateSchema`; a model's defaults are filled in there.)"""
-    if default is None or parsed is Any:
-        return None
-    try:
-        adapter: TypeAdapter[Any] = TypeAdapter(parsed, config=_FINITE)
-    except PydanticUserError:  # a model keeps its own config
-        adapter = TypeAdapter(parsed)
-    try:
-        value = adapter.validate_python(default)
-    except ValidationError as err:
-        first = err.errors(include_url=False)[0]
-        at = ".".join(str(part) for part in first["loc"])
-        return f"{at + ': ' if at else ''}{first['msg']}"
-    except Exception as err:  # a model's own validator may raise anything
-        return f"{type(err).__name__}: {err}"
-    if _holds_model(parsed):
-        return None
-    written = adapter.dump_python(value, mode="json")
-    same_type = type(written) is type(default) or _numbers(written, default)
-    return None if written == default and same_type else f"write it as {written!r}"
-
-
-def _numbers(a: Any, b: Any) -> bool:
-    """Whether both are numbers (an int default for a float field is fine), not flags."""
-    return all(isinstance(x, int | float) and not isinstance(x, bool) for x in (a, b))
-
-
-def _union_options(parsed: Any) -> list[Any]:
-    if get_origin(parsed) in (Union, types.UnionType):
-        return [o for arg in get_args(parsed) for o in _union_options(arg)]
-    return [parsed]
-
-
-# --------------------------------------------------------------------------- node kinds
-
-
-def _unknown_kind(kind: str) -> str:
-    known = known_kinds()
-    hint = did_you_mean(kind, known, ignore_case=True)
-    return f"unknown kind {kind!r}{hint}; registered kinds: {', '.join(known)}"
-
-
-def check_kinds(graph: Graph) -> tuple[dict[str, NodeKind], list[Problem]]:
-    """`unknown-node-kind` and `bad-params`; the node instances of the nodes that passed."""
-    instances: dict[str, NodeKind] = {}
-    problems: list[Problem] = []
-    for name, spec in graph.nodes.items():
-        try:
-            kind = node_kind(spec.kind)
-        except (UnknownNodeKind, NodeKindLoadError) as err:  # (a distribution's is broken)
-            why = str(err) if isinstance(err, NodeKindLoadError) else _unknown_kind(spec.kind)
-            at = ("nodes", name, "kind")
-            problems.append(problem_at(graph, "unknown-node-kind", f"node {name!r}: {why}", *at))
-            continue
-        try:
-            params = kind.Params.model_validate(spec.params)
-        except ValidationError as err:
-            accepted = [f.alias or n for n, f in kind.Params.model_fields.items()]
-            for e in err.errors():
-                param = ".".join(str(part) for part in e["loc"]) or "params"
-                hint = (
-                    _unknown_key_hint(spec.kind, param, accepted)
-                    if e["type"] == "extra_forbidden"
-                    else ""
-                )
-                problems.append(
-                    problem_at(
-                        graph,
-                        "bad-params",
-                        f"node {name!r} ({spec.kind}): param {param!r}: {e['msg']}{hint}",
-                        "nodes",
-                        name,
-                        *e["loc"],
-                    )
-                )
-            continue
-        try:
-            instances[name] = kind(name, spec, params)
-        except Exception as err:
-            problems.append(
-                problem_at(
-                    graph,
-                    "kind-check",
-                    f"node {name!r} ({spec.kind}): {type(err).__name__}: {err}",
-                    "nodes",
-                    name,
-                )
-            )
-    return instances, problems
-
-
-def _unknown_key_hint(kind: str, key: str, params: list[str]) -> str:
-    """What a node of `kind` takes instead of the unknown `key`: the closest key, the kind's
-    params and the keys every node takes."""
-    close = difflib.get_close_matches(key, [*COMMON_KEYS, *params], n=1)
-    return (
-        f"; {kind} nodes take: {', '.join(params) or 'no params'}; every node takes: "
-        f"{', '.join(COMMON_KEYS)}" + (f"; did you mean {close[0]!r}?" if close else "")
-    )
-
-
-def check_kind_rules(graph: Graph, instances: dict[str, NodeKind]) -> list[Problem]:
-    """`kind-check`: what each node's kind says is wrong (`NodeKind.check`)."""
-    problems = []
-    for name, node in instances.items():
-        try:
-            messages = node.check(graph)
-        except Exception as err:  # a third-party check must not hide the other problems
-            messages = [f"check failed: {type(err).__name__}: {err}"]
-        problems += [
-            problem_at(graph, "kind-check", f"node {name!r}: {message}", "nodes", name)
-            for message in messages
-        ]
-    return problems
-
-
-def check_binds(graph: Graph, instances: dict[str, NodeKind]) -> list[Problem]:
-    """`kind-check`: a node whose `bind` fails, so the graph could not be compiled. Only for an
-    otherwise valid graph: a `bind` may rightly fail on a problem reported already."""
-    problems = []
-    for name, node in instances.items():
-        try:
-            node.bind(graph)
-        except Exception as err:
-            problems.append(
-                problem_at(
-                    graph,
-                    "kind-check",
-                    f"node {name!r}: bind failed: {type(err).__name__}: {err}",
-                    "nodes",
                     name,
                 )
             )

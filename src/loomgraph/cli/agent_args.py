@@ -9,6 +9,7 @@ from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from loomgraph._storage.dsn import dsn_problem
 from loomgraph.errors import LoomgraphError
 from loomgraph.graph.imports import import_object
 
@@ -187,9 +188,25 @@ def add_runtime_option(parser: argparse.ArgumentParser, *, required: bool) -> No
     parser.add_argument(
         "--runtime",
         default=None,
+        type=journal_spec,
         metavar="JOURNAL",
         help="the journal: sqlite:PATH or postgres://user@host/db (default: the agent file's)",
     )
+
+
+def journal_spec(value: str) -> str:
+    """`--runtime`'s value, when it names a journal: an empty one, `sqlite:` without a path
+    or a Postgres DSN that names no database (`postgres:`, which would connect wherever
+    libpq's defaults point) is a usage error naming the option (argparse's `type=`)."""
+    if not value.strip():
+        raise argparse.ArgumentTypeError("empty: give sqlite:PATH, postgres://… or memory")
+    if value == "sqlite:":
+        raise argparse.ArgumentTypeError("sqlite: names no file: give sqlite:PATH")
+    if value.startswith(("postgres:", "postgresql:")):
+        problem = dsn_problem(value)
+        if problem is not None:
+            raise argparse.ArgumentTypeError(problem)
+    return value
 
 
 def load_permissions(path: str | None) -> Any:

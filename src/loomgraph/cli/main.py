@@ -291,7 +291,7 @@ def _format_keys() -> tuple[list[str], list[str]]:
 
 
 def _validate(args: argparse.Namespace) -> int:
-    from loomgraph.authoring.agent_file import AgentFileError, load_agent_file
+    from loomgraph.authoring.agent_file import AgentFileError
     from loomgraph.authoring.loader import load_graph_file
     from loomgraph.errors import GraphValidationError
 
@@ -302,7 +302,12 @@ def _validate(args: argparse.Namespace) -> int:
     for file in files:
         try:
             if file == args.agent or _is_agent_file(file):
-                load_agent_file(file)
+                # Checked as `Agent.from_file` checks it, its permissions and audit log too
+                # (which only their backends can check), building nothing. Imported here: the
+                # wiring layer loads the engine, which checking a graph file does without.
+                from loomgraph.agent.from_file import validate_agent_file
+
+                validate_agent_file(file)
             else:
                 load_graph_file(file)
         except (GraphValidationError, AgentFileError) as err:

@@ -297,6 +297,28 @@ def print_run(
         line(f"\nresult (not a result object): {compact(record.result)}")
 
 
+def print_queued_run(record: RunRecord, job_id: int | None, as_json: bool) -> None:
+    """`runs show` of a run submitted to the fleet that no worker started yet: its record,
+    and no state, for it has none yet: its input is held by its queued job (`job_id`, None
+    when the journal names none), and reaches the journal when a worker starts the run."""
+    job = f" (job {job_id})" if job_id is not None else ""
+    held = f"held by the fleet's queue{job} until a worker starts the run"
+    if as_json:
+        # No input field: the prompt is the job's, not the journal's, until a worker starts.
+        data = {"run": record_data(record), "transitions": [], "effects": []}
+        print(json_line({**data, "state": None, "result": None, "queued": {"job_id": job_id}}))
+        return
+    line(
+        f"run {record.run_id}  status={record.status}  graph={record.graph_name} "
+        f"({record.graph_hash})"
+    )
+    line(
+        f"user={record.user_id or '-'}  session={record.session_id or '-'}  "
+        f"created={when(record.created_at)}"
+    )
+    line(f"\nstate: none yet: run {record.run_id} is queued; its input is {held}")
+
+
 def print_diff(
     changes: Mapping[str, tuple[Any, Any]], seq_a: int, seq_b: int, as_json: bool
 ) -> None:

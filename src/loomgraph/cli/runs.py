@@ -14,6 +14,7 @@ from loomgraph.cli.console import say
 from loomgraph.cli.output import (
     EXIT_OK,
     print_diff,
+    print_queued_run,
     print_result,
     print_run,
     print_runs,
@@ -47,7 +48,10 @@ def add_runs_parser(sub: Any) -> Any:
     show = cmds.add_parser("show", help="a run's transitions, final state and result")
     show.add_argument("run_id", help="the run (see `runs list`)")
     show.add_argument(
-        "--graph", default=None, help="graph to rebuild the state with (default: the run's graph)"
+        "--graph",
+        default=None,
+        help="graph to rebuild the state with (default: the run's graph); another graph than "
+        "the run's is refused unless --any-graph",
     )
     resume = cmds.add_parser(
         "resume", help="continue a crashed, failed, cancelled or interrupted run"
@@ -103,8 +107,18 @@ def add_runs_parser(sub: Any) -> Any:
     diff.add_argument("seq_a", type=int, help="the earlier checkpoint (0 is the first state)")
     diff.add_argument("seq_b", type=int, help="the later checkpoint")
     diff.add_argument(
-        "--graph", default=None, help="graph to rebuild the states with (default: the run's)"
+        "--graph",
+        default=None,
+        help="graph to rebuild the states with (default: the run's); another graph than the "
+        "run's is refused unless --any-graph",
     )
+    for cmd in (show, diff):
+        cmd.add_argument(
+            "--any-graph",
+            action="store_true",
+            help="with --graph: rebuild the state with it even when it is not the graph (or "
+            "version) the run was made with, whose fields it may not have",
+        )
     for cmd in (resume, retry, fork):
         agent_args.add_permissions_option(cmd)
     for cmd in (listing, show, diff):
@@ -143,25 +157,40 @@ def render_run(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------ reading
 
 
-async def _compiled(runtime: Runtime, graph: str | None, record: RunRecord) -> Any:
-    """The compiled graph to rebuild a run's state with: `graph` when given, else the one
-    the run started with as the journal keeps it (else its graph by name, as it reads now)."""
+async def _compiled(runtime: Runtime, args: argparse.Namespace, record: RunRecord) -> Any:
+    """The compiled graph to rebuild a run's state with: `--graph` when given, else the one
+    the run started with as the journal keeps it (else its graph by name, as it reads now,
+    with a warning when that is another version). A `--graph` that is not the graph the run
+    was made with (another name or version) would rebuild the state with other fields: a
+    UsageError naming both, unless `--any-graph` asks for it (then a warning)."""
     from loomgraph.agent.pinning import compile_pinned, graph_key
     from loomgraph.authoring.library import load_graph
     from loomgraph.graph.compiled import compile_graph
 
-    if graph is None:
-        kept = await runtime.graph(record.graph_hash)
-        if kept is not None:
-            return compile_pinned(kept)
+    graph: str | None = args.graph
+    kept = await runtime.graph(record.graph_hash)
+    if graph is None and kept is not None:
+        return compile_pinned(kept)
     compiled = compile_graph(load_graph(graph or record.graph_name))
-    if graph_key(compiled) != record.graph_hash:
-        print(
-            f"loomgraph: warning: run {record.run_id} was made with graph "
-            f"{record.graph_name!r} version {record.graph_hash}; rebuilding its state with "
-            f"version {graph_key(compiled)}",
-            file=sys.stderr,
+    key = graph_key(compiled)
+    if key == record.graph_hash:
+        return compiled
+    run = f"run {record.run_id} was made with graph {record.graph_name!r} ({record.graph_hash})"
+    if graph is not None and not args.any_graph:
+        own = (
+            "leave --graph out to show it with its own graph, as the journal keeps it"
+            if kept is not None
+            else "the journal does not keep the run's own graph: pass the file it was made "
+            "with as --graph (or leave --graph out for the built-in graph of its name)"
         )
+        raise journal.UsageError(
+            f"{run}; --graph {graph} is graph {compiled.name!r} ({key}), whose state fields "
+            f"may differ: {own}; add --any-graph to rebuild its state with this graph anyway"
+        )
+    print(
+        f"loomgraph: warning: {run}; rebuilding its state with graph {compiled.name!r} ({key})",
+        file=sys.stderr,
+    )
     return compiled
 
 
@@ -175,10 +204,17 @@ async def _list(args: argparse.Namespace, runtime: Runtime) -> int:
 
 async def _show(args: argparse.Namespace, runtime: Runtime) -> int:
     from loomgraph.agent.checkpoints import position
+    from loomgraph.agent.fleet import fleet_run_of
 
     record, transitions = await journal.load_record(runtime, args.run_id)
     effects = await runtime.effects(args.run_id)
-    state = position(await _compiled(runtime, args.graph, record), record, transitions).state
+    if record.status == RunStatus.QUEUED and record.initial is None:
+        # Submitted, never started: its prompt is in its queued job, not in the journal, and
+        # it has no first state to rebuild (a queued fork has one: it is shown as any run).
+        found = await fleet_run_of(runtime, record.run_id)
+        print_queued_run(record, found.job_id if found is not None else None, args.json)
+        return EXIT_OK
+    state = position(await _compiled(runtime, args, record), record, transitions).state
     print_run(record, transitions, effects, state, args.json)
     return EXIT_OK
 
@@ -194,7 +230,7 @@ async def _diff(args: argparse.Namespace, runtime: Runtime) -> int:
                 f"run {args.run_id} has no checkpoint {seq}; it has 0..{last} "
                 "(0 is the first state)"
             )
-    compiled = await _compiled(runtime, args.graph, record)
+    compiled = await _compiled(runtime, args, record)
     before = position(compiled, record, transitions, upto=args.seq_a).state
     after = position(compiled, record, transitions, upto=args.seq_b).state
     print_diff(diff(before, after), args.seq_a, args.seq_b, args.json)
