@@ -43,3 +43,15 @@ def dsn_problem(dsn: str) -> str | None:
         f"{dsn} names no database: write {url_form} (an empty one would connect wherever "
         "libpq's defaults point)"
     )
+
+
+def backend_spec_problem(spec: str) -> str | None:
+    """Why a backend's text spec (`--runtime`, `runtime=`, `memory=`) names nothing to open,
+    or None: empty, `sqlite:` without a path, or a Postgres DSN naming no database."""
+    if not spec.strip():
+        return "empty: give sqlite:PATH, postgres://… or memory"
+    if spec.strip() == "sqlite:":
+        return "sqlite: names no file: give sqlite:PATH"
+    if spec.startswith(("postgres:", "postgresql:")):
+        return dsn_problem(spec)
+    return None

@@ -7,6 +7,7 @@ from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, cast
 
+from loomgraph._storage.dsn import backend_spec_problem
 from loomgraph.engine.scope import active_scope
 from loomgraph.errors import LoomgraphError
 from loomgraph.protocols import (
@@ -111,7 +112,13 @@ def _imported_model(spec: str, options: dict[str, Any], near: str | Path | None)
     return cast(Model, _checked(target, Model, "model"))
 
 
-def _split_spec(spec: str) -> tuple[str, str]:
+def _split_spec(spec: str, what: str) -> tuple[str, str]:
+    """A backend's spec as (scheme, what the backend is given); ConfigError for one naming
+    nothing to open (`sqlite:`, a `postgres:` DSN that would connect wherever libpq's
+    defaults point)."""
+    problem = backend_spec_problem(spec)
+    if problem is not None:
+        raise ConfigError(f"{what} {problem}")
     scheme, sep, rest = spec.partition(":")
     if spec.startswith(("postgres://", "postgresql://")):
         return "postgres", spec
@@ -126,7 +133,7 @@ def resolve_memory(memory: str | Memory | None) -> Memory:
         return NoMemory()
     if not isinstance(memory, str):
         return cast(Memory, _checked(memory, Memory, "memory"))
-    scheme, rest = _split_spec(memory)
+    scheme, rest = _split_spec(memory, "memory")
     if scheme == "memory":
         from loomgraph.memory.null import InMemoryMemory
 
@@ -153,7 +160,7 @@ def resolve_runtime(runtime: str | Runtime | None) -> Runtime:
         return InMemoryRuntime()
     if not isinstance(runtime, str):
         return cast(Runtime, _checked(runtime, Runtime, "runtime"))
-    scheme, rest = _split_spec(runtime)
+    scheme, rest = _split_spec(runtime, "runtime")
     return cast(
         Runtime,
         _backend(

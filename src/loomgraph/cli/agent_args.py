@@ -9,7 +9,7 @@ from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from loomgraph._storage.dsn import dsn_problem
+from loomgraph._storage.dsn import backend_spec_problem
 from loomgraph.errors import LoomgraphError
 from loomgraph.graph.imports import import_object
 
@@ -198,14 +198,9 @@ def journal_spec(value: str) -> str:
     """`--runtime`'s value, when it names a journal: an empty one, `sqlite:` without a path
     or a Postgres DSN that names no database (`postgres:`, which would connect wherever
     libpq's defaults point) is a usage error naming the option (argparse's `type=`)."""
-    if not value.strip():
-        raise argparse.ArgumentTypeError("empty: give sqlite:PATH, postgres://… or memory")
-    if value == "sqlite:":
-        raise argparse.ArgumentTypeError("sqlite: names no file: give sqlite:PATH")
-    if value.startswith(("postgres:", "postgresql:")):
-        problem = dsn_problem(value)
-        if problem is not None:
-            raise argparse.ArgumentTypeError(problem)
+    problem = backend_spec_problem(value)
+    if problem is not None:
+        raise argparse.ArgumentTypeError(problem)
     return value
 
 
