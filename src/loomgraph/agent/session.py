@@ -16,16 +16,17 @@ from loomgraph.agent.leases import hold_lease, lease_stop
 from loomgraph.agent.pinning import graph_key, pin
 from loomgraph.agent.recovery import crashed_usage
 from loomgraph.agent.result import RunResult
+from loomgraph.agent.run_ending import cancelled, outcome_result, traced
 from loomgraph.agent.run_memory import episode_of, remember, seeded_state
+from loomgraph.agent.run_started import audit_started
 from loomgraph.engine import audit_trail as trail
-from loomgraph.engine.audit_writer import keep_unwritten, restore_kept, written_quietly
+from loomgraph.engine.audit_writer import keep_unwritten, written_quietly
 from loomgraph.engine.effects import ResumeInput
-from loomgraph.engine.interpreter import Outcome, run_child, run_extra_step, run_graph
+from loomgraph.engine.interpreter import run_child, run_extra_step, run_graph
 from loomgraph.engine.scope import EventSink, RunScope, active_scope
 from loomgraph.engine.taint import note_messages
 from loomgraph.errors import InputTooLarge, ServiceUnavailable
 from loomgraph.graph.compiled import CompiledGraph
-from loomgraph.graph.state import final_output
 from loomgraph.nodes.structured import (
     DEFAULT_RETRIES,
     FinishNode,
@@ -42,7 +43,6 @@ from loomgraph.protocols import (
     Span,
     Usage,
     cancel_reason,
-    finished,
     semconv,
 )
 from loomgraph.protocols.events import RUN_COMPLETED, RUN_STARTED
@@ -91,7 +91,7 @@ class AgentSession:
         self.error: OutputValidationError | None = None
         self.run_id = run_id or uuid.uuid4().hex
         self._id_given = run_id is not None
-        self._run_span: Span | None = None  # told how the run ended (`_traced`)
+        self._run_span: Span | None = None  # told how the run ended (`traced`)
         self._held: Lease | None = None  # the lease `_started` took (fences `keep_unwritten`)
 
     def _record(self, **fields: Any) -> RunRecord:
@@ -149,7 +149,7 @@ class AgentSession:
                 await self.deps.runtime.start_run(record)
             # Only now: a worker whose lease was taken over is refused above, and must leave
             # no entry saying it started the run.
-            await self._audit_start(scope, continued=False)
+            await audit_started(scope, self.graph, self.prompt, continued=False)
             return await self._started(scope, state, None, None, leased=leased)
 
     async def continue_from(
@@ -214,7 +214,9 @@ class AgentSession:
                     if record.initial is not None:
                         # A run going on from a checkpoint (resumed, forked); a new run is
                         # audited once its start is journaled (`execute`).
-                        await self._audit_start(scope, continued=True, resumed=resumed)
+                        await audit_started(
+                            scope, self.graph, self.prompt, continued=True, resumed=resumed
+                        )
                     yield scope
                     await scope.audit_written()  # every entry in the log before it returns
                 except ServiceUnavailable:
@@ -234,7 +236,9 @@ class AgentSession:
                     if stop is not None:
                         over = False
                         # An error of the run's, unlike its caller's cancel (not an error).
-                        self._traced(scope, {semconv.ERROR_TYPE: semconv.error_type(stop)})
+                        traced(
+                            scope, self._run_span, {semconv.ERROR_TYPE: semconv.error_type(stop)}
+                        )
                     raise
                 finally:
                     active_scope.reset(active)
@@ -245,24 +249,6 @@ class AgentSession:
                         await deps.run_clock.end_run(scope.budget_scope)
         finally:
             current_run.reset(token)
-
-    async def _audit_start(
-        self, scope: RunScope, *, continued: bool, resumed: bool = False
-    ) -> None:
-        """The `run_started` audit entry; at a resume, after the entries an audit outage cut
-        off the run before, which its journal kept (`restore_kept`)."""
-        if scope.auditing:
-            if resumed:  # (before any entry of the resume's own: the writer is new)
-                await restore_kept(scope.writer(), self.deps.runtime)
-            compiled = self.graph
-            started = trail.run_started(
-                compiled.name,
-                compiled.hash,
-                self.session_id,
-                continued=continued,
-                prompt=self.prompt if scope.audit_content else None,
-            )
-            await scope.audit(AuditAction.RUN_STARTED, trail.RUN_ACTOR, started)
 
     async def _announce(self, scope: RunScope) -> None:
         """The `run_started` event, sent once the run's record is in the journal."""
@@ -292,26 +278,8 @@ class AgentSession:
             # Cancelled before the graph ran (announcing, taking the lease): without this
             # the journal would say "running" for ever. `_drive` journals its own.
             if not driving:
-                await self._cancelled(scope, cancel_reason(err))
+                await cancelled(scope, self._run_span, cancel_reason(err))
             raise
-
-    async def _cancelled(self, scope: RunScope, reason: str) -> None:
-        """Journal the run as cancelled for `reason` (`CancelReason`) — unless the cancel was
-        not the caller's but the run's lease holder's (`lease_stop`): the lease may be lost, or
-        the journal out of reach, so nothing is journaled and the run stays `running`, as a
-        crash leaves it, for a resume (a fleet worker) to recover. The caller gets `LeaseLost`
-        or `JournalUnavailable` from the lease holder."""
-        if lease_stop() is not None:
-            return
-        self._traced(scope, semconv.run_end_attributes(RunStatus.CANCELLED))
-        # To its end even when the caller cancels again: else the run stays `running`.
-        await finished(self._journal_cancelled(scope, reason))
-
-    async def _journal_cancelled(self, scope: RunScope, reason: str) -> None:
-        await self.deps.runtime.finish_run(self.run_id, RunStatus.CANCELLED, reason, None)
-        if scope.auditing:
-            ended = trail.run_completed(RunStatus.CANCELLED, reason, Usage())
-            await scope.audit(AuditAction.RUN_COMPLETED, trail.RUN_ACTOR, ended)
 
     async def _drive(
         self,
@@ -328,9 +296,9 @@ class AgentSession:
                     self.graph, scope, outcome.state, self.finish, outcome.visits
                 )
         except asyncio.CancelledError as err:
-            await self._cancelled(scope, cancel_reason(err))
+            await cancelled(scope, self._run_span, cancel_reason(err))
             raise
-        result = self._result(outcome)
+        result, self.error = outcome_result(outcome, scope, self.started, self.finish)
         # Charged but not in the state: the calls of visits that failed or stopped and of
         # calls that gave up (by call key, once), the child graphs of the node the run
         # stopped in, crashed attempts.
@@ -377,36 +345,5 @@ class AgentSession:
             None,
             scope.seq,
         )
-        self._traced(scope, semconv.run_end_attributes(result.status, outcome.error))
-        return result
-
-    def _traced(self, scope: RunScope, attributes: dict[str, Any]) -> None:
-        """Tell the run's span how the run ended (when the run is traced)."""
-        if scope.tracing and self._run_span is not None:
-            semconv.set_attributes(self._run_span, attributes)
-
-    def _result(self, outcome: Outcome) -> RunResult:
-        state = outcome.state
-        usage = Usage.from_dict(state.get("usage") or {})
-        result = RunResult(
-            output=final_output(state),
-            run_id=self.run_id,
-            session_id=self.session_id,
-            user_id=self.user_id,
-            status=RunStatus(outcome.status),
-            reason=outcome.reason,
-            turns=usage.model_calls,
-            node_visits=dict(outcome.visits),
-            usage=usage,
-            pending=outcome.pending,
-            timings={"started": self.started, "duration_s": time.time() - self.started},
-        )
-        if self.finish is not None and result.ok:
-            result.parsed = self.finish.answer.validate(result.output)
-        cause = getattr(outcome.error, "cause", None)
-        # Raised by `run()` only for the agent's own `output_schema` step: an `llm` node of the
-        # graph whose answer never fits its schema fails the run like any other node.
-        finishing = self.finish is not None and outcome.node == self.finish.name
-        if finishing and isinstance(cause, OutputValidationError):
-            self.error = cause
+        traced(scope, self._run_span, semconv.run_end_attributes(result.status, outcome.error))
         return result

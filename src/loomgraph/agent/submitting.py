@@ -3,7 +3,8 @@
 `Agent.submit`, `submit_fork`, `submit_resume`, `wait` and `cancel` are thin calls of these. A
 submitted run (a fork too) is journaled `queued` and its job enqueued in one transaction of
 the Postgres journal, so no run is journaled but never enqueued, or enqueued but not
-journaled (`agent.fleet`).
+journaled (`agent.fleet`). What a call gives its job (placement, output type, an answer) is
+checked in `agent.job_inputs` before anything is written.
 """
 
 from __future__ import annotations
@@ -14,17 +15,16 @@ import time
 import uuid
 import weakref
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
-from loomgraph.agent.checkpoints import approval, not_answered, resume_value
 from loomgraph.agent.fleet import FleetError, FleetQueue, JobKind, RunJob, check_run_agent
 from loomgraph.agent.fleet import fleet_queue as queue_of
+from loomgraph.agent.job_inputs import answer_job, check_placement, delay_of, schema_path
 from loomgraph.agent.leases import hold_lease
 from loomgraph.agent.pinning import graph_key, pin
 from loomgraph.agent.result import RunResult
 from loomgraph.agent.resuming import Resumer
-from loomgraph.engine.effects import BoundApproval, BoundValue
 from loomgraph.errors import InputTooLarge
 from loomgraph.graph.compiled import CompiledGraph
 from loomgraph.protocols import Deps, RunRecord, RunStatus, UnknownRun
@@ -101,31 +101,6 @@ async def _queue(deps: Deps) -> FleetQueue:
     return queue
 
 
-def _schema_path(output_schema: Any) -> str | None:
-    """`module:QualName` of an output type, which every worker can import."""
-    if output_schema is None:
-        return None
-    module = getattr(output_schema, "__module__", None)
-    name = getattr(output_schema, "__qualname__", "")
-    if not isinstance(output_schema, type) or not module or "<locals>" in name:
-        raise FleetError(
-            f"output_schema {output_schema!r} must be a class defined at module level: a "
-            "worker imports it by name (module:QualName) to check the answer"
-        )
-    return f"{module}:{name}"
-
-
-def _delay(run_at: datetime | float | None) -> float | None:
-    """Seconds from now until `run_at` (a datetime with a time zone, or epoch seconds)."""
-    if run_at is None:
-        return None
-    if isinstance(run_at, datetime):
-        if run_at.tzinfo is None:
-            raise FleetError(f"run_at {run_at!r} has no time zone; give an aware datetime")
-        return max(0.0, (run_at - datetime.now(UTC)).total_seconds())
-    return max(0.0, float(run_at) - time.time())
-
-
 async def submit(
     deps: Deps,
     compiled: CompiledGraph,
@@ -145,7 +120,7 @@ async def submit(
     limit = deps.size_limits.prompt_chars
     if len(prompt) > limit:  # refused before anything is written
         raise InputTooLarge("the prompt", len(prompt), limit)
-    _check_placement(priority, queue)
+    check_placement(priority, queue)
     fleet = await _queue(deps)
     run_id = uuid.uuid4().hex
     now = time.time()
@@ -165,11 +140,11 @@ async def submit(
         user_id=user_id,
         prompt=prompt,
         session_id=session_id,
-        output_schema=_schema_path(output_schema),
+        output_schema=schema_path(output_schema),
         output_retries=output_retries,
         agent=agent_name,
     )
-    delay = _delay(run_at)
+    delay = delay_of(run_at)
 
     async def enqueue(con: Any) -> int:
         return await fleet.enqueue(con, job, queue=queue, priority=priority, delay=delay)
@@ -192,7 +167,7 @@ async def submit_fork(
     transaction; the new run's id. A worker starts it, and the fleet recovers it like any
     run. Refused before anything is written as `Agent.fork` refuses (`RunQueued`, an unknown
     checkpoint, a patch that does not fit, `RunOfAnotherAgent`)."""
-    _check_placement(priority, queue)
+    check_placement(priority, queue)
     deps = resumer.deps
     fleet = await _queue(deps)
     _, forked, _ = await resumer.prepare_fork(run_id, at=at, patch=patch)
@@ -232,11 +207,11 @@ async def submit_resume(
     value's `value_key`): a worker uses it for that request or not at all."""
     if len(answer) != 1 or not set(answer) <= {"approve", "value"}:
         raise FleetError("submit_resume takes exactly one of approve= or value=")
-    _check_placement(priority, queue)
+    check_placement(priority, queue)
     fleet = await _queue(deps)
     deadline = time.monotonic() + ANSWER_WAIT_SECONDS
     while True:
-        job = await _answer_job(deps, run_id, answer, agent_name)
+        job = await answer_job(deps, run_id, answer, agent_name)
         try:
             async with deps.runtime.transaction() as con:  # type: ignore[attr-defined]
                 where = queue or await fleet.run_queue(con, run_id)
@@ -253,57 +228,12 @@ async def submit_resume(
         await asyncio.sleep(0.05)
 
 
-async def _answer_job(deps: Deps, run_id: str, answer: dict[str, Any], agent_name: str) -> RunJob:
-    """The job carrying `answer`, checked against what the run waits for now and the agent
-    it belongs to."""
-    record = await deps.runtime.load_run(run_id)
-    if record is None:
-        raise UnknownRun(run_id)
-    await check_run_agent(deps.runtime, record, agent_name)
-    if "value" in answer:
-        given = answer["value"]
-        asked = resume_value(record, given)  # the typed error now, not in a worker's log
-        await not_answered(deps.runtime, record)  # a value journaled already stands
-        # Bound to the question it was checked against (as an approval's job keeps its
-        # `key`): answered by hand meanwhile, the run's next question is not this one's.
-        plain = given.value if isinstance(given, BoundValue) else given
-        answer = {"value": plain, "value_key": asked.key} if asked.key else {"value": plain}
-    else:
-        checked = approval(record, answer["approve"])
-        # An answer journaled already stands (approvals are used once): refused here, as
-        # `agent.resume` refuses it, rather than queued for a worker to drop.
-        await not_answered(deps.runtime, record, checked.call_id)
-        answer = {"approve": _approval_data(checked)}
-    return RunJob(run_id, JobKind.RESUME, user_id=record.user_id, answer=answer)
-
-
 def _duplicate_job() -> type[Exception]:
     """pgqueuer's refusal of a second job with a run's dedupe key (imported with the
     fleet, not with loomgraph)."""
     from pgqueuer.errors import DuplicateJobError
 
     return DuplicateJobError
-
-
-def _check_placement(priority: int, queue: str | None) -> None:
-    """FleetError for a job's priority that is not an int, or a queue that is not a name."""
-    if not isinstance(priority, int) or isinstance(priority, bool):
-        raise FleetError(f"priority must be an int, not {type(priority).__name__}")
-    if queue is not None and (not isinstance(queue, str) or not queue):
-        raise FleetError(f"queue must be a non-empty name, not {queue!r}")
-
-
-def _approval_data(answer: BoundApproval) -> dict[str, Any]:
-    """An approval as the data `agent.resume(approve=...)` takes back, bound to the request
-    it was checked against (`key`): the worker's resume settles that request or nothing."""
-    return {
-        "call_id": answer.call_id,
-        "allow": answer.allow,
-        "args": answer.args,
-        "approver": answer.approver,
-        "reason": answer.reason,
-        "key": answer.key,
-    }
 
 
 async def wait(

@@ -1,8 +1,9 @@
 """`SqlJournal`: the Runtime protocol written once over SQL, for SQLite and Postgres.
 
 Each backend only supplies a connection and two context managers (`_read`, `_write`) that
-hand out a `Cursor` and translate driver errors; every Runtime method is written once here,
-so the two backends cannot drift apart in semantics.
+hand out a `Cursor` and translate driver errors; every Runtime method is written once here
+(leases and the fencing of writes in `sql_leases`, the audit outbox in `audit_outbox`, both
+parts of `SqlJournal`), so the two backends cannot drift apart in semantics.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from loomgraph.protocols import (
     RunStatus,
     Transition,
 )
-from loomgraph.protocols.runtime import Lease, current_fence
+from loomgraph.protocols.runtime import Lease
 from loomgraph.runtime.audit_outbox import SqlAuditOutbox
 from loomgraph.runtime.codec import (
     dumps,
@@ -46,6 +47,7 @@ from loomgraph.runtime.errors import (
     UnknownRun,
 )
 from loomgraph.runtime.schema import SCHEMA_VERSION, Dialect, statements
+from loomgraph.runtime.sql_leases import SqlLeases, constraint_error
 from loomgraph.runtime.text import check_id, storable, storable_reason
 
 __all__ = ["Constraint", "Cursor", "SqlJournal"]
@@ -54,7 +56,7 @@ T = TypeVar("T")
 _MAX_SEQ = 2**62
 
 
-class SqlJournal(SqlAuditOutbox):
+class SqlJournal(SqlLeases, SqlAuditOutbox):
     """The Runtime protocol over SQL; subclasses provide connections and error translation.
 
     `_read()` gives a cursor outside any explicit transaction, where each statement commits
@@ -189,33 +191,9 @@ class SqlJournal(SqlAuditOutbox):
             if not await self._exec(name, args):
                 raise await self._refused(t.run_id, lease)
         except Constraint as err:
-            raise _named(err, t.run_id, f"transition seq {t.seq} is already recorded") from None
-
-    def _fence(self, run_id: str, fence: Lease | None) -> Lease | None:
-        """The lease a write to `run_id` is fenced with: the one given, else the one the
-        current task holds (`current_fence`) when it is this run's; None: unfenced."""
-        lease = fence if fence is not None else current_fence.get()
-        return lease if lease is not None and lease.run_id == run_id else None
-
-    def _fenced(
-        self, name: str, args: Sequence[Any], lease: Lease | None
-    ) -> tuple[str, Sequence[Any]]:
-        """The statement and arguments of a write, conditional on the lease when fenced."""
-        if lease is None:
-            return name, args
-        return f"{name}_fenced", (*args, lease.run_id, lease.token)
-
-    async def _refused(
-        self, run_id: str, lease: Lease | None, cur: Cursor | None = None
-    ) -> Exception:
-        """Why a write to a run changed no row: the run is unknown, or the lease was lost."""
-        if cur is not None:
-            exists = await cur.fetch(self._sql["run_exists"], (run_id,))
-        else:
-            exists = await self._fetch("run_exists", (run_id,))
-        if not exists or lease is None:
-            return UnknownRun(run_id)
-        return LeaseLost(run_id, lease.token)
+            raise constraint_error(
+                err, t.run_id, f"transition seq {t.seq} is already recorded"
+            ) from None
 
     async def transitions(self, run_id: str) -> list[Transition]:
         """Every transition of a run, in order, each with its snapshot if one was stored."""
@@ -257,7 +235,7 @@ class SqlJournal(SqlAuditOutbox):
             if await self._exec(*self._fenced("add_effect", effect_row(effect), lease)):
                 return None
         except Constraint as err:
-            raise _named(err, effect.run_id, f"effect {effect.key!r} conflicts") from None
+            raise constraint_error(err, effect.run_id, f"effect {effect.key!r} conflicts") from None
         async with self._write() as cur:
             if lease is not None and not await cur.fetch(
                 self._sql["fence"], (lease.run_id, lease.token)
@@ -345,63 +323,3 @@ class SqlJournal(SqlAuditOutbox):
         else:
             rows = await self._fetch("user_runs", (user_id,))
         return self._decode(run_from_row, rows)
-
-    # ------------------------------------------------------------------ leases
-
-    async def acquire_lease(
-        self, run_id: str, owner: str, ttl: float | None = None, *, take_from: str | None = None
-    ) -> Lease:
-        """Take (or extend) the lease on a run; RunConflict while another owner holds it.
-
-        `take_from` names an owner whose lease may be taken although it has not expired
-        (the caller knows that owner is dead); a new owner gets the next fencing token.
-        """
-        ttl = float(self.lease_seconds if ttl is None else ttl)
-        check_id("lease owner", owner)
-        try:
-            async with self._write() as cur:
-                taken = await cur.execute(self._sql["take_lease"], (run_id, owner, ttl, take_from))
-                holder, expires_at, now, token = (await cur.fetch(self._sql["lease"], (run_id,)))[0]
-        except Constraint as err:
-            raise _named(err, run_id, "lease conflict") from None
-        if not taken:
-            raise RunConflict(
-                run_id,
-                f"leased by {holder!r} for another {expires_at - now:.1f}s",
-                owner=holder,
-                expires_at=expires_at,
-            )
-        return Lease(run_id, owner, expires_at, int(token))
-
-    async def renew_lease(self, run_id: str, owner: str, ttl: float | None = None) -> Lease:
-        """Extend a lease this owner holds; RunConflict when it was lost to another owner."""
-        ttl = float(self.lease_seconds if ttl is None else ttl)
-        async with self._write() as cur:
-            renewed = await cur.execute(self._sql["renew_lease"], (ttl, run_id, owner))
-            rows = await cur.fetch(self._sql["lease"], (run_id,))
-        if not renewed:
-            holder = rows[0][0] if rows and rows[0][0] else None
-            raise LeaseLost(
-                run_id,
-                int(rows[0][3]) if rows else 0,
-                f"{owner!r} no longer holds the lease (holder: {holder!r})",
-                owner=holder,
-            )
-        return Lease(run_id, owner, rows[0][1], int(rows[0][3]))
-
-    async def release_lease(self, run_id: str, owner: str) -> bool:
-        """Give a lease back; False when this owner did not hold it."""
-        return bool(await self._exec("release_lease", (run_id, owner)))
-
-    async def lease(self, run_id: str) -> Lease | None:
-        """The current lease on a run, expired or not, or None (never taken, or released)."""
-        rows = await self._fetch("lease", (run_id,))
-        if not rows or not rows[0][0]:
-            return None
-        return Lease(run_id, rows[0][0], rows[0][1], int(rows[0][3]))
-
-
-def _named(err: Constraint, run_id: str, unique_detail: str) -> Exception:
-    if err.kind == "foreign_key":
-        return UnknownRun(run_id)
-    return RunConflict(run_id, unique_detail)

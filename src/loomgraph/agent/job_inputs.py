@@ -1,0 +1,88 @@
+"""What a caller gives a fleet job, checked and put in the job's terms before anything is
+written (`agent.submitting`): where and when the job runs (priority, queue, `run_at`), the
+run's output type as the import path a worker loads it by, and an answer for a waiting run,
+checked against what the run waits for and bound to that request.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+from loomgraph.agent.checkpoints import approval, not_answered, resume_value
+from loomgraph.agent.fleet import FleetError, JobKind, RunJob, check_run_agent
+from loomgraph.engine.effects import BoundApproval, BoundValue
+from loomgraph.protocols import Deps, UnknownRun
+
+__all__ = ["answer_job", "check_placement", "delay_of", "schema_path"]
+
+
+def schema_path(output_schema: Any) -> str | None:
+    """`module:QualName` of an output type, which every worker can import."""
+    if output_schema is None:
+        return None
+    module = getattr(output_schema, "__module__", None)
+    name = getattr(output_schema, "__qualname__", "")
+    if not isinstance(output_schema, type) or not module or "<locals>" in name:
+        raise FleetError(
+            f"output_schema {output_schema!r} must be a class defined at module level: a "
+            "worker imports it by name (module:QualName) to check the answer"
+        )
+    return f"{module}:{name}"
+
+
+def delay_of(run_at: datetime | float | None) -> float | None:
+    """Seconds from now until `run_at` (a datetime with a time zone, or epoch seconds)."""
+    if run_at is None:
+        return None
+    if isinstance(run_at, datetime):
+        if run_at.tzinfo is None:
+            raise FleetError(f"run_at {run_at!r} has no time zone; give an aware datetime")
+        return max(0.0, (run_at - datetime.now(UTC)).total_seconds())
+    return max(0.0, float(run_at) - time.time())
+
+
+def check_placement(priority: int, queue: str | None) -> None:
+    """FleetError for a job's priority that is not an int, or a queue that is not a name."""
+    if not isinstance(priority, int) or isinstance(priority, bool):
+        raise FleetError(f"priority must be an int, not {type(priority).__name__}")
+    if queue is not None and (not isinstance(queue, str) or not queue):
+        raise FleetError(f"queue must be a non-empty name, not {queue!r}")
+
+
+async def answer_job(deps: Deps, run_id: str, answer: dict[str, Any], agent_name: str) -> RunJob:
+    """The job carrying `answer`, checked against what the run waits for now and the agent
+    it belongs to."""
+    record = await deps.runtime.load_run(run_id)
+    if record is None:
+        raise UnknownRun(run_id)
+    await check_run_agent(deps.runtime, record, agent_name)
+    if "value" in answer:
+        given = answer["value"]
+        asked = resume_value(record, given)  # the typed error now, not in a worker's log
+        await not_answered(deps.runtime, record)  # a value journaled already stands
+        # Bound to the question it was checked against (as an approval's job keeps its
+        # `key`): answered by hand meanwhile, the run's next question is not this one's.
+        plain = given.value if isinstance(given, BoundValue) else given
+        answer = {"value": plain, "value_key": asked.key} if asked.key else {"value": plain}
+    else:
+        checked = approval(record, answer["approve"])
+        # An answer journaled already stands (approvals are used once): refused here, as
+        # `agent.resume` refuses it, rather than queued for a worker to drop.
+        await not_answered(deps.runtime, record, checked.call_id)
+        answer = {"approve": _approval_data(checked)}
+    return RunJob(run_id, JobKind.RESUME, user_id=record.user_id, answer=answer)
+
+
+def _approval_data(answer: BoundApproval) -> dict[str, Any]:
+    """An approval as the data `agent.resume(approve=...)` takes back, bound to the request
+    it was checked against (`key`): the worker's resume settles that request or nothing."""
+    return {
+        "call_id": answer.call_id,
+        "allow": answer.allow,
+        "args": answer.args,
+        "approver": answer.approver,
+        "reason": answer.reason,
+        "key": answer.key,
+    }
