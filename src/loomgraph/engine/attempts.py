@@ -5,10 +5,14 @@ before it streamed anything (an `attempt` chunk, see `loomgraph.models.retry`) a
 step retries of a stream that broke after it started. Each attempt has a reservation of its
 own (so the caps are checked again before every retry), is settled with what it billed, and
 a failed one is journaled as a `model_attempt` effect of its own, finished with status
-`failed`, under the call's key plus `.attempt<N>`.
+`failed`, under the call's key plus `.attempt<N>`. An attempt cut off by a cancellation (its
+node's `timeout`, the run's deadline) is charged at once and journaled the same way once its
+visit is known to have failed (`keep`, from `engine.kept_usage`).
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
 
 from loomgraph.engine.effects import EffectKey
 from loomgraph.engine.model_answers import model_estimate
@@ -16,22 +20,38 @@ from loomgraph.engine.scope import RunScope
 from loomgraph.protocols import EffectRecord, EffectStatus, ModelRequest, Reservation, Usage
 from loomgraph.protocols.usage import estimate_prompt_tokens
 
+# The kind a model call's effect is journaled as, and the kind of each failed attempt's.
+MODEL_EFFECT = "model"
 ATTEMPT_KIND = "model_attempt"
+# The error a cut-off attempt is journaled with.
+CUT_OFF = "cut off: its node's time limit or the run's deadline passed"
+# Nothing used: Usage is frozen, so one instance serves every call (no construction a turn).
+NO_USAGE = Usage()
 
 
 class ModelAttempts:
     """The reservation in force for a model call and what its failed attempts billed."""
 
-    __slots__ = ("_amount", "_number", "billed", "key", "recovered_calls", "reservation", "scope")
+    __slots__ = (
+        "_amount",
+        "_cut",
+        "_number",
+        "billed",
+        "key",
+        "recovered_calls",
+        "reservation",
+        "scope",
+    )
 
     def __init__(self, scope: RunScope, key: EffectKey) -> None:
         self.scope = scope
         self.key = key
         self.reservation: Reservation | None = None
-        self.billed = Usage()  # what failed attempts billed, all charged already
+        self.billed = NO_USAGE  # what failed attempts billed, all charged already
         self.recovered_calls = 0  # the model calls of earlier executions' failed attempts
-        self._amount = Usage()
+        self._amount = NO_USAGE
         self._number = 0
+        self._cut = NO_USAGE  # what the attempt a cancellation cut off was charged, until kept
 
     async def reserve(self, request: ModelRequest, asked: int | None) -> None:
         """Hold the worst case of the next attempt (BudgetExceeded when it does not fit).
@@ -61,9 +81,43 @@ class ModelAttempts:
 
     async def failed(self, usage: Usage, error: str) -> None:
         """An attempt failed after billing `usage`: charge it and journal it."""
+        usage = self.priced(usage)
         await self.settle(usage)
         self.billed += usage
         await self._journal(usage, error)
+
+    async def cut_off(self, usage: Usage) -> None:
+        """A cancellation cut the call off: charge the attempt in force `usage` at once (its
+        request may have been billed) and count the call with the run (`failed_usage`: a
+        node that cut its own call off and went on carries it); its attempt is journaled
+        (`keep`) once its visit is known to have failed or stopped, as nothing is written
+        while the task is being cancelled: a caller's cancel ends the run with no usage to
+        report, and a lease holder's stop must not write into a run another owns."""
+        if self.reservation is not None:
+            self._cut = self.priced(usage)
+            await self.settle(self._cut)
+            self.billed += self._cut
+        if self.billed:
+            self.scope.failed_usage[self.key.text] = self.gave_up()
+            self.scope.cut_off[self.key.text] = self
+
+    async def keep(self) -> Usage:
+        """Journal the attempt a cancellation cut off (charged then) as a failed one, so a
+        resume that makes the call again counts it, as it counts those; what the whole call
+        used, for the run's usage."""
+        cut, self._cut = self._cut, NO_USAGE
+        if cut:
+            await self._journal(cut, CUT_OFF)
+        return self.gave_up()
+
+    def priced(self, usage: Usage) -> Usage:
+        """`usage` with the cost the budget charges for it, when the model reported none: the
+        run's usage and the ledger then say the same (without caps there is no ledger)."""
+        price = getattr(self.scope.deps.budget, "price", None)
+        if usage.cost_usd or price is None or not self.scope.deps.budgeted:
+            return usage
+        cost = float(price(usage))
+        return replace(usage, cost_usd=cost) if cost else usage
 
     async def retried(self, usage: Usage, error: str) -> None:
         """The model retries an attempt itself: charge and journal the failed one, then hold
@@ -100,3 +154,41 @@ class ModelAttempts:
         outcome = {"attempt": self._number, "error": error, "usage": usage.to_dict()}
         await runtime.begin_effect(EffectRecord(run_id, key, ATTEMPT_KIND, {"of": str(self.key)}))
         await runtime.end_effect(run_id, key, outcome, EffectStatus.FAILED)
+
+
+@dataclass(slots=True)
+class Handed:
+    """What a node got back from its calls in one attempt of its visit, once one of them did
+    not answer: the usage its errors carried (`unanswered`, counted by the engine already),
+    and its answers' by call key (`answered`). What the node's patch reports beyond its
+    answers (and its child graphs) is its report of the errors' usage, not added again
+    (`engine.kept_usage.carry_kept`)."""
+
+    unanswered: Usage = field(default_factory=Usage)
+    answered: dict[str, Usage] = field(default_factory=dict)
+
+    async def read_earlier(self, scope: RunScope, key: EffectKey) -> None:
+        """Add the calls of the visit before `key`'s that answered in this attempt of it (an
+        earlier attempt's are kept with the run: `failed_usage`)."""
+        earlier = await answered_calls(scope, key.path, key.visit, int(key.slot) - 1)
+        for call, used in earlier.items():
+            if call not in scope.failed_usage:
+                self.answered.setdefault(call, used)
+
+
+async def answered_calls(scope: RunScope, path: str, visit: int, slots: int) -> dict[str, Usage]:
+    """What the model calls of a visit numbered 1 to `slots` that answered used, by call key,
+    from their journaled outcomes."""
+    runtime, run_id = scope.deps.runtime, scope.run_id
+    found: dict[str, Usage] = {}
+    for slot in range(1, slots + 1):
+        key = EffectKey(run_id, path, visit, str(slot)).text
+        effect = await runtime.effect(run_id, key)
+        if (
+            effect is not None
+            and effect.kind == MODEL_EFFECT
+            and effect.status == EffectStatus.DONE
+            and effect.outcome is not None
+        ):
+            found[key] = Usage.from_dict(effect.outcome.get("usage") or {}, trusted=True)
+    return found

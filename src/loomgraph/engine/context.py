@@ -8,12 +8,11 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
 from contextlib import aclosing
-from dataclasses import replace
 from typing import Any
 
 from loomgraph.engine import audit_trail as trail
 from loomgraph.engine import chat_span
-from loomgraph.engine.attempts import ModelAttempts
+from loomgraph.engine.attempts import MODEL_EFFECT, Handed, ModelAttempts
 from loomgraph.engine.effects import ANSWER_SLOT, EffectKey, ResumeValue
 from loomgraph.engine.model_answers import (
     broken_usage,
@@ -26,7 +25,7 @@ from loomgraph.engine.model_answers import (
 )
 from loomgraph.engine.scope import NO_ATTRIBUTES, RunScope
 from loomgraph.engine.tool_gate import ToolGate
-from loomgraph.errors import LoomgraphError
+from loomgraph.errors import ServiceUnavailable
 from loomgraph.graph.compiled import compile_graph
 from loomgraph.graph.spec import Graph
 from loomgraph.protocols import (
@@ -50,8 +49,6 @@ from loomgraph.protocols.pricing import with_cost
 
 # How many times a model step is tried again when its stream broke after it started.
 STEP_RETRIES = 2
-# The kind a model call's effect is journaled as.
-MODEL_EFFECT = "model"
 
 
 class VisitContext:
@@ -60,6 +57,7 @@ class VisitContext:
     __slots__ = (
         "_cut_off",
         "_slot",
+        "handed",
         "key_path",
         "node",
         "path",
@@ -84,6 +82,9 @@ class VisitContext:
         # A model call of this visit that streamed chunks and was then cut off (a node timeout
         # cancelled it): voided before the visit's next call, when the node is tried again.
         self._cut_off: str | None = None
+        # What the node got back from its calls (`Handed`), once one of this attempt of the
+        # visit did not answer; None while every call answers (nothing is recorded then).
+        self.handed: Handed | None = None
 
     @property
     def deps(self) -> Deps:
@@ -165,12 +166,17 @@ class VisitContext:
         prior = await self.scope.begin_effect(
             key, MODEL_EFFECT, {"model": deps.model.name}, self.qualified_node
         )
-        if prior is not None and prior.status == EffectStatus.DONE and prior.outcome is not None:
-            self.scope.failed_usage.pop(key.text, None)  # replayed: its answer counts it
-            return response_from(prior.outcome)
         call_id = key.text
+        if prior is not None and prior.status == EffectStatus.DONE and prior.outcome is not None:
+            self.scope.failed_usage.pop(call_id, None)  # replayed: its answer counts it
+            replayed = response_from(prior.outcome)
+            if self.handed is not None:
+                self.handed.answered[call_id] = replayed.usage
+            return replayed
         attempts = ModelAttempts(self.scope, key)
         if prior is not None:  # run again: what an earlier attempt streamed may have gone out
+            if (cut := self.scope.cut_off.pop(call_id, None)) is not None:
+                await cut.keep()  # its cut-off attempt journaled first, for `recover`
             await self._void(call_id, VoidReason.RECOVERED)
             await attempts.recover()
             self.scope.failed_usage.pop(call_id, None)  # its answer will count them
@@ -179,10 +185,12 @@ class VisitContext:
         except BudgetExceeded as err:  # a retry refused: the failed attempts were charged
             err.usage = attempts.billed
             if attempts.billed:  # kept with the run, as a call that gave up
-                self.scope.failed_usage[key.text] = attempts.billed
+                await self._kept(key, attempts.billed)
             raise
         answered = response.usage  # the answering attempt's own, held until journaled
         response.usage += attempts.billed
+        if self.handed is not None:  # (what the node may report of it)
+            self.handed.answered[call_id] = response.usage
         try:
             # Journaled before it is charged: a charge (or its audit entry) that fails must
             # not leave an answered call to be made again on resume (see ToolGate.call).
@@ -225,21 +233,31 @@ class VisitContext:
                 err.usage = attempts.gave_up()
                 await self._gave_up(key, err, err.usage, streamed)
                 raise
-            except LoomgraphError:
-                await self._cancelled(attempts, request, streamed, call_id)  # over budget
+            except (BudgetExceeded, ServiceUnavailable) as err:
+                # The engine's own refusal (a retry the caps refuse, a ledger or journal out
+                # of reach); not the model's failure, whatever class that is.
+                if attempts.reservation is not None:  # (the model raised it: it was sent)
+                    await attempts.failed(cancelled_usage(request, streamed), repr(err))
+                if streamed:
+                    self._cut_off = call_id
                 raise
             except Exception as err:
-                # The model's own failure (a bug, an SDK error it does not translate): a
-                # failed call like any other, charged and audited; its error is raised as
-                # it is, carrying no usage.
+                # The model's own failure (a bug, an SDK error it does not translate, a
+                # `ScriptExhausted`): a failed call like any other, charged and audited; its
+                # error is raised as it is, carrying no usage.
                 await attempts.failed(cancelled_usage(request, streamed), repr(err))
                 await self._gave_up(key, err, attempts.gave_up(), streamed)
                 raise
             except BaseException:
-                await self._cancelled(attempts, request, streamed, call_id)
+                # Cancelled (a time limit, the caller): the request may have been billed, so
+                # its prompt and what it streamed are charged and counted; its attempt is
+                # journaled once the visit is known to have failed (`ModelAttempts.cut_off`).
+                await attempts.cut_off(cancelled_usage(request, streamed))
+                if streamed:  # no event now: the run may be cancelled, its consumer gone
+                    self._cut_off = call_id
                 raise
             if self.scope.deps.budgeted:  # (without caps there is no ledger to agree with)
-                response.usage = self._priced(response.usage)
+                response.usage = attempts.priced(response.usage)
             return response  # its attempt is settled once the answer is journaled
         raise AssertionError("unreachable: the last attempt returns or raises")
 
@@ -248,7 +266,7 @@ class VisitContext:
     ) -> None:
         """A call that failed for good: its effect journaled failed, audited, output void;
         what it was charged kept with the run (`failed_usage`): no patch carries it."""
-        self.scope.failed_usage[key.text] = billed
+        await self._kept(key, billed)
         await self.scope.end_effect(key, {"error": str(err)}, EffectStatus.FAILED)
         if self.scope.auditing:
             content = self.scope.audit_content
@@ -257,24 +275,14 @@ class VisitContext:
         if streamed:
             await self._void(key.text, VoidReason.FAILED)
 
-    async def _cancelled(
-        self, attempts: ModelAttempts, request: ModelRequest, streamed: list[str], call_id: str
-    ) -> None:
-        """Cancelled (or out of budget before a retry): the request may have been billed, so
-        what it streamed and its prompt are charged."""
-        if attempts.reservation is not None:
-            await attempts.settle(cancelled_usage(request, streamed))
-        if streamed:  # no event now: the run may be cancelled, its consumer gone
-            self._cut_off = call_id
-
-    def _priced(self, usage: Usage) -> Usage:
-        """The answer's usage with the cost the budget charges for it, when the model
-        reported none: the run's usage and the ledger then say the same."""
-        price = getattr(self.scope.deps.budget, "price", None)
-        if usage.cost_usd or price is None:
-            return usage
-        cost = float(price(usage))
-        return replace(usage, cost_usd=cost) if cost else usage
+    async def _kept(self, key: EffectKey, billed: Usage) -> None:
+        """Keep what a call that did not answer was charged with the run, by its key: the
+        engine counts it, whatever the node does with its error (`Handed`)."""
+        self.scope.failed_usage[key.text] = billed
+        if self.handed is None:  # (set before the read: a call answering meanwhile adds to it)
+            self.handed = Handed()
+            await self.handed.read_earlier(self.scope, key)
+        self.handed.unanswered += billed
 
     async def _void(self, call_id: str, reason: VoidReason) -> None:
         """Tell the consumer that the chunks `call_id` streamed so far stand for nothing."""
@@ -358,13 +366,21 @@ class VisitContext:
         sep = NodePath.SEPARATOR
         inner = f"{branch}{sep}" if branch is not None else ""
         compiled = compile_graph(graph)
-        return await self.scope.run_child(
-            compiled,
-            self.scope,
-            compiled.schema.initial(values),
-            path=f"{self.qualified_node}{sep}{inner}",
-            key_path=f"{self.key_path}{self.node}.{self.visit}{sep}{inner}",
-        )
+        path = f"{self.qualified_node}{sep}{inner}"
+        state = compiled.schema.initial(values)
+        try:
+            return await self.scope.run_child(
+                compiled,
+                self.scope,
+                state,
+                path=path,
+                key_path=f"{self.key_path}{self.node}.{self.visit}{sep}{inner}",
+            )
+        except BaseException:
+            # Cut off too (a time limit cancelled it): what its journaled steps used is in
+            # its state, kept as a child graph that ended is (`RunScope.child_usage`).
+            self.scope.child_usage[path] = Usage.from_dict(state.get("usage") or {})
+            raise
 
     async def effect(
         self,

@@ -53,6 +53,17 @@ stop_request: ContextVar[Callable[[], Awaitable[str | None]] | None] = ContextVa
 )
 
 
+class CutOffCall(Protocol):
+    """A model call a cancellation cut off (`engine.attempts.ModelAttempts`): charged and
+    counted then, journaled once its visit is known to have failed or stopped."""
+
+    key: EffectKey
+
+    async def keep(self) -> Usage:
+        """Journal the attempt that was cut off; what the whole call used."""
+        ...
+
+
 class ChildRunner(Protocol):
     """Runs a child graph to its end within a run (the interpreter hands one to each scope)."""
 
@@ -103,6 +114,12 @@ class RunScope:
     # answers, an `on_error` route); a call made again or replayed counts them in its answer
     # instead; the run's result adds what is left.
     failed_usage: dict[str, Usage] = field(default_factory=dict)
+    # The model calls a cancellation cut off (a node's `timeout`, the run's deadline), by
+    # call key: charged and counted (`failed_usage`) as they were cut; their attempts are
+    # journaled when the interpreter keeps what a failed or stopped visit used, or when the
+    # call is made again, and forgotten when a transition carries them. Nothing is written
+    # while the task is being cancelled (a caller's cancel: its run reports no usage).
+    cut_off: dict[str, CutOffCall] = field(default_factory=dict)
     # What each child graph run by a node not yet journaled used, by its path (`each/0/`):
     # the node's transition carries it once written; a run that stops or fails before counts
     # it in its result (the ledger charged it).

@@ -29,7 +29,8 @@ TurnLike = Turn | str | dict[str, Any] | BaseException | type[BaseException]
 
 
 class ScriptExhausted(LoomgraphError, RuntimeError):
-    """A run asked the scripted model for more turns than its script has."""
+    """A run asked the scripted model for more turns than its script has: the model's own
+    failure, so the call is charged, journaled failed and counted like any failed call."""
 
 
 _TURN_KEYS = ("text", "tool_calls", "usage", "finish_reason")

@@ -6,6 +6,10 @@ they are written only as the `update_block` memory tool writes a block: as a cal
 tool (`update_block(name="lessons", text=...)`), decided by the tool gate — the permission
 rules, the taint check of egress calls (`on_tainted`), approvals, hooks — and reported and
 audited like any tool call's decision.
+
+The block holds the newest `MAX_LESSONS` lessons that fit in one working block of the memory
+(`MemoryLimits.block_chars`, 2,000 characters by default): a run never fails because its
+memory of lessons is full; the oldest lessons make room first.
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ from loomgraph.protocols import ToolCall, ToolSpec
 
 LESSONS_BLOCK = "lessons"
 MAX_LESSONS = 20
+# What ends a lesson too long for the block even alone.
+CUT = "…"
 # The journal's name for the write (the same as before the write was gated, so a run journaled
 # then replays it); its approval is bound to this key and CALL_ID.
 EFFECT = "memory:lessons"
@@ -38,12 +44,49 @@ UPDATE_BLOCK: ToolSpec = {
 }
 
 
-def lessons_text(kept: str, lessons: list[str]) -> str:
-    """The block after adding `lessons` to the `kept` block: each lesson once, the newest
-    MAX_LESSONS, one `- ` line each."""
+def lessons_text(kept: str, lessons: list[str], limit: int | None = None) -> str:
+    """The block after adding `lessons` to the `kept` block: each lesson once, one `- ` line
+    each, the newest MAX_LESSONS that fit in `limit` characters as the memory stores them
+    (the oldest dropped first; the newest alone cut to fit when even it is too long)."""
     old = [line[2:] for line in kept.splitlines() if line.startswith("- ")]
     merged = list(dict.fromkeys([*old, *lessons]))[-MAX_LESSONS:]
-    return "\n".join(f"- {m}" for m in merged)
+    if limit is None:
+        return "\n".join(f"- {m}" for m in merged)
+    fitted: list[str] = []
+    used = -1  # (no newline before the first line)
+    for lesson in reversed(merged):
+        used += stored_chars(f"- {lesson}") + 1
+        if used > limit:
+            break
+        fitted.append(lesson)
+    if not fitted and merged:  # the newest alone is too long: cut (unless no line fits)
+        short = cut(merged[-1], limit)
+        fitted = [short] if stored_chars(f"- {short}") <= limit else []
+    return "\n".join(f"- {m}" for m in reversed(fitted))
+
+
+def cut(lesson: str, limit: int) -> str:
+    """`lesson` shortened, ending in `…`, so that its line fits in `limit` characters."""
+    text = lesson[: max(limit - len(f"- {CUT}"), 0)]
+    while text and stored_chars(f"- {text}{CUT}") > limit:  # (its escapes take room too)
+        text = text[:-1]
+    return text + CUT
+
+
+def stored_chars(text: str) -> int:
+    """The length of `text` as a memory store keeps it: a NUL or lone surrogate written as its
+    escape, as `loomgraph._storage.text.escaped` does (which the strategies may not import)."""
+    if text.isprintable():  # the common case: nothing to escape
+        return len(text)
+    escaped = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return len(escaped.replace("\x00", "\\x00"))
+
+
+def block_limit(memory: object) -> int | None:
+    """The most characters the memory keeps in one working block (`MemoryLimits.
+    block_chars`), when it says."""
+    limit = getattr(getattr(memory, "limits", None), "block_chars", None)
+    return limit if isinstance(limit, int) and not isinstance(limit, bool) else None
 
 
 async def remember_lessons(state: Mapping[str, Any], ctx: NodeContext) -> dict[str, Any]:
@@ -57,7 +100,7 @@ async def remember_lessons(state: Mapping[str, Any], ctx: NodeContext) -> dict[s
     if not lessons or get_blocks is None or set_block is None:
         return {}
     kept = (await get_blocks(ctx.user_id)).get(LESSONS_BLOCK, "")
-    text = lessons_text(kept, lessons)
+    text = lessons_text(kept, lessons, block_limit(memory))
     if text == kept:  # nothing new (or written before a crash): nothing to ask about
         return {}
     call = ToolCall(id=CALL_ID, tool="update_block", args={"name": LESSONS_BLOCK, "text": text})
