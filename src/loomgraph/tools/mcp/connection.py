@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from typing import Any, Protocol
 
 from loomgraph.errors import LoomgraphError
+from loomgraph.tools.mcp.transports import OnLost, SessionLost
 
 _log = logging.getLogger(__name__)
 
@@ -29,9 +30,11 @@ class _Server(Protocol):
 
     def describe(self) -> str: ...
 
+    def label(self) -> str: ...
+
     def redact(self, text: str) -> str: ...
 
-    def open(self) -> contextlib.AbstractAsyncContextManager[Any]: ...
+    def open(self, on_lost: OnLost) -> contextlib.AbstractAsyncContextManager[Any]: ...
 
     def listed(self, link: Link) -> None: ...
 
@@ -62,12 +65,25 @@ class Link:
         self.stop = asyncio.Event()
         self.refreshing: asyncio.Task[None] | None = None
         self.stale = False  # a change was announced since the listing under way started
+        self.lost: list[SessionLost] = []  # the server's 404s to this session's requests
         self.task = asyncio.create_task(self._hold(), name=f"mcp:{server.name}")
 
     @property
     def alive(self) -> bool:
-        """Whether the connection holds, in the running event loop."""
-        return not self.task.done() and self.loop is asyncio.get_running_loop()
+        """Whether the connection holds (and the server still knows its session), in the
+        running event loop."""
+        return not self.task.done() and not self.lost and self.loop is asyncio.get_running_loop()
+
+    def _session_lost(self, lost: SessionLost) -> None:
+        # Not ended here: the call the 404 answered is still reading its answer. The link no
+        # longer counts as alive, so the next call (or start) connects again.
+        if not self.lost:
+            _log.warning(
+                "MCP server %r no longer knows the session (HTTP 404: it restarted or ended "
+                "it); it is connected to again",
+                self.server.name,
+            )
+        self.lost.append(lost)
 
     async def _hold(self) -> None:
         from mcp.client.session import ClientSession
@@ -75,7 +91,7 @@ class Link:
         server = self.server
         try:
             async with contextlib.AsyncExitStack() as stack:
-                read, write = await stack.enter_async_context(server.open())
+                read, write = await stack.enter_async_context(server.open(self._session_lost))
                 session = await stack.enter_async_context(
                     ClientSession(read, write, message_handler=self._on_message)
                 )
@@ -88,11 +104,13 @@ class Link:
         except BaseException as exc:
             if not self.ready.done():
                 typed = find_error(exc, MCPServerError)  # a listing over the caps says so itself
+                # Named by the program or host only, here as in the logs: the command line or
+                # the URL may carry a key.
                 self.ready.set_exception(
                     typed
                     or MCPServerError(
                         server.name,
-                        f"cannot start {server.describe()}: {server.redact(say(exc))}",
+                        f"cannot start {server.label()}: {server.redact(say(exc))}",
                     )
                 )
             if isinstance(exc, asyncio.CancelledError):

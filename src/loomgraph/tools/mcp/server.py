@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from loomgraph.protocols import INVALID_ARGUMENTS, ToolResult, ToolSpec, tool_run
@@ -23,7 +25,7 @@ from loomgraph.tools.mcp.convert import (
     to_result,
     to_spec,
 )
-from loomgraph.tools.mcp.transports import Http, Stdio
+from loomgraph.tools.mcp.transports import Http, OnLost, Stdio
 from loomgraph.tools.results import error as error_result
 from loomgraph.tools.results import timed_out
 from loomgraph.tools.schema_defs import MAX_TOOL_CHARS, spec_chars
@@ -139,19 +141,23 @@ class MCPServer:
         )
 
     def describe(self) -> str:
-        """The command line or URL (its credentials masked), for messages."""
+        """The command line or URL (a URL's credentials masked), for the debug log only."""
         return self._transport.describe()
 
+    def label(self) -> str:
+        """The program (stdio) or scheme, host and port (HTTP): what a run may show."""
+        return self._transport.label()
+
     def redact(self, text: str) -> str:
-        """`text` with the credentials of the server's URL masked (`describe`)."""
+        """`text` with the arguments, URL path and credentials of the server masked."""
         return self._transport.redact(text)
 
-    def open(self) -> contextlib.AbstractAsyncContextManager[Any]:
+    def open(self, on_lost: OnLost) -> contextlib.AbstractAsyncContextManager[Any]:
         """The transport's read and write streams (the connection enters this)."""
-        return self._transport.open()
+        return self._transport.open(on_lost)
 
     def __repr__(self) -> str:
-        return f"<MCPServer {self.name} {self.describe()}>"
+        return f"<MCPServer {self.name} {self.label()}>"
 
     # ----------------------------------------------------------------- lifecycle
 
@@ -266,21 +272,35 @@ class MCPServer:
 
     async def call(self, name: str, args: dict[str, Any], idempotency_key: str) -> ToolResult:
         """Call one tool; every failure (of the tool or of the server) is an error result."""
-        original = self._original.get(name, name)
         # Checked before anything is sent: a bad call is the model's to fix (and counted as
         # such), and arguments the SDK cannot write would break the connection.
         invalid = check_arguments(name, args, self._schemas.get(name))
         if invalid is not None:
             return invalid
+        loop = asyncio.get_running_loop()
+        deadline = None if self.timeout is None else loop.time() + self.timeout
+        # Sent again at most once, on a new session, and only when the server answered this
+        # very request 404 (it no longer knew the session, so it never ran the call). A call
+        # whose connection broke after it was sent may have run: it is not sent again.
+        result = await self._call_once(name, args, idempotency_key, deadline)
+        if isinstance(result, _Refused):
+            _log.info("MCP server %r: %r is sent again on a new session", self.name, name)
+            result = await self._call_once(name, args, idempotency_key, deadline)
+        if isinstance(result, _Refused):  # refused on the new session too: not sent a third time
+            return await self._failed(name, result.error, result.link)
+        return result
+
+    async def _call_once(
+        self, name: str, args: dict[str, Any], key: str, deadline: float | None
+    ) -> ToolResult | _Refused:
         try:
             await self.start()
         except MCPServerError as exc:
             return server_error(self.name, name, exc.problem)
         loop = asyncio.get_running_loop()
-        deadline = None if self.timeout is None else loop.time() + self.timeout
         link = self._link
         session = link.session if link is not None else None
-        if session is None:
+        if link is None or session is None:
             return server_error(self.name, name, "the connection closed")
         run = tool_run.get()
 
@@ -294,19 +314,21 @@ class MCPServer:
         try:
             async with limit:
                 result = await session.call_tool(
-                    original,
+                    self._original.get(name, name),
                     args,
                     read_timeout_seconds=self.timeout,
                     progress_callback=progress,
-                    meta={IDEMPOTENCY_META: idempotency_key},
+                    meta={IDEMPOTENCY_META: key},
                 )
         except asyncio.CancelledError:
             raise  # the SDK has sent `notifications/cancelled` on the way out
         except Exception as exc:
             if isinstance(exc, TimeoutError) and limit.expired() and self.timeout is not None:
                 return timed_out(name, self.timeout)
-            return await self._failed(name, exc)
-        refreshing = link.refreshing if link is not None else None
+            if any(_carries(lost.body, key) for lost in link.lost):
+                return _Refused(exc, link)
+            return await self._failed(name, exc, link)
+        refreshing = link.refreshing
         if refreshing is not None and not refreshing.done():
             # A change announced during the call (before its answer) is in the next turn if
             # it is listed within the call's time; past it, the call returns and the listing
@@ -316,11 +338,17 @@ class MCPServer:
                 await asyncio.wait({refreshing}, timeout=remaining)
         return to_result(result)
 
-    async def _failed(self, name: str, exc: Exception) -> ToolResult:
+    async def _failed(self, name: str, exc: Exception, link: Link) -> ToolResult:
         code = getattr(exc, "code", None) if type(exc).__name__ == "MCPError" else None
-        # An HTTP error names the URL it was for: the model, the journal and the log get
-        # it masked.
+        # An error may name the URL or the command line it was for: the model, the journal
+        # and the log get it masked.
         shown = self.redact(str(exc))
+        if link.lost:
+            # The server answered 404 to the session (it restarted): whatever the error the
+            # SDK made of it, the connection is done; the next call makes a new one.
+            problem = "it no longer knows the session (HTTP 404: restarted?)"
+            await self._forget(link)
+            return server_error(self.name, name, f"{problem}; it is connected to on the next call")
         if code == _REQUEST_TIMEOUT:
             return error_result(
                 "timeout", f"Tool {name!r} timed out after {self.timeout:g} seconds."
@@ -337,6 +365,32 @@ class MCPServer:
             return error_result("tool_exception", f"Tool {name!r} failed: {shown}")
         # The connection broke: forget it, so the next call starts the server again.
         _log.warning("MCP server %r failed during %r: %s", self.name, name, shown)
-        await self._drop()
+        await self._forget(link)
         problem = self.redact(say(exc))
         return server_error(self.name, name, f"{problem}; it is restarted on the next call")
+
+    async def _forget(self, link: Link) -> None:
+        # Only this call's connection: another call may have connected again meanwhile.
+        if self._link is link:
+            await self._drop()
+
+
+@dataclass(frozen=True, slots=True)
+class _Refused:
+    """A call the server answered 404 (session unknown): it never ran, so it may be sent
+    again on a new session."""
+
+    error: Exception
+    link: Link
+
+
+def _carries(body: bytes, key: str) -> bool:
+    """Whether a request's body is the `tools/call` carrying idempotency key `key`."""
+    try:
+        message = json.loads(body) if body else None
+    except ValueError:
+        return False
+    if not isinstance(message, dict) or message.get("method") != "tools/call":
+        return False
+    meta = (message.get("params") or {}).get("_meta") or {}
+    return isinstance(meta, dict) and meta.get(IDEMPOTENCY_META) == key

@@ -1,23 +1,42 @@
 """How an MCP server is reached: a stdio subprocess or a streamable HTTP endpoint. The `mcp`
 SDK is imported only when a connection is opened.
 
-An endpoint's URL may carry credentials (`https://user:pw@host/mcp?api_key=...`): it is
-described, in every message and repr, with its user information, every query value and its
-fragment as `***`, and those values are masked in the errors its connection raises too.
+How a server is reached may carry secrets: an argument (`--api-key=...`), a URL's user
+information, path, query or fragment. What a run shows (the model, the journal, events,
+errors and reprs) names it by its `label` only: the program's base name, or the URL's
+scheme, host and port; `redact` masks those parts in the errors its connection raises.
+`describe` (the whole command line or URL) is for the process's debug log only.
 """
 
 from __future__ import annotations
 
 import contextlib
+import re
 import sys
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote, urlsplit, urlunsplit
 
-__all__ = ["MASK", "Http", "Stdio"]
+__all__ = ["MASK", "Http", "SessionLost", "Stdio"]
 
 MASK = "***"
+SECRET_CHARS = 8
+"""An argument or URL path segment this long or longer is masked in errors: shorter ones
+(`-m`, `mcp`) are ordinary words, and masking them would garble the text."""
+_SESSION_HEADER = "mcp-session-id"  # the SDK's MCP_SESSION_ID, kept here to import it lazily
+
+
+@dataclass(frozen=True, slots=True)
+class SessionLost:
+    """An HTTP server answered 404 to a request carrying a session id: it no longer knows the
+    session (it restarted, or ended it), and did not handle the request."""
+
+    method: str
+    body: bytes  # the request it answered (a POST's JSON-RPC message; empty for a GET)
+
+
+OnLost = Callable[[SessionLost], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,16 +49,28 @@ class Stdio:
     cwd: str | None
 
     def describe(self) -> str:
-        """How the server is reached, for messages."""
+        """The whole command line, for the process's debug log only (it may carry a key)."""
         return " ".join((self.command, *self.args))
 
+    def label(self) -> str:
+        """How the server is named where a run shows it: the program, without its arguments."""
+        program = re.split(r"[\\/]", self.command)[-1]
+        return f"{program} (stdio)"
+
     def redact(self, text: str) -> str:
-        """`text` as it may be shown (a command line keeps no secret: `env` does)."""
+        """`text` (an error of the connection, say) with the command line and each argument
+        of `SECRET_CHARS` or more (or its value after `=`) masked."""
+        text = text.replace(self.describe(), self.label())
+        secrets = {part for arg in self.args for part in (arg, arg.partition("=")[2])}
+        for secret in sorted(secrets, key=len, reverse=True):
+            if len(secret) >= SECRET_CHARS:
+                text = text.replace(secret, MASK)
         return text
 
     @contextlib.asynccontextmanager
-    async def open(self) -> AsyncIterator[Any]:
-        """The SDK's read and write streams, open for as long as the context lasts."""
+    async def open(self, on_lost: OnLost) -> AsyncIterator[Any]:
+        """The SDK's read and write streams, open for as long as the context lasts (a stdio
+        session ends only with its process: `on_lost` is never called)."""
         from mcp.client.stdio import StdioServerParameters, stdio_client
 
         params = StdioServerParameters(
@@ -57,8 +88,8 @@ class Http:
     headers: Mapping[str, str] = field(default_factory=dict)
 
     def describe(self) -> str:
-        """How the server is reached, for messages: the URL with its user information, query
-        values and fragment masked."""
+        """The URL with its user information, query values and fragment masked, for the
+        process's debug log only (its path is shown, and may carry a token)."""
         scheme, netloc, path, query, fragment = urlsplit(self.url)
         if "@" in netloc:
             netloc = f"{MASK}@{netloc.rpartition('@')[2]}"
@@ -69,32 +100,49 @@ class Http:
             )
         return urlunsplit((scheme, netloc, path, query, MASK if fragment else ""))
 
+    def label(self) -> str:
+        """How the server is named where a run shows it: the URL's scheme, host and port
+        (`***@` when it carries user information), without its path, query or fragment."""
+        scheme, netloc, _, _, _ = urlsplit(self.url)
+        _, at, host = netloc.rpartition("@")
+        return f"{scheme}://{MASK + at if at else ''}{host}"
+
     def redact(self, text: str) -> str:
-        """`text` (an error of the connection, say) with the URL and each credential in it
-        masked as `describe` masks them."""
-        text = text.replace(self.url, self.describe())
+        """`text` (an error of the connection, say) with the URL shown as `label` and each
+        credential in it (user information, path segments, query values, fragment) masked."""
+        text = text.replace(self.url, self.label()).replace(self.describe(), self.label())
         for secret in sorted(_credentials(self.url), key=len, reverse=True):
             text = text.replace(secret, MASK)
         return text
 
     @contextlib.asynccontextmanager
-    async def open(self) -> AsyncIterator[Any]:
-        """The SDK's read and write streams, open for as long as the context lasts."""
+    async def open(self, on_lost: OnLost) -> AsyncIterator[Any]:
+        """The SDK's read and write streams, open for as long as the context lasts;
+        `on_lost` is told of each 404 answer to a request carrying a session id."""
         from mcp.client.streamable_http import streamable_http_client
         from mcp.shared._httpx_utils import create_mcp_http_client
 
-        async with (
-            create_mcp_http_client(headers=dict(self.headers)) as client,
-            streamable_http_client(self.url, http_client=client) as streams,
-        ):
+        async def answered(response: Any) -> None:
+            # The SDK passes a 404 on as a JSON-RPC error of the call (or drops it, for its
+            # GET stream) and goes on using the session: the spec says a server answers 404
+            # to a session it no longer knows, so the connection must be made again.
+            request = response.request
+            if response.status_code == 404 and _SESSION_HEADER in request.headers:
+                body = request.content if request.method == "POST" else b""
+                on_lost(SessionLost(request.method, body))
+
+        client = create_mcp_http_client(headers=dict(self.headers))
+        client.event_hooks["response"].append(answered)  # beside any the SDK set
+        async with client, streamable_http_client(self.url, http_client=client) as streams:
             yield streams
 
 
 def _credentials(url: str) -> set[str]:
-    """What `Http.describe` masks in `url`, as written and percent-decoded (values shorter
-    than 3 characters are left: they would mask ordinary text)."""
-    _, netloc, _, query, fragment = urlsplit(url)
-    found = [fragment]
+    """What `Http.redact` masks in `url`, as written and percent-decoded (values shorter
+    than 3 characters, and path segments shorter than `SECRET_CHARS`, are left: they would
+    mask ordinary text)."""
+    _, netloc, path, query, fragment = urlsplit(url)
+    found = [fragment, *(part for part in path.split("/") if len(part) >= SECRET_CHARS)]
     if "@" in netloc:
         found.extend(netloc.rpartition("@")[0].split(":", 1))
     for part in query.split("&"):
