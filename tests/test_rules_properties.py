@@ -12,7 +12,11 @@ random shell strings:
   `shell(cmd=rm *)` stays denied behind an assignment, `command`, `{`, `sudo`, ...; every
   spelling of `rm -rf /` built from those is denied, and so is `rm -rf /` behind redirections
   (`>/dev/null`, `2>&1`, `<<<x`), keywords, wrappers and `sh -c --`; a dotted name is denied
-  when its nested value or its literal key matches, and allowed only when both do.
+  when its nested value or its literal key matches, and allowed only when both do;
+- a deny rule on an e-mail domain denies an address there in every form a mail library takes
+  (display name, angle brackets, comment, among others) and every spelling of the domain
+  (case, Cyrillic lookalikes, punycode, any full stop, a root dot), and an allow rule on the
+  domain allows none of them but the bare address spelled as the rule.
 """
 
 from __future__ import annotations
@@ -20,10 +24,12 @@ from __future__ import annotations
 import asyncio
 import atexit
 import contextlib
+import email.utils
 import os
 import shlex
 import shutil
 import tempfile
+from encodings import idna
 from functools import cache
 from typing import Any
 
@@ -286,3 +292,68 @@ def test_a_dotted_name_is_denied_by_either_reading_and_allowed_by_both(
     allow = StandardPermissions(allow=["http(headers.host=*.internal)"], mode="strict")
     allowed = all(h.endswith(".internal") for h in (nested, literal))
     assert (run(allow, "http", HTTP, **args) == "allow") == allowed
+
+
+# ------------------------------------------------ an e-mail domain in any of its spellings
+
+MAIL: Any = {"name": "send_email", "parameters": {"properties": {"to": {}}}}
+DENY_DOMAIN = StandardPermissions(deny=["send_email(to=any(*@competitor.example))"])
+ALLOW_DOMAIN = StandardPermissions(
+    allow=["send_email(to=all(*@competitor.example))"], mode="strict"
+)
+# Latin letters of the domain and Cyrillic letters that look like them.
+LOOKALIKE = {
+    "c": "\u0441",
+    "o": "\u043e",
+    "e": "\u0435",
+    "p": "\u0440",
+    "x": "\u0445",
+    "a": "\u0430",
+}
+NAMES = st.text(st.characters(blacklist_categories=("Cc", "Cs")), max_size=12)
+
+
+@st.composite
+def domain_spellings(draw: Any) -> str:
+    """competitor.example with letters upper-cased or replaced by lookalikes, a label in
+    punycode, its dot as any full stop IDNA maps to a dot, and maybe a root dot."""
+    labels = []
+    for label in ("competitor", "example"):
+        text = "".join(draw(st.sampled_from([c, c.upper(), LOOKALIKE.get(c, c)])) for c in label)
+        if not text.isascii() and draw(st.booleans()):
+            text = idna.ToASCII(text).decode()
+        labels.append(text)
+    stop = draw(st.sampled_from([".", "\u3002", "\uff0e", "\uff61"]))
+    return labels[0] + stop + labels[1] + draw(st.sampled_from(["", ".", "\u3002"]))
+
+
+@st.composite
+def recipients(draw: Any) -> tuple[str, Any]:
+    """A recipient at a spelling of competitor.example, in one of the forms a mail library
+    takes (bare, angle-addr, name-addr with any display name, with a comment), maybe among
+    other recipients in one string or a list. Also the form's name, for the allow oracle."""
+    local = draw(st.sampled_from(["bob", "b.o.b", "bob+x", '"bob smith"']))
+    addr = f"{local}@{draw(domain_spellings())}"
+    form = draw(st.sampled_from(["bare", "angle", "name", "comment"]))
+    one = {
+        "bare": addr,
+        "angle": f"<{addr}>",
+        "name": f'"{email.utils.quote(draw(NAMES))}" <{addr}>',
+        "comment": f"{addr} (Bob)",
+    }[form]
+    among = draw(st.sampled_from(["alone", "string", "list"]))
+    if among == "string":
+        return form, f"a@ok.example, {one}"
+    return form, [one, "a@ok.example"] if among == "list" else one
+
+
+@settings(max_examples=500, deadline=None)
+@given(case=recipients())
+def test_a_deny_on_a_domain_denies_every_spelling_of_an_address_there(
+    case: tuple[str, Any],
+) -> None:
+    form, to = case
+    assert run(DENY_DOMAIN, "send_email", MAIL, to=to) == "deny", to
+    if run(ALLOW_DOMAIN, "send_email", MAIL, to=to) == "allow":
+        # The readings never widen an allow rule: only the bare address, spelled as the rule.
+        assert form == "bare" and isinstance(to, str) and to.endswith("@competitor.example"), to

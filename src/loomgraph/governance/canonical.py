@@ -2,11 +2,11 @@
 
 A value can be read several ways (lexically normalised, resolved through symlinks, a relative
 path also from `/`, NFKC folded, with lookalikes replaced, each command of a shell string in
-the spellings of `shell_words`). A deny or ask rule matches when ANY reading matches; an allow
-rule only when EVERY reading does (of one spelling: a relative path is spelled relative or
-absolute), and `strict_readings` returns None (no allow match at all) for values that are
-ambiguous in a way readings cannot capture: lookalike characters, mixed scripts, control
-characters, shell operators.
+the spellings of `shell_words`, the addresses, URL or host of `addresses`). A deny or ask
+rule matches when ANY reading matches; an allow rule only when EVERY reading does (of one
+spelling: a relative path is spelled relative or absolute), and `strict_readings` returns
+None (no allow match at all) for values that are ambiguous in a way readings cannot capture:
+lookalike characters, mixed scripts, control characters, shell operators.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from functools import cache
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
+from loomgraph.governance.addresses import network_readings
 from loomgraph.governance.shell_words import Unreadable, commands
 from loomgraph.protocols.spellings import as_latin, without_invisible
 
@@ -92,10 +93,12 @@ def strict_readings(value: Any, kind: str | None) -> list[list[Reading]] | None:
 
 
 def generous_readings(value: Any, kind: str | None) -> list[Reading] | None:
-    """The readings a deny or ask rule needs one of: folded, lookalike-free, resolved, split.
+    """The readings a deny or ask rule needs one of: folded, lookalike-free, resolved, split,
+    and for a value of no declared kind its addresses, URL and host (`addresses`).
 
-    None for a command that cannot be read within its work budget (`shell_words.Unreadable`):
-    it cannot be ruled out, so every deny or ask rule on it matches.
+    None for a command that cannot be read within its work budget (`shell_words.Unreadable`),
+    or an address list no parser reads: it cannot be ruled out, so every deny or ask rule on
+    it matches.
     """
     if not isinstance(value, str):
         return readings(value)
@@ -120,6 +123,14 @@ def generous_readings(value: Any, kind: str | None) -> list[Reading] | None:
         except Unreadable:
             return None
         out += [(_words(part, fix), False) for part in parts for fix in every]
+    elif kind is None:
+        # As a mail library or HTTP client may take it: the addresses of an address list, a
+        # URL or host with the host in its other spellings (root dot, IDNA, punycode).
+        for text in texts:
+            found = network_readings(text)
+            if found is None:
+                return None  # an address list no parser reads: it cannot be ruled out
+            out += [(reading, False) for reading in found]
     return list(dict.fromkeys(out))
 
 

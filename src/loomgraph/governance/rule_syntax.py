@@ -31,6 +31,7 @@ _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*")
 _SET = re.compile(r"[A-Za-z_][A-Za-z0-9_\-]*")
 _TOOL = re.compile(r"[A-Za-z0-9_\-.:*?\[\]!{},]+")
 _NUMBER = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?")
+_INTEGER = re.compile(r"[+-]?\d+")
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,7 +46,7 @@ class Cond:
     items: tuple[str, ...] | None = None  # a literal set
     set_name: str | None = None  # a named set, `$team`
     cmp: str = ""
-    number: float = 0.0
+    number: int | float = 0  # an int bound stays exact
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,8 +184,8 @@ def _cond(s: _Scanner, seen: list[str]) -> Cond:
             s.i += len(op)
             s.spaces()
             at, m = s.i, s.word(_NUMBER)
-            number = float(m) if m else math.nan
-            if not m or not math.isfinite(number):
+            number = _bound(m)
+            if number is None:
                 raise s.bad(f"argument {name!r}: {op} needs a number", at)
             return Cond(name, "cmp", kind, cmp=op, number=number)
     if not s.peek("="):
@@ -207,6 +208,18 @@ def _cond(s: _Scanner, seen: list[str]) -> Cond:
             s.i += 1
             return Cond(name, "glob", kind, glob=glob, quant=quant)
     return Cond(name, "glob", kind, glob=_value(s, name, closers=",)"))
+
+
+def _bound(text: str) -> int | float | None:
+    """A comparison's number: an integer literal as an int, compared exactly however large
+    (as a float, 9007199254740993 would be 2**53), another one as a finite float."""
+    if _INTEGER.fullmatch(text):
+        try:
+            return int(text)
+        except ValueError:
+            return None  # more digits than int() converts (4300)
+    number = float(text) if text else math.nan
+    return number if math.isfinite(number) else None
 
 
 def _in(s: _Scanner, name: str, kind: str | None) -> Cond:
@@ -291,6 +304,8 @@ def _render_cond(c: Cond) -> str:
         return f"{name}=<{c.op}>"
     if c.op == "cmp":
         n = c.number
+        if isinstance(n, int):
+            return f"{name}{c.cmp}{n}"
         return f"{name}{c.cmp}{int(n) if n.is_integer() and abs(n) < 1e15 else repr(n)}"
     if c.op == "in":
         if c.set_name is not None:

@@ -6,12 +6,13 @@ absent/present (`cc=<absent>`), sets (`to in [a@x.com, b@x.com]`, `to in $team`)
 comparisons (`amount<=100`). An ask rule may carry `unless` rules that excuse it.
 
 Matching follows one principle: an ambiguity can make a call be denied or asked about, never
-make it allowed. A deny or ask rule (`every=False`) matches when any element of a list and any
-reading of a value matches, and an argument the call leaves out counts as "could be anything"
-(unless the tool's schema shows it does not take it, or gives its default). An allow rule
-(`every=True`) needs every element and every reading to match, never matches an absent
-argument except with `<absent>`, and never matches a value `canonical.strict_readings`
-refuses (lookalikes, shell operators in paths and commands, ...). A dotted name
+make it allowed. A deny or ask rule (`every=False`) matches when any element of a list (at
+any depth) and any reading of a value matches, and an argument the call leaves out counts as
+"could be anything" (unless the tool's schema shows it does not take it, or gives its
+default). An allow rule (`every=True`) needs every element and every reading to match, never
+matches a list holding a list or object, never matches an absent argument except with
+`<absent>`, and never matches a value `canonical.strict_readings` refuses (lookalikes, shell
+operators in paths and commands, ...). A dotted name
 (`headers.host`) is read both as the nested value and as a literal key of that name when the
 call has one, and the same any/every rule applies to the two readings.
 """
@@ -20,11 +21,17 @@ from __future__ import annotations
 
 import math
 import operator
-from collections.abc import Callable, Collection, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
-from loomgraph.governance.canonical import generous_readings, readings, strict_readings
+from loomgraph.governance.addresses import addr_specs
+from loomgraph.governance.canonical import (
+    Reading,
+    generous_readings,
+    readings,
+    strict_readings,
+)
 from loomgraph.governance.globs import glob_regex
 from loomgraph.governance.rule_errors import PermissionConfigError
 from loomgraph.governance.rule_syntax import Cond, ParsedRule, parse_text, render
@@ -142,10 +149,53 @@ def _value_matches(
         if value is _MISSING:
             return True  # its value is unknown: it could be anything the pattern names
     kind = cond.kind or _declared_kind(spec, cond.name)
-    items = value if isinstance(value, list | tuple) else [value]
     quant = cond.quant or ("all" if every else "any")
+    if not isinstance(value, list | tuple):
+        items: Sequence[Any] = [value]
+    elif every:
+        if any(isinstance(item, list | tuple | dict) for item in value):
+            return False  # which element a tool takes from a nested one is not for us to say
+        items = value
+    else:
+        # A nested list must not hide an element: any element at any depth, and for `any`
+        # also each nested list as a whole (its JSON), so no reading is lost.
+        items = _nested(value, lists=quant == "any")
     hits = (_element(cond, item, kind, every, sets) for item in items)
     return all(hits) if quant == "all" else any(hits)
+
+
+def _nested(value: list[Any] | tuple[Any, ...], *, lists: bool) -> list[Any]:
+    """The elements of a list at every depth: its scalars and objects, and its nested lists
+    too when `lists`. Iterative (a model's JSON may nest deeper than Python recurses), and
+    each list read once (a list built in Python may hold itself)."""
+    out: list[Any] = []
+    seen = {id(value)}
+    stack = list(value)
+    while stack:
+        item = stack.pop()
+        if not isinstance(item, list | tuple):
+            out.append(item)
+        elif id(item) not in seen:
+            seen.add(id(item))
+            stack.extend(item)
+            if lists:
+                out.append(item)
+    return out
+
+
+def _with_addresses(
+    item: Any, kind: str | None, spellings: list[list[Reading]], named: bool
+) -> list[list[Reading]] | None:
+    """An allow rule's readings of `item` when the rule `named` addresses: each spelling
+    also holds every address of the list (`addresses.addr_specs`), since a `*` spans commas
+    and `x@evil.example, y@corp.example` fits `*@corp.example` as written while a mail
+    library sends to both. None (no allow match) for an address list no parser reads."""
+    if not named or kind is not None or not isinstance(item, str) or "@" not in item:
+        return spellings
+    addresses = addr_specs(item)
+    if addresses is None:
+        return None
+    return [[*found, *((a, False) for a in addresses)] for found in spellings]
 
 
 def _element(
@@ -174,7 +224,10 @@ def _element(
         except Exception:
             return not every  # a set that cannot be read: deny and ask rules still hold
         if every:
-            return any(all(text in members for text, _ in found) for found in spellings)
+            named = any("@" in member for member in members)
+            if (strict := _with_addresses(item, kind, spellings, named)) is None:
+                return False
+            return any(all(text in members for text, _ in found) for found in strict)
         folded = {m.casefold() for m in members}
         return any(text in members or text.casefold() in folded for text, _ in spellings[0])
     text_re = glob_regex(cond.glob, path=False, fold=not every)
@@ -184,7 +237,9 @@ def _element(
         return (path_re if one_path else text_re).fullmatch(text) is not None
 
     if every:
-        return any(all(hit(*reading) for reading in found) for found in spellings)
+        if (strict := _with_addresses(item, kind, spellings, "@" in cond.glob)) is None:
+            return False
+        return any(all(hit(*reading) for reading in found) for found in strict)
     return any(hit(*reading) for reading in spellings[0])
 
 
@@ -211,8 +266,13 @@ def _number(item: Any, *, strict: bool) -> float | None:
     if isinstance(item, float):
         return item if math.isfinite(item) else None
     if isinstance(item, str) and not strict:
+        text = item.strip()
         try:
-            number = float(item.strip())
+            return int(text)  # "9007199254740993" exactly, as a tool's int() reads it
+        except ValueError:
+            pass  # not an integer, or more digits than int() converts: read as a float
+        try:
+            number = float(text)
         except ValueError:
             return None
         return number if math.isfinite(number) else None  # "1e400" cannot be ruled out

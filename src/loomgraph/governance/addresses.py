@@ -1,0 +1,166 @@
+"""Readings of network names for deny and ask rules: a host in its other spellings, a URL with
+its host so spelled, and the addresses an e-mail address list holds.
+
+One host has several spellings that resolvers and clients treat alike: with its root dot
+(`x.example.`), with an ideographic full stop IDNA maps to a dot (`x。example`), and in
+punycode (`xn--…`, the ASCII form of a Unicode name, whose lookalike letters then read as the
+Latin ones they imitate). A mail library delivers `Bob <bob@x.example>` to `bob@x.example`,
+and an HTTP client given `https://u@x.example:443/a` talks to `x.example`. These readings only
+ever make a deny or ask rule match more; an allow rule naming an address must match every
+address of a list as well as the value (`addr_specs`): it only ever matches less.
+"""
+
+from __future__ import annotations
+
+import inspect
+import re
+import unicodedata
+from email.utils import getaddresses
+from encodings import idna
+from urllib.parse import urlsplit
+
+from loomgraph.protocols.spellings import as_latin
+
+__all__ = ["addr_specs", "host_spellings", "network_readings"]
+
+# The full stops IDNA (UTS #46, RFC 3490) maps to ".": ideographic, fullwidth, halfwidth.
+_STOPS = str.maketrans("\u3002\uff0e\uff61", "...")
+_STOP_CHARS = frozenset(".\u3002\uff0e\uff61")
+# getaddresses reads up to about 3 µs a character (in Python): a longer text is read only as
+# its words with an `@`, which misses an address with a comment or quotes inside.
+ADDRESS_SCAN = 8192
+# What ends a word that may be an address: blanks, and the specials of RFC 5322 but `@`, `.`.
+_NOT_IN_ADDRESS = re.compile(r"[\s<>()\[\],;:\"]+")
+_AFTER_DOMAIN = re.compile(r"[/\\?#]")
+# A value that may be a host with a port (`db.internal:5432`, a Host header). Linear: the
+# host part cannot hold the `:` the port starts with, so backtracking never retries it.
+_HOST_PORT = re.compile(r"([^\s/\\@?#:<>\"'\[\]]+)(?::(\d*))?")
+# Python 3.11.10+ and 3.12.6+ read an address list strictly by default, giving ('', '') where
+# a mail library may still find a recipient: the lenient reading finds more.
+_LENIENT: dict[str, bool] = (
+    {"strict": False} if "strict" in inspect.signature(getaddresses).parameters else {}
+)
+
+
+def network_readings(text: str) -> list[str] | None:
+    """The other readings of a value that may be an address list, a URL or a host (and port);
+    None when it holds an address list the parser cannot read (nested a thousand deep)."""
+    out: list[str] = []
+    if "@" in text:
+        found = _address_readings(text)
+        if found is None:
+            return None
+        out += found
+    if "://" in text:
+        out += _url_readings(text)
+    elif (m := _HOST_PORT.fullmatch(text)) is not None:
+        host, port = m.groups()
+        if port is None or not host.isdigit():  # `12:30` is no host and port
+            spellings = host_spellings(host)
+            out += spellings  # a port chooses a service, not the host
+            out += [f"{h}:{port}" for h in spellings] if port else []
+    return out
+
+
+def host_spellings(host: str) -> list[str]:
+    """One host's spellings: full stops as dots, one root dot dropped, punycode decoded, then
+    folded (NFKC, lookalikes as Latin), and a Unicode name also in punycode."""
+    dotted = host.translate(_STOPS) if not _STOP_CHARS.isdisjoint(host) else host
+    if len(dotted) > 1 and dotted.endswith("."):
+        dotted = dotted[:-1]
+    if dotted.isascii() and "xn--" not in dotted.lower():
+        return [dotted]  # already one spelling: nothing to decode or fold
+    decoded = ".".join(_unicode_label(label) for label in dotted.split("."))
+    folded = as_latin(unicodedata.normalize("NFKC", decoded))
+    out = [dotted, decoded, folded]
+    if not decoded.isascii():
+        # A rule may name the domain in its ASCII form (`*@xn--bcher-kva.example`).
+        out.append(".".join(_ascii_label(label) for label in decoded.split(".")))
+    return list(dict.fromkeys(out))
+
+
+def addr_specs(text: str) -> list[str] | None:
+    """Every addr-spec in an address list (`Bob <b@x>, c@y (C)`) and every word with an `@`,
+    as found; None when unreadable. An allow rule naming addresses must match each of them:
+    `x@evil.example, y@corp.example` is not an address at `corp.example`."""
+    found: list[str] = []
+    if len(text) <= ADDRESS_SCAN:
+        try:
+            found = [addr for _, addr in getaddresses([text], **_LENIENT) if addr]
+        except Exception:  # RecursionError on deeply nested comments or groups
+            return None
+    for word in _NOT_IN_ADDRESS.split(text):
+        if "@" in word:
+            local, _, domain = word.rpartition("@")
+            found.append(f"{local}@{_AFTER_DOMAIN.split(domain, 1)[0]}")
+    return list(dict.fromkeys(found))
+
+
+def _address_readings(text: str) -> list[str] | None:
+    """`addr_specs`, each also with its domain in each of its spellings; None when
+    unreadable."""
+    found = addr_specs(text)
+    if found is None:
+        return None
+    out: list[str] = []
+    for addr in found:
+        local, at, domain = addr.rpartition("@")
+        if at:
+            out.append(addr)
+            out += [f"{local}@{spelling}" for spelling in host_spellings(domain)]
+    return out
+
+
+def _url_readings(text: str) -> list[str]:
+    """The URL as its client fetches it: no user info, the host in each spelling, with and
+    without its port, an empty path as `/`."""
+    try:
+        parts = urlsplit(text)
+    except ValueError:
+        return []  # not one URL (a bad IPv6 literal): read as written only
+    if not parts.scheme or not parts.netloc:
+        return []
+    host, port = _host_and_port(parts.netloc.rpartition("@")[2])
+    tail = parts.path or "/"
+    tail += f"?{parts.query}" if parts.query else ""
+    tail += f"#{parts.fragment}" if parts.fragment else ""
+    out = []
+    for spelling in host_spellings(host):
+        out.append(f"{parts.scheme}://{spelling}{tail}")
+        if port:
+            out.append(f"{parts.scheme}://{spelling}:{port}{tail}")
+    return out
+
+
+def _host_and_port(hostport: str) -> tuple[str, str]:
+    """`host:port` split; an IPv6 literal keeps its brackets; a port not all digits stays."""
+    if hostport.startswith("["):
+        end = hostport.find("]")
+        if end < 0:
+            return hostport, ""
+        rest = hostport[end + 1 :]
+        return hostport[: end + 1], rest[1:] if rest.startswith(":") else ""
+    host, colon, port = hostport.rpartition(":")
+    if colon and (port.isdigit() or not port):
+        return host, port
+    return hostport, ""
+
+
+def _unicode_label(label: str) -> str:
+    """A punycode label (`xn--…`, any case) decoded; any other label, or a bad one, as is."""
+    if label[:4].lower() != "xn--":
+        return label
+    try:
+        return idna.ToUnicode(label.lower())
+    except UnicodeError:
+        return label
+
+
+def _ascii_label(label: str) -> str:
+    """A Unicode label in punycode (IDNA ToASCII); an ASCII one, or one IDNA refuses, as is."""
+    if label.isascii():
+        return label
+    try:
+        return idna.ToASCII(label).decode("ascii")
+    except UnicodeError:
+        return label
