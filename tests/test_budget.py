@@ -103,7 +103,7 @@ async def test_every_cap_blocks_at_its_limit_and_records_nothing(cap: str, level
 
 async def test_per_user_caps_are_separate_and_users_override() -> None:
     budget = StandardBudget(
-        BudgetConfig(per_user=Caps(tool_calls=1), users={"bob": Caps(tool_calls=3)})
+        BudgetConfig(per_user=Caps(tool_calls=1), users={"bob": Caps(tool_calls=3)}, hold_wait_s=0)
     )
     await budget.reserve(tool_call(ALICE))
     with pytest.raises(BudgetExceeded, match="user:alice:tool_calls"):
@@ -123,7 +123,7 @@ async def test_per_user_caps_are_separate_and_users_override() -> None:
 
 
 async def test_global_cap_counts_all_users_together() -> None:
-    budget = StandardBudget(BudgetConfig(tool_calls=2, per_user=Caps(tool_calls=5)))
+    budget = StandardBudget(BudgetConfig(tool_calls=2, per_user=Caps(tool_calls=5), hold_wait_s=0))
     await budget.reserve(tool_call(ALICE))
     await budget.reserve(tool_call(BOB))
     with pytest.raises(BudgetExceeded, match="global:tool_calls"):

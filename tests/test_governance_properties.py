@@ -6,8 +6,9 @@ graphs of `function`/`model`/`tools` nodes built in Python), random model script
 calls to random tools, random usage within the documented contract, transient model
 failures), random permission rules (allow/ask/deny over tool names and argument globs,
 per-user rules, a policy, a mode, a hook), a random budget (global, per-user and one user's
-own caps), concurrent runs of one user, simulated crashes and resumes, and approvals
-answered at random. After every step:
+own caps, and how long a reservation waits for other runs' holds), concurrent runs of one
+user (whose reservations wait for each other's holds), simulated crashes and resumes, and
+approvals answered at random. After every step:
 
 - invariant 1: for the global scope and every user scope, `spent + reserved <= cap` for
   every capped metric (also sampled by every tool while runs are in flight), `spent` never
@@ -48,12 +49,12 @@ import sys
 import tempfile
 from collections import Counter
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
     RuleBasedStateMachine,
@@ -83,7 +84,14 @@ from loomgraph.governance import (
 from loomgraph.graph.spec import EdgeSpec, Graph, Limits, NodeSpec
 from loomgraph.models import ScriptedModel
 from loomgraph.observability import FileAuditLog
-from loomgraph.protocols import ModelError, ModelRequest, Usage
+from loomgraph.protocols import (
+    BudgetExceeded,
+    BudgetScope,
+    ModelError,
+    ModelRequest,
+    Reservation,
+    Usage,
+)
 from loomgraph.runtime import InMemoryRuntime
 from loomgraph.runtime.sqlite import SqliteRuntime
 
@@ -617,11 +625,12 @@ class GovernanceMachine(RuleBasedStateMachine):
         handler: dict[str, Any] | None,
         max_tokens: int | None,
         keyed: bool,
+        hold_wait_s: float,
     ) -> None:
         self.graph = graph
         self.oracle = permissions
         self.permissions = permissions.build()
-        self.config = config
+        self.config = replace(config, hold_wait_s=hold_wait_s)
         self.limits = capped_scopes(config)
         self.handler_table = handler
         self.max_tokens = max_tokens
@@ -1112,6 +1121,10 @@ SETUP = {
     "ledger": st.sampled_from(("memory", "sqlite")),
     "max_tokens": st.sampled_from((32, 128, 512, None)),
     "keyed": st.booleans(),
+    # How long a reservation waits for other runs' holds: not at all, or briefly. A dead
+    # process's holds stay until its run is resumed, so a later run waits the whole bound
+    # for them (30 s by default); short bounds keep that quick, and the caps hold for any.
+    "hold_wait_s": st.sampled_from((0.0, 0.05, 0.5)),
 }
 handlers = st.fixed_dictionaries({t: st.sampled_from((True, False, None)) for t in TOOLS})
 
@@ -1206,6 +1219,116 @@ def test_governance_invariants_hold_when_approvals_are_asked_and_answered_at_ran
 
 def test_governance_invariants_hold_for_tight_caps_under_concurrency_and_crashes() -> None:
     run_state_machine_as_test(BudgetGovernance, settings=MACHINE_SETTINGS)
+
+
+# ----------------------------------------------------------------------- concurrent reservations
+
+
+@dataclass(frozen=True)
+class Effect:
+    """One effect of a run: a model call sized to the caps (`fit_output`, then the call's
+    `reserve`, as the engine makes them) or a tool call; the share of its hold it spends
+    (None: released unspent); how often it lets the other runs go on meanwhile."""
+
+    model: bool
+    spent_pct: int | None
+    yields: int
+
+
+effects = st.builds(
+    Effect, st.booleans(), st.one_of(st.none(), st.integers(0, 100)), st.integers(0, 3)
+)
+TIGHT_CAPS = {
+    "output_tokens": st.integers(20, 600),
+    "total_tokens": st.integers(100, 1_200),
+    "cost_usd": st.sampled_from((0.001, 0.003, 0.01)),
+    "model_calls": st.integers(1, 8),
+    "tool_calls": st.integers(0, 8),
+}
+
+
+@given(
+    caps=st.fixed_dictionaries({}, optional=TIGHT_CAPS),
+    runs=st.lists(st.lists(effects, min_size=1, max_size=5), min_size=2, max_size=6),
+    prompt=st.integers(1, 60),
+    ledger_kind=st.sampled_from(("memory", "sqlite")),
+)
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+def test_concurrent_reservations_wait_for_each_others_holds_and_never_pass_a_cap(
+    caps: dict[str, Any], runs: list[list[Effect]], prompt: int, ledger_kind: str
+) -> None:
+    """Runs of one user reserve at once under small caps, each holding one effect at a
+    time; a reservation that only their holds stand in the way of waits for them. At every
+    step `spent + reserved <= cap`; no wait runs out (every hold is settled soon, and no
+    waiter holds anything: no cycle); every refusal is one by spending (what was spent by
+    the end leaves no room for the least the effect needs); no hold is left, and `spent` is
+    what the settlements added."""
+    asyncio.run(_reserve_concurrently(caps, runs, prompt, ledger_kind))
+
+
+async def _reserve_concurrently(
+    caps: dict[str, Any], runs: list[list[Effect]], prompt: int, ledger_kind: str
+) -> None:
+    folder = Path(tempfile.mkdtemp(prefix="loomgraph-concurrent-"))
+    ledger: Any = SqliteLedger(folder / "ledger.db") if ledger_kind == "sqlite" else None
+    ledger = ledger or InMemoryLedger()
+    config = BudgetConfig(model=MODEL, per_user=Caps(**caps), hold_wait_s=30.0)
+    budget = StandardBudget(config, ledger)
+    limits = Caps(**caps).limits()
+    added: Counter[str] = Counter()
+    refusals: list[tuple[BudgetExceeded, dict[str, int]]] = []
+    problems: list[str] = []
+
+    async def check(when: str) -> None:
+        totals = await budget.totals("user:alice")
+        for metric, cap in limits.items():
+            if totals.committed(metric) > cap:
+                problems.append(f"{when}: {metric} {totals.committed(metric)} > cap {cap}")
+
+    async def run(index: int, plan: list[Effect]) -> None:
+        scope = BudgetScope(f"run-{index}", "alice")
+        for step, effect in enumerate(plan):
+            least = Usage(input_tokens=prompt, output_tokens=1, model_calls=1)
+            kind = "model" if effect.model else "tool"
+            amount = least if effect.model else Usage(tool_calls=1)
+            try:
+                if effect.model:
+                    room = await budget.fit_output(scope, prompt, None)
+                    amount = Usage(input_tokens=prompt, output_tokens=room, model_calls=1)
+                held = await budget.reserve(Reservation(scope, kind, amount))  # type: ignore[arg-type]
+            except BudgetExceeded as err:
+                need = budget.worst_case(
+                    Reservation(scope, kind, least if effect.model else amount)
+                )  # type: ignore[arg-type]
+                refusals.append((err, need))
+                continue
+            await check(f"run {index} step {step} held")
+            for _ in range(effect.yields):
+                await asyncio.sleep(0)
+            if effect.spent_pct is None:
+                await budget.release(held)
+            else:
+                out = amount.output_tokens * effect.spent_pct // 100
+                actual = Usage(input_tokens=amount.input_tokens, output_tokens=out)
+                added.update(await budget.settle(held, actual if effect.model else amount))
+            await check(f"run {index} step {step} ended")
+
+    try:
+        await asyncio.gather(*(run(i, plan) for i, plan in enumerate(runs)))
+        totals = await budget.totals("user:alice")
+        holds = await ledger.holds()
+    finally:
+        await ledger.close()
+        shutil.rmtree(folder, ignore_errors=True)
+    assert problems == []
+    assert holds == [] and not any(totals.reserved.values()), (holds, totals.reserved)
+    assert {m: n for m, n in totals.spent.items() if n} == {m: n for m, n in added.items() if n}
+    for err, need in refusals:
+        assert "waited" not in err.detail, err  # every wait ended with a hold settled
+        metric = err.cap.rpartition(":")[2]
+        if metric != "cost_usd":  # (the cost of one output token is rounded when sized)
+            left = limits[metric] - totals.spent.get(metric, 0)
+            assert need.get(metric, 0) > left, (err, need, totals.spent)
 
 
 # ---------------------------------------------------------------------------- bugs found on the way

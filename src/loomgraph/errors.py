@@ -42,6 +42,7 @@ with where each class lives (relative to `loomgraph.`):
     ├── UnknownRun + KeyError               protocols
     │   └── RunPossiblyLost                 runtime.errors
     ├── BudgetExceeded                      protocols
+    ├── AmbiguousLedger                     governance.ledger_sites
     ├── ModelError                          protocols
     │   └── AdapterError                    models.errors
     │       ├── ModelConfigError            models.errors

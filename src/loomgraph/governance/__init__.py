@@ -20,6 +20,7 @@ if TYPE_CHECKING:
         LedgerUnavailable,
         Totals,
     )
+    from loomgraph.governance.ledger_sites import AmbiguousLedger
     from loomgraph.governance.null import AllowAll, NoBudget, NoHooks
     from loomgraph.governance.permissions import Mode, Policy, StandardPermissions
     from loomgraph.governance.pg_ledger import PostgresLedger
@@ -45,6 +46,7 @@ _MODULES = {
     "Ledger": "loomgraph.governance.ledger",
     "LedgerUnavailable": "loomgraph.governance.ledger",
     "Totals": "loomgraph.governance.ledger",
+    "AmbiguousLedger": "loomgraph.governance.ledger_sites",
     "AllowAll": "loomgraph.governance.null",
     "NoBudget": "loomgraph.governance.null",
     "NoHooks": "loomgraph.governance.null",
@@ -70,6 +72,7 @@ __getattr__ = lazy_names(__name__, _MODULES, globals(), submodules=["canonical"]
 __all__ = [
     "NANO_USD",
     "AllowAll",
+    "AmbiguousLedger",
     "BudgetConfig",
     "BudgetWarning",
     "Caps",

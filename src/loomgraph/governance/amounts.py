@@ -1,15 +1,60 @@
-"""How a usage becomes ledger amounts: token and call counts, and cost in nano-dollars."""
+"""How a usage becomes ledger amounts (token and call counts, cost in nano-dollars), what a
+reservation holds at worst, and which cap it would pass."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 
 from loomgraph.governance.ledger import NANO_USD, Totals
-from loomgraph.protocols import Reservation, Usage
+from loomgraph.protocols import BudgetExceeded, Reservation, Usage
 
-__all__ = ["counts_of", "detail_of", "metrics_of", "priced_usage"]
+__all__ = [
+    "counts_of",
+    "detail_of",
+    "metrics_of",
+    "priced_usage",
+    "refuse_past_caps",
+    "worst_case_of",
+]
+
+Limits = list[tuple[str, dict[str, int]]]
+"""The capped scopes a reservation counts against, each with its caps."""
+
+
+def worst_case_of(
+    reservation: Reservation, input_margin: float, cost: Callable[[Usage], float]
+) -> dict[str, int]:
+    """What a reservation holds in the ledger: its prompt times `input_margin`, its output, its
+    counts, and the dearest `cost` of those tokens (a prompt token may be billed as input,
+    cache write or cache read), at least the amount's own cost."""
+    amount = reservation.amount
+    prompt = math.ceil(amount.prompt_tokens * input_margin)
+    output = amount.output_tokens
+    tokens = Usage(input_tokens=prompt, output_tokens=output)
+    dearest = 0.0
+    if prompt or output:
+        dearest = max(
+            cost(tokens),
+            cost(Usage(cache_write_tokens=prompt, output_tokens=output)),
+            cost(Usage(cache_read_tokens=prompt, output_tokens=output)),
+        )
+    dearest = max(dearest, float(amount.cost_usd))
+    return metrics_of(tokens, dearest, counts_of(reservation, amount))
+
+
+def refuse_past_caps(
+    scopes: Limits, totals: Mapping[str, Totals], amounts: Mapping[str, int]
+) -> None:
+    """Raise BudgetExceeded for the first cap `amounts` would take past its limit
+    (spent + reserved + this > cap), naming it."""
+    for name, limits in scopes:
+        view = totals[name]
+        for metric, cap in limits.items():
+            need = amounts.get(metric, 0)
+            if need > 0 and view.committed(metric) + need > cap:
+                raise BudgetExceeded(f"{name}:{metric}", detail_of(metric, view, need, cap))
 
 
 def counts_of(reservation: Reservation, usage: Usage) -> dict[str, int]:

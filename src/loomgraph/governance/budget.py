@@ -15,20 +15,30 @@ input, cache-write and cache-read prices), so actual cost ≤ reserved cost. The
 the prompt's size (≈4 characters a token): `input_margin` scales it when a tokenizer counts
 more. A settle beyond its reservation is still recorded in full — the provider billed it —
 and then blocks every later reservation on that cap.
+
+A model call without a `max_tokens` of its caller's is sized and reserved in one step:
+`fit_output` holds the worst case of the output it allows (so no other run can take that
+room between the sizing and the call), and the call's `reserve` takes that hold over without
+another transaction. A reservation refused only because other runs hold the room waits for
+their holds (`hold_wait`); the wall clock is in `run_clocks`, warnings in `budget_warnings`.
 """
 
 from __future__ import annotations
 
 import copy
-import inspect
-import logging
 import math
 import time
 import uuid
-from collections import deque
 from collections.abc import Callable, Mapping
 
-from loomgraph.governance.amounts import counts_of, detail_of, metrics_of, priced_usage
+from loomgraph.governance.amounts import (
+    counts_of,
+    metrics_of,
+    priced_usage,
+    refuse_past_caps,
+    worst_case_of,
+)
+from loomgraph.governance.budget_warnings import Warnings
 from loomgraph.governance.caps import (
     BudgetConfig,
     BudgetWarning,
@@ -37,7 +47,8 @@ from loomgraph.governance.caps import (
     user_scope,
 )
 from loomgraph.governance.crash_charges import charge_left_holds, charged_usage
-from loomgraph.governance.fit import output_room
+from loomgraph.governance.fit import FittedHolds, Sizing
+from loomgraph.governance.hold_wait import Check, hold_or_wait, ring
 from loomgraph.governance.ledger import (
     Change,
     Charge,
@@ -47,17 +58,20 @@ from loomgraph.governance.ledger import (
     LedgerView,
     Totals,
 )
-from loomgraph.governance.ledger_sites import ledger_at
+from loomgraph.governance.ledger_sites import LedgerPlaces
+from loomgraph.governance.run_clocks import RunClocks
 from loomgraph.protocols import BudgetExceeded, BudgetScope, Reservation, Usage
 from loomgraph.protocols.ledger import LedgerSite
 from loomgraph.protocols.pricing import compute_cost
 
 __all__ = ["BudgetConfig", "BudgetWarning", "Caps", "StandardBudget"]
 
-log = logging.getLogger(__name__)
-
 DEFAULT_MAX = 4096
 """Output tokens reserved when neither the model nor the config gives a limit."""
+MODEL_METRICS = frozenset(
+    ("input_tokens", "output_tokens", "total_tokens", "cost_usd", "model_calls")
+)
+"""What a model call's hold holds: a scope capping none of them needs no durable hold."""
 
 
 class StandardBudget:
@@ -82,9 +96,13 @@ class StandardBudget:
         self.model = self.config.model
         self.on_warning = on_warning
         self._clock = clock
-        self._warned: set[str] = set()
-        self._warnings: deque[BudgetWarning] = deque(maxlen=1000)
-        self._clocks: dict[str, tuple[float, float | None]] = {}
+        # Shared with the bound copies (`bind` copies this object shallowly):
+        self._warnings = Warnings()
+        self._run_clocks = RunClocks(clock)
+        self._clocks = self._run_clocks.runs  # (start, deadline) by run id
+        self._places = LedgerPlaces()
+        self._fitted = FittedHolds()  # holds fit_output made, until reserved
+        self._bound = False
 
     # ------------------------------------------------------------------ binding
 
@@ -97,13 +115,14 @@ class StandardBudget:
         one. It prices with `model` unless this budget has a model, reports to `on_warning`
         unless it has a callback, and keeps its ledger at `site` (the Agent's durable
         journal, so caps hold across processes) while this budget is on the default
-        in-memory ledger.
+        in-memory ledger. This budget's `totals` (and `charges`) then read that ledger.
         """
         bound = copy.copy(self)
+        bound._bound = True
         if bound.model is None:
             bound.model = model
-        if site is not None and type(self.ledger) is InMemoryLedger:
-            bound.ledger = ledger_at(site)
+        placed = site is not None and type(self.ledger) is InMemoryLedger
+        bound.ledger = self._places.place(site if placed else None, self.ledger)
         if bound.on_warning is None:
             bound.on_warning = on_warning
         return bound
@@ -127,20 +146,7 @@ class StandardBudget:
 
     def worst_case(self, reservation: Reservation) -> dict[str, int]:
         """What a reservation holds in the ledger: its amount at worst, priced."""
-        amount = reservation.amount
-        prompt = math.ceil(amount.prompt_tokens * self.config.input_margin)
-        output = amount.output_tokens
-        tokens = Usage(input_tokens=prompt, output_tokens=output)
-        cost = 0.0
-        if prompt or output:
-            # A prompt token may be billed as input, cache write or cache read: take the dearest.
-            cost = max(
-                self._cost(tokens),
-                self._cost(Usage(cache_write_tokens=prompt, output_tokens=output)),
-                self._cost(Usage(cache_read_tokens=prompt, output_tokens=output)),
-            )
-        cost = max(cost, float(amount.cost_usd))
-        return metrics_of(tokens, cost, counts_of(reservation, amount))
+        return worst_case_of(reservation, self.config.input_margin, self._cost)
 
     def measure(self, reservation: Reservation, actual: Usage) -> dict[str, int]:
         """What a settled effect spent; counts the actual usage omits (leaves at zero) are the
@@ -158,22 +164,30 @@ class StandardBudget:
             return 0.0  # no model to look up in the table: cost caps refuse to reserve
         return compute_cost(self.model or "", usage, prices)
 
-    # ------------------------------------------------------------------ the Budget protocol
-
-    async def reserve(self, reservation: Reservation) -> Reservation:
-        """Hold the worst case of an effect, or raise BudgetExceeded naming the cap."""
-        await self._check_clock(reservation.scope)
-        scopes = self.scopes(reservation.scope)
-        unpriced = self.model is None and not callable(self.config.prices)
+    def _check_priced(self, scopes: list[tuple[str, dict[str, int]]]) -> None:
         if (
-            reservation.kind == "model"
-            and unpriced
+            self.model is None
+            and not callable(self.config.prices)
             and any("cost_usd" in limits for _, limits in scopes)
         ):
             raise ValueError(
                 "a cost_usd cap needs BudgetConfig(model=...) (or budget.model) "
                 "to price model reservations"
             )
+
+    # ------------------------------------------------------------------ the Budget protocol
+
+    async def reserve(self, reservation: Reservation) -> Reservation:
+        """Hold the worst case of an effect, or raise BudgetExceeded naming the cap; wait
+        (at most `hold_wait_s`) while only other runs' holds stand in the way."""
+        if reservation.kind == "model" and self._fitted and not reservation.id:
+            adopted = self._adopt(reservation)
+            if adopted is not None:
+                return adopted
+        await self._check_clock(reservation.scope)
+        scopes = self.scopes(reservation.scope)
+        if reservation.kind == "model":
+            self._check_priced(scopes)
         amounts = self.worst_case(reservation)
         rid = reservation.id or uuid.uuid4().hex
         priced = Reservation(
@@ -185,45 +199,81 @@ class StandardBudget:
             rid, reservation.scope.run_id, tuple(name for name, _ in scopes), amounts, self._clock()
         )
 
-        def decide(view: LedgerView) -> Change:
-            for name, limits in scopes:
-                totals = view.totals[name]
-                for metric, cap in limits.items():
-                    need = amounts.get(metric, 0)
-                    if need > 0 and totals.committed(metric) + need > cap:
-                        raise BudgetExceeded(
-                            f"{name}:{metric}", detail_of(metric, totals, need, cap)
-                        )
+        def check(totals: Mapping[str, Totals]) -> Change:
+            refuse_past_caps(scopes, totals, amounts)
             return Change(hold=hold)
 
         # A hold of nothing capped (a node visit, where no scope caps visits) must survive
         # a process's death, to be charged, but not a power cut: no cap depends on it.
         guards = any(m in limits for _, limits in scopes for m in amounts)
-        if guards or not _relaxes(self.ledger):
-            await self.ledger.transact(hold.scopes, None, decide)
-        else:
-            await self.ledger.transact(hold.scopes, None, decide, durable=False)
+        await self._hold(reservation.scope, hold.scopes, check, guards)
         return priced
 
     async def fit_output(self, scope: BudgetScope, prompt_tokens: int, limit: int | None) -> int:
-        """The output tokens a model call may reserve now: the smallest of `limit` (the
-        model's), `config.default_max_tokens` and what every token and cost cap has left after
-        the prompt; raises BudgetExceeded, naming the cap, when not even the prompt fits."""
+        """The output tokens a model call may reserve now, held for that call: the smallest
+        of `limit` (the model's), `config.default_max_tokens` and what every token and cost
+        cap has left after the prompt; raises BudgetExceeded, naming the cap, when not even
+        the prompt fits (after waiting, as `reserve` does, while other runs' holds stand in
+        the way). The call's `reserve` of that worst case takes the hold over."""
         want = min(x for x in (limit, self.config.default_max_tokens, DEFAULT_MAX) if x)
         scopes = self.scopes(scope)
         if not scopes:
             return want
-        totals = {name: await self.ledger.totals(name) for name, _ in scopes}
+        await self._check_clock(scope)
+        self._check_priced(scopes)
+        names, rid = tuple(name for name, _ in scopes), uuid.uuid4().hex
+
+        def held(output: int) -> dict[str, int]:
+            # worst_case applies the margin itself, so it is given the raw prompt.
+            amount = Usage(input_tokens=prompt_tokens, output_tokens=output, model_calls=1)
+            return self.worst_case(Reservation(scope, "model", amount))
+
         prompt = math.ceil(prompt_tokens * self.config.input_margin)
-
-        def cost_of(prompt_tokens: int, output: int) -> int:
-            amount = Usage(input_tokens=prompt_tokens, output_tokens=output)
-            return self.worst_case(Reservation(scope, "model", amount)).get("cost_usd", 0)
-
-        # worst_case applies the margin itself, so it is given the raw prompt.
-        return output_room(
-            scopes, totals, prompt, want, lambda _p, out: cost_of(prompt_tokens, out)
+        sizing = Sizing(
+            scopes,
+            prompt,
+            want,
+            held,
+            lambda amounts: Hold(rid, scope.run_id, names, amounts, self._clock()),
         )
+        guards = any(m in limits for _, limits in scopes for m in MODEL_METRICS)
+        await self._hold(scope, names, sizing, guards)
+        if sizing.made is not None:  # (always: it was held, or BudgetExceeded was raised)
+            self._fitted.add(sizing.made)
+        return sizing.room
+
+    def _adopt(self, reservation: Reservation) -> Reservation | None:
+        """The hold `fit_output` made for this model call (its worst case exactly), taken
+        over: no second transaction. None when there is none."""
+        amounts = self.worst_case(reservation)
+        hold = self._fitted.take(reservation.scope.run_id, amounts)
+        if hold is None:
+            return None
+        usage = priced_usage(reservation.amount, amounts)
+        return Reservation(reservation.scope, reservation.kind, usage, hold.id)
+
+    async def _hold(
+        self, scope: BudgetScope, names: tuple[str, ...], check: Check, durable: bool
+    ) -> None:
+        """Make `check`'s hold, waiting for other runs' holds (see `hold_wait`)."""
+        try:
+            await hold_or_wait(
+                self.ledger,
+                names,
+                scope.run_id,
+                check,
+                durable=durable,
+                bound=lambda: self._wait_bound(scope),
+            )
+        except BudgetExceeded:
+            await self._check_clock(scope)  # a wait that reached the deadline: its refusal
+            raise
+
+    def _wait_bound(self, scope: BudgetScope) -> float:
+        """How long a reservation may wait for holds: `hold_wait_s`, within the deadline."""
+        left = self._run_clocks.seconds_left(scope.run_id)
+        wait = self.config.hold_wait_s
+        return wait if left is None else min(wait, left)
 
     async def settle(self, reservation: Reservation, actual: Usage) -> dict[str, int]:
         """Replace the held amount by the actual one (charged in full even past a cap); what
@@ -254,7 +304,10 @@ class StandardBudget:
             return change
 
         updated = await self.ledger.transact(names, reservation.id or None, decide)
-        await self._warn(scopes, updated, reservation.scope)
+        ring(self.ledger)
+        await self._warnings.spending(
+            self.config.warn_at, scopes, updated, reservation.scope, self.on_warning
+        )
         return added
 
     async def release(self, reservation: Reservation) -> None:
@@ -262,6 +315,7 @@ class StandardBudget:
         if not reservation.id or not self.scopes(reservation.scope):
             return
         await self.ledger.transact((), reservation.id, lambda view: Change(remove=view.hold))
+        ring(self.ledger)
 
     # ------------------------------------------------------------------ runs and wall clock
 
@@ -283,119 +337,49 @@ class StandardBudget:
         the deadline stored with the run (`RunRecord.deadline`) to keep it even when the
         ledger forgot the run. Returns the run's deadline.
         """
-        await charge_left_holds(self.ledger, scope.run_id, self._clock())
-        return await self._start_clock(scope, started_at, deadline)
+        if await charge_left_holds(self.ledger, scope.run_id, self._clock()):
+            ring(self.ledger)
+        return await self._run_clocks.start(self.ledger, self.config, scope, started_at, deadline)
 
     async def charges(self, run_id: str) -> list[Charge]:
         """The holds of `run_id` charged because their process died (for audits and views)."""
-        return await self.ledger.charges(run_id)
+        return await self._reading().charges(run_id)
 
     async def crashed_usage(self, run_id: str) -> Usage:
         """What crashed attempts of `run_id` were charged, as usage the run's total includes."""
-        return charged_usage(await self.ledger.charges(run_id))
-
-    async def _start_clock(
-        self, scope: BudgetScope, started_at: float | None, deadline: float | None
-    ) -> float | None:
-        start = self._clock() if started_at is None else started_at
-        if deadline is None:
-            deadline = self.deadline_for(start, scope.user_id)
-        if deadline is None:
-            self._clocks[scope.run_id] = (start, None)
-            return None
-        self._clocks[scope.run_id] = await self.ledger.run_clock(scope.run_id, start, deadline)
-        return self._clocks[scope.run_id][1]
+        return charged_usage(await self._reading().charges(run_id))
 
     async def end_run(self, scope: BudgetScope) -> None:
         """A run finished: release what it still holds and forget its clock."""
-        for hold in await self.ledger.holds(scope.run_id):
+        self._fitted.forget(scope.run_id)
+        holds = await self.ledger.holds(scope.run_id)
+        for hold in holds:
             await self.ledger.transact((), hold.id, lambda view: Change(remove=view.hold))
-        had_deadline = self._clocks.pop(scope.run_id, (0.0, None))[1] is not None
+        if holds:
+            ring(self.ledger)
+        had_deadline = self._run_clocks.forget(scope.run_id)
         if had_deadline or self.config.wall_clock_cap(scope.user_id) is not None:
             await self.ledger.forget_run(scope.run_id)
-        # In place: a bound copy of this budget shares the set.
-        self._warned -= {k for k in self._warned if k.startswith(f"{scope.run_id}\n")}
+        self._warnings.forget_run(scope.run_id)
 
     async def _check_clock(self, scope: BudgetScope) -> None:
-        binding = self.config.wall_clock_cap(scope.user_id)
-        if binding is None:
-            return
-        if scope.run_id not in self._clocks:
-            # Not begun explicitly: start the clock now (holds of the run are left alone,
-            # since this run may be making them right now).
-            await self._start_clock(scope, None, None)
-        start, deadline = self._clocks[scope.run_id]
-        if deadline is None:
-            return
-        now = self._clock()
-        cap = binding[0]
-        if now >= deadline:
-            raise BudgetExceeded(
-                cap,
-                f"run {scope.run_id!r} passed its deadline "
-                f"{now - deadline:.1f}s ago ({deadline - start:g}s allowed)",
-            )
-        warn_at = self.config.warn_at
-        if warn_at is not None and deadline > start and now - start >= warn_at * (deadline - start):
-            await self._emit(
-                f"{scope.run_id}\n{cap}",
-                BudgetWarning(cap, (now - start) / (deadline - start), scope.run_id, scope.user_id),
-            )
+        warning = await self._run_clocks.check(self.ledger, self.config, scope)
+        if warning is not None:
+            await self._warnings.emit(f"{scope.run_id}\n{warning.cap}", warning, self.on_warning)
 
     # ------------------------------------------------------------------ warnings and totals
 
     def warnings(self) -> list[BudgetWarning]:
         """The warnings given so far (the latest 1,000), oldest first."""
-        return list(self._warnings)
+        return list(self._warnings.given)
 
     async def totals(self, scope: str = "global") -> Totals:
-        """A ledger scope's totals (`global` or `user:<id>`; cost in nano-dollars)."""
-        return await self.ledger.totals(scope)
+        """A ledger scope's totals (`global` or `user:<id>`; cost in nano-dollars). On the
+        budget given to Agents, the ledger they placed it in (AmbiguousLedger when they
+        placed it in several)."""
+        return await self._reading().totals(scope)
 
-    async def _warn(
-        self,
-        scopes: list[tuple[str, dict[str, int]]],
-        updated: Mapping[str, Totals],
-        scope: BudgetScope,
-    ) -> None:
-        warn_at = self.config.warn_at
-        if warn_at is None:
-            return
-        for name, limits in scopes:
-            totals = updated.get(name)
-            if totals is None:
-                continue
-            for metric, cap in limits.items():
-                spent = totals.spent.get(metric, 0)
-                if cap > 0 and spent >= warn_at * cap:
-                    cap_name = f"{name}:{metric}"
-                    await self._emit(
-                        cap_name, BudgetWarning(cap_name, spent / cap, scope.run_id, scope.user_id)
-                    )
-
-    async def _emit(self, key: str, warning: BudgetWarning) -> None:
-        if key in self._warned:
-            return
-        self._warned.add(key)
-        self._warnings.append(warning)
-        if self.on_warning is None:
-            return
-        try:
-            result = self.on_warning(warning)
-            if inspect.isawaitable(result):
-                await result
-        except Exception:
-            # A broken callback must not break the accounting of an effect that happened.
-            log.exception("budget on_warning callback failed for %s", warning.cap)
-
-
-def _relaxes(ledger: Ledger) -> bool:
-    """Whether `ledger.transact` takes `durable` (a ledger written before it did not)."""
-    kind = type(ledger)
-    known = _RELAXES.get(kind)
-    if known is None:
-        known = _RELAXES[kind] = "durable" in inspect.signature(kind.transact).parameters
-    return known
-
-
-_RELAXES: dict[type, bool] = {}
+    def _reading(self) -> Ledger:
+        """The ledger this budget's reads go to: a bound copy's own; for the budget the user
+        made, the one its bound copies use (see `LedgerPlaces.reading`)."""
+        return self.ledger if self._bound else self._places.reading(self.ledger)

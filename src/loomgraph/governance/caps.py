@@ -64,7 +64,9 @@ class BudgetConfig(Caps):
 
     The top-level caps hold for all runs sharing the ledger together; `per_user` caps hold for
     each user separately (runs without a user count as one user, `(anonymous)`); `users`
-    gives some users caps of their own instead of `per_user`.
+    gives some users caps of their own instead of `per_user`. `hold_wait_s` is how long a
+    reservation refused only because other runs hold the room waits for their holds to
+    end (never past the run's deadline; 0 refuses at once), see `hold_wait`.
     """
 
     per_user: Caps | None = None
@@ -74,6 +76,7 @@ class BudgetConfig(Caps):
     model: str | None = None
     input_margin: float = 1.0
     default_max_tokens: int | None = 4096
+    hold_wait_s: float = 30.0
 
     def __post_init__(self) -> None:
         Caps.__post_init__(self)
@@ -91,6 +94,9 @@ class BudgetConfig(Caps):
         ):
             wrong = self.default_max_tokens
             raise ValueError(f"default_max_tokens must be a positive int or None, not {wrong!r}")
+        wait = self.hold_wait_s
+        if isinstance(wait, bool) or not isinstance(wait, int | float) or not 0 <= wait < math.inf:
+            raise ValueError(f"hold_wait_s must be a non-negative number of seconds, not {wait!r}")
         if not self.input_margin >= 1:
             raise ValueError(f"input_margin must be at least 1, not {self.input_margin!r}")
 

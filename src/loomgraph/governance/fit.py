@@ -4,21 +4,96 @@ With no `max_tokens` from the caller, the node context asks the budget for the l
 that fits (`StandardBudget.fit_output`) and sends that as `max_tokens`, so the reservation is
 a true worst case and a small cap is not refused on the adapter's 4,096 default. A cap that
 cannot even hold the prompt is reported here, before any call, naming the cap.
+
+The sizing is made inside the ledger transaction that holds it (`Sizing`, a check for
+`hold_wait`): sized on totals read earlier, a call could find its room taken by another
+run's call by the time it reserves — and a reservation cannot shrink a `max_tokens` already
+chosen. The call's own reservation then takes that hold over (`FittedHolds`).
 """
 
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 
-from loomgraph.governance.ledger import NANO_USD, Totals
+from loomgraph.governance.amounts import Limits, refuse_past_caps
+from loomgraph.governance.ledger import NANO_USD, Change, Hold, Totals
 from loomgraph.protocols import BudgetExceeded
+
+__all__ = ["PROMPT_METRICS", "FittedHolds", "Sizing", "output_room"]
 
 PROMPT_METRICS = ("input_tokens", "total_tokens", "cost_usd")
 
 
+@dataclass(slots=True)
+class Sizing:
+    """One model call's output sized to the totals of a ledger transaction, and held.
+
+    `held(output)` is the call's worst case with that much output (priced; `prompt` is the
+    counted prompt, margin applied); `hold(amounts)` the hold of it. Called with the totals,
+    it returns the change holding the most output that fits (BudgetExceeded when none does)
+    and keeps `room` and `made`, the hold.
+    """
+
+    scopes: Limits
+    prompt: int
+    want: int
+    held: Callable[[int], dict[str, int]]
+    hold: Callable[[dict[str, int]], Hold]
+    room: int = 0
+    made: Hold | None = None
+
+    def __call__(self, totals: Mapping[str, Totals]) -> Change:
+        room = output_room(
+            self.scopes,
+            totals,
+            self.prompt,
+            self.want,
+            lambda _p, out: self.held(out).get("cost_usd", 0),
+        )
+        amounts = self.held(room)
+        refuse_past_caps(self.scopes, totals, amounts)  # the caps on calls, too
+        self.room, self.made = room, self.hold(amounts)
+        return Change(hold=self.made)
+
+
+class FittedHolds:
+    """The holds `fit_output` made, by run, until the call's reservation takes one over."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._runs: dict[str, list[Hold]] = {}
+
+    def __bool__(self) -> bool:
+        return bool(self._runs)
+
+    def add(self, hold: Hold) -> None:
+        """Keep a hold fit_output made."""
+        with self._lock:
+            self._runs.setdefault(hold.run_id, []).append(hold)
+
+    def take(self, run_id: str, amounts: Mapping[str, int]) -> Hold | None:
+        """The run's fitted hold of exactly `amounts`, no longer kept; None if there is none."""
+        with self._lock:
+            pending = self._runs.get(run_id, [])
+            for hold in pending:
+                if hold.amounts == amounts:
+                    pending.remove(hold)
+                    if not pending:
+                        del self._runs[run_id]
+                    return hold
+        return None
+
+    def forget(self, run_id: str) -> None:
+        """The run ended (the ledger's holds of it are released by the budget)."""
+        with self._lock:
+            self._runs.pop(run_id, None)
+
+
 def output_room(
-    scopes: list[tuple[str, dict[str, int]]],
+    scopes: Limits,
     totals: Mapping[str, Totals],
     prompt: int,
     want: int,

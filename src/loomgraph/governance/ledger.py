@@ -20,9 +20,9 @@ from __future__ import annotations
 
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Self
+from typing import ClassVar, Self
 
 from loomgraph.errors import ServiceUnavailable
 
@@ -168,7 +168,19 @@ def _add(target: Amounts, amounts: Mapping[str, int], sign: int) -> None:
 
 
 class Ledger(ABC):
-    """Scope totals and open holds, changed only through atomic `transact` calls."""
+    """Scope totals and open holds, changed only through atomic `transact` calls.
+
+    `local`: every change to it is made in this process (a budget waiting for holds then
+    needs no re-reading to see them end: see `hold_wait`). `place` names the store, so that
+    two ledger objects on one file or schema wake each other's waiters in this process.
+    """
+
+    local: ClassVar[bool] = False
+
+    @property
+    def place(self) -> Hashable:
+        """What identifies the store this ledger keeps its totals in (by default: itself)."""
+        return ("ledger", id(self))
 
     @abstractmethod
     async def transact(
@@ -222,6 +234,8 @@ class InMemoryLedger(Ledger):
     construction; the threading lock also covers callers on other loops or threads (an
     asyncio.Lock would bind the ledger to one loop and break under a second `asyncio.run`).
     """
+
+    local = True
 
     def __init__(self) -> None:
         self._lock = threading.Lock()

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Hashable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -61,6 +61,11 @@ class PostgresLedger(_SqlLedger):
 
     def __repr__(self) -> str:
         return f"PostgresLedger(schema={self.schema!r})"
+
+    @property
+    def place(self) -> Hashable:
+        """The server's database (as its DSN says) and the schema."""
+        return ("postgres", self.dsn, self.schema)
 
     async def close(self) -> None:
         """Close the pool."""

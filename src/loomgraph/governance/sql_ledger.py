@@ -23,7 +23,7 @@ import os
 import re
 import sqlite3
 from abc import abstractmethod
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Hashable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -267,6 +267,9 @@ class SqliteLedger(_SqlLedger):
         self.busy_timeout = busy_timeout
         self.synchronous = checked_synchronous(synchronous)
         self.location = repr(self.path)  # as errors name it
+        # Two objects on one file are one store; an in-memory database is its own.
+        memory = self.path == ":memory:"
+        self._place = ("ledger", id(self)) if memory else ("sqlite", os.path.realpath(self.path))
         # A connection's futures and an asyncio.Lock belong to one event loop: a new loop
         # gets a new connection.
         self._db = SqliteConnection(
@@ -277,6 +280,11 @@ class SqliteLedger(_SqlLedger):
 
     def __repr__(self) -> str:
         return f"SqliteLedger({self.path!r})"
+
+    @property
+    def place(self) -> Hashable:
+        """The file (its real path)."""
+        return self._place
 
     async def close(self) -> None:
         """Close the connections."""
