@@ -6,6 +6,13 @@ call runs only after an explicit approval of that request — whatever permissio
 Agent has — and the answer is journaled too, so it is used once. Call ids come from the model
 and need not be unique: two calls sharing one are asked, and answered, each on its own. A
 request whose deadline passed is denied, and the run goes on.
+
+The request (and an answer journaled without one) also records the identity of the tool asked
+about (`ToolIdentity`: its origin and a digest of its spec). An answer is used only while the
+tool answering to the call's name has that identity: another server's tool of that name, or
+the tool changed while the answer waited, gets the call denied (`approval:tool_changed`), and
+the model's next call is asked about anew. A request journaled before identities were
+recorded is answered as before.
 """
 
 from __future__ import annotations
@@ -37,12 +44,15 @@ from loomgraph.protocols import (
     ToolCall,
     ToolSpec,
 )
+from loomgraph.protocols.tool_identity import ToolIdentity
 
 __all__ = ["ApprovalDesk", "args_hash", "args_too_large", "edit_too_large"]
 
 HANDLER = "handler"
 # Answers the approval handler may give, for the reason of a refused one.
 HANDLER_ANSWERS = "True, False, None, {'args': {...}} or an Approval of this call"
+# The rule of a call denied because its tool is not the one its approval was asked about.
+TOOL_CHANGED = "approval:tool_changed"
 
 
 def args_too_large(call: ToolCall, limit: int) -> str | None:
@@ -91,11 +101,12 @@ class ApprovalDesk:
         # True once this call's approval was found under the keys of an older journal.
         self.legacy = False
 
-    async def prior_ask(self) -> Decision | None:
+    async def prior_ask(self, spec: ToolSpec) -> Decision | None:
         """The `ask` a request journaled before the run stopped was made under — only an
         approval releases the call now — or None when this call was never asked about. A
-        request found at this call's key for another call (not the same tool and arguments)
-        approves nothing: the call is denied."""
+        request found at this call's key for another call (not the same tool and arguments),
+        or about a tool other than `spec`'s (another origin, another spec), approves nothing:
+        the call is denied."""
         await self._bind(answers=False)
         if str(self.request_key) not in self.scope.requested:
             return None
@@ -103,6 +114,10 @@ class ApprovalDesk:
         if "call" in request and not same_call(request["call"], self.call):
             self._take_supplied()  # an answer to that request is not one to this call
             return self._mismatch("requested")
+        changed = tool_changed(request.get("tool"), spec, self.call)
+        if changed is not None:
+            self._take_supplied()  # nor is it one for the tool answering to that name now
+            return changed
         rule = request.get("rule") or "approval:pending"
         return Decision("ask", rule, request.get("reason") or "asked before the run stopped")
 
@@ -122,13 +137,18 @@ class ApprovalDesk:
             # answered before a crash: that answer stands, for the call it was given for.
             if not same_call(earlier.intent.get("call"), call):
                 return self._mismatch("answered"), call
+            # An answer journaled with no request (an approval handler's, before a crash)
+            # names the tool it was given for; one to a request was checked by `prior_ask`.
+            changed = tool_changed(earlier.intent.get("tool"), spec, call)
+            if changed is not None:
+                return changed, call
             outcome = earlier.outcome or {}
             answer = Approval.from_journal(
                 call["id"], outcome.get("answer"), outcome.get("by", ""), outcome.get("reason", "")
             )
         else:
-            answer = await self._new_answer(asked, tainted, supplied)
-            intent = approval_intent(call)
+            answer = await self._new_answer(spec, asked, tainted, supplied)
+            intent = {**approval_intent(call), "tool": ToolIdentity.of(spec).to_dict()}
             await scope.begin_effect(self.answer_key, APPROVAL_KIND, intent, self.node)
             await scope.end_effect(self.answer_key, answer.outcome())
         if scope.auditing:
@@ -144,7 +164,7 @@ class ApprovalDesk:
         return Decision("allow", "approval:granted", asked.rule), call
 
     async def _new_answer(
-        self, asked: Decision, tainted: bool, supplied: Approval | None
+        self, spec: ToolSpec, asked: Decision, tainted: bool, supplied: Approval | None
     ) -> Approval:
         scope, call = self.scope, self.call
         request = await scope.finished_effect(self.request_key)
@@ -162,7 +182,7 @@ class ApprovalDesk:
             if handled is not None:
                 return handled
         if request is None:
-            request = self._request(asked, tainted)
+            request = self._request(spec, asked, tainted)
             await scope.begin_effect(self.request_key, "approval_request", request, self.node)
             await scope.end_effect(self.request_key, request)
             if scope.auditing:
@@ -173,6 +193,7 @@ class ApprovalDesk:
                     "args_hash": args_hash(call["args"]),
                     "tainted": tainted,
                     "deadline": request["deadline"],
+                    "tool_identity": request["tool"],
                 }
                 await scope.audit(AuditAction.APPROVAL_REQUESTED, self.node, asking)
         raise RunStopped(
@@ -186,10 +207,11 @@ class ApprovalDesk:
                 tainted=bool(request.get("tainted")),
                 asked_at=request.get("asked_at"),
                 deadline=request.get("deadline"),
+                tool=ToolIdentity.from_dict(request.get("tool")),
             ),
         )
 
-    def _request(self, asked: Decision, tainted: bool) -> dict[str, Any]:
+    def _request(self, spec: ToolSpec, asked: Decision, tainted: bool) -> dict[str, Any]:
         permissions = self.scope.deps.permissions
         timeout = None
         if isinstance(permissions, PinnablePolicy):
@@ -202,6 +224,8 @@ class ApprovalDesk:
             "tainted": tainted,
             "asked_at": now,
             "deadline": None if timeout is None else now + timeout,
+            # The tool the person is asked about: the answer covers that tool only.
+            "tool": ToolIdentity.of(spec).to_dict(),
         }
 
     async def _bind(self, *, answers: bool) -> None:
@@ -302,3 +326,22 @@ class ApprovalDesk:
         if answer.reason:
             entry["reason"] = answer.reason
         await self.scope.audit(AuditAction.APPROVAL, self.node, entry)
+
+
+def tool_changed(recorded: Any, spec: ToolSpec, call: ToolCall) -> Decision | None:
+    """The denial of `call` when the tool its approval was asked about (`recorded`, as
+    journaled) is not the tool `spec` describes now, or None: the same tool, or nothing
+    recorded (a request journaled before identities were)."""
+    then = ToolIdentity.from_dict(recorded)
+    if then is None:
+        return None
+    now = ToolIdentity.of(spec)
+    if now == then:
+        return None
+    return Decision(
+        "deny",
+        TOOL_CHANGED,
+        f"tool {call['tool']!r} changed since this call was asked about (approved: "
+        f"{then.shown()}; now: {now.shown()}), so the approval does not cover it; call it "
+        "again to be asked anew",
+    )

@@ -201,7 +201,7 @@ class ToolGate:
             tainted, read = untrusted_in(scope.untrusted, deps.arg_reader, call, spec)
         # Asked about before the run stopped (this very call: its key, tool and arguments):
         # only an approval releases it now.
-        prior = await desk.prior_ask() if desk is not None else None
+        prior = await desk.prior_ask(spec) if desk is not None else None
         if prior is not None:
             decision = prior
         else:

@@ -53,6 +53,7 @@ from loomgraph.protocols.messages import (
     ImageBlock,
     Message,
     ToolCall,
+    ToolOrigin,
     ToolResult,
     ToolSpec,
 )
@@ -74,6 +75,7 @@ from loomgraph.protocols.observability import (
     Telemetry,
 )
 from loomgraph.protocols.paths import NodePath, journaled_usage, top_level
+from loomgraph.protocols.pending import Pending
 from loomgraph.protocols.pricing import (
     DEFAULT_PRICES,
     Price,
@@ -88,7 +90,6 @@ from loomgraph.protocols.runtime import (
     EffectRecord,
     EffectStatus,
     Lease,
-    Pending,
     PinnedGraph,
     RunLeases,
     RunReader,
@@ -110,6 +111,7 @@ from loomgraph.protocols.tool_args import (
     check_tool_args,
     parse_tool_args,
 )
+from loomgraph.protocols.tool_identity import ToolIdentity
 from loomgraph.protocols.tools import (
     ArgumentReader,
     StartableToolHost,
@@ -145,6 +147,8 @@ __all__ = [  # noqa: RUF022 - grouped by concept, not sorted
     "ImageBlock",
     "Message",
     "ToolCall",
+    "ToolOrigin",
+    "ToolIdentity",
     "ToolResult",
     "ToolSpec",
     # usage: tokens, calls and cost as one value; the tokenizer-free estimates

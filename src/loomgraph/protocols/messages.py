@@ -7,7 +7,15 @@ from typing import Any, Final, Literal
 # pydantic validates a typing_extensions TypedDict on every Python (a fork patch's messages).
 from typing_extensions import TypedDict
 
-__all__ = ["INVALID_ARGUMENTS", "ImageBlock", "Message", "ToolCall", "ToolResult", "ToolSpec"]
+__all__ = [
+    "INVALID_ARGUMENTS",
+    "ImageBlock",
+    "Message",
+    "ToolCall",
+    "ToolOrigin",
+    "ToolResult",
+    "ToolSpec",
+]
 
 # The `error_type` of a tool result whose call's arguments do not fit the tool's schema: the
 # engine counts these (a model that cannot produce valid arguments must not loop).
@@ -45,6 +53,16 @@ class Message(_MessageBase, total=False):
     images: list[ImageBlock]
 
 
+class ToolOrigin(TypedDict):
+    """Where a tool that is not a function of this process comes from (`ToolSpec.origin`)."""
+
+    kind: str  # "mcp": a tool an MCP server lists
+    name: str  # the server's name
+    # A sha256 digest of how the server is reached (its command line, or its URL): never the
+    # text itself, which may hold secrets.
+    reach: str
+
+
 class ToolSpec(TypedDict, total=False):
     """What the model is told about a tool: name, description and JSON Schema of arguments."""
 
@@ -62,6 +80,9 @@ class ToolSpec(TypedDict, total=False):
     # Where the tool runs, as the OpenTelemetry GenAI conventions name it (`gen_ai.tool.type`):
     # "function" (in this process, the default) or "extension" (an MCP server's tool).
     tool_type: str
+    # Where the tool comes from, when not from a function of this process (absent: a local
+    # tool). Part of its identity (`protocols.tool_identity`), which an approval is bound to.
+    origin: ToolOrigin
 
 
 class ToolResult(TypedDict, total=False):

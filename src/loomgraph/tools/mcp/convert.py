@@ -13,6 +13,9 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from loomgraph.protocols import ImageBlock, ToolResult, ToolSpec
+from loomgraph.protocols.messages import ToolOrigin
+from loomgraph.protocols.tool_identity import digest
+from loomgraph.tools.mcp.transports import Http, Stdio
 
 SERVER_ERROR: Final = "mcp_server_error"
 """The `error_type` of a call that failed because its MCP server failed (died, hung, sent
@@ -60,6 +63,22 @@ def to_spec(tool: Any, name: str, trust: Trust) -> ToolSpec:
         "trusted": flags["trusted"],
         "tool_type": "extension",  # runs in another process, the server's
     }
+
+
+def origin(server: str, transport: Stdio | Http) -> ToolOrigin:
+    """The origin of a server's tools (`ToolSpec.origin`): its name, and a digest of how it
+    is reached — the command, arguments and working directory, or the URL — so that an
+    approval does not cover the tools of another program given the same name. The digest
+    only: a command line or URL may hold secrets. The environment and headers are left out:
+    they hold credentials, which may be renewed while an approval waits."""
+    if isinstance(transport, Stdio):
+        how: dict[str, Any] = {
+            "stdio": [transport.command, *transport.args],
+            "cwd": transport.cwd,
+        }
+    else:
+        how = {"http": transport.url}
+    return {"kind": "mcp", "name": server, "reach": digest(how)}
 
 
 def to_result(result: Any) -> ToolResult:

@@ -16,6 +16,7 @@ from loomgraph.protocols import (
     ToolResult,
     ToolSpec,
 )
+from loomgraph.protocols.messages import ToolOrigin
 from loomgraph.tools import results
 from loomgraph.tools.mcp.server import MCPServer
 
@@ -44,7 +45,9 @@ class ServerToolHost:
     server lists later under a name another server or a local tool has is left out. A
     server's `prefix` + `_` is its own: another server's tool named under it is left out.
     The descriptions and schemas of the tools of servers not trusted are untrusted text of
-    every run that offers them (`watch_untrusted`).
+    every run that offers them (`watch_untrusted`). A server's tool specs name their origin
+    (`ToolSpec.origin`: the server and a digest of how it is reached), which an approval of
+    one of their calls is bound to.
     """
 
     def __init__(self, local: ToolHost, servers: Iterable[MCPServer]) -> None:
@@ -56,6 +59,10 @@ class ServerToolHost:
                 raise ValueError(f"two MCP servers are named {server.name!r}")
             seen[server.name] = server
         self._prefixes = _prefixes(self.servers)
+        # Computed once: a server is reached the same way for as long as it is configured.
+        self._origins: dict[str, ToolOrigin] = {
+            server.name: server.origin() for server in self.servers
+        }
         self._owner: dict[str, MCPServer] = {}
         # Offered tools of servers not trusted -> their name, description and schema as text;
         # and the untrusted text of each run under way, which gets what is listed meanwhile.
@@ -175,7 +182,9 @@ class ServerToolHost:
         for name, server in self._owner.items():
             spec = server.spec(name)
             if spec is not None:
-                out.append(spec.copy())
+                stamped = spec.copy()
+                stamped["origin"] = self._origins[server.name]
+                out.append(stamped)
         return out
 
     def spec(self, name: str) -> ToolSpec | None:
@@ -184,7 +193,13 @@ class ServerToolHost:
         if server is None:
             return self.local.spec(name)
         spec = server.spec(name)
-        return None if spec is None else spec.copy()
+        if spec is None:
+            return None
+        # The copy names its origin: one dict item, made once per server, so an ordinary
+        # call pays nothing for the identity an approval may be bound to.
+        stamped = spec.copy()
+        stamped["origin"] = self._origins[server.name]
+        return stamped
 
     def received_args(self, call: ToolCall) -> dict[str, Any] | None:
         """A local tool's arguments as it will receive them; None for a server's tool (its

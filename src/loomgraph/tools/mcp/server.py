@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from loomgraph.protocols import INVALID_ARGUMENTS, ToolResult, ToolSpec, tool_run
+from loomgraph.protocols.messages import ToolOrigin
 from loomgraph.tools.mcp.checks import NAME, Schema, check_arguments
 from loomgraph.tools.mcp.connection import Link, MCPListingTooLarge, MCPServerError, say
 from loomgraph.tools.mcp.convert import (
@@ -25,6 +26,7 @@ from loomgraph.tools.mcp.convert import (
     to_result,
     to_spec,
 )
+from loomgraph.tools.mcp.convert import origin as tool_origin
 from loomgraph.tools.mcp.transports import Http, OnLost, Stdio
 from loomgraph.tools.results import error as error_result
 from loomgraph.tools.results import timed_out
@@ -147,6 +149,10 @@ class MCPServer:
     def label(self) -> str:
         """The program (stdio) or scheme, host and port (HTTP): what a run may show."""
         return self._transport.label()
+
+    def origin(self) -> ToolOrigin:
+        """Where its tools come from (`ToolSpec.origin`): its name, how it is reached."""
+        return tool_origin(self.name, self._transport)
 
     def redact(self, text: str) -> str:
         """`text` with the arguments, URL path and credentials of the server masked."""
