@@ -9,7 +9,7 @@ import sys
 from typing import Any
 
 from loomgraph.cli import agent_args, going_on, journal
-from loomgraph.cli.console import safe
+from loomgraph.cli.console import can_ask
 from loomgraph.cli.output import EXIT_OK, print_result, table
 from loomgraph.engine.effects import Approval, BoundApproval
 from loomgraph.protocols import Decision, RunStatus, Runtime, ToolCall
@@ -21,10 +21,16 @@ NO_APPROVER = (
 )
 
 
-def approver_for(args: argparse.Namespace) -> Any:
-    """Who answers an `ask` in `loomgraph run`: the person at the terminal (--approve), the
-    journal (a durable --runtime: the run stops and waits), or nobody (then ask means deny:
-    with no journal, or one in memory, a waiting run could never be answered)."""
+def approver_for(args: argparse.Namespace, pause: Any = None) -> Any:
+    """Who answers an `ask` in `loomgraph run`: the person at the terminal (`can_ask`: asked
+    approve / deny / edit, `pause` taking the live status line away meanwhile; or --approve,
+    whatever stdin is), the journal (a durable --runtime: the run stops and waits), or
+    nobody (then ask means deny: with no journal, or one in memory, a waiting run could
+    never be answered)."""
+    if can_ask(args):
+        from loomgraph.cli.asking import TerminalApprover
+
+        return TerminalApprover(can_wait=journal.keeps_runs(args.runtime), pause=pause)
     if args.approve:
         return ask_on_terminal
     if journal.keeps_runs(args.runtime):
@@ -38,12 +44,12 @@ def deny_unattended(call: ToolCall, decision: Decision) -> Approval:
 
 
 def ask_on_terminal(call: ToolCall, decision: Decision) -> bool:
-    """Ask the person at the terminal; anything but yes is no."""
-    # The reason may come from a policy callable: escaped, as every stored text printed here.
-    why = safe(f"{decision.rule}{': ' + decision.reason if decision.reason else ''}")
+    """`--approve` when stdin is no terminal (a pipe): ask, read a line; anything but yes is
+    no. (At a terminal, `asking.TerminalApprover` asks instead.)"""
+    from loomgraph.cli.asking import approval_question
+
     print(
-        f"\nloomgraph: {safe(call['tool'])}({json.dumps(call['args'])}) needs approval "
-        f"({why}). Allow? [y/N] ",
+        f"\nloomgraph: {approval_question(call, decision)}. Allow? [y/N] ",
         end="",
         file=sys.stderr,
         flush=True,

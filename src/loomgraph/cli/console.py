@@ -66,6 +66,16 @@ def colour(stream: TextIO | None = None) -> bool:
     return bool(isatty and isatty())
 
 
+def can_ask(args: Any) -> bool:
+    """Whether the command may ask the person running it (an `interrupt`'s question, an
+    approval): stdin and stdout are a terminal, and neither `--json` (a program reads the
+    output) nor `--no-input` says otherwise. A pipe, a file or CI never is asked."""
+    if getattr(args, "json", False) or getattr(args, "no_input", False):
+        return False
+    streams = (sys.stdin, sys.stdout)
+    return all(bool(getattr(s, "isatty", None) and s.isatty()) for s in streams)
+
+
 @cache
 def console(stderr: bool = False) -> Any:
     """The rich Console of stdout (or stderr); call only when `colour()` is true."""

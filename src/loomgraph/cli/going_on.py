@@ -121,13 +121,15 @@ def agent_for(
     record: RunRecord,
     architecture: Any,
     permissions: Any = None,
+    approval_handler: Any = None,
 ) -> Any:
     """An Agent to go on with `record` on `architecture` (see `run_graph`), with the given
     tools and permissions (a run resumes only under the policy it is pinned to). Named as
     the agent file says (a run of an agent of another name is refused), else as the agent
     that started the run: the command line names the run and the tools to go on with it.
     It prints the run's events as `loomgraph run` does, but not with `--json`: then the
-    command prints one line, the result."""
+    command prints one line, the result. `approval_handler`: who answers an ask (the
+    person at the terminal), else the run stops to wait for `runs approve`."""
     return agent_args.build_agent(
         args,
         instructions=None if args.agent else "",
@@ -135,6 +137,7 @@ def agent_for(
         architecture=architecture,
         hooks=NoHooks() if args.json else _Printer(),
         permissions=permissions,
+        approval_handler=approval_handler,
         name=None if args.agent else record.agent_name,
     )
 

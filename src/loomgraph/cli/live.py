@@ -4,6 +4,8 @@ elapsed) under the events as they print."""
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from loomgraph.protocols import Usage
@@ -29,6 +31,18 @@ class LiveView:
 
     def __exit__(self, *exc: object) -> None:
         self.live.stop()
+
+    @contextmanager
+    def paused(self) -> Iterator[None]:
+        """The status line taken away while the person is asked something (an approval),
+        so its redraws do not overwrite the question or what they type; back after."""
+        started = self.live.is_started
+        self.live.stop()
+        try:
+            yield
+        finally:
+            if started:
+                self.live.start()
 
     def see(self, event: Any) -> None:
         """Take in one event: the node now running, the usage spent."""

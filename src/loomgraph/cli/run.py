@@ -1,19 +1,32 @@
 """`loomgraph run`: run an agent on a prompt, its events streamed (live view on a terminal);
-Ctrl-C stops the run cleanly and says how to resume it."""
+at a terminal its questions and approvals are asked there (`asking`); Ctrl-C stops the run
+cleanly and says how to resume it."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import shlex
+from collections.abc import AsyncIterator, Mapping
 from contextlib import nullcontext
 from typing import Any
 
 from loomgraph.cli import agent_args
 from loomgraph.cli import approvals as cli_approvals
 from loomgraph.cli import journal as cli_journal
-from loomgraph.cli.console import colour, mask_passwords, warn
+from loomgraph.cli.console import can_ask, colour, mask_passwords, warn
 from loomgraph.cli.output import EXIT_FAILED, EXIT_INTERRUPTED, emit_event, exit_code
+from loomgraph.protocols import RunStatus
+
+NO_INPUT_HELP = (
+    "never ask on this terminal: a question (an interrupt) or an approval stops the run to "
+    "wait, as in a pipe (default: at a terminal, without --json, they are asked there)"
+)
+
+
+def add_no_input_option(parser: argparse.ArgumentParser) -> None:
+    """`--no-input`: a command at a terminal that would ask there does not."""
+    parser.add_argument("--no-input", action="store_true", help=NO_INPUT_HELP)
 
 
 def add_run_parser(sub: Any) -> None:
@@ -37,9 +50,11 @@ def add_run_parser(sub: Any) -> None:
     run.add_argument(
         "--approve",
         action="store_true",
-        help="ask on this terminal when a rule says ask (without it: with a journal the run "
-        "stops to wait for `loomgraph runs approve`, else ask means deny)",
+        help="ask when a rule says ask, reading the answer from stdin even when it is no "
+        "terminal (at a terminal this is the default; elsewhere without it: with a journal "
+        "the run stops to wait for `loomgraph runs approve`, else ask means deny)",
     )
+    add_no_input_option(run)
 
 
 def handle(args: argparse.Namespace) -> int:
@@ -66,7 +81,15 @@ def resume_command(run_id: str, args: argparse.Namespace, runtime: str | None, *
     for other permissions), with `--runtime` when it was given on the command line, its
     password masked (`***`, said so: to be given again), never printed; `extra` words
     (`--value JSON`) at its end, as they are."""
-    words = ["loomgraph", "runs", "resume", shlex.quote(run_id)]
+    return going_on_command(("resume", run_id), args, runtime, *extra)
+
+
+def going_on_command(
+    command: tuple[str, ...], args: argparse.Namespace, runtime: str | None, *extra: str
+) -> str:
+    """`loomgraph runs COMMAND…` (`resume RUN`, `approve RUN CALL`) with the options that go
+    on with the run, as `resume_command` says."""
+    words = ["loomgraph", "runs", *(shlex.quote(word) for word in command)]
     agent = getattr(args, "agent", None)
     if agent:
         words += ["-a", shlex.quote(agent)]
@@ -102,10 +125,10 @@ def say_how_to_answer(
     JSON --request KEY` command (`args`, `runtime`: as the command line gave them), else
     that it cannot be answered. Nothing for any other result (an approval is answered with
     `runs approve`)."""
-    if not isinstance(result, dict):
+    if not isinstance(result, Mapping):
         return
     pending, run_id = result.get("pending"), str(result.get("run_id", ""))
-    if not isinstance(pending, dict) or not pending.get("type"):
+    if not isinstance(pending, Mapping) or not pending.get("type"):
         return
     if not durable:
         warn(f"run {run_id} {unkept(args.runtime)}, so its question cannot be answered", "yellow")
@@ -120,39 +143,79 @@ def say_how_to_answer(
     )
 
 
+def say_how_to_approve(
+    result: Mapping[str, Any], args: argparse.Namespace, runtime: str | None
+) -> None:
+    """When the run awaits approval of a call (`result`, as a dict) that was not answered
+    on the terminal, say on stderr the `runs approve` / `runs deny` commands that answer it,
+    named by its request. Nothing for any other result."""
+    pending, run_id = result.get("pending"), str(result.get("run_id", ""))
+    if result.get("status") != RunStatus.AWAITING_APPROVAL or not isinstance(pending, Mapping):
+        return
+    call = pending.get("call")
+    if not isinstance(call, Mapping) or not isinstance(call.get("id"), str):
+        return
+    key = pending.get("key")
+    request = ("--request", shlex.quote(key)) if isinstance(key, str) and key else ()
+    approve = going_on_command(("approve", run_id, call["id"]), args, runtime, *request)
+    warn(f"approve with: {approve}  (or `runs deny`, the same way)", "yellow")
+
+
 async def _run(args: argparse.Namespace, started: dict[str, str]) -> int:
     given = args.runtime  # as the command line gave it (the agent file's is not repeated)
     journal = agent_args.runtime_of(args)
     runtime = cli_journal.open_journal(journal, create=True) if journal else None
     args.runtime = journal  # who answers an ask depends on whether the journal keeps runs
     default = None if args.agent else "You are a helpful assistant."
+    view = _live_view() if not args.json and colour() else None
     agent = agent_args.build_agent(
         args,
         instructions=args.instructions or default,
         runtime=runtime,
         permissions=agent_args.load_permissions(args.permissions),
-        approval_handler=cli_approvals.approver_for(args),
+        approval_handler=cli_approvals.approver_for(args, view.paused if view else None),
     )
-    status, result = "failed", None
-    live = not args.json and colour()
+    asking = can_ask(args)
+    result: Mapping[str, Any] = {}
     try:
-        view = _live_view() if live else nullcontext()
-        with view as watching:
-            async for event in agent.stream(
-                args.prompt, user_id=args.user, session_id=args.session
-            ):
-                if event.kind == "run_started":
-                    started["run_id"] = event.run_id
-                if watching is not None:
-                    watching.see(event)
-                if event.kind != "model_chunk" or not live:
-                    emit_event(event, args.json)
-                if event.kind == "run_completed":
-                    status, result = event.payload["status"], event.payload.get("result")
+        events = agent.stream(args.prompt, user_id=args.user, session_id=args.session)
+        result = await _shown(events, args.json, view, started)
+        if asking:  # the questions asked here, each answer going on with the run
+            from loomgraph.cli.asking import answer_questions
+
+            async def go_on(answer: Any) -> Mapping[str, Any]:
+                resumed = agent.resume_stream(started["run_id"], value=answer)
+                return await _shown(resumed, args.json, view, started)
+
+            result = await answer_questions(result, agent.deps.runtime, go_on)
     finally:
         await agent.aclose()
     say_how_to_answer(result, cli_journal.keeps_runs(journal), args, given)
-    return exit_code(status) if status else EXIT_FAILED
+    if asking:  # an approval left waiting on the terminal: how to give it later
+        say_how_to_approve(result, args, given)
+    status = result.get("status")
+    return exit_code(str(status)) if status else EXIT_FAILED
+
+
+async def _shown(
+    events: AsyncIterator[Any], as_json: bool, view: Any, started: dict[str, str]
+) -> Mapping[str, Any]:
+    """Print a run's events as they come (the live `view` kept up to date, when there is
+    one) until it stops; its result, as a dict (with its status), empty if it never ended."""
+    result: Mapping[str, Any] = {}
+    with view if view is not None else nullcontext():
+        async for event in events:
+            if event.kind == "run_started":
+                started["run_id"] = event.run_id
+            if view is not None:
+                view.see(event)
+            if event.kind != "model_chunk" or view is None:
+                emit_event(event, as_json)
+            if event.kind == "run_completed":
+                ended = event.payload.get("result")
+                ended = ended if isinstance(ended, Mapping) else {}
+                result = {**ended, "status": event.payload["status"]}
+    return result
 
 
 def _live_view() -> Any:

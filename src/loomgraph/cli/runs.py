@@ -10,9 +10,10 @@ from pathlib import Path
 from typing import Any
 
 from loomgraph.cli import agent_args, going_on, journal
-from loomgraph.cli.console import say
+from loomgraph.cli.console import can_ask, say
 from loomgraph.cli.output import (
     EXIT_OK,
+    exit_code,
     print_diff,
     print_queued_run,
     print_result,
@@ -20,7 +21,7 @@ from loomgraph.cli.output import (
     print_runs,
     usage,
 )
-from loomgraph.cli.run import say_how_to_answer
+from loomgraph.cli.run import add_no_input_option, say_how_to_answer, say_how_to_approve
 from loomgraph.engine.effects import BoundValue
 from loomgraph.protocols import (
     RunRecord,
@@ -86,6 +87,7 @@ def add_runs_parser(sub: Any) -> Any:
     agent_args.add_agent_options(retry, None, graph=False)
     for cmd in (resume, retry):
         going_on.add_graph_option(cmd)
+        add_no_input_option(cmd)
     fork = cmds.add_parser("fork", help="start a new run from a checkpoint of another")
     fork.add_argument("run_id", help="the run to fork")
     fork.add_argument(
@@ -244,29 +246,42 @@ async def _resume(args: argparse.Namespace, runtime: Runtime) -> int:
     record, _ = await journal.load_record(runtime, args.run_id)
     graph = await going_on.run_graph(args, runtime, record, args.graph_choice)
     permissions = agent_args.load_permissions(args.permissions)
-    agent = going_on.agent_for(args, runtime, record, graph.architecture, permissions)
+    asking = can_ask(args)
+    approver = None
+    if asking:  # an ask on the way is put to the person here; unanswered, the run waits
+        from loomgraph.cli.asking import TerminalApprover
+
+        approver = TerminalApprover(can_wait=True)
+    agent = going_on.agent_for(args, runtime, record, graph.architecture, permissions, approver)
     request = getattr(args, "request", "")  # `retry` answers nothing
     if request and args.value is None:
         raise journal.UsageError("--request names the question --value answers: give --value")
     if args.runs_command == "retry":
+        # A retried run that stops at a question waits, as any run does: the command
+        # printed below (`runs resume … --value JSON --request KEY`) answers it.
         result = await agent.retry(args.run_id, graph=graph.choice)
     elif args.value is None:
         result = await agent.resume(args.run_id, graph=graph.choice)
     else:  # checked against the type asked for as `Agent.resume` checks it: ResumeError
-        value = _value_of(args.value)
+        from loomgraph.cli.asking import value_of
+
+        value = value_of(args.value)
         answer = BoundValue(value, request) if request else value
         result = await agent.resume(args.run_id, graph=graph.choice, value=answer)
-    code = print_result(result, args.json)
-    say_how_to_answer(result.to_dict(), True, args, args.runtime)
-    return code
+    print_result(result, args.json)
+    ended: Any = result.to_dict()
+    if asking:  # its questions asked here, each answer going on with the run
+        from loomgraph.cli.asking import answer_questions
 
+        async def go_on(answer: Any) -> Any:
+            going = await agent.resume(args.run_id, graph=graph.choice, value=answer)
+            print_result(going, args.json)
+            return going.to_dict()
 
-def _value_of(text: str) -> Any:
-    """`--value`: the JSON value the text is, else the text itself (a plain string)."""
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return text
+        ended = await answer_questions(ended, runtime, go_on)
+        say_how_to_approve(ended, args, args.runtime)
+    say_how_to_answer(ended, True, args, args.runtime)
+    return exit_code(str(ended["status"]))
 
 
 async def _fork(args: argparse.Namespace, runtime: Runtime) -> int:
