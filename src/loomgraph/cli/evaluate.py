@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import re
 import sys
 import traceback
 from pathlib import Path
@@ -80,6 +81,7 @@ def handle(args: argparse.Namespace) -> int:
         missing_baselines,
         no_baseline_message,
         read_baseline,
+        skipped_scores,
     )
 
     if args.schema:
@@ -104,7 +106,7 @@ def handle(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return EXIT_USAGE
-    out = Path(args.out or f"eval-{dataset.name}")
+    out = Path(args.out or _default_out(dataset.name))
     out.mkdir(parents=True, exist_ok=True)
     try:
         report = asyncio.run(_evaluate(args, dataset, names, out))
@@ -126,10 +128,32 @@ def handle(args: argparse.Namespace) -> int:
             f"(see `reason` in {out / 'report.json'}); the next run scores them again",
             file=sys.stderr,
         )
-    failures = gate(report, baseline=baseline, max_drop=args.max_drop, fail_under=args.fail_under)
+    skips = sum(sum(counts.values()) for counts in skipped_scores(report).values())
+    if skips:
+        print(
+            f"loomgraph eval: {skips} judge score(s) skipped (the judge's max_tokens had no "
+            f"room left), each scored as a failing score (see `skipped` in "
+            f"{out / 'report.json'}); the next run scores them again",
+            file=sys.stderr,
+        )
+    try:
+        failures = gate(
+            report, baseline=baseline, max_drop=args.max_drop, fail_under=args.fail_under
+        )
+    except ValueError as err:  # nothing to gate on: no verdict, never a pass
+        print(f"loomgraph eval: no verdict: {err}", file=sys.stderr)
+        return EXIT_USAGE
     for failure in failures:
         print(f"gate: {failure}", file=sys.stderr)
     return EXIT_FAILED if failures else EXIT_OK
+
+
+def _default_out(name: str) -> str:
+    """`eval-NAME`, in the current folder whatever the dataset's name holds: a separator
+    (or a control character) is written `-` and leading and trailing dots are dropped, so
+    `../x` gives `eval-x`, not a folder beside the current one."""
+    safe = re.sub(r"[/\\\x00-\x1f]+", "-", name).strip(". -")
+    return f"eval-{safe or 'dataset'}"
 
 
 def _crashed(err: Exception, out: Path) -> int:

@@ -14,9 +14,11 @@ from loomgraph.eval.evaluators import (
     AnswerEvaluator,
     BoundsEvaluator,
     CustomEvaluator,
+    DuplicateEvaluatorName,
     Evaluator,
     NotCalledEvaluator,
     Score,
+    SkippingEvaluator,
     TrajectoryEvaluator,
 )
 from loomgraph.eval.judge import JudgeEvaluator
@@ -36,6 +38,7 @@ __all__ = [
     "CustomEvaluator",
     "Dataset",
     "DatasetError",
+    "DuplicateEvaluatorName",
     "EvalRun",
     "Evaluation",
     "Evaluator",
@@ -43,6 +46,7 @@ __all__ = [
     "NotCalledEvaluator",
     "Report",
     "Score",
+    "SkippingEvaluator",
     "StrategySummary",
     "TrajectoryEvaluator",
     "build_report",

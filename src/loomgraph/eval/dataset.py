@@ -2,21 +2,30 @@
 
 from __future__ import annotations
 
-import json
 import re
 from enum import StrEnum
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+)
 
 from loomgraph.authoring.loader import nearest_line, parse_yaml, schema_problems
 from loomgraph.errors import Problem, ProblemsError
-from loomgraph.protocols.safe_yaml import MAX_YAML_DEPTH
+from loomgraph.eval.jsonl import parse_jsonl
 
 __all__ = [
+    "BUILT_IN_EVALUATORS",
+    "JSONL_SUFFIXES",
     "MAX_DATASET_BYTES",
     "RUBRIC_VARIABLES",
+    "YAML_SUFFIXES",
     "AnswerCheck",
     "Case",
     "Dataset",
@@ -31,6 +40,11 @@ __all__ = [
 # The largest dataset file, YAML or JSON Lines alike (YAML is parsed in pure Python).
 MAX_DATASET_BYTES = 1_000_000
 SCHEMA_VERSION = 1
+# The evaluators every evaluation of a dataset has: a dataset's own may not take these names.
+BUILT_IN_EVALUATORS = ("answer", "trajectory", "not_called", "bounds")
+# The file suffixes `Dataset.load` reads, and how.
+YAML_SUFFIXES = (".yaml", ".yml", ".json")
+JSONL_SUFFIXES = (".jsonl", ".ndjson")
 # What a judge's rubric may name (the Jinja2 variables `JudgeEvaluator` renders it with).
 RUBRIC_VARIABLES = frozenset({"case", "input", "answer", "tool_calls", "status"})
 
@@ -123,6 +137,15 @@ class EvaluatorSpec(_Strict):
     # custom: an import path MODULE:ATTR of `(case, outcome) -> Score | float | bool`.
     call: str | None = None
 
+    def evaluator_name(self) -> str:
+        """The name its scores are reported under: `name`, else `judge` for a judge and
+        the function's name (ATTR of `call`) for a custom evaluator."""
+        if self.name:
+            return self.name
+        if self.kind == "judge":
+            return "judge"
+        return (self.call or "custom").partition(":")[2].rpartition(".")[2] or "custom"
+
 
 class Dataset(_Strict):
     """A named list of cases, and the evaluators added to every case."""
@@ -152,13 +175,22 @@ class Dataset(_Strict):
 
     @classmethod
     def load(cls, path: str | Path) -> Dataset:
-        """Load and validate a dataset file (`.yaml`/`.yml`, or `.jsonl`: one case per line)
-        of at most MAX_DATASET_BYTES."""
+        """Load and validate a dataset file (YAML: `.yaml`/`.yml`/`.json`; JSON Lines, one
+        case per line: `.jsonl`/`.ndjson`) of at most MAX_DATASET_BYTES, UTF-8 (a byte order
+        mark, as Windows tools write, is read past)."""
         path = Path(path)
+        suffix = path.suffix.lower()
+        if suffix not in YAML_SUFFIXES + JSONL_SUFFIXES:
+            known = ", ".join(YAML_SUFFIXES + JSONL_SUFFIXES)
+            message = (
+                f"a dataset file is YAML or JSON Lines, named by its suffix ({known}); "
+                f"{path.suffix or 'no suffix'} is not one of them"
+            )
+            raise DatasetError([Problem("unknown-format", message, str(path))])
         try:
             with path.open("rb") as file:
                 raw = file.read(MAX_DATASET_BYTES + 1)
-            text = raw.decode("utf-8")
+            text = raw.decode("utf-8-sig")
         except (OSError, UnicodeDecodeError) as err:
             raise DatasetError([Problem("unreadable-file", str(err), str(path))]) from None
         if len(raw) > MAX_DATASET_BYTES:
@@ -166,64 +198,30 @@ class Dataset(_Strict):
                 f"a dataset file may hold at most {MAX_DATASET_BYTES} bytes; this one is larger"
             )
             raise DatasetError([Problem("dataset-too-large", message, str(path))])
-        if path.suffix == ".jsonl":
-            return _from_jsonl(text, path)
-        data, lines, problems = parse_yaml(text, str(path))
+        if suffix in JSONL_SUFFIXES:
+            cases, lines, problems = parse_jsonl(text, str(path))
+            data = None if cases is None else {"name": path.stem, **cases}
+        else:
+            data, lines, problems = parse_yaml(text, str(path))
         if data is None and problems:
             raise DatasetError(problems)
         return _validated(data, lines, problems, str(path))
 
     def case(self, case_id: str) -> Case:
         """The case with this id."""
-        for case in self.cases:
-            if case.id == case_id:
-                return case
-        raise KeyError(f"dataset {self.name!r} has no case {case_id!r}")
-
-
-def _from_jsonl(text: str, path: Path) -> Dataset:
-    cases: list[Any] = []
-    lines: dict[tuple[str | int, ...], int] = {(): 1}
-    problems: list[Problem] = []
-    # Only "\n" ends a line: a JSON string may hold U+2028 and the others `splitlines` takes.
-    for number, line in enumerate(text.split("\n"), start=1):
-        if not line.strip():
-            continue
         try:
-            case = json.loads(line)
-        except json.JSONDecodeError as err:
-            problems.append(Problem("json-syntax", err.msg, str(path), number))
-            continue
-        except RecursionError:
-            problems.append(Problem("json-too-deep", _TOO_DEEP, str(path), number))
-            continue
-        except ValueError as err:  # an integer over Python's 4300 digits
-            problems.append(Problem("json-syntax", str(err), str(path), number))
-            continue
-        # The line is a case: as deep in the dataset as `cases: [...]` puts it in YAML.
-        if _depth(case) + 2 >= MAX_YAML_DEPTH:
-            problems.append(Problem("json-too-deep", _TOO_DEEP, str(path), number))
-            continue
-        cases.append(case)
-        lines[("cases", len(cases) - 1)] = number
-    if problems and not cases:  # not also "a dataset needs at least one case"
-        raise DatasetError(problems)
-    data = {"name": path.stem, "cases": cases}
-    return _validated(data, lines, problems, str(path))
+            return self._by_id[case_id]
+        except KeyError:
+            raise KeyError(f"dataset {self.name!r} has no case {case_id!r}") from None
 
-
-_TOO_DEEP = f"mappings and lists nested more than {MAX_YAML_DEPTH} levels deep"
-
-
-def _depth(value: Any) -> int:
-    """How deeply lists and mappings nest in `value` (a scalar: 0), without recursing."""
-    deepest, todo = 0, [(value, 1)]
-    while todo:
-        item, level = todo.pop()
-        if isinstance(item, dict | list):
-            deepest = max(deepest, level)
-            todo.extend((v, level + 1) for v in (item.values() if isinstance(item, dict) else item))
-    return deepest
+    @cached_property
+    def _by_id(self) -> dict[str, Case]:
+        # Built once (an evaluation looks a case up per run); a cached property, not a
+        # private attribute, so two equal datasets stay equal. The first of a repeated id.
+        found: dict[str, Case] = {}
+        for case in self.cases:
+            found.setdefault(case.id, case)
+        return found
 
 
 def _validated(
@@ -260,6 +258,7 @@ def _validated(
             Problem("evaluator", f"evaluators.{index}: {message}", file, where)
             for message in _evaluator_problems(spec)
         )
+    problems.extend(_name_problems(dataset.evaluators, lines, file))
     if problems:
         raise DatasetError(problems)
     return dataset
@@ -325,6 +324,26 @@ def _evaluator_problems(spec: EvaluatorSpec) -> list[str]:
     misplaced = [k for k in ("rubric", "model", "max_tokens") if getattr(spec, k) is not None]
     if misplaced:
         problems.append(f"a custom evaluator takes no {', '.join(f'`{k}`' for k in misplaced)}")
+    return problems
+
+
+def _name_problems(
+    specs: list[EvaluatorSpec], lines: dict[tuple[str | int, ...], int], file: str
+) -> list[Problem]:
+    """Evaluators sharing a name (a built-in's included): their scores would be merged."""
+    problems: list[Problem] = []
+    seen: dict[str, str] = {name: "a built-in evaluator" for name in BUILT_IN_EVALUATORS}
+    for index, spec in enumerate(specs):
+        name = spec.evaluator_name()
+        if name in seen:
+            named = "" if spec.name else " (its default name)"
+            message = (
+                f"evaluators.{index}: the name {name!r}{named} is taken by {seen[name]}; "
+                "give each evaluator its own `name`, or their scores are merged"
+            )
+            where = nearest_line(lines, ("evaluators", index))
+            problems.append(Problem("duplicate-evaluator", message, file, where))
+        seen.setdefault(name, f"evaluators.{index}")
     return problems
 
 

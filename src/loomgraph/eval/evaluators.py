@@ -4,26 +4,35 @@ from __future__ import annotations
 
 import inspect
 import json
+import numbers
 import re
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
+from loomgraph.errors import LoomgraphError
 from loomgraph.eval.dataset import Case, EvaluatorSpec, TrajectoryMode
 from loomgraph.eval.outcome import CaseOutcome
 from loomgraph.eval.trajectory import match_trajectory
 from loomgraph.graph.imports import import_object
+from loomgraph.protocols import Usage
 
 __all__ = [
     "AnswerEvaluator",
     "BoundsEvaluator",
     "CustomEvaluator",
+    "DuplicateEvaluatorName",
     "Evaluator",
     "NotCalledEvaluator",
     "Score",
+    "SkippingEvaluator",
     "TrajectoryEvaluator",
+    "as_bool",
+    "as_real",
     "case_evaluators",
+    "check_unique_names",
+    "is_numpy_style_bool",
     "score_run",
 ]
 
@@ -33,23 +42,42 @@ class Score:
     """One evaluator's verdict on one run: a value in [0, 1], whether it passed, and why.
 
     `error` is True for the failing score an evaluator that raised (or gave no valid score)
-    stands for: it is counted in the report, and scored again when the evaluation resumes."""
+    stands for; `skipped` for the failing score of a judge its `max_tokens` left no room
+    for. Both are counted in the report and scored again when the evaluation resumes.
+    `usage` is what giving the score cost (a judge's model calls), kept with it so a report
+    built from kept scores counts it. The fields are converted to built-in types (a numpy
+    number is a `numbers.Real`), so a score can always be written as JSON; TypeError or
+    ValueError when one cannot be."""
 
     evaluator: str
     value: float
     passed: bool
     reason: str = ""
     # Named sub-scores (a trajectory's precision and recall), reported beside the value.
-    details: dict[str, float] = field(default_factory=dict)
+    details: dict[str, float | str] = field(default_factory=dict)
     error: bool = False
+    skipped: bool = False
+    # What the score cost, not what it says: two equal verdicts are equal whatever they cost.
+    usage: Usage | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
+        # Frozen: the converted values are set the way the dataclass sets its fields.
+        set_field = object.__setattr__
+        set_field(self, "evaluator", str(self.evaluator))
+        set_field(self, "value", as_real(self.value, f"evaluator {self.evaluator!r}'s value"))
         if not 0.0 <= self.value <= 1.0:
             raise ValueError(f"evaluator {self.evaluator!r} gave {self.value}, not in [0, 1]")
+        set_field(self, "passed", as_bool(self.passed, f"evaluator {self.evaluator!r}'s passed"))
+        set_field(self, "reason", str(self.reason))
+        set_field(self, "details", {str(k): _detail(k, v) for k, v in self.details.items()})
+        set_field(self, "error", as_bool(self.error, "error"))
+        set_field(self, "skipped", as_bool(self.skipped, "skipped"))
+        if self.usage is not None and not isinstance(self.usage, Usage):
+            raise TypeError(f"usage {self.usage!r} is not a Usage")
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-shaped data."""
-        return {
+        """JSON-shaped data (`skipped` only when true, `usage` only when set)."""
+        data: dict[str, Any] = {
             "evaluator": self.evaluator,
             "value": self.value,
             "passed": self.passed,
@@ -57,20 +85,75 @@ class Score:
             "details": dict(self.details),
             "error": self.error,
         }
+        if self.skipped:
+            data["skipped"] = True
+        if self.usage is not None:
+            data["usage"] = self.usage.to_dict()
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Score:
         """A score from `to_dict()`'s shape."""
-        return cls(**data)
+        values = dict(data)
+        if values.get("usage") is not None:
+            values["usage"] = Usage.from_dict(values["usage"], trusted=True)
+        return cls(**values)
+
+
+def is_numpy_style_bool(value: Any) -> bool:
+    """A bool of a numeric library (numpy's `bool_`): not a `bool`, not a `numbers.Number`,
+    recognised by its type's name, since loomgraph imports no such library."""
+    return type(value).__name__ in ("bool_", "bool") and hasattr(value, "__bool__")
+
+
+def as_bool(value: Any, what: str) -> bool:
+    """`value` as a bool: a bool, or a numpy-style bool; TypeError for anything else (a
+    string or a number is not a verdict)."""
+    if isinstance(value, bool):
+        return value
+    if is_numpy_style_bool(value):
+        return bool(value)
+    raise TypeError(f"{what} is {value!r}, not a bool")
+
+
+def as_real(value: Any, what: str) -> float:
+    """`value` as a float: a real number (numpy's included); TypeError for anything else."""
+    if isinstance(value, bool) or is_numpy_style_bool(value):
+        return float(value)
+    if not isinstance(value, numbers.Real):
+        raise TypeError(f"{what} is {value!r}, not a number")
+    return float(value)
+
+
+def _detail(key: Any, value: Any) -> float | str:
+    if isinstance(value, str):
+        return value
+    return as_real(value, f"details[{key!r}]")
 
 
 class Evaluator(Protocol):
-    """Scores a run of a case; None when it has nothing to say about this case."""
+    """Scores a run of a case; None when it has nothing to say about this case.
+
+    It may define `fingerprint() -> JSON data`: what decides its scores beyond its type and
+    name (a judge's rubric and model), so a kept score is scored again when that changed."""
 
     name: str
 
     def __call__(self, case: Case, outcome: CaseOutcome) -> Awaitable[Score | None]:
         """Score `outcome`, a run of `case`."""
+        ...
+
+
+@runtime_checkable
+class SkippingEvaluator(Protocol):
+    """An evaluator that may be unable to score a run it has something to say about (a
+    judge out of room under its cap): `verdict` then gives a failing `skipped` Score, where
+    calling it gives None. An evaluation scores with `verdict`, so a skip is never absent."""
+
+    name: str
+
+    def verdict(self, case: Case, outcome: CaseOutcome) -> Awaitable[Score | None]:
+        """Score `outcome`, a run of `case`; a skipped Score when it could not."""
         ...
 
 
@@ -214,9 +297,10 @@ class CustomEvaluator:
             value = await value
         if value is None or isinstance(value, Score):
             return value
-        if isinstance(value, bool):
-            return Score(self.name, float(value), value, "passed" if value else "failed")
-        if not isinstance(value, int | float):
+        if isinstance(value, bool) or is_numpy_style_bool(value):
+            verdict = bool(value)
+            return Score(self.name, float(verdict), verdict, "passed" if verdict else "failed")
+        if not isinstance(value, numbers.Real):
             raise TypeError(f"returned {value!r}, not a Score, number, bool or None")
         number = float(value)
         return Score(self.name, number, number >= 1.0, f"scored {number:g}")
@@ -225,15 +309,19 @@ class CustomEvaluator:
 async def score_run(
     evaluators: Sequence[Evaluator], case: Case, outcome: CaseOutcome
 ) -> list[Score]:
-    """Every evaluator's score of `outcome` (those with nothing to say left out). An evaluator
-    that raises, or gives no valid Score (a value outside [0, 1], NaN, another type), gives
-    a failing score with the reason, marked `error`: one broken evaluator never stops the
+    """Every evaluator's score of `outcome` (those with nothing to say left out; a judge that
+    could not score gives a failing `skipped` score). An evaluator that raises, or gives no
+    valid Score (a value outside [0, 1], NaN, a type that is no number or bool), gives a
+    failing score with the reason, marked `error`: one broken evaluator never stops the
     evaluation, nor hides what the others found."""
     scores: list[Score] = []
     for evaluator in evaluators:
         name = str(getattr(evaluator, "name", type(evaluator).__name__))
         try:
-            score = await evaluator(case, outcome)
+            if isinstance(evaluator, SkippingEvaluator):
+                score = await evaluator.verdict(case, outcome)
+            else:
+                score = await evaluator(case, outcome)
             if score is not None and not isinstance(score, Score):
                 raise TypeError(f"returned {score!r}, not a Score or None")
         except Exception as err:
@@ -259,5 +347,24 @@ def case_evaluators(
         if spec.kind == "judge":
             evaluators.append(judge_factory(spec))
         else:
-            evaluators.append(CustomEvaluator.from_path(spec.call or "", spec.name))
+            evaluators.append(CustomEvaluator.from_path(spec.call or "", spec.evaluator_name()))
     return evaluators
+
+
+class DuplicateEvaluatorName(LoomgraphError, ValueError):
+    """Two evaluators of one evaluation share a name: their scores, report columns and
+    judge usage would be merged into one."""
+
+
+def check_unique_names(evaluators: Sequence[Evaluator]) -> None:
+    """DuplicateEvaluatorName when two of `evaluators` share a name (built-ins included)."""
+    seen: set[str] = set()
+    for evaluator in evaluators:
+        name = str(getattr(evaluator, "name", type(evaluator).__name__))
+        if name in seen:
+            raise DuplicateEvaluatorName(
+                f"two evaluators are named {name!r}: their scores would be merged into one "
+                f"column; give each its own name (`name=` of JudgeEvaluator and "
+                f"CustomEvaluator, `name:` in a dataset)"
+            )
+        seen.add(name)

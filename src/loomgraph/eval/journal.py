@@ -42,7 +42,12 @@ async def journaled_outcome(agent: Agent, case: Case, key: Key, result: RunResul
     """The outcome of a run that ended with `result`: its calls from the journal."""
     effects = await agent.deps.runtime.effects(result.run_id)
     output = result.output
-    answer = output if isinstance(output, str) or output is None else json.dumps(output)
+    # As written, not ASCII-escaped: a check that the answer contains `Zürich` must see it.
+    answer = (
+        output
+        if isinstance(output, str) or output is None
+        else json.dumps(output, ensure_ascii=False)
+    )
     strategy, _, repeat = key
     return CaseOutcome(
         case.id,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 import re
@@ -41,16 +42,25 @@ class _CapSpent(Exception):
     """The model retries an attempt, and the cap has no room for the retry."""
 
 
+class _Spent:
+    """What one call cost, kept apart from the judge's total so its Score carries it."""
+
+    def __init__(self) -> None:
+        self.usage = Usage()
+
+
 class JudgeEvaluator:
     """Asks `model` to grade a run by `rubric` (a Jinja2 template seeing `case`, `input`,
     `answer`, `tool_calls`, `status`).
 
     Its usage (every attempt, read as the engine reads a model's) is counted in `usage`, apart
-    from the runs'. With `max_tokens` each call first holds its prompt's estimate and its reply
-    tokens (`held`, while it runs), so concurrent calls never spend past the cap together; a
-    call the cap has no room for gives no score (counted in `skipped`). A reply without a
-    number from 0 to 1, and a model that fails, give a failing score saying so (`failed`
-    counts the calls whose model failed)."""
+    from the runs', and each score carries its own call's. With `max_tokens` each call first
+    holds its prompt's estimate and its reply tokens (`held`, while it runs), so concurrent
+    calls never spend past the cap together; a call the cap has no room for gives no score
+    (counted in `skipped`; `verdict` gives a failing `skipped` Score for it, calling the
+    judge gives None). A reply without a number from 0 to 1, a model that fails and a call
+    that takes more than `timeout_s` give a failing score saying so (`failed` counts the
+    calls whose model failed or timed out)."""
 
     def __init__(
         self,
@@ -60,11 +70,16 @@ class JudgeEvaluator:
         name: str = "judge",
         max_tokens: int | None = None,
         threshold: float = 0.5,
+        timeout_s: float | None = 120.0,
     ) -> None:
+        if timeout_s is not None and not (math.isfinite(timeout_s) and timeout_s > 0):
+            raise ValueError(f"judge {name!r}: timeout_s {timeout_s} is not a positive number")
         self.model = model
+        self.rubric = rubric
         self.name = name
         self.max_tokens = max_tokens
         self.threshold = threshold
+        self.timeout_s = timeout_s
         self.usage = Usage()
         self.held = 0  # tokens the calls under way hold against `max_tokens`
         self.skipped = 0
@@ -75,8 +90,24 @@ class JudgeEvaluator:
         except TemplateError as err:
             raise ValueError(f"judge {name!r}: the rubric is not a valid template: {err}") from err
 
+    def fingerprint(self) -> dict[str, Any]:
+        """What decides its scores: the rubric, the model's name, the threshold and the cap;
+        a kept score is scored again when one of them changed."""
+        return {
+            "rubric": self.rubric,
+            "model": str(getattr(self.model, "name", type(self.model).__name__)),
+            "threshold": self.threshold,
+            "max_tokens": self.max_tokens,
+        }
+
     async def __call__(self, case: Case, outcome: CaseOutcome) -> Score | None:
         """Grade one run; None when the judge's own token cap has no room for the call."""
+        score = await self.verdict(case, outcome)
+        return None if score.skipped else score
+
+    async def verdict(self, case: Case, outcome: CaseOutcome) -> Score:
+        """Grade one run; a failing `skipped` Score when the judge's own token cap has no
+        room for the call. The Score carries the call's usage."""
         prompt = self._template.render(
             case=case,
             input=case.input,
@@ -93,22 +124,36 @@ class JudgeEvaluator:
         )
         hold = self._hold(request)
         if hold is None:
-            self.skipped += 1
-            return None
+            return self._skip(Usage())
         self._calls += 1
+        spent = _Spent()
         try:
-            text = await self._complete(request)
+            async with asyncio.timeout(self.timeout_s):
+                text = await self._complete(request, spent)
         except _CapSpent:
-            self.skipped += 1
-            return None
-        except Exception as err:  # ModelError, or the model's own bug: the judge failed
+            return self._skip(spent.usage)
+        except Exception as err:  # ModelError, a timeout, the model's own bug: it failed
             self.failed += 1
-            why = str(err) if isinstance(err, ModelError) else f"{type(err).__name__}: {err}"
+            if isinstance(err, ModelError):
+                why = str(err)
+            elif isinstance(err, TimeoutError):
+                why = f"no reply within timeout_s={self.timeout_s:g}"
+            else:
+                why = f"{type(err).__name__}: {err}"
             failed = f"the judge failed: {why}"[:500]
-            return Score(self.name, 0.0, False, failed, error=True)  # scored again on resume
+            # Scored again on resume.
+            return Score(self.name, 0.0, False, failed, error=True, usage=spent.usage)
         finally:
             self.held -= hold
-        return self._score(text)
+        return self._score(text, spent.usage)
+
+    def _skip(self, usage: Usage) -> Score:
+        self.skipped += 1
+        reason = (
+            f"skipped: the judge's max_tokens ({self.max_tokens}) had no room left for this "
+            "call; no score (scored again on the next run)"
+        )
+        return Score(self.name, 0.0, False, reason, skipped=True, usage=usage)
 
     def _hold(self, request: ModelRequest) -> int | None:
         """Size the call's reply to what the cap has left and hold it with the prompt's
@@ -128,10 +173,16 @@ class JudgeEvaluator:
     def _over_cap(self) -> bool:
         return self.max_tokens is not None and self.usage.total_tokens + self.held > self.max_tokens
 
-    async def _complete(self, request: ModelRequest) -> str:
+    async def _complete(self, request: ModelRequest, spent: _Spent) -> str:
         """The reply's text; its usage (and every failed attempt's) is added to `usage` as the
         engine charges a model call: reported usage checked (`Usage.reported`), and floored
-        to the prompt's estimate and what was streamed when the model reported none."""
+        to the prompt's estimate and what was streamed when the model reported none; `spent`
+        gets the same, for the call's Score."""
+
+        def charge(usage: Usage) -> None:
+            self.usage += usage
+            spent.usage += usage
+
         streamed: list[str] = []
         answer = ModelResponse()
         try:
@@ -148,12 +199,12 @@ class JudgeEvaluator:
                         # A failed attempt the model retries: it billed, and the retry holds
                         # the call's worst case again, so the cap must have room for both.
                         billed = reported_usage(chunk.get("usage"), request, streamed)
-                        self.usage += billed.with_model_calls(0)
+                        charge(billed.with_model_calls(0))
                         if self._over_cap():
                             raise _CapSpent
             text = "".join(streamed)
         except _CapSpent:
-            self.usage += Usage(model_calls=1)
+            charge(Usage(model_calls=1))
             raise
         except ModelError as err:
             usage = (
@@ -161,17 +212,17 @@ class JudgeEvaluator:
                 if err.usage_problem
                 else broken_usage(request, err.usage, streamed)
             )
-            self.usage += usage.with_model_calls(1)
+            charge(usage.with_model_calls(1))
             raise
         except BaseException:  # the model's own failure, or the call was cancelled
-            self.usage += cancelled_usage(request, streamed)
+            charge(cancelled_usage(request, streamed))
             raise
         # A count the model did not report is charged its estimate, field by field, as the
         # engine charges a model call.
-        self.usage += unreported_usage(request, streamed, answer).with_model_calls(1)
+        charge(unreported_usage(request, streamed, answer).with_model_calls(1))
         return text
 
-    def _score(self, text: str) -> Score:
+    def _score(self, text: str, usage: Usage) -> Score:
         found = _OBJECT.search(text)
         try:
             data: Any = json.loads(found.group(0)) if found else None
@@ -183,6 +234,8 @@ class JudgeEvaluator:
             or not isinstance(value, int | float)
             or not (math.isfinite(value) and 0 <= value <= 1)
         ):
-            return Score(self.name, 0.0, False, f"the judge gave no usable score: {text[:200]!r}")
+            why = f"the judge gave no usable score: {text[:200]!r}"
+            return Score(self.name, 0.0, False, why, usage=usage)
         value = float(value)
-        return Score(self.name, value, value >= self.threshold, str(data.get("reason", "")))
+        reason = str(data.get("reason", ""))
+        return Score(self.name, value, value >= self.threshold, reason, usage=usage)

@@ -6,13 +6,14 @@ import json
 import math
 import random
 import statistics
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from loomgraph.eval.runner import EvalRun
+from loomgraph.protocols import Usage
 
 __all__ = [
     "Comparison",
@@ -25,6 +26,8 @@ __all__ = [
     "no_baseline_message",
     "percentile",
     "read_baseline",
+    "scores_usage",
+    "skipped_scores",
 ]
 
 
@@ -216,13 +219,30 @@ def compare(
     return Comparison(a, b, len(diffs), mean, low, high, per_case)
 
 
+def scores_usage(runs: Sequence[EvalRun]) -> dict[str, Any]:
+    """Per evaluator whose scores cost something (a judge): the usage behind the scores
+    `runs` hold, kept ones included, and how many of them it skipped (its cap)."""
+    usage: dict[str, Usage] = {}
+    skipped: Counter[str] = Counter()
+    for run in runs:
+        for score in run.scores:
+            if score.usage is None and not score.skipped:
+                continue
+            usage[score.evaluator] = usage.get(score.evaluator, Usage()) + (score.usage or Usage())
+            skipped[score.evaluator] += score.skipped
+    return {
+        name: {"usage": usage[name].to_dict(), "skipped": skipped[name]} for name in sorted(usage)
+    }
+
+
 def build_report(
     dataset: str,
     strategies: Sequence[str],
     runs: Sequence[EvalRun],
     judge_usage: dict[str, Any] | None = None,
 ) -> Report:
-    """Summaries per strategy, a paired comparison of each strategy against the first."""
+    """Summaries per strategy, a paired comparison of each strategy against the first.
+    `judge_usage` defaults to what the runs' scores cost (`scores_usage`)."""
     by_strategy: dict[str, list[EvalRun]] = {s: [] for s in strategies}
     for run in runs:
         by_strategy[run.outcome.strategy].append(run)
@@ -235,7 +255,7 @@ def build_report(
         comparisons,
         case_scores,
         [r.to_dict() for r in runs],
-        judge_usage or {},
+        scores_usage(runs) if judge_usage is None else judge_usage,
     )
 
 
@@ -263,6 +283,28 @@ def no_baseline_message(baseline: Report, missing: Sequence[str], where: str) ->
     )
 
 
+def skipped_scores(report: Report) -> dict[str, Counter[str]]:
+    """Per strategy, how many scores each evaluator skipped (a judge out of room under its
+    cap: a failing score, not a verdict)."""
+    found: dict[str, Counter[str]] = defaultdict(Counter)
+    for run in report.runs:
+        for score in run["scores"]:
+            if score.get("skipped"):
+                found[run["outcome"]["strategy"]][score["evaluator"]] += 1
+    return dict(found)
+
+
+def _no_verdict(report: Report) -> str | None:
+    """Why `report` can give no verdict: no strategy, or a strategy with no run."""
+    if not report.strategies:
+        return "the report has no strategy: a gate on it would check nothing"
+    empty = [s.strategy for s in report.strategies if not s.runs]
+    if empty:
+        names = ", ".join(repr(name) for name in empty)
+        return f"strategy {names} has no run: a gate on it would check nothing"
+    return None
+
+
 def gate(
     report: Report,
     *,
@@ -271,14 +313,21 @@ def gate(
     fail_under: float | None = None,
 ) -> list[str]:
     """What fails the gate: a strategy's score under `fail_under`, or more than `max_drop`
-    below the same strategy's score (or any evaluator's mean) in `baseline`. A run that did
-    not complete scores 0, so runs that failed lower the score the gate reads. ValueError
-    (no verdict, not a failed gate) when `baseline` lacks one of the report's strategies."""
+    below the same strategy's score (or any evaluator's mean) in `baseline`, or an evaluator
+    the baseline has a mean for that gave no score now. A run that did not complete scores
+    0, so runs that failed lower the score the gate reads; a skipped judge score is a
+    failing 0 too. ValueError (no verdict, not a failed gate) when the report has no
+    strategy or a strategy without runs, or `baseline` lacks one of the report's
+    strategies."""
     check_gate_values(fail_under=fail_under, max_drop=max_drop)
+    why = _no_verdict(report)
+    if why is not None:
+        raise ValueError(why)
     if baseline is not None:
         missing = missing_baselines(baseline, [s.strategy for s in report.strategies])
         if missing:
             raise ValueError(no_baseline_message(baseline, missing, "the baseline"))
+    skips = skipped_scores(report)
     failures: list[str] = []
     for summary in report.strategies:
         incomplete = (
@@ -293,16 +342,23 @@ def gate(
             )
         if baseline is None:
             continue
+        skipped = skips.get(summary.strategy, Counter())
         before = baseline.summary(summary.strategy)
-        pairs = [("score", before.score, summary.score)] + [
-            (f"{name} score", value, summary.evaluators[name])
-            for name, value in before.evaluators.items()
-            if name in summary.evaluators
-        ]
-        for what, old, new in pairs:
+        pairs = [("score", before.score, summary.score, incomplete)]
+        for name, value in before.evaluators.items():
+            if name not in summary.evaluators:
+                # Silence is no pass: the gate would check nothing of this evaluator.
+                failures.append(
+                    f"{summary.strategy}: {name} gave no score now (the baseline has "
+                    f"{value:.3f}); gate against a baseline without it to drop it"
+                )
+                continue
+            note = f" ({skipped[name]} skipped for its cap)" if skipped[name] else ""
+            pairs.append((f"{name} score", value, summary.evaluators[name], note))
+        for what, old, new, note in pairs:
             if old - new > max_drop + 1e-12:
                 failures.append(
                     f"{summary.strategy}: {what} dropped from {old:.3f} to {new:.3f} "
-                    f"(more than {max_drop:.3f})" + (incomplete if what == "score" else "")
+                    f"(more than {max_drop:.3f})" + note
                 )
     return failures

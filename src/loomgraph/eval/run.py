@@ -34,20 +34,17 @@ async def evaluate(
     the judges and custom functions the dataset names; a judge without its own `model` uses
     `judge_model`. See `Evaluation` for `repeat`, `concurrency` and `state_file`.
     """
-    judges: list[JudgeEvaluator] = []
 
     def judge(spec: EvaluatorSpec) -> Evaluator:
         name = spec.model or judge_model
         if name is None:
             raise ValueError(f"judge {spec.name or 'judge'!r} has no model; pass judge_model")
-        made = JudgeEvaluator(
+        return JudgeEvaluator(
             resolve_model(name),
             spec.rubric or "",
-            name=spec.name or "judge",
+            name=spec.evaluator_name(),
             max_tokens=spec.max_tokens,
         )
-        judges.append(made)
-        return made
 
     chosen = (
         list(evaluators) if evaluators is not None else case_evaluators(dataset.evaluators, judge)
@@ -61,5 +58,6 @@ async def evaluate(
         state_file=state_file,
         on_run=on_run,
     ).run()
-    judge_usage = {j.name: {"usage": j.usage.to_dict(), "skipped": j.skipped} for j in judges}
-    return build_report(dataset.name, list(strategies), runs, judge_usage)
+    # The usage behind the scores the report holds, those kept from an earlier invocation
+    # too, as the runs' usage is: each score carries its judge call's.
+    return build_report(dataset.name, list(strategies), runs)

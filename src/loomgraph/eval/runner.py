@@ -5,7 +5,8 @@ what it did and its scores, each with a fingerprint of what decided it: a run's 
 covers the strategy's definition and the case's input and session, a score's covers the whole
 case (its expectations too) and the evaluators. Run again, the evaluation reuses a run whose
 run fingerprint still holds (scoring it again when the score fingerprint changed, or when an
-evaluator failed on it) and runs a case again when its run fingerprint changed. A run
+evaluator failed on it or a judge skipped it) and runs a case again when its run fingerprint
+changed. A run
 started again gets a user id of its own (the attempt is in it), so nothing per user (memory,
 budget) carries over from the attempt it replaces.
 """
@@ -15,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import logging
 import os
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
@@ -26,12 +28,14 @@ from loomgraph.agent.agent import Agent
 from loomgraph.agent.pinning import graph_key
 from loomgraph.agent.result import RunResult
 from loomgraph.eval.dataset import Case, Dataset
-from loomgraph.eval.evaluators import Evaluator, Score, score_run
+from loomgraph.eval.evaluators import Evaluator, Score, check_unique_names, score_run
 from loomgraph.eval.journal import Key, journaled_outcome, raised_outcome
 from loomgraph.eval.outcome import CaseOutcome
 from loomgraph.protocols import RunStatus, UnknownRun
 
 __all__ = ["EvalRun", "Evaluation", "run_user_id"]
+
+_log = logging.getLogger("loomgraph.eval")
 
 
 @dataclass(slots=True)
@@ -66,6 +70,11 @@ class EvalRun:
     def evaluator_errors(self) -> int:
         """How many of its scores stand for an evaluator that failed."""
         return sum(s.error for s in self.scores)
+
+    @property
+    def evaluator_skips(self) -> int:
+        """How many of its scores stand for a judge that could not score it (its cap)."""
+        return sum(s.skipped for s in self.scores)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-shaped data (`score` and `passed` included, for readers of report.json)."""
@@ -119,32 +128,68 @@ class _Finished:
 
 class _StateFile:
     """The evaluation's progress as JSON lines: which run each key started, which finished,
-    each with the fingerprints of what decided it (None in a file written before them)."""
+    each with the fingerprints of what decided it (None in a file written before them).
+
+    A last line with no newline was torn by a crash (each entry is written with its newline
+    in one write): it is read when it is a whole entry, and before the next entry is
+    appended it is ended with its newline, or cut off when it is not one, so the next entry
+    starts a line of its own. A line that is not an entry is logged (`loomgraph.eval`), never
+    skipped silently: the run it stood for is done again."""
 
     def __init__(self, path: Path | None) -> None:
         self.path = path
         self.started: dict[Key, _Started] = {}
         self.finished: dict[Key, _Finished] = {}
         self.attempts: Counter[Key] = Counter()  # runs started per key, each its own user
+        # How to end a torn last line before the first append: cut the file to this size,
+        # or (True) write the newline it lacks.
+        self._torn: int | bool | None = None
         if path is not None and path.exists():
             self._read(path)
 
     def _read(self, path: Path) -> None:
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                entry = json.loads(line)
-                key = (entry["strategy"], entry["case_id"], entry["repeat"])
-                if entry["kind"] == "started":
-                    self.started[key] = _Started(entry["run_id"], entry.get("run_fingerprint"))
-                    self.attempts[key] += 1
-                else:
-                    self.finished[key] = _Finished(
-                        EvalRun.from_dict(entry["run"]),
-                        entry.get("run_fingerprint"),
-                        entry.get("score_fingerprint"),
-                    )
-            except (ValueError, KeyError, TypeError):
-                continue  # a line torn by a crash, or not one of ours: that run is done again
+        data = path.read_bytes()
+        lines = data.split(b"\n")
+        tail = lines.pop()  # b"" when the file ends with its newline
+        for number, line in enumerate(lines, start=1):
+            if line.strip() and not self._entry(line):
+                _log.warning(
+                    "%s: line %d is not an entry of an evaluation's state; ignored (the run "
+                    "it stood for is done again)",
+                    path,
+                    number,
+                )
+        if tail.strip():
+            if self._entry(tail):
+                self._torn = True
+            else:
+                self._torn = len(data) - len(tail)
+                _log.warning(
+                    "%s: line %d, its last, was torn by a crash (%d bytes, no newline); it is "
+                    "cut off before the next entry is written, and the run it stood for is "
+                    "done again",
+                    path,
+                    len(lines) + 1,
+                    len(tail),
+                )
+
+    def _entry(self, line: bytes) -> bool:
+        """Take in one line; False when it is not an entry."""
+        try:
+            entry = json.loads(line)
+            key = (entry["strategy"], entry["case_id"], entry["repeat"])
+            if entry["kind"] == "started":
+                self.started[key] = _Started(entry["run_id"], entry.get("run_fingerprint"))
+                self.attempts[key] += 1
+            else:
+                self.finished[key] = _Finished(
+                    EvalRun.from_dict(entry["run"]),
+                    entry.get("run_fingerprint"),
+                    entry.get("score_fingerprint"),
+                )
+        except (ValueError, KeyError, TypeError):
+            return False
+        return True
 
     def write(self, kind: str, key: Key, **data: Any) -> None:
         if self.path is None:
@@ -154,6 +199,11 @@ class _StateFile:
             {"kind": kind, "strategy": strategy, "case_id": case_id, "repeat": repeat, **data}
         )
         with self.path.open("a", encoding="utf-8") as file:
+            if self._torn is True:
+                line = "\n" + line
+            elif self._torn is not None:
+                file.truncate(self._torn)
+            self._torn = None
             file.write(line + "\n")
             file.flush()
             os.fsync(file.fileno())
@@ -179,9 +229,13 @@ def strategy_fingerprint(agent: Agent) -> str:
 
 
 def _evaluator_identity(evaluator: Evaluator) -> dict[str, Any]:
+    """What decides an evaluator's scores, as far as it can be read: its type and name, a
+    custom function's import path, and what its optional `fingerprint()` says (a judge's
+    rubric and model). The code behind it is not in it."""
     kind = type(evaluator)
     fn = getattr(evaluator, "fn", None)
     model = getattr(evaluator, "model", None)
+    fingerprint = getattr(evaluator, "fingerprint", None)
     return {
         "type": f"{kind.__module__}.{kind.__qualname__}",
         "name": getattr(evaluator, "name", None),
@@ -189,6 +243,7 @@ def _evaluator_identity(evaluator: Evaluator) -> dict[str, Any]:
         "model": None if model is None else getattr(model, "name", type(model).__name__),
         "threshold": getattr(evaluator, "threshold", None),
         "max_tokens": getattr(evaluator, "max_tokens", None),
+        "fingerprint": fingerprint() if callable(fingerprint) else None,
     }
 
 
@@ -198,7 +253,9 @@ class Evaluation:
     evaluation continues where it stopped: finished runs are not run again and started ones
     are resumed from the Agent's journal. What changed since is done again (see the module's
     docstring): a run whose strategy, input or session changed is run again; one whose case
-    or evaluators changed, or that an evaluator failed on, is scored again."""
+    or evaluators changed, that an evaluator failed on or a judge skipped, is scored again.
+    ValueError when `strategies` is empty, DuplicateEvaluatorName when two evaluators share
+    a name."""
 
     def __init__(
         self,
@@ -213,6 +270,11 @@ class Evaluation:
     ) -> None:
         if repeat < 1 or concurrency < 1:
             raise ValueError("repeat and concurrency must be at least 1")
+        if not strategies:
+            # An empty report would pass every gate: a filter that matched no strategy
+            # must not read as a green CI run.
+            raise ValueError("an evaluation needs at least one strategy; none was given")
+        check_unique_names(evaluators)
         self.dataset = dataset
         self.strategies = dict(strategies)
         self.evaluators = list(evaluators)
@@ -253,6 +315,7 @@ class Evaluation:
                 and kept.run_fingerprint == run_fingerprint(key)
                 and kept.score_fingerprint == score_fingerprint(key)
                 and not kept.run.evaluator_errors
+                and not kept.run.evaluator_skips
             )
 
         async def one(key: Key) -> None:
