@@ -234,6 +234,7 @@ def test_the_run_asks_its_questions_on_the_terminal(work: Path) -> None:
     term.type("not JSON: taken as text\n")
     term.expect("Tags?")
     term.expect('"items": {"type": "string"}')  # a list: its schema shown
+    term.expect("answer (list")  # (a line typed before the prompt would be dropped)
     term.type('["a", "b"]\n')
     code, shown = term.end()
     assert code == 0, shown

@@ -8,6 +8,7 @@ Imported only when `console.can_ask` says someone is there to ask (and for `valu
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import sys
@@ -40,15 +41,33 @@ def value_of(text: str) -> Any:
 
 # ------------------------------------------------------------------ reading a line
 
-# Bytes typed ahead of the question (a pasted block): the next answers, in order.
+# Bytes read past the line a prompt took (a pasted block): dropped at the next prompt.
 _TYPED = bytearray()
 
 
 async def read_line(prompt: str) -> str | None:
-    """Print `prompt` on stdout and read one line from stdin, without holding up the event
-    loop (a run's lease is kept alive meanwhile); None at the end of input (Ctrl-D)."""
-    sys.stdout.write(prompt)
-    sys.stdout.flush()
+    """Print `prompt` on stdout and read one line typed after it, without holding up the
+    event loop (a run's lease is kept alive meanwhile); None at the end of input (Ctrl-D),
+    or after `TRIES` lines that are not UTF-8 text."""
+    for _ in range(TRIES):
+        # What was typed before this prompt (the rest of a pasted block, keys pressed ahead)
+        # never answers it: it was not typed in answer to what the prompt shows.
+        _discard_typed_ahead()
+        sys.stdout.write(prompt)
+        sys.stdout.flush()
+        line = await _line()
+        if line is None:
+            return None
+        try:
+            return line.decode("utf-8").rstrip("\r")
+        except UnicodeDecodeError:  # mangled into U+FFFD it would answer something else
+            warn("not UTF-8 text; try again", "yellow")
+    return None
+
+
+async def _line() -> bytes | None:
+    """The next line from stdin (what was typed before Ctrl-D counts as one); None at the
+    end of input."""
     while b"\n" not in _TYPED:
         chunk = await _read_some()
         if not chunk:  # Ctrl-D: what was typed before it, else nothing
@@ -59,7 +78,18 @@ async def read_line(prompt: str) -> str | None:
         _TYPED.extend(chunk)
     line, _, rest = bytes(_TYPED).partition(b"\n")
     _TYPED[:] = rest
-    return line.decode("utf-8", "replace").rstrip("\r")
+    return line
+
+
+def _discard_typed_ahead() -> None:
+    """Forget what stdin holds unread: this process's buffer and the terminal's own."""
+    _TYPED.clear()
+    fd = sys.stdin.fileno()
+    if os.isatty(fd):
+        import termios
+
+        with contextlib.suppress(termios.error, OSError):
+            termios.tcflush(fd, termios.TCIFLUSH)
 
 
 async def _read_some() -> bytes:
