@@ -11,11 +11,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any, Protocol
 
 from loomgraph.errors import LoomgraphError
-from loomgraph.tools.mcp.transports import OnLost, SessionLost
+from loomgraph.tools.mcp.lost import OnLost, SessionLost
 
 _log = logging.getLogger(__name__)
 
@@ -66,17 +66,48 @@ class Link:
         self.refreshing: asyncio.Task[None] | None = None
         self.stale = False  # a change was announced since the listing under way started
         self.lost: list[SessionLost] = []  # the server's 404s to this session's requests
+        self.calls = 0  # calls under way on it
+        self.retired = False  # no new call uses it; it ends when its last call does
         self.task = asyncio.create_task(self._hold(), name=f"mcp:{server.name}")
 
     @property
     def alive(self) -> bool:
-        """Whether the connection holds (and the server still knows its session), in the
-        running event loop."""
-        return not self.task.done() and not self.lost and self.loop is asyncio.get_running_loop()
+        """Whether the connection holds (and the server still knows its session), is not
+        retired, and is of the running event loop."""
+        return (
+            not self.task.done()
+            and not self.lost
+            and not self.retired
+            and self.loop is asyncio.get_running_loop()
+        )
+
+    @property
+    def closed(self) -> bool:
+        """Whether the connection has ended."""
+        return self.task.done()
+
+    @contextlib.asynccontextmanager
+    async def in_use(self) -> AsyncIterator[None]:
+        """A call under way on this connection: a retired one ends when its last call does."""
+        self.calls += 1
+        try:
+            yield
+        finally:
+            self.calls -= 1
+            if self.retired and self.calls == 0:
+                await self.close()
+
+    async def retire(self) -> None:
+        """Take no new call; end now, or when the calls under way end (never cut one: the
+        server may be running it, and its answer may still come on this connection)."""
+        self.retired = True
+        if self.calls == 0 or self.loop is not asyncio.get_running_loop():
+            await self.close()
 
     def _session_lost(self, lost: SessionLost) -> None:
-        # Not ended here: the call the 404 answered is still reading its answer. The link no
-        # longer counts as alive, so the next call (or start) connects again.
+        # Not ended here: the call the 404 answered is still reading its answer, and others
+        # may be under way. The link no longer counts as alive, so the next call (or start)
+        # connects again and retires this one.
         if not self.lost:
             _log.warning(
                 "MCP server %r no longer knows the session (HTTP 404: it restarted or ended "

@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from loomgraph.protocols import INVALID_ARGUMENTS, ToolResult, ToolSpec, tool_run
@@ -27,7 +25,9 @@ from loomgraph.tools.mcp.convert import (
     to_spec,
 )
 from loomgraph.tools.mcp.convert import origin as tool_origin
-from loomgraph.tools.mcp.transports import Http, OnLost, Stdio
+from loomgraph.tools.mcp.lost import OnLost
+from loomgraph.tools.mcp.resend import Refused, refused
+from loomgraph.tools.mcp.transports import Http, Stdio
 from loomgraph.tools.results import error as error_result
 from loomgraph.tools.results import timed_out
 from loomgraph.tools.schema_defs import MAX_TOOL_CHARS, spec_chars
@@ -86,6 +86,7 @@ class MCPServer:
         self.timeout = check_timeout(name, timeout)
         self.start_timeout = check_timeout(name, start_timeout)
         self._link: Link | None = None
+        self._retired: set[Link] = set()  # dropped, ending when their calls under way end
         self._lock: asyncio.Lock | None = None
         self._specs: dict[str, ToolSpec] = {}  # exposed name -> spec
         self._original: dict[str, str] = {}  # exposed name -> the server's name
@@ -199,13 +200,18 @@ class MCPServer:
         return self._lock
 
     async def _drop(self) -> None:
+        # Retired, not closed: a call under way on it still gets its answer.
         link, self._link = self._link, None
         if link is not None:
-            await link.close()
+            self._retired = {old for old in self._retired if not old.closed} | {link}
+            await link.retire()
 
     async def close(self) -> None:
-        """Stop the server (stdio) or end the session (HTTP)."""
-        await self._drop()
+        """Stop the server (stdio) or end the session (HTTP), cutting calls under way."""
+        links, self._link, self._retired = [self._link, *self._retired], None, set()
+        for link in links:
+            if link is not None:
+                await link.close()
 
     def on_listed(self, listener: Callable[[], None]) -> None:
         """Call `listener` after every new listing of the server's tools."""
@@ -285,29 +291,33 @@ class MCPServer:
             return invalid
         loop = asyncio.get_running_loop()
         deadline = None if self.timeout is None else loop.time() + self.timeout
-        # Sent again at most once, on a new session, and only when the server answered this
-        # very request 404 (it no longer knew the session, so it never ran the call). A call
-        # whose connection broke after it was sent may have run: it is not sent again.
+        # Sent again at most once, on a new session, and only when the server refused this
+        # very request as a lost session (resend.py): it never ran.
         result = await self._call_once(name, args, idempotency_key, deadline)
-        if isinstance(result, _Refused):
+        if isinstance(result, Refused):
             _log.info("MCP server %r: %r is sent again on a new session", self.name, name)
             result = await self._call_once(name, args, idempotency_key, deadline)
-        if isinstance(result, _Refused):  # refused on the new session too: not sent a third time
-            return await self._failed(name, result.error, result.link)
+        if isinstance(result, Refused):  # refused on the new session too: not sent a third time
+            return await self._failed(name, result.error, result.link, lost=True)
         return result
 
     async def _call_once(
         self, name: str, args: dict[str, Any], key: str, deadline: float | None
-    ) -> ToolResult | _Refused:
+    ) -> ToolResult | Refused:
         try:
             await self.start()
         except MCPServerError as exc:
             return server_error(self.name, name, exc.problem)
-        loop = asyncio.get_running_loop()
         link = self._link
-        session = link.session if link is not None else None
-        if link is None or session is None:
+        if link is None or link.session is None:
             return server_error(self.name, name, "the connection closed")
+        async with link.in_use():  # a connection dropped meanwhile ends only after this call
+            return await self._send(link, name, args, key, deadline)
+
+    async def _send(
+        self, link: Link, name: str, args: dict[str, Any], key: str, deadline: float | None
+    ) -> ToolResult | Refused:
+        loop = asyncio.get_running_loop()
         run = tool_run.get()
 
         async def progress(done: float, total: float | None, message: str | None) -> None:
@@ -319,7 +329,7 @@ class MCPServer:
         limit = asyncio.timeout_at(deadline)
         try:
             async with limit:
-                result = await session.call_tool(
+                result = await link.session.call_tool(
                     self._original.get(name, name),
                     args,
                     read_timeout_seconds=self.timeout,
@@ -331,8 +341,8 @@ class MCPServer:
         except Exception as exc:
             if isinstance(exc, TimeoutError) and limit.expired() and self.timeout is not None:
                 return timed_out(name, self.timeout)
-            if any(_carries(lost.body, key) for lost in link.lost):
-                return _Refused(exc, link)
+            if refused(link, key):
+                return Refused(exc, link)
             return await self._failed(name, exc, link)
         refreshing = link.refreshing
         if refreshing is not None and not refreshing.done():
@@ -344,14 +354,16 @@ class MCPServer:
                 await asyncio.wait({refreshing}, timeout=remaining)
         return to_result(result)
 
-    async def _failed(self, name: str, exc: Exception, link: Link) -> ToolResult:
+    async def _failed(
+        self, name: str, exc: Exception, link: Link, *, lost: bool = False
+    ) -> ToolResult:
         code = getattr(exc, "code", None) if type(exc).__name__ == "MCPError" else None
         # An error may name the URL or the command line it was for: the model, the journal
         # and the log get it masked.
         shown = self.redact(str(exc))
-        if link.lost:
-            # The server answered 404 to the session (it restarted): whatever the error the
-            # SDK made of it, the connection is done; the next call makes a new one.
+        if lost:
+            # The server refused this call as a lost session (it restarted): whatever the
+            # error the SDK made of it, the connection is done; the next call makes a new one.
             problem = "it no longer knows the session (HTTP 404: restarted?)"
             await self._forget(link)
             return server_error(self.name, name, f"{problem}; it is connected to on the next call")
@@ -379,24 +391,3 @@ class MCPServer:
         # Only this call's connection: another call may have connected again meanwhile.
         if self._link is link:
             await self._drop()
-
-
-@dataclass(frozen=True, slots=True)
-class _Refused:
-    """A call the server answered 404 (session unknown): it never ran, so it may be sent
-    again on a new session."""
-
-    error: Exception
-    link: Link
-
-
-def _carries(body: bytes, key: str) -> bool:
-    """Whether a request's body is the `tools/call` carrying idempotency key `key`."""
-    try:
-        message = json.loads(body) if body else None
-    except ValueError:
-        return False
-    if not isinstance(message, dict) or message.get("method") != "tools/call":
-        return False
-    meta = (message.get("params") or {}).get("_meta") or {}
-    return isinstance(meta, dict) and meta.get(IDEMPOTENCY_META) == key

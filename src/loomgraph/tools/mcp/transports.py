@@ -13,30 +13,19 @@ from __future__ import annotations
 import contextlib
 import re
 import sys
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote, urlsplit, urlunsplit
 
-__all__ = ["MASK", "Http", "SessionLost", "Stdio"]
+from loomgraph.tools.mcp.lost import OnLost, lost_session
+
+__all__ = ["MASK", "Http", "Stdio"]
 
 MASK = "***"
 SECRET_CHARS = 8
 """An argument or URL path segment this long or longer is masked in errors: shorter ones
 (`-m`, `mcp`) are ordinary words, and masking them would garble the text."""
-_SESSION_HEADER = "mcp-session-id"  # the SDK's MCP_SESSION_ID, kept here to import it lazily
-
-
-@dataclass(frozen=True, slots=True)
-class SessionLost:
-    """An HTTP server answered 404 to a request carrying a session id: it no longer knows the
-    session (it restarted, or ended it), and did not handle the request."""
-
-    method: str
-    body: bytes  # the request it answered (a POST's JSON-RPC message; empty for a GET)
-
-
-OnLost = Callable[[SessionLost], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,18 +107,16 @@ class Http:
     @contextlib.asynccontextmanager
     async def open(self, on_lost: OnLost) -> AsyncIterator[Any]:
         """The SDK's read and write streams, open for as long as the context lasts;
-        `on_lost` is told of each 404 answer to a request carrying a session id."""
+        `on_lost` is told of each 404 that says the server lost the session (lost.py)."""
         from mcp.client.streamable_http import streamable_http_client
         from mcp.shared._httpx_utils import create_mcp_http_client
 
         async def answered(response: Any) -> None:
-            # The SDK passes a 404 on as a JSON-RPC error of the call (or drops it, for its
-            # GET stream) and goes on using the session: the spec says a server answers 404
-            # to a session it no longer knows, so the connection must be made again.
-            request = response.request
-            if response.status_code == 404 and _SESSION_HEADER in request.headers:
-                body = request.content if request.method == "POST" else b""
-                on_lost(SessionLost(request.method, body))
+            # The SDK passes a 404 on as a JSON-RPC error of the call and goes on using the
+            # session: when the server no longer knows it, the connection must be made again.
+            lost = await lost_session(response)
+            if lost is not None:
+                on_lost(lost)
 
         client = create_mcp_http_client(headers=dict(self.headers))
         client.event_hooks["response"].append(answered)  # beside any the SDK set
