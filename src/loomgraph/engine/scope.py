@@ -148,7 +148,11 @@ class RunScope:
     arg_reader: ArgumentReader | None = field(init=False)
 
     def __post_init__(self) -> None:
-        self.budget_scope = BudgetScope(self.run_id, self.user_id)
+        # A run started inside another run's task (an Agent called by its tool) ends before
+        # that run can: its budget scope names that run and the runs it was started from.
+        outer = active_scope.get()
+        ancestors = () if outer is None else (*outer.budget_scope.ancestors, outer.run_id)
+        self.budget_scope = BudgetScope(self.run_id, self.user_id, ancestors)
         mode = AuditMode.of(self.deps.audit_log)
         self.auditing, self.audit_content = mode.enabled, mode.content
         self.listening = hears_events(self.sink)

@@ -5,15 +5,21 @@ One host has several spellings that resolvers and clients treat alike: with its 
 (`x.example.`), with an ideographic full stop IDNA maps to a dot (`x。example`), and in
 punycode (`xn--…`, the ASCII form of a Unicode name, whose lookalike letters then read as the
 Latin ones they imitate). A mail library delivers `Bob <bob@x.example>` to `bob@x.example`,
-and an HTTP client given `https://u@x.example:443/a` talks to `x.example`. These readings only
+and an HTTP client given `https://u@x.example:443/a` talks to `x.example`. An IP address has
+spellings of its own that the C resolver (`inet_aton`, behind every client's `getaddrinfo`)
+connects to alike: `2130706433`, `0x7f000001`, `0177.0.0.1` and `127.1` are all `127.0.0.1`,
+and so is the IPv4-mapped IPv6 `[::ffff:127.0.0.1]`. These readings only
 ever make a deny or ask rule match more; an allow rule naming an address must match every
 address of a list as well as the value (`addr_specs`): it only ever matches less.
 """
 
 from __future__ import annotations
 
+import contextlib
 import inspect
+import ipaddress
 import re
+import socket
 import unicodedata
 from email.utils import getaddresses
 from encodings import idna
@@ -21,7 +27,7 @@ from urllib.parse import urlsplit
 
 from loomgraph.protocols.spellings import as_latin
 
-__all__ = ["addr_specs", "host_spellings", "network_readings"]
+__all__ = ["addr_specs", "host_spellings", "ip_spellings", "network_readings"]
 
 # The full stops IDNA (UTS #46, RFC 3490) maps to ".": ideographic, fullwidth, halfwidth.
 _STOPS = str.maketrans("\u3002\uff0e\uff61", "...")
@@ -35,6 +41,12 @@ _AFTER_DOMAIN = re.compile(r"[/\\?#]")
 # A value that may be a host with a port (`db.internal:5432`, a Host header). Linear: the
 # host part cannot hold the `:` the port starts with, so backtracking never retries it.
 _HOST_PORT = re.compile(r"([^\s/\\@?#:<>\"'\[\]]+)(?::(\d*))?")
+# What may be an IP address literal, maybe in brackets with a port (`[::1]:80`), read as one
+# only up to IP_SCAN characters (the longest IPv6 form with a zone is shorter).
+IP_SCAN = 96
+_IPV4 = re.compile(r"[0-9A-Fa-fXx.]+")
+_IPV6 = re.compile(r"\[?[0-9A-Fa-f:.]+(?:%[\w.-]+)?\]?(?::\d*)?")
+_DECIMAL_PARTS = re.compile(r"(\d+)\.(\d+)\.(\d+)\.(\d+)")
 # Python 3.11.10+ and 3.12.6+ read an address list strictly by default, giving ('', '') where
 # a mail library may still find a recipient: the lenient reading finds more.
 _LENIENT: dict[str, bool] = (
@@ -55,21 +67,36 @@ def network_readings(text: str) -> list[str] | None:
         out += _url_readings(text)
     elif (m := _HOST_PORT.fullmatch(text)) is not None:
         host, port = m.groups()
-        if port is None or not host.isdigit():  # `12:30` is no host and port
-            spellings = host_spellings(host)
-            out += spellings  # a port chooses a service, not the host
-            out += [f"{h}:{port}" for h in spellings] if port else []
+        if port is None or not host.isdigit() or _address_number(host):
+            # `12:30` is no host and port; `167772165:5432` is (10.0.0.5).
+            out += _with_port(host_spellings(host), port or "")
+    elif len(text) <= IP_SCAN and _IPV6.fullmatch(text):
+        # An IPv6 literal (`::ffff:10.0.0.5`), or one in brackets with a port.
+        host, port = _host_and_port(text) if text.startswith("[") else (text, "")
+        out += _with_port(host_spellings(host), port)
     return out
+
+
+def _address_number(digits: str) -> bool:
+    """Whether a number is an IPv4 address with a first part (24 to 32 bits): no time."""
+    return len(digits) <= 10 and 1 << 24 <= int(digits) < 1 << 32
+
+
+def _with_port(spellings: list[str], port: str) -> list[str]:
+    """The spellings of a host, and with its port (a port chooses a service, not the host)."""
+    return spellings + [f"{h}:{port}" for h in spellings] if port else spellings
 
 
 def host_spellings(host: str) -> list[str]:
     """One host's spellings: full stops as dots, one root dot dropped, punycode decoded, then
-    folded (NFKC, lookalikes as Latin), and a Unicode name also in punycode."""
+    folded (NFKC, lookalikes as Latin), and a Unicode name also in punycode; an IP address
+    also as `ip_spellings` reads it."""
     dotted = host.translate(_STOPS) if not _STOP_CHARS.isdisjoint(host) else host
     if len(dotted) > 1 and dotted.endswith("."):
         dotted = dotted[:-1]
     if dotted.isascii() and "xn--" not in dotted.lower():
-        return [dotted]  # already one spelling: nothing to decode or fold
+        # Already one spelling of a name: nothing to decode or fold; an address has others.
+        return [dotted, *ip_spellings(dotted)]
     decoded = ".".join(_unicode_label(label) for label in dotted.split("."))
     folded = as_latin(unicodedata.normalize("NFKC", decoded))
     out = [dotted, decoded, folded]
@@ -77,6 +104,44 @@ def host_spellings(host: str) -> list[str]:
         # A rule may name the domain in its ASCII form (`*@xn--bcher-kva.example`).
         out.append(".".join(_ascii_label(label) for label in decoded.split(".")))
     return list(dict.fromkeys(out))
+
+
+def ip_spellings(host: str) -> list[str]:
+    """The spellings of an IP address host that clients connect to alike: what `inet_aton`
+    reads (one number, hex or octal parts, short forms) as a dotted quad, and four decimal
+    parts without leading zeros; an IPv6 literal (in brackets, as in a URL, or not) in its
+    compressed form, and an IPv4-mapped or -compatible one as its IPv4 address. Nothing for
+    a name or a host longer than `IP_SCAN`."""
+    if len(host) > IP_SCAN:
+        return []
+    if _IPV4.fullmatch(host):
+        return _ipv4_spellings(host)
+    bracketed = host.startswith("[") and host.endswith("]")
+    inner = host[1:-1] if bracketed else host
+    if ":" not in inner or not _IPV6.fullmatch(inner):
+        return []
+    try:
+        address = ipaddress.IPv6Address(inner)
+    except ValueError:
+        return []
+    out = [f"[{address.compressed}]" if bracketed else address.compressed]
+    v4 = address.ipv4_mapped
+    if v4 is None and address.packed[:12] == bytes(12) and int(address) > 1:
+        v4 = ipaddress.IPv4Address(address.packed[12:])  # compatible (`::a.b.c.d`)
+    if v4 is not None:
+        out.append(str(v4))
+    return [spelling for spelling in out if spelling != host]
+
+
+def _ipv4_spellings(host: str) -> list[str]:
+    """A host of digits, dots and hex as the resolver reads it, and as decimal parts."""
+    out = []
+    with contextlib.suppress(OSError):  # not an address: a name of hex letters, a part too large
+        out.append(socket.inet_ntoa(socket.inet_aton(host)))
+    if (m := _DECIMAL_PARTS.fullmatch(host)) and all(int(part) < 256 for part in m.groups()):
+        # `010.0.0.5`: octal to the resolver, decimal to a parser that drops leading zeros.
+        out.append(".".join(str(int(part)) for part in m.groups()))
+    return [spelling for spelling in dict.fromkeys(out) if spelling != host]
 
 
 def addr_specs(text: str) -> list[str] | None:

@@ -260,7 +260,7 @@ class StandardBudget:
             await hold_or_wait(
                 self.ledger,
                 names,
-                scope.run_id,
+                scope,
                 check,
                 durable=durable,
                 bound=lambda: self._wait_bound(scope),

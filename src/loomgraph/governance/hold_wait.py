@@ -8,7 +8,9 @@ waits for those holds to be settled or released and is decided again, for at mos
 `BudgetConfig.hold_wait_s` (and never past the run's deadline, which the budget passes in
 as the bound). A refusal by spending is immediate, as is one by the run's own holds: a run
 never waits for itself (a node visit holds its place while its child graph's visits reserve
-theirs, so that wait could only end at the bound).
+theirs, so that wait could only end at the bound), nor for the runs it was started from
+(`BudgetScope.ancestors`: an Agent run by another run's tool), whose holds end only after
+it returns. Those count as its own.
 
 No ledger transaction or lock is held while waiting. In this process a settlement or
 release rings a bell (`ring`: an asyncio.Event per ledger place and event loop), which wakes
@@ -30,7 +32,7 @@ import time
 from collections.abc import Callable, Hashable, Mapping
 
 from loomgraph.governance.ledger import Change, Ledger, LedgerView, Totals
-from loomgraph.protocols import BudgetExceeded
+from loomgraph.protocols import BudgetExceeded, BudgetScope
 
 __all__ = ["BACKOFF_FIRST_S", "BACKOFF_MAX_S", "Check", "hold_or_wait", "ring"]
 
@@ -46,14 +48,15 @@ BACKOFF_MAX_S = 0.5
 async def hold_or_wait(
     ledger: Ledger,
     scopes: tuple[str, ...],
-    run_id: str,
+    run: BudgetScope,
     check: Check,
     *,
     durable: bool,
     bound: Callable[[], float],
 ) -> dict[str, Totals]:
     """Make `check`'s change in one ledger transaction; when it refuses only because of
-    other runs' holds, wait for them (at most `bound()` seconds) and decide again.
+    other runs' holds (not `run`'s, nor its ancestors'), wait for them (at most `bound()`
+    seconds) and decide again.
 
     Returns the totals the change touched; raises the last BudgetExceeded when the refusal
     is not for holds alone, or the wait ran out (then naming the holds waited for)."""
@@ -70,15 +73,15 @@ async def hold_or_wait(
         return await _transact(ledger, scopes, decide, durable)
     except BudgetExceeded:
         seconds = bound()
-        if seconds <= 0 or not seen or not await _only_held(ledger, run_id, seen[-1], check):
+        if seconds <= 0 or not seen or not await _only_held(ledger, run, seen[-1], check):
             raise
-    return await _wait(ledger, scopes, run_id, (check, decide, seen), durable, seconds)
+    return await _wait(ledger, scopes, run, (check, decide, seen), durable, seconds)
 
 
 async def _wait(
     ledger: Ledger,
     scopes: tuple[str, ...],
-    run_id: str,
+    run: BudgetScope,
     deciding: tuple[Check, Callable[[LedgerView], Change], list[Mapping[str, Totals]]],
     durable: bool,
     seconds: float,
@@ -97,11 +100,11 @@ async def _wait(
             try:
                 return await _transact(ledger, scopes, decide, durable)
             except BudgetExceeded as refused:
-                if not seen or not await _only_held(ledger, run_id, seen[-1], check):
+                if not seen or not await _only_held(ledger, run, seen[-1], check):
                     raise
                 left = give_up - time.monotonic()
                 if left <= 0:
-                    raise await _waited_in_vain(ledger, run_id, refused, seconds) from None
+                    raise await _waited_in_vain(ledger, run, refused, seconds) from None
             # Nothing but this process changes a local ledger: its bell is enough.
             timeout = left if getattr(ledger, "local", False) else min(delay, left)
             with contextlib.suppress(TimeoutError):
@@ -120,16 +123,23 @@ async def _transact(
     return await ledger.transact(scopes, None, decide, durable=False)
 
 
+def _own(run: BudgetScope) -> tuple[str, ...]:
+    """The runs whose holds a run never waits for: itself and the runs it was started from."""
+    return (run.run_id, *run.ancestors)
+
+
 async def _only_held(
-    ledger: Ledger, run_id: str, totals: Mapping[str, Totals], check: Check
+    ledger: Ledger, run: BudgetScope, totals: Mapping[str, Totals], check: Check
 ) -> bool:
-    """Whether the refused reservation would fit if only the run's own holds were held."""
+    """Whether the refused reservation would fit if only the run's own holds (its
+    ancestors' included) were held."""
     own: dict[str, dict[str, int]] = {}
-    for hold in await ledger.holds(run_id):
-        for name in hold.scopes:
-            held = own.setdefault(name, {})
-            for metric, value in hold.amounts.items():
-                held[metric] = held.get(metric, 0) + value
+    for run_id in _own(run):
+        for hold in await ledger.holds(run_id):
+            for name in hold.scopes:
+                held = own.setdefault(name, {})
+                for metric, value in hold.amounts.items():
+                    held[metric] = held.get(metric, 0) + value
     alone = {name: Totals(dict(t.spent), own.get(name, {})) for name, t in totals.items()}
     try:
         check(alone)
@@ -139,11 +149,16 @@ async def _only_held(
 
 
 async def _waited_in_vain(
-    ledger: Ledger, run_id: str, refused: BudgetExceeded, seconds: float
+    ledger: Ledger, run: BudgetScope, refused: BudgetExceeded, seconds: float
 ) -> BudgetExceeded:
-    """The refusal, naming the holds waited for."""
-    scope = refused.cap.rpartition(":")[0]
-    count = sum(h.run_id != run_id and scope in h.scopes for h in await ledger.holds())
+    """The refusal, naming the holds waited for: other runs' holds of the refusing metric
+    (a node visit's hold, of no capped metric, stood in no one's way)."""
+    scope, _, metric = refused.cap.rpartition(":")
+    own = _own(run)
+    count = sum(
+        h.run_id not in own and scope in h.scopes and h.amounts.get(metric, 0) > 0
+        for h in await ledger.holds()
+    )
     held = f"held by {count} other reservation{'' if count == 1 else 's'}"
     return BudgetExceeded(refused.cap, f"{refused.detail}; {held}; waited {seconds:.3g} s")
 

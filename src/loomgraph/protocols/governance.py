@@ -28,10 +28,14 @@ __all__ = [
 
 @dataclass(slots=True, frozen=True)
 class BudgetScope:
-    """Whose money a reservation spends."""
+    """Whose money a reservation spends.
+
+    `ancestors` are the runs this run was started from, outermost first (an Agent run by a
+    tool of another run): they end only after it does, so it never waits for their holds."""
 
     run_id: str
     user_id: str | None
+    ancestors: tuple[str, ...] = ()
 
 
 @dataclass(slots=True)
