@@ -9,6 +9,7 @@ import sys
 from typing import Any
 
 from loomgraph.cli import agent_args, going_on, journal
+from loomgraph.cli.answer_commands import say_how_to_answer
 from loomgraph.cli.console import can_ask
 from loomgraph.cli.output import EXIT_OK, print_result, table
 from loomgraph.engine.effects import Approval, BoundApproval
@@ -61,7 +62,9 @@ def ask_on_terminal(call: ToolCall, decision: Decision) -> bool:
 def add_parsers(cmds: Any) -> list[argparse.ArgumentParser]:
     """Add `runs pending`, `runs approve` and `runs deny`; the parsers made."""
     pending = cmds.add_parser(
-        "pending", help="runs awaiting approval: the call, its arguments, the rule that asked"
+        "pending",
+        help="runs awaiting approval: the call, its arguments, where its tool comes from (origin "
+        "and digest), the rule that asked",
     )
     pending.add_argument("--user", default=None, help="only this user's runs")
     agent_args.add_agent_file_option(pending)
@@ -96,6 +99,9 @@ def add_parsers(cmds: Any) -> list[argparse.ArgumentParser]:
 
 COMMANDS = frozenset({"pending", "approve", "deny"})
 
+# `runs pending` for a request journaled before tools' identities were recorded.
+UNRECORDED = "(not recorded)"
+
 
 def handle(args: argparse.Namespace) -> int:
     """Run `runs pending | approve | deny`; returns the exit code."""
@@ -106,7 +112,7 @@ def handle(args: argparse.Namespace) -> int:
 async def _pending(args: argparse.Namespace, runtime: Runtime) -> int:
     from loomgraph.agent.checkpoints import pending_of
 
-    rows = []
+    rows: list[dict[str, Any]] = []
     for record in await runtime.runs(args.user):
         pending = pending_of(record)
         if record.status != RunStatus.AWAITING_APPROVAL or pending is None or not pending.call:
@@ -118,6 +124,9 @@ async def _pending(args: argparse.Namespace, runtime: Runtime) -> int:
                 "call_id": pending.call["id"],
                 "key": pending.key,
                 "tool": pending.call["tool"],
+                # Which tool, from where: the one the approval is bound to (None: a request
+                # journaled before identities were recorded).
+                "tool_identity": None if pending.tool is None else pending.tool.to_dict(),
                 "args": pending.call["args"],
                 "rule": pending.rule,
                 "node": pending.node,
@@ -133,12 +142,13 @@ async def _pending(args: argparse.Namespace, runtime: Runtime) -> int:
         print("no run awaits approval", file=sys.stderr)
         return EXIT_OK
     table(
-        ("run", "call", "tool and arguments", "rule"),
+        ("run", "call", "tool and arguments", "tool from", "rule"),
         [
             (
                 r["run_id"],
                 r["call_id"],
                 f"{r['tool']}({json.dumps(r['args'])})",
+                r["tool_identity"]["shown"] if r["tool_identity"] else UNRECORDED,
                 f"{r['rule']}{' [tainted]' if r['tainted'] else ''}",
             )
             for r in rows
@@ -170,4 +180,7 @@ async def _answer(args: argparse.Namespace, runtime: Runtime) -> int:
     permissions = agent_args.load_permissions(args.permissions)
     agent = going_on.agent_for(args, runtime, record, graph.architecture, permissions)
     result = await agent.resume(args.run_id, graph=graph.choice, approve=answer)
-    return print_result(result, args.json)
+    code = print_result(result, args.json)
+    # Gone on to a question: how to answer it, as `runs resume` says (the journal keeps it).
+    say_how_to_answer(result.to_dict(), True, args, args.runtime)
+    return code

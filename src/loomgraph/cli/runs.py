@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from loomgraph.cli import agent_args, going_on, journal
+from loomgraph.cli.answer_commands import say_how_to_answer, say_how_to_approve
 from loomgraph.cli.console import can_ask, say
 from loomgraph.cli.output import (
     EXIT_OK,
@@ -21,7 +22,7 @@ from loomgraph.cli.output import (
     print_runs,
     usage,
 )
-from loomgraph.cli.run import add_no_input_option, say_how_to_answer, say_how_to_approve
+from loomgraph.cli.run import add_no_input_option
 from loomgraph.engine.effects import BoundValue
 from loomgraph.protocols import (
     RunRecord,

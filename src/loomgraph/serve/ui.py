@@ -27,6 +27,7 @@ from starlette.templating import Jinja2Templates
 from loomgraph.agent.checkpoints import diff, pending_of
 from loomgraph.agent.run_events import journal_events, run_is_live
 from loomgraph.protocols import RunStatus
+from loomgraph.protocols.tool_identity import LOCAL, ToolIdentity
 from loomgraph.serve.api import limited, parse_json
 from loomgraph.serve.auth import (
     DEV_COOKIE,
@@ -140,6 +141,7 @@ async def _run_context(service: Service, caller: Caller, run_id: str) -> dict[st
     events = journal_events(record, transitions, await runtime.effects(run_id), stopped=not live)
     # While an answer is being acted on the run still rests as it was: no card to answer again.
     pending = None if live else pending_of(record)
+    approval = pending if pending is not None and pending.call else None
     return {
         "caller": caller,
         "run": run_json(record, detail=True),
@@ -148,8 +150,21 @@ async def _run_context(service: Service, caller: Caller, run_id: str) -> dict[st
         "count": len(events),
         "last_seq": transitions[-1].seq if transitions else 0,
         "svg": await service.run_svg(caller, run_id),
-        "pending": pending if pending is not None and pending.call else None,
+        "pending": approval,
+        "tool": None if approval is None else _tool_shown(approval.tool),
     }
+
+
+def _tool_shown(identity: ToolIdentity | None) -> dict[str, Any] | None:
+    """What the approval card says of the tool a call is asked about: its origin, whether that
+    is a function of the agent, its short digest; None for a request journaled before
+    identities were recorded."""
+    if identity is None:
+        return None
+    # The short form as `ToolIdentity.shown` makes it ("ORIGIN sha256:HEX"): its last word,
+    # the digest, has no space in it whatever the origin's name has.
+    short = identity.shown().rpartition(" ")[2]
+    return {"origin": identity.origin, "local": identity.origin == LOCAL, "short": short}
 
 
 async def run_page(request: Request, service: Service, caller: Caller) -> Response:
