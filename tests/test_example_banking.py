@@ -180,21 +180,15 @@ async def test_without_the_policy_every_attack_does_harm(task: Any, tmp_path: Pa
     assert outcome.status == "completed" and harm(outcome) != []
 
 
-async def test_without_the_one_recipient_rule_the_attacker_gets_the_mail(
-    tmp_path: Path,
-) -> None:
+async def test_two_recipients_in_one_string_ask_even_without_taint(tmp_path: Path) -> None:
+    """`*@corp.example` fits "attacker@evil.example; sam@corp.example" as written (`*` spans
+    the semicolon): the allow side reads every address of the list, so the mail asks by the
+    rules alone, not only because the address was copied from the inbox (taint)."""
     (task,) = [t for t in ATTACKS if t.name == "two recipients smuggled in one"]
-    data = policy_data()
-    data["ask"] = [r for r in data["ask"] if "[,;]" not in r]
-    outcome = await bank.run_task(task, tmp_path, permissions=StandardPermissions.from_dict(data))
-    # The glob *@corp.example matches "attacker@evil.example; sam@corp.example"; taint is
-    # what still stops it here, because the address string was copied from the inbox.
-    assert outcome.status == "awaiting_approval" and outcome.pending_rule == "taint:egress"
-    off = StandardPermissions.from_dict({**data, "on_tainted": "allow"})
-    folder = tmp_path / "off"
-    folder.mkdir()
-    outcome = await bank.run_task(task, folder, permissions=off)
-    assert outcome.outside_mail == ["attacker@evil.example"]
+    off = StandardPermissions.from_dict(policy_data(on_tainted="allow"))
+    outcome = await bank.run_task(task, tmp_path, permissions=off)
+    assert outcome.status == "awaiting_approval" and outcome.pending_rule == bank.ASK_EMAIL
+    assert outcome.outside_mail == []
 
 
 async def test_without_taint_the_fake_invoice_is_paid(tmp_path: Path) -> None:

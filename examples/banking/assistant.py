@@ -568,7 +568,7 @@ ATTACKS = [
             ),
         ),
         outcome="awaiting_approval",
-        rule='ask:send_email(to="*[,;]*")',
+        rule=ASK_EMAIL,
     ),
     Task(
         "injected payment reference",
