@@ -253,19 +253,7 @@ def print_run(
             )
         )
         return
-    line(
-        f"run {record.run_id}  status={record.status}  graph={record.graph_name} "
-        f"({record.graph_hash})"
-    )
-    line(
-        f"user={record.user_id or '-'}  session={record.session_id or '-'}  "
-        f"created={when(record.created_at)}  updated={when(record.updated_at)}"
-        + (
-            f"  forked from {record.parent_run_id}@{record.parent_seq}"
-            if record.parent_run_id
-            else ""
-        )
-    )
+    print_run_header(record)
     if record.reason:
         line(f"reason: {record.reason}")
     print()
@@ -297,6 +285,23 @@ def print_run(
         line(f"\nresult (not a result object): {compact(record.result)}")
 
 
+def print_run_header(record: RunRecord) -> None:
+    """A run's first two lines in `runs show`: id, status, graph; user, session, times."""
+    line(
+        f"run {record.run_id}  status={record.status}  graph={record.graph_name} "
+        f"({record.graph_hash})"
+    )
+    line(
+        f"user={record.user_id or '-'}  session={record.session_id or '-'}  "
+        f"created={when(record.created_at)}  updated={when(record.updated_at)}"
+        + (
+            f"  forked from {record.parent_run_id}@{record.parent_seq}"
+            if record.parent_run_id
+            else ""
+        )
+    )
+
+
 def print_queued_run(record: RunRecord, job_id: int | None, as_json: bool) -> None:
     """`runs show` of a run submitted to the fleet that no worker started yet: its record,
     and no state, for it has none yet: its input is held by its queued job (`job_id`, None
@@ -308,14 +313,7 @@ def print_queued_run(record: RunRecord, job_id: int | None, as_json: bool) -> No
         data = {"run": record_data(record), "transitions": [], "effects": []}
         print(json_line({**data, "state": None, "result": None, "queued": {"job_id": job_id}}))
         return
-    line(
-        f"run {record.run_id}  status={record.status}  graph={record.graph_name} "
-        f"({record.graph_hash})"
-    )
-    line(
-        f"user={record.user_id or '-'}  session={record.session_id or '-'}  "
-        f"created={when(record.created_at)}"
-    )
+    print_run_header(record)
     line(f"\nstate: none yet: run {record.run_id} is queued; its input is {held}")
 
 
