@@ -210,6 +210,23 @@ def test_cli_verify_reports_a_torn_tail_without_moving_it(
     assert not list(tmp_path.glob("*.quarantine-*"))
 
 
+def test_cli_head_of_a_log_with_a_torn_tail_says_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`audit head` printed the last complete entry's head and said nothing of the torn
+    entry after it: an operator storing that head never learnt the log needs `verify`."""
+    path = tmp_path / "a.jsonl"
+    monkeypatch.setenv(DEFAULT_KEY_ENV, KEY.decode())
+    _fill(FileAuditLog(path), 2)
+    with path.open("a", encoding="utf-8") as f:
+        f.write('{"seq":3,"act')
+    assert main(["audit", "head", str(path)]) == 0
+    out = capsys.readouterr()
+    assert out.out.strip().startswith("2:")  # the head is still the last complete entry
+    assert "torn" in out.err and "13 bytes" in out.err and "audit verify" in out.err
+    assert path.read_text(encoding="utf-8").endswith('{"seq":3,"act')  # left as it is
+
+
 def test_a_read_only_log_opens_and_verifies(tmp_path: Path) -> None:
     path = tmp_path / "a.jsonl"
     _fill(FileAuditLog(path, key=KEY), 3)

@@ -6,7 +6,7 @@ import argparse
 from typing import Any
 
 from loomgraph.cli import advice
-from loomgraph.cli.console import say
+from loomgraph.cli.console import say, warn
 from loomgraph.cli.output import EXIT_FAILED, EXIT_OK, usage
 
 
@@ -59,6 +59,13 @@ def handle(args: argparse.Namespace) -> int:
         return usage(advice.audit_key_missing(err))
     if args.audit_command == "head":
         print(log.head())
+        torn = log.torn_bytes()
+        if torn:  # the head above is still the last complete entry's
+            warn(
+                f"{args.file} ends in a torn entry ({torn} bytes after that head: a write cut "
+                "off mid-append); `loomgraph audit verify` reports it",
+                "yellow",
+            )
         return EXIT_OK
     expected = None
     if args.head is not None:

@@ -271,6 +271,19 @@ class FileAuditLog:
         finally:
             os.close(fd)
 
+    def torn_bytes(self) -> int:
+        """How many bytes of an incomplete last entry follow the last complete one (a crash
+        mid-append; `verify` reports it, a writer that heals moves it aside); 0 for none."""
+        fd = self._open_read()
+        if fd is None:
+            return 0
+        try:
+            size = os.fstat(fd).st_size
+            last = last_line(fd, size)
+            return len(last) if last and not last.endswith(b"\n") else 0
+        finally:
+            os.close(fd)
+
     def entries(self, *, run_id: str | None = None) -> Iterator[AuditEntry]:
         """Every entry in order (only one run's with `run_id`); not verified.
 
