@@ -7,7 +7,7 @@ import json
 import numbers
 import re
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from fnmatch import fnmatchcase
 from typing import Any, Protocol, runtime_checkable
 
@@ -313,7 +313,7 @@ async def score_run(
     could not score gives a failing `skipped` score). An evaluator that raises, or gives no
     valid Score (a value outside [0, 1], NaN, a type that is no number or bool), gives a
     failing score with the reason, marked `error`: one broken evaluator never stops the
-    evaluation, nor hides what the others found."""
+    evaluation, nor hides what the others found. A score is its evaluator's, named so."""
     scores: list[Score] = []
     for evaluator in evaluators:
         name = str(getattr(evaluator, "name", type(evaluator).__name__))
@@ -329,7 +329,9 @@ async def score_run(
             scores.append(Score(name, 0.0, False, reason[:500], error=True))
             continue
         if score is not None:
-            scores.append(score)
+            # Reported under its evaluator's name, whatever the score calls itself: another
+            # evaluator's name would merge it into that column, its mean and its gate.
+            scores.append(score if score.evaluator == name else replace(score, evaluator=name))
     return scores
 
 
