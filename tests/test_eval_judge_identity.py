@@ -162,3 +162,19 @@ async def test_a_judge_that_never_replies_is_a_failing_error_score() -> None:
     assert judge.failed == 2 and judge.held == 0 and judge.usage.input_tokens > 0
     with pytest.raises(ValueError, match="timeout_s"):
         JudgeEvaluator(_Hanging(), "x", timeout_s=0)  # type: ignore[arg-type]
+
+
+async def test_a_datasets_judge_takes_its_timeout() -> None:
+    """`timeout_s` could be set only in Python: a dataset's judge waited 120 s on a hanging
+    provider, whatever the file said."""
+    judges = [{"kind": "judge", "rubric": "grade {{ answer }}", "timeout_s": 0.01}]
+    report = await evaluate(
+        _two_cases(evaluators=judges),
+        {"s": _hi()},
+        judge_model=_Hanging(),  # type: ignore[arg-type]
+    )
+    scores = [s for run in report.runs for s in run["scores"] if s["evaluator"] == "judge"]
+    assert [s.get("error") for s in scores] == [True, True]
+    assert "no reply within timeout_s=0.01" in scores[0]["reason"]
+    with pytest.raises(ValueError, match="timeout_s"):
+        _two_cases(evaluators=[{"kind": "judge", "rubric": "x", "timeout_s": 0}])

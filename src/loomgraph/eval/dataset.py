@@ -134,6 +134,9 @@ class EvaluatorSpec(_Strict):
     rubric: str | None = None
     model: str | None = None
     max_tokens: int | None = Field(None, ge=1, description="tokens the judge may use in all")
+    timeout_s: float | None = Field(
+        None, gt=0, allow_inf_nan=False, description="seconds a judge call may take (120)"
+    )
     # custom: an import path MODULE:ATTR of `(case, outcome) -> Score | float | bool`.
     call: str | None = None
 

@@ -44,6 +44,7 @@ async def evaluate(
             spec.rubric or "",
             name=spec.evaluator_name(),
             max_tokens=spec.max_tokens,
+            **({} if spec.timeout_s is None else {"timeout_s": spec.timeout_s}),
         )
 
     chosen = (
