@@ -15,7 +15,6 @@ from datetime import datetime
 from types import TracebackType
 from typing import Any, Self
 
-from loomgraph._storage.text import escaped
 from loomgraph.memory.errors import MemoryInputError
 from loomgraph.memory.inputs import check_id, check_limit, check_time
 from loomgraph.memory.records import (
@@ -32,7 +31,7 @@ from loomgraph.memory.records import (
     query_terms,
     turns,
 )
-from loomgraph.protocols import Episode, Message, Seed
+from loomgraph.protocols import Episode, Message, Seed, escaped
 
 # Awaited as hook(user_id, session_id, before) by `forget` before it deletes: the user, and
 # the session and time bound (epoch seconds) the forget covers (None: any).

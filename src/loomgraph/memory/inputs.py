@@ -13,8 +13,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from loomgraph._storage.text import storable
 from loomgraph.memory.errors import MemoryInputError
+from loomgraph.protocols import storable
 
 __all__ = [
     "LATEST_TIME",

@@ -15,11 +15,10 @@ from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-from loomgraph._storage.text import escaped
 from loomgraph.memory.errors import BlockNameError, MemoryInputError, UserIdError
 from loomgraph.memory.inputs import check_id
 from loomgraph.memory.ranking import bm25_rank, query_terms
-from loomgraph.protocols import Episode, Message, Seed
+from loomgraph.protocols import Episode, Message, Seed, escaped
 
 T = TypeVar("T")
 

@@ -104,6 +104,7 @@ from loomgraph.protocols.runtime import (
     current_fence,
 )
 from loomgraph.protocols.spellings import as_latin, without_invisible
+from loomgraph.protocols.stored_text import escaped, storable
 from loomgraph.protocols.tasks import CancelReason, cancel_reason, finished, stops_the_task
 from loomgraph.protocols.tool_args import (
     ToolArgLimits,
@@ -220,6 +221,9 @@ __all__ = [  # noqa: RUF022 - grouped by concept, not sorted
     # spellings: how text is disguised (invisible characters, lookalike letters)
     "as_latin",
     "without_invisible",
+    # stored_text: text every backend's text column keeps (NUL, lone surrogates escaped)
+    "escaped",
+    "storable",
     # tasks: a step a cancellation must not cut off; a cancel that is the task's own; who
     # cancelled a run
     "CancelReason",

@@ -10,8 +10,7 @@ read back as the value written.
 
 from __future__ import annotations
 
-from loomgraph._storage.text import escaped, storable
-from loomgraph.protocols import RunRecord, Transition
+from loomgraph.protocols import RunRecord, Transition, escaped, storable
 from loomgraph.runtime.errors import JournalIdError
 
 __all__ = [

@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from loomgraph.graph.node_context import NodeContext
-from loomgraph.protocols import ToolCall, ToolSpec
+from loomgraph.protocols import ToolCall, ToolSpec, escaped
 
 LESSONS_BLOCK = "lessons"
 MAX_LESSONS = 20
@@ -74,12 +74,8 @@ def cut(lesson: str, limit: int) -> str:
 
 
 def stored_chars(text: str) -> int:
-    """The length of `text` as a memory store keeps it: a NUL or lone surrogate written as its
-    escape, as `loomgraph._storage.text.escaped` does (which the strategies may not import)."""
-    if text.isprintable():  # the common case: nothing to escape
-        return len(text)
-    escaped = text.encode("utf-8", "backslashreplace").decode("utf-8")
-    return len(escaped.replace("\x00", "\\x00"))
+    """The length of `text` as a memory store keeps it (a NUL or lone surrogate escaped)."""
+    return len(escaped(text))
 
 
 def block_limit(memory: object) -> int | None:

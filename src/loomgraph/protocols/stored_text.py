@@ -1,7 +1,8 @@
 """Text a plain text column of every backend can keep: SQLite cannot encode a lone surrogate
 as UTF-8, and Postgres refuses both a lone surrogate and NUL in `text`. The journals and memory
-share the rule: free text is stored with each such character as a visible escape, an id that
-holds one is refused (an escaped id would no longer be the id given)."""
+share the rule, and a strategy sizing what it stores (reflexion's lessons) counts by it: free
+text is stored with each such character as a visible escape, an id that holds one is refused
+(an escaped id would no longer be the id given)."""
 
 from __future__ import annotations
 
