@@ -249,24 +249,16 @@ def _audit_key_problem(source: AgentSource, spec: AuditLogSpec) -> Problem | Non
 
 def _audit_file_problem(source: AgentSource, spec: AuditLogSpec) -> Problem | None:
     target = Path(source.relative(spec.file))
-    line = source.line_of("audit_log", "file")
-    try:
-        mode = target.stat().st_mode
-    except FileNotFoundError:
-        if target.parent.is_dir():
-            return None  # made by the first entry
+    # A log not there yet is made by the first entry: its folder must be.
+    why = _not_a_file(target, "audit log", missing_ok=True)
+    if why is None and not target.parent.is_dir():
         why = (
             f"the audit log {target} is in a folder that does not exist: create "
             f"{target.parent} (the first entry makes the log file, not its folder)"
         )
-        return Problem("audit-log", why, str(source.path), line)
-    except OSError as err:
-        why = f"cannot reach the audit log {target}: {err.strerror}"
-        return Problem("audit-log", why, str(source.path), line)
-    if stat.S_ISREG(mode):
+    if why is None:
         return None
-    why = f"the audit log {target} is not a regular file (a folder, FIFO or device)"
-    return Problem("audit-log", why, str(source.path), line)
+    return Problem("audit-log", why, str(source.path), source.line_of("audit_log", "file"))
 
 
 def _audit_log(loaded: AgentFile, spec: AuditLogSpec, problems: list[Problem]) -> Any:
@@ -304,13 +296,13 @@ def _no_key(err: AuditKeyMissing) -> str:
     )
 
 
-def _not_a_file(path: Path, what: str) -> str | None:
-    """Why `path` is no regular file to read (missing, a folder, a FIFO or a device,
-    unreachable), or None when it is one."""
+def _not_a_file(path: Path, what: str, *, missing_ok: bool = False) -> str | None:
+    """Why `path` is no regular file to read (missing, unless `missing_ok`; a folder, a FIFO
+    or a device; unreachable), or None when it is one."""
     try:
         mode = path.stat().st_mode
     except FileNotFoundError:
-        return f"no {what} at {path}"
+        return None if missing_ok else f"no {what} at {path}"
     except OSError as err:
         return f"cannot reach the {what} {path}: {err.strerror}"
     if not stat.S_ISREG(mode):

@@ -81,10 +81,7 @@ def say_how_to_answer(
     if not durable:
         warn(f"run {run_id} {unkept(args.runtime)}, so its question cannot be answered", "yellow")
         return
-    # Named, the answer is for this question only: resent later, it answers no other one.
-    key = pending.get("key")
-    request = ("--request", shlex.quote(key)) if isinstance(key, str) and key else ()
-    command = resume_command(run_id, args, runtime, "--value", "JSON", *request)
+    command = resume_command(run_id, args, runtime, "--value", "JSON", *_request(pending))
     warn(
         f"answer with: {command}  (a {pending['type']}; text that is not JSON is a string)",
         "yellow",
@@ -103,7 +100,12 @@ def say_how_to_approve(
     call = pending.get("call")
     if not isinstance(call, Mapping) or not isinstance(call.get("id"), str):
         return
-    key = pending.get("key")
-    request = ("--request", shlex.quote(key)) if isinstance(key, str) and key else ()
-    approve = going_on_command(("approve", run_id, call["id"]), args, runtime, *request)
+    approve = going_on_command(("approve", run_id, call["id"]), args, runtime, *_request(pending))
     warn(f"approve with: {approve}  (or `runs deny`, the same way)", "yellow")
+
+
+def _request(pending: Mapping[str, Any]) -> tuple[str, ...]:
+    """`--request KEY` for a pending request that has a key: named, an answer is for that
+    request only, so a command run again answers no later one."""
+    key = pending.get("key")
+    return ("--request", shlex.quote(key)) if isinstance(key, str) and key else ()
