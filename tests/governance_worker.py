@@ -20,8 +20,9 @@ import argparse
 import asyncio
 import json
 import os
+import subprocess
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from loomgraph.graph.node_context import NodeContext
@@ -130,6 +131,35 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--cap", type=int, default=15, help="model calls per user")
     parser.add_argument("--cost-cap", type=float, default=1.0, help="USD per user")
     return asyncio.run(work(parser.parse_args(argv)))
+
+
+def run_gated(args: Sequence[str], processes: int, timeout: float) -> list[dict[str, Any]]:
+    """`processes` workers given `args`, released together once all are connected and
+    waiting at the gate; every run's result, in process order."""
+    command = [sys.executable, __file__, *args]
+    procs = [
+        subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        for _ in range(processes)
+    ]
+    try:
+        for proc in procs:  # all connected and waiting at the gate
+            assert proc.stdout is not None
+            assert "ready" in json.loads(proc.stdout.readline())
+        for proc in procs:
+            assert proc.stdin is not None
+            proc.stdin.write("go\n")
+            proc.stdin.flush()
+        results: list[dict[str, Any]] = []
+        for proc in procs:
+            out, _ = proc.communicate(timeout=timeout)
+            assert proc.returncode == 0, out
+            results += json.loads(out.strip().splitlines()[-1])["results"]
+        return results
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
 
 
 if __name__ == "__main__":

@@ -29,6 +29,8 @@ from typing import Any
 
 import uvicorn
 
+from mcp_steering import ListeningServer
+
 WAIT = 120.0
 KEY_META = "io.loomgraph/idempotency-key"
 
@@ -41,18 +43,6 @@ TOOLS = [
     {"name": "record", "description": "Record an item.", "inputSchema": _SCHEMA},
     {"name": "hold", "description": "Record an item, slowly.", "inputSchema": _SCHEMA},
 ]
-
-
-class _Server(uvicorn.Server):
-    """uvicorn's server, saying when it listens (an event to wait on)."""
-
-    def __init__(self, config: uvicorn.Config) -> None:
-        super().__init__(config)
-        self.listening = threading.Event()
-
-    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
-        await super().startup(sockets)
-        self.listening.set()
 
 
 class TinyMCP:
@@ -77,7 +67,7 @@ class TinyMCP:
         self.holding = threading.Event()  # a `hold` call is running
         self.release = threading.Event()  # lets a `hold` call answer
         self.port = 0
-        self._server: _Server | None = None
+        self._server: ListeningServer | None = None
         self._thread: threading.Thread | None = None
 
     # ------------------------------------------------------------------ ASGI
@@ -162,7 +152,7 @@ class TinyMCP:
         config = uvicorn.Config(
             self, log_level="warning", lifespan="on", timeout_graceful_shutdown=0
         )
-        self._server = _Server(config)
+        self._server = ListeningServer(config)
         self._thread = threading.Thread(
             target=self._server.run, kwargs={"sockets": [sock]}, daemon=True
         )

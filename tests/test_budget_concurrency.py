@@ -10,15 +10,13 @@
 from __future__ import annotations
 
 import asyncio
-import json
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 import pg
+from governance_worker import run_gated
 from loomgraph import Agent
 from loomgraph.governance import (
     NANO_USD,
@@ -187,37 +185,12 @@ def test_hold_wait_s_must_be_a_non_negative_number() -> None:
 
 # ---------------------------------------------------------------------------- across processes
 
-WORKER = Path(__file__).with_name("governance_worker.py")
-
 
 def run_processes(*args: str, processes: int, runs: int) -> list[dict[str, Any]]:
     """`processes` workers, each starting `runs` one-call runs of alice at once after one
     gate, under her cap of $0.05 (tests/governance_worker.py)."""
-    command = [sys.executable, str(WORKER), *args, "--runs", str(runs), "--calls", "1"]
-    command += ["--cap", "1000", "--cost-cap", "0.05"]
-    procs = [
-        subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-        for _ in range(processes)
-    ]
-    try:
-        for proc in procs:  # all connected and waiting at the gate
-            assert proc.stdout is not None
-            assert "ready" in json.loads(proc.stdout.readline())
-        for proc in procs:
-            assert proc.stdin is not None
-            proc.stdin.write("go\n")
-            proc.stdin.flush()
-        results = []
-        for proc in procs:
-            out, _ = proc.communicate(timeout=180)
-            assert proc.returncode == 0, out
-            results += json.loads(out.strip().splitlines()[-1])["results"]
-        return results
-    finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+    flags = [*args, "--runs", str(runs), "--calls", "1", "--cap", "1000", "--cost-cap", "0.05"]
+    return run_gated(flags, processes, timeout=180)
 
 
 async def check_all_completed(results: list[dict[str, Any]], ledger: Ledger, count: int) -> None:

@@ -7,23 +7,18 @@ stdout and stderr), read with bounded `select` waits; `runs retry` in this proce
 from __future__ import annotations
 
 import asyncio
-import os
-import pty
-import re
-import select
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+import pty_terminal
 from loomgraph.cli.main import main
 from loomgraph.protocols import RunStatus
 from loomgraph.runtime.sqlite import SqliteRuntime
-
-ROOT = Path(__file__).parent.parent
+from pty_terminal import WAIT_S, terminal_env
 
 THREE = """
 name: ask
@@ -94,8 +89,6 @@ FAIL = ScriptedModel([RuntimeError("provider down")])
 '''
 
 PAY = ["--model", "answers_helpers:pay_model", "--tools", "answers_helpers:TOOLS"]
-_ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b\][^\x07]*\x07|\r")
-WAIT_S = 120.0  # a bound on each wait, never a timing assertion
 
 
 @pytest.fixture
@@ -108,78 +101,17 @@ def work(tmp_path: Path) -> Path:
 
 
 def environ(work: Path, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("NO_COLOR", "FORCE_COLOR")}
-    path = [str(ROOT / "src"), str(work), env.get("PYTHONPATH", "")]
-    env.update(
-        PYTHONPATH=os.pathsep.join(path),
-        TERM="xterm-256color",
-        COLUMNS="200",
-        ANSWERS_LEDGER=str(work / "ledger.txt"),
-        **extra,
-    )
-    return env
+    return terminal_env(work, ANSWERS_LEDGER=str(work / "ledger.txt"), **extra)
 
 
 JOURNAL = ["--runtime", "sqlite:j.db"]
 
 
-class Terminal:
-    """`loomgraph ARGS…` with stdin, stdout and stderr on one pseudo-terminal, as a person
-    runs it; what it shows, without colours, is read with bounded waits."""
+class Terminal(pty_terminal.Terminal):
+    """`loomgraph ARGS…` on a pseudo-terminal, in `work`, its ledger there."""
 
     def __init__(self, work: Path, *args: str, **extra: str) -> None:
-        self.leader, follower = pty.openpty()
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "loomgraph.cli.main", *args],
-            stdin=follower,
-            stdout=follower,
-            stderr=follower,
-            cwd=work,
-            env=environ(work, **extra),
-        )
-        os.close(follower)
-        self.shown = ""
-        self.seen = 0  # what `expect` matched so far ends here
-        self.closed = False
-
-    def _read(self, until: float) -> bool:
-        """Read what the command wrote next; False once it closed the terminal."""
-        ready, _, _ = select.select([self.leader], [], [], max(0.0, until - time.monotonic()))
-        if not ready:
-            return True
-        try:
-            data = os.read(self.leader, 65536)
-        except OSError:  # EIO: the command closed the terminal
-            data = b""
-        if not data:
-            self.closed = True
-            return False
-        self.shown += _ANSI.sub("", data.decode("utf-8", "replace"))
-        return True
-
-    def expect(self, text: str) -> str:
-        """Wait until the command shows `text` (after what was matched before); all shown
-        since then."""
-        until = time.monotonic() + WAIT_S
-        while (at := self.shown.find(text, self.seen)) < 0:
-            assert not self.closed and time.monotonic() < until, (
-                f"{text!r} not shown:\n{self.shown}"
-            )
-            self._read(until)
-        before, self.seen = self.seen, at + len(text)
-        return self.shown[before : self.seen]
-
-    def type(self, text: str) -> None:
-        """Type `text` at the terminal (\\x04 is Ctrl-D)."""
-        os.write(self.leader, text.encode())
-
-    def end(self) -> tuple[int, str]:
-        """Wait for the command to end: its exit code and all it showed."""
-        until = time.monotonic() + WAIT_S
-        while not self.closed and time.monotonic() < until:
-            self._read(until)
-        os.close(self.leader)
-        return self.proc.wait(timeout=WAIT_S), self.shown
+        super().__init__(work, args, environ(work, **extra))
 
 
 def piped(work: Path, *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:

@@ -5,20 +5,12 @@ real SQLite journals in files."""
 
 from __future__ import annotations
 
-import os
-import pty
-import re
-import select
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).parent.parent
-WAIT_S = 120.0  # a bound on each wait, never a timing assertion
-_ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b\][^\x07]*\x07|\r")
+import pty_terminal
+from pty_terminal import terminal_env
 
 HELPERS = '''
 import os
@@ -73,64 +65,11 @@ def work(tmp_path: Path) -> Path:
     return tmp_path
 
 
-class Terminal:
-    """`loomgraph ARGS…` with stdin, stdout and stderr on one pseudo-terminal."""
+class Terminal(pty_terminal.Terminal):
+    """`loomgraph ARGS…` on a pseudo-terminal, in `work`, its ledger there."""
 
     def __init__(self, work: Path, *args: str) -> None:
-        self.leader, follower = pty.openpty()
-        env = {k: v for k, v in os.environ.items() if k not in ("NO_COLOR", "FORCE_COLOR")}
-        env.update(
-            PYTHONPATH=os.pathsep.join([str(ROOT / "src"), str(work), env.get("PYTHONPATH", "")]),
-            TERM="xterm-256color",
-            COLUMNS="200",
-            PROBE_LEDGER=str(work / "ledger.txt"),
-        )
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "loomgraph.cli.main", *args],
-            stdin=follower,
-            stdout=follower,
-            stderr=follower,
-            cwd=work,
-            env=env,
-        )
-        os.close(follower)
-        self.shown = ""
-        self.seen = 0
-        self.closed = False
-
-    def _read(self, until: float) -> None:
-        ready, _, _ = select.select([self.leader], [], [], max(0.0, until - time.monotonic()))
-        if not ready:
-            return
-        try:
-            data = os.read(self.leader, 65536)
-        except OSError:  # EIO: the command closed the terminal
-            data = b""
-        if not data:
-            self.closed = True
-            return
-        self.shown += _ANSI.sub("", data.decode("utf-8", "replace"))
-
-    def expect(self, text: str) -> str:
-        """Wait until the command shows `text` (after what was matched before)."""
-        until = time.monotonic() + WAIT_S
-        while (at := self.shown.find(text, self.seen)) < 0:
-            assert not self.closed and time.monotonic() < until, (
-                f"{text!r} not shown:\n{self.shown}"
-            )
-            self._read(until)
-        before, self.seen = self.seen, at + len(text)
-        return self.shown[before : self.seen]
-
-    def type(self, data: bytes) -> None:
-        os.write(self.leader, data)
-
-    def end(self) -> tuple[int, str]:
-        until = time.monotonic() + WAIT_S
-        while not self.closed and time.monotonic() < until:
-            self._read(until)
-        os.close(self.leader)
-        return self.proc.wait(timeout=WAIT_S), self.shown
+        super().__init__(work, args, terminal_env(work, PROBE_LEDGER=str(work / "ledger.txt")))
 
 
 def paid(work: Path) -> list[str]:

@@ -40,12 +40,9 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import fnmatch
-import json
 import posixpath
 import shutil
 import sqlite3
-import subprocess
-import sys
 import tempfile
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -1510,49 +1507,13 @@ async def test_a_second_approval_after_a_crash_is_refused_not_silently_overridde
 
 # ---------------------------------------------------------------------------- two processes
 
-WORKER = Path(__file__).with_name("governance_worker.py")
-
 
 def run_two_processes(
     *args: str, runs: int = 10, calls: int = 10, cap: int = 15
 ) -> list[dict[str, Any]]:
     """Two worker processes, each starting `runs` runs of alice at once after one gate."""
-    command = [
-        sys.executable,
-        str(WORKER),
-        *args,
-        "--runs",
-        str(runs),
-        "--calls",
-        str(calls),
-        "--cap",
-        str(cap),
-        "--cost-cap",
-        "1.0",
-    ]
-    procs = [
-        subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-        for _ in range(2)
-    ]
-    try:
-        for proc in procs:  # both connected and waiting at the gate
-            assert proc.stdout is not None
-            assert "ready" in json.loads(proc.stdout.readline())
-        for proc in procs:
-            assert proc.stdin is not None
-            proc.stdin.write("go\n")
-            proc.stdin.flush()
-        results = []
-        for proc in procs:
-            out, _ = proc.communicate(timeout=120)
-            assert proc.returncode == 0, out
-            results += json.loads(out.strip().splitlines()[-1])["results"]
-        return results
-    finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+    flags = [*args, "--runs", str(runs), "--calls", str(calls), "--cap", str(cap)]
+    return gw.run_gated([*flags, "--cost-cap", "1.0"], 2, timeout=120)
 
 
 async def check_one_cap(results: list[dict[str, Any]], ledger: Any, runtime: Any, cap: int) -> None:

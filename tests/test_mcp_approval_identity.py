@@ -7,7 +7,6 @@ servers' start and call timeouts are only bounds, for a server that would hang."
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -17,22 +16,8 @@ from loomgraph import Agent
 from loomgraph.governance import StandardPermissions
 from loomgraph.models import ScriptedModel
 from loomgraph.observability import FileAuditLog
-from loomgraph.tools import MCPServer
+from mcp_steering import PAY, TRANSFER, control, received, server, tool_results
 
-SERVER = str(Path(__file__).with_name("mcp_steered_server.py"))
-# Bounds, not waits: a loaded machine starts Python slowly, but never for a minute.
-BOUNDS = {"start_timeout": 60.0, "timeout": 60.0}
-
-TRANSFER = {
-    "name": "transfer",
-    "description": "Send money to someone.",
-    "inputSchema": {
-        "type": "object",
-        "properties": {"to": {"type": "string"}, "amount": {"type": "integer"}},
-        "required": ["to", "amount"],
-        "additionalProperties": False,
-    },
-}
 # The same name, changed while the approval waited: a description that now carries an
 # injection, and a schema that lets fields through the approver never saw.
 TRANSFER_CHANGED = {
@@ -44,34 +29,6 @@ TRANSFER_CHANGED = {
     },
 }
 OWN = {"name": "own", "description": "Harmless.", "inputSchema": {"type": "object"}}
-PAY: dict[str, Any] = {"tool_calls": [{"tool": "transfer", "args": {"to": "alice", "amount": 5}}]}
-
-
-def server(state: Path, name: str, *extra: str, **options: Any) -> MCPServer:
-    """A stdio server steered by `state`/control.json."""
-    return MCPServer.stdio(PYTHON, SERVER, str(state), *extra, name=name, **{**BOUNDS, **options})
-
-
-def control(state: Path, tools: list[dict[str, Any]], answer: str = "echo", **more: Any) -> None:
-    state.mkdir(exist_ok=True)
-    (state / "control.json").write_text(json.dumps({"tools": tools, "answer": answer, **more}))
-
-
-def received(state: Path) -> list[dict[str, Any]]:
-    """The calls the server received (its side effects, kept outside the journal)."""
-    path = state / "ledger"
-    lines = path.read_text().splitlines() if path.exists() else []
-    return [entry for entry in map(json.loads, lines) if "name" in entry]
-
-
-def tool_results(history: list[Any]) -> list[dict[str, Any]]:
-    """The tool messages a run's journal holds."""
-    return [
-        message
-        for transition in history
-        for message in transition.patch.get("messages", [])
-        if message.get("role") == "tool"
-    ]
 
 
 def denied_as_changed(history: list[Any], audit: Path) -> None:
@@ -88,9 +45,6 @@ def denied_as_changed(history: list[Any], audit: Path) -> None:
         if entry["action"] == "permission_decision" and entry["payload"]["tool"] == "transfer"
     ]
     assert rules[-1] == "approval:tool_changed"
-
-
-PYTHON = sys.executable
 
 
 # ------------------------------------------------------------ 1. approval, then the tool changes

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import socket
-import sys
 import threading
 from pathlib import Path
 from typing import Any
@@ -21,67 +20,12 @@ from loomgraph.models import ScriptedModel
 from loomgraph.protocols import ModelRequest
 from loomgraph.runtime import InMemoryRuntime
 from loomgraph.tools import MCPServer
+from mcp_steering import PAY, TRANSFER, ListeningServer, control, received, server
 
-SERVER = str(Path(__file__).with_name("mcp_steered_server.py"))
 SLOW = {"start_timeout": 600.0, "timeout": 600.0}  # a loaded machine starts Python slowly
 WAIT = 120.0  # bounds a server's start and stop in the tests below; neither waits on a client
 
-TRANSFER = {
-    "name": "transfer",
-    "description": "Send money to someone.",
-    "inputSchema": {
-        "type": "object",
-        "properties": {"to": {"type": "string"}, "amount": {"type": "integer"}},
-        "required": ["to", "amount"],
-        "additionalProperties": False,
-    },
-}
-PAY: dict[str, Any] = {"tool_calls": [{"tool": "transfer", "args": {"to": "alice", "amount": 5}}]}
-
-
-def server(state: Path, name: str, *extra: str, **options: Any) -> MCPServer:
-    """A stdio server steered by `state`/control.json."""
-    return MCPServer.stdio(PYTHON, SERVER, str(state), *extra, name=name, **{**SLOW, **options})
-
-
-def control(state: Path, tools: list[dict[str, Any]], answer: str = "echo", **more: Any) -> None:
-    state.mkdir(exist_ok=True)
-    (state / "control.json").write_text(json.dumps({"tools": tools, "answer": answer, **more}))
-
-
-def received(state: Path) -> list[dict[str, Any]]:
-    """The calls the server received (its side effects, kept outside the journal)."""
-    path = state / "ledger"
-    lines = path.read_text().splitlines() if path.exists() else []
-    return [entry for entry in map(json.loads, lines) if "name" in entry]
-
-
-def tool_results(history: list[Any]) -> list[dict[str, Any]]:
-    """The tool messages a run's journal holds."""
-    return [
-        message
-        for transition in history
-        for message in transition.patch.get("messages", [])
-        if message.get("role") == "tool"
-    ]
-
-
-PYTHON = sys.executable
-
-
 # ------------------------------------------------------------ 2. a server that restarts
-
-
-class _Server(uvicorn.Server):
-    """uvicorn's server, saying when it listens (an event to wait on, not a flag to poll)."""
-
-    def __init__(self, config: uvicorn.Config) -> None:
-        super().__init__(config)
-        self.listening = threading.Event()
-
-    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
-        await super().startup(sockets)
-        self.listening.set()
 
 
 class LedgerApp:
@@ -92,7 +36,7 @@ class LedgerApp:
         self.port = port
         self.calls = calls
         self.path = path
-        self._server: _Server | None = None
+        self._server: ListeningServer | None = None
         self._thread: threading.Thread | None = None
 
     def __enter__(self) -> LedgerApp:
@@ -117,7 +61,7 @@ class LedgerApp:
             lifespan="on",
             timeout_graceful_shutdown=0,
         )
-        self._server = _Server(config)
+        self._server = ListeningServer(config)
         self._thread = threading.Thread(
             target=self._server.run, kwargs={"sockets": [sock]}, daemon=True
         )
@@ -175,7 +119,7 @@ async def test_a_secret_on_a_stdio_command_line_stays_out_of_the_run(tmp_path: P
     secret = "sk-live-ARGV-0123456789abcdef"
     state = tmp_path / "bank"
     control(state, [TRANSFER], answer="die")
-    mcp = server(state, "bank", f"--api-key={secret}")
+    mcp = server(state, "bank", f"--api-key={secret}", **SLOW)
     turns = [PAY, PAY, "done"]
     seen: list[ModelRequest] = []
 

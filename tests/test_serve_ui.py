@@ -58,15 +58,20 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     server: Server = start_server(env)
     driver = browser(root / "profile")
     try:
-        driver.get(server.url + "/ui")
-        WebDriverWait(driver, WAIT).until(ec.presence_of_element_located((By.ID, "key")))
-        driver.find_element(By.ID, "key").send_keys(key)
-        driver.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
-        WebDriverWait(driver, WAIT).until(ec.url_to_be(server.url + "/ui"))
+        sign_in(driver, server.url, key)
         yield {"url": server.url, "key": key, "driver": driver}
     finally:
         driver.quit()
         server.stop()
+
+
+def sign_in(driver: Any, url: str, key: str) -> None:
+    """Sign in to the viewer at `url` with an API key, and wait for the runs page."""
+    driver.get(url + "/ui")
+    WebDriverWait(driver, WAIT).until(ec.presence_of_element_located((By.ID, "key")))
+    driver.find_element(By.ID, "key").send_keys(key)
+    driver.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+    WebDriverWait(driver, WAIT).until(ec.url_to_be(url + "/ui"))
 
 
 def start(site: dict[str, Any], prompt: str, background: bool = False) -> str:

@@ -16,7 +16,7 @@ from loomgraph.protocols.tool_identity import ToolIdentity
 from serve_process import Server, environment, loomgraph, start_server
 
 # The browser, its bound and its skip mark (no Chromium) as tests/test_serve_ui.py has them.
-from test_serve_ui import WAIT, browser, pytestmark  # noqa: F401
+from test_serve_ui import WAIT, browser, pytestmark, sign_in  # noqa: F401
 
 pytest.importorskip("selenium.webdriver")
 from selenium.webdriver.common.by import By
@@ -90,11 +90,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     server: Server = start_server(env, "--agent", AGENT)  # the last --agent is the one used
     driver = browser(root / "profile")
     try:
-        driver.get(server.url + "/ui")
-        WebDriverWait(driver, WAIT).until(ec.presence_of_element_located((By.ID, "key")))
-        driver.find_element(By.ID, "key").send_keys(key)
-        driver.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
-        WebDriverWait(driver, WAIT).until(ec.url_to_be(server.url + "/ui"))
+        sign_in(driver, server.url, key)
         yield {"url": server.url, "key": key, "driver": driver}
     finally:
         driver.quit()
