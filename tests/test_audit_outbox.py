@@ -257,6 +257,57 @@ async def test_an_outage_later_in_the_resume_keeps_only_the_new_entries(tmp_path
     assert [m["payload"]["count"] for m in markers] == [len(kept), len(again)]
 
 
+class EndCutLog(CutLog):
+    """A file log cut while it takes the run's `run_completed` entry, until `down` is
+    set False: the run's end is journaled, its last entry is not in the log."""
+
+    def _check_entries(self, actions: Sequence[str]) -> None:
+        if "run_completed" in actions and self.allow is None and not self.down:
+            self.down = True
+        self._check()
+
+    async def record(self, action: str, **fields: Any) -> None:
+        self._check_entries([action])
+        await FileAuditLog.record(self, action, **fields)
+
+    async def record_many(
+        self, entries: Sequence[tuple[str, str, Mapping[str, Any]]], **fields: Any
+    ) -> None:
+        self._check_entries([action for action, _, _ in entries])
+        await FileAuditLog.record_many(self, entries, **fields)
+
+
+@pytest.mark.parametrize("kind", ["memory", "sqlite"])
+async def test_the_end_of_a_finished_run_an_outage_cut_off_is_written_at_its_resume(
+    tmp_path: Path, kind: str
+) -> None:
+    """The run completed, but the log was down for its `run_completed` entry: the run
+    raises, its journal keeps the entry. Resuming the finished run (as the error invites)
+    writes it once, behind the marker, and returns the run's result; nothing runs again."""
+    reference = await _reference(tmp_path)
+    log = EndCutLog(tmp_path / "audit.jsonl")
+    runtime = _journal(kind, tmp_path)
+    agent = _agent(log, runtime, None)
+    try:
+        with pytest.raises(AuditLogUnavailable):
+            await agent.run("where?", user_id="alice")
+        [run] = await runtime.runs()
+        assert run.status == RunStatus.COMPLETED
+        kept = await runtime.kept_audit_entries(run.run_id)
+        assert [action for action, _, _ in kept] == ["run_completed"]
+        log.down = False
+        log.allow = 10**6  # the log is back for good
+        resumed = await agent.resume(run.run_id)
+        assert resumed.status == RunStatus.COMPLETED and resumed.output == "In France"
+        assert await runtime.kept_audit_entries(run.run_id) == []
+        await agent.resume(run.run_id)  # again: nothing more is written
+    finally:
+        await agent.aclose()
+    entries = list(log.entries(run_id=run.run_id))
+    assert _trail(entries) == reference  # the whole trail, in order, each entry once
+    assert [e["action"] for e in entries[-2:]] == ["audit_restored", "run_completed"]
+
+
 # ---------------------------------------------------------------------------- the writer
 
 

@@ -39,6 +39,7 @@ from loomgraph.agent.recovery import (
     reset_recoveries,
 )
 from loomgraph.agent.result import RunResult
+from loomgraph.agent.run_ending import restore_ended
 from loomgraph.agent.session import AgentSession
 from loomgraph.engine.effects import BoundValue, ResumeInput
 from loomgraph.engine.scope import EventSink, stop_request
@@ -166,6 +167,7 @@ class Resumer:
         record = await self._load(run_id, "resume")
         await answer_for(runtime, record, value, approve)  # refused before the lease
         if record.status in FINAL_STATUSES and record.result is not None:
+            await restore_ended(self.deps, record, leased)  # what an outage cut off its end
             return RunResult.from_dict(record.result)  # a finished run: nothing runs again
         own = await kept_graph(runtime, record, self.compiled, self.kept)
         if graph == "pinned" and own is None:

@@ -10,16 +10,28 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from loomgraph.agent.leases import lease_stop
+from loomgraph.agent.leases import hold_lease, lease_stop
 from loomgraph.agent.result import RunResult
 from loomgraph.engine import audit_trail as trail
+from loomgraph.engine.audit_writer import AuditWriter, keep_unwritten, restore_kept
 from loomgraph.engine.interpreter import Outcome
 from loomgraph.engine.scope import RunScope
 from loomgraph.graph.state import final_output
 from loomgraph.nodes.structured import FinishNode, OutputValidationError
-from loomgraph.protocols import AuditAction, RunStatus, Span, Usage, finished, semconv
+from loomgraph.protocols import (
+    AuditAction,
+    AuditMode,
+    AuditOutbox,
+    Deps,
+    RunRecord,
+    RunStatus,
+    Span,
+    Usage,
+    finished,
+    semconv,
+)
 
-__all__ = ["cancelled", "outcome_result", "traced"]
+__all__ = ["cancelled", "outcome_result", "restore_ended", "traced"]
 
 
 def traced(scope: RunScope, span: Span | None, attributes: dict[str, Any]) -> None:
@@ -77,3 +89,27 @@ def outcome_result(
     if finishing and isinstance(cause, OutputValidationError):
         return result, cause
     return result, None
+
+
+async def restore_ended(deps: Deps, record: RunRecord, leased: bool) -> None:
+    """A finished run's last audit entries an outage cut off (its `run_completed`, after
+    its end was journaled), which its journal kept: written now, behind the marker, under
+    the run's lease (held already when `leased`), and let go of. A run with none: one read."""
+    runtime = deps.runtime
+    if not (isinstance(runtime, AuditOutbox) and AuditMode.of(deps.audit_log).enabled):
+        return  # (with the no-op log they stay kept, as at any resume)
+    if not await runtime.kept_audit_entries(record.run_id):
+        return
+    if leased:
+        await _restore(deps, record)
+        return
+    async with hold_lease(deps.leases, record.run_id):
+        await _restore(deps, record)
+
+
+async def _restore(deps: Deps, record: RunRecord) -> None:
+    writer = AuditWriter(deps.audit_log, record.run_id, record.user_id)
+    try:
+        await restore_kept(writer, deps.runtime)
+    finally:  # an outage part-way: those the log took are let go of, the rest stay
+        await keep_unwritten(writer, deps.runtime)
