@@ -210,6 +210,25 @@ def test_runs_show_to_a_closed_pipe_ends_quietly(journal: tuple[Path, str]) -> N
     assert (done.returncode, done.stderr) == (output.EXIT_PIPE_CLOSED, "")
 
 
+def test_a_run_with_stdout_closed_is_refused_before_it_starts(tmp_path: Path) -> None:
+    """`loomgraph run "hi" >&-`: with no stdout the run's events and result had nowhere to
+    go, and the command died with a traceback (an AttributeError) after journaling the run.
+    It is refused at once, on stderr, and nothing is journaled."""
+    db = tmp_path / "journal.db"
+    done = subprocess.run(
+        [sys.executable, "-m", "loomgraph.cli.main", "run", "hi", "--runtime", f"sqlite:{db}"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        timeout=120,
+        preexec_fn=lambda: os.close(1),
+    )
+    assert done.returncode == output.EXIT_USAGE
+    assert "Traceback" not in done.stderr
+    assert "standard output is closed" in done.stderr
+    assert not db.exists()  # nothing journaled, not even a journal made
+
+
 def test_json_lines_hold_no_float_json_cannot() -> None:
     value = {"a": float("inf"), "b": [float("nan"), 1.5], "c": (float("-inf"),)}
     assert output.json_line(value) == '{"a": null, "b": [null, 1.5], "c": [null]}'

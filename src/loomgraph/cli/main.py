@@ -118,6 +118,15 @@ def _also_dash_a(parser: argparse.ArgumentParser) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `loomgraph` command; returns the exit code."""
     stdout = sys.stdout
+    if stdout is None:  # started with stdout closed (`>&-`): file descriptor 1 is free
+        # Its output would go nowhere, and the next file opened (a journal, an MCP server's
+        # pipe) would take descriptor 1 and receive whatever child processes print.
+        if sys.stderr is not None:
+            warn(
+                "standard output is closed: nothing was done (to discard the output, "
+                "redirect it to the null device: `>/dev/null`)"
+            )
+        return EXIT_USAGE
     sys.stdout = cast(TextIO, _Stdout(stdout))
     try:
         args = build_parser().parse_args(argv)
