@@ -100,31 +100,31 @@ def test_the_testers_files_draw(tmp_path: Path) -> None:
         """\
         schema_version: 1
         name: names
-        entry: "a:b"
+        entry: "a.b"
         nodes:
-          "a:b": {kind: model}
+          "a.b": {kind: model}
           "node": {kind: tools}
           "x\\" -> y": {kind: model}
-          "<script>alert(1)</script>": {kind: tools}
-          "a:c": {kind: tools}
+          "<script>alert(1)<script>": {kind: tools}
+          "a.c": {kind: tools}
         edges:
-          - {from: "a:b", to: node, when: "last_message.tool_calls | length > 0"}
-          - {from: "a:b", to: "x\\" -> y", when: "input == 'q'"}
-          - {from: "a:b", to: "a:c", when: "input == 'r'"}
-          - {from: "a:b", to: END}
-          - {from: node, to: "a:b"}
-          - {from: "x\\" -> y", to: "<script>alert(1)</script>"}
-          - {from: "<script>alert(1)</script>", to: END}
-          - {from: "a:c", to: "a:b"}
+          - {from: "a.b", to: node, when: "last_message.tool_calls | length > 0"}
+          - {from: "a.b", to: "x\\" -> y", when: "input == 'q'"}
+          - {from: "a.b", to: "a.c", when: "input == 'r'"}
+          - {from: "a.b", to: END}
+          - {from: node, to: "a.b"}
+          - {from: "x\\" -> y", to: "<script>alert(1)<script>"}
+          - {from: "<script>alert(1)<script>", to: END}
+          - {from: "a.c", to: "a.b"}
         """
     )
     path = tmp_path / "names.yaml"
     path.write_text(names, encoding="utf-8")
     out = render(path, tmp_path / "names.svg")
     nodes, edges = drawn(out.read_text(encoding="utf-8"))
-    script, quote = "<script>alert(1)</script>", 'x" -> y'
-    assert nodes == sorted(["(start)", "END", "a:b", "node", quote, script, "a:c"])
-    assert len(edges) == 9 and (quote, script) in edges and ("a:c", "a:b") in edges
+    script, quote = "<script>alert(1)<script>", 'x" -> y'
+    assert nodes == sorted(["(start)", "END", "a.b", "node", quote, script, "a.c"])
+    assert len(edges) == 9 and (quote, script) in edges and ("a.c", "a.b") in edges
 
 
 STATEMENT = re.compile(r"^\t+(\S+)(?: -> (\S+))? \[")
@@ -150,16 +150,17 @@ def test_dot_ids_are_synthetic() -> None:
 
 
 def test_expanded_clusters_have_synthetic_ids(tmp_path: Path) -> None:
+    # (Node names with `:` or `/` are refused when a file is loaded: `bad-name`.)
     child = tmp_path / "child.yaml"
     child.write_text(
-        "name: child\nentry: 'a:b'\nnodes:\n  'a:b': {kind: model}\n"
-        "edges:\n  - {from: 'a:b', to: END}\n",
+        "name: child\nentry: 'a.b'\nnodes:\n  'a.b': {kind: model}\n"
+        "edges:\n  - {from: 'a.b', to: END}\n",
         encoding="utf-8",
     )
     outer = tmp_path / "outer.yaml"
     outer.write_text(
-        f"name: outer\nentry: '{XSS}'\nnodes:\n  '{XSS}': {{kind: subgraph, graph: child.yaml}}\n"
-        f"edges:\n  - {{from: '{XSS}', to: END}}\n",
+        f"name: outer\nentry: '{XSS2}'\nnodes:\n  '{XSS2}': {{kind: subgraph, graph: child.yaml}}\n"
+        f"edges:\n  - {{from: '{XSS2}', to: END}}\n",
         encoding="utf-8",
     )
     dot = to_dot(outer, expand=True)
@@ -167,8 +168,8 @@ def test_expanded_clusters_have_synthetic_ids(tmp_path: Path) -> None:
     assert all(SYNTHETIC.match(i) for i in dot_ids(dot)), dot_ids(dot)
     if shutil.which("dot"):
         nodes, edges = drawn(to_svg(outer, expand=True))
-        assert nodes == sorted(["(start)", "END", "END", XSS, "a:b"])
-        assert (XSS, "a:b") in edges and ("a:b", "END") in edges
+        assert nodes == sorted(["(start)", "END", "END", XSS2, "a.b"])
+        assert (XSS2, "a.b") in edges and ("a.b", "END") in edges
 
 
 def test_a_missing_node_draws_as_its_name() -> None:

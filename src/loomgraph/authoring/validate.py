@@ -132,7 +132,21 @@ def check_names(graph: Graph) -> list[Problem]:
                 f"a {what.removeprefix('graph ')} is one line of visible text"
             )
             problems.append(problem_at(graph, "bad-name", message, *path))
+    for name in graph.nodes:
+        joiner = next((c for c in _PATH_JOINERS if c in name), None)
+        if joiner is not None:
+            message = (
+                f"node name {name!r} holds {joiner!r}, which joins a node's path "
+                "(`plan.1/model`) and idempotency keys (`run:node:visit:slot`) in the journal: "
+                "a resume would read it as another node's: name it without `/` and `:`"
+            )
+            problems.append(problem_at(graph, "bad-name", message, "nodes", name))
     return problems
+
+
+# What the journal's node paths and effect keys are joined with (`protocols.paths`,
+# `engine.effects.EffectKey`): a node name holding one could be read as another node's.
+_PATH_JOINERS = ("/", ":")
 
 
 def check_reserved_names(graph: Graph) -> list[Problem]:
