@@ -9,6 +9,7 @@ from dataclasses import replace
 from typing import Any, cast
 
 from loomgraph.protocols import (
+    FinishReason,
     ModelError,
     ModelRequest,
     ModelResponse,
@@ -131,5 +132,5 @@ def response_from(data: Mapping[str, Any]) -> ModelResponse:
         text=data.get("text", ""),
         tool_calls=list(data.get("tool_calls", [])),
         usage=Usage.from_dict(data.get("usage", {}), trusted=True),
-        finish_reason=data.get("finish_reason", "end_turn"),
+        finish_reason=FinishReason.of(data.get("finish_reason", FinishReason.END_TURN)),
     )

@@ -133,7 +133,7 @@ class LLMNode(NodeKind):
                 ctx, messages, system=system, retries=p.retries, max_tokens=p.max_tokens
             )
             return {p.output: self.answer.to_data(value), "usage": usage.to_dict()}
-        response = await ctx.call_model(
-            ModelRequest(messages=messages, system=system, max_tokens=p.max_tokens)
-        )
+        request = ModelRequest(messages=messages, system=system, max_tokens=p.max_tokens)
+        # A refused or truncated answer fails the node: it is not stored as the answer.
+        response = (await ctx.call_model(request)).whole_answer(request, ctx.deps.model)
         return {p.output: response.text, "usage": response.usage.to_dict()}

@@ -32,7 +32,8 @@ class ModelNode(NodeKind):
     implicit_writes = ("usage",)
 
     async def run(self, state: Mapping[str, Any], ctx: NodeContext) -> dict[str, Any]:
-        """Append the model's turn (text and tool calls) and count its usage."""
+        """Append the model's turn (text and tool calls) and count its usage; a refused or
+        truncated turn fails the node."""
         params = self.params
         request = ModelRequest(
             messages=list(state["messages"]),
@@ -40,5 +41,7 @@ class ModelNode(NodeKind):
             tools=ctx.deps.tools.specs() if params.tools else (),
             max_tokens=params.max_tokens,
         )
-        response = await ctx.call_model(request)
+        # A refusal, or a text cut off by max_tokens, is no turn to go on from: the node fails
+        # (`ModelRefused`, `ModelAnswerTruncated`) rather than hand it on as an answer.
+        response = (await ctx.call_model(request)).whole_answer(request, ctx.deps.model)
         return {"messages": [response.to_message()], "usage": response.usage.to_dict()}

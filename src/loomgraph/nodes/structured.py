@@ -79,21 +79,23 @@ class StructuredAnswer:
         retries: int = DEFAULT_RETRIES,
         max_tokens: int | None = None,
     ) -> tuple[Any, Usage]:
-        """Force the answer out of the model; on invalid answers, show it the errors and retry."""
+        """Force the answer out of the model; on invalid answers, show it the errors and retry
+        (a refused or truncated turn raises: `ModelResponse.whole_answer`)."""
         conversation = list(messages)
         usage = Usage()
         raw: Any = None
         errors: list[Any] = []
         for _attempt in range(retries + 1):
-            response = await ctx.call_model(
-                ModelRequest(
-                    messages=conversation,
-                    system=system,
-                    tools=[self.tool],
-                    tool_choice=RESPOND_TOOL,
-                    max_tokens=max_tokens,
-                )
+            request = ModelRequest(
+                messages=conversation,
+                system=system,
+                tools=[self.tool],
+                tool_choice=RESPOND_TOOL,
+                max_tokens=max_tokens,
             )
+            # A refusal, or a text cut off before any `respond` call, is not argued with:
+            # asked again, the model would end the same way (the engine counts its usage).
+            response = (await ctx.call_model(request)).whole_answer(request, ctx.deps.model)
             usage += response.usage
             raw = self.raw_answer(response)
             try:

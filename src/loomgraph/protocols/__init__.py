@@ -58,9 +58,13 @@ from loomgraph.protocols.messages import (
     ToolSpec,
 )
 from loomgraph.protocols.models import (
+    FinishReason,
     Model,
+    ModelAnswerIncomplete,
+    ModelAnswerTruncated,
     ModelChunk,
     ModelError,
+    ModelRefused,
     ModelRequest,
     ModelResponse,
     Sampling,
@@ -161,9 +165,13 @@ __all__ = [  # noqa: RUF022 - grouped by concept, not sorted
     "estimate_prompt_tokens",
     "floor_usage",
     # models
+    "FinishReason",
     "Model",
+    "ModelAnswerIncomplete",
+    "ModelAnswerTruncated",
     "ModelChunk",
     "ModelError",
+    "ModelRefused",
     "ModelRequest",
     "ModelResponse",
     "Sampling",
