@@ -45,30 +45,57 @@ UPDATE_BLOCK: ToolSpec = {
 
 
 def lessons_text(kept: str, lessons: list[str], limit: int | None = None) -> str:
-    """The block after adding `lessons` to the `kept` block: each lesson once, one `- ` line
-    each, the newest MAX_LESSONS that fit in `limit` characters as the memory stores them
-    (the oldest dropped first; the newest alone cut to fit when even it is too long)."""
-    old = [line[2:] for line in kept.splitlines() if line.startswith("- ")]
-    merged = list(dict.fromkeys([*old, *lessons]))[-MAX_LESSONS:]
+    """The block after adding `lessons` to the `kept` block: each lesson once, as a `- ` line
+    (its further lines indented by two spaces, so a lesson of several lines stays whole),
+    the newest MAX_LESSONS that fit in `limit` characters as the memory stores them (the
+    oldest dropped first; the newest alone cut to fit when even it is too long)."""
+    fresh = [lesson for lesson in map(_one_lesson, lessons) if lesson]
+    merged = list(dict.fromkeys([*kept_lessons(kept), *fresh]))[-MAX_LESSONS:]
     if limit is None:
-        return "\n".join(f"- {m}" for m in merged)
+        return "\n".join(map(_entry, merged))
     fitted: list[str] = []
     used = -1  # (no newline before the first line)
     for lesson in reversed(merged):
-        used += stored_chars(f"- {lesson}") + 1
+        used += stored_chars(_entry(lesson)) + 1
         if used > limit:
             break
         fitted.append(lesson)
     if not fitted and merged:  # the newest alone is too long: cut (unless no line fits)
         short = cut(merged[-1], limit)
-        fitted = [short] if stored_chars(f"- {short}") <= limit else []
-    return "\n".join(f"- {m}" for m in reversed(fitted))
+        fitted = [short] if stored_chars(_entry(short)) <= limit else []
+    return "\n".join(map(_entry, reversed(fitted)))
+
+
+def kept_lessons(kept: str) -> list[str]:
+    """The lessons of a block as `lessons_text` writes it: a `- ` line starts one, an
+    indented line goes on with it; another line (a block someone wrote by hand) is a lesson
+    of its own."""
+    found: list[str] = []
+    for line in kept.splitlines():
+        if line.startswith("- "):
+            found.append(line[2:])
+        elif found and line.startswith("  "):
+            found[-1] += "\n" + line[2:]
+        elif line.strip():
+            found.append(line.strip())
+    return found
+
+
+def _one_lesson(lesson: str) -> str:
+    """A lesson as the block keeps it: its lines (any line break) joined by newlines,
+    without blank lines at either end; "" for a lesson of no text."""
+    return "\n".join(lesson.splitlines()).strip("\n").rstrip() if lesson.strip() else ""
+
+
+def _entry(lesson: str) -> str:
+    """A lesson's lines in the block: `- ` before its first, two spaces before the others."""
+    return "- " + lesson.replace("\n", "\n  ")
 
 
 def cut(lesson: str, limit: int) -> str:
-    """`lesson` shortened, ending in `…`, so that its line fits in `limit` characters."""
+    """`lesson` shortened, ending in `…`, so that its entry fits in `limit` characters."""
     text = lesson[: max(limit - len(f"- {CUT}"), 0)]
-    while text and stored_chars(f"- {text}{CUT}") > limit:  # (its escapes take room too)
+    while text and stored_chars(_entry(text + CUT)) > limit:  # (escapes, indents take room)
         text = text[:-1]
     return text + CUT
 
