@@ -13,13 +13,14 @@ from loomgraph.agent.deps import build_deps
 from loomgraph.agent.resuming import NO_VALUE
 from loomgraph.authoring.library import load_graph
 from loomgraph.engine.context import VisitContext
-from loomgraph.engine.interpreter import run_child, run_visit
+from loomgraph.engine.interpreter import routed_error, run_child, run_visit
 from loomgraph.engine.scope import RunScope
+from loomgraph.errors import GraphError, NodeError, ServiceUnavailable
 from loomgraph.graph.compiled import CompiledGraph, compile_graph
 from loomgraph.graph.spec import Graph
 from loomgraph.models.scripted import ScriptedModel, TurnLike
-from loomgraph.protocols import EffectRecord, Model, RunRecord, RunStopped
-from loomgraph.protocols.events import Event
+from loomgraph.protocols import BudgetExceeded, EffectRecord, Model, RunRecord, RunStopped
+from loomgraph.protocols.events import ERROR, Event
 from loomgraph.runtime.memory import InMemoryRuntime
 
 __all__ = ["NodeRun", "run_node"]
@@ -57,8 +58,10 @@ async def run_node(
     """Run `node` of `graph` once against `state` with fakes (ScriptedModel, tools, in-memory
     journal), as a run's step runs it: the state checked as a run's (`StateError`), the node
     under its retry and timeout policies, its patch checked, then its edges tried (with
-    `visits`, the other nodes' visit counts so far). `value` answers the interrupt the node
-    raises, as `Agent.resume(run_id, value=...)` does: checked against the type it asked for
+    `visits`, the other nodes' visit counts so far). A failure a run would route by the
+    node's `on_error` is routed the same way (the `error` event and field, `next` the
+    handler); without `on_error` it raises. `value` answers the interrupt the node raises, as
+    `Agent.resume(run_id, value=...)` does: checked against the type it asked for
     (`ResumeError`), then the node runs again with it."""
     compiled = compile_graph(load_graph(graph))
     if node not in compiled.nodes:
@@ -80,18 +83,31 @@ async def run_node(
     record = RunRecord(f"test-{uuid.uuid4().hex[:8]}", compiled.name, compiled.hash, user_id, None)
     await runtime.start_run(record)
     scope = RunScope(record.run_id, user_id, None, deps, sink, run_child, system=system)
+    on_error = compiled.nodes[node].spec.on_error
     try:
-        patch = await _visit(compiled, scope, full, node, visit)
-    except RunStopped as stop:
-        if value is NO_VALUE:
-            raise
-        # Answered as a resume answers the run this stopped: the same check of the value.
-        stopped = replace(record, status=stop.status, result=_waiting(stop))
-        scope.resume = resume_value(stopped, value)
-        patch = await _visit(compiled, scope, full, node, visit)
-    else:
-        if value is not NO_VALUE:
-            raise ResumeError(f"node {node!r} did not wait for a value: it returned {patch!r}")
+        try:
+            patch = await _visit(compiled, scope, full, node, visit)
+        except RunStopped as stop:
+            if value is NO_VALUE:
+                raise
+            # Answered as a resume answers the run this stopped: the same check of the value.
+            stopped = replace(record, status=stop.status, result=_waiting(stop))
+            scope.resume = resume_value(stopped, value)
+            patch = await _visit(compiled, scope, full, node, visit)
+        else:
+            if value is not NO_VALUE:
+                raise ResumeError(f"node {node!r} did not wait for a value: it returned {patch!r}")
+    except (RunStopped, BudgetExceeded, ServiceUnavailable, ResumeError):
+        raise  # a run stops, or is recovered, here: never routed
+    except Exception as err:
+        if on_error is None:
+            raise  # as it fails the run
+        # Routed as a run routes it: the `error` event, the `error` field, the handler node.
+        error = err if isinstance(err, GraphError) else NodeError(node, err)
+        await scope.emit(ERROR, {"error": str(error), "type": type(err).__name__}, node)
+        patch = {"error": routed_error(node, err)}
+        compiled.schema.apply(full, patch)
+        return NodeRun(patch, events, await runtime.effects(record.run_id), full, on_error)
     compiled.schema.apply(full, patch)
     # The edge a run takes after this step, tried as the interpreter tries it.
     target = compiled.next_node(node, full, {**(visits or {}), node: visit})[0]

@@ -217,7 +217,7 @@ async def _step(
             return Outcome(RunStatus.FAILED, str(error), state, node, error=error)
         # Routed to the handler node, with what failed in the `error` field; its transition
         # carries what the visit and its child graphs used.
-        patch = {"error": {"node": qualified, "type": type(err).__name__, "message": str(err)}}
+        patch = {"error": routed_error(qualified, err)}
         carried = carry_kept(scope, ctx, patch, children=True)
         used = Usage.from_dict(patch["usage"]) if "usage" in patch else NO_USAGE
         counted = None  # (the failed patch's size was taken back)
@@ -249,6 +249,12 @@ async def _step(
             journaled.seq,
         )
     return target
+
+
+def routed_error(node: str, err: BaseException) -> dict[str, str]:
+    """The `error` field a node's failure routed by `on_error` writes: which node, the
+    error's type and its message."""
+    return {"node": node, "type": type(err).__name__, "message": str(err)}
 
 
 def _uncount(scope: RunScope, counted: SizeUndo | None) -> None:
