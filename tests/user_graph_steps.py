@@ -59,3 +59,8 @@ def apologise(state: Mapping[str, Any]) -> dict[str, Any]:
 def no_score(state: Mapping[str, Any]) -> dict[str, Any]:
     """Nothing to add to the score this time: None, which the field's type allows."""
     return {"score": None}
+
+
+def grow_total(state: Mapping[str, Any]) -> dict[str, Any]:
+    """Add a number so large that the sum overflows a float."""
+    return {"total": 1.0e308}

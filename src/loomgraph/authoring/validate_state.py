@@ -117,7 +117,16 @@ def _default_mismatch(default: Any, parsed: Any) -> str | None:
         return None
     written = adapter.dump_python(value, mode="json")
     same_type = type(written) is type(default) or _numbers(written, default)
-    return None if written == default and same_type else f"write it as {written!r}"
+    return None if written == default and same_type else f"write it as {_as_written(written)}"
+
+
+def _as_written(value: Any) -> str:
+    """A value as a graph file writes it. A float in exponent form gets its `.0`: YAML
+    reads `1e+308` as text, `1.0e+308` as a number."""
+    text = repr(value)
+    if isinstance(value, float) and "e" in text and "." not in text:
+        text = text.replace("e", ".0e", 1)
+    return text
 
 
 def _numbers(a: Any, b: Any) -> bool:

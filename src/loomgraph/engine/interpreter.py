@@ -376,6 +376,8 @@ def check_patch(
                 f"`writes` ({', '.join(sorted(allowed)) or 'nothing'})"
             )
     try:
-        return graph.schema.check(patch)
+        checked = graph.schema.check(patch)
+        graph.schema.check_written(node, checked)
     except StateError as err:  # named by the node that wrote it
         raise StateError(f"node {node!r} wrote {err}") from None
+    return checked

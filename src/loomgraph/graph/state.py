@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 import re
 from collections.abc import Callable, Mapping
 from functools import cache
@@ -14,6 +15,7 @@ from typing_extensions import TypedDict
 
 from loomgraph.errors import LoomgraphError, StateError
 from loomgraph.graph.imports import import_object
+from loomgraph.graph.registry import BUILTIN_KINDS
 from loomgraph.graph.spec import Graph, Reducer, StateField
 from loomgraph.protocols.messages import Message
 from loomgraph.protocols.usage import Usage
@@ -174,7 +176,10 @@ def _add(old: Any, new: Any) -> Any:
         return out
     if old is None:
         return new
-    return old + new
+    total = old + new
+    if type(total) is float and not math.isfinite(total):  # the journal holds no infinity
+        raise ValueError(f"{old!r} + {new!r} is not a finite number")
+    return total
 
 
 REDUCERS: dict[Reducer, Callable[[Any, Any], Any]] = {
@@ -207,6 +212,14 @@ class StateSchema:
     def __init__(self, graph: Graph) -> None:
         self.fields: dict[str, StateField] = {**BUILTIN_FIELDS, **graph.state}
         self.reducers = {name: REDUCERS[f.reducer] for name, f in self.fields.items()}
+        # The nodes whose patches are a user's data (`function` nodes, node kinds of their
+        # own): what they write to the built-in fields is checked (`check_written`); the
+        # framework's own nodes write those fields as they should, and are not re-checked.
+        self.users_nodes = frozenset(
+            name
+            for name, spec in graph.nodes.items()
+            if spec.kind == "function" or spec.kind not in BUILTIN_KINDS
+        )
         # Only declared, non-`any` fields are checked: validation costs time on every patch.
         self.adapters: dict[str, TypeAdapter[Any]] = {}
         for name, f in graph.state.items():
@@ -253,6 +266,19 @@ class StateSchema:
                 raise StateError(f"state field {name!r}: {err.errors()[0]['msg']}") from None
         return patch
 
+    def check_written(self, node: str, patch: dict[str, Any]) -> None:
+        """A user's node's writes to the built-in fields, checked as values from outside a
+        run are (`check_input`): `StateError` naming the field and what is wrong."""
+        if node not in self.users_nodes:
+            return
+        for name in _BUILTIN_CHECKED.intersection(patch):
+            value = patch[name]
+            if name == "messages" and not isinstance(value, list):
+                value = [value]  # (`append` adds one item as a list of it)
+            problem = _builtin_problem(name, value)
+            if problem:
+                raise StateError(f"state field {name!r}: {problem}")
+
     def apply(self, state: dict[str, Any], patch: Mapping[str, Any]) -> Undo:
         """Apply a (checked) patch to the state in place, each field through its reducer,
         all or nothing (a reducer that raises leaves the state as it was); what undoes it."""
@@ -263,7 +289,14 @@ class StateSchema:
                 old = state.get(name, _ABSENT)
                 # Only `append` changes a value in place, and only by adding at the end.
                 undo.append((name, old, len(old) if type(old) is list else -1))
-                state[name] = reducers[name](None if old is _ABSENT else old, value)
+                try:
+                    state[name] = reducers[name](None if old is _ABSENT else old, value)
+                except (TypeError, ValueError) as err:  # (`add` of None, of a str and an int)
+                    reducer = self.fields[name].reducer
+                    raise StateError(
+                        f"state field {name!r}: its reducer {reducer!r} cannot take "
+                        f"{_short(value)} onto {_short(None if old is _ABSENT else old)}: {err}"
+                    ) from None
         except BaseException:
             undo_patch(state, undo)
             raise
@@ -278,6 +311,16 @@ class StateSchema:
             if problem:
                 raise StateError(f"state field {name!r}: {problem}")
         return values
+
+
+# The built-in fields a node of a user's may write wrongly.
+_BUILTIN_CHECKED = frozenset({"input", "messages", "error", "usage"})
+
+
+def _short(value: Any) -> str:
+    """A value's type and the start of its text, for an error message."""
+    text = repr(value)
+    return f"{type(value).__name__} {text[:60]}{'…' if len(text) > 60 else ''}"
 
 
 _FINITE = ConfigDict(allow_inf_nan=False)
