@@ -44,6 +44,9 @@ with where each class lives (relative to `loomgraph.`):
     ├── BudgetExceeded                      protocols
     ├── AmbiguousLedger                     governance.ledger_sites
     ├── ModelError                          protocols
+    │   ├── ModelAnswerIncomplete           protocols
+    │   │   ├── ModelAnswerTruncated        protocols
+    │   │   └── ModelRefused                protocols
     │   └── AdapterError                    models.errors
     │       ├── ModelConfigError            models.errors
     │       │   ├── ModelMissingKey         models.errors
