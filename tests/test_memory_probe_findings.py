@@ -194,7 +194,7 @@ async def test_a_version_1_sqlite_file_is_migrated_and_keeps_its_rows(tmp_path: 
         await memory.add_fact("alice", "user", "owns", "a cat", session_id="s2")
         assert await memory.forget("alice", session_id="s2") == 1
     with sqlite3.connect(path) as db:
-        assert db.execute("SELECT value FROM memory_meta").fetchone() == ("2",)
+        assert db.execute("SELECT value FROM memory_meta").fetchone() == ("3",)
         assert db.execute("SELECT object, session_id FROM memory_facts").fetchall() == [
             ("tea", None)
         ]

@@ -167,7 +167,8 @@ class Resumer:
         record = await self._load(run_id, "resume")
         await answer_for(runtime, record, value, approve)  # refused before the lease
         if record.status in FINAL_STATUSES and record.result is not None:
-            await restore_ended(self.deps, record, leased)  # what an outage cut off its end
+            ending = self._going_on(record, self.compiled)  # the Agent's fact extraction
+            await restore_ended(self.deps, record, leased, sink, ending.on_episode)
             return RunResult.from_dict(record.result)  # a finished run: nothing runs again
         own = await kept_graph(runtime, record, self.compiled, self.kept)
         if graph == "pinned" and own is None:
@@ -181,8 +182,7 @@ class Resumer:
             return await self._go_on(run_id, record, go_on)
 
     def _going_on(self, record: RunRecord, compiled: CompiledGraph) -> AgentSession:
-        """The session that goes on with the journaled run `record` (its prompt, user,
-        session and id) on `compiled`."""
+        """The session going on with run `record` (its prompt, user, session, id) on `compiled`."""
         return self.session(
             prompt_of(record),
             compiled=compiled,

@@ -1,5 +1,6 @@
 """How a session ends a run: the `RunResult` of the interpreter's outcome, the run's span
-told how the run ended, and a run its caller cancelled journaled and audited as cancelled.
+told how the run ended, a run its caller cancelled journaled and audited as cancelled, and
+what an outage cut off a finished run's end done at its resume (`restore_ended`).
 
 Each takes what it reads of the session as arguments (the run's span, when the run started,
 the agent's `output_schema` step), and `AgentSession` calls each once where it needs it.
@@ -7,15 +8,18 @@ the agent's `output_schema` step), and `AgentSession` calls each once where it n
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import Callable
 from typing import Any
 
 from loomgraph.agent.leases import hold_lease, lease_stop
 from loomgraph.agent.result import RunResult
+from loomgraph.agent.run_episode import owed_episode, pay_episode
 from loomgraph.engine import audit_trail as trail
 from loomgraph.engine.audit_writer import AuditWriter, keep_unwritten, restore_kept
 from loomgraph.engine.interpreter import Outcome
-from loomgraph.engine.scope import RunScope
+from loomgraph.engine.scope import EventSink, RunScope
 from loomgraph.graph.state import final_output
 from loomgraph.nodes.structured import FinishNode, OutputValidationError
 from loomgraph.protocols import (
@@ -23,6 +27,7 @@ from loomgraph.protocols import (
     AuditMode,
     AuditOutbox,
     Deps,
+    Episode,
     RunRecord,
     RunStatus,
     Span,
@@ -91,20 +96,29 @@ def outcome_result(
     return result, None
 
 
-async def restore_ended(deps: Deps, record: RunRecord, leased: bool) -> None:
-    """A finished run's last audit entries an outage cut off (its `run_completed`, after
-    its end was journaled), which its journal kept: written now, behind the marker, under
-    the run's lease (held already when `leased`), and let go of. A run with none: one read."""
+async def restore_ended(
+    deps: Deps,
+    record: RunRecord,
+    leased: bool,
+    sink: EventSink,
+    on_episode: Callable[[Episode], None] | None,
+) -> None:
+    """What an outage cut off a finished run's end, done now under the run's lease (held
+    already when `leased`): its last audit entries (its `run_completed`, after its end was
+    journaled), which its journal kept, written behind the marker and let go of; and the
+    episode memory could not keep then (`run_episode`), kept now and handed to
+    `on_episode` (fact extraction). A run with neither: a read or two."""
     runtime = deps.runtime
-    if not (isinstance(runtime, AuditOutbox) and AuditMode.of(deps.audit_log).enabled):
-        return  # (with the no-op log they stay kept, as at any resume)
-    if not await runtime.kept_audit_entries(record.run_id):
+    # (With the no-op log the entries stay kept, as at any resume.)
+    auditing = AuditMode.of(deps.audit_log).enabled
+    outbox = runtime if isinstance(runtime, AuditOutbox) and auditing else None
+    kept = outbox is not None and bool(await outbox.kept_audit_entries(record.run_id))
+    if not kept and await owed_episode(deps, record) is None:
         return
-    if leased:
-        await _restore(deps, record)
-        return
-    async with hold_lease(deps.leases, record.run_id):
-        await _restore(deps, record)
+    async with contextlib.nullcontext() if leased else hold_lease(deps.leases, record.run_id):
+        if kept:
+            await _restore(deps, record)
+        await pay_episode(deps, record, sink, on_episode)
 
 
 async def _restore(deps: Deps, record: RunRecord) -> None:

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 from loomgraph.engine.scope import RunScope
 from loomgraph.engine.taint import note_messages
 from loomgraph.graph.compiled import CompiledGraph
-from loomgraph.protocols import Episode, Seed
-from loomgraph.protocols.events import MEMORY_REMEMBER_FAILED
+from loomgraph.protocols import Episode, Seed, ToolHost
 
 _log = logging.getLogger(__name__)
 
@@ -29,8 +28,11 @@ async def seeded_state(
     deps = scope.deps
     seed = await deps.memory.seed(user_id=user_id, session_id=session_id, query=prompt)
     scope.system = instructions + (f"\n\n{seed}" if seed else "")
-    # Earlier runs' answers it recalls: untrusted here too (kept with the run's start).
-    untrusted = seed.untrusted if isinstance(seed, Seed) else ()
+    # Earlier runs' answers and tool names it recalls: untrusted here too (kept with the
+    # run's start). A name of a tool this run offers is its own configuration, not text a
+    # tool wrote, and would only raise false alarms.
+    recalled = seed.untrusted if isinstance(seed, Seed) else ()
+    untrusted = tuple(text for text in recalled if deps.tools.spec(text) is None)
     for text in untrusted:
         scope.untrusted.add(text)
     history = await deps.memory.history(user_id=user_id, session_id=session_id)
@@ -50,26 +52,20 @@ def episode_of(
     output: Any,
     state: dict[str, Any],
 ) -> Episode:
-    """The episode a completed run leaves in memory: its prompt, answer and the tools used."""
+    """The episode a completed run leaves in memory: its prompt, answer and the names of the
+    tools its messages show results of (`run_episode.keep_episode` keeps those the run
+    offered)."""
     tools = [m.get("name", "") for m in state.get("messages") or () if m.get("role") == "tool"]
     return Episode(user_id, session_id, run_id, prompt, str(output), tools, time.time())
 
 
-async def remember(
-    scope: RunScope, episode: Episode, on_episode: Callable[[Episode], None] | None
-) -> None:
-    """Keep a finished run's episode in memory, then hand it to `on_episode` (fact
-    extraction). The run's end is journaled already, so a failure (an outage, text memory
-    cannot store) is reported as a `memory_remember_failed` event and the run returns its
-    result all the same."""
-    try:
-        await scope.deps.memory.remember(episode)
-    except Exception as err:
-        error = f"{type(err).__name__}: {err}"
-        _log.warning("run %s: memory did not keep its episode: %s", episode.run_id, error)
-        await scope.emit(MEMORY_REMEMBER_FAILED, {"error": error}, None, scope.seq)
-        return
-    # Facts are written with no egress check and recalled later as the user's: an answer
-    # quoting untrusted text (a tool result) is not mined for them.
-    if on_episode is not None and not scope.untrusted.carried_by(episode.output):
-        on_episode(episode)
+def offered_only(episode: Episode, tools: ToolHost) -> Episode:
+    """`episode` naming only tools that `tools` offers: a call of a tool that does not exist
+    never ran, and its name is whatever the model wrote (text a tool returned, an injection),
+    which later runs' seeds would show as the tools this run used."""
+    used = [
+        name
+        for name in episode.tool_calls
+        if isinstance(name, str) and tools.spec(name) is not None
+    ]
+    return episode if used == episode.tool_calls else replace(episode, tool_calls=used)

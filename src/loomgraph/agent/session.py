@@ -17,7 +17,8 @@ from loomgraph.agent.pinning import graph_key, pin
 from loomgraph.agent.recovery import crashed_usage
 from loomgraph.agent.result import RunResult
 from loomgraph.agent.run_ending import cancelled, outcome_result, traced
-from loomgraph.agent.run_memory import episode_of, remember, seeded_state
+from loomgraph.agent.run_episode import keep_episode, keeps_episodes
+from loomgraph.agent.run_memory import episode_of, seeded_state
 from loomgraph.agent.run_started import audit_started
 from loomgraph.engine import audit_trail as trail
 from loomgraph.engine.audit_writer import keep_unwritten, written_quietly
@@ -72,7 +73,8 @@ class AgentSession:
         self.graph = graph
         self.deps = deps
         self.instructions = instructions
-        # Told of every completed run's episode once memory has it (fact extraction).
+        # Told of every completed run's episode once memory has it and its end is journaled
+        # (fact extraction).
         self.on_episode = on_episode
         self.agent_name = agent_name
         self.prompt = prompt
@@ -93,6 +95,7 @@ class AgentSession:
         self._id_given = run_id is not None
         self._run_span: Span | None = None  # told how the run ended (`traced`)
         self._held: Lease | None = None  # the lease `_started` took (fences `keep_unwritten`)
+        self._resumed = False  # the run is taken up again (an earlier attempt ran it)
 
     def _record(self, **fields: Any) -> RunRecord:
         now = time.time()
@@ -174,6 +177,7 @@ class AgentSession:
             for text in record.initial.untrusted if record.initial else ():
                 scope.untrusted.add(text)  # what its system prompt recalled
             if not new_run:  # the caller holds the run's lease
+                self._resumed = True
                 scope.seq = scope.snapshot_seq = at.seq
                 await restore(scope, self.deps.runtime, self.deps.tools)
                 await self._announce(scope)
@@ -308,8 +312,16 @@ class AgentSession:
         # Every entry of what the run did is in the audit log before its end is journaled:
         # an outage now leaves the run `running`, to be resumed, not ended without them.
         await scope.audit_written()
-        # The outcome first: a worker that lost the run's lease (a zombie) is refused here
-        # (LeaseLost), before it could replace the run's episode in memory with its own.
+        # The episode before the outcome: a crash between the two leaves the run `running`,
+        # and its resume ends it and keeps the episode again (replacing it). A zombie (its
+        # lease taken over) is refused before memory; facts are drawn once the end is in.
+        extract = None
+        if result.ok and keeps_episodes(deps.memory):
+            state = outcome.state
+            episode = episode_of(
+                self.run_id, self.user_id, self.session_id, self.prompt, result.output, state
+            )
+            extract = await keep_episode(scope, episode, resumed=self._resumed)
         try:
             await deps.runtime.finish_run(self.run_id, result.status, result.reason, data)
         except JournalEncodingError:
@@ -318,12 +330,8 @@ class AgentSession:
             result.output = None
             data = result.to_dict()
             await deps.runtime.finish_run(self.run_id, result.status, result.reason, data)
-        if result.ok:
-            state = outcome.state
-            episode = episode_of(
-                self.run_id, self.user_id, self.session_id, self.prompt, result.output, state
-            )
-            await remember(scope, episode, self.on_episode)
+        if extract is not None and self.on_episode is not None:
+            self.on_episode(extract)
         if scope.auditing:
             ended = trail.run_completed(
                 result.status,

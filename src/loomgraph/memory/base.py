@@ -7,7 +7,6 @@ once here, so in-memory, SQLite and Postgres cannot drift apart.
 
 from __future__ import annotations
 
-import math
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import replace
@@ -15,8 +14,14 @@ from datetime import datetime
 from types import TracebackType
 from typing import Any, Self
 
-from loomgraph.memory.errors import MemoryInputError
-from loomgraph.memory.inputs import check_id, check_limit, check_time
+from loomgraph.memory.errors import BlockNameError, MemoryInputError
+from loomgraph.memory.inputs import (
+    check_before,
+    check_id,
+    check_limit,
+    check_query,
+    check_time,
+)
 from loomgraph.memory.records import (
     Fact,
     MemoryLimits,
@@ -73,7 +78,7 @@ class MemoryStore(ABC):
     async def seed(self, *, user_id: str | None, session_id: str | None, query: str) -> Seed:
         """Working blocks, then the facts and other sessions' episodes most relevant to
         `query`; the answers it recalls are untrusted (`Seed.untrusted`)."""
-        key, terms = checked_key(user_id), query_terms(query)
+        key, terms = checked_key(user_id), query_terms(check_query("query", query))
         check_id("session_id", session_id)
         blocks = await self._blocks(key)
         facts = await self._search_facts(key, terms, self.limits.facts) if terms else []
@@ -139,7 +144,8 @@ class MemoryStore(ABC):
         limit: int | None = None,
     ) -> list[Episode]:
         """The user's episodes matching `query`, best first (newer first on equal rank)."""
-        key, limit, terms = checked_key(user_id), check_limit(limit), query_terms(query)
+        key, limit = checked_key(user_id), check_limit(limit)
+        terms = query_terms(check_query("query", query))
         check_id("exclude_session", exclude_session)
         limit = self.limits.episodes if limit is None else limit
         if not terms or limit == 0:
@@ -212,7 +218,8 @@ class MemoryStore(ABC):
         self, user_id: str | None, query: str, *, limit: int | None = None
     ) -> list[Fact]:
         """The user's current facts matching `query`, best first (newer first on equal rank)."""
-        key, limit, terms = checked_key(user_id), check_limit(limit), query_terms(query)
+        key, limit = checked_key(user_id), check_limit(limit)
+        terms = query_terms(check_query("query", query))
         limit = self.limits.facts if limit is None else limit
         if not terms or limit == 0:
             return []
@@ -241,7 +248,10 @@ class MemoryStore(ABC):
 
     async def delete_block(self, user_id: str | None, name: str) -> bool:
         """Remove one block; False when the user had none of that name."""
-        return await self._delete_block(checked_key(user_id), name.strip()) > 0
+        key = checked_key(user_id)
+        if not isinstance(name, str):  # any str: a name stored before the rules goes too
+            raise BlockNameError(name, f"must be a str, not {type(name).__name__}")
+        return await self._delete_block(key, name.strip()) > 0
 
     # ------------------------------------------------------------------ the user's data
 
@@ -268,9 +278,7 @@ class MemoryStore(ABC):
         """
         key = checked_key(user_id)  # an id refused here cancels nothing of another user
         check_id("session_id", session_id)
-        bound = as_time(before)
-        if bound is not None and math.isnan(bound):
-            raise MemoryInputError("before must be a time, not NaN")
+        bound = as_time(check_before(before))
         for hook in list(self._forget_hooks):
             await hook(user_id, session_id, bound)
         return await self._forget(key, session_id, bound)
@@ -286,6 +294,7 @@ class MemoryStore(ABC):
                 {**f.to_dict(), "user_id": user_id} for f in await self._facts(key, True, None)
             ],
             "blocks": [b.to_dict() for b in await self._blocks(key)],
+            "fact_sources": await self._fact_sources(key),
         }
 
     async def profile(self, user_id: str | None) -> dict[str, Any]:
@@ -343,6 +352,11 @@ class MemoryStore(ABC):
 
     @abstractmethod
     async def _forget(self, key: str, session_id: str | None, before: float | None) -> int: ...
+
+    async def _fact_sources(self, key: str) -> list[dict[str, Any]]:
+        """Every run that stated each fact (`memory.chain`): fact_id, session_id,
+        source_run, confidence, at; none for a store that keeps only the facts."""
+        return []
 
     @abstractmethod
     async def _counts(self, key: str) -> dict[str, Any]:

@@ -11,6 +11,7 @@ naming the field): an escaped id would no longer be the id given.
 from __future__ import annotations
 
 import math
+from datetime import datetime
 from typing import Any
 
 from loomgraph.memory.errors import MemoryInputError
@@ -18,13 +19,18 @@ from loomgraph.protocols import storable
 
 __all__ = [
     "LATEST_TIME",
+    "MAX_LIMIT",
+    "check_before",
     "check_id",
     "check_limit",
+    "check_query",
     "check_time",
 ]
 
 # Epoch seconds a date can be shown for: 1970-01-01 up to the end of year 9999.
 LATEST_TIME = 253402300799.0
+# The largest LIMIT SQLite and Postgres take (a signed 64-bit integer).
+MAX_LIMIT = 2**63 - 1
 
 
 def check_id(field: str, value: Any) -> None:
@@ -53,12 +59,38 @@ def check_time(field: str, value: Any) -> float:
 
 
 def check_limit(limit: Any) -> int | None:
-    """`limit` as given: None (no limit) or an int ≥ 0; 0 means nothing."""
+    """`limit` as given: None (no limit) or an int from 0 (nothing) to `MAX_LIMIT`."""
     if limit is None:
         return None
-    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
-        raise MemoryInputError(f"limit must be a non-negative int or None, not {limit!r}")
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 0 <= limit <= MAX_LIMIT:
+        raise MemoryInputError(
+            f"limit must be a non-negative int (at most 2**63 - 1) or None, not {limit!r}"
+        )
     return limit
+
+
+def check_query(field: str, value: Any) -> str:
+    """A search query: a str (its words are searched)."""
+    if not isinstance(value, str):
+        raise MemoryInputError(f"{field} must be a str, not {type(value).__name__}")
+    return value
+
+
+def check_before(value: Any) -> float | datetime | None:
+    """`forget`'s time bound: None, epoch seconds (a number, not NaN) or a datetime."""
+    if value is None or isinstance(value, datetime):
+        return value
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise MemoryInputError(
+            f"before must be epoch seconds (a number) or a datetime, not {type(value).__name__}"
+        )
+    try:
+        bound = float(value)
+    except OverflowError:
+        raise MemoryInputError("before is an int too large for any time") from None
+    if math.isnan(bound):
+        raise MemoryInputError("before must be a time, not NaN")
+    return bound
 
 
 def _shown(value: str) -> str:

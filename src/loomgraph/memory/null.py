@@ -3,19 +3,13 @@
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from loomgraph.memory.base import MemoryStore
-from loomgraph.memory.records import (
-    Fact,
-    MemoryLimits,
-    WorkingBlock,
-    bm25_rank,
-    fact_key,
-    same_object,
-)
-from loomgraph.memory.sql import relinked
+from loomgraph.memory.chain import Statement, merged, place, relinked, summary
+from loomgraph.memory.ranking import bm25_rank
+from loomgraph.memory.records import Fact, MemoryLimits, WorkingBlock, fact_key
 from loomgraph.protocols import Episode, Message
 
 
@@ -40,7 +34,8 @@ class NoMemory:
 @dataclass(slots=True)
 class _UserData:
     episodes: dict[str, Episode] = field(default_factory=dict)  # by run id, in arrival order
-    facts: list[Fact] = field(default_factory=list)
+    facts: list[Fact] = field(default_factory=list)  # in the order written (by id)
+    sources: dict[int, list[Statement]] = field(default_factory=dict)  # by fact id
     blocks: dict[str, WorkingBlock] = field(default_factory=dict)  # in the order first set
 
 
@@ -98,25 +93,34 @@ class InMemoryMemory(MemoryStore):
     async def _add_facts(
         self, key: str, facts: list[Fact], source_episode: str | None
     ) -> list[Fact]:
-        stored: list[Fact] = []
         if source_episode is not None:
             data = self._users.get(key)
             if data is None or source_episode not in data.episodes:
-                return stored  # forgotten since it was read: its facts must not come back
-        rows = self._user(key).facts
+                return []  # forgotten since it was read: its facts must not come back
+        data = self._user(key)
+        touched: list[Fact] = []
         for fact in facts:
             k = fact_key(fact)
-            old = next((f for f in rows if f.current and fact_key(f) == k), None)
-            if old is not None and same_object(old.object, fact.object):
-                old.confidence = max(old.confidence, fact.confidence)
-                stored.append(replace(old))
-                continue
-            if old is not None:
-                old.valid_to = fact.valid_from
-            new = replace(fact, id=next(self._ids))
-            rows.append(new)
-            stored.append(replace(new))
-        return stored
+            chain = [f for f in data.facts if fact_key(f) == k]
+            said = Statement(fact.session_id, fact.source_run, fact.confidence, fact.valid_from)
+            row_id = place(
+                [(f.id or 0, f.object, f.valid_from) for f in chain], fact.object, fact.valid_from
+            )
+            if row_id is None:
+                row = replace(fact, id=next(self._ids), valid_to=fact.valid_from)
+                data.facts.append(row)
+                chain.append(row)
+            else:
+                row = next(f for f in chain if f.id == row_id)
+            self._state(data, row, merged(data.sources.get(row.id or 0, []), said))
+            _relink(chain)
+            touched.append(row)
+        return [replace(f) for f in touched]  # as stored, after the whole batch
+
+    @staticmethod
+    def _state(data: _UserData, row: Fact, statements: list[Statement]) -> None:
+        data.sources[row.id or 0] = statements
+        row.confidence, row.session_id, row.source_run, row.valid_from = summary(statements)
 
     async def _facts(self, key: str, include_superseded: bool, limit: int | None) -> list[Fact]:
         data = self._users.get(key)
@@ -165,32 +169,47 @@ class InMemoryMemory(MemoryStore):
             for r, e in data.episodes.items()
             if (session_id is None or e.session_id == session_id) and old(e.at)
         }
-        if session_id is not None:
-            facts = [
-                f
-                for f in data.facts
-                if f.source_run in gone or (f.session_id == session_id and old(f.valid_from))
-            ]
-            blocks: list[str] = []
-        else:
-            facts = [f for f in data.facts if old(f.valid_from)]
-            blocks = [n for n, b in data.blocks.items() if old(b.updated_at)]
+
+        def unsaid(s: Statement) -> bool:  # what the forget covers, as SqlMemory's `gone`
+            if session_id is None:
+                return old(s.at)
+            return s.source_run in gone or (s.session_id == session_id and old(s.at))
+
+        deleted, keys = 0, set[str]()
+        for row in list(data.facts):
+            said = data.sources.get(row.id or 0, [])
+            left = [s for s in said if not unsaid(s)]
+            if len(left) == len(said):
+                continue
+            keys.add(fact_key(row))
+            if left:
+                self._state(data, row, left)
+            else:
+                data.facts.remove(row)
+                del data.sources[row.id or 0]
+                deleted += 1
+        for k in keys:  # a kept fact a deleted one had superseded
+            _relink([f for f in data.facts if fact_key(f) == k])
+        blocks = (
+            []
+            if session_id is not None
+            else [n for n, b in data.blocks.items() if old(b.updated_at)]
+        )
         for run_id in gone:
             del data.episodes[run_id]
-        ids = {id(f) for f in facts}
-        data.facts = [f for f in data.facts if id(f) not in ids]
-        for k in {fact_key(f) for f in facts}:  # a kept fact a deleted one had superseded
-            chain = [f for f in data.facts if fact_key(f) == k]  # in the order written
-            by_id = {f.id: f for f in chain}
-            for fact_id, valid_to in relinked(
-                [(f.id or 0, f.valid_from, f.valid_to) for f in chain]
-            ):
-                by_id[fact_id].valid_to = valid_to
         for name in blocks:
             del data.blocks[name]
         if not (data.episodes or data.facts or data.blocks):
             del self._users[key]
-        return len(gone) + len(facts) + len(blocks)
+        return len(gone) + deleted + len(blocks)
+
+    async def _fact_sources(self, key: str) -> list[dict[str, Any]]:
+        data = self._users.get(key) or _UserData()
+        return [
+            {"fact_id": fact_id, **asdict(s)}
+            for fact_id, said in data.sources.items()
+            for s in said
+        ]
 
     async def _counts(self, key: str) -> dict[str, Any]:
         data = self._users.get(key) or _UserData()
@@ -205,3 +224,10 @@ class InMemoryMemory(MemoryStore):
             "first_seen": min(times) if times else None,
             "last_seen": max(times) if times else None,
         }
+
+
+def _relink(chain: list[Fact]) -> None:
+    """Mend one subject and predicate's chain (`chain.relinked`)."""
+    by_id = {f.id: f for f in chain}
+    for fact_id, valid_to in relinked([(f.id or 0, f.valid_from, f.valid_to) for f in chain]):
+        by_id[fact_id].valid_to = valid_to

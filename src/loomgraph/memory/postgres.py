@@ -15,17 +15,14 @@ from loomgraph._storage.cursor import Cursor
 from loomgraph._storage.dsn import describe_dsn, describe_schema
 from loomgraph.memory.errors import MemoryBackendError, MemoryCorrupted, MemoryUnavailable
 from loomgraph.memory.records import Fact, MemoryLimits
-from loomgraph.memory.sql import (
-    EPISODE_COLS,
-    FACT_COLS,
+from loomgraph.memory.schema import (
     READABLE_VERSIONS,
     SCHEMA_VERSION,
     TABLES,
-    SqlMemory,
-    episode_of,
-    fact_of,
     migration,
+    tables_of,
 )
+from loomgraph.memory.sql import EPISODE_COLS, FACT_COLS, SqlMemory, episode_of, fact_of
 from loomgraph.protocols import Episode
 
 # The setting the row-level security policies read. It holds 'u:' + the user id: once set in
@@ -34,17 +31,65 @@ from loomgraph.protocols import Episode
 SETTING = "loomgraph.user_id"
 
 
-def ddl(schema: str) -> list[str]:
-    """The tables, indexes and row-level security policies, in `schema`."""
-    p = pg_pool.quote_ident(schema) + "."
+# An episode's search vector covers the first this-many characters of its prompt and of its
+# answer: a tsvector holds at most 1 MB, and one character of text makes at most 6 bytes of
+# it (a one-character word in four UTF-8 bytes and its position), so 2 x 64 Ki characters
+# always fit, whatever the text. SQLite and the in-memory backend index all of it.
+SEARCHED_CHARS = 65536
+
+
+def _policy(p: str, table: str) -> list[str]:
+    """Row-level security on one table: only the rows of the user the transaction set.
+
+    FORCE: the policies bind the tables' owner too (superusers and BYPASSRLS roles are never
+    bound; connect as an ordinary role for the policies to matter)."""
     mine = f"'u:' || user_id = current_setting('{SETTING}', true)"
+    return [
+        f"ALTER TABLE {p}{table} ENABLE ROW LEVEL SECURITY",
+        f"ALTER TABLE {p}{table} FORCE ROW LEVEL SECURITY",
+        f"DROP POLICY IF EXISTS memory_by_user ON {p}{table}",
+        f"CREATE POLICY memory_by_user ON {p}{table} USING ({mine}) WITH CHECK ({mine})",
+    ]
+
+
+def _search(p: str) -> list[str]:
+    """The trigger that sets an episode's `search` vector from the start of its text (a
+    generated column could not be bounded later without rewriting the table)."""
+    return [
+        f"CREATE OR REPLACE FUNCTION {p}memory_episodes_search() RETURNS trigger "
+        "LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $f$ BEGIN "
+        "NEW.search := to_tsvector('english'::regconfig, "
+        f"left(NEW.prompt, {SEARCHED_CHARS}) || ' ' || left(NEW.output, {SEARCHED_CHARS})); "
+        "RETURN NEW; END $f$",
+        f"DROP TRIGGER IF EXISTS memory_episodes_search ON {p}memory_episodes",
+        "CREATE TRIGGER memory_episodes_search BEFORE INSERT OR UPDATE OF prompt, output "
+        f"ON {p}memory_episodes FOR EACH ROW EXECUTE FUNCTION {p}memory_episodes_search()",
+    ]
+
+
+def _sources(p: str) -> list[str]:
+    """The statements of facts (memory.chain); IF NOT EXISTS: also the migration's."""
+    return [
+        f"CREATE TABLE IF NOT EXISTS {p}memory_fact_sources (id bigserial PRIMARY KEY, "
+        "user_id text NOT NULL, fact_id bigint NOT NULL, session_id text, source_run text, "
+        "confidence double precision NOT NULL, at double precision NOT NULL)",
+        "CREATE INDEX IF NOT EXISTS memory_fact_sources_fact "
+        f"ON {p}memory_fact_sources (user_id, fact_id)",
+        "CREATE INDEX IF NOT EXISTS memory_fact_sources_session "
+        f"ON {p}memory_fact_sources (user_id, session_id)",
+    ]
+
+
+def ddl(schema: str) -> list[str]:
+    """The tables, indexes, trigger and row-level security policies, in `schema`."""
+    p = pg_pool.quote_ident(schema) + "."
     statements = [
         f"CREATE TABLE {p}memory_meta (key text PRIMARY KEY, value text NOT NULL)",
         f"CREATE TABLE {p}memory_episodes (id bigserial PRIMARY KEY, user_id text NOT NULL, "
         "session_id text, run_id text NOT NULL, prompt text NOT NULL, output text NOT NULL, "
-        "tool_calls text NOT NULL, at double precision NOT NULL, search tsvector GENERATED "
-        "ALWAYS AS (to_tsvector('english'::regconfig, prompt || ' ' || output)) STORED, "
+        "tool_calls text NOT NULL, at double precision NOT NULL, search tsvector, "
         "UNIQUE (user_id, run_id))",
+        *_search(p),
         f"CREATE INDEX ON {p}memory_episodes (user_id, session_id, at)",
         f"CREATE INDEX ON {p}memory_episodes USING gin (search)",
         f"CREATE TABLE {p}memory_facts (id bigserial PRIMARY KEY, user_id text NOT NULL, "
@@ -62,17 +107,31 @@ def ddl(schema: str) -> list[str]:
         f"CREATE TABLE {p}memory_blocks (user_id text NOT NULL, name text NOT NULL, "
         "text text NOT NULL, created_at double precision NOT NULL, "
         "updated_at double precision NOT NULL, PRIMARY KEY (user_id, name))",
+        *_sources(p),
         f"INSERT INTO {p}memory_meta VALUES ('schema_version', '{SCHEMA_VERSION}')",
     ]
     for table in TABLES[1:]:
-        # FORCE: the policies bind the tables' owner too (superusers and BYPASSRLS roles
-        # are never bound; connect as an ordinary role for the policies to matter).
-        statements += [
-            f"ALTER TABLE {p}{table} ENABLE ROW LEVEL SECURITY",
-            f"ALTER TABLE {p}{table} FORCE ROW LEVEL SECURITY",
-            f"CREATE POLICY memory_by_user ON {p}{table} USING ({mine}) WITH CHECK ({mine})",
-        ]
+        statements += _policy(p, table)
     return statements
+
+
+def upgrade(schema: str, version: str) -> list[str]:
+    """The migration of an older store in `schema` (needs the tables' owner): the statement
+    table, filled while the owner reads every user's facts (NO FORCE for this transaction
+    only), and the search vector made by the trigger — the generated column becomes a plain
+    one, keeping the vectors stored (no rewrite; PostgreSQL 13 or later)."""
+    p = pg_pool.quote_ident(schema) + "."
+    return migration(
+        p,
+        version,
+        [f"ALTER TABLE {p}memory_facts NO FORCE ROW LEVEL SECURITY", *_sources(p)],
+        [
+            f"ALTER TABLE {p}memory_facts FORCE ROW LEVEL SECURITY",
+            *_policy(p, "memory_fact_sources"),
+            f"ALTER TABLE {p}memory_episodes ALTER COLUMN search DROP EXPRESSION IF EXISTS",
+            *_search(p),
+        ],
+    )
 
 
 class PostgresMemory(SqlMemory):
@@ -80,8 +139,9 @@ class PostgresMemory(SqlMemory):
 
     Every transaction first sets `loomgraph.user_id` for itself (`SET LOCAL`), and the
     tables' row-level security policies admit only that user's rows, on top of the
-    `user_id = …` every statement carries. A pool of `pool_size` connections is opened on
-    first use.
+    `user_id = …` every statement carries. A pool of `pool_size` (≥ 1) connections is
+    opened on first use. Recall searches the first `SEARCHED_CHARS` characters of an
+    episode's prompt and of its answer (a tsvector holds at most 1 MB).
 
     `connect_timeout` bounds making a connection and `command_timeout` every statement
     (seconds): a server that is gone or does not answer raises `MemoryUnavailable` within
@@ -100,6 +160,8 @@ class PostgresMemory(SqlMemory):
         command_timeout: float = 15.0,
     ) -> None:
         pg_pool.checked_timeouts(connect_timeout, command_timeout)
+        if isinstance(pool_size, bool) or not isinstance(pool_size, int) or pool_size < 1:
+            raise ValueError(f"pool_size must be an int >= 1, not {pool_size!r}")
         super().__init__(limits)
         self._pg = pg_pool.import_asyncpg("PostgresMemory")
         self.dsn = dsn
@@ -234,9 +296,9 @@ class PostgresMemory(SqlMemory):
                 f"schema version {version or 'none'}; this "
                 f"loomgraph reads version {SCHEMA_VERSION}",
             )
-        missing = [t for t, oid in found.items() if oid is None]
+        missing = [t for t in tables_of(version) if found[t] is None]
         if missing:
             raise MemoryCorrupted(self.where, f"missing table(s): {', '.join(missing)}")
         if version != str(SCHEMA_VERSION):  # older: migrated under the creation lock
-            for statement in migration(self.prefix):
+            for statement in upgrade(self.schema, version):
                 await con.execute(statement)

@@ -45,7 +45,9 @@ def stem(word: str) -> str:
 
 
 def bm25_rank(terms: Sequence[str], docs: Sequence[tuple[str, float, T]], limit: int) -> list[T]:
-    """Docs `(text, time, item)` matching any term, best BM25 score first, newer first on ties."""
+    """Docs `(text, time, item)`, in the order stored, matching any term: best BM25 score
+    first; on equal scores the newer, then the one stored later (as the SQL backends' row
+    ids order them)."""
     wanted = {stem(t) for t in terms}
     if not wanted or limit <= 0:
         return []
@@ -53,13 +55,13 @@ def bm25_rank(terms: Sequence[str], docs: Sequence[tuple[str, float, T]], limit:
     avg = sum(map(len, tokens)) / len(tokens) if tokens else 1.0
     df = Counter(t for toks in tokens for t in set(toks) & wanted)
     scored = []
-    for (_, at, item), toks in zip(docs, tokens, strict=True):
+    for i, ((_, at, item), toks) in enumerate(zip(docs, tokens, strict=True)):
         counts = Counter(t for t in toks if t in wanted)
         score = 0.0
         for term, tf in counts.items():
             idf = math.log(1 + (len(docs) - df[term] + 0.5) / (df[term] + 0.5))
             score += idf * tf * 2.2 / (tf + 1.2 * (0.25 + 0.75 * len(toks) / (avg or 1.0)))
         if score > 0:
-            scored.append((score, at, item))
-    scored.sort(key=lambda s: (-s[0], -s[1]))
-    return [item for _, _, item in scored[:limit]]
+            scored.append((score, at, i, item))
+    scored.sort(key=lambda s: (-s[0], -s[1], -s[2]))
+    return [item for _, _, _, item in scored[:limit]]

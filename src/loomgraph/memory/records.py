@@ -238,6 +238,34 @@ def shown_block_name(name: str) -> str:
     return "".join(c if _BLOCK_NAME.fullmatch(c) else f"\\u{ord(c):04x}" for c in name)
 
 
+# A tool name as `@tool` and MCP allow it (MCP: letters, digits, `_`, `-`, `.`). The seed shows at most SHOWN_TOOLS names of an
+# episode, each at most SHOWN_TOOL_CHARS characters as shown.
+_TOOL_NAME = re.compile(r"[A-Za-z0-9_.-]")
+SHOWN_TOOLS = 10
+SHOWN_TOOL_CHARS = 64
+
+
+def shown_tool_name(name: str) -> tuple[str, str]:
+    """A stored tool name as the seed writes it, and the part of the name that shows: every
+    character outside a tool name's (`[A-Za-z0-9_.-]`) is a `\\uXXXX` escape, so it stays one
+    line that ends no list, bracket or tag, and it is cut to SHOWN_TOOL_CHARS (then `…`)."""
+    pieces = [c if _TOOL_NAME.fullmatch(c) else f"\\u{ord(c):04x}" for c in name]
+    if sum(map(len, pieces)) <= SHOWN_TOOL_CHARS:
+        return "".join(pieces), name
+    kept, used = 0, 0
+    while used + len(pieces[kept]) < SHOWN_TOOL_CHARS:  # one character is left for the `…`
+        used += len(pieces[kept])
+        kept += 1
+    return "".join(pieces[:kept]) + "…", name[:kept]
+
+
+def _tools(ep: Episode) -> list[str]:
+    """The episode's distinct tool names, sorted; a row written by other code may hold any
+    JSON there (a string is one name, not its characters)."""
+    calls = ep.tool_calls if isinstance(ep.tool_calls, list | tuple) else [ep.tool_calls]
+    return sorted({str(name) for name in calls if name not in ("", None)})
+
+
 def _day(at: float) -> str:
     """The date of a time; a row no date can show (stored by hand or before times were
     checked: NaN, infinite, beyond year 9999) must not fail every seed of its user."""
@@ -280,8 +308,8 @@ def compose_seed(
     limits: MemoryLimits,
 ) -> Seed:
     """The seed text: working blocks, then facts, then past episodes, within `seed_chars`,
-    framed as recalled data with each item's provenance. The answers it recalls are its
-    untrusted parts (`Seed.untrusted`)."""
+    framed as recalled data with each item's provenance. The answers and tool names it
+    recalls are its untrusted parts (`Seed.untrusted`)."""
     parts: list[str] = []
     room = limits.seed_chars - len(SEED_OPENING) - len(SEED_CLOSING) - 4
     half = max(limits.episode_chars // 2 - 20, 20)
@@ -302,7 +330,11 @@ def compose_seed(
         return len(lines) - 1
 
     def episode_line(ep: Episode) -> str:
-        used = f"; it used tools ({', '.join(sorted(set(ep.tool_calls)))})" if ep.tool_calls else ""
+        used = ""
+        if tools := _tools(ep):
+            listed = ", ".join(shown_tool_name(name)[0] for name in tools[:SHOWN_TOOLS])
+            more = len(tools) - SHOWN_TOOLS
+            used = f"; it used tools ({listed}{f', and {more} more' if more > 0 else ''})"
         return (
             f'- {_day(ep.at)}: the user said "{_clip(ep.prompt, half)}"; '
             f'you answered "{_clip(ep.output, half)}" [source: run {ep.run_id}{used}]'
@@ -323,7 +355,15 @@ def compose_seed(
     if not parts:
         return Seed("")
     answers = tuple(unframed(_clip(ep.output, half)) for ep in episodes[:recalled])
-    return Seed("\n\n".join([SEED_OPENING, *parts, SEED_CLOSING]), answers)
+    # A stored tool name may be text a tool returned (a store written before episodes kept
+    # only offered tools' names, or by other code): untrusted like the answers, as shown and
+    # as a model reading its escapes would copy it.
+    shown = [
+        shown_tool_name(name) for ep in episodes[:recalled] for name in _tools(ep)[:SHOWN_TOOLS]
+    ]
+    names = (text for pair in shown for text in pair)
+    untrusted = tuple(dict.fromkeys([*answers, *names]))
+    return Seed("\n\n".join([SEED_OPENING, *parts, SEED_CLOSING]), untrusted)
 
 
 def episode_dict(ep: Episode) -> dict[str, Any]:
@@ -358,6 +398,7 @@ __all__ = [
     "query_terms",
     "same_object",
     "shown_block_name",
+    "shown_tool_name",
     "turns",
     "unframed",
     "user_key",

@@ -15,28 +15,15 @@ from typing import Any
 
 from loomgraph._storage.cursor import Cursor
 from loomgraph.memory.base import MemoryStore
-from loomgraph.memory.records import Fact, WorkingBlock, fact_key, same_object
+from loomgraph.memory.chain import Statement, merged, place, relinked, summary
+from loomgraph.memory.records import Fact, WorkingBlock, fact_key
+from loomgraph.memory.schema import SOURCE_COLS, TABLES
 from loomgraph.protocols import Episode
 
 EPISODE_COLS = "session_id, run_id, prompt, output, tool_calls, at"
 FACT_COLS = (
     "id, subject, predicate, object, confidence, source_run, valid_from, valid_to, session_id"
 )
-TABLES = ("memory_meta", "memory_episodes", "memory_facts", "memory_blocks")
-# 2: facts carry the session of the run that recorded them (`session_id`), so forgetting a
-# session finds the facts of its runs that stored no episode (failed, cancelled, waiting).
-SCHEMA_VERSION = 2
-READABLE_VERSIONS = ("1", "2")  # a version-1 store is migrated when opened (`migration`)
-
-
-def migration(prefix: str) -> list[str]:
-    """The statements taking a version-1 store (tables under `prefix`) to version 2; run in
-    the transaction that opens it, under the creation lock, so it happens once."""
-    return [
-        f"ALTER TABLE {prefix}memory_facts ADD COLUMN session_id text",
-        f"CREATE INDEX memory_facts_session ON {prefix}memory_facts (user_id, session_id)",
-        f"UPDATE {prefix}memory_meta SET value = '{SCHEMA_VERSION}' WHERE key = 'schema_version'",
-    ]
 
 
 def episode_of(key: str, row: Sequence[Any]) -> Episode:
@@ -125,55 +112,90 @@ class SqlMemory(MemoryStore):
         self, key: str, facts: list[Fact], source_episode: str | None
     ) -> list[Fact]:
         table = self.t("memory_facts")
-        stored: list[Fact] = []
+        ids: list[int] = []  # the rows stating each fact, in order
         async with self._tx(key, write=True) as cur:
             await self._lock_user(cur, key)  # forget takes it too: the check below holds
             if source_episode is not None and not await cur.fetch(
                 f"SELECT 1 FROM {self.t('memory_episodes')} WHERE user_id = ? AND run_id = ?",
                 [key, source_episode],
             ):
-                return stored  # forgotten since it was read: its facts must not come back
+                return []  # forgotten since it was read: its facts must not come back
             for fact in facts:
                 k = fact_key(fact)
-                rows = await cur.fetch(
-                    f"SELECT {FACT_COLS} FROM {table} WHERE user_id = ? "
-                    "AND key = ? AND valid_to IS NULL",
+                chain = await cur.fetch(
+                    f"SELECT id, object, valid_from FROM {table} WHERE user_id = ? AND key = ?",
                     [key, k],
                 )
-                old = fact_of(key, rows[0]) if rows else None
-                if old is not None and same_object(old.object, fact.object):
-                    if fact.confidence > old.confidence:
-                        old.confidence = fact.confidence
-                        await cur.execute(
-                            f"UPDATE {table} SET confidence = ? WHERE user_id = ? AND id = ?",
-                            [fact.confidence, key, old.id],
-                        )
-                    stored.append(old)
-                    continue
-                if old is not None:
-                    await cur.execute(
-                        f"UPDATE {table} SET valid_to = ? WHERE user_id = ? AND id = ?",
-                        [fact.valid_from, key, old.id],
-                    )
-                rows = await cur.fetch(
-                    f"INSERT INTO {table} (user_id, key, subject, predicate, object, "
-                    "confidence, source_run, valid_from, session_id) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
-                    [
-                        key,
-                        k,
-                        fact.subject,
-                        fact.predicate,
-                        fact.object,
-                        fact.confidence,
-                        fact.source_run,
-                        fact.valid_from,
-                        fact.session_id,
-                    ],
+                said = Statement(fact.session_id, fact.source_run, fact.confidence, fact.valid_from)
+                row_id = place(
+                    [(int(r[0]), str(r[1]), float(r[2])) for r in chain],
+                    fact.object,
+                    fact.valid_from,
                 )
-                fact.id = int(rows[0][0])
-                stored.append(fact)
-        return stored
+                if row_id is None:  # a row of its own: closed until the chain is relinked
+                    rows = await cur.fetch(
+                        f"INSERT INTO {table} (user_id, key, subject, predicate, object, "
+                        "confidence, source_run, valid_from, valid_to, session_id) "
+                        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+                        [
+                            key,
+                            k,
+                            fact.subject,
+                            fact.predicate,
+                            fact.object,
+                            fact.confidence,
+                            fact.source_run,
+                            fact.valid_from,
+                            fact.valid_from,
+                            fact.session_id,
+                        ],
+                    )
+                    row_id = int(rows[0][0])
+                await self._state(cur, key, row_id, said)
+                await self._relink(cur, key, k)
+                ids.append(row_id)
+            # As stored: a later fact of the batch may have ended an earlier one.
+            one = f"SELECT {FACT_COLS} FROM {table} WHERE user_id = ? AND id = ?"
+            return [fact_of(key, (await cur.fetch(one, [key, i]))[0]) for i in ids]
+
+    async def _statements(self, cur: Cursor, key: str, fact_id: int) -> list[tuple[int, Statement]]:
+        """A fact's statements with their row ids, in the order written."""
+        rows = await cur.fetch(
+            f"SELECT id, {SOURCE_COLS} FROM {self.t('memory_fact_sources')} "
+            "WHERE user_id = ? AND fact_id = ? ORDER BY id",
+            [key, fact_id],
+        )
+        return [(int(r[0]), Statement(r[1], r[2], float(r[3]), float(r[4]))) for r in rows]
+
+    async def _state(self, cur: Cursor, key: str, fact_id: int, said: Statement) -> None:
+        """Add a statement to a fact (or update the one of its run and session), and set the
+        row's confidence, provenance and start from all of them."""
+        old = await self._statements(cur, key, fact_id)
+        now = merged([s for _, s in old], said)
+        if len(now) > len(old):
+            await cur.execute(
+                f"INSERT INTO {self.t('memory_fact_sources')} (user_id, fact_id, {SOURCE_COLS}) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                [key, fact_id, said.session_id, said.source_run, said.confidence, said.at],
+            )
+        else:
+            i = next(i for i, (_, s) in enumerate(old) if s.same_source(said))
+            await cur.execute(
+                f"UPDATE {self.t('memory_fact_sources')} SET confidence = ?, at = ? "
+                "WHERE user_id = ? AND id = ?",
+                [now[i].confidence, now[i].at, key, old[i][0]],
+            )
+        await self._summarise(cur, key, fact_id, now)
+
+    async def _summarise(
+        self, cur: Cursor, key: str, fact_id: int, statements: list[Statement]
+    ) -> None:
+        confidence, session_id, source_run, valid_from = summary(statements)
+        await cur.execute(
+            f"UPDATE {self.t('memory_facts')} SET confidence = ?, session_id = ?, "
+            "source_run = ?, valid_from = ? WHERE user_id = ? AND id = ?",
+            [confidence, session_id, source_run, valid_from, key, fact_id],
+        )
 
     async def _facts(self, key: str, include_superseded: bool, limit: int | None) -> list[Fact]:
         sql = (
@@ -218,16 +240,16 @@ class SqlMemory(MemoryStore):
     # ------------------------------------------------------------------ the user's data
 
     async def _forget(self, key: str, session_id: str | None, before: float | None) -> int:
-        episodes, facts, blocks = (self.t(n) for n in TABLES[1:])
+        episodes, facts, blocks, sources = (self.t(n) for n in TABLES[1:])
         where, args = "user_id = ?", list[Any]([key])
         if session_id is not None:
             where, args = where + " AND session_id = ?", [*args, session_id]
         if before is not None:
             where, args = where + " AND at < ?", [*args, before]
-        older = "" if before is None else " AND valid_from < ?"
+        older = "" if before is None else " AND at < ?"
         if session_id is not None:
-            # The facts the session's runs recorded (stamped with it, whether or not the run
-            # finished) and those extracted from its episodes go with it.
+            # What the session's runs stated (stamped with it, whether or not the run
+            # finished) and what was extracted from its episodes go with it.
             gone = (
                 f"user_id = ? AND ((session_id = ?{older}) OR source_run IN "
                 f"(SELECT run_id FROM {episodes} WHERE {where}))"
@@ -238,13 +260,11 @@ class SqlMemory(MemoryStore):
         count = 0
         async with self._tx(key, write=True) as cur:
             await self._lock_user(cur, key)  # no add_facts in between: its episode check holds
-            keys = []
-            if session_id is not None or before is not None:  # else nothing of theirs is left
-                found = await cur.fetch(f"SELECT DISTINCT key FROM {facts} WHERE {gone}", gone_args)
-                keys = [str(r[0]) for r in found]
-            count += await cur.execute(f"DELETE FROM {facts} WHERE {gone}", gone_args)
-            for k in keys:
-                await self._relink(cur, key, k)
+            if session_id is None and before is None:
+                count += await cur.execute(f"DELETE FROM {facts} WHERE user_id = ?", [key])
+                await cur.execute(f"DELETE FROM {sources} WHERE user_id = ?", [key])
+            else:
+                count += await self._unstate(cur, key, gone, gone_args)
             if session_id is None:
                 count += await cur.execute(
                     f"DELETE FROM {blocks} WHERE user_id = ?"
@@ -254,13 +274,36 @@ class SqlMemory(MemoryStore):
             count += await cur.execute(f"DELETE FROM {episodes} WHERE {where}", args)
         return count
 
+    async def _unstate(self, cur: Cursor, key: str, gone: str, gone_args: list[Any]) -> int:
+        """Delete the statements `gone` selects; a fact left with none goes (the facts
+        deleted), one left with others keeps what they say; the chains are then mended."""
+        facts, sources = self.t("memory_facts"), self.t("memory_fact_sources")
+        found = await cur.fetch(f"SELECT DISTINCT fact_id FROM {sources} WHERE {gone}", gone_args)
+        await cur.execute(f"DELETE FROM {sources} WHERE {gone}", gone_args)
+        deleted, keys = 0, set[str]()
+        for fact_id in sorted(int(r[0]) for r in found):
+            row = await cur.fetch(
+                f"SELECT key FROM {facts} WHERE user_id = ? AND id = ?", [key, fact_id]
+            )
+            if not row:
+                continue
+            keys.add(str(row[0][0]))
+            left = [s for _, s in await self._statements(cur, key, fact_id)]
+            if left:
+                await self._summarise(cur, key, fact_id, left)
+            else:
+                deleted += await cur.execute(
+                    f"DELETE FROM {facts} WHERE user_id = ? AND id = ?", [key, fact_id]
+                )
+        for k in sorted(keys):
+            await self._relink(cur, key, k)
+        return deleted
+
     async def _relink(self, cur: Cursor, key: str, k: str) -> None:
-        """Mend one (subject, predicate)'s chain after deletions: each kept fact is valid until
-        the next kept one (in the order written) begins, and the last is current again."""
+        """Mend one (subject, predicate)'s chain (`chain.relinked`)."""
         table = self.t("memory_facts")
         rows = await cur.fetch(
-            f"SELECT id, valid_from, valid_to FROM {table} WHERE user_id = ? AND key = ? "
-            "ORDER BY id",
+            f"SELECT id, valid_from, valid_to FROM {table} WHERE user_id = ? AND key = ?",
             [key, k],
         )
         for row_id, valid_to in relinked(
@@ -270,6 +313,24 @@ class SqlMemory(MemoryStore):
                 f"UPDATE {table} SET valid_to = ? WHERE user_id = ? AND id = ?",
                 [valid_to, key, row_id],
             )
+
+    async def _fact_sources(self, key: str) -> list[dict[str, Any]]:
+        async with self._tx(key) as cur:
+            rows = await cur.fetch(
+                f"SELECT fact_id, {SOURCE_COLS} FROM {self.t('memory_fact_sources')} "
+                "WHERE user_id = ? ORDER BY id",
+                [key],
+            )
+        return [
+            {
+                "fact_id": int(r[0]),
+                "session_id": r[1],
+                "source_run": r[2],
+                "confidence": float(r[3]),
+                "at": float(r[4]),
+            }
+            for r in rows
+        ]
 
     async def _counts(self, key: str) -> dict[str, Any]:
         async with self._tx(key) as cur:
@@ -301,15 +362,3 @@ class SqlMemory(MemoryStore):
             "first_seen": None if ep[2] is None else float(ep[2]),
             "last_seen": None if ep[3] is None else float(ep[3]),
         }
-
-
-def relinked(chain: Sequence[tuple[int, float, float | None]]) -> list[tuple[int, float | None]]:
-    """The (id, valid_to) changes that make `chain` — one (subject, predicate)'s facts as
-    (id, valid_from, valid_to), in the order written — a chain again: each valid until the
-    next begins, the last current. The reopened one comes last (at most one is current)."""
-    changes = []
-    for i, (row_id, _, valid_to) in enumerate(chain):
-        want = chain[i + 1][1] if i + 1 < len(chain) else None
-        if valid_to != want:
-            changes.append((row_id, want))
-    return sorted(changes, key=lambda c: c[1] is None)

@@ -13,19 +13,20 @@ from loomgraph._storage.cursor import Cursor, SqliteCursor
 from loomgraph._storage.sqlite_conn import SqliteConnection
 from loomgraph._storage.sqlite_errors import reads_as_damaged, unavailable_detail
 from loomgraph._storage.sqlite_files import SqliteFileProblem, open_sqlite
-from loomgraph.memory.errors import MemoryBackendError, MemoryCorrupted, MemoryUnavailable
+from loomgraph.memory.errors import (
+    MemoryBackendError,
+    MemoryCorrupted,
+    MemoryInputError,
+    MemoryUnavailable,
+)
 from loomgraph.memory.records import Fact, MemoryLimits
-from loomgraph.memory.sql import (
-    EPISODE_COLS,
-    FACT_COLS,
+from loomgraph.memory.schema import (
     READABLE_VERSIONS,
     SCHEMA_VERSION,
-    TABLES,
-    SqlMemory,
-    episode_of,
-    fact_of,
     migration,
+    tables_of,
 )
+from loomgraph.memory.sql import EPISODE_COLS, FACT_COLS, SqlMemory, episode_of, fact_of
 from loomgraph.protocols import Episode
 
 
@@ -49,6 +50,16 @@ def _fts(table: str, columns: str) -> list[str]:
     ]
 
 
+# Every run that stated a fact (memory.chain); IF NOT EXISTS: also the migration's.
+SOURCES = [
+    "CREATE TABLE IF NOT EXISTS memory_fact_sources (id INTEGER PRIMARY KEY, "
+    "user_id TEXT NOT NULL, fact_id INTEGER NOT NULL, session_id TEXT, source_run TEXT, "
+    "confidence REAL NOT NULL, at REAL NOT NULL)",
+    "CREATE INDEX IF NOT EXISTS memory_fact_sources_fact ON memory_fact_sources (user_id, fact_id)",
+    "CREATE INDEX IF NOT EXISTS memory_fact_sources_session ON memory_fact_sources "
+    "(user_id, session_id)",
+]
+
 DDL = [
     "CREATE TABLE memory_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
     "CREATE TABLE memory_episodes (id INTEGER PRIMARY KEY, user_id TEXT NOT NULL, "
@@ -69,9 +80,10 @@ DDL = [
     "CREATE TABLE memory_blocks (user_id TEXT NOT NULL, name TEXT NOT NULL, "
     "text TEXT NOT NULL, created_at REAL NOT NULL, updated_at REAL NOT NULL, "
     "PRIMARY KEY (user_id, name))",
+    *SOURCES,
     f"INSERT INTO memory_meta VALUES ('schema_version', '{SCHEMA_VERSION}')",
 ]
-_REQUIRED = (*TABLES, "memory_episodes_fts", "memory_facts_fts")
+_FTS = ("memory_episodes_fts", "memory_facts_fts")
 
 
 def match_query(terms: Sequence[str]) -> str:
@@ -84,7 +96,8 @@ class SqliteMemory(SqlMemory):
 
     One connection per object, opened on first use; statements of one object are serialised
     by an asyncio lock, and each write is one `BEGIN IMMEDIATE` transaction, so other
-    processes' writes are waited for (up to `busy_timeout`) instead of failing.
+    processes' writes are waited for (up to `busy_timeout`) instead of failing. `path` must
+    name a file: ':memory:' and '' are refused (`MemoryInputError`).
     """
 
     def __init__(
@@ -97,6 +110,16 @@ class SqliteMemory(SqlMemory):
     ) -> None:
         super().__init__(limits)
         self.path = os.fspath(path)
+        if self.path in ("", ":memory:"):
+            # SQLite gives each connection its own private database for these, and the
+            # connection is reopened after close() and for every new event loop.
+            raise MemoryInputError(
+                f"SqliteMemory({self.path!r}) would lose every row when its connection is "
+                "reopened (after close(), in a new event loop): ':memory:' and '' are a "
+                "private database of one connection. Give a file path (memory="
+                "'sqlite:./memory.db'), or use InMemoryMemory (memory='memory') for memory "
+                "that lives as long as the process"
+            )
         self.where = f"sqlite memory {self.path!r}"
         self.busy_timeout = busy_timeout
         self.verify = verify
@@ -207,11 +230,12 @@ class SqliteMemory(SqlMemory):
             raise MemoryCorrupted(
                 self.where, f"schema version {found}; this loomgraph reads version {SCHEMA_VERSION}"
             )
-        missing = [t for t in _REQUIRED if t not in names]
+        required = (*tables_of(rows[0][0]), *_FTS)
+        missing = [t for t in required if t not in names]
         if missing:
             raise MemoryCorrupted(self.where, f"missing table(s): {', '.join(missing)}")
         if rows[0][0] != str(SCHEMA_VERSION):  # an older version: migrated in this transaction
-            for statement in migration(""):
+            for statement in migration("", rows[0][0], SOURCES, []):
                 await conn.execute(statement)
 
 

@@ -1,0 +1,148 @@
+"""The episode a completed run leaves in memory: kept before the run's end is journaled, so a
+crash between the two leaves a run `running` whose resume ends it and keeps the episode again
+(memory replaces an episode by run id); and, when memory could not keep it (an outage), owed
+in the journal, where the resume of the finished run finds it and keeps it then.
+
+The owed episode is an effect of the run (kind `memory_episode`, key `episode_key`), written
+only when memory failed: a run whose memory kept its episode pays one read of its lease (the
+zombie check) and no journal write for it; one without memory (`NoMemory`) pays nothing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from loomgraph.agent.run_memory import offered_only
+from loomgraph.engine.scope import EventSink, RunScope
+from loomgraph.memory.null import NoMemory
+from loomgraph.protocols import (
+    Deps,
+    EffectRecord,
+    EffectStatus,
+    Episode,
+    Memory,
+    RunRecord,
+    RunStatus,
+)
+from loomgraph.protocols.events import MEMORY_REMEMBER_FAILED, Event
+from loomgraph.protocols.runtime import current_fence
+from loomgraph.runtime.errors import JournalEncodingError, LeaseLost
+
+__all__ = [
+    "EPISODE_EFFECT",
+    "episode_key",
+    "keep_episode",
+    "keeps_episodes",
+    "owed_episode",
+    "pay_episode",
+]
+
+_log = logging.getLogger(__name__)
+
+EPISODE_EFFECT = "memory_episode"  # the kind of the effect an unkept episode is owed as
+
+
+def episode_key(run_id: str) -> str:
+    """The key of the effect that owes `run_id`'s episode to memory."""
+    return f"{run_id}:episode"
+
+
+def keeps_episodes(memory: Memory) -> bool:
+    """Whether runs leave episodes in `memory`: any but one whose `remember` is the no-op
+    memory's (a subclass that remembers is asked, as any memory)."""
+    return getattr(type(memory), "remember", None) is not NoMemory.remember
+
+
+async def keep_episode(scope: RunScope, episode: Episode, *, resumed: bool) -> Episode | None:
+    """Keep a completed run's episode in memory (naming only the tools the run offered:
+    `offered_only`), before its end is journaled; the episode
+    to extract facts from once the end is journaled, or None (not kept; or its answer
+    quotes untrusted text: facts are written with no egress check).
+
+    `LeaseLost` first for a worker whose lease was taken over (a zombie), which `finish_run`
+    would refuse after this. A failure of memory is reported (a `memory_remember_failed`
+    event, a warning) and owed in the journal for a resume; the run ends all the same.
+    `resumed`: the run was taken up again, so an earlier attempt may have owed it."""
+    await _check_lease(scope)
+    episode = offered_only(episode, scope.deps.tools)
+    runtime = scope.deps.runtime
+    extract = not scope.untrusted.carried_by(episode.output)
+    try:
+        await scope.deps.memory.remember(episode)
+    except Exception as err:
+        error = f"{type(err).__name__}: {err}"
+        _log.warning("run %s: memory did not keep its episode: %s", episode.run_id, error)
+        await scope.emit(MEMORY_REMEMBER_FAILED, {"error": error}, None, scope.seq)
+        await _owe(runtime, episode, extract, error)
+        return None
+    if resumed:  # what an earlier attempt owed is paid now
+        owed = await runtime.effect(episode.run_id, episode_key(episode.run_id))
+        if owed is not None and owed.status != EffectStatus.DONE:
+            await runtime.end_effect(owed.run_id, owed.key, {}, EffectStatus.DONE)
+    return episode if extract else None
+
+
+async def owed_episode(deps: Deps, record: RunRecord) -> EffectRecord | None:
+    """The episode a completed run still owes memory (its effect), or None; one read, none
+    for a run that did not complete or an Agent without memory."""
+    if record.status != RunStatus.COMPLETED or not keeps_episodes(deps.memory):
+        return None
+    owed = await deps.runtime.effect(record.run_id, episode_key(record.run_id))
+    return owed if owed is not None and owed.status != EffectStatus.DONE else None
+
+
+async def pay_episode(
+    deps: Deps, record: RunRecord, sink: EventSink, on_episode: Callable[[Episode], None] | None
+) -> None:
+    """Keep the episode a finished run owes memory (under its lease: read again here), then
+    hand it to `on_episode` (fact extraction, once: it never ran for an unkept episode). A
+    failure again is reported to `sink` and stays owed."""
+    owed = await owed_episode(deps, record)
+    if owed is None:
+        return
+    episode = Episode(**owed.intent["episode"])
+    try:
+        await deps.memory.remember(episode)
+    except Exception as err:
+        error = f"{type(err).__name__}: {err}"
+        _log.warning("run %s: memory did not keep its episode: %s", record.run_id, error)
+        # Provisional, as at the run's end; seq 0: the resume made no transition.
+        who = (record.run_id, 0, None, record.user_id, record.session_id, time.time())
+        await sink(Event(MEMORY_REMEMBER_FAILED, {"error": error}, *who))
+        return
+    await deps.runtime.end_effect(record.run_id, owed.key, {}, EffectStatus.DONE)
+    if on_episode is not None and owed.intent.get("extract"):
+        on_episode(episode)
+
+
+async def _owe(runtime: Any, episode: Episode, extract: bool, error: str) -> None:
+    """Journal the episode memory did not keep (fenced as every write of the run's holder);
+    a record of an earlier attempt is updated."""
+    intent = {"episode": dataclasses.asdict(episode), "extract": extract}
+    key = episode_key(episode.run_id)
+    owed = EffectRecord(
+        episode.run_id, key, EPISODE_EFFECT, intent, {"error": error}, EffectStatus.FAILED
+    )
+    try:
+        if await runtime.begin_effect(owed) is not None:
+            await runtime.end_effect(episode.run_id, key, {"error": error}, EffectStatus.FAILED)
+    except JournalEncodingError as err:
+        # An episode the journal cannot hold (a value no JSON takes) is lost, as reported;
+        # the run must not fail over it.
+        _log.warning("run %s: its unkept episode cannot be journaled: %s", episode.run_id, err)
+
+
+async def _check_lease(scope: RunScope) -> None:
+    """Refuse (`LeaseLost`) a writer whose lease on the run is no longer current, before it
+    writes memory, which no lease fences: one read of the lease, none without leases."""
+    lease = current_fence.get()
+    read = getattr(scope.deps.leases, "lease", None)
+    if lease is None or lease.run_id != scope.run_id or read is None:
+        return
+    current = await read(scope.run_id)
+    if current is None or current.token != lease.token:
+        raise LeaseLost(scope.run_id, lease.token, "lease lost before memory kept the episode")
