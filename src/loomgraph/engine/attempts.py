@@ -12,13 +12,22 @@ visit is known to have failed (`keep`, from `engine.kept_usage`).
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, replace
+from typing import Any, Protocol, runtime_checkable
 
 from loomgraph.engine.effects import EffectKey
-from loomgraph.engine.model_answers import model_estimate
+from loomgraph.engine.model_answers import model_estimate, streamed_tokens
 from loomgraph.engine.scope import RunScope
-from loomgraph.protocols import EffectRecord, EffectStatus, ModelRequest, Reservation, Usage
-from loomgraph.protocols.usage import estimate_prompt_tokens
+from loomgraph.protocols import (
+    EffectRecord,
+    EffectStatus,
+    ModelChunk,
+    ModelRequest,
+    Reservation,
+    Usage,
+)
+from loomgraph.protocols.usage import estimate_prompt_tokens, floor_usage
 
 # The kind a model call's effect is journaled as, and the kind of each failed attempt's.
 MODEL_EFFECT = "model"
@@ -41,6 +50,7 @@ class ModelAttempts:
         "recovered_calls",
         "reservation",
         "scope",
+        "stream",
     )
 
     def __init__(self, scope: RunScope, key: EffectKey) -> None:
@@ -49,6 +59,8 @@ class ModelAttempts:
         self.reservation: Reservation | None = None
         self.billed = NO_USAGE  # what failed attempts billed, all charged already
         self.recovered_calls = 0  # the model calls of earlier executions' failed attempts
+        # The model's stream for the attempt in force: what it reported, if it is cut off.
+        self.stream: AsyncIterator[ModelChunk] | None = None
         self._amount = NO_USAGE
         self._number = 0
         self._cut = NO_USAGE  # what the attempt a cancellation cut off was charged, until kept
@@ -61,6 +73,7 @@ class ModelAttempts:
         never exceed the reservation."""
         scope = self.scope
         deps = scope.deps
+        self.stream = None  # a new attempt: nothing of it heard yet
         if not deps.budgeted:
             self.reservation = None
             return
@@ -73,6 +86,18 @@ class ModelAttempts:
             )
         self._amount = model_estimate(request)
         self.reservation = await scope.reserve("model", self._amount)
+
+    def unanswered(self, request: ModelRequest, streamed: list[str]) -> Usage:
+        """What the attempt in force used when it ends with no account of its own (cancelled,
+        or a failure that carries none): what the provider reported of it so far (when its
+        stream tells, `ReportingStream`), the prompt's estimate when that named no prompt
+        tokens, and at least what it streamed."""
+        usage = floor_usage(
+            _reported(self.stream),
+            prompt_tokens=estimate_prompt_tokens(request.prompt_chars()),
+            output_tokens=streamed_tokens(request, streamed),
+        )
+        return usage.with_model_calls(1)
 
     async def settle(self, usage: Usage) -> None:
         """Charge the attempt in force `usage` (what it billed)."""
@@ -154,6 +179,26 @@ class ModelAttempts:
         outcome = {"attempt": self._number, "error": error, "usage": usage.to_dict()}
         await runtime.begin_effect(EffectRecord(run_id, key, ATTEMPT_KIND, {"of": str(self.key)}))
         await runtime.end_effect(run_id, key, outcome, EffectStatus.FAILED)
+
+
+@runtime_checkable
+class ReportingStream(Protocol):
+    """A model's stream that tells what the provider has reported so far of the attempt in
+    progress (the HTTP adapters' `TurnStream`), so a call cut off mid-stream is charged it:
+    the prompt tokens (cache reads included) the provider billed at the start of its answer."""
+
+    reported: Usage
+
+
+def _reported(stream: Any) -> Usage:
+    """What `stream` says the provider reported so far; nothing when it does not say, or
+    says something impossible (the estimate stands then)."""
+    if not isinstance(stream, ReportingStream):
+        return NO_USAGE
+    try:
+        return Usage.reported(stream.reported)
+    except ValueError:
+        return NO_USAGE
 
 
 @dataclass(slots=True)

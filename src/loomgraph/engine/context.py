@@ -16,7 +16,6 @@ from loomgraph.engine.attempts import MODEL_EFFECT, Handed, ModelAttempts
 from loomgraph.engine.effects import ANSWER_SLOT, EffectKey, ResumeValue
 from loomgraph.engine.model_answers import (
     broken_usage,
-    cancelled_usage,
     checked_call,
     reported_usage,
     response_data,
@@ -219,7 +218,7 @@ class VisitContext:
                 response = await self._stream(request, call_id, streamed, attempts)
             except ModelError as err:
                 usage = (
-                    cancelled_usage(request, streamed)  # what it billed is not known
+                    attempts.unanswered(request, streamed)  # what it billed is not known
                     if err.usage_problem
                     else broken_usage(request, err.usage, streamed)
                 )
@@ -237,7 +236,7 @@ class VisitContext:
                 # The engine's own refusal (a retry the caps refuse, a ledger or journal out
                 # of reach); not the model's failure, whatever class that is.
                 if attempts.reservation is not None:  # (the model raised it: it was sent)
-                    await attempts.failed(cancelled_usage(request, streamed), repr(err))
+                    await attempts.failed(attempts.unanswered(request, streamed), repr(err))
                 if streamed:
                     self._cut_off = call_id
                 raise
@@ -245,14 +244,15 @@ class VisitContext:
                 # The model's own failure (a bug, an SDK error it does not translate, a
                 # `ScriptExhausted`): a failed call like any other, charged and audited; its
                 # error is raised as it is, carrying no usage.
-                await attempts.failed(cancelled_usage(request, streamed), repr(err))
+                await attempts.failed(attempts.unanswered(request, streamed), repr(err))
                 await self._gave_up(key, err, attempts.gave_up(), streamed)
                 raise
             except BaseException:
                 # Cancelled (a time limit, the caller): the request may have been billed, so
-                # its prompt and what it streamed are charged and counted; its attempt is
-                # journaled once the visit is known to have failed (`ModelAttempts.cut_off`).
-                await attempts.cut_off(cancelled_usage(request, streamed))
+                # what the provider reported of it so far (else its prompt) and what it
+                # streamed are charged and counted; its attempt is journaled once the visit is
+                # known to have failed (`ModelAttempts.cut_off`).
+                await attempts.cut_off(attempts.unanswered(request, streamed))
                 if streamed:  # no event now: the run may be cancelled, its consumer gone
                     self._cut_off = call_id
                 raise
@@ -301,7 +301,8 @@ class VisitContext:
         if tracing:
             attributes = chat_span.asked(model, request, self.scope.session_id, capture)
         with telemetry.span(semconv.chat_span_name(model.name), attributes) as span:
-            async with aclosing(model.stream(request)) as chunks:  # type: ignore[type-var]
+            attempts.stream = model.stream(request)  # (what it reported, if it is cut off)
+            async with aclosing(attempts.stream) as chunks:  # type: ignore[type-var]
                 async for chunk in chunks:
                     kind = chunk.get("type")
                     if kind == "text":

@@ -16,6 +16,7 @@ from loomgraph.protocols.usage import MAX_REPORTED_TOKENS
 
 __all__ = [
     "SHAPE_ERRORS",
+    "CallCutOff",
     "MalformedChunk",
     "count",
     "get",
@@ -29,6 +30,16 @@ __all__ = [
 class MalformedChunk(LoomgraphError):
     """A streamed chunk (an SSE event) not shaped as the API documents it, or out of place
     (read as a `ModelBadResponse` by the adapter; it never reaches the caller)."""
+
+
+class CallCutOff(LoomgraphError):
+    """A tool call whose arguments do not parse, in an answer the provider stopped at its
+    max_tokens: cut off, not malformed (read as a `ModelToolCallTruncated`, never retried)."""
+
+    def __init__(self, tool: str, call_id: str) -> None:
+        super().__init__(f"tool call {tool!r} ({call_id or 'no id'}) was cut off by max_tokens")
+        self.tool = tool
+        self.call_id = call_id
 
 
 # The longest response id or model name kept: a label for telemetry, not a payload.

@@ -9,6 +9,7 @@ provider asked us to wait (`retry_after`, from the `retry-after` header).
 from __future__ import annotations
 
 import email.utils
+import math
 import re
 import time
 from collections.abc import Mapping
@@ -31,6 +32,7 @@ __all__ = [
     "ModelServerError",
     "ModelStreamBroken",
     "ModelTimeout",
+    "ModelToolCallTruncated",
     "ScriptTurnInvalid",
     "body_error",
     "error_for_status",
@@ -149,6 +151,16 @@ class ModelBadResponse(AdapterError):
     """
 
     retryable_by_default = True
+
+
+class ModelToolCallTruncated(ModelBadResponse):
+    """The answer reached `max_tokens` inside a tool call, so its arguments are cut off.
+
+    Not retried: the same request stops at the same limit again (and is paid for again). The
+    message names the limit; raise `max_tokens` (the model's or the request's).
+    """
+
+    retryable_by_default = False
 
 
 class ModelStreamBroken(AdapterError):
@@ -288,23 +300,31 @@ def body_error(body: object) -> tuple[str | None, str]:
 
 
 def parse_retry_after(headers: Mapping[str, str] | None) -> float | None:
-    """Seconds to wait from `retry-after-ms` or `retry-after` (seconds or HTTP date), or None."""
+    """Seconds to wait from `retry-after-ms` or `retry-after` (seconds or HTTP date), or None.
+
+    A value that is no finite number (`nan`, `inf`, text) is no instruction: None, and the
+    backoff applies (a NaN delay would make `asyncio.sleep` return at once)."""
     if not headers:
         return None
-    millis = headers.get("retry-after-ms")
-    if millis:
-        try:
-            return max(float(millis) / 1000.0, 0.0)
-        except ValueError:
-            pass
+    millis = _seconds(headers.get("retry-after-ms"))
+    if millis is not None:
+        return millis / 1000.0
     value = headers.get("retry-after")
     if not value:
         return None
-    try:
-        return max(float(value), 0.0)
-    except ValueError:
-        pass
+    seconds = _seconds(value)
+    if seconds is not None:
+        return seconds
     parsed = email.utils.parsedate_tz(value)
     if parsed is None:
         return None
     return max(float(email.utils.mktime_tz(parsed)) - time.time(), 0.0)
+
+
+def _seconds(value: str | None) -> float | None:
+    """A header's number, at least 0; None when it is absent or not a finite number."""
+    try:
+        number = float(value) if value else math.nan
+    except ValueError:
+        return None
+    return max(number, 0.0) if math.isfinite(number) else None

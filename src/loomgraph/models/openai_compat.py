@@ -10,15 +10,15 @@ in `openai_request`, the stream read in `openai_stream`; this module makes the c
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
-from loomgraph.models._adapter import DEFAULT_MAX_PROMPT_CHARS, HTTPModel, StreamTally
+from loomgraph.models._adapter import DEFAULT_MAX_PROMPT_CHARS, ChunkReader, HTTPModel, StreamTally
+from loomgraph.models._settings import check_key, check_url
 from loomgraph.models.errors import (
     AdapterError,
     ModelConfigError,
-    ModelConnectionError,
     ModelTimeout,
     body_error,
     error_for_status,
@@ -28,7 +28,7 @@ from loomgraph.models.errors import (
 from loomgraph.models.openai_request import openai_params
 from loomgraph.models.openai_stream import ChatCompletion
 from loomgraph.models.retry import RetryPolicy
-from loomgraph.protocols import ModelChunk, ModelRequest, Sampling
+from loomgraph.protocols import ModelRequest, Sampling
 from loomgraph.protocols.pricing import PriceOverride
 from loomgraph.protocols.tool_args import ToolArgLimits
 
@@ -44,6 +44,7 @@ class OpenAICompatModel(HTTPModel):
     """A model behind an OpenAI-compatible `/chat/completions` endpoint, streamed."""
 
     provider = "openai-compat"
+    request_id_header = "x-request-id"
 
     def __init__(
         self,
@@ -65,6 +66,7 @@ class OpenAICompatModel(HTTPModel):
         retry_policy: RetryPolicy | None = None,
         prices: PriceOverride | None = None,
         tool_arg_limits: ToolArgLimits | None = None,
+        total_timeout: float | None = None,
     ) -> None:
         super().__init__(
             name,
@@ -78,7 +80,14 @@ class OpenAICompatModel(HTTPModel):
             retry_policy=retry_policy,
             prices=prices,
             tool_arg_limits=tool_arg_limits,
+            total_timeout=total_timeout,
         )
+        # Given here, a key or URL that could never be sent is refused at once; from the
+        # environment, at the first call (a model must construct without them).
+        if api_key:
+            check_key(api_key, "api_key", self.label)
+        if base_url:
+            check_url(base_url, "base_url", self.label)
         self._base_url = base_url
         self._api_key = api_key
         self.sampling = Sampling(temperature, top_p, top_k, tuple(stop_sequences), seed)
@@ -90,6 +99,11 @@ class OpenAICompatModel(HTTPModel):
                 f"{self.label}: no server URL; set the {ENV_BASE_URL} environment variable "
                 "or pass base_url= to OpenAICompatModel"
             )
+        api_key = self._api_key or os.environ.get(ENV_API_KEY) or NO_KEY
+        if not self._base_url:
+            check_url(base_url, f"${ENV_BASE_URL}", self.label)
+        if not self._api_key:
+            check_key(api_key, f"${ENV_API_KEY}", self.label)
         try:
             import openai
         except ImportError as exc:
@@ -98,7 +112,7 @@ class OpenAICompatModel(HTTPModel):
                 "pip install 'loomgraph[openai]'"
             ) from exc
         return openai.AsyncOpenAI(
-            api_key=self._api_key or os.environ.get(ENV_API_KEY) or NO_KEY,
+            api_key=api_key,
             base_url=base_url,
             timeout=self.timeout,
             max_retries=0,  # loomgraph retries; the SDK cannot tell a started stream apart
@@ -109,49 +123,18 @@ class OpenAICompatModel(HTTPModel):
         defaults = replace(self.sampling, temperature=self.temperature)
         return openai_params(self.name, request, max_tokens=self.max_tokens, defaults=defaults)
 
-    async def _attempt(
-        self, client: Any, params: dict[str, Any], tally: StreamTally
-    ) -> AsyncGenerator[ModelChunk, None]:
-        try:
-            stream = await client.chat.completions.create(**params)
-        except Exception as exc:
-            raise self._translate(exc) from exc
-        request_id: str | None = stream.response.headers.get("x-request-id")
-        completion = ChatCompletion(tally, self.tool_arg_limits)
-        try:
-            while True:
-                try:
-                    chunk = await stream.__anext__()
-                except StopAsyncIteration:
-                    break
-                except Exception as exc:
-                    err = self._translate(exc, request_id=request_id, streaming=True)
-                    err.usage = self._usage(tally.floor(completion.usage))
-                    raise err from exc
-                for out in self._read(completion, chunk, tally, request_id):
-                    yield out
-        finally:
-            await stream.close()
-        if completion.finish is None:
-            raise ModelConnectionError(
-                f"{self.label}: the stream ended before a finish_reason (request id {request_id})",
-                request_id=request_id,
-                usage=self._usage(tally.floor(completion.usage)),
-            )
-        # As reported; a count the server left out (or all of them: some local servers send
-        # no usage) is the engine's to estimate, for every model alike
-        # (engine.model_answers.unreported_usage).
-        yield self._usage_chunk(completion.usage, completion.response_id, completion.response_model)
-        yield ModelChunk(type="finish", finish_reason=completion.finish_reason())
+    async def _create(self, client: Any, params: dict[str, Any]) -> Any:
+        return await client.chat.completions.create(**params)
+
+    def _reader(self, tally: StreamTally) -> ChunkReader:
+        return ChatCompletion(tally, self.tool_arg_limits)
 
     def _translate(
-        self, exc: Exception, *, request_id: str | None = None, streaming: bool = False
-    ) -> AdapterError:
-        """The typed error for an SDK or transport exception."""
+        self, exc: Exception, *, request_id: str | None, streaming: bool
+    ) -> AdapterError | None:
+        """The typed error for an exception of the SDK's (or the HTTP library's under it)."""
         import openai
 
-        if isinstance(exc, AdapterError):
-            return exc
         if isinstance(exc, openai.APIStatusError):
             error_type, detail = body_error(exc.body)
             return error_for_status(
@@ -165,18 +148,12 @@ class OpenAICompatModel(HTTPModel):
             )
         if isinstance(exc, openai.APITimeoutError):
             return ModelTimeout(
-                f"{self.label}: timed out after {self.timeout}s (request id {request_id})",
-                request_id=request_id,
-            )
-        if isinstance(exc, openai.APIConnectionError) or (
-            streaming and not isinstance(exc, openai.APIError)
-        ):
-            cause = exc.__cause__ or exc
-            return ModelConnectionError(
-                f"{self.label}: connection failed: {type(cause).__name__}: {cause} "
+                f"{self.label}: timed out: nothing received for timeout={self.timeout}s "
                 f"(request id {request_id})",
                 request_id=request_id,
             )
+        if isinstance(exc, openai.APIConnectionError):
+            return self._connection_failed(exc, request_id)
         if isinstance(exc, openai.APIError):
             # An error object inside the stream: no status, only the body's type and message.
             error_type, detail = body_error(exc.body)
@@ -188,4 +165,4 @@ class OpenAICompatModel(HTTPModel):
                 request_id=request_id,
                 quota=quota_exhausted(exc.body),
             )
-        raise exc
+        return None

@@ -1,8 +1,8 @@
 """Reading a streamed chat completion: its chunks, one at a time, into loomgraph's.
 
 Text deltas are handed out as they arrive; tool calls are assembled from their `index`-keyed
-argument fragments (or, from a server that sends no index, one call per id) and handed out
-only once the choice has a `finish_reason`. Usage is read as loomgraph means it: cached
+argument fragments (or, from a server that sends no index, by id and function name) and
+handed out only once the choice has a `finish_reason`. Usage is read as loomgraph means it: cached
 prompt tokens apart from the rest. A chunk that is not shaped as the API documents it, or
 out of place, raises `MalformedChunk` (`HTTPModel._read` makes it a `ModelBadResponse`).
 """
@@ -15,7 +15,7 @@ from typing import Any
 
 from loomgraph.models import _shape as shape
 from loomgraph.models._adapter import StreamTally
-from loomgraph.models._shape import MalformedChunk
+from loomgraph.models._shape import CallCutOff, MalformedChunk
 from loomgraph.protocols import ModelChunk, ToolCall, Usage
 from loomgraph.protocols.tool_args import ToolArgLimits, parse_tool_args
 
@@ -34,11 +34,13 @@ class ChatCompletion:
     """The state of one streamed chat completion (its first choice): tool-call fragments,
     usage so far, finish reason."""
 
+    end_marker = "a finish_reason"
+
     def __init__(self, tally: StreamTally, limits: ToolArgLimits) -> None:
         self.tally = tally
         self.limits = limits
-        # Fragments by (0, index); a server that sends no index (Gemini's endpoint) gets
-        # (1, n): a fragment with a new id starts call n, one without an id continues it.
+        # Fragments by (0, index); a server that sends no index (Gemini's endpoint, Ollama,
+        # proxies) gets (1, n): see `_fragment` for when such a fragment starts call n.
         self.slots: dict[tuple[int, int], dict[str, Any]] = {}
         self.unindexed = 0
         self.usage = Usage()
@@ -73,6 +75,14 @@ class ChatCompletion:
             if at is None or shape.index(at, "choice.index") == 0:
                 yield from self._choice(choice)
 
+    def ended(self) -> bool:
+        """Whether the choice has finished."""
+        return self.finish is not None
+
+    def reported(self) -> Usage:
+        """The usage the server reported so far (each report is its whole account)."""
+        return self.usage
+
     def finish_reason(self) -> str:
         """loomgraph's finish reason for the finished choice: `tool_use` when it made tool
         calls, whatever the server said (some local servers say "stop" after them)."""
@@ -100,7 +110,8 @@ class ChatCompletion:
         if reason:
             self.finish = reason
             # Only a finished choice has complete tool calls.
-            calls = [_assemble(self.slots[key], self.limits) for key in sorted(self.slots)]
+            cut = _FINISH_REASONS.get(reason) == "max_tokens"
+            calls = [_assemble(self.slots[key], self.limits, cut) for key in sorted(self.slots)]
             self.slots.clear()
             for call in calls:
                 self.called = True
@@ -128,7 +139,7 @@ class ChatCompletion:
             key = (0, shape.index(at, "tool call index"))
         else:
             current = self.slots.get((1, self.unindexed))
-            if current is None or (call_id and current["id"] and call_id != current["id"]):
+            if current is None or _starts_call(current, call_id, name, self.limits):
                 if not (call_id or name or arguments):
                     return  # nothing of a call (metadata only)
                 self.unindexed += 1
@@ -141,10 +152,42 @@ class ChatCompletion:
             self.tally.add(arguments)
 
 
-def _assemble(slot: dict[str, Any], limits: ToolArgLimits) -> ToolCall:
+def _starts_call(current: dict[str, Any], call_id: str, name: str, limits: ToolArgLimits) -> bool:
+    """Whether a fragment with no index starts a call after `current`, rather than adding to
+    its arguments: it has an id other than the current call's, or it names a function while
+    the current call has its name and either another one or arguments already complete (a
+    continuing fragment carries arguments only; some servers send each call whole, without an
+    id, one fragment each, and may call one function twice)."""
+    if call_id and current["id"]:
+        return bool(call_id != current["id"])
+    if not (name and current["name"]):
+        return False
+    return name != current["name"] or _complete("".join(current["parts"]), limits)
+
+
+def _complete(arguments: str, limits: ToolArgLimits) -> bool:
+    """Whether `arguments` are a whole arguments object (read within the limits: a server's
+    text, however deep); empty ones may still be the start of some."""
+    if not arguments.strip():
+        return False
+    try:
+        parse_tool_args(arguments, limits)
+    except ValueError:
+        return False
+    return True
+
+
+def _assemble(slot: dict[str, Any], limits: ToolArgLimits, cut: bool) -> ToolCall:
+    """The call a finished choice's fragments add up to; CallCutOff when its arguments do
+    not parse in an answer stopped by its max_tokens (`cut`): they are incomplete."""
     if not slot["name"]:
         raise MalformedChunk(f"tool call {slot['id'] or '(no id)'} has no function name")
-    args = parse_tool_args("".join(slot["parts"]), limits)
+    try:
+        args = parse_tool_args("".join(slot["parts"]), limits)
+    except ValueError as exc:
+        if cut:
+            raise CallCutOff(slot["name"], slot["id"]) from exc
+        raise
     return {"id": slot["id"] or f"call_{uuid.uuid4().hex[:12]}", "tool": slot["name"], "args": args}
 
 

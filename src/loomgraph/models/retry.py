@@ -12,6 +12,7 @@ own; the final `usage` chunk (or error) is the last attempt's alone.
 from __future__ import annotations
 
 import asyncio
+import math
 import random
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from contextlib import aclosing
@@ -43,7 +44,7 @@ class RetryPolicy:
 
     def delay(self, retry: int, retry_after: float | None = None) -> float:
         """Seconds to wait before retry number `retry` (0-based)."""
-        if retry_after is not None:
+        if retry_after is not None and math.isfinite(retry_after):  # (NaN: no instruction)
             return min(max(retry_after, 0.0), self.max_retry_after)
         backoff = min(self.base_delay * (2.0**retry), self.max_delay)
         return backoff * (1.0 - self.jitter * random.random())
