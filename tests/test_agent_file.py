@@ -89,11 +89,12 @@ def test_model_settings_reach_the_adapter(folder: Path) -> None:
         folder,
         "schema_version: 1\nname: b\ninstructions: hi\n"
         "model: {name: openai:gpt-4o, max_tokens: 64, temperature: 0.2, top_p: 0.9,"
-        " stop_sequences: [END], base_url: 'http://127.0.0.1:9/v1'}\n",
+        " stop_sequences: [END], base_url: 'http://127.0.0.1:9/v1', total_timeout: 90}\n",
     )
     model: Any = Agent.from_file(path).deps.model
     assert type(model).__name__ == "OpenAICompatModel" and model.name == "gpt-4o"
     assert model.max_tokens == 64 and model.temperature == 0.2
+    assert model.total_timeout == 90
     assert model.sampling.top_p == 0.9 and model.sampling.stop_sequences == ("END",)
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, PositiveInt
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, PositiveFloat, PositiveInt
 
 from loomgraph.authoring.secrets import redact
 
@@ -43,7 +43,10 @@ class ModelSpec(_Spec):
     seed: int | None = Field(None, description="OpenAI-compatible servers only")
     base_url: str | None = Field(None, description="the server (default: $OPENAI_BASE_URL …)")
     api_key: str | None = Field(None, description="write ${ENV_VAR}, never the key itself")
-    timeout: NonNegativeFloat | None = None
+    timeout: NonNegativeFloat | None = Field(None, description="seconds per read of the reply")
+    total_timeout: PositiveFloat | None = Field(
+        None, description="seconds for a whole request, its streamed reply included"
+    )
     max_retries: Annotated[int, Field(ge=0)] | None = None
 
     def options(self) -> dict[str, Any]:
