@@ -24,17 +24,20 @@ def builtin_names() -> list[str]:
 
 
 def load_graph(architecture: str | Path | Graph) -> Graph:
-    """A validated graph for a built-in name, a YAML path or a Graph object."""
+    """A validated graph for a built-in name, a YAML path or a Graph object: a file's is a
+    copy of its own for each call (editing it changes no other graph), a Graph the object
+    itself."""
     if isinstance(architecture, Graph):
         if architecture._resolver is None:
             architecture._resolver = resolve_graph_ref
-        if not architecture._validated:  # built in Python: validated like a file, once
+        memo = architecture.memo()  # what it is now: a copy or an edit is validated anew
+        if not memo.validated:  # built in Python: validated like a file, once per content
             from loomgraph.authoring.validate import validate_graph
 
             problems = validate_graph(architecture)
             if problems:
                 raise GraphValidationError(problems)
-            architecture._validated = True
+            memo.validated = True
         return architecture
     text = str(architecture)
     is_path = isinstance(architecture, Path) or text.endswith((".yaml", ".yml")) or "/" in text

@@ -154,7 +154,8 @@ def graph_from_data(
         problems.extend(validate_graph(graph, flow=not _routes_checked(graph, file)))
     if problems:
         raise GraphValidationError(problems)
-    graph._validated = validate
+    if validate:
+        graph.memo().validated = True
     return graph
 
 
@@ -266,7 +267,7 @@ def _routes_checked(graph: Graph, file: str | None) -> bool:
     if _shipped(file):
         return True
     path = builtin_path(graph.name)  # None for any name but a built-in one: never a path
-    return path is not None and routes(load_graph_file_cached(path)) == routes(graph)
+    return path is not None and routes(_loaded(path)) == routes(graph)
 
 
 def routes(graph: Graph) -> tuple[Any, ...]:
@@ -293,7 +294,15 @@ def _builtin_files() -> dict[str, Path]:
 
 
 def load_graph_file_cached(path: Path) -> Graph:
-    """A graph file, loaded once for as long as the file is unchanged."""
+    """A graph file, parsed and validated once for as long as the file is unchanged; each
+    call gets a copy of its own, so editing it (its limits, a prompt) changes no other
+    Agent's graph. The copy shares what was worked out from the file (`Graph.memo`: its
+    validation, its compiled form) for as long as it is not edited."""
+    return _loaded(path).model_copy(deep=True)
+
+
+def _loaded(path: Path) -> Graph:
+    """The one parsed graph of a file (never handed out: `load_graph_file_cached`)."""
     resolved = path.resolve()
     return _load_cached(resolved, resolved.stat().st_mtime_ns)
 

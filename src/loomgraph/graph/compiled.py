@@ -29,7 +29,9 @@ class CompiledGraph:
     """Everything the interpreter needs from a graph, computed once per graph."""
 
     def __init__(self, graph: Graph) -> None:
-        self.graph = graph
+        # A copy of its own: editing `graph` later (its limits, an edge) must not change
+        # what an Agent built on it runs; compiling the edited graph makes another one.
+        self.graph = graph = graph.model_copy(deep=True)
         self.name = graph.name
         self.hash = graph.content_hash()
         self.schema = StateSchema(graph)
@@ -82,8 +84,10 @@ class CompiledGraph:
 
 
 def compile_graph(graph: Graph) -> CompiledGraph:
-    """The compiled form of a graph, cached on the graph (graphs are not edited once run)."""
-    compiled = graph._compiled
+    """The compiled form of a graph as it is now: compiled once per content, file and
+    resolver (`Graph.memo`), so a copy or an edited graph is never run as another one."""
+    memo = graph.memo()
+    compiled = memo.compiled
     if not isinstance(compiled, CompiledGraph):
-        compiled = graph._compiled = CompiledGraph(graph)
+        compiled = memo.compiled = CompiledGraph(graph)
     return compiled

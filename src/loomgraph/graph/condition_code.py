@@ -8,7 +8,8 @@ generated code does, and nothing else:
 - names resolve from the call's variables, then the environment's globals, else to the
   environment's `Undefined` (as `resolve_or_missing` + `undefined(name=...)`);
 - every `a.b` and `a[b]` goes through the sandboxed environment's `getattr` / `getitem`, the
-  very checks that refuse private names and mutating methods;
+  very checks that refuse private names and mutating methods (a plain dict's key is read
+  directly when that is what the environment's `getattr` would return);
 - filters and tests are the environment's own functions, called as Jinja calls them;
 - comparisons, `and` / `or` / `not` and arithmetic are the Python operators Jinja emits; an
   operator the environment intercepts (`intercepted_binops`: loomgraph bounds `*`, `**`, `%`
@@ -220,9 +221,10 @@ class _Builder:
         if (count := self._count(node.node, node.attr)) is not None:
             return count
         obj, attr, getattr_ = self.build(node.node), node.attr, self.env.getattr
-        # The sandbox's getattr on a plain dict tries the attribute first, fails, and then
-        # takes the key: for a name no dict attribute has, the key is the same answer.
-        keyed = not hasattr(dict, attr)
+        # A plain dict's key is the environment's answer for a name no dict attribute has
+        # (the sandbox tries the attribute, fails, takes the key), and for every name in an
+        # environment that reads a mapping's keys first (`mapping_keys_first`: `d.items`).
+        keyed = getattr(self.env, "mapping_keys_first", False) or not hasattr(dict, attr)
 
         def get(v: Mapping[str, Any]) -> Any:
             value = obj(v)

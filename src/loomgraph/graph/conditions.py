@@ -123,6 +123,23 @@ class _BoundedEnvironment(ImmutableSandboxedEnvironment):
         self.filters["join"] = _bounded_join(self.filters["join"])
         self.filters["sum"] = _bounded_sum(self.filters["sum"])
 
+    # A state field typed with a pydantic model holds a dict: `cart.items` must read its
+    # field `items`, as `plan.steps` reads `steps`, not the dict's method (Jinja's order).
+    # `condition_code` reads this to take a dict's key directly for any name.
+    mapping_keys_first = True
+
+    def getattr(self, obj: Any, attribute: str) -> Any:
+        """`obj.attribute`: a mapping's key of that name first (`cart.items`, `d.keys`), else
+        the sandbox's lookup with its checks. A key is what `obj['attribute']` reads, data
+        and never an attribute, so nothing the sandbox refuses becomes reachable."""
+        if type(obj) is dict or isinstance(obj, Mapping):
+            try:
+                if attribute in obj:
+                    return obj[attribute]
+            except (TypeError, LookupError):
+                pass
+        return super().getattr(obj, attribute)
+
     def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
         """`*`, `**`, `%` and `+`, bounded."""
         return bounded_binop(operator, left, right)

@@ -5,9 +5,10 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Self
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, WithJsonSchema
+from pydantic_core import PydanticSerializationError
 
 from loomgraph.errors import GraphError
 from loomgraph.graph.policies import RetryPolicy
@@ -101,6 +102,30 @@ class Limits(BaseModel):
     max_node_visits: int = Field(25, ge=1, description="visits of any one node per run")
 
 
+class GraphMemo:
+    """What was worked out from a graph as it was (whether it passed validation, its
+    compiled form), under `key`: its content (as JSON), file and resolver. Copying a graph
+    never copies its memo, the copies share it; `Graph.memo` checks the key on every use and
+    gives a graph that no longer matches it a memo of its own, so nothing worked out from
+    one graph (a copy with other limits, a graph edited since) serves another."""
+
+    __slots__ = ("compiled", "key", "validated")
+
+    def __init__(self) -> None:
+        self.key: tuple[str, str | None, object] | None = None
+        self.validated = False
+        self.compiled: object = None
+
+    def __copy__(self) -> GraphMemo:
+        return self
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> GraphMemo:
+        return self
+
+    def __reduce__(self) -> tuple[type[GraphMemo], tuple[()]]:
+        return GraphMemo, ()  # a compiled form does not travel: it is worked out again
+
+
 class Graph(BaseModel):
     """A loop strategy: typed state, nodes, edges, an entry node and limits."""
 
@@ -119,10 +144,17 @@ class Graph(BaseModel):
     # Where the graph came from, for error messages; not part of the graph's value.
     _source: str | None = PrivateAttr(default=None)
     _lines: dict[tuple[str | int, ...], int] = PrivateAttr(default_factory=dict)
-    _compiled: object = PrivateAttr(default=None)
-    _validated: bool = PrivateAttr(default=False)
+    # Validation and compiling, done once per content (read it through `memo()`).
+    _memo: GraphMemo = PrivateAttr(default_factory=GraphMemo)
     # Finds the graphs this one's nodes name (set by whoever loaded it: see authoring.loader).
     _resolver: Callable[[str, Graph], Graph] | None = PrivateAttr(default=None)
+
+    def __deepcopy__(self, memo: dict[int, Any] | None = None) -> Self:
+        """A deep copy sharing the line map, which is replaced, never changed (copying it
+        was most of the cost of a copy)."""
+        memo = {} if memo is None else memo
+        memo[id(self._lines)] = self._lines
+        return super().__deepcopy__(memo)
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Graph):
@@ -144,6 +176,26 @@ class Graph(BaseModel):
                 "loomgraph.authoring (load_graph or a graph file), which knows where graphs are"
             )
         return self._resolver(ref, self)
+
+    def memo(self) -> GraphMemo:
+        """What was worked out from this graph as it is now (validated, compiled): shared
+        with its copies while their content, file and resolver are its own."""
+        # Its JSON, not its hash: exact (1, 1.0 and true differ) and a third of the cost,
+        # paid on every compile_graph, which runs once per child graph run.
+        try:
+            content = self.model_dump_json()
+        except PydanticSerializationError:
+            # Not JSON (an object among a node's params): kept for nothing, so validation
+            # runs and says what is wrong; such a graph can never be journaled anyway.
+            return GraphMemo()
+        key = (content, self._source, self._resolver)
+        memo = self._memo
+        if memo.key is None:
+            memo.key = key
+        elif memo.key != key:
+            memo = self._memo = GraphMemo()
+            memo.key = key
+        return memo
 
     def line_of(self, *path: str | int) -> int | None:
         """The source line of a path like ("nodes", "model", "kind"), or of its nearest parent."""
