@@ -257,6 +257,7 @@ async def test_the_command_line_goes_on_with_a_named_agents_run(tmp_path: Path) 
     path = str(tmp_path / "journal.db")
     async with make_agent(path, name="a") as a:
         waiting = await a.run("pay acme", user_id="alice")
+    assert waiting.pending is not None and waiting.pending.key  # the request answered
     (tmp_path / "cli_helpers.py").write_text(
         "from loomgraph.models import ScriptedModel\n"
         "from serve_agent import script\n"
@@ -269,10 +270,11 @@ async def test_the_command_line_goes_on_with_a_named_agents_run(tmp_path: Path) 
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(paths))
 
     journal = ["--runtime", f"sqlite:{path}"]
+    request = ["--request", waiting.pending.key]
 
     def loomgraph(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [*CLI, "runs", "approve", waiting.run_id, "call_pay", *journal, *args],
+            [*CLI, "runs", "approve", waiting.run_id, "call_pay", *request, *journal, *args],
             capture_output=True,
             text=True,
             cwd=tmp_path,

@@ -92,7 +92,9 @@ def test_a_durable_run_waits_is_listed_and_is_approved_once(env: dict[str, Any])
     (row,) = [json.loads(line) for line in listed.stdout.splitlines()]
     assert row["tool"] == "pay" and row["args"] == {"to": "acme", "amount": 5}
     assert row["rule"] == "mode:default:destructive"
+    assert row["key"].startswith(row["run_id"])  # the request, for `--request`
     approve = ["runs", "approve", row["run_id"], row["call_id"], "--as", "alice"]
+    approve += ["--request", row["key"]]
     done = loomgraph(env, *approve, *AGENT, *journal(env))
     assert done.returncode == 0, done.stderr
     assert paid(env) == ["acme\t5"]
@@ -110,9 +112,18 @@ def test_an_answer_naming_its_request_settles_that_request_or_nothing(
     row = json.loads(loomgraph(env, "runs", "pending", *journal(env), "--json").stdout)
     assert row["key"].startswith(row["run_id"]) and row["call_id"] in row["key"]
     approve = ["runs", "approve", row["run_id"], row["call_id"]]
+    # Not named: refused, with the line that answers the pending request to copy; run
+    # twice, such a command would answer whatever the run asks next.
+    unnamed = loomgraph(env, *approve, *AGENT, *journal(env))
+    assert unnamed.returncode == 2, unnamed.stdout
+    assert f"--request {row['key']}" in unnamed.stderr, unnamed.stderr
+    assert paid(env) == []
+    still = json.loads(loomgraph(env, "runs", "pending", *journal(env), "--json").stdout)
+    assert still == row  # nothing ran: the same request waits
     # A request the approver did not see (what a same-id call the run made later has).
     other = loomgraph(env, *approve, "--request", row["key"] + "x", *AGENT, *journal(env))
-    assert other.returncode == 2 and "not of call" in other.stderr, other.stderr
+    assert other.returncode == 2, other.stderr
+    assert f"not at request {row['key']}x" in other.stderr, other.stderr
     assert paid(env) == []
     done = loomgraph(env, *approve, "--request", row["key"], *AGENT, *journal(env))
     assert done.returncode == 0, done.stderr
@@ -126,7 +137,7 @@ def test_deny_with_a_reason_and_edited_arguments_on_approve(env: dict[str, Any])
     row = json.loads(rows[0])
     denied = loomgraph(
         env, "runs", "deny", row["run_id"], row["call_id"], "--reason", "not today",
-        *AGENT, *journal(env),
+        "--request", row["key"], *AGENT, *journal(env),
     )  # fmt: skip
     assert denied.returncode == 0, denied.stderr
     assert "not today" in denied.stdout and paid(env) == []
@@ -135,12 +146,12 @@ def test_deny_with_a_reason_and_edited_arguments_on_approve(env: dict[str, Any])
     row = json.loads(loomgraph(env, "runs", "pending", *journal(env), "--json").stdout)
     bad = loomgraph(
         env, "runs", "approve", row["run_id"], row["call_id"], "--args", "[1]",
-        *AGENT, *journal(env),
+        "--request", row["key"], *AGENT, *journal(env),
     )  # fmt: skip
     assert bad.returncode == 2 and "JSON object" in bad.stderr and paid(env) == []
     edited = loomgraph(
         env, "runs", "approve", row["run_id"], row["call_id"],
-        "--args", '{"to": "acme", "amount": 1}', *AGENT, *journal(env),
+        "--args", '{"to": "acme", "amount": 1}', "--request", row["key"], *AGENT, *journal(env),
     )  # fmt: skip
     assert edited.returncode == 0, edited.stderr
     assert paid(env) == ["acme\t1"]
@@ -154,15 +165,11 @@ def test_permissions_file_governs_the_run_and_pins_its_resume(env: dict[str, Any
     row = json.loads(loomgraph(env, "runs", "pending", *journal(env), "--json").stdout)
     assert row["rule"].startswith("ask:pay")
     # Without the file, the resume is refused: the run is pinned to the policy it started with.
-    refused = loomgraph(
-        env, "runs", "approve", row["run_id"], row["call_id"], *AGENT, *journal(env)
-    )
+    answer = ["runs", "approve", row["run_id"], row["call_id"], "--request", row["key"]]
+    refused = loomgraph(env, *answer, *AGENT, *journal(env))
     assert refused.returncode == 2 and "pinned to permission policy" in refused.stderr
     assert paid(env) == []
-    done = loomgraph(
-        env, "runs", "approve", row["run_id"], row["call_id"], *AGENT, *journal(env),
-        "--permissions", str(policy),
-    )  # fmt: skip
+    done = loomgraph(env, *answer, *AGENT, *journal(env), "--permissions", str(policy))
     assert done.returncode == 0, done.stderr
     assert paid(env) == ["acme\t5"]
 
@@ -180,7 +187,7 @@ def test_two_concurrent_approvals_of_one_call_pay_once(env: dict[str, Any]) -> N
     row = json.loads(loomgraph(env, "runs", "pending", *journal(env), "--json").stdout)
     command = [
         sys.executable, "-m", "loomgraph.cli.main", "runs", "approve",
-        row["run_id"], row["call_id"], *AGENT, *journal(env),
+        row["run_id"], row["call_id"], "--request", row["key"], *AGENT, *journal(env),
     ]  # fmt: skip
     both = [
         subprocess.Popen(

@@ -25,7 +25,7 @@ from loomgraph.models import ScriptedModel
 from loomgraph.observability import FileAuditLog
 from loomgraph.protocols import ModelError, RunStatus
 from loomgraph.runtime import InMemoryRuntime
-from test_cli_probe_findings import ASK, HELPERS, JOURNAL, run_id_of
+from test_cli_probe_findings import ASK, HELPERS, JOURNAL, request_of, run_id_of
 
 
 @pytest.fixture
@@ -117,9 +117,9 @@ def test_a_run_older_than_kept_graphs_is_answered_with_the_graph_option(
         "schema_version: 1\nname: asker\nmodel: echo\narchitecture: ./ask.yaml\n"
         "runtime: sqlite:j.db\n"
     )
-    code, out, _ = cli("run", "apples", "-a", "asker.yaml")
+    code, out, err = cli("run", "apples", "-a", "asker.yaml")
     assert code == 3
-    run_id = run_id_of(out)
+    run_id, key = run_id_of(out), request_of(err)
     db = sqlite3.connect(tmp_path / "j.db")
     with db:
         db.execute("DELETE FROM graphs")  # a run journaled before graphs were kept
@@ -134,12 +134,13 @@ def test_a_run_older_than_kept_graphs_is_answered_with_the_graph_option(
     finally:
         asyncio.run(agent.aclose())
     assert caught.value.movable and "graph='current'" in str(caught.value)
-    code, out, err = cli("runs", "resume", run_id, "-a", "asker.yaml", "--value", "3")
+    answer = ["--value", "3", "--request", key]
+    code, out, err = cli("runs", "resume", run_id, "-a", "asker.yaml", *answer)
     assert code == 2, out + err
     assert "does not keep" in err and "--graph current" in err and "--graph FILE" in err
     assert "graph='current'" not in err and "resume(" not in err
     code, _, err = cli("runs", "resume", run_id, "-a", "asker.yaml", "--graph", "current",
-                       "--value", "3")  # fmt: skip
+                       *answer)  # fmt: skip
     assert code == 0, err
 
 

@@ -51,11 +51,19 @@ def cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureF
     return run
 
 
-def started(cli: Any, prompt: str = "apples") -> str:
+def started(cli: Any, prompt: str = "apples") -> tuple[str, str]:
+    """A run of ask.yaml waiting at its first question: its id and the question's key."""
     code, out, err = cli("run", prompt, "--graph", "ask.yaml")
     assert code == 3, err
     run_id: str = out.split("run=")[1].split()[0]
-    return run_id
+    return run_id, key_asked(err)
+
+
+def key_asked(err: str) -> str:
+    """The request the printed `answer with: … --request KEY` line names: what a user copies
+    to answer the question the run waits at."""
+    line = err.split("answer with: ")[1].splitlines()[0]
+    return line.split("--request ")[1].split()[0]
 
 
 def state_of(tmp_path: Path, run_id: str) -> tuple[RunStatus, dict[str, Any]]:
@@ -86,17 +94,21 @@ def test_run_prints_the_question_and_how_to_answer_it(cli: Any) -> None:
 
 
 def test_resume_with_values_answers_each_interrupt(cli: Any, tmp_path: Path) -> None:
-    run_id = started(cli)
-    code, out, err = cli("runs", "resume", run_id, "--value", "3")
+    run_id, key = started(cli)
+    code, out, err = cli("runs", "resume", run_id, "--value", "3", "--request", key)
     assert code == 3, err  # answered; the next interrupt asks, with its question
     assert "Why 3?" in out and "--value JSON" in err
     assert state_of(tmp_path, run_id)[1]["count"] == 3
-    code, out, err = cli("runs", "resume", run_id, "--value", "not JSON: taken as text")
+    key = key_asked(err)
+    code, out, err = cli(
+        "runs", "resume", run_id, "--value", "not JSON: taken as text", "--request", key
+    )
     assert code == 3, err
     assert state_of(tmp_path, run_id)[1]["note"] == "not JSON: taken as text"
     assert "Tags?" in out and "the value's JSON Schema" in out
     assert '"items": {"type": "string"}' in out  # a list: its schema says more than its name
-    code, out, err = cli("runs", "resume", run_id, "--value", '["a", "b"]')
+    code, out, err = cli("runs", "resume", run_id, "--value", '["a", "b"]', "--request",
+                         key_asked(err))  # fmt: skip
     assert code == 0, err
     status, patches = state_of(tmp_path, run_id)
     assert status == RunStatus.COMPLETED and patches["tags"] == ["a", "b"]
@@ -104,26 +116,46 @@ def test_resume_with_values_answers_each_interrupt(cli: Any, tmp_path: Path) -> 
 
 
 def test_a_value_that_reads_as_json_is_json(cli: Any, tmp_path: Path) -> None:
-    run_id = started(cli)
-    assert cli("runs", "resume", run_id, "--value", "3")[0] == 3
-    code, _, err = cli("runs", "resume", run_id, "--value", "42")  # the str request
+    run_id, key = started(cli)
+    code, _, err = cli("runs", "resume", run_id, "--value", "3", "--request", key)
+    assert code == 3, err
+    key = key_asked(err)  # the str request
+    code, _, err = cli("runs", "resume", run_id, "--value", "42", "--request", key)
     assert code == 2 and "for a str" in err
-    assert cli("runs", "resume", run_id, "--value", '"42"')[0] == 3  # quoted: text
+    quoted = cli("runs", "resume", run_id, "--value", '"42"', "--request", key)  # text
+    assert quoted[0] == 3, quoted
     assert state_of(tmp_path, run_id)[1]["note"] == "42"
 
 
 def test_a_value_that_does_not_fit_is_a_usage_error_naming_the_type(
     cli: Any, tmp_path: Path
 ) -> None:
-    run_id = started(cli)
-    code, _, err = cli("runs", "resume", run_id, "--value", "many")
+    run_id, key = started(cli)
+    code, _, err = cli("runs", "resume", run_id, "--value", "many", "--request", key)
     assert code == 2
     assert f"run {run_id} waits at 'how_many' for a int; the value does not fit" in err
     assert state_of(tmp_path, run_id) == (RunStatus.INTERRUPTED, {})  # nothing was written
 
 
+def test_a_value_without_its_request_is_refused_and_a_repeated_answer_answers_nothing(
+    cli: Any, tmp_path: Path
+) -> None:
+    run_id, key = started(cli)
+    code, _, err = cli("runs", "resume", run_id, "--value", "3")  # the request not named
+    assert code == 2
+    line = f"loomgraph runs resume {run_id} --runtime sqlite:"
+    assert line in err and f"--value JSON --request {key}" in err  # the line to copy
+    assert state_of(tmp_path, run_id) == (RunStatus.INTERRUPTED, {})  # nothing was written
+    answer = ("runs", "resume", run_id, "--value", "3", "--request", key)
+    code, out, err = cli(*answer)
+    assert code == 3 and "Why 3?" in out, err
+    code, _, err = cli(*answer)  # run again (a retry): never the next question's answer
+    assert code == 2 and "answered already" in err, err
+    assert state_of(tmp_path, run_id) == (RunStatus.INTERRUPTED, {"count": 3})
+
+
 def test_resume_without_a_value_asks_again(cli: Any, tmp_path: Path) -> None:
-    run_id = started(cli)
+    run_id, _ = started(cli)
     code, out, err = cli("runs", "resume", run_id)
     assert code == 3
     assert "How many for apples?" in out and "--value JSON" in err
@@ -165,7 +197,7 @@ def test_the_real_command_answers_an_interrupt(tmp_path: Path) -> None:
     assert done.returncode == 3, done.stderr
     assert "How many for pears?" in done.stdout
     run_id = done.stdout.split("run=")[1].split()[0]
-    done = loomgraph("runs", "resume", run_id, "--value", "7")
+    done = loomgraph("runs", "resume", run_id, "--value", "7", "--request", key_asked(done.stderr))
     assert done.returncode == 3, done.stderr
     assert "Why 7?" in done.stdout
 

@@ -82,6 +82,21 @@ def run_id_of(out: str) -> str:
     return out.split("run=")[1].split()[0]
 
 
+def request_of(err: str) -> str:
+    """The question a stopped run waits at, as the command it printed to answer it names it
+    (`answer with: … --request KEY`): what a user copies."""
+    return err.split("answer with: ")[1].split("--request ")[1].split()[0]
+
+
+def approval_of(cli: Any, run_id: str) -> str:
+    """The approval request run `run_id` waits at, as `runs pending --json` lists it: its
+    key, for `runs approve|deny … --request KEY`."""
+    code, out, err = cli("runs", "pending", *JOURNAL, "--json")
+    assert code == 0, err
+    (key,) = [row["key"] for row in map(json.loads, out.splitlines()) if row["run_id"] == run_id]
+    return str(key)
+
+
 JOURNAL = ["--runtime", "sqlite:j.db"]
 
 
@@ -97,13 +112,16 @@ def test_approve_and_deny_go_on_with_the_pinned_graph_of_a_run_started_on_a_grap
     code, out, err = cli("run", "pay", "--graph", "myreact.yaml", *AGENT, *JOURNAL)
     assert code == 3, err
     denied = run_id_of(out)
+    approved_key, denied_key = approval_of(cli, approved), approval_of(cli, denied)
     # The journal keeps the graph: the file may be gone, as for `runs resume`.
     (tmp_path / "myreact.yaml").unlink()
-    code, out, err = cli("runs", "approve", approved, "call_0_0", *AGENT, *JOURNAL)
+    code, out, err = cli("runs", "approve", approved, "call_0_0", "--request", approved_key,
+                         *AGENT, *JOURNAL)  # fmt: skip
     assert code == 0, err
     assert "status=completed" in out
     assert paid(tmp_path) == ["acme 5"]
-    code, out, err = cli("runs", "deny", denied, "call_0_0", *AGENT, *JOURNAL)
+    code, out, err = cli("runs", "deny", denied, "call_0_0", "--request", denied_key,
+                         *AGENT, *JOURNAL)  # fmt: skip
     assert code == 0, err
     assert paid(tmp_path) == ["acme 5"]  # denied: not paid again
     # `--graph` takes the same choices as `runs resume`'s.
@@ -185,12 +203,16 @@ def test_json_of_the_commands_that_go_on_with_a_run_is_one_result_line(
     code, out, _ = cli("run", "pay", *AGENT, *JOURNAL, "--json")
     assert code == 3
     first = json.loads(out.splitlines()[0])["run_id"]
+    first_key = json.loads(out.splitlines()[-1])["payload"]["result"]["pending"]["key"]
     code, out, _ = cli("run", "pay", *AGENT, *JOURNAL, "--json")
     second = json.loads(out.splitlines()[0])["run_id"]
-    code, out, err = cli("runs", "approve", first, "call_0_0", *AGENT, *JOURNAL, "--json")
+    second_key = json.loads(out.splitlines()[-1])["payload"]["result"]["pending"]["key"]
+    code, out, err = cli("runs", "approve", first, "call_0_0", "--request", first_key,
+                         *AGENT, *JOURNAL, "--json")  # fmt: skip
     assert code == 0, err
     assert json.loads(out)["result"]["status"] == "completed"  # the whole stdout: one line
-    code, out, err = cli("runs", "deny", second, "call_0_0", *AGENT, *JOURNAL, "--json")
+    code, out, err = cli("runs", "deny", second, "call_0_0", "--request", second_key,
+                         *AGENT, *JOURNAL, "--json")  # fmt: skip
     assert code == 0, err
     assert json.loads(out)["result"]["run_id"] == second
     code, out, err = cli("run", "go", "--model", "probe_findings_helpers:FAIL", *JOURNAL)
@@ -215,15 +237,16 @@ def test_a_changed_policy_is_answered_with_what_the_command_line_offers(
     (tmp_path / "strict.yaml").write_text("mode: default\nask: [pay]\n")
     code, out, _ = cli("run", "pay", *AGENT, *JOURNAL)
     run_id = run_id_of(out)
-    code, _, err = cli("runs", "approve", run_id, "call_0_0", *AGENT, *JOURNAL, "--permissions",
-                       "strict.yaml")  # fmt: skip
+    code, _, err = cli("runs", "approve", run_id, "call_0_0", "--request", approval_of(cli, run_id),
+                       *AGENT, *JOURNAL, "--permissions", "strict.yaml")  # fmt: skip
     assert code == 2
     assert "override_policy" not in err
     assert "started with the default permissions" in err and "leave --permissions out" in err
     # Started under a file: that file is what to give again.
     code, out, _ = cli("run", "pay", *AGENT, *JOURNAL, "--permissions", "strict.yaml")
     run_id = run_id_of(out)
-    code, _, err = cli("runs", "deny", run_id, "call_0_0", *AGENT, *JOURNAL)
+    code, _, err = cli("runs", "deny", run_id, "call_0_0", "--request", approval_of(cli, run_id),
+                       *AGENT, *JOURNAL)  # fmt: skip
     assert code == 2
     assert "override_policy" not in err
     assert "give the --permissions FILE the run started with" in err
@@ -254,13 +277,13 @@ def test_audit_verify_without_a_key_names_the_commands_options(
 
 
 def test_graph_current_of_a_run_from_a_file_says_to_pass_the_file(cli: Any, tmp_path: Path) -> None:
-    code, out, _ = cli("run", "apples", "--graph", "ask.yaml", *JOURNAL)
+    code, out, err = cli("run", "apples", "--graph", "ask.yaml", *JOURNAL)
     assert code == 3
-    run_id = run_id_of(out)
-    code, _, err = cli("runs", "resume", run_id, "--graph", "current", *JOURNAL, "--value", "3")
+    run_id, answer = run_id_of(out), ["--value", "3", "--request", request_of(err)]
+    code, _, err = cli("runs", "resume", run_id, "--graph", "current", *JOURNAL, *answer)
     assert code == 2
     assert "--graph ask.yaml" in err and "no built-in graph 'ask'" not in err
-    code, _, err = cli("runs", "resume", run_id, "--graph", "ask.yaml", *JOURNAL, "--value", "3")
+    code, _, err = cli("runs", "resume", run_id, "--graph", "ask.yaml", *JOURNAL, *answer)
     assert code == 0, err
     helped = _help("runs", "resume")
     assert "the file (or built-in) reads now" not in helped
@@ -274,11 +297,11 @@ def test_graph_current_with_an_agent_file_moves_the_run_to_the_files_graph(
         "schema_version: 1\nname: asker\nmodel: echo\narchitecture: ./ask.yaml\n"
         "runtime: sqlite:j.db\n"
     )
-    code, out, _ = cli("run", "apples", "-a", "asker.yaml")
+    code, out, err = cli("run", "apples", "-a", "asker.yaml")
     assert code == 3
     run_id = run_id_of(out)
     code, _, err = cli("runs", "resume", run_id, "-a", "asker.yaml", "--graph", "current",
-                       "--value", "3")  # fmt: skip
+                       "--value", "3", "--request", request_of(err))  # fmt: skip
     assert code == 0, err
 
 

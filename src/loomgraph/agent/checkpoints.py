@@ -222,6 +222,12 @@ def approval(record: RunRecord, approve: Any) -> BoundApproval:
     if answer.call_id != call["id"] or (named and pending.key and named != pending.key):
         # An answer naming its request (`Pending.key`) never lands on another request
         # for a call with the same id.
+        if answer.call_id == call["id"]:  # the same call id: another request of it
+            raise ApprovalNotPending(
+                f"run {record.run_id} waits for an approval of call {call['id']} at request "
+                f"{pending.key}, not at request {named}: that request was answered already "
+                "or never asked; read what the run asks now and answer that"
+            )
         raise ApprovalNotPending(
             f"run {record.run_id} waits for an approval of call {call['id']}"
             f"{f' (request {pending.key})' if named else ''}, not of call {answer.call_id}"

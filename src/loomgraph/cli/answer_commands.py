@@ -10,11 +10,14 @@ import shlex
 from collections.abc import Mapping
 from typing import Any
 
+from loomgraph.agent.checkpoints import pending_of
 from loomgraph.cli.console import mask_passwords, warn
-from loomgraph.protocols import RunStatus
+from loomgraph.cli.journal import UsageError
+from loomgraph.protocols import RunRecord, RunStatus
 
 __all__ = [
     "going_on_command",
+    "named_request",
     "resume_command",
     "say_how_to_answer",
     "say_how_to_approve",
@@ -109,3 +112,34 @@ def _request(pending: Mapping[str, Any]) -> tuple[str, ...]:
     request only, so a command run again answers no later one."""
     key = pending.get("key")
     return ("--request", shlex.quote(key)) if isinstance(key, str) and key else ()
+
+
+def named_request(
+    record: RunRecord, args: argparse.Namespace, runtime: str | None, command: tuple[str, ...]
+) -> str:
+    """The request an answering command (`command`: `approve RUN CALL`, `deny RUN CALL`,
+    `resume RUN`) answers: its `--request KEY`. Without one, while the run waits at a
+    request that has a key, the command is refused (`UsageError`) and the line that answers
+    that request is printed: a command run twice (a script's retry) must never answer the
+    run's next request, a second call with the same id or the same question again."""
+    key = getattr(args, "request", "")
+    if key:
+        return str(key)
+    pending = pending_of(record)
+    asks_value = command[0] == "resume"
+    # Not waiting for this kind of answer (the resume says why), or a request from before
+    # requests had keys: nothing to name.
+    if pending is None or not pending.key or bool(pending.type) != asks_value:
+        return ""
+    extra = ("--value", "JSON") if asks_value else ()
+    line = going_on_command(command, args, runtime, *extra, "--request", shlex.quote(pending.key))
+    where, later = (
+        ("printed when the run stopped; `runs show RUN --json` has it", "the same question again")
+        if asks_value
+        else ("`runs pending --json` lists it", "a later call with the same id")
+    )
+    raise UsageError(
+        f"name the request this answers with --request KEY ({where}): without it, the "
+        f"command run again would answer whatever the run asks next, {later} included. Run "
+        f"{record.run_id} waits at request {pending.key}: {line}"
+    )

@@ -9,7 +9,7 @@ import sys
 from typing import Any
 
 from loomgraph.cli import agent_args, going_on, journal
-from loomgraph.cli.answer_commands import say_how_to_answer
+from loomgraph.cli.answer_commands import named_request, say_how_to_answer, say_how_to_approve
 from loomgraph.cli.console import can_ask
 from loomgraph.cli.output import EXIT_OK, print_result, table
 from loomgraph.engine.effects import Approval, BoundApproval
@@ -80,8 +80,8 @@ def add_parsers(cmds: Any) -> list[argparse.ArgumentParser]:
             "--request",
             default="",
             metavar="KEY",
-            help="the request answered (`runs pending --json` key): answer it or nothing, "
-            "never a later call with the same id",
+            help="the request answered (`runs pending --json` key; required): answer it or "
+            "nothing, never a later call with the same id",
         )
         agent_args.add_agent_options(cmd, None, graph=False)
         going_on.add_graph_option(cmd)
@@ -159,6 +159,8 @@ async def _pending(args: argparse.Namespace, runtime: Runtime) -> int:
 
 async def _answer(args: argparse.Namespace, runtime: Runtime) -> int:
     record, _ = await journal.load_record(runtime, args.run_id)
+    command = (args.runs_command, args.run_id, args.call_id)
+    key = named_request(record, args, args.runtime, command)
     edited = None
     if args.runs_command == "approve" and args.args is not None:
         try:
@@ -173,7 +175,7 @@ async def _answer(args: argparse.Namespace, runtime: Runtime) -> int:
         edited,
         approver=args.approver,
         reason=args.reason if args.runs_command == "deny" else "",
-        key=args.request,
+        key=key,
     )
     # The graph as `runs resume` picks it: the run's pinned one unless --graph says otherwise.
     graph = await going_on.run_graph(args, runtime, record, args.graph_choice)
@@ -181,6 +183,7 @@ async def _answer(args: argparse.Namespace, runtime: Runtime) -> int:
     agent = going_on.agent_for(args, runtime, record, graph.architecture, permissions)
     result = await agent.resume(args.run_id, graph=graph.choice, approve=answer)
     code = print_result(result, args.json)
-    # Gone on to a question: how to answer it, as `runs resume` says (the journal keeps it).
+    # Gone on to a question or another approval: how to answer it, as `runs resume` says.
     say_how_to_answer(result.to_dict(), True, args, args.runtime)
+    say_how_to_approve(result.to_dict(), args, args.runtime)
     return code

@@ -107,8 +107,9 @@ async def _run(args: argparse.Namespace, started: dict[str, str]) -> int:
             result = await answer_questions(result, agent.deps.runtime, go_on)
     finally:
         await agent.aclose()
-    say_how_to_answer(result, cli_journal.keeps_runs(journal), args, given)
-    if asking:  # an approval left waiting on the terminal: how to give it later
+    durable = cli_journal.keeps_runs(journal)
+    say_how_to_answer(result, durable, args, given)
+    if durable:  # an approval left waiting (in a pipe, or on the terminal): how to give it
         say_how_to_approve(result, args, given)
     status = result.get("status")
     return exit_code(str(status)) if status else EXIT_FAILED

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from loomgraph.cli import agent_args, going_on, journal
-from loomgraph.cli.answer_commands import say_how_to_answer, say_how_to_approve
+from loomgraph.cli.answer_commands import named_request, say_how_to_answer, say_how_to_approve
 from loomgraph.cli.console import can_ask, say
 from loomgraph.cli.output import (
     EXIT_OK,
@@ -71,8 +71,8 @@ def add_runs_parser(sub: Any) -> Any:
         "--request",
         default="",
         metavar="KEY",
-        help="with --value: the question answered (its `pending` key, printed when the run "
-        "stopped): answer it or nothing, never a later question",
+        help="with --value, required: the question answered (its `pending` key, printed when "
+        "the run stopped): answer it or nothing, never a later question",
     )
     agent_args.add_agent_options(resume, None, graph=False)
     resume.add_argument(
@@ -267,6 +267,7 @@ async def _resume(args: argparse.Namespace, runtime: Runtime) -> int:
         from loomgraph.cli.asking import value_of
 
         value = value_of(args.value)
+        request = named_request(record, args, args.runtime, ("resume", args.run_id))
         answer = BoundValue(value, request) if request else value
         result = await agent.resume(args.run_id, graph=graph.choice, value=answer)
     print_result(result, args.json)
@@ -280,7 +281,7 @@ async def _resume(args: argparse.Namespace, runtime: Runtime) -> int:
             return going.to_dict()
 
         ended = await answer_questions(ended, runtime, go_on)
-        say_how_to_approve(ended, args, args.runtime)
+    say_how_to_approve(ended, args, args.runtime)
     say_how_to_answer(ended, True, args, args.runtime)
     return exit_code(str(ended["status"]))
 
