@@ -20,6 +20,7 @@ with where each class lives (relative to `loomgraph.`):
     │   ├── UnknownNodeKind                 graph.registry
     │   ├── NodeKindLoadError               graph.registry
     │   ├── UnknownGraph                    authoring.library
+    │   ├── UnknownNode + KeyError          testing
     │   ├── RenderError                     authoring.diagram (and .render)
     │   └── GraphChanged                    agent.checkpoints
     ├── RunStopped                          protocols

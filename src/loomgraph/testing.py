@@ -23,7 +23,14 @@ from loomgraph.protocols import BudgetExceeded, EffectRecord, Model, RunRecord, 
 from loomgraph.protocols.events import ERROR, Event
 from loomgraph.runtime.memory import InMemoryRuntime
 
-__all__ = ["NodeRun", "run_node"]
+__all__ = ["NodeRun", "UnknownNode", "run_node"]
+
+
+class UnknownNode(GraphError, KeyError):
+    """`run_node` was asked for a node its graph does not have; the message lists its nodes."""
+
+    def __str__(self) -> str:  # a KeyError would show its message in quotes
+        return str(self.args[0]) if self.args else ""
 
 
 @dataclass(slots=True)
@@ -65,7 +72,7 @@ async def run_node(
     (`ResumeError`), then the node runs again with it."""
     compiled = compile_graph(load_graph(graph))
     if node not in compiled.nodes:
-        raise KeyError(
+        raise UnknownNode(
             f"graph {compiled.name!r} has no node {node!r}; nodes: {', '.join(compiled.nodes)}"
         )
     # What a run is given from outside is checked, built-in fields too (`input` text,

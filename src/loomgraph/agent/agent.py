@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -14,6 +15,7 @@ from loomgraph.agent.pinning import GraphChoice, run_graph
 from loomgraph.agent.recovery import DEFAULT_MAX_RECOVERIES
 from loomgraph.agent.result import RunResult
 from loomgraph.agent.resuming import NO_VALUE, Resumer
+from loomgraph.agent.run_episode import keeps_episodes
 from loomgraph.agent.run_events import EventId, JournalEvent, follow_events
 from loomgraph.agent.session import AgentSession
 from loomgraph.agent.streaming import event_stream
@@ -39,6 +41,8 @@ from loomgraph.protocols import (
     close_backend,
 )
 from loomgraph.protocols.events import Event
+
+_log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from loomgraph.governance.hooks import Hooks as GovernanceHooks
@@ -106,6 +110,8 @@ class Agent(FleetMethods):
             extract_model=extract_model,
             with_tools=memory_tools,
         )
+        # Said once: a session id given to an Agent whose memory keeps nothing (`NoMemory`).
+        self._session_unkept = not keeps_episodes(self.deps.memory)
 
     @classmethod
     def from_file(cls, path: str | Path, **overrides: Any) -> Agent:
@@ -169,6 +175,14 @@ class Agent(FleetMethods):
         """A fresh session for one run. `run_id`: the id of the new run (a fleet worker
         passes the queued run it starts); executing it raises `RunExists` when a run with
         that id is journaled already."""
+        if session_id is not None and self._session_unkept:
+            self._session_unkept = False
+            _log.warning(
+                "session_id=%r given, but this Agent has no memory (memory=): runs of a "
+                "session share nothing, each starts with only its prompt; give memory= (say "
+                "memory='sqlite:./memory.db') for later runs to see the session's earlier turns",
+                session_id,
+            )
         return self._session(
             prompt,
             user_id=user_id,

@@ -322,9 +322,9 @@ class Resumer:
         untrusted = await untrusted_until(
             runtime, self.deps.tools, record, transitions, at, where.state.get("messages") or ()
         )
-        session = self.session(
-            prompt_of(record), user_id=record.user_id, session_id=record.session_id
-        )
+        # The fork's prompt is its state's input (a patch may have given it another).
+        prompt = given if isinstance(given := where.state.get("input"), str) else prompt_of(record)
+        session = self.session(prompt, user_id=record.user_id, session_id=record.session_id)
         forked = session._record(
             parent_run_id=run_id,
             parent_seq=at,
