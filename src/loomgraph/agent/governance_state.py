@@ -63,6 +63,8 @@ async def restore(scope: RunScope, runtime: Runtime, tools: ToolHost) -> None:
     """Give a resumed run what it knew of approvals and untrusted text before it stopped."""
     requested = []
     for effect in await runtime.effects(scope.run_id):
+        if isinstance(effect.intent.get("call"), dict):  # a call (a tool's, the lessons')
+            scope.begun.add(effect.key)  # run, or maybe run (unknown after a crash)
         if effect.status != EffectStatus.DONE:
             continue
         if effect.kind == "approval_request":

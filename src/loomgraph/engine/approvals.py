@@ -21,7 +21,7 @@ import inspect
 import time
 from typing import Any
 
-from loomgraph.engine.audit_trail import args_hash
+from loomgraph.engine.audit_trail import approval_entry, args_hash
 from loomgraph.engine.effects import (
     APPROVAL_KIND,
     Approval,
@@ -122,16 +122,22 @@ class ApprovalDesk:
         return Decision("ask", rule, request.get("reason") or "asked before the run stopped")
 
     async def settle(
-        self, spec: ToolSpec, asked: Decision, *, tainted: bool = False
+        self, spec: ToolSpec, asked: Decision, *, tainted: bool = False, began: bool = False
     ) -> tuple[Decision, ToolCall]:
         """The answer to `asked`: journaled before, supplied with the resume, given by the
-        approval handler, or — with none of these — stop the run to wait for one."""
+        approval handler, or — with none of these — stop the run to wait for one. `began`:
+        the call's own effect was begun before (it went on, on a journaled answer)."""
         scope, call = self.scope, self.call
         await self._bind(answers=True)
         # Taken now, whatever happens next: an answer is used, refused or expired once,
         # never left for a later call.
         supplied = self._take_supplied()
         earlier = await scope.deps.runtime.effect(scope.run_id, str(self.answer_key))
+        # Read back from the journal: for a call begun before on this answer (unknown after a
+        # crash, it runs again with its key) the answer was used, and audited, then — this
+        # entry is a replay; for a call never begun (the answer the resume took up) this is
+        # its use.
+        read_back = earlier is not None and earlier.status == EffectStatus.DONE
         if earlier is not None and earlier.status == EffectStatus.DONE:
             # Journaled by the resume that took a person's answer up (`answer_effect`), or
             # answered before a crash: that answer stands, for the call it was given for.
@@ -152,7 +158,13 @@ class ApprovalDesk:
             await scope.begin_effect(self.answer_key, APPROVAL_KIND, intent, self.node)
             await scope.end_effect(self.answer_key, answer.outcome())
         if scope.auditing:
-            await self._audit(answer)
+            await self._audit(answer, replayed=read_back and began)
+            if read_back and not began:
+                # In the log before the call is begun on it: an entry marked replayed later
+                # (the call begun, then cut off) follows this one. A handler's new answer
+                # goes with the gate's `tool_request`, before the call acts: one log write
+                # per call on that hot path, not two.
+                await scope.audit_written()
         if not answer.allow:
             reason = answer.reason or "the user denied this call"
             return Decision("deny", "approval:denied", reason), call
@@ -312,19 +324,10 @@ class ApprovalDesk:
             f"another call (not {call['tool']!r} with these arguments); it approves nothing",
         )
 
-    async def _audit(self, answer: Approval) -> None:
-        call = self.call
-        entry: dict[str, Any] = {
-            "call_id": call["id"],
-            "tool": call["tool"],
-            "allow": answer.allow,
-            "approver": answer.approver,
-            "args_hash": args_hash(call["args"]),
-        }
-        if answer.args is not None:
-            entry["edited_args_hash"] = args_hash(answer.args)
-        if answer.reason:
-            entry["reason"] = answer.reason
+    async def _audit(self, answer: Approval, *, replayed: bool) -> None:
+        entry = approval_entry(
+            self.call, answer.allow, answer.approver, answer.args, answer.reason, replayed=replayed
+        )
         await self.scope.audit(AuditAction.APPROVAL, self.node, entry)
 
 

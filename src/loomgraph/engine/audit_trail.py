@@ -29,6 +29,7 @@ __all__ = [
     "BUDGET_ACTOR",
     "RUNTIME_ACTOR",
     "RUN_ACTOR",
+    "approval_entry",
     "args_hash",
     "audit_restored",
     "budget",
@@ -142,6 +143,33 @@ def tool_result(
         payload["replayed"] = True
     if content:
         payload["content"] = result.get("content", "")
+    return payload
+
+
+def approval_entry(
+    call: ToolCall,
+    allow: bool,
+    approver: str,
+    edited: dict[str, Any] | None,
+    reason: str,
+    *,
+    replayed: bool,
+) -> dict[str, Any]:
+    """`approval`: the answer used for a call, by whom, with the hashes of its arguments (and
+    of an approver's edit); `replayed` when it was used before, read back from the journal."""
+    payload: dict[str, Any] = {
+        "call_id": call["id"],
+        "tool": call["tool"],
+        "allow": allow,
+        "approver": approver,
+        "args_hash": args_hash(call["args"]),
+    }
+    if edited is not None:
+        payload["edited_args_hash"] = args_hash(edited)
+    if reason:
+        payload["reason"] = reason
+    if replayed:
+        payload["replayed"] = True
     return payload
 
 

@@ -105,6 +105,10 @@ class RunScope:
     # The keys of the approval requests journaled before this run was resumed: those calls
     # run only with an explicit approval, whatever the permissions say now.
     requested: frozenset[str] = frozenset()
+    # The keys of the tool calls journaled as begun, before a resume (read by `restore`) and
+    # since: only those can have run, so only their records are read before a decision that
+    # could come out otherwise now (`ToolGate`); a fresh call reads nothing there.
+    begun: set[str] = field(default_factory=set)
     # The run's untrusted text so far (tool results, earlier answers, the tool descriptions
     # of MCP servers not trusted), to tell tainted calls.
     untrusted: UntrustedText = field(default_factory=UntrustedText)

@@ -8,7 +8,7 @@ each is gated, journaled and reported the same way.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, TypeGuard
 
 from loomgraph.engine import audit_trail as trail
 from loomgraph.engine.approvals import ApprovalDesk, args_too_large
@@ -22,6 +22,7 @@ from loomgraph.protocols import (
     INVALID_ARGUMENTS,
     AuditAction,
     Decision,
+    EffectRecord,
     EffectStatus,
     RunStopped,
     ToolCall,
@@ -34,6 +35,10 @@ from loomgraph.protocols import (
 )
 from loomgraph.protocols.events import PERMISSION_DECISION, TOOL_CALL, TOOL_PROGRESS, TOOL_RESULT
 from loomgraph.protocols.idle import is_idle
+
+# The rule of the allow `ToolGate.decide` gives, unreported, for a call that ran before: its
+# effect is replayed from the journal, not decided again.
+RAN = "journal:ran"
 
 
 class ToolArgsInvalid(LoomgraphError):
@@ -65,6 +70,13 @@ class ToolGate:
         if scope.listening:
             await scope.emit(TOOL_CALL, {"call": call}, self.node)
         spec = deps.tools.spec(call["tool"])
+        too_large = None if spec is None else self._args_too_large(call)
+        if spec is None or too_large is not None:
+            # Not run now; one that ran (its tool since gone, a lower size limit) is replayed
+            # all the same: a read on an error path, none for a call that runs.
+            ran = await self._journaled(key)
+            if is_done(ran):
+                return await self._replay(ran, call, spec)
         if spec is None:  # never run, whatever the policy says
             await self.report(call, Decision("deny", "unknown_tool", "no such tool"))
             names = ", ".join(s["name"] for s in deps.tools.specs()) or "none"
@@ -74,13 +86,16 @@ class ToolGate:
                 error_type="unknown_tool",
             )
             return await self._done(call, result)
-        too_large = self._args_too_large(call)
         if too_large is not None:  # never run, never journaled whole
             done = await self._done(call, too_large)
             self._count_invalid(call, too_large)
             return done
-        decision, call = await self.decide(call, spec, key)
+        decided = await self._decide(call, spec, key)
+        if isinstance(decided, EffectRecord):  # it ran: replayed, not decided again
+            return await self._replay(decided, call, spec)
+        decision, call, tainted = decided
         if decision.verdict != "allow":
+            await self.report(call, decision, tainted=tainted)
             reason = decision.reason or decision.rule or "denied"
             result = ToolResult(
                 content=f"permission denied for {call['tool']!r}: {reason}",
@@ -89,9 +104,12 @@ class ToolGate:
             )
             return await self._done(call, result)
         prior = await scope.begin_effect(key, "tool", {"call": call}, self.node)
-        if prior is not None and prior.status == EffectStatus.DONE and prior.outcome is not None:
-            replayed = ToolResult(**prior.outcome)  # type: ignore[typeddict-item]
-            return await self._done(call, replayed, spec, replayed=True)
+        scope.begun.add(key.text)
+        if is_done(prior):
+            # A call the pinned rules alone allow, found done where every effect is: its
+            # decision, which can only have come out the same, is not reported for a replay.
+            return await self._replay(prior, call, spec)
+        await self.report(call, decision, tainted=tainted)
         reservation = await scope.reserve("tool", Usage(tool_calls=1))
         if scope.auditing:
             request = trail.tool_request(call, decision.rule, content=scope.audit_content)
@@ -189,10 +207,35 @@ class ToolGate:
         self, call: ToolCall, spec: ToolSpec, key: EffectKey
     ) -> tuple[Decision, ToolCall]:
         """The permission verdict for a call (asking for approval when a rule says so), after
-        the hooks had their say; reported as an event and in the audit log."""
+        the hooks had their say; reported as an event and in the audit log. A call whose
+        effect `key` the journal holds done is allowed as it ran (`RAN`), unreported."""
+        decided = await self._decide(call, spec, key)
+        if isinstance(decided, EffectRecord):
+            return Decision("allow", RAN, "it ran before the run stopped"), ran_call(decided, call)
+        decision, call, tainted = decided
+        await self.report(call, decision, tainted=tainted)
+        return decision, call
+
+    async def _decide(
+        self, call: ToolCall, spec: ToolSpec, key: EffectKey
+    ) -> tuple[Decision, ToolCall, bool] | EffectRecord:
+        """The verdict on a call, whether it is tainted, and the call as approved — or, for a
+        call whose effect the journal holds done, that effect: what ran, ran, whatever a
+        hook, an approval or the tool would say now. Unreported, but for a stop to wait."""
         scope, deps = self.scope, self.scope.deps
         # Made only when a call may involve an approval: most calls are simply allowed.
         desk = ApprovalDesk(scope, self.node, call, key) if scope.requested else None
+        hooked = not is_idle(deps.hooks.before_tool)
+        # The journal is read before a decision that involves more than the run's pinned
+        # rules — an approval, a hook, untrusted text — as those can come out otherwise on a
+        # resume (an answer is used once; hooks and tools are not pinned; the run's untrusted
+        # text has the results of calls made after this one), and have effects of their own.
+        # What the pinned rules alone allow is found done by `begin_effect`: no read here.
+        looked, journaled = desk is not None or hooked, None
+        if looked:
+            journaled = await self._journaled(key)
+            if is_done(journaled):
+                return journaled
         # Only an egress tool's call can carry untrusted text out: no other call is checked,
         # and none is while the run has seen no untrusted text. It is read as sent and as its
         # tool will receive it (`read`, passed on so the rules do not convert it again).
@@ -212,16 +255,24 @@ class ToolGate:
                     "taint:egress",
                     "its arguments carry text from an untrusted tool result",
                 )
+        if decision.verdict != "allow" and not looked:
+            journaled = await self._journaled(key)
+            if is_done(journaled):
+                return journaled
         if decision.verdict == "ask":
             desk = desk or ApprovalDesk(scope, self.node, call, key)
             try:
-                decision, settled = await desk.settle(spec, decision, tainted=tainted)
+                # `began`: the call went on before (unknown after a crash, to run again
+                # with its key): the answer read back was used then.
+                decision, settled = await desk.settle(
+                    spec, decision, tainted=tainted, began=journaled is not None
+                )
             except RunStopped:  # the run waits for an answer: say so, as for any decision
                 await self.report(call, decision, tainted=tainted)
                 raise
             if settled is not call:  # an approver's edited arguments: read them anew
                 call, read = settled, None
-        if decision.verdict == "allow" and not is_idle(deps.hooks.before_tool):
+        if decision.verdict == "allow" and hooked:
             # Hooks read the arguments as the tool will receive them, as rules do, in a copy:
             # what a hook changes there never reaches the tool the rules let through.
             seen = (read if read is not None else received_call(scope, call)) or call
@@ -229,8 +280,19 @@ class ToolGate:
             hook = await deps.hooks.before_tool(copied)
             if hook is not None and hook.verdict == "deny":  # hooks may deny, never approve
                 decision = hook
-        await self.report(call, decision, tainted=tainted)
-        return decision, call
+        return decision, call, tainted
+
+    async def _journaled(self, key: EffectKey) -> EffectRecord | None:
+        """The journal's record of the call's effect, if it was begun before (read only for
+        a call the run began before: `RunScope.begun`)."""
+        if key.text not in self.scope.begun:
+            return None
+        return await self.scope.deps.runtime.effect(self.scope.run_id, key.text)
+
+    async def _replay(self, ran: EffectRecord, call: ToolCall, spec: ToolSpec | None) -> ToolResult:
+        """The result the journal holds for a call that ran, reported as replayed."""
+        replayed = ToolResult(**ran.outcome or {})  # type: ignore[typeddict-item]
+        return await self._done(ran_call(ran, call), replayed, spec, replayed=True)
 
     async def report(self, call: ToolCall, decision: Decision, *, tainted: bool = False) -> None:
         """A decision as a `permission_decision` event and audit entry, naming its rule."""
@@ -273,3 +335,17 @@ class ToolGate:
         if scope.listening:
             await scope.emit(TOOL_RESULT, {"call": call, "result": result}, self.node)
         return result
+
+
+def is_done(effect: EffectRecord | None) -> TypeGuard[EffectRecord]:
+    """Whether a journaled effect finished with an outcome (replayed, never run again)."""
+    return effect is not None and effect.status == EffectStatus.DONE and effect.outcome is not None
+
+
+def ran_call(effect: EffectRecord, call: ToolCall) -> ToolCall:
+    """The call as it ran (its intent: the arguments an approver may have edited), or `call`
+    when the intent names none (an effect journaled by other code)."""
+    ran = effect.intent.get("call")
+    if isinstance(ran, dict) and {"id", "tool", "args"} <= ran.keys():
+        return ToolCall(id=ran["id"], tool=ran["tool"], args=ran["args"])
+    return call
