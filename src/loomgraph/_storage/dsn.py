@@ -24,34 +24,3 @@ def describe_dsn(dsn: str) -> str:
 def describe_schema(dsn: str, schema: str) -> str:
     """A Postgres backend's tables as error messages name them: server (no password), schema."""
     return f"{describe_dsn(dsn)} (schema {schema!r})"
-
-
-def dsn_problem(dsn: str) -> str | None:
-    """Why `dsn` names no Postgres database to connect to, or None when it names one. A DSN
-    that names nothing (`postgres:`, `postgres://`) would connect wherever libpq's defaults
-    and the `PG*` variables point, which nobody chose: it is refused, not guessed."""
-    scheme, _, rest = dsn.partition(":")
-    url_form = "postgres://USER@HOST[:PORT]/DB"
-    if scheme not in ("postgres", "postgresql") or not rest.startswith("//"):
-        # Only the scheme is quoted back: the rest may hold a password.
-        what = "names no database" if not rest.strip() else "is not a postgres:// URL"
-        return f"{scheme}:{'…' if rest else ''} {what}: write {url_form}"
-    url = urlsplit(dsn)
-    if url.netloc or url.path.strip("/") or url.query:
-        return None
-    return (
-        f"{dsn} names no database: write {url_form} (an empty one would connect wherever "
-        "libpq's defaults point)"
-    )
-
-
-def backend_spec_problem(spec: str) -> str | None:
-    """Why a backend's text spec (`--runtime`, `runtime=`, `memory=`) names nothing to open,
-    or None: empty, `sqlite:` without a path, or a Postgres DSN naming no database."""
-    if not spec.strip():
-        return "empty: give sqlite:PATH, postgres://… or memory"
-    if spec.strip() == "sqlite:":
-        return "sqlite: names no file: give sqlite:PATH"
-    if spec.startswith(("postgres:", "postgresql:")):
-        return dsn_problem(spec)
-    return None

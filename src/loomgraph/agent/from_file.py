@@ -4,11 +4,12 @@ it would (`validate_agent_file`, what `loomgraph validate` runs).
 `authoring.agent_file` validates the file's shape, graph and imports; this module turns the
 spec into objects: the model with its settings, tools (import paths next to the file, MCP
 servers), backends, budget, permissions, audit log and telemetry. What only a backend can
-check — `permissions` (its rules parse, its files read) and `audit_log` (its key, its
-file's folder) — is one check per section (`SECTION_CHECKS`), which `load_agent_file` runs
-beside its own, for `Agent.from_file` and for `validate_agent_file` alike: both report the
-same problems, every one at once, with the file's lines. The checks read; they never write,
-connect or start anything.
+check — `model` (the model takes its settings), `permissions` (its rules parse, its files
+read) and `audit_log` (its key, its file's folder) — is one check per section
+(`SECTION_CHECKS`), which `load_agent_file` runs beside its own, for `Agent.from_file` and
+for `validate_agent_file` alike: both report the same problems, every one at once, with the
+file's lines. The checks read; they never write, connect or start anything (a built-in model
+adapter, made offline, is made and dropped; a user's model function is read, not called).
 """
 
 from __future__ import annotations
@@ -18,7 +19,13 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from loomgraph.agent.deps import resolve_model
+from loomgraph.agent.deps import (
+    ConfigError,
+    ModelSettingsError,
+    UnknownModel,
+    check_model,
+    resolve_model,
+)
 from loomgraph.authoring.agent_file import (
     AgentFile,
     AgentFileError,
@@ -36,6 +43,7 @@ from loomgraph.authoring.agent_spec import (
 )
 from loomgraph.errors import Problem
 from loomgraph.graph.imports import import_object
+from loomgraph.models.errors import ModelConfigError
 
 if TYPE_CHECKING:  # governance and the audit log are loaded only for a file that has them
     from loomgraph.governance.permissions import StandardPermissions
@@ -43,12 +51,13 @@ if TYPE_CHECKING:  # governance and the audit log are loaded only for a file tha
     from loomgraph.observability.audit_chain import AuditLogError
     from loomgraph.observability.audit_key import AuditKeyMissing
 
-__all__ = ["SECTION_CHECKS", "agent_arguments", "validate_agent_file"]
+__all__ = ["SECTION_CHECKS", "agent_arguments", "model_problems", "validate_agent_file"]
 
 
 def validate_agent_file(path: str | Path) -> AgentFile:
-    """Load an agent file and check it as `Agent.from_file` does, building nothing (no model
-    or backend made, nothing written, nothing connected); AgentFileError with every problem."""
+    """Load an agent file and check it as `Agent.from_file` does, building nothing that acts
+    (no backend made, no function of the user's called, nothing written or connected; a
+    built-in model adapter is made offline and dropped); AgentFileError with every problem."""
     return load_agent_file(path, checks=SECTION_CHECKS)
 
 
@@ -67,8 +76,7 @@ def agent_arguments(path: str | Path, overrides: dict[str, Any]) -> dict[str, An
         "runtime": loaded.backend(spec.runtime),
     }
     if "model" not in overrides:
-        model = spec.model_spec
-        args["model"] = resolve_model(model.name, model.options(), near=loaded.path)
+        args["model"] = _model(loaded, problems)
     if "tools" not in overrides:
         args["tools"] = _tools(loaded)
     if spec.budget is not None and "budget" not in overrides:
@@ -83,6 +91,51 @@ def agent_arguments(path: str | Path, overrides: dict[str, Any]) -> dict[str, An
         raise AgentFileError(problems)
     args.update(overrides)
     return args
+
+
+# ------------------------------------------------------------------ the model
+
+
+def model_problems(source: AgentSource) -> list[Problem]:
+    """The problems of the file's model that only making it finds: a setting the model does
+    not take (each at its line, saying what the model takes), a setting it needs, a value
+    its adapter refuses. Calls none of the user's code (a `MODULE:ATTR` function is read,
+    not called); a name the loader refused already is not looked at again."""
+    model = source.spec.model_spec
+    try:
+        check_model(model.name, model.options(), near=source.path)
+    except UnknownModel:
+        return []  # the loader's own `[model]` or `[import]` problem
+    except (ConfigError, ModelConfigError) as err:
+        return _model_said(err, source)
+    return []
+
+
+def _model(loaded: AgentFile, problems: list[Problem]) -> Any:
+    """The file's model, made; problems (not a raw error) when making it fails as
+    `model_problems` would have said, or as the user's function raises it."""
+    model = loaded.spec.model_spec
+    try:
+        return resolve_model(model.name, model.options(), near=loaded.path)
+    except (ConfigError, ModelConfigError) as err:
+        problems.extend(_model_said(err, loaded))
+        return None
+
+
+def _model_said(err: ConfigError | ModelConfigError, source: AgentSource) -> list[Problem]:
+    """The error as `[model]` problems: one per setting the model does not take, at its
+    line; one for those it needs, or for any other error, at the model's line."""
+
+    def at(message: str, *setting: str) -> Problem:
+        return Problem("model", message, str(source.path), source.line_of("model", *setting))
+
+    if not isinstance(err, ModelSettingsError):
+        return [at(str(err))]
+    found = [at(err.about(name), name) for name in err.refused]
+    return found + ([at(err.needs())] if err.missing else [])
+
+
+# ------------------------------------------------------------------ tools
 
 
 def _tools(loaded: AgentFile) -> list[Any]:
@@ -329,6 +382,7 @@ def _telemetry(spec: TelemetrySpec, name: str) -> Any:
 # The sections of an agent file only their backends can check, by top-level key (the key is
 # also the `Agent` argument the section makes, which an override replaces).
 SECTION_CHECKS: Mapping[str, SectionCheck] = {
+    "model": model_problems,
     "permissions": permission_problems,
     "audit_log": audit_log_problems,
 }

@@ -8,8 +8,18 @@ from __future__ import annotations
 
 import re
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, PositiveFloat, PositiveInt
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    NonNegativeFloat,
+    PositiveFloat,
+    PositiveInt,
+)
+from pydantic_core import PydanticCustomError
 
 from loomgraph.authoring.secrets import redact
 
@@ -123,6 +133,20 @@ class TelemetrySpec(_Spec):
     service_name: str | None = None
 
 
+def _names_a_backend(spec: str) -> str:
+    """An agent file's `memory:` or `runtime:` in a known scheme that names nothing to open
+    (`sqlite:`, `sqlite://x`, `postgres`) fails the schema, at its line, before the file's
+    folder is joined to it (`sqlite:` would become the folder). A spec of no known scheme is
+    left to the file's own check, which names the forms."""
+    problem = backend_spec_problem(spec) if backend_scheme(spec) is not None else None
+    if problem is not None:
+        raise PydanticCustomError("backend_spec", "{problem}", {"problem": problem})
+    return spec
+
+
+BackendSpecText = Annotated[str, AfterValidator(_names_a_backend)]
+
+
 class AgentSpec(_Spec):
     """A whole Agent in one file (docs/agent-files.md)."""
 
@@ -137,8 +161,8 @@ class AgentSpec(_Spec):
         "react", description="a built-in graph name, a graph file, or an inline graph"
     )
     tools: list[ToolEntry] = Field(default_factory=list)
-    memory: str | None = Field(None, description="memory, sqlite:PATH or postgres://…")
-    runtime: str | None = Field(None, description="memory, sqlite:PATH or postgres://…")
+    memory: BackendSpecText | None = Field(None, description="memory, sqlite:PATH or postgres://…")
+    runtime: BackendSpecText | None = Field(None, description="memory, sqlite:PATH or postgres://…")
     budget: BudgetSpec | None = None
     permissions: str | dict[str, Any] | None = Field(
         None, description="a permission file, or its content inline (mode, allow, ask, deny …)"
@@ -165,4 +189,81 @@ def model_name_problem(name: str) -> str | None:
     return (
         f"unknown model {name!r}; use echo, claude-NAME, anthropic:NAME, openai:NAME "
         "(an OpenAI-compatible server) or MODULE:ATTR naming a Model"
+    )
+
+
+# --- Backend specs: the one grammar of `runtime=`, `memory=`, `--runtime` and an agent
+# file's `runtime:`/`memory:`. It lives here, the lowest layer all four readers may import.
+
+# The forms a backend's text spec takes, as every refusal names them.
+_POSTGRES_URL = "postgres://USER@HOST[:PORT]/DB"
+SPEC_FORMS = f"memory, sqlite:PATH or {_POSTGRES_URL}"
+_POSTGRES = ("postgres", "postgresql")
+
+
+def backend_scheme(spec: str) -> str | None:
+    """The backend a text spec is written for, `memory`, `sqlite` or `postgres`, whether or
+    not it names something to open (`sqlite`, `postgres:` too); None for any other form."""
+    scheme = spec.partition(":")[0]
+    if spec == "memory":
+        return "memory"
+    if scheme == "sqlite":
+        return "sqlite"
+    return "postgres" if scheme in _POSTGRES else None
+
+
+def backend_spec_problem(spec: str) -> str | None:
+    """Why a backend's text spec (`runtime=`, `memory=`, `--runtime`, an agent file's
+    `runtime:` and `memory:`) names nothing loomgraph opens, or None: the one check of them
+    all, made before anything connects or a file is made."""
+    scheme = backend_scheme(spec)
+    if not spec.strip():
+        return f"is empty: write {SPEC_FORMS}"
+    if scheme == "memory":
+        return None
+    if scheme == "sqlite":
+        return _sqlite_problem(spec)
+    if scheme == "postgres":
+        if ":" not in spec:  # the bare word: libpq's defaults would pick the database
+            return f"{spec!r} names no database: write {_POSTGRES_URL}"
+        return _dsn_problem(spec)
+    # Only a scheme is quoted back: the rest of an unknown URL may hold a password.
+    shown = f"{spec.partition(':')[0]}:…" if ":" in spec else spec
+    return f"{shown!r} is no backend spec: write {SPEC_FORMS}"
+
+
+def _sqlite_problem(spec: str) -> str | None:
+    """Why an `sqlite…` spec names no file, or None: `sqlite`, `sqlite:` (no path) and a URL's
+    `sqlite://…`, which `sqlite:PATH` would open at the filesystem's root."""
+    path = spec.partition(":")[2]
+    if not path.strip().strip("/"):  # `sqlite:/` and `sqlite:///` name a folder, not a file
+        return f"{spec!r} names no file: write sqlite:PATH (e.g. sqlite:./journal.db)"
+    if path.startswith("//"):
+        # `sqlite:PATH` takes a path, never a URL: `//name` is `/name`, where nobody meant
+        # it, and SQLAlchemy's `sqlite:///name` is the relative `name`. Both readings are
+        # named; neither is guessed.
+        name = path.lstrip("/")
+        return (
+            f"{spec!r} is a URL, not sqlite:PATH: its path would be read as /{name}, from the "
+            f"filesystem's root; write sqlite:./{name} (relative to the current folder) or "
+            f"sqlite:/{name} (an absolute path, one slash)"
+        )
+    return None
+
+
+def _dsn_problem(dsn: str) -> str | None:
+    """Why `dsn` names no Postgres database to connect to, or None when it names one. A DSN
+    that names nothing (`postgres:`, `postgres://`) would connect wherever libpq's defaults
+    and the `PG*` variables point, which nobody chose: it is refused, not guessed."""
+    scheme, _, rest = dsn.partition(":")
+    if scheme not in _POSTGRES or not rest.startswith("//"):
+        # Only the scheme is quoted back: the rest may hold a password.
+        what = "names no database" if not rest.strip() else "is not a postgres:// URL"
+        return f"{scheme}:{'…' if rest else ''} {what}: write {_POSTGRES_URL}"
+    url = urlsplit(dsn)
+    if url.netloc or url.path.strip("/") or url.query:
+        return None
+    return (
+        f"{dsn} names no database: write {_POSTGRES_URL} (an empty one would connect wherever "
+        "libpq's defaults point)"
     )

@@ -9,7 +9,7 @@ from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from loomgraph._storage.dsn import backend_spec_problem
+from loomgraph.authoring.agent_spec import backend_spec_problem
 from loomgraph.errors import LoomgraphError
 from loomgraph.graph.imports import import_object
 
@@ -195,9 +195,9 @@ def add_runtime_option(parser: argparse.ArgumentParser, *, required: bool) -> No
 
 
 def journal_spec(value: str) -> str:
-    """`--runtime`'s value, when it names a journal: an empty one, `sqlite:` without a path
-    or a Postgres DSN that names no database (`postgres:`, which would connect wherever
-    libpq's defaults point) is a usage error naming the option (argparse's `type=`)."""
+    """`--runtime`'s value, when it names a journal; one that does not (the check of every
+    spec: empty, `sqlite`, `sqlite:`, `sqlite://…`, `postgres`, a DSN naming no database, an
+    unknown form) is a usage error naming the option (argparse's `type=`)."""
     problem = backend_spec_problem(value)
     if problem is not None:
         raise argparse.ArgumentTypeError(problem)

@@ -74,7 +74,11 @@ def open_journal(spec: str, *, create: bool = False) -> Runtime:
     which may be made now, in memory too; else one that holds runs already: an SQLite file
     must exist, and a journal in memory (which would be empty) is refused."""
     from loomgraph.agent.deps import resolve_runtime
+    from loomgraph.authoring.agent_spec import backend_spec_problem
 
+    problem = backend_spec_problem(spec)
+    if problem is not None:  # before the file check below, which would read `sqlite://x` as /x
+        raise UsageError(f"journal {problem}")
     if not create and spec in IN_MEMORY:
         raise UsageError(
             f"--runtime {spec} keeps nothing between commands; use sqlite:PATH or postgres://…"

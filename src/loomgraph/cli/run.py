@@ -8,7 +8,7 @@ import argparse
 import asyncio
 from collections.abc import AsyncIterator, Mapping
 from contextlib import nullcontext
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from loomgraph.cli import agent_args
 from loomgraph.cli import approvals as cli_approvals
@@ -21,6 +21,9 @@ from loomgraph.cli.answer_commands import (
 )
 from loomgraph.cli.console import can_ask, colour, warn
 from loomgraph.cli.output import EXIT_FAILED, EXIT_INTERRUPTED, emit_event, exit_code
+
+if TYPE_CHECKING:  # agent files are read when a command names one
+    from loomgraph.authoring.agent_spec import BudgetSpec
 
 NO_INPUT_HELP = (
     "never ask on this terminal: a question (an interrupt) or an approval stops the run to "
@@ -92,6 +95,7 @@ async def _run(args: argparse.Namespace, started: dict[str, str]) -> int:
         permissions=agent_args.load_permissions(args.permissions),
         approval_handler=cli_approvals.approver_for(args, view.paused if view else None),
     )
+    _say_caps_unkept(args, journal)
     asking = can_ask(args)
     result: Mapping[str, Any] = {}
     try:
@@ -113,6 +117,43 @@ async def _run(args: argparse.Namespace, started: dict[str, str]) -> int:
         say_how_to_approve(result, args, given)
     status = result.get("status")
     return exit_code(str(status)) if status else EXIT_FAILED
+
+
+def _say_caps_unkept(args: argparse.Namespace, journal: str | None) -> None:
+    """Warn when the agent file's budget caps spending across runs but the run's journal
+    keeps nothing after the command: the budget's ledger lives with the journal, so each
+    command would start it empty and the caps would hold only within that one command."""
+    loaded = agent_args.agent_file(args)
+    if loaded is None or loaded.spec.budget is None or cli_journal.keeps_runs(journal):
+        return
+    caps = caps_across_runs(loaded.spec.budget)
+    if not caps:  # wall_clock_s alone: each run's own, kept by the run
+        return
+    where = "no journal" if not journal else f"its journal in memory ({journal})"
+    warn(
+        f"the budget's {', '.join(caps)} hold only within this command: the run has {where}, "
+        "and the budget's ledger lives with the journal, so every command starts it empty; "
+        "give the agent file `runtime: sqlite:PATH` (or --runtime) to keep the caps across "
+        "commands",
+        style="yellow",
+    )
+
+
+def caps_across_runs(spec: BudgetSpec) -> list[str]:
+    """The budget's caps that count the spending of many runs together — every cap but
+    `wall_clock_s`, which is each run's own — by where the file gives them (`model_calls`,
+    `per_user.cost_usd`, `users.alice.tool_calls`): the caps a ledger must outlive a run for."""
+    from loomgraph.authoring.agent_spec import CapsSpec
+
+    counted = [name for name in CapsSpec.model_fields if name != "wall_clock_s"]
+
+    def given(caps: CapsSpec | None, at: str) -> list[str]:
+        return [at + name for name in counted if caps and getattr(caps, name) is not None]
+
+    found = given(spec, "") + given(spec.per_user, "per_user.")
+    for user, caps in (spec.users or {}).items():
+        found += given(caps, f"users.{user}.")
+    return found
 
 
 async def _shown(
