@@ -1,14 +1,21 @@
-"""Helpers for tests/test_probe_models.py: a fake server that can answer a raw body (an HTML
-page, a JSON document where an event stream was asked for), and a pause between SSE items
-that a test can cut short."""
+"""Helpers for the model adapter tests (test_model_faults, test_model_stop_reasons): a fake
+server that can answer a raw body (an HTML page, a JSON document where an event stream was
+asked for), a pause between SSE items that a test can cut short, and the adapters on it."""
 
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler
 from typing import Any
 
-from fake_servers import FakeServer, Reply
+import pytest
+
+from fake_servers import FakeServer, Reply, Sleeps
+from loomgraph.models.anthropic import AnthropicModel
+from loomgraph.models.openai_compat import OpenAICompatModel
+from loomgraph.models.retry import RetryPolicy
+from loomgraph.protocols import ModelChunk, ModelRequest
 
 
 class RawServer(FakeServer):
@@ -55,3 +62,48 @@ def trickled(
     for _ in range(pings):
         held += [Pause(every, done), ping]
     return [*events[:after], *held, *events[after:]]
+
+
+# Bounds on waits that only a broken run reaches.
+BOUND_S = 30.0
+
+
+@pytest.fixture
+def server() -> Iterator[RawServer]:
+    """A raw server on loopback, stopped after the test."""
+    srv = RawServer().start()
+    yield srv
+    srv.stop()
+
+
+def anthropic(url: str, *, retries: int = 2, **kw: Any) -> AnthropicModel:
+    """A Claude adapter on `url`, its retries quick."""
+    kw.setdefault("api_key", "test-key")
+    policy = RetryPolicy(max_retries=retries, base_delay=0.01, sleep=Sleeps())
+    return AnthropicModel("claude-sonnet-4-6", base_url=url, retry_policy=policy, **kw)
+
+
+def openai(url: str, *, retries: int = 2, **kw: Any) -> OpenAICompatModel:
+    """An OpenAI-compatible adapter on `url`, its retries quick."""
+    kw.setdefault("api_key", "test-key")
+    policy = RetryPolicy(max_retries=retries, base_delay=0.01, sleep=Sleeps())
+    return OpenAICompatModel("local-model", base_url=url, retry_policy=policy, **kw)
+
+
+def ask(text: str = "hi") -> ModelRequest:
+    """A one-message request."""
+    return ModelRequest(messages=[{"role": "user", "content": text}])
+
+
+async def collect(model: Any, request: ModelRequest | None = None) -> list[ModelChunk]:
+    """Every chunk of one streamed turn."""
+    return [chunk async for chunk in model.stream(request or ask())]
+
+
+async def failure(model: Any) -> BaseException:
+    """What streaming one turn raised (the test fails when it raised nothing)."""
+    try:
+        chunks = await collect(model)
+    except Exception as exc:  # the probe looks at whatever comes out
+        return exc
+    raise AssertionError(f"the turn completed: {[c['type'] for c in chunks]}")

@@ -4,10 +4,6 @@ each test failed before its fix). libpq's defaults point at a closed loopback po
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -16,32 +12,8 @@ from loomgraph import Agent
 from loomgraph.agent.deps import ConfigError
 from loomgraph.errors import LoomgraphError
 
-CLI = [sys.executable, "-c", "import sys; from loomgraph.cli.main import main; sys.exit(main())"]
-
-
-def loomgraph(
-    *args: str, cwd: Path, env: dict[str, str] | None = None
-) -> subprocess.CompletedProcess[str]:
-    """Run the `loomgraph` command in a subprocess, as a user at a shell does (no terminal)."""
-    return subprocess.run(
-        [*CLI, *args],
-        cwd=cwd,
-        env={**os.environ, "NO_COLOR": "1", **(env or {})},
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-
-
-def closed_port() -> int:
-    """A loopback port nothing listens on, so libpq's defaults lead nowhere."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 # --- 1. A backend spec naming no database is taken as libpq's defaults ------------------
+from shell_command import closed_port, loomgraph
 
 
 def test_runtime_postgres_without_a_dsn_is_refused_by_the_agent() -> None:

@@ -17,20 +17,6 @@ from loomgraph.errors import GraphValidationError
 from loomgraph.graph.conditions import compile_condition, compile_template
 from loomgraph.models import ScriptedModel
 
-
-async def add(a: int, b: int) -> int:
-    """Add two integers."""
-    return a + b
-
-
-ADD_TURN = {"tool_calls": [{"tool": "add", "args": {"a": 1, "b": 2}}]}
-
-
-def respond(**answer: Any) -> dict[str, Any]:
-    """A model turn answering through the structured-output `respond` tool."""
-    return {"tool_calls": [{"tool": "respond", "args": answer}]}
-
-
 CART = """
 name: shop
 state:

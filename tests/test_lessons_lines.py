@@ -12,14 +12,6 @@ from loomgraph.memory.null import InMemoryMemory
 from loomgraph.models import ScriptedModel
 
 
-async def add(a: int, b: int) -> int:
-    """Add two integers."""
-    return a + b
-
-
-ADD_TURN = {"tool_calls": [{"tool": "add", "args": {"a": 1, "b": 2}}]}
-
-
 def respond(**answer: Any) -> dict[str, Any]:
     """A model turn answering through the structured-output `respond` tool."""
     return {"tool_calls": [{"tool": "respond", "args": answer}]}

@@ -7,14 +7,15 @@ import asyncio
 import json
 import math
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 
+# ------------------------------------------------------------------ 2. cut-off charging
+import model_raw_server
 from fake_servers import (
     Reply,
-    Sleeps,
     api_error,
     chat_chunk,
     chat_stream,
@@ -30,52 +31,17 @@ from loomgraph.models.errors import (
     ModelConnectionError,
     ModelTimeout,
 )
-from loomgraph.models.openai_compat import OpenAICompatModel
-from loomgraph.models.retry import RetryPolicy
-from loomgraph.protocols import ModelChunk, ModelRequest
-from model_raw_server import RawServer, trickled
+from model_raw_server import (
+    BOUND_S,
+    RawServer,
+    anthropic,
+    collect,
+    failure,
+    openai,
+    trickled,
+)
 
-# Bounds on waits that only a broken run reaches.
-BOUND_S = 30.0
-
-
-@pytest.fixture
-def server() -> Iterator[RawServer]:
-    srv = RawServer().start()
-    yield srv
-    srv.stop()
-
-
-def anthropic(url: str, *, retries: int = 2, **kw: Any) -> AnthropicModel:
-    kw.setdefault("api_key", "test-key")
-    policy = RetryPolicy(max_retries=retries, base_delay=0.01, sleep=Sleeps())
-    return AnthropicModel("claude-sonnet-4-6", base_url=url, retry_policy=policy, **kw)
-
-
-def openai(url: str, *, retries: int = 2, **kw: Any) -> OpenAICompatModel:
-    kw.setdefault("api_key", "test-key")
-    policy = RetryPolicy(max_retries=retries, base_delay=0.01, sleep=Sleeps())
-    return OpenAICompatModel("local-model", base_url=url, retry_policy=policy, **kw)
-
-
-def ask(text: str = "hi") -> ModelRequest:
-    return ModelRequest(messages=[{"role": "user", "content": text}])
-
-
-async def collect(model: Any, request: ModelRequest | None = None) -> list[ModelChunk]:
-    return [chunk async for chunk in model.stream(request or ask())]
-
-
-async def failure(model: Any) -> BaseException:
-    """What streaming one turn raised (the test fails when it raised nothing)."""
-    try:
-        chunks = await collect(model)
-    except Exception as exc:  # the probe looks at whatever comes out
-        return exc
-    raise AssertionError(f"the turn completed: {[c['type'] for c in chunks]}")
-
-
-# ------------------------------------------------------------------ 2. cut-off charging
+server = model_raw_server.server  # the fixture
 
 
 async def test_a_call_cut_off_mid_stream_is_charged_the_prompt_the_provider_reported(

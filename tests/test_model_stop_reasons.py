@@ -3,14 +3,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 
+# ------------------------------------------------------------------ 1. truncated answers
+import model_raw_server
 from fake_servers import (
     Reply,
-    Sleeps,
     chat_stream,
     sse_message,
 )
@@ -18,54 +19,15 @@ from loomgraph import Agent
 from loomgraph.agent.result import RunResult
 from loomgraph.authoring.loader import graph_from_yaml
 from loomgraph.engine.model_answers import response_from
-from loomgraph.models.anthropic import AnthropicModel
-from loomgraph.models.openai_compat import OpenAICompatModel
-from loomgraph.models.retry import RetryPolicy
-from loomgraph.protocols import FinishReason, ModelChunk, ModelRequest, RunStatus
+from loomgraph.protocols import FinishReason, RunStatus
 from loomgraph.protocols.events import ERROR
-from model_raw_server import RawServer
+from model_raw_server import (
+    RawServer,
+    anthropic,
+    openai,
+)
 
-# Bounds on waits that only a broken run reaches.
-BOUND_S = 30.0
-
-
-@pytest.fixture
-def server() -> Iterator[RawServer]:
-    srv = RawServer().start()
-    yield srv
-    srv.stop()
-
-
-def anthropic(url: str, *, retries: int = 2, **kw: Any) -> AnthropicModel:
-    kw.setdefault("api_key", "test-key")
-    policy = RetryPolicy(max_retries=retries, base_delay=0.01, sleep=Sleeps())
-    return AnthropicModel("claude-sonnet-4-6", base_url=url, retry_policy=policy, **kw)
-
-
-def openai(url: str, *, retries: int = 2, **kw: Any) -> OpenAICompatModel:
-    kw.setdefault("api_key", "test-key")
-    policy = RetryPolicy(max_retries=retries, base_delay=0.01, sleep=Sleeps())
-    return OpenAICompatModel("local-model", base_url=url, retry_policy=policy, **kw)
-
-
-def ask(text: str = "hi") -> ModelRequest:
-    return ModelRequest(messages=[{"role": "user", "content": text}])
-
-
-async def collect(model: Any, request: ModelRequest | None = None) -> list[ModelChunk]:
-    return [chunk async for chunk in model.stream(request or ask())]
-
-
-async def failure(model: Any) -> BaseException:
-    """What streaming one turn raised (the test fails when it raised nothing)."""
-    try:
-        chunks = await collect(model)
-    except Exception as exc:  # the probe looks at whatever comes out
-        return exc
-    raise AssertionError(f"the turn completed: {[c['type'] for c in chunks]}")
-
-
-# ------------------------------------------------------------------ 1. truncated answers
+server = model_raw_server.server  # the fixture
 
 
 @pytest.mark.parametrize(

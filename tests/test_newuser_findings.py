@@ -4,10 +4,6 @@ fork's announced prompt (found by a probe; each test failed before its fix)."""
 from __future__ import annotations
 
 import logging
-import os
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,30 +11,6 @@ import pytest
 from loomgraph import Agent, Event
 from loomgraph.errors import LoomgraphError
 from loomgraph.testing import run_node
-
-CLI = [sys.executable, "-c", "import sys; from loomgraph.cli.main import main; sys.exit(main())"]
-
-
-def loomgraph(
-    *args: str, cwd: Path, env: dict[str, str] | None = None
-) -> subprocess.CompletedProcess[str]:
-    """Run the `loomgraph` command in a subprocess, as a user at a shell does (no terminal)."""
-    return subprocess.run(
-        [*CLI, *args],
-        cwd=cwd,
-        env={**os.environ, "NO_COLOR": "1", **(env or {})},
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-
-
-def closed_port() -> int:
-    """A loopback port nothing listens on, so libpq's defaults lead nowhere."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 async def test_session_without_memory_keeps_the_conversation_or_says_so(

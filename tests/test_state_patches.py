@@ -5,28 +5,12 @@ tests/user_graph_steps.py.
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
 
 from loomgraph import Agent
 from loomgraph.authoring.loader import graph_from_yaml
 from loomgraph.errors import GraphValidationError
 from loomgraph.models import ScriptedModel
-
-
-async def add(a: int, b: int) -> int:
-    """Add two integers."""
-    return a + b
-
-
-ADD_TURN = {"tool_calls": [{"tool": "add", "args": {"a": 1, "b": 2}}]}
-
-
-def respond(**answer: Any) -> dict[str, Any]:
-    """A model turn answering through the structured-output `respond` tool."""
-    return {"tool_calls": [{"tool": "respond", "args": answer}]}
-
 
 # ----------------------------------------------------------------- unclear errors
 
