@@ -234,7 +234,7 @@ async def test_an_answer_naming_its_request_settles_it_or_nothing(tmp_path: Path
         )
         # The viewer shows the refusal in its notice (htmx keeps the page as it is).
         assert from_page.headers.get("hx-retarget") == "#notice", from_page.text
-        assert "not of call" in from_page.text and PAID == []
+        assert "not at request" in from_page.text and PAID == []
         answer = {"allow": True, "key": pending["key"]}
         done = await s.post("alice", f"/v1/runs/{run_id}/approvals/call_pay", answer)
         assert done.status_code == 202, done.text

@@ -300,14 +300,22 @@ class FleetQueue:
     async def pending_job(self, run_id: str) -> str | None:
         """The status of the run's job that waits (`queued`) or runs (`picked`): the one that
         holds the run's dedupe key. None when it has none."""
+        row = await self._pending_row(run_id)
+        return None if row is None else str(row["status"])
+
+    async def pending_payload(self, run_id: str) -> bytes | None:
+        """The payload of the run's job that waits or runs (None: none; an ended job has none)."""
+        row = await self._pending_row(run_id)
+        return None if row is None else bytes(row["payload"] or b"")
+
+    async def _pending_row(self, run_id: str) -> Any:
         table = f'"{self.schema}".{self.settings().queue_table}'
         async with self.runtime.transaction() as con:
-            found: str | None = await con.fetchval(
-                f"SELECT status::text FROM {table} WHERE dedupe_key = $1 "
+            return await con.fetchrow(
+                f"SELECT status::text AS status, payload FROM {table} WHERE dedupe_key = $1 "
                 "AND status IN ('queued', 'picked')",
                 run_id,
             )
-        return found
 
     async def cancel_requested(self, run_id: str) -> str | None:
         """Who asked to cancel the run and was not yet overridden (None: nobody)."""

@@ -1,7 +1,8 @@
 """What a caller gives a fleet job, checked and put in the job's terms before anything is
 written (`agent.submitting`): where and when the job runs (priority, queue, `run_at`), the
 run's output type as the import path a worker loads it by, and an answer for a waiting run,
-checked against what the run waits for and bound to that request.
+checked against what the run waits for and bound to that request. And read back: the input a
+queued run was submitted with, which only its job holds until a worker starts the run.
 """
 
 from __future__ import annotations
@@ -11,11 +12,18 @@ from datetime import UTC, datetime
 from typing import Any
 
 from loomgraph.agent.checkpoints import approval, not_answered, resume_value
-from loomgraph.agent.fleet import FleetError, JobKind, RunJob, check_run_agent
+from loomgraph.agent.fleet import (
+    FleetError,
+    FleetNeedsPostgres,
+    JobKind,
+    RunJob,
+    check_run_agent,
+    fleet_queue,
+)
 from loomgraph.engine.effects import BoundApproval, BoundValue
-from loomgraph.protocols import Deps, UnknownRun
+from loomgraph.protocols import Deps, Runtime, UnknownRun
 
-__all__ = ["answer_job", "check_placement", "delay_of", "schema_path"]
+__all__ = ["answer_job", "check_placement", "delay_of", "schema_path", "submitted_prompt"]
 
 
 def schema_path(output_schema: Any) -> str | None:
@@ -86,3 +94,23 @@ def _approval_data(answer: BoundApproval) -> dict[str, Any]:
         "reason": answer.reason,
         "key": answer.key,
     }
+
+
+async def submitted_prompt(runtime: Runtime, run_id: str) -> str | None:
+    """The input a queued run was submitted with, from its `start` job while that waits or a
+    worker is taking it up (the journal keeps a run's input from its start on). None when it
+    has no such job: not a fleet run, a fork (its start is journaled), a run that started or
+    never will (pgqueuer keeps no payload of a job that ended), or a job this version of
+    loomgraph cannot read."""
+    try:
+        fleet = fleet_queue(runtime)
+    except FleetNeedsPostgres:
+        return None
+    payload = await fleet.pending_payload(run_id)
+    if payload is None:
+        return None
+    try:
+        job = RunJob.decode(payload)
+    except FleetError:  # JobUnusable, JobFromNewerVersion: a worker reports it, not a read
+        return None
+    return job.prompt if job.kind == JobKind.START else None

@@ -70,7 +70,9 @@ def error_response(err: BaseException) -> JSONResponse:
     """An error as `{"error": {"type", "message"}}` with its status code."""
     status, kind = status_of(err)
     message = message_of(err) if status < 500 else f"{type(err).__name__}: {err}"
-    headers = {"Retry-After": "1"} if status == 503 else None
+    # A 503 invites a retry, but not a shutting-down server's: the run goes on, a retried
+    # POST would start another.
+    headers = {"Retry-After": "1"} if status == 503 and kind != "shutting_down" else None
     return Json({"error": {"type": kind, "message": message}}, status_code=status, headers=headers)
 
 
@@ -306,6 +308,22 @@ async def get_diff(request: Request, service: Service, caller: Caller) -> Respon
 
 async def answer_approval(request: Request, service: Service, caller: Caller) -> Response:
     data = await read_json(request, service, ("allow", "args", "reason", "key"))
+    return await _answer(request, service, caller, data, request.path_params["call_id"])
+
+
+async def answer_named_approval(request: Request, service: Service, caller: Caller) -> Response:
+    # The call id in the body: any id, also one no URL path carries (`.`, `..`).
+    data = await read_json(request, service, ("call_id", "allow", "args", "reason", "key"))
+    call_id = field(data, "call_id", str, None)
+    if call_id is None:
+        raise Invalid("field 'call_id' (the pending call's `pending[].call.id`) is required")
+    return await _answer(request, service, caller, data, call_id)
+
+
+async def _answer(
+    request: Request, service: Service, caller: Caller, data: dict[str, Any], call_id: str
+) -> Response:
+    """Answer the pending call `call_id` of the path's run with the body's fields."""
     allow = field(data, "allow", bool, None)
     if allow is None:
         raise Invalid("field 'allow' (true or false) is required")
@@ -313,7 +331,6 @@ async def answer_approval(request: Request, service: Service, caller: Caller) ->
     reason = field(data, "reason", str, "")
     key = field(data, "key", str, "")  # the request answered (`pending[].key`), if named
     run_id = request.path_params["run_id"]
-    call_id = request.path_params["call_id"]
     await service.approve(caller, run_id, call_id, allow, args, reason, key=key)
     return Json({"run_id": run_id, "status": "running"}, status_code=202)
 
@@ -354,6 +371,7 @@ async def run_svg(request: Request, service: Service, caller: Caller) -> Respons
 
 # ---------------------------------------------------------------------- routes
 
+_APPROVALS = "/v1/runs/{run_id}/approvals"
 # (method, path, handler, success status, summary): the routes and the OpenAPI document.
 ENDPOINTS: tuple[tuple[str, str, Handler, int, str], ...] = (
     ("POST", "/v1/runs", create_run, 201, "Start a run (JSON result, 202 background, or SSE)"),
@@ -363,13 +381,8 @@ ENDPOINTS: tuple[tuple[str, str, Handler, int, str], ...] = (
     ("GET", "/v1/runs/{run_id}/checkpoints", list_checkpoints, 200, "Every checkpoint"),
     ("GET", "/v1/runs/{run_id}/checkpoints/{seq}", get_checkpoint, 200, "State at a seq"),
     ("GET", "/v1/runs/{run_id}/diff", get_diff, 200, "What changed between checkpoints a, b"),
-    (
-        "POST",
-        "/v1/runs/{run_id}/approvals/{call_id}",
-        answer_approval,
-        202,
-        "Approve or deny a pending call (approver role)",
-    ),
+    ("POST", _APPROVALS + "/{call_id}", answer_approval, 202, "Answer a pending call (approver)"),
+    ("POST", _APPROVALS, answer_named_approval, 202, "Answer the call the body names (approver)"),
     ("POST", "/v1/runs/{run_id}/resume", resume_run, 202, "Give an interrupted run its value"),
     ("POST", "/v1/runs/{run_id}/fork", fork_run, 201, "A new run from a checkpoint"),
     ("POST", "/v1/runs/{run_id}/cancel", cancel_run, 200, "Cancel a run"),
@@ -394,7 +407,10 @@ def guarded(service: Service, handler: Handler) -> Callable[[Request], Awaitable
 
 def api_routes(service: Service) -> list[Route]:
     """The API's routes, bound to `service`."""
+    # A call id is the model's text and may hold `/` (`call/1`): sent percent-encoded
+    # (`call%2F1`), it reaches the router decoded, so `{call_id}` takes the rest of the path.
+    # (ENDPOINTS keeps the `{call_id}` of the OpenAPI document.)
     return [
-        Route(path, guarded(service, handler), methods=[method])
-        for method, path, handler, _, _ in ENDPOINTS
+        Route(path.replace("{call_id}", "{call_id:path}"), guarded(service, handler), methods=[m])
+        for m, path, handler, _, _ in ENDPOINTS
     ]

@@ -3,15 +3,16 @@ wake-up for whoever follows that run's journal (so watchers need not wait for a 
 
 On shutdown (`close`, as soon as the server is told to stop) every run driven here is
 cancelled, and whoever still follows a run's journal is told the server is closing
-(`Closing`, from the watcher), so no open event stream keeps the server from exiting."""
+(`Closing`, from the watcher), as is whoever waits for a run another process drives (a fleet
+run: `unless_closing`), so no open request keeps the server from exiting."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable
+from typing import Any, TypeVar
 
 from loomgraph.errors import LoomgraphError
 from loomgraph.protocols.events import NODE_COMPLETED, RUN_COMPLETED, Event
@@ -26,6 +27,8 @@ SHUTDOWN_REASON = "cancelled by the server's shutdown"
 
 # Events after which the journal holds something new for watchers.
 _JOURNALED = frozenset({NODE_COMPLETED, RUN_COMPLETED})
+
+T = TypeVar("T")
 
 
 class Closing(LoomgraphError):
@@ -43,6 +46,8 @@ class RunHub:
         self._version: dict[str, int] = {}
         self._wakers: dict[str, asyncio.Event] = {}
         self.closing = False
+        # Set with `closing`: ends every `unless_closing` wait at once.
+        self._closed = asyncio.Event()
 
     # ------------------------------------------------------------------ wake-ups
 
@@ -80,6 +85,24 @@ class RunHub:
             seen = self.version(rid)
 
         return changed
+
+    async def unless_closing(self, waiting: Awaitable[T]) -> T:
+        """What `waiting` gives, unless the hub closes first: then `waiting` is cancelled and
+        `Closing` raised. For a request waiting on something no run driven here ends (a fleet
+        run's result): uvicorn runs the app's shutdown only once every connection closed, so
+        such a request must be answered as soon as the server is told to stop."""
+        task = asyncio.ensure_future(waiting)
+        closed = asyncio.ensure_future(self._closed.wait())
+        try:
+            await asyncio.wait({task, closed}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            closed.cancel()
+            if not task.done():
+                task.cancel()
+        if task.done() and not task.cancelled():
+            return task.result()  # finished first (or together with the close): its answer
+        await asyncio.wait({task})  # the cancelled wait ends before the request is answered
+        raise Closing("the server is shutting down; it stopped waiting")
 
     # ------------------------------------------------------------------ runs
 
@@ -172,13 +195,14 @@ class RunHub:
 
     async def close(self) -> None:
         """Shut down: cancel every run still driven, all at once (each is journaled as
-        cancelled), then tell every watcher (`Closing`): after the cancels, so that a watcher
-        of a run driven here reads how it ended first. Idempotent."""
+        cancelled), then tell every watcher and every `unless_closing` wait (`Closing`): after the
+        cancels, so that a watcher of a run driven here reads how it ended first. Idempotent."""
         driving = [task for task in self._driving if not task.done()]
         for task in driving:
             task.cancel(CancelReason(SHUTDOWN_REASON))
         await asyncio.gather(*driving, return_exceptions=True)
         self.closing = True
+        self._closed.set()
         for waker in self._wakers.values():
             waker.set()
         self._wakers.clear()

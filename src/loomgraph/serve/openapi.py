@@ -19,11 +19,19 @@ _STATUS_TEXT = {
     415: "body not declared as JSON",
     422: "validation failed",
     429: "budget exhausted",
-    503: "journal, ledger or audit log unavailable now (Retry-After)",
+    503: "journal, ledger or audit log unavailable now (Retry-After); or `shutting_down`: the "
+    "server stopped waiting for a fleet run, which goes on (read it later, do not resubmit)",
 }
 
 
 _STRING, _BOOL, _OBJECT = {"type": "string"}, {"type": "boolean"}, {"type": "object"}
+# An approval's answer, whether the path or the body names the call.
+_ANSWER = {
+    "allow": (_BOOL, True),
+    "args": (_OBJECT | {"description": "edited arguments (they meet the rules again)"}, False),
+    "reason": (_STRING, False),
+    "key": (_STRING | {"description": "the pending request answered (`pending[].key`)"}, True),
+}
 # What each route reads besides its path: its JSON body's fields (name: (schema, required))
 # and its query parameters (the same). A test holds them to what `serve.api` reads.
 _BODIES: dict[tuple[str, str], dict[str, tuple[dict[str, Any], bool]]] = {
@@ -33,12 +41,11 @@ _BODIES: dict[tuple[str, str], dict[str, tuple[dict[str, Any], bool]]] = {
         "stream": (_BOOL | {"description": "answer with the run's events (SSE)"}, False),
         "background": (_BOOL | {"description": "answer 202 at once; the run goes on"}, False),
     },
-    ("POST", "/v1/runs/{run_id}/approvals/{call_id}"): {
-        "allow": (_BOOL, True),
-        "args": (_OBJECT | {"description": "edited arguments (they meet the rules again)"}, False),
-        "reason": (_STRING, False),
-        "key": (_STRING | {"description": "the pending request answered (`pending[].key`)"}, True),
-    },
+    ("POST", "/v1/runs/{run_id}/approvals/{call_id}"): _ANSWER,
+    ("POST", "/v1/runs/{run_id}/approvals"): {
+        "call_id": (_STRING | {"description": "the call answered (`pending[].call.id`)"}, True),
+    }
+    | _ANSWER,
     ("POST", "/v1/runs/{run_id}/resume"): {
         "value": ({"description": "any JSON value"}, True),
         "key": (_STRING | {"description": "the question answered (`pending[].key`)"}, True),
@@ -75,6 +82,16 @@ _ACCEPTED = {  # a 202: the run goes on in the background
     },
 }
 _SSE = {"text/event-stream": {"schema": _STRING}}
+# The path parameters, and what a client must know of one.
+_PATH_PARAMS = {
+    "run_id": "",
+    "call_id": (
+        "the call's id (`pending[].call.id`), the model's text, percent-encoded: `call/1` is "
+        "`call%2F1`. An id no URL path can carry (`.`, `..`) is named in the body instead "
+        "(`POST /v1/runs/{run_id}/approvals`)"
+    ),
+    "seq": "",
+}
 
 
 def _success(method: str, path: str, status: int) -> dict[str, Any]:
@@ -114,9 +131,10 @@ def openapi(title: str) -> dict[str, Any]:
                 "description": text,
                 "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
             }
-        params = [
+        params: list[dict[str, Any]] = [
             {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
-            for name in ("run_id", "call_id", "seq")
+            | ({"description": about} if about else {})
+            for name, about in _PATH_PARAMS.items()
             if "{" + name + "}" in path
         ]
         params += [
@@ -124,8 +142,11 @@ def openapi(title: str) -> dict[str, Any]:
             for name, (schema, required) in _QUERY.get((method, path), {}).items()
         ]
         if path.endswith("/events"):
+            # Every parameter has a `schema` (or `content`): OpenAPI 3.1 requires one.
             about = "resume after this event id (as `after`)"
-            params.append({"name": "Last-Event-ID", "in": "header", "description": about})
+            params.append(
+                {"name": "Last-Event-ID", "in": "header", "schema": _STRING, "description": about}
+            )
         operation: dict[str, Any] = {
             "summary": summary,
             "parameters": params,

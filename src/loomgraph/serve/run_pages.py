@@ -8,8 +8,10 @@ from loomgraph.protocols import RunRecord
 
 __all__ = ["MAX_CURSOR", "RunPage", "cursor_number", "cursor_position"]
 
-# A cursor is a row number of the journal's `runs` (a 64-bit signed integer in SQLite and
-# Postgres), or a position in the in-memory list: never more than this.
+# A cursor is the number of the last run of a page: a row number of the journal's `runs` (a
+# 64-bit signed integer in SQLite and Postgres), or the number the in-memory store gave a run
+# (`MemoryStore`): never more than this. A run's number never changes, so a run started
+# between two pages moves none of the older ones to the next page.
 MAX_CURSOR = 2**63 - 1
 
 

@@ -11,6 +11,8 @@ from typing import Any
 
 from loomgraph.agent.agent import Agent
 from loomgraph.agent.checkpoints import Checkpoint, diff, history, pending_of, position
+from loomgraph.agent.job_inputs import submitted_prompt
+from loomgraph.agent.resuming import RunNotStarted, RunQueued
 from loomgraph.agent.run_events import EventId, JournalEvent, follow_events
 from loomgraph.agent.streaming import event_stream
 from loomgraph.agent.submitting import RunNotCancellable, cancel_idle
@@ -21,15 +23,33 @@ from loomgraph.protocols import RunRecord, RunStatus, Transition
 from loomgraph.protocols.events import RUN_STARTED
 from loomgraph.runtime.errors import RunConflict, RunFinished
 from loomgraph.serve.auth import Auth, Caller
-from loomgraph.serve.errors import BadRequest, Conflict, Forbidden, Invalid, NotFound
-from loomgraph.serve.hub import RunHub
+from loomgraph.serve.errors import BadRequest, Conflict, Forbidden, Invalid, NotFound, ServeError
+from loomgraph.serve.hub import Closing, RunHub
 from loomgraph.serve.run_pages import RunPage, cursor_number
 from loomgraph.serve.store import ServeStore
-from loomgraph.serve.views import run_json
+from loomgraph.serve.views import QueuedRun, run_json
 
-__all__ = ["Service"]
+__all__ = ["Service", "StoppedWaiting"]
 
 _BEFORE_JOURNAL = frozenset({RUN_STARTED})
+
+
+class StoppedWaiting(ServeError):
+    """The server is shutting down and stopped waiting for a fleet run's result: the run goes
+    on in the fleet (nothing was cancelled); its id and status are in the message and here.
+    503, so a client knows to read the run later rather than take it as the run's failure."""
+
+    status = 503
+    kind = "shutting_down"
+
+    def __init__(self, run_id: str, status: str) -> None:
+        super().__init__(
+            f"the server is shutting down and stopped waiting for run {run_id}, which goes "
+            f"on in the worker fleet (it is {status} now): read its result later with GET "
+            f"/v1/runs/{run_id} (or follow its events), from a server that is up; do not "
+            "submit it again"
+        )
+        self.run_id, self.run_status = run_id, status
 
 
 @dataclass
@@ -55,6 +75,11 @@ class Service:
         record = await self._load(caller, run_id)
         if record is None:
             raise NotFound(f"no run {run_id!r}")
+        if record.status == RunStatus.QUEUED and record.initial is None:
+            # Not started: its input is only in its queued job (a fork's start is journaled).
+            submitted = await submitted_prompt(self.agent.deps.runtime, run_id)
+            if submitted is not None:
+                return QueuedRun.of(record, submitted)
         return record
 
     async def _load(self, caller: Caller, run_id: str) -> RunRecord | None:
@@ -92,14 +117,27 @@ class Service:
         record = await self.run(caller, run_id)
         return record, await self.agent.deps.runtime.transitions(run_id)
 
+    async def _started(self, caller: Caller, run_id: str) -> tuple[RunRecord, list[Transition]]:
+        """`_journal` of a run that started: a fleet run that did not (queued, or cancelled
+        or failed before a worker took it up) has no first state in the journal, and is
+        refused as a fork of it is (`RunQueued`, `RunNotStarted`), never shown a made-up one.
+        (A queued fork did journal the start it goes on from; a journal from before starts
+        were kept has transitions.)"""
+        record, transitions = await self._journal(caller, run_id)
+        if record.initial is None and not transitions:
+            if record.status == RunStatus.QUEUED:
+                raise RunQueued(run_id, "read")
+            raise RunNotStarted(run_id, str(record.status), "read")
+        return record, transitions
+
     async def checkpoints(self, caller: Caller, run_id: str) -> list[Checkpoint]:
         """Every checkpoint of the caller's run, with the state after it."""
-        record, transitions = await self._journal(caller, run_id)
+        record, transitions = await self._started(caller, run_id)
         return history(await self.agent.graph_of(record), record, transitions)
 
     async def state(self, caller: Caller, run_id: str, seq: int) -> dict[str, Any]:
         """The state of the caller's run after transition `seq` (0: its first state)."""
-        record, transitions = await self._journal(caller, run_id)
+        record, transitions = await self._started(caller, run_id)
         if seq and not any(t.seq == seq for t in transitions):
             raise NotFound(f"run {run_id!r} has no checkpoint {seq}")
         graph = await self.agent.graph_of(record)
@@ -142,9 +180,9 @@ class Service:
     async def start(self, caller: Caller, prompt: str, session_id: str | None) -> str:
         """Start a run as the caller, driven in the background (here, or by the fleet's
         workers when `fleet`); its id."""
+        self._open()
         if self.fleet:
             return await self.agent.submit(prompt, user_id=caller.user_id, session_id=session_id)
-        self._open()
         session = self.agent.session(prompt, user_id=caller.user_id, session_id=session_id)
         stream = event_stream(
             session.execute, self.agent.deps.hooks.on_event, lambda: session.error
@@ -155,11 +193,22 @@ class Service:
         return session.run_id
 
     async def finished(self, caller: Caller, run_id: str) -> RunRecord:
-        """The run's record once this process (or the fleet) stopped driving it."""
+        """The run's record once this process (or the fleet) stopped driving it. When the
+        server is told to stop meanwhile, a run driven here is cancelled (and its record
+        answered); a fleet run goes on, and the wait ends: `StoppedWaiting`."""
         if self.fleet:
-            await self.agent.wait(run_id)
+            await self._wait_fleet(caller, run_id)
         await self.hub.wait(run_id)
         return await self.run(caller, run_id)
+
+    async def _wait_fleet(self, caller: Caller, run_id: str) -> None:
+        """Until the fleet stopped advancing the run, or `StoppedWaiting` once the server is
+        told to stop (uvicorn runs the app's shutdown only once this request is answered)."""
+        try:
+            await self.hub.unless_closing(self.agent.wait(run_id))
+        except Closing:
+            record = await self.run(caller, run_id)
+            raise StoppedWaiting(run_id, str(record.status)) from None
 
     async def approve(
         self,
@@ -205,12 +254,12 @@ class Service:
         await self._resume(run_id, value=BoundValue(value, key) if key else value)
 
     async def _resume(self, run_id: str, **answer: Any) -> None:
+        self._open()
         if self.fleet:
             await self.agent.submit_resume(run_id, **answer)
             return
         if self.hub.driving(run_id):
             raise Conflict(f"run {run_id!r} is running")
-        self._open()
         # As for a new run: answered once the resume holds the run's lease, so a follower
         # asking right after the answer follows the resumed run (see `follow_events`).
         await self.hub.start(
@@ -230,18 +279,20 @@ class Service:
         any run: here (so `/cancel` stops it, and shutdown cancels it), or with `fleet` by the
         workers (`agent.submit_fork`: a fleet run, recovered like any other if its worker
         dies). Its result once it stopped, or with `wait=False` `{"run_id", "status"}` once
-        it started (`queued`, with a fleet). A caller that goes away does not stop it.
-        Refused before anything runs: an unknown checkpoint, a patch that does not fit."""
+        it started (`queued`, with a fleet). A caller that goes away does not stop it; the
+        server told to stop cancels it here, and with a fleet stops waiting for it
+        (`StoppedWaiting`). Refused before anything runs: an unknown checkpoint, a patch
+        that does not fit, a server shutting down."""
         _, transitions = await self._journal(caller, run_id)
         if at and not any(t.seq == at for t in transitions):
             raise NotFound(f"run {run_id!r} has no checkpoint {at}")
+        self._open()
         if self.fleet:
             forked = await self.agent.submit_fork(run_id, at=at, patch=patch)
             if not wait:
                 return {"run_id": forked, "status": "queued"}
-            await self.agent.wait(forked)
+            await self._wait_fleet(caller, forked)
         else:
-            self._open()
             resumer = self.agent._resumer()  # Agent.fork with the events streamed to the hub
             stream = event_stream(
                 lambda sink: resumer.fork(sink, run_id, at=at, patch=patch),
@@ -255,7 +306,8 @@ class Service:
         return record.result or run_json(record, detail=True)
 
     def _open(self) -> None:
-        """Conflict once the server is shutting down: no run starts here then."""
+        """Conflict once the server is shutting down: no run starts here then, nor is one
+        submitted to the fleet (as a request's answer would then be `StoppedWaiting`)."""
         if self.hub.closing:
             raise Conflict("the server is shutting down; no run starts on it now")
 

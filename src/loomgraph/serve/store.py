@@ -69,6 +69,11 @@ class MemoryStore:
     def __init__(self, runtime: Runtime) -> None:
         self._runtime = runtime
         self._keys: dict[str, ApiKey] = {}
+        # Each run's number, as the SQL journals' row number: given once, in the order runs
+        # started, never shifted by a later run (a page's cursor is one). The journal's own
+        # order will not do: a run that finishes moves to its end, a forgotten one leaves it.
+        self._numbers: dict[str, int] = {}
+        self._counted = 0  # the last number given
 
     async def add_key(self, user_id: str, *, approver: bool = False, label: str = "") -> str:
         """Keep a new key's hash; the key."""
@@ -109,22 +114,43 @@ class MemoryStore:
         cursor: str | None = None,
         agent: str | None = None,
     ) -> RunPage:
-        """A page of this user's runs, newest first (the cursor is a position)."""
-        rows = list(reversed(await self._runtime.runs(user_id)))
-        rows = [
-            r
-            for r in rows
-            if (status is None or r.status == status)
-            and (graph is None or r.graph_name == graph)
-            and (agent is None or may_go_on(r.agent_name, agent))
-        ]
-        start = cursor_position(cursor) if cursor else 0
-        page = rows[start : start + limit]
-        more = start + limit < len(rows)
-        return RunPage(page, str(start + limit) if more else None)
+        """A page of this user's runs, newest first; the cursor is a run's number (`_numbered`),
+        so a run started or finished between two pages moves none from one page to the next."""
+        records = await self._runtime.runs()
+        self._numbered(records)
+        before = cursor_position(cursor) if cursor else None
+        rows = sorted(
+            (
+                (self._numbers[r.run_id], r)
+                for r in records
+                if r.user_id == user_id
+                and (before is None or self._numbers[r.run_id] < before)
+                and (status is None or r.status == status)
+                and (graph is None or r.graph_name == graph)
+                and (agent is None or may_go_on(r.agent_name, agent))
+            ),
+            key=lambda pair: pair[0],
+            reverse=True,
+        )
+        last = str(rows[limit - 1][0]) if len(rows) > limit and limit else None
+        return RunPage([r for _, r in rows[:limit]], last)
+
+    def _numbered(self, records: list[RunRecord]) -> None:
+        """Number the runs of `records` new since the last call after every run numbered
+        before, in the order they started; forget the numbers of runs the journal forgot."""
+        kept = {r.run_id for r in records}
+        for run_id in [n for n in self._numbers if n not in kept]:
+            del self._numbers[run_id]
+        for record in sorted((r for r in records if r.run_id not in self._numbers), key=_started):
+            self._counted += 1
+            self._numbers[record.run_id] = self._counted
 
     async def close(self) -> None:
         """Nothing to release."""
+
+
+def _started(record: RunRecord) -> tuple[float, str]:
+    return record.created_at, record.run_id
 
 
 def open_store(runtime: Runtime) -> ServeStore:

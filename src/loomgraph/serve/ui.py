@@ -13,8 +13,10 @@ import re
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote, urlencode, urlsplit
 
+from jinja2 import Undefined
+from markupsafe import Markup
 from starlette.datastructures import FormData
 from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException
@@ -26,7 +28,7 @@ from starlette.templating import Jinja2Templates
 
 from loomgraph.agent.checkpoints import diff, pending_of
 from loomgraph.agent.run_events import journal_events, run_is_live
-from loomgraph.protocols import RunStatus
+from loomgraph.protocols import RunStatus, ToolCall
 from loomgraph.protocols.tool_identity import LOCAL, ToolIdentity
 from loomgraph.serve.api import limited, parse_json
 from loomgraph.serve.auth import (
@@ -50,9 +52,45 @@ from loomgraph.serve.views import run_json
 __all__ = ["ui_routes"]
 
 HERE = Path(__file__).parent
+# Characters that make text read other than it is, as the CLI escapes them (`cli.console`):
+# bidi overrides, embeddings and isolates (U+202E draws what follows right to left: another
+# digest on the approval card), marks, zero-width and other invisible format characters
+# (not the joiners emoji and scripts need), line and paragraph separators, and C0 and C1
+# controls but tab and line ends. NUL and lone surrogates are `_UNSHOWN`'s.
+_DISGUISING = re.compile(
+    "[\x01-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u061c\u200b\u200e\u200f\u2028-\u202e\u2060-\u206f\ufeff]"
+)
+
+
+def shown(text: str) -> str:
+    """`text` as a page shows it: each `_DISGUISING` character as its escape (`\\u202e`)."""
+    return _DISGUISING.sub(
+        lambda m: f"\\x{ord(m[0]):02x}" if ord(m[0]) < 0x100 else f"\\u{ord(m[0]):04x}", text
+    )
+
+
+def _finalize(value: Any) -> Any:
+    # Every `{{ }}` of every page: its text `shown`, whoever chose it (the run, a model, a
+    # tool, a server), a list's or a dict's too. Markup is the page's own (`exact`, `safe`)
+    # and left as it is, and so are numbers and nothing.
+    if hasattr(value, "__html__") or value is None or isinstance(value, int | float | Undefined):
+        return value
+    return shown(str(value))
+
+
+def exact(value: Any) -> Markup:
+    """`value` escaped as HTML only, not `shown`: for a form's field the page sends back as
+    it is (a request's key, which holds the model's call id)."""
+    return Markup.escape(value)
+
+
 TEMPLATES = Jinja2Templates(directory=str(HERE / "templates"))
+TEMPLATES.env.finalize = _finalize
 TEMPLATES.env.filters["pretty"] = lambda v: json.dumps(v, indent=2, sort_keys=True, default=str)
 TEMPLATES.env.filters["compact"] = lambda v: json.dumps(v, default=str)[:160]
+TEMPLATES.env.filters["exact"] = exact
+# A URL path segment from text (a run id): every reserved character percent-encoded.
+TEMPLATES.env.filters["segment"] = lambda v: quote(str(v), safe="")
 
 Page = Callable[[Request, Service, Caller], Awaitable[Response]]
 # Lone UTF-16 halves: a str may hold them (the Python API takes any str), UTF-8 cannot; and
@@ -145,6 +183,7 @@ async def _run_context(service: Service, caller: Caller, run_id: str) -> dict[st
     return {
         "caller": caller,
         "run": run_json(record, detail=True),
+        "answer_url": None if approval is None else _answer_url(run_id, approval.call),
         "live": live,
         "events": events,
         "count": len(events),
@@ -153,6 +192,14 @@ async def _run_context(service: Service, caller: Caller, run_id: str) -> dict[st
         "pending": approval,
         "tool": None if approval is None else _tool_shown(approval.tool),
     }
+
+
+def _answer_url(run_id: str, call: ToolCall | None) -> str | None:
+    """Where the card's buttons post the answer to `call`: its id (the model's text, `call/1`
+    or `..`) percent-encoded in the query, where no `/` or dot segment changes the route."""
+    if call is None:
+        return None
+    return f"/ui/runs/{quote(run_id, safe='')}/approvals?{urlencode({'call_id': call['id']})}"
 
 
 def _tool_shown(identity: ToolIdentity | None) -> dict[str, Any] | None:
@@ -202,7 +249,11 @@ def _form_bool(value: Any) -> bool:
 
 async def approve(request: Request, service: Service, caller: Caller) -> Response:
     form = await read_form(request, service)
-    run_id, call_id = request.path_params["run_id"], request.path_params["call_id"]
+    run_id = request.path_params["run_id"]
+    # The page names the call in the query (`answer_url`); the path form is older pages'.
+    call_id = request.path_params.get("call_id", request.query_params.get("call_id"))
+    if call_id is None:
+        raise BadRequest("the call answered is not named (`?call_id=`)")
     args: dict[str, Any] | None = None
     text = str(form.get("args") or "").strip()
     allow = _form_bool(form.get("allow"))
@@ -226,7 +277,8 @@ async def fork(request: Request, service: Service, caller: Caller) -> Response:
     if at is None:
         raise BadRequest(f"at must be a checkpoint number, got {raw!r}")
     result = await service.fork(caller, request.path_params["run_id"], at, None)
-    return Response(status_code=200, headers={"HX-Redirect": f"/ui/runs/{result['run_id']}"})
+    to = f"/ui/runs/{quote(result['run_id'], safe='')}"
+    return Response(status_code=200, headers={"HX-Redirect": to})
 
 
 # ---------------------------------------------------------------------- sign-in
@@ -302,7 +354,7 @@ def _page(service: Service, page: Page, *, write: bool = False) -> Any:
                 else (f"{type(err).__name__}: {err}")
             )
             if request.headers.get("hx-request") == "true":
-                html = _text(f'<p class="error" role="alert">{_escape(message)}</p>')
+                html = _text(f'<p class="error" role="alert">{_escape(shown(message))}</p>')
                 return HTMLResponse(html, status_code=200, headers={"HX-Retarget": "#notice"})
             return _render(request, "error.html", status, kind=kind, message=message)
 
@@ -331,8 +383,9 @@ def ui_routes(service: Service) -> list[Route | Mount]:
         Route("/ui/runs/{run_id}", _page(service, run_page)),
         Route("/ui/runs/{run_id}/live", _page(service, run_live)),
         Route("/ui/runs/{run_id}/checkpoint", _page(service, checkpoint)),
+        Route("/ui/runs/{run_id}/approvals", _page(service, approve, write=True), methods=["POST"]),
         Route(
-            "/ui/runs/{run_id}/approvals/{call_id}",
+            "/ui/runs/{run_id}/approvals/{call_id:path}",
             _page(service, approve, write=True),
             methods=["POST"],
         ),

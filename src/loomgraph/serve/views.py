@@ -3,13 +3,37 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, fields
 from typing import Any
 
 from loomgraph.agent.checkpoints import pending_of
 from loomgraph.agent.run_events import JournalEvent
 from loomgraph.protocols import RunRecord, Usage
 
-__all__ = ["dumps", "run_json", "sse_frame", "usage_of"]
+__all__ = ["QueuedRun", "dumps", "input_of", "run_json", "sse_frame", "usage_of"]
+
+
+@dataclass(slots=True)
+class QueuedRun(RunRecord):
+    """A fleet run no worker has started yet, with the input it was submitted with: the
+    journal keeps a run's input from its start on (`initial`); until then only its queued
+    job holds it, and the server reads it from there (`Service.run`)."""
+
+    submitted_input: str = ""
+
+    @classmethod
+    def of(cls, record: RunRecord, submitted_input: str) -> QueuedRun:
+        """`record` with the input its job was submitted with."""
+        values = {f.name: getattr(record, f.name) for f in fields(record)}
+        return cls(**values, submitted_input=submitted_input)
+
+
+def input_of(record: RunRecord) -> str:
+    """The run's input: as its start journaled it, or as it was submitted while it is queued
+    ("" when neither is known: a fleet run that never started and whose job is gone)."""
+    if record.initial is not None:
+        return record.initial.prompt
+    return record.submitted_input if isinstance(record, QueuedRun) else ""
 
 
 def dumps(value: Any) -> str:
@@ -43,7 +67,7 @@ def run_json(record: RunRecord, *, detail: bool = False) -> dict[str, Any]:
     }
     if detail:
         pending = pending_of(record)
-        data["input"] = record.initial.prompt if record.initial else ""
+        data["input"] = input_of(record)
         data["result"] = record.result
         data["pending"] = [] if pending is None else [pending.to_dict()]
     return data
