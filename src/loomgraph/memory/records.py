@@ -238,8 +238,8 @@ def shown_block_name(name: str) -> str:
     return "".join(c if _BLOCK_NAME.fullmatch(c) else f"\\u{ord(c):04x}" for c in name)
 
 
-# A tool name as `@tool` and MCP allow it (MCP: letters, digits, `_`, `-`, `.`). The seed shows at most SHOWN_TOOLS names of an
-# episode, each at most SHOWN_TOOL_CHARS characters as shown.
+# A tool name as `@tool` and MCP allow it (letters, digits, `_`, `-`, and `.` for MCP). The
+# seed shows at most SHOWN_TOOLS names of an episode, each at most SHOWN_TOOL_CHARS characters.
 _TOOL_NAME = re.compile(r"[A-Za-z0-9_.-]")
 SHOWN_TOOLS = 10
 SHOWN_TOOL_CHARS = 64
