@@ -5,7 +5,6 @@ journaled reason names who stopped a running run (the caller, or the server's sh
 from __future__ import annotations
 
 import asyncio
-import re
 from pathlib import Path
 from typing import Any
 
