@@ -20,14 +20,15 @@ import pytest
 
 import pg
 from loomgraph import Agent
-from loomgraph.engine.audit_writer import AuditWriter, keep_unwritten, restore_kept
+from loomgraph.engine.audit_writer import AuditWriter, Kept, keep_unwritten, restore_kept
 from loomgraph.governance import BudgetConfig, Caps, StandardBudget
 from loomgraph.models import ScriptedModel
 from loomgraph.observability import AuditLogUnavailable, FileAuditLog
 from loomgraph.protocols import AuditAction, AuditOutbox, RunRecord, RunStatus
 from loomgraph.protocols.runtime import current_fence
 from loomgraph.runtime import InMemoryRuntime, JournalUnavailable
-from loomgraph.runtime.errors import LeaseLost, UnknownRun
+from loomgraph.runtime.audit_outbox import EndEntries, end_entries
+from loomgraph.runtime.errors import LeaseLost, RunFinished, UnknownRun
 from loomgraph.runtime.postgres import PostgresRuntime
 from loomgraph.runtime.sqlite import SqliteRuntime
 
@@ -389,6 +390,61 @@ async def test_a_journal_without_an_outbox_keeps_nothing() -> None:
     await restore_kept(writer, object())
 
 
+async def test_an_unwritten_entry_made_before_a_kept_one_is_kept_before_it() -> None:
+    """The journal keeps a run's end (`Kept.ALREADY`); an outage then fails the batch with
+    an entry made before it: the outbox is left with both, in the order they were made
+    (kept again after, the old copy let go of), for the resume to write in that order."""
+    runtime = InMemoryRuntime()
+    await _started(runtime)
+    end = ("run_completed", "agent", {"status": "cancelled"})
+    await runtime.keep_audit_entries("r1", [end])  # as `finish_run` keeps it
+    writer = AuditWriter(CountedLog(room=0), "r1", None)
+    writer.add("budget_settle", "budget", {"i": 1})
+    writer.add(*end, Kept.ALREADY)
+    with pytest.raises(AuditLogUnavailable):
+        await writer.written()
+    await keep_unwritten(writer, runtime)
+    assert await runtime.kept_audit_entries("r1") == [("budget_settle", "budget", {"i": 1}), end]
+
+
+async def test_a_kept_entry_the_log_took_is_let_go_of() -> None:
+    runtime = InMemoryRuntime()
+    await _started(runtime)
+    end = ("run_completed", "agent", {"status": "completed"})
+    await runtime.keep_audit_entries("r1", [end])
+    log = CountedLog(room=10)
+    writer = AuditWriter(log, "r1", None)
+    writer.add("a", "n", {})
+    writer.add(*end, Kept.ALREADY)
+    await writer.written()
+    await keep_unwritten(writer, runtime)
+    assert await runtime.kept_audit_entries("r1") == []
+    assert [w[0] for w in log.written] == ["a", "run_completed"]
+
+
+async def test_a_writer_whose_lease_was_lost_writes_and_keeps_nothing_more() -> None:
+    """Once `fenced_out` says the run's lease is lost, neither what was queued (the batch
+    not begun) nor what comes after is written, and nothing is kept or let go of."""
+    runtime = InMemoryRuntime()
+    await _started(runtime)
+    await runtime.keep_audit_entries("r1", [("old", "n", {})])
+    lost = [False]
+    log = CountedLog(room=10)
+    writer = AuditWriter(log, "r1", None, fenced_out=lambda: lost[0])
+    writer.add("before", "n", {})
+    await writer.written()
+    writer.add("queued", "n", {})  # the batch is not begun yet
+    writer.add("old", "n", {}, Kept.ALREADY)
+    lost[0] = True
+    await writer.written()
+    writer.add("after", "n", {})
+    await writer.written()
+    await keep_unwritten(writer, runtime)
+    assert [w[0] for w in log.written] == ["before"]
+    assert writer.halted and writer.dropped == 3
+    assert await runtime.kept_audit_entries("r1") == [("old", "n", {})]  # the new owner's
+
+
 # ---------------------------------------------------------------------------- journals
 
 
@@ -439,6 +495,55 @@ async def _fenced(runtime: Any) -> None:
     assert await runtime.kept_audit_entries("r3") == []
 
 
+async def _finish(runtime: Any, run_id: str, status: RunStatus, fence: Any = None) -> bool:
+    """`finish_run` with a `run_completed` entry kept with it; whether the journal kept it."""
+    end = EndEntries(run_id, (("run_completed", "agent", {"status": str(status)}),))
+    tokens = end_entries.set(end), current_fence.set(fence)
+    try:
+        await runtime.finish_run(run_id, status, "", None)
+    finally:
+        end_entries.reset(tokens[0])
+        current_fence.reset(tokens[1])
+    return end.kept
+
+
+async def _ends_kept(runtime: Any) -> None:
+    """The end's entries are kept with the end, in its transaction: not when the end is
+    refused (a lost lease, a run ended already), nor for a run reopened `running`."""
+    await _started(runtime, "e1")
+    old = await runtime.acquire_lease("e1", "a")
+    assert not await _finish(runtime, "e1", RunStatus.RUNNING, old)  # reopened: ends nothing
+    assert await runtime.kept_audit_entries("e1") == []
+    new = await runtime.acquire_lease("e1", "b", take_from="a")
+    with pytest.raises(LeaseLost):
+        await _finish(runtime, "e1", RunStatus.COMPLETED, old)  # a zombie's end
+    assert (await runtime.load_run("e1")).status == RunStatus.RUNNING
+    assert await runtime.kept_audit_entries("e1") == []
+    assert await _finish(runtime, "e1", RunStatus.FAILED, new)  # a stop that resumes too
+    assert [a for a, _, _ in await runtime.kept_audit_entries("e1")] == ["run_completed"]
+    await runtime.drop_audit_entries("e1", 1)
+    await runtime.finish_run("e1", RunStatus.RUNNING, "", None)  # resumed
+    assert await _finish(runtime, "e1", RunStatus.COMPLETED, new)
+    with pytest.raises(RunFinished):
+        await _finish(runtime, "e1", RunStatus.COMPLETED, new)
+    kept = await runtime.kept_audit_entries("e1")
+    assert kept == [("run_completed", "agent", {"status": "completed"})]  # once
+    await _started(runtime, "e2")
+    await runtime.finish_run("e2", RunStatus.COMPLETED, "", None)  # nothing set: nothing kept
+    assert await runtime.kept_audit_entries("e2") == []
+
+
+@pytest.mark.parametrize("kind", ["memory", "sqlite"])
+async def test_a_run_end_keeps_its_entries_in_its_own_transaction(
+    tmp_path: Path, kind: str
+) -> None:
+    runtime = _journal(kind, tmp_path)
+    try:
+        await _ends_kept(runtime)
+    finally:
+        await runtime.close()
+
+
 @pytest.mark.parametrize("kind", ["memory", "sqlite"])
 async def test_the_outbox_keeps_entries_in_order_and_lets_go_of_the_oldest(
     tmp_path: Path, kind: str
@@ -464,6 +569,7 @@ async def test_the_postgres_outbox_keeps_in_order_and_is_fenced(pg_schema: str) 
     async with PostgresRuntime(pg.postgres_dsn(), schema=pg_schema) as runtime:
         await _keeps_in_order(runtime)
         await _fenced(runtime)
+        await _ends_kept(runtime)
     # A journal made before the outbox (its table gone) gains it when opened.
     import asyncpg  # type: ignore[import-untyped]
 
@@ -487,6 +593,31 @@ async def test_a_journal_made_before_the_outbox_gains_it_when_opened(tmp_path: P
     async with SqliteRuntime(path) as runtime:
         await runtime.keep_audit_entries("r1", [("a", "n", {"i": 1})])
         assert await runtime.kept_audit_entries("r1") == [("a", "n", {"i": 1})]
+
+
+@pytest.mark.parametrize("kind", ["memory", "sqlite"])
+async def test_a_run_keeps_its_end_entry_until_the_log_has_it(tmp_path: Path, kind: str) -> None:
+    """When the run's end is journaled its `run_completed` entry is kept with it (a crash
+    then leaves it for the resume); once the log has it, nothing is kept."""
+    seen: list[list[str]] = []
+    base = InMemoryRuntime if kind == "memory" else SqliteRuntime
+
+    class Watched(base):  # type: ignore[misc,valid-type]
+        async def finish_run(self, run_id: str, status: Any, reason: str, result: Any) -> None:
+            await super().finish_run(run_id, status, reason, result)
+            seen.append([a for a, _, _ in await self.kept_audit_entries(run_id)])
+
+    runtime = Watched() if kind == "memory" else Watched(tmp_path / "journal.db")
+    log = CutLog(tmp_path / "audit.jsonl")
+    agent = _agent(log, runtime, None)
+    try:
+        result = await agent.run("where?", user_id="alice")
+        assert await runtime.kept_audit_entries(result.run_id) == []
+    finally:
+        await agent.aclose()
+    assert seen == [["run_completed"]]
+    actions = [e["action"] for e in log.entries(run_id=result.run_id)]
+    assert actions[-1] == "run_completed" and "audit_restored" not in actions
 
 
 async def test_an_ordinary_run_reads_no_outbox(tmp_path: Path) -> None:

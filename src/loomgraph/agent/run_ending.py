@@ -1,6 +1,7 @@
 """How a session ends a run: the `RunResult` of the interpreter's outcome, the run's span
-told how the run ended, a run its caller cancelled journaled and audited as cancelled, and
-what an outage cut off a finished run's end done at its resume (`restore_ended`).
+told how the run ended, the end journaled with its `run_completed` entry kept beside it
+(`journal_end`), a run its caller cancelled journaled and audited as cancelled, and what an
+outage or a crash cut off a finished run's end done at its resume (`restore_ended`).
 
 Each takes what it reads of the session as arguments (the run's span, when the run started,
 the agent's `output_schema` step), and `AgentSession` calls each once where it needs it.
@@ -17,13 +18,14 @@ from loomgraph.agent.leases import hold_lease, lease_stop
 from loomgraph.agent.result import RunResult
 from loomgraph.agent.run_episode import owed_episode, pay_episode
 from loomgraph.engine import audit_trail as trail
-from loomgraph.engine.audit_writer import AuditWriter, keep_unwritten, restore_kept
+from loomgraph.engine.audit_writer import AuditWriter, Kept, keep_unwritten, restore_kept
 from loomgraph.engine.interpreter import Outcome
 from loomgraph.engine.scope import EventSink, RunScope
 from loomgraph.graph.state import final_output
 from loomgraph.nodes.structured import FinishNode, OutputValidationError
 from loomgraph.protocols import (
     AuditAction,
+    AuditEntry,
     AuditMode,
     AuditOutbox,
     Deps,
@@ -35,8 +37,103 @@ from loomgraph.protocols import (
     finished,
     semconv,
 )
+from loomgraph.runtime.audit_outbox import EndEntries, end_entries, refused_fences
+from loomgraph.runtime.errors import RunConflict
 
-__all__ = ["cancelled", "outcome_result", "restore_ended", "traced"]
+__all__ = [
+    "AuditFence",
+    "cancelled",
+    "ended_entry",
+    "journal_end",
+    "lease_lost",
+    "outcome_result",
+    "restore_ended",
+    "traced",
+]
+
+
+def lease_lost() -> bool:
+    """Whether the lease the current task holds was lost (another worker took the run
+    over): its lease holder stopped it with a `RunConflict` (`lease_stop`)."""
+    return isinstance(lease_stop(), RunConflict)
+
+
+class AuditFence:
+    """A run's audit writer fenced as its journal writes are: it halts (writes and keeps
+    nothing more) once the run's lease is lost, as soon as the run's task can know it: its
+    lease holder stopped it (`lease_lost`), or a journal refused one of its writes (noted in
+    `refused_fences` as the `LeaseLost` is raised, before it makes its way out through code
+    that audits on the way, as a tool call's settlement). What the log took before cannot be
+    taken back; an append under way is not called back."""
+
+    def __init__(self, scope: RunScope) -> None:
+        self.run_id = scope.run_id
+        self._refused: set[str] = set()
+        self._token = refused_fences.set(self._refused)
+        self.writer: AuditWriter | None = None
+        if scope.auditing:
+            deps = scope.deps
+            self.writer = AuditWriter(
+                deps.audit_log, scope.run_id, scope.user_id, fenced_out=self.lost
+            )
+            scope.audit_writer = self.writer
+
+    def lost(self) -> bool:
+        """Whether the run's lease is known lost, in the asking task's context."""
+        return self.run_id in self._refused or lease_lost()
+
+    def close(self, lost: bool) -> None:
+        """The run's body is over (in the task that made this): the writer halts when the
+        lease was lost (`lost`: the run ended with `LeaseLost`, or a refusal was noted)."""
+        refused_fences.reset(self._token)
+        if self.writer is not None and (lost or self.lost()):
+            self.writer.halt()
+
+
+def ended_entry(
+    scope: RunScope, result: RunResult, error: BaseException | None
+) -> dict[str, Any] | None:
+    """The payload of the run's `run_completed` entry (None: the run audits nothing)."""
+    if not scope.auditing:
+        return None
+    return trail.run_completed(
+        result.status,
+        result.reason,
+        result.usage,
+        output=result.output,
+        content=scope.audit_content,
+        error=error,
+    )
+
+
+async def journal_end(
+    scope: RunScope,
+    status: RunStatus,
+    reason: str,
+    result: dict[str, Any] | None,
+    ended: dict[str, Any] | None,
+) -> None:
+    """Journal how the run ended (`finish_run`, fenced) and then audit it: its
+    `run_completed` entry `ended` (None: the run audits nothing) is kept in the journal's
+    audit outbox in the same transaction (`audit_outbox.end_entries`), then queued for the
+    log marked kept, so the session lets go of it once the log has it (`keep_unwritten`).
+    A crash in between leaves it kept: the resume writes it (`restore_ended` for a finished
+    run; `restore_kept` before the `run_started` of a run that goes on). A journal that
+    keeps none (not an `AuditOutbox`) journals the end alone; the entry is queued as before.
+    A refused end (`LeaseLost`, `RunFinished`) keeps and audits nothing."""
+    runtime = scope.deps.runtime
+    if ended is None:
+        await runtime.finish_run(scope.run_id, status, reason, result)
+        return
+    entry: AuditEntry = (AuditAction.RUN_COMPLETED, trail.RUN_ACTOR, ended)
+    end = EndEntries(scope.run_id, (entry,))
+    token = end_entries.set(end)
+    try:
+        await runtime.finish_run(scope.run_id, status, reason, result)
+    finally:
+        end_entries.reset(token)
+    kept = Kept.ALREADY if end.kept else Kept.NOT_YET
+    scope.writer().add(*entry, kept)
 
 
 def traced(scope: RunScope, span: Span | None, attributes: dict[str, Any]) -> None:
@@ -59,10 +156,10 @@ async def cancelled(scope: RunScope, span: Span | None, reason: str) -> None:
 
 
 async def _journal_cancelled(scope: RunScope, reason: str) -> None:
-    await scope.deps.runtime.finish_run(scope.run_id, RunStatus.CANCELLED, reason, None)
+    ended = None
     if scope.auditing:
         ended = trail.run_completed(RunStatus.CANCELLED, reason, Usage())
-        await scope.audit(AuditAction.RUN_COMPLETED, trail.RUN_ACTOR, ended)
+    await journal_end(scope, RunStatus.CANCELLED, reason, None, ended)
 
 
 def outcome_result(
@@ -103,11 +200,12 @@ async def restore_ended(
     sink: EventSink,
     on_episode: Callable[[Episode], None] | None,
 ) -> None:
-    """What an outage cut off a finished run's end, done now under the run's lease (held
-    already when `leased`): its last audit entries (its `run_completed`, after its end was
-    journaled), which its journal kept, written behind the marker and let go of; and the
-    episode memory could not keep then (`run_episode`), kept now and handed to
-    `on_episode` (fact extraction). A run with neither: a read or two."""
+    """What an outage or a crash cut off a finished run's end, done now under the run's
+    lease (held already when `leased`): its last audit entries, which its journal kept (its
+    `run_completed`, kept with its end: `journal_end`; or what an outage cut off then),
+    written behind the marker and let go of; and the episode memory could not keep then
+    (`run_episode`), kept now and handed to `on_episode` (fact extraction). A run with
+    neither: a read or two."""
     runtime = deps.runtime
     # (With the no-op log the entries stay kept, as at any resume.)
     auditing = AuditMode.of(deps.audit_log).enabled
@@ -122,7 +220,7 @@ async def restore_ended(
 
 
 async def _restore(deps: Deps, record: RunRecord) -> None:
-    writer = AuditWriter(deps.audit_log, record.run_id, record.user_id)
+    writer = AuditWriter(deps.audit_log, record.run_id, record.user_id, fenced_out=lease_lost)
     try:
         await restore_kept(writer, deps.runtime)
     finally:  # an outage part-way: those the log took are let go of, the rest stay

@@ -3,6 +3,12 @@ crash between the two leaves a run `running` whose resume ends it and keeps the 
 (memory replaces an episode by run id); and, when memory could not keep it (an outage), owed
 in the journal, where the resume of the finished run finds it and keeps it then.
 
+Either may come after the user had memory `forget` the turn, and a worker may stall between
+its lease check and memory's write while another takes the run over: the episode says when
+its run started (`Episode.started_at`) and carries its writer's lease token (`fence`), and
+memory refuses one a `forget` covers and never replaces an episode with one of a lower token
+(`MemoryStore.remember`). A custom `Memory` that ignores both behaves as before.
+
 The owed episode is an effect of the run (kind `memory_episode`, key `episode_key`), written
 only when memory failed: a run whose memory kept its episode pays one read of its lease (the
 zombie check) and no journal write for it; one without memory (`NoMemory`) pays nothing.
@@ -14,6 +20,7 @@ import dataclasses
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 from loomgraph.agent.run_memory import offered_only
@@ -64,15 +71,18 @@ async def keep_episode(scope: RunScope, episode: Episode, *, resumed: bool) -> E
     quotes untrusted text: facts are written with no egress check).
 
     `LeaseLost` first for a worker whose lease was taken over (a zombie), which `finish_run`
-    would refuse after this. A failure of memory is reported (a `memory_remember_failed`
-    event, a warning) and owed in the journal for a resume; the run ends all the same.
+    would refuse after this; the episode carries the worker's lease token (`fence`), so one
+    that stalls past that check never replaces its successor's episode. A failure of memory
+    is reported (a `memory_remember_failed` event, a warning) and owed in the journal for a
+    resume; the run ends all the same. Memory refusing it (a `forget` covers the run, or a
+    newer holder's episode is kept) owes nothing and extracts nothing.
     `resumed`: the run was taken up again, so an earlier attempt may have owed it."""
     await _check_lease(scope)
-    episode = offered_only(episode, scope.deps.tools)
+    episode = replace(offered_only(episode, scope.deps.tools), fence=_token(episode.run_id))
     runtime = scope.deps.runtime
     extract = not scope.untrusted.carried_by(episode.output)
     try:
-        await scope.deps.memory.remember(episode)
+        stored = await scope.deps.memory.remember(episode)
     except Exception as err:
         error = f"{type(err).__name__}: {err}"
         _log.warning("run %s: memory did not keep its episode: %s", episode.run_id, error)
@@ -83,6 +93,11 @@ async def keep_episode(scope: RunScope, episode: Episode, *, resumed: bool) -> E
         owed = await runtime.effect(episode.run_id, episode_key(episode.run_id))
         if owed is not None and owed.status != EffectStatus.DONE:
             await runtime.end_effect(owed.run_id, owed.key, {}, EffectStatus.DONE)
+    if stored is False:
+        _log.info(
+            "run %s: memory did not take its episode (forgotten, or a newer one's)", episode.run_id
+        )
+        return None
     return episode if extract else None
 
 
@@ -100,13 +115,21 @@ async def pay_episode(
 ) -> None:
     """Keep the episode a finished run owes memory (under its lease: read again here), then
     hand it to `on_episode` (fact extraction, once: it never ran for an unkept episode). A
-    failure again is reported to `sink` and stays owed."""
+    failure again is reported to `sink` and stays owed; memory refusing it (a `forget` made
+    since the run started covers it) pays it, with nothing extracted."""
     owed = await owed_episode(deps, record)
     if owed is None:
         return
     episode = Episode(**owed.intent["episode"])
+    # When its run started (an intent journaled before it was kept says nothing), and the
+    # payer's own token: it holds the run's lease now, after whoever owed it.
+    episode = replace(
+        episode,
+        started_at=episode.started_at or record.created_at or None,
+        fence=max(episode.fence, _token(record.run_id)),
+    )
     try:
-        await deps.memory.remember(episode)
+        stored = await deps.memory.remember(episode)
     except Exception as err:
         error = f"{type(err).__name__}: {err}"
         _log.warning("run %s: memory did not keep its episode: %s", record.run_id, error)
@@ -115,7 +138,7 @@ async def pay_episode(
         await sink(Event(MEMORY_REMEMBER_FAILED, {"error": error}, *who))
         return
     await deps.runtime.end_effect(record.run_id, owed.key, {}, EffectStatus.DONE)
-    if on_episode is not None and owed.intent.get("extract"):
+    if on_episode is not None and owed.intent.get("extract") and stored is not False:
         on_episode(episode)
 
 
@@ -136,9 +159,16 @@ async def _owe(runtime: Any, episode: Episode, extract: bool, error: str) -> Non
         _log.warning("run %s: its unkept episode cannot be journaled: %s", episode.run_id, err)
 
 
+def _token(run_id: str) -> int:
+    """The fencing token of the lease the current task holds on `run_id`; 0 without one."""
+    lease = current_fence.get()
+    return lease.token if lease is not None and lease.run_id == run_id else 0
+
+
 async def _check_lease(scope: RunScope) -> None:
     """Refuse (`LeaseLost`) a writer whose lease on the run is no longer current, before it
-    writes memory, which no lease fences: one read of the lease, none without leases."""
+    writes memory, which the lease does not fence (memory only keeps a newer holder's episode
+    from a lower token): one read of the lease, none without leases."""
     lease = current_fence.get()
     read = getattr(scope.deps.leases, "lease", None)
     if lease is None or lease.run_id != scope.run_id or read is None:

@@ -16,11 +16,17 @@ from loomgraph.agent.leases import hold_lease, lease_stop
 from loomgraph.agent.pinning import graph_key, pin
 from loomgraph.agent.recovery import crashed_usage
 from loomgraph.agent.result import RunResult
-from loomgraph.agent.run_ending import cancelled, outcome_result, traced
+from loomgraph.agent.run_ending import (
+    AuditFence,
+    cancelled,
+    ended_entry,
+    journal_end,
+    outcome_result,
+    traced,
+)
 from loomgraph.agent.run_episode import keep_episode, keeps_episodes
 from loomgraph.agent.run_memory import episode_of, seeded_state
 from loomgraph.agent.run_started import audit_started
-from loomgraph.engine import audit_trail as trail
 from loomgraph.engine.audit_writer import keep_unwritten, written_quietly
 from loomgraph.engine.effects import ResumeInput
 from loomgraph.engine.interpreter import run_child, run_extra_step, run_graph
@@ -35,7 +41,6 @@ from loomgraph.nodes.structured import (
     StructuredAnswer,
 )
 from loomgraph.protocols import (
-    AuditAction,
     Deps,
     Episode,
     RunRecord,
@@ -48,7 +53,7 @@ from loomgraph.protocols import (
 )
 from loomgraph.protocols.events import RUN_COMPLETED, RUN_STARTED
 from loomgraph.protocols.runtime import Lease
-from loomgraph.runtime.errors import JournalEncodingError, RunConflict, RunExists
+from loomgraph.runtime.errors import JournalEncodingError, LeaseLost, RunConflict, RunExists
 from loomgraph.runtime.text import check_run_ids
 
 
@@ -207,8 +212,10 @@ class AgentSession:
             )
             with deps.telemetry.span(semconv.RUN_SPAN, attributes) as self._run_span:
                 scope = RunScope(self.run_id, self.user_id, self.session_id, deps, sink, run_child)
+                fence = AuditFence(scope)  # a zombie (its lease lost) audits nothing more
                 active = active_scope.set(scope)
                 over = True
+                lost = False  # the run's lease was lost: its entries are another's business
                 try:
                     if deps.run_clock is not None:  # the deadline is kept with the run
                         record.deadline = await deps.run_clock.begin_run(
@@ -228,17 +235,17 @@ class AgentSession:
                     # stopped) and its clock stay for the resume, which charges them.
                     over = False
                     raise
-                except RunConflict:
+                except RunConflict as err:
                     # Another process has the run (it took the lease over, or started it):
                     # the holds under the run's id are its holds now, and its clock.
-                    over = False
+                    over, lost = False, isinstance(err, LeaseLost)
                     raise
                 except asyncio.CancelledError:
                     # Stopped by its lease holder (lease lost, journal out of reach), which
                     # raises one of the two above from it: the run is not over either.
                     stop = lease_stop()
                     if stop is not None:
-                        over = False
+                        over, lost = False, isinstance(stop, RunConflict)
                         # An error of the run's, unlike its caller's cancel (not an error).
                         traced(
                             scope, self._run_span, {semconv.ERROR_TYPE: semconv.error_type(stop)}
@@ -246,6 +253,7 @@ class AgentSession:
                     raise
                 finally:
                     active_scope.reset(active)
+                    fence.close(lost)  # a zombie's queued entries are not written, nor kept
                     await written_quietly(scope.audit_writer)  # after an error: its entries
                     # What an audit outage left unwritten: kept in the journal for the resume.
                     await keep_unwritten(scope.audit_writer, deps.runtime, self._held)
@@ -317,31 +325,27 @@ class AgentSession:
         # lease taken over) is refused before memory; facts are drawn once the end is in.
         extract = None
         if result.ok and keeps_episodes(deps.memory):
-            state = outcome.state
+            state, run = outcome.state, current_run.get()  # the run's record (`_opened`)
             episode = episode_of(
                 self.run_id, self.user_id, self.session_id, self.prompt, result.output, state
             )
+            if run is not None:  # when the run started: a `forget` made since covers it
+                episode.started_at = run.created_at or None
             extract = await keep_episode(scope, episode, resumed=self._resumed)
+        # The end and its `run_completed` entry, kept together in the journal (a crash
+        # before the log has the entry leaves it for the resume to write).
         try:
-            await deps.runtime.finish_run(self.run_id, result.status, result.reason, data)
+            ended = ended_entry(scope, result, outcome.error)
+            await journal_end(scope, result.status, result.reason, data, ended)
         except JournalEncodingError:
             # An answer that is not plain JSON (a node wrote NaN to `output`; the journal
             # refused that visit, so the run failed): it ends without it, never `running`.
             result.output = None
             data = result.to_dict()
-            await deps.runtime.finish_run(self.run_id, result.status, result.reason, data)
+            ended = ended_entry(scope, result, outcome.error)
+            await journal_end(scope, result.status, result.reason, data, ended)
         if extract is not None and self.on_episode is not None:
             self.on_episode(extract)
-        if scope.auditing:
-            ended = trail.run_completed(
-                result.status,
-                result.reason,
-                result.usage,
-                output=result.output,
-                content=scope.audit_content,
-                error=outcome.error,
-            )
-            await scope.audit(AuditAction.RUN_COMPLETED, trail.RUN_ACTOR, ended)
         await scope.emit(
             RUN_COMPLETED,
             {

@@ -18,13 +18,26 @@ queued behind it and what the run made after (each `add` raising) are `unwritten
 way out the run keeps them in its journal, when the journal is an `AuditOutbox`
 (`keep_unwritten`), and its resume writes them first, behind an `audit_restored` marker,
 before its `run_started` entry (`restore_kept`): an outage leaves no gap in the run's trail.
+
+The writer knows which of its entries the journal keeps already (`Kept`): those a restore
+queued, and a run's `run_completed`, kept in the transaction that journals the run's end (so a
+crash between the two leaves it kept, for the resume of the finished run). On the way out
+(`keep_unwritten`) those the log took are let go of, and the outbox is left holding exactly
+what the log did not take, in the run's order (`outbox_change`).
+
+A writer whose run lost its lease (a zombie: another worker owns the run) writes nothing more
+and keeps nothing (`halt`, or the `fenced_out` check it is made with, asked at each entry and
+before each batch): what it queued is another worker's run's business now. An append under
+way when it learns cannot be called back, nor what the log took before.
 """
 
 from __future__ import annotations
 
 import asyncio
+import bisect
+import enum
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from loomgraph.engine import audit_trail as trail
@@ -38,23 +51,43 @@ Entry = AuditEntry
 """One entry to write: its action, its actor, its payload."""
 
 
+class Kept(enum.Enum):
+    """Where an entry handed to an `AuditWriter` stands with the journal's audit outbox."""
+
+    NOT_YET = "not_yet"  # kept there only if the log cannot take it (`keep_unwritten`)
+    ALREADY = "already"  # kept there already: let go of once the log has it
+    NEVER = "never"  # never kept (a restore's marker: the next restore writes its own)
+
+
 class AuditWriter:
     """One run's pending audit entries and the task that writes them."""
 
     __slots__ = (
         "_acked",
+        "_count",
+        "_dropped",
         "_error",
+        "_fenced_out",
+        "_halted",
+        "_kept",
         "_log",
+        "_never",
         "_pending",
         "_run_id",
         "_sent",
         "_task",
         "_unwritten",
         "_user_id",
-        "restoring",
     )
 
-    def __init__(self, log: AuditLog, run_id: str, user_id: str | None) -> None:
+    def __init__(
+        self,
+        log: AuditLog,
+        run_id: str,
+        user_id: str | None,
+        *,
+        fenced_out: Callable[[], bool] | None = None,
+    ) -> None:
         self._log, self._run_id, self._user_id = log, run_id, user_id
         self._pending: list[Entry] = []
         self._task: asyncio.Task[None] | None = None
@@ -62,9 +95,17 @@ class AuditWriter:
         self._unwritten: list[Entry] = []  # once an append failed: what it left, in order
         self._acked = 0  # how many entries, the first ones, the log acknowledged
         self._sent = 0  # of the batch under way, the entries appended one by one so far
-        # How many entries after the first (the marker) came from the journal's outbox and
-        # are still kept there (`restore_kept`): they are not to be kept twice.
-        self.restoring = 0
+        self._count = 0  # how many entries were handed over: the next one's position
+        # The positions of the entries the journal's outbox keeps, in its order (ascending:
+        # the outbox keeps a run's entries in the order they were made), and of those never
+        # to be kept.
+        self._kept: list[int] = []
+        self._never: set[int] = set()
+        # Asked at each entry and before each batch (in the task's context): whether the
+        # run's lease was lost. Then the writer halts.
+        self._fenced_out = fenced_out
+        self._halted = False
+        self._dropped = 0  # entries a halt left unwritten
 
     @property
     def run_id(self) -> str:
@@ -81,9 +122,36 @@ class AuditWriter:
         that failed on, what queued behind it and what was made after ([] while none failed)."""
         return list(self._unwritten)
 
-    def add(self, action: str, actor: str, payload: Mapping[str, Any]) -> None:
+    @property
+    def kept(self) -> int:
+        """How many of its entries the journal's outbox keeps (written or not)."""
+        return len(self._kept)
+
+    @property
+    def halted(self) -> bool:
+        """Whether the writer stopped for good: its run's lease was lost (`halt`)."""
+        return self._halted
+
+    @property
+    def dropped(self) -> int:
+        """How many entries a halt left unwritten (queued, or handed over after it)."""
+        return self._dropped
+
+    def add(
+        self, action: str, actor: str, payload: Mapping[str, Any], kept: Kept = Kept.NOT_YET
+    ) -> None:
         """Queue one entry behind the run's earlier ones; raises an earlier append's error
-        (the entry is then unwritten, with those before it)."""
+        (the entry is then unwritten, with those before it). `kept`: whether the journal
+        keeps it already (`Kept.ALREADY`, after those it kept before) or must never keep it.
+        Once the run's lease is lost the entry is dropped (`halt`)."""
+        if self._stopped():
+            self._dropped += 1
+            return
+        position, self._count = self._count, self._count + 1
+        if kept is Kept.ALREADY:
+            self._kept.append(position)
+        elif kept is Kept.NEVER:
+            self._never.add(position)
         if self._error is not None:
             self._unwritten.append((action, actor, payload))
             raise self._error
@@ -92,24 +160,63 @@ class AuditWriter:
             self._task = asyncio.get_running_loop().create_task(self._drain())
             self._task.add_done_callback(_retrieved)
 
+    def let_go(self, count: int) -> None:
+        """The journal let go of the `count` oldest entries it kept (the log has them)."""
+        del self._kept[:count]
+
+    def halt(self) -> None:
+        """The run's lease was lost (a zombie): nothing queued, nor handed over later, is
+        written; nothing is kept, nor let go of (the run is another worker's). An append
+        under way is not called back: `written()` waits for it to end."""
+        if not self._halted:
+            self._halted = True
+            self._dropped += len(self._pending) + len(self._unwritten)
+            self._pending, self._unwritten, self._kept = [], [], []
+
+    def _stopped(self) -> bool:
+        if not self._halted and self._fenced_out is not None and self._fenced_out():
+            self.halt()
+        return self._halted
+
+    def outbox_change(self) -> tuple[list[Entry], int]:
+        """What the journal's outbox needs on the run's way out, to hold exactly what the log
+        did not take, in the run's order: the entries to keep (after those kept) and then how
+        many of the oldest kept to let go of. The kept ones the log took are let go of; the
+        unwritten ones not kept yet are kept after. An unwritten entry made before one kept
+        already (an outage in the batch before a run's kept end) is kept again with all the
+        unwritten after it, in order, and the old copies let go of."""
+        acked = self._acked
+        done = bisect.bisect_left(self._kept, acked)  # kept, and in the log
+        waiting = self._kept[done:]  # kept, not in the log (unwritten)
+        kept = set(waiting)
+        unwritten = [
+            (at, entry) for at, entry in enumerate(self._unwritten, acked) if at not in self._never
+        ]
+        fresh = [(at, entry) for at, entry in unwritten if at not in kept]
+        if waiting and fresh and fresh[0][0] < waiting[-1]:
+            return [entry for _, entry in unwritten], done + len(waiting)
+        return [entry for _, entry in fresh], done
+
     async def written(self) -> None:
-        """Wait until every entry queued so far is appended; raises the first failure. A
-        caller cancelled meanwhile leaves the appends to finish on their own."""
+        """Wait until every entry queued so far is appended; raises the first failure (not
+        once halted). A caller cancelled meanwhile leaves the appends to finish on their own."""
         task = self._task
         if task is not None:
             await asyncio.shield(task)
-        if self._error is not None:
+        if self._error is not None and not self._halted:
             raise self._error
 
     async def _drain(self) -> None:
         try:
-            while self._pending:
+            while self._pending and not self._stopped():
                 batch, self._pending = self._pending, []
                 self._sent = 0
                 try:
                     await self._write(batch)
                 except BaseException as err:  # kept for `written` and the next `add`
                     self._error = err
+                    if self._halted:  # the run is another worker's: nothing is kept
+                        raise
                     self._acked += self._sent
                     self._unwritten, self._pending = batch[self._sent :] + self._pending, []
                     raise
@@ -149,24 +256,26 @@ async def written_quietly(writer: AuditWriter | None) -> None:
 
 async def restore_kept(writer: AuditWriter, runtime: object) -> None:
     """At a run's resume, before any entry of its own (`writer` has none yet): the entries
-    outages cut off its earlier attempts, which its journal keeps (an `AuditOutbox`), are
-    written behind an `audit_restored` marker; once the log has them all, the journal lets go
-    of them. An outage meanwhile is raised (the resume stops) and they stay kept, once
-    (`keep_unwritten` keeps none of them again)."""
+    its journal keeps (an `AuditOutbox`: cut off its earlier attempts by outages, or the
+    `run_completed` kept with its end) are written behind an `audit_restored` marker; once
+    the log has them all, the journal lets go of them. An outage meanwhile is raised (the
+    resume stops) and they stay kept, once (`keep_unwritten` keeps none of them again)."""
     if not isinstance(runtime, AuditOutbox):
         return
     kept = await runtime.kept_audit_entries(writer.run_id)
     if not kept:
         return
-    writer.add(AuditAction.AUDIT_RESTORED, trail.RUNTIME_ACTOR, trail.audit_restored(len(kept)))
+    marker = trail.audit_restored(len(kept))
+    writer.add(AuditAction.AUDIT_RESTORED, trail.RUNTIME_ACTOR, marker, Kept.NEVER)
     for action, actor, payload in kept:
-        writer.add(action, actor, payload)
-    writer.restoring = len(kept)
+        writer.add(action, actor, payload, Kept.ALREADY)
     await writer.written()
+    if writer.halted:  # the lease was lost: the run's new owner writes them
+        return
     # A crash (or a journal out of reach) before this is done writes them again at the next
     # resume: twice in the log rather than not at all.
     await runtime.drop_audit_entries(writer.run_id, len(kept))
-    writer.restoring = 0
+    writer.let_go(len(kept))
 
 
 async def keep_unwritten(
@@ -174,21 +283,31 @@ async def keep_unwritten(
 ) -> None:
     """On a run's way out: what its audit log could not take is kept in its journal (an
     `AuditOutbox`), after what the journal keeps already, for its resume to write; of the
-    kept entries a restore queued, those the log took are let go of, the others stay as they
-    are. Fenced with `fence` (the run's lease, when let go of already), else the task's. A
-    journal out of reach too: logged, and the entries are lost. Runs to its end even when
-    the caller cancels again. Nothing to do (no read, no write) when every entry went in."""
-    if writer is None or not (writer.unwritten() or writer.restoring):
+    entries the journal kept already (a restore's, the run's end), those the log took are
+    let go of, the others stay (`AuditWriter.outbox_change`). Fenced with `fence` (the run's
+    lease, when let go of already), else the task's. A journal out of reach too: logged, and
+    the entries are lost. Runs to its end even when the caller cancels again. Nothing to do
+    (no read, no write) when every entry went in and none is kept; nor for a halted writer
+    (its run's lease was lost), whose dropped entries are logged."""
+    if writer is None:
+        return
+    if writer.halted:
+        if writer.dropped:
+            _log.warning(
+                "run %s: its lease was lost (another worker owns the run): %d audit entries "
+                "it made are not written",
+                writer.run_id,
+                writer.dropped,
+            )
+        return
+    if not (writer.unwritten() or writer.kept):
         return
     if isinstance(runtime, AuditOutbox):
         await finished(_keep(writer, runtime, fence))
 
 
 async def _keep(writer: AuditWriter, outbox: AuditOutbox, fence: Lease | None) -> None:
-    unwritten, restoring, acked = writer.unwritten(), writer.restoring, writer.acknowledged
-    # The writer's first entries were the marker, then the `restoring` kept ones.
-    done = min(max(acked - 1, 0), restoring)
-    fresh = unwritten[max(0, 1 + restoring - acked) :] if restoring else unwritten
+    fresh, done = writer.outbox_change()
     if fence is not None:
         current_fence.set(fence)  # in this task's own context only
     run_id = writer.run_id

@@ -16,6 +16,7 @@ from typing import Any, Self
 
 from loomgraph.memory.errors import BlockNameError, MemoryInputError
 from loomgraph.memory.inputs import (
+    MAX_LIMIT,
     check_before,
     check_id,
     check_limit,
@@ -99,11 +100,18 @@ class MemoryStore(ABC):
         recent = await self._recent(key, session_id, self.limits.turns)
         return turns(recent, self.limits.history_chars)
 
-    async def remember(self, episode: Episode) -> None:
-        """Store a finished run (again for the same run id replaces it, so a resume adds none).
+    async def remember(self, episode: Episode) -> bool:
+        """Store a finished run (again for the same run id replaces it, so a resume adds
+        none); False, storing nothing, when a `forget` covers it or a higher `fence` wrote it.
 
-        Its ids and time are checked first (`MemoryInputError` naming the field); its text
-        is stored with NUL and lone surrogates escaped (`memory.inputs`)."""
+        A `forget` covers the episode of a run it deleted the episode of, and one it would
+        have deleted had it been stored then whose run had started (`started_at`) before the
+        forget: an episode a crashed or stalled run ends with, or an owed one, never brings a
+        forgotten turn back. A stored episode is replaced only by one of an equal or higher
+        `fence` (the writer's lease token), so a writer whose lease was taken over never
+        replaces its successor's. Its ids and times are checked first (`MemoryInputError`
+        naming the field); its text is stored with NUL and lone surrogates escaped
+        (`memory.inputs`)."""
         if not isinstance(episode, Episode):
             raise TypeError(f"expected an Episode, got {type(episode).__name__}")
         key = checked_key(episode.user_id)
@@ -111,14 +119,22 @@ class MemoryStore(ABC):
         if not isinstance(episode.run_id, str) or not episode.run_id:
             raise MemoryInputError(f"run_id must be a non-empty str, not {episode.run_id!r}")
         check_id("run_id", episode.run_id)
+        fence = episode.fence
+        if isinstance(fence, bool) or not isinstance(fence, int) or not 0 <= fence <= MAX_LIMIT:
+            raise MemoryInputError(
+                f"Episode.fence must be a lease token (an int from 0), not {fence!r}"
+            )
+        started = episode.started_at
         stored = replace(
             episode,
             prompt=escaped(str(episode.prompt)),
             output=escaped(str(episode.output)),
             tool_calls=[escaped(str(c)) for c in episode.tool_calls],
             at=check_time("Episode.at", episode.at),
+            started_at=None if started is None else check_time("Episode.started_at", started),
         )
-        await self._remember(key, stored)
+        # A backend of before this returned None: stored.
+        return await self._remember(key, stored) is not False
 
     # ------------------------------------------------------------------ episodes
 
@@ -274,7 +290,9 @@ class MemoryStore(ABC):
         blocks stay). With `before`: episodes, facts and blocks recorded before that time.
         Both: the intersection. A deleted fact that had superseded a kept one makes that one
         current again. The pending extractions the forget covers are cancelled first, and
-        facts drawn from a deleted episode are never written afterwards.
+        facts drawn from a deleted episode are never written afterwards. It records what it
+        forgot (the runs whose episodes it deleted; its session, bound and time; no text),
+        so no later `remember` of what it covers stores it (`remember`).
         """
         key = checked_key(user_id)  # an id refused here cancels nothing of another user
         check_id("session_id", session_id)
@@ -313,7 +331,9 @@ class MemoryStore(ABC):
     # `key` is the user's partition (user_key); backends never see a None user.
 
     @abstractmethod
-    async def _remember(self, key: str, episode: Episode) -> None: ...
+    async def _remember(self, key: str, episode: Episode) -> bool:
+        """Store `episode` unless a forget covers it or a higher fence wrote it (`remember`);
+        whether it was stored, checked and written in one transaction."""
 
     @abstractmethod
     async def _recent(self, key: str, session_id: str, limit: int) -> list[Episode]:

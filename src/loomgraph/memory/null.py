@@ -9,7 +9,7 @@ from typing import Any
 from loomgraph.memory.base import MemoryStore
 from loomgraph.memory.chain import Statement, merged, place, relinked, summary
 from loomgraph.memory.ranking import bm25_rank
-from loomgraph.memory.records import Fact, MemoryLimits, WorkingBlock, fact_key
+from loomgraph.memory.records import Fact, MemoryLimits, WorkingBlock, fact_key, now
 from loomgraph.protocols import Episode, Message
 
 
@@ -31,12 +31,43 @@ class NoMemory:
         """Nothing to let go of."""
 
 
+@dataclass(slots=True, frozen=True)
+class _Forgot:
+    """One `forget`, as the SQL backends' `memory_forgotten` row without a run id."""
+
+    session_id: str | None  # None: every session
+    older_than: float | None  # its `before`
+    at: float  # when it was made
+
+    def covers(self, ep: Episode) -> bool:
+        """Whether it would have deleted `ep` had it been stored then (its run had started)."""
+        return (
+            (self.session_id is None or self.session_id == ep.session_id)
+            and ep.started_at is not None
+            and ep.started_at < self.at
+            and (self.older_than is None or ep.at < self.older_than)
+        )
+
+    def within(self, other: _Forgot) -> bool:
+        """Whether `other`, made later, covers all this one does (this one can go)."""
+        return (
+            self.at <= other.at
+            and other.session_id in (None, self.session_id)
+            and (
+                other.older_than is None
+                or (self.older_than is not None and self.older_than <= other.older_than)
+            )
+        )
+
+
 @dataclass(slots=True)
 class _UserData:
     episodes: dict[str, Episode] = field(default_factory=dict)  # by run id, in arrival order
     facts: list[Fact] = field(default_factory=list)  # in the order written (by id)
     sources: dict[int, list[Statement]] = field(default_factory=dict)  # by fact id
     blocks: dict[str, WorkingBlock] = field(default_factory=dict)  # in the order first set
+    forgotten_runs: set[str] = field(default_factory=set)  # whose episodes a forget deleted
+    forgets: list[_Forgot] = field(default_factory=list)
 
 
 class InMemoryMemory(MemoryStore):
@@ -67,8 +98,17 @@ class InMemoryMemory(MemoryStore):
 
     # ------------------------------------------------------------------ episodes
 
-    async def _remember(self, key: str, episode: Episode) -> None:
-        self._user(key).episodes[episode.run_id] = self._copy(episode, key)
+    async def _remember(self, key: str, episode: Episode) -> bool:
+        data = self._user(key)
+        if episode.run_id in data.forgotten_runs:
+            return False
+        old = data.episodes.get(episode.run_id)
+        if old is None and any(f.covers(episode) for f in data.forgets):
+            return False
+        if old is not None and old.fence > episode.fence:
+            return False  # a newer holder of the run's lease wrote it
+        data.episodes[episode.run_id] = self._copy(episode, key)
+        return True
 
     async def _recent(self, key: str, session_id: str, limit: int) -> list[Episode]:
         mine = [e for e in self._ordered(key) if e.session_id == session_id]
@@ -157,9 +197,11 @@ class InMemoryMemory(MemoryStore):
     # ------------------------------------------------------------------ the user's data
 
     async def _forget(self, key: str, session_id: str | None, before: float | None) -> int:
-        data = self._users.get(key)
-        if data is None:
-            return 0
+        # Kept even for a user with nothing stored: an episode owed, or of a run under way,
+        # may come later (`remember`).
+        data = self._user(key)
+        forgot = _Forgot(session_id, before, now())
+        data.forgets = [f for f in data.forgets if not f.within(forgot)] + [forgot]
 
         def old(at: float) -> bool:
             return before is None or at < before
@@ -197,10 +239,9 @@ class InMemoryMemory(MemoryStore):
         )
         for run_id in gone:
             del data.episodes[run_id]
+        data.forgotten_runs |= gone
         for name in blocks:
             del data.blocks[name]
-        if not (data.episodes or data.facts or data.blocks):
-            del self._users[key]
         return len(gone) + deleted + len(blocks)
 
     async def _fact_sources(self, key: str) -> list[dict[str, Any]]:

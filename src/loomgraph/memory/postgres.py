@@ -19,8 +19,10 @@ from loomgraph.memory.schema import (
     READABLE_VERSIONS,
     SCHEMA_VERSION,
     TABLES,
+    forgotten_table,
     migration,
     tables_of,
+    writer_columns,
 )
 from loomgraph.memory.sql import EPISODE_COLS, FACT_COLS, SqlMemory, episode_of, fact_of
 from loomgraph.protocols import Episode
@@ -88,6 +90,7 @@ def ddl(schema: str) -> list[str]:
         f"CREATE TABLE {p}memory_episodes (id bigserial PRIMARY KEY, user_id text NOT NULL, "
         "session_id text, run_id text NOT NULL, prompt text NOT NULL, output text NOT NULL, "
         "tool_calls text NOT NULL, at double precision NOT NULL, search tsvector, "
+        "started_at double precision, fence bigint NOT NULL DEFAULT 0, "
         "UNIQUE (user_id, run_id))",
         *_search(p),
         f"CREATE INDEX ON {p}memory_episodes (user_id, session_id, at)",
@@ -108,6 +111,7 @@ def ddl(schema: str) -> list[str]:
         "text text NOT NULL, created_at double precision NOT NULL, "
         "updated_at double precision NOT NULL, PRIMARY KEY (user_id, name))",
         *_sources(p),
+        *forgotten_table(p),
         f"INSERT INTO {p}memory_meta VALUES ('schema_version', '{SCHEMA_VERSION}')",
     ]
     for table in TABLES[1:]:
@@ -124,10 +128,16 @@ def upgrade(schema: str, version: str) -> list[str]:
     return migration(
         p,
         version,
-        [f"ALTER TABLE {p}memory_facts NO FORCE ROW LEVEL SECURITY", *_sources(p)],
+        [
+            f"ALTER TABLE {p}memory_facts NO FORCE ROW LEVEL SECURITY",
+            *_sources(p),
+            *forgotten_table(p),
+            *writer_columns(p, None),
+        ],
         [
             f"ALTER TABLE {p}memory_facts FORCE ROW LEVEL SECURITY",
             *_policy(p, "memory_fact_sources"),
+            *_policy(p, "memory_forgotten"),
             f"ALTER TABLE {p}memory_episodes ALTER COLUMN search DROP EXPRESSION IF EXISTS",
             *_search(p),
         ],

@@ -16,11 +16,12 @@ from typing import Any
 from loomgraph._storage.cursor import Cursor
 from loomgraph.memory.base import MemoryStore
 from loomgraph.memory.chain import Statement, merged, place, relinked, summary
+from loomgraph.memory.forgotten import record_forget, remember_args, remember_statement
 from loomgraph.memory.records import Fact, WorkingBlock, fact_key
 from loomgraph.memory.schema import SOURCE_COLS, TABLES
 from loomgraph.protocols import Episode
 
-EPISODE_COLS = "session_id, run_id, prompt, output, tool_calls, at"
+EPISODE_COLS = "session_id, run_id, prompt, output, tool_calls, at, started_at, fence"
 FACT_COLS = (
     "id, subject, predicate, object, confidence, source_run, valid_from, valid_to, session_id"
 )
@@ -28,7 +29,18 @@ FACT_COLS = (
 
 def episode_of(key: str, row: Sequence[Any]) -> Episode:
     """An Episode from a row of EPISODE_COLS."""
-    return Episode(key or None, row[0], row[1], row[2], row[3], json.loads(row[4]), float(row[5]))
+    started = None if row[6] is None else float(row[6])
+    return Episode(
+        key or None,
+        row[0],
+        row[1],
+        row[2],
+        row[3],
+        json.loads(row[4]),
+        float(row[5]),
+        started,
+        int(row[7]),
+    )
 
 
 def fact_of(key: str, row: Sequence[Any]) -> Fact:
@@ -65,23 +77,11 @@ class SqlMemory(MemoryStore):
 
     # ------------------------------------------------------------------ episodes
 
-    async def _remember(self, key: str, episode: Episode) -> None:
+    async def _remember(self, key: str, episode: Episode) -> bool:
         async with self._tx(key, write=True) as cur:
-            await cur.execute(
-                f"INSERT INTO {self.t('memory_episodes')} (user_id, {EPISODE_COLS}) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (user_id, run_id) DO UPDATE SET "
-                "session_id = excluded.session_id, prompt = excluded.prompt, "
-                "output = excluded.output, tool_calls = excluded.tool_calls, at = excluded.at",
-                [
-                    key,
-                    episode.session_id,
-                    episode.run_id,
-                    str(episode.prompt),
-                    str(episode.output),
-                    json.dumps([str(c) for c in episode.tool_calls]),
-                    float(episode.at),
-                ],
-            )
+            await self._lock_user(cur, key)  # forget takes it too: what it forgot is all in
+            sql = remember_statement(self.prefix, EPISODE_COLS)
+            return await cur.execute(sql, remember_args(key, episode)) > 0
 
     async def _recent(self, key: str, session_id: str, limit: int) -> list[Episode]:
         async with self._tx(key) as cur:
@@ -240,7 +240,7 @@ class SqlMemory(MemoryStore):
     # ------------------------------------------------------------------ the user's data
 
     async def _forget(self, key: str, session_id: str | None, before: float | None) -> int:
-        episodes, facts, blocks, sources = (self.t(n) for n in TABLES[1:])
+        episodes, facts, blocks, sources = (self.t(n) for n in TABLES[1:5])
         where, args = "user_id = ?", list[Any]([key])
         if session_id is not None:
             where, args = where + " AND session_id = ?", [*args, session_id]
@@ -260,6 +260,7 @@ class SqlMemory(MemoryStore):
         count = 0
         async with self._tx(key, write=True) as cur:
             await self._lock_user(cur, key)  # no add_facts in between: its episode check holds
+            await record_forget(cur, self.prefix, key, session_id, before, where, args)
             if session_id is None and before is None:
                 count += await cur.execute(f"DELETE FROM {facts} WHERE user_id = ?", [key])
                 await cur.execute(f"DELETE FROM {sources} WHERE user_id = ?", [key])

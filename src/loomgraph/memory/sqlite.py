@@ -23,8 +23,10 @@ from loomgraph.memory.records import Fact, MemoryLimits
 from loomgraph.memory.schema import (
     READABLE_VERSIONS,
     SCHEMA_VERSION,
+    forgotten_table,
     migration,
     tables_of,
+    writer_columns,
 )
 from loomgraph.memory.sql import EPISODE_COLS, FACT_COLS, SqlMemory, episode_of, fact_of
 from loomgraph.protocols import Episode
@@ -64,7 +66,8 @@ DDL = [
     "CREATE TABLE memory_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
     "CREATE TABLE memory_episodes (id INTEGER PRIMARY KEY, user_id TEXT NOT NULL, "
     "session_id TEXT, run_id TEXT NOT NULL, prompt TEXT NOT NULL, output TEXT NOT NULL, "
-    "tool_calls TEXT NOT NULL, at REAL NOT NULL, UNIQUE (user_id, run_id))",
+    "tool_calls TEXT NOT NULL, at REAL NOT NULL, started_at double precision, "
+    "fence bigint NOT NULL DEFAULT 0, UNIQUE (user_id, run_id))",
     "CREATE INDEX memory_episodes_session ON memory_episodes (user_id, session_id, at)",
     *_fts("memory_episodes", "prompt, output"),
     "CREATE TABLE memory_facts (id INTEGER PRIMARY KEY, user_id TEXT NOT NULL, "
@@ -81,6 +84,7 @@ DDL = [
     "text TEXT NOT NULL, created_at REAL NOT NULL, updated_at REAL NOT NULL, "
     "PRIMARY KEY (user_id, name))",
     *SOURCES,
+    *forgotten_table(""),
     f"INSERT INTO memory_meta VALUES ('schema_version', '{SCHEMA_VERSION}')",
 ]
 _FTS = ("memory_episodes_fts", "memory_facts_fts")
@@ -235,7 +239,11 @@ class SqliteMemory(SqlMemory):
         if missing:
             raise MemoryCorrupted(self.where, f"missing table(s): {', '.join(missing)}")
         if rows[0][0] != str(SCHEMA_VERSION):  # an older version: migrated in this transaction
-            for statement in migration("", rows[0][0], SOURCES, []):
+            have = {
+                str(r[1]) for r in await conn.execute_fetchall("PRAGMA table_info(memory_episodes)")
+            }
+            create = [*SOURCES, *forgotten_table(""), *writer_columns("", have)]
+            for statement in migration("", rows[0][0], create, []):
                 await conn.execute(statement)
 
 

@@ -12,7 +12,13 @@ __all__ = ["Episode", "Memory", "Seed"]
 
 @dataclass(slots=True)
 class Episode:
-    """One finished run, as memory keeps it."""
+    """One finished run, as memory keeps it.
+
+    `started_at` (when its run started, epoch seconds; None: not known) and `fence` (the
+    fencing token of the writer's lease on the run; 0 without leases) say whether it may
+    still be written: a `forget` made after its run started covers it, and a lower `fence`
+    never replaces a higher one's episode (`MemoryStore.remember`).
+    """
 
     user_id: str | None
     session_id: str | None
@@ -21,6 +27,8 @@ class Episode:
     output: str
     tool_calls: list[str] = field(default_factory=list)
     at: float = 0.0
+    started_at: float | None = None
+    fence: int = 0
 
 
 class Seed(str):
@@ -49,8 +57,9 @@ class Memory(Protocol):
         """The earlier turns of this session, oldest first."""
         ...
 
-    async def remember(self, episode: Episode) -> None:
-        """Store a finished run."""
+    async def remember(self, episode: Episode) -> bool | None:
+        """Store a finished run; False when the store refused it (a `forget` covers it, or a
+        writer with a higher `fence` stored its episode), None or True otherwise."""
         ...
 
     async def close(self) -> None:

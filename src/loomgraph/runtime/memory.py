@@ -25,6 +25,7 @@ from loomgraph.protocols import (
 )
 from loomgraph.protocols.runtime import Lease, current_fence
 from loomgraph.runtime.audit_entries import entry_from_text, entry_text
+from loomgraph.runtime.audit_outbox import ending, refused
 from loomgraph.runtime.errors import LeaseLost, RunExists, RunFinished
 from loomgraph.runtime.frozen import freeze, thaw
 from loomgraph.runtime.lease_table import LeaseTable
@@ -125,7 +126,7 @@ class InMemoryRuntime:
         if row is None or row.token != lease.token:
             if run_id not in self._runs:
                 raise UnknownRun(run_id)
-            raise LeaseLost(run_id, lease.token)
+            raise refused(LeaseLost(run_id, lease.token))
 
     def _forget(self, run_id: str) -> None:
         self._leases.forget(run_id)
@@ -225,11 +226,17 @@ class InMemoryRuntime:
         fence: Lease | None = None,
     ) -> None:
         """Record how a run ended; a run already finished keeps its status (`RunFinished`).
-        Fenced."""
+        Fenced. The audit entries the caller keeps with the end (`end_entries`) are kept with
+        it, as the SQL journals keep them in its transaction."""
         self._fence(run_id, fence)
         run = self._runs[run_id]
         if run.status.final:
             raise RunFinished(run_id, str(run.status))
+        end = ending(run_id, RunStatus(status))
+        if end is not None:
+            texts = [entry_text(entry) for entry in end.entries]
+            self._audit_kept.setdefault(run_id, []).extend(texts)
+            end.kept = True
         run.status, run.reason = RunStatus(status), storable_reason(reason)
         run.result, run.updated_at = result, time.time()
         self._runs.move_to_end(run_id)

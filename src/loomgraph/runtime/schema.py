@@ -201,11 +201,13 @@ def statements(d: Dialect) -> dict[str, str]:
         + " WHERE run_id = ? AND status = 'queued'"
     )
     effects = f"SELECT {EFFECT_READ} FROM {p}effects e JOIN {p}runs r ON r.n = e.run "
-    # The audit outbox: the run's number and the seq its next kept entry takes (none for an
-    # unknown run); the kept entries in order; the `?` oldest let go of.
-    outbox_next = (
-        f"SELECT r.n, coalesce((SELECT max(o.seq) FROM {p}audit_outbox o WHERE o.run = r.n), "
-        f"0) + 1 FROM {p}runs r WHERE r.run_id = ?"
+    # The audit outbox: one entry kept after the run's others, numbered on from them (no row
+    # for an unknown run), in one statement; the kept entries in order; the `?` oldest let go
+    # of (fenced: with the fence's condition in the same statement).
+    outbox_add = (
+        f"INSERT INTO {p}audit_outbox (run, seq, entry, v) SELECT r.n, coalesce((SELECT "
+        f"max(o.seq) FROM {p}audit_outbox o WHERE o.run = r.n), 0) + 1, ?, ? FROM {p}runs r "
+        "WHERE r.run_id = ?"
     )
     outbox_drop = (
         f"DELETE FROM {p}audit_outbox WHERE run = {run_n} AND seq < (SELECT min(seq) FROM "
@@ -263,11 +265,11 @@ def statements(d: Dialect) -> dict[str, str]:
         "release_lease": f"UPDATE {p}leases SET owner = '', expires_at = {now} "
         "WHERE run_id = ? AND owner = ? AND owner <> ''",
         "lease": f"SELECT owner, expires_at, {now}, token FROM {p}leases WHERE run_id = ?",
-        "outbox_next": outbox_next,
-        "outbox_add": f"INSERT INTO {p}audit_outbox (run, seq, entry, v) VALUES (?, ?, ?, ?)",
+        "outbox_add": outbox_add,
         "outbox_read": f"SELECT o.entry, o.v FROM {p}audit_outbox o JOIN {p}runs r "
         "ON r.n = o.run WHERE r.run_id = ? ORDER BY o.seq",
         "outbox_drop": outbox_drop,
+        "outbox_drop_fenced": f"{outbox_drop} AND {fence}",
     }
 
 

@@ -24,7 +24,8 @@ from loomgraph.protocols import (
     Transition,
 )
 from loomgraph.protocols.runtime import Lease
-from loomgraph.runtime.audit_outbox import SqlAuditOutbox
+from loomgraph.runtime.audit_entries import entry_text
+from loomgraph.runtime.audit_outbox import SqlAuditOutbox, ending, refused
 from loomgraph.runtime.codec import (
     dumps,
     effect_from_row,
@@ -100,6 +101,14 @@ class SqlJournal(SqlLeases, SqlAuditOutbox):
     def _read(self) -> AbstractAsyncContextManager[Cursor]:
         raise NotImplementedError
 
+    async def _refused(
+        self, run_id: str, lease: Lease | None, cur: Cursor | None = None
+    ) -> Exception:
+        """Why a write to a run changed no row (`SqlLeases._refused`); a lost lease noted
+        for the run's audit writer (`audit_outbox.refused`)."""
+        err = await super()._refused(run_id, lease, cur)
+        return refused(err) if isinstance(err, LeaseLost) else err
+
     def _write(self) -> AbstractAsyncContextManager[Cursor]:
         raise NotImplementedError
 
@@ -139,7 +148,7 @@ class SqlJournal(SqlLeases, SqlAuditOutbox):
         if not rows:
             raise UnknownRun(run.run_id)
         if lease is not None and not await self._fetch("fence", (run.run_id, lease.token)):
-            raise LeaseLost(run.run_id, lease.token)
+            raise refused(LeaseLost(run.run_id, lease.token))
         raise RunConflict(run.run_id, f"the run is {rows[0][0]}, not queued")
 
     async def load_run(self, run_id: str) -> RunRecord | None:
@@ -265,7 +274,7 @@ class SqlJournal(SqlLeases, SqlAuditOutbox):
             if not await self._fetch("run_exists", (run_id,)):
                 raise UnknownRun(run_id)
             if lease is not None and not await self._fetch("fence", (run_id, lease.token)):
-                raise LeaseLost(run_id, lease.token)
+                raise refused(LeaseLost(run_id, lease.token))
             raise UnknownEffect(run_id, key)
 
     async def finish_run(
@@ -278,17 +287,41 @@ class SqlJournal(SqlLeases, SqlAuditOutbox):
         fence: Lease | None = None,
     ) -> None:
         """Record how a run ended; a run already finished (a final status) keeps its status
-        and result (`RunFinished`). Fenced."""
+        and result (`RunFinished`). Fenced. The audit entries the caller keeps with the end
+        (`audit_outbox.end_entries`) are kept in the same transaction."""
         text = None if result is None else dumps(result, f"run {run_id!r}: result")
         lease = self._fence(run_id, fence)
-        args = (str(status), storable_reason(reason), text, time.time(), run_id)
-        if not await self._exec(*self._fenced("finish_run", args, lease)):
-            rows = await self._fetch("run_status", (run_id,))
-            if not rows:
-                raise UnknownRun(run_id)
-            if lease is not None and not await self._fetch("fence", (run_id, lease.token)):
-                raise LeaseLost(run_id, lease.token)
-            raise RunFinished(run_id, rows[0][0])
+        row = (str(status), storable_reason(reason), text, time.time(), run_id)
+        name, args = self._fenced("finish_run", row, lease)
+        end = ending(run_id, RunStatus(status))
+        if end is None:  # one statement, its own transaction
+            if not await self._exec(name, args):
+                raise await self._not_finished(run_id, lease)
+            return
+        texts = [entry_text(entry) for entry in end.entries]
+        async with self._write() as cur:
+            if not await cur.execute(self._sql[name], args):
+                raise await self._not_finished(run_id, lease, cur)
+            await self._keep_in(cur, run_id, texts)
+        end.kept = True
+
+    async def _not_finished(
+        self, run_id: str, lease: Lease | None, cur: Cursor | None = None
+    ) -> Exception:
+        """Why `finish_run` changed no row: an unknown run, a lost lease, or a run that
+        ended already (read in the transaction of `cur`, when given)."""
+
+        async def fetch(name: str, args: Sequence[Any]) -> list[Sequence[Any]]:
+            if cur is not None:
+                return await cur.fetch(self._sql[name], args)
+            return await self._fetch(name, args)
+
+        rows = await fetch("run_status", (run_id,))
+        if not rows:
+            return UnknownRun(run_id)
+        if lease is not None and not await fetch("fence", (run_id, lease.token)):
+            return refused(LeaseLost(run_id, lease.token))
+        return RunFinished(run_id, rows[0][0])
 
     async def record_recovery(self, run_id: str, *, fence: Lease | None = None) -> int:
         """Count one more recovery (a resume after a crash or failure); the new count."""

@@ -1,0 +1,86 @@
+"""Helpers of the durability tests that run tests/durable_probe_worker.py: a worker run to its
+end (or its own SIGKILL at a named point), one in the background, the audit actions of a run,
+a lease moved into the past."""
+
+from __future__ import annotations
+
+import json
+import queue
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+from loomgraph.observability import FileAuditLog
+
+WORKER = str(Path(__file__).with_name("durable_probe_worker.py"))
+
+
+def run_worker(where: Path, *args: str) -> tuple[int, list[dict[str, Any]], str]:
+    """Run the worker to its end (its own SIGKILL included): exit code, JSON lines, stderr."""
+    done = subprocess.run(
+        [sys.executable, WORKER, args[0], str(where), *args[1:]],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    lines = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    return done.returncode, lines, done.stderr
+
+
+def audit_actions(where: Path, run_id: str) -> list[str]:
+    """The actions of the run's audit entries, in order."""
+    log = FileAuditLog(where / "audit.jsonl", unsigned=True)
+    return [e["action"] for e in log.entries(run_id=run_id)]
+
+
+def crashed_at(where: Path, point: str) -> str:
+    """Run the worker, SIGKILLed at `point`; the run's id."""
+    code, lines, err = run_worker(where, "run", point)
+    assert code == -signal.SIGKILL, err
+    assert lines[-1] == {"crash": point}, lines
+    return str(lines[0]["run_id"])
+
+
+class Background:
+    """A worker in the background; its JSON lines arrive on a queue (bounded waits)."""
+
+    def __init__(self, where: Path, *args: str) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, WORKER, args[0], str(where), *args[1:]],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self.lines: queue.Queue[dict[str, Any]] = queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            if line.startswith("{"):
+                self.lines.put(json.loads(line))
+
+    def expect(self, key: str) -> dict[str, Any]:
+        """The next line carrying `key` (waiting at most 60 s)."""
+        while True:
+            line = self.lines.get(timeout=60)
+            if key in line:
+                return line
+
+    def finish(self) -> tuple[int, str]:
+        """Close stdin (a held tool goes on) and wait for the exit code."""
+        _, err = self.process.communicate("", timeout=120)
+        return self.process.returncode, err
+
+
+def expire_lease(journal: Path, run_id: str) -> None:
+    """Move the run's lease into the past, as if its holder had been stopped that long."""
+    raw = sqlite3.connect(journal, timeout=30)
+    with raw:
+        raw.execute("UPDATE leases SET expires_at = 0 WHERE run_id = ?", (run_id,))
+    raw.close()
