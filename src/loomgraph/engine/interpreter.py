@@ -376,8 +376,10 @@ def check_patch(
                 f"`writes` ({', '.join(sorted(allowed)) or 'nothing'})"
             )
     try:
-        checked = graph.schema.check(patch)
-        graph.schema.check_written(node, checked)
+        schema = graph.schema
+        checked = schema.check(patch)
+        if node in schema.users_nodes:  # a user's data: its built-in fields checked too
+            schema.check_written(node, checked)
     except StateError as err:  # named by the node that wrote it
         raise StateError(f"node {node!r} wrote {err}") from None
     return checked

@@ -268,9 +268,8 @@ class StateSchema:
 
     def check_written(self, node: str, patch: dict[str, Any]) -> None:
         """A user's node's writes to the built-in fields, checked as values from outside a
-        run are (`check_input`): `StateError` naming the field and what is wrong."""
-        if node not in self.users_nodes:
-            return
+        run are (`check_input`): `StateError` naming the field and what is wrong. (The
+        interpreter calls it for `users_nodes` only.)"""
         for name in _BUILTIN_CHECKED.intersection(patch):
             value = patch[name]
             if name == "messages" and not isinstance(value, list):
