@@ -2,35 +2,15 @@
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
-
-import httpx
 
 import pg
-from loomgraph import Agent
-from loomgraph.serve import create_app
+from serve_in_process import in_process
 
 pg_schema = pg.pg_schema
 TESTS = Path(__file__).parent
 SRC = TESTS.parent / "src"
 FLEET_AGENT = "fleet_agent:make"
-
-
-@contextlib.asynccontextmanager
-async def in_process(agent: Agent, **options: Any) -> AsyncIterator[tuple[httpx.AsyncClient, str]]:
-    """The app serving `agent` in this process, a client, and an approver's API key."""
-    app = create_app(agent, **options)
-    transport = httpx.ASGITransport(app=app)
-    async with (
-        app.router.lifespan_context(app),
-        httpx.AsyncClient(transport=transport, base_url="http://test", timeout=120) as client,
-    ):
-        key = await app.state.service.store.add_key("alice", approver=True)
-        yield client, key
-    await agent.aclose()
 
 
 # --------------------------------------------------------------------------- the document

@@ -3,12 +3,11 @@
 
 from __future__ import annotations
 
-import contextlib
 import html
 import os
 import re
 import shutil
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -22,26 +21,13 @@ from loomgraph.models import ScriptedModel
 from loomgraph.runtime import SqliteRuntime
 from loomgraph.serve import create_app
 from serve_agent import pay
+from serve_in_process import in_process
 from serve_process import Server, environment, loomgraph, start_server
 
 pg_schema = pg.pg_schema
 TESTS = Path(__file__).parent
 SRC = TESTS.parent / "src"
 FLEET_AGENT = "fleet_agent:make"
-
-
-@contextlib.asynccontextmanager
-async def in_process(agent: Agent, **options: Any) -> AsyncIterator[tuple[httpx.AsyncClient, str]]:
-    """The app serving `agent` in this process, a client, and an approver's API key."""
-    app = create_app(agent, **options)
-    transport = httpx.ASGITransport(app=app)
-    async with (
-        app.router.lifespan_context(app),
-        httpx.AsyncClient(transport=transport, base_url="http://test", timeout=120) as client,
-    ):
-        key = await app.state.service.store.add_key("alice", approver=True)
-        yield client, key
-    await agent.aclose()
 
 
 # --------------------------------------------------------------------------- hostile text

@@ -4,43 +4,24 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import subprocess
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import httpx
 import pytest
-from starlette.applications import Starlette
 
 import fleet_env as fleet_support
 import pg
-from loomgraph import Agent
 from loomgraph.protocols import RunStatus
-from loomgraph.serve import create_app
+from serve_in_process import served
 from serve_process import Server, loomgraph, start_server
 
 pg_schema = pg.pg_schema
 fleet_env = fleet_support.fleet_env
 FLEET_AGENT = "fleet_agent:make"
-
-
-@contextlib.asynccontextmanager
-async def in_process(
-    agent: Agent, **options: Any
-) -> AsyncIterator[tuple[Starlette, httpx.AsyncClient, str]]:
-    """The app serving `agent` in this process, a client, and an approver's API key."""
-    app = create_app(agent, **options)
-    transport = httpx.ASGITransport(app=app)
-    async with (
-        app.router.lifespan_context(app),
-        httpx.AsyncClient(transport=transport, base_url="http://test", timeout=120) as client,
-    ):
-        key = await app.state.service.store.add_key("alice", approver=True)
-        yield app, client, key
-    await agent.aclose()
 
 
 async def until(what: str, check: Callable[[], Awaitable[Any]], timeout: float = 60) -> Any:
@@ -153,7 +134,7 @@ async def test_a_fork_waiting_for_its_fleet_result_is_answered_when_the_server_s
     monkeypatch.setenv("FLEET_DSN", fleet_env["FLEET_DSN"])
     monkeypatch.setenv("FLEET_SCHEMA", pg_schema)
     agent = fleet_agent.make()
-    async with in_process(agent, fleet=True) as (app, client, key):
+    async with served(agent, fleet=True) as (app, client, key):
         headers = {"Authorization": f"Bearer {key}"}
         source = await agent.run("forked from", user_id="alice")  # in process: no worker
         assert source.status == RunStatus.COMPLETED
