@@ -5,15 +5,14 @@ a lease moved into the past."""
 from __future__ import annotations
 
 import json
-import queue
 import signal
 import sqlite3
 import subprocess
 import sys
-import threading
 from pathlib import Path
 from typing import Any
 
+from background_process import BackgroundProcess
 from loomgraph.observability import FileAuditLog
 
 WORKER = str(Path(__file__).with_name("durable_probe_worker.py"))
@@ -45,37 +44,11 @@ def crashed_at(where: Path, point: str) -> str:
     return str(lines[0]["run_id"])
 
 
-class Background:
-    """A worker in the background; its JSON lines arrive on a queue (bounded waits)."""
+class Background(BackgroundProcess):
+    """The durability worker in the background, in folder `where`."""
 
     def __init__(self, where: Path, *args: str) -> None:
-        self.process = subprocess.Popen(
-            [sys.executable, WORKER, args[0], str(where), *args[1:]],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        self.lines: queue.Queue[dict[str, Any]] = queue.Queue()
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self) -> None:
-        assert self.process.stdout is not None
-        for line in self.process.stdout:
-            if line.startswith("{"):
-                self.lines.put(json.loads(line))
-
-    def expect(self, key: str) -> dict[str, Any]:
-        """The next line carrying `key` (waiting at most 60 s)."""
-        while True:
-            line = self.lines.get(timeout=60)
-            if key in line:
-                return line
-
-    def finish(self) -> tuple[int, str]:
-        """Close stdin (a held tool goes on) and wait for the exit code."""
-        _, err = self.process.communicate("", timeout=120)
-        return self.process.returncode, err
+        super().__init__([sys.executable, WORKER, args[0], str(where), *args[1:]])
 
 
 def expire_lease(journal: Path, run_id: str) -> None:

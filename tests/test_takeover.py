@@ -6,14 +6,11 @@ Both on SQLite files and on the Postgres server, with `crash_worker.py` (see its
 
 from __future__ import annotations
 
-import json
 import os
-import queue
 import signal
 import sqlite3
 import subprocess
 import sys
-import threading
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -21,6 +18,7 @@ from typing import Any
 import pytest
 
 import pg
+from background_process import BackgroundProcess
 from loomgraph.agent import leases
 from loomgraph.governance.ledger_sites import ledger_at
 from test_crash_matrix import (
@@ -102,37 +100,11 @@ async def test_resume_right_after_sigkill_takes_the_dead_workers_lease(
 # --------------------------------------------------------------------------- zombies
 
 
-class Background:
-    """A worker in the background; its JSON lines arrive on a queue (bounded waits)."""
+class Background(BackgroundProcess):
+    """A crash-matrix worker in the background, on `journal` with its ledger file."""
 
     def __init__(self, journal: Journal, ledger: Path, *args: str) -> None:
-        self.process = subprocess.Popen(
-            [sys.executable, WORKER, *args, *journal.args(), "--ledger", str(ledger)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        self.lines: queue.Queue[dict[str, Any]] = queue.Queue()
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self) -> None:
-        assert self.process.stdout is not None
-        for line in self.process.stdout:
-            if line.startswith("{"):
-                self.lines.put(json.loads(line))
-
-    def expect(self, key: str) -> dict[str, Any]:
-        """The next line carrying `key` (waiting at most 60 s)."""
-        while True:
-            line = self.lines.get(timeout=60)
-            if key in line:
-                return line
-
-    def finish(self) -> tuple[int, str]:
-        """Close stdin (held tools go on) and wait for the exit code."""
-        _, err = self.process.communicate("", timeout=120)
-        return self.process.returncode, err
+        super().__init__([sys.executable, WORKER, *args, *journal.args(), "--ledger", str(ledger)])
 
 
 async def expire_lease(journal: Journal, run_id: str) -> None:
