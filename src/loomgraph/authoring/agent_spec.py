@@ -55,7 +55,7 @@ class ModelSpec(_Spec):
     api_key: str | None = Field(None, description="write ${ENV_VAR}, never the key itself")
     timeout: NonNegativeFloat | None = Field(None, description="seconds per read of the reply")
     total_timeout: PositiveFloat | None = Field(
-        None, description="seconds for a whole request, its streamed reply included"
+        None, description="seconds for each attempt of a request, its streamed reply included"
     )
     max_retries: Annotated[int, Field(ge=0)] | None = None
 

@@ -132,6 +132,8 @@ def named_request(
     if pending is None or not pending.key or bool(pending.type) != asks_value:
         return ""
     extra = ("--value", "JSON") if asks_value else ()
+    if pending.call is not None:  # the call the run waits at (another named is refused)
+        command = (*command[:2], pending.call["id"])
     line = going_on_command(command, args, runtime, *extra, "--request", shlex.quote(pending.key))
     where, later = (
         ("printed when the run stopped; `runs show RUN --json` has it", "the same question again")

@@ -213,7 +213,8 @@ class HTTPModel:
         try:
             stream = await deadline.bound(partial(self._create, client, params))
         except Exception as exc:
-            raise self._failed(exc) from exc
+            failed = self._failed(exc)
+            raise failed from (None if failed is exc else exc)
         request_id: str | None = stream.response.headers.get(self.request_id_header)
         reader = self._reader(tally)
         told = reader.usage  # the account last put in `turn.reported`
@@ -235,7 +236,7 @@ class HTTPModel:
                 except Exception as exc:
                     err = self._failed(exc, request_id=request_id, streaming=True)
                     err.usage = self._usage(tally.floor(reader.usage))
-                    raise err from exc
+                    raise err from (None if err is exc else exc)  # (never its own cause)
                 chunks = self._read(reader, item, tally, request_id)
                 if reader.usage is not told:  # (before the chunks: a caller may cut them off)
                     told = reader.usage

@@ -256,7 +256,9 @@ class ModelAnswerTruncated(ModelAnswerIncomplete):
     """max_tokens cut the model's answer off before it finished (`FinishReason.MAX_TOKENS`,
     OpenAI's `length`); `max_tokens` is the limit in force, when known."""
 
-    def __init__(self, response: ModelResponse, model: str = "", max_tokens: int | None = None):
+    def __init__(
+        self, response: ModelResponse, model: str = "", max_tokens: int | None = None
+    ) -> None:
         limit = "" if max_tokens is None else f" ({max_tokens})"
         super().__init__(
             f"{_whose(model)} answer was cut off at max_tokens{limit} after "

@@ -24,7 +24,7 @@ from loomgraph.serve.errors import (
 )
 from loomgraph.serve.hub import Closing
 from loomgraph.serve.run_pages import cursor_number
-from loomgraph.serve.service import Service
+from loomgraph.serve.service import Service, StoppedWaiting
 from loomgraph.serve.views import dumps, run_json, sse_frame
 
 __all__ = [
@@ -72,7 +72,8 @@ def error_response(err: BaseException) -> JSONResponse:
     message = message_of(err) if status < 500 else f"{type(err).__name__}: {err}"
     # A 503 invites a retry, but not a shutting-down server's: the run goes on, a retried
     # POST would start another.
-    headers = {"Retry-After": "1"} if status == 503 and kind != "shutting_down" else None
+    retry = status == 503 and not isinstance(err, StoppedWaiting)
+    headers = {"Retry-After": "1"} if retry else None
     return Json({"error": {"type": kind, "message": message}}, status_code=status, headers=headers)
 
 
