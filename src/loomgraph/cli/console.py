@@ -11,14 +11,11 @@ import sys
 from functools import cache
 from typing import Any, TextIO
 
-# Characters a terminal acts on, or that make text read other than it is: C0 controls and
-# DEL (ESC starts CSI/OSC sequences: colours, the window title, OSC 52 clipboard writes),
-# C1 controls (0x9b is CSI on its own), and Unicode format characters such as bidi
-# overrides (U+202E) and zero-width spaces (not the joiners emoji and scripts need); lone
+from loomgraph.protocols.shown_text import DISGUISING, escape
+
+# What a terminal acts on or what disguises text (`protocols.shown_text`), and lone
 # surrogates, which no terminal can be sent.
-_UNSAFE = re.compile(
-    "[\x00-\x1f\x7f-\x9f\u061c\u200b\u200e\u200f\u2028-\u202e\u2060-\u206f\ufeff\ud800-\udfff]"
-)
+_UNSAFE = re.compile(f"[{DISGUISING}\ud800-\udfff]")
 _KEEP = {"\n", "\t"}
 _NAMED = {"\n": "\\n", "\t": "\\t", "\r": "\\r"}
 # `scheme://user:PASSWORD@host` and a `password=` query parameter of a connection string.
@@ -31,10 +28,7 @@ MASK = "***"
 
 def _escaped(match: re.Match[str]) -> str:
     char = match.group(0)
-    if char in _NAMED:
-        return _NAMED[char]
-    code = ord(char)
-    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+    return _NAMED.get(char) or escape(char)
 
 
 def safe(text: str, *, newlines: bool = True) -> str:

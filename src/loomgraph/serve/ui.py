@@ -29,6 +29,7 @@ from starlette.templating import Jinja2Templates
 from loomgraph.agent.checkpoints import diff, pending_of
 from loomgraph.agent.run_events import journal_events, run_is_live
 from loomgraph.protocols import RunStatus, ToolCall
+from loomgraph.protocols.shown_text import DISGUISING, escape
 from loomgraph.protocols.tool_identity import LOCAL, ToolIdentity
 from loomgraph.serve.api import limited, parse_json
 from loomgraph.serve.auth import (
@@ -52,21 +53,16 @@ from loomgraph.serve.views import run_json
 __all__ = ["ui_routes"]
 
 HERE = Path(__file__).parent
-# Characters that make text read other than it is, as the CLI escapes them (`cli.console`):
-# bidi overrides, embeddings and isolates (U+202E draws what follows right to left: another
-# digest on the approval card), marks, zero-width and other invisible format characters
-# (not the joiners emoji and scripts need), line and paragraph separators, and C0 and C1
-# controls but tab and line ends. NUL and lone surrogates are `_UNSHOWN`'s.
-_DISGUISING = re.compile(
-    "[\x01-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u061c\u200b\u200e\u200f\u2028-\u202e\u2060-\u206f\ufeff]"
-)
+# What disguises text, as the CLI escapes it (`protocols.shown_text`): a U+202E in a tool
+# origin drew the approval card's digest right to left.
+_DISGUISING = re.compile(f"[{DISGUISING}]")
+# Shown as they are: tab and line ends are layout; NUL is `_UNSHOWN`'s.
+_LAID_OUT = frozenset("\x00\t\n\r")
 
 
 def shown(text: str) -> str:
     """`text` as a page shows it: each `_DISGUISING` character as its escape (`\\u202e`)."""
-    return _DISGUISING.sub(
-        lambda m: f"\\x{ord(m[0]):02x}" if ord(m[0]) < 0x100 else f"\\u{ord(m[0]):04x}", text
-    )
+    return _DISGUISING.sub(lambda m: m[0] if m[0] in _LAID_OUT else escape(m[0]), text)
 
 
 def _finalize(value: Any) -> Any:
