@@ -13,22 +13,10 @@ from typing import Any
 from loomgraph.models import _shape as shape
 from loomgraph.models._adapter import StreamTally
 from loomgraph.models._shape import CallCutOff, MalformedChunk
-from loomgraph.protocols import ModelChunk, ToolCall, Usage
+from loomgraph.protocols import FinishReason, ModelChunk, ToolCall, Usage
 from loomgraph.protocols.tool_args import ToolArgLimits, check_tool_args, parse_tool_args
 
 __all__ = ["MessageTurn"]
-
-# Anthropic's stop reasons are loomgraph's finish reasons; the context-window one is a
-# max-tokens stop as far as the agent is concerned. Unknown reasons pass through unchanged.
-_FINISH_REASONS = {
-    "end_turn": "end_turn",
-    "tool_use": "tool_use",
-    "max_tokens": "max_tokens",
-    "stop_sequence": "stop_sequence",
-    "refusal": "refusal",
-    "pause_turn": "pause_turn",
-    "model_context_window_exceeded": "max_tokens",
-}
 
 
 class MessageTurn:
@@ -129,7 +117,7 @@ class MessageTurn:
                 self.output_reported |= shape.get(usage, "output_tokens") is not None
             if self.unparsed is not None:
                 tool, invalid = self.unparsed
-                if _FINISH_REASONS.get(self.stop_reason or "") == "max_tokens":
+                if FinishReason.of(self.stop_reason or "") is FinishReason.MAX_TOKENS:
                     raise CallCutOff(tool["name"], tool["id"]) from invalid
                 raise invalid
         elif kind == "message_stop":
@@ -147,10 +135,10 @@ class MessageTurn:
         """Whether message_stop came."""
         return self.stopped
 
-    def finish_reason(self) -> str:
+    def finish_reason(self) -> FinishReason | str:
         """loomgraph's finish reason for the message's stop reason."""
         reason = self.stop_reason or "end_turn"
-        return _FINISH_REASONS.get(reason, reason)
+        return FinishReason.of(reason)  # (the context-window stop is a max-tokens one)
 
     def reported(self) -> Usage:
         """The message's usage as reported. message_start's output count is its first token

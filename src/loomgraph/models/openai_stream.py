@@ -16,18 +16,10 @@ from typing import Any
 from loomgraph.models import _shape as shape
 from loomgraph.models._adapter import StreamTally
 from loomgraph.models._shape import CallCutOff, MalformedChunk
-from loomgraph.protocols import ModelChunk, ToolCall, Usage
+from loomgraph.protocols import FinishReason, ModelChunk, ToolCall, Usage
 from loomgraph.protocols.tool_args import ToolArgLimits, parse_tool_args
 
 __all__ = ["ChatCompletion", "chat_usage"]
-
-_FINISH_REASONS = {
-    "stop": "end_turn",
-    "tool_calls": "tool_use",
-    "function_call": "tool_use",
-    "length": "max_tokens",
-    "content_filter": "refusal",
-}
 
 
 class ChatCompletion:
@@ -83,11 +75,11 @@ class ChatCompletion:
         """The usage the server reported so far (each report is its whole account)."""
         return self.usage
 
-    def finish_reason(self) -> str:
+    def finish_reason(self) -> FinishReason | str:
         """loomgraph's finish reason for the finished choice: `tool_use` when it made tool
         calls, whatever the server said (some local servers say "stop" after them)."""
         finish = self.finish or "stop"
-        return "tool_use" if self.called else _FINISH_REASONS.get(finish, finish)
+        return FinishReason.TOOL_USE if self.called else FinishReason.of(finish)
 
     def _choice(self, choice: Any) -> Iterator[ModelChunk]:
         delta = shape.get(choice, "delta")
@@ -110,7 +102,7 @@ class ChatCompletion:
         if reason:
             self.finish = reason
             # Only a finished choice has complete tool calls.
-            cut = _FINISH_REASONS.get(reason) == "max_tokens"
+            cut = FinishReason.of(reason) is FinishReason.MAX_TOKENS
             calls = [_assemble(self.slots[key], self.limits, cut) for key in sorted(self.slots)]
             self.slots.clear()
             for call in calls:
