@@ -11,7 +11,7 @@ import sys
 from functools import cache
 from typing import Any, TextIO
 
-from loomgraph.protocols.shown_text import DISGUISING, escape
+from loomgraph.protocols.shown_text import DISGUISING, shown_escape
 
 # What a terminal acts on or what disguises text (`protocols.shown_text`), and lone
 # surrogates, which no terminal can be sent.
@@ -28,7 +28,7 @@ MASK = "***"
 
 def _escaped(match: re.Match[str]) -> str:
     char = match.group(0)
-    return _NAMED.get(char) or escape(char)
+    return _NAMED.get(char) or shown_escape(char)
 
 
 def safe(text: str, *, newlines: bool = True) -> str:

@@ -107,6 +107,7 @@ from loomgraph.protocols.runtime import (
     UnknownRun,
     current_fence,
 )
+from loomgraph.protocols.shown_text import DISGUISING, shown_escape
 from loomgraph.protocols.spellings import as_latin, without_invisible
 from loomgraph.protocols.stored_text import escaped, storable
 from loomgraph.protocols.tasks import CancelReason, cancel_reason, finished, stops_the_task
@@ -226,6 +227,9 @@ __all__ = [  # noqa: RUF022 - grouped by concept, not sorted
     "Verdict",
     # lazy: a package's public names imported on first use
     "lazy_names",
+    # shown_text: the characters that disguise shown text, and their visible escape
+    "DISGUISING",
+    "shown_escape",
     # spellings: how text is disguised (invisible characters, lookalike letters)
     "as_latin",
     "without_invisible",

@@ -10,13 +10,13 @@ Each is shown as its escape (`\\x1b`, `\\u202e`); printable text, any script, st
 
 from __future__ import annotations
 
-__all__ = ["DISGUISING", "escape"]
+__all__ = ["DISGUISING", "shown_escape"]
 
 # The characters, as the body of a regular expression's character class.
 DISGUISING = "\x00-\x1f\x7f-\x9f\u061c\u200b\u200e\u200f\u2028-\u202e\u2060-\u206f\ufeff"
 
 
-def escape(char: str) -> str:
+def shown_escape(char: str) -> str:
     """One character as its visible escape: `\\xNN` below U+0100, else `\\uNNNN`."""
     code = ord(char)
     return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"

@@ -29,7 +29,7 @@ from starlette.templating import Jinja2Templates
 from loomgraph.agent.checkpoints import diff, pending_of
 from loomgraph.agent.run_events import journal_events, run_is_live
 from loomgraph.protocols import RunStatus, ToolCall
-from loomgraph.protocols.shown_text import DISGUISING, escape
+from loomgraph.protocols.shown_text import DISGUISING, shown_escape
 from loomgraph.protocols.tool_identity import LOCAL, ToolIdentity
 from loomgraph.serve.api import limited, parse_json
 from loomgraph.serve.auth import (
@@ -62,7 +62,7 @@ _LAID_OUT = frozenset("\x00\t\n\r")
 
 def shown(text: str) -> str:
     """`text` as a page shows it: each `_DISGUISING` character as its escape (`\\u202e`)."""
-    return _DISGUISING.sub(lambda m: m[0] if m[0] in _LAID_OUT else escape(m[0]), text)
+    return _DISGUISING.sub(lambda m: m[0] if m[0] in _LAID_OUT else shown_escape(m[0]), text)
 
 
 def _finalize(value: Any) -> Any:
