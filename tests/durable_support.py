@@ -4,11 +4,14 @@ a lease moved into the past."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import signal
 import sqlite3
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -57,3 +60,33 @@ def expire_lease(journal: Path, run_id: str) -> None:
     with raw:
         raw.execute("UPDATE leases SET expires_at = 0 WHERE run_id = ?", (run_id,))
     raw.close()
+
+
+@contextlib.contextmanager
+def taken_over(where: Path, point: str, at: str) -> Iterator[tuple[Background, str]]:
+    """Worker A runs to `point`, says `at` and is SIGSTOPped past its lease; worker B resumes
+    the run and completes it. Yields A (stopped) and the run's id; A goes on (SIGCONT) after."""
+    a = Background(where, "run", point)
+    run_id = a.expect("run_id")["run_id"]
+    a.expect(at)
+    os.kill(a.process.pid, signal.SIGSTOP)
+    try:
+        expire_lease(where / "journal.db", run_id)
+        code, lines, err = run_worker(where, "resume", run_id)
+        assert code == 0, err
+        assert lines[-1]["result"]["status"] == "completed"
+        yield a, run_id
+    finally:
+        os.kill(a.process.pid, signal.SIGCONT)
+
+
+def refused_in_the_end(a: Background, *, release: bool) -> None:
+    """The stopped worker A, gone on (its held step `release`d through stdin), meets the
+    lease it lost and exits 4."""
+    if release:
+        assert a.process.stdin is not None
+        a.process.stdin.write("go\n")
+        a.process.stdin.flush()
+    a.expect("lease_lost")
+    code, err = a.finish()
+    assert code == 4, err

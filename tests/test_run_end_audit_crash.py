@@ -5,19 +5,17 @@ the journal refuses before its lease renewal notices, a crash right after a fail
 
 from __future__ import annotations
 
-import os
-import signal
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from durable_support import (
-    Background,
     audit_actions,
     crashed_at,
-    expire_lease,
+    refused_in_the_end,
     run_worker,
+    taken_over,
 )
 from loomgraph import Agent
 from loomgraph.governance import BudgetConfig, StandardBudget
@@ -70,22 +68,10 @@ async def test_a_zombie_worker_writes_nothing_to_the_audit_log_of_a_run_another_
     `ToolGate.call` settles (and audits) the hold on any exception, and the session's
     `_opened` writes the queued entries (`written_quietly`) with no lease check; the audit
     log is not fenced."""
-    a = Background(tmp_path, "run", "hold")
-    run_id = a.expect("run_id")["run_id"]
-    a.expect("holding")
-    os.kill(a.process.pid, signal.SIGSTOP)
-    try:
-        expire_lease(tmp_path / "journal.db", run_id)
-        code, lines, err = run_worker(tmp_path, "resume", run_id)
-        assert code == 0, err
-        assert lines[-1]["result"]["status"] == "completed"
+    with taken_over(tmp_path, "hold", "holding") as (a, run_id):
         finished = audit_actions(tmp_path, run_id)
         assert finished[-1] == "run_completed"
-    finally:
-        os.kill(a.process.pid, signal.SIGCONT)
-    a.expect("lease_lost")
-    code, err = a.finish()
-    assert code == 4, err
+    refused_in_the_end(a, release=False)
     after = audit_actions(tmp_path, run_id)
     assert after == finished, f"the zombie wrote to the audit log: {after[len(finished) :]}"
 

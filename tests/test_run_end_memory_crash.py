@@ -7,8 +7,6 @@ records and covers (`memory_forgotten`), and episodes ordered by their writer's 
 
 from __future__ import annotations
 
-import os
-import signal
 import sqlite3
 import time
 from collections.abc import Callable
@@ -21,10 +19,10 @@ import pytest
 
 import pg
 from durable_support import (
-    Background,
     crashed_at,
-    expire_lease,
+    refused_in_the_end,
     run_worker,
+    taken_over,
 )
 from loomgraph import Agent
 from loomgraph.memory import InMemoryMemory, MemoryInputError, MemoryStore, SqliteMemory
@@ -121,29 +119,14 @@ async def test_a_worker_stalled_as_it_keeps_the_episode_writes_no_memory_after_a
     `finish_run`), so the forgotten turn is back. The zombie check in
     agent/run_episode.py `_check_lease` is a read before an unfenced write, so a worker
     stopped between the two changes memory for a run another worker owns."""
-    a = Background(tmp_path, "run", "hold_remember")
-    run_id = a.expect("run_id")["run_id"]
-    a.expect("remembering")
-    os.kill(a.process.pid, signal.SIGSTOP)
-    try:
-        expire_lease(tmp_path / "journal.db", run_id)
-        code, lines, err = run_worker(tmp_path, "resume", run_id)
-        assert code == 0, err
-        assert lines[-1]["result"]["status"] == "completed"
+    with taken_over(tmp_path, "hold_remember", "remembering") as (a, run_id):
         memory = SqliteMemory(tmp_path / "memory.db")
         try:
             assert [e.run_id for e in await memory.episodes("alice")] == [run_id]
             await memory.forget("alice", session_id="s1")
         finally:
             await memory.close()
-    finally:
-        os.kill(a.process.pid, signal.SIGCONT)
-    assert a.process.stdin is not None
-    a.process.stdin.write("go\n")  # A's stalled `remember` goes on
-    a.process.stdin.flush()
-    a.expect("lease_lost")
-    code, err = a.finish()
-    assert code == 4, err
+    refused_in_the_end(a, release=True)  # A's stalled `remember` goes on
     memory = SqliteMemory(tmp_path / "memory.db")
     try:
         back = [e.run_id for e in await memory.episodes("alice", session_id="s1")]
@@ -160,14 +143,7 @@ async def test_a_stalled_worker_does_not_replace_the_episode_of_the_worker_that_
     time, possibly its own answer) over B's, as memory replaced an episode by run id from
     any writer. The episode carries its writer's lease token (`Episode.fence`), and memory
     never replaces an episode with one of a lower token."""
-    a = Background(tmp_path, "run", "hold_remember")
-    run_id = a.expect("run_id")["run_id"]
-    a.expect("remembering")
-    os.kill(a.process.pid, signal.SIGSTOP)
-    try:
-        expire_lease(tmp_path / "journal.db", run_id)
-        code, _, err = run_worker(tmp_path, "resume", run_id)
-        assert code == 0, err
+    with taken_over(tmp_path, "hold_remember", "remembering") as (a, run_id):
         memory = SqliteMemory(tmp_path / "memory.db")
         try:
             kept = await memory.episodes("alice")
@@ -175,14 +151,7 @@ async def test_a_stalled_worker_does_not_replace_the_episode_of_the_worker_that_
             await memory.close()
         assert [e.run_id for e in kept] == [run_id]
         assert kept[0].fence > 1  # B's token: A held the lease first
-    finally:
-        os.kill(a.process.pid, signal.SIGCONT)
-    assert a.process.stdin is not None
-    a.process.stdin.write("go\n")
-    a.process.stdin.flush()
-    a.expect("lease_lost")
-    code, err = a.finish()
-    assert code == 4, err
+    refused_in_the_end(a, release=True)
     memory = SqliteMemory(tmp_path / "memory.db")
     try:
         assert await memory.episodes("alice") == kept, "the zombie replaced B's episode"
