@@ -25,7 +25,8 @@ from loomgraph.engine.model_answers import (
 from loomgraph.engine.scope import NO_ATTRIBUTES, RunScope
 from loomgraph.engine.tool_gate import ToolGate
 from loomgraph.errors import ServiceUnavailable
-from loomgraph.graph.compiled import compile_graph
+from loomgraph.graph.compiled import runnable
+from loomgraph.graph.node_context import RunnableGraph
 from loomgraph.graph.spec import Graph
 from loomgraph.protocols import (
     AuditAction,
@@ -360,13 +361,17 @@ class VisitContext:
     # ------------------------------------------------------------------ subgraphs
 
     async def run_subgraph(
-        self, graph: Graph, values: Mapping[str, Any], *, branch: str | None = None
+        self,
+        graph: Graph | RunnableGraph,
+        values: Mapping[str, Any],
+        *,
+        branch: str | None = None,
     ) -> dict[str, Any]:
         """Run another graph as part of this node; its transitions nest under this node (and
         under `branch`, when one node runs the graph several times). Its final state."""
         sep = NodePath.SEPARATOR
         inner = f"{branch}{sep}" if branch is not None else ""
-        compiled = compile_graph(graph)
+        compiled = runnable(graph)  # a child-graph node's child: compiled once, with it
         path = f"{self.qualified_node}{sep}{inner}"
         state = compiled.schema.initial(values)
         try:

@@ -8,6 +8,7 @@ from typing import Any
 
 from loomgraph.errors import ConditionError
 from loomgraph.graph.conditions import compile_condition, condition_scope, names_used
+from loomgraph.graph.node_context import RunnableGraph
 from loomgraph.graph.registry import NodeKind, node_kind
 from loomgraph.graph.spec import END, Graph
 from loomgraph.graph.state import StateSchema
@@ -91,3 +92,11 @@ def compile_graph(graph: Graph) -> CompiledGraph:
     if not isinstance(compiled, CompiledGraph):
         compiled = memo.compiled = CompiledGraph(graph)
     return compiled
+
+
+def runnable(graph: Graph | RunnableGraph) -> CompiledGraph:
+    """What runs `graph`: a compiled graph as it is (a child-graph node's child, compiled
+    with it: no content key worked out per run), a `Graph` compiled as it reads now."""
+    if isinstance(graph, CompiledGraph):
+        return graph
+    return compile_graph(graph if isinstance(graph, Graph) else graph.graph)

@@ -22,6 +22,16 @@ from loomgraph.protocols import (
 )
 
 
+class RunnableGraph(Protocol):
+    """A graph compiled to run: a `loomgraph.graph.compiled.CompiledGraph` (named by its
+    shape: that module imports the node kinds, which import this one)."""
+
+    @property
+    def graph(self) -> Graph:
+        """The graph as it was compiled (a copy of its own)."""
+        ...
+
+
 class NodeContext(Protocol):
     """What a node gets besides its state: identity, dependencies and journaled helpers."""
 
@@ -86,9 +96,15 @@ class NodeContext(Protocol):
         ...
 
     async def run_subgraph(
-        self, graph: Graph, values: Mapping[str, Any], *, branch: str | None = None
+        self,
+        graph: Graph | RunnableGraph,
+        values: Mapping[str, Any],
+        *,
+        branch: str | None = None,
     ) -> dict[str, Any]:
-        """Run another graph as part of this node; its final state."""
+        """Run another graph as part of this node; its final state. A node that runs one
+        graph again and again hands it compiled (`compile_graph`, once, in `bind`); a
+        `Graph` is compiled as it reads now."""
         ...
 
     def key_of(self, name: str) -> str:

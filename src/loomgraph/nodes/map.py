@@ -160,7 +160,7 @@ class MapNode(ChildGraphNode):
         async def branch(index: int, item: Any) -> dict[str, Any]:
             async def run_branch() -> dict[str, Any]:
                 values = self.child_values({**shared, p.item: item}, state, item=item)
-                final = await ctx.run_subgraph(self.child, values, branch=str(index))
+                final = await ctx.run_subgraph(self.compiled_child, values, branch=str(index))
                 value = final_output(final) if p.result == "output" else final.get(p.result)
                 return {"result": value, "usage": final.get("usage") or {}}
 

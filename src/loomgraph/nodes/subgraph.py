@@ -9,6 +9,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from loomgraph.graph.compiled import CompiledGraph, compile_graph
 from loomgraph.graph.conditions import compile_template, condition_scope, names_used
 from loomgraph.graph.node_context import NodeContext
 from loomgraph.graph.registry import NodeKind, UnknownNodeKind, node_kind, register_node
@@ -60,6 +61,8 @@ class ChildGraphNode(NodeKind):
     the child's first state."""
 
     params: ChildGraphParams
+    child: Graph  # the graph it runs, as resolved when its graph was compiled
+    compiled_child: CompiledGraph  # and compiled then: what each run of it runs
     templates = ("prompt",)
 
     def prompt_reads(self) -> set[str]:
@@ -148,8 +151,11 @@ class ChildGraphNode(NodeKind):
         return problems
 
     def bind(self, graph: Graph) -> None:
-        """Resolve the child graph and compile the prompt once."""
+        """Resolve and compile the child graph, and compile the prompt, once."""
+        # The child is a copy of its own (`resolve_graph`), compiled with its parent: a run of
+        # it (each plan step, each map branch) need not work out its content key again.
         self.child = graph.resolve_graph(self.params.graph)
+        self.compiled_child = compile_graph(self.child)
         self.prompt = compile_template(self.params.prompt) if self.params.prompt else None
 
 
@@ -249,7 +255,7 @@ class SubgraphNode(ChildGraphNode):
         """Map inputs in, run the child, map outputs back, and carry its usage up."""
         p = self.params
         values = {child: state.get(parent) for child, parent in p.inputs.items()}
-        final = await ctx.run_subgraph(self.child, self.child_values(values, state))
+        final = await ctx.run_subgraph(self.compiled_child, self.child_values(values, state))
         patch = {
             parent: final_output(final) if child == "output" else final.get(child)
             for parent, child in p.outputs.items()
