@@ -69,12 +69,11 @@ async def run_node(
     node's `on_error` is routed the same way (the `error` event and field, `next` the
     handler); without `on_error` it raises. `value` answers the interrupt the node raises, as
     `Agent.resume(run_id, value=...)` does: checked against the type it asked for
-    (`ResumeError`), then the node runs again with it."""
+    (`ResumeError`), then the node runs again with it. A node (or a name in `visits`) the
+    graph does not have raises `UnknownNode`; a `visit` below 1, or a count in `visits`
+    below 0, raises `GraphError`: no run has them."""
     compiled = compile_graph(load_graph(graph))
-    if node not in compiled.nodes:
-        raise UnknownNode(
-            f"graph {compiled.name!r} has no node {node!r}; nodes: {', '.join(compiled.nodes)}"
-        )
+    _check_visits(compiled, node, visit, visits or {})
     # What a run is given from outside is checked, built-in fields too (`input` text,
     # `messages` messages): a node is tested against a state a run could have.
     full = compiled.schema.initial(compiled.schema.check_input(dict(state or {})))
@@ -119,6 +118,32 @@ async def run_node(
     # The edge a run takes after this step, tried as the interpreter tries it.
     target = compiled.next_node(node, full, {**(visits or {}), node: visit})[0]
     return NodeRun(patch, events, await runtime.effects(record.run_id), full, target)
+
+
+def _check_visits(
+    compiled: CompiledGraph, node: str, visit: int, visits: Mapping[str, int]
+) -> None:
+    """Refuse what no run could have: a node the graph does not have (`UnknownNode`), a
+    visit of `node` before its first, a visit count below 0 (`GraphError`)."""
+    nodes = ", ".join(compiled.nodes)
+    if node not in compiled.nodes:
+        raise UnknownNode(f"graph {compiled.name!r} has no node {node!r}; nodes: {nodes}")
+    for name in visits:
+        if name not in compiled.nodes:
+            raise UnknownNode(
+                f"visits counts {name!r}, but graph {compiled.name!r} has no node {name!r}; "
+                f"nodes: {nodes}"
+            )
+    # A bool is an int, but never a count somebody meant.
+    if isinstance(visit, bool) or not isinstance(visit, int) or visit < 1:
+        raise GraphError(
+            f"visit={visit!r}: the visit of {node!r} being run, counted from 1 (its first)"
+        )
+    for name, count in visits.items():
+        if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+            raise GraphError(
+                f"visits[{name!r}]={count!r}: how often {name!r} ran before, from 0 (never)"
+            )
 
 
 async def _visit(
