@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from loomgraph.strategies.lessons import LESSONS_BLOCK, MAX_LESSONS, remember_lessons
 
@@ -30,10 +30,24 @@ class Plan(BaseModel):
     # an empty plan; the `respond` tool's schema says so too (additionalProperties: false).
     model_config = ConfigDict(extra="forbid")
 
-    steps: list[str] = Field(default_factory=list, description="the steps still to do")
+    steps: list[str] = Field(
+        default_factory=list, description="the steps still to do (at least one, unless done)"
+    )
     parallel: bool = Field(False, description="the steps do not depend on each other")
     done: bool = Field(False, description="the task is finished; `answer` is the answer")
     answer: str = ""
+
+    @model_validator(mode="after")
+    def _steps_or_done(self) -> Plan:
+        # A plan with nothing to do that is not done would run no step and be asked again
+        # (three replans of nothing, then an empty answer): the planner is told, and tries
+        # again; one that keeps at it fails its node (`OutputValidationError`).
+        if not self.done and not self.steps:
+            raise ValueError(
+                "a plan that is not done has no steps: list the steps still to do, "
+                "or set done with the answer"
+            )
+        return self
 
 
 class Evaluation(BaseModel):
