@@ -177,3 +177,31 @@ def test_the_collector_finds_blocks_and_skip_marks(tmp_path: Path) -> None:
     assert namespace["x"] == 1
     with pytest.raises(NameError):
         run_python(found[1], namespace)
+
+
+def test_the_authoring_guide_quotes_the_lines_validate_prints(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """docs/authoring.md step 3 shows `loomgraph validate` on the `new-graph` starter with two
+    slips; the lines it quotes are the ones the command prints for that file (they drifted
+    when the starter's comments changed)."""
+    from loomgraph.authoring.scaffold import new_graph_yaml
+    from loomgraph.cli.main import main
+
+    page = ROOT / "docs" / "authoring.md"
+    text = page.read_text(encoding="utf-8")
+    step = text.partition("## 3. Validate and render it")[2]
+    shown = next(b for b in blocks(page) if b.language == "console" and b.code.strip() in step)
+    command, *expected = shown.code.strip().splitlines()
+    # The two slips the page names: an edge `to: polsh`, and `output: answer` in `polish`.
+    assert "`to: polsh`" in step and "`output: answer`" in step
+    starter = new_graph_yaml("my-strategy")
+    slipped = re.sub(r"^(\s*)to: polish\b", r"\1to: polsh", starter, count=1, flags=re.M)
+    slipped = re.sub(r"^(\s*)output: output\b", r"\1output: answer", slipped, count=1, flags=re.M)
+    assert slipped.count("polsh") == 1 and "output: answer" in slipped
+    (tmp_path / "graphs").mkdir()
+    (tmp_path / "graphs" / "my-strategy.yaml").write_text(slipped, encoding="utf-8")
+    monkeypatch.chdir(tmp_path)
+    assert main(shlex.split(command.removeprefix("$ "))[1:]) == 1
+    printed = capsys.readouterr()
+    assert (printed.out + printed.err).strip().splitlines() == expected

@@ -11,6 +11,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+from loomgraph.cli.agent_args import journal_spec
 from loomgraph.cli.output import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 
 __all__ = ["add_parser", "handle"]
@@ -48,6 +49,8 @@ def add_parser(sub: Any) -> None:
     p.add_argument(
         "--runtime",
         default=None,
+        # Checked as `loomgraph run` checks it, before the --out folder is made.
+        type=journal_spec,
         metavar="JOURNAL",
         help="journal for the runs (sqlite:PATH or a postgres URL), so an interrupted "
         "evaluation resumes its runs; default: the agent's own",

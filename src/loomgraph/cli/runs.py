@@ -102,7 +102,8 @@ def add_runs_parser(sub: Any) -> Any:
         "--patch",
         default=None,
         metavar="JSON",
-        help='state patch applied with the reducers, e.g. \'{"input": "…"}\'',
+        help="state patch applied with the reducers (messages are appended to), e.g. "
+        '\'{"messages": [{"role": "user", "content": "…"}]}\'',
     )
     agent_args.add_agent_options(fork, None)
     diff = cmds.add_parser("diff", help="what changed in the state between two checkpoints")

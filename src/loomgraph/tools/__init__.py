@@ -16,7 +16,7 @@ from loomgraph.tools.hosts import as_tool_host
 from loomgraph.tools.json_schema import JsonArgumentsInvalid
 from loomgraph.tools.registry import ToolRegistry
 from loomgraph.tools.results import ToolErrorType, to_content
-from loomgraph.tools.schema import KEY_PARAM
+from loomgraph.tools.schema import KEY_PARAM, ToolDefaultInvalid
 from loomgraph.tools.tool import Tool, tool
 
 if TYPE_CHECKING:
@@ -36,6 +36,7 @@ __all__ = [
     "ServerToolHost",
     "Tool",
     "ToolContext",
+    "ToolDefaultInvalid",
     "ToolErrorType",
     "ToolNameCollision",
     "ToolRegistry",

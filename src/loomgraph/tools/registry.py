@@ -73,10 +73,15 @@ class ToolRegistry:
     # ----------------------------------------------------------------- membership
 
     def add(self, fn: ToolLike) -> Tool[..., Any]:
-        """Register a function or `@tool`; a duplicate name raises ValueError."""
+        """Register a function or `@tool`; a duplicate name raises ValueError naming where
+        both tools are defined."""
         item = fn if isinstance(fn, Tool) else Tool(fn)
-        if item.name in self._tools:
-            raise ValueError(f"a tool named {item.name!r} is already registered")
+        if (taken := self._tools.get(item.name)) is not None:
+            raise ValueError(
+                f"a tool named {item.name!r} is already registered ({taken.defined_at}); "
+                f"the one added now is {item.defined_at}: give one of them another name "
+                "(tool(fn, name=...))"
+            )
         for need in item.injected:
             if not need.context:
                 resolve(item.name, need, self.deps)  # raises MissingToolDependency

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from pydantic.fields import FieldInfo
 from pydantic_core import SchemaValidator
 
+from loomgraph.errors import LoomgraphError
 from loomgraph.tools.context import Injected, Injection, ToolContext
 from loomgraph.tools.schema_defs import clean_schema
 
@@ -23,6 +24,23 @@ KEY_PARAM = "idempotency_key"
 
 _METHOD_FIRST = frozenset({"self", "cls"})
 _ALIASES = ("alias", "validation_alias", "serialization_alias")
+
+
+class ToolDefaultInvalid(LoomgraphError, ValueError):
+    """A tool parameter's default that its own type or constraints refuse (`n: Annotated[int,
+    Field(ge=1)] = 0`): the model would be shown it as the default, and get it when it sends
+    nothing. Raised when the tool is defined."""
+
+    def __init__(self, tool: str, parameter: str, default: Any, problem: str) -> None:
+        super().__init__(
+            f"tool {tool!r}: parameter {parameter!r} defaults to {default!r:.80}, which its "
+            f"own type refuses ({problem}); the model would be shown that default: change "
+            "the default or the type"
+        )
+        self.tool = tool
+        self.parameter = parameter
+        self.default = default
+        self.problem = problem
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +134,9 @@ def build_arguments(
         extra="forbid" if var_keyword is None else "allow",
         arbitrary_types_allowed=False,
         protected_namespaces=(),
+        # A default is what the schema shows the model and what a call leaving it out gets:
+        # it must pass the parameter's own type and constraints (checked below, once).
+        validate_default=True,
     )
     try:
         base = _extras_base(var_keyword, arg_docs, config)
@@ -125,6 +146,7 @@ def build_arguments(
         raw = model.model_json_schema()
     except pydantic.PydanticUserError as exc:  # includes schema-generation errors
         raise _unsupported(tool_name, signature, exc) from exc
+    _check_defaults(tool_name, model, dict(fields))
 
     return Arguments(
         model=model,
@@ -138,6 +160,32 @@ def build_arguments(
         injected=tuple(injected),
         bound=bound,
     )
+
+
+def _check_defaults(tool: str, model: type[BaseModel], params: Mapping[str, str]) -> None:
+    """Raise ToolDefaultInvalid for the first default its parameter's type refuses: validating
+    no arguments validates every default (`validate_default`); only required ones are
+    missing."""
+    try:
+        model.model_validate({})
+    except pydantic.ValidationError as exc:
+        for error in exc.errors(include_url=False):
+            field = str(error["loc"][0]) if error["loc"] else ""
+            if error["type"] != "missing" and field in params:
+                inner = ".".join(str(part) for part in error["loc"][1:])
+                problem = f"{inner}: {error['msg']}" if inner else error["msg"]
+                default = model.model_fields[field].default
+                raise ToolDefaultInvalid(tool, params[field], default, problem) from None
+    except Exception as exc:  # a validator's own exception (pydantic wraps only a few)
+        for field, info in model.model_fields.items():
+            if info.is_required() or field not in params:
+                continue
+            try:
+                pydantic.TypeAdapter(info.rebuild_annotation()).validate_python(info.default)
+            except Exception as culprit:  # whatever it raises is the problem
+                problem = f"{type(culprit).__name__}: {culprit}"
+                raise ToolDefaultInvalid(tool, params[field], info.default, problem) from exc
+        raise
 
 
 def _extras_base(

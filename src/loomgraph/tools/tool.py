@@ -32,6 +32,7 @@ class Tool(Generic[P, R]):
     """
 
     name: str
+    defined_at: str  # where the function is defined, for messages (`app.tools.search`)
     description: str
     destructive: bool
     egress: bool
@@ -75,6 +76,7 @@ class Tool(Generic[P, R]):
         functools.update_wrapper(self, fn)
         self.fn: Callable[P, R] = fn
         self.name = tool_name
+        self.defined_at = defined_at(target)
         self.description = doc.description if description is None else description
         self.destructive = destructive
         self.egress = egress
@@ -236,6 +238,19 @@ def _unwrap(fn: Callable[..., Any]) -> Any:
     while isinstance(fn, functools.partial):
         fn = fn.func
     return fn
+
+
+def defined_at(fn: Any) -> str:
+    """Where a tool's function is defined, as messages name it: `module.qualname`, and for a
+    function another one makes, `name made by module.maker()` (the memory tools
+    `loomgraph.memory.tools.memory_tools()` makes, say)."""
+    target = fn if inspect.isroutine(fn) or inspect.isclass(fn) else type(fn)
+    module = getattr(target, "__module__", None) or "?"
+    qualname = getattr(target, "__qualname__", None) or getattr(target, "__name__", "?")
+    maker, _, name = str(qualname).rpartition(".<locals>.")
+    if maker:
+        return f"{name} made by {module}.{maker}()"
+    return f"{module}.{qualname}"
 
 
 def check_timeout(name: str, timeout: float | None) -> float | None:
