@@ -114,6 +114,7 @@ with where each class lives (relative to `loomgraph.`):
     ├── ToolNameCollision + ValueError      tools.mcp.host
     ├── MissingToolDependency + LookupError tools.context
     ├── JsonArgumentsInvalid + ValueError   tools.json_schema
+    ├── ToolDefaultInvalid + ValueError     tools.schema
     ├── AgentNotFound + ValueError          cli.agent_args
     └── UsageError                          cli.journal
 
