@@ -14,6 +14,7 @@ import pytest
 from pydantic import AfterValidator, Field
 
 from loomgraph import Agent, tool
+from loomgraph.authoring.agent_spec import backend_spec_problem
 from loomgraph.cli.main import main
 from loomgraph.models.scripted import ScriptedModel
 from loomgraph.protocols import ModelRequest
@@ -191,3 +192,61 @@ async def test_the_fork_patch_the_runtime_doc_shows_reaches_a_react_model(
     assert forked.status == "completed"
     assert [m["content"] for m in seen[-1].messages][-len(sent) :] == sent
     assert forked.output == f"answered: {sent[-1]}"
+
+
+# --- 4. The SQL backends' constructors take a DSN or a path naming nothing -----------------
+
+
+def _constructors() -> dict[str, Any]:
+    from loomgraph.memory.postgres import PostgresMemory
+    from loomgraph.memory.sqlite import SqliteMemory
+    from loomgraph.runtime.postgres import PostgresRuntime
+    from loomgraph.runtime.sqlite import SqliteRuntime
+
+    return {
+        "PostgresRuntime": PostgresRuntime,
+        "PostgresMemory": PostgresMemory,
+        "SqliteRuntime": SqliteRuntime,
+        "SqliteMemory": SqliteMemory,
+    }
+
+
+@pytest.mark.parametrize(
+    ("backend", "given", "said"),
+    [
+        ("PostgresRuntime", "", "is empty: write postgres://USER@HOST[:PORT]/DB"),
+        ("PostgresRuntime", "  ", "is empty: write postgres://USER@HOST[:PORT]/DB"),
+        ("PostgresRuntime", "postgres://", backend_spec_problem("postgres://")),
+        ("PostgresRuntime", "postgresql:///", backend_spec_problem("postgresql:///")),
+        ("PostgresMemory", "", "is empty: write postgres://USER@HOST[:PORT]/DB"),
+        ("PostgresMemory", "postgres://", backend_spec_problem("postgres://")),
+        ("SqliteRuntime", "", backend_spec_problem("sqlite:")),
+        ("SqliteRuntime", "  ", backend_spec_problem("sqlite:  ")),
+        ("SqliteRuntime", "/", backend_spec_problem("sqlite:/")),
+        ("SqliteMemory", "  ", backend_spec_problem("sqlite:  ")),
+        ("SqliteMemory", "/", backend_spec_problem("sqlite:/")),
+    ],
+)
+def test_a_backend_made_directly_refuses_what_its_spec_would(
+    backend: str, given: str, said: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`runtime="postgres://"` is a ConfigError naming the DSN form; `PostgresRuntime("")`
+    was made, and its first run connected wherever libpq's defaults point (a blank
+    `SqliteRuntime("  ")` made a file named by two spaces). The constructors refuse them
+    with the message the spec check gives (one check, in `protocols.backend_specs`)."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError) as refused:
+        _constructors()[backend](given)
+    assert said is not None and said in str(refused.value), str(refused.value)
+    assert backend in str(refused.value)
+    assert list(tmp_path.iterdir()) == []  # nothing was made
+
+
+def test_backends_made_directly_still_take_what_names_something(tmp_path: Path) -> None:
+    """What stays open: a path, `:memory:` for the journal, a DSN naming a host."""
+    made = _constructors()
+    made["SqliteRuntime"](tmp_path / "j.db")
+    made["SqliteRuntime"](":memory:")
+    made["SqliteMemory"](str(tmp_path / "m.db"))
+    made["PostgresRuntime"]("postgres://u@127.0.0.1/db")
+    made["PostgresMemory"]("postgresql://u@127.0.0.1/db")

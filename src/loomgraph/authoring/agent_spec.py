@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import re
 from typing import Annotated, Any, Literal
-from urllib.parse import urlsplit
 
 from pydantic import (
     AfterValidator,
@@ -22,6 +21,12 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from loomgraph.authoring.secrets import redact
+
+# The backend specs' grammar lives in `protocols`, where the backends' constructors check a
+# DSN or a path with it too; re-exported for the readers of specs (agent, cli).
+from loomgraph.protocols.backend_specs import SPEC_FORMS as SPEC_FORMS
+from loomgraph.protocols.backend_specs import backend_scheme as backend_scheme
+from loomgraph.protocols.backend_specs import backend_spec_problem as backend_spec_problem
 
 AGENT_SCHEMA_VERSION = 1
 
@@ -189,81 +194,4 @@ def model_name_problem(name: str) -> str | None:
     return (
         f"unknown model {name!r}; use echo, claude-NAME, anthropic:NAME, openai:NAME "
         "(an OpenAI-compatible server) or MODULE:ATTR naming a Model"
-    )
-
-
-# --- Backend specs: the one grammar of `runtime=`, `memory=`, `--runtime` and an agent
-# file's `runtime:`/`memory:`. It lives here, the lowest layer all four readers may import.
-
-# The forms a backend's text spec takes, as every refusal names them.
-_POSTGRES_URL = "postgres://USER@HOST[:PORT]/DB"
-SPEC_FORMS = f"memory, sqlite:PATH or {_POSTGRES_URL}"
-_POSTGRES = ("postgres", "postgresql")
-
-
-def backend_scheme(spec: str) -> str | None:
-    """The backend a text spec is written for, `memory`, `sqlite` or `postgres`, whether or
-    not it names something to open (`sqlite`, `postgres:` too); None for any other form."""
-    scheme = spec.partition(":")[0]
-    if spec == "memory":
-        return "memory"
-    if scheme == "sqlite":
-        return "sqlite"
-    return "postgres" if scheme in _POSTGRES else None
-
-
-def backend_spec_problem(spec: str) -> str | None:
-    """Why a backend's text spec (`runtime=`, `memory=`, `--runtime`, an agent file's
-    `runtime:` and `memory:`) names nothing loomgraph opens, or None: the one check of them
-    all, made before anything connects or a file is made."""
-    scheme = backend_scheme(spec)
-    if not spec.strip():
-        return f"is empty: write {SPEC_FORMS}"
-    if scheme == "memory":
-        return None
-    if scheme == "sqlite":
-        return _sqlite_problem(spec)
-    if scheme == "postgres":
-        if ":" not in spec:  # the bare word: libpq's defaults would pick the database
-            return f"{spec!r} names no database: write {_POSTGRES_URL}"
-        return _dsn_problem(spec)
-    # Only a scheme is quoted back: the rest of an unknown URL may hold a password.
-    shown = f"{spec.partition(':')[0]}:…" if ":" in spec else spec
-    return f"{shown!r} is no backend spec: write {SPEC_FORMS}"
-
-
-def _sqlite_problem(spec: str) -> str | None:
-    """Why an `sqlite…` spec names no file, or None: `sqlite`, `sqlite:` (no path) and a URL's
-    `sqlite://…`, which `sqlite:PATH` would open at the filesystem's root."""
-    path = spec.partition(":")[2]
-    if not path.strip().strip("/"):  # `sqlite:/` and `sqlite:///` name a folder, not a file
-        return f"{spec!r} names no file: write sqlite:PATH (e.g. sqlite:./journal.db)"
-    if path.startswith("//"):
-        # `sqlite:PATH` takes a path, never a URL: `//name` is `/name`, where nobody meant
-        # it, and SQLAlchemy's `sqlite:///name` is the relative `name`. Both readings are
-        # named; neither is guessed.
-        name = path.lstrip("/")
-        return (
-            f"{spec!r} is a URL, not sqlite:PATH: its path would be read as /{name}, from the "
-            f"filesystem's root; write sqlite:./{name} (relative to the current folder) or "
-            f"sqlite:/{name} (an absolute path, one slash)"
-        )
-    return None
-
-
-def _dsn_problem(dsn: str) -> str | None:
-    """Why `dsn` names no Postgres database to connect to, or None when it names one. A DSN
-    that names nothing (`postgres:`, `postgres://`) would connect wherever libpq's defaults
-    and the `PG*` variables point, which nobody chose: it is refused, not guessed."""
-    scheme, _, rest = dsn.partition(":")
-    if scheme not in _POSTGRES or not rest.startswith("//"):
-        # Only the scheme is quoted back: the rest may hold a password.
-        what = "names no database" if not rest.strip() else "is not a postgres:// URL"
-        return f"{scheme}:{'…' if rest else ''} {what}: write {_POSTGRES_URL}"
-    url = urlsplit(dsn)
-    if url.netloc or url.path.strip("/") or url.query:
-        return None
-    return (
-        f"{dsn} names no database: write {_POSTGRES_URL} (an empty one would connect wherever "
-        "libpq's defaults point)"
     )

@@ -13,7 +13,12 @@ from typing import Any
 from loomgraph._storage import pg_pool
 from loomgraph._storage.cursor import Cursor
 from loomgraph._storage.dsn import describe_dsn, describe_schema
-from loomgraph.memory.errors import MemoryBackendError, MemoryCorrupted, MemoryUnavailable
+from loomgraph.memory.errors import (
+    MemoryBackendError,
+    MemoryCorrupted,
+    MemoryInputError,
+    MemoryUnavailable,
+)
 from loomgraph.memory.records import Fact, MemoryLimits
 from loomgraph.memory.schema import (
     READABLE_VERSIONS,
@@ -26,6 +31,7 @@ from loomgraph.memory.schema import (
 )
 from loomgraph.memory.sql import EPISODE_COLS, FACT_COLS, SqlMemory, episode_of, fact_of
 from loomgraph.protocols import Episode
+from loomgraph.protocols.backend_specs import dsn_problem
 
 # The setting the row-level security policies read. It holds 'u:' + the user id: once set in
 # a session, an ended SET LOCAL leaves '' behind (not NULL), which must match no user, not
@@ -169,6 +175,8 @@ class PostgresMemory(SqlMemory):
         connect_timeout: float = 10.0,
         command_timeout: float = 15.0,
     ) -> None:
+        if (problem := dsn_problem(dsn)) is not None:  # libpq's defaults are nobody's choice
+            raise MemoryInputError(f"PostgresMemory: the dsn {problem}")
         pg_pool.checked_timeouts(connect_timeout, command_timeout)
         if isinstance(pool_size, bool) or not isinstance(pool_size, int) or pool_size < 1:
             raise ValueError(f"pool_size must be an int >= 1, not {pool_size!r}")

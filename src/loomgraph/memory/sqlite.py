@@ -30,6 +30,7 @@ from loomgraph.memory.schema import (
 )
 from loomgraph.memory.sql import EPISODE_COLS, FACT_COLS, SqlMemory, episode_of, fact_of
 from loomgraph.protocols import Episode
+from loomgraph.protocols.backend_specs import sqlite_path_problem
 
 
 def _fts(table: str, columns: str) -> list[str]:
@@ -114,6 +115,8 @@ class SqliteMemory(SqlMemory):
     ) -> None:
         super().__init__(limits)
         self.path = os.fspath(path)
+        if (problem := sqlite_path_problem(self.path)) is not None and self.path:
+            raise MemoryInputError(f"SqliteMemory: {problem}")
         if self.path in ("", ":memory:"):
             # SQLite gives each connection its own private database for these, and the
             # connection is reopened after close() and for every new event loop.

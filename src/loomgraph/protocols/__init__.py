@@ -7,6 +7,13 @@ loomgraph's except `loomgraph.errors`.
 
 from typing import TYPE_CHECKING
 
+from loomgraph.protocols.backend_specs import (
+    SPEC_FORMS,
+    backend_scheme,
+    backend_spec_problem,
+    dsn_problem,
+    sqlite_path_problem,
+)
 from loomgraph.protocols.bundle import Deps, SizeLimits
 from loomgraph.protocols.checks import OPTIONAL_MEMBERS, close_backend, implements
 from loomgraph.protocols.events import (
@@ -148,6 +155,12 @@ if TYPE_CHECKING:
     )
 
 __all__ = [  # noqa: RUF022 - grouped by concept, not sorted
+    # backend_specs: `runtime=`, `memory=`, `--runtime`; a SQL backend's DSN or path
+    "SPEC_FORMS",
+    "backend_scheme",
+    "backend_spec_problem",
+    "dsn_problem",
+    "sqlite_path_problem",
     # messages: the conversation
     "INVALID_ARGUMENTS",
     "ImageBlock",

@@ -22,6 +22,7 @@ from loomgraph._storage.pg_pool import (
     unreachable,
 )
 from loomgraph.protocols import RunRecord
+from loomgraph.protocols.backend_specs import dsn_problem
 from loomgraph.protocols.ledger import LedgerSite, PostgresSite
 from loomgraph.runtime.codec import run_row
 from loomgraph.runtime.errors import (
@@ -80,6 +81,8 @@ class PostgresRuntime(SqlJournal):
         connect_timeout: float = 10.0,
         command_timeout: float = 15.0,
     ) -> None:
+        if (problem := dsn_problem(dsn)) is not None:  # libpq's defaults are nobody's choice
+            raise ValueError(f"PostgresRuntime: the dsn {problem}")
         checked_timeouts(connect_timeout, command_timeout)
         super().__init__(
             dialect(schema),

@@ -18,6 +18,7 @@ from loomgraph._storage.sqlite_files import SqliteFileProblem, open_sqlite
 from loomgraph._storage.sqlite_inline import InlineWriter
 from loomgraph._storage.sqlite_setup import Synchronous, checked_synchronous, execute_all
 from loomgraph._storage.sqlite_wal_loss import WalLoss, lost_wal_frames
+from loomgraph.protocols.backend_specs import sqlite_path_problem
 from loomgraph.protocols.ledger import LedgerSite, SqliteSite
 from loomgraph.protocols.runtime import RunRecord
 from loomgraph.runtime.errors import (
@@ -77,6 +78,8 @@ class SqliteRuntime(SqlJournal):
         accept_damage: bool = False,
     ) -> None:
         self.path = os.fspath(path)
+        if (problem := sqlite_path_problem(self.path)) is not None:
+            raise ValueError(f"SqliteRuntime: {problem}")
         super().__init__(
             SQLITE, repr(self.path), snapshot_every=snapshot_every, lease_seconds=lease_seconds
         )
