@@ -8,6 +8,9 @@ a failed one is journaled as a `model_attempt` effect of its own, finished with 
 `failed`, under the call's key plus `.attempt<N>`. An attempt cut off by a cancellation (its
 node's `timeout`, the run's deadline) is charged at once and journaled the same way once its
 visit is known to have failed (`keep`, from `engine.kept_usage`).
+
+What an attempt is charged, however it ends (answered, failed, cut off), is also what its
+`chat` span reports (`spent`), so the token and cost metrics count what the ledger does.
 """
 
 from __future__ import annotations
@@ -17,12 +20,15 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Protocol, runtime_checkable
 
 from loomgraph.engine.effects import EffectKey
-from loomgraph.engine.model_answers import model_estimate, streamed_tokens
+from loomgraph.engine.model_answers import broken_usage, model_estimate, streamed_tokens
 from loomgraph.engine.scope import RunScope
+from loomgraph.errors import ServiceUnavailable
 from loomgraph.protocols import (
+    BudgetExceeded,
     EffectRecord,
     EffectStatus,
     ModelChunk,
+    ModelError,
     ModelRequest,
     Reservation,
     Usage,
@@ -50,6 +56,7 @@ class ModelAttempts:
         "recovered_calls",
         "reservation",
         "scope",
+        "spent",
         "stream",
     )
 
@@ -61,6 +68,9 @@ class ModelAttempts:
         self.recovered_calls = 0  # the model calls of earlier executions' failed attempts
         # The model's stream for the attempt in force: what it reported, if it is cut off.
         self.stream: AsyncIterator[ModelChunk] | None = None
+        # What the attempt in force was charged so far (the model's own retries within it
+        # included): what its chat span reports.
+        self.spent = NO_USAGE
         self._amount = NO_USAGE
         self._number = 0
         self._cut = NO_USAGE  # what the attempt a cancellation cut off was charged, until kept
@@ -74,6 +84,7 @@ class ModelAttempts:
         scope = self.scope
         deps = scope.deps
         self.stream = None  # a new attempt: nothing of it heard yet
+        self.spent = NO_USAGE
         if not deps.budgeted:
             self.reservation = None
             return
@@ -104,12 +115,45 @@ class ModelAttempts:
         reservation, self.reservation = self.reservation, None
         await self.scope.settle(reservation, usage)
 
+    def answered(self, usage: Usage) -> Usage:
+        """The attempt in force answered having used `usage`: that priced, counted as what it
+        was charged (settled once the answer is journaled)."""
+        usage = self.priced(usage)
+        self.spent += usage
+        return usage
+
     async def failed(self, usage: Usage, error: str) -> None:
         """An attempt failed after billing `usage`: charge it and journal it."""
         usage = self.priced(usage)
         await self.settle(usage)
         self.billed += usage
+        self.spent += usage
         await self._journal(usage, error)
+
+    async def ended(self, err: BaseException, request: ModelRequest, streamed: list[str]) -> None:
+        """Charge the attempt in force that `err` ended, by what ended it: what it billed, or
+        its estimate when that is not known; a cancel's at once (`cut_off`)."""
+        if isinstance(err, ModelError):
+            usage = (
+                self.unanswered(request, streamed)  # what it billed is not known
+                if err.usage_problem
+                else broken_usage(request, err.usage, streamed)
+            )
+            await self.failed(usage, str(err))
+        elif isinstance(err, BudgetExceeded | ServiceUnavailable):
+            # The engine's own refusal (a retry the caps refuse, a ledger or journal out of
+            # reach); not the model's failure, whatever class that is. Charged only when the
+            # model raised it (its reservation still held: it was sent).
+            if self.reservation is not None:
+                await self.failed(self.unanswered(request, streamed), repr(err))
+        elif isinstance(err, Exception):
+            # The model's own failure (a bug, an SDK error it does not translate, a
+            # `ScriptExhausted`): a failed attempt like any other.
+            await self.failed(self.unanswered(request, streamed), repr(err))
+        else:
+            # Cancelled (a time limit, the caller): the request may have been billed, so
+            # what the provider reported of it so far (else its prompt) and what it streamed.
+            await self.cut_off(self.unanswered(request, streamed))
 
     async def cut_off(self, usage: Usage) -> None:
         """A cancellation cut the call off: charge the attempt in force `usage` at once (its
@@ -122,6 +166,7 @@ class ModelAttempts:
             self._cut = self.priced(usage)
             await self.settle(self._cut)
             self.billed += self._cut
+            self.spent += self._cut
         if self.billed:
             self.scope.failed_usage[self.key.text] = self.gave_up()
             self.scope.cut_off[self.key.text] = self

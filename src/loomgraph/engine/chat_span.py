@@ -1,12 +1,13 @@
 """A model call's span attributes (OpenTelemetry GenAI conventions): what it was asked, then
-what it answered; prompts and answers only when the telemetry captures content."""
+what it answered or, failed or cut off, what it was charged; prompts and answers only when the
+telemetry captures content."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Any
 
-from loomgraph.protocols import Model, ModelRequest, ModelResponse, semconv
+from loomgraph.protocols import Model, ModelRequest, ModelResponse, Usage, semconv
 
 
 def asked(
@@ -27,14 +28,16 @@ def asked(
 
 
 def answered(
-    response: ModelResponse, usage_chunk: Mapping[str, Any], capture: bool
+    response: ModelResponse, spent: Usage, usage_chunk: Mapping[str, Any], capture: bool
 ) -> dict[str, Any]:
-    """The attributes a chat span ends with; `usage_chunk` names the answer's id and model
-    when the provider said them."""
+    """The attributes a chat span that answered ends with: what its attempt was charged
+    (`spent`: the answer as priced, and the model's own retries in it), its counts even when
+    zero (they were reported); `usage_chunk` names the answer's id and model when the
+    provider said them."""
     done = {
-        semconv.GEN_AI_USAGE_INPUT_TOKENS: response.usage.input_tokens,
-        semconv.GEN_AI_USAGE_OUTPUT_TOKENS: response.usage.output_tokens,
-        **semconv.usage_attributes(response.usage),
+        semconv.GEN_AI_USAGE_INPUT_TOKENS: spent.input_tokens,
+        semconv.GEN_AI_USAGE_OUTPUT_TOKENS: spent.output_tokens,
+        **semconv.usage_attributes(spent),
         **semconv.response_attributes(
             finish_reasons=[response.finish_reason],
             response_model=usage_chunk.get("response_model"),
@@ -44,3 +47,9 @@ def answered(
     if capture:
         done |= semconv.chat_output_attributes(response.to_message(), response.finish_reason)
     return done
+
+
+def charged(spent: Usage) -> dict[str, Any]:
+    """The usage attributes of a chat span whose attempt failed or was cut off: what it was
+    charged (`spent`), the counts that are not zero (none: nothing was billed)."""
+    return semconv.usage_attributes(spent)

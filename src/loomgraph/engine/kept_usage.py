@@ -45,7 +45,7 @@ async def keep_visit_calls(ctx: VisitContext) -> None:
     scope = ctx.scope
     if scope.cut_off:
         await keep_cut_off(scope, _prefixes(scope, ctx))
-    ctx.handed = None  # (a retry's patch reports only what its own calls got back)
+    ctx.models.handed = None  # (a retry's patch reports only what its own calls got back)
     path = ctx.key_path + ctx.node
     scope.failed_usage.update(await answered_calls(scope, path, ctx.visit, ctx.numbered_effects))
 
@@ -82,9 +82,9 @@ def carry_kept(
     path = ctx.qualified_node + NodePath.SEPARATOR
     if children:  # (dropped by the transition's journaling, as a node's own children are)
         extra += sum((u for p, u in scope.child_usage.items() if p.startswith(path)), Usage())
-    elif ctx.handed is not None:  # the node got errors back, and completed all the same
+    elif ctx.models.handed is not None:  # the node got errors back, and completed all the same
         ran = sum((u for p, u in scope.child_usage.items() if p.startswith(path)), Usage())
-        extra = _less(extra, reported_again(ctx.handed, patch, ran))
+        extra = _less(extra, reported_again(ctx.models.handed, patch, ran))
     if extra:
         patch["usage"] = (Usage.from_dict(patch.get("usage") or {}) + extra).to_dict()
     return keys
