@@ -105,11 +105,14 @@ async def test_a_cursor_this_server_did_not_give_is_400(tmp_path: Path, cursor: 
         assert "is not one this server gave" in answer.json()["error"]["message"]
 
 
-async def test_the_largest_cursor_is_a_page(tmp_path: Path) -> None:
+async def test_a_cursor_naming_no_run_is_refused(tmp_path: Path) -> None:
+    """A listing's cursor is the last run id of a page; a number (the old cursors) names none."""
     async with served(tmp_path) as s:
-        run_id = (await s.post("alice", "/v1/runs", {"input": "hi"})).json()["run_id"]
+        await s.post("alice", "/v1/runs", {"input": "hi"})
         page = await s.get("alice", "/v1/runs", params={"cursor": str(2**63 - 1)})
-        assert page.status_code == 200 and [r["run_id"] for r in page.json()["runs"]] == [run_id]
+        assert page.status_code == 400, page.text
+        assert page.json()["error"]["type"] == "bad_request"
+        assert "names no run of yours" in page.json()["error"]["message"]
 
 
 @pytest.mark.parametrize(

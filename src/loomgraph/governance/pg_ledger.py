@@ -3,13 +3,13 @@
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import AsyncIterator, Hashable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
 from loomgraph._storage.cursor import Cursor
 from loomgraph._storage.dsn import describe_schema
+from loomgraph._storage.lock_keys import advisory_key
 from loomgraph._storage.pg_pool import (
     LoopPool,
     checked_timeouts,
@@ -72,8 +72,7 @@ class PostgresLedger(_SqlLedger):
         await self._pools.close()
 
     def _key(self, scope: str) -> int:
-        digest = hashlib.sha256(f"loomgraph.budget:{self.schema}:{scope}".encode()).digest()
-        return int.from_bytes(digest[:8], "big", signed=True)
+        return advisory_key(f"loomgraph.budget:{self.schema}:{scope}")
 
     async def _lock_scopes(self, cur: Cursor, scopes: Sequence[str]) -> None:
         for scope in sorted(scopes):

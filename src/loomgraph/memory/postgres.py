@@ -13,6 +13,7 @@ from typing import Any
 from loomgraph._storage import pg_pool
 from loomgraph._storage.cursor import Cursor
 from loomgraph._storage.dsn import describe_dsn, describe_schema
+from loomgraph._storage.lock_keys import advisory_key
 from loomgraph.memory.errors import (
     MemoryBackendError,
     MemoryCorrupted,
@@ -222,9 +223,9 @@ class PostgresMemory(SqlMemory):
 
     async def _lock_user(self, cur: Cursor, key: str) -> None:
         # Two workers superseding the same fact must not both see it current.
-        await cur.execute(
-            "SELECT pg_advisory_xact_lock(hashtext(?))", [f"loomgraph.memory:{self.schema}:{key}"]
-        )
+        # 64 bits (not `hashtext`'s 32): two users' ids must not share a lock.
+        lock = advisory_key(f"loomgraph.memory:{self.schema}:{key}")
+        await cur.execute("SELECT pg_advisory_xact_lock(?)", [lock])
 
     def _translate(self, err: Exception) -> Exception:
         pg = self._pg

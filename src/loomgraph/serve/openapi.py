@@ -60,7 +60,15 @@ _QUERY: dict[tuple[str, str], dict[str, tuple[dict[str, Any], bool]]] = {
         "status": ({"type": "string", "enum": [str(s) for s in RunStatus]}, False),
         "graph": (_STRING, False),
         "limit": ({"type": "integer", "minimum": 1, "maximum": 500, "default": 50}, False),
-        "cursor": (_STRING | {"description": "the previous page's `cursor`"}, False),
+        "cursor": (
+            _STRING
+            | {
+                "description": "the previous page's `cursor`: the run id of its last run; "
+                "the page holds the caller's runs started before it (400 for an id that "
+                "is not one of the caller's runs)"
+            },
+            False,
+        ),
     },
     ("GET", "/v1/runs/{run_id}/events"): {
         "after": (_STRING | {"description": "an event id (`seq.index`) or a seq"}, False),

@@ -25,7 +25,7 @@ from loomgraph.runtime.errors import RunConflict, RunFinished
 from loomgraph.serve.auth import Auth, Caller
 from loomgraph.serve.errors import BadRequest, Conflict, Forbidden, Invalid, NotFound, ServeError
 from loomgraph.serve.hub import Closing, RunHub
-from loomgraph.serve.run_pages import RunPage, cursor_number
+from loomgraph.serve.run_pages import RunPage
 from loomgraph.serve.store import ServeStore
 from loomgraph.serve.views import QueuedRun, run_json
 
@@ -102,8 +102,6 @@ class Service:
             raise BadRequest(f"unknown status {status!r}; one of: {known}") from None
         if not 1 <= limit <= 500:
             raise BadRequest(f"limit must be 1..500, got {limit}")
-        if cursor is not None and cursor_number(cursor) is None:
-            raise BadRequest(f"cursor {cursor!r} is not one this server gave")
         return await self.store.runs(
             caller.user_id,
             status=wanted,

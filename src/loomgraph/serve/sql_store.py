@@ -22,7 +22,7 @@ from loomgraph.runtime.codec import run_from_row
 from loomgraph.runtime.errors import JournalUnavailable
 from loomgraph.runtime.schema import RUN_READ
 from loomgraph.serve.api_keys import KEY_ID_CHARS, ApiKey, hash_key, key_id, new_key
-from loomgraph.serve.run_pages import RunPage, cursor_position
+from loomgraph.serve.run_pages import RunPage, UnknownCursor, cursor_run_id
 
 __all__ = ["PostgresStore", "SqlStore", "SqliteStore"]
 
@@ -116,7 +116,8 @@ class SqlStore:
         cursor: str | None = None,
         agent: str | None = None,
     ) -> RunPage:
-        """A page of this user's runs, newest first; the cursor is the journal's row number."""
+        """A page of this user's runs, newest first, in the journal's row order; the cursor
+        is the run id of the page's last run (its row number stays in the queries)."""
         where, args = ["user_id = ?"], list[Any]([user_id])
         self._agent_filter(agent, where, args)
         if status is not None:
@@ -127,16 +128,27 @@ class SqlStore:
             args.append(graph)
         if cursor is not None:
             where.append("n < ?")
-            args.append(cursor_position(cursor))
         sql = (
             f"SELECT {RUN_READ}, n FROM {self._p}runs WHERE {' AND '.join(where)} "
             f"ORDER BY n DESC LIMIT {int(limit) + 1}"
         )
         async with self._cur() as cur:
+            if cursor is not None:
+                args.append(await self._row_of(cur, cursor, user_id, agent))
             rows: Sequence[Sequence[Any]] = await cur.fetch(sql, args)
         page = [run_from_row(tuple(r)[:-1]) for r in rows[:limit]]
         more = len(rows) > limit
-        return RunPage(page, str(rows[limit - 1][-1]) if more and limit else None)
+        return RunPage(page, page[-1].run_id if more and page else None)
+
+    async def _row_of(self, cur: Cursor, cursor: str, user_id: str, agent: str | None) -> int:
+        """The row number of the run a cursor names, when it is this user's (and the agent's:
+        whatever the page's other filters); `UnknownCursor` for any other."""
+        where, args = ["run_id = ?", "user_id = ?"], list[Any]([cursor_run_id(cursor), user_id])
+        self._agent_filter(agent, where, args)
+        found = await cur.fetch(f"SELECT n FROM {self._p}runs WHERE {' AND '.join(where)}", args)
+        if not found:
+            raise UnknownCursor(cursor)
+        return int(found[0][0])
 
     async def close(self) -> None:
         """Overridden by each backend."""

@@ -14,7 +14,7 @@ from typing import Protocol
 from loomgraph.agent.checkpoints import may_go_on
 from loomgraph.protocols import RunRecord, RunStatus, Runtime
 from loomgraph.serve.api_keys import ApiKey, hash_key, key_id, new_key
-from loomgraph.serve.run_pages import RunPage, cursor_position
+from loomgraph.serve.run_pages import RunPage, UnknownCursor, cursor_run_id
 from loomgraph.serve.sql_store import PostgresStore, SqliteStore
 
 __all__ = ["MemoryStore", "ServeStore", "open_store"]
@@ -70,8 +70,9 @@ class MemoryStore:
         self._runtime = runtime
         self._keys: dict[str, ApiKey] = {}
         # Each run's number, as the SQL journals' row number: given once, in the order runs
-        # started, never shifted by a later run (a page's cursor is one). The journal's own
-        # order will not do: a run that finishes moves to its end, a forgotten one leaves it.
+        # started, never shifted by a later run (a page's cursor names a run, and the next
+        # page holds the runs numbered before it). The journal's own order will not do: a run
+        # that finishes moves to its end, a forgotten one leaves it.
         self._numbers: dict[str, int] = {}
         self._counted = 0  # the last number given
 
@@ -114,26 +115,38 @@ class MemoryStore:
         cursor: str | None = None,
         agent: str | None = None,
     ) -> RunPage:
-        """A page of this user's runs, newest first; the cursor is a run's number (`_numbered`),
-        so a run started or finished between two pages moves none from one page to the next."""
+        """A page of this user's runs, newest first in the order they started (`_numbered`),
+        so a run started or finished between two pages moves none from one page to the next;
+        the cursor is the run id of the page's last run, as the SQL stores'."""
         records = await self._runtime.runs()
         self._numbered(records)
-        before = cursor_position(cursor) if cursor else None
+        mine = [
+            r
+            for r in records
+            if r.user_id == user_id and (agent is None or may_go_on(r.agent_name, agent))
+        ]
+        before = None if cursor is None else self._number_of(cursor, mine)
         rows = sorted(
             (
                 (self._numbers[r.run_id], r)
-                for r in records
-                if r.user_id == user_id
-                and (before is None or self._numbers[r.run_id] < before)
+                for r in mine
+                if (before is None or self._numbers[r.run_id] < before)
                 and (status is None or r.status == status)
                 and (graph is None or r.graph_name == graph)
-                and (agent is None or may_go_on(r.agent_name, agent))
             ),
             key=lambda pair: pair[0],
             reverse=True,
         )
-        last = str(rows[limit - 1][0]) if len(rows) > limit and limit else None
-        return RunPage([r for _, r in rows[:limit]], last)
+        page = [r for _, r in rows[:limit]]
+        return RunPage(page, page[-1].run_id if len(rows) > limit and page else None)
+
+    def _number_of(self, cursor: str, mine: list[RunRecord]) -> int:
+        """The number of the run a cursor names, one of `mine`; `UnknownCursor` for any other
+        (a forgotten run's too: the in-memory journal keeps a bounded number of runs)."""
+        run_id = cursor_run_id(cursor)
+        if not any(r.run_id == run_id for r in mine):
+            raise UnknownCursor(cursor)
+        return self._numbers[run_id]
 
     def _numbered(self, records: list[RunRecord]) -> None:
         """Number the runs of `records` new since the last call after every run numbered

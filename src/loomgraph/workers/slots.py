@@ -1,6 +1,9 @@
 """Per-user slots: at most K runs of one user advance at once, across the whole fleet.
 
-Each of a user's K slots is a Postgres session advisory lock `(hash of schema and user, i)`.
+Each of a user's K slots is a Postgres session advisory lock keyed by 64 bits of SHA-256 of
+the schema, the slot's number and the user id (`slot_key`; Postgres's 32-bit `hashtext` let
+two users share slots, one choosing an id that collides with the other's). Runs without a
+user are limited as one user (as the budget counts them), under a key no user id can give.
 A worker holds one, on a connection of its own, while it advances a run of that user. The
 server releases a lock when its connection ends: a SIGKILLed worker's sockets are closed by
 its kernel at once, and a stopped or cut-off worker's sessions are ended by the server after
@@ -14,14 +17,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 from dataclasses import dataclass
 from typing import Any
 
+from loomgraph._storage.lock_keys import advisory_key
 from loomgraph._storage.pg_pool import connection_failed, failure, import_asyncpg
 from loomgraph.errors import ServiceUnavailable
 
-__all__ = ["Slot", "SlotsUnavailable", "UserSlots"]
+__all__ = ["Slot", "SlotsUnavailable", "UserSlots", "slot_key"]
 
 log = logging.getLogger("loomgraph.workers")
 
@@ -36,12 +41,19 @@ class SlotsUnavailable(ServiceUnavailable):
         self.detail = detail
 
 
+def slot_key(schema: str, user_id: str | None, index: int) -> int:
+    """The advisory lock key of slot `index` of a user (None: runs without a user)."""
+    # As JSON, no two (schema, index, user) give one name, whatever their characters, and
+    # runs without a user are `null`, which no user id (a string) can give.
+    return advisory_key("loomgraph.slots:" + json.dumps([schema, index, user_id]))
+
+
 @dataclass(frozen=True, slots=True)
 class Slot:
-    """One held slot: the connection holding the lock and the lock's two keys."""
+    """One held slot: the connection holding the lock, the lock's key and the slot's number."""
 
     connection: Any
-    user_key: int
+    key: int
     index: int
 
 
@@ -93,9 +105,9 @@ class UserSlots:
                         log.warning("a per-user slot's connection failed: %s", err)
 
     async def take(self, user_id: str | None) -> Slot | None:
-        """A free slot of the user's, held until `release`; None when all K are taken (a run
-        without a user, or no limit: a slot that holds nothing)."""
-        if not self.limit or user_id is None:
+        """A free slot of the user's (None: of runs without a user, limited as one user),
+        held until `release`; None when all K are taken (no limit: a slot holding nothing)."""
+        if not self.limit:
             return Slot(None, 0, -1)
         try:
             pool = await self._get_pool()
@@ -105,10 +117,10 @@ class UserSlots:
                 raise
             raise unavailable from err
         try:
-            key = await con.fetchval("SELECT hashtext($1)", f"{self.schema}:{user_id}")
             for index in range(self.limit):
-                if await con.fetchval("SELECT pg_try_advisory_lock($1, $2)", key, index):
-                    slot = Slot(con, int(key), index)
+                key = slot_key(self.schema, user_id, index)
+                if await con.fetchval("SELECT pg_try_advisory_lock($1::bigint)", key):
+                    slot = Slot(con, key, index)
                     self._held.add(slot)
                     return slot
         except BaseException as err:
@@ -140,9 +152,7 @@ class UserSlots:
         async with self._io:
             self._held.discard(slot)
             try:
-                await slot.connection.execute(
-                    "SELECT pg_advisory_unlock($1, $2)", slot.user_key, slot.index
-                )
+                await slot.connection.execute("SELECT pg_advisory_unlock($1::bigint)", slot.key)
             except Exception as err:
                 log.warning("a per-user slot could not be unlocked: %s", err)
             finally:
