@@ -25,7 +25,7 @@ import pytest
 
 import pg
 import test_fleet
-from loomgraph.agent import fleet as fleet_module
+from loomgraph.agent import fleet_jobs as fleet_module
 from loomgraph.agent.fleet import JobFromNewerVersion, JobKind, RunJob, fleet_queue
 from loomgraph.agent.resuming import RunQueued
 from loomgraph.protocols import EffectStatus, RunStatus

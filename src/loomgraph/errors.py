@@ -24,7 +24,7 @@ with where each class lives (relative to `loomgraph.`):
     │   ├── RenderError                     authoring.diagram (and .render)
     │   └── GraphChanged                    agent.checkpoints
     ├── RunStopped                          protocols
-    ├── TypeSyntaxError + ValueError        graph.state
+    ├── TypeSyntaxError + ValueError        graph.field_types
     ├── FieldNotRead + KeyError             nodes.function (a node's failure: NodeError names it)
     ├── MapPathError + LookupError          nodes.map (a node's failure: NodeError names it)
     ├── OutputValidationError + ValueError  nodes.structured
@@ -32,10 +32,10 @@ with where each class lives (relative to `loomgraph.`):
     │   ├── RunNotStarted                   agent.resuming
     │   │   └── RunQueued                   agent.resuming
     │   └── RunOfAnotherAgent               agent.checkpoints
-    ├── FleetError                          agent.fleet
-    │   ├── FleetNeedsPostgres + TypeError  agent.fleet
-    │   ├── JobUnusable                     agent.fleet
-    │   ├── JobFromNewerVersion             agent.fleet
+    ├── FleetError                          agent.fleet_errors
+    │   ├── FleetNeedsPostgres + TypeError  agent.fleet_errors
+    │   ├── JobUnusable                     agent.fleet_errors
+    │   ├── JobFromNewerVersion             agent.fleet_errors
     │   ├── RunWaitTimeout + TimeoutError   agent.submitting
     │   ├── RunNotCancellable               agent.submitting
     │   └── RunJobPending                   agent.submitting
@@ -99,8 +99,9 @@ with where each class lives (relative to `loomgraph.`):
     ├── BadEventId + ValueError             agent.run_events
     ├── ServeError                          serve.errors
     │   ├── BadRequest + ValueError         serve.errors
-    │   │   └── NotText                     serve.api
-    │   ├── UnsupportedMediaType            serve.api
+    │   │   ├── NotText                     serve.bodies
+    │   │   └── UnknownCursor               serve.run_pages
+    │   ├── UnsupportedMediaType            serve.bodies
     │   ├── Unauthorized                    serve.errors
     │   │   └── DevModeRefused + ValueError serve.auth
     │   ├── Forbidden                       serve.errors

@@ -22,7 +22,8 @@ from loomgraph.engine.effects import (
 )
 from loomgraph.errors import GraphError, LoomgraphError
 from loomgraph.graph.compiled import CompiledGraph
-from loomgraph.graph.state import parse_type, snapshot_of
+from loomgraph.graph.field_types import parse_type
+from loomgraph.graph.state import snapshot_of
 from loomgraph.protocols import (
     EffectRecord,
     EffectStatus,

@@ -4,8 +4,9 @@ The engine (pgqueuer) decides which worker advances which run and when: its jobs
 dequeue (`FOR UPDATE SKIP LOCKED`, priorities, `execute_after`), its heartbeats (a job whose
 worker stopped beating is picked again), its NOTIFY wake-ups and cancellations. The run's
 durable state stays in our journal; a job only says "advance run R" (start it, or resume it
-with a person's answer). Its tables live in the journal's Postgres schema, beside one table of
-ours, `fleet_runs`: which job a run has now, and who asked to cancel it.
+with a person's answer: its payload, `agent.fleet_jobs`). Its tables live in the journal's
+Postgres schema, beside one table of ours, `fleet_runs`: which job a run has now, and who
+asked to cancel it.
 
 pgqueuer is imported when a fleet is used (`pip install 'loomgraph[fleet]'`), not with
 loomgraph.
@@ -13,14 +14,21 @@ loomgraph.
 
 from __future__ import annotations
 
-import enum
-import json
 from collections.abc import Awaitable, Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from loomgraph.agent.checkpoints import check_agent, check_owner
-from loomgraph.errors import LoomgraphError
+
+# The fleet's errors and its jobs' payload have their own modules; they are named here too,
+# where workers (`workers.advance`), the resumer and tests import them from.
+from loomgraph.agent.fleet_errors import (
+    FleetError,
+    FleetNeedsPostgres,
+    JobFromNewerVersion,
+    JobUnusable,
+)
+from loomgraph.agent.fleet_jobs import JobKind, RunJob
 from loomgraph.protocols import RunRecord, Runtime
 
 __all__ = [
@@ -40,148 +48,6 @@ __all__ = [
 ]
 
 DEFAULT_QUEUE = "runs"
-
-
-class FleetError(LoomgraphError):
-    """Something a worker fleet was asked to do cannot be done (the message says why)."""
-
-
-class FleetNeedsPostgres(FleetError, TypeError):
-    """A fleet needs the Postgres journal: its queue lives in the same database, so a run is
-    journaled and enqueued in one transaction."""
-
-
-class JobUnusable(FleetError):
-    """A job no worker can use: its payload is not one any loomgraph version writes (not
-    JSON, no run id, a field of the wrong type), or it names what this worker cannot import
-    (its output schema's module). The worker journals the run `failed`, with this error as
-    its reason (`JobUnusable: ...`), when the run never started (docs/scaling.md, "Jobs a
-    worker cannot use")."""
-
-
-class JobFromNewerVersion(FleetError):
-    """A job a newer loomgraph wrote: a field or a kind this version does not know. A worker
-    of this version puts it back in the queue for a worker that reads it, and the run waits
-    `queued` meanwhile (docs/scaling.md, "Jobs a worker cannot use")."""
-
-
-class JobKind(enum.StrEnum):
-    """What a job asks a worker to do with its run."""
-
-    START = "start"  # a queued run: start it
-    RESUME = "resume"  # a run waiting for a person: go on with their answer
-    # A fork journaled `queued` with its start (its state, node, visits, parent): start it
-    # from there. Written only for forks, with fields every version knows, so a worker of a
-    # version before it reads a newer version's kind (`JobFromNewerVersion`) and puts it back.
-    FORK = "start_fork"
-
-
-@dataclass(frozen=True, slots=True)
-class RunJob:
-    """The payload of one job: which run, and what a worker needs to advance it that the
-    journal does not keep yet (a queued run's prompt and options, a person's answer; a
-    fork's start is in the journal, so its job names the run and its owner only)."""
-
-    run_id: str
-    kind: JobKind
-    user_id: str | None = None
-    prompt: str = ""
-    session_id: str | None = None
-    # `module:QualName` of the output type, imported by the worker (a type is not data).
-    output_schema: str | None = None
-    output_retries: int | None = None
-    # {"approve": ...} or {"value": ...}, as `agent.resume` takes them.
-    answer: dict[str, Any] = field(default_factory=dict)
-    # The name of the Agent that submitted it: only a worker of that name starts the run.
-    agent: str = ""
-
-    def encode(self) -> bytes:
-        """The payload as JSON bytes."""
-        return json.dumps(asdict(self), separators=(",", ":")).encode()
-
-    @classmethod
-    def decode(cls, payload: bytes | None) -> RunJob:
-        """A payload back. `JobUnusable` for one no version writes (not JSON, no run id or
-        kind, a field of the wrong type); `JobFromNewerVersion` for one a newer version
-        wrote (a field or a kind this version does not know).
-
-        The rule that keeps versions apart: a newer version may add fields and kinds, and
-        writes a new field only when a job uses it, but never changes what a field of an
-        older version holds (its type and meaning) nor drops `run_id` or `kind`; a change
-        that must do so adds a field instead, which older workers do not know."""
-        try:
-            data = json.loads((payload or b"").decode())
-        except UnicodeDecodeError as err:
-            raise JobUnusable(f"the job's payload is not UTF-8 text ({err})") from None
-        except ValueError as err:
-            raise JobUnusable(f"the job's payload is not JSON ({err})") from None
-        if not isinstance(data, dict):
-            raise JobUnusable(f"the job's payload is {_json_type(data)}, not an object")
-        for name in ("run_id", "kind"):
-            if name not in data:
-                raise JobUnusable(f"the job's payload has no {name!r}")
-        wrong = [
-            f"{name} is {_json_type(data[name])}, not {_FIELD_TYPES[name][1]}"
-            for name in _FIELD_TYPES
-            if name in data and not _FIELD_TYPES[name][0](data[name])
-        ]
-        if wrong:
-            raise JobUnusable(f"the job's payload is invalid: {'; '.join(wrong)}")
-        unknown = sorted(set(data) - set(_FIELD_TYPES))
-        if unknown:
-            raise JobFromNewerVersion(
-                f"the job has fields this loomgraph does not know ({', '.join(unknown)})"
-            )
-        if data["kind"] not in {kind.value for kind in JobKind}:
-            raise JobFromNewerVersion(
-                f"the job is of a kind this loomgraph does not know ({data['kind']!r})"
-            )
-        answer = sorted(set(data.get("answer", {})) - _ANSWERS)
-        if answer:
-            raise JobFromNewerVersion(
-                f"the job's answer has keys this loomgraph does not know ({', '.join(answer)})"
-            )
-        return cls(**{**data, "kind": JobKind(data["kind"])})
-
-
-def _json_type(value: Any) -> str:
-    """What a JSON value is, as a message names it."""
-    if value is None:
-        return "null"
-    if value == "":
-        return "an empty string"
-    names = {bool: "a boolean", int: "a number", float: "a number", str: "a string"}
-    return names.get(type(value), "an array" if isinstance(value, list) else "an object")
-
-
-def _optional(check: Callable[[Any], bool]) -> Callable[[Any], bool]:
-    return lambda value: value is None or check(value)
-
-
-def _is_str(value: Any) -> bool:
-    return isinstance(value, str)
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-# What an answer in a job may hold: the resumer's keyword arguments. `value_key` (the request
-# a value was checked against) is newer: a worker from before it puts such a job back.
-_ANSWERS = frozenset({"approve", "value", "value_key"})
-
-# Every field of a job payload: what its value must be, and how a message names that.
-_FIELD_TYPES: dict[str, tuple[Callable[[Any], bool], str]] = {
-    "run_id": (lambda v: isinstance(v, str) and v != "", "a non-empty string"),
-    "kind": (_is_str, "a string"),
-    "user_id": (_optional(_is_str), "a string or null"),
-    "prompt": (_is_str, "a string"),
-    "session_id": (_optional(_is_str), "a string or null"),
-    "output_schema": (_optional(_is_str), "a string or null"),
-    "output_retries": (_optional(_is_int), "an integer or null"),
-    "answer": (lambda v: isinstance(v, dict), "an object"),
-    "agent": (_is_str, "a string"),
-}
 
 
 @dataclass(frozen=True, slots=True)

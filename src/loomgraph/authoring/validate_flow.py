@@ -19,10 +19,10 @@ if TYPE_CHECKING:
 
 from loomgraph.errors import Problem
 from loomgraph.graph.conditions import names_used, visit_names
+from loomgraph.graph.field_types import parse_type
 from loomgraph.graph.policies import known_error_type
 from loomgraph.graph.registry import NodeKind
 from loomgraph.graph.spec import END, Graph
-from loomgraph.graph.state import parse_type
 
 Path = tuple[str | int, ...]
 

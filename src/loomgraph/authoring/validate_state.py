@@ -13,8 +13,8 @@ from pydantic import BaseModel, ConfigDict, PydanticUserError, TypeAdapter, Vali
 
 from loomgraph.authoring.validate_flow import problem_at
 from loomgraph.errors import Problem
+from loomgraph.graph.field_types import parse_type
 from loomgraph.graph.spec import Graph
-from loomgraph.graph.state import parse_type
 
 __all__ = ["check_state_types"]
 

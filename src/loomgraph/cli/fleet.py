@@ -67,7 +67,7 @@ def handle_runs(args: argparse.Namespace) -> int:
 
 
 async def _cancel(args: argparse.Namespace) -> int:
-    from loomgraph.agent.fleet import FleetError
+    from loomgraph.agent.fleet_errors import FleetError
     from loomgraph.protocols import UnknownRun
 
     agent = load_agent(args.agent)
@@ -84,7 +84,7 @@ async def _cancel(args: argparse.Namespace) -> int:
 
 def handle(args: argparse.Namespace) -> int:
     """Run the worker until SIGTERM or SIGINT (the runs in hand are finished first)."""
-    from loomgraph.agent.fleet import FleetError
+    from loomgraph.agent.fleet_errors import FleetError
     from loomgraph.workers.worker import Worker, WorkerOptions
 
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr)

@@ -128,7 +128,7 @@ _KEY_COMMANDS = {"add": _add_key, "list": _list_keys, "revoke": _revoke_key}
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from loomgraph.agent.fleet import FleetNeedsPostgres
+    from loomgraph.agent.fleet_errors import FleetNeedsPostgres
     from loomgraph.serve.app import create_app
     from loomgraph.serve.auth import DevModeRefused
 

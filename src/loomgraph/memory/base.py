@@ -30,13 +30,13 @@ from loomgraph.memory.records import (
     as_time,
     check_block,
     checked_key,
-    compose_seed,
     episode_dict,
     now,
     prepare_facts,
     query_terms,
     turns,
 )
+from loomgraph.memory.seed import compose_seed
 from loomgraph.protocols import Episode, Message, Seed, escaped
 
 # Awaited as hook(user_id, session_id, before) by `forget` before it deletes: the user, and

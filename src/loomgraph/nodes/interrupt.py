@@ -10,10 +10,11 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 from loomgraph.engine.effects import ANSWER_SLOT, value_intent, value_outcome
 from loomgraph.graph.conditions import compile_template, condition_scope, names_used
+from loomgraph.graph.field_types import TypeSyntaxError, parse_type
 from loomgraph.graph.node_context import NodeContext
 from loomgraph.graph.registry import NodeKind, register_node
 from loomgraph.graph.spec import Graph
-from loomgraph.graph.state import DERIVED_NAMES, TypeSyntaxError, parse_type
+from loomgraph.graph.state import DERIVED_NAMES
 from loomgraph.nodes.written_types import never_fits
 from loomgraph.protocols import Pending, RunStatus, RunStopped
 

@@ -8,10 +8,11 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from loomgraph.graph.conditions import compile_template, condition_scope, names_used
+from loomgraph.graph.field_types import TypeSyntaxError, parse_type
 from loomgraph.graph.node_context import NodeContext
 from loomgraph.graph.registry import NodeKind, register_node
 from loomgraph.graph.spec import Graph
-from loomgraph.graph.state import DERIVED_NAMES, TypeSyntaxError, parse_type
+from loomgraph.graph.state import DERIVED_NAMES
 from loomgraph.nodes.structured import DEFAULT_RETRIES, StructuredAnswer
 from loomgraph.nodes.written_types import never_fits
 from loomgraph.protocols import Message, ModelRequest

@@ -11,10 +11,11 @@ from typing import Any, Union, get_args, get_origin
 from pydantic import BaseModel, Field
 
 from loomgraph.errors import LoomgraphError
+from loomgraph.graph.field_types import parse_type
 from loomgraph.graph.node_context import NodeContext
 from loomgraph.graph.registry import register_node
 from loomgraph.graph.spec import Graph, StateField
-from loomgraph.graph.state import final_output, parse_type
+from loomgraph.graph.state import final_output
 from loomgraph.nodes.concurrency import run_all
 from loomgraph.nodes.subgraph import (
     ChildGraphNode,

@@ -15,8 +15,8 @@ from typing import Any, Union, get_args, get_origin
 
 from pydantic import BaseModel
 
+from loomgraph.graph.field_types import parse_type
 from loomgraph.graph.spec import StateField
-from loomgraph.graph.state import parse_type
 
 _BASES: dict[Any, str] = {
     bool: "bool",

@@ -31,7 +31,6 @@ from loomgraph.agent.run_events import journal_events, run_is_live
 from loomgraph.protocols import RunStatus, ToolCall
 from loomgraph.protocols.shown_text import DISGUISING, shown_escape
 from loomgraph.protocols.tool_identity import LOCAL, ToolIdentity
-from loomgraph.serve.api import limited, parse_json
 from loomgraph.serve.auth import (
     DEV_COOKIE,
     KEY_COOKIE,
@@ -39,6 +38,7 @@ from loomgraph.serve.auth import (
     authenticate,
     refuse_foreign_host,
 )
+from loomgraph.serve.bodies import limited, parse_json
 from loomgraph.serve.errors import (
     BadRequest,
     ServeError,

@@ -14,15 +14,9 @@ from typing import Any
 from loomgraph._storage.pg_pool import import_asyncpg
 from loomgraph.agent.agent import Agent
 from loomgraph.agent.checkpoints import ApprovalRefused, RunOfAnotherAgent, check_owner
-from loomgraph.agent.fleet import (
-    DEFAULT_QUEUE,
-    FleetError,
-    FleetQueue,
-    JobFromNewerVersion,
-    JobUnusable,
-    RunJob,
-    fleet_queue,
-)
+from loomgraph.agent.fleet import DEFAULT_QUEUE, FleetQueue, fleet_queue
+from loomgraph.agent.fleet_errors import FleetError, JobFromNewerVersion, JobUnusable
+from loomgraph.agent.fleet_jobs import RunJob
 from loomgraph.agent.leases import owner_is_dead
 from loomgraph.engine.scope import stop_request
 from loomgraph.errors import ServiceUnavailable
