@@ -14,6 +14,7 @@ from typing import Any
 
 from loomgraph.agent.checkpoints import ResumeError
 from loomgraph.agent.result import RunResult
+from loomgraph.agent.run_ending import end_aside, restore_entries
 from loomgraph.graph.compiled import CompiledGraph
 from loomgraph.protocols import (
     AuditAction,
@@ -45,13 +46,15 @@ class RunDeadLettered(ResumeError):
         self.reason = record.reason
 
 
-async def begin_recovery(
-    runtime: Any, record: RunRecord, limit: int, audit_log: AuditLog | None = None
-) -> RunResult | None:
-    """Count a recovery of `record` (read under its lease); the dead-letter result instead
-    when `limit` recoveries failed already. A journal that counts none is never given up on.
-    Both are audited (`crash_recovered`, `dead_letter`) in `audit_log`."""
+async def begin_recovery(deps: Deps, record: RunRecord, limit: int) -> RunResult | None:
+    """Count a recovery of `record` (read under its lease, which the caller holds); the
+    dead-letter result instead when `limit` recoveries failed already. A journal that counts
+    none is never given up on. Both are audited (`crash_recovered`; `dead_letter`, kept with
+    the end: `end_aside`). A dead letter is refused (`RunDeadLettered`), once what its
+    journal kept (its end's entry, when a crash came before the log had it) is written."""
+    runtime: Any = deps.runtime
     if record.status == RunStatus.DEAD_LETTER:
+        await restore_entries(deps, record)
         raise RunDeadLettered(record)
     count = getattr(runtime, "record_recovery", None)
     if record.status not in RECOVERED or count is None:
@@ -60,7 +63,7 @@ async def begin_recovery(
     found = (str(record.status), record.recoveries, record.reason)
     if record.recoveries < limit:
         counted = await count(record.run_id)
-        await _audit(audit_log, AuditAction.CRASH_RECOVERED, record, found, int(counted))
+        await _audit(deps.audit_log, AuditAction.CRASH_RECOVERED, record, found, int(counted))
         return None
     last = record.reason or "the worker died during the recovery; no error was journaled"
     reason = f"gave up after {record.recoveries} failed recoveries; last: {last}"
@@ -68,8 +71,9 @@ async def begin_recovery(
     result = RunResult(
         "", record.run_id, record.session_id, record.user_id, RunStatus.DEAD_LETTER, reason
     )
-    await runtime.finish_run(record.run_id, RunStatus.DEAD_LETTER, reason, result.to_dict())
-    await _audit(audit_log, AuditAction.DEAD_LETTER, record, found, found[1])
+    payload = _payload(AuditMode.of(deps.audit_log), found, found[1])
+    entry = None if payload is None else (AuditAction.DEAD_LETTER, _ACTOR, payload)
+    await end_aside(deps, record, RunStatus.DEAD_LETTER, reason, result.to_dict(), entry)
     return result
 
 
@@ -110,25 +114,37 @@ async def end_recovery(runtime: Any, record: RunRecord, result: RunResult) -> No
         await reset(record.run_id)
 
 
+_ACTOR = "runtime"  # of the recovery entries
+
+
 async def _audit(
-    audit_log: AuditLog | None,
+    audit_log: AuditLog,
     action: AuditAction,
     record: RunRecord,
     found: tuple[str, int, str],
     recoveries: int,
 ) -> None:
-    """The recovery entry: the status the run was found in, how often it was recovered, and
-    (with content capture: an error's message may quote what the run handled) its last
-    journaled error; the effects it left unknown follow as entries of their own."""
-    mode = None if audit_log is None else AuditMode.of(audit_log)
-    if audit_log is None or mode is None or not mode.enabled:
-        return
+    """A recovery entry (`_payload`), written to the log at once; the effects the run left
+    unknown follow as entries of their own."""
+    payload = _payload(AuditMode.of(audit_log), found, recoveries)
+    if payload is not None:
+        await audit_log.record(
+            action, run_id=record.run_id, user_id=record.user_id, actor=_ACTOR, payload=payload
+        )
+
+
+def _payload(
+    mode: AuditMode, found: tuple[str, int, str], recoveries: int
+) -> dict[str, Any] | None:
+    """The payload of a recovery entry (None: nothing is audited): the status the run was
+    found in, how often it was recovered, and (with content capture: an error's message may
+    quote what the run handled) its last journaled error."""
+    if not mode.enabled:
+        return None
     payload: dict[str, Any] = {"status": found[0], "recoveries": recoveries}
     if mode.content:
         payload["reason"] = found[2]
-    await audit_log.record(
-        action, run_id=record.run_id, user_id=record.user_id, actor="runtime", payload=payload
-    )
+    return payload
 
 
 async def reset_recoveries(runtime: Any, run_id: str) -> None:

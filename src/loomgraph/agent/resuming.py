@@ -19,14 +19,8 @@ from loomgraph.agent.checkpoints import (
     position,
     resume_value,
 )
-from loomgraph.agent.fleet import (
-    FleetRun,
-    JobUnusable,
-    cancel_check,
-    check_run_agent,
-    fleet_queue,
-    fleet_run_of,
-)
+from loomgraph.agent.fleet import FleetRun, cancel_check, check_run_agent, fleet_queue, fleet_run_of
+from loomgraph.agent.fleet_errors import JobUnusable
 from loomgraph.agent.governance_state import check_policy, describe_policy, untrusted_until
 from loomgraph.agent.leases import hold_lease
 from loomgraph.agent.pinning import GRAPH_CHOICES, GraphChoice, check_move, move_run, not_kept
@@ -215,7 +209,7 @@ class Resumer:
                 actor="agent",
                 payload=changed,
             )
-        gave_up = await begin_recovery(runtime, record, self.max_recoveries, self.deps.audit_log)
+        gave_up = await begin_recovery(self.deps, record, self.max_recoveries)
         if gave_up is not None:  # too many failed recoveries: now a dead letter
             await close_dead_letter(self.deps, record, own or target, self.agent_name)
             return gave_up

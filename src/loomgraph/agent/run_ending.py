@@ -1,7 +1,9 @@
 """How a session ends a run: the `RunResult` of the interpreter's outcome, the run's span
 told how the run ended, the end journaled with its `run_completed` entry kept beside it
 (`journal_end`), a run its caller cancelled journaled and audited as cancelled, and what an
-outage or a crash cut off a finished run's end done at its resume (`restore_ended`).
+outage or a crash cut off a finished run's end done at its resume (`restore_ended`). The end
+of a run no session runs (a resume giving it up, a fleet worker cancelling it) is journaled
+and audited the same way, its entry kept with it (`end_aside`, `cancel_aside`).
 
 Each takes what it reads of the session as arguments (the run's span, when the run started,
 the agent's `output_schema` step), and `AgentSession` calls each once where it needs it.
@@ -32,6 +34,7 @@ from loomgraph.protocols import (
     Episode,
     RunRecord,
     RunStatus,
+    Runtime,
     Span,
     Usage,
     finished,
@@ -42,12 +45,15 @@ from loomgraph.runtime.errors import RunConflict
 
 __all__ = [
     "AuditFence",
+    "cancel_aside",
     "cancelled",
+    "end_aside",
     "ended_entry",
     "journal_end",
     "lease_lost",
     "outcome_result",
     "restore_ended",
+    "restore_entries",
     "traced",
 ]
 
@@ -126,14 +132,69 @@ async def journal_end(
         await runtime.finish_run(scope.run_id, status, reason, result)
         return
     entry: AuditEntry = (AuditAction.RUN_COMPLETED, trail.RUN_ACTOR, ended)
-    end = EndEntries(scope.run_id, (entry,))
+    kept = await _finish_keeping(runtime, scope.run_id, status, reason, result, entry)
+    scope.writer().add(*entry, kept)
+
+
+async def _finish_keeping(
+    runtime: Runtime,
+    run_id: str,
+    status: RunStatus,
+    reason: str,
+    result: dict[str, Any] | None,
+    entry: AuditEntry,
+) -> Kept:
+    """`finish_run`, `entry` kept beside it in the journal's audit outbox, in the same
+    transaction (`audit_outbox.end_entries`); whether the journal kept it."""
+    end = EndEntries(run_id, (entry,))
     token = end_entries.set(end)
     try:
-        await runtime.finish_run(scope.run_id, status, reason, result)
+        await runtime.finish_run(run_id, status, reason, result)
     finally:
         end_entries.reset(token)
-    kept = Kept.ALREADY if end.kept else Kept.NOT_YET
-    scope.writer().add(*entry, kept)
+    return Kept.ALREADY if end.kept else Kept.NOT_YET
+
+
+async def end_aside(
+    deps: Deps,
+    record: RunRecord,
+    status: RunStatus,
+    reason: str,
+    result: dict[str, Any] | None,
+    entry: AuditEntry | None,
+) -> None:
+    """Journal the end of a run no session runs (a resume giving it up, a fleet worker
+    cancelling it), under the run's lease, which the caller holds, audited as a session's
+    end is (`journal_end`): the entries the journal kept for the run before go to the log
+    first (`restore_kept`: the outbox lets go of its oldest first, and the trail keeps its
+    order), then the end, `entry` kept beside it, then `entry` to the log, and let go of.
+    A crash in between leaves it kept, for whatever looks at the run next (`restore_ended`,
+    `restore_entries`, or the resume of a run that goes on). An outage of the log before the
+    end is raised, nothing ended (as a session's end waits for its entries); after it, the
+    entry stays kept. `entry` None, or no audit: the end alone."""
+    runtime, run_id = deps.runtime, record.run_id
+    if entry is None or not AuditMode.of(deps.audit_log).enabled:
+        await runtime.finish_run(run_id, status, reason, result)
+        return
+    writer = AuditWriter(deps.audit_log, run_id, record.user_id, fenced_out=lease_lost)
+    try:
+        await restore_kept(writer, runtime)
+        kept = await _finish_keeping(runtime, run_id, status, reason, result, entry)
+        writer.add(*entry, kept)
+        await writer.written()
+    finally:  # what the log took is let go of; what it did not stays kept, once
+        await keep_unwritten(writer, runtime)
+
+
+async def cancel_aside(deps: Deps, record: RunRecord, reason: str) -> None:
+    """Journal a run no session runs `cancelled` for `reason` under its lease (a fleet
+    worker that finds a cancel request), audited as a session's cancel is (`cancelled`); a
+    run that never started (`queued`: no `run_started` either) audits nothing."""
+    started = record.status != RunStatus.QUEUED
+    entry = (AuditAction.RUN_COMPLETED, trail.RUN_ACTOR, _cancelled_entry(reason))
+    await end_aside(
+        deps, record, RunStatus.CANCELLED, reason, record.result, entry if started else None
+    )
 
 
 def traced(scope: RunScope, span: Span | None, attributes: dict[str, Any]) -> None:
@@ -156,10 +217,13 @@ async def cancelled(scope: RunScope, span: Span | None, reason: str) -> None:
 
 
 async def _journal_cancelled(scope: RunScope, reason: str) -> None:
-    ended = None
-    if scope.auditing:
-        ended = trail.run_completed(RunStatus.CANCELLED, reason, Usage())
+    ended = _cancelled_entry(reason) if scope.auditing else None
     await journal_end(scope, RunStatus.CANCELLED, reason, None, ended)
+
+
+def _cancelled_entry(reason: str) -> dict[str, Any]:
+    """The payload of the `run_completed` entry of a run cancelled for `reason`."""
+    return trail.run_completed(RunStatus.CANCELLED, reason, Usage())
 
 
 def outcome_result(
@@ -217,6 +281,14 @@ async def restore_ended(
         if kept:
             await _restore(deps, record)
         await pay_episode(deps, record, sink, on_episode)
+
+
+async def restore_entries(deps: Deps, record: RunRecord) -> None:
+    """The audit entries the journal keeps for a run that stays as it is (a dead letter a
+    resume refuses), written behind the marker and let go of, under the run's lease, which
+    the caller holds: one read when none is kept; nothing with the no-op log."""
+    if AuditMode.of(deps.audit_log).enabled:
+        await _restore(deps, record)
 
 
 async def _restore(deps: Deps, record: RunRecord) -> None:

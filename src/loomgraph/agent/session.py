@@ -29,7 +29,7 @@ from loomgraph.agent.run_memory import episode_of, seeded_state
 from loomgraph.agent.run_started import audit_started
 from loomgraph.engine.audit_writer import keep_unwritten, written_quietly
 from loomgraph.engine.effects import ResumeInput
-from loomgraph.engine.interpreter import run_child, run_extra_step, run_graph
+from loomgraph.engine.interpreter import Outcome, run_child, run_extra_step, run_graph
 from loomgraph.engine.scope import EventSink, RunScope, active_scope
 from loomgraph.engine.taint import note_messages
 from loomgraph.errors import InputTooLarge, ServiceUnavailable
@@ -49,6 +49,7 @@ from loomgraph.protocols import (
     Span,
     Usage,
     cancel_reason,
+    finished,
     semconv,
 )
 from loomgraph.protocols.events import RUN_COMPLETED, RUN_STARTED
@@ -300,7 +301,6 @@ class AgentSession:
         start: str | None,
         visits: dict[str, int] | None,
     ) -> RunResult:
-        deps = self.deps
         try:
             outcome = await run_graph(self.graph, scope, state, start=start, visits=visits)
             if self.finish is not None and outcome.status == RunStatus.COMPLETED:
@@ -310,6 +310,28 @@ class AgentSession:
         except asyncio.CancelledError as err:
             await cancelled(scope, self._run_span, cancel_reason(err))
             raise
+        # The graph's answer is in hand: the run's end (its episode, the end journaled and
+        # audited) goes on to its end even when the caller cancels meanwhile (a timeout
+        # around `run`), so the run ends as it ended, not `running` for ever; the caller's
+        # cancel is raised once it is done, and the run's last event is not sent then.
+        result, data = await finished(self._end(scope, outcome))
+        await scope.emit(
+            RUN_COMPLETED,
+            {
+                "status": result.status,
+                "reason": result.reason,
+                "output": result.output,
+                "result": data,
+            },
+            None,
+            scope.seq,
+        )
+        return result
+
+    async def _end(self, scope: RunScope, outcome: Outcome) -> tuple[RunResult, dict[str, Any]]:
+        """The run's result from the graph's outcome, its episode kept in memory and its end
+        journaled with its `run_completed` entry (`_drive`); the result and its data."""
+        deps = self.deps
         result, self.error = outcome_result(outcome, scope, self.started, self.finish)
         # Charged but not in the state: the calls of visits that failed or stopped and of
         # calls that gave up (by call key, once), the child graphs of the node the run
@@ -346,16 +368,5 @@ class AgentSession:
             await journal_end(scope, result.status, result.reason, data, ended)
         if extract is not None and self.on_episode is not None:
             self.on_episode(extract)
-        await scope.emit(
-            RUN_COMPLETED,
-            {
-                "status": result.status,
-                "reason": result.reason,
-                "output": result.output,
-                "result": data,
-            },
-            None,
-            scope.seq,
-        )
         traced(scope, self._run_span, semconv.run_end_attributes(result.status, outcome.error))
-        return result
+        return result, data

@@ -18,13 +18,16 @@ from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
-from loomgraph.agent.fleet import FleetError, FleetQueue, JobKind, RunJob, check_run_agent
+from loomgraph.agent.fleet import FleetQueue, check_run_agent
 from loomgraph.agent.fleet import fleet_queue as queue_of
+from loomgraph.agent.fleet_errors import FleetError
+from loomgraph.agent.fleet_jobs import JobKind, RunJob
 from loomgraph.agent.job_inputs import answer_job, check_placement, delay_of, schema_path
 from loomgraph.agent.leases import hold_lease
 from loomgraph.agent.pinning import graph_key, pin
 from loomgraph.agent.result import RunResult
 from loomgraph.agent.resuming import Resumer
+from loomgraph.agent.run_ending import cancel_aside
 from loomgraph.errors import InputTooLarge
 from loomgraph.graph.compiled import CompiledGraph
 from loomgraph.protocols import Deps, RunRecord, RunStatus, UnknownRun
@@ -325,7 +328,8 @@ async def cancel_idle(deps: Deps, run_id: str, reason: str) -> None:
             raise UnknownRun(run_id)
         if record.status.final or record.status in _ENDED:
             raise RunNotCancellable(run_id, str(record.status))
-        await deps.runtime.finish_run(run_id, RunStatus.CANCELLED, reason, record.result)
+        # Audited as any cancelled run is: its `run_completed`, kept with the end.
+        await cancel_aside(deps, record, reason)
 
 
 _ENDED = frozenset({RunStatus.CANCELLED, RunStatus.DEAD_LETTER})

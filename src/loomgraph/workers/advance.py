@@ -10,12 +10,15 @@ from typing import Any
 
 from loomgraph.agent.agent import Agent
 from loomgraph.agent.checkpoints import ApprovalUsed, ValueUsed, check_agent, check_owner
-from loomgraph.agent.fleet import FleetQueue, JobKind, JobUnusable, RunJob
+from loomgraph.agent.fleet import FleetQueue
+from loomgraph.agent.fleet_errors import JobUnusable
+from loomgraph.agent.fleet_jobs import JobKind, RunJob
 from loomgraph.agent.leases import hold_lease
 from loomgraph.agent.result import RunResult
+from loomgraph.agent.run_ending import cancel_aside, restore_ended
 from loomgraph.engine.effects import BoundApproval
 from loomgraph.graph.imports import import_object
-from loomgraph.protocols import RunStatus
+from loomgraph.protocols import RunRecord, RunStatus
 
 __all__ = ["Advanced", "advance", "fail_unstarted"]
 
@@ -63,16 +66,19 @@ async def advance(agent: Agent, fleet: FleetQueue, job: RunJob) -> Advanced:
             return Advanced.NOTHING
         # Not queued: a worker started it before. Only a run journaled as running (its
         # worker died) or one whose answer this job brings goes on; a failed, cancelled or
-        # finished run is left as it is (a job picked again must not run a failed run twice).
+        # finished run is left as it is (a job picked again must not run a failed run twice),
+        # but for what a crash cut off its end (the job is picked again because its worker
+        # died right after the end): done now, under this lease.
         answered = job.kind == JobKind.RESUME and record.status in _WAITING
         if record.status not in (RunStatus.QUEUED, RunStatus.RUNNING) and not answered:
+            await _repair(agent, record)
             return Advanced.NOTHING
         _, cancelled_by = await fleet.job_of(job.run_id)
         if cancelled_by is not None:
             # Asked while no worker could hear it (queued, its worker died, or it stopped to
-            # wait before its next effect): it stands until the run is cancelled.
-            reason = f"cancelled by {cancelled_by}"
-            await runtime.finish_run(job.run_id, RunStatus.CANCELLED, reason, record.result)
+            # wait before its next effect): it stands until the run is cancelled, audited as
+            # any cancelled run (its `run_completed` kept with the end).
+            await cancel_aside(agent.deps, record, f"cancelled by {cancelled_by}")
             return Advanced.CANCELLED
         if record.status == RunStatus.QUEUED and (
             job.kind == JobKind.FORK or record.initial is not None
@@ -132,6 +138,16 @@ async def _fail(runtime: Any, run_id: str, why: Exception) -> None:
     reason = f"{type(why).__name__}: {why}"
     log.error("run %s cannot be started, journaled failed: %s", run_id, reason)
     await runtime.finish_run(run_id, RunStatus.FAILED, reason, None)
+
+
+async def _repair(agent: Agent, record: RunRecord) -> None:
+    """What an outage or a crash cut off the end of a run the job leaves as it is (the
+    audit entries its journal kept, the episode it owes memory), done under the lease the
+    caller holds, as the resume of a finished run does it (`Resumer.resume`): a read or two
+    when there is nothing."""
+    resumer = agent._resumer()
+    ending = resumer._going_on(record, resumer.compiled)  # the Agent's fact extraction
+    await restore_ended(agent.deps, record, True, agent.deps.hooks.on_event, ending.on_episode)
 
 
 async def _resume(agent: Agent, run_id: str, **answer: Any) -> RunResult:
