@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import getpass
 import json
 import sys
 from typing import Any
@@ -59,6 +60,15 @@ def ask_on_terminal(call: ToolCall, decision: Decision) -> bool:
     return answer in ("y", "yes")
 
 
+def login_name() -> str:
+    """Who answers when `--as` names nobody: the login the command runs under, so the audit
+    log's `approval` entry never names no one ("unknown login" when the OS cannot say)."""
+    try:
+        return getpass.getuser()
+    except (OSError, KeyError):  # no USER/LOGNAME and no passwd entry (a bare container)
+        return "unknown login"
+
+
 def add_parsers(cmds: Any) -> list[argparse.ArgumentParser]:
     """Add `runs pending`, `runs approve` and `runs deny`; the parsers made."""
     pending = cmds.add_parser(
@@ -74,7 +84,11 @@ def add_parsers(cmds: Any) -> list[argparse.ArgumentParser]:
         cmd.add_argument("run_id", help="the run awaiting approval")
         cmd.add_argument("call_id", help="the pending call's id (see `runs pending`)")
         cmd.add_argument(
-            "--as", dest="approver", default="", metavar="APPROVER", help="who answers"
+            "--as",
+            dest="approver",
+            default=None,
+            metavar="APPROVER",
+            help="who answers, for the journal and the audit log (default: your login name)",
         )
         cmd.add_argument(
             "--request",
@@ -158,6 +172,8 @@ async def _pending(args: argparse.Namespace, runtime: Runtime) -> int:
 
 
 async def _answer(args: argparse.Namespace, runtime: Runtime) -> int:
+    if args.approver is not None and not args.approver.strip():
+        raise journal.UsageError("--as names nobody: name who answers, or leave it out")
     record, _ = await journal.load_record(runtime, args.run_id)
     command = (args.runs_command, args.run_id, args.call_id)
     key = named_request(record, args, args.runtime, command)
@@ -173,7 +189,7 @@ async def _answer(args: argparse.Namespace, runtime: Runtime) -> int:
         args.call_id,
         args.runs_command == "approve",
         edited,
-        approver=args.approver,
+        approver=login_name() if args.approver is None else args.approver,
         reason=args.reason if args.runs_command == "deny" else "",
         key=key,
     )
