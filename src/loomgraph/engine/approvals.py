@@ -13,6 +13,14 @@ tool answering to the call's name has that identity: another server's tool of th
 the tool changed while the answer waited, gets the call denied (`approval:tool_changed`), and
 the model's next call is asked about anew. A request journaled before identities were
 recorded is answered as before.
+
+An answer's use is audited once: its `approval` entry is kept in the journal's audit outbox
+in the transaction that journals the use (the answer's outcome, marked `use_kept`: a
+handler's answer as it is journaled, a person's as the resume takes it up), and let go of
+once the log has it, before the call acts (`RunScope.let_go_kept`). A crash before the log
+has it leaves it kept: the resume writes it (`restore_kept`) and, reading the marked answer
+back, audits no use again; only a call begun before on it, which runs again, adds an entry
+marked `replayed`.
 """
 
 from __future__ import annotations
@@ -53,6 +61,9 @@ HANDLER = "handler"
 HANDLER_ANSWERS = "True, False, None, {'args': {...}} or an Approval of this call"
 # The rule of a call denied because its tool is not the one its approval was asked about.
 TOOL_CHANGED = "approval:tool_changed"
+# In an answer's journaled outcome: its use's `approval` entry was kept with it in the
+# journal's audit outbox (the log has it, or the run's resume writes it from there).
+USE_KEPT = "use_kept"
 
 
 def args_too_large(call: ToolCall, limit: int) -> str | None:
@@ -126,18 +137,14 @@ class ApprovalDesk:
     ) -> tuple[Decision, ToolCall]:
         """The answer to `asked`: journaled before, supplied with the resume, given by the
         approval handler, or — with none of these — stop the run to wait for one. `began`:
-        the call's own effect was begun before (it went on, on a journaled answer)."""
+        the call's own effect was begun before (it went on, on a journaled answer). An
+        answer's use is audited once, kept with the journal write that records it."""
         scope, call = self.scope, self.call
         await self._bind(answers=True)
         # Taken now, whatever happens next: an answer is used, refused or expired once,
         # never left for a later call.
         supplied = self._take_supplied()
         earlier = await scope.deps.runtime.effect(scope.run_id, str(self.answer_key))
-        # Read back from the journal: for a call begun before on this answer (unknown after a
-        # crash, it runs again with its key) the answer was used, and audited, then — this
-        # entry is a replay; for a call never begun (the answer the resume took up) this is
-        # its use.
-        read_back = earlier is not None and earlier.status == EffectStatus.DONE
         if earlier is not None and earlier.status == EffectStatus.DONE:
             # Journaled by the resume that took a person's answer up (`answer_effect`), or
             # answered before a crash: that answer stands, for the call it was given for.
@@ -152,19 +159,16 @@ class ApprovalDesk:
             answer = Approval.from_journal(
                 call["id"], outcome.get("answer"), outcome.get("by", ""), outcome.get("reason", "")
             )
+            if scope.auditing:
+                await self._audit_read_back(answer, outcome, began)
         else:
             answer = await self._new_answer(spec, asked, tainted, supplied)
             intent = {**approval_intent(call), "tool": ToolIdentity.of(spec).to_dict()}
             await scope.begin_effect(self.answer_key, APPROVAL_KIND, intent, self.node)
-            await scope.end_effect(self.answer_key, answer.outcome())
-        if scope.auditing:
-            await self._audit(answer, replayed=read_back and began)
-            if read_back and not began:
-                # In the log before the call is begun on it: an entry marked replayed later
-                # (the call begun, then cut off) follows this one. A handler's new answer
-                # goes with the gate's `tool_request`, before the call acts: one log write
-                # per call on that hot path, not two.
-                await scope.audit_written()
+            if not await self._journal_use(answer, answer.outcome()):
+                await scope.end_effect(self.answer_key, answer.outcome())
+                if scope.auditing:  # kept nowhere: it goes with the gate's `tool_request`
+                    await self._audit(answer, replayed=False)
         if not answer.allow:
             reason = answer.reason or "the user denied this call"
             return Decision("deny", "approval:denied", reason), call
@@ -324,11 +328,45 @@ class ApprovalDesk:
             f"another call (not {call['tool']!r} with these arguments); it approves nothing",
         )
 
-    async def _audit(self, answer: Approval, *, replayed: bool) -> None:
-        entry = approval_entry(
+    async def _journal_use(self, answer: Approval, outcome: dict[str, Any]) -> bool:
+        """Journal `outcome`, the answer's, as used: marked `USE_KEPT`, its `approval` entry
+        kept in the journal's audit outbox in the same transaction and queued for the log
+        (`RunScope.end_effect_keeping`), so the log gets that use once whatever stops the
+        run next. False, nothing written, when the run audits nothing or its journal keeps
+        no entries."""
+        if not self.scope.auditing:
+            return False
+        entry = (AuditAction.APPROVAL, self.node, self._entry(answer, replayed=False))
+        return await self.scope.end_effect_keeping(
+            self.answer_key, {**outcome, USE_KEPT: True}, entry
+        )
+
+    async def _audit_read_back(
+        self, answer: Approval, outcome: dict[str, Any], began: bool
+    ) -> None:
+        """Audit an answer read back from the journal: a replay of its use for a call begun
+        before on it (it runs again with its key); nothing for one never begun whose use
+        was kept with it (`USE_KEPT`: in the log, or written from the journal's outbox at
+        this resume's start); else, the answer the resume took up (journaled by it, or by a
+        journal that keeps no entries), this is its use."""
+        if began:
+            await self._audit(answer, replayed=True)
+            return
+        if outcome.get(USE_KEPT) is True or await self._journal_use(answer, outcome):
+            return
+        # Nothing keeps it: in the log before the call is begun on it.
+        await self._audit(answer, replayed=False)
+        await self.scope.audit_written()
+
+    def _entry(self, answer: Approval, *, replayed: bool) -> dict[str, Any]:
+        return approval_entry(
             self.call, answer.allow, answer.approver, answer.args, answer.reason, replayed=replayed
         )
-        await self.scope.audit(AuditAction.APPROVAL, self.node, entry)
+
+    async def _audit(self, answer: Approval, *, replayed: bool) -> None:
+        await self.scope.audit(
+            AuditAction.APPROVAL, self.node, self._entry(answer, replayed=replayed)
+        )
 
 
 def tool_changed(recorded: Any, spec: ToolSpec, call: ToolCall) -> Decision | None:

@@ -25,6 +25,10 @@ crash between the two leaves it kept, for the resume of the finished run). On th
 (`keep_unwritten`) those the log took are let go of, and the outbox is left holding exactly
 what the log did not take, in the run's order (`outbox_change`).
 
+A node's own writes keep entries too: an approval's use is kept with the journal write that
+records it (`OutcomeOutbox.end_effect_keeping`, `RunScope.end_effect_keeping`), and let go of
+once the log has it (`kept_logged`, `RunScope.let_go_kept`), before its call acts.
+
 A writer whose run lost its lease (a zombie: another worker owns the run) writes nothing more
 and keeps nothing (`halt`, or the `fenced_out` check it is made with, asked at each entry and
 before each batch): what it queued is another worker's run's business now. An append under
@@ -37,11 +41,11 @@ import asyncio
 import bisect
 import enum
 import logging
-from collections.abc import Callable, Mapping
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Protocol, runtime_checkable
 
 from loomgraph.engine import audit_trail as trail
-from loomgraph.protocols import AuditAction, AuditEntry, AuditLog, AuditOutbox
+from loomgraph.protocols import AuditAction, AuditEntry, AuditLog, AuditOutbox, EffectStatus
 from loomgraph.protocols.runtime import Lease, current_fence
 from loomgraph.protocols.tasks import finished
 
@@ -57,6 +61,23 @@ class Kept(enum.Enum):
     NOT_YET = "not_yet"  # kept there only if the log cannot take it (`keep_unwritten`)
     ALREADY = "already"  # kept there already: let go of once the log has it
     NEVER = "never"  # never kept (a restore's marker: the next restore writes its own)
+
+
+@runtime_checkable
+class OutcomeOutbox(Protocol):
+    """An `AuditOutbox` that keeps a run's entries in the transaction of an effect's outcome
+    (the built-in journals); optional: with another outbox they are kept just before it."""
+
+    async def end_effect_keeping(
+        self,
+        run_id: str,
+        key: str,
+        outcome: dict[str, Any],
+        status: EffectStatus,
+        entries: Sequence[AuditEntry],
+    ) -> None:
+        """Journal an effect's outcome and keep `entries` after the run's kept ones, at once."""
+        ...
 
 
 class AuditWriter:
@@ -126,6 +147,12 @@ class AuditWriter:
     def kept(self) -> int:
         """How many of its entries the journal's outbox keeps (written or not)."""
         return len(self._kept)
+
+    @property
+    def kept_logged(self) -> int:
+        """How many of the oldest entries the journal keeps the log has taken: those to let
+        go of now."""
+        return bisect.bisect_left(self._kept, self._acked)
 
     @property
     def halted(self) -> bool:

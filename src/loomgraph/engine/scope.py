@@ -12,7 +12,7 @@ from types import MappingProxyType
 from typing import Any, Protocol
 
 from loomgraph.engine import audit_trail as trail
-from loomgraph.engine.audit_writer import AuditWriter
+from loomgraph.engine.audit_writer import AuditWriter, Kept, OutcomeOutbox
 from loomgraph.engine.effects import EffectKey, ResumeInput
 from loomgraph.engine.state_size import StateSize
 from loomgraph.engine.taint import UntrustedText
@@ -21,7 +21,9 @@ from loomgraph.graph.compiled import CompiledGraph
 from loomgraph.protocols import (
     ArgumentReader,
     AuditAction,
+    AuditEntry,
     AuditMode,
+    AuditOutbox,
     BudgetScope,
     Deps,
     EffectRecord,
@@ -139,6 +141,10 @@ class RunScope:
     audit_content: bool = field(init=False)
     # The run's audit entries on their way to the log (made at the first entry).
     audit_writer: AuditWriter | None = None
+    # Held while an entry is kept with an effect's outcome and queued, or kept ones are let
+    # go of: the writer's order of kept entries stays the journal's (`map` branches ask at
+    # once). Made by the first approval used.
+    keeping_lock: asyncio.Lock | None = None
     # Whether anything hears the run's events: a run whose only consumer drops them (the
     # no-op hooks) builds none.
     listening: bool = field(init=False)
@@ -239,6 +245,49 @@ class RunScope:
         starts (a model's stream, a tool call) and before the run returns."""
         if self.audit_writer is not None:
             await self.audit_writer.written()
+
+    def _keeping(self) -> asyncio.Lock:
+        lock = self.keeping_lock
+        if lock is None:
+            lock = self.keeping_lock = asyncio.Lock()
+        return lock
+
+    async def end_effect_keeping(
+        self, key: EffectKey, outcome: dict[str, Any], entry: AuditEntry
+    ) -> bool:
+        """Journal an effect's outcome with the audit entry of what it records (an approval's
+        use) kept in the journal's audit outbox beside it, in one transaction, then queue the
+        entry marked kept: a crash before the log has it leaves it kept, for the resume to
+        write (`restore_kept`); `let_go_kept` lets go of it once the log has it. False, and
+        nothing written, when the journal keeps no entries (not an `AuditOutbox`)."""
+        runtime = self.deps.runtime
+        if not isinstance(runtime, AuditOutbox):
+            return False
+        async with self._keeping():
+            if isinstance(runtime, OutcomeOutbox):
+                await runtime.end_effect_keeping(
+                    self.run_id, key.text, outcome, EffectStatus.DONE, [entry]
+                )
+            else:  # kept first: a crash in between writes it twice rather than not at all
+                await runtime.keep_audit_entries(self.run_id, [entry])
+                await self.end_effect(key, outcome)
+            self.writer().add(*entry, Kept.ALREADY)
+        return True
+
+    async def let_go_kept(self) -> None:
+        """Wait until the log has the entries the run kept with its effects' outcomes
+        (`end_effect_keeping`), then have the journal let go of them: before the call they
+        lead to acts. Nothing at all (no wait, no write) while none is kept."""
+        writer = self.audit_writer
+        if writer is None or not writer.kept:
+            return
+        runtime = self.deps.runtime
+        async with self._keeping():
+            await writer.written()
+            logged = writer.kept_logged
+            if logged and isinstance(runtime, AuditOutbox):
+                await runtime.drop_audit_entries(self.run_id, logged)
+                writer.let_go(logged)
 
     async def begin_effect(
         self, key: EffectKey, kind: str, intent: dict[str, Any], node: str

@@ -96,6 +96,7 @@ class ToolGate:
         decision, call, tainted = decided
         if decision.verdict != "allow":
             await self.report(call, decision, tainted=tainted)
+            await scope.let_go_kept()  # the use of a denying answer, in the log
             reason = decision.reason or decision.rule or "denied"
             result = ToolResult(
                 content=f"permission denied for {call['tool']!r}: {reason}",
@@ -115,6 +116,7 @@ class ToolGate:
             request = trail.tool_request(call, decision.rule, content=scope.audit_content)
             await scope.audit(AuditAction.TOOL_REQUEST, self.node, request)
             await scope.audit_written()  # in the log before the call can act
+            await scope.let_go_kept()  # an approval's use, kept with its answer: let go of
         try:
             capture = scope.tracing and bool(getattr(deps.telemetry, "capture_content", False))
             attributes: Mapping[str, Any] = NO_ATTRIBUTES
@@ -214,6 +216,7 @@ class ToolGate:
             return Decision("allow", RAN, "it ran before the run stopped"), ran_call(decided, call)
         decision, call, tainted = decided
         await self.report(call, decision, tainted=tainted)
+        await self.scope.let_go_kept()  # an approval's use, kept with its answer: let go of
         return decision, call
 
     async def _decide(

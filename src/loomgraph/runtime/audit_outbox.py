@@ -15,6 +15,10 @@ The entries travel beside `finish_run`, as the fence does (`current_fence`), not
 argument: the Runtime protocol's `finish_run` takes none, and a journal that does not know
 them (a runtime of your own) journals the end alone, as before.
 
+An approval's use is kept the same way, with the outcome that journals it: the engine calls
+`end_effect_keeping` (of `SqlJournal`, and of the in-memory journal), which keeps the entries
+in the transaction of the outcome's write; the engine lets go of them once the log has them.
+
 The audit log is not fenced by the journal, so a journal that refuses a run's write because
 the writer's lease was lost notes it (`refused`, in `refused_fences`, which the run's session
 sets): its audit writer stops at once, before the `LeaseLost` makes its way out through code

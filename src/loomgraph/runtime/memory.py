@@ -208,6 +208,23 @@ class InMemoryRuntime:
         effect.outcome = outcome
         effect.status = status if type(status) is EffectStatus else EffectStatus(status)
 
+    async def end_effect_keeping(
+        self,
+        run_id: str,
+        key: str,
+        outcome: dict[str, Any],
+        status: EffectStatus,
+        entries: Sequence[AuditEntry],
+        *,
+        fence: Lease | None = None,
+    ) -> None:
+        """`end_effect` with audit entries of the run kept beside it, after those kept
+        already, as the SQL journals keep them in its transaction; fenced."""
+        texts = [entry_text(entry) for entry in entries]
+        await self.end_effect(run_id, key, outcome, status, fence=fence)
+        if texts:  # nothing awaited since the outcome: the two happen together
+            self._audit_kept.setdefault(run_id, []).extend(texts)
+
     async def effects(self, run_id: str) -> list[EffectRecord]:
         """Every effect of a run, in the order they began."""
         return list(self._kept(run_id)[1].values())

@@ -16,6 +16,7 @@ from typing import Any, Self, TypeVar
 
 from loomgraph._storage.cursor import Constraint, Cursor
 from loomgraph.protocols import (
+    AuditEntry,
     EffectRecord,
     EffectStatus,
     PinnedGraph,
@@ -268,14 +269,52 @@ class SqlJournal(SqlLeases, SqlAuditOutbox):
         """Journal the outcome of an effect (fenced)."""
         text = dumps(outcome, f"run {run_id!r} effect {key!r}: outcome")
         lease = self._fence(run_id, fence)
-        if not await self._exec(
-            *self._fenced("end_effect", (text, str(status), run_id, stored_key(run_id, key)), lease)
-        ):
-            if not await self._fetch("run_exists", (run_id,)):
-                raise UnknownRun(run_id)
-            if lease is not None and not await self._fetch("fence", (run_id, lease.token)):
-                raise refused(LeaseLost(run_id, lease.token))
-            raise UnknownEffect(run_id, key)
+        row = (text, str(status), run_id, stored_key(run_id, key))
+        if not await self._exec(*self._fenced("end_effect", row, lease)):
+            raise await self._not_ended(run_id, key, lease)
+
+    async def end_effect_keeping(
+        self,
+        run_id: str,
+        key: str,
+        outcome: dict[str, Any],
+        status: EffectStatus,
+        entries: Sequence[AuditEntry],
+        *,
+        fence: Lease | None = None,
+    ) -> None:
+        """`end_effect` with audit entries of the run kept in its audit outbox, after those
+        kept already, in the same transaction (an approval's use kept with the answer that
+        records it: `engine.approvals`); fenced. A refused outcome keeps nothing."""
+        text = dumps(outcome, f"run {run_id!r} effect {key!r}: outcome")
+        texts = [entry_text(entry) for entry in entries]
+        lease = self._fence(run_id, fence)
+        name, args = self._fenced(
+            "end_effect", (text, str(status), run_id, stored_key(run_id, key)), lease
+        )
+        async with self._write() as cur:
+            if not await cur.execute(self._sql[name], args):
+                raise await self._not_ended(run_id, key, lease, cur)
+            await self._keep_in(cur, run_id, texts)
+
+    async def _not_ended(
+        self, run_id: str, key: str, lease: Lease | None, cur: Cursor | None = None
+    ) -> Exception:
+        """Why `end_effect` changed no row: an unknown run, a lost lease, or an effect never
+        begun (read in the transaction of `cur`, when given)."""
+        if not await self._fetch_in(cur, "run_exists", (run_id,)):
+            return UnknownRun(run_id)
+        if lease is not None and not await self._fetch_in(cur, "fence", (run_id, lease.token)):
+            return refused(LeaseLost(run_id, lease.token))
+        return UnknownEffect(run_id, key)
+
+    async def _fetch_in(
+        self, cur: Cursor | None, name: str, args: Sequence[Any]
+    ) -> list[Sequence[Any]]:
+        """`_fetch`, in the transaction of `cur` when given."""
+        if cur is not None:
+            return await cur.fetch(self._sql[name], args)
+        return await self._fetch(name, args)
 
     async def finish_run(
         self,
@@ -310,16 +349,10 @@ class SqlJournal(SqlLeases, SqlAuditOutbox):
     ) -> Exception:
         """Why `finish_run` changed no row: an unknown run, a lost lease, or a run that
         ended already (read in the transaction of `cur`, when given)."""
-
-        async def fetch(name: str, args: Sequence[Any]) -> list[Sequence[Any]]:
-            if cur is not None:
-                return await cur.fetch(self._sql[name], args)
-            return await self._fetch(name, args)
-
-        rows = await fetch("run_status", (run_id,))
+        rows = await self._fetch_in(cur, "run_status", (run_id,))
         if not rows:
             return UnknownRun(run_id)
-        if lease is not None and not await fetch("fence", (run_id, lease.token)):
+        if lease is not None and not await self._fetch_in(cur, "fence", (run_id, lease.token)):
             return refused(LeaseLost(run_id, lease.token))
         return RunFinished(run_id, rows[0][0])
 
