@@ -286,7 +286,12 @@ class AgentSession:
                 return await self._drive(scope, state, start, visits)
             async with hold_lease(self.deps.leases, self.run_id) as lease:
                 driving, self._held = True, lease if isinstance(lease, Lease) else None
-                return await self._drive(scope, state, start, visits)
+                result = await self._drive(scope, state, start, visits)
+                # The end's entry, kept with the end: let go of once the log has it while
+                # the lease is held, so a crash once it is given back finds nothing kept
+                # (the resume wrote it again).
+                await scope.let_go_kept()
+                return result
         except asyncio.CancelledError as err:
             # Cancelled before the graph ran (announcing, taking the lease): without this
             # the journal would say "running" for ever. `_drive` journals its own.
