@@ -34,11 +34,16 @@ async def event_stream(
             # before the run does anything, such as a model call a Ctrl-C may cut short.
             await asyncio.sleep(0)
 
+    left = False  # the consumer left the loop: nothing reads the queue again
+
     async def produce() -> RunResult:
         try:
             return await run(sink)
         finally:
-            await queue.put(_DONE)  # interrupted by cancel() when the consumer has left
+            # Not once the consumer has left: the run may end (journaled cancelled) with the
+            # buffer full, and a put nobody takes would keep the consumer's close waiting.
+            if not left:
+                await queue.put(_DONE)  # interrupted by cancel() when the consumer leaves
 
     task = asyncio.create_task(produce())
     message: Any = None
@@ -55,6 +60,7 @@ async def event_stream(
         message = err.args[0] if err.args else None
         raise
     finally:
+        left = True
         if not task.done():
             task.cancel(message)
             with contextlib.suppress(asyncio.CancelledError):
