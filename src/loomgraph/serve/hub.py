@@ -68,8 +68,11 @@ class RunHub:
         if self.version(run_id) > seen or self.closing:
             return
         waker = self._wakers.setdefault(run_id, asyncio.Event())
+        # `asyncio.timeout`, not `wait_for`: on Python 3.11 a cancel arriving as the wake
+        # does (a follower's client gone, the server stopping) was lost.
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(waker.wait(), timeout)
+            async with asyncio.timeout(timeout):
+                await waker.wait()
 
     def watcher(self, run_id: str) -> Any:
         """A `changed(run_id, timeout)` for one watcher of `run_id` (see `follow_events`):
