@@ -10,7 +10,8 @@ node's `timeout`, the run's deadline) is charged at once and journaled the same 
 visit is known to have failed (`keep`, from `engine.kept_usage`).
 
 What an attempt is charged, however it ends (answered, failed, cut off), is also what its
-`chat` span reports (`spent`), so the token and cost metrics count what the ledger does.
+`chat` span reports (`spent`, plus the answer's usage), so the token and cost metrics count
+what the ledger does.
 """
 
 from __future__ import annotations
@@ -68,8 +69,9 @@ class ModelAttempts:
         self.recovered_calls = 0  # the model calls of earlier executions' failed attempts
         # The model's stream for the attempt in force: what it reported, if it is cut off.
         self.stream: AsyncIterator[ModelChunk] | None = None
-        # What the attempt in force was charged so far (the model's own retries within it
-        # included): what its chat span reports.
+        # What the attempt in force was charged but for its answer (the model's own retries
+        # within it; all of it, once it failed or was cut off): what its chat span reports,
+        # with the answer's usage added there (traced runs only: the span is its one reader).
         self.spent = NO_USAGE
         self._amount = NO_USAGE
         self._number = 0
@@ -114,13 +116,6 @@ class ModelAttempts:
         """Charge the attempt in force `usage` (what it billed)."""
         reservation, self.reservation = self.reservation, None
         await self.scope.settle(reservation, usage)
-
-    def answered(self, usage: Usage) -> Usage:
-        """The attempt in force answered having used `usage`: that priced, counted as what it
-        was charged (settled once the answer is journaled)."""
-        usage = self.priced(usage)
-        self.spent += usage
-        return usage
 
     async def failed(self, usage: Usage, error: str) -> None:
         """An attempt failed after billing `usage`: charge it and journal it."""

@@ -34,9 +34,9 @@ class VisitContext:
     """The `NodeContext` of one node visit: identity, dependencies and journaled helpers."""
 
     __slots__ = (
+        "_models",
         "_slot",
         "key_path",
-        "models",
         "node",
         "path",
         "qualified_node",
@@ -57,13 +57,21 @@ class VisitContext:
         # (two visits, or two map branches) must not share effect keys.
         self.key_path = key_path
         self._slot = 0
-        # Its model calls, and what they share across the visit's attempts.
-        self.models = ModelCalls(scope, self.qualified_node)
+        # Its model calls (`models`), made at the first: a visit that calls no model (a tool
+        # node's) makes none.
+        self._models: ModelCalls | None = None
 
     @property
     def deps(self) -> Deps:
         """The dependency bundle."""
         return self.scope.deps
+
+    @property
+    def models(self) -> ModelCalls:
+        """Its model calls, and what they share across the visit's attempts."""
+        if self._models is None:
+            self._models = ModelCalls(self.scope, self.qualified_node)
+        return self._models
 
     @property
     def run_id(self) -> str:
@@ -121,14 +129,18 @@ class VisitContext:
     def next_key(self) -> EffectKey:
         """The idempotency key of this node visit's next effect (run, node, visit, slot)."""
         self._slot += 1
-        return self.effect_key(str(self._slot))
+        # (`effect_key`'s, built here: one call fewer on every model and tool call)
+        return EffectKey(self.scope.run_id, self.key_path + self.node, self.visit, str(self._slot))
 
     # ------------------------------------------------------------------ model
 
     async def call_model(self, request: ModelRequest) -> ModelResponse:
         """One journaled, budgeted, traced model turn; text chunks are emitted as they come
         (see `engine.model_call`)."""
-        return await self.models.call(request, self.next_key())
+        models = self._models
+        if models is None:  # (made here, not by `models`: no property call on a turn's path)
+            models = self._models = ModelCalls(self.scope, self.qualified_node)
+        return await models.call(request, self.next_key())
 
     # ------------------------------------------------------------------ tools
 

@@ -152,8 +152,9 @@ class ModelCalls:
     async def _traced(
         self, request: ModelRequest, call_id: str, texts: list[str], attempts: ModelAttempts
     ) -> ModelResponse:
-        """One attempt in its chat span: charged however it ends, in the span (one place,
-        `attempts.spent`, says what it was charged for the span and the ledger alike)."""
+        """One attempt in its chat span: charged however it ends, in the span (`attempts.spent`
+        says what it was charged for the span and the ledger alike, but for an answer's own
+        usage, added here)."""
         scope = self.scope
         model, telemetry, tracing = scope.deps.model, scope.deps.telemetry, scope.tracing
         attributes: Mapping[str, Any] = NO_ATTRIBUTES
@@ -169,10 +170,13 @@ class ModelCalls:
                 if tracing:
                     semconv.set_attributes(span, chat_span.charged(attempts.spent))
                 raise
-            # Priced as the ledger will charge it, when the model reported no cost.
-            response.usage = attempts.answered(response.usage)
-            if tracing:
-                done = chat_span.answered(response, attempts.spent, usage_chunk, capture)
+            # Priced as the ledger will charge it, when the model reported no cost (without
+            # caps there is no ledger to agree with); settled once the answer is journaled.
+            if scope.deps.budgeted:
+                response.usage = attempts.priced(response.usage)
+            if tracing:  # the attempt's charge: its answer, and the model's own retries in it
+                spent = attempts.spent + response.usage
+                done = chat_span.answered(response, spent, usage_chunk, capture)
                 semconv.set_attributes(span, done)
         return response
 
