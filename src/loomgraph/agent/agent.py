@@ -345,8 +345,9 @@ class Agent(FleetMethods):
     def events(
         self, run_id: str, *, after: EventId | str | None = None, poll_interval: float = 0.5
     ) -> AsyncIterator[JournalEvent]:
-        """The run's events read from the journal after `after` (a stable id, `"seq.index"`),
-        then followed until the run stops, wherever it runs (see `agent.run_events`)."""
+        """The run's events read from the journal after `after` (a stable id: `"seq.index"`,
+        a stop's `"seq.end.k"`), then followed until the run stops, wherever it runs (see
+        `agent.run_events`)."""
         if isinstance(after, str):
             after = EventId.parse(after)
         return follow_events(self.deps.runtime, run_id, after=after, poll_interval=poll_interval)

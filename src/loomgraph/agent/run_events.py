@@ -10,8 +10,12 @@ written `"seq.index"`, are therefore stable: a watcher that reconnects after `"7
 exactly the events after it, none lost and none twice (a follower gives transitions in seq
 order, waiting for one committed after a later one). `run_started` is `0.0`. When the run
 stops (finished, or waiting for an approval or a value), a `run_completed` event with the
-status follows, id `"seq.end"` (`index` -1), and the source ends. Model text arrives inside
-`node_completed`'s patch; streamed chunks are not journaled, so they are not in this source.
+status follows, id `"seq.end.K"`, and the source ends: `seq` the run's last transition, `K`
+how many times its node visits had begun an effect (`stop_mark`). A run may stop more than once
+with no transition between (two approvals asked in one visit, one after the other, each
+answered by a resume); each stop has begun at least one more effect (`K` grows), so each
+stop's id comes after the one before. Model text arrives inside `node_completed`'s patch;
+streamed chunks are not journaled, so they are not in this source.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from typing import Any
 
 from loomgraph.agent.effect_visits import VisitEffects, VisitWalk
 from loomgraph.errors import LoomgraphError
-from loomgraph.protocols import EffectRecord, EffectStatus, RunRecord, Transition
+from loomgraph.protocols import EffectRecord, EffectStatus, RunRecord, RunStatus, Transition
 from loomgraph.protocols.events import (
     NODE_COMPLETED,
     NODE_STARTED,
@@ -45,10 +49,16 @@ __all__ = [
     "JournalEvent",
     "follow_events",
     "journal_events",
+    "stop_mark",
 ]
 
-_END = -1  # the index of the event a stop makes
-_EVENT_ID = re.compile(r"([0-9]+)(?:\.([0-9]+|end))?")  # SEQ, SEQ.INDEX, SEQ.end
+# The index of the event a stop makes, and of a bare `SEQ` (after every event of transition
+# `SEQ`, before its stop): above any index a transition's events reach, so ids sort as fields.
+_END = 1 << 31
+_AFTER_SEQ = 1 << 30
+# SEQ, SEQ.INDEX, SEQ.end.K and SEQ.end (what a stop's id was before K: K is then 0). Bounded:
+# `int` refuses over 4300 digits with a plain ValueError.
+_EVENT_ID = re.compile(r"([0-9]{1,30})(?:\.([0-9]{1,30})|\.end(?:\.([0-9]{1,30}))?)?")
 # How many reads in a row a follower waits for a missing seq while later ones are there
 # (and for as many poll intervals: wakes can come faster than a slow commit).
 GAP_READS = 8
@@ -56,45 +66,77 @@ _clock = time.monotonic  # replaced in tests
 
 
 class BadEventId(LoomgraphError, ValueError):
-    """An event id that is not `seq.index` (or `seq.end`)."""
+    """An event id that is not `seq.index` or `seq.end.k` (or `seq.end`, or `seq`)."""
 
 
 @dataclass(frozen=True, slots=True, order=True)
 class EventId:
-    """Where one journaled event stands: the transition it belongs to and its place there
-    (`index` -1 for the stop event after the transition `seq`)."""
+    """Where one journaled event stands: the transition it belongs to and its place there;
+    ids compare in the order of the events.
+
+    The stop event after the transition `seq` has `index` `_END` (`is_stop`) and `stop` the
+    number of times the run's node visits had begun an effect (`stop_mark`): two stops
+    after the same transition are told apart and ordered by it."""
 
     seq: int
     index: int
+    stop: int = 0
+
+    @classmethod
+    def of_stop(cls, seq: int, stop: int) -> EventId:
+        """The id of the stop event after transition `seq`, `stop` effects begun."""
+        return cls(seq, _END, stop)
+
+    @property
+    def is_stop(self) -> bool:
+        """Whether this is a stop event's id (`seq.end.k`)."""
+        return self.index == _END
 
     def __str__(self) -> str:
-        return f"{self.seq}.{'end' if self.index == _END else self.index}"
+        if self.is_stop:
+            return f"{self.seq}.end.{self.stop}"
+        return str(self.seq) if self.index == _AFTER_SEQ else f"{self.seq}.{self.index}"
 
     @classmethod
     def parse(cls, text: str) -> EventId:
-        """An id from its text form; a bare number `N` means "after every event of N". Only
-        ASCII digits, as for every number the server reads: `int` would take `-1`, `+1`, `1_0`
-        and other scripts' digits, and `-1` would replay the run from its start."""
+        """An id from its text form; a bare number `N` means "after every event of N" (its
+        stop excepted), `N.end`, an earlier server's stop id, is read as `N.end.0`: before any
+        later stop after N, so a stop made since is given, not lost (one already given is
+        given again). Only ASCII digits, as for every number the server reads: `int` would
+        take `-1`, `+1`, `1_0` and other scripts' digits, and `-1` would replay the run."""
         found = _EVENT_ID.fullmatch(text)
         if found is None:
             raise BadEventId(
-                f"event id {text!r} is not 'SEQ.INDEX', 'SEQ.end' or a sequence number "
-                f"(ASCII digits)"
+                f"event id {text!r} is not 'SEQ.INDEX', 'SEQ.end.K', 'SEQ.end' or a sequence "
+                f"number (ASCII digits)"
             )
-        seq, index = found.group(1, 2)
-        if index is None:
-            return cls(int(seq), 1 << 30)
-        return cls(int(seq), _END if index == "end" else int(index))
+        seq, index, stop = found.group(1, 2, 3)
+        if index is not None:
+            # A larger index than any event's is "after every event of SEQ", as a bare SEQ.
+            return cls(int(seq), min(int(index), _AFTER_SEQ))
+        if text.endswith(".end") or stop is not None:
+            return cls.of_stop(int(seq), int(stop or 0))
+        return cls(int(seq), _AFTER_SEQ)
 
     def comes_after(self, other: EventId | None) -> bool:
         """True when this event follows `other` in the run (every event follows None)."""
-        if other is None:
-            return True
-        if self.seq != other.seq:
-            return self.seq > other.seq
-        mine = (1 << 31) if self.index == _END else self.index
-        theirs = (1 << 31) if other.index == _END else other.index
-        return mine > theirs
+        return other is None or self > other
+
+
+def stop_mark(run_id: str, effects: Sequence[EffectRecord]) -> int:
+    """How many times the run's node visits have begun an effect (`k` of a stop's id
+    `seq.end.k`): a resume that stops again has begun one more at least (the approval it was
+    given, the next call asked for; a call that failed, run again), and this count never goes
+    down. Effects of the run itself (an episode owed to memory) are left out: they are
+    written once it ended, and its stop's id must not change."""
+    prefix = run_id + ":"
+    count = 0
+    for effect in effects:
+        if effect.key.startswith(prefix):
+            visit = effect.key[len(prefix) :].partition(":")[2].partition(":")[0]
+            if visit.isdigit():  # a node visit's key (`run:path:visit:slot`)
+                count += effect.attempts
+    return count
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,7 +210,8 @@ def journal_events(
     `transitions` may be only the newest of the run's transitions (a follower's), with
     `last_seq` the seq of the run's last one when none of them is, and `walk` the one that
     took in every transition before them (it tells in which visit of the nodes above it a
-    child graph's transition was made, and takes `transitions` in too)."""
+    child graph's transition was made, and takes `transitions` in too). `effects` are all
+    the run's effects, read after `record` when the run stopped (they number the stop)."""
     out: list[JournalEvent] = []
 
     def add(eid: EventId, event: Event) -> None:
@@ -217,7 +260,7 @@ def journal_events(
             "result": record.result,
         }
         add(
-            EventId(last, _END),
+            EventId.of_stop(last, stop_mark(record.run_id, effects)),
             _event(record, RUN_COMPLETED, payload, last, None, record.updated_at),
         )
     return out
@@ -248,6 +291,21 @@ async def run_is_live(runtime: RunReader, record: RunRecord) -> bool:
     read = getattr(runtime, "lease", None)
     lease = None if read is None else await read(record.run_id)
     return lease is not None and lease.expires_at > time.time()
+
+
+async def _moved(
+    runtime: RunReader,
+    read: Callable[[str], Awaitable[RunRecord | None]],
+    run_id: str,
+    seen: tuple[RunStatus, float],
+) -> bool:
+    """Whether a run seen stopped (status, when) went on since: resumed, or stopped again.
+    The effects read in between may then hold what the resume began, which would number its
+    stop with the count the next stop could have, and that next stop would be lost."""
+    record = await read(run_id)
+    if record is None or (record.status, record.updated_at) != seen:
+        return True
+    return await run_is_live(runtime, record)
 
 
 def _in_order(transitions: Sequence[Transition], known: int) -> list[Transition]:
@@ -299,6 +357,7 @@ async def follow_events(
         if record is None:
             raise UnknownRun(run_id)
         stopped = not await run_is_live(runtime, record)
+        seen = (record.status, record.updated_at)  # a kept record may change in place
         # Read after the record: a run seen stopped has every transition it made committed.
         if newer is not None:
             transitions = await newer(run_id, known)
@@ -317,9 +376,12 @@ async def follow_events(
             ready, held = sorted(transitions, key=lambda t: t.seq), 0
         if walk is None or ready or stopped:
             walk = walk or new_walk(record)
-            # Effects are read only when a transition is new: they belong to transitions, and
-            # each is journaled before its visit's transition.
-            effects = await runtime.effects(run_id) if ready else []
+            # Effects are read only when a transition is new (they belong to transitions, and
+            # each is journaled before its visit's transition) or the run stopped (they number
+            # the stop).
+            effects = await runtime.effects(run_id) if ready or stopped else []
+            if stopped and await _moved(runtime, read, run_id, seen):
+                stopped = False  # resumed since: its next stop is given, with what it began
             last = ready[-1].seq if ready else known
             events = journal_events(
                 record, ready, effects, after, stopped=stopped, last_seq=last, walk=walk

@@ -71,7 +71,10 @@ _QUERY: dict[tuple[str, str], dict[str, tuple[dict[str, Any], bool]]] = {
         ),
     },
     ("GET", "/v1/runs/{run_id}/events"): {
-        "after": (_STRING | {"description": "an event id (`seq.index`) or a seq"}, False),
+        "after": (
+            _STRING | {"description": "an event id (`seq.index`, a stop's `seq.end.k`) or a seq"},
+            False,
+        ),
     },
     ("GET", "/v1/runs/{run_id}/diff"): {
         "a": ({"type": "integer", "minimum": 0}, True),
