@@ -117,6 +117,15 @@ class VisitContext:
         """The outcome of this visit's effect `name` if it finished before; journals nothing."""
         return await self.scope.finished_effect(self.effect_key(name))
 
+    async def unfinished(self, name: str) -> bool:
+        """Whether this visit's call effect `name` was begun and never finished: it may have
+        run (a crash or a failure in the middle of it)."""
+        key = self.key_of(name)
+        if key not in self.scope.begun:  # never begun: nothing to read (the usual case)
+            return False
+        effect = await self.scope.deps.runtime.effect(self.scope.run_id, key)
+        return effect is not None and effect.status != EffectStatus.DONE
+
     def count_replayed_model_calls(self, count: int) -> None:
         """Count model calls that replayed work made, so later `call_index`es follow on."""
         self.scope.model_calls += count
@@ -197,6 +206,8 @@ class VisitContext:
         replayed from the journal (not run again) when the run is resumed."""
         key = self.effect_key(name)
         prior = await self.scope.begin_effect(key, name.split(":")[0], intent, self.qualified_node)
+        if isinstance(intent.get("call"), dict):  # a call, as a resume knows it (`restore`):
+            self.scope.begun.add(key.text)  # a retry of the visit learns it may have run
         if prior is not None and prior.status == EffectStatus.DONE and prior.outcome is not None:
             return prior.outcome
         outcome = await run()

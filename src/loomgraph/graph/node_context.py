@@ -115,6 +115,11 @@ class NodeContext(Protocol):
         """The outcome of this visit's effect `name` if it finished before; journals nothing."""
         ...
 
+    async def unfinished(self, name: str) -> bool:
+        """Whether this visit's effect `name`, a call (`decide_call`, then `effect` with
+        `{"call": ...}` as its intent), was begun and never finished: it may have run."""
+        ...
+
     def count_replayed_model_calls(self, count: int) -> None:
         """Count model calls that replayed work made, so later `call_index`es follow on."""
         ...

@@ -49,7 +49,9 @@ def lessons_text(kept: str, lessons: list[str], limit: int | None = None) -> str
     (its further lines indented by two spaces, so a lesson of several lines stays whole),
     the newest MAX_LESSONS that fit in `limit` characters as the memory stores them (the
     oldest dropped first; the newest alone cut to fit when even it is too long)."""
-    fresh = [lesson for lesson in map(_one_lesson, lessons) if lesson]
+    # As the store keeps them (escaped), as `kept` is: a lesson holding a NUL is the same
+    # lesson when written again, not a second one.
+    fresh = [escaped(lesson) for lesson in map(_one_lesson, lessons) if lesson]
     merged = list(dict.fromkeys([*kept_lessons(kept), *fresh]))[-MAX_LESSONS:]
     if limit is None:
         return "\n".join(map(_entry, merged))
@@ -124,7 +126,10 @@ async def remember_lessons(state: Mapping[str, Any], ctx: NodeContext) -> dict[s
         return {}
     kept = (await get_blocks(ctx.user_id)).get(LESSONS_BLOCK, "")
     text = lessons_text(kept, lessons, block_limit(memory))
-    if text == kept:  # nothing new (or written before a crash): nothing to ask about
+    # Nothing new: nothing to ask about, unless this visit began writing it and never heard
+    # back (a crash or failure right after memory kept it): then it is written again (the
+    # same text) so the journal settles the write and reports it unknown after a crash.
+    if text == kept and not await ctx.unfinished(EFFECT):
         return {}
     call = ToolCall(id=CALL_ID, tool="update_block", args={"name": LESSONS_BLOCK, "text": text})
     decision, call = await ctx.decide_call(call, UPDATE_BLOCK, EFFECT)
