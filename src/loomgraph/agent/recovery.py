@@ -46,15 +46,20 @@ class RunDeadLettered(ResumeError):
         self.reason = record.reason
 
 
-async def begin_recovery(deps: Deps, record: RunRecord, limit: int) -> RunResult | None:
+async def begin_recovery(
+    deps: Deps, record: RunRecord, limit: int, graph: CompiledGraph, agent_name: str
+) -> RunResult | None:
     """Count a recovery of `record` (read under its lease, which the caller holds); the
-    dead-letter result instead when `limit` recoveries failed already. A journal that counts
-    none is never given up on. Both are audited (`crash_recovered`; `dead_letter`, kept with
-    the end: `end_aside`). A dead letter is refused (`RunDeadLettered`), once what its
-    journal kept (its end's entry, when a crash came before the log had it) is written."""
+    dead-letter result instead when `limit` recoveries failed already, the run then closed
+    (`close_dead_letter`, `graph` and `agent_name` its span's). A journal that counts none
+    is never given up on. Both are audited (`crash_recovered`; `dead_letter`, kept with the
+    end: `end_aside`). A dead letter is refused (`RunDeadLettered`), once what its journal
+    kept (its end's entry, when a crash came before the log had it) is written and its
+    clock ended again (a crash right after its end may have cut its close off)."""
     runtime: Any = deps.runtime
     if record.status == RunStatus.DEAD_LETTER:
         await restore_entries(deps, record)
+        await end_clock(deps, record)
         raise RunDeadLettered(record)
     count = getattr(runtime, "record_recovery", None)
     if record.status not in RECOVERED or count is None:
@@ -74,19 +79,17 @@ async def begin_recovery(deps: Deps, record: RunRecord, limit: int) -> RunResult
     payload = _payload(AuditMode.of(deps.audit_log), found, found[1])
     entry = None if payload is None else (AuditAction.DEAD_LETTER, _ACTOR, payload)
     await end_aside(deps, record, RunStatus.DEAD_LETTER, reason, result.to_dict(), entry)
+    await close_dead_letter(deps, record, graph, agent_name)
     return result
 
 
 async def close_dead_letter(
     deps: Deps, record: RunRecord, graph: CompiledGraph, agent_name: str
 ) -> None:
-    """What a run just given up on still owes: its clock ended (what its last attempt held
-    is charged) and a run span, an error, so traces and metrics count it."""
-    clock = deps.run_clock
-    if clock is not None:
-        scope = BudgetScope(record.run_id, record.user_id)
-        await clock.begin_run(scope, started_at=record.created_at)
-        await clock.end_run(scope)
+    """What a run just given up on still owes, under its lease: its clock ended (what its
+    last attempt held is charged, `end_clock`) and a run span, an error, so traces and
+    metrics count it (once: a dead letter found again ends its clock only)."""
+    await end_clock(deps, record)
     attributes = semconv.run_attributes(
         run_id=record.run_id,
         graph_name=graph.name,
@@ -99,6 +102,18 @@ async def close_dead_letter(
     ended = semconv.run_end_attributes(RunStatus.DEAD_LETTER)
     with deps.telemetry.span(semconv.RUN_SPAN, {**attributes, **ended}):
         pass  # nothing runs: the span marks the run's end
+
+
+async def end_clock(deps: Deps, record: RunRecord) -> None:
+    """End a dead letter's clock, under its lease: at its end, and again whenever it is
+    found (a refused resume, a fleet worker's repair), since nothing tells whether a crash
+    cut its close off. Ending an ended clock changes nothing: no hold is left to charge or
+    release, and the clock it records again is forgotten at once."""
+    clock = deps.run_clock
+    if clock is not None:
+        scope = BudgetScope(record.run_id, record.user_id)
+        await clock.begin_run(scope, started_at=record.created_at)
+        await clock.end_run(scope)
 
 
 # The stops where a run waits for a person: reaching one is progress, not a failure.

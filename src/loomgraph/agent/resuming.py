@@ -28,7 +28,7 @@ from loomgraph.agent.pinning import run_graph as kept_graph
 from loomgraph.agent.recovery import (
     WAITING,
     begin_recovery,
-    close_dead_letter,
+    end_clock,
     end_recovery,
     reset_recoveries,
 )
@@ -161,8 +161,7 @@ class Resumer:
         record = await self._load(run_id, "resume")
         await answer_for(runtime, record, value, approve)  # refused before the lease
         if record.status in FINAL_STATUSES and record.result is not None:
-            ending = self._going_on(record, self.compiled)  # the Agent's fact extraction
-            await restore_ended(self.deps, record, leased, sink, ending.on_episode)
+            await self.repair(record, sink, leased=leased)
             return RunResult.from_dict(record.result)  # a finished run: nothing runs again
         own = await kept_graph(runtime, record, self.compiled, self.kept)
         if graph == "pinned" and own is None:
@@ -174,6 +173,13 @@ class Resumer:
             return await self._go_on(run_id, record, go_on)
         async with hold_lease(self.deps.leases, run_id):
             return await self._go_on(run_id, record, go_on)
+
+    async def repair(self, record: RunRecord, sink: EventSink, *, leased: bool = True) -> None:
+        """Redo what a crash cut off a run left as it is, under its lease (held if `leased`)."""
+        ending = self._going_on(record, self.compiled)  # the Agent's fact extraction
+        await restore_ended(self.deps, record, leased, sink, ending.on_episode)
+        if leased and record.status == RunStatus.DEAD_LETTER:  # found: its clock ended again
+            await end_clock(self.deps, record)
 
     def _going_on(self, record: RunRecord, compiled: CompiledGraph) -> AgentSession:
         """The session going on with run `record` (its prompt, user, session, id) on `compiled`."""
@@ -188,7 +194,7 @@ class Resumer:
     async def _go_on(self, run_id: str, record: RunRecord, go: _GoOn) -> RunResult:
         """The resume, under the run's lease."""
         runtime = self.deps.runtime
-        own, target = go.own, go.target
+        own, target, graph = go.own, go.target, go.own or go.target
         # Read where the run stands only once it is ours: another worker may have moved
         # it on, or finished it, while this one waited.
         record = await runtime.load_run(run_id) or record
@@ -198,7 +204,7 @@ class Resumer:
             return RunResult.from_dict(record.result)
         changed = check_policy(record, self.deps, override=go.override_policy)
         transitions = await runtime.transitions(run_id)
-        at = position(own or target, record, transitions)
+        at = position(graph, record, transitions)
         if target is not own:  # checked before anything is written or counted
             at.state = check_move(record, at, transitions, own, target)
         if changed is not None:
@@ -209,10 +215,9 @@ class Resumer:
                 actor="agent",
                 payload=changed,
             )
-        gave_up = await begin_recovery(self.deps, record, self.max_recoveries)
-        if gave_up is not None:  # too many failed recoveries: now a dead letter
-            await close_dead_letter(self.deps, record, own or target, self.agent_name)
-            return gave_up
+        dead = await begin_recovery(self.deps, record, self.max_recoveries, graph, self.agent_name)
+        if dead is not None:  # too many failed recoveries: now a dead letter
+            return dead
         if target is not own:
             await move_run(runtime, record, target)
         fleet = await fleet_run_of(runtime, run_id)

@@ -41,11 +41,11 @@ import asyncio
 import bisect
 import enum
 import logging
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Protocol, runtime_checkable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from loomgraph.engine import audit_trail as trail
-from loomgraph.protocols import AuditAction, AuditEntry, AuditLog, AuditOutbox, EffectStatus
+from loomgraph.protocols import AuditAction, AuditEntry, AuditLog, AuditOutbox
 from loomgraph.protocols.runtime import Lease, current_fence
 from loomgraph.protocols.tasks import finished
 
@@ -61,23 +61,6 @@ class Kept(enum.Enum):
     NOT_YET = "not_yet"  # kept there only if the log cannot take it (`keep_unwritten`)
     ALREADY = "already"  # kept there already: let go of once the log has it
     NEVER = "never"  # never kept (a restore's marker: the next restore writes its own)
-
-
-@runtime_checkable
-class OutcomeOutbox(Protocol):
-    """An `AuditOutbox` that keeps a run's entries in the transaction of an effect's outcome
-    (the built-in journals); optional: with another outbox they are kept just before it."""
-
-    async def end_effect_keeping(
-        self,
-        run_id: str,
-        key: str,
-        outcome: dict[str, Any],
-        status: EffectStatus,
-        entries: Sequence[AuditEntry],
-    ) -> None:
-        """Journal an effect's outcome and keep `entries` after the run's kept ones, at once."""
-        ...
 
 
 class AuditWriter:

@@ -12,7 +12,7 @@ from types import MappingProxyType
 from typing import Any, Protocol
 
 from loomgraph.engine import audit_trail as trail
-from loomgraph.engine.audit_writer import AuditWriter, Kept, OutcomeOutbox
+from loomgraph.engine.audit_writer import AuditWriter, Kept
 from loomgraph.engine.effects import EffectKey, ResumeInput
 from loomgraph.engine.state_size import StateSize
 from loomgraph.engine.taint import UntrustedText
@@ -29,6 +29,7 @@ from loomgraph.protocols import (
     EffectRecord,
     EffectStatus,
     Hooks,
+    OutcomeOutbox,
     Reservation,
     RunStatus,
     RunStopped,
@@ -107,7 +108,8 @@ class RunScope:
     # The keys of the approval requests journaled before this run was resumed: those calls
     # run only with an explicit approval, whatever the permissions say now.
     requested: frozenset[str] = frozenset()
-    # The keys of the tool calls journaled as begun, before a resume (read by `restore`) and
+    # The keys of the calls journaled as begun (tool calls, and calls a node decides itself:
+    # an effect whose intent holds a `call`), before a resume (read by `restore`) and
     # since: only those can have run, so only their records are read before a decision that
     # could come out otherwise now (`ToolGate`); a fresh call reads nothing there.
     begun: set[str] = field(default_factory=set)

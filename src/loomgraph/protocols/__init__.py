@@ -82,6 +82,7 @@ from loomgraph.protocols.observability import (
     AuditLog,
     AuditMode,
     AuditOutbox,
+    OutcomeOutbox,
     Span,
     Telemetry,
 )
@@ -279,6 +280,7 @@ __all__ = [  # noqa: RUF022 - grouped by concept, not sorted
     "AuditLog",
     "AuditMode",
     "AuditOutbox",
+    "OutcomeOutbox",
     "Span",
     "Telemetry",
     # checks: a backend object against its protocol, at runtime

@@ -8,12 +8,15 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Protocol, runtime_checkable
 
+from loomgraph.protocols.runtime import EffectStatus
+
 __all__ = [
     "AuditAction",
     "AuditEntry",
     "AuditLog",
     "AuditMode",
     "AuditOutbox",
+    "OutcomeOutbox",
     "Span",
     "Telemetry",
 ]
@@ -111,6 +114,23 @@ class AuditOutbox(Protocol):
 
     async def drop_audit_entries(self, run_id: str, count: int) -> None:
         """Let go of the `count` oldest entries kept for a run."""
+        ...
+
+
+@runtime_checkable
+class OutcomeOutbox(Protocol):
+    """An `AuditOutbox` that keeps a run's entries in the transaction of an effect's outcome
+    (the built-in journals); optional: with another outbox they are kept just before it."""
+
+    async def end_effect_keeping(
+        self,
+        run_id: str,
+        key: str,
+        outcome: dict[str, Any],
+        status: EffectStatus,
+        entries: Sequence[AuditEntry],
+    ) -> None:
+        """Journal an effect's outcome and keep `entries` after the run's kept ones, at once."""
         ...
 
 

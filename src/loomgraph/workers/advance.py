@@ -15,7 +15,7 @@ from loomgraph.agent.fleet_errors import JobUnusable
 from loomgraph.agent.fleet_jobs import JobKind, RunJob
 from loomgraph.agent.leases import hold_lease
 from loomgraph.agent.result import RunResult
-from loomgraph.agent.run_ending import cancel_aside, restore_ended
+from loomgraph.agent.run_ending import cancel_aside
 from loomgraph.engine.effects import BoundApproval
 from loomgraph.graph.imports import import_object
 from loomgraph.protocols import RunRecord, RunStatus
@@ -142,12 +142,11 @@ async def _fail(runtime: Any, run_id: str, why: Exception) -> None:
 
 async def _repair(agent: Agent, record: RunRecord) -> None:
     """What an outage or a crash cut off the end of a run the job leaves as it is (the
-    audit entries its journal kept, the episode it owes memory), done under the lease the
-    caller holds, as the resume of a finished run does it (`Resumer.resume`): a read or two
-    when there is nothing."""
-    resumer = agent._resumer()
-    ending = resumer._going_on(record, resumer.compiled)  # the Agent's fact extraction
-    await restore_ended(agent.deps, record, True, agent.deps.hooks.on_event, ending.on_episode)
+    audit entries its journal kept, the episode it owes memory; a dead letter's close: its
+    worker died right after giving it up), done under the lease the caller holds, as the
+    resume of a finished run does it (`Resumer.repair`): a read or two when there is
+    nothing."""
+    await agent._resumer().repair(record, agent.deps.hooks.on_event)
 
 
 async def _resume(agent: Agent, run_id: str, **answer: Any) -> RunResult:
