@@ -24,10 +24,11 @@ from loomgraph import Agent, tool
 from loomgraph.engine.effects import Approval
 from loomgraph.models import ScriptedModel
 from loomgraph.observability import FileAuditLog
-from loomgraph.protocols import ModelRequest, RunStatus
+from loomgraph.protocols import RunStatus
 from loomgraph.runtime import JournalUnavailable
 from loomgraph.runtime.postgres import PostgresRuntime
 from tcp_proxy import TcpProxy
+from test_approved_replay import pay_then_report
 from test_pg_outage import TIMEOUTS, expire, through
 
 pg_schema = pg.pg_schema
@@ -41,14 +42,6 @@ def pay(to: str, amount: int, idempotency_key: str) -> str:
     """Pay someone (destructive: the default rules ask a person first)."""
     PAID[idempotency_key] += 1
     return f"paid {amount} to {to}"
-
-
-def pay_then_report(request: ModelRequest) -> Any:
-    """One payment, then an answer quoting what the tool said."""
-    if request.call_index == 0:
-        return {"tool_calls": [{"id": "c1", "tool": "pay", "args": {"to": "acme", "amount": 5}}]}
-    said = [str(m.get("content")) for m in request.messages if m.get("role") == "tool"]
-    return "tool said: " + " | ".join(said)
 
 
 @pytest.fixture(autouse=True)

@@ -29,25 +29,11 @@ from loomgraph.models import ScriptedModel
 from loomgraph.protocols import AuditAction, EffectStatus
 from loomgraph.runtime.sqlite import SqliteRuntime
 from loomgraph.strategies import LESSONS_BLOCK
+from test_lessons_limit import script
 
 CLEAN = "Lesson: cite the source of every figure."
 NUL = "Lesson: strip \x00 bytes from the CSV before parsing."
 LESSONS = {"clean": CLEAN, "nul": NUL}  # by name: argv cannot carry a NUL
-
-
-def respond(**answer: object) -> dict[str, Any]:
-    return {"tool_calls": [{"tool": "respond", "args": answer}]}
-
-
-def script(lesson: str) -> list[Any]:
-    """Attempt 1 falls short; the lesson (remembered); attempt 2 passes."""
-    return [
-        "first answer",
-        respond(score=0.2, feedback="be precise"),
-        lesson,
-        "second answer",
-        respond(score=0.9),
-    ]
 
 
 async def worker_main(where: Path, kill: str, lesson: str, run_id: str | None) -> None:
