@@ -24,9 +24,11 @@ async def audit_started(
     *,
     continued: bool,
     resumed: bool = False,
+    parent_run_id: str | None = None,
 ) -> None:
-    """The `run_started` audit entry; at a resume, after the entries an audit outage cut
-    off the run before, which its journal kept (`restore_kept`)."""
+    """The `run_started` audit entry (naming the run a fork was made from); at a resume,
+    after the entries an audit outage cut off the run before, which its journal kept
+    (`restore_kept`)."""
     if scope.auditing:
         if resumed:  # (before any entry of the resume's own: the writer is new)
             await restore_kept(scope.writer(), scope.deps.runtime)
@@ -36,5 +38,6 @@ async def audit_started(
             scope.session_id,
             continued=continued,
             prompt=prompt if scope.audit_content else None,
+            parent_run_id=parent_run_id,
         )
         await scope.audit(AuditAction.RUN_STARTED, trail.RUN_ACTOR, started)

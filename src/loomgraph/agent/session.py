@@ -227,7 +227,12 @@ class AgentSession:
                         # A run going on from a checkpoint (resumed, forked); a new run is
                         # audited once its start is journaled (`execute`).
                         await audit_started(
-                            scope, self.graph, self.prompt, continued=True, resumed=resumed
+                            scope,
+                            self.graph,
+                            self.prompt,
+                            continued=True,
+                            resumed=resumed,
+                            parent_run_id=record.parent_run_id,
                         )
                     yield scope
                     await scope.audit_written()  # every entry in the log before it returns

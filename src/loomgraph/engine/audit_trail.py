@@ -55,13 +55,21 @@ def args_hash(args: Any) -> str:
 
 
 def run_started(
-    graph: str, graph_hash: str, session_id: str | None, *, continued: bool, prompt: str | None
+    graph: str,
+    graph_hash: str,
+    session_id: str | None,
+    *,
+    continued: bool,
+    prompt: str | None,
+    parent_run_id: str | None = None,
 ) -> dict[str, Any]:
     """`run_started`: the graph and its version, whether the run goes on from a checkpoint
-    (a resume or a fork); the prompt only with content capture."""
+    (a resume or a fork), the run a fork was made from; the prompt only with capture."""
     payload: dict[str, Any] = {"graph": graph, "graph_hash": graph_hash, "continued": continued}
     if session_id is not None:
         payload["session_id"] = session_id
+    if parent_run_id is not None:
+        payload["parent_run_id"] = parent_run_id
     if prompt is not None:
         payload["prompt"] = prompt
     return payload
