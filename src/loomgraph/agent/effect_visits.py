@@ -22,7 +22,7 @@ from collections.abc import Mapping, Sequence
 from loomgraph.protocols import EffectRecord, Transition
 from loomgraph.protocols.paths import NodePath
 
-__all__ = ["VisitEffects", "VisitWalk"]
+__all__ = ["VisitEffects", "VisitWalk", "visit_of"]
 
 _SEP = NodePath.SEPARATOR
 
@@ -61,6 +61,17 @@ class VisitWalk:
             del self._last[name]
 
 
+def visit_of(run_id: str, key: str) -> tuple[str, int] | None:
+    """The node path and visit an effect key of `run_id` names (`run:path:visit:slot`); None
+    for a key no node visit made (the run's own effects, an owed episode)."""
+    prefix = run_id + ":"
+    if not key.startswith(prefix):
+        return None
+    path, _, rest = key[len(prefix) :].partition(":")
+    visit, _, _slot = rest.partition(":")
+    return (path, int(visit)) if visit.isdigit() else None
+
+
 class VisitEffects:
     """A run's effects, found by the transition of the node visit that made them."""
 
@@ -70,16 +81,13 @@ class VisitEffects:
         # Indexed by what a key and its transition share: the node's own name, its visit and
         # the depth; the enclosing visits are compared per transition (`of`).
         self._by_leaf: dict[tuple[str, int, int], list[tuple[list[str], EffectRecord]]] = {}
-        prefix = run_id + ":"
         for effect in effects:
-            if not effect.key.startswith(prefix):
+            made = visit_of(run_id, effect.key)
+            if made is None:
                 continue
-            path, _, rest = effect.key[len(prefix) :].partition(":")
-            visit, _, _slot = rest.partition(":")
-            if not visit.isdigit():
-                continue
+            path, visit = made
             parts = path.split(_SEP)
-            slot = (parts[-1], int(visit), len(parts))
+            slot = (parts[-1], visit, len(parts))
             self._by_leaf.setdefault(slot, []).append((parts, effect))
 
     def of(self, transition: Transition, enclosing: Sequence[int]) -> list[EffectRecord]:

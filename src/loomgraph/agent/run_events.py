@@ -27,7 +27,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from loomgraph.agent.effect_visits import VisitEffects, VisitWalk
+from loomgraph.agent.effect_visits import VisitEffects, VisitWalk, visit_of
 from loomgraph.errors import LoomgraphError
 from loomgraph.protocols import EffectRecord, EffectStatus, RunRecord, RunStatus, Transition
 from loomgraph.protocols.events import (
@@ -129,14 +129,7 @@ def stop_mark(run_id: str, effects: Sequence[EffectRecord]) -> int:
     given, the next call asked for; a call that failed, run again), and this count never goes
     down. Effects of the run itself (an episode owed to memory) are left out: they are
     written once it ended, and its stop's id must not change."""
-    prefix = run_id + ":"
-    count = 0
-    for effect in effects:
-        if effect.key.startswith(prefix):
-            visit = effect.key[len(prefix) :].partition(":")[2].partition(":")[0]
-            if visit.isdigit():  # a node visit's key (`run:path:visit:slot`)
-                count += effect.attempts
-    return count
+    return sum(e.attempts for e in effects if visit_of(run_id, e.key) is not None)
 
 
 @dataclass(frozen=True, slots=True)
