@@ -222,8 +222,8 @@ class InMemoryRuntime:
         already, as the SQL journals keep them in its transaction; fenced."""
         texts = [entry_text(entry) for entry in entries]
         await self.end_effect(run_id, key, outcome, status, fence=fence)
-        if texts:  # nothing awaited since the outcome: the two happen together
-            self._audit_kept.setdefault(run_id, []).extend(texts)
+        # Nothing awaited since the outcome: the two happen together.
+        self._keep_entries(run_id, texts)
 
     async def effects(self, run_id: str) -> list[EffectRecord]:
         """Every effect of a run, in the order they began."""
@@ -251,8 +251,7 @@ class InMemoryRuntime:
             raise RunFinished(run_id, str(run.status))
         end = ending(run_id, RunStatus(status))
         if end is not None:
-            texts = [entry_text(entry) for entry in end.entries]
-            self._audit_kept.setdefault(run_id, []).extend(texts)
+            self._keep_entries(run_id, [entry_text(entry) for entry in end.entries])
             end.kept = True
         run.status, run.reason = RunStatus(status), storable_reason(reason)
         run.result, run.updated_at = result, time.time()
@@ -282,7 +281,10 @@ class InMemoryRuntime:
         self._fence(run_id, None)
         if run_id not in self._runs:
             raise UnknownRun(run_id)
-        texts = [entry_text(entry) for entry in entries]
+        self._keep_entries(run_id, [entry_text(entry) for entry in entries])
+
+    def _keep_entries(self, run_id: str, texts: list[str]) -> None:
+        """Keep entries of a run (as `entry_text`) after those kept already."""
         if texts:
             self._audit_kept.setdefault(run_id, []).extend(texts)
 

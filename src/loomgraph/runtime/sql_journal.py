@@ -267,10 +267,8 @@ class SqlJournal(SqlLeases, SqlAuditOutbox):
         fence: Lease | None = None,
     ) -> None:
         """Journal the outcome of an effect (fenced)."""
-        text = dumps(outcome, f"run {run_id!r} effect {key!r}: outcome")
-        lease = self._fence(run_id, fence)
-        row = (text, str(status), run_id, stored_key(run_id, key))
-        if not await self._exec(*self._fenced("end_effect", row, lease)):
+        name, args, lease = self._end_effect(run_id, key, outcome, status, fence)
+        if not await self._exec(name, args):
             raise await self._not_ended(run_id, key, lease)
 
     async def end_effect_keeping(
@@ -286,16 +284,26 @@ class SqlJournal(SqlLeases, SqlAuditOutbox):
         """`end_effect` with audit entries of the run kept in its audit outbox, after those
         kept already, in the same transaction (an approval's use kept with the answer that
         records it: `engine.approvals`); fenced. A refused outcome keeps nothing."""
-        text = dumps(outcome, f"run {run_id!r} effect {key!r}: outcome")
+        name, args, lease = self._end_effect(run_id, key, outcome, status, fence)
         texts = [entry_text(entry) for entry in entries]
-        lease = self._fence(run_id, fence)
-        name, args = self._fenced(
-            "end_effect", (text, str(status), run_id, stored_key(run_id, key)), lease
-        )
         async with self._write() as cur:
             if not await cur.execute(self._sql[name], args):
                 raise await self._not_ended(run_id, key, lease, cur)
             await self._keep_in(cur, run_id, texts)
+
+    def _end_effect(
+        self,
+        run_id: str,
+        key: str,
+        outcome: dict[str, Any],
+        status: EffectStatus,
+        fence: Lease | None,
+    ) -> tuple[str, Sequence[Any], Lease | None]:
+        """The fenced `end_effect` statement of an outcome, its arguments and the lease."""
+        text = dumps(outcome, f"run {run_id!r} effect {key!r}: outcome")
+        lease = self._fence(run_id, fence)
+        row = (text, str(status), run_id, stored_key(run_id, key))
+        return (*self._fenced("end_effect", row, lease), lease)
 
     async def _not_ended(
         self, run_id: str, key: str, lease: Lease | None, cur: Cursor | None = None
