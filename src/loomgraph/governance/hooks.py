@@ -33,7 +33,7 @@ from typing import Any, TypeVar, overload
 
 from loomgraph.protocols import Decision, ToolCall, ToolResult
 from loomgraph.protocols.events import Event
-from loomgraph.protocols.tasks import stops_the_task
+from loomgraph.protocols.tasks import stops_the_task, within
 from loomgraph.protocols.threads import run_in_thread
 
 __all__ = ["HookError", "Hooks"]
@@ -195,19 +195,19 @@ class Hooks:
             # An object with an async __call__ is a coroutine function too.
             call = getattr(fn, "__call__", None)  # noqa: B004
             if inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(call):
-                return await _bounded(fn(*args), timeout)
+                return await within(fn(*args), timeout)
             if self.threads:
                 # The thread cannot be stopped: after a timeout it finishes in the background,
                 # in a daemon thread of its own (`run_in_thread`), never one of the loop's
                 # default executor, which host-name resolution needs.
-                result = await _bounded(run_in_thread(fn, *args), timeout)
+                result = await within(run_in_thread(fn, *args), timeout)
             else:
                 start = time.monotonic()
                 result = fn(*args)
                 if timeout is not None and time.monotonic() - start > timeout:
                     raise TimeoutError(f"took {time.monotonic() - start:.3f}s")
             if inspect.isawaitable(result):
-                result = await _bounded(result, timeout)
+                result = await within(result, timeout)
             return result
         except asyncio.CancelledError as err:
             if stops_the_task(err):
@@ -234,14 +234,6 @@ class Hooks:
                 await result
         except Exception:
             log.exception("hooks on_error callback failed")
-
-
-async def _bounded(awaitable: Awaitable[Any], timeout: float | None) -> Any:
-    """`awaitable`'s result within `timeout` seconds (TimeoutError beyond). Not
-    `asyncio.wait_for`: on Python 3.11 it returns the result of an awaitable that finished as
-    a cancel arrived, and the run's cancel (a consumer leaving its stream) was lost."""
-    async with asyncio.timeout(timeout):
-        return await awaitable
 
 
 def _denial(name: str, result: Any) -> Decision | None:

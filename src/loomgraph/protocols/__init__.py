@@ -118,7 +118,13 @@ from loomgraph.protocols.runtime import (
 from loomgraph.protocols.shown_text import DISGUISING, shown_escape
 from loomgraph.protocols.spellings import as_latin, without_invisible
 from loomgraph.protocols.stored_text import escaped, storable
-from loomgraph.protocols.tasks import CancelReason, cancel_reason, finished, stops_the_task
+from loomgraph.protocols.tasks import (
+    CancelReason,
+    cancel_reason,
+    finished,
+    stops_the_task,
+    within,
+)
 from loomgraph.protocols.tool_args import (
     ToolArgLimits,
     ToolArgsRejected,
@@ -251,11 +257,12 @@ __all__ = [  # noqa: RUF022 - grouped by concept, not sorted
     "escaped",
     "storable",
     # tasks: a step a cancellation must not cut off; a cancel that is the task's own; who
-    # cancelled a run
+    # cancelled a run; an await bounded in time that keeps a cancel
     "CancelReason",
     "cancel_reason",
     "finished",
     "stops_the_task",
+    "within",
     # tool_args: a model's tool-call arguments, checked against limits
     "ToolArgLimits",
     "ToolArgsRejected",

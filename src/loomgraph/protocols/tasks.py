@@ -1,6 +1,7 @@
 """`finished`: a step that must not be cut off by a cancellation (a write under way);
 `stops_the_task`: whether a cancellation is the running task's own or one that code raised;
-`CancelReason`: who cancelled a run's task, carried by the cancellation itself."""
+`CancelReason`: who cancelled a run's task, carried by the cancellation itself; `within`: an
+await bounded in time that never swallows a cancel."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import TypeVar
 
-__all__ = ["CancelReason", "cancel_reason", "finished", "stops_the_task"]
+__all__ = ["CancelReason", "cancel_reason", "finished", "stops_the_task", "within"]
 
 T = TypeVar("T")
 
@@ -33,6 +34,16 @@ async def finished(step: Awaitable[T]) -> T:
         if not task.cancelled():
             task.exception()  # retrieved: the cancellation is what the caller gets
         raise
+
+
+async def within(step: Awaitable[T], timeout: float | None) -> T:
+    """`step`'s result within `timeout` seconds (`TimeoutError` beyond; None: no bound). Not
+    `asyncio.wait_for`: on Python 3.11 it returns the result of a step that finished as a
+    cancel arrived, and the cancel is lost (a run's consumer gone, a server stopping)."""
+    import asyncio  # here, as in `finished`
+
+    async with asyncio.timeout(timeout):
+        return await step
 
 
 def stops_the_task(err: BaseException) -> bool:

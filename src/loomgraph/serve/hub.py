@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 from loomgraph.errors import LoomgraphError
 from loomgraph.protocols.events import NODE_COMPLETED, RUN_COMPLETED, Event
-from loomgraph.protocols.tasks import CancelReason
+from loomgraph.protocols.tasks import CancelReason, within
 
 __all__ = ["SHUTDOWN_REASON", "Closing", "RunHub"]
 
@@ -68,11 +68,8 @@ class RunHub:
         if self.version(run_id) > seen or self.closing:
             return
         waker = self._wakers.setdefault(run_id, asyncio.Event())
-        # `asyncio.timeout`, not `wait_for`: on Python 3.11 a cancel arriving as the wake
-        # does (a follower's client gone, the server stopping) was lost.
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(timeout):
-                await waker.wait()
+        with contextlib.suppress(TimeoutError):  # (`within`: a cancel with the wake is kept)
+            await within(waker.wait(), timeout)
 
     def watcher(self, run_id: str) -> Any:
         """A `changed(run_id, timeout)` for one watcher of `run_id` (see `follow_events`):
