@@ -40,6 +40,20 @@ def _in_own_loop(scenario: Callable[[], Awaitable[None]]) -> None:
         raise failure[0]
 
 
+async def _left_once(agent: Agent, runtime: InMemoryRuntime, ready: asyncio.Event) -> str:
+    """Read the stream's first event, wait for `ready`, leave the loop (in `aclosing`, as the
+    docs advise); the run's journaled status once the close returned."""
+    run_id = ""
+    async with contextlib.aclosing(agent.stream("go")) as events:
+        async for event in events:
+            run_id = event.run_id
+            await ready.wait()
+            break
+    record = await runtime.load_run(run_id)
+    assert record is not None
+    return record.status
+
+
 class _Chatty:
     """A model streaming 100 one-character chunks; `flag` is set as it makes chunk 10, by
     which time the stream's buffer is full (the run is waiting for its consumer)."""
@@ -72,15 +86,8 @@ def test_leaving_a_stream_whose_buffer_is_full_returns_and_cancels_the_run() -> 
         runtime = InMemoryRuntime()
         model = _Chatty()
         agent = Agent("x", model=model, runtime=runtime)
-        run_id = ""
-        async with contextlib.aclosing(agent.stream("go")) as events:
-            async for event in events:
-                run_id = event.run_id
-                await model.flag.wait()  # the buffer is full by now
-                break
-        record = await runtime.load_run(run_id)
-        assert record is not None
-        statuses.append(record.status)
+        # The buffer is full once the model's flag is set.
+        statuses.append(await _left_once(agent, runtime, model.flag))
 
     _in_own_loop(scenario)
     assert statuses == [RunStatus.CANCELLED]
@@ -121,15 +128,7 @@ def test_leaving_a_stream_as_an_on_event_hook_finishes_cancels_the_run() -> None
             runtime=runtime,
             hooks=hooks,
         )
-        run_id = ""
-        async with contextlib.aclosing(agent.stream("go")) as events:
-            async for event in events:
-                run_id = event.run_id
-                await forwarded.wait()
-                break
-        record = await runtime.load_run(run_id)
-        assert record is not None
-        statuses.append(record.status)
+        statuses.append(await _left_once(agent, runtime, forwarded))
 
     _in_own_loop(scenario)
     assert statuses == [RunStatus.CANCELLED]
