@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from loomgraph import Agent
-from loomgraph.memory.null import InMemoryMemory
+from loomgraph.memory.in_memory import InMemoryMemory
 from loomgraph.models import ScriptedModel
 
 

@@ -24,7 +24,7 @@ from typing import Any
 from durable_support import audit_actions, expire_lease
 from loomgraph import Agent
 from loomgraph.memory import SqliteMemory
-from loomgraph.memory.null import InMemoryMemory
+from loomgraph.memory.in_memory import InMemoryMemory
 from loomgraph.models import ScriptedModel
 from loomgraph.protocols import AuditAction, EffectStatus
 from loomgraph.runtime.sqlite import SqliteRuntime

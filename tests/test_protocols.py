@@ -220,7 +220,8 @@ def test_close_is_optional_at_runtime_only() -> None:
 async def test_every_built_in_backend_has_close(tmp_path: Path) -> None:
     from loomgraph.governance import StandardBudget
     from loomgraph.governance.null import NoBudget
-    from loomgraph.memory.null import InMemoryMemory, NoMemory
+    from loomgraph.memory.in_memory import InMemoryMemory
+    from loomgraph.memory.null import NoMemory
     from loomgraph.observability import FileAuditLog, NoAuditLog
     from loomgraph.protocols import Budget, Memory, Runtime
     from loomgraph.runtime.memory import InMemoryRuntime

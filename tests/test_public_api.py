@@ -162,3 +162,29 @@ def test_an_agent_on_a_built_in_graph_is_built_without_networkx() -> None:
         "edges:\\n  - {from: a, to: END}\\n')"
     )
     assert "networkx" in _top(own)
+
+
+def test_an_agent_loads_only_what_its_features_need() -> None:
+    """An agent without memory, built in code, loads no memory backend, no agent-file parser
+    and no zero-key model it was not given (docs/decisions.md, "Session 35")."""
+    built = _modules_after(
+        "from loomgraph import Agent\nfrom loomgraph.tools import tool\n"
+        "@tool\ndef add(a: int, b: int) -> int:\n    'Add.'\n    return a + b\n"
+        "class M:\n    name = 'm'\n    async def stream(self, request):\n"
+        "        yield {'type': 'text', 'text': 'hi'}\n"
+        "Agent('x', model=M(), tools=[add])"
+    )
+    unneeded = {
+        "loomgraph.authoring.agent_spec",
+        "loomgraph.memory.base",
+        "loomgraph.memory.extract",
+        "loomgraph.memory.in_memory",
+        "loomgraph.memory.tools",
+        "loomgraph.models.echo",
+        "loomgraph.models.scripted",
+    }
+    assert built & unneeded == set()
+    with_memory = _modules_after(
+        "from loomgraph import Agent\nAgent('x', model='echo', memory='memory')"
+    )
+    assert {"loomgraph.memory.base", "loomgraph.memory.in_memory"} <= with_memory

@@ -8,7 +8,6 @@ from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, cast
 
-from loomgraph.authoring.agent_spec import backend_scheme, backend_spec_problem
 from loomgraph.engine.scope import active_scope
 from loomgraph.errors import LoomgraphError
 from loomgraph.protocols import (
@@ -33,6 +32,7 @@ from loomgraph.protocols import (
     UntrustedDescriptions,
     implements,
 )
+from loomgraph.protocols.backend_specs import backend_scheme, backend_spec_problem
 from loomgraph.protocols.ledger import Bindable, LedgerHost
 
 # The runtime session: the run the current task works for. Tools (also those run in worker
@@ -246,7 +246,7 @@ def resolve_memory(memory: str | Memory | None) -> Memory:
         return cast(Memory, _checked(memory, Memory, "memory"))
     scheme, rest = _split_spec(memory, "memory")
     if scheme == "memory":
-        from loomgraph.memory.null import InMemoryMemory
+        from loomgraph.memory.in_memory import InMemoryMemory
 
         return InMemoryMemory()
     return cast(

@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from loomgraph.agent.deps import ConfigError, current_run, resolve_model
-from loomgraph.memory import MemoryStore
-from loomgraph.memory.extract import Extractor
-from loomgraph.memory.tools import WRITING_TOOLS, memory_tools
-from loomgraph.models import EchoModel, ScriptedModel
-from loomgraph.protocols import Deps, Episode, Hooks, Model, Telemetry
+from loomgraph.memory.null import NoMemory
+from loomgraph.protocols import Deps, Episode, Hooks, Memory, Model, Telemetry
 from loomgraph.protocols.events import MEMORY_EXTRACTION_FAILED, Event
 from loomgraph.tools import tool
+
+if TYPE_CHECKING:
+    from loomgraph.memory.base import MemoryStore
 
 EXTRACTION_FAILED = MEMORY_EXTRACTION_FAILED  # the kind lives with the others
 
@@ -24,6 +24,8 @@ class MemoryExtraction:
     def __init__(
         self, memory: MemoryStore, model: Model, hooks: Hooks, telemetry: Telemetry
     ) -> None:
+        from loomgraph.memory.extract import Extractor  # only an agent with a memory store
+
         self.memory, self.model, self.hooks, self.telemetry = memory, model, hooks, telemetry
         self.extractor = Extractor(on_error=self._failed)
 
@@ -63,8 +65,8 @@ def wire_memory(
 ) -> MemoryExtraction | None:
     """Add the memory tools when asked, and set up extraction: on by default, except on the
     zero-key models (their 'facts' would be echoes). `add_tool` offers a tool to the runs."""
-    memory = deps.memory
-    if not isinstance(memory, MemoryStore):
+    memory = _store(deps.memory)
+    if memory is None:
         if auto_extract or with_tools:
             raise ConfigError(
                 "auto_extract and memory_tools need a memory backend: "
@@ -72,16 +74,31 @@ def wire_memory(
             )
         return None
     if with_tools:
+        from loomgraph.memory.tools import WRITING_TOOLS, memory_tools
+
         for fn in memory_tools(
             memory, lambda: _run_field("user_id"), run_id_getter=lambda: _run_field("run_id")
         ):
             add_tool(tool(fn, egress=fn.__name__ in WRITING_TOOLS))
     model = resolve_model(extract_model) if extract_model is not None else deps.model
     if auto_extract is None:
+        from loomgraph.models.echo import EchoModel
+        from loomgraph.models.scripted import ScriptedModel
+
         auto_extract = not isinstance(model, EchoModel | ScriptedModel)
     if not auto_extract:
         return None
     return MemoryExtraction(memory, model, deps.hooks, deps.telemetry)
+
+
+def _store(memory: Memory) -> MemoryStore | None:
+    """`memory` if it is a full memory store (tools and extraction need one), else None."""
+    if isinstance(memory, NoMemory):
+        return None
+    # Imported here: an agent without memory (the default) never loads the memory backends.
+    from loomgraph.memory.base import MemoryStore
+
+    return memory if isinstance(memory, MemoryStore) else None
 
 
 def _run_field(name: str) -> str | None:
