@@ -285,7 +285,7 @@ class Agent(FleetMethods):
         the permission policy it was pinned to; another one is refused (`PolicyChanged`)
         unless `override_policy=True`, which is audited.
         """
-        return await self._resumer().resume(
+        return await self.resumer().resume(
             self.deps.hooks.on_event,
             run_id,
             graph=graph,
@@ -296,12 +296,14 @@ class Agent(FleetMethods):
 
     def resume_stream(self, run_id: str, **options: Any) -> AsyncIterator[Event]:
         """`resume()` as a stream: the events of the resumed part, shaped as `stream()`'s."""
-        resumer = self._resumer()
+        resumer = self.resumer()
         return event_stream(
             lambda sink: resumer.resume(sink, run_id, **options), self.deps.hooks.on_event
         )
 
-    def _resumer(self) -> Resumer:
+    def resumer(self) -> Resumer:
+        """What `resume`, `retry`, `fork` and `cancel` use: for a server that streams a resume's
+        events itself, or a fleet worker that holds the run's lease already."""
         return Resumer(
             self.deps,
             self.compiled,
@@ -318,7 +320,7 @@ class Agent(FleetMethods):
         """Resume a dead letter (or any run) with its count of failed recoveries forgotten;
         `graph` and `override_policy` as for `resume`. A retry refused (`PolicyChanged`)
         forgets nothing: the dead letter stays one."""
-        return await self._resumer().retry(
+        return await self.resumer().retry(
             self.deps.hooks.on_event, run_id, graph=graph, override_policy=override_policy
         )
 
@@ -328,7 +330,7 @@ class Agent(FleetMethods):
         The state is rebuilt with the graph the run started with; the new run goes on with
         this Agent's graph, if that state fits it (else `GraphChanged`).
         """
-        return await self._resumer().fork(self.deps.hooks.on_event, run_id, at=at, patch=patch)
+        return await self.resumer().fork(self.deps.hooks.on_event, run_id, at=at, patch=patch)
 
     async def history(self, run_id: str) -> list[Checkpoint]:
         """The run's first state (seq 0), then every transition with the state after it,

@@ -16,14 +16,15 @@ from loomgraph.protocols import Deps
 
 class FleetMethods:
     """`submit`, `submit_fork`, `submit_resume`, `wait` and `cancel`, for a class with
-    `deps`, `compiled`, `name` and `_resumer` (an `Agent`)."""
+    `deps`, `compiled`, `name` and `resumer` (an `Agent`)."""
 
     deps: Deps
     compiled: CompiledGraph
     name: str
 
-    def _resumer(self) -> Resumer:
-        raise NotImplementedError  # an Agent's
+    def resumer(self) -> Resumer:
+        """What going on from the journal needs (an Agent's)."""
+        raise NotImplementedError
 
     async def submit(
         self,
@@ -66,7 +67,7 @@ class FleetMethods:
         `queued`, with the start it goes on from, and enqueued in one transaction; a worker
         starts it, and recovers it like any fleet run. The new run's id."""
         return await submitting.submit_fork(
-            self._resumer(), run_id, at=at, patch=patch, priority=priority, queue=queue
+            self.resumer(), run_id, at=at, patch=patch, priority=priority, queue=queue
         )
 
     async def submit_resume(

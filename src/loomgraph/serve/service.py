@@ -291,7 +291,7 @@ class Service:
                 return {"run_id": forked, "status": "queued"}
             await self._wait_fleet(caller, forked)
         else:
-            resumer = self.agent._resumer()  # Agent.fork with the events streamed to the hub
+            resumer = self.agent.resumer()  # Agent.fork with the events streamed to the hub
             stream = event_stream(
                 lambda sink: resumer.fork(sink, run_id, at=at, patch=patch),
                 self.agent.deps.hooks.on_event,

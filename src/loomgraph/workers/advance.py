@@ -85,7 +85,7 @@ async def advance(agent: Agent, fleet: FleetQueue, job: RunJob) -> Advanced:
         ):
             # A fork (`submit_fork`): its start is in the journal, not in its job.
             try:
-                await agent._resumer().start_fork(agent.deps.hooks.on_event, job.run_id)
+                await agent.resumer().start_fork(agent.deps.hooks.on_event, job.run_id)
             except JobUnusable as err:  # no fork: nothing else would start the run
                 await _fail(runtime, job.run_id, err)
                 return Advanced.FAILED
@@ -146,7 +146,7 @@ async def _repair(agent: Agent, record: RunRecord) -> None:
     worker died right after giving it up), done under the lease the caller holds, as the
     resume of a finished run does it (`Resumer.repair`): a read or two when there is
     nothing."""
-    await agent._resumer().repair(record, agent.deps.hooks.on_event)
+    await agent.resumer().repair(record, agent.deps.hooks.on_event)
 
 
 async def _resume(agent: Agent, run_id: str, **answer: Any) -> RunResult:
@@ -157,7 +157,7 @@ async def _resume(agent: Agent, run_id: str, **answer: Any) -> RunResult:
         # Bound to the request `submit_resume` checked it against (its `key`; a job written
         # before jobs kept it has none): never to a later request for a same-id call.
         answer["approve"] = BoundApproval(**answer["approve"])
-    resumer = agent._resumer()  # `agent.resume`, told the lease is held already
+    resumer = agent.resumer()  # `agent.resume`, told the lease is held already
     sink = agent.deps.hooks.on_event
     try:
         return await resumer.resume(sink, run_id, leased=True, **answer)
