@@ -5,6 +5,7 @@ tests/user_graph_steps.py.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from loomgraph import Agent
@@ -72,3 +73,26 @@ def test_a_long_lesson_of_several_lines_is_cut_to_fit_with_its_indents() -> None
 
     block = lessons_text("", ["line\n" * 200], limit=100)
     assert stored_chars(block) <= 100 and block.endswith("…") and block.startswith("- line\n  ")
+
+
+def test_a_lesson_is_not_cut_inside_an_escape() -> None:
+    """A lesson holding NULs or lone surrogates is kept escaped (`\\x00`, `\\udcff`); cut to
+    fit, it ends before an escape, never inside one (`\\x0…` reads as neither)."""
+    from hypothesis import given
+    from hypothesis import strategies as st
+
+    from loomgraph.strategies.lessons import lessons_text, stored_chars
+
+    @given(
+        st.lists(st.sampled_from(["a", "\x00", "\udcff", "\\", "x"]), min_size=30, max_size=80),
+        st.integers(min_value=8, max_value=40),
+    )
+    def cut_at(parts: list[str], limit: int) -> None:
+        block = lessons_text("", ["".join(parts)], limit=limit)
+        if not block:
+            return
+        assert stored_chars(block) <= limit and block.endswith("…")
+        # What is left before `…` ends in no beginning of an escape (`\\`, `\\x0`, `\\udc`).
+        assert re.search(r"\\(x0?|u(d([89a-f][0-9a-f]?)?)?)?$", block[2:-1]) is None, block
+
+    cut_at()

@@ -14,6 +14,7 @@ memory of lessons is full; the oldest lessons make room first.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -89,6 +90,11 @@ def _one_lesson(lesson: str) -> str:
     return "\n".join(lesson.splitlines()).strip("\n").rstrip() if lesson.strip() else ""
 
 
+# The beginning of an escape (`\x00`, `\udc80`…`\udfff`) at the end of a text, not its whole,
+# and the backslashes before it (which of them begins an escape cannot be told).
+_ESCAPE_BEGUN = re.compile(r"(?:\\(?:x0?|u(?:d(?:[89a-f][0-9a-f]?)?)?)?)+\Z")
+
+
 def _entry(lesson: str) -> str:
     """A lesson's lines in the block: `- ` before its first, two spaces before the others."""
     return "- " + lesson.replace("\n", "\n  ")
@@ -99,7 +105,8 @@ def cut(lesson: str, limit: int) -> str:
     text = lesson[: max(limit - len(f"- {CUT}"), 0)]
     while text and stored_chars(_entry(text + CUT)) > limit:  # (escapes, indents take room)
         text = text[:-1]
-    return text + CUT
+    # `lesson` is kept escaped: a cut inside `\x00` or `\udcff` would leave half an escape.
+    return _ESCAPE_BEGUN.sub("", text) + CUT
 
 
 def stored_chars(text: str) -> int:
