@@ -27,8 +27,10 @@ class PostgresLedger(_SqlLedger):
     """A ledger in PostgreSQL tables (in `schema`), shared by any number of processes.
 
     Each transaction takes `pg_advisory_xact_lock` on every scope it reads, in sorted order,
-    before reading: transactions on one user serialise, those on different users do not
-    (unless a global cap puts every reservation on the `global` scope).
+    before reading their totals: transactions on one user serialise, those on different users
+    do not (unless a global cap puts every reservation on the `global` scope). The hold a
+    transaction ends is read again once its scopes are locked: under READ COMMITTED the read
+    that named them may predate a settlement of the same hold, which must not be undone twice.
 
     `connect_timeout` bounds making a connection and `command_timeout` every statement
     (seconds), as `PostgresRuntime`'s do: a server that refuses, drops the connection or does

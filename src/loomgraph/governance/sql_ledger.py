@@ -6,7 +6,10 @@ and the transaction body (`_SqlLedger.transact`); a backend only says how to ope
 transaction and how to lock the scopes in it. SQLite's `BEGIN IMMEDIATE` takes the database
 write lock before the totals are read, so read-check-write is atomic across processes;
 PostgreSQL takes one transaction-level advisory lock per scope, in sorted order (no deadlock),
-so runs of different users do not wait for each other.
+so runs of different users do not wait for each other. A transaction naming only a hold (a
+release) learns its scopes by reading it, locks them, and decides on the hold as read again
+under the locks, never on one that a settlement committed meanwhile has ended
+(`_SqlLedger._locked_hold`).
 
 A ledger that cannot be reached — its SQLite file's lock held past `busy_timeout`, a file
 that cannot be opened, a Postgres server that refuses, drops the connection or does not
@@ -137,6 +140,38 @@ class _SqlLedger(Ledger):
     async def _lock_scopes(self, cur: Cursor, scopes: Sequence[str]) -> None:
         """Serialise transactions on these scopes (SQLite's write lock already does)."""
 
+    async def _locked_hold(
+        self, cur: Cursor, scopes: Sequence[str], hold_id: str | None
+    ) -> tuple[Hold | None, Charge | None, list[str]]:
+        """Lock `scopes` and the hold's, then the hold (or its crash charge) as it is under
+        those locks, and the names of every scope to read.
+
+        The hold's scopes are known only by reading it, before their locks are taken: under
+        READ COMMITTED a transaction ending the same hold (a settlement, a release) may commit
+        between that read and the locks, so the hold is read again until a read made under
+        the locks finds no scope unlocked. A hold's scopes never change, so that is the second
+        read at most; and a transaction that named them all (a settlement) reads it once.
+        """
+        locked: set[str] = set()
+        wanted = set(scopes)
+        while True:
+            # Sorted within a round. A second round follows locks already taken only for a
+            # caller naming some of its hold's scopes but not all (a release names none),
+            # which could deadlock; the server would then fail one of the two.
+            await self._lock_scopes(cur, sorted(wanted - locked))
+            locked |= wanted
+            hold = charged = None
+            if hold_id is not None:
+                rows = await cur.fetch(self._sql["hold"], [hold_id])
+                hold = _hold(rows[0]) if rows else None
+            if hold_id is not None and hold is None:  # ended: by a crash charge, perhaps
+                rows = await cur.fetch(self._sql["charge"], [hold_id])
+                charged = _charge(rows[0]) if rows else None
+            names = _scope_names(scopes, hold)
+            if locked.issuperset(names):
+                return hold, charged, names
+            wanted = locked | set(names)
+
     async def transact(
         self, scopes: Sequence[str], hold_id: str | None, decide: Decide, *, durable: bool = True
     ) -> dict[str, Totals]:
@@ -150,17 +185,7 @@ class _SqlLedger(Ledger):
         lose that count, never let a cap be passed.
         """
         async with self._transaction(durable=durable and hold_id is None) as cur:
-            locked = sorted(set(scopes))
-            await self._lock_scopes(cur, locked)
-            hold = charged = None
-            if hold_id is not None:
-                rows = await cur.fetch(self._sql["hold"], [hold_id])
-                hold = _hold(rows[0]) if rows else None
-            if hold_id is not None and hold is None:  # ended: by a crash charge, perhaps
-                rows = await cur.fetch(self._sql["charge"], [hold_id])
-                charged = _charge(rows[0]) if rows else None
-            names = _scope_names(scopes, hold)
-            await self._lock_scopes(cur, [n for n in names if n not in locked])
+            hold, charged, names = await self._locked_hold(cur, scopes, hold_id)
             totals: dict[str, Totals] = {}
             for name in names:
                 rows = await cur.fetch(self._sql["totals"], [name])
