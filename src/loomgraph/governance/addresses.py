@@ -5,7 +5,9 @@ One host has several spellings that resolvers and clients treat alike: with its 
 (`x.example.`), with an ideographic full stop IDNA maps to a dot (`x。example`), and in
 punycode (`xn--…`, the ASCII form of a Unicode name, whose lookalike letters then read as the
 Latin ones they imitate). A mail library delivers `Bob <bob@x.example>` to `bob@x.example`,
-and an HTTP client given `https://u@x.example:443/a` talks to `x.example`. An IP address has
+and an HTTP client given `https://u@x.example:443/a` talks to `x.example`, as a WHATWG URL
+parser does given `https:/x.example/a`, `https:x.example/a` or `https:\\\\x.example\\a` (a
+special scheme needs no `//`). An IP address has
 spellings of its own that the C resolver (`inet_aton`, behind every client's `getaddrinfo`)
 connects to alike: `2130706433`, `0x7f000001`, `0177.0.0.1` and `127.1` are all `127.0.0.1`,
 and so is the IPv4-mapped IPv6 `[::ffff:127.0.0.1]`. These readings only
@@ -47,6 +49,16 @@ IP_SCAN = 96
 _IPV4 = re.compile(r"[0-9A-Fa-fXx.]+")
 _IPV6 = re.compile(r"\[?[0-9A-Fa-f:.]+(?:%[\w.-]+)?\]?(?::\d*)?")
 _DECIMAL_PARTS = re.compile(r"(\d+)\.(\d+)\.(\d+)\.(\d+)")
+# The special schemes of the WHATWG URL standard (`file:` aside: its host is a path's).
+# Their URLs need no `//`: `https:/x.example`, `https:x.example` and `https:\\\\x.example` are
+# fetched from x.example by browsers, Node's fetch and curl, though `urlsplit` finds no host.
+_SPECIAL = re.compile(r"(https?|wss?|ftp):", re.IGNORECASE)
+_C0_OR_SPACE = "".join(map(chr, range(0x21)))
+_TAB_NEWLINE = str.maketrans("", "", "\t\n\r")
+_AUTHORITY_END = re.compile(r"[/\\?#]")
+_QUERY_START = re.compile(r"[?#]")
+_SINGLE_DOT = frozenset({".", "%2e"})
+_DOUBLE_DOT = frozenset({"..", ".%2e", "%2e.", "%2e%2e"})
 # Python 3.11.10+ and 3.12.6+ read an address list strictly by default, giving ('', '') where
 # a mail library may still find a recipient: the lenient reading finds more.
 _LENIENT: dict[str, bool] = (
@@ -63,6 +75,7 @@ def network_readings(text: str) -> list[str] | None:
         if found is None:
             return None
         out += found
+    out += _special_url_readings(text)
     if "://" in text:
         out += _url_readings(text)
     elif (m := _HOST_PORT.fullmatch(text)) is not None:
@@ -195,6 +208,53 @@ def _url_readings(text: str) -> list[str]:
         if port:
             out.append(f"{parts.scheme}://{spelling}:{port}{tail}")
     return out
+
+
+def _special_url_readings(text: str) -> list[str]:
+    """A URL of a special scheme as a WHATWG parser reads it (browsers, Node's fetch, curl):
+    tabs and newlines dropped, blanks and controls at the ends stripped, any run of `/` or
+    `\\` after `scheme:` (none too) starting the host, `\\` as `/`, dot segments resolved.
+    The host in each spelling, with and without its port; nothing for another value."""
+    clean = text.strip(_C0_OR_SPACE).translate(_TAB_NEWLINE)
+    if (m := _SPECIAL.match(clean)) is None:
+        return []
+    rest = clean[m.end() :].lstrip("/\\")
+    end = _AUTHORITY_END.search(rest)
+    authority, tail = (rest[: end.start()], rest[end.start() :]) if end else (rest, "")
+    host, port = _host_and_port(authority.rpartition("@")[2])
+    if not host:
+        return []
+    scheme = m.group(1).lower()
+    tails = list(dict.fromkeys([_whatwg_path(tail), tail or "/"]))
+    out = []
+    for spelling in host_spellings(host):
+        for path in tails:
+            out.append(f"{scheme}://{spelling}{path}")
+            if port:
+                out.append(f"{scheme}://{spelling}:{port}{path}")
+    return out
+
+
+def _whatwg_path(tail: str) -> str:
+    """A special URL's path, query and fragment as parsed: `\\` as `/` in the path, `.` and
+    `..` segments (also as `%2e`) resolved, an empty path as `/`."""
+    cut = _QUERY_START.search(tail)
+    path, after = (tail[: cut.start()], tail[cut.start() :]) if cut else (tail, "")
+    segments = path.replace("\\", "/").split("/")[1:]
+    kept: list[str] = []
+    for i, segment in enumerate(segments):
+        last = i == len(segments) - 1
+        if segment.lower() in _DOUBLE_DOT:
+            if kept:
+                kept.pop()
+            if last:
+                kept.append("")
+        elif segment.lower() in _SINGLE_DOT:
+            if last:
+                kept.append("")
+        else:
+            kept.append(segment)
+    return "/" + "/".join(kept) + after
 
 
 def _host_and_port(hostport: str) -> tuple[str, str]:

@@ -41,6 +41,20 @@ ASK_KEYS = ("rule", "unless", "approval_timeout_s")
 MODES = ("default", "accept_edits", "bypass", "strict")
 TAINT_VERDICTS = ("ask", "deny", "allow")
 _MAX_BYTES = 1_000_000
+_STR_TAG = "tag:yaml.org,2002:str"
+# What YAML 1.1 reads a plain key as, when not as text.
+_READ_AS = {
+    f"tag:yaml.org,2002:{tag}": kind
+    for tag, kind in (
+        ("bool", "a boolean"),
+        ("int", "an integer"),
+        ("float", "a number"),
+        ("null", "null"),
+        ("timestamp", "a date"),
+        ("merge", "a merge key"),
+        ("binary", "binary data"),
+    )
+}
 
 
 def ask_entry(entry: Any) -> tuple[Rule, float | None]:
@@ -143,7 +157,7 @@ def kwargs_from_data(
                     PermissionTypeError(f"set {name!r}: a list of strings or {{file: PATH}}"),
                     (*path, name),
                 )
-            out[str(name)] = items
+            out[_text_key(name, "set name", fail, (*path, name))] = items
         return out
 
     top = entry(data, (), TOP_KEYS)
@@ -152,7 +166,10 @@ def kwargs_from_data(
         raise fail(PermissionTypeError("per_user must map user ids to entries"), ("per_user",))
     if users:
         top["per_user"] = {
-            str(uid): entry(u, ("per_user", uid), USER_KEYS) for uid, u in users.items()
+            _text_key(uid, "user id", fail, ("per_user", uid)): entry(
+                u, ("per_user", uid), USER_KEYS
+            )
+            for uid, u in users.items()
         }
     _check_values(top, fail, {})
     for uid, user in (top.get("per_user") or {}).items():
@@ -160,6 +177,15 @@ def kwargs_from_data(
             user, lambda err, p, uid=uid: fail(err, ("per_user", uid, *p)), top.get("sets") or {}
         )
     return top
+
+
+def _text_key(key: Any, what: str, fail: Any, path: tuple[str | int, ...]) -> str:
+    """A user id or set name as given; one that is no text is refused, since str() of it is
+    not what was written (YAML reads `007:` as 7, `on:` as True)."""
+    if isinstance(key, str):
+        return key
+    problem = f"{what} {key!r} is {type(key).__name__}, not text; quote it as written"
+    raise fail(PermissionTypeError(problem), path)
 
 
 def _check_values(kwargs: dict[str, Any], fail: Any, sets: Mapping[str, Any]) -> None:
@@ -212,8 +238,19 @@ def _parse_yaml(text: str, file: str) -> tuple[Any, Lines]:
 
     from loomgraph.protocols.safe_yaml import BoundedLoader, YamlRefused, located_data
 
+    class KeyLoader(BoundedLoader):
+        """A BoundedLoader that notes each mapping key YAML reads as no text."""
+
+        not_text: list[yaml.Node]
+
+        def compose_mapping_node(self, anchor: dict[Any, yaml.Node]) -> yaml.MappingNode:
+            node = super().compose_mapping_node(anchor)
+            self.not_text += [key for key, _ in node.value if key.tag != _STR_TAG]
+            return node
+
     try:
-        loader = BoundedLoader(text)  # checks every character first: a NUL raises here
+        loader = KeyLoader(text)  # checks every character first: a NUL raises here
+        loader.not_text = []
     except yaml.reader.ReaderError as err:
         where = text.count("\n", 0, err.position) + 1
         problem = f"unacceptable character #x{err.character:04x}: not allowed in YAML"
@@ -231,7 +268,23 @@ def _parse_yaml(text: str, file: str) -> tuple[Any, Lines]:
         raise PermissionConfigError(str(err), file=file) from None
     finally:
         loader.dispose()
+    if loader.not_text:
+        # Every key of a permission file is text (a name, a user id): YAML 1.1 reads `on:`,
+        # `007:`, `12:30:` and `null:` as True, 7, 750 and None, which would become other ids.
+        key = min(loader.not_text, key=lambda node: node.start_mark.index)
+        raise PermissionConfigError(_key_problem(key), file=file, line=key.start_mark.line + 1)
     if duplicates:
         first = duplicates[0]
         raise PermissionConfigError(f"key {first.key!r} appears twice", file=file, line=first.line)
     return data, lines
+
+
+def _key_problem(key: Any) -> str:
+    """Why a mapping key (a YAML node) is refused, and how to write it as text."""
+    if not isinstance(key.value, str):
+        return "a key must be text, not a list or mapping"
+    kind = _READ_AS.get(key.tag, f"a value tagged {key.tag}")
+    return (
+        f"key {key.value!r} is read by YAML as {kind}, not as the text written; "
+        f"quote it ('{key.value}':) to mean the text"
+    )

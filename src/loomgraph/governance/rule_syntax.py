@@ -9,12 +9,15 @@
     cmp       = "<" | "<=" | ">" | ">=" | "==" | "!="
 
 A glob or item is bare (ends at a `,` or `)` outside `{}` and `()`, surrounding spaces
-dropped) or quoted with ' or " (backslash escapes the next character). `unless` belongs only
+dropped) or quoted with ' or " (backslash escapes the next character). A bare glob may not
+start with `<`, `>`, `=` or `!` (`amount=>5000` is a slip for `amount>=5000`) nor with a word
+and `(` (`ANY(`, `anyy(`: a misspelt quantifier): those must be quoted. `unless` belongs only
 to ask rules, and an `unless` rule has no `unless` of its own.
 """
 
 from __future__ import annotations
 
+import difflib
 import math
 import re
 from dataclasses import dataclass
@@ -32,6 +35,11 @@ _SET = re.compile(r"[A-Za-z_][A-Za-z0-9_\-]*")
 _TOOL = re.compile(r"[A-Za-z0-9_\-.:*?\[\]!{},]+")
 _NUMBER = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?")
 _INTEGER = re.compile(r"[+-]?\d+")
+QUANTS = ("all", "any")
+# What a bare glob may not start with: the characters of a comparison (`amount=>5000` is a
+# slip for `>=`), and a word called like a quantifier that is none (`ANY(`, `anyy(`).
+_CMP_STARTS = frozenset("<>=!")
+_CALL = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)\(")
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,18 +204,55 @@ def _cond(s: _Scanner, seen: list[str]) -> Cond:
         if s.peek(word):
             s.i += len(word)
             return Cond(name, "absent" if word == "<absent>" else "present", kind)
-    if s.peek("<") and not s.peek("<absent>"):
-        raise s.bad("use <absent> or <present>, or quote a glob that starts with '<'")
-    for quant in ("all", "any"):
+    for quant in QUANTS:
         if s.peek(quant + "("):
             s.i += len(quant) + 1
-            glob = _value(s, name, closers=")")
+            glob = _glob(s, name, closers=")")
             s.spaces()
             if not s.peek(")"):
                 raise s.bad(f"missing ')' closing {quant}(")
             s.i += 1
             return Cond(name, "glob", kind, glob=glob, quant=quant)
-    return Cond(name, "glob", kind, glob=_value(s, name, closers=",)"))
+    return Cond(name, "glob", kind, glob=_glob(s, name, closers=",)"))
+
+
+def _glob(s: _Scanner, name: str, *, closers: str) -> str:
+    """A glob; a bare one that reads like a slip (`=>5`, `ANY(...)`) is refused, not matched
+    literally: a deny rule that silently matches nothing is worse than an error."""
+    if not (s.peek('"') or s.peek("'")):
+        if not s.done() and s.text[s.i] in _CMP_STARTS:
+            raise s.bad(_comparison_slip(s, name))
+        if (m := _CALL.match(s.text, s.i)) is not None:
+            raise s.bad(_quantifier_slip(m.group(1), name))
+    return _value(s, name, closers=closers)
+
+
+def _comparison_slip(s: _Scanner, name: str) -> str:
+    """What `name=<rest>` probably meant: the comparison whose operator was written after `=`."""
+    rest = s.text[s.i :]
+    first = rest[0]
+    bare = rest[2:] if rest[1:2] == "=" else rest[1:]
+    number = _NUMBER.match(bare.lstrip())
+    tail = number.group() if number else "N"
+    meant = {"<": ["<=", "<"], ">": [">=", ">"], "!": ["!="], "=": ["=="]}[first]
+    if rest[1:2] == "=" and first in "<>":
+        meant = [first + "="]
+    guess = " or ".join(f"{name}{op}{tail}" for op in meant)
+    absent = "use <absent> or <present>, or " if first == "<" else ""
+    return (
+        f"argument {name!r}: {absent}did you mean {guess} (no '=' before a comparison); "
+        f"quote a glob that starts with {first!r}"
+    )
+
+
+def _quantifier_slip(word: str, name: str) -> str:
+    """A refusal of `name=word(...)`, where `word` is no quantifier: did you mean one?"""
+    quote = f'quote a glob that holds a call ({name}="{word}(...)")'
+    if word in QUANTS:
+        return f"argument {name!r}: a quantifier holds a glob, not another quantifier; {quote}"
+    close = difflib.get_close_matches(word.lower(), QUANTS, n=1, cutoff=0.5)
+    meant = f"did you mean {close[0]}(...)" if close else "use all(...) or any(...)"
+    return f"argument {name!r}: {word!r} is no quantifier ({meant}); {quote}"
 
 
 def _bound(text: str) -> int | float | None:
