@@ -218,7 +218,7 @@ def test_a_copy_of_a_built_in_graph_with_other_routes_is_checked_in_full() -> No
     same["limits"] = {"max_visits": 7}
     for edge in same["edges"]:
         if edge.get("when"):
-            edge["when"] = "true"  # another condition: the same routes
+            edge["when"] = "messages | length > 1"  # another condition: the same routes
     assert graph_from_data(same).limits.max_visits == 7
 
     looped = load_graph("react").to_data()

@@ -14,6 +14,7 @@ from contextvars import ContextVar
 from pathlib import Path
 
 from loomgraph.authoring.validate_fields import (
+    check_condition_reads,
     check_conditions,
     check_reads,
     check_writes,
@@ -21,11 +22,11 @@ from loomgraph.authoring.validate_fields import (
     templates_of,
 )
 from loomgraph.authoring.validate_flow import (
-    check_condition_reads,
     check_edges,
     check_entry,
     check_flow,
     check_policies,
+    edge_holds,
     problem_at,
 )
 from loomgraph.authoring.validate_kinds import check_binds, check_kind_rules, check_kinds
@@ -45,7 +46,8 @@ _validating: ContextVar[frozenset[str]] = ContextVar("loomgraph_validating", def
 
 def validate_graph(graph: Graph, *, flow: bool = True) -> list[Problem]:
     """Every problem of a graph, each with file, line and rule name; without `flow`, all but
-    the flow rules (reachability, loops without exit), which need networkx."""
+    the flow rules (reachability, loops without exit), which need networkx, unless a `when`
+    is constant."""
     key = str(Path(graph.source).resolve()) if graph.source else None
     active = _validating.get()
     if key is not None and key in active:
@@ -58,6 +60,13 @@ def validate_graph(graph: Graph, *, flow: bool = True) -> list[Problem]:
                 "it would never finish loading",
             )
         ]
+    if not flow and any(
+        edge.when is not None and edge_holds(edge) is not None for edge in graph.edges
+    ):
+        # `flow=False` says the routes were checked already (`loader.routes`: the built-in
+        # graphs' and their copies'), where each `when` may or may not hold; a constant one
+        # routes otherwise (`"true"` always, `"false"` never), so those routes are new.
+        flow = True
     if flow:
         # Imported before a child graph is loaded (recursively, by a node's check): a first
         # import deep in that recursion could run out of stack half-way, which leaves networkx

@@ -1,19 +1,23 @@
 """Field rules of graph validation: what nodes, templates and conditions read and write.
 
 Every field read must be set by something (a builtin, `state:` or a node's writes); every
-field written must be declared. Checked by `validate.validate_graph`.
+field written must be declared; an edge condition must not read what no run can give it
+(visits of no node, a field that is unset at every run). Checked by `validate.validate_graph`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import types
+from collections.abc import Iterable, Mapping
+from typing import Any, Union, get_args, get_origin
 
 from jinja2 import TemplateSyntaxError, nodes
 
-from loomgraph.authoring.validate_flow import did_you_mean, problem_at
+from loomgraph.authoring.validate_flow import did_you_mean, problem_at, quoted
 from loomgraph.errors import Problem
 from loomgraph.graph.condition_code import parse_bounded
-from loomgraph.graph.conditions import environment, names_used
+from loomgraph.graph.conditions import environment, names_used, visit_names
+from loomgraph.graph.field_types import parse_type
 from loomgraph.graph.jinja_problems import source_problems
 from loomgraph.graph.registry import NodeKind, UnknownNodeKind, node_kind
 from loomgraph.graph.spec import Graph, NodeSpec
@@ -267,3 +271,71 @@ def check_conditions(graph: Graph, known: set[str]) -> list[Problem]:
                 )
             )
     return problems
+
+
+def check_condition_reads(graph: Graph, instances: Mapping[str, NodeKind]) -> list[Problem]:
+    """`undefined-read` in a `when`: `visits.x` where `x` is no node of the graph, and a
+    declared field that no node writes, that has no default, and whose type has no None (it
+    would be None at every run, a value its type does not allow)."""
+    written = {
+        field
+        for name, spec in graph.nodes.items()
+        for field in (instances[name].writes() if name in instances else spec.writes or ())
+    }
+    problems: list[Problem] = []
+    for i, edge in enumerate(graph.edges):
+        if edge.when is None:
+            continue
+        where = f"edge from {edge.source!r} to {edge.target!r}: condition {edge.when!r}"
+        for node in visit_names(edge.when):
+            if node in graph.nodes:
+                continue
+            read = f"visits.{node}" if node.isidentifier() else f"visits[{node!r}]"
+            problems.append(
+                problem_at(
+                    graph,
+                    "undefined-read",
+                    f"{where} reads {read}, but {node!r} is not a node of this graph"
+                    f"{did_you_mean(node, graph.nodes)}; nodes: {quoted(graph.nodes)}",
+                    "edges",
+                    i,
+                    "when",
+                )
+            )
+        for name in sorted(names_used(edge.when, expression=True) & set(graph.state)):
+            field = graph.state[name]
+            if name in written or field.default is not None:
+                continue
+            if _admits_none(field.type, graph.source):
+                continue
+            problems.append(
+                problem_at(
+                    graph,
+                    "undefined-read",
+                    f"{where} reads {name!r}, which no node writes and which has no default, so "
+                    f"it is unset (None) at every run, which its type {field.type!r} does not "
+                    f"allow; add {name!r} to the `writes` of the node that sets it, or give "
+                    "the field a `default:` (also when a parent graph fills it through "
+                    "`inputs:`)",
+                    "edges",
+                    i,
+                    "when",
+                )
+            )
+    return problems
+
+
+def _admits_none(text: str, near: str | None) -> bool:
+    """Whether None is a value of the type string `text` (`any`, `T | None`); True when it
+    does not parse (reported as `bad-type`)."""
+    try:
+        parsed = parse_type(text, near=near)
+    except Exception:  # an imported module may raise anything
+        return True
+    return any(option in (Any, type(None)) for option in _options(parsed))
+
+
+def _options(tp: Any) -> list[Any]:
+    if get_origin(tp) in (Union, types.UnionType):
+        return [o for arg in get_args(tp) for o in _options(arg)]
+    return [tp]

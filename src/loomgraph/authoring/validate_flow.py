@@ -1,28 +1,25 @@
-"""Flow rules of graph validation: entry, edge endpoints, shadowed edges, reachability, loops,
-and what edge conditions read that no run can give them (visits of no node, unset fields).
+"""Flow rules of graph validation: entry, edge endpoints, shadowed edges, reachability, loops.
 
 The flow graph models what the interpreter does: a node's edges are tried in file order and
 the first that holds wins, so an unconditional edge hides every later edge from that node;
 a node whose conditional edges all fail (or that has no edge) ends the run, as if it had an
-edge to END.
+edge to END. A `when` whose value depends on nothing is read for what it is (`edge_holds`):
+`"true"` makes its edge unconditional, `"false"` makes it an edge no run takes.
 """
 
 from __future__ import annotations
 
 import difflib
-import types
-from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING, Any, Union, get_args, get_origin
+from collections.abc import Iterable, Set
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     import networkx as nx  # type: ignore[import-untyped,unused-ignore]
 
 from loomgraph.errors import Problem
-from loomgraph.graph.conditions import names_used, visit_names
-from loomgraph.graph.field_types import parse_type
+from loomgraph.graph.conditions import constant_condition
 from loomgraph.graph.policies import known_error_type
-from loomgraph.graph.registry import NodeKind
-from loomgraph.graph.spec import END, Graph
+from loomgraph.graph.spec import END, EdgeSpec, Graph
 
 Path = tuple[str | int, ...]
 
@@ -59,8 +56,42 @@ def did_you_mean(name: str, options: Iterable[str], *, ignore_case: bool = False
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
-def _names(names: Iterable[str]) -> str:
+def quoted(names: Iterable[str]) -> str:
+    """Names as a message lists them: `'a', 'b'`, or `none`."""
     return ", ".join(repr(n) for n in names) or "none"
+
+
+def edge_holds(edge: EdgeSpec) -> bool | None:
+    """True for an edge taken whenever it is tried (no `when`, or a constantly true one),
+    False for one no run takes (a constantly false `when`), None when the run decides."""
+    return True if edge.when is None else constant_condition(edge.when)
+
+
+def _never_taken(
+    graph: Graph, dead: Iterable[int], *, into: str | None = None, leaving: Set[str] = frozenset()
+) -> str:
+    """A note on the `dead` edges (whose `when` never holds) into a node or leaving a loop."""
+    shown = [
+        f"{_edge_at(graph, i)} (`when: {graph.edges[i].when!r}`)"
+        for i in dead
+        if graph.edges[i].target == into
+        or (graph.edges[i].source in leaving and graph.edges[i].target not in leaving)
+    ]
+    if not shown:
+        return ""
+    return f"; never taken, as its `when` never holds: the edge {', the edge '.join(shown)}"
+
+
+def _edge_at(graph: Graph, index: int) -> str:
+    """Where edge `index` is, for messages: its line, else (no file) its place in `edges`."""
+    line = graph.line_of("edges", index)
+    return f"on line {line}" if line is not None else f"at edges[{index}]"
+
+
+def _always(graph: Graph, index: int) -> str:
+    """Why edge `index` is taken whenever it is tried (for messages)."""
+    when = graph.edges[index].when
+    return "has no `when`" if when is None else f"has `when: {when!r}`, which always holds"
 
 
 # --------------------------------------------------------------------------- rules
@@ -82,7 +113,7 @@ def check_entry(graph: Graph) -> list[Problem]:
             problem_at(
                 graph,
                 "missing-entry",
-                f"no `entry:`; name the node the run starts at (nodes: {_names(graph.nodes)})",
+                f"no `entry:`; name the node the run starts at (nodes: {quoted(graph.nodes)})",
                 "entry",
             )
         ]
@@ -92,7 +123,7 @@ def check_entry(graph: Graph) -> list[Problem]:
                 graph,
                 "unknown-entry",
                 f"entry {graph.entry!r} is not a node{did_you_mean(graph.entry, graph.nodes)}; "
-                f"nodes: {_names(graph.nodes)}",
+                f"nodes: {quoted(graph.nodes)}",
                 "entry",
             )
         ]
@@ -121,7 +152,7 @@ def check_edges(graph: Graph) -> list[Problem]:
                     graph,
                     "unknown-endpoint",
                     f"edge from {edge.source!r}: no such node"
-                    f"{did_you_mean(edge.source, graph.nodes)}; nodes: {_names(graph.nodes)}",
+                    f"{did_you_mean(edge.source, graph.nodes)}; nodes: {quoted(graph.nodes)}",
                     "edges",
                     i,
                     "from",
@@ -148,93 +179,25 @@ def check_edges(graph: Graph) -> list[Problem]:
                     graph,
                     "shadowed-edge",
                     f"edge from {edge.source!r} to {edge.target!r} is never taken: the edge from "
-                    f"{edge.source!r} to {graph.edges[j].target!r} on line "
-                    f"{graph.line_of('edges', j)} has no `when`, and edges are tried in file "
-                    "order; "
-                    "move this edge above it or remove it",
+                    f"{edge.source!r} to {graph.edges[j].target!r} {_edge_at(graph, j)} "
+                    f"{_always(graph, j)}, and edges are tried in "
+                    "file order; move this edge above it or remove it",
                     "edges",
                     i,
                 )
             )
-        elif edge.when is None:
+        elif edge_holds(edge):
             first_default[edge.source] = i
     return problems
-
-
-def check_condition_reads(graph: Graph, instances: Mapping[str, NodeKind]) -> list[Problem]:
-    """`undefined-read` in a `when`: `visits.x` where `x` is no node of the graph, and a
-    declared field that no node writes, that has no default, and whose type has no None (it
-    would be None at every run, a value its type does not allow)."""
-    written = {
-        field
-        for name, spec in graph.nodes.items()
-        for field in (instances[name].writes() if name in instances else spec.writes or ())
-    }
-    problems: list[Problem] = []
-    for i, edge in enumerate(graph.edges):
-        if edge.when is None:
-            continue
-        where = f"edge from {edge.source!r} to {edge.target!r}: condition {edge.when!r}"
-        for node in visit_names(edge.when):
-            if node in graph.nodes:
-                continue
-            read = f"visits.{node}" if node.isidentifier() else f"visits[{node!r}]"
-            problems.append(
-                problem_at(
-                    graph,
-                    "undefined-read",
-                    f"{where} reads {read}, but {node!r} is not a node of this graph"
-                    f"{did_you_mean(node, graph.nodes)}; nodes: {_names(graph.nodes)}",
-                    "edges",
-                    i,
-                    "when",
-                )
-            )
-        for name in sorted(names_used(edge.when, expression=True) & set(graph.state)):
-            field = graph.state[name]
-            if name in written or field.default is not None:
-                continue
-            if _admits_none(field.type, graph.source):
-                continue
-            problems.append(
-                problem_at(
-                    graph,
-                    "undefined-read",
-                    f"{where} reads {name!r}, which no node writes and which has no default, so "
-                    f"it is unset (None) at every run, which its type {field.type!r} does not "
-                    f"allow; add {name!r} to the `writes` of the node that sets it, or give "
-                    "the field a `default:` (also when a parent graph fills it through "
-                    "`inputs:`)",
-                    "edges",
-                    i,
-                    "when",
-                )
-            )
-    return problems
-
-
-def _admits_none(text: str, near: str | None) -> bool:
-    """Whether None is a value of the type string `text` (`any`, `T | None`); True when it
-    does not parse (reported as `bad-type`)."""
-    try:
-        parsed = parse_type(text, near=near)
-    except Exception:  # an imported module may raise anything
-        return True
-    return any(option in (Any, type(None)) for option in _options(parsed))
-
-
-def _options(tp: Any) -> list[Any]:
-    if get_origin(tp) in (Union, types.UnionType):
-        return [o for arg in get_args(tp) for o in _options(arg)]
-    return [tp]
 
 
 def flow_graph(graph: Graph) -> nx.DiGraph:
     """The routes a run can take: node -> node or EXIT, each edge with its file `index`.
 
-    Edges hidden behind an unconditional edge are left out; a node without an unconditional
-    edge also gets a fall-through edge to EXIT. Unknown targets (reported as
-    `unknown-endpoint`) count as EXIT so that one typo is not reported again as a loop.
+    Edges hidden behind an unconditional edge (or a constantly true one) are left out, and so
+    are edges whose `when` is constantly false; a node without an unconditional edge also
+    gets a fall-through edge to EXIT. Unknown targets (reported as `unknown-endpoint`) count
+    as EXIT so that one typo is not reported again as a loop.
     """
     # Imported here: validating a graph is the one thing that needs it (~0.1 s to import).
     import networkx as nx  # type: ignore[import-untyped,unused-ignore]
@@ -244,12 +207,13 @@ def flow_graph(graph: Graph) -> nx.DiGraph:
     flow.add_nodes_from(graph.nodes)
     closed: set[str] = set()
     for i, edge in enumerate(graph.edges):
-        if edge.source not in graph.nodes or edge.source in closed:
+        holds = edge_holds(edge)
+        if edge.source not in graph.nodes or edge.source in closed or holds is False:
             continue
         target = edge.target if edge.target in graph.nodes and edge.target != END else EXIT
-        if not flow.has_edge(edge.source, target) or edge.when is None:
-            flow.add_edge(edge.source, target, index=i, default=edge.when is None)
-        if edge.when is None:
+        if not flow.has_edge(edge.source, target) or holds:
+            flow.add_edge(edge.source, target, index=i, default=bool(holds))
+        if holds:
             closed.add(edge.source)
     for name, spec in graph.nodes.items():
         if name not in closed:
@@ -316,6 +280,7 @@ def check_flow(graph: Graph) -> list[Problem]:
     import networkx as nx  # type: ignore[import-untyped,unused-ignore]
 
     flow = flow_graph(graph)
+    dead = [i for i, edge in enumerate(graph.edges) if edge_holds(edge) is False]
     order = {name: i for i, name in enumerate(graph.nodes)}
     problems: list[Problem] = []
     if graph.entry in graph.nodes:
@@ -324,7 +289,8 @@ def check_flow(graph: Graph) -> list[Problem]:
             problem_at(
                 graph,
                 "unreachable-node",
-                f"node {name!r} is never run: no edge leads to it from the entry {graph.entry!r}",
+                f"node {name!r} is never run: no edge leads to it from the entry {graph.entry!r}"
+                + _never_taken(graph, dead, into=name),
                 "nodes",
                 name,
             )
@@ -350,7 +316,7 @@ def check_flow(graph: Graph) -> list[Problem]:
                 "cycle-without-exit",
                 f"{what} with no way out: every edge that can be taken stays in the loop, so a run "
                 "only stops at the visit limit; add an edge with a `when` that leaves it (e.g. to "
-                "END) before the unconditional one",
+                "END) before the unconditional one" + _never_taken(graph, dead, leaving=set(loop)),
                 "edges",
                 index,
             )
@@ -361,7 +327,7 @@ def check_flow(graph: Graph) -> list[Problem]:
         if name in can_end or name in trapped:
             continue
         ahead = nx.descendants(flow, name) & trapped
-        into = _names(sorted(ahead, key=order.__getitem__))
+        into = quoted(sorted(ahead, key=order.__getitem__))
         problems.append(
             problem_at(
                 graph,

@@ -8,6 +8,7 @@ are what the field rules (`validate_fields`) ask for the fields each node reads 
 from __future__ import annotations
 
 import difflib
+from collections.abc import Iterable, Mapping
 
 from pydantic import ValidationError
 
@@ -69,7 +70,7 @@ def check_kinds(graph: Graph) -> tuple[dict[str, NodeKind], list[Problem]]:
                 )
             continue
         try:
-            instances[name] = kind(name, spec, params)
+            node = kind(name, spec, params)
         except Exception as err:
             problems.append(
                 problem_at(
@@ -80,7 +81,75 @@ def check_kinds(graph: Graph) -> tuple[dict[str, NodeKind], list[Problem]]:
                     name,
                 )
             )
+            continue
+        if wrong := _field_problems(node, spec.kind):
+            # Left out as a node that could not be made: what it reads and writes is unknown.
+            problems += [
+                problem_at(graph, "kind-check", f"node {name!r}: {why}", "nodes", name)
+                for why in wrong
+            ]
+            continue
+        instances[name] = node
     return instances, problems
+
+
+def _shown(value: object) -> str:
+    """A returned value as messages show it: `None`, `'text'`, `3 (int)`."""
+    if value is None or isinstance(value, str | bytes):
+        return repr(value)
+    return f"{_short(value)} ({type(value).__name__})"
+
+
+def _short(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _field_problems(node: NodeKind, kind: str) -> list[str]:
+    """What is wrong with the fields a node's kind says it reads and writes. The run takes
+    them as they are (`tuple(node.reads())`), so each method must return field names: None
+    would fail every visit, and a str would be read as one field per character."""
+    out = []
+    for method in ("reads", "writes", "kind_writes"):
+        try:
+            value = getattr(node, method)()
+            if _field_names(value) is not None:  # (iterating it may raise too)
+                continue
+        except Exception as err:
+            out.append(f"the {kind!r} kind's {method}() failed: {type(err).__name__}: {err}")
+            continue
+        fix = (
+            "return [] when there are none"
+            if value is None
+            else f"return [{value!r}]"
+            if isinstance(value, str)
+            else "return a list of str"
+        )
+        out.append(
+            f"the {kind!r} kind's {method}() returned {_shown(value)}, not a list of field "
+            f"names, so every visit would fail; {fix}"
+        )
+    return out
+
+
+def _field_names(value: object) -> list[str] | None:
+    """`value` as field names (any iterable of str but a str), or None."""
+    if not isinstance(value, Iterable) or isinstance(value, str | bytes):
+        return None
+    names = list(value)
+    return names if all(isinstance(n, str) for n in names) else None
+
+
+def _messages(value: object) -> list[str] | None:
+    """What a kind's `check` returned, as messages: None is none (a `check` that falls off
+    its end), a str is one, an iterable holds them; None for anything else."""
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [value]
+    if not isinstance(value, Iterable) or isinstance(value, bytes | Mapping):
+        return None
+    return [str(message) for message in value]
 
 
 def _unknown_key_hint(kind: str, key: str, params: list[str]) -> str:
@@ -97,10 +166,17 @@ def check_kind_rules(graph: Graph, instances: dict[str, NodeKind]) -> list[Probl
     """`kind-check`: what each node's kind says is wrong (`NodeKind.check`)."""
     problems = []
     for name, node in instances.items():
+        kind = node.spec.kind
         try:
-            messages = node.check(graph)
+            returned: object = node.check(graph)
+            messages = _messages(returned)
         except Exception as err:  # a third-party check must not hide the other problems
             messages = [f"check failed: {type(err).__name__}: {err}"]
+        if messages is None:
+            messages = [
+                f"the {kind!r} kind's check() returned {_shown(returned)}, not a list of "
+                "messages; return a list of str (empty when all is well)"
+            ]
         problems += [
             problem_at(graph, "kind-check", f"node {name!r}: {message}", "nodes", name)
             for message in messages

@@ -82,6 +82,36 @@ def too_deep(what: str) -> TemplateSyntaxError:
     )
 
 
+# Tags that read another template through the environment's loader; loomgraph's has none.
+_LOADER_TAGS: dict[type[nodes.Node], str] = {
+    nodes.Include: "include",
+    nodes.Extends: "extends",
+    nodes.Import: "import",
+    nodes.FromImport: "from",
+}
+
+
+LOADER_NOTE = (
+    "templates are rendered without a loader (no file is read), so every render would fail: "
+    "inline the text, or read it in a `function` node into a state field the template uses"
+)
+
+
+class LoaderTagError(TemplateSyntaxError):
+    """A template tag that reads another template (`{% include %}`, `{% extends %}`,
+    `{% import %}`, `{% from %}`): the sandbox has no loader, so every render would fail."""
+
+    def __init__(self, tag: str, lineno: int) -> None:
+        self.tag = tag
+        super().__init__(f"{{% {tag} %}} reads another template, but {LOADER_NOTE}", lineno)
+
+
+def refuse_loader_tags(tree: nodes.Template) -> None:
+    """Raise `LoaderTagError` for the first tag of a parsed template that needs a loader."""
+    for node in tree.find_all(tuple(_LOADER_TAGS)):
+        raise LoaderTagError(_LOADER_TAGS[type(node)], node.lineno)
+
+
 def _tree_depth(root: nodes.Node, limit: int) -> int:
     """The depth of a parse tree, walked without recursion (stops once past `limit`)."""
     deepest, stack = 0, [(root, 1)]
@@ -128,6 +158,26 @@ def parse_bounded(env: SandboxedEnvironment, source: str, *, expression: bool) -
     if _tree_depth(tree, limit) > limit:
         raise too_deep(what)
     return tree
+
+
+def constant_truth(env: SandboxedEnvironment, source: str) -> bool | None:
+    """Whether a condition holds at every run (True) or at none (False) because its value
+    depends on nothing (`false`, `1 > 2`, `true or x`); None when it depends on the run or
+    does not parse. Jinja folds it as its compiler does (`as_const`): the sandbox's getattr,
+    the environment's filters and tests, no call, no intercepted operator; under the
+    environment's budget (`run_budgeted`), since a filter may be run to fold it."""
+    try:
+        expr = parse_bounded(env, source, expression=True)
+    except TemplateSyntaxError:
+        return None
+    context = nodes.EvalContext(env)
+    run = getattr(env, "run_budgeted", None)
+    try:
+        value = run(expr.as_const, context) if run else expr.as_const(context)
+        # What the interpreter does with it (`if holds:`).
+        return bool(value)
+    except Exception:  # nodes.Impossible: not constant; anything else is left to the run
+        return None
 
 
 def compile_native(

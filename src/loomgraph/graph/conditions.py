@@ -29,7 +29,13 @@ from loomgraph.graph.condition_bounds import (
     charge,
     run_budgeted,
 )
-from loomgraph.graph.condition_code import compile_native, parse_bounded, too_deep
+from loomgraph.graph.condition_code import (
+    compile_native,
+    constant_truth,
+    parse_bounded,
+    refuse_loader_tags,
+    too_deep,
+)
 from loomgraph.graph.condition_visits import VISITS, VisitCounts
 
 __all__ = ["MAX_ITEMS_PER_RUN", "MAX_POWER_BITS", "MAX_RESULT_ITEMS", "MAX_STEPS", "bounded_binop"]
@@ -310,15 +316,23 @@ def compile_condition(expression: str) -> Callable[..., Any]:
 
 def compile_template(source: str) -> Callable[[Mapping[str, Any]], str]:
     """Compile a prompt template into a function of the state; raises TemplateSyntaxError
-    when it does not parse or is nested too deeply. Each render has its own budget."""
+    when it does not parse, is nested too deeply, or reads another template (`{% include %}`:
+    `LoaderTagError`). Each render has its own budget."""
     env = environment()
     try:
         tree = parse_bounded(env, source, expression=False)
+        refuse_loader_tags(tree)  # else a TypeError ("no loader") at every render
         template = run_budgeted(env.from_string, tree)
     except RecursionError:
         raise too_deep("the template") from None
     render: Callable[[Mapping[str, Any]], str] = template.render
     return render
+
+
+def constant_condition(expression: str) -> bool | None:
+    """True for a condition that holds at every run, False for one that holds at none
+    (`"false"`, `"1 > 2"`), None when its value depends on the run (or it does not parse)."""
+    return constant_truth(environment(), expression)
 
 
 def names_used(source: str, *, expression: bool) -> set[str]:

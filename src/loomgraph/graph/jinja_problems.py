@@ -13,6 +13,7 @@ import re
 from jinja2 import TemplateSyntaxError, nodes
 from jinja2.sandbox import modifies_known_mutable
 
+from loomgraph.graph.condition_code import LOADER_NOTE, LoaderTagError
 from loomgraph.graph.conditions import compile_condition, compile_template, environment
 
 JINJA_NOTE = "conditions and templates are Jinja expressions, not Python"
@@ -37,6 +38,9 @@ _TEST_FOR_CALL = {"isinstance": "x is string / number / mapping / sequence", "bo
 _LOWER_TESTS = re.compile(r"(\bis\s+(?:not\s+)?)(None|True|False)\b")
 _GOT = re.compile(r"(?:got|named) '([^']*)'")
 _CHAR_AT = re.compile(r"unexpected char .* at (\d+)")
+# A condition written as a template: `{{ done }}`, `{% if done %}`; and one `{{ … }}` in it.
+_BRACED = re.compile(r"\s*\{[{%].*[}%]\}\s*", re.DOTALL)
+_OUTPUT_TAG = re.compile(r"\{\{-?(.*?)-?\}\}", re.DOTALL)
 
 
 def source_problems(source: str, *, expression: bool) -> list[str]:
@@ -75,12 +79,16 @@ def _syntax_problem(source: str, *, expression: bool) -> str | None:
     if err is None:
         return None
     message = str(err.message or err)
+    if isinstance(err, LoaderTagError):  # valid Jinja, but nothing to read the file with
+        at = f" at line {err.lineno}" if err.lineno > 1 else ""
+        return f"uses {{% {err.tag} %}}{at}, which reads another template, but {LOADER_NOTE}"
     where = f"line {err.lineno}" if not expression and err.lineno > 1 else None
     if expression:
         column = _column(source, message)
         where = f"column {column}" if column is not None else None
     at = f" at {where}" if where else ""
-    return f"is not valid Jinja ({JINJA_NOTE}){at}: {message}{_idiom_hint(source, message)}"
+    hint = _idiom_hint(source, message, expression=expression)
+    return f"is not valid Jinja ({JINJA_NOTE}){at}: {message}{hint}"
 
 
 def _column(source: str, message: str) -> int | None:
@@ -103,9 +111,16 @@ def _column(source: str, message: str) -> int | None:
     return None
 
 
-def _idiom_hint(source: str, message: str) -> str:
+def _idiom_hint(source: str, message: str, *, expression: bool = False) -> str:
     """The Jinja spelling of a Python idiom the source (or the error) shows, or ''."""
     hints = []
+    if expression and _BRACED.fullmatch(source):
+        # `{{ done }}` parses as a dict literal missing its ':': Jinja's error says no more.
+        bare = _OUTPUT_TAG.sub(lambda t: t.group(1).strip(), source).strip()
+        shown = f" (`{bare}`)" if bare and not re.search(r"[{}%]", bare) else ""
+        hints.append(
+            "a condition is an expression already: write it without `{{ }}` or `{% %}`" + shown
+        )
     if (m := re.search(r"No test named '(\w+)'", message)) and m.group(1) in (
         "None",
         "True",
