@@ -73,36 +73,43 @@ def _dotted(path: tuple[str | int, ...]) -> str:
 
 
 def parse_yaml(text: str, file: str | None = None) -> tuple[Any, Lines, list[Problem]]:
-    """Parse YAML text into plain data and a map from data paths to source lines."""
+    """Parse YAML text into plain data and a map from data paths to source lines (where
+    each value starts: a built-in graph's parsed twin keeps this map)."""
+    data, lines, _, problems = _parse(text, file)
+    return data, lines, problems
+
+
+def _parse(text: str, file: str | None) -> tuple[Any, Lines, Lines, list[Problem]]:
+    """`parse_yaml`, and the line of each mapping key (`Located.key_lines`)."""
     # Bytes, as a file is read (`read_source`): a character takes up to four.
     if len(text) > MAX_YAML_BYTES or (
         4 * len(text) > MAX_YAML_BYTES
         and len(text.encode("utf-8", "surrogatepass")) > MAX_YAML_BYTES
     ):
-        return None, {}, [_too_large(file)]
+        return None, {}, {}, [_too_large(file)]
     # Imported here: an agent on a built-in graph reads it parsed ahead (`parsed_graphs`).
     import yaml
 
-    from loomgraph.protocols.safe_yaml import BoundedLoader, YamlRefused, located_data
+    from loomgraph.protocols.safe_yaml import BoundedLoader, YamlRefused, locate
 
     try:
         loader = BoundedLoader(text)  # checks every character first: a NUL raises here
     except yaml.reader.ReaderError as err:
         at = text.count("\n", 0, err.position) + 1
-        return None, {}, [Problem("yaml-syntax", str(err), file, at)]
+        return None, {}, {}, [Problem("yaml-syntax", str(err), file, at)]
     try:
-        data, lines, duplicates = located_data(loader)
+        located = locate(loader)
     except YamlRefused as refused:
         kind = {"alias": "yaml-alias", "depth": "yaml-too-deep"}.get(refused.kind, "yaml-syntax")
-        return None, {}, [Problem(kind, str(refused), file, refused.line)]
+        return None, {}, {}, [Problem(kind, str(refused), file, refused.line)]
     except RecursionError:  # the depth limit should stop it first; never a traceback
         deep = str(YamlRefused("depth", None))
-        return None, {}, [Problem("yaml-too-deep", deep, file, None)]
+        return None, {}, {}, [Problem("yaml-too-deep", deep, file, None)]
     except yaml.MarkedYAMLError as err:
         line = err.problem_mark.line + 1 if err.problem_mark else None
-        return None, {}, [Problem("yaml-syntax", str(err.problem or err), file, line)]
+        return None, {}, {}, [Problem("yaml-syntax", str(err.problem or err), file, line)]
     except yaml.YAMLError as err:
-        return None, {}, [Problem("yaml-syntax", str(err), file, None)]
+        return None, {}, {}, [Problem("yaml-syntax", str(err), file, None)]
     finally:
         loader.dispose()
     problems = [
@@ -112,9 +119,22 @@ def parse_yaml(text: str, file: str | None = None) -> tuple[Any, Lines, list[Pro
             file,
             dup.line,
         )
-        for dup in duplicates
+        for dup in located.duplicates
     ]
-    return data, lines, problems
+    return located.data, located.lines, located.key_lines, problems
+
+
+def graph_lines(lines: Lines, key_lines: Lines) -> Lines:
+    """The line map a graph's problems are reported by: each mapping key at its own line (a
+    misspelt param, a field's `type:`, an unknown top-level key: where it is written, also
+    when its value is a block below it), except a node (`nodes.NAME`), at the first line
+    inside it, where node-level problems are reported (validation.md); list items and the
+    whole file where their values start."""
+    merged = {**lines, **key_lines}
+    for path, line in lines.items():
+        if len(path) == 2 and path[0] == "nodes":
+            merged[path] = line
+    return merged
 
 
 def graph_from_data(
@@ -226,10 +246,10 @@ def nearest_line(lines: Lines, loc: tuple[Any, ...]) -> int | None:
 
 def graph_from_yaml(text: str, *, file: str | None = None) -> Graph:
     """Load and validate a graph from YAML text."""
-    data, lines, problems = parse_yaml(text, file)
+    data, lines, key_lines, problems = _parse(text, file)
     if data is None and problems:
         raise GraphValidationError(problems)
-    return graph_from_data(data, file=file, lines=lines, problems=problems)
+    return graph_from_data(data, file=file, lines=graph_lines(lines, key_lines), problems=problems)
 
 
 def load_graph_file(path: str | Path) -> Graph:

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import copy
 import math
+import types
 from collections.abc import Callable, Mapping
 from functools import cache
-from typing import Any
+from typing import Any, Union, get_args, get_origin
 
 from pydantic import ConfigDict, PydanticUserError, TypeAdapter, ValidationError
 from typing_extensions import TypedDict
@@ -56,6 +57,15 @@ def _append(old: Any, new: Any) -> Any:
 
 def _merge(old: Any, new: Any) -> Any:
     return {**(old or {}), **new}
+
+
+class _Unmerged(dict[str, Any]):
+    """A patch's value for a `merge` field holding a record (a pydantic model, dataclass or
+    TypedDict): the keys it names, as written. Validated alone, the record's other fields
+    would be filled with their defaults and merged over the value's (and a required one would
+    be missing), so it is validated once merged (`StateSchema.apply`)."""
+
+    __slots__ = ()
 
 
 def _add(old: Any, new: Any) -> Any:
@@ -113,9 +123,15 @@ class StateSchema:
         )
         # Only declared, non-`any` fields are checked: validation costs time on every patch.
         self.adapters: dict[str, TypeAdapter[Any]] = {}
+        # The `merge` fields holding records, validated once a patch is merged into them.
+        merges_records: set[str] = set()
         for name, f in graph.state.items():
             if f.type not in ("any", "Any"):
-                self.adapters[name] = _field_adapter(parse_type(f.type, near=graph.source))
+                parsed = parse_type(f.type, near=graph.source)
+                self.adapters[name] = _field_adapter(parsed)
+                if f.reducer == "merge" and _holds_records(parsed):
+                    merges_records.add(name)
+        self.merges_records = frozenset(merges_records)
         # The defaults as the fields' adapters make them, once: the shape a node's write of
         # the same value would have (a pydantic model's missing fields filled in).
         self.defaults: dict[str, Any] = {
@@ -138,16 +154,26 @@ class StateSchema:
         """A fresh state: defaults (copied, never shared between runs), then `values`."""
         state = {name: _fresh(default) for name, default in self.defaults.items()}
         if values:
-            state.update({k: _fresh(v) for k, v in self.check(dict(values)).items()})
+            checked = self.check(dict(values), whole=True)
+            state.update({k: _fresh(v) for k, v in checked.items()})
         return state
 
-    def check(self, patch: dict[str, Any]) -> dict[str, Any]:
-        """Validate the typed fields of a patch into JSON-shaped values; raise StateError."""
+    def check(self, patch: dict[str, Any], *, whole: bool = False) -> dict[str, Any]:
+        """Validate the typed fields of a patch into JSON-shaped values; raise StateError.
+
+        A mapping for a `merge` field holding a record is left `_Unmerged`, to be validated
+        once merged into the field's value (`apply`); what its own keys hold is checked here
+        (a wrong type, an unknown key), so a node whose patch is wrong fails its attempt,
+        which `retry` retries, as for any other field. `whole`: the values are a state's
+        (`initial`), not a patch's, each validated as it is."""
         for name, value in patch.items():
             if name not in self.fields:
                 raise StateError(f"unknown state field {name!r}")
             adapter = self.adapters.get(name)
             if adapter is None:
+                continue
+            if not whole and name in self.merges_records and isinstance(value, Mapping):
+                patch[name] = self._record_patch(name, adapter, value)
                 continue
             if self.fields[name].reducer == "append" and not isinstance(value, list):
                 value = [value]
@@ -156,6 +182,43 @@ class StateSchema:
             except ValidationError as err:
                 raise StateError(f"state field {name!r}: {err.errors()[0]['msg']}") from None
         return patch
+
+    @staticmethod
+    def _record_patch(name: str, adapter: TypeAdapter[Any], value: Mapping[str, Any]) -> Any:
+        """A patch's mapping for a `merge` field holding a record: `_Unmerged`, or the record
+        validated when the patch names every field of it (merged into any value, it is
+        itself: validated once, as before). StateError for what its own keys hold that no
+        record can: the errors at its keys, validated alone (not a field it leaves out, nor
+        a rule across fields, which only the merged record can tell)."""
+        try:
+            record = adapter.dump_python(adapter.validate_python(value), mode="json")
+        except ValidationError as err:
+            for e in err.errors():
+                where = e["loc"][0] if e["loc"] else None
+                if e["type"] != "missing" and where in value:
+                    at = ".".join(str(part) for part in e["loc"])
+                    raise StateError(f"state field {name!r}: {at}: {e['msg']}") from None
+            return _Unmerged(value)
+        except Exception:
+            # A validator that reads a field the patch leaves out: validating the merged
+            # record (`apply`) tells whether anything is wrong.
+            return _Unmerged(value)
+        if isinstance(record, dict) and record.keys() <= value.keys():
+            return record
+        return _Unmerged(value)
+
+    def _validated(self, name: str, value: Any) -> Any:
+        """A record merged with a patch, validated whole into JSON-shaped data; StateError."""
+        adapter = self.adapters[name]
+        try:
+            return adapter.dump_python(adapter.validate_python(value), mode="json")
+        except ValidationError as err:
+            first = err.errors()[0]
+            at = ".".join(str(part) for part in first["loc"])
+            raise StateError(
+                f"state field {name!r}: {at + ': ' if at else ''}{first['msg']} "
+                "(the patch merged into its value)"
+            ) from None
 
     def check_written(self, node: str, patch: dict[str, Any]) -> None:
         """A user's node's writes to the built-in fields, checked as values from outside a
@@ -171,7 +234,11 @@ class StateSchema:
 
     def apply(self, state: dict[str, Any], patch: Mapping[str, Any]) -> Undo:
         """Apply a (checked) patch to the state in place, each field through its reducer,
-        all or nothing (a reducer that raises leaves the state as it was); what undoes it."""
+        all or nothing (a reducer that raises leaves the state as it was); what undoes it.
+
+        An `_Unmerged` record is validated once merged, and the patch then holds the record as
+        merged: that is what the journal keeps, so a replay (`history`, resume, fork) merges
+        it back without validating it again, onto whatever value the field holds then."""
         reducers = self.reducers
         undo: Undo = []
         try:
@@ -180,13 +247,18 @@ class StateSchema:
                 # Only `append` changes a value in place, and only by adding at the end.
                 undo.append((name, old, len(old) if type(old) is list else -1))
                 try:
-                    state[name] = reducers[name](None if old is _ABSENT else old, value)
+                    new = reducers[name](None if old is _ABSENT else old, value)
                 except (TypeError, ValueError) as err:  # (`add` of None, of a str and an int)
                     reducer = self.fields[name].reducer
                     raise StateError(
                         f"state field {name!r}: its reducer {reducer!r} cannot take "
                         f"{_short(value)} onto {_short(None if old is _ABSENT else old)}: {err}"
                     ) from None
+                if type(value) is _Unmerged:
+                    new = self._validated(name, new)
+                    if isinstance(patch, dict):
+                        patch[name] = new
+                state[name] = new
         except BaseException:
             undo_patch(state, undo)
             raise
@@ -214,6 +286,15 @@ def _short(value: Any) -> str:
 
 
 _FINITE = ConfigDict(allow_inf_nan=False)
+
+
+def _holds_records(field_type: Any) -> bool:
+    """Whether a value of the type may be a record (a pydantic model, dataclass, TypedDict):
+    anything but a dict, whose keys validate one by one, so a patch of some may be validated
+    alone (and is journaled alone: a growing dict is not written whole at every merge)."""
+    if get_origin(field_type) in (Union, types.UnionType):
+        return any(_holds_records(option) for option in get_args(field_type))
+    return field_type is not type(None) and (get_origin(field_type) or field_type) is not dict
 
 
 def _field_adapter(field_type: Any) -> TypeAdapter[Any]:

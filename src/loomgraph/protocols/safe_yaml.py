@@ -15,7 +15,16 @@ import yaml
 
 from loomgraph.errors import LoomgraphError
 
-__all__ = ["MAX_YAML_DEPTH", "BoundedLoader", "Duplicate", "Lines", "YamlRefused", "located_data"]
+__all__ = [
+    "MAX_YAML_DEPTH",
+    "BoundedLoader",
+    "Duplicate",
+    "Lines",
+    "Located",
+    "YamlRefused",
+    "locate",
+    "located_data",
+]
 
 # Where each part of a file's data was written: data path (keys and indexes) to line.
 Lines = dict[tuple[str | int, ...], int]
@@ -78,10 +87,25 @@ class Duplicate:
     line: int
 
 
-def located_data(loader: BoundedLoader) -> tuple[Any, Lines, list[Duplicate]]:
-    """The loader's single document as plain data, the line of each of its data paths, and
-    the keys written twice. Raises YamlRefused, or the YAML library's error."""
+@dataclass(frozen=True, slots=True)
+class Located:
+    """A YAML document as plain data, with where each part of it was written."""
+
+    data: Any
+    # Each data path at the line its value starts: for a key whose value is a block (a
+    # mapping or list under it), the line below the key's.
+    lines: Lines
+    # Each mapping key's data path at the line of the key itself: where a problem about the
+    # key (misspelt, unknown) is.
+    key_lines: Lines
+    duplicates: list[Duplicate]
+
+
+def locate(loader: BoundedLoader) -> Located:
+    """The loader's single document as plain data, the lines of its data paths and keys,
+    and the keys written twice. Raises YamlRefused, or the YAML library's error."""
     lines: Lines = {}
+    key_lines: Lines = {}
     duplicates: list[Duplicate] = []
 
     def build(node: yaml.Node, path: tuple[str | int, ...]) -> Any:
@@ -91,8 +115,10 @@ def located_data(loader: BoundedLoader) -> tuple[Any, Lines, list[Duplicate]]:
             for key_node, value_node in node.value:
                 key = loader.construct_object(key_node)
                 key = key if isinstance(key, str | int) else str(key)
+                line = key_node.start_mark.line + 1
                 if key in out:
-                    duplicates.append(Duplicate(key, path, key_node.start_mark.line + 1))
+                    duplicates.append(Duplicate(key, path, line))
+                key_lines[(*path, key)] = line
                 out[key] = build(value_node, (*path, key))
             return out
         if isinstance(node, yaml.SequenceNode):
@@ -100,4 +126,12 @@ def located_data(loader: BoundedLoader) -> tuple[Any, Lines, list[Duplicate]]:
         return loader.construct_object(node)
 
     root = loader.get_single_node()
-    return (None if root is None else build(root, ())), lines, duplicates
+    data = None if root is None else build(root, ())
+    return Located(data, lines, key_lines, duplicates)
+
+
+def located_data(loader: BoundedLoader) -> tuple[Any, Lines, list[Duplicate]]:
+    """The loader's single document as plain data, the line where each of its data paths'
+    values starts, and the keys written twice (`locate`, without the keys' own lines)."""
+    located = locate(loader)
+    return located.data, located.lines, located.duplicates
