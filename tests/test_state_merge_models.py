@@ -125,7 +125,7 @@ async def test_the_merged_value_is_validated_not_the_patch_alone() -> None:
     run = await run_node(graph, "write", {"record": {"title": "t", "score": 1.5}})
     assert run.state["record"] == {"title": "t", "tags": [], "score": 1.5, "done": True}
     # Merged into a record whose score is 0, it breaks the rule: a StateError naming the field.
-    with pytest.raises(StateError, match=r"state field 'record'.*needs a score"):
+    with pytest.raises(StateError, match=r"node 'write' wrote state field 'record'.*needs a score"):
         await run_node(graph, "write", {"record": {"title": "t"}})
 
 
@@ -356,3 +356,12 @@ def test_a_merge_is_the_record_validated_with_the_patch_over_it(
     replayed = schema.initial({"record": stored})
     schema.apply(replayed, journaled)
     assert replayed == state
+
+
+def test_a_state_value_is_checked_whole_not_as_a_patch() -> None:
+    """A run's state value (a run moved to another graph: `agent/pinning.py`, or `initial`)
+    is a whole record: one missing a required field is refused, not left to merge."""
+    schema = compile_graph(_one_node(RECORD, {"done": False})).schema
+    with pytest.raises(StateError, match=r"state field 'record'.*title"):
+        schema.check({"record": {"tags": []}}, whole=True)
+    assert schema.check({"record": {"title": "t"}}, whole=True)["record"]["title"] == "t"

@@ -13,7 +13,7 @@ from loomgraph.agent.deps import build_deps
 from loomgraph.agent.resuming import NO_VALUE
 from loomgraph.authoring.library import load_graph
 from loomgraph.engine.context import VisitContext
-from loomgraph.engine.interpreter import routed_error, run_child, run_visit
+from loomgraph.engine.interpreter import applied, routed_error, run_child, run_visit
 from loomgraph.engine.scope import RunScope
 from loomgraph.errors import GraphError, NodeError, ServiceUnavailable
 from loomgraph.graph.compiled import CompiledGraph, compile_graph
@@ -103,6 +103,7 @@ async def run_node(
         else:
             if value is not NO_VALUE:
                 raise ResumeError(f"node {node!r} did not wait for a value: it returned {patch!r}")
+        applied(compiled, node, full, patch)  # (a `merge` into a record is validated here)
     except (RunStopped, BudgetExceeded, ServiceUnavailable, ResumeError):
         raise  # a run stops, or is recovered, here: never routed
     except Exception as err:
@@ -114,7 +115,6 @@ async def run_node(
         patch = {"error": routed_error(node, err)}
         compiled.schema.apply(full, patch)
         return NodeRun(patch, events, await runtime.effects(record.run_id), full, on_error)
-    compiled.schema.apply(full, patch)
     # The edge a run takes after this step, tried as the interpreter tries it.
     target = compiled.next_node(node, full, {**(visits or {}), node: visit})[0]
     return NodeRun(patch, events, await runtime.effects(record.run_id), full, target)

@@ -186,7 +186,7 @@ def check_move(
         if value is None or (before is not None and before.type == fields[name].type):
             continue
         try:
-            new.schema.check({name: value})
+            new.schema.check({name: value}, whole=True)  # a value, not a patch
         except StateError as err:
             raise refuse(
                 f"its state field {name!r} does not fit the type {fields[name].type!r}: {err}",

@@ -187,7 +187,7 @@ async def _step(
         used = Usage.from_dict(patch["usage"]) if patch.get("usage") else NO_USAGE
         undo: Undo = []
         try:
-            undo = graph.schema.apply(state, patch)  # all or nothing
+            undo = applied(graph, qualified, state, patch)  # all or nothing
             if hooks is not None:
                 await hooks.after_node(qualified, watched(patch))
             target = graph.next_node(node, state, visits)[0] if node in graph.nodes else END
@@ -359,6 +359,15 @@ async def _run_with_policy(
             if delay:
                 await asyncio.sleep(delay)
     raise AssertionError("unreachable: the last attempt returns or raises")
+
+
+def applied(graph: CompiledGraph, node: str, state: dict[str, Any], patch: dict[str, Any]) -> Undo:
+    """The visit's patch applied to the state (`StateSchema.apply`), a StateError named by the
+    node that wrote it (a `merge` into a record is validated only once merged)."""
+    try:
+        return graph.schema.apply(state, patch)
+    except StateError as err:
+        raise StateError(f"node {node!r} wrote {err}") from None
 
 
 def check_patch(

@@ -42,6 +42,8 @@ from jinja2.parser import Parser
 from jinja2.sandbox import SandboxedEnvironment
 from jinja2.utils import _PassArg
 
+from loomgraph.errors import GraphError
+
 # One compiled node: the variables of one call to its value.
 Eval = Callable[[Mapping[str, Any]], Any]
 
@@ -97,9 +99,10 @@ LOADER_NOTE = (
 )
 
 
-class LoaderTagError(TemplateSyntaxError):
+class LoaderTagError(TemplateSyntaxError, GraphError):
     """A template tag that reads another template (`{% include %}`, `{% extends %}`,
-    `{% import %}`, `{% from %}`): the sandbox has no loader, so every render would fail."""
+    `{% import %}`, `{% from %}`): the sandbox has no loader, so every render would fail.
+    A `TemplateSyntaxError` (what callers of `compile_template` catch) and a `GraphError`."""
 
     def __init__(self, tag: str, lineno: int) -> None:
         self.tag = tag

@@ -180,7 +180,7 @@ class StateSchema:
             try:
                 patch[name] = adapter.dump_python(adapter.validate_python(value), mode="json")
             except ValidationError as err:
-                raise StateError(f"state field {name!r}: {err.errors()[0]['msg']}") from None
+                raise StateError(f"state field {name!r}: {_first_problem(err)}") from None
         return patch
 
     @staticmethod
@@ -213,11 +213,8 @@ class StateSchema:
         try:
             return adapter.dump_python(adapter.validate_python(value), mode="json")
         except ValidationError as err:
-            first = err.errors()[0]
-            at = ".".join(str(part) for part in first["loc"])
             raise StateError(
-                f"state field {name!r}: {at + ': ' if at else ''}{first['msg']} "
-                "(the patch merged into its value)"
+                f"state field {name!r}: {_first_problem(err)} (the patch merged into its value)"
             ) from None
 
     def check_written(self, node: str, patch: dict[str, Any]) -> None:
@@ -340,10 +337,15 @@ def _builtin_problem(name: str, value: Any) -> str | None:
     try:
         adapter.validate_python(value, strict=True)
     except ValidationError as err:
-        first = err.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        return str(first["msg"]) + (f" (at {where})" if where else "")
+        return _first_problem(err)
     return None
+
+
+def _first_problem(err: ValidationError) -> str:
+    """The first problem pydantic found, and where in the value (`title: Field required`)."""
+    first = err.errors()[0]
+    where = ".".join(str(part) for part in first["loc"])
+    return f"{where}: {first['msg']}" if where else str(first["msg"])
 
 
 def _fresh(value: Any) -> Any:

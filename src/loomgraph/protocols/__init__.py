@@ -157,7 +157,9 @@ if TYPE_CHECKING:
         BoundedLoader,
         Duplicate,
         Lines,
+        Located,
         YamlRefused,
+        locate,
         located_data,
     )
 
@@ -322,7 +324,9 @@ __all__ = [  # noqa: RUF022 - grouped by concept, not sorted
     "BoundedLoader",
     "Duplicate",
     "Lines",
+    "Located",
     "YamlRefused",
+    "locate",
     "located_data",
 ]
 
@@ -337,7 +341,9 @@ __getattr__ = lazy_names(
             "BoundedLoader",
             "Duplicate",
             "Lines",
+            "Located",
             "YamlRefused",
+            "locate",
             "located_data",
         )
     },
