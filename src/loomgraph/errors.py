@@ -22,6 +22,7 @@ with where each class lives (relative to `loomgraph.`):
     │   ├── UnknownGraph                    authoring.library
     │   ├── UnknownNode + KeyError          testing
     │   ├── RenderError                     authoring.diagram (and .render)
+    │   ├── LoaderTagError + TemplateSyntaxError  graph.condition_code
     │   └── GraphChanged                    agent.checkpoints
     ├── RunStopped                          protocols
     ├── TypeSyntaxError + ValueError        graph.field_types
@@ -44,6 +45,8 @@ with where each class lives (relative to `loomgraph.`):
     │   └── RunPossiblyLost                 runtime.errors
     ├── BudgetExceeded                      protocols
     ├── AmbiguousLedger                     governance.ledger_sites
+    ├── BudgetConfigError + ValueError      governance.caps
+    │   └── UnpricedModel                   governance.caps
     ├── ModelError                          protocols
     │   ├── ModelAnswerIncomplete           protocols
     │   │   ├── ModelAnswerTruncated        protocols

@@ -11,6 +11,7 @@ from loomgraph.protocols.lazy import lazy_names
 
 if TYPE_CHECKING:
     from loomgraph.governance.budget import BudgetConfig, BudgetWarning, Caps, StandardBudget
+    from loomgraph.governance.caps import BudgetConfigError, UnpricedModel
     from loomgraph.governance.hooks import HookError, Hooks
     from loomgraph.governance.ledger import (
         NANO_USD,
@@ -35,6 +36,8 @@ if TYPE_CHECKING:
 # Each public name and the module that defines it.
 _MODULES = {
     "BudgetConfig": "loomgraph.governance.budget",
+    "BudgetConfigError": "loomgraph.governance.caps",
+    "UnpricedModel": "loomgraph.governance.caps",
     "BudgetWarning": "loomgraph.governance.budget",
     "Caps": "loomgraph.governance.budget",
     "StandardBudget": "loomgraph.governance.budget",
@@ -74,6 +77,7 @@ __all__ = [
     "AllowAll",
     "AmbiguousLedger",
     "BudgetConfig",
+    "BudgetConfigError",
     "BudgetWarning",
     "Caps",
     "Hold",
@@ -96,6 +100,7 @@ __all__ = [
     "StandardBudget",
     "StandardPermissions",
     "Totals",
+    "UnpricedModel",
     "canonical",
     "parse_rule",
 ]

@@ -7,6 +7,7 @@ import math
 from collections.abc import Callable, Mapping
 from dataclasses import replace
 
+from loomgraph.governance.caps import LARGEST_CAP
 from loomgraph.governance.ledger import NANO_USD, Totals
 from loomgraph.protocols import BudgetExceeded, Reservation, Usage
 
@@ -72,12 +73,15 @@ def counts_of(reservation: Reservation, usage: Usage) -> dict[str, int]:
 def metrics_of(usage: Usage, cost: float, counts: Mapping[str, int]) -> dict[str, int]:
     """The ledger amounts of a usage priced at `cost` (zeros left out)."""
     prompt, output = usage.prompt_tokens, usage.output_tokens
+    nano = max(cost, 0.0) * NANO_USD
     out = {
         "input_tokens": prompt,
         "output_tokens": output,
         "total_tokens": prompt + output,
-        # Round cost up: a reservation never holds less than the price.
-        "cost_usd": math.ceil(max(cost, 0.0) * NANO_USD - 1e-6),
+        # Round cost up: a reservation never holds less than the price. A cost past every
+        # cap (too large for a float, or NaN) counts as one nano-dollar more than the
+        # largest cap: refused, or blocking once spent, instead of an OverflowError.
+        "cost_usd": math.ceil(nano - 1e-6) if nano <= LARGEST_CAP else LARGEST_CAP + 1,
         **counts,
     }
     return {k: v for k, v in out.items() if v}

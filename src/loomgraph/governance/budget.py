@@ -41,9 +41,12 @@ from loomgraph.governance.amounts import (
 from loomgraph.governance.budget_warnings import Warnings
 from loomgraph.governance.caps import (
     BudgetConfig,
+    BudgetConfigError,
     BudgetWarning,
     Caps,
+    UnpricedModel,
     WarningCallback,
+    check_priced,
     user_scope,
 )
 from loomgraph.governance.crash_charges import charge_left_holds, charged_usage
@@ -64,7 +67,14 @@ from loomgraph.protocols import BudgetExceeded, BudgetScope, Reservation, Usage
 from loomgraph.protocols.ledger import LedgerSite
 from loomgraph.protocols.pricing import compute_cost
 
-__all__ = ["BudgetConfig", "BudgetWarning", "Caps", "StandardBudget"]
+__all__ = [
+    "BudgetConfig",
+    "BudgetConfigError",
+    "BudgetWarning",
+    "Caps",
+    "StandardBudget",
+    "UnpricedModel",
+]
 
 DEFAULT_MAX = 4096
 """Output tokens reserved when neither the model nor the config gives a limit."""
@@ -121,6 +131,9 @@ class StandardBudget:
         bound._bound = True
         if bound.model is None:
             bound.model = model
+        if self.config.caps_cost():
+            # Refused where the Agent is made, not at its first call (UnpricedModel).
+            check_priced(bound.model, self.config.prices)
         placed = site is not None and type(self.ledger) is InMemoryLedger
         bound.ledger = self._places.place(site if placed else None, self.ledger)
         if bound.on_warning is None:
@@ -165,15 +178,9 @@ class StandardBudget:
         return compute_cost(self.model or "", usage, prices)
 
     def _check_priced(self, scopes: list[tuple[str, dict[str, int]]]) -> None:
-        if (
-            self.model is None
-            and not callable(self.config.prices)
-            and any("cost_usd" in limits for _, limits in scopes)
-        ):
-            raise ValueError(
-                "a cost_usd cap needs BudgetConfig(model=...) (or budget.model) "
-                "to price model reservations"
-            )
+        # A call priced at $0 because nothing knows its price would never meet a cost cap.
+        if any("cost_usd" in limits for _, limits in scopes):
+            check_priced(self.model, self.config.prices)
 
     # ------------------------------------------------------------------ the Budget protocol
 
@@ -211,11 +218,13 @@ class StandardBudget:
 
     async def fit_output(self, scope: BudgetScope, prompt_tokens: int, limit: int | None) -> int:
         """The output tokens a model call may reserve now, held for that call: the smallest
-        of `limit` (the model's), `config.default_max_tokens` and what every token and cost
-        cap has left after the prompt; raises BudgetExceeded, naming the cap, when not even
-        the prompt fits (after waiting, as `reserve` does, while other runs' holds stand in
-        the way). The call's `reserve` of that worst case takes the hold over."""
-        want = min(x for x in (limit, self.config.default_max_tokens, DEFAULT_MAX) if x)
+        of `limit` (the model's), `config.default_max_tokens` (DEFAULT_MAX when neither gives
+        one) and what every token and cost cap has left after the prompt; raises
+        BudgetExceeded, naming the cap, when not even the prompt fits (after waiting, as
+        `reserve` does, while other runs' holds stand in the way). The call's `reserve` of
+        that worst case takes the hold over."""
+        given = [x for x in (limit, self.config.default_max_tokens) if x]
+        want = min(given) if given else DEFAULT_MAX
         scopes = self.scopes(scope)
         if not scopes:
             return want

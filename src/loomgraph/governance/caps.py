@@ -1,5 +1,13 @@
 """Budget configuration: the caps of one scope (`Caps`), and `BudgetConfig` — global caps, caps
-per user, the warning threshold and how reservations are priced.
+per user, the warning threshold and how reservations are priced — and the typed errors of a
+configuration that cannot be honoured (`BudgetConfigError`, `UnpricedModel`).
+
+What cannot be honoured is refused where it is written, not as an OverflowError at every
+reservation: caps are integers in the ledger (cost in nano-dollars), at most `LARGEST_CAP`
+(2**63 - 1, a 64-bit integer: about $9.2 billion, or 9.2e18 tokens), which SQL readers of a
+ledger and the float arithmetic that sizes a call both hold. A bigger cap could never bind
+anyway; `None` is how to write "no cap". `input_margin` is a finite factor of at most
+`MAX_INPUT_MARGIN`.
 """
 
 from __future__ import annotations
@@ -8,13 +16,54 @@ import math
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 
+from loomgraph.errors import LoomgraphError
 from loomgraph.governance.ledger import METRICS, NANO_USD
-from loomgraph.protocols.pricing import PriceOverride
+from loomgraph.protocols.pricing import PriceOverride, price_for
 
-__all__ = ["ANONYMOUS", "BudgetConfig", "BudgetWarning", "Caps", "user_scope"]
+__all__ = [
+    "ANONYMOUS",
+    "LARGEST_CAP",
+    "MAX_INPUT_MARGIN",
+    "BudgetConfig",
+    "BudgetConfigError",
+    "BudgetWarning",
+    "Caps",
+    "UnpricedModel",
+    "check_priced",
+    "user_scope",
+]
 
 CAP_NAMES = (*METRICS, "wall_clock_s")
 ANONYMOUS = "(anonymous)"
+LARGEST_CAP = 2**63 - 1
+"""The largest ledger cap (tokens, calls, or nano-dollars of cost): a 64-bit integer's range."""
+MAX_INPUT_MARGIN = 100.0
+"""The largest `input_margin`: a tokenizer counting a token a byte of 4-byte characters is 16
+times the ≈4-characters-a-token estimate; 100 leaves room for hidden prompts on tiny ones."""
+
+
+class BudgetConfigError(LoomgraphError, ValueError):
+    """A budget configuration that cannot be honoured; `field` names the setting."""
+
+    def __init__(self, field: str, message: str) -> None:
+        self.field = field
+        super().__init__(message)
+
+
+class UnpricedModel(BudgetConfigError):
+    """A cost cap with a model the price table does not know and no `prices=` to price it:
+    its calls would be reserved at $0 and the cap would never bind."""
+
+    def __init__(self, model: str) -> None:
+        self.model = model
+        super().__init__(
+            "model",
+            f"a cost_usd cap cannot price model {model!r}: it matches no entry of the price "
+            f"table (loomgraph.protocols.pricing), so its calls would be reserved at $0. Give "
+            f"its price with BudgetConfig(prices={{{model!r}: Price(input=..., output=...)}}) "
+            "(USD per million tokens; the same prices= to the model adapter) or "
+            f"register_price({model!r}, Price(...)), or cap tokens instead of cost",
+        )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -41,8 +90,16 @@ class Caps:
                 or value < 0
                 or not math.isfinite(value)
             ):
-                raise ValueError(
-                    f"budget cap {name} must be a non-negative number or None, not {value!r}"
+                raise BudgetConfigError(
+                    name, f"budget cap {name} must be a non-negative number or None, not {value!r}"
+                )
+            scaled = value * NANO_USD if name == "cost_usd" else value  # (inf past floats)
+            if name in METRICS and scaled > LARGEST_CAP:
+                most = f"${LARGEST_CAP // NANO_USD:,}" if name == "cost_usd" else f"{LARGEST_CAP:,}"
+                raise BudgetConfigError(
+                    name,
+                    f"budget cap {name}={value!r} is more than a ledger counts (at most "
+                    f"{most}); leave it None for no cap",
                 )
 
     def limits(self) -> dict[str, int]:
@@ -51,11 +108,14 @@ class Caps:
         for name in METRICS:
             value = getattr(self, name)
             if value is not None:
-                # Round the cap down: a cap never admits more than the user wrote.
-                out[name] = (
-                    math.floor(value * NANO_USD + 1e-6) if name == "cost_usd" else int(value)
-                )
+                out[name] = _ledger_cap(name, value)
         return out
+
+
+def _ledger_cap(name: str, value: float) -> int:
+    """A cap as the ledger counts it (cost in nano-dollars), rounded down: a cap never admits
+    more than the user wrote."""
+    return math.floor(value * NANO_USD + 1e-6) if name == "cost_usd" else int(value)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -84,21 +144,47 @@ class BudgetConfig(Caps):
             if caps is not None and not isinstance(caps, Caps):
                 raise TypeError(f"per-user caps must be Caps, not {type(caps).__name__}")
             if isinstance(caps, BudgetConfig) and (caps.per_user or caps.users):
-                raise ValueError("per-user caps cannot have per-user caps of their own")
+                raise BudgetConfigError(
+                    "per_user", "per-user caps cannot have per-user caps of their own"
+                )
         if self.warn_at is not None and not 0 < self.warn_at <= 1:
-            raise ValueError(f"warn_at must be in (0, 1] or None, not {self.warn_at!r}")
+            raise BudgetConfigError(
+                "warn_at", f"warn_at must be in (0, 1] or None, not {self.warn_at!r}"
+            )
         if self.default_max_tokens is not None and (
             isinstance(self.default_max_tokens, bool)
             or not isinstance(self.default_max_tokens, int)
             or self.default_max_tokens < 1
         ):
             wrong = self.default_max_tokens
-            raise ValueError(f"default_max_tokens must be a positive int or None, not {wrong!r}")
+            raise BudgetConfigError(
+                "default_max_tokens",
+                f"default_max_tokens must be a positive int or None, not {wrong!r}",
+            )
         wait = self.hold_wait_s
         if isinstance(wait, bool) or not isinstance(wait, int | float) or not 0 <= wait < math.inf:
-            raise ValueError(f"hold_wait_s must be a non-negative number of seconds, not {wait!r}")
-        if not self.input_margin >= 1:
-            raise ValueError(f"input_margin must be at least 1, not {self.input_margin!r}")
+            raise BudgetConfigError(
+                "hold_wait_s", f"hold_wait_s must be a non-negative number of seconds, not {wait!r}"
+            )
+        margin = self.input_margin
+        if (
+            isinstance(margin, bool)
+            or not isinstance(margin, int | float)
+            or not 1 <= margin <= MAX_INPUT_MARGIN
+        ):
+            # An infinite (or absurd) margin would turn every prompt into an amount no
+            # arithmetic can hold: refused here, not as an OverflowError at each reservation.
+            raise BudgetConfigError(
+                "input_margin",
+                f"input_margin must be a number from 1 to {MAX_INPUT_MARGIN:g}, not {margin!r}",
+            )
+
+    def caps_cost(self) -> bool:
+        """Whether any cap of this config is a cost cap: global, per user or a user's own."""
+        return any(
+            caps is not None and caps.cost_usd is not None
+            for caps in (self, self.per_user, *self.users.values())
+        )
 
     def user_caps(self, user_id: str | None) -> Caps | None:
         """The caps that hold for one user, or None."""
@@ -120,6 +206,22 @@ class BudgetConfig(Caps):
         if caps is not None and caps.wall_clock_s is not None:
             candidates.append((f"{user_scope(user_id)}:wall_clock_s", caps.wall_clock_s))
         return min(candidates, key=lambda c: c[1]) if candidates else None
+
+
+def check_priced(model: str | None, prices: PriceOverride | None) -> None:
+    """Raise unless a cost cap can price `model`'s calls: with a price function, or a model
+    that the price table (with `prices` laid over it) knows. A cost cap refuses rather than
+    reserve a call it cannot price at $0."""
+    if callable(prices):
+        return
+    if model is None:
+        raise BudgetConfigError(
+            "model",
+            "a cost_usd cap needs BudgetConfig(model=...) (or budget.model) "
+            "to price model reservations",
+        )
+    if price_for(model, prices) is None:
+        raise UnpricedModel(model)
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,7 +3,8 @@
 Prices are matched by model-name prefix, longest prefix first, so `claude-sonnet-4-5-20250929`
 finds `claude-sonnet-4-5` and a dated snapshot needs no entry of its own. A model that matches
 nothing costs 0 (local models behind the OpenAI-compatible adapter, or a model newer than this
-table): the tokens are still counted, only `cost_usd` is 0. Override per adapter with
+table): the tokens are still counted, only `cost_usd` is 0 — and a budget's cost cap refuses
+such a model rather than reserve its calls at $0. Override per adapter with
 `prices=` (a dict of prefix → `Price`, laid over this table, or a function of model and usage),
 or for the whole process with `register_price`.
 
@@ -14,6 +15,7 @@ cache-write rate. Long-prompt surcharges are not modelled.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import TypeAlias
@@ -39,6 +41,19 @@ class Price:
     output: float
     cache_write: float = 0.0
     cache_read: float = 0.0
+
+    def __post_init__(self) -> None:
+        for name in ("input", "output", "cache_write", "cache_read"):
+            value = getattr(self, name)
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, int | float)
+                or not 0 <= value < math.inf
+            ):
+                raise ValueError(
+                    f"Price {name} must be a finite number of USD per million tokens, at "
+                    f"least 0, not {value!r}"
+                )
 
 
 def _anthropic(input_: float, output: float) -> Price:
@@ -69,6 +84,11 @@ DEFAULT_PRICES: dict[str, Price] = {
     "claude-3-5-haiku": _anthropic(0.8, 4.0),
     "claude-3-opus": _anthropic(15.0, 75.0),
     "claude-3-haiku": Price(0.25, 1.25, 0.3, 0.03),
+    # loomgraph's own zero-key models (EchoModel, ScriptedModel, by their default names) bill
+    # nothing: a known price of $0, so a cost cap runs on them rather than refusing them as
+    # models it cannot price (a ScriptedModel named after a real model is priced as that one).
+    "echo": Price(0.0, 0.0),
+    "scripted": Price(0.0, 0.0),
 }
 
 PriceOverride: TypeAlias = Mapping[str, Price] | Callable[[str, Usage], float]
