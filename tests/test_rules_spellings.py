@@ -127,7 +127,7 @@ def test_an_agent_files_inline_user_id_that_is_no_text_is_refused_at_its_line(
     with pytest.raises(AgentFileError) as caught:
         validate_agent_file(file)
     shown = [str(problem) for problem in caught.value.problems]
-    assert any(f"{file}:6:" in p and "user id 7" in p for p in shown), shown
+    assert any(f"{file}:6:" in p and "'007'" in p for p in shown), shown
 
 
 # ------------------------------------------------------------------ 2. URLs without //

@@ -20,12 +20,18 @@ from pydantic import ValidationError
 from loomgraph.authoring.agent_file_schema import line_at, schema_problems, without_failures
 from loomgraph.authoring.agent_spec import AgentSpec, ModelSpec, model_name_problem
 from loomgraph.authoring.library import load_graph
-from loomgraph.authoring.loader import SourceRefused, graph_from_data, parse_yaml, read_source
+from loomgraph.authoring.loader import (
+    SourceRefused,
+    graph_from_data,
+    graph_lines,
+    parse_yaml,
+    read_source,
+)
 from loomgraph.authoring.secrets import redact, substitute_env
 from loomgraph.errors import GraphError, GraphValidationError, Problem, ProblemsError
 from loomgraph.graph.imports import import_object
 from loomgraph.graph.spec import Graph
-from loomgraph.protocols.safe_yaml import Lines
+from loomgraph.protocols.safe_yaml import Lines, key_first
 
 __all__ = [
     "AgentFile",
@@ -49,7 +55,8 @@ class AgentFileError(ProblemsError, ValueError):
 
 @dataclass
 class AgentSource:
-    """An agent file's spec and where it came from: what a check of one section reads."""
+    """An agent file's spec and where it came from: what a check of one section reads.
+    `lines` has each key at its own line (`key_first`): where a problem about it is."""
 
     spec: AgentSpec
     path: Path
@@ -117,7 +124,8 @@ def load_agent_file(
         text = read_source(path)
     except SourceRefused as refused:
         raise AgentFileError([refused.problem]) from None
-    data, lines, problems = parse_yaml(text, file)
+    data, value_lines, problems = parse_yaml(text, file)
+    lines = key_first(value_lines)
     if data is None and problems:
         raise AgentFileError(problems)
     if not isinstance(data, dict):
@@ -145,7 +153,7 @@ def load_agent_file(
         except ValidationError:  # should not happen: every failure was left out
             raise AgentFileError(sorted(problems, key=lambda p: p.line or 0)) from None
     source = AgentSource(spec, path, lines)
-    checker = _Checker(source, check_imports, tools_at)
+    checker = _Checker(source, value_lines, check_imports, tools_at)
     problems += checker.problems
     for key, check in (checks or {}).items():
         if getattr(spec, key, None) is not None and key not in unset:
@@ -160,10 +168,16 @@ class _Checker:
     """The checks past the schema: instructions, model name, graph, tools, backends."""
 
     def __init__(
-        self, source: AgentSource, check_imports: bool, tools_at: list[int] | None = None
+        self,
+        source: AgentSource,
+        value_lines: Lines,
+        check_imports: bool,
+        tools_at: list[int] | None = None,
     ) -> None:
         spec = source.spec
         self.spec, self.path, self.lines = spec, source.path, source.lines
+        # Where each value starts: an inline graph's nodes are at their first line (`_graph`).
+        self.value_lines = value_lines
         # Where each of `spec.tools` is in the file's `tools` (some left out: `without_failures`).
         self.tools_at = tools_at if tools_at is not None else list(range(len(spec.tools)))
         self.problems: list[Problem] = []
@@ -250,8 +264,10 @@ class _Checker:
         arch = self.spec.architecture
         try:
             if isinstance(arch, dict):
-                sub = {k[1:]: v for k, v in self.lines.items() if k[:1] == ("architecture",)}
-                self.graph = graph_from_data(arch, file=str(self.path), lines=sub)
+                # As for a graph file: keys at their lines, nodes at their first line inside.
+                arch_lines = _under(self.value_lines, "architecture")
+                lines = graph_lines(arch_lines, _under(self.lines, "architecture"))
+                self.graph = graph_from_data(arch, file=str(self.path), lines=lines)
             else:
                 local = self.path.parent / arch
                 self.graph = load_graph(local if arch.endswith((".yaml", ".yml")) else arch)
@@ -276,3 +292,8 @@ class _Checker:
         ):
             return
         self.add("backend", f"{key} {value!r}: use memory, sqlite:PATH or postgres://…", key)
+
+
+def _under(lines: Lines, key: str) -> Lines:
+    """The lines of the part of the file under a top-level key, by its own data paths."""
+    return {path[1:]: line for path, line in lines.items() if path[:1] == (key,)}

@@ -19,6 +19,7 @@ from pydantic import (
 from loomgraph.authoring.loader import nearest_line, parse_yaml, schema_problems
 from loomgraph.errors import Problem, ProblemsError
 from loomgraph.eval.jsonl import parse_jsonl
+from loomgraph.protocols.safe_yaml import key_first
 
 __all__ = [
     "BUILT_IN_EVALUATORS",
@@ -205,7 +206,8 @@ class Dataset(_Strict):
             cases, lines, problems = parse_jsonl(text, str(path))
             data = None if cases is None else {"name": path.stem, **cases}
         else:
-            data, lines, problems = parse_yaml(text, str(path))
+            data, value_lines, problems = parse_yaml(text, str(path))
+            lines = key_first(value_lines)  # a problem about a key at the key's own line
         if data is None and problems:
             raise DatasetError(problems)
         return _validated(data, lines, problems, str(path))

@@ -41,20 +41,6 @@ ASK_KEYS = ("rule", "unless", "approval_timeout_s")
 MODES = ("default", "accept_edits", "bypass", "strict")
 TAINT_VERDICTS = ("ask", "deny", "allow")
 _MAX_BYTES = 1_000_000
-_STR_TAG = "tag:yaml.org,2002:str"
-# What YAML 1.1 reads a plain key as, when not as text.
-_READ_AS = {
-    f"tag:yaml.org,2002:{tag}": kind
-    for tag, kind in (
-        ("bool", "a boolean"),
-        ("int", "an integer"),
-        ("float", "a number"),
-        ("null", "null"),
-        ("timestamp", "a date"),
-        ("merge", "a merge key"),
-        ("binary", "binary data"),
-    )
-}
 
 
 def ask_entry(entry: Any) -> tuple[Rule, float | None]:
@@ -233,30 +219,22 @@ def _set_file(base: Path | None, name: Any, fail: Any, path: tuple[str | int, ..
 
 
 def _parse_yaml(text: str, file: str) -> tuple[Any, Lines]:
+    """The file's data, and its lines with each key at its own line (`key_first`)."""
     # Imported here: permissions given in code never need a YAML parser.
     import yaml
 
-    from loomgraph.protocols.safe_yaml import BoundedLoader, YamlRefused, located_data
-
-    class KeyLoader(BoundedLoader):
-        """A BoundedLoader that notes each mapping key YAML reads as no text."""
-
-        not_text: list[yaml.Node]
-
-        def compose_mapping_node(self, anchor: dict[Any, yaml.Node]) -> yaml.MappingNode:
-            node = super().compose_mapping_node(anchor)
-            self.not_text += [key for key, _ in node.value if key.tag != _STR_TAG]
-            return node
+    from loomgraph.protocols.safe_yaml import BoundedLoader, YamlRefused, key_first, locate
 
     try:
-        loader = KeyLoader(text)  # checks every character first: a NUL raises here
-        loader.not_text = []
+        loader = BoundedLoader(text)  # checks every character first: a NUL raises here
     except yaml.reader.ReaderError as err:
         where = text.count("\n", 0, err.position) + 1
         problem = f"unacceptable character #x{err.character:04x}: not allowed in YAML"
         raise PermissionConfigError(problem, file=file, line=where) from None
     try:
-        data, lines, duplicates = located_data(loader)
+        # Every key of a permission file is text (a name, a user id): `locate` refuses
+        # `on:`, `007:`, `12:30:` and `null:`, which would become other ids.
+        located = locate(loader)
     except YamlRefused as refused:
         raise PermissionConfigError(str(refused), file=file, line=refused.line) from None
     except RecursionError:  # the depth limit should stop it first; never a traceback
@@ -268,23 +246,7 @@ def _parse_yaml(text: str, file: str) -> tuple[Any, Lines]:
         raise PermissionConfigError(str(err), file=file) from None
     finally:
         loader.dispose()
-    if loader.not_text:
-        # Every key of a permission file is text (a name, a user id): YAML 1.1 reads `on:`,
-        # `007:`, `12:30:` and `null:` as True, 7, 750 and None, which would become other ids.
-        key = min(loader.not_text, key=lambda node: node.start_mark.index)
-        raise PermissionConfigError(_key_problem(key), file=file, line=key.start_mark.line + 1)
-    if duplicates:
-        first = duplicates[0]
+    if located.duplicates:
+        first = located.duplicates[0]
         raise PermissionConfigError(f"key {first.key!r} appears twice", file=file, line=first.line)
-    return data, lines
-
-
-def _key_problem(key: Any) -> str:
-    """Why a mapping key (a YAML node) is refused, and how to write it as text."""
-    if not isinstance(key.value, str):
-        return "a key must be text, not a list or mapping"
-    kind = _READ_AS.get(key.tag, f"a value tagged {key.tag}")
-    return (
-        f"key {key.value!r} is read by YAML as {kind}, not as the text written; "
-        f"quote it ('{key.value}':) to mean the text"
-    )
+    return located.data, key_first(located.lines)
