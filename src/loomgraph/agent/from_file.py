@@ -4,8 +4,9 @@ it would (`validate_agent_file`, what `loomgraph validate` runs).
 `authoring.agent_file` validates the file's shape, graph and imports; this module turns the
 spec into objects: the model with its settings, tools (import paths next to the file, MCP
 servers), backends, budget, permissions, audit log and telemetry. What only a backend can
-check — `model` (the model takes its settings), `permissions` (its rules parse, its files
-read) and `audit_log` (its key, its file's folder) — is one check per section
+check — `model` (the model takes its settings), `budget` (a cost cap can price the model),
+`permissions` (its rules parse, its files read) and `audit_log` (its key, its file's
+folder) — is one check per section
 (`SECTION_CHECKS`), which `load_agent_file` runs beside its own, for `Agent.from_file` and
 for `validate_agent_file` alike: both report the same problems, every one at once, with the
 file's lines. The checks read; they never write, connect or start anything (a built-in model
@@ -40,6 +41,8 @@ from loomgraph.authoring.agent_spec import (
     MCPHttpSpec,
     MCPStdioSpec,
     TelemetrySpec,
+    names_an_adapter,
+    unpriced_problem,
 )
 from loomgraph.errors import Problem
 from loomgraph.graph.imports import import_object
@@ -63,10 +66,15 @@ def validate_agent_file(path: str | Path) -> AgentFile:
 
 def agent_arguments(path: str | Path, overrides: dict[str, Any]) -> dict[str, Any]:
     """The Agent's keyword arguments from the file at `path`, `overrides` replacing them."""
-    # A section an override replaces is not used, so it is not checked either.
-    checks = {key: check for key, check in SECTION_CHECKS.items() if key not in overrides}
+    # A section an override replaces is not used, so it is not checked either (nor the
+    # budget's prices against a model that another replaces).
+    replaced = {*overrides, *(["budget"] if "model" in overrides else [])}
+    checks = {key: check for key, check in SECTION_CHECKS.items() if key not in replaced}
     loaded = load_agent_file(path, checks=checks)
     spec = loaded.spec
+    # The file's prices go to the model it makes as well as to its budget: the ledger charges
+    # what the adapter reports, so both price alike. A budget given in Python replaces them.
+    prices = spec.budget.price_table() if spec.budget and "budget" not in overrides else None
     problems: list[Problem] = []
     args: dict[str, Any] = {
         "name": spec.name,
@@ -76,11 +84,14 @@ def agent_arguments(path: str | Path, overrides: dict[str, Any]) -> dict[str, An
         "runtime": loaded.backend(spec.runtime),
     }
     if "model" not in overrides:
-        args["model"] = _model(loaded, problems)
+        args["model"] = _model(loaded, problems, prices)
     if "tools" not in overrides:
         args["tools"] = _tools(loaded)
     if spec.budget is not None and "budget" not in overrides:
         args["budget"] = _budget(spec.budget)
+        if "model" in args and not names_an_adapter(spec.model_spec.name):
+            # A MODULE:ATTR model is named only once made (an adapter's check ran at load).
+            problems += _unpriced(loaded, getattr(args["model"], "name", None))
     if spec.permissions is not None and "permissions" not in overrides:
         args["permissions"] = _permissions(loaded, problems)
     if spec.audit_log is not None and "audit_log" not in overrides:
@@ -111,12 +122,16 @@ def model_problems(source: AgentSource) -> list[Problem]:
     return []
 
 
-def _model(loaded: AgentFile, problems: list[Problem]) -> Any:
-    """The file's model, made; problems (not a raw error) when making it fails as
-    `model_problems` would have said, or as the user's function raises it."""
+def _model(loaded: AgentFile, problems: list[Problem], prices: Any = None) -> Any:
+    """The file's model, made (a built-in adapter with the budget's `prices`); problems (not
+    a raw error) when making it fails as `model_problems` would have said, or as the user's
+    function raises it."""
     model = loaded.spec.model_spec
+    # Only the adapters take a price table: echo prices nothing, and a MODULE:ATTR model
+    # takes the settings its code names (the budget prices what it does not).
+    priced = {"prices": prices} if prices and names_an_adapter(model.name) else {}
     try:
-        return resolve_model(model.name, model.options(), near=loaded.path)
+        return resolve_model(model.name, {**model.options(), **priced}, near=loaded.path)
     except (ConfigError, ModelConfigError) as err:
         problems.extend(_model_said(err, loaded))
         return None
@@ -188,8 +203,41 @@ def _budget(spec: BudgetSpec) -> Any:
         per_user=_caps(spec.per_user) if spec.per_user else None,
         users={user: _caps(caps) for user, caps in (spec.users or {}).items()},
         warn_at=spec.warn_at,
+        prices=spec.price_table(),
     )
     return StandardBudget(config)
+
+
+def budget_problems(source: AgentSource) -> list[Problem]:
+    """The problem of a cost cap on a built-in model that neither the price table nor the
+    budget's `prices` knows (the Agent would refuse it: its calls would be reserved at $0).
+    The adapter is made offline, as the `model` check makes it, for the name it goes by."""
+    budget, model = source.spec.budget, source.spec.model_spec
+    if budget is None or budget.cost_cap_at() is None or not names_an_adapter(model.name):
+        return []  # no cost cap; echo is priced; a MODULE:ATTR model is checked once made
+    try:
+        made = resolve_model(model.name, model.options(), near=source.path)
+    except (ConfigError, ModelConfigError):
+        return []  # the `model` check's problem
+    return _unpriced(source, made.name)
+
+
+def _unpriced(source: AgentSource, name: str | None) -> list[Problem]:
+    """A `[budget]` problem when the budget caps cost and cannot price model `name`, at its
+    `prices` (which then miss it) or else at its cost cap."""
+    from loomgraph.governance.caps import BudgetConfigError, check_priced
+
+    spec = source.spec.budget
+    cap = spec.cost_cap_at() if spec is not None else None
+    if spec is None or cap is None or name is None:
+        return []
+    try:
+        check_priced(name, spec.price_table())
+    except BudgetConfigError:
+        said = unpriced_problem(source.spec.model_spec.name, name)
+        where = ("prices",) if spec.prices is not None else cap
+        return [Problem("budget", said, str(source.path), source.line_of("budget", *where))]
+    return []
 
 
 # ------------------------------------------------------------------ permissions
@@ -383,6 +431,7 @@ def _telemetry(spec: TelemetrySpec, name: str) -> Any:
 # also the `Agent` argument the section makes, which an override replaces).
 SECTION_CHECKS: Mapping[str, SectionCheck] = {
     "model": model_problems,
+    "budget": budget_problems,
     "permissions": permission_problems,
     "audit_log": audit_log_problems,
 }

@@ -27,6 +27,7 @@ from loomgraph.authoring.secrets import redact
 from loomgraph.protocols.backend_specs import SPEC_FORMS as SPEC_FORMS
 from loomgraph.protocols.backend_specs import backend_scheme as backend_scheme
 from loomgraph.protocols.backend_specs import backend_spec_problem as backend_spec_problem
+from loomgraph.protocols.pricing import Price
 
 AGENT_SCHEMA_VERSION = 1
 
@@ -111,12 +112,55 @@ class CapsSpec(_Spec):
     wall_clock_s: NonNegativeFloat | None = None
 
 
+# USD per million tokens: a number (not text, not a bool), finite, at least 0, as
+# `protocols.pricing.Price` requires, refused here so the problem has the file's line.
+PerMillionUSD = Annotated[float, Field(ge=0, strict=True, allow_inf_nan=False)]
+
+
+class PriceSpec(_Spec):
+    """A model's price, USD per million tokens (the fields of `protocols.pricing.Price`)."""
+
+    input: PerMillionUSD
+    output: PerMillionUSD
+    cache_write: PerMillionUSD = 0.0
+    cache_read: PerMillionUSD = 0.0
+
+    def price(self) -> Price:
+        """The price as the price table holds it."""
+        return Price(self.input, self.output, self.cache_write, self.cache_read)
+
+
 class BudgetSpec(CapsSpec):
-    """Global caps, caps per user (`per_user`), some users' own caps, the warning threshold."""
+    """Global caps, caps per user (`per_user`), some users' own caps, the warning threshold,
+    and prices of models the price table does not know (`prices`)."""
 
     per_user: CapsSpec | None = None
     users: dict[str, CapsSpec] | None = None
     warn_at: Annotated[float, Field(gt=0, le=1)] | None = 0.8
+    prices: dict[Annotated[str, Field(min_length=1)], PriceSpec] | None = Field(
+        None,
+        description="model-name prefix (the longest matching wins) → price, laid over the "
+        "price table; for the budget and the model adapter alike",
+    )
+
+    def price_table(self) -> dict[str, Price] | None:
+        """`prices` as a table of prefix → Price (None when the file gives none)."""
+        if self.prices is None:
+            return None
+        return {prefix: given.price() for prefix, given in self.prices.items()}
+
+    def cost_cap_at(self) -> tuple[str, ...] | None:
+        """Where the first `cost_usd` cap is, as keys under `budget` (global, `per_user`, a
+        user's own), or None when the budget caps no cost."""
+        scopes: list[tuple[tuple[str, ...], CapsSpec | None]] = [
+            ((), self),
+            (("per_user",), self.per_user),
+            *((("users", user), caps) for user, caps in (self.users or {}).items()),
+        ]
+        for keys, caps in scopes:
+            if caps is not None and caps.cost_usd is not None:
+                return (*keys, "cost_usd")
+        return None
 
 
 class AuditLogSpec(_Spec):
@@ -187,6 +231,16 @@ _MODEL_NAME = re.compile(
 )
 
 
+# The built-in adapters (Anthropic's, an OpenAI-compatible server's): made offline, they take
+# the settings of `ModelSpec` and a price table (`prices=`).
+_ADAPTER_NAME = re.compile(r"claude-\S+|(anthropic|openai|openai-compat):\S+")
+
+
+def names_an_adapter(name: str) -> bool:
+    """Whether `name` names a built-in model adapter (not `echo`, not `MODULE:ATTR`)."""
+    return _ADAPTER_NAME.fullmatch(name) is not None
+
+
 def model_name_problem(name: str) -> str | None:
     """Why `name` is no model name loomgraph knows, or None."""
     if _MODEL_NAME.fullmatch(name):
@@ -194,4 +248,15 @@ def model_name_problem(name: str) -> str | None:
     return (
         f"unknown model {name!r}; use echo, claude-NAME, anthropic:NAME, openai:NAME "
         "(an OpenAI-compatible server) or MODULE:ATTR naming a Model"
+    )
+
+
+def unpriced_problem(given: str, name: str) -> str:
+    """What a cost cap on the file's model `given`, priced as `name`, lacks: its price."""
+    called = repr(given) + (f" (priced as {name!r})" if given != name else "")
+    return (
+        f"a cost_usd cap cannot price model {called}: neither the price table nor `prices` "
+        "knows it, so its calls would be reserved at $0; give its price in the budget, "
+        f"`prices: {{{name}: {{input: …, output: …}}}}` (USD per million tokens, keyed by a "
+        "prefix of the name it is priced as), or cap tokens instead of cost"
     )
