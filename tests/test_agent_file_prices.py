@@ -321,3 +321,18 @@ def test_the_documented_problem_is_what_the_example_without_prices_gets(tmp_path
     [problem] = refused.value.problems
     said = str(problem).replace(str(path), "agent.yaml")
     assert f"```\n{said}\n```" in budget_section()
+
+
+def test_a_cap_no_ledger_can_count_is_a_budget_problem_at_its_line(tmp_path: Path) -> None:
+    """`validate` reports what the budget would refuse when made (it raised a bare
+    BudgetConfigError from `from_file`), at the cap's own line, also under `per_user`."""
+    file = tmp_path / "huge.yaml"
+    file.write_text(
+        "schema_version: 1\nname: huge\nmodel: echo\nbudget:\n  per_user:\n"
+        "    model_calls: 3\n    cost_usd: 1.0e+300\n"
+    )
+    for check in (validate_agent_file, lambda path: Agent.from_file(path)):
+        with pytest.raises(AgentFileError) as caught:
+            check(file)
+        shown = [str(problem) for problem in caught.value.problems]
+        assert any(f"{file}:7: [budget]" in p and "cost_usd" in p for p in shown), shown

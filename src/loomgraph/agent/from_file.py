@@ -3,7 +3,7 @@ it would (`validate_agent_file`, what `loomgraph validate` runs).
 
 `authoring.agent_file` validates the file's shape, graph and imports; this module turns the
 spec into objects: the model with its settings, tools (import paths next to the file, MCP
-servers), backends, budget, permissions, audit log and telemetry. What only a backend can
+servers), backends, budget, permissions, audit log (`file_audit_log`) and telemetry. What only a backend can
 check — `model` (the model takes its settings), `budget` (a cost cap can price the model),
 `permissions` (its rules parse, its files read) and `audit_log` (its key, its file's
 folder) — is one check per section
@@ -15,7 +15,6 @@ adapter, made offline, is made and dropped; a user's model function is read, not
 
 from __future__ import annotations
 
-import stat
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -27,6 +26,7 @@ from loomgraph.agent.deps import (
     check_model,
     resolve_model,
 )
+from loomgraph.agent.file_audit_log import audit_log_of, audit_log_problems, not_a_file
 from loomgraph.authoring.agent_file import (
     AgentFile,
     AgentFileError,
@@ -35,7 +35,6 @@ from loomgraph.authoring.agent_file import (
     load_agent_file,
 )
 from loomgraph.authoring.agent_spec import (
-    AuditLogSpec,
     BudgetSpec,
     CapsSpec,
     MCPHttpSpec,
@@ -51,8 +50,6 @@ from loomgraph.models.errors import ModelConfigError
 if TYPE_CHECKING:  # governance and the audit log are loaded only for a file that has them
     from loomgraph.governance.permissions import StandardPermissions
     from loomgraph.governance.rule_errors import PermissionConfigError
-    from loomgraph.observability.audit_chain import AuditLogError
-    from loomgraph.observability.audit_key import AuditKeyMissing
 
 __all__ = ["SECTION_CHECKS", "agent_arguments", "model_problems", "validate_agent_file"]
 
@@ -95,7 +92,7 @@ def agent_arguments(path: str | Path, overrides: dict[str, Any]) -> dict[str, An
     if spec.permissions is not None and "permissions" not in overrides:
         args["permissions"] = _permissions(loaded, problems)
     if spec.audit_log is not None and "audit_log" not in overrides:
-        args["audit_log"] = _audit_log(loaded, spec.audit_log, problems)
+        args["audit_log"] = audit_log_of(loaded, spec.audit_log, problems)
     if spec.telemetry is not None and "telemetry" not in overrides:
         args["telemetry"] = _telemetry(spec.telemetry, spec.name)
     if problems:  # the checks passed, but a file changed since (a permission file edited)
@@ -209,11 +206,21 @@ def _budget(spec: BudgetSpec) -> Any:
 
 
 def budget_problems(source: AgentSource) -> list[Problem]:
-    """The problem of a cost cap on a built-in model that neither the price table nor the
-    budget's `prices` knows (the Agent would refuse it: its calls would be reserved at $0).
+    """The problem of a setting the budget refuses (a cap no ledger can count: at its line),
+    or of a cost cap on a built-in model that neither the price table nor the budget's
+    `prices` knows (the Agent would refuse it: its calls would be reserved at $0).
     The adapter is made offline, as the `model` check makes it, for the name it goes by."""
+    from loomgraph.governance.caps import BudgetConfigError
+
     budget, model = source.spec.budget, source.spec.model_spec
-    if budget is None or budget.cost_cap_at() is None or not names_an_adapter(model.name):
+    if budget is None:
+        return []
+    try:
+        _budget(budget)  # what the Agent is given: a cap no ledger can count is refused
+    except BudgetConfigError as err:
+        where = budget.setting_at(err.field) or ()
+        return [Problem("budget", str(err), str(source.path), source.line_of("budget", *where))]
+    if budget.cost_cap_at() is None or not names_an_adapter(model.name):
         return []  # no cost cap; echo is priced; a MODULE:ATTR model is checked once made
     try:
         made = resolve_model(model.name, model.options(), near=source.path)
@@ -276,7 +283,7 @@ def _permissions_of(source: AgentSource) -> StandardPermissions:
     if isinstance(given, str):
         target = Path(source.relative(given))
         # Checked first: reading a FIFO or device would wait, or never end.
-        if (why := _not_a_file(target, "permission file")) is not None:
+        if (why := not_a_file(target, "permission file")) is not None:
             raise PermissionConfigError(why)
         try:
             return StandardPermissions.from_file(target)
@@ -300,118 +307,6 @@ def _permission_problem(err: PermissionConfigError, source: AgentSource) -> Prob
     if err.file is not None and err.file != str(source.path):
         said = f"{err.file}: {said}"
     return Problem("permissions", said, str(source.path), source.line_of("permissions"))
-
-
-# ------------------------------------------------------------------ the audit log
-
-
-def audit_log_problems(source: AgentSource) -> list[Problem]:
-    """The problems of the file's `audit_log`: no key (a variable not set, a key file
-    missing or empty), two key sources, a log file that is a folder or a FIFO, or in a
-    folder that does not exist. Reads the key to check it, and nothing else; writes nothing."""
-    spec = source.spec.audit_log
-    assert spec is not None  # `load_agent_file` checks a section the file has
-    found = [_audit_key_problem(source, spec), _audit_file_problem(source, spec)]
-    return [p for p in found if p is not None]
-
-
-def _audit_key_problem(source: AgentSource, spec: AuditLogSpec) -> Problem | None:
-    from loomgraph.observability.audit_chain import AuditLogError
-    from loomgraph.observability.audit_key import resolve_audit_key
-
-    given = [
-        name
-        for name, on in (
-            ("key_env", spec.key_env is not None),
-            ("key_file", spec.key_file is not None),
-            ("unsigned", spec.unsigned),
-        )
-        if on
-    ]
-    where = ("audit_log", given[0]) if len(given) == 1 else ("audit_log",)
-
-    def problem(message: str) -> Problem:
-        return Problem("audit-log", message, str(source.path), source.line_of(*where))
-
-    if len(given) > 1:
-        return problem(
-            f"`audit_log` gives {' and '.join(f'`{g}`' for g in given)}: give one key "
-            "source, `key_env: NAME` or `key_file: PATH`, or `unsigned: true` alone"
-        )
-    key_file = Path(source.relative(spec.key_file)) if spec.key_file is not None else None
-    if key_file is not None and (why := _not_a_file(key_file, "audit key file")) is not None:
-        return problem(why)  # (a FIFO would block the read)
-    try:
-        resolve_audit_key(key_file=key_file, key_env=spec.key_env, unsigned=spec.unsigned)
-    except AuditLogError as err:
-        return problem(_audit_said(err))
-    return None
-
-
-def _audit_file_problem(source: AgentSource, spec: AuditLogSpec) -> Problem | None:
-    target = Path(source.relative(spec.file))
-    # A log not there yet is made by the first entry: its folder must be.
-    why = _not_a_file(target, "audit log", missing_ok=True)
-    if why is None and not target.parent.is_dir():
-        why = (
-            f"the audit log {target} is in a folder that does not exist: create "
-            f"{target.parent} (the first entry makes the log file, not its folder)"
-        )
-    if why is None:
-        return None
-    return Problem("audit-log", why, str(source.path), source.line_of("audit_log", "file"))
-
-
-def _audit_log(loaded: AgentFile, spec: AuditLogSpec, problems: list[Problem]) -> Any:
-    from loomgraph.observability import FileAuditLog
-    from loomgraph.observability.audit_chain import AuditLogError
-
-    try:
-        return FileAuditLog(
-            loaded.relative(spec.file),
-            key_env=spec.key_env,
-            key_file=loaded.relative(spec.key_file) if spec.key_file else None,
-            unsigned=spec.unsigned,
-        )
-    except AuditLogError as err:
-        said = _audit_said(err)
-        problems.append(Problem("audit-log", said, str(loaded.path), loaded.line_of("audit_log")))
-        return None
-
-
-def _audit_said(err: AuditLogError) -> str:
-    """An audit-log error said with the keys of the file's `audit_log`: a missing key names
-    them, not the Python arguments (`key_file=`) its own message names."""
-    from loomgraph.observability import AuditKeyMissing
-
-    return _no_key(err) if isinstance(err, AuditKeyMissing) else str(err)
-
-
-def _no_key(err: AuditKeyMissing) -> str:
-    """An `AuditKeyMissing` said with the keys of the file's `audit_log`."""
-    if err.named:
-        return f"the audit key variable ${err.variable} (`key_env`) is not set"
-    return (
-        "the audit log has no key: give `audit_log` a `key_env: NAME` or `key_file: PATH`, "
-        f"set ${err.variable}, or say `unsigned: true` for a log anyone can rewrite"
-    )
-
-
-def _not_a_file(path: Path, what: str, *, missing_ok: bool = False) -> str | None:
-    """Why `path` is no regular file to read (missing, unless `missing_ok`; a folder, a FIFO
-    or a device; unreachable), or None when it is one."""
-    try:
-        mode = path.stat().st_mode
-    except FileNotFoundError:
-        return None if missing_ok else f"no {what} at {path}"
-    except OSError as err:
-        return f"cannot reach the {what} {path}: {err.strerror}"
-    if not stat.S_ISREG(mode):
-        return f"the {what} {path} is not a regular file (a folder, FIFO or device)"
-    return None
-
-
-# ------------------------------------------------------------------ telemetry
 
 
 def _telemetry(spec: TelemetrySpec, name: str) -> Any:

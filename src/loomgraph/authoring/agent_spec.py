@@ -152,14 +152,19 @@ class BudgetSpec(CapsSpec):
     def cost_cap_at(self) -> tuple[str, ...] | None:
         """Where the first `cost_usd` cap is, as keys under `budget` (global, `per_user`, a
         user's own), or None when the budget caps no cost."""
+        return self.setting_at("cost_usd")
+
+    def setting_at(self, name: str) -> tuple[str, ...] | None:
+        """Where the first setting `name` is given, as keys under `budget` (global,
+        `per_user`, a user's own), or None when none of them gives it."""
         scopes: list[tuple[tuple[str, ...], CapsSpec | None]] = [
             ((), self),
             (("per_user",), self.per_user),
             *((("users", user), caps) for user, caps in (self.users or {}).items()),
         ]
         for keys, caps in scopes:
-            if caps is not None and caps.cost_usd is not None:
-                return (*keys, "cost_usd")
+            if caps is not None and getattr(caps, name, None) is not None:
+                return (*keys, name)
         return None
 
 
