@@ -160,7 +160,9 @@ class ToolGate:
         scope, node = self.scope, self.node
 
         async def progress(message: str, data: dict[str, Any]) -> None:
-            payload = {"call_id": call["id"], "tool": call["tool"], "message": message, **data}
+            # The tool's data sits next to the event's own keys, which win: a tool reporting
+            # `tool="ffmpeg"` must not make listeners attach its progress to another call.
+            payload = {**data, "call_id": call["id"], "tool": call["tool"], "message": message}
             await scope.emit(TOOL_PROGRESS, payload, node)
 
         return ToolRun(scope.run_id, scope.user_id, scope.session_id, node, progress)

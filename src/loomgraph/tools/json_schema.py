@@ -1,9 +1,10 @@
-"""Arguments given as a JSON Schema (`Tool.from_schema`), validated with `jsonschema`."""
+"""Arguments given as a JSON Schema (`Tool.from_schema`), validated with `jsonschema`; and the
+copies of the model's arguments a tool's function is handed (`json_copy`, `passes_input`)."""
 
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -125,13 +126,121 @@ class JsonArguments:
         smuggled = self.hidden.intersection(args)
         if smuggled:
             raise JsonArgumentsInvalid(f"{', '.join(sorted(smuggled))}: not the model's to set")
-        kwargs = dict(args)
+        # A copy: the function may change what it gets in place, and `args` is the model's
+        # call as the run records it (history, journal, the next request).
+        kwargs: dict[str, Any] = json_copy(args)
         if self.wants_key:
             kwargs[KEY_PARAM] = idempotency_key
         kwargs.update(injected)
         if self.positional:
             return _positional(self.positional, kwargs), kwargs
         return (), kwargs
+
+
+def json_copy(value: Any) -> Any:
+    """`value` with every dict and list in it copied (anything else is shared, as JSON's
+    other values are immutable); a loop rather than recursion, so any depth will do, and
+    aliasing and cycles are kept as they are."""
+    if not isinstance(value, dict | list):
+        return value
+    top: Any = {} if isinstance(value, dict) else []
+    made: dict[int, Any] = {id(value): top}  # copies by the id of their original
+    todo: list[tuple[Any, Any]] = [(value, top)]
+    while todo:
+        source, target = todo.pop()
+        pairs: Iterable[tuple[Any, Any]]
+        if isinstance(source, dict):
+            target.update(source)  # then its dicts and lists are replaced by their copies
+            pairs = source.items()
+        else:
+            target.extend(source)
+            pairs = enumerate(source)
+        for key, item in pairs:
+            if isinstance(item, dict | list):
+                copied = made.get(id(item))
+                if copied is None:
+                    copied = made[id(item)] = {} if isinstance(item, dict) else []
+                    todo.append((item, copied))
+                target[key] = copied
+    return top
+
+
+# pydantic core schemas whose value is new or immutable, never the input object itself.
+_FRESH = frozenset(
+    {
+        "none", "bool", "int", "float", "decimal", "complex", "str", "bytes", "date", "time",
+        "datetime", "timedelta", "uuid", "url", "multi-host-url", "literal", "enum",
+        "json",  # parsed from a string: new objects
+        "definition-ref",  # its definition is walked where it is defined
+    }
+)  # fmt: skip
+# Schemas that build a new value from their parts: fresh when each part is.
+_PARTS = {
+    "list": ("items_schema",),
+    "set": ("items_schema",),
+    "frozenset": ("items_schema",),
+    "tuple": ("items_schema",),
+    "dict": ("keys_schema", "values_schema"),
+    "model": ("schema",),
+    "dataclass": ("schema",),
+    "nullable": ("schema",),
+    "default": ("schema",),
+    "custom-error": ("schema",),
+    "function-after": ("schema",),  # the function gets the value its schema made
+    "lax-or-strict": ("lax_schema", "strict_schema"),
+    "json-or-python": ("python_schema",),  # arguments are validated as Python objects
+    "chain": ("steps",),
+    "union": ("choices",),
+    "tagged-union": ("choices",),
+    "definitions": ("schema", "definitions"),
+    "model-fields": ("fields", "extras_schema"),
+    "typed-dict": ("fields", "extras_schema"),
+    "dataclass-args": ("fields",),
+    "model-field": ("schema",),
+    "typed-dict-field": ("schema",),
+    "dataclass-field": ("schema",),
+}
+# A container whose items are `Any` when its part is left out (`list`, `dict`).
+_ANY_WHEN_MISSING = frozenset({"items_schema", "keys_schema", "values_schema"})
+_NAMED = frozenset({"fields", "choices"})  # parts that map names (or tags) to schemas
+
+
+def passes_input(schema: Mapping[str, Any]) -> bool:
+    """Whether validating with the pydantic core `schema` can hand on objects of its input
+    (`Any`, a before/wrap/plain validator, extra fields kept as given, ...): what is not known
+    to build new values counts as passing the input on."""
+    todo: list[Any] = [schema]
+    while todo:
+        node = todo.pop()
+        if isinstance(node, list | tuple):  # choices, steps, fields, definitions
+            todo.extend(node)
+            continue
+        if not isinstance(node, Mapping):
+            continue  # a union choice's label
+        kind = node.get("type")
+        if not isinstance(kind, str) or kind in _FRESH:
+            continue
+        parts = _PARTS.get(kind)
+        if parts is None or node.get("custom_init") or _keeps_extras(node):
+            return True  # `any`, `function-before`, an `__init__` of the user's own, ...
+        for part in parts:
+            value = node.get(part)
+            if value is None and part in _ANY_WHEN_MISSING:
+                return True
+            if isinstance(value, Mapping) and part in _NAMED:
+                todo.extend(value.values())
+            elif value is not None:
+                todo.append(value)
+    return False
+
+
+def _keeps_extras(node: Mapping[str, Any]) -> bool:
+    """Whether a model (or typed dict, dataclass) keeps extra fields as they were given."""
+    config = node.get("config") or {}
+    if node.get("extra_behavior", config.get("extra_fields_behavior")) != "allow":
+        return False
+    fields = node.get("schema", {}) if node.get("type") in ("model", "dataclass") else node
+    return fields.get("extras_schema") is None
 
 
 def _positional(params: tuple[tuple[str, Any], ...], kwargs: dict[str, Any]) -> tuple[Any, ...]:

@@ -12,7 +12,12 @@ from typing import Any, Generic, ParamSpec, TypeVar, overload
 from loomgraph.protocols import ToolSpec
 from loomgraph.tools.context import Injection
 from loomgraph.tools.docstrings import parse_docstring
-from loomgraph.tools.json_schema import JsonArguments, JsonArgumentsInvalid
+from loomgraph.tools.json_schema import (
+    JsonArguments,
+    JsonArgumentsInvalid,
+    json_copy,
+    passes_input,
+)
 from loomgraph.tools.schema import KEY_PARAM, Arguments, build_arguments
 from loomgraph.tools.schema_defs import MAX_TOOL_CHARS, spec_chars
 
@@ -39,6 +44,7 @@ class Tool(Generic[P, R]):
     trusted: bool
     timeout: float | None
     is_async: bool
+    copies_args: bool
 
     def __init__(
         self,
@@ -97,6 +103,14 @@ class Tool(Generic[P, R]):
             build_arguments(fn, tool_name=tool_name, arg_docs=doc.args)
             if parameters is None
             else None
+        )
+        # Whether the function could be handed objects of the model's call itself (which the
+        # run records: history, journal, the next request), so that calls hand it a copy;
+        # decided here, once. pydantic builds new dicts and lists for typed parameters; only
+        # `Any` (an untyped parameter, `dict[str, Any]`, ...) or a validator of the tool's
+        # own passes what it was given on. `from_schema` tools always get a copy (JsonArguments).
+        self.copies_args = self.arguments is None or passes_input(
+            self.arguments.model.__pydantic_core_schema__
         )
         self.spec: ToolSpec = {
             "name": tool_name,
@@ -182,7 +196,7 @@ class Tool(Generic[P, R]):
             return self.json_arguments.bind(args, idempotency_key, injected or {})
         spec = self.arguments
         assert spec is not None
-        instance = spec.validator.validate_python(args)
+        instance = spec.validator.validate_python(json_copy(args) if self.copies_args else args)
         values = instance.__dict__
         kwargs = {param: values[field] for field, param in spec.fields}
         if spec.extra and instance.__pydantic_extra__:
@@ -208,7 +222,8 @@ class Tool(Generic[P, R]):
         if spec is None:
             return None
         try:
-            instance = spec.validator.validate_python(args)
+            # A copy for the tool's own validators too: they may change what they are given.
+            instance = spec.validator.validate_python(json_copy(args) if self.copies_args else args)
             received: dict[str, Any] = spec.model.__pydantic_serializer__.to_python(
                 instance, mode="json", by_alias=True, exclude_unset=True
             )
