@@ -118,7 +118,8 @@ with where each class lives (relative to `loomgraph.`):
     ├── ToolNameCollision + ValueError      tools.mcp.host
     ├── MissingToolDependency + LookupError tools.context
     ├── JsonArgumentsInvalid + ValueError   tools.json_schema
-    ├── ToolDefaultInvalid + ValueError     tools.schema
+    ├── ToolDefaultInvalid + ValueError     tools.schema_defs (and tools.schema)
+    ├── ToolSchemaNotJSON + ValueError      tools.schema_defs
     ├── AgentNotFound + ValueError          cli.agent_args
     └── UsageError                          cli.journal
 

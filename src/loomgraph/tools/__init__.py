@@ -17,6 +17,7 @@ from loomgraph.tools.json_schema import JsonArgumentsInvalid
 from loomgraph.tools.registry import ToolRegistry
 from loomgraph.tools.results import ToolErrorType, to_content
 from loomgraph.tools.schema import KEY_PARAM, ToolDefaultInvalid
+from loomgraph.tools.schema_defs import ToolSchemaNotJSON
 from loomgraph.tools.tool import Tool, tool
 
 if TYPE_CHECKING:
@@ -40,6 +41,7 @@ __all__ = [
     "ToolErrorType",
     "ToolNameCollision",
     "ToolRegistry",
+    "ToolSchemaNotJSON",
     "as_tool_host",
     "to_content",
     "tool",

@@ -15,32 +15,24 @@ from pydantic import BaseModel, ConfigDict, Field
 from pydantic.fields import FieldInfo
 from pydantic_core import SchemaValidator
 
-from loomgraph.errors import LoomgraphError
 from loomgraph.tools.context import Injected, Injection, ToolContext
-from loomgraph.tools.schema_defs import clean_schema
+
+# Defined beside the JSON checks that raise them too; imported from here as before.
+from loomgraph.tools.schema_defs import DefaultProblem as DefaultProblem
+from loomgraph.tools.schema_defs import ToolDefaultInvalid as ToolDefaultInvalid
+from loomgraph.tools.schema_defs import (
+    ToolSchemaNotJSON,
+    clean_schema,
+    json_chars,
+    json_path,
+    shown,
+)
 
 KEY_PARAM = "idempotency_key"
 """The parameter through which a tool receives the idempotency key of its call."""
 
 _METHOD_FIRST = frozenset({"self", "cls"})
 _ALIASES = ("alias", "validation_alias", "serialization_alias")
-
-
-class ToolDefaultInvalid(LoomgraphError, ValueError):
-    """A tool parameter's default that its own type or constraints refuse (`n: Annotated[int,
-    Field(ge=1)] = 0`): the model would be shown it as the default, and get it when it sends
-    nothing. Raised when the tool is defined."""
-
-    def __init__(self, tool: str, parameter: str, default: Any, problem: str) -> None:
-        super().__init__(
-            f"tool {tool!r}: parameter {parameter!r} defaults to {default!r:.80}, which its "
-            f"own type refuses ({problem}); the model would be shown that default: change "
-            "the default or the type"
-        )
-        self.tool = tool
-        self.parameter = parameter
-        self.default = default
-        self.problem = problem
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,6 +129,10 @@ def build_arguments(
         # A default is what the schema shows the model and what a call leaving it out gets:
         # it must pass the parameter's own type and constraints (checked below, once).
         validate_default=True,
+        # Pydantic writes an inf or NaN inside a default (`(1.0, inf)`, an enum's value) as
+        # null: the model would be shown a default the call does not get. Kept as it is, the
+        # strict JSON check below refuses it. (Validation is the same in every mode.)
+        ser_json_inf_nan="constants",
     )
     try:
         base = _extras_base(var_keyword, arg_docs, config)
@@ -146,7 +142,11 @@ def build_arguments(
         raw = model.model_json_schema()
     except pydantic.PydanticUserError as exc:  # includes schema-generation errors
         raise _unsupported(tool_name, signature, exc) from exc
+    except ValueError as exc:  # a default pydantic cannot write as JSON (b"\xff", 10**5000)
+        raise _unwritable(tool_name, base, definitions, dict(fields), exc) from exc
     _check_defaults(tool_name, model, dict(fields))
+    parameters = clean_schema(raw)
+    _check_json(tool_name, model, dict(fields), parameters)
 
     return Arguments(
         model=model,
@@ -156,7 +156,7 @@ def build_arguments(
         positional=tuple(positional),
         wants_key=wants_key,
         extra=var_keyword is not None,
-        parameters=clean_schema(raw),
+        parameters=parameters,
         injected=tuple(injected),
         bound=bound,
     )
@@ -186,6 +186,55 @@ def _check_defaults(tool: str, model: type[BaseModel], params: Mapping[str, str]
                 problem = f"{type(culprit).__name__}: {culprit}"
                 raise ToolDefaultInvalid(tool, params[field], info.default, problem) from exc
         raise
+
+
+def _check_json(
+    tool: str, model: type[BaseModel], params: Mapping[str, str], parameters: dict[str, Any]
+) -> None:
+    """Refuse a schema JSON cannot carry (it goes into every model request), once, at
+    definition: ToolDefaultInvalid for a parameter's default, ToolSchemaNotJSON naming the
+    parameter for anything else in its schema (`examples`, a model's field default)."""
+    try:
+        json_chars(tool, parameters, ("parameters",))
+    except ToolSchemaNotJSON as exc:
+        path = exc.path[1:]
+        if len(path) < 2 or path[0] != "properties":
+            raise  # under `$defs` or at the top (`**kwargs: T`'s additionalProperties)
+        parameter = str(path[1])
+        field = next((f for f, p in params.items() if p == parameter), None)
+        if field is not None and path[2:3] == ("default",):
+            inside = path[3:]  # where in a list or object default: `(1.0, inf)` at [1]
+            problem = f"{shown(exc.value, 40)} at {json_path(inside)}: " if inside else ""
+            default = model.model_fields[field].default
+            raise ToolDefaultInvalid(
+                tool, parameter, default, problem + exc.problem, DefaultProblem.NOT_JSON
+            ) from None
+        raise ToolSchemaNotJSON(tool, exc.path, exc.value, exc.problem, parameter) from None
+
+
+def _unwritable(
+    tool: str,
+    base: type[BaseModel],
+    definitions: Mapping[str, Any],
+    params: Mapping[str, str],
+    exc: ValueError,
+) -> Exception:
+    """The error for a schema pydantic could not write: ToolDefaultInvalid naming the
+    parameter whose default it cannot write (found by writing each alone: only on this
+    failing path), else `exc` itself."""
+    for field, definition in definitions.items():
+        info: FieldInfo = definition[1]
+        if info.is_required():
+            continue
+        try:
+            alone = pydantic.create_model("_Alone", __base__=base, **{field: definition})
+            alone.model_json_schema()
+        except ValueError as culprit:
+            problem = f"{type(culprit).__name__}: {culprit}"
+            return ToolDefaultInvalid(
+                tool, params[field], info.default, problem, DefaultProblem.NOT_JSON
+            )
+    return exc
 
 
 def _extras_base(
