@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import base64
 import json
 from collections.abc import Iterable
 from typing import Any, Final, Literal
 
 from pydantic import BaseModel, ValidationError
-from pydantic_core import to_jsonable_python
+from pydantic_core import SchemaSerializer, core_schema, to_jsonable_python
 
-from loomgraph.protocols import INVALID_ARGUMENTS, ToolResult
+from loomgraph.protocols import INVALID_ARGUMENTS, ToolResult, escaped, storable
 from loomgraph.tools.json_schema import JsonArgumentsInvalid
 
 ToolErrorType = Literal[
@@ -33,20 +34,96 @@ _MAX_INPUT_REPR = 80
 
 def to_content(value: Any) -> str:
     """The text the model sees for a tool's return value: a `str` as it is, anything else as
-    JSON the way pydantic's JSON mode writes it (enums as their value, sets as arrays, dates
-    in ISO 8601, NaN and infinities as null, bytes as text or else base64), other objects
-    as `str(value)`."""
+    JSON the way pydantic's JSON mode writes it (models by their aliases, enums as their value,
+    sets as arrays, dates in ISO 8601, NaN and infinities as null, each bytes value as UTF-8
+    text or else standard base64), other objects as `str(value)`. A lone surrogate or NUL is
+    written as its visible escape (`escaped`), so the text can always be sent and stored."""
     if isinstance(value, str):
-        return value
-    if isinstance(value, BaseModel):
-        return value.model_dump_json()
+        # storable() first: two C-level checks for most results, a call less than escaped()
+        return value if storable(value) else escaped(value)
+    try:  # _jsonable inlined: the common result pays one call less
+        data = to_jsonable_python(value, by_alias=True, inf_nan_mode="null", fallback=_fallback)
+    except _UNWRITABLE:  # only the rare result pays for taking it apart
+        data = _apart(value, set())
+    # A model alone keeps the compact form model_dump_json gave it before; its data is the
+    # same as anywhere else (one conversion, by alias). The type checks spare a plain dict
+    # or list the isinstance of BaseModel (an ABC: the slowest check here).
+    compact = type(data) in _PLAIN and type(value) not in _PLAIN and isinstance(value, BaseModel)
+    text = (_COMPACT if compact else _ENCODER).encode(data)
+    # JSON writes NUL as \u0000 but a lone surrogate raw (ensure_ascii=False); its escape
+    # `\udcff` is a JSON escape too, so the text stays JSON of the same value. isascii() is
+    # O(1): what the common result pays for the check.
+    return text if text.isascii() else escaped(text)
+
+
+def _jsonable(value: Any) -> Any:
+    # by_alias=True for a model alone and a nested one alike (and pydantic_core's default):
+    # the spelling the tools' argument schemas use. Bytes in utf8 mode: that failing on one
+    # value sends the result through `_apart`, never base64 for all.
+    return to_jsonable_python(value, by_alias=True, inf_nan_mode="null", fallback=_fallback)
+
+
+# What pydantic's JSON mode cannot write as it is: bytes that are not UTF-8 (decode), a dict
+# key with a lone surrogate (encode; a str value with one passes).
+_UNWRITABLE: Final = (UnicodeDecodeError, UnicodeEncodeError)
+_CONTAINERS: Final = (dict, list, tuple, set, frozenset)
+_PLAIN: Final = (dict, list)
+
+
+def _apart(value: Any, path: set[int]) -> Any:
+    """`value`, which pydantic's JSON mode could not write, as JSON data: taken apart down to
+    what it can, with each bytes value made text on its own (`_bytes_text`) and str keys kept
+    as they are. `path` holds the values being taken apart: a cycle is an error, not endless
+    recursion."""
+    if isinstance(value, bytes | bytearray):
+        return _bytes_text(value)
+    if id(value) in path:
+        raise ValueError("Circular reference detected (the value contains itself)")
+    path.add(id(value))
     try:
-        data = to_jsonable_python(value, inf_nan_mode="null", fallback=_fallback)
-    except UnicodeDecodeError:  # bytes that are not UTF-8 text: base64, as pydantic can
-        data = to_jsonable_python(
-            value, inf_nan_mode="null", fallback=_fallback, bytes_mode="base64"
-        )
-    return _ENCODER.encode(data)
+        if isinstance(value, dict):
+            return {_key(key): _part(item, path) for key, item in value.items()}
+        if isinstance(value, _CONTAINERS):
+            return [_part(item, path) for item in value]
+        # A model or dataclass (a model's ser_json_bytes wins over bytes_mode): its fields as
+        # pydantic's python mode gives them, by alias, bytes kept as bytes.
+        fields = _PYTHON.to_python(value, mode="python", by_alias=True)
+        if fields is value or not isinstance(fields, (*_CONTAINERS, bytes, bytearray)):
+            # A generator, say: the failed conversion has consumed part of it already.
+            raise TypeError(
+                f"a {type(value).__name__} holds bytes that are not UTF-8 or a dict key with a "
+                "lone surrogate, and cannot be taken apart to convert them: return a list, a "
+                "dict or a model instead"
+            )
+        return _apart(fields, path)
+    finally:
+        path.discard(id(value))
+
+
+def _part(value: Any, path: set[int]) -> Any:
+    try:
+        return _jsonable(value)
+    except _UNWRITABLE:
+        return _apart(value, path)
+
+
+def _key(key: Any) -> str:
+    """A dict key as JSON writes it: bytes as `_bytes_text`, str as it is, others as pydantic
+    writes them (`(1, 2)` → `"1,2"`)."""
+    if isinstance(key, str):
+        return key
+    if isinstance(key, bytes | bytearray):
+        return _bytes_text(key)
+    (written,) = _jsonable({key: None})
+    return str(written)
+
+
+def _bytes_text(data: bytes | bytearray) -> str:
+    """UTF-8 bytes as their text, others as base64 in the standard alphabet (`+/`)."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        return base64.b64encode(data).decode("ascii")
 
 
 def _fallback(value: Any) -> Any:
@@ -70,6 +147,9 @@ def _text(value: object) -> str:
 # given plain JSON values (to_jsonable_python's), so allow_nan=False cannot fail on a
 # tool's NaN (made null before) and never writes invalid JSON.
 _ENCODER = json.JSONEncoder(ensure_ascii=False, allow_nan=False)
+_COMPACT = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+# Serializes any value by inference; only its python mode is used (see `_each_bytes`).
+_PYTHON = SchemaSerializer(core_schema.any_schema())
 
 
 def success(value: Any) -> ToolResult:
@@ -78,8 +158,9 @@ def success(value: Any) -> ToolResult:
 
 
 def error(error_type: str, content: str) -> ToolResult:
-    """An error result."""
-    return {"content": content, "is_error": True, "error_type": error_type}
+    """An error result; its content escaped as a result's is (an exception's message may
+    hold a file name with a lone surrogate)."""
+    return {"content": escaped(content), "is_error": True, "error_type": error_type}
 
 
 def unknown_tool(name: object, available: Iterable[str]) -> ToolResult:
