@@ -12,7 +12,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
-from loomgraph.protocols import ImageBlock, ToolResult, ToolSpec
+from loomgraph.protocols import ImageBlock, ToolResult, ToolSpec, escaped
 from loomgraph.protocols.messages import ToolOrigin
 from loomgraph.protocols.tool_identity import digest
 from loomgraph.tools.mcp.transports import Http, Stdio
@@ -91,7 +91,9 @@ def to_result(result: Any) -> ToolResult:
         for i, block in enumerate(blocks)
         if getattr(block, "type", "") == "image" and block.mime_type in IMAGE_TYPES
     }
-    content = render(blocks, result.structured_content, checked)
+    # A server's text may hold lone surrogates (JSON's `\udce9`): shown as escapes, as a
+    # local tool's are, or the next model request could not be encoded.
+    content = escaped(render(blocks, result.structured_content, checked))
     if result.is_error:
         return {
             "content": content or "the tool reported an error",
