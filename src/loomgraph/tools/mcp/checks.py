@@ -2,9 +2,10 @@
 
 An MCP server is another program: its tool names and schemas are checked as a local tool's
 are when it is built, and the model's arguments are checked against the schema before they
-leave, so a bad call is the model's `invalid_arguments`, not the server's problem.
-`jsonschema` is imported only when a server lists its tools. The schema's regular
-expressions run on RE2 (patterns.py), never on Python's `re`.
+leave, so a bad call is the model's `invalid_arguments`, not the server's problem. A
+result's structuredContent is checked here against the tool's outputSchema too, not by the
+SDK (`check_output`). `jsonschema` is imported only when a server lists its tools. The
+schemas' regular expressions run on RE2 (patterns.py), never on Python's `re`.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from loomgraph.protocols import (
 )
 from loomgraph.tools.json_schema import local_validator
 from loomgraph.tools.mcp import patterns
+from loomgraph.tools.mcp.schema_refs import ref_problem
 from loomgraph.tools.results import error as error_result
 
 NAME = re.compile(r"[A-Za-z0-9_-]{1,64}\Z")
@@ -39,42 +41,53 @@ thousand)."""
 # No Python recursion over deeper arguments: json and jsonschema recurse once per level.
 # (Their size is the tool gate's limit, `SizeLimits.tool_args_chars`, not this one's.)
 _LIMITS = ToolArgLimits(max_depth=100, max_string_chars=sys.maxsize)
+# Arguments this flat never run a checked schema out of stack (schema_refs.py bounds what one
+# level of them may take): if they do, the schema is at fault, not the arguments.
+_FLAT = ToolArgLimits(max_depth=3, max_string_chars=sys.maxsize)
 
 
 class Schema:
-    """A tool's inputSchema, checked and compiled once per listing."""
+    """A tool's inputSchema (or outputSchema), checked and compiled once per listing."""
 
     __slots__ = ("_validator", "source")
 
-    def __init__(self, source: dict[str, Any]) -> None:
+    def __init__(self, source: dict[str, Any], what: str = "inputSchema") -> None:
         """Check `source` (ValueError saying why it cannot be used)."""
         from jsonschema import SchemaError
         from jsonschema.validators import validator_for
 
-        if source.get("type", "object") != "object":
-            raise ValueError("its inputSchema is not a JSON Schema of an object")
+        if not isinstance(source, dict) or (
+            what == "inputSchema" and source.get("type", "object") != "object"
+        ):
+            raise ValueError(f"its {what} is not a JSON Schema of an object")
         try:
             cls = validator_for(source)
             cls.check_schema(source)
         except SchemaError as exc:
-            raise ValueError(f"its inputSchema is not valid JSON Schema: {exc.message}") from None
+            raise ValueError(f"its {what} is not valid JSON Schema: {exc.message}") from None
         except RecursionError:
-            raise ValueError("its inputSchema is nested too deeply") from None
+            raise ValueError(f"its {what} is nested too deeply") from None
         checked = guarded(cls)
-        problem = unusable(source, checked)
+        problem = unusable(source, checked) or ref_problem(cls, source)
         if problem is not None:
-            raise ValueError(f"its inputSchema {problem}")
+            raise ValueError(f"its {what} {problem}")
         self.source = source
         # A `$ref` resolves inside the schema (and the metaschemas), never over the network,
         # where jsonschema's default would fetch a URL the server chose.
         self._validator = local_validator(checked, source)
 
-    def problems(self, args: dict[str, Any]) -> list[str]:
-        """One line per way `args` fails the schema (empty when they fit); the patterns of
-        one check share one bounded amount of work."""
+    @classmethod
+    def of(cls, source: Any, what: str, before: Schema | None) -> Schema:
+        """A Schema of `source`: `before` when it was built from the same (compiling its
+        patterns takes time), else a new one (ValueError saying why it cannot be used)."""
+        return before if before is not None and before.source == source else cls(source, what)
+
+    def problems(self, value: Any, root: str = "(arguments)") -> list[str]:
+        """One line per way `value` fails the schema (empty when it fits), each naming where
+        (from `root`); the patterns of one check share one bounded amount of work."""
         with patterns.metered():
-            found = sorted(self._validator.iter_errors(args), key=lambda e: list(e.path))
-        return [f"- {_where(e.absolute_path)}: {e.message}" for e in found]
+            found = sorted(self._validator.iter_errors(value), key=lambda e: list(e.path))
+        return [f"- {_where(e.absolute_path, root)}: {e.message}" for e in found]
 
 
 # ------------------------------------------------------------------ regular expressions
@@ -236,7 +249,13 @@ def check_arguments(tool: str, args: dict[str, Any], schema: Schema | None) -> T
         try:
             lines = schema.problems(args)
         except RecursionError:
-            lines = ["- (arguments): nested too deeply"]
+            if _flat(args):  # (what the listing did not see): the schema's own recursion
+                return error_result(
+                    "tool_exception",
+                    f"Tool {tool!r} cannot be called: checking its inputSchema runs out of "
+                    "stack whatever the arguments (its $refs recurse).",
+                )
+            lines = ["- (arguments): nested too deeply to check against the schema"]
         except patterns.PatternUnsupported as exc:  # (what the listing did not see)
             return error_result(
                 "tool_exception",
@@ -256,6 +275,58 @@ def check_arguments(tool: str, args: dict[str, Any], schema: Schema | None) -> T
     return error_result(INVALID_ARGUMENTS, f"Invalid arguments for tool {tool!r}:{problem}")
 
 
+def check_output(tool: str, result: Any, schema: Schema | None) -> ToolResult | None:
+    """A `tool_exception` result for a result (an mcp CallToolResult) whose structuredContent
+    is missing or fails the tool's outputSchema, or None when it may be used."""
+    if schema is None or result.is_error:
+        return None  # (an error result need not have the output's shape: the SDK's rule)
+    structured = result.structured_content
+    if structured is None and "structured_content" not in result.model_fields_set:
+        problem = " it has an outputSchema but returned no structuredContent"
+    else:
+        try:
+            check_tool_args({"structuredContent": structured}, _LIMITS)
+            lines = schema.problems(structured, "(structuredContent)")
+        except ToolArgsRejected as exc:
+            lines = [f"- (structuredContent): {exc}"]
+        except RecursionError:
+            lines = ["- (structuredContent): nested too deeply to check against the schema"]
+        except Exception as exc:  # (an unresolvable $ref: what the listing did not see)
+            lines = [f"- (structuredContent): its outputSchema cannot be checked ({exc})"]
+        if not lines:
+            return None
+        problem = " its structuredContent does not fit its outputSchema:\n" + "\n".join(lines)
+    return error_result("tool_exception", f"Tool {tool!r} returned bad output:{problem}")
+
+
+def sdk_output_check_off(session: Any) -> None:
+    """Keep the SDK from checking `session`'s results (check_output does, on RE2)."""
+    # ClientSession.call_tool checks structuredContent against the outputSchema with
+    # jsonschema, so its patterns on Python's `re`, synchronously on the event loop: one
+    # pattern may hold the loop for minutes. `validate_tool_result` is the SDK's public
+    # method for it, and call_tool its only caller; shadowed on the session, it does nothing.
+    # A later SDK without it would check with `re` again: refuse to call rather than that.
+    if not callable(getattr(type(session), "validate_tool_result", None)):
+        raise RuntimeError(
+            "this mcp SDK has no ClientSession.validate_tool_result: loomgraph cannot keep "
+            "it from checking outputSchema patterns with Python's `re`"
+        )
+    if session.__dict__.get("validate_tool_result") is not _checked_elsewhere:
+        session.validate_tool_result = _checked_elsewhere
+
+
+async def _checked_elsewhere(name: str, result: Any) -> None:
+    """What the SDK's `validate_tool_result` does on a loomgraph session: nothing."""
+
+
+def _flat(args: dict[str, Any]) -> bool:
+    try:
+        check_tool_args(args, _FLAT)
+    except ToolArgsRejected:
+        return False
+    return True
+
+
 def _not_plain_json(args: dict[str, Any]) -> str | None:
     # The SDK would fail to write these (a lone surrogate is not UTF-8) and drop the whole
     # connection, or silently send something else (NaN as null).
@@ -272,8 +343,8 @@ def _not_plain_json(args: dict[str, Any]) -> str | None:
     return None
 
 
-def _where(path: Any) -> str:
+def _where(path: Any, root: str) -> str:
     text = ""
     for part in path:
         text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
-    return text or "(arguments)"
+    return text or root

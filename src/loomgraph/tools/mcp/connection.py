@@ -12,18 +12,29 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Iterator
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from loomgraph.errors import LoomgraphError
 from loomgraph.tools.mcp.lost import OnLost, SessionLost
+from loomgraph.tools.mcp.transports import SERVER_TIMEOUT
+
+if TYPE_CHECKING:
+    import anyio
 
 _log = logging.getLogger(__name__)
+
+CLOSE_TIMEOUT = 5.0
+"""Closing a connection waits at most this long (or the server's `timeout`, when shorter)
+for it to end by itself: an HTTP session's DELETE answered, a stdio server's exit. Then it is
+cut: the HTTP request is dropped; a stdio server is stopped as the SDK stops one (it is
+asked to, then SIGTERM, then SIGKILL: bounded by the SDK, and not cut short)."""
 
 
 class _Server(Protocol):
     """What a connection needs of its `MCPServer`."""
 
     name: str
+    timeout: float | None
     start_timeout: float | None
     max_pages: int
     max_tools: int
@@ -68,6 +79,7 @@ class Link:
         self.lost: list[SessionLost] = []  # the server's 404s to this session's requests
         self.calls = 0  # calls under way on it
         self.retired = False  # no new call uses it; it ends when its last call does
+        self._scope: anyio.CancelScope | None = None  # around the connection: close cuts it
         self.task = asyncio.create_task(self._hold(), name=f"mcp:{server.name}")
 
     @property
@@ -117,21 +129,29 @@ class Link:
         self.lost.append(lost)
 
     async def _hold(self) -> None:
+        import anyio
         from mcp.client.session import ClientSession
 
         server = self.server
+        SERVER_TIMEOUT.set(server.timeout)  # this task's own context: its transport's only
         try:
-            async with contextlib.AsyncExitStack() as stack:
-                read, write = await stack.enter_async_context(server.open(self._session_lost))
-                session = await stack.enter_async_context(
-                    ClientSession(read, write, message_handler=self._on_message)
-                )
-                with deadline(server.start_timeout):
-                    await session.initialize()
-                    self.session = session
-                    await self.refresh()
-                self.ready.set_result(None)
-                await self.stop.wait()
+            # Cut by an anyio scope, not task.cancel(): the SDK shields its stdio shutdown
+            # (so that the server process is stopped) from anyio cancellation only.
+            with anyio.CancelScope() as self._scope:
+                async with contextlib.AsyncExitStack() as stack:
+                    opened = server.open(self._session_lost)
+                    read, write = await stack.enter_async_context(opened)
+                    session = await stack.enter_async_context(
+                        ClientSession(read, write, message_handler=self._on_message)
+                    )
+                    with deadline(server.start_timeout):
+                        await session.initialize()
+                        self.session = session
+                        await self.refresh()
+                    self.ready.set_result(None)
+                    await self.stop.wait()
+            if not self.ready.done():  # close() cut a start under way
+                raise MCPServerError(server.name, "it was closed before it started")
         except BaseException as exc:
             if not self.ready.done():
                 typed = find_error(exc, MCPServerError)  # a listing over the caps says so itself
@@ -209,16 +229,36 @@ class Link:
                 _log.warning("MCP server %r: listing its tools failed: %s", name, problem)
 
     async def close(self) -> None:
-        """End the connection (and a listing under way)."""
+        """End the connection (and a listing or a start under way), waiting for it to end by
+        itself at most `CLOSE_TIMEOUT` seconds (or the server's `timeout`), then cutting it."""
         self.stop.set()
-        if self.loop is asyncio.get_running_loop():
-            refreshing = self.refreshing
-            if refreshing is not None and not refreshing.done():
-                refreshing.cancel()  # its answer is of no use once the connection ends
-                with contextlib.suppress(BaseException):
-                    await refreshing
+        if self.loop is not asyncio.get_running_loop():
+            return
+        refreshing = self.refreshing
+        if refreshing is not None and not refreshing.done():
+            refreshing.cancel()  # its answer is of no use once the connection ends
             with contextlib.suppress(BaseException):
-                await self.task
+                await refreshing
+        limit = self.server.timeout
+        bound = CLOSE_TIMEOUT if limit is None else min(limit, CLOSE_TIMEOUT)
+        done, _ = await asyncio.wait({self.task}, timeout=bound)
+        if not done:
+            # A server that does not answer the end of its session (or its start) would hold
+            # the agent's close for as long as it likes (the SDK's DELETE waits up to 300 s).
+            _log.info(
+                "MCP server %r did not end its connection within %g seconds; it is cut",
+                self.server.name,
+                bound,
+            )
+            if self._scope is not None:
+                self._scope.cancel()
+            else:  # not started yet: nothing is open
+                self.task.cancel()
+                if not self.ready.done():
+                    problem = "it was closed before it started"
+                    self.ready.set_exception(MCPServerError(self.server.name, problem))
+        with contextlib.suppress(BaseException):
+            await self.task
 
 
 @contextlib.contextmanager

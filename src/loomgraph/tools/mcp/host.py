@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import math
 import weakref
 from collections.abc import Iterable
 from typing import Any, cast
@@ -44,8 +46,9 @@ class ServerToolHost:
     change a server announces reaches the next model turn. A name keeps its owner: a tool a
     server lists later under a name another server or a local tool has is left out. A
     server's `prefix` + `_` is its own: another server's tool named under it is left out.
-    The descriptions and schemas of the tools of servers not trusted are untrusted text of
-    every run that offers them (`watch_untrusted`). A server's tool specs name their origin
+    What the model is shown of the tools of servers not trusted (names, descriptions and
+    schemas: `shown_texts`) is untrusted text of every run that offers them
+    (`watch_untrusted`). A server's tool specs name their origin
     (`ToolSpec.origin`: the server and a digest of how it is reached), which an approval of
     one of their calls is bound to.
     """
@@ -152,7 +155,7 @@ class ServerToolHost:
             if not server.trust.trusted and (spec := server.spec(name)) is not None
         ]
         if untrusted:
-            described = {name: _texts(spec) for name, spec in untrusted}
+            described = {name: shown_texts(spec) for name, spec in untrusted}
         new = [
             text
             for name, texts in described.items()
@@ -224,10 +227,13 @@ class ServerToolHost:
         return await server.call(call["tool"], args, idempotency_key)
 
     async def close(self) -> None:
-        """Stop every server and close the local tools."""
-        for server in self.servers:
-            await server.close()
-        await self.local.close()
+        """Stop every server (side by side) and close the local tools."""
+        # Side by side: each server's close is bounded (connection.CLOSE_TIMEOUT), and so is
+        # the agent's, rather than by their sum.
+        try:
+            await asyncio.gather(*(server.close() for server in self.servers))
+        finally:
+            await self.local.close()
 
     # ----------------------------------------------------------------- add / remove
 
@@ -265,28 +271,68 @@ def _prefixes(servers: list[MCPServer]) -> dict[str, MCPServer]:
     return owned
 
 
-def _texts(spec: ToolSpec) -> tuple[str, ...]:
-    """The text a tool's server wrote for the model: its description and every string of its
-    schema, property names and `format`s included (parameter descriptions, titles, enums,
-    defaults, examples), but the `type` and `$schema` keywords. Nothing is cut out of it: a
-    call's keys that are its tool's own parameter names are what the taint check leaves out
-    (`taint.parameter_names`), so a server's names can no more erase its words than they
-    make every call look tainted."""
-    found = [spec["description"]]
+def shown_texts(spec: ToolSpec) -> tuple[str, ...]:
+    """The text of a tool spec the model is shown: its name, its description, and every key
+    and value of its schema at any depth but the standard JSON Schema keywords used as keys."""
+    # The schema goes to the model as it is, so any string in it may be an instruction: a
+    # `$defs` name, an unknown keyword, the `$schema` value, a parameter named `type`. Only
+    # keys that are keywords are left out, being the words every schema has. Numbers count as
+    # the taint check reads a call's: as their decimal text (an account number as an example).
+    # Nothing is cut out of it: a call's keys that are its tool's own parameter names are what
+    # the taint check leaves out (`taint.parameter_names`), so a server's names can no more
+    # erase its words than they make every call look tainted.
+    found: list[str] = [spec["name"], spec["description"]]
     todo: list[Any] = [spec["parameters"]]
     while todo:  # not recursive: a schema may be nested deeply
         node = todo.pop()
         if isinstance(node, str):
             found.append(node)
+        elif isinstance(node, bool) or node is None:
+            continue
+        elif isinstance(node, int | float):
+            found.append(_number(node))
         elif isinstance(node, list):
             todo.extend(node)
         elif isinstance(node, dict):
-            todo.extend(value for key, value in node.items() if key not in _KEYWORDS)
-            properties = node.get("properties")
-            if isinstance(properties, dict):  # the names, not the keywords every schema has
-                found.extend(name for name in properties if isinstance(name, str))
-    return tuple(text for text in found if isinstance(text, str) and text.strip())
+            for key, value in node.items():
+                if key not in SCHEMA_KEYWORDS:
+                    found.append(key)
+                todo.append(value)
+    texts = (text for text in found if isinstance(text, str) and text.strip())
+    return tuple(dict.fromkeys(texts))  # each once: every text is cut into pieces later
 
 
-# Schema keywords whose values are not text for the model (nor a JSON schema's own words).
-_KEYWORDS = frozenset({"type", "$schema"})
+def _number(value: int | float) -> str:
+    """A number as the taint check reads one in a call (`taint.values_in`)."""
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            return ""
+        return str(int(value)) if value.is_integer() else repr(value)
+    try:
+        return str(value)
+    except ValueError:  # more digits than Python converts to text
+        return ""
+
+
+SCHEMA_KEYWORDS = frozenset(
+    {
+        # core (and the drafts' older spellings)
+        *("$schema", "$id", "id", "$ref", "$anchor", "$dynamicRef", "$dynamicAnchor"),
+        *("$recursiveRef", "$recursiveAnchor", "$vocabulary", "$comment", "$defs"),
+        "definitions",
+        # applicators
+        *("allOf", "anyOf", "oneOf", "not", "if", "then", "else", "dependentSchemas"),
+        *("prefixItems", "items", "additionalItems", "contains", "properties"),
+        *("patternProperties", "additionalProperties", "propertyNames", "dependencies"),
+        *("unevaluatedItems", "unevaluatedProperties", "extends", "disallow"),
+        # validation
+        *("type", "enum", "const", "multipleOf", "divisibleBy", "maximum", "minimum"),
+        *("exclusiveMaximum", "exclusiveMinimum", "maxLength", "minLength", "pattern"),
+        *("maxItems", "minItems", "uniqueItems", "maxContains", "minContains"),
+        *("maxProperties", "minProperties", "required", "dependentRequired"),
+        # annotations, formats and contents
+        *("title", "description", "default", "deprecated", "readOnly", "writeOnly"),
+        *("examples", "format", "contentEncoding", "contentMediaType", "contentSchema"),
+    }
+)
+"""The keywords of JSON Schema (drafts 3 to 2020-12): as keys, they are not a server's words."""

@@ -15,7 +15,13 @@ from typing import Any
 
 from loomgraph.protocols import INVALID_ARGUMENTS, ToolResult, ToolSpec, tool_run
 from loomgraph.protocols.messages import ToolOrigin
-from loomgraph.tools.mcp.checks import NAME, Schema, check_arguments
+from loomgraph.tools.mcp.checks import (
+    NAME,
+    Schema,
+    check_arguments,
+    check_output,
+    sdk_output_check_off,
+)
 from loomgraph.tools.mcp.connection import Link, MCPListingTooLarge, MCPServerError, say
 from loomgraph.tools.mcp.convert import (
     IDEMPOTENCY_META,
@@ -30,7 +36,7 @@ from loomgraph.tools.mcp.resend import Refused, refused
 from loomgraph.tools.mcp.transports import Http, Stdio
 from loomgraph.tools.results import error as error_result
 from loomgraph.tools.results import timed_out
-from loomgraph.tools.schema_defs import MAX_TOOL_CHARS, spec_chars
+from loomgraph.tools.schema_defs import MAX_TOOL_CHARS, json_chars, spec_chars
 from loomgraph.tools.tool import check_timeout
 
 __all__ = ["MCPListingTooLarge", "MCPServer", "MCPServerError"]
@@ -58,7 +64,8 @@ class MCPServer:
     """The same for a listing of more tools."""
     max_tool_chars = MAX_TOOL_CHARS
     """A tool whose name, description and inputSchema take more JSON characters than this
-    (they go into every model request) is not offered, with a warning."""
+    (they go into every model request) is not offered, with a warning; its outputSchema
+    (checked, as they are, when it is listed) counts too."""
     max_listing_chars = 500_000
     """A listing whose offered tools take more than this in all is refused, as one past
     `max_tools` is."""
@@ -91,6 +98,7 @@ class MCPServer:
         self._specs: dict[str, ToolSpec] = {}  # exposed name -> spec
         self._original: dict[str, str] = {}  # exposed name -> the server's name
         self._schemas: dict[str, Schema] = {}  # exposed name -> its checked inputSchema
+        self._outputs: dict[str, Schema] = {}  # exposed name -> its outputSchema, if any
         self._listeners: list[Callable[[], None]] = []
         self.listings = 0  # how many times the tools were listed (tests wait on it)
 
@@ -231,11 +239,13 @@ class MCPServer:
                 self._leave_out(exposed, "its name is not 1-64 letters, digits, '_' or '-'")
                 continue
             spec = to_spec(item, exposed, self.trust)
-            size = spec_chars(spec)  # before its schema is compiled: that takes time
+            size = spec_chars(spec)  # before its schemas are compiled: that takes time
+            if item.output_schema is not None:
+                size += json_chars(exposed, item.output_schema)
             if size > self.max_tool_chars:
                 self._leave_out(
                     exposed,
-                    f"its description and inputSchema take more than {self.max_tool_chars:,} "
+                    f"its description and schemas take more than {self.max_tool_chars:,} "
                     "characters (MCPServer.max_tool_chars)",
                 )
                 continue
@@ -250,16 +260,19 @@ class MCPServer:
         specs: dict[str, ToolSpec] = {}
         original: dict[str, str] = {}
         schemas: dict[str, Schema] = {}
+        outputs: dict[str, Schema] = {}
         for exposed, (tool_name, spec) in listed.items():
-            schema = self._schemas.get(exposed)
-            if schema is None or schema.source != spec["parameters"]:
-                try:
-                    schema = Schema(spec["parameters"])
-                except ValueError as exc:
-                    self._leave_out(exposed, str(exc))
-                    continue
+            shape = link.tools[tool_name].output_schema
+            try:
+                schema = Schema.of(spec["parameters"], "inputSchema", self._schemas.get(exposed))
+                if shape is not None:
+                    outputs[exposed] = Schema.of(shape, "outputSchema", self._outputs.get(exposed))
+            except ValueError as exc:
+                self._leave_out(exposed, str(exc))
+                continue
             specs[exposed], original[exposed], schemas[exposed] = spec, tool_name, schema
-        self._specs, self._original, self._schemas = specs, original, schemas
+        self._specs, self._original = specs, original
+        self._schemas, self._outputs = schemas, outputs
         self.listings += 1
         for listener in self._listeners:
             listener()
@@ -324,8 +337,9 @@ class MCPServer:
             if run is not None:  # progress becomes a `tool_progress` event of the run
                 await run.progress(message or "", {"progress": done, "total": total})
 
-        # The whole call within `timeout`, not only its request: the SDK may list the tools
-        # itself before it returns (to check structured output).
+        # The whole call within `timeout`, not only its request. Its structuredContent is
+        # checked here (check_output), on RE2, not by the SDK on Python's `re`.
+        sdk_output_check_off(link.session)
         limit = asyncio.timeout_at(deadline)
         try:
             async with limit:
@@ -344,6 +358,9 @@ class MCPServer:
             if refused(link, key):
                 return Refused(exc, link)
             return await self._failed(name, exc, link)
+        bad = check_output(name, result, self._outputs.get(name))
+        if bad is not None:
+            return bad
         refreshing = link.refreshing
         if refreshing is not None and not refreshing.done():
             # A change announced during the call (before its answer) is in the next turn if
@@ -375,9 +392,6 @@ class MCPServer:
             # The server refused the arguments: the model's to fix, counted towards
             # max_invalid_tool_args as a local tool's refusal is.
             return error_result(INVALID_ARGUMENTS, f"Invalid arguments for tool {name!r}: {shown}")
-        if isinstance(exc, RuntimeError) and "structured content" in shown:
-            # The SDK checks structuredContent against the tool's outputSchema.
-            return error_result("tool_exception", f"Tool {name!r} returned bad output: {shown}")
         if code is not None and code != _CONNECTION_CLOSED:
             # Another JSON-RPC error answer (an unknown tool, say): the server lives on.
             return error_result("tool_exception", f"Tool {name!r} failed: {shown}")

@@ -14,18 +14,40 @@ import contextlib
 import re
 import sys
 from collections.abc import AsyncIterator, Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 from loomgraph.tools.mcp.lost import OnLost, lost_session
 
-__all__ = ["MASK", "Http", "Stdio"]
+if TYPE_CHECKING:
+    import httpx2
+
+__all__ = ["MASK", "SERVER_TIMEOUT", "Http", "Stdio", "client_timeout"]
 
 MASK = "***"
 SECRET_CHARS = 8
 """An argument or URL path segment this long or longer is masked in errors: shorter ones
 (`-m`, `mcp`) are ordinary words, and masking them would garble the text."""
+
+SERVER_TIMEOUT: ContextVar[float | None] = ContextVar("mcp_server_timeout", default=60.0)
+"""The `timeout` of the MCP server whose transport is opened in this context (None: no
+limit); the connection's task sets it (connection.py), as `open` is given only `on_lost`."""
+
+
+def client_timeout(seconds: float | None) -> httpx2.Timeout:
+    """The HTTP client's timeouts for a server whose calls may take `seconds` (None: no
+    limit): connecting, sending and waiting for a pooled connection within `seconds`; reading
+    as long, and at least the SDK's 300 s, which the standing stream (the server's own
+    messages: list changes) may be quiet for between two of them (the SDK gives it up after
+    two read timeouts in a row)."""
+    import httpx2
+    from mcp.shared._httpx_utils import MCP_DEFAULT_SSE_READ_TIMEOUT
+
+    if seconds is None:
+        return httpx2.Timeout(None)
+    return httpx2.Timeout(seconds, read=max(seconds, MCP_DEFAULT_SSE_READ_TIMEOUT))
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,7 +129,8 @@ class Http:
     @contextlib.asynccontextmanager
     async def open(self, on_lost: OnLost) -> AsyncIterator[Any]:
         """The SDK's read and write streams, open for as long as the context lasts;
-        `on_lost` is told of each 404 that says the server lost the session (lost.py)."""
+        `on_lost` is told of each 404 that says the server lost the session (lost.py). Its
+        requests wait as `client_timeout(SERVER_TIMEOUT)` says, not the SDK's 30 s and 300 s."""
         from mcp.client.streamable_http import streamable_http_client
         from mcp.shared._httpx_utils import create_mcp_http_client
 
@@ -118,7 +141,8 @@ class Http:
             if lost is not None:
                 on_lost(lost)
 
-        client = create_mcp_http_client(headers=dict(self.headers))
+        timeout = client_timeout(SERVER_TIMEOUT.get())
+        client = create_mcp_http_client(headers=dict(self.headers), timeout=timeout)
         client.event_hooks["response"].append(answered)  # beside any the SDK set
         async with client, streamable_http_client(self.url, http_client=client) as streams:
             yield streams
