@@ -16,7 +16,6 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from loomgraph.errors import LoomgraphError
 from loomgraph.tools.mcp.lost import OnLost, SessionLost
-from loomgraph.tools.mcp.transports import SERVER_TIMEOUT
 
 if TYPE_CHECKING:
     import anyio
@@ -133,7 +132,6 @@ class Link:
         from mcp.client.session import ClientSession
 
         server = self.server
-        SERVER_TIMEOUT.set(server.timeout)  # this task's own context: its transport's only
         try:
             # Cut by an anyio scope, not task.cancel(): the SDK shields its stdio shutdown
             # (so that the server process is stopped) from anyio cancellation only.

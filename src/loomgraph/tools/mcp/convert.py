@@ -91,8 +91,8 @@ def to_result(result: Any) -> ToolResult:
         for i, block in enumerate(blocks)
         if getattr(block, "type", "") == "image" and block.mime_type in IMAGE_TYPES
     }
-    # A server's text may hold lone surrogates (JSON's `\udce9`): shown as escapes, as a
-    # local tool's are, or the next model request could not be encoded.
+    # A server's text may hold NULs (or lone surrogates another reader let through): shown
+    # as escapes, as a local tool's are (one unencodable text fails every later request).
     content = escaped(render(blocks, result.structured_content, checked))
     if result.is_error:
         return {

@@ -36,7 +36,7 @@ from loomgraph.tools.mcp.resend import Refused, refused
 from loomgraph.tools.mcp.transports import Http, Stdio
 from loomgraph.tools.results import error as error_result
 from loomgraph.tools.results import timed_out
-from loomgraph.tools.schema_defs import MAX_TOOL_CHARS, json_chars, spec_chars
+from loomgraph.tools.schema_defs import MAX_TOOL_CHARS, ToolSchemaNotJSON, json_chars, spec_chars
 from loomgraph.tools.tool import check_timeout
 
 __all__ = ["MCPListingTooLarge", "MCPServer", "MCPServerError"]
@@ -168,8 +168,9 @@ class MCPServer:
         return self._transport.redact(text)
 
     def open(self, on_lost: OnLost) -> contextlib.AbstractAsyncContextManager[Any]:
-        """The transport's read and write streams (the connection enters this)."""
-        return self._transport.open(on_lost)
+        """The transport's read and write streams (the connection enters this), its requests
+        bounded by the server's `timeout`."""
+        return self._transport.open(on_lost, self.timeout)
 
     def __repr__(self) -> str:
         return f"<MCPServer {self.name} {self.label()}>"
@@ -239,7 +240,11 @@ class MCPServer:
                 self._leave_out(exposed, "its name is not 1-64 letters, digits, '_' or '-'")
                 continue
             spec = to_spec(item, exposed, self.trust)
-            size = spec_chars(spec)  # before its schemas are compiled: that takes time
+            try:
+                size = spec_chars(spec)  # before its schemas are compiled: that takes time
+            except ToolSchemaNotJSON as exc:  # NaN, lone surrogates: no model request holds it
+                self._leave_out(exposed, str(exc))
+                continue
             if item.output_schema is not None:
                 size += json_chars(exposed, item.output_schema)
             if size > self.max_tool_chars:

@@ -14,7 +14,6 @@ import contextlib
 import re
 import sys
 from collections.abc import AsyncIterator, Mapping
-from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit, urlunsplit
@@ -24,16 +23,12 @@ from loomgraph.tools.mcp.lost import OnLost, lost_session
 if TYPE_CHECKING:
     import httpx2
 
-__all__ = ["MASK", "SERVER_TIMEOUT", "Http", "Stdio", "client_timeout"]
+__all__ = ["MASK", "Http", "Stdio", "client_timeout"]
 
 MASK = "***"
 SECRET_CHARS = 8
 """An argument or URL path segment this long or longer is masked in errors: shorter ones
 (`-m`, `mcp`) are ordinary words, and masking them would garble the text."""
-
-SERVER_TIMEOUT: ContextVar[float | None] = ContextVar("mcp_server_timeout", default=60.0)
-"""The `timeout` of the MCP server whose transport is opened in this context (None: no
-limit); the connection's task sets it (connection.py), as `open` is given only `on_lost`."""
 
 
 def client_timeout(seconds: float | None) -> httpx2.Timeout:
@@ -79,9 +74,10 @@ class Stdio:
         return text
 
     @contextlib.asynccontextmanager
-    async def open(self, on_lost: OnLost) -> AsyncIterator[Any]:
+    async def open(self, on_lost: OnLost, timeout: float | None) -> AsyncIterator[Any]:
         """The SDK's read and write streams, open for as long as the context lasts (a stdio
-        session ends only with its process: `on_lost` is never called)."""
+        session ends only with its process: `on_lost` is never called; a pipe has no
+        `timeout` of its own)."""
         from mcp.client.stdio import StdioServerParameters, stdio_client
 
         params = StdioServerParameters(
@@ -127,10 +123,11 @@ class Http:
         return text
 
     @contextlib.asynccontextmanager
-    async def open(self, on_lost: OnLost) -> AsyncIterator[Any]:
+    async def open(self, on_lost: OnLost, timeout: float | None) -> AsyncIterator[Any]:
         """The SDK's read and write streams, open for as long as the context lasts;
         `on_lost` is told of each 404 that says the server lost the session (lost.py). Its
-        requests wait as `client_timeout(SERVER_TIMEOUT)` says, not the SDK's 30 s and 300 s."""
+        requests wait as `client_timeout(timeout)` says (the server's `timeout`), not the
+        SDK's 30 s and 300 s."""
         from mcp.client.streamable_http import streamable_http_client
         from mcp.shared._httpx_utils import create_mcp_http_client
 
@@ -141,8 +138,8 @@ class Http:
             if lost is not None:
                 on_lost(lost)
 
-        timeout = client_timeout(SERVER_TIMEOUT.get())
-        client = create_mcp_http_client(headers=dict(self.headers), timeout=timeout)
+        limits = client_timeout(timeout)
+        client = create_mcp_http_client(headers=dict(self.headers), timeout=limits)
         client.event_hooks["response"].append(answered)  # beside any the SDK set
         async with client, streamable_http_client(self.url, http_client=client) as streams:
             yield streams
