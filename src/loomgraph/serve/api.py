@@ -13,13 +13,13 @@ from loomgraph.agent.run_events import EventId
 from loomgraph.protocols import RunStatus
 from loomgraph.serve.auth import Caller, authenticate
 from loomgraph.serve.bodies import check_json_body, field, read_json
-from loomgraph.serve.errors import BadRequest, Invalid, message_of, status_of
+from loomgraph.serve.errors import BadRequest, Invalid, internal_message, message_of, status_of
 from loomgraph.serve.hub import Closing
 from loomgraph.serve.run_pages import cursor_number
 from loomgraph.serve.service import Service, StoppedWaiting
 from loomgraph.serve.views import dumps, run_json, sse_frame
 
-__all__ = ["api_routes", "error_response"]
+__all__ = ["QUERY", "api_routes", "error_response", "takes_query"]
 
 
 class Json(JSONResponse):
@@ -32,15 +32,52 @@ class Json(JSONResponse):
 Handler = Callable[[Request, Service, Caller], Awaitable[Response]]
 
 
-def error_response(err: BaseException) -> JSONResponse:
-    """An error as `{"error": {"type", "message"}}` with its status code."""
+def error_response(err: BaseException, request: Request) -> JSONResponse:
+    """An error as `{"error": {"type", "message"}}` with its status code; a 500 names only an
+    error id, its exception is in the server's log (`internal_message`)."""
     status, kind = status_of(err)
-    message = message_of(err) if status < 500 else f"{type(err).__name__}: {err}"
+    if status == 500:
+        message = internal_message(err, f"{request.method} {request.url.path}")
+    elif status < 500:
+        message = message_of(err)
+    else:  # a typed 503: what cannot be reached now, which a client may retry
+        message = f"{type(err).__name__}: {err}"
     # A 503 invites a retry, but not a shutting-down server's: the run goes on, a retried
     # POST would start another.
     retry = status == 503 and not isinstance(err, StoppedWaiting)
     headers = {"Retry-After": "1"} if retry else None
     return Json({"error": {"type": kind, "message": message}}, status_code=status, headers=headers)
+
+
+# The query parameters each handler reads (`takes_query`); `guarded` refuses any other, and
+# a handler not named here takes none.
+QUERY: dict[Handler, tuple[str, ...]] = {}
+
+
+def takes_query(*names: str) -> Callable[[Handler], Handler]:
+    """Declare the query parameters a handler reads: any other is refused (`check_query`)."""
+
+    def register(handler: Handler) -> Handler:
+        QUERY[handler] = names
+        return handler
+
+    return register
+
+
+def check_query(request: Request, names: tuple[str, ...]) -> None:
+    """Invalid naming the query parameters not in `names` (a misspelt `?stauts=` is not
+    ignored, as a body's field is not), or BadRequest naming one given twice (which counts?)."""
+    given = [name for name, _ in request.query_params.multi_items()]
+    unknown = list(dict.fromkeys(name for name in given if name not in names))
+    if unknown:
+        raise Invalid(
+            f"unknown query parameter{'s' if len(unknown) > 1 else ''} "
+            f"{', '.join(map(repr, unknown))}; this endpoint takes "
+            f"{', '.join(map(repr, names)) or 'none'}"
+        )
+    twice = next((name for i, name in enumerate(given) if name in given[:i]), None)
+    if twice is not None:
+        raise BadRequest(f"query parameter {twice!r} twice: give it once")
 
 
 def int_param(request: Request, name: str, default: int | None = None) -> int:
@@ -61,6 +98,21 @@ def sse(frames: AsyncIterator[str]) -> StreamingResponse:
     """A text/event-stream response."""
     headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
     return StreamingResponse(frames, media_type="text/event-stream", headers=headers)
+
+
+async def _no_body() -> AsyncIterator[bytes]:
+    return
+    yield  # (an async generator that yields nothing)
+
+
+async def headers_only(response: Response) -> None:
+    """`response` made a HEAD's answer: a stream's headers, not its body (an event stream
+    follows its run until it ends, holding the connection, which a HEAD never reads)."""
+    if isinstance(response, StreamingResponse):
+        close = getattr(response.body_iterator, "aclose", None)
+        if close is not None:
+            await close()
+        response.body_iterator = _no_body()
 
 
 async def _frames(service: Service, caller: Caller, run_id: str, after: EventId | None) -> Any:
@@ -99,6 +151,7 @@ async def create_run(request: Request, service: Service, caller: Caller) -> Resp
     return Json(body, status_code=201)
 
 
+@takes_query("status", "graph", "limit", "cursor")
 async def list_runs(request: Request, service: Service, caller: Caller) -> Response:
     q = request.query_params
     page = await service.runs(
@@ -116,6 +169,7 @@ async def get_run(request: Request, service: Service, caller: Caller) -> Respons
     return Json(run_json(record, detail=True))
 
 
+@takes_query("after")
 async def run_events(request: Request, service: Service, caller: Caller) -> Response:
     run_id = request.path_params["run_id"]
     raw = request.headers.get("last-event-id") or request.query_params.get("after")
@@ -139,6 +193,7 @@ async def get_checkpoint(request: Request, service: Service, caller: Caller) -> 
     return Json({"seq": seq, "state": state})
 
 
+@takes_query("a", "b")
 async def get_diff(request: Request, service: Service, caller: Caller) -> Response:
     a, b = int_param(request, "a"), int_param(request, "b")
     changes = await service.diff(caller, request.path_params["run_id"], a, b)
@@ -195,6 +250,7 @@ async def fork_run(request: Request, service: Service, caller: Caller) -> Respon
 
 
 async def cancel_run(request: Request, service: Service, caller: Caller) -> Response:
+    await read_json(request, service, ())  # none: a reason sent is refused, not dropped
     record = await service.cancel(caller, request.path_params["run_id"])
     return Json(run_json(record, detail=True))
 
@@ -233,13 +289,19 @@ ENDPOINTS: tuple[tuple[str, str, Handler, int, str], ...] = (
 def guarded(service: Service, handler: Handler) -> Callable[[Request], Awaitable[Response]]:
     """A handler run for an authenticated caller, its errors answered as JSON."""
 
+    query = QUERY.get(handler, ())
+
     async def endpoint(request: Request) -> Response:
         try:
             caller = await authenticate(service.auth, request)
-            check_json_body(request)  # also for a write that reads no body (cancel)
-            return await handler(request, service, caller)
+            check_json_body(request)  # before the handler reads the body (`read_json`)
+            check_query(request, query)
+            response = await handler(request, service, caller)
         except Exception as err:
-            return error_response(err)
+            return error_response(err, request)
+        if request.method == "HEAD":  # every GET route answers HEAD too (Starlette)
+            await headers_only(response)
+        return response
 
     return endpoint
 

@@ -105,13 +105,38 @@ def _not_json(word: str) -> Any:
     raise ValueError(f"{word} is not a JSON value")
 
 
+class _Repeated(Exception):  # not a ValueError: `parse_json` tells it from bad JSON
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.name = name
+
+
+def _unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    # Parsers disagree on a repeated name (the first counts, the last, or it is an error):
+    # `{"allow": false, ..., "allow": true}` would be a denial to a proxy that reads the
+    # first and an approval here. Refused, in every object at any depth.
+    data = dict(pairs)
+    if len(data) < len(pairs):
+        seen: set[str] = set()
+        for name, _ in pairs:
+            if name in seen:
+                raise _Repeated(name)
+            seen.add(name)
+    return data
+
+
 def parse_json(raw: str | bytes, what: str) -> Any:
     """`raw` read as JSON and checked by `check_value`: BadRequest naming `what` when it is not
-    JSON or nests too deeply (the parser's recursion is caught here, never a 500)."""
+    JSON, an object in it names a field twice, or it nests too deeply (the parser's recursion
+    is caught here, never a 500)."""
     try:
-        data = json.loads(raw, parse_constant=_not_json)
+        data = json.loads(raw, parse_constant=_not_json, object_pairs_hook=_unique)
     except RecursionError:
         raise BadRequest(f"{what} {_TOO_DEEP}") from None
+    except _Repeated as err:
+        raise BadRequest(
+            f"{what} names {err.name!a} twice in one object: give each field once"
+        ) from None
     except ValueError as err:
         raise BadRequest(f"{what} is not JSON: {err}") from None
     check_value(data, what)

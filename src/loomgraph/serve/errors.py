@@ -6,6 +6,9 @@ is 404 exactly as an unknown run is (never 403: that would confirm it exists).
 
 from __future__ import annotations
 
+import logging
+import secrets
+
 from loomgraph.agent.checkpoints import (
     ApprovalRefused,
     ApprovalUsed,
@@ -30,8 +33,12 @@ __all__ = [
     "ServeError",
     "TooLarge",
     "Unauthorized",
+    "internal_message",
+    "message_of",
     "status_of",
 ]
+
+log = logging.getLogger("loomgraph.serve")
 
 
 class ServeError(LoomgraphError):
@@ -132,3 +139,15 @@ def message_of(err: BaseException) -> str:
     if isinstance(err, RunConflict) and err.owner is not None:
         return f"run {err.run_id!r} is being driven by another process; try again later"
     return str(err)
+
+
+def internal_message(err: BaseException, where: str) -> str:
+    """What a client is told of a 500 (the server's fault, answering `where`, "GET /v1/runs"):
+    an error id, and nothing of the exception, whose text may hold anything (a connection
+    string and its password, a path); the exception is logged with its traceback under that
+    id. A ServeError's own text, written for clients, is kept (`the page could not be
+    rendered`)."""
+    error_id = secrets.token_hex(6)
+    log.exception("internal error (error id %s) answering %s", error_id, where, exc_info=err)
+    said = str(err) if isinstance(err, ServeError) else "internal error"
+    return f"{said} (error id {error_id}: the details are in the server's log)"

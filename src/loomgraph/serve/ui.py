@@ -43,6 +43,7 @@ from loomgraph.serve.errors import (
     BadRequest,
     ServeError,
     Unauthorized,
+    internal_message,
     message_of,
     status_of,
 )
@@ -128,8 +129,8 @@ def _render(request: Request, name: str, http_status: int = 200, **context: Any)
     # (not `status`: a page's context has a `status` of its own, the filter)
     try:
         html = TEMPLATES.get_template(name).render({"request": request, **context})
-    except Exception as err:
-        raise PageFailed(f"the page could not be rendered: {type(err).__name__}: {err}") from err
+    except Exception as err:  # (its text is for the server's log: `internal_message`)
+        raise PageFailed("the page could not be rendered") from err
     return HTMLResponse(_text(html), status_code=http_status)
 
 
@@ -344,11 +345,12 @@ def _page(service: Service, page: Page, *, write: bool = False) -> Any:
             return RedirectResponse("/ui/login", status_code=303)
         except Exception as err:
             status, kind = status_of(err)
-            message = (
-                message_of(err)
-                if isinstance(err, ServeError | ValueError) or status < 500
-                else (f"{type(err).__name__}: {err}")
-            )
+            if status == 500:  # logged; the page names only an error id
+                message = internal_message(err, f"{request.method} {request.url.path}")
+            elif isinstance(err, ServeError | ValueError) or status < 500:
+                message = message_of(err)
+            else:  # a typed 503: what cannot be reached now
+                message = f"{type(err).__name__}: {err}"
             if request.headers.get("hx-request") == "true":
                 html = _text(f'<p class="error" role="alert">{_escape(shown(message))}</p>')
                 return HTMLResponse(html, status_code=200, headers={"HX-Retarget": "#notice"})
