@@ -10,25 +10,26 @@ written `"seq.index"`, are therefore stable: a watcher that reconnects after `"7
 exactly the events after it, none lost and none twice (a follower gives transitions in seq
 order, waiting for one committed after a later one). `run_started` is `0.0`. When the run
 stops (finished, or waiting for an approval or a value), a `run_completed` event with the
-status follows, id `"seq.end.K"`, and the source ends: `seq` the run's last transition, `K`
-how many times its node visits had begun an effect (`stop_mark`). A run may stop more than once
-with no transition between (two approvals asked in one visit, one after the other, each
-answered by a resume); each stop has begun at least one more effect (`K` grows), so each
-stop's id comes after the one before. Model text arrives inside `node_completed`'s patch;
-streamed chunks are not journaled, so they are not in this source.
+status follows, id `"seq.end.K"` (`"seq.end.K.R"`), and the source ends: `seq` the run's last
+transition, `K` how many times its node visits had begun an effect (`stop_mark`), `R` the rank
+of its status (`event_ids.StopRank`: 0, unwritten, for a waiting stop). A run may stop more
+than once with no transition between (two approvals asked in one visit, one after the other,
+each answered by a resume; a waiting run then cancelled); each stop has begun at least one
+more effect (`K` grows) or has another rank, so a watcher holding the one before is given it
+(`event_ids` names the one case that does neither). Model text arrives inside
+`node_completed`'s patch; streamed chunks are not journaled, so they are not in this source.
 """
 
 from __future__ import annotations
 
 import asyncio
-import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from loomgraph.agent.effect_visits import VisitEffects, VisitWalk, visit_of
-from loomgraph.errors import LoomgraphError
+from loomgraph.agent.event_ids import BadEventId, EventId
 from loomgraph.protocols import EffectRecord, EffectStatus, RunRecord, RunStatus, Transition
 from loomgraph.protocols.events import (
     NODE_COMPLETED,
@@ -42,6 +43,7 @@ from loomgraph.protocols.events import (
 )
 from loomgraph.protocols.runtime import RunReader, UnknownRun
 
+# BadEventId and EventId re-exported: they were defined here before `event_ids` held them.
 __all__ = [
     "GAP_READS",
     "BadEventId",
@@ -52,75 +54,10 @@ __all__ = [
     "stop_mark",
 ]
 
-# The index of the event a stop makes, and of a bare `SEQ` (after every event of transition
-# `SEQ`, before its stop): above any index a transition's events reach, so ids sort as fields.
-_END = 1 << 31
-_AFTER_SEQ = 1 << 30
-# SEQ, SEQ.INDEX, SEQ.end.K and SEQ.end (what a stop's id was before K: K is then 0). Bounded:
-# `int` refuses over 4300 digits with a plain ValueError.
-_EVENT_ID = re.compile(r"([0-9]{1,30})(?:\.([0-9]{1,30})|\.end(?:\.([0-9]{1,30}))?)?")
 # How many reads in a row a follower waits for a missing seq while later ones are there
 # (and for as many poll intervals: wakes can come faster than a slow commit).
 GAP_READS = 8
 _clock = time.monotonic  # replaced in tests
-
-
-class BadEventId(LoomgraphError, ValueError):
-    """An event id that is not `seq.index` or `seq.end.k` (or `seq.end`, or `seq`)."""
-
-
-@dataclass(frozen=True, slots=True, order=True)
-class EventId:
-    """Where one journaled event stands: the transition it belongs to and its place there;
-    ids compare in the order of the events.
-
-    The stop event after the transition `seq` has `index` `_END` (`is_stop`) and `stop` the
-    number of times the run's node visits had begun an effect (`stop_mark`): two stops
-    after the same transition are told apart and ordered by it."""
-
-    seq: int
-    index: int
-    stop: int = 0
-
-    @classmethod
-    def of_stop(cls, seq: int, stop: int) -> EventId:
-        """The id of the stop event after transition `seq`, `stop` effects begun."""
-        return cls(seq, _END, stop)
-
-    @property
-    def is_stop(self) -> bool:
-        """Whether this is a stop event's id (`seq.end.k`)."""
-        return self.index == _END
-
-    def __str__(self) -> str:
-        if self.is_stop:
-            return f"{self.seq}.end.{self.stop}"
-        return str(self.seq) if self.index == _AFTER_SEQ else f"{self.seq}.{self.index}"
-
-    @classmethod
-    def parse(cls, text: str) -> EventId:
-        """An id from its text form; a bare number `N` means "after every event of N" (its
-        stop excepted), `N.end`, an earlier server's stop id, is read as `N.end.0`: before any
-        later stop after N, so a stop made since is given, not lost (one already given is
-        given again). Only ASCII digits, as for every number the server reads: `int` would
-        take `-1`, `+1`, `1_0` and other scripts' digits, and `-1` would replay the run."""
-        found = _EVENT_ID.fullmatch(text)
-        if found is None:
-            raise BadEventId(
-                f"event id {text!r} is not 'SEQ.INDEX', 'SEQ.end.K', 'SEQ.end' or a sequence "
-                f"number (ASCII digits)"
-            )
-        seq, index, stop = found.group(1, 2, 3)
-        if index is not None:
-            # A larger index than any event's is "after every event of SEQ", as a bare SEQ.
-            return cls(int(seq), min(int(index), _AFTER_SEQ))
-        if text.endswith(".end") or stop is not None:
-            return cls.of_stop(int(seq), int(stop or 0))
-        return cls(int(seq), _AFTER_SEQ)
-
-    def comes_after(self, other: EventId | None) -> bool:
-        """True when this event follows `other` in the run (every event follows None)."""
-        return other is None or self > other
 
 
 def stop_mark(run_id: str, effects: Sequence[EffectRecord]) -> int:
@@ -208,7 +145,9 @@ def journal_events(
     out: list[JournalEvent] = []
 
     def add(eid: EventId, event: Event) -> None:
-        if eid.comes_after(after):
+        # Not only the events after `after`: the stop is also given to a client holding
+        # another stop of the same transition and effect count (`is_new_after`).
+        if eid.is_new_after(after):
             out.append(JournalEvent(eid, event))
 
     if record.initial is not None or transitions:
@@ -253,7 +192,7 @@ def journal_events(
             "result": record.result,
         }
         add(
-            EventId.of_stop(last, stop_mark(record.run_id, effects)),
+            EventId.of_stop(last, stop_mark(record.run_id, effects), record.status),
             _event(record, RUN_COMPLETED, payload, last, None, record.updated_at),
         )
     return out
