@@ -99,7 +99,7 @@ with where each class lives (relative to `loomgraph.`):
     │   └── AuditConfigError + ValueError   observability.audit_key
     │       └── AuditKeyMissing             observability.audit_key
     ├── SqliteFileProblem                   _storage.sqlite_files
-    ├── BadEventId + ValueError             agent.run_events
+    ├── BadEventId + ValueError             agent.event_ids
     ├── ServeError                          serve.errors
     │   ├── BadRequest + ValueError         serve.errors
     │   │   ├── NotText                     serve.bodies

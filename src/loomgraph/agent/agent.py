@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from loomgraph.agent.checkpoints import Checkpoint, history
 from loomgraph.agent.deps import build_deps
+from loomgraph.agent.event_ids import EventId
 from loomgraph.agent.fleet_methods import FleetMethods
 from loomgraph.agent.memory_wiring import wire_memory
 from loomgraph.agent.pinning import GraphChoice, run_graph
@@ -16,7 +17,7 @@ from loomgraph.agent.recovery import DEFAULT_MAX_RECOVERIES
 from loomgraph.agent.result import RunResult
 from loomgraph.agent.resuming import NO_VALUE, Resumer
 from loomgraph.agent.run_episode import keeps_episodes
-from loomgraph.agent.run_events import EventId, JournalEvent, follow_events
+from loomgraph.agent.run_events import JournalEvent, follow_events
 from loomgraph.agent.session import AgentSession
 from loomgraph.agent.streaming import event_stream
 from loomgraph.authoring.library import load_graph
@@ -348,7 +349,7 @@ class Agent(FleetMethods):
         self, run_id: str, *, after: EventId | str | None = None, poll_interval: float = 0.5
     ) -> AsyncIterator[JournalEvent]:
         """The run's events read from the journal after `after` (a stable id: `"seq.index"`,
-        a stop's `"seq.end.k"`), then followed until the run stops, wherever it runs (see
+        a stop's `"seq.end.k[.r]"`), then followed until the run stops, wherever it runs (see
         `agent.run_events`)."""
         if isinstance(after, str):
             after = EventId.parse(after)

@@ -3,10 +3,10 @@ it would (`validate_agent_file`, what `loomgraph validate` runs).
 
 `authoring.agent_file` validates the file's shape, graph and imports; this module turns the
 spec into objects: the model with its settings, tools (import paths next to the file, MCP
-servers), backends, budget, permissions, audit log (`file_audit_log`) and telemetry. What only a backend can
-check — `model` (the model takes its settings), `budget` (a cost cap can price the model),
-`permissions` (its rules parse, its files read) and `audit_log` (its key, its file's
-folder) — is one check per section
+servers), backends, budget, permissions, audit log (`file_audit_log`) and telemetry. What
+only a backend can check — `model` (the model takes its settings), `budget` (the budget
+takes its caps, a cost cap can price the model), `permissions` (its rules parse, its files
+read) and `audit_log` (its key, its file's folder) — is one check per section
 (`SECTION_CHECKS`), which `load_agent_file` runs beside its own, for `Agent.from_file` and
 for `validate_agent_file` alike: both report the same problems, every one at once, with the
 file's lines. The checks read; they never write, connect or start anything (a built-in model

@@ -9,7 +9,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from loomgraph.agent.run_events import EventId
+from loomgraph.agent.event_ids import EventId
 from loomgraph.protocols import RunStatus
 from loomgraph.serve.auth import Caller, authenticate
 from loomgraph.serve.bodies import check_json_body, field, read_json

@@ -17,7 +17,7 @@ from loomgraph.agent.checkpoints import (
     RunOfAnotherAgent,
     ValueNotPending,
 )
-from loomgraph.agent.run_events import BadEventId
+from loomgraph.agent.event_ids import BadEventId
 from loomgraph.agent.submitting import RunJobPending
 from loomgraph.errors import InputTooLarge, LoomgraphError, ServiceUnavailable, StateError
 from loomgraph.nodes.structured import OutputValidationError

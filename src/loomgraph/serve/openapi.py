@@ -72,7 +72,8 @@ _QUERY: dict[tuple[str, str], dict[str, tuple[dict[str, Any], bool]]] = {
     },
     ("GET", "/v1/runs/{run_id}/events"): {
         "after": (
-            _STRING | {"description": "an event id (`seq.index`, a stop's `seq.end.k`) or a seq"},
+            _STRING
+            | {"description": "an event id (`seq.index`, a stop's `seq.end.k[.r]`) or a seq"},
             False,
         ),
     },

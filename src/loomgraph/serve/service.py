@@ -11,9 +11,10 @@ from typing import Any
 
 from loomgraph.agent.agent import Agent
 from loomgraph.agent.checkpoints import Checkpoint, diff, history, pending_of, position
+from loomgraph.agent.event_ids import EventId
 from loomgraph.agent.job_inputs import submitted_prompt
 from loomgraph.agent.resuming import RunNotStarted, RunQueued
-from loomgraph.agent.run_events import EventId, JournalEvent, follow_events
+from loomgraph.agent.run_events import JournalEvent, follow_events
 from loomgraph.agent.streaming import event_stream
 from loomgraph.agent.submitting import RunNotCancellable, cancel_idle
 from loomgraph.authoring.diagram import RunOverlay
