@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import subprocess
@@ -208,20 +207,3 @@ def test_two_concurrent_approvals_of_one_call_pay_once(env: dict[str, Any]) -> N
     refusals = ("leased by", "was already answered", "not waiting for an approval")
     assert any(refusal in loser for refusal in refusals), loser
     assert paid(env) == ["acme\t5"]
-
-
-def test_the_terminal_prompt_escapes_a_policys_reason(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
-    # A reason from a policy callable can hold anything; a terminal sequence in it (OSC 52
-    # writes the clipboard) is shown escaped, not sent to the operator's terminal.
-    from loomgraph.cli.approvals import ask_on_terminal
-    from loomgraph.protocols import Decision
-
-    monkeypatch.setattr(sys, "stdin", io.StringIO("y\n"))
-    decision = Decision("ask", rule="policy", reason="check \x1b]52;c;cm0gLXJmIC8=\x07 this")
-    call = {"id": "c1", "tool": "pay", "args": {"to": "acme"}}
-    assert ask_on_terminal(call, decision) is True  # type: ignore[arg-type]
-    shown = capsys.readouterr().err
-    assert "\x1b" not in shown and "\x07" not in shown
-    assert "check \\x1b]52;c;cm0gLXJmIC8=\\x07 this" in shown

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import getpass
 import json
 import sys
@@ -12,7 +13,7 @@ from typing import Any
 from loomgraph.cli import agent_args, going_on, journal
 from loomgraph.cli.answer_commands import named_request, say_how_to_answer, say_how_to_approve
 from loomgraph.cli.console import can_ask
-from loomgraph.cli.output import EXIT_OK, print_result, table
+from loomgraph.cli.output import EXIT_OK, DrivenRun, json_line, print_result, table
 from loomgraph.engine.effects import Approval, BoundApproval
 from loomgraph.protocols import Decision, RunStatus, Runtime, ToolCall
 
@@ -45,10 +46,12 @@ def deny_unattended(call: ToolCall, decision: Decision) -> Approval:
     return Approval(call["id"], False, approver="nobody", reason=NO_APPROVER)
 
 
-def ask_on_terminal(call: ToolCall, decision: Decision) -> bool:
-    """`--approve` when stdin is no terminal (a pipe): ask, read a line; anything but yes is
-    no. (At a terminal, `asking.TerminalApprover` asks instead.)"""
-    from loomgraph.cli.asking import approval_question
+async def ask_on_terminal(call: ToolCall, decision: Decision) -> bool:
+    """`--approve` when stdin is no terminal (a pipe): ask on stderr, read a line (given
+    ahead of the prompt too: a script's answers); anything but yes is no. Read as the
+    terminal's answers are (`asking.next_line`), never blocking the event loop, so Ctrl-C
+    stops the command at once. (At a terminal, `asking.TerminalApprover` asks instead.)"""
+    from loomgraph.cli.asking import approval_question, next_line
 
     print(
         f"\nloomgraph: {approval_question(call, decision)}. Allow? [y/N] ",
@@ -56,7 +59,8 @@ def ask_on_terminal(call: ToolCall, decision: Decision) -> bool:
         file=sys.stderr,
         flush=True,
     )
-    answer = sys.stdin.readline().strip().lower()
+    line = await next_line()
+    answer = (line or b"").decode("utf-8", "replace").strip().lower()
     return answer in ("y", "yes")
 
 
@@ -117,10 +121,12 @@ COMMANDS = frozenset({"pending", "approve", "deny"})
 UNRECORDED = "(not recorded)"
 
 
-def handle(args: argparse.Namespace) -> int:
-    """Run `runs pending | approve | deny`; returns the exit code."""
-    command = _pending if args.runs_command == "pending" else _answer
-    return journal.journaled(args, command)
+def handle(args: argparse.Namespace, driven: DrivenRun) -> int:
+    """Run `runs pending | approve | deny` (the run an answer goes on with in `driven`);
+    returns the exit code."""
+    if args.runs_command == "pending":
+        return journal.journaled(args, _pending)
+    return journal.journaled(args, functools.partial(_answer, driven=driven))
 
 
 async def _pending(args: argparse.Namespace, runtime: Runtime) -> int:
@@ -150,7 +156,7 @@ async def _pending(args: argparse.Namespace, runtime: Runtime) -> int:
         )
     if args.json:
         for row in rows:
-            print(json.dumps(row))
+            print(json_line(row))
         return EXIT_OK
     if not rows:
         print("no run awaits approval", file=sys.stderr)
@@ -171,7 +177,7 @@ async def _pending(args: argparse.Namespace, runtime: Runtime) -> int:
     return EXIT_OK
 
 
-async def _answer(args: argparse.Namespace, runtime: Runtime) -> int:
+async def _answer(args: argparse.Namespace, runtime: Runtime, driven: DrivenRun) -> int:
     if args.approver is not None and not args.approver.strip():
         raise journal.UsageError("--as names nobody: name who answers, or leave it out")
     record, _ = await journal.load_record(runtime, args.run_id)
@@ -197,7 +203,9 @@ async def _answer(args: argparse.Namespace, runtime: Runtime) -> int:
     graph = await going_on.run_graph(args, runtime, record, args.graph_choice)
     permissions = agent_args.load_permissions(args.permissions)
     agent = going_on.agent_for(args, runtime, record, graph.architecture, permissions)
-    result = await agent.resume(args.run_id, graph=graph.choice, approve=answer)
+    driven.going_on(args.run_id)
+    sink = driven.sink(agent.deps.hooks.on_event)
+    result = await agent.resumer().resume(sink, args.run_id, graph=graph.choice, approve=answer)
     code = print_result(result, args.json)
     # Gone on to a question or another approval: how to answer it, as `runs resume` says.
     say_how_to_answer(result.to_dict(), True, args, args.runtime)

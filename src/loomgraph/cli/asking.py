@@ -2,8 +2,10 @@
 tool call a rule asks about may run. One way of asking for both: a line read from the
 terminal, at most `TRIES` times, an empty line or Ctrl-D leaving the run waiting.
 
-Imported only when `console.can_ask` says someone is there to ask (and for `value_of`, by
-`runs resume --value`): a pipe, a file, `--json` or `--no-input` never get here."""
+Imported when `console.can_ask` says someone is there to ask (and for `value_of`, by
+`runs resume --value`; and for `next_line`, by `--approve` in a pipe, which reads its answers
+as they were given, ahead of the prompt too): a pipe, a file, `--json` or `--no-input` are
+never asked otherwise."""
 
 from __future__ import annotations
 
@@ -55,8 +57,9 @@ async def read_line(prompt: str) -> str | None:
         _discard_typed_ahead()
         sys.stdout.write(prompt)
         sys.stdout.flush()
-        line = await _line()
-        if line is None:
+        line = await next_line()
+        if line is None:  # Ctrl-D: the next output starts on a line of its own
+            sys.stdout.write("\n")
             return None
         try:
             return line.decode("utf-8").rstrip("\r")
@@ -65,14 +68,13 @@ async def read_line(prompt: str) -> str | None:
     return None
 
 
-async def _line() -> bytes | None:
-    """The next line from stdin (what was typed before Ctrl-D counts as one); None at the
-    end of input."""
+async def next_line() -> bytes | None:
+    """The next line from stdin (what was typed before Ctrl-D counts as one), read without
+    holding up the event loop, so Ctrl-C cancels the wait at once; None at the end of input."""
     while b"\n" not in _TYPED:
         chunk = await _read_some()
         if not chunk:  # Ctrl-D: what was typed before it, else nothing
             if not _TYPED:
-                sys.stdout.write("\n")
                 return None
             break
         _TYPED.extend(chunk)
@@ -93,20 +95,27 @@ def _discard_typed_ahead() -> None:
 
 
 async def _read_some() -> bytes:
-    """What the terminal has for us once it has anything (a line, or Ctrl-D: b"")."""
+    """What stdin has for us once it has anything (a line, or Ctrl-D: b"")."""
+    try:
+        fd = sys.stdin.fileno()
+    except (AttributeError, ValueError, OSError):  # no file behind it (a test's StringIO)
+        return sys.stdin.readline().encode("utf-8", "surrogateescape")
     loop = asyncio.get_running_loop()
-    fd = sys.stdin.fileno()
     ready: asyncio.Future[None] = loop.create_future()
 
     def wake() -> None:
         if not ready.done():
             ready.set_result(None)
 
-    loop.add_reader(fd, wake)
     try:
-        await ready
-    finally:
-        loop.remove_reader(fd)
+        loop.add_reader(fd, wake)
+    except PermissionError:  # a file (`< answers`, /dev/null): epoll refuses it; never blocks
+        ready.set_result(None)
+    else:
+        try:
+            await ready
+        finally:
+            loop.remove_reader(fd)
     try:
         return os.read(fd, 65536)
     except OSError:  # the terminal went away (EIO): nobody is there to answer

@@ -11,6 +11,7 @@ import sys
 from typing import Any
 
 from loomgraph.cli.agent_args import add_loaded_agent_option, load_agent
+from loomgraph.cli.journal import UsageError, require_journal
 from loomgraph.cli.output import EXIT_OK, EXIT_USAGE
 
 __all__ = ["COMMANDS", "add_parser", "add_runs_parsers", "handle", "handle_runs"]
@@ -69,11 +70,14 @@ def handle_runs(args: argparse.Namespace) -> int:
 async def _cancel(args: argparse.Namespace) -> int:
     from loomgraph.agent.fleet_errors import FleetError
     from loomgraph.protocols import UnknownRun
+    from loomgraph.runtime.errors import JournalError
 
     agent = load_agent(args.agent)
     try:
+        # A run to cancel is in a journal that is there: none is made where a typo points.
+        await require_journal(agent.deps.runtime)
         outcome = await agent.cancel(args.run_id, by=args.by)
-    except (FleetError, UnknownRun) as err:
+    except (FleetError, UnknownRun, UsageError, JournalError) as err:
         print(f"loomgraph: {err}", file=sys.stderr)
         return EXIT_USAGE
     finally:

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import sqlite3
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+from loomgraph._storage.sqlite_held import GuardedConnection
 from loomgraph.cli import advice, agent_args
 from loomgraph.cli.output import EXIT_FAILED, usage
 from loomgraph.errors import GraphError, LoomgraphError
@@ -31,6 +33,7 @@ def journaled(
             raise UsageError("no journal: pass --runtime sqlite:PATH|postgres://… or --agent FILE")
         runtime = open_journal(journal)
         try:
+            await require_journal(runtime)
             return await command(args, runtime)
         finally:
             await close_backend(runtime)
@@ -89,6 +92,48 @@ def open_journal(spec: str, *, create: bool = False) -> Runtime:
             # Opening would create an empty journal; a typo should not look like "no runs".
             raise UsageError(f"no journal at {path!r}")
     return resolve_runtime(spec)
+
+
+async def require_journal(runtime: Runtime) -> None:
+    """UsageError unless `runtime` holds a journal already (`journal_meta` in its SQLite file
+    or Postgres schema), looked for before anything is written: opening would create one,
+    and a command that needs runs must not make an empty journal in whatever a typo names
+    (the application's own database) and then report no runs."""
+    from loomgraph.runtime.postgres import PostgresRuntime
+    from loomgraph.runtime.sqlite import SqliteRuntime
+
+    if isinstance(runtime, PostgresRuntime):
+        there, where = await runtime.holds_journal(), runtime.location
+    elif isinstance(runtime, SqliteRuntime):
+        there = await asyncio.to_thread(_sqlite_holds_journal, runtime.path)
+        where = runtime.location
+    else:
+        return  # a journal object of its own: it knows what it holds
+    if not there:
+        raise UsageError(
+            f"no journal in {where}: it holds no loomgraph runs (`loomgraph run` with "
+            "this --runtime makes one)"
+        )
+
+
+def _sqlite_holds_journal(path: str) -> bool:
+    """Whether the SQLite file at `path` has a `journal_meta` table, read on a read-only
+    connection; True when it cannot be read as a database (the journal's own open says
+    why: damaged, locked, unreadable)."""
+    uri = Path(path).absolute().as_uri() + "?mode=ro"
+    try:
+        conn = sqlite3.connect(uri, uri=True, timeout=30.0, factory=GuardedConnection)
+    except sqlite3.Error:
+        return True
+    try:
+        found = conn.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'journal_meta'"
+        ).fetchone()
+    except sqlite3.Error:
+        return True
+    finally:
+        conn.close()
+    return found is not None
 
 
 async def load_record(runtime: Runtime, run_id: str) -> tuple[RunRecord, list[Transition]]:

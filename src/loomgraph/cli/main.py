@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import difflib
 import json
 import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, TextIO, cast
+from typing import Any, NoReturn, TextIO, cast
 
 from loomgraph.cli import agent_args, journal
 from loomgraph.cli import approvals as cli_approvals
@@ -20,6 +21,7 @@ from loomgraph.cli import mcp_serve as cli_mcp_serve
 from loomgraph.cli import run as cli_run
 from loomgraph.cli import runs as cli_runs
 from loomgraph.cli import serve as cli_serve
+from loomgraph.cli.answer_commands import resume_command, unkept
 from loomgraph.cli.console import say, warn
 from loomgraph.cli.output import (
     EXIT_FAILED,
@@ -27,6 +29,7 @@ from loomgraph.cli.output import (
     EXIT_OK,
     EXIT_PIPE_CLOSED,
     EXIT_USAGE,
+    DrivenRun,
     usage,
 )
 
@@ -128,63 +131,80 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
         return EXIT_USAGE
     sys.stdout = cast(TextIO, _Stdout(stdout))
+    args: argparse.Namespace | None = None
+    driven = DrivenRun()
     try:
         args = build_parser().parse_args(argv)
-        code = _dispatch(args)
+        driven.given_runtime = getattr(args, "runtime", None)  # before `run` resolves it
+        code = _dispatch(args, driven)
         sys.stdout.flush()  # a reader gone shows here, not as an error at exit
         return code
     except KeyboardInterrupt:
-        warn("interrupted", style="yellow")
+        _say_stopped(args, driven)
         return EXIT_INTERRUPTED
-    except _StdoutClosed:
-        # The reader of stdout closed it (`| head -1`): it wanted no more; end quietly.
-        _stdout_to_devnull()
-        return EXIT_PIPE_CLOSED
     finally:
         sys.stdout = stdout
 
 
-class _StdoutClosed(BaseException):
-    """Stdout's reader closed it: a BaseException, so no command's `except OSError` (or
-    `except Exception`) reports it as an error; `main` ends the command quietly."""
+def _say_stopped(args: argparse.Namespace | None, driven: DrivenRun) -> None:
+    """After Ctrl-C, on stderr: how to go on with the run the command drove (`run`, `runs
+    resume | retry | fork | approve | deny`), one mechanism for all: the resume command
+    while the run is left unfinished, that it cannot be resumed without a journal that
+    keeps it, or how it had stopped already; else that the command was interrupted."""
+    run_id = driven.run_id
+    if args is None or run_id is None:
+        starting = args is not None and args.command == "run"
+        warn("stopped before the run started" if starting else "interrupted", style="yellow")
+        return
+    if not driven.unfinished:
+        warn(f"stopped; run {run_id} had stopped already ({driven.status})", "yellow")
+        return
+    runtime = agent_args.runtime_of(args)
+    if journal.keeps_runs(runtime):
+        warn(
+            f"stopped; resume with: {resume_command(run_id, args, driven.given_runtime)}", "yellow"
+        )
+    else:
+        warn(f"stopped run {run_id}; it {unkept(runtime)}, so it cannot be resumed")
 
 
 class _Stdout:
-    """sys.stdout while `main` runs: a write or flush to a closed pipe raises _StdoutClosed,
-    wherever the command prints from; all else is the stream's own."""
+    """sys.stdout while `main` runs: a write or flush to a closed pipe ends the process
+    (`_reader_gone`), wherever the command prints from; all else is the stream's own."""
 
     def __init__(self, stream: TextIO) -> None:
         self._stream = stream
 
     def write(self, text: str) -> int:
-        """Write, or _StdoutClosed when the reader is gone."""
+        """Write, or end the process when the reader is gone."""
         try:
             return self._stream.write(text)
         except BrokenPipeError:
-            raise _StdoutClosed from None
+            _reader_gone()
 
     def flush(self) -> None:
-        """Flush, or _StdoutClosed when the reader is gone."""
+        """Flush, or end the process when the reader is gone."""
         try:
             self._stream.flush()
         except BrokenPipeError:
-            raise _StdoutClosed from None
+            _reader_gone()
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._stream, name)
 
 
-def _stdout_to_devnull() -> None:
-    """Point stdout at the null device, so flushing it at exit raises nothing again."""
-    try:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        os.close(devnull)
-    except (OSError, ValueError, AttributeError):  # no real file behind stdout (a test's)
-        pass
+def _reader_gone() -> NoReturn:
+    """Stdout's reader closed it (`| head -1`): it wanted no more. The command ends at once,
+    quietly, as SIGPIPE kills other programs (docs/cli.md): a closed pipe is no decision to
+    cancel, so a run it drove stays journaled as it was (running: `runs resume` goes on),
+    not cancelled by an unwinding that would journal it so. `os._exit`: no cleanup may run,
+    nor a flush of stdout that would fail again."""
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        sys.stderr.flush()
+    os._exit(EXIT_PIPE_CLOSED)
 
 
-def _dispatch(args: argparse.Namespace) -> int:
+def _dispatch(args: argparse.Namespace, driven: DrivenRun) -> int:
     from loomgraph.authoring.agent_file import AgentFileError
     from loomgraph.errors import GraphError, LoomgraphError
     from loomgraph.observability.audit_chain import AuditLogError
@@ -192,15 +212,15 @@ def _dispatch(args: argparse.Namespace) -> int:
 
     try:
         if args.command == "run":
-            return cli_run.handle(args)
+            return cli_run.handle(args, driven)
         if args.command == "validate":
             return _validate(args)
         if args.command == "runs":
             if args.runs_command in cli_approvals.COMMANDS:
-                return cli_approvals.handle(args)
+                return cli_approvals.handle(args, driven)
             if args.runs_command in cli_fleet.COMMANDS:
                 return cli_fleet.handle_runs(args)
-            return cli_runs.handle(args)
+            return cli_runs.handle(args, driven)
         if args.command == "audit":
             return cli_audit.handle(args)
         if args.command == "eval":

@@ -1,4 +1,5 @@
-"""What the `loomgraph` command prints: events, tables, JSON lines, results and exit codes.
+"""What the `loomgraph` command prints: events, tables, JSON lines, results and exit codes,
+and the run a command drives (for the line Ctrl-C prints).
 
 Shared by `cli.main` and `cli.runs`; imports neither.
 """
@@ -8,12 +9,13 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Mapping, Sequence
-from dataclasses import asdict
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from loomgraph.cli.console import colour, console, safe, say, warn
 from loomgraph.protocols import EffectRecord, RunRecord, RunStatus, Transition
+from loomgraph.protocols.events import RUN_COMPLETED, RUN_STARTED, Event
 
 _STYLES = {
     "run_started": "bold cyan",
@@ -45,6 +47,50 @@ _EXIT_OF_STATUS = {
 def exit_code(status: str) -> int:
     """The exit code for a run that ended with `status`."""
     return _EXIT_OF_STATUS.get(RunStatus(status), EXIT_FAILED)
+
+
+# ------------------------------------------------------------------ the run a command drives
+
+Sink = Callable[[Event], Awaitable[None]]
+
+
+@dataclass(slots=True)
+class DrivenRun:
+    """The run a command drives (`run`; `runs resume | retry | fork | approve | deny`), as
+    its events show it, so Ctrl-C can say how to go on with it, whichever command it was
+    (`cli.main`). `given_runtime`: `--runtime` as the command line gave it."""
+
+    given_runtime: str | None = None
+    run_id: str | None = None
+    # How the run last stopped in this command (its `run_completed`); None while it goes on.
+    status: RunStatus | None = None
+
+    def going_on(self, run_id: str) -> None:
+        """The command goes on with `run_id` (a resume, an answer), before any event."""
+        self.run_id, self.status = run_id, None
+
+    def see(self, event: Event) -> None:
+        """Follow the run through one of its events: a fork's or a new run's id from its
+        `run_started` (the first only: a `map` node's child runs start later), its end."""
+        if event.kind == RUN_STARTED and self.run_id is None:
+            self.going_on(event.run_id)
+        elif event.kind == RUN_COMPLETED and event.run_id == self.run_id:
+            self.status = RunStatus(event.payload["status"])
+
+    def sink(self, on_event: Sink) -> Sink:
+        """`on_event`, the run's events followed (`see`) on their way to it."""
+
+        async def seen(event: Event) -> None:
+            self.see(event)
+            await on_event(event)
+
+        return seen
+
+    @property
+    def unfinished(self) -> bool:
+        """Whether a run was left going on (Ctrl-C cancelled it) or waiting at a question
+        asked here: `runs resume` goes on with it."""
+        return self.run_id is not None and self.status in (None, RunStatus.INTERRUPTED)
 
 
 def usage(message: str) -> int:

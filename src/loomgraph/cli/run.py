@@ -1,6 +1,6 @@
 """`loomgraph run`: run an agent on a prompt, its events streamed (live view on a terminal);
 at a terminal its questions and approvals are asked there (`asking`); Ctrl-C stops the run
-cleanly and says how to resume it."""
+cleanly, and `cli.main` says how to resume it (`DrivenRun`)."""
 
 from __future__ import annotations
 
@@ -13,14 +13,9 @@ from typing import TYPE_CHECKING, Any
 from loomgraph.cli import agent_args
 from loomgraph.cli import approvals as cli_approvals
 from loomgraph.cli import journal as cli_journal
-from loomgraph.cli.answer_commands import (
-    resume_command,
-    say_how_to_answer,
-    say_how_to_approve,
-    unkept,
-)
+from loomgraph.cli.answer_commands import say_how_to_answer, say_how_to_approve
 from loomgraph.cli.console import can_ask, colour, warn
-from loomgraph.cli.output import EXIT_FAILED, EXIT_INTERRUPTED, emit_event, exit_code
+from loomgraph.cli.output import EXIT_FAILED, DrivenRun, emit_event, exit_code
 
 if TYPE_CHECKING:  # agent files are read when a command names one
     from loomgraph.authoring.agent_spec import BudgetSpec
@@ -64,24 +59,13 @@ def add_run_parser(sub: Any) -> None:
     add_no_input_option(run)
 
 
-def handle(args: argparse.Namespace) -> int:
-    """Run `loomgraph run`; returns the exit code (130 after Ctrl-C)."""
-    started: dict[str, str] = {}
-    given = args.runtime  # `_run` puts the agent file's journal in `args.runtime`
-    try:
-        return asyncio.run(_run(args, started))
-    except KeyboardInterrupt:
-        run_id, journal = started.get("run_id"), agent_args.runtime_of(args)
-        if run_id is None:
-            warn("stopped before the run started", style="yellow")
-        elif cli_journal.keeps_runs(journal):
-            warn(f"stopped; resume with: {resume_command(run_id, args, given)}", "yellow")
-        else:
-            warn(f"stopped run {run_id}; it {unkept(journal)}, so it cannot be resumed")
-        return EXIT_INTERRUPTED
+def handle(args: argparse.Namespace, driven: DrivenRun) -> int:
+    """Run `loomgraph run`, the run it starts followed in `driven` (for the line Ctrl-C
+    prints, `cli.main`); returns the exit code."""
+    return asyncio.run(_run(args, driven))
 
 
-async def _run(args: argparse.Namespace, started: dict[str, str]) -> int:
+async def _run(args: argparse.Namespace, driven: DrivenRun) -> int:
     given = args.runtime  # as the command line gave it (the agent file's is not repeated)
     journal = agent_args.runtime_of(args)
     runtime = cli_journal.open_journal(journal, create=True) if journal else None
@@ -100,13 +84,13 @@ async def _run(args: argparse.Namespace, started: dict[str, str]) -> int:
     result: Mapping[str, Any] = {}
     try:
         events = agent.stream(args.prompt, user_id=args.user, session_id=args.session)
-        result = await _shown(events, args.json, view, started)
+        result = await _shown(events, args.json, view, driven)
         if asking:  # the questions asked here, each answer going on with the run
             from loomgraph.cli.asking import answer_questions
 
             async def go_on(answer: Any) -> Mapping[str, Any]:
-                resumed = agent.resume_stream(started["run_id"], value=answer)
-                return await _shown(resumed, args.json, view, started)
+                resumed = agent.resume_stream(str(driven.run_id), value=answer)
+                return await _shown(resumed, args.json, view, driven)
 
             result = await answer_questions(result, agent.deps.runtime, go_on)
     finally:
@@ -157,15 +141,14 @@ def caps_across_runs(spec: BudgetSpec) -> list[str]:
 
 
 async def _shown(
-    events: AsyncIterator[Any], as_json: bool, view: Any, started: dict[str, str]
+    events: AsyncIterator[Any], as_json: bool, view: Any, driven: DrivenRun
 ) -> Mapping[str, Any]:
     """Print a run's events as they come (the live `view` kept up to date, when there is
     one) until it stops; its result, as a dict (with its status), empty if it never ended."""
     result: Mapping[str, Any] = {}
     with view if view is not None else nullcontext():
         async for event in events:
-            if event.kind == "run_started":
-                started["run_id"] = event.run_id
+            driven.see(event)
             if view is not None:
                 view.see(event)
             if event.kind != "model_chunk" or view is None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 from collections.abc import Awaitable, Callable
@@ -14,6 +15,7 @@ from loomgraph.cli.answer_commands import named_request, say_how_to_answer, say_
 from loomgraph.cli.console import can_ask, say
 from loomgraph.cli.output import (
     EXIT_OK,
+    DrivenRun,
     exit_code,
     print_diff,
     print_queued_run,
@@ -138,17 +140,18 @@ def add_runs_parser(sub: Any) -> Any:
 # ------------------------------------------------------------------ entry points
 
 
-def handle(args: argparse.Namespace) -> int:
-    """Run one `loomgraph runs …` command; returns the exit code."""
-    command: Callable[[argparse.Namespace, Runtime], Awaitable[int]] = {
+def handle(args: argparse.Namespace, driven: DrivenRun) -> int:
+    """Run one `loomgraph runs …` command (the run `resume`, `retry` or `fork` goes on with
+    followed in `driven`, for the line Ctrl-C prints); returns the exit code."""
+    commands: dict[str, Callable[[argparse.Namespace, Runtime], Awaitable[int]]] = {
         "list": _list,
         "show": _show,
-        "resume": _resume,
-        "retry": _resume,
-        "fork": _fork,
+        "resume": functools.partial(_resume, driven=driven),
+        "retry": functools.partial(_resume, driven=driven),
+        "fork": functools.partial(_fork, driven=driven),
         "diff": _diff,
-    }[args.runs_command]
-    return journal.journaled(args, command)
+    }
+    return journal.journaled(args, commands[args.runs_command])
 
 
 def render_run(args: argparse.Namespace) -> int:
@@ -244,7 +247,7 @@ async def _diff(args: argparse.Namespace, runtime: Runtime) -> int:
 # ------------------------------------------------------------------ running
 
 
-async def _resume(args: argparse.Namespace, runtime: Runtime) -> int:
+async def _resume(args: argparse.Namespace, runtime: Runtime, driven: DrivenRun) -> int:
     record, _ = await journal.load_record(runtime, args.run_id)
     graph = await going_on.run_graph(args, runtime, record, args.graph_choice)
     permissions = agent_args.load_permissions(args.permissions)
@@ -258,26 +261,31 @@ async def _resume(args: argparse.Namespace, runtime: Runtime) -> int:
     request = getattr(args, "request", "")  # `retry` answers nothing
     if request and args.value is None:
         raise journal.UsageError("--request names the question --value answers: give --value")
+    # The run's events, followed on their way to the agent's hooks (which print them).
+    sink = driven.sink(agent.deps.hooks.on_event)
+    driven.going_on(args.run_id)
     if args.runs_command == "retry":
         # A retried run that stops at a question waits, as any run does: the command
         # printed below (`runs resume … --value JSON --request KEY`) answers it.
-        result = await agent.retry(args.run_id, graph=graph.choice)
+        result = await agent.resumer().retry(sink, args.run_id, graph=graph.choice)
     elif args.value is None:
-        result = await agent.resume(args.run_id, graph=graph.choice)
+        result = await agent.resumer().resume(sink, args.run_id, graph=graph.choice)
     else:  # checked against the type asked for as `Agent.resume` checks it: ResumeError
         from loomgraph.cli.asking import value_of
 
         value = value_of(args.value)
         request = named_request(record, args, args.runtime, ("resume", args.run_id))
         answer = BoundValue(value, request) if request else value
-        result = await agent.resume(args.run_id, graph=graph.choice, value=answer)
+        result = await agent.resumer().resume(sink, args.run_id, graph=graph.choice, value=answer)
     print_result(result, args.json)
     ended: Any = result.to_dict()
     if asking:  # its questions asked here, each answer going on with the run
         from loomgraph.cli.asking import answer_questions
 
         async def go_on(answer: Any) -> Any:
-            going = await agent.resume(args.run_id, graph=graph.choice, value=answer)
+            going = await agent.resumer().resume(
+                sink, args.run_id, graph=graph.choice, value=answer
+            )
             print_result(going, args.json)
             return going.to_dict()
 
@@ -287,7 +295,7 @@ async def _resume(args: argparse.Namespace, runtime: Runtime) -> int:
     return exit_code(str(ended["status"]))
 
 
-async def _fork(args: argparse.Namespace, runtime: Runtime) -> int:
+async def _fork(args: argparse.Namespace, runtime: Runtime, driven: DrivenRun) -> int:
     record, transitions = await journal.load_record(runtime, args.run_id)
     if args.at != 0 and not any(t.seq == args.at for t in transitions):
         last = max((t.seq for t in transitions), default=0)
@@ -308,7 +316,9 @@ async def _fork(args: argparse.Namespace, runtime: Runtime) -> int:
     graph = await going_on.run_graph(args, runtime, record, wanted)
     permissions = agent_args.load_permissions(args.permissions)
     agent = going_on.agent_for(args, runtime, record, graph.architecture, permissions)
-    result = await agent.fork(args.run_id, at=args.at, patch=patch)
+    # The new run's id comes with its `run_started`: `--json` prints nothing else of it.
+    sink = driven.sink(agent.deps.hooks.on_event)
+    result = await agent.resumer().fork(sink, args.run_id, at=args.at, patch=patch)
     return print_result(result, args.json)
 
 

@@ -13,7 +13,21 @@ from loomgraph.cli.agent_args import add_loaded_agent_option, load_agent
 from loomgraph.cli.console import safe
 from loomgraph.cli.output import EXIT_OK, EXIT_USAGE, usage
 
-__all__ = ["add_parser", "handle"]
+__all__ = ["add_parser", "handle", "port"]
+
+_PORTS = "a port is 0 to 65535 (0: the system chooses one)"
+
+
+def port(text: str) -> int:
+    """`--port`: a TCP port, 0 to 65535; argparse's usage error (exit 2) names anything else."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number: {_PORTS}") from None
+    if not 0 <= value <= 65535:
+        # Never passed on: the socket layer would take it modulo 65536, silently.
+        raise argparse.ArgumentTypeError(f"{text!r} is no port: {_PORTS}")
+    return value
 
 
 def add_parser(subparsers: Any) -> None:
@@ -21,7 +35,9 @@ def add_parser(subparsers: Any) -> None:
     serve = subparsers.add_parser("serve", help="serve an agent over HTTP, with the run viewer")
     add_loaded_agent_option(serve)
     serve.add_argument("--host", default="127.0.0.1", help="the address to listen on")
-    serve.add_argument("--port", type=int, default=8000, help="the port to listen on")
+    serve.add_argument(
+        "--port", type=port, default=8000, help="the port to listen on (0: the system chooses)"
+    )
     serve.add_argument(
         "--dev",
         action="store_true",
@@ -151,7 +167,8 @@ def _serve(args: argparse.Namespace) -> int:
         async def startup(self, sockets: Any = None) -> None:
             await super().startup(sockets)
             if self.started:  # the journal answered and the address is ours
-                said = f"serving on http://{args.host}:{args.port} (viewer at /ui)"
+                where = " and ".join(_urls(args.host, self.servers))
+                said = f"serving on {where} (viewer at /ui)"
                 print(f"loomgraph: {said}", file=sys.stderr, flush=True)
 
     server = Server(config)
@@ -169,6 +186,14 @@ def _serve(args: argparse.Namespace) -> int:
     if not server.started:  # uvicorn said why (the address is in use, say)
         return usage(f"not serving: could not listen on {args.host}:{args.port}")
     return EXIT_OK
+
+
+def _urls(host: str, servers: list[Any]) -> list[str]:
+    """The URL of each port the listening sockets have: the one the system chose for
+    `--port 0` (a host name of two addresses may get two ports then), never the option."""
+    ports = sorted({sock.getsockname()[1] for server in servers for sock in server.sockets})
+    shown = f"[{host}]" if ":" in host else host  # an IPv6 address, as a URL writes it
+    return [f"http://{shown}:{bound}" for bound in ports]
 
 
 class _Startup:

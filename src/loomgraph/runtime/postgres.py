@@ -108,6 +108,25 @@ class PostgresRuntime(SqlJournal):
         """Connect, check and (when new) create the journal now rather than on first use."""
         await self._pools.get()
 
+    async def holds_journal(self) -> bool:
+        """Whether the schema holds a journal (its `journal_meta`), asked on a connection of
+        its own that creates nothing: the pool's first connection would create the journal."""
+        pg = self._pg
+        failed = (OSError, pg.PostgresError, pg.InterfaceError)  # TimeoutError is an OSError
+        try:
+            con = await pg.connect(
+                self.dsn, timeout=self.connect_timeout, command_timeout=self.command_timeout
+            )
+        except failed as err:
+            raise self._setup_failed(err) from None
+        try:
+            table = f"{quote_ident(self.schema)}.journal_meta"
+            return await con.fetchval("SELECT to_regclass($1)", table) is not None
+        except failed as err:
+            raise self._setup_failed(err) from None
+        finally:
+            await con.close(timeout=self.command_timeout)
+
     async def close(self) -> None:
         """Close the pool; the next use opens a new one."""
         await self._pools.close()
