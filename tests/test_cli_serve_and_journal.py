@@ -226,3 +226,13 @@ def test_runs_cancel_on_an_agent_whose_postgres_database_holds_no_journal_create
     done = _loomgraph(tmp_path, "runs", "cancel", "r-1", "-a", "pg.yaml")
     assert _tables(database) == [], done.stderr
     assert done.returncode == 2 and "no journal in" in done.stderr, done.stderr
+
+
+def test_mcp_serve_refuses_an_http_port_outside_0_to_65535(tmp_path: Path) -> None:
+    """`mcp-serve --http` takes the same ports as `serve --port`: one over 65535 is a usage
+    error naming it, not a socket on the port modulo 65536."""
+    (tmp_path / "ok.yaml").write_text(AGENT_FILE)
+    given_port = str(free_port() + 65536)
+    done = _loomgraph(tmp_path, "mcp-serve", "--agent", "ok.yaml", "--http", given_port)
+    assert done.returncode == 2, done.stderr
+    assert "--http" in done.stderr and repr(given_port) in done.stderr, done.stderr

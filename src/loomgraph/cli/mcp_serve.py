@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from loomgraph.cli.agent_args import add_loaded_agent_option, load_agent
 from loomgraph.cli.output import EXIT_OK, EXIT_USAGE
+from loomgraph.cli.serve import port
 from loomgraph.protocols.events import RUN_COMPLETED, Event
 
 if TYPE_CHECKING:  # the Agent is imported when the command runs, not when the CLI starts
@@ -53,7 +54,7 @@ def add_parser(subparsers: Any) -> None:
     )
     serve.add_argument(
         "--http",
-        type=int,
+        type=port,
         default=None,
         metavar="PORT",
         help="serve streamable HTTP on PORT; every request needs an API key (`loomgraph keys add`)",
