@@ -8,9 +8,7 @@ import socket
 import sqlite3
 import subprocess
 import sys
-import threading
 from pathlib import Path
-from typing import IO
 
 import pytest
 from hypothesis import given, settings
@@ -18,39 +16,13 @@ from hypothesis import strategies as st
 
 import test_cli_s32
 from loomgraph.cli.main import build_parser
+from pipe_output import Output
 from serve_process import free_port
 from test_cli_terminal import environ
 
 database = test_cli_s32.database  # a fresh Postgres database, dropped afterwards
 CLI = [sys.executable, "-m", "loomgraph.cli.main"]
 AGENT_FILE = "schema_version: 1\nname: ok\nmodel: echo\nruntime: sqlite:./j.db\n"
-
-
-class Output:
-    """What a process writes to a pipe, read in a thread as it comes, waited for with a bound."""
-
-    def __init__(self, stream: IO[str]) -> None:
-        self.text = ""
-        self.ended = False
-        self._changed = threading.Condition()
-        threading.Thread(target=self._read, args=(stream,), daemon=True).start()
-
-    def _read(self, stream: IO[str]) -> None:
-        while chunk := stream.read(1):
-            with self._changed:
-                self.text += chunk
-                self._changed.notify_all()
-        with self._changed:
-            self.ended = True
-            self._changed.notify_all()
-
-    def wait_for(self, wanted: str, timeout: float) -> str:
-        """All read so far once it holds `wanted` (AssertionError when it ends or times out)."""
-        with self._changed:
-            self._changed.wait_for(lambda: wanted in self.text or self.ended, timeout)
-            if wanted not in self.text:
-                raise AssertionError(f"{wanted!r} never came; got:\n{self.text}")
-            return self.text
 
 
 def _stop(proc: subprocess.Popen[str]) -> None:

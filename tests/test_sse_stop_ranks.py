@@ -6,11 +6,8 @@ reconnect and while following live; only a stop of the same rank shares the id."
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
-from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
@@ -25,28 +22,9 @@ from loomgraph.agent.submitting import cancel_idle
 from loomgraph.authoring.loader import graph_from_yaml
 from loomgraph.protocols import EffectRecord, EffectStatus, RunRecord, RunStatus
 from loomgraph.runtime import SqliteRuntime
-from loomgraph.serve import create_app
-from serve_agent import PAID, make_agent
+from serve_agent import make_agent
 from serve_process import sse_events
-from test_serve_error_headers import uvicorn_serving
-
-
-@contextlib.asynccontextmanager
-async def serving(tmp_path: Path) -> AsyncIterator[tuple[Any, httpx.AsyncClient, dict[str, str]]]:
-    """The serving tests' agent behind a real uvicorn on loopback: the app, a client and
-    alice's (an approver's) key header."""
-    PAID.clear()
-    agent = make_agent(str(tmp_path / "journal.db"))
-    app = create_app(agent)
-    try:
-        async with (
-            uvicorn_serving(app) as url,
-            httpx.AsyncClient(base_url=url, timeout=60) as client,
-        ):
-            key = await app.state.service.store.add_key("alice", approver=True)
-            yield app, client, {"Authorization": f"Bearer {key}"}
-    finally:
-        await agent.aclose()
+from test_serve_requests_strict import serving
 
 
 async def waiting_run(client: httpx.AsyncClient, auth: dict[str, str]) -> str:

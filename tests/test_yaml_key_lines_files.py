@@ -23,6 +23,7 @@ from loomgraph.errors import GraphValidationError, Problem
 from loomgraph.eval import Dataset, DatasetError
 from loomgraph.governance import PermissionConfigError, StandardPermissions
 from loomgraph.protocols.safe_yaml import BoundedLoader, YamlRefused, locate
+from test_yaml_key_lines import _DATA, _KEYS
 
 AGENT_HEAD = "schema_version: 1\nname: bot\n"  # lines 1-2 of each agent file below
 
@@ -348,16 +349,6 @@ def test_an_int_keyed_state_default_is_written_with_quoted_keys(tmp_path: Path) 
 
 
 # --------------------------------------------------------------------------- the invariant
-
-_KEYS = st.text(alphabet="abcdefgh_", min_size=1, max_size=6)
-_DATA = st.recursive(
-    st.one_of(st.integers(-5, 5), st.booleans(), st.text(alphabet="xyz ", max_size=4)),
-    lambda inner: st.one_of(
-        st.lists(inner, min_size=1, max_size=3),
-        st.dictionaries(_KEYS, inner, min_size=1, max_size=3),
-    ),
-    max_leaves=12,
-)
 
 
 def _paths(data: Any, path: tuple[str | int, ...] = ()) -> list[tuple[str | int, ...]]:
