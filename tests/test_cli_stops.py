@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 import test_cli_approvals
+import test_cli_terminal
 from pipe_output import Output
 from test_cli_approvals import AGENT, journal, loomgraph, paid
 from test_cli_terminal import environ
@@ -26,37 +27,12 @@ env = test_cli_approvals.env  # a folder with `approval_helpers` (a destructive 
 CLI = [sys.executable, "-m", "loomgraph.cli.main"]
 BOUND = 15.0  # seconds a command gets to react to a signal
 
-HELPERS = '''
-import asyncio
+# The terminal tests' helpers (`search`, the `Stuck` model), and two models of this file's own.
+HELPERS = (
+    test_cli_terminal.HELPERS
+    + '''
+
 import os
-import sys
-
-from loomgraph.models import ScriptedModel
-
-CALL = {"text": "", "tool_calls": [{"tool": "search", "args": {"query": "x"}}]}
-
-
-def search(query: str) -> str:
-    """Search.
-
-    Args:
-        query: what to look for
-    """
-    return "found"
-
-
-class Stuck:
-    """A model that never answers: the run waits until it is stopped."""
-
-    name = "stuck"
-
-    async def stream(self, request):
-        print("MODEL-WAITING", file=sys.stderr, flush=True)
-        await asyncio.Event().wait()
-        yield {}
-
-
-stuck = Stuck()
 
 
 def searcher(**kw):
@@ -77,6 +53,7 @@ class Held:
 
 held = Held()
 '''
+)
 
 
 def _stop(proc: subprocess.Popen[str]) -> None:
