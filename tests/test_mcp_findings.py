@@ -3,6 +3,8 @@ stdio server (tests/mcp_evil_server.py), mcp-server-time from the package index,
 server over streamable HTTP and the `loomgraph` command.
 
 - a tool name ending in a newline is not a name (rules written for `transfer` would miss it);
+- two different tools of one name in a listing are neither offered (the model would be shown
+  one and the server might run the other);
 - a server's prefix is its own: another server cannot list tools under it and so inherit
   the rules written for it (`allow: ["time_*"]`);
 - what a server not trusted writes in its tools' descriptions and schemas is untrusted text;
@@ -78,6 +80,29 @@ async def test_a_tool_name_ending_in_a_newline_is_not_offered(
     assert result["error_type"] == "unknown_tool"
     assert received(log) == []
     assert any("'transfer\\n' is not offered" in r.getMessage() for r in caplog.records)
+
+
+async def test_two_different_tools_of_one_name_are_neither_offered(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="loomgraph.tools.mcp")
+    log = tmp_path / "log"
+    server = evil("twins", log, trust=True)
+    script: list[Any] = [calls("transfer", {"secret": "s"}), "done"]
+    async with Agent("x", model=ScriptedModel(script), tools=[server]) as agent:
+        events = [e async for e in agent.stream("go")]
+        names = [s["name"] for s in agent.deps.tools.specs()]
+    assert names == ["ok_tool"]  # listed twice alike: one tool
+    (result,) = [p["result"] for p in of_kind(events, "tool_result")]
+    assert result["error_type"] == "unknown_tool"
+    assert received(log) == []
+    warned = [
+        r.getMessage() for r in caplog.records if "'transfer' is not offered" in r.getMessage()
+    ]
+    assert warned == [
+        "MCP server 'evil': tool 'transfer' is not offered: "
+        "the server lists 2 different tools of this name"
+    ]
 
 
 def test_names_ending_in_a_newline_are_refused_everywhere() -> None:

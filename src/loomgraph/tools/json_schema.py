@@ -82,7 +82,7 @@ class JsonArguments:
     def build(cls, fn: Callable[..., Any], tool_name: str, schema: dict[str, Any]) -> JsonArguments:
         """Check `schema` (raises ValueError naming the tool: UnresolvableRef for a `$ref`
         that is not inside it) and scan `fn`'s parameters."""
-        from jsonschema import SchemaError
+        from jsonschema import Draft202012Validator, SchemaError
         from jsonschema.validators import validator_for
 
         if not isinstance(schema, dict) or schema.get("type", "object") != "object":
@@ -91,7 +91,8 @@ class JsonArguments:
                 f"(type 'object'), got {schema!r}"
             )
         parameters = {"type": "object", "properties": {}, **schema}
-        validator_cls = validator_for(parameters)
+        # An unknown `$schema` is read as the latest draft (later jsonschema releases refuse it).
+        validator_cls = validator_for(parameters, default=Draft202012Validator)
         try:
             validator_cls.check_schema(parameters)
         except SchemaError as exc:

@@ -53,7 +53,7 @@ class Schema:
 
     def __init__(self, source: dict[str, Any], what: str = "inputSchema") -> None:
         """Check `source` (ValueError saying why it cannot be used)."""
-        from jsonschema import SchemaError
+        from jsonschema import Draft202012Validator, SchemaError
         from jsonschema.validators import validator_for
 
         if not isinstance(source, dict) or (
@@ -61,7 +61,8 @@ class Schema:
         ):
             raise ValueError(f"its {what} is not a JSON Schema of an object")
         try:
-            cls = validator_for(source)
+            # An unknown `$schema` is read as the latest draft (later jsonschema refuses it).
+            cls = validator_for(source, default=Draft202012Validator)
             cls.check_schema(source)
         except SchemaError as exc:
             raise ValueError(f"its {what} is not valid JSON Schema: {exc.message}") from None
@@ -297,26 +298,6 @@ def check_output(tool: str, result: Any, schema: Schema | None) -> ToolResult | 
             return None
         problem = " its structuredContent does not fit its outputSchema:\n" + "\n".join(lines)
     return error_result("tool_exception", f"Tool {tool!r} returned bad output:{problem}")
-
-
-def sdk_output_check_off(session: Any) -> None:
-    """Keep the SDK from checking `session`'s results (check_output does, on RE2)."""
-    # ClientSession.call_tool checks structuredContent against the outputSchema with
-    # jsonschema, so its patterns on Python's `re`, synchronously on the event loop: one
-    # pattern may hold the loop for minutes. `validate_tool_result` is the SDK's public
-    # method for it, and call_tool its only caller; shadowed on the session, it does nothing.
-    # A later SDK without it would check with `re` again: refuse to call rather than that.
-    if not callable(getattr(type(session), "validate_tool_result", None)):
-        raise RuntimeError(
-            "this mcp SDK has no ClientSession.validate_tool_result: loomgraph cannot keep "
-            "it from checking outputSchema patterns with Python's `re`"
-        )
-    if session.__dict__.get("validate_tool_result") is not _checked_elsewhere:
-        session.validate_tool_result = _checked_elsewhere
-
-
-async def _checked_elsewhere(name: str, result: Any) -> None:
-    """What the SDK's `validate_tool_result` does on a loomgraph session: nothing."""
 
 
 def _flat(args: dict[str, Any]) -> bool:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections.abc import AsyncIterator, Iterator
 from typing import TYPE_CHECKING, Any, Protocol
@@ -70,7 +71,7 @@ class Link:
         self.server = server
         self.loop = asyncio.get_running_loop()
         self.session: Any = None
-        self.tools: dict[str, Any] = {}  # original name -> mcp Tool
+        self.tools: list[Any] = []  # the mcp Tools of the last listing, as listed
         self.ready: asyncio.Future[None] = self.loop.create_future()
         self.stop = asyncio.Event()
         self.refreshing: asyncio.Task[None] | None = None
@@ -129,7 +130,6 @@ class Link:
 
     async def _hold(self) -> None:
         import anyio
-        from mcp.client.session import ClientSession
 
         server = self.server
         try:
@@ -140,7 +140,7 @@ class Link:
                     opened = server.open(self._session_lost)
                     read, write = await stack.enter_async_context(opened)
                     session = await stack.enter_async_context(
-                        ClientSession(read, write, message_handler=self._on_message)
+                        session_type()(read, write, message_handler=self._on_message)
                     )
                     with deadline(server.start_timeout):
                         await session.initialize()
@@ -170,7 +170,7 @@ class Link:
     async def refresh(self) -> None:
         """List the server's tools again (all pages, within the caps: MCPListingTooLarge)."""
         server = self.server
-        tools: dict[str, Any] = {}
+        tools: list[Any] = []
         cursor: str | None = None
         for _ in range(server.max_pages):
             if cursor is None:
@@ -179,7 +179,7 @@ class Link:
                 from mcp.types import PaginatedRequestParams
 
                 page = await self.session.list_tools(params=PaginatedRequestParams(cursor=cursor))
-            tools.update((t.name, t) for t in page.tools)
+            tools.extend(page.tools)
             if len(tools) > server.max_tools:
                 problem = f"it lists more than {server.max_tools} tools (MCPServer.max_tools)"
                 raise MCPListingTooLarge(server.name, problem)
@@ -257,6 +257,31 @@ class Link:
                     self.ready.set_exception(MCPServerError(self.server.name, problem))
         with contextlib.suppress(BaseException):
             await self.task
+
+
+@functools.cache
+def session_type() -> type[Any]:
+    """The SDK's `ClientSession`, but leaving the check of tool results to loomgraph."""
+    from mcp.client.session import ClientSession
+
+    # ClientSession.call_tool checks structuredContent against the outputSchema with
+    # jsonschema, so its patterns on Python's `re`, synchronously on the event loop: one
+    # pattern may hold the loop for minutes. check_output checks it on RE2 instead.
+    # `validate_tool_result` is the SDK's method for it, and call_tool its only caller. A
+    # later SDK without it would check with `re` again: refuse to connect rather than that.
+    if not callable(getattr(ClientSession, "validate_tool_result", None)):
+        raise RuntimeError(
+            "this mcp SDK has no ClientSession.validate_tool_result: loomgraph cannot keep "
+            "it from checking outputSchema patterns with Python's `re`"
+        )
+
+    class Session(ClientSession):
+        """A session whose results check_output checks (on RE2), not the SDK."""
+
+        async def validate_tool_result(self, name: str, result: Any) -> None:
+            """Nothing: check_output checks the result."""
+
+    return Session
 
 
 @contextlib.contextmanager

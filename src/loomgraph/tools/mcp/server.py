@@ -15,28 +15,17 @@ from typing import Any
 
 from loomgraph.protocols import INVALID_ARGUMENTS, ToolResult, ToolSpec, tool_run
 from loomgraph.protocols.messages import ToolOrigin
-from loomgraph.tools.mcp.checks import (
-    NAME,
-    Schema,
-    check_arguments,
-    check_output,
-    sdk_output_check_off,
-)
+from loomgraph.tools.mcp.checks import NAME, check_arguments, check_output
 from loomgraph.tools.mcp.connection import Link, MCPListingTooLarge, MCPServerError, say
-from loomgraph.tools.mcp.convert import (
-    IDEMPOTENCY_META,
-    Trust,
-    server_error,
-    to_result,
-    to_spec,
-)
+from loomgraph.tools.mcp.convert import IDEMPOTENCY_META, Trust, server_error, to_result
 from loomgraph.tools.mcp.convert import origin as tool_origin
+from loomgraph.tools.mcp.listing import Offer, offer
 from loomgraph.tools.mcp.lost import OnLost
 from loomgraph.tools.mcp.resend import Refused, refused
 from loomgraph.tools.mcp.transports import Http, Stdio
 from loomgraph.tools.results import error as error_result
 from loomgraph.tools.results import timed_out
-from loomgraph.tools.schema_defs import MAX_TOOL_CHARS, ToolSchemaNotJSON, json_chars, spec_chars
+from loomgraph.tools.schema_defs import MAX_TOOL_CHARS
 from loomgraph.tools.tool import check_timeout
 
 __all__ = ["MCPListingTooLarge", "MCPServer", "MCPServerError"]
@@ -95,10 +84,7 @@ class MCPServer:
         self._link: Link | None = None
         self._retired: set[Link] = set()  # dropped, ending when their calls under way end
         self._lock: asyncio.Lock | None = None
-        self._specs: dict[str, ToolSpec] = {}  # exposed name -> spec
-        self._original: dict[str, str] = {}  # exposed name -> the server's name
-        self._schemas: dict[str, Schema] = {}  # exposed name -> its checked inputSchema
-        self._outputs: dict[str, Schema] = {}  # exposed name -> its outputSchema, if any
+        self._offer = Offer()  # the tools of the last listing
         self._listeners: list[Callable[[], None]] = []
         self.listings = 0  # how many times the tools were listed (tests wait on it)
 
@@ -230,81 +216,30 @@ class MCPServer:
         """Offer the tools `link` listed (the connection calls this)."""
         if link is not self._link:
             return  # the listing of a connection since dropped
-        listed: dict[str, tuple[str, ToolSpec]] = {}
-        total = 0
-        for tool_name, item in link.tools.items():
-            exposed = f"{self.prefix}_{tool_name}" if self.prefix else tool_name
-            # Held to the rule local tool names meet: what a model API takes, and nothing
-            # that looks like another name (a separator, a look-alike letter).
-            if not NAME.fullmatch(exposed):
-                self._leave_out(exposed, "its name is not 1-64 letters, digits, '_' or '-'")
-                continue
-            spec = to_spec(item, exposed, self.trust)
-            try:
-                size = spec_chars(spec)  # before its schemas are compiled: that takes time
-            except ToolSchemaNotJSON as exc:  # NaN, lone surrogates: no model request holds it
-                self._leave_out(exposed, str(exc))
-                continue
-            if item.output_schema is not None:
-                size += json_chars(exposed, item.output_schema)
-            if size > self.max_tool_chars:
-                self._leave_out(
-                    exposed,
-                    f"its description and schemas take more than {self.max_tool_chars:,} "
-                    "characters (MCPServer.max_tool_chars)",
-                )
-                continue
-            total += size
-            listed[exposed] = (tool_name, spec)
-        if total > self.max_listing_chars:
-            problem = (
-                f"its tools' descriptions and schemas take more than "
-                f"{self.max_listing_chars:,} characters (MCPServer.max_listing_chars)"
-            )
-            raise MCPListingTooLarge(self.name, problem)
-        specs: dict[str, ToolSpec] = {}
-        original: dict[str, str] = {}
-        schemas: dict[str, Schema] = {}
-        outputs: dict[str, Schema] = {}
-        for exposed, (tool_name, spec) in listed.items():
-            shape = link.tools[tool_name].output_schema
-            try:
-                schema = Schema.of(spec["parameters"], "inputSchema", self._schemas.get(exposed))
-                if shape is not None:
-                    outputs[exposed] = Schema.of(shape, "outputSchema", self._outputs.get(exposed))
-            except ValueError as exc:
-                self._leave_out(exposed, str(exc))
-                continue
-            specs[exposed], original[exposed], schemas[exposed] = spec, tool_name, schema
-        self._specs, self._original = specs, original
-        self._schemas, self._outputs = schemas, outputs
+        self._offer = offer(self, link.tools, self._offer)
         self.listings += 1
         for listener in self._listeners:
             listener()
-
-    def _leave_out(self, name: str, why: str) -> None:
-        shown = repr(name) if len(name) <= 100 else f"{name[:100]!r}... ({len(name)} characters)"
-        _log.warning("MCP server %r: tool %s is not offered: %s", self.name, shown, why)
 
     # ----------------------------------------------------------------- tools
 
     def specs(self) -> list[ToolSpec]:
         """The specs of the tools of the last listing, under their exposed names."""
-        return list(self._specs.values())
+        return list(self._offer.specs.values())
 
     def spec(self, name: str) -> ToolSpec | None:
         """One tool's spec, or None."""
-        return self._specs.get(name)
+        return self._offer.specs.get(name)
 
     def names(self) -> Sequence[str]:
         """The exposed tool names of the last listing."""
-        return list(self._specs)
+        return list(self._offer.specs)
 
     async def call(self, name: str, args: dict[str, Any], idempotency_key: str) -> ToolResult:
         """Call one tool; every failure (of the tool or of the server) is an error result."""
         # Checked before anything is sent: a bad call is the model's to fix (and counted as
         # such), and arguments the SDK cannot write would break the connection.
-        invalid = check_arguments(name, args, self._schemas.get(name))
+        invalid = check_arguments(name, args, self._offer.schemas.get(name))
         if invalid is not None:
             return invalid
         loop = asyncio.get_running_loop()
@@ -343,13 +278,12 @@ class MCPServer:
                 await run.progress(message or "", {"progress": done, "total": total})
 
         # The whole call within `timeout`, not only its request. Its structuredContent is
-        # checked here (check_output), on RE2, not by the SDK on Python's `re`.
-        sdk_output_check_off(link.session)
+        # checked here (check_output), on RE2, not by the SDK on Python's `re` (connection.py).
         limit = asyncio.timeout_at(deadline)
         try:
             async with limit:
                 result = await link.session.call_tool(
-                    self._original.get(name, name),
+                    self._offer.original.get(name, name),
                     args,
                     read_timeout_seconds=self.timeout,
                     progress_callback=progress,
@@ -363,7 +297,7 @@ class MCPServer:
             if refused(link, key):
                 return Refused(exc, link)
             return await self._failed(name, exc, link)
-        bad = check_output(name, result, self._outputs.get(name))
+        bad = check_output(name, result, self._offer.outputs.get(name))
         if bad is not None:
             return bad
         refreshing = link.refreshing
