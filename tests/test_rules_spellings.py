@@ -192,6 +192,42 @@ async def test_the_new_readings_deny_more_and_never_allow_more(shape: str) -> No
         assert await verdict(allow, FETCH, None, url=shape.format(host)) == "deny", host
 
 
+@pytest.mark.parametrize(
+    ("rule", "url"),
+    [
+        # fits as written, fetched from evil.example (the user info is dropped)
+        ("https://corp.example*", "https://corp.example@evil.example/"),
+        ("https://corp.example*", "https://corp.example:x@evil.example/pay"),
+        # the `*` before the host's name spans the path as written: the host is evil.example
+        ("https://*.corp.example/*", "https://evil.example/.corp.example/x"),
+        # fits as written, fetched as /admin
+        ("https://corp.example/public/*", "https://corp.example/public/../admin"),
+        ("https://corp.example/public/*", "https://corp.example/public/%2e%2e/admin"),
+        ("https://corp.example/public/*", "https://corp.example/public/..\\admin"),
+    ],
+)
+async def test_an_allow_rule_on_a_url_holds_for_what_is_fetched(rule: str, url: str) -> None:
+    allow = StandardPermissions(mode="strict", allow=[f"fetch(url={rule})"])
+    assert await verdict(allow, FETCH, None, url=url) == "deny", url
+
+
+@pytest.mark.parametrize(
+    ("rule", "url"),
+    [
+        ("https://corp.example*", "https://corp.example"),
+        ("https://corp.example*", "https://corp.example/a/b?c=1#d"),
+        ("https://corp.example*", "https://corp.example:8443/a"),
+        ("https://*.corp.example/*", "https://api.corp.example/a/b"),
+        ("https://corp.example/public/*", "https://corp.example/public/a/../b"),
+        ("HTTPS://corp.example/*", "HTTPS://corp.example/a"),
+        ("https://{a,b}.corp.example/*", "https://b.corp.example/x"),
+    ],
+)
+async def test_an_allow_rule_on_a_url_still_allows_what_it_names(rule: str, url: str) -> None:
+    allow = StandardPermissions(mode="strict", allow=[f"fetch(url={rule})"])
+    assert await verdict(allow, FETCH, None, url=url) == "allow", url
+
+
 SEPARATORS = st.text(alphabet="/\\", max_size=4)
 SCHEMES = st.sampled_from(["https", "HTTPS", "Https", "http", "wss", "ws", "ftp"])
 HOSTS = st.sampled_from(

@@ -29,7 +29,7 @@ from urllib.parse import urlsplit
 
 from loomgraph.protocols.spellings import as_latin
 
-__all__ = ["addr_specs", "host_spellings", "ip_spellings", "network_readings"]
+__all__ = ["addr_specs", "fetched_url", "host_spellings", "ip_spellings", "network_readings"]
 
 # The full stops IDNA (UTS #46, RFC 3490) maps to ".": ideographic, fullwidth, halfwidth.
 _STOPS = str.maketrans("\u3002\uff0e\uff61", "...")
@@ -215,16 +215,13 @@ def _special_url_readings(text: str) -> list[str]:
     tabs and newlines dropped, blanks and controls at the ends stripped, any run of `/` or
     `\\` after `scheme:` (none too) starting the host, `\\` as `/`, dot segments resolved.
     The host in each spelling, with and without its port; nothing for another value."""
-    clean = text.strip(_C0_OR_SPACE).translate(_TAB_NEWLINE)
-    if (m := _SPECIAL.match(clean)) is None:
+    if (parts := _special_parts(text)) is None:
         return []
-    rest = clean[m.end() :].lstrip("/\\")
-    end = _AUTHORITY_END.search(rest)
-    authority, tail = (rest[: end.start()], rest[end.start() :]) if end else (rest, "")
-    host, port = _host_and_port(authority.rpartition("@")[2])
+    scheme, authority, tail = parts
+    scheme = scheme.lower()
+    host, port = _host_and_port(authority)
     if not host:
         return []
-    scheme = m.group(1).lower()
     tails = list(dict.fromkeys([_whatwg_path(tail), tail or "/"]))
     out = []
     for spelling in host_spellings(host):
@@ -233,6 +230,28 @@ def _special_url_readings(text: str) -> list[str]:
             if port:
                 out.append(f"{scheme}://{spelling}:{port}{path}")
     return out
+
+
+def fetched_url(text: str) -> tuple[str, str] | None:
+    """What a client fetches for a URL of a special scheme, as (authority, URL): the user
+    info dropped, the scheme, host and port as written, the path as a
+    WHATWG parser resolves it. None for another value (or one with no host)."""
+    if (parts := _special_parts(text)) is None or not parts[1]:
+        return None
+    scheme, authority, tail = parts
+    return authority, f"{scheme}://{authority}{_whatwg_path(tail)}"
+
+
+def _special_parts(text: str) -> tuple[str, str, str] | None:
+    """A special URL's scheme, authority without user info, and the rest, as
+    a WHATWG parser splits them; None for another value."""
+    clean = text.strip(_C0_OR_SPACE).translate(_TAB_NEWLINE)
+    if (m := _SPECIAL.match(clean)) is None:
+        return None
+    rest = clean[m.end() :].lstrip("/\\")
+    end = _AUTHORITY_END.search(rest)
+    authority, tail = (rest[: end.start()], rest[end.start() :]) if end else (rest, "")
+    return m.group(1), authority.rpartition("@")[2], tail
 
 
 def _whatwg_path(tail: str) -> str:

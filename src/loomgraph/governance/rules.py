@@ -21,11 +21,12 @@ from __future__ import annotations
 
 import math
 import operator
+import re
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
-from loomgraph.governance.addresses import addr_specs
+from loomgraph.governance.addresses import addr_specs, fetched_url
 from loomgraph.governance.canonical import (
     Reading,
     generous_readings,
@@ -38,6 +39,9 @@ from loomgraph.governance.rule_syntax import Cond, ParsedRule, parse_text, rende
 from loomgraph.protocols import ToolCall, ToolSpec
 
 __all__ = ["Rule", "SetSource", "canonical", "glob_regex", "parse_rule", "readings"]
+
+# A glob naming a URL of a special scheme, and its authority part (up to its first `/`).
+_URL_GLOB = re.compile(r"(?:https?|wss?|ftp)://([^/]*)", re.IGNORECASE)
 
 SetSource = Collection[str] | Callable[[], Iterable[str]]
 _MISSING = object()
@@ -198,6 +202,23 @@ def _with_addresses(
     return [[*found, *((a, False) for a in addresses)] for found in spellings]
 
 
+def _fetched_fits(glob: str, item: Any, kind: str | None, text_re: re.Pattern[str]) -> bool:
+    """For an allow rule whose glob is a URL of a special scheme: whether what a client
+    fetches for `item` fits too, its host and port the glob's authority (`*` in it does not
+    span `/`). `https://corp.example@evil.example/` is fetched from evil.example, though it
+    fits `https://corp.example*` as written; `https://evil.example/.corp.example/` fits
+    `https://*.corp.example/*` only as written, and `/public/../admin` fits `/public/*`."""
+    named = _URL_GLOB.match(glob)
+    if named is None or kind is not None or not isinstance(item, str):
+        return True
+    fetched = fetched_url(item)
+    if fetched is None:
+        return True  # not a URL a client fetches: matched as written only
+    authority, url = fetched
+    host_re = glob_regex(named.group(1), path=True)
+    return host_re.fullmatch(authority) is not None and text_re.fullmatch(url) is not None
+
+
 def _element(
     cond: Cond, item: Any, kind: str | None, every: bool, sets: Mapping[str, SetSource]
 ) -> bool:
@@ -238,6 +259,8 @@ def _element(
 
     if every:
         if (strict := _with_addresses(item, kind, spellings, "@" in cond.glob)) is None:
+            return False
+        if not _fetched_fits(cond.glob, item, kind, text_re):
             return False
         return any(all(hit(*reading) for reading in found) for found in strict)
     return any(hit(*reading) for reading in spellings[0])
