@@ -51,6 +51,7 @@ RULE_FILES = [
     # the loader
     "yaml-syntax",
     "yaml-alias",
+    "yaml-key",
     "duplicate-name",
     "not-a-mapping",
     "schema",

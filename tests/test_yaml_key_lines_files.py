@@ -291,6 +291,19 @@ def test_a_key_yaml_reads_as_no_text_is_refused_at_its_line_by_every_reader(
     _read_as_written(reader, path, key)
 
 
+@pytest.mark.parametrize("reader", ["graph", "agent file", "dataset"])
+def test_a_key_yaml_reads_as_no_text_is_a_yaml_key_problem(tmp_path: Path, reader: str) -> None:
+    document, _ = READERS[reader]
+    path = tmp_path / ("cases.yaml" if reader == "dataset" else "file.yaml")
+    path.write_text(document("007"))
+    errors = (GraphValidationError, AgentFileError, DatasetError)
+    with pytest.raises(errors) as caught:
+        {"graph": load_graph_file, "agent file": validate_agent_file, "dataset": Dataset.load}[
+            reader
+        ](path)
+    assert [p.rule for p in caught.value.problems] == ["yaml-key"]
+
+
 @pytest.mark.parametrize(
     ("text", "line"),
     [

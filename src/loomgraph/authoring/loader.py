@@ -72,6 +72,10 @@ def _dotted(path: tuple[str | int, ...]) -> str:
     return ".".join(str(p) for p in path) or "the top level"
 
 
+# The validation rule of each kind of YamlRefused; the others are `yaml-syntax`.
+_REFUSAL_RULES = {"alias": "yaml-alias", "depth": "yaml-too-deep", "key": "yaml-key"}
+
+
 def parse_yaml(text: str, file: str | None = None) -> tuple[Any, Lines, list[Problem]]:
     """Parse YAML text into plain data and a map from data paths to source lines (where
     each value starts: a built-in graph's parsed twin keeps this map)."""
@@ -100,7 +104,7 @@ def _parse(text: str, file: str | None) -> tuple[Any, Lines, Lines, list[Problem
     try:
         located = locate(loader)
     except YamlRefused as refused:
-        kind = {"alias": "yaml-alias", "depth": "yaml-too-deep"}.get(refused.kind, "yaml-syntax")
+        kind = _REFUSAL_RULES.get(refused.kind, "yaml-syntax")
         return None, {}, {}, [Problem(kind, str(refused), file, refused.line)]
     except RecursionError:  # the depth limit should stop it first; never a traceback
         deep = str(YamlRefused("depth", None))
