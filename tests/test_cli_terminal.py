@@ -179,6 +179,18 @@ def test_version(tmp_path: Path) -> None:
     assert done.returncode == 0 and done.stdout.startswith("loomgraph ")
 
 
+def test_python_dash_m_loomgraph_is_the_command(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "loomgraph", "--bogus"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=environ(),
+        timeout=300,
+    )
+    assert done.returncode == 2 and done.stderr.startswith("usage: loomgraph "), done.stderr
+
+
 # --------------------------------------------------------------------------- colour or not
 
 
