@@ -170,3 +170,26 @@ async def test_a_runs_usage_carries_the_cost_its_ledger_charged() -> None:
     assert result.usage.cost_usd == pytest.approx(expected)
     charged = (await budget.totals()).spent["cost_usd"] / NANO_USD
     assert charged == pytest.approx(result.usage.cost_usd, abs=1e-9)
+
+
+async def test_a_reported_prompt_count_spares_measuring_the_prompt(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Measuring the prompt walks the whole conversation, on every turn: done only when the
+    # model reported no prompt tokens (its count stands), else a long run pays it squared.
+    measured: list[int] = []
+    measure = ModelRequest.prompt_chars
+
+    def counted(request: ModelRequest) -> int:
+        measured.append(1)
+        return measure(request)
+
+    monkeypatch.setattr(ModelRequest, "prompt_chars", counted)
+    only_prompt = {"input_tokens": 7}  # no output tokens: the output is estimated
+    async with Agent("x", model=ReportingModel(only_prompt)) as agent:
+        result = await agent.run("hi")
+    assert (result.usage.input_tokens, result.usage.output_tokens > 0) == (7, True)
+    assert measured == []
+    async with Agent("x", model=ReportingModel({})) as agent:
+        result = await agent.run("hi")
+    assert measured and result.usage.input_tokens > 0  # none reported: estimated

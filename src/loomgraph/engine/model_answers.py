@@ -94,11 +94,10 @@ def unreported_usage(request: ModelRequest, streamed: list[str], answer: ModelRe
     if not usage.output_tokens and (streamed or answer.tool_calls):
         said = [*streamed, *(json.dumps(call.get("args")) for call in answer.tool_calls)]
         output = streamed_tokens(request, said)
-    return floor_usage(
-        usage,
-        prompt_tokens=estimate_prompt_tokens(request.prompt_chars()),
-        output_tokens=output,
-    )
+    # The prompt is measured (a walk over the whole conversation) only when no prompt
+    # tokens were reported: a reported count stands (floor_usage).
+    prompt = 0 if usage.prompt_tokens else estimate_prompt_tokens(request.prompt_chars())
+    return floor_usage(usage, prompt_tokens=prompt, output_tokens=output)
 
 
 def cancelled_usage(request: ModelRequest, streamed: list[str]) -> Usage:
