@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from loomgraph.cli.agent_args import journal_spec
-from loomgraph.cli.output import EXIT_FAILED, EXIT_OK, EXIT_USAGE
+from loomgraph.cli.console import safe
+from loomgraph.cli.output import EXIT_FAILED, EXIT_OK, EXIT_USAGE, json_line
 
 __all__ = ["add_parser", "handle"]
 
@@ -26,7 +27,7 @@ def add_parser(sub: Any) -> None:
         "journaled runs), score them, print a table and write report.json and report.html "
         "to --out. Interrupted? Run the same command again: it continues where it stopped.",
     )
-    p.add_argument("dataset", nargs="?", help="a dataset file: .yaml/.yml or .jsonl")
+    p.add_argument("dataset", nargs="?", help="a dataset file: .yaml/.yml, .json or .jsonl/.ndjson")
     p.add_argument(
         "-a",
         "--agent",
@@ -99,6 +100,10 @@ def handle(args: argparse.Namespace) -> int:
     if args.repeat < 1 or args.concurrency < 1:
         print("loomgraph eval: --repeat and --concurrency must be at least 1", file=sys.stderr)
         return EXIT_USAGE
+    caps = _run_caps(args)
+    if isinstance(caps, str):
+        print(f"loomgraph eval: {caps}", file=sys.stderr)
+        return EXIT_USAGE
     dataset = Dataset.load(args.dataset)
     baseline = read_baseline(args.baseline) if args.baseline else None
     names = args.architecture or ["default"]
@@ -112,18 +117,18 @@ def handle(args: argparse.Namespace) -> int:
     out = Path(args.out or _default_out(dataset.name))
     out.mkdir(parents=True, exist_ok=True)
     try:
-        report = asyncio.run(_evaluate(args, dataset, names, out))
+        report = asyncio.run(_evaluate(args, dataset, names, out, caps))
         report.write_json(out / "report.json")
         from loomgraph.eval.html_report import write_html
 
         write_html(report, out / "report.html")
-    except Exception as err:  # any crash: no verdict, never "a gate failed"
+        if args.json:
+            print(json_line(report.to_dict()))
+        else:
+            _print_table(report)
+            print(f"reports: {out / 'report.json'}, {out / 'report.html'}")
+    except Exception as err:  # any crash, printing too: no verdict, never "a gate failed"
         return _crashed(err, out)
-    if args.json:
-        print(json.dumps(report.to_dict(), sort_keys=True))
-    else:
-        _print_table(report)
-        print(f"reports: {out / 'report.json'}, {out / 'report.html'}")
     errors = sum(s.evaluator_errors for s in report.strategies)
     if errors:
         print(
@@ -172,18 +177,38 @@ def _crashed(err: Exception, out: Path) -> int:
         return EXIT_USAGE
     if not isinstance(err, LoomgraphError | ValueError | ImportError | OSError):
         traceback.print_exception(err, file=sys.stderr)
-    print(
-        f"loomgraph eval: stopped: {type(err).__name__}: {err} (finished runs are kept in "
-        f"{out / 'state.jsonl'}; the same command continues from there)",
-        file=sys.stderr,
+    state = out / "state.jsonl"
+    # Only a state file that exists keeps runs: a crash before the first run kept none.
+    kept = (
+        f" (finished runs are kept in {state}; the same command continues from there)"
+        if state.exists()
+        else ""
     )
+    print(f"loomgraph eval: stopped: {type(err).__name__}: {err}{kept}", file=sys.stderr)
     return EXIT_USAGE
 
 
-async def _evaluate(args: argparse.Namespace, dataset: Any, names: list[str], out: Path) -> Any:
+def _run_caps(args: argparse.Namespace) -> Any:
+    """The per-run caps `--run-max-tokens` and `--run-max-cost` give (None: neither), or
+    why they are no caps (a str naming the option): checked before the `--out` folder is
+    made, as the other options are."""
+    if args.run_max_tokens is None and args.run_max_cost is None:
+        return None
+    from loomgraph.governance import BudgetConfigError, Caps
+
+    try:
+        return Caps(total_tokens=args.run_max_tokens, cost_usd=args.run_max_cost)
+    except BudgetConfigError as err:
+        option = "--run-max-cost" if err.field == "cost_usd" else "--run-max-tokens"
+        return f"{option}: {err}"
+
+
+async def _evaluate(
+    args: argparse.Namespace, dataset: Any, names: list[str], out: Path, caps: Any
+) -> Any:
     from loomgraph.eval.run import evaluate
 
-    strategies = {name: _agent(args, name) for name in names}
+    strategies = {name: _agent(args, name, caps) for name in names}
     total = len(dataset.cases) * len(strategies) * args.repeat
     progress = _Progress(total)
     try:
@@ -202,16 +227,15 @@ async def _evaluate(args: argparse.Namespace, dataset: Any, names: list[str], ou
             await agent.aclose()
 
 
-def _agent(args: argparse.Namespace, architecture: str) -> Any:
+def _agent(args: argparse.Namespace, architecture: str, caps: Any) -> Any:
     options: dict[str, Any] = {}
     if architecture != "default":
         options["architecture"] = architecture
     if args.runtime:
         options["runtime"] = args.runtime
-    if args.run_max_tokens is not None or args.run_max_cost is not None:
-        from loomgraph.governance import BudgetConfig, Caps, StandardBudget
+    if caps is not None:
+        from loomgraph.governance import BudgetConfig, StandardBudget
 
-        caps = Caps(total_tokens=args.run_max_tokens, cost_usd=args.run_max_cost)
         options["budget"] = StandardBudget(BudgetConfig(per_user=caps))
     from loomgraph.cli.agent_args import load_agent
 
@@ -239,19 +263,27 @@ class _Progress:
             self._bar.stop()
 
 
+def _text(text: str) -> Any:
+    """User text (a dataset's name, a strategy's file, an evaluator's name) as Rich draws
+    it: as written, never read as markup (`[/]`, `[v2]`), terminal-safe (`safe`)."""
+    from rich.text import Text
+
+    return Text(safe(text, newlines=False))
+
+
 def _print_table(report: Any) -> None:
     from rich.console import Console
     from rich.table import Table
 
     evaluators = sorted({e for s in report.strategies for e in s.evaluators})
-    table = Table(title=f"evaluation of {report.dataset}")
+    table = Table(title=_text(f"evaluation of {report.dataset}"))
     for column in ["strategy", "runs", "pass", "score", *evaluators]:
-        table.add_column(column, justify="left" if column == "strategy" else "right")
+        table.add_column(_text(column), justify="left" if column == "strategy" else "right")
     for column in ["tokens/run", "cost USD", "p50 s", "p95 s", "visits/run"]:
         table.add_column(column, justify="right")
     for s in report.strategies:
         table.add_row(
-            s.strategy,
+            _text(s.strategy),
             str(s.runs),
             f"{s.pass_rate:.0%}",
             f"{s.score:.3f}",
@@ -267,6 +299,8 @@ def _print_table(report: Any) -> None:
     console.print(table)
     for c in report.comparisons:
         console.print(
-            f"{c.b} - {c.a}: {c.mean_diff:+.3f} per case "
-            f"(95% interval [{c.low:+.3f}, {c.high:+.3f}], {c.cases} cases)"
+            _text(
+                f"{c.b} - {c.a}: {c.mean_diff:+.3f} per case "
+                f"(95% interval [{c.low:+.3f}, {c.high:+.3f}], {c.cases} cases)"
+            )
         )

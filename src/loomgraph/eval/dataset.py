@@ -1,4 +1,5 @@
-"""Evaluation datasets: cases with an input and what a good run looks like, from YAML or JSONL."""
+"""Evaluation datasets: cases with an input and what a good run looks like, from YAML, JSON or
+JSON Lines."""
 
 from __future__ import annotations
 
@@ -6,9 +7,10 @@ import re
 from enum import StrEnum
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -18,12 +20,15 @@ from pydantic import (
 
 from loomgraph.authoring.loader import nearest_line, parse_yaml, schema_problems
 from loomgraph.errors import Problem, ProblemsError
-from loomgraph.eval.jsonl import parse_jsonl
+from loomgraph.eval.dataset_checks import RUBRIC_VARIABLES, rubric_problems, schema_problem
+from loomgraph.eval.jsonl import parse_json, parse_jsonl
+from loomgraph.protocols import storable
 from loomgraph.protocols.safe_yaml import key_first
 
 __all__ = [
     "BUILT_IN_EVALUATORS",
     "JSONL_SUFFIXES",
+    "JSON_SUFFIXES",
     "MAX_DATASET_BYTES",
     "RUBRIC_VARIABLES",
     "YAML_SUFFIXES",
@@ -38,16 +43,16 @@ __all__ = [
     "TrajectoryMode",
 ]
 
-# The largest dataset file, YAML or JSON Lines alike (YAML is parsed in pure Python).
+# The largest dataset file, YAML, JSON or JSON Lines alike (YAML is parsed in pure Python).
 MAX_DATASET_BYTES = 1_000_000
 SCHEMA_VERSION = 1
 # The evaluators every evaluation of a dataset has: a dataset's own may not take these names.
 BUILT_IN_EVALUATORS = ("answer", "trajectory", "not_called", "bounds")
 # The file suffixes `Dataset.load` reads, and how.
-YAML_SUFFIXES = (".yaml", ".yml", ".json")
+YAML_SUFFIXES = (".yaml", ".yml")
+JSON_SUFFIXES = (".json",)
 JSONL_SUFFIXES = (".jsonl", ".ndjson")
-# What a judge's rubric may name (the Jinja2 variables `JudgeEvaluator` renders it with).
-RUBRIC_VARIABLES = frozenset({"case", "input", "answer", "tool_calls", "status"})
+_SUFFIXES = YAML_SUFFIXES + JSON_SUFFIXES + JSONL_SUFFIXES
 
 
 class DatasetError(ProblemsError, ValueError):
@@ -115,12 +120,25 @@ class Expectations(_Strict):
     max_latency_s: float | None = Field(None, gt=0, description="wall time one run may take")
 
 
+def _journaled_id(value: str) -> str:
+    """`value` when a journal can store it as an id (it names the runs of the cases), else
+    a ValueError saying why: found at load, not when the first run is journaled."""
+    if storable(value):
+        return value
+    why = "a NUL character" if "\x00" in value else "a lone surrogate (not valid Unicode text)"
+    raise ValueError(f"it holds {why}, which no journal can store in the ids of the runs")
+
+
+# Text that becomes part of the ids of runs (a session id, the user ids of `run_user_id`).
+JournaledId = Annotated[str, AfterValidator(_journaled_id)]
+
+
 class Case(_Strict):
     """One evaluation case."""
 
     id: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.:-]+$")
     input: str = Field(min_length=1)
-    session: str | None = None
+    session: JournaledId | None = None
     expect: Expectations = Field(default_factory=Expectations)
     tags: list[str] = Field(default_factory=list)
     metadata: dict[str, Any] = Field(default_factory=dict)
@@ -155,7 +173,7 @@ class Dataset(_Strict):
     """A named list of cases, and the evaluators added to every case."""
 
     schema_version: int = SCHEMA_VERSION
-    name: str = "dataset"
+    name: JournaledId = "dataset"
     description: str = ""
     evaluators: list[EvaluatorSpec] = Field(default_factory=list)
     cases: list[Case] = Field(min_length=1)
@@ -179,15 +197,15 @@ class Dataset(_Strict):
 
     @classmethod
     def load(cls, path: str | Path) -> Dataset:
-        """Load and validate a dataset file (YAML: `.yaml`/`.yml`/`.json`; JSON Lines, one
-        case per line: `.jsonl`/`.ndjson`) of at most MAX_DATASET_BYTES, UTF-8 (a byte order
-        mark, as Windows tools write, is read past)."""
+        """Load and validate a dataset file (YAML: `.yaml`/`.yml`; JSON: `.json`; JSON Lines,
+        one case per line: `.jsonl`/`.ndjson`) of at most MAX_DATASET_BYTES, UTF-8 (a byte
+        order mark, as Windows tools write, is read past)."""
         path = Path(path)
         suffix = path.suffix.lower()
-        if suffix not in YAML_SUFFIXES + JSONL_SUFFIXES:
-            known = ", ".join(YAML_SUFFIXES + JSONL_SUFFIXES)
+        if suffix not in _SUFFIXES:
+            known = ", ".join(_SUFFIXES)
             message = (
-                f"a dataset file is YAML or JSON Lines, named by its suffix ({known}); "
+                f"a dataset file is YAML, JSON or JSON Lines, named by its suffix ({known}); "
                 f"{path.suffix or 'no suffix'} is not one of them"
             )
             raise DatasetError([Problem("unknown-format", message, str(path))])
@@ -205,6 +223,8 @@ class Dataset(_Strict):
         if suffix in JSONL_SUFFIXES:
             cases, lines, problems = parse_jsonl(text, str(path))
             data = None if cases is None else {"name": path.stem, **cases}
+        elif suffix in JSON_SUFFIXES:
+            data, lines, problems = parse_json(text, str(path))
         else:
             data, value_lines, problems = parse_yaml(text, str(path))
             lines = key_first(value_lines)  # a problem about a key at the key's own line
@@ -273,7 +293,8 @@ def _answer_problems(
     case: Case, lines: dict[tuple[str | int, ...], int], file: str, index: int
 ) -> list[Problem]:
     """The answer checks that could only fail when a run is scored: a regular expression
-    that does not compile, a JSON Schema that is not one."""
+    that does not compile, a JSON Schema that is not one or whose `$ref`s cannot be
+    followed."""
     check = case.expect.answer
     if check is None:
         return []
@@ -287,25 +308,12 @@ def _answer_problems(
             message = f"cases.{index}.expect.answer.regex is not a regular expression: {err}"
             problems.append(Problem("answer-check", message, file, where))
     if check.json_schema is not None:
-        why = _schema_problem(check.json_schema)
+        why = schema_problem(check.json_schema)
         if why is not None:
             where = nearest_line(lines, (*at, "json_schema"))
-            message = f"cases.{index}.expect.answer.json_schema is not a JSON Schema: {why}"
+            message = f"cases.{index}.expect.answer.json_schema {why}"
             problems.append(Problem("answer-check", message, file, where))
     return problems
-
-
-def _schema_problem(schema: dict[str, Any]) -> str | None:
-    import jsonschema
-
-    try:
-        jsonschema.Draft202012Validator.check_schema(schema)
-    except jsonschema.exceptions.SchemaError as err:
-        where = "/".join(str(p) for p in err.absolute_path)
-        return f"{where + ': ' if where else ''}{err.message}"
-    except RecursionError:
-        return "it nests too deeply"
-    return None
 
 
 def _evaluator_problems(spec: EvaluatorSpec) -> list[str]:
@@ -316,7 +324,7 @@ def _evaluator_problems(spec: EvaluatorSpec) -> list[str]:
         if not spec.rubric:
             problems.append("a judge evaluator needs `rubric`")
         else:
-            problems.extend(_rubric_problems(spec.rubric))
+            problems.extend(rubric_problems(spec.rubric))
         if spec.call is not None:
             problems.append("a judge evaluator takes no `call` (that is a custom evaluator's)")
         return problems
@@ -350,22 +358,6 @@ def _name_problems(
             problems.append(Problem("duplicate-evaluator", message, file, where))
         seen.setdefault(name, f"evaluators.{index}")
     return problems
-
-
-def _rubric_problems(rubric: str) -> list[str]:
-    from jinja2 import TemplateSyntaxError, meta
-    from jinja2.sandbox import SandboxedEnvironment
-
-    try:
-        parsed = SandboxedEnvironment().parse(rubric)
-    except TemplateSyntaxError as err:
-        return [f"the rubric is not a valid template (its line {err.lineno}): {err.message}"]
-    unknown = sorted(meta.find_undeclared_variables(parsed) - RUBRIC_VARIABLES)
-    if not unknown:
-        return []
-    names = ", ".join(unknown)
-    known = ", ".join(sorted(RUBRIC_VARIABLES))
-    return [f"the rubric names {names}, which the judge does not give (it gives {known})"]
 
 
 def dataset_json_schema() -> dict[str, Any]:

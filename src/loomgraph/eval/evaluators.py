@@ -200,7 +200,10 @@ def _schema_problem(answer: str, schema: dict[str, Any]) -> str | None:
         data = json.loads(answer)
     except json.JSONDecodeError as err:
         return f"answer is not JSON ({err.msg})"
-    validator = jsonschema.Draft202012Validator(schema)
+    from loomgraph.tools.json_schema import local_validator
+
+    # `$ref`s resolve inside the schema only: a dataset's schema never makes a fetch.
+    validator = local_validator(jsonschema.Draft202012Validator, schema)
     error = jsonschema.exceptions.best_match(validator.iter_errors(data))
     if error is None:
         return None

@@ -15,7 +15,7 @@ from loomgraph.eval.trajectory import CallRecord
 from loomgraph.protocols import EffectRecord, EffectStatus, RunStatus, Usage
 from loomgraph.protocols.paths import journaled_usage, top_level
 
-__all__ = ["Key", "executed_calls", "journaled_outcome", "raised_outcome"]
+__all__ = ["Key", "executed_calls", "journaled_outcome", "outcome_now", "raised_outcome"]
 
 Key = tuple[str, str, int]  # (strategy, case id, repeat)
 
@@ -101,3 +101,27 @@ async def raised_outcome(
         outcome.status = str(RunStatus.FAILED)
     outcome.error = why
     return outcome
+
+
+async def outcome_now(agent: Agent, case: Case, key: Key, kept: CaseOutcome) -> CaseOutcome:
+    """A kept outcome of a run that had not ended for good, as the run's journal has it now:
+    the journal's when the run stopped since with another result (approved and completed,
+    answered, resumed after a failure), else `kept` itself, the same object: when the
+    journal's result is the one it was read from, when the run is under way again, or when
+    the journal no longer knows it (an in-memory one)."""
+    if kept.run_id is None:  # it raised before it was journaled
+        return kept
+    record = await agent.deps.runtime.load_run(kept.run_id)
+    if record is None or record.result is None or record.status.in_progress:
+        return kept
+    now = await journaled_outcome(agent, case, key, RunResult.from_dict(record.result))
+    # What the run did, not how it was read: a run that raised was kept as `failed` with
+    # its error, from this same result.
+    unchanged = _what_it_did(now) == _what_it_did(kept)
+    return kept if unchanged else now
+
+
+def _what_it_did(outcome: CaseOutcome) -> dict[str, object]:
+    data = outcome.to_dict()
+    del data["status"], data["error"]
+    return data

@@ -1,20 +1,21 @@
 """Run every case under every strategy as ordinary journaled runs; resumable from a state file.
 
 The state file keeps, per run (strategy, case, repeat), the run it started and, once scored,
-what it did and its scores, each with a fingerprint of what decided it: a run's fingerprint
-covers the strategy's definition and the case's input and session, a score's covers the whole
-case (its expectations too) and the evaluators. Run again, the evaluation reuses a run whose
-run fingerprint still holds (scoring it again when the score fingerprint changed, or when an
-evaluator failed on it or a judge skipped it) and runs a case again when its run fingerprint
-changed. A run
-started again gets a user id of its own (the attempt is in it), so nothing per user (memory,
-budget) carries over from the attempt it replaces.
+what it did and its scores, each with a fingerprint of what decided it (`fingerprint`): a
+run's fingerprint covers the strategy's definition and caps and the case's input and session,
+a score's covers the whole case (its expectations too) and the evaluators. Run again, the
+evaluation reuses a run whose run fingerprint still holds (scoring it again when the score
+fingerprint changed, or when an evaluator failed on it or a judge skipped it) and runs a case
+again when its run fingerprint changed. A reused run that had not ended for good (it waited
+for an approval, it failed) is read again from its journal: when it moved on since (approved
+and completed), it is scored as it ended. A run started again gets a user id of its own (the
+attempt is in it), so nothing per user (memory, budget) carries over from the attempt it
+replaces.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import logging
 import os
@@ -25,17 +26,18 @@ from pathlib import Path
 from typing import Any
 
 from loomgraph.agent.agent import Agent
-from loomgraph.agent.pinning import graph_key
 from loomgraph.agent.result import RunResult
 from loomgraph.eval.dataset import Case, Dataset
 from loomgraph.eval.evaluators import Evaluator, Score, check_unique_names, score_run
-from loomgraph.eval.journal import Key, journaled_outcome, raised_outcome
+from loomgraph.eval.fingerprint import digest, evaluator_identity, strategy_fingerprint
+from loomgraph.eval.journal import Key, journaled_outcome, outcome_now, raised_outcome
 from loomgraph.eval.outcome import CaseOutcome
-from loomgraph.protocols import RunStatus, UnknownRun
+from loomgraph.protocols import FINAL_STATUSES, RunStatus, UnknownRun
 
 __all__ = ["EvalRun", "Evaluation", "run_user_id"]
 
 _log = logging.getLogger("loomgraph.eval")
+_FINAL = frozenset(str(status) for status in FINAL_STATUSES)
 
 
 @dataclass(slots=True)
@@ -65,6 +67,13 @@ class EvalRun:
         if not self.scores:
             return 1.0
         return sum(s.value for s in self.scores) / len(self.scores)
+
+    @property
+    def ended(self) -> bool:
+        """The run ended for good (completed, hit its step limit or its budget): nothing a
+        person does can change it, unlike a run waiting for an approval, or one that failed
+        and may be resumed."""
+        return self.outcome.status in _FINAL
 
     @property
     def evaluator_errors(self) -> int:
@@ -106,11 +115,6 @@ def run_user_id(dataset: str, key: Key, attempt: int) -> str:
     strategy, case_id, repeat = key
     parts = (dataset, strategy, case_id, str(repeat), str(attempt))
     return "eval:" + ":".join(_escaped(p) for p in parts)
-
-
-def _digest(data: Any) -> str:
-    text = json.dumps(data, sort_keys=True, default=str, ensure_ascii=True)
-    return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
 @dataclass(slots=True)
@@ -209,42 +213,15 @@ class _StateFile:
             os.fsync(file.fileno())
 
 
-def strategy_fingerprint(agent: Agent) -> str:
-    """What defines a strategy, as far as it can be read: the Agent's name and instructions,
-    its graph (by hash, subgraphs included), its model's name and its tools' specs. The code
-    behind a model or a tool is not in it."""
-    try:
-        tools = sorted(agent.deps.tools.specs(), key=lambda spec: str(spec.get("name")))
-    except Exception:  # a tool host that lists its tools only once started
-        tools = []
-    return _digest(
-        {
-            "name": agent.name,
-            "instructions": agent.instructions,
-            "graph": graph_key(agent.compiled),
-            "model": str(getattr(agent.deps.model, "name", type(agent.deps.model).__name__)),
-            "tools": tools,
-        }
+def _scores_hold(kept: _Finished, run_fingerprint: str, score_fingerprint: str) -> bool:
+    """Whether a kept run's scores still stand for it: both fingerprints hold, and no
+    evaluator failed on it and no judge skipped it."""
+    return (
+        kept.run_fingerprint == run_fingerprint
+        and kept.score_fingerprint == score_fingerprint
+        and not kept.run.evaluator_errors
+        and not kept.run.evaluator_skips
     )
-
-
-def _evaluator_identity(evaluator: Evaluator) -> dict[str, Any]:
-    """What decides an evaluator's scores, as far as it can be read: its type and name, a
-    custom function's import path, and what its optional `fingerprint()` says (a judge's
-    rubric and model). The code behind it is not in it."""
-    kind = type(evaluator)
-    fn = getattr(evaluator, "fn", None)
-    model = getattr(evaluator, "model", None)
-    fingerprint = getattr(evaluator, "fingerprint", None)
-    return {
-        "type": f"{kind.__module__}.{kind.__qualname__}",
-        "name": getattr(evaluator, "name", None),
-        "fn": None if fn is None else f"{fn.__module__}.{getattr(fn, '__qualname__', fn)}",
-        "model": None if model is None else getattr(model, "name", type(model).__name__),
-        "threshold": getattr(evaluator, "threshold", None),
-        "max_tokens": getattr(evaluator, "max_tokens", None),
-        "fingerprint": fingerprint() if callable(fingerprint) else None,
-    }
 
 
 class Evaluation:
@@ -252,8 +229,9 @@ class Evaluation:
     `concurrency` runs at once. With `state_file`, progress is kept there, so an interrupted
     evaluation continues where it stopped: finished runs are not run again and started ones
     are resumed from the Agent's journal. What changed since is done again (see the module's
-    docstring): a run whose strategy, input or session changed is run again; one whose case
-    or evaluators changed, that an evaluator failed on or a judge skipped, is scored again.
+    docstring): a run whose strategy (its caps too), input or session changed is run again;
+    one whose case or evaluators changed, that an evaluator failed on or a judge skipped, is
+    scored again; one that had not ended for good is read again from its journal.
     ValueError when `strategies` is empty, DuplicateEvaluatorName when two evaluators share
     a name."""
 
@@ -297,31 +275,34 @@ class Evaluation:
         run, in `keys()` order."""
         limit = asyncio.Semaphore(self.concurrency)
         fingerprints = {name: strategy_fingerprint(a) for name, a in self.strategies.items()}
-        evaluators = [_evaluator_identity(e) for e in self.evaluators]
+        evaluators = [evaluator_identity(e) for e in self.evaluators]
         specs = [spec.model_dump(mode="json") for spec in self.dataset.evaluators]
         cases = {case.id: case for case in self.dataset.cases}
 
         def run_fingerprint(key: Key) -> str:
             case = cases[key[1]]
-            return _digest([fingerprints[key[0]], case.input, case.session])
+            return digest([fingerprints[key[0]], case.input, case.session])
 
         def score_fingerprint(key: Key) -> str:
-            return _digest([cases[key[1]].model_dump(mode="json"), evaluators, specs])
+            return digest([cases[key[1]].model_dump(mode="json"), evaluators, specs])
 
         def current(key: Key) -> bool:
             kept = self.state.finished.get(key)
             return (
                 kept is not None
-                and kept.run_fingerprint == run_fingerprint(key)
-                and kept.score_fingerprint == score_fingerprint(key)
-                and not kept.run.evaluator_errors
-                and not kept.run.evaluator_skips
+                and kept.run.ended  # one that had not is read again from its journal
+                and _scores_hold(kept, run_fingerprint(key), score_fingerprint(key))
             )
 
         async def one(key: Key) -> None:
-            async with limit:
-                done = await self._run_one(key, run_fingerprint(key))
             fingerprint, scored = run_fingerprint(key), score_fingerprint(key)
+            async with limit:
+                done = await self._run_one(key, fingerprint, scored)
+            kept = self.state.finished.get(key)
+            if kept is not None and done is kept.run:  # read again, unchanged: kept as it is
+                if self.on_run is not None:
+                    self.on_run(done)
+                return
             self.state.finished[key] = _Finished(done, fingerprint, scored)
             self.state.write(
                 "finished",
@@ -341,14 +322,19 @@ class Evaluation:
         await asyncio.gather(*(one(k) for k in todo))
         return [self.state.finished[k].run for k in self.keys()]
 
-    async def _run_one(self, key: Key, fingerprint: str) -> EvalRun:
-        """Score the run of `key`: the one kept when it still fits `fingerprint` (scored
-        again), else the run resumed or started now, read from its journal."""
+    async def _run_one(self, key: Key, fingerprint: str, scored: str) -> EvalRun:
+        """Score the run of `key`: the one kept when it still fits `fingerprint` (as its
+        journal has it now when it had not ended for good; scored again unless nothing
+        changed since), else the run resumed or started now, read from its journal."""
         strategy, case_id, _ = key
         agent, case = self.strategies[strategy], self.dataset.case(case_id)
         kept = self.state.finished.get(key)
         if kept is not None and kept.run_fingerprint == fingerprint:
             outcome = kept.run.outcome
+            if not kept.run.ended:
+                outcome = await outcome_now(agent, case, key, outcome)
+            if outcome is kept.run.outcome and _scores_hold(kept, fingerprint, scored):
+                return kept.run
         else:
             outcome = await self._outcome(agent, case, key, fingerprint)
         return EvalRun(outcome, await score_run(self.evaluators, case, outcome))
