@@ -9,6 +9,7 @@ import sqlite3
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -178,3 +179,13 @@ def test_a_ledger_in_the_journal_file_is_fsynced_at_every_commit(tmp_path: Path)
     assert isinstance(ledger, SqliteLedger) and ledger.synchronous == "FULL"
     with pytest.raises(ValueError, match="synchronous must be"):
         SqliteLedger(tmp_path / "bad.db", synchronous="OFF")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("busy_timeout", [float("nan"), float("inf"), -1, 0, "5", True, 1e-4])
+def test_a_bad_busy_timeout_is_refused_where_it_is_given(tmp_path: Path, busy_timeout: Any) -> None:
+    # SQLite keeps it as an int of milliseconds: NaN, an infinity or a negative failed at
+    # first use or silently meant "never wait for another connection's lock".
+    for store in (SqliteRuntime, SqliteLedger):
+        with pytest.raises(ValueError, match="busy_timeout must be"):
+            store(tmp_path / "x.db", busy_timeout=busy_timeout)
+    assert not (tmp_path / "x.db").exists()

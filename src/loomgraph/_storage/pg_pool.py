@@ -12,6 +12,7 @@ from urllib.parse import urlsplit
 
 from loomgraph._storage.cursor import PgCursor
 from loomgraph._storage.loop_lock import LoopLock
+from loomgraph._storage.seconds import checked_seconds
 from loomgraph._storage.translate import Translate, keep, translated
 
 
@@ -121,10 +122,18 @@ def failure(dsn: str, err: Exception) -> str:
     return scrub(dsn, f"{type(err).__name__}: {text}")
 
 
-def checked_timeouts(connect_timeout: float, command_timeout: float) -> None:
-    """ValueError unless both of a Postgres backend's time limits are positive."""
-    if connect_timeout <= 0 or command_timeout <= 0:
-        raise ValueError("connect_timeout and command_timeout must be > 0 seconds")
+# The server ends a transaction idle for twice `command_timeout` (`open_pool`); its setting
+# is an int of milliseconds, so a longer command_timeout could not be set at all.
+MAX_COMMAND_TIMEOUT = (2**31 - 1) / 2000
+
+
+def checked_timeouts(
+    connect_timeout: Any, command_timeout: Any, *, error: type[ValueError] = ValueError
+) -> None:
+    """`error` (a ValueError) naming the limit unless both of a Postgres backend's time limits
+    are finite numbers of seconds > 0 (`checked_seconds`)."""
+    checked_seconds("connect_timeout", connect_timeout, error=error)
+    checked_seconds("command_timeout", command_timeout, error=error, most=MAX_COMMAND_TIMEOUT)
 
 
 def unreachable(

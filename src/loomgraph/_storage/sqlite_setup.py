@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterable
-from typing import Literal
+from typing import Any, Literal
 
 import aiosqlite
 
+from loomgraph._storage.seconds import checked_seconds
 from loomgraph._storage.sqlite_held import GuardedConnection
 
 # SQLite's `synchronous` levels loomgraph uses with WAL: at NORMAL a commit survives the
@@ -20,6 +21,19 @@ def checked_synchronous(level: Synchronous) -> Synchronous:
     if level not in ("NORMAL", "FULL"):
         raise ValueError(f"synchronous must be 'NORMAL' or 'FULL', not {level!r}")
     return level
+
+
+# SQLite keeps busy_timeout as an int of milliseconds: beyond that int, or under one
+# millisecond, it would silently never wait for another connection's lock.
+MAX_BUSY_TIMEOUT = (2**31 - 1) / 1000
+
+
+def checked_busy_timeout(busy_timeout: Any, *, error: type[ValueError] = ValueError) -> float:
+    """`busy_timeout` as seconds, or `error` naming it (`seconds.checked_seconds`, the same
+    rule as the Postgres backends' limits): from 1 ms to `MAX_BUSY_TIMEOUT`."""
+    return checked_seconds(
+        "busy_timeout", busy_timeout, error=error, least=0.001, most=MAX_BUSY_TIMEOUT
+    )
 
 
 async def connect_sqlite(path: str) -> aiosqlite.Connection:

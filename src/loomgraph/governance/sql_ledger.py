@@ -39,6 +39,7 @@ from loomgraph._storage.sqlite_files import SqliteFileProblem, enable_wal, sqlit
 from loomgraph._storage.sqlite_inline import InlineWriter
 from loomgraph._storage.sqlite_setup import (
     Synchronous,
+    checked_busy_timeout,
     checked_synchronous,
     connect_sqlite,
     execute_all,
@@ -289,7 +290,7 @@ class SqliteLedger(_SqlLedger):
     ) -> None:
         super().__init__("")
         self.path = os.fspath(path)
-        self.busy_timeout = busy_timeout
+        self.busy_timeout = checked_busy_timeout(busy_timeout)
         self.synchronous = checked_synchronous(synchronous)
         self.location = repr(self.path)  # as errors name it
         # Two objects on one file are one store; an in-memory database is its own.

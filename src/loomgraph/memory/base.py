@@ -22,6 +22,7 @@ from loomgraph.memory.inputs import (
     check_limit,
     check_query,
     check_time,
+    stored_text,
 )
 from loomgraph.memory.records import (
     Fact,
@@ -110,8 +111,8 @@ class MemoryStore(ABC):
         forgotten turn back. A stored episode is replaced only by one of an equal or higher
         `fence` (the writer's lease token), so a writer whose lease was taken over never
         replaces its successor's. Its ids and times are checked first (`MemoryInputError`
-        naming the field); its text is stored with NUL and lone surrogates escaped
-        (`memory.inputs`)."""
+        naming the field); its text is stored with NUL and lone surrogates escaped, in NFC
+        (`memory.inputs.stored_text`)."""
         if not isinstance(episode, Episode):
             raise TypeError(f"expected an Episode, got {type(episode).__name__}")
         key = checked_key(episode.user_id)
@@ -127,8 +128,8 @@ class MemoryStore(ABC):
         started = episode.started_at
         stored = replace(
             episode,
-            prompt=escaped(str(episode.prompt)),
-            output=escaped(str(episode.output)),
+            prompt=stored_text(str(episode.prompt)),
+            output=stored_text(str(episode.output)),
             tool_calls=[escaped(str(c)) for c in episode.tool_calls],
             at=check_time("Episode.at", episode.at),
             started_at=None if started is None else check_time("Episode.started_at", started),
@@ -250,7 +251,7 @@ class MemoryStore(ABC):
         """Create or replace one named block of the user's working memory."""
         key = checked_key(user_id)
         if isinstance(text, str):
-            text = escaped(text)
+            text = stored_text(text)
         check_block(name, text, self.limits)
         await self._set_block(key, name.strip(), text, now())
 

@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 from loomgraph.errors import LoomgraphError
-from loomgraph.memory.records import Fact, user_key
+from loomgraph.memory.records import Fact, prepare_facts, user_key
 from loomgraph.protocols import Episode, Message, Model, ModelRequest, ToolCall, ToolSpec
 
 log = logging.getLogger("loomgraph.memory")
@@ -90,37 +90,57 @@ def _json_in(text: str) -> Any:
 
 
 def parse_facts(payload: Any, episode: Episode, max_facts: int = 20) -> list[Fact]:
-    """Facts from `{"facts": [...]}` or `[...]`; malformed items are skipped, not guessed at."""
+    """Facts from `{"facts": [...]}` or `[...]`; malformed items are skipped, not guessed at.
+
+    Each item is checked on its own, by the rule `add_facts` applies (`prepare_facts`): one
+    that memory would refuse — a field empty or over 1,000 characters, a NaN confidence —
+    is skipped, so it cannot fail the others. A confidence outside 0-1 is taken as the
+    nearer bound, one that is no number as 1."""
     items = payload.get("facts") if isinstance(payload, dict) else payload
     if not isinstance(items, list):
         raise ExtractionError(f"expected a list of facts, got {type(items).__name__}")
     facts = []
     for item in items:
-        if not isinstance(item, dict):
-            continue
-        parts = [item.get(k) for k in ("subject", "predicate", "object")]
-        if not all(isinstance(p, str) and p.strip() for p in parts):
-            continue
-        raw = item.get("confidence", 1.0)
-        confidence = (
-            min(max(float(raw), 0.0), 1.0)
-            if isinstance(raw, int | float) and not isinstance(raw, bool)
-            else 1.0
-        )
-        facts.append(
-            Fact(
-                str(parts[0]),
-                str(parts[1]),
-                str(parts[2]),
-                confidence,
-                episode.run_id,
-                user_id=episode.user_id,
-                session_id=episode.session_id,
-            )
-        )
+        fact = _fact(item, episode)
+        if fact is not None:
+            facts.append(fact)
+            if len(facts) == max_facts:
+                break
     if items and not facts:
-        raise ExtractionError(f"none of the {len(items)} facts had a subject, predicate and object")
-    return facts[:max_facts]
+        raise ExtractionError(
+            f"none of the {len(items)} facts had a subject, predicate and object memory can "
+            "keep (each non-empty, at most 1,000 characters) and a confidence"
+        )
+    return facts
+
+
+def _fact(item: Any, episode: Episode) -> Fact | None:
+    """One extracted item as a Fact memory will store, or None when it is malformed."""
+    if not isinstance(item, dict):
+        return None
+    parts = [item.get(k) for k in ("subject", "predicate", "object")]
+    if not all(isinstance(p, str) and p.strip() for p in parts):
+        return None
+    raw = item.get("confidence", 1.0)
+    confidence = 1.0
+    if isinstance(raw, int | float) and not isinstance(raw, bool):
+        # Compared before any float(): an int of 400 digits has no float.
+        confidence = 1.0 if raw > 1 else 0.0 if raw < 0 else float(raw)
+    fact = Fact(
+        str(parts[0]),
+        str(parts[1]),
+        str(parts[2]),
+        confidence,
+        episode.run_id,
+        user_id=episode.user_id,
+        session_id=episode.session_id,
+    )
+    try:
+        prepare_facts(episode.user_id, [fact], 0.0)
+    except (ValueError, TypeError) as err:
+        log.debug("extracted item skipped for run %s: %s", episode.run_id, err)
+        return None
+    return fact
 
 
 async def extract_facts(

@@ -6,16 +6,21 @@ with each such character as a visible escape (`\\udcff`, `\\x00`), the same on e
 the in-memory one included — a finished run's answer must never fail to be remembered over
 it. An id memory looks up again (a session or run id) is refused instead (`MemoryInputError`
 naming the field): an escaped id would no longer be the id given.
+
+Free text is also stored in Unicode's composed form (NFC), as the query's words are searched
+(`memory.ranking`): "Zoë" typed with a combining diaeresis (NFD) is the same text to a reader,
+and must be the same word to every index. Ids are not normalised (an id is kept as given).
 """
 
 from __future__ import annotations
 
 import math
+import unicodedata
 from datetime import datetime
 from typing import Any
 
 from loomgraph.memory.errors import MemoryInputError
-from loomgraph.protocols import storable
+from loomgraph.protocols import escaped, storable
 
 __all__ = [
     "LATEST_TIME",
@@ -25,12 +30,19 @@ __all__ = [
     "check_limit",
     "check_query",
     "check_time",
+    "stored_text",
 ]
 
 # Epoch seconds a date can be shown for: 1970-01-01 up to the end of year 9999.
 LATEST_TIME = 253402300799.0
 # The largest LIMIT SQLite and Postgres take (a signed 64-bit integer).
 MAX_LIMIT = 2**63 - 1
+
+
+def stored_text(text: str) -> str:
+    """Free text as memory stores it, the one place it is made so: NUL and lone surrogates
+    as visible escapes (`protocols.escaped`), then NFC."""
+    return unicodedata.normalize("NFC", escaped(text))
 
 
 def check_id(field: str, value: Any) -> None:

@@ -178,7 +178,7 @@ class PostgresMemory(SqlMemory):
     ) -> None:
         if (problem := dsn_problem(dsn)) is not None:  # libpq's defaults are nobody's choice
             raise MemoryInputError(f"PostgresMemory: the dsn {problem}")
-        pg_pool.checked_timeouts(connect_timeout, command_timeout)
+        pg_pool.checked_timeouts(connect_timeout, command_timeout, error=MemoryInputError)
         if isinstance(pool_size, bool) or not isinstance(pool_size, int) or pool_size < 1:
             raise ValueError(f"pool_size must be an int >= 1, not {pool_size!r}")
         super().__init__(limits)

@@ -1,15 +1,23 @@
 """Full-text ranking shared by the backends: the query's search words, and the BM25 ranking
-the in-memory backend computes itself (SQLite and Postgres rank in SQL)."""
+the in-memory backend computes itself (SQLite and Postgres rank in SQL).
+
+The query and the index must fold a word alike, or a stored word is not found by itself: so
+the query's words go to each backend as typed (only NFC-normalised, as stored text is, see
+`memory.inputs.stored_text`), and each folds them as it folded the stored text — FTS5's
+`unicode61` tokenizer on SQLite, `to_tsvector`'s lower-casing on Postgres, `folded` in
+memory. A Python case-fold of the query alone spelled other words (`ß` as `ss`, a final
+sigma as a medial one) than the SQL indexes hold."""
 
 from __future__ import annotations
 
 import math
 import re
+import unicodedata
 from collections import Counter
 from collections.abc import Sequence
 from typing import TypeVar
 
-__all__ = ["MAX_QUERY_TERMS", "bm25_rank", "query_terms", "stem"]
+__all__ = ["MAX_QUERY_TERMS", "bm25_rank", "folded", "query_terms", "stem"]
 
 T = TypeVar("T")
 
@@ -27,12 +35,21 @@ _STOP = frozenset(_STOP_WORDS.split())
 
 
 def query_terms(text: str) -> list[str]:
-    """The distinct search words of a query: lower case, no stop words, at most 32."""
-    seen: dict[str, None] = {}
-    for word in _WORD.findall(text.casefold()):
-        if len(word) > 1 and word not in _STOP:
-            seen.setdefault(word, None)
-    return list(seen)[:MAX_QUERY_TERMS]
+    """The distinct search words of a query (NFC, as typed: the backend folds them), no stop
+    words, at most 32; words differing only in case are one (the first spelling)."""
+    seen: dict[str, str] = {}
+    for word in _WORD.findall(unicodedata.normalize("NFC", text)):
+        key = word.lower()  # not casefold: `Straße` and `STRASSE` are two words to FTS5
+        if len(key) > 1 and key not in _STOP:
+            seen.setdefault(key, word)
+    return list(seen.values())[:MAX_QUERY_TERMS]
+
+
+def folded(text: str) -> list[str]:
+    """The in-memory index's words of a text, or of a query's terms: each word case-folded
+    and stemmed (the words are found before folding, so a fold that spells a mark, as `İ`'s
+    does, never splits a word)."""
+    return [stem(word.casefold()) for word in _WORD.findall(text)]
 
 
 def stem(word: str) -> str:
@@ -48,10 +65,10 @@ def bm25_rank(terms: Sequence[str], docs: Sequence[tuple[str, float, T]], limit:
     """Docs `(text, time, item)`, in the order stored, matching any term: best BM25 score
     first; on equal scores the newer, then the one stored later (as the SQL backends' row
     ids order them)."""
-    wanted = {stem(t) for t in terms}
+    wanted = {word for term in terms for word in folded(term)}
     if not wanted or limit <= 0:
         return []
-    tokens = [[stem(w) for w in _WORD.findall(text.casefold())] for text, _, _ in docs]
+    tokens = [folded(text) for text, _, _ in docs]
     avg = sum(map(len, tokens)) / len(tokens) if tokens else 1.0
     df = Counter(t for toks in tokens for t in set(toks) & wanted)
     scored = []

@@ -16,9 +16,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 from loomgraph.memory.errors import BlockNameError, MemoryInputError, UserIdError
-from loomgraph.memory.inputs import check_id
+from loomgraph.memory.inputs import check_id, stored_text
 from loomgraph.memory.ranking import bm25_rank, query_terms
-from loomgraph.protocols import Episode, Message, escaped
+from loomgraph.protocols import Episode, Message
 
 MAX_FIELD_CHARS = 1000  # one subject, predicate or object
 MAX_NAME_CHARS = 64  # one working block name
@@ -131,7 +131,7 @@ def as_time(value: float | datetime | None) -> float | None:
 def _clean(value: Any, what: str) -> str:
     if not isinstance(value, str) or not value.strip():
         raise ValueError(f"fact {what} must be a non-empty string, not {value!r}")
-    text = " ".join(escaped(value).split())
+    text = " ".join(stored_text(value).split())
     if len(text) > MAX_FIELD_CHARS:
         raise ValueError(f"fact {what} is longer than {MAX_FIELD_CHARS} characters")
     return text

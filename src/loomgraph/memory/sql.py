@@ -273,7 +273,13 @@ class SqlMemory(MemoryStore):
                     [key, *args[1:]],
                 )
             count += await cur.execute(f"DELETE FROM {episodes} WHERE {where}", args)
+            if count:
+                await self._scrub(cur)
         return count
+
+    async def _scrub(self, cur: Cursor) -> None:
+        """After `forget` deleted rows, in its transaction: remove the text they leave in the
+        store's own structures (SQLite's full-text index pages); nothing by default."""
 
     async def _unstate(self, cur: Cursor, key: str, gone: str, gone_args: list[Any]) -> int:
         """Delete the statements `gone` selects; a fact left with none goes (the facts

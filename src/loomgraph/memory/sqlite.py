@@ -13,6 +13,7 @@ from loomgraph._storage.cursor import Cursor, SqliteCursor
 from loomgraph._storage.sqlite_conn import SqliteConnection
 from loomgraph._storage.sqlite_errors import reads_as_damaged, unavailable_detail
 from loomgraph._storage.sqlite_files import SqliteFileProblem, open_sqlite
+from loomgraph._storage.sqlite_setup import checked_busy_timeout, set_busy_timeout
 from loomgraph.memory.errors import (
     MemoryBackendError,
     MemoryCorrupted,
@@ -113,6 +114,7 @@ class SqliteMemory(SqlMemory):
         busy_timeout: float = 30.0,
         verify: bool = True,
     ) -> None:
+        busy_timeout = checked_busy_timeout(busy_timeout, error=MemoryInputError)
         super().__init__(limits)
         self.path = os.fspath(path)
         if (problem := sqlite_path_problem(self.path)) is not None and self.path:
@@ -164,6 +166,35 @@ class SqliteMemory(SqlMemory):
             return MemoryUnavailable(self.where, detail)
         return MemoryBackendError(self.where, str(err))  # e.g. a constraint a trigger raised
 
+    # ------------------------------------------------------------------ forgetting
+
+    async def _scrub(self, cur: Cursor) -> None:
+        # An FTS5 delete only adds a tombstone: the old entry's words stay in the index's
+        # pages until a merge that may never come (SQLite 3.40 has no `secure-delete`
+        # option). `optimize` merges each index into one segment without them; the pages
+        # it frees are zeroed (`secure_delete`, set on open).
+        for table in _FTS:
+            await cur.execute(f"INSERT INTO {table} ({table}) VALUES ('optimize')", [])
+
+    async def _forget(self, key: str, session_id: str | None, before: float | None) -> int:
+        count = await super()._forget(key, session_id, before)
+        if count:
+            await self._truncate_log()
+        return count
+
+    async def _truncate_log(self) -> None:
+        """Copy the write-ahead log into the file and empty it, so the page images of the
+        forgotten rows go with it. Only when no other connection is reading (it does not
+        wait): else SQLite's next complete checkpoint resets the log."""
+        async with self._db.session() as conn:
+            try:
+                await conn.execute_fetchall("PRAGMA busy_timeout = 0")
+                await conn.execute_fetchall("PRAGMA wal_checkpoint(TRUNCATE)")
+            except sqlite3.Error:
+                pass  # the forget is committed; the log is emptied later
+            finally:
+                await set_busy_timeout(conn, self.busy_timeout)
+
     # ------------------------------------------------------------------ search
 
     async def _search_episodes(
@@ -202,6 +233,9 @@ class SqliteMemory(SqlMemory):
         except SqliteFileProblem as problem:
             raise _typed(problem, self.where) from None
         try:
+            # Deleted rows' text is overwritten, not left in free space (`forget`). Its row
+            # is read, so the statement is finished before the BEGIN (`execute_all`).
+            await conn.execute_fetchall("PRAGMA secure_delete = ON")
             await conn.execute("BEGIN IMMEDIATE")
             try:
                 await self._create_or_check(conn)

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Collection
 
 from loomgraph.memory.base import MemoryStore
+from loomgraph.memory.seed import recalled_text
 from loomgraph.protocols import tool_run
 
 MemoryTool = Callable[..., Awaitable[str]]
@@ -91,7 +92,8 @@ def memory_tools(
         return f"updated block {name!r} ({len(text)} characters)"
 
     async def recall(query: str) -> str:
-        """Search your memory of this user: facts and earlier conversations.
+        """Search your memory of this user: facts and earlier conversations (each clipped,
+        the whole bounded by the memory's limits).
 
         Args:
             query: words to look for.
@@ -99,10 +101,7 @@ def memory_tools(
         user_id = user_id_getter()
         facts = await memory.search_facts(user_id, query)
         episodes = await memory.search_episodes(user_id, query)
-        lines = [f"- fact: {f.text()}" for f in facts]
-        lines += [
-            f"- earlier, the user said {e.prompt!r} and you answered {e.output!r}" for e in episodes
-        ]
-        return "\n".join(lines) or "nothing found"
+        # Bounded as the seed is: a stored answer of a megabyte must not come back whole.
+        return recalled_text(facts, episodes, memory.limits) or "nothing found"
 
     return [remember_fact, update_block, recall]

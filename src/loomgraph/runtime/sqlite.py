@@ -16,7 +16,12 @@ from loomgraph._storage.sqlite_conn import SqliteConnection
 from loomgraph._storage.sqlite_errors import reads_as_damaged, unavailable_detail
 from loomgraph._storage.sqlite_files import SqliteFileProblem, open_sqlite
 from loomgraph._storage.sqlite_inline import InlineWriter
-from loomgraph._storage.sqlite_setup import Synchronous, checked_synchronous, execute_all
+from loomgraph._storage.sqlite_setup import (
+    Synchronous,
+    checked_busy_timeout,
+    checked_synchronous,
+    execute_all,
+)
 from loomgraph._storage.sqlite_wal_loss import WalLoss, lost_wal_frames
 from loomgraph.protocols.backend_specs import sqlite_path_problem
 from loomgraph.protocols.ledger import LedgerSite, SqliteSite
@@ -83,7 +88,7 @@ class SqliteRuntime(SqlJournal):
         super().__init__(
             SQLITE, repr(self.path), snapshot_every=snapshot_every, lease_seconds=lease_seconds
         )
-        self.busy_timeout = busy_timeout
+        self.busy_timeout = checked_busy_timeout(busy_timeout)
         self.synchronous = checked_synchronous(synchronous)
         self.verify = verify
         self.accept_damage = accept_damage
