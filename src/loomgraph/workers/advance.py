@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import enum
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 from loomgraph.agent.agent import Agent
@@ -20,7 +21,7 @@ from loomgraph.engine.effects import BoundApproval
 from loomgraph.graph.imports import import_object
 from loomgraph.protocols import RunRecord, RunStatus
 
-__all__ = ["Advanced", "advance", "fail_unstarted"]
+__all__ = ["Advanced", "Advancement", "advance", "advance_run", "fail_unstarted"]
 
 log = logging.getLogger("loomgraph.workers")
 
@@ -38,8 +39,44 @@ class Advanced(enum.StrEnum):
     NOTHING = "nothing"  # it had stopped already (finished, failed, waiting, gone)
 
 
+# The ends of a run the operator is told of as a warning: it will not go on by itself.
+_GONE_WRONG = frozenset({RunStatus.FAILED, RunStatus.DEAD_LETTER})
+
+
+@dataclass(frozen=True, slots=True)
+class Advancement:
+    """What a job did to its run, and the status (with its reason) it left the run in; no
+    status when the journal holds no such run."""
+
+    what: Advanced
+    status: RunStatus | None = None
+    reason: str = ""
+
+    @property
+    def gone_wrong(self) -> bool:
+        """True when the run this job started or resumed ended failed or given up (a dead
+        letter). A job that could not start its run (`FAILED`) was logged as an error when
+        the run was journaled failed; a run found ended already is no news."""
+        started = self.what in (Advanced.STARTED, Advanced.RESUMED)
+        return started and self.status in _GONE_WRONG
+
+    def __str__(self) -> str:
+        if self.status is None or str(self.status) == str(self.what):
+            said = str(self.what)  # "nothing" (no such run), "cancelled", "failed"
+        elif self.what is Advanced.NOTHING:
+            said = f"nothing to do, it is {self.status}"
+        else:
+            said = f"{self.what}, now {self.status}"
+        return f"{said}: {self.reason}" if self.reason else said
+
+
 async def advance(agent: Agent, fleet: FleetQueue, job: RunJob) -> Advanced:
-    """Advance the run of `job` as far as it goes now.
+    """What `advance_run` did to the run of `job`, without the status it left it in."""
+    return (await advance_run(agent, fleet, job)).what
+
+
+async def advance_run(agent: Agent, fleet: FleetQueue, job: RunJob) -> Advancement:
+    """Advance the run of `job` as far as it goes now; what was done, and the run's status.
 
     Raises `RunConflict` while another live worker holds the run (the caller retries later),
     `LeaseLost` when the run was taken over meanwhile (this worker was stopped too long) and
@@ -63,7 +100,7 @@ async def advance(agent: Agent, fleet: FleetQueue, job: RunJob) -> Advanced:
         record = await runtime.load_run(job.run_id)
         if record is None:
             log.warning("job for run %s, which the journal does not hold", job.run_id)
-            return Advanced.NOTHING
+            return Advancement(Advanced.NOTHING)
         # Not queued: a worker started it before. Only a run journaled as running (its
         # worker died) or one whose answer this job brings goes on; a failed, cancelled or
         # finished run is left as it is (a job picked again must not run a failed run twice),
@@ -72,24 +109,24 @@ async def advance(agent: Agent, fleet: FleetQueue, job: RunJob) -> Advanced:
         answered = job.kind == JobKind.RESUME and record.status in _WAITING
         if record.status not in (RunStatus.QUEUED, RunStatus.RUNNING) and not answered:
             await _repair(agent, record)
-            return Advanced.NOTHING
+            return Advancement(Advanced.NOTHING, record.status, record.reason or "")
         _, cancelled_by = await fleet.job_of(job.run_id)
         if cancelled_by is not None:
             # Asked while no worker could hear it (queued, its worker died, or it stopped to
             # wait before its next effect): it stands until the run is cancelled, audited as
             # any cancelled run (its `run_completed` kept with the end).
-            await cancel_aside(agent.deps, record, f"cancelled by {cancelled_by}")
-            return Advanced.CANCELLED
+            reason = f"cancelled by {cancelled_by}"
+            await cancel_aside(agent.deps, record, reason)
+            return Advancement(Advanced.CANCELLED, RunStatus.CANCELLED, reason)
         if record.status == RunStatus.QUEUED and (
             job.kind == JobKind.FORK or record.initial is not None
         ):
             # A fork (`submit_fork`): its start is in the journal, not in its job.
             try:
-                await agent.resumer().start_fork(agent.deps.hooks.on_event, job.run_id)
+                result = await agent.resumer().start_fork(agent.deps.hooks.on_event, job.run_id)
             except JobUnusable as err:  # no fork: nothing else would start the run
-                await _fail(runtime, job.run_id, err)
-                return Advanced.FAILED
-            return Advanced.STARTED
+                return await _fail(runtime, job.run_id, err)
+            return _left(Advanced.STARTED, result)
         if record.status == RunStatus.QUEUED:
             options: dict[str, Any] = {}
             if job.output_schema:
@@ -100,8 +137,7 @@ async def advance(agent: Agent, fleet: FleetQueue, job: RunJob) -> Advanced:
                     # do): no worker of this deployment starts the run, so it fails now
                     # rather than wait `queued` for ever.
                     unusable = JobUnusable(f"the job's output schema cannot be imported: {err}")
-                    await _fail(runtime, job.run_id, unusable)
-                    return Advanced.FAILED
+                    return await _fail(runtime, job.run_id, unusable)
                 options["output_schema"] = schema
             if job.output_retries is not None:
                 options["output_retries"] = job.output_retries
@@ -112,10 +148,15 @@ async def advance(agent: Agent, fleet: FleetQueue, job: RunJob) -> Advanced:
                 run_id=job.run_id,
                 **options,
             )
-            await session.execute(agent.deps.hooks.on_event, leased=True)
-            return Advanced.STARTED
-        await _resume(agent, job.run_id, **(job.answer if answered else {}))
-        return Advanced.RESUMED
+            result = await session.execute(agent.deps.hooks.on_event, leased=True)
+            return _left(Advanced.STARTED, result)
+        result = await _resume(agent, job.run_id, **(job.answer if answered else {}))
+        return _left(Advanced.RESUMED, result)
+
+
+def _left(what: Advanced, result: RunResult) -> Advancement:
+    """`what` the job did, and where the run it started or resumed stopped."""
+    return Advancement(what, result.status, result.reason or "")
 
 
 async def fail_unstarted(agent: Agent, run_id: str, why: Exception) -> bool:
@@ -133,11 +174,12 @@ async def fail_unstarted(agent: Agent, run_id: str, why: Exception) -> bool:
         return True
 
 
-async def _fail(runtime: Any, run_id: str, why: Exception) -> None:
+async def _fail(runtime: Any, run_id: str, why: Exception) -> Advancement:
     """The queued run, whose lease the caller holds, journaled `failed` because of `why`."""
     reason = f"{type(why).__name__}: {why}"
     log.error("run %s cannot be started, journaled failed: %s", run_id, reason)
     await runtime.finish_run(run_id, RunStatus.FAILED, reason, None)
+    return Advancement(Advanced.FAILED, RunStatus.FAILED, reason)
 
 
 async def _repair(agent: Agent, record: RunRecord) -> None:

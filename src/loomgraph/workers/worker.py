@@ -7,15 +7,14 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
 from loomgraph._storage.pg_pool import import_asyncpg
 from loomgraph.agent.agent import Agent
 from loomgraph.agent.checkpoints import ApprovalRefused, RunOfAnotherAgent, check_owner
-from loomgraph.agent.fleet import DEFAULT_QUEUE, FleetQueue, fleet_queue
-from loomgraph.agent.fleet_errors import FleetError, JobFromNewerVersion, JobUnusable
+from loomgraph.agent.fleet import FleetQueue, fleet_queue
+from loomgraph.agent.fleet_errors import JobFromNewerVersion, JobUnusable
 from loomgraph.agent.fleet_jobs import RunJob
 from loomgraph.agent.leases import owner_is_dead
 from loomgraph.engine.scope import stop_request
@@ -23,7 +22,8 @@ from loomgraph.errors import ServiceUnavailable
 from loomgraph.protocols import RunStatus
 from loomgraph.runtime.errors import LeaseLost, RunConflict
 from loomgraph.runtime.postgres import dialect as postgres_dialect
-from loomgraph.workers.advance import advance, fail_unstarted
+from loomgraph.workers.advance import advance_run, fail_unstarted
+from loomgraph.workers.options import WorkerOptions
 from loomgraph.workers.quarantine import Quarantine
 from loomgraph.workers.slots import UserSlots
 
@@ -43,34 +43,6 @@ class _PutBack(Exception):
     def __init__(self, seconds: float, why: str) -> None:
         super().__init__(why)
         self.seconds, self.why = seconds, why
-
-
-@dataclass(frozen=True, slots=True)
-class WorkerOptions:
-    """How one worker takes jobs (docs/scaling.md, "Sizing")."""
-
-    concurrency: int = 8  # runs this worker advances at once
-    queues: tuple[str, ...] = (DEFAULT_QUEUE,)
-    per_user: int = 0  # at most this many runs of one user advance at once, fleet-wide; 0: any
-    # A job whose worker has not beaten for this long is picked again by another worker.
-    heartbeat_seconds: float = 10.0
-    # How often an idle worker looks at the queue without a NOTIFY (a stale job sends none).
-    poll_seconds: float = 1.0
-    # When the user's slots are all taken, the job is put back for this long (growing by
-    # half with each time it was put back, up to 2 s).
-    slot_retry_seconds: float = 0.2
-
-    def check(self) -> None:
-        """FleetError naming the first option that cannot work."""
-        if self.concurrency < 2:
-            # pgqueuer picks jobs in batches (of one, here) and wants room for two.
-            raise FleetError(f"concurrency must be at least 2, got {self.concurrency}")
-        if not self.queues or any(not q for q in self.queues):
-            raise FleetError(f"queues must be non-empty names, got {list(self.queues)}")
-        if self.per_user < 0:
-            raise FleetError(f"per_user must be >= 0, got {self.per_user}")
-        if self.heartbeat_seconds <= 0 or self.poll_seconds <= 0:
-            raise FleetError("heartbeat_seconds and poll_seconds must be > 0")
 
 
 class Worker:
@@ -218,8 +190,11 @@ class Worker:
                 raise _PutBack(delay, "user busy")
             token = stop_request.set(self._stop_check(work.run_id, context))
             try:
-                done = await advance(self.agent, self.fleet, work)
-                log.info("run %s: %s", work.run_id, done)
+                done = await advance_run(self.agent, self.fleet, work)
+                # What the run ended in, not only what the job did: a run this job failed or
+                # gave up is a warning (the default level), with its reason.
+                level = logging.WARNING if done.gone_wrong else logging.INFO
+                log.log(level, "run %s: %s", work.run_id, done)
             finally:
                 stop_request.reset(token)
                 await asyncio.shield(self.slots.release(slot))
