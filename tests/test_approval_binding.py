@@ -399,8 +399,8 @@ def test_a_handler_approves_only_by_a_plain_yes(value: Any) -> None:
 @pytest.mark.parametrize(
     ("returned", "named"),
     [
-        ("no", "'no' (str)"),
-        ([False], "[False] (list)"),
+        ("no", "a value (str)"),  # named by type and shape: an answer may carry the arguments
+        ([False], "a value of 1 item(s) (list)"),
         ({"allow": False}, "(dict)"),
         ({"args": "mallory"}, "Approval.args"),
         ({"args": BOB, "allow": False}, "(dict)"),

@@ -36,7 +36,6 @@ from loomgraph.engine.effects import (
     BoundApproval,
     EffectKey,
     approval_intent,
-    shown,
 )
 from loomgraph.engine.received import permission_for
 from loomgraph.engine.scope import RunScope
@@ -84,6 +83,18 @@ def edit_too_large(call: ToolCall, answer: Approval, limit: int) -> str | None:
     if not answer.allow or answer.args is None:
         return None
     return args_too_large(ToolCall(id=call["id"], tool=call["tool"], args=answer.args), limit)
+
+
+def shape(value: Any) -> str:
+    """What a value is by its type and size, never its contents (`a value of 2 keys, not
+    just 'args' (dict)`): a refusal's reason goes into the audit log."""
+    kind = type(value).__name__
+    if isinstance(value, dict) and set(value) == {"args"}:
+        return f"a value whose 'args' is None ({kind})"
+    if isinstance(value, dict | list | tuple | set | frozenset):
+        unit = "key(s), not just 'args'" if isinstance(value, dict) else "item(s)"
+        return f"a value of {len(value)} {unit} ({kind})"
+    return f"a value ({kind})"
 
 
 def same_call(journaled: Any, call: ToolCall) -> bool:
@@ -286,7 +297,7 @@ class ApprovalDesk:
 
     async def _handler_answer(self, asked: Decision) -> Approval | None:
         """The approval handler's answer; None to stop and wait. Anything but the answers it
-        may give denies the call, naming what it returned (fail closed, as hooks do)."""
+        may give denies the call, naming what it returned by its `shape` (fail closed)."""
         handler, call = self.scope.deps.approval_handler, self.call
         if handler is None:
             return None
@@ -304,7 +315,7 @@ class ApprovalDesk:
             answer = raw
         else:
             what = (
-                f"an Approval of call {raw.call_id!r}" if isinstance(raw, Approval) else shown(raw)
+                f"an Approval of call {raw.call_id!r}" if isinstance(raw, Approval) else shape(raw)
             )
             return self._refused(f"the approval handler returned {what}, not {HANDLER_ANSWERS}")
         problem = answer.problem() or self._too_large(answer)

@@ -165,21 +165,28 @@ class Approval:
 
     def problem(self) -> str | None:
         """What makes this answer unusable — a field of the wrong type, edited arguments that
-        are not plain JSON — named by its field; None when it can be used."""
+        are not plain JSON — named by its field and the type found, never its value (an
+        approval handler's refused answer is audited, and may hold the call's arguments);
+        None when it can be used."""
+
+        def kind(value: Any) -> str:
+            empty = isinstance(value, str) and not value
+            return "an empty str" if empty else f"a value of type {type(value).__name__}"
+
         if not isinstance(self.call_id, str) or not self.call_id:
-            return f"Approval.call_id must be the pending call's id, not {shown(self.call_id)}"
+            return f"Approval.call_id must be the pending call's id, not {kind(self.call_id)}"
         if not isinstance(self.allow, bool):
-            return f"Approval.allow must be True or False, not {shown(self.allow)}"
+            return f"Approval.allow must be True or False, not {kind(self.allow)}"
         if self.args is not None:
             if not isinstance(self.args, dict):
-                return f"Approval.args must be a dict of edited arguments, not {shown(self.args)}"
+                return f"Approval.args must be a dict of edited arguments, not {kind(self.args)}"
             problem = json_problem(self.args)
             if problem is not None:
                 return f"Approval.args must be plain JSON (the journal keeps them): {problem}"
         if not isinstance(self.approver, str):
-            return f"Approval.approver must be a str, not {shown(self.approver)}"
+            return f"Approval.approver must be a str, not {kind(self.approver)}"
         if not isinstance(self.reason, str):
-            return f"Approval.reason must be a str, not {shown(self.reason)}"
+            return f"Approval.reason must be a str, not {kind(self.reason)}"
         return None
 
     @classmethod

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import re
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -49,6 +50,7 @@ ENTRY_FIELDS = frozenset(
 )
 UNSIGNED_FIELD = "unsigned"
 """Present (always `true`) in every entry of a log written without a key."""
+_HEAD = re.compile(r"(?P<seq>[0-9]+):(?P<mac>[0-9a-fA-F]{64})")
 
 
 class AuditEntry(TypedDict):
@@ -82,12 +84,17 @@ class AuditHead(NamedTuple):
 
     @classmethod
     def parse(cls, text: str) -> AuditHead:
-        """Read `SEQ:MAC` back; raises ValueError when it is not that."""
-        seq, sep, mac = text.strip().partition(":")
-        if not sep or not seq.isdigit() or len(mac) != 64:
-            raise ValueError(f"not a head of the form SEQ:MAC (64 hex digits): {text!r}")
-        int(mac, 16)
-        return cls(int(seq), mac.lower())
+        """Read `SEQ:MAC` back (surrounding whitespace ignored); ValueError naming the form
+        when it is not ASCII digits, a colon and exactly 64 hex digits."""
+        # A pattern, not int(): int() also takes `0x`, `_`, signs and non-ASCII digits, so a
+        # mistyped head would verify as a rewritten log instead of being refused.
+        match = _HEAD.fullmatch(text.strip())
+        if match is None:
+            raise ValueError(
+                f"not a head of the form SEQ:HEX64 (the seq in ASCII digits, a colon, the MAC "
+                f"in 64 hex digits): {text!r}"
+            )
+        return cls(int(match["seq"]), match["mac"].lower())
 
 
 EMPTY_HEAD = AuditHead(0, GENESIS_HASH)

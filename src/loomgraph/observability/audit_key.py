@@ -45,7 +45,8 @@ def resolve_audit_key(
 
     With no source given, `$LOOMGRAPH_AUDIT_KEY` is used when set; otherwise
     `AuditKeyMissing` is raised. `str` keys are UTF-8 encoded; a key file's bytes are used
-    with surrounding whitespace (a trailing newline) stripped.
+    with surrounding whitespace (a trailing newline) stripped; a variable's bytes as the
+    environment holds them (UTF-8 text or not).
     """
     sources = [
         name
@@ -64,7 +65,7 @@ def resolve_audit_key(
     if key_file is not None:
         return _read_key_file(Path(key_file))
     env = key_env if key_env is not None else DEFAULT_KEY_ENV
-    value = os.environ.get(env)
+    value = _env_bytes(env)
     if value is None:
         if key_env is not None:
             raise AuditKeyMissing(
@@ -75,7 +76,23 @@ def resolve_audit_key(
             f"${DEFAULT_KEY_ENV}, or pass unsigned=True for a log anyone can rewrite",
             variable=DEFAULT_KEY_ENV,
         )
-    return _non_empty(value.encode("utf-8"), f"${env}")
+    return _non_empty(value, f"${env}")
+
+
+def _env_bytes(name: str) -> bytes | None:
+    """The variable's value as the environment holds it, or None when unset. Raw bytes: a
+    key from `head -c 32 /dev/urandom` is rarely UTF-8, and is the key as a key file of the
+    same bytes would be (a value that is UTF-8 text is its UTF-8 bytes either way)."""
+    try:
+        if os.supports_bytes_environ:
+            return os.environb.get(os.fsencode(name))
+        value = os.environ.get(name)
+        return None if value is None else value.encode("utf-8")
+    except UnicodeError:  # a name (or, without bytes environ, a value) that is not text
+        raise AuditConfigError(
+            f"the audit key variable {name!r} cannot be read as bytes: a name or value that "
+            "is not valid text"
+        ) from None
 
 
 def _read_key_file(path: Path) -> bytes:

@@ -150,8 +150,52 @@ class TracedSpan:
         except Exception as err:
             self._reporter.report(f"set span attribute {key!r}", err)
 
+    def set_attributes(self, attributes: Mapping[str, Any]) -> None:
+        """Attach several attributes, each as `set_attribute` does (filtered, remembered)."""
+        for key, value in attributes.items():
+            self.set_attribute(key, value)
+
+    def add_event(
+        self, name: str, attributes: Mapping[str, Any] | None = None, timestamp: int | None = None
+    ) -> None:
+        """Add an event; its content attributes are dropped unless capture_content, as a
+        span's are. An error adding it is logged, not raised."""
+        try:
+            self._span.add_event(name, self._event_attributes(attributes), timestamp)
+        except Exception as err:
+            self._reporter.report(f"add span event {name!r}", err)
+
+    def record_exception(
+        self,
+        exception: BaseException,
+        attributes: Mapping[str, Any] | None = None,
+        timestamp: int | None = None,
+        escaped: bool = False,
+    ) -> None:
+        """Record an `exception` event: in full with capture_content, else its type only
+        (a message or stack trace can quote what the run handled), as a failing span does."""
+        try:
+            if self._capture:
+                kept = self._event_attributes(attributes)
+                self._span.record_exception(exception, kept, timestamp, escaped)
+                return
+            kept = {**self._event_attributes(attributes), _EXCEPTION_TYPE: error_type(exception)}
+            self._span.add_event(_EXCEPTION_EVENT, kept, timestamp)
+        except Exception as err:
+            self._reporter.report("record an exception on a span", err)
+
+    def _event_attributes(self, attributes: Mapping[str, Any] | None) -> dict[str, Any]:
+        """An event's attributes as a span's are kept: coerced, None and (without capture)
+        content dropped."""
+        return {
+            key: _coerce(value)
+            for key, value in (attributes or {}).items()
+            if value is not None and (self._capture or key not in CONTENT_ATTRIBUTES)
+        }
+
     def __getattr__(self, name: str) -> Any:
-        """Everything else (add_event, set_status, ...) goes to the OpenTelemetry span."""
+        """Everything else (set_status, add_link, ...) goes to the OpenTelemetry span; the
+        calls that attach attributes or events go through the content filter above."""
         return getattr(self._span, name)
 
 

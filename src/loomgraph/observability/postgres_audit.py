@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
-import math
 import os
 import re
 from collections.abc import AsyncIterator, Mapping, Sequence
@@ -38,21 +35,20 @@ from .audit_chain import (
 )
 from .audit_key import resolve_audit_key
 from .audit_verify import ChainVerifier
+from .pg_audit_rows import COLUMNS, LOCK_SQL, column_problem, unstorable
 
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
-
-# Columns besides `line` duplicate the entry so it can be queried; `line` is the exact
-# canonical text that was hashed, so verification never depends on how PostgreSQL
-# normalises jsonb or floats.
-_COLUMNS = ("seq", "time", "run_id", "user_id", "actor", "action", "payload", "prev_hash", "hash")
 
 
 class PostgresAuditLog:
     """The same hash chain as FileAuditLog, kept in a PostgreSQL table.
 
     Appends run in a transaction holding a transaction-level advisory lock derived from
-    the table name, so every process writing to the table extends one chain. The pool is
-    opened on first use in each event loop; call `close()` when done.
+    the table as the server resolves its name, so every process writing to the table
+    extends one chain, however it spells the name. The first append creates the table when
+    it is missing; reading a missing table raises `AuditLogError` (a missing table is not
+    an empty log), and nothing but that append needs more than INSERT and SELECT on it.
+    The pool is opened on first use in each event loop; call `close()` when done.
 
     `connect_timeout` bounds making a connection and `command_timeout` every statement
     (seconds), as `PostgresRuntime`'s do: a server that refuses, drops the connection or
@@ -90,8 +86,11 @@ class PostgresAuditLog:
         self.capture_content = capture_content
         self._table = ".".join(f'"{p}"' for p in parts)
         self._index = f'"{parts[-1]}_run_id_idx"'
-        digest = hashlib.sha256(f"loomgraph.audit:{table}".encode()).digest()
-        self._lock_key = int.from_bytes(digest[:8], "big", signed=True)
+        # What `LOCK_SQL` resolves the table from: its schema (None: the search path's) and name.
+        self._lock_args = (self._table, parts[0] if len(parts) == 2 else None, parts[-1])
+        # Set once an append found (or made) the table: one that vanishes after is an
+        # error, never made anew under a chain that would start over at seq 1.
+        self._had_table = False
         self._pool_size = max_size
         self.connect_timeout = connect_timeout
         self.command_timeout = command_timeout
@@ -111,7 +110,8 @@ class PostgresAuditLog:
     # ----------------------------------------------------------------------- lifecycle
 
     async def _open(self) -> Any:
-        """Connect and create the table when missing; AuditLogUnavailable when unreachable."""
+        """Connect (nothing is created: see `_create_table`); AuditLogUnavailable when
+        unreachable."""
         if self._pg is None:
             self._pg = import_asyncpg("PostgresAuditLog")
         return await open_pool(
@@ -120,7 +120,7 @@ class PostgresAuditLog:
             pool_size=self._pool_size,
             timeout=self.connect_timeout,
             command_timeout=self.command_timeout,
-            setup=self._create_table,
+            setup=_nothing,
             unavailable=lambda detail: AuditLogUnavailable(self.location, detail),
             translate=self._translate,
         )
@@ -133,14 +133,22 @@ class PostgresAuditLog:
         why = out_of_service(pg, err, self._dsn, self.connect_timeout, self.command_timeout)
         if why is not None:
             return AuditLogUnavailable(self.location, why)
+        if isinstance(err, pg.UndefinedTableError):
+            return AuditLogError(
+                f"audit log {self.location}: the table does not exist "
+                f"({failure(self._dsn, err)}); a missing table is not an empty log"
+            )
         if isinstance(err, pg.PostgresError):
             return AuditLogError(f"audit log {self.location}: {failure(self._dsn, err)}")
         return err
 
     async def _create_table(self, conn: Any) -> None:
-        # Concurrent CREATE TABLE IF NOT EXISTS can still collide in the catalog;
-        # the append lock serialises creators too.
-        await conn.execute("SELECT pg_advisory_xact_lock($1)", self._lock_key)
+        """Create the table and its index, under the append lock (so concurrent creators do
+        not collide in the catalog), when it is still missing: only an append that never
+        found it does this, so a role granted INSERT and SELECT alone can use a table made
+        beforehand."""
+        if await conn.fetchval("SELECT to_regclass($1) IS NOT NULL", self._table):
+            return  # made by another writer while this one waited for the lock
         await conn.execute(
             f"""CREATE TABLE IF NOT EXISTS {self._table} (
                 seq bigint PRIMARY KEY,
@@ -164,7 +172,7 @@ class PostgresAuditLog:
         await self._pools.close()
 
     async def __aenter__(self) -> PostgresAuditLog:
-        """Open the pool and make sure the table exists."""
+        """Open the pool (the first append creates the table when it is missing)."""
         await self._pools.get()
         return self
 
@@ -223,19 +231,21 @@ class PostgresAuditLog:
         for action, actor, payload in entries:
             body = normalize_payload(payload)
             fields = {"run_id": run_id, "user_id": user_id, "actor": actor, "action": action}
-            problem = _unstorable(fields, body)
+            problem = unstorable(fields, body)
             if problem is not None:
                 raise AuditLogError(f"PostgreSQL cannot store this audit entry: {problem}")
             bodies.append((action, actor, body))
         async with self._transaction() as conn:
-            await conn.execute("SELECT pg_advisory_xact_lock($1)", self._lock_key)
+            present = await conn.fetchval(LOCK_SQL, *self._lock_args, column=1)
+            if not present and not self._had_table:
+                await self._create_table(conn)
             row = await conn.fetchrow(
                 f"SELECT seq, hash, line FROM {self._table} ORDER BY seq DESC LIMIT 1"
             )
             head = EMPTY_HEAD if row is None else self._chainable(row)
             made = chain_entries(head, bodies, run_id=run_id, user_id=user_id, key=self._key)
             await conn.executemany(
-                f"INSERT INTO {self._table} ({', '.join(_COLUMNS)}, line) "
+                f"INSERT INTO {self._table} ({', '.join(COLUMNS)}, line) "
                 "VALUES ($1, $2, $3, $4, $5, $6, $7::jsonb, $8, $9, $10)",
                 [
                     (
@@ -253,6 +263,7 @@ class PostgresAuditLog:
                     for e in made
                 ],
             )
+        self._had_table = True
         return made
 
     @asynccontextmanager
@@ -309,43 +320,13 @@ class PostgresAuditLog:
         """Check the whole chain, that the query columns match it, and the recorded head."""
         verifier = ChainVerifier(self._key, expected_head)
         async with self._transaction(isolation="repeatable_read", readonly=True) as conn:
-            query = f"SELECT {', '.join(_COLUMNS)}, line FROM {self._table} ORDER BY seq"
+            query = f"SELECT {', '.join(COLUMNS)}, line FROM {self._table} ORDER BY seq"
             async for row in conn.cursor(query, prefetch=500):
-                verifier.feed(row["line"], check=partial(_column_problem, row))
+                verifier.feed(row["line"], check=partial(column_problem, row))
                 if verifier.failed:
                     break
         return verifier.result()
 
 
-def _unstorable(fields: Mapping[str, str | None], payload: dict[str, Any]) -> str | None:
-    """What in an entry PostgreSQL cannot store (text holds no NUL, jsonb no NaN or
-    Infinity), or None."""
-    for name, value in fields.items():
-        if value is not None and "\x00" in str(value):
-            return f"{name} contains a NUL character (\\u0000), which text cannot hold"
-    stack: list[tuple[str, Any]] = [("payload", payload)]
-    while stack:
-        path, value = stack.pop()
-        if isinstance(value, str) and "\x00" in value:
-            return f"{path} contains a NUL character (\\u0000), which jsonb cannot hold"
-        if isinstance(value, float) and not math.isfinite(value):
-            return f"{path} is {value}, which jsonb cannot hold (store it as a string)"
-        if isinstance(value, dict):
-            for key, item in value.items():
-                if "\x00" in key:
-                    return f"a key in {path} contains a NUL character (\\u0000)"
-                stack.append((f"{path}[{key!r}]", item))
-        elif isinstance(value, list):
-            stack.extend((f"{path}[{i}]", item) for i, item in enumerate(value))
-    return None
-
-
-def _column_problem(row: Any, entry: AuditEntry) -> str | None:
-    """Which query column disagrees with the hashed line, if any."""
-    for name in _COLUMNS:
-        value = row[name]
-        if name == "payload":
-            value = json.loads(value)
-        if value != entry[name]:  # type: ignore[literal-required]  # names from _COLUMNS
-            return f"column {name!r} of entry {entry['seq']} differs from the hashed entry (edited)"
-    return None
+async def _nothing(conn: Any) -> None:
+    """A pool's setup: nothing (the table is created by the first append that misses it)."""
