@@ -88,8 +88,10 @@ async def main(svg: Path) -> int:
         architecture="react",
     )
     status = "failed"
+    # No session_id: this agent has no memory (memory=), so runs of a session would share
+    # nothing; with memory="sqlite:./memory.db", session_id="..." lets later runs see this one.
     async for event in agent.stream(
-        "What is 23 * 7 + 1, and what is the capital of Japan?", user_id="alice", session_id="demo"
+        "What is 23 * 7 + 1, and what is the capital of Japan?", user_id="alice"
     ):
         print_event(event)
         status = event.payload.get("status", status)

@@ -5,4 +5,5 @@ import sys
 
 from loomgraph.cli.main import main
 
-sys.exit(main())
+if __name__ == "__main__":  # importing the module (an import walk, a doc tool) runs nothing
+    sys.exit(main())

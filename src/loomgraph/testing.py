@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from loomgraph.agent.checkpoints import ResumeError, resume_value
-from loomgraph.agent.deps import build_deps
+from loomgraph.agent.deps import UnknownModel, build_deps
 from loomgraph.agent.resuming import NO_VALUE
 from loomgraph.authoring.library import load_graph
 from loomgraph.engine.context import VisitContext
@@ -54,7 +54,7 @@ async def run_node(
     node: str,
     state: Mapping[str, Any] | None = None,
     *,
-    model: Model | Sequence[TurnLike] | Callable[..., Any] | None = None,
+    model: Model | str | Sequence[TurnLike] | Callable[..., Any] | None = None,
     tools: Any = None,
     system: str = "",
     visit: int = 1,
@@ -70,17 +70,24 @@ async def run_node(
     handler); without `on_error` it raises. `value` answers the interrupt the node raises, as
     `Agent.resume(run_id, value=...)` does: checked against the type it asked for
     (`ResumeError`), then the node runs again with it. A node (or a name in `visits`) the
-    graph does not have raises `UnknownNode`; a `visit` below 1, or a count in `visits`
-    below 0, raises `GraphError`: no run has them."""
+    graph does not have raises `UnknownNode`; a `visit` below 1, a count in `visits` below
+    0, or visits past the graph's limits raise `GraphError`: no run has them. `model` is a
+    Model, a model spec (`"echo"`), or a script of turns (or its function) for a ScriptedModel."""
     compiled = compile_graph(load_graph(graph))
     _check_visits(compiled, node, visit, visits or {})
     # What a run is given from outside is checked, built-in fields too (`input` text,
     # `messages` messages): a node is tested against a state a run could have.
     full = compiled.schema.initial(compiled.schema.check_input(dict(state or {})))
-    if model is None or not isinstance(model, Model):
+    # A string names a model, as Agent(model=) reads it ("echo"); a script is a list.
+    if not isinstance(model, str) and not isinstance(model, Model):
         model = ScriptedModel(model or [])
     runtime = InMemoryRuntime()
-    deps = build_deps(model=model, tools=tools, runtime=runtime)
+    try:
+        deps = build_deps(model=model, tools=tools, runtime=runtime)
+    except UnknownModel as err:
+        if not isinstance(model, str):
+            raise
+        raise UnknownModel(f"{err}; for a scripted turn, a list: model=[{model!r:.40}]") from None
     events: list[Event] = []
 
     async def sink(event: Event) -> None:
@@ -124,7 +131,7 @@ def _check_visits(
     compiled: CompiledGraph, node: str, visit: int, visits: Mapping[str, int]
 ) -> None:
     """Refuse what no run could have: a node the graph does not have (`UnknownNode`), a
-    visit of `node` before its first, a visit count below 0 (`GraphError`)."""
+    visit of `node` before its first, a visit count below 0 or past a limit (`GraphError`)."""
     nodes = ", ".join(compiled.nodes)
     if node not in compiled.nodes:
         raise UnknownNode(f"graph {compiled.name!r} has no node {node!r}; nodes: {nodes}")
@@ -144,6 +151,30 @@ def _check_visits(
             raise GraphError(
                 f"visits[{name!r}]={count!r}: how often {name!r} ran before, from 0 (never)"
             )
+    _check_limits(compiled, node, visit, visits)
+
+
+def _check_limits(
+    compiled: CompiledGraph, node: str, visit: int, visits: Mapping[str, int]
+) -> None:
+    """Refuse visits past the graph's limits, as the interpreter never runs them (the run
+    ends `limit_reached` first): a node's `max_visits` (else `limits.max_node_visits`), and
+    `limits.max_visits` of every node's visits together, this one included."""
+    counts = {**visits, node: visit}
+    for name, count in counts.items():
+        cap = compiled.node_limits[name]
+        if count > cap:
+            said = f"visit={count}" if name == node else f"visits[{name!r}]={count}"
+            raise GraphError(
+                f"{said}: graph {compiled.name!r} allows {cap} visits of {name!r} per run "
+                "(its max_visits, else limits.max_node_visits); no run reaches this one"
+            )
+    total, cap = sum(counts.values()), compiled.graph.limits.max_visits
+    if total > cap:
+        raise GraphError(
+            f"visit={visit} with visits={dict(visits)!r} is visit {total} of the run; graph "
+            f"{compiled.name!r} allows {cap} in all (limits.max_visits); no run reaches it"
+        )
 
 
 async def _visit(

@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from loomgraph.agent.arguments import check_text
 from loomgraph.agent.checkpoints import Checkpoint, history
 from loomgraph.agent.deps import build_deps
 from loomgraph.agent.event_ids import EventId
@@ -81,6 +82,8 @@ class Agent(FleetMethods):
         tool_deps: Mapping[Any, Any] | None = None,
         name: str = "",
     ) -> None:
+        check_text("instructions", instructions)
+        check_text("name", name)
         self.name = name
         self.instructions = instructions
         # Resumes of a crashed or failed run before it becomes a dead letter.
@@ -175,7 +178,14 @@ class Agent(FleetMethods):
     ) -> AgentSession:
         """A fresh session for one run. `run_id`: the id of the new run (a fleet worker
         passes the queued run it starts); executing it raises `RunExists` when a run with
-        that id is journaled already."""
+        that id is journaled already. A prompt or id of the wrong type is a TypeError."""
+        check_text("prompt", prompt)
+        for argument, value in (
+            ("user_id", user_id),
+            ("session_id", session_id),
+            ("run_id", run_id),
+        ):
+            check_text(argument, value, optional=True)
         if session_id is not None and self._session_unkept:
             self._session_unkept = False
             _log.warning(

@@ -18,6 +18,7 @@ from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
+from loomgraph.agent.arguments import check_text
 from loomgraph.agent.fleet import FleetQueue, check_run_agent
 from loomgraph.agent.fleet import fleet_queue as queue_of
 from loomgraph.agent.fleet_errors import FleetError
@@ -35,6 +36,7 @@ from loomgraph.runtime.errors import RunConflict
 
 __all__ = [
     "CancelOutcome",
+    "CancelReasonInvalid",
     "RunJobPending",
     "RunNotCancellable",
     "RunWaitTimeout",
@@ -70,6 +72,25 @@ class RunNotCancellable(FleetError):
         super().__init__(f"run {run_id} is {status}: there is nothing to cancel")
         self.run_id = run_id
         self.status = status
+
+
+class CancelReasonInvalid(FleetError, ValueError):
+    """Who cancels (`by`), or the reason a cancel journals, is no text or blank: refused
+    before anything is written (it would be journaled as `cancelled by None`, or a write
+    half done)."""
+
+    def __init__(self, name: str, value: object) -> None:
+        super().__init__(
+            f"{name} must be non-blank text (it is journaled as why the run was cancelled), "
+            f"got {value!r}"
+        )
+        self.name = name
+
+
+def _check_cancel_text(name: str, value: object) -> None:
+    """`CancelReasonInvalid` unless `value` is a str with something besides blanks."""
+    if not isinstance(value, str) or not value.strip():
+        raise CancelReasonInvalid(name, value)
 
 
 class RunJobPending(FleetError):
@@ -120,6 +141,9 @@ async def submit(
 ) -> str:
     """Journal a run as `queued` and enqueue its job, in one transaction; the run id. Only
     a worker whose Agent is called `agent_name` will start it."""
+    check_text("prompt", prompt)
+    check_text("user_id", user_id, optional=True)
+    check_text("session_id", session_id, optional=True)
     limit = deps.size_limits.prompt_chars
     if len(prompt) > limit:  # refused before anything is written
         raise InputTooLarge("the prompt", len(prompt), limit)
@@ -293,7 +317,9 @@ async def _settled(fleet: FleetQueue, run_id: str) -> bool:
 async def cancel(deps: Deps, run_id: str, *, by: str, agent_name: str = "") -> CancelOutcome:
     """Cancel a run from anywhere: one nobody advances is journaled `cancelled` at once (a
     queued one never starts); one a worker advances stops at its next effect boundary. A run
-    another named Agent started or submitted is refused (`RunOfAnotherAgent`)."""
+    another named Agent started or submitted is refused (`RunOfAnotherAgent`), as is a `by`
+    that is no text or blank (`CancelReasonInvalid`), before anything is written."""
+    _check_cancel_text("by", by)
     runtime = deps.runtime
     fleet = await _queue(deps)
     record = await runtime.load_run(run_id)
@@ -321,7 +347,9 @@ async def cancel_idle(deps: Deps, run_id: str, reason: str) -> None:
     """Journal a run nobody advances as `cancelled`, read and written under its lease, so a
     process that took the run up meanwhile (a resume) is refused, not overwritten.
 
-    `RunConflict` while another process holds the run; `RunNotCancellable` when it ended."""
+    `RunConflict` while another process holds the run; `RunNotCancellable` when it ended;
+    `CancelReasonInvalid` for a `reason` that is no text or blank, before the lease."""
+    _check_cancel_text("reason", reason)
     async with hold_lease(deps.leases, run_id):
         record = await deps.runtime.load_run(run_id)
         if record is None:

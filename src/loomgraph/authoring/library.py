@@ -24,9 +24,9 @@ def builtin_names() -> list[str]:
 
 
 def load_graph(architecture: str | Path | Graph) -> Graph:
-    """A validated graph for a built-in name, a YAML path or a Graph object: a file's is a
-    copy of its own for each call (editing it changes no other graph), a Graph the object
-    itself."""
+    """A validated graph for a built-in name, a graph file's path (`graph_file`) or a Graph
+    object: a file's is a copy of its own for each call (editing it changes no other graph),
+    a Graph the object itself. UnknownGraph when the name is neither."""
     if isinstance(architecture, Graph):
         if architecture._resolver is None:
             architecture._resolver = resolve_graph_ref
@@ -39,13 +39,32 @@ def load_graph(architecture: str | Path | Graph) -> Graph:
                 raise GraphValidationError(problems)
             memo.validated = True
         return architecture
-    text = str(architecture)
-    is_path = isinstance(architecture, Path) or text.endswith((".yaml", ".yml")) or "/" in text
-    path = Path(text) if is_path else builtin_path(text)
-    if path is None or not path.is_file():
-        what = "graph file" if is_path else "built-in graph"
-        raise UnknownGraph(
-            f"no {what} {text!r}; built-in graphs: {', '.join(builtin_names())}; "
-            "or pass a path to a .yaml file or a Graph object"
-        )
+    path = graph_file(architecture)
+    if path is None:
+        raise UnknownGraph(_unknown(architecture))
     return load_graph_file_cached(path)
+
+
+def graph_file(name: str | Path) -> Path | None:
+    """The graph file `name` names, by one rule for `Agent(architecture=)`, `run --graph`,
+    `render` and `validate`: a built-in graph's name first (so a stray file called `react`
+    never replaces it), then an existing file at that path, whatever its suffix (`Loop.YAML`,
+    none). None when it names neither."""
+    if not isinstance(name, Path):
+        builtin = builtin_path(name)  # looked up, never a path: `../x` is no built-in
+        if builtin is not None:
+            return builtin
+    path = Path(name)
+    return path if path.is_file() else None
+
+
+def _unknown(name: str | Path) -> str:
+    """Why `name` names no graph: the file it names is missing, or no built-in has it."""
+    text = str(name)
+    names = ", ".join(builtin_names())
+    if isinstance(name, Path) or "/" in text or Path(text).suffix.lower() in (".yaml", ".yml"):
+        return f"no graph file {text!r}; built-in graphs: {names}; or pass a Graph object"
+    return (
+        f"no built-in graph {text!r} and no file of that name; built-in graphs: {names}; "
+        "or pass a path to a graph file or a Graph object"
+    )

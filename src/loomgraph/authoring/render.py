@@ -41,16 +41,32 @@ def render(
     .pdf, .dot, .mmd); `expand` draws the graphs `map`/`subgraph` nodes run inline."""
     target = Path(path)
     suffix = target.suffix.lower()
-    if suffix in _IMAGES:
-        target.write_bytes(to_image(graph, _IMAGES[suffix], run=run, expand=expand))
-    elif suffix in _TEXT:
-        target.write_text(_TEXT[suffix](graph, run=run, expand=expand), encoding="utf-8")
-    elif suffix in (".mmd", ".mermaid"):
-        target.write_text(to_mermaid(graph, run=run, expand=expand), encoding="utf-8")
-    else:
-        supported = ", ".join([*_TEXT, *_IMAGES, ".mmd", ".mermaid"])
-        raise RenderError(
-            f"cannot render to {target.name!r}: unknown suffix "
-            f"{target.suffix or '(none)'!r}; supported: {supported}"
-        )
+    # Checked before the drawing, which may run `dot` for a minute, is thrown away.
+    if not target.parent.is_dir():
+        raise RenderError(f"cannot write {str(target)!r}: no folder {str(target.parent)!r}")
+    drawn = _drawn(graph, target, suffix, run, expand)
+    try:
+        if isinstance(drawn, bytes):
+            target.write_bytes(drawn)
+        else:
+            target.write_text(drawn, encoding="utf-8")
+    except OSError as err:  # a folder it may not write in, a full disk
+        raise RenderError(f"cannot write {str(target)!r}: {err.strerror or err}") from err
     return target
+
+
+def _drawn(
+    graph: Graph | str | Path, target: Path, suffix: str, run: RunLike, expand: bool
+) -> str | bytes:
+    """The diagram of `graph` in the format `suffix` names: text, or an image's bytes."""
+    if suffix in _IMAGES:
+        return to_image(graph, _IMAGES[suffix], run=run, expand=expand)
+    if suffix in _TEXT:
+        return _TEXT[suffix](graph, run=run, expand=expand)
+    if suffix in (".mmd", ".mermaid"):
+        return to_mermaid(graph, run=run, expand=expand)
+    supported = ", ".join([*_TEXT, *_IMAGES, ".mmd", ".mermaid"])
+    raise RenderError(
+        f"cannot render to {target.name!r}: unknown suffix "
+        f"{target.suffix or '(none)'!r}; supported: {supported}"
+    )

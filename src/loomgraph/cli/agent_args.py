@@ -46,7 +46,8 @@ def load_agent(spec: str, **overrides: Any) -> Any:
 
     from loomgraph.agent.agent import Agent
 
-    if spec.endswith((".yaml", ".yml")):
+    # A file by its suffix, in any case, or by being there (as a graph is found by either).
+    if Path(spec).suffix.lower() in (".yaml", ".yml") or (":" not in spec and Path(spec).is_file()):
         return Agent.from_file(spec, **overrides)
     if ":" not in spec:
         raise AgentNotFound(f"--agent {spec!r}: use an agent file (.yaml) or MODULE:ATTR")

@@ -95,7 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
     schema.add_argument(
         "--agent", action="store_true", help="the schema of agent files instead of graph files"
     )
-    sub.add_parser("graphs", help="list the built-in graphs")
+    graphs = sub.add_parser("graphs", help="list the built-in graphs")
+    graphs.add_argument("--json", action="store_true", help='one {"name": ...} per line')
     new_graph = sub.add_parser("new-graph", help="write a commented starting graph, NAME.yaml")
     new_graph.add_argument("name", help="the graph's name: letters, digits, - and _")
     new_graph.add_argument("-o", "--output-dir", default=".", help="folder to write it in")
@@ -244,7 +245,8 @@ def _dispatch(args: argparse.Namespace, driven: DrivenRun) -> int:
             return _schema(args.agent)
         from loomgraph.authoring.library import builtin_names
 
-        print("\n".join(builtin_names()))
+        for name in builtin_names():
+            print(json.dumps({"name": name}) if args.json else name)
         return EXIT_OK
     except AgentFileError as err:
         for problem in err.problems:
@@ -321,6 +323,7 @@ def _format_keys() -> tuple[list[str], list[str]]:
 
 def _validate(args: argparse.Namespace) -> int:
     from loomgraph.authoring.agent_file import AgentFileError
+    from loomgraph.authoring.library import graph_file
     from loomgraph.authoring.loader import load_graph_file
     from loomgraph.errors import GraphValidationError
 
@@ -329,8 +332,11 @@ def _validate(args: argparse.Namespace) -> int:
         return usage("validate needs FILE arguments or --agent FILE")
     failed = False
     for file in files:
+        # Found as `run --graph` and `render` find it (a built-in name too); a file that is
+        # not there is left to the loader, which reports it as this file's problem.
+        found = graph_file(file) or Path(file)
         try:
-            if file == args.agent or _is_agent_file(file):
+            if file == args.agent or _is_agent_file(str(found)):
                 # Checked as `Agent.from_file` checks it, its permissions and audit log too
                 # (which only their backends can check), building nothing. Imported here: the
                 # wiring layer loads the engine, which checking a graph file does without.
@@ -338,7 +344,7 @@ def _validate(args: argparse.Namespace) -> int:
 
                 validate_agent_file(file)
             else:
-                load_graph_file(file)
+                load_graph_file(found)
         except (GraphValidationError, AgentFileError) as err:
             failed = True
             for problem in err.problems:

@@ -57,9 +57,10 @@ def import_object(path: str, *, near: str | Path | None = None, what: str = "obj
     module_name, sep, attr = path.partition(":")
     if not sep:
         module_name, _, attr = path.rpartition(".")
+    folders = search_folders(near)
+    _refuse_a_file(path, module_name, attr, what, folders)
     if not module_name or not attr:
         raise ImportError(f"{what} {path!r} is not an import path like module:name")
-    folders = search_folders(near)
     try:
         with _on_path(folders):
             target: Any = importlib.import_module(module_name)
@@ -91,6 +92,26 @@ def import_object(path: str, *, near: str | Path | None = None, what: str = "obj
                 f"cannot import {what} {path!r}: {module_name} has no {part!r}{hint}"
             ) from None
     return target
+
+
+def _refuse_a_file(path: str, module: str, attr: str, what: str, folders: list[Path]) -> None:
+    """Refuse a module part written as a file (`mytools.py`, `./mytools.py`, `pkg/mytools`,
+    `/srv/app/mytools.py`), saying how to name the module: importing it would fail with a
+    hint to make `mytools/py.py`, or with Python's own relative-import error."""
+    if ":" not in path and path.endswith(".py"):
+        module, attr = path, "NAME"  # `mytools.py`: the file alone, nothing in it named
+    slashed = "/" in module or "\\" in module
+    if not (slashed or module.endswith(".py") or module.startswith("~")):
+        return
+    parts = [p for p in module.removesuffix(".py").replace("\\", "/").split("/") if p != "."]
+    if module.startswith(("/", "~", "\\")) or ".." in parts:
+        parts = parts[-1:]  # outside the folders searched: the module by its own name
+    name = ".".join(p for p in parts if p) or "MODULE"
+    raise ImportError(
+        f"cannot import {what} {path!r}: name the module, not its file: write `{name}:{attr}` "
+        f"(a module is looked for in {', '.join(map(str, folders))} and the installed "
+        "packages: run from the folder that holds it, or add that folder to PYTHONPATH)"
+    )
 
 
 def _said(err: BaseException) -> str:

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import difflib
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+import inspect
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from loomgraph.errors import LoomgraphError
 from loomgraph.models.errors import ScriptTurnInvalid
-from loomgraph.protocols import ModelChunk, ModelRequest, ToolCall, Usage
+from loomgraph.protocols import FinishReason, ModelChunk, ModelRequest, ToolCall, Usage
 
 _DEFAULT_USAGE = Usage(input_tokens=10, output_tokens=5)
 
@@ -59,10 +60,46 @@ def as_turn(value: object, index: int = 0) -> Turn:
     if not isinstance(raw_calls, list | tuple):
         raise _wrong(index, "", "tool_calls", raw_calls, "a list of tool calls")
     calls = [_tool_call(call, index, i) for i, call in enumerate(raw_calls)]
+    _check_ids(calls, index)
     reason = value.get("finish_reason")
     if reason is not None and not isinstance(reason, str):
         raise _wrong(index, "", "finish_reason", reason, "a string or None")
+    if reason is not None:
+        _check_reason(reason, index)
     return Turn(text, calls, _usage(value.get("usage"), index), reason)
+
+
+def _check_reason(reason: str, index: int) -> None:
+    """Refuse a finish reason no model gives (a typo of `max_tokens` would play an ordinary
+    answer, not a cut-off one); a provider's spelling (`length`, `stop`) is one. A `Turn`
+    plays any reason, unchecked, to test an unknown one."""
+    if isinstance(FinishReason.of(reason), FinishReason):
+        return
+    known = [member.value for member in FinishReason]
+    near = difflib.get_close_matches(reason, known, n=1)
+    hint = f" (did you mean {near[0]!r}?)" if near else ""
+    raise ScriptTurnInvalid(
+        f"scripted turn {index}: 'finish_reason' is {reason!r}{hint}, not one a model gives: "
+        f"{', '.join(known)} (or a provider's spelling of one; Turn(...) plays any)",
+        index=index,
+        key="finish_reason",
+        allowed=_TURN_KEYS,
+    )
+
+
+def _check_ids(calls: list[ToolCall], index: int) -> None:
+    """Refuse two calls of one turn with one id: their results could not be told apart."""
+    seen: set[str] = set()
+    for call in calls:
+        if call["id"] in seen:
+            raise ScriptTurnInvalid(
+                f"scripted turn {index}: tool call id {call['id']!r} twice; each call of a "
+                "turn needs its own id",
+                index=index,
+                key="tool_calls",
+                allowed=_TURN_KEYS,
+            )
+        seen.add(call["id"])
 
 
 def _tool_call(call: object, index: int, position: int) -> ToolCall:
@@ -80,6 +117,13 @@ def _tool_call(call: object, index: int, position: int) -> ToolCall:
     tool, call_id, args = call["tool"], call.get("id"), call.get("args", {})
     if not isinstance(tool, str):
         raise _wrong(index, where, "tool", tool, "a tool's name (a string)")
+    if not tool.strip():
+        raise ScriptTurnInvalid(
+            f"scripted turn {index}: {where}'tool' is empty; it names the tool called",
+            index=index,
+            key="tool",
+            allowed=_CALL_KEYS,
+        )
     if call_id is not None and not isinstance(call_id, str):
         raise _wrong(index, where, "id", call_id, "a string or None")
     if not isinstance(args, Mapping):
@@ -162,12 +206,13 @@ class ScriptedModel:
 
     The position is the run's model-call count (`request.call_index`), which a resumed run
     restores from its journal, so a resumed run gets the same turns as an uninterrupted one.
-    `turns` may also be a function of the request that returns a turn.
+    `turns` may also be a function of the request that returns a turn, or an async one
+    (`stream` awaits its turn).
     """
 
     def __init__(
         self,
-        turns: Sequence[TurnLike] | Callable[[ModelRequest], TurnLike],
+        turns: Sequence[TurnLike] | Callable[[ModelRequest], TurnLike | Awaitable[TurnLike]],
         *,
         name: str = "scripted",
         chunk_size: int = 0,
@@ -187,27 +232,39 @@ class ScriptedModel:
         self._chunk_size = chunk_size  # >0: split text into chunks of this many characters
 
     def turn_for(self, request: ModelRequest) -> Turn:
-        """The turn a request gets (raising it, when the script says the provider fails)."""
-        if isinstance(self._script, list):
-            if request.call_index >= len(self._script):
-                raise ScriptExhausted(
-                    f"script of {len(self._script)} turn(s) exhausted at "
-                    f"model call {request.call_index + 1} of run "
-                    f"{request.run_id}"
-                )
-            turn: TurnLike = self._script[request.call_index]
-        else:
-            turn = self._script(request)
-        if isinstance(turn, BaseException) or (
-            isinstance(turn, type) and issubclass(turn, BaseException)
-        ):
-            raise turn
-        # A script function's turn is read here, so its error names the call it answered.
-        return as_turn(turn, request.call_index)
+        """The turn a request gets (raising it, when the script says the provider fails).
+        Sync: an async script function's turn is played by `stream`, which awaits it."""
+        turn = self._scripted(request)
+        if inspect.isawaitable(turn):
+            if inspect.iscoroutine(turn):
+                turn.close()  # never to be awaited: no "never awaited" warning on top
+            raise ScriptTurnInvalid(
+                f"scripted turn {request.call_index} comes from an async script function; "
+                "turn_for cannot await it (stream() does)",
+                index=request.call_index,
+            )
+        return _played(turn, request.call_index)
+
+    def _scripted(self, request: ModelRequest) -> object:
+        """The script's turn for `request` as written: a list's item, or what the function
+        returned (an awaitable, from an async one)."""
+        if not isinstance(self._script, list):
+            return self._script(request)
+        if request.call_index >= len(self._script):
+            raise ScriptExhausted(
+                f"script of {len(self._script)} turn(s) exhausted at "
+                f"model call {request.call_index + 1} of run "
+                f"{request.run_id}"
+            )
+        return self._script[request.call_index]
 
     async def stream(self, request: ModelRequest) -> AsyncIterator[ModelChunk]:
-        """Stream the turn: text chunks, tool calls, usage, finish."""
-        turn = self.turn_for(request)
+        """Stream the turn: text chunks, tool calls, usage, finish. An async script
+        function's turn is awaited first, as loomgraph awaits async tools and nodes."""
+        scripted = self._scripted(request)
+        if inspect.isawaitable(scripted):
+            scripted = await scripted
+        turn = _played(scripted, request.call_index)
         size = self._chunk_size or len(turn.text) or 1
         for start in range(0, len(turn.text), size):
             yield {"type": "text", "text": turn.text[start : start + size]}
@@ -216,3 +273,11 @@ class ScriptedModel:
         yield {"type": "usage", "usage": turn.usage}
         reason = turn.finish_reason or ("tool_use" if turn.tool_calls else "end_turn")
         yield {"type": "finish", "finish_reason": reason}
+
+
+def _played(turn: object, index: int) -> Turn:
+    """The Turn a scripted value plays, raising it when it is an exception. A script
+    function's turn is read here, so its error names the call it answered."""
+    if _raises(turn):
+        raise turn  # type: ignore[misc]
+    return as_turn(turn, index)

@@ -30,7 +30,10 @@ def storable_reason(text: str) -> str:
 
 
 def check_id(field: str, value: str | None) -> None:
-    """Refuse an id no backend can store as it is (`JournalIdError` naming `field`)."""
+    """Refuse an id no backend can store as it is (`JournalIdError` naming `field`), and one
+    that is no text at all (a TypeError naming `field`, not one from deep in a check)."""
+    if value is not None and not isinstance(value, str):
+        raise TypeError(f"{field} must be a str or None, got {type(value).__name__} {value!r:.60}")
     if value is not None and not storable(value):
         raise JournalIdError(field, value)
 

@@ -203,7 +203,8 @@ async def _run(
     item: Tool[..., Any], pos: tuple[Any, ...], kwargs: dict[str, Any], strays: Strays
 ) -> Any:
     """Call the tool (a sync one in a worker thread), and await what it returns if that is
-    awaitable: a sync wrapper around an async function returns a coroutine."""
+    awaitable: a sync wrapper around an async function returns a coroutine. An awaitable
+    left after that is a forgotten `await`, refused (`_forgotten_await`)."""
     if item.is_async:
         value = item.fn(*pos, **kwargs)
     else:
@@ -226,7 +227,26 @@ async def _run(
             item.is_async = True  # call it on the event loop from now on
     if inspect.isawaitable(value):
         value = await value
+    if inspect.isawaitable(value):
+        raise _forgotten_await(item.name, value)
     return value
+
+
+def _forgotten_await(tool: str, value: object) -> TypeError:
+    """The error of a tool whose result was still awaitable once its own call was awaited:
+    `return send(...)` where `return await send(...)` was meant. Refused rather than awaited:
+    the code is wrong wherever it runs and only an error shows it, while a result of its text
+    told the model nothing. A coroutine is closed: its body never runs, and Python adds no
+    "never awaited" warning to the error."""
+    what = getattr(value, "__qualname__", None) or type(value).__name__
+    kind, ran = "awaitable", ""
+    if inspect.iscoroutine(value):
+        value.close()
+        kind, ran = "coroutine", "; it did not run"
+    return TypeError(
+        f"tool {tool!r} returned an un-awaited {kind} ({what}) instead of its result: "
+        f"a missing `await` in the tool (`return await ...`){ran}"
+    )
 
 
 def _raised(item: Tool[..., Any], exc: BaseException) -> ToolResult:
