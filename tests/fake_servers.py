@@ -48,6 +48,24 @@ class Received:
     body: Any
 
 
+PREFILL_REFUSED = {
+    "type": "error",
+    "error": {
+        "type": "invalid_request_error",
+        "message": "This model does not support assistant message prefill. The conversation "
+        "must end with a user message.",
+    },
+}
+
+
+def _ends_with_assistant(path: str, body: Any) -> bool:
+    """Whether an Anthropic Messages request ends with an assistant turn."""
+    if not path.split("?")[0].endswith("/v1/messages") or not isinstance(body, dict):
+        return False
+    messages = body.get("messages")
+    return isinstance(messages, list) and bool(messages) and messages[-1].get("role") == "assistant"
+
+
 class FakeServer:
     """A threaded HTTP server on 127.0.0.1 and a free port, answering from a reply queue."""
 
@@ -121,7 +139,12 @@ class FakeServer:
                     body,
                 )
             )
-            reply = self.replies.popleft() if self.replies else None
+            # As the Messages API of Claude 4.6 and later: a conversation ending with an
+            # assistant turn (a prefill) is refused, so no test passes while sending one.
+            prefill = _ends_with_assistant(handler.path, body)
+            reply = None if prefill else self.replies.popleft() if self.replies else None
+        if prefill:
+            reply = Reply(400, body=PREFILL_REFUSED)
         if reply is None:
             reply = Reply(
                 500,

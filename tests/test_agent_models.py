@@ -88,6 +88,9 @@ async def test_structured_output_through_the_forced_tool(server: FakeServer) -> 
     result = await agent.run("3+4?", output_schema=Answer)
     assert result.parsed == Answer(total=7)
     assert server.bodies[1]["tool_choice"] == {"type": "tool", "name": "respond"}
+    # No prefill: the fake server refuses one, as Claude 4.6 and later do.
+    asked = [(m["role"], m["content"]) for m in server.bodies[1]["messages"]]
+    assert [role for role, _ in asked] == ["user", "assistant", "user"], asked
 
 
 async def test_a_provider_error_ends_the_run_with_its_reason_in_the_journal(

@@ -59,7 +59,10 @@ async def test_a_plan_of_several_steps_compiles_its_step_graph_once(
     agents = [
         Agent("x", model=ScriptedModel(script), architecture="plan-execute")
         for script in (
-            planner({"steps": ["a", "b", "c"]}, [{"steps": ["d", "e"]}, {"done": True}])
+            planner(
+                {"steps": ["a", "b", "c"]},
+                [{"steps": ["d", "e"]}, {"done": True, "answer": "done"}],
+            )
             for _ in range(2)
         )
     ]

@@ -20,7 +20,7 @@ import pytest
 from fake_servers import FakeServer, Reply, Sleeps, chat_chunk, chat_stream, sse_message
 from loomgraph import Agent
 from loomgraph.governance import BudgetConfig, StandardBudget
-from loomgraph.models import ScriptedModel
+from loomgraph.models import ScriptedModel, Turn
 from loomgraph.models.anthropic import AnthropicModel
 from loomgraph.models.errors import ModelBadResponse, ModelStreamBroken
 from loomgraph.models.openai_compat import OpenAICompatModel
@@ -532,17 +532,12 @@ async def test_tool_calls_without_an_index_are_assembled_one_per_id(server: Fake
 
 async def test_a_repeated_tool_call_id_in_one_turn_is_an_unusable_call() -> None:
     executed: list[int] = []
-    script = ScriptedModel(
-        [
-            {
-                "tool_calls": [
-                    {"id": "t1", "tool": "transfer", "args": {"amount": 1}},
-                    {"id": "t1", "tool": "transfer", "args": {"amount": 2}},
-                ]
-            },
-            "done",
-        ]
-    )
+    # A Turn plays what a dict turn refuses: a model that repeats an id.
+    calls: list[Any] = [
+        {"id": "t1", "tool": "transfer", "args": {"amount": 1}},
+        {"id": "t1", "tool": "transfer", "args": {"amount": 2}},
+    ]
+    script = ScriptedModel([Turn(tool_calls=calls), "done"])
     result = await transfer_agent(script, executed).run("go")
     assert result.status == "failed"
     assert "unusable tool call" in result.reason and "'t1'" in result.reason

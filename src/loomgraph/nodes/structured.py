@@ -152,7 +152,29 @@ class FinishNode(NodeKind):
             return {"output": self.answer.to_data(self.answer.validate(final_output(state)))}
         except ValidationError:
             pass
-        value, usage = await self.answer.ask(
-            ctx, state["messages"] or [], system=ctx.system, retries=self.retries
-        )
+        messages = with_graph_answer(state["messages"] or [], state.get("output"))
+        value, usage = await self.answer.ask(ctx, messages, system=ctx.system, retries=self.retries)
         return {"output": self.answer.to_data(value), "usage": usage.to_dict()}
+
+
+RESTATE = f"Give the answer above through the {RESPOND_TOOL} tool."
+
+
+def with_graph_answer(messages: Sequence[Message], output: Any) -> list[Message]:
+    """The conversation to ask for a structured answer: with the graph's `output` as the
+    agent's last turn when it is not already there, so the model restates the run's answer,
+    and a user turn last asking for it through the respond tool."""
+    conversation = list(messages)
+    # No `output` (react): the answer is the last assistant turn already. A strategy that
+    # writes `output` (plan-execute, reflexion) keeps its work out of `messages`: asked over
+    # them alone, the model would answer the task afresh.
+    if output is not None:
+        text = output if isinstance(output, str) else json.dumps(output, default=str)
+        last: Message | dict[str, Any] = conversation[-1] if conversation else {}
+        if text.strip() and not (last.get("role") == "assistant" and last.get("content") == text):
+            conversation.append({"role": "assistant", "content": text})
+    if conversation and conversation[-1].get("role") == "assistant":
+        # A user turn last: Claude 4.6 and later refuse a request that ends with an
+        # assistant turn ("does not support assistant message prefill").
+        conversation.append({"role": "user", "content": RESTATE})
+    return conversation

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from loomgraph.strategies.lessons import LESSONS_BLOCK, MAX_LESSONS, remember_lessons
 
@@ -31,21 +31,37 @@ class Plan(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     steps: list[str] = Field(
-        default_factory=list, description="the steps still to do (at least one, unless done)"
+        default_factory=list,
+        description="the steps still to do (at least one, unless done; blank steps are dropped)",
     )
     parallel: bool = Field(False, description="the steps do not depend on each other")
     done: bool = Field(False, description="the task is finished; `answer` is the answer")
-    answer: str = ""
+    answer: str = Field("", description="the final answer (required when done)")
+
+    @field_validator("steps")
+    @classmethod
+    def _drop_blank_steps(cls, steps: list[str]) -> list[str]:
+        """The steps that name some work (a blank one would start an agent on no task)."""
+        # Dropped rather than refused: a blank step carries nothing to lose, and a plan of
+        # only blank steps is then a plan with no steps, refused below like any other.
+        return [step for step in steps if step.strip()]
 
     @model_validator(mode="after")
     def _steps_or_done(self) -> Plan:
         # A plan with nothing to do that is not done would run no step and be asked again
-        # (three replans of nothing, then an empty answer): the planner is told, and tries
-        # again; one that keeps at it fails its node (`OutputValidationError`).
+        # (three replans of nothing, then an empty answer), and a done plan with no answer
+        # would end the run `completed` with ''. Either way the planner (or replanner: one
+        # type, one rule) is told and tries again; one that keeps at it fails its node
+        # (`OutputValidationError`).
+        if self.done and not self.answer.strip():
+            raise ValueError(
+                "a plan that is done has no answer: give the answer with done, "
+                "or list the steps still to do"
+            )
         if not self.done and not self.steps:
             raise ValueError(
-                "a plan that is not done has no steps: list the steps still to do, "
-                "or set done with the answer"
+                "a plan that is not done has no steps (blank steps do not count): "
+                "list the steps still to do, or set done with the answer"
             )
         return self
 
@@ -60,7 +76,10 @@ class Evaluation(BaseModel):
 
 
 async def final_answer(state: Mapping[str, Any]) -> dict[str, Any]:
-    """The run's answer: the plan's answer, else the last attempt or step result. (`async`:
+    """The run's answer: the plan's answer, else the last attempt or step result.
+
+    A plan that is done always has its answer (`Plan` refuses one without); the last step's
+    result is the answer of a plan-execute run whose replans ran out unfinished. (`async`:
     it never blocks, and a sync function node would take a worker thread.)"""
     plan = state.get("plan") or {}
     if plan.get("answer"):
