@@ -7,7 +7,9 @@ that stopped). Who calls is never a tool argument (`mcp_serve_callers`): over st
 `--user` the server was started with, over `--http` the user of each request's API key.
 A caller reaches only their own runs of this agent (another user's run is not found, as an
 unknown one), and answering an approval needs the approver role; the answer is journaled
-with the caller's user id as approver. The `mcp` SDK is imported only when the command runs.
+with the caller's user id as approver. Every failure, and over stdio every line that is no
+JSON-RPC message, is answered saying what went wrong (`mcp_serve_errors`). The `mcp` SDK is
+imported only when the command runs.
 """
 
 import argparse
@@ -15,7 +17,7 @@ import asyncio
 import contextlib
 import json
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from loomgraph.cli.agent_args import add_loaded_agent_option, load_agent
@@ -98,7 +100,11 @@ def handle(args: argparse.Namespace) -> int:
             file=sys.stderr,
             flush=True,
         )
-        build_server(agent, caller=caller).run("stdio")
+        import anyio
+
+        from loomgraph.cli.mcp_serve_errors import serve_stdio
+
+        anyio.run(serve_stdio, build_server(agent, caller=caller))
         return EXIT_OK
     if args.user is not None or args.approver:
         return _refused(
@@ -154,6 +160,7 @@ def build_server(
     from mcp.types import ToolAnnotations
 
     from loomgraph.cli.mcp_serve_callers import caller_of, refuse_unknown_arguments
+    from loomgraph.cli.mcp_serve_errors import answered
     from loomgraph.serve.store import open_store
 
     runs = store or open_store(agent.deps.runtime)
@@ -180,7 +187,7 @@ def build_server(
         The run's events are sent as progress notifications."""
         who = caller_of(ctx, caller)
         stream = agent.stream(prompt, user_id=who.user_id, session_id=session_id)
-        return await _follow(stream, ctx)
+        return await _follow(stream, ctx, lambda found: own_run(who, found))
 
     async def resume(
         run_id: str,
@@ -194,14 +201,23 @@ def build_server(
         it waits for (approver role), optionally with edited arguments, or answer the
         question it asks with `value`; either names the request answered by its `key`
         (`awaiting_approval.key`, `awaiting_input.key`). With neither, resume a crashed
-        run."""
-        from loomgraph.agent.checkpoints import ResumeError
-
+        run. Edited `args` go only with `approve` true: a denied call does not run."""
         who = caller_of(ctx, caller)
         record = await own_run(who, run_id)
         options: dict[str, Any] = {}
         if approve is not None and value is not None:
             raise ToolError("give either approve (a call's answer) or value (a question's)")
+        if args is not None and approve is not True:
+            # Never dropped: the run would go on without the edit the client meant to make.
+            said = (
+                "without approve"
+                if approve is None
+                else "with approve false: a denied call does not run"
+            )
+            raise ToolError(
+                f"args are the edited arguments of a call you approve: give them with approve "
+                f"true and the request's key, not {said}"
+            )
         if approve is not None:
             if not who.approver:
                 raise ToolError(f"user {who.user_id!r} may not answer approvals (no approver role)")
@@ -209,17 +225,18 @@ def build_server(
             options["value"] = _value(record, value, key or "")
         elif key is not None:
             raise ToolError("key names the request an answer settles: give approve or value")
-        try:
-            if approve is not None:
-                options["approve"] = _approval(record, approve, args, key or "", who)
-            return await _follow(agent.resume_stream(run_id, **options), ctx)
-        except ResumeError as err:  # named by its type: a client tells a stale key apart
-            raise ToolError(f"{type(err).__name__}: {err}") from None
+        if approve is not None:
+            options["approve"] = _approval(record, approve, args, key or "", who)
+        return await _follow(
+            agent.resume_stream(run_id, **options), ctx, lambda found: own_run(who, found), run_id
+        )
 
+    # Every error a tool raises is told to the client in one place (`answered`): a typed
+    # one as `loomgraph serve` tells it (`ApprovalNotPending: ...`, `RunConflict: ...`).
     tools = [
         refuse_unknown_arguments(
             Tool.from_function(
-                fn, name=fn.__name__, annotations=ToolAnnotations(openWorldHint=True)
+                answered(fn), name=fn.__name__, annotations=ToolAnnotations(openWorldHint=True)
             )
         )
         for fn in (run, resume)
@@ -248,7 +265,7 @@ def _approval(record: "RunRecord", approve: bool, args: Any, key: str, who: "Cal
             f"answer (run {record.run_id!r} waits for request {pending.key}, call "
             f"{call['id']}); without it an answer could settle a later request nobody saw"
         )
-    edited = args if approve and args is not None else None
+    edited = args if approve else None  # (args come only with approve: `resume` checks)
     answer = BoundApproval(call["id"] if call else "", approve, edited, who.user_id, key=key)
     # Checked now as the resume checks it again under the run's lease (a request that
     # changed meanwhile is refused there too).
@@ -276,18 +293,36 @@ def _value(record: "RunRecord", value: Any, key: str) -> Any:
     return BoundValue(value, key) if key else value
 
 
-async def _follow(stream: AsyncIterator[Event], ctx: Any) -> dict[str, Any]:
-    """Relay a run's events as progress notifications; the outcome as the tool's result."""
+async def _follow(
+    stream: AsyncIterator[Event],
+    ctx: Any,
+    record_of: "Callable[[str], Awaitable[RunRecord]]",
+    run_id: str = "",
+) -> dict[str, Any]:
+    """Relay a run's events as progress notifications; the outcome as the tool's result.
+    A stream that ends with no result (a resume of a finished run runs nothing) is
+    `RunFinished` for a finished run, else a tool error naming the run's status, read by
+    `record_of`."""
+    from mcp.server.mcpserver.exceptions import ToolError
+
+    from loomgraph.agent.result import RunResult
+    from loomgraph.runtime.errors import RunFinished
+
     outcome: dict[str, Any] = {}
     count = 0
     async for event in stream:
         count += 1
+        run_id = run_id or event.run_id
         await ctx.report_progress(count, None, _line(event))
         if event.kind == RUN_COMPLETED:
             outcome = event.payload.get("result") or {}
     if not outcome:
-        raise RuntimeError("the run ended without a result")
-    from loomgraph.agent.result import RunResult
+        if not run_id:
+            raise ToolError("the run ended before it started: it has no id and no result")
+        record = await record_of(run_id)
+        if record.status.final:
+            raise RunFinished(run_id, str(record.status))
+        raise ToolError(f"run {run_id!r} stopped without a result; its status is {record.status}")
 
     return _summary(RunResult.from_dict(outcome))
 
