@@ -26,7 +26,7 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from loomgraph import Agent, Approval, tool
-from loomgraph.agent.checkpoints import ApprovalNotPending, ResumeError
+from loomgraph.agent.checkpoints import ApprovalNotPending, ApprovalRefused, ResumeError
 from loomgraph.engine import approvals
 from loomgraph.engine.effects import BoundApproval
 from loomgraph.governance import StandardPermissions
@@ -34,7 +34,7 @@ from loomgraph.graph.node_context import NodeContext
 from loomgraph.graph.spec import EdgeSpec, Graph, NodeSpec
 from loomgraph.models import ScriptedModel
 from loomgraph.protocols import Decision, SizeLimits, ToolCall
-from loomgraph.runtime import SqliteRuntime
+from loomgraph.runtime import InMemoryRuntime, SqliteRuntime
 
 # Every tool execution, with the arguments it ran with: the side effects that happened.
 ledger: list[tuple[str, dict[str, Any]]] = []
@@ -160,17 +160,53 @@ def script_of(turns: list[list[tuple[str, str, int]]]) -> list[Any]:
     return [turn(*((i, t, args_of(t, n)) for i, t, n in calls)) for calls in turns] + ["done"]
 
 
+class GatedRuntime(InMemoryRuntime):
+    """An in-memory journal whose next lease acquisition waits at a gate: it holds one resume
+    between its first check of the answer and taking the run's lease, deterministically."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate: asyncio.Event | None = None
+        self.entered = asyncio.Event()
+
+    async def acquire_lease(
+        self, run_id: str, owner: str, ttl: float | None = None, *, take_from: str | None = None
+    ) -> Any:
+        gate, self.gate = self.gate, None
+        if gate is not None:
+            self.entered.set()
+            await gate.wait()
+        return await super().acquire_lease(run_id, owner, ttl, take_from=take_from)
+
+
+async def answered_twice(agent: Agent, runtime: GatedRuntime, run_id: str, approve: Any) -> Any:
+    """The same answer given by two concurrent resumes: the first checked, then held before
+    the lease while the second goes on. The second's result; the first must be refused."""
+    gate = runtime.gate = asyncio.Event()
+    runtime.entered = asyncio.Event()
+    late = asyncio.create_task(agent.resume(run_id, approve=approve))
+    await asyncio.wait_for(runtime.entered.wait(), 30)
+    result = await agent.resume(run_id, approve=approve)
+    gate.set()
+    with pytest.raises(ApprovalRefused):
+        await asyncio.wait_for(late, 30)
+    return result
+
+
 @settings(max_examples=60, deadline=None)
 @given(TURNS, st.data())
 def test_every_call_runs_only_on_its_own_answer_given_on_resume(
     turns: list[list[tuple[str, str, int]]], data: st.DataObject
 ) -> None:
     """Whatever ids the model gives (shared across turns), each call is asked on its own, and
-    runs exactly when its own answer said yes, with the arguments it said."""
+    runs exactly when its own answer said yes, with the arguments it said. A yes given twice
+    at once (`True`, or a keyless `Approval` of the call id) is used once: the slower resume
+    is refused, never used for the run's next call (which may share the id)."""
 
     async def body() -> None:
         ledger.clear()
-        agent = agent_for(script_of(turns))
+        runtime = GatedRuntime()
+        agent = agent_for(script_of(turns), runtime=runtime)
         expected: list[tuple[str, dict[str, Any]]] = []
         result = await agent.run("go")
         asks = 0
@@ -179,14 +215,20 @@ def test_every_call_runs_only_on_its_own_answer_given_on_resume(
             assert asks <= sum(map(len, turns)), "asked more often than there are calls"
             assert result.pending is not None and result.pending.call is not None
             call = result.pending.call
-            answer = data.draw(st.sampled_from(["yes", "no", "edit"]), label=f"answer {asks}")
-            approve: Any = answer == "yes"
+            answers = ["yes", "no", "edit", "yes twice", "keyless yes twice"]
+            answer = data.draw(st.sampled_from(answers), label=f"answer {asks}")
+            approve: Any = answer != "no"
             if answer == "edit":
                 n = number_of(call["tool"], call["args"])
                 approve = {"args": args_of(call["tool"], n, edited=True)}
                 expected.append((call["tool"], approve["args"]))
-            elif answer == "yes":
+            elif answer != "no":
                 expected.append((call["tool"], call["args"]))
+            if answer.endswith("twice"):
+                keyless = Approval(call["id"], True)
+                approve = keyless if answer.startswith("keyless") else True
+                result = await answered_twice(agent, runtime, result.run_id, approve)
+                continue
             result = await agent.resume(result.run_id, approve=approve)
         assert result.status == "completed"
         assert asks == sum(map(len, turns))  # every call asked, each on its own
@@ -201,11 +243,14 @@ def test_every_call_runs_only_on_its_own_answer_given_on_resume(
     st.fixed_dictionaries(
         {(t, n): st.sampled_from(["yes", "no", "edit"]) for t in ("pay", "wipe") for n in range(3)}
     ),
+    st.booleans(),
 )
 def test_every_call_runs_only_on_the_handlers_answer_for_it(
-    turns: list[list[tuple[str, str, int]]], table: dict[tuple[str, int], str]
+    turns: list[list[tuple[str, str, int]]], table: dict[tuple[str, int], str], meddles: bool
 ) -> None:
-    """The same through an approval handler: asked once per call, never answered for another."""
+    """The same through an approval handler: asked once per call, never answered for another.
+    A handler that changes the call it is shown in place (`meddles`) changes nothing: only
+    the arguments it returns as an edit count."""
 
     async def body() -> None:
         ledger.clear()
@@ -215,6 +260,9 @@ def test_every_call_runs_only_on_the_handlers_answer_for_it(
             asked.append(call["id"])
             n = number_of(call["tool"], call["args"])
             answer = table[(call["tool"], n)]
+            if meddles:  # its copy: neither what runs nor what is journaled
+                call["args"].clear()
+                call["args"].update(args_of(call["tool"], n, edited=True))
             if answer == "edit":
                 return {"args": args_of(call["tool"], n, edited=True)}
             return answer == "yes"

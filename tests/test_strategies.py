@@ -7,6 +7,7 @@ import json
 import pytest
 
 from loomgraph import Agent
+from loomgraph.agent.checkpoints import NotACheckpoint
 from loomgraph.models import ScriptedModel
 from loomgraph.protocols import ModelRequest
 
@@ -186,10 +187,16 @@ async def test_resume_and_fork_inside_a_subgraph() -> None:
         "finish",
     ]
 
-    # Forking at a checkpoint inside the subgraph restarts that subgraph from the parent's
-    # state there: here, the second attempt, with the lesson already in place.
+    # A step inside the subgraph is no checkpoint (a fork there would run the subgraph
+    # again from its start under new keys): refused, naming the checkpoints. Forking at the
+    # top-level checkpoint before it restarts the subgraph from the parent's state there:
+    # here, the second attempt, with the lesson already in place.
     inner = next(c.seq for c in history if c.node == "attempt/model" and c.seq > 3)
-    forked = await agent.fork(failed.run_id, at=inner)
+    with pytest.raises(NotACheckpoint) as refused:
+        await agent.fork(failed.run_id, at=inner)
+    assert inner not in refused.value.checkpoints
+    before = max(seq for seq in refused.value.checkpoints if seq < inner)
+    forked = await agent.fork(failed.run_id, at=before)
     assert forked.status == "completed", forked.reason
     fork_history = await agent.history(forked.run_id)
     assert top_level(fork_history)[0] == "attempt"

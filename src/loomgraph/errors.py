@@ -23,16 +23,17 @@ with where each class lives (relative to `loomgraph.`):
     │   ├── UnknownNode + KeyError          testing
     │   ├── RenderError                     authoring.diagram (and .render)
     │   ├── LoaderTagError + TemplateSyntaxError  graph.condition_code
-    │   └── GraphChanged                    agent.checkpoints
+    │   └── GraphChanged                    agent.resume_errors
     ├── RunStopped                          protocols
     ├── TypeSyntaxError + ValueError        graph.field_types
     ├── FieldNotRead + KeyError             nodes.function (a node's failure: NodeError names it)
     ├── MapPathError + LookupError          nodes.map (a node's failure: NodeError names it)
     ├── OutputValidationError + ValueError  nodes.structured
-    ├── ResumeError + ValueError            agent.checkpoints
+    ├── ResumeError + ValueError            agent.resume_errors (also from agent.checkpoints)
+    │   ├── NotACheckpoint                  agent.resume_errors
     │   ├── RunNotStarted                   agent.resuming
     │   │   └── RunQueued                   agent.resuming
-    │   └── RunOfAnotherAgent               agent.checkpoints
+    │   └── RunOfAnotherAgent               agent.resume_errors
     ├── FleetError                          agent.fleet_errors
     │   ├── FleetNeedsPostgres + TypeError  agent.fleet_errors
     │   ├── JobUnusable                     agent.fleet_errors

@@ -10,7 +10,20 @@ from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
 
-from loomgraph.engine.approvals import edit_too_large
+from loomgraph.agent.journal_rows import JournalRows
+from loomgraph.agent.resume_errors import (
+    ApprovalExpired,
+    ApprovalNotPending,
+    ApprovalRefused,
+    ApprovalUsed,
+    GraphChanged,
+    NotACheckpoint,
+    ResumeError,
+    RunOfAnotherAgent,
+    ValueNotPending,
+    ValueUsed,
+)
+from loomgraph.engine.approval_checks import edit_too_large
 from loomgraph.engine.effects import (
     Approval,
     BoundApproval,
@@ -20,7 +33,6 @@ from loomgraph.engine.effects import (
     ResumeValue,
     answer_effect,
 )
-from loomgraph.errors import GraphError, LoomgraphError
 from loomgraph.graph.compiled import CompiledGraph
 from loomgraph.graph.field_types import parse_type
 from loomgraph.graph.state import snapshot_of
@@ -36,79 +48,35 @@ from loomgraph.protocols import (
 )
 from loomgraph.protocols.paths import NodePath
 
-
-class GraphChanged(GraphError):
-    """A run cannot go on with the graph asked for: its own graph is not kept or does not
-    compile here, or its position (at `seq`) has a `node` or state `field` the other graph
-    lacks. The remedy, as data for a caller that words it in its own terms (the command
-    line's `--graph`): `movable`, whether moving the run to a graph as it reads now may go
-    on with it (its own graph is not kept or does not compile here; not when that move is
-    what was refused), and `problem`, what is wrong without the remedy's words."""
-
-    def __init__(
-        self,
-        problem: str,
-        *,
-        run_id: str = "",
-        seq: int | None = None,
-        node: str | None = None,
-        field: str | None = None,
-        movable: bool = False,
-    ) -> None:
-        super().__init__(
-            f"{problem}; resume(..., graph='current') moves the run to this agent's graph "
-            "if the run's position fits it"
-            if movable
-            else problem
-        )
-        self.run_id, self.seq, self.node, self.field = run_id, seq, node, field
-        self.problem, self.movable = problem, movable
-
-
-class ResumeError(LoomgraphError, ValueError):
-    """A resume that cannot be done as asked: nothing was executed."""
-
-
-class ApprovalRefused(ResumeError):
-    """An approval that cannot be used: nothing was executed, the run still waits."""
-
-
-class ApprovalNotPending(ApprovalRefused):
-    """The approval names a call the run is not waiting for (answered, never asked, another
-    run's), or the run waits for no approval."""
-
-
-class ApprovalUsed(ApprovalRefused):
-    """The call was already answered: an approval is used once."""
-
-
-class ApprovalExpired(ApprovalRefused):
-    """The request's deadline passed: the call is denied when the run is resumed."""
-
-
-class ValueNotPending(ApprovalRefused):
-    """A value naming a question (`BoundValue.key`) the run is not asking now: answered
-    already, never asked, or the run stopped asking. Nothing was executed; the run waits for
-    what it waited for. An `ApprovalRefused`, so whatever drops a stale approval (a fleet
-    worker, the server's 409) drops a stale value alike."""
-
-
-class ValueUsed(ValueNotPending):
-    """The question was answered already (its answer is journaled, and the run went on or
-    goes on with it): a value is used once; resume without `value=` to go on."""
-
-
-class RunOfAnotherAgent(ResumeError):
-    """The run was started by an Agent of another name (`RunStart.agent`): this one may not
-    resume, fork, retry or answer it. Nothing was executed or journaled."""
-
-    def __init__(self, run_id: str, owner: str, agent_name: str) -> None:
-        this = f"this agent, {agent_name!r}" if agent_name else "this agent, which is unnamed"
-        super().__init__(
-            f"run {run_id} was started by agent {owner!r}, not by {this}; go on with it "
-            f"through an Agent(name={owner!r}) with that agent's tools"
-        )
-        self.run_id, self.owner, self.agent_name = run_id, owner, agent_name
+# The resume errors live in `resume_errors`; they are importable from here as before.
+__all__ = [
+    "ApprovalExpired",
+    "ApprovalNotPending",
+    "ApprovalRefused",
+    "ApprovalUsed",
+    "Checkpoint",
+    "GraphChanged",
+    "NotACheckpoint",
+    "Position",
+    "ResumeError",
+    "RunOfAnotherAgent",
+    "ValueNotPending",
+    "ValueUsed",
+    "answered",
+    "approval",
+    "check_agent",
+    "check_owner",
+    "diff",
+    "history",
+    "is_top_level",
+    "journal_answer",
+    "may_go_on",
+    "not_answered",
+    "pending_of",
+    "position",
+    "resume_value",
+    "stopped_at",
+]
 
 
 def may_go_on(owner: str, agent_name: str) -> bool:
@@ -333,22 +301,35 @@ def position(
     run: RunRecord,
     transitions: Sequence[Transition],
     upto: int | None = None,
+    *,
+    fork: bool = False,
 ) -> Position:
-    """The state after transition `upto` (default: the last), from the newest snapshot on."""
-    chosen = [t for t in transitions if is_top_level(t) and (upto is None or t.seq <= upto)]
+    """The state after transition `upto` (default: the last), from the newest snapshot on.
+    `fork`: `upto` must be a checkpoint a run can go on from (else `NotACheckpoint`). A row
+    the run's graph cannot have written raises `JournalCorrupted` (`JournalRows`)."""
+    if fork and upto:
+        _fork_point(run.run_id, transitions, upto)
+    rows = JournalRows(graph, run)
+    used = [t for t in transitions if upto is None or t.seq <= upto]
+    chosen = [t for t in used if is_top_level(t)]
     state, start = _first_state(graph, run), 0
     for i in range(len(chosen) - 1, -1, -1):
         snapshot = chosen[i].snapshot
         if snapshot is not None:
+            rows.state(chosen[i].seq, snapshot, whole=True)
             state, start = snapshot_of(snapshot), i + 1
             break
+    for t in used:
+        rows.names(t)
     for t in chosen[start:]:
-        graph.schema.apply(state, t.patch)
+        rows.apply(state, t)
     visits = dict(run.initial.visits or {}) if run.initial else {}
     for t in chosen:
         visits[t.node] = max(visits.get(t.node, 0), t.visit)
     next_node = chosen[-1].next_node if chosen else _start_node(graph, run)
-    seq = max((t.seq for t in transitions if upto is None or t.seq <= upto), default=0)
+    if not chosen:
+        rows.start(next_node, visits)
+    seq = max((t.seq for t in used), default=0)
     return Position(state, visits, next_node, seq)
 
 
@@ -356,14 +337,34 @@ def history(
     graph: CompiledGraph, run: RunRecord, transitions: Sequence[Transition]
 ) -> list[Checkpoint]:
     """The run's first state (seq 0), then every transition with the run's state after it."""
+    rows = JournalRows(graph, run)
     state = _first_state(graph, run)
     first = next((t.node for t in transitions if is_top_level(t)), _start_node(graph, run))
     out = [Checkpoint(0, "", 0, first, {}, snapshot_of(state))]
     for t in transitions:
+        rows.names(t)
         if is_top_level(t):
-            graph.schema.apply(state, t.patch)
+            rows.apply(state, t)
         out.append(Checkpoint(t.seq, t.node, t.visit, t.next_node, t.patch, snapshot_of(state)))
     return out
+
+
+def _fork_point(run_id: str, transitions: Sequence[Transition], at: int) -> None:
+    """`NotACheckpoint` unless `at` is a transition of the run's own graph."""
+    found = next((t for t in transitions if t.seq == at), None)
+    if found is not None and is_top_level(found):
+        return
+    points = [0, *(t.seq for t in transitions if is_top_level(t))]
+    if found is None:
+        raise NotACheckpoint(run_id, at, f"run {run_id} has no checkpoint {at}", points)
+    inside = NodePath.parse(found.node).parts[0]
+    raise NotACheckpoint(
+        run_id,
+        at,
+        f"seq {at} of run {run_id} is a step of node {found.node!r}, inside node "
+        f"{inside!r}, which a run goes on from only as a whole",
+        points,
+    )
 
 
 def _start_node(graph: CompiledGraph, run: RunRecord) -> str:

@@ -19,6 +19,7 @@ from loomgraph.protocols import (
     ToolHost,
     Transition,
 )
+from loomgraph.runtime.errors import JournalCorrupted
 
 
 class PolicyChanged(ResumeError):
@@ -102,9 +103,19 @@ async def untrusted_until(
 
 
 def _note_effect(untrusted: UntrustedText, effect: EffectRecord, tools: ToolHost) -> None:
-    """Count a finished tool call's result as untrusted text, unless its tool is trusted."""
+    """Count a finished tool call's result as untrusted text, unless its tool is trusted. A
+    `tool` effect is the tool gate's, whose intent is the call: one whose intent names no
+    tool (another effect's row, its kind damaged) is `JournalCorrupted`, found before a
+    fork or a resume goes on from it."""
     if effect.kind == "tool" and effect.outcome is not None:
-        spec = tools.spec(effect.intent["call"]["tool"])
+        call = effect.intent.get("call")
+        if not isinstance(call, dict) or not isinstance(call.get("tool"), str):
+            raise JournalCorrupted(
+                f"of run {effect.run_id}",
+                f"effect {effect.key}: a tool call's effect whose intent names no tool call "
+                f"(it holds {sorted(effect.intent)!r:.80})",
+            )
+        spec = tools.spec(call["tool"])
         note_result(untrusted, spec, str(effect.outcome.get("content", "")))
 
 

@@ -3,8 +3,9 @@
 An owner is `host:pid:start:nonce`: the host name, the process id, the process's start time
 (`ticks@boot.pidns`: field 22 of `/proc/<pid>/stat`, the boot id and the pid namespace; empty
 where `/proc` is missing) and a nonce per holding. On the same host (same boot and pid
-namespace) a lease whose process is gone, or whose pid now belongs to a process started at
-another time, is taken over at once; any other lease is left to expire.
+namespace) a lease whose process is gone (or ended and not yet reaped: a zombie), or whose
+pid now belongs to a process started at another time, is taken over at once; any other lease
+is left to expire.
 """
 
 from __future__ import annotations
@@ -30,15 +31,30 @@ _HOST = socket.gethostname()
 
 
 def process_start(pid: int) -> str | None:
-    """When a process started (`ticks@boot.pidns`), or None when it does not exist or this
+    """When a process started (`ticks@boot.pidns`), or None when it does not exist, is dead
+    (a zombie: it ended, killed or not, and its parent has not reaped it yet) or this
     platform has no `/proc`."""
+    fields = _stat(pid)
+    if fields is None or fields[0] in _DEAD:
+        return None
+    return f"{fields[19]}@{_scope()}"  # fields[0] is field 3; starttime is field 22
+
+
+# States of `/proc/<pid>/stat` of a process that ended: a zombie keeps its pid and start
+# time until its parent reaps it (a busy supervisor, a shell, a test runner may take long),
+# but runs no more, so it holds nothing.
+_DEAD = frozenset({"Z", "X", "x"})
+
+
+def _stat(pid: int) -> list[str] | None:
+    """The fields of `/proc/<pid>/stat` from field 3 (the state) on, or None when there is no
+    such process or no `/proc`."""
     try:
         with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
             stat = f.read()
     except OSError:
         return None
-    fields = stat[stat.rindex(")") + 2 :].split()  # the name may hold spaces and ")"
-    return f"{fields[19]}@{_scope()}"  # fields[0] is field 3; starttime is field 22
+    return stat[stat.rindex(")") + 2 :].split()  # the name may hold spaces and ")"
 
 
 def _scope() -> str:
@@ -60,8 +76,9 @@ _ended: set[str] = set()
 
 
 def owner_is_dead(owner: str) -> bool:
-    """True when `owner` is a process of this host (boot, pid namespace) that is gone, or
-    whose pid now belongs to a process started at another time; False when unsure."""
+    """True when `owner` is a process of this host (boot, pid namespace) that is gone (a
+    zombie too), or whose pid now belongs to a process started at another time; False when
+    unsure."""
     parts = owner.split(":")
     if len(parts) == 4:
         host, pid, start, _ = parts
@@ -75,6 +92,9 @@ def owner_is_dead(owner: str) -> bool:
         if start.partition("@")[2] != _scope():
             return False  # another boot or pid namespace: its pids mean nothing here
         return process_start(int(pid)) != start
+    fields = _stat(int(pid))
+    if fields is not None and fields[0] in _DEAD:
+        return True  # ended, not yet reaped: `kill(pid, 0)` still finds it
     try:
         os.kill(int(pid), 0)
     except ProcessLookupError:

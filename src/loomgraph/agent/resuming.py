@@ -35,7 +35,7 @@ from loomgraph.agent.recovery import (
 from loomgraph.agent.result import RunResult
 from loomgraph.agent.run_ending import restore_ended
 from loomgraph.agent.session import AgentSession
-from loomgraph.engine.effects import BoundValue, ResumeInput
+from loomgraph.engine.effects import BoundApproval, BoundValue, ResumeInput, ResumeValue
 from loomgraph.engine.scope import EventSink, stop_request
 from loomgraph.graph.compiled import CompiledGraph
 from loomgraph.graph.state import snapshot_of
@@ -159,7 +159,8 @@ class Resumer:
             raise ResumeError(f"graph must be 'pinned' or 'current', not {graph!r}")
         runtime = self.deps.runtime
         record = await self._load(run_id, "resume")
-        await answer_for(runtime, record, value, approve)  # refused before the lease
+        # Refused before the lease, else bound to the request it answers: checked so under it.
+        value, approve = bound(value, approve, await answer_for(runtime, record, value, approve))
         if record.status in FINAL_STATUSES and record.result is not None:
             await self.repair(record, sink, leased=leased)
             return RunResult.from_dict(record.result)  # a finished run: nothing runs again
@@ -198,7 +199,8 @@ class Resumer:
         # Read where the run stands only once it is ours: another worker may have moved
         # it on, or finished it, while this one waited.
         record = await runtime.load_run(run_id) or record
-        # Checked again under the lease: of two approvals of one call, one wins.
+        # Checked again under the lease, as bound: of two answers to one request one wins,
+        # the other refused even when the run waits for a later request (of that call id).
         answer = await answer_for(runtime, record, go.value, go.approve)
         if record.status in FINAL_STATUSES and record.result is not None:
             return RunResult.from_dict(record.result)
@@ -305,13 +307,9 @@ class Resumer:
         runtime = self.deps.runtime
         record = await self._load(run_id, "fork")
         transitions = await runtime.transitions(run_id)
-        if at and not any(t.seq == at for t in transitions):
-            raise ValueError(
-                f"run {run_id} has no checkpoint {at}; it has "
-                f"1..{transitions[-1].seq if transitions else 0}"
-            )
         own = await kept_graph(runtime, record, self.compiled, self.kept)
-        where = position(own or self.compiled, record, transitions, upto=at)
+        # Only from a checkpoint of the run's own graph (`NotACheckpoint`, a ValueError).
+        where = position(own or self.compiled, record, transitions, upto=at, fork=True)
         if own is not self.compiled:
             where.state = check_move(record, where, transitions, own, self.compiled)
         if patch:
@@ -392,6 +390,13 @@ async def answer_for(
         await not_answered(runtime, record, answer.call_id)
         return answer
     return None
+
+
+def bound(value: Any, approve: Any, answer: ResumeInput | None) -> tuple[Any, Any]:
+    """`value` and `approve` bound to the request `answer`, their first check, answers."""
+    if isinstance(answer, ResumeValue) and answer.key:
+        value = BoundValue(value.value if isinstance(value, BoundValue) else value, answer.key)
+    return value, answer if isinstance(answer, BoundApproval) else approve
 
 
 def prompt_of(record: RunRecord) -> str:

@@ -29,6 +29,13 @@ import inspect
 import time
 from typing import Any
 
+from loomgraph.engine.approval_checks import (
+    args_too_large,
+    edit_too_large,
+    same_call,
+    shape,
+    tool_changed,
+)
 from loomgraph.engine.audit_trail import approval_entry, args_hash
 from loomgraph.engine.effects import (
     APPROVAL_KIND,
@@ -39,7 +46,7 @@ from loomgraph.engine.effects import (
 )
 from loomgraph.engine.received import permission_for
 from loomgraph.engine.scope import RunScope
-from loomgraph.engine.state_size import json_size
+from loomgraph.engine.watched import watched
 from loomgraph.protocols import (
     AuditAction,
     Decision,
@@ -58,53 +65,9 @@ __all__ = ["ApprovalDesk", "args_hash", "args_too_large", "edit_too_large"]
 HANDLER = "handler"
 # Answers the approval handler may give, for the reason of a refused one.
 HANDLER_ANSWERS = "True, False, None, {'args': {...}} or an Approval of this call"
-# The rule of a call denied because its tool is not the one its approval was asked about.
-TOOL_CHANGED = "approval:tool_changed"
 # In an answer's journaled outcome: its use's `approval` entry was kept with it in the
 # journal's audit outbox (the log has it, or the run's resume writes it from there).
 USE_KEPT = "use_kept"
-
-
-def args_too_large(call: ToolCall, limit: int) -> str | None:
-    """Why a call's arguments are over the size limit (the model's or an approver's edit:
-    one limit, one message), or None."""
-    size = json_size(call["args"])
-    if size <= limit:
-        return None
-    return (
-        f"Invalid arguments for tool {call['tool']!r}: they are {size} characters; "
-        f"at most {limit} are accepted."
-    )
-
-
-def edit_too_large(call: ToolCall, answer: Approval, limit: int) -> str | None:
-    """Why an answer's edited arguments for `call` are over the size limit, or None: such an
-    answer is refused, never journaled, as the model's call would be."""
-    if not answer.allow or answer.args is None:
-        return None
-    return args_too_large(ToolCall(id=call["id"], tool=call["tool"], args=answer.args), limit)
-
-
-def shape(value: Any) -> str:
-    """What a value is by its type and size, never its contents (`a value of 2 keys, not
-    just 'args' (dict)`): a refusal's reason goes into the audit log."""
-    kind = type(value).__name__
-    if isinstance(value, dict) and set(value) == {"args"}:
-        return f"a value whose 'args' is None ({kind})"
-    if isinstance(value, dict | list | tuple | set | frozenset):
-        unit = "key(s), not just 'args'" if isinstance(value, dict) else "item(s)"
-        return f"a value of {len(value)} {unit} ({kind})"
-    return f"a value ({kind})"
-
-
-def same_call(journaled: Any, call: ToolCall) -> bool:
-    """True when a journaled call is `call`: the same id, tool and arguments."""
-    return (
-        isinstance(journaled, dict)
-        and journaled.get("id") == call["id"]
-        and journaled.get("tool") == call["tool"]
-        and journaled.get("args") == call["args"]
-    )
 
 
 class ApprovalDesk:
@@ -195,8 +158,12 @@ class ApprovalDesk:
     ) -> Approval:
         scope, call = self.scope, self.call
         request = await scope.finished_effect(self.request_key)
-        if request is not None and request.get("deadline") and time.time() > request["deadline"]:
-            return Approval(call["id"], False, approver="timeout", reason="approval timed out")
+        # Known before anyone is asked: an answer that comes back after it is late.
+        deadline = (
+            self._deadline(asked, time.time()) if request is None else request.get("deadline")
+        )
+        if deadline and time.time() > deadline:
+            return self._timed_out()
         refused = None
         if supplied is not None:
             refused = self._too_large(supplied)
@@ -207,7 +174,7 @@ class ApprovalDesk:
         else:
             handled = await self._handler_answer(asked)
             if handled is not None:
-                return handled
+                return self._timed_out() if deadline and time.time() > deadline else handled
         if request is None:
             request = self._request(spec, asked, tainted)
             await scope.begin_effect(self.request_key, "approval_request", request, self.node)
@@ -238,11 +205,23 @@ class ApprovalDesk:
             ),
         )
 
-    def _request(self, spec: ToolSpec, asked: Decision, tainted: bool) -> dict[str, Any]:
+    def _timed_out(self) -> Approval:
+        return Approval(self.call["id"], False, approver="timeout", reason="approval timed out")
+
+    def _deadline(self, asked: Decision, now: float) -> float | None:
+        """When an answer to `asked`, asked at `now`, comes too late (the policy's
+        `approval_timeout`, given the run's user when it takes one), or None: never."""
         permissions = self.scope.deps.permissions
-        timeout = None
-        if isinstance(permissions, PinnablePolicy):
-            timeout = permissions.approval_timeout(asked.rule)
+        if not isinstance(permissions, PinnablePolicy):
+            return None
+        timeout_of: Any = permissions.approval_timeout
+        if "user_id" in inspect.signature(timeout_of).parameters:
+            timeout = timeout_of(asked.rule, user_id=self.scope.user_id)
+        else:  # a policy written to the protocol's older signature
+            timeout = timeout_of(asked.rule)
+        return None if timeout is None else now + timeout
+
+    def _request(self, spec: ToolSpec, asked: Decision, tainted: bool) -> dict[str, Any]:
         now = time.time()
         return {
             "call": self.call,
@@ -250,7 +229,7 @@ class ApprovalDesk:
             "reason": asked.reason,
             "tainted": tainted,
             "asked_at": now,
-            "deadline": None if timeout is None else now + timeout,
+            "deadline": self._deadline(asked, now),
             # The tool the person is asked about: the answer covers that tool only.
             "tool": ToolIdentity.of(spec).to_dict(),
         }
@@ -301,7 +280,7 @@ class ApprovalDesk:
         handler, call = self.scope.deps.approval_handler, self.call
         if handler is None:
             return None
-        raw: Any = handler(call, asked)
+        raw: Any = handler(watched(call), asked)  # a copy: only an edit it returns counts
         if inspect.isawaitable(raw):
             raw = await raw
         if raw is None:
@@ -378,22 +357,3 @@ class ApprovalDesk:
         await self.scope.audit(
             AuditAction.APPROVAL, self.node, self._entry(answer, replayed=replayed)
         )
-
-
-def tool_changed(recorded: Any, spec: ToolSpec, call: ToolCall) -> Decision | None:
-    """The denial of `call` when the tool its approval was asked about (`recorded`, as
-    journaled) is not the tool `spec` describes now, or None: the same tool, or nothing
-    recorded (a request journaled before identities were)."""
-    then = ToolIdentity.from_dict(recorded)
-    if then is None:
-        return None
-    now = ToolIdentity.of(spec)
-    if now == then:
-        return None
-    return Decision(
-        "deny",
-        TOOL_CHANGED,
-        f"tool {call['tool']!r} changed since this call was asked about (approved: "
-        f"{then.shown()}; now: {now.shown()}), so the approval does not cover it; call it "
-        "again to be asked anew",
-    )

@@ -11,7 +11,8 @@ from collections.abc import Mapping
 from typing import Any, TypeGuard
 
 from loomgraph.engine import audit_trail as trail
-from loomgraph.engine.approvals import ApprovalDesk, args_too_large
+from loomgraph.engine.approval_checks import args_too_large
+from loomgraph.engine.approvals import ApprovalDesk
 from loomgraph.engine.effects import EffectKey
 from loomgraph.engine.received import permission_for, received_call, untrusted_in
 from loomgraph.engine.scope import NO_ATTRIBUTES, RunScope

@@ -170,8 +170,9 @@ class StandardPermissions:
             for p in parts
         )
 
-    def approval_timeout(self, rule: str) -> float | None:
-        """Seconds an ask decided by `rule` (a Decision's rule name) may wait, or None."""
+    def approval_timeout(self, rule: str, *, user_id: str | None = None) -> float | None:
+        """Seconds an ask decided by `rule` (a Decision's rule name) for `user_id`'s call may
+        wait, or None: the rule's own timeout, else its user's, else the global one."""
         for uid, user in self.per_user.items():
             prefix = f"user:{uid}:ask:"
             if rule.startswith(prefix):
@@ -179,6 +180,10 @@ class StandardPermissions:
                 return found if found is not None else self.approval_timeout_s
         if rule.startswith("ask:") and rule[4:] in self.rule_timeouts:
             return self.rule_timeouts[rule[4:]]
+        # Any other ask of the user's call (a global rule, the mode, the policy, a taint).
+        own = self.per_user.get(user_id) if user_id is not None else None
+        if own is not None and own.approval_timeout_s is not None:
+            return own.approval_timeout_s
         return self.approval_timeout_s
 
     async def check(

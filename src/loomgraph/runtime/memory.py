@@ -6,6 +6,7 @@ run in one process never both drive it, the second gets `RunConflict`."""
 from __future__ import annotations
 
 import bisect
+import pickle
 import time
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -58,6 +59,8 @@ class InMemoryRuntime:
         self._transitions: dict[str, list[Transition]] = {}
         self._effects: dict[str, dict[str, EffectRecord]] = {}
         self._frozen: dict[str, bytes] = {}
+        # Each run's result as `finish_run` froze it, decoded afresh for each `load_run`.
+        self._results: dict[str, bytes] = {}
         # Kept when their runs are forgotten: one per distinct graph, few and small.
         self._graphs: dict[str, PinnedGraph] = {}
         # The audit outbox: entries an outage cut off a run, as the SQL journals keep them.
@@ -134,6 +137,7 @@ class InMemoryRuntime:
         self._transitions.pop(run_id, None)
         self._effects.pop(run_id, None)
         self._frozen.pop(run_id, None)
+        self._results.pop(run_id, None)
         self._audit_kept.pop(run_id, None)
 
     def _thawed(self, run_id: str) -> None:
@@ -148,8 +152,11 @@ class InMemoryRuntime:
         return self._transitions.get(run_id, []), self._effects.get(run_id, {})
 
     async def load_run(self, run_id: str) -> RunRecord | None:
-        """A run's record, or None."""
-        return self._runs.get(run_id)
+        """A run's record, or None. One with a result is a copy holding a fresh copy of it
+        (decoded from the blob `finish_run` made): what a reader changes stays its own."""
+        run = self._runs.get(run_id)
+        blob = self._results.get(run_id)
+        return run if run is None or blob is None else replace(run, result=pickle.loads(blob))
 
     async def append_transition(
         self, transition: Transition, *, fence: Lease | None = None
@@ -254,6 +261,13 @@ class InMemoryRuntime:
             self._keep_entries(run_id, [entry_text(entry) for entry in end.entries])
             end.kept = True
         run.status, run.reason = RunStatus(status), storable_reason(reason)
+        # Kept as a blob, copied once here (the caller keeps and may change its result);
+        # a result pickle cannot take (a lock an output holds) is kept as it is.
+        blob = None if result is None else _frozen_result(result)
+        if blob is None:
+            self._results.pop(run_id, None)
+        else:
+            self._results[run_id], result = blob, pickle.loads(blob)
         run.result, run.updated_at = result, time.time()
         self._runs.move_to_end(run_id)
         if not run.status.in_progress and run_id in self._transitions:
@@ -336,3 +350,11 @@ class InMemoryRuntime:
 
 def _seq(transition: Transition) -> int:
     return transition.seq
+
+
+def _frozen_result(result: dict[str, Any]) -> bytes | None:
+    """A run's result as one blob, or None when pickle cannot take it."""
+    try:
+        return pickle.dumps(result, protocol=pickle.HIGHEST_PROTOCOL)
+    except Exception:  # pickle's refusals are of many types (PicklingError, TypeError, ...)
+        return None

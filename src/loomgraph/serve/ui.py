@@ -261,8 +261,10 @@ async def approve(request: Request, service: Service, caller: Caller) -> Respons
     key = str(form.get("key") or "")  # the request the page showed
     record = await service.run(caller, run_id)
     pending = pending_of(record)
-    if args is not None and pending is not None and pending.call and args == pending.call["args"]:
-        args = None  # unchanged: a plain approval
+    # Unchanged (a plain approval) only as JSON: Python's == takes `true` for 1 and 1.0 for 1.
+    shown = pending.call["args"] if pending is not None and pending.call else None
+    if args is not None and json.dumps(args, sort_keys=True) == json.dumps(shown, sort_keys=True):
+        args = None
     await service.approve(caller, run_id, call_id, allow, args, key=key)
     return Response(status_code=200, headers={"HX-Refresh": "true"})
 

@@ -1,0 +1,77 @@
+"""Checks an approval makes of a call and of an answer, apart from settling it: sizes, the
+call an answer is bound to, the tool's identity, and how a refused answer is named."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from loomgraph.engine.effects import Approval
+from loomgraph.engine.state_size import json_size
+from loomgraph.protocols import Decision, ToolCall, ToolSpec
+from loomgraph.protocols.tool_identity import ToolIdentity
+
+__all__ = ["TOOL_CHANGED", "args_too_large", "edit_too_large", "same_call", "shape", "tool_changed"]
+
+# The rule of a call denied because its tool is not the one its approval was asked about.
+TOOL_CHANGED = "approval:tool_changed"
+
+
+def args_too_large(call: ToolCall, limit: int) -> str | None:
+    """Why a call's arguments are over the size limit (the model's or an approver's edit:
+    one limit, one message), or None."""
+    size = json_size(call["args"])
+    if size <= limit:
+        return None
+    return (
+        f"Invalid arguments for tool {call['tool']!r}: they are {size} characters; "
+        f"at most {limit} are accepted."
+    )
+
+
+def edit_too_large(call: ToolCall, answer: Approval, limit: int) -> str | None:
+    """Why an answer's edited arguments for `call` are over the size limit, or None: such an
+    answer is refused, never journaled, as the model's call would be."""
+    if not answer.allow or answer.args is None:
+        return None
+    return args_too_large(ToolCall(id=call["id"], tool=call["tool"], args=answer.args), limit)
+
+
+def shape(value: Any) -> str:
+    """What a value is by its type and size, never its contents (`a value of 2 keys, not
+    just 'args' (dict)`): a refusal's reason goes into the audit log."""
+    kind = type(value).__name__
+    if isinstance(value, dict) and set(value) == {"args"}:
+        return f"a value whose 'args' is None ({kind})"
+    if isinstance(value, dict | list | tuple | set | frozenset):
+        unit = "key(s), not just 'args'" if isinstance(value, dict) else "item(s)"
+        return f"a value of {len(value)} {unit} ({kind})"
+    return f"a value ({kind})"
+
+
+def same_call(journaled: Any, call: ToolCall) -> bool:
+    """True when a journaled call is `call`: the same id, tool and arguments."""
+    return (
+        isinstance(journaled, dict)
+        and journaled.get("id") == call["id"]
+        and journaled.get("tool") == call["tool"]
+        and journaled.get("args") == call["args"]
+    )
+
+
+def tool_changed(recorded: Any, spec: ToolSpec, call: ToolCall) -> Decision | None:
+    """The denial of `call` when the tool its approval was asked about (`recorded`, as
+    journaled) is not the tool `spec` describes now, or None: the same tool, or nothing
+    recorded (a request journaled before identities were)."""
+    then = ToolIdentity.from_dict(recorded)
+    if then is None:
+        return None
+    now = ToolIdentity.of(spec)
+    if now == then:
+        return None
+    return Decision(
+        "deny",
+        TOOL_CHANGED,
+        f"tool {call['tool']!r} changed since this call was asked about (approved: "
+        f"{then.shown()}; now: {now.shown()}), so the approval does not cover it; call it "
+        "again to be asked anew",
+    )
