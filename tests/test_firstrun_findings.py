@@ -220,6 +220,36 @@ def test_render_run_and_validate_find_the_same_graphs(tmp_path: Path) -> None:
     assert missing.returncode == 1 and "nothing" in missing.stdout
 
 
+def test_agent_files_and_subgraphs_find_graphs_by_the_same_rule(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An agent file's `architecture:` and a subgraph's `graph:` name a graph as
+    `load_graph` does: a built-in name first, then a file of any suffix next to the file."""
+    from loomgraph.agent.from_file import validate_agent_file
+
+    folder = tmp_path / "bot"
+    folder.mkdir()
+    react = (ROOT / "graphs" / "react.yaml").read_text()
+    (folder / "Inner.YML").write_text(react.replace("name: react", "name: inner", 1))
+    outer = (ROOT / "graphs" / "reflexion.yaml").read_text()
+    assert "graph: react" in outer
+    (folder / "Loop.YAML").write_text(
+        outer.replace("name: reflexion", "name: outer", 1).replace(
+            "graph: react", "graph: Inner.YML"
+        )
+    )
+    (folder / "react").write_text(react.replace("name: react", "name: stray", 1))
+    monkeypatch.chdir(tmp_path)  # not the agent file's folder
+    head = "schema_version: 1\nname: a\nmodel: echo\n"
+    (folder / "a.yaml").write_text(head + "architecture: Loop.YAML\n")
+    graph = validate_agent_file(folder / "a.yaml").graph
+    assert graph is not None and graph.name == "outer"
+    assert graph.resolve_graph("Inner.YML").name == "inner"
+    (folder / "b.yaml").write_text(head + "architecture: react\n")
+    built_in = validate_agent_file(folder / "b.yaml").graph
+    assert built_in is not None and built_in.name == "react"  # the stray file does not shadow it
+
+
 def test_an_agent_file_with_an_upper_case_suffix_is_an_agent_file(tmp_path: Path) -> None:
     (tmp_path / "Agent.YAML").write_text("schema_version: 1\nname: a\nmodel: echo\n")
     done = loomgraph("run", "hi", "-a", "Agent.YAML", cwd=tmp_path)

@@ -22,6 +22,7 @@ from loomgraph.authoring.agent_spec import AgentSpec, ModelSpec, model_name_prob
 from loomgraph.authoring.library import load_graph
 from loomgraph.authoring.loader import (
     SourceRefused,
+    builtin_path,
     graph_from_data,
     graph_lines,
     parse_yaml,
@@ -269,8 +270,12 @@ class _Checker:
                 lines = graph_lines(arch_lines, _under(self.lines, "architecture"))
                 self.graph = graph_from_data(arch, file=str(self.path), lines=lines)
             else:
+                # As everywhere (`library.graph_file`): a built-in name first, then a file,
+                # here relative to the agent file's folder.
                 local = self.path.parent / arch
-                self.graph = load_graph(local if arch.endswith((".yaml", ".yml")) else arch)
+                named_file = local.suffix.lower() in (".yaml", ".yml") or local.is_file()
+                builtin = builtin_path(arch) is not None
+                self.graph = load_graph(local if named_file and not builtin else arch)
         except GraphValidationError as err:
             self.problems += err.problems
         except GraphError as err:

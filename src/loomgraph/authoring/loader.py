@@ -337,19 +337,17 @@ def _load_cached(path: Path, mtime_ns: int) -> Graph:
 
 
 def resolve_graph_ref(ref: str, parent: Graph) -> Graph:
-    """The graph a node of `parent` names: a YAML path relative to `parent`'s file (or to the
-    working directory), else a built-in graph name."""
-    if ref.endswith((".yaml", ".yml")):
-        if parent.source:
-            candidate = Path(parent.source).parent / ref
-            if candidate.is_file():
-                return load_graph_file_cached(candidate)
-        if Path(ref).is_file():
-            return load_graph_file_cached(Path(ref))
+    """The graph a node of `parent` names, by the rule `library.graph_file` follows: a
+    built-in graph's name first, then an existing file (whatever its suffix, `Loop.YAML` or
+    none), relative to `parent`'s file, else to the working directory."""
     builtin = builtin_path(ref)
-    if builtin is None:
-        raise GraphError(f"no graph {ref!r}: neither a graph file nor a built-in graph")
-    return load_graph_file_cached(builtin)
+    if builtin is not None:
+        return load_graph_file_cached(builtin)
+    near = [Path(parent.source).parent / ref] if parent.source else []
+    for candidate in (*near, Path(ref)):
+        if candidate.is_file():
+            return load_graph_file_cached(candidate)
+    raise GraphError(f"no graph {ref!r}: neither a graph file nor a built-in graph")
 
 
 def graph_to_yaml(graph: Graph) -> str:
