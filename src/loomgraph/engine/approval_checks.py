@@ -7,7 +7,7 @@ from typing import Any
 
 from loomgraph.engine.effects import Approval
 from loomgraph.engine.state_size import json_size
-from loomgraph.protocols import Decision, ToolCall, ToolSpec
+from loomgraph.protocols import Decision, ToolCall, ToolSpec, shapes
 from loomgraph.protocols.tool_identity import ToolIdentity
 
 __all__ = ["TOOL_CHANGED", "args_too_large", "edit_too_large", "same_call", "shape", "tool_changed"]
@@ -37,15 +37,12 @@ def edit_too_large(call: ToolCall, answer: Approval, limit: int) -> str | None:
 
 
 def shape(value: Any) -> str:
-    """What a value is by its type and size, never its contents (`a value of 2 keys, not
-    just 'args' (dict)`): a refusal's reason goes into the audit log."""
-    kind = type(value).__name__
+    """What an approval handler's answer is by its type and size (`protocols.shapes.shape`),
+    saying why a dict is not `{"args": ...}`: a refusal's reason goes into the audit log."""
     if isinstance(value, dict) and set(value) == {"args"}:
-        return f"a value whose 'args' is None ({kind})"
-    if isinstance(value, dict | list | tuple | set | frozenset):
-        unit = "key(s), not just 'args'" if isinstance(value, dict) else "item(s)"
-        return f"a value of {len(value)} {unit} ({kind})"
-    return f"a value ({kind})"
+        return f"a value whose 'args' is None ({type(value).__name__})"
+    shown = shapes.shape(value)
+    return f"{shown}, not just 'args'" if isinstance(value, dict) else shown
 
 
 def same_call(journaled: Any, call: ToolCall) -> bool:

@@ -36,6 +36,7 @@ from loomgraph.protocols import (
 )
 from loomgraph.protocols.events import PERMISSION_DECISION, TOOL_CALL, TOOL_PROGRESS, TOOL_RESULT
 from loomgraph.protocols.idle import is_idle
+from loomgraph.protocols.shapes import shape
 
 # The rule of the allow `ToolGate.decide` gives, unreported, for a call that ran before: its
 # effect is replayed from the journal, not decided again.
@@ -283,9 +284,15 @@ class ToolGate:
             # what a hook changes there never reaches the tool the rules let through.
             seen = (read if read is not None else received_call(scope, call)) or call
             copied = ToolCall(id=seen["id"], tool=seen["tool"], args=watched(seen["args"]))
-            hook = await deps.hooks.before_tool(copied)
-            if hook is not None and hook.verdict == "deny":  # hooks may deny, never approve
+            hook: Any = await deps.hooks.before_tool(copied)
+            verdict = hook.verdict if isinstance(hook, Decision) else None
+            if verdict == "deny":  # hooks may deny, never approve
                 decision = hook
+            elif hook is not None and verdict not in ("allow", "ask"):
+                # A hooks object of the user's own that breaks the protocol fails closed,
+                # named by type and size: its value may be the call, kept out of the audit.
+                what = "a Decision of no known verdict" if verdict else shape(hook)
+                decision = Decision("deny", "hook:error", f"the hooks returned {what}")
         return decision, call, tainted
 
     async def _journaled(self, key: EffectKey) -> EffectRecord | None:

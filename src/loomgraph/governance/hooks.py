@@ -15,9 +15,10 @@ name or an Event is never callable). Callbacks may be sync or async; sync ones r
 thread (unless `threads=False`), so a slow hook never blocks other runs.
 
 A `before_tool` callback may deny (return a deny Decision, False or a reason string), never
-approve: anything else lets the call through to the permission decision already made. A
-callback that raises or outlives `timeout` denies the call (for `before_tool`) and is
-reported — to `on_error` and in `hooks.errors` — never raised into the run.
+approve: None, True, an allow or an ask Decision let the call through to the permission
+decision already made. A callback that raises, outlives `timeout` or returns anything else
+denies the call (for `before_tool`) and is reported — to `on_error` (bounded by the same
+`timeout`) and in `hooks.errors` — never raised into the run.
 """
 
 from __future__ import annotations
@@ -29,11 +30,12 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass
-from typing import Any, TypeVar, overload
+from typing import Any, NamedTuple, TypeVar, overload
 
 from loomgraph.protocols import Decision, ToolCall, ToolResult
 from loomgraph.protocols.events import Event
-from loomgraph.protocols.tasks import stops_the_task, within
+from loomgraph.protocols.shapes import shape
+from loomgraph.protocols.tasks import stops_the_task
 from loomgraph.protocols.threads import run_in_thread
 
 __all__ = ["HookError", "Hooks"]
@@ -63,6 +65,17 @@ class _Failed(Exception):
     def __init__(self, report: HookError) -> None:
         super().__init__(report.error)
         self.report = report
+
+
+class _Junk(NamedTuple):
+    """A before_tool result that is no verdict: `shown` (its repr, for the report and the
+    log) and `shaped` (its type and size, for the decision, which the audit log records)."""
+
+    shown: str
+    shaped: str
+
+
+_VERDICTS = "not a Decision of verdict 'deny', 'allow' or 'ask', a bool, a str or None"
 
 
 class Hooks:
@@ -180,11 +193,13 @@ class Hooks:
                 what = type(error).__name__ if error is not None else "an error"
                 return Decision("deny", f"hook:{name}", f"hook {name} failed: {what}")
             denied = _denial(name, result)
+            if isinstance(denied, _Junk):
+                # Its value (the call, as a middleware would return it) is reported; the
+                # decision, which the audit log records, names only its type and size.
+                shown, shaped = (f"hook {name} returned {what}, {_VERDICTS}" for what in denied)
+                await self._report(HookError("before_tool", name, shown))
+                return Decision("deny", f"hook:{name}", shaped)
             if denied is not None:
-                if denied.rule == "hook:junk":
-                    report = HookError("before_tool", name, denied.reason)
-                    await self._report(report)
-                    return Decision("deny", f"hook:{name}", denied.reason)
                 return denied
         return None
 
@@ -195,19 +210,19 @@ class Hooks:
             # An object with an async __call__ is a coroutine function too.
             call = getattr(fn, "__call__", None)  # noqa: B004
             if inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(call):
-                return await within(fn(*args), timeout)
+                return await _within(fn(*args), timeout)
             if self.threads:
                 # The thread cannot be stopped: after a timeout it finishes in the background,
                 # in a daemon thread of its own (`run_in_thread`), never one of the loop's
                 # default executor, which host-name resolution needs.
-                result = await within(run_in_thread(fn, *args), timeout)
+                result = await _within(run_in_thread(fn, *args), timeout)
             else:
                 start = time.monotonic()
                 result = fn(*args)
                 if timeout is not None and time.monotonic() - start > timeout:
                     raise TimeoutError(f"took {time.monotonic() - start:.3f}s")
             if inspect.isawaitable(result):
-                result = await within(result, timeout)
+                result = await _within(result, timeout)
             return result
         except asyncio.CancelledError as err:
             if stops_the_task(err):
@@ -229,29 +244,49 @@ class Hooks:
         if self.on_error is None:
             return
         try:
-            result = self.on_error(report)
-            if inspect.isawaitable(result):
-                await result
-        except Exception:
-            log.exception("hooks on_error callback failed")
+            # Run as a callback is (a sync one off the loop, within `timeout`): an alerting
+            # path that hangs or blocks must not hang or stall the run it reports on.
+            await self._invoke("on_error", self.on_error, (report,))
+        except _Failed as failed:  # logged only: reporting it would report again
+            log.warning(
+                "hooks on_error callback failed: %s",
+                failed.report.error,
+                exc_info=failed.report.exception,
+            )
 
 
-def _denial(name: str, result: Any) -> Decision | None:
-    """What a before_tool result means: a deny Decision, or None to let the call through."""
+async def _within(step: Awaitable[Any], timeout: float | None) -> Any:
+    """`step`'s result within `timeout` seconds, else `TimeoutError` — also when the step
+    swallowed the timeout's cancel and returned late (`except BaseException` for cleanup):
+    its late answer is not taken. A cancel of the task itself is never swallowed."""
+    task = asyncio.current_task()
+    cancels = task.cancelling() if task is not None else 0
+    async with asyncio.timeout(timeout) as bound:
+        result = await step
+    if bound.expired():
+        if task is not None and task.cancelling() > cancels:
+            raise asyncio.CancelledError()  # the task was cancelled meanwhile: not lost
+        raise TimeoutError(f"exceeded its {timeout}s timeout and returned late")
+    return result
+
+
+def _denial(name: str, result: Any) -> Decision | _Junk | None:
+    """What a before_tool result means: a deny Decision, None to let the call through, or
+    `_Junk` for a result that is no verdict (which denies too, and is reported)."""
     if result is None or result is True:
         return None
     if isinstance(result, Decision):
-        if result.verdict != "deny":
+        if result.verdict in ("allow", "ask"):
             return None  # hooks never approve (nor ask): the permission decision stands
+        if result.verdict != "deny":  # "block", "DENY": `Decision` checks nothing
+            return _Junk(repr(result), "a Decision of no known verdict")
         rule = f"hook:{name}:{result.rule}" if result.rule else f"hook:{name}"
         return Decision("deny", rule, result.reason or f"denied by hook {name}")
     if result is False:
         return Decision("deny", f"hook:{name}", f"denied by hook {name}")
     if isinstance(result, str):
         return Decision("deny", f"hook:{name}", result or f"denied by hook {name}")
-    return Decision(
-        "deny", "hook:junk", f"hook {name} returned {result!r}, not a Decision, bool, str or None"
-    )
+    return _Junk(repr(result), shape(result))
 
 
 def _name(fn: Callable[..., Any]) -> str:

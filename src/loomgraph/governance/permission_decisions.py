@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import copy
 import inspect
 import logging
 from collections.abc import Awaitable, Callable, Mapping
@@ -10,6 +12,8 @@ from typing import Any, Literal, TypeAlias
 
 from loomgraph.governance.rules import Rule, SetSource
 from loomgraph.protocols import Decision, ToolCall, ToolSpec
+from loomgraph.protocols.shapes import shape
+from loomgraph.protocols.tasks import stops_the_task
 
 _log = logging.getLogger(__name__)
 
@@ -98,9 +102,22 @@ async def _ask_policy(
     """The policy's Decision, None for "default", a deny when it raises or returns junk."""
     name = getattr(policy, "__qualname__", None) or type(policy).__name__
     try:
-        result: Any = policy(call, spec, user_id)
+        # A copy, as hooks and the approval handler are given: what a policy edits in the
+        # call (or spec) it reads never reaches the tool, which the rules decided on as sent.
+        seen_call, seen_spec = copy.deepcopy((call, spec))
+    except Exception as err:  # arguments a code node gave that cannot be copied: not asked
+        _log.warning("the call for permission policy %s cannot be copied", name, exc_info=err)
+        return Decision("deny", "policy:error", f"the call cannot be copied for policy {name}")
+    try:
+        result: Any = policy(seen_call, seen_spec, user_id)
         if inspect.isawaitable(result):
             result = await result
+    except asyncio.CancelledError as err:
+        if stops_the_task(err):
+            raise  # the run is cancelled: not the policy's failure
+        # Raised by the policy itself (an async client cancelled inside it): a failure.
+        _log.warning("permission policy %s raised CancelledError", name, exc_info=err)
+        return Decision("deny", "policy:error", f"policy {name} raised CancelledError")
     except Exception as err:
         # Its message goes to the log only: it may quote the call's arguments, which the
         # decision's event and audit entry carry only as a hash.
@@ -109,13 +126,18 @@ async def _ask_policy(
     if isinstance(result, Decision) and result.verdict in ("allow", "deny", "ask"):
         rule = f"policy:{result.rule}" if result.rule else f"policy:{name}"
         return Decision(result.verdict, rule, result.reason)
+    # A str first: the `==` of an array-like (a verdict per element) raises or is no bool.
     if isinstance(result, str) and result in ("allow", "deny", "ask"):
         return Decision(result, f"policy:{name}")  # type: ignore[arg-type]
-    if result == "default":
+    if isinstance(result, str) and result == "default":
         return None
+    # Named by type and size in the decision: the value (the call's arguments, returned by
+    # a slip) goes to the log only, as an exception's message does.
+    _log.warning("permission policy %s returned %r", name, result)
+    what = "a Decision of no known verdict" if isinstance(result, Decision) else shape(result)
     return Decision(
         "deny",
         "policy:error",
-        f"policy {name} returned {result!r}, not a "
+        f"policy {name} returned {what}, not a "
         "Decision or one of 'allow', 'deny', 'ask', 'default'",
     )

@@ -163,7 +163,8 @@ class Hooks(Protocol):
         ...
 
     async def before_tool(self, call: ToolCall) -> Decision | None:
-        """Return a deny Decision to stop the call; anything else lets it through."""
+        """Return a deny Decision to stop the call; None, or an allow or ask Decision, lets it
+        through (hooks never approve); anything else denies it (`hook:error`)."""
         ...
 
     async def after_tool(self, call: ToolCall, result: ToolResult) -> None:
