@@ -293,8 +293,9 @@ class Agent(FleetMethods):
         a run awaiting approval: an `Approval(call_id, allow, args=edited, approver=...)`
         naming the pending call, or the shorthands True, False, {"args": edited}, which bind to
         that one pending call. Edited arguments meet the rules again. A run is resumed under
-        the permission policy it was pinned to; another one is refused (`PolicyChanged`)
-        unless `override_policy=True`, which is audited.
+        the permission policy, budget caps and audit log it was pinned to; other ones are
+        refused (`PolicyChanged`, `GovernanceChanged`) unless `override_policy=True`, which
+        is audited.
         """
         return await self.resumer().resume(
             self.deps.hooks.on_event,
@@ -329,8 +330,8 @@ class Agent(FleetMethods):
         self, run_id: str, *, graph: GraphChoice = "pinned", override_policy: bool = False
     ) -> RunResult:
         """Resume a dead letter (or any run) with its count of failed recoveries forgotten;
-        `graph` and `override_policy` as for `resume`. A retry refused (`PolicyChanged`)
-        forgets nothing: the dead letter stays one."""
+        `graph` and `override_policy` as for `resume`. A retry refused (`PolicyChanged`,
+        `GovernanceChanged`) forgets nothing: the dead letter stays one."""
         return await self.resumer().retry(
             self.deps.hooks.on_event, run_id, graph=graph, override_policy=override_policy
         )

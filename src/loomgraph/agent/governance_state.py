@@ -1,16 +1,21 @@
-"""What a run keeps of its governance: the permission policy it is pinned to, when it is
-resumed the approval requests and untrusted tool results journaled before it stopped, and
-for a fork every untrusted text its parent had up to the fork point."""
+"""What a run keeps of its governance: the permission policy, budget caps and audit log it is
+pinned to, when it is resumed the approval requests and untrusted tool results journaled
+before it stopped, and for a fork every untrusted text its parent had up to the fork point."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+import hashlib
+import json
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Final, Literal
 
 from loomgraph.agent.checkpoints import ResumeError, is_top_level
 from loomgraph.engine.scope import RunScope
 from loomgraph.engine.taint import UntrustedText, note_messages, note_result
+from loomgraph.governance.caps import CAP_NAMES, Caps
 from loomgraph.protocols import (
+    AuditLog,
     Deps,
     EffectRecord,
     EffectStatus,
@@ -36,14 +41,77 @@ class PolicyChanged(ResumeError):
         self.current = current
 
 
+# What else a run is pinned to, besides its permission policy, when it has it: a run
+# started without caps or without an audit log is pinned to neither (nor is one journaled
+# before they were pinned), and goes on under whatever the resuming Agent has.
+Governed = Literal["budget", "audit_log"]
+GOVERNED: Final[tuple[Governed, ...]] = ("budget", "audit_log")
+
+
+class GovernanceChanged(ResumeError):
+    """A run is resumed by an Agent without the budget caps or the audit log it is pinned
+    to: `changed` holds, for each (`budget`, `audit_log`), what the run started under and
+    what this Agent has (None: none)."""
+
+    def __init__(self, run_id: str, changed: Mapping[Governed, tuple[Any, Any]]) -> None:
+        pinned, current = both_said(changed)
+        super().__init__(
+            f"run {run_id} is pinned to {pinned}; this agent has {current}. Resume with the "
+            "same budget and audit log, or pass override_policy=True (the override is audited)"
+        )
+        self.run_id = run_id
+        self.changed = dict(changed)
+
+
 def describe_policy(deps: Deps) -> dict[str, Any]:
-    """The policy as the journal pins it: its fingerprint and, when it can say, its rules."""
-    if deps.pinnable is not None:
-        return {"fingerprint": deps.pinnable.fingerprint(), "policy": deps.pinnable.to_data()}
-    kind = type(deps.permissions)
-    # A policy that cannot describe itself is pinned by its class: a resume under another
-    # class is refused; one under a differently configured object of the class is not seen.
-    return {"fingerprint": f"class:{kind.__module__}.{kind.__qualname__}", "policy": None}
+    """The governance the journal pins a run to: the policy's fingerprint and, when it can say,
+    its rules; with them the budget's caps (`budget`) and the audit log (`audit_log`) when
+    the run has them."""
+    pinned = _policy(deps)
+    for part, described in _governance(deps).items():
+        if described is not None:
+            pinned[part] = described
+    return pinned
+
+
+def describe_budget(deps: Deps) -> dict[str, Any] | None:
+    """The budget a run is pinned to: the fingerprint of its caps (global, per user, for
+    named users) and the caps; a budget of another kind, whose caps cannot be read, by its
+    class; None without a budget or with one that caps nothing."""
+    if not deps.budgeted:
+        return None
+    config = getattr(deps.budget, "config", None)
+    if not isinstance(config, Caps):
+        return {"fingerprint": f"class:{_qualname(type(deps.budget))}", "caps": None}
+    given = getattr(config, "users", None) or {}
+    users = {str(user): _caps(own) for user, own in given.items()}
+    caps = {
+        "caps": _caps(config),
+        "per_user": _caps(getattr(config, "per_user", None)),
+        "users": users,
+    }
+    if not any((caps["caps"], caps["per_user"], *users.values())):
+        return None  # caps nothing: as no budget
+    text = json.dumps(caps, sort_keys=True, separators=(",", ":"))
+    return {"fingerprint": "sha256:" + hashlib.sha256(text.encode()).hexdigest(), "caps": caps}
+
+
+def describe_audit_log(log: AuditLog) -> dict[str, Any] | None:
+    """The audit log a run is pinned to: its class and, when it says, where it writes (a
+    file's absolute path, a database's location without its password: what identifies it
+    then); None when it records nothing."""
+    # `AuditMode.of`'s rule, read here without it: the run reads its mode once, at its start.
+    if getattr(log, "enabled", True) is False:
+        return None
+    described: dict[str, Any] = {"log": _qualname(type(log))}
+    location = getattr(log, "location", None)
+    path = getattr(log, "path", None)
+    if isinstance(location, str):
+        described["at"] = location
+    elif isinstance(path, str | Path):
+        # Absolute: `./audit.jsonl` resumed from another folder is another file.
+        described["at"] = str(Path(path).resolve())
+    return described
 
 
 def check_policy(record: RunRecord, deps: Deps, *, override: bool) -> dict[str, Any] | None:
@@ -52,12 +120,103 @@ def check_policy(record: RunRecord, deps: Deps, *, override: bool) -> dict[str, 
     pinned = record.initial.policy if record.initial is not None else None
     if pinned is None:  # journaled before runs were pinned
         return None
-    current = describe_policy(deps)["fingerprint"]
+    current = _policy(deps)["fingerprint"]
     if pinned["fingerprint"] == current:
         return None
     if not override:
         raise PolicyChanged(record.run_id, pinned["fingerprint"], current)
     return {"pinned": pinned["fingerprint"], "current": current}
+
+
+def check_governance(record: RunRecord, deps: Deps, *, override: bool) -> dict[str, Any] | None:
+    """Refuse to resume a run under another policy (`PolicyChanged`), or without the budget
+    caps or audit log it is pinned to (`GovernanceChanged`), unless `override`; what
+    changed when something did (and the override was given): the policy's `pinned` and
+    `current` fingerprints, and `budget` and `audit_log` each as `{pinned, current}`."""
+    changed = check_policy(record, deps, override=override) or {}
+    pinned = record.initial.policy if record.initial is not None else None
+    current = _governance(deps)
+    moved: dict[Governed, tuple[Any, Any]] = {
+        part: (pinned[part], current[part])
+        for part in GOVERNED
+        if pinned is not None and part in pinned and not _same(part, pinned[part], current[part])
+    }
+    if moved and not override:
+        raise GovernanceChanged(record.run_id, moved)
+    for part, (was, now) in moved.items():
+        changed[part] = {"pinned": said_of(part, was), "current": said_of(part, now)}
+    return changed or None
+
+
+def _policy(deps: Deps) -> dict[str, Any]:
+    """The permission policy's fingerprint and, when it can say, its rules."""
+    if deps.pinnable is not None:
+        return {"fingerprint": deps.pinnable.fingerprint(), "policy": deps.pinnable.to_data()}
+    kind = type(deps.permissions)
+    # A policy that cannot describe itself is pinned by its class: a resume under another
+    # class is refused; one under a differently configured object of the class is not seen.
+    return {"fingerprint": f"class:{_qualname(kind)}", "policy": None}
+
+
+def _governance(deps: Deps) -> dict[Governed, dict[str, Any] | None]:
+    return {"budget": describe_budget(deps), "audit_log": describe_audit_log(deps.audit_log)}
+
+
+def _same(part: Governed, pinned: Any, current: dict[str, Any] | None) -> bool:
+    """Whether the run's pinned `part` is the Agent's: a budget by its caps' fingerprint,
+    an audit log by where it writes, or by its class when it does not say."""
+    if current is None or not isinstance(pinned, dict):
+        return False
+    if part == "budget":
+        return bool(pinned.get("fingerprint") == current["fingerprint"])
+    if "at" in pinned:  # where entries land, whatever object writes them there
+        return bool(pinned["at"] == current.get("at"))
+    return bool(pinned.get("log") == current["log"])
+
+
+def both_said(changed: Mapping[Governed, tuple[Any, Any]]) -> tuple[str, str]:
+    """What a run is pinned to and what an Agent has instead (`GovernanceChanged.changed`),
+    as a message names them."""
+    pinned = " and ".join(said_of(part, was) for part, (was, _) in changed.items())
+    return pinned, " and ".join(said_of(part, now) for part, (_, now) in changed.items())
+
+
+def said_of(part: Governed, described: Any) -> str:
+    """A pinned or current budget or audit log (`describe_budget`, `describe_audit_log`), as
+    a message names it."""
+    if part == "budget":
+        if not isinstance(described, dict):
+            return "no budget"
+        caps = described.get("caps")
+        what = f" ({_caps_said(caps)})" if isinstance(caps, dict) else ""
+        return f"budget caps {described.get('fingerprint')}{what}"
+    if not isinstance(described, dict):
+        return "no audit log"
+    at = described.get("at")
+    return f"audit log {described.get('log')}" + (f" at {at}" if at else "")
+
+
+def _caps_said(caps: dict[str, Any]) -> str:
+    """Pinned caps as a person reads them: `model_calls=1 per user, tool_calls=9 for bob`."""
+    scopes = [("", caps.get("caps")), (" per user", caps.get("per_user"))]
+    scopes += [(f" for {user}", own) for user, own in (caps.get("users") or {}).items()]
+    said = [
+        f"{name}={value}{whose}"
+        for whose, own in scopes
+        if isinstance(own, dict)
+        for name, value in own.items()
+    ]
+    return ", ".join(said) or "none"
+
+
+def _caps(caps: Caps | None) -> dict[str, Any] | None:
+    if caps is None:
+        return None
+    return {name: value for name in CAP_NAMES if (value := getattr(caps, name)) is not None}
+
+
+def _qualname(kind: type) -> str:
+    return f"{kind.__module__}.{kind.__qualname__}"
 
 
 async def restore(scope: RunScope, runtime: Runtime, tools: ToolHost) -> None:

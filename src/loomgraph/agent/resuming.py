@@ -21,7 +21,7 @@ from loomgraph.agent.checkpoints import (
 )
 from loomgraph.agent.fleet import FleetRun, cancel_check, check_run_agent, fleet_queue, fleet_run_of
 from loomgraph.agent.fleet_errors import JobUnusable
-from loomgraph.agent.governance_state import check_policy, describe_policy, untrusted_until
+from loomgraph.agent.governance_state import check_governance, describe_policy, untrusted_until
 from loomgraph.agent.leases import hold_lease
 from loomgraph.agent.pinning import GRAPH_CHOICES, GraphChoice, check_move, move_run, not_kept
 from loomgraph.agent.pinning import run_graph as kept_graph
@@ -204,7 +204,7 @@ class Resumer:
         answer = await answer_for(runtime, record, go.value, go.approve)
         if record.status in FINAL_STATUSES and record.result is not None:
             return RunResult.from_dict(record.result)
-        changed = check_policy(record, self.deps, override=go.override_policy)
+        changed = check_governance(record, self.deps, override=go.override_policy)
         transitions = await runtime.transitions(run_id)
         at = position(graph, record, transitions)
         if target is not own:  # checked before anything is written or counted
@@ -286,7 +286,7 @@ class Resumer:
         record = await self._load(run_id, "retry")  # refused before the count is forgotten
         # So is a retry under another policy: the refusal's advice, to retry with the
         # override, must find the run as it was (the resume checks again, under the lease).
-        check_policy(record, self.deps, override=override_policy)
+        check_governance(record, self.deps, override=override_policy)
         await reset_recoveries(self.deps.runtime, run_id)
         return await self.resume(sink, run_id, graph=graph, override_policy=override_policy)
 

@@ -1,7 +1,8 @@
 """The library's errors worded for the command line: the remedy an error carries as data,
-said as the options of the command (`--permissions FILE`, `--key-file`, `--graph current`,
-`runs retry`), not as the Python arguments and calls (`override_policy=True`, `key_file=`,
-`graph='current'`, `agent.retry`) its own message names."""
+said as the options of the command (`--permissions FILE`, `-a FILE`, `--key-file`,
+`--graph current`, `runs retry`), not as the Python arguments and calls
+(`override_policy=True`, `key_file=`, `graph='current'`, `agent.retry`) its own message
+names."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # loaded only when such an error is worded
     from loomgraph.agent.checkpoints import GraphChanged
-    from loomgraph.agent.governance_state import PolicyChanged
+    from loomgraph.agent.governance_state import GovernanceChanged, PolicyChanged
     from loomgraph.agent.recovery import RunDeadLettered
     from loomgraph.observability.audit_key import AuditKeyMissing
 
@@ -20,11 +21,13 @@ _NO_MOVE = "the command line does not move a run to other permissions"
 def worded(err: BaseException) -> str:
     """What to print for an error of a command that goes on with a journaled run."""
     from loomgraph.agent.checkpoints import GraphChanged
-    from loomgraph.agent.governance_state import PolicyChanged
+    from loomgraph.agent.governance_state import GovernanceChanged, PolicyChanged
     from loomgraph.agent.recovery import RunDeadLettered
 
     if isinstance(err, PolicyChanged):
         return policy_changed(err)
+    if isinstance(err, GovernanceChanged):
+        return governance_changed(err)
     if isinstance(err, GraphChanged):
         return graph_changed(err)
     if isinstance(err, RunDeadLettered):
@@ -66,6 +69,20 @@ def policy_changed(err: PolicyChanged) -> str:
         f"run {err.run_id} is pinned to permission policy {err.pinned}; these are "
         f"{err.current}: give the --permissions FILE the run started with (or the agent "
         f"file naming it), unchanged, to go on with it; {_NO_MOVE}"
+    )
+
+
+def governance_changed(err: GovernanceChanged) -> str:
+    """A run pinned to a budget or an audit log the command's options do not give: only an
+    agent file gives them, so the one the run started with."""
+    from loomgraph.agent.governance_state import both_said
+
+    pinned, current = both_said(err.changed)
+    return (
+        f"run {err.run_id} is pinned to {pinned}; these options give {current}: give the "
+        "agent file the run started with (-a FILE), unchanged, to go on with it under its "
+        "budget and audit log; the command line does not move a run to another budget or "
+        "audit log"
     )
 
 

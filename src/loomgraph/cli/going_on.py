@@ -124,7 +124,8 @@ def agent_for(
     approval_handler: Any = None,
 ) -> Any:
     """An Agent to go on with `record` on `architecture` (see `run_graph`), with the given
-    tools and permissions (a run resumes only under the policy it is pinned to). Named as
+    tools and permissions (a run resumes only under the policy it is pinned to, and under
+    the budget caps and audit log it is pinned to, which only an agent file gives). Named as
     the agent file says (a run of an agent of another name is refused), else as the agent
     that started the run: the command line names the run and the tools to go on with it.
     It prints the run's events as `loomgraph run` does, but not with `--json`: then the

@@ -109,7 +109,8 @@ class RunRecord:
 @dataclass(slots=True, frozen=True)
 class RunStart:
     """What a run started from: its first state values, its system prompt, the permission
-    policy it is pinned to (`{"fingerprint": ..., "policy": ...}`), for a fork the node it
+    policy it is pinned to (`{"fingerprint": ..., "policy": ...}`, with the `budget` caps and
+    the `audit_log` it is pinned to when it had them: `governance_state`), for a fork the node it
     starts at and the visits its checkpoint had counted (None: the graph's entry, none), and
     the name of the Agent that started it ("": unnamed, or kept before names were)."""
 
