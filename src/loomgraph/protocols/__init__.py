@@ -115,6 +115,7 @@ from loomgraph.protocols.runtime import (
     UnknownRun,
     current_fence,
 )
+from loomgraph.protocols.shapes import shape
 from loomgraph.protocols.shown_text import DISGUISING, shown_escape
 from loomgraph.protocols.spellings import as_latin, without_invisible
 from loomgraph.protocols.stored_text import escaped, storable
@@ -251,6 +252,8 @@ __all__ = [  # noqa: RUF022 - grouped by concept, not sorted
     "Verdict",
     # lazy: a package's public names imported on first use
     "lazy_names",
+    # shapes: a value named by its type and size, never its contents (for audited reasons)
+    "shape",
     # shown_text: the characters that disguise shown text, and their visible escape
     "DISGUISING",
     "shown_escape",
