@@ -42,26 +42,9 @@ from loomgraph.governance import StandardPermissions
 from loomgraph.models import ScriptedModel
 from loomgraph.protocols import Decision, EffectStatus, RunRecord, RunStatus, ToolCall
 from loomgraph.runtime import InMemoryRuntime, SqliteRuntime
+from test_approval_binding import BOB, GatedRuntime, ledger, pay, wipe
 
-# Every tool execution, with the arguments it ran with: the side effects that happened.
-ledger: list[tuple[str, dict[str, Any]]] = []
-
-BOB = {"to": "bob", "amount": 1}
 PROD = {"target": "prod"}
-
-
-@tool(destructive=True)
-def pay(to: str, amount: int) -> str:
-    """Pay someone."""
-    ledger.append(("pay", {"to": to, "amount": amount}))
-    return f"paid {amount} to {to}"
-
-
-@tool(destructive=True)
-def wipe(target: str) -> str:
-    """Wipe a target."""
-    ledger.append(("wipe", {"target": target}))
-    return f"wiped {target}"
 
 
 @pytest.fixture(autouse=True)
@@ -94,25 +77,6 @@ def clock(monkeypatch: pytest.MonkeyPatch) -> type[_Clock]:
     _Clock.offset = 0.0
     monkeypatch.setattr(approvals, "time", _Clock)
     return _Clock
-
-
-class GatedRuntime(InMemoryRuntime):
-    """An in-memory journal whose next lease acquisition waits at a gate: it holds one resume
-    between its first check of the answer and taking the run's lease, deterministically."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.gate: asyncio.Event | None = None
-        self.entered = asyncio.Event()
-
-    async def acquire_lease(
-        self, run_id: str, owner: str, ttl: float | None = None, *, take_from: str | None = None
-    ) -> Any:
-        gate, self.gate = self.gate, None
-        if gate is not None:
-            self.entered.set()
-            await gate.wait()
-        return await super().acquire_lease(run_id, owner, ttl, take_from=take_from)
 
 
 async def race(agent: Agent, runtime: GatedRuntime, run_id: str, **answer: Any) -> Any:

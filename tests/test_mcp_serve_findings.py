@@ -26,7 +26,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +36,7 @@ from loomgraph import Agent, tool
 from loomgraph.governance import StandardPermissions
 from loomgraph.models import ScriptedModel
 from loomgraph.protocols.bundle import SizeLimits
+from mcp_served import free_port, served, text
 
 TESTS = Path(__file__).resolve().parent
 SRC = TESTS.parent / "src"
@@ -116,10 +117,6 @@ def command(*options: str) -> list[str]:
     return [sys.executable, "-m", "loomgraph.cli.main", "mcp-serve", "--agent", AGENT, *options]
 
 
-def text(result: Any) -> str:
-    return " ".join(getattr(c, "text", "") for c in result.content)
-
-
 def refunds(folder: Path) -> str:
     log = folder / "refunds.log"
     return log.read_text(encoding="utf-8") if log.exists() else ""
@@ -157,40 +154,10 @@ async def stdio_session(folder: Path) -> AsyncIterator[Any]:
         yield session
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@contextlib.contextmanager
-def http_server(folder: Path) -> Iterator[str]:
+def http_server(folder: Path) -> contextlib.AbstractContextManager[str]:
     """`mcp-serve --http` on a loopback port; its /mcp URL once it accepts connections."""
     port = free_port()
-    process = subprocess.Popen(
-        command("--http", str(port)),
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=(folder / "server.log").open("w"),
-        env=environment(folder),
-        cwd=TESTS,
-    )
-    try:
-        deadline = time.monotonic() + WAIT
-        while True:
-            assert process.poll() is None, (folder / "server.log").read_text()
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 1):
-                break
-            assert time.monotonic() < deadline, "the server did not start"
-            time.sleep(0.1)
-        yield f"http://127.0.0.1:{port}/mcp"
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=60)
+    return served(command("--http", str(port)), port, environment(folder), folder, WAIT)
 
 
 async def approver_key() -> str:

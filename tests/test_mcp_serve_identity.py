@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import contextlib
 import os
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -25,6 +23,7 @@ from mcp.shared._httpx_utils import create_mcp_http_client
 
 import loomgraph
 from loomgraph.serve.store import open_store
+from mcp_served import free_port, served, text
 
 TESTS = Path(__file__).resolve().parent
 SRC = Path(loomgraph.__file__).resolve().parents[1]
@@ -53,10 +52,6 @@ def environment(folder: Path) -> dict[str, str]:
 
 def command(*options: str) -> list[str]:
     return [sys.executable, "-m", "loomgraph.cli.main", "mcp-serve", *options]
-
-
-def text(result: Any) -> str:
-    return " ".join(getattr(c, "text", "") for c in result.content)
 
 
 def refunds(folder: Path) -> str:
@@ -220,40 +215,16 @@ def test_stdio_refuses_to_start_without_a_user(folder: Path) -> None:
 # ------------------------------------------------------------------------------ HTTP
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@contextlib.contextmanager
 def http_server(folder: Path, *options: str) -> Any:
     """`mcp-serve --http` on a loopback port; its /mcp URL once it accepts connections."""
     port = free_port()
-    process = subprocess.Popen(
+    return served(
         command("--agent", AGENT, "--http", str(port), *options),
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=(folder / "server.log").open("w"),
-        env=environment(folder),
-        cwd=TESTS,
+        port,
+        environment(folder),
+        folder,
+        WAIT,
     )
-    try:
-        deadline = time.monotonic() + WAIT
-        while True:
-            assert process.poll() is None, (folder / "server.log").read_text()
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 1):
-                break
-            assert time.monotonic() < deadline, "the server did not start"
-            time.sleep(0.2)
-        yield f"http://127.0.0.1:{port}/mcp"
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=60)
 
 
 async def add_keys() -> dict[str, str]:
