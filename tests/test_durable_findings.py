@@ -388,6 +388,23 @@ async def test_a_model_effect_read_as_a_tool_call_is_a_corrupted_journal(tmp_pat
         await agent.aclose()
 
 
+async def test_a_damaged_effect_row_is_found_before_the_approval_is_spent(
+    tmp_path: Path,
+) -> None:
+    # A finished tool effect whose intent names no call (a model call's row, its kind
+    # flipped): the resume refuses it before it journals the person's answer.
+    path = tmp_path / "journal.db"
+    first = _asking_agent(path)
+    waiting = await first.run("pay acme")
+    assert waiting.status == "awaiting_approval"
+    effects = await first.deps.runtime.effects(waiting.run_id)
+    await first.aclose()
+    model_key = next(e.key for e in effects if e.kind == "model")
+    own = model_key.removeprefix(waiting.run_id).lstrip(":")
+    _edit(path, f"UPDATE effects SET kind = 'tool' WHERE key LIKE '%{own}'")
+    await _refused_before_the_approval(path, waiting.run_id, model_key)
+
+
 class _Answer(BaseModel):
     city: str
 

@@ -262,20 +262,32 @@ async def untrusted_until(
 
 
 def _note_effect(untrusted: UntrustedText, effect: EffectRecord, tools: ToolHost) -> None:
-    """Count a finished tool call's result as untrusted text, unless its tool is trusted. A
-    `tool` effect is the tool gate's, whose intent is the call: one whose intent names no
-    tool (another effect's row, its kind damaged) is `JournalCorrupted`, found before a
-    fork or a resume goes on from it."""
+    """Count a finished tool call's result as untrusted text, unless its tool is trusted."""
     if effect.kind == "tool" and effect.outcome is not None:
-        call = effect.intent.get("call")
-        if not isinstance(call, dict) or not isinstance(call.get("tool"), str):
-            raise JournalCorrupted(
-                f"of run {effect.run_id}",
-                f"effect {effect.key}: a tool call's effect whose intent names no tool call "
-                f"(it holds {sorted(effect.intent)!r:.80})",
-            )
-        spec = tools.spec(call["tool"])
+        spec = tools.spec(_tool_call_of(effect)["tool"])
         note_result(untrusted, spec, str(effect.outcome.get("content", "")))
+
+
+def _tool_call_of(effect: EffectRecord) -> dict[str, Any]:
+    """A `tool` effect's call: the tool gate journals the call as its intent. One whose
+    intent names no tool (another effect's row, its kind damaged) is `JournalCorrupted`."""
+    call = effect.intent.get("call")
+    if not isinstance(call, dict) or not isinstance(call.get("tool"), str):
+        raise JournalCorrupted(
+            f"of run {effect.run_id}",
+            f"effect {effect.key}: a tool call's effect whose intent names no tool call "
+            f"(it holds {sorted(effect.intent)!r:.80})",
+        )
+    return call
+
+
+async def check_effect_rows(runtime: Runtime, run_id: str) -> None:
+    """`JournalCorrupted` for a finished effect row the run's gates could not have written,
+    read before a resume writes anything (an answer, a recovery) that would otherwise be
+    spent on a run that cannot go on."""
+    for effect in await runtime.effects(run_id):
+        if effect.kind == "tool" and effect.status == EffectStatus.DONE:
+            _tool_call_of(effect)
 
 
 def _after(run_id: str, transitions: Sequence[Transition], at: int) -> Callable[[str], bool]:

@@ -12,16 +12,18 @@ from loomgraph.agent.checkpoints import (
     Position,
     ResumeError,
     answered,
-    approval,
     journal_answer,
-    not_answered,
     pending_of,
     position,
-    resume_value,
 )
 from loomgraph.agent.fleet import FleetRun, cancel_check, check_run_agent, fleet_queue, fleet_run_of
 from loomgraph.agent.fleet_errors import JobUnusable
-from loomgraph.agent.governance_state import check_governance, describe_policy, untrusted_until
+from loomgraph.agent.governance_state import (
+    check_effect_rows,
+    check_governance,
+    describe_policy,
+    untrusted_until,
+)
 from loomgraph.agent.leases import hold_lease
 from loomgraph.agent.pinning import GRAPH_CHOICES, GraphChoice, check_move, move_run, not_kept
 from loomgraph.agent.pinning import run_graph as kept_graph
@@ -33,9 +35,10 @@ from loomgraph.agent.recovery import (
     reset_recoveries,
 )
 from loomgraph.agent.result import RunResult
+from loomgraph.agent.resume_answers import NO_VALUE, answer_for, bound
 from loomgraph.agent.run_ending import restore_ended
 from loomgraph.agent.session import AgentSession
-from loomgraph.engine.effects import BoundApproval, BoundValue, ResumeInput, ResumeValue
+from loomgraph.engine.effects import BoundValue, ResumeInput
 from loomgraph.engine.scope import EventSink, stop_request
 from loomgraph.graph.compiled import CompiledGraph
 from loomgraph.graph.state import snapshot_of
@@ -84,15 +87,6 @@ class RunQueued(RunNotStarted):
             f"nothing to {doing} yet)",
         )
 
-
-class _NoValue:
-    """The type of `NO_VALUE`: "no answer given" (None is a valid answer)."""
-
-    def __repr__(self) -> str:
-        return "NO_VALUE"
-
-
-NO_VALUE: Any = _NoValue()
 
 # Makes the session that goes on with a run: (prompt, compiled graph, identity options).
 SessionFactory = Callable[..., AgentSession]
@@ -207,6 +201,7 @@ class Resumer:
         changed = check_governance(record, self.deps, override=go.override_policy)
         transitions = await runtime.transitions(run_id)
         at = position(graph, record, transitions)
+        await check_effect_rows(runtime, run_id)  # like the transitions: before any write
         if target is not own:  # checked before anything is written or counted
             at.state = check_move(record, at, transitions, own, target)
         if changed is not None:
@@ -374,29 +369,6 @@ class _GoOn:
     approve: Any
     override_policy: bool
     leased: bool
-
-
-async def answer_for(
-    runtime: Any, record: RunRecord, value: Any, approve: Any
-) -> ResumeInput | None:
-    """The answer a resume brings, checked against what the run waits for: an answer for a
-    run that does not wait for it is refused, not ignored."""
-    if value is not NO_VALUE:
-        asked = resume_value(record, value)
-        await not_answered(runtime, record)
-        return asked
-    if approve is not NO_VALUE:
-        answer = approval(record, approve)
-        await not_answered(runtime, record, answer.call_id)
-        return answer
-    return None
-
-
-def bound(value: Any, approve: Any, answer: ResumeInput | None) -> tuple[Any, Any]:
-    """`value` and `approve` bound to the request `answer`, their first check, answers."""
-    if isinstance(answer, ResumeValue) and answer.key:
-        value = BoundValue(value.value if isinstance(value, BoundValue) else value, answer.key)
-    return value, answer if isinstance(answer, BoundApproval) else approve
 
 
 def prompt_of(record: RunRecord) -> str:
