@@ -413,10 +413,14 @@ def test_a_number_taints_when_the_tool_receives_it_however_it_was_sent(
     sent = data.draw(st.sampled_from([number, other]))
     name, text = data.draw(converted_spelling(str(sent)))
     call: Any = {"id": "c1", "tool": "pay", "args": {name: text}}
-    assert not is_tainted(call["args"], untrusted.pieces())  # as sent: no number at all
+    # As sent, only a spelling that keeps the digits a whole word (`123456789.0`) taints,
+    # and only the untrusted number's.
+    as_sent = is_tainted(call["args"], untrusted.pieces())
+    assert not as_sent or sent == number
     spec: Any = {"name": "pay", "parameters": {"type": "object", "properties": {}}}
     tainted, received = untrusted_in(untrusted, PAYING, call, spec)
-    assert received is not None and received["args"][name] == sent
+    if not as_sent:  # found, if at all, in the call as the tool receives it
+        assert received is not None and received["args"][name] == sent
     assert tainted == (sent == number)
 
 

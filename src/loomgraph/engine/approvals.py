@@ -46,6 +46,7 @@ from loomgraph.engine.effects import (
 )
 from loomgraph.engine.received import permission_for
 from loomgraph.engine.scope import RunScope
+from loomgraph.engine.taint import TAINT_REASON, TAINT_RULE
 from loomgraph.engine.watched import watched
 from loomgraph.protocols import (
     AuditAction,
@@ -172,7 +173,7 @@ class ApprovalDesk:
             # Refused before anything is journaled: the run waits for another answer.
             refused = f"the approval of call {call['id']!r} was refused: {refused}"
         else:
-            handled = await self._handler_answer(asked)
+            handled = await self._handler_answer(asked, tainted)
             if handled is not None:
                 return self._timed_out() if deadline and time.time() > deadline else handled
         if request is None:
@@ -274,12 +275,17 @@ class ApprovalDesk:
         self.scope.resume = None
         return supplied
 
-    async def _handler_answer(self, asked: Decision) -> Approval | None:
+    async def _handler_answer(self, asked: Decision, tainted: bool = False) -> Approval | None:
         """The approval handler's answer; None to stop and wait. Anything but the answers it
-        may give denies the call, naming what it returned by its `shape` (fail closed)."""
+        may give denies the call, naming what it returned by its `shape` (fail closed). A
+        call carrying untrusted text (`tainted`) is asked about with a reason that says so,
+        as `runs pending` marks it, whichever rule asks."""
         handler, call = self.scope.deps.approval_handler, self.call
         if handler is None:
             return None
+        if tainted and asked.rule != TAINT_RULE:  # the taint rule's own reason says so
+            why = f"{asked.reason}; {TAINT_REASON}" if asked.reason else TAINT_REASON
+            asked = Decision(asked.verdict, asked.rule, why)
         raw: Any = handler(watched(call), asked)  # a copy: only an edit it returns counts
         if inspect.isawaitable(raw):
             raw = await raw

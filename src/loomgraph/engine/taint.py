@@ -13,11 +13,18 @@ any depth) as normalised:
   in an untrusted result as whole words: starting where a word starts there and ending where
   one ends (so `44018822913` in "account no.44018822913." and `fitwell gym` in "pay FitWell
   Gym" are found, `ter2-pro` inside "hunter2-prod" is not);
+- has, inside a longer text, a whole-word span of MIN_TAINT_CHARS to 18 characters with a
+  digit in it (an account, an IBAN, a phone number) that occurs in an untrusted result as
+  whole words (`update_block(text="Landlord: acct 44018822913")`); letters-only words and
+  phrases are found inside a longer text only by the long run: replies share them by chance;
 - contains an e-mail address or a URL (`scheme://…`, `www.…`, or `host.tld/…`) of any length
   that occurs in an untrusted result as an address or URL.
 
-A structured (JSON) result is also read as each string and key inside it that its text spells
-with escapes, so text copied from it with its quotes and newlines is found too. Shorter values
+Each JSON string literal in a result that is spelled with escapes is also read as it decodes,
+wherever it stands (a whole JSON result, JSON after a header line, JSON Lines, joined MCP
+blocks), so text copied from it with its quotes and newlines is found too. An identifier
+printed in groups (`de89 3704 0044 …`, `4401-8822-913`) is also read without its separators,
+on both sides, as a model sends it. Shorter values
 (a yes, a small number, a common word) never taint: they are too likely to occur by chance. An
 egress tool's tainted call is then asked about (or denied) instead of allowed; other tools'
 calls are not checked. The gate checks the arguments as sent and as the tool will receive them
@@ -25,7 +32,8 @@ calls are not checked. The gate checks the arguments as sent and as the tool wil
 
 The run keeps no untrusted text, only pieces of it (a set of normalised strings, each of which
 occurs in an untrusted result): every 16-character window at every 4th position, every
-whole-word span of 8 to 18 characters, every address and URL. Noting a result costs time and
+whole-word span of 8 to 18 characters, every address and URL, every grouped identifier
+without its separators. Noting a result costs time and
 memory in proportion to its size (0.1 to 0.35 s and 10 to 50 MB per million characters);
 checking a call costs a few set lookups per character of its arguments, however much untrusted
 text the run has seen. It is a heuristic: a paraphrased, translated or re-encoded injection is
@@ -45,6 +53,10 @@ from typing import Any
 from loomgraph.protocols.spellings import as_latin, without_invisible
 from loomgraph.protocols.tools import ToolHost
 
+# The rule and reason of an egress call's verdict when it carries untrusted text; the reason
+# is also added to the question an approval handler is asked about such a call.
+TAINT_RULE = "taint:egress"
+TAINT_REASON = "its arguments carry text from an untrusted tool result"
 # Shorter values (a yes, a number, a common word) are too likely to occur by chance.
 MIN_TAINT_CHARS = 8
 # Untrusted text is kept as windows of RUN_CHARS at every RUN_STRIDE-th position, and every
@@ -67,6 +79,16 @@ _ADDRESS = re.compile(
     r"|(?<![\w.-])www\.[\w-]+(?:\.[\w-]+)+[^\s<>\"'`]*"
 )
 _TRAILING = ".,;:!?)]}'\""
+_DIGIT = re.compile(r"\d")
+# A run of groups an identifier is printed in: words with a digit, each after one space,
+# hyphen or dot (one group of up to four letters may stand between two: a bank's code in an
+# IBAN). Possessive, and starting only where a word starts, so a text is scanned once.
+_GROUP = r"[^\W\d]*+\d\w*+"
+_GROUPED = re.compile(rf"(?<!\w){_GROUP}(?:[ .\-](?:[^\W\d]{{1,4}}[ .\-])?{_GROUP})++")
+_SEPARATOR = re.compile(r"[ .\-]")
+# A JSON string literal on one line (JSON writes a newline inside a string as `\n`); one left
+# open runs to the line's end, so that no quote is scanned from twice.
+_LITERAL = re.compile(r'"(?:[^"\\\n]++|\\[^\n])*+(?:"|\\?(?=\n|\Z))')
 # Characters a JSON encoder may write as an escape (all but plain printable ASCII).
 _ESCAPABLE = re.compile(r"[^ !#$%()*+,\-.0-9:;=?@A-Z\[\]^_`a-z{|}~]")
 _APART = " \u2060 "
@@ -113,25 +135,65 @@ def values_in(value: Any, names: AbstractSet[str] = frozenset()) -> Iterator[str
 
 def pieces(text: str) -> set[str]:
     """What is kept of one normalised untrusted text: its windows, its whole-word spans of
-    MIN_TAINT_CHARS to 18 characters, its e-mail addresses and URLs."""
+    MIN_TAINT_CHARS to 18 characters, its e-mail addresses and URLs, and its grouped
+    identifiers written without their separators (`_joined_groups`)."""
     if len(text) < MIN_TAINT_CHARS:
         return _addresses(text)  # most tool results are short: only an address is kept
     found = {text[i : i + RUN_CHARS] for i in range(0, len(text) - RUN_CHARS + 1, RUN_STRIDE)}
-    add = found.add
+    found.update(_terms(text))
+    found |= _addresses(text)
+    found |= _joined_groups(text)
+    return found
+
+
+def _terms(text: str) -> Iterator[str]:
+    """The whole-word spans of MIN_TAINT_CHARS to 18 characters of a normalised text."""
     spans = [match.span() for match in _WORD.finditer(text)]
-    ends = [end for _, end in spans]
+    return _spans(text, [start for start, _ in spans], [end for _, end in spans])
+
+
+def _spans(text: str, starts: list[int], ends: list[int]) -> Iterator[str]:
+    """The spans of `text` from one of its word `starts` to one of its word `ends` (both in
+    order) that are MIN_TAINT_CHARS to 18 characters long."""
     count, first = len(ends), 0
-    for start, _ in spans:
+    for start in starts:
         # The spans from this word's start to the word ends 8 to 18 characters on; `first`
         # only moves forward, as the starts do.
         while first < count and ends[first] < start + MIN_TAINT_CHARS:
             first += 1
         last = first
         while last < count and ends[last] <= start + _TERM_MAX:
-            add(text[start : ends[last]])
+            yield text[start : ends[last]]
             last += 1
-    found |= _addresses(text)
+
+
+def _joined_groups(text: str) -> set[str]:
+    """Each identifier a normalised text prints in groups (`de89 3704 0044 0532 0130 00`,
+    `4401-8822-913`) as it is sent, without the separators: its windows, and its runs of
+    consecutive groups of MIN_TAINT_CHARS to 18 characters."""
+    found: set[str] = set()
+    if not _DIGIT.search(text):
+        return found
+    for match in _GROUPED.finditer(text):
+        groups = _SEPARATOR.split(match.group())
+        joined = "".join(groups)
+        found.update(
+            joined[i : i + RUN_CHARS] for i in range(0, len(joined) - RUN_CHARS + 1, RUN_STRIDE)
+        )
+        starts, ends, at = [], [], 0
+        for group in groups:
+            starts.append(at)
+            at += len(group)
+            ends.append(at)
+        found.update(_spans(joined, starts, ends))
     return found
+
+
+def _ungrouped(text: str) -> str:
+    """A normalised text with its grouped identifiers written without separators."""
+    if not _DIGIT.search(text):
+        return text
+    return _GROUPED.sub(lambda match: _SEPARATOR.sub("", match.group()), text)
 
 
 def _addresses(text: str) -> set[str]:
@@ -152,16 +214,21 @@ def _addresses(text: str) -> set[str]:
 
 
 def untrusted_texts(content: str) -> set[str]:
-    """The pieces of one untrusted result: of its text and, for a JSON result, of each string
-    and key inside it that its text spells with escapes (quotes, newlines, `\\u`...)."""
+    """The pieces of one untrusted result: of its text and of each JSON string literal in it
+    that is spelled with escapes (quotes, newlines, `\\u`...), wherever it stands (a whole JSON
+    document, JSON after a header line, JSON Lines, several joined blocks)."""
     found = pieces(normalise(content))
-    if "\\" in content and content.lstrip()[:1] in ("{", "["):  # no backslash: no escapes
-        try:
-            data = json.loads(content)
-        except (ValueError, RecursionError):  # not JSON, or nested too deep to parse
-            return found
-        every = "\\u" in content  # any character at all may be spelled \uXXXX
-        escaped = [normalise(text) for text in values_in(data) if every or _ESCAPABLE.search(text)]
+    if "\\" in content:  # no backslash: no escapes
+        escaped = []
+        for match in _LITERAL.finditer(content):
+            literal = match.group()
+            if "\\" not in literal:
+                continue  # spelled as it reads: the text's own pieces have it
+            try:
+                text = json.loads(literal)
+            except ValueError:  # unterminated, or an escape JSON does not have
+                continue
+            escaped.append(normalise(text))
         # One pass over them all; what spans the separator (an invisible character, which
         # no normalised text has) can match no argument.
         found |= pieces(_APART.join(escaped))
@@ -231,16 +298,30 @@ def is_tainted(
     names the called tool declares (`parameter_names`), are its schema's, not the call's."""
     for value in values_in(args, names):
         text = normalise(value)
-        if len(text) >= MIN_TAINT_CHARS:
-            core = _EDGES.sub("", text)  # "(fitwell gym)" is the words "fitwell gym"
-            if len(core) >= MIN_TAINT_CHARS and core in untrusted:
-                return True
-            for start in range(len(text) - RUN_CHARS + 1):
-                if text[start : start + RUN_CHARS] in untrusted:
-                    return True
-        if any(address in untrusted for address in _addresses(text)):
+        if _carries(text, untrusted):
+            return True
+        joined = _ungrouped(text)  # `de89 3704 …` sent for a `de893704…` read
+        if joined != text and _carries(joined, untrusted):
             return True
     return False
+
+
+def _carries(text: str, untrusted: AbstractSet[str]) -> bool:
+    """Whether one normalised argument value carries a piece of untrusted text."""
+    if len(text) >= MIN_TAINT_CHARS:
+        core = _EDGES.sub("", text)  # "(fitwell gym)" is the words "fitwell gym"
+        if len(core) >= MIN_TAINT_CHARS and core in untrusted:
+            return True
+        for start in range(len(text) - RUN_CHARS + 1):
+            if text[start : start + RUN_CHARS] in untrusted:
+                return True
+        # A short term inside a longer text: only one with a digit (an account, an IBAN, a
+        # phone number), as words and phrases of 8 to 18 letters are shared by chance.
+        if _DIGIT.search(text) and any(
+            term in untrusted and _DIGIT.search(term) for term in _terms(text)
+        ):
+            return True
+    return any(address in untrusted for address in _addresses(text))
 
 
 def parameter_names(schema: Any) -> frozenset[str]:

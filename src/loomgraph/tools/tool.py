@@ -9,6 +9,9 @@ import re
 from collections.abc import Callable, Mapping
 from typing import Any, Generic, ParamSpec, TypeVar, overload
 
+from pydantic import BaseModel
+from pydantic_core import to_jsonable_python
+
 from loomgraph.protocols import ToolSpec
 from loomgraph.tools.context import Injection
 from loomgraph.tools.docstrings import parse_docstring
@@ -224,9 +227,10 @@ class Tool(Generic[P, R]):
         try:
             # A copy for the tool's own validators too: they may change what they are given.
             instance = spec.validator.validate_python(json_copy(args) if self.copies_args else args)
-            received: dict[str, Any] = spec.model.__pydantic_serializer__.to_python(
-                instance, mode="json", by_alias=True, exclude_unset=True
-            )
+            # The validated values themselves, as JSON data: the fields' own serializers
+            # would write some otherwise than the function gets them (a `Base64Str`, which
+            # the function gets decoded, is encoded again).
+            received: dict[str, Any] = _as_given(instance)
         except Exception:  # a user validator may raise anything; bind reports it
             return None
         return received
@@ -237,6 +241,31 @@ class Tool(Generic[P, R]):
 
     def __repr__(self) -> str:
         return f"<Tool {self.name}>"
+
+
+def _as_given(value: Any) -> Any:
+    """A validated value as JSON data, as a function is given it: a model as the fields it
+    was given (by alias, at any depth), other values as pydantic writes them as JSON, but
+    none through a field's own serializer."""
+    if isinstance(value, BaseModel):
+        fields, given = type(value).model_fields, value.model_fields_set
+        out = {
+            info.alias or name: _as_given(getattr(value, name))
+            for name, info in fields.items()
+            if name in given
+        }
+        out.update({key: _as_given(item) for key, item in (value.__pydantic_extra__ or {}).items()})
+        return out
+    if isinstance(value, dict):
+        return {_as_key(key): _as_given(item) for key, item in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        return [_as_given(item) for item in value]
+    return to_jsonable_python(value)
+
+
+def _as_key(key: Any) -> str:
+    """A dict key as JSON writes it."""
+    return key if isinstance(key, str) else str(to_jsonable_python(key))
 
 
 def _is_generator(fn: Callable[..., Any]) -> bool:
