@@ -10,11 +10,15 @@ the count is forgotten then too.
 
 from __future__ import annotations
 
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 from loomgraph.agent.checkpoints import ResumeError
 from loomgraph.agent.result import RunResult
 from loomgraph.agent.run_ending import end_aside, restore_entries
+from loomgraph.engine.attempts import MODEL_EFFECT
+from loomgraph.governance.crash_charges import charged_usage
+from loomgraph.governance.ledger import Charge
 from loomgraph.graph.compiled import CompiledGraph
 from loomgraph.protocols import (
     AuditAction,
@@ -22,11 +26,16 @@ from loomgraph.protocols import (
     AuditMode,
     BudgetScope,
     Deps,
+    EffectRecord,
+    EffectStatus,
     RunRecord,
     RunStatus,
     Usage,
     semconv,
 )
+
+# The kind a tool call's effect is journaled as (`engine.tool_gate`).
+TOOL_EFFECT = "tool"
 
 DEFAULT_MAX_RECOVERIES = 3
 
@@ -174,8 +183,47 @@ async def reset_recoveries(runtime: Any, run_id: str) -> None:
         await runtime.finish_run(run_id, RunStatus.FAILED, record.reason, record.result)
 
 
-async def crashed_usage(deps: Deps, run_id: str) -> Usage:
+async def crashed_usage(
+    deps: Deps,
+    run_id: str,
+    *,
+    replayed: Collection[str] = (),
+    effects: Sequence[EffectRecord] | None = None,
+) -> Usage:
     """What the run's crashed attempts were charged when it was opened again (at their
-    reservations, see `governance.crash_charges`); zero for a budget that does not charge."""
-    read = getattr(deps.budget, "crashed_usage", None) if deps.budgeted else None
-    return Usage() if read is None else await read(run_id)
+    reservations, see `governance.crash_charges`) that its usage counts nowhere else; zero
+    for a budget that does not charge.
+
+    A charge names the execution of the effect its hold was for. One whose effect ended
+    `done` in that same execution (its outcome was journaled, the process died before the
+    settle) is left out when that outcome counts it: a tool call's always (a tool call that
+    ran counts in no usage but the ledger's), a model call's once the run replayed its answer
+    (`replayed`: the keys of the answers the run's usage counts, `RunScope.replayed` of the
+    run that ends). Every other charge is counted: its effect ran
+    again, its outcome is unknown, or its hold named no effect (a node visit, an older
+    ledger's row). The journal's effects (`effects`, else read here) are read only when a
+    charge names one."""
+    budget = deps.budget if deps.budgeted else None
+    charges_of = getattr(budget, "charges", None)
+    if charges_of is None:  # a budget that keeps no charges of its own: its total, if any
+        read = getattr(budget, "crashed_usage", None)
+        return Usage() if read is None else await read(run_id)
+    charges = await charges_of(run_id)
+    if any(getattr(charge, "effect", None) is not None for charge in charges):
+        if effects is None:
+            effects = await deps.runtime.effects(run_id)
+        done = {e.key: e for e in effects if e.status == EffectStatus.DONE}
+        charges = [c for c in charges if not _counted_elsewhere(c, done, replayed)]
+    return charged_usage(charges)
+
+
+def _counted_elsewhere(
+    charge: Charge, done: Mapping[str, EffectRecord], replayed: Collection[str]
+) -> bool:
+    """Whether a crash charge's effect ended `done` in the execution the hold was for, with
+    its outcome counted where it was journaled (see `crashed_usage`)."""
+    effect = getattr(charge, "effect", None)
+    record = None if effect is None else done.get(effect.key)
+    if effect is None or record is None or record.attempts != effect.execution:
+        return False
+    return record.kind == TOOL_EFFECT or (record.kind == MODEL_EFFECT and effect.key in replayed)

@@ -347,7 +347,7 @@ class AgentSession:
         # calls that gave up (by call key, once), the child graphs of the node the run
         # stopped in, crashed attempts.
         result.usage += sum((*scope.failed_usage.values(), *scope.child_usage.values()), Usage())
-        result.usage += await crashed_usage(deps, self.run_id)
+        result.usage += await crashed_usage(deps, self.run_id, replayed=scope.replayed)
         data = result.to_dict()
         # Every entry of what the run did is in the audit log before its end is journaled:
         # an outage now leaves the run `running`, to be resumed, not ended without them.

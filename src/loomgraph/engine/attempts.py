@@ -34,6 +34,7 @@ from loomgraph.protocols import (
     Reservation,
     Usage,
 )
+from loomgraph.protocols.governance import EffectRef
 from loomgraph.protocols.usage import estimate_prompt_tokens, floor_usage
 
 # The kind a model call's effect is journaled as, and the kind of each failed attempt's.
@@ -53,6 +54,7 @@ class ModelAttempts:
         "_cut",
         "_number",
         "billed",
+        "effect",
         "key",
         "recovered_calls",
         "reservation",
@@ -61,9 +63,12 @@ class ModelAttempts:
         "stream",
     )
 
-    def __init__(self, scope: RunScope, key: EffectKey) -> None:
+    def __init__(self, scope: RunScope, key: EffectKey, execution: int = 1) -> None:
         self.scope = scope
         self.key = key
+        # The execution of the call's effect its holds are for (a resume's is the journal's
+        # `attempts`): a hold a crash leaves is charged under it.
+        self.effect = EffectRef(key.text, execution)
         self.reservation: Reservation | None = None
         self.billed = NO_USAGE  # what failed attempts billed, all charged already
         self.recovered_calls = 0  # the model calls of earlier executions' failed attempts
@@ -95,10 +100,12 @@ class ModelAttempts:
             fit = getattr(deps.budget, "fit_output", None)
             prompt = estimate_prompt_tokens(request.prompt_chars())
             request.max_tokens = (
-                limit if fit is None else await fit(scope.budget_scope, prompt, limit)
+                limit
+                if fit is None
+                else await fit(scope.budget_scope, prompt, limit, effect=self.effect)
             )
         self._amount = model_estimate(request)
-        self.reservation = await scope.reserve("model", self._amount)
+        self.reservation = await scope.reserve("model", self._amount, self.effect)
 
     def unanswered(self, request: ModelRequest, streamed: list[str]) -> Usage:
         """What the attempt in force used when it ends with no account of its own (cancelled,
@@ -188,7 +195,7 @@ class ModelAttempts:
         """The model retries an attempt itself: charge and journal the failed one, then hold
         the same worst case for the next (BudgetExceeded when the caps have no room left)."""
         await self.failed(usage, error)
-        self.reservation = await self.scope.reserve("model", self._amount)
+        self.reservation = await self.scope.reserve("model", self._amount, self.effect)
 
     async def recover(self) -> None:
         """The call runs again after a crash: count what the crashed execution's failed

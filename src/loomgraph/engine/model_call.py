@@ -74,11 +74,12 @@ class ModelCalls:
         call_id = key.text
         if prior is not None and prior.status == EffectStatus.DONE and prior.outcome is not None:
             scope.failed_usage.pop(call_id, None)  # replayed: its answer counts it
+            scope.replayed.add(call_id)  # (and a crash charge of that execution is not)
             replayed = response_from(prior.outcome)
             if self.handed is not None:
                 self.handed.answered[call_id] = replayed.usage
             return replayed
-        attempts = ModelAttempts(scope, key)
+        attempts = ModelAttempts(scope, key, 1 if prior is None else prior.attempts)
         if prior is not None:  # run again: what an earlier attempt streamed may have gone out
             if (cut := scope.cut_off.pop(call_id, None)) is not None:
                 await cut.keep()  # its cut-off attempt journaled first, for `recover`

@@ -36,6 +36,7 @@ from loomgraph.protocols import (
     Usage,
 )
 from loomgraph.protocols.events import EFFECT_UNKNOWN_AFTER_CRASH, Event, hears_events
+from loomgraph.protocols.governance import EffectRef
 from loomgraph.protocols.idle import is_idle
 from loomgraph.protocols.tasks import finished
 
@@ -116,6 +117,10 @@ class RunScope:
     # The run's untrusted text so far (tool results, earlier answers, the tool descriptions
     # of MCP servers not trusted), to tell tainted calls.
     untrusted: UntrustedText = field(default_factory=UntrustedText)
+    # The keys of the model calls whose journaled answers this run replayed: their answers
+    # count them, so a crash charge of the same execution is not counted again
+    # (`agent.recovery.crashed_usage`). Written on a replay only.
+    replayed: set[str] = field(default_factory=set)
     # What model calls no journaled patch carries were charged, by call key: calls that gave
     # up, and the answered calls of a visit that failed, was retried or stopped the run
     # (`engine.kept_usage`). The next transition of that visit carries them (a retry that
@@ -178,12 +183,15 @@ class RunScope:
         if described is not None:  # MCP servers not trusted: their descriptions taint calls
             described.watch_untrusted(self.untrusted)
 
-    async def reserve(self, kind: str, amount: Usage) -> Reservation | None:
-        """Set an amount aside in the budget (nothing to do when the budget has no caps)."""
+    async def reserve(
+        self, kind: str, amount: Usage, effect: EffectRef | None = None
+    ) -> Reservation | None:
+        """Set an amount aside in the budget for `effect` (the execution of a journaled
+        effect it is for, kept with the hold); nothing to do when the budget has no caps."""
         if not self.deps.budgeted:
             return None
         held = await self.deps.budget.reserve(
-            Reservation(self.budget_scope, kind, amount)  # type: ignore[arg-type]
+            Reservation(self.budget_scope, kind, amount, effect=effect)  # type: ignore[arg-type]
         )
         # A node visit's empty hold is left out: its transition entry says it happened.
         if self.auditing and amount:

@@ -35,6 +35,7 @@ from loomgraph.protocols import (
     tool_run,
 )
 from loomgraph.protocols.events import PERMISSION_DECISION, TOOL_CALL, TOOL_PROGRESS, TOOL_RESULT
+from loomgraph.protocols.governance import EffectRef
 from loomgraph.protocols.idle import is_idle
 from loomgraph.protocols.shapes import shape
 
@@ -113,7 +114,8 @@ class ToolGate:
             # decision, which can only have come out the same, is not reported for a replay.
             return await self._replay(prior, call, spec)
         await self.report(call, decision, tainted=tainted)
-        reservation = await scope.reserve("tool", Usage(tool_calls=1))
+        effect = EffectRef(key.text, 1 if prior is None else prior.attempts)
+        reservation = await scope.reserve("tool", Usage(tool_calls=1), effect)
         if scope.auditing:
             request = trail.tool_request(call, decision.rule, content=scope.audit_content)
             await scope.audit(AuditAction.TOOL_REQUEST, self.node, request)

@@ -12,7 +12,7 @@ from loomgraph.agent.result import RunResult, failed_step_usage
 from loomgraph.eval.dataset import Case
 from loomgraph.eval.outcome import CaseOutcome
 from loomgraph.eval.trajectory import CallRecord
-from loomgraph.protocols import EffectRecord, EffectStatus, RunStatus, Usage
+from loomgraph.protocols import EffectRecord, EffectStatus, RunStatus, Transition, Usage
 from loomgraph.protocols.paths import journaled_usage, top_level
 
 __all__ = ["Key", "executed_calls", "journaled_outcome", "outcome_now", "raised_outcome"]
@@ -80,9 +80,13 @@ async def raised_outcome(
     if record.result is not None:
         outcome = await journaled_outcome(agent, case, key, RunResult.from_dict(record.result))
     else:
-        transitions = await runtime.transitions(run_id)
+        transitions, effects = await runtime.transitions(run_id), await runtime.effects(run_id)
         usage = journaled_usage(transitions)
-        usage += failed_step_usage(error) + await crashed_usage(agent.deps, run_id)
+        # A crash charge of a model call whose answer was journaled is left out only when a
+        # journaled step counts that answer: the run may have raised before replaying it.
+        counted = _answers_counted(run_id, transitions, effects)
+        crashed = await crashed_usage(agent.deps, run_id, replayed=counted, effects=effects)
+        usage += failed_step_usage(error) + crashed
         latency = max(transitions[-1].at - record.created_at, 0.0) if transitions else 0.0
         outcome = CaseOutcome(
             case.id,
@@ -91,7 +95,7 @@ async def raised_outcome(
             run_id,
             str(record.status),
             None,
-            executed_calls(await runtime.effects(run_id)),
+            executed_calls(effects),
             usage,
             latency,
             dict(Counter(t.node for t in top_level(transitions))),
@@ -101,6 +105,22 @@ async def raised_outcome(
         outcome.status = str(RunStatus.FAILED)
     outcome.error = why
     return outcome
+
+
+def _answers_counted(
+    run_id: str, transitions: Sequence[Transition], effects: Sequence[EffectRecord]
+) -> set[str]:
+    """The keys of the effects whose outcomes the run's journaled top-level steps count: a
+    step of node `n` at visit `v` carries what its own effects (`run:n:v:…`) and its child
+    graphs' (`run:n.v/…`) used. (A child graph's own step is not looked at: its charge is
+    counted, which may count a call twice, never miss one.)"""
+    steps = top_level(transitions)
+    prefixes = tuple(
+        prefix
+        for t in steps
+        for prefix in (f"{run_id}:{t.node}:{t.visit}:", f"{run_id}:{t.node}.{t.visit}/")
+    )
+    return {e.key for e in effects if prefixes and e.key.startswith(prefixes)}
 
 
 async def outcome_now(agent: Agent, case: Case, key: Key, kept: CaseOutcome) -> CaseOutcome:

@@ -64,6 +64,7 @@ from loomgraph.governance.ledger import (
 from loomgraph.governance.ledger_sites import LedgerPlaces
 from loomgraph.governance.run_clocks import RunClocks
 from loomgraph.protocols import BudgetExceeded, BudgetScope, Reservation, Usage
+from loomgraph.protocols.governance import EffectRef
 from loomgraph.protocols.ledger import LedgerSite
 from loomgraph.protocols.pricing import compute_cost
 
@@ -197,14 +198,13 @@ class StandardBudget:
             self._check_priced(scopes)
         amounts = self.worst_case(reservation)
         rid = reservation.id or uuid.uuid4().hex
-        priced = Reservation(
-            reservation.scope, reservation.kind, priced_usage(reservation.amount, amounts), rid
-        )
+        usage = priced_usage(reservation.amount, amounts)
+        priced = Reservation(reservation.scope, reservation.kind, usage, rid, reservation.effect)
         if not scopes:
             return priced
-        hold = Hold(
-            rid, reservation.scope.run_id, tuple(name for name, _ in scopes), amounts, self._clock()
-        )
+        names = tuple(name for name, _ in scopes)
+        run_id, effect = reservation.scope.run_id, reservation.effect
+        hold = Hold(rid, run_id, names, amounts, self._clock(), effect)
 
         def check(totals: Mapping[str, Totals]) -> Change:
             refuse_past_caps(scopes, totals, amounts)
@@ -216,13 +216,19 @@ class StandardBudget:
         await self._hold(reservation.scope, hold.scopes, check, guards)
         return priced
 
-    async def fit_output(self, scope: BudgetScope, prompt_tokens: int, limit: int | None) -> int:
+    async def fit_output(
+        self,
+        scope: BudgetScope,
+        prompt_tokens: int,
+        limit: int | None,
+        effect: EffectRef | None = None,
+    ) -> int:
         """The output tokens a model call may reserve now, held for that call: the smallest
         of `limit` (the model's), `config.default_max_tokens` (DEFAULT_MAX when neither gives
         one) and what every token and cost cap has left after the prompt; raises
         BudgetExceeded, naming the cap, when not even the prompt fits (after waiting, as
         `reserve` does, while other runs' holds stand in the way). The call's `reserve` of
-        that worst case takes the hold over."""
+        that worst case (for the same `effect`) takes the hold over."""
         given = [x for x in (limit, self.config.default_max_tokens) if x]
         want = min(given) if given else DEFAULT_MAX
         scopes = self.scopes(scope)
@@ -243,7 +249,7 @@ class StandardBudget:
             prompt,
             want,
             held,
-            lambda amounts: Hold(rid, scope.run_id, names, amounts, self._clock()),
+            lambda amounts: Hold(rid, scope.run_id, names, amounts, self._clock(), effect),
         )
         guards = any(m in limits for _, limits in scopes for m in MODEL_METRICS)
         await self._hold(scope, names, sizing, guards)
@@ -255,11 +261,11 @@ class StandardBudget:
         """The hold `fit_output` made for this model call (its worst case exactly), taken
         over: no second transaction. None when there is none."""
         amounts = self.worst_case(reservation)
-        hold = self._fitted.take(reservation.scope.run_id, amounts)
+        hold = self._fitted.take(reservation.scope.run_id, amounts, reservation.effect)
         if hold is None:
             return None
         usage = priced_usage(reservation.amount, amounts)
-        return Reservation(reservation.scope, reservation.kind, usage, hold.id)
+        return Reservation(reservation.scope, reservation.kind, usage, hold.id, hold.effect)
 
     async def _hold(
         self, scope: BudgetScope, names: tuple[str, ...], check: Check, durable: bool
@@ -340,7 +346,7 @@ class StandardBudget:
         deadline: float | None = None,
     ) -> float | None:
         """Start (or resume) a run's clock and charge the holds a crashed attempt left behind
-        (see `crash_charges`: an effect whose outcome is unknown is charged its reservation).
+        (see `crash_charges`: an effect in flight is charged its reservation).
 
         The first recorded clock of a run wins, so a resume keeps the original deadline; pass
         the deadline stored with the run (`RunRecord.deadline`) to keep it even when the
@@ -355,7 +361,8 @@ class StandardBudget:
         return await self._reading().charges(run_id)
 
     async def crashed_usage(self, run_id: str) -> Usage:
-        """What crashed attempts of `run_id` were charged, as usage the run's total includes."""
+        """What crashed attempts of `run_id` were charged, as usage: all of it (the run's
+        total leaves out the charges its journaled outcomes count, `recovery.crashed_usage`)."""
         return charged_usage(await self._reading().charges(run_id))
 
     async def end_run(self, scope: BudgetScope) -> None:

@@ -2,10 +2,13 @@
 
 A hold exists only between an effect's reserve and its settle, and both the model call and
 the tool call journal their intent before they reserve; so a hold that outlives its process
-is an effect whose outcome is unknown: it may have run, and may have been billed. When the
-run is opened again the hold is charged in full (its reserved amount becomes spent) and a
-`Charge` is recorded under the hold's id in the same ledger transaction: the charge is made
-once, however many times the resume itself crashes, and the run's usage can count it.
+is an effect in flight: its outcome is unknown (it may have run, and may have been billed),
+or was journaled just before the process died (the engine journals an outcome before it
+settles). When the run is opened again the hold is charged in full (its reserved amount
+becomes spent) and a `Charge` is recorded under the hold's id in the same ledger
+transaction: the charge is made once, however many times the resume itself crashes. It
+keeps the hold's `EffectRef` (the effect and its execution), so the run's usage can leave
+out a charge whose journaled outcome counts it (`agent.recovery.crashed_usage`).
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ async def charge_left_holds(ledger: Ledger, run_id: str, now: float) -> list[Cha
     """Charge every hold `run_id` still has (its process died holding them); the charges."""
     made = []
     for left in await ledger.holds(run_id):
-        charge = Charge(left.id, run_id, dict(left.amounts), now)
+        charge = Charge(left.id, run_id, dict(left.amounts), now, left.effect)
 
         def decide(view: LedgerView, charge: Charge = charge) -> Change:
             hold = view.hold

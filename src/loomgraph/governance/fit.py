@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from loomgraph.governance.amounts import Limits, refuse_past_caps
 from loomgraph.governance.ledger import NANO_USD, Change, Hold, Totals
 from loomgraph.protocols import BudgetExceeded
+from loomgraph.protocols.governance import EffectRef
 
 __all__ = ["PROMPT_METRICS", "FittedHolds", "Sizing", "output_room"]
 
@@ -74,12 +75,15 @@ class FittedHolds:
         with self._lock:
             self._runs.setdefault(hold.run_id, []).append(hold)
 
-    def take(self, run_id: str, amounts: Mapping[str, int]) -> Hold | None:
-        """The run's fitted hold of exactly `amounts`, no longer kept; None if there is none."""
+    def take(
+        self, run_id: str, amounts: Mapping[str, int], effect: EffectRef | None = None
+    ) -> Hold | None:
+        """The run's fitted hold of exactly `amounts` for `effect`, no longer kept; None if
+        there is none (calls of one run in parallel take their own)."""
         with self._lock:
             pending = self._runs.get(run_id, [])
             for hold in pending:
-                if hold.amounts == amounts:
+                if hold.amounts == amounts and hold.effect == effect:
                     pending.remove(hold)
                     if not pending:
                         del self._runs[run_id]

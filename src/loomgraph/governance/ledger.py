@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import ClassVar, Self
 
 from loomgraph.errors import ServiceUnavailable
+from loomgraph.protocols.governance import EffectRef
 
 __all__ = [
     "METRICS",
@@ -93,24 +94,28 @@ class Totals:
 
 @dataclass(slots=True, frozen=True)
 class Hold:
-    """An open reservation: its id, the run it belongs to, the scopes it counts against."""
+    """An open reservation: its id, the run it belongs to, the scopes it counts against, and
+    the effect (and execution of it) it was made for, when the reservation named one."""
 
     id: str
     run_id: str
     scopes: tuple[str, ...]
     amounts: Mapping[str, int]
     created_at: float = 0.0
+    effect: EffectRef | None = None
 
 
 @dataclass(slots=True, frozen=True)
 class Charge:
     """A hold charged in full because its effect's outcome is unknown (its process died
-    between reserve and settle); kept per run, under the hold's id, so it is made once."""
+    between reserve and settle); kept per run, under the hold's id, so it is made once.
+    `effect` is the hold's: what tells a charge whose outcome was journaled after all."""
 
     id: str
     run_id: str
     amounts: Mapping[str, int]
     created_at: float = 0.0
+    effect: EffectRef | None = None
 
 
 @dataclass(slots=True, frozen=True)

@@ -18,7 +18,8 @@ from loomgraph._storage.pg_pool import (
     out_of_service,
 )
 from loomgraph.governance.ledger import LedgerUnavailable
-from loomgraph.governance.sql_ledger import _IDENT, _ddl, _SqlLedger
+from loomgraph.governance.ledger_tables import ADDED_COLUMNS, IDENT, ddl
+from loomgraph.governance.sql_ledger import _SqlLedger
 
 __all__ = ["PostgresLedger"]
 
@@ -47,7 +48,7 @@ class PostgresLedger(_SqlLedger):
         connect_timeout: float = 10.0,
         command_timeout: float = 15.0,
     ) -> None:
-        if not _IDENT.fullmatch(schema):
+        if not IDENT.fullmatch(schema):
             raise ValueError(f"invalid schema name {schema!r}")
         checked_timeouts(connect_timeout, command_timeout)
         super().__init__(f'"{schema}".')
@@ -103,8 +104,13 @@ class PostgresLedger(_SqlLedger):
         # Creators racing on CREATE TABLE IF NOT EXISTS collide in the catalog.
         await con.execute("SELECT pg_advisory_xact_lock($1)", self._key(""))
         await con.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"')
-        for statement in _ddl(f'"{self.schema}".', "DOUBLE PRECISION"):
+        prefix = f'"{self.schema}".'
+        for statement in ddl(prefix, "DOUBLE PRECISION"):
             await con.execute(statement)
+        for table, column, kind in ADDED_COLUMNS:  # tables made before these columns
+            await con.execute(
+                f"ALTER TABLE {prefix}{table} ADD COLUMN IF NOT EXISTS {column} {kind}"
+            )
 
     @asynccontextmanager
     async def _transaction(self, durable: bool = True) -> AsyncIterator[Cursor]:

@@ -23,12 +23,10 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import re
 import sqlite3
 from abc import abstractmethod
-from collections.abc import AsyncIterator, Hashable, Mapping, Sequence
+from collections.abc import AsyncIterator, Hashable, Sequence
 from contextlib import asynccontextmanager
-from typing import Any
 
 import aiosqlite
 
@@ -57,43 +55,19 @@ from loomgraph.governance.ledger import (
     _scope_names,
     apply_change,
 )
+from loomgraph.governance.ledger_tables import (
+    ADDED_COLUMNS,
+    CHARGE_COLUMNS,
+    HOLD_COLUMNS,
+    charge_of,
+    ddl,
+    dump_amounts,
+    effect_columns,
+    hold_of,
+    load_amounts,
+)
 
 __all__ = ["SqliteLedger"]
-
-_IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
-
-
-def _ddl(prefix: str, real: str) -> list[str]:
-    return [
-        f"CREATE TABLE IF NOT EXISTS {prefix}loom_budget_scopes (scope TEXT PRIMARY KEY, "
-        "spent TEXT NOT NULL, reserved TEXT NOT NULL)",
-        f"CREATE TABLE IF NOT EXISTS {prefix}loom_budget_holds (id TEXT PRIMARY KEY, "
-        f"run_id TEXT NOT NULL, scopes TEXT NOT NULL, amounts TEXT NOT NULL, "
-        f"created_at {real} NOT NULL)",
-        f"CREATE INDEX IF NOT EXISTS loom_budget_holds_run ON {prefix}loom_budget_holds (run_id)",
-        f"CREATE TABLE IF NOT EXISTS {prefix}loom_budget_charges (id TEXT PRIMARY KEY, "
-        f"run_id TEXT NOT NULL, amounts TEXT NOT NULL, created_at {real} NOT NULL)",
-        f"CREATE INDEX IF NOT EXISTS loom_budget_charges_run ON {prefix}loom_budget_charges "
-        "(run_id)",
-        f"CREATE TABLE IF NOT EXISTS {prefix}loom_budget_runs (run_id TEXT PRIMARY KEY, "
-        f"started_at {real} NOT NULL, deadline {real})",
-    ]
-
-
-def _dump(amounts: Mapping[str, int]) -> str:
-    return json.dumps({k: v for k, v in sorted(amounts.items()) if v}, separators=(",", ":"))
-
-
-def _load(text: str) -> dict[str, int]:
-    return {str(k): int(v) for k, v in json.loads(text).items()}
-
-
-def _hold(row: Sequence[Any]) -> Hold:
-    return Hold(str(row[0]), str(row[1]), tuple(json.loads(row[2])), _load(row[3]), float(row[4]))
-
-
-def _charge(row: Sequence[Any]) -> Charge:
-    return Charge(str(row[0]), str(row[1]), _load(row[2]), float(row[3]))
 
 
 class _SqlLedger(Ledger):
@@ -102,26 +76,23 @@ class _SqlLedger(Ledger):
     def __init__(self, prefix: str) -> None:
         p = prefix
         self._sql = {
-            "hold": f"SELECT id, run_id, scopes, amounts, created_at FROM {p}loom_budget_holds "
-            "WHERE id = ?",
-            "holds": f"SELECT id, run_id, scopes, amounts, created_at FROM {p}loom_budget_holds "
+            "hold": f"SELECT {HOLD_COLUMNS} FROM {p}loom_budget_holds WHERE id = ?",
+            "holds": f"SELECT {HOLD_COLUMNS} FROM {p}loom_budget_holds ORDER BY created_at, id",
+            "run_holds": f"SELECT {HOLD_COLUMNS} FROM {p}loom_budget_holds WHERE run_id = ? "
             "ORDER BY created_at, id",
-            "run_holds": f"SELECT id, run_id, scopes, amounts, created_at FROM "
-            f"{p}loom_budget_holds WHERE run_id = ? ORDER BY created_at, id",
             "totals": f"SELECT scope, spent, reserved FROM {p}loom_budget_scopes WHERE scope = ?",
             "upsert": f"INSERT INTO {p}loom_budget_scopes (scope, spent, reserved) "
             "VALUES (?, ?, ?) ON CONFLICT (scope) DO UPDATE SET "
             "spent = excluded.spent, reserved = excluded.reserved",
-            "insert_hold": f"INSERT INTO {p}loom_budget_holds (id, run_id, scopes, amounts, "
-            "created_at) VALUES (?, ?, ?, ?, ?)",
+            "insert_hold": f"INSERT INTO {p}loom_budget_holds ({HOLD_COLUMNS}) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
             "delete_hold": f"DELETE FROM {p}loom_budget_holds WHERE id = ?",
             # A charge is made once: a second one for the same hold is ignored.
-            "insert_charge": f"INSERT INTO {p}loom_budget_charges (id, run_id, amounts, "
-            "created_at) VALUES (?, ?, ?, ?) ON CONFLICT (id) DO NOTHING",
-            "charges": f"SELECT id, run_id, amounts, created_at FROM {p}loom_budget_charges "
-            "WHERE run_id = ? ORDER BY created_at, id",
-            "charge": f"SELECT id, run_id, amounts, created_at FROM {p}loom_budget_charges "
-            "WHERE id = ?",
+            "insert_charge": f"INSERT INTO {p}loom_budget_charges ({CHARGE_COLUMNS}) "
+            "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING",
+            "charges": f"SELECT {CHARGE_COLUMNS} FROM {p}loom_budget_charges WHERE run_id = ? "
+            "ORDER BY created_at, id",
+            "charge": f"SELECT {CHARGE_COLUMNS} FROM {p}loom_budget_charges WHERE id = ?",
             "clock_insert": f"INSERT INTO {p}loom_budget_runs (run_id, started_at, deadline) "
             "VALUES (?, ?, ?) ON CONFLICT (run_id) DO NOTHING",
             "clock": f"SELECT started_at, deadline FROM {p}loom_budget_runs WHERE run_id = ?",
@@ -164,10 +135,10 @@ class _SqlLedger(Ledger):
             hold = charged = None
             if hold_id is not None:
                 rows = await cur.fetch(self._sql["hold"], [hold_id])
-                hold = _hold(rows[0]) if rows else None
+                hold = hold_of(rows[0]) if rows else None
             if hold_id is not None and hold is None:  # ended: by a crash charge, perhaps
                 rows = await cur.fetch(self._sql["charge"], [hold_id])
-                charged = _charge(rows[0]) if rows else None
+                charged = charge_of(rows[0]) if rows else None
             names = _scope_names(scopes, hold)
             if locked.issuperset(names):
                 return hold, charged, names
@@ -190,33 +161,40 @@ class _SqlLedger(Ledger):
             totals: dict[str, Totals] = {}
             for name in names:
                 rows = await cur.fetch(self._sql["totals"], [name])
-                totals[name] = Totals(_load(rows[0][1]), _load(rows[0][2])) if rows else Totals()
+                totals[name] = (
+                    Totals(load_amounts(rows[0][1]), load_amounts(rows[0][2])) if rows else Totals()
+                )
             change = decide(LedgerView(totals, hold, charged))
             updated = apply_change(totals, change)
             for name, total in updated.items():
                 await cur.execute(
-                    self._sql["upsert"], [name, _dump(total.spent), _dump(total.reserved)]
+                    self._sql["upsert"],
+                    [name, dump_amounts(total.spent), dump_amounts(total.reserved)],
                 )
             if change.remove is not None:
                 await cur.execute(self._sql["delete_hold"], [change.remove.id])
             if change.hold is not None:
                 h = change.hold
-                await cur.execute(
-                    self._sql["insert_hold"],
-                    [h.id, h.run_id, json.dumps(list(h.scopes)), _dump(h.amounts), h.created_at],
-                )
+                scopes, amounts = json.dumps(list(h.scopes)), dump_amounts(h.amounts)
+                row = [h.id, h.run_id, scopes, amounts, h.created_at, *effect_columns(h.effect)]
+                await cur.execute(self._sql["insert_hold"], row)
             if change.charge is not None:
                 c = change.charge
-                await cur.execute(
-                    self._sql["insert_charge"], [c.id, c.run_id, _dump(c.amounts), c.created_at]
-                )
+                row = [
+                    c.id,
+                    c.run_id,
+                    dump_amounts(c.amounts),
+                    c.created_at,
+                    *effect_columns(c.effect),
+                ]
+                await cur.execute(self._sql["insert_charge"], row)
             return updated
 
     async def totals(self, scope: str) -> Totals:
         """One scope's totals, read in a transaction of its own."""
         async with self._read() as cur:
             rows = await cur.fetch(self._sql["totals"], [scope])
-        return Totals(_load(rows[0][1]), _load(rows[0][2])) if rows else Totals()
+        return Totals(load_amounts(rows[0][1]), load_amounts(rows[0][2])) if rows else Totals()
 
     async def holds(self, run_id: str | None = None) -> list[Hold]:
         """Open holds, oldest first."""
@@ -225,13 +203,13 @@ class _SqlLedger(Ledger):
                 rows = await cur.fetch(self._sql["holds"], [])
             else:
                 rows = await cur.fetch(self._sql["run_holds"], [run_id])
-        return [_hold(r) for r in rows]
+        return [hold_of(r) for r in rows]
 
     async def charges(self, run_id: str) -> list[Charge]:
         """The run's crash charges, oldest first."""
         async with self._read() as cur:
             rows = await cur.fetch(self._sql["charges"], [run_id])
-        return [_charge(r) for r in rows]
+        return [charge_of(r) for r in rows]
 
     async def run_clock(
         self, run_id: str, started_at: float, deadline: float | None
@@ -375,10 +353,26 @@ class SqliteLedger(_SqlLedger):
                 # Reads the pragma's row: one left unread would turn the BEGIN IMMEDIATE of
                 # execute_all into an upgrade that fails at once (see execute_all).
                 await enable_wal(conn, self.busy_timeout)
-            await execute_all(conn, _ddl("", "REAL"))
+            await execute_all(conn, ddl("", "REAL"))
+            await _add_columns(conn)
         except BaseException as err:
             await conn.close()
             if isinstance(err, SqliteFileProblem | sqlite3.Error):
                 raise self._open_failed(err) from None
             raise
         return conn
+
+
+async def _add_columns(conn: aiosqlite.Connection) -> None:
+    """Give a ledger made before them the columns it lacks (`ADDED_COLUMNS`), under the write
+    lock: another process may be adding them at the same time."""
+    await conn.execute("BEGIN IMMEDIATE")
+    try:
+        for table, column, kind in ADDED_COLUMNS:
+            rows = await conn.execute_fetchall(f"PRAGMA table_info({table})")
+            if column not in {str(r[1]) for r in rows}:
+                await conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
+        await conn.execute("COMMIT")
+    except BaseException:
+        await conn.execute("ROLLBACK")
+        raise

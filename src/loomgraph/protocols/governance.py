@@ -15,6 +15,7 @@ __all__ = [
     "BudgetExceeded",
     "BudgetScope",
     "Decision",
+    "EffectRef",
     "Hooks",
     "Permissions",
     "PinnablePolicy",
@@ -38,14 +39,27 @@ class BudgetScope:
     ancestors: tuple[str, ...] = ()
 
 
+@dataclass(slots=True, frozen=True)
+class EffectRef:
+    """The journaled effect a reservation is for: its key, and which execution of it made the
+    hold (1, or the journal's `attempts` when the effect runs again after a crash). A hold a
+    crash left is charged under it, so the run's usage can tell a charge whose outcome was
+    journaled (and is counted from there) from one whose effect ran again."""
+
+    key: str
+    execution: int = 1
+
+
 @dataclass(slots=True)
 class Reservation:
-    """An amount set aside before an effect, settled or released after."""
+    """An amount set aside before an effect, settled or released after; `effect` names the
+    effect (None for a node visit, or a caller that does not say)."""
 
     scope: BudgetScope
     kind: Literal["model", "tool", "node"]
     amount: Usage
     id: str = ""
+    effect: EffectRef | None = None
 
 
 class BudgetExceeded(LoomgraphError):
