@@ -67,8 +67,9 @@ class ModelAttempts:
         self.scope = scope
         self.key = key
         # The execution of the call's effect its holds are for (a resume's is the journal's
-        # `attempts`): a hold a crash leaves is charged under it.
-        self.effect = EffectRef(key.text, execution)
+        # `attempts`): a hold a crash leaves is charged under it. No budget, no holds.
+        budgeted = scope.deps.budgeted
+        self.effect = EffectRef(key.text, execution) if budgeted else None
         self.reservation: Reservation | None = None
         self.billed = NO_USAGE  # what failed attempts billed, all charged already
         self.recovered_calls = 0  # the model calls of earlier executions' failed attempts

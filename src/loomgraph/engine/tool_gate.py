@@ -114,7 +114,8 @@ class ToolGate:
             # decision, which can only have come out the same, is not reported for a replay.
             return await self._replay(prior, call, spec)
         await self.report(call, decision, tainted=tainted)
-        effect = EffectRef(key.text, 1 if prior is None else prior.attempts)
+        execution = 1 if prior is None else prior.attempts
+        effect = EffectRef(key.text, execution) if scope.deps.budgeted else None  # its hold's
         reservation = await scope.reserve("tool", Usage(tool_calls=1), effect)
         if scope.auditing:
             request = trail.tool_request(call, decision.rule, content=scope.audit_content)
