@@ -99,16 +99,19 @@ async def race(agent: Agent, runtime: GatedRuntime, run_id: str, **answer: Any) 
 # ------------------------------------------------- 1. an approval moves to a later call
 
 
+def _pay_then_wipe(runtime: GatedRuntime, *, second_id: str) -> Agent:
+    """An agent asked about both calls: the model pays bob (call `a`), then wipes prod (call
+    `second_id`)."""
+    script = [turn(("a", "pay", BOB)), turn((second_id, "wipe", PROD)), "done"]
+    rules = StandardPermissions(ask=["pay", "wipe"])
+    return Agent(
+        "x", model=ScriptedModel(script), tools=[pay, wipe], runtime=runtime, permissions=rules
+    )
+
+
 async def test_a_concurrent_shorthand_approval_is_refused_not_moved_to_the_next_call() -> None:
     runtime = GatedRuntime()
-    script = [turn(("a", "pay", BOB)), turn(("b", "wipe", PROD)), "done"]
-    agent = Agent(
-        "x",
-        model=ScriptedModel(script),
-        tools=[pay, wipe],
-        runtime=runtime,
-        permissions=StandardPermissions(ask=["pay", "wipe"]),
-    )
+    agent = _pay_then_wipe(runtime, second_id="b")
     first = await agent.run("go")
     assert first.status == "awaiting_approval" and first.pending is not None
     assert first.pending.call is not None and first.pending.call["tool"] == "pay"
@@ -127,14 +130,7 @@ async def test_a_concurrent_keyless_approval_never_lands_on_a_later_call_with_it
     """The model reuses call id `a`: a keyless `Approval("a", True)` checked against
     `pay`'s request is refused once the run waits for `wipe`'s (same id, another request)."""
     runtime = GatedRuntime()
-    script = [turn(("a", "pay", BOB)), turn(("a", "wipe", PROD)), "done"]
-    agent = Agent(
-        "x",
-        model=ScriptedModel(script),
-        tools=[pay, wipe],
-        runtime=runtime,
-        permissions=StandardPermissions(ask=["pay", "wipe"]),
-    )
+    agent = _pay_then_wipe(runtime, second_id="a")
     first = await agent.run("go")
     assert first.pending is not None and first.pending.call is not None
     second, refused = await race(agent, runtime, first.run_id, approve=Approval("a", True))

@@ -301,6 +301,25 @@ def _edit(path: Path, sql: str) -> None:
     raw.close()
 
 
+async def _waiting(path: Path, **runtime: Any) -> tuple[str, list[Any]]:
+    """A run journaled in `path` waiting for approval of its payment: its id and effects."""
+    first = _asking_agent(path, **runtime)
+    try:
+        waiting = await first.run("pay acme")
+        assert waiting.status == "awaiting_approval"
+        return waiting.run_id, list(await first.deps.runtime.effects(waiting.run_id))
+    finally:
+        await first.aclose()
+
+
+def _flip_model_effect(path: Path, run_id: str, effects: list[Any]) -> str:
+    """Journal the run's model call as a tool call (its kind damaged); the model call's key."""
+    model_key: str = next(e.key for e in effects if e.kind == "model")
+    own = model_key.removeprefix(run_id).lstrip(":")  # kept without the run id
+    _edit(path, f"UPDATE effects SET kind = 'tool' WHERE key LIKE '%{own}'")
+    return model_key
+
+
 async def _refused_before_the_approval(path: Path, run_id: str, where: str) -> None:
     """Resuming with an approval raises `JournalCorrupted` naming the run and `where`; the
     approval is not journaled and the run still waits for it."""
@@ -321,18 +340,15 @@ async def test_a_transition_naming_a_node_the_graph_lacks_is_a_corrupted_journal
     tmp_path: Path,
 ) -> None:
     path = tmp_path / "journal.db"
-    first = _asking_agent(path)
-    waiting = await first.run("pay acme")
-    assert waiting.status == "awaiting_approval"
-    await first.aclose()
+    run_id, _ = await _waiting(path)
     _edit(path, "UPDATE transitions SET next_node = 'tool' WHERE seq = 1")
-    await _refused_before_the_approval(path, waiting.run_id, "transition 1")
+    await _refused_before_the_approval(path, run_id, "transition 1")
     later = _asking_agent(path)
     try:
         with pytest.raises(JournalCorrupted, match="transition 1"):
-            await later.history(waiting.run_id)
+            await later.history(run_id)
         with pytest.raises(JournalCorrupted, match="transition 1"):
-            await later.fork(waiting.run_id, at=1)
+            await later.fork(run_id, at=1)
         assert len(await later.runs()) == 1
     finally:
         await later.aclose()
@@ -342,22 +358,18 @@ async def test_a_transition_of_a_node_the_graph_lacks_is_a_corrupted_journal(
     tmp_path: Path,
 ) -> None:
     path = tmp_path / "journal.db"
-    first = _asking_agent(path)
-    waiting = await first.run("pay acme")
-    await first.aclose()
+    run_id, _ = await _waiting(path)
     _edit(path, "UPDATE transitions SET node = 'modle' WHERE seq = 1")
-    await _refused_before_the_approval(path, waiting.run_id, "transition 1")
+    await _refused_before_the_approval(path, run_id, "transition 1")
 
 
 async def test_a_snapshot_whose_messages_are_not_a_list_is_a_corrupted_journal(
     tmp_path: Path,
 ) -> None:
     path = tmp_path / "journal.db"
-    first = _asking_agent(path, snapshot_every=1)
-    waiting = await first.run("pay acme")
-    await first.aclose()
+    run_id, _ = await _waiting(path, snapshot_every=1)
     _edit(path, "UPDATE transitions SET snapshot = json_set(snapshot, '$.messages', 5)")
-    await _refused_before_the_approval(path, waiting.run_id, "transition 1")
+    await _refused_before_the_approval(path, run_id, "transition 1")
 
 
 async def test_a_model_effect_read_as_a_tool_call_is_a_corrupted_journal(tmp_path: Path) -> None:
@@ -376,10 +388,8 @@ async def test_a_model_effect_read_as_a_tool_call_is_a_corrupted_journal(tmp_pat
     try:
         done = await agent.run("pay acme")
         assert done.status == "completed"
-        effects = await agent.deps.runtime.effects(done.run_id)
-        model_key = next(e.key for e in effects if e.kind == "model")
-        own = model_key.removeprefix(done.run_id).lstrip(":")  # kept without the run id
-        _edit(path, f"UPDATE effects SET kind = 'tool' WHERE key LIKE '%{own}'")
+        effects = list(await agent.deps.runtime.effects(done.run_id))
+        model_key = _flip_model_effect(path, done.run_id, effects)
         with pytest.raises(JournalCorrupted) as caught:
             await agent.fork(done.run_id, at=2)
         assert done.run_id in str(caught.value) and model_key in str(caught.value)
@@ -394,15 +404,9 @@ async def test_a_damaged_effect_row_is_found_before_the_approval_is_spent(
     # A finished tool effect whose intent names no call (a model call's row, its kind
     # flipped): the resume refuses it before it journals the person's answer.
     path = tmp_path / "journal.db"
-    first = _asking_agent(path)
-    waiting = await first.run("pay acme")
-    assert waiting.status == "awaiting_approval"
-    effects = await first.deps.runtime.effects(waiting.run_id)
-    await first.aclose()
-    model_key = next(e.key for e in effects if e.kind == "model")
-    own = model_key.removeprefix(waiting.run_id).lstrip(":")
-    _edit(path, f"UPDATE effects SET kind = 'tool' WHERE key LIKE '%{own}'")
-    await _refused_before_the_approval(path, waiting.run_id, model_key)
+    run_id, effects = await _waiting(path)
+    model_key = _flip_model_effect(path, run_id, effects)
+    await _refused_before_the_approval(path, run_id, model_key)
 
 
 class _Answer(BaseModel):
