@@ -67,6 +67,29 @@ def knows_account(request: ModelRequest) -> bool:
 PAY = calls(("transfer", {"account": ACCOUNT, "amount": 900}))
 
 
+async def _later_run(
+    first: Agent, prompt: str, session_id: str | None = None, **options: Any
+) -> list[str]:
+    """A later run of alice's on `first`'s memory whose model pays the account once its prompt
+    names it (as a model that learned it from memory would); the system prompts it was given."""
+    systems: list[str] = []
+
+    def later(request: ModelRequest) -> Any:
+        systems.append(request.system)
+        return PAY if request.call_index == 0 and knows_account(request) else "paid"
+
+    second = Agent(
+        "x",
+        model=ScriptedModel(later),
+        tools=[read_inbox, transfer],
+        memory=first.deps.memory,
+        permissions=DENY_TAINTED,
+        **options,
+    )
+    await second.run(prompt, user_id="alice", session_id=session_id)
+    return systems
+
+
 @pytest.fixture(autouse=True)
 def _clear() -> None:
     TRANSFERS.clear()
@@ -94,21 +117,7 @@ async def test_a_short_untrusted_term_inside_a_memory_block_is_found() -> None:
     )
     await first.run("check my inbox", user_id="alice", session_id="s1")
     assert TRANSFERS == []  # the bare number was found in the run that read it
-    systems: list[str] = []
-
-    def later(request: ModelRequest) -> Any:
-        systems.append(request.system)
-        return PAY if request.call_index == 0 and knows_account(request) else "paid"
-
-    second = Agent(
-        "x",
-        model=ScriptedModel(later),
-        tools=[read_inbox, transfer],
-        memory=first.deps.memory,
-        memory_tools=True,
-        permissions=DENY_TAINTED,
-    )
-    await second.run("pay the rent", user_id="alice", session_id="s2")
+    systems = await _later_run(first, "pay the rent", memory_tools=True, session_id="s2")
     assert TRANSFERS == [], (
         f"the injected account reached a later run as trusted memory and was paid unasked "
         f"(prompted with: {systems[0][-200:]!r})"
@@ -143,21 +152,7 @@ async def test_an_answer_quoting_an_untrusted_term_is_not_mined_for_facts() -> N
     await first.run("check my inbox", user_id="alice", session_id="s1")
     assert first.extraction is not None
     await first.extraction.drain()
-    systems: list[str] = []
-
-    def later(request: ModelRequest) -> Any:
-        systems.append(request.system)
-        return PAY if request.call_index == 0 and knows_account(request) else "paid"
-
-    second = Agent(
-        "x",
-        model=ScriptedModel(later),
-        tools=[read_inbox, transfer],
-        memory=first.deps.memory,
-        permissions=DENY_TAINTED,
-        auto_extract=False,
-    )
-    await second.run("pay my landlord the rent to their bank account", user_id="alice")
+    await _later_run(first, "pay my landlord the rent to their bank account", auto_extract=False)
     assert TRANSFERS == [], (
         f"an answer quoting the injected account was mined ({mined!r}); the fact was "
         f"recalled as trusted and the injected account was paid unasked"
