@@ -326,6 +326,21 @@ def test_a_users_timeout_holds_for_every_ask_without_its_own() -> None:
     assert StandardPermissions().approval_timeout("ask:x", user_id="alice") is None
 
 
+def test_a_user_id_holding_ask_does_not_take_another_users_timeout() -> None:
+    """User "a:ask:b" has no timeout of her own; user "a" gives her rule "b" one of 1 s. An
+    ask of "a:ask:b"'s call by the global rule "b…" must not wait only 1 s because its rule
+    name also reads as user "a"'s."""
+    perms = StandardPermissions(
+        approval_timeout_s=600,
+        per_user={
+            "a": {"ask": [{"rule": "b:ask:x", "approval_timeout_s": 1}]},  # type: ignore[list-item]
+            "a:ask:b": {"ask": ["x"]},
+        },
+    )
+    assert perms.approval_timeout("user:a:ask:b:ask:x", user_id="a") == 1
+    assert perms.approval_timeout("user:a:ask:b:ask:x", user_id="a:ask:b") == 600
+
+
 # ------------------------------------------------ 5. the result aliases the journal
 
 
@@ -362,6 +377,26 @@ async def test_a_record_read_from_memory_hands_out_a_copy_of_its_result() -> Non
     assert again is not None and again.result is not None
     assert again.result["pending"]["call"]["args"] == BOB
     assert again.status == RunStatus.AWAITING_APPROVAL
+
+
+async def test_records_listed_from_memory_are_copies_too() -> None:
+    """`runs()` (what `agent.runs()`, the CLI and the server list) handed out the stored
+    records: a caller marking a waiting run `completed` in her list changed the journal."""
+    runtime = InMemoryRuntime()
+    await runtime.start_run(RunRecord("r1", "g", "h", None, None))
+    await runtime.start_run(RunRecord("r2", "g", "h", None, None))
+    given = {"output": "x", "pending": {"node": "n", "call": {"id": "a", "args": dict(BOB)}}}
+    await runtime.finish_run("r1", RunStatus.AWAITING_APPROVAL, "", given)
+    for record in await runtime.runs():
+        record.status = RunStatus.COMPLETED
+        if record.result is not None:
+            record.result["pending"]["call"]["args"]["amount"] = 3
+    first, second = await runtime.load_run("r1"), await runtime.load_run("r2")
+    assert first is not None and second is not None and first.result is not None
+    assert (first.status, second.status) == (RunStatus.AWAITING_APPROVAL, RunStatus.RUNNING)
+    assert first.result["pending"]["call"]["args"] == BOB
+    listed = {r.run_id: r.status for r in await runtime.runs()}
+    assert listed == {"r1": RunStatus.AWAITING_APPROVAL, "r2": RunStatus.RUNNING}
 
 
 # -------------------------------------------- 6. the viewer's "unchanged edit" check

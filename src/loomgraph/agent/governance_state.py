@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Final, Literal
 
 from loomgraph.agent.checkpoints import ResumeError, is_top_level
+from loomgraph.engine.effects import APPROVAL_REQUEST_KIND
 from loomgraph.engine.scope import RunScope
 from loomgraph.engine.taint import UntrustedText, note_messages, note_result
 from loomgraph.governance.caps import CAP_NAMES, Caps
@@ -227,7 +228,7 @@ async def restore(scope: RunScope, runtime: Runtime, tools: ToolHost) -> None:
             scope.begun.add(effect.key)  # run, or maybe run (unknown after a crash)
         if effect.status != EffectStatus.DONE:
             continue
-        if effect.kind == "approval_request":
+        if effect.kind == APPROVAL_REQUEST_KIND:
             requested.append(effect.key)
         else:
             _note_effect(scope.untrusted, effect, tools)

@@ -17,6 +17,7 @@ from loomgraph.agent.checkpoints import ResumeError
 from loomgraph.agent.result import RunResult
 from loomgraph.agent.run_ending import end_aside, restore_entries
 from loomgraph.engine.attempts import MODEL_EFFECT
+from loomgraph.engine.effects import TOOL_EFFECT
 from loomgraph.governance.crash_charges import charged_usage
 from loomgraph.governance.ledger import Charge
 from loomgraph.graph.compiled import CompiledGraph
@@ -33,9 +34,6 @@ from loomgraph.protocols import (
     Usage,
     semconv,
 )
-
-# The kind a tool call's effect is journaled as (`engine.tool_gate`).
-TOOL_EFFECT = "tool"
 
 DEFAULT_MAX_RECOVERIES = 3
 

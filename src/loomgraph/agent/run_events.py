@@ -30,6 +30,7 @@ from typing import Any
 
 from loomgraph.agent.effect_visits import VisitEffects, VisitWalk, visit_of
 from loomgraph.agent.event_ids import BadEventId, EventId
+from loomgraph.engine.effects import APPROVAL_REQUEST_KIND
 from loomgraph.protocols import EffectRecord, EffectStatus, RunRecord, RunStatus, Transition
 from loomgraph.protocols.events import (
     NODE_COMPLETED,
@@ -91,7 +92,7 @@ def _effect_events(effect: EffectRecord) -> list[tuple[str, dict[str, Any]]]:
         if effect.status == EffectStatus.DONE:
             out.append((TOOL_RESULT, {"call": intent.get("call"), "result": outcome}))
         return out
-    if effect.kind == "approval_request":
+    if effect.kind == APPROVAL_REQUEST_KIND:
         call = intent.get("call") or {}
         return [
             (

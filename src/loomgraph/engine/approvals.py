@@ -39,6 +39,7 @@ from loomgraph.engine.approval_checks import (
 from loomgraph.engine.audit_trail import approval_entry, args_hash
 from loomgraph.engine.effects import (
     APPROVAL_KIND,
+    APPROVAL_REQUEST_KIND,
     Approval,
     BoundApproval,
     EffectKey,
@@ -178,7 +179,7 @@ class ApprovalDesk:
                 return self._timed_out() if deadline and time.time() > deadline else handled
         if request is None:
             request = self._request(spec, asked, tainted)
-            await scope.begin_effect(self.request_key, "approval_request", request, self.node)
+            await scope.begin_effect(self.request_key, APPROVAL_REQUEST_KIND, request, self.node)
             await scope.end_effect(self.request_key, request)
             if scope.auditing:
                 asking = {

@@ -30,6 +30,9 @@ ANSWER_SLOT = "answer"
 # takes the answer up (`answer_effect`), so a crash before they run does not lose it.
 APPROVAL_KIND = "approval"
 ANSWER_KIND = ANSWER_SLOT
+# The kinds of a tool call's effect and of an approval request's (what the person was asked).
+TOOL_EFFECT = "tool"
+APPROVAL_REQUEST_KIND = "approval_request"
 
 # What the journal stores and gives back unchanged: no NaN or infinity (allow_nan=False).
 _STRICT_JSON = json.JSONEncoder(allow_nan=False)

@@ -13,7 +13,7 @@ from typing import Any, TypeGuard
 from loomgraph.engine import audit_trail as trail
 from loomgraph.engine.approval_checks import args_too_large
 from loomgraph.engine.approvals import ApprovalDesk
-from loomgraph.engine.effects import EffectKey
+from loomgraph.engine.effects import TOOL_EFFECT, EffectKey
 from loomgraph.engine.received import permission_for, received_call, untrusted_in
 from loomgraph.engine.scope import NO_ATTRIBUTES, RunScope
 from loomgraph.engine.taint import note_result
@@ -107,7 +107,7 @@ class ToolGate:
                 error_type="permission_denied",
             )
             return await self._done(call, result)
-        prior = await scope.begin_effect(key, "tool", {"call": call}, self.node)
+        prior = await scope.begin_effect(key, TOOL_EFFECT, {"call": call}, self.node)
         scope.begun.add(key.text)
         if is_done(prior):
             # A call the pinned rules alone allow, found done where every effect is: its

@@ -173,9 +173,14 @@ class StandardPermissions:
     def approval_timeout(self, rule: str, *, user_id: str | None = None) -> float | None:
         """Seconds an ask decided by `rule` (a Decision's rule name) for `user_id`'s call may
         wait, or None: the rule's own timeout, else its user's, else the global one."""
-        for uid, user in self.per_user.items():
+        # Given the call's user, only her rules can have decided it: matching every user's
+        # prefix let a user id holding ":ask:" take another user's timeout.
+        users = (
+            self.per_user.items() if user_id is None else [(user_id, self.per_user.get(user_id))]
+        )
+        for uid, user in users:
             prefix = f"user:{uid}:ask:"
-            if rule.startswith(prefix):
+            if user is not None and rule.startswith(prefix):
                 found = user.rule_timeouts.get(rule[len(prefix) :], user.approval_timeout_s)
                 return found if found is not None else self.approval_timeout_s
         if rule.startswith("ask:") and rule[4:] in self.rule_timeouts:

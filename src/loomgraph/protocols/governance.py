@@ -156,8 +156,9 @@ class PinnablePolicy(Protocol):
         """Everything that decides, as JSON-shaped data."""
         ...
 
-    def approval_timeout(self, rule: str) -> float | None:
-        """Seconds an ask decided by `rule` may wait for its answer, or None for ever."""
+    def approval_timeout(self, rule: str, *, user_id: str | None = None) -> float | None:
+        """Seconds an ask decided by `rule` for `user_id`'s call may wait, or None for ever
+        (a policy whose method takes no `user_id` is still called, with the rule alone)."""
         ...
 
 

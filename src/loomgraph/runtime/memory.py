@@ -152,11 +152,14 @@ class InMemoryRuntime:
         return self._transitions.get(run_id, []), self._effects.get(run_id, {})
 
     async def load_run(self, run_id: str) -> RunRecord | None:
-        """A run's record, or None. One with a result is a copy holding a fresh copy of it
-        (decoded from the blob `finish_run` made): what a reader changes stays its own."""
+        """A run's record, or None: a copy, its result decoded afresh from the blob
+        `finish_run` made, so what a reader changes stays its own (as with a SQL journal)."""
         run = self._runs.get(run_id)
-        blob = self._results.get(run_id)
-        return run if run is None or blob is None else replace(run, result=pickle.loads(blob))
+        return None if run is None else self._copy(run)
+
+    def _copy(self, run: RunRecord) -> RunRecord:
+        blob = self._results.get(run.run_id)
+        return replace(run) if blob is None else replace(run, result=pickle.loads(blob))
 
     async def append_transition(
         self, transition: Transition, *, fence: Lease | None = None
@@ -316,8 +319,10 @@ class InMemoryRuntime:
                 del self._audit_kept[run_id]
 
     async def runs(self, user_id: str | None = None) -> list[RunRecord]:
-        """Runs, newest last, optionally of one user."""
-        return [r for r in self._runs.values() if user_id is None or r.user_id == user_id]
+        """Runs, newest last, optionally of one user (copies, as `load_run` gives)."""
+        return [
+            self._copy(r) for r in self._runs.values() if user_id is None or r.user_id == user_id
+        ]
 
     # ------------------------------------------------------------------ leases
 
