@@ -49,9 +49,10 @@ SHOWN_TOOL_CHARS = 64
 
 
 def shown_tool_name(name: str) -> tuple[str, str]:
-    """A stored tool name as the seed writes it, and the part of the name that shows: every
-    character outside a tool name's (`[A-Za-z0-9_.-]`) is a `\\uXXXX` escape, so it stays one
-    line that ends no list, bracket or tag, and it is cut to SHOWN_TOOL_CHARS (then `…`)."""
+    """A stored tool name (or run id) as the seed writes it, and the part of the name that
+    shows: every character outside a tool name's (`[A-Za-z0-9_.-]`) is a `\\uXXXX` escape, so
+    it stays one line that ends no list, bracket or tag, and it is cut to SHOWN_TOOL_CHARS
+    (then `…`)."""
     pieces = [c if _TOOL_NAME.fullmatch(c) else f"\\u{ord(c):04x}" for c in name]
     if sum(map(len, pieces)) <= SHOWN_TOOL_CHARS:
         return "".join(pieces), name
@@ -129,15 +130,21 @@ def episode_line(ep: Episode, limits: MemoryLimits) -> str:
         used = f"; it used tools ({listed}{f', and {more} more' if more > 0 else ''})"
     return (
         f"- {_day(ep.at)}: the user said {quoted(ep.prompt, half)[0]}; "
-        f"you answered {quoted(ep.output, half)[0]} [source: run {ep.run_id}{used}]"
+        f"you answered {quoted(ep.output, half)[0]} [source: run {_run(ep.run_id)}{used}]"
     )
 
 
 def fact_line(fact: Fact) -> str:
     """One recalled fact: the statement, its confidence below 1, and its run."""
     sure = "" if fact.confidence >= 1.0 else f" (confidence {fact.confidence:.2f})"
-    source = f" [source: run {fact.source_run}]" if fact.source_run else ""
+    source = f" [source: run {_run(fact.source_run)}]" if fact.source_run else ""
     return f"- {fact.text()}{sure}{source}"
+
+
+def _run(run_id: str) -> str:
+    """A run id as the seed names a source: written as a tool name is, since a run id chosen
+    by whoever started the run could otherwise end the line and forge the next one."""
+    return shown_tool_name(run_id)[0]
 
 
 def fitted(sections: Sequence[tuple[str, Sequence[str]]], room: int) -> list[list[str]]:
