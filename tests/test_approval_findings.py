@@ -430,3 +430,15 @@ async def test_the_viewer_takes_true_for_1_as_an_edit(tmp_path: Path) -> None:
         assert (await s.settled(run_id))["status"] == "completed"
     [(_, ran)] = ledger
     assert ran["on"] is True, "the edit to `true` was taken as unchanged (1 == True)"
+
+
+def test_an_approval_is_bound_to_its_arguments_as_json_not_as_python_compares_them() -> None:
+    """The request or answer journaled for `pay(confirm=1)` is not one for
+    `pay(confirm=true)` (Python's `True == 1`); nor `1` for `1.0`, which a rule's text
+    pattern reads differently."""
+    from loomgraph.engine.approval_checks import same_call
+
+    asked = {"id": "a", "tool": "pay", "args": {"confirm": 1, "amount": 1}}
+    assert same_call(asked, {"id": "a", "tool": "pay", "args": {"confirm": 1, "amount": 1}})
+    assert not same_call(asked, {"id": "a", "tool": "pay", "args": {"confirm": True, "amount": 1}})
+    assert not same_call(asked, {"id": "a", "tool": "pay", "args": {"confirm": 1, "amount": 1.0}})

@@ -380,3 +380,32 @@ def test_a_crash_before_any_run_does_not_claim_runs_were_kept(
     err = capsys.readouterr().err
     assert "the factory needs an API key" in err
     assert "kept in" not in err and "state.jsonl" not in err
+
+
+@pytest.mark.parametrize("suffix", [".json", ".jsonl"])
+@pytest.mark.parametrize("constant", ["NaN", "Infinity", "-Infinity"])
+def test_a_json_dataset_refuses_numbers_json_has_not(
+    tmp_path: Path, suffix: str, constant: str
+) -> None:
+    """Python's JSON reader takes `NaN` and `Infinity`; JSON has neither, and an expected
+    `NaN` compares unequal to everything. Refused, naming the constant."""
+    case = '{"id": "a", "input": "x", "metadata": {"n": ' + constant + "}}"
+    path = tmp_path / f"cases{suffix}"
+    path.write_text('{"cases": [' + case + "]}" if suffix == ".json" else case + "\n")
+    with pytest.raises(DatasetError) as caught:
+        Dataset.load(path)
+    [problem] = caught.value.problems
+    assert problem.rule == "json-syntax" and constant.lstrip("-") in problem.message
+
+
+def test_a_trajectory_tells_true_from_1_but_not_1_from_1_0() -> None:
+    """An expected `{"confirm": true}` matched a call sent with `"confirm": 1` (Python's
+    `True == 1`); numbers still match by value (`100` fits `100.0`)."""
+    from loomgraph.eval.dataset import ToolTrajectory
+    from loomgraph.eval.trajectory import CallRecord, match_trajectory
+
+    spec = ToolTrajectory.model_validate(
+        {"mode": "in_order", "calls": [{"tool": "pay", "args": {"confirm": True, "amount": 100.0}}]}
+    )
+    assert not match_trajectory(spec, [CallRecord("pay", {"confirm": 1, "amount": 100.0})]).passed
+    assert match_trajectory(spec, [CallRecord("pay", {"confirm": True, "amount": 100})]).passed

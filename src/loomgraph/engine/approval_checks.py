@@ -8,6 +8,7 @@ from typing import Any
 from loomgraph.engine.effects import Approval
 from loomgraph.engine.state_size import json_size
 from loomgraph.protocols import Decision, ToolCall, ToolSpec, shapes
+from loomgraph.protocols.json_values import same_json
 from loomgraph.protocols.tool_identity import ToolIdentity
 
 __all__ = ["TOOL_CHANGED", "args_too_large", "edit_too_large", "same_call", "shape", "tool_changed"]
@@ -51,7 +52,7 @@ def same_call(journaled: Any, call: ToolCall) -> bool:
         isinstance(journaled, dict)
         and journaled.get("id") == call["id"]
         and journaled.get("tool") == call["tool"]
-        and journaled.get("args") == call["args"]
+        and same_json(journaled.get("args"), call["args"])
     )
 
 

@@ -9,11 +9,10 @@ egress call reads both too (`untrusted_in`), with this same conversion.
 
 from __future__ import annotations
 
-from typing import Any
-
 from loomgraph.engine.scope import RunScope
 from loomgraph.engine.taint import UntrustedText, parameter_names
 from loomgraph.protocols import ArgumentReader, Decision, ToolCall, ToolSpec
+from loomgraph.protocols.json_values import same_json
 
 _STRICTNESS = {"allow": 0, "ask": 1, "deny": 2}
 
@@ -29,20 +28,9 @@ def _received(reader: ArgumentReader | None, call: ToolCall) -> ToolCall | None:
     if reader is None:
         return None
     args = reader.received_args(call)
-    if args is None or _same(args, call.get("args")):
+    if args is None or same_json(args, call.get("args")):
         return None
     return ToolCall(id=call["id"], tool=call["tool"], args=args)
-
-
-def _same(a: Any, b: Any) -> bool:
-    """Equal as JSON: `1 == True == 1.0` in Python, but not to a rule."""
-    if type(a) is not type(b):
-        return False
-    if isinstance(a, dict):
-        return a.keys() == b.keys() and all(_same(v, b[k]) for k, v in a.items())
-    if isinstance(a, list):
-        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
-    return bool(a == b)
 
 
 def untrusted_in(

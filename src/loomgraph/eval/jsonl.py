@@ -60,14 +60,20 @@ def parse_json(text: str, file: str) -> tuple[Any, Lines, list[Problem]]:
 def _loaded(text: str, file: str, first_line: int) -> tuple[Any, Problem | None]:
     """`text` read as JSON, or the problem that it is not (at its line)."""
     try:
-        return json.loads(text), None
+        return json.loads(text, parse_constant=_not_json), None
     except json.JSONDecodeError as err:
         line = first_line + err.lineno - 1
         return None, Problem("json-syntax", f"{err.msg} (column {err.colno})", file, line)
     except RecursionError:
         return None, Problem("json-too-deep", _TOO_DEEP, file, first_line)
-    except ValueError as err:  # an integer over Python's 4300 digits
+    except ValueError as err:  # an integer over Python's 4300 digits; NaN, Infinity
         return None, Problem("json-syntax", str(err), file, first_line)
+
+
+def _not_json(name: str) -> Any:
+    """Refuse `NaN`, `Infinity` and `-Infinity`, which Python's reader takes and JSON has not:
+    a case's expected number would then compare unequal to everything, or to nothing."""
+    raise ValueError(f"{name} is not a JSON value (write a number, or a string)")
 
 
 def _duplicate(duplicate: Duplicate, file: str) -> Problem:

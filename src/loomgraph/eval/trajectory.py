@@ -9,6 +9,7 @@ from fnmatch import fnmatchcase
 from typing import Any
 
 from loomgraph.eval.dataset import ExpectedCall, ToolTrajectory, TrajectoryMode
+from loomgraph.protocols.json_values import same_json
 
 __all__ = ["CallRecord", "TrajectoryMatch", "match_trajectory", "matches"]
 
@@ -71,7 +72,7 @@ def matches(expected: ExpectedCall, call: CallRecord) -> bool:
         if isinstance(pattern, str):
             if not fnmatchcase(_arg_text(actual), pattern):
                 return False
-        elif actual != pattern:
+        elif not same_json(actual, pattern, numbers_by_value=True):  # `true` is not `1`
             return False
     return True
 

@@ -9,6 +9,8 @@ from collections.abc import Mapping
 from decimal import Decimal
 from typing import Any
 
+from loomgraph.protocols.json_values import same_json
+
 from .audit_chain import AuditEntry
 
 __all__ = ["COLUMNS", "LOCK_SQL", "column_problem", "unstorable"]
@@ -70,7 +72,7 @@ def column_problem(row: Any, entry: AuditEntry) -> str | None:
     for name in COLUMNS:
         if name == "payload":
             line = _exact(row["line"])
-            same = isinstance(line, dict) and _same_json(_exact(row["payload"]), line["payload"])
+            same = isinstance(line, dict) and same_json(_exact(row["payload"]), line["payload"])
         else:
             same = row[name] == entry[name]  # type: ignore[literal-required]  # from COLUMNS
         if not same:
@@ -86,24 +88,3 @@ def _exact(text: str) -> Any:
         return json.loads(text, parse_float=Decimal, parse_int=Decimal)
     except (ValueError, RecursionError):
         return None  # the line parsed already: a column that does not is not the same
-
-
-def _same_json(a: Any, b: Any) -> bool:
-    """Whether two parsed JSON values are equal, types included (`true` is not `1`);
-    iterative, so a deeply nested payload cannot exhaust the stack."""
-    stack = [(a, b)]
-    while stack:
-        x, y = stack.pop()
-        if type(x) is not type(y):
-            return False
-        if isinstance(x, dict):
-            if x.keys() != y.keys():
-                return False
-            stack.extend((x[key], y[key]) for key in x)
-        elif isinstance(x, list):
-            if len(x) != len(y):
-                return False
-            stack.extend(zip(x, y, strict=True))
-        elif x != y:
-            return False
-    return True
