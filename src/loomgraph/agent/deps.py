@@ -32,7 +32,7 @@ from loomgraph.protocols import (
     UntrustedDescriptions,
     implements,
 )
-from loomgraph.protocols.backend_specs import backend_scheme, backend_spec_problem
+from loomgraph.protocols.backend_specs import backend_scheme, backend_spec_problem, split_schema
 from loomgraph.protocols.ledger import Bindable, LedgerHost
 
 # The runtime session: the run the current task works for. Tools (also those run in worker
@@ -300,6 +300,9 @@ def _backend(what: str, scheme: str, arg: str, known: dict[str, tuple[str, str]]
         cls = getattr(importlib.import_module(module_name), cls_name)
     except ImportError as err:
         raise ConfigError(f"{what} backend {scheme!r} is not available: {err}") from None
+    if scheme == "postgres":  # `?schema=NAME`: the backend's tables' schema
+        dsn, schema = split_schema(arg)  # checked already (`_split_spec`)
+        return cls(dsn) if schema is None else cls(dsn, schema=schema)
     return cls(arg)
 
 

@@ -7,18 +7,19 @@ Here, the lowest layer that both their readers (authoring, agent, cli) and the b
 
 from __future__ import annotations
 
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 __all__ = [
     "SPEC_FORMS",
     "backend_scheme",
     "backend_spec_problem",
     "dsn_problem",
+    "split_schema",
     "sqlite_path_problem",
 ]
 
 # The forms a backend's text spec takes, as every refusal names them.
-_POSTGRES_URL = "postgres://USER@HOST[:PORT]/DB"
+_POSTGRES_URL = "postgres://USER@HOST[:PORT]/DB[?schema=NAME]"
 SPEC_FORMS = f"memory, sqlite:PATH or {_POSTGRES_URL}"
 _POSTGRES = ("postgres", "postgresql")
 
@@ -48,7 +49,11 @@ def backend_spec_problem(spec: str) -> str | None:
     if scheme == "postgres":
         if ":" not in spec:  # the bare word: libpq's defaults would pick the database
             return f"{spec!r} names no database: write {_POSTGRES_URL}"
-        return dsn_problem(spec)
+        try:
+            dsn, _ = split_schema(spec)
+        except ValueError as err:
+            return str(err)
+        return dsn_problem(dsn)
     # Only a scheme is quoted back: the rest of an unknown URL may hold a password.
     shown = f"{spec.partition(':')[0]}:…" if ":" in spec else spec
     return f"{shown!r} is no backend spec: write {SPEC_FORMS}"
@@ -101,3 +106,23 @@ def dsn_problem(dsn: str) -> str | None:
         f"{dsn} names no database: write {_POSTGRES_URL} (an empty one would connect wherever "
         "libpq's defaults point)"
     )
+
+
+def split_schema(spec: str) -> tuple[str, str | None]:
+    """A Postgres spec's DSN without its `schema` parameter, and the schema it names (None:
+    not given, the backend's default `public`). The parameter is loomgraph's, not libpq's:
+    the server would refuse it as a setting, so it never reaches the connection. ValueError
+    for a schema given empty, twice, or holding NUL."""
+    url = urlsplit(spec)
+    if "schema" not in url.query:  # the common case: nothing to take apart
+        return spec, None
+    params = parse_qsl(url.query, keep_blank_values=True)
+    named = [value for key, value in params if key == "schema"]
+    if not named:
+        return spec, None
+    if len(named) > 1:
+        raise ValueError(f"names its schema {len(named)} times (?schema=…): give it once")
+    if not named[0].strip() or "\x00" in named[0]:
+        raise ValueError("names an empty schema (?schema=): write ?schema=NAME, or leave it out")
+    rest = urlencode([(key, value) for key, value in params if key != "schema"])
+    return urlunsplit(url._replace(query=rest)), named[0]
