@@ -164,6 +164,14 @@ async def list_runs(request: Request, service: Service, caller: Caller) -> Respo
     return Json({"runs": [run_json(r) for r in page.runs], "cursor": page.cursor})
 
 
+@takes_query("limit", "cursor")
+async def list_approvals(request: Request, service: Service, caller: Caller) -> Response:
+    page = await service.approvals(
+        caller, limit=int_param(request, "limit", 50), cursor=request.query_params.get("cursor")
+    )
+    return Json({"runs": [run_json(r, detail=True) for r in page.runs], "cursor": page.cursor})
+
+
 async def get_run(request: Request, service: Service, caller: Caller) -> Response:
     record = await service.run(caller, request.path_params["run_id"])
     return Json(run_json(record, detail=True))
@@ -272,6 +280,7 @@ ENDPOINTS: tuple[tuple[str, str, Handler, int, str], ...] = (
     ("POST", "/v1/runs", create_run, 201, "Start a run (JSON result, 202 background, or SSE)"),
     ("GET", "/v1/runs", list_runs, 200, "The caller's runs, newest first"),
     ("GET", "/v1/runs/{run_id}", get_run, 200, "A run: record, status, result, pending"),
+    ("GET", "/v1/approvals", list_approvals, 200, "Runs waiting for an approval (approver)"),
     ("GET", "/v1/runs/{run_id}/events", run_events, 200, "The run's events (SSE), live"),
     ("GET", "/v1/runs/{run_id}/checkpoints", list_checkpoints, 200, "Every checkpoint"),
     ("GET", "/v1/runs/{run_id}/checkpoints/{seq}", get_checkpoint, 200, "State at a seq"),

@@ -70,6 +70,13 @@ _QUERY: dict[tuple[str, str], dict[str, tuple[dict[str, Any], bool]]] = {
             False,
         ),
     },
+    ("GET", "/v1/approvals"): {
+        "limit": ({"type": "integer", "minimum": 1, "maximum": 500, "default": 50}, False),
+        "cursor": (
+            _STRING | {"description": "the previous page's `cursor`: the run id of its last run"},
+            False,
+        ),
+    },
     ("GET", "/v1/runs/{run_id}/events"): {
         "after": (
             _STRING

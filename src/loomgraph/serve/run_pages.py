@@ -10,16 +10,35 @@ restart, for as long as its run is in the journal.
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass
 
 from loomgraph.protocols import RunRecord
 from loomgraph.serve.errors import BadRequest
 
-__all__ = ["MAX_CURSOR", "RunPage", "UnknownCursor", "cursor_number", "cursor_run_id"]
+__all__ = [
+    "EVERYONE",
+    "MAX_CURSOR",
+    "Everyone",
+    "RunPage",
+    "UnknownCursor",
+    "cursor_number",
+    "cursor_run_id",
+]
 
 # The largest whole number a query or path parameter takes (a checkpoint's seq, a limit):
 # the journal's integers are 64-bit signed in SQLite and Postgres.
 MAX_CURSOR = 2**63 - 1
+
+
+class Everyone(enum.Enum):
+    """Whose runs a read takes in place of a user id: every user's, for an approver's
+    answers and the requests waiting for one (`Service.approvals`)."""
+
+    EVERYONE = "everyone"
+
+
+EVERYONE = Everyone.EVERYONE
 
 
 def cursor_number(raw: str) -> int | None:

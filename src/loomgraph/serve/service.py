@@ -26,7 +26,7 @@ from loomgraph.runtime.errors import RunConflict, RunFinished
 from loomgraph.serve.auth import Auth, Caller
 from loomgraph.serve.errors import BadRequest, Conflict, Forbidden, Invalid, NotFound, ServeError
 from loomgraph.serve.hub import Closing, RunHub
-from loomgraph.serve.run_pages import RunPage
+from loomgraph.serve.run_pages import EVERYONE, RunPage
 from loomgraph.serve.store import ServeStore
 from loomgraph.serve.views import QueuedRun, run_json
 
@@ -101,8 +101,7 @@ class Service:
         except ValueError:
             known = ", ".join(s.value for s in RunStatus)
             raise BadRequest(f"unknown status {status!r}; one of: {known}") from None
-        if not 1 <= limit <= 500:
-            raise BadRequest(f"limit must be 1..500, got {limit}")
+        _check_limit(limit)
         return await self.store.runs(
             caller.user_id,
             status=wanted,
@@ -223,9 +222,14 @@ class Service:
         """Answer a pending call as the caller (who must be an approver); the run goes on.
         With `key` (the request's `Pending.key`) the answer settles that request or none:
         never a later one for another call with the same id."""
-        record = await self.run(caller, run_id)
         if not caller.approver:
+            await self.run(caller, run_id)  # another user's run: 404, as everywhere
             raise Forbidden(f"user {caller.user_id!r} may not answer approvals (no approver role)")
+        # An approver answers any user's run of this agent: the person asked is seldom the
+        # one whose run asks (the journal and the audit log name who answered).
+        record = await self.store.run(run_id, EVERYONE, agent=self.agent.name)
+        if record is None:
+            raise NotFound(f"no run {run_id!r}")
         pending = pending_of(record)
         if not key and pending is not None and pending.call and pending.key:
             # Unnamed, an answer would settle whatever request of that call id is pending
@@ -236,6 +240,24 @@ class Service:
             )
         answer = BoundApproval(call_id, allow, args, caller.user_id, reason, key=key)
         await self._resume(run_id, approve=answer)
+
+    async def approvals(self, caller: Caller, *, limit: int, cursor: str | None) -> RunPage:
+        """A page of the runs of this agent waiting for an approval, every user's, newest
+        first: what an approver is asked (Forbidden without the role)."""
+        if not caller.approver:
+            raise Forbidden(f"user {caller.user_id!r} may not answer approvals (no approver role)")
+        _check_limit(limit)
+        page = await self.store.runs(
+            EVERYONE,
+            status=RunStatus.AWAITING_APPROVAL,
+            limit=limit,
+            cursor=cursor,
+            agent=self.agent.name,
+        )
+        # A run asking its owner a question (`interrupt`) waits too, for no approver: left
+        # out, so a page may hold fewer runs than `limit`; the cursor still follows the page.
+        asking = [r for r in page.runs if (p := pending_of(r)) is not None and p.call]
+        return RunPage(asking, page.cursor)
 
     async def resume(self, caller: Caller, run_id: str, value: Any, *, key: str = "") -> None:
         """Give an interrupted run of the caller's the value it waits for. `key` (the
@@ -343,3 +365,8 @@ class Service:
             raise Conflict(f"run {run_id!r} is running now; cancel it again to stop it") from None
         self.hub.notify(run_id)
         return await self.run(caller, run_id)
+
+
+def _check_limit(limit: int) -> None:
+    if not 1 <= limit <= 500:
+        raise BadRequest(f"limit must be 1..500, got {limit}")

@@ -22,7 +22,7 @@ from loomgraph.runtime.codec import run_from_row
 from loomgraph.runtime.errors import JournalUnavailable
 from loomgraph.runtime.schema import RUN_READ
 from loomgraph.serve.api_keys import KEY_ID_CHARS, ApiKey, hash_key, key_id, new_key
-from loomgraph.serve.run_pages import RunPage, UnknownCursor, cursor_run_id
+from loomgraph.serve.run_pages import Everyone, RunPage, UnknownCursor, cursor_run_id
 
 __all__ = ["PostgresStore", "SqlStore", "SqliteStore"]
 
@@ -96,9 +96,18 @@ class SqlStore:
             where.append(f"COALESCE({self._agent_of}, '') IN ('', ?)")
             args.append(agent)
 
-    async def run(self, run_id: str, user_id: str, *, agent: str | None = None) -> RunRecord | None:
+    def _user_filter(self, user_id: str | Everyone, where: list[str], args: list[Any]) -> None:
+        """Keep one user's runs (every user's: `EVERYONE`)."""
+        if not isinstance(user_id, Everyone):
+            where.append("user_id = ?")
+            args.append(user_id)
+
+    async def run(
+        self, run_id: str, user_id: str | Everyone, *, agent: str | None = None
+    ) -> RunRecord | None:
         """The run when it is this user's (and the agent's), all in the query."""
-        where, args = ["run_id = ?", "user_id = ?"], list[Any]([run_id, user_id])
+        where, args = ["run_id = ?"], list[Any]([run_id])
+        self._user_filter(user_id, where, args)
         self._agent_filter(agent, where, args)
         async with self._cur() as cur:
             rows = await cur.fetch(
@@ -108,7 +117,7 @@ class SqlStore:
 
     async def runs(
         self,
-        user_id: str,
+        user_id: str | Everyone,
         *,
         status: RunStatus | None = None,
         graph: str | None = None,
@@ -118,7 +127,8 @@ class SqlStore:
     ) -> RunPage:
         """A page of this user's runs, newest first, in the journal's row order; the cursor
         is the run id of the page's last run (its row number stays in the queries)."""
-        where, args = ["user_id = ?"], list[Any]([user_id])
+        where, args = list[str](), list[Any]()
+        self._user_filter(user_id, where, args)
         self._agent_filter(agent, where, args)
         if status is not None:
             where.append("status = ?")
@@ -129,7 +139,7 @@ class SqlStore:
         if cursor is not None:
             where.append("n < ?")
         sql = (
-            f"SELECT {RUN_READ}, n FROM {self._p}runs WHERE {' AND '.join(where)} "
+            f"SELECT {RUN_READ}, n FROM {self._p}runs WHERE {' AND '.join(where) or 'TRUE'} "
             f"ORDER BY n DESC LIMIT {int(limit) + 1}"
         )
         async with self._cur() as cur:
@@ -140,10 +150,13 @@ class SqlStore:
         more = len(rows) > limit
         return RunPage(page, page[-1].run_id if more and page else None)
 
-    async def _row_of(self, cur: Cursor, cursor: str, user_id: str, agent: str | None) -> int:
+    async def _row_of(
+        self, cur: Cursor, cursor: str, user_id: str | Everyone, agent: str | None
+    ) -> int:
         """The row number of the run a cursor names, when it is this user's (and the agent's:
         whatever the page's other filters); `UnknownCursor` for any other."""
-        where, args = ["run_id = ?", "user_id = ?"], list[Any]([cursor_run_id(cursor), user_id])
+        where, args = ["run_id = ?"], list[Any]([cursor_run_id(cursor)])
+        self._user_filter(user_id, where, args)
         self._agent_filter(agent, where, args)
         found = await cur.fetch(f"SELECT n FROM {self._p}runs WHERE {' AND '.join(where)}", args)
         if not found:

@@ -14,7 +14,7 @@ from typing import Protocol
 from loomgraph.agent.checkpoints import may_go_on
 from loomgraph.protocols import RunRecord, RunStatus, Runtime
 from loomgraph.serve.api_keys import ApiKey, hash_key, key_id, new_key
-from loomgraph.serve.run_pages import RunPage, UnknownCursor, cursor_run_id
+from loomgraph.serve.run_pages import Everyone, RunPage, UnknownCursor, cursor_run_id
 from loomgraph.serve.sql_store import PostgresStore, SqliteStore
 
 __all__ = ["MemoryStore", "ServeStore", "open_store"]
@@ -40,14 +40,16 @@ class ServeStore(Protocol):
         key is refused from the next request on (nothing is cached)."""
         ...
 
-    async def run(self, run_id: str, user_id: str, *, agent: str | None = None) -> RunRecord | None:
-        """The run when it is this user's and, with `agent`, one an Agent of that name may
-        go on with (`checkpoints.may_go_on`), else None."""
+    async def run(
+        self, run_id: str, user_id: str | Everyone, *, agent: str | None = None
+    ) -> RunRecord | None:
+        """The run when it is this user's (any user's: `EVERYONE`) and, with `agent`, one an
+        Agent of that name may go on with (`checkpoints.may_go_on`), else None."""
         ...
 
     async def runs(
         self,
-        user_id: str,
+        user_id: str | Everyone,
         *,
         status: RunStatus | None = None,
         graph: str | None = None,
@@ -55,7 +57,8 @@ class ServeStore(Protocol):
         cursor: str | None = None,
         agent: str | None = None,
     ) -> RunPage:
-        """A page of this user's runs (with `agent`, of those of that agent), newest first."""
+        """A page of this user's runs (every user's: `EVERYONE`; with `agent`, of those of
+        that agent), newest first."""
         ...
 
     async def close(self) -> None:
@@ -98,16 +101,19 @@ class MemoryStore:
                 return self._keys.pop(hashed)
         return None
 
-    async def run(self, run_id: str, user_id: str, *, agent: str | None = None) -> RunRecord | None:
+    async def run(
+        self, run_id: str, user_id: str | Everyone, *, agent: str | None = None
+    ) -> RunRecord | None:
         """The run when it is this user's (and the agent's)."""
-        for record in await self._runtime.runs(user_id):
+        whose = None if isinstance(user_id, Everyone) else user_id
+        for record in await self._runtime.runs(whose):
             if record.run_id == run_id:
                 return record if agent is None or may_go_on(record.agent_name, agent) else None
         return None
 
     async def runs(
         self,
-        user_id: str,
+        user_id: str | Everyone,
         *,
         status: RunStatus | None = None,
         graph: str | None = None,
@@ -123,7 +129,8 @@ class MemoryStore:
         mine = [
             r
             for r in records
-            if r.user_id == user_id and (agent is None or may_go_on(r.agent_name, agent))
+            if (isinstance(user_id, Everyone) or r.user_id == user_id)
+            and (agent is None or may_go_on(r.agent_name, agent))
         ]
         before = None if cursor is None else self._number_of(cursor, mine)
         rows = sorted(
