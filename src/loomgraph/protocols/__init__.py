@@ -12,6 +12,7 @@ from loomgraph.protocols.backend_specs import (
     backend_scheme,
     backend_spec_problem,
     dsn_problem,
+    split_schema,
     sqlite_path_problem,
 )
 from loomgraph.protocols.bundle import Deps, SizeLimits
@@ -53,6 +54,7 @@ from loomgraph.protocols.governance import (
     RunClock,
     Verdict,
 )
+from loomgraph.protocols.json_values import same_json
 from loomgraph.protocols.lazy import lazy_names
 from loomgraph.protocols.ledger import Bindable, LedgerHost, LedgerSite, PostgresSite, SqliteSite
 from loomgraph.protocols.memory import Episode, Memory, Seed
@@ -173,6 +175,7 @@ __all__ = [  # noqa: RUF022 - grouped by concept, not sorted
     "backend_scheme",
     "backend_spec_problem",
     "dsn_problem",
+    "split_schema",
     "sqlite_path_problem",
     # messages: the conversation
     "INVALID_ARGUMENTS",
@@ -254,6 +257,8 @@ __all__ = [  # noqa: RUF022 - grouped by concept, not sorted
     "Verdict",
     # lazy: a package's public names imported on first use
     "lazy_names",
+    # json_values: JSON values equal as JSON (`true` is not `1`)
+    "same_json",
     # shapes: a value named by its type and size, never its contents (for audited reasons)
     "shape",
     # shown_text: the characters that disguise shown text, and their visible escape
