@@ -211,6 +211,34 @@ def make(request: pytest.FixtureRequest, tmp_path: Path) -> Factory:
 # --------------------------------------------------------------------------- search
 
 
+@pytest.mark.parametrize("word", ["हिन्दी", "தமிழ்", "ภาษาไทย", "Hindī"])
+async def test_a_word_with_combining_marks_is_found_by_itself(make: Factory, word: str) -> None:
+    """A query's words were found by Python's `\\w`, which has no combining marks: `हिन्दी`
+    fell apart into one-letter pieces at its vowel signs and virama, each dropped as too
+    short, so no search in Devanagari or Tamil found anything on any backend."""
+    async with make() as memory:
+        await memory.add_fact("alice", "user", "studies", f"{word} grammar")
+        await memory.add_fact("alice", "user", "likes", "tea")
+        found = await memory.search_facts("alice", f"{word} lessons")
+    assert [f.object for f in found] == [f"{word} grammar"]
+
+
+def test_every_combining_mark_is_where_the_word_pattern_looks_for_marks() -> None:
+    """The word pattern scans only the code points where Unicode has combining marks; a
+    newer Unicode (a newer Python) with marks elsewhere must widen the scan."""
+    import unicodedata
+
+    from loomgraph.memory.ranking import _MARK_PLANES
+
+    scanned = set().union(*map(set, _MARK_PLANES))
+    outside = [
+        hex(cp)
+        for cp in range(0x110000)
+        if cp not in scanned and unicodedata.category(chr(cp)).startswith("M")
+    ]
+    assert outside == []
+
+
 @pytest.mark.parametrize("word", ["Hauptstraße", "Οδυσσέας", "STRASSE", "ΟΔΥΣΣΕΑΣ"])
 async def test_a_stored_word_is_found_by_the_same_word(make: Factory, word: str) -> None:
     """The query's words reach each backend as typed, so its index folds them as it folded

@@ -10,11 +10,13 @@ sigma as a medial one) than the SQL indexes hold."""
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 import unicodedata
 from collections import Counter
 from collections.abc import Sequence
+from itertools import chain
 from typing import TypeVar
 
 __all__ = ["MAX_QUERY_TERMS", "bm25_rank", "folded", "query_terms", "stem"]
@@ -23,7 +25,30 @@ T = TypeVar("T")
 
 MAX_QUERY_TERMS = 32  # a long prompt must not become a huge OR query
 
-_WORD = re.compile(r"[^\W_]+")
+# Where Unicode has combining marks (a test checks none is elsewhere): scanned once, on the
+# first search, not at import.
+_MARK_PLANES = (range(0x300, 0x20000), range(0xE0100, 0xE01F0))
+
+
+@functools.cache
+def _word() -> re.Pattern[str]:
+    """A word: a letter or digit, then letters, digits and combining marks. Python's `\\w`
+    has no marks, so `हिन्दी` or `தமிழ்` fell apart at each vowel sign and virama into
+    one-letter pieces, which a query drops: no search in such scripts found anything (the
+    SQL indexes match a whole word as the phrase of their own pieces)."""
+    marks, start, last = [], -2, -2
+    for cp in chain(*_MARK_PLANES):
+        if unicodedata.category(chr(cp)).startswith("M"):
+            if cp != last + 1:
+                if start >= 0:
+                    marks.append((start, last))
+                start = cp
+            last = cp
+    marks.append((start, last))
+    spans = "".join(f"\\U{a:08x}-\\U{b:08x}" for a, b in marks)
+    return re.compile(rf"[^\W_](?:[^\W_]|[{spans}])*")
+
+
 _STOP_WORDS = """
 a about after again all also am an and any are as at be been before being but by can could
 did do does doing for from had has have having he her here hers him his how i if in into is
@@ -38,7 +63,7 @@ def query_terms(text: str) -> list[str]:
     """The distinct search words of a query (NFC, as typed: the backend folds them), no stop
     words, at most 32; words differing only in case are one (the first spelling)."""
     seen: dict[str, str] = {}
-    for word in _WORD.findall(unicodedata.normalize("NFC", text)):
+    for word in _word().findall(unicodedata.normalize("NFC", text)):
         key = word.lower()  # not casefold: `Straße` and `STRASSE` are two words to FTS5
         if len(key) > 1 and key not in _STOP:
             seen.setdefault(key, word)
@@ -49,7 +74,7 @@ def folded(text: str) -> list[str]:
     """The in-memory index's words of a text, or of a query's terms: each word case-folded
     and stemmed (the words are found before folding, so a fold that spells a mark, as `İ`'s
     does, never splits a word)."""
-    return [stem(word.casefold()) for word in _WORD.findall(text)]
+    return [stem(word.casefold()) for word in _word().findall(text)]
 
 
 def stem(word: str) -> str:
