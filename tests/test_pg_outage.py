@@ -46,10 +46,10 @@ def through(proxy: TcpProxy) -> str:
     return urlunsplit(url._replace(netloc=netloc))
 
 
-def agent(runtime: PostgresRuntime, on_tool: Callable[[], None] = lambda: None) -> Agent:
+def agent(runtime: PostgresRuntime, on_tool: Callable[[str], None] = lambda city: None) -> Agent:
     async def lookup(city: str) -> str:
         """Find the country of a city."""
-        on_tool()
+        on_tool(city)
         return {"Paris": "France", "Tokyo": "Japan"}[city]
 
     return Agent("geography", model=ScriptedModel(SCRIPT), tools=[lookup], runtime=runtime)
@@ -78,11 +78,21 @@ async def test_a_cut_connection_ends_every_run_with_journal_unavailable(pg_schem
     with TcpProxy("127.0.0.1", urlsplit(pg.postgres_dsn()).port or 5432) as proxy:
         runtime = PostgresRuntime(through(proxy), schema=pg_schema, **TIMEOUTS)
         await runtime.connect()
-        tools_called = asyncio.Event()
-        the_agent = agent(runtime, tools_called.set)
+        every_run_started = asyncio.Event()
+        first_calls: list[str] = []
+
+        def count(city: str) -> None:
+            # Each run looks Paris up first: once every run has, every run is journaled (a
+            # cut at the first call of any could come before a slower run had started) and
+            # each still has a step to journal, so the cut comes mid-run.
+            first_calls.extend([city] if city == "Paris" else [])
+            if len(first_calls) == RUNS:
+                every_run_started.set()
+
+        the_agent = agent(runtime, count)
 
         async def cut_when_a_tool_runs() -> None:
-            await tools_called.wait()
+            await every_run_started.wait()
             proxy.cut()
 
         cutter = asyncio.create_task(cut_when_a_tool_runs())
@@ -119,7 +129,7 @@ async def test_a_hung_connection_ends_every_run_within_the_timeouts(pg_schema: s
         runtime = PostgresRuntime(through(proxy), schema=pg_schema, **TIMEOUTS)
         await runtime.connect()
         tools_called = asyncio.Event()
-        the_agent = agent(runtime, tools_called.set)
+        the_agent = agent(runtime, lambda city: tools_called.set())
 
         async def hang_when_a_tool_runs() -> None:
             await tools_called.wait()
