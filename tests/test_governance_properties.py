@@ -65,7 +65,7 @@ import governance_worker as gw
 import pg
 from loomgraph import Agent, tool
 from loomgraph.agent.checkpoints import ResumeError
-from loomgraph.agent.recovery import DEFAULT_MAX_RECOVERIES
+from loomgraph.agent.defaults import DEFAULT_MAX_RECOVERIES
 from loomgraph.agent.result import RunResult
 from loomgraph.authoring.validate import validate_graph
 from loomgraph.governance import (

@@ -166,7 +166,9 @@ def test_an_agent_on_a_built_in_graph_is_built_without_networkx() -> None:
 
 def test_an_agent_loads_only_what_its_features_need() -> None:
     """An agent without memory, built in code, loads no memory backend, no agent-file parser
-    and no zero-key model it was not given (docs/decisions.md, "Session 35")."""
+    and no zero-key model it was not given (docs/decisions.md, "Session 35"); building it
+    loads neither what runs it (the session, the interpreter), nor what resumes or submits
+    runs, nor the node kinds its graph does not use (docs/decisions.md, "Session 38")."""
     built = _modules_after(
         "from loomgraph import Agent\nfrom loomgraph.tools import tool\n"
         "@tool\ndef add(a: int, b: int) -> int:\n    'Add.'\n    return a + b\n"
@@ -182,8 +184,20 @@ def test_an_agent_loads_only_what_its_features_need() -> None:
         "loomgraph.memory.tools",
         "loomgraph.models.echo",
         "loomgraph.models.scripted",
+        "loomgraph.agent.session",
+        "loomgraph.agent.resuming",
+        "loomgraph.agent.submitting",
+        "loomgraph.agent.checkpoints",
+        "loomgraph.agent.run_events",
+        "loomgraph.engine.interpreter",
+        "loomgraph.governance.caps",
+        "loomgraph.nodes.map",
+        "loomgraph.nodes.subgraph",
+        "loomgraph.nodes.interrupt",
+        "loomgraph.nodes.llm",
     }
     assert built & unneeded == set()
+    assert {"loomgraph.nodes.model", "loomgraph.nodes.tools"} <= built
     with_memory = _modules_after(
         "from loomgraph import Agent\nAgent('x', model='echo', memory='memory')"
     )

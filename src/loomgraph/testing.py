@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from loomgraph.agent.checkpoints import ResumeError, resume_value
+from loomgraph.agent.defaults import NO_VALUE
 from loomgraph.agent.deps import UnknownModel, build_deps
-from loomgraph.agent.resuming import NO_VALUE
 from loomgraph.authoring.library import load_graph
 from loomgraph.engine.context import VisitContext
 from loomgraph.engine.interpreter import applied, routed_error, run_child, run_visit

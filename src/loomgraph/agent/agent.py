@@ -8,19 +8,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from loomgraph.agent.arguments import check_text
-from loomgraph.agent.checkpoints import Checkpoint, history
+from loomgraph.agent.defaults import DEFAULT_MAX_RECOVERIES, NO_VALUE
 from loomgraph.agent.deps import build_deps
-from loomgraph.agent.event_ids import EventId
 from loomgraph.agent.fleet_methods import FleetMethods
-from loomgraph.agent.memory_wiring import wire_memory
-from loomgraph.agent.pinning import GraphChoice, run_graph
-from loomgraph.agent.recovery import DEFAULT_MAX_RECOVERIES
-from loomgraph.agent.result import RunResult
-from loomgraph.agent.resuming import NO_VALUE, Resumer
-from loomgraph.agent.run_episode import keeps_episodes
-from loomgraph.agent.run_events import JournalEvent, follow_events
-from loomgraph.agent.session import AgentSession
-from loomgraph.agent.streaming import event_stream
+from loomgraph.agent.memory_wiring import keeps_episodes, wire_memory
 from loomgraph.authoring.library import load_graph
 from loomgraph.governance.null import NoHooks
 from loomgraph.graph.compiled import CompiledGraph, compile_graph
@@ -42,12 +33,21 @@ from loomgraph.protocols import (
     UnknownRun,
     close_backend,
 )
-from loomgraph.protocols.events import Event
 
 _log = logging.getLogger(__name__)
 
+# Running, resuming and reading runs import their modules at first use: building an Agent
+# (a configuration value) loads only what checks and wires its configuration.
 if TYPE_CHECKING:
+    from loomgraph.agent.checkpoints import Checkpoint
+    from loomgraph.agent.event_ids import EventId
+    from loomgraph.agent.pinning import GraphChoice
+    from loomgraph.agent.result import RunResult
+    from loomgraph.agent.resuming import Resumer
+    from loomgraph.agent.run_events import JournalEvent
+    from loomgraph.agent.session import AgentSession
     from loomgraph.governance.hooks import Hooks as GovernanceHooks
+    from loomgraph.protocols.events import Event
 
 
 class Agent(FleetMethods):
@@ -206,6 +206,8 @@ class Agent(FleetMethods):
     def _session(
         self, prompt: str, *, compiled: CompiledGraph | None = None, **options: Any
     ) -> AgentSession:
+        from loomgraph.agent.session import AgentSession
+
         extraction = self.extraction
         return AgentSession(
             compiled or self.compiled,
@@ -260,6 +262,8 @@ class Agent(FleetMethods):
             output_schema=output_schema,
             output_retries=output_retries,
         )
+        from loomgraph.agent.streaming import event_stream
+
         return event_stream(session.execute, self.deps.hooks.on_event, lambda: session.error)
 
     # ------------------------------------------------------------------ the journal
@@ -308,6 +312,8 @@ class Agent(FleetMethods):
 
     def resume_stream(self, run_id: str, **options: Any) -> AsyncIterator[Event]:
         """`resume()` as a stream: the events of the resumed part, shaped as `stream()`'s."""
+        from loomgraph.agent.streaming import event_stream
+
         resumer = self.resumer()
         return event_stream(
             lambda sink: resumer.resume(sink, run_id, **options), self.deps.hooks.on_event
@@ -316,6 +322,8 @@ class Agent(FleetMethods):
     def resumer(self) -> Resumer:
         """What `resume`, `retry`, `fork` and `cancel` use: for a server that streams a resume's
         events itself, or a fleet worker that holds the run's lease already."""
+        from loomgraph.agent.resuming import Resumer
+
         return Resumer(
             self.deps,
             self.compiled,
@@ -347,12 +355,16 @@ class Agent(FleetMethods):
     async def history(self, run_id: str) -> list[Checkpoint]:
         """The run's first state (seq 0), then every transition with the state after it,
         rebuilt with the graph the run started with (when the journal keeps it)."""
+        from loomgraph.agent.checkpoints import history
+
         record, transitions = await self._journal(run_id)
         return history(await self.graph_of(record), record, transitions)
 
     async def graph_of(self, record: RunRecord) -> CompiledGraph:
         """The graph `record`'s run started with, as the journal keeps it (else this Agent's);
         GraphChanged when the kept graph no longer compiles here."""
+        from loomgraph.agent.pinning import run_graph
+
         own = await run_graph(self.deps.runtime, record, self.compiled, self._kept)
         return own or self.compiled
 
@@ -362,6 +374,9 @@ class Agent(FleetMethods):
         """The run's events read from the journal after `after` (a stable id: `"seq.index"`,
         a stop's `"seq.end.k[.r]"`), then followed until the run stops, wherever it runs (see
         `agent.run_events`)."""
+        from loomgraph.agent.event_ids import EventId
+        from loomgraph.agent.run_events import follow_events
+
         if isinstance(after, str):
             after = EventId.parse(after)
         return follow_events(self.deps.runtime, run_id, after=after, poll_interval=poll_interval)

@@ -8,7 +8,6 @@ from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, cast
 
-from loomgraph.engine.scope import active_scope
 from loomgraph.errors import LoomgraphError
 from loomgraph.protocols import (
     BUDGET_WARNING,
@@ -379,6 +378,8 @@ def build_deps(
 
 async def _warn_run(warning: Any) -> None:
     """A budget warning, as a `budget_warning` event of the run that crossed the threshold."""
+    from loomgraph.engine.scope import active_scope  # loaded by the run this warns about
+
     scope = active_scope.get()
     if scope is not None and scope.run_id == warning.run_id:
         await scope.emit(BUDGET_WARNING, {"cap": warning.cap, "fraction": warning.fraction}, None)

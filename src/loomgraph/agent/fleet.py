@@ -22,6 +22,7 @@ from loomgraph.agent.checkpoints import check_agent, check_owner
 
 # The fleet's errors and its jobs' payload have their own modules; they are named here too,
 # where workers (`workers.advance`), the resumer and tests import them from.
+from loomgraph.agent.defaults import DEFAULT_QUEUE
 from loomgraph.agent.fleet_errors import (
     FleetError,
     FleetNeedsPostgres,
@@ -46,8 +47,6 @@ __all__ = [
     "fleet_queue",
     "fleet_run_of",
 ]
-
-DEFAULT_QUEUE = "runs"
 
 
 @dataclass(frozen=True, slots=True)

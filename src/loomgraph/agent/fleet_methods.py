@@ -1,17 +1,19 @@
-"""The worker-fleet methods of `Agent` (docs/scaling.md): thin calls of `agent.submitting`."""
+"""The worker-fleet methods of `Agent` (docs/scaling.md): thin calls of `agent.submitting`,
+imported at the first call so that an Agent that never uses the fleet never loads it."""
 
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from loomgraph.agent import submitting
-from loomgraph.agent.fleet import DEFAULT_QUEUE
-from loomgraph.agent.result import RunResult
-from loomgraph.agent.resuming import NO_VALUE, Resumer
-from loomgraph.agent.submitting import CancelOutcome
+from loomgraph.agent.defaults import DEFAULT_QUEUE, NO_VALUE
 from loomgraph.graph.compiled import CompiledGraph
 from loomgraph.protocols import Deps
+
+if TYPE_CHECKING:
+    from loomgraph.agent.result import RunResult
+    from loomgraph.agent.resuming import Resumer
+    from loomgraph.agent.submitting import CancelOutcome
 
 
 class FleetMethods:
@@ -40,6 +42,8 @@ class FleetMethods:
     ) -> str:
         """Hand a run to the worker fleet (docs/scaling.md): journaled `queued` and enqueued
         in one transaction; higher `priority` first, not before `run_at`. The run id."""
+        from loomgraph.agent import submitting
+
         return await submitting.submit(
             self.deps,
             self.compiled,
@@ -66,6 +70,8 @@ class FleetMethods:
         """`fork` handed to the worker fleet (docs/scaling.md): the new run is journaled
         `queued`, with the start it goes on from, and enqueued in one transaction; a worker
         starts it, and recovers it like any fleet run. The new run's id."""
+        from loomgraph.agent import submitting
+
         return await submitting.submit_fork(
             self.resumer(), run_id, at=at, patch=patch, priority=priority, queue=queue
         )
@@ -83,6 +89,8 @@ class FleetMethods:
         the queue the run was submitted to, unless `queue` names another). A run another
         named Agent started is refused (`RunOfAnotherAgent`), nothing enqueued."""
         answer = {k: v for k, v in (("approve", approve), ("value", value)) if v is not NO_VALUE}
+        from loomgraph.agent import submitting
+
         await submitting.submit_resume(
             self.deps, run_id, answer=answer, priority=priority, queue=queue, agent_name=self.name
         )
@@ -91,6 +99,8 @@ class FleetMethods:
         self, run_id: str, *, timeout: float | None = None, poll_interval: float = 0.1
     ) -> RunResult:
         """The result of a run once it stopped, wherever it runs (`RunWaitTimeout`)."""
+        from loomgraph.agent import submitting
+
         return await submitting.wait(
             self.deps, run_id, timeout=timeout, poll_interval=poll_interval
         )
@@ -98,4 +108,6 @@ class FleetMethods:
     async def cancel(self, run_id: str, *, by: str = "agent.cancel") -> CancelOutcome:
         """Cancel a fleet run: a queued one never starts, a running one stops at its next
         effect boundary; journaled `cancelled by <by>`."""
+        from loomgraph.agent import submitting
+
         return await submitting.cancel(self.deps, run_id, by=by, agent_name=self.name)

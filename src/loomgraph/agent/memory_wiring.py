@@ -18,6 +18,12 @@ if TYPE_CHECKING:
 EXTRACTION_FAILED = MEMORY_EXTRACTION_FAILED  # the kind lives with the others
 
 
+def keeps_episodes(memory: Memory) -> bool:
+    """Whether runs leave episodes in `memory`: any but one whose `remember` is the no-op
+    memory's (a subclass that remembers is asked, as any memory)."""
+    return getattr(type(memory), "remember", None) is not NoMemory.remember
+
+
 class MemoryExtraction:
     """Turns finished runs into facts in the background; a failure is reported, never raised."""
 

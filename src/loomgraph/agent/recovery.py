@@ -35,8 +35,6 @@ from loomgraph.protocols import (
     semconv,
 )
 
-DEFAULT_MAX_RECOVERIES = 3
-
 # The statuses a resume recovers from (not final, not waiting for an answer).
 RECOVERED = frozenset({RunStatus.RUNNING, RunStatus.FAILED, RunStatus.CANCELLED})
 

@@ -6,20 +6,11 @@ from __future__ import annotations
 from typing import Any
 
 from loomgraph.agent.checkpoints import approval, not_answered, resume_value
+from loomgraph.agent.defaults import NO_VALUE
 from loomgraph.engine.effects import BoundApproval, BoundValue, ResumeInput, ResumeValue
 from loomgraph.protocols import RunRecord
 
 __all__ = ["NO_VALUE", "answer_for", "bound"]
-
-
-class _NoValue:
-    """The type of `NO_VALUE`: "no answer given" (None is a valid answer)."""
-
-    def __repr__(self) -> str:
-        return "NO_VALUE"
-
-
-NO_VALUE: Any = _NoValue()
 
 
 async def answer_for(

@@ -23,15 +23,14 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
+from loomgraph.agent.memory_wiring import keeps_episodes
 from loomgraph.agent.run_memory import offered_only
 from loomgraph.engine.scope import EventSink, RunScope
-from loomgraph.memory.null import NoMemory
 from loomgraph.protocols import (
     Deps,
     EffectRecord,
     EffectStatus,
     Episode,
-    Memory,
     RunRecord,
     RunStatus,
 )
@@ -43,7 +42,6 @@ __all__ = [
     "EPISODE_EFFECT",
     "episode_key",
     "keep_episode",
-    "keeps_episodes",
     "owed_episode",
     "pay_episode",
 ]
@@ -56,12 +54,6 @@ EPISODE_EFFECT = "memory_episode"  # the kind of the effect an unkept episode is
 def episode_key(run_id: str) -> str:
     """The key of the effect that owes `run_id`'s episode to memory."""
     return f"{run_id}:episode"
-
-
-def keeps_episodes(memory: Memory) -> bool:
-    """Whether runs leave episodes in `memory`: any but one whose `remember` is the no-op
-    memory's (a subclass that remembers is asked, as any memory)."""
-    return getattr(type(memory), "remember", None) is not NoMemory.remember
 
 
 async def keep_episode(scope: RunScope, episode: Episode, *, resumed: bool) -> Episode | None:

@@ -13,6 +13,7 @@ from loomgraph.agent.checkpoints import Position
 from loomgraph.agent.deps import current_run
 from loomgraph.agent.governance_state import describe_policy, restore
 from loomgraph.agent.leases import hold_lease, lease_stop
+from loomgraph.agent.memory_wiring import keeps_episodes
 from loomgraph.agent.pinning import graph_key, pin
 from loomgraph.agent.recovery import crashed_usage
 from loomgraph.agent.result import RunResult
@@ -24,7 +25,7 @@ from loomgraph.agent.run_ending import (
     outcome_result,
     traced,
 )
-from loomgraph.agent.run_episode import keep_episode, keeps_episodes
+from loomgraph.agent.run_episode import keep_episode
 from loomgraph.agent.run_memory import episode_of, seeded_state
 from loomgraph.agent.run_started import audit_started
 from loomgraph.engine.audit_writer import keep_unwritten, written_quietly

@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 import re
 from collections.abc import Callable, Mapping
+from importlib import import_module
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from pydantic import BaseModel, ConfigDict
@@ -274,13 +275,22 @@ def _load_entry_point(name: str) -> type[NodeKind] | None:
     return kind
 
 
+def _load_builtin(name: str) -> type[NodeKind] | None:
+    """The built-in kind `name` (its module registers it when imported); None for another."""
+    if name not in BUILTIN_KINDS:
+        return None
+    import_module(f"{_BUILTIN_PACKAGE}.{name}")
+    return _REGISTRY.get(name)
+
+
 def node_kind(name: str) -> type[NodeKind]:
     """The node kind registered under `name`: a built-in, one registered in this process, or
     one an installed distribution declares (loaded now). UnknownNodeKind lists what exists;
     NodeKindLoadError says which distribution's entry point failed."""
-    # The built-ins too come from entry points (loomgraph's own distribution declares them):
-    # the graph layer finds kinds by name, it never imports the nodes layer.
-    found = _REGISTRY.get(name) or _load_entry_point(name)
+    # The graph layer finds kinds by name, it never imports the nodes layer: a built-in is
+    # the module loomgraph's own entry point names (`loomgraph.nodes.<name>`), imported on
+    # first use without reading the installed distributions' metadata.
+    found = _REGISTRY.get(name) or _load_builtin(name) or _load_entry_point(name)
     if found is None:
         raise UnknownNodeKind(
             f"unknown node kind {name!r}; registered kinds: {', '.join(known_kinds())}"
