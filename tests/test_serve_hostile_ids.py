@@ -291,7 +291,7 @@ async def test_a_call_of_any_id_is_answered_by_each_route_and_the_viewer(
         page = (await client.get(f"/ui/runs/{run_id}", headers=headers)).text
         target = re.search(r'data-testid="approve-button"\s+hx-post="([^"]+)"', page)
         assert target is not None
-        sent = re.search(r'id="request-key" name="key" value="([^"]*)"', page)
+        sent = re.search(r'id="request-key-0" name="key" value="([^"]*)"', page)
         assert sent is not None and html.unescape(sent.group(1)) == request_key
         clicked = await client.post(
             html.unescape(target.group(1)),

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from loomgraph.serve import ui
+from loomgraph.serve import pages
 from serve_agent import PAID
 from test_serve_api import error, served
 
@@ -180,7 +180,7 @@ async def test_a_page_that_fails_to_render_is_not_the_clients_fault(
     async with served(tmp_path) as s:
         run_id = (await s.post("alice", "/v1/runs", {"input": "hi"})).json()["run_id"]
         await s.client.post("/ui/login", data={"key": s.keys["alice"]})
-        monkeypatch.setitem(ui.TEMPLATES.env.filters, "pretty", broken)
+        monkeypatch.setitem(pages.TEMPLATES.env.filters, "pretty", broken)
         point = await s.client.get(f"/ui/runs/{run_id}/checkpoint", params={"seq": "1"})
         assert point.status_code == 500, point.text
         fragment = await s.client.get(

@@ -20,7 +20,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from starlette.requests import Request
 
-from loomgraph.serve import create_app, ui
+from loomgraph.serve import create_app, pages
 from loomgraph.serve.api import ENDPOINTS, QUERY
 from loomgraph.serve.bodies import parse_json
 from loomgraph.serve.errors import BadRequest
@@ -140,7 +140,7 @@ async def test_a_page_that_fails_to_render_logs_why_and_shows_only_an_error_id(
     async with served(tmp_path) as s:
         run_id = (await s.post("alice", "/v1/runs", {"input": "hi"})).json()["run_id"]
         await s.client.post("/ui/login", data={"key": s.keys["alice"]})
-        monkeypatch.setitem(ui.TEMPLATES.env.filters, "pretty", broken)
+        monkeypatch.setitem(pages.TEMPLATES.env.filters, "pretty", broken)
         point = await s.client.get(f"/ui/runs/{run_id}/checkpoint", params={"seq": "1"})
     assert point.status_code == 500 and "could not be rendered" in point.text, point.text
     assert SECRET not in point.text and "ValueError" not in point.text, point.text

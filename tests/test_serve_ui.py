@@ -1,6 +1,7 @@
 """The run viewer in real headless Chromium (Debian's chromium and chromedriver, driven by
 Selenium): a run that waits for approval is found in the runs table, opened, approved from the
-page and seen completing; a live run's timeline grows; a fork is made from a checkpoint."""
+page and seen completing; another user's call is approved on the approvals page; a live run's
+timeline grows; a fork is made from a checkpoint."""
 
 from __future__ import annotations
 
@@ -59,7 +60,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     driver = browser(root / "profile")
     try:
         sign_in(driver, server.url, key)
-        yield {"url": server.url, "key": key, "driver": driver}
+        yield {"url": server.url, "key": key, "driver": driver, "env": env}
     finally:
         driver.quit()
         server.stop()
@@ -74,8 +75,10 @@ def sign_in(driver: Any, url: str, key: str) -> None:
     WebDriverWait(driver, WAIT).until(ec.url_to_be(url + "/ui"))
 
 
-def start(site: dict[str, Any], prompt: str, background: bool = False) -> str:
-    headers = {"Authorization": f"Bearer {site['key']}"}
+def start(
+    site: dict[str, Any], prompt: str, background: bool = False, key: str | None = None
+) -> str:
+    headers = {"Authorization": f"Bearer {key or site['key']}"}
     body = {"input": prompt, "background": background}
     answer = httpx.post(site["url"] + "/v1/runs", json=body, headers=headers, timeout=120)
     assert answer.status_code in (201, 202), answer.text
@@ -161,3 +164,36 @@ def test_a_live_runs_timeline_grows_and_a_fork_is_made_from_a_checkpoint(
     WebDriverWait(driver, WAIT).until(lambda d: run_id not in d.current_url)
     WebDriverWait(driver, WAIT).until(status_is("completed"))
     assert "forked from" in driver.page_source and run_id[:12] in driver.page_source
+
+
+def test_an_approver_answers_another_users_call_on_the_approvals_page(
+    site: dict[str, Any],
+) -> None:
+    """bob (no role) starts a payment; alice, an approver, follows the Approvals link, finds
+    bob's call there (his run's page is not hers to open) and approves it."""
+    driver, bob = site["driver"], add_key(site["env"], "bob")
+    run_id = start(site, "pay acme", key=bob)
+    driver.get(site["url"] + "/ui")
+    link = WebDriverWait(driver, WAIT).until(
+        ec.element_to_be_clickable((By.CSS_SELECTOR, "[data-testid=approvals-link]"))
+    )
+    link.click()
+    waiting = WebDriverWait(driver, WAIT).until(
+        ec.presence_of_element_located(
+            (By.CSS_SELECTOR, f"[data-testid=waiting-run][data-run-id='{run_id}']")
+        )
+    )
+    assert waiting.find_element(By.CSS_SELECTOR, "[data-testid=waiting-user]").text == "bob"
+    assert "acme" in waiting.find_element(By.TAG_NAME, "textarea").get_attribute("value")
+    waiting.find_element(By.CSS_SELECTOR, "[data-testid=approve-button]").click()
+    WebDriverWait(driver, WAIT).until(ec.staleness_of(waiting))  # the page reloaded
+    WebDriverWait(driver, WAIT).until(
+        lambda d: not d.find_elements(By.CSS_SELECTOR, f"[data-run-id='{run_id}']")
+    )
+
+    def completed(_: Any) -> bool:
+        headers = {"Authorization": f"Bearer {bob}"}
+        answer = httpx.get(f"{site['url']}/v1/runs/{run_id}", headers=headers, timeout=30)
+        return bool(answer.json()["status"] == "completed")
+
+    WebDriverWait(driver, WAIT).until(completed)

@@ -1,5 +1,5 @@
 """Characters that make shown text read other than it is, and how they are shown: one rule
-for the terminal (`cli.console.safe`) and the run viewer (`serve.ui.shown`).
+for the terminal (`cli.console.safe`) and the run viewer (`serve.pages.shown`).
 
 C0 controls and DEL (ESC starts terminal sequences: colours, the window title, clipboard
 writes), C1 controls (0x9b is CSI on its own), and Unicode format characters: bidi marks,

@@ -222,15 +222,7 @@ class Service:
         """Answer a pending call as the caller (who must be an approver); the run goes on.
         With `key` (the request's `Pending.key`) the answer settles that request or none:
         never a later one for another call with the same id."""
-        if not caller.approver:
-            await self.run(caller, run_id)  # another user's run: 404, as everywhere
-            raise Forbidden(f"user {caller.user_id!r} may not answer approvals (no approver role)")
-        # An approver answers any user's run of this agent: the person asked is seldom the
-        # one whose run asks (the journal and the audit log name who answered).
-        record = await self.store.run(run_id, EVERYONE, agent=self.agent.name)
-        if record is None:
-            raise NotFound(f"no run {run_id!r}")
-        pending = pending_of(record)
+        pending = pending_of(await self.answerable(caller, run_id))
         if not key and pending is not None and pending.call and pending.key:
             # Unnamed, an answer would settle whatever request of that call id is pending
             # when it arrives: a retried POST could approve a later same-id call.
@@ -240,6 +232,19 @@ class Service:
             )
         answer = BoundApproval(call_id, allow, args, caller.user_id, reason, key=key)
         await self._resume(run_id, approve=answer)
+
+    async def answerable(self, caller: Caller, run_id: str) -> RunRecord:
+        """The run of this agent whose pending call `caller` may answer: any user's for an
+        approver; for anyone else Forbidden once her own run is found (another's: NotFound)."""
+        if not caller.approver:
+            await self.run(caller, run_id)  # another user's run: 404, as everywhere
+            raise Forbidden(f"user {caller.user_id!r} may not answer approvals (no approver role)")
+        # An approver answers any user's run of this agent: the person asked is seldom the
+        # one whose run asks (the journal and the audit log name who answered).
+        record = await self.store.run(run_id, EVERYONE, agent=self.agent.name)
+        if record is None:
+            raise NotFound(f"no run {run_id!r}")
+        return record
 
     async def approvals(self, caller: Caller, *, limit: int, cursor: str | None) -> RunPage:
         """A page of the runs of this agent waiting for an approval, every user's, newest

@@ -1,0 +1,103 @@
+"""The viewer's approvals: the card that answers a pending call (on its run's page, and for an
+approver on `/ui/approvals`, every user's calls of the served agent) and the answer it posts."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+from urllib.parse import quote, urlencode
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from loomgraph.agent.checkpoints import pending_of
+from loomgraph.protocols import RunRecord, ToolCall
+from loomgraph.protocols.tool_identity import LOCAL, ToolIdentity
+from loomgraph.serve.auth import Caller
+from loomgraph.serve.bodies import parse_json
+from loomgraph.serve.errors import BadRequest
+from loomgraph.serve.pages import read_form, render
+from loomgraph.serve.service import Service
+from loomgraph.serve.views import input_of
+
+__all__ = ["APPROVALS_ROWS", "approvals_page", "approve", "card_of"]
+
+# The approvals page shows the calls of this many waiting runs, newest first.
+APPROVALS_ROWS = 50
+
+
+def card_of(record: RunRecord, number: int = 0) -> dict[str, Any] | None:
+    """What an approval card shows of `record`'s pending call (None when it waits for none):
+    the request, the tool it names, where the answer goes; `number` tells the cards of one
+    page apart (their fields' ids)."""
+    pending = pending_of(record)
+    if pending is None or not pending.call:
+        return None
+    return {
+        "pending": pending,
+        "tool": _tool_shown(pending.tool),
+        "answer_url": _answer_url(record.run_id, pending.call),
+        "number": number,
+    }
+
+
+def _answer_url(run_id: str, call: ToolCall) -> str:
+    """Where the card's buttons post the answer to `call`: its id (the model's text, `call/1`
+    or `..`) percent-encoded in the query, where no `/` or dot segment changes the route."""
+    return f"/ui/runs/{quote(run_id, safe='')}/approvals?{urlencode({'call_id': call['id']})}"
+
+
+def _tool_shown(identity: ToolIdentity | None) -> dict[str, Any] | None:
+    """What the approval card says of the tool a call is asked about: its origin, whether that
+    is a function of the agent, its short digest; None for a request journaled before
+    identities were recorded."""
+    if identity is None:
+        return None
+    # The short form as `ToolIdentity.shown` makes it ("ORIGIN sha256:HEX"): its last word,
+    # the digest, has no space in it whatever the origin's name has.
+    short = identity.shown().rpartition(" ")[2]
+    return {"origin": identity.origin, "local": identity.origin == LOCAL, "short": short}
+
+
+async def approvals_page(request: Request, service: Service, caller: Caller) -> Response:
+    """Every user's pending calls of this agent, one card each (Forbidden without the role)."""
+    cursor = request.query_params.get("cursor") or None
+    page = await service.approvals(caller, limit=APPROVALS_ROWS, cursor=cursor)
+    waiting = [
+        {"run": record, "input": input_of(record), "card": card}
+        for number, record in enumerate(page.runs)
+        if (card := card_of(record, number)) is not None
+    ]
+    older = f"/ui/approvals?{urlencode({'cursor': page.cursor})}" if page.cursor else ""
+    return render(
+        request, "approvals.html", caller=caller, waiting=waiting, older=older, first=cursor is None
+    )
+
+
+def _form_bool(value: Any) -> bool:
+    return str(value).lower() in ("1", "true", "yes", "on")
+
+
+async def approve(request: Request, service: Service, caller: Caller) -> Response:
+    """Answer the pending call a card shows; the page that sent it reloads."""
+    form = await read_form(request, service)
+    run_id = request.path_params["run_id"]
+    # The page names the call in the query (`answer_url`); the path form is older pages'.
+    call_id = request.path_params.get("call_id", request.query_params.get("call_id"))
+    if call_id is None:
+        raise BadRequest("the call answered is not named (`?call_id=`)")
+    args: dict[str, Any] | None = None
+    text = str(form.get("args") or "").strip()
+    allow = _form_bool(form.get("allow"))
+    if allow and text:
+        args = parse_json(text, "the 'args' field")
+        if not isinstance(args, dict):
+            raise BadRequest("the arguments must be a JSON object")
+    key = str(form.get("key") or "")  # the request the page showed
+    pending = pending_of(await service.answerable(caller, run_id))
+    # Unchanged (a plain approval) only as JSON: Python's == takes `true` for 1 and 1.0 for 1.
+    shown = pending.call["args"] if pending is not None and pending.call else None
+    if args is not None and json.dumps(args, sort_keys=True) == json.dumps(shown, sort_keys=True):
+        args = None
+    await service.approve(caller, run_id, call_id, allow, args, key=key)
+    return Response(status_code=200, headers={"HX-Refresh": "true"})
