@@ -35,7 +35,7 @@ async def test_run_streams_progress_and_resume_answers_the_approval() -> None:
     async with stdio_client(params) as (read, write), ClientSession(read, write) as session:
         await session.initialize()
         names = {t.name for t in (await session.list_tools()).tools}
-        assert names == {"run", "resume"}
+        assert names == {"run", "resume", "approvals"}
         first = await session.call_tool(
             "run", {"prompt": "refund A-1"}, progress_callback=on_progress
         )

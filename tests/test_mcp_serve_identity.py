@@ -135,9 +135,18 @@ async def stdio_session(folder: Path, *options: str) -> AsyncIterator[ClientSess
         yield session
 
 
-async def assert_not_found_as_unknown(session: ClientSession, run_id: str) -> None:
-    """Every resume of `run_id` fails exactly as one of a run that does not exist."""
-    for extra in ({"approve": True}, {"approve": False}, {}):
+async def assert_not_found_as_unknown(
+    session: ClientSession, run_id: str, *, approver: bool = False
+) -> None:
+    """Every resume of `run_id` fails exactly as one of a run that does not exist: for an
+    approver, every resume but an answer, which reaches any user's run (and without the
+    request's key is refused before anything runs)."""
+    if approver:
+        for allow in (True, False):
+            unkeyed = await session.call_tool("resume", {"run_id": run_id, "approve": allow})
+            assert unkeyed.is_error and "key is required" in text(unkeyed), text(unkeyed)
+    answers: list[dict[str, Any]] = [] if approver else [{"approve": True}, {"approve": False}]
+    for extra in (*answers, {}):
         theirs = await session.call_tool("resume", {"run_id": run_id, **extra})
         unknown = await session.call_tool("resume", {"run_id": "no-such-run", **extra})
         assert theirs.is_error and unknown.is_error, text(theirs)
@@ -148,12 +157,14 @@ async def assert_not_found_as_unknown(session: ClientSession, run_id: str) -> No
 # ------------------------------------------------------------------------------ stdio
 
 
-async def test_stdio_another_users_run_is_not_found_for_resume_and_approve(
+async def test_stdio_another_users_run_is_not_found_but_by_an_approvers_answer(
     folder: Path,
 ) -> None:
     run_id = await alice_waits()
-    async with stdio_session(folder, "--user", "mallory", "--approver") as session:
+    async with stdio_session(folder, "--user", "mallory") as session:
         await assert_not_found_as_unknown(session, run_id)
+    async with stdio_session(folder, "--user", "mallory", "--approver") as session:
+        await assert_not_found_as_unknown(session, run_id, approver=True)
     assert refunds(folder) == ""  # alice's destructive call never ran
     (waiting,) = [r for r in await journal("alice") if r.run_id == run_id]
     assert str(waiting.status) == "awaiting_approval"
@@ -288,7 +299,11 @@ async def test_http_needs_a_valid_key_and_a_revoked_key_is_refused_at_once(
             answered = await http.post(url, json=INIT, headers={**ACCEPT, **by_header})
             assert answered.status_code == 200
             async with http_session(url, bob) as session:
-                assert {t.name for t in (await session.list_tools()).tools} == {"run", "resume"}
+                assert {t.name for t in (await session.list_tools()).tools} == {
+                    "run",
+                    "resume",
+                    "approvals",
+                }
                 await revoke(keys["bob"])
                 with pytest.raises(Exception):  # noqa: B017 - the transport's error, any
                     await session.list_tools()
@@ -320,7 +335,7 @@ async def test_http_callers_act_only_as_their_key_on_their_own_runs(folder: Path
             answer = {"run_id": run_id, "approve": True, "key": await request_key(run_id)}
             done = await session.call_tool("resume", answer)
             assert not done.is_error, text(done)
-            await assert_not_found_as_unknown(session, stopped["run_id"])  # bob's
+            await assert_not_found_as_unknown(session, stopped["run_id"], approver=True)  # bob's
         assert refunds(folder) == "ALICE-9\n"
         assert await approvers(run_id) == ["alice"]
 

@@ -1,15 +1,16 @@
 """`loomgraph mcp-serve`: an Agent offered as an MCP server (stdio, or streamable HTTP).
 
 Tools: `run` (a prompt; the run's events stream as progress notifications; returns the
-answer, status and run id, and what a waiting run waits for with its request's `key`) and
+answer, status and run id, and what a waiting run waits for with its request's `key`),
 `resume` (answers a run awaiting approval, naming the request's `key`, or goes on with one
-that stopped). Who calls is never a tool argument (`mcp_serve_callers`): over stdio the
-`--user` the server was started with, over `--http` the user of each request's API key.
-A caller reaches only their own runs of this agent (another user's run is not found, as an
-unknown one), and answering an approval needs the approver role; the answer is journaled
-with the caller's user id as approver. Every failure, and over stdio every line that is no
-JSON-RPC message, is answered saying what went wrong (`mcp_serve_errors`). The `mcp` SDK is
-imported only when the command runs.
+that stopped) and `approvals` (an approver's list of every user's calls that wait). Who
+calls is never a tool argument (`mcp_serve_callers`): over stdio the `--user` the server was
+started with, over `--http` the user of each request's API key. A caller reaches only their
+own runs of this agent (another user's run is not found, as an unknown one), but for an
+approver's answer, which reaches any user's run (`mcp_serve_approvals`); answering needs the
+approver role, and the answer is journaled with the caller's user id as approver. Every
+failure, and over stdio every line that is no JSON-RPC message, is answered saying what went
+wrong (`mcp_serve_errors`). The `mcp` SDK is imported only when the command runs.
 """
 
 import argparse
@@ -21,6 +22,12 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from loomgraph.cli.agent_args import add_loaded_agent_option, load_agent
+from loomgraph.cli.mcp_serve_approvals import (
+    answered_elsewhere,
+    approval_answer,
+    awaiting_approval_of,
+    waiting_calls,
+)
 from loomgraph.cli.output import EXIT_OK, EXIT_USAGE
 from loomgraph.cli.serve import port
 from loomgraph.protocols.events import RUN_COMPLETED, Event
@@ -161,6 +168,7 @@ def build_server(
 
     from loomgraph.cli.mcp_serve_callers import caller_of, refuse_unknown_arguments
     from loomgraph.cli.mcp_serve_errors import answered
+    from loomgraph.serve.run_pages import EVERYONE
     from loomgraph.serve.store import open_store
 
     runs = store or open_store(agent.deps.runtime)
@@ -179,6 +187,12 @@ def build_server(
     async def own_run(who: "Caller", run_id: str) -> "RunRecord":
         record = await runs.run(run_id, who.user_id, agent=agent.name)
         if record is None:  # unknown, another user's, or another agent's: all alike
+            raise ToolError(f"no run {run_id!r}")
+        return record
+
+    async def any_run(run_id: str) -> "RunRecord":
+        record = await runs.run(run_id, EVERYONE, agent=agent.name)
+        if record is None:
             raise ToolError(f"no run {run_id!r}")
         return record
 
@@ -203,7 +217,10 @@ def build_server(
         (`awaiting_approval.key`, `awaiting_input.key`). With neither, resume a crashed
         run. Edited `args` go only with `approve` true: a denied call does not run."""
         who = caller_of(ctx, caller)
-        record = await own_run(who, run_id)
+        # An approver's answer reaches any user's run of this agent, as over HTTP; anything
+        # else reaches only the caller's own runs.
+        answering = approve is not None and who.approver
+        record = await (any_run(run_id) if answering else own_run(who, run_id))
         options: dict[str, Any] = {}
         if approve is not None and value is not None:
             raise ToolError("give either approve (a call's answer) or value (a question's)")
@@ -226,10 +243,17 @@ def build_server(
         elif key is not None:
             raise ToolError("key names the request an answer settles: give approve or value")
         if approve is not None:
-            options["approve"] = _approval(record, approve, args, key or "", who)
-        return await _follow(
-            agent.resume_stream(run_id, **options), ctx, lambda found: own_run(who, found), run_id
-        )
+            options["approve"] = approval_answer(record, approve, args, key or "", who)
+        stream = agent.resume_stream(run_id, **options)
+        if record.user_id != who.user_id:  # another user's run: nothing of it is relayed
+            return await answered_elsewhere(stream, runs, agent.name, run_id)
+        return await _follow(stream, ctx, lambda found: own_run(who, found), run_id)
+
+    async def approvals(ctx: Context, limit: int = 50, cursor: str | None = None) -> dict[str, Any]:
+        """The runs of every user waiting for an approver (approver role), newest first:
+        each run's id, user, prompt and the call it waits for with the `key` to answer it
+        with (`resume` with approve). `cursor`: the one the page before returned."""
+        return await waiting_calls(runs, agent.name, caller_of(ctx, caller), limit, cursor)
 
     # Every error a tool raises is told to the client in one place (`answered`): a typed
     # one as `loomgraph serve` tells it (`ApprovalNotPending: ...`, `RunConflict: ...`).
@@ -239,38 +263,10 @@ def build_server(
                 answered(fn), name=fn.__name__, annotations=ToolAnnotations(openWorldHint=True)
             )
         )
-        for fn in (run, resume)
+        for fn in (run, resume, approvals)
     ]
     instructions = agent.instructions or None
     return SDKServer("loomgraph", instructions=instructions, lifespan=lifespan, tools=tools)
-
-
-def _approval(record: "RunRecord", approve: bool, args: Any, key: str, who: "Caller") -> Any:
-    """The caller's answer to the request `key` names, journaled with the caller as approver;
-    a tool error when `key` is missing, and the `ResumeError` the resume would raise when the
-    run does not wait for that request (an answer resent after the run went on)."""
-    from mcp.server.mcpserver.exceptions import ToolError
-
-    from loomgraph.agent.checkpoints import approval, pending_of
-    from loomgraph.engine.effects import BoundApproval
-    from loomgraph.protocols import RunStatus
-
-    pending = pending_of(record)
-    call = pending.call if pending is not None else None
-    waiting = record.status == RunStatus.AWAITING_APPROVAL and call
-    # Only a run journaled before requests had keys waits for a request without one.
-    if waiting and pending is not None and call and pending.key and not key:
-        raise ToolError(
-            f"key is required with approve: the awaiting_approval.key of the request you "
-            f"answer (run {record.run_id!r} waits for request {pending.key}, call "
-            f"{call['id']}); without it an answer could settle a later request nobody saw"
-        )
-    edited = args if approve else None  # (args come only with approve: `resume` checks)
-    answer = BoundApproval(call["id"] if call else "", approve, edited, who.user_id, key=key)
-    # Checked now as the resume checks it again under the run's lease (a request that
-    # changed meanwhile is refused there too).
-    approval(record, answer)
-    return answer
 
 
 def _value(record: "RunRecord", value: Any, key: str) -> Any:
@@ -344,14 +340,7 @@ def _summary(result: "RunResult") -> dict[str, Any]:
         summary["reason"] = result.reason
     pending = result.pending
     if pending is not None and pending.call is not None:
-        summary["awaiting_approval"] = {
-            "tool": pending.call["tool"],
-            "args": pending.call.get("args"),
-            "rule": pending.rule,
-            "call_id": pending.call["id"],
-            # What `resume` must name: the answer settles this request or nothing.
-            "key": pending.key,
-        }
+        summary["awaiting_approval"] = awaiting_approval_of(pending, pending.call)
     elif pending is not None and pending.type:
         summary["awaiting_input"] = {
             "node": pending.node,

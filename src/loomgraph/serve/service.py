@@ -27,7 +27,7 @@ from loomgraph.serve.auth import Auth, Caller
 from loomgraph.serve.errors import BadRequest, Conflict, Forbidden, Invalid, NotFound, ServeError
 from loomgraph.serve.hub import Closing, RunHub
 from loomgraph.serve.run_pages import EVERYONE, RunPage
-from loomgraph.serve.store import ServeStore
+from loomgraph.serve.store import ServeStore, awaiting_approval
 from loomgraph.serve.views import QueuedRun, run_json
 
 __all__ = ["Service", "StoppedWaiting"]
@@ -252,17 +252,7 @@ class Service:
         if not caller.approver:
             raise Forbidden(f"user {caller.user_id!r} may not answer approvals (no approver role)")
         _check_limit(limit)
-        page = await self.store.runs(
-            EVERYONE,
-            status=RunStatus.AWAITING_APPROVAL,
-            limit=limit,
-            cursor=cursor,
-            agent=self.agent.name,
-        )
-        # A run asking its owner a question (`interrupt`) waits too, for no approver: left
-        # out, so a page may hold fewer runs than `limit`; the cursor still follows the page.
-        asking = [r for r in page.runs if (p := pending_of(r)) is not None and p.call]
-        return RunPage(asking, page.cursor)
+        return await awaiting_approval(self.store, self.agent.name, limit=limit, cursor=cursor)
 
     async def resume(self, caller: Caller, run_id: str, value: Any, *, key: str = "") -> None:
         """Give an interrupted run of the caller's the value it waits for. `key` (the

@@ -11,13 +11,13 @@ from __future__ import annotations
 import time
 from typing import Protocol
 
-from loomgraph.agent.checkpoints import may_go_on
+from loomgraph.agent.checkpoints import may_go_on, pending_of
 from loomgraph.protocols import RunRecord, RunStatus, Runtime
 from loomgraph.serve.api_keys import ApiKey, hash_key, key_id, new_key
-from loomgraph.serve.run_pages import Everyone, RunPage, UnknownCursor, cursor_run_id
+from loomgraph.serve.run_pages import EVERYONE, Everyone, RunPage, UnknownCursor, cursor_run_id
 from loomgraph.serve.sql_store import PostgresStore, SqliteStore
 
-__all__ = ["MemoryStore", "ServeStore", "open_store"]
+__all__ = ["MemoryStore", "ServeStore", "awaiting_approval", "open_store"]
 
 
 class ServeStore(Protocol):
@@ -182,3 +182,17 @@ def open_store(runtime: Runtime) -> ServeStore:
     if isinstance(dsn, str) and isinstance(schema, str):
         return PostgresStore(dsn, schema)
     return MemoryStore(runtime)
+
+
+async def awaiting_approval(
+    store: ServeStore, agent: str | None, *, limit: int, cursor: str | None
+) -> RunPage:
+    """A page of every user's runs of `agent` that wait for an approver, newest first: what an
+    approver is asked (the HTTP API's and the MCP server's listing, the viewer's page)."""
+    page = await store.runs(
+        EVERYONE, status=RunStatus.AWAITING_APPROVAL, limit=limit, cursor=cursor, agent=agent
+    )
+    # A run asking its owner a question (`interrupt`) waits too, for no approver: left out,
+    # so a page may hold fewer runs than `limit`; the cursor still follows the page.
+    asking = [r for r in page.runs if (p := pending_of(r)) is not None and p.call]
+    return RunPage(asking, page.cursor)
