@@ -12,7 +12,6 @@ from typing import Any
 import pytest
 from pydantic import BaseModel
 
-import loomgraph.nodes  # noqa: F401  (registers the built-in node kinds)
 from loomgraph import Agent, NodeKind, register_node
 from loomgraph.authoring.agent_file import AgentFileError, load_agent_file
 from loomgraph.authoring.diagram import ON_ERROR, TAKEN, TIMES, RunOverlay

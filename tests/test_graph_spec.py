@@ -7,7 +7,6 @@ import json
 import pytest
 from jinja2.exceptions import SecurityError
 
-import loomgraph.nodes  # noqa: F401
 from loomgraph.authoring.library import UnknownGraph, builtin_names, load_graph
 from loomgraph.authoring.loader import graph_from_data, graph_from_yaml, graph_to_yaml
 from loomgraph.authoring.schema import SCHEMA_FILE, graph_json_schema

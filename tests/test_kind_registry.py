@@ -218,7 +218,7 @@ class Mine(NodeKind):
     async def run(self, state, ctx):
         return {}
 
-import loomgraph.nodes  # the built-in `model` does not overwrite the replacement
+import loomgraph.nodes.model  # the built-in `model`, imported now, leaves the replacement
 assert node_kind("model") is Mine, node_kind("model")
 assert node_kind("map").__name__ == "MapNode"  # built-ins: no entry point read
 print("ok")

@@ -33,7 +33,5 @@ def test_a_kind_from_an_installed_distribution_is_found(
 
 
 def test_unknown_kind_lists_the_registered_ones() -> None:
-    import loomgraph.nodes  # noqa: F401
-
     with pytest.raises(registry.UnknownNodeKind, match=r"registered kinds: .*model"):
         registry.node_kind("no-such-kind")

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 
-import loomgraph.nodes  # noqa: F401  -- registers the built-in kinds the YAML uses
 from loomgraph.authoring.library import load_graph
 from loomgraph.authoring.render import RenderError, RunOverlay, render, to_dot, to_mermaid, to_svg
 from loomgraph.graph.spec import END, EdgeSpec, Graph, NodeSpec

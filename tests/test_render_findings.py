@@ -17,7 +17,6 @@ from pathlib import Path
 
 import pytest
 
-import loomgraph.nodes  # noqa: F401  -- registers the built-in kinds the YAML uses
 from loomgraph.authoring.diagram import back_edges, edges_of
 from loomgraph.authoring.library import load_graph
 from loomgraph.authoring.render import RenderError, render, to_dot, to_mermaid, to_svg
@@ -181,6 +180,13 @@ def test_a_missing_node_draws_as_its_name() -> None:
     )
     dot = to_dot(graph)
     assert 'label="ghost:ne"' in dot and 'label="a:b"' in dot
+    # Mermaid too: each missing name its own dashed box, labelled with the name (before, a
+    # box showed its made-up id, and `a:b` and `a_b` would have shared one).
+    twins = graph.model_copy(update={"edges": [*graph.edges, EdgeSpec(source="x", target="a_b")]})
+    mermaid = to_mermaid(twins)
+    assert 'u_ghost_ne["ghost:ne"]:::missing' in mermaid
+    assert 'u_a_b["a:b"]:::missing' in mermaid and 'u_a_b_2["a_b"]:::missing' in mermaid
+    assert "classDef missing stroke-dasharray:5 5" in mermaid
     if shutil.which("dot"):
         nodes, edges = drawn(to_svg(graph))
         assert nodes == sorted(["(start)", "END", "x", "ghost:ne", "a:b"])

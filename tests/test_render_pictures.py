@@ -15,7 +15,6 @@ from typing import Any
 
 import pytest
 
-import loomgraph.nodes  # noqa: F401  -- registers the built-in kinds the YAML uses
 from loomgraph.authoring.library import builtin_dir, load_graph
 from loomgraph.authoring.render import RunOverlay, render, to_dot, to_image
 from loomgraph.graph.spec import END, Graph

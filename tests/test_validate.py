@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 
-import loomgraph.nodes  # noqa: F401  (registers the built-in node kinds)
 from loomgraph.authoring.library import builtin_dir, load_graph
 from loomgraph.authoring.loader import graph_from_data, graph_from_yaml, load_graph_file
 from loomgraph.authoring.validate import validate_graph

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import pytest
 
-import loomgraph.nodes  # noqa: F401  (registers the built-in node kinds)
 from loomgraph import Agent
 from loomgraph.authoring.diagram import edge_text, edges_of
 from loomgraph.authoring.loader import graph_from_yaml

@@ -11,7 +11,6 @@ from typing import Any
 
 import pytest
 
-import loomgraph.nodes  # noqa: F401  (registers the built-in node kinds)
 from loomgraph.authoring.loader import graph_from_data, load_graph_file
 from loomgraph.errors import GraphValidationError
 from loomgraph.graph.registry import NodeKind, register_node

@@ -70,17 +70,40 @@ def _comment(text: str) -> str:
 
 def _mermaid_ids(graph: Graph, prefix: str = "") -> dict[str, str]:
     """Mermaid ids for the nodes: names made safe (and never the keyword `end`); `prefix`
-    keeps an inlined child graph's ids apart from its parent's."""
-    ids: dict[str, str] = {}
-    for name in graph.nodes:
-        base = prefix + "n_" + re.sub(r"\W", "_", name, flags=re.ASCII)
+    keeps an inlined child graph's ids apart from its parent's. A name an edge, a route or
+    the entry gives that the graph lacks gets an id too (`_missing`)."""
+    ids: dict[str, str] = {END: prefix + "__end__"}
+
+    def add(name: str, kind: str) -> None:
+        base = prefix + kind + re.sub(r"\W", "_", name, flags=re.ASCII)
         candidate, n = base, 1
         while candidate in ids.values():
             n += 1
             candidate = f"{base}_{n}"
         ids[name] = candidate
-    ids[END] = prefix + "__end__"
+
+    for name in graph.nodes:
+        add(name, "n_")
+    for name in _named(graph):
+        if name not in ids:
+            add(name, "u_")  # drawn, so the diagram shows it; validation reports the problem
     return ids
+
+
+def _named(graph: Graph) -> list[str]:
+    """Every node name the graph's entry, edges and `on_error` routes give."""
+    ends = [(e.spec.source, e.spec.target) for e in edges_of(graph)] + error_routes(graph)
+    return [graph.entry or END, *(name for pair in ends for name in pair)]
+
+
+def _missing(graph: Graph, ids: dict[str, str], indent: str) -> list[str]:
+    """The boxes of the names the graph lacks: dashed (class `missing`), as the DOT drawing
+    draws them, labelled with the name as the graph gives it."""
+    return [
+        f'{indent}{node_id}["{_mm(name)}"]:::missing'
+        for name, node_id in ids.items()
+        if name not in graph.nodes and name != END
+    ]
 
 
 def _node_line(name: str, kind: str, io: tuple[list[str], list[str]], visits: int) -> str:
@@ -95,12 +118,6 @@ def _node_line(name: str, kind: str, io: tuple[list[str], list[str]], visits: in
     if visits:
         parts.append(f"visits: {visits}")
     return f'["{"<br/>".join(parts)}"]'
-
-
-def _edge_id(ids: dict[str, str], name: str) -> str:
-    """The id an edge uses: an edge to a node the graph lacks still draws (validation
-    reports the problem)."""
-    return ids.get(name) or "u_" + re.sub(r"\W", "_", name, flags=re.ASCII)
 
 
 _MAX_DEPTH = 3
@@ -141,13 +158,13 @@ def _edge_links(
         if times:
             text, style = f"{text} {TIMES}{times}".strip(), f"stroke:{TAKEN},stroke-width:3px"
         arrow = "-.->" if edge.spec.when else "-->"
-        source, target = (_edge_id(ids, n) for n in (edge.spec.source, edge.spec.target))
+        source, target = ids[edge.spec.source], ids[edge.spec.target]
         lines.append(links.add(source, arrow, text, target, style))
     for source, target in error_routes(graph):
         text, style = ON_ERROR_LABEL, f"stroke:{ON_ERROR},color:{ON_ERROR}"
         if times := routed.get((source, target), 0):
             text, style = f"{text} {TIMES}{times}", f"stroke:{TAKEN},stroke-width:3px"
-        lines.append(links.add(_edge_id(ids, source), "-.->", text, _edge_id(ids, target), style))
+        lines.append(links.add(ids[source], "-.->", text, ids[target], style))
     return lines
 
 
@@ -172,6 +189,7 @@ def _children(
         for child_name, child_spec in child.nodes.items():
             shape = _node_line(child_name, child_spec.kind, io.get(child_name, ([], [])), 0)
             lines.append(f"{inner}{child_ids[child_name]}{shape}")
+        lines += _missing(child, child_ids, inner)
         none: Counter[tuple[str, str]] = Counter()
         lines += [inner + line for line in _edge_links(child, child_ids, links, none, none)]
         lines += _children(child, child_ids, inner, depth + 1, seq, links)
@@ -201,13 +219,14 @@ def to_mermaid(graph: Graph | str | Path, *, run: RunLike = None, expand: bool =
         lines.append(
             f"    {ids[name]}{_node_line(name, spec.kind, io.get(name, ([], [])), visits)}"
         )
+    lines += _missing(g, ids, "    ")
 
     taken, routed = overlay.taken_in(g) if overlay else (Counter(), Counter())
     links = _Links()
     entered = overlay and (overlay.visits or overlay.path)
     start_style = f"stroke:{TAKEN},stroke-width:3px" if entered else ""
     lines.append(
-        "    " + links.add("__start__", "-->", "", _edge_id(ids, g.entry or END), start_style)
+        "    " + links.add("__start__", "-->", "", ids[g.entry or END], start_style)
     )
     lines += ["    " + line for line in _edge_links(g, ids, links, taken, routed)]
     if expand:
@@ -217,6 +236,7 @@ def to_mermaid(graph: Graph | str | Path, *, run: RunLike = None, expand: bool =
     lines += [
         "    classDef startMarker fill:#000,stroke:#000,color:#fff",
         "    classDef endMarker fill:#f3f4f6,stroke:#374151",
+        "    classDef missing stroke-dasharray:5 5",
         "    class __start__ startMarker",
         "    class __end__ endMarker",
     ]
