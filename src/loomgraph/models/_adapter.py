@@ -67,19 +67,24 @@ class StreamTally:
     than the `max_tokens` it was sent, which is what the budget reserved).
     """
 
-    __slots__ = ("chars", "deltas", "max_output", "prompt_tokens")
+    __slots__ = ("chars", "deltas", "max_output", "prompt_tokens", "unshown")
 
     def __init__(self, prompt_tokens: int, max_output: int | None = None) -> None:
         self.prompt_tokens = prompt_tokens
         self.max_output = max_output
         self.chars = 0
         self.deltas = 0
+        # Deltas billed as output but not handed out (reasoning): the engine, which
+        # estimates an answer's unreported output from what it was handed, cannot see them.
+        self.unshown = 0
 
-    def add(self, piece: str | None) -> None:
-        """Count one delta of text or tool-call JSON."""
+    def add(self, piece: str | None, *, shown: bool = True) -> None:
+        """Count one delta of text or tool-call JSON (`shown`), or of output the model
+        generated but the adapter does not hand out (reasoning)."""
         if piece:
             self.chars += len(piece)
             self.deltas += 1
+            self.unshown += not shown
 
     def floor(self, usage: Usage) -> Usage:
         """`usage` raised to what this attempt streamed, where the provider reported less."""
@@ -257,8 +262,11 @@ class HTTPModel:
                 usage=self._usage(tally.floor(reader.usage)),
             )
         # As reported; a count the provider left out is the engine's to estimate, for every
-        # model alike (engine.model_answers.unreported_usage).
-        yield self._usage_chunk(reader.reported(), reader.response_id, reader.response_model)
+        # model alike (engine.model_answers.unreported_usage), but for output it never saw.
+        usage = reader.reported()
+        if tally.unshown and not usage.output_tokens:
+            usage = tally.floor(usage)
+        yield self._usage_chunk(usage, reader.response_id, reader.response_model)
         yield ModelChunk(type="finish", finish_reason=reader.finish_reason())
 
     def _failed(

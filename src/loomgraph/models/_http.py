@@ -10,7 +10,7 @@ from functools import partial
 from typing import Any, TypeVar
 
 from loomgraph.models._settings import shown
-from loomgraph.models.errors import ModelConfigError, ModelTimeout
+from loomgraph.models.errors import AdapterError, ModelConfigError, ModelRequestError, ModelTimeout
 
 __all__ = ["Deadline", "not_an_event_stream", "refused_locally", "unsendable"]
 
@@ -91,12 +91,18 @@ async def _head(response: Any) -> bytes:
 def refused_locally(exc: BaseException) -> bool:
     """Whether the HTTP library refused to send the request as it was configured."""
     if isinstance(exc, UnicodeEncodeError):  # a header (the key) that is not ASCII
-        return True
+        return not _in_body(exc)
     return any(cls.__name__ in _REFUSED for cls in type(exc).__mro__)
 
 
-def unsendable(label: str, exc: BaseException) -> ModelConfigError:
-    """The error for a request that could not be made or sent as configured (not retried).
+def _in_body(exc: UnicodeEncodeError) -> bool:
+    # The JSON body is UTF-8: only a lone surrogate fails it (headers are ASCII or Latin-1).
+    return exc.encoding.replace("-", "").lower() == "utf8"
+
+
+def unsendable(label: str, exc: BaseException) -> AdapterError:
+    """The error for a request that could not be made or sent as configured (not retried);
+    a `ModelRequestError` for a body that holds text UTF-8 cannot carry (not the settings').
 
     An exception group (a connect that failed in a task group) is named by its first error.
     A refused header's message quotes its value, which may be the key: it is named, not shown.
@@ -104,6 +110,14 @@ def unsendable(label: str, exc: BaseException) -> ModelConfigError:
     leaf = exc
     while isinstance(leaf, BaseExceptionGroup) and leaf.exceptions:
         leaf = leaf.exceptions[0]
+    if isinstance(leaf, UnicodeEncodeError) and _in_body(leaf):
+        # The conversation, not the settings: text the Python API took (a prompt, a tool's
+        # result) that no request can carry. The same request fails again: not retried.
+        bad = leaf.object[leaf.start : leaf.end]
+        return ModelRequestError(
+            f"{label}: the request holds text UTF-8 cannot carry ({ascii(bad)}: half of a "
+            f"UTF-16 surrogate pair, at character {leaf.start} of the JSON body); it was not sent"
+        )
     name = type(leaf).__name__
     detail = name if refused_locally(leaf) else f"{name}: {shown(str(leaf))}"
     return ModelConfigError(

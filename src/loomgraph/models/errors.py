@@ -35,6 +35,7 @@ __all__ = [
     "ModelToolCallTruncated",
     "ScriptTurnInvalid",
     "body_error",
+    "body_status",
     "error_for_status",
     "parse_retry_after",
     "quota_exhausted",
@@ -297,6 +298,16 @@ def body_error(body: object) -> tuple[str | None, str]:
     if isinstance(body, str):
         return None, body[:500]
     return None, ""
+
+
+def body_status(body: object) -> int | None:
+    """The HTTP status an error body names in its `code` (vLLM's `{"error": {"code": 400}}`
+    in a stream, whose response said 200), or None: a number from 400 to 599 only."""
+    error = body.get("error", body) if isinstance(body, dict) else None
+    code = error.get("code") if isinstance(error, dict) else None
+    if isinstance(code, int) and not isinstance(code, bool) and 400 <= code <= 599:
+        return code
+    return None
 
 
 def parse_retry_after(headers: Mapping[str, str] | None) -> float | None:

@@ -21,6 +21,7 @@ from loomgraph.models.errors import (
     ModelConfigError,
     ModelTimeout,
     body_error,
+    body_status,
     error_for_status,
     parse_retry_after,
     quota_exhausted,
@@ -155,10 +156,10 @@ class OpenAICompatModel(HTTPModel):
         if isinstance(exc, openai.APIConnectionError):
             return self._connection_failed(exc, request_id)
         if isinstance(exc, openai.APIError):
-            # An error object inside the stream: no status, only the body's type and message.
+            # An error object inside the stream: no status but the one its body may name.
             error_type, detail = body_error(exc.body)
             return error_for_status(
-                None,
+                body_status(exc.body),
                 label=self.label,
                 detail=detail or exc.message,
                 error_type=error_type,

@@ -38,6 +38,7 @@ class ChatCompletion:
         self.usage = Usage()
         self.finish: str | None = None
         self.called = False
+        self.refused = False
         # The completion's id and the model that wrote it (for telemetry): every chunk names
         # them, the first one that does is kept.
         self.response_id: str | None = None
@@ -77,9 +78,12 @@ class ChatCompletion:
 
     def finish_reason(self) -> FinishReason | str:
         """loomgraph's finish reason for the finished choice: `tool_use` when it made tool
-        calls, whatever the server said (some local servers say "stop" after them)."""
+        calls, whatever the server said (some local servers say "stop" after them); `refusal`
+        when it streamed a refusal (OpenAI says "stop" after one)."""
         finish = self.finish or "stop"
-        return FinishReason.TOOL_USE if self.called else FinishReason.of(finish)
+        if self.called:
+            return FinishReason.TOOL_USE
+        return FinishReason.REFUSAL if self.refused else FinishReason.of(finish)
 
     def _choice(self, choice: Any) -> Iterator[ModelChunk]:
         delta = shape.get(choice, "delta")
@@ -90,6 +94,21 @@ class ChatCompletion:
                 self._not_finished("text (delta.content)")
                 self.tally.add(piece)
                 yield ModelChunk(type="text", text=piece)
+            # A refusal comes apart from the answer, with finish_reason "stop": its text is
+            # what the model said (as Claude's refusal text is), and the turn a refusal.
+            refusal = shape.text(shape.get(delta, "refusal"), "delta.refusal")
+            if refusal:
+                self._not_finished("a refusal (delta.refusal)")
+                self.refused = True
+                self.tally.add(refusal)
+                yield ModelChunk(type="text", text=refusal)
+            # Reasoning is not the answer, but it is output the provider bills: counted for a
+            # server that reports no usage (vLLM's and DeepSeek's `reasoning_content`,
+            # Ollama's and OpenRouter's `reasoning`).
+            for field in ("reasoning_content", "reasoning"):
+                thought = shape.get(delta, field)
+                if isinstance(thought, str):  # (not the documented API: other shapes pass)
+                    self.tally.add(thought, shown=False)
             parts = shape.get(delta, "tool_calls")
             if parts is not None:
                 if not isinstance(parts, list | tuple):

@@ -55,7 +55,8 @@ async def retrying(
     *,
     policy: RetryPolicy,
 ) -> AsyncIterator[ModelChunk]:
-    """Run `attempt()` until it completes, retrying retryable errors raised before any chunk.
+    """Run `attempt()` until it completes, retrying retryable errors raised before any chunk;
+    one raised after a chunk is a `ModelStreamBroken` asking for the step to be retried.
 
     Before each retry an `attempt` chunk reports the failed attempt and what it billed, so
     the caller can charge and journal it (and check its budget) before the next one is sent.
@@ -73,7 +74,10 @@ async def retrying(
             return
         except AdapterError as err:
             err.attempts = tries
-            if yielded:
+            # Output streamed already: a retryable failure retries the whole step (the chunks
+            # handed out cannot be taken back); one no retry would fix (a tool call cut off
+            # by max_tokens, a request the provider refused) ends the call as it is.
+            if yielded and err.retryable:
                 broken = ModelStreamBroken(
                     f"{err.args[0]}; the stream broke after output was streamed, retry the step",
                     status=err.status,
@@ -84,7 +88,7 @@ async def retrying(
                 )
                 broken.attempts = tries
                 raise broken from err
-            if not err.retryable or tries > policy.max_retries:
+            if yielded or not err.retryable or tries > policy.max_retries:
                 if tries > 1:
                     err.args = (f"{err.args[0]} (gave up after {tries} attempts)",)
                 raise

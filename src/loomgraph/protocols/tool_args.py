@@ -10,6 +10,7 @@ string and key; each violation is a `ToolArgsRejected` (a `ValueError`) naming w
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,6 +29,7 @@ class ToolArgLimits:
 
 
 DEFAULT_LIMITS = ToolArgLimits()
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 class ToolArgsRejected(LoomgraphError, ValueError):
@@ -72,6 +74,7 @@ def check_tool_args(value: Any, limits: ToolArgLimits = DEFAULT_LIMITS) -> dict[
                     f"{limits.max_string_chars}",
                     where,
                 )
+            _refuse_surrogate(item, where)
             continue
         if not isinstance(item, dict | list):
             continue
@@ -81,10 +84,22 @@ def check_tool_args(value: Any, limits: ToolArgLimits = DEFAULT_LIMITS) -> dict[
             for key, child in item.items():
                 if len(key) > limits.max_string_chars:
                     raise ToolArgsRejected("a key over the string limit", where)
+                _refuse_surrogate(key, where)
                 stack.append((child, f"{where}.{key}", depth + 1))
         else:
             stack.extend((child, f"{where}[{i}]", depth + 1) for i, child in enumerate(item))
     return value
+
+
+def _refuse_surrogate(text: str, where: str) -> None:
+    """ToolArgsRejected when `text` holds half of a UTF-16 surrogate pair (JSON's `\\ud83d`
+    escape, a character cut in two): no request, journal or tool can carry it as UTF-8."""
+    if not text.isascii() and (found := _SURROGATE.search(text)) is not None:
+        raise ToolArgsRejected(
+            f"{ascii(found[0])} is half of a UTF-16 surrogate pair (a character cut in two), "
+            "which UTF-8 cannot carry",
+            where,
+        )
 
 
 def _max_depth(text: str) -> int:
