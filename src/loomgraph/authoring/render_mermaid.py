@@ -225,9 +225,7 @@ def to_mermaid(graph: Graph | str | Path, *, run: RunLike = None, expand: bool =
     links = _Links()
     entered = overlay and (overlay.visits or overlay.path)
     start_style = f"stroke:{TAKEN},stroke-width:3px" if entered else ""
-    lines.append(
-        "    " + links.add("__start__", "-->", "", ids[g.entry or END], start_style)
-    )
+    lines.append("    " + links.add("__start__", "-->", "", ids[g.entry or END], start_style))
     lines += ["    " + line for line in _edge_links(g, ids, links, taken, routed)]
     if expand:
         lines += _children(g, ids, "    ", 0, [0], links)

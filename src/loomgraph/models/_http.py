@@ -115,7 +115,7 @@ def unsendable(label: str, exc: BaseException) -> AdapterError:
         # result) that no request can carry. The same request fails again: not retried.
         bad = leaf.object[leaf.start : leaf.end]
         return ModelRequestError(
-            f"{label}: the request holds text UTF-8 cannot carry ({ascii(bad)}: half of a "
+            f"{label}: the request holds text UTF-8 cannot carry ({bad!a}: half of a "
             f"UTF-16 surrogate pair, at character {leaf.start} of the JSON body); it was not sent"
         )
     name = type(leaf).__name__

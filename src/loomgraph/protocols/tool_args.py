@@ -96,7 +96,7 @@ def _refuse_surrogate(text: str, where: str) -> None:
     escape, a character cut in two): no request, journal or tool can carry it as UTF-8."""
     if not text.isascii() and (found := _SURROGATE.search(text)) is not None:
         raise ToolArgsRejected(
-            f"{ascii(found[0])} is half of a UTF-16 surrogate pair (a character cut in two), "
+            f"{found[0]!a} is half of a UTF-16 surrogate pair (a character cut in two), "
             "which UTF-8 cannot carry",
             where,
         )
