@@ -74,7 +74,8 @@ def check_tool_args(value: Any, limits: ToolArgLimits = DEFAULT_LIMITS) -> dict[
                     f"{limits.max_string_chars}",
                     where,
                 )
-            _refuse_surrogate(item, where)
+            if not item.isascii() and _SURROGATE.search(item):  # (inline: on every string)
+                _refuse_surrogate(item, where)
             continue
         if not isinstance(item, dict | list):
             continue
@@ -84,17 +85,20 @@ def check_tool_args(value: Any, limits: ToolArgLimits = DEFAULT_LIMITS) -> dict[
             for key, child in item.items():
                 if len(key) > limits.max_string_chars:
                     raise ToolArgsRejected("a key over the string limit", where)
-                _refuse_surrogate(key, where)
-                stack.append((child, f"{where}.{key}", depth + 1))
+                if not key.isascii() and _SURROGATE.search(key):
+                    _refuse_surrogate(key, where)
+                if isinstance(child, str | dict | list):  # (a number has nothing to check)
+                    stack.append((child, f"{where}.{key}", depth + 1))
         else:
             stack.extend((child, f"{where}[{i}]", depth + 1) for i, child in enumerate(item))
     return value
 
 
 def _refuse_surrogate(text: str, where: str) -> None:
-    """ToolArgsRejected when `text` holds half of a UTF-16 surrogate pair (JSON's `\\ud83d`
-    escape, a character cut in two): no request, journal or tool can carry it as UTF-8."""
-    if not text.isascii() and (found := _SURROGATE.search(text)) is not None:
+    """ToolArgsRejected for `text`, which holds half of a UTF-16 surrogate pair (JSON's
+    `\\ud83d` escape, a character cut in two): no request, journal or tool can carry it."""
+    found = _SURROGATE.search(text)
+    if found is not None:
         raise ToolArgsRejected(
             f"{found[0]!a} is half of a UTF-16 surrogate pair (a character cut in two), "
             "which UTF-8 cannot carry",
