@@ -311,14 +311,17 @@ def _permission_problem(err: PermissionConfigError, source: AgentSource) -> Prob
 
 def _telemetry(spec: TelemetrySpec, name: str) -> Any:
     from loomgraph.observability import OTelTelemetry, otlp
+    from loomgraph.observability.otlp import SERVICE_NAME
 
     if spec.otlp_endpoint is None:
         return OTelTelemetry(capture_content=spec.capture_content)
-    # The same exporter as `observability.otlp()`: traces and metrics, named after the agent.
+    # The same exporter as `observability.otlp()`: traces and metrics, named as the file says,
+    # else as the environment does (`OTEL_SERVICE_NAME`), else after the agent.
     return otlp(
         spec.otlp_endpoint,
         capture_content=spec.capture_content,
-        service_name=spec.service_name or name,
+        service_name=spec.service_name,
+        default_service_name=name or SERVICE_NAME,
     )
 
 

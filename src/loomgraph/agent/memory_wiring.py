@@ -3,12 +3,23 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any
 
 from loomgraph.agent.deps import ConfigError, current_run, resolve_model
 from loomgraph.memory.null import NoMemory
-from loomgraph.protocols import Deps, Episode, Hooks, Memory, Model, Telemetry
+from loomgraph.protocols import (
+    Deps,
+    Episode,
+    Hooks,
+    Memory,
+    Model,
+    ModelChunk,
+    ModelRequest,
+    Telemetry,
+    Usage,
+    semconv,
+)
 from loomgraph.protocols.events import MEMORY_EXTRACTION_FAILED, Event
 from loomgraph.tools import tool
 
@@ -34,10 +45,12 @@ class MemoryExtraction:
 
         self.memory, self.model, self.hooks, self.telemetry = memory, model, hooks, telemetry
         self.extractor = Extractor(on_error=self._failed)
+        # Its calls are paid for like a run's: traced, so the token and cost metrics count them.
+        self._traced = TracedModel(model, telemetry)
 
     def schedule(self, episode: Episode) -> None:
         """Start extracting one episode; returns at once."""
-        self.extractor.schedule(self.memory, self.model, episode)
+        self.extractor.schedule(self.memory, self._traced, episode)
 
     async def drain(self) -> None:
         """Wait for every pending extraction."""
@@ -59,6 +72,32 @@ class MemoryExtraction:
                 time.time(),
             )
         )
+
+
+class TracedModel:
+    """`model` with each call traced as a `chat {model}` span carrying the usage it reported,
+    for calls made outside a run (fact extraction): the span's usage is what the token and
+    cost metrics count. The answer is read whole inside the span, then handed out (a span
+    held open across the caller's awaits would be the current span of the caller's code)."""
+
+    def __init__(self, model: Model, telemetry: Telemetry) -> None:
+        self.model, self.telemetry = model, telemetry
+        self.name = model.name
+
+    async def stream(self, request: ModelRequest) -> AsyncIterator[ModelChunk]:
+        """The model's answer to `request`, traced."""
+        model = self.model
+        attributes = semconv.chat_attributes(
+            model=model.name, provider=semconv.provider_of(model), max_tokens=request.max_tokens
+        )
+        with self.telemetry.span(semconv.chat_span_name(model.name), attributes) as span:
+            chunks = [chunk async for chunk in model.stream(request)]
+            # The answer's usage and that of every attempt its adapter retried (`attempt`).
+            billed = (c.get("usage") for c in chunks if c.get("type") in ("usage", "attempt"))
+            usage = sum((Usage.reported(u) for u in billed), Usage())
+            semconv.set_attributes(span, semconv.usage_attributes(usage))
+        for chunk in chunks:
+            yield chunk
 
 
 def wire_memory(

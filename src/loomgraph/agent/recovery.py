@@ -103,6 +103,7 @@ async def close_dead_letter(
         user_id=record.user_id,
         parent_run_id=record.parent_run_id,
         agent_name=agent_name,
+        model=deps.model,
     )
     ended = semconv.run_end_attributes(RunStatus.DEAD_LETTER)
     with deps.telemetry.span(semconv.RUN_SPAN, {**attributes, **ended}):

@@ -211,6 +211,7 @@ class AgentSession:
                 user_id=self.user_id,
                 parent_run_id=record.parent_run_id,
                 agent_name=self.agent_name,
+                model=deps.model,
             )
             with deps.telemetry.span(semconv.RUN_SPAN, attributes) as self._run_span:
                 scope = RunScope(self.run_id, self.user_id, self.session_id, deps, sink, run_child)

@@ -88,9 +88,9 @@ class ToolGate:
                 is_error=True,
                 error_type="unknown_tool",
             )
-            return await self._done(call, result)
+            return await self._refused(call, result)
         if too_large is not None:  # never run, never journaled whole
-            done = await self._done(call, too_large)
+            done = await self._refused(call, too_large, spec)
             self._count_invalid(call, too_large)
             return done
         decided = await self._decide(call, spec, key)
@@ -106,7 +106,7 @@ class ToolGate:
                 is_error=True,
                 error_type="permission_denied",
             )
-            return await self._done(call, result)
+            return await self._refused(call, result, spec)
         prior = await scope.begin_effect(key, TOOL_EFFECT, {"call": call}, self.node)
         scope.begun.add(key.text)
         if is_done(prior):
@@ -330,6 +330,25 @@ class ToolGate:
             await self.scope.emit(PERMISSION_DECISION, report, self.node)
         if entry is not None:
             await self.scope.audit(AuditAction.PERMISSION_DECISION, self.node, entry)
+
+    async def _refused(
+        self, call: ToolCall, result: ToolResult, spec: ToolSpec | None = None
+    ) -> ToolResult:
+        """A call the gate did not run (an unknown tool, arguments over the size limit, a
+        permission's refusal): traced as an `execute_tool` span in error, the result's
+        `error_type` its `error.type`, so a trace shows what the model asked for and why
+        nothing ran (the span lasts no time: nothing was executed)."""
+        if self.scope.tracing:
+            attributes = semconv.tool_attributes(
+                tool=call["tool"],
+                call_id=call["id"],
+                tool_type="function" if spec is None else spec.get("tool_type", "function"),
+            )
+            with self.scope.deps.telemetry.span(
+                semconv.tool_span_name(call["tool"]), attributes
+            ) as span:
+                span.set_attribute(semconv.ERROR_TYPE, result.get("error_type") or "refused")
+        return await self._done(call, result)
 
     async def _done(
         self,

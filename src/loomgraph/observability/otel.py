@@ -348,7 +348,7 @@ class OTelTelemetry:
         try:
             self._record(
                 model,
-                usage.input_tokens or None,
+                usage.prompt_tokens or None,  # cached ones included, as on a chat span
                 usage.output_tokens or None,
                 usage.cost_usd,
                 provider=provider,

@@ -107,7 +107,8 @@ def otlp(
     *,
     capture_content: bool = False,
     headers: Mapping[str, str] | None = None,
-    service_name: str = SERVICE_NAME,
+    service_name: str | None = None,
+    default_service_name: str = SERVICE_NAME,
     metric_interval_s: float = 60.0,
     export_timeout_s: float = EXPORT_TIMEOUT_S,
 ) -> OTLPTelemetry:
@@ -115,7 +116,11 @@ def otlp(
     to `/v1/traces`, metrics to `/v1/metrics`). Content (messages, tool arguments and
     results) is recorded only with `capture_content=True`. One export (its retries
     included) gives up after `export_timeout_s`: a collector that does not answer holds the
-    exporting threads, `shutdown()` and a flush in the background no longer than that."""
+    exporting threads, `shutdown()` and a flush in the background no longer than that.
+
+    `service.name` is `service_name` when given, else what the environment says
+    (`OTEL_SERVICE_NAME`, `OTEL_RESOURCE_ATTRIBUTES`), else `default_service_name`; the
+    environment's other resource attributes are kept."""
     from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
     from opentelemetry.sdk.metrics import MeterProvider
@@ -125,7 +130,10 @@ def otlp(
     from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
     base = endpoint.rstrip("/")
-    resource = Resource.create({"service.name": service_name})
+    resource = Resource.create({} if service_name is None else {"service.name": service_name})
+    # The SDK names a service nobody named `unknown_service[:executable]`.
+    if str(resource.attributes.get("service.name", "")).startswith("unknown_service"):
+        resource = resource.merge(Resource({"service.name": default_service_name}))
     tracer_provider = TracerProvider(resource=resource)
     sent = dict(headers or {})
     spans = OTLPSpanExporter(endpoint=f"{base}/v1/traces", headers=sent, timeout=export_timeout_s)

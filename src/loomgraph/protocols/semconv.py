@@ -16,6 +16,7 @@ from typing import Any
 from loomgraph.errors import NodeError
 
 from .messages import Message
+from .models import Model
 from .observability import Span
 from .usage import Usage
 
@@ -115,12 +116,17 @@ def run_attributes(
     user_id: str | None = None,
     parent_run_id: str | None = None,
     agent_name: str | None = None,
+    model: Model | None = None,
 ) -> dict[str, Any]:
     """Attributes of the `loom.run` span; the session id becomes `gen_ai.conversation.id`,
-    the agent's name `gen_ai.agent.name` (the graph's name for an agent with none)."""
+    the agent's name `gen_ai.agent.name` (the graph's name for an agent with none), its
+    model `gen_ai.request.model` and `gen_ai.provider.name` (required on an `invoke_agent`
+    span and its duration)."""
     return _without_none(
         {
             GEN_AI_OPERATION_NAME: OP_INVOKE_AGENT,
+            GEN_AI_PROVIDER_NAME: None if model is None else provider_of(model),
+            GEN_AI_REQUEST_MODEL: None if model is None else model.name,
             GEN_AI_AGENT_NAME: agent_name or graph_name,
             GEN_AI_CONVERSATION_ID: session_id,
             LOOM_RUN_ID: run_id,
@@ -212,16 +218,22 @@ def response_attributes(
 
 
 def usage_attributes(usage: Usage) -> dict[str, Any]:
-    """`gen_ai.usage.*` attributes (plus `loom.usage.cost_usd`) for the non-zero fields."""
+    """`gen_ai.usage.*` attributes (plus `loom.usage.cost_usd`) for the non-zero fields.
+
+    `gen_ai.usage.input_tokens` counts every prompt token, cached or not, as the conventions
+    ask (`Usage.prompt_tokens`); the cache attributes say which part of it was read from or
+    written to the cache. (`Usage.input_tokens` is the uncached part, as Claude reports it.)"""
     pairs = (
-        ("input_tokens", GEN_AI_USAGE_INPUT_TOKENS),
         ("output_tokens", GEN_AI_USAGE_OUTPUT_TOKENS),
         ("cache_read_tokens", GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS),
         ("cache_write_tokens", GEN_AI_USAGE_CACHE_CREATION_INPUT_TOKENS),
         ("cost_usd", LOOM_COST_USD),
     )
     raw = usage.to_dict()
-    return {name: raw[key] for key, name in pairs if key in raw}
+    attributes = {name: raw[key] for key, name in pairs if key in raw}
+    if usage.prompt_tokens:
+        attributes[GEN_AI_USAGE_INPUT_TOKENS] = usage.prompt_tokens
+    return attributes
 
 
 def tool_attributes(
