@@ -1,289 +1,164 @@
-"""loomgraph's OpenTelemetry telemetry against the GenAI semantic conventions, as a probe
-found it: `OTEL_SERVICE_NAME` ignored, cached prompt tokens left out of
-`gen_ai.usage.input_tokens`, the `invoke_agent` span without its provider and model, fact
-extraction's model calls missing from the token metrics, a refused tool call invisible in
-the trace. Each test's docstring says what went wrong before."""
+"""Telemetry never fails a run: a span processor (or tracer, or meter) that raises is logged,
+rate-limited, on the `loomgraph.telemetry` logger, and the run goes on as without it."""
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from opentelemetry.context import Context
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import get_current_span
 
 from loomgraph import Agent
-from loomgraph.governance import StandardPermissions
 from loomgraph.models import ScriptedModel
-from loomgraph.observability import OTelTelemetry, otlp
+from loomgraph.observability import OTelTelemetry
+from loomgraph.observability.otel import TracedSpan
+from loomgraph.protocols import RunStatus
 from loomgraph.runtime.sqlite import SqliteRuntime
 
-
-class Traced:
-    """An OTelTelemetry wired to in-memory span and metric readers."""
-
-    def __init__(self) -> None:
-        self.exporter = InMemorySpanExporter()
-        self.reader = InMemoryMetricReader()
-        provider = TracerProvider()
-        provider.add_span_processor(SimpleSpanProcessor(self.exporter))
-        self.telemetry = OTelTelemetry(provider, MeterProvider(metric_readers=[self.reader]))
-
-    def spans(self) -> list[ReadableSpan]:
-        return list(self.exporter.get_finished_spans())
-
-    def named(self, name: str) -> list[ReadableSpan]:
-        return [s for s in self.spans() if s.name == name]
-
-    def points(self, metric: str) -> list[Any]:
-        data = self.reader.get_metrics_data()
-        found: list[Any] = []
-        for rm in data.resource_metrics if data else []:
-            for sm in rm.scope_metrics:
-                for m in sm.metrics:
-                    if m.name == metric:
-                        found.extend(m.data.data_points)
-        return found
+LOGGER = "loomgraph.telemetry"
 
 
-async def add(a: int, b: int) -> int:
-    """Add two numbers."""
-    return a + b
+class Broken(SpanProcessor):
+    """Raises from the hooks named in `where` (`start`, `end`)."""
 
-
-def react_script() -> ScriptedModel:
-    return ScriptedModel([{"tool_calls": [{"tool": "add", "args": {"a": 1, "b": 2}}]}, "3"])
-
-
-async def test_invoke_agent_span_and_its_duration_name_the_provider_and_model() -> None:
-    """A user runs a ReAct agent on one model and charts
-    `gen_ai.client.operation.duration` by `gen_ai.provider.name`. The conventions make
-    `gen_ai.provider.name` Required on the invoke_agent (internal) span and on every
-    `gen_ai.client.operation.duration` point, and `gen_ai.request.model` Conditionally
-    Required (if available: the agent has one model). The run span and its duration point
-    carry neither, so agent runs fall out of every per-provider/per-model view."""
-    traced = Traced()
-    agent = Agent("x", model=react_script(), tools=[add], telemetry=traced.telemetry)
-    assert (await agent.run("1+2")).ok
-    (run,) = [s for s in traced.spans() if s.parent is None]
-    assert run.attributes is not None
-    assert run.attributes["gen_ai.operation.name"] == "invoke_agent"
-    assert run.attributes.get("gen_ai.provider.name") == "loomgraph"
-    assert run.attributes.get("gen_ai.request.model") == "scripted"
-    invoke = [
-        p
-        for p in traced.points("gen_ai.client.operation.duration")
-        if p.attributes["gen_ai.operation.name"] == "invoke_agent"
-    ]
-    assert len(invoke) == 1
-    assert invoke[0].attributes.get("gen_ai.provider.name") == "loomgraph"
-
-
-async def test_cached_prompt_tokens_count_as_input_tokens() -> None:
-    """A user's model answers from a warm prompt cache: 200 fresh prompt tokens and
-    800 read from the cache (what Anthropic reports as input_tokens=200,
-    cache_read_input_tokens=800, and what the OpenAI adapter turns prompt_tokens=1000,
-    cached_tokens=800 into). The conventions say `gen_ai.usage.input_tokens` SHOULD include
-    all input tokens, cached ones included (`gen_ai.usage.cache_read.input_tokens` is a part
-    of it), so the span and the `gen_ai.client.token.usage` input point should say 1000. They
-    say 200: dashboards undercount the prompt by the cached part."""
-    traced = Traced()
-    usage = {"input_tokens": 200, "cache_read_tokens": 800, "output_tokens": 5}
-    model = ScriptedModel([{"text": "hi", "usage": usage}])
-    agent = Agent("x", model=model, telemetry=traced.telemetry)
-    assert (await agent.run("hello")).ok
-    (chat,) = traced.named("chat scripted")
-    assert chat.attributes is not None
-    assert chat.attributes["gen_ai.usage.cache_read.input_tokens"] == 800
-    assert chat.attributes["gen_ai.usage.input_tokens"] == 1000
-    inputs = [
-        p
-        for p in traced.points("gen_ai.client.token.usage")
-        if p.attributes["gen_ai.token.type"] == "input"
-    ]
-    assert sum(p.sum for p in inputs) == 1000
-
-
-def test_otlp_respects_otel_service_name(monkeypatch: pytest.MonkeyPatch) -> None:
-    """An operator deploys an agent with the standard `OTEL_SERVICE_NAME=billing-agent`
-    (and `OTEL_RESOURCE_ATTRIBUTES`) and calls `otlp(endpoint)` without `service_name=`. The
-    OpenTelemetry SDK spec says OTEL_SERVICE_NAME sets `service.name`; `otlp` always passes
-    its default `service_name="loomgraph"` to `Resource.create`, which wins over the
-    environment, so every agent of the fleet reports as `loomgraph`."""
-    monkeypatch.setenv("OTEL_SERVICE_NAME", "billing-agent")
-    monkeypatch.setenv("OTEL_RESOURCE_ATTRIBUTES", "deployment.environment=prod")
-    telemetry = otlp("http://127.0.0.1:9")  # nothing is exported: no span is made
-    named = otlp("http://127.0.0.1:9", service_name="chosen")
-    try:
-        resource = telemetry.tracer_provider.resource.attributes
-        assert resource["deployment.environment"] == "prod"  # the environment is read
-        assert resource["service.name"] == "billing-agent"
-        assert named.tracer_provider.resource.attributes["service.name"] == "chosen"
-    finally:
-        telemetry.shutdown(timeout_s=5.0)
-        named.shutdown(timeout_s=5.0)
-
-
-def test_an_agent_file_names_its_service_after_the_environment_then_the_agent(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> None:
-    """An agent file without `service_name`: `OTEL_SERVICE_NAME` when set, else the agent's
-    name; the file's own `service_name` wins over both."""
-    path = tmp_path / "agent.yaml"
-    made = []
-
-    def service(file_service: str = "") -> str:
-        named = f", service_name: {file_service}" if file_service else ""
-        path.write_text(
-            "schema_version: 1\nname: billing-bot\nmodel: echo\n"
-            f"telemetry: {{otlp_endpoint: 'http://127.0.0.1:9'{named}}}\n",
-            encoding="utf-8",
-        )
-        telemetry: Any = Agent.from_file(path).deps.telemetry
-        made.append(telemetry)
-        return str(telemetry.tracer_provider.resource.attributes["service.name"])
-
-    try:
-        monkeypatch.delenv("OTEL_SERVICE_NAME", raising=False)
-        monkeypatch.delenv("OTEL_RESOURCE_ATTRIBUTES", raising=False)
-        assert service() == "billing-bot"
-        monkeypatch.setenv("OTEL_SERVICE_NAME", "from-env")
-        assert service() == "from-env"
-        assert service("from-file") == "from-file"
-    finally:
-        for telemetry in made:
-            telemetry.shutdown(timeout_s=5.0)
-
-
-class Counted(ScriptedModel):
-    """A ScriptedModel that counts the calls made to it."""
-
-    def __init__(self, turns: list[Any], name: str) -> None:
-        super().__init__(turns, name=name)
+    def __init__(self, *where: str) -> None:
+        self.where = set(where)
         self.calls = 0
 
-    async def stream(self, request: Any) -> Any:
-        self.calls += 1
-        async for chunk in super().stream(request):
-            yield chunk
+    def on_start(self, span: Span, parent_context: Context | None = None) -> None:
+        if "start" in self.where:
+            self.calls += 1
+            raise RuntimeError("processor down (start)")
+
+    def on_end(self, span: ReadableSpan) -> None:
+        if "end" in self.where:
+            self.calls += 1
+            raise RuntimeError("processor down (end)")
 
 
-async def test_memory_extraction_model_calls_reach_the_token_metrics() -> None:
-    """A user turns on fact extraction with a cheaper `extract_model` and watches
-    spend through `gen_ai.client.token.usage` / `loom.usage.cost` (docs/observability.md:
-    "the token and cost metrics add up to ..."; usage outside a chat span is to be given to
-    `record_usage`). Every run then makes one more, paid, model call (extract.py
-    `extract_facts`), which streams straight from the model: no `chat` span, no
-    `record_usage`, its usage chunk dropped. Its 300 input / 40 output tokens never reach
-    telemetry."""
-    traced = Traced()
-    facts = {"facts": [{"subject": "user", "predicate": "likes", "object": "tea"}]}
-    extractor = Counted(
-        [
-            {
-                "tool_calls": [{"tool": "record_facts", "args": facts}],
-                "usage": {"input_tokens": 300, "output_tokens": 40},
-            }
-        ],
-        name="extractor",
-    )
+def _telemetry(*processors: SpanProcessor) -> tuple[OTelTelemetry, InMemorySpanExporter]:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    # The exporter first: the SDK calls no processor after one that raised.
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    for processor in processors:
+        provider.add_span_processor(processor)
+    return OTelTelemetry(provider), exporter
+
+
+@pytest.fixture
+def quiet_logs(caplog: pytest.LogCaptureFixture) -> Iterator[pytest.LogCaptureFixture]:
+    caplog.set_level(logging.WARNING, logger=LOGGER)
+    yield caplog
+
+
+def _reports(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if r.name == LOGGER]
+
+
+@pytest.mark.parametrize("where", [("end",), ("start",), ("start", "end")])
+async def test_a_raising_span_processor_does_not_fail_the_run(
+    tmp_path: Path, quiet_logs: pytest.LogCaptureFixture, where: tuple[str, ...]
+) -> None:
+    broken = Broken(*where)
+    telemetry, _ = _telemetry(broken)
     agent = Agent(
-        "x",
-        model=ScriptedModel(["noted"]),
-        memory="memory",
-        auto_extract=True,
-        extract_model=extractor,
-        telemetry=traced.telemetry,
-    )
-    assert (await agent.run("I like tea", user_id="u1")).ok
-    await agent.aclose()  # waits for the background extraction
-    assert extractor.calls == 1
-    by_model = [
-        p
-        for p in traced.points("gen_ai.client.token.usage")
-        if p.attributes.get("gen_ai.request.model") == "extractor"
-        and p.attributes["gen_ai.token.type"] == "input"
-    ]
-    assert sum(p.sum for p in by_model) == 300
-
-
-async def test_a_denied_tool_call_is_visible_in_the_trace() -> None:
-    """An operator debugs why an agent never used its `add` tool. The model asked for
-    it (call `c1`), a `deny` rule refused it, and the model answered without it. The trace
-    shows `loom.node tools` with nothing under it and nothing on it: no `execute_tool add`
-    span (with `error.type` `permission_denied`, the result's own error type) and no event
-    naming the call, so the refusal (tool_gate.py returns before the span opens) is only in
-    the audit log. A tool that ran and failed does get an ERROR span (`tool_error`)."""
-    traced = Traced()
-    model = ScriptedModel(
-        [{"tool_calls": [{"tool": "add", "args": {"a": 1, "b": 2}, "id": "c1"}]}, "no"]
-    )
-    agent = Agent(
-        "x",
-        model=model,
-        tools=[add],
-        permissions=StandardPermissions(deny=["add"]),
-        telemetry=traced.telemetry,
-    )
-    assert (await agent.run("1+2")).ok
-    assert traced.named("loom.node tools"), "the tools node ran"
-
-    def mentions_c1(span: ReadableSpan) -> bool:
-        attrs = [dict(span.attributes or {})] + [dict(e.attributes or {}) for e in span.events]
-        return any(a.get("gen_ai.tool.call.id") == "c1" for a in attrs)
-
-    denied = [s for s in traced.spans() if mentions_c1(s)]
-    assert denied, "no span or event records the denied call"
-    assert any(
-        (s.attributes or {}).get("error.type") == "permission_denied"
-        or any((e.attributes or {}).get("error.type") == "permission_denied" for e in s.events)
-        for s in denied
-    )
-
-
-async def test_a_resumed_approval_run_keeps_its_identity_and_nesting(tmp_path: Path) -> None:
-    """A run stops for an approval and is resumed with approve=True.
-    The resumed run's trace nests `execute_tool add` under `loom.node tools` under the run
-    span, the run span keeps the session, user and agent name it started with, and the
-    token metric over both halves equals the run's usage (nothing counted twice)."""
-    traced = Traced()
-    agent = Agent(
-        "x",
-        model=react_script(),
-        tools=[add],
-        permissions=StandardPermissions(ask=["add"]),
+        "y",
+        model=ScriptedModel(["hello", "again"]),
+        telemetry=telemetry,
         runtime=SqliteRuntime(tmp_path / "j.db"),
-        telemetry=traced.telemetry,
-        name="calc",
     )
-    waiting = await agent.run("1+2", session_id="s9", user_id="alice")
-    assert waiting.status == "awaiting_approval"
-    traced.exporter.clear()
-    done = await agent.resume(waiting.run_id, approve=True)
-    assert done.status == "completed"
-    spans = traced.spans()
-    by_id = {s.context.span_id: s for s in spans}
+    result = await agent.run("p")
+    assert (result.status, result.output) == (RunStatus.COMPLETED, "hello")
+    assert broken.calls > 1  # it raised, more than once
+    reports = _reports(quiet_logs)
+    assert len(reports) == 1  # logged once, not once per span
+    assert "processor down" in reports[0].getMessage()
+    result = await agent.run("p2")
+    assert result.status == RunStatus.COMPLETED
+    assert len(_reports(quiet_logs)) == 1  # still rate-limited
 
-    def parent(span: ReadableSpan) -> str:
-        assert span.parent is not None, span.name
-        return by_id[span.parent.span_id].name
 
-    (run,) = [s for s in spans if s.parent is None]
-    attrs = dict(run.attributes or {})
-    assert attrs["gen_ai.agent.name"] == "calc"
-    assert attrs["gen_ai.conversation.id"] == "s9"
-    assert attrs["user.id"] == "alice"
-    assert attrs["loom.run.id"] == waiting.run_id
-    (tool,) = traced.named("execute_tool add")
-    assert parent(tool) == "loom.node tools"
-    assert parent(by_id[tool.parent.span_id]) == run.name  # type: ignore[union-attr]
-    inputs = [
-        p
-        for p in traced.points("gen_ai.client.token.usage")
-        if p.attributes["gen_ai.token.type"] == "input"
-    ]
-    assert sum(p.sum for p in inputs) == done.usage.input_tokens
+def test_the_span_still_works_when_the_processor_raises_on_end(
+    quiet_logs: pytest.LogCaptureFixture,
+) -> None:
+    telemetry, exporter = _telemetry(Broken("end"))
+    with telemetry.span("outer", {"a": 1}) as span:
+        span.set_attribute("b", 2)
+        with telemetry.span("inner", {}):
+            pass
+    names = [s.name for s in exporter.get_finished_spans()]
+    assert sorted(names) == ["inner", "outer"]
+
+
+def test_the_callers_exception_is_not_replaced_by_the_processors(
+    quiet_logs: pytest.LogCaptureFixture,
+) -> None:
+    telemetry, exporter = _telemetry(Broken("end"))
+    with pytest.raises(KeyError, match="mine"), telemetry.span("s", {}):
+        raise KeyError("mine")
+    (span,) = exporter.get_finished_spans()
+    assert span.attributes is not None and span.attributes["error.type"] == "KeyError"
+
+
+class _RaisingSpan:
+    """An OpenTelemetry span (of some other SDK) whose every method raises."""
+
+    def __getattr__(self, name: str) -> Any:
+        def fail(*args: Any, **kwargs: Any) -> Any:
+            raise ValueError(f"{name} broke")
+
+        return fail
+
+
+class _RaisingTracer:
+    def start_span(self, *args: Any, **kwargs: Any) -> Any:
+        return _RaisingSpan()
+
+    def start_as_current_span(self, *args: Any, **kwargs: Any) -> Any:
+        raise ValueError("start broke")
+
+
+def test_a_tracer_whose_spans_raise_everywhere_is_survived(
+    quiet_logs: pytest.LogCaptureFixture,
+) -> None:
+    telemetry, _ = _telemetry()
+    telemetry._tracer = _RaisingTracer()  # type: ignore[assignment]
+    with telemetry.span("chat m", {"gen_ai.operation.name": "chat", "x": 1}) as span:
+        span.set_attribute("gen_ai.usage.input_tokens", 3)
+    with pytest.raises(KeyError), telemetry.span("s", {}):
+        raise KeyError("mine")
+    assert _reports(quiet_logs)
+
+
+def test_a_meter_that_raises_is_survived(quiet_logs: pytest.LogCaptureFixture) -> None:
+    reader = InMemoryMetricReader()
+    telemetry = OTelTelemetry(TracerProvider(), MeterProvider(metric_readers=[reader]))
+
+    class Boom:
+        def record(self, *args: Any, **kwargs: Any) -> None:
+            raise ValueError("meter broke")
+
+        add = record
+
+    telemetry._duration = telemetry._tokens = telemetry._cost = Boom()  # type: ignore[assignment]
+    attrs = {"gen_ai.operation.name": "chat", "gen_ai.request.model": "m"}
+    with telemetry.span("chat m", attrs) as span:
+        span.set_attribute("gen_ai.usage.input_tokens", 3)
+    assert any("meter broke" in r.getMessage() for r in _reports(quiet_logs))
+
+
+def test_the_span_is_current_inside_the_block() -> None:
+    telemetry, _ = _telemetry()
+    with telemetry.span("s", {}) as span:
+        assert isinstance(span, TracedSpan)
+        assert get_current_span() is span.otel_span
