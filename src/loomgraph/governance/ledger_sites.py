@@ -17,10 +17,17 @@ __all__ = ["AmbiguousLedger", "LedgerPlaces", "ledger_at"]
 
 
 def ledger_at(site: LedgerSite) -> Ledger:
-    """A ledger in a journal's database: its SQLite file, or its Postgres schema."""
+    """A ledger in a journal's database: its SQLite file, or its Postgres schema (waiting
+    for the server no longer than the journal does, on a pool no bigger)."""
     if isinstance(site, SqliteSite):
         return SqliteLedger(site.path)
-    return PostgresLedger(site.dsn, schema=site.schema)
+    return PostgresLedger(
+        site.dsn,
+        schema=site.schema,
+        pool_size=site.pool_size,
+        connect_timeout=site.connect_timeout,
+        command_timeout=site.command_timeout,
+    )
 
 
 class AmbiguousLedger(LoomgraphError):

@@ -4,7 +4,6 @@ they were first made, and how a hold's or a charge's row is read and written."""
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -15,7 +14,6 @@ __all__ = [
     "ADDED_COLUMNS",
     "CHARGE_COLUMNS",
     "HOLD_COLUMNS",
-    "IDENT",
     "charge_of",
     "ddl",
     "dump_amounts",
@@ -24,9 +22,6 @@ __all__ = [
     "hold_of",
     "load_amounts",
 ]
-
-IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
-
 
 def ddl(prefix: str, real: str) -> list[str]:
     return [

@@ -16,9 +16,10 @@ from loomgraph._storage.pg_pool import (
     import_asyncpg,
     open_pool,
     out_of_service,
+    quote_ident,
 )
 from loomgraph.governance.ledger import LedgerUnavailable
-from loomgraph.governance.ledger_tables import ADDED_COLUMNS, IDENT, ddl
+from loomgraph.governance.ledger_tables import ADDED_COLUMNS, ddl
 from loomgraph.governance.sql_ledger import _SqlLedger
 
 __all__ = ["PostgresLedger"]
@@ -48,10 +49,10 @@ class PostgresLedger(_SqlLedger):
         connect_timeout: float = 10.0,
         command_timeout: float = 15.0,
     ) -> None:
-        if not IDENT.fullmatch(schema):
-            raise ValueError(f"invalid schema name {schema!r}")
         checked_timeouts(connect_timeout, command_timeout)
-        super().__init__(f'"{schema}".')
+        # The journal's rule for a schema's name (ValueError naming it), so a ledger fits any
+        # schema a journal takes.
+        super().__init__(quote_ident(schema) + ".")
         self._pg = import_asyncpg("PostgresLedger")
         self.dsn = dsn
         self.schema = schema
@@ -95,16 +96,21 @@ class PostgresLedger(_SqlLedger):
 
     def _translate(self, err: Exception) -> Exception:
         """A server that cannot be reached, or that ended or refused the work for a reason
-        of its own (shutting down, out of resources, a lock or idle timeout), as
-        LedgerUnavailable; anything else (a constraint, what `decide` raised) unchanged."""
+        of its own (shutting down, out of resources, a lock or idle timeout), and tables
+        that are gone (dropped while in use), as LedgerUnavailable: a run stays to be
+        resumed; anything else (a constraint, what `decide` raised) unchanged."""
+        if isinstance(err, self._pg.UndefinedTableError):
+            return LedgerUnavailable(
+                self.location, f"its tables are gone (dropped while in use?): {err}"
+            )
         why = out_of_service(self._pg, err, self.dsn, self.connect_timeout, self.command_timeout)
         return err if why is None else LedgerUnavailable(self.location, why)
 
     async def _setup(self, con: Any) -> None:
         # Creators racing on CREATE TABLE IF NOT EXISTS collide in the catalog.
         await con.execute("SELECT pg_advisory_xact_lock($1)", self._key(""))
-        await con.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"')
-        prefix = f'"{self.schema}".'
+        await con.execute(f"CREATE SCHEMA IF NOT EXISTS {quote_ident(self.schema)}")
+        prefix = quote_ident(self.schema) + "."
         for statement in ddl(prefix, "DOUBLE PRECISION"):
             await con.execute(statement)
         for table, column, kind in ADDED_COLUMNS:  # tables made before these columns

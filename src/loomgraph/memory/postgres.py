@@ -233,11 +233,9 @@ class PostgresMemory(SqlMemory):
             return err
         if isinstance(err, pg.UndefinedTableError | pg.UndefinedColumnError):
             return MemoryCorrupted(self.where, str(err))
-        why = pg_pool.unreachable(pg, err, self.dsn, self.connect_timeout, self.command_timeout)
-        if why is not None:
+        why = pg_pool.out_of_service(pg, err, self.dsn, self.connect_timeout, self.command_timeout)
+        if why is not None:  # (a database or role that does not exist included)
             return MemoryUnavailable(self.where, why)
-        if isinstance(err, pg.InvalidCatalogNameError | pg.InvalidAuthorizationSpecificationError):
-            return MemoryUnavailable(self.where, pg_pool.failure(self.dsn, err))
         if isinstance(err, pg.PostgresError):
             return MemoryBackendError(self.where, pg_pool.failure(self.dsn, err))
         return err

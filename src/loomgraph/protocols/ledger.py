@@ -9,7 +9,7 @@ and the budget the user made is never changed. Imports nothing of ours.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol, Self, runtime_checkable
 
 __all__ = ["Bindable", "LedgerHost", "LedgerSite", "PostgresSite", "SqliteSite"]
@@ -24,10 +24,15 @@ class SqliteSite:
 
 @dataclass(frozen=True, slots=True)
 class PostgresSite:
-    """A PostgreSQL database and schema."""
+    """A PostgreSQL database and schema, and the journal's limits on waiting for it (which
+    a ledger placed there keeps: its waits are no longer than the journal's). The limits are
+    not part of the place: two journals in one schema are one site."""
 
     dsn: str
     schema: str
+    connect_timeout: float = field(default=10.0, compare=False)
+    command_timeout: float = field(default=15.0, compare=False)
+    pool_size: int = field(default=4, compare=False)
 
 
 LedgerSite = SqliteSite | PostgresSite

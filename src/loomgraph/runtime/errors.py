@@ -6,6 +6,7 @@ from loomgraph.errors import LoomgraphError, ServiceUnavailable
 from loomgraph.protocols.runtime import UnknownRun
 
 __all__ = [
+    "MAX_ID_CHARS",
     "JournalCorrupted",
     "JournalDamaged",
     "JournalEncodingError",
@@ -91,13 +92,24 @@ class JournalEncodingError(JournalError, TypeError):
     """A value to journal is not plain JSON (journals never pickle); nothing was written."""
 
 
+# The longest id a journal keeps (user, session, run ids; node and graph names): an index
+# entry of Postgres holds at most 2,704 bytes, and 512 characters are at most 2,048 in UTF-8.
+MAX_ID_CHARS = 512
+
+
 class JournalIdError(JournalError, ValueError):
-    """An id the journal cannot store as text (a NUL, a lone surrogate); nothing was written.
-    `.field` names the column (`user_id`, `session_id`, ...), `.value` is the id given."""
+    """An id the journal cannot store as text (a NUL, a lone surrogate, over `MAX_ID_CHARS`);
+    nothing was written. `.field` names the column (`user_id`, `session_id`, ...), `.value`
+    is the id given."""
 
     def __init__(self, field: str, value: str) -> None:
         shown = value if len(value) <= 80 else value[:79] + "…"
-        why = "a NUL character" if "\x00" in value else "a lone surrogate (not valid Unicode text)"
+        if len(value) > MAX_ID_CHARS:
+            why = f"{len(value):,} characters, over the limit of {MAX_ID_CHARS}"
+        elif "\x00" in value:
+            why = "a NUL character"
+        else:
+            why = "a lone surrogate (not valid Unicode text)"
         super().__init__(
             f"{field} {shown!r} cannot be journaled: it holds {why}; nothing was written"
         )

@@ -18,8 +18,8 @@ from loomgraph._storage.pg_pool import (
     failure,
     import_asyncpg,
     open_pool,
+    out_of_service,
     quote_ident,
-    unreachable,
 )
 from loomgraph.protocols import RunRecord
 from loomgraph.protocols.backend_specs import dsn_problem
@@ -134,7 +134,13 @@ class PostgresRuntime(SqlJournal):
     @property
     def ledger_site(self) -> LedgerSite | None:
         """This database and schema, to keep a budget ledger in."""
-        return PostgresSite(self.dsn, self.schema)
+        return PostgresSite(
+            self.dsn,
+            self.schema,
+            connect_timeout=self.connect_timeout,
+            command_timeout=self.command_timeout,
+            pool_size=self.pool_size,
+        )
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Any]:
@@ -167,11 +173,13 @@ class PostgresRuntime(SqlJournal):
         )
 
     def _translate(self, err: Exception) -> Exception:
-        """Connection failures become JournalUnavailable; anything else passes unchanged."""
+        """A server that cannot do the work now (unreachable, shutting down, a statement or
+        lock timeout of its own: `out_of_service`) is JournalUnavailable, a run stays to be
+        resumed; missing tables are JournalCorrupted; anything else passes unchanged."""
         pg = self._pg
         if isinstance(err, pg.UndefinedTableError):
             return JournalCorrupted(self.location, str(err))
-        why = unreachable(pg, err, self.dsn, self.connect_timeout, self.command_timeout)
+        why = out_of_service(pg, err, self.dsn, self.connect_timeout, self.command_timeout)
         return err if why is None else JournalUnavailable(self.location, why)
 
     # ------------------------------------------------------------------ opening

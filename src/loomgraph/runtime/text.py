@@ -11,7 +11,7 @@ read back as the value written.
 from __future__ import annotations
 
 from loomgraph.protocols import RunRecord, Transition, escaped, storable
-from loomgraph.runtime.errors import JournalIdError
+from loomgraph.runtime.errors import MAX_ID_CHARS, JournalIdError
 
 __all__ = [
     "check_id",
@@ -30,11 +30,12 @@ def storable_reason(text: str) -> str:
 
 
 def check_id(field: str, value: str | None) -> None:
-    """Refuse an id no backend can store as it is (`JournalIdError` naming `field`), and one
-    that is no text at all (a TypeError naming `field`, not one from deep in a check)."""
+    """Refuse an id no backend can store as it is, or longer than `MAX_ID_CHARS`
+    (`JournalIdError` naming `field`), and one that is no text at all (a TypeError naming
+    `field`, not one from deep in a check)."""
     if value is not None and not isinstance(value, str):
         raise TypeError(f"{field} must be a str or None, got {type(value).__name__} {value!r:.60}")
-    if value is not None and not storable(value):
+    if value is not None and (len(value) > MAX_ID_CHARS or not storable(value)):
         raise JournalIdError(field, value)
 
 
