@@ -8,37 +8,10 @@ SQLite journal, driven by the official SDK's client; the agent is tests/test_mcp
 
 from __future__ import annotations
 
-import contextlib
-import os
-import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-from mcp.client.session import ClientSession
-from mcp.client.stdio import StdioServerParameters, stdio_client
-
-from test_mcp_serve_keys import SRC, TESTS, ledger, text
-
-
-@contextlib.asynccontextmanager
-async def client(folder: Path, user: str, *options: str) -> AsyncIterator[ClientSession]:
-    params = StdioServerParameters(
-        command=sys.executable,
-        args=[
-            *("-m", "loomgraph.cli.main", "mcp-serve", "--agent", "test_mcp_serve_keys:make_agent"),
-            *("--user", user, *options),
-        ],
-        env={
-            "PYTHONPATH": os.pathsep.join([str(SRC), str(TESTS)]),
-            "KEYS_TEST_DIR": str(folder),
-            "PATH": os.environ.get("PATH", ""),
-        },
-        cwd=str(TESTS),
-    )
-    async with stdio_client(params) as (read, write), ClientSession(read, write) as session:
-        await session.initialize()
-        yield session
+from test_mcp_serve_keys import client, ledger, text
 
 
 async def test_an_approver_lists_and_answers_another_users_call(tmp_path: Path) -> None:

@@ -70,12 +70,13 @@ def make_agent() -> Agent:
 
 
 @contextlib.asynccontextmanager
-async def approver(folder: Path) -> AsyncIterator[ClientSession]:
+async def client(folder: Path, user: str, *options: str) -> AsyncIterator[ClientSession]:
+    """A session with `mcp-serve --user USER [options]` over stdio, its journal in `folder`."""
     params = StdioServerParameters(
         command=sys.executable,
         args=[
             *("-m", "loomgraph.cli.main", "mcp-serve", "--agent", "test_mcp_serve_keys:make_agent"),
-            *("--user", "alice", "--approver"),
+            *("--user", user, *options),
         ],
         env={
             "PYTHONPATH": os.pathsep.join([str(SRC), str(TESTS)]),
@@ -87,6 +88,11 @@ async def approver(folder: Path) -> AsyncIterator[ClientSession]:
     async with stdio_client(params) as (read, write), ClientSession(read, write) as session:
         await session.initialize()
         yield session
+
+
+def approver(folder: Path) -> contextlib.AbstractAsyncContextManager[ClientSession]:
+    """alice's session, with the approver role."""
+    return client(folder, "alice", "--approver")
 
 
 def text(result: Any) -> str:

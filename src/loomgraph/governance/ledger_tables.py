@@ -23,6 +23,7 @@ __all__ = [
     "load_amounts",
 ]
 
+
 def ddl(prefix: str, real: str) -> list[str]:
     return [
         f"CREATE TABLE IF NOT EXISTS {prefix}loom_budget_scopes (scope TEXT PRIMARY KEY, "
