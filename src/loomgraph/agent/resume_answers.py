@@ -5,12 +5,20 @@ from __future__ import annotations
 
 from typing import Any
 
-from loomgraph.agent.checkpoints import approval, not_answered, resume_value
+from loomgraph.agent.checkpoints import approval, not_answered, pending_of, resume_value
 from loomgraph.agent.defaults import NO_VALUE
-from loomgraph.engine.effects import BoundApproval, BoundValue, ResumeInput, ResumeValue
-from loomgraph.protocols import RunRecord
+from loomgraph.agent.resume_errors import EditedArgsInvalid, ToolNotOffered
+from loomgraph.engine.approval_checks import schema_problem
+from loomgraph.engine.effects import (
+    Approval,
+    BoundApproval,
+    BoundValue,
+    ResumeInput,
+    ResumeValue,
+)
+from loomgraph.protocols import Deps, RunRecord
 
-__all__ = ["NO_VALUE", "answer_for", "bound"]
+__all__ = ["NO_VALUE", "answer_for", "bound", "usable_here"]
 
 
 async def answer_for(
@@ -34,3 +42,33 @@ def bound(value: Any, approve: Any, answer: ResumeInput | None) -> tuple[Any, An
     if isinstance(answer, ResumeValue) and answer.key:
         value = BoundValue(value.value if isinstance(value, BoundValue) else value, answer.key)
     return value, answer if isinstance(answer, BoundApproval) else approve
+
+
+async def usable_here(record: RunRecord, answer: ResumeInput | None, deps: Deps) -> None:
+    """Refuse an approval this Agent could only waste, before it is journaled (an approval
+    is used once): one allowing a call to a tool it does not offer (`ToolNotOffered`: the
+    call would be denied as unknown), or edited arguments that do not fit the tool's
+    parameters as the model was shown them (`EditedArgsInvalid`: the call would fail).
+    Tools known only once their host has started (MCP servers) are listed first, as before
+    a run."""
+    pending = pending_of(record)
+    call = None if pending is None else pending.call
+    if not isinstance(answer, Approval) or not answer.allow or not call:
+        return
+    if deps.startable_tools is not None:
+        await deps.startable_tools.start()
+    tools = deps.tools
+    spec = tools.spec(call["tool"])
+    if spec is None:
+        offered = ", ".join(s["name"] for s in tools.specs()) or "none"
+        raise ToolNotOffered(
+            f"run {record.run_id} waits for approval of a call to {call['tool']!r}, a tool "
+            f"this agent does not offer (it offers: {offered}); go on with the tools the run "
+            "started with. Nothing was journaled: the run still waits"
+        )
+    problem = None if answer.args is None else schema_problem(answer.args, spec)
+    if problem is not None:
+        raise EditedArgsInvalid(
+            f"the edited arguments do not fit tool {call['tool']!r}: {problem}. Nothing was "
+            "journaled: the run still waits"
+        )

@@ -13,10 +13,12 @@ __all__ = [
     "ApprovalNotPending",
     "ApprovalRefused",
     "ApprovalUsed",
+    "EditedArgsInvalid",
     "GraphChanged",
     "NotACheckpoint",
     "ResumeError",
     "RunOfAnotherAgent",
+    "ToolNotOffered",
     "ValueNotPending",
     "ValueUsed",
 ]
@@ -78,6 +80,16 @@ class ApprovalNotPending(ApprovalRefused):
 
 class ApprovalUsed(ApprovalRefused):
     """The call was already answered: an approval is used once."""
+
+
+class ToolNotOffered(ApprovalRefused):
+    """The approved call names a tool this Agent does not offer (a resume with other tools
+    than the run started with): used, the approval would only deny the call as unknown."""
+
+
+class EditedArgsInvalid(ResumeError):
+    """An approval's edited arguments do not fit the tool's parameters (the JSON Schema the
+    model was shown): used, the approval would only fail the call."""
 
 
 class ApprovalExpired(ApprovalRefused):

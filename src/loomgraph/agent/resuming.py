@@ -35,7 +35,7 @@ from loomgraph.agent.recovery import (
     reset_recoveries,
 )
 from loomgraph.agent.result import RunResult
-from loomgraph.agent.resume_answers import NO_VALUE, answer_for, bound
+from loomgraph.agent.resume_answers import NO_VALUE, answer_for, bound, usable_here
 from loomgraph.agent.run_ending import restore_ended
 from loomgraph.agent.session import AgentSession
 from loomgraph.engine.effects import BoundValue, ResumeInput
@@ -154,7 +154,9 @@ class Resumer:
         runtime = self.deps.runtime
         record = await self._load(run_id, "resume")
         # Refused before the lease, else bound to the request it answers: checked so under it.
-        value, approve = bound(value, approve, await answer_for(runtime, record, value, approve))
+        answer = await answer_for(runtime, record, value, approve)
+        await usable_here(record, answer, self.deps)  # an approval is used once: not wasted
+        value, approve = bound(value, approve, answer)
         if record.status in FINAL_STATUSES and record.result is not None:
             await self.repair(record, sink, leased=leased)
             return RunResult.from_dict(record.result)  # a finished run: nothing runs again

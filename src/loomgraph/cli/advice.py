@@ -23,7 +23,10 @@ def worded(err: BaseException) -> str:
     from loomgraph.agent.checkpoints import GraphChanged
     from loomgraph.agent.governance_state import GovernanceChanged, PolicyChanged
     from loomgraph.agent.recovery import RunDeadLettered
+    from loomgraph.agent.resume_errors import ToolNotOffered
 
+    if isinstance(err, ToolNotOffered):  # the tools come from the command line here
+        return f"{err} (--tools MODULE:ATTR as the run started with, or -a its agent file)"
     if isinstance(err, PolicyChanged):
         return policy_changed(err)
     if isinstance(err, GovernanceChanged):

@@ -21,6 +21,7 @@ __all__ = [
     "resume_command",
     "say_how_to_answer",
     "say_how_to_approve",
+    "say_how_to_go_on",
     "unkept",
 ]
 
@@ -145,3 +146,13 @@ def named_request(
         f"command run again would answer whatever the run asks next, {later} included. Run "
         f"{record.run_id} waits at request {pending.key}: {line}"
     )
+
+
+def say_how_to_go_on(
+    result: Mapping[str, Any], args: argparse.Namespace, runtime: str | None
+) -> None:
+    """For a run of a durable journal that stopped waiting (`result`, as a dict): the
+    commands that answer its question or its pending call (`say_how_to_answer`,
+    `say_how_to_approve`); nothing for any other result."""
+    say_how_to_approve(result, args, runtime)
+    say_how_to_answer(result, True, args, runtime)

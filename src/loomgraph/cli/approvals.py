@@ -11,7 +11,7 @@ import sys
 from typing import Any
 
 from loomgraph.cli import agent_args, going_on, journal
-from loomgraph.cli.answer_commands import named_request, say_how_to_answer, say_how_to_approve
+from loomgraph.cli.answer_commands import named_request, say_how_to_go_on
 from loomgraph.cli.console import can_ask
 from loomgraph.cli.output import EXIT_OK, DrivenRun, json_line, print_result, table
 from loomgraph.engine.effects import Approval, BoundApproval
@@ -208,6 +208,5 @@ async def _answer(args: argparse.Namespace, runtime: Runtime, driven: DrivenRun)
     result = await agent.resumer().resume(sink, args.run_id, graph=graph.choice, approve=answer)
     code = print_result(result, args.json)
     # Gone on to a question or another approval: how to answer it, as `runs resume` says.
-    say_how_to_answer(result.to_dict(), True, args, args.runtime)
-    say_how_to_approve(result.to_dict(), args, args.runtime)
+    say_how_to_go_on(result.to_dict(), args, args.runtime)
     return code

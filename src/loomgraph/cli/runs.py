@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from loomgraph.cli import agent_args, going_on, journal
-from loomgraph.cli.answer_commands import named_request, say_how_to_answer, say_how_to_approve
+from loomgraph.cli.answer_commands import named_request, say_how_to_go_on
 from loomgraph.cli.console import can_ask, say
 from loomgraph.cli.output import (
     EXIT_OK,
@@ -290,8 +290,7 @@ async def _resume(args: argparse.Namespace, runtime: Runtime, driven: DrivenRun)
             return going.to_dict()
 
         ended = await answer_questions(ended, runtime, go_on)
-    say_how_to_approve(ended, args, args.runtime)
-    say_how_to_answer(ended, True, args, args.runtime)
+    say_how_to_go_on(ended, args, args.runtime)
     return exit_code(str(ended["status"]))
 
 
@@ -319,7 +318,9 @@ async def _fork(args: argparse.Namespace, runtime: Runtime, driven: DrivenRun) -
     # The new run's id comes with its `run_started`: `--json` prints nothing else of it.
     sink = driven.sink(agent.deps.hooks.on_event)
     result = await agent.resumer().fork(sink, args.run_id, at=args.at, patch=patch)
-    return print_result(result, args.json)
+    code = print_result(result, args.json)
+    say_how_to_go_on(result.to_dict(), args, args.runtime)  # a new run: answered by its id
+    return code
 
 
 async def _render(args: argparse.Namespace, runtime: Runtime) -> int:

@@ -11,7 +11,15 @@ from loomgraph.protocols import Decision, ToolCall, ToolSpec, shapes
 from loomgraph.protocols.json_values import same_json
 from loomgraph.protocols.tool_identity import ToolIdentity
 
-__all__ = ["TOOL_CHANGED", "args_too_large", "edit_too_large", "same_call", "shape", "tool_changed"]
+__all__ = [
+    "TOOL_CHANGED",
+    "args_too_large",
+    "edit_too_large",
+    "same_call",
+    "schema_problem",
+    "shape",
+    "tool_changed",
+]
 
 # The rule of a call denied because its tool is not the one its approval was asked about.
 TOOL_CHANGED = "approval:tool_changed"
@@ -35,6 +43,26 @@ def edit_too_large(call: ToolCall, answer: Approval, limit: int) -> str | None:
     if not answer.allow or answer.args is None:
         return None
     return args_too_large(ToolCall(id=call["id"], tool=call["tool"], args=answer.args), limit)
+
+
+def schema_problem(args: dict[str, Any], spec: ToolSpec) -> str | None:
+    """Where `args` do not fit the JSON Schema `spec` shows the model (`parameters`), or
+    None; a tool without a schema, or whose schema is itself no valid schema, fits anything
+    (the tool checks what it gets)."""
+    schema = spec.get("parameters")
+    if not isinstance(schema, dict):
+        return None
+    import jsonschema  # (an edited approval only: not on a run's path)
+
+    try:
+        validator = jsonschema.validators.validator_for(schema)(schema)
+        found = jsonschema.exceptions.best_match(validator.iter_errors(args))
+    except jsonschema.exceptions.SchemaError:
+        return None
+    if found is None:
+        return None
+    where = "".join(f"[{p!r}]" if isinstance(p, int) else f".{p}" for p in found.absolute_path)
+    return f"at ${where}: {found.message}"
 
 
 def shape(value: Any) -> str:
