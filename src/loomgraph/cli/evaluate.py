@@ -208,7 +208,14 @@ async def _evaluate(
 ) -> Any:
     from loomgraph.eval.run import evaluate
 
-    strategies = {name: _agent(args, name, caps) for name in names}
+    strategies: dict[str, Any] = {}
+    try:
+        for name in names:
+            strategies[name] = await _agent(args, name, caps)
+    except BaseException:
+        for agent in strategies.values():  # made before the error: closed, not leaked
+            await agent.aclose()
+        raise
     total = len(dataset.cases) * len(strategies) * args.repeat
     progress = _Progress(total)
     try:
@@ -227,19 +234,33 @@ async def _evaluate(
             await agent.aclose()
 
 
-def _agent(args: argparse.Namespace, architecture: str, caps: Any) -> Any:
+async def _agent(args: argparse.Namespace, architecture: str, caps: Any) -> Any:
+    """The Agent of one strategy; with per-run caps, those added to its own budget (its
+    global caps, prices and ledger kept), or a budget of just them when it has none."""
+    from loomgraph.cli.agent_args import load_agent
+
     options: dict[str, Any] = {}
     if architecture != "default":
         options["architecture"] = architecture
     if args.runtime:
         options["runtime"] = args.runtime
-    if caps is not None:
-        from loomgraph.governance import BudgetConfig, StandardBudget
+    agent = load_agent(args.agent, **options)
+    if caps is None:
+        return agent
+    from loomgraph.eval.run_caps import add_run_caps
 
-        options["budget"] = StandardBudget(BudgetConfig(per_user=caps))
-    from loomgraph.cli.agent_args import load_agent
+    try:
+        if add_run_caps(agent, caps):
+            return agent
+    except BaseException:
+        await agent.aclose()
+        raise
+    # No budget of its own: made again with one of the per-run caps alone (`budget=` is
+    # given to an agent file or a factory as it is, and replaces none of theirs).
+    await agent.aclose()
+    from loomgraph.governance import BudgetConfig, StandardBudget
 
-    return load_agent(args.agent, **options)
+    return load_agent(args.agent, **options, budget=StandardBudget(BudgetConfig(per_user=caps)))
 
 
 class _Progress:

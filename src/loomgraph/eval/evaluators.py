@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import math
 import numbers
 import re
 from collections.abc import Awaitable, Callable, Sequence
@@ -47,7 +48,7 @@ class Score:
     `usage` is what giving the score cost (a judge's model calls), kept with it so a report
     built from kept scores counts it. The fields are converted to built-in types (a numpy
     number is a `numbers.Real`), so a score can always be written as JSON; TypeError or
-    ValueError when one cannot be."""
+    ValueError when one cannot be (a detail that is NaN or infinite too)."""
 
     evaluator: str
     value: float
@@ -128,7 +129,11 @@ def as_real(value: Any, what: str) -> float:
 def _detail(key: Any, value: Any) -> float | str:
     if isinstance(value, str):
         return value
-    return as_real(value, f"details[{key!r}]")
+    number = as_real(value, f"details[{key!r}]")
+    # NaN and infinities have no JSON: the state file and report.json could not hold them.
+    if not math.isfinite(number):
+        raise ValueError(f"details[{key!r}] is {number}, not a finite number")
+    return number
 
 
 class Evaluator(Protocol):

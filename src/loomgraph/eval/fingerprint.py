@@ -6,15 +6,23 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from typing import Any
 
 from loomgraph.agent.agent import Agent
 from loomgraph.agent.pinning import graph_key
+from loomgraph.eval.dataset import EvaluatorSpec
 from loomgraph.eval.evaluators import Evaluator
 from loomgraph.governance import Caps
 from loomgraph.governance.caps import CAP_NAMES
 
-__all__ = ["budget_caps", "digest", "evaluator_identity", "strategy_fingerprint"]
+__all__ = [
+    "budget_caps",
+    "digest",
+    "evaluator_digests",
+    "evaluator_identity",
+    "strategy_fingerprint",
+]
 
 
 def digest(data: Any) -> str:
@@ -84,3 +92,18 @@ def evaluator_identity(evaluator: Evaluator) -> dict[str, Any]:
         "max_tokens": getattr(evaluator, "max_tokens", None),
         "fingerprint": fingerprint() if callable(fingerprint) else None,
     }
+
+
+def evaluator_digests(
+    evaluators: Sequence[Evaluator], specs: Sequence[EvaluatorSpec]
+) -> dict[str, str]:
+    """Per evaluator, by the name its scores go under: a digest of what decides its scores
+    apart from the case, its identity (`evaluator_identity`) and the dataset's definition of
+    it (the spec its scores are named after), so each score is scored again only when its
+    own evaluator changed."""
+    defined = {spec.evaluator_name(): spec.model_dump(mode="json") for spec in specs}
+    out: dict[str, str] = {}
+    for evaluator in evaluators:
+        name = str(getattr(evaluator, "name", type(evaluator).__name__))
+        out[name] = digest([evaluator_identity(evaluator), defined.get(name)])
+    return out

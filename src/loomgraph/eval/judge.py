@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import math
-import re
 from contextlib import aclosing
 from typing import Any
 
@@ -35,7 +34,7 @@ _REPLY_TOKENS = 256
 # The fewest reply tokens a call is made with: `{"score": 0.75}` and a few words. With less
 # room left under the cap the run is skipped, not judged by a reply cut short.
 _MIN_REPLY_TOKENS = 16
-_OBJECT = re.compile(r"\{.*\}", re.DOTALL)
+_DECODER = json.JSONDecoder()
 
 
 class _CapSpent(Exception):
@@ -223,19 +222,37 @@ class JudgeEvaluator:
         return text
 
     def _score(self, text: str, usage: Usage) -> Score:
-        found = _OBJECT.search(text)
-        try:
-            data: Any = json.loads(found.group(0)) if found else None
-        except ValueError:  # not JSON (or an integer too long to read)
-            data = None
-        value = data.get("score") if isinstance(data, dict) else None
-        if (
-            isinstance(value, bool)
-            or not isinstance(value, int | float)
-            or not (math.isfinite(value) and 0 <= value <= 1)
-        ):
+        found = _verdict(text)
+        if found is None:
             why = f"the judge gave no usable score: {text[:200]!r}"
             return Score(self.name, 0.0, False, why, usage=usage)
-        value = float(value)
-        reason = str(data.get("reason", ""))
+        value, reason = found
         return Score(self.name, value, value >= self.threshold, reason, usage=usage)
+
+
+def _usable(value: Any) -> bool:
+    """A score a reply may give: a finite number from 0 to 1 (a bool is no number here)."""
+    return (
+        not isinstance(value, bool)
+        and isinstance(value, int | float)
+        and math.isfinite(value)
+        and 0 <= value <= 1
+    )
+
+
+def _verdict(text: str) -> tuple[float, str] | None:
+    """The score and reason of the first JSON object in `text` with a usable `score`; None
+    when there is none. Read from each `{` in turn, so braces around it (reasoning before,
+    a note after, a placeholder like `{x}`) never hide it. An object read whole is passed
+    over as a whole: a `score` nested in another object is not the judge's verdict."""
+    start = text.find("{")
+    while start != -1:
+        try:
+            data, end = _DECODER.raw_decode(text, start)
+        except (ValueError, RecursionError):  # no JSON from here (or too long, too deep)
+            end = start + 1
+        else:
+            if isinstance(data, dict) and _usable(data.get("score")):
+                return float(data["score"]), str(data.get("reason", ""))
+        start = text.find("{", end)
+    return None

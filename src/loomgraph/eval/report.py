@@ -109,9 +109,11 @@ class Report:
         return asdict(self)
 
     def write_json(self, path: str | Path) -> Path:
-        """Write the report as JSON."""
+        """Write the report as JSON; ValueError (nothing written) when a number in it is NaN
+        or infinite, which JSON cannot hold (a Score refuses them: this is a backstop)."""
         path = Path(path)
-        path.write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
+        text = json.dumps(self.to_dict(), indent=2, sort_keys=True, allow_nan=False)
+        path.write_text(text + "\n")
         return path
 
     @classmethod

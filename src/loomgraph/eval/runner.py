@@ -3,12 +3,13 @@
 The state file keeps, per run (strategy, case, repeat), the run it started and, once scored,
 what it did and its scores, each with a fingerprint of what decided it (`fingerprint`): a
 run's fingerprint covers the strategy's definition and caps and the case's input and session,
-a score's covers the whole case (its expectations too) and the evaluators. Run again, the
-evaluation reuses a run whose run fingerprint still holds (scoring it again when the score
-fingerprint changed, or when an evaluator failed on it or a judge skipped it) and runs a case
-again when its run fingerprint changed. A reused run that had not ended for good (it waited
-for an approval, it failed) is read again from its journal: when it moved on since (approved
-and completed), it is scored as it ended. A run started again gets a user id of its own (the
+each score's covers the whole case (its expectations too) and its own evaluator. Run again,
+the evaluation reuses a run whose run fingerprint still holds (scoring it again by the
+evaluators whose fingerprint changed, that failed on it or, a judge, skipped it; the others'
+scores are kept, so adding a check never pays a judge again) and runs a case again when its
+run fingerprint changed. A reused run that had not ended for good (it waited for an
+approval, it failed) is read again from its journal: when it moved on since (approved and
+completed), it is scored as it ended. A run started again gets a user id of its own (the
 attempt is in it), so nothing per user (memory, budget) carries over from the attempt it
 replaces.
 """
@@ -21,85 +22,23 @@ import logging
 import os
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from loomgraph.agent.agent import Agent
 from loomgraph.agent.result import RunResult
 from loomgraph.eval.dataset import Case, Dataset
+from loomgraph.eval.eval_run import EvalRun
 from loomgraph.eval.evaluators import Evaluator, Score, check_unique_names, score_run
-from loomgraph.eval.fingerprint import digest, evaluator_identity, strategy_fingerprint
+from loomgraph.eval.fingerprint import digest, evaluator_digests, strategy_fingerprint
 from loomgraph.eval.journal import Key, journaled_outcome, outcome_now, raised_outcome
 from loomgraph.eval.outcome import CaseOutcome
-from loomgraph.protocols import FINAL_STATUSES, RunStatus, UnknownRun
+from loomgraph.protocols import UnknownRun
 
 __all__ = ["EvalRun", "Evaluation", "run_user_id"]
 
 _log = logging.getLogger("loomgraph.eval")
-_FINAL = frozenset(str(status) for status in FINAL_STATUSES)
-
-
-@dataclass(slots=True)
-class EvalRun:
-    """One finished run of a case: what it did and how the evaluators scored it."""
-
-    outcome: CaseOutcome
-    scores: list[Score] = field(default_factory=list)
-
-    @property
-    def completed(self) -> bool:
-        """The run completed (its status is `completed`)."""
-        return self.outcome.status == str(RunStatus.COMPLETED)
-
-    @property
-    def passed(self) -> bool:
-        """The run completed and every evaluator that spoke passed it."""
-        return self.completed and all(s.passed for s in self.scores)
-
-    @property
-    def score(self) -> float:
-        """0 when the run did not complete (whatever its evaluators said: a run that failed,
-        ran out of budget or waits for an approval gave no answer); otherwise the mean of
-        its evaluators' values (1 when none spoke)."""
-        if not self.completed:
-            return 0.0
-        if not self.scores:
-            return 1.0
-        return sum(s.value for s in self.scores) / len(self.scores)
-
-    @property
-    def ended(self) -> bool:
-        """The run ended for good (completed, hit its step limit or its budget): nothing a
-        person does can change it, unlike a run waiting for an approval, or one that failed
-        and may be resumed."""
-        return self.outcome.status in _FINAL
-
-    @property
-    def evaluator_errors(self) -> int:
-        """How many of its scores stand for an evaluator that failed."""
-        return sum(s.error for s in self.scores)
-
-    @property
-    def evaluator_skips(self) -> int:
-        """How many of its scores stand for a judge that could not score it (its cap)."""
-        return sum(s.skipped for s in self.scores)
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-shaped data (`score` and `passed` included, for readers of report.json)."""
-        return {
-            "outcome": self.outcome.to_dict(),
-            "scores": [s.to_dict() for s in self.scores],
-            "score": self.score,
-            "passed": self.passed,
-        }
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> EvalRun:
-        """A run from `to_dict()`'s shape."""
-        return cls(
-            CaseOutcome.from_dict(data["outcome"]), [Score.from_dict(s) for s in data["scores"]]
-        )
 
 
 def _escaped(part: str) -> str:
@@ -127,7 +66,8 @@ class _Started:
 class _Finished:
     run: EvalRun
     run_fingerprint: str | None
-    score_fingerprint: str | None
+    # Per evaluator name (None in a file written before them: every score is done again).
+    score_fingerprints: dict[str, str] | None
 
 
 class _StateFile:
@@ -186,10 +126,11 @@ class _StateFile:
                 self.started[key] = _Started(entry["run_id"], entry.get("run_fingerprint"))
                 self.attempts[key] += 1
             else:
+                scored = entry.get("score_fingerprints")
                 self.finished[key] = _Finished(
                     EvalRun.from_dict(entry["run"]),
                     entry.get("run_fingerprint"),
-                    entry.get("score_fingerprint"),
+                    scored if isinstance(scored, dict) else None,  # else: every score again
                 )
         except (ValueError, KeyError, TypeError):
             return False
@@ -199,8 +140,10 @@ class _StateFile:
         if self.path is None:
             return
         strategy, case_id, repeat = key
+        # No NaN or infinity: a line holding one would be no JSON to any other reader.
         line = json.dumps(
-            {"kind": kind, "strategy": strategy, "case_id": case_id, "repeat": repeat, **data}
+            {"kind": kind, "strategy": strategy, "case_id": case_id, "repeat": repeat, **data},
+            allow_nan=False,
         )
         with self.path.open("a", encoding="utf-8") as file:
             if self._torn is True:
@@ -213,14 +156,22 @@ class _StateFile:
             os.fsync(file.fileno())
 
 
-def _scores_hold(kept: _Finished, run_fingerprint: str, score_fingerprint: str) -> bool:
-    """Whether a kept run's scores still stand for it: both fingerprints hold, and no
-    evaluator failed on it and no judge skipped it."""
+def _stale(kept: _Finished, scored: Mapping[str, str]) -> set[str]:
+    """The evaluators (of `scored`, each name's score fingerprint) whose kept score, or lack
+    of one, no longer stands for the kept run: their fingerprint changed, or they failed on
+    it or (a judge) skipped it."""
+    old = kept.score_fingerprints or {}
+    redo = {s.evaluator for s in kept.run.scores if s.error or s.skipped}
+    return {name for name, fingerprint in scored.items() if old.get(name) != fingerprint} | redo
+
+
+def _scores_hold(kept: _Finished, run_fingerprint: str, scored: Mapping[str, str]) -> bool:
+    """Whether a kept run's scores still stand for it: its run fingerprint holds, no score
+    is stale (`_stale`) and none is of an evaluator no longer in the evaluation."""
     return (
         kept.run_fingerprint == run_fingerprint
-        and kept.score_fingerprint == score_fingerprint
-        and not kept.run.evaluator_errors
-        and not kept.run.evaluator_skips
+        and not _stale(kept, scored)
+        and all(s.evaluator in scored for s in kept.run.scores)
     )
 
 
@@ -275,27 +226,27 @@ class Evaluation:
         run, in `keys()` order."""
         limit = asyncio.Semaphore(self.concurrency)
         fingerprints = {name: strategy_fingerprint(a) for name, a in self.strategies.items()}
-        evaluators = [evaluator_identity(e) for e in self.evaluators]
-        specs = [spec.model_dump(mode="json") for spec in self.dataset.evaluators]
+        evaluators = evaluator_digests(self.evaluators, self.dataset.evaluators)
         cases = {case.id: case for case in self.dataset.cases}
 
         def run_fingerprint(key: Key) -> str:
             case = cases[key[1]]
             return digest([fingerprints[key[0]], case.input, case.session])
 
-        def score_fingerprint(key: Key) -> str:
-            return digest([cases[key[1]].model_dump(mode="json"), evaluators, specs])
+        def score_fingerprints(key: Key) -> dict[str, str]:
+            case = digest(cases[key[1]].model_dump(mode="json"))
+            return {name: digest([case, own]) for name, own in evaluators.items()}
 
         def current(key: Key) -> bool:
             kept = self.state.finished.get(key)
             return (
                 kept is not None
                 and kept.run.ended  # one that had not is read again from its journal
-                and _scores_hold(kept, run_fingerprint(key), score_fingerprint(key))
+                and _scores_hold(kept, run_fingerprint(key), score_fingerprints(key))
             )
 
         async def one(key: Key) -> None:
-            fingerprint, scored = run_fingerprint(key), score_fingerprint(key)
+            fingerprint, scored = run_fingerprint(key), score_fingerprints(key)
             async with limit:
                 done = await self._run_one(key, fingerprint, scored)
             kept = self.state.finished.get(key)
@@ -309,7 +260,7 @@ class Evaluation:
                 key,
                 run=done.to_dict(),
                 run_fingerprint=fingerprint,
-                score_fingerprint=scored,
+                score_fingerprints=scored,
             )
             if self.on_run is not None:
                 self.on_run(done)
@@ -322,10 +273,11 @@ class Evaluation:
         await asyncio.gather(*(one(k) for k in todo))
         return [self.state.finished[k].run for k in self.keys()]
 
-    async def _run_one(self, key: Key, fingerprint: str, scored: str) -> EvalRun:
+    async def _run_one(self, key: Key, fingerprint: str, scored: dict[str, str]) -> EvalRun:
         """Score the run of `key`: the one kept when it still fits `fingerprint` (as its
-        journal has it now when it had not ended for good; scored again unless nothing
-        changed since), else the run resumed or started now, read from its journal."""
+        journal has it now when it had not ended for good; when it had not moved on, scored
+        again only by its stale evaluators), else the run resumed or started now, read from
+        its journal."""
         strategy, case_id, _ = key
         agent, case = self.strategies[strategy], self.dataset.case(case_id)
         kept = self.state.finished.get(key)
@@ -333,11 +285,26 @@ class Evaluation:
             outcome = kept.run.outcome
             if not kept.run.ended:
                 outcome = await outcome_now(agent, case, key, outcome)
-            if outcome is kept.run.outcome and _scores_hold(kept, fingerprint, scored):
-                return kept.run
+            if outcome is kept.run.outcome:
+                if _scores_hold(kept, fingerprint, scored):
+                    return kept.run
+                return EvalRun(outcome, await self._rescored(case, kept, scored))
         else:
             outcome = await self._outcome(agent, case, key, fingerprint)
         return EvalRun(outcome, await score_run(self.evaluators, case, outcome))
+
+    async def _rescored(
+        self, case: Case, kept: _Finished, scored: Mapping[str, str]
+    ) -> list[Score]:
+        """The kept run's scores, those of its stale evaluators (`_stale`) given again and
+        those of evaluators no longer in the evaluation dropped, in the evaluators' order."""
+        stale = _stale(kept, scored)
+        names = [str(getattr(e, "name", type(e).__name__)) for e in self.evaluators]
+        redo = [e for e, name in zip(self.evaluators, names, strict=True) if name in stale]
+        fresh = await score_run(redo, case, kept.run.outcome)
+        by_name = {s.evaluator: s for s in kept.run.scores if s.evaluator not in stale}
+        by_name.update((s.evaluator, s) for s in fresh)
+        return [by_name[name] for name in names if name in by_name]
 
     async def _outcome(self, agent: Agent, case: Case, key: Key, fingerprint: str) -> CaseOutcome:
         try:
