@@ -258,6 +258,39 @@ def test_resume_after_a_crash_takes_over_the_dead_workers_lease(env: dict[str, A
     assert effects[f"{run_id}:tools:1:2"]["status"] == "done"
 
 
+def test_resume_of_a_run_another_process_drives_exits_busy(env: dict[str, Any]) -> None:
+    """A run another live process is driving (it holds the run's lease, inside a tool): a
+    `runs resume` of it does nothing and says to try again later, with exit code 75 — not 1,
+    which says the run failed."""
+    worker = [sys.executable, str(TESTS / "crash_worker.py")]
+    where = ["--journal", f"sqlite:{env['db']}", "--ledger", str(env["ledger"])]
+    crashed = subprocess.run(
+        [*worker, "run", *where, "--point", "after_effect", "--n", "2"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert crashed.returncode == -signal.SIGKILL, crashed.stderr
+    run_id = json.loads(crashed.stdout.splitlines()[0])["run_id"]
+    holder = subprocess.Popen(
+        [*worker, "resume", *where, "--run-id", run_id, "--hold"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None
+        assert "holding" in json.loads(holder.stdout.readline())  # inside a tool, leased
+        options = ["--model", "cli_helpers:crash_script", "--tools", "cli_helpers:TOOLS"]
+        busy = loomgraph(env, "runs", "resume", run_id, *options, *journal(env))
+        assert busy.returncode == 75, (busy.returncode, busy.stderr)
+        assert "try again later" in busy.stderr and run_id in busy.stderr
+    finally:
+        holder.communicate("", timeout=120)  # the held tool goes on at end of file
+    assert holder.returncode == 0
+
+
 async def test_fork_starts_a_new_run_from_a_checkpoint_with_a_patch(
     env: dict[str, Any],
 ) -> None:

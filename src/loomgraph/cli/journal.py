@@ -12,7 +12,7 @@ from pathlib import Path
 
 from loomgraph._storage.sqlite_held import GuardedConnection
 from loomgraph.cli import advice, agent_args
-from loomgraph.cli.output import EXIT_FAILED, usage
+from loomgraph.cli.output import EXIT_BUSY, usage
 from loomgraph.errors import GraphError, LoomgraphError
 from loomgraph.protocols import RunRecord, Runtime, Transition, UnknownRun, close_backend
 from loomgraph.runtime.errors import JournalError, RunConflict
@@ -47,8 +47,8 @@ def journaled(
             if err.owner
             else ""
         )
-        print(f"loomgraph: {err}{hint}", file=sys.stderr)
-        return EXIT_FAILED
+        print(f"loomgraph: {err}{hint}; try again later", file=sys.stderr)
+        return EXIT_BUSY
     except (
         UsageError,
         UnknownRun,

@@ -33,6 +33,9 @@ _STYLES = {
 # 3 the run waits for an answer (an approval, or an interrupt's value), 4 its budget ran out,
 # 130 stopped by Ctrl-C, 141 its reader closed stdout (as a shell reports SIGPIPE: 128 + 13).
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_WAITING, EXIT_BUDGET = 0, 1, 2, 3, 4
+# The run is being driven elsewhere (another process holds its lease): nothing was done; the
+# same command may work later (sysexits' EX_TEMPFAIL).
+EXIT_BUSY = 75
 EXIT_INTERRUPTED = 130
 EXIT_PIPE_CLOSED = 141
 
