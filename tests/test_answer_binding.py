@@ -17,7 +17,12 @@ import httpx
 import pytest
 
 from loomgraph import Agent, tool
-from loomgraph.agent.checkpoints import ResumeError, ValueNotPending, pending_of
+from loomgraph.agent.checkpoints import (
+    ApprovalNotPending,
+    ResumeError,
+    ValueNotPending,
+    pending_of,
+)
 from loomgraph.authoring.loader import graph_from_yaml, load_graph_file
 from loomgraph.cli.main import main
 from loomgraph.engine.context import VisitContext
@@ -154,6 +159,19 @@ async def test_a_bound_value_answers_its_question_or_nothing(tmp_path: Path) -> 
         with pytest.raises(ResumeError, match=r"BoundValue\.key"):
             await agent.resume(first.run_id, value=BoundValue(False, ""))
     assert BATCHES == [3]
+
+
+async def test_an_approval_for_a_run_asking_a_question_says_to_answer_it(tmp_path: Path) -> None:
+    """An approval sent to a run that asks a question: refused, saying a value answers it
+    (it said "an approval is used once", as if one had been used); nothing ran."""
+    BATCHES.clear()
+    async with batches(tmp_path / "journal.db") as agent:
+        asking = await agent.run("work")
+        with pytest.raises(ApprovalNotPending, match="asks a question, not for an approval"):
+            await agent.resume(asking.run_id, approve=True)
+        record = await agent.deps.runtime.load_run(asking.run_id)
+        assert record is not None and record.status == RunStatus.INTERRUPTED
+    assert BATCHES == []
 
 
 def test_a_value_is_taken_by_the_visit_that_asked_only() -> None:

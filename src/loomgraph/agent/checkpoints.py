@@ -167,6 +167,11 @@ def approval(record: RunRecord, approve: Any) -> BoundApproval:
     pending = pending_of(record)
     call = pending.call if pending is not None else None
     if record.status != RunStatus.AWAITING_APPROVAL or pending is None or not call:
+        if record.status == RunStatus.INTERRUPTED:  # not a used approval: a question
+            raise ApprovalNotPending(
+                f"run {record.run_id} asks a question, not for an approval: answer it with "
+                "a value (resume with value=...; `runs resume --value JSON`)"
+            )
         raise ApprovalNotPending(
             f"run {record.run_id} is not waiting for an approval "
             f"(status {str(record.status)!r}); an approval is used once"
