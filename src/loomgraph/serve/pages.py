@@ -31,6 +31,7 @@ __all__ = [
     "PageFailed",
     "escape",
     "exact",
+    "json_shown",
     "read_form",
     "render",
     "shown",
@@ -46,6 +47,9 @@ _LAID_OUT = frozenset("\x00\t\n\r")
 # Lone UTF-16 halves: a str may hold them (the Python API takes any str), UTF-8 cannot; and
 # U+0000, which HTML does not show (the Python API takes it too).
 _UNSHOWN = re.compile("[\x00\ud800-\udfff]")
+# What a page's JSON writes as `\uNNNN`: `_DISGUISING` and lone UTF-16 halves (which UTF-8
+# cannot carry: a page would show them as U+FFFD, and the arguments sent back would change).
+_JSON_HIDDEN = re.compile(f"[{DISGUISING}\ud800-\udfff]")
 # The viewer's forms are small (sign-in: key, user; an answer: allow, args, key; a fork: at):
 # a form of more fields, or with a file, is not one of theirs.
 FORM_FIELDS = 8
@@ -74,6 +78,24 @@ def exact(value: Any) -> Markup:
     return Markup.escape(value)
 
 
+def json_shown(value: Any, **options: Any) -> str:
+    """`value` as JSON a page shows: letters of any script as written ("Müller 東京", not
+    `\\u00fc` escapes), each disguising character and lone surrogate as JSON's own escape
+    (`\\u202e`). Still JSON, and the same value: the approval card's arguments, sent back
+    as they are (`exact`), read as the call's."""
+    text = json.dumps(value, ensure_ascii=False, default=str, **options)
+    # Only inside strings can these be (JSON's own text is ASCII), where `\\uNNNN` is the
+    # character itself to a JSON reader; `shown` then has nothing left to escape (it would
+    # write C1 controls as `\\x85`, which JSON does not read) but is kept as the rule.
+    return shown(_JSON_HIDDEN.sub(_json_escape, text))
+
+
+def _json_escape(match: re.Match[str]) -> str:
+    # A line end outside a string is the indent's layout (`json.dumps` escapes those within).
+    char = match[0]
+    return char if char == "\n" else f"\\u{ord(char):04x}"
+
+
 def escape(text: str) -> str:
     """`text` escaped for HTML written outside a template (an error notice)."""
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
@@ -81,8 +103,8 @@ def escape(text: str) -> str:
 
 TEMPLATES = Jinja2Templates(directory=str(HERE / "templates"))
 TEMPLATES.env.finalize = _finalize
-TEMPLATES.env.filters["pretty"] = lambda v: json.dumps(v, indent=2, sort_keys=True, default=str)
-TEMPLATES.env.filters["compact"] = lambda v: json.dumps(v, default=str)[:160]
+TEMPLATES.env.filters["pretty"] = lambda v: json_shown(v, indent=2, sort_keys=True)
+TEMPLATES.env.filters["compact"] = lambda v: json_shown(v)[:160]
 TEMPLATES.env.filters["exact"] = exact
 # A URL path segment from text (a run id): every reserved character percent-encoded.
 TEMPLATES.env.filters["segment"] = lambda v: quote(str(v), safe="")

@@ -8,6 +8,7 @@ without the `HX-Request` header is refused, which a cross-site form cannot add.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import quote, urlsplit
@@ -135,8 +136,10 @@ async def fork(request: Request, service: Service, caller: Caller) -> Response:
     at = cursor_number(raw)
     if at is None:
         raise BadRequest(f"at must be a checkpoint number, got {raw!r}")
-    result = await service.fork(caller, request.path_params["run_id"], at, None)
-    to = f"/ui/runs/{quote(result['run_id'], safe='')}"
+    # Answered once the fork started: its page follows it live, as any run's does; waiting
+    # for its end left the button dead for as long as the run took.
+    started = await service.fork(caller, request.path_params["run_id"], at, None, wait=False)
+    to = f"/ui/runs/{quote(started['run_id'], safe='')}"
     return Response(status_code=200, headers={"HX-Redirect": to})
 
 
@@ -193,6 +196,24 @@ async def logout(request: Request, service: Service) -> Response:
     return response
 
 
+# A notice of its own (`notice-3`: an approval card's, `notice-fork`: a checkpoint's), which
+# the buttons there target: their error is shown by them, not at the page's top, thousands
+# of pixels above on a long page. (Letters and digits only: a CSS selector as it is.)
+_OWN_NOTICE = re.compile(r"notice-[a-z0-9]{1,16}")
+
+
+def notice_of(request: Request) -> str:
+    """Where the error of a viewer's (htmx) request is shown: the notice its element targets
+    (a card's, a checkpoint's), the live part's own for its poll (the next poll that redraws
+    the part clears a stale error), else the page's `#notice`."""
+    target = request.headers.get("hx-target", "")
+    if _OWN_NOTICE.fullmatch(target):
+        return f"#{target}"
+    if target == "live":
+        return "#live-notice"
+    return "#notice"
+
+
 def _page(service: Service, page: Page, *, write: bool = False) -> Any:
     async def endpoint(request: Request) -> Response:
         try:
@@ -215,7 +236,10 @@ def _page(service: Service, page: Page, *, write: bool = False) -> Any:
                 message = f"{type(err).__name__}: {err}"
             if request.headers.get("hx-request") == "true":
                 html = text_of(f'<p class="error" role="alert">{escape(shown(message))}</p>')
-                return HTMLResponse(html, status_code=200, headers={"HX-Retarget": "#notice"})
+                # Into the notice, never in its place: an outerHTML swap (the live poll's)
+                # kept would replace the notice, and every later error had nowhere to go.
+                headers = {"HX-Retarget": notice_of(request), "HX-Reswap": "innerHTML"}
+                return HTMLResponse(html, status_code=200, headers=headers)
             return render(request, "error.html", status, kind=kind, message=message)
 
     return endpoint
