@@ -16,7 +16,8 @@ from loomgraph.engine.effects import (
     ResumeInput,
     ResumeValue,
 )
-from loomgraph.protocols import Deps, RunRecord
+from loomgraph.graph.compiled import CompiledGraph
+from loomgraph.protocols import Deps, RunRecord, ToolCall
 
 __all__ = ["NO_VALUE", "answer_for", "bound", "usable_here"]
 
@@ -44,16 +45,22 @@ def bound(value: Any, approve: Any, answer: ResumeInput | None) -> tuple[Any, An
     return value, answer if isinstance(answer, BoundApproval) else approve
 
 
-async def usable_here(record: RunRecord, answer: ResumeInput | None, deps: Deps) -> None:
+async def usable_here(
+    record: RunRecord, answer: ResumeInput | None, deps: Deps, graph: CompiledGraph
+) -> None:
     """Refuse an approval this Agent could only waste, before it is journaled (an approval
-    is used once): one allowing a call to a tool it does not offer (`ToolNotOffered`: the
-    call would be denied as unknown), or edited arguments that do not fit the tool's
-    parameters as the model was shown them (`EditedArgsInvalid`: the call would fail).
-    Tools known only once their host has started (MCP servers) are listed first, as before
-    a run."""
+    is used once): one allowing a call of a `tools` node of `graph` (the run's) to a tool
+    this Agent's tool host does not offer (`ToolNotOffered`: the call would be denied as
+    unknown), or edited arguments the tool would refuse (`EditedArgsInvalid`: the call
+    would fail). A call a node asks about of its own (not the tool host's: a strategy's
+    memory write) is left to that node. Tools known only once their host has started (MCP
+    servers) are listed first, as before a run."""
     pending = pending_of(record)
     call = None if pending is None else pending.call
-    if not isinstance(answer, Approval) or not answer.allow or not call:
+    if not isinstance(answer, Approval) or not answer.allow or pending is None or not call:
+        return
+    node = graph.graph.nodes.get(pending.node)
+    if node is None or node.kind != "tools":
         return
     if deps.startable_tools is not None:
         await deps.startable_tools.start()
@@ -66,7 +73,12 @@ async def usable_here(record: RunRecord, answer: ResumeInput | None, deps: Deps)
             f"this agent does not offer (it offers: {offered}); go on with the tools the run "
             "started with. Nothing was journaled: the run still waits"
         )
-    problem = None if answer.args is None else schema_problem(answer.args, spec)
+    if answer.args is None:
+        return
+    edited = ToolCall(id=call["id"], tool=call["tool"], args=answer.args)
+    if deps.arg_reader is not None and deps.arg_reader.received_args(edited) is not None:
+        return  # the tool reads them (as it converts them: "on" for a bool): they fit
+    problem = schema_problem(answer.args, spec)
     if problem is not None:
         raise EditedArgsInvalid(
             f"the edited arguments do not fit tool {call['tool']!r}: {problem}. Nothing was "

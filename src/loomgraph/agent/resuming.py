@@ -155,7 +155,6 @@ class Resumer:
         record = await self._load(run_id, "resume")
         # Refused before the lease, else bound to the request it answers: checked so under it.
         answer = await answer_for(runtime, record, value, approve)
-        await usable_here(record, answer, self.deps)  # an approval is used once: not wasted
         value, approve = bound(value, approve, answer)
         if record.status in FINAL_STATUSES and record.result is not None:
             await self.repair(record, sink, leased=leased)
@@ -164,6 +163,7 @@ class Resumer:
         if graph == "pinned" and own is None:
             raise not_kept(record, self.compiled)
         target = own if graph == "pinned" and own is not None else self.compiled
+        await usable_here(record, answer, self.deps, own or target)  # used once: not wasted
         session = self._going_on(record, target)
         go_on = _GoOn(sink, session, own, target, value, approve, override_policy, leased)
         if leased:

@@ -30,6 +30,7 @@ class ToolArgLimits:
 
 DEFAULT_LIMITS = ToolArgLimits()
 _SURROGATE = re.compile("[\ud800-\udfff]")
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
 
 
 class ToolArgsRejected(LoomgraphError, ValueError):
@@ -57,6 +58,10 @@ def parse_tool_args(raw: str, limits: ToolArgLimits = DEFAULT_LIMITS) -> dict[st
         value = json.loads(text)
     except (ValueError, RecursionError) as exc:
         raise ToolArgsRejected(f"not valid JSON ({exc})") from None
+    # A provider's text escaping half a pair (an emoji cut at a token boundary): refused
+    # where it arrives, as a bad response; it would make the next request unsendable.
+    if _SURROGATE_ESCAPE.search(text) or _SURROGATE.search(text):
+        _refuse_surrogates(value)
     return check_tool_args(value, limits)
 
 
@@ -74,8 +79,6 @@ def check_tool_args(value: Any, limits: ToolArgLimits = DEFAULT_LIMITS) -> dict[
                     f"{limits.max_string_chars}",
                     where,
                 )
-            if not item.isascii() and _SURROGATE.search(item):  # (inline: on every string)
-                _refuse_surrogate(item, where)
             continue
         if not isinstance(item, dict | list):
             continue
@@ -85,8 +88,6 @@ def check_tool_args(value: Any, limits: ToolArgLimits = DEFAULT_LIMITS) -> dict[
             for key, child in item.items():
                 if len(key) > limits.max_string_chars:
                     raise ToolArgsRejected("a key over the string limit", where)
-                if not key.isascii() and _SURROGATE.search(key):
-                    _refuse_surrogate(key, where)
                 if isinstance(child, str | dict | list):  # (a number has nothing to check)
                     stack.append((child, f"{where}.{key}", depth + 1))
         else:
@@ -94,16 +95,26 @@ def check_tool_args(value: Any, limits: ToolArgLimits = DEFAULT_LIMITS) -> dict[
     return value
 
 
-def _refuse_surrogate(text: str, where: str) -> None:
-    """ToolArgsRejected for `text`, which holds half of a UTF-16 surrogate pair (JSON's
-    `\\ud83d` escape, a character cut in two): no request, journal or tool can carry it."""
-    found = _SURROGATE.search(text)
-    if found is not None:
-        raise ToolArgsRejected(
-            f"{found[0]!a} is half of a UTF-16 surrogate pair (a character cut in two), "
-            "which UTF-8 cannot carry",
-            where,
-        )
+def _refuse_surrogates(value: Any) -> None:
+    """ToolArgsRejected naming the first string or key of `value` that holds half of a
+    UTF-16 surrogate pair (JSON's `\\ud83d` escape alone: a character cut in two), which no
+    request, journal or tool can carry as UTF-8 (walked without recursion)."""
+    stack: list[tuple[Any, str]] = [(value, "$")]
+    while stack:
+        item, where = stack.pop()
+        texts = [item] if isinstance(item, str) else list(item) if isinstance(item, dict) else []
+        for text in texts:
+            found = _SURROGATE.search(text)
+            if found is not None:
+                raise ToolArgsRejected(
+                    f"{found[0]!a} is half of a UTF-16 surrogate pair (a character cut in two), "
+                    "which UTF-8 cannot carry",
+                    where,
+                )
+        if isinstance(item, dict):
+            stack.extend((child, f"{where}.{key}") for key, child in item.items())
+        elif isinstance(item, list):
+            stack.extend((child, f"{where}[{i}]") for i, child in enumerate(item))
 
 
 def _max_depth(text: str) -> int:

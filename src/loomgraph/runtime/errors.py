@@ -92,7 +92,7 @@ class JournalEncodingError(JournalError, TypeError):
     """A value to journal is not plain JSON (journals never pickle); nothing was written."""
 
 
-# The longest id a journal keeps (user, session, run ids; node and graph names): an index
+# The longest id a journal indexes (run and user ids, `runtime.text.INDEXED_IDS`): an index
 # entry of Postgres holds at most 2,704 bytes, and 512 characters are at most 2,048 in UTF-8.
 MAX_ID_CHARS = 512
 
