@@ -13,7 +13,7 @@ import contextlib
 import functools
 import logging
 from collections.abc import AsyncIterator, Iterator
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from loomgraph.errors import LoomgraphError
 from loomgraph.tools.mcp.lost import OnLost, SessionLost
@@ -155,12 +155,14 @@ class Link:
                 typed = find_error(exc, MCPServerError)  # a listing over the caps says so itself
                 # Named by the program or host only, here as in the logs: the command line or
                 # the URL may carry a key.
-                self.ready.set_exception(
-                    typed
-                    or MCPServerError(
-                        server.name,
-                        f"cannot start {server.label()}: {server.redact(say(exc))}",
+                why = server.redact(say(exc))
+                if find_error(exc, TimeoutError) is not None and server.start_timeout is not None:
+                    why = (
+                        f"it did not start and list its tools within {server.start_timeout:g} "
+                        "seconds (start_timeout)"
                     )
+                self.ready.set_exception(
+                    typed or MCPServerError(server.name, f"cannot start {server.label()}: {why}")
                 )
             if isinstance(exc, asyncio.CancelledError):
                 raise
@@ -293,7 +295,10 @@ def deadline(seconds: float | None) -> Iterator[None]:
         yield
 
 
-def find_error(exc: BaseException, kind: type[MCPServerError]) -> MCPServerError | None:
+E = TypeVar("E", bound=BaseException)
+
+
+def find_error(exc: BaseException, kind: type[E]) -> E | None:
     """`exc`, or the first exception of its kind inside an exception group."""
     if isinstance(exc, kind):
         return exc

@@ -20,6 +20,7 @@ from loomgraph.protocols import (
 )
 from loomgraph.protocols.messages import ToolOrigin
 from loomgraph.tools import results
+from loomgraph.tools.mcp.convert import SERVER_ERROR
 from loomgraph.tools.mcp.server import MCPServer
 
 _log = logging.getLogger(__name__)
@@ -72,6 +73,9 @@ class ServerToolHost:
         self._described: dict[str, tuple[str, ...]] = {}
         self._watchers: weakref.WeakSet[Any] = weakref.WeakSet()
         self._settled = False  # whether a start has checked every name
+        # Closed (its Agent's `aclose`): a run still under way sends no more calls to its
+        # servers, which would start them again, never to be stopped.
+        self._closed = False
         self._told: set[tuple[str, str, str]] = set()  # collisions logged: name, owner, server
         for server in self.servers:
             server.on_listed(self._reindex)
@@ -79,7 +83,9 @@ class ServerToolHost:
     async def start(self) -> None:
         """Start the servers not running, then index the tool names (ToolNameCollision at
         the first start; afterwards a newcomer to a name is left out, with a warning)."""
+        self._closed = False  # (an Agent used again after aclose starts its servers again)
         for server in self.servers:
+            server.hold(self)
             await server.start()
         self._owner = self._index(strict=not self._settled)
         self._settled = True
@@ -224,14 +230,23 @@ class ServerToolHost:
             args = {}
         elif not isinstance(args, dict):
             return results.not_an_object(call["tool"], args)
+        if self._closed:
+            return ToolResult(
+                content=f"MCP server {server.name!r}: its agent was closed (aclose) while this "
+                "run went on; the call was not sent",
+                is_error=True,
+                error_type=SERVER_ERROR,
+            )
         return await server.call(call["tool"], args, idempotency_key)
 
     async def close(self) -> None:
-        """Stop every server (side by side) and close the local tools."""
+        """Let go of every server (side by side: each is stopped unless another Agent's
+        tools still use it) and close the local tools."""
         # Side by side: each server's close is bounded (connection.CLOSE_TIMEOUT), and so is
         # the agent's, rather than by their sum.
+        self._closed = True
         try:
-            await asyncio.gather(*(server.close() for server in self.servers))
+            await asyncio.gather(*(server.release(self) for server in self.servers))
         finally:
             await self.local.close()
 

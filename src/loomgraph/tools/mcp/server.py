@@ -84,6 +84,9 @@ class MCPServer:
         self._link: Link | None = None
         self._retired: set[Link] = set()  # dropped, ending when their calls under way end
         self._lock: asyncio.Lock | None = None
+        # The hosts (an Agent's tools each) using it: closed only when the last lets go, so
+        # one server object may serve Agents made per request (`release`).
+        self._holders: set[int] = set()
         self._offer = Offer()  # the tools of the last listing
         self._listeners: list[Callable[[], None]] = []
         self.listings = 0  # how many times the tools were listed (tests wait on it)
@@ -200,6 +203,17 @@ class MCPServer:
         if link is not None:
             self._retired = {old for old in self._retired if not old.closed} | {link}
             await link.retire()
+
+    def hold(self, holder: object) -> None:
+        """Count `holder` (a host of an Agent's tools) as using the server (`release`)."""
+        self._holders.add(id(holder))
+
+    async def release(self, holder: object) -> None:
+        """`holder` is done with the server: closed once no other holder uses it (another
+        Agent's call under way on it is not cut)."""
+        self._holders.discard(id(holder))
+        if not self._holders:
+            await self.close()
 
     async def close(self) -> None:
         """Stop the server (stdio) or end the session (HTTP), cutting calls under way."""

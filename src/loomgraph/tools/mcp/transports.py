@@ -11,11 +11,13 @@ scheme, host and port; `redact` masks those parts in the errors its connection r
 from __future__ import annotations
 
 import contextlib
+import functools
+import os
 import re
 import sys
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TextIO
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 from loomgraph.tools.mcp.lost import OnLost, lost_session
@@ -83,8 +85,28 @@ class Stdio:
         params = StdioServerParameters(
             command=self.command, args=list(self.args), env=dict(self.env or {}), cwd=self.cwd
         )
-        async with stdio_client(params, errlog=sys.stderr) as streams:
+        async with stdio_client(params, errlog=_child_stderr()) as streams:
             yield streams
+
+
+def _child_stderr() -> TextIO:
+    """Where a stdio server writes its stderr: this process's, as a file the child can be
+    given (it needs a descriptor). Under a capture that replaced `sys.stderr` with an object
+    of none (`redirect_stderr(io.StringIO())`, a GUI, a log handler), the stderr the process
+    started with, else nowhere: the host's stderr is no fault of the server's."""
+    for stream in (sys.stderr, sys.__stderr__):
+        try:
+            if stream is not None:
+                stream.fileno()
+                return stream
+        except (AttributeError, OSError, ValueError):  # io.UnsupportedOperation is an OSError
+            continue
+    return _devnull()
+
+
+@functools.cache
+def _devnull() -> TextIO:
+    return open(os.devnull, "w")
 
 
 @dataclass(frozen=True, slots=True)
