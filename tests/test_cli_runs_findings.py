@@ -17,24 +17,10 @@ from typing import Any
 
 import pytest
 
-HELPERS = '''
-import os
-from loomgraph import tool
-from loomgraph.models import ScriptedModel
+from test_cli_approvals import HELPERS
 
+# The pay tool and its scripted model, as tests/test_cli_approvals.py writes them.
 
-@tool(destructive=True)
-def pay(to: str, amount: int) -> str:
-    """Pay someone."""
-    with open(os.environ["PROBE_LEDGER"], "a") as f:
-        f.write(f"{to}\\t{amount}\\n")
-    return f"paid {amount} to {to}"
-
-
-TOOLS = [pay]
-PAY = ScriptedModel([{"tool_calls": [{"tool": "pay", "args": {"to": "acme", "amount": 5}}]},
-                     "done"])
-'''
 
 REVIEW = """\
 name: review
@@ -75,7 +61,7 @@ def env(tmp_path: Path) -> dict[str, Any]:
     (where / "review graph.yaml").write_text(REVIEW)
     (where / "payer.yaml").write_text(PAYER)
     (where / "reviewer.yaml").write_text(REVIEWER)
-    variables = dict(os.environ, PROBE_LEDGER=str(where / "ledger.tsv"), NO_COLOR="1")
+    variables = dict(os.environ, CLI_LEDGER=str(where / "ledger.tsv"), NO_COLOR="1")
     return {"dir": where, "env": variables}
 
 
