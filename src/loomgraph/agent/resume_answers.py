@@ -18,6 +18,7 @@ from loomgraph.engine.effects import (
 )
 from loomgraph.graph.compiled import CompiledGraph
 from loomgraph.protocols import Deps, RunRecord, ToolCall
+from loomgraph.protocols.paths import NodePath
 
 __all__ = ["NO_VALUE", "answer_for", "bound", "usable_here"]
 
@@ -49,18 +50,18 @@ async def usable_here(
     record: RunRecord, answer: ResumeInput | None, deps: Deps, graph: CompiledGraph
 ) -> None:
     """Refuse an approval this Agent could only waste, before it is journaled (an approval
-    is used once): one allowing a call of a `tools` node of `graph` (the run's) to a tool
-    this Agent's tool host does not offer (`ToolNotOffered`: the call would be denied as
-    unknown), or edited arguments the tool would refuse (`EditedArgsInvalid`: the call
-    would fail). A call a node asks about of its own (not the tool host's: a strategy's
-    memory write) is left to that node. Tools known only once their host has started (MCP
-    servers) are listed first, as before a run."""
+    is used once): one allowing a call of a `tools` node of `graph` (the run's, or of a
+    graph its `map` and `subgraph` nodes run) to a tool this Agent's tool host does not
+    offer (`ToolNotOffered`: the call would be denied as unknown), or edited arguments the
+    tool would refuse (`EditedArgsInvalid`: the call would fail). A call a node asks about
+    of its own (not the tool host's: a strategy's memory write) is left to that node. Tools
+    known only once their host has started (MCP servers) are listed first, as before a
+    run."""
     pending = pending_of(record)
     call = None if pending is None else pending.call
     if not isinstance(answer, Approval) or not answer.allow or pending is None or not call:
         return
-    node = graph.graph.nodes.get(pending.node)
-    if node is None or node.kind != "tools":
+    if _kind_at(graph, pending.node) != "tools":
         return
     if deps.startable_tools is not None:
         await deps.startable_tools.start()
@@ -84,3 +85,24 @@ async def usable_here(
             f"the edited arguments do not fit tool {call['tool']!r}: {problem}. Nothing was "
             "journaled: the run still waits"
         )
+
+
+def _kind_at(graph: CompiledGraph, where: str) -> str | None:
+    """The kind of the node at `where` (`tools`, `each/0/tools`: a `map` branch's index
+    after its node, `sub/tools`), found down the graphs `map` and `subgraph` nodes run;
+    None when the path names no node."""
+    parts, compiled = NodePath.parse(where).parts, graph
+    at = 0
+    while at < len(parts):
+        spec = compiled.graph.nodes.get(parts[at])
+        if spec is None:
+            return None
+        if at == len(parts) - 1:
+            return spec.kind
+        child = getattr(compiled.nodes.get(parts[at]), "compiled_child", None)
+        if not isinstance(child, CompiledGraph):
+            return None
+        compiled, at = child, at + 1
+        if parts[at].isdigit() and parts[at] not in compiled.graph.nodes:
+            at += 1  # the branch of a `map` node
+    return None
