@@ -60,13 +60,16 @@ def parse_tool_args(raw: str, limits: ToolArgLimits = DEFAULT_LIMITS) -> dict[st
         raise ToolArgsRejected(f"not valid JSON ({exc})") from None
     # A provider's text escaping half a pair (an emoji cut at a token boundary): refused
     # where it arrives, as a bad response; it would make the next request unsendable.
-    if _SURROGATE_ESCAPE.search(text) or _SURROGATE.search(text):
-        _refuse_surrogates(value)
-    return check_tool_args(value, limits)
+    cut = bool(_SURROGATE_ESCAPE.search(text) or _SURROGATE.search(text))
+    return check_tool_args(value, limits, refuse_cut=cut)
 
 
-def check_tool_args(value: Any, limits: ToolArgLimits = DEFAULT_LIMITS) -> dict[str, Any]:
-    """`value` when it is an arguments object within the limits (walked without recursion)."""
+def check_tool_args(
+    value: Any, limits: ToolArgLimits = DEFAULT_LIMITS, *, refuse_cut: bool = False
+) -> dict[str, Any]:
+    """`value` when it is an arguments object within the limits (walked without recursion);
+    with `refuse_cut`, also without a string or key holding half of a UTF-16 surrogate pair
+    (a character cut in two, which no request, journal or tool can carry as UTF-8)."""
     if not isinstance(value, dict):
         raise ToolArgsRejected(f"a {type(value).__name__}, not an object")
     stack: list[tuple[Any, str, int]] = [(value, "$", 1)]
@@ -79,6 +82,8 @@ def check_tool_args(value: Any, limits: ToolArgLimits = DEFAULT_LIMITS) -> dict[
                     f"{limits.max_string_chars}",
                     where,
                 )
+            if refuse_cut:
+                _refuse_cut(item, where)
             continue
         if not isinstance(item, dict | list):
             continue
@@ -88,6 +93,8 @@ def check_tool_args(value: Any, limits: ToolArgLimits = DEFAULT_LIMITS) -> dict[
             for key, child in item.items():
                 if len(key) > limits.max_string_chars:
                     raise ToolArgsRejected("a key over the string limit", where)
+                if refuse_cut:
+                    _refuse_cut(key, where)
                 if isinstance(child, str | dict | list):  # (a number has nothing to check)
                     stack.append((child, f"{where}.{key}", depth + 1))
         else:
@@ -95,26 +102,14 @@ def check_tool_args(value: Any, limits: ToolArgLimits = DEFAULT_LIMITS) -> dict[
     return value
 
 
-def _refuse_surrogates(value: Any) -> None:
-    """ToolArgsRejected naming the first string or key of `value` that holds half of a
-    UTF-16 surrogate pair (JSON's `\\ud83d` escape alone: a character cut in two), which no
-    request, journal or tool can carry as UTF-8 (walked without recursion)."""
-    stack: list[tuple[Any, str]] = [(value, "$")]
-    while stack:
-        item, where = stack.pop()
-        texts = [item] if isinstance(item, str) else list(item) if isinstance(item, dict) else []
-        for text in texts:
-            found = _SURROGATE.search(text)
-            if found is not None:
-                raise ToolArgsRejected(
-                    f"{found[0]!a} is half of a UTF-16 surrogate pair (a character cut in two), "
-                    "which UTF-8 cannot carry",
-                    where,
-                )
-        if isinstance(item, dict):
-            stack.extend((child, f"{where}.{key}") for key, child in item.items())
-        elif isinstance(item, list):
-            stack.extend((child, f"{where}[{i}]") for i, child in enumerate(item))
+def _refuse_cut(text: str, where: str) -> None:
+    found = _SURROGATE.search(text)
+    if found is not None:
+        raise ToolArgsRejected(
+            f"{found[0]!a} is half of a UTF-16 surrogate pair (a character cut in two), "
+            "which UTF-8 cannot carry",
+            where,
+        )
 
 
 def _max_depth(text: str) -> int:
