@@ -126,11 +126,7 @@ class ToolGate:
             capture = scope.tracing and bool(getattr(deps.telemetry, "capture_content", False))
             attributes: Mapping[str, Any] = NO_ATTRIBUTES
             if scope.tracing:
-                traced = semconv.tool_attributes(
-                    tool=call["tool"],
-                    call_id=call["id"],
-                    tool_type=spec.get("tool_type", "function"),
-                )
+                traced = _span_attributes(call, spec)
                 if capture:
                     traced[semconv.GEN_AI_TOOL_CALL_ARGUMENTS] = call["args"]
                 attributes = traced
@@ -339,13 +335,8 @@ class ToolGate:
         `error_type` its `error.type`, so a trace shows what the model asked for and why
         nothing ran (the span lasts no time: nothing was executed)."""
         if self.scope.tracing:
-            attributes = semconv.tool_attributes(
-                tool=call["tool"],
-                call_id=call["id"],
-                tool_type="function" if spec is None else spec.get("tool_type", "function"),
-            )
             with self.scope.deps.telemetry.span(
-                semconv.tool_span_name(call["tool"]), attributes
+                semconv.tool_span_name(call["tool"]), _span_attributes(call, spec)
             ) as span:
                 span.set_attribute(semconv.ERROR_TYPE, result.get("error_type") or "refused")
         return await self._done(call, result)
@@ -370,6 +361,12 @@ class ToolGate:
         if scope.listening:
             await scope.emit(TOOL_RESULT, {"call": call, "result": result}, self.node)
         return result
+
+
+def _span_attributes(call: ToolCall, spec: ToolSpec | None) -> dict[str, Any]:
+    """The `execute_tool` span's attributes of `call` (its tool's type from `spec`)."""
+    tool_type = "function" if spec is None else spec.get("tool_type", "function")
+    return semconv.tool_attributes(tool=call["tool"], call_id=call["id"], tool_type=tool_type)
 
 
 def is_done(effect: EffectRecord | None) -> TypeGuard[EffectRecord]:
