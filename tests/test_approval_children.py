@@ -16,19 +16,11 @@ from loomgraph.authoring.loader import load_graph_file
 from loomgraph.models import ScriptedModel
 from loomgraph.protocols import ModelRequest, RunStatus
 from loomgraph.runtime.sqlite import SqliteRuntime
+from test_fork_taint import CHILD
 
 PAID: list[str] = []
 
-CHILD = """name: child
-entry: model
-nodes:
-  model: {kind: model, reads: [messages], writes: [messages, usage]}
-  tools: {kind: tools, reads: [messages], writes: [messages]}
-edges:
-  - {from: model, to: tools, when: 'last_message.tool_calls | length > 0'}
-  - {from: model, to: END}
-  - {from: tools, to: model}
-"""
+# The child graph: a model and its tools node, as tests/test_fork_taint.py has it.
 
 PARENT = f"""name: mapped
 entry: prep
