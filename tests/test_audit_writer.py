@@ -14,6 +14,7 @@ import pytest
 
 from loomgraph import Agent
 from loomgraph.errors import ServiceUnavailable
+from loomgraph.governance import BudgetConfig, Caps, StandardBudget
 from loomgraph.models import ScriptedModel
 from loomgraph.observability import AuditLogUnavailable, FileAuditLog
 from loomgraph.protocols import RunStatus
@@ -121,3 +122,58 @@ def test_an_append_to_a_file_that_cannot_be_written_names_it(tmp_path: Path) -> 
     log._path = path  # the directory went away after the log was made
     with pytest.raises(AuditLogUnavailable, match="no-such-dir"):
         log.append("t", run_id="r", user_id=None, actor="a", payload={})
+
+
+class BatchCountingLog(FileAuditLog):
+    """A file log that keeps the actions of each append it is asked for, in order."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path, unsigned=True)
+        self.batches: list[list[str]] = []
+
+    async def record(self, action: str, **fields: Any) -> None:
+        self.batches.append([action])
+        await super().record(action, **fields)
+
+    async def record_many(
+        self, entries: Sequence[tuple[str, str, Mapping[str, Any]]], **fields: Any
+    ) -> None:
+        self.batches.append([action for action, _, _ in entries])
+        await super().record_many(entries, **fields)
+
+
+async def test_the_entries_made_between_two_effects_go_in_one_append(tmp_path: Path) -> None:
+    """One append (one fsync) for what a run made since its last effect began, made when the
+    next effect waits for it: not an append started at each entry of an idle writer (a run
+    whose budget reserves a call in a durable ledger commit, on a worker thread, let the
+    entries before the reservation go in an append of their own)."""
+    in_log_at_call: list[list[str]] = []
+    log = BatchCountingLog(tmp_path / "audit.jsonl")
+
+    async def lookup(city: str) -> str:
+        """Looks a city up."""
+        in_log_at_call.append([e["action"] for e in log.entries()])
+        return city
+
+    turns = [{"tool_calls": [{"tool": "lookup", "args": {"city": f"c{n}"}}]} for n in range(4)]
+    agent = Agent(
+        "geo",
+        model=ScriptedModel([*turns, "done"]),
+        tools=[lookup],
+        runtime=SqliteRuntime(tmp_path / "journal.db"),
+        audit_log=log,
+        budget=StandardBudget(BudgetConfig(per_user=Caps(tool_calls=100, model_calls=100))),
+    )
+    try:
+        result = await agent.run("where?", user_id="alice")
+    finally:
+        await agent.aclose()
+    assert result.status == RunStatus.COMPLETED
+    effects = 5 + 4  # model calls, tool calls
+    # One append before each effect (the first with the run's start), the run's last
+    # entries, and its end (kept in the journal with it, then written).
+    assert len(log.batches) == effects + 2, log.batches
+    # Each call still found its request in the log before it ran.
+    assert [entries.count("tool_request") for entries in in_log_at_call] == [1, 2, 3, 4]
+    assert sum(len(b) for b in log.batches) == len(list(log.entries()))
+    assert log.verify().ok

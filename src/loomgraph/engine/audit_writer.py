@@ -3,14 +3,20 @@ before any effect of the run starts, and before the run returns.
 
 Awaiting each entry made a governed turn wait for about eleven fsyncs of the audit log, one
 after the other (issue 19's W5). The run now hands each entry to its `AuditWriter` and goes
-on; the writer appends them in the order they were made, and every entry handed to it while
-an append is under way goes with the next one, in one batch (`record_many`, when the log has
-it: one write and one fsync for the batch). `written()` waits until every entry so far is
-acknowledged by the log (each acknowledged append is durable, as before). The run waits
+on; the writer appends them in the order they were made, in batches (`record_many`, when the
+log has it: one write and one fsync for the batch). `written()` waits until every entry so far
+is acknowledged by the log (each acknowledged append is durable, as before). The run waits
 there before anything leaves the process: a model call's stream, a tool call (after its
 `tool_request` entry). So no effect ever starts before the entries that lead to it are in the
 log, and what a crash can cut off is the tail after the last effect began, as before it was
 what the crash interrupted.
+
+A batch starts when the run waits (`written()`), or once `EAGER_BATCH` entries queue (to bound
+what a run holds): not at each entry. Starting at the first entry of an idle writer made a
+turn's entries trickle out in ~5 batches of one or two, each its own fsync, and made the run
+wait at an effect for the batch under way and then its own; now the entries made since the
+last effect go in one batch, one fsync, which the run waits for once. The guarantee above is
+unchanged: what an effect waits for is in the log before it starts.
 
 An append that fails is raised by `written()` and by the next `add`; the entries after it are
 not written (the log keeps the run's order). Nor are they dropped: the failed batch, what
@@ -50,6 +56,9 @@ from loomgraph.protocols.runtime import Lease, current_fence
 from loomgraph.protocols.tasks import finished
 
 _log = logging.getLogger(__name__)
+
+EAGER_BATCH = 256
+"""Entries queued before a batch starts without the run waiting for it."""
 
 Entry = AuditEntry
 """One entry to write: its action, its actor, its payload."""
@@ -166,9 +175,12 @@ class AuditWriter:
             self._unwritten.append((action, actor, payload))
             raise self._error
         self._pending.append((action, actor, payload))
-        if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._drain())
-            self._task.add_done_callback(_retrieved)
+        if self._task is None and len(self._pending) >= EAGER_BATCH:
+            self._start()
+
+    def _start(self) -> None:
+        task = self._task = asyncio.get_running_loop().create_task(self._drain())
+        task.add_done_callback(_retrieved)
 
     def let_go(self, count: int) -> None:
         """The journal let go of the `count` oldest entries it kept (the log has them)."""
@@ -210,6 +222,8 @@ class AuditWriter:
     async def written(self) -> None:
         """Wait until every entry queued so far is appended; raises the first failure (not
         once halted). A caller cancelled meanwhile leaves the appends to finish on their own."""
+        if self._task is None and self._pending and not self._halted:
+            self._start()
         task = self._task
         if task is not None:
             await asyncio.shield(task)

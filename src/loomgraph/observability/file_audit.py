@@ -28,7 +28,7 @@ from .audit_chain import (
 )
 from .audit_key import resolve_audit_key
 from .audit_verify import ChainVerifier
-from .log_files import fsync_dir, last_line, write_all, write_quarantine
+from .log_files import fsync_dir, last_line, sync_data, write_all, write_quarantine
 
 
 class FileAuditLog:
@@ -152,12 +152,12 @@ class FileAuditLog:
             if self._quarantine_torn_tail(fd, size):
                 size = os.fstat(fd).st_size
             made = self._chain_locked(fd, size, bodies, run_id, user_id)
-            # fsync after unlocking: the next writer chains onto this line while it is being
+            # Synced after unlocking: the next writer chains onto this line while it is being
             # made durable, and writers syncing at once share one journal commit (group
-            # commit). fsync flushes the whole file, so when a later entry is acknowledged,
-            # every entry before it is durable too.
+            # commit). The sync flushes the whole file, so when a later entry is
+            # acknowledged, every entry before it is durable too.
             fcntl.flock(fd, fcntl.LOCK_UN)
-            os.fsync(fd)
+            sync_data(fd)
             if size == 0:
                 # A new file's directory entry must be durable too, or a crash loses the log.
                 fsync_dir(self._path.parent)
@@ -194,7 +194,7 @@ class FileAuditLog:
     ) -> AuditEntry:
         """Chain one entry onto the file's last line and fsync it; the flock is held."""
         [entry] = self._chain_locked(fd, size, [(action, actor, body)], run_id, user_id)
-        os.fsync(fd)
+        sync_data(fd)
         if size == 0:
             fsync_dir(self._path.parent)
         return entry
@@ -226,7 +226,7 @@ class FileAuditLog:
             return b""
         quarantine = write_quarantine(self._path, last)
         os.ftruncate(fd, size - len(last))
-        os.fsync(fd)
+        sync_data(fd)
         payload = {
             "file": quarantine.name,
             "bytes": len(last),

@@ -11,7 +11,7 @@ from .audit_chain import AuditLogError
 
 _TAIL_BLOCK = 8192  # the first read from a file's end; doubled for longer lines
 
-__all__ = ["fsync_dir", "last_line", "write_all", "write_quarantine"]
+__all__ = ["fsync_dir", "last_line", "sync_data", "write_all", "write_quarantine"]
 
 
 def last_line(fd: int, size: int) -> bytes:
@@ -58,6 +58,16 @@ def write_all(fd: int, data: bytes) -> None:
     while view:
         written = os.write(fd, view)
         view = view[written:]
+
+
+def sync_data(fd: int) -> None:
+    """Make what was written to `fd` durable, with the size that reaches it, but not its
+    times: `fdatasync` where the platform has it (half an `fsync`'s cost on ext4 here, the
+    inode's times being a second write), else `fsync`."""
+    _SYNC_DATA(fd)
+
+
+_SYNC_DATA = getattr(os, "fdatasync", os.fsync)
 
 
 def fsync_dir(directory: Path) -> None:
