@@ -5,15 +5,18 @@ shorter time limit still fails it as before."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 from loomgraph import Agent, tool
 from loomgraph.authoring.library import load_graph
 from loomgraph.authoring.loader import graph_from_data
-from loomgraph.governance import BudgetConfig, Caps, StandardBudget
+from loomgraph.governance import BudgetConfig, Caps, StandardBudget, StandardPermissions
 from loomgraph.models import ScriptedModel
 from loomgraph.protocols import ModelRequest
+from loomgraph.runtime.sqlite import SqliteRuntime
 
 # Generous bounds on waits that end at a deadline of a fraction of a second: only a run
 # that is never stopped reaches them.
@@ -82,6 +85,87 @@ async def test_a_node_time_limit_shorter_than_the_deadline_still_fails_the_run()
     result = await asyncio.wait_for(agent.run("go"), BOUND_S)
     assert result.status == "failed"
     assert "took longer than its timeout of 0.05 s" in result.reason
+
+
+# ------------------------------------------- a deadline kept from caps a resume no longer has
+
+
+def _asking(runtime: SqliteRuntime, budget: StandardBudget, model: Any, ran: list[str]) -> Agent:
+    """An agent whose `pay` call waits for approval."""
+
+    @tool
+    async def pay(amount: int) -> str:
+        """Pay an amount."""
+        ran.append(f"pay {amount}")
+        return "paid"
+
+    return Agent(
+        "x",
+        model=model,
+        tools=[pay],
+        runtime=runtime,
+        budget=budget,
+        permissions=StandardPermissions(ask=["pay"]),
+    )
+
+
+async def _paused(tmp_path: Path, wall_clock_s: float, ran: list[str]) -> tuple[SqliteRuntime, str]:
+    """A run under a per-user wall-clock cap, stopped to ask about a payment."""
+    runtime = SqliteRuntime(tmp_path / "journal.db")
+    budget = StandardBudget(BudgetConfig(per_user=Caps(wall_clock_s=wall_clock_s, tool_calls=9)))
+    model = ScriptedModel([{"tool_calls": [{"tool": "pay", "args": {"amount": 5}}]}, "done"])
+    first = _asking(runtime, budget, model, ran)
+    paused = await first.run("pay", user_id="bob")
+    assert paused.status == "awaiting_approval", paused
+    await first.aclose()
+    return SqliteRuntime(tmp_path / "journal.db"), paused.run_id
+
+
+async def test_a_deadline_kept_from_caps_the_resumed_budget_lacks_still_refuses(
+    tmp_path: Path,
+) -> None:
+    """Resumed with `override_policy` under a budget without a wall-clock cap, a run keeps the
+    deadline it started with: past it, its next reservation is refused, named as the run's
+    own deadline (`run:wall_clock_s`), and the approved call is not made."""
+    ran: list[str] = []
+    runtime, run_id = await _paused(tmp_path, 1000.0, ran)
+    later = StandardBudget(
+        BudgetConfig(per_user=Caps(tool_calls=9)), clock=lambda: time.time() + 5000.0
+    )
+    second = _asking(runtime, later, ScriptedModel(["done"]), ran)
+    try:
+        result = await asyncio.wait_for(
+            second.resume(run_id, approve=True, override_policy=True), BOUND_S
+        )
+    finally:
+        await second.aclose()
+    assert result.status == "budget_exhausted", result
+    assert result.reason is not None and "'run:wall_clock_s'" in result.reason, result
+    assert ran == []
+
+
+async def test_a_kept_deadline_passing_mid_visit_names_the_run_as_its_scope(
+    tmp_path: Path,
+) -> None:
+    """The same kept deadline passing while a model call runs: the call is stopped and the
+    run ends naming `run:wall_clock_s` (not a bare `wall_clock_s`)."""
+    ran: list[str] = []
+    runtime, run_id = await _paused(tmp_path, 0.3, ran)
+    model = HangingModel()
+    second = _asking(runtime, StandardBudget(BudgetConfig(per_user=Caps(tool_calls=9))), model, ran)
+    try:
+        events = [
+            e
+            async for e in _bounded(
+                second.resume_stream(run_id, approve=True, override_policy=True)
+            )
+        ]
+    finally:
+        await second.aclose()
+    result = events[-1].payload["result"]
+    assert result["status"] == "budget_exhausted", result
+    caps = [e.payload["cap"] for e in events if e.kind == "budget_exceeded"]
+    assert caps == ["run:wall_clock_s"], caps
 
 
 async def _bounded(events: AsyncIterator[Any]) -> AsyncIterator[Any]:

@@ -43,6 +43,7 @@ from loomgraph.protocols.events import (
     NODE_RETRY,
     NODE_STARTED,
 )
+from loomgraph.protocols.governance import KEPT_DEADLINE
 from loomgraph.protocols.tasks import stops_the_task
 
 # A visit's empty amount: Usage is frozen, so one instance serves every step.
@@ -312,9 +313,7 @@ async def _run_by_deadline(
     except BudgetExceeded as err:
         raise BudgetExceeded(err.cap, f"{err.detail}; {stopped}") from None
     await ctx.scope.settle(held, NO_USAGE)  # its clock says otherwise: the deadline's word
-    raise BudgetExceeded(
-        "wall_clock_s", f"run {ctx.scope.run_id!r} reached its deadline; {stopped}"
-    )
+    raise BudgetExceeded(KEPT_DEADLINE, f"run {ctx.scope.run_id!r} reached its deadline; {stopped}")
 
 
 async def _run_with_policy(

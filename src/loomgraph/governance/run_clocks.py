@@ -3,8 +3,10 @@
 The deadline is `start + wall_clock_s` (the smallest cap that applies, global or the
 user's). It is recorded in the ledger when the run begins (`Ledger.run_clock`: the first
 record wins, so a resume keeps the deadline) and checked before every reservation; a
-reservation at or after it is refused naming the cap. The clocks of the runs a budget has
-begun are kept in one `RunClocks`, which the budget's bound copies share.
+reservation at or after it is refused naming the cap — `run:wall_clock_s` when the budget
+has no wall-clock cap now and the deadline is one the run was begun with. The clocks of
+the runs a budget has begun are kept in one `RunClocks`, which the budget's bound copies
+share.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from collections.abc import Callable
 from loomgraph.governance.caps import BudgetConfig, BudgetWarning
 from loomgraph.governance.ledger import Ledger
 from loomgraph.protocols import BudgetExceeded, BudgetScope
+from loomgraph.protocols.governance import KEPT_DEADLINE
 
 __all__ = ["RunClocks"]
 
@@ -50,7 +53,12 @@ class RunClocks:
         when `warn_at` of its time has passed (None otherwise)."""
         binding = config.wall_clock_cap(scope.user_id)
         if binding is None:
-            return None
+            # No cap of this budget's: a deadline the run was begun with still holds (kept
+            # from caps it started under, resumed with `override_policy`).
+            kept = self.runs.get(scope.run_id)
+            if kept is None or kept[1] is None:
+                return None
+            binding = (KEPT_DEADLINE, kept[1] - kept[0])
         if scope.run_id not in self.runs:
             # Not begun explicitly: start the clock now (holds of the run are left alone,
             # since this run may be making them right now).

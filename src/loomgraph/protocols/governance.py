@@ -11,6 +11,7 @@ from loomgraph.protocols.messages import ToolCall, ToolResult, ToolSpec
 from loomgraph.protocols.usage import Usage
 
 __all__ = [
+    "KEPT_DEADLINE",
     "Budget",
     "BudgetExceeded",
     "BudgetScope",
@@ -60,6 +61,12 @@ class Reservation:
     amount: Usage
     id: str = ""
     effect: EffectRef | None = None
+
+
+KEPT_DEADLINE = "run:wall_clock_s"
+"""The cap a run's deadline is named by when no cap of its budget sets it: a deadline it was
+begun with, kept when it is resumed under a budget without a wall-clock cap
+(`override_policy`)."""
 
 
 class BudgetExceeded(LoomgraphError):
