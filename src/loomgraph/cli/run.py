@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import sys
 from collections.abc import AsyncIterator, Mapping
 from contextlib import nullcontext
 from typing import TYPE_CHECKING, Any
@@ -34,7 +35,7 @@ def add_no_input_option(parser: argparse.ArgumentParser) -> None:
 def add_run_parser(sub: Any) -> None:
     """Add `run` to the `loomgraph` subparsers."""
     run = sub.add_parser("run", help="run an agent on a prompt and stream its events")
-    run.add_argument("prompt", help="what the user asks")
+    run.add_argument("prompt", help="what the user asks; - reads it from stdin")
     agent_args.add_agent_file_option(run)
     agent_args.add_agent_options(run, "react")
     run.add_argument(
@@ -66,6 +67,7 @@ def handle(args: argparse.Namespace, driven: DrivenRun) -> int:
 
 
 async def _run(args: argparse.Namespace, driven: DrivenRun) -> int:
+    prompt = prompt_of(args)
     given = args.runtime  # as the command line gave it (the agent file's is not repeated)
     journal = agent_args.runtime_of(args)
     runtime = cli_journal.open_journal(journal, create=True) if journal else None
@@ -83,7 +85,7 @@ async def _run(args: argparse.Namespace, driven: DrivenRun) -> int:
     asking = can_ask(args)
     result: Mapping[str, Any] = {}
     try:
-        events = agent.stream(args.prompt, user_id=args.user, session_id=args.session)
+        events = agent.stream(prompt, user_id=args.user, session_id=args.session)
         result = await _shown(events, args.json, view, driven)
         if asking:  # the questions asked here, each answer going on with the run
             from loomgraph.cli.asking import answer_questions
@@ -101,6 +103,28 @@ async def _run(args: argparse.Namespace, driven: DrivenRun) -> int:
         say_how_to_approve(result, args, given)
     status = result.get("status")
     return exit_code(str(status)) if status else EXIT_FAILED
+
+
+def prompt_of(args: argparse.Namespace) -> str:
+    """The prompt: as given, or read whole from stdin for `-` (UTF-8, without the line end
+    that closes it); an empty or undecodable stdin, or `--approve` (which reads its answers
+    from the same stdin), is a UsageError."""
+    if args.prompt != "-":
+        return str(args.prompt)
+    if args.approve:
+        raise cli_journal.UsageError(
+            "the prompt is read from stdin (-), so --approve cannot read answers from it: "
+            "give the prompt as an argument, or approve later with `loomgraph runs approve`"
+        )
+    try:
+        text = sys.stdin.buffer.read().decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise cli_journal.UsageError(
+            f"the prompt on stdin is not UTF-8 text (byte {err.start}: {err.reason})"
+        ) from None
+    if not text.strip():
+        raise cli_journal.UsageError("the prompt on stdin (-) is empty")
+    return text.removesuffix("\n").removesuffix("\r")
 
 
 def _say_caps_unkept(args: argparse.Namespace, journal: str | None) -> None:
