@@ -8,7 +8,7 @@ from typing import Any
 from loomgraph.agent.checkpoints import approval, not_answered, pending_of, resume_value
 from loomgraph.agent.defaults import NO_VALUE
 from loomgraph.agent.resume_errors import EditedArgsInvalid, ToolNotOffered
-from loomgraph.engine.approval_checks import schema_problem
+from loomgraph.engine.approval_checks import edit_problem
 from loomgraph.engine.effects import (
     Approval,
     BoundApproval,
@@ -53,10 +53,10 @@ async def usable_here(
     is used once): one allowing a call of a `tools` node of `graph` (the run's, or of a
     graph its `map` and `subgraph` nodes run) to a tool this Agent's tool host does not
     offer (`ToolNotOffered`: the call would be denied as unknown), or edited arguments the
-    tool would refuse (`EditedArgsInvalid`: the call would fail). A call a node asks about
-    of its own (not the tool host's: a strategy's memory write) is left to that node. Tools
-    known only once their host has started (MCP servers) are listed first, as before a
-    run."""
+    tool would refuse, as the host running it checks them (`EditedArgsInvalid`: the call
+    would fail; `approval_checks.edit_problem`). A call a node asks about of its own (not
+    the tool host's: a strategy's memory write) is left to that node. Tools known only once
+    their host has started (MCP servers) are listed first, as before a run."""
     pending = pending_of(record)
     call = None if pending is None else pending.call
     if not isinstance(answer, Approval) or not answer.allow or pending is None or not call:
@@ -77,13 +77,7 @@ async def usable_here(
     if answer.args is None:
         return
     edited = ToolCall(id=call["id"], tool=call["tool"], args=answer.args)
-    if deps.arg_reader is not None and deps.arg_reader.received_args(edited) is not None:
-        return  # the tool reads them (as it converts them: "on" for a bool): they fit
-    if "origin" in spec:
-        # A tool from elsewhere (an MCP server's): its schema is not ours to run here (a
-        # server's `pattern` is checked only by its host's bounded matcher, at the call).
-        return
-    problem = schema_problem(answer.args, spec)
+    problem = edit_problem(tools, edited, spec)
     if problem is not None:
         raise EditedArgsInvalid(
             f"the edited arguments do not fit tool {call['tool']!r}: {problem}. Nothing was "

@@ -7,13 +7,22 @@ from typing import Any
 
 from loomgraph.engine.effects import Approval
 from loomgraph.engine.state_size import json_size
-from loomgraph.protocols import Decision, ToolCall, ToolSpec, shapes
+from loomgraph.protocols import (
+    ArgumentChecker,
+    ArgumentReader,
+    Decision,
+    ToolCall,
+    ToolHost,
+    ToolSpec,
+    shapes,
+)
 from loomgraph.protocols.json_values import same_json
 from loomgraph.protocols.tool_identity import ToolIdentity
 
 __all__ = [
     "TOOL_CHANGED",
     "args_too_large",
+    "edit_problem",
     "edit_too_large",
     "same_call",
     "schema_problem",
@@ -43,6 +52,23 @@ def edit_too_large(call: ToolCall, answer: Approval, limit: int) -> str | None:
     if not answer.allow or answer.args is None:
         return None
     return args_too_large(ToolCall(id=call["id"], tool=call["tool"], args=answer.args), limit)
+
+
+def edit_problem(tools: ToolHost, edited: ToolCall, spec: ToolSpec) -> str | None:
+    """Why the tool would refuse an approval's edited arguments, or None: asked of the host
+    that will run the call (`ArgumentChecker`: the check its call makes, nothing run), else
+    read as a host converting arguments reads them (`ArgumentReader`), else against the
+    JSON Schema of a tool of the agent's own. An approval is used once, so an edit the call
+    would refuse is refused before the approval is used (a resume's) or counted (a
+    handler's). A server's schema from elsewhere (`origin`) is run only by its host, whose
+    pattern matcher is bounded."""
+    if isinstance(tools, ArgumentChecker):
+        return tools.argument_problem(edited)
+    if isinstance(tools, ArgumentReader) and tools.received_args(edited) is not None:
+        return None  # the tool reads them (as it converts them: "on" for a bool): they fit
+    if "origin" in spec:
+        return None
+    return schema_problem(edited["args"], spec)
 
 
 def schema_problem(args: dict[str, Any], spec: ToolSpec) -> str | None:

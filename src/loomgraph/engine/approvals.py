@@ -31,6 +31,7 @@ from typing import Any
 
 from loomgraph.engine.approval_checks import (
     args_too_large,
+    edit_problem,
     edit_too_large,
     same_call,
     shape,
@@ -174,7 +175,7 @@ class ApprovalDesk:
             # Refused before anything is journaled: the run waits for another answer.
             refused = f"the approval of call {call['id']!r} was refused: {refused}"
         else:
-            handled = await self._handler_answer(asked, tainted)
+            handled = await self._handler_answer(asked, spec, tainted)
             if handled is not None:
                 return self._timed_out() if deadline and time.time() > deadline else handled
         if request is None:
@@ -276,9 +277,13 @@ class ApprovalDesk:
         self.scope.resume = None
         return supplied
 
-    async def _handler_answer(self, asked: Decision, tainted: bool = False) -> Approval | None:
+    async def _handler_answer(
+        self, asked: Decision, spec: ToolSpec, tainted: bool = False
+    ) -> Approval | None:
         """The approval handler's answer; None to stop and wait. Anything but the answers it
-        may give denies the call, naming what it returned by its `shape` (fail closed). A
+        may give denies the call, naming what it returned by its `shape` (fail closed), and
+        so does an edit the tool would refuse (`edit_problem`: the handler's mistake, said
+        as such, not a failed call of the model's). A
         call carrying untrusted text (`tainted`) is asked about with a reason that says so,
         as `runs pending` marks it, whichever rule asks."""
         handler, call = self.scope.deps.approval_handler, self.call
@@ -304,13 +309,25 @@ class ApprovalDesk:
                 f"an Approval of call {raw.call_id!r}" if isinstance(raw, Approval) else shape(raw)
             )
             return self._refused(f"the approval handler returned {what}, not {HANDLER_ANSWERS}")
-        problem = answer.problem() or self._too_large(answer)
+        problem = answer.problem() or self._too_large(answer) or self._unfit(answer, spec)
         if problem is not None:
             return self._refused(f"the approval handler's answer cannot be used: {problem}")
         return answer
 
     def _refused(self, why: str) -> Approval:
         return Approval(self.call["id"], False, approver=HANDLER, reason=f"{why}; call denied")
+
+    def _unfit(self, answer: Approval, spec: ToolSpec) -> str | None:
+        """Edited arguments the call's tool would refuse, as its host checks them. Said
+        without the host's words, which quote values: the reason is audited, and arguments
+        go into the audit log only as their hash."""
+        if not answer.allow or answer.args is None:
+            return None
+        call = self.call
+        edited = ToolCall(id=call["id"], tool=call["tool"], args=dict(answer.args))
+        if edit_problem(self.scope.deps.tools, edited, spec) is None:
+            return None
+        return f"the edited arguments do not fit tool {call['tool']!r} (its call would refuse them)"
 
     def _too_large(self, answer: Approval) -> str | None:
         """Edited arguments over the size limit, refused as the model's would be."""

@@ -137,6 +137,7 @@ from loomgraph.protocols.tool_args import (
 )
 from loomgraph.protocols.tool_identity import ToolIdentity
 from loomgraph.protocols.tools import (
+    ArgumentChecker,
     ArgumentReader,
     StartableToolHost,
     TextSink,
@@ -214,6 +215,7 @@ __all__ = [  # noqa: RUF022 - grouped by concept, not sorted
     "register_price",
     "with_cost",
     # tools
+    "ArgumentChecker",
     "ArgumentReader",
     "StartableToolHost",
     "TextSink",

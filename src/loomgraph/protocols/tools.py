@@ -9,7 +9,14 @@ from typing import Any, Protocol, runtime_checkable
 
 from loomgraph.protocols.messages import ToolCall, ToolResult, ToolSpec
 
-__all__ = ["ArgumentReader", "StartableToolHost", "ToolHost", "ToolRun", "tool_run"]
+__all__ = [
+    "ArgumentChecker",
+    "ArgumentReader",
+    "StartableToolHost",
+    "ToolHost",
+    "ToolRun",
+    "tool_run",
+]
 
 
 @runtime_checkable
@@ -71,6 +78,19 @@ class ArgumentReader(Protocol):
     def received_args(self, call: ToolCall) -> dict[str, Any] | None:
         """The call's arguments as its tool will receive them, as JSON data; None when the
         tool takes them as sent, or refuses them."""
+        ...
+
+
+@runtime_checkable
+class ArgumentChecker(Protocol):
+    """A host that can say, without running anything, whether it would refuse a call's
+    arguments: an approval's edited arguments are checked so before the approval is used
+    (an approval is used once), by the same code that checks them at the call."""
+
+    def argument_problem(self, call: ToolCall) -> str | None:
+        """Why the call's tool would refuse its arguments (the `invalid_arguments` text the
+        call would get), or None when they would be taken, or the host does not know the
+        tool."""
         ...
 
 

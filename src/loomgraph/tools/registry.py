@@ -148,17 +148,31 @@ class ToolRegistry:
             return None
         return item.received(args)
 
+    def argument_problem(self, call: ToolCall) -> str | None:
+        """The `invalid_arguments` text `call` would answer for these arguments (checked as
+        it checks them, nothing run), or None: they validate, or there is no such tool."""
+        name = call.get("tool")
+        item = self._tools.get(name) if isinstance(name, str) else None
+        if item is None:
+            return None
+        args = results.call_args(call)
+        if args is None:
+            return results.not_an_object(item.name, call.get("args"))["content"]
+        try:
+            item.bind(args, "")
+        except Exception as exc:  # as `call` reports it
+            return results.invalid_arguments(item.name, exc)["content"]
+        return None
+
     async def call(self, call: ToolCall, *, idempotency_key: str) -> ToolResult:
         """Validate and run one call; failures become error results, never exceptions."""
         name = call.get("tool")
         item = self._tools.get(name) if isinstance(name, str) else None
         if item is None:
             return results.unknown_tool(name, self._tools)
-        args = call.get("args")
+        args = results.call_args(call)
         if args is None:
-            args = {}  # some models send no input at all for a tool without parameters
-        elif not isinstance(args, dict):
-            return results.not_an_object(item.name, args)
+            return results.not_an_object(item.name, call.get("args"))
         try:
             injected = self._inject(item, call, idempotency_key) if item.injected else None
             pos, kwargs = item.bind(args, idempotency_key, injected)

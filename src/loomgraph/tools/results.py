@@ -170,6 +170,16 @@ def unknown_tool(name: object, available: Iterable[str]) -> ToolResult:
     return error(UNKNOWN_TOOL, f"Unknown tool {name!r}. {listing}")
 
 
+def call_args(call: Any) -> dict[str, Any] | None:
+    """A call's arguments as the dict its tool is checked against (no input at all, as some
+    models send for a tool without parameters, is `{}`); None when they are not an object
+    (`not_an_object` says so)."""
+    args = call.get("args")
+    if args is None:
+        return {}
+    return args if isinstance(args, dict) else None
+
+
 def not_an_object(tool: str, args: object) -> ToolResult:
     """The arguments were not a JSON object."""
     return error(

@@ -11,6 +11,7 @@ from typing import Any, cast
 
 from loomgraph.errors import LoomgraphError
 from loomgraph.protocols import (
+    ArgumentChecker,
     ArgumentReader,
     TextSink,
     ToolCall,
@@ -219,17 +220,28 @@ class ServerToolHost:
         reader = self.local
         return reader.received_args(call) if isinstance(reader, ArgumentReader) else None
 
+    def argument_problem(self, call: ToolCall) -> str | None:
+        """Why the call's tool would refuse its arguments, asked of its server (its schema
+        check, as at the call: nothing is sent) or of the local tools; None when they fit."""
+        name = call.get("tool")
+        server = self._owner.get(name) if isinstance(name, str) else None
+        if server is None:
+            local = self.local
+            return local.argument_problem(call) if isinstance(local, ArgumentChecker) else None
+        args = results.call_args(call)
+        if args is None:
+            return results.not_an_object(call["tool"], call.get("args"))["content"]
+        return server.argument_problem(call["tool"], args)
+
     async def call(self, call: ToolCall, *, idempotency_key: str) -> ToolResult:
         """Route a call to its server, or to the local tools."""
         name = call.get("tool")
         server = self._owner.get(name) if isinstance(name, str) else None
         if server is None:
             return await self.local.call(call, idempotency_key=idempotency_key)
-        args = call.get("args")
+        args = results.call_args(call)
         if args is None:
-            args = {}
-        elif not isinstance(args, dict):
-            return results.not_an_object(call["tool"], args)
+            return results.not_an_object(call["tool"], call.get("args"))
         if self._closed:
             return ToolResult(
                 content=f"MCP server {server.name!r}: its agent was closed (aclose) while this "

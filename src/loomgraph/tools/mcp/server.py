@@ -249,6 +249,13 @@ class MCPServer:
         """The exposed tool names of the last listing."""
         return list(self._offer.specs)
 
+    def argument_problem(self, name: str, args: dict[str, Any]) -> str | None:
+        """What `call` would answer for `args` without sending them (they fail the tool's
+        inputSchema, or cannot be checked safely), checked as `call` checks them; None when
+        they would be sent."""
+        refused = check_arguments(name, args, self._offer.schemas.get(name))
+        return None if refused is None else refused["content"]
+
     async def call(self, name: str, args: dict[str, Any], idempotency_key: str) -> ToolResult:
         """Call one tool; every failure (of the tool or of the server) is an error result."""
         # Checked before anything is sent: a bad call is the model's to fix (and counted as
