@@ -314,6 +314,26 @@ def _checked(obj: Any, protocol: type, what: str) -> Any:
     return obj
 
 
+def give_budget(deps: Deps, budget: Budget) -> None:
+    """Put `budget` on a bundle made without one (bound as `build_deps` binds it): per-run
+    caps given to an Agent that has no budget of its own, without making the Agent again."""
+    if deps.budgeted:
+        raise ValueError("the agent has a budget already: add caps to it instead")
+    bound = _bound(budget, deps.model, deps.runtime)
+    deps.budget = _checked(bound, Budget, "budget")
+    deps.budgeted = True
+    deps.run_clock = bound if isinstance(bound, RunClock) else None
+
+
+def _bound(budget: Budget | None, model: Model, journal: Runtime) -> Budget | None:
+    """`budget` priced with the agent's model, its default ledger next to a durable journal
+    (so caps hold across processes), its warnings turned into events: a bound copy."""
+    if not isinstance(budget, Bindable):
+        return budget
+    site = journal.ledger_site if isinstance(journal, LedgerHost) else None
+    return budget.bind(model=model.name, site=site, on_warning=_warn_run)
+
+
 def build_deps(
     *,
     model: str | Model,
@@ -342,11 +362,7 @@ def build_deps(
     host: ToolHost = as_tool_host(tools, deps=tool_deps)
     journal = resolve_runtime(runtime)
     chosen = resolve_model(model)
-    if isinstance(budget, Bindable):
-        # Price with the agent's model, keep the default ledger next to a durable journal
-        # (so caps hold across processes), turn warnings into events: on a bound copy.
-        site = journal.ledger_site if isinstance(journal, LedgerHost) else None
-        budget = budget.bind(model=chosen.name, site=site, on_warning=_warn_run)
+    budget = _bound(budget, chosen, journal)
     permissions = given(permissions, Permissions, "permissions", StandardPermissions)
     pinnable = permissions if isinstance(permissions, PinnablePolicy) else None
     return Deps(

@@ -250,17 +250,11 @@ async def _agent(args: argparse.Namespace, architecture: str, caps: Any) -> Any:
     from loomgraph.eval.run_caps import add_run_caps
 
     try:
-        if add_run_caps(agent, caps):
-            return agent
+        add_run_caps(agent, caps)
     except BaseException:
         await agent.aclose()
         raise
-    # No budget of its own: made again with one of the per-run caps alone (`budget=` is
-    # given to an agent file or a factory as it is, and replaces none of theirs).
-    await agent.aclose()
-    from loomgraph.governance import BudgetConfig, StandardBudget
-
-    return load_agent(args.agent, **options, budget=StandardBudget(BudgetConfig(per_user=caps)))
+    return agent
 
 
 class _Progress:

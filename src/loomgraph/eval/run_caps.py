@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from loomgraph.agent.agent import Agent
+from loomgraph.agent.deps import give_budget
 from loomgraph.errors import LoomgraphError
 from loomgraph.governance import BudgetConfig, Caps, StandardBudget
 from loomgraph.governance.caps import CAP_NAMES, check_priced
@@ -32,14 +33,16 @@ def tighter_caps(own: Caps | None, added: Caps) -> Caps:
     return replace(own, **changes)
 
 
-def add_run_caps(agent: Agent, caps: Caps) -> bool:
+def add_run_caps(agent: Agent, caps: Caps) -> None:
     """Add `caps` to the per-user caps of `agent`'s budget, keeping everything else of it
     (global caps, named users' caps, prices, warn_at, its ledger); a cap it has already is
-    made the tighter of the two. False, changing nothing, when the Agent has no budget.
+    made the tighter of the two. An Agent without a budget is given one of `caps` alone
+    (bound as a budget given to it when it was made: the Agent is not made again).
     RunCapsRefused for a budget of another kind than `StandardBudget`; UnpricedModel when a
     cost cap is added and the budget cannot price the Agent's model."""
     if not agent.deps.budgeted:
-        return False
+        give_budget(agent.deps, StandardBudget(BudgetConfig(per_user=caps)))
+        return
     budget = agent.deps.budget
     config = getattr(budget, "config", None)
     if not isinstance(budget, StandardBudget) or not isinstance(config, BudgetConfig):
@@ -57,4 +60,3 @@ def add_run_caps(agent: Agent, caps: Caps) -> bool:
     # The Agent's own (bound) copy of the budget: every other reader of it (its ledger, its
     # warnings, the run clocks) is shared, and the caps are read from `config` at each use.
     budget.config = merged
-    return True
