@@ -321,8 +321,11 @@ class Evaluation:
         started = self.state.started.get(key)
         if started is not None and started.fingerprint == fingerprint:
             record = await agent.deps.runtime.load_run(started.run_id)
-            if record is not None and record.result is not None and record.status.final:
-                return RunResult.from_dict(record.result)  # it ended; its scores were lost
+            if record is not None and record.result is not None and not record.status.in_progress:
+                # It returned (its scores were lost): scored as it returned, as when the
+                # evaluation went on. Resumed, a failed run would be tried again, a
+                # cancelled one go on: runs this evaluation never made.
+                return RunResult.from_dict(record.result)
             try:
                 return await agent.resume(started.run_id)
             except UnknownRun:
