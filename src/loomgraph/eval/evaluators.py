@@ -136,11 +136,18 @@ def _detail(key: Any, value: Any) -> float | str:
     return number
 
 
+EXPECTATIONS = frozenset({"expect"})
+"""The case fields the built-in checks read: its expectations."""
+
+
 class Evaluator(Protocol):
     """Scores a run of a case; None when it has nothing to say about this case.
 
     It may define `fingerprint() -> JSON data`: what decides its scores beyond its type and
-    name (a judge's rubric and model), so a kept score is scored again when that changed."""
+    name (a judge's rubric and model), so a kept score is scored again when that changed; and
+    `case_fields`, the names of the case's fields its scores depend on (`{"expect"}`), so an
+    edit of another field (`tags`, `metadata`) does not score a kept run again. Without it
+    every field counts (a function of yours may read any)."""
 
     name: str
 
@@ -166,6 +173,7 @@ class AnswerEvaluator:
     """The answer's checks (exact, contains, regex, JSON Schema): the share that hold."""
 
     name = "answer"
+    case_fields = EXPECTATIONS
 
     async def __call__(self, case: Case, outcome: CaseOutcome) -> Score | None:
         """Score the final answer against the case's answer checks."""
@@ -220,6 +228,7 @@ class TrajectoryEvaluator:
     """The executed tool calls against the expected ones: F1 of precision and recall."""
 
     name = "trajectory"
+    case_fields = EXPECTATIONS
 
     async def __call__(self, case: Case, outcome: CaseOutcome) -> Score | None:
         """Score the run's tool calls against the case's trajectory."""
@@ -242,6 +251,7 @@ class NotCalledEvaluator:
     """Safety: none of the forbidden tools was executed."""
 
     name = "not_called"
+    case_fields = EXPECTATIONS
 
     async def __call__(self, case: Case, outcome: CaseOutcome) -> Score | None:
         """Score 1 when no executed call names a forbidden tool, else 0."""
@@ -262,6 +272,7 @@ class BoundsEvaluator:
     """Budget and latency bounds: the share of the case's bounds the run kept."""
 
     name = "bounds"
+    case_fields = EXPECTATIONS
 
     async def __call__(self, case: Case, outcome: CaseOutcome) -> Score | None:
         """Score tokens, cost and wall time against the case's bounds."""

@@ -11,13 +11,15 @@ from typing import Any
 
 from loomgraph.agent.agent import Agent
 from loomgraph.agent.pinning import graph_key
-from loomgraph.eval.dataset import EvaluatorSpec
+from loomgraph.eval.dataset import Case, EvaluatorSpec
 from loomgraph.eval.evaluators import Evaluator
 from loomgraph.governance import Caps
 from loomgraph.governance.caps import CAP_NAMES
 
 __all__ = [
     "budget_caps",
+    "case_digest",
+    "case_fields",
     "digest",
     "evaluator_digests",
     "evaluator_identity",
@@ -107,3 +109,18 @@ def evaluator_digests(
         name = str(getattr(evaluator, "name", type(evaluator).__name__))
         out[name] = digest([evaluator_identity(evaluator), defined.get(name)])
     return out
+
+
+def case_fields(evaluator: Evaluator) -> frozenset[str] | None:
+    """The fields of a case an evaluator's scores depend on (its `case_fields`); None for
+    every field (an evaluator that does not say: a function of yours may read any)."""
+    fields = getattr(evaluator, "case_fields", None)
+    return None if fields is None else frozenset(fields)
+
+
+def case_digest(case: Case, fields: frozenset[str] | None = None) -> str:
+    """A digest of the case's `fields` (all of them for None), as JSON."""
+    data = case.model_dump(mode="json")
+    if fields is not None:
+        data = {name: value for name, value in data.items() if name in fields}
+    return digest(data)

@@ -84,8 +84,10 @@ class JudgeEvaluator:
         self.skipped = 0
         self.failed = 0
         self._calls = 0
+        environment = SandboxedEnvironment(undefined=StrictUndefined)
         try:
-            self._template = SandboxedEnvironment(undefined=StrictUndefined).from_string(rubric)
+            self._template = environment.from_string(rubric)
+            self.case_fields = _case_fields(environment.parse(rubric))
         except TemplateError as err:
             raise ValueError(f"judge {name!r}: the rubric is not a valid template: {err}") from err
 
@@ -256,3 +258,30 @@ def _verdict(text: str) -> tuple[float, str] | None:
                 return float(data["score"]), str(data.get("reason", ""))
         start = text.find("{", end)
     return None
+
+
+def _case_fields(tree: Any) -> frozenset[str] | None:
+    """The fields of the case a rubric reads (`case.expect`, `case["metadata"]`, and `input`),
+    or None when it uses `case` otherwise (whole, in a loop, under another name): then its
+    scores depend on the whole case."""
+    from jinja2 import nodes
+
+    every = [tree, *tree.find_all(nodes.Node)]
+    parent_of = {id(child): node for node in every for child in node.iter_child_nodes()}
+    fields = {"input"}
+    for name in tree.find_all(nodes.Name):
+        if name.name != "case":
+            continue
+        parent = parent_of.get(id(name))
+        if isinstance(parent, nodes.Getattr) and parent.node is name:
+            fields.add(parent.attr)
+        elif (
+            isinstance(parent, nodes.Getitem)
+            and parent.node is name
+            and isinstance(parent.arg, nodes.Const)
+            and isinstance(parent.arg.value, str)
+        ):
+            fields.add(parent.arg.value)
+        else:
+            return None
+    return frozenset(fields)

@@ -31,7 +31,13 @@ from loomgraph.agent.result import RunResult
 from loomgraph.eval.dataset import Case, Dataset
 from loomgraph.eval.eval_run import EvalRun
 from loomgraph.eval.evaluators import Evaluator, Score, check_unique_names, score_run
-from loomgraph.eval.fingerprint import digest, evaluator_digests, strategy_fingerprint
+from loomgraph.eval.fingerprint import (
+    case_digest,
+    case_fields,
+    digest,
+    evaluator_digests,
+    strategy_fingerprint,
+)
 from loomgraph.eval.journal import Key, journaled_outcome, outcome_now, raised_outcome
 from loomgraph.eval.outcome import CaseOutcome
 from loomgraph.protocols import UnknownRun
@@ -156,6 +162,21 @@ class _StateFile:
             os.fsync(file.fileno())
 
 
+def _read_as_before(
+    kept: _Finished, case: Case, evaluators: Mapping[str, str], scored: Mapping[str, str]
+) -> None:
+    """Take a kept score fingerprint made over the whole case (before evaluators named the
+    fields they read) as the one over its fields now, when the whole case is as it was then:
+    an upgrade does not score every kept run again (a judge's are paid calls)."""
+    old = kept.score_fingerprints
+    if not old:
+        return
+    whole = case_digest(case)
+    for name, own in evaluators.items():
+        if old.get(name) == digest([whole, own]) and name in scored:
+            old[name] = scored[name]
+
+
 def _stale(kept: _Finished, scored: Mapping[str, str]) -> set[str]:
     """The evaluators (of `scored`, each name's score fingerprint) whose kept score, or lack
     of one, no longer stands for the kept run: their fingerprint changed, or they failed on
@@ -233,9 +254,18 @@ class Evaluation:
             case = cases[key[1]]
             return digest([fingerprints[key[0]], case.input, case.session])
 
+        reads = {str(getattr(e, "name", type(e).__name__)): case_fields(e) for e in self.evaluators}
+
         def score_fingerprints(key: Key) -> dict[str, str]:
-            case = digest(cases[key[1]].model_dump(mode="json"))
-            return {name: digest([case, own]) for name, own in evaluators.items()}
+            case = cases[key[1]]
+            return {
+                name: digest([case_digest(case, reads.get(name)), own])
+                for name, own in evaluators.items()
+            }
+
+        for key, kept in self.state.finished.items():
+            if key[1] in cases:
+                _read_as_before(kept, cases[key[1]], evaluators, score_fingerprints(key))
 
         def current(key: Key) -> bool:
             kept = self.state.finished.get(key)
