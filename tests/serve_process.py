@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import select
 import socket
@@ -9,7 +10,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -137,3 +138,24 @@ async def sse_events(response: httpx.Response) -> AsyncIterator[Sse]:
             continue
         name, _, value = line.partition(":")
         fields[name] = value[1:] if value.startswith(" ") else value
+
+
+@contextlib.contextmanager
+def in_process(app: Any, wait: float) -> Iterator[str]:
+    """`app` served by uvicorn on a free loopback port in a thread of this process (so a
+    test can wrap the service's methods); its URL once it listens, stopped after."""
+    import uvicorn
+
+    from mcp_steering import ListeningServer
+
+    port = free_port()
+    server = ListeningServer(uvicorn.Config(app, port=port, log_level="warning", lifespan="on"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        if not server.listening.wait(wait):
+            raise TimeoutError(f"the server did not listen within {wait} s")
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(wait)

@@ -146,8 +146,17 @@ async def fork(request: Request, service: Service, caller: Caller) -> Response:
 # ---------------------------------------------------------------------- sign-in
 
 
+# Why the sign-in page was shown instead of the page asked for (`?why=`): fixed texts, so the
+# address can make the page say nothing else.
+_SIGNED_OUT = {
+    "refused": "Your sign-in is no longer accepted: its API key was revoked, or this server "
+    "does not know it (any more). Sign in again.",
+}
+
+
 async def login_page(request: Request, service: Service) -> Response:
-    return render(request, "login.html", dev=service.dev, error="")
+    why = _SIGNED_OUT.get(request.query_params.get("why", ""), "")
+    return render(request, "login.html", dev=service.dev, error="", why=why)
 
 
 async def login(request: Request, service: Service) -> Response:
@@ -216,6 +225,7 @@ def notice_of(request: Request) -> str:
 
 def _page(service: Service, page: Page, *, write: bool = False) -> Any:
     async def endpoint(request: Request) -> Response:
+        caller: Caller | None = None
         try:
             if write and request.headers.get("hx-request") != "true":
                 raise BadRequest("changes are made from the viewer's pages (HX-Request)")
@@ -223,9 +233,7 @@ def _page(service: Service, page: Page, *, write: bool = False) -> Any:
             caller = await authenticate(service.auth, request, cookie_writes=write)
             return await page(request, service, caller)
         except Unauthorized:
-            if request.headers.get("hx-request") == "true":
-                return Response(status_code=401, headers={"HX-Redirect": "/ui/login"})
-            return RedirectResponse("/ui/login", status_code=303)
+            return _signed_out(request)
         except Exception as err:
             status, kind = status_of(err)
             if status == 500:  # logged; the page names only an error id
@@ -240,9 +248,25 @@ def _page(service: Service, page: Page, *, write: bool = False) -> Any:
                 # kept would replace the notice, and every later error had nowhere to go.
                 headers = {"HX-Retarget": notice_of(request), "HX-Reswap": "innerHTML"}
                 return HTMLResponse(html, status_code=200, headers=headers)
-            return render(request, "error.html", status, kind=kind, message=message)
+            return render(request, "error.html", status, kind=kind, message=message, caller=caller)
 
     return endpoint
+
+
+def _signed_out(request: Request) -> Response:
+    """To the sign-in page: saying why when the browser's sign-in cookie was refused (its key
+    revoked, or unknown here), whose cookies are then dropped."""
+    cookie = any(request.cookies.get(name) for name in (KEY_COOKIE, DEV_COOKIE))
+    to = "/ui/login?why=refused" if cookie else "/ui/login"
+    response: Response
+    if request.headers.get("hx-request") == "true":
+        response = Response(status_code=401, headers={"HX-Redirect": to})
+    else:
+        response = RedirectResponse(to, status_code=303)
+    if cookie:
+        response.delete_cookie(KEY_COOKIE, path="/")
+        response.delete_cookie(DEV_COOKIE, path="/")
+    return response
 
 
 def ui_routes(service: Service) -> list[Route | Mount]:
