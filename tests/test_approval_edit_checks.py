@@ -8,6 +8,10 @@ the reason is audited), instead of failing it as the model's mistake. The steere
 
 from __future__ import annotations
 
+import asyncio
+import json
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +21,7 @@ from loomgraph import Agent, tool
 from loomgraph.agent.resume_errors import EditedArgsInvalid
 from loomgraph.governance import StandardPermissions
 from loomgraph.models import ScriptedModel
+from loomgraph.observability import FileAuditLog
 from mcp_steering import PAY, TRANSFER, control, received, server, tool_results
 
 # `to` must be a short lowercase name: a pattern only the server's schema knows.
@@ -118,18 +123,91 @@ async def test_a_handlers_edit_a_local_tool_refuses_denies_the_call(tmp_path: Pa
     def handler(call: Any, decision: Any) -> Any:
         return {"args": {"amount": "lots"}}
 
+    audit = FileAuditLog(tmp_path / "audit.jsonl", unsigned=True)
     agent = Agent(
         "x",
         model=ScriptedModel([{"tool_calls": [{"tool": "pay", "args": {"amount": 5}}]}, "done"]),
         tools=[pay],
         permissions=StandardPermissions(ask=["pay"]),
         approval_handler=handler,
+        audit_log=audit,
     )
     async with agent:
-        done = await agent.run("pay")
-        history = await agent.history(done.run_id)
+        events = [e async for e in agent.stream("pay")]
     assert paid == []
-    [result] = tool_results(history)
+    [result] = [e.payload["result"] for e in events if e.kind == "tool_result"]
     assert result["is_error"] and result["content"].startswith("permission denied"), result
+    assert result["error_type"] == "permission_denied"
     assert "approval handler" in result["content"] and "do not fit" in result["content"]
     assert "lots" not in result["content"]
+    # The audit log says who refused and why: the handler's edit, not the model's call.
+    [answered] = [e for e in audit.entries() if e["action"] == "approval"]
+    assert answered["payload"]["approver"] == "handler" and not answered["payload"]["allow"]
+    assert "do not fit tool 'pay'" in answered["payload"]["reason"]
+    assert "lots" not in json.dumps(answered["payload"])
+
+
+# ------------------------------------------------ a hostile pattern: checked on RE2, bounded
+
+EVIL = "^(a+)+$"  # Python's `re` backtracks 2**40 ways on 40 a's and a "!"
+SLOW_TEXT = "a" * 40 + "!"
+BOUND = 120.0  # a stalled check fails the test at this limit instead of hanging it
+
+
+def scenario_hostile_pattern(where: Path) -> dict[str, Any]:
+    """A resume edit and an in-run handler's edit that stall `re` on an MCP tool's pattern."""
+    bank = where / "bank"
+    hostile = {**TRANSFER_NAMED, "inputSchema": {**TRANSFER_NAMED["inputSchema"]}}
+    hostile["inputSchema"]["properties"] = {
+        "to": {"type": "string", "pattern": EVIL},
+        "amount": {"type": "integer"},
+    }
+    control(bank, [hostile])
+    journal = f"sqlite:{where / 'journal.db'}"
+    slow = {"to": SLOW_TEXT, "amount": 5}
+
+    async def go() -> dict[str, Any]:
+        async with banking(bank, journal) as first:
+            waiting = await first.run("pay alice")
+        async with banking(bank, journal) as second:
+            try:
+                await second.resume(waiting.run_id, approve={"args": slow})
+                refused = ""
+            except EditedArgsInvalid as exc:
+                refused = str(exc)
+            done = await second.resume(waiting.run_id, approve={"args": {"to": "aa", "amount": 1}})
+        async with banking(bank, journal, approval_handler=lambda c, d: {"args": slow}) as third:
+            handled = await third.run("pay alice")
+            results = tool_results(await third.history(handled.run_id))
+        return {
+            "refused": refused,
+            "status": done.status,
+            "handled": [r["content"] for r in results],
+            "received": [c["args"] for c in received(bank)],
+        }
+
+    return asyncio.run(go())
+
+
+def test_a_hostile_pattern_in_an_edit_is_refused_within_a_bound(tmp_path: Path) -> None:
+    # In a fresh Python, bounded: a check on a backtracking engine would hold the GIL (and
+    # this test) for minutes; the MCP host's checker (RE2) answers in one pass.
+    done = subprocess.run(
+        [sys.executable, __file__, "scenario_hostile_pattern", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=BOUND,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = json.loads(done.stdout.splitlines()[-1])
+    assert f"{SLOW_TEXT!r} does not match {EVIL!r}" in out["refused"], out
+    assert "still waits" in out["refused"]
+    assert out["status"] == "completed"  # the approval was not used: a fitting one was
+    [denied] = out["handled"]
+    assert denied.startswith("permission denied") and "approval handler" in denied
+    assert out["received"] == [{"to": "aa", "amount": 1}]
+
+
+if __name__ == "__main__":  # a scenario run in a fresh Python by a test above
+    print(json.dumps(globals()[sys.argv[1]](Path(sys.argv[2]))))

@@ -21,6 +21,7 @@ from loomgraph.eval.evaluators import (
     SkippingEvaluator,
     TrajectoryEvaluator,
 )
+from loomgraph.eval.fingerprint import UnknownCaseField
 from loomgraph.eval.judge import JudgeEvaluator
 from loomgraph.eval.outcome import CaseOutcome
 from loomgraph.eval.report import Comparison, Report, StrategySummary, build_report, gate
@@ -49,6 +50,7 @@ __all__ = [
     "SkippingEvaluator",
     "StrategySummary",
     "TrajectoryEvaluator",
+    "UnknownCaseField",
     "build_report",
     "dataset_json_schema",
     "evaluate",

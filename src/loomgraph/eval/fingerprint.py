@@ -6,17 +6,19 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from loomgraph.agent.agent import Agent
 from loomgraph.agent.pinning import graph_key
+from loomgraph.errors import LoomgraphError
 from loomgraph.eval.dataset import Case, EvaluatorSpec
 from loomgraph.eval.evaluators import Evaluator
 from loomgraph.governance import Caps
 from loomgraph.governance.caps import CAP_NAMES
 
 __all__ = [
+    "UnknownCaseField",
     "budget_caps",
     "case_digest",
     "case_fields",
@@ -111,11 +113,36 @@ def evaluator_digests(
     return out
 
 
+class UnknownCaseField(LoomgraphError, ValueError):
+    """An evaluator's `case_fields` names no field of a case (a typo, or one string read as
+    its letters): its kept scores would stand after the fields it does read changed."""
+
+
 def case_fields(evaluator: Evaluator) -> frozenset[str] | None:
     """The fields of a case an evaluator's scores depend on (its `case_fields`); None for
-    every field (an evaluator that does not say: a function of yours may read any)."""
+    every field (an evaluator that does not say: a function of yours may read any).
+    UnknownCaseField when `case_fields` is a string, or names a field a case does not have."""
     fields = getattr(evaluator, "case_fields", None)
-    return None if fields is None else frozenset(fields)
+    if fields is None:
+        return None
+    name = str(getattr(evaluator, "name", type(evaluator).__name__))
+    known = sorted(Case.model_fields)
+    if isinstance(fields, str | bytes) or not isinstance(fields, Iterable):
+        raise UnknownCaseField(
+            f"evaluator {name!r}: case_fields is a {type(fields).__name__} ({fields!r}), not a "
+            f"collection of field names; write frozenset({{{fields!r}}}) (a case's fields: "
+            f"{', '.join(known)})"
+        )
+    items = list(fields)
+    unknown = sorted(
+        {repr(f) for f in items if not isinstance(f, str) or f not in Case.model_fields}
+    )
+    if unknown:
+        raise UnknownCaseField(
+            f"evaluator {name!r}: case_fields names {', '.join(unknown)}, which a case does "
+            f"not have (a case's fields: {', '.join(known)})"
+        )
+    return frozenset(items)
 
 
 def case_digest(case: Case, fields: frozenset[str] | None = None) -> str:

@@ -262,8 +262,8 @@ def _verdict(text: str) -> tuple[float, str] | None:
 
 def _case_fields(tree: Any) -> frozenset[str] | None:
     """The fields of the case a rubric reads (`case.expect`, `case["metadata"]`, and `input`),
-    or None when it uses `case` otherwise (whole, in a loop, under another name): then its
-    scores depend on the whole case."""
+    or None when it uses `case` otherwise (whole, in a loop, under another name, through a
+    method such as `case.model_dump_json()`): then its scores depend on the whole case."""
     from jinja2 import nodes
 
     every = [tree, *tree.find_all(nodes.Node)]
@@ -273,15 +273,13 @@ def _case_fields(tree: Any) -> frozenset[str] | None:
         if name.name != "case":
             continue
         parent = parent_of.get(id(name))
+        field = None
         if isinstance(parent, nodes.Getattr) and parent.node is name:
-            fields.add(parent.attr)
-        elif (
-            isinstance(parent, nodes.Getitem)
-            and parent.node is name
-            and isinstance(parent.arg, nodes.Const)
-            and isinstance(parent.arg.value, str)
-        ):
-            fields.add(parent.arg.value)
-        else:
+            field = parent.attr
+        elif isinstance(parent, nodes.Getitem) and parent.node is name:
+            field = parent.arg.value if isinstance(parent.arg, nodes.Const) else None
+        # Anything but a field (a method of the model reads them all): the whole case.
+        if not isinstance(field, str) or field not in Case.model_fields:
             return None
+        fields.add(field)
     return frozenset(fields)

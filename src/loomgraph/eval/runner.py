@@ -3,15 +3,18 @@
 The state file keeps, per run (strategy, case, repeat), the run it started and, once scored,
 what it did and its scores, each with a fingerprint of what decided it (`fingerprint`): a
 run's fingerprint covers the strategy's definition and caps and the case's input and session,
-each score's covers the whole case (its expectations too) and its own evaluator. Run again,
-the evaluation reuses a run whose run fingerprint still holds (scoring it again by the
-evaluators whose fingerprint changed, that failed on it or, a judge, skipped it; the others'
-scores are kept, so adding a check never pays a judge again) and runs a case again when its
-run fingerprint changed. A reused run that had not ended for good (it waited for an
-approval, it failed) is read again from its journal: when it moved on since (approved and
-completed), it is scored as it ended. A run started again gets a user id of its own (the
-attempt is in it), so nothing per user (memory, budget) carries over from the attempt it
-replaces.
+each score's covers the fields of the case its evaluator reads (`case_fields`) and its own
+evaluator. Run again, the evaluation reuses a run whose run fingerprint still holds (scoring
+it again by the evaluators whose fingerprint changed, that failed on it or, a judge, skipped
+it; the others' scores are kept, so adding a check never pays a judge again) and runs a case
+again when its run fingerprint changed. A started run with no `finished` entry is recorded
+as its journal says it stopped when it stopped with a result (failed, waiting): run again,
+a failed run would redo its calls; one still under way, or cancelled by the interruption
+before it had a result, is resumed. A reused run that had not ended for good (it waited for
+an approval, it failed) is read again from its journal: when it moved on since (approved
+and completed), it is scored as it ended. A run started again gets a user id of its own
+(the attempt is in it), so nothing per user (memory, budget) carries over from the attempt
+it replaces.
 """
 
 from __future__ import annotations
@@ -162,6 +165,11 @@ class _StateFile:
             os.fsync(file.fileno())
 
 
+def _name(evaluator: Evaluator) -> str:
+    """The name an evaluator's scores go under."""
+    return str(getattr(evaluator, "name", type(evaluator).__name__))
+
+
 def _read_as_before(
     kept: _Finished, case: Case, evaluators: Mapping[str, str], scored: Mapping[str, str]
 ) -> None:
@@ -205,7 +213,7 @@ class Evaluation:
     one whose case or evaluators changed, that an evaluator failed on or a judge skipped, is
     scored again; one that had not ended for good is read again from its journal.
     ValueError when `strategies` is empty, DuplicateEvaluatorName when two evaluators share
-    a name."""
+    a name, UnknownCaseField when an evaluator's `case_fields` names no field of a case."""
 
     def __init__(
         self,
@@ -225,6 +233,8 @@ class Evaluation:
             # must not read as a green CI run.
             raise ValueError("an evaluation needs at least one strategy; none was given")
         check_unique_names(evaluators)
+        # The case fields each evaluator's scores depend on, checked before anything runs.
+        self._reads = {_name(e): case_fields(e) for e in evaluators}
         self.dataset = dataset
         self.strategies = dict(strategies)
         self.evaluators = list(evaluators)
@@ -254,12 +264,10 @@ class Evaluation:
             case = cases[key[1]]
             return digest([fingerprints[key[0]], case.input, case.session])
 
-        reads = {str(getattr(e, "name", type(e).__name__)): case_fields(e) for e in self.evaluators}
-
         def score_fingerprints(key: Key) -> dict[str, str]:
             case = cases[key[1]]
             return {
-                name: digest([case_digest(case, reads.get(name)), own])
+                name: digest([case_digest(case, self._reads.get(name)), own])
                 for name, own in evaluators.items()
             }
 
@@ -329,7 +337,7 @@ class Evaluation:
         """The kept run's scores, those of its stale evaluators (`_stale`) given again and
         those of evaluators no longer in the evaluation dropped, in the evaluators' order."""
         stale = _stale(kept, scored)
-        names = [str(getattr(e, "name", type(e).__name__)) for e in self.evaluators]
+        names = [_name(e) for e in self.evaluators]
         redo = [e for e, name in zip(self.evaluators, names, strict=True) if name in stale]
         fresh = await score_run(redo, case, kept.run.outcome)
         by_name = {s.evaluator: s for s in kept.run.scores if s.evaluator not in stale}
@@ -353,8 +361,10 @@ class Evaluation:
             record = await agent.deps.runtime.load_run(started.run_id)
             if record is not None and record.result is not None and not record.status.in_progress:
                 # It returned (its scores were lost): scored as it returned, as when the
-                # evaluation went on. Resumed, a failed run would be tried again, a
-                # cancelled one go on: runs this evaluation never made.
+                # evaluation went on. Resumed, a failed run would be tried again: calls
+                # this evaluation never made. A run with no result (still `running` after
+                # a crash, `cancelled` by the interruption, Ctrl-C) stopped before its end:
+                # resumed, its journaled calls replayed.
                 return RunResult.from_dict(record.result)
             try:
                 return await agent.resume(started.run_id)

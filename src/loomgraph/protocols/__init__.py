@@ -42,6 +42,7 @@ from loomgraph.protocols.events import (
     VoidReason,
 )
 from loomgraph.protocols.governance import (
+    KEPT_DEADLINE,
     Budget,
     BudgetExceeded,
     BudgetScope,
@@ -248,6 +249,7 @@ __all__ = [  # noqa: RUF022 - grouped by concept, not sorted
     # governance: budgets, permissions, hooks
     "Budget",
     "BudgetExceeded",
+    "KEPT_DEADLINE",
     "BudgetScope",
     "Decision",
     "EffectRef",
