@@ -21,10 +21,11 @@ import pytest
 import test_fencing as fencing
 import test_runtime_backends as backends
 from loomgraph import Agent, tool
-from loomgraph.governance import StandardPermissions
+from loomgraph.agent.leases import hold_lease
+from loomgraph.governance import LedgerUnavailable, StandardPermissions
 from loomgraph.models import ScriptedModel
 from loomgraph.protocols import ModelRequest, RunLeases, RunRecord, RunStatus
-from loomgraph.runtime.errors import RunConflict
+from loomgraph.runtime.errors import JournalUnavailable, RunConflict
 from loomgraph.runtime.memory import InMemoryRuntime
 
 WAIT = 10  # seconds any awaited event may take at most
@@ -111,3 +112,43 @@ async def test_a_second_resume_of_a_run_under_way_is_refused() -> None:
     assert record is not None and record.recoveries == 0  # nothing took it for a crash
     (paid,) = [e for e in await agent.deps.runtime.effects(stopped.run_id) if e.kind == "tool"]
     assert (paid.attempts, paid.recovered) == (1, False)
+
+
+class _SilentJournal(InMemoryRuntime):
+    """A journal whose lease renewals stop going through once `silent` is set."""
+
+    def __init__(self) -> None:
+        super().__init__(lease_seconds=0.3)
+        self.silent = asyncio.Event()
+
+    async def renew_lease(self, run_id: str, owner: str, ttl: float | None = None) -> Any:
+        if self.silent.is_set():
+            raise JournalUnavailable("in memory", "the test's server went silent")
+        return await super().renew_lease(run_id, owner, ttl)
+
+
+async def test_a_runs_way_out_of_a_lease_stop_does_not_hide_why_it_stopped() -> None:
+    """Found by a Postgres fault probe: the lease of a budgeted run ran out while its server
+    was silent; the run's way out charged the cut-off call to a ledger on the same server and
+    raised that `LedgerUnavailable` in place of the lease's `JournalUnavailable`. The lease
+    is why the run stopped: its error is raised, the way-out error chained to it."""
+    journal = _SilentJournal()
+    await journal.start_run(RunRecord("r1", "g", "h", None, None))
+    entered = asyncio.Event()
+
+    async def body() -> None:
+        async with hold_lease(journal, "r1"):
+            entered.set()
+            try:
+                await asyncio.Event().wait()
+            except asyncio.CancelledError:
+                raise LedgerUnavailable("the ledger", "no answer in time") from None
+
+    task = asyncio.create_task(body())
+    async with asyncio.timeout(WAIT):
+        await entered.wait()
+        journal.silent.set()
+        [error] = await asyncio.gather(task, return_exceptions=True)
+    assert isinstance(error, JournalUnavailable), repr(error)
+    assert "the test's server went silent" in str(error)
+    assert isinstance(error.__cause__, LedgerUnavailable), repr(error.__cause__)

@@ -232,8 +232,11 @@ async def hold_lease(runtime: RunLeases | None, run_id: str) -> AsyncIterator[An
             raise
         if body is not None:
             body.uncancel()  # the cancel was ours, not the caller's
-        if not isinstance(err, asyncio.CancelledError | LeaseLost):
-            raise
+        if not isinstance(err, Exception | asyncio.CancelledError):
+            raise  # KeyboardInterrupt, SystemExit: the process is going away
+        # Whatever else the body raised came on its way out of the lease's cancel (a ledger
+        # on the same silent server refusing the cut-off call's charge, say): the lease is
+        # why the run stopped, and the body's error stays chained to it.
         if not isinstance(lost[0], RunConflict):
             raise lost[0] from err  # the journal failed (unreachable): say so, not "lost"
         token = getattr(lease, "token", 0)
