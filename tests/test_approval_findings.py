@@ -432,6 +432,42 @@ async def test_the_viewer_takes_true_for_1_as_an_edit(tmp_path: Path) -> None:
     assert ran["on"] is True, "the edit to `true` was taken as unchanged (1 == True)"
 
 
+async def test_the_viewer_sends_back_unchanged_arguments_as_a_plain_approval(
+    tmp_path: Path,
+) -> None:
+    """The card's text box holds the call's arguments; approved as they are, the answer
+    journaled is a plain `true`, not an edit (which the rules would meet again)."""
+    from test_serve_api import served
+
+    @tool(destructive=True)
+    def flag(on: int | bool) -> str:
+        """Set a flag."""
+        ledger.append(("flag", {"on": on}))
+        return f"set {on!r}"
+
+    runtime = SqliteRuntime(str(tmp_path / "journal.db"))
+    agent = Agent(
+        "x",
+        model=ScriptedModel([turn(("c", "flag", {"on": 1})), "done"]),
+        tools=[flag],
+        runtime=runtime,
+    )
+    async with served(tmp_path, agent=agent) as s:
+        run_id = (await s.post("alice", "/v1/runs", {"input": "go"})).json()["run_id"]
+        (pending,) = (await s.get("alice", f"/v1/runs/{run_id}")).json()["pending"]
+        await s.client.post("/ui/login", data={"key": s.keys["alice"]})
+        done = await s.client.post(
+            f"/ui/runs/{run_id}/approvals/c",
+            data={"allow": "true", "args": '{"on":  1}', "key": pending["key"]},
+            headers={"HX-Request": "true"},
+        )
+        assert done.headers.get("hx-refresh") == "true", done.text
+        assert (await s.settled(run_id))["status"] == "completed"
+        answers = [e.outcome for e in await runtime.effects(run_id) if e.kind == "approval"]
+    assert [a["answer"] for a in answers if a] == [True], answers
+    assert ledger == [("flag", {"on": 1})]
+
+
 def test_an_approval_is_bound_to_its_arguments_as_json_not_as_python_compares_them() -> None:
     """The request or answer journaled for `pay(confirm=1)` is not one for
     `pay(confirm=true)` (Python's `True == 1`); nor `1` for `1.0`, which a rule's text

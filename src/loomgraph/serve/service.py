@@ -22,6 +22,7 @@ from loomgraph.authoring.render_dot import to_svg
 from loomgraph.engine.effects import BoundApproval, BoundValue
 from loomgraph.protocols import RunRecord, RunStatus, Transition
 from loomgraph.protocols.events import RUN_STARTED
+from loomgraph.protocols.json_values import same_json
 from loomgraph.runtime.errors import RunConflict, RunFinished
 from loomgraph.serve.auth import Auth, Caller
 from loomgraph.serve.errors import BadRequest, Conflict, Forbidden, Invalid, NotFound, ServeError
@@ -218,11 +219,16 @@ class Service:
         reason: str = "",
         *,
         key: str = "",
+        edited_only: bool = False,
     ) -> None:
         """Answer a pending call as the caller (who must be an approver); the run goes on.
         With `key` (the request's `Pending.key`) the answer settles that request or none:
-        never a later one for another call with the same id."""
+        never a later one for another call with the same id. With `edited_only`, `args` equal
+        to the pending call's are no edit (a plain approval)."""
         pending = pending_of(await self.answerable(caller, run_id))
+        call = pending.call if pending is not None else None
+        if edited_only and args is not None and call and same_json(args, call["args"]):
+            args = None  # equal as JSON, types too: `true` is no `1`
         if not key and pending is not None and pending.call and pending.key:
             # Unnamed, an answer would settle whatever request of that call id is pending
             # when it arrives: a retried POST could approve a later same-id call.

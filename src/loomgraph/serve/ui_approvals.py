@@ -3,7 +3,6 @@ approver on `/ui/approvals`, every user's calls of the served agent) and the ans
 
 from __future__ import annotations
 
-import json
 from typing import Any
 from urllib.parse import quote, urlencode
 
@@ -94,10 +93,6 @@ async def approve(request: Request, service: Service, caller: Caller) -> Respons
         if not isinstance(args, dict):
             raise BadRequest("the arguments must be a JSON object")
     key = str(form.get("key") or "")  # the request the page showed
-    pending = pending_of(await service.answerable(caller, run_id))
-    # Unchanged (a plain approval) only as JSON: Python's == takes `true` for 1 and 1.0 for 1.
-    shown = pending.call["args"] if pending is not None and pending.call else None
-    if args is not None and json.dumps(args, sort_keys=True) == json.dumps(shown, sort_keys=True):
-        args = None
-    await service.approve(caller, run_id, call_id, allow, args, key=key)
+    # The card's text box holds the call's arguments: sent back unchanged, a plain approval.
+    await service.approve(caller, run_id, call_id, allow, args, key=key, edited_only=True)
     return Response(status_code=200, headers={"HX-Refresh": "true"})
