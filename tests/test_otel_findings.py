@@ -20,7 +20,7 @@ from opentelemetry.trace import get_current_span
 from loomgraph import Agent
 from loomgraph.models import ScriptedModel
 from loomgraph.observability import OTelTelemetry
-from loomgraph.observability.otel import TracedSpan
+from loomgraph.observability.traced_span import TracedSpan
 from loomgraph.protocols import RunStatus
 from loomgraph.runtime.sqlite import SqliteRuntime
 

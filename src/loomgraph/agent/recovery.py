@@ -106,8 +106,9 @@ async def close_dead_letter(
         model=deps.model,
     )
     ended = semconv.run_end_attributes(RunStatus.DEAD_LETTER)
-    with deps.telemetry.span(semconv.RUN_SPAN, {**attributes, **ended}):
-        pass  # nothing runs: the span marks the run's end
+    with deps.telemetry.span(semconv.RUN_SPAN, {**attributes, **ended}) as span:
+        trace = record.initial.trace if record.initial else None
+        semconv.link_span(span, trace, semconv.LinkKind.RUN_START)  # nothing runs: the end
 
 
 async def end_clock(deps: Deps, record: RunRecord) -> None:

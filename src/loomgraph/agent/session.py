@@ -7,6 +7,7 @@ import contextlib
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
 from typing import Any
 
 from loomgraph.agent.checkpoints import Position
@@ -148,6 +149,7 @@ class AgentSession:
                 describe_policy(self.deps),
                 agent=self.agent_name,
                 untrusted=self.seed_untrusted,
+                trace=semconv.span_trace(self._run_span),
             )
             await pin(self.deps.runtime, self.graph)  # the graph the run is pinned to
             start = getattr(self.deps.runtime, "start_queued_run", None)
@@ -184,11 +186,15 @@ class AgentSession:
             for text in record.initial.untrusted if record.initial else ():
                 scope.untrusted.add(text)  # what its system prompt recalled
             if not new_run:  # the caller holds the run's lease
+                trace = record.initial.trace if record.initial else None
+                semconv.link_span(self._run_span, trace, semconv.LinkKind.RUN_START)
                 self._resumed = True
                 scope.seq = scope.snapshot_seq = at.seq
                 await restore(scope, self.deps.runtime, self.deps.tools)
                 await self._announce(scope)
                 return await self._drive(scope, at.state, at.next_node, at.visits)
+            if record.initial is not None:  # a fork: its resumes link to this span
+                record.initial = replace(record.initial, trace=semconv.span_trace(self._run_span))
             await pin(self.deps.runtime, self.graph)
             await self.deps.runtime.start_run(record)
             return await self._started(scope, at.state, at.next_node, at.visits)

@@ -15,6 +15,7 @@ from loomgraph.protocols.lazy import lazy_names
 if TYPE_CHECKING:
     from ..protocols.semconv import (
         RUN_SPAN,
+        LinkKind,
         chat_attributes,
         chat_span_name,
         messages_json,
@@ -40,13 +41,15 @@ if TYPE_CHECKING:
     from .audit_key import DEFAULT_KEY_ENV, AuditConfigError, AuditKeyMissing, resolve_audit_key
     from .file_audit import FileAuditLog
     from .noop import NoAuditLog, NoTelemetry
-    from .otel import OTelTelemetry, TracedSpan
+    from .otel import OTelTelemetry
     from .otlp import OTLPTelemetry, otlp
     from .postgres_audit import PostgresAuditLog
+    from .traced_span import TracedSpan
 
 # Each public name and the module that defines it.
 _MODULES = {
     "RUN_SPAN": "loomgraph.protocols.semconv",
+    "LinkKind": "loomgraph.protocols.semconv",
     "chat_attributes": "loomgraph.protocols.semconv",
     "chat_span_name": "loomgraph.protocols.semconv",
     "messages_json": "loomgraph.protocols.semconv",
@@ -74,7 +77,7 @@ _MODULES = {
     "NoAuditLog": "loomgraph.observability.noop",
     "NoTelemetry": "loomgraph.observability.noop",
     "OTelTelemetry": "loomgraph.observability.otel",
-    "TracedSpan": "loomgraph.observability.otel",
+    "TracedSpan": "loomgraph.observability.traced_span",
     "OTLPTelemetry": "loomgraph.observability.otlp",
     "otlp": "loomgraph.observability.otlp",
     "PostgresAuditLog": "loomgraph.observability.postgres_audit",
@@ -98,6 +101,7 @@ __all__ = [
     "AuditLogError",
     "AuditLogUnavailable",
     "FileAuditLog",
+    "LinkKind",
     "NoAuditLog",
     "NoTelemetry",
     "OTLPTelemetry",

@@ -10,17 +10,14 @@ logger, at most once a minute per OTelTelemetry, and the run goes on untraced.
 
 from __future__ import annotations
 
-import json
-import logging
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager
 from typing import TYPE_CHECKING, Any
 
 from ..errors import error_summary
 from ..protocols import RunStopped, Span, Usage
 from ..protocols.semconv import (
-    CONTENT_ATTRIBUTES,
     ERROR_TYPE,
     GEN_AI_OPERATION_NAME,
     GEN_AI_PROVIDER_NAME,
@@ -37,6 +34,7 @@ from ..protocols.semconv import (
     error_type,
 )
 from ..protocols.tasks import stops_the_task
+from .traced_span import EXCEPTION_EVENT, EXCEPTION_TYPE, Reporter, TracedSpan
 
 if TYPE_CHECKING:
     from opentelemetry.metrics import MeterProvider
@@ -47,156 +45,10 @@ if TYPE_CHECKING:
 _TOKEN_BUCKETS = [4.0**i for i in range(14)]  # 1, 4, 16, ... 67108864
 _DURATION_BUCKETS = [0.01 * 2.0**i for i in range(14)]  # 0.01 s ... 81.92 s
 
-# Span attributes remembered to derive metrics when the span ends.
-_TRACKED = frozenset(
-    {
-        ERROR_TYPE,
-        GEN_AI_OPERATION_NAME,
-        GEN_AI_REQUEST_MODEL,
-        GEN_AI_PROVIDER_NAME,
-        GEN_AI_TOOL_NAME,
-        GEN_AI_USAGE_INPUT_TOKENS,
-        GEN_AI_USAGE_OUTPUT_TOKENS,
-        LOOM_COST_USD,
-    }
-)
-_PRIMITIVES = (str, bool, int, float)
 # What may escape a span without it failing: an abandoned generator, and `RunStopped`, the
 # control flow of a run that waits for an approval or a value (or is stopped by request). A
 # cancel of the task is not a failure either (see `_span`).
 _NOT_FAILURES = (GeneratorExit, RunStopped)
-_EXCEPTION_EVENT, _EXCEPTION_TYPE = "exception", "exception.type"
-_REPORT_EVERY = 60.0  # seconds between two log records of telemetry's own failures
-_log = logging.getLogger("loomgraph.telemetry")
-
-
-class _Reporter:
-    """Logs telemetry's own failures: the first at once, then at most one per
-    `_REPORT_EVERY` seconds, counting those left out."""
-
-    __slots__ = ("_missed", "_next")
-
-    def __init__(self) -> None:
-        self._next = 0.0
-        self._missed = 0
-
-    def report(self, what: str, err: Exception) -> None:
-        """Log that `what` failed with `err`, unless one was logged less than a minute ago."""
-        now = time.monotonic()
-        if now < self._next:
-            self._missed += 1
-            return
-        missed, self._missed = self._missed, 0
-        self._next = now + _REPORT_EVERY
-        more = f" ({missed} more since the last report)" if missed else ""
-        _log.warning(
-            "telemetry failed to %s: %s: %s; the run goes on without it%s",
-            what,
-            type(err).__name__,
-            err,
-            more,
-            exc_info=err,
-        )
-
-    def call(self, what: str, fn: Callable[..., Any], *args: Any) -> Any:
-        """`fn(*args)`, or None (reported) when it raises."""
-        try:
-            return fn(*args)
-        except Exception as err:
-            self.report(what, err)
-            return None
-
-
-def _coerce(value: Any) -> Any:
-    """A value OpenTelemetry accepts: a primitive, a homogeneous list of them, else JSON."""
-    if value is None or isinstance(value, _PRIMITIVES):
-        return value
-    if isinstance(value, list | tuple):
-        kinds = {type(item) for item in value}
-        if len(kinds) <= 1 and kinds <= set(_PRIMITIVES):
-            return list(value)
-    return json.dumps(value, ensure_ascii=False, default=str)
-
-
-class TracedSpan:
-    """The span handed to callers: filters content, coerces values, remembers usage."""
-
-    __slots__ = ("_capture", "_reporter", "_seen", "_span")
-
-    def __init__(
-        self, span: OTelSpan, capture_content: bool, reporter: _Reporter | None = None
-    ) -> None:
-        """Wrap `span`; content attributes are dropped unless `capture_content`."""
-        self._span = span
-        self._capture = capture_content
-        self._reporter = _Reporter() if reporter is None else reporter
-        self._seen: dict[str, Any] = {}
-
-    @property
-    def otel_span(self) -> OTelSpan:
-        """The underlying OpenTelemetry span, for events, links and the like."""
-        return self._span
-
-    def set_attribute(self, key: str, value: Any) -> None:
-        """Attach one attribute (content only with capture_content; None is ignored); an
-        error setting it is logged, not raised."""
-        if value is None or (not self._capture and key in CONTENT_ATTRIBUTES):
-            return
-        try:
-            value = _coerce(value)
-            if key in _TRACKED:
-                self._seen[key] = value
-            self._span.set_attribute(key, value)
-        except Exception as err:
-            self._reporter.report(f"set span attribute {key!r}", err)
-
-    def set_attributes(self, attributes: Mapping[str, Any]) -> None:
-        """Attach several attributes, each as `set_attribute` does (filtered, remembered)."""
-        for key, value in attributes.items():
-            self.set_attribute(key, value)
-
-    def add_event(
-        self, name: str, attributes: Mapping[str, Any] | None = None, timestamp: int | None = None
-    ) -> None:
-        """Add an event; its content attributes are dropped unless capture_content, as a
-        span's are. An error adding it is logged, not raised."""
-        try:
-            self._span.add_event(name, self._event_attributes(attributes), timestamp)
-        except Exception as err:
-            self._reporter.report(f"add span event {name!r}", err)
-
-    def record_exception(
-        self,
-        exception: BaseException,
-        attributes: Mapping[str, Any] | None = None,
-        timestamp: int | None = None,
-        escaped: bool = False,
-    ) -> None:
-        """Record an `exception` event: in full with capture_content, else its type only
-        (a message or stack trace can quote what the run handled), as a failing span does."""
-        try:
-            if self._capture:
-                kept = self._event_attributes(attributes)
-                self._span.record_exception(exception, kept, timestamp, escaped)
-                return
-            kept = {**self._event_attributes(attributes), _EXCEPTION_TYPE: error_type(exception)}
-            self._span.add_event(_EXCEPTION_EVENT, kept, timestamp)
-        except Exception as err:
-            self._reporter.report("record an exception on a span", err)
-
-    def _event_attributes(self, attributes: Mapping[str, Any] | None) -> dict[str, Any]:
-        """An event's attributes as a span's are kept: coerced, None and (without capture)
-        content dropped."""
-        return {
-            key: _coerce(value)
-            for key, value in (attributes or {}).items()
-            if value is not None and (self._capture or key not in CONTENT_ATTRIBUTES)
-        }
-
-    def __getattr__(self, name: str) -> Any:
-        """Everything else (set_status, add_link, ...) goes to the OpenTelemetry span; the
-        calls that attach attributes or events go through the content filter above."""
-        return getattr(self._span, name)
 
 
 class OTelTelemetry:
@@ -219,7 +71,7 @@ class OTelTelemetry:
 
         version = _loomgraph_version()
         self.capture_content = capture_content
-        self._reporter = _Reporter()
+        self._reporter = Reporter()
         self._invalid = INVALID_SPAN  # stands in for a span that could not be started
         self._attach = lambda span: context.attach(trace.set_span_in_context(span))
         self._detach = context.detach
@@ -277,12 +129,12 @@ class OTelTelemetry:
                     raise
                 finally:
                     seconds = time.perf_counter() - start
-                    if error is None and ERROR_TYPE in span._seen:
+                    if error is None and ERROR_TYPE in span.seen:
                         # The caller said the operation failed (a run that ended `failed`).
-                        error = str(span._seen[ERROR_TYPE])
+                        error = str(span.seen[ERROR_TYPE])
                         report.call("set a span's error status", self._flagged, otel_span)
                     report.call(
-                        "record span metrics", self._span_metrics, span._seen, seconds, error
+                        "record span metrics", self._span_metrics, span.seen, seconds, error
                     )
             finally:
                 if token is not None:
@@ -304,7 +156,7 @@ class OTelTelemetry:
         else:
             # An exception's message and stack trace (its locals' reprs, the lines that raised)
             # can quote prompts, answers and tool arguments: only its type is recorded.
-            otel_span.add_event(_EXCEPTION_EVENT, {_EXCEPTION_TYPE: error})
+            otel_span.add_event(EXCEPTION_EVENT, {EXCEPTION_TYPE: error})
             otel_span.set_status(status_cls(code, error_summary(exc)))
         otel_span.set_attribute(ERROR_TYPE, error)
 

@@ -86,6 +86,7 @@ from loomgraph.protocols.observability import (
     AuditLog,
     AuditMode,
     AuditOutbox,
+    LinkableSpan,
     OutcomeOutbox,
     Span,
     Telemetry,
@@ -306,6 +307,7 @@ __all__ = [  # noqa: RUF022 - grouped by concept, not sorted
     "AuditMode",
     "AuditOutbox",
     "OutcomeOutbox",
+    "LinkableSpan",
     "Span",
     "Telemetry",
     # checks: a backend object against its protocol, at runtime

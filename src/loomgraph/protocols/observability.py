@@ -16,6 +16,7 @@ __all__ = [
     "AuditLog",
     "AuditMode",
     "AuditOutbox",
+    "LinkableSpan",
     "OutcomeOutbox",
     "Span",
     "Telemetry",
@@ -27,6 +28,23 @@ class Span(Protocol):
 
     def set_attribute(self, key: str, value: Any) -> None:
         """Attach one attribute."""
+        ...
+
+
+@runtime_checkable
+class LinkableSpan(Protocol):
+    """A span that can name itself and point to another, as OpenTelemetry's links do: how
+    the run span of a resume (another process, days later) leads to the run's first one.
+
+    `trace_parent` is the span's W3C `traceparent` (None: not recorded); `link_to` adds a
+    link to the span another `trace_parent` named (a malformed one is ignored)."""
+
+    def trace_parent(self) -> str | None:
+        """This span's W3C `traceparent`, or None when it records nothing."""
+        ...
+
+    def link_to(self, trace_parent: str, attributes: Mapping[str, Any]) -> None:
+        """Link this span to the span `trace_parent` names."""
         ...
 
 

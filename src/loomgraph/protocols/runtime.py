@@ -122,6 +122,9 @@ class RunStart:
     agent: str = ""
     # The untrusted parts of `system` (`Seed.untrusted`), for a resume or fork to count too.
     untrusted: tuple[str, ...] = ()
+    # The W3C traceparent of the run span that started the run, for its resumes' spans to
+    # link to (None: not traced, or a fork a fleet worker started).
+    trace: str | None = None
 
     @property
     def prompt(self) -> str:
@@ -139,6 +142,8 @@ class RunStart:
             data["agent"] = self.agent
         if self.untrusted:
             data["untrusted"] = list(self.untrusted)
+        if self.trace:
+            data["trace"] = self.trace
         return data
 
     @classmethod
@@ -153,6 +158,7 @@ class RunStart:
             {str(k): int(v) for k, v in visits.items()} if isinstance(visits, dict) else None,
             str(data.get("agent") or ""),
             tuple(str(t) for t in data.get("untrusted") or ()),
+            str(data["trace"]) if data.get("trace") else None,
         )
 
 

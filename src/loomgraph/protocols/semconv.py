@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping, Sequence
+from enum import StrEnum
 from typing import Any
 
 from loomgraph.errors import NodeError
 
 from .messages import Message
 from .models import Model
-from .observability import Span
+from .observability import LinkableSpan, Span
 from .usage import Usage
 
 # --------------------------------------------------------------------------- span names
@@ -88,6 +89,15 @@ LOOM_RUN_STATUS = "loom.run.status"
 LOOM_NODE_NAME = "loom.node.name"
 LOOM_NODE_VISIT = "loom.node.visit"
 LOOM_COST_USD = "loom.usage.cost_usd"
+# On a run span's link: what the linked span is to it (`LinkKind`).
+LOOM_LINK_KIND = "loom.link.kind"
+
+
+class LinkKind(StrEnum):
+    """What a run span links to: the run's first span (from a resume's)."""
+
+    RUN_START = "run_start"
+
 
 # Operation names (values of gen_ai.operation.name).
 OP_CHAT = "chat"
@@ -314,3 +324,14 @@ def messages_json(messages: Iterable[Message]) -> str:
 def system_instructions_json(system: str) -> str:
     """The system prompt as the JSON string `gen_ai.system_instructions` expects."""
     return json.dumps([{"type": "text", "content": system}], ensure_ascii=False)
+
+
+def span_trace(span: Span | None) -> str | None:
+    """The W3C traceparent of a span that can say it (`LinkableSpan`), else None."""
+    return span.trace_parent() if isinstance(span, LinkableSpan) else None
+
+
+def link_span(span: Span | None, trace: str | None, kind: LinkKind) -> None:
+    """Link `span` to the span `trace` names (nothing when either cannot link)."""
+    if trace and isinstance(span, LinkableSpan):
+        span.link_to(trace, {LOOM_LINK_KIND: kind.value})
