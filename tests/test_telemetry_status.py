@@ -268,10 +268,13 @@ async def test_a_resume_that_gives_a_run_up_traces_its_dead_letter(tmp_path: Any
     try:
         failed = await agent.run("hi")
         assert failed.status == "failed"
+        first = traced.run_span().context
         traced.exporter.clear()
         given_up = await agent.resume(failed.run_id)
         assert given_up.status == "dead_letter"
         run = traced.run_span()
+        [link] = run.links  # to the run's first span, as a resume's is
+        assert first is not None and link.context.span_id == first.span_id
         assert run.status.status_code is StatusCode.ERROR
         assert attrs(run)["loom.run.status"] == "dead_letter"
         assert attrs(run)["error.type"] == "dead_letter"
