@@ -6,6 +6,7 @@ the trace. Each test's docstring says what went wrong before."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -287,3 +288,38 @@ async def test_a_resumed_approval_run_keeps_its_identity_and_nesting(tmp_path: P
         if p.attributes["gen_ai.token.type"] == "input"
     ]
     assert sum(p.sum for p in inputs) == done.usage.input_tokens
+
+
+class _Dated:
+    """A model whose provider answers with a dated model name, as OpenAI's and Anthropic's
+    do (`gpt-4o` asked, `gpt-4o-2024-08-06` answered)."""
+
+    name = "gpt-4o"
+
+    async def stream(self, request: Any) -> AsyncIterator[dict[str, Any]]:
+        yield {"type": "text", "text": "hello"}
+        yield {
+            "type": "usage",
+            "usage": {"input_tokens": 3, "output_tokens": 1},
+            "response_model": "gpt-4o-2024-08-06",
+        }
+        yield {"type": "finish", "finish_reason": "end_turn"}
+
+
+async def test_chat_metric_points_name_the_model_that_answered() -> None:
+    """The conventions recommend `gen_ai.response.model` on the duration and token usage
+    points: a dashboard of the dated models a provider served (one asked name, several
+    answered) needs it. The chat span carried it; the points did not."""
+    traced = Traced()
+    agent = Agent("x", model=_Dated(), telemetry=traced.telemetry)
+    assert (await agent.run("hi")).ok
+    chats = [
+        p
+        for name in ("gen_ai.client.operation.duration", "gen_ai.client.token.usage")
+        for p in traced.points(name)
+        if p.attributes["gen_ai.operation.name"] == "chat"
+    ]
+    assert len(chats) == 3  # one duration, input and output tokens
+    for point in chats:
+        assert point.attributes["gen_ai.request.model"] == "gpt-4o"
+        assert point.attributes["gen_ai.response.model"] == "gpt-4o-2024-08-06"

@@ -22,6 +22,7 @@ from ..protocols.semconv import (
     GEN_AI_OPERATION_NAME,
     GEN_AI_PROVIDER_NAME,
     GEN_AI_REQUEST_MODEL,
+    GEN_AI_RESPONSE_MODEL,
     GEN_AI_TOKEN_TYPE,
     GEN_AI_TOOL_NAME,
     GEN_AI_USAGE_INPUT_TOKENS,
@@ -41,6 +42,14 @@ if TYPE_CHECKING:
     from opentelemetry.trace import Span as OTelSpan
     from opentelemetry.trace import TracerProvider
 
+# The span attributes a span's metric points carry (the conventions' required and
+# recommended ones; `error.type` is added when the operation failed).
+_METRIC_ATTRIBUTES = (
+    GEN_AI_REQUEST_MODEL,
+    GEN_AI_RESPONSE_MODEL,
+    GEN_AI_PROVIDER_NAME,
+    GEN_AI_TOOL_NAME,
+)
 # Bucket boundaries the GenAI metric conventions recommend.
 _TOKEN_BUCKETS = [4.0**i for i in range(14)]  # 1, 4, 16, ... 67108864
 _DURATION_BUCKETS = [0.01 * 2.0**i for i in range(14)]  # 0.01 s ... 81.92 s
@@ -169,7 +178,7 @@ class OTelTelemetry:
         if operation is None:
             return  # loom.node spans and custom spans: traced, not measured
         attrs: dict[str, Any] = {GEN_AI_OPERATION_NAME: operation}
-        for key in (GEN_AI_REQUEST_MODEL, GEN_AI_PROVIDER_NAME, GEN_AI_TOOL_NAME):
+        for key in _METRIC_ATTRIBUTES:
             if key in seen:
                 attrs[key] = seen[key]
         if error is not None:
@@ -184,6 +193,7 @@ class OTelTelemetry:
                 seen.get(LOOM_COST_USD),
                 provider=seen.get(GEN_AI_PROVIDER_NAME),
                 operation=OP_CHAT,
+                response_model=seen.get(GEN_AI_RESPONSE_MODEL),
             )
 
     def record_usage(
@@ -218,10 +228,13 @@ class OTelTelemetry:
         *,
         provider: str | None,
         operation: str,
+        response_model: str | None = None,
     ) -> None:
         attrs: dict[str, Any] = {GEN_AI_OPERATION_NAME: operation, GEN_AI_REQUEST_MODEL: model}
         if provider is not None:
             attrs[GEN_AI_PROVIDER_NAME] = provider
+        if response_model is not None:
+            attrs[GEN_AI_RESPONSE_MODEL] = response_model
         for count, token_type in ((input_tokens, "input"), (output_tokens, "output")):
             if isinstance(count, int) and count >= 0:
                 self._tokens.record(count, {**attrs, GEN_AI_TOKEN_TYPE: token_type})
