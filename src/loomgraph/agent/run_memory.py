@@ -24,7 +24,7 @@ async def seeded_state(
     session_id: str | None,
 ) -> tuple[dict[str, Any], tuple[str, ...]]:
     """The first state (memory's seed in the system prompt, the session's turns, the prompt)
-    and the parts of the seed that are untrusted text."""
+    and what of the seed and the prompt is untrusted text."""
     deps = scope.deps
     seed = await deps.memory.seed(user_id=user_id, session_id=session_id, query=prompt)
     scope.system = instructions + (f"\n\n{seed}" if seed else "")
@@ -33,6 +33,11 @@ async def seeded_state(
     # tool wrote, and would only raise false alarms.
     recalled = seed.untrusted if isinstance(seed, Seed) else ()
     untrusted = tuple(text for text in recalled if deps.tools.spec(text) is None)
+    # An Agent run by another run's tool: a prompt carrying text of that run's untrusted
+    # results (a web page's instructions passed on) is untrusted here, kept with the start.
+    callers = scope.callers_untrusted
+    if callers is not None and callers.carried_by(prompt):
+        untrusted = (*untrusted, prompt)
     for text in untrusted:
         scope.untrusted.add(text)
     history = await deps.memory.history(user_id=user_id, session_id=session_id)

@@ -117,6 +117,9 @@ class RunScope:
     # The run's untrusted text so far (tool results, earlier answers, the tool descriptions
     # of MCP servers not trusted), to tell tainted calls.
     untrusted: UntrustedText = field(default_factory=UntrustedText)
+    # The untrusted text of the run whose task started this one (an Agent a tool runs), when
+    # it has any: a prompt carrying it is untrusted here too (`agent.run_memory`).
+    callers_untrusted: UntrustedText | None = field(init=False)
     # The keys of the model calls whose journaled answers this run replayed: their answers
     # count them, so a crash charge of the same execution is not counted again
     # (`agent.recovery.crashed_usage`). Written on a replay only.
@@ -170,6 +173,7 @@ class RunScope:
         outer = active_scope.get()
         ancestors = () if outer is None else (*outer.budget_scope.ancestors, outer.run_id)
         self.budget_scope = BudgetScope(self.run_id, self.user_id, ancestors)
+        self.callers_untrusted = outer.untrusted if outer is not None and outer.untrusted else None
         mode = AuditMode.of(self.deps.audit_log)
         self.auditing, self.audit_content = mode.enabled, mode.content
         self.listening = hears_events(self.sink)
