@@ -35,7 +35,7 @@ class StallingProxy(TcpProxy):
         """Deliver what was held and forward again."""
         self.flowing.set()
 
-    def _pump(self, source: socket.socket, sink: socket.socket) -> None:
+    def _pump(self, source: socket.socket, sink: socket.socket, from_server: bool) -> None:
         while True:
             try:
                 data = source.recv(65536)

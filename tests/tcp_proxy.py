@@ -66,10 +66,12 @@ class TcpProxy:
                 continue
             upstream.settimeout(None)
             self._keep(upstream)
-            threading.Thread(target=self._pump, args=(client, upstream), daemon=True).start()
-            threading.Thread(target=self._pump, args=(upstream, client), daemon=True).start()
+            for source, sink, from_server in ((client, upstream, False), (upstream, client, True)):
+                threading.Thread(
+                    target=self._pump, args=(source, sink, from_server), daemon=True
+                ).start()
 
-    def _pump(self, source: socket.socket, sink: socket.socket) -> None:
+    def _pump(self, source: socket.socket, sink: socket.socket, from_server: bool) -> None:
         while True:
             try:
                 data = source.recv(65536)
@@ -79,12 +81,20 @@ class TcpProxy:
                 with contextlib.suppress(OSError):
                     sink.shutdown(socket.SHUT_WR)
                 return
-            if self.hanging.is_set():
-                continue  # swallowed: neither side hears from the other again
+            if not self._passes(data, from_server):
+                continue
             try:
                 sink.sendall(data)
             except OSError:
                 return
+            self._passed(data, from_server)
+
+    def _passes(self, data: bytes, from_server: bool) -> bool:
+        """Whether a chunk read goes on to the other side (a subclass may drop or watch it)."""
+        return not self.hanging.is_set()  # hung: neither side hears from the other again
+
+    def _passed(self, data: bytes, from_server: bool) -> None:
+        """Called once a chunk was passed on."""
 
     def hang(self) -> None:
         """Stop forwarding: open connections go silent, new ones are accepted and ignored."""

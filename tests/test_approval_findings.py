@@ -402,41 +402,9 @@ async def test_records_listed_from_memory_are_copies_too() -> None:
 # -------------------------------------------- 6. the viewer's "unchanged edit" check
 
 
-async def test_the_viewer_takes_true_for_1_as_an_edit(tmp_path: Path) -> None:
-    from test_serve_api import served
-
-    @tool(destructive=True)
-    def flag(on: int | bool) -> str:
-        """Set a flag."""
-        ledger.append(("flag", {"on": on}))
-        return f"set {on!r}"
-
-    agent = Agent(
-        "x",
-        model=ScriptedModel([turn(("c", "flag", {"on": 1})), "done"]),
-        tools=[flag],
-        runtime=SqliteRuntime(str(tmp_path / "journal.db")),
-    )
-    async with served(tmp_path, agent=agent) as s:
-        run_id = (await s.post("alice", "/v1/runs", {"input": "go"})).json()["run_id"]
-        (pending,) = (await s.get("alice", f"/v1/runs/{run_id}")).json()["pending"]
-        await s.client.post("/ui/login", data={"key": s.keys["alice"]})
-        done = await s.client.post(
-            f"/ui/runs/{run_id}/approvals/c",
-            data={"allow": "true", "args": '{"on": true}', "key": pending["key"]},
-            headers={"HX-Request": "true"},
-        )
-        assert done.headers.get("hx-refresh") == "true", done.text
-        assert (await s.settled(run_id))["status"] == "completed"
-    [(_, ran)] = ledger
-    assert ran["on"] is True, "the edit to `true` was taken as unchanged (1 == True)"
-
-
-async def test_the_viewer_sends_back_unchanged_arguments_as_a_plain_approval(
-    tmp_path: Path,
-) -> None:
-    """The card's text box holds the call's arguments; approved as they are, the answer
-    journaled is a plain `true`, not an edit (which the rules would meet again)."""
+async def _viewer_approves_flag_on_1(tmp_path: Path, args_text: str) -> list[Any]:
+    """Serve a run asking about `flag(on=1)`, approve it in the viewer with `args_text` in
+    the card's text box, and return the approval answers journaled."""
     from test_serve_api import served
 
     @tool(destructive=True)
@@ -458,13 +426,28 @@ async def test_the_viewer_sends_back_unchanged_arguments_as_a_plain_approval(
         await s.client.post("/ui/login", data={"key": s.keys["alice"]})
         done = await s.client.post(
             f"/ui/runs/{run_id}/approvals/c",
-            data={"allow": "true", "args": '{"on":  1}', "key": pending["key"]},
+            data={"allow": "true", "args": args_text, "key": pending["key"]},
             headers={"HX-Request": "true"},
         )
         assert done.headers.get("hx-refresh") == "true", done.text
         assert (await s.settled(run_id))["status"] == "completed"
-        answers = [e.outcome for e in await runtime.effects(run_id) if e.kind == "approval"]
-    assert [a["answer"] for a in answers if a] == [True], answers
+        effects = await runtime.effects(run_id)
+    return [e.outcome["answer"] for e in effects if e.kind == "approval" and e.outcome]
+
+
+async def test_the_viewer_takes_true_for_1_as_an_edit(tmp_path: Path) -> None:
+    await _viewer_approves_flag_on_1(tmp_path, '{"on": true}')
+    [(_, ran)] = ledger
+    assert ran["on"] is True, "the edit to `true` was taken as unchanged (1 == True)"
+
+
+async def test_the_viewer_sends_back_unchanged_arguments_as_a_plain_approval(
+    tmp_path: Path,
+) -> None:
+    """The card's text box holds the call's arguments; approved as they are, the answer
+    journaled is a plain `true`, not an edit (which the rules would meet again)."""
+    answers = await _viewer_approves_flag_on_1(tmp_path, '{"on":  1}')
+    assert answers == [True], answers
     assert ledger == [("flag", {"on": 1})]
 
 

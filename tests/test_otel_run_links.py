@@ -57,6 +57,18 @@ def _run_spans(exporter: InMemorySpanExporter) -> list[ReadableSpan]:
     return [s for s in exporter.get_finished_spans() if s.name == RUN_SPAN]
 
 
+async def _resumed_elsewhere(journal: Path, run_id: str) -> ReadableSpan:
+    """Resume `run_id`, approved, by another Agent with a tracer of its own (another
+    process's, so another trace) and return the resume's one run span."""
+    telemetry, exporter = _traced()
+    again = _agent(journal, telemetry)
+    done = await again.resume(run_id, approve=True)
+    await again.aclose()
+    assert done.status == RunStatus.COMPLETED and paid == [5]
+    [resumed] = _run_spans(exporter)
+    return resumed
+
+
 @pytest.fixture(autouse=True)
 def _nothing_paid() -> None:
     paid.clear()
@@ -72,13 +84,7 @@ async def test_a_resumes_run_span_links_to_the_runs_first_one(tmp_path: Path) ->
     assert waiting.status == RunStatus.AWAITING_APPROVAL
     await first.aclose()
     [started] = _run_spans(first_exporter)
-
-    again_telemetry, again_exporter = _traced()
-    again = _agent(journal, again_telemetry)
-    done = await again.resume(waiting.run_id, approve=True)
-    await again.aclose()
-    assert done.status == RunStatus.COMPLETED and paid == [5]
-    [resumed] = _run_spans(again_exporter)
+    resumed = await _resumed_elsewhere(journal, waiting.run_id)
     assert started.context is not None and resumed.context is not None
     assert resumed.context.trace_id != started.context.trace_id  # unrelated but for the link
     [link] = resumed.links
@@ -110,12 +116,7 @@ async def test_a_run_started_untraced_is_resumed_traced_with_no_link(tmp_path: P
     first = _agent(journal, None)
     waiting = await first.run("pay 5")
     await first.aclose()
-    telemetry, exporter = _traced()
-    again = _agent(journal, telemetry)
-    done = await again.resume(waiting.run_id, approve=True)
-    await again.aclose()
-    assert done.status == RunStatus.COMPLETED and paid == [5]
-    [resumed] = _run_spans(exporter)
+    resumed = await _resumed_elsewhere(journal, waiting.run_id)
     assert not resumed.links
 
 

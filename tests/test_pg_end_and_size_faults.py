@@ -12,7 +12,6 @@ chained to it), and resumed it completes with each tool run once and no hold lef
 from __future__ import annotations
 
 import asyncio
-import socket
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -39,27 +38,16 @@ class ReplyLosingProxy(TcpProxy):
         self.marker, self.executed = marker, executed
         self.parsed = False
         self.losing = False
-        self.server_port = port
 
-    def _pump(self, source: socket.socket, sink: socket.socket) -> None:
-        from_server = source.getpeername()[1] == self.server_port
-        while True:
-            try:
-                data = source.recv(65536)
-            except OSError:
-                return
-            if not data:
-                return
-            if from_server and self.losing:
-                continue  # the answer never arrives
-            if not from_server:
-                self._watch(data)
-            try:
-                sink.sendall(data)
-            except OSError:
-                return
-            if not from_server and self.parsed and not self.executed:
-                self.losing = True
+    def _passes(self, data: bytes, from_server: bool) -> bool:
+        if from_server:
+            return not self.losing  # once losing, the answer never arrives
+        self._watch(data)
+        return True
+
+    def _passed(self, data: bytes, from_server: bool) -> None:
+        if not from_server and self.parsed and not self.executed:
+            self.losing = True
 
     def _watch(self, data: bytes) -> None:
         """Read the frontend messages of one chunk (type byte, int32 length, body)."""
