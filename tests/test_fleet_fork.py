@@ -23,6 +23,7 @@ from typing import Any
 
 import pytest
 
+import fleet_agent
 import pg
 import test_fleet
 from loomgraph.agent import fleet_jobs as fleet_module
@@ -174,6 +175,46 @@ async def test_a_submitted_fork_is_journaled_queued_and_enqueued_then_a_worker_s
     assert await advance(agent, fleet_queue(runtime), job) == Advanced.NOTHING  # picked again
     ledger = await sql(f"SELECT count(*) FROM {pg_schema}.ledger WHERE run_id = $1", fork_id)
     assert ledger[0][0] == 3  # the calls after checkpoint 1 (the first turn): a, b, then c
+
+
+async def test_a_fork_a_worker_starts_keeps_its_trace_and_its_resume_links_to_it(
+    env: dict[str, str], pg_schema: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A fork `submit_fork` journals queued has no span yet: the worker's start journals the
+    trace of the fork's first run span, and the fork's resume links to that span."""
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from loomgraph.observability import RUN_SPAN, LinkKind, OTelTelemetry
+
+    monkeypatch.setenv("FLEET_ASK", "1")  # the third call waits: the fork stops there
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    traced = fleet_agent.make(telemetry=OTelTelemetry(provider))
+    source = await traced.run("source", user_id="alice")
+    assert source.status == RunStatus.AWAITING_APPROVAL, source.reason
+    fork_id = await traced.submit_fork(source.run_id, at=1)
+    queue = fleet_queue(traced.deps.runtime)
+    job = RunJob(fork_id, JobKind.FORK, user_id="alice")
+    assert await advance(traced, queue, job) == Advanced.STARTED
+    fork_spans = [s for s in exporter.get_finished_spans() if s.name == RUN_SPAN][1:]
+    [started] = fork_spans
+    assert started.context is not None and not started.links
+    record = await traced.deps.runtime.load_run(fork_id)
+    assert record.status == RunStatus.AWAITING_APPROVAL and record.initial is not None
+    assert record.initial.trace is not None
+    assert record.initial.trace.split("-")[1:3] == [
+        f"{started.context.trace_id:032x}",
+        f"{started.context.span_id:016x}",
+    ]
+    done = await traced.resume(fork_id, approve=True)
+    assert done.status == RunStatus.COMPLETED, done.reason
+    resumed = [s for s in exporter.get_finished_spans() if s.name == RUN_SPAN][-1]
+    [link] = resumed.links
+    assert link.context.span_id == started.context.span_id
+    assert dict(link.attributes or {}) == {"loom.link.kind": LinkKind.RUN_START.value}
 
 
 async def test_a_fork_job_for_a_run_that_is_no_fork_fails_it_as_unusable(

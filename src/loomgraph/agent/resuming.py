@@ -351,12 +351,13 @@ class Resumer:
         if own is None:
             raise not_kept(record, self.compiled)
         at = position(own, record, [])
-        # Journaled with the policy it runs under here, as a worker that starts a run does.
+        # Journaled with the policy it runs under here, as a worker that starts a run does,
+        # and the trace of its first run span (`continue_from`, `starting`).
         initial = replace(record.initial, policy=describe_policy(self.deps))
         started = replace(record, status=RunStatus.RUNNING, initial=initial)
-        await runtime.start_queued_run(started)  # type: ignore[attr-defined]
+        start = runtime.start_queued_run  # type: ignore[attr-defined]
         session = self._going_on(record, own)
-        return await session.continue_from(sink, started, at, new_run=False)
+        return await session.continue_from(sink, started, at, new_run=False, starting=start)
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
 from typing import Any
 
@@ -58,6 +58,9 @@ from loomgraph.protocols.events import RUN_COMPLETED, RUN_STARTED
 from loomgraph.protocols.runtime import Lease
 from loomgraph.runtime.errors import JournalEncodingError, LeaseLost, RunConflict, RunExists
 from loomgraph.runtime.text import check_run_ids
+
+# Journals a queued run started (`start_queued_run`), given its record with its start.
+Starting = Callable[[RunRecord], Awaitable[None]]
 
 
 class AgentSession:
@@ -172,9 +175,12 @@ class AgentSession:
         *,
         new_run: bool,
         resume: ResumeInput | None = None,
+        starting: Starting | None = None,
     ) -> RunResult:
-        """Go on from a checkpoint: the same run (resume) or a new one (fork)."""
-        async with self._opened(record, sink, resumed=not new_run) as scope:
+        """Go on from a checkpoint: the same run (resume) or a new one (fork); `starting`
+        journals a queued fork started (`_opened`)."""
+        opened = self._opened(record, sink, resumed=not new_run, starting=starting)
+        async with opened as scope:
             scope.resume = resume
             scope.system = record.initial.system if record.initial else self.instructions
             scope.model_calls = int((at.state.get("usage") or {}).get("model_calls", 0))
@@ -186,8 +192,9 @@ class AgentSession:
             for text in record.initial.untrusted if record.initial else ():
                 scope.untrusted.add(text)  # what its system prompt recalled
             if not new_run:  # the caller holds the run's lease
-                trace = record.initial.trace if record.initial else None
-                semconv.link_span(self._run_span, trace, semconv.LinkKind.RUN_START)
+                if starting is None:  # a queued fork's first start is its own start
+                    trace = record.initial.trace if record.initial else None
+                    semconv.link_span(self._run_span, trace, semconv.LinkKind.RUN_START)
                 self._resumed = True
                 scope.seq = scope.snapshot_seq = at.seq
                 await restore(scope, self.deps.runtime, self.deps.tools)
@@ -201,7 +208,12 @@ class AgentSession:
 
     @contextlib.asynccontextmanager
     async def _opened(
-        self, record: RunRecord, sink: EventSink, *, resumed: bool = False
+        self,
+        record: RunRecord,
+        sink: EventSink,
+        *,
+        resumed: bool = False,
+        starting: Starting | None = None,
     ) -> AsyncIterator[RunScope]:
         deps, compiled = self.deps, self.graph
         if deps.startable_tools is not None:  # MCP servers: connect, list, check
@@ -220,6 +232,13 @@ class AgentSession:
                 model=deps.model,
             )
             with deps.telemetry.span(semconv.RUN_SPAN, attributes) as self._run_span:
+                if starting is not None and record.initial is not None:
+                    # Journaled with this span's trace (its resumes link to it), before
+                    # anything is charged or audited: a refused start leaves nothing.
+                    record.initial = replace(
+                        record.initial, trace=semconv.span_trace(self._run_span)
+                    )
+                    await starting(record)
                 scope = RunScope(self.run_id, self.user_id, self.session_id, deps, sink, run_child)
                 fence = AuditFence(scope)  # a zombie (its lease lost) audits nothing more
                 active = active_scope.set(scope)
