@@ -551,6 +551,67 @@ async def test_a_handlers_edit_over_the_size_limit_denies_and_is_not_journaled()
     assert "b" * 300 not in json.dumps([(e.intent, e.outcome) for e in effects])
 
 
+def nested(depth: int) -> dict[str, Any]:
+    """Arguments whose `memo` is `depth` objects deep (the arguments object is one more)."""
+    value: dict[str, Any] = {}
+    for _ in range(depth - 1):
+        value = {"a": value}
+    return {**BOB, "memo": value}
+
+
+# Just over the model's limit; deep enough to exhaust the stack of a recursive copy; and
+# deep enough to exhaust the JSON encoder's.
+@pytest.mark.parametrize("depth", [32, 900, 100_000])
+async def test_a_deeply_nested_edit_is_refused_like_the_models_call(depth: int) -> None:
+    """Edited arguments meet the nesting limit a model's arguments meet (32 levels): a deeper
+    edit is a `ResumeError` naming the limit, before anything is journaled; never a
+    `RecursionError` from whatever walks the value first."""
+    ledger.clear()
+    agent = agent_for([turn(("C1", "pay", BOB)), "done"])
+    first = await agent.run("go")
+    before = await journal_of(agent, first.run_id)
+    with pytest.raises(ResumeError, match="nested deeper than the limit of 32") as refused:
+        await agent.resume(first.run_id, approve=Approval("C1", True, nested(depth)))
+    assert "Approval.args" in str(refused.value) and "still waits" in str(refused.value)
+    assert await journal_of(agent, first.run_id) == before and ledger == []
+    done = await agent.resume(first.run_id, approve=True)
+    assert done.status == "completed" and ledger == [("pay", BOB)]
+
+
+async def test_an_edit_at_the_nesting_limit_is_taken() -> None:
+    """The limit is the model's: arguments 31 objects deep (and the arguments object) pass."""
+    taken: list[dict[str, Any]] = []
+
+    @tool
+    def note(to: str, amount: int, memo: dict[str, Any]) -> str:
+        """Note a payment."""
+        taken.append(memo)
+        return "noted"
+
+    agent = Agent(
+        "x",
+        model=ScriptedModel([turn(("C1", "note", BOB | {"memo": {}})), "done"]),
+        tools=[note],
+        permissions=StandardPermissions(ask=["note"]),
+    )
+    first = await agent.run("go")
+    done = await agent.resume(first.run_id, approve=Approval("C1", True, nested(31)))
+    assert done.status == "completed", done.reason
+    assert taken == [nested(31)["memo"]]
+
+
+async def test_a_handlers_deeply_nested_edit_denies_naming_the_limit() -> None:
+    ledger.clear()
+    agent = agent_for(
+        [turn(("C1", "pay", BOB)), "done"], approval_handler=lambda c, d: {"args": nested(900)}
+    )
+    result = await agent.run("go")
+    assert result.status == "completed" and ledger == []
+    [message] = await tool_messages(agent, result.run_id)
+    assert "approval handler" in message["content"]
+    assert "nested deeper than the limit of 32" in message["content"]
+
+
 # ------------------------------------------------------------ journals written before
 
 

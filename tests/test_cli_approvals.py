@@ -148,6 +148,14 @@ def test_deny_with_a_reason_and_edited_arguments_on_approve(env: dict[str, Any])
         "--request", row["key"], *AGENT, *journal(env),
     )  # fmt: skip
     assert bad.returncode == 2 and "JSON object" in bad.stderr and paid(env) == []
+    # Nested deeper than the JSON decoder's stack (1000): a usage error naming the limit.
+    deep = loomgraph(
+        env, "runs", "approve", row["run_id"], row["call_id"], "--args",
+        '{"to": ' + "[" * 5000 + "]" * 5000 + "}", "--request", row["key"],
+        *AGENT, *journal(env),
+    )  # fmt: skip
+    assert deep.returncode == 2 and "over the limit of 32" in deep.stderr, deep.stderr
+    assert "Traceback" not in deep.stderr and paid(env) == []
     edited = loomgraph(
         env, "runs", "approve", row["run_id"], row["call_id"],
         "--args", '{"to": "acme", "amount": 1}', "--request", row["key"], *AGENT, *journal(env),

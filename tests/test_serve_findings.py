@@ -229,6 +229,23 @@ async def test_a_body_nested_too_deeply_is_400_everywhere(tmp_path: Path, depth:
         assert PAID == []
 
 
+async def test_edited_args_within_the_body_limit_but_over_the_models_are_422(
+    tmp_path: Path,
+) -> None:
+    """A body may nest 64 levels; edited arguments meet the model's limit of 32, named."""
+    async with served(tmp_path) as s:
+        run_id = (await s.post("alice", "/v1/runs", {"input": "pay acme"})).json()["run_id"]
+        memo: Any = []
+        for _ in range(40):
+            memo = [memo]
+        edit = {"allow": True, "args": {"to": "acme", "amount": 1, "memo": memo}}
+        refused = await s.answer("alice", run_id, "call_pay", edit)
+        assert error(refused) == (422, "validation"), refused.text
+        assert "nested deeper than the limit of 32" in refused.json()["error"]["message"]
+        [run] = (await s.get("alice", "/v1/runs")).json()["runs"]
+        assert run["status"] == "awaiting_approval" and PAID == []
+
+
 # ---------------------------------------------------------------- 5. viewer paging
 
 

@@ -16,6 +16,7 @@ from loomgraph.cli.console import can_ask
 from loomgraph.cli.output import EXIT_OK, DrivenRun, json_line, print_result, table
 from loomgraph.engine.effects import Approval, BoundApproval
 from loomgraph.protocols import Decision, RunStatus, Runtime, ToolCall
+from loomgraph.protocols.tool_args import ToolArgsRejected, parse_tool_args
 
 NO_APPROVER = (
     "nobody can approve it here: pass --approve to be asked on this terminal, or --runtime "
@@ -185,12 +186,12 @@ async def _answer(args: argparse.Namespace, runtime: Runtime, driven: DrivenRun)
     key = named_request(record, args, args.runtime, command)
     edited = None
     if args.runs_command == "approve" and args.args is not None:
-        try:
-            edited = json.loads(args.args)
-        except json.JSONDecodeError as err:
-            raise journal.UsageError(f"--args is not JSON: {err}") from None
-        if not isinstance(edited, dict):
-            raise journal.UsageError("--args must be a JSON object of arguments")
+        if not args.args.strip():  # (which `parse_tool_args` reads as no arguments: `{}`)
+            raise journal.UsageError("--args is empty: give a JSON object of arguments")
+        try:  # with the limits a model's arguments meet: never a RecursionError
+            edited = parse_tool_args(args.args)
+        except ToolArgsRejected as err:
+            raise journal.UsageError(f"--args must be a JSON object of arguments: {err}") from None
     answer = BoundApproval(
         args.call_id,
         args.runs_command == "approve",

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from loomgraph.protocols import EffectRecord, EffectStatus, Pending, ToolCall
+from loomgraph.protocols.tool_args import ToolArgsRejected, check_tool_args
 
 # The slot of the approval of one tool call, and of the request for it. They follow the
 # slot of the call's own effect (`3:approval:CALL_ID`): call ids come from the model and
@@ -183,6 +184,10 @@ class Approval:
         if self.args is not None:
             if not isinstance(self.args, dict):
                 return f"Approval.args must be a dict of edited arguments, not {kind(self.args)}"
+            try:  # first, without recursion: a deep value exhausts the stack of what recurses
+                check_tool_args(self.args, refuse_cut=True)  # the limits a model's meet
+            except ToolArgsRejected as err:
+                return f"Approval.args are not usable as {err}"
             problem = json_problem(self.args)
             if problem is not None:
                 return f"Approval.args must be plain JSON (the journal keeps them): {problem}"

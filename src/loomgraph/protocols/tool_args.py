@@ -91,6 +91,8 @@ def check_tool_args(
             raise ToolArgsRejected(f"nested deeper than the limit of {limits.max_depth}", where)
         if isinstance(item, dict):
             for key, child in item.items():
+                if not isinstance(key, str):  # (only a Python caller's value can hold one)
+                    raise ToolArgsRejected(f"a key of type {type(key).__name__}, not str", where)
                 if len(key) > limits.max_string_chars:
                     raise ToolArgsRejected("a key over the string limit", where)
                 if refuse_cut:
