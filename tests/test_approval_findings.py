@@ -24,12 +24,12 @@ What it checks:
 from __future__ import annotations
 
 import asyncio
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+import desk_clock
 from loomgraph import Agent, Approval, tool
 from loomgraph.agent.checkpoints import (
     ApprovalNotPending,
@@ -37,7 +37,6 @@ from loomgraph.agent.checkpoints import (
     ValueNotPending,
 )
 from loomgraph.authoring.loader import graph_from_yaml
-from loomgraph.engine import approvals
 from loomgraph.governance import StandardPermissions
 from loomgraph.models import ScriptedModel
 from loomgraph.protocols import Decision, EffectStatus, RunRecord, RunStatus, ToolCall
@@ -62,21 +61,7 @@ async def tool_messages(agent: Agent, run_id: str) -> list[dict[str, Any]]:
     return [m for m in history[-1].state["messages"] if m.get("role") == "tool"]
 
 
-class _Clock:
-    """The approval desk's clock, moved on by a test (a slow person), never slept on."""
-
-    offset = 0.0
-
-    @classmethod
-    def time(cls) -> float:
-        return time.time() + cls.offset
-
-
-@pytest.fixture
-def clock(monkeypatch: pytest.MonkeyPatch) -> type[_Clock]:
-    _Clock.offset = 0.0
-    monkeypatch.setattr(approvals, "time", _Clock)
-    return _Clock
+clock = desk_clock.clock
 
 
 async def race(agent: Agent, runtime: GatedRuntime, run_id: str, **answer: Any) -> Any:
@@ -226,7 +211,7 @@ async def test_a_handlers_returned_edit_counts_and_meets_the_rules_again() -> No
 
 
 async def test_an_answer_given_after_the_requests_deadline_does_not_approve(
-    clock: type[_Clock],
+    clock: type[desk_clock.Clock],
 ) -> None:
     runtime = InMemoryRuntime()
 
@@ -269,7 +254,7 @@ async def test_an_answer_given_after_the_requests_deadline_does_not_approve(
 
 @pytest.mark.parametrize(("took", "runs"), [(59.0, True), (61.0, False)])
 async def test_a_handler_asked_first_has_the_rules_timeout_from_when_it_was_asked(
-    clock: type[_Clock], took: float, runs: bool
+    clock: type[desk_clock.Clock], took: float, runs: bool
 ) -> None:
     """No request journaled: the deadline is the rule's timeout counted from the ask."""
 

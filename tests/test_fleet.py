@@ -200,6 +200,8 @@ async def test_bad_inputs_get_typed_errors(agent: Any, env: dict[str, str], pg_s
         await agent.cancel("no-such-run")
     with pytest.raises(UnknownRun):
         await agent.submit_resume("no-such-run", approve=True)
+    with pytest.raises(UnknownRun):  # no answer: sent on past an expired request, if any
+        await agent.submit_resume("no-such-run")
 
     class Local:  # not importable by a worker
         pass
@@ -212,8 +214,8 @@ async def test_bad_inputs_get_typed_errors(agent: Any, env: dict[str, str], pg_s
         await agent.submit("x", priority="high")
     with pytest.raises(FleetError, match="queue must be"):
         await agent.submit("x", queue="")
-    with pytest.raises(FleetError, match="exactly one"):
-        await agent.submit_resume("no-such-run")
+    with pytest.raises(FleetError, match="one of approve= or value=, or neither"):
+        await agent.submit_resume("no-such-run", approve=True, value=1)
     with pytest.raises(FleetError, match="queue must be"):
         await agent.submit_resume("no-such-run", approve=True, queue="")
     with pytest.raises(FleetError, match="priority must be an int"):

@@ -30,6 +30,7 @@ with where each class lives (relative to `loomgraph.`):
     ├── MapPathError + LookupError          nodes.map (a node's failure: NodeError names it)
     ├── OutputValidationError + ValueError  nodes.structured
     ├── ResumeError + ValueError            agent.resume_errors (also from agent.checkpoints)
+    │   ├── AnswerNeeded                    agent.resume_errors
     │   ├── NotACheckpoint                  agent.resume_errors
     │   ├── RunNotStarted                   agent.resuming
     │   │   └── RunQueued                   agent.resuming

@@ -67,6 +67,7 @@ __all__ = [
     "check_agent",
     "check_owner",
     "diff",
+    "expired",
     "history",
     "is_top_level",
     "journal_answer",
@@ -98,11 +99,18 @@ def check_owner(run_id: str, owner: str, agent_name: str) -> None:
         raise RunOfAnotherAgent(run_id, owner, agent_name)
 
 
+def expired(pending: Pending) -> bool:
+    """Whether the deadline of a request (an approval's, with a timeout) has passed."""
+    return pending.deadline is not None and time.time() > pending.deadline
+
+
 def _in_time(record: RunRecord, pending: Pending) -> None:
-    if pending.deadline is not None and time.time() > pending.deadline:
+    if expired(pending):
         raise ApprovalExpired(
             f"the approval request for call {pending.call and pending.call['id']} of run "
-            f"{record.run_id} expired; resume without approve= to go on (the call is denied)"
+            f"{record.run_id} expired; resume without an answer to go on, the call denied as "
+            "timed out (`resume(run_id)`; on a fleet `submit_resume(run_id)`; over HTTP "
+            "`POST /v1/runs/{run_id}/resume` with no value)"
         )
 
 

@@ -86,8 +86,10 @@ class FleetMethods:
         queue: str | None = None,
     ) -> None:
         """Give a fleet run waiting for a person its answer; a worker goes on with it (on
-        the queue the run was submitted to, unless `queue` names another). A run another
-        named Agent started is refused (`RunOfAnotherAgent`), nothing enqueued."""
+        the queue the run was submitted to, unless `queue` names another). With no answer,
+        the run goes on past an approval request whose deadline passed (the call is denied
+        as timed out); one still waiting for a person is refused (`AnswerNeeded`). A run
+        another named Agent started is refused (`RunOfAnotherAgent`), nothing enqueued."""
         answer = {k: v for k, v in (("approve", approve), ("value", value)) if v is not NO_VALUE}
         from loomgraph.agent import submitting
 

@@ -15,6 +15,7 @@ from loomgraph.agent.checkpoints import approval, not_answered, resume_value
 from loomgraph.agent.fleet import check_run_agent, fleet_queue
 from loomgraph.agent.fleet_errors import FleetError, FleetNeedsPostgres
 from loomgraph.agent.fleet_jobs import JobKind, RunJob
+from loomgraph.agent.resume_answers import unanswered
 from loomgraph.engine.effects import BoundApproval, BoundValue
 from loomgraph.protocols import Deps, Runtime, UnknownRun
 
@@ -61,7 +62,9 @@ async def answer_job(deps: Deps, run_id: str, answer: dict[str, Any], agent_name
     if record is None:
         raise UnknownRun(run_id)
     await check_run_agent(deps.runtime, record, agent_name)
-    if "value" in answer:
+    if not answer:
+        unanswered(record)
+    elif "value" in answer:
         given = answer["value"]
         asked = resume_value(record, given)  # the typed error now, not in a worker's log
         await not_answered(deps.runtime, record)  # a value journaled already stands

@@ -5,9 +5,20 @@ from __future__ import annotations
 
 from typing import Any
 
-from loomgraph.agent.checkpoints import approval, not_answered, pending_of, resume_value
+from loomgraph.agent.checkpoints import (
+    approval,
+    expired,
+    not_answered,
+    pending_of,
+    resume_value,
+)
 from loomgraph.agent.defaults import NO_VALUE
-from loomgraph.agent.resume_errors import EditedArgsInvalid, ToolNotOffered
+from loomgraph.agent.resume_errors import (
+    AnswerNeeded,
+    ApprovalNotPending,
+    EditedArgsInvalid,
+    ToolNotOffered,
+)
 from loomgraph.engine.approval_checks import edit_problem
 from loomgraph.engine.effects import (
     Approval,
@@ -20,7 +31,7 @@ from loomgraph.graph.compiled import CompiledGraph
 from loomgraph.protocols import Deps, RunRecord, ToolCall
 from loomgraph.protocols.paths import NodePath
 
-__all__ = ["NO_VALUE", "answer_for", "bound", "usable_here"]
+__all__ = ["NO_VALUE", "answer_for", "bound", "unanswered", "usable_here"]
 
 
 async def answer_for(
@@ -104,3 +115,24 @@ def _kind_at(graph: CompiledGraph, where: str) -> str | None:
         if parts[at].isdigit() and parts[at] not in compiled.graph.nodes:
             at += 1  # the branch of a `map` node
     return None
+
+
+def unanswered(record: RunRecord) -> None:
+    """Refuse to send a run on without an answer unless it waits for an approval whose
+    request expired (then the call is denied as timed out): `AnswerNeeded` while a person may
+    still answer; `ApprovalNotPending` for a run that waits for nothing."""
+    pending = pending_of(record)
+    if pending is None:
+        raise ApprovalNotPending(
+            f"run {record.run_id} is {record.status}: it waits for no request to go on past "
+            "(without an answer, a run is sent on only past an approval request whose "
+            "deadline passed)"
+        )
+    if pending.call and expired(pending):
+        return
+    asked = f"an approval of call {pending.call['id']}" if pending.call else "a value"
+    raise AnswerNeeded(
+        f"run {record.run_id} waits for {asked} a person may still give: pass approve= or "
+        "value= (without an answer, a run is sent on only past an approval request whose "
+        "deadline passed)"
+    )

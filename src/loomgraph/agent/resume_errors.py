@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from loomgraph.errors import GraphError, LoomgraphError
 
 __all__ = [
+    "AnswerNeeded",
     "ApprovalExpired",
     "ApprovalNotPending",
     "ApprovalRefused",
@@ -94,6 +95,11 @@ class EditedArgsInvalid(ResumeError):
 
 class ApprovalExpired(ApprovalRefused):
     """The request's deadline passed: the call is denied when the run is resumed."""
+
+
+class AnswerNeeded(ResumeError):
+    """A fleet run sent on without an answer (`submit_resume(run_id)`) waits for one a person
+    may still give: a value, or an approval whose request has not expired."""
 
 
 class ValueNotPending(ApprovalRefused):

@@ -226,14 +226,15 @@ async def submit_resume(
     queue: str | None = None,
     agent_name: str = "",
 ) -> None:
-    """Enqueue the answer a waiting run needs (`approve=` or `value=`), checked first against
-    what the run waits for and the Agent that started it (`agent_name` must be its name, when
-    it had one: `RunOfAnotherAgent`); a worker goes on with it. `queue`: the run's own by
+    """Enqueue the answer a waiting run needs (`approve=` or `value=`; none, past an expired
+    approval request), checked first against what the run waits for and the Agent that
+    started it (`agent_name` must be its name, when it had one: `RunOfAnotherAgent`); a
+    worker goes on with it. `queue`: the run's own by
     default (the one it was submitted to), so the workers that serve it see the answer.
     The job is bound to the request the answer was checked against (an approval's `key`, a
     value's `value_key`): a worker uses it for that request or not at all."""
-    if len(answer) != 1 or not set(answer) <= {"approve", "value"}:
-        raise FleetError("submit_resume takes exactly one of approve= or value=")
+    if len(answer) > 1 or not set(answer) <= {"approve", "value"}:
+        raise FleetError("submit_resume takes one of approve= or value=, or neither")
     check_placement(priority, queue)
     fleet = await _queue(deps)
     deadline = time.monotonic() + ANSWER_WAIT_SECONDS

@@ -239,10 +239,13 @@ async def _answer(
 
 async def resume_run(request: Request, service: Service, caller: Caller) -> Response:
     data = await read_json(request, service, ("value", "key"))
+    run_id = request.path_params["run_id"]
+    if not data:  # no answer: on past an approval request whose deadline passed
+        await service.go_on(caller, run_id)
+        return Json({"run_id": run_id, "status": "running"}, status_code=202)
     if "value" not in data:
         raise Invalid("field 'value' is required")
     key = field(data, "key", str, "")  # the question answered (`pending[].key`)
-    run_id = request.path_params["run_id"]
     await service.resume(caller, run_id, data["value"], key=key)
     return Json({"run_id": run_id, "status": "running"}, status_code=202)
 
@@ -287,7 +290,13 @@ ENDPOINTS: tuple[tuple[str, str, Handler, int, str], ...] = (
     ("GET", "/v1/runs/{run_id}/diff", get_diff, 200, "What changed between checkpoints a, b"),
     ("POST", _APPROVALS + "/{call_id}", answer_approval, 202, "Answer a pending call (approver)"),
     ("POST", _APPROVALS, answer_named_approval, 202, "Answer the call the body names (approver)"),
-    ("POST", "/v1/runs/{run_id}/resume", resume_run, 202, "Give an interrupted run its value"),
+    (
+        "POST",
+        "/v1/runs/{run_id}/resume",
+        resume_run,
+        202,
+        "Give an interrupted run its value; with no body, go on past an expired approval",
+    ),
     ("POST", "/v1/runs/{run_id}/fork", fork_run, 201, "A new run from a checkpoint"),
     ("POST", "/v1/runs/{run_id}/cancel", cancel_run, 200, "Cancel a run"),
     ("GET", "/v1/graph.svg", graph_svg, 200, "The agent's graph as SVG"),

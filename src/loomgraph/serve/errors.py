@@ -18,6 +18,7 @@ from loomgraph.agent.checkpoints import (
     ValueNotPending,
 )
 from loomgraph.agent.event_ids import BadEventId
+from loomgraph.agent.resume_errors import AnswerNeeded
 from loomgraph.agent.submitting import RunJobPending
 from loomgraph.errors import InputTooLarge, LoomgraphError, ServiceUnavailable, StateError
 from loomgraph.nodes.structured import OutputValidationError
@@ -103,6 +104,7 @@ ERROR_STATUS: tuple[tuple[type[BaseException], int, str], ...] = (
     (ApprovalUsed, 409, "approval_used"),
     (ValueNotPending, 409, "value_refused"),  # a value for a question no longer asked
     (ApprovalRefused, 409, "approval_refused"),  # not pending (answered, never asked), expired
+    (AnswerNeeded, 409, "answer_needed"),  # sent on without an answer a person may still give
     (GraphChanged, 409, "graph_changed"),
     (RunFinished, 409, "run_finished"),
     (RunConflict, 409, "run_conflict"),

@@ -47,7 +47,10 @@ _BODIES: dict[tuple[str, str], dict[str, tuple[dict[str, Any], bool]]] = {
     }
     | _ANSWER,
     ("POST", "/v1/runs/{run_id}/resume"): {
-        "value": ({"description": "any JSON value"}, True),
+        "value": (
+            {"description": "any JSON value (none, and no key: go on past an expired approval)"},
+            False,
+        ),
         "key": (_STRING | {"description": "the question answered (`pending[].key`)"}, True),
     },
     ("POST", "/v1/runs/{run_id}/fork"): {

@@ -13,6 +13,7 @@ from loomgraph.agent.agent import Agent
 from loomgraph.agent.checkpoints import Checkpoint, diff, history, pending_of, position
 from loomgraph.agent.event_ids import EventId
 from loomgraph.agent.job_inputs import submitted_prompt
+from loomgraph.agent.resume_answers import unanswered
 from loomgraph.agent.resuming import RunNotStarted, RunQueued
 from loomgraph.agent.run_events import JournalEvent, follow_events
 from loomgraph.agent.streaming import event_stream
@@ -274,6 +275,17 @@ class Service:
                 f"(GET /v1/runs/{run_id}), so a value never answers another question"
             )
         await self._resume(run_id, value=BoundValue(value, key) if key else value)
+
+    async def go_on(self, caller: Caller, run_id: str) -> None:
+        """Send a run on without an answer past its approval request whose deadline passed
+        (the call is denied as timed out): the owner's run, or any for an approver.
+        `AnswerNeeded` while a person may still answer it."""
+        if caller.approver:
+            record = await self.answerable(caller, run_id)
+        else:
+            record = await self.run(caller, run_id)
+        unanswered(record)
+        await self._resume(run_id)
 
     async def _resume(self, run_id: str, **answer: Any) -> None:
         self._open()

@@ -10,7 +10,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from loomgraph.agent.agent import Agent
-from loomgraph.agent.checkpoints import ApprovalUsed, ValueUsed, check_agent, check_owner
+from loomgraph.agent.checkpoints import (
+    ApprovalExpired,
+    ApprovalUsed,
+    ValueUsed,
+    check_agent,
+    check_owner,
+)
 from loomgraph.agent.fleet import FleetQueue
 from loomgraph.agent.fleet_errors import JobUnusable
 from loomgraph.agent.fleet_jobs import JobKind, RunJob
@@ -203,6 +209,14 @@ async def _resume(agent: Agent, run_id: str, **answer: Any) -> RunResult:
     sink = agent.deps.hooks.on_event
     try:
         return await resumer.resume(sink, run_id, leased=True, **answer)
+    except ApprovalExpired as late:
+        if not answer:
+            raise
+        # Taken up after the request's deadline (the queue was slow): the answer is late, as
+        # a resume's by hand would be, and the run goes on without it: the call is denied as
+        # timed out, which is what the deadline is for.
+        log.warning("run %s: the job's answer came too late: %s", run_id, late)
+        return await resumer.resume(sink, run_id, leased=True)
     except (ApprovalUsed, ValueUsed) as used:
         if not answer:
             raise

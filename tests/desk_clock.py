@@ -1,0 +1,44 @@
+"""The approval desk's clock for tests of approval deadlines: `time.time` as the modules that
+check deadlines read it (`agent.checkpoints`: an answer given to a resume;
+`engine.approvals`: the tool gate), moved on by a test (a slow person, a slow queue), never
+slept on.
+
+Usage in a test module (the assignment keeps ruff from reporting the fixture parameter as a
+redefinition):
+
+    import desk_clock
+
+    clock = desk_clock.clock
+
+    async def test_x(clock: type[desk_clock.Clock]) -> None:
+        clock.offset += 3600
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from loomgraph.agent import checkpoints
+from loomgraph.engine import approvals
+
+
+class Clock:
+    """`time.time()` plus `offset` seconds."""
+
+    offset = 0.0
+
+    @classmethod
+    def time(cls) -> float:
+        return time.time() + cls.offset
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> Iterator[type[Clock]]:
+    """The desk's clock, at the real time until a test moves it on."""
+    Clock.offset = 0.0
+    monkeypatch.setattr(checkpoints, "time", Clock)
+    monkeypatch.setattr(approvals, "time", Clock)
+    yield Clock

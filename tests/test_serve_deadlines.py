@@ -1,0 +1,50 @@
+"""Approval deadlines over HTTP. A run whose approval request expired is refused an answer
+(409 `approval_refused`, saying how to go on), and `POST /v1/runs/{id}/resume` with no body
+sends it on: the call is denied as timed out (approver `timeout`), nothing paid. Before the
+deadline that same request is 409 `answer_needed` and the run still waits. The desk's clock
+is moved on by the test (tests/desk_clock.py), never slept on."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import desk_clock
+from loomgraph.governance import StandardPermissions
+from loomgraph.observability import FileAuditLog
+from serve_agent import PAID, make_agent
+from test_serve_api import error, served
+
+clock = desk_clock.clock
+
+
+async def test_a_run_goes_on_past_an_expired_request_when_told_to(
+    tmp_path: Path, clock: type[desk_clock.Clock]
+) -> None:
+    agent = make_agent(
+        str(tmp_path / "journal.db"),
+        permissions=StandardPermissions(approval_timeout_s=60),
+        audit_log=FileAuditLog(tmp_path / "audit.jsonl", unsigned=True),
+    )
+    async with served(tmp_path, agent) as s:
+        run_id = (await s.post("alice", "/v1/runs", {"input": "pay acme"})).json()["run_id"]
+        early = await s.post("alice", f"/v1/runs/{run_id}/resume", {})
+        assert error(early) == (409, "answer_needed"), early.text
+        assert "approve" in early.json()["error"]["message"]
+        assert (await s.get("alice", f"/v1/runs/{run_id}")).json()["status"] == (
+            "awaiting_approval"
+        )
+        clock.offset += 3600  # nobody answered for an hour
+        late = await s.answer("alice", run_id, "call_pay", {"allow": True})
+        assert error(late) == (409, "approval_refused")
+        assert "/resume" in late.json()["error"]["message"]  # how to go on
+        stranger = await s.post("dave", f"/v1/runs/{run_id}/resume", {})
+        assert error(stranger) == (404, "not_found")  # another user's run, no approver role
+        # An approver may; no body at all is no answer, as `{}` is.
+        on = await s.client.post(f"/v1/runs/{run_id}/resume", headers=s.auth("bob"))
+        assert on.status_code == 202, on.text
+        assert (await s.settled(run_id))["status"] == "completed"
+        assert PAID == []
+        answers = [e for e in await agent.deps.runtime.effects(run_id) if e.kind == "approval"]
+        assert [e.outcome["by"] for e in answers] == ["timeout"]
+        again = await s.post("alice", f"/v1/runs/{run_id}/resume", {})
+        assert error(again) == (409, "approval_refused")  # a finished run waits for nothing
