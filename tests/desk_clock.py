@@ -3,6 +3,9 @@ check deadlines read it (`agent.checkpoints`: an answer given to a resume;
 `engine.approvals`: the tool gate), moved on by a test (a slow person, a slow queue), never
 slept on.
 
+A server in another process follows a file instead (`follow_file`): the test writes the
+offset there.
+
 Usage in a test module (the assignment keeps ruff from reporting the fixture parameter as a
 redefinition):
 
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -42,3 +46,21 @@ def clock(monkeypatch: pytest.MonkeyPatch) -> Iterator[type[Clock]]:
     monkeypatch.setattr(checkpoints, "time", Clock)
     monkeypatch.setattr(approvals, "time", Clock)
     yield Clock
+
+
+class FileClock:
+    """`time.time()` plus the seconds the file at `path` holds (none: 0), read at every look."""
+
+    path = ""
+
+    @classmethod
+    def time(cls) -> float:
+        held = Path(cls.path).read_text().strip() if Path(cls.path).exists() else ""
+        return time.time() + float(held or 0)
+
+
+def follow_file(path: str) -> None:
+    """Make this process's desk clock `FileClock`, following the file at `path`."""
+    FileClock.path = path
+    checkpoints.time = FileClock  # type: ignore[assignment]
+    approvals.time = FileClock  # type: ignore[assignment]

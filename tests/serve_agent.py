@@ -1,6 +1,8 @@
 """The agent the serving tests serve (in-process, and by `loomgraph serve --agent
 serve_agent:make_agent` in a subprocess): a scripted model, a destructive `pay` tool that asks
-for approval, a `step` tool for runs of several steps, a journal file named by SERVE_JOURNAL."""
+for approval, a `step` tool for runs of several steps, a journal file named by SERVE_JOURNAL.
+With SERVE_APPROVAL_TIMEOUT, approval requests expire after that many seconds, on a desk clock
+the test moves through the file SERVE_CLOCK_FILE (tests/desk_clock.py)."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ import os
 from typing import Any
 
 from loomgraph import Agent, tool
+from loomgraph.governance import StandardPermissions
 from loomgraph.models import ScriptedModel
 from loomgraph.runtime import SqliteRuntime
 
@@ -53,6 +56,12 @@ def script(request: Any) -> Any:
 def make_agent(journal: str | None = None, **options: Any) -> Agent:
     """The served agent, its journal in `journal` (default: $SERVE_JOURNAL)."""
     path = journal or os.environ["SERVE_JOURNAL"]
+    if "SERVE_APPROVAL_TIMEOUT" in os.environ:
+        import desk_clock
+
+        desk_clock.follow_file(os.environ["SERVE_CLOCK_FILE"])
+        timeout = float(os.environ["SERVE_APPROVAL_TIMEOUT"])
+        options.setdefault("permissions", StandardPermissions(approval_timeout_s=timeout))
     return Agent(
         "You pay bills.",
         model=ScriptedModel(script),

@@ -48,3 +48,30 @@ async def test_a_run_goes_on_past_an_expired_request_when_told_to(
         assert [e.outcome["by"] for e in answers] == ["timeout"]
         again = await s.post("alice", f"/v1/runs/{run_id}/resume", {})
         assert error(again) == (409, "approval_refused")  # a finished run waits for nothing
+
+
+async def test_the_viewer_sends_on_a_run_whose_request_expired(
+    tmp_path: Path, clock: type[desk_clock.Clock]
+) -> None:
+    """Past its deadline, the card has no approve or deny button (either would be refused),
+    only a button that sends the run on, the call denied as timed out."""
+    agent = make_agent(
+        str(tmp_path / "journal.db"), permissions=StandardPermissions(approval_timeout_s=60)
+    )
+    async with served(tmp_path, agent) as s:
+        run_id = (await s.post("alice", "/v1/runs", {"input": "pay acme"})).json()["run_id"]
+        page = (await s.get("alice", f"/ui/runs/{run_id}")).text
+        assert 'data-testid="approve-button"' in page and "go-on-button" not in page
+        hx = {"HX-Request": "true", "HX-Target": "notice-0"}
+        early = await s.client.post(f"/ui/runs/{run_id}/go-on", headers={**s.auth("alice"), **hx})
+        assert "still give" in early.text and "HX-Refresh" not in early.headers
+        clock.offset += 3600
+        for user, url in (("alice", f"/ui/runs/{run_id}"), ("bob", "/ui/approvals")):
+            page = (await s.get(user, url)).text
+            assert 'data-testid="approval-expired"' in page, (user, page)
+            assert "approve-button" not in page and "deny-button" not in page
+            assert f'hx-post="/ui/runs/{run_id}/go-on"' in page
+        on = await s.client.post(f"/ui/runs/{run_id}/go-on", headers={**s.auth("bob"), **hx})
+        assert on.status_code == 200 and on.headers.get("HX-Refresh") == "true", on.text
+        assert (await s.settled(run_id))["status"] == "completed"
+        assert PAID == []

@@ -39,7 +39,7 @@ from loomgraph.serve.errors import (
 from loomgraph.serve.pages import HERE, Page, escape, read_form, render, shown, text_of
 from loomgraph.serve.run_pages import cursor_number
 from loomgraph.serve.service import Service
-from loomgraph.serve.ui_approvals import approvals_page, approve, card_of
+from loomgraph.serve.ui_approvals import approvals_page, approve, card_of, go_on
 from loomgraph.serve.views import run_json
 
 __all__ = ["ui_routes"]
@@ -289,6 +289,7 @@ def ui_routes(service: Service) -> list[Route | Mount]:
         Route("/ui/runs/{run_id}/live", _page(service, run_live)),
         Route("/ui/runs/{run_id}/checkpoint", _page(service, checkpoint)),
         Route("/ui/runs/{run_id}/approvals", _page(service, approve, write=True), methods=["POST"]),
+        Route("/ui/runs/{run_id}/go-on", _page(service, go_on, write=True), methods=["POST"]),
         Route(
             "/ui/runs/{run_id}/approvals/{call_id:path}",
             _page(service, approve, write=True),

@@ -1,5 +1,7 @@
 """The viewer's approvals: the card that answers a pending call (on its run's page, and for an
-approver on `/ui/approvals`, every user's calls of the served agent) and the answer it posts."""
+approver on `/ui/approvals`, every user's calls of the served agent) and the answer it posts;
+for a request whose deadline passed, the card sends the run on instead (the call denied as
+timed out)."""
 
 from __future__ import annotations
 
@@ -9,7 +11,7 @@ from urllib.parse import quote, urlencode
 from starlette.requests import Request
 from starlette.responses import Response
 
-from loomgraph.agent.checkpoints import pending_of
+from loomgraph.agent.checkpoints import expired, pending_of
 from loomgraph.protocols import RunRecord, ToolCall
 from loomgraph.protocols.tool_identity import LOCAL, ToolIdentity
 from loomgraph.serve.auth import Caller
@@ -19,7 +21,7 @@ from loomgraph.serve.pages import read_form, render
 from loomgraph.serve.service import Service
 from loomgraph.serve.views import input_of
 
-__all__ = ["APPROVALS_ROWS", "approvals_page", "approve", "card_of"]
+__all__ = ["APPROVALS_ROWS", "approvals_page", "approve", "card_of", "go_on"]
 
 # The approvals page shows the calls of this many waiting runs, newest first.
 APPROVALS_ROWS = 50
@@ -27,8 +29,9 @@ APPROVALS_ROWS = 50
 
 def card_of(record: RunRecord, number: int = 0) -> dict[str, Any] | None:
     """What an approval card shows of `record`'s pending call (None when it waits for none):
-    the request, the tool it names, where the answer goes; `number` tells the cards of one
-    page apart (their fields' ids)."""
+    the request, the tool it names, where the answer goes, whether its deadline passed (then
+    the card only sends the run on); `number` tells the cards of one page apart (their
+    fields' ids)."""
     pending = pending_of(record)
     if pending is None or not pending.call:
         return None
@@ -36,6 +39,8 @@ def card_of(record: RunRecord, number: int = 0) -> dict[str, Any] | None:
         "pending": pending,
         "tool": _tool_shown(pending.tool),
         "answer_url": _answer_url(record.run_id, pending.call),
+        "expired": expired(pending),
+        "go_on_url": f"/ui/runs/{quote(record.run_id, safe='')}/go-on",
         "number": number,
     }
 
@@ -95,4 +100,11 @@ async def approve(request: Request, service: Service, caller: Caller) -> Respons
     key = str(form.get("key") or "")  # the request the page showed
     # The card's text box holds the call's arguments: sent back unchanged, a plain approval.
     await service.approve(caller, run_id, call_id, allow, args, key=key, edited_only=True)
+    return Response(status_code=200, headers={"HX-Refresh": "true"})
+
+
+async def go_on(request: Request, service: Service, caller: Caller) -> Response:
+    """Send on a run whose approval request expired, the call denied as timed out (the
+    card's one button then); the page that sent it reloads."""
+    await service.go_on(caller, request.path_params["run_id"])
     return Response(status_code=200, headers={"HX-Refresh": "true"})
