@@ -59,6 +59,43 @@ async def test_run_streams_progress_and_resume_answers_the_approval() -> None:
         assert unknown.is_error
 
 
+async def test_resume_without_an_answer_goes_on_past_an_expired_request(tmp_path: Path) -> None:
+    """Past the request's deadline an approval is refused, saying how to go on; `resume`
+    with neither answer sends the run on, the call denied as timed out."""
+    clock = tmp_path / "clock"
+    params = StdioServerParameters(
+        command=PYTHON,
+        args=[
+            *("-m", "loomgraph.cli.main", "mcp-serve", "--agent", "mcp_agent:make_expiring_agent"),
+            *("--user", "alice", "--approver"),
+        ],
+        env={"PYTHONPATH": f"{SRC}:{ROOT / 'tests'}", "MCP_CLOCK_FILE": str(clock)},
+        cwd=str(ROOT),
+    )
+    async with stdio_client(params) as (read, write), ClientSession(read, write) as session:
+        await session.initialize()
+        stopped: Any = (await session.call_tool("run", {"prompt": "refund A-1"})).structured_content
+        assert stopped["status"] == "awaiting_approval"
+        clock.write_text("3600")  # nobody answered for an hour
+        key = stopped["awaiting_approval"]["key"]
+        late = await session.call_tool(
+            "resume", {"run_id": stopped["run_id"], "approve": True, "key": key}
+        )
+        assert late.is_error and "expired" in str(late.content), late.content
+        progress: list[str] = []
+
+        async def on_progress(done: float, total: float | None, message: str | None) -> None:
+            progress.append(message or "")
+
+        on = await session.call_tool(
+            "resume", {"run_id": stopped["run_id"]}, progress_callback=on_progress
+        )
+        finished: Any = on.structured_content
+        assert finished["status"] == "completed", on.content
+        assert not any("refunded A-1" in m for m in progress)
+        assert any("approval timed out" in m for m in progress), progress
+
+
 def test_agent_argument_errors_name_the_problem() -> None:
     with pytest.raises(AgentNotFound, match="MODULE:ATTR"):
         load_agent("mcp_agent")

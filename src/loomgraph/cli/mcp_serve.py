@@ -215,7 +215,8 @@ def build_server(
         it waits for (approver role), optionally with edited arguments, or answer the
         question it asks with `value`; either names the request answered by its `key`
         (`awaiting_approval.key`, `awaiting_input.key`). With neither, resume a crashed
-        run. Edited `args` go only with `approve` true: a denied call does not run."""
+        run, or one whose approval request expired (the call is denied as timed out).
+        Edited `args` go only with `approve` true: a denied call does not run."""
         who = caller_of(ctx, caller)
         # An approver's answer reaches any user's run of this agent, as over HTTP; anything
         # else reaches only the caller's own runs.
