@@ -53,7 +53,8 @@ def agent(schema: str, name: str) -> Agent:
     return Agent("x", model=ScriptedModel(same_id_twice), tools=[pay], runtime=runtime, name=name)
 
 
-async def _last_job(a: Agent, schema: str, run_id: str) -> RunJob:
+async def last_job(a: Agent, schema: str, run_id: str) -> RunJob:
+    """The job the fleet holds for `run_id` (its payload, read from the queue's table)."""
     fleet = fleet_queue(a.deps.runtime)
     job_id, _ = await fleet.job_of(run_id)
     async with a.deps.runtime.transaction() as con:  # type: ignore[attr-defined]
@@ -75,7 +76,7 @@ async def test_a_submitted_answer_settles_its_request_or_nothing(pg_schema: str)
         assert first is not None
         # Approver X answers the request it saw, through the fleet.
         await a.submit_resume(waiting.run_id, approve=BoundApproval("c1", True, key=first.key))
-        job = await _last_job(a, pg_schema, waiting.run_id)
+        job = await last_job(a, pg_schema, waiting.run_id)
         assert job.answer["approve"]["key"] == first.key  # the binding travels with the job
         # Before a worker takes the job, approver Y denies it; the model asks again, same id.
         again = await a.resume(waiting.run_id, approve=False)
