@@ -270,6 +270,12 @@ async def test_http_a_resent_value_answers_no_later_question(tmp_path: Path) -> 
         stop = await s.post(f"/v1/runs/{run_id}/resume", {"value": False, "key": asked["key"]})
         assert stop.status_code == 202, stop.text
         assert (await s.run(run_id))["status"] == "completed" and BATCHES == [3]
+        # A finished run asks nothing: a value, named or not, is refused alike (409).
+        for late in ({"value": True}, answer):
+            refused = error(await s.post(f"/v1/runs/{run_id}/resume", late))
+            assert refused[:2] == (409, "value_refused"), refused
+            assert "not waiting for a value" in refused[2]
+        assert BATCHES == [3]
 
 
 async def test_a_run_journaled_before_questions_had_keys_still_resumes(tmp_path: Path) -> None:

@@ -148,7 +148,7 @@ def resume_value(record: RunRecord, value: Any) -> ResumeValue:
         waits = f"run {record.run_id} is not waiting for a value (status {str(record.status)!r})"
         if named:  # the question answered was answered already, or was never asked
             raise ValueNotPending(f"{waits}, so not for the answer to request {named}")
-        raise ResumeError(waits)
+        raise ValueNotPending(waits)  # as an approval for a run that asks none
     if named and pending.key and named != pending.key:
         # Named, an answer never lands on another question, even one of the same node.
         raise ValueNotPending(
