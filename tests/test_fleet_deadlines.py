@@ -87,7 +87,7 @@ async def test_without_an_answer_a_run_goes_on_only_past_its_deadline(
 ) -> None:
     async with waiting(pg_schema) as (a, fleet, record):
         run_id = record.run_id
-        with pytest.raises(AnswerNeeded, match="approve="):
+        with pytest.raises(AnswerNeeded, match="answer it"):
             await a.submit_resume(run_id)  # in time: the run waits for a person
         assert (await fleet.job_of(run_id))[0] is None
         assert await a.deps.runtime.load_run(run_id) == record

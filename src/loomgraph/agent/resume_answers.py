@@ -132,7 +132,6 @@ def unanswered(record: RunRecord) -> None:
         return
     asked = f"an approval of call {pending.call['id']}" if pending.call else "a value"
     raise AnswerNeeded(
-        f"run {record.run_id} waits for {asked} a person may still give: pass approve= or "
-        "value= (without an answer, a run is sent on only past an approval request whose "
-        "deadline passed)"
+        f"run {record.run_id} waits for {asked} a person may still give: answer it (without "
+        "an answer, a run is sent on only past an approval request whose deadline passed)"
     )
