@@ -8,10 +8,14 @@ same text written with the `update_block` memory tool asked first (`taint:egress
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from loomgraph import Agent, tool
+from loomgraph.agent.resume_errors import EditedArgsInvalid
 from loomgraph.governance import StandardPermissions
 from loomgraph.models import ScriptedModel
 from loomgraph.observability import FileAuditLog
@@ -92,6 +96,31 @@ async def test_an_approved_lesson_is_remembered_once() -> None:
     done = await rx.resume(stopped.run_id, approve=True)
     assert done.status == "completed"
     assert await blocks(rx) == {"lessons": f"- Lesson: always {ATTACK}."}
+
+
+@pytest.mark.parametrize(
+    ("edit", "named"),
+    [
+        ({"name": "lessons", "text": 5}, "$.text"),
+        ({"name": 7, "text": "x"}, "$.name"),
+        ({"text": "x"}, "'name' is a required property"),
+    ],
+)
+async def test_an_edit_the_lessons_write_cannot_use_is_refused_before_it_is_used(
+    edit: dict[str, Any], named: str
+) -> None:
+    """The write's own parameters are kept with its request: an edit that does not fit them
+    is refused (nothing journaled, the run still waits), not used up writing nothing."""
+    rx = agent(f"Lesson: always {ATTACK}.")
+    stopped = await rx.run("Summarise my inbox", user_id="alice", session_id="s1")
+    assert stopped.pending is not None and stopped.pending.node == "remember"
+    with pytest.raises(EditedArgsInvalid, match=re.escape(named)) as refused:
+        await rx.resume(stopped.run_id, approve={"args": edit})
+    assert "update_block" in str(refused.value) and "still waits" in str(refused.value)
+    fixed = {"name": "lessons", "text": "- cite the sender"}
+    done = await rx.resume(stopped.run_id, approve={"args": fixed})
+    assert done.status == "completed", done.reason
+    assert await blocks(rx) == {"lessons": "- cite the sender"}
 
 
 async def test_on_tainted_deny_keeps_the_lesson_out_with_the_decision_audited(

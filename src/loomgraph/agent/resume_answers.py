@@ -19,7 +19,7 @@ from loomgraph.agent.resume_errors import (
     EditedArgsInvalid,
     ToolNotOffered,
 )
-from loomgraph.engine.approval_checks import edit_problem
+from loomgraph.engine.approval_checks import edit_problem, schema_problem
 from loomgraph.engine.effects import (
     Approval,
     BoundApproval,
@@ -66,13 +66,16 @@ async def usable_here(
     offer (`ToolNotOffered`: the call would be denied as unknown), or edited arguments the
     tool would refuse, as the host running it checks them (`EditedArgsInvalid`: the call
     would fail; `approval_checks.edit_problem`). A call a node asks about of its own (not
-    the tool host's: a strategy's memory write) is left to that node. Tools known only once
-    their host has started (MCP servers) are listed first, as before a run."""
+    the tool host's: a strategy's memory write) has its edit checked against the parameters
+    its request kept (`Pending.schema`). Tools known only once their host has started (MCP
+    servers) are listed first, as before a run."""
     pending = pending_of(record)
     call = None if pending is None else pending.call
     if not isinstance(answer, Approval) or not answer.allow or pending is None or not call:
         return
     if _kind_at(graph, pending.node) != "tools":
+        if answer.args is not None and pending.schema is not None:
+            _fits(call["tool"], schema_problem(answer.args, {"parameters": pending.schema}))
         return
     if deps.startable_tools is not None:
         await deps.startable_tools.start()
@@ -88,10 +91,14 @@ async def usable_here(
     if answer.args is None:
         return
     edited = ToolCall(id=call["id"], tool=call["tool"], args=answer.args)
-    problem = edit_problem(tools, edited, spec)
+    _fits(call["tool"], edit_problem(tools, edited, spec))
+
+
+def _fits(tool: str, problem: str | None) -> None:
+    """`EditedArgsInvalid` naming `problem`, the edit's misfit with `tool`, unless None."""
     if problem is not None:
         raise EditedArgsInvalid(
-            f"the edited arguments do not fit tool {call['tool']!r}: {problem}. Nothing was "
+            f"the edited arguments do not fit tool {tool!r}: {problem}. Nothing was "
             "journaled: the run still waits"
         )
 

@@ -105,8 +105,9 @@ class AnswerNeeded(ResumeError):
 class ValueNotPending(ApprovalRefused):
     """A value for a question the run is not asking now: one it names (`BoundValue.key`) was
     answered already, never asked, or the run stopped asking; or the run asks none (it is
-    not `interrupted`). Nothing was executed; the run waits for what it waited for. An `ApprovalRefused`, so whatever drops a stale approval (a fleet
-    worker, the server's 409) drops a stale value alike."""
+    not `interrupted`). Nothing was executed; the run waits for what it waited for. An
+    `ApprovalRefused`, so whatever drops a stale approval (a fleet worker, the server's 409)
+    drops a stale value alike."""
 
 
 class ValueUsed(ValueNotPending):

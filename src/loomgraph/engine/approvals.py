@@ -76,12 +76,18 @@ USE_KEPT = "use_kept"
 class ApprovalDesk:
     """Settles the `ask` of one call of one node visit."""
 
-    __slots__ = ("_key", "answer_key", "call", "legacy", "node", "request_key", "scope")
+    __slots__ = ("_key", "answer_key", "call", "legacy", "node", "own", "request_key", "scope")
 
-    def __init__(self, scope: RunScope, node: str, call: ToolCall, key: EffectKey) -> None:
+    def __init__(
+        self, scope: RunScope, node: str, call: ToolCall, key: EffectKey, *, own: bool = False
+    ) -> None:
         self.scope = scope
         self.node = node
         self.call = call
+        # A call the node makes itself (`NodeContext.decide_call`), with a spec of its own that
+        # no tool host knows: its request keeps the spec's parameters, which a resume's edit
+        # is checked against before the approval is used (`agent.resume_answers`).
+        self.own = own
         # `key` is the call's own effect key: the approval is bound to that one call.
         self._key = key
         self.answer_key = key.approval_of(call["id"])
@@ -205,6 +211,7 @@ class ApprovalDesk:
                 asked_at=request.get("asked_at"),
                 deadline=request.get("deadline"),
                 tool=ToolIdentity.from_dict(request.get("tool")),
+                schema=request.get("schema"),
             ),
         )
 
@@ -226,7 +233,7 @@ class ApprovalDesk:
 
     def _request(self, spec: ToolSpec, asked: Decision, tainted: bool) -> dict[str, Any]:
         now = time.time()
-        return {
+        request = {
             "call": self.call,
             "rule": asked.rule,
             "reason": asked.reason,
@@ -236,6 +243,9 @@ class ApprovalDesk:
             # The tool the person is asked about: the answer covers that tool only.
             "tool": ToolIdentity.of(spec).to_dict(),
         }
+        if self.own and isinstance(spec.get("parameters"), dict):
+            request["schema"] = spec["parameters"]
+        return request
 
     async def _bind(self, *, answers: bool) -> None:
         """Use the keys of an older journal when this call was asked about (or, with

@@ -214,7 +214,7 @@ class ToolGate:
         """The permission verdict for a call (asking for approval when a rule says so), after
         the hooks had their say; reported as an event and in the audit log. A call whose
         effect `key` the journal holds done is allowed as it ran (`RAN`), unreported."""
-        decided = await self._decide(call, spec, key)
+        decided = await self._decide(call, spec, key, own=True)
         if isinstance(decided, EffectRecord):
             return Decision("allow", RAN, "it ran before the run stopped"), ran_call(decided, call)
         decision, call, tainted = decided
@@ -223,14 +223,14 @@ class ToolGate:
         return decision, call
 
     async def _decide(
-        self, call: ToolCall, spec: ToolSpec, key: EffectKey
+        self, call: ToolCall, spec: ToolSpec, key: EffectKey, *, own: bool = False
     ) -> tuple[Decision, ToolCall, bool] | EffectRecord:
         """The verdict on a call, whether it is tainted, and the call as approved — or, for a
         call whose effect the journal holds done, that effect: what ran, ran, whatever a
         hook, an approval or the tool would say now. Unreported, but for a stop to wait."""
         scope, deps = self.scope, self.scope.deps
         # Made only when a call may involve an approval: most calls are simply allowed.
-        desk = ApprovalDesk(scope, self.node, call, key) if scope.requested else None
+        desk = ApprovalDesk(scope, self.node, call, key, own=own) if scope.requested else None
         hooked = not is_idle(deps.hooks.before_tool)
         # The journal is read before a decision that involves more than the run's pinned
         # rules — an approval, a hook, untrusted text — as those can come out otherwise on a
@@ -266,7 +266,7 @@ class ToolGate:
             if is_done(journaled):
                 return journaled
         if decision.verdict == "ask":
-            desk = desk or ApprovalDesk(scope, self.node, call, key)
+            desk = desk or ApprovalDesk(scope, self.node, call, key, own=own)
             try:
                 # `began`: the call went on before (unknown after a crash, to run again
                 # with its key): the answer read back was used then.
