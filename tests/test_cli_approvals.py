@@ -17,6 +17,11 @@ import os
 from loomgraph import tool
 from loomgraph.models import ScriptedModel
 
+if os.environ.get("CLI_CLOCK_FILE"):  # the desk clock a test moves (tests/desk_clock.py)
+    import desk_clock
+
+    desk_clock.follow_file(os.environ["CLI_CLOCK_FILE"])
+
 
 @tool(destructive=True)
 def pay(to: str, amount: int) -> str:
@@ -162,6 +167,26 @@ def test_deny_with_a_reason_and_edited_arguments_on_approve(env: dict[str, Any])
     )  # fmt: skip
     assert edited.returncode == 0, edited.stderr
     assert paid(env) == ["acme\t1"]
+
+
+def test_an_expired_request_says_how_to_go_on(env: dict[str, Any]) -> None:
+    """Past its deadline an approval is refused with the command that goes on (exit 2), and
+    that command denies the call as timed out; the desk's clock is moved, never waited on."""
+    env["env"]["PYTHONPATH"] += os.pathsep + str(Path(__file__).parent)
+    env["env"]["CLI_CLOCK_FILE"] = str(env["dir"] / "clock")
+    policy = env["dir"] / "policy.yaml"
+    policy.write_text("mode: default\napproval_timeout_s: 60\n")
+    governed = [*AGENT, *journal(env), "--permissions", str(policy)]
+    assert loomgraph(env, "run", "pay acme", *governed).returncode == 3
+    row = json.loads(loomgraph(env, "runs", "pending", *journal(env), "--json").stdout)
+    (env["dir"] / "clock").write_text("3600")  # nobody answered for an hour
+    answer = ["runs", "approve", row["run_id"], row["call_id"], "--request", row["key"]]
+    late = loomgraph(env, *answer, *governed)
+    assert late.returncode == 2 and "expired" in late.stderr, late.stderr
+    assert f"loomgraph runs resume {row['run_id']}" in late.stderr and paid(env) == []
+    on = loomgraph(env, "runs", "resume", row["run_id"], *governed)
+    assert on.returncode == 0, on.stderr
+    assert "approval timed out" in on.stdout + on.stderr and paid(env) == []
 
 
 def test_permissions_file_governs_the_run_and_pins_its_resume(env: dict[str, Any]) -> None:

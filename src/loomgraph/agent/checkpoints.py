@@ -106,12 +106,7 @@ def expired(pending: Pending) -> bool:
 
 def _in_time(record: RunRecord, pending: Pending) -> None:
     if expired(pending):
-        raise ApprovalExpired(
-            f"the approval request for call {pending.call and pending.call['id']} of run "
-            f"{record.run_id} expired; resume without an answer to go on, the call denied as "
-            "timed out (`resume(run_id)`; on a fleet `submit_resume(run_id)`; over HTTP "
-            "`POST /v1/runs/{run_id}/resume` with no value)"
-        )
+        raise ApprovalExpired(record.run_id, pending.call["id"] if pending.call else "")
 
 
 def pending_of(record: RunRecord) -> Pending | None:

@@ -94,7 +94,17 @@ class EditedArgsInvalid(ResumeError):
 
 
 class ApprovalExpired(ApprovalRefused):
-    """The request's deadline passed: the call is denied when the run is resumed."""
+    """The request's deadline passed: the call is denied when the run is resumed without an
+    answer (`run_id` and `call_id` say which, for a caller that words how)."""
+
+    def __init__(self, run_id: str, call_id: str) -> None:
+        super().__init__(
+            f"the approval request for call {call_id} of run {run_id} expired; resume without "
+            "an answer to go on, the call denied as timed out (`resume(run_id)`; on a fleet "
+            "`submit_resume(run_id)`; over HTTP `POST /v1/runs/{run_id}/resume` with no value)"
+        )
+        self.run_id = run_id
+        self.call_id = call_id
 
 
 class AnswerNeeded(ResumeError):

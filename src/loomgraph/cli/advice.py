@@ -23,8 +23,14 @@ def worded(err: BaseException) -> str:
     from loomgraph.agent.checkpoints import GraphChanged
     from loomgraph.agent.governance_state import GovernanceChanged, PolicyChanged
     from loomgraph.agent.recovery import RunDeadLettered
-    from loomgraph.agent.resume_errors import ToolNotOffered
+    from loomgraph.agent.resume_errors import ApprovalExpired, ToolNotOffered
 
+    if isinstance(err, ApprovalExpired):
+        return (
+            f"the approval request for call {err.call_id} of run {err.run_id} expired; go on "
+            f"without an answer, the call denied as timed out: loomgraph runs resume "
+            f"{err.run_id} (with this command's agent and journal options)"
+        )
     if isinstance(err, ToolNotOffered):  # the tools come from the command line here
         return f"{err} (--tools MODULE:ATTR as the run started with, or -a its agent file)"
     if isinstance(err, PolicyChanged):
