@@ -1,6 +1,7 @@
 """The approval desk's clock for tests of approval deadlines: `time.time` as the modules that
 check deadlines read it (`agent.checkpoints`: an answer given to a resume;
-`engine.approvals`: the tool gate), moved on by a test (a slow person, a slow queue), never
+`engine.approvals`: the tool gate; `workers.expiry`: a fleet worker's look for expired
+requests), moved on by a test (a slow person, a slow queue), never
 slept on.
 
 A server in another process follows a file instead (`follow_file`): the test writes the
@@ -27,6 +28,10 @@ import pytest
 
 from loomgraph.agent import checkpoints
 from loomgraph.engine import approvals
+from loomgraph.workers import expiry
+
+# The modules that read the time a request's deadline is set and checked by.
+_READERS = (checkpoints, approvals, expiry)
 
 
 class Clock:
@@ -43,8 +48,8 @@ class Clock:
 def clock(monkeypatch: pytest.MonkeyPatch) -> Iterator[type[Clock]]:
     """The desk's clock, at the real time until a test moves it on."""
     Clock.offset = 0.0
-    monkeypatch.setattr(checkpoints, "time", Clock)
-    monkeypatch.setattr(approvals, "time", Clock)
+    for module in _READERS:
+        monkeypatch.setattr(module, "time", Clock)
     yield Clock
 
 
@@ -62,5 +67,5 @@ class FileClock:
 def follow_file(path: str) -> None:
     """Make this process's desk clock `FileClock`, following the file at `path`."""
     FileClock.path = path
-    checkpoints.time = FileClock  # type: ignore[assignment]
-    approvals.time = FileClock  # type: ignore[assignment]
+    for module in _READERS:
+        module.time = FileClock  # type: ignore[attr-defined]

@@ -4,7 +4,9 @@ Configured by the environment (set by the test): `FLEET_DSN`, `FLEET_SCHEMA`,
 `FLEET_LEASE` (lease seconds), `FLEET_TURN_MS` (how long each model turn takes),
 `FLEET_ASK` (the third `work` call asks for approval), `FLEET_MAX_RECOVERIES`,
 `FLEET_INTERRUPT` (the run first waits for a number from a person, then does its work that
-many times over: the graph `HOW_MANY`).
+many times over: the graph `HOW_MANY`), `FLEET_CLOCK_FILE` (with `FLEET_ASK`: approval
+requests expire after 60 s on a desk clock the test moves through that file,
+tests/desk_clock.py).
 
 The model asks for two `work` calls (in one turn), then one more, then answers. `work`
 writes one ledger row per idempotency key (`INSERT … ON CONFLICT DO NOTHING`: an idempotent
@@ -124,7 +126,15 @@ def make(**overrides: Any) -> Agent:
         "max_recoveries": int(os.environ.get("FLEET_MAX_RECOVERIES", "2")),
     }
     if os.environ.get("FLEET_ASK"):  # the third call waits for a person's approval
-        options["permissions"] = StandardPermissions(allow=["work"], ask=["work(item=c)"])
+        timeout = None
+        if os.environ.get("FLEET_CLOCK_FILE"):
+            import desk_clock
+
+            desk_clock.follow_file(os.environ["FLEET_CLOCK_FILE"])
+            timeout = 60.0
+        options["permissions"] = StandardPermissions(
+            allow=["work"], ask=["work(item=c)"], approval_timeout_s=timeout
+        )
     if os.environ.get("FLEET_INTERRUPT"):
         from loomgraph.authoring.loader import graph_from_yaml
 

@@ -102,6 +102,8 @@ def test_a_fractional_per_user_limit_is_refused(env: dict[str, str]) -> None:
         ({"heartbeat_seconds": 1e15}, "heartbeat_seconds"),
         ({"poll_seconds": True}, "poll_seconds"),
         ({"poll_seconds": 0.0}, "poll_seconds"),
+        ({"expiry_seconds": math.nan}, "expiry_seconds"),
+        ({"expiry_seconds": -1}, "expiry_seconds"),
         ({"queues": ()}, "queues"),
         ({"queues": ("runs", "")}, "queues"),
         ({"queues": ("runs", 5)}, "queues"),

@@ -30,7 +30,7 @@ from loomgraph.agent.fleet_errors import (
     JobUnusable,
 )
 from loomgraph.agent.fleet_jobs import JobKind, RunJob
-from loomgraph.protocols import RunRecord, Runtime
+from loomgraph.protocols import RunRecord, RunStatus, Runtime
 
 __all__ = [
     "DEFAULT_QUEUE",
@@ -161,6 +161,22 @@ class FleetQueue:
         if row is None:
             return None
         return FleetRun(row["job_id"], row.get("agent") or "", row["cancelled_by"])
+
+    async def expired_approvals(self, agent: str, now: float, limit: int) -> list[str]:
+        """Fleet runs of `agent` (or of no named agent) waiting for an approval whose
+        request's deadline is before `now` (epoch seconds, the clock deadlines are set by),
+        oldest first, at most `limit`."""
+        async with self.runtime.transaction() as con:
+            rows = await con.fetch(
+                f'SELECT r.run_id FROM "{self.schema}".runs r JOIN {self.runs_table} f '
+                "USING (run_id) WHERE r.status = $1 AND (f.agent IS NULL OR f.agent = $2) "
+                "AND (r.result #>> '{pending,deadline}')::float8 < $3 ORDER BY r.n LIMIT $4",
+                str(RunStatus.AWAITING_APPROVAL),
+                agent,
+                now,
+                limit,
+            )
+        return [row[0] for row in rows]
 
     async def pending_job(self, run_id: str) -> str | None:
         """The status of the run's job that waits (`queued`) or runs (`picked`): the one that

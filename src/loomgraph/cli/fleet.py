@@ -48,6 +48,13 @@ def add_parser(subparsers: Any) -> None:
         "--poll", type=float, default=1.0, metavar="SECONDS", help="idle look at the queue"
     )
     worker.add_argument(
+        "--expiry",
+        type=float,
+        default=5.0,
+        metavar="SECONDS",
+        help="look for runs whose approval request expired this often; send them on (denied)",
+    )
+    worker.add_argument(
         "--log-level", default="warning", help="debug, info, warning or error (to stderr)"
     )
 
@@ -99,6 +106,7 @@ def handle(args: argparse.Namespace) -> int:
         per_user=args.per_user,
         heartbeat_seconds=args.heartbeat,
         poll_seconds=args.poll,
+        expiry_seconds=args.expiry,
     )
     agent = load_agent(args.agent)
     try:

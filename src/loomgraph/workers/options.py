@@ -36,6 +36,9 @@ class WorkerOptions:
     # When the user's slots are all taken, the job is put back for this long (growing by
     # half with each time it was put back, up to 2 s).
     slot_retry_seconds: float = 0.2
+    # How often the worker looks for runs waiting on an approval request whose deadline
+    # passed, and sends them on (the call denied as timed out).
+    expiry_seconds: float = 5.0
 
     def check(self) -> None:
         """WorkerOptionInvalid (a FleetError) naming the first option that cannot work."""
@@ -44,7 +47,7 @@ class WorkerOptions:
         _count("per_user", self.per_user, least=0)
         # NaN passes `<= 0`, and infinity or NaN would stop the worker only once it said
         # it is ready.
-        for name in ("heartbeat_seconds", "poll_seconds", "slot_retry_seconds"):
+        for name in ("heartbeat_seconds", "poll_seconds", "slot_retry_seconds", "expiry_seconds"):
             checked_seconds(name, getattr(self, name), error=WorkerOptionInvalid, most=MAX_SECONDS)
         _queue_names(self.queues)
 

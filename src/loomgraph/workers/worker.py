@@ -23,6 +23,7 @@ from loomgraph.protocols import RunStatus
 from loomgraph.runtime.errors import LeaseLost, RunConflict
 from loomgraph.runtime.postgres import dialect as postgres_dialect
 from loomgraph.workers.advance import advance_run, fail_unstarted
+from loomgraph.workers.expiry import sweep_expired
 from loomgraph.workers.options import WorkerOptions
 from loomgraph.workers.quarantine import Quarantine
 from loomgraph.workers.slots import UserSlots
@@ -93,13 +94,21 @@ class Worker:
                 if done is not None:
                     await done
             opts = self.options
-            await manager.run(
-                dequeue_timeout=timedelta(seconds=opts.poll_seconds),
-                batch_size=1,
-                max_concurrent_tasks=opts.concurrency,
-                heartbeat_timeout=timedelta(seconds=opts.heartbeat_seconds),
-                log_aggregation_interval=timedelta(0),
+            swept = asyncio.Event()
+            sweep = asyncio.create_task(
+                sweep_expired(self.agent, self.fleet, opts.expiry_seconds, swept)
             )
+            try:
+                await manager.run(
+                    dequeue_timeout=timedelta(seconds=opts.poll_seconds),
+                    batch_size=1,
+                    max_concurrent_tasks=opts.concurrency,
+                    heartbeat_timeout=timedelta(seconds=opts.heartbeat_seconds),
+                    log_aggregation_interval=timedelta(0),
+                )
+            finally:
+                swept.set()
+                await sweep
         finally:
             await self.slots.close()
             await connection.close()
