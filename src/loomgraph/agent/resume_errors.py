@@ -108,8 +108,9 @@ class ApprovalExpired(ApprovalRefused):
 
 
 class AnswerNeeded(ResumeError):
-    """A fleet run sent on without an answer (`submit_resume(run_id)`) waits for one a person
-    may still give: a value, or an approval whose request has not expired."""
+    """A run sent on without an answer (`submit_resume(run_id)`, `POST /v1/runs/{id}/resume`
+    with no body) waits for one a person may still give: a value, or an approval whose
+    request has not expired."""
 
 
 class ValueNotPending(ApprovalRefused):

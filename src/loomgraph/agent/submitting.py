@@ -229,8 +229,8 @@ async def submit_resume(
     """Enqueue the answer a waiting run needs (`approve=` or `value=`; none, past an expired
     approval request), checked first against what the run waits for and the Agent that
     started it (`agent_name` must be its name, when it had one: `RunOfAnotherAgent`); a
-    worker goes on with it. `queue`: the run's own by
-    default (the one it was submitted to), so the workers that serve it see the answer.
+    worker goes on with it. `queue`: the run's own by default (the one it was submitted
+    to), so the workers that serve it see the answer.
     The job is bound to the request the answer was checked against (an approval's `key`, a
     value's `value_key`): a worker uses it for that request or not at all."""
     if len(answer) > 1 or not set(answer) <= {"approve", "value"}:
