@@ -7,11 +7,14 @@ is moved on by the test (tests/desk_clock.py), never slept on."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import desk_clock
 from loomgraph.governance import StandardPermissions
 from loomgraph.observability import FileAuditLog
+from loomgraph.serve.expiry import send_on_expired
 from serve_agent import PAID, make_agent
+from test_fleet import until
 from test_serve_api import error, served
 
 clock = desk_clock.clock
@@ -25,7 +28,7 @@ async def test_a_run_goes_on_past_an_expired_request_when_told_to(
         permissions=StandardPermissions(approval_timeout_s=60),
         audit_log=FileAuditLog(tmp_path / "audit.jsonl", unsigned=True),
     )
-    async with served(tmp_path, agent) as s:
+    async with served(tmp_path, agent, expiry_seconds=86400) as s:  # (no look meanwhile)
         run_id = (await s.post("alice", "/v1/runs", {"input": "pay acme"})).json()["run_id"]
         early = await s.post("alice", f"/v1/runs/{run_id}/resume", {})
         assert error(early) == (409, "answer_needed"), early.text
@@ -58,7 +61,7 @@ async def test_the_viewer_sends_on_a_run_whose_request_expired(
     agent = make_agent(
         str(tmp_path / "journal.db"), permissions=StandardPermissions(approval_timeout_s=60)
     )
-    async with served(tmp_path, agent) as s:
+    async with served(tmp_path, agent, expiry_seconds=86400) as s:  # (no look meanwhile)
         run_id = (await s.post("alice", "/v1/runs", {"input": "pay acme"})).json()["run_id"]
         page = (await s.get("alice", f"/ui/runs/{run_id}")).text
         assert 'data-testid="approve-button"' in page and "go-on-button" not in page
@@ -75,3 +78,29 @@ async def test_the_viewer_sends_on_a_run_whose_request_expired(
         assert on.status_code == 200 and on.headers.get("HX-Refresh") == "true", on.text
         assert (await s.settled(run_id))["status"] == "completed"
         assert PAID == []
+
+
+async def test_the_server_sends_on_a_run_nobody_answered_in_time(
+    tmp_path: Path, clock: type[desk_clock.Clock]
+) -> None:
+    """The server looks every `expiry_seconds` for the runs it drives whose approval request
+    expired, and sends them on by itself: the call denied as timed out, nothing paid."""
+    agent = make_agent(
+        str(tmp_path / "journal.db"), permissions=StandardPermissions(approval_timeout_s=60)
+    )
+    async with served(tmp_path, agent, expiry_seconds=0.05) as s:
+        run_id = (await s.post("alice", "/v1/runs", {"input": "pay acme"})).json()["run_id"]
+        waiting = await s.post("alice", "/v1/runs", {"input": "pay acme"})
+        assert await send_on_expired(s.app.state.service) == 0  # in time: it waits
+        clock.offset += 3600
+
+        await until("the server to send the run on", lambda: _completed(s, run_id), 60)
+        assert PAID == []
+        answers = [e for e in await agent.deps.runtime.effects(run_id) if e.kind == "approval"]
+        assert [e.outcome["by"] for e in answers] == ["timeout"]
+        other = waiting.json()["run_id"]
+        await until("the other run too", lambda: _completed(s, other), 60)
+
+
+async def _completed(s: Any, run_id: str) -> bool:
+    return bool((await s.get("alice", f"/v1/runs/{run_id}")).json()["status"] == "completed")

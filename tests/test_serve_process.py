@@ -64,6 +64,13 @@ def test_dev_mode_is_refused_off_loopback_and_says_so(server: dict[str, Any]) ->
     assert "refused" in done.stderr and "loopback" in done.stderr
 
 
+@pytest.mark.parametrize("expiry", ["0", "nan", "-1"])
+def test_an_expiry_that_cannot_work_is_refused(server: dict[str, Any], expiry: str) -> None:
+    agent = ("--agent", "serve_agent:make_agent", "--port", "1")
+    done = loomgraph(server["env"], "serve", *agent, "--expiry", expiry)
+    assert done.returncode == 2 and "expiry_seconds" in done.stderr, done.stderr
+
+
 async def collect(response: httpx.Response, stop_after: int | None = None) -> list[Any]:
     got = []
     async for event in sse_events(response):

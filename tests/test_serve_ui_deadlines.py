@@ -31,7 +31,7 @@ def site(tmp_path: Path) -> Iterator[dict[str, Any]]:
         tmp_path / "journal.db", SERVE_APPROVAL_TIMEOUT="60", SERVE_CLOCK_FILE=str(clock)
     )
     key = add_key(env, "alice", "--approver")
-    server: Server = start_server(env)
+    server: Server = start_server(env, "--expiry", "86400")  # the page sends it on
     driver = browser(tmp_path / "profile")
     try:
         sign_in(driver, server.url, key)

@@ -52,6 +52,13 @@ def add_parser(subparsers: Any) -> None:
         help="submit runs to the worker fleet (`loomgraph worker`) instead of running them "
         "in this process; needs a postgres:// journal",
     )
+    serve.add_argument(
+        "--expiry",
+        type=float,
+        default=5.0,
+        metavar="SECONDS",
+        help="look for runs whose approval request expired this often; send them on (denied)",
+    )
     keys = subparsers.add_parser("keys", help="API keys of the server (stored hashed)")
     cmds = keys.add_subparsers(dest="keys_command", required=True)
     add = cmds.add_parser("add", help="make a key for USER and print it (shown once)")
@@ -150,8 +157,10 @@ def _serve(args: argparse.Namespace) -> int:
 
     agent = load_agent(args.agent)
     try:
-        app = create_app(agent, dev=args.dev, host=args.host, fleet=args.fleet)
-    except (DevModeRefused, FleetNeedsPostgres) as err:
+        app = create_app(
+            agent, dev=args.dev, host=args.host, fleet=args.fleet, expiry_seconds=args.expiry
+        )
+    except (DevModeRefused, FleetNeedsPostgres, ValueError) as err:
         print(f"loomgraph: refused: {err}", file=sys.stderr)
         return EXIT_USAGE
     if args.dev:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import logging
 import signal
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -17,16 +19,21 @@ from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp
 
+from loomgraph._storage.seconds import checked_seconds
 from loomgraph.agent.agent import Agent
 from loomgraph.agent.fleet import fleet_queue
+from loomgraph.agent.repeating import repeat
 from loomgraph.serve.api import Json, api_routes
 from loomgraph.serve.auth import Auth, LoopbackHostOnly, api_key_auth, dev_auth
+from loomgraph.serve.expiry import send_on_expired
 from loomgraph.serve.headers import SecurityHeaders, content_security_policy
 from loomgraph.serve.hub import RunHub
 from loomgraph.serve.openapi import openapi
 from loomgraph.serve.service import Service
 from loomgraph.serve.store import ServeStore, open_store
 from loomgraph.serve.ui import ui_routes
+
+log = logging.getLogger("loomgraph.serve")
 
 __all__ = ["create_app"]
 
@@ -86,6 +93,7 @@ def create_app(
     poll_interval: float = 0.5,
     max_body: int = 1 << 20,
     fleet: bool = False,
+    expiry_seconds: float = 5.0,
 ) -> Starlette:
     """An ASGI app serving `agent`: the `/v1` API, the `/ui` viewer, `/openapi.json`,
     `/healthz`.
@@ -94,8 +102,11 @@ def create_app(
     stored (hashed) beside the agent's journal. `dev=True` also trusts an `X-User-Id` header,
     and is refused (`DevModeRefused`) unless `host`, where the server listens, is loopback.
     `fleet=True` submits runs to the worker fleet (`agent.submit`; docs/scaling.md) instead
-    of driving them in this process; answers and cancels go through the fleet too.
+    of driving them in this process; answers and cancels go through the fleet too. Every
+    `expiry_seconds` the server sends on the runs it drives whose approval request expired
+    (`serve.expiry`; with a fleet, its workers do).
     """
+    checked_seconds("expiry_seconds", expiry_seconds, most=86400.0)  # now, not at startup
     if fleet:
         fleet_queue(agent.deps.runtime)  # FleetNeedsPostgres now, not at the first request
     store = store or open_store(agent.deps.runtime)
@@ -140,10 +151,15 @@ def create_app(
         connect = getattr(agent.deps.runtime, "connect", None)
         if connect is not None:  # the journal's tables exist before the store reads them
             await connect()
+        stop = asyncio.Event()
+        expire = functools.partial(send_on_expired, service)
+        sweep = asyncio.create_task(repeat(expire, expiry_seconds, stop, log))
         try:
             with _on_shutdown_signal(shut_down):
                 yield
         finally:
+            stop.set()
+            await sweep
             await asyncio.gather(*closing)
             await service.hub.close()
             await store.close()

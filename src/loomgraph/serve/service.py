@@ -285,6 +285,11 @@ class Service:
         else:
             record = await self.run(caller, run_id)
         unanswered(record)
+        await self.send_on(run_id)
+
+    async def send_on(self, run_id: str) -> None:
+        """Resume a run without an answer, here or on the fleet: past an expired approval
+        request, the call is denied as timed out (`go_on`, `serve.expiry`)."""
         await self._resume(run_id)
 
     async def _resume(self, run_id: str, **answer: Any) -> None:

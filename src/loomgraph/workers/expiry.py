@@ -5,8 +5,6 @@ fleet as by hand: nobody has to come back to a run nobody answered."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import time
 
@@ -15,7 +13,7 @@ from loomgraph.agent.fleet import FleetQueue
 from loomgraph.agent.resume_errors import ResumeError
 from loomgraph.agent.submitting import RunJobPending
 
-__all__ = ["SWEEP_BATCH", "send_on_expired", "sweep_expired"]
+__all__ = ["SWEEP_BATCH", "send_on_expired"]
 
 log = logging.getLogger("loomgraph.worker")
 
@@ -38,14 +36,3 @@ async def send_on_expired(agent: Agent, fleet: FleetQueue) -> int:
         log.info("run %s: its approval request expired; sent on, the call denied", run_id)
         queued += 1
     return queued
-
-
-async def sweep_expired(agent: Agent, fleet: FleetQueue, every: float, stop: asyncio.Event) -> None:
-    """`send_on_expired` every `every` seconds until `stop` is set."""
-    while not stop.is_set():
-        try:
-            await send_on_expired(agent, fleet)
-        except Exception:  # an outage: the next look tries again
-            log.warning("looking for expired approval requests failed", exc_info=True)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), every)

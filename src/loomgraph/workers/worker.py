@@ -5,6 +5,7 @@ cancellations); for each job the worker takes one of the user's slots and advanc
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
@@ -17,13 +18,14 @@ from loomgraph.agent.fleet import FleetQueue, fleet_queue
 from loomgraph.agent.fleet_errors import JobFromNewerVersion, JobUnusable
 from loomgraph.agent.fleet_jobs import RunJob
 from loomgraph.agent.leases import owner_is_dead
+from loomgraph.agent.repeating import repeat
 from loomgraph.engine.scope import stop_request
 from loomgraph.errors import ServiceUnavailable
 from loomgraph.protocols import RunStatus
 from loomgraph.runtime.errors import LeaseLost, RunConflict
 from loomgraph.runtime.postgres import dialect as postgres_dialect
 from loomgraph.workers.advance import advance_run, fail_unstarted
-from loomgraph.workers.expiry import sweep_expired
+from loomgraph.workers.expiry import send_on_expired
 from loomgraph.workers.options import WorkerOptions
 from loomgraph.workers.quarantine import Quarantine
 from loomgraph.workers.slots import UserSlots
@@ -94,10 +96,10 @@ class Worker:
                 if done is not None:
                     await done
             opts = self.options
+            # Runs nobody answered in time are sent on by the workers (`workers.expiry`).
             swept = asyncio.Event()
-            sweep = asyncio.create_task(
-                sweep_expired(self.agent, self.fleet, opts.expiry_seconds, swept)
-            )
+            expire = functools.partial(send_on_expired, self.agent, self.fleet)
+            sweep = asyncio.create_task(repeat(expire, opts.expiry_seconds, swept, log))
             try:
                 await manager.run(
                     dequeue_timeout=timedelta(seconds=opts.poll_seconds),
