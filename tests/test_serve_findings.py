@@ -335,3 +335,40 @@ async def test_an_event_id_that_is_not_plain_digits_is_400(tmp_path: Path, raw: 
             assert repr(raw) in refused.json()["error"]["message"]
         for good in ("0", "1", "1.0", "1.end", "007"):
             assert (await s.get("alice", path, params={"after": good})).status_code == 200
+
+
+# ------------------------------------------- 6. numbers too large, another user's status
+
+
+async def test_a_number_too_large_for_a_double_is_400_never_null_or_500(tmp_path: Path) -> None:
+    """`1e400` reads as infinity in Python: refused as `Infinity` is, wherever a body goes
+    (a fork's patch here; a resume's value, approval args alike), and nothing is kept."""
+    async with served(tmp_path) as s:
+        run_id = (await s.post("alice", "/v1/runs", {"input": "steps 1"})).json()["run_id"]
+        h = {**s.auth("alice"), **JSON}
+        for path, body in [
+            (f"/v1/runs/{run_id}/fork", b'{"at": 0, "patch": {"messages": [{"n": 1e400}]}}'),
+            (f"/v1/runs/{run_id}/resume", b'{"value": {"a": -1E+999}, "key": "k"}'),
+            ("/v1/runs", b'{"input": "x", "session_id": 1.5e309}'),
+        ]:
+            refused = await s.client.post(path, content=body, headers=h)
+            assert error(refused) == (400, "bad_request"), (path, refused.text)
+            assert "too large" in refused.json()["error"]["message"]
+        assert [r["run_id"] for r in (await s.get("alice", "/v1/runs")).json()["runs"]] == [run_id]
+
+
+async def test_an_approver_learns_nothing_of_another_users_run_that_waits_for_none(
+    tmp_path: Path,
+) -> None:
+    """Answering, or sending on, another user's run that waits for no approval is 404, as an
+    unknown run is: its existence and status are not told."""
+    async with served(tmp_path) as s:
+        done = (await s.post("alice", "/v1/runs", {"input": "hello"})).json()["run_id"]
+        for run_id in (done, "no-such-run"):
+            for path, body in [
+                (f"/v1/runs/{run_id}/resume", {}),
+                (f"/v1/runs/{run_id}/approvals/call_pay", {"allow": False, "key": "x"}),
+            ]:
+                answered = await s.post("bob", path, body)
+                assert error(answered) == (404, "not_found"), (run_id, path, answered.text)
+                assert "completed" not in answered.text

@@ -4,6 +4,7 @@ its fields."""
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 from starlette.requests import Request
@@ -105,6 +106,14 @@ def _not_json(word: str) -> Any:
     raise ValueError(f"{word} is not a JSON value")
 
 
+def _finite(text: str) -> float:
+    # `1e400` reads as infinity: refused as `Infinity` is, never kept as null or a 500.
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"the number {text[:40]} is too large for a JSON double")
+    return value
+
+
 class _Repeated(Exception):  # not a ValueError: `parse_json` tells it from bad JSON
     def __init__(self, name: str) -> None:
         super().__init__(name)
@@ -130,7 +139,9 @@ def parse_json(raw: str | bytes, what: str) -> Any:
     JSON, an object in it names a field twice, or it nests too deeply (the parser's recursion
     is caught here, never a 500)."""
     try:
-        data = json.loads(raw, parse_constant=_not_json, object_pairs_hook=_unique)
+        data = json.loads(
+            raw, parse_constant=_not_json, parse_float=_finite, object_pairs_hook=_unique
+        )
     except RecursionError:
         raise BadRequest(f"{what} {_TOO_DEEP}") from None
     except _Repeated as err:

@@ -241,8 +241,9 @@ class Service:
         await self._resume(run_id, approve=answer)
 
     async def answerable(self, caller: Caller, run_id: str) -> RunRecord:
-        """The run of this agent whose pending call `caller` may answer: any user's for an
-        approver; for anyone else Forbidden once her own run is found (another's: NotFound)."""
+        """The run of this agent whose pending call `caller` may answer: her own, or another
+        user's that waits for an approval, for an approver; for anyone else Forbidden once
+        her own run is found (another's: NotFound)."""
         if not caller.approver:
             await self.run(caller, run_id)  # another user's run: 404, as everywhere
             raise Forbidden(f"user {caller.user_id!r} may not answer approvals (no approver role)")
@@ -250,6 +251,11 @@ class Service:
         # one whose run asks (the journal and the audit log name who answered).
         record = await self.store.run(run_id, EVERYONE, agent=self.agent.name)
         if record is None:
+            raise NotFound(f"no run {run_id!r}")
+        pending = pending_of(record)
+        if record.user_id != caller.user_id and (pending is None or not pending.call):
+            # Another user's run reaches an approver only while it waits for an approval (as
+            # `GET /v1/approvals` lists it): else 404 as everywhere, its status not told.
             raise NotFound(f"no run {run_id!r}")
         return record
 
