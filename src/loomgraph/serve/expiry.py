@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 
-from loomgraph.agent.checkpoints import expired, pending_of
+from loomgraph.agent.resume_answers import unanswered
 from loomgraph.agent.resume_errors import ResumeError
 from loomgraph.protocols import RunStatus
 from loomgraph.runtime.errors import RunConflict
@@ -40,14 +40,12 @@ async def send_on_expired(service: Service) -> int:
             agent=service.agent.name,
         )
         for record in page.runs:
-            pending = pending_of(record)
-            if pending is None or not pending.call or not expired(pending):
-                continue
             if service.hub.driving(record.run_id):
                 continue
             try:
+                unanswered(record)  # the check `go_on` makes: an expired approval request
                 await service.send_on(record.run_id)
-            except (RunConflict, ServeError, ResumeError) as err:  # taken up elsewhere
+            except (RunConflict, ServeError, ResumeError) as err:  # in time, or taken up elsewhere
                 log.debug("run %s: not sent on past its deadline: %s", record.run_id, err)
                 continue
             log.info("run %s: its approval request expired; sent on", record.run_id)

@@ -15,7 +15,7 @@ from loomgraph.agent.submitting import RunJobPending
 
 __all__ = ["SWEEP_BATCH", "send_on_expired"]
 
-log = logging.getLogger("loomgraph.worker")
+log = logging.getLogger("loomgraph.workers")  # the worker's own logger
 
 # Runs sent on by one look; the next look takes the rest.
 SWEEP_BATCH = 100
