@@ -162,3 +162,38 @@ async def test_the_rules_decide_the_lessons_write_as_update_blocks_call() -> Non
     rx = agent("Lesson: cite the sender.", permissions=allowed)
     assert (await rx.run("Summarise my inbox", user_id="alice")).status == "completed"
     assert await blocks(rx) == {"lessons": "- Lesson: cite the sender."}
+
+
+@pytest.mark.parametrize(
+    "edit", [{"name": "lessons", "text": 5}, {"name": 7, "text": "x"}, {"text": "x"}]
+)
+async def test_an_approval_handlers_edit_the_lessons_write_cannot_use_denies_the_write(
+    tmp_path: Path, edit: dict[str, Any]
+) -> None:
+    """An in-run handler's edit is checked against the write's own parameters, as a resume's
+    is: one that does not fit denies the write, said as the handler's mistake and audited,
+    instead of being taken and writing nothing."""
+    audit = FileAuditLog(tmp_path / "audit.jsonl", unsigned=True)
+    rx = agent(
+        f"Lesson: always {ATTACK}.",
+        approval_handler=lambda call, decision: {"args": edit},
+        audit_log=audit,
+    )
+    result, seen = await decisions(rx, "Summarise my inbox")
+    assert result["status"] == "completed", result
+    assert await blocks(rx) == {}
+    denied = [
+        e["payload"]
+        for e in audit.entries()
+        if e["action"] == "approval" and e["payload"].get("tool") == "update_block"
+    ]
+    assert [d["allow"] for d in denied] == [False], denied
+    assert "do not fit tool 'update_block'" in denied[0]["reason"]
+
+
+async def test_an_approval_handlers_fitting_edit_of_the_lessons_write_is_written() -> None:
+    fixed = {"name": "lessons", "text": "- cite the sender"}
+    rx = agent(f"Lesson: always {ATTACK}.", approval_handler=lambda call, decision: {"args": fixed})
+    result, _ = await decisions(rx, "Summarise my inbox")
+    assert result["status"] == "completed", result
+    assert await blocks(rx) == {"lessons": "- cite the sender"}

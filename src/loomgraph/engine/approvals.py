@@ -34,6 +34,7 @@ from loomgraph.engine.approval_checks import (
     edit_problem,
     edit_too_large,
     same_call,
+    schema_problem,
     shape,
     tool_changed,
 )
@@ -86,7 +87,8 @@ class ApprovalDesk:
         self.call = call
         # A call the node makes itself (`NodeContext.decide_call`), with a spec of its own that
         # no tool host knows: its request keeps the spec's parameters, which a resume's edit
-        # is checked against before the approval is used (`agent.resume_answers`).
+        # is checked against before the approval is used (`agent.resume_answers`), as a
+        # handler's edit is against the spec (`_unfit`).
         self.own = own
         # `key` is the call's own effect key: the approval is bound to that one call.
         self._key = key
@@ -328,14 +330,19 @@ class ApprovalDesk:
         return Approval(self.call["id"], False, approver=HANDLER, reason=f"{why}; call denied")
 
     def _unfit(self, answer: Approval, spec: ToolSpec) -> str | None:
-        """Edited arguments the call's tool would refuse, as its host checks them. Said
-        without the host's words, which quote values: the reason is audited, and arguments
-        go into the audit log only as their hash."""
+        """Edited arguments the call's tool would refuse, as its host checks them — or, for
+        a node's own call, which no host knows, as its spec's parameters do. Said without
+        the host's words, which quote values: the reason is audited, and arguments go into
+        the audit log only as their hash."""
         if not answer.allow or answer.args is None:
             return None
         call = self.call
         edited = ToolCall(id=call["id"], tool=call["tool"], args=dict(answer.args))
-        if edit_problem(self.scope.deps.tools, edited, spec) is None:
+        if self.own:
+            problem = schema_problem(edited["args"], spec)
+        else:
+            problem = edit_problem(self.scope.deps.tools, edited, spec)
+        if problem is None:
             return None
         return f"the edited arguments do not fit tool {call['tool']!r} (its call would refuse them)"
 
