@@ -66,8 +66,10 @@ def takes_query(*names: str) -> Callable[[Handler], Handler]:
 
 def check_query(request: Request, names: tuple[str, ...]) -> None:
     """Invalid naming the query parameters not in `names` (a misspelt `?stauts=` is not
-    ignored, as a body's field is not), or BadRequest naming one given twice (which counts?)."""
-    given = [name for name, _ in request.query_params.multi_items()]
+    ignored, as a body's field is not), or BadRequest naming one given twice (which counts?)
+    or given empty (`?cursor=`: a client's bug, not "no cursor")."""
+    items = request.query_params.multi_items()
+    given = [name for name, _ in items]
     unknown = list(dict.fromkeys(name for name in given if name not in names))
     if unknown:
         raise Invalid(
@@ -78,6 +80,9 @@ def check_query(request: Request, names: tuple[str, ...]) -> None:
     twice = next((name for i, name in enumerate(given) if name in given[:i]), None)
     if twice is not None:
         raise BadRequest(f"query parameter {twice!r} twice: give it once")
+    empty = next((name for name, value in items if not value), None)
+    if empty is not None:
+        raise BadRequest(f"query parameter {empty!r} is empty: give a value or leave it out")
 
 
 def int_param(request: Request, name: str, default: int | None = None) -> int:
@@ -159,7 +164,7 @@ async def list_runs(request: Request, service: Service, caller: Caller) -> Respo
         status=q.get("status"),
         graph=q.get("graph"),
         limit=int_param(request, "limit", 50),
-        cursor=q.get("cursor") or None,
+        cursor=q.get("cursor"),
     )
     return Json({"runs": [run_json(r) for r in page.runs], "cursor": page.cursor})
 

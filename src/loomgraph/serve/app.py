@@ -16,7 +16,7 @@ from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
-from starlette.routing import Route
+from starlette.routing import Match, Route
 from starlette.types import ASGIApp
 
 from loomgraph._storage.seconds import checked_seconds
@@ -49,6 +49,16 @@ class _App(Starlette):
 
     def build_middleware_stack(self) -> ASGIApp:
         return SecurityHeaders(super().build_middleware_stack(), csp=self.csp)
+
+
+def _allowed(request: Request) -> str:
+    """The methods the request's path takes, for a 405's `Allow`: those of every route
+    matching it (each method is its own route; Starlette's 405 names the first one's)."""
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        if isinstance(route, Route) and route.matches(request.scope)[0] != Match.NONE:
+            methods |= route.methods or set()
+    return ", ".join(sorted(methods))
 
 
 @contextlib.contextmanager
@@ -138,7 +148,11 @@ def create_app(
         status = exc.status_code if isinstance(exc, HTTPException) else 500
         kind = {404: "not_found", 405: "method_not_allowed"}.get(status, "bad_request")
         detail = exc.detail if isinstance(exc, HTTPException) else str(exc)
-        return JSONResponse({"error": {"type": kind, "message": detail}}, status_code=status)
+        headers = dict(exc.headers or {}) if isinstance(exc, HTTPException) else {}
+        if status == 405:
+            headers["Allow"] = _allowed(request)
+        body = {"error": {"type": kind, "message": detail}}
+        return JSONResponse(body, status_code=status, headers=headers)
 
     closing: list[asyncio.Task[None]] = []
 

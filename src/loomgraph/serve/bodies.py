@@ -134,10 +134,26 @@ def _unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return data
 
 
+def _utf8(raw: bytes, what: str) -> str:
+    # `json.loads` would also read UTF-16 and UTF-32, which JSON on a network is not; and
+    # no UTF-8 JSON text holds a NUL byte (in a string it is escaped), their ASCII does.
+    where = raw.find(b"\x00")
+    try:
+        if where < 0:
+            return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        where = err.start
+    raise BadRequest(
+        f"{what} is not UTF-8 text (byte {where} is not; UTF-16 or UTF-32?): send JSON as UTF-8"
+    )
+
+
 def parse_json(raw: str | bytes, what: str) -> Any:
     """`raw` read as JSON and checked by `check_value`: BadRequest naming `what` when it is not
     JSON, an object in it names a field twice, or it nests too deeply (the parser's recursion
-    is caught here, never a 500)."""
+    is caught here, never a 500). Bytes are UTF-8 (RFC 8259), a byte order mark ignored."""
+    if isinstance(raw, bytes):
+        raw = _utf8(raw, what)
     try:
         data = json.loads(
             raw, parse_constant=_not_json, parse_float=_finite, object_pairs_hook=_unique
@@ -197,10 +213,11 @@ async def read_json(request: Request, service: Service, fields: tuple[str, ...])
 
 
 def field(data: dict[str, Any], name: str, kind: type | tuple[type, ...], default: Any) -> Any:
-    """A body field of the given type, or Invalid naming it."""
-    value = data.get(name, default)
-    if value is default:
-        return value
+    """A body field of the given type, or Invalid naming it; `default` when it is left out
+    or `null` (one rule for every field: a client's "none" is often `null`)."""
+    value = data.get(name)
+    if value is None:
+        return default
     if not isinstance(value, kind) or (isinstance(value, bool) and kind is int):
         names = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
         raise Invalid(f"field {name!r} must be {names}, got {type(value).__name__}")

@@ -24,6 +24,12 @@ _STATUS_TEXT = {
 }
 
 
+def _or_null(schema: dict[str, Any]) -> dict[str, Any]:
+    """An optional body field's schema: `null` is taken as the field left out."""
+    kind = schema.get("type")
+    return schema | {"type": [kind, "null"]} if isinstance(kind, str) else schema
+
+
 _STRING, _BOOL, _OBJECT = {"type": "string"}, {"type": "boolean"}, {"type": "object"}
 # An approval's answer, whether the path or the body names the call.
 _ANSWER = {
@@ -179,7 +185,10 @@ def openapi(title: str) -> dict[str, Any]:
         if fields:
             body = {
                 "type": "object",
-                "properties": {name: schema for name, (schema, _) in fields.items()},
+                "properties": {
+                    name: schema if required else _or_null(schema)
+                    for name, (schema, required) in fields.items()
+                },
                 "required": [name for name, (_, required) in fields.items() if required],
                 "additionalProperties": False,
             }
