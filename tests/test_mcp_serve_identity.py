@@ -139,14 +139,17 @@ async def assert_not_found_as_unknown(
     session: ClientSession, run_id: str, *, approver: bool = False
 ) -> None:
     """Every resume of `run_id` fails exactly as one of a run that does not exist: for an
-    approver, every resume but an answer, which reaches any user's run (and without the
-    request's key is refused before anything runs)."""
+    approver, every resume but an answer, which reaches any user's run that waits for an
+    approval (and without the request's key is refused before anything runs), and a resume
+    without one, which sends such a run on only past an expired request."""
     if approver:
         for allow in (True, False):
             unkeyed = await session.call_tool("resume", {"run_id": run_id, "approve": allow})
             assert unkeyed.is_error and "key is required" in text(unkeyed), text(unkeyed)
-    answers: list[dict[str, Any]] = [] if approver else [{"approve": True}, {"approve": False}]
-    for extra in (*answers, {}):
+        early = await session.call_tool("resume", {"run_id": run_id})
+        assert early.is_error and "AnswerNeeded" in text(early), text(early)
+    answers: list[dict[str, Any]] = [] if approver else [{"approve": True}, {"approve": False}, {}]
+    for extra in (*answers, {"value": 1}):
         theirs = await session.call_tool("resume", {"run_id": run_id, **extra})
         unknown = await session.call_tool("resume", {"run_id": "no-such-run", **extra})
         assert theirs.is_error and unknown.is_error, text(theirs)

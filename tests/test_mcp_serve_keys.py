@@ -57,21 +57,32 @@ def script(request: ModelRequest) -> Any:
 
 
 def make_agent() -> Agent:
-    """Both tools ask a person first; the journal is a SQLite file in the test's folder."""
+    """Both tools ask a person first; the journal is a SQLite file in the test's folder. With
+    MCP_CLOCK_FILE, requests expire after 60 s on a desk clock the test moves through that
+    file (tests/desk_clock.py)."""
     journal = os.path.join(os.environ["KEYS_TEST_DIR"], "journal.db")
+    timeout = None
+    if os.environ.get("MCP_CLOCK_FILE"):
+        import desk_clock
+
+        desk_clock.follow_file(os.environ["MCP_CLOCK_FILE"])
+        timeout = 60.0
     return Agent(
         "bank",
         model=ScriptedModel(script),
         tools=[pay, wire],
-        permissions=StandardPermissions(ask=["pay", "wire"]),
+        permissions=StandardPermissions(ask=["pay", "wire"], approval_timeout_s=timeout),
         runtime=f"sqlite:{journal}",
         name="bank",
     )
 
 
 @contextlib.asynccontextmanager
-async def client(folder: Path, user: str, *options: str) -> AsyncIterator[ClientSession]:
-    """A session with `mcp-serve --user USER [options]` over stdio, its journal in `folder`."""
+async def client(
+    folder: Path, user: str, *options: str, clock: Path | None = None
+) -> AsyncIterator[ClientSession]:
+    """A session with `mcp-serve --user USER [options]` over stdio, its journal in `folder`;
+    with `clock`, its desk clock follows that file (`make_agent`)."""
     params = StdioServerParameters(
         command=sys.executable,
         args=[
@@ -82,6 +93,7 @@ async def client(folder: Path, user: str, *options: str) -> AsyncIterator[Client
             "PYTHONPATH": os.pathsep.join([str(SRC), str(TESTS)]),
             "KEYS_TEST_DIR": str(folder),
             "PATH": os.environ.get("PATH", ""),
+            "MCP_CLOCK_FILE": str(clock or ""),
         },
         cwd=str(TESTS),
     )

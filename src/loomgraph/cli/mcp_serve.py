@@ -166,10 +166,10 @@ def build_server(
     from mcp.server.mcpserver.tools import Tool
     from mcp.types import ToolAnnotations
 
+    from loomgraph.agent.resume_answers import unanswered
     from loomgraph.cli.mcp_serve_callers import caller_of, refuse_unknown_arguments
     from loomgraph.cli.mcp_serve_errors import answered
-    from loomgraph.serve.run_pages import EVERYONE
-    from loomgraph.serve.store import open_store
+    from loomgraph.serve.store import approvers_run, open_store
 
     runs = store or open_store(agent.deps.runtime)
 
@@ -190,9 +190,9 @@ def build_server(
             raise ToolError(f"no run {run_id!r}")
         return record
 
-    async def any_run(run_id: str) -> "RunRecord":
-        record = await runs.run(run_id, EVERYONE, agent=agent.name)
-        if record is None:
+    async def approvers_run_of(who: "Caller", run_id: str) -> "RunRecord":
+        record = await approvers_run(runs, run_id, who.user_id, agent.name)
+        if record is None:  # as `own_run`: another user's run that waits for no approval
             raise ToolError(f"no run {run_id!r}")
         return record
 
@@ -218,10 +218,14 @@ def build_server(
         run, or one whose approval request expired (the call is denied as timed out).
         Edited `args` go only with `approve` true: a denied call does not run."""
         who = caller_of(ctx, caller)
-        # An approver's answer reaches any user's run of this agent, as over HTTP; anything
-        # else reaches only the caller's own runs.
-        answering = approve is not None and who.approver
-        record = await (any_run(run_id) if answering else own_run(who, run_id))
+        # An approver's answer, or her sending a run on past an expired request, reaches any
+        # user's run of this agent that waits for an approval, as over HTTP; anything else
+        # reaches only the caller's own runs.
+        going_on = approve is None and value is None and key is None and args is None
+        answering = (approve is not None or going_on) and who.approver
+        record = await (approvers_run_of(who, run_id) if answering else own_run(who, run_id))
+        if going_on and record.user_id != who.user_id:
+            unanswered(record)  # `AnswerNeeded` while a person may still answer
         options: dict[str, Any] = {}
         if approve is not None and value is not None:
             raise ToolError("give either approve (a call's answer) or value (a question's)")

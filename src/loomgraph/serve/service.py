@@ -28,8 +28,8 @@ from loomgraph.runtime.errors import RunConflict, RunFinished
 from loomgraph.serve.auth import Auth, Caller
 from loomgraph.serve.errors import BadRequest, Conflict, Forbidden, Invalid, NotFound, ServeError
 from loomgraph.serve.hub import Closing, RunHub
-from loomgraph.serve.run_pages import EVERYONE, RunPage
-from loomgraph.serve.store import ServeStore, awaiting_approval
+from loomgraph.serve.run_pages import RunPage
+from loomgraph.serve.store import ServeStore, approvers_run, awaiting_approval
 from loomgraph.serve.views import QueuedRun, run_json
 
 __all__ = ["Service", "StoppedWaiting"]
@@ -249,13 +249,8 @@ class Service:
             raise Forbidden(f"user {caller.user_id!r} may not answer approvals (no approver role)")
         # An approver answers any user's run of this agent: the person asked is seldom the
         # one whose run asks (the journal and the audit log name who answered).
-        record = await self.store.run(run_id, EVERYONE, agent=self.agent.name)
+        record = await approvers_run(self.store, run_id, caller.user_id, self.agent.name)
         if record is None:
-            raise NotFound(f"no run {run_id!r}")
-        pending = pending_of(record)
-        if record.user_id != caller.user_id and (pending is None or not pending.call):
-            # Another user's run reaches an approver only while it waits for an approval (as
-            # `GET /v1/approvals` lists it): else 404 as everywhere, its status not told.
             raise NotFound(f"no run {run_id!r}")
         return record
 

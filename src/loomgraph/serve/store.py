@@ -17,7 +17,7 @@ from loomgraph.serve.api_keys import ApiKey, hash_key, key_id, new_key
 from loomgraph.serve.run_pages import EVERYONE, Everyone, RunPage, UnknownCursor, cursor_run_id
 from loomgraph.serve.sql_store import PostgresStore, SqliteStore
 
-__all__ = ["MemoryStore", "ServeStore", "awaiting_approval", "open_store"]
+__all__ = ["MemoryStore", "ServeStore", "approvers_run", "awaiting_approval", "open_store"]
 
 
 class ServeStore(Protocol):
@@ -194,5 +194,22 @@ async def awaiting_approval(
     )
     # A run asking its owner a question (`interrupt`) waits too, for no approver: left out,
     # so a page may hold fewer runs than `limit`; the cursor still follows the page.
-    asking = [r for r in page.runs if (p := pending_of(r)) is not None and p.call]
+    asking = [r for r in page.runs if _asks_an_approver(r)]
     return RunPage(asking, page.cursor)
+
+
+def _asks_an_approver(record: RunRecord) -> bool:
+    pending = pending_of(record)
+    return pending is not None and bool(pending.call)
+
+
+async def approvers_run(
+    store: ServeStore, run_id: str, user_id: str, agent: str | None
+) -> RunRecord | None:
+    """The run of `agent` an approver (`user_id`) may answer or send on: her own, or another
+    user's only while it waits for an approval (as `awaiting_approval` lists it); None
+    otherwise, as for a run that does not exist, so its status is not told."""
+    record = await store.run(run_id, EVERYONE, agent=agent)
+    if record is None or (record.user_id != user_id and not _asks_an_approver(record)):
+        return None
+    return record
