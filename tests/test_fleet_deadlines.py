@@ -127,6 +127,35 @@ async def test_workers_send_on_a_run_nobody_answered_in_time(
         assert await send_on_expired(a, fleet) == 0  # it waits no more
 
 
+async def test_the_workers_look_reads_waiting_runs_through_an_index(pg_schema: str) -> None:
+    """Each worker looks every few seconds: the journal's waiting runs are found through a
+    partial index of the Postgres journal (`runs_awaiting_approval`), not by reading the
+    whole `runs` table of a large journal; a journal made before it gains it when opened."""
+
+    async def index(con: Any) -> str | None:
+        found: str | None = await con.fetchval(
+            "SELECT indexdef FROM pg_indexes WHERE schemaname = $1 AND indexname = $2",
+            pg_schema,
+            "runs_awaiting_approval",
+        )
+        return found
+
+    async with waiting(pg_schema) as (a, fleet, _):
+        async with a.deps.runtime.transaction() as con:  # type: ignore[attr-defined]
+            made = await index(con)
+            assert made is not None and "WHERE (status = 'awaiting_approval'" in made, made
+            await con.execute("SET LOCAL enable_seqscan = off")  # a tiny table: ask for it
+            plan = await con.fetch("EXPLAIN " + fleet.expired_query, a.name, 0.0, 100)
+            assert "runs_awaiting_approval" in " ".join(row[0] for row in plan)
+            await con.execute(f'DROP INDEX "{pg_schema}".runs_awaiting_approval')
+    older = PostgresRuntime(pg.postgres_dsn(), schema=pg_schema)  # as before the index
+    try:
+        async with older.transaction() as con:
+            assert await index(con) is not None
+    finally:
+        await older.close()
+
+
 async def test_a_worker_sends_on_an_expired_request_by_itself(
     env: dict[str, str], tmp_path: Path
 ) -> None:

@@ -167,16 +167,20 @@ class FleetQueue:
         request's deadline is before `now` (epoch seconds, the clock deadlines are set by),
         oldest first, at most `limit`."""
         async with self.runtime.transaction() as con:
-            rows = await con.fetch(
-                f'SELECT r.run_id FROM "{self.schema}".runs r JOIN {self.runs_table} f '
-                "USING (run_id) WHERE r.status = $1 AND (f.agent IS NULL OR f.agent = $2) "
-                "AND (r.result #>> '{pending,deadline}')::float8 < $3 ORDER BY r.n LIMIT $4",
-                str(RunStatus.AWAITING_APPROVAL),
-                agent,
-                now,
-                limit,
-            )
+            rows = await con.fetch(self.expired_query, agent, now, limit)
         return [row[0] for row in rows]
+
+    @property
+    def expired_query(self) -> str:
+        """`expired_approvals`' query ($1 the agent, $2 now, $3 the limit): every worker
+        looks every few seconds, so the waiting runs are read through the journal's partial
+        index of them (`runtime.schema.waiting_runs_index`), not the whole `runs` table."""
+        return (
+            f'SELECT r.run_id FROM "{self.schema}".runs r JOIN {self.runs_table} f '
+            f"USING (run_id) WHERE r.status = '{RunStatus.AWAITING_APPROVAL}' "
+            "AND (f.agent IS NULL OR f.agent = $1) "
+            "AND (r.result #>> '{pending,deadline}')::float8 < $2 ORDER BY r.n LIMIT $3"
+        )
 
     async def pending_job(self, run_id: str) -> str | None:
         """The status of the run's job that waits (`queued`) or runs (`picked`): the one that

@@ -34,12 +34,14 @@ from loomgraph.runtime.errors import (
 from loomgraph.runtime.schema import (
     ADDED_COLUMNS,
     SCHEMA_VERSION,
+    WAITING_RUNS_INDEX,
     Dialect,
     audit_outbox_table,
     ddl,
     graphs_table,
     migrate_from_v1,
     v1_orphans,
+    waiting_runs_index,
 )
 from loomgraph.runtime.sql_journal import Cursor, SqlJournal
 
@@ -232,6 +234,9 @@ class PostgresRuntime(SqlJournal):
                 raise JournalCorrupted(self.location, f"{orphans} rows of no run; not migrated")
             for statement in migrate_from_v1(d):
                 await con.execute(statement)
+        # Looked up first: CREATE INDEX locks the table even when the index exists.
+        if await con.fetchval("SELECT to_regclass($1)", d.prefix + WAITING_RUNS_INDEX) is None:
+            await con.execute(waiting_runs_index(d))
 
     def _setup_failed(self, err: Exception) -> Exception:
         pg = self._pg

@@ -88,6 +88,21 @@ def _run_tables(d: Dialect, transitions: str, effects: str) -> list[str]:
     ]
 
 
+# The partial index of the runs waiting for an approval (`waiting_runs_index`).
+WAITING_RUNS_INDEX = "runs_awaiting_approval"
+
+
+def waiting_runs_index(d: Dialect) -> str:
+    """The index of the runs waiting for an approval, in row order: the few a fleet's
+    workers and a server look through every few seconds for expired requests, without
+    reading a large journal's every run. Postgres only: a SQLite journal, one process's,
+    keeps its pages for its runs."""
+    return (
+        f"CREATE INDEX IF NOT EXISTS {WAITING_RUNS_INDEX} ON {d.prefix}runs (n) "
+        "WHERE status = 'awaiting_approval'"
+    )
+
+
 def graphs_table(d: Dialect) -> str:
     """The table of the graphs runs started with, one row per hash (`runs.graph_hash`);
     journals made before it gain it when opened. WITHOUT ROWID in SQLite although a spec
