@@ -140,14 +140,16 @@ async def test_the_workers_look_reads_waiting_runs_through_an_index(pg_schema: s
         )
         return found
 
-    async with waiting(pg_schema) as (a, fleet, _):
-        async with a.deps.runtime.transaction() as con:  # type: ignore[attr-defined]
-            made = await index(con)
-            assert made is not None and "WHERE (status = 'awaiting_approval'" in made, made
-            await con.execute("SET LOCAL enable_seqscan = off")  # a tiny table: ask for it
-            plan = await con.fetch("EXPLAIN " + fleet.expired_query, a.name, 0.0, 100)
-            assert "runs_awaiting_approval" in " ".join(row[0] for row in plan)
-            await con.execute(f'DROP INDEX "{pg_schema}".runs_awaiting_approval')
+    async with (
+        waiting(pg_schema) as (a, fleet, _),
+        a.deps.runtime.transaction() as con,  # type: ignore[attr-defined]
+    ):
+        made = await index(con)
+        assert made is not None and "WHERE (status = 'awaiting_approval'" in made, made
+        await con.execute("SET LOCAL enable_seqscan = off")  # a tiny table: ask for it
+        plan = await con.fetch("EXPLAIN " + fleet.expired_query, a.name, 0.0, 100)
+        assert "runs_awaiting_approval" in " ".join(row[0] for row in plan)
+        await con.execute(f'DROP INDEX "{pg_schema}".runs_awaiting_approval')
     older = PostgresRuntime(pg.postgres_dsn(), schema=pg_schema)  # as before the index
     try:
         async with older.transaction() as con:

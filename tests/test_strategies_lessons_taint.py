@@ -179,7 +179,7 @@ async def test_an_approval_handlers_edit_the_lessons_write_cannot_use_denies_the
         approval_handler=lambda call, decision: {"args": edit},
         audit_log=audit,
     )
-    result, seen = await decisions(rx, "Summarise my inbox")
+    result, _ = await decisions(rx, "Summarise my inbox")
     assert result["status"] == "completed", result
     assert await blocks(rx) == {}
     denied = [

@@ -385,6 +385,14 @@ class Agent(FleetMethods):
         """The runs in the journal, optionally of one user."""
         return await self.deps.runtime.runs(user_id)
 
+    async def send_on_expired(self) -> list[RunResult]:
+        """Resume this agent's runs whose approval request expired, the call denied as timed
+        out; their results. For a process no server or worker looks for: call it now and
+        then (a server and a fleet's workers send such runs on by themselves)."""
+        from loomgraph.agent.expired_runs import send_on_expired
+
+        return await send_on_expired(self.deps.runtime, self.name, self.resume)
+
 
 def _mutable_host(host: Any) -> Any:
     if not (hasattr(host, "add") and hasattr(host, "remove")):
