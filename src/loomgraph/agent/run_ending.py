@@ -41,7 +41,7 @@ from loomgraph.protocols import (
     semconv,
 )
 from loomgraph.runtime.audit_outbox import EndEntries, end_entries, refused_fences
-from loomgraph.runtime.errors import RunConflict
+from loomgraph.runtime.errors import JournalEncodingError, RunConflict
 
 __all__ = [
     "AuditFence",
@@ -50,6 +50,7 @@ __all__ = [
     "end_aside",
     "ended_entry",
     "journal_end",
+    "journal_result",
     "lease_lost",
     "outcome_result",
     "restore_ended",
@@ -134,6 +135,29 @@ async def journal_end(
     entry: AuditEntry = (AuditAction.RUN_COMPLETED, trail.RUN_ACTOR, ended)
     kept = await _finish_keeping(runtime, scope.run_id, status, reason, result, entry)
     scope.writer().add(*entry, kept)
+
+
+async def journal_result(
+    scope: RunScope, result: RunResult, error: BaseException | None
+) -> dict[str, Any]:
+    """Journal the run's `result` as its end with its `run_completed` entry (`journal_end`);
+    the result's data as journaled. An answer that is not plain JSON (a node wrote NaN to
+    `output`; the journal refused that visit, so the run failed) ends the run without it,
+    never `running`."""
+    try:
+        return await _journal_result(scope, result, error)
+    except JournalEncodingError:
+        result.output = None
+        return await _journal_result(scope, result, error)
+
+
+async def _journal_result(
+    scope: RunScope, result: RunResult, error: BaseException | None
+) -> dict[str, Any]:
+    data = result.to_dict()
+    ended = ended_entry(scope, result, error)
+    await journal_end(scope, result.status, result.reason, data, ended)
+    return data
 
 
 async def _finish_keeping(

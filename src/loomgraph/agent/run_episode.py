@@ -23,8 +23,9 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
+from loomgraph.agent.deps import current_run
 from loomgraph.agent.memory_wiring import keeps_episodes
-from loomgraph.agent.run_memory import offered_only
+from loomgraph.agent.run_memory import episode_of, offered_only
 from loomgraph.engine.scope import EventSink, RunScope
 from loomgraph.protocols import (
     Deps,
@@ -42,6 +43,7 @@ __all__ = [
     "EPISODE_EFFECT",
     "episode_key",
     "keep_episode",
+    "keep_run_episode",
     "owed_episode",
     "pay_episode",
 ]
@@ -54,6 +56,20 @@ EPISODE_EFFECT = "memory_episode"  # the kind of the effect an unkept episode is
 def episode_key(run_id: str) -> str:
     """The key of the effect that owes `run_id`'s episode to memory."""
     return f"{run_id}:episode"
+
+
+async def keep_run_episode(
+    scope: RunScope, prompt: str, output: Any, state: dict[str, Any], *, resumed: bool
+) -> Episode | None:
+    """The completed run's episode (its prompt, answer and conversation) kept in memory when
+    memory keeps episodes (`keep_episode`); what fact extraction is told, or None."""
+    if not keeps_episodes(scope.deps.memory):
+        return None
+    episode = episode_of(scope.run_id, scope.user_id, scope.session_id, prompt, output, state)
+    run = current_run.get()  # the run's record (`AgentSession._opened`)
+    if run is not None:  # when the run started: a `forget` made since covers it
+        episode.started_at = run.created_at or None
+    return await keep_episode(scope, episode, resumed=resumed)
 
 
 async def keep_episode(scope: RunScope, episode: Episode, *, resumed: bool) -> Episode | None:

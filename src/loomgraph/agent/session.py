@@ -14,20 +14,18 @@ from loomgraph.agent.checkpoints import Position
 from loomgraph.agent.deps import current_run
 from loomgraph.agent.governance_state import describe_policy, restore
 from loomgraph.agent.leases import hold_lease, lease_stop
-from loomgraph.agent.memory_wiring import keeps_episodes
 from loomgraph.agent.pinning import graph_key, pin
 from loomgraph.agent.recovery import crashed_usage
 from loomgraph.agent.result import RunResult
 from loomgraph.agent.run_ending import (
     AuditFence,
     cancelled,
-    ended_entry,
-    journal_end,
+    journal_result,
     outcome_result,
     traced,
 )
-from loomgraph.agent.run_episode import keep_episode
-from loomgraph.agent.run_memory import episode_of, seeded_state
+from loomgraph.agent.run_episode import keep_run_episode
+from loomgraph.agent.run_memory import seeded_state
 from loomgraph.agent.run_started import audit_started
 from loomgraph.engine.audit_writer import keep_unwritten, written_quietly
 from loomgraph.engine.effects import ResumeInput
@@ -56,7 +54,7 @@ from loomgraph.protocols import (
 )
 from loomgraph.protocols.events import RUN_COMPLETED, RUN_STARTED
 from loomgraph.protocols.runtime import Lease
-from loomgraph.runtime.errors import JournalEncodingError, LeaseLost, RunConflict, RunExists
+from loomgraph.runtime.errors import LeaseLost, RunConflict, RunExists
 from loomgraph.runtime.text import check_run_ids
 
 # Journals a queued run started (`start_queued_run`), given its record with its start.
@@ -375,7 +373,6 @@ class AgentSession:
         # stopped in, crashed attempts.
         result.usage += sum((*scope.failed_usage.values(), *scope.child_usage.values()), Usage())
         result.usage += await crashed_usage(deps, self.run_id, replayed=scope.replayed)
-        data = result.to_dict()
         # Every entry of what the run did is in the audit log before its end is journaled:
         # an outage now leaves the run `running`, to be resumed, not ended without them.
         await scope.audit_written()
@@ -383,26 +380,13 @@ class AgentSession:
         # and its resume ends it and keeps the episode again (replacing it). A zombie (its
         # lease taken over) is refused before memory; facts are drawn once the end is in.
         extract = None
-        if result.ok and keeps_episodes(deps.memory):
-            state, run = outcome.state, current_run.get()  # the run's record (`_opened`)
-            episode = episode_of(
-                self.run_id, self.user_id, self.session_id, self.prompt, result.output, state
+        if result.ok:
+            extract = await keep_run_episode(
+                scope, self.prompt, result.output, outcome.state, resumed=self._resumed
             )
-            if run is not None:  # when the run started: a `forget` made since covers it
-                episode.started_at = run.created_at or None
-            extract = await keep_episode(scope, episode, resumed=self._resumed)
         # The end and its `run_completed` entry, kept together in the journal (a crash
         # before the log has the entry leaves it for the resume to write).
-        try:
-            ended = ended_entry(scope, result, outcome.error)
-            await journal_end(scope, result.status, result.reason, data, ended)
-        except JournalEncodingError:
-            # An answer that is not plain JSON (a node wrote NaN to `output`; the journal
-            # refused that visit, so the run failed): it ends without it, never `running`.
-            result.output = None
-            data = result.to_dict()
-            ended = ended_entry(scope, result, outcome.error)
-            await journal_end(scope, result.status, result.reason, data, ended)
+        data = await journal_result(scope, result, outcome.error)
         if extract is not None and self.on_episode is not None:
             self.on_episode(extract)
         traced(scope, self._run_span, semconv.run_end_attributes(result.status, outcome.error))
