@@ -6,7 +6,10 @@ Configured by the environment (set by the test): `FLEET_DSN`, `FLEET_SCHEMA`,
 `FLEET_INTERRUPT` (the run first waits for a number from a person, then does its work that
 many times over: the graph `HOW_MANY`), `FLEET_CLOCK_FILE` (with `FLEET_ASK`: approval
 requests expire after 60 s on a desk clock the test moves through that file,
-tests/desk_clock.py).
+tests/desk_clock.py), `FLEET_HOLD_ANSWER` (a folder: the first worker about to journal an
+answer creates `held` there holding its pid, and waits for a file `go` before it goes on —
+a worker to SIGSTOP between taking an answer job and journaling the answer; then it writes
+to `done` what became of it: `journaled`, or the exception's type).
 
 The model asks for two `work` calls (in one turn), then one more, then answers. `work`
 writes one ledger row per idempotency key (`INSERT … ON CONFLICT DO NOTHING`: an idempotent
@@ -111,8 +114,38 @@ def did(state: Any) -> dict[str, Any]:
     return {"output": f"did the work {state['times']} times"}
 
 
+def _hold_answers(folder: str) -> None:
+    """Make the first answer this process journals wait in `folder` (`FLEET_HOLD_ANSWER`)."""
+    from loomgraph.agent import resuming
+
+    journal_answer = resuming.journal_answer
+
+    async def held(*args: Any, **kwargs: Any) -> Any:
+        try:
+            fd = os.open(os.path.join(folder, "held"), os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:  # another worker holds (or held) one: this one goes on
+            return await journal_answer(*args, **kwargs)
+        os.write(fd, str(os.getpid()).encode())
+        os.close(fd)
+        said = "journaled"
+        try:
+            while not os.path.exists(os.path.join(folder, "go")):
+                await asyncio.sleep(0.02)
+            return await journal_answer(*args, **kwargs)
+        except BaseException as err:
+            said = type(err).__name__
+            raise
+        finally:  # what became of the held answer, for the test to read
+            with open(os.path.join(folder, "done"), "w") as f:
+                f.write(said)
+
+    resuming.journal_answer = held  # type: ignore[assignment]
+
+
 def make(**overrides: Any) -> Agent:
     """The fleet tests' agent on the Postgres journal the environment names."""
+    if os.environ.get("FLEET_HOLD_ANSWER"):
+        _hold_answers(os.environ["FLEET_HOLD_ANSWER"])
     runtime = PostgresRuntime(
         os.environ["FLEET_DSN"],
         schema=os.environ["FLEET_SCHEMA"],

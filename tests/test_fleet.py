@@ -514,6 +514,62 @@ async def test_runs_waiting_for_approval_hold_no_slot(
     assert kinds.count("tool_result") == 3 and "permission_decision" in kinds
 
 
+async def test_a_worker_stopped_before_it_journals_an_answer_changes_nothing_on_waking(
+    env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Worker A takes the answer job of a run waiting for approval and is SIGSTOPped before
+    it journals the answer: past its lease and heartbeat, worker B takes the job over,
+    journals the answer and ends the run, the approved call run once. A, woken, goes on to
+    journal the answer: its lease is gone, so it writes nothing, runs nothing and leaves
+    the run as B ended it. (Found untested by the fleet probe: the answer's write was known
+    to be fenced, never shown to be.)"""
+    monkeypatch.setenv("FLEET_ASK", "1")
+    hold = tmp_path / "hold"
+    hold.mkdir()
+    env = {**env, "FLEET_ASK": "1", "FLEET_HOLD_ANSWER": str(hold)}
+    agent = fleet_agent.make()
+    workers = fleet(env, tmp_path, "--concurrency", "2")
+    workers.start()
+    workers.start()
+    schema = env["FLEET_SCHEMA"]
+    try:
+        run_id = await agent.submit("ask", user_id="u")
+        waiting = await agent.wait(run_id, timeout=60)
+        assert waiting.status == RunStatus.AWAITING_APPROVAL, waiting.reason
+        await agent.submit_resume(run_id, approve=True)
+        held = await until("a worker about to journal the answer", lambda: _held(hold), 60)
+        os.kill(held, signal.SIGSTOP)
+        done = await agent.wait(run_id, timeout=60)  # the other worker took the job over
+        assert done.status == RunStatus.COMPLETED, done.reason
+        ended = await agent.deps.runtime.load_run(run_id)
+        attempts = await sql(f"SELECT key, pid FROM {schema}.attempts")
+        os.kill(held, signal.SIGCONT)
+        (hold / "go").write_text("")  # the zombie goes on to journal its answer
+        done_file = hold / "done"
+        await until("the woken worker's answer", lambda: done_file.exists(), 60)
+        refused = done_file.read_text()
+    finally:
+        workers.stop()
+    # Never journaled: its lease keeper, woken too, stops it (CancelledError), or, should
+    # the write come first, the write is fenced (LeaseLost): the lease is another's.
+    assert refused in ("CancelledError", "LeaseLost"), refused
+    assert {p.returncode for p in workers.procs} == {0}
+    assert len(attempts) == 3 and held not in {pid for _, pid in attempts[2:]}
+    assert await sql(f"SELECT key, pid FROM {schema}.attempts") == attempts  # nothing ran again
+    after = await agent.deps.runtime.load_run(run_id)
+    assert after is not None and ended is not None
+    assert (after.status, after.result) == (ended.status, ended.result)
+    answers = [e for e in await agent.deps.runtime.effects(run_id) if e.kind == "approval"]
+    assert [e.outcome["answer"] for e in answers] == [True]
+    await agent.aclose()
+
+
+def _held(folder: Path) -> int | None:
+    """The pid of the worker holding an answer in `folder`, once it wrote it."""
+    text = (folder / "held").read_text() if (folder / "held").exists() else ""
+    return int(text) if text else None
+
+
 async def test_an_answer_goes_to_the_queue_its_run_was_submitted_to(
     env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
