@@ -11,7 +11,8 @@ from pydantic import BaseModel
 
 from loomgraph import Agent, tool
 from loomgraph.agent.checkpoints import ResumeError
-from loomgraph.agent.deps import ConfigError, current_run
+from loomgraph.agent.config_errors import ConfigError
+from loomgraph.agent.deps import current_run
 from loomgraph.authoring.library import UnknownGraph
 from loomgraph.authoring.loader import graph_from_yaml
 from loomgraph.errors import GraphValidationError

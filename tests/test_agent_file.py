@@ -14,7 +14,8 @@ import pytest
 import yaml
 
 from loomgraph.agent.agent import Agent
-from loomgraph.agent.deps import ConfigError, resolve_model
+from loomgraph.agent.config_errors import ConfigError
+from loomgraph.agent.model_specs import resolve_model
 from loomgraph.authoring.agent_file import AgentFileError, agent_json_schema, load_agent_file
 from loomgraph.authoring.agent_spec import CapsSpec
 

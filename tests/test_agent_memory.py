@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from loomgraph import Agent
-from loomgraph.agent.deps import ConfigError
+from loomgraph.agent.config_errors import ConfigError
 from loomgraph.memory import SqliteMemory
 from loomgraph.models import ScriptedModel
 from loomgraph.protocols import ModelRequest

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from loomgraph import Agent
-from loomgraph.agent.deps import ConfigError
+from loomgraph.agent.config_errors import ConfigError
 from loomgraph.errors import LoomgraphError
 
 # --- 1. A backend spec naming no database is taken as libpq's defaults ------------------

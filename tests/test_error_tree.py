@@ -46,7 +46,7 @@ def test_the_internal_exceptions_still_exist() -> None:
 
 def test_stdlib_bases_are_kept_where_callers_catch_them() -> None:
     from loomgraph.agent.checkpoints import ResumeError
-    from loomgraph.agent.deps import ConfigError
+    from loomgraph.agent.config_errors import ConfigError
     from loomgraph.graph.state import TypeSyntaxError
     from loomgraph.memory.extract import ExtractionError
     from loomgraph.models.scripted import ScriptExhausted

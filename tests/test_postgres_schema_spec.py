@@ -11,7 +11,7 @@ import pytest
 
 import pg
 from loomgraph import Agent
-from loomgraph.agent.deps import ConfigError
+from loomgraph.agent.config_errors import ConfigError
 from loomgraph.cli.main import main
 from loomgraph.models import ScriptedModel
 from loomgraph.runtime.postgres import PostgresRuntime

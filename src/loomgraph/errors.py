@@ -42,7 +42,7 @@ with where each class lives (relative to `loomgraph.`):
     │   ├── RunWaitTimeout + TimeoutError   agent.submitting
     │   ├── RunNotCancellable               agent.submitting
     │   └── RunJobPending                   agent.submitting
-    ├── ConfigError + ValueError            agent.deps
+    ├── ConfigError + ValueError            agent.config_errors
     ├── UnknownRun + KeyError               protocols
     │   └── RunPossiblyLost                 runtime.errors
     ├── BudgetExceeded                      protocols

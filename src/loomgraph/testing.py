@@ -10,7 +10,8 @@ from typing import Any
 
 from loomgraph.agent.checkpoints import ResumeError, resume_value
 from loomgraph.agent.defaults import NO_VALUE
-from loomgraph.agent.deps import UnknownModel, build_deps
+from loomgraph.agent.deps import build_deps
+from loomgraph.agent.model_specs import UnknownModel
 from loomgraph.authoring.library import load_graph
 from loomgraph.engine.context import VisitContext
 from loomgraph.engine.interpreter import applied, routed_error, run_child, run_visit

@@ -19,14 +19,14 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from loomgraph.agent.deps import (
-    ConfigError,
+from loomgraph.agent.config_errors import ConfigError
+from loomgraph.agent.file_audit_log import audit_log_of, audit_log_problems, not_a_file
+from loomgraph.agent.model_specs import (
     ModelSettingsError,
     UnknownModel,
     check_model,
     resolve_model,
 )
-from loomgraph.agent.file_audit_log import audit_log_of, audit_log_problems, not_a_file
 from loomgraph.authoring.agent_file import (
     AgentFile,
     AgentFileError,

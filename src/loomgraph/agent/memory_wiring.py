@@ -6,7 +6,9 @@ import time
 from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any
 
-from loomgraph.agent.deps import ConfigError, current_run, resolve_model
+from loomgraph.agent.config_errors import ConfigError
+from loomgraph.agent.deps import current_run
+from loomgraph.agent.model_specs import resolve_model
 from loomgraph.memory.null import NoMemory
 from loomgraph.protocols import (
     Deps,

@@ -6,7 +6,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from loomgraph.agent.agent import Agent
-from loomgraph.agent.deps import resolve_model
+from loomgraph.agent.model_specs import resolve_model
 from loomgraph.eval.dataset import Dataset, EvaluatorSpec
 from loomgraph.eval.evaluators import Evaluator, case_evaluators
 from loomgraph.eval.judge import JudgeEvaluator
