@@ -76,7 +76,11 @@ async def test_resume_without_an_answer_goes_on_past_an_expired_request(tmp_path
         await session.initialize()
         stopped: Any = (await session.call_tool("run", {"prompt": "refund A-1"})).structured_content
         assert stopped["status"] == "awaiting_approval"
+        asked = stopped["awaiting_approval"]
+        assert asked["expired"] is False and asked["deadline"] > 0
         clock.write_text("3600")  # nobody answered for an hour
+        listed: Any = (await session.call_tool("approvals", {})).structured_content
+        assert listed["runs"][0]["awaiting_approval"]["expired"] is True
         key = stopped["awaiting_approval"]["key"]
         late = await session.call_tool(
             "resume", {"run_id": stopped["run_id"], "approve": True, "key": key}

@@ -104,3 +104,22 @@ async def test_the_server_sends_on_a_run_nobody_answered_in_time(
 
 async def _completed(s: Any, run_id: str) -> bool:
     return bool((await s.get("alice", f"/v1/runs/{run_id}")).json()["status"] == "completed")
+
+
+async def test_a_pending_request_says_when_it_expires_and_whether_it_has(
+    tmp_path: Path, clock: type[desk_clock.Clock]
+) -> None:
+    """A client is told the deadline and, by the server's clock, whether it passed: an
+    approver then knows to send the run on instead of answering."""
+    agent = make_agent(
+        str(tmp_path / "journal.db"), permissions=StandardPermissions(approval_timeout_s=60)
+    )
+    async with served(tmp_path, agent, expiry_seconds=86400) as s:  # (no look meanwhile)
+        run_id = (await s.post("alice", "/v1/runs", {"input": "pay acme"})).json()["run_id"]
+        [asked] = (await s.get("alice", f"/v1/runs/{run_id}")).json()["pending"]
+        assert asked["deadline"] - asked["asked_at"] == 60 and asked["expired"] is False
+        clock.offset += 3600
+        [late] = (await s.get("alice", f"/v1/runs/{run_id}")).json()["pending"]
+        assert late["expired"] is True and late["deadline"] == asked["deadline"]
+        [listed] = (await s.get("bob", "/v1/approvals")).json()["runs"]
+        assert listed["pending"][0]["expired"] is True

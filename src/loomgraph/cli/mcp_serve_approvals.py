@@ -26,13 +26,19 @@ MAX_LISTED = 50
 
 def awaiting_approval_of(pending: Pending, call: ToolCall) -> dict[str, Any]:
     """`call`, which a run waits for an approver on (`pending.call`), as a tool result shows
-    it, with the `key` an answer must name (the answer settles that request or nothing)."""
+    it, with the `key` an answer must name (the answer settles that request or nothing),
+    its deadline (epoch seconds, or None) and whether it passed (then `resume` with neither
+    answer sends the run on)."""
+    from loomgraph.agent.checkpoints import expired
+
     return {
         "tool": call["tool"],
         "args": call.get("args"),
         "rule": pending.rule,
         "call_id": call["id"],
         "key": pending.key,
+        "deadline": pending.deadline,
+        "expired": expired(pending),
     }
 
 

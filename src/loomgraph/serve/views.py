@@ -6,7 +6,7 @@ import json
 from dataclasses import dataclass, fields
 from typing import Any
 
-from loomgraph.agent.checkpoints import pending_of
+from loomgraph.agent.checkpoints import expired, pending_of
 from loomgraph.agent.run_events import JournalEvent
 from loomgraph.protocols import RunRecord, Usage
 
@@ -69,7 +69,10 @@ def run_json(record: RunRecord, *, detail: bool = False) -> dict[str, Any]:
         pending = pending_of(record)
         data["input"] = input_of(record)
         data["result"] = record.result
-        data["pending"] = [] if pending is None else [pending.to_dict()]
+        # Whether its deadline passed, by the server's clock: past it, an answer is refused
+        # and the run is sent on without one (`POST /resume` with no body).
+        shown = [] if pending is None else [pending.to_dict() | {"expired": expired(pending)}]
+        data["pending"] = shown
     return data
 
 
