@@ -189,6 +189,26 @@ def test_an_expired_request_says_how_to_go_on(env: dict[str, Any]) -> None:
     assert "approval timed out" in on.stdout + on.stderr and paid(env) == []
 
 
+def test_runs_pending_says_which_requests_expired(env: dict[str, Any]) -> None:
+    """The run asks an hour ago by its desk clock (the file holds -3600): by the real clock
+    `runs pending` reads with, its request's 60 s passed."""
+    env["env"]["PYTHONPATH"] += os.pathsep + str(Path(__file__).parent)
+    env["env"]["CLI_CLOCK_FILE"] = str(env["dir"] / "clock")
+    (env["dir"] / "clock").write_text("-3600")
+    policy = env["dir"] / "policy.yaml"
+    policy.write_text("mode: default\napproval_timeout_s: 60\n")
+    governed = [*AGENT, *journal(env), "--permissions", str(policy)]
+    assert loomgraph(env, "run", "pay acme", *governed).returncode == 3
+    row = json.loads(loomgraph(env, "runs", "pending", *journal(env), "--json").stdout)
+    assert row["expired"] is True and row["deadline"] is not None
+    shown = loomgraph(env, "runs", "pending", *journal(env))
+    assert shown.returncode == 0 and "[expired]" in shown.stdout, shown.stdout
+    (env["dir"] / "clock").write_text("0")
+    assert loomgraph(env, "run", "pay acme", *governed).returncode == 3
+    rows = loomgraph(env, "runs", "pending", *journal(env), "--json").stdout.splitlines()
+    assert sorted(json.loads(r)["expired"] for r in rows) == [False, True]
+
+
 def test_permissions_file_governs_the_run_and_pins_its_resume(env: dict[str, Any]) -> None:
     policy = env["dir"] / "policy.yaml"
     policy.write_text("mode: default\nask:\n  - pay(amount>1)\nallow:\n  - pay\n")

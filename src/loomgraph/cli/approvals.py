@@ -131,7 +131,7 @@ def handle(args: argparse.Namespace, driven: DrivenRun) -> int:
 
 
 async def _pending(args: argparse.Namespace, runtime: Runtime) -> int:
-    from loomgraph.agent.checkpoints import pending_of
+    from loomgraph.agent.checkpoints import expired, pending_of
 
     rows: list[dict[str, Any]] = []
     for record in await runtime.runs(args.user):
@@ -153,6 +153,8 @@ async def _pending(args: argparse.Namespace, runtime: Runtime) -> int:
                 "node": pending.node,
                 "tainted": pending.tainted,
                 "deadline": pending.deadline,
+                # Past it, an answer is refused: `runs resume RUN` goes on without one.
+                "expired": expired(pending),
             }
         )
     if args.json:
@@ -170,7 +172,8 @@ async def _pending(args: argparse.Namespace, runtime: Runtime) -> int:
                 r["call_id"],
                 f"{r['tool']}({json.dumps(r['args'])})",
                 r["tool_identity"]["shown"] if r["tool_identity"] else UNRECORDED,
-                f"{r['rule']}{' [tainted]' if r['tainted'] else ''}",
+                f"{r['rule']}{' [tainted]' if r['tainted'] else ''}"
+                f"{' [expired]' if r['expired'] else ''}",
             )
             for r in rows
         ],
