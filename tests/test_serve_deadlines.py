@@ -6,6 +6,7 @@ is moved on by the test (tests/desk_clock.py), never slept on."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -123,3 +124,22 @@ async def test_a_pending_request_says_when_it_expires_and_whether_it_has(
         assert late["expired"] is True and late["deadline"] == asked["deadline"]
         [listed] = (await s.get("bob", "/v1/approvals")).json()["runs"]
         assert listed["pending"][0]["expired"] is True
+
+
+async def test_the_viewer_says_when_an_answer_is_due(
+    tmp_path: Path, clock: type[desk_clock.Clock]
+) -> None:
+    agent = make_agent(
+        str(tmp_path / "journal.db"), permissions=StandardPermissions(approval_timeout_s=60)
+    )
+    async with served(tmp_path, agent, expiry_seconds=86400) as s:  # (no look meanwhile)
+        run_id = (await s.post("alice", "/v1/runs", {"input": "pay acme"})).json()["run_id"]
+        shown = (await s.get("alice", f"/v1/runs/{run_id}")).json()
+        due = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(shown["pending"][0]["deadline"]))
+        page = (await s.get("alice", f"/ui/runs/{run_id}")).text
+        assert 'data-testid="approval-deadline"' in page and due in page
+        started = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(shown["created_at"]))
+        assert started in (await s.get("alice", "/ui/rows")).text  # not epoch seconds
+        clock.offset += 3600
+        page = (await s.get("alice", f"/ui/runs/{run_id}")).text
+        assert "approval-deadline" not in page and 'data-testid="approval-expired"' in page

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -108,6 +109,7 @@ TEMPLATES.env.filters["compact"] = lambda v: json_shown(v)[:160]
 TEMPLATES.env.filters["exact"] = exact
 # A URL path segment from text (a run id): every reserved character percent-encoded.
 TEMPLATES.env.filters["segment"] = lambda v: quote(str(v), safe="")
+TEMPLATES.env.filters["utc"] = lambda ts: time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(ts))
 
 
 class PageFailed(ServeError):
