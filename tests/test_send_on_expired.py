@@ -1,7 +1,7 @@
 """A plain process (no server, no worker) sends on its runs nobody answered in time:
 `Agent.send_on_expired()` resumes each of the agent's runs whose approval request expired,
-the call denied as timed out, and leaves alone a run still in time, a run asking its owner a
-question, and another agent's run. Against a SQLite journal file; the desk's clock is moved
+the call denied as timed out, and leaves alone a run still in time, a request without a
+deadline, and another agent's run. Against a SQLite journal file; the desk's clock is moved
 on by the test, never slept on."""
 
 from __future__ import annotations
