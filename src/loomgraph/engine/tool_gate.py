@@ -248,19 +248,19 @@ class ToolGate:
         tainted, read = False, None
         if spec.get("egress") and scope.untrusted:
             tainted, read = untrusted_in(scope.untrusted, deps.arg_reader, call, spec)
+        decision = await permission_for(scope, call, spec, read)
+        if tainted and decision.verdict == "allow":
+            decision = Decision(
+                deps.on_tainted,
+                "taint:egress",
+                "its arguments carry text from an untrusted tool result",
+            )
         # Asked about before the run stopped (this very call: its key, tool and arguments):
-        # only an approval releases it now.
+        # only an approval releases it now — unless a rule denies it now (a set that changed
+        # while it waited: a blocklist), a hard limit no approval lifts.
         prior = await desk.prior_ask(spec) if desk is not None else None
-        if prior is not None:
+        if prior is not None and decision.verdict != "deny":
             decision = prior
-        else:
-            decision = await permission_for(scope, call, spec, read)
-            if tainted and decision.verdict == "allow":
-                decision = Decision(
-                    deps.on_tainted,
-                    "taint:egress",
-                    "its arguments carry text from an untrusted tool result",
-                )
         if decision.verdict != "allow" and not looked:
             journaled = await self._journaled(key)
             if is_done(journaled):
