@@ -103,6 +103,7 @@ def test_no_approval_runs_a_call_denied_when_it_is_used(
             if blocked_meanwhile:
                 BLOCKED.add("mallory")
             await a.resume(stopped.run_id, approve=ANSWERS[answer])
-        assert PAID == ([] if blocked_meanwhile else ["mallory"])
+        expected = [] if blocked_meanwhile else ["mallory"]
+        assert PAID == expected
 
     asyncio.run(one())
