@@ -104,6 +104,6 @@ def test_no_approval_runs_a_call_denied_when_it_is_used(
                 BLOCKED.add("mallory")
             await a.resume(stopped.run_id, approve=ANSWERS[answer])
         expected = [] if blocked_meanwhile else ["mallory"]
-        assert PAID == expected
+        assert expected == PAID
 
     asyncio.run(one())
