@@ -14,7 +14,7 @@ from loomgraph.agent.result import RunResult
 from loomgraph.agent.resume_answers import unanswered
 from loomgraph.agent.resume_errors import ResumeError
 from loomgraph.protocols import RunStatus, Runtime
-from loomgraph.runtime.errors import RunConflict, RunFinished
+from loomgraph.runtime.errors import RunConflict
 
 __all__ = ["send_on_expired"]
 
@@ -34,7 +34,7 @@ async def send_on_expired(
         try:
             unanswered(record)  # an expired approval request, nothing else
             sent.append(await resume(record.run_id))
-        except (ResumeError, RunConflict, RunFinished) as err:  # in time, or taken up elsewhere
+        except (ResumeError, RunConflict) as err:  # in time, taken up elsewhere, or ended
             log.debug("run %s: not sent on past its deadline: %s", record.run_id, err)
             continue
         log.info("run %s: its approval request expired; sent on", record.run_id)
