@@ -12,7 +12,7 @@ from typing import Any
 from loomgraph.engine.effects import ANSWER_SLOT, EffectKey, ResumeValue
 from loomgraph.engine.model_call import ModelCalls
 from loomgraph.engine.scope import RunScope
-from loomgraph.engine.tool_gate import ToolGate
+from loomgraph.engine.tool_gate import OwnTool, ToolGate
 from loomgraph.graph.compiled import runnable
 from loomgraph.graph.node_context import RunnableGraph
 from loomgraph.graph.spec import Graph
@@ -156,6 +156,19 @@ class VisitContext:
     async def call_tool(self, call: ToolCall) -> ToolResult:
         """One journaled, permission-checked, budgeted tool call; failures become error results."""
         return await ToolGate(self.scope, self.qualified_node).call(call, self.next_key())
+
+    async def call_own(
+        self,
+        call: ToolCall,
+        spec: ToolSpec,
+        name: str,
+        act: Callable[[ToolCall], Awaitable[ToolResult]],
+    ) -> ToolResult:
+        """A call the node makes itself, under its effect `name`'s key, as a tool call is made:
+        decided, charged, journaled (replayed on resume), hooked, audited; `act` gets the
+        call as approved. Its result, or the error result of a refusal."""
+        gate = ToolGate(self.scope, self.qualified_node)
+        return await gate.call(call, self.effect_key(name), OwnTool(spec, act))
 
     async def decide_call(
         self, call: ToolCall, spec: ToolSpec, name: str

@@ -7,7 +7,8 @@ each is gated, journaled and reported the same way.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from typing import Any, TypeGuard
 
 from loomgraph.engine import audit_trail as trail
@@ -57,6 +58,16 @@ class ToolArgsInvalid(LoomgraphError):
         self.last_error = last_error
 
 
+@dataclass(frozen=True, slots=True)
+class OwnTool:
+    """A call a node makes itself (a write of its own, not a tool of the host's): the spec it
+    is decided against and what acts, given the call as approved (its arguments maybe
+    edited by an approver)."""
+
+    spec: ToolSpec
+    act: Callable[[ToolCall], Awaitable[ToolResult]]
+
+
 class ToolGate:
     """Decides, journals and runs the tool calls of one node visit."""
 
@@ -67,12 +78,14 @@ class ToolGate:
         # The node's qualified name, for events and the audit log.
         self.node = node
 
-    async def call(self, call: ToolCall, key: EffectKey) -> ToolResult:
-        """One journaled, permission-checked, budgeted call; failures become error results."""
+    async def call(self, call: ToolCall, key: EffectKey, own: OwnTool | None = None) -> ToolResult:
+        """One journaled, permission-checked, budgeted call; failures become error results.
+        A call of the tool host's, or one the node makes itself (`own`: its spec and what
+        acts), which goes the same way: decided, charged, journaled, hooked, audited."""
         scope, deps = self.scope, self.scope.deps
         if scope.listening:
             await scope.emit(TOOL_CALL, {"call": call}, self.node)
-        spec = deps.tools.spec(call["tool"])
+        spec = deps.tools.spec(call["tool"]) if own is None else own.spec
         too_large = None if spec is None else self._args_too_large(call)
         if spec is None or too_large is not None:
             # Not run now; one that ran (its tool since gone, a lower size limit) is replayed
@@ -93,7 +106,7 @@ class ToolGate:
             done = await self._refused(call, too_large, spec)
             self._count_invalid(call, too_large)
             return done
-        decided = await self._decide(call, spec, key)
+        decided = await self._decide(call, spec, key, own=own is not None)
         if isinstance(decided, EffectRecord):  # it ran: replayed, not decided again
             return await self._replay(decided, call, spec)
         decision, call, tainted = decided
@@ -133,7 +146,10 @@ class ToolGate:
             token = tool_run.set(self._tool_run(call))
             try:
                 with deps.telemetry.span(semconv.tool_span_name(call["tool"]), attributes) as span:
-                    result = await deps.tools.call(call, idempotency_key=key.text)
+                    if own is None:
+                        result = await deps.tools.call(call, idempotency_key=key.text)
+                    else:
+                        result = await own.act(call)
                     if result.get("is_error"):
                         span.set_attribute(semconv.ERROR_TYPE, "tool_error")
                     if capture:

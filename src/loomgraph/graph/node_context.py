@@ -86,13 +86,30 @@ class NodeContext(Protocol):
         """One journaled, permission-checked, budgeted tool call."""
         ...
 
+    async def call_own(
+        self,
+        call: ToolCall,
+        spec: ToolSpec,
+        name: str,
+        act: Callable[[ToolCall], Awaitable[ToolResult]],
+    ) -> ToolResult:
+        """A call the node makes itself (a write it does on its own, not a tool of the host's),
+        made as `call_tool` makes one, under this visit's effect `name`: decided against
+        `spec` (rules, taint, approvals, hooks), charged as a tool call, journaled and
+        replayed on resume, heard by `after_tool`, audited and reported; `act` gets the call
+        as approved (its arguments maybe edited). Its result, or the error result of a
+        refusal."""
+        ...
+
     async def decide_call(
         self, call: ToolCall, spec: ToolSpec, name: str
     ) -> tuple[Decision, ToolCall]:
         """Have a call the node makes itself (a write it does on its own, not `call_tool`)
         decided as a tool call is: the rules, taint, approvals, hooks, reported and audited;
         approvals bound to this visit's effect `name`. The verdict and the call as approved
-        (its arguments maybe edited); only an `allow` may be acted on."""
+        (its arguments maybe edited); only an `allow` may be acted on. The decision alone:
+        acting on it is the node's own business, not charged or heard by `after_tool` —
+        `call_own` makes the whole call."""
         ...
 
     async def run_subgraph(
@@ -116,8 +133,9 @@ class NodeContext(Protocol):
         ...
 
     async def unfinished(self, name: str) -> bool:
-        """Whether this visit's effect `name`, a call (`decide_call`, then `effect` with
-        `{"call": ...}` as its intent), was begun and never finished: it may have run."""
+        """Whether this visit's effect `name`, a call (`call_own`, or `decide_call` then
+        `effect` with `{"call": ...}` as its intent), was begun and never finished: it may
+        have run."""
         ...
 
     def count_replayed_model_calls(self, count: int) -> None:

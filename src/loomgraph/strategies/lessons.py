@@ -3,9 +3,10 @@
 What a run writes into memory reaches every later run of the user, in its system prompt. The
 lessons are the model's words, and may copy an instruction injected into a tool result; so
 they are written only as the `update_block` memory tool writes a block: as a call of that
-tool (`update_block(name="lessons", text=...)`), decided by the tool gate — the permission
-rules, the taint check of egress calls (`on_tainted`), approvals, hooks — and reported and
-audited like any tool call's decision.
+tool (`update_block(name="lessons", text=...)`), made through the tool gate as any tool call
+is: decided (the permission rules, the taint check of egress calls, `on_tainted`,
+approvals, hooks), charged as a tool call, journaled, heard by `after_tool`, reported and
+audited.
 
 The block holds the newest `MAX_LESSONS` lessons that fit in one working block of the memory
 (`MemoryLimits.block_chars`, 2,000 characters by default): a run never fails because its
@@ -19,7 +20,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from loomgraph.graph.node_context import NodeContext
-from loomgraph.protocols import ToolCall, ToolSpec, escaped
+from loomgraph.protocols import ToolCall, ToolResult, ToolSpec, escaped
 
 LESSONS_BLOCK = "lessons"
 MAX_LESSONS = 20
@@ -123,8 +124,8 @@ def block_limit(memory: object) -> int | None:
 
 async def remember_lessons(state: Mapping[str, Any], ctx: NodeContext) -> dict[str, Any]:
     """Keep the run's lessons in the user's working memory (when the agent has a memory
-    store), as a call of `update_block` the tool gate decides; journaled, so a resume does
-    not write them twice."""
+    store), as a call of `update_block` made through the tool gate: decided, charged,
+    journaled (a resume does not write them twice), heard and audited as a tool call."""
     lessons = list(state.get("lessons") or [])
     memory = ctx.deps.memory
     get_blocks = getattr(memory, "get_blocks", None)
@@ -139,20 +140,17 @@ async def remember_lessons(state: Mapping[str, Any], ctx: NodeContext) -> dict[s
     if text == kept and not await ctx.unfinished(EFFECT):
         return {}
     call = ToolCall(id=CALL_ID, tool="update_block", args={"name": LESSONS_BLOCK, "text": text})
-    decision, call = await ctx.decide_call(call, UPDATE_BLOCK, EFFECT)
-    if decision.verdict != "allow":  # denied (a rule, `on_tainted`, a person): reported so
-        return {}
-    name, new = call["args"].get("name"), call["args"].get("text")  # as approved (maybe edited)
-    if not isinstance(name, str) or not isinstance(new, str):
-        return {}
 
-    async def write() -> dict[str, Any]:
+    async def write(approved: ToolCall) -> ToolResult:
+        # As approved (maybe edited: an edit meets UPDATE_BLOCK's parameters first).
+        name, new = approved["args"]["name"], approved["args"]["text"]
         delete_block = getattr(memory, "delete_block", None)
         if not new.strip() and delete_block is not None:  # as update_block: empty deletes
             await delete_block(ctx.user_id, name)
-        else:
-            await set_block(ctx.user_id, name, new)
-        return {"block": name, "chars": len(new)}
+            return ToolResult(content=f"deleted block {name!r}")
+        await set_block(ctx.user_id, name, new)
+        return ToolResult(content=f"kept {len(new)} characters in block {name!r}")
 
-    await ctx.effect(EFFECT, {"call": dict(call)}, write)
+    # Denied (a rule, `on_tainted`, a person): reported and audited so, nothing written.
+    await ctx.call_own(call, UPDATE_BLOCK, EFFECT, write)
     return {}
