@@ -1,5 +1,5 @@
 """The approval desk's clock for tests of approval deadlines: `time.time` as the modules that
-check deadlines read it (`agent.checkpoints`: an answer given to a resume;
+check deadlines read it (`agent.answers`: an answer given to a resume;
 `engine.approvals`: the tool gate; `workers.expiry`: a fleet worker's look for expired
 requests), moved on by a test (a slow person, a slow queue), never
 slept on.
@@ -26,12 +26,12 @@ from pathlib import Path
 
 import pytest
 
-from loomgraph.agent import checkpoints
+from loomgraph.agent import answers
 from loomgraph.engine import approvals
 from loomgraph.workers import expiry
 
 # The modules that read the time a request's deadline is set and checked by.
-_READERS = (checkpoints, approvals, expiry)
+_READERS = (answers, approvals, expiry)
 
 
 class Clock:

@@ -17,12 +17,8 @@ import httpx
 import pytest
 
 from loomgraph import Agent, tool
-from loomgraph.agent.checkpoints import (
-    ApprovalNotPending,
-    ResumeError,
-    ValueNotPending,
-    pending_of,
-)
+from loomgraph.agent.answers import pending_of
+from loomgraph.agent.checkpoints import ApprovalNotPending, ResumeError, ValueNotPending
 from loomgraph.authoring.loader import graph_from_yaml, load_graph_file
 from loomgraph.cli.main import main
 from loomgraph.engine.context import VisitContext

@@ -9,7 +9,8 @@ import pytest
 
 import pg
 from loomgraph import Agent
-from loomgraph.agent.checkpoints import ValueNotPending, pending_of
+from loomgraph.agent.answers import pending_of
+from loomgraph.agent.checkpoints import ValueNotPending
 from loomgraph.agent.fleet import RunJob, fleet_queue
 from loomgraph.authoring.loader import graph_from_yaml
 from loomgraph.engine.effects import BoundValue

@@ -26,12 +26,7 @@ import answer_window_agent as A
 import pg
 from fault_fleet import CLI, Workers, fleet_env
 from loomgraph import Agent
-from loomgraph.agent.checkpoints import (
-    ApprovalNotPending,
-    ApprovalUsed,
-    ResumeError,
-    ValueUsed,
-)
+from loomgraph.agent.checkpoints import ApprovalNotPending, ApprovalUsed, ResumeError, ValueUsed
 from loomgraph.governance import StandardPermissions
 from loomgraph.models import ScriptedModel
 from loomgraph.protocols import EffectRecord, EffectStatus, RunStatus, SizeLimits

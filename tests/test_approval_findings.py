@@ -31,11 +31,7 @@ import pytest
 
 import desk_clock
 from loomgraph import Agent, Approval, tool
-from loomgraph.agent.checkpoints import (
-    ApprovalNotPending,
-    ResumeError,
-    ValueNotPending,
-)
+from loomgraph.agent.checkpoints import ApprovalNotPending, ResumeError, ValueNotPending
 from loomgraph.authoring.loader import graph_from_yaml
 from loomgraph.governance import StandardPermissions
 from loomgraph.models import ScriptedModel

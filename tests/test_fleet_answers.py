@@ -10,14 +10,8 @@ import pytest
 
 import pg
 from loomgraph import Agent, tool
-from loomgraph.agent.checkpoints import (
-    ApprovalRefused,
-    RunOfAnotherAgent,
-    ValueUsed,
-    journal_answer,
-    pending_of,
-    resume_value,
-)
+from loomgraph.agent.answers import journal_answer, pending_of, resume_value
+from loomgraph.agent.checkpoints import ApprovalRefused, RunOfAnotherAgent, ValueUsed
 from loomgraph.agent.fleet import RunJob, fleet_queue
 from loomgraph.engine.effects import BoundApproval
 from loomgraph.models import ScriptedModel

@@ -21,7 +21,8 @@ import fleet_agent
 import pg
 import test_fleet
 from loomgraph import Agent
-from loomgraph.agent.checkpoints import ApprovalExpired, pending_of
+from loomgraph.agent.answers import pending_of
+from loomgraph.agent.checkpoints import ApprovalExpired
 from loomgraph.agent.fleet import FleetQueue, fleet_queue
 from loomgraph.agent.resume_errors import AnswerNeeded
 from loomgraph.engine.effects import BoundApproval

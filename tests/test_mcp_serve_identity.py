@@ -82,7 +82,7 @@ async def alice_waits() -> str:
 
 async def request_key(run_id: str) -> str:
     """The key of the request the run waits for (what `resume` names with `approve`)."""
-    from loomgraph.agent.checkpoints import pending_of
+    from loomgraph.agent.answers import pending_of
     from mcp_identity_agent import make_agent
 
     agent = make_agent()

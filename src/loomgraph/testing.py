@@ -8,7 +8,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from loomgraph.agent.checkpoints import ResumeError, resume_value
+from loomgraph.agent.answers import resume_value
+from loomgraph.agent.checkpoints import ResumeError
 from loomgraph.agent.defaults import NO_VALUE
 from loomgraph.agent.deps import build_deps
 from loomgraph.agent.model_specs import UnknownModel

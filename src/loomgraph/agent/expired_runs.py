@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 
-from loomgraph.agent.checkpoints import may_go_on
+from loomgraph.agent.answers import may_go_on
 from loomgraph.agent.result import RunResult
 from loomgraph.agent.resume_answers import unanswered
 from loomgraph.agent.resume_errors import ResumeError

@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from loomgraph.agent.checkpoints import check_agent, check_owner
+from loomgraph.agent.answers import check_agent, check_owner
 
 # The fleet's errors and its jobs' payload have their own modules; they are named here too,
 # where workers (`workers.advance`), the resumer and tests import them from.

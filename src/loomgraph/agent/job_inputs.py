@@ -11,7 +11,7 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
-from loomgraph.agent.checkpoints import approval, not_answered, resume_value
+from loomgraph.agent.answers import approval, not_answered, resume_value
 from loomgraph.agent.fleet import check_run_agent, fleet_queue
 from loomgraph.agent.fleet_errors import FleetError, FleetNeedsPostgres
 from loomgraph.agent.fleet_jobs import JobKind, RunJob

@@ -23,7 +23,8 @@ import weakref
 from collections.abc import Sequence
 from typing import Any, Literal
 
-from loomgraph.agent.checkpoints import GraphChanged, Position, is_top_level, stopped_at
+from loomgraph.agent.answers import stopped_at
+from loomgraph.agent.checkpoints import GraphChanged, Position, is_top_level
 from loomgraph.authoring.library import load_graph
 from loomgraph.authoring.loader import graph_from_data
 from loomgraph.errors import GraphError, StateError

@@ -5,13 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from loomgraph.agent.checkpoints import (
-    approval,
-    expired,
-    not_answered,
-    pending_of,
-    resume_value,
-)
+from loomgraph.agent.answers import approval, expired, not_answered, pending_of, resume_value
 from loomgraph.agent.defaults import NO_VALUE
 from loomgraph.agent.resume_errors import (
     AnswerNeeded,

@@ -8,14 +8,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
-from loomgraph.agent.checkpoints import (
-    Position,
-    ResumeError,
-    answered,
-    journal_answer,
-    pending_of,
-    position,
-)
+from loomgraph.agent.answers import answered, journal_answer, pending_of
+from loomgraph.agent.checkpoints import Position, ResumeError, position
 from loomgraph.agent.fleet import FleetRun, cancel_check, check_run_agent, fleet_queue, fleet_run_of
 from loomgraph.agent.fleet_errors import JobUnusable
 from loomgraph.agent.governance_state import (

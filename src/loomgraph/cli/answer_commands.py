@@ -10,7 +10,7 @@ import shlex
 from collections.abc import Mapping
 from typing import Any
 
-from loomgraph.agent.checkpoints import pending_of
+from loomgraph.agent.answers import pending_of
 from loomgraph.cli.console import mask_passwords, warn
 from loomgraph.cli.journal import UsageError
 from loomgraph.protocols import RunRecord, RunStatus

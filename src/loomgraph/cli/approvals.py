@@ -131,7 +131,7 @@ def handle(args: argparse.Namespace, driven: DrivenRun) -> int:
 
 
 async def _pending(args: argparse.Namespace, runtime: Runtime) -> int:
-    from loomgraph.agent.checkpoints import expired, pending_of
+    from loomgraph.agent.answers import expired, pending_of
 
     rows: list[dict[str, Any]] = []
     for record in await runtime.runs(args.user):

@@ -180,7 +180,8 @@ async def _problem(runtime: Runtime, run_id: str, answer: BoundValue) -> str | N
     """Why the run refuses `answer` (the check `Agent.resume(value=...)` makes, on the run as
     the journal has it now), or None. A question answered meanwhile elsewhere is no wrong
     value to retry: `ValueNotPending` is raised, as for `runs resume --request`."""
-    from loomgraph.agent.checkpoints import ResumeError, ValueNotPending, resume_value
+    from loomgraph.agent.answers import resume_value
+    from loomgraph.agent.checkpoints import ResumeError, ValueNotPending
 
     record = await runtime.load_run(run_id)
     if record is None:

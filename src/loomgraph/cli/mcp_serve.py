@@ -280,7 +280,7 @@ def _value(record: "RunRecord", value: Any, key: str) -> Any:
     and the key under the run's lease (`resume_value`)."""
     from mcp.server.mcpserver.exceptions import ToolError
 
-    from loomgraph.agent.checkpoints import pending_of
+    from loomgraph.agent.answers import pending_of
     from loomgraph.engine.effects import BoundValue
 
     pending = pending_of(record)

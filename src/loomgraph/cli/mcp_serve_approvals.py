@@ -29,7 +29,7 @@ def awaiting_approval_of(pending: Pending, call: ToolCall) -> dict[str, Any]:
     it, with the `key` an answer must name (the answer settles that request or nothing),
     its deadline (epoch seconds, or None) and whether it passed (then `resume` with neither
     answer sends the run on)."""
-    from loomgraph.agent.checkpoints import expired
+    from loomgraph.agent.answers import expired
 
     return {
         "tool": call["tool"],
@@ -44,7 +44,7 @@ def awaiting_approval_of(pending: Pending, call: ToolCall) -> dict[str, Any]:
 
 def _shown(record: RunRecord) -> dict[str, Any]:
     """A run as an approver is told of it: its id, status and the call it waits for."""
-    from loomgraph.agent.checkpoints import pending_of
+    from loomgraph.agent.answers import pending_of
 
     pending = pending_of(record)
     shown: dict[str, Any] = {"run_id": record.run_id, "status": str(record.status)}
@@ -82,7 +82,7 @@ def approval_answer(record: RunRecord, approve: bool, args: Any, key: str, who: 
     run does not wait for that request (an answer resent after the run went on)."""
     from mcp.server.mcpserver.exceptions import ToolError
 
-    from loomgraph.agent.checkpoints import approval, pending_of
+    from loomgraph.agent.answers import approval, pending_of
     from loomgraph.engine.effects import BoundApproval
     from loomgraph.protocols import RunStatus
 

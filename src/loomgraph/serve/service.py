@@ -10,7 +10,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from loomgraph.agent.agent import Agent
-from loomgraph.agent.checkpoints import Checkpoint, diff, history, pending_of, position
+from loomgraph.agent.answers import pending_of
+from loomgraph.agent.checkpoints import Checkpoint, diff, history, position
 from loomgraph.agent.event_ids import EventId
 from loomgraph.agent.job_inputs import submitted_prompt
 from loomgraph.agent.resume_answers import unanswered

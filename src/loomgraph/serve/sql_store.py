@@ -91,7 +91,7 @@ class SqlStore:
 
     def _agent_filter(self, agent: str | None, where: list[str], args: list[Any]) -> None:
         """Keep the runs an Agent called `agent` may go on with: the runs of that name, and
-        those of no recorded name (`checkpoints.may_go_on`, in SQL)."""
+        those of no recorded name (`answers.may_go_on`, in SQL)."""
         if agent is not None:
             where.append(f"COALESCE({self._agent_of}, '') IN ('', ?)")
             args.append(agent)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from typing import Protocol
 
-from loomgraph.agent.checkpoints import may_go_on, pending_of
+from loomgraph.agent.answers import may_go_on, pending_of
 from loomgraph.protocols import RunRecord, RunStatus, Runtime
 from loomgraph.serve.api_keys import ApiKey, hash_key, key_id, new_key
 from loomgraph.serve.run_pages import EVERYONE, Everyone, RunPage, UnknownCursor, cursor_run_id
@@ -44,7 +44,7 @@ class ServeStore(Protocol):
         self, run_id: str, user_id: str | Everyone, *, agent: str | None = None
     ) -> RunRecord | None:
         """The run when it is this user's (any user's: `EVERYONE`) and, with `agent`, one an
-        Agent of that name may go on with (`checkpoints.may_go_on`), else None."""
+        Agent of that name may go on with (`answers.may_go_on`), else None."""
         ...
 
     async def runs(

@@ -11,7 +11,7 @@ from urllib.parse import quote, urlencode
 from starlette.requests import Request
 from starlette.responses import Response
 
-from loomgraph.agent.checkpoints import expired, pending_of
+from loomgraph.agent.answers import expired, pending_of
 from loomgraph.protocols import RunRecord, ToolCall
 from loomgraph.protocols.tool_identity import LOCAL, ToolIdentity
 from loomgraph.serve.auth import Caller

@@ -6,7 +6,7 @@ import json
 from dataclasses import dataclass, fields
 from typing import Any
 
-from loomgraph.agent.checkpoints import expired, pending_of
+from loomgraph.agent.answers import expired, pending_of
 from loomgraph.agent.run_events import JournalEvent
 from loomgraph.protocols import RunRecord, Usage
 

@@ -10,13 +10,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from loomgraph.agent.agent import Agent
-from loomgraph.agent.checkpoints import (
-    ApprovalExpired,
-    ApprovalUsed,
-    ValueUsed,
-    check_agent,
-    check_owner,
-)
+from loomgraph.agent.answers import check_agent, check_owner
+from loomgraph.agent.checkpoints import ApprovalExpired, ApprovalUsed, ValueUsed
 from loomgraph.agent.fleet import FleetQueue
 from loomgraph.agent.fleet_errors import JobUnusable
 from loomgraph.agent.fleet_jobs import JobKind, RunJob

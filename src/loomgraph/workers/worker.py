@@ -13,7 +13,8 @@ from typing import Any
 
 from loomgraph._storage.pg_pool import import_asyncpg
 from loomgraph.agent.agent import Agent
-from loomgraph.agent.checkpoints import ApprovalRefused, RunOfAnotherAgent, check_owner
+from loomgraph.agent.answers import check_owner
+from loomgraph.agent.checkpoints import ApprovalRefused, RunOfAnotherAgent
 from loomgraph.agent.fleet import FleetQueue, fleet_queue
 from loomgraph.agent.fleet_errors import JobFromNewerVersion, JobUnusable
 from loomgraph.agent.fleet_jobs import RunJob
