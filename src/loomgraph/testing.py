@@ -15,8 +15,9 @@ from loomgraph.agent.deps import build_deps
 from loomgraph.agent.model_specs import UnknownModel
 from loomgraph.authoring.library import load_graph
 from loomgraph.engine.context import VisitContext
-from loomgraph.engine.interpreter import applied, routed_error, run_child, run_visit
+from loomgraph.engine.interpreter import routed_error, run_child
 from loomgraph.engine.scope import RunScope
+from loomgraph.engine.visits import applied, run_visit
 from loomgraph.errors import GraphError, NodeError, ServiceUnavailable
 from loomgraph.graph.compiled import CompiledGraph, compile_graph
 from loomgraph.graph.spec import Graph

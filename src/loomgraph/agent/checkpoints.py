@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from loomgraph.agent.journal_rows import JournalRows
@@ -69,6 +70,10 @@ class Position:
     visits: dict[str, int]
     next_node: str
     seq: int
+    # The child visits (node, visit) journaled after the last transition of the run's own
+    # graph: those of the visit it stopped in, which a resume does again (`RunScope.
+    # redone_visits`).
+    redone: Counter[tuple[str, int]] = field(default_factory=Counter)
 
 
 def is_top_level(transition: Transition) -> bool:
@@ -110,7 +115,9 @@ def position(
     if not chosen:
         rows.start(next_node, visits)
     seq = max((t.seq for t in used), default=0)
-    return Position(state, visits, next_node, seq)
+    last = chosen[-1].seq if chosen else 0
+    redone = Counter((t.node, t.visit) for t in used if t.seq > last)
+    return Position(state, visits, next_node, seq, redone)
 
 
 def history(

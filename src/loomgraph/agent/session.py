@@ -195,6 +195,7 @@ class AgentSession:
                     semconv.link_span(self._run_span, trace, semconv.LinkKind.RUN_START)
                 self._resumed = True
                 scope.seq = scope.snapshot_seq = at.seq
+                scope.redone_visits = at.redone
                 await restore(scope, self.deps.runtime, self.deps.tools)
                 await self._announce(scope)
                 return await self._drive(scope, at.state, at.next_node, at.visits)

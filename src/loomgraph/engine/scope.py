@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -140,6 +141,10 @@ class RunScope:
     # the node's transition carries it once written; a run that stops or fails before counts
     # it in its result (the ledger charged it).
     child_usage: dict[str, Usage] = field(default_factory=dict)
+    # The child visits (qualified node, visit) of the visit the run stopped in, journaled
+    # before it stopped: a resume does them again from the journal, uncharged, as the run
+    # that never stopped made them once (`agent.checkpoints.position`). Taken as they come.
+    redone_visits: Counter[tuple[str, int]] | None = None
     # Per tool, how many calls in a row it rejected for their arguments.
     invalid_args: dict[str, int] = field(default_factory=dict)
     # The run's wall-clock deadline (seconds since the epoch, `RunRecord.deadline`): a node
