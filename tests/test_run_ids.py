@@ -80,14 +80,14 @@ async def test_a_running_runs_id_leaves_its_holds_and_clock_alone() -> None:
     ledger = budget.ledger
     holds = await ledger.holds(session.run_id)
     assert holds  # the tool call's reservation
-    clock = budget._clocks[session.run_id]
+    clock = budget._run_clocks.runs[session.run_id]
 
     duplicate = agent.session("again", run_id=session.run_id)
     with pytest.raises(RunExists):
         await duplicate.execute(agent.deps.hooks.on_event)
 
     assert await ledger.holds(session.run_id) == holds
-    assert budget._clocks[session.run_id] == clock
+    assert budget._run_clocks.runs[session.run_id] == clock
     release.set()
     result = await asyncio.wait_for(running, 10)
     assert (result.status, result.output) == ("completed", "finished")

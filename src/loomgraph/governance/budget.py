@@ -110,7 +110,6 @@ class StandardBudget:
         # Shared with the bound copies (`bind` copies this object shallowly):
         self._warnings = Warnings()
         self._run_clocks = RunClocks(clock)
-        self._clocks = self._run_clocks.runs  # (start, deadline) by run id
         self._places = LedgerPlaces()
         self._fitted = FittedHolds()  # holds fit_output made, until reserved
         self._bound = False
@@ -213,7 +212,7 @@ class StandardBudget:
         # A hold of nothing capped (a node visit, where no scope caps visits) must survive
         # a process's death, to be charged, but not a power cut: no cap depends on it.
         guards = any(m in limits for _, limits in scopes for m in amounts)
-        await self._hold(reservation.scope, hold.scopes, check, guards)
+        await self._hold(reservation.scope, hold.scopes, check, guards, effect)
         return priced
 
     async def fit_output(
@@ -252,7 +251,7 @@ class StandardBudget:
             lambda amounts: Hold(rid, scope.run_id, names, amounts, self._clock(), effect),
         )
         guards = any(m in limits for _, limits in scopes for m in MODEL_METRICS)
-        await self._hold(scope, names, sizing, guards)
+        await self._hold(scope, names, sizing, guards, effect)
         if sizing.made is not None:  # (always: it was held, or BudgetExceeded was raised)
             self._fitted.add(sizing.made)
         return sizing.room
@@ -268,9 +267,14 @@ class StandardBudget:
         return Reservation(reservation.scope, reservation.kind, usage, hold.id, hold.effect)
 
     async def _hold(
-        self, scope: BudgetScope, names: tuple[str, ...], check: Check, durable: bool
+        self,
+        scope: BudgetScope,
+        names: tuple[str, ...],
+        check: Check,
+        durable: bool,
+        effect: EffectRef | None,
     ) -> None:
-        """Make `check`'s hold, waiting for other runs' holds (see `hold_wait`)."""
+        """Make `check`'s hold for `effect`, waiting for holds that end (see `hold_wait`)."""
         try:
             await hold_or_wait(
                 self.ledger,
@@ -278,17 +282,12 @@ class StandardBudget:
                 scope,
                 check,
                 durable=durable,
-                bound=lambda: self._wait_bound(scope),
+                bound=lambda: self._run_clocks.wait_bound(scope.run_id, self.config.hold_wait_s),
+                effect=effect,
             )
         except BudgetExceeded:
             await self._check_clock(scope)  # a wait that reached the deadline: its refusal
             raise
-
-    def _wait_bound(self, scope: BudgetScope) -> float:
-        """How long a reservation may wait for holds: `hold_wait_s`, within the deadline."""
-        left = self._run_clocks.seconds_left(scope.run_id)
-        wait = self.config.hold_wait_s
-        return wait if left is None else min(wait, left)
 
     async def settle(self, reservation: Reservation, actual: Usage) -> dict[str, int]:
         """Replace the held amount by the actual one (charged in full even past a cap); what

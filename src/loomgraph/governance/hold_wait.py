@@ -6,11 +6,12 @@ reservation that does not fit *only* because other runs hold room now — it wou
 their holds were gone: spent + the run's own holds + this ≤ cap, for every cap it fails —
 waits for those holds to be settled or released and is decided again, for at most
 `BudgetConfig.hold_wait_s` (and never past the run's deadline, which the budget passes in
-as the bound). A refusal by spending is immediate, as is one by the run's own holds: a run
-never waits for itself (a node visit holds its place while its child graph's visits reserve
-theirs, so that wait could only end at the bound), nor for the runs it was started from
-(`BudgetScope.ancestors`: an Agent run by another run's tool), whose holds end only after
-it returns. Those count as its own.
+as the bound). A refusal by spending is immediate, as is one by the holds on the waiting
+call's own path, which end only after it does (`_stands`): the run's node visits (a visit
+holds its place while its child graph's visits reserve theirs), a hold for the same effect,
+and every hold of the runs it was started from (`BudgetScope.ancestors`: an Agent run by
+another run's tool). The run's other model and tool calls are waited for like other runs':
+a parallel branch's call ends by itself, and a small cap is shared by branches as by runs.
 
 No ledger transaction or lock is held while waiting. In this process a settlement or
 release rings a bell (`ring`: an asyncio.Event per ledger place and event loop), which wakes
@@ -30,9 +31,11 @@ import inspect
 import threading
 import time
 from collections.abc import Callable, Hashable, Mapping
+from dataclasses import dataclass
 
-from loomgraph.governance.ledger import Change, Ledger, LedgerView, Totals
+from loomgraph.governance.ledger import Change, Hold, Ledger, LedgerView, Totals
 from loomgraph.protocols import BudgetExceeded, BudgetScope
+from loomgraph.protocols.governance import EffectRef
 
 __all__ = ["BACKOFF_FIRST_S", "BACKOFF_MAX_S", "Check", "hold_or_wait", "ring"]
 
@@ -53,14 +56,16 @@ async def hold_or_wait(
     *,
     durable: bool,
     bound: Callable[[], float],
+    effect: EffectRef | None = None,
 ) -> dict[str, Totals]:
     """Make `check`'s change in one ledger transaction; when it refuses only because of
-    other runs' holds (not `run`'s, nor its ancestors'), wait for them (at most `bound()`
-    seconds) and decide again.
+    holds that end by themselves (not those on the path of `run`'s call for `effect`, see
+    `_stands`), wait for them (at most `bound()` seconds) and decide again.
 
     Returns the totals the change touched; raises the last BudgetExceeded when the refusal
     is not for holds alone, or the wait ran out (then naming the holds waited for)."""
     seen: list[Mapping[str, Totals]] = []
+    path = _Path(run, effect)
 
     def decide(view: LedgerView) -> Change:
         try:
@@ -73,15 +78,15 @@ async def hold_or_wait(
         return await _transact(ledger, scopes, decide, durable)
     except BudgetExceeded:
         seconds = bound()
-        if seconds <= 0 or not seen or not await _only_held(ledger, run, seen[-1], check):
+        if seconds <= 0 or not seen or not await _only_held(ledger, path, seen[-1], check):
             raise
-    return await _wait(ledger, scopes, run, (check, decide, seen), durable, seconds)
+    return await _wait(ledger, scopes, path, (check, decide, seen), durable, seconds)
 
 
 async def _wait(
     ledger: Ledger,
     scopes: tuple[str, ...],
-    run: BudgetScope,
+    path: _Path,
     deciding: tuple[Check, Callable[[LedgerView], Change], list[Mapping[str, Totals]]],
     durable: bool,
     seconds: float,
@@ -100,11 +105,11 @@ async def _wait(
             try:
                 return await _transact(ledger, scopes, decide, durable)
             except BudgetExceeded as refused:
-                if not seen or not await _only_held(ledger, run, seen[-1], check):
+                if not seen or not await _only_held(ledger, path, seen[-1], check):
                     raise
                 left = give_up - time.monotonic()
                 if left <= 0:
-                    raise await _waited_in_vain(ledger, run, refused, seconds) from None
+                    raise await _waited_in_vain(ledger, path, refused, seconds) from None
             # Nothing but this process changes a local ledger: its bell is enough.
             timeout = left if getattr(ledger, "local", False) else min(delay, left)
             with contextlib.suppress(TimeoutError):
@@ -123,24 +128,41 @@ async def _transact(
     return await ledger.transact(scopes, None, decide, durable=False)
 
 
-def _own(run: BudgetScope) -> tuple[str, ...]:
-    """The runs whose holds a run never waits for: itself and the runs it was started from."""
-    return (run.run_id, *run.ancestors)
+@dataclass(frozen=True, slots=True)
+class _Path:
+    """The waiting call: its run (with the runs it was started from) and its effect."""
+
+    run: BudgetScope
+    effect: EffectRef | None
+
+    def stands(self, hold: Hold) -> bool:
+        """Whether `hold` lasts as long as the wait would: a hold of a run this one was
+        started from, or one of its own run without an effect (a node visit's, held while
+        its child graphs run) or for the same effect. Other holds end by themselves."""
+        if hold.run_id in self.run.ancestors:
+            return True
+        if hold.run_id != self.run.run_id:
+            return False
+        return hold.effect is None or (
+            self.effect is not None and hold.effect.key == self.effect.key
+        )
 
 
 async def _only_held(
-    ledger: Ledger, run: BudgetScope, totals: Mapping[str, Totals], check: Check
+    ledger: Ledger, path: _Path, totals: Mapping[str, Totals], check: Check
 ) -> bool:
-    """Whether the refused reservation would fit if only the run's own holds (its
-    ancestors' included) were held."""
-    own: dict[str, dict[str, int]] = {}
-    for run_id in _own(run):
+    """Whether the refused reservation would fit if only the holds that stand while it
+    waits (`_Path.stands`) were held."""
+    standing: dict[str, dict[str, int]] = {}
+    for run_id in (path.run.run_id, *path.run.ancestors):
         for hold in await ledger.holds(run_id):
+            if not path.stands(hold):
+                continue
             for name in hold.scopes:
-                held = own.setdefault(name, {})
+                held = standing.setdefault(name, {})
                 for metric, value in hold.amounts.items():
                     held[metric] = held.get(metric, 0) + value
-    alone = {name: Totals(dict(t.spent), own.get(name, {})) for name, t in totals.items()}
+    alone = {name: Totals(dict(t.spent), standing.get(name, {})) for name, t in totals.items()}
     try:
         check(alone)
     except BudgetExceeded:
@@ -149,14 +171,14 @@ async def _only_held(
 
 
 async def _waited_in_vain(
-    ledger: Ledger, run: BudgetScope, refused: BudgetExceeded, seconds: float
+    ledger: Ledger, path: _Path, refused: BudgetExceeded, seconds: float
 ) -> BudgetExceeded:
-    """The refusal, naming the holds waited for: other runs' holds of the refusing metric
-    (a node visit's hold, of no capped metric, stood in no one's way)."""
+    """The refusal, naming the holds waited for: those that do not stand (other runs', the
+    run's other calls) of the refusing metric (a node visit's hold, of no capped metric,
+    stood in no one's way)."""
     scope, _, metric = refused.cap.rpartition(":")
-    own = _own(run)
     count = sum(
-        h.run_id not in own and scope in h.scopes and h.amounts.get(metric, 0) > 0
+        not path.stands(h) and scope in h.scopes and h.amounts.get(metric, 0) > 0
         for h in await ledger.holds()
     )
     held = f"held by {count} other reservation{'' if count == 1 else 's'}"

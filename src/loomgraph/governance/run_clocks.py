@@ -86,6 +86,11 @@ class RunClocks:
         deadline = self.runs.get(run_id, (0.0, None))[1]
         return None if deadline is None else deadline - self.now()
 
+    def wait_bound(self, run_id: str, wait: float) -> float:
+        """How long a reservation may wait for holds: `wait` seconds, within the deadline."""
+        left = self.seconds_left(run_id)
+        return wait if left is None else min(wait, left)
+
     def forget(self, run_id: str) -> bool:
         """Drop a finished run's clock; whether it had a deadline."""
         return self.runs.pop(run_id, (0.0, None))[1] is not None

@@ -1,0 +1,92 @@
+"""Parallel branches of one run share a small token or cost cap as serial ones do.
+
+Found by probing governance in composite graphs: a plan-and-execute run whose steps ran one
+after the other completed under a per-user token cap, while the same plan run in parallel
+ended `budget_exhausted`. A model call's hold is sized to all the room the caps have left
+(`fit_output`), for the few milliseconds the call lasts; a second branch's call found no
+room and was refused at once, since a run never waited for its own holds — although a
+sibling branch's model call ends by itself, unlike the holds on the waiting call's own
+path (its node visits, the runs it was started from).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from loomgraph import Agent, tool
+from loomgraph.governance import BudgetConfig, Caps, SqliteLedger, StandardBudget
+from loomgraph.models import ScriptedModel
+from loomgraph.protocols import ModelRequest, RunStatus
+from loomgraph.protocols.pricing import Price
+
+STEPS = ("ann", "bob", "cy")
+PRICES = {"scripted": Price(input=1.0, output=3.0)}
+
+
+@tool
+def pay(to: str) -> str:
+    """Pay someone."""
+    return f"paid {to}"
+
+
+def respond(**answer: object) -> dict[str, Any]:
+    return {"tool_calls": [{"tool": "respond", "args": answer}]}
+
+
+def planner(parallel: bool) -> ScriptedModel:
+    """Plan three payments; each step's agent pays its payee and says so; then done."""
+
+    def turn(request: ModelRequest) -> Any:
+        said = " ".join(str(m.get("content")) for m in request.messages)
+        if "Results so far" in said:
+            return respond(done=True, answer="all paid")
+        if "Do this step: " in said:
+            step = said.split("Do this step: ")[1].split()[0]
+            if any(m.get("role") == "tool" for m in request.messages):
+                return f"paid {step}"
+            return {"tool_calls": [{"id": f"c-{step}", "tool": "pay", "args": {"to": step}}]}
+        return respond(steps=list(STEPS), parallel=parallel)
+
+    return ScriptedModel(turn)
+
+
+def planning(tmp: Path, parallel: bool, caps: Caps) -> Agent:
+    config = BudgetConfig(per_user=caps, model="scripted", prices=PRICES, hold_wait_s=30)
+    return Agent(
+        "x",
+        model=planner(parallel),
+        tools=[pay],
+        architecture="plan-execute",
+        budget=StandardBudget(config, SqliteLedger(tmp / "ledger.db")),
+    )
+
+
+async def spent_serially(tmp: Path, metric: str) -> int:
+    """What the serial plan spends of `metric` under a cap it never comes near."""
+    async with planning(tmp, False, Caps(**{metric: 1_000_000})) as serial:
+        done = await serial.run("pay them", user_id="alice")
+        assert done.status == RunStatus.COMPLETED, done.reason
+        totals = await serial.deps.budget.totals("user:alice")  # type: ignore[attr-defined]
+        return int(totals.spent[metric])
+
+
+@pytest.mark.parametrize("metric", ["total_tokens", "output_tokens", "cost_usd"])
+async def test_parallel_steps_complete_under_a_cap_the_serial_plan_meets(
+    tmp_path: Path, metric: str
+) -> None:
+    (tmp_path / "serial").mkdir()
+    need = await spent_serially(tmp_path / "serial", metric)
+    # Room for the serial plan (a call is held at its counted prompt, more than a scripted
+    # turn reports) with some to spare; far less than two calls' worst cases (4,096 output
+    # tokens each).
+    cap: float = need + 1_000 if metric != "cost_usd" else (need + 1_000 * 3_000) / 1e9
+    caps = Caps(**{metric: cap})
+    for parallel in (False, True):
+        (tmp_path / str(parallel)).mkdir()
+        async with planning(tmp_path / str(parallel), parallel, caps) as a:
+            done = await a.run("pay them", user_id="alice")
+            assert done.status == RunStatus.COMPLETED, (parallel, done.reason)
+            assert done.output == "all paid"
