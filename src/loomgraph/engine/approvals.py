@@ -38,7 +38,7 @@ from loomgraph.engine.approval_checks import (
     shape,
     tool_changed,
 )
-from loomgraph.engine.audit_trail import approval_entry, args_hash
+from loomgraph.engine.audit_trail import approval_entry, approval_requested, args_hash
 from loomgraph.engine.effects import (
     APPROVAL_KIND,
     APPROVAL_REQUEST_KIND,
@@ -62,6 +62,7 @@ from loomgraph.protocols import (
     ToolCall,
     ToolSpec,
 )
+from loomgraph.protocols.runtime import StopDeferred
 from loomgraph.protocols.tool_identity import ToolIdentity
 
 __all__ = ["ApprovalDesk", "args_hash", "args_too_large", "edit_too_large"]
@@ -187,20 +188,19 @@ class ApprovalDesk:
             if handled is not None:
                 return self._timed_out() if deadline and time.time() > deadline else handled
         if request is None:
+            if scope.asking:  # a sibling branch's request stops the run: asked on its resume
+                raise StopDeferred(
+                    RunStatus.AWAITING_APPROVAL,
+                    f"tool {call['tool']!r} asks after the request the run stops at",
+                )
+            scope.asking = True
             request = self._request(spec, asked, tainted)
             await scope.begin_effect(self.request_key, APPROVAL_REQUEST_KIND, request, self.node)
             await scope.end_effect(self.request_key, request)
             if scope.auditing:
-                asking = {
-                    "call_id": call["id"],
-                    "tool": call["tool"],
-                    "rule": request["rule"],
-                    "args_hash": args_hash(call["args"]),
-                    "tainted": tainted,
-                    "deadline": request["deadline"],
-                    "tool_identity": request["tool"],
-                }
+                asking = approval_requested(call, request)
                 await scope.audit(AuditAction.APPROVAL_REQUESTED, self.node, asking)
+        scope.asking = True  # (a request journaled before: the run stops at it too)
         raise RunStopped(
             RunStatus.AWAITING_APPROVAL,
             refused or f"tool {call['tool']!r} needs approval ({request['rule']})",

@@ -54,6 +54,20 @@ def args_hash(args: Any) -> str:
     return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
 
 
+def approval_requested(call: ToolCall, request: Mapping[str, Any]) -> dict[str, Any]:
+    """`approval_requested`: the call asked about (by its arguments' hash), the rule, whether
+    it was tainted, its deadline and the identity of the tool asked about."""
+    return {
+        "call_id": call["id"],
+        "tool": call["tool"],
+        "rule": request["rule"],
+        "args_hash": args_hash(call["args"]),
+        "tainted": request["tainted"],
+        "deadline": request["deadline"],
+        "tool_identity": request["tool"],
+    }
+
+
 def run_started(
     graph: str,
     graph_hash: str,

@@ -57,6 +57,9 @@ class Outcome:
     visits: dict[str, int] = field(default_factory=dict)
     error: BaseException | None = None
     pending: Pending | None = None
+    # How a child graph stopped, raised again as it is by the node that ran it (`run_child`):
+    # a stop that waits its turn stays one (`StopDeferred`).
+    stopped: RunStopped | None = None
 
 
 async def run_graph(
@@ -138,7 +141,7 @@ async def run_child(
     if outcome.status != RunStatus.COMPLETED:
         if outcome.error is not None:
             raise outcome.error
-        raise RunStopped(outcome.status, outcome.reason, outcome.pending)
+        raise outcome.stopped or RunStopped(outcome.status, outcome.reason, outcome.pending)
     return outcome.state
 
 
@@ -204,7 +207,7 @@ async def _step(
         await scope.release(reservation)
         reservation = None
         await keep_visit_calls(ctx)
-        return Outcome(stop.status, stop.reason, state, node, pending=stop.pending)
+        return Outcome(stop.status, stop.reason, state, node, pending=stop.pending, stopped=stop)
     except ServiceUnavailable:
         raise  # not the node's failure: the run is recovered from its journal
     except BaseException as err:  # SystemExit, a CancelledError of its own...: as a tool's

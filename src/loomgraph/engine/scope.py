@@ -145,6 +145,10 @@ class RunScope:
     # before it stopped: a resume does them again from the journal, uncharged, as the run
     # that never stopped made them once (`agent.checkpoints.position`). Taken as they come.
     redone_visits: Counter[tuple[str, int]] | None = None
+    # Whether a request for approval is journaled for the run to stop at: a parallel
+    # branch that asks meanwhile stops without journaling its own (`StopDeferred`), so no
+    # request's deadline runs while nobody can be shown it.
+    asking: bool = False
     # Per tool, how many calls in a row it rejected for their arguments.
     invalid_args: dict[str, int] = field(default_factory=dict)
     # The run's wall-clock deadline (seconds since the epoch, `RunRecord.deadline`): a node

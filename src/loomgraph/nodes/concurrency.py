@@ -8,6 +8,7 @@ from typing import Any, TypeVar
 
 from loomgraph.engine.scope import stop_request
 from loomgraph.protocols import RunStopped
+from loomgraph.protocols.runtime import StopDeferred
 
 T = TypeVar("T")
 
@@ -15,7 +16,8 @@ T = TypeVar("T")
 async def run_all(
     jobs: Sequence[Callable[[], Awaitable[T]]], limit: int, *, cancel_on_error: bool = True
 ) -> list[T]:
-    """The jobs' results in order; else the first failure, or the first stop, as it is.
+    """The jobs' results in order; else the first failure, or the first stop, as it is (a
+    stop that waits its turn, `StopDeferred`, only when no other stopped).
 
     Once a job has raised (failed, or stopped the run: `RunStopped`, waiting for an approval
     or a value), no job that has not started starts. The jobs under way are never cut in the
@@ -65,7 +67,8 @@ async def run_all(
     _retrieved(tasks)
     if raised:
         failures = [err for err in raised if not isinstance(err, RunStopped)]
-        raise (failures or raised)[0]
+        shown = [err for err in raised if not isinstance(err, StopDeferred)]
+        raise (failures or shown or raised)[0]
     # A job's own BaseException that `gated` did not see (none expected) is raised by result().
     return [task.result() for task in tasks]  # type: ignore[misc]
 

@@ -173,6 +173,13 @@ class RunStopped(LoomgraphError):
         self.pending = pending
 
 
+class StopDeferred(RunStopped):
+    """A stop that waits its turn: a parallel branch asked for approval while a sibling's
+    request already stops the run (a run shows one request at a time). Nothing of it was
+    journaled; the resume that reaches it asks again, its deadline starting then. Where
+    branches stop together, another stop is the one the run ends with."""
+
+
 @dataclass(slots=True)
 class Transition:
     """One step of a run: the node that ran, the patch it made and the edge taken after it."""
