@@ -1,13 +1,13 @@
-"""Waiting for other runs' holds instead of refusing a reservation at once.
+"""Waiting for holds that end by themselves instead of refusing a reservation at once.
 
 With a small cap, one model call's hold takes all the room the cap has left (its
 `max_tokens` is sized to it: see `fit`) for the few milliseconds the call lasts. A
-reservation that does not fit *only* because other runs hold room now — it would fit if
-their holds were gone: spent + the run's own holds + this ≤ cap, for every cap it fails —
-waits for those holds to be settled or released and is decided again, for at most
+reservation that does not fit *only* because other calls hold room now — it would fit if
+their holds were gone: spent + the holds that stand (below) + this ≤ cap, for every cap it
+fails — waits for those holds to be settled or released and is decided again, for at most
 `BudgetConfig.hold_wait_s` (and never past the run's deadline, which the budget passes in
 as the bound). A refusal by spending is immediate, as is one by the holds on the waiting
-call's own path, which end only after it does (`_stands`): the run's node visits (a visit
+call's own path, which end only after it does (`_Path.stands`): the run's node visits (a visit
 holds its place while its child graph's visits reserve theirs), a hold for the same effect,
 and every hold of the runs it was started from (`BudgetScope.ancestors`: an Agent run by
 another run's tool). The run's other model and tool calls are waited for like other runs':
