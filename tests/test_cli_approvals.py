@@ -209,6 +209,35 @@ def test_runs_pending_says_which_requests_expired(env: dict[str, Any]) -> None:
     assert sorted(json.loads(r)["expired"] for r in rows) == [False, True]
 
 
+def test_send_on_expired_sends_on_the_expired_runs_only(env: dict[str, Any]) -> None:
+    """One run asked an hour ago by the desk clock, one now: `runs send-on-expired` denies
+    the first's call as timed out and completes it, and leaves the other waiting."""
+    env["env"]["PYTHONPATH"] += os.pathsep + str(Path(__file__).parent)
+    env["env"]["CLI_CLOCK_FILE"] = str(env["dir"] / "clock")
+    policy = env["dir"] / "policy.yaml"
+    policy.write_text("mode: default\napproval_timeout_s: 60\n")
+    governed = [*AGENT, *journal(env), "--permissions", str(policy)]
+    (env["dir"] / "clock").write_text("-3600")
+    assert loomgraph(env, "run", "pay acme", *governed).returncode == 3
+    (env["dir"] / "clock").write_text("0")
+    assert loomgraph(env, "run", "pay acme", *governed).returncode == 3
+    rows = [
+        json.loads(r)
+        for r in loomgraph(env, "runs", "pending", *journal(env), "--json").stdout.splitlines()
+    ]
+    [old] = [r["run_id"] for r in rows if r["expired"]]
+    [fresh] = [r["run_id"] for r in rows if not r["expired"]]
+    sent = loomgraph(env, "runs", "send-on-expired", *governed, "--json")
+    assert sent.returncode == 0, sent.stderr
+    [result] = [json.loads(line)["result"] for line in sent.stdout.splitlines()]
+    assert result["run_id"] == old and result["status"] == "completed", result
+    assert paid(env) == []
+    left = loomgraph(env, "runs", "pending", *journal(env), "--json").stdout.splitlines()
+    assert [json.loads(r)["run_id"] for r in left] == [fresh]
+    again = loomgraph(env, "runs", "send-on-expired", *governed)
+    assert again.returncode == 0 and "0 runs sent on" in again.stdout, again.stdout
+
+
 def test_permissions_file_governs_the_run_and_pins_its_resume(env: dict[str, Any]) -> None:
     policy = env["dir"] / "policy.yaml"
     policy.write_text("mode: default\nask:\n  - pay(amount>1)\nallow:\n  - pay\n")

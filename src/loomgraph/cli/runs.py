@@ -1,4 +1,5 @@
-"""`loomgraph runs list|show|resume|fork|diff` and `render --run`: journaled runs from the shell."""
+"""`loomgraph runs list|show|resume|retry|send-on-expired|fork|diff` and `render --run`:
+journaled runs from the shell."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from typing import Any
 from loomgraph.cli import agent_args, going_on, journal
 from loomgraph.cli.answer_commands import named_request, say_how_to_go_on
 from loomgraph.cli.console import can_ask, say
+from loomgraph.cli.expired_runs import send_on_expired
 from loomgraph.cli.output import (
     EXIT_OK,
     DrivenRun,
@@ -88,7 +90,14 @@ def add_runs_parser(sub: Any) -> Any:
     )
     retry.add_argument("run_id", help="the run to retry")
     agent_args.add_agent_options(retry, None, graph=False)
-    for cmd in (resume, retry):
+    expired = cmds.add_parser(
+        "send-on-expired",
+        help="go on with every run whose approval request passed its deadline, the call "
+        "denied as timed out (a server or fleet does it by itself; run this from cron)",
+    )
+    expired.add_argument("--user", default=None, help="only this user's runs")
+    agent_args.add_agent_options(expired, None, graph=False)
+    for cmd in (resume, retry, expired):
         going_on.add_graph_option(cmd)
         add_no_input_option(cmd)
     fork = cmds.add_parser("fork", help="start a new run from a checkpoint of another")
@@ -125,13 +134,13 @@ def add_runs_parser(sub: Any) -> Any:
             help="with --graph: rebuild the state with it even when it is not the graph (or "
             "version) the run was made with, whose fields it may not have",
         )
-    for cmd in (resume, retry, fork):
+    for cmd in (resume, retry, expired, fork):
         agent_args.add_permissions_option(cmd)
     for cmd in (listing, show, diff):
         agent_args.add_agent_file_option(cmd)
-    for cmd in (listing, show, resume, retry, fork, diff):
+    for cmd in (listing, show, resume, retry, expired, fork, diff):
         agent_args.add_runtime_option(cmd, required=True)
-        going_on_a_run = cmd in (resume, retry, fork)
+        going_on_a_run = cmd in (resume, retry, expired, fork)
         help_ = going_on.JSON_HELP if going_on_a_run else "print JSON Lines"
         cmd.add_argument("--json", action="store_true", help=help_)
     return cmds
@@ -148,6 +157,9 @@ def handle(args: argparse.Namespace, driven: DrivenRun) -> int:
         "show": _show,
         "resume": functools.partial(_resume, driven=driven),
         "retry": functools.partial(_resume, driven=driven),
+        "send-on-expired": functools.partial(
+            send_on_expired, resume=functools.partial(_resume, driven=driven)
+        ),
         "fork": functools.partial(_fork, driven=driven),
         "diff": _diff,
     }
