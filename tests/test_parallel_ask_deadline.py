@@ -13,14 +13,12 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
 
 import desk_clock
-
 from loomgraph import Agent, tool
 from loomgraph.governance import StandardPermissions
-from loomgraph.models import ScriptedModel
-from loomgraph.protocols import ModelRequest, RunStatus
+from loomgraph.protocols import RunStatus
+from payment_plans import planner
 
 clock = desk_clock.clock
 
@@ -35,31 +33,10 @@ def pay(to: str) -> str:
     return f"paid {to}"
 
 
-def respond(**answer: object) -> dict[str, Any]:
-    return {"tool_calls": [{"tool": "respond", "args": answer}]}
-
-
-def planner(steps: tuple[str, ...]) -> ScriptedModel:
-    """Plan the payments in parallel; each step's agent pays its payee; then done."""
-
-    def turn(request: ModelRequest) -> Any:
-        said = " ".join(str(m.get("content")) for m in request.messages)
-        if "Results so far" in said:
-            return respond(done=True, answer="all paid")
-        if "Do this step: " in said:
-            step = said.split("Do this step: ")[1].split()[0]
-            if any(m.get("role") == "tool" for m in request.messages):
-                return f"paid {step}"
-            return {"tool_calls": [{"id": f"c-{step}", "tool": "pay", "args": {"to": step}}]}
-        return respond(steps=list(steps), parallel=True)
-
-    return ScriptedModel(turn)
-
-
 def desk(tmp: Path, steps: tuple[str, ...]) -> Agent:
     return Agent(
         "x",
-        model=planner(steps),
+        model=planner(steps, parallel=True),
         tools=[pay],
         architecture="plan-execute",
         permissions=StandardPermissions(ask=["pay"], approval_timeout_s=HOUR),

@@ -12,15 +12,14 @@ path (its node visits, the runs it was started from).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from loomgraph import Agent, tool
 from loomgraph.governance import BudgetConfig, Caps, SqliteLedger, StandardBudget
-from loomgraph.models import ScriptedModel
-from loomgraph.protocols import ModelRequest, RunStatus
+from loomgraph.protocols import RunStatus
 from loomgraph.protocols.pricing import Price
+from payment_plans import DONE, planner
 
 STEPS = ("ann", "bob", "cy")
 PRICES = {"scripted": Price(input=1.0, output=3.0)}
@@ -32,32 +31,11 @@ def pay(to: str) -> str:
     return f"paid {to}"
 
 
-def respond(**answer: object) -> dict[str, Any]:
-    return {"tool_calls": [{"tool": "respond", "args": answer}]}
-
-
-def planner(parallel: bool) -> ScriptedModel:
-    """Plan three payments; each step's agent pays its payee and says so; then done."""
-
-    def turn(request: ModelRequest) -> Any:
-        said = " ".join(str(m.get("content")) for m in request.messages)
-        if "Results so far" in said:
-            return respond(done=True, answer="all paid")
-        if "Do this step: " in said:
-            step = said.split("Do this step: ")[1].split()[0]
-            if any(m.get("role") == "tool" for m in request.messages):
-                return f"paid {step}"
-            return {"tool_calls": [{"id": f"c-{step}", "tool": "pay", "args": {"to": step}}]}
-        return respond(steps=list(STEPS), parallel=parallel)
-
-    return ScriptedModel(turn)
-
-
 def planning(tmp: Path, parallel: bool, caps: Caps) -> Agent:
     config = BudgetConfig(per_user=caps, model="scripted", prices=PRICES, hold_wait_s=30)
     return Agent(
         "x",
-        model=planner(parallel),
+        model=planner(STEPS, parallel),
         tools=[pay],
         architecture="plan-execute",
         budget=StandardBudget(config, SqliteLedger(tmp / "ledger.db")),
@@ -89,4 +67,4 @@ async def test_parallel_steps_complete_under_a_cap_the_serial_plan_meets(
         async with planning(tmp_path / str(parallel), parallel, caps) as a:
             done = await a.run("pay them", user_id="alice")
             assert done.status == RunStatus.COMPLETED, (parallel, done.reason)
-            assert done.output == "all paid"
+            assert done.output == DONE

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
-from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -28,7 +27,8 @@ from loomgraph.governance import (
     StandardPermissions,
 )
 from loomgraph.models import ScriptedModel
-from loomgraph.protocols import ModelRequest, RunStatus
+from loomgraph.protocols import RunStatus
+from payment_plans import planner
 
 STEPS = ("ann", "bob", "cy")
 COUNTS = ("node_visits", "model_calls", "tool_calls")
@@ -38,27 +38,6 @@ COUNTS = ("node_visits", "model_calls", "tool_calls")
 def pay(to: str) -> str:
     """Pay someone."""
     return f"paid {to}"
-
-
-def respond(**answer: object) -> dict[str, Any]:
-    return {"tool_calls": [{"tool": "respond", "args": answer}]}
-
-
-def planner(steps: int, parallel: bool) -> ScriptedModel:
-    """Plan `steps` payments; each step's agent pays its payee and says so; then done."""
-
-    def turn(request: ModelRequest) -> Any:
-        said = " ".join(str(m.get("content")) for m in request.messages)
-        if "Results so far" in said:
-            return respond(done=True, answer="all paid")
-        if "Do this step: " in said:
-            step = said.split("Do this step: ")[1].split()[0]
-            if any(m.get("role") == "tool" for m in request.messages):
-                return f"paid {step}"
-            return {"tool_calls": [{"id": f"c-{step}", "tool": "pay", "args": {"to": step}}]}
-        return respond(steps=list(STEPS[:steps]), parallel=parallel)
-
-    return ScriptedModel(turn)
 
 
 def payer(steps: int) -> ScriptedModel:
@@ -73,7 +52,7 @@ def agent(
     tmp: Path, plan: tuple[str, int, bool], asking: frozenset[str], cap: int, handled: bool
 ) -> Agent:
     architecture, steps, parallel = plan
-    model = payer(steps) if architecture == "react" else planner(steps, parallel)
+    model = payer(steps) if architecture == "react" else planner(STEPS[:steps], parallel)
     ask = [f"pay(to={name})" for name in sorted(asking)]
     return Agent(
         "x",
