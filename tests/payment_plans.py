@@ -18,12 +18,15 @@ def respond(**answer: object) -> dict[str, Any]:
     return {"tool_calls": [{"tool": "respond", "args": answer}]}
 
 
-def planner(payees: Sequence[str], parallel: bool) -> ScriptedModel:
-    """Plan paying `payees` (in parallel or not); each step pays its payee; then done."""
+def planner(payees: Sequence[str], parallel: bool, then: Sequence[str] = ()) -> ScriptedModel:
+    """Plan paying `payees` (in parallel or not); each step pays its payee; then done — or,
+    given `then`, the replan plans paying those the same way first (the map runs again)."""
 
     def turn(request: ModelRequest) -> Any:
         said = " ".join(str(m.get("content")) for m in request.messages)
         if "Results so far" in said:
+            if then and f"paid {then[0]}" not in said:
+                return respond(steps=list(then), parallel=parallel)
             return respond(done=True, answer=DONE)
         if "Do this step: " in said:
             step = said.split("Do this step: ")[1].split()[0]

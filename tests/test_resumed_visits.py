@@ -31,6 +31,7 @@ from loomgraph.protocols import RunStatus
 from payment_plans import planner
 
 STEPS = ("ann", "bob", "cy")
+AGAIN = ("dan", "eve")  # a second round of the plan: the map visited again
 COUNTS = ("node_visits", "model_calls", "tool_calls")
 
 
@@ -48,11 +49,17 @@ def payer(steps: int) -> ScriptedModel:
     return ScriptedModel([*calls, "all paid"])
 
 
-def agent(
-    tmp: Path, plan: tuple[str, int, bool], asking: frozenset[str], cap: int, handled: bool
-) -> Agent:
-    architecture, steps, parallel = plan
-    model = payer(steps) if architecture == "react" else planner(STEPS[:steps], parallel)
+Plan = tuple[str, int, bool, bool]
+"""The architecture, how many of STEPS it pays, whether in parallel, whether it plans AGAIN."""
+
+
+def agent(tmp: Path, plan: Plan, asking: frozenset[str], cap: int, handled: bool) -> Agent:
+    architecture, steps, parallel, again = plan
+    model = (
+        payer(steps)
+        if architecture == "react"
+        else planner(STEPS[:steps], parallel, AGAIN if again else ())
+    )
     ask = [f"pay(to={name})" for name in sorted(asking)]
     return Agent(
         "x",
@@ -73,7 +80,7 @@ async def to_the_end(a: Agent) -> tuple[RunResult, int]:
     result, stops = await a.run("pay them", user_id="alice"), 0
     while result.status == RunStatus.AWAITING_APPROVAL:
         stops += 1
-        assert stops <= len(STEPS), result
+        assert stops <= len(STEPS + AGAIN), result
         result = await a.resume(result.run_id, approve=True)
     return result, stops
 
@@ -84,7 +91,7 @@ async def spent(a: Agent) -> dict[str, int]:
 
 
 async def twins(
-    tmp: Path, plan: tuple[str, int, bool], asking: frozenset[str]
+    tmp: Path, plan: Plan, asking: frozenset[str]
 ) -> tuple[dict[str, int], dict[str, int], RunResult]:
     """What the uninterrupted twin spent, what the stopped and resumed run spent, and the
     resumed run's end under a `node_visits` cap of exactly the twin's visits."""
@@ -109,13 +116,19 @@ async def twins(
 
 @pytest.mark.parametrize(
     "plan",
-    [("react", 2, False), ("plan-execute", 2, False), ("plan-execute", 3, True)],
-    ids=["react", "serial-plan", "parallel-plan"],
+    [
+        ("react", 2, False, False),
+        ("plan-execute", 2, False, False),
+        ("plan-execute", 3, True, False),
+        ("plan-execute", 2, True, True),
+        ("plan-execute", 2, False, True),
+    ],
+    ids=["react", "serial-plan", "parallel-plan", "parallel-twice", "serial-twice"],
 )
 async def test_a_run_resumed_after_approvals_is_charged_the_visits_of_its_twin(
-    tmp_path: Path, plan: tuple[str, int, bool]
+    tmp_path: Path, plan: Plan
 ) -> None:
-    wanted, got, ended = await twins(tmp_path, plan, frozenset(STEPS))
+    wanted, got, ended = await twins(tmp_path, plan, frozenset(STEPS + AGAIN))
     assert got == wanted
     assert ended.status == RunStatus.COMPLETED, ended.reason
 
@@ -123,16 +136,16 @@ async def test_a_run_resumed_after_approvals_is_charged_the_visits_of_its_twin(
 @settings(max_examples=20, deadline=None)
 @given(
     plan=st.one_of(
-        st.tuples(st.just("react"), st.integers(1, 3), st.just(False)),
-        st.tuples(st.just("plan-execute"), st.integers(1, 3), st.booleans()),
+        st.tuples(st.just("react"), st.integers(1, 3), st.just(False), st.just(False)),
+        st.tuples(st.just("plan-execute"), st.integers(1, 3), st.booleans(), st.booleans()),
     ),
-    asking=st.frozensets(st.sampled_from(STEPS)),
+    asking=st.frozensets(st.sampled_from(STEPS + AGAIN)),
 )
 def test_stops_for_approval_never_change_what_a_run_is_charged(
-    tmp_path_factory: pytest.TempPathFactory, plan: tuple[str, int, bool], asking: frozenset[str]
+    tmp_path_factory: pytest.TempPathFactory, plan: Plan, asking: frozenset[str]
 ) -> None:
-    """Any plan, any set of calls that ask: the run resumed after each answer is charged
-    what its uninterrupted twin is, and meets a cap of the twin's visits."""
+    """Any plan (its map run once or twice), any set of calls that ask: the run resumed after
+    each answer is charged what its uninterrupted twin is, and meets a cap of its visits."""
     tmp = tmp_path_factory.mktemp("twins")
     wanted, got, ended = asyncio.run(twins(tmp, plan, asking))
     assert got == wanted

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -73,7 +72,7 @@ class Position:
     # The child visits (node, visit) journaled after the last transition of the run's own
     # graph: those of the visit it stopped in, which a resume does again (`RunScope.
     # redone_visits`).
-    redone: Counter[tuple[str, int]] = field(default_factory=Counter)
+    redone: set[tuple[str, int]] = field(default_factory=set)
 
 
 def is_top_level(transition: Transition) -> bool:
@@ -116,7 +115,7 @@ def position(
         rows.start(next_node, visits)
     seq = max((t.seq for t in used), default=0)
     last = chosen[-1].seq if chosen else 0
-    redone = Counter((t.node, t.visit) for t in used if t.seq > last)
+    redone = {(t.node, t.visit) for t in used if t.seq > last}
     return Position(state, visits, next_node, seq, redone)
 
 

@@ -7,7 +7,6 @@ journal, budget and hooks are reached only through the protocols in the bundle.
 from __future__ import annotations
 
 import asyncio
-from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -236,6 +235,8 @@ async def _step(
             journaled = await journal_transition(scope, ctx, state, patch, target, used)
     else:
         journaled = await journal_transition(scope, ctx, state, patch, target, used)
+    if not ctx.path:  # the visit a resume went on with is over: its children are done
+        scope.redone_visits = None
     if isinstance(journaled, StateError):  # nothing of the visit was written: the run ends
         undo_patch(state, undo)
         _uncount(scope, counted)
@@ -254,13 +255,14 @@ async def _step(
     return target
 
 
-def _redone(redone: Counter[tuple[str, int]], ctx: VisitContext) -> bool:
+def _redone(redone: set[tuple[str, int]], ctx: VisitContext) -> bool:
     """Whether this child visit is one the run made before it stopped (charged then), done
-    again by its resume: taken from `redone`, once."""
+    again by its resume: taken from `redone`, once. (A child graph run twice inside the
+    stopped visit names its visits alike: its second run's are charged again, never less.)"""
     made = (ctx.qualified_node, ctx.visit)
-    if not redone[made]:
+    if made not in redone:
         return False
-    redone[made] -= 1
+    redone.discard(made)
     return True
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -142,9 +141,11 @@ class RunScope:
     # it in its result (the ledger charged it).
     child_usage: dict[str, Usage] = field(default_factory=dict)
     # The child visits (qualified node, visit) of the visit the run stopped in, journaled
-    # before it stopped: a resume does them again from the journal, uncharged, as the run
-    # that never stopped made them once (`agent.checkpoints.position`). Taken as they come.
-    redone_visits: Counter[tuple[str, int]] | None = None
+    # (and charged) before it stopped: a resume does them again from the journal, uncharged,
+    # as the run that never stopped made them once (`agent.checkpoints.position`). Each is
+    # taken once, and all are dropped when that visit ends: a later visit of the same node
+    # runs children of the same names, new ones.
+    redone_visits: set[tuple[str, int]] | None = None
     # Whether a request for approval is journaled for the run to stop at: a parallel
     # branch that asks meanwhile stops without journaling its own (`StopDeferred`), so no
     # request's deadline runs while nobody can be shown it.
