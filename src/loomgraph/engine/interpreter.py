@@ -218,9 +218,7 @@ async def _step(
         if kind.spec.on_error is None:
             return Outcome(RunStatus.FAILED, str(error), state, node, error=error)
         # Routed to the handler node, with what failed in the `error` field; its transition
-        # carries what the visit and its child graphs used. A request a branch journaled
-        # for the run to stop at was overtaken by the failure: the next ask stops the run.
-        scope.asking = False
+        # carries what the visit and its child graphs used.
         patch = {"error": routed_error(qualified, err)}
         carried = carry_kept(scope, ctx, patch, children=True)
         used = Usage.from_dict(patch["usage"]) if "usage" in patch else NO_USAGE

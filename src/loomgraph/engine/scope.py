@@ -148,8 +148,9 @@ class RunScope:
     redone_visits: set[tuple[str, int]] | None = None
     # Whether a request for approval is journaled for the run to stop at: a parallel
     # branch that asks meanwhile stops without journaling its own (`StopDeferred`), so no
-    # request's deadline runs while nobody can be shown it. Cleared when a failure that
-    # overtook that stop is routed (`on_error`) or retried: the run goes on, unstopped.
+    # request's deadline runs while nobody can be shown it. Cleared when a sibling's failure
+    # overtakes that stop (`nodes.concurrency.run_all`): the run may go on (`on_error`,
+    # `retry`) and no longer stops there.
     asking: bool = False
     # Per tool, how many calls in a row it rejected for their arguments.
     invalid_args: dict[str, int] = field(default_factory=dict)

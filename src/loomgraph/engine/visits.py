@@ -98,7 +98,6 @@ async def _run_with_policy(
             if retry is None or stop or not retry.retries(err):
                 raise
             await keep_visit_calls(ctx)  # the next attempt's patch does not carry them
-            ctx.scope.asking = False  # a stop under way was overtaken by the failure
             delay = retry.delay(attempt)
             await ctx.emit(
                 NODE_RETRY,

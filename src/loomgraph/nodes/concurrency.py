@@ -6,7 +6,7 @@ import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
-from loomgraph.engine.scope import stop_request
+from loomgraph.engine.scope import active_scope, stop_request
 from loomgraph.protocols import RunStopped
 from loomgraph.protocols.runtime import StopDeferred
 
@@ -68,9 +68,20 @@ async def run_all(
     if raised:
         failures = [err for err in raised if not isinstance(err, RunStopped)]
         shown = [err for err in raised if not isinstance(err, StopDeferred)]
+        if failures and any(isinstance(err, RunStopped) for err in shown):
+            _overtaken()
         raise (failures or shown or raised)[0]
     # A job's own BaseException that `gated` did not see (none expected) is raised by result().
     return [task.result() for task in tasks]  # type: ignore[misc]
+
+
+def _overtaken() -> None:
+    """A job's stop (a request journaled for the run to stop at) is overtaken by another's
+    failure: the run stops there no more, so the next call that asks stops it instead of
+    waiting its turn behind it (`RunScope.asking`)."""
+    scope = active_scope.get()
+    if scope is not None:
+        scope.asking = False
 
 
 def _retrieved(tasks: Sequence[asyncio.Future[Any]]) -> None:
