@@ -18,9 +18,12 @@ def respond(**answer: object) -> dict[str, Any]:
     return {"tool_calls": [{"tool": "respond", "args": answer}]}
 
 
-def planner(payees: Sequence[str], parallel: bool, then: Sequence[str] = ()) -> ScriptedModel:
-    """Plan paying `payees` (in parallel or not); each step pays its payee; then done — or,
-    given `then`, the replan plans paying those the same way first (the map runs again)."""
+def planner(
+    payees: Sequence[str], parallel: bool, then: Sequence[str] = (), tool: str = "pay"
+) -> ScriptedModel:
+    """Plan paying `payees` (in parallel or not); each step pays its payee (with `tool`);
+    then done — or, given `then`, the replan plans paying those the same way first (the map
+    runs again)."""
 
     def turn(request: ModelRequest) -> Any:
         said = " ".join(str(m.get("content")) for m in request.messages)
@@ -32,7 +35,7 @@ def planner(payees: Sequence[str], parallel: bool, then: Sequence[str] = ()) -> 
             step = said.split("Do this step: ")[1].split()[0]
             if any(m.get("role") == "tool" for m in request.messages):
                 return f"paid {step}"
-            return {"tool_calls": [{"id": f"c-{step}", "tool": "pay", "args": {"to": step}}]}
+            return {"tool_calls": [{"id": f"c-{step}", "tool": tool, "args": {"to": step}}]}
         return respond(steps=list(payees), parallel=parallel)
 
     return ScriptedModel(turn)

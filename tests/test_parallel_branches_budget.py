@@ -11,13 +11,16 @@ path (its node visits, the runs it was started from).
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from loomgraph import Agent, tool
-from loomgraph.governance import BudgetConfig, Caps, SqliteLedger, StandardBudget
+from loomgraph.governance import BudgetConfig, Caps, Hooks, SqliteLedger, StandardBudget
 from loomgraph.protocols import RunStatus
+from loomgraph.protocols.events import BUDGET_EXCEEDED
 from loomgraph.protocols.pricing import Price
 from payment_plans import DONE, planner
 
@@ -68,3 +71,44 @@ async def test_parallel_steps_complete_under_a_cap_the_serial_plan_meets(
             done = await a.run("pay them", user_id="alice")
             assert done.status == RunStatus.COMPLETED, (parallel, done.reason)
             assert done.output == DONE
+
+
+RELEASED: dict[str, asyncio.Event] = {}
+
+
+@tool
+async def slow_pay(to: str) -> str:
+    """Pay someone, once the budget refused the other branch's call."""
+    try:
+        await asyncio.wait_for(RELEASED["refused"].wait(), 10)
+    except TimeoutError:
+        RELEASED["waited"].set()  # the sibling waited on this call's hold
+    return f"paid {to}"
+
+
+async def test_a_call_count_a_sibling_holds_is_refused_at_once(tmp_path: Path) -> None:
+    """A call's hold of a count (tool calls, model calls) is always spent, never given back:
+    a sibling branch refused by it has nothing to wait for, and is refused at once (it was
+    kept waiting `hold_wait_s` for the hold to end, only to be refused then)."""
+    RELEASED.update(refused=asyncio.Event(), waited=asyncio.Event())
+    hooks = Hooks()
+
+    @hooks.on_event
+    def heard(event: Any) -> None:
+        if event.kind == BUDGET_EXCEEDED:
+            RELEASED["refused"].set()
+
+    config = BudgetConfig(per_user=Caps(tool_calls=1), hold_wait_s=60)
+    agent = Agent(
+        "x",
+        model=planner(["ann", "bob"], parallel=True, tool="slow_pay"),
+        tools=[slow_pay],
+        architecture="plan-execute",
+        hooks=hooks,
+        budget=StandardBudget(config, SqliteLedger(tmp_path / "ledger.db")),
+    )
+    async with agent:
+        done = await agent.run("pay them", user_id="alice")
+    assert done.status == RunStatus.BUDGET_EXHAUSTED, done.reason
+    assert "user:alice:tool_calls" in (done.reason or "")
+    assert not RELEASED["waited"].is_set()

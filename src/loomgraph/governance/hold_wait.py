@@ -44,6 +44,12 @@ Check = Callable[[Mapping[str, Totals]], Change]
 BudgetExceeded. Pure: it is also asked whether the reservation would fit without other runs'
 holds."""
 
+SPENT_COUNTS = ("model_calls", "tool_calls")
+"""What the engine's hold of a call always turns into spending: the call is charged when it
+ends, whatever it used. A reservation refused by these counts of its own run's other calls
+(parallel branches) has nothing to wait for. (Other runs' holds are waited for whatever
+they hold: a budget's caller may release any hold.)"""
+
 BACKOFF_FIRST_S = 0.02
 BACKOFF_MAX_S = 0.5
 
@@ -152,16 +158,17 @@ async def _only_held(
     ledger: Ledger, path: _Path, totals: Mapping[str, Totals], check: Check
 ) -> bool:
     """Whether the refused reservation would fit if only the holds that stand while it
-    waits (`_Path.stands`) were held."""
+    waits (`_Path.stands`) were held — and the counts (`SPENT_COUNTS`) of its run's other
+    calls, which the run charges when they end, whatever they used."""
     standing: dict[str, dict[str, int]] = {}
     for run_id in (path.run.run_id, *path.run.ancestors):
         for hold in await ledger.holds(run_id):
-            if not path.stands(hold):
-                continue
+            stands = path.stands(hold)
             for name in hold.scopes:
                 held = standing.setdefault(name, {})
                 for metric, value in hold.amounts.items():
-                    held[metric] = held.get(metric, 0) + value
+                    if stands or metric in SPENT_COUNTS:
+                        held[metric] = held.get(metric, 0) + value
     alone = {name: Totals(dict(t.spent), standing.get(name, {})) for name, t in totals.items()}
     try:
         check(alone)
