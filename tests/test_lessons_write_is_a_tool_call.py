@@ -120,3 +120,29 @@ async def test_an_approved_write_is_charged_once_across_its_stop(tmp_path: Path)
     assert await blocks(rx) == {"lessons": f"- {LESSON}"}
     assert (await ledger.totals("user:alice")).spent.get("tool_calls") == 2
     await rx.aclose()
+
+
+async def test_a_write_whose_text_changed_while_it_waited_is_asked_about_again(
+    tmp_path: Path,
+) -> None:
+    """Another run of the user kept a lesson while this write waited for its approval: the
+    approved text would drop that lesson, and the text this run would write now was never
+    approved. The run asks again about the write as it stands now (it was denied in
+    silence, as a mismatch, and the lesson was lost)."""
+    perms = StandardPermissions(ask=["update_block"])
+    rx = reflexion(permissions=perms, runtime=f"sqlite:{tmp_path / 'j.db'}")
+    first = await rx.run("Summarise my inbox", user_id="alice")
+    assert first.status == "awaiting_approval" and first.pending is not None
+    assert first.pending.call is not None
+    assert first.pending.call["args"]["text"] == f"- {LESSON}"
+    other = "- Lesson from another run."
+    await rx.deps.memory.set_block("alice", "lessons", other)  # type: ignore[attr-defined]
+    again = await rx.resume(first.run_id, approve=True)
+    assert again.status == "awaiting_approval", again.reason
+    assert again.pending is not None and again.pending.call is not None
+    assert again.pending.call["args"]["text"] == f"{other}\n- {LESSON}"
+    assert await blocks(rx) == {"lessons": other}  # nothing written without its approval
+    done = await rx.resume(first.run_id, approve=True)
+    assert done.status == "completed", done.reason
+    assert await blocks(rx) == {"lessons": f"{other}\n- {LESSON}"}
+    await rx.aclose()

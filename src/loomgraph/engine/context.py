@@ -11,8 +11,9 @@ from typing import Any
 
 from loomgraph.engine.effects import ANSWER_SLOT, EffectKey, ResumeValue
 from loomgraph.engine.model_call import ModelCalls
+from loomgraph.engine.own_calls import OwnTool
 from loomgraph.engine.scope import RunScope
-from loomgraph.engine.tool_gate import OwnTool, ToolGate
+from loomgraph.engine.tool_gate import ToolGate
 from loomgraph.graph.compiled import runnable
 from loomgraph.graph.node_context import RunnableGraph
 from loomgraph.graph.spec import Graph

@@ -7,14 +7,14 @@ each is gated, journaled and reported the same way.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping
 from typing import Any, TypeGuard
 
 from loomgraph.engine import audit_trail as trail
 from loomgraph.engine.approval_checks import args_too_large
 from loomgraph.engine.approvals import ApprovalDesk
 from loomgraph.engine.effects import TOOL_EFFECT, EffectKey
+from loomgraph.engine.own_calls import OwnTool, own_call_key
 from loomgraph.engine.received import permission_for, received_call, untrusted_in
 from loomgraph.engine.scope import NO_ATTRIBUTES, RunScope
 from loomgraph.engine.taint import note_result
@@ -58,16 +58,6 @@ class ToolArgsInvalid(LoomgraphError):
         self.last_error = last_error
 
 
-@dataclass(frozen=True, slots=True)
-class OwnTool:
-    """A call a node makes itself (a write of its own, not a tool of the host's): the spec it
-    is decided against and what acts, given the call as approved (its arguments maybe
-    edited by an approver)."""
-
-    spec: ToolSpec
-    act: Callable[[ToolCall], Awaitable[ToolResult]]
-
-
 class ToolGate:
     """Decides, journals and runs the tool calls of one node visit."""
 
@@ -86,6 +76,8 @@ class ToolGate:
         if scope.listening:
             await scope.emit(TOOL_CALL, {"call": call}, self.node)
         spec = deps.tools.spec(call["tool"]) if own is None else own.spec
+        if own is not None and scope.requested:  # asked about before the run stopped
+            key = await own_call_key(scope, call, key)
         too_large = None if spec is None else self._args_too_large(call)
         if spec is None or too_large is not None:
             # Not run now; one that ran (its tool since gone, a lower size limit) is replayed
