@@ -238,6 +238,54 @@ def test_send_on_expired_sends_on_the_expired_runs_only(env: dict[str, Any]) -> 
     assert again.returncode == 0 and "0 runs sent on" in again.stdout, again.stdout
 
 
+GREETED_GRAPH = """
+name: greeted
+entry: greet
+nodes:
+  greet: {kind: function, call: 'greeting:greet', reads: [input], writes: []}
+  model: {kind: model, reads: [messages], writes: [messages, usage], tools: true}
+  tools: {kind: tools, reads: [messages], writes: [messages]}
+edges:
+  - {from: greet, to: model}
+  - {from: model, to: tools, when: "last_message.tool_calls | length > 0"}
+  - {from: model, to: END}
+  - {from: tools, to: model}
+"""
+
+
+def test_send_on_expired_skips_a_run_it_cannot_go_on_with_and_sends_on_the_rest(
+    env: dict[str, Any],
+) -> None:
+    """The oldest expired run's graph no longer compiles here (a module of its gone): it is
+    named on stderr and skipped, and the next expired run is sent on (one bad run stopped
+    the whole sweep, every time cron ran it)."""
+    env["env"]["PYTHONPATH"] += os.pathsep + str(Path(__file__).parent)
+    env["env"]["CLI_CLOCK_FILE"] = str(env["dir"] / "clock")
+    (env["dir"] / "greeting.py").write_text("def greet(state):\n    return {}\n")
+    (env["dir"] / "greeted.yaml").write_text(GREETED_GRAPH)
+    policy = env["dir"] / "policy.yaml"
+    policy.write_text("mode: default\napproval_timeout_s: 60\n")
+    governed = [*AGENT, *journal(env), "--permissions", str(policy)]
+    (env["dir"] / "clock").write_text("-7200")
+    assert loomgraph(env, "run", "pay acme", *governed, "--graph", "greeted.yaml").returncode == 3
+    (env["dir"] / "clock").write_text("-3600")
+    assert loomgraph(env, "run", "pay acme", *governed).returncode == 3
+    (env["dir"] / "clock").write_text("0")
+    (env["dir"] / "greeting.py").unlink()
+    rows = [
+        json.loads(r)
+        for r in loomgraph(env, "runs", "pending", *journal(env), "--json").stdout.splitlines()
+    ]
+    broken, fine = (r["run_id"] for r in rows)  # oldest first
+    sent = loomgraph(env, "runs", "send-on-expired", *governed, "--json")
+    assert sent.returncode == 0, sent.stderr
+    assert f"run {broken} not sent on" in sent.stderr, sent.stderr
+    [result] = [json.loads(line)["result"] for line in sent.stdout.splitlines()]
+    assert result["run_id"] == fine and result["status"] == "completed", result
+    left = loomgraph(env, "runs", "pending", *journal(env), "--json").stdout.splitlines()
+    assert [json.loads(r)["run_id"] for r in left] == [broken] and paid(env) == []
+
+
 def test_permissions_file_governs_the_run_and_pins_its_resume(env: dict[str, Any]) -> None:
     policy = env["dir"] / "policy.yaml"
     policy.write_text("mode: default\nask:\n  - pay(amount>1)\nallow:\n  - pay\n")

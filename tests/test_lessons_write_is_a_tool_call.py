@@ -21,6 +21,7 @@ from loomgraph.governance import (
     StandardBudget,
     StandardPermissions,
 )
+from loomgraph.memory.in_memory import InMemoryMemory
 from loomgraph.models import ScriptedModel
 from loomgraph.observability import FileAuditLog
 from loomgraph.protocols.events import TOOL_RESULT
@@ -145,4 +146,76 @@ async def test_a_write_whose_text_changed_while_it_waited_is_asked_about_again(
     done = await rx.resume(first.run_id, approve=True)
     assert done.status == "completed", done.reason
     assert await blocks(rx) == {"lessons": f"{other}\n- {LESSON}"}
+    await rx.aclose()
+
+
+class LosingMemory(InMemoryMemory):
+    """Its next `set_block` fails once, before keeping the block (`when="before"`) or after
+    (the answer lost on the way back), as a crash there leaves the write begun, unfinished."""
+
+    when = ""
+
+    async def set_block(self, user_id: str | None, name: str, text: str) -> None:
+        when, self.when = self.when, ""
+        if when == "before":
+            raise ConnectionError("set_block was cut off")
+        await super().set_block(user_id, name, text)
+        if when == "after":
+            raise ConnectionError("the answer of set_block was lost")
+
+
+def asking(tmp_path: Path, memory: LosingMemory) -> Agent:
+    return Agent(
+        "x",
+        model=ScriptedModel(script()),
+        tools=[read_inbox],
+        memory=memory,
+        architecture="reflexion",
+        permissions=StandardPermissions(ask=["update_block"]),
+        runtime=f"sqlite:{tmp_path / 'j.db'}",
+    )
+
+
+async def lessons_writes(rx: Agent, run_id: str) -> list[tuple[str, str]]:
+    effects = await rx.deps.runtime.effects(run_id)
+    writes = [e for e in effects if e.kind == "tool" and ":memory:lessons" in e.key]
+    return [(e.key.rsplit(":", 1)[-1], str(e.status)) for e in writes]
+
+
+async def test_a_write_asked_again_then_cut_off_is_settled_by_the_resume(tmp_path: Path) -> None:
+    """Asked again under its second key (the block changed while it waited), approved, and
+    cut off after memory kept it: the resume writes that approved text again under that key
+    and the write ends `done` (it was left begun for ever: only the first key was looked at)."""
+    memory = LosingMemory()
+    rx = asking(tmp_path, memory)
+    first = await rx.run("Summarise my inbox", user_id="alice")
+    other = "- Lesson from another run."
+    await memory.set_block("alice", "lessons", other)
+    again = await rx.resume(first.run_id, approve=True)
+    assert again.status == "awaiting_approval", again.reason
+    memory.when = "after"
+    failed = await rx.resume(first.run_id, approve=True)
+    assert failed.status == "failed", failed.reason
+    done = await rx.resume(first.run_id)
+    assert done.status == "completed", done.reason
+    assert await blocks(rx) == {"lessons": f"{other}\n- {LESSON}"}
+    assert await lessons_writes(rx, first.run_id) == [("lessons~2", "done")]
+    await rx.aclose()
+
+
+async def test_an_approved_write_cut_off_is_made_again_as_approved(tmp_path: Path) -> None:
+    """Approved and cut off before memory kept it; the block changes before the resume: the
+    write begun is made again as it was approved (at least once, as any call a crash cut
+    off), not denied as another call (it was: the lesson lost, the write left begun)."""
+    memory = LosingMemory()
+    rx = asking(tmp_path, memory)
+    first = await rx.run("Summarise my inbox", user_id="alice")
+    memory.when = "before"
+    failed = await rx.resume(first.run_id, approve=True)
+    assert failed.status == "failed", failed.reason
+    await memory.set_block("alice", "lessons", "- Lesson from another run.")
+    done = await rx.resume(first.run_id)
+    assert done.status == "completed", done.reason
+    assert await blocks(rx) == {"lessons": f"- {LESSON}"}  # the text approved
+    assert await lessons_writes(rx, first.run_id) == [("lessons", "done")]
     await rx.aclose()

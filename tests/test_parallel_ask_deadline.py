@@ -11,12 +11,16 @@ its deadline starting then — when the resume reaches it.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from pathlib import Path
+from typing import Any
 
 import desk_clock
 from loomgraph import Agent, tool
+from loomgraph.engine.scope import active_scope
 from loomgraph.governance import StandardPermissions
+from loomgraph.models import ScriptedModel
 from loomgraph.protocols import RunStatus
 from payment_plans import planner
 
@@ -87,3 +91,95 @@ async def test_only_the_request_a_run_stops_at_is_journaled(
         assert result.status == RunStatus.COMPLETED, result.reason
     assert sorted(shown) == ["ann", "bob", "cy"]
     assert sorted(PAID) == ["ann", "bob", "cy"]
+
+
+# A map whose branch `v…` asks a question (an `interrupt`) while its sibling asks approval.
+CHILD = """
+name: question-or-payment
+entry: start
+state:
+  note: {type: str, default: ""}
+  answer: {type: str, default: ""}
+nodes:
+  start: {kind: function, call: 'test_parallel_ask_deadline:start', reads: [input], writes: [note]}
+  ask: {kind: interrupt, request: str, message: 'a value, please', output: answer, reads: [note]}
+  act: {kind: function, call: 'test_parallel_ask_deadline:act', reads: [input], writes: [note]}
+  done: {kind: function, call: 'test_parallel_ask_deadline:done', reads: [note], writes: [output]}
+edges:
+  - {from: start, to: ask, when: "note == 'question'"}
+  - {from: start, to: act}
+  - {from: ask, to: done}
+  - {from: act, to: done}
+  - {from: done, to: END}
+"""
+PARENT = """
+name: questions-and-payments
+entry: prep
+state:
+  items: {type: 'list[str]'}
+  results: {type: 'list[str]', default: []}
+nodes:
+  prep: {kind: function, call: 'test_parallel_ask_deadline:prep', reads: [input], writes: [items]}
+  each: {kind: map, graph: child.yaml, over: items, output: results, concurrency: 2}
+edges:
+  - {from: prep, to: each}
+  - {from: each, to: END}
+"""
+
+
+def prep(state: dict[str, Any]) -> dict[str, Any]:
+    return {"items": state["input"].split()}
+
+
+def start(state: dict[str, Any]) -> dict[str, Any]:
+    return {"note": "question" if state["input"].startswith("v") else "payment"}
+
+
+async def act(state: dict[str, Any], ctx: Any) -> dict[str, Any]:
+    """Pay the item, once the sibling's question stops the run (the first time: a bounded
+    wait that yields to it, on the run's own flag; on a resume the answer is there)."""
+    scope = active_scope.get()
+    for _ in range(10_000):
+        if scope is None or scope.asking or PAID:
+            break
+        await asyncio.sleep(0)
+    result = await ctx.call_tool({"id": "c-pay", "tool": "pay", "args": {"to": state["input"]}})
+    return {"note": result["content"]}
+
+
+def done(state: dict[str, Any]) -> dict[str, Any]:
+    return {"output": state["note"]}
+
+
+async def test_a_request_behind_a_siblings_question_gets_its_whole_time(
+    tmp_path: Path, clock: type[desk_clock.Clock]
+) -> None:
+    """The question stops the run first: the payment's request is journaled only when the
+    resume that answers the question reaches it, its hour starting then."""
+    PAID.clear()
+    (tmp_path / "child.yaml").write_text(CHILD)
+    (tmp_path / "graph.yaml").write_text(PARENT)
+    agent = Agent(
+        "x",
+        model=ScriptedModel(["unused"]),
+        tools=[pay],
+        architecture=str(tmp_path / "graph.yaml"),
+        permissions=StandardPermissions(ask=["pay"], approval_timeout_s=HOUR),
+        runtime=f"sqlite:{tmp_path / 'journal.db'}",
+    )
+    async with agent as a:
+        asked = await a.run("v1 bob", user_id="alice")
+        assert asked.status == RunStatus.INTERRUPTED, asked.reason
+        requests = [
+            e for e in await a.deps.runtime.effects(asked.run_id) if e.kind == "approval_request"
+        ]
+        assert requests == []  # nobody can be shown it yet
+        clock.offset += 70 * 60  # the question is answered 70 minutes later
+        shown = await a.resume(asked.run_id, value="yes")
+        assert shown.status == RunStatus.AWAITING_APPROVAL, shown.reason
+        assert shown.pending is not None and shown.pending.deadline is not None
+        assert shown.pending.deadline >= time.time() + clock.offset + HOUR - 60
+        clock.offset += 50 * 60
+        paid = await a.resume(asked.run_id, approve=True)
+        assert paid.status == RunStatus.COMPLETED, paid.reason
+    assert PAID == ["bob"]

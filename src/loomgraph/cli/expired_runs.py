@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable
 
 from loomgraph.cli.console import say
 from loomgraph.cli.output import EXIT_OK
+from loomgraph.errors import LoomgraphError
 from loomgraph.protocols import Runtime
 
 Resume = Callable[[argparse.Namespace, Runtime], Awaitable[int]]
@@ -19,10 +20,9 @@ Resume = Callable[[argparse.Namespace, Runtime], Awaitable[int]]
 async def send_on_expired(args: argparse.Namespace, runtime: Runtime, resume: Resume) -> int:
     """`resume` (without an answer) each run of `args.user` (all users: None) whose approval
     request passed its deadline, oldest first; a run that cannot be sent on (another
-    agent's, driven elsewhere, answered or ended meanwhile) is named on stderr and skipped."""
+    agent's, driven elsewhere, answered or ended meanwhile, its graph no longer compiles) is
+    named on stderr and skipped."""
     from loomgraph.agent.answers import expired, pending_of
-    from loomgraph.agent.resume_errors import ResumeError
-    from loomgraph.runtime.errors import RunConflict
 
     sent = 0
     for record in await runtime.runs(args.user):
@@ -32,7 +32,8 @@ async def send_on_expired(args: argparse.Namespace, runtime: Runtime, resume: Re
         one = argparse.Namespace(**{**vars(args), "run_id": record.run_id, "value": None})
         try:
             await resume(one, runtime)
-        except (ResumeError, RunConflict) as err:
+        except LoomgraphError as err:  # its own trouble (a graph that no longer compiles,
+            # another agent's, driven elsewhere): the other runs are still sent on
             print(f"loomgraph: run {record.run_id} not sent on: {err}", file=sys.stderr)
             continue
         sent += 1

@@ -11,7 +11,7 @@ from typing import Any
 
 from loomgraph.engine.effects import ANSWER_SLOT, EffectKey, ResumeValue
 from loomgraph.engine.model_call import ModelCalls
-from loomgraph.engine.own_calls import OwnTool
+from loomgraph.engine.own_calls import OwnTool, own_keys_begun
 from loomgraph.engine.scope import RunScope
 from loomgraph.engine.tool_gate import ToolGate
 from loomgraph.graph.compiled import runnable
@@ -119,13 +119,13 @@ class VisitContext:
         return await self.scope.finished_effect(self.effect_key(name))
 
     async def unfinished(self, name: str) -> bool:
-        """Whether this visit's call effect `name` was begun and never finished: it may have
-        run (a crash or a failure in the middle of it)."""
-        key = self.key_of(name)
-        if key not in self.scope.begun:  # never begun: nothing to read (the usual case)
-            return False
-        effect = await self.scope.deps.runtime.effect(self.scope.run_id, key)
-        return effect is not None and effect.status != EffectStatus.DONE
+        """Whether this visit's call effect `name` (under any of its keys, `own_calls`) was
+        begun and never finished: it may have run (a crash or a failure in the middle)."""
+        for key in own_keys_begun(self.scope, self.effect_key(name)):  # (none: no read)
+            effect = await self.scope.deps.runtime.effect(self.scope.run_id, key)
+            if effect is not None and effect.status != EffectStatus.DONE:
+                return True
+        return False
 
     def count_replayed_model_calls(self, count: int) -> None:
         """Count model calls that replayed work made, so later `call_index`es follow on."""

@@ -249,3 +249,12 @@ def answer_effect(run_id: str, pending: Pending, answer: ResumeInput) -> EffectR
         return None
     intent, outcome = value_intent(pending.node, pending.type), value_outcome(answer.value)
     return EffectRecord(run_id, pending.key, ANSWER_KIND, intent, outcome, EffectStatus.DONE)
+
+
+def ran_call(effect: EffectRecord, call: ToolCall) -> ToolCall:
+    """The call as it ran (its intent: the arguments an approver may have edited), or `call`
+    when the intent names none (an effect journaled by other code)."""
+    ran = effect.intent.get("call")
+    if isinstance(ran, dict) and {"id", "tool", "args"} <= ran.keys():
+        return ToolCall(id=ran["id"], tool=ran["tool"], args=ran["args"])
+    return call

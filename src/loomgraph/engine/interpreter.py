@@ -42,6 +42,7 @@ from loomgraph.protocols.events import (
     NODE_COMPLETED,
     NODE_STARTED,
 )
+from loomgraph.protocols.runtime import StopDeferred
 from loomgraph.protocols.tasks import stops_the_task
 
 
@@ -201,6 +202,8 @@ async def _step(
             await scope.audit(AuditAction.BUDGET_BLOCK, qualified, block)
         return Outcome(RunStatus.BUDGET_EXHAUSTED, str(err), state, node, error=err)
     except RunStopped as stop:
+        if not isinstance(stop, StopDeferred):  # a request journaled now would wait unseen
+            scope.asking = True
         # The visit goes on when the run is resumed (the same visit, what it did replayed):
         # charged then, once, as in a run that never stopped.
         await scope.release(reservation)

@@ -16,11 +16,11 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from loomgraph.engine.approval_checks import same_call
-from loomgraph.engine.effects import EffectKey
+from loomgraph.engine.effects import EffectKey, ran_call
 from loomgraph.engine.scope import RunScope
 from loomgraph.protocols import ToolCall, ToolResult, ToolSpec
 
-__all__ = ["OwnTool", "own_call_key"]
+__all__ = ["OwnTool", "own_call_key", "own_key", "own_keys_begun"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,17 +33,36 @@ class OwnTool:
     act: Callable[[ToolCall], Awaitable[ToolResult]]
 
 
-async def own_call_key(scope: RunScope, call: ToolCall, key: EffectKey) -> EffectKey:
-    """The key `call` is journaled under: `key` — or, while a request journaled before the
-    run stopped asked about another call there that never began, the next of its name."""
+async def own_call_key(
+    scope: RunScope, call: ToolCall, key: EffectKey
+) -> tuple[EffectKey, ToolCall]:
+    """The key `call` is journaled under and the call made there: `key` — or, while a
+    request journaled before the run stopped asked about another call there that never
+    began, the next of its name. A call begun under a key is the one made there, as it was
+    journaled (replayed, or made again after a crash, as approved), whatever the node built
+    now."""
     found, n = key, 1
-    while found.text not in scope.begun:  # a call begun there is replayed or settled there
+    while True:
+        if found.text in scope.begun:
+            began = await scope.deps.runtime.effect(scope.run_id, found.text)
+            return found, call if began is None else ran_call(began, call)
         request_key = found.approval_request_of(call["id"])
         if str(request_key) not in scope.requested:
-            break
+            return found, call
         request = await scope.finished_effect(request_key) or {}
         if "call" not in request or same_call(request["call"], call):
-            break
+            return found, call
         n += 1
-        found = EffectKey(key.run_id, key.path, key.visit, f"{key.slot}~{n}")
-    return found
+        found = own_key(key, n)
+
+
+def own_key(key: EffectKey, n: int) -> EffectKey:
+    """The `n`th key of a node's own call named by `key` (the first is `key` itself)."""
+    return key if n == 1 else EffectKey(key.run_id, key.path, key.visit, f"{key.slot}~{n}")
+
+
+def own_keys_begun(scope: RunScope, key: EffectKey) -> list[str]:
+    """The keys of the node's own call named by `key` that the run began (the journal
+    knows them; `RunScope.begun`)."""
+    prefix = key.text + "~"
+    return [k for k in scope.begun if k == key.text or k.startswith(prefix)]

@@ -13,7 +13,7 @@ from typing import Any, TypeGuard
 from loomgraph.engine import audit_trail as trail
 from loomgraph.engine.approval_checks import args_too_large
 from loomgraph.engine.approvals import ApprovalDesk
-from loomgraph.engine.effects import TOOL_EFFECT, EffectKey
+from loomgraph.engine.effects import TOOL_EFFECT, EffectKey, ran_call
 from loomgraph.engine.own_calls import OwnTool, own_call_key
 from loomgraph.engine.received import permission_for, received_call, untrusted_in
 from loomgraph.engine.scope import NO_ATTRIBUTES, RunScope
@@ -76,8 +76,8 @@ class ToolGate:
         if scope.listening:
             await scope.emit(TOOL_CALL, {"call": call}, self.node)
         spec = deps.tools.spec(call["tool"]) if own is None else own.spec
-        if own is not None and scope.requested:  # asked about before the run stopped
-            key = await own_call_key(scope, call, key)
+        if own is not None and (scope.requested or scope.begun):  # before the run stopped
+            key, call = await own_call_key(scope, call, key)
         too_large = None if spec is None else self._args_too_large(call)
         if spec is None or too_large is not None:
             # Not run now; one that ran (its tool since gone, a lower size limit) is replayed
@@ -380,12 +380,3 @@ def _span_attributes(call: ToolCall, spec: ToolSpec | None) -> dict[str, Any]:
 def is_done(effect: EffectRecord | None) -> TypeGuard[EffectRecord]:
     """Whether a journaled effect finished with an outcome (replayed, never run again)."""
     return effect is not None and effect.status == EffectStatus.DONE and effect.outcome is not None
-
-
-def ran_call(effect: EffectRecord, call: ToolCall) -> ToolCall:
-    """The call as it ran (its intent: the arguments an approver may have edited), or `call`
-    when the intent names none (an effect journaled by other code)."""
-    ran = effect.intent.get("call")
-    if isinstance(ran, dict) and {"id", "tool", "args"} <= ran.keys():
-        return ToolCall(id=ran["id"], tool=ran["tool"], args=ran["args"])
-    return call
