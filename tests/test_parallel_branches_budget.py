@@ -18,11 +18,12 @@ from typing import Any
 import pytest
 
 from loomgraph import Agent, tool
-from loomgraph.governance import BudgetConfig, Caps, Hooks, SqliteLedger, StandardBudget
-from loomgraph.protocols import RunStatus
+from loomgraph.governance import BudgetConfig, Caps, Hooks, SqliteLedger, StandardBudget, hold_wait
+from loomgraph.models import ScriptedModel
+from loomgraph.protocols import ModelRequest, RunStatus
 from loomgraph.protocols.events import BUDGET_EXCEEDED
 from loomgraph.protocols.pricing import Price
-from payment_plans import DONE, planner
+from payment_plans import DONE, planner, respond
 
 STEPS = ("ann", "bob", "cy")
 PRICES = {"scripted": Price(input=1.0, output=3.0)}
@@ -112,3 +113,73 @@ async def test_a_call_count_a_sibling_holds_is_refused_at_once(tmp_path: Path) -
     assert done.status == RunStatus.BUDGET_EXHAUSTED, done.reason
     assert "user:alice:tool_calls" in (done.reason or "")
     assert not RELEASED["waited"].is_set()
+
+
+SHARED: dict[str, Any] = {}
+
+
+@tool
+async def consult(q: str) -> str:
+    """Ask the helper agent (on the same budget), once the sibling branch's model call holds
+    the room the cap has left."""
+    await asyncio.wait_for(SHARED["holding"].wait(), 10)
+    inner = Agent("helper", model=ScriptedModel(["the helper says hi"]), budget=SHARED["budget"])
+    result = await inner.run(q, user_id="alice")
+    SHARED["inner"] = (str(result.status), result.reason)
+    return f"helper: {result.output}"
+
+
+def helped(parallel: bool) -> ScriptedModel:
+    """Plan two steps: ann pays (her second model turn holds its hold until the helper's
+    run waits, or for a while), and `helper` consults an inner Agent."""
+
+    async def turn(request: ModelRequest) -> Any:
+        said = " ".join(str(m.get("content")) for m in request.messages)
+        if "Results so far" in said:
+            return respond(done=True, answer=DONE)
+        if "Do this step: " in said:
+            step = said.split("Do this step: ")[1].split()[0]
+            if any(m.get("role") == "tool" for m in request.messages):
+                if step == "ann" and parallel:
+                    SHARED["holding"].set()  # (this call's hold is made: it is being made)
+                    for _ in range(10_000):  # yields until the helper's run waits for it
+                        if hold_wait._BELLS:
+                            break
+                        await asyncio.sleep(0)
+                return f"did {step}"
+            if step == "ann":
+                return {"tool_calls": [{"id": "p", "tool": "pay", "args": {"to": "ann"}}]}
+            return {"tool_calls": [{"id": "c", "tool": "consult", "args": {"q": "hi"}}]}
+        return respond(steps=["ann", "helper"], parallel=parallel)
+
+    return ScriptedModel(turn)
+
+
+async def test_an_agent_run_by_a_branchs_tool_waits_for_a_sibling_branchs_call(
+    tmp_path: Path,
+) -> None:
+    """A branch's tool runs an inner Agent on the same budget while the sibling branch's
+    model call holds the room a small token cap has left: the inner run waits for that call,
+    which ends by itself, and completes as in the serial plan (it was refused at once: every
+    hold of the run that started it counted as standing in its way, not only the tool call
+    running it and the visits around that)."""
+    results = []
+    for parallel in (False, True):
+        SHARED.update(holding=asyncio.Event(), inner=None)
+        if not parallel:
+            SHARED["holding"].set()
+        config = BudgetConfig(per_user=Caps(total_tokens=1_400), hold_wait_s=30)
+        budget = StandardBudget(config, SqliteLedger(tmp_path / f"{parallel}.db"))
+        SHARED["budget"] = budget
+        agent = Agent(
+            "x",
+            model=helped(parallel),
+            tools=[pay, consult],
+            architecture="plan-execute",
+            budget=budget,
+        )
+        async with agent:
+            done = await agent.run("go", user_id="alice")
+        assert done.status == RunStatus.COMPLETED, (parallel, done.reason)
+        results.append(SHARED["inner"])
+    assert results == [("completed", ""), ("completed", "")]

@@ -39,6 +39,7 @@ from loomgraph.protocols.events import EFFECT_UNKNOWN_AFTER_CRASH, Event, hears_
 from loomgraph.protocols.governance import EffectRef
 from loomgraph.protocols.idle import is_idle
 from loomgraph.protocols.tasks import finished
+from loomgraph.protocols.tools import tool_run
 
 EventSink = Callable[[Event], Awaitable[None]]
 
@@ -183,8 +184,15 @@ class RunScope:
         # A run started inside another run's task (an Agent called by its tool) ends before
         # that run can: its budget scope names that run and the runs it was started from.
         outer = active_scope.get()
-        ancestors = () if outer is None else (*outer.budget_scope.ancestors, outer.run_id)
-        self.budget_scope = BudgetScope(self.run_id, self.user_id, ancestors)
+        if outer is None:
+            self.budget_scope = BudgetScope(self.run_id, self.user_id)
+        else:  # and, when a tool call of that run started it, that call (`tool_run`)
+            calling, caller = tool_run.get(), None
+            if calling is not None and calling.run_id == outer.run_id:
+                caller = calling.key or None
+            above = outer.budget_scope
+            ancestors, callers = (*above.ancestors, outer.run_id), (*above.callers, caller)
+            self.budget_scope = BudgetScope(self.run_id, self.user_id, ancestors, callers)
         self.callers_untrusted = outer.untrusted if outer is not None and outer.untrusted else None
         mode = AuditMode.of(self.deps.audit_log)
         self.auditing, self.audit_content = mode.enabled, mode.content

@@ -135,7 +135,7 @@ class ToolGate:
                 if capture:
                     traced[semconv.GEN_AI_TOOL_CALL_ARGUMENTS] = call["args"]
                 attributes = traced
-            token = tool_run.set(self._tool_run(call))
+            token = tool_run.set(self._tool_run(call, key))
             try:
                 with deps.telemetry.span(semconv.tool_span_name(call["tool"]), attributes) as span:
                     if own is None:
@@ -164,7 +164,7 @@ class ToolGate:
         self._count_invalid(call, result)
         return done
 
-    def _tool_run(self, call: ToolCall) -> ToolRun:
+    def _tool_run(self, call: ToolCall, key: EffectKey) -> ToolRun:
         """What the tool host may know of the run (ToolContext), with a progress reporter."""
         scope, node = self.scope, self.node
 
@@ -174,7 +174,7 @@ class ToolGate:
             payload = {**data, "call_id": call["id"], "tool": call["tool"], "message": message}
             await scope.emit(TOOL_PROGRESS, payload, node)
 
-        return ToolRun(scope.run_id, scope.user_id, scope.session_id, node, progress)
+        return ToolRun(scope.run_id, scope.user_id, scope.session_id, node, progress, key.text)
 
     def _args_too_large(self, call: ToolCall) -> ToolResult | None:
         """An error result for arguments over the size limit, or None (an approver's edited

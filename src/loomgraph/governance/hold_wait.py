@@ -142,16 +142,22 @@ class _Path:
     effect: EffectRef | None
 
     def stands(self, hold: Hold) -> bool:
-        """Whether `hold` lasts as long as the wait would: a hold of a run this one was
-        started from, or one of its own run without an effect (a node visit's, held while
-        its child graphs run) or for the same effect. Other holds end by themselves."""
-        if hold.run_id in self.run.ancestors:
-            return True
-        if hold.run_id != self.run.run_id:
+        """Whether `hold` lasts as long as the wait would: one of its own run or of a run it
+        was started from without an effect (a node visit's, held while its child graphs or
+        the tool running this run go on), one for the same effect, one of the call of a run
+        it was started from that started it (every hold of such a run when the call is not
+        known: `BudgetScope.callers`). Other holds end by themselves."""
+        run = self.run
+        if hold.run_id == run.run_id:
+            mine = self.effect.key if self.effect is not None else None
+        elif hold.run_id in run.ancestors:
+            callers = dict(zip(run.ancestors, run.callers, strict=False))
+            mine = callers.get(hold.run_id)
+            if mine is None:
+                return True
+        else:
             return False
-        return hold.effect is None or (
-            self.effect is not None and hold.effect.key == self.effect.key
-        )
+        return hold.effect is None or hold.effect.key == mine
 
 
 async def _only_held(

@@ -33,11 +33,14 @@ class BudgetScope:
     """Whose money a reservation spends.
 
     `ancestors` are the runs this run was started from, outermost first (an Agent run by a
-    tool of another run): they end only after it does, so it never waits for their holds."""
+    tool of another run): they end only after it does, so it never waits for the holds on
+    its path there — their node visits, and in `callers` the effect key of each one's call
+    that started it (its tool call), or None when not known (every hold of that run)."""
 
     run_id: str
     user_id: str | None
     ancestors: tuple[str, ...] = ()
+    callers: tuple[str | None, ...] = ()
 
 
 @dataclass(slots=True, frozen=True)

@@ -104,6 +104,8 @@ class ToolRun:
     node: str
     # Reports progress of the running call as a `tool_progress` event of the run.
     progress: Callable[[str, dict[str, Any]], Awaitable[None]]
+    # The call's effect key (its idempotency key): what a run its tool starts waits behind.
+    key: str = ""
 
 
 tool_run: ContextVar[ToolRun | None] = ContextVar("loomgraph_tool_run", default=None)
