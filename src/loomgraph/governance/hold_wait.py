@@ -164,8 +164,9 @@ async def _only_held(
     ledger: Ledger, path: _Path, totals: Mapping[str, Totals], check: Check
 ) -> bool:
     """Whether the refused reservation would fit if only the holds that stand while it
-    waits (`_Path.stands`) were held — and the counts (`SPENT_COUNTS`) of its run's other
-    calls, which the run charges when they end, whatever they used."""
+    waits (`_Path.stands`) were held — and the counts (`SPENT_COUNTS`) of the other calls
+    of its run and of the runs it was started from, charged when they end, whatever they
+    used."""
     standing: dict[str, dict[str, int]] = {}
     for run_id in (path.run.run_id, *path.run.ancestors):
         for hold in await ledger.holds(run_id):
