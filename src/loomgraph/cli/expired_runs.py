@@ -22,12 +22,14 @@ async def send_on_expired(args: argparse.Namespace, runtime: Runtime, resume: Re
     request passed its deadline, oldest first; a run that cannot be sent on (another
     agent's, driven elsewhere, answered or ended meanwhile, its graph no longer compiles) is
     named on stderr and skipped."""
-    from loomgraph.agent.answers import expired, pending_of
+    from loomgraph.agent.resume_answers import unanswered
+    from loomgraph.agent.resume_errors import ResumeError
 
     sent = 0
     for record in await runtime.runs(args.user):
-        pending = pending_of(record)
-        if pending is None or pending.call is None or not expired(pending):
+        try:
+            unanswered(record)  # the check a resume without an answer makes
+        except ResumeError:  # in time, waiting for a value, or for nothing
             continue
         one = argparse.Namespace(**{**vars(args), "run_id": record.run_id, "value": None})
         try:
