@@ -25,7 +25,7 @@ from loomgraph import Agent
 from loomgraph.governance import BudgetConfig, StandardBudget
 from loomgraph.protocols import ModelChunk, ModelRequest
 
-CAPS = BudgetConfig(model_calls=1000, tool_calls=1000, output_tokens=10_000_000)
+CAPS = BudgetConfig(model_calls=1000, tool_calls=1000, output_tokens=10_000_000, node_visits=1000)
 
 
 class CountingModel(W.KillingModel):

@@ -4,7 +4,9 @@
 capped `StandardBudget` whose ledger is in the journal's own database, and writes one durable
 line per real execution, model or tool. Killed after an effect ran but before it was
 settled, the resume charges the dead attempt's hold in full and runs the effect again, which
-is charged again: N executions are charged as N, on SQLite and on PostgreSQL.
+is charged again: N executions are charged as N, on SQLite and on PostgreSQL. The node visit
+a kill cut is given back, not charged: the resume does it again and charges it once, so the
+run is charged the visits of the same run never killed, at every crash point.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Any
 
 import pytest
 
+import crash_worker as W
 import pg
 from test_crash_matrix import Journal, break_dead_lease, ledger_lines
 
@@ -107,3 +110,19 @@ async def test_postgres_crashed_attempt_is_charged(pg_schema: str, tmp_path: Pat
     models, tools = executions(ledger)
     assert (models, tools) == (4, 3)  # 7 executions
     check_charged(end, ledger)  # charged as 7
+
+
+@pytest.mark.parametrize("point", W.POINTS)
+@pytest.mark.parametrize("n", [1, 2, 3])
+async def test_a_killed_run_is_charged_the_visits_of_its_twin(
+    tmp_path: Path, point: str, n: int
+) -> None:
+    """SIGKILLed at the Nth effect's (or transition's) crash point, then resumed: the visits
+    charged are the uninterrupted run's (before, the visit in flight was charged twice)."""
+    twin = Journal(f"sqlite:{tmp_path / 'twin.db'}")
+    untouched = last(worker(twin, tmp_path / "twin.tsv", "run"), "result")
+    journal, ledger = Journal(f"sqlite:{tmp_path / 'journal.db'}"), tmp_path / "effects.tsv"
+    end = await crash_then_resume(journal, ledger, (point, n))
+    assert end["result"]["status"] == "completed"
+    assert end["result"]["node_visits"] == untouched["result"]["node_visits"]
+    assert end["spent"]["node_visits"] == untouched["spent"]["node_visits"]

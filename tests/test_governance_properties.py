@@ -38,7 +38,6 @@ and the bugs found on the way, as deterministic tests.
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import fnmatch
 import posixpath
 import shutil
@@ -63,6 +62,7 @@ from hypothesis.stateful import (
 
 import governance_worker as gw
 import pg
+from dying_process import PROC, Crash, DyingAudit, DyingLedger, DyingRuntime, Proc
 from loomgraph import Agent, tool
 from loomgraph.agent.checkpoints import ResumeError
 from loomgraph.agent.defaults import DEFAULT_MAX_RECOVERIES
@@ -449,104 +449,6 @@ def usage_within(request: ModelRequest, plan: TurnPlan) -> dict[str, int]:
 
 
 # ---------------------------------------------------------------------------- processes
-
-
-class Crash(BaseException):
-    """The simulated death of a process."""
-
-
-PROC: contextvars.ContextVar[Proc | None] = contextvars.ContextVar("gov_proc", default=None)
-JOURNAL_WRITES = frozenset(
-    {"start_run", "begin_effect", "end_effect", "append_transition", "finish_run"}
-)
-
-
-class Proc:
-    """A simulated process: dies before or after its Nth journal write or ledger
-    transaction, then refuses every journal, ledger, audit, model and tool call."""
-
-    def __init__(self, crash: tuple[int, bool] | None) -> None:
-        self.crash_at, self.after = crash if crash is not None else (None, False)
-        self.calls = 0
-        self.dead = False
-
-    def alive(self) -> None:
-        if self.dead:
-            raise Crash("the process is dead")
-
-    async def point(self, fn: Callable[..., Awaitable[Any]], *args: Any, **kwargs: Any) -> Any:
-        """A call the process may die at."""
-        self.alive()
-        self.calls += 1
-        crash = self.calls == self.crash_at
-        if crash and not self.after:
-            self.dead = True
-            raise Crash(f"before call {self.calls}")
-        value = await fn(*args, **kwargs)
-        if crash:
-            self.dead = True
-            raise Crash(f"after call {self.calls}")
-        return value
-
-    async def call(self, fn: Callable[..., Awaitable[Any]], *args: Any, **kwargs: Any) -> Any:
-        self.alive()
-        return await fn(*args, **kwargs)
-
-
-class DyingRuntime:
-    """A process's journal (its own SQLite connection, or the shared in-memory journal)."""
-
-    def __init__(self, inner: Any, proc: Proc) -> None:
-        self.inner, self.proc = inner, proc
-
-    def __getattr__(self, name: str) -> Any:
-        method = getattr(self.inner, name)
-        if not callable(method):
-            return method  # lease_seconds and the like
-        wrap = self.proc.point if name in JOURNAL_WRITES else self.proc.call
-
-        async def call(*args: Any, **kwargs: Any) -> Any:
-            return await wrap(method, *args, **kwargs)
-
-        return call
-
-
-class DyingLedger:
-    """A process's budget ledger (its own SQLite connection, or the shared in-memory one)."""
-
-    def __init__(self, inner: Any, proc: Proc) -> None:
-        self.inner, self.proc = inner, proc
-
-    async def transact(self, scopes: Any, hold_id: Any, decide: Any) -> Any:
-        return await self.proc.point(self.inner.transact, scopes, hold_id, decide)
-
-    async def totals(self, scope: str) -> Any:
-        return await self.proc.call(self.inner.totals, scope)
-
-    async def holds(self, run_id: str | None = None) -> Any:
-        return await self.proc.call(self.inner.holds, run_id)
-
-    async def charges(self, run_id: str) -> Any:
-        return await self.proc.call(self.inner.charges, run_id)
-
-    async def run_clock(self, run_id: str, started_at: float, deadline: float | None) -> Any:
-        return await self.proc.call(self.inner.run_clock, run_id, started_at, deadline)
-
-    async def forget_run(self, run_id: str) -> None:
-        await self.proc.call(self.inner.forget_run, run_id)
-
-    async def close(self) -> None:
-        """The test closes a process's connection when the process ends or dies."""
-
-
-class DyingAudit:
-    """The shared audit log, as one process sees it."""
-
-    def __init__(self, inner: FileAuditLog, proc: Proc) -> None:
-        self.inner, self.proc = inner, proc
-
-    async def record(self, action: str, **kwargs: Any) -> None:
-        await self.proc.call(self.inner.record, action, **kwargs)
 
 
 @dataclass(frozen=True)

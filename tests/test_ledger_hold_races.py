@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 import pg
 from loomgraph._storage.lock_keys import advisory_key
 from loomgraph.governance import BudgetConfig, Caps, PostgresLedger, StandardBudget
-from loomgraph.governance.crash_charges import charge_left_holds
+from loomgraph.governance.crash_charges import close_left_holds
 from loomgraph.protocols import BudgetExceeded, BudgetScope, Reservation, Usage
 
 pytestmark = pytest.mark.postgres
@@ -78,7 +78,7 @@ async def end(budget: StandardBudget, how: Ending, held: Reservation) -> dict[st
     elif how is Ending.END_RUN:
         await budget.end_run(held.scope)
     else:
-        await charge_left_holds(budget.ledger, held.scope.run_id, time.time())
+        await close_left_holds(budget.ledger, held.scope.run_id, time.time())
     return {}
 
 

@@ -39,6 +39,7 @@ from loomgraph.governance import (
     SqliteLedger,
     StandardBudget,
 )
+from loomgraph.governance.crash_charges import visit_hold
 from loomgraph.governance.ledger import (
     Change,
     Decide,
@@ -67,11 +68,12 @@ BUSY = 0.2  # the SQLite ledger's busy_timeout in the runs, seconds
 TIMEOUTS = {"connect_timeout": 5.0, "command_timeout": 5.0}
 BOUND = 120.0  # seconds; reaching it means something hung
 POINTS = ["model", "reservation", "tool"]
-# Executions (model calls, tool calls, node visits) a run interrupted at each point makes,
-# its resume included: none twice. A model or tool call whose settlement meets the outage was
-# journaled first, so the resume replays it (its hold charged at its reservation); the
-# reservation's call never ran the first time. (Before, the outcome was journaled after the
-# charge, and an interrupted call ran again: (3, 1, 4) and (2, 2, 4).)
+# Executions (model calls, tool calls, node visits begun) a run interrupted at each point
+# makes, its resume included: no call twice (the visit the outage cut is begun again). A
+# model or tool call whose settlement meets the outage was journaled first, so the resume
+# replays it (its hold charged at its reservation); the reservation's call never ran the
+# first time. (Before, the outcome was journaled after the charge, and an interrupted call
+# ran again: (3, 1, 4) and (2, 2, 4).)
 EXECUTIONS = {"model": (2, 1, 4), "reservation": (2, 1, 4), "tool": (2, 1, 4)}
 
 
@@ -221,15 +223,18 @@ async def interrupted_then_resumed(runtime: Any, ledger: Ledger, world: World) -
         executions = (len(world.model_calls), len(world.tools), world.visits)
         assert executions == EXECUTIONS[world.point]
         totals = await ledger.totals("global")
-        # Every execution charged exactly once, the interrupted ones at their reservation.
+        # Every call charged exactly once, the interrupted ones at their reservation; the
+        # visit the outage cut is done again by the resume, and charged once, then.
         counts = ("model_calls", "tool_calls", "node_visits")
-        assert tuple(totals.spent.get(count, 0) for count in counts) == executions
+        charged = tuple(totals.spent.get(count, 0) for count in counts)
+        assert charged == (*executions[:2], executions[2] - 1)
         assert totals.reserved == {}
         assert await ledger.holds() == []
         charges = await ledger.charges(run.run_id)
         assert sorted((c.id, dict(c.amounts)) for c in charges) == sorted(
-            (h.id, dict(h.amounts)) for h in left
+            (h.id, dict(h.amounts)) for h in left if not visit_hold(h)
         )
+        assert [h.amounts for h in left if visit_hold(h)] == [{"node_visits": 1}]
     finally:
         world.outage.end()
         await agent.aclose()

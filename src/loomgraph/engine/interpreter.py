@@ -159,6 +159,7 @@ async def _step(
     changes by exactly the patch journaled: a failure after the node's patch undoes it."""
     deps, node, visit, qualified = scope.deps, ctx.node, ctx.visit, ctx.qualified_node
     reservation = counted = None
+    journaling = False  # the visit ends in a transition: its hold is settled with it
     try:
         if not (ctx.path and scope.redone_visits and _redone(scope.redone_visits, ctx)):
             reservation = await scope.reserve("node", NO_USAGE)
@@ -175,9 +176,6 @@ async def _step(
                 patch = await run_visit(kind, view, ctx, graph, writes)
         else:
             patch = await run_visit(kind, view, ctx, graph, writes)
-        if reservation is not None:
-            await scope.settle(reservation, NO_USAGE)
-            reservation = None
         # What failed attempts of the visit used: its transition carries it.
         carried = carry_kept(scope, ctx, patch) if scope.failed_usage else NOTHING_CARRIED
         # A child's state reaches the run's through the patches counted here.
@@ -194,6 +192,7 @@ async def _step(
             undo_patch(state, undo)  # the visit failed: it changed nothing
             _uncount(scope, counted)  # nor does its size count
             raise
+        journaling = True
     except BudgetExceeded as err:
         await keep_visit_calls(ctx)
         await ctx.emit(BUDGET_EXCEEDED, {"cap": err.cap, "reason": str(err)})
@@ -228,15 +227,20 @@ async def _step(
         counted = None  # (the failed patch's size was taken back)
         undo = graph.schema.apply(state, patch)
         target = kind.spec.on_error
+        journaling = True
     finally:
-        if reservation is not None:  # the visit happened, even if it failed or stopped
-            await scope.settle(reservation, NO_USAGE)
+        if reservation is not None and not journaling:  # the visit happened, though it
+            await scope.settle(reservation, NO_USAGE)  # failed (a stop gave it back)
     if ctx.path:  # map branches step concurrently: their seqs are taken and written in order
         if scope.transitions_lock is None:
             scope.transitions_lock = asyncio.Lock()
         async with scope.transitions_lock:
+            await scope.settle(reservation, NO_USAGE)
             journaled = await journal_transition(scope, ctx, state, patch, target, used)
     else:
+        # Settled just before its transition: a hold a crash leaves is of a visit the
+        # journal lacks, given back when the run is opened again (`crash_charges`).
+        await scope.settle(reservation, NO_USAGE)
         journaled = await journal_transition(scope, ctx, state, patch, target, used)
     if not ctx.path:  # the visit a resume went on with is over: its children are done
         scope.redone_visits = None

@@ -49,7 +49,7 @@ from loomgraph.governance.caps import (
     check_priced,
     user_scope,
 )
-from loomgraph.governance.crash_charges import charge_left_holds, charged_usage
+from loomgraph.governance.crash_charges import charged_usage, close_left_holds, settled
 from loomgraph.governance.fit import FittedHolds, Sizing
 from loomgraph.governance.hold_wait import Check, hold_or_wait, ring
 from loomgraph.governance.ledger import (
@@ -300,19 +300,7 @@ class StandardBudget:
         added: dict[str, int] = {}
 
         def decide(view: LedgerView) -> Change:
-            hold = view.hold
-            if hold is not None:
-                change = Change(remove=hold, spend=spend, spend_scopes=hold.scopes)
-            elif view.charged is not None:
-                # A resume charged the hold in full, taking this process for dead (it was
-                # stopped past its lease): only what it spent beyond that is added.
-                paid = view.charged.amounts
-                extra = {m: n - paid.get(m, 0) for m, n in spend.items() if n > paid.get(m, 0)}
-                change = Change(spend=extra, spend_scopes=names)
-            else:
-                # Without its hold (settled twice, or released) the amount was still spent:
-                # charge it to the scopes the reservation's owner has now.
-                change = Change(spend=spend, spend_scopes=names)
+            change = settled(view, reservation.kind, spend, names)
             added.clear()  # (a ledger may decide again after a conflict)
             added.update(change.spend)
             return change
@@ -344,14 +332,15 @@ class StandardBudget:
         started_at: float | None = None,
         deadline: float | None = None,
     ) -> float | None:
-        """Start (or resume) a run's clock and charge the holds a crashed attempt left behind
-        (see `crash_charges`: an effect in flight is charged its reservation).
+        """Start (or resume) a run's clock and close the holds a crashed attempt left behind
+        (see `crash_charges`: an effect in flight is charged its reservation, a node visit's
+        hold given back, as the resume does the visit again).
 
         The first recorded clock of a run wins, so a resume keeps the original deadline; pass
         the deadline stored with the run (`RunRecord.deadline`) to keep it even when the
         ledger forgot the run. Returns the run's deadline.
         """
-        if await charge_left_holds(self.ledger, scope.run_id, self._clock()):
+        if await close_left_holds(self.ledger, scope.run_id, self._clock()):
             ring(self.ledger)
         return await self._run_clocks.start(self.ledger, self.config, scope, started_at, deadline)
 

@@ -13,27 +13,58 @@ out a charge whose journaled outcome counts it (`agent.recovery.crashed_usage`).
 
 from __future__ import annotations
 
-from loomgraph.governance.ledger import NANO_USD, Change, Charge, Ledger, LedgerView
+from loomgraph.governance.ledger import NANO_USD, Change, Charge, Hold, Ledger, LedgerView
 from loomgraph.protocols import Usage
 
-__all__ = ["charge_left_holds", "charged_usage"]
+__all__ = ["charged_usage", "close_left_holds", "settled", "visit_hold"]
 
 
-async def charge_left_holds(ledger: Ledger, run_id: str, now: float) -> list[Charge]:
-    """Charge every hold `run_id` still has (its process died holding them); the charges."""
-    made = []
-    for left in await ledger.holds(run_id):
-        charge = Charge(left.id, run_id, dict(left.amounts), now, left.effect)
+def visit_hold(hold: Hold) -> bool:
+    """True for a node visit's hold: no effect named, nothing held but the visit."""
+    return hold.effect is None and hold.amounts.keys() <= {"node_visits"}
 
-        def decide(view: LedgerView, charge: Charge = charge) -> Change:
+
+async def close_left_holds(ledger: Ledger, run_id: str, now: float) -> int:
+    """Close every hold `run_id` still has (its process died holding them): an effect's is
+    charged, a node visit's given back; how many there were."""
+    left = await ledger.holds(run_id)
+    for hold in left:
+        charge = (
+            None
+            if visit_hold(hold)
+            else Charge(hold.id, run_id, dict(hold.amounts), now, hold.effect)
+        )
+
+        def decide(view: LedgerView, charge: Charge | None = charge) -> Change:
             hold = view.hold
-            if hold is None:  # charged (or settled) by someone else meanwhile
+            if hold is None:  # closed (or settled) by someone else meanwhile
                 return Change()
+            if charge is None:
+                return Change(remove=hold)
             return Change(remove=hold, spend=hold.amounts, spend_scopes=hold.scopes, charge=charge)
 
-        await ledger.transact((), left.id, decide)
-        made.append(charge)
-    return made
+        await ledger.transact((), hold.id, decide)
+    return len(left)
+
+
+def settled(view: LedgerView, kind: str, spend: dict[str, int], scopes: tuple[str, ...]) -> Change:
+    """What settling a reservation of `kind` at `spend` does, whatever became of its hold."""
+    hold = view.hold
+    if hold is not None:
+        return Change(remove=hold, spend=spend, spend_scopes=hold.scopes)
+    if view.charged is not None:
+        # A resume charged the hold in full, taking this process for dead (it was stopped
+        # past its lease): only what it spent beyond that is added.
+        paid = view.charged.amounts
+        extra = {m: n - paid.get(m, 0) for m, n in spend.items() if n > paid.get(m, 0)}
+        return Change(spend=extra, spend_scopes=scopes)
+    if kind == "node":
+        # A visit's hold a resume gave back (it took this process for dead): the resume
+        # does the visit again, and charges it.
+        return Change()
+    # Without its hold (settled twice, or released) the amount was still spent: charge it
+    # to the scopes the reservation's owner has now.
+    return Change(spend=spend, spend_scopes=scopes)
 
 
 def charged_usage(charges: list[Charge]) -> Usage:
