@@ -244,6 +244,7 @@ async def _step(
         journaled = await journal_transition(scope, ctx, state, patch, target, used)
     if not ctx.path:  # the visit a resume went on with is over: its children are done
         scope.redone_visits = None
+        scope.asking = False  # a stop its node caught is over too: the next may ask
     if isinstance(journaled, StateError):  # nothing of the visit was written: the run ends
         undo_patch(state, undo)
         _uncount(scope, counted)
