@@ -16,12 +16,15 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 import desk_clock
 from loomgraph import Agent, tool
 from loomgraph.engine.scope import active_scope
 from loomgraph.governance import StandardPermissions
 from loomgraph.models import ScriptedModel
-from loomgraph.protocols import RunStatus
+from loomgraph.nodes.concurrency import run_all
+from loomgraph.protocols import RunStatus, RunStopped
 from payment_plans import planner
 
 clock = desk_clock.clock
@@ -183,3 +186,26 @@ async def test_a_request_behind_a_siblings_question_gets_its_whole_time(
         paid = await a.resume(asked.run_id, approve=True)
         assert paid.status == RunStatus.COMPLETED, paid.reason
     assert PAID == ["bob"]
+
+
+async def test_a_journaled_request_is_shown_before_a_siblings_question() -> None:
+    """A branch's `interrupt` reads the journal once before it stops; a sibling that journals
+    its approval request in that moment stops too, not deferred. The request (its deadline
+    running) is the stop shown; the question, which journals nothing and has no deadline,
+    is asked again when the resume reaches it. Before, the first stop raised won, and the
+    request's hour ran while only the question was shown."""
+    asking, questioned = asyncio.Event(), asyncio.Event()
+
+    async def question() -> None:
+        await asyncio.wait_for(asking.wait(), 30)
+        questioned.set()
+        raise RunStopped(RunStatus.INTERRUPTED, "waiting for a value")
+
+    async def request() -> None:
+        asking.set()
+        await asyncio.wait_for(questioned.wait(), 30)
+        raise RunStopped(RunStatus.AWAITING_APPROVAL, "tool 'pay' needs approval")
+
+    with pytest.raises(RunStopped) as stopped:
+        await run_all([question, request], 2)
+    assert stopped.value.status == RunStatus.AWAITING_APPROVAL

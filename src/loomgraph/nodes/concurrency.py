@@ -7,7 +7,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 from loomgraph.engine.scope import active_scope, stop_request
-from loomgraph.protocols import RunStopped
+from loomgraph.protocols import RunStatus, RunStopped
 from loomgraph.protocols.runtime import StopDeferred
 
 T = TypeVar("T")
@@ -16,8 +16,9 @@ T = TypeVar("T")
 async def run_all(
     jobs: Sequence[Callable[[], Awaitable[T]]], limit: int, *, cancel_on_error: bool = True
 ) -> list[T]:
-    """The jobs' results in order; else the first failure, or the first stop, as it is (a
-    stop that waits its turn, `StopDeferred`, only when no other stopped).
+    """The jobs' results in order; else the first failure, or the first stop, as it is (an
+    approval request before a question; a stop that waits its turn, `StopDeferred`, only
+    when no other stopped).
 
     Once a job has raised (failed, or stopped the run: `RunStopped`, waiting for an approval
     or a value), no job that has not started starts. The jobs under way are never cut in the
@@ -68,6 +69,9 @@ async def run_all(
     if raised:
         failures = [err for err in raised if not isinstance(err, RunStopped)]
         shown = [err for err in raised if not isinstance(err, StopDeferred)]
+        # A journaled approval request first: its deadline runs. A question (`interrupt`)
+        # that stopped with it journals nothing and is asked again on the resume.
+        shown.sort(key=lambda err: getattr(err, "status", None) != RunStatus.AWAITING_APPROVAL)
         if failures and any(isinstance(err, RunStopped) for err in shown):
             _overtaken()
         raise (failures or shown or raised)[0]
