@@ -194,6 +194,53 @@ async def test_edited_arguments_naming_a_field_twice_are_refused_by_the_viewer(
         assert (await s.settled(run_id))["status"] == "awaiting_approval" and PAID == []
 
 
+@pytest.mark.parametrize(
+    "allow",
+    [[], ["maybe"], ["TRUE "], ["yes"], ["true", "false"]],
+    ids=["missing", "maybe", "spaced", "yes", "twice"],
+)
+async def test_the_viewers_answer_takes_allow_true_or_false_once_and_nothing_else(
+    tmp_path: Path, allow: list[str]
+) -> None:
+    """Found by probing: anything but 1/true/yes/on (a missing field, a typo, the field
+    given twice) was read as a denial, the request used up. The page's buttons send `true`
+    or `false`: anything else is refused naming the field, and the run still waits."""
+    async with served(tmp_path) as s:
+        run_id = (await s.post("alice", "/v1/runs", {"input": "pay acme"})).json()["run_id"]
+        (pending,) = (await s.get("alice", f"/v1/runs/{run_id}")).json()["pending"]
+        await s.client.post("/ui/login", data={"key": s.keys["alice"]})
+        answer = await s.client.post(
+            f"/ui/runs/{run_id}/approvals",
+            params={"call_id": "call_pay"},
+            data={"allow": allow, "key": pending["key"]},  # type: ignore[dict-item]
+            headers={"HX-Request": "true"},
+        )
+        # (a notice the page shows: htmx swaps in 200 answers only)
+        assert "field 'allow' must be given once" in answer.text, answer.text
+        assert answer.headers.get("hx-retarget") == "#notice"
+        assert (await s.settled(run_id))["status"] == "awaiting_approval" and PAID == []
+        (still,) = (await s.get("alice", f"/v1/runs/{run_id}")).json()["pending"]
+        assert still["key"] == pending["key"]
+
+
+async def test_a_denial_with_edited_arguments_is_refused_not_read_without_them(
+    tmp_path: Path,
+) -> None:
+    """Found by probing: `{"allow": false, "args": {...}}` was taken as a denial, the args
+    not even checked. As over MCP, edited arguments go only with an approval: 422 naming
+    both fields, and the run still waits for the same request."""
+    async with served(tmp_path) as s:
+        run_id = (await s.post("alice", "/v1/runs", {"input": "pay acme"})).json()["run_id"]
+        (pending,) = (await s.get("alice", f"/v1/runs/{run_id}")).json()["pending"]
+        body = {"allow": False, "key": pending["key"], "args": {"to": "zz", "amount": 1e9}}
+        refused = await s.post("alice", f"/v1/runs/{run_id}/approvals/call_pay", body)
+        assert error(refused) == (422, "validation"), refused.text
+        said = refused.json()["error"]["message"]
+        assert "'args'" in said and "'allow'" in said, said
+        (still,) = (await s.get("alice", f"/v1/runs/{run_id}")).json()["pending"]
+        assert still["key"] == pending["key"] and PAID == []
+
+
 class Obj(tuple[tuple[str, Any], ...]):
     """A JSON object as its pairs, in order, a name possibly repeated."""
 

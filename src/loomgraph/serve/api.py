@@ -235,6 +235,11 @@ async def _answer(
     if allow is None:
         raise Invalid("field 'allow' (true or false) is required")
     args = field(data, "args", dict, None)
+    if args is not None and not allow:  # never dropped: the caller meant an edit
+        raise Invalid(
+            "field 'args' (the edited arguments of a call you approve) goes only with "
+            "'allow' true: a denied call does not run"
+        )
     reason = field(data, "reason", str, "")
     key = field(data, "key", str, "")  # the request answered (`pending[].key`), if named
     run_id = request.path_params["run_id"]

@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import quote, urlencode
 
+from starlette.datastructures import FormData
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -16,7 +17,7 @@ from loomgraph.protocols import RunRecord, ToolCall
 from loomgraph.protocols.tool_identity import LOCAL, ToolIdentity
 from loomgraph.serve.auth import Caller
 from loomgraph.serve.bodies import parse_json
-from loomgraph.serve.errors import BadRequest
+from loomgraph.serve.errors import BadRequest, Invalid
 from loomgraph.serve.pages import read_form, render
 from loomgraph.serve.service import Service
 from loomgraph.serve.views import input_of
@@ -78,8 +79,13 @@ async def approvals_page(request: Request, service: Service, caller: Caller) -> 
     )
 
 
-def _form_bool(value: Any) -> bool:
-    return str(value).lower() in ("1", "true", "yes", "on")
+def _answer_of(form: FormData) -> bool:
+    """The card's `allow`: `true` or `false`, as its buttons send it, given once. Anything
+    else is refused (Invalid), never read as a denial that would use the request up."""
+    given = form.getlist("allow")
+    if len(given) != 1 or given[0] not in ("true", "false"):
+        raise Invalid(f"field 'allow' must be given once, as true or false, not {given!r}")
+    return given[0] == "true"
 
 
 async def approve(request: Request, service: Service, caller: Caller) -> Response:
@@ -92,7 +98,7 @@ async def approve(request: Request, service: Service, caller: Caller) -> Respons
         raise BadRequest("the call answered is not named (`?call_id=`)")
     args: dict[str, Any] | None = None
     text = str(form.get("args") or "").strip()
-    allow = _form_bool(form.get("allow"))
+    allow = _answer_of(form)
     if allow and text:
         args = parse_json(text, "the 'args' field")
         if not isinstance(args, dict):
