@@ -10,6 +10,7 @@ import contextvars
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from loomgraph.errors import ServiceUnavailable
 from loomgraph.observability import FileAuditLog
 
 
@@ -26,20 +27,26 @@ JOURNAL_WRITES = frozenset(
 class Proc:
     """A simulated process: dies before or after its Nth journal write or ledger
     transaction, then refuses every journal, ledger, audit, model and tool call. Dead after a
-    call, the call raises; or, when it `lingers`, returns, and the next call raises. `missed`
-    names the journal and ledger calls it did not make: the one it died before, and those its
-    tasks tried after."""
+    call, the call raises; or, when it `lingers`, returns, and the next call raises. With
+    `outage`, it does not die: the Nth call raises `ServiceUnavailable` before it is made (a
+    journal or ledger out of reach), once. `missed` lists the journal and ledger calls it did
+    not make: the one it died (or met the outage) before, and those its tasks tried after;
+    `cut` says whether either happened."""
 
-    def __init__(self, crash: tuple[int, bool] | None, *, lingers: bool = False) -> None:
+    def __init__(
+        self, crash: tuple[int, bool] | None, *, lingers: bool = False, outage: bool = False
+    ) -> None:
         self.crash_at, self.after = crash if crash is not None else (None, False)
         self.lingers = lingers  # dead after a call: it returns, and the next one is refused
+        self.outage = outage
         self.calls = 0
         self.dead = False
-        self.missed: set[str] = set()
+        self.cut = False
+        self.missed: list[str] = []
 
     def alive(self, name: str = "") -> None:
         if self.dead:
-            self.missed.add(name)
+            self.missed.append(name)
             raise Crash("the process is dead")
 
     async def point(self, fn: Callable[..., Awaitable[Any]], *args: Any, **kwargs: Any) -> Any:
@@ -47,13 +54,16 @@ class Proc:
         self.alive(fn.__name__)
         self.calls += 1
         crash = self.calls == self.crash_at
-        if crash and not self.after:
+        if crash and (self.outage or not self.after):
+            self.cut = True
+            self.missed.append(fn.__name__)
+            if self.outage:
+                raise ServiceUnavailable(f"out of reach at call {self.calls}")
             self.dead = True
-            self.missed.add(fn.__name__)
             raise Crash(f"before call {self.calls}")
         value = await fn(*args, **kwargs)
         if crash:
-            self.dead = True
+            self.dead = self.cut = True
             if not self.lingers:
                 raise Crash(f"after call {self.calls}")
         return value

@@ -159,7 +159,6 @@ async def _step(
     changes by exactly the patch journaled: a failure after the node's patch undoes it."""
     deps, node, visit, qualified = scope.deps, ctx.node, ctx.visit, ctx.qualified_node
     reservation = counted = None
-    journaling = False  # the visit ends in a transition: its hold is settled with it
     try:
         if not (ctx.path and scope.redone_visits and _redone(scope.redone_visits, ctx)):
             reservation = await scope.reserve("node", NO_USAGE)
@@ -188,11 +187,15 @@ async def _step(
             if hooks is not None:
                 await hooks.after_node(qualified, watched(patch))
             target = graph.next_node(node, state, visits)[0] if node in graph.nodes else END
+            # Settled last, just before its transition is journaled: a hold that a crash or
+            # an outage leaves is of a visit the journal lacks, which the resume does again
+            # (and `crash_charges` gives back when the run is opened again).
+            held, reservation = reservation, None
+            await scope.settle(held, NO_USAGE)
         except BaseException:
             undo_patch(state, undo)  # the visit failed: it changed nothing
             _uncount(scope, counted)  # nor does its size count
             raise
-        journaling = True
     except BudgetExceeded as err:
         await keep_visit_calls(ctx)
         await ctx.emit(BUDGET_EXCEEDED, {"cap": err.cap, "reason": str(err)})
@@ -210,10 +213,18 @@ async def _step(
         await keep_visit_calls(ctx)
         return Outcome(stop.status, stop.reason, state, node, pending=stop.pending, stopped=stop)
     except ServiceUnavailable:
-        raise  # not the node's failure: the run is recovered from its journal
+        # Not the node's failure: the run is recovered from its journal, the visit done
+        # again. Its hold is left, as a crash leaves it: given back then, or at the run's end.
+        reservation = None
+        raise
     except BaseException as err:  # SystemExit, a CancelledError of its own...: as a tool's
         if stops_the_task(err):
-            raise  # the run's task is cancelled: the caller (or lease holder) journals it
+            # The run's task is cancelled: the caller (or lease holder) journals it. A top
+            # visit's hold is left as for an outage; a branch's may be cut by its map's own
+            # time limit, and is charged (the run goes on without it).
+            if not ctx.path:
+                reservation = None
+            raise
         error = err if isinstance(err, GraphError) else NodeError(qualified, err)
         await keep_visit_calls(ctx)
         await ctx.emit(ERROR, {"error": str(error), "type": type(err).__name__})
@@ -227,20 +238,17 @@ async def _step(
         counted = None  # (the failed patch's size was taken back)
         undo = graph.schema.apply(state, patch)
         target = kind.spec.on_error
-        journaling = True
+        held, reservation = reservation, None
+        await scope.settle(held, NO_USAGE)
     finally:
-        if reservation is not None and not journaling:  # the visit happened, though it
-            await scope.settle(reservation, NO_USAGE)  # failed (a stop gave it back)
+        if reservation is not None:  # the visit happened, even if it failed
+            await scope.settle(reservation, NO_USAGE)
     if ctx.path:  # map branches step concurrently: their seqs are taken and written in order
         if scope.transitions_lock is None:
             scope.transitions_lock = asyncio.Lock()
         async with scope.transitions_lock:
-            await scope.settle(reservation, NO_USAGE)
             journaled = await journal_transition(scope, ctx, state, patch, target, used)
     else:
-        # Settled just before its transition: a hold a crash leaves is of a visit the
-        # journal lacks, given back when the run is opened again (`crash_charges`).
-        await scope.settle(reservation, NO_USAGE)
         journaled = await journal_transition(scope, ctx, state, patch, target, used)
     if not ctx.path:  # the visit a resume went on with is over: its children are done
         scope.redone_visits = None
