@@ -31,9 +31,11 @@ from dying_process import DyingLedger, DyingRuntime, Proc
 from loomgraph import Agent, tool
 from loomgraph.agent.result import RunResult
 from loomgraph.governance import BudgetConfig, Caps, Hooks, SqliteLedger, StandardBudget
+from loomgraph.graph.spec import EdgeSpec, Graph, NodeSpec
 from loomgraph.models import ScriptedModel
 from loomgraph.protocols import (
     BudgetExceeded,
+    BudgetScope,
     Event,
     Reservation,
     RunStatus,
@@ -375,3 +377,62 @@ async def test_a_visit_its_lease_stopped_is_charged_once_when_the_resume_does_it
     assert isinstance(resumed, RunResult) and resumed.status == RunStatus.COMPLETED, resumed
     assert resumed.node_visits == twin.node_visits
     assert await visits_spent(tmp_path) == wanted
+
+
+GATE: dict[str, asyncio.Event] = {}
+
+
+async def held(state: Any) -> dict[str, Any]:
+    """A visit that waits, holding its hold, until the test lets it go."""
+    GATE["in"].set()
+    await asyncio.wait_for(GATE["go"].wait(), 30)
+    return {}
+
+
+THREE = Graph(
+    name="three",
+    entry="a",
+    nodes={
+        "a": NodeSpec(kind="function", call=f"{__name__}:work"),
+        "b": NodeSpec(kind="function", call=f"{__name__}:held"),
+        "c": NodeSpec(kind="function", call=f"{__name__}:work"),
+    },
+    edges=[
+        EdgeSpec(source="a", target="b"),
+        EdgeSpec(source="b", target="c"),
+        EdgeSpec(source="c", target="END"),
+    ],
+)
+
+
+@pytest.mark.parametrize("stale", ["begin_run", "end_run"])
+async def test_a_stale_process_closing_a_live_visits_hold_loses_no_charge(
+    tmp_path: Path, stale: str
+) -> None:
+    """Found by probing: a process stopped just before its own `begin_run` (or a zombie's
+    `end_run`) closes the holds of the run's live owner; the owner's visit, its hold given
+    back, then settled to nothing: 3 visits ran, 2 were charged. A settle without its hold
+    charges the visit (an over-count at worst, as for any hold a stale process charges)."""
+    GATE.update({"in": asyncio.Event(), "go": asyncio.Event()})
+    ledger = SqliteLedger(tmp_path / "ledger.db")
+    config = BudgetConfig(per_user=Caps(node_visits=100))
+    async with Agent(
+        "x",
+        model=ScriptedModel([]),
+        architecture=THREE,
+        budget=StandardBudget(config, ledger),
+        runtime=f"sqlite:{tmp_path / 'journal.db'}",
+    ) as agent:
+        running = asyncio.create_task(agent.run("go", user_id="alice"))
+        await asyncio.wait_for(GATE["in"].wait(), 30)
+        (run,) = await agent.deps.runtime.runs()
+        others = SqliteLedger(tmp_path / "ledger.db")
+        try:
+            other = StandardBudget(config, others)
+            await getattr(other, stale)(BudgetScope(run.run_id, "alice"))
+        finally:
+            await others.close()
+        GATE["go"].set()
+        result = await running
+        assert result.status == RunStatus.COMPLETED, result.reason
+    assert await visits_spent(tmp_path) == 3

@@ -300,7 +300,7 @@ class StandardBudget:
         added: dict[str, int] = {}
 
         def decide(view: LedgerView) -> Change:
-            change = settled(view, reservation.kind, spend, names)
+            change = settled(view, spend, names)
             added.clear()  # (a ledger may decide again after a conflict)
             added.update(change.spend)
             return change

@@ -47,8 +47,8 @@ async def close_left_holds(ledger: Ledger, run_id: str, now: float) -> int:
     return len(left)
 
 
-def settled(view: LedgerView, kind: str, spend: dict[str, int], scopes: tuple[str, ...]) -> Change:
-    """What settling a reservation of `kind` at `spend` does, whatever became of its hold."""
+def settled(view: LedgerView, spend: dict[str, int], scopes: tuple[str, ...]) -> Change:
+    """What settling a reservation at `spend` does, whatever became of its hold."""
     hold = view.hold
     if hold is not None:
         return Change(remove=hold, spend=spend, spend_scopes=hold.scopes)
@@ -58,12 +58,10 @@ def settled(view: LedgerView, kind: str, spend: dict[str, int], scopes: tuple[st
         paid = view.charged.amounts
         extra = {m: n - paid.get(m, 0) for m, n in spend.items() if n > paid.get(m, 0)}
         return Change(spend=extra, spend_scopes=scopes)
-    if kind == "node":
-        # A visit's hold a resume gave back (it took this process for dead): the resume
-        # does the visit again, and charges it.
-        return Change()
     # Without its hold (settled twice, or released) the amount was still spent: charge it
-    # to the scopes the reservation's owner has now.
+    # to the scopes the reservation's owner has now. A visit's hold given back by a resume
+    # that took this process for dead is charged so too: the visit is charged twice (the
+    # resume does it again), never lost when the one giving it back was the stale process.
     return Change(spend=spend, spend_scopes=scopes)
 
 
