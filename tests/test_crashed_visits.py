@@ -30,6 +30,7 @@ from hypothesis import strategies as st
 from dying_process import DyingLedger, DyingRuntime, Proc
 from loomgraph import Agent, tool
 from loomgraph.agent.result import RunResult
+from loomgraph.agent.submitting import cancel_idle
 from loomgraph.governance import BudgetConfig, Caps, Hooks, SqliteLedger, StandardBudget
 from loomgraph.graph.spec import EdgeSpec, Graph, NodeSpec
 from loomgraph.models import ScriptedModel
@@ -436,3 +437,30 @@ async def test_a_stale_process_closing_a_live_visits_hold_loses_no_charge(
         result = await running
         assert result.status == RunStatus.COMPLETED, result.reason
     assert await visits_spent(tmp_path) == 3
+
+
+async def test_a_crashed_run_cancelled_then_leaves_nothing_held(tmp_path: Path) -> None:
+    """Found by probing: a run whose process died mid-visit, then cancelled (nobody resumed
+    it), kept its dead process's holds for good: the user's later runs waited for them and
+    were refused. A run ended aside (cancelled, given up) closes them as its resume would."""
+    cut = await in_process(tmp_path, ("react", 2, False, False), 100, (5, False, False), None)
+    assert isinstance(cut, Proc) and cut.dead
+    ledger = SqliteLedger(tmp_path / "ledger.db")
+    try:
+        assert await ledger.holds(), "the crash left no hold to close"
+        async with Agent(
+            "x",
+            model=model(("react", 2, False, False)),
+            tools=[pay],
+            budget=StandardBudget(BudgetConfig(per_user=Caps(node_visits=100)), ledger),
+            runtime=f"sqlite:{tmp_path / 'journal.db'}",
+        ) as agent:
+            (run,) = await agent.deps.runtime.runs()
+            # What `loomgraph serve`'s cancel does for a run nobody advances.
+            await cancel_idle(agent.deps, run.run_id, "cancelled by ops")
+            record = await agent.deps.runtime.load_run(run.run_id)
+            assert record is not None and record.status == RunStatus.CANCELLED
+        assert await ledger.holds() == []
+        assert (await ledger.totals("user:alice")).reserved == {}
+    finally:
+        await ledger.close()

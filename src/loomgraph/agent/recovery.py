@@ -15,7 +15,7 @@ from typing import Any
 
 from loomgraph.agent.checkpoints import ResumeError
 from loomgraph.agent.result import RunResult
-from loomgraph.agent.run_ending import end_aside, restore_entries
+from loomgraph.agent.run_ending import end_aside, end_clock, restore_entries
 from loomgraph.engine.attempts import MODEL_EFFECT
 from loomgraph.engine.effects import TOOL_EFFECT
 from loomgraph.governance.crash_charges import charged_usage
@@ -25,7 +25,6 @@ from loomgraph.protocols import (
     AuditAction,
     AuditLog,
     AuditMode,
-    BudgetScope,
     Deps,
     EffectRecord,
     EffectStatus,
@@ -91,10 +90,9 @@ async def begin_recovery(
 async def close_dead_letter(
     deps: Deps, record: RunRecord, graph: CompiledGraph, agent_name: str
 ) -> None:
-    """What a run just given up on still owes, under its lease: its clock ended (what its
-    last attempt held is charged, `end_clock`) and a run span, an error, so traces and
-    metrics count it (once: a dead letter found again ends its clock only)."""
-    await end_clock(deps, record)
+    """What a run just given up on still owes, under its lease (its clock was ended with its
+    end, `end_aside`): a run span, an error, so traces and metrics count it (once: a dead
+    letter found again ends its clock only)."""
     attributes = semconv.run_attributes(
         run_id=record.run_id,
         graph_name=graph.name,
@@ -109,18 +107,6 @@ async def close_dead_letter(
     with deps.telemetry.span(semconv.RUN_SPAN, {**attributes, **ended}) as span:
         trace = record.initial.trace if record.initial else None
         semconv.link_span(span, trace, semconv.LinkKind.RUN_START)  # nothing runs: the end
-
-
-async def end_clock(deps: Deps, record: RunRecord) -> None:
-    """End a dead letter's clock, under its lease: at its end, and again whenever it is
-    found (a refused resume, a fleet worker's repair), since nothing tells whether a crash
-    cut its close off. Ending an ended clock changes nothing: no hold is left to charge or
-    release, and the clock it records again is forgotten at once."""
-    clock = deps.run_clock
-    if clock is not None:
-        scope = BudgetScope(record.run_id, record.user_id)
-        await clock.begin_run(scope, started_at=record.created_at)
-        await clock.end_run(scope)
 
 
 # The stops where a run waits for a person: reaching one is progress, not a failure.

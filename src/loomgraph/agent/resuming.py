@@ -21,16 +21,10 @@ from loomgraph.agent.governance_state import (
 from loomgraph.agent.leases import hold_lease
 from loomgraph.agent.pinning import GRAPH_CHOICES, GraphChoice, check_move, move_run, not_kept
 from loomgraph.agent.pinning import run_graph as kept_graph
-from loomgraph.agent.recovery import (
-    WAITING,
-    begin_recovery,
-    end_clock,
-    end_recovery,
-    reset_recoveries,
-)
+from loomgraph.agent.recovery import WAITING, begin_recovery, end_recovery, reset_recoveries
 from loomgraph.agent.result import RunResult
 from loomgraph.agent.resume_answers import NO_VALUE, answer_for, bound, usable_here
-from loomgraph.agent.run_ending import restore_ended
+from loomgraph.agent.run_ending import ENDED_ASIDE, end_clock, restore_ended
 from loomgraph.agent.session import AgentSession
 from loomgraph.engine.effects import BoundValue, ResumeInput
 from loomgraph.engine.scope import EventSink, stop_request
@@ -169,8 +163,8 @@ class Resumer:
         """Redo what a crash cut off a run left as it is, under its lease (held if `leased`)."""
         ending = self._going_on(record, self.compiled)  # the Agent's fact extraction
         await restore_ended(self.deps, record, leased, sink, ending.on_episode)
-        if leased and record.status == RunStatus.DEAD_LETTER:  # found: its clock ended again
-            await end_clock(self.deps, record)
+        if leased and record.status in ENDED_ASIDE:  # found: its clock ended again (a crash
+            await end_clock(self.deps, record)  # may have cut its end off before it)
 
     def _going_on(self, record: RunRecord, compiled: CompiledGraph) -> AgentSession:
         """The session going on with run `record` (its prompt, user, session, id) on `compiled`."""

@@ -30,6 +30,7 @@ from loomgraph.protocols import (
     AuditEntry,
     AuditMode,
     AuditOutbox,
+    BudgetScope,
     Deps,
     Episode,
     RunRecord,
@@ -195,19 +196,41 @@ async def end_aside(
     A crash in between leaves it kept, for whatever looks at the run next (`restore_ended`,
     `restore_entries`, or the resume of a run that goes on). An outage of the log before the
     end is raised, nothing ended (as a session's end waits for its entries); after it, the
-    entry stays kept. `entry` None, or no audit: the end alone."""
+    entry stays kept. `entry` None, or no audit: the end alone. Then the run's budget clock
+    is ended (`end_clock`)."""
     runtime, run_id = deps.runtime, record.run_id
     if entry is None or not AuditMode.of(deps.audit_log).enabled:
         await runtime.finish_run(run_id, status, reason, result)
-        return
-    writer = AuditWriter(deps.audit_log, run_id, record.user_id, fenced_out=lease_lost)
-    try:
-        await restore_kept(writer, runtime)
-        kept = await _finish_keeping(runtime, run_id, status, reason, result, entry)
-        writer.add(*entry, kept)
-        await writer.written()
-    finally:  # what the log took is let go of; what it did not stays kept, once
-        await keep_unwritten(writer, runtime)
+    else:
+        writer = AuditWriter(deps.audit_log, run_id, record.user_id, fenced_out=lease_lost)
+        try:
+            await restore_kept(writer, runtime)
+            kept = await _finish_keeping(runtime, run_id, status, reason, result, entry)
+            writer.add(*entry, kept)
+            await writer.written()
+        finally:  # what the log took is let go of; what it did not stays kept, once
+            await keep_unwritten(writer, runtime)
+    # What a crashed attempt of the run still holds is closed as its resume would close it;
+    # else a run cancelled or given up after a crash held its user's room for good.
+    await end_clock(deps, record)
+
+
+ENDED_ASIDE = frozenset({RunStatus.CANCELLED, RunStatus.DEAD_LETTER})
+"""The ends `end_aside` journals for runs no session runs: their clocks it ends."""
+
+
+async def end_clock(deps: Deps, record: RunRecord) -> None:
+    """End the budget clock of a run ended aside (given up, cancelled), under its lease: at
+    its end, and again whenever it is found (a refused resume, a fleet worker's repair),
+    since nothing tells whether a crash cut it off. The holds its crashed attempt left are
+    closed (`StandardBudget.begin_run`: an effect's charged, a visit's given back). Ending an
+    ended clock changes nothing: no hold is left to close, and the clock it records again is
+    forgotten at once."""
+    clock = deps.run_clock
+    if clock is not None:
+        scope = BudgetScope(record.run_id, record.user_id)
+        await clock.begin_run(scope, started_at=record.created_at)
+        await clock.end_run(scope)
 
 
 async def cancel_aside(deps: Deps, record: RunRecord, reason: str) -> None:
