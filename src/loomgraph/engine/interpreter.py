@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from loomgraph.engine.context import VisitContext
+from loomgraph.engine.cut_visits import charge_cut, keep_cut, release_cut
 from loomgraph.engine.kept_usage import (
     NOTHING_CARRIED,
     carry_kept,
@@ -31,6 +32,7 @@ from loomgraph.protocols import (
     AuditAction,
     BudgetExceeded,
     Pending,
+    Reservation,
     RunStatus,
     RunStopped,
     Usage,
@@ -192,11 +194,15 @@ async def _step(
             # (and `crash_charges` gives back when the run is opened again).
             held, reservation = reservation, None
             await scope.settle(held, NO_USAGE)
+            if scope.cut_visits:
+                await charge_cut(scope, qualified)
         except BaseException:
             undo_patch(state, undo)  # the visit failed: it changed nothing
             _uncount(scope, counted)  # nor does its size count
             raise
     except BudgetExceeded as err:
+        if scope.cut_visits:
+            await charge_cut(scope, qualified)
         await keep_visit_calls(ctx)
         await ctx.emit(BUDGET_EXCEEDED, {"cap": err.cap, "reason": str(err)})
         if scope.auditing:
@@ -207,25 +213,32 @@ async def _step(
         if not isinstance(stop, StopDeferred):  # a request journaled now would wait unseen
             scope.asking = True
         # The visit goes on when the run is resumed (the same visit, what it did replayed):
-        # charged then, once, as in a run that never stopped.
-        await scope.release(reservation)
+        # charged then, once, as in a run that never stopped. A child's hold waits for the
+        # visit above it to say whether it is done again (`cut_visits`).
+        if ctx.path:
+            keep_cut(scope, qualified, reservation)
+        else:
+            await scope.release(reservation)
+            await release_cut(scope, stopped=True)
         reservation = None
         await keep_visit_calls(ctx)
         return Outcome(stop.status, stop.reason, state, node, pending=stop.pending, stopped=stop)
     except ServiceUnavailable:
         # Not the node's failure: the run is recovered from its journal, the visit done
         # again. Its hold is left, as a crash leaves it: given back then, or at the run's end.
+        await _cut_off(scope, ctx, reservation)
         reservation = None
         raise
     except BaseException as err:  # SystemExit, a CancelledError of its own...: as a tool's
         if stops_the_task(err):
-            # The run's task is cancelled: the caller (or lease holder) journals it. A top
-            # visit's hold is left as for an outage; a branch's may be cut by its map's own
-            # time limit, and is charged (the run goes on without it).
-            if not ctx.path:
-                reservation = None
+            # The run's task is cancelled (the caller or lease holder journals it), or a
+            # child's by its map's time limit: as for an outage.
+            await _cut_off(scope, ctx, reservation)
+            reservation = None
             raise
         error = err if isinstance(err, GraphError) else NodeError(qualified, err)
+        if scope.cut_visits:
+            await charge_cut(scope, qualified)
         await keep_visit_calls(ctx)
         await ctx.emit(ERROR, {"error": str(error), "type": type(err).__name__})
         if kind.spec.on_error is None:
@@ -269,6 +282,15 @@ async def _step(
             journaled.seq,
         )
     return target
+
+
+async def _cut_off(scope: RunScope, ctx: VisitContext, held: Reservation | None) -> None:
+    """A visit cut off (an outage, a cancel): a child's hold waits for the visit above it;
+    at the top the run is cut off, and every hold left as a crash leaves it."""
+    if ctx.path:
+        keep_cut(scope, ctx.qualified_node, held)
+    else:
+        await release_cut(scope, stopped=False)
 
 
 def _redone(redone: set[tuple[str, int]], ctx: VisitContext) -> bool:

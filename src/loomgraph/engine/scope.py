@@ -147,6 +147,9 @@ class RunScope:
     # taken once, and all are dropped when that visit ends: a later visit of the same node
     # runs children of the same names, new ones.
     redone_visits: set[tuple[str, int]] | None = None
+    # The holds of child visits that ended without a transition (stopped, cut off), by
+    # qualified node, until the visit above them decides (`engine.cut_visits`).
+    cut_visits: list[tuple[str, Reservation]] = field(default_factory=list)
     # Whether a request for approval is journaled for the run to stop at: a parallel
     # branch that asks meanwhile stops without journaling its own (`StopDeferred`), so no
     # request's deadline runs while nobody can be shown it. Cleared when a sibling's failure
