@@ -50,6 +50,9 @@ ADDED_COLUMNS = (
     ("loom_budget_charges", "effect", "TEXT"),
     ("loom_budget_charges", "execution", "INTEGER"),
 )
+# What `ddl` makes and `ADDED_COLUMNS` adds: a schema that has them all is not altered.
+TABLES = ("loom_budget_scopes", "loom_budget_holds", "loom_budget_charges", "loom_budget_runs")
+INDEXES = ("loom_budget_holds_run", "loom_budget_charges_run")
 HOLD_COLUMNS = "id, run_id, scopes, amounts, created_at, effect, execution"
 CHARGE_COLUMNS = "id, run_id, amounts, created_at, effect, execution"
 

@@ -19,7 +19,7 @@ from loomgraph._storage.pg_pool import (
     quote_ident,
 )
 from loomgraph.governance.ledger import LedgerUnavailable
-from loomgraph.governance.ledger_tables import ADDED_COLUMNS, ddl
+from loomgraph.governance.ledger_tables import ADDED_COLUMNS, INDEXES, TABLES, ddl
 from loomgraph.governance.sql_ledger import _SqlLedger
 
 __all__ = ["PostgresLedger"]
@@ -107,6 +107,8 @@ class PostgresLedger(_SqlLedger):
         return err if why is None else LedgerUnavailable(self.location, why)
 
     async def _setup(self, con: Any) -> None:
+        if await self._made(con):
+            return
         # Creators racing on CREATE TABLE IF NOT EXISTS collide in the catalog.
         await con.execute("SELECT pg_advisory_xact_lock($1)", self._key(""))
         await con.execute(f"CREATE SCHEMA IF NOT EXISTS {quote_ident(self.schema)}")
@@ -117,6 +119,25 @@ class PostgresLedger(_SqlLedger):
             await con.execute(
                 f"ALTER TABLE {prefix}{table} ADD COLUMN IF NOT EXISTS {column} {kind}"
             )
+
+    async def _made(self, con: Any) -> bool:
+        """Whether the schema has every table, index and column of the ledger: then it is
+        left alone. Even with IF NOT EXISTS, `ALTER TABLE` and `CREATE INDEX` lock the table
+        (ACCESS EXCLUSIVE, SHARE): a worker starting would wait for, and could deadlock
+        with, the ledger transactions of the runs other workers advance."""
+        found = await con.fetchval(
+            "SELECT (SELECT count(*) FROM information_schema.tables"
+            "        WHERE table_schema = $1 AND table_name = ANY($2::text[]))"
+            "     + (SELECT count(*) FROM pg_indexes"
+            "        WHERE schemaname = $1 AND indexname = ANY($3::text[]))"
+            "     + (SELECT count(*) FROM information_schema.columns WHERE table_schema = $1"
+            "        AND table_name || '.' || column_name = ANY($4::text[]))",
+            self.schema,
+            list(TABLES),
+            list(INDEXES),
+            [f"{table}.{column}" for table, column, _ in ADDED_COLUMNS],
+        )
+        return int(found) == len(TABLES) + len(INDEXES) + len(ADDED_COLUMNS)
 
     @asynccontextmanager
     async def _transaction(self, durable: bool = True) -> AsyncIterator[Cursor]:
