@@ -35,6 +35,7 @@ from loomgraph.agent.fleet import JobFromNewerVersion, JobKind, JobUnusable, Run
 from loomgraph.agent.resuming import RunNotStarted
 from loomgraph.agent.submitting import RunWaitTimeout
 from loomgraph.protocols import RunStatus
+from loomgraph.runtime.postgres import PostgresRuntime
 from loomgraph.tools.context import ToolContext
 from loomgraph.workers import worker as worker_module
 from loomgraph.workers.worker import Worker, WorkerOptions
@@ -409,3 +410,37 @@ async def test_a_worker_whose_clock_is_ahead_waits_for_a_leased_run(
         # Put back until that lease expires, once (maybe twice): not every 50 ms because
         # this host's clock said it had expired a minute ago.
         assert await picks(pg_schema, job_id) <= 3
+
+
+# ------------------------------------------------------------------- 5. a started run's error
+
+
+class RaisingOnce(PostgresRuntime):
+    """The fleet's journal, whose first `finish_run` raises an error the engine does not
+    expect (a driver's bug, a deadlock): it escapes the run's session."""
+
+    raised = False
+
+    async def finish_run(self, *args: Any, **kwargs: Any) -> None:
+        if not RaisingOnce.raised:
+            RaisingOnce.raised = True
+            raise RuntimeError("an error nobody expected")
+        await super().finish_run(*args, **kwargs)
+
+
+async def test_a_started_run_whose_job_raised_is_recovered_not_left_running(
+    env: dict[str, str], pg_schema: str
+) -> None:
+    """Found by probing the fleet: an unexpected error escaping a started run ended its job
+    (pgqueuer's `exception`) and left the run `running`, with no job and nobody holding it:
+    nothing would ever move it again. The job is put back, and the run recovered."""
+    RaisingOnce.raised = False
+    runtime = RaisingOnce(
+        os.environ["FLEET_DSN"], schema=os.environ["FLEET_SCHEMA"], lease_seconds=2.0
+    )
+    worker = Worker(fleet_agent.make(runtime=runtime), options())
+    async with fleet_agent.make() as client, running(worker):
+        run_id = await client.submit("raise once", user_id="alice")
+        result = await client.wait(run_id, timeout=60)
+        assert RaisingOnce.raised
+        assert result.status == RunStatus.COMPLETED, result.reason

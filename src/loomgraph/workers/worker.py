@@ -173,7 +173,14 @@ class Worker:
             raise put_back(self.options.poll_seconds, "service unavailable") from None
         except Exception as err:
             # Anything else: a run that never started would wait `queued` with no job (the
-            # engine drops a job that raised), so it is failed with the error as its reason.
+            # engine drops a job that raised), so it is failed with the error as its reason;
+            # one that started and is left `running` goes back, to be recovered as after a
+            # crash (counted: `max_recoveries` gives it up), never left with no job.
+            if run_id is not None and await self._left_running(run_id):
+                log.exception("run %s: its job raised; put back to recover the run", run_id)
+                raise put_back(
+                    self._backoff(job, self.options.poll_seconds, 2.0), "raised"
+                ) from None
             if run_id is None or not await self._fail_quietly(run_id, err):
                 raise
             log.exception("run %s: its job failed before the run started", run_id)
@@ -231,6 +238,15 @@ class Worker:
         check_owner(run_id, row["agent"] or "", self.agent.name)  # RunOfAnotherAgent
         if not await fail_unstarted(self.agent, run_id, err):
             log.warning("run %s: job %s dropped, the run is not queued: %s", run_id, job.id, err)
+
+    async def _left_running(self, run_id: str) -> bool:
+        """Whether the run is journaled `running` (False when that cannot be read)."""
+        try:
+            record = await self.agent.deps.runtime.load_run(run_id)
+        except Exception as failed:
+            log.warning("run %s could not be read: %s", run_id, failed)
+            return False
+        return record is not None and record.status == RunStatus.RUNNING
 
     async def _fail_quietly(self, run_id: str, err: Exception) -> bool:
         """`fail_unstarted` for an unexpected error; False when it did not fail the run (it
