@@ -1,16 +1,42 @@
-"""A scripted plan-and-execute model for tests of composite graphs: it plans one payment per
-payee, each step's ReAct agent calls `pay(to=payee)` once and says so, and the replan says
-the task is done."""
+"""Scripted payment runs for tests of composite graphs: a plan-and-execute model that plans
+one payment per payee (each step's ReAct agent calls `pay(to=payee)` once and says so, and
+the replan says the task is done), a ReAct payer, and the `pay` tool."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from typing import Any
 
+from loomgraph import tool
 from loomgraph.models import ScriptedModel
 from loomgraph.protocols import ModelRequest
 
 DONE = "all paid"
+STEPS = ("ann", "bob", "cy")
+AGAIN = ("dan", "eve")  # a second round of the plan: the map visited again
+
+Plan = tuple[str, int, bool, bool]
+"""The architecture, how many of STEPS it pays, whether in parallel, whether it plans AGAIN."""
+
+
+@tool
+def pay(to: str) -> str:
+    """Pay someone."""
+    return f"paid {to}"
+
+
+def payer(payees: Sequence[str]) -> ScriptedModel:
+    """A ReAct agent paying each payee in turn, one call per model turn."""
+    calls = [{"tool_calls": [{"id": f"c-{s}", "tool": "pay", "args": {"to": s}}]} for s in payees]
+    return ScriptedModel([*calls, DONE])
+
+
+def plan_model(plan: Plan) -> ScriptedModel:
+    """The model of `plan`: a ReAct payer, or a planner."""
+    architecture, steps, parallel, again = plan
+    if architecture == "plan-execute":
+        return planner(STEPS[:steps], parallel, AGAIN if again else ())
+    return payer(STEPS[:steps])
 
 
 def respond(**answer: object) -> dict[str, Any]:

@@ -46,34 +46,12 @@ from loomgraph.protocols import (
 from loomgraph.protocols.events import NODE_STARTED
 from loomgraph.runtime.errors import JournalUnavailable
 from loomgraph.runtime.sqlite import SqliteRuntime
-from payment_plans import planner
+from payment_plans import Plan, pay, plan_model
 
-STEPS = ("ann", "bob", "cy")
-AGAIN = ("dan", "eve")  # a second round of the plan: the map visited again
-
-Plan = tuple[str, int, bool, bool]
-"""The architecture, how many of STEPS it pays, whether in parallel, whether it plans AGAIN."""
 Cut = tuple[int, bool, bool]
 """Where a process is cut off: at its Nth journal write or ledger transaction, after it
 (True) or before, and whether by an outage (the call raises `ServiceUnavailable` before it is
 made, the process lives on and the run is left to be resumed) rather than by its death."""
-
-
-@tool
-def pay(to: str) -> str:
-    """Pay someone."""
-    return f"paid {to}"
-
-
-def model(plan: Plan) -> ScriptedModel:
-    """The plan's model: a ReAct payer, one call per turn, or a planner."""
-    architecture, steps, parallel, again = plan
-    if architecture == "plan-execute":
-        return planner(STEPS[:steps], parallel, AGAIN if again else ())
-    calls = [
-        {"tool_calls": [{"id": f"c-{s}", "tool": "pay", "args": {"to": s}}]} for s in STEPS[:steps]
-    ]
-    return ScriptedModel([*calls, "all paid"])
 
 
 async def in_process(
@@ -89,7 +67,7 @@ async def in_process(
     budget = StandardBudget(BudgetConfig(per_user=Caps(node_visits=cap)), DyingLedger(ledger, proc))
     agent = Agent(
         "x",
-        model=model(plan),
+        model=plan_model(plan),
         tools=[pay],
         architecture=plan[0],
         budget=budget,
@@ -313,7 +291,7 @@ async def test_a_visit_whose_settle_fails_ends_the_run_as_its_node_failing_would
     failure, as before: journaled, the state as it was before the visit."""
     async with Agent(
         "x",
-        model=model(("react", 1, False, False)),
+        model=plan_model(("react", 1, False, False)),
         tools=[pay],
         budget=RefusingBudget(SqliteLedger(tmp_path / "ledger.db"), error),
         runtime=f"sqlite:{tmp_path / 'journal.db'}",
@@ -359,7 +337,7 @@ async def test_a_visit_its_lease_stopped_is_charged_once_when_the_resume_does_it
 
     agent = Agent(
         "x",
-        model=model(("react", 2, False, False)),
+        model=plan_model(("react", 2, False, False)),
         tools=[pay],
         budget=StandardBudget(BudgetConfig(per_user=Caps(node_visits=wanted)), ledger),
         runtime=journal,
@@ -450,7 +428,7 @@ async def test_a_crashed_run_cancelled_then_leaves_nothing_held(tmp_path: Path) 
         assert await ledger.holds(), "the crash left no hold to close"
         async with Agent(
             "x",
-            model=model(("react", 2, False, False)),
+            model=plan_model(("react", 2, False, False)),
             tools=[pay],
             budget=StandardBudget(BudgetConfig(per_user=Caps(node_visits=100)), ledger),
             runtime=f"sqlite:{tmp_path / 'journal.db'}",

@@ -17,7 +17,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from loomgraph import Agent, tool
+from loomgraph import Agent
 from loomgraph.agent.result import RunResult
 from loomgraph.governance import (
     BudgetConfig,
@@ -26,46 +26,19 @@ from loomgraph.governance import (
     StandardBudget,
     StandardPermissions,
 )
-from loomgraph.models import ScriptedModel
 from loomgraph.protocols import RunStatus
-from payment_plans import planner
+from payment_plans import AGAIN, STEPS, Plan, pay, plan_model
 
-STEPS = ("ann", "bob", "cy")
-AGAIN = ("dan", "eve")  # a second round of the plan: the map visited again
 COUNTS = ("node_visits", "model_calls", "tool_calls")
 
 
-@tool
-def pay(to: str) -> str:
-    """Pay someone."""
-    return f"paid {to}"
-
-
-def payer(steps: int) -> ScriptedModel:
-    """A ReAct agent paying each payee in turn, one call per model turn."""
-    calls = [
-        {"tool_calls": [{"id": f"c-{s}", "tool": "pay", "args": {"to": s}}]} for s in STEPS[:steps]
-    ]
-    return ScriptedModel([*calls, "all paid"])
-
-
-Plan = tuple[str, int, bool, bool]
-"""The architecture, how many of STEPS it pays, whether in parallel, whether it plans AGAIN."""
-
-
 def agent(tmp: Path, plan: Plan, asking: frozenset[str], cap: int, handled: bool) -> Agent:
-    architecture, steps, parallel, again = plan
-    model = (
-        payer(steps)
-        if architecture == "react"
-        else planner(STEPS[:steps], parallel, AGAIN if again else ())
-    )
     ask = [f"pay(to={name})" for name in sorted(asking)]
     return Agent(
         "x",
-        model=model,
+        model=plan_model(plan),
         tools=[pay],
-        architecture=architecture,
+        architecture=plan[0],
         permissions=StandardPermissions(ask=ask),
         approval_handler=(lambda call, decision: True) if handled else None,
         budget=StandardBudget(
