@@ -19,7 +19,7 @@ from loomgraph.engine.visits import NO_USAGE
 from loomgraph.protocols import Reservation
 from loomgraph.protocols.paths import NodePath
 
-__all__ = ["charge_cut", "keep_cut", "release_cut"]
+__all__ = ["charge_cut", "keep_cut", "leave_cut", "release_cut"]
 
 
 def keep_cut(scope: RunScope, qualified: str, held: Reservation | None) -> None:
@@ -39,11 +39,14 @@ async def charge_cut(scope: RunScope, qualified: str) -> None:
             await scope.settle(held, NO_USAGE)
 
 
-async def release_cut(scope: RunScope, stopped: bool) -> None:
-    """The run stops (`stopped`: its resume does the cut visits again, their holds given
-    back now) or is cut off (their holds left, as a crash leaves them: `begin_run` gives them
-    back, or the run's end)."""
+async def release_cut(scope: RunScope) -> None:
+    """The run stops: its resume does the cut visits again; their holds are given back."""
     cut, scope.cut_visits = scope.cut_visits, []
-    if stopped:
-        for _, held in cut:
-            await scope.release(held)
+    for _, held in cut:
+        await scope.release(held)
+
+
+def leave_cut(scope: RunScope) -> None:
+    """The run is cut off: the cut visits' holds are left, as a crash leaves them
+    (`begin_run` gives them back, or the run's end)."""
+    scope.cut_visits = []

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from loomgraph.engine.context import VisitContext
-from loomgraph.engine.cut_visits import charge_cut, keep_cut, release_cut
+from loomgraph.engine.cut_visits import charge_cut, keep_cut, leave_cut, release_cut
 from loomgraph.engine.kept_usage import (
     NOTHING_CARRIED,
     carry_kept,
@@ -219,21 +219,21 @@ async def _step(
             keep_cut(scope, qualified, reservation)
         else:
             await scope.release(reservation)
-            await release_cut(scope, stopped=True)
+            await release_cut(scope)
         reservation = None
         await keep_visit_calls(ctx)
         return Outcome(stop.status, stop.reason, state, node, pending=stop.pending, stopped=stop)
     except ServiceUnavailable:
         # Not the node's failure: the run is recovered from its journal, the visit done
         # again. Its hold is left, as a crash leaves it: given back then, or at the run's end.
-        await _cut_off(scope, ctx, reservation)
+        _cut_off(scope, ctx, reservation)
         reservation = None
         raise
     except BaseException as err:  # SystemExit, a CancelledError of its own...: as a tool's
         if stops_the_task(err):
             # The run's task is cancelled (the caller or lease holder journals it), or a
             # child's by its map's time limit: as for an outage.
-            await _cut_off(scope, ctx, reservation)
+            _cut_off(scope, ctx, reservation)
             reservation = None
             raise
         error = err if isinstance(err, GraphError) else NodeError(qualified, err)
@@ -284,13 +284,13 @@ async def _step(
     return target
 
 
-async def _cut_off(scope: RunScope, ctx: VisitContext, held: Reservation | None) -> None:
+def _cut_off(scope: RunScope, ctx: VisitContext, held: Reservation | None) -> None:
     """A visit cut off (an outage, a cancel): a child's hold waits for the visit above it;
     at the top the run is cut off, and every hold left as a crash leaves it."""
     if ctx.path:
         keep_cut(scope, ctx.qualified_node, held)
     else:
-        await release_cut(scope, stopped=False)
+        leave_cut(scope)
 
 
 def _redone(redone: set[tuple[str, int]], ctx: VisitContext) -> bool:
