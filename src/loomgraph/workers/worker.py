@@ -176,12 +176,15 @@ class Worker:
             # engine drops a job that raised), so it is failed with the error as its reason;
             # one that started and is left `running` goes back, to be recovered as after a
             # crash (counted: `max_recoveries` gives it up), never left with no job.
-            if run_id is not None and await self._left_running(run_id):
+            status = None if run_id is None else await self._status_of(run_id)
+            if status == RunStatus.RUNNING:
                 log.exception("run %s: its job raised; put back to recover the run", run_id)
                 raise put_back(
                     self._backoff(job, self.options.poll_seconds, 2.0), "raised"
                 ) from None
-            if run_id is None or not await self._fail_quietly(run_id, err):
+            if run_id is None or status != RunStatus.QUEUED:
+                raise  # (or the engine journaled what became of the run)
+            if not await self._fail_quietly(run_id, err):
                 raise
             log.exception("run %s: its job failed before the run started", run_id)
 
@@ -239,22 +242,19 @@ class Worker:
         if not await fail_unstarted(self.agent, run_id, err):
             log.warning("run %s: job %s dropped, the run is not queued: %s", run_id, job.id, err)
 
-    async def _left_running(self, run_id: str) -> bool:
-        """Whether the run is journaled `running` (False when that cannot be read)."""
+    async def _status_of(self, run_id: str) -> RunStatus | None:
+        """The run's journaled status (None when it cannot be read, or there is no run)."""
         try:
             record = await self.agent.deps.runtime.load_run(run_id)
         except Exception as failed:
             log.warning("run %s could not be read: %s", run_id, failed)
-            return False
-        return record is not None and record.status == RunStatus.RUNNING
+            return None
+        return None if record is None else record.status
 
     async def _fail_quietly(self, run_id: str, err: Exception) -> bool:
-        """`fail_unstarted` for an unexpected error; False when it did not fail the run (it
-        started, or the journal could not be written)."""
+        """`fail_unstarted` for an unexpected error, for a run found `queued`; False when the
+        journal could not be written."""
         try:
-            record = await self.agent.deps.runtime.load_run(run_id)
-            if record is None or record.status != RunStatus.QUEUED:
-                return False  # it started: the engine journaled what became of it
             return await fail_unstarted(self.agent, run_id, err)
         except Exception as failed:
             log.warning("run %s could not be journaled failed: %s", run_id, failed)
