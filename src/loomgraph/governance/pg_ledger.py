@@ -106,6 +106,11 @@ class PostgresLedger(_SqlLedger):
         why = out_of_service(self._pg, err, self.dsn, self.connect_timeout, self.command_timeout)
         return err if why is None else LedgerUnavailable(self.location, why)
 
+    def _conflicted(self, err: Exception) -> bool:
+        """A deadlock or a serialization failure (SQLSTATE class 40): the server rolled the
+        transaction back, and another one went on."""
+        return isinstance(err, self._pg.TransactionRollbackError)
+
     async def _setup(self, con: Any) -> None:
         if await self._made(con):
             return

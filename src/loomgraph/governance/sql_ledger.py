@@ -9,7 +9,8 @@ PostgreSQL takes one transaction-level advisory lock per scope, in sorted order 
 so runs of different users do not wait for each other. A transaction naming only a hold (a
 release) learns its scopes by reading it, locks them, and decides on the hold as read again
 under the locks, never on one that a settlement committed meanwhile has ended
-(`_SqlLedger._locked_hold`).
+(`_SqlLedger._locked_hold`). Locks taken in two rounds can deadlock; the transaction the
+server fails then is done again.
 
 A ledger that cannot be reached — its SQLite file's lock held past `busy_timeout`, a file
 that cannot be opened, a Postgres server that refuses, drops the connection or does not
@@ -68,6 +69,10 @@ from loomgraph.governance.ledger_tables import (
 )
 
 __all__ = ["SqliteLedger"]
+
+CONFLICT_TRIES = 5
+"""How many times a ledger transaction is made when the store keeps rolling it back for a
+conflict with another one (a deadlock): each such rollback let the other go on."""
 
 
 class _SqlLedger(Ledger):
@@ -155,7 +160,27 @@ class _SqlLedger(Ledger):
         hold it ended is still there, and is charged at its reserved amount when the run is
         recovered — which only over-counts. Nor one whose hold guards no cap: a power cut can
         lose that count, never let a cap be passed.
+
+        A transaction the store rolled back for a conflict with another (`_conflicted`) did
+        nothing: it is done again, `decide` included, up to `CONFLICT_TRIES` times.
         """
+        tries = 1
+        while True:
+            try:
+                return await self._transact_once(scopes, hold_id, decide, durable)
+            except Exception as err:
+                if tries == CONFLICT_TRIES or not self._conflicted(err):
+                    raise
+                tries += 1
+
+    def _conflicted(self, err: Exception) -> bool:
+        """Whether `err` is the store's rollback of a transaction for a conflict with another
+        (none in SQLite, whose write lock serialises them)."""
+        return False
+
+    async def _transact_once(
+        self, scopes: Sequence[str], hold_id: str | None, decide: Decide, durable: bool
+    ) -> dict[str, Totals]:
         async with self._transaction(durable=durable and hold_id is None) as cur:
             hold, charged, names = await self._locked_hold(cur, scopes, hold_id)
             totals: dict[str, Totals] = {}
