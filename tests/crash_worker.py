@@ -178,8 +178,10 @@ class KillingRuntime:
     async def effects(self, run_id: str) -> list[EffectRecord]:
         return await self.inner.effects(run_id)  # type: ignore[no-any-return]
 
-    async def runs(self, user_id: str | None = None) -> list[RunRecord]:
-        return await self.inner.runs(user_id)  # type: ignore[no-any-return]
+    async def runs(
+        self, user_id: str | None = None, *, status: RunStatus | None = None
+    ) -> list[RunRecord]:
+        return await self.inner.runs(user_id, status=status)  # type: ignore[no-any-return]
 
 
 class KillingModel:

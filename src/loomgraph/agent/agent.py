@@ -26,6 +26,7 @@ from loomgraph.protocols import (
     Model,
     Permissions,
     RunRecord,
+    RunStatus,
     Runtime,
     SizeLimits,
     Telemetry,
@@ -381,9 +382,11 @@ class Agent(FleetMethods):
             after = EventId.parse(after)
         return follow_events(self.deps.runtime, run_id, after=after, poll_interval=poll_interval)
 
-    async def runs(self, user_id: str | None = None) -> list[RunRecord]:
-        """The runs in the journal, optionally of one user."""
-        return await self.deps.runtime.runs(user_id)
+    async def runs(
+        self, user_id: str | None = None, *, status: RunStatus | None = None
+    ) -> list[RunRecord]:
+        """The runs in the journal, optionally of one user, in one status."""
+        return await self.deps.runtime.runs(user_id, status=status)
 
     async def send_on_expired(self) -> list[RunResult]:
         """Resume this agent's runs whose approval request expired, the call denied as timed

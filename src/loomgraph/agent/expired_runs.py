@@ -28,8 +28,8 @@ async def send_on_expired(
     whose request expired, oldest first; their results. A run another process drives now,
     or that was answered, cancelled or ended meanwhile, is skipped."""
     sent: list[RunResult] = []
-    for record in await runtime.runs():
-        if record.status != RunStatus.AWAITING_APPROVAL or not may_go_on(record.agent_name, agent):
+    for record in await runtime.runs(status=RunStatus.AWAITING_APPROVAL):
+        if not may_go_on(record.agent_name, agent):
             continue
         try:
             unanswered(record)  # an expired approval request, nothing else

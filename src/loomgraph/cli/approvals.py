@@ -134,9 +134,9 @@ async def _pending(args: argparse.Namespace, runtime: Runtime) -> int:
     from loomgraph.agent.answers import expired, pending_of
 
     rows: list[dict[str, Any]] = []
-    for record in await runtime.runs(args.user):
+    for record in await runtime.runs(args.user, status=RunStatus.AWAITING_APPROVAL):
         pending = pending_of(record)
-        if record.status != RunStatus.AWAITING_APPROVAL or pending is None or not pending.call:
+        if pending is None or not pending.call:
             continue
         rows.append(
             {

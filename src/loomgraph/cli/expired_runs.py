@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable
 from loomgraph.cli.console import say
 from loomgraph.cli.output import EXIT_OK
 from loomgraph.errors import LoomgraphError
-from loomgraph.protocols import Runtime
+from loomgraph.protocols import Runtime, RunStatus
 
 Resume = Callable[[argparse.Namespace, Runtime], Awaitable[int]]
 
@@ -26,7 +26,7 @@ async def send_on_expired(args: argparse.Namespace, runtime: Runtime, resume: Re
     from loomgraph.agent.resume_errors import ResumeError
 
     sent = 0
-    for record in await runtime.runs(args.user):
+    for record in await runtime.runs(args.user, status=RunStatus.AWAITING_APPROVAL):
         try:
             unanswered(record)  # the check a resume without an answer makes
         except ResumeError:  # in time, waiting for a value, or for nothing

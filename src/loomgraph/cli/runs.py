@@ -214,10 +214,8 @@ async def _compiled(runtime: Runtime, args: argparse.Namespace, record: RunRecor
 
 
 async def _list(args: argparse.Namespace, runtime: Runtime) -> int:
-    runs = await runtime.runs(args.user)
-    if args.status is not None:
-        runs = [r for r in runs if r.status == args.status]
-    print_runs(runs, args.json)
+    status = None if args.status is None else RunStatus(args.status)
+    print_runs(await runtime.runs(args.user, status=status), args.json)
     return EXIT_OK
 
 

@@ -305,8 +305,10 @@ class RunReader(Protocol):
         """One effect of a run by its key, or None."""
         ...
 
-    async def runs(self, user_id: str | None = None) -> list[RunRecord]:
-        """Runs, oldest first, optionally of one user."""
+    async def runs(
+        self, user_id: str | None = None, *, status: RunStatus | None = None
+    ) -> list[RunRecord]:
+        """Runs, oldest first, optionally of one user, in one status."""
         ...
 
 

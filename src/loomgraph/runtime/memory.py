@@ -318,10 +318,15 @@ class InMemoryRuntime:
             if not kept:
                 del self._audit_kept[run_id]
 
-    async def runs(self, user_id: str | None = None) -> list[RunRecord]:
-        """Runs, newest last, optionally of one user (copies, as `load_run` gives)."""
+    async def runs(
+        self, user_id: str | None = None, *, status: RunStatus | None = None
+    ) -> list[RunRecord]:
+        """Runs, newest last, optionally of one user, in one status (copies, as `load_run`
+        gives)."""
         return [
-            self._copy(r) for r in self._runs.values() if user_id is None or r.user_id == user_id
+            self._copy(r)
+            for r in self._runs.values()
+            if (user_id is None or r.user_id == user_id) and (status is None or r.status == status)
         ]
 
     # ------------------------------------------------------------------ leases

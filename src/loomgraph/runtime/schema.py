@@ -236,6 +236,9 @@ def statements(d: Dialect) -> dict[str, str]:
         "load_run": f"SELECT {RUN_READ} FROM {p}runs WHERE run_id = ?",
         "runs": f"SELECT {RUN_READ} FROM {p}runs ORDER BY n",
         "user_runs": f"SELECT {RUN_READ} FROM {p}runs WHERE user_id = ? ORDER BY n",
+        "status_runs": f"SELECT {RUN_READ} FROM {p}runs WHERE status = ? ORDER BY n",
+        "user_status_runs": f"SELECT {RUN_READ} FROM {p}runs WHERE user_id = ? AND status = ? "
+        "ORDER BY n",
         "run_exists": f"SELECT 1 FROM {p}runs WHERE run_id = ?",
         "run_status": f"SELECT status FROM {p}runs WHERE run_id = ?",
         "finish_run": finish,

@@ -388,12 +388,13 @@ class SqlJournal(SqlLeases, SqlAuditOutbox):
         rows = await self._fetch("load_effect", (run_id, stored_key(run_id, key)))
         return self._decode(effect_from_row, rows)[0] if rows else None
 
-    async def runs(self, user_id: str | None = None) -> list[RunRecord]:
-        """Runs in the order they were started, optionally of one user."""
-        if user_id is None:
-            rows = await self._fetch("runs", ())
-        elif not storable(user_id):
+    async def runs(
+        self, user_id: str | None = None, *, status: RunStatus | None = None
+    ) -> list[RunRecord]:
+        """Runs in the order they were started, optionally of one user, in one status (both
+        in the query)."""
+        if user_id is not None and not storable(user_id):
             return []  # no run can have it: `start_run` refuses it
-        else:
-            rows = await self._fetch("user_runs", (user_id,))
-        return self._decode(run_from_row, rows)
+        args = [a for a in (user_id, status) if a is not None]
+        name = "user_" * (user_id is not None) + "status_" * (status is not None) + "runs"
+        return self._decode(run_from_row, await self._fetch(name, [str(a) for a in args]))
