@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable
 from loomgraph.cli.console import say
 from loomgraph.cli.output import EXIT_OK
 from loomgraph.errors import LoomgraphError
-from loomgraph.protocols import Runtime, RunStatus
+from loomgraph.protocols import RunStatus, Runtime
 
 Resume = Callable[[argparse.Namespace, Runtime], Awaitable[int]]
 
