@@ -11,6 +11,7 @@ from loomgraph.agent.arguments import check_text
 from loomgraph.agent.defaults import DEFAULT_MAX_RECOVERIES, NO_VALUE
 from loomgraph.agent.deps import build_deps
 from loomgraph.agent.fleet_methods import FleetMethods
+from loomgraph.agent.journal_methods import JournalMethods
 from loomgraph.agent.memory_wiring import keeps_episodes, wire_memory
 from loomgraph.authoring.library import load_graph
 from loomgraph.governance.null import NoHooks
@@ -25,13 +26,9 @@ from loomgraph.protocols import (
     Memory,
     Model,
     Permissions,
-    RunRecord,
-    RunStatus,
     Runtime,
     SizeLimits,
     Telemetry,
-    Transition,
-    UnknownRun,
     close_backend,
 )
 
@@ -40,18 +37,15 @@ _log = logging.getLogger(__name__)
 # Running, resuming and reading runs import their modules at first use: building an Agent
 # (a configuration value) loads only what checks and wires its configuration.
 if TYPE_CHECKING:
-    from loomgraph.agent.checkpoints import Checkpoint
-    from loomgraph.agent.event_ids import EventId
     from loomgraph.agent.pinning import GraphChoice
     from loomgraph.agent.result import RunResult
     from loomgraph.agent.resuming import Resumer
-    from loomgraph.agent.run_events import JournalEvent
     from loomgraph.agent.session import AgentSession
     from loomgraph.governance.hooks import Hooks as GovernanceHooks
     from loomgraph.protocols.events import Event
 
 
-class Agent(FleetMethods):
+class Agent(FleetMethods, JournalMethods):
     """An agent's configuration: instructions, model, tools, backends and architecture.
 
     It holds no per-run state: every `run()` / `stream()` builds a fresh `AgentSession`, so one
@@ -267,15 +261,6 @@ class Agent(FleetMethods):
 
         return event_stream(session.execute, self.deps.hooks.on_event, lambda: session.error)
 
-    # ------------------------------------------------------------------ the journal
-
-    async def _journal(self, run_id: str) -> tuple[RunRecord, list[Transition]]:
-        runtime = self.deps.runtime
-        record = await runtime.load_run(run_id)
-        if record is None:
-            raise UnknownRun(run_id)
-        return record, await runtime.transitions(run_id)
-
     async def resume(
         self,
         run_id: str,
@@ -352,41 +337,6 @@ class Agent(FleetMethods):
         this Agent's graph, if that state fits it (else `GraphChanged`).
         """
         return await self.resumer().fork(self.deps.hooks.on_event, run_id, at=at, patch=patch)
-
-    async def history(self, run_id: str) -> list[Checkpoint]:
-        """The run's first state (seq 0), then every transition with the state after it,
-        rebuilt with the graph the run started with (when the journal keeps it)."""
-        from loomgraph.agent.checkpoints import history
-
-        record, transitions = await self._journal(run_id)
-        return history(await self.graph_of(record), record, transitions)
-
-    async def graph_of(self, record: RunRecord) -> CompiledGraph:
-        """The graph `record`'s run started with, as the journal keeps it (else this Agent's);
-        GraphChanged when the kept graph no longer compiles here."""
-        from loomgraph.agent.pinning import run_graph
-
-        own = await run_graph(self.deps.runtime, record, self.compiled, self._kept)
-        return own or self.compiled
-
-    def events(
-        self, run_id: str, *, after: EventId | str | None = None, poll_interval: float = 0.5
-    ) -> AsyncIterator[JournalEvent]:
-        """The run's events read from the journal after `after` (a stable id: `"seq.index"`,
-        a stop's `"seq.end.k[.r]"`), then followed until the run stops, wherever it runs (see
-        `agent.run_events`)."""
-        from loomgraph.agent.event_ids import EventId
-        from loomgraph.agent.run_events import follow_events
-
-        if isinstance(after, str):
-            after = EventId.parse(after)
-        return follow_events(self.deps.runtime, run_id, after=after, poll_interval=poll_interval)
-
-    async def runs(
-        self, user_id: str | None = None, *, status: RunStatus | None = None
-    ) -> list[RunRecord]:
-        """The runs in the journal, optionally of one user, in one status."""
-        return await self.deps.runtime.runs(user_id, status=status)
 
     async def send_on_expired(self) -> list[RunResult]:
         """Resume this agent's runs whose approval request expired, the call denied as timed
