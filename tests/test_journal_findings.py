@@ -7,13 +7,12 @@ import contextlib
 import os
 import shutil
 import sqlite3
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+import journal_kinds
 import pg
 from loomgraph import Agent
 from loomgraph.models import ScriptedModel
@@ -36,30 +35,9 @@ from loomgraph.runtime.memory import InMemoryRuntime
 from loomgraph.runtime.sqlite import SqliteRuntime
 
 pg_schema = pg.pg_schema
-Factory = Callable[[], Any]
-ALL = ["memory", "sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
-
-
-@pytest.fixture(params=ALL)
-def make(request: pytest.FixtureRequest, tmp_path: Path) -> Factory:
-    """Every runtime; the durable ones share one journal between the objects made."""
-    if request.param == "memory":
-        return InMemoryRuntime
-    if request.param == "sqlite":
-        return lambda: SqliteRuntime(str(tmp_path / "journal.db"))
-    from loomgraph.runtime.postgres import PostgresRuntime
-
-    schema = request.getfixturevalue("pg_schema")
-    return lambda: PostgresRuntime(pg.postgres_dsn(), schema=schema)
-
-
-@asynccontextmanager
-async def opened(factory: Factory) -> AsyncIterator[Any]:
-    runtime = factory()
-    try:
-        yield runtime
-    finally:
-        await runtime.close()
+make = journal_kinds.make
+Factory = journal_kinds.Factory
+opened = journal_kinds.opened
 
 
 def record(run_id: str = "r1", **kw: Any) -> RunRecord:

@@ -9,18 +9,16 @@ journal of many finished runs read them all each time.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 
-import pytest
-
+import journal_kinds
 import pg
 from loomgraph.protocols import RunRecord, RunStatus, Runtime
-from loomgraph.runtime.memory import InMemoryRuntime
-from loomgraph.runtime.postgres import PostgresRuntime
 from loomgraph.runtime.sqlite import SqliteRuntime
 
 pg_schema = pg.pg_schema
+make = journal_kinds.make
 
 # (run, user, status it ends in)
 RUNS = [
@@ -32,42 +30,28 @@ RUNS = [
 ]
 
 
-@pytest.fixture(params=["memory", "sqlite", "postgres"])
-def journal_kind(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[], Runtime]:
-    """Makes the journal to fill (a fresh file or schema)."""
-    if request.param == "memory":
-        return InMemoryRuntime
-    if request.param == "sqlite":
-        return lambda: SqliteRuntime(str(tmp_path / "journal.db"))
-    schema = request.getfixturevalue("pg_schema")
-    return lambda: PostgresRuntime(pg.postgres_dsn(), schema=schema)
-
-
 @contextlib.asynccontextmanager
-async def filled(make: Callable[[], Runtime]) -> AsyncIterator[Runtime]:
-    runtime = make()
-    try:
+async def filled(make: journal_kinds.Factory) -> AsyncIterator[Runtime]:
+    async with journal_kinds.opened(make) as runtime:
         for run_id, user, status in RUNS:
             await runtime.start_run(RunRecord(run_id, "react", "h", user, None))
             await runtime.finish_run(run_id, status, "", None)
         yield runtime
-    finally:
-        await runtime.close()
 
 
 def ids(records: list[RunRecord]) -> list[str]:
     return [r.run_id for r in records]
 
 
-async def test_runs_in_one_status_oldest_first(journal_kind: Callable[[], Runtime]) -> None:
-    async with filled(journal_kind) as journal:
+async def test_runs_in_one_status_oldest_first(make: journal_kinds.Factory) -> None:
+    async with filled(make) as journal:
         assert ids(await journal.runs(status=RunStatus.AWAITING_APPROVAL)) == ["r2", "r3", "r5"]
         assert ids(await journal.runs(status=RunStatus.FAILED)) == ["r4"]
         assert ids(await journal.runs(status=RunStatus.CANCELLED)) == []
 
 
-async def test_one_users_runs_in_one_status(journal_kind: Callable[[], Runtime]) -> None:
-    async with filled(journal_kind) as journal:
+async def test_one_users_runs_in_one_status(make: journal_kinds.Factory) -> None:
+    async with filled(make) as journal:
         assert ids(await journal.runs("alice", status=RunStatus.AWAITING_APPROVAL)) == ["r3"]
         assert ids(await journal.runs("carol", status=RunStatus.AWAITING_APPROVAL)) == []
         # Without a status, as before.
