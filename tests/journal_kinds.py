@@ -4,7 +4,7 @@ file or schema between the objects made) and a context that opens and closes one
 Usage in a test module (as `pg.pg_schema`, which the Postgres journal needs beside it):
 
     pg_schema = pg.pg_schema
-    make = journal_kinds.make
+    make = journal_kinds.make        # or `durable`: SQLite and Postgres only
 
     async def test_x(make: journal_kinds.Factory) -> None:
         async with journal_kinds.opened(make) as runtime:
@@ -26,19 +26,33 @@ from loomgraph.runtime.sqlite import SqliteRuntime
 
 Factory = Callable[[], Any]
 ALL = ["memory", "sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+DURABLE = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+
+
+def factory(kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> Factory:
+    """A maker of runtime objects that all share one journal (except in memory)."""
+    if kind == "memory":
+        return InMemoryRuntime
+    if kind == "sqlite":
+        path = tmp_path / "journal.db"
+        return lambda: SqliteRuntime(str(path))
+    from loomgraph.runtime.postgres import PostgresRuntime
+
+    schema = request.getfixturevalue("pg_schema")
+    dsn = pg.postgres_dsn()
+    return lambda: PostgresRuntime(dsn, schema=schema)
 
 
 @pytest.fixture(params=ALL)
 def make(request: pytest.FixtureRequest, tmp_path: Path) -> Factory:
     """Every runtime; the durable ones share one journal between the objects made."""
-    if request.param == "memory":
-        return InMemoryRuntime
-    if request.param == "sqlite":
-        return lambda: SqliteRuntime(str(tmp_path / "journal.db"))
-    from loomgraph.runtime.postgres import PostgresRuntime
+    return factory(request.param, request, tmp_path)
 
-    schema = request.getfixturevalue("pg_schema")
-    return lambda: PostgresRuntime(pg.postgres_dsn(), schema=schema)
+
+@pytest.fixture(params=DURABLE)
+def durable(request: pytest.FixtureRequest, tmp_path: Path) -> Factory:
+    """The durable runtimes only."""
+    return factory(request.param, request, tmp_path)
 
 
 @asynccontextmanager

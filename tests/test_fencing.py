@@ -7,13 +7,12 @@ In-process tests on each durable backend; `test_takeover.py` does it with real p
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+import journal_kinds
 import pg
 from loomgraph.protocols import (
     EffectRecord,
@@ -29,29 +28,9 @@ from loomgraph.runtime.memory import InMemoryRuntime
 from loomgraph.runtime.sqlite import SqliteRuntime
 
 pg_schema = pg.pg_schema
-Factory = Callable[[], Any]
-DURABLE = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
-
-
-@pytest.fixture(params=DURABLE)
-def durable(request: pytest.FixtureRequest, tmp_path: Path) -> Factory:
-    """A maker of journal objects sharing one durable journal."""
-    if request.param == "sqlite":
-        path = tmp_path / "journal.db"
-        return lambda: SqliteRuntime(str(path))
-    from loomgraph.runtime.postgres import PostgresRuntime
-
-    schema = request.getfixturevalue("pg_schema")
-    return lambda: PostgresRuntime(pg.postgres_dsn(), schema=schema)
-
-
-@asynccontextmanager
-async def opened(factory: Factory) -> AsyncIterator[Any]:
-    runtime = factory()
-    try:
-        yield runtime
-    finally:
-        await runtime.close()
+Factory = journal_kinds.Factory
+durable = journal_kinds.durable
+opened = journal_kinds.opened
 
 
 def record(run_id: str = "r1") -> RunRecord:

@@ -16,13 +16,12 @@ import string
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+import journal_kinds
 import pg
 from loomgraph.protocols import (
     EffectRecord,
@@ -52,46 +51,10 @@ from loomgraph.runtime.sqlite import SqliteRuntime
 
 pg_schema = pg.pg_schema
 pg_dsn = pg.pg_dsn
-Factory = Callable[[], Any]
-ALL = ["memory", "sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
-DURABLE = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
-
-
-def _factory(kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> Factory:
-    """A maker of runtime objects that all share one journal (except in memory)."""
-    if kind == "memory":
-        return InMemoryRuntime
-    if kind == "sqlite":
-        path = tmp_path / "journal.db"
-        return lambda: SqliteRuntime(str(path))
-    from loomgraph.runtime.postgres import PostgresRuntime
-
-    schema = request.getfixturevalue("pg_schema")
-    dsn = pg.postgres_dsn()
-    return lambda: PostgresRuntime(dsn, schema=schema)
-
-
-@pytest.fixture(params=ALL)
-def make(request: pytest.FixtureRequest, tmp_path: Path) -> Factory:
-    """Every runtime, for the shared behaviour suite."""
-    return _factory(request.param, request, tmp_path)
-
-
-@pytest.fixture(params=DURABLE)
-def durable(request: pytest.FixtureRequest, tmp_path: Path) -> Factory:
-    """The durable runtimes only."""
-    return _factory(request.param, request, tmp_path)
-
-
-@asynccontextmanager
-async def opened(factory: Factory) -> AsyncIterator[Any]:
-    runtime = factory()
-    try:
-        yield runtime
-    finally:
-        close = getattr(runtime, "close", None)
-        if close is not None:
-            await close()
+Factory = journal_kinds.Factory
+make = journal_kinds.make
+durable = journal_kinds.durable
+opened = journal_kinds.opened
 
 
 def run(run_id: str = "r1", user: str | None = "u1", **kw: Any) -> RunRecord:
