@@ -96,6 +96,8 @@ class DyingLedger:
 
     def __init__(self, inner: Any, proc: Proc) -> None:
         self.inner, self.proc = inner, proc
+        # Where the spending is kept, as a run's budget is pinned to it (a file's path).
+        self.kept_at = getattr(inner, "kept_at", None)
 
     async def transact(self, scopes: Any, hold_id: Any, decide: Any) -> Any:
         return await self.proc.point(self.inner.transact, scopes, hold_id, decide)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -27,10 +28,16 @@ from typing import Any
 import pytest
 
 from loomgraph import Agent, tool
-from loomgraph.agent.governance_state import GovernanceChanged
+from loomgraph.agent.governance_state import GovernanceChanged, describe_ledger
 from loomgraph.cli.main import main
 from loomgraph.engine.effects import Approval
-from loomgraph.governance import BudgetConfig, Caps, StandardBudget
+from loomgraph.governance import (
+    BudgetConfig,
+    Caps,
+    PostgresLedger,
+    SqliteLedger,
+    StandardBudget,
+)
 from loomgraph.models import ScriptedModel
 from loomgraph.observability import FileAuditLog
 from loomgraph.runtime import SqliteRuntime
@@ -221,6 +228,67 @@ async def test_a_resume_without_the_runs_budget_or_under_other_caps_is_refused(
         assert paid == [] and (await runtime.load_run(run_id)).status == "awaiting_approval"  # type: ignore[union-attr]
         # The same caps, in another budget object (another process's): it goes on.
         done = await _agent(runtime, budget=_caps(5)).resume(run_id, approve=Approval("c1", True))
+        assert done.status == "completed" and paid == [5]
+    finally:
+        await runtime.close()
+
+
+async def test_a_resume_with_the_runs_caps_in_another_ledger_is_refused(tmp_path: Path) -> None:
+    """The caps alone are not the budget: the same caps kept in another ledger start from
+    nothing spent (alice's spending stays where her run was charged), so a resume there let
+    her past her cap (found by a probe: two payments under `tool_calls=1`)."""
+    path = tmp_path / "journal.db"
+    runtime = SqliteRuntime(str(path))
+    try:
+        run_id = await _waiting(runtime, budget=_caps(5))  # its ledger: the journal's file
+        elsewhere = StandardBudget(
+            BudgetConfig(per_user=Caps(model_calls=5)), SqliteLedger(tmp_path / "other.db")
+        )
+        with pytest.raises(GovernanceChanged, match=r"other\.db") as caught:
+            await _agent(runtime, budget=elsewhere).resume(run_id, approve=Approval("c1", True))
+        pinned, current = caught.value.changed["budget"]
+        assert pinned["fingerprint"] == current["fingerprint"]  # the same caps
+        assert pinned["ledger"]["at"] == os.path.realpath(path)
+        assert paid == []
+        # The journal's file behind another ledger object is the same ledger: it goes on.
+        same = StandardBudget(BudgetConfig(per_user=Caps(model_calls=5)), SqliteLedger(path))
+        done = await _agent(runtime, budget=same).resume(run_id, approve=Approval("c1", True))
+        assert done.status == "completed" and paid == [5]
+    finally:
+        await runtime.close()
+
+
+def test_a_postgres_ledger_is_pinned_by_its_database_and_schema() -> None:
+    pytest.importorskip("asyncpg")
+    ledger = PostgresLedger("postgresql://u:s3cret@db.example:5432/app", schema="budgets")
+    described = describe_ledger(ledger)
+    assert described is not None
+    assert described == {
+        "ledger": "loomgraph.governance.pg_ledger.PostgresLedger",
+        "at": "postgres database 'app', schema 'budgets'",
+    }  # not the server: one reached through a pooler or another port is the same ledger
+
+
+async def test_a_run_pinned_to_caps_before_ledgers_were_pinned_goes_on_in_any_ledger(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "journal.db"
+    runtime = SqliteRuntime(str(path))
+    try:
+        run_id = await _waiting(runtime, budget=_caps(5))
+    finally:
+        await runtime.close()
+    with sqlite3.connect(path) as db:  # as a journal written before keeps it: no `ledger`
+        (text,) = db.execute("SELECT initial FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+        initial = json.loads(text)
+        del initial["policy"]["budget"]["ledger"]
+        db.execute("UPDATE runs SET initial = ? WHERE run_id = ?", (json.dumps(initial), run_id))
+    runtime = SqliteRuntime(str(path))
+    try:
+        elsewhere = StandardBudget(
+            BudgetConfig(per_user=Caps(model_calls=5)), SqliteLedger(tmp_path / "other.db")
+        )
+        done = await _agent(runtime, budget=elsewhere).resume(run_id, approve=Approval("c1", True))
         assert done.status == "completed" and paid == [5]
     finally:
         await runtime.close()

@@ -21,6 +21,12 @@ def describe_dsn(dsn: str) -> str:
     return f"{url.scheme}://{user + '@' if user else ''}{where}{url.path}"
 
 
+def database_of(dsn: str) -> str:
+    """The database a DSN names ("" for the server's default: the user's)."""
+    url = urlsplit(dsn)
+    return url.path.lstrip("/") or parse_qs(url.query).get("dbname", [""])[0]
+
+
 def describe_schema(dsn: str, schema: str) -> str:
     """A Postgres backend's tables as error messages name them: server (no password), schema."""
     return f"{describe_dsn(dsn)} (schema {schema!r})"

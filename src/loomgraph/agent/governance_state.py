@@ -77,8 +77,9 @@ def describe_policy(deps: Deps) -> dict[str, Any]:
 
 def describe_budget(deps: Deps) -> dict[str, Any] | None:
     """The budget a run is pinned to: the fingerprint of its caps (global, per user, for
-    named users) and the caps; a budget of another kind, whose caps cannot be read, by its
-    class; None without a budget or with one that caps nothing."""
+    named users), the caps and the ledger keeping what was spent (`describe_ledger`); a
+    budget of another kind, whose caps cannot be read, by its class; None without a budget
+    or with one that caps nothing."""
     if not deps.budgeted:
         return None
     config = getattr(deps.budget, "config", None)
@@ -94,7 +95,21 @@ def describe_budget(deps: Deps) -> dict[str, Any] | None:
     if not any((caps["caps"], caps["per_user"], *users.values())):
         return None  # caps nothing: as no budget
     text = json.dumps(caps, sort_keys=True, separators=(",", ":"))
-    return {"fingerprint": "sha256:" + hashlib.sha256(text.encode()).hexdigest(), "caps": caps}
+    fingerprint = "sha256:" + hashlib.sha256(text.encode()).hexdigest()
+    described = {"fingerprint": fingerprint, "caps": caps}
+    if (ledger := describe_ledger(getattr(deps.budget, "ledger", None))) is not None:
+        described["ledger"] = ledger
+    return described
+
+
+def describe_ledger(ledger: object) -> dict[str, str] | None:
+    """The ledger a run's budget keeps its spending in: its class and where it keeps it
+    (`Ledger.kept_at`: a file's real path, a Postgres database and schema); None for one
+    that does not say (an in-memory ledger is one process's)."""
+    where = getattr(ledger, "kept_at", None)
+    if not isinstance(where, str):
+        return None
+    return {"ledger": _qualname(type(ledger)), "at": where}
 
 
 def describe_audit_log(log: AuditLog) -> dict[str, Any] | None:
@@ -164,12 +179,16 @@ def _governance(deps: Deps) -> dict[Governed, dict[str, Any] | None]:
 
 
 def _same(part: Governed, pinned: Any, current: dict[str, Any] | None) -> bool:
-    """Whether the run's pinned `part` is the Agent's: a budget by its caps' fingerprint,
-    an audit log by where it writes, or by its class when it does not say."""
+    """Whether the run's pinned `part` is the Agent's: a budget by its caps' fingerprint and
+    where its ledger keeps the spending (when the run was pinned to a ledger that said), an
+    audit log by where it writes, or by its class when it does not say."""
     if current is None or not isinstance(pinned, dict):
         return False
     if part == "budget":
-        return bool(pinned.get("fingerprint") == current["fingerprint"])
+        ledger = pinned.get("ledger")
+        now = current.get("ledger") or {}
+        same_ledger = not isinstance(ledger, dict) or ledger.get("at") == now.get("at")
+        return bool(pinned.get("fingerprint") == current["fingerprint"] and same_ledger)
     if "at" in pinned:  # where entries land, whatever object writes them there
         return bool(pinned["at"] == current.get("at"))
     return bool(pinned.get("log") == current["log"])
@@ -190,6 +209,9 @@ def said_of(part: Governed, described: Any) -> str:
             return "no budget"
         caps = described.get("caps")
         what = f" ({_caps_said(caps)})" if isinstance(caps, dict) else ""
+        ledger = described.get("ledger")
+        if isinstance(ledger, dict):
+            what += f" in ledger {ledger.get('ledger')} at {ledger.get('at')}"
         return f"budget caps {described.get('fingerprint')}{what}"
     if not isinstance(described, dict):
         return "no audit log"

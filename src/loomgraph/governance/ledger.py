@@ -187,6 +187,12 @@ class Ledger(ABC):
         """What identifies the store this ledger keeps its totals in (by default: itself)."""
         return ("ledger", id(self))
 
+    @property
+    def kept_at(self) -> str | None:
+        """Where the totals are kept, as a run's budget is pinned to it and a message names
+        it (never a password); None for a store of this process's only."""
+        return None
+
     @abstractmethod
     async def transact(
         self, scopes: Sequence[str], hold_id: str | None, decide: Decide, *, durable: bool = True

@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from loomgraph._storage.cursor import Cursor
-from loomgraph._storage.dsn import describe_schema
+from loomgraph._storage.dsn import database_of, describe_schema
 from loomgraph._storage.lock_keys import advisory_key
 from loomgraph._storage.pg_pool import (
     LoopPool,
@@ -70,6 +70,12 @@ class PostgresLedger(_SqlLedger):
     def place(self) -> Hashable:
         """The server's database (as its DSN says) and the schema."""
         return ("postgres", self.dsn, self.schema)
+
+    @property
+    def kept_at(self) -> str:
+        """The database and schema, not the server: one reached through another host name,
+        port or pooler is the same ledger."""
+        return f"postgres database {database_of(self.dsn)!r}, schema {self.schema!r}"
 
     async def close(self) -> None:
         """Close the pool."""

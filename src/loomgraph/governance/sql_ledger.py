@@ -297,8 +297,8 @@ class SqliteLedger(_SqlLedger):
         self.synchronous = checked_synchronous(synchronous)
         self.location = repr(self.path)  # as errors name it
         # Two objects on one file are one store; an in-memory database is its own.
-        memory = self.path == ":memory:"
-        self._place = ("ledger", id(self)) if memory else ("sqlite", os.path.realpath(self.path))
+        self._real_path = None if self.path == ":memory:" else os.path.realpath(self.path)
+        self._place = ("sqlite", self._real_path) if self._real_path else ("ledger", id(self))
         # A connection's futures and an asyncio.Lock belong to one event loop: a new loop
         # gets a new connection.
         self._db = SqliteConnection(
@@ -314,6 +314,11 @@ class SqliteLedger(_SqlLedger):
     def place(self) -> Hashable:
         """The file (its real path)."""
         return self._place
+
+    @property
+    def kept_at(self) -> str | None:
+        """The file's real path (None in memory)."""
+        return self._real_path
 
     async def close(self) -> None:
         """Close the connections."""
