@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
+from loomgraph.agent.arguments import check_text
 from loomgraph.graph.compiled import CompiledGraph
 from loomgraph.protocols import Deps, RunRecord, RunStatus, Transition, UnknownRun
 
@@ -24,6 +25,7 @@ class JournalMethods:
     _kept: dict[str, CompiledGraph]
 
     async def _journal(self, run_id: str) -> tuple[RunRecord, list[Transition]]:
+        check_text("run_id", run_id)
         runtime = self.deps.runtime
         record = await runtime.load_run(run_id)
         if record is None:

@@ -9,6 +9,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from loomgraph.agent.answers import answered, journal_answer, pending_of
+from loomgraph.agent.arguments import check_checkpoint, check_mapping, check_text
 from loomgraph.agent.checkpoints import Position, ResumeError, position
 from loomgraph.agent.fleet import FleetRun, cancel_check, check_run_agent, fleet_queue, fleet_run_of
 from loomgraph.agent.fleet_errors import JobUnusable
@@ -102,6 +103,7 @@ class Resumer:
         """The run's record, when this Agent may go on with it (`UnknownRun`,
         `RunOfAnotherAgent`) and it started (`RunQueued`, `RunNotStarted`: a fleet run that
         never started has no prompt or first state in the journal to `doing` from)."""
+        check_text("run_id", run_id)
         runtime = self.deps.runtime
         record = await runtime.load_run(run_id)
         if record is None:
@@ -289,6 +291,8 @@ class Resumer:
         """The fork of checkpoint `at` of `run_id`, not journaled yet: its session, its record
         (with the start it goes on from) and its position. Everything a fork refuses is
         refused here, before anything is written."""
+        check_checkpoint("at", at)
+        check_mapping("patch", patch)
         runtime = self.deps.runtime
         record = await self._load(run_id, "fork")
         transitions = await runtime.transitions(run_id)
