@@ -1,6 +1,7 @@
 """The agent the serving tests serve (in-process, and by `loomgraph serve --agent
 serve_agent:make_agent` in a subprocess): a scripted model, a destructive `pay` tool that asks
-for approval, a `step` tool for runs of several steps, a journal file named by SERVE_JOURNAL.
+for approval, a `step` tool for runs of several steps, a journal file named by SERVE_JOURNAL
+(with SERVE_PG_SCHEMA, the journal is that schema of the test server's Postgres instead).
 With SERVE_APPROVAL_TIMEOUT, approval requests expire after that many seconds, on a desk clock
 the test moves through the file SERVE_CLOCK_FILE (tests/desk_clock.py)."""
 
@@ -62,10 +63,16 @@ def make_agent(journal: str | None = None, **options: Any) -> Agent:
         desk_clock.follow_file(os.environ["SERVE_CLOCK_FILE"])
         timeout = float(os.environ["SERVE_APPROVAL_TIMEOUT"])
         options.setdefault("permissions", StandardPermissions(approval_timeout_s=timeout))
+    runtime: Any = SqliteRuntime(path)
+    if schema := os.environ.get("SERVE_PG_SCHEMA"):
+        import pg
+        from loomgraph.runtime.postgres import PostgresRuntime
+
+        runtime = PostgresRuntime(pg.postgres_dsn(), schema=schema)
     return Agent(
         "You pay bills.",
         model=ScriptedModel(script),
         tools=[pay, step],
-        runtime=SqliteRuntime(path),
+        runtime=runtime,
         **options,
     )

@@ -181,15 +181,13 @@ def _serve(args: argparse.Namespace) -> int:
                 print(f"loomgraph: {said}", file=sys.stderr, flush=True)
 
     server = Server(config)
-    try:
+    try:  # (the app's lifespan closes the agent, in the server's loop)
         server.run()
     except KeyboardInterrupt:  # as `uvicorn.run`: Ctrl-C stops the server, and that is all
         pass
     except SystemExit:  # uvicorn's exit 3 on a failed start (3: "the run waits", to the CLI)
         if server.started:
             raise
-    finally:
-        asyncio.run(agent.aclose())
     if started.failed:  # the journal is down, say: one line, as other errors
         return usage(f"not serving: {started.failure or 'the app did not start'}")
     if not server.started:  # uvicorn said why (the address is in use, say)

@@ -162,21 +162,25 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        connect = getattr(agent.deps.runtime, "connect", None)
-        if connect is not None:  # the journal's tables exist before the store reads them
-            await connect()
-        stop = asyncio.Event()
-        expire = functools.partial(send_on_expired, service)
-        sweep = asyncio.create_task(repeat(expire, expiry_seconds, stop, log))
-        try:
-            with _on_shutdown_signal(shut_down):
-                yield
-        finally:
-            stop.set()
-            await sweep
-            await asyncio.gather(*closing)
-            await service.hub.close()
-            await store.close()
+        # The agent's connections are closed here, in the loop they were made in: a pool
+        # left for after the server's loop ended cannot be closed any more.
+        async with contextlib.AsyncExitStack() as closed:
+            closed.push_async_callback(agent.aclose)
+            connect = getattr(agent.deps.runtime, "connect", None)
+            if connect is not None:  # the journal's tables exist before the store reads them
+                await connect()
+            stop = asyncio.Event()
+            expire = functools.partial(send_on_expired, service)
+            sweep = asyncio.create_task(repeat(expire, expiry_seconds, stop, log))
+            try:
+                with _on_shutdown_signal(shut_down):
+                    yield
+            finally:
+                stop.set()
+                await sweep
+                await asyncio.gather(*closing)
+                await service.hub.close()
+                await store.close()
 
     routes: list[Any] = [
         Route("/", home),
