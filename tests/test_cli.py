@@ -51,6 +51,22 @@ def test_validate_prints_every_problem_with_file_and_line(tmp_path: Path) -> Non
     assert ok.returncode == 0 and "ok" in ok.stdout
 
 
+def test_validate_of_a_graph_or_agent_file_that_is_not_there_is_bad_input(
+    tmp_path: Path,
+) -> None:
+    """Found by following the README as an operator: `validate nosuch` printed Python's
+    `[Errno 2] No such file or directory` as the file's problem and exited 1, where `render
+    nosuch` says which built-in graphs there are and exits 2."""
+    good = str(ROOT / "graphs/react.yaml")
+    done = loomgraph("validate", "nosuch", good, cwd=tmp_path)
+    assert done.returncode == 2, done
+    assert "nosuch: no built-in graph 'nosuch' and no file of that name" in done.stdout
+    assert "built-in graphs: " in done.stdout and "Errno" not in done.stdout
+    assert f"{good}: ok" in done.stdout  # the other files are still checked
+    missing = loomgraph("validate", "--agent", "agent.yaml", cwd=tmp_path)
+    assert missing.returncode == 2 and "no agent file 'agent.yaml'" in missing.stdout
+
+
 @pytest.mark.parametrize("suffix", [".svg", ".dot", ".mmd"])
 def test_render_writes_each_format(tmp_path: Path, suffix: str) -> None:
     out = tmp_path / f"react{suffix}"

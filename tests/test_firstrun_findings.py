@@ -216,8 +216,8 @@ def test_render_run_and_validate_find_the_same_graphs(tmp_path: Path) -> None:
     checked = loomgraph("validate", "react", "Loop.YAML", cwd=tmp_path)
     assert checked.returncode == 0, checked.stdout + checked.stderr
     assert "react: ok" in checked.stdout and "Loop.YAML: ok" in checked.stdout
-    missing = loomgraph("validate", "nothing", cwd=tmp_path)
-    assert missing.returncode == 1 and "nothing" in missing.stdout
+    missing = loomgraph("validate", "nothing", cwd=tmp_path)  # bad input, as for `render`
+    assert missing.returncode == 2 and "no built-in graph 'nothing'" in missing.stdout
 
 
 def test_agent_files_and_subgraphs_find_graphs_by_the_same_rule(

@@ -41,7 +41,7 @@ def load_graph(architecture: str | Path | Graph) -> Graph:
         return architecture
     path = graph_file(architecture)
     if path is None:
-        raise UnknownGraph(_unknown(architecture))
+        raise UnknownGraph(unknown_graph(architecture))
     return load_graph_file_cached(path)
 
 
@@ -58,8 +58,9 @@ def graph_file(name: str | Path) -> Path | None:
     return path if path.is_file() else None
 
 
-def _unknown(name: str | Path) -> str:
-    """Why `name` names no graph: the file it names is missing, or no built-in has it."""
+def unknown_graph(name: str | Path) -> str:
+    """Why `name` names no graph (`UnknownGraph`'s message): the file it names is missing,
+    or no built-in has it."""
     text = str(name)
     names = ", ".join(builtin_names())
     if isinstance(name, Path) or "/" in text or Path(text).suffix.lower() in (".yaml", ".yml"):

@@ -323,18 +323,25 @@ def _format_keys() -> tuple[list[str], list[str]]:
 
 def _validate(args: argparse.Namespace) -> int:
     from loomgraph.authoring.agent_file import AgentFileError
-    from loomgraph.authoring.library import graph_file
+    from loomgraph.authoring.library import graph_file, unknown_graph
     from loomgraph.authoring.loader import load_graph_file
     from loomgraph.errors import GraphValidationError
 
     files = [*args.files, *([args.agent] if args.agent else [])]
     if not files:
         return usage("validate needs FILE arguments or --agent FILE")
-    failed = False
+    failed = unknown = False
     for file in files:
-        # Found as `run --graph` and `render` find it (a built-in name too); a file that is
-        # not there is left to the loader, which reports it as this file's problem.
-        found = graph_file(file) or Path(file)
+        # Found as `run --graph` and `render` find it (a built-in name too). One that names
+        # nothing is bad input (exit 2, as for `render`), said as they say it; the others
+        # are still checked. A path that is there but cannot be read is the file's problem.
+        found = graph_file(file)
+        if found is None and not os.path.lexists(file):
+            unknown = True
+            said = f"no agent file {file!r}" if file == args.agent else unknown_graph(file)
+            say(f"{file}: {said}", "red")
+            continue
+        found = found or Path(file)
         try:
             if file == args.agent or _is_agent_file(str(found)):
                 # Checked as `Agent.from_file` checks it, its permissions and audit log too
@@ -351,7 +358,7 @@ def _validate(args: argparse.Namespace) -> int:
                 say(str(problem), "red")
         else:
             say(f"{file}: ok", "green")
-    return EXIT_FAILED if failed else EXIT_OK
+    return EXIT_USAGE if unknown else EXIT_FAILED if failed else EXIT_OK
 
 
 def _render(args: argparse.Namespace) -> int:
