@@ -77,6 +77,18 @@ def test_render_writes_each_format(tmp_path: Path, suffix: str) -> None:
     assert ("<svg" in text) == (suffix == ".svg")
 
 
+def test_help_lists_every_exit_code_of_the_docs() -> None:
+    """The epilog of `loomgraph --help` names each code docs/cli.md's table has (75 was
+    missing: found by following the docs as an operator)."""
+    import re
+
+    table = (ROOT / "docs/cli.md").read_text().split("## Exit codes", 1)[1].split("\n## ", 1)[0]
+    documented = set(re.findall(r"^\| (\d+) \|", table, re.MULTILINE))
+    epilog = loomgraph("--help").stdout.split("exit codes:", 1)[1]
+    listed = set(re.findall(r"(?<![\d.])(\d+) [a-z]", epilog))
+    assert documented and documented == listed
+
+
 def test_schema_and_usage_errors() -> None:
     schema = json.loads(loomgraph("schema").stdout)
     assert "nodes" in schema["properties"]

@@ -244,7 +244,7 @@ async def test_bad_inputs_get_typed_errors(agent: Any, env: dict[str, str], pg_s
     other = await agent.submit("cancelled from the shell", user_id="u")
     cancel = [*CLI, "runs", "cancel", other, "--agent", "fleet_agent:make", "--by", "ops"]
     done = subprocess.run(cancel, env=env, cwd=TESTS, capture_output=True, text=True, timeout=60)
-    assert done.returncode == 0 and "cancelled" in done.stdout, done.stderr
+    assert done.returncode == 0 and done.stdout == f"run {other}: cancelled\n", done.stderr
     assert (await agent.deps.runtime.load_run(other)).reason == "cancelled by ops"
     again = subprocess.run(cancel, env=env, cwd=TESTS, capture_output=True, text=True, timeout=60)
     assert again.returncode == 2 and "nothing to cancel" in again.stderr

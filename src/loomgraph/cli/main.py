@@ -60,8 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="loomgraph",
         description=__doc__,
         epilog="exit codes: 0 ok, 1 run or check failed, 2 bad usage, 3 awaiting approval "
-        "(or an interrupt's answer), 4 budget exhausted, 130 stopped by Ctrl-C, 141 stdout closed "
-        "by its reader. "
+        "(or an interrupt's answer), 4 budget exhausted, 75 another process drives the run "
+        "(try again later), 130 stopped by Ctrl-C, 141 stdout closed by its reader. "
         "--json prints JSON Lines. Docs: docs/cli.md",
     )
     parser.add_argument("--version", action=_VersionAction)
