@@ -145,6 +145,22 @@ async def test_authentication_is_required_and_a_wrong_key_is_401(tmp_path: Path)
         assert (await s.client.get("/healthz")).json()["status"] == "ok"
 
 
+async def test_a_key_sent_and_refused_is_said_to_be_refused(tmp_path: Path) -> None:
+    """Found by following docs/serving.md: a request with an unknown key was told that
+    "writes need an API key", as if it had sent none."""
+    async with served(tmp_path) as s:
+        for headers in ({"Authorization": "Bearer lg_bad"}, {"X-API-Key": "lg_bad"}):
+            for answer in (
+                await s.client.post("/v1/runs", json={"input": "hi"}, headers=headers),
+                await s.client.get("/v1/runs", headers=headers),
+            ):
+                assert error(answer) == (401, "unauthorized")
+                assert "not accepted" in answer.json()["error"]["message"]
+        none = await s.client.post("/v1/runs", json={"input": "hi"})
+        assert "writes need an API key" in none.json()["error"]["message"]
+        assert await s.agent.runs() == []
+
+
 async def test_bad_input_gets_the_right_status_and_nothing_is_stored(tmp_path: Path) -> None:
     async with served(tmp_path, max_body=2000) as s:
         h = s.auth("alice")

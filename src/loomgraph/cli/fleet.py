@@ -12,7 +12,7 @@ from typing import Any
 
 from loomgraph.cli.agent_args import add_loaded_agent_option, load_agent
 from loomgraph.cli.journal import UsageError, require_journal
-from loomgraph.cli.output import EXIT_OK, EXIT_USAGE
+from loomgraph.cli.output import EXIT_OK, EXIT_USAGE, LOG_LEVELS
 
 __all__ = ["COMMANDS", "add_parser", "add_runs_parsers", "handle", "handle_runs"]
 
@@ -55,7 +55,11 @@ def add_parser(subparsers: Any) -> None:
         help="look for runs whose approval request expired this often; send them on (denied)",
     )
     worker.add_argument(
-        "--log-level", default="warning", help="debug, info, warning or error (to stderr)"
+        "--log-level",
+        default="warning",
+        type=str.lower,
+        choices=LOG_LEVELS,
+        help="debug, info, warning or error (to stderr)",
     )
 
 

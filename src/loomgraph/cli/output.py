@@ -38,6 +38,8 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_WAITING, EXIT_BUDGET = 0, 1, 2, 3, 4
 EXIT_BUSY = 75
 EXIT_INTERRUPTED = 130
 EXIT_PIPE_CLOSED = 141
+# What `--log-level` takes (`serve`, `worker`), in any case: argparse lists them on a typo.
+LOG_LEVELS = ("debug", "info", "warning", "error")
 
 _EXIT_OF_STATUS = {
     RunStatus.COMPLETED: EXIT_OK,

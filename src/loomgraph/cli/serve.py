@@ -11,7 +11,7 @@ from typing import Any
 
 from loomgraph.cli.agent_args import add_loaded_agent_option, load_agent
 from loomgraph.cli.console import safe
-from loomgraph.cli.output import EXIT_OK, EXIT_USAGE, usage
+from loomgraph.cli.output import EXIT_OK, EXIT_USAGE, LOG_LEVELS, usage
 
 __all__ = ["add_parser", "handle", "port"]
 
@@ -44,7 +44,11 @@ def add_parser(subparsers: Any) -> None:
         help="development: trust an X-User-Id header (only on a loopback address)",
     )
     serve.add_argument(
-        "--log-level", default="info", help="uvicorn's log level (debug, info, warning, error)"
+        "--log-level",
+        default="info",
+        type=str.lower,
+        choices=LOG_LEVELS,
+        help="uvicorn's log level (debug, info, warning, error)",
     )
     serve.add_argument(
         "--fleet",

@@ -200,6 +200,12 @@ async def authenticate(auth: Auth, request: Any, *, cookie_writes: bool = False)
         return Caller(answer)
     if isinstance(answer, Caller) and answer.user_id:
         return answer
+    if request.headers.get("authorization") or request.headers.get("x-api-key"):
+        # Sent and refused: saying so tells a caller nothing a key's owner does not know.
+        raise Unauthorized(
+            "the credentials sent were not accepted (an unknown or revoked API key?); send "
+            "'Authorization: Bearer <API key>' with a key of this server's (`loomgraph keys list`)"
+        )
     if request.method in SAFE_METHODS or cookie_writes:
         raise Unauthorized("authentication required: send 'Authorization: Bearer <API key>'")
     cookie = any(request.cookies.get(name) for name in (KEY_COOKIE, DEV_COOKIE))
