@@ -205,6 +205,16 @@ def test_every_problem_at_once_with_lines_and_suggestions(folder: Path) -> None:
             "[env-missing] ${NOT_SET_ANYWHERE}",
         ),
         ("permissions: {mode: sloppy}\n", "[permissions]"),
+        # A typo in a URL: before, `validate` said ok and only the exporter's log told.
+        (
+            "telemetry: {otlp_endpoint: 'htp:/bad'}\n",
+            "[schema] telemetry.otlp_endpoint: not an http:// or https:// URL with a host: "
+            "'htp:/bad'",
+        ),
+        (
+            "tools: [{mcp: http, url: 'localhost:8000/mcp', name: t}]\n",
+            "not an http:// or https:// URL with a host: 'localhost:8000/mcp'",
+        ),
     ],
 )
 def test_one_bad_file_per_rule(folder: Path, body: str, expected: str) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import (
     AfterValidator,
@@ -83,11 +84,25 @@ class MCPStdioSpec(_Spec):
     cwd: str | None = None
 
 
+def _http_url(text: str) -> str:
+    """A URL a client can send to: http or https, with a host (`htp:/x` fails at its line,
+    not at the first export or call, nor silently in an exporter's log)."""
+    parts = urlsplit(text)
+    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+        raise PydanticCustomError(
+            "http_url", "not an http:// or https:// URL with a host: {text}", {"text": repr(text)}
+        )
+    return text
+
+
+HttpUrl = Annotated[str, AfterValidator(_http_url)]
+
+
 class MCPHttpSpec(_Spec):
     """An MCP server over streamable HTTP: `{mcp: http, url: …, headers: {…}, name: x}`."""
 
     mcp: Literal["http"]
-    url: str
+    url: HttpUrl
     name: str
     headers: dict[str, str] | None = Field(None, description="values as ${ENV_VAR} for secrets")
     prefix: str | None = None
@@ -182,7 +197,7 @@ class AuditLogSpec(_Spec):
 class TelemetrySpec(_Spec):
     """OpenTelemetry spans and metrics, exported over OTLP/HTTP when an endpoint is given."""
 
-    otlp_endpoint: str | None = Field(None, description="e.g. http://127.0.0.1:4318")
+    otlp_endpoint: HttpUrl | None = Field(None, description="e.g. http://127.0.0.1:4318")
     capture_content: bool = False
     service_name: str | None = None
 
