@@ -89,6 +89,29 @@ def test_help_lists_every_exit_code_of_the_docs() -> None:
     assert documented and documented == listed
 
 
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        (
+            ("worker", "--heartbeat", "0"),
+            "argument --heartbeat: must be a finite number of seconds",
+        ),
+        (("worker", "--poll", "abc"), "argument --poll: must be a number of seconds, not 'abc'"),
+        (("worker", "--per-user", "-1"), "argument --per-user: must be at least 0, not -1"),
+        (("worker", "--concurrency", "1"), "argument --concurrency: must be at least 2, not 1"),
+        (("serve", "--expiry", "0"), "argument --expiry: must be a finite number of seconds"),
+        (("worker", "--log-level", "loud"), "argument --log-level: invalid choice: 'loud'"),
+    ],
+)
+def test_an_option_that_cannot_work_is_refused_naming_the_option(
+    args: tuple[str, ...], said: str
+) -> None:
+    """Found by following the docs as an operator: these named the keyword the option is
+    passed to (`heartbeat_seconds must be …`), or only `Unknown level: 'LOUD'`."""
+    done = loomgraph(*args, "--agent", "no_such_module:agent")  # refused before it is loaded
+    assert done.returncode == 2 and said in done.stderr, done.stderr
+
+
 def test_schema_and_usage_errors() -> None:
     schema = json.loads(loomgraph("schema").stdout)
     assert "nodes" in schema["properties"]

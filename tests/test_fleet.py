@@ -250,7 +250,7 @@ async def test_bad_inputs_get_typed_errors(agent: Any, env: dict[str, str], pg_s
     assert again.returncode == 2 and "nothing to cancel" in again.stderr
     worker = [*CLI, "worker", "--agent", "fleet_agent:make", "--concurrency", "1"]
     refused = subprocess.run(worker, env=env, cwd=TESTS, capture_output=True, text=True, timeout=60)
-    assert refused.returncode == 2 and "concurrency must be at least 2" in refused.stderr
+    assert refused.returncode == 2 and "--concurrency: must be at least 2" in refused.stderr
 
 
 async def test_submit_journals_and_enqueues_in_one_transaction(

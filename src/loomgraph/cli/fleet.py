@@ -12,6 +12,7 @@ from typing import Any
 
 from loomgraph.cli.agent_args import add_loaded_agent_option, load_agent
 from loomgraph.cli.journal import UsageError, require_journal
+from loomgraph.cli.option_types import count, seconds
 from loomgraph.cli.output import EXIT_OK, EXIT_USAGE, LOG_LEVELS
 
 __all__ = ["COMMANDS", "add_parser", "add_runs_parsers", "handle", "handle_runs"]
@@ -27,29 +28,29 @@ def add_parser(subparsers: Any) -> None:
     )
     add_loaded_agent_option(worker, "its runtime must be a postgres:// journal")
     worker.add_argument(
-        "--concurrency", type=int, default=8, help="runs this worker advances at once (>= 2)"
+        "--concurrency", type=count(2), default=8, help="runs this worker advances at once (>= 2)"
     )
     worker.add_argument("--queues", default="runs", help="comma-separated queues to take jobs from")
     worker.add_argument(
         "--per-user",
-        type=int,
+        type=count(0),
         default=0,
         metavar="K",
         help="at most K runs of one user advance at once, fleet-wide (0: no limit)",
     )
     worker.add_argument(
         "--heartbeat",
-        type=float,
+        type=seconds(),
         default=10.0,
         metavar="SECONDS",
         help="a run whose worker has not beaten for this long is taken by another worker",
     )
     worker.add_argument(
-        "--poll", type=float, default=1.0, metavar="SECONDS", help="idle look at the queue"
+        "--poll", type=seconds(), default=1.0, metavar="SECONDS", help="idle look at the queue"
     )
     worker.add_argument(
         "--expiry",
-        type=float,
+        type=seconds(),
         default=5.0,
         metavar="SECONDS",
         help="look for runs whose approval request expired this often; send them on (denied)",

@@ -11,6 +11,7 @@ from typing import Any
 
 from loomgraph.cli.agent_args import add_loaded_agent_option, load_agent
 from loomgraph.cli.console import safe
+from loomgraph.cli.option_types import seconds
 from loomgraph.cli.output import EXIT_OK, EXIT_USAGE, LOG_LEVELS, usage
 
 __all__ = ["add_parser", "handle", "port"]
@@ -58,7 +59,7 @@ def add_parser(subparsers: Any) -> None:
     )
     serve.add_argument(
         "--expiry",
-        type=float,
+        type=seconds(),
         default=5.0,
         metavar="SECONDS",
         help="look for runs whose approval request expired this often; send them on (denied)",
