@@ -1,5 +1,6 @@
 """The approval desk's clock for tests of approval deadlines: `time.time` as the modules that
-check deadlines read it (`agent.answers`: an answer given to a resume;
+check deadlines read it (`agent.answers`: an answer given to a resume, and when it was
+given, `given_now`;
 `engine.approvals`: the tool gate; `workers.expiry`: a fleet worker's look for expired
 requests), moved on by a test (a slow person, a slow queue), never
 slept on.

@@ -344,7 +344,10 @@ async def test_an_approval_given_in_time_stands_and_is_not_kept_for_a_later_call
     assert second.pending.call is not None and second.pending.call["args"] == MALLORY
     [paid] = await tool_messages(agent, first.run_id)
     assert "approval timed out" not in paid["content"]
-    done = await agent.resume(first.run_id, approve=False)
+    # The engine's clock runs two minutes ahead of this resume's: the next request was asked
+    # "after" any answer given now without naming it; one naming its request is its own.
+    denied = BoundApproval("X", False, key=second.pending.key)
+    done = await agent.resume(first.run_id, approve=denied)
     assert done.status == "completed" and ledger == [("pay", BOB)]
 
 

@@ -136,11 +136,22 @@ def resume_value(record: RunRecord, value: Any) -> ResumeValue:
     return ResumeValue(pending.node, adapter.dump_python(checked, mode="json"), pending.key)
 
 
-def approval(record: RunRecord, approve: Any) -> BoundApproval:
+def given_now() -> float:
+    """When an answer is given, by the clock requests are stamped and their deadlines are
+    checked by: a resume or a submit reads it first, before anything is read."""
+    return time.time()
+
+
+def approval(record: RunRecord, approve: Any, given_at: float | None = None) -> BoundApproval:
     """The approval of the pending call, bound to its request (`Pending.key`): an `Approval`
     naming that call, or the shorthands True, False or {"args": edited}, bound to the one
     pending call. An answer that cannot be used raises a `ResumeError` naming the field,
-    before anything is journaled."""
+    before anything is journaled.
+
+    `given_at` (epoch seconds, `given_now`): when the answer was given. An
+    answer that does not name its request (no `key`) approves no request asked after it:
+    two answers given to one request at once must not have the second land on the
+    request the first one's run asked next, for a call of the same id nobody saw."""
     pending = pending_of(record)
     call = pending.call if pending is not None else None
     if record.status != RunStatus.AWAITING_APPROVAL or pending is None or not call:
@@ -183,6 +194,13 @@ def approval(record: RunRecord, approve: Any) -> BoundApproval:
             f"run {record.run_id} waits for an approval of call {call['id']}"
             f"{f' (request {pending.key})' if named else ''}, not of call {answer.call_id}"
             f"{f' (request {named})' if named else ''}"
+        )
+    if not named and given_at is not None and (pending.asked_at or 0.0) > given_at:
+        raise ApprovalNotPending(
+            f"run {record.run_id} asked for the approval of call {call['id']} (request "
+            f"{pending.key}) after this answer was given: an answer approves a request that "
+            "was there when it was given; read what the run asks now and answer that (an "
+            "answer naming its request, by `Pending.key`, is bound to it)"
         )
     _in_time(record, pending)
     return BoundApproval(

@@ -55,9 +55,11 @@ def check_placement(priority: int, queue: str | None) -> None:
         raise FleetError(f"queue must be a non-empty name, not {queue!r}")
 
 
-async def answer_job(deps: Deps, run_id: str, answer: dict[str, Any], agent_name: str) -> RunJob:
-    """The job carrying `answer`, checked against what the run waits for now and the agent
-    it belongs to."""
+async def answer_job(
+    deps: Deps, run_id: str, answer: dict[str, Any], agent_name: str, given_at: float
+) -> RunJob:
+    """The job carrying `answer` (given at `given_at`), checked against what the run waits
+    for now and the agent it belongs to."""
     record = await deps.runtime.load_run(run_id)
     if record is None:
         raise UnknownRun(run_id)
@@ -73,7 +75,7 @@ async def answer_job(deps: Deps, run_id: str, answer: dict[str, Any], agent_name
         plain = given.value if isinstance(given, BoundValue) else given
         answer = {"value": plain, "value_key": asked.key} if asked.key else {"value": plain}
     else:
-        checked = approval(record, answer["approve"])
+        checked = approval(record, answer["approve"], given_at)
         # An answer journaled already stands (approvals are used once): refused here, as
         # `agent.resume` refuses it, rather than queued for a worker to drop.
         await not_answered(deps.runtime, record, checked.call_id)

@@ -29,16 +29,16 @@ __all__ = ["NO_VALUE", "answer_for", "bound", "unanswered", "usable_here"]
 
 
 async def answer_for(
-    runtime: Any, record: RunRecord, value: Any, approve: Any
+    runtime: Any, record: RunRecord, value: Any, approve: Any, given_at: float | None = None
 ) -> ResumeInput | None:
     """The answer a resume brings, checked against what the run waits for: an answer for a
-    run that does not wait for it is refused, not ignored."""
+    run that does not wait for it is refused, not ignored (`given_at`: see `approval`)."""
     if value is not NO_VALUE:
         asked = resume_value(record, value)
         await not_answered(runtime, record)
         return asked
     if approve is not NO_VALUE:
-        answer = approval(record, approve)
+        answer = approval(record, approve, given_at)
         await not_answered(runtime, record, answer.call_id)
         return answer
     return None

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
-from loomgraph.agent.answers import answered, journal_answer, pending_of
+from loomgraph.agent.answers import answered, given_now, journal_answer, pending_of
 from loomgraph.agent.arguments import check_checkpoint, check_mapping, check_text
 from loomgraph.agent.checkpoints import Position, ResumeError, position
 from loomgraph.agent.fleet import FleetRun, cancel_check, check_run_agent, fleet_queue, fleet_run_of
@@ -137,6 +137,7 @@ class Resumer:
         on despite a cancel asked before it took the run (a cancelled run resumes).
         `value_key`: the request a fleet job's `value` was checked against (`submit_resume`
         keeps it in the job): the value answers that request or nothing."""
+        given_at = given_now()  # before any read: an answer approves no later request
         if value_key and value is not NO_VALUE:
             value = BoundValue(value, value_key)
         if graph not in GRAPH_CHOICES:
@@ -144,7 +145,7 @@ class Resumer:
         runtime = self.deps.runtime
         record = await self._load(run_id, "resume")
         # Refused before the lease, else bound to the request it answers: checked so under it.
-        answer = await answer_for(runtime, record, value, approve)
+        answer = await answer_for(runtime, record, value, approve, given_at)
         value, approve = bound(value, approve, answer)
         if record.status in FINAL_STATUSES and record.result is not None:
             await self.repair(record, sink, leased=leased)

@@ -18,6 +18,7 @@ from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
+from loomgraph.agent.answers import given_now
 from loomgraph.agent.arguments import check_text
 from loomgraph.agent.fleet import FleetQueue, check_run_agent
 from loomgraph.agent.fleet import fleet_queue as queue_of
@@ -233,13 +234,14 @@ async def submit_resume(
     to), so the workers that serve it see the answer.
     The job is bound to the request the answer was checked against (an approval's `key`, a
     value's `value_key`): a worker uses it for that request or not at all."""
+    given_at = given_now()  # before any read: an answer approves no later request
     if len(answer) > 1 or not set(answer) <= {"approve", "value"}:
         raise FleetError("submit_resume takes one of approve= or value=, or neither")
     check_placement(priority, queue)
     fleet = await _queue(deps)
     deadline = time.monotonic() + ANSWER_WAIT_SECONDS
     while True:
-        job = await answer_job(deps, run_id, answer, agent_name)
+        job = await answer_job(deps, run_id, answer, agent_name, given_at)
         try:
             async with deps.runtime.transaction() as con:  # type: ignore[attr-defined]
                 where = queue or await fleet.run_queue(con, run_id)
