@@ -73,6 +73,28 @@ def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
     assert len(caught.value.problems) == 2
 
 
+def test_a_schema_problem_hides_none_of_the_checks_of_valid_cases(tmp_path: Path) -> None:
+    """Found by a probe of docs/eval.md ("every problem is reported at once"): one case
+    with a misspelt key hid a duplicate id, a regex that does not compile, a `$ref` that
+    does not resolve and a judge without a rubric; fixing it brought them out one round
+    later."""
+    text = (
+        "evaluators:\n  - {kind: judge}\n  - {kind: nonsense}\n"
+        "cases:\n"
+        "  - {id: ok-1, input: hi}\n"
+        "  - {id: ok-1, input: again}\n"
+        "  - {id: r, input: x, expect: {answer: {regex: '([a-z'}}}\n"
+        "  - {id: w, input: x, expect: {answer: {json_schema: {$ref: 'http://x.example/s'}}}}\n"
+        "  - {id: t, inptu: typo}\n"
+    )
+    with pytest.raises(DatasetError) as caught:
+        Dataset.load(_write(tmp_path, text))
+    found = {(p.rule, p.line) for p in caught.value.problems}
+    assert {("schema", 3), ("schema", 9)} <= found  # the bad evaluator and the typo
+    assert ("evaluator", 2) in found  # the judge without a rubric (a valid spec otherwise)
+    assert {("duplicate-case", 6), ("answer-check", 7), ("answer-check", 8)} <= found
+
+
 def test_jsonl_cases_with_line_numbers(tmp_path: Path) -> None:
     good = {"id": "a", "input": "weather in Paris", "tags": ["w"]}
     path = _write(tmp_path, json.dumps(good) + "\n\n" + json.dumps({"id": "b"}) + "\n", "c.jsonl")

@@ -7,7 +7,7 @@ import re
 from enum import StrEnum
 from functools import cached_property
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 from pydantic import (
     AfterValidator,
@@ -262,9 +262,49 @@ def _validated(
             Problem(p.rule, p.message.replace(": Value error, ", ": ", 1), p.file, p.line)
             for p in schema_problems(err, lines, file)
         ]
+        # Every problem at once: the cases and evaluators that are valid on their own are
+        # checked as in a valid file (a duplicate id, a regex that does not compile).
+        cases = _valid_items(Case, data.get("cases"))
+        specs = _valid_items(EvaluatorSpec, data.get("evaluators"))
+        found.extend(_item_problems(cases, specs, lines, file))
         raise DatasetError(problems + found) from None
+    problems.extend(
+        _item_problems(
+            list(enumerate(dataset.cases)), list(enumerate(dataset.evaluators)), lines, file
+        )
+    )
+    if problems:
+        raise DatasetError(problems)
+    return dataset
+
+
+_M = TypeVar("_M", bound=BaseModel)
+
+
+def _valid_items(model: type[_M], items: Any) -> list[tuple[int, _M]]:
+    """The items of a list that are each a valid `model`, with their indexes."""
+    if not isinstance(items, list):
+        return []
+    valid = []
+    for index, item in enumerate(items):
+        try:
+            valid.append((index, model.model_validate(item)))
+        except ValidationError:
+            continue  # (its problems are the whole file's schema problems)
+    return valid
+
+
+def _item_problems(
+    cases: list[tuple[int, Case]],
+    specs: list[tuple[int, EvaluatorSpec]],
+    lines: dict[tuple[str | int, ...], int],
+    file: str,
+) -> list[Problem]:
+    """What the schema cannot see: cases sharing an id, answer checks that cannot work,
+    evaluators that cannot be made or share a name."""
+    problems: list[Problem] = []
     seen: dict[str, int] = {}
-    for index, case in enumerate(dataset.cases):
+    for index, case in cases:
         if case.id in seen:
             problems.append(
                 Problem(
@@ -275,18 +315,16 @@ def _validated(
                 )
             )
         seen.setdefault(case.id, index)
-    for index, case in enumerate(dataset.cases):
+    for index, case in cases:
         problems.extend(_answer_problems(case, lines, file, index))
-    for index, spec in enumerate(dataset.evaluators):
+    for index, spec in specs:
         where = nearest_line(lines, ("evaluators", index))
         problems.extend(
             Problem("evaluator", f"evaluators.{index}: {message}", file, where)
             for message in _evaluator_problems(spec)
         )
-    problems.extend(_name_problems(dataset.evaluators, lines, file))
-    if problems:
-        raise DatasetError(problems)
-    return dataset
+    problems.extend(_name_problems(specs, lines, file))
+    return problems
 
 
 def _answer_problems(
@@ -341,12 +379,12 @@ def _evaluator_problems(spec: EvaluatorSpec) -> list[str]:
 
 
 def _name_problems(
-    specs: list[EvaluatorSpec], lines: dict[tuple[str | int, ...], int], file: str
+    specs: list[tuple[int, EvaluatorSpec]], lines: dict[tuple[str | int, ...], int], file: str
 ) -> list[Problem]:
     """Evaluators sharing a name (a built-in's included): their scores would be merged."""
     problems: list[Problem] = []
     seen: dict[str, str] = {name: "a built-in evaluator" for name in BUILT_IN_EVALUATORS}
-    for index, spec in enumerate(specs):
+    for index, spec in specs:
         name = spec.evaluator_name()
         if name in seen:
             named = "" if spec.name else " (its default name)"
