@@ -146,16 +146,21 @@ async def _told_to_stop() -> None:
         await asyncio.sleep(0)  # (a turn of the loop: the failure reaches the map)
 
 
-LEAF = """
+def one_step(name: str, function: str) -> str:
+    """A child graph of one function node of this module, `function`, reading the input."""
+    return f"""
 schema_version: 1
-name: leaf
+name: {name}
 version: "1"
-entry: s
+entry: step
 nodes:
-  s: {kind: function, call: 'test_cut_visits:branch', reads: [input], writes: []}
+  step: {{kind: function, call: 'test_cut_visits:{function}', reads: [input], writes: []}}
 edges:
-  - {from: s, to: END}
+  - {{from: step, to: END}}
 """
+
+
+LEAF = one_step("leaf", "branch")
 
 TOP = """
 schema_version: 1
@@ -204,16 +209,7 @@ async def waits(state: Any, ctx: NodeContext) -> dict[str, Any]:
     return {}
 
 
-WAITS = """
-schema_version: 1
-name: waits
-version: "1"
-entry: w
-nodes:
-  w: {kind: function, call: 'test_cut_visits:waits', reads: [input], writes: []}
-edges:
-  - {from: w, to: END}
-"""
+WAITS = one_step("waits", "waits")
 
 CANCELLED = """
 schema_version: 1
