@@ -11,12 +11,9 @@ import types
 from collections.abc import Iterable, Mapping
 from typing import Any, Union, get_args, get_origin
 
-from jinja2 import TemplateSyntaxError, nodes
-
 from loomgraph.authoring.validate_flow import did_you_mean, problem_at, quoted
 from loomgraph.errors import Problem
-from loomgraph.graph.condition_code import parse_bounded
-from loomgraph.graph.conditions import environment, names_used, visit_names
+from loomgraph.graph.conditions import keys_read, names_used, visit_names
 from loomgraph.graph.field_types import parse_type
 from loomgraph.graph.jinja_problems import source_problems
 from loomgraph.graph.registry import NodeKind, UnknownNodeKind, node_kind
@@ -97,13 +94,13 @@ def check_reads(graph: Graph, instances: dict[str, NodeKind], known: set[str]) -
                     param,
                 )
             )
-        for field in sorted(used - known - DERIVED_NAMES):
+        for shown, field in unknown_names(source, used, known, expression=False):
             reported.add((name, field))
             problems.append(
                 problem_at(
                     graph,
                     "undefined-read",
-                    f"node {name!r}: template {param!r} uses {field!r}, "
+                    f"node {name!r}: template {param!r} uses {shown!r}, "
                     f"which is not a state field{did_you_mean(field, known)}",
                     "nodes",
                     name,
@@ -130,6 +127,19 @@ def check_reads(graph: Graph, instances: dict[str, NodeKind], known: set[str]) -
     return problems
 
 
+def unknown_names(
+    source: str, used: set[str], known: set[str], *, expression: bool
+) -> list[tuple[str, str]]:
+    """(as written, field) of each field `source` uses that no run has: a name (`x`, `self`)
+    or a key of `state` (`state.x`), which would render empty or test false."""
+    names = [(field, field) for field in sorted(used - known - DERIVED_NAMES)]
+    if "state" in used:
+        for field in keys_read("state", source, expression=expression):
+            if field not in known:
+                names.append((f"state.{field}", field))
+    return names
+
+
 def _unread_fields(
     graph: Graph, instances: dict[str, NodeKind], known: set[str], reported: set[tuple[str, str]]
 ) -> list[Problem]:
@@ -151,7 +161,7 @@ def _unread_fields(
         if "last_message" in used:
             wanted.setdefault("messages", "last_message")
         if "state" in used:
-            for field in state_names(source):
+            for field in keys_read("state", source, expression=False):
                 if field in known:
                     wanted.setdefault(field, f"state.{field}")
         for field, shown in sorted(wanted.items()):
@@ -182,24 +192,6 @@ def _unread_fields(
                 )
             )
     return problems
-
-
-def state_names(source: str) -> list[str]:
-    """The fields a template reads through `state` (`state.x`, `state['x']`), in order; []
-    when it does not parse (reported on its own)."""
-    try:
-        tree = parse_bounded(environment(), source, expression=False)
-    except (TemplateSyntaxError, RecursionError):
-        return []
-    names = []
-    for node in tree.find_all((nodes.Getattr, nodes.Getitem)):
-        if not (isinstance(node.node, nodes.Name) and node.node.name == "state"):
-            continue
-        if isinstance(node, nodes.Getattr):
-            names.append(node.attr)
-        elif isinstance(node.arg, nodes.Const) and isinstance(node.arg.value, str):
-            names.append(node.arg.value)
-    return list(dict.fromkeys(names))
 
 
 def check_writes(graph: Graph, instances: dict[str, NodeKind]) -> list[Problem]:
@@ -258,12 +250,13 @@ def check_conditions(graph: Graph, known: set[str]) -> list[Problem]:
                 for why in wrong
             ]
             continue
-        for field in sorted(names_used(edge.when, expression=True) - known - DERIVED_NAMES):
+        used = names_used(edge.when, expression=True)
+        for shown, field in unknown_names(edge.when, used, known, expression=True):
             problems.append(
                 problem_at(
                     graph,
                     "undefined-read",
-                    f"condition {edge.when!r} uses {field!r}, which is not "
+                    f"condition {edge.when!r} uses {shown!r}, which is not "
                     f"a state field{did_you_mean(field, known | DERIVED_NAMES)}",
                     "edges",
                     i,

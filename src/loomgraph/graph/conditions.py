@@ -345,29 +345,44 @@ def names_used(source: str, *, expression: bool) -> set[str]:
     except (TemplateSyntaxError, RecursionError):
         return set()
     called = {c.node.name for c in tree.find_all(nodes.Call) if isinstance(c.node, nodes.Name)}
-    return set(undeclared) - called
+    return (set(undeclared) | _self_read(tree)) - called
 
 
-def visit_names(source: str) -> list[str]:
-    """The node names a condition reads the visit counts of (`visits.x`, `visits['x']`), in
-    order; a method called on `visits` (`visits.get('x')`) is not one. [] when it does not
-    parse (reported on its own)."""
+def _self_read(tree: nodes.Template) -> set[str]:
+    """{"self"} when the source reads `self` without setting it: Jinja declares `self` in
+    every template (a reference to its blocks, empty here), so it is never "undeclared"."""
+    names = [(n.name, n.ctx) for n in tree.find_all(nodes.Name) if n.name == "self"]
+    return {"self"} if ("self", "load") in names and ("self", "store") not in names else set()
+
+
+def keys_read(of: str, source: str, *, expression: bool) -> list[str]:
+    """The keys a condition or template reads of the name `of` (`of.x`, `of['x']`), in
+    order; a method called on it (`visits.get('x')`) is not one. [] when it does not parse
+    (reported on its own)."""
     try:
-        tree = parse_bounded(environment(), source, expression=True)
+        tree = parse_bounded(environment(), source, expression=expression)
     except (TemplateSyntaxError, RecursionError):
         return []
-    called = {id(c.node) for c in tree.find_all(nodes.Call)}
+    # An expression's root may itself be the read or the call (`visits.x`, `visits.get('x')`):
+    # find_all skips the root.
+    every = [tree, *tree.find_all((nodes.Call, nodes.Getattr, nodes.Getitem))]
+    called = {id(c.node) for c in every if isinstance(c, nodes.Call)}
     names = []
-    for node in [tree, *tree.find_all((nodes.Getattr, nodes.Getitem))]:
+    for node in every:
         if not isinstance(node, nodes.Getattr | nodes.Getitem) or id(node) in called:
             continue
-        if not (isinstance(node.node, nodes.Name) and node.node.name == VISITS):
+        if not (isinstance(node.node, nodes.Name) and node.node.name == of):
             continue
         if isinstance(node, nodes.Getattr):
             names.append(node.attr)
         elif isinstance(node.arg, nodes.Const) and isinstance(node.arg.value, str):
             names.append(node.arg.value)
     return list(dict.fromkeys(names))
+
+
+def visit_names(source: str) -> list[str]:
+    """The node names a condition reads the visit counts of (`visits.x`, `visits['x']`)."""
+    return keys_read(VISITS, source, expression=True)
 
 
 def condition_scope(
