@@ -50,13 +50,13 @@ _GRAPH_ID = "loomgraph"
 _START, _LEGEND = "start", "legend"
 
 
-def _clean(text: str, keep: str = "") -> str:
-    """Text without the characters SVG (XML) cannot carry: control characters (but those in
-    `keep`) become spaces, lone surrogates and non-characters U+FFFD."""
+def _clean(text: str) -> str:
+    """Text on one line, with no character SVG (XML) cannot carry: control characters become
+    spaces, lone surrogates and non-characters U+FFFD."""
     out = []
     for c in text:
         kind = unicodedata.category(c)
-        if kind == "Cc" and c not in keep:
+        if kind == "Cc":
             out.append(" ")
         elif kind == "Cs" or c in "\ufffe\uffff":
             out.append("\ufffd")
@@ -75,7 +75,7 @@ def _t(text: str) -> str:
     """Text as a plain label or tooltip: backslashes literal (no `\\N`, `\\l` escapes), `&`
     as `&amp;` (Graphviz reads `&#58;` as an entity), never read as an HTML-like `<...>`
     label; `quote` then escapes its double quotes."""
-    escaped: str = graphviz.escape(_clean(text, keep="\n").replace("&", "&amp;"))
+    escaped: str = graphviz.escape(_clean(text).replace("&", "&amp;"))
     return escaped
 
 
@@ -154,11 +154,11 @@ def _legend(run: RunOverlay, routes: bool) -> str:
 def _digraph(graph: Graph, run: RunOverlay | None, *, expand: bool = False) -> graphviz.Digraph:
     dot = graphviz.Digraph(name=_GRAPH_ID)
     title = f"{graph.name} v{graph.version}"
-    heading = f"{title}\n{run.title()}" if run else title
+    heading = [title, run.title()] if run else [title]
     dot.attr(
         rankdir="TB",
         labelloc="t",
-        label=_t(heading),
+        label="\n".join(map(_t, heading)),
         tooltip=_t(graph.description or title),
         fontname="Helvetica",
         forcelabels="true",
