@@ -165,8 +165,7 @@ def graph_from_data(
         if validate:
             found += beyond_schema(data, err, file, lines)
         raise GraphValidationError(problems + _by_line(found)) from None
-    graph._source = file
-    graph._lines = dict(lines)
+    graph.read_from(file, dict(lines))
     graph._resolver = resolve_graph_ref
     if validate:
         from loomgraph.authoring.validate import validate_graph
@@ -197,8 +196,7 @@ def beyond_schema(
         graph = Graph.model_validate(part.data)
     except (ValidationError, TypeError):  # should not happen: every failure was left out
         return []
-    graph._source = file
-    graph._lines = part.renumbered(lines)
+    graph.read_from(file, part.renumbered(lines))
     graph._resolver = resolve_graph_ref
     from loomgraph.authoring.validate import validate_graph
 

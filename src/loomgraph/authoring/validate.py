@@ -48,6 +48,7 @@ def validate_graph(graph: Graph, *, flow: bool = True) -> list[Problem]:
     """Every problem of a graph, each with file, line and rule name; without `flow`, all but
     the flow rules (reachability, loops without exit), which need networkx, unless a `when`
     is constant."""
+    graph.forget_lines_if_edited()
     key = str(Path(graph.source).resolve()) if graph.source else None
     active = _validating.get()
     if key is not None and key in active:

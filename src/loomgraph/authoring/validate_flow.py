@@ -42,7 +42,7 @@ def problem_at(graph: Graph, rule: str, message: str, *path: str | int) -> Probl
     line = graph.line_of(*path) if path else None
     if line is None:
         line = graph._lines.get(())
-    return Problem(rule, message, graph.source, line)
+    return Problem(rule, message, graph.read_file, line)
 
 
 def did_you_mean(name: str, options: Iterable[str], *, ignore_case: bool = False) -> str:

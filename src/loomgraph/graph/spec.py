@@ -144,6 +144,9 @@ class Graph(BaseModel):
     # Where the graph came from, for error messages; not part of the graph's value.
     _source: str | None = PrivateAttr(default=None)
     _lines: dict[tuple[str | int, ...], int] = PrivateAttr(default_factory=dict)
+    # The content (as JSON) `_source` and `_lines` describe: a graph edited since is no
+    # longer what the file says, and its problems name no file line (`where_read`).
+    _read_as: str | None = PrivateAttr(default=None)
     # Validation and compiling, done once per content (read it through `memo()`).
     _memo: GraphMemo = PrivateAttr(default_factory=GraphMemo)
     # Finds the graphs this one's nodes name (set by whoever loaded it: see authoring.loader).
@@ -196,6 +199,22 @@ class Graph(BaseModel):
             memo = self._memo = GraphMemo()
             memo.key = key
         return memo
+
+    def read_from(self, source: str | None, lines: dict[tuple[str | int, ...], int]) -> None:
+        """Say where the graph was read from: its file, and the line of each path in it."""
+        self._source, self._lines, self._read_as = source, lines, self.model_dump_json()
+
+    def forget_lines_if_edited(self) -> None:
+        """Drop the line map of a graph edited since it was read: its lines point into a
+        file that no longer says what the graph does. Its `source` stays (paths in it are
+        still relative to that file)."""
+        if self._read_as is not None and self._read_as != self.model_dump_json():
+            self._lines, self._read_as = {}, None
+
+    @property
+    def read_file(self) -> str | None:
+        """The file the graph is, as it is now: its source, unless edited since it was read."""
+        return self._source if self._read_as is not None else None
 
     def line_of(self, *path: str | int) -> int | None:
         """The source line of a path like ("nodes", "model", "kind"), or of its nearest parent."""
