@@ -9,6 +9,7 @@ import pytest
 
 from loomgraph import Agent
 from loomgraph.authoring.loader import graph_from_yaml
+from loomgraph.errors import NodeError
 from loomgraph.models import ScriptedModel
 from loomgraph.testing import run_node
 
@@ -63,3 +64,29 @@ async def test_run_node_without_on_error_still_raises() -> None:
     """A node without `on_error` fails the run: `run_node` raises the node's error."""
     with pytest.raises(ValueError, match="the service said no"):
         await run_node(graph_from_yaml(PLAIN), "call", {"input": "go"})
+
+
+EXITS = ROUTED.replace("user_graph_steps:boom", "user_graph_steps:exits")
+
+
+async def test_a_node_exiting_is_routed_as_a_run_routes_it() -> None:
+    """A node raising SystemExit: a run routes it to `on_error` (its type in `error`), and
+    so does `run_node` (it let the SystemExit through, ending the test's process)."""
+    whole = await Agent("x", model=ScriptedModel([]), architecture=graph_from_yaml(EXITS)).run(
+        "go"
+    )
+    assert whole.output == "sorry: 3"
+    run = await run_node(graph_from_yaml(EXITS), "call", {"input": "go"})
+    assert (run.next, run.patch["error"]["type"]) == ("sorry", "SystemExit")
+
+
+async def test_a_node_exiting_without_on_error_fails_as_a_run_fails() -> None:
+    """Without `on_error` a run fails with a NodeError naming the node; `run_node` raises it."""
+    plain = PLAIN.replace("user_graph_steps:boom", "user_graph_steps:exits")
+    whole = await Agent("x", model=ScriptedModel([]), architecture=graph_from_yaml(plain)).run(
+        "go"
+    )
+    assert whole.status.value == "failed" and "call" in whole.reason
+    with pytest.raises(NodeError, match="call") as err:
+        await run_node(graph_from_yaml(plain), "call", {"input": "go"})
+    assert isinstance(err.value.__cause__, SystemExit)

@@ -64,3 +64,8 @@ def no_score(state: Mapping[str, Any]) -> dict[str, Any]:
 def grow_total(state: Mapping[str, Any]) -> dict[str, Any]:
     """Add a number so large that the sum overflows a float."""
     return {"total": 1.0e308}
+
+
+def exits(state: Mapping[str, Any]) -> dict[str, Any]:
+    """A step that calls sys.exit (a library the step uses may)."""
+    raise SystemExit(3)

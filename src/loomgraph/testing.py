@@ -24,6 +24,7 @@ from loomgraph.graph.spec import Graph
 from loomgraph.models.scripted import ScriptedModel, TurnLike
 from loomgraph.protocols import BudgetExceeded, EffectRecord, Model, RunRecord, RunStopped
 from loomgraph.protocols.events import ERROR, Event
+from loomgraph.protocols.tasks import stops_the_task
 from loomgraph.runtime.memory import InMemoryRuntime
 
 __all__ = ["NodeRun", "UnknownNode", "run_node"]
@@ -116,9 +117,14 @@ async def run_node(
         applied(compiled, node, full, patch)  # (a `merge` into a record is validated here)
     except (RunStopped, BudgetExceeded, ServiceUnavailable, ResumeError):
         raise  # a run stops, or is recovered, here: never routed
-    except Exception as err:
+    except BaseException as err:  # SystemExit, a CancelledError of its own…: as a run's step
+        if stops_the_task(err):
+            raise  # the caller cancelled this test
         if on_error is None:
-            raise  # as it fails the run
+            if isinstance(err, Exception):
+                raise  # as it fails the run
+            # A run fails with it, and so does this: never an exit of the test's process.
+            raise NodeError(node, err) from err
         # Routed as a run routes it: the `error` event, the `error` field, the handler node.
         error = err if isinstance(err, GraphError) else NodeError(node, err)
         await scope.emit(ERROR, {"error": str(error), "type": type(err).__name__}, node)
