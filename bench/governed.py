@@ -40,7 +40,7 @@ from loomgraph import Agent, Graph
 from loomgraph.authoring.library import load_graph
 from loomgraph.authoring.loader import graph_from_data
 from loomgraph.governance import BudgetConfig, Caps, StandardBudget, StandardPermissions
-from loomgraph.governance.sql_ledger import SqliteLedger
+from loomgraph.governance.sqlite_ledger import SqliteLedger
 from loomgraph.observability import FileAuditLog, OTelTelemetry
 from loomgraph.protocols import ModelChunk, ModelRequest
 from loomgraph.runtime.sqlite import SqliteRuntime

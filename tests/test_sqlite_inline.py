@@ -16,7 +16,7 @@ import pytest
 from loomgraph._storage.sqlite_inline import InlineWriter
 from loomgraph.governance import BudgetConfig, Caps, StandardBudget
 from loomgraph.governance.ledger_sites import ledger_at
-from loomgraph.governance.sql_ledger import SqliteLedger
+from loomgraph.governance.sqlite_ledger import SqliteLedger
 from loomgraph.protocols import (
     BudgetExceeded,
     BudgetScope,

@@ -31,7 +31,7 @@ if TYPE_CHECKING:
         RuleSyntaxError,
     )
     from loomgraph.governance.rules import Rule, SetSource, canonical, parse_rule
-    from loomgraph.governance.sql_ledger import SqliteLedger
+    from loomgraph.governance.sqlite_ledger import SqliteLedger
 
 # Each public name and the module that defines it.
 _MODULES = {
@@ -64,7 +64,7 @@ _MODULES = {
     "canonical": "loomgraph.governance.rules",
     "parse_rule": "loomgraph.governance.rules",
     "PostgresLedger": "loomgraph.governance.pg_ledger",
-    "SqliteLedger": "loomgraph.governance.sql_ledger",
+    "SqliteLedger": "loomgraph.governance.sqlite_ledger",
 }
 
 

@@ -10,7 +10,7 @@ import threading
 from loomgraph.errors import LoomgraphError
 from loomgraph.governance.ledger import Ledger
 from loomgraph.governance.pg_ledger import PostgresLedger
-from loomgraph.governance.sql_ledger import SqliteLedger
+from loomgraph.governance.sqlite_ledger import SqliteLedger
 from loomgraph.protocols.ledger import LedgerSite, SqliteSite
 
 __all__ = ["AmbiguousLedger", "LedgerPlaces", "ledger_at"]
