@@ -3,26 +3,28 @@ JSON Lines."""
 
 from __future__ import annotations
 
-import re
-from enum import StrEnum
 from functools import cached_property
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Any, TypeVar
 
-from pydantic import (
-    AfterValidator,
-    BaseModel,
-    ConfigDict,
-    Field,
-    ValidationError,
-    field_validator,
-)
+from pydantic import BaseModel, Field, ValidationError, field_validator
 
-from loomgraph.authoring.loader import nearest_line, parse_yaml, schema_problems
+from loomgraph.authoring.loader import parse_yaml, schema_problems
 from loomgraph.errors import Problem, ProblemsError
-from loomgraph.eval.dataset_checks import RUBRIC_VARIABLES, rubric_problems, schema_problem
+from loomgraph.eval.cases import (
+    BUILT_IN_EVALUATORS,
+    AnswerCheck,
+    Case,
+    EvaluatorSpec,
+    Expectations,
+    ExpectedCall,
+    JournaledId,
+    Strict,
+    ToolTrajectory,
+    TrajectoryMode,
+)
+from loomgraph.eval.dataset_checks import RUBRIC_VARIABLES, item_problems
 from loomgraph.eval.jsonl import parse_json, parse_jsonl
-from loomgraph.protocols import storable
 from loomgraph.protocols.safe_yaml import key_first
 
 __all__ = [
@@ -46,8 +48,6 @@ __all__ = [
 # The largest dataset file, YAML, JSON or JSON Lines alike (YAML is parsed in pure Python).
 MAX_DATASET_BYTES = 1_000_000
 SCHEMA_VERSION = 1
-# The evaluators every evaluation of a dataset has: a dataset's own may not take these names.
-BUILT_IN_EVALUATORS = ("answer", "trajectory", "not_called", "bounds")
 # The file suffixes `Dataset.load` reads, and how.
 YAML_SUFFIXES = (".yaml", ".yml")
 JSON_SUFFIXES = (".json",)
@@ -61,115 +61,7 @@ class DatasetError(ProblemsError, ValueError):
     subject = "dataset"
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class AnswerCheck(_Strict):
-    """What the final answer must be: any of these that are set must all hold."""
-
-    exact: str | None = Field(None, description="the answer, exactly (surrounding space ignored)")
-    contains: list[str] = Field(default_factory=list, description="texts the answer contains")
-    regex: str | None = Field(None, description="a regular expression the answer matches")
-    json_schema: dict[str, Any] | None = Field(
-        None, description="a JSON Schema the answer, parsed as JSON, must satisfy"
-    )
-
-    @field_validator("contains", mode="before")
-    @classmethod
-    def _one_or_many(cls, value: Any) -> Any:
-        return [value] if isinstance(value, str) else value
-
-
-class TrajectoryMode(StrEnum):
-    """How the expected tool calls are matched against the calls the run made."""
-
-    EXACT = "exact"  # the same calls, in the same order, nothing else
-    IN_ORDER = "in_order"  # the expected calls appear in this order; others may come between
-    ANY_ORDER = "any_order"  # the expected calls appear, in any order
-
-
-class ExpectedCall(_Strict):
-    """One expected tool call: the tool's name and glob patterns for some of its arguments."""
-
-    tool: str = Field(description="the tool's name (a glob pattern: `docs_*` matches)")
-    args: dict[str, Any] = Field(
-        default_factory=dict,
-        description="argument patterns: strings are globs against the argument as text; "
-        "other values must be equal",
-    )
-
-
-class ToolTrajectory(_Strict):
-    """The tool calls a good run makes."""
-
-    mode: TrajectoryMode = TrajectoryMode.IN_ORDER
-    calls: list[ExpectedCall]
-
-
-class Expectations(_Strict):
-    """What a good run of a case looks like."""
-
-    answer: AnswerCheck | None = None
-    tools: ToolTrajectory | None = None
-    not_called: list[str] = Field(
-        default_factory=list, description="tools (glob patterns) the run must never execute"
-    )
-    max_tokens: int | None = Field(None, ge=0, description="tokens one run may use")
-    max_cost_usd: float | None = Field(None, ge=0, description="cost one run may have")
-    max_latency_s: float | None = Field(None, gt=0, description="wall time one run may take")
-
-
-def _journaled_id(value: str) -> str:
-    """`value` when a journal can store it as an id (it names the runs of the cases), else
-    a ValueError saying why: found at load, not when the first run is journaled."""
-    if storable(value):
-        return value
-    why = "a NUL character" if "\x00" in value else "a lone surrogate (not valid Unicode text)"
-    raise ValueError(f"it holds {why}, which no journal can store in the ids of the runs")
-
-
-# Text that becomes part of the ids of runs (a session id, the user ids of `run_user_id`).
-JournaledId = Annotated[str, AfterValidator(_journaled_id)]
-
-
-class Case(_Strict):
-    """One evaluation case."""
-
-    id: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.:-]+$")
-    input: str = Field(min_length=1)
-    session: JournaledId | None = None
-    expect: Expectations = Field(default_factory=Expectations)
-    tags: list[str] = Field(default_factory=list)
-    metadata: dict[str, Any] = Field(default_factory=dict)
-
-
-class EvaluatorSpec(_Strict):
-    """An evaluator the dataset adds to every case: an LLM judge or a Python function."""
-
-    kind: str = Field(pattern=r"^(judge|custom)$")
-    name: str | None = None
-    # judge: a rubric (a Jinja2 template seeing `case`, `answer`, `tool_calls`) and a model.
-    rubric: str | None = None
-    model: str | None = None
-    max_tokens: int | None = Field(None, ge=1, description="tokens the judge may use in all")
-    timeout_s: float | None = Field(
-        None, gt=0, allow_inf_nan=False, description="seconds a judge call may take (120)"
-    )
-    # custom: an import path MODULE:ATTR of `(case, outcome) -> Score | float | bool`.
-    call: str | None = None
-
-    def evaluator_name(self) -> str:
-        """The name its scores are reported under: `name`, else `judge` for a judge and
-        the function's name (ATTR of `call`) for a custom evaluator."""
-        if self.name:
-            return self.name
-        if self.kind == "judge":
-            return "judge"
-        return (self.call or "custom").partition(":")[2].rpartition(".")[2] or "custom"
-
-
-class Dataset(_Strict):
+class Dataset(Strict):
     """A named list of cases, and the evaluators added to every case."""
 
     schema_version: int = SCHEMA_VERSION
@@ -266,10 +158,10 @@ def _validated(
         # checked as in a valid file (a duplicate id, a regex that does not compile).
         cases = _valid_items(Case, data.get("cases"))
         specs = _valid_items(EvaluatorSpec, data.get("evaluators"))
-        found.extend(_item_problems(cases, specs, lines, file))
+        found.extend(item_problems(cases, specs, lines, file))
         raise DatasetError(problems + found) from None
     problems.extend(
-        _item_problems(
+        item_problems(
             list(enumerate(dataset.cases)), list(enumerate(dataset.evaluators)), lines, file
         )
     )
@@ -292,110 +184,6 @@ def _valid_items(model: type[_M], items: Any) -> list[tuple[int, _M]]:
         except ValidationError:
             continue  # (its problems are the whole file's schema problems)
     return valid
-
-
-def _item_problems(
-    cases: list[tuple[int, Case]],
-    specs: list[tuple[int, EvaluatorSpec]],
-    lines: dict[tuple[str | int, ...], int],
-    file: str,
-) -> list[Problem]:
-    """What the schema cannot see: cases sharing an id, answer checks that cannot work,
-    evaluators that cannot be made or share a name."""
-    problems: list[Problem] = []
-    seen: dict[str, int] = {}
-    for index, case in cases:
-        if case.id in seen:
-            problems.append(
-                Problem(
-                    "duplicate-case",
-                    f"case id {case.id!r} is used twice (first by cases.{seen[case.id]})",
-                    file,
-                    nearest_line(lines, ("cases", index)),
-                )
-            )
-        seen.setdefault(case.id, index)
-    for index, case in cases:
-        problems.extend(_answer_problems(case, lines, file, index))
-    for index, spec in specs:
-        where = nearest_line(lines, ("evaluators", index))
-        problems.extend(
-            Problem("evaluator", f"evaluators.{index}: {message}", file, where)
-            for message in _evaluator_problems(spec)
-        )
-    problems.extend(_name_problems(specs, lines, file))
-    return problems
-
-
-def _answer_problems(
-    case: Case, lines: dict[tuple[str | int, ...], int], file: str, index: int
-) -> list[Problem]:
-    """The answer checks that could only fail when a run is scored: a regular expression
-    that does not compile, a JSON Schema that is not one or whose `$ref`s cannot be
-    followed."""
-    check = case.expect.answer
-    if check is None:
-        return []
-    at = ("cases", index, "expect", "answer")
-    problems: list[Problem] = []
-    if check.regex is not None:
-        try:
-            re.compile(check.regex)
-        except (re.error, OverflowError, RecursionError) as err:
-            where = nearest_line(lines, (*at, "regex"))
-            message = f"cases.{index}.expect.answer.regex is not a regular expression: {err}"
-            problems.append(Problem("answer-check", message, file, where))
-    if check.json_schema is not None:
-        why = schema_problem(check.json_schema)
-        if why is not None:
-            where = nearest_line(lines, (*at, "json_schema"))
-            message = f"cases.{index}.expect.answer.json_schema {why}"
-            problems.append(Problem("answer-check", message, file, where))
-    return problems
-
-
-def _evaluator_problems(spec: EvaluatorSpec) -> list[str]:
-    """What is wrong with an evaluator the dataset adds: a missing or misplaced key, a
-    rubric that is no template or names what the judge does not give, a malformed `call`."""
-    problems: list[str] = []
-    if spec.kind == "judge":
-        if not spec.rubric:
-            problems.append("a judge evaluator needs `rubric`")
-        else:
-            problems.extend(rubric_problems(spec.rubric))
-        if spec.call is not None:
-            problems.append("a judge evaluator takes no `call` (that is a custom evaluator's)")
-        return problems
-    if not spec.call:
-        problems.append("a custom evaluator needs `call`")
-    else:
-        module, _, attr = spec.call.partition(":")
-        if not module or not attr:
-            problems.append(f"`call` {spec.call!r} is not an import path MODULE:ATTR")
-    misplaced = [k for k in ("rubric", "model", "max_tokens") if getattr(spec, k) is not None]
-    if misplaced:
-        problems.append(f"a custom evaluator takes no {', '.join(f'`{k}`' for k in misplaced)}")
-    return problems
-
-
-def _name_problems(
-    specs: list[tuple[int, EvaluatorSpec]], lines: dict[tuple[str | int, ...], int], file: str
-) -> list[Problem]:
-    """Evaluators sharing a name (a built-in's included): their scores would be merged."""
-    problems: list[Problem] = []
-    seen: dict[str, str] = {name: "a built-in evaluator" for name in BUILT_IN_EVALUATORS}
-    for index, spec in specs:
-        name = spec.evaluator_name()
-        if name in seen:
-            named = "" if spec.name else " (its default name)"
-            message = (
-                f"evaluators.{index}: the name {name!r}{named} is taken by {seen[name]}; "
-                "give each evaluator its own `name`, or their scores are merged"
-            )
-            where = nearest_line(lines, ("evaluators", index))
-            problems.append(Problem("duplicate-evaluator", message, file, where))
-        seen.setdefault(name, f"evaluators.{index}")
-    return problems
 
 
 def dataset_json_schema() -> dict[str, Any]:

@@ -13,7 +13,7 @@ from fnmatch import fnmatchcase
 from typing import Any, Protocol, runtime_checkable
 
 from loomgraph.errors import LoomgraphError
-from loomgraph.eval.dataset import Case, EvaluatorSpec, TrajectoryMode
+from loomgraph.eval.cases import Case, EvaluatorSpec, TrajectoryMode
 from loomgraph.eval.outcome import CaseOutcome
 from loomgraph.eval.trajectory import match_trajectory
 from loomgraph.graph.imports import import_object

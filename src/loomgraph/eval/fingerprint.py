@@ -12,7 +12,7 @@ from typing import Any
 from loomgraph.agent.agent import Agent
 from loomgraph.agent.pinning import graph_key
 from loomgraph.errors import LoomgraphError
-from loomgraph.eval.dataset import Case, EvaluatorSpec
+from loomgraph.eval.cases import Case, EvaluatorSpec
 from loomgraph.eval.evaluators import Evaluator
 from loomgraph.governance import Caps
 from loomgraph.governance.caps import CAP_NAMES

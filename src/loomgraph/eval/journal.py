@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from loomgraph.agent.agent import Agent
 from loomgraph.agent.recovery import crashed_usage
 from loomgraph.agent.result import RunResult, failed_step_usage
-from loomgraph.eval.dataset import Case
+from loomgraph.eval.cases import Case
 from loomgraph.eval.outcome import CaseOutcome
 from loomgraph.eval.trajectory import CallRecord
 from loomgraph.protocols import EffectRecord, EffectStatus, RunStatus, Transition, Usage

@@ -18,7 +18,7 @@ from loomgraph.engine.model_answers import (
     reported_usage,
     unreported_usage,
 )
-from loomgraph.eval.dataset import Case
+from loomgraph.eval.cases import Case
 from loomgraph.eval.evaluators import Score
 from loomgraph.eval.outcome import CaseOutcome
 from loomgraph.protocols import Model, ModelError, ModelRequest, ModelResponse, Usage

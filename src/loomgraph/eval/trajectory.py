@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from typing import Any
 
-from loomgraph.eval.dataset import ExpectedCall, ToolTrajectory, TrajectoryMode
+from loomgraph.eval.cases import ExpectedCall, ToolTrajectory, TrajectoryMode
 from loomgraph.protocols.json_values import same_json
 
 __all__ = ["CallRecord", "TrajectoryMatch", "match_trajectory", "matches"]
