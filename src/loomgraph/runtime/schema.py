@@ -183,6 +183,15 @@ def v1_orphans(d: Dialect) -> str:
     )
 
 
+# The statement that lists runs, by (one user's?, in one status?).
+RUNS_BY = {
+    (False, False): "runs",
+    (True, False): "user_runs",
+    (False, True): "status_runs",
+    (True, True): "user_status_runs",
+}
+
+
 def statements(d: Dialect) -> dict[str, str]:
     """Every statement the journal runs, with `?` placeholders, formatted once per journal."""
     p, now = d.prefix, d.now

@@ -48,7 +48,7 @@ from loomgraph.runtime.errors import (
     UnknownEffect,
     UnknownRun,
 )
-from loomgraph.runtime.schema import SCHEMA_VERSION, Dialect, statements
+from loomgraph.runtime.schema import RUNS_BY, SCHEMA_VERSION, Dialect, statements
 from loomgraph.runtime.sql_leases import SqlLeases, constraint_error
 from loomgraph.runtime.text import check_id, storable, storable_reason
 
@@ -396,5 +396,5 @@ class SqlJournal(SqlLeases, SqlAuditOutbox):
         if user_id is not None and not storable(user_id):
             return []  # no run can have it: `start_run` refuses it
         args = [a for a in (user_id, status) if a is not None]
-        name = "user_" * (user_id is not None) + "status_" * (status is not None) + "runs"
+        name = RUNS_BY[user_id is not None, status is not None]
         return self._decode(run_from_row, await self._fetch(name, [str(a) for a in args]))
