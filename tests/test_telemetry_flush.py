@@ -57,7 +57,7 @@ async def test_an_export_gives_up_after_its_timeout(silent_collector: str) -> No
 async def test_shutdown_keeps_to_its_deadline(silent_collector: str) -> None:
     """A collector that never answers held `shutdown()` for as long as the exporters'
     own timeouts allowed (here 30 s, retries included): the end of the program waited."""
-    telemetry = otlp(silent_collector, export_timeout_s=30.0)
+    telemetry = otlp(silent_collector, export_timeout_s=30.0, exit_timeout_s=0.1)
     await Agent("x", model=ScriptedModel(["hi"]), telemetry=telemetry).run("go")
     started = time.monotonic()
     stopped = telemetry.shutdown(timeout_s=0.3)

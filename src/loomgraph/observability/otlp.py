@@ -8,6 +8,8 @@ The exporter package (`opentelemetry-exporter-otlp-proto-http`) is imported only
 
 from __future__ import annotations
 
+import atexit
+import logging
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -21,6 +23,11 @@ if TYPE_CHECKING:
 
 SERVICE_NAME = "loomgraph"
 EXPORT_TIMEOUT_S = 10.0  # the exporters' own default: one export, retries included
+# What the program's end waits for the exporters: a collector that is down costs the exit no
+# more (the SDK's own exit handler waited for every retry of both exporters).
+EXIT_TIMEOUT_S = 3.0
+
+_log = logging.getLogger("loomgraph.telemetry")
 
 
 class OTLPTelemetry(OTelTelemetry):
@@ -38,6 +45,7 @@ class OTLPTelemetry(OTelTelemetry):
         self.tracer_provider = tracer_provider
         self.meter_provider = meter_provider
         self._flushing: _Bounded | None = None
+        self._stopping: _Bounded | None = None
 
     def flush(self, timeout_s: float = 10.0) -> bool:
         """Send every finished span and the current metrics now; False if that did not end
@@ -68,9 +76,24 @@ class OTLPTelemetry(OTelTelemetry):
         """Flush, then stop the exporters (at the end of the program); False if that did not
         end within `timeout_s` (it goes on in a daemon thread, which does not hold the exit)."""
         deadline = time.monotonic() + timeout_s
+        if self._stopping is not None:  # stopped once (by the caller, or at exit): waited for
+            self._stopping.join(timeout_s)
+            return not self._stopping.is_alive() and self._stopping.ok
         # The providers' shutdown exports what is pending, bounded only by the exporters'
         # own timeouts (retries included): a dead collector would hold the program's end.
-        return _Bounded("shutdown", self._stop_all, self).ran_by(deadline)
+        self._stopping = _Bounded("shutdown", self._stop_all, self)
+        return self._stopping.ran_by(deadline)
+
+    def shutdown_at_exit(self, timeout_s: float, endpoint: str) -> None:
+        """`shutdown` within `timeout_s`, saying once on the `loomgraph.telemetry` logger
+        when what the exporters held was not all sent to `endpoint` by then."""
+        if not self.shutdown(timeout_s):
+            _log.warning(
+                "telemetry: what was left to export was not all sent to %s within %s s of "
+                "the program's end (is the collector running?)",
+                endpoint,
+                timeout_s,
+            )
 
     def _stop_all(self) -> bool:
         """Stop the span provider, then the metric provider (each exports what it holds)."""
@@ -111,12 +134,15 @@ def otlp(
     default_service_name: str = SERVICE_NAME,
     metric_interval_s: float = 60.0,
     export_timeout_s: float = EXPORT_TIMEOUT_S,
+    exit_timeout_s: float = EXIT_TIMEOUT_S,
 ) -> OTLPTelemetry:
     """Telemetry exported over OTLP/HTTP to `endpoint` (the collector's base URL; traces go
     to `/v1/traces`, metrics to `/v1/metrics`). Content (messages, tool arguments and
     results) is recorded only with `capture_content=True`. One export (its retries
     included) gives up after `export_timeout_s`: a collector that does not answer holds the
-    exporting threads, `shutdown()` and a flush in the background no longer than that.
+    exporting threads, `shutdown()` and a flush in the background no longer than that. At
+    the program's end the providers are shut down within `exit_timeout_s` (a warning when
+    that was not enough), unless `shutdown()` was called before.
 
     `service.name` is `service_name` when given, else what the environment says
     (`OTEL_SERVICE_NAME`, `OTEL_RESOURCE_ATTRIBUTES`), else `default_service_name`; the
@@ -134,7 +160,8 @@ def otlp(
     # The SDK names a service nobody named `unknown_service[:executable]`.
     if str(resource.attributes.get("service.name", "")).startswith("unknown_service"):
         resource = resource.merge(Resource({"service.name": default_service_name}))
-    tracer_provider = TracerProvider(resource=resource)
+    # Shut down at exit by the telemetry, within `exit_timeout_s`, not by the SDK's handlers.
+    tracer_provider = TracerProvider(resource=resource, shutdown_on_exit=False)
     sent = dict(headers or {})
     spans = OTLPSpanExporter(endpoint=f"{base}/v1/traces", headers=sent, timeout=export_timeout_s)
     tracer_provider.add_span_processor(BatchSpanProcessor(spans))
@@ -143,5 +170,9 @@ def otlp(
         export_interval_millis=metric_interval_s * 1000,
         export_timeout_millis=export_timeout_s * 1000,
     )
-    meter_provider = MeterProvider(resource=resource, metric_readers=[reader])
-    return OTLPTelemetry(tracer_provider, meter_provider, capture_content)
+    meter_provider = MeterProvider(
+        resource=resource, metric_readers=[reader], shutdown_on_exit=False
+    )
+    telemetry = OTLPTelemetry(tracer_provider, meter_provider, capture_content)
+    atexit.register(telemetry.shutdown_at_exit, exit_timeout_s, base)
+    return telemetry
