@@ -389,3 +389,26 @@ def test_key_first_puts_each_key_at_its_line_and_each_item_where_it_starts(
             assert written.startswith((f"{path[-1]}:", f"'{path[-1]}':")), (path, text)
         else:  # a list item: where its value starts, as before
             assert lines[path] == located.lines[path]
+
+
+def test_a_key_that_is_no_text_does_not_hide_the_other_problems(tmp_path: Path) -> None:
+    """It was refused alone, before anything else was read: a dataset's duplicate case id
+    and a graph's unknown entry came only once the key was quoted."""
+    cases = tmp_path / "cases.yaml"
+    cases.write_text(
+        "name: d\ncases:\n  - id: a\n    input: hi\n    on: x\n  - id: a\n    input: again\n"
+    )
+    with pytest.raises(DatasetError) as dataset:
+        Dataset.load(cases)
+    assert [(p.rule, p.line) for p in dataset.value.problems] == [
+        ("yaml-key", 5),
+        ("duplicate-case", 6),
+    ]
+    graph = tmp_path / "graph.yaml"
+    graph.write_text(_graph("007").replace("entry: a", "entry: b"))
+    with pytest.raises(GraphValidationError) as loaded:
+        load_graph_file(graph)
+    assert [(p.rule, p.line) for p in loaded.value.problems] == [
+        ("yaml-key", 10),
+        ("unknown-entry", 2),
+    ]

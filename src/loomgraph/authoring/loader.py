@@ -73,7 +73,7 @@ def _dotted(path: tuple[str | int, ...]) -> str:
 
 
 # The validation rule of each kind of YamlRefused; the others are `yaml-syntax`.
-_REFUSAL_RULES = {"alias": "yaml-alias", "depth": "yaml-too-deep", "key": "yaml-key"}
+_REFUSAL_RULES = {"alias": "yaml-alias", "depth": "yaml-too-deep"}
 
 
 def parse_yaml(text: str, file: str | None = None) -> tuple[Any, Lines, list[Problem]]:
@@ -102,7 +102,7 @@ def _parse(text: str, file: str | None) -> tuple[Any, Lines, Lines, list[Problem
         at = text.count("\n", 0, err.position) + 1
         return None, {}, {}, [Problem("yaml-syntax", str(err), file, at)]
     try:
-        located = locate(loader)
+        located = locate(loader, past_keys=True)  # each key that is no text, a problem
     except YamlRefused as refused:
         kind = _REFUSAL_RULES.get(refused.kind, "yaml-syntax")
         return None, {}, {}, [Problem(kind, str(refused), file, refused.line)]
@@ -125,6 +125,8 @@ def _parse(text: str, file: str | None) -> tuple[Any, Lines, Lines, list[Problem
         )
         for dup in located.duplicates
     ]
+    problems += [Problem("yaml-key", str(key), file, key.line) for key in located.refused_keys]
+    problems.sort(key=lambda problem: problem.line or 0)
     return located.data, located.lines, located.key_lines, problems
 
 

@@ -140,22 +140,33 @@ class Located:
     # key (misspelt, unknown) is.
     key_lines: Lines
     duplicates: list[Duplicate]
+    # Mapping keys YAML reads as no text (`on:`, `007:`), left out of `data`; only when
+    # `locate` was asked to go on past them, else it raised the first.
+    refused_keys: list[YamlRefused]
 
 
-def locate(loader: BoundedLoader) -> Located:
+def locate(loader: BoundedLoader, *, past_keys: bool = False) -> Located:
     """The loader's single document as plain data, the lines of its data paths and keys,
-    and the keys written twice. Raises YamlRefused (also for a mapping key that is no text,
-    and a value YAML cannot build), or the YAML library's error."""
+    and the keys written twice. Raises YamlRefused (for a value YAML cannot build, and for a
+    mapping key that is no text unless `past_keys`: then the entry is left out and the key
+    listed in `refused_keys`), or the YAML library's error."""
     key_lines: Lines = {}
     lines = LineMap(key_lines=key_lines)
     duplicates: list[Duplicate] = []
+    refused_keys: list[YamlRefused] = []
 
     def build(node: yaml.Node, path: tuple[str | int, ...]) -> Any:
         lines[path] = node.start_mark.line + 1
         if isinstance(node, yaml.MappingNode):
             out: dict[str, Any] = {}
             for key_node, value_node in node.value:
-                key = _text_key(loader, key_node)
+                try:
+                    key = _text_key(loader, key_node)
+                except YamlRefused as refused:
+                    if not past_keys:
+                        raise
+                    refused_keys.append(refused)
+                    continue
                 line = key_node.start_mark.line + 1
                 if key in out:
                     duplicates.append(Duplicate(key, path, line))
@@ -171,7 +182,7 @@ def locate(loader: BoundedLoader) -> Located:
 
     root = loader.get_single_node()
     data = None if root is None else build(root, ())
-    return Located(data, lines, key_lines, duplicates)
+    return Located(data, lines, key_lines, duplicates, refused_keys)
 
 
 def _text_key(loader: BoundedLoader, node: yaml.Node) -> str:
