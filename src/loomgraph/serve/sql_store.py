@@ -17,6 +17,7 @@ from loomgraph._storage.cursor import Cursor, PgCursor, SqliteCursor
 from loomgraph._storage.pg_pool import LoopPool, import_asyncpg, open_pool, quote_ident
 from loomgraph._storage.sqlite_conn import SqliteConnection
 from loomgraph._storage.sqlite_files import SqliteFileProblem, open_sqlite
+from loomgraph.engine.effects import APPROVAL_REQUEST_KIND
 from loomgraph.protocols import RunRecord, RunStatus
 from loomgraph.runtime.codec import run_from_row
 from loomgraph.runtime.errors import JournalUnavailable
@@ -124,9 +125,11 @@ class SqlStore:
         limit: int = 50,
         cursor: str | None = None,
         agent: str | None = None,
+        asked: bool = False,
     ) -> RunPage:
         """A page of this user's runs, newest first, in the journal's row order; the cursor
-        is the run id of the page's last run (its row number stays in the queries)."""
+        is the run id of the page's last run (its row number stays in the queries), one that
+        asked an approver with `asked`."""
         where, args = list[str](), list[Any]()
         self._user_filter(user_id, where, args)
         self._agent_filter(agent, where, args)
@@ -144,21 +147,29 @@ class SqlStore:
         )
         async with self._cur() as cur:
             if cursor is not None:
-                args.append(await self._row_of(cur, cursor, user_id, agent))
+                args.append(await self._row_of(cur, cursor, user_id, agent, asked))
             rows: Sequence[Sequence[Any]] = await cur.fetch(sql, args)
         page = [run_from_row(tuple(r)[:-1]) for r in rows[:limit]]
         more = len(rows) > limit
         return RunPage(page, page[-1].run_id if more and page else None)
 
     async def _row_of(
-        self, cur: Cursor, cursor: str, user_id: str | Everyone, agent: str | None
+        self, cur: Cursor, cursor: str, user_id: str | Everyone, agent: str | None, asked: bool
     ) -> int:
-        """The row number of the run a cursor names, when it is this user's (and the agent's:
-        whatever the page's other filters); `UnknownCursor` for any other."""
+        """The row number of the run a cursor names, when it is this user's (and the agent's,
+        and one that asked an approver with `asked`: whatever the page's other filters);
+        `UnknownCursor` for any other."""
         where, args = ["run_id = ?"], list[Any]([cursor_run_id(cursor)])
         self._user_filter(user_id, where, args)
         self._agent_filter(agent, where, args)
-        found = await cur.fetch(f"SELECT n FROM {self._p}runs WHERE {' AND '.join(where)}", args)
+        if asked:
+            where.append(
+                f"EXISTS (SELECT 1 FROM {self._p}effects e WHERE e.run = r.n AND e.kind = ?)"
+            )
+            args.append(APPROVAL_REQUEST_KIND)
+        found = await cur.fetch(
+            f"SELECT r.n FROM {self._p}runs r WHERE {' AND '.join(where)}", args
+        )
         if not found:
             raise UnknownCursor(cursor)
         return int(found[0][0])

@@ -12,6 +12,7 @@ import time
 from typing import Protocol
 
 from loomgraph.agent.answers import may_go_on, pending_of
+from loomgraph.engine.effects import APPROVAL_REQUEST_KIND
 from loomgraph.protocols import RunRecord, RunStatus, Runtime
 from loomgraph.serve.api_keys import ApiKey, hash_key, key_id, new_key
 from loomgraph.serve.run_pages import EVERYONE, Everyone, RunPage, UnknownCursor, cursor_run_id
@@ -56,9 +57,11 @@ class ServeStore(Protocol):
         limit: int = 50,
         cursor: str | None = None,
         agent: str | None = None,
+        asked: bool = False,
     ) -> RunPage:
         """A page of this user's runs (every user's: `EVERYONE`; with `agent`, of those of
-        that agent), newest first."""
+        that agent), newest first. With `asked`, the cursor must name a run that asked an
+        approver (an approval request journaled): what the approvals listing shows."""
         ...
 
     async def close(self) -> None:
@@ -120,6 +123,7 @@ class MemoryStore:
         limit: int = 50,
         cursor: str | None = None,
         agent: str | None = None,
+        asked: bool = False,
     ) -> RunPage:
         """A page of this user's runs, newest first in the order they started (`_numbered`),
         so a run started or finished between two pages moves none from one page to the next;
@@ -132,7 +136,7 @@ class MemoryStore:
             if (isinstance(user_id, Everyone) or r.user_id == user_id)
             and (agent is None or may_go_on(r.agent_name, agent))
         ]
-        before = None if cursor is None else self._number_of(cursor, mine)
+        before = None if cursor is None else await self._number_of(cursor, mine, asked)
         rows = sorted(
             (
                 (self._numbers[r.run_id], r)
@@ -147,11 +151,16 @@ class MemoryStore:
         page = [r for _, r in rows[:limit]]
         return RunPage(page, page[-1].run_id if len(rows) > limit and page else None)
 
-    def _number_of(self, cursor: str, mine: list[RunRecord]) -> int:
-        """The number of the run a cursor names, one of `mine`; `UnknownCursor` for any other
-        (a forgotten run's too: the in-memory journal keeps a bounded number of runs)."""
+    async def _number_of(self, cursor: str, mine: list[RunRecord], asked: bool) -> int:
+        """The number of the run a cursor names, one of `mine` (that asked an approver, with
+        `asked`); `UnknownCursor` for any other (a forgotten run's too: the in-memory journal
+        keeps a bounded number of runs)."""
         run_id = cursor_run_id(cursor)
         if not any(r.run_id == run_id for r in mine):
+            raise UnknownCursor(cursor)
+        if asked and not any(
+            e.kind == APPROVAL_REQUEST_KIND for e in await self._runtime.effects(run_id)
+        ):
             raise UnknownCursor(cursor)
         return self._numbers[run_id]
 
@@ -189,8 +198,15 @@ async def awaiting_approval(
 ) -> RunPage:
     """A page of every user's runs of `agent` that wait for an approver, newest first: what an
     approver is asked (the HTTP API's and the MCP server's listing, the viewer's page)."""
+    # The cursor names a run the approver was shown, answered since or not: never one she
+    # may not read (which would tell her that it exists).
     page = await store.runs(
-        EVERYONE, status=RunStatus.AWAITING_APPROVAL, limit=limit, cursor=cursor, agent=agent
+        EVERYONE,
+        status=RunStatus.AWAITING_APPROVAL,
+        limit=limit,
+        cursor=cursor,
+        agent=agent,
+        asked=True,
     )
     # A run asking its owner a question (`interrupt`) waits too, for no approver: left out,
     # so a page may hold fewer runs than `limit`; the cursor still follows the page.
