@@ -91,8 +91,12 @@ class Rule:
         spec: ToolSpec | None = None,
         sets: Mapping[str, SetSource] | None = None,
     ) -> bool:
-        """Whether the call is covered; `every` (for allow rules): in all elements and readings."""
-        if not glob_regex(self.tool, path=False).fullmatch(str(call.get("tool", ""))):
+        """Whether the call is covered; `every` (for allow rules): in all elements and readings.
+        The tool's name is compared ignoring case except under `every`: a server names its
+        tools, and `Transfer` must not dodge a deny rule written for `transfer`."""
+        if not glob_regex(self.tool, path=False, fold=not every).fullmatch(
+            str(call.get("tool", ""))
+        ):
             return False
         args = call.get("args") or {}
         view = cast(Mapping[str, Any], spec or {})
