@@ -11,7 +11,7 @@ from starlette.requests import Request
 from starlette.types import Message
 
 from loomgraph.serve.auth import SAFE_METHODS
-from loomgraph.serve.errors import BadRequest, Invalid, ServeError, TooLarge
+from loomgraph.serve.errors import BadRequest, ClientGone, Invalid, ServeError, TooLarge
 from loomgraph.serve.service import Service
 
 __all__ = [
@@ -173,7 +173,8 @@ def parse_json(raw: str | bytes, what: str) -> Any:
 def limited(request: Request, limit: int) -> Request:
     """The request, its body readable only within `limit` bytes, whatever reads it (JSON, a
     form): TooLarge now when its Content-Length says more, and while reading as soon as more
-    has come (a body sent in chunks declares no length), so no more than that is ever read."""
+    has come (a body sent in chunks declares no length), so no more than that is ever read;
+    ClientGone when the client hangs up before the body has come."""
     declared = request.headers.get("content-length", "").strip()
     if declared.isascii() and declared.isdigit() and int(declared) > limit:
         raise TooLarge(f"the body is {declared} bytes; the limit is {limit}")
@@ -182,6 +183,8 @@ def limited(request: Request, limit: int) -> Request:
     async def receive() -> Message:
         nonlocal received
         message = await request.receive()
+        if message["type"] == "http.disconnect":
+            raise ClientGone("the client closed the connection before the body had come")
         if message["type"] == "http.request":
             received += len(message.get("body", b""))
             if received > limit:

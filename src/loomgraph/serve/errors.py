@@ -27,6 +27,7 @@ from loomgraph.runtime.errors import RunConflict, RunFinished
 
 __all__ = [
     "BadRequest",
+    "ClientGone",
     "Conflict",
     "Forbidden",
     "Invalid",
@@ -51,6 +52,12 @@ class ServeError(LoomgraphError):
 
 class BadRequest(ServeError, ValueError):
     """A request that is not what the endpoint takes (not JSON, a wrong field type...)."""
+
+
+class ClientGone(ServeError):
+    """The client closed its connection before its request's body had all come: there is
+    nobody to answer, and nothing of the server's own to log (it was a 500, "internal
+    error", which anyone reaching the port could fill the log with)."""
 
 
 class Unauthorized(ServeError):
