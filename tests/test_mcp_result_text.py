@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import math
 
@@ -49,3 +50,21 @@ async def test_a_listed_tool_json_cannot_carry_is_left_out_not_the_server(
         finally:
             await server.close()
     assert "record" in names and "broken" not in names, names
+
+
+@pytest.mark.parametrize("size", [0, 1, 2, 3, 8, 1000])
+def test_audio_and_blobs_are_shown_with_their_byte_counts(size: int) -> None:
+    """An 8-byte audio was shown as 9 bytes, a 2-byte blob as 3: the base64 padding was
+    counted as data."""
+    data = base64.b64encode(bytes(size)).decode()
+    blob = types.BlobResourceContents(uri="file:///x.bin", mimeType="application/x", blob=data)
+    result = types.CallToolResult(
+        content=[
+            types.AudioContent(type="audio", data=data, mimeType="audio/wav"),
+            types.EmbeddedResource(type="resource", resource=blob),
+        ]
+    )
+    assert to_result(result)["content"].splitlines() == [
+        f"[audio: audio/wav, {size} bytes]",
+        f"[resource file:///x.bin: application/x, {size} bytes]",
+    ]

@@ -159,8 +159,7 @@ def render(
             else:
                 parts.append(f"[image: {block.mime_type}, {size} bytes]")
         elif kind in ("image", "audio"):
-            size = len(block.data) * 3 // 4  # base64
-            parts.append(f"[{kind}: {block.mime_type}, {size} bytes]")
+            parts.append(f"[{kind}: {block.mime_type}, {_decoded_size(block.data)} bytes]")
         elif kind == "resource":
             parts.append(_resource(block.resource))
         elif kind == "resource_link":
@@ -180,7 +179,12 @@ def _resource(resource: Any) -> str:
     if isinstance(text, str):
         return f"[resource {resource.uri} ({mime})]\n{text}"
     blob = getattr(resource, "blob", "") or ""
-    return f"[resource {resource.uri}: {mime}, {len(blob) * 3 // 4} bytes]"
+    return f"[resource {resource.uri}: {mime}, {_decoded_size(blob)} bytes]"
+
+
+def _decoded_size(data: str) -> int:
+    """How many bytes base64 `data` holds (each four characters three, less the padding)."""
+    return len(data) * 3 // 4 - (len(data) - len(data.rstrip("="))) if data else 0
 
 
 def server_error(server: str, tool: str, problem: str) -> ToolResult:
