@@ -181,6 +181,15 @@ async def test_stdio_the_user_id_argument_cannot_switch_identity(folder: Path) -
         asked = {"prompt": "what do you know?", "user_id": "alice", "session_id": "alice-s1"}
         claimed = await session.call_tool("run", asked)
         assert claimed.is_error and "user_id" in text(claimed)
+        # Said in a line, not as pydantic's report of the SDK's model ("1 validation error
+        # for runArguments ... [type=value_error, input_value=...]").
+        assert text(claimed).startswith("Error executing tool run: unknown argument(s) user_id: ")
+        assert "validation error" not in text(claimed) and "input_value" not in text(claimed)
+        wrong = await session.call_tool("approvals", {"limit": "many"})
+        assert wrong.is_error and text(wrong) == (
+            "Error executing tool approvals: limit: Input should be a valid integer, unable to "
+            "parse string as an integer"
+        ), text(wrong)
         assert "4921" not in text(claimed)
         own = await session.call_tool(
             "run", {"prompt": "what do you know?", "session_id": "alice-s1"}

@@ -163,11 +163,9 @@ def build_server(
     from mcp.server.mcpserver import Context
     from mcp.server.mcpserver import MCPServer as SDKServer
     from mcp.server.mcpserver.exceptions import ToolError
-    from mcp.server.mcpserver.tools import Tool
-    from mcp.types import ToolAnnotations
 
     from loomgraph.agent.resume_answers import unanswered
-    from loomgraph.cli.mcp_serve_callers import caller_of, refuse_unknown_arguments
+    from loomgraph.cli.mcp_serve_callers import caller_of, checked_tool
     from loomgraph.cli.mcp_serve_errors import answered
     from loomgraph.serve.store import approvers_run, open_store
 
@@ -262,14 +260,7 @@ def build_server(
 
     # Every error a tool raises is told to the client in one place (`answered`): a typed
     # one as `loomgraph serve` tells it (`ApprovalNotPending: ...`, `RunConflict: ...`).
-    tools = [
-        refuse_unknown_arguments(
-            Tool.from_function(
-                answered(fn), name=fn.__name__, annotations=ToolAnnotations(openWorldHint=True)
-            )
-        )
-        for fn in (run, resume, approvals)
-    ]
+    tools = [checked_tool(answered(fn)) for fn in (run, resume, approvals)]
     instructions = agent.instructions or None
     return SDKServer("loomgraph", instructions=instructions, lifespan=lifespan, tools=tools)
 

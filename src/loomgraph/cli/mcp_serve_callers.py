@@ -14,11 +14,13 @@ The `mcp` SDK, starlette and the key store are imported only when the command ru
 from __future__ import annotations
 
 import json
+from collections.abc import Awaitable, Callable
+from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable, MutableMapping
+    from collections.abc import MutableMapping
 
     from loomgraph.serve.auth import Caller
     from loomgraph.serve.store import ServeStore
@@ -29,7 +31,7 @@ if TYPE_CHECKING:
     Send = Callable[[Message], Awaitable[None]]
     App = Callable[[Scope, Receive, Send], Awaitable[None]]
 
-__all__ = ["KeyAuth", "caller_of", "key_store_problem", "refuse_unknown_arguments"]
+__all__ = ["KeyAuth", "caller_of", "checked_tool", "key_store_problem"]
 
 # Where `KeyAuth` leaves the request's caller, for the tools to read.
 CALLER_SCOPE_KEY = "loomgraph.caller"
@@ -143,12 +145,17 @@ async def key_store_problem(runtime: Any, agent_spec: str) -> str | None:
     return None
 
 
-def refuse_unknown_arguments(tool: Any) -> Any:
-    """`tool` (the SDK's `Tool`) refusing any argument it does not list, `user_id` above all
-    (who calls is never an argument); its schema says so (`additionalProperties: false`).
-    The SDK would otherwise drop an unknown argument silently."""
+def checked_tool(fn: Callable[..., Awaitable[Any]]) -> Any:
+    """`fn` as the SDK's `Tool`, refusing any argument it does not list (`user_id` above all:
+    who calls is never an argument; its schema says so, `additionalProperties: false`: the
+    SDK would drop one silently), and telling arguments that do not fit as one line each
+    (`limit: Input should be a valid integer`), not as pydantic's report of its model."""
+    from mcp.types import ToolAnnotations
     from pydantic import ConfigDict, model_validator
 
+    tool = _checked_tool_class().from_function(
+        fn, name=fn.__name__, annotations=ToolAnnotations(openWorldHint=True)
+    )
     loose = tool.fn_metadata.arg_model
 
     def known_arguments(data: Any) -> Any:
@@ -173,3 +180,32 @@ def refuse_unknown_arguments(tool: Any) -> Any:
     )
     tool.parameters["additionalProperties"] = False
     return tool
+
+
+@cache
+def _checked_tool_class() -> type[Any]:
+    """The SDK's `Tool`, telling a call's arguments that fail its model in words."""
+    from mcp.server.mcpserver.exceptions import ToolError
+    from mcp.server.mcpserver.tools import Tool
+    from pydantic import ValidationError
+
+    class CheckedTool(Tool):
+        async def run(self, arguments: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
+            try:
+                return await super().run(arguments, *args, **kwargs)
+            except ToolError as err:
+                cause = err.__cause__
+                model = self.fn_metadata.arg_model.__name__
+                if not (isinstance(cause, ValidationError) and cause.title == model):
+                    raise
+                said = "; ".join(_argument_problem(e) for e in cause.errors(include_url=False))
+                raise ToolError(f"Error executing tool {self.name}: {said}") from cause
+
+    return CheckedTool
+
+
+def _argument_problem(error: Any) -> str:
+    """One error of a call's arguments: `argument: why` (why alone for the whole call)."""
+    why = str(error["msg"]).removeprefix("Value error, ")
+    where = ".".join(str(part) for part in error["loc"])
+    return f"{where}: {why}" if where else why
