@@ -56,7 +56,11 @@ from loomgraph.protocols.tools import ToolHost
 # The rule and reason of an egress call's verdict when it carries untrusted text; the reason
 # is also added to the question an approval handler is asked about such a call.
 TAINT_RULE = "taint:egress"
-TAINT_REASON = "its arguments carry text from an untrusted tool result"
+# (Not "from a tool result" alone: an untrusted MCP server's descriptions count too.)
+TAINT_REASON = (
+    "its arguments carry untrusted text (from a tool result, an earlier answer, or what an "
+    "untrusted MCP server wrote for the model)"
+)
 # Shorter values (a yes, a number, a common word) are too likely to occur by chance.
 MIN_TAINT_CHARS = 8
 # Untrusted text is kept as windows of RUN_CHARS at every RUN_STRIDE-th position, and every

@@ -17,7 +17,7 @@ from loomgraph.engine.effects import TOOL_EFFECT, EffectKey, ran_call
 from loomgraph.engine.own_calls import OwnTool, own_call_key
 from loomgraph.engine.received import permission_for, received_call, untrusted_in
 from loomgraph.engine.scope import NO_ATTRIBUTES, RunScope
-from loomgraph.engine.taint import note_result
+from loomgraph.engine.taint import TAINT_REASON, TAINT_RULE, note_result
 from loomgraph.engine.watched import watched
 from loomgraph.errors import LoomgraphError
 from loomgraph.protocols import (
@@ -258,11 +258,7 @@ class ToolGate:
             tainted, read = untrusted_in(scope.untrusted, deps.arg_reader, call, spec)
         decision = await permission_for(scope, call, spec, read)
         if tainted and decision.verdict == "allow":
-            decision = Decision(
-                deps.on_tainted,
-                "taint:egress",
-                "its arguments carry text from an untrusted tool result",
-            )
+            decision = Decision(deps.on_tainted, TAINT_RULE, TAINT_REASON)
         # Asked about before the run stopped (this very call: its key, tool and arguments):
         # only an approval releases it now — unless a rule denies it now (a set that changed
         # while it waited: a blocklist), a hard limit no approval lifts.
