@@ -12,6 +12,9 @@ import asyncio
 import contextlib
 import copy
 import json
+import signal
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -280,3 +283,49 @@ def test_a_pending_approval_shows_its_tool_identity_and_reads_it_back() -> None:
     assert Pending.from_dict(pending.to_dict()) == pending
     assert Pending.from_dict({"node": "tools", "call": pending.call}).tool is None
     assert ToolIdentity.of(SPEC).origin == "local"
+
+
+
+DIES = """
+import os, signal, sys, json
+from loomgraph import tool
+sys.path.insert(0, {tests!r})
+import test_approval_identity as t
+
+@tool(name="transfer", description="Send money to someone.")
+def transfer(to: str, amount: int) -> str:
+    with open({ledger!r}, "a") as ledger:
+        ledger.write(json.dumps({{"to": to, "amount": amount}}) + "\\n")
+    os.kill(os.getpid(), signal.SIGKILL)  # the bank took the order; the process dies
+
+import asyncio
+from pathlib import Path
+agent = t.agent([transfer], Path({tmp!r}), approval_handler=lambda call, asked: True)
+asyncio.run(agent.run("pay alice"))
+"""
+
+
+async def test_an_approved_call_sent_before_a_crash_is_not_called_again_on_a_changed_tool(
+    tmp_path: Path,
+) -> None:
+    """The approved call reached the tool, the process was killed before its result was
+    kept; the resumed Agent's `transfer` is another tool. The call is denied as changed, and
+    the model was told to "call it again to be asked anew", though the first one had acted:
+    it is told that it may have, and to find out before calling again."""
+    SENT.clear()
+    ledger = tmp_path / "ledger.jsonl"
+    script = tmp_path / "dies.py"
+    tests = str(Path(__file__).parent)
+    script.write_text(DIES.format(tests=tests, ledger=str(ledger), tmp=str(tmp_path)))
+    died = subprocess.run([sys.executable, str(script)], capture_output=True, timeout=120)
+    assert died.returncode == -signal.SIGKILL, died.stderr
+    assert len(ledger.read_text().splitlines()) == 1
+    async with agent([transfer_reworded], tmp_path) as second:
+        (crashed,) = await second.runs()
+        resumed = await second.resume(crashed.run_id)
+        history = await second.history(crashed.run_id)
+    assert SENT == [] and len(ledger.read_text().splitlines()) == 1
+    assert resumed.status == "completed"
+    assert rules(tmp_path)[-1] == "approval:tool_changed"
+    message = last_tool_message(history)["content"]
+    assert "may have taken effect" in message and "asked anew" not in message, message

@@ -110,10 +110,14 @@ def same_call(journaled: Any, call: ToolCall) -> bool:
     )
 
 
-def tool_changed(recorded: Any, spec: ToolSpec, call: ToolCall) -> Decision | None:
+def tool_changed(
+    recorded: Any, spec: ToolSpec, call: ToolCall, *, sent: bool = False
+) -> Decision | None:
     """The denial of `call` when the tool its approval was asked about (`recorded`, as
     journaled) is not the tool `spec` describes now, or None: the same tool, or nothing
-    recorded (a request journaled before identities were)."""
+    recorded (a request journaled before identities were). `sent`: the approved call was
+    sent before the run was cut off, so it may have acted; the model is told so rather than
+    to call it again."""
     then = ToolIdentity.from_dict(recorded)
     if then is None:
         return None
@@ -124,6 +128,11 @@ def tool_changed(recorded: Any, spec: ToolSpec, call: ToolCall) -> Decision | No
         "deny",
         TOOL_CHANGED,
         f"tool {call['tool']!r} changed since this call was asked about (approved: "
-        f"{then.shown()}; now: {now.shown()}), so the approval does not cover it; call it "
-        "again to be asked anew",
+        f"{then.shown()}; now: {now.shown()}), so the approval does not cover it; "
+        + (
+            "it was sent once before the run was cut off and may have taken effect: find out "
+            "before calling it again"
+            if sent
+            else "call it again to be asked anew"
+        ),
     )

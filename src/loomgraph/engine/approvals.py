@@ -98,12 +98,12 @@ class ApprovalDesk:
         # True once this call's approval was found under the keys of an older journal.
         self.legacy = False
 
-    async def prior_ask(self, spec: ToolSpec) -> Decision | None:
+    async def prior_ask(self, spec: ToolSpec, *, began: bool = False) -> Decision | None:
         """The `ask` a request journaled before the run stopped was made under — only an
         approval releases the call now — or None when this call was never asked about. A
         request found at this call's key for another call (not the same tool and arguments),
         or about a tool other than `spec`'s (another origin, another spec), approves nothing:
-        the call is denied."""
+        the call is denied (`began`: the call was sent before, on an answer since given)."""
         await self._bind(answers=False)
         if str(self.request_key) not in self.scope.requested:
             return None
@@ -111,7 +111,7 @@ class ApprovalDesk:
         if "call" in request and not same_call(request["call"], self.call):
             self._take_supplied()  # an answer to that request is not one to this call
             return self._mismatch("requested")
-        changed = tool_changed(request.get("tool"), spec, self.call)
+        changed = tool_changed(request.get("tool"), spec, self.call, sent=began)
         if changed is not None:
             self._take_supplied()  # nor is it one for the tool answering to that name now
             return changed
@@ -138,7 +138,7 @@ class ApprovalDesk:
                 return self._mismatch("answered"), call
             # An answer journaled with no request (an approval handler's, before a crash)
             # names the tool it was given for; one to a request was checked by `prior_ask`.
-            changed = tool_changed(earlier.intent.get("tool"), spec, call)
+            changed = tool_changed(earlier.intent.get("tool"), spec, call, sent=began)
             if changed is not None:
                 return changed, call
             outcome = earlier.outcome or {}
