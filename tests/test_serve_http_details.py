@@ -58,6 +58,18 @@ async def test_a_body_not_in_utf8_is_400_and_starts_nothing(tmp_path: Path, enco
             assert taken.status_code == 201, taken.text
 
 
+async def test_a_raw_nul_in_a_json_string_is_named_as_json_names_it(tmp_path: Path) -> None:
+    """A raw NUL byte inside a string of a UTF-8 body was answered "not UTF-8 text (UTF-16
+    or UTF-32?)": it is UTF-8, with a control character JSON wants escaped."""
+    async with served(tmp_path) as s:
+        headers = s.auth("alice") | {"Content-Type": "application/json"}
+        refused = await s.client.post("/v1/runs", content=b'{"input": "h\x00i"}', headers=headers)
+        assert error(refused) == (400, "bad_request"), refused.text
+        message = refused.json()["error"]["message"]
+        assert "Invalid control character" in message and "UTF-16" not in message, message
+        assert (await s.get("alice", "/v1/runs")).json()["runs"] == []
+
+
 async def test_null_for_an_optional_field_is_the_field_left_out(tmp_path: Path) -> None:
     async with served(tmp_path) as s:
         body = {"input": "hi", "session_id": None, "stream": None, "background": None}

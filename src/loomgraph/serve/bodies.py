@@ -135,9 +135,10 @@ def _unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 
 def _utf8(raw: bytes, what: str) -> str:
-    # `json.loads` would also read UTF-16 and UTF-32, which JSON on a network is not; and
-    # no UTF-8 JSON text holds a NUL byte (in a string it is escaped), their ASCII does.
-    where = raw.find(b"\x00")
+    # `json.loads` would also read UTF-16 and UTF-32, which JSON on a network is not. Their
+    # JSON starts with an ASCII character, so a NUL is among its first four bytes (RFC 4627's
+    # test); a NUL later in UTF-8 is JSON's to refuse (a control character in a string).
+    where = raw.find(b"\x00", 0, 4)
     try:
         if where < 0:
             return raw.decode("utf-8-sig")
