@@ -302,6 +302,8 @@ async def test_http_needs_a_valid_key_and_a_revoked_key_is_refused_at_once(
                 {"Authorization": "Bearer lg_not-a-key"},
                 {"X-API-Key": "lg_not-a-key"},
                 {"Authorization": f"Basic {keys['bob']}"},
+                # Two callers claiming one request: neither is chosen.
+                {"Authorization": f"Bearer {keys['bob']}", "X-API-Key": keys["alice"]},
             ):
                 refused = await http.post(url, json=INIT, headers={**ACCEPT, **headers})
                 assert refused.status_code == 401, (headers, refused.text)

@@ -336,6 +336,11 @@ async def test_fork_resume_and_cancel(tmp_path: Path) -> None:
             422,
             "validation",
         )
+        # An `at` given but out of range is said so (it was "field 'at' ... is required").
+        for at in (-1, 2**63):
+            out = await s.post("alice", f"/v1/runs/{run_id}/fork", {"at": at})
+            assert error(out) == (422, "validation")
+            assert f"got {at}" in out.json()["error"]["message"], out.text
         not_waiting = await s.post("alice", f"/v1/runs/{run_id}/resume", {"value": 1})
         assert error(not_waiting) == (409, "value_refused")  # it asks nothing
         assert error(await s.post("alice", f"/v1/runs/{run_id}/cancel")) == (409, "run_finished")

@@ -102,3 +102,18 @@ async def test_a_query_parameter_given_empty_is_400_naming_it(tmp_path: Path, na
         if name in ("cursor", "limit"):
             empty = await s.get("alice", f"/v1/approvals?{name}=")
             assert error(empty) == (400, "bad_request"), empty.text
+
+
+async def test_two_different_keys_are_refused_not_one_of_them_chosen(tmp_path: Path) -> None:
+    """`Authorization: Bearer <bob's>` with `X-API-Key: <alice's>` was taken as bob's
+    request: two callers claimed it, and the server picked one."""
+    async with served(tmp_path) as s:
+        both = {"Authorization": f"Bearer {s.keys['dave']}", "X-API-Key": s.keys["alice"]}
+        refused = await s.client.get("/v1/runs", headers=both)
+        assert error(refused) == (401, "unauthorized")
+        assert "two different API keys" in refused.json()["error"]["message"]
+        wrote = await s.client.post("/v1/runs", json={"input": "hi"}, headers=both)
+        assert error(wrote) == (401, "unauthorized")
+        same = {"Authorization": f"Bearer {s.keys['dave']}", "X-API-Key": s.keys["dave"]}
+        assert (await s.client.get("/v1/runs", headers=same)).status_code == 200
+        assert (await s.get("dave", "/v1/runs")).json()["runs"] == []

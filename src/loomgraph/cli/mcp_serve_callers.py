@@ -58,14 +58,6 @@ def caller_of(ctx: Any, fixed: Caller | None) -> Caller:
     return found
 
 
-def _key(headers: Any) -> str:
-    """The API key a request carries: `Authorization: Bearer KEY`, else `X-API-Key`. (Not
-    the viewer's cookie: a browser sends it with any request to the host, any port.)"""
-    scheme, _, token = headers.get("authorization", "").partition(" ")
-    key = token.strip() if scheme.lower() == "bearer" else ""
-    return key or str(headers.get("x-api-key", "")).strip()
-
-
 class KeyAuth:
     """ASGI middleware in front of the SDK's streamable HTTP app: every HTTP request needs a
     key of the store (401 otherwise). The caller goes into the request's scope for the
@@ -84,12 +76,18 @@ class KeyAuth:
         from mcp.server.auth.provider import AccessToken
         from starlette.datastructures import Headers
 
-        from loomgraph.serve.auth import Caller
+        from loomgraph.serve.auth import Caller, sent_key
+        from loomgraph.serve.errors import Unauthorized
 
-        key = _key(Headers(scope=scope))
+        # (Not the viewer's cookie: a browser sends it with any request to the host.)
+        try:
+            key = sent_key(Headers(scope=scope))
+        except Unauthorized as refused:
+            await _unauthorized(send, str(refused))
+            return
         found = await self.store.key(key) if key else None
         if found is None:
-            await _unauthorized(send, "a valid API key" if key else "an API key")
+            await _unauthorized(send, _asked("a valid API key" if key else "an API key"))
             return
         caller = Caller(found.user_id, found.approver)
         scope[CALLER_SCOPE_KEY] = caller
@@ -103,8 +101,11 @@ class KeyAuth:
         await self.app(scope, receive, send)
 
 
-async def _unauthorized(send: Send, what: str) -> None:
-    message = f"authentication required: send {what} as 'Authorization: Bearer <API key>'"
+def _asked(what: str) -> str:
+    return f"authentication required: send {what} as 'Authorization: Bearer <API key>'"
+
+
+async def _unauthorized(send: Send, message: str) -> None:
     body = json.dumps({"error": {"type": "unauthorized", "message": message}}).encode()
     await send(
         {

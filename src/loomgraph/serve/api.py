@@ -15,7 +15,7 @@ from loomgraph.serve.auth import Caller, authenticate
 from loomgraph.serve.bodies import check_json_body, field, read_json
 from loomgraph.serve.errors import BadRequest, Invalid, internal_message, message_of, status_of
 from loomgraph.serve.hub import Closing
-from loomgraph.serve.run_pages import cursor_number
+from loomgraph.serve.run_pages import MAX_CURSOR, cursor_number
 from loomgraph.serve.service import Service, StoppedWaiting
 from loomgraph.serve.views import dumps, run_json, sse_frame
 
@@ -263,8 +263,10 @@ async def resume_run(request: Request, service: Service, caller: Caller) -> Resp
 async def fork_run(request: Request, service: Service, caller: Caller) -> Response:
     data = await read_json(request, service, ("at", "patch"))
     at = field(data, "at", int, None)
-    if at is None or at < 0:
+    if at is None:
         raise Invalid("field 'at' (a checkpoint seq, 0 or more) is required")
+    if not 0 <= at <= MAX_CURSOR:  # as the checkpoints' path parameter is held
+        raise Invalid(f"field 'at' must be a checkpoint seq from 0 to {MAX_CURSOR}, got {at}")
     patch = field(data, "patch", dict, None)
     result = await service.fork(caller, request.path_params["run_id"], at, patch)
     return Json(result, status_code=201)

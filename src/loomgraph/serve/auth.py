@@ -70,16 +70,24 @@ def viewer_cookie(request: Any, name: str) -> str:
     return str(request.cookies.get(name, "")).strip()
 
 
+def sent_key(headers: Any) -> str:
+    """The API key a request's headers carry: `Authorization: Bearer KEY`, else `X-API-Key:
+    KEY` ("" for none); Unauthorized when both are sent and differ (which one would speak
+    is no choice for the server to make: two callers claim the request)."""
+    scheme, _, token = str(headers.get("authorization", "")).partition(" ")
+    bearer = token.strip() if scheme.lower() == "bearer" else ""
+    other = str(headers.get("x-api-key", "")).strip()
+    if bearer and other and bearer != other:
+        raise Unauthorized("two different API keys were sent (Authorization and X-API-Key)")
+    return bearer or other
+
+
 def api_key_auth(store: ServeStore) -> Auth:
     """Authenticate `Authorization: Bearer KEY` (or `X-API-Key: KEY`, or on reads the viewer's
     cookie) against the stored hashes."""
 
     async def auth(request: Any) -> Caller | None:
-        header = request.headers.get("authorization", "")
-        scheme, _, token = header.partition(" ")
-        key = token.strip() if scheme.lower() == "bearer" else ""
-        key = key or request.headers.get("x-api-key", "").strip()
-        key = key or viewer_cookie(request, KEY_COOKIE)
+        key = sent_key(request.headers) or viewer_cookie(request, KEY_COOKIE)
         if not key:
             return None
         found = await store.key(key)
