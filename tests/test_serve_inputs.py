@@ -78,6 +78,11 @@ async def test_a_v1_write_with_a_body_must_be_json(tmp_path: Path) -> None:
             assert refused.status_code == 415, (kind, refused.text)
             assert refused.json()["error"]["type"] == "unsupported_media_type"
             assert "application/json" in refused.json()["error"]["message"]
+        nameless = await s.client.post(
+            "/v1/runs", content=b'{"input": "hi"}', headers={**h, "Content-Type": ";;;"}
+        )
+        assert nameless.status_code == 415  # was "the body is ''"
+        assert "Content-Type ';;;' names no type" in nameless.json()["error"]["message"]
         run_id = (await s.post("alice", "/v1/runs", {"input": "pay acme"})).json()["run_id"]
         cancel = await s.client.post(
             f"/v1/runs/{run_id}/cancel", content=b"x", headers={**h, "Content-Type": "text/plain"}

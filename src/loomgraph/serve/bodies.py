@@ -67,10 +67,9 @@ def check_json_body(request: Request, body: bytes | None = None) -> None:
         return
     content_type = headers.get("content-type")
     if content_type is not None and not is_json(content_type):
-        raise UnsupportedMediaType(
-            f"the body is {content_type.partition(';')[0].strip()!r}; "
-            "send it as JSON with 'Content-Type: application/json'"
-        )
+        media = content_type.partition(";")[0].strip()
+        said = f"the body is {media!r}" if media else f"Content-Type {content_type!r} names no type"
+        raise UnsupportedMediaType(f"{said}; send it as JSON with 'Content-Type: application/json'")
 
 
 def check_value(value: Any, where: str = "the body") -> None:
