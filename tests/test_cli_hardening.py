@@ -232,3 +232,15 @@ def test_a_run_with_stdout_closed_is_refused_before_it_starts(tmp_path: Path) ->
 def test_json_lines_hold_no_float_json_cannot() -> None:
     value = {"a": float("inf"), "b": [float("nan"), 1.5], "c": (float("-inf"),)}
     assert output.json_line(value) == '{"a": null, "b": [null, 1.5], "c": [null]}'
+
+
+@pytest.mark.parametrize("command", [["runs", "list"], ["runs", "pending"]])
+def test_an_agent_file_option_given_module_attr_says_what_it_takes(
+    command: list[str], capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: Any
+) -> None:
+    """`-a probe_agent:agent` was read as a file: "[unreadable-file] No such file or
+    directory: '/…/probe_agent:agent'"; these commands read an agent file's settings."""
+    monkeypatch.chdir(tmp_path)
+    assert main([*command, "-a", "probe_agent:agent"]) == 2
+    said = capsys.readouterr().err
+    assert "reads an agent file (.yaml), not MODULE:ATTR" in said and "Errno" not in said, said

@@ -76,9 +76,18 @@ def _load(path: str) -> AgentFile:
 
 
 def agent_file(args: argparse.Namespace) -> AgentFile | None:
-    """The agent file `--agent` names (loaded once), or None."""
+    """The agent file `--agent` names (loaded once), or None; AgentNotFound for what reads
+    as `MODULE:ATTR` and is no file (a command that reads the file's settings needs one)."""
     path = getattr(args, "agent", None)
-    return _load(str(Path(path).resolve())) if path else None
+    if not path:
+        return None
+    if ":" in path and Path(path).suffix.lower() not in (".yaml", ".yml"):
+        if not Path(path).is_file():
+            raise AgentNotFound(
+                f"--agent {path!r}: this command reads an agent file (.yaml), not MODULE:ATTR "
+                "(which serve, worker, mcp-serve, eval and runs cancel take)"
+            )
+    return _load(str(Path(path).resolve()))
 
 
 def runtime_of(args: argparse.Namespace) -> str | None:
