@@ -285,7 +285,6 @@ def test_a_pending_approval_shows_its_tool_identity_and_reads_it_back() -> None:
     assert ToolIdentity.of(SPEC).origin == "local"
 
 
-
 DIES = """
 import os, signal, sys, json
 from loomgraph import tool

@@ -236,7 +236,10 @@ def test_json_lines_hold_no_float_json_cannot() -> None:
 
 @pytest.mark.parametrize("command", [["runs", "list"], ["runs", "pending"]])
 def test_an_agent_file_option_given_module_attr_says_what_it_takes(
-    command: list[str], capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: Any
+    command: list[str],
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """`-a probe_agent:agent` was read as a file: "[unreadable-file] No such file or
     directory: '/…/probe_agent:agent'"; these commands read an agent file's settings."""

@@ -37,7 +37,8 @@ def test_an_edited_builtin_names_no_file_line() -> None:
     graph = load_graph("react")
     graph.entry = "nope"
     assert problems_of(graph) == [("unknown-entry", None, None)]
-    with pytest.raises(GraphValidationError, match=r"^invalid graph .*\n  <graph>: \[unknown-entry\]"):
+    shown = r"^invalid graph .*\n  <graph>: \[unknown-entry\]"
+    with pytest.raises(GraphValidationError, match=shown):
         load_graph(graph)
 
 

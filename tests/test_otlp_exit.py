@@ -13,7 +13,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
 from tests.test_telemetry_conventions import Receiver, receiver
 
 __all__ = ["receiver"]  # the fixture, used by name
@@ -51,9 +50,7 @@ def program(tmp_path: Path, endpoint: str, exit_timeout: float) -> subprocess.Co
     )
 
 
-def test_a_collector_that_never_answers_does_not_hold_the_exit(
-    silent: str, tmp_path: Path
-) -> None:
+def test_a_collector_that_never_answers_does_not_hold_the_exit(silent: str, tmp_path: Path) -> None:
     done = program(tmp_path, silent, 0.5)
     assert done.returncode == 0 and done.stdout == "ended\n"
     assert f"not all sent to {silent} within 0.5 s of the program's end" in done.stderr

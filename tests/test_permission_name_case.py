@@ -34,7 +34,9 @@ def verdict(permissions: StandardPermissions, tool: str, **args: Any) -> str:
 def spellings(name: str) -> st.SearchStrategy[str]:
     """`name` with any of its letters upper- or lower-cased."""
     flips = st.lists(st.booleans(), min_size=len(name), max_size=len(name))
-    return flips.map(lambda up: "".join(c.upper() if u else c.lower() for c, u in zip(name, up)))
+    return flips.map(
+        lambda up: "".join(c.upper() if u else c.lower() for c, u in zip(name, up, strict=True))
+    )
 
 
 @settings(max_examples=60, deadline=None)

@@ -72,9 +72,7 @@ EXITS = ROUTED.replace("user_graph_steps:boom", "user_graph_steps:exits")
 async def test_a_node_exiting_is_routed_as_a_run_routes_it() -> None:
     """A node raising SystemExit: a run routes it to `on_error` (its type in `error`), and
     so does `run_node` (it let the SystemExit through, ending the test's process)."""
-    whole = await Agent("x", model=ScriptedModel([]), architecture=graph_from_yaml(EXITS)).run(
-        "go"
-    )
+    whole = await Agent("x", model=ScriptedModel([]), architecture=graph_from_yaml(EXITS)).run("go")
     assert whole.output == "sorry: 3"
     run = await run_node(graph_from_yaml(EXITS), "call", {"input": "go"})
     assert (run.next, run.patch["error"]["type"]) == ("sorry", "SystemExit")
@@ -83,9 +81,7 @@ async def test_a_node_exiting_is_routed_as_a_run_routes_it() -> None:
 async def test_a_node_exiting_without_on_error_fails_as_a_run_fails() -> None:
     """Without `on_error` a run fails with a NodeError naming the node; `run_node` raises it."""
     plain = PLAIN.replace("user_graph_steps:boom", "user_graph_steps:exits")
-    whole = await Agent("x", model=ScriptedModel([]), architecture=graph_from_yaml(plain)).run(
-        "go"
-    )
+    whole = await Agent("x", model=ScriptedModel([]), architecture=graph_from_yaml(plain)).run("go")
     assert whole.status.value == "failed" and "call" in whole.reason
     with pytest.raises(NodeError, match="call") as err:
         await run_node(graph_from_yaml(plain), "call", {"input": "go"})

@@ -61,8 +61,9 @@ async def test_a_run_that_never_asked_is_no_cursor(serving: Serving) -> None:
         asked = await s.get("bob", "/v1/approvals", params={"cursor": daves})
         unknown = await s.get("bob", "/v1/approvals", params={"cursor": "0" * 32})
         assert error(asked) == error(unknown) == (400, "bad_request")
-        assert asked.json()["error"]["message"].replace(daves, "0" * 32) == (
-            unknown.json()["error"]["message"]
+        assert (
+            asked.json()["error"]["message"].replace(daves, "0" * 32)
+            == (unknown.json()["error"]["message"])
         )
 
 

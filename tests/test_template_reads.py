@@ -7,7 +7,6 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-
 from tests.test_validation_gaps import graph, problems
 
 
@@ -51,9 +50,8 @@ def test_a_condition_reading_what_no_run_has(when: str, shown: str) -> None:
 )
 def test_a_template_reading_what_no_run_has(prompt: str, shown: str) -> None:
     found = problems(graph(kind="llm", prompt=prompt, output="output"))
-    assert found == [
-        ("undefined-read", f"node 'n': template 'prompt' uses {shown!r}, which is not a state field")
-    ]
+    said = f"node 'n': template 'prompt' uses {shown!r}, which is not a state field"
+    assert found == [("undefined-read", said)]
 
 
 @pytest.mark.parametrize(

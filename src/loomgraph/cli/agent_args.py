@@ -81,12 +81,15 @@ def agent_file(args: argparse.Namespace) -> AgentFile | None:
     path = getattr(args, "agent", None)
     if not path:
         return None
-    if ":" in path and Path(path).suffix.lower() not in (".yaml", ".yml"):
-        if not Path(path).is_file():
-            raise AgentNotFound(
-                f"--agent {path!r}: this command reads an agent file (.yaml), not MODULE:ATTR "
-                "(which serve, worker, mcp-serve, eval and runs cancel take)"
-            )
+    if (
+        ":" in path
+        and Path(path).suffix.lower() not in (".yaml", ".yml")
+        and not Path(path).is_file()
+    ):
+        raise AgentNotFound(
+            f"--agent {path!r}: this command reads an agent file (.yaml), not MODULE:ATTR "
+            "(which serve, worker, mcp-serve, eval and runs cancel take)"
+        )
     return _load(str(Path(path).resolve()))
 
 
