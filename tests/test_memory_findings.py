@@ -208,6 +208,28 @@ def make(request: pytest.FixtureRequest, tmp_path: Path) -> Factory:
     return lambda: PostgresMemory(pg.postgres_dsn(), schema=schema)
 
 
+async def test_a_user_id_over_the_journals_limit_is_refused_alike_by_every_backend(
+    make: Factory,
+) -> None:
+    """A 2,700-character user id was kept by SQLite and memory, while Postgres failed with
+    its index's `ProgramLimitExceededError` (a `MemoryBackendError`): the backends kept
+    different ids. Every backend refuses over MAX_ID_CHARS (512, the journals' limit) with
+    `UserIdError`, before anything is written, and keeps 512."""
+    from loomgraph.protocols.stored_text import MAX_ID_CHARS
+
+    longest, longer = "u" * MAX_ID_CHARS, "u" * (MAX_ID_CHARS + 1)
+    async with make() as memory:
+        await memory.set_block(longest, "notes", "kept")
+        assert await memory.get_blocks(longest) == {"notes": "kept"}
+        for call in (
+            memory.set_block(longer, "notes", "t"),
+            memory.add_fact(longer, "user", "likes", "tea"),
+            memory.get_blocks(longer),
+        ):
+            with pytest.raises(UserIdError, match=f"{MAX_ID_CHARS + 1} characters long"):
+                await call
+
+
 # --------------------------------------------------------------------------- search
 
 

@@ -6,7 +6,12 @@ text is stored with each such character as a visible escape, an id that holds on
 
 from __future__ import annotations
 
-__all__ = ["escaped", "storable"]
+__all__ = ["MAX_ID_CHARS", "escaped", "storable"]
+
+# The longest id a backend indexes (run and user ids of the journals, user ids of memory): an
+# index entry of Postgres holds at most 2,704 bytes, and 512 characters are at most 2,048 in
+# UTF-8. Every backend refuses a longer one, so they all keep the same ids.
+MAX_ID_CHARS = 512
 
 
 def storable(text: str) -> bool:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from loomgraph.errors import LoomgraphError, ServiceUnavailable
 from loomgraph.protocols.runtime import UnknownRun
+from loomgraph.protocols.stored_text import MAX_ID_CHARS  # (the journals index ids: `runtime.text`)
 
 __all__ = [
     "MAX_ID_CHARS",
@@ -90,11 +91,6 @@ class JournalUnavailable(JournalError, ServiceUnavailable):
 
 class JournalEncodingError(JournalError, TypeError):
     """A value to journal is not plain JSON (journals never pickle); nothing was written."""
-
-
-# The longest id a journal indexes (run and user ids, `runtime.text.INDEXED_IDS`): an index
-# entry of Postgres holds at most 2,704 bytes, and 512 characters are at most 2,048 in UTF-8.
-MAX_ID_CHARS = 512
 
 
 class JournalIdError(JournalError, ValueError):
