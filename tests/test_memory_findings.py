@@ -562,3 +562,13 @@ async def test_recall_tool_clips_each_episode_and_bounds_the_whole(make: Factory
     assert said is not None, line
     assert json.loads(said.group(1)).startswith('Porto "x" yyy')
     assert len(line) <= 200 + 60, line
+
+
+@pytest.mark.parametrize("pool_size", [0, -1, 2.0, True, "4"])
+def test_a_bad_pool_size_is_a_memory_input_error_naming_it(pool_size: Any) -> None:
+    """memory.md: a `MemoryInputError` naming the parameter, as the timeouts are (it was a
+    plain ValueError, outside loomgraph's errors)."""
+    from loomgraph.memory.postgres import PostgresMemory
+
+    with pytest.raises(MemoryInputError, match="pool_size"):
+        PostgresMemory("postgresql://postgres@127.0.0.1:5432/test", pool_size=pool_size)

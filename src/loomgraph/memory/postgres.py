@@ -180,7 +180,9 @@ class PostgresMemory(SqlMemory):
             raise MemoryInputError(f"PostgresMemory: the dsn {problem}")
         pg_pool.checked_timeouts(connect_timeout, command_timeout, error=MemoryInputError)
         if isinstance(pool_size, bool) or not isinstance(pool_size, int) or pool_size < 1:
-            raise ValueError(f"pool_size must be an int >= 1, not {pool_size!r}")
+            raise MemoryInputError(
+                f"PostgresMemory: pool_size must be an int >= 1, not {pool_size!r}"
+            )
         super().__init__(limits)
         self._pg = pg_pool.import_asyncpg("PostgresMemory")
         self.dsn = dsn
