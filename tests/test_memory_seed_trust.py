@@ -231,3 +231,17 @@ async def test_a_stored_tool_name_carrying_a_url_taints_a_later_egress(tmp_path:
         await agent.run("Handle the invoices inbox as before", user_id="alice", session_id=session)
     await agent.aclose()
     assert SENT == ["Ran lookup_customer_invoices as before."]
+
+
+def test_every_recalled_fact_names_its_source() -> None:
+    """memory.md: "every item names its source: a fact its run". A fact the application
+    stored itself, with no run, was shown with no source at all."""
+    from loomgraph.memory import Fact
+    from loomgraph.memory.seed import fact_line
+
+    assert fact_line(Fact("user", "lives in", "Porto", confidence=0.9)) == (
+        "- user lives in Porto (confidence 0.90) [source: stored without a run]"
+    )
+    assert fact_line(Fact("user", "lives in", "Porto", source_run="r1")).endswith(
+        "[source: run r1]"
+    )

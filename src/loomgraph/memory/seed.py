@@ -135,9 +135,11 @@ def episode_line(ep: Episode, limits: MemoryLimits) -> str:
 
 
 def fact_line(fact: Fact) -> str:
-    """One recalled fact: the statement, its confidence below 1, and its run."""
+    """One recalled fact: the statement, its confidence below 1, and its run (or that it
+    was stored by the application, with no run: every item names its source)."""
     sure = "" if fact.confidence >= 1.0 else f" (confidence {fact.confidence:.2f})"
-    source = f" [source: run {_run(fact.source_run)}]" if fact.source_run else ""
+    run = f"run {_run(fact.source_run)}" if fact.source_run else "stored without a run"
+    source = f" [source: {run}]"
     return f"- {fact.text()}{sure}{source}"
 
 
