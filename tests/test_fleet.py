@@ -26,6 +26,7 @@ import pytest
 
 import fleet_agent
 import pg
+from loomgraph._storage.dsn import describe_dsn
 from loomgraph.agent.checkpoints import ResumeError
 from loomgraph.agent.fleet import FleetError, FleetNeedsPostgres
 from loomgraph.agent.resuming import RunQueued
@@ -72,17 +73,22 @@ class Fleet:
     def start(self, extra: tuple[str, ...] = ()) -> subprocess.Popen[str]:
         """Start one worker and wait (bounded) until it takes jobs."""
         cmd = [*CLI, "worker", "--agent", "fleet_agent:make"]
-        proc = subprocess.Popen(
-            [*cmd, *self.args, *extra],
-            env=self.env,
-            cwd=self.cwd,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            text=True,
-        )
+        with open(self.cwd / f"worker-{len(self.procs)}.err", "w") as said:
+            proc = subprocess.Popen(
+                [*cmd, *self.args, *extra],
+                env=self.env,
+                cwd=self.cwd,
+                stdout=subprocess.PIPE,
+                stderr=said,
+                text=True,
+            )
         self.procs.append(proc)
         wait_until_ready(proc, self.lines)
         return proc
+
+    def said(self, proc: subprocess.Popen[str]) -> str:
+        """What a worker wrote on stderr."""
+        return (self.cwd / f"worker-{self.procs.index(proc)}.err").read_text()
 
     def alive(self) -> list[subprocess.Popen[str]]:
         return [p for p in self.procs if p.poll() is None]
@@ -720,7 +726,11 @@ async def test_a_postgres_outage_ends_the_workers_and_restarted_ones_recover_the
         await until("two runs in hand", two_running, 60)
         proxy.cut()  # to the workers, the server is gone: every connection closed, refused
         for proc in first:  # their queue connection broke: they exit, as a supervisor expects
-            assert proc.wait(timeout=60) != 0
+            # EX_TEMPFAIL and one line (it was exit 1 and hundreds of lines of tracebacks).
+            assert proc.wait(timeout=60) == 75
+            said = workers.said(proc)
+            assert "Traceback" not in said, said
+            assert f"the connection to {describe_dsn(dsn)} broke" in said, said
         proxy = TcpProxy("127.0.0.1", 5432, listen=port)  # the server is back
         workers.start()  # the supervisor's restarts
         workers.start()

@@ -10,10 +10,11 @@ import signal
 import sys
 from typing import Any
 
+from loomgraph._storage.dsn import describe_dsn
 from loomgraph.cli.agent_args import add_loaded_agent_option, load_agent
 from loomgraph.cli.journal import UsageError, require_journal
 from loomgraph.cli.option_types import count, seconds
-from loomgraph.cli.output import EXIT_OK, EXIT_USAGE, LOG_LEVELS
+from loomgraph.cli.output import EXIT_BUSY, EXIT_OK, EXIT_USAGE, LOG_LEVELS
 
 __all__ = ["COMMANDS", "add_parser", "add_runs_parsers", "handle", "handle_runs"]
 
@@ -105,6 +106,9 @@ def handle(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr)
     logging.getLogger("pgqueuer").setLevel(max(logging.WARNING, logging.root.level))
+    if logging.root.level > logging.DEBUG:  # their tracebacks, with --log-level debug only
+        for name in ("pgqueuer", "asyncpg.pool"):
+            logging.getLogger(name).addFilter(_one_line)
     options = WorkerOptions(
         concurrency=args.concurrency,
         queues=tuple(q.strip() for q in args.queues.split(",") if q.strip()),
@@ -120,21 +124,67 @@ def handle(args: argparse.Namespace) -> int:
         print(f"loomgraph: {err}", file=sys.stderr)
         asyncio.run(agent.aclose())
         return EXIT_USAGE
-    asyncio.run(_run(worker))
+    try:
+        asyncio.run(_run(worker))
+    except _ConnectionBroke as broke:
+        where = describe_dsn(agent.deps.runtime.dsn)
+        print(
+            f"loomgraph worker: the connection to {where} broke ({broke.reason}); exiting: "
+            "restart the worker (a supervisor does) and its runs are recovered",
+            file=sys.stderr,
+        )
+        return EXIT_BUSY
     return EXIT_OK
+
+
+def _one_line(record: logging.LogRecord) -> bool:
+    """A record of the queue's or the pool's, its exception said in its line, not as a
+    traceback: an outage made each worker log hundreds of lines of them."""
+    if record.exc_info and record.exc_info[1] is not None:
+        err = record.exc_info[1]
+        record.msg, record.args = f"{record.getMessage()} ({type(err).__name__}: {err})", None
+        record.exc_info, record.exc_text = None, None
+    return True
+
+
+class _ConnectionBroke(Exception):
+    """The worker's database connection broke after it took jobs: `reason` says how."""
+
+    def __init__(self, err: BaseException) -> None:
+        super().__init__(err)
+        self.reason = f"{type(err).__name__}: {err}"
 
 
 async def _run(worker: Any) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, worker.stop)
+    took_jobs = False
 
     def ready() -> None:
+        nonlocal took_jobs
+        took_jobs = True
         # One line on stdout when jobs are taken, for supervisors and tests.
         print("loomgraph worker: ready", flush=True)
 
     try:
         await worker.run(ready=ready)
+    except Exception as err:
+        # Once jobs were taken, a connection that breaks is an outage, not a bad option: one
+        # line and EX_TEMPFAIL, as a supervisor expects (a traceback told it nothing more).
+        if took_jobs and _connection_error(err):
+            raise _ConnectionBroke(err) from err
+        raise
     finally:
         await worker.agent.aclose()
     print("loomgraph worker: stopped", flush=True)
+
+
+def _connection_error(err: BaseException) -> bool:
+    """Whether `err` says the database went away (closed, refused, reset, timed out)."""
+    from loomgraph._storage.pg_pool import import_asyncpg
+    from loomgraph.errors import ServiceUnavailable
+
+    asyncpg = import_asyncpg("loomgraph worker")
+    lost = (OSError, TimeoutError, ServiceUnavailable)
+    return isinstance(err, (*lost, asyncpg.InterfaceError, asyncpg.PostgresConnectionError))
