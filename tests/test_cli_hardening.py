@@ -247,3 +247,20 @@ def test_an_agent_file_option_given_module_attr_says_what_it_takes(
     assert main([*command, "-a", "probe_agent:agent"]) == 2
     said = capsys.readouterr().err
     assert "reads an agent file (.yaml), not MODULE:ATTR" in said and "Errno" not in said, said
+
+
+@pytest.mark.parametrize("command", [["worker"], ["runs", "cancel", "r1"]])
+def test_an_agent_naming_a_function_that_is_no_factory_is_said_so(
+    command: list[str],
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`--agent pagent:work` (a tool of the module, not a factory) was called with no
+    arguments: a TypeError traceback, exit 1."""
+    (tmp_path / "pagent.py").write_text("def work(item):\n    raise AssertionError('called')\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert main([*command, "--agent", "pagent:work"]) == 2
+    said = capsys.readouterr().err
+    assert "cannot be called as an Agent factory" in said and "'item'" in said, said

@@ -57,10 +57,18 @@ def load_agent(spec: str, **overrides: Any) -> Any:
             f"--agent {spec!r} is an Agent, so its {', '.join(sorted(overrides))} cannot be "
             "set; name a function (**options) -> Agent, or an agent file"
         )
-    agent = target(**overrides) if inspect.isfunction(target) else target
-    if not isinstance(agent, Agent):
-        raise AgentNotFound(f"--agent {spec!r} is a {type(agent).__name__}, not an Agent")
-    return agent
+    if inspect.isfunction(target):
+        try:  # a function that is no factory (a tool, a step) is said so, never called
+            inspect.signature(target).bind(**overrides)
+        except TypeError as err:
+            raise AgentNotFound(
+                f"--agent {spec!r} is a function that cannot be called as an Agent factory "
+                f"({err}); name an Agent or a function (**options) -> Agent"
+            ) from None
+        target = target(**overrides)
+    if not isinstance(target, Agent):
+        raise AgentNotFound(f"--agent {spec!r} is a {type(target).__name__}, not an Agent")
+    return target
 
 
 def add_agent_file_option(parser: argparse.ArgumentParser) -> None:
