@@ -701,6 +701,20 @@ async def test_sigterm_finishes_the_runs_in_hand(
     assert record.recoveries == 0
 
 
+async def test_a_worker_making_the_journal_says_so(env: dict[str, str], tmp_path: Path) -> None:
+    """A worker pointed at a schema with no journal (a typo in its name) made an empty one
+    and waited, as healthy as one serving the real queue. It still makes it (the first of a
+    fleet's processes must), and says so on stderr; a worker on a journal says nothing."""
+    workers = fleet(env, tmp_path)
+    try:
+        first = workers.start()
+        second = workers.start()
+    finally:
+        workers.stop()
+    assert "holds no journal yet: this worker makes one" in workers.said(first)
+    assert "holds no journal" not in workers.said(second)
+
+
 # --------------------------------------------------------------------------- outages
 
 

@@ -167,6 +167,17 @@ async def _run(worker: Any) -> None:
         # One line on stdout when jobs are taken, for supervisors and tests.
         print("loomgraph worker: ready", flush=True)
 
+    runtime = worker.agent.deps.runtime
+    if not await runtime.holds_journal():
+        # Made, as the first of a fleet's processes must; but a typo in the schema or the
+        # database name would otherwise give a healthy worker serving an empty queue.
+        print(
+            f"loomgraph worker: {runtime.location} holds no journal yet: this worker makes "
+            "one; runs submitted to another journal are not seen here (a typo in the "
+            "agent's runtime?)",
+            file=sys.stderr,
+            flush=True,
+        )
     try:
         await worker.run(ready=ready)
     except Exception as err:
