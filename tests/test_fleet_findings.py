@@ -74,6 +74,14 @@ def test_a_queue_named_twice_is_a_usage_error(env: dict[str, str]) -> None:
     assert "ready" not in done.stdout
 
 
+@pytest.mark.parametrize("queues", ["a,,b", "runs,", ",", ""])
+def test_an_empty_queue_name_is_a_usage_error(env: dict[str, str], queues: str) -> None:
+    """`--queues a,,b` started a worker on a and b: the empty name between was dropped."""
+    done = _worker_cli(env, "--queues", queues, "--poll", "0.2")
+    assert done.returncode == 2, (done.returncode, done.stderr[-400:])
+    assert "non-empty names" in done.stderr and "ready" not in done.stdout, done.stderr[-400:]
+
+
 def test_queues_given_as_one_string_are_refused(env: dict[str, str]) -> None:
     """`queues="runs"` would listen on `r`, `u`, `n`, `s`: a FleetError naming `queues`."""
     with pytest.raises(FleetError, match="queues"):

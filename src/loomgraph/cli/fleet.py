@@ -111,7 +111,7 @@ def handle(args: argparse.Namespace) -> int:
             logging.getLogger(name).addFilter(_one_line)
     options = WorkerOptions(
         concurrency=args.concurrency,
-        queues=tuple(q.strip() for q in args.queues.split(",") if q.strip()),
+        queues=tuple(q.strip() for q in args.queues.split(",")),  # an empty one is refused
         per_user=args.per_user,
         heartbeat_seconds=args.heartbeat,
         poll_seconds=args.poll,
