@@ -560,6 +560,10 @@ async def test_a_worker_stopped_before_it_journals_an_answer_changes_nothing_on_
     # the write come first, the write is fenced (LeaseLost): the lease is another's.
     assert refused in ("CancelledError", "LeaseLost"), refused
     assert {p.returncode for p in workers.procs} == {0}
+    # Said, so an operator sees the takeover (the woken worker logged nothing of it).
+    (zombie,) = [p for p in workers.procs if p.pid == held]
+    assert f"run {run_id!r}: lease lost" in workers.said(zombie), workers.said(zombie)
+    assert "another worker took the run over" in workers.said(zombie)
     assert len(attempts) == 3 and held not in {pid for _, pid in attempts[2:]}
     assert await sql(f"SELECT key, pid FROM {schema}.attempts") == attempts  # nothing ran again
     after = await agent.deps.runtime.load_run(run_id)

@@ -147,9 +147,11 @@ class Worker:
             delay = self._backoff(job, self.options.poll_seconds, _NEWER_VERSION_RETRY_MAX)
             log.warning("job %s: %s; put back for a newer worker (in %.1f s)", job.id, err, delay)
             raise put_back(delay, "written by a newer loomgraph") from None
-        except LeaseLost:
+        except LeaseLost as err:
             # Stopped past the lease; another worker has the run. The job goes back rather
-            # than being marked done, so it survives if that worker dies too.
+            # than being marked done, so it survives if that worker dies too. Said: an
+            # operator sees that this worker was taken over (paused, starved of CPU).
+            log.warning("%s: another worker took the run over", err)
             raise put_back(self._lease_seconds(), "lease lost") from None
         except RunConflict as err:
             # Another live worker holds the run (this job was picked again while it was
