@@ -85,3 +85,19 @@ def test_a_second_edit_is_seen_too() -> None:
     load_graph(graph)
     graph.entry = "nope"
     assert problems_of(graph) == [("unknown-entry", None, None)]
+
+
+def test_a_graph_that_is_not_json_is_still_validated() -> None:
+    """Its content cannot be compared (an object among a node's params): it is read and its
+    problems reported, not a serialisation error."""
+    from loomgraph.authoring.loader import graph_from_data
+
+    data = {
+        "name": "g",
+        "entry": "n",
+        "nodes": {"n": {"kind": "llm", "prompt": "x", "output": "output", "odd": object()}},
+        "edges": [{"from": "n", "to": "END"}],
+    }
+    with pytest.raises(GraphValidationError) as err:
+        graph_from_data(data)
+    assert err.value.rules == {"bad-params"}

@@ -145,7 +145,8 @@ class Graph(BaseModel):
     _source: str | None = PrivateAttr(default=None)
     _lines: dict[tuple[str | int, ...], int] = PrivateAttr(default_factory=dict)
     # The content (as JSON) `_source` and `_lines` describe: a graph edited since is no
-    # longer what the file says, and its problems name no file line (`where_read`).
+    # longer what the file says, and its problems name no file line
+    # (`forget_lines_if_edited`). "" for content that is not JSON (its edits are not seen).
     _read_as: str | None = PrivateAttr(default=None)
     # Validation and compiling, done once per content (read it through `memo()`).
     _memo: GraphMemo = PrivateAttr(default_factory=GraphMemo)
@@ -202,14 +203,21 @@ class Graph(BaseModel):
 
     def read_from(self, source: str | None, lines: dict[tuple[str | int, ...], int]) -> None:
         """Say where the graph was read from: its file, and the line of each path in it."""
-        self._source, self._lines, self._read_as = source, lines, self.model_dump_json()
+        self._source, self._lines, self._read_as = source, lines, self._content()
 
     def forget_lines_if_edited(self) -> None:
         """Drop the line map of a graph edited since it was read: its lines point into a
         file that no longer says what the graph does. Its `source` stays (paths in it are
         still relative to that file)."""
-        if self._read_as is not None and self._read_as != self.model_dump_json():
+        if self._read_as and self._read_as != self._content():
             self._lines, self._read_as = {}, None
+
+    def _content(self) -> str:
+        """The graph as JSON, "" when it is not JSON (an object among a node's params)."""
+        try:
+            return self.model_dump_json()
+        except PydanticSerializationError:
+            return ""
 
     @property
     def read_file(self) -> str | None:
