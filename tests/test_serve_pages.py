@@ -48,6 +48,8 @@ async def test_write_actions_need_htmx_and_approve_from_the_page(tmp_path: Path)
         url = f"/ui/runs/{run_id}/approvals/call_pay"
         forged = await s.client.post(url, data={"allow": "true"})
         assert forged.status_code == 400
+        # The error page keeps the header with the signed-in user (serving.md); it had none.
+        assert '<span class="who" title="signed in as"><bdi>alice</bdi>' in forged.text
         assert (await s.get("alice", f"/v1/runs/{run_id}")).json()["status"] == "awaiting_approval"
         bad_json = await s.client.post(
             url, data={"allow": "true", "args": "{nope"}, headers={"HX-Request": "true"}

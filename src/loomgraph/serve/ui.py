@@ -235,6 +235,8 @@ def _page(service: Service, page: Page, *, write: bool = False) -> Any:
         except Unauthorized:
             return _signed_out(request)
         except Exception as err:
+            if caller is None and write:  # refused before it was asked who sends it
+                caller = await _signed_in(service, request)
             status, kind = status_of(err)
             if status == 500:  # logged; the page names only an error id
                 message = internal_message(err, f"{request.method} {request.url.path}")
@@ -251,6 +253,15 @@ def _page(service: Service, page: Page, *, write: bool = False) -> Any:
             return render(request, "error.html", status, kind=kind, message=message, caller=caller)
 
     return endpoint
+
+
+async def _signed_in(service: Service, request: Request) -> Caller | None:
+    """Who the browser's sign-in names, for the header of an error page only (nothing is
+    written with it: the write was refused), or None."""
+    try:
+        return await authenticate(service.auth, request, cookie_writes=True)
+    except Exception:  # signed out, or the key store out of reach: a page without a name
+        return None
 
 
 def _signed_out(request: Request) -> Response:
