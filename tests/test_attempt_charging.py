@@ -113,6 +113,10 @@ async def test_a_retry_that_no_longer_fits_is_not_sent(server: FakeServer) -> No
     totals = await budget.totals("global")
     assert totals.spent["input_tokens"] == 200  # the billed attempt, charged
     assert totals.committed("input_tokens") <= 250
+    # The run's usage counts the call made, as the ledger does (it counted none: governance.md
+    # "a cap refused its retry after attempts were billed … is counted by the engine").
+    assert result.usage.model_calls == totals.spent["model_calls"] == 1
+    assert result.usage.input_tokens == 200
 
 
 class _Failing:

@@ -89,9 +89,11 @@ class ModelCalls:
         try:
             response = await self._attempts(request, key, attempts)
         except BudgetExceeded as err:  # a retry refused: the failed attempts were charged
-            err.usage = attempts.billed
-            if attempts.billed:  # kept with the run, as a call that gave up
-                await self._kept(key, attempts.billed)
+            if attempts.billed:  # a call made, that gave up: counted as one, kept with the run
+                err.usage = attempts.gave_up()
+                await self._kept(key, err.usage)
+            else:  # refused before any attempt: no call was made
+                err.usage = attempts.billed
             raise
         answered = response.usage  # the answering attempt's own, held until journaled
         response.usage += attempts.billed
