@@ -181,6 +181,9 @@ async def test_a_fleet_needs_the_postgres_journal(tmp_path: Path) -> None:
             await agent.submit("hi")
         with pytest.raises(FleetNeedsPostgres):
             await agent.wait("nope", timeout=1)
+        # cancel is the fleet's: said, with how an in-process run stops instead.
+        with pytest.raises(FleetNeedsPostgres, match="its task is cancelled"):
+            await agent.cancel("nope")
         await agent.aclose()
     # The commands say so too, and exit 2.
     (tmp_path / "agent.yaml").write_text(

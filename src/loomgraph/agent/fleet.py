@@ -285,6 +285,7 @@ def fleet_queue(runtime: Runtime) -> FleetQueue:
         raise FleetNeedsPostgres(
             f"a worker fleet needs the Postgres journal (runtime='postgres://…'), not "
             f"{type(runtime).__name__}: its queue lives in the same database, so that a run "
-            "is journaled and enqueued in one transaction"
+            "is journaled and enqueued in one transaction (submit, submit_resume and cancel "
+            "are the fleet's; a run of agent.run stops when its task is cancelled)"
         )
     return FleetQueue(runtime, schema)
