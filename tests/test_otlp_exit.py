@@ -13,7 +13,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from tests.test_telemetry_conventions import Receiver, receiver
+
+from test_telemetry_conventions import Receiver, receiver
 
 __all__ = ["receiver"]  # the fixture, used by name
 

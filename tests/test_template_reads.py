@@ -7,7 +7,8 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from tests.test_validation_gaps import graph, problems
+
+from test_validation_gaps import graph, problems
 
 
 def with_condition(when: str) -> dict[str, Any]:
