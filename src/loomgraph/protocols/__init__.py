@@ -123,7 +123,7 @@ from loomgraph.protocols.runtime import (
 from loomgraph.protocols.shapes import shape
 from loomgraph.protocols.shown_text import DISGUISING, shown_escape
 from loomgraph.protocols.spellings import as_latin, without_invisible
-from loomgraph.protocols.stored_text import escaped, storable
+from loomgraph.protocols.stored_text import MAX_ID_CHARS, escaped, storable
 from loomgraph.protocols.tasks import (
     CancelReason,
     cancel_reason,
@@ -272,7 +272,9 @@ __all__ = [  # noqa: RUF022 - grouped by concept, not sorted
     # spellings: how text is disguised (invisible characters, lookalike letters)
     "as_latin",
     "without_invisible",
-    # stored_text: text every backend's text column keeps (NUL, lone surrogates escaped)
+    # stored_text: text every backend's text column keeps (NUL, lone surrogates escaped),
+    # and the longest id every backend indexes
+    "MAX_ID_CHARS",
     "escaped",
     "storable",
     # tasks: a step a cancellation must not cut off; a cancel that is the task's own; who
