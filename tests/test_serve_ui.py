@@ -93,6 +93,22 @@ def swapped(err: WebDriverException) -> bool:
     )
 
 
+def gone(element: Any) -> Any:
+    """A wait for `element` to leave the page: `ec.staleness_of`, with chromedriver's
+    inspector error about a node no longer in the document read as gone too."""
+
+    def check(_: Any) -> bool:
+        try:
+            element.is_enabled()
+        except WebDriverException as err:
+            if swapped(err):
+                return True
+            raise
+        return False
+
+    return check
+
+
 def status_is(text: str) -> Any:
     def check(driver: Any) -> bool:
         badges = driver.find_elements(By.CSS_SELECTOR, "[data-testid=run-status]")
@@ -186,7 +202,7 @@ def test_an_approver_answers_another_users_call_on_the_approvals_page(
     assert waiting.find_element(By.CSS_SELECTOR, "[data-testid=waiting-user]").text == "bob"
     assert "acme" in waiting.find_element(By.TAG_NAME, "textarea").get_attribute("value")
     waiting.find_element(By.CSS_SELECTOR, "[data-testid=approve-button]").click()
-    WebDriverWait(driver, WAIT).until(ec.staleness_of(waiting))  # the page reloaded
+    WebDriverWait(driver, WAIT).until(gone(waiting))  # the page reloaded
     WebDriverWait(driver, WAIT).until(
         lambda d: not d.find_elements(By.CSS_SELECTOR, f"[data-run-id='{run_id}']")
     )
