@@ -263,8 +263,7 @@ class ToolGate:
         # only an approval releases it now — unless a rule denies it now (a set that changed
         # while it waited: a blocklist), a hard limit no approval lifts.
         # (`began`: the call went on before, on an answer since given: it may have acted.)
-        began = journaled is not None
-        prior = await desk.prior_ask(spec, began=began) if desk is not None else None
+        prior = await desk.prior_ask(spec, began=journaled is not None) if desk else None
         if prior is not None and decision.verdict != "deny":
             decision = prior
         if decision.verdict != "allow" and not looked:
@@ -276,8 +275,9 @@ class ToolGate:
             try:
                 # `began`: the call went on before (unknown after a crash, to run again
                 # with its key): the answer read back was used then.
-                began = journaled is not None
-                decision, settled = await desk.settle(spec, decision, tainted=tainted, began=began)
+                decision, settled = await desk.settle(
+                    spec, decision, tainted=tainted, began=journaled is not None
+                )
             except RunStopped:  # the run waits for an answer: say so, as for any decision
                 await self.report(call, decision, tainted=tainted)
                 raise

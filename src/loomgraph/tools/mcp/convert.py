@@ -184,7 +184,7 @@ def _resource(resource: Any) -> str:
 
 def _decoded_size(data: str) -> int:
     """How many bytes base64 `data` holds (each four characters three, less the padding)."""
-    return len(data) * 3 // 4 - (len(data) - len(data.rstrip("="))) if data else 0
+    return len(data) * 3 // 4 - (len(data) - len(data.rstrip("=")))
 
 
 def server_error(server: str, tool: str, problem: str) -> ToolResult:
