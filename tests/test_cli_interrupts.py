@@ -87,7 +87,7 @@ def test_run_prints_the_question_and_how_to_answer_it(cli: Any) -> None:
     assert code == 3
     assert "How many for apples\\x1b[2J?" in out  # the run's text, escaped
     assert "\x1b" not in out
-    assert "a int" in out
+    assert "asks for a value of type int" in out
     run_id = out.split("run=")[1].split()[0]
     assert f"loomgraph runs resume {run_id} --runtime sqlite:" in err
     assert "--value JSON" in err
@@ -121,7 +121,7 @@ def test_a_value_that_reads_as_json_is_json(cli: Any, tmp_path: Path) -> None:
     assert code == 3, err
     key = key_asked(err)  # the str request
     code, _, err = cli("runs", "resume", run_id, "--value", "42", "--request", key)
-    assert code == 2 and "for a str" in err
+    assert code == 2 and "for a value of type str" in err
     quoted = cli("runs", "resume", run_id, "--value", '"42"', "--request", key)  # text
     assert quoted[0] == 3, quoted
     assert state_of(tmp_path, run_id)[1]["note"] == "42"
@@ -133,7 +133,8 @@ def test_a_value_that_does_not_fit_is_a_usage_error_naming_the_type(
     run_id, key = started(cli)
     code, _, err = cli("runs", "resume", run_id, "--value", "many", "--request", key)
     assert code == 2
-    assert f"run {run_id} waits at 'how_many' for a int; the value does not fit" in err
+    refused = f"run {run_id} waits at 'how_many' for a value of type int; the value does not fit"
+    assert refused in err
     assert state_of(tmp_path, run_id) == (RunStatus.INTERRUPTED, {})  # nothing was written
 
 

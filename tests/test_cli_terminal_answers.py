@@ -185,7 +185,7 @@ def test_a_wrong_value_is_refused_with_the_reason_and_asked_again(work: Path) ->
     term.expect("answer (int")
     term.type("many\n")
     refused = term.expect("answer (int")  # asked again, after the reason
-    assert "waits at 'how_many' for a int; the value does not fit" in refused
+    assert "waits at 'how_many' for a value of type int; the value does not fit" in refused
     term.type("4\n")
     code, shown = term.end()
     assert code == 0, shown

@@ -29,6 +29,7 @@ from loomgraph.engine.effects import (
     answer_effect,
 )
 from loomgraph.graph.field_types import parse_type
+from loomgraph.graph.outside_values import NotJsonData, validate_outside
 from loomgraph.protocols import (
     EffectRecord,
     EffectStatus,
@@ -127,10 +128,10 @@ def resume_value(record: RunRecord, value: Any) -> ResumeValue:
         )
     adapter: TypeAdapter[Any] = TypeAdapter(parse_type(pending.type))
     try:
-        checked = adapter.validate_python(value)
-    except ValidationError as err:
+        checked = validate_outside(adapter, value)  # strictly, as the JSON it is sent as
+    except (ValidationError, NotJsonData) as err:
         raise ResumeError(
-            f"run {record.run_id} waits at {pending.node!r} for a "
+            f"run {record.run_id} waits at {pending.node!r} for a value of type "
             f"{pending.type}; the value does not fit: {err}"
         ) from None
     return ResumeValue(pending.node, adapter.dump_python(checked, mode="json"), pending.key)

@@ -87,7 +87,8 @@ def say_how_to_answer(
         return
     command = resume_command(run_id, args, runtime, "--value", "JSON", *_request(pending))
     warn(
-        f"answer with: {command}  (a {pending['type']}; text that is not JSON is a string)",
+        f"answer with: {command}  (a value of type {pending['type']}; "
+        "text that is not JSON is a string)",
         "yellow",
     )
 

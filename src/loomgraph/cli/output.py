@@ -142,7 +142,7 @@ def print_request(result: Any) -> None:
     pending = result.get("pending") if isinstance(result, Mapping) else None
     if not isinstance(pending, Mapping) or not pending.get("type"):
         return  # not an interrupt's request (an approval's call is shown by its events)
-    asks = f"      {pending.get('node', '')} asks for a {pending['type']}"
+    asks = f"      {pending.get('node', '')} asks for a value of type {pending['type']}"
     message = pending.get("message")
     say(asks + (f": {message}" if message else ""), "bold yellow")
     schema = pending.get("schema")

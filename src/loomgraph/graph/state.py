@@ -18,6 +18,7 @@ from loomgraph.errors import StateError
 # Field types have their own module; these two are named here too (tests import them from here).
 from loomgraph.graph.field_types import TypeSyntaxError as TypeSyntaxError
 from loomgraph.graph.field_types import parse_type as parse_type
+from loomgraph.graph.outside_values import NotJsonData, validate_outside
 from loomgraph.graph.registry import BUILTIN_KINDS
 from loomgraph.graph.spec import Graph, Reducer, StateField
 from loomgraph.protocols.messages import Message
@@ -158,14 +159,17 @@ class StateSchema:
             state.update({k: _fresh(v) for k, v in checked.items()})
         return state
 
-    def check(self, patch: dict[str, Any], *, whole: bool = False) -> dict[str, Any]:
+    def check(
+        self, patch: dict[str, Any], *, whole: bool = False, outside: bool = False
+    ) -> dict[str, Any]:
         """Validate the typed fields of a patch into JSON-shaped values; raise StateError.
 
         A mapping for a `merge` field holding a record is left `_Unmerged`, to be validated
         once merged into the field's value (`apply`); what its own keys hold is checked here
         (a wrong type, an unknown key), so a node whose patch is wrong fails its attempt,
         which `retry` retries, as for any other field. `whole`: the values are a state's
-        (`initial`), not a patch's, each validated as it is."""
+        (`initial`), not a patch's, each validated as it is. `outside`: no node produced
+        them, so they are validated as the JSON they are, strictly (`outside_values`)."""
         for name, value in patch.items():
             if name not in self.fields:
                 raise StateError(f"unknown state field {name!r}")
@@ -173,25 +177,29 @@ class StateSchema:
             if adapter is None:
                 continue
             if not whole and name in self.merges_records and isinstance(value, Mapping):
-                patch[name] = self._record_patch(name, adapter, value)
+                patch[name] = self._record_patch(name, adapter, value, outside)
                 continue
             if self.fields[name].reducer == "append" and not isinstance(value, list):
                 value = [value]
             try:
-                patch[name] = adapter.dump_python(adapter.validate_python(value), mode="json")
+                patch[name] = adapter.dump_python(_validate(adapter, value, outside), mode="json")
             except ValidationError as err:
                 raise StateError(f"state field {name!r}: {_first_problem(err)}") from None
+            except NotJsonData as err:
+                raise StateError(f"state field {name!r}: {err}") from None
         return patch
 
     @staticmethod
-    def _record_patch(name: str, adapter: TypeAdapter[Any], value: Mapping[str, Any]) -> Any:
+    def _record_patch(
+        name: str, adapter: TypeAdapter[Any], value: Mapping[str, Any], outside: bool
+    ) -> Any:
         """A patch's mapping for a `merge` field holding a record: `_Unmerged`, or the record
         validated when the patch names every field of it (merged into any value, it is
         itself: validated once, as before). StateError for what its own keys hold that no
         record can: the errors at its keys, validated alone (not a field it leaves out, nor
         a rule across fields, which only the merged record can tell)."""
         try:
-            record = adapter.dump_python(adapter.validate_python(value), mode="json")
+            record = adapter.dump_python(_validate(adapter, value, outside), mode="json")
         except ValidationError as err:
             for e in err.errors():
                 where = e["loc"][0] if e["loc"] else None
@@ -199,6 +207,8 @@ class StateSchema:
                     at = ".".join(str(part) for part in e["loc"])
                     raise StateError(f"state field {name!r}: {at}: {e['msg']}") from None
             return _Unmerged(value)
+        except NotJsonData as err:
+            raise StateError(f"state field {name!r}: {err}") from None
         except Exception:
             # A validator that reads a field the patch leaves out: validating the merged
             # record (`apply`) tells whether anything is wrong.
@@ -264,7 +274,7 @@ class StateSchema:
     def check_input(self, values: dict[str, Any]) -> dict[str, Any]:
         """`check`, and the built-in fields too (`input` text, `messages` messages, `usage` a
         usage, `error` a failure): for values no node produced, such as a fork's patch."""
-        values = self.check(values)
+        values = self.check(values, outside=True)
         for name, value in values.items():
             problem = _builtin_problem(name, value)
             if problem:
@@ -283,6 +293,11 @@ def _short(value: Any) -> str:
 
 
 _FINITE = ConfigDict(allow_inf_nan=False)
+
+
+def _validate(adapter: TypeAdapter[Any], value: Any, outside: bool) -> Any:
+    """A node's value in pydantic's lax mode; a value from outside a run as strict JSON."""
+    return validate_outside(adapter, value) if outside else adapter.validate_python(value)
 
 
 def _holds_records(field_type: Any) -> bool:

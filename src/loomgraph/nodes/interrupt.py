@@ -87,7 +87,7 @@ class InterruptNode(NodeKind):
             return {output: value}
         raise RunStopped(
             RunStatus.INTERRUPTED,
-            f"waiting at {ctx.qualified_node!r} for a {self.params.request}",
+            f"waiting at {ctx.qualified_node!r} for a value of type {self.params.request}",
             Pending(
                 ctx.qualified_node,
                 key=ctx.key_of(ANSWER_SLOT),
