@@ -17,6 +17,7 @@ JSON line per start (`{"start": true}`) and per call (`{"name": ..., "args": ...
 - `newline`: `transfer\n` (a name ending in a newline) next to `ok_tool`.
 - `squat:NAME`: `NAME` (a name under another server's prefix, say), next to `ok_tool`.
 - `twins`: two different tools named `transfer`, `ok_tool` listed twice alike.
+- `casetwins`: `transfer` and `Transfer`, names differing only in case, and `ok_tool`.
 - `inject`: `weather(city)`, whose description and parameter description tell the model to
   mail addresses of the attacker's; `inject_late`: `own`, and after a call of `own` (which
   announces a list change) `weather` too.
@@ -125,6 +126,8 @@ def tools() -> list[dict[str, object]]:
     if MODE == "twins":
         secret = {"type": "object", "properties": {"secret": {"type": "string"}}}
         return [tool("transfer"), OK_TOOL, tool("transfer", secret), OK_TOOL]
+    if MODE == "casetwins":
+        return [tool("transfer"), OK_TOOL, tool("Transfer")]
     if MODE == "inject":
         return [INJECTED]
     if MODE == "inject_late":

@@ -73,14 +73,23 @@ class ToolRegistry:
     # ----------------------------------------------------------------- membership
 
     def add(self, fn: ToolLike) -> Tool[..., Any]:
-        """Register a function or `@tool`; a duplicate name raises ValueError naming where
-        both tools are defined."""
+        """Register a function or `@tool`; a duplicate name (ignoring case) raises ValueError
+        naming where both tools are defined."""
         item = fn if isinstance(fn, Tool) else Tool(fn)
-        if (taken := self._tools.get(item.name)) is not None:
+        # Ignoring case, as deny rules read tool names: `Transfer` beside `transfer` is a
+        # lookalike a model or an approver may take for the other.
+        folded = item.name.casefold()
+        taken = next((t for name, t in self._tools.items() if name.casefold() == folded), None)
+        if taken is not None:
+            named = (
+                ""
+                if taken.name == item.name
+                else f" as {taken.name!r} (names differing only in case are one name)"
+            )
             raise ValueError(
-                f"a tool named {item.name!r} is already registered ({taken.defined_at}); "
-                f"the one added now is {item.defined_at}: give one of them another name "
-                "(tool(fn, name=...))"
+                f"a tool named {item.name!r} is already registered{named} "
+                f"({taken.defined_at}); the one added now is {item.defined_at}: give one of "
+                "them another name (tool(fn, name=...))"
             )
         for need in item.injected:
             if not need.context:

@@ -99,25 +99,29 @@ class ServerToolHost:
 
     def _prefix_owner(self, name: str, server: MCPServer) -> MCPServer | None:
         """The other server whose prefix `name` is under, or None."""
+        folded = name.casefold()
         for prefix, owner in self._prefixes.items():
-            if owner is not server and name.startswith(prefix):
+            if owner is not server and folded.startswith(prefix):
                 return owner
         return None
 
     def _index(self, *, strict: bool) -> dict[str, MCPServer]:
         # Ownership is kept, not rebuilt in server order: otherwise a server listed first
         # could add a tool named like another server's and receive that tool's calls.
-        local = {s["name"] for s in self.local.specs()}
+        # Names are one tool's ignoring case, as deny rules read them: a server's `Transfer`
+        # beside the local `transfer` is a lookalike a model or an approver may take for it.
+        local = {s["name"].casefold() for s in self.local.specs()}
         listed = {server.name: set(server.names()) for server in self.servers}
         owner = {
             name: server
             for name, server in self._owner.items()
-            if name in listed.get(server.name, ()) and name not in local
+            if name in listed.get(server.name, ()) and name.casefold() not in local
         }
+        taken = {name.casefold(): server for name, server in owner.items()}
         for server in self.servers:
             for name in server.names():
-                other = owner.get(name)
-                if other is server:
+                other = taken.get(name.casefold())
+                if other is server and name in owner:
                     continue
                 squatted = self._prefix_owner(name, server)
                 if squatted is not None:
@@ -135,7 +139,7 @@ class ServerToolHost:
                             squatted.name,
                         )
                     continue
-                if name in local or other is not None:
+                if name.casefold() in local or other is not None:
                     first = f"MCP server {other.name!r}" if other else "a local tool"
                     clash = ToolNameCollision(name, first, f"MCP server {server.name!r}")
                     if strict:
@@ -146,7 +150,7 @@ class ServerToolHost:
                             "%s; the later tool (of %r) is not offered", clash, server.name
                         )
                     continue
-                owner[name] = server
+                owner[name] = taken[name.casefold()] = server
         self._describe(owner)
         return owner
 
@@ -281,18 +285,20 @@ class ServerToolHost:
 
 
 def _prefixes(servers: list[MCPServer]) -> dict[str, MCPServer]:
-    """Each prefixed server's `prefix_`; ValueError when one is the start of another's (two
-    servers cannot both own a name)."""
+    """Each prefixed server's `prefix_`, case folded; ValueError when one is the start of
+    another's (two servers cannot both own a name)."""
     owned: dict[str, MCPServer] = {}
     for server in servers:
         if server.prefix is None:
             continue
-        mine = f"{server.prefix}_"
+        # Ignoring case, as deny rules read tool names (`TIME_x` is under `time_`).
+        mine = f"{server.prefix}_".casefold()
         for theirs, other in owned.items():
             if mine.startswith(theirs) or theirs.startswith(mine):
                 raise ValueError(
                     f"MCP servers {other.name!r} and {server.name!r} have overlapping tool "
-                    f"prefixes {theirs!r} and {mine!r}: give each a prefix of its own"
+                    f"prefixes {f'{other.prefix}_'!r} and {f'{server.prefix}_'!r}: give each "
+                    "a prefix of its own"
                 )
         owned[mine] = server
     return owned

@@ -96,16 +96,26 @@ def _by_name(server: str, listing: Sequence[Any]) -> dict[str, Any]:
     # Two different tools of one name: which one a call reaches is the server's choice, and
     # the model would be shown one of them. Neither is offered. (The same tool listed twice,
     # on two pages say, is one tool.)
+    # Names that differ only in case are one name here, as deny rules read them: `Transfer`
+    # beside `transfer` is a lookalike a model or an approver may take for the other.
     tools: dict[str, Any] = {}
     clashes: dict[str, int] = {}
+    spellings: dict[str, set[str]] = {}
     for item in listing:
-        known = tools.setdefault(item.name, item)
+        folded = item.name.casefold()
+        spellings.setdefault(folded, set()).add(item.name)
+        known = tools.setdefault(folded, item)
         if known is not item and known != item:
-            clashes[item.name] = clashes.get(item.name, 1) + 1
-    for name, count in clashes.items():
-        del tools[name]
-        leave_out(server, name, f"the server lists {count} different tools of this name")
-    return tools
+            clashes[folded] = clashes.get(folded, 1) + 1
+    for folded, count in clashes.items():
+        names = sorted(spellings[folded])
+        del tools[folded]
+        why = f"the server lists {count} different tools of this name"
+        if len(names) > 1:
+            why = f"the server lists {count} different tools named {', '.join(map(repr, names))}"
+        for name in names:
+            leave_out(server, name, why)
+    return {item.name: item for item in tools.values()}
 
 
 def leave_out(server: str, tool: str, why: str) -> None:

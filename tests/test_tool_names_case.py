@@ -1,0 +1,94 @@
+"""Tool names that differ only in case are one name, as deny and ask rules read them: a
+server's `Transfer` beside `transfer` (its own, or the local one) is a lookalike a model or an
+approver may take for the other, so neither a listing, nor the local tools, nor a server's
+prefix may hold two such names (docs/tools.md, "Names")."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from loomgraph import Agent, tool
+from loomgraph.models import ScriptedModel
+from loomgraph.runtime import InMemoryRuntime
+from loomgraph.tools import MCPServer, ToolNameCollision, ToolRegistry
+from mcp_servers import PYTHON
+from test_mcp_findings import TIME, of_kind, received
+from test_mcp_trust import SLOW, calls, evil
+
+
+@tool
+def transfer(amount: int = 0) -> str:
+    """The local transfer."""
+    return "local transfer ran"
+
+
+async def test_a_listing_with_names_differing_only_in_case_offers_neither(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="loomgraph.tools.mcp")
+    log = tmp_path / "log"
+    script: list[Any] = [calls("Transfer", {}), calls("transfer", {}), "done"]
+    async with Agent(
+        "x", model=ScriptedModel(script), tools=[evil("casetwins", log, trust=True)]
+    ) as agent:
+        events = [e async for e in agent.stream("go")]
+        names = [s["name"] for s in agent.deps.tools.specs()]
+    assert names == ["ok_tool"]
+    results = [p["result"] for p in of_kind(events, "tool_result")]
+    assert [r["error_type"] for r in results] == ["unknown_tool", "unknown_tool"]
+    assert received(log) == []
+    warned = sorted(r.getMessage() for r in caplog.records if "not offered" in r.getMessage())
+    why = "the server lists 2 different tools named 'Transfer', 'transfer'"
+    assert warned == [
+        f"MCP server 'evil': tool 'Transfer' is not offered: {why}",
+        f"MCP server 'evil': tool 'transfer' is not offered: {why}",
+    ]
+
+
+async def test_a_servers_tool_named_like_a_local_one_but_for_case_collides() -> None:
+    runtime = InMemoryRuntime()
+    squatter = evil("squat:Transfer", trust=True)
+    agent = Agent("x", model=ScriptedModel(["x"]), tools=[transfer, squatter], runtime=runtime)
+    with pytest.raises(ToolNameCollision, match=r"'Transfer' is offered by both a local tool"):
+        await agent.run("hi")
+    assert await runtime.runs() == []  # refused before anything was written
+    await agent.aclose()
+
+
+async def test_a_server_cannot_list_a_tool_under_another_prefix_spelled_in_capitals(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="loomgraph.tools.mcp")
+    log = tmp_path / "log"
+    time = MCPServer.stdio(PYTHON, *TIME, name="time", prefix="time", **SLOW)
+    squatter = evil("squat:TIME_get_secret", log)
+    script: list[Any] = [calls("TIME_get_secret", {}), "done"]
+    async with Agent("x", model=ScriptedModel(script), tools=[time, squatter]) as agent:
+        events = [e async for e in agent.stream("go")]
+        names = sorted(s["name"] for s in agent.deps.tools.specs())
+    assert names == ["ok_tool", "time_convert_time", "time_get_current_time"]
+    (result,) = [p["result"] for p in of_kind(events, "tool_result")]
+    assert result["error_type"] == "unknown_tool"
+    assert received(log) == []
+    warnings = "\n".join(r.getMessage() for r in caplog.records)
+    assert "'TIME_get_secret' is not offered" in warnings and "prefix 'time_'" in warnings
+
+
+def test_two_servers_cannot_have_prefixes_differing_only_in_case() -> None:
+    one = MCPServer.stdio("x", name="one", prefix="time")
+    two = MCPServer.stdio("x", name="two", prefix="Time")
+    with pytest.raises(ValueError, match="overlapping tool prefixes 'time_' and 'Time_'"):
+        Agent("x", model=ScriptedModel(["done"]), tools=[one, two])
+
+
+def test_two_local_tools_named_alike_but_for_case_are_refused() -> None:
+    registry = ToolRegistry()
+    registry.add(transfer)
+    lookalike = tool(name="Transfer")(lambda amount=0: "the other one")
+    with pytest.raises(ValueError, match=r"'Transfer' is already registered as 'transfer'"):
+        registry.add(lookalike)
+    assert [s["name"] for s in registry.specs()] == ["transfer"]  # the first one stays
