@@ -112,6 +112,13 @@ def test_an_option_that_cannot_work_is_refused_naming_the_option(
     assert done.returncode == 2 and said in done.stderr, done.stderr
 
 
+def test_render_reads_the_agent_file_it_is_given_even_with_a_graph(tmp_path: Path) -> None:
+    out = tmp_path / "react.svg"
+    done = loomgraph("render", "react", "-a", str(tmp_path / "nosuch.yaml"), "-o", str(out))
+    assert done.returncode == 2 and "nosuch.yaml" in done.stderr, done.stderr
+    assert not out.exists()  # a typo'd agent file is not passed over
+
+
 def test_schema_and_usage_errors() -> None:
     schema = json.loads(loomgraph("schema").stdout)
     assert "nodes" in schema["properties"]

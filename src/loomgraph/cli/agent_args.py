@@ -110,10 +110,11 @@ def runtime_of(args: argparse.Namespace) -> str | None:
 
 
 def graph_of(args: argparse.Namespace, fallback: str | None) -> Any:
-    """The graph: `--graph`, else the agent file's, else `fallback`."""
+    """The graph: `--graph`, else the agent file's, else `fallback`. An agent file given
+    is read either way: one that does not load is an error, not an option passed over."""
+    loaded = agent_file(args)
     if getattr(args, "graph", None):
         return args.graph
-    loaded = agent_file(args)
     return loaded.graph if loaded else fallback
 
 
