@@ -16,7 +16,7 @@ with where each class lives (relative to `loomgraph.`):
     │   ├── NodeError                       errors
     │   ├── StateError                      errors
     │   │   ├── StateTooLarge               engine.state_size
-    │   │   └── StateChangedInPlace         nodes.function
+    │   │   └── StateChangedInPlace         engine.users_view
     │   ├── UnknownNodeKind                 graph.registry
     │   ├── NodeKindLoadError               graph.registry
     │   ├── UnknownGraph                    authoring.library
@@ -26,7 +26,8 @@ with where each class lives (relative to `loomgraph.`):
     │   └── GraphChanged                    agent.resume_errors
     ├── RunStopped                          protocols
     ├── TypeSyntaxError + ValueError        graph.field_types
-    ├── FieldNotRead + KeyError             nodes.function (a node's failure: NodeError names it)
+    ├── NotJsonData + ValueError            graph.outside_values (ResumeError, StateError name it)
+    ├── FieldNotRead + KeyError             engine.users_view (a node's failure: NodeError names it)
     ├── MapPathError + LookupError          nodes.map (a node's failure: NodeError names it)
     ├── OutputValidationError + ValueError  nodes.structured
     ├── ResumeError + ValueError            agent.resume_errors (also from agent.checkpoints)

@@ -10,6 +10,7 @@ from typing import Any
 
 from loomgraph.engine.context import VisitContext
 from loomgraph.engine.kept_usage import keep_visit_calls
+from loomgraph.engine.users_view import run_users_node
 from loomgraph.errors import ServiceUnavailable, StateError
 from loomgraph.graph.compiled import CompiledGraph
 from loomgraph.graph.registry import NodeKind
@@ -40,8 +41,18 @@ async def run_visit(
         return await _run_by_deadline(kind, view, ctx, (graph, writes), deadline)
     spec = kind.spec
     if spec.retry is None and spec.timeout is None:
-        return check_patch(graph, ctx.node, await kind.run(view, ctx), writes)
+        return check_patch(graph, ctx.node, await _node_run(kind, view, ctx, graph), writes)
     return await _run_with_policy(kind, view, ctx, (graph, writes))
+
+
+async def _node_run(
+    kind: NodeKind, view: dict[str, Any], ctx: VisitContext, graph: CompiledGraph
+) -> Any:
+    """One attempt of the node: a user's node on a copy of the fields it reads, checked for
+    changes made in place (`users_view`); the framework's own kinds on the view itself."""
+    if ctx.node in graph.schema.users_nodes:
+        return await run_users_node(kind, view, ctx)
+    return await kind.run(view, ctx)
 
 
 async def _run_by_deadline(
@@ -79,11 +90,11 @@ async def _run_with_policy(
     for attempt in range(1, attempts + 1):
         try:
             if spec.timeout is None:
-                patch = await kind.run(view, ctx)
+                patch = await _node_run(kind, view, ctx, graph)
             else:
                 try:
                     async with asyncio.timeout(spec.timeout):
-                        patch = await kind.run(view, ctx)
+                        patch = await _node_run(kind, view, ctx, graph)
                 except TimeoutError:
                     raise TimeoutError(
                         f"node {ctx.qualified_node!r} took longer than its timeout of "

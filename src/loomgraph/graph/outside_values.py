@@ -10,8 +10,10 @@ from typing import Any
 from pydantic import TypeAdapter
 from pydantic_core import PydanticSerializationError, to_json
 
+from loomgraph.errors import LoomgraphError
 
-class NotJsonData(ValueError):
+
+class NotJsonData(LoomgraphError, ValueError):
     """A value from outside a run that JSON cannot hold (an object of no JSON type, bytes
     that are not UTF-8): it could not be journaled either."""
 

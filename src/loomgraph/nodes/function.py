@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import copy
 import inspect
 import logging
 from collections.abc import Callable, Mapping
@@ -11,7 +10,9 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from loomgraph.errors import GraphError, LoomgraphError, StateError
+from loomgraph.engine.users_view import FieldNotRead as FieldNotRead
+from loomgraph.engine.users_view import StateChangedInPlace as StateChangedInPlace
+from loomgraph.errors import GraphError
 from loomgraph.graph.imports import import_object
 from loomgraph.graph.node_context import NodeContext
 from loomgraph.graph.registry import NodeKind, register_node
@@ -27,44 +28,6 @@ class FunctionParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     call: str = Field(description="import path of the function, `package.module:function`")
-
-
-class FieldNotRead(LoomgraphError, KeyError):
-    """A function node looked up a field that is not in its `reads:` (a KeyError, so code
-    that catches KeyError still works)."""
-
-    def __str__(self) -> str:
-        return str(self.args[0]) if self.args else ""
-
-
-class StateChangedInPlace(StateError):
-    """A function node changed the state it was given instead of returning a patch."""
-
-    def __init__(self, node: str, call: str, fields: list[str]) -> None:
-        names = ", ".join(repr(f) for f in fields)
-        super().__init__(
-            f"node {node!r} ({call}) changed {names} of the state it was given in place; "
-            "the change was discarded, as a node changes the state only through the patch it "
-            f"returns: return the new value instead (e.g. `return {{{fields[0]!r}: ...}}`, "
-            "which goes through the field's reducer)"
-        )
-        self.node = node
-        self.fields = fields
-
-
-class _ReadFields(dict[str, Any]):
-    """What a function gets: a deep copy of the fields it reads, and a lookup of any other
-    field that says it is not in the node's `reads:`."""
-
-    __slots__ = ("node",)
-    node: str
-
-    def __missing__(self, key: str) -> Any:
-        raise FieldNotRead(
-            f"node {self.node!r} looked up {key!r}, which is not in its `reads:`, so its "
-            f"function was not given it (it was given {', '.join(map(repr, self)) or 'none'});"
-            f" add {key!r} to the node's `reads:`"
-        )
 
 
 def import_callable(path: str, near: str | None = None) -> Callable[..., Any]:
@@ -99,12 +62,6 @@ def argument_count(path: str, fn: Callable[..., Any]) -> int:
     )
 
 
-def _differ(copied: Any, original: Any) -> bool:
-    """Whether the function's copy of a field no longer equals the field (a float a deep copy
-    keeps as the same object, NaN included, is the same)."""
-    return copied is not original and bool(copied != original)
-
-
 def _bare(signature: inspect.Signature) -> inspect.Signature:
     """The signature without annotations, as a user reads it: `(state, ctx, extra)`."""
     empty = inspect.Parameter.empty
@@ -122,9 +79,8 @@ class FunctionNode(NodeKind):
     sync tools run in), so it blocks neither the loop nor other runs, and the visit's
     `timeout` ends the visit (not the thread, which cannot be stopped).
 
-    The function gets a deep copy of the fields it reads: a change it makes to them in place
-    is found after the call and fails the node (`StateChangedInPlace`), since it would
-    otherwise reach the run's state without being journaled.
+    As every user's node, the function gets a deep copy of the fields it reads: a change it
+    makes to them in place fails the node (`engine.users_view.StateChangedInPlace`).
     """
 
     Params = FunctionParams
@@ -145,20 +101,9 @@ class FunctionNode(NodeKind):
         self.is_async = inspect.iscoroutinefunction(self.fn)
 
     async def run(self, state: Mapping[str, Any], ctx: NodeContext) -> dict[str, Any]:
-        """Call the function with a copy of the fields it reads."""
-        given = _ReadFields(copy.deepcopy(dict(state)))
-        given.node = self.name
-        args = (given, ctx) if self.wants_ctx else (given,)
+        """Call the function (with the copy of the fields it reads the engine gives it)."""
+        args = (state, ctx) if self.wants_ctx else (state,)
         result = await self.fn(*args) if self.is_async else await self._in_thread(args)
-        returned = result.keys() if isinstance(result, Mapping) else ()
-        changed = [
-            name
-            for name in dict.fromkeys([*state, *given])
-            if name not in returned
-            and (name not in state or name not in given or _differ(given[name], state[name]))
-        ]
-        if changed:
-            raise StateChangedInPlace(self.name, self.params.call, changed)
         return result if result is not None else {}
 
     async def _in_thread(self, args: tuple[Any, ...]) -> Any:
