@@ -2,7 +2,7 @@
 reads. A change it makes in place fails the node (`StateChangedInPlace`) instead of reaching
 the live state unjournaled (the run and its journal, and so a fork or a resume, would
 differ), and a field it does not read is `FieldNotRead` naming its `reads:`, not a bare
-KeyError. `run_node` finds both, as a run does."""
+KeyError. `run_node` finds both, as a run does, and the state's size limit too."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import pytest
 
 from loomgraph import Agent, NodeKind, register_node
 from loomgraph.authoring.loader import graph_from_yaml
+from loomgraph.engine.state_size import StateTooLarge
 from loomgraph.engine.users_view import StateChangedInPlace
 from loomgraph.models import ScriptedModel
 from loomgraph.protocols import RunStatus
@@ -54,6 +55,17 @@ class _ReadsMore(NodeKind):
 
     async def run(self, state: Any, ctx: Any) -> dict[str, Any]:
         return {"notes": [*state["notes"], state["secret"]]}
+
+
+@register_node("users_view_huge")
+class _Huge(NodeKind):
+    """Returns a value past the state's size limit."""
+
+    default_reads = ("notes",)
+    default_writes = ("notes",)
+
+    async def run(self, state: Any, ctx: Any) -> dict[str, Any]:
+        return {"notes": ["x" * 20_000_000]}
 
 
 def graph(kind: str) -> str:
@@ -110,3 +122,13 @@ async def test_a_field_not_read_is_named_with_the_nodes_reads(tmp_path: Path) ->
 async def test_run_node_finds_a_change_in_place_as_a_run_does() -> None:
     with pytest.raises(StateChangedInPlace, match="changed 'notes'"):
         await run_node(graph_from_yaml(graph("users_view_appends")), "n", {"notes": ["a"]})
+
+
+async def test_run_node_refuses_a_patch_past_the_state_size_limit_as_a_run_does(
+    tmp_path: Path,
+) -> None:
+    agent, result = await run_of(tmp_path, "users_view_huge")
+    assert result.status == RunStatus.FAILED and "limit is 10,000,000" in result.reason
+    await agent.aclose()
+    with pytest.raises(StateTooLarge, match="limit is 10,000,000"):
+        await run_node(graph_from_yaml(graph("users_view_huge")), "n", {"notes": []})

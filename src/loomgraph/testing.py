@@ -189,10 +189,13 @@ def _check_limits(
 async def _visit(
     compiled: CompiledGraph, scope: RunScope, state: dict[str, Any], node: str, visit: int
 ) -> dict[str, Any]:
-    """The node's visit, through the interpreter's own path (policies, patch checks)."""
+    """The node's visit, through the interpreter's own path (policies, patch checks, the
+    state's size limit)."""
     view = {name: state.get(name) for name in compiled.reads[node]}
     ctx = VisitContext(scope, node, visit)
-    return await run_visit(compiled.nodes[node], view, ctx, compiled, compiled.writes[node])
+    patch = await run_visit(compiled.nodes[node], view, ctx, compiled, compiled.writes[node])
+    scope.measured_state(compiled.schema, state).check(node, patch)  # StateTooLarge
+    return patch
 
 
 def _waiting(stop: RunStopped) -> dict[str, Any]:

@@ -19,7 +19,7 @@ from loomgraph.engine.kept_usage import (
     keep_visit_calls,
 )
 from loomgraph.engine.scope import RunScope
-from loomgraph.engine.state_size import SizeUndo, StateSize
+from loomgraph.engine.state_size import SizeUndo
 from loomgraph.engine.transitions import journal_transition
 from loomgraph.engine.visits import NO_USAGE, applied, run_visit
 from loomgraph.engine.watched import watched
@@ -180,7 +180,11 @@ async def _step(
         # What failed attempts of the visit used: its transition carries it.
         carried = carry_kept(scope, ctx, patch) if scope.failed_usage else NOTHING_CARRIED
         # A child's state reaches the run's through the patches counted here.
-        counted = _state_size(scope, graph, state).check(qualified, patch) if not ctx.path else None
+        counted = (
+            scope.measured_state(graph.schema, state).check(qualified, patch)
+            if not ctx.path
+            else None
+        )
         # What the visit used, for its transition (a node's own `usage` is checked here).
         used = Usage.from_dict(patch["usage"]) if patch.get("usage") else NO_USAGE
         undo: Undo = []
@@ -314,11 +318,3 @@ def _uncount(scope: RunScope, counted: SizeUndo | None) -> None:
     """Take a patch that was undone out of the run's state size."""
     if counted is not None and scope.state_size is not None:
         scope.state_size.undo(counted)
-
-
-def _state_size(scope: RunScope, graph: CompiledGraph, state: dict[str, Any]) -> StateSize:
-    """The run's state size, measured once per process (at its start or resume)."""
-    if scope.state_size is None:
-        limit = scope.deps.size_limits.state_chars
-        scope.state_size = StateSize(graph.schema, state, limit)
-    return scope.state_size

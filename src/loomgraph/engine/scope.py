@@ -18,6 +18,7 @@ from loomgraph.engine.state_size import StateSize
 from loomgraph.engine.taint import UntrustedText
 from loomgraph.engine.watched import watched
 from loomgraph.graph.compiled import CompiledGraph
+from loomgraph.graph.state import StateSchema
 from loomgraph.protocols import (
     ArgumentReader,
     AuditAction,
@@ -269,6 +270,13 @@ class RunScope:
         in order (`AuditWriter`); `audit_written` waits for them. Callers check `auditing`
         first, so a run with the no-op log builds no payload."""
         self.writer().add(action, actor, payload)
+
+    def measured_state(self, schema: StateSchema, state: dict[str, Any]) -> StateSize:
+        """The run's state size (`SizeLimits.state_chars`), measured once per process (at
+        its start or resume) and kept up to date by each patch's `check`."""
+        if self.state_size is None:
+            self.state_size = StateSize(schema, state, self.deps.size_limits.state_chars)
+        return self.state_size
 
     def writer(self) -> AuditWriter:
         """The run's audit writer, made at its first entry."""
