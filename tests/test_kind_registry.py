@@ -119,6 +119,18 @@ def test_a_broken_entry_point_is_an_error_naming_it_and_its_distribution(site: P
     assert "uninstall" in message
 
 
+def test_a_graph_naming_a_broken_entry_point_is_a_problem_at_its_node(site: Path) -> None:
+    # Validation reports it beside the graph's other problems, so `loomgraph validate`
+    # goes on to the next file.
+    data = one_node_graph("lgtest-fancy")
+    data["nodes"]["m"] = {"kind": "functon"}
+    data["edges"].append({"from": "n", "to": "m"})
+    problems = [p for p in problems_of(data) if p.rule == "unknown-node-kind"]
+    assert len(problems) == 2
+    assert "No module named 'lgtest_no_such_module'" in problems[0].message
+    assert "node 'm'" in problems[1].message
+
+
 def test_a_broken_entry_point_leaves_the_other_kinds_working(site: Path) -> None:
     assert node_kind("lgtest-shout").__name__ == "Shout"
     graph = graph_from_data(one_node_graph("lgtest-shout"))

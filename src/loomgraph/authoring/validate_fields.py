@@ -16,7 +16,7 @@ from loomgraph.errors import Problem
 from loomgraph.graph.conditions import keys_read, names_used, visit_names
 from loomgraph.graph.field_types import parse_type
 from loomgraph.graph.jinja_problems import source_problems
-from loomgraph.graph.registry import NodeKind, UnknownNodeKind, node_kind
+from loomgraph.graph.registry import NodeKind, NodeKindLoadError, UnknownNodeKind, node_kind
 from loomgraph.graph.spec import Graph, NodeSpec
 from loomgraph.graph.state import BUILTIN_FIELDS, DERIVED_NAMES
 
@@ -30,7 +30,7 @@ def templates_of(graph: Graph) -> Iterable[tuple[str, str, str]]:
     for name, spec in graph.nodes.items():
         try:
             kind = node_kind(spec.kind)
-        except UnknownNodeKind:
+        except (UnknownNodeKind, NodeKindLoadError):  # `check_kinds` reports it
             continue
         for param in kind.templates:
             source = spec.params.get(param)
