@@ -45,6 +45,13 @@ def _load_error(tmp_path: Path, text: str, name: str = "cases.yaml") -> DatasetE
             "nosuch",
         ),
         (
+            "evaluators:\n  - {kind: judge, model: echo, rubric: '{{ answer.__class__ }}'}\n"
+            "cases: [{id: a, input: x}]\n",
+            "evaluator",
+            2,
+            "reads '__class__'",
+        ),
+        (
             "evaluators:\n  - {kind: judge, model: echo, rubric: '{{ answer'}\n"
             "cases: [{id: a, input: x}]\n",
             "evaluator",
@@ -70,6 +77,7 @@ def _load_error(tmp_path: Path, text: str, name: str = "cases.yaml") -> DatasetE
         "regex",
         "json-schema",
         "rubric-var",
+        "rubric-private",
         "rubric-syntax",
         "call",
         "judge-call",

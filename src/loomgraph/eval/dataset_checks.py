@@ -46,21 +46,27 @@ def schema_problem(schema: dict[str, Any]) -> str | None:
 
 
 def rubric_problems(rubric: str) -> list[str]:
-    """What is wrong with a judge's rubric: it is no Jinja2 template, or it names what the
-    judge does not give (RUBRIC_VARIABLES)."""
+    """What is wrong with a judge's rubric: it is no Jinja2 template, reads a name starting
+    with `_` (its sandbox refuses it at every score), or names what the judge does not give
+    (RUBRIC_VARIABLES)."""
     from jinja2 import TemplateSyntaxError, meta
     from jinja2.sandbox import SandboxedEnvironment
+
+    from loomgraph.graph.jinja_problems import private_problems
 
     try:
         parsed = SandboxedEnvironment().parse(rubric)
     except TemplateSyntaxError as err:
         return [f"the rubric is not a valid template (its line {err.lineno}): {err.message}"]
+    problems = [f"the rubric {why}" for why in private_problems(parsed, rubric)]
     unknown = sorted(meta.find_undeclared_variables(parsed) - RUBRIC_VARIABLES)
-    if not unknown:
-        return []
-    names = ", ".join(unknown)
-    known = ", ".join(sorted(RUBRIC_VARIABLES))
-    return [f"the rubric names {names}, which the judge does not give (it gives {known})"]
+    if unknown:
+        names = ", ".join(unknown)
+        known = ", ".join(sorted(RUBRIC_VARIABLES))
+        problems.append(
+            f"the rubric names {names}, which the judge does not give (it gives {known})"
+        )
+    return problems
 
 
 def item_problems(

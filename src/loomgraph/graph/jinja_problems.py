@@ -52,7 +52,7 @@ def source_problems(source: str, *, expression: bool) -> list[str]:
         tree = environment().parse("{{ " + source + " }}" if expression else source)
     except (TemplateSyntaxError, RecursionError):  # pragma: no cover - checked above
         return []
-    return _call_problems(tree, source, expression=expression) + _private_problems(tree, source)
+    return _call_problems(tree, source, expression=expression) + private_problems(tree, source)
 
 
 # --------------------------------------------------------------------------- syntax
@@ -223,7 +223,9 @@ def _call_problems(tree: nodes.Template, source: str, *, expression: bool) -> li
     return out
 
 
-def _private_problems(tree: nodes.Template, source: str) -> list[str]:
+def private_problems(tree: nodes.Template, source: str) -> list[str]:
+    """A problem for each name starting with `_` the template reads (`x.__class__`,
+    `x['_y']`, `x | attr('_z')`): a sandbox refuses them when it renders."""
     names: list[str] = [n.attr for n in tree.find_all(nodes.Getattr)]
     for item in tree.find_all(nodes.Getitem):
         if isinstance(item.arg, nodes.Const) and isinstance(item.arg.value, str):
