@@ -388,10 +388,10 @@ async def test_the_no_op_log_builds_no_entry(monkeypatch: pytest.MonkeyPatch) ->
     assert modes == [AuditMode(enabled=False, content=False)]  # read once, for the one run
 
 
-def test_audit_mode_of_a_log() -> None:
+def test_audit_mode_of_a_log(tmp_path: Path) -> None:
     assert AuditMode.of(NoAuditLog()) == AuditMode(False, False)
     assert AuditMode.of(object()) == AuditMode(True, False)  # type: ignore[arg-type]
-    log = FileAuditLog("/nonexistent/never-written.jsonl", unsigned=True, capture_content=True)
+    log = FileAuditLog(tmp_path / "never-written.jsonl", unsigned=True, capture_content=True)
     assert AuditMode.of(log) == AuditMode(True, True)
 
 

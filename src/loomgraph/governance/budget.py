@@ -102,6 +102,14 @@ class StandardBudget:
         on_warning: WarningCallback | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
+        if config is not None and not isinstance(config, BudgetConfig):
+            raise BudgetConfigError(
+                "config", f"a budget's config is a BudgetConfig, not {type(config).__name__}"
+            )
+        if ledger is not None and not _is_ledger(ledger):
+            raise BudgetConfigError(
+                "ledger", f"a budget's ledger is a Ledger, not {type(ledger).__name__}"
+            )
         self.config = config or BudgetConfig()
         self.ledger = ledger if ledger is not None else InMemoryLedger()
         self.model = self.config.model
@@ -387,3 +395,9 @@ class StandardBudget:
         """The ledger this budget's reads go to: a bound copy's own; for the budget the user
         made, the one its bound copies use (see `LedgerPlaces.reading`)."""
         return self.ledger if self._bound else self._places.reading(self.ledger)
+
+
+def _is_ledger(ledger: object) -> bool:
+    """A `Ledger`, or an object with its methods (a wrapper around one, say)."""
+    methods = ("transact", "totals", "holds", "charges", "run_clock", "forget_run")
+    return isinstance(ledger, Ledger) or all(callable(getattr(ledger, m, None)) for m in methods)

@@ -84,14 +84,16 @@ class Caps:
             value = getattr(self, name)
             if value is None:
                 continue
+            counted = name not in _AMOUNTS  # a count of tokens, calls or visits
             if (
                 isinstance(value, bool)
-                or not isinstance(value, int | float)
+                or not isinstance(value, int if counted else int | float)
                 or value < 0
                 or not math.isfinite(value)
             ):
+                what = "a non-negative whole number" if counted else "a non-negative number"
                 raise BudgetConfigError(
-                    name, f"budget cap {name} must be a non-negative number or None, not {value!r}"
+                    name, f"budget cap {name} must be {what} or None, not {value!r}"
                 )
             scaled = value * NANO_USD if name == "cost_usd" else value  # (inf past floats)
             if name in METRICS and scaled > LARGEST_CAP:
@@ -110,6 +112,25 @@ class Caps:
             if value is not None:
                 out[name] = _ledger_cap(name, value)
         return out
+
+
+# The caps that are amounts, not counts: a fraction of a dollar or of a second is one.
+_AMOUNTS = frozenset({"cost_usd", "wall_clock_s"})
+
+
+def _check_users(users: object) -> None:
+    """`users` maps user ids (text, as a run's `user_id` is) to Caps; BudgetConfigError."""
+    if not isinstance(users, Mapping):
+        raise BudgetConfigError(
+            "users", f"users maps user ids to Caps ({{'alice': Caps(...)}}), not {users!r}"
+        )
+    for user_id in users:
+        if not isinstance(user_id, str):
+            raise BudgetConfigError(
+                "users",
+                f"users is keyed by user ids, which are text: {user_id!r} "
+                f"({type(user_id).__name__}) would never match a run's user_id",
+            )
 
 
 def _ledger_cap(name: str, value: float) -> int:
@@ -140,9 +161,13 @@ class BudgetConfig(Caps):
 
     def __post_init__(self) -> None:
         Caps.__post_init__(self)
-        for caps in (self.per_user, *self.users.values()):
+        _check_users(self.users)
+        given = [("per_user", self.per_user), *(("users", c) for c in self.users.values())]
+        for where, caps in given:
             if caps is not None and not isinstance(caps, Caps):
-                raise TypeError(f"per-user caps must be Caps, not {type(caps).__name__}")
+                raise BudgetConfigError(
+                    where, f"per-user caps must be Caps, not {type(caps).__name__}"
+                )
             if isinstance(caps, BudgetConfig) and (caps.per_user or caps.users):
                 raise BudgetConfigError(
                     "per_user", "per-user caps cannot have per-user caps of their own"

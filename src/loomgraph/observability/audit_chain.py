@@ -106,7 +106,9 @@ class VerifyResult:
 
     `entries` counts the entries that verified before the first problem; `head` is the
     last of them. `first_bad_seq` is the seq at which the chain breaks (for a missing
-    entry, the seq that is missing).
+    entry, the seq that is missing). A log that differs from a recorded head was rewritten
+    at or before the head's seq, which is `first_bad_seq`; no entry can then be told
+    intact: `entries` is 0 and `head` is `EMPTY_HEAD`.
     """
 
     ok: bool

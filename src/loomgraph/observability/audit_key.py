@@ -60,7 +60,12 @@ def resolve_audit_key(
             raise AuditConfigError(f"unsigned=True contradicts {sources[0]}=")
         return None
     if key is not None:
-        raw = key.encode("utf-8") if isinstance(key, str) else bytes(key)
+        if isinstance(key, str):
+            raw = key.encode("utf-8")
+        elif isinstance(key, bytes | bytearray | memoryview):
+            raw = bytes(key)
+        else:  # `bytes(123)` is 123 zero bytes: a key anybody could guess
+            raise AuditConfigError(f"key= must be bytes or text, not {type(key).__name__}")
         return _non_empty(raw, "the key= argument")
     if key_file is not None:
         return _read_key_file(Path(key_file))

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from .audit_chain import (
+    EMPTY_HEAD,
     GENESIS_HASH,
     UNSIGNED_FIELD,
     AuditEntry,
@@ -127,12 +128,14 @@ class ChainVerifier:
                 )
             actual = GENESIS_HASH if want.seq == 0 else self._hash_at_expected
             if actual != want.hash:
+                # Rewritten somewhere up to the head's seq, and chained again after: no
+                # entry can be told intact, so none is counted as verified.
                 return VerifyResult(
                     False,
-                    self.count,
+                    0,
                     want.seq,
                     f"entry {want.seq} differs from the recorded head: the log was rewritten "
                     f"at or before seq {want.seq}",
-                    head,
+                    EMPTY_HEAD,
                 )
         return VerifyResult(True, self.count, None, "", head)

@@ -26,8 +26,9 @@ from .audit_chain import (
     normalize_payload,
     parse_entry,
 )
-from .audit_key import resolve_audit_key
+from .audit_key import AuditConfigError, resolve_audit_key
 from .audit_verify import ChainVerifier
+from .content_flag import content_flag
 from .log_files import fsync_dir, last_line, sync_data, write_all, write_quarantine
 
 
@@ -61,9 +62,9 @@ class FileAuditLog:
         output too (docs/observability.md lists where); by default they never do.
         `heal=False` leaves a torn tail in place when opening (for read-only checks).
         """
-        self._path = Path(path)
+        self._path = _log_path(path)
         self._key = resolve_audit_key(key, key_file=key_file, key_env=key_env, unsigned=unsigned)
-        self.capture_content = capture_content
+        self.capture_content = content_flag(capture_content)
         if heal and self._ends_torn():
             self.repair()  # only now is write access needed: read-only users can still open
 
@@ -377,3 +378,18 @@ class FileAuditLog:
                 "(wrong key, or the entry was edited)"
             )
         return AuditHead(entry["seq"], entry["hash"])
+
+
+def _log_path(path: str | os.PathLike[str]) -> Path:
+    """The log's path, refused when no run could ever write there: empty, a folder, or in a
+    folder that does not exist (found when the log is made, not at a run's first entry)."""
+    if not os.fspath(path):
+        raise AuditConfigError("the audit log's path is empty: name a file")
+    where = Path(path)
+    if where.is_dir():
+        raise AuditConfigError(f"the audit log's path {str(where)!r} is a folder: name a file")
+    if not where.parent.is_dir():
+        raise AuditConfigError(
+            f"the audit log's folder {str(where.parent)!r} does not exist: make it first"
+        )
+    return where

@@ -35,6 +35,7 @@ from ..protocols.semconv import (
     error_type,
 )
 from ..protocols.tasks import stops_the_task
+from .content_flag import content_flag
 from .traced_span import EXCEPTION_EVENT, EXCEPTION_TYPE, Reporter, TracedSpan
 
 if TYPE_CHECKING:
@@ -79,7 +80,7 @@ class OTelTelemetry:
         from opentelemetry.trace import INVALID_SPAN, SpanKind, Status, StatusCode
 
         version = _loomgraph_version()
-        self.capture_content = capture_content
+        self.capture_content = content_flag(capture_content)
         self._reporter = Reporter()
         self._invalid = INVALID_SPAN  # stands in for a span that could not be started
         self._attach = lambda span: context.attach(trace.set_span_in_context(span))

@@ -35,6 +35,7 @@ from .audit_chain import (
 )
 from .audit_key import resolve_audit_key
 from .audit_verify import ChainVerifier
+from .content_flag import content_flag
 from .pg_audit_rows import COLUMNS, LOCK_SQL, column_problem, unstorable
 
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
@@ -83,7 +84,7 @@ class PostgresAuditLog:
         checked_timeouts(connect_timeout, command_timeout)
         self._dsn = dsn
         self._key = resolve_audit_key(key, key_file=key_file, key_env=key_env, unsigned=unsigned)
-        self.capture_content = capture_content
+        self.capture_content = content_flag(capture_content)
         self._table = ".".join(f'"{p}"' for p in parts)
         self._index = f'"{parts[-1]}_run_id_idx"'
         # What `LOCK_SQL` resolves the table from: its schema (None: the search path's) and name.
