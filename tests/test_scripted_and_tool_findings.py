@@ -311,3 +311,18 @@ def test_one_turn_not_in_a_list_is_refused_not_played_per_character(turns: Any) 
     with pytest.raises(ScriptTurnInvalid, match=r"list of turns") as raised:
         ScriptedModel(turns)
     assert "ScriptedModel([" in str(raised.value)
+
+
+async def usage_of(model: ScriptedModel, max_tokens: int | None) -> Any:
+    req = ModelRequest(messages=[], run_id="r1", call_index=0, max_tokens=max_tokens)
+    return [c["usage"] async for c in model.stream(req) if c["type"] == "usage"][0]
+
+
+async def test_the_default_usage_bills_no_more_output_than_max_tokens_as_a_provider() -> None:
+    # A budget that fitted a call to a cap of 4 output tokens saw the fake spend 5.
+    assert (await usage_of(ScriptedModel(["x"]), 4)).output_tokens == 4
+    assert (await usage_of(ScriptedModel(["x"]), None)).output_tokens == 5
+    assert (await usage_of(ScriptedModel(["x"]), 4096)).output_tokens == 5
+    # A usage the script gives is reported as given: a test of a provider billing past it.
+    told = ScriptedModel([{"text": "x", "usage": {"output_tokens": 9}}])
+    assert (await usage_of(told, 4)).output_tokens == 9

@@ -5,7 +5,7 @@ from __future__ import annotations
 import difflib
 import inspect
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from loomgraph.errors import LoomgraphError
@@ -270,9 +270,18 @@ class ScriptedModel:
             yield {"type": "text", "text": turn.text[start : start + size]}
         for call in turn.tool_calls:
             yield {"type": "tool_call", "call": call}
-        yield {"type": "usage", "usage": turn.usage}
+        yield {"type": "usage", "usage": _billed(turn.usage, request.max_tokens)}
         reason = turn.finish_reason or ("tool_use" if turn.tool_calls else "end_turn")
         yield {"type": "finish", "finish_reason": reason}
+
+
+def _billed(usage: Usage, max_tokens: int | None) -> Usage:
+    """The usage a turn reports: as the script gave it, or the default with its output
+    tokens no more than the call's `max_tokens`, as a provider bills (a budget that fitted
+    the call to its cap would otherwise see the fake spend past it)."""
+    if usage is not _DEFAULT_USAGE or max_tokens is None or max_tokens >= usage.output_tokens:
+        return usage
+    return replace(usage, output_tokens=max(max_tokens, 0))
 
 
 def _played(turn: object, index: int) -> Turn:
