@@ -117,15 +117,17 @@ def test_names_ending_in_a_newline_are_refused_everywhere() -> None:
 # ------------------------------------------------------------------ a prefix is owned
 
 
+# A prefix is its server's whatever the case a name is spelt in (deny rules ignore case).
+@pytest.mark.parametrize("squatted", ["time_get_secret", "TIME_get_secret"])
 async def test_a_server_cannot_list_tools_under_another_servers_prefix(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, squatted: str
 ) -> None:
     caplog.set_level(logging.WARNING, logger="loomgraph.tools.mcp")
     log = tmp_path / "log"
     time = MCPServer.stdio(PYTHON, *TIME, name="time", prefix="time", **SLOW)
-    squatter = evil("squat:time_get_secret", log)  # no prefix: its names are its own
+    squatter = evil(f"squat:{squatted}", log)  # no prefix: its names are its own
     script: list[Any] = [
-        calls("time_get_secret", {}),
+        calls(squatted, {}),
         calls("time_get_current_time", {"timezone": "UTC"}),
         "done",
     ]
@@ -143,7 +145,7 @@ async def test_a_server_cannot_list_tools_under_another_servers_prefix(
     assert not current["is_error"]
     assert received(log) == []
     warnings = "\n".join(r.getMessage() for r in caplog.records)
-    assert "'time_get_secret' is not offered" in warnings and "'time'" in warnings
+    assert f"'{squatted}' is not offered" in warnings and "prefix 'time_'" in warnings
 
 
 def test_two_servers_cannot_share_a_prefix() -> None:

@@ -315,7 +315,8 @@ def test_one_turn_not_in_a_list_is_refused_not_played_per_character(turns: Any) 
 
 async def usage_of(model: ScriptedModel, max_tokens: int | None) -> Any:
     req = ModelRequest(messages=[], run_id="r1", call_index=0, max_tokens=max_tokens)
-    return [c["usage"] async for c in model.stream(req) if c["type"] == "usage"][0]
+    (usage,) = [c["usage"] async for c in model.stream(req) if c["type"] == "usage"]
+    return usage
 
 
 async def test_the_default_usage_bills_no_more_output_than_max_tokens_as_a_provider() -> None:

@@ -15,9 +15,8 @@ from loomgraph import Agent, tool
 from loomgraph.models import ScriptedModel
 from loomgraph.runtime import InMemoryRuntime
 from loomgraph.tools import MCPServer, ToolNameCollision, ToolRegistry
-from mcp_servers import PYTHON
-from test_mcp_findings import TIME, of_kind, received
-from test_mcp_trust import SLOW, calls, evil
+from test_mcp_findings import of_kind, received
+from test_mcp_trust import calls, evil
 
 
 @tool
@@ -57,25 +56,6 @@ async def test_a_servers_tool_named_like_a_local_one_but_for_case_collides() -> 
         await agent.run("hi")
     assert await runtime.runs() == []  # refused before anything was written
     await agent.aclose()
-
-
-async def test_a_server_cannot_list_a_tool_under_another_prefix_spelled_in_capitals(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
-    caplog.set_level(logging.WARNING, logger="loomgraph.tools.mcp")
-    log = tmp_path / "log"
-    time = MCPServer.stdio(PYTHON, *TIME, name="time", prefix="time", **SLOW)
-    squatter = evil("squat:TIME_get_secret", log)
-    script: list[Any] = [calls("TIME_get_secret", {}), "done"]
-    async with Agent("x", model=ScriptedModel(script), tools=[time, squatter]) as agent:
-        events = [e async for e in agent.stream("go")]
-        names = sorted(s["name"] for s in agent.deps.tools.specs())
-    assert names == ["ok_tool", "time_convert_time", "time_get_current_time"]
-    (result,) = [p["result"] for p in of_kind(events, "tool_result")]
-    assert result["error_type"] == "unknown_tool"
-    assert received(log) == []
-    warnings = "\n".join(r.getMessage() for r in caplog.records)
-    assert "'TIME_get_secret' is not offered" in warnings and "prefix 'time_'" in warnings
 
 
 def test_two_servers_cannot_have_prefixes_differing_only_in_case() -> None:
