@@ -76,7 +76,7 @@ async def run_users_node(kind: NodeKind, view: Mapping[str, Any], ctx: NodeConte
 def _described(kind: NodeKind) -> str:
     """The node's kind, and a `function` node's function: what to look at."""
     call = getattr(kind.params, "call", None)
-    return f"{call}" if kind.spec.kind == "function" and call else f"kind {kind.spec.kind!r}"
+    return str(call) if kind.spec.kind == "function" and call else f"kind {kind.spec.kind!r}"
 
 
 def _differ(copied: Any, original: Any) -> bool:
