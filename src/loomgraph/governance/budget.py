@@ -60,6 +60,7 @@ from loomgraph.governance.ledger import (
     Ledger,
     LedgerView,
     Totals,
+    is_ledger,
 )
 from loomgraph.governance.ledger_sites import LedgerPlaces
 from loomgraph.governance.run_clocks import RunClocks
@@ -106,7 +107,7 @@ class StandardBudget:
             raise BudgetConfigError(
                 "config", f"a budget's config is a BudgetConfig, not {type(config).__name__}"
             )
-        if ledger is not None and not _is_ledger(ledger):
+        if ledger is not None and not is_ledger(ledger):
             raise BudgetConfigError(
                 "ledger", f"a budget's ledger is a Ledger, not {type(ledger).__name__}"
             )
@@ -395,9 +396,3 @@ class StandardBudget:
         """The ledger this budget's reads go to: a bound copy's own; for the budget the user
         made, the one its bound copies use (see `LedgerPlaces.reading`)."""
         return self.ledger if self._bound else self._places.reading(self.ledger)
-
-
-def _is_ledger(ledger: object) -> bool:
-    """A `Ledger`, or an object with its methods (a wrapper around one, say)."""
-    methods = ("transact", "totals", "holds", "charges", "run_clock", "forget_run")
-    return isinstance(ledger, Ledger) or all(callable(getattr(ledger, m, None)) for m in methods)

@@ -238,6 +238,13 @@ class Ledger(ABC):
         await self.close()
 
 
+def is_ledger(ledger: object) -> bool:
+    """A `Ledger`, or an object with every method a Ledger must have (a wrapper around one)."""
+    return isinstance(ledger, Ledger) or all(
+        callable(getattr(ledger, method, None)) for method in Ledger.__abstractmethods__
+    )
+
+
 class InMemoryLedger(Ledger):
     """A ledger in process memory, shared by every run of the Agents that hold it.
 
