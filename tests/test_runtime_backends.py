@@ -145,14 +145,48 @@ async def test_transitions_of_unknown_run(make: Factory) -> None:
         assert await rt.transitions("r1") == []
 
 
-async def test_writes_for_unknown_run_raise_key_error(make: Factory) -> None:
+async def test_writes_for_unknown_run_raise_unknown_run(make: Factory) -> None:
+    # UnknownRun (a KeyError) naming the run, from every journal: the in-memory one too.
     async with opened(make) as rt:
-        with pytest.raises(KeyError):
-            await rt.append_transition(step("ghost", 1))
-        with pytest.raises(KeyError):
-            await rt.begin_effect(EffectRecord("ghost", "k", "tool", {}))
-        with pytest.raises(KeyError):
-            await rt.finish_run("ghost", "completed", "", None)
+        writes = [
+            rt.append_transition(step("ghost", 1)),
+            rt.begin_effect(EffectRecord("ghost", "k", "tool", {})),
+            rt.end_effect("ghost", "k", {}, EffectStatus.DONE),
+            rt.finish_run("ghost", RunStatus.COMPLETED, "", None),
+            rt.record_recovery("ghost"),
+            rt.reset_recoveries("ghost"),
+        ]
+        for write in writes:
+            with pytest.raises(UnknownRun, match="ghost"):
+                await write
+        assert await rt.load_run("ghost") is None and await rt.effects("ghost") == []
+
+
+async def test_duplicate_seq_is_a_conflict_and_writes_nothing(make: Factory) -> None:
+    async with opened(make) as rt:
+        await rt.start_run(run())
+        await rt.append_transition(step("r1", 1))
+        with pytest.raises(RunConflict, match="seq 1") as info:
+            await rt.append_transition(step("r1", 1, {"other": 1}, snapshot={"s": 1}))
+        assert info.value.run_id == "r1"
+        kept = await rt.transitions("r1")
+        assert [(t.patch, t.snapshot) for t in kept] == [({"n": 1}, None)]
+        # A seq below the last one is refused as well when it is recorded; a gap is filled.
+        await rt.append_transition(step("r1", 3))
+        with pytest.raises(RunConflict, match="seq 1"):
+            await rt.append_transition(step("r1", 1))
+        await rt.append_transition(step("r1", 2))
+        assert [t.seq for t in await rt.transitions("r1")] == [1, 2, 3]
+        assert [t.seq for t in await rt.transitions_after("r1", 1)] == [2, 3]
+
+
+async def test_end_effect_of_unknown_key_or_run(make: Factory) -> None:
+    async with opened(make) as rt:
+        await rt.start_run(run())
+        with pytest.raises(UnknownEffect, match="'k9'"):
+            await rt.end_effect("r1", "k9", {}, "done")
+        with pytest.raises(UnknownRun):
+            await rt.end_effect("ghost", "k9", {}, "done")
 
 
 async def test_effect_lifecycle(make: Factory) -> None:
@@ -314,17 +348,6 @@ async def test_memory_runs_all_in_progress_are_all_kept() -> None:
 # --------------------------------------------------------------------------- durable journals
 
 
-async def test_duplicate_seq_is_a_conflict_and_writes_nothing(durable: Factory) -> None:
-    async with opened(durable) as rt:
-        await rt.start_run(run())
-        await rt.append_transition(step("r1", 1))
-        with pytest.raises(RunConflict, match="seq 1") as info:
-            await rt.append_transition(step("r1", 1, {"other": 1}, snapshot={"s": 1}))
-        assert info.value.run_id == "r1"
-        assert [t.patch for t in await rt.transitions("r1")] == [{"n": 1}]
-        assert await rt.latest_snapshot("r1") is None
-
-
 async def test_latest_snapshot(durable: Factory) -> None:
     async with opened(durable) as rt:
         await rt.start_run(run())
@@ -358,15 +381,6 @@ async def test_values_that_are_not_json_are_refused(durable: Factory) -> None:
         with pytest.raises(JournalEncodingError, match="snapshot"):
             await rt.append_transition(step("r1", 1, snapshot={"x": float("nan")}))
         assert await rt.transitions("r1") == []
-
-
-async def test_end_effect_of_unknown_key_or_run(durable: Factory) -> None:
-    async with opened(durable) as rt:
-        await rt.start_run(run())
-        with pytest.raises(UnknownEffect, match="'k9'"):
-            await rt.end_effect("r1", "k9", {}, "done")
-        with pytest.raises(UnknownRun):
-            await rt.end_effect("ghost", "k9", {}, "done")
 
 
 async def test_leases(durable: Factory) -> None:

@@ -27,7 +27,7 @@ from loomgraph.protocols import (
 from loomgraph.protocols.runtime import Lease, current_fence
 from loomgraph.runtime.audit_entries import entry_from_text, entry_text
 from loomgraph.runtime.audit_outbox import ending, refused
-from loomgraph.runtime.errors import LeaseLost, RunExists, RunFinished
+from loomgraph.runtime.errors import LeaseLost, RunConflict, RunExists, RunFinished, UnknownEffect
 from loomgraph.runtime.frozen import freeze, thaw
 from loomgraph.runtime.lease_table import LeaseTable
 from loomgraph.runtime.text import (
@@ -106,15 +106,20 @@ class InMemoryRuntime:
     ) -> None:
         """Pin a run to another graph; fenced."""
         self._fence(run_id, fence)
-        run = self._runs.get(run_id)
-        if run is None:
-            raise UnknownRun(run_id)
+        run = self._run(run_id)
         await self.put_graph(graph)
         run.graph_name, run.graph_hash = graph.name, graph.hash
 
     async def graph(self, graph_hash: str) -> PinnedGraph | None:
         """The graph kept under a hash, or None."""
         return self._graphs.get(graph_hash)
+
+    def _run(self, run_id: str) -> RunRecord:
+        """The journal's own record of a run (to write), or `UnknownRun`."""
+        run = self._runs.get(run_id)
+        if run is None:
+            raise UnknownRun(run_id)
+        return run
 
     def _fence(self, run_id: str, fence: Lease | None) -> None:
         """Refuse a write to `run_id` fenced with a lease (the one given, else the current
@@ -165,11 +170,23 @@ class InMemoryRuntime:
         self, transition: Transition, *, fence: Lease | None = None
     ) -> None:
         """Append one transition (kept as given: node names are checked with the graph);
-        fenced."""
-        self._fence(transition.run_id, fence)
-        if transition.run_id in self._frozen:
-            self._thawed(transition.run_id)
-        self._transitions[transition.run_id].append(transition)
+        fenced. A seq already recorded is `RunConflict`, nothing written, as in the SQL
+        journals; one below the last (filling a gap) goes in its place."""
+        run_id = transition.run_id
+        self._fence(run_id, fence)
+        if run_id in self._frozen:
+            self._thawed(run_id)
+        kept = self._transitions.get(run_id)
+        if kept is None:
+            raise UnknownRun(run_id)
+        seq = transition.seq
+        if kept and kept[-1].seq >= seq:
+            at = bisect.bisect_left(kept, seq, key=_seq)
+            if at < len(kept) and kept[at].seq == seq:
+                raise RunConflict(run_id, f"transition seq {seq} is already recorded")
+            kept.insert(at, transition)
+        else:
+            kept.append(transition)
 
     async def transitions(self, run_id: str) -> list[Transition]:
         """Every transition of a run, in order."""
@@ -190,7 +207,9 @@ class InMemoryRuntime:
         self._fence(effect.run_id, fence)
         if effect.run_id in self._frozen:
             self._thawed(effect.run_id)
-        effects = self._effects[effect.run_id]
+        effects = self._effects.get(effect.run_id)
+        if effects is None:
+            raise UnknownRun(effect.run_id)
         prior = effects.get(effect.key)
         if prior is None:
             effects[effect.key] = effect
@@ -214,7 +233,12 @@ class InMemoryRuntime:
         self._fence(run_id, fence)
         if run_id in self._frozen:
             self._thawed(run_id)
-        effect = self._effects[run_id][key]
+        effects = self._effects.get(run_id)
+        if effects is None:
+            raise UnknownRun(run_id)
+        effect = effects.get(key)
+        if effect is None:
+            raise UnknownEffect(run_id, key)
         effect.outcome = outcome
         effect.status = status if type(status) is EffectStatus else EffectStatus(status)
 
@@ -256,7 +280,7 @@ class InMemoryRuntime:
         Fenced. The audit entries the caller keeps with the end (`end_entries`) are kept with
         it, as the SQL journals keep them in its transaction."""
         self._fence(run_id, fence)
-        run = self._runs[run_id]
+        run = self._run(run_id)
         if run.status.final:
             raise RunFinished(run_id, str(run.status))
         end = ending(run_id, RunStatus(status))
@@ -283,14 +307,14 @@ class InMemoryRuntime:
         """Count one more recovery (a resume after a crash or failure); the new count.
         Fenced."""
         self._fence(run_id, fence)
-        run = self._runs[run_id]
+        run = self._run(run_id)
         run.recoveries += 1
         return run.recoveries
 
     async def reset_recoveries(self, run_id: str, *, fence: Lease | None = None) -> None:
         """Forget a run's failed recoveries (an operator's retry); fenced."""
         self._fence(run_id, fence)
-        self._runs[run_id].recoveries = 0
+        self._run(run_id).recoveries = 0
 
     async def keep_audit_entries(self, run_id: str, entries: Sequence[AuditEntry]) -> None:
         """Keep entries of a run after those kept already (as JSON text, as the SQL journals
