@@ -15,7 +15,9 @@ import pytest
 from loomgraph import Agent
 from loomgraph.authoring.loader import graph_from_yaml
 from loomgraph.protocols import RunStatus
+from loomgraph.engine.state_size import StateNotJson
 from loomgraph.runtime import SqliteRuntime
+from loomgraph.runtime.memory import InMemoryRuntime
 
 GRAPH = """
 name: unjournalable
@@ -61,18 +63,68 @@ CASES = [
 ]
 
 
+def _runtime(kind: str, tmp_path: Path) -> InMemoryRuntime | SqliteRuntime:
+    return InMemoryRuntime() if kind == "memory" else SqliteRuntime(str(tmp_path / "j.db"))
+
+
+@pytest.mark.parametrize("kind", ["memory", "sqlite"])
 @pytest.mark.parametrize(("field_type", "fn"), CASES)
 async def test_a_value_the_journal_cannot_keep_fails_the_run(
-    tmp_path: Path, field_type: str, fn: str
+    tmp_path: Path, field_type: str, fn: str, kind: str
 ) -> None:
-    runtime = SqliteRuntime(str(tmp_path / "journal.db"))
+    # The in-memory journal keeps objects as they are, yet refuses what a durable one
+    # refuses: a run behaves the same on all of them.
+    runtime = _runtime(kind, tmp_path)
     agent = Agent("x", model="echo", architecture=_graph(field_type, fn), runtime=runtime)
     try:
         result = await agent.run("go")
         assert result.status == RunStatus.FAILED
         assert "'s'" in result.reason and "score" in result.reason, result.reason
+        if field_type == "any":
+            expected = StateNotJson("s", "score", "")
+            assert result.reason.startswith(str(expected)), result.reason
         record = await runtime.load_run(result.run_id)
         assert record is not None and record.status == RunStatus.FAILED  # not left running
+        assert await runtime.transitions(result.run_id) == []  # nothing of it was written
+    finally:
+        await agent.aclose()
+
+
+CHILD = """
+name: child
+entry: s
+state:
+  score: {type: any}
+nodes:
+  s: {kind: function, call: "lg_unjournalable:an_object", writes: [score]}
+edges:
+  - {from: s, to: END}
+"""
+
+PARENT = """
+name: parent
+entry: sub
+nodes:
+  sub: {kind: subgraph, graph: child.yaml}
+edges:
+  - {from: sub, to: END}
+"""
+
+
+@pytest.mark.parametrize("kind", ["memory", "sqlite"])
+async def test_a_child_graphs_value_the_journal_cannot_keep_fails_the_run(
+    tmp_path: Path, kind: str
+) -> None:
+    _graph("any", "an_object")  # the module the child's node calls
+    (tmp_path / "child.yaml").write_text(CHILD, encoding="utf-8")
+    (tmp_path / "parent.yaml").write_text(PARENT, encoding="utf-8")
+    runtime = _runtime(kind, tmp_path)
+    agent = Agent("x", model="echo", architecture=str(tmp_path / "parent.yaml"), runtime=runtime)
+    try:
+        result = await agent.run("go")
+        assert result.status == RunStatus.FAILED, result.reason
+        expected = StateNotJson("sub/s", "score", "")
+        assert result.reason.startswith(str(expected)), result.reason
         assert await runtime.transitions(result.run_id) == []  # nothing of it was written
     finally:
         await agent.aclose()

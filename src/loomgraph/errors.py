@@ -16,6 +16,7 @@ with where each class lives (relative to `loomgraph.`):
     │   ├── NodeError                       errors
     │   ├── StateError                      errors
     │   │   ├── StateTooLarge               engine.state_size
+    │   │   ├── StateNotJson                engine.state_size
     │   │   └── StateChangedInPlace         engine.users_view
     │   ├── UnknownNodeKind                 graph.registry
     │   ├── NodeKindLoadError               graph.registry

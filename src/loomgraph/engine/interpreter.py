@@ -19,7 +19,7 @@ from loomgraph.engine.kept_usage import (
     keep_visit_calls,
 )
 from loomgraph.engine.scope import RunScope
-from loomgraph.engine.state_size import SizeUndo
+from loomgraph.engine.state_size import SizeUndo, check_journaled
 from loomgraph.engine.transitions import journal_transition
 from loomgraph.engine.visits import NO_USAGE, applied, run_visit
 from loomgraph.engine.watched import watched
@@ -180,11 +180,10 @@ async def _step(
         # What failed attempts of the visit used: its transition carries it.
         carried = carry_kept(scope, ctx, patch) if scope.failed_usage else NOTHING_CARRIED
         # A child's state reaches the run's through the patches counted here.
-        counted = (
-            scope.measured_state(graph.schema, state).check(qualified, patch)
-            if not ctx.path
-            else None
-        )
+        if not ctx.path:
+            counted = scope.measured_state(graph.schema, state).check(qualified, patch)
+        else:
+            check_journaled(qualified, patch)
         # What the visit used, for its transition (a node's own `usage` is checked here).
         used = Usage.from_dict(patch["usage"]) if patch.get("usage") else NO_USAGE
         undo: Undo = []

@@ -31,13 +31,46 @@ class StateTooLarge(StateError):
         self.limit = limit
 
 
+class StateNotJson(StateError):
+    """A node wrote a state field a value that is not plain JSON (NaN, an object in an `any`
+    field): no journal can keep it, so the patch was not applied or journaled, and the run
+    fails, on every journal alike (typed fields refuse such values before, `StateSchema`)."""
+
+    def __init__(self, node: str, field: str, problem: str) -> None:
+        super().__init__(
+            f"node {node!r} wrote state field {field!r} a value the journal cannot keep: "
+            f"{problem}"
+        )
+        self.node = node
+        self.field = field
+        self.problem = problem
+
+
 # Made once: json.dumps with options builds a new encoder at every call.
 _COMPACT = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, default=str)
+# What the journals store, refusing what they refuse; the same sizes as `_COMPACT`.
+_JOURNALED = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
 
 def json_size(value: Any) -> int:
     """The characters `value` takes as compact JSON (what the journal stores)."""
     return len(_COMPACT.encode(value))
+
+
+def journaled_size(node: str, field: str, value: Any) -> int:
+    """The characters a patch's value takes in the journal; `StateNotJson` when no journal
+    can keep it (the in-memory one included, which stores objects as they are)."""
+    try:
+        return len(_JOURNALED.encode(value))
+    except (TypeError, ValueError, RecursionError) as err:
+        raise StateNotJson(node, field, str(err)) from None
+
+
+def check_journaled(node: str, patch: Mapping[str, Any]) -> None:
+    """`StateNotJson` for a value of a patch no journal can keep: a child graph's patch, which
+    the run's state size does not count (its result reaches the run through its node's)."""
+    for name, value in patch.items():
+        journaled_size(node, name, value)
 
 
 class StateSize:
@@ -52,14 +85,15 @@ class StateSize:
         self.limit = limit
 
     def check(self, node: str, patch: Mapping[str, Any]) -> SizeUndo:
-        """Count a (checked) patch about to be applied; StateTooLarge if it does not fit.
-        What it returns takes the count back (`undo`) when the patch is undone."""
+        """Count a (checked) patch about to be applied; StateTooLarge if it does not fit,
+        `StateNotJson` for a value no journal can keep. What it returns takes the count back
+        (`undo`) when the patch is undone."""
         fields, total = self._fields, self.total
         sizes: dict[str, int] = {}
         before: dict[str, int] = {}
         for name, value in patch.items():
             before[name] = old = fields.get(name, 0)
-            added = json_size(value)
+            added = journaled_size(node, name, value)
             size = added if self._reducers.get(name, "replace") == "replace" else old + added
             sizes[name] = size
             total += size - old

@@ -10,6 +10,7 @@ from loomgraph.engine import audit_trail as trail
 from loomgraph.engine.context import VisitContext
 from loomgraph.engine.effects import encoding_problem
 from loomgraph.engine.scope import RunScope
+from loomgraph.engine.state_size import StateNotJson
 from loomgraph.errors import StateError
 from loomgraph.graph.state import snapshot_of
 from loomgraph.protocols import AuditAction, Runtime, Transition, Usage
@@ -50,18 +51,16 @@ async def journal_transition(
 
 
 async def _append(runtime: Runtime, transition: Transition) -> StateError | None:
-    """Journal a transition; a StateError naming the node and the field when the journal
-    refuses a value of its patch that is not plain JSON (NaN, an object in an `any` field:
-    nothing was written), else None. Typed fields refuse such values before (`StateSchema`)."""
+    """Journal a transition; `StateNotJson` naming the node and the field when the journal
+    refuses a value of its patch that is not plain JSON (nothing was written), else None.
+    The interpreter refuses such values of a node's patch before (`state_size`): this names
+    what a journal refuses of a patch no check saw."""
     try:
         await runtime.append_transition(transition)
     except TypeError:  # what a journal raises for it (JournalEncodingError is a TypeError)
         for name, value in transition.patch.items():
             problem = encoding_problem(value)
             if problem is not None:
-                return StateError(
-                    f"node {transition.node!r} wrote state field {name!r} a value the journal "
-                    f"cannot keep: {problem}"
-                )
+                return StateNotJson(transition.node, name, problem)
         raise
     return None
