@@ -14,8 +14,8 @@ import pytest
 
 from loomgraph import Agent
 from loomgraph.authoring.loader import graph_from_yaml
-from loomgraph.protocols import RunStatus
 from loomgraph.engine.state_size import StateNotJson
+from loomgraph.protocols import RunStatus
 from loomgraph.runtime import SqliteRuntime
 from loomgraph.runtime.memory import InMemoryRuntime
 

@@ -38,8 +38,7 @@ class StateNotJson(StateError):
 
     def __init__(self, node: str, field: str, problem: str) -> None:
         super().__init__(
-            f"node {node!r} wrote state field {field!r} a value the journal cannot keep: "
-            f"{problem}"
+            f"node {node!r} wrote state field {field!r} a value the journal cannot keep: {problem}"
         )
         self.node = node
         self.field = field
