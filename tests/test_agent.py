@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pydantic import BaseModel
@@ -13,7 +14,7 @@ from loomgraph import Agent, tool
 from loomgraph.agent.checkpoints import ResumeError
 from loomgraph.agent.config_errors import ConfigError
 from loomgraph.agent.deps import current_run
-from loomgraph.authoring.library import UnknownGraph
+from loomgraph.authoring.library import UnknownGraph, load_graph
 from loomgraph.authoring.loader import graph_from_yaml
 from loomgraph.errors import GraphValidationError
 from loomgraph.memory import InMemoryMemory
@@ -49,6 +50,23 @@ def test_bad_configuration_is_a_clear_error(tmp_path: Path) -> None:
         Agent(model="echo", runtime="carrier-pigeon:x")
     with pytest.raises(ConfigError, match="Memory protocol"):
         Agent(model="echo", memory=object())  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("architecture", [None, 5, ["react"], b"react"])
+def test_an_architecture_of_another_type_is_a_type_error_naming_it(architecture: Any) -> None:
+    shown = type(architecture).__name__
+    with pytest.raises(TypeError, match=rf"architecture must be .* not {shown}"):
+        Agent(model="echo", architecture=architecture)
+    with pytest.raises(TypeError, match=rf"architecture must be .* not {shown}"):
+        load_graph(architecture)
+
+
+def test_an_unknown_graph_is_said_without_python_only_advice(tmp_path: Path) -> None:
+    # The CLI says the same message: "pass a Graph object" is no advice for a shell user.
+    for name in ("nonsense", str(tmp_path / "missing.yaml")):
+        with pytest.raises(UnknownGraph) as info:
+            load_graph(name)
+        assert "Graph object" not in str(info.value) and "react" in str(info.value)
 
 
 async def test_hundred_concurrent_runs_of_different_users_do_not_cross() -> None:

@@ -26,7 +26,8 @@ def builtin_names() -> list[str]:
 def load_graph(architecture: str | Path | Graph) -> Graph:
     """A validated graph for a built-in name, a graph file's path (`graph_file`) or a Graph
     object: a file's is a copy of its own for each call (editing it changes no other graph),
-    a Graph the object itself. UnknownGraph when the name is neither."""
+    a Graph the object itself. UnknownGraph when the name is neither; TypeError for a value
+    of another type."""
     if isinstance(architecture, Graph):
         if architecture._resolver is None:
             architecture._resolver = resolve_graph_ref
@@ -39,6 +40,11 @@ def load_graph(architecture: str | Path | Graph) -> Graph:
                 raise GraphValidationError(problems)
             memo.validated = True
         return architecture
+    if not isinstance(architecture, str | Path):
+        raise TypeError(
+            "architecture must be a built-in graph's name, a graph file's path or a Graph, "
+            f"not {type(architecture).__name__}: {architecture!r}"
+        )
     path = graph_file(architecture)
     if path is None:
         raise UnknownGraph(unknown_graph(architecture))
@@ -64,8 +70,5 @@ def unknown_graph(name: str | Path) -> str:
     text = str(name)
     names = ", ".join(builtin_names())
     if isinstance(name, Path) or "/" in text or Path(text).suffix.lower() in (".yaml", ".yml"):
-        return f"no graph file {text!r}; built-in graphs: {names}; or pass a Graph object"
-    return (
-        f"no built-in graph {text!r} and no file of that name; built-in graphs: {names}; "
-        "or pass a path to a graph file or a Graph object"
-    )
+        return f"no graph file {text!r}; built-in graphs: {names}"
+    return f"no built-in graph {text!r} and no file of that name; built-in graphs: {names}"
