@@ -233,6 +233,10 @@ async def test_a_second_answer_while_the_first_is_queued_is_a_typed_conflict(
             await a.submit_resume(run_id, approve=False)
         assert isinstance(refused.value, FleetError) and refused.value.run_id == run_id
         assert status_of(refused.value) == (409, "run_conflict")  # the server's answer
+        # An answer by hand (`runs deny`, a resume in process) is refused alike: it used to
+        # go on with the run, and the queued answer its approver was told of was dropped.
+        with pytest.raises(RunJobPending, match=f"run {run_id} .*queued"):
+            await a.resume(run_id, approve=False)
         record = await a.deps.runtime.load_run(run_id)
         assert record is not None and record.status == RunStatus.AWAITING_APPROVAL
         [(status, answer)] = await _jobs(pg_schema, run_id)  # the first answer stands
@@ -292,3 +296,27 @@ async def test_an_answer_behind_a_job_that_does_not_end_is_a_typed_conflict(
         assert status_of(refused.value) == (409, "run_conflict")
         [(status, answer)] = await _jobs(pg_schema, run_id)
         assert status == "picked" and answer == {}
+
+
+# ------------------------------------------------------------------ a waiting run cancelled
+
+
+async def test_a_waiting_run_cancelled_is_given_back_cancelled_by_wait_and_its_events(
+    env: dict[str, str], pg_schema: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Its stored result used to stay the waiting one: `wait` said `awaiting_approval`, with
+    # the call still pending, while the journal said `cancelled`.
+    monkeypatch.setenv("FLEET_ASK", "1")
+    async with fleet_agent.make() as a:
+        waiting = await a.run("work", user_id="alice")
+        assert waiting.status == RunStatus.AWAITING_APPROVAL and waiting.pending is not None
+        assert await a.cancel(waiting.run_id, by="ops") == CancelOutcome.CANCELLED
+        result = await a.wait(waiting.run_id, timeout=10)
+        assert (result.status, result.reason) == (RunStatus.CANCELLED, "cancelled by ops")
+        assert result.pending is None
+        assert result.usage == waiting.usage and result.output == waiting.output  # kept
+        [ended] = [
+            i.event async for i in a.events(waiting.run_id) if i.event.kind == "run_completed"
+        ]
+        assert ended.payload["status"] == "cancelled", ended.payload
+        assert ended.payload["result"]["status"] == "cancelled", ended.payload

@@ -12,7 +12,7 @@ from loomgraph.agent.answers import answered, given_now, journal_answer, pending
 from loomgraph.agent.arguments import check_checkpoint, check_mapping, check_text
 from loomgraph.agent.checkpoints import Position, ResumeError, position
 from loomgraph.agent.fleet import FleetRun, cancel_check, check_run_agent, fleet_queue, fleet_run_of
-from loomgraph.agent.fleet_errors import JobUnusable
+from loomgraph.agent.fleet_errors import JobUnusable, RunJobPending
 from loomgraph.agent.governance_state import (
     check_effect_rows,
     check_governance,
@@ -38,6 +38,7 @@ from loomgraph.protocols import (
     RunRecord,
     RunStart,
     RunStatus,
+    Runtime,
     UnknownRun,
 )
 
@@ -191,6 +192,9 @@ class Resumer:
         answer = await answer_for(runtime, record, go.value, go.approve)
         if record.status in FINAL_STATUSES and record.result is not None:
             return RunResult.from_dict(record.result)
+        fleet = await fleet_run_of(runtime, run_id)
+        if fleet is not None and answer is not None and not go.leased:
+            await _check_no_answer_queued(runtime, run_id)
         changed = check_governance(record, self.deps, override=go.override_policy)
         transitions = await runtime.transitions(run_id)
         at = position(graph, record, transitions)
@@ -210,7 +214,6 @@ class Resumer:
             return dead
         if target is not own:
             await move_run(runtime, record, target)
-        fleet = await fleet_run_of(runtime, run_id)
         token = None
         if fleet is not None:
             token = await self._watch_cancels(run_id, fleet, go.leased)
@@ -370,3 +373,11 @@ class _GoOn:
 def prompt_of(record: RunRecord) -> str:
     """The prompt a run started with ("" when the journal does not keep it)."""
     return record.initial.prompt if record.initial else ""
+
+
+async def _check_no_answer_queued(runtime: Runtime, run_id: str) -> None:
+    """`RunJobPending` for an answer by hand to a fleet run whose job waits in the queue:
+    that job holds an answer given before (`submit_resume`), which stands, as it does
+    against a second `submit_resume`. A job a worker holds holds the run's lease too."""
+    if await fleet_queue(runtime).pending_job(run_id) == "queued":
+        raise RunJobPending(run_id, "queued")

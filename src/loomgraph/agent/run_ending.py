@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 from loomgraph.agent.leases import hold_lease, lease_stop
@@ -236,12 +237,16 @@ async def end_clock(deps: Deps, record: RunRecord) -> None:
 async def cancel_aside(deps: Deps, record: RunRecord, reason: str) -> None:
     """Journal a run no session runs `cancelled` for `reason` under its lease (a fleet
     worker that finds a cancel request), audited as a session's cancel is (`cancelled`); a
-    run that never started (`queued`: no `run_started` either) audits nothing."""
+    run that never started (`queued`: no `run_started` either) audits nothing. A stopped
+    run's result is kept cancelled, with nothing pending."""
     started = record.status != RunStatus.QUEUED
     entry = (AuditAction.RUN_COMPLETED, trail.RUN_ACTOR, _cancelled_entry(reason))
-    await end_aside(
-        deps, record, RunStatus.CANCELLED, reason, record.result, entry if started else None
-    )
+    result = record.result
+    if result is not None:  # a stop's: what it waited for is over; its output and usage stay
+        stopped = RunResult.from_dict(result)
+        ended = replace(stopped, status=RunStatus.CANCELLED, reason=reason, pending=None)
+        result = ended.to_dict()
+    await end_aside(deps, record, RunStatus.CANCELLED, reason, result, entry if started else None)
 
 
 def traced(scope: RunScope, span: Span | None, attributes: dict[str, Any]) -> None:

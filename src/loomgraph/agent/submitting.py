@@ -22,7 +22,7 @@ from loomgraph.agent.answers import given_now
 from loomgraph.agent.arguments import check_text
 from loomgraph.agent.fleet import FleetQueue, check_run_agent
 from loomgraph.agent.fleet import fleet_queue as queue_of
-from loomgraph.agent.fleet_errors import FleetError
+from loomgraph.agent.fleet_errors import FleetError, RunJobPending
 from loomgraph.agent.fleet_jobs import JobKind, RunJob
 from loomgraph.agent.job_inputs import answer_job, check_placement, delay_of, schema_path
 from loomgraph.agent.leases import hold_lease
@@ -92,23 +92,6 @@ def _check_cancel_text(name: str, value: object) -> None:
     """`CancelReasonInvalid` unless `value` is a str with something besides blanks."""
     if not isinstance(value, str) or not value.strip():
         raise CancelReasonInvalid(name, value)
-
-
-class RunJobPending(FleetError):
-    """The run has a job in the queue already (at most one per run): an answer given before
-    this one and not yet taken by a worker, or the job a worker is still working on. Nothing
-    was enqueued; the run is as it was."""
-
-    def __init__(self, run_id: str, job_status: str) -> None:
-        if job_status == "queued":
-            why = "an answer given before this one is queued for it and no worker took it yet"
-        else:
-            why = "a worker is still working on its job"
-        super().__init__(
-            f"run {run_id} cannot take this answer now: {why}; wait for the run (agent.wait, "
-            "or follow its events) and answer again if it still waits"
-        )
-        self.run_id, self.job_status = run_id, job_status
 
 
 class CancelOutcome(enum.StrEnum):
