@@ -115,3 +115,29 @@ async def test_a_queued_fleet_run_shows_the_input_it_was_submitted_with(
         assert cancelled.json()["status"] == "cancelled", cancelled.text
         refused = await client.get(f"/v1/runs/{run_id}/checkpoints/0", headers=headers)
         assert refused.status_code == 422 and "never started" in refused.text, refused.text
+
+
+async def test_an_answer_queued_for_the_fleet_says_the_status_the_run_has(
+    pg_schema: str, fleet_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An approver approves a waiting run on a `--fleet` server with no worker up. The 202
+    said `"status": "running"`, while the run waits `awaiting_approval` until a worker takes
+    the queued answer up; it now says the status the journal holds."""
+    import fleet_agent
+
+    monkeypatch.setenv("FLEET_DSN", fleet_env["FLEET_DSN"])
+    monkeypatch.setenv("FLEET_SCHEMA", pg_schema)
+    monkeypatch.setenv("FLEET_ASK", "1")
+    agent = fleet_agent.make()
+    async with in_process(agent, fleet=True) as (client, key):
+        headers = {"Authorization": f"Bearer {key}"}
+        waiting = await agent.run("work", user_id="alice")
+        assert waiting.pending is not None and waiting.pending.call is not None
+        call_id = waiting.pending.call["id"]
+        body = {"allow": True, "key": waiting.pending.key}
+        url = f"/v1/runs/{waiting.run_id}/approvals/{call_id}"
+        answered = await client.post(url, json=body, headers=headers)
+        assert answered.status_code == 202, answered.text
+        assert answered.json()["status"] == "awaiting_approval"
+        shown = (await client.get(f"/v1/runs/{waiting.run_id}", headers=headers)).json()
+        assert shown["status"] == answered.json()["status"]

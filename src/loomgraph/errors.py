@@ -43,7 +43,7 @@ with where each class lives (relative to `loomgraph.`):
     │   ├── JobFromNewerVersion             agent.fleet_errors
     │   ├── RunWaitTimeout + TimeoutError   agent.submitting
     │   ├── RunNotCancellable               agent.submitting
-    │   └── RunJobPending                   agent.submitting
+    │   └── RunJobPending                   agent.fleet_errors
     ├── ConfigError + ValueError            agent.config_errors
     ├── UnknownRun + KeyError               protocols
     │   └── RunPossiblyLost                 runtime.errors

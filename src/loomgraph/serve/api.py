@@ -243,21 +243,21 @@ async def _answer(
     reason = field(data, "reason", str, "")
     key = field(data, "key", str, "")  # the request answered (`pending[].key`), if named
     run_id = request.path_params["run_id"]
-    await service.approve(caller, run_id, call_id, allow, args, reason, key=key)
-    return Json({"run_id": run_id, "status": "running"}, status_code=202)
+    status = await service.approve(caller, run_id, call_id, allow, args, reason, key=key)
+    return Json({"run_id": run_id, "status": str(status)}, status_code=202)
 
 
 async def resume_run(request: Request, service: Service, caller: Caller) -> Response:
     data = await read_json(request, service, ("value", "key"))
     run_id = request.path_params["run_id"]
     if not data:  # no answer: on past an approval request whose deadline passed
-        await service.go_on(caller, run_id)
-        return Json({"run_id": run_id, "status": "running"}, status_code=202)
+        status = await service.go_on(caller, run_id)
+        return Json({"run_id": run_id, "status": str(status)}, status_code=202)
     if "value" not in data:
         raise Invalid("field 'value' is required")
     key = field(data, "key", str, "")  # the question answered (`pending[].key`)
-    await service.resume(caller, run_id, data["value"], key=key)
-    return Json({"run_id": run_id, "status": "running"}, status_code=202)
+    status = await service.resume(caller, run_id, data["value"], key=key)
+    return Json({"run_id": run_id, "status": str(status)}, status_code=202)
 
 
 async def fork_run(request: Request, service: Service, caller: Caller) -> Response:

@@ -22,7 +22,7 @@ from loomgraph.agent.submitting import RunNotCancellable, cancel_idle
 from loomgraph.authoring.diagram import RunOverlay
 from loomgraph.authoring.render_dot import to_svg
 from loomgraph.engine.effects import BoundApproval, BoundValue
-from loomgraph.protocols import RunRecord, RunStatus, Transition
+from loomgraph.protocols import RunRecord, RunStatus, Transition, UnknownRun
 from loomgraph.protocols.events import RUN_STARTED
 from loomgraph.protocols.json_values import same_json
 from loomgraph.runtime.errors import RunConflict, RunFinished
@@ -222,11 +222,12 @@ class Service:
         *,
         key: str = "",
         edited_only: bool = False,
-    ) -> None:
+    ) -> RunStatus:
         """Answer a pending call as the caller (who must be an approver); the run goes on.
         With `key` (the request's `Pending.key`) the answer settles that request or none:
         never a later one for another call with the same id. With `edited_only`, `args` equal
-        to the pending call's are no edit (a plain approval)."""
+        to the pending call's are no edit (a plain approval). The run's status then
+        (`_resume`)."""
         pending = pending_of(await self.answerable(caller, run_id))
         call = pending.call if pending is not None else None
         if edited_only and args is not None and call and same_json(args, call["args"]):
@@ -239,7 +240,7 @@ class Service:
                 f"(GET /v1/runs/{run_id}), so an answer never settles another request"
             )
         answer = BoundApproval(call_id, allow, args, caller.user_id, reason, key=key)
-        await self._resume(run_id, approve=answer)
+        return await self._resume(run_id, approve=answer)
 
     async def answerable(self, caller: Caller, run_id: str) -> RunRecord:
         """The run of this agent whose pending call `caller` may answer: her own, or another
@@ -263,7 +264,9 @@ class Service:
         _check_limit(limit)
         return await awaiting_approval(self.store, self.agent.name, limit=limit, cursor=cursor)
 
-    async def resume(self, caller: Caller, run_id: str, value: Any, *, key: str = "") -> None:
+    async def resume(
+        self, caller: Caller, run_id: str, value: Any, *, key: str = ""
+    ) -> RunStatus:
         """Give an interrupted run of the caller's the value it waits for. `key` (the
         question's `Pending.key`) is required while the run asks a keyed question: the value
         answers that question or none, never a later one nobody was shown."""
@@ -276,9 +279,9 @@ class Service:
                 f"field 'key' is required: the `pending[].key` of the question you answer "
                 f"(GET /v1/runs/{run_id}), so a value never answers another question"
             )
-        await self._resume(run_id, value=BoundValue(value, key) if key else value)
+        return await self._resume(run_id, value=BoundValue(value, key) if key else value)
 
-    async def go_on(self, caller: Caller, run_id: str) -> None:
+    async def go_on(self, caller: Caller, run_id: str) -> RunStatus:
         """Send a run on without an answer past its approval request whose deadline passed
         (the call is denied as timed out): the owner's run, or any for an approver.
         `AnswerNeeded` while a person may still answer it."""
@@ -287,18 +290,24 @@ class Service:
         else:
             record = await self.run(caller, run_id)
         unanswered(record)
-        await self.send_on(run_id)
+        return await self.send_on(run_id)
 
-    async def send_on(self, run_id: str) -> None:
+    async def send_on(self, run_id: str) -> RunStatus:
         """Resume a run without an answer, here or on the fleet: past an expired approval
         request, the call is denied as timed out (`go_on`, `serve.expiry`)."""
-        await self._resume(run_id)
+        return await self._resume(run_id)
 
-    async def _resume(self, run_id: str, **answer: Any) -> None:
+    async def _resume(self, run_id: str, **answer: Any) -> RunStatus:
+        """Go on with a run, answered: here (`running` once its resume holds the run), or on
+        the fleet, its answer queued for a worker: its journaled status then, which stays the
+        waiting one until a worker takes the answer up."""
         self._open()
         if self.fleet:
             await self.agent.submit_resume(run_id, **answer)
-            return
+            record = await self.agent.deps.runtime.load_run(run_id)
+            if record is None:  # forgotten meanwhile: the answer has nothing to go on with
+                raise UnknownRun(run_id)
+            return record.status
         if self.hub.driving(run_id):
             raise Conflict(f"run {run_id!r} is running")
         # As for a new run: answered once the resume holds the run's lease, so a follower
@@ -306,6 +315,7 @@ class Service:
         await self.hub.start(
             run_id, self.agent.resume_stream(run_id, **answer), past=_BEFORE_JOURNAL
         )
+        return RunStatus.RUNNING
 
     async def fork(
         self,
