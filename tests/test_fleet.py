@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import math
 import os
 import queue
 import signal
@@ -18,7 +19,7 @@ import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -229,6 +230,26 @@ async def test_bad_inputs_get_typed_errors(agent: Any, env: dict[str, str], pg_s
         await agent.submit_resume("no-such-run", approve=True, queue="")
     with pytest.raises(FleetError, match="priority must be an int"):
         await agent.submit_resume("no-such-run", approve=True, priority=1.5)
+    # The queue keeps a priority in 32 bits: the driver's DataError used to reach the caller.
+    for priority in (2**31, -(2**31) - 1):
+        with pytest.raises(FleetError, match=r"priority must be .* -2147483648 to 2147483647"):
+            await agent.submit("x", priority=priority)
+    # A start time is an aware datetime or finite epoch seconds: text or a date used to give
+    # a bare ValueError or TypeError, infinity an OverflowError, and NaN started at once.
+    for run_at in ("2030-01-01T00:00:00+00:00", date(2030, 1, 1), True):
+        with pytest.raises(FleetError, match=r"run_at must be an aware datetime or epoch"):
+            await agent.submit("x", run_at=run_at)
+    for run_at in (math.nan, math.inf, -math.inf):
+        with pytest.raises(FleetError, match=r"run_at must be finite epoch seconds"):
+            await agent.submit("x", run_at=run_at)
+    # wait's own arguments: a run id is text, a timeout a number of seconds, not negative.
+    with pytest.raises(TypeError, match="run_id must be a str"):
+        await agent.wait(None, timeout=1)
+    with pytest.raises(TypeError, match="run_id must be a str"):
+        await agent.wait(123, timeout=1)
+    for timeout in ("5", -1, math.nan):
+        with pytest.raises(FleetError, match=r"timeout must be .*seconds"):
+            await agent.wait("no-such-run", timeout=timeout)
     assert await agent.runs() == []  # nothing was journaled by the refused submits
 
     run_id = await agent.submit("no worker runs me", user_id="u")

@@ -7,6 +7,7 @@ queued run was submitted with, which only its job holds until a worker starts th
 
 from __future__ import annotations
 
+import math
 import time
 from datetime import UTC, datetime
 from typing import Any
@@ -37,20 +38,37 @@ def schema_path(output_schema: Any) -> str | None:
 
 
 def delay_of(run_at: datetime | float | None) -> float | None:
-    """Seconds from now until `run_at` (a datetime with a time zone, or epoch seconds)."""
+    """Seconds from now until `run_at` (a datetime with a time zone, or finite epoch
+    seconds); FleetError for anything else (text, a date, NaN), before anything is written."""
     if run_at is None:
         return None
     if isinstance(run_at, datetime):
         if run_at.tzinfo is None:
             raise FleetError(f"run_at {run_at!r} has no time zone; give an aware datetime")
         return max(0.0, (run_at - datetime.now(UTC)).total_seconds())
+    if not isinstance(run_at, int | float) or isinstance(run_at, bool):
+        raise FleetError(
+            "run_at must be an aware datetime or epoch seconds (a number), not "
+            f"{type(run_at).__name__}: {run_at!r}"
+        )
+    if not math.isfinite(run_at):
+        raise FleetError(f"run_at must be finite epoch seconds, not {run_at!r}")
     return max(0.0, float(run_at) - time.time())
 
 
+# The queue keeps a job's priority in a Postgres `integer`.
+PRIORITIES = range(-(2**31), 2**31)
+
+
 def check_placement(priority: int, queue: str | None) -> None:
-    """FleetError for a job's priority that is not an int, or a queue that is not a name."""
+    """FleetError for a job's priority that is not an int the queue keeps, or a queue that
+    is not a name."""
     if not isinstance(priority, int) or isinstance(priority, bool):
         raise FleetError(f"priority must be an int, not {type(priority).__name__}")
+    if priority not in PRIORITIES:
+        raise FleetError(
+            f"priority must be from {PRIORITIES.start} to {PRIORITIES.stop - 1}, not {priority}"
+        )
     if queue is not None and (not isinstance(queue, str) or not queue):
         raise FleetError(f"queue must be a non-empty name, not {queue!r}")
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import math
 import time
 import uuid
 import weakref
@@ -255,6 +256,10 @@ async def wait(
     """The run's result once it stopped (finished, failed, cancelled, or waiting for a
     person), wherever it runs; `RunWaitTimeout` after `timeout` seconds. A crashed run is
     waited for while the fleet will recover it (its job is queued or picked)."""
+    check_text("run_id", run_id)
+    if timeout is not None:
+        _check_seconds("timeout", timeout)
+    _check_seconds("poll_interval", poll_interval, positive=True)
     runtime = deps.runtime
     fleet = await _queue(deps)
     deadline = None if timeout is None else time.monotonic() + timeout
@@ -282,6 +287,16 @@ async def wait(
             poll_interval if deadline is None else min(poll_interval, deadline - time.monotonic())
         )
         await asyncio.sleep(max(pause, 0.0))
+
+
+def _check_seconds(name: str, value: object, *, positive: bool = False) -> None:
+    """FleetError unless `value` is a finite number of seconds (not a bool), 0 or more (more
+    than 0 when `positive`)."""
+    if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
+        if value > 0 or (value == 0 and not positive):
+            return
+    least = "more than 0" if positive else "0 or more"
+    raise FleetError(f"{name} must be a number of seconds, {least}, not {value!r}")
 
 
 async def _settled(fleet: FleetQueue, run_id: str) -> bool:
