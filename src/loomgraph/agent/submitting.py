@@ -292,9 +292,13 @@ async def wait(
 def _check_seconds(name: str, value: object, *, positive: bool = False) -> None:
     """FleetError unless `value` is a finite number of seconds (not a bool), 0 or more (more
     than 0 when `positive`)."""
-    if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
-        if value > 0 or (value == 0 and not positive):
-            return
+    if (
+        isinstance(value, int | float)
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and (value > 0 or (value == 0 and not positive))
+    ):
+        return
     least = "more than 0" if positive else "0 or more"
     raise FleetError(f"{name} must be a number of seconds, {least}, not {value!r}")
 
