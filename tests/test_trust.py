@@ -14,7 +14,7 @@ from loomgraph import Agent, tool
 from loomgraph.agent.checkpoints import ApprovalExpired, ApprovalNotPending
 from loomgraph.agent.governance_state import PolicyChanged
 from loomgraph.engine.approvals import args_hash
-from loomgraph.engine.effects import Approval
+from loomgraph.engine.effects import Approval, BoundApproval
 from loomgraph.governance import StandardPermissions
 from loomgraph.governance.null import AllowAll
 from loomgraph.models import ScriptedModel
@@ -173,6 +173,14 @@ async def test_an_approval_for_a_call_that_is_not_pending_is_refused(tmp_path: P
     first = await agent.run("pay")
     with pytest.raises(ApprovalNotPending, match="not of call nope"):
         await agent.resume(first.run_id, approve=Approval("nope", True))
+    # The request of the pending call, named with another call's id: the message says the
+    # two disagree (it used to show the pending call's request as the other call's).
+    assert first.pending is not None and first.pending.call is not None
+    pending_id, key = first.pending.call["id"], first.pending.key
+    named = BoundApproval("nope", True, key=key)
+    with pytest.raises(ApprovalNotPending) as refused:
+        await agent.resume(first.run_id, approve=named)
+    assert f"request {key} is of call {pending_id}, not of call nope" in str(refused.value)
     idle = Agent("x", model=ScriptedModel(["nothing to do"]), tools=[pay], runtime=runtime)
     done = await idle.run("hello")  # a run that waits for nothing
     with pytest.raises(ApprovalNotPending):

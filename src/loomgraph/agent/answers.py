@@ -191,6 +191,12 @@ def approval(record: RunRecord, approve: Any, given_at: float | None = None) -> 
                 f"{pending.key}, not at request {named}: that request was answered already "
                 "or never asked; read what the run asks now and answer that"
             )
+        if named and named == pending.key:  # its request, named with another call's id
+            raise ApprovalNotPending(
+                f"run {record.run_id} waits for an approval of call {call['id']}: request "
+                f"{named} is of call {call['id']}, not of call {answer.call_id}; answer it "
+                "with the call id it shows"
+            )
         raise ApprovalNotPending(
             f"run {record.run_id} waits for an approval of call {call['id']}"
             f"{f' (request {pending.key})' if named else ''}, not of call {answer.call_id}"
