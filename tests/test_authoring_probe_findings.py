@@ -431,6 +431,39 @@ def test_rules_that_read_a_part_that_failed_are_not_reported() -> None:
     # rules (an edge and a node were left out).
 
 
+def test_a_node_with_one_field_failing_is_still_a_node_for_the_other_rules() -> None:
+    # Only the field that failed is left out: the node keeps its name (so the entry's typo
+    # gets its "did you mean", and its edges are kept) and its other keys are checked (a
+    # misspelt param). Before, the whole node was left out, and the report pointed at the
+    # wrong fix: "nodes: 'act'".
+    problems = problems_in("""\
+        name: g
+        entry: plannr
+        nodes:
+          planner: {kind: model, timeout: -5, tool: search}
+          act: {kind: tools, timeout: 0, retry: {max_attempts: x}}
+        edges:
+          - {from: planner, to: act}
+          - {from: act, to: END}
+          - {from: act, to: plannerr}
+        """)
+    assert rules(problems) == [
+        ("unknown-entry", 2),
+        ("schema", 4),
+        ("bad-params", 4),
+        ("schema", 5),
+        ("schema", 5),
+        ("unknown-endpoint", 9),
+        ("shadowed-edge", 9),  # its edges are kept: the one after `act -> END` never runs
+    ]
+    entry = next(p for p in problems if p.rule == "unknown-entry")
+    assert "did you mean 'planner'?" in entry.message, entry.message
+    param = next(p for p in problems if p.rule == "bad-params")
+    assert "'tool'" in param.message and "'tools'" in param.message, param.message
+    endpoint = next(p for p in problems if p.rule == "unknown-endpoint")
+    assert "did you mean 'planner'?" in endpoint.message, endpoint.message
+
+
 def test_a_misspelt_entry_key_does_not_also_report_the_entry_missing() -> None:
     problems = problems_in("""\
         name: g

@@ -73,10 +73,10 @@ def without_failures(data: Mapping[str, Any], err: ValidationError, keys: list[s
         inside = partial.get(top) if top in _PARTS else None
         if len(loc) >= 2 and top == "state" and isinstance(inside, dict) and loc[1] in inside:
             partial["state"] = {**inside, loc[1]: {"type": "any"}}
-        elif len(loc) >= 2 and top == "nodes" and isinstance(inside, dict) and loc[1] in inside:
-            partial["nodes"] = {k: v for k, v in inside.items() if k != loc[1]}
-            failed_nodes.add(loc[1])
-            left_out.add("nodes")
+        elif len(loc) >= 2 and top == "nodes" and isinstance(inside, dict):
+            if loc[1] in inside:
+                partial["nodes"] = _node_left_out(inside, loc, failed_nodes)
+            left_out.add("nodes")  # (a second error of a node left out already: nothing more)
         elif len(loc) >= 2 and top == "edges" and isinstance(loc[1], int):
             dropped.add(loc[1])
             left_out.add("edges")
@@ -95,6 +95,20 @@ def without_failures(data: Mapping[str, Any], err: ValidationError, keys: list[s
     if not isinstance(partial.get("name"), str):
         partial["name"] = _PLACEHOLDER_NAME
     return Partial(partial, frozenset(left_out), frozenset(dropped))
+
+
+def _node_left_out(
+    nodes: dict[Any, Any], loc: tuple[Any, ...], failed: set[Any]
+) -> dict[Any, Any]:
+    """`nodes` with what failed at `loc` left out: only the node's field that failed, so the
+    node keeps its name, edges and other keys for the other rules (an entry's typo still
+    finds it, a misspelt param is still reported); the whole node (added to `failed`) when
+    it is no mapping or its `kind` failed."""
+    name, spec = loc[1], nodes[loc[1]]
+    if len(loc) >= 3 and loc[2] != "kind" and isinstance(spec, dict):
+        return {**nodes, name: {k: v for k, v in spec.items() if k != loc[2]}}
+    failed.add(name)
+    return {k: v for k, v in nodes.items() if k != name}
 
 
 def _unlink(
