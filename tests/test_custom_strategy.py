@@ -179,3 +179,19 @@ def test_installed_the_example_package_own_tests_pass(site: Path, tmp_path: Path
     passed = re.search(r"(\d+) passed", done.stdout)
     assert passed is not None and int(passed.group(1)) >= 8, done.stdout
     assert "failed" not in done.stdout and "skipped" not in done.stdout
+
+
+def test_installed_the_readmes_render_command_draws_the_committed_drawing(
+    site: Path, tmp_path: Path
+) -> None:
+    # The README tells a reader to run `loomgraph render ... -o graphs/self_consistency.svg`:
+    # a drawing older than what that draws would be rewritten in their checkout.
+    drawn = tmp_path / "drawn.svg"
+    command = "from loomgraph.cli.main import main; main()"
+    done = _python(["-c", command, "render", str(EXAMPLE_GRAPH), "-o", str(drawn)], site, tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    committed = EXAMPLE / "graphs" / "self_consistency.svg"
+    assert drawn.read_text(encoding="utf-8") == committed.read_text(encoding="utf-8"), (
+        "render it again: "
+        + " ".join(["loomgraph render", str(EXAMPLE_GRAPH), "-o", str(committed)])
+    )
