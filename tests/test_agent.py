@@ -213,6 +213,12 @@ async def test_an_answer_that_never_fits_raises_with_the_last_raw_output() -> No
         await agent.run("w", output_schema=Weather)
     assert err.value.raw == {"city": "Tokyo", "celsius": "warm"}
     assert "3 attempt(s)" in str(err.value)
+    # Where and what, once: not pydantic's dump of every error with the answer it quotes.
+    assert str(err.value).endswith(
+        "after 3 attempt(s): celsius: Input should be a valid number, "
+        "unable to parse string as a number"
+    )
+    assert err.value.errors[0]["input"] == "warm"  # kept whole on the error
     [record] = await runtime.runs()
     assert record.status == "failed" and "structured_output" in record.reason
 
@@ -225,6 +231,11 @@ async def test_a_graph_node_whose_answer_never_fits_fails_the_run_without_raisin
     model = ScriptedModel(["an answer", never, never, never])
     result = await Agent("x", model=model, architecture="reflexion").run("task")
     assert result.status == "failed" and "evaluate" in result.reason
+    # The reason says what did not fit, short: it used to quote the answer and the feedback
+    # it was shown, nested, at every attempt (a screenful for `--model echo`).
+    assert result.reason.endswith(
+        "score: Field required; verdict: Extra inputs are not permitted"
+    ), result.reason
 
 
 async def test_echo_answers_a_schema_with_the_prompt() -> None:

@@ -134,7 +134,9 @@ never reach a caller — `authoring.loader._AliasRefused`, `governance.hooks._Fa
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass(frozen=True, slots=True)
@@ -235,6 +237,13 @@ class NodeError(GraphError):
         super().__init__(f"node {node!r} failed: {type(cause).__name__}: {cause}")
         self.node = node
         self.cause = cause
+
+
+def problem_said(error: Mapping[str, Any]) -> str:
+    """One of pydantic's validation errors as where and what (`score: Field required`),
+    without the value it quotes."""
+    where = ".".join(str(part) for part in error["loc"])
+    return f"{where}: {error['msg']}" if where else str(error["msg"])
 
 
 def error_summary(error: BaseException) -> str:

@@ -13,7 +13,7 @@ from typing import Any, Union, get_args, get_origin
 from pydantic import ConfigDict, PydanticUserError, TypeAdapter, ValidationError
 from typing_extensions import TypedDict
 
-from loomgraph.errors import StateError
+from loomgraph.errors import StateError, problem_said
 
 # Field types have their own module; these two are named here too (tests import them from here).
 from loomgraph.graph.field_types import TypeSyntaxError as TypeSyntaxError
@@ -358,9 +358,7 @@ def _builtin_problem(name: str, value: Any) -> str | None:
 
 def _first_problem(err: ValidationError) -> str:
     """The first problem pydantic found, and where in the value (`title: Field required`)."""
-    first = err.errors()[0]
-    where = ".".join(str(part) for part in first["loc"])
-    return f"{where}: {first['msg']}" if where else str(first["msg"])
+    return problem_said(err.errors()[0])
 
 
 def _fresh(value: Any) -> Any:

@@ -12,7 +12,7 @@ from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
 
-from loomgraph.errors import LoomgraphError
+from loomgraph.errors import LoomgraphError, problem_said
 from loomgraph.graph.node_context import NodeContext
 from loomgraph.graph.registry import NodeKind, NoParams
 from loomgraph.graph.spec import NodeSpec
@@ -103,11 +103,20 @@ class StructuredAnswer:
             except ValidationError as err:
                 errors = err.errors(include_url=False)
                 conversation += _feedback(response, err)
+        # Where and what, not pydantic's dump: that quotes the answer, and the feedback
+        # quoted in it, again at every attempt (`.errors` and `.raw` keep them whole).
+        said = [problem_said(error) for error in errors]
+        more = f" (and {len(said) - _SAID} more)" if len(said) > _SAID else ""
         raise OutputValidationError(
-            f"{self.label} did not fit the schema after {retries + 1} attempt(s): {errors}",
+            f"{self.label} did not fit the schema after {retries + 1} attempt(s): "
+            f"{'; '.join(said[:_SAID])}{more}",
             raw=raw,
             errors=errors,
         )
+
+
+# The problems an OutputValidationError's message names.
+_SAID = 5
 
 
 def _feedback(response: ModelResponse, err: ValidationError) -> list[Message]:
