@@ -283,3 +283,21 @@ def test_schema_command_prints_the_agent_schema(capsys: pytest.CaptureFixture[st
 
     assert main(["schema", "--agent"]) == 0
     assert json.loads(capsys.readouterr().out)["title"] == "AgentSpec"
+
+
+@pytest.mark.parametrize(
+    ("memory", "said"),
+    [("sqlite:{dir}", "Is a directory"), ("sqlite:{dir}/missing/m.db", "does not exist")],
+)
+def test_run_with_memory_it_cannot_open_is_one_line_and_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], memory: str, said: str
+) -> None:
+    # It used to end in a traceback (exit 1), where a journal it cannot open is one line.
+    from loomgraph.cli.main import main
+
+    agent = tmp_path / "agent.yaml"
+    where = memory.format(dir=tmp_path)
+    agent.write_text(f"schema_version: 1\nname: bot\nmodel: echo\nmemory: '{where}'\n")
+    assert main(["run", "-a", str(agent), "--user", "u", "hi"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "sqlite memory" in err and said in err, err

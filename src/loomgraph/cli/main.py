@@ -208,6 +208,7 @@ def _reader_gone() -> NoReturn:
 def _dispatch(args: argparse.Namespace, driven: DrivenRun) -> int:
     from loomgraph.authoring.agent_file import AgentFileError
     from loomgraph.errors import GraphError, LoomgraphError
+    from loomgraph.memory.errors import MemoryBackendError
     from loomgraph.observability.audit_chain import AuditLogError
     from loomgraph.runtime.errors import JournalError
 
@@ -255,6 +256,7 @@ def _dispatch(args: argparse.Namespace, driven: DrivenRun) -> int:
     except (
         GraphError,
         JournalError,
+        MemoryBackendError,  # memory it cannot open or read, as a journal
         AuditLogError,
         ValueError,
         ImportError,
