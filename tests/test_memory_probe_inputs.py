@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 import sqlite3
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -140,7 +141,9 @@ async def test_free_text_is_stored_escaped_alike_on_every_backend(make: Factory)
         assert episode.output == "o\udcff"  # the caller's episode is not changed
 
 
-@pytest.mark.parametrize("bad", ["s\x001", "s\udcff"])
+# Over 512 characters: Postgres indexes these ids, and refused a long one only when the
+# episode was written (the turn was lost, owed again at every resume); refused alike now.
+@pytest.mark.parametrize("bad", ["s\x001", "s\udcff", "s" * 513])
 async def test_ids_that_cannot_be_stored_are_refused_naming_the_field(
     make: Factory, bad: str
 ) -> None:
@@ -164,10 +167,55 @@ async def test_ids_that_cannot_be_stored_are_refused_naming_the_field(
         }
         for field, calls in refused.items():
             for call in calls:
-                with pytest.raises(MemoryInputError, match=rf"{field} .* (NUL|surrogate)"):
+                with pytest.raises(
+                    MemoryInputError, match=rf"{field} .* (NUL|surrogate|at most 512)"
+                ):
                     await call()
         assert [e.run_id for e in await memory.episodes("alice")] == ["r1"]
         assert [f.object for f in await memory.facts("alice")] == ["tea"]
+
+
+@pytest.mark.parametrize(
+    ("changes", "named"),
+    [
+        ({"prompt": None}, "Episode.prompt"),
+        ({"output": 42}, "Episode.output"),
+        ({"tool_calls": "search"}, "Episode.tool_calls"),
+        ({"tool_calls": [1, None]}, "Episode.tool_calls"),
+        ({"tool_calls": None}, "Episode.tool_calls"),
+    ],
+)
+async def test_an_episode_of_the_wrong_shape_is_refused_not_stored_changed(
+    make: Factory, changes: dict[str, Any], named: str
+) -> None:
+    # `None` was stored as 'None', 42 as '42', and "search" as six tools (s, e, a, r, c, h).
+    async with make() as memory:
+        await memory.remember(ep("r1", "kept"))
+        bad = replace(ep("r2", "p"), **changes)
+        with pytest.raises(MemoryInputError, match=rf"{named} must be"):
+            await memory.remember(bad)
+        assert [e.run_id for e in await memory.episodes("alice")] == ["r1"]
+
+
+@pytest.mark.parametrize("before", [math.inf, -math.inf])
+async def test_forget_before_no_time_is_refused_and_forgets_nothing(
+    make: Factory, before: float
+) -> None:
+    # `before=inf` deleted everything the user had: forget(user_id) says that plainly.
+    async with make() as memory:
+        await memory.remember(ep("r1", "kept"))
+        with pytest.raises(MemoryInputError, match="before must be a finite time"):
+            await memory.forget("alice", before=before)
+        assert [e.run_id for e in await memory.episodes("alice")] == ["r1"]
+
+
+async def test_a_user_id_of_another_type_is_a_user_id_error(make: Factory) -> None:
+    from loomgraph.memory import UserIdError
+
+    async with make() as memory:
+        for call in (lambda: memory.facts(5), lambda: memory.episodes(b"alice")):  # type: ignore[arg-type]
+            with pytest.raises(UserIdError, match="user_id must be a str or None, not"):
+                await call()
 
 
 # --------------------------------------------------------------------------- 7: the frame

@@ -125,12 +125,20 @@ class MemoryStore(ABC):
             raise MemoryInputError(
                 f"Episode.fence must be a lease token (an int from 0), not {fence!r}"
             )
+        for name in ("prompt", "output"):
+            if not isinstance(text := getattr(episode, name), str):
+                raise MemoryInputError(f"Episode.{name} must be a str, not {type(text).__name__}")
+        calls = episode.tool_calls
+        if not isinstance(calls, list | tuple) or not all(isinstance(c, str) for c in calls):
+            raise MemoryInputError(
+                f"Episode.tool_calls must be a list of tool names (str), not {calls!r}"
+            )
         started = episode.started_at
         stored = replace(
             episode,
-            prompt=stored_text(str(episode.prompt)),
-            output=stored_text(str(episode.output)),
-            tool_calls=[escaped(str(c)) for c in episode.tool_calls],
+            prompt=stored_text(episode.prompt),
+            output=stored_text(episode.output),
+            tool_calls=[escaped(c) for c in calls],
             at=check_time("Episode.at", episode.at),
             started_at=None if started is None else check_time("Episode.started_at", started),
         )

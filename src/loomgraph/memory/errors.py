@@ -54,7 +54,10 @@ class BlockNameError(MemoryInputError):
 class UserIdError(MemoryInputError):
     """A user id memory cannot keep apart from others or cannot store; `.user_id` is it."""
 
-    def __init__(self, user_id: str, why: str) -> None:
-        shown = user_id if len(user_id) <= 80 else user_id[:79] + "…"
-        super().__init__(f"user_id {shown!r} {why}")
+    def __init__(self, user_id: Any, why: str) -> None:
+        if not isinstance(user_id, str):  # of another type: named by its type in `why`
+            super().__init__(f"user_id {why}")
+        else:
+            shown = user_id if len(user_id) <= 80 else user_id[:79] + "…"
+            super().__init__(f"user_id {shown!r} {why}")
         self.user_id = user_id

@@ -20,7 +20,7 @@ from datetime import datetime
 from typing import Any
 
 from loomgraph.memory.errors import MemoryInputError
-from loomgraph.protocols import escaped, storable
+from loomgraph.protocols import MAX_ID_CHARS, escaped, storable
 
 __all__ = [
     "LATEST_TIME",
@@ -46,7 +46,8 @@ def stored_text(text: str) -> str:
 
 
 def check_id(field: str, value: Any) -> None:
-    """Refuse an id (None passes) that is not a str or that no backend can store as it is."""
+    """Refuse an id (None passes) that is not a str or that no backend can store as it is:
+    a NUL, a lone surrogate, or over `MAX_ID_CHARS` (Postgres indexes these ids)."""
     if value is None:
         return
     if not isinstance(value, str):
@@ -55,6 +56,11 @@ def check_id(field: str, value: Any) -> None:
         raise MemoryInputError(f"{field} {_shown(value)} contains a NUL character")
     if not storable(value):
         raise MemoryInputError(f"{field} {_shown(value)} holds a lone surrogate (not valid text)")
+    if len(value) > MAX_ID_CHARS:
+        raise MemoryInputError(
+            f"{field} {_shown(value)} is {len(value)} characters long; at most {MAX_ID_CHARS} "
+            "are kept"
+        )
 
 
 def check_time(field: str, value: Any) -> float:
@@ -89,7 +95,7 @@ def check_query(field: str, value: Any) -> str:
 
 
 def check_before(value: Any) -> float | datetime | None:
-    """`forget`'s time bound: None, epoch seconds (a number, not NaN) or a datetime."""
+    """`forget`'s time bound: None, finite epoch seconds (a number) or a datetime."""
     if value is None or isinstance(value, datetime):
         return value
     if isinstance(value, bool) or not isinstance(value, int | float):
@@ -100,8 +106,8 @@ def check_before(value: Any) -> float | datetime | None:
         bound = float(value)
     except OverflowError:
         raise MemoryInputError("before is an int too large for any time") from None
-    if math.isnan(bound):
-        raise MemoryInputError("before must be a time, not NaN")
+    if not math.isfinite(bound):  # `inf` would forget everything: `forget(user_id)` says so
+        raise MemoryInputError(f"before must be a finite time, not {bound!r}")
     return bound
 
 

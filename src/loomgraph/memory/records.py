@@ -95,7 +95,7 @@ class MemoryLimits:
 def user_key(user_id: str | None) -> str:
     """The partition a user id maps to: None (an anonymous run) is the partition ''."""
     if user_id is not None and not isinstance(user_id, str):
-        raise TypeError(f"user_id must be a str or None, not {type(user_id).__name__}")
+        raise UserIdError(user_id, f"must be a str or None, not {type(user_id).__name__}")
     return user_id or ""
 
 

@@ -85,7 +85,7 @@ def memory_tools(
                 f"{', '.join(sorted(editable_blocks)) or 'none'}"
             )
         user_id = user_id_getter()
-        if not text.strip():
+        if isinstance(text, str) and not text.strip():  # other types: `set_block` says so
             deleted = await memory.delete_block(user_id, name)
             return f"deleted block {name!r}" if deleted else f"there was no block {name!r}"
         await memory.set_block(user_id, name, text)
