@@ -301,3 +301,34 @@ def test_run_with_memory_it_cannot_open_is_one_line_and_exit_2(
     assert main(["run", "-a", str(agent), "--user", "u", "hi"]) == 2
     err = capsys.readouterr().err
     assert "Traceback" not in err and "sqlite memory" in err and said in err, err
+
+
+def test_memory_in_an_sqlite_connection_of_its_own_is_a_problem_at_its_line(
+    tmp_path: Path,
+) -> None:
+    # `validate` said ok, and `from_file` raised SqliteMemory's bare MemoryInputError: the
+    # two must refuse the same thing, at its line. (A journal `sqlite::memory:` is fine.)
+    from loomgraph.agent.from_file import validate_agent_file
+
+    path = write(tmp_path, "schema_version: 1\nname: bot\nmemory: 'sqlite::memory:'\n")
+    for load in (validate_agent_file, Agent.from_file):
+        with pytest.raises(AgentFileError) as caught:
+            load(path)
+        [problem] = [str(p) for p in caught.value.problems]
+        assert f"{path}:3: [backend] memory 'sqlite::memory:'" in problem, problem
+        assert "memory" in problem and "sqlite:PATH" in problem
+    fine = write(tmp_path, "schema_version: 1\nname: bot\nruntime: 'sqlite::memory:'\n", "j.yaml")
+    validate_agent_file(fine)
+
+
+@pytest.mark.parametrize(
+    ("cap", "value"),
+    [("model_calls", "'3'"), ("cost_usd", "'1.5'"), ("tool_calls", "true"), ("cost_usd", ".inf")],
+)
+def test_a_budget_cap_that_is_not_a_number_is_a_problem_at_its_line(
+    tmp_path: Path, cap: str, value: str
+) -> None:
+    # A quoted `'3'` was taken as 3, where a quoted price is a problem: caps are alike now.
+    text = f"schema_version: 1\nname: bot\nbudget:\n  per_user:\n    {cap}: {value}\n"
+    [problem] = problems(write(tmp_path, text))
+    assert f":5: [schema] budget.per_user.{cap}" in problem, problem

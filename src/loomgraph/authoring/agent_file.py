@@ -290,6 +290,16 @@ class _Checker:
                     self.add("import", str(err), "tools", i)
 
     def _backend(self, key: str, value: str | None) -> None:
+        if key == "memory" and value == "sqlite::memory:":
+            # A private database of one connection, which memory reopens (SqliteMemory
+            # refuses it when made): said here, so `validate` and `from_file` agree.
+            self.add(
+                "backend",
+                f"memory {value!r} would lose every row when its connection is reopened; "
+                "use memory (kept as long as the process) or sqlite:PATH",
+                key,
+            )
+            return
         if (
             value is None
             or value == "memory"

@@ -114,17 +114,23 @@ MCPSpec = Annotated[MCPStdioSpec | MCPHttpSpec, Field(discriminator="mcp")]
 ToolEntry = str | MCPSpec
 
 
+# A cap is a number as YAML writes one: a quoted `'3'` or `true` is a problem at its line,
+# as for a price (the budget's own check would take `'3'` as 3).
+CountCap = Annotated[int, Field(gt=0, strict=True)]
+AmountCap = Annotated[float, Field(ge=0, strict=True, allow_inf_nan=False)]
+
+
 class CapsSpec(_Spec):
     """Caps of one scope (the fields of `loomgraph.governance.Caps`)."""
 
-    input_tokens: PositiveInt | None = None
-    output_tokens: PositiveInt | None = None
-    total_tokens: PositiveInt | None = None
-    cost_usd: NonNegativeFloat | None = None
-    model_calls: PositiveInt | None = None
-    tool_calls: PositiveInt | None = None
-    node_visits: PositiveInt | None = None
-    wall_clock_s: NonNegativeFloat | None = None
+    input_tokens: CountCap | None = None
+    output_tokens: CountCap | None = None
+    total_tokens: CountCap | None = None
+    cost_usd: AmountCap | None = None
+    model_calls: CountCap | None = None
+    tool_calls: CountCap | None = None
+    node_visits: CountCap | None = None
+    wall_clock_s: AmountCap | None = None
 
 
 # USD per million tokens: a number (not text, not a bool), finite, at least 0, as
