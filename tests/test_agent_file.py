@@ -198,7 +198,10 @@ def test_every_problem_at_once_with_lines_and_suggestions(folder: Path) -> None:
         ("runtime: redis://x\n", "[backend] runtime 'redis://x'"),
         ("architecture: reac\n", "[architecture] no built-in graph 'reac'"),
         ("instructions: a\ninstructions_file: prompt.md\n", "not both"),
-        ("instructions_file: missing.md\n", "[instructions-file] no instructions file"),
+        (
+            "instructions_file: missing.md\n",
+            "[instructions-file] no instructions file 'missing.md' in ",
+        ),
         ("instructions_file: broken.md\n", "Jinja2 template error"),
         (
             "telemetry: {otlp_endpoint: '${NOT_SET_ANYWHERE}'}\n",

@@ -222,7 +222,7 @@ class _Checker:
         except jinja2.TemplateNotFound as err:
             self.add(
                 "instructions-file",
-                f"no instructions file {str(err)!r} in {folder}",
+                f"no instructions file {err.name!r} in {folder}",  # (str(err) quotes more)
                 "instructions_file",
             )
         except jinja2.TemplateSyntaxError as err:
