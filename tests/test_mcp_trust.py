@@ -248,7 +248,6 @@ async def test_a_lone_surrogate_is_invalid_arguments_not_a_dead_server(tmp_path:
         calls("ok_tool", {"n": 1, "note": "\ud800"}),
         calls("ok_tool", {"n": 2, "\udfff": "key"}),
         calls("ok_tool", {"n": 3}),  # (three invalid calls in a row would end the run)
-        calls("ok_tool", {"n": float("nan")}),
         calls("ok_tool", {"n": 4}),
         "done",
     ]
@@ -256,8 +255,10 @@ async def test_a_lone_surrogate_is_invalid_arguments_not_a_dead_server(tmp_path:
         "x", model=ScriptedModel(script), tools=[evil("plain", state)], permissions=ALLOW
     ) as agent:
         events = [e async for e in agent.stream("go")]
-    value, key, good, nan, last = results_of(events)
-    for bad in (value, key, nan):
+    # (A NaN argument is no JSON: the model's answer is refused as an unusable call, on
+    # every journal: tests/test_tool_args.py.)
+    value, key, good, last = results_of(events)
+    for bad in (value, key):
         assert bad["error_type"] == "invalid_arguments"
     assert "surrogate" in value["content"] and "surrogate" in key["content"]
     assert good == {"content": 'ok_tool got {"n": 3}', "is_error": False}

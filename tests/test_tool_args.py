@@ -44,6 +44,10 @@ def test_parse_limits() -> None:
         parse_tool_args("[1, 2]")
     with pytest.raises(ToolArgsRejected, match="not valid JSON"):
         parse_tool_args('{"a": ')
+    for constant in ("NaN", "Infinity", "-Infinity"):  # Python's decoder reads them
+        with pytest.raises(ToolArgsRejected, match="no JSON number") as info:
+            parse_tool_args(f'{{"a": {{"b": {constant}}}}}')
+        assert info.value.where == "$.a.b"
     nested: Any = {}
     for _ in range(100):
         nested = {"n": nested}
@@ -133,6 +137,10 @@ UNUSABLE = [
     ({"id": "c1", "args": {}}, "a `tool` name"),
     ({"id": 7, "tool": "add", "args": {}}, "an `id`"),
     ("add(1, 2)", "a tool call is a mapping"),
+    # No JSON number: no journal could keep the call (in memory such a run went on, on
+    # SQLite it failed when the answer was journaled).
+    ({"id": "c1", "tool": "add", "args": {"a": float("nan")}}, "$.a: nan is no JSON number"),
+    ({"id": "c1", "tool": "add", "args": {"a": [1.0, float("-inf")]}}, "-inf is no JSON"),
 ]
 
 

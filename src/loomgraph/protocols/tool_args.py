@@ -10,6 +10,7 @@ string and key; each violation is a `ToolArgsRejected` (a `ValueError`) naming w
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -69,12 +70,18 @@ def check_tool_args(
 ) -> dict[str, Any]:
     """`value` when it is an arguments object within the limits (walked without recursion);
     with `refuse_cut`, also without a string or key holding half of a UTF-16 surrogate pair
-    (a character cut in two, which no request, journal or tool can carry as UTF-8)."""
+    (a character cut in two, which no request, journal or tool can carry as UTF-8). A number
+    that JSON has not (NaN, an infinity: Python's decoder reads `NaN` as one) is refused too:
+    no journal could keep the call."""
     if not isinstance(value, dict):
         raise ToolArgsRejected(f"a {type(value).__name__}, not an object")
     stack: list[tuple[Any, str, int]] = [(value, "$", 1)]
     while stack:
         item, where, depth = stack.pop()
+        if isinstance(item, float):
+            if not math.isfinite(item):
+                raise ToolArgsRejected(f"{item!r} is no JSON number", where)
+            continue
         if isinstance(item, str):
             if len(item) > limits.max_string_chars:
                 raise ToolArgsRejected(
@@ -97,7 +104,7 @@ def check_tool_args(
                     raise ToolArgsRejected("a key over the string limit", where)
                 if refuse_cut:
                     _refuse_cut(key, where)
-                if isinstance(child, str | dict | list):  # (a number has nothing to check)
+                if isinstance(child, str | dict | list | float):  # (an int: nothing to check)
                     stack.append((child, f"{where}.{key}", depth + 1))
         else:
             stack.extend((child, f"{where}[{i}]", depth + 1) for i, child in enumerate(item))
