@@ -12,6 +12,7 @@ from loomgraph import Agent
 from loomgraph.agent.answers import pending_of
 from loomgraph.agent.checkpoints import ValueNotPending
 from loomgraph.agent.fleet import RunJob, fleet_queue
+from loomgraph.agent.fleet_errors import RunJobPending
 from loomgraph.authoring.loader import graph_from_yaml
 from loomgraph.engine.effects import BoundValue
 from loomgraph.models import ScriptedModel
@@ -49,8 +50,16 @@ async def test_a_queued_value_answers_its_question_or_nothing(pg_schema: str) ->
         await agent.submit_resume(first.run_id, value=True)
         job = await _job(agent, pg_schema, first.run_id)
         assert job.answer == {"value": True, "value_key": first.pending.key}
-        # Someone answers by hand before a worker takes the job: the run asks the next
-        # question (500 items), which the queued `true` was never meant for.
+        # An answer by hand while the job is queued is refused: the queued one stands.
+        with pytest.raises(RunJobPending):
+            await agent.resume(first.run_id, value=True)
+        # The race that cannot close: the job enqueued just after the hand answer's check.
+        # Out of the queue here, the hand answer goes first: the run asks the next question
+        # (500 items), which the queued `true` was never meant for.
+        async with runtime.transaction() as con:
+            await con.execute(
+                f'DELETE FROM "{pg_schema}".pgqueuer WHERE dedupe_key = $1', first.run_id
+            )
         by_hand = await agent.resume(first.run_id, value=True)
         assert by_hand.pending is not None and by_hand.pending.message.endswith("500 items?")
         with pytest.raises(ValueNotPending, match="answered already"):

@@ -13,6 +13,7 @@ from loomgraph import Agent, tool
 from loomgraph.agent.answers import journal_answer, pending_of, resume_value
 from loomgraph.agent.checkpoints import ApprovalRefused, RunOfAnotherAgent, ValueUsed
 from loomgraph.agent.fleet import RunJob, fleet_queue
+from loomgraph.agent.fleet_errors import RunJobPending
 from loomgraph.engine.effects import BoundApproval
 from loomgraph.models import ScriptedModel
 from loomgraph.protocols import ModelRequest, RunStatus
@@ -58,6 +59,12 @@ async def last_job(a: Agent, schema: str, run_id: str) -> RunJob:
     return RunJob.decode(payload)
 
 
+async def drop_jobs(a: Agent, schema: str, run_id: str) -> None:
+    """Take the run's jobs out of the queue (the job read by `last_job` is kept by the test)."""
+    async with a.deps.runtime.transaction() as con:  # type: ignore[attr-defined]
+        await con.execute(f'DELETE FROM "{schema}".pgqueuer WHERE dedupe_key = $1', run_id)
+
+
 async def test_a_submitted_answer_settles_its_request_or_nothing(pg_schema: str) -> None:
     PAID.clear()
     async with agent(pg_schema, "a") as a:
@@ -72,7 +79,13 @@ async def test_a_submitted_answer_settles_its_request_or_nothing(pg_schema: str)
         await a.submit_resume(waiting.run_id, approve=BoundApproval("c1", True, key=first.key))
         job = await last_job(a, pg_schema, waiting.run_id)
         assert job.answer["approve"]["key"] == first.key  # the binding travels with the job
-        # Before a worker takes the job, approver Y denies it; the model asks again, same id.
+        # While it is queued, an answer by hand is refused (RunJobPending): the first stands.
+        with pytest.raises(RunJobPending):
+            await a.resume(waiting.run_id, approve=False)
+        # The race that check cannot close: the job enqueued just after a hand answer's
+        # check passed. Out of the queue here, the hand answer goes in first: approver Y
+        # denies, and the model asks again, with the same id.
+        await drop_jobs(a, pg_schema, waiting.run_id)
         again = await a.resume(waiting.run_id, approve=False)
         assert again.status == RunStatus.AWAITING_APPROVAL
         with pytest.raises(ApprovalRefused, match="request"):

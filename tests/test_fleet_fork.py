@@ -209,6 +209,10 @@ async def test_a_fork_a_worker_starts_keeps_its_trace_and_its_resume_links_to_it
         f"{started.context.trace_id:032x}",
         f"{started.context.span_id:016x}",
     ]
+    # Its job, run above by hand, ends as a worker ends it: out of the queue (while it
+    # is queued, an answer by hand is refused: `RunJobPending`).
+    async with traced.deps.runtime.transaction() as con:  # type: ignore[attr-defined]
+        await con.execute(f'DELETE FROM "{queue.schema}".pgqueuer WHERE dedupe_key = $1', fork_id)
     done = await traced.resume(fork_id, approve=True)
     assert done.status == RunStatus.COMPLETED, done.reason
     resumed = [s for s in exporter.get_finished_spans() if s.name == RUN_SPAN][-1]
