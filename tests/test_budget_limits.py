@@ -369,3 +369,15 @@ async def test_a_registered_price_makes_the_cost_cap_bind() -> None:
             await budget.reserve(model_call(scope, prompt=1_000_000, out=100_000))
     finally:
         del DEFAULT_PRICES[prefix]
+
+
+@pytest.mark.parametrize("model", ["echo", "scripted"])
+async def test_a_cost_cap_of_zero_lets_a_free_model_run(model: str) -> None:
+    # The free test models cost $0, and 0 fits a cap of 0: the prompt check refused a cost
+    # that reached the cap exactly ("the cap ($0.000000) is smaller than this prompt's cost
+    # (~$0.000000)"), which for a free model leaves all the room its output needs.
+    budget = StandardBudget(BudgetConfig(cost_usd=0.0))
+    chosen = ScriptedModel(["hi"]) if model == "scripted" else model
+    result = await Agent("t", model=chosen, budget=budget).run("go")
+    assert result.status == "completed", result.reason
+    assert result.usage.cost_usd == 0

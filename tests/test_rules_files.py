@@ -99,6 +99,9 @@ def test_from_dict_matches_from_file(tmp_path: Path) -> None:
         ("sets:\n  t: alice\n", 2, PermissionTypeError, "list of strings"),
         ("sets:\n  t: {file: missing.txt}\n", 2, PermissionConfigError, "cannot read set"),
         ("approval_timeout_s: -1\n", 1, PermissionConfigError, "positive"),
+        # No time at all: it passed, then every durable journal refused the run's start.
+        ("approval_timeout_s: .inf\n", 1, PermissionConfigError, "finite"),
+        ("ask:\n  - {rule: x, approval_timeout_s: .inf}\n", 2, PermissionConfigError, "finite"),
         ("mode: strict\nmode: bypass\n", 2, PermissionConfigError, "appears twice"),
         ("a: &x [1]\nb: *x\n", 2, PermissionConfigError, "aliases"),
         ("allow:\n  " + "[" * 400 + "]" * 400 + "\n", 2, PermissionConfigError, "nested more"),
@@ -122,6 +125,33 @@ def test_file_errors_name_file_and_line(
     assert isinstance(err, PermissionConfigError)
     assert (err.file, err.line) == (str(path), line), str(err)
     assert message in str(err) and f"{path}:{line}" in str(err)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"allow": None},
+        {"ask": None},
+        {"deny": None},
+        {"allow": 5},
+        {"allow": {"read", "write"}},  # a set has no order; rules are tried in order
+        {"sets": 5},
+        {"per_user": ["alice"]},
+        {"per_user": {"alice": 5}},
+    ],
+)
+def test_the_constructor_refuses_what_from_dict_refuses(kwargs: dict[str, Any]) -> None:
+    # Plain TypeErrors and AttributeErrors before ('NoneType' object is not iterable).
+    name = next(iter(kwargs))
+    with pytest.raises(PermissionTypeError, match=name):
+        StandardPermissions(**kwargs)
+    with pytest.raises(PermissionTypeError, match=name):
+        StandardPermissions.from_dict(kwargs)
+
+
+def test_approval_timeout_is_finite_in_python_too() -> None:
+    with pytest.raises(PermissionConfigError, match="finite"):
+        StandardPermissions(ask=["x"], approval_timeout_s=float("inf"))
 
 
 def test_a_missing_file(tmp_path: Path) -> None:

@@ -268,6 +268,8 @@ def test_approval_timeouts() -> None:
         ("x unless y unless z", 11, "only an ask rule"),
         ("se nd(to=x)", 3, "unexpected"),
         ("send(to=a'b)", 9, "quote the whole value"),
+        # é is a letter, yet no tool name holds it: the message said "only letters".
+        ("bank_transfér", 0, "only ASCII letters and digits"),
     ],
 )
 def test_syntax_errors_name_the_rule_and_position(rule: str, position: int, problem: str) -> None:

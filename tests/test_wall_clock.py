@@ -172,3 +172,25 @@ async def _bounded(events: AsyncIterator[Any]) -> AsyncIterator[Any]:
     async with asyncio.timeout(BOUND_S):
         async for event in events:
             yield event
+
+
+async def test_a_deadline_passed_while_the_run_waited_names_what_its_cap_allows(
+    tmp_path: Path,
+) -> None:
+    """Resumed after its deadline passed: the refusal said `deadline - start` as what was
+    allowed, with the start of the resume's clock, so a run paused past its deadline read
+    "(-0.54s allowed)". It names the cap's own allowance now."""
+    ran: list[str] = []
+    runtime, run_id = await _paused(tmp_path, 1000.0, ran)
+    later = StandardBudget(
+        BudgetConfig(per_user=Caps(wall_clock_s=1000.0, tool_calls=9)),
+        clock=lambda: time.time() + 5000.0,
+    )
+    second = _asking(runtime, later, ScriptedModel(["done"]), ran)
+    try:
+        result = await asyncio.wait_for(second.resume(run_id, approve=True), BOUND_S)
+    finally:
+        await second.aclose()
+    assert result.status == "budget_exhausted", result
+    assert "(1000s allowed by user:bob:wall_clock_s)" in (result.reason or ""), result.reason
+    assert ran == []

@@ -97,9 +97,7 @@ def without_failures(data: Mapping[str, Any], err: ValidationError, keys: list[s
     return Partial(partial, frozenset(left_out), frozenset(dropped))
 
 
-def _node_left_out(
-    nodes: dict[Any, Any], loc: tuple[Any, ...], failed: set[Any]
-) -> dict[Any, Any]:
+def _node_left_out(nodes: dict[Any, Any], loc: tuple[Any, ...], failed: set[Any]) -> dict[Any, Any]:
     """`nodes` with what failed at `loc` left out: only the node's field that failed, so the
     node keeps its name, edges and other keys for the other rules (an entry's typo still
     finds it, a misspelt param is still reported); the whole node (added to `failed`) when

@@ -275,7 +275,12 @@ async def written_quietly(writer: AuditWriter | None) -> None:
     try:
         await finished(writer.written())
     except Exception:
-        _log.warning("audit entries of an ended run could not be written", exc_info=True)
+        # The run stopped (ended, or was cut off: not necessarily over); what the log did
+        # not take is kept in its journal next (`keep_unwritten`).
+        _log.warning(
+            "audit entries of a stopping run could not be written; its journal keeps them",
+            exc_info=True,
+        )
 
 
 async def restore_kept(writer: AuditWriter, runtime: object) -> None:

@@ -117,7 +117,10 @@ def output_room(
             committed = view.committed(metric)
             if metric in PROMPT_METRICS:
                 need = prompt_cost if metric == "cost_usd" else prompt
-                if committed + need > cap or (metric != "input_tokens" and committed + need == cap):
+                # Reaching a token cap exactly leaves no output; a cost cap is left to the
+                # output's price below (a free model's output fits a cap its prompt reached).
+                exact = metric not in ("input_tokens", "cost_usd") and committed + need == cap
+                if committed + need > cap or exact:
                     raise _no_room(name, metric, cap, committed, need)
             if metric == "output_tokens":
                 if committed >= cap:

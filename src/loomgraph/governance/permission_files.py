@@ -22,6 +22,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from loomgraph.governance.permission_args import checked_timeout
 from loomgraph.governance.rule_errors import (
     PermissionConfigError,
     PermissionTypeError,
@@ -61,12 +62,8 @@ def ask_entry(entry: Any) -> tuple[Rule, float | None]:
     extra = tuple(parse_rule(u, unless=False) for u in unless)
     rule = Rule(base.text, base.tool, base.conds, extra)
     text = rule.canonical_text if extra else base.text
-    timeout = entry.get("approval_timeout_s")
-    if timeout is not None and (
-        isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0
-    ):
-        raise PermissionConfigError(f"approval_timeout_s must be positive, not {timeout!r}")
-    return Rule(text, rule.tool, rule.conds, extra), None if timeout is None else float(timeout)
+    timeout = checked_timeout(entry.get("approval_timeout_s"), "approval_timeout_s")
+    return Rule(text, rule.tool, rule.conds, extra), timeout
 
 
 def kwargs_from_file(path: str | Path) -> dict[str, Any]:
@@ -100,7 +97,8 @@ def kwargs_from_data(
 
     def entry(value: Any, path: tuple[str | int, ...], keys: tuple[str, ...]) -> dict[str, Any]:
         if not isinstance(value, Mapping):
-            raise fail(PermissionTypeError("expected a mapping"), path)
+            named = f"{'.'.join(str(p) for p in path)} " if path else ""  # per_user.alice
+            raise fail(PermissionTypeError(f"{named}expected a mapping"), path)
         out: dict[str, Any] = {}
         for key, item in value.items():
             where = (*path, key)
@@ -186,13 +184,10 @@ def _check_values(kwargs: dict[str, Any], fail: Any, sets: Mapping[str, Any]) ->
     if tainted not in TAINT_VERDICTS:
         problem = f"on_tainted must be 'ask', 'deny' or 'allow', not {tainted!r}"
         raise fail(PermissionConfigError(problem), ("on_tainted",))
-    timeout = kwargs.get("approval_timeout_s")
-    if timeout is not None and (
-        isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0
-    ):
-        raise fail(
-            PermissionConfigError("approval_timeout_s must be positive"), ("approval_timeout_s",)
-        )
+    try:
+        checked_timeout(kwargs.get("approval_timeout_s"), "approval_timeout_s")
+    except PermissionConfigError as err:
+        raise fail(err, ("approval_timeout_s",)) from None
     known = {**sets, **(kwargs.get("sets") or {})}
     for kind in ("deny", "ask", "allow"):
         for i, item in enumerate(kwargs.get(kind) or []):

@@ -30,6 +30,7 @@ from loomgraph.governance.permission_args import (
     checked_sets,
     checked_timeout,
     parse_rules,
+    rule_list,
 )
 from loomgraph.governance.permission_decisions import LabelledRule, Mode, Policy, RuleSet, decide
 from loomgraph.governance.permission_fingerprint import (
@@ -100,6 +101,11 @@ class StandardPermissions:
         self.policy = policy
         for rule in (*self.allow, *self.ask, *self.deny):
             check_set_names(rule, self.sets)
+        if per_user is not None and not isinstance(per_user, Mapping):
+            raise PermissionTypeError(
+                f"per_user must map a user id to its permissions, not {type(per_user).__name__} "
+                f"{per_user!r}"
+            )
         self.per_user: dict[str, StandardPermissions] = {}
         for user_id, entry in (per_user or {}).items():
             self.per_user[user_id] = _user_entry(user_id, entry, self.sets)
@@ -127,10 +133,8 @@ class StandardPermissions:
         )
 
     def _parse_ask(self, entries: Iterable[RuleEntry]) -> list[Rule]:
-        if isinstance(entries, str | Mapping):
-            raise PermissionTypeError(f"ask must be a list of rules, not {entries!r}")
         out = []
-        for entry in entries:
+        for entry in rule_list(entries, "ask"):
             rule, timeout = permission_files.ask_entry(entry)
             out.append(rule)
             if timeout is not None:

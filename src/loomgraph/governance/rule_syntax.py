@@ -147,7 +147,8 @@ def _tool(s: _Scanner) -> str:
     tool = s.text[start : s.i]
     if tool and not _TOOL.fullmatch(tool):
         raise s.bad(
-            f"tool name {tool!r} may use only letters, digits, _ - . : and * ? [ ] {{ }}", start
+            f"tool name {tool!r} may use only ASCII letters and digits, _ - . : and * ? [ ] {{ }}",
+            start,
         )
     return tool
 

@@ -69,10 +69,16 @@ class RunClocks:
         now = self.now()
         cap = binding[0]
         if now >= deadline:
+            # What the cap allows, not deadline - start: a run taken up again after a pause
+            # restarts its clock's start (the ledger forgot it), not its deadline.
+            allowed = (
+                "the deadline it started with"
+                if cap == KEPT_DEADLINE
+                else f"{binding[1]:g}s allowed by {cap}"
+            )
             raise BudgetExceeded(
                 cap,
-                f"run {scope.run_id!r} passed its deadline "
-                f"{now - deadline:.1f}s ago ({deadline - start:g}s allowed)",
+                f"run {scope.run_id!r} passed its deadline {now - deadline:.1f}s ago ({allowed})",
             )
         warn_at = config.warn_at
         if warn_at is not None and deadline > start and now - start >= warn_at * (deadline - start):

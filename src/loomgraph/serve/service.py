@@ -264,9 +264,7 @@ class Service:
         _check_limit(limit)
         return await awaiting_approval(self.store, self.agent.name, limit=limit, cursor=cursor)
 
-    async def resume(
-        self, caller: Caller, run_id: str, value: Any, *, key: str = ""
-    ) -> RunStatus:
+    async def resume(self, caller: Caller, run_id: str, value: Any, *, key: str = "") -> RunStatus:
         """Give an interrupted run of the caller's the value it waits for. `key` (the
         question's `Pending.key`) is required while the run asks a keyed question: the value
         answers that question or none, never a later one nobody was shown."""
