@@ -199,3 +199,18 @@ def test_open_journal_checks_the_spec_before_looking_for_its_file() -> None:
 
     with pytest.raises(UsageError, match=r"sqlite:\./journal\.db"):
         open_journal("sqlite://journal.db")
+
+
+@pytest.mark.parametrize("path", [5, None, b"journal.db", ["j.db"]])
+def test_an_sqlite_backend_of_a_path_of_another_type_is_a_type_error_naming_path(
+    path: object,
+) -> None:
+    # "expected str, bytes or os.PathLike object, not int" named no argument.
+    from loomgraph.memory.sqlite import SqliteMemory
+    from loomgraph.runtime.sqlite import SqliteRuntime
+
+    for backend in (SqliteRuntime, SqliteMemory):
+        with pytest.raises(
+            TypeError, match=rf"{backend.__name__}\(path\) must be .*{type(path).__name__}"
+        ):
+            backend(path)  # type: ignore[arg-type]

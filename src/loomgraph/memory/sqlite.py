@@ -31,7 +31,7 @@ from loomgraph.memory.schema import (
 )
 from loomgraph.memory.sql import EPISODE_COLS, FACT_COLS, SqlMemory, episode_of, fact_of
 from loomgraph.protocols import Episode
-from loomgraph.protocols.backend_specs import sqlite_path_problem
+from loomgraph.protocols.backend_specs import sqlite_path, sqlite_path_problem
 
 
 def _fts(table: str, columns: str) -> list[str]:
@@ -116,7 +116,7 @@ class SqliteMemory(SqlMemory):
     ) -> None:
         busy_timeout = checked_busy_timeout(busy_timeout, error=MemoryInputError)
         super().__init__(limits)
-        self.path = os.fspath(path)
+        self.path = sqlite_path(path, "SqliteMemory")
         if (problem := sqlite_path_problem(self.path)) is not None and self.path:
             raise MemoryInputError(f"SqliteMemory: {problem}")
         if self.path in ("", ":memory:"):

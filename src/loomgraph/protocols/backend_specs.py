@@ -7,6 +7,7 @@ Here, the lowest layer that both their readers (authoring, agent, cli) and the b
 
 from __future__ import annotations
 
+import os
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 __all__ = [
@@ -15,6 +16,7 @@ __all__ = [
     "backend_spec_problem",
     "dsn_problem",
     "split_schema",
+    "sqlite_path",
     "sqlite_path_problem",
 ]
 
@@ -57,6 +59,17 @@ def backend_spec_problem(spec: str) -> str | None:
     # Only a scheme is quoted back: the rest of an unknown URL may hold a password.
     shown = f"{spec.partition(':')[0]}:…" if ":" in spec else spec
     return f"{shown!r} is no backend spec: write {SPEC_FORMS}"
+
+
+def sqlite_path(path: object, backend: str) -> str:
+    """An SQLite backend's `path` as text: a str or a path object; a TypeError naming
+    `backend`'s `path` for anything else (bytes included: the file would be named by its
+    repr)."""
+    if isinstance(path, str | os.PathLike):
+        text = os.fspath(path)
+        if isinstance(text, str):
+            return text
+    raise TypeError(f"{backend}(path) must be a str or a path, not {type(path).__name__}: {path!r}")
 
 
 def sqlite_path_problem(path: str) -> str | None:

@@ -23,7 +23,7 @@ from loomgraph._storage.sqlite_setup import (
     execute_all,
 )
 from loomgraph._storage.sqlite_wal_loss import WalLoss, lost_wal_frames
-from loomgraph.protocols.backend_specs import sqlite_path_problem
+from loomgraph.protocols.backend_specs import sqlite_path, sqlite_path_problem
 from loomgraph.protocols.ledger import LedgerSite, SqliteSite
 from loomgraph.protocols.runtime import RunRecord
 from loomgraph.runtime.errors import (
@@ -82,7 +82,7 @@ class SqliteRuntime(SqlJournal):
         verify: bool = True,
         accept_damage: bool = False,
     ) -> None:
-        self.path = os.fspath(path)
+        self.path = sqlite_path(path, "SqliteRuntime")
         if (problem := sqlite_path_problem(self.path)) is not None:
             raise ValueError(f"SqliteRuntime: {problem}")
         super().__init__(
