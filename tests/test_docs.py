@@ -205,3 +205,14 @@ def test_the_authoring_guide_quotes_the_lines_validate_prints(
     assert main(shlex.split(command.removeprefix("$ "))[1:]) == 1
     printed = capsys.readouterr()
     assert (printed.out + printed.err).strip().splitlines() == expected
+
+
+def test_concepts_lists_every_event_kind_loomgraph_emits() -> None:
+    # It lacked six (permission_decision, budget_warning, node_retry, tool_progress and the
+    # two memory ones): a consumer matching on kinds learnt of them from the code only.
+    from loomgraph.protocols.events import EVENT_KINDS
+
+    text = (Path(__file__).parents[1] / "docs" / "concepts.md").read_text(encoding="utf-8")
+    listed = text[text.index("Event kinds:") :]
+    listed = listed[: listed.index("holds\nthem all")]
+    assert [kind for kind in sorted(EVENT_KINDS) if f"`{kind}`" not in listed] == []
