@@ -176,9 +176,10 @@ class InMemoryRuntime:
         self._fence(run_id, fence)
         if run_id in self._frozen:
             self._thawed(run_id)
-        kept = self._transitions.get(run_id)
-        if kept is None:
-            raise UnknownRun(run_id)
+        try:  # (indexing, not `.get`: no call on the hot path)
+            kept = self._transitions[run_id]
+        except KeyError:
+            raise UnknownRun(run_id) from None
         seq = transition.seq
         if kept and kept[-1].seq >= seq:
             at = bisect.bisect_left(kept, seq, key=_seq)
@@ -207,9 +208,10 @@ class InMemoryRuntime:
         self._fence(effect.run_id, fence)
         if effect.run_id in self._frozen:
             self._thawed(effect.run_id)
-        effects = self._effects.get(effect.run_id)
-        if effects is None:
-            raise UnknownRun(effect.run_id)
+        try:
+            effects = self._effects[effect.run_id]
+        except KeyError:
+            raise UnknownRun(effect.run_id) from None
         prior = effects.get(effect.key)
         if prior is None:
             effects[effect.key] = effect
@@ -233,12 +235,14 @@ class InMemoryRuntime:
         self._fence(run_id, fence)
         if run_id in self._frozen:
             self._thawed(run_id)
-        effects = self._effects.get(run_id)
-        if effects is None:
-            raise UnknownRun(run_id)
-        effect = effects.get(key)
-        if effect is None:
-            raise UnknownEffect(run_id, key)
+        try:
+            effects = self._effects[run_id]
+        except KeyError:
+            raise UnknownRun(run_id) from None
+        try:
+            effect = effects[key]
+        except KeyError:
+            raise UnknownEffect(run_id, key) from None
         effect.outcome = outcome
         effect.status = status if type(status) is EffectStatus else EffectStatus(status)
 
