@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import sqlite3
+import time
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -273,3 +274,14 @@ async def test_an_agents_request_carries_history_within_the_bound(tmp_path: Path
     assert result.ok
     assert sizes[2] < 43_000  # the prompt and one earlier 21k turn: two do not fit
     assert 21_000 < sizes[-1] < 30_000 + 10
+
+
+async def test_an_episode_made_without_a_time_is_recorded_now(make: Factory) -> None:
+    # Its `at` defaulted to 0.0, so the seed said the turn happened on 1970-01-01.
+    before = time.time()
+    async with make() as memory:
+        await memory.remember(Episode("alice", "s1", "r1", "my dog is Rex", "ok"))
+        [kept] = await memory.episodes("alice")
+        assert before <= kept.at <= time.time()
+        seed = await memory.seed(user_id="alice", session_id="s2", query="dog")
+        assert "1970" not in seed and "Rex" in seed

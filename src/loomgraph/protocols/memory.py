@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
@@ -26,7 +27,8 @@ class Episode:
     prompt: str
     output: str
     tool_calls: list[str] = field(default_factory=list)
-    at: float = 0.0
+    # When the run ended; made without one, now (it was 0.0: the seed showed 1970-01-01).
+    at: float = field(default_factory=time.time)
     started_at: float | None = None
     fence: int = 0
 
