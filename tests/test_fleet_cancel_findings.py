@@ -320,3 +320,28 @@ async def test_a_waiting_run_cancelled_is_given_back_cancelled_by_wait_and_its_e
         ]
         assert ended.payload["status"] == "cancelled", ended.payload
         assert ended.payload["result"]["status"] == "cancelled", ended.payload
+
+
+async def test_runs_deny_while_an_answer_is_queued_is_busy_and_answers_nothing(
+    env: dict[str, str], pg_schema: str, monkeypatch: pytest.MonkeyPatch, capsys: Any
+) -> None:
+    # The command went on with the run, and the answer queued before it was dropped; now it
+    # is refused as a busy run is (75, try again later), and the queued answer stands.
+    from loomgraph.cli.main import main
+
+    monkeypatch.setenv("FLEET_ASK", "1")
+    async with fleet_agent.make() as a:
+        waiting = await a.run("work", user_id="alice")
+        assert waiting.pending is not None and waiting.pending.call is not None
+        await a.submit_resume(waiting.run_id, approve=True)
+        call_id, key = waiting.pending.call["id"], waiting.pending.key
+        dsn = f"{pg.postgres_dsn()}?schema={pg_schema}"
+        command = ["runs", "deny", waiting.run_id, call_id, "--request", key]
+        options = ["--tools", "fleet_agent:work", "--runtime", dsn]
+        code = await asyncio.to_thread(main, [*command, *options])
+        assert code == 75, capsys.readouterr()
+        assert "queued" in capsys.readouterr().err
+        record = await a.deps.runtime.load_run(waiting.run_id)
+        assert record is not None and record.status == RunStatus.AWAITING_APPROVAL
+        [(status, answer)] = await _jobs(pg_schema, waiting.run_id)
+        assert status == "queued" and answer["approve"]["allow"] is True

@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from loomgraph._storage.sqlite_held import GuardedConnection
+from loomgraph.agent.fleet_errors import RunJobPending
 from loomgraph.cli import advice, agent_args
 from loomgraph.cli.output import EXIT_BUSY, usage
 from loomgraph.errors import GraphError, LoomgraphError
@@ -48,6 +49,9 @@ def journaled(
             else ""
         )
         print(f"loomgraph: {err}{hint}; try again later", file=sys.stderr)
+        return EXIT_BUSY
+    except RunJobPending as err:  # a fleet run's answer queued before this one: it stands
+        print(f"loomgraph: {err}", file=sys.stderr)
         return EXIT_BUSY
     except (
         UsageError,
