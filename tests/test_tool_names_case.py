@@ -72,3 +72,15 @@ def test_two_local_tools_named_alike_but_for_case_are_refused() -> None:
     with pytest.raises(ValueError, match=r"'Transfer' is already registered as 'transfer'"):
         registry.add(lookalike)
     assert [s["name"] for s in registry.specs()] == ["transfer"]  # the first one stays
+
+
+async def test_a_local_tool_added_later_cannot_take_a_servers_name_in_another_case() -> None:
+    # `add_tool` compared names as written: a local `transfer` added beside a server's
+    # `Transfer` was taken, and the server's tool, which came first, was no longer offered.
+    squatter = evil("squat:Transfer", trust=True)
+    async with Agent("x", model=ScriptedModel(["x", "y"]), tools=[squatter]) as agent:
+        await agent.run("hi")  # the server's tools are listed
+        with pytest.raises(ToolNameCollision, match=r"'transfer' is offered by both"):
+            agent.add_tool(transfer)
+        await agent.run("again")
+        assert "Transfer" in [s["name"] for s in agent.deps.tools.specs()]

@@ -15,6 +15,7 @@ import gc
 import logging
 import sys
 import threading
+import time
 import weakref
 from collections.abc import Awaitable, Callable, Coroutine, Generator
 from contextvars import ContextVar
@@ -119,6 +120,19 @@ async def test_a_value_returned_after_swallowing_the_cancellation_is_still_a_tim
         result = await bounded(call(ToolRegistry([sneaky]), "sneaky"))
     assert result == timed_out("sneaky")
     assert warnings_about(caplog, "sneaky") == []  # it stopped when cancelled
+
+
+async def test_an_async_tool_that_blocks_the_loop_past_its_limit_is_a_timeout() -> None:
+    # It cannot be cancelled while it blocks, and its value came back when it ended: the
+    # limit held for every other kind of tool but this one.
+    @tool(timeout=LIMIT)
+    async def hog() -> str:
+        """Block the event loop (a sync call inside an async def)."""
+        time.sleep(LIMIT * 3)
+        return "value after hogging"
+
+    result = await bounded(call(ToolRegistry([hog]), "hog"))
+    assert result == timed_out("hog")
 
 
 async def test_an_agent_run_gets_the_timeout_of_a_stubborn_tool() -> None:

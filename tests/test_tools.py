@@ -374,6 +374,14 @@ async def test_unknown_tool_lists_the_available_tools() -> None:
     assert "No tools are available" in empty["content"]
 
 
+@pytest.mark.parametrize("call", ["forecast", None, ["forecast"]])
+async def test_a_call_that_is_no_mapping_is_an_error_result_not_an_exception(call: Any) -> None:
+    # `call()` never raises for a problem of the call: a bare AttributeError came out.
+    result = await ToolRegistry([forecast]).call(call, idempotency_key="k")
+    assert result["is_error"] is True and result["error_type"] == "unknown_tool"
+    assert "a tool call is a mapping" in result["content"], result
+
+
 async def test_invalid_arguments_list_every_bad_field() -> None:
     host = ToolRegistry([forecast])
     result = await run(

@@ -64,7 +64,11 @@ async def run_with_limit(
             # tool that does not wait for anything has ended here, with no timer or waiter.
             await asyncio.sleep(0)
         if await run.wait(None if limit is None else started + limit):
-            return task.result()
+            # Ended, but maybe past its limit: an `async def` tool that blocks the loop (a
+            # sync call inside it) cannot be cancelled while it does; its value is not given.
+            if limit is None or loop.time() - started <= limit:
+                return task.result()
+            return None
     except asyncio.CancelledError:
         await _stop(task, run, name, "its caller was cancelled", strays)
         raise

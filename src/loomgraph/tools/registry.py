@@ -175,6 +175,8 @@ class ToolRegistry:
 
     async def call(self, call: ToolCall, *, idempotency_key: str) -> ToolResult:
         """Validate and run one call; failures become error results, never exceptions."""
+        if not isinstance(call, Mapping):  # (a caller's own, not a model's: those are checked)
+            return results.not_a_call(call, self._tools)
         name = call.get("tool")
         item = self._tools.get(name) if isinstance(name, str) else None
         if item is None:

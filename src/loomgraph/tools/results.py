@@ -170,6 +170,16 @@ def unknown_tool(name: object, available: Iterable[str]) -> ToolResult:
     return error(UNKNOWN_TOOL, f"Unknown tool {name!r}. {listing}")
 
 
+def not_a_call(call: object, available: Iterable[str]) -> ToolResult:
+    """What was handed over as a tool call is no mapping of a `tool` and its `args`."""
+    names = ", ".join(available) or "none"
+    return error(
+        UNKNOWN_TOOL,
+        f"Not a tool call: a tool call is a mapping with a `tool` name and its `args`, not "
+        f"{type(call).__name__}. Available tools: {names}.",
+    )
+
+
 def call_args(call: Any) -> dict[str, Any] | None:
     """A call's arguments as the dict its tool is checked against (no input at all, as some
     models send for a tool without parameters, is `{}`); None when they are not an object

@@ -269,10 +269,14 @@ class ServerToolHost:
     # ----------------------------------------------------------------- add / remove
 
     def add(self, fn: Any) -> Any:
-        """Register one more local tool (its name must not be a server tool's)."""
+        """Register one more local tool (its name must not be a server tool's, in any case:
+        `transfer` beside a server's `Transfer` is one name, as the rules read it)."""
         name = getattr(fn, "name", None) or getattr(fn, "__name__", None)
-        if name in self._owner:
-            raise ToolNameCollision(name, f"MCP server {self._owner[name].name!r}", "a local tool")
+        if isinstance(name, str):
+            folded = name.casefold()
+            for listed, server in self._owner.items():
+                if listed.casefold() == folded:
+                    raise ToolNameCollision(name, f"MCP server {server.name!r}", "a local tool")
         return cast(Any, self.local).add(fn)
 
     def provide(self, deps: Any) -> None:
