@@ -261,3 +261,26 @@ def test_the_command_says_in_one_line_that_a_server_cannot_start(tmp_path: Path)
     (line,) = done.stderr.splitlines()
     assert line.startswith("loomgraph: MCP server 'remote': cannot start http://***@127.0.0.1:")
     assert_masked(done.stderr + done.stdout)
+
+
+@pytest.mark.parametrize("command", ["", "   "])
+def test_a_stdio_server_without_a_program_is_refused_when_made(command: str) -> None:
+    # It was accepted, and its start failed with the error text garbled by the redaction.
+    with pytest.raises(ValueError, match=r"MCP server 't': command must name a program"):
+        MCPServer.stdio(command, name="t")
+
+
+async def test_a_short_program_name_does_not_garble_the_error_it_is_in() -> None:
+    # The command line (a secret may be among its arguments) was replaced by its label
+    # wherever it occurred: a one-letter program made every such letter "o (stdio)".
+    server = MCPServer.stdio("o", name="t", start_timeout=30)
+    with pytest.raises(MCPServerError) as caught:
+        async with Agent("x", model=ScriptedModel(["hi"]), tools=[server]) as agent:
+            await agent.run("hi")
+    assert "No such file or directory" in str(caught.value), str(caught.value)
+
+
+@pytest.mark.parametrize("setting", ["timeout", "start_timeout"])
+def test_an_mcp_servers_bad_timeout_names_the_server_and_the_setting(setting: str) -> None:
+    with pytest.raises(ValueError, match=rf"MCP server 't': {setting} must be positive"):
+        MCPServer.stdio(PYTHON, name="t", **{setting: -5})

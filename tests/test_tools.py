@@ -136,6 +136,9 @@ def test_bad_tool_definitions_are_rejected_at_decoration() -> None:
         tool(42)  # type: ignore[call-overload]
     with pytest.raises(ValueError, match="timeout must be positive"):
         tool(forecast, timeout=0)
+    for description in (5, ["a"]):  # kept as given before, and sent to the model so
+        with pytest.raises(TypeError, match="'forecast': description must be text"):
+            tool(forecast, description=description)  # type: ignore[call-overload]
     with pytest.raises(TypeError, match="generator"):
 
         @tool

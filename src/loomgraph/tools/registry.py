@@ -43,7 +43,7 @@ class ToolRegistry:
         deps: Mapping[Any, Any] | None = None,
         max_abandoned: int = DEFAULT_MAX_ABANDONED,
     ) -> None:
-        self.timeout = check_timeout("<default>", timeout)
+        self.timeout = check_timeout("ToolRegistry", timeout)
         self.max_abandoned = check_max_abandoned(max_abandoned)
         self._strays = Strays()
         self.deps: Mapping[Any, Any] = dict(deps or {})

@@ -81,6 +81,11 @@ class Tool(Generic[P, R]):
         ):
             if not isinstance(value, bool):
                 raise TypeError(f"tool {tool_name!r}: {flag} must be a bool")
+        if description is not None and not isinstance(description, str):
+            raise TypeError(
+                f"tool {tool_name!r}: description must be text (what the model reads), not "
+                f"{type(description).__name__}"
+            )
         doc = parse_docstring(inspect.getdoc(target))
         functools.update_wrapper(self, fn)
         self.fn: Callable[P, R] = fn
@@ -90,7 +95,7 @@ class Tool(Generic[P, R]):
         self.destructive = destructive
         self.egress = egress
         self.trusted = trusted
-        self.timeout = check_timeout(tool_name, timeout)
+        self.timeout = check_timeout(f"tool {tool_name!r}", timeout)
         # Called on the event loop rather than in a worker thread. A sync callable that
         # returns an awaitable (a plain decorator around an async function, a lambda) cannot
         # be told from its signature: the registry learns it at the first call, awaits the
@@ -297,14 +302,15 @@ def defined_at(fn: Any) -> str:
     return f"{module}.{qualname}"
 
 
-def check_timeout(name: str, timeout: float | None) -> float | None:
-    """`timeout` if it is None or a positive, finite number of seconds; raise otherwise."""
+def check_timeout(owner: str, timeout: float | None, setting: str = "timeout") -> float | None:
+    """`timeout` if it is None or a positive, finite number of seconds; raise otherwise,
+    naming its `owner` (`tool 'x'`, `MCP server 'y'`) and the `setting`."""
     if timeout is None:
         return None
     if isinstance(timeout, bool) or not isinstance(timeout, int | float):
-        raise TypeError(f"tool {name!r}: timeout must be a number of seconds or None")
+        raise TypeError(f"{owner}: {setting} must be a number of seconds or None")
     if not (timeout > 0 and math.isfinite(timeout)):
-        raise ValueError(f"tool {name!r}: timeout must be positive and finite, got {timeout}")
+        raise ValueError(f"{owner}: {setting} must be positive and finite, got {timeout}")
     return float(timeout)
 
 

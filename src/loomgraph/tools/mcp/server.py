@@ -79,8 +79,9 @@ class MCPServer:
         self.name = name
         self.prefix = prefix
         self.trust = Trust(trust)
-        self.timeout = check_timeout(name, timeout)
-        self.start_timeout = check_timeout(name, start_timeout)
+        owner = f"MCP server {name!r}"
+        self.timeout = check_timeout(owner, timeout)
+        self.start_timeout = check_timeout(owner, start_timeout, "start_timeout")
         self._link: Link | None = None
         self._retired: set[Link] = set()  # dropped, ending when their calls under way end
         self._lock: asyncio.Lock | None = None
@@ -109,6 +110,8 @@ class MCPServer:
         `timeout` bounds each call (seconds; None for none), `start_timeout` the start and
         the first listing; `env` is added to a minimal environment (PATH, HOME, ...).
         """
+        if not isinstance(command, str) or not command.strip():
+            raise ValueError(f"MCP server {name!r}: command must name a program, not {command!r}")
         return cls(
             Stdio(command, tuple(args), env, cwd),
             name=name,

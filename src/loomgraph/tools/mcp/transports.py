@@ -68,7 +68,8 @@ class Stdio:
     def redact(self, text: str) -> str:
         """`text` (an error of the connection, say) with the command line and each argument
         of `SECRET_CHARS` or more (or its value after `=`) masked."""
-        text = text.replace(self.describe(), self.label())
+        if self.args:  # (a program alone is no secret, and a short one is in any text)
+            text = text.replace(self.describe(), self.label())
         secrets = {part for arg in self.args for part in (arg, arg.partition("=")[2])}
         for secret in sorted(secrets, key=len, reverse=True):
             if len(secret) >= SECRET_CHARS:
