@@ -32,8 +32,9 @@ from loomgraph.models import ScriptedModel
 from loomgraph.tools import MCPServer, Tool
 from loomgraph.tools.json_schema import UnresolvableRef
 from loomgraph.tools.mcp import MCPListingTooLarge
-from loomgraph.tools.mcp.checks import SCHEMA_PROGRAM, Schema, check_arguments
-from loomgraph.tools.mcp.patterns import WORK, compiled
+from loomgraph.tools.mcp.checks import Schema, check_arguments
+from loomgraph.tools.re2_patterns import WORK, compiled
+from loomgraph.tools.schema_patterns import SCHEMA_PROGRAM
 from mcp_servers import PYTHON
 
 SLOW = {"start_timeout": 600.0, "timeout": 600.0}  # a loaded machine starts Python slowly

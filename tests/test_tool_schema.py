@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import subprocess
 import sys
@@ -68,6 +69,26 @@ def test_from_schema_refuses_a_schema_that_is_not_one() -> None:
         Tool.from_schema("broken", "x", {"type": "object", "properties": 3}, lambda: None)
     with pytest.raises(ValueError, match=r"'listy'.*object"):
         Tool.from_schema("listy", "x", {"type": "array"}, lambda: None)
+
+
+async def test_from_schema_patterns_run_on_re2_within_the_calls_bound() -> None:
+    # On Python's `re` this pattern took minutes on 41 characters, holding the event loop
+    # past the tool's timeout; an MCP server's schemas were on RE2, this one was not.
+    schema = {"type": "object", "properties": {"code": {"type": "string", "pattern": "^(a+)+$"}}}
+    item = Tool.from_schema("codes", "Check a code.", schema, lambda code: "ok", timeout=1)
+    registry = ToolRegistry([item])
+    call = {"id": "1", "tool": "codes", "args": {"code": "a" * 41 + "!"}}
+    refused = await asyncio.wait_for(registry.call(call, idempotency_key="k"), 10)
+    assert refused["error_type"] == "invalid_arguments"
+    assert "does not match '^(a+)+$'" in refused["content"], refused
+    good = {"id": "2", "tool": "codes", "args": {"code": "aaaa"}}
+    assert await registry.call(good, idempotency_key="k") == {"content": "ok", "is_error": False}
+
+
+def test_from_schema_refuses_a_pattern_re2_cannot_run_when_made() -> None:
+    schema = {"type": "object", "properties": {"x": {"type": "string", "pattern": "(?=a)a"}}}
+    with pytest.raises(ValueError, match=r"'look': its parameters `pattern` '\(\?=a\)a'.*safely"):
+        Tool.from_schema("look", "x", schema, lambda x: x)
 
 
 class Database:

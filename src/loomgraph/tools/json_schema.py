@@ -10,7 +10,9 @@ from typing import Any
 
 from loomgraph.errors import LoomgraphError
 from loomgraph.tools.context import Injection
+from loomgraph.tools.re2_patterns import metered
 from loomgraph.tools.schema import KEY_PARAM, bound_keywords, injection_of, signature_of
+from loomgraph.tools.schema_patterns import guarded, unusable
 
 
 class JsonArgumentsInvalid(LoomgraphError, ValueError):
@@ -102,12 +104,24 @@ class JsonArguments:
         ref = unresolvable_ref(validator_cls, parameters)
         if ref is not None:
             raise UnresolvableRef(tool_name, ref)
+        # Its patterns run on RE2, as an MCP server's do: on Python's `re` one such as
+        # `^(a+)+$` held the event loop for minutes, past the call's timeout.
+        checked = guarded(validator_cls)
+        try:
+            problem = unusable(parameters, checked)
+        except ImportError:
+            raise ValueError(
+                f"tool {tool_name!r}: its parameters have a pattern, which loomgraph checks on "
+                "RE2 only: install google-re2 (it comes with loomgraph's `mcp` extra)"
+            ) from None
+        if problem is not None:
+            raise ValueError(f"tool {tool_name!r}: its parameters {problem}")
         params = signature_of(fn, tool_name).parameters
         bound = bound_keywords(fn)
         injected = [i for p in params.values() if p.name not in bound and (i := injection_of(p))]
         return cls(
             parameters=parameters,
-            validator=local_validator(validator_cls, parameters),
+            validator=local_validator(checked, parameters),
             wants_key=KEY_PARAM in params and KEY_PARAM not in bound,
             injected=tuple(injected),
             positional=tuple(
@@ -120,7 +134,8 @@ class JsonArguments:
         self, args: dict[str, Any], idempotency_key: str, injected: Mapping[str, Any]
     ) -> tuple[tuple[Any, ...], dict[str, Any]]:
         """Validate `args` against the schema and add what loomgraph fills in."""
-        problems = sorted(self.validator.iter_errors(args), key=lambda e: list(e.path))
+        with metered():  # the patterns of one check share one bounded amount of work
+            problems = sorted(self.validator.iter_errors(args), key=lambda e: list(e.path))
         if problems:
             lines = [f"- {_where(e.absolute_path)}: {e.message}" for e in problems]
             raise JsonArgumentsInvalid("\n" + "\n".join(lines))

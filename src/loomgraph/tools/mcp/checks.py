@@ -5,16 +5,14 @@ are when it is built, and the model's arguments are checked against the schema b
 leave, so a bad call is the model's `invalid_arguments`, not the server's problem. A
 result's structuredContent is checked here against the tool's outputSchema too, not by the
 SDK (`check_output`). `jsonschema` is imported only when a server lists its tools. The
-schemas' regular expressions run on RE2 (patterns.py), never on Python's `re`.
+schemas' regular expressions run on RE2 (`tools.schema_patterns`), never on Python's `re`.
 """
 
 from __future__ import annotations
 
-import functools
 import json
 import re
 import sys
-from collections.abc import Iterator
 from typing import Any
 
 from loomgraph.protocols import (
@@ -25,18 +23,14 @@ from loomgraph.protocols import (
     check_tool_args,
 )
 from loomgraph.tools.json_schema import local_validator
-from loomgraph.tools.mcp import patterns
 from loomgraph.tools.mcp.schema_refs import ref_problem
+from loomgraph.tools.re2_patterns import PatternUnsupported, metered
 from loomgraph.tools.results import error as error_result
+from loomgraph.tools.schema_patterns import guarded, unusable
 
 NAME = re.compile(r"[A-Za-z0-9_-]{1,64}\Z")
 """What Anthropic and OpenAI accept as a tool name (the rule local tools meet, tools/tool.py).
 Use it with `fullmatch`: `\\Z`, not `$`, which also matches before a final newline."""
-
-SCHEMA_PROGRAM = 500_000
-"""The RE2 instructions one schema's distinct patterns may compile to in all (about a quarter
-of a second of compiling when the listing is read; an ordinary pattern needs a few to a few
-thousand)."""
 
 # No Python recursion over deeper arguments: json and jsonschema recurse once per level.
 # (Their size is the tool gate's limit, `SizeLimits.tool_args_chars`, not this one's.)
@@ -86,160 +80,9 @@ class Schema:
     def problems(self, value: Any, root: str = "(arguments)") -> list[str]:
         """One line per way `value` fails the schema (empty when it fits), each naming where
         (from `root`); the patterns of one check share one bounded amount of work."""
-        with patterns.metered():
+        with metered():
             found = sorted(self._validator.iter_errors(value), key=lambda e: list(e.path))
         return [f"- {_where(e.absolute_path, root)}: {e.message}" for e in found]
-
-
-# ------------------------------------------------------------------ regular expressions
-# jsonschema runs `pattern`, `patternProperties` (and `additionalProperties` beside it) with
-# Python's `re`; these are its keywords on RE2 (patterns.py) instead.
-
-
-def _search(pattern: str, text: str) -> bool:
-    return patterns.compiled(pattern).search(text)
-
-
-def _too_long(what: str, pattern: str, keyword: str) -> Any:
-    from jsonschema import ValidationError
-
-    return ValidationError(
-        f"{what} too long to check against the {keyword} {_short(pattern)} within "
-        "loomgraph's limit on checking work; send shorter text"
-    )
-
-
-def _pattern(validator: Any, pattern: str, instance: Any, schema: Any) -> Iterator[Any]:
-    from jsonschema import ValidationError
-
-    if not validator.is_type(instance, "string"):
-        return
-    try:
-        found = _search(pattern, instance)
-    except patterns.PatternTooCostly:
-        yield _too_long(f"{_short(instance)} ({len(instance):,} characters) is", pattern, "pattern")
-        return
-    if not found:  # jsonschema's message, with a long text or pattern shortened
-        yield ValidationError(f"{_short(instance)} does not match {_short(pattern)}")
-
-
-def _pattern_properties(validator: Any, given: Any, instance: Any, schema: Any) -> Iterator[Any]:
-    if not validator.is_type(instance, "object"):
-        return
-    for pattern, subschema in given.items():
-        for key, value in instance.items():
-            try:
-                found = _search(pattern, key)
-            except patterns.PatternTooCostly:
-                yield _too_long("a property name is", pattern, "patternProperties key")
-                return
-            if found:
-                yield from validator.descend(value, subschema, path=key, schema_path=pattern)
-
-
-def _additional_properties(validator: Any, extra: Any, instance: Any, schema: Any) -> Iterator[Any]:
-    from jsonschema import ValidationError
-
-    if not validator.is_type(instance, "object"):
-        return
-    named, regexes = schema.get("properties", {}), schema.get("patternProperties", {})
-    try:
-        extras = {
-            key
-            for key in instance
-            if key not in named and not any(_search(r, key) for r in regexes)
-        }
-    except patterns.PatternTooCostly:
-        yield _too_long("a property name is", "|".join(regexes), "patternProperties keys")
-        return
-    if validator.is_type(extra, "object"):
-        for key in extras:
-            yield from validator.descend(instance[key], extra, path=key)
-    elif not extra and extras:  # jsonschema's own messages
-        listed = ", ".join(repr(key) for key in sorted(extras, key=str))
-        if regexes:
-            verb = "does" if len(extras) == 1 else "do"
-            shown = ", ".join(repr(r) for r in sorted(regexes))
-            yield ValidationError(f"{listed} {verb} not match any of the regexes: {shown}")
-        else:
-            verb = "was" if len(extras) == 1 else "were"
-            yield ValidationError(
-                f"Additional properties are not allowed ({listed} {verb} unexpected)"
-            )
-
-
-_KEYWORDS = {
-    "pattern": _pattern,
-    "patternProperties": _pattern_properties,
-    "additionalProperties": _additional_properties,
-}
-
-
-@functools.cache
-def guarded(cls: Any) -> Any:
-    """`cls` (a jsonschema validator class) with its regex keywords on RE2 (patterns.py)."""
-    from jsonschema.validators import extend
-
-    keywords = {k: f for k, f in _KEYWORDS.items() if k in cls.VALIDATORS}
-    return extend(cls, keywords)  # type: ignore[no-untyped-call]
-
-
-def unusable(source: Any, checked: Any) -> str | None:
-    """Why the schema cannot be checked without Python's `re`, or None. Every object in it
-    is read, data too: a `$ref` may point anywhere, and what it points at is a schema. Each
-    pattern is compiled here, so its programs in all are bounded (SCHEMA_PROGRAM)."""
-    from jsonschema.validators import validator_for
-
-    keywords: set[str] = set()
-    seen: set[str] = set()
-    program = 0  # RE2 instructions of the patterns seen
-    todo: list[tuple[Any, str]] = [(source, "")]
-    while todo:
-        node, where = todo.pop()
-        if isinstance(node, list):
-            todo.extend((item, f"{where}[{i}]") for i, item in enumerate(node))
-            continue
-        if not isinstance(node, dict):
-            continue
-        for key, value in node.items():
-            here = f"{where}.{key}" if where else str(key)
-            regexes = []
-            if key == "pattern" and isinstance(value, str):
-                regexes = [("`pattern`", value)]
-            elif key == "patternProperties" and isinstance(value, dict):
-                regexes = [("`patternProperties` key", r) for r in value]
-            for keyword, regex in regexes:
-                if regex in seen:
-                    continue
-                seen.add(regex)
-                try:
-                    program += patterns.check(regex)
-                except patterns.PatternUnsupported as exc:
-                    return f"{keyword} {_short(regex)} at {here} cannot be checked safely: {exc}"
-                if program > SCHEMA_PROGRAM:
-                    return (
-                        f"{keyword} {_short(regex)} at {here} cannot be checked safely: the "
-                        f"schema's patterns take more than {SCHEMA_PROGRAM:,} RE2 instructions"
-                    )
-            # jsonschema would check a part that names its dialect with its own validator,
-            # and so with `re`.
-            if (
-                key == "$schema"
-                and node is not source
-                and isinstance(value, str)
-                and validator_for({"$schema": value}, default=checked) is not checked
-            ):
-                return f"names a dialect ($schema) at {here}, below its root"
-            keywords.add(key)
-            todo.append((value, here))
-    if {"unevaluatedProperties", "patternProperties"} <= keywords:
-        # jsonschema finds the properties patternProperties evaluated with `re`.
-        return "has both unevaluatedProperties and patternProperties"
-    return None
-
-
-def _short(text: str) -> str:
-    return repr(text) if len(text) <= 60 else f"{text[:60]!r}..."
 
 
 def check_arguments(tool: str, args: dict[str, Any], schema: Schema | None) -> ToolResult | None:
@@ -257,7 +100,7 @@ def check_arguments(tool: str, args: dict[str, Any], schema: Schema | None) -> T
                     "stack whatever the arguments (its $refs recurse).",
                 )
             lines = ["- (arguments): nested too deeply to check against the schema"]
-        except patterns.PatternUnsupported as exc:  # (what the listing did not see)
+        except PatternUnsupported as exc:  # (what the listing did not see)
             return error_result(
                 "tool_exception",
                 f"Tool {tool!r} cannot be called: a regular expression of its inputSchema "

@@ -1,4 +1,5 @@
-"""The regular expressions of an MCP server's schemas, on RE2 (google-re2): no backtracking.
+"""The regular expressions of a tool's JSON Schema (an MCP server's, `Tool.from_schema`'s),
+on RE2 (google-re2): no backtracking.
 
 jsonschema runs a schema's `pattern` (and `patternProperties` keys) with Python's `re`, a
 backtracking engine: a pattern such as `^(a+)+$` takes minutes on forty characters, and `re`
