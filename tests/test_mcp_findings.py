@@ -284,3 +284,9 @@ async def test_a_short_program_name_does_not_garble_the_error_it_is_in() -> None
 def test_an_mcp_servers_bad_timeout_names_the_server_and_the_setting(setting: str) -> None:
     with pytest.raises(ValueError, match=rf"MCP server 't': {setting} must be positive"):
         MCPServer.stdio(PYTHON, name="t", **{setting: -5})
+
+
+def test_a_programs_path_alone_is_still_replaced_by_its_label() -> None:
+    server = MCPServer.stdio("/home/alice/private/bin/server", name="t")
+    said = server.redact("No such file or directory: '/home/alice/private/bin/server'")
+    assert said == "No such file or directory: 'server (stdio)'"

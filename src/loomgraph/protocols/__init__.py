@@ -13,6 +13,7 @@ from loomgraph.protocols.backend_specs import (
     backend_spec_problem,
     dsn_problem,
     split_schema,
+    sqlite_path,
     sqlite_path_problem,
 )
 from loomgraph.protocols.bundle import Deps, SizeLimits
@@ -179,6 +180,7 @@ __all__ = [  # noqa: RUF022 - grouped by concept, not sorted
     "backend_spec_problem",
     "dsn_problem",
     "split_schema",
+    "sqlite_path",
     "sqlite_path_problem",
     # messages: the conversation
     "INVALID_ARGUMENTS",

@@ -68,8 +68,9 @@ class Stdio:
     def redact(self, text: str) -> str:
         """`text` (an error of the connection, say) with the command line and each argument
         of `SECRET_CHARS` or more (or its value after `=`) masked."""
-        if self.args:  # (a program alone is no secret, and a short one is in any text)
-            text = text.replace(self.describe(), self.label())
+        line = self.describe()
+        if len(line) >= SECRET_CHARS:  # (a shorter one, `o` or `ls`, is in any text)
+            text = text.replace(line, self.label())
         secrets = {part for arg in self.args for part in (arg, arg.partition("=")[2])}
         for secret in sorted(secrets, key=len, reverse=True):
             if len(secret) >= SECRET_CHARS:
