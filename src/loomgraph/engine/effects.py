@@ -120,15 +120,6 @@ def shown(value: Any) -> str:
     return f"{_SHOWN.repr(value)} ({type(value).__name__})"
 
 
-def encoding_problem(value: Any) -> str | None:
-    """Why a journal cannot encode `value` as JSON (NaN, infinity, an object...), or None."""
-    try:
-        _STRICT_JSON.encode(value)
-    except (TypeError, ValueError, RecursionError) as err:
-        return str(err)
-    return None
-
-
 def json_problem(value: Any) -> str | None:
     """Why `value` is not plain JSON that the journal keeps and gives back unchanged, or None."""
     try:

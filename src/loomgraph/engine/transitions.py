@@ -8,9 +8,8 @@ from typing import Any
 
 from loomgraph.engine import audit_trail as trail
 from loomgraph.engine.context import VisitContext
-from loomgraph.engine.effects import encoding_problem
 from loomgraph.engine.scope import RunScope
-from loomgraph.engine.state_size import StateNotJson
+from loomgraph.engine.state_size import StateNotJson, check_journaled
 from loomgraph.errors import StateError
 from loomgraph.graph.state import snapshot_of
 from loomgraph.protocols import AuditAction, Runtime, Transition, Usage
@@ -58,9 +57,9 @@ async def _append(runtime: Runtime, transition: Transition) -> StateError | None
     try:
         await runtime.append_transition(transition)
     except TypeError:  # what a journal raises for it (JournalEncodingError is a TypeError)
-        for name, value in transition.patch.items():
-            problem = encoding_problem(value)
-            if problem is not None:
-                return StateNotJson(transition.node, name, problem)
+        try:
+            check_journaled(transition.node, transition.patch)
+        except StateNotJson as err:
+            return err
         raise
     return None
