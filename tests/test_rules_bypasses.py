@@ -201,6 +201,37 @@ async def test_the_extra_command_readings_add_to_deny_rules_only() -> None:
         assert await verdict(allow, SHELL, cmd=cmd) == "deny", cmd
 
 
+
+async def test_an_allowed_program_is_not_another_file_spelled_with_a_slash(cwd: Path) -> None:
+    # `./ls` runs the file `ls` here (one a model may have written), `ls/` a directory's path,
+    # `bin/../ls` the file again: none is the `ls` PATH finds, though each normalises to `ls`.
+    for rule in ("shell(cmd=ls *)", "shell(cmd:command=ls *)"):
+        allow = StandardPermissions(allow=[rule], mode="strict")
+        assert await verdict(allow, SHELL, cmd="ls -la ./src") == "allow", rule
+        for cmd in ("./ls -la", "ls/ -la", "ls/\t{", "bin/../ls -la", ".//ls x"):
+            assert await verdict(allow, SHELL, cmd=cmd) == "deny", (rule, cmd)
+    one = StandardPermissions(allow=["shell(cmd:command=ls)"], mode="strict")
+    assert await verdict(one, SHELL, cmd="ls") == "allow"
+    for cmd in ("./ls", "ls/", "src/../ls"):
+        assert await verdict(one, SHELL, cmd=cmd) == "deny", cmd
+    # A rule naming a program by its path matches it however the path is spelled.
+    script = StandardPermissions(allow=["shell(cmd=./build.sh *)"], mode="strict")
+    for cmd in ("./build.sh x", ".//build.sh x", "./src/../build.sh x"):
+        assert await verdict(script, SHELL, cmd=cmd) == "allow", cmd
+    assert await verdict(script, SHELL, cmd="build.sh x") == "deny"
+    full = StandardPermissions(allow=["shell(cmd=/usr/bin/ls *)"], mode="strict")
+    assert await verdict(full, SHELL, cmd="/usr//bin/ls x") == "allow"
+    # A value of no declared kind may name a program too; declared a path, it is a path.
+    note = StandardPermissions(allow=["read(file=notes.txt)"], mode="strict")
+    assert await verdict(note, READ, file="./notes.txt") == "deny"
+    path = StandardPermissions(allow=["read(file:path=notes.txt)"], mode="strict")
+    assert await verdict(path, READ, file="./notes.txt") == "allow"
+    # Deny rules still see every spelling: `./rm` and `rm/` are read as `rm`.
+    deny = StandardPermissions(deny=["shell(cmd=rm *)"], mode="bypass")
+    for cmd in ("./rm x", "rm/ x", "bin/../rm x"):
+        assert await verdict(deny, SHELL, cmd=cmd) == "deny", cmd
+
+
 REDIRECTED_SPELLINGS = [
     ">/dev/null rm -rf /",
     "2>&1 rm -rf /",

@@ -44,11 +44,13 @@ _CJK = {"CJK", "HIRAGANA", "KATAKANA", "HANGUL", "IDEOGRAPHIC"}
 _PATH_MAX = 4096
 
 
-def readings(value: Any) -> list[Reading]:
+def readings(value: Any, *, program: bool = False) -> list[Reading]:
     """Every lexical reading of a value, as (text, is one path); the first is the main one.
 
     A string with whitespace that starts like a path may be one path with spaces or a command
-    line: it has both readings, the whole string normalised as a path and word by word.
+    line: it has both readings, the whole string normalised as a path and word by word. With
+    `program` (an allow rule's reading), the value or its first word may be a program to run,
+    so its normalised spelling keeps a `/` (`_as_program`).
     """
     if not isinstance(value, str):
         if value is None or isinstance(value, bool | int | float):
@@ -57,11 +59,12 @@ def readings(value: Any) -> list[Reading]:
             return [(json.dumps(value, sort_keys=True, separators=(",", ":"), default=str), False)]
         except (TypeError, ValueError):
             return [(str(value), False)]
+    norm = _as_program(normpath) if program else normpath
     if is_path(value):
-        return [(normpath(value), True)]
-    out = [(_words(value, normpath), False)]
+        return [(norm(value), True)]
+    out = [(_words(value, normpath, program=program), False)]
     if "://" not in value and value.startswith(("/", "~", "./", "../")):
-        out.append((normpath(value), True))
+        out.append((norm(value), True))
     return out
 
 
@@ -81,7 +84,7 @@ def strict_readings(value: Any, kind: str | None) -> list[list[Reading]] | None:
         return None if found is None else [found]
     if kind == "path" and _path_spelling(value) != value:
         return None  # a URL, %-escapes or backslashes: which file it names depends on the tool
-    found = _resolved(value) if kind == "path" else _with_resolved(value)
+    found = _resolved(value) if kind == "path" else _with_resolved(value, program=True)
     odd = _CONTROL.search(value) or SHELL_META & set(value) or _odd_segment(value)
     if odd and any(is_one_path for _, is_one_path in found):
         return None
@@ -200,9 +203,29 @@ def rooted(text: str) -> str:
 _RELATIVE: tuple[Callable[[str], str], ...] = (realpath,)
 
 
-def _words(text: str, fix: Callable[[str], str]) -> str:
-    """`text` with `fix` applied to each word that `is_path`."""
-    return _PATH_WORD.sub(lambda m: m.group() if "://" in m.group() else fix(m.group()), text)
+def _as_program(fix: Callable[[str], str]) -> Callable[[str], str]:
+    """`fix`, but a spelling it would take every `/` from is spelled `./…`: a program named with
+    a `/` (`./ls`, `ls/`, `bin/../ls`) is that file, not the `ls` the shell finds on PATH."""
+
+    def fixed(word: str) -> str:
+        out = fix(word)
+        return "./" + out if "/" not in out and "/" in word else out
+
+    return fixed
+
+
+def _words(text: str, fix: Callable[[str], str], *, program: bool = False) -> str:
+    """`text` with `fix` applied to each word that `is_path`; with `program`, the first word
+    names the program to run (`_as_program`)."""
+    first, command = len(text) - len(text.lstrip()), _as_program(fix)
+
+    def one(m: re.Match[str]) -> str:
+        word = m.group()
+        if "://" in word:
+            return word
+        return command(word) if program and m.start() == first else fix(word)
+
+    return _PATH_WORD.sub(one, text)
 
 
 def _resolved(text: str, fixes: tuple[Callable[[str], str], ...] = _RELATIVE) -> list[Reading]:
@@ -210,14 +233,16 @@ def _resolved(text: str, fixes: tuple[Callable[[str], str], ...] = _RELATIVE) ->
     return list(dict.fromkeys([(normpath(text), True), *((fix(text), True) for fix in fixes)]))
 
 
-def _with_resolved(text: str, fixes: tuple[Callable[[str], str], ...] = _RELATIVE) -> list[Reading]:
+def _with_resolved(
+    text: str, fixes: tuple[Callable[[str], str], ...] = _RELATIVE, *, program: bool = False
+) -> list[Reading]:
     """The lexical readings, and each again with its paths resolved through symlinks."""
-    out = readings(text)
+    out = readings(text, program=program)
     for reading, is_one_path in list(out):
         for fix in fixes:
             if is_one_path:
-                out.append((fix(text), True))
-            elif reading != (resolved := _words(text, fix)):
+                out.append(((_as_program(fix) if program else fix)(text), True))
+            elif reading != (resolved := _words(text, fix, program=program)):
                 out.append((resolved, False))
     return list(dict.fromkeys(out))
 
@@ -237,8 +262,9 @@ def _command_strict(value: str) -> list[Reading] | None:
     if SHELL_META & set(value):
         # Metacharacters only inside quotes: match the command as the shell will run it.
         joined = " ".join(tokens)
-        return list(dict.fromkeys([(_words(joined, f), False) for f in (normpath, realpath)]))
-    return _with_resolved(value)
+        found = [(_words(joined, f, program=True), False) for f in (normpath, realpath)]
+        return list(dict.fromkeys(found))
+    return _with_resolved(value, program=True)
 
 
 def _visible(text: str) -> str:
