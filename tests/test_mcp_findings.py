@@ -282,7 +282,9 @@ async def test_a_short_program_name_does_not_garble_the_error_it_is_in() -> None
 
 @pytest.mark.parametrize("setting", ["timeout", "start_timeout"])
 def test_an_mcp_servers_bad_timeout_names_the_server_and_the_setting(setting: str) -> None:
-    with pytest.raises(ValueError, match=rf"MCP server 't': {setting} must be positive"):
+    with pytest.raises(
+        ValueError, match=rf"MCP server 't': {setting} must be a finite number of seconds > 0"
+    ):
         MCPServer.stdio(PYTHON, name="t", **{setting: -5})
 
 

@@ -98,7 +98,7 @@ def test_from_dict_matches_from_file(tmp_path: Path) -> None:
         ("per_user:\n  bob:\n    allow: ['y(a in $t)']\n", 3, PermissionConfigError, "$t"),
         ("sets:\n  t: alice\n", 2, PermissionTypeError, "list of strings"),
         ("sets:\n  t: {file: missing.txt}\n", 2, PermissionConfigError, "cannot read set"),
-        ("approval_timeout_s: -1\n", 1, PermissionConfigError, "positive"),
+        ("approval_timeout_s: -1\n", 1, PermissionConfigError, "seconds > 0"),
         # No time at all: it passed, then every durable journal refused the run's start.
         ("approval_timeout_s: .inf\n", 1, PermissionConfigError, "finite"),
         ("ask:\n  - {rule: x, approval_timeout_s: .inf}\n", 2, PermissionConfigError, "finite"),

@@ -134,7 +134,7 @@ def test_bad_tool_definitions_are_rejected_at_decoration() -> None:
         tool(forecast, name="has space")
     with pytest.raises(TypeError, match="must be a function"):
         tool(42)  # type: ignore[call-overload]
-    with pytest.raises(ValueError, match="timeout must be positive"):
+    with pytest.raises(ValueError, match="timeout must be a finite number of seconds > 0"):
         tool(forecast, timeout=0)
     for description in (5, ["a"]):  # kept as given before, and sent to the model so
         with pytest.raises(TypeError, match="'forecast': description must be text"):

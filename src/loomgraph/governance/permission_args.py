@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Mapping, Set
 from typing import Any
 
+from loomgraph._storage.seconds import checked_seconds
 from loomgraph.governance.rule_errors import PermissionConfigError, PermissionTypeError
 from loomgraph.governance.rules import Rule, SetSource, parse_rule
 
@@ -65,13 +65,4 @@ def checked_timeout(value: Any, what: str) -> float | None:
     (infinity is no time: the journals could not keep the run's policy)."""
     if value is None:
         return None
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, int | float)
-        or not value > 0
-        or not math.isfinite(value)
-    ):
-        raise PermissionConfigError(
-            f"{what} must be a positive, finite number of seconds, not {value!r}"
-        )
-    return float(value)
+    return checked_seconds(what, value, error=PermissionConfigError)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import inspect
-import math
 import re
 from collections.abc import Callable, Mapping
 from typing import Any, Generic, ParamSpec, TypeVar, overload
@@ -12,6 +11,7 @@ from typing import Any, Generic, ParamSpec, TypeVar, overload
 from pydantic import BaseModel
 from pydantic_core import to_jsonable_python
 
+from loomgraph._storage.seconds import checked_seconds
 from loomgraph.protocols import ToolSpec
 from loomgraph.tools.context import Injection
 from loomgraph.tools.docstrings import parse_docstring
@@ -307,11 +307,7 @@ def check_timeout(owner: str, timeout: float | None, setting: str = "timeout") -
     naming its `owner` (`tool 'x'`, `MCP server 'y'`) and the `setting`."""
     if timeout is None:
         return None
-    if isinstance(timeout, bool) or not isinstance(timeout, int | float):
-        raise TypeError(f"{owner}: {setting} must be a number of seconds or None")
-    if not (timeout > 0 and math.isfinite(timeout)):
-        raise ValueError(f"{owner}: {setting} must be positive and finite, got {timeout}")
-    return float(timeout)
+    return checked_seconds(f"{owner}: {setting}", timeout, wrong_type=TypeError)
 
 
 @overload
