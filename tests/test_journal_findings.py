@@ -78,6 +78,8 @@ async def test_a_reason_is_stored_with_surrogates_and_nul_escaped(make: Factory)
         ("run_id", "r\x00"),
         ("parent_run_id", "p\udcff"),
         ("graph_name", "g\x00"),
+        ("run_id", "r" * 513),
+        ("user_id", "\U0001f600" * 257),  # 1,028 bytes: two fill an index entry
     ],
 )
 async def test_an_id_that_cannot_be_stored_is_refused(

@@ -226,7 +226,7 @@ async def test_a_user_id_over_the_journals_limit_is_refused_alike_by_every_backe
             memory.add_fact(longer, "user", "likes", "tea"),
             memory.get_blocks(longer),
         ):
-            with pytest.raises(UserIdError, match=f"{MAX_ID_CHARS + 1} characters long"):
+            with pytest.raises(UserIdError, match=f"{MAX_ID_CHARS + 1} characters, over the limit"):
                 await call
 
 

@@ -143,8 +143,13 @@ async def test_free_text_is_stored_escaped_alike_on_every_backend(make: Factory)
 
 
 # Over 512 characters: Postgres indexes these ids, and refused a long one only when the
-# episode was written (the turn was lost, owed again at every resume); refused alike now.
-@pytest.mark.parametrize("bad", ["s\x001", "s\udcff", "s" * 513])
+# episode was written (the turn was lost, owed again at every resume); refused alike now. So
+# is one over 1,024 bytes in UTF-8: two such ids passed the index entry's 2,704 bytes.
+@pytest.mark.parametrize(
+    "bad",
+    ["s\x001", "s\udcff", "s" * 513, "\U0001f600" * 257],
+    ids=["nul", "surrogate", "513-characters", "1028-bytes"],
+)
 async def test_ids_that_cannot_be_stored_are_refused_naming_the_field(
     make: Factory, bad: str
 ) -> None:
@@ -169,11 +174,21 @@ async def test_ids_that_cannot_be_stored_are_refused_naming_the_field(
         for field, calls in refused.items():
             for call in calls:
                 with pytest.raises(
-                    MemoryInputError, match=rf"{field} .* (NUL|surrogate|at most 512)"
+                    MemoryInputError, match=rf"{field} .* (NUL|surrogate|over the limit of)"
                 ):
                     await call()
         assert [e.run_id for e in await memory.episodes("alice")] == ["r1"]
         assert [f.object for f in await memory.facts("alice")] == ["tea"]
+
+
+async def test_the_longest_ids_of_four_byte_characters_are_kept_together(make: Factory) -> None:
+    # Memory indexes a user and a session id in one entry: at 1,024 bytes each, they fit.
+    user, session = "\U0001f600" * 256, "\U0001f4a1" * 256
+    async with make() as memory:
+        await memory.remember(Episode(user, session, user, "p", "o", [], 1000.0))
+        await memory.add_fact(user, "u", "p", "o", session_id=session, source_run=user)
+        assert [e.session_id for e in await memory.episodes(user, session_id=session)] == [session]
+        assert [f.object for f in await memory.facts(user)] == ["o"]
 
 
 @pytest.mark.parametrize(

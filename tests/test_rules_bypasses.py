@@ -201,7 +201,6 @@ async def test_the_extra_command_readings_add_to_deny_rules_only() -> None:
         assert await verdict(allow, SHELL, cmd=cmd) == "deny", cmd
 
 
-
 async def test_an_allowed_program_is_not_another_file_spelled_with_a_slash(cwd: Path) -> None:
     # `./ls` runs the file `ls` here (one a model may have written), `ls/` a directory's path,
     # `bin/../ls` the file again: none is the `ls` PATH finds, though each normalises to `ls`.

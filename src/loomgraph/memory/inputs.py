@@ -20,7 +20,7 @@ from datetime import datetime
 from typing import Any
 
 from loomgraph.memory.errors import MemoryInputError
-from loomgraph.protocols import MAX_ID_CHARS, escaped, storable
+from loomgraph.protocols import escaped, id_length_problem, storable
 
 __all__ = [
     "LATEST_TIME",
@@ -47,7 +47,7 @@ def stored_text(text: str) -> str:
 
 def check_id(field: str, value: Any) -> None:
     """Refuse an id (None passes) that is not a str or that no backend can store as it is:
-    a NUL, a lone surrogate, or over `MAX_ID_CHARS` (Postgres indexes these ids)."""
+    a NUL, a lone surrogate, or too long to index (`id_length_problem`)."""
     if value is None:
         return
     if not isinstance(value, str):
@@ -56,11 +56,8 @@ def check_id(field: str, value: Any) -> None:
         raise MemoryInputError(f"{field} {_shown(value)} contains a NUL character")
     if not storable(value):
         raise MemoryInputError(f"{field} {_shown(value)} holds a lone surrogate (not valid text)")
-    if len(value) > MAX_ID_CHARS:
-        raise MemoryInputError(
-            f"{field} {_shown(value)} is {len(value)} characters long; at most {MAX_ID_CHARS} "
-            "are kept"
-        )
+    if (too_long := id_length_problem(value)) is not None:
+        raise MemoryInputError(f"{field} {_shown(value)} is {too_long}")
 
 
 def check_time(field: str, value: Any) -> float:

@@ -19,7 +19,7 @@ from loomgraph.memory.errors import BlockNameError, MemoryInputError, UserIdErro
 from loomgraph.memory.inputs import check_id, stored_text
 from loomgraph.memory.ranking import bm25_rank, query_terms
 from loomgraph.protocols import Episode, Message
-from loomgraph.protocols.stored_text import MAX_ID_CHARS
+from loomgraph.protocols.stored_text import id_length_problem
 
 MAX_FIELD_CHARS = 1000  # one subject, predicate or object
 MAX_NAME_CHARS = 64  # one working block name
@@ -103,7 +103,7 @@ def checked_key(user_id: str | None) -> str:
     """`user_key` of a user id every backend can store as its own partition: `''` is refused
     (it would share the anonymous user's partition), as are NUL and lone surrogates (no
     backend stores them alike: SQLite cannot encode a surrogate, Postgres refuses both) and
-    an id over MAX_ID_CHARS (Postgres cannot index it; the journals refuse it too)."""
+    an id too long to index (`id_length_problem`; the journals refuse it too)."""
     key = user_key(user_id)
     if user_id is None:
         return key
@@ -111,10 +111,8 @@ def checked_key(user_id: str | None) -> str:
         raise UserIdError(user_id, "is empty: pass None for an anonymous run, or a real user id")
     if "\x00" in user_id:
         raise UserIdError(user_id, "contains a NUL character")
-    if len(user_id) > MAX_ID_CHARS:
-        raise UserIdError(
-            user_id, f"is {len(user_id)} characters long; at most {MAX_ID_CHARS} are kept"
-        )
+    if (too_long := id_length_problem(user_id)) is not None:
+        raise UserIdError(user_id, f"is {too_long}")
     try:
         user_id.encode("utf-8")
     except UnicodeEncodeError:

@@ -124,7 +124,13 @@ from loomgraph.protocols.runtime import (
 from loomgraph.protocols.shapes import shape
 from loomgraph.protocols.shown_text import DISGUISING, shown_escape
 from loomgraph.protocols.spellings import as_latin, without_invisible
-from loomgraph.protocols.stored_text import MAX_ID_CHARS, escaped, storable
+from loomgraph.protocols.stored_text import (
+    MAX_ID_BYTES,
+    MAX_ID_CHARS,
+    escaped,
+    id_length_problem,
+    storable,
+)
 from loomgraph.protocols.tasks import (
     CancelReason,
     cancel_reason,
@@ -276,8 +282,10 @@ __all__ = [  # noqa: RUF022 - grouped by concept, not sorted
     "without_invisible",
     # stored_text: text every backend's text column keeps (NUL, lone surrogates escaped),
     # and the longest id every backend indexes
+    "MAX_ID_BYTES",
     "MAX_ID_CHARS",
     "escaped",
+    "id_length_problem",
     "storable",
     # tasks: a step a cancellation must not cut off; a cancel that is the task's own; who
     # cancelled a run; an await bounded in time that keeps a cancel

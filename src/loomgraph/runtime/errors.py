@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from loomgraph.errors import LoomgraphError, ServiceUnavailable
 from loomgraph.protocols.runtime import UnknownRun
-from loomgraph.protocols.stored_text import MAX_ID_CHARS  # (the journals index ids: `runtime.text`)
+from loomgraph.protocols.stored_text import (  # (the journals index ids: `runtime.text`)
+    MAX_ID_CHARS,
+    id_length_problem,
+)
 
 __all__ = [
     "MAX_ID_CHARS",
@@ -94,14 +97,15 @@ class JournalEncodingError(JournalError, TypeError):
 
 
 class JournalIdError(JournalError, ValueError):
-    """An id the journal cannot store as text (a NUL, a lone surrogate, over `MAX_ID_CHARS`);
+    """An id the journal cannot store as text (a NUL, a lone surrogate, too long to index:
+    `protocols.id_length_problem`);
     nothing was written. `.field` names the column (`user_id`, `session_id`, ...), `.value`
     is the id given."""
 
     def __init__(self, field: str, value: str) -> None:
         shown = value if len(value) <= 80 else value[:79] + "…"
-        if len(value) > MAX_ID_CHARS:
-            why = f"{len(value):,} characters, over the limit of {MAX_ID_CHARS}"
+        if (too_long := id_length_problem(value)) is not None:
+            why = too_long
         elif "\x00" in value:
             why = "a NUL character"
         else:

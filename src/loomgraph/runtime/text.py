@@ -10,11 +10,11 @@ read back as the value written.
 
 from __future__ import annotations
 
-from loomgraph.protocols import RunRecord, Transition, escaped, storable
-from loomgraph.runtime.errors import MAX_ID_CHARS, JournalIdError
+from loomgraph.protocols import RunRecord, Transition, escaped, id_length_problem, storable
+from loomgraph.runtime.errors import JournalIdError
 
 # The ids a journal indexes (a run's, and a user's for her runs; a run's parent, which is
-# a run id): the ones whose length an index entry limits (`MAX_ID_CHARS`).
+# a run id): the ones whose length an index entry limits (`id_length_problem`).
 INDEXED_IDS = frozenset({"run_id", "user_id", "parent_run_id"})
 
 __all__ = [
@@ -36,13 +36,13 @@ def storable_reason(text: str) -> str:
 
 def check_id(field: str, value: str | None) -> None:
     """Refuse an id no backend can store as it is, or one a journal indexes (`INDEXED_IDS`)
-    longer than `MAX_ID_CHARS` (`JournalIdError` naming `field`), and one that is no text at
-    all (a TypeError naming `field`, not one from deep in a check)."""
+    too long to index (`id_length_problem`; `JournalIdError` naming `field`), and one that is
+    no text at all (a TypeError naming `field`, not one from deep in a check)."""
     if value is not None and not isinstance(value, str):
         raise TypeError(f"{field} must be a str or None, got {type(value).__name__} {value!r:.60}")
     if value is not None and not storable(value):
         raise JournalIdError(field, value)
-    if value is not None and field in INDEXED_IDS and len(value) > MAX_ID_CHARS:
+    if value is not None and field in INDEXED_IDS and id_length_problem(value) is not None:
         raise JournalIdError(field, value)
 
 
