@@ -59,3 +59,32 @@ async def test_extra_fields_are_invalid_arguments() -> None:
     assert result["error_type"] == "invalid_arguments"
     assert "- c: unexpected argument" in result["content"]
     assert ran == []
+
+
+paid: list[float] = []
+
+
+@tool
+def pay(amount: float) -> str:
+    """Pay an amount."""
+    paid.append(amount)
+    return "paid"
+
+
+async def test_a_number_no_journal_keeps_is_invalid_in_every_spelling() -> None:
+    # A NaN or infinite number is refused before any tool runs (`check_tool_args`); the same
+    # value spelled as a string ("nan", "-Infinity", "1e400") was turned into one by the
+    # lax float parsing and reached the tool, where `nan > limit` is False.
+    from loomgraph.tools import ToolRegistry
+
+    paid.clear()
+    registry = ToolRegistry([pay])
+    for spelled in ("nan", "NaN", "inf", "-Infinity", "1e400"):
+        call: Any = {"id": "c", "tool": "pay", "args": {"amount": spelled}}
+        result = await registry.call(call, idempotency_key="k")
+        assert result.get("error_type") == "invalid_arguments", (spelled, result)
+        assert "amount" in result["content"] and "finite" in result["content"], result
+    assert paid == []
+    ok: Any = {"id": "c", "tool": "pay", "args": {"amount": "12.5"}}
+    assert (await registry.call(ok, idempotency_key="k"))["content"] == "paid"
+    assert paid == [12.5]

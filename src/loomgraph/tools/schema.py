@@ -133,6 +133,10 @@ def build_arguments(
         # null: the model would be shown a default the call does not get. Kept as it is, the
         # strict JSON check below refuses it. (Validation is the same in every mode.)
         ser_json_inf_nan="constants",
+        # NaN and the infinities are refused as arguments in every spelling: as numbers
+        # (`check_tool_args`, no journal keeps them) and as strings lax parsing would turn
+        # into them ("nan", "-Infinity", "1e400"), where `nan > limit` is False.
+        allow_inf_nan=False,
     )
     try:
         base = _extras_base(var_keyword, arg_docs, config)
@@ -144,9 +148,10 @@ def build_arguments(
         raise _unsupported(tool_name, signature, exc) from exc
     except ValueError as exc:  # a default pydantic cannot write as JSON (b"\xff", 10**5000)
         raise _unwritable(tool_name, base, definitions, dict(fields), exc) from exc
-    _check_defaults(tool_name, model, dict(fields))
     parameters = clean_schema(raw)
+    # JSON first: an infinite default is no JSON, and its type refuses it too (finite only).
     _check_json(tool_name, model, dict(fields), parameters)
+    _check_defaults(tool_name, model, dict(fields))
 
     return Arguments(
         model=model,
