@@ -203,6 +203,9 @@ BAD_SERVERS = textwrap.dedent(
         import time
         time.sleep(3600)
 
+    if kind == "slow":  # a start slower than a call's timeout
+        import time
+        time.sleep(2.0)
     app.run()
     '''
 )

@@ -71,3 +71,22 @@ async def test_crash_hang_garbage_and_lies(tmp_path: Path) -> None:
     tools = [e for e in await runtime.effects(run_id) if e.kind == "tool"]
     assert [e.status for e in tools] == [EffectStatus.DONE] * 6
     assert [e.outcome for e in tools] == [dict(r) for r in results]
+
+
+async def test_a_servers_start_does_not_count_against_a_calls_timeout(tmp_path: Path) -> None:
+    # A call's `timeout` starts once the server is up: the start (and the restart after a
+    # crash) is bounded by `start_timeout`. It used to run from the call's first moment, so a
+    # server slower to start than `timeout` timed out every first call after a (re)start.
+    script = bad_server_script(tmp_path)
+    args = (str(script), "slow", str(tmp_path))
+    server = MCPServer.stdio(PYTHON, *args, name="slow", timeout=1, start_timeout=600)
+    try:
+        first = await server.call("ping", {}, "k1")
+        assert (first["content"], first["is_error"]) == ("pong", False), first
+        crashed = await server.call("crash", {}, "k2")
+        assert crashed.get("error_type") == "mcp_server_error", crashed
+        again = await server.call("ping", {}, "k3")
+        assert (again["content"], again["is_error"]) == ("pong", False), again
+        assert (tmp_path / "starts").read_text() == "2"
+    finally:
+        await server.close()

@@ -266,25 +266,24 @@ class MCPServer:
         invalid = check_arguments(name, args, self._offer.schemas.get(name))
         if invalid is not None:
             return invalid
-        loop = asyncio.get_running_loop()
-        deadline = None if self.timeout is None else loop.time() + self.timeout
         # Sent again at most once, on a new session, and only when the server refused this
         # very request as a lost session (resend.py): it never ran.
-        result = await self._call_once(name, args, idempotency_key, deadline)
+        result = await self._call_once(name, args, idempotency_key)
         if isinstance(result, Refused):
             _log.info("MCP server %r: %r is sent again on a new session", self.name, name)
-            result = await self._call_once(name, args, idempotency_key, deadline)
+            result = await self._call_once(name, args, idempotency_key)
         if isinstance(result, Refused):  # refused on the new session too: not sent a third time
             return await self._failed(name, result.error, result.link, lost=True)
         return result
 
-    async def _call_once(
-        self, name: str, args: dict[str, Any], key: str, deadline: float | None
-    ) -> ToolResult | Refused:
+    async def _call_once(self, name: str, args: dict[str, Any], key: str) -> ToolResult | Refused:
         try:
             await self.start()
         except MCPServerError as exc:
             return server_error(self.name, name, exc.problem)
+        # The call's time starts once the server is up: a (re)start is `start_timeout`'s.
+        started = asyncio.get_running_loop().time()
+        deadline = None if self.timeout is None else started + self.timeout
         link = self._link
         if link is None or link.session is None:
             return server_error(self.name, name, "the connection closed")
