@@ -15,6 +15,7 @@ from loomgraph.agent.resume_errors import (
 )
 from loomgraph.engine.approval_checks import edit_problem, schema_problem
 from loomgraph.engine.effects import (
+    TOOL_EFFECT,
     Approval,
     BoundApproval,
     BoundValue,
@@ -22,7 +23,7 @@ from loomgraph.engine.effects import (
     ResumeValue,
 )
 from loomgraph.graph.compiled import CompiledGraph
-from loomgraph.protocols import Deps, RunRecord, ToolCall
+from loomgraph.protocols import Deps, EffectStatus, RunRecord, ToolCall
 from loomgraph.protocols.paths import NodePath
 
 __all__ = ["NO_VALUE", "answer_for", "bound", "unanswered", "usable_here"]
@@ -54,38 +55,84 @@ def bound(value: Any, approve: Any, answer: ResumeInput | None) -> tuple[Any, An
 async def usable_here(
     record: RunRecord, answer: ResumeInput | None, deps: Deps, graph: CompiledGraph
 ) -> None:
-    """Refuse an approval this Agent could only waste, before it is journaled (an approval
-    is used once): one allowing a call of a `tools` node of `graph` (the run's, or of a
-    graph its `map` and `subgraph` nodes run) to a tool this Agent's tool host does not
-    offer (`ToolNotOffered`: the call would be denied as unknown), or edited arguments the
-    tool would refuse, as the host running it checks them (`EditedArgsInvalid`: the call
-    would fail; `approval_checks.edit_problem`). A call a node asks about of its own (not
-    the tool host's: a strategy's memory write) has its edit checked against the parameters
-    its request kept (`Pending.schema`). Tools known only once their host has started (MCP
+    """Refuse a resume this Agent could only lose work in or waste an answer on, before
+    anything is journaled (an approval is used once).
+
+    The run owes a call of a `tools` node of `graph` (the run's, or of a graph its `map` and
+    `subgraph` nodes run) to a tool this Agent's tool host does not offer: it waits for
+    approval of the call, or was cut off during it (`ToolNotOffered`, whatever the answer;
+    going on, the call would be told the tool is unknown: a request asked of a person
+    dropped, a call that may have acted left unreported). Or an approval's edited arguments
+    the tool would refuse, as the host running it checks them (`EditedArgsInvalid`: the call
+    would fail; `approval_checks.edit_problem`). A call a node asks about of its own (not the
+    tool host's: a strategy's memory write) has its edit checked against the parameters its
+    request kept (`Pending.schema`). Tools known only once their host has started (MCP
     servers) are listed first, as before a run."""
     pending = pending_of(record)
     call = None if pending is None else pending.call
-    if not isinstance(answer, Approval) or not answer.allow or pending is None or not call:
+    asked = call if pending is not None and _kind_at(graph, pending.node) == "tools" else None
+    cut_off = await _calls_cut_off(deps.runtime, record.run_id, graph)
+    if asked or cut_off:
+        await _offered(record.run_id, deps, asked, cut_off)
+    if not isinstance(answer, Approval) or not answer.allow or not call or answer.args is None:
         return
-    if _kind_at(graph, pending.node) != "tools":
-        if answer.args is not None and pending.schema is not None:
+    if not asked:
+        if pending is not None and pending.schema is not None:
             _fits(call["tool"], schema_problem(answer.args, {"parameters": pending.schema}))
         return
+    spec = deps.tools.spec(call["tool"])  # offered (`_offered`)
+    if spec is not None:
+        edited = ToolCall(id=call["id"], tool=call["tool"], args=answer.args)
+        _fits(call["tool"], edit_problem(deps.tools, edited, spec))
+
+
+async def _offered(
+    run_id: str, deps: Deps, asked: ToolCall | None, cut_off: list[ToolCall]
+) -> None:
+    """`ToolNotOffered` unless this Agent's tool host offers the tool of the call the run
+    waits for approval of (`asked`) and of each call it was cut off during (`cut_off`)."""
     if deps.startable_tools is not None:
         await deps.startable_tools.start()
     tools = deps.tools
-    spec = tools.spec(call["tool"])
-    if spec is None:
+    owed = [(call, True) for call in cut_off] + ([(asked, False)] if asked else [])
+    for call, was_cut_off in owed:
+        if tools.spec(call["tool"]) is not None:
+            continue
         offered = ", ".join(s["name"] for s in tools.specs()) or "none"
-        raise ToolNotOffered(
-            f"run {record.run_id} waits for approval of a call to {call['tool']!r}, a tool "
-            f"this agent does not offer (it offers: {offered}); go on with the tools the run "
-            "started with. Nothing was journaled: the run still waits"
+        owes = (
+            f"was cut off during a call to {call['tool']!r}, which may have taken effect"
+            if was_cut_off
+            else f"waits for approval of a call to {call['tool']!r}"
         )
-    if answer.args is None:
-        return
-    edited = ToolCall(id=call["id"], tool=call["tool"], args=answer.args)
-    _fits(call["tool"], edit_problem(tools, edited, spec))
+        raise ToolNotOffered(
+            f"run {run_id} {owes}, a tool this agent does not offer (it offers: {offered}); "
+            "go on with the tools the run started with. Nothing was journaled: the run "
+            + ("still waits" if not was_cut_off else "is as it was")
+        )
+
+
+async def _calls_cut_off(runtime: Any, run_id: str, graph: CompiledGraph) -> list[ToolCall]:
+    """The calls of `tools` nodes whose effect the run began but never ended (a crash cut
+    them off): a resume reports each and makes it again."""
+    cut_off = []
+    for effect in await runtime.effects(run_id):
+        if effect.kind != TOOL_EFFECT or effect.status not in _UNFINISHED:
+            continue
+        call = effect.intent.get("call")
+        path = effect.key.removeprefix(f"{run_id}:").split(":")[0]
+        if isinstance(call, dict) and _kind_at(graph, _node_of(path)) == "tools":
+            cut_off.append(ToolCall(id=call["id"], tool=call["tool"], args=call["args"]))
+    return cut_off
+
+
+_UNFINISHED = frozenset({EffectStatus.PENDING, EffectStatus.UNKNOWN_AFTER_CRASH})
+
+
+def _node_of(key_path: str) -> str:
+    """The node path (`plan/0/tools`) of an effect key's path (`plan.1/0/tools`: each
+    enclosing node with its visit)."""
+    *outer, node = key_path.split(NodePath.SEPARATOR)
+    return NodePath.SEPARATOR.join([*(part.rsplit(".", 1)[0] for part in outer), node])
 
 
 def _fits(tool: str, problem: str | None) -> None:

@@ -84,8 +84,9 @@ class ApprovalUsed(ApprovalRefused):
 
 
 class ToolNotOffered(ApprovalRefused):
-    """The approved call names a tool this Agent does not offer (a resume with other tools
-    than the run started with): used, the approval would only deny the call as unknown."""
+    """The run waits for approval of, or was cut off during, a call to a tool this Agent does
+    not offer (a resume with other tools than the run started with): going on, the call
+    would be told the tool is unknown, the request dropped or the cut-off call unreported."""
 
 
 class EditedArgsInvalid(ResumeError):
