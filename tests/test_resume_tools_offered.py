@@ -62,7 +62,7 @@ async def test_a_waiting_approval_is_not_dropped_by_a_resume_without_its_tool(
         waiting = await first.run("pay bob")
     assert waiting.status == RunStatus.AWAITING_APPROVAL
     async with payer(journal, [look]) as other:
-        with pytest.raises(ToolNotOffered, match="'pay'.*offers: look.*still waits"):
+        with pytest.raises(ToolNotOffered, match=r"'pay'.*offers: look.*still waits"):
             await other.resume(waiting.run_id, **answer)
     async with SqliteRuntime(journal) as runtime:
         kept = await runtime.load_run(waiting.run_id)
