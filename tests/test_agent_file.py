@@ -237,6 +237,9 @@ def test_graph_problems_keep_their_own_file_and_line(folder: Path) -> None:
 
 def test_not_a_mapping_and_yaml_syntax(folder: Path) -> None:
     assert "not-a-mapping" in problems(write(folder, "- a\n"))[0]
+    for empty in ("", "  \n# only a comment\n"):
+        [said] = problems(write(folder, empty))
+        assert "not-a-mapping" in said and "the file is empty: an agent file is a" in said
     assert "yaml-syntax" in problems(write(folder, "name: [\n"))[0]
 
 

@@ -534,3 +534,10 @@ def test_on_error_must_name_a_node_and_counts_as_a_route() -> None:
         "name: e\nentry: a\nnodes:\n  a: {kind: model, on_error: fix}\n"
         "  fix: {kind: model}\nedges:\n  - {from: a, to: END}\n  - {from: fix, to: END}\n"
     )
+
+
+@pytest.mark.parametrize("text", ["", "\n  \n", "# nothing yet\n"])
+def test_an_empty_graph_file_is_said_to_be_empty(text: str) -> None:
+    [problem] = problems_in(text)
+    assert problem.rule == "not-a-mapping"
+    assert problem.message.startswith("the file is empty: a graph is a mapping of `name:`")

@@ -25,6 +25,7 @@ from loomgraph.authoring.loader import (
     builtin_path,
     graph_from_data,
     graph_lines,
+    not_a_mapping,
     parse_yaml,
     read_source,
 )
@@ -130,10 +131,8 @@ def load_agent_file(
     if data is None and problems:
         raise AgentFileError(problems)
     if not isinstance(data, dict):
-        kind = "empty" if data is None else type(data).__name__
-        raise AgentFileError(
-            [Problem("not-a-mapping", f"an agent file is a mapping, got {kind}", file, 1)]
-        )
+        said = not_a_mapping(data, "an agent file", "`name:`, `model:`, `instructions:` …")
+        raise AgentFileError([Problem("not-a-mapping", said, file, 1)])
     unset: set[str | int] = set()  # the top-level keys with a `${VAR}` that is not set
 
     def missing(name: str, where: tuple[str | int, ...]) -> None:

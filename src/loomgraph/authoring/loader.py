@@ -143,6 +143,15 @@ def graph_lines(lines: Lines, key_lines: Lines) -> Lines:
     return merged
 
 
+def not_a_mapping(data: Any, what: str, keys: str) -> str:
+    """What is wrong with a file's top level that is no mapping (`what`: "a graph"): an
+    empty file (nothing but blanks and comments) is said to be empty, with the `keys` the
+    mapping would hold."""
+    if data is None:
+        return f"the file is empty: {what} is a mapping of {keys}"
+    return f"{what} must be a mapping, got {type(data).__name__}"
+
+
 def graph_from_data(
     data: Any,
     *,
@@ -155,10 +164,8 @@ def graph_from_data(
     problems = list(problems or [])
     lines = lines or {}
     if not isinstance(data, Mapping):
-        kind = "empty" if data is None else type(data).__name__
-        problems.append(
-            Problem("not-a-mapping", f"a graph must be a mapping, got {kind}", file, lines.get(()))
-        )
+        said = not_a_mapping(data, "a graph", "`name:`, `entry:`, `nodes:` and `edges:`")
+        problems.append(Problem("not-a-mapping", said, file, lines.get(())))
         raise GraphValidationError(problems)
     try:
         graph = Graph.model_validate(data)
