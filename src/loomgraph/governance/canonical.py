@@ -217,13 +217,13 @@ def _as_program(fix: Callable[[str], str]) -> Callable[[str], str]:
 def _words(text: str, fix: Callable[[str], str], *, program: bool = False) -> str:
     """`text` with `fix` applied to each word that `is_path`; with `program`, the first word
     names the program to run (`_as_program`)."""
-    first, command = len(text) - len(text.lstrip()), _as_program(fix)
+    first, command = len(text) - len(text.lstrip()), _as_program(fix) if program else fix
 
     def one(m: re.Match[str]) -> str:
         word = m.group()
         if "://" in word:
             return word
-        return command(word) if program and m.start() == first else fix(word)
+        return command(word) if m.start() == first else fix(word)
 
     return _PATH_WORD.sub(one, text)
 
