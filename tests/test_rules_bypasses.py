@@ -225,6 +225,10 @@ async def test_an_allowed_program_is_not_another_file_spelled_with_a_slash(cwd: 
     assert await verdict(note, READ, file="./notes.txt") == "deny"
     path = StandardPermissions(allow=["read(file:path=notes.txt)"], mode="strict")
     assert await verdict(path, READ, file="./notes.txt") == "allow"
+    # `.` and `..` keep no `./`: `./..` is `..`, which a glob `./**` does not fit.
+    here = StandardPermissions(allow=["read(file=./**)"], mode="strict")
+    assert await verdict(here, READ, file="./src") == "allow"
+    assert await verdict(here, READ, file="./..") == "deny"
     # Deny rules still see every spelling: `./rm` and `rm/` are read as `rm`.
     deny = StandardPermissions(deny=["shell(cmd=rm *)"], mode="bypass")
     for cmd in ("./rm x", "rm/ x", "bin/../rm x"):

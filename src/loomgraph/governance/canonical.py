@@ -201,15 +201,18 @@ def rooted(text: str) -> str:
 # How paths are resolved for an allow rule: relative ones stay relative (`strict_readings`
 # spells them absolute separately). A deny or ask rule reads them both ways.
 _RELATIVE: tuple[Callable[[str], str], ...] = (realpath,)
+_DOTS = frozenset({".", ".."})
 
 
 def _as_program(fix: Callable[[str], str]) -> Callable[[str], str]:
-    """`fix`, but a spelling it would take every `/` from is spelled `./…`: a program named with
-    a `/` (`./ls`, `ls/`, `bin/../ls`) is that file, not the `ls` the shell finds on PATH."""
+    """`fix`, but a name it would take every `/` from is spelled `./…`: a program named with a
+    `/` (`./ls`, `ls/`, `bin/../ls`) is that file, not the `ls` the shell finds on PATH.
+    (`.` and `..` stay as they are: they name directories, not a program, and `./..` would
+    fit a glob `./**` that `..` does not.)"""
 
     def fixed(word: str) -> str:
         out = fix(word)
-        return "./" + out if "/" not in out and "/" in word else out
+        return "./" + out if "/" not in out and "/" in word and out not in _DOTS else out
 
     return fixed
 
