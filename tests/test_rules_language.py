@@ -298,7 +298,7 @@ def test_configuration_errors_are_typed() -> None:
         StandardPermissions(ask=[{"rule": "x", "unless": "y"}])
     with pytest.raises(PermissionConfigError, match="ask mapping"):
         StandardPermissions(ask=[{"rule": "x", "unles": ["y"]}])
-    with pytest.raises(PermissionConfigError, match="positive"):
+    with pytest.raises(PermissionConfigError, match="seconds > 0"):
         StandardPermissions(approval_timeout_s=0)
 
 
