@@ -124,3 +124,28 @@ async def test_a_call_cut_off_is_not_told_its_tool_is_unknown(tmp_path: Path) ->
     async with payer(journal, [pay, look], ask=False) as again:
         kinds = [event.kind async for event in again.resume_stream(run_id)]
     assert "effect_unknown_after_crash" in kinds and paid == ["bob"]
+
+
+async def test_a_resuming_agents_handler_answers_a_request_journaled_without_one(
+    tmp_path: Path,
+) -> None:
+    # Documented (docs/governance.md): a handler is an explicit answer; whoever may resume
+    # the run may also pass `approve=`. Its denial is used as the request's answer.
+    journal = tmp_path / "journal.db"
+    paid.clear()
+    async with payer(journal, [pay, look]) as first:
+        waiting = await first.run("pay bob")
+    assert waiting.status == RunStatus.AWAITING_APPROVAL
+    permissions = StandardPermissions(ask=["pay"], allow=["pay", "look"])
+    answering = Agent(
+        "x",
+        model=ScriptedModel([PAY, "done"]),
+        tools=[pay, look],
+        permissions=permissions,
+        runtime=f"sqlite:{journal}",
+        name="payer",
+        approval_handler=lambda call, decision: False,
+    )
+    async with answering:
+        done = await answering.resume(waiting.run_id)
+    assert (done.status, paid) == (RunStatus.COMPLETED, [])
