@@ -16,6 +16,7 @@ import crash_worker as W
 import pg
 from loomgraph import Agent
 from loomgraph.agent.recovery import RunDeadLettered
+from loomgraph.agent.resume_errors import ToolNotOffered
 from loomgraph.models import ScriptedModel
 from loomgraph.protocols import RunStatus
 from test_crash_matrix import Journal, run_worker
@@ -72,6 +73,12 @@ async def test_a_run_whose_recoveries_keep_crashing_becomes_a_dead_letter(
     try:
         with pytest.raises(RunDeadLettered, match="retry"):
             await agent.resume(run_id)
+        # Nor retried by an Agent without the tool its last recovery was cut off during:
+        # the dead letter stays one, its count kept.
+        with pytest.raises(ToolNotOffered, match="cut off during a call to 'add'"):
+            await agent.retry(run_id)
+        kept = await _record(journal, run_id)
+        assert (kept.status, kept.recoveries) == (RunStatus.DEAD_LETTER, 3)
     finally:
         await agent.aclose()
     if journal.schema is None:

@@ -23,10 +23,10 @@ from loomgraph.engine.effects import (
     ResumeValue,
 )
 from loomgraph.graph.compiled import CompiledGraph
-from loomgraph.protocols import Deps, EffectStatus, RunRecord, ToolCall
+from loomgraph.protocols import Deps, EffectStatus, RunRecord, RunStatus, ToolCall
 from loomgraph.protocols.paths import NodePath
 
-__all__ = ["NO_VALUE", "answer_for", "bound", "unanswered", "usable_here"]
+__all__ = ["NO_VALUE", "answer_for", "bound", "owed_tools_offered", "unanswered", "usable_here"]
 
 
 async def answer_for(
@@ -67,16 +67,15 @@ async def usable_here(
     would fail; `approval_checks.edit_problem`). A call a node asks about of its own (not the
     tool host's: a strategy's memory write) has its edit checked against the parameters its
     request kept (`Pending.schema`). Tools known only once their host has started (MCP
-    servers) are listed first, as before a run."""
+    servers) are listed first, as before a run. A dead letter is refused as one, under its
+    lease (`recovery.begin_recovery`), whatever the tools: its `retry` checks them."""
+    if record.status != RunStatus.DEAD_LETTER:
+        await owed_tools_offered(record, deps, graph)
     pending = pending_of(record)
     call = None if pending is None else pending.call
-    asked = call if pending is not None and _kind_at(graph, pending.node) == "tools" else None
-    cut_off = await _calls_cut_off(deps.runtime, record.run_id, graph)
-    if asked or cut_off:
-        await _offered(record.run_id, deps, asked, cut_off)
     if not isinstance(answer, Approval) or not answer.allow or not call or answer.args is None:
         return
-    if not asked:
+    if pending is None or _kind_at(graph, pending.node) != "tools":
         if pending is not None and pending.schema is not None:
             _fits(call["tool"], schema_problem(answer.args, {"parameters": pending.schema}))
         return
@@ -84,6 +83,17 @@ async def usable_here(
     if spec is not None:
         edited = ToolCall(id=call["id"], tool=call["tool"], args=answer.args)
         _fits(call["tool"], edit_problem(deps.tools, edited, spec))
+
+
+async def owed_tools_offered(record: RunRecord, deps: Deps, graph: CompiledGraph) -> None:
+    """`ToolNotOffered` unless this Agent offers the tool of every call of a `tools` node of
+    `graph` the run owes: the one it waits for approval of, and each it was cut off during."""
+    pending = pending_of(record)
+    node_kind = None if pending is None else _kind_at(graph, pending.node)
+    asked = pending.call if pending is not None and node_kind == "tools" else None
+    cut_off = await _calls_cut_off(deps.runtime, record.run_id, graph)
+    if asked or cut_off:
+        await _offered(record.run_id, deps, asked, cut_off)
 
 
 async def _offered(

@@ -24,7 +24,13 @@ from loomgraph.agent.pinning import GRAPH_CHOICES, GraphChoice, check_move, move
 from loomgraph.agent.pinning import run_graph as kept_graph
 from loomgraph.agent.recovery import WAITING, begin_recovery, end_recovery, reset_recoveries
 from loomgraph.agent.result import RunResult
-from loomgraph.agent.resume_answers import NO_VALUE, answer_for, bound, usable_here
+from loomgraph.agent.resume_answers import (
+    NO_VALUE,
+    answer_for,
+    bound,
+    owed_tools_offered,
+    usable_here,
+)
 from loomgraph.agent.run_ending import ENDED_ASIDE, end_clock, restore_ended
 from loomgraph.agent.session import AgentSession
 from loomgraph.engine.effects import BoundValue, ResumeInput
@@ -278,6 +284,8 @@ class Resumer:
         # So is a retry under another policy: the refusal's advice, to retry with the
         # override, must find the run as it was (the resume checks again, under the lease).
         check_governance(record, self.deps, override=override_policy)
+        own = await kept_graph(self.deps.runtime, record, self.compiled, self.kept)
+        await owed_tools_offered(record, self.deps, own or self.compiled)
         await reset_recoveries(self.deps.runtime, run_id)
         return await self.resume(sink, run_id, graph=graph, override_policy=override_policy)
 
