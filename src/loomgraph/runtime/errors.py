@@ -98,9 +98,8 @@ class JournalEncodingError(JournalError, TypeError):
 
 class JournalIdError(JournalError, ValueError):
     """An id the journal cannot store as text (a NUL, a lone surrogate, too long to index:
-    `protocols.id_length_problem`);
-    nothing was written. `.field` names the column (`user_id`, `session_id`, ...), `.value`
-    is the id given."""
+    `protocols.id_length_problem`); nothing was written. `.field` names the column
+    (`user_id`, `session_id`, ...), `.value` is the id given."""
 
     def __init__(self, field: str, value: str) -> None:
         shown = value if len(value) <= 80 else value[:79] + "…"
