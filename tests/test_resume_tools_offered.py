@@ -40,7 +40,7 @@ def look(what: str) -> str:
     return what
 
 
-def payer(journal: Path, tools: list[Any], ask: bool = True) -> Agent:
+def payer(journal: Path, tools: list[Any], ask: bool = True, **options: Any) -> Agent:
     permissions = StandardPermissions(ask=["pay"] if ask else [], allow=["pay", "look"])
     return Agent(
         "x",
@@ -49,6 +49,7 @@ def payer(journal: Path, tools: list[Any], ask: bool = True) -> Agent:
         permissions=permissions,
         runtime=f"sqlite:{journal}",
         name="payer",
+        **options,
     )
 
 
@@ -136,16 +137,7 @@ async def test_a_resuming_agents_handler_answers_a_request_journaled_without_one
     async with payer(journal, [pay, look]) as first:
         waiting = await first.run("pay bob")
     assert waiting.status == RunStatus.AWAITING_APPROVAL
-    permissions = StandardPermissions(ask=["pay"], allow=["pay", "look"])
-    answering = Agent(
-        "x",
-        model=ScriptedModel([PAY, "done"]),
-        tools=[pay, look],
-        permissions=permissions,
-        runtime=f"sqlite:{journal}",
-        name="payer",
-        approval_handler=lambda call, decision: False,
-    )
+    answering = payer(journal, [pay, look], approval_handler=lambda call, decision: False)
     async with answering:
         done = await answering.resume(waiting.run_id)
     assert (done.status, paid) == (RunStatus.COMPLETED, [])
