@@ -53,24 +53,30 @@ def payer(journal: Path, tools: list[Any], ask: bool = True, **options: Any) -> 
     )
 
 
+async def waiting_run(journal: Path) -> str:
+    """A run of `payer` waiting for approval of its `pay` call; its id."""
+    paid.clear()
+    async with payer(journal, [pay, look]) as first:
+        waiting = await first.run("pay bob")
+    assert waiting.status == RunStatus.AWAITING_APPROVAL
+    return waiting.run_id
+
+
 @pytest.mark.parametrize("answer", [{}, {"approve": True}, {"approve": False}])
 async def test_a_waiting_approval_is_not_dropped_by_a_resume_without_its_tool(
     tmp_path: Path, answer: dict[str, Any]
 ) -> None:
     journal = tmp_path / "journal.db"
-    paid.clear()
-    async with payer(journal, [pay, look]) as first:
-        waiting = await first.run("pay bob")
-    assert waiting.status == RunStatus.AWAITING_APPROVAL
+    waiting_id = await waiting_run(journal)
     async with payer(journal, [look]) as other:
         with pytest.raises(ToolNotOffered, match=r"'pay'.*offers: look.*still waits"):
-            await other.resume(waiting.run_id, **answer)
+            await other.resume(waiting_id, **answer)
     async with SqliteRuntime(journal) as runtime:
-        kept = await runtime.load_run(waiting.run_id)
+        kept = await runtime.load_run(waiting_id)
         assert kept is not None and kept.status == RunStatus.AWAITING_APPROVAL
     # The request is still there to answer, with the tools the run started with.
     async with payer(journal, [pay, look]) as again:
-        done = await again.resume(waiting.run_id, approve=True)
+        done = await again.resume(waiting_id, approve=True)
     assert (done.status, paid) == (RunStatus.COMPLETED, ["bob"])
 
 
@@ -133,11 +139,8 @@ async def test_a_resuming_agents_handler_answers_a_request_journaled_without_one
     # Documented (docs/governance.md): a handler is an explicit answer; whoever may resume
     # the run may also pass `approve=`. Its denial is used as the request's answer.
     journal = tmp_path / "journal.db"
-    paid.clear()
-    async with payer(journal, [pay, look]) as first:
-        waiting = await first.run("pay bob")
-    assert waiting.status == RunStatus.AWAITING_APPROVAL
+    waiting_id = await waiting_run(journal)
     answering = payer(journal, [pay, look], approval_handler=lambda call, decision: False)
     async with answering:
-        done = await answering.resume(waiting.run_id)
+        done = await answering.resume(waiting_id)
     assert (done.status, paid) == (RunStatus.COMPLETED, [])
