@@ -144,3 +144,12 @@ async def test_a_resuming_agents_handler_answers_a_request_journaled_without_one
     async with answering:
         done = await answering.resume(waiting_id)
     assert (done.status, paid) == (RunStatus.COMPLETED, [])
+
+
+def test_a_keys_node_is_read_back_from_the_key_a_child_graph_made() -> None:
+    # The key path holds each enclosing node with its visit (`NodeContext.run_graph`).
+    from loomgraph.engine.effects import EffectKey
+
+    key = EffectKey("run:1", "plan.1/0/execute.2/tools", 3, "1")
+    assert EffectKey.node_of(key.text, "run:1") == "plan/0/execute/tools"
+    assert EffectKey.node_of(EffectKey("r", "tools", 1, "2").text, "r") == "tools"

@@ -19,6 +19,7 @@ from loomgraph.engine.effects import (
     Approval,
     BoundApproval,
     BoundValue,
+    EffectKey,
     ResumeInput,
     ResumeValue,
 )
@@ -128,21 +129,13 @@ async def _calls_cut_off(runtime: Any, run_id: str, graph: CompiledGraph) -> lis
     for effect in await runtime.effects(run_id):
         if effect.kind != TOOL_EFFECT or effect.status not in _UNFINISHED:
             continue
-        call = effect.intent.get("call")
-        path = effect.key.removeprefix(f"{run_id}:").split(":")[0]
-        if isinstance(call, dict) and _kind_at(graph, _node_of(path)) == "tools":
+        call, node = effect.intent.get("call"), EffectKey.node_of(effect.key, run_id)
+        if isinstance(call, dict) and _kind_at(graph, node) == "tools":
             cut_off.append(ToolCall(id=call["id"], tool=call["tool"], args=call["args"]))
     return cut_off
 
 
 _UNFINISHED = frozenset({EffectStatus.PENDING, EffectStatus.UNKNOWN_AFTER_CRASH})
-
-
-def _node_of(key_path: str) -> str:
-    """The node path (`plan/0/tools`) of an effect key's path (`plan.1/0/tools`: each
-    enclosing node with its visit)."""
-    *outer, node = key_path.split(NodePath.SEPARATOR)
-    return NodePath.SEPARATOR.join([*(part.rsplit(".", 1)[0] for part in outer), node])
 
 
 def _fits(tool: str, problem: str | None) -> None:

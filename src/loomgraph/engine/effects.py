@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from loomgraph.protocols import EffectRecord, EffectStatus, Pending, ToolCall
+from loomgraph.protocols.paths import NodePath
 from loomgraph.protocols.tool_args import ToolArgsRejected, check_tool_args
 
 # The slot of the approval of one tool call, and of the request for it. They follow the
@@ -85,6 +86,13 @@ class EffectKey:
         """True when a journaled key is the approval of `call_id` (at any node, visit and
         call slot, in either key scheme)."""
         return key.endswith(f":{APPROVAL_SLOT}{call_id}")
+
+    @staticmethod
+    def node_of(key: str, run_id: str) -> str:
+        """The node path (`plan/0/tools`) of a journaled key of run `run_id`, whose path holds
+        each enclosing node with its visit (`run:plan.1/0/tools:1:2`)."""
+        *outer, node = key.removeprefix(f"{run_id}:").split(":")[0].split(NodePath.SEPARATOR)
+        return NodePath.SEPARATOR.join([*(part.rsplit(".", 1)[0] for part in outer), node])
 
 
 @dataclass(frozen=True, slots=True)
