@@ -5,6 +5,7 @@ shorter time limit still fails it as before."""
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -194,3 +195,78 @@ async def test_a_deadline_passed_while_the_run_waited_names_what_its_cap_allows(
     assert result.status == "budget_exhausted", result
     assert "(1000s allowed by user:bob:wall_clock_s)" in (result.reason or ""), result.reason
     assert ran == []
+
+
+# ----------------------------------------------------- the budget's clock, not the session's
+
+
+class Clock:
+    """A clock the test moves (seconds since the epoch, as a budget's `clock` gives)."""
+
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_a_new_runs_deadline_is_set_by_the_budgets_own_clock() -> None:
+    """A budget given its own clock (time simulated in a test, a clock kept elsewhere) set a
+    new run's deadline from the session's `time.time()` instead: 50 s of its clock passing
+    in a tool call stopped nothing, and the run went on to its end."""
+    clock = Clock(1000.0)
+    calls: list[int] = []
+
+    @tool
+    async def wait(minutes: int) -> str:
+        """Wait some minutes."""
+        calls.append(minutes)
+        clock.now += 60 * minutes
+        return "waited"
+
+    budget = StandardBudget(BudgetConfig(wall_clock_s=50, tool_calls=9), clock=clock)
+    step = {"tool_calls": [{"tool": "wait", "args": {"minutes": 1}}]}
+    agent = Agent("x", model=ScriptedModel([step, step, "done"]), tools=[wait], budget=budget)
+    result = await asyncio.wait_for(agent.run("go"), BOUND_S)
+    assert result.status == "budget_exhausted", result
+    assert "global:wall_clock_s" in (result.reason or ""), result.reason
+    assert calls == [1]
+
+
+async def test_a_resumed_runs_clock_starts_when_the_run_did(tmp_path: Path) -> None:
+    """Resumed on a ledger that never saw the run (moved, `override_policy`), a run kept its
+    deadline but its clock's start was the resume, so `warn_at` measured the part of its time
+    left after the pause, not the part gone. The ledger keeps the run's own start now."""
+    from loomgraph.governance.sqlite_ledger import SqliteLedger
+
+    runtime, run_id = await _paused(tmp_path, 1000.0, [])
+    kept: list[tuple[float, float]] = []
+
+    @tool
+    async def pay(amount: int) -> str:
+        """Pay an amount."""
+        with sqlite3.connect(tmp_path / "ledger.db") as db:
+            kept.extend(db.execute("SELECT started_at, deadline FROM loom_budget_runs"))
+        return "paid"
+
+    ledger = SqliteLedger(tmp_path / "ledger.db")
+    later = StandardBudget(BudgetConfig(per_user=Caps(wall_clock_s=1000.0, tool_calls=9)), ledger)
+    model = ScriptedModel([{"tool_calls": [{"tool": "pay", "args": {"amount": 5}}]}, "done"])
+    second = Agent(
+        "x",
+        model=model,
+        tools=[pay],
+        runtime=runtime,
+        budget=later,
+        permissions=StandardPermissions(ask=["pay"]),
+    )
+    try:
+        result = await asyncio.wait_for(
+            second.resume(run_id, approve=True, override_policy=True), BOUND_S
+        )
+        record = await runtime.load_run(run_id)
+    finally:
+        await second.aclose()
+    assert result.status == "completed", result
+    assert record is not None
+    assert kept == [(record.created_at, record.deadline)], (kept, record.created_at)

@@ -245,8 +245,13 @@ class AgentSession:
                 lost = False  # the run's lease was lost: its entries are another's business
                 try:
                     if deps.run_clock is not None:  # the deadline is kept with the run
+                        # The budget's own clock starts a run (it may keep another time than
+                        # the session's); a kept deadline began when its run did.
+                        kept = record.deadline is not None
                         record.deadline = await deps.run_clock.begin_run(
-                            scope.budget_scope, started_at=self.started, deadline=record.deadline
+                            scope.budget_scope,
+                            started_at=record.created_at if kept else None,
+                            deadline=record.deadline,
                         )
                         scope.deadline = record.deadline
                     if record.initial is not None:

@@ -69,8 +69,8 @@ class RunClocks:
         now = self.now()
         cap = binding[0]
         if now >= deadline:
-            # What the cap allows, not deadline - start: a run taken up again after a pause
-            # restarts its clock's start (the ledger forgot it), not its deadline.
+            # What the cap allows, not deadline - start: a run taken up again without its
+            # start (the ledger forgot it, none was passed) starts its clock at the resume.
             allowed = (
                 "the deadline it started with"
                 if cap == KEPT_DEADLINE
